@@ -1,0 +1,23 @@
+# Two entry points (see README): `make demo` and `make test`. Each builds .venv first if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch==2.13.0 is pinned in constraints.txt; pip takes the local CPU wheel where one exists.
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/quickstart.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+clean-venv:
+	rm -rf $(VENV)

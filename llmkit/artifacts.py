@@ -1,0 +1,397 @@
+"""The llmkit artifact format: a directory with `manifest.json` at its root.
+
+Every stage writes one artifact and reads its inputs only through this module. The manifest
+records what the artifact is (`kind`, `format_version`), how it was made (`config`, `seed`,
+`inputs` with their fingerprints, `command`, `versions`), what it holds (`files`: name ->
+sha256) and what was measured (`stats`). The `fingerprint` is a hash over kind, format
+version, config, seed, input fingerprints and file hashes: never timestamps, absolute paths or
+runtime-only settings (`runtime`: worker counts, devices), so the same work gives the same
+fingerprint on any machine. The spec is docs/artifacts.md.
+
+Writing is atomic: a stage builds its artifact in a hidden temporary sibling directory and
+renames it into place only after the manifest is written. A directory without a manifest is
+never accepted as an artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from llmkit import __version__
+from llmkit.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("corpus", "tokenizer", "tokens", "checkpoint", "eval")
+# Packages whose versions are recorded in every manifest (informational, not hashed).
+_RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def compute_fingerprint(
+    kind: str, format_version: int, config: dict, seed: int | None, inputs: list[dict], files: dict[str, str]
+) -> str:
+    hashed = {
+        "kind": kind,
+        "format_version": format_version,
+        "config": config,
+        "seed": seed,
+        "inputs": sorted((i["role"], i["fingerprint"]) for i in inputs),
+        "files": files,
+    }
+    return hashlib.sha256(canonical_json(hashed).encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0], "llmkit": __version__}
+    for name in _RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class Manifest:
+    kind: str
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    llmkit_version: str = __version__
+    fingerprint: str = ""
+
+    def to_json(self) -> str:
+        data = {
+            "kind": self.kind,
+            "format_version": self.format_version,
+            "llmkit_version": self.llmkit_version,
+            "fingerprint": self.fingerprint,
+            "command": self.command,
+            "seed": self.seed,
+            "config": self.config,
+            "inputs": self.inputs,
+            "files": self.files,
+            "stats": self.stats,
+            "runtime": self.runtime,
+            "versions": self.versions,
+        }
+        return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def expected_fingerprint(self) -> str:
+        return compute_fingerprint(self.kind, self.format_version, self.config, self.seed, self.inputs, self.files)
+
+
+@dataclass
+class Artifact:
+    """An artifact read from disk: its directory and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.config
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.manifest.stats
+
+    def file(self, name: str) -> Path:
+        """Path of a file the manifest lists; a missing one is a user-facing error."""
+        path = self.path / name
+        if name not in self.manifest.files or not path.exists():
+            raise UserError(f"{self.kind} artifact at {self.path} has no file {name!r}; it is incomplete, rebuild it")
+        return path
+
+    def input(self, role: str) -> Artifact:
+        """Load one of this artifact's inputs by role (resolved relative to this artifact)."""
+        for ref in self.manifest.inputs:
+            if ref["role"] == role:
+                path = _resolve_input_path(self.path, ref["path"])
+                art = load(path, kind=ref.get("kind"))
+                if art.fingerprint != ref["fingerprint"]:
+                    raise UserError(
+                        f"input {role!r} of {self.path} changed since it was used "
+                        f"(fingerprint {art.fingerprint[:12]} != {ref['fingerprint'][:12]}); rebuild {self.path}"
+                    )
+                return art
+        raise UserError(f"{self.kind} artifact at {self.path} has no input {role!r}")
+
+
+def _resolve_input_path(artifact_dir: Path, stored: str) -> Path:
+    p = Path(stored)
+    return p if p.is_absolute() else (artifact_dir.parent / p).resolve()
+
+
+def _input_ref(role: str, art: Artifact, out: Path) -> dict[str, Any]:
+    # Stored relative to the output's parent so a project folder can be moved as a whole.
+    # Never hashed: only the fingerprint is.
+    try:
+        stored = os.path.relpath(art.path.resolve(), out.resolve().parent)
+    except ValueError:  # different drives on Windows
+        stored = str(art.path.resolve())
+    return {"role": role, "kind": art.kind, "path": stored, "fingerprint": art.fingerprint}
+
+
+def load(path: Path | str, kind: str | Iterable[str] | None = None) -> Artifact:
+    """Read an artifact, checking that it exists, is complete, and is of the expected kind."""
+    path = Path(path)
+    wanted = (kind,) if isinstance(kind, str) else tuple(kind) if kind else ()
+    wanted_text = " or ".join(wanted) if wanted else "llmkit"
+    if not path.exists():
+        raise UserError(f"no such artifact: {path}; expected {_article(wanted_text)} artifact directory")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(
+            f"{path} is not an llmkit artifact (no {MANIFEST}): it is incomplete or was not made by llmkit; "
+            "rerun the stage that makes it"
+        )
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = Manifest.from_dict(data)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{manifest_path} is not a valid manifest ({exc}); rebuild the artifact") from exc
+    if wanted and manifest.kind not in wanted:
+        raise UserError(f"expected {_article(wanted_text)} artifact, got {manifest.kind} at {path}")
+    if not isinstance(manifest.format_version, int) or manifest.format_version > FORMAT_VERSION:
+        raise UserError(
+            f"{path} has format version {manifest.format_version}, this llmkit reads up to {FORMAT_VERSION}; "
+            "upgrade llmkit"
+        )
+    return Artifact(path=path, manifest=manifest)
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" or word == "llmkit" else "a ") + word
+
+
+def list_files(root: Path) -> dict[str, str]:
+    """sha256 of every file below root except the manifest, keyed by POSIX relative path, sorted."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith(".tmp-"):
+            files[path.relative_to(root).as_posix()] = sha256_file(path)
+    return files
+
+
+class ArtifactBuilder:
+    """Collects what a stage records while it writes files into `dir` (a temporary directory)."""
+
+    def __init__(self, kind: str, dir: Path, out: Path):
+        if kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}")
+        self.kind = kind
+        self.dir = dir
+        self.out = out
+        self.config: dict[str, Any] = {}
+        self.seed: int | None = None
+        self.inputs: list[dict[str, Any]] = []
+        self.stats: dict[str, Any] = {}
+        self.runtime: dict[str, Any] = {}
+        self.file_filter: Iterable[str] | None = None
+
+    def add_input(self, role: str, art: Artifact) -> None:
+        self.inputs.append(_input_ref(role, art, self.out))
+
+    def manifest(self, root: Path | None = None) -> Manifest:
+        files = list_files(root or self.dir)
+        if self.file_filter is not None:
+            keep = set(self.file_filter)
+            files = {k: v for k, v in files.items() if k in keep or k.split("/", 1)[0] in keep}
+        manifest = Manifest(
+            kind=self.kind,
+            config=json.loads(canonical_json(self.config)),
+            seed=self.seed,
+            inputs=sorted(self.inputs, key=lambda i: i["role"]),
+            files=files,
+            stats=json.loads(json.dumps(self.stats, default=_json_default)),
+            runtime=json.loads(json.dumps(self.runtime, default=_json_default)),
+            command=_command_line(),
+            versions=_versions(),
+        )
+        manifest.fingerprint = manifest.expected_fingerprint()
+        return manifest
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _command_line() -> list[str]:
+    argv = list(sys.argv)
+    if argv:
+        argv[0] = Path(argv[0]).name
+    return argv
+
+
+def check_output(out: Path | str, force: bool) -> Path:
+    """Refuse to overwrite an existing output unless --force; fail early, before any work."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
+    if not out.resolve().parent.exists():
+        raise UserError(f"the folder for output {out} does not exist: {out.resolve().parent}; create it first")
+    return out
+
+
+@contextlib.contextmanager
+def create(out: Path | str, kind: str, *, force: bool = False) -> Iterator[ArtifactBuilder]:
+    """Build an artifact atomically.
+
+        with artifacts.create(out, "corpus", force=force) as build:
+            write files into build.dir; set build.config, build.seed, build.stats; build.add_input(...)
+
+    On success the manifest is written and the temporary directory renamed to `out`; on any
+    exception the temporary directory is removed and `out` is left as it was.
+    """
+    out = check_output(out, force)
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    builder = ArtifactBuilder(kind, tmp, out)
+    try:
+        yield builder
+        manifest = builder.manifest()
+        _write_text_atomic(tmp / MANIFEST, manifest.to_json())
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def finalize_in_place(builder: ArtifactBuilder, files: Iterable[str]) -> Manifest:
+    """Turn an existing directory into an artifact by writing its manifest last and atomically.
+
+    For long-running stages whose output directory must exist while they run (a training run
+    keeps metrics and intermediate checkpoints there). Only `files` (names or top-level folders)
+    are listed and hashed; until the manifest appears the directory is not an artifact.
+    """
+    builder.file_filter = list(files)
+    manifest = builder.manifest(builder.out)
+    _write_text_atomic(builder.out / MANIFEST, manifest.to_json())
+    return manifest
+
+
+def in_place_builder(out: Path | str, kind: str) -> ArtifactBuilder:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return ArtifactBuilder(kind, out, out)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        # Move the old one aside first so that `out` is never a half-replaced mix.
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent))
+        os.replace(out, trash / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path: Path | str) -> VerifyReport:
+    """Re-hash every listed file and recompute the fingerprint."""
+    art = load(path)
+    problems = []
+    for name, digest in art.manifest.files.items():
+        file = art.path / name
+        if not file.is_file():
+            problems.append(f"missing file: {name}")
+        elif sha256_file(file) != digest:
+            problems.append(f"changed file: {name} (sha256 differs from the manifest)")
+    if art.manifest.expected_fingerprint() != art.fingerprint:
+        problems.append("fingerprint does not match the manifest's contents (the manifest was edited)")
+    return VerifyReport(art.path, problems)
+
+
+@dataclass
+class LineageNode:
+    role: str
+    path: str
+    kind: str
+    fingerprint: str
+    found: bool
+    children: list[LineageNode]
+
+
+def lineage(path: Path | str, role: str = "output", _seen: frozenset = frozenset()) -> LineageNode:
+    """The tree of inputs of inputs, as far as they can still be found on disk."""
+    art = load(path)
+    children = []
+    for ref in art.manifest.inputs:
+        child_path = _resolve_input_path(art.path, ref["path"])
+        if (child_path / MANIFEST).is_file() and str(child_path) not in _seen:
+            children.append(lineage(child_path, ref["role"], _seen | {str(art.path.resolve())}))
+        else:
+            children.append(LineageNode(ref["role"], str(child_path), ref.get("kind", "?"), ref["fingerprint"], False, []))
+    return LineageNode(role, str(art.path), art.kind, art.fingerprint, True, children)

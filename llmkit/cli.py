@@ -1,0 +1,134 @@
+"""The `llmkit` command: wires each stage's command into one Typer app. No logic of its own.
+
+Stage commands live in each stage's `command.py` and import their heavy dependencies (torch,
+datasets) inside the function body, so `llmkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from llmkit import __version__
+from llmkit.errors import UserError, debug_enabled, one_line, set_debug
+
+
+class _ErrorsAsOneLine(TyperGroup):
+    """Every exception under the root becomes one red line and a non-zero exit (unless --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _print_error("interrupted")
+            raise typer.Exit(130)
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            _print_error(one_line(exc))
+            raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
+
+
+def _print_error(message: str) -> None:
+    from llmkit.console import err
+
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+
+
+app = typer.Typer(
+    name="llmkit",
+    cls=_ErrorsAsOneLine,
+    help="From raw text to a trained, evaluated language model: one command per stage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"llmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    set_debug(debug)
+
+
+def _register_stages() -> None:
+    from llmkit.corpus.command import clean
+    from llmkit.eval.command import evaluate
+    from llmkit.generate.command import chat, generate
+    from llmkit.model.command import export_model, import_model
+    from llmkit.tokenizer.command import tokenize, tokenizer_app
+    from llmkit.train.command import finetune, pretrain
+
+    app.command("clean")(clean)
+    app.add_typer(tokenizer_app, name="tokenizer", help="Train and try byte-level BPE tokenizers.")
+    app.command("tokenize")(tokenize)
+    app.command("pretrain")(pretrain)
+    app.command("finetune")(finetune)
+    app.command("generate")(generate)
+    app.command("chat")(chat)
+    app.command("eval")(evaluate)
+    app.command("export")(export_model)
+    app.command("import")(import_model)
+
+
+_register_stages()
+
+
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="Artifact directory.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the raw manifest as JSON.")] = False,
+) -> None:
+    """Show an artifact's manifest and its lineage (inputs of inputs)."""
+    from llmkit import artifacts
+    from llmkit.inspect_view import print_artifact
+
+    art = artifacts.load(path)
+    if json_output:
+        typer.echo(art.manifest.to_json(), nl=False)
+        return
+    print_artifact(art, artifacts.lineage(path))
+
+
+@app.command("verify")
+def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
+    """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""
+    from llmkit import artifacts
+    from llmkit.console import out
+
+    report = artifacts.verify(path)
+    if report.ok:
+        out.print(f"[green]ok[/] {path}: {len(artifacts.load(path).manifest.files)} files match, fingerprint matches")
+        return
+    for problem in report.problems:
+        out.print(f"[red]mismatch[/] {path}: {problem}")
+    raise UserError(f"{path} failed verification ({len(report.problems)} problem(s)); rebuild it with the stage that made it")
+
+
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

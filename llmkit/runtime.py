@@ -1,0 +1,48 @@
+"""Process-wide helpers shared by every stage: seeding, cache folders, threads."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and (if imported) torch, so a stage's randomness follows --seed."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:  # pragma: no cover
+        pass
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """llmkit's cache folder (LLMKIT_CACHE, default ~/.cache/llmkit)."""
+    path = Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def datasets_cache_dir() -> Path:
+    """The pinned `datasets` cache, so recipes read the same prepared data every time."""
+    path = cache_dir() / "datasets"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def worker_count(requested: int | None) -> int:
+    """0 or None means one worker per available core."""
+    if requested and requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,56 @@
+"""Shared fixtures. Real data comes from ../shared/data (override with LLMKIT_SHARED_DATA).
+
+Under CI=true a missing data folder is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real data sets folder; skip locally when absent, fail under CI."""
+    if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
+        message = f"shared data not found at {SHARED_DATA} (set LLMKIT_SHARED_DATA)"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep every test's llmkit/datasets cache out of the user's home and offline."""
+    cache = tmp_path_factory.getbasetemp() / "llmkit-cache"
+    monkeypatch.setenv("LLMKIT_CACHE", str(cache))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def cli():
+    """Invoke the llmkit CLI in-process: cli("clean", "a.txt", "-o", "out") -> click Result."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+    from llmkit.errors import set_debug
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        set_debug(False)
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+    return invoke
