@@ -1,0 +1,159 @@
+"""The artifact format: round trip, fingerprints, atomicity, verify, kind checks, lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+
+
+def make(out: Path, kind: str = "corpus", payload: str = "hello", seed: int = 0, config=None, inputs=(), force=False):
+    with artifacts.create(out, kind, force=force) as build:
+        (build.dir / "data").mkdir()
+        (build.dir / "data" / "a.txt").write_text(payload)
+        (build.dir / "b.bin").write_bytes(payload.encode() * 3)
+        build.config = config or {"lowercase": True, "threshold": 0.8}
+        build.seed = seed
+        build.stats = {"documents": 1}
+        build.runtime = {"workers": 4}
+        for role, art in inputs:
+            build.add_input(role, art)
+    return artifacts.load(out)
+
+
+def test_round_trip_records_files_config_and_inputs(tmp_path):
+    corpus = make(tmp_path / "corpus")
+    tok = make(tmp_path / "tok", kind="tokenizer", inputs=[("corpus", corpus)])
+    m = tok.manifest
+    assert m.kind == "tokenizer" and m.format_version == artifacts.FORMAT_VERSION
+    assert set(m.files) == {"data/a.txt", "b.bin"}
+    assert m.files["data/a.txt"] == artifacts.sha256_file(tmp_path / "tok" / "data" / "a.txt")
+    assert m.inputs == [{"role": "corpus", "kind": "corpus", "path": "corpus", "fingerprint": corpus.fingerprint}]
+    assert m.config == {"lowercase": True, "threshold": 0.8}
+    assert m.versions["llmkit"] and m.versions["python"]
+    assert tok.input("corpus").fingerprint == corpus.fingerprint
+    # The manifest on disk is plain JSON a user can read.
+    raw = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    assert raw["fingerprint"] == m.fingerprint and raw["stats"] == {"documents": 1}
+
+
+def test_fingerprint_depends_on_content_config_seed_inputs_not_place_or_runtime(tmp_path):
+    a = make(tmp_path / "a")
+    (tmp_path / "elsewhere").mkdir()
+    b = make(tmp_path / "elsewhere" / "b")
+    assert a.fingerprint == b.fingerprint  # same work in another folder
+    with artifacts.create(tmp_path / "c", "corpus") as build:  # runtime settings are not hashed
+        (build.dir / "data").mkdir()
+        (build.dir / "data" / "a.txt").write_text("hello")
+        (build.dir / "b.bin").write_bytes(b"hello" * 3)
+        build.config = {"lowercase": True, "threshold": 0.8}
+        build.seed = 0
+        build.runtime = {"workers": 1}
+    assert artifacts.load(tmp_path / "c").fingerprint == a.fingerprint
+    assert make(tmp_path / "d", payload="other").fingerprint != a.fingerprint
+    assert make(tmp_path / "e", seed=1).fingerprint != a.fingerprint
+    assert make(tmp_path / "f", config={"lowercase": False}).fingerprint != a.fingerprint
+    tok1 = make(tmp_path / "t1", kind="tokenizer", inputs=[("corpus", a)])
+    tok2 = make(tmp_path / "t2", kind="tokenizer", inputs=[("corpus", artifacts.load(tmp_path / "d"))])
+    assert tok1.fingerprint != tok2.fingerprint
+
+
+def test_exception_mid_write_leaves_nothing(tmp_path):
+    out = tmp_path / "corpus"
+    with pytest.raises(RuntimeError):
+        with artifacts.create(out, "corpus") as build:
+            (build.dir / "half.txt").write_text("partial")
+            raise RuntimeError("crash mid-stage")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary sibling left behind either
+
+
+def test_failed_force_rewrite_keeps_the_old_artifact(tmp_path):
+    out = tmp_path / "corpus"
+    old = make(out)
+    with pytest.raises(RuntimeError):
+        with artifacts.create(out, "corpus", force=True) as build:
+            (build.dir / "x").write_text("new")
+            raise RuntimeError("crash")
+    assert artifacts.load(out).fingerprint == old.fingerprint
+    assert artifacts.verify(out).ok
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "corpus"
+    make(out)
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        make(out)
+    new = make(out, payload="replaced", force=True)
+    assert (out / "data" / "a.txt").read_text() == "replaced"
+    assert artifacts.verify(out).ok and new.fingerprint == artifacts.load(out).fingerprint
+
+
+def test_verify_catches_changed_missing_and_edited(tmp_path):
+    out = tmp_path / "corpus"
+    make(out)
+    assert artifacts.verify(out).ok
+    (out / "b.bin").write_bytes(b"tampered")
+    report = artifacts.verify(out)
+    assert not report.ok and any("changed file: b.bin" in p for p in report.problems)
+    make(out, force=True)
+    (out / "data" / "a.txt").unlink()
+    assert any("missing file: data/a.txt" in p for p in artifacts.verify(out).problems)
+    make(out, force=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["threshold"] = 0.1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert any("fingerprint" in p for p in artifacts.verify(out).problems)
+
+
+def test_load_checks_kind_presence_and_version(tmp_path):
+    make(tmp_path / "corpus")
+    with pytest.raises(UserError, match=r"expected a tokenizer artifact, got corpus at"):
+        artifacts.load(tmp_path / "corpus", kind="tokenizer")
+    assert artifacts.load(tmp_path / "corpus", kind=("tokens", "corpus")).kind == "corpus"
+    with pytest.raises(UserError, match="no such artifact"):
+        artifacts.load(tmp_path / "missing")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(UserError, match="not an llmkit artifact"):
+        artifacts.load(tmp_path / "half")
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    manifest["format_version"] = artifacts.FORMAT_VERSION + 1
+    (tmp_path / "corpus" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="upgrade llmkit"):
+        artifacts.load(tmp_path / "corpus")
+
+
+def test_input_that_changed_since_use_is_refused(tmp_path):
+    corpus = make(tmp_path / "corpus")
+    tok = make(tmp_path / "tok", kind="tokenizer", inputs=[("corpus", corpus)])
+    make(tmp_path / "corpus", payload="rebuilt differently", force=True)
+    with pytest.raises(UserError, match="changed since it was used"):
+        tok.input("corpus")
+
+
+def test_lineage_walks_inputs_of_inputs(tmp_path):
+    corpus = make(tmp_path / "corpus")
+    tok = make(tmp_path / "tok", kind="tokenizer", inputs=[("corpus", corpus)])
+    make(tmp_path / "tokens", kind="tokens", inputs=[("corpus", corpus), ("tokenizer", tok)])
+    tree = artifacts.lineage(tmp_path / "tokens")
+    assert tree.kind == "tokens"
+    assert [c.role for c in tree.children] == ["corpus", "tokenizer"]
+    assert tree.children[1].children[0].kind == "corpus" and tree.children[1].children[0].found
+
+
+def test_finalize_in_place_writes_manifest_last_over_listed_files(tmp_path):
+    run = tmp_path / "run"
+    builder = artifacts.in_place_builder(run, "checkpoint")
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(UserError):  # not an artifact until the manifest exists
+        artifacts.load(run)
+    builder.config = {"n_layer": 2}
+    artifacts.finalize_in_place(builder, ["model.safetensors"])
+    art = artifacts.load(run, kind="checkpoint")
+    assert list(art.manifest.files) == ["model.safetensors"]
+    assert artifacts.verify(run).ok

@@ -1,0 +1,104 @@
+"""The CLI shell: help, version, one-line errors, inspect and verify, config resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmkit import __version__, artifacts, config
+from llmkit.errors import UserError
+
+STAGES = ["clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate", "eval", "inspect", "verify"]
+
+
+def _corpus(path):
+    with artifacts.create(path, "corpus") as build:
+        (build.dir / "a.txt").write_text("text")
+        build.config = {"preset": "default"}
+        build.seed = 3
+        build.stats = {"documents": 1}
+    return path
+
+
+def test_help_lists_every_stage_and_version(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    for stage in STAGES:
+        assert stage in result.output
+    version = cli("--version")
+    assert version.exit_code == 0 and __version__ in version.output
+
+
+def test_every_command_has_help(cli):
+    for args in (["clean"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["generate"], ["eval"], ["inspect"]):
+        result = cli(*args, "--help")
+        assert result.exit_code == 0, (args, result.output)
+        assert "--help" in result.output
+
+
+def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    result = cli("inspect", corpus)
+    assert result.exit_code == 0, result.output
+    assert "corpus artifact" in result.output and artifacts.load(corpus).fingerprint[:12] in result.output
+    as_json = cli("inspect", corpus, "--json")
+    assert json.loads(as_json.output)["kind"] == "corpus"
+
+
+def test_verify_exit_codes(cli, tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    assert cli("verify", corpus).exit_code == 0
+    (corpus / "a.txt").write_text("changed")
+    result = cli("verify", corpus)
+    assert result.exit_code == 1
+    assert "changed file: a.txt" in result.output
+
+
+def test_errors_are_one_line_without_traceback(cli, tmp_path):
+    result = cli("inspect", tmp_path / "nope")
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no such artifact")
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmkit.cli", "--debug", "inspect", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "UserError" in proc.stderr
+    plain = subprocess.run(
+        [sys.executable, "-m", "llmkit.cli", "inspect", str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().startswith("error:")
+
+
+@dataclasses.dataclass
+class _StageConfig:
+    vocab_size: int = 100
+    lr: float = 1e-3
+    name: str = "x"
+
+
+def test_config_resolution_order(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[tokenizer]\nvocab_size = 500\nlr = 1\n[other]\nvocab_size = 7\n')
+    resolved = config.resolve(_StageConfig, file=toml, section="tokenizer", explicit={"vocab_size": 900})
+    assert resolved == _StageConfig(vocab_size=900, lr=1.0, name="x")
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("name: y\n")
+    assert config.resolve(_StageConfig, file=yaml_file).name == "y"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("vocab_sise = 3\n")
+    with pytest.raises(UserError, match="unknown option.*vocab_sise"):
+        config.resolve(_StageConfig, file=bad)
+    with pytest.raises(UserError, match="not found"):
+        config.resolve(_StageConfig, file=tmp_path / "missing.toml")
