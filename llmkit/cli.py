@@ -23,7 +23,8 @@ class _ErrorsAsOneLine(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        # typer.Exit/Abort are not click's own classes in recent typer releases: pass both through.
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit, typer.Abort):
             raise
         except KeyboardInterrupt:
             _print_error("interrupted")
