@@ -1,0 +1,338 @@
+"""A decoder-only Transformer in one file, nanoGPT-like: config dataclass, blocks, forward.
+
+Options cover the GPT-2 family (LayerNorm, learned positions, GELU, bias) and the Llama family
+(RMSNorm, RoPE, SwiGLU, grouped-query attention, no bias). Attention runs through
+`F.scaled_dot_product_attention`, which picks flash / memory-efficient kernels on GPU.
+
+Contract with generation and evaluation (docs/pretrain.md):
+  model(idx, targets=None, *, cache=None) -> (logits [B,T,V], loss or None)
+  model.new_cache(batch_size, max_len, pad_lengths=None) -> KVCache that forward appends to
+  model.hidden_states(idx, attention_mask=None) -> [B,T,C] final-norm states
+With `pad_lengths` (LEFT padding per row) padded keys are invisible and positions count from
+each row's first real token, so a left-padded batch gives the same logits as its rows alone.
+`objective == "mlm"` makes attention bidirectional (BERT-style masked LM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "gpt"  # "gpt" | "lstm"
+    objective: str = "clm"  # "clm" (next token) | "mlm" (masked LM, bidirectional)
+    vocab_size: int = 8192
+    context_length: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None = n_head (multi-head); fewer = grouped-query attention
+    n_embd: int = 256
+    mlp_ratio: float = 4.0  # hidden width / n_embd (SwiGLU keeps params equal by using 2/3 of it)
+    dropout: float = 0.0
+    norm: str = "rmsnorm"  # "rmsnorm" | "layernorm"
+    pos: str = "rope"  # "rope" | "learned"
+    activation: str = "swiglu"  # "swiglu" | "gelu"
+    tie_embeddings: bool = True
+    bias: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        checks = {
+            "arch": (self.arch, ("gpt", "lstm")),
+            "objective": (self.objective, ("clm", "mlm")),
+            "norm": (self.norm, ("rmsnorm", "layernorm")),
+            "pos": (self.pos, ("rope", "learned")),
+            "activation": (self.activation, ("swiglu", "gelu")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.arch == "gpt":
+            if self.n_embd % self.n_head:
+                raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+            if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+                raise ValueError("RoPE needs an even head size (n_embd / n_head)")
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        hidden = int(self.mlp_ratio * self.n_embd)
+        if self.activation == "swiglu":  # three matrices instead of two: keep the parameter count
+            hidden = int(2 * hidden / 3)
+            hidden = 64 * math.ceil(hidden / 64) if hidden >= 64 else hidden
+        return hidden
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embeddings
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # [L, D/2]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B,H,T,D]; cos/sin [B or 1,1,T,D/2] (positions may differ per row when left-padded)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return rotated.type_as(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Preallocated keys/values for every layer; `pos` is how many slots are filled.
+
+    Slot s of row b holds the token at position s - pad_lengths[b] (negative = padding).
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, pad_lengths, device, dtype):
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.pos = 0
+        if pad_lengths is None:
+            pad_lengths = torch.zeros(batch_size, dtype=torch.long)
+        self.pad_lengths = torch.as_tensor(pad_lengths, dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.q_proj = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
+        self.kv_proj = nn.Linear(config.n_embd, 2 * config.n_kv_head * config.head_dim, bias=config.bias)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.out_proj.is_residual_out = True
+        self.dropout = config.dropout
+
+    def forward(self, x, rope, mask, cache: KVCache | None, layer: int):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = self.kv_proj(x).view(B, T, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            start = cache.pos
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k = cache.k[layer][:, :, : start + T]
+            v = cache.v[layer][:, :, : start + T]
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and self.config.objective == "clm",
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return F.dropout(self.out_proj(y), self.dropout, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = config.mlp_hidden
+        self.swiglu = config.activation == "swiglu"
+        self.up_proj = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
+        self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.down_proj.is_residual_out = True
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        h = self.up_proj(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return F.dropout(self.down_proj(h), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(config, config.n_embd)
+        self.attn = Attention(config)
+        self.mlp_norm = make_norm(config, config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, mask, cache, layer):
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.arch != "gpt":
+            raise ValueError(f"GPT needs arch='gpt', got {config.arch!r}")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.context_length, config.n_embd) if config.pos == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.final_norm = make_norm(config, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if config.pos == "rope":
+            cos, sin = rope_tables(config.head_dim, config.context_length, config.rope_theta)
+            # Not saved: recomputed from the config, so checkpoints hold only learned weights.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2 init; residual output projections scaled by 1/sqrt(2 * n_layer).
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "is_residual_out", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -- sizes ------------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward + backward) per token: 6N plus attention's 12 * L * C * T."""
+        c = self.config
+        T = seq_len or c.context_length
+        n = self.num_params(non_embedding=True)
+        return int(6 * n + 12 * c.n_layer * c.n_embd * T)
+
+    # -- forward ----------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int | None = None, pad_lengths=None) -> KVCache:
+        max_len = max_len or self.config.context_length
+        if max_len > self.config.context_length and self.config.pos == "learned":
+            raise ValueError(f"max_len {max_len} exceeds the context length {self.config.context_length}")
+        weight = self.tok_emb.weight
+        dtype = torch.get_autocast_dtype(weight.device.type) if torch.is_autocast_enabled(weight.device.type) else weight.dtype
+        return KVCache(self.config, batch_size, max_len, pad_lengths, weight.device, dtype)
+
+    def _positions_and_mask(self, B: int, T: int, device, cache: KVCache | None, attention_mask):
+        """Per-row positions [B,T] and the boolean attention mask (True = may attend), or None
+        when plain causal/bidirectional attention is enough (the fast SDPA path)."""
+        causal = self.config.objective == "clm"
+        if cache is not None:
+            start = cache.pos
+            if start + T > cache.max_len:
+                raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
+            slots = torch.arange(start, start + T, device=device)
+            pad = cache.pad_lengths.to(device)
+            positions = (slots[None, :] - pad[:, None]).clamp(min=0)
+            if start == 0 and not bool(pad.any()):
+                return positions, None
+            keys = torch.arange(start + T, device=device)
+            visible = keys[None, None, :] >= pad[:, None, None]  # [B,1,S]
+            mask = visible & (keys[None, None, :] <= slots[None, :, None]) if causal else visible.expand(B, T, -1)
+            mask = mask | (keys[None, None, :] == slots[None, :, None])  # padded queries see themselves: no NaN
+            return positions, mask[:, None]
+        if attention_mask is None:
+            positions = torch.arange(T, device=device).expand(B, T)
+            return positions, None
+        real = attention_mask.to(device=device, dtype=torch.bool)
+        positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)
+        idx = torch.arange(T, device=device)
+        mask = real[:, None, :].expand(B, T, T)
+        if causal:
+            mask = mask & (idx[None, :] <= idx[:, None])[None]
+        mask = mask | torch.eye(T, dtype=torch.bool, device=device)[None]
+        return positions, mask[:, None]
+
+    def _trunk(self, idx, cache=None, attention_mask=None):
+        B, T = idx.shape
+        limit = cache.max_len if cache is not None else self.config.context_length
+        if T > limit or (self.config.pos == "learned" and T > self.config.context_length):
+            raise ValueError(f"sequence of {T} tokens exceeds the context length {self.config.context_length}")
+        if cache is not None and self.config.objective == "mlm":
+            raise ValueError("a masked LM (objective mlm) is bidirectional and cannot use a KV cache")
+        positions, mask = self._positions_and_mask(B, T, idx.device, cache, attention_mask)
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        x = self.drop(x)
+        rope = None
+        if self.config.pos == "rope":
+            needed = int(positions.max()) + 1 if positions.numel() else 1
+            cos, sin = self._rope_for(needed)
+            if cache is None and attention_mask is None:
+                rope = (cos[:T][None, None], sin[:T][None, None])
+            else:
+                rope = (cos[positions][:, None], sin[positions][:, None])
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        return self.final_norm(x)
+
+    def _rope_for(self, length: int):
+        if length > self.rope_cos.shape[0]:  # generation past the training context: extend the tables
+            cos, sin = rope_tables(self.config.head_dim, length, self.config.rope_theta)
+            return cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+        return self.rope_cos, self.rope_sin
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None):
+        x = self._trunk(idx, cache=cache)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states [B,T,C]; attention_mask [B,T] (1 real, 0 padding, either side)."""
+        return self._trunk(idx, attention_mask=attention_mask)

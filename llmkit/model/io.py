@@ -1,0 +1,113 @@
+"""Model weights and checkpoint artifacts on disk: safetensors + JSON, never pickle.
+
+A checkpoint artifact (kind "checkpoint") holds:
+  model.safetensors     the weights (a tied output head is stored once, as the embedding)
+  model_config.json     every ModelConfig field, incl. `arch` and `objective`
+  tokenizer/            a copy of the tokenizer (tokenizer.json, token_bytes.npy)
+  task.json             optional (finetune): task, label names, prompt template
+  training_state.*      optimizer, schedule, RNG and data position for --resume (llmkit/train)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmkit.errors import UserError
+from llmkit.model.gpt import ModelConfig
+from llmkit.model.presets import build_model
+
+WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "model_config.json"
+TASK = "task.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Parameter names that alias an earlier parameter (tied embeddings): stored once."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        else:
+            seen[id(param)] = name
+    return tied
+
+
+def weights_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A contiguous CPU state dict without aliased duplicates, ready for safetensors."""
+    state = state_dict if state_dict is not None else model.state_dict()
+    tied = _tied_names(model)
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in tied}
+
+
+def save_weights(model: torch.nn.Module, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    save_file(weights_state_dict(model, state_dict), str(directory / WEIGHTS), metadata={"format": "pt"})
+    config: ModelConfig = model.config
+    (directory / MODEL_CONFIG).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path), device=str(next(model.parameters()).device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = set(missing) - _tied_names(model)
+    if missing or unexpected:
+        raise UserError(
+            f"{path} does not match its model_config.json (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}); the checkpoint is damaged, rebuild it"
+        )
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    path = Path(directory) / MODEL_CONFIG
+    if not path.is_file():
+        raise UserError(f"{directory} has no {MODEL_CONFIG}; it is not a complete checkpoint, rebuild it")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path} is not a valid model config ({exc}); rebuild the checkpoint") from exc
+
+
+def load_model(directory: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model from model_config.json and load model.safetensors (eval mode)."""
+    directory = Path(directory)
+    config = read_model_config(directory)
+    with torch.device(device):
+        model = build_model(config)
+    load_weights(model, directory / WEIGHTS)
+    return model.eval()
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module
+    config: ModelConfig
+    tokenizer: Any  # llmkit.data.tokenizer.TextTokenizer
+    task: dict | None
+    artifact: Any  # llmkit.artifacts.Artifact
+
+
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load a checkpoint artifact: model (eval mode) on `device`, its config, tokenizer and task."""
+    from llmkit import artifacts
+    from llmkit.data.tokenizer import load_tokenizer
+
+    art = artifacts.load(path, kind="checkpoint")
+    art.file(WEIGHTS)
+    art.file(MODEL_CONFIG)
+    model = load_model(art.path, device)
+    task = None
+    if TASK in art.manifest.files:
+        task = json.loads(art.file(TASK).read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer(art.path / TOKENIZER_DIR)
+    return LoadedCheckpoint(model=model, config=model.config, tokenizer=tokenizer, task=task, artifact=art)

@@ -1,0 +1,134 @@
+"""The model library: shapes, KV cache and left padding equal full forward, presets, GQA, LSTM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmkit.model.gpt import GPT, ModelConfig
+from llmkit.model.presets import PRESETS, build_model, resolve_model_config
+
+torch.set_num_threads(1)
+
+VARIANTS = {
+    "llama": dict(norm="rmsnorm", pos="rope", activation="swiglu", n_kv_head=2, bias=False),
+    "gpt2": dict(norm="layernorm", pos="learned", activation="gelu", bias=True, tie_embeddings=False),
+    "lstm": dict(arch="lstm", n_head=1),
+}
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(vocab_size=97, context_length=32, n_layer=2, n_head=4, n_embd=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make(variant: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(small(**VARIANTS[variant])).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_shapes_and_loss(variant):
+    model = make(variant)
+    idx = torch.randint(0, 97, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, 97) and loss is None
+    _, loss = model(idx, targets=torch.randint(0, 97, (3, 16)))
+    # A fresh model predicts nearly uniformly: loss close to ln(V).
+    assert abs(loss.item() - torch.log(torch.tensor(97.0)).item()) < 0.5
+    assert model.hidden_states(idx).shape == (3, 16, 32)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_matches_full_forward(variant):
+    model = make(variant)
+    idx = torch.randint(0, 97, (2, 20))
+    full, _ = model(idx)
+    cache = model.new_cache(2, 24)
+    pieces = [model(idx[:, :7], cache=cache)[0]]  # prefill, then one token at a time
+    for t in range(7, 20):
+        pieces.append(model(idx[:, t : t + 1], cache=cache)[0])
+    assert cache.pos == 20
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_left_padded_batch_equals_rows_alone(variant):
+    model = make(variant)
+    rows = [torch.randint(3, 97, (n,)) for n in (9, 5, 12)]
+    width, steps = 12, 4
+    pads = torch.tensor([width - len(r) for r in rows])
+    batch = torch.stack([torch.cat([torch.full((width - len(r),), 2), r]) for r in rows])
+    cache = model.new_cache(3, width + steps, pad_lengths=pads)
+    logits, _ = model(batch, cache=cache)
+    next_tokens = torch.randint(3, 97, (3, steps))
+    batched_steps = [model(next_tokens[:, s : s + 1], cache=cache)[0][:, -1] for s in range(steps)]
+    for b, row in enumerate(rows):
+        single_cache = model.new_cache(1, len(row) + steps)
+        single, _ = model(row[None], cache=single_cache)
+        torch.testing.assert_close(logits[b, pads[b] :], single[0], atol=1e-5, rtol=1e-4)
+        for s in range(steps):
+            step_logits = model(next_tokens[b : b + 1, s : s + 1], cache=single_cache)[0][0, -1]
+            torch.testing.assert_close(batched_steps[s][b], step_logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hidden_states_with_attention_mask_ignore_padding(variant):
+    model = make(variant)
+    row = torch.randint(3, 97, (6,))
+    alone = model.hidden_states(row[None])[0]
+    left = torch.cat([torch.full((3,), 2), row])[None]
+    right = torch.cat([row, torch.full((3,), 2)])[None]
+    mask_left = torch.tensor([[0, 0, 0] + [1] * 6])
+    mask_right = torch.tensor([[1] * 6 + [0, 0, 0]])
+    torch.testing.assert_close(model.hidden_states(left, mask_left)[0, 3:], alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.hidden_states(right, mask_right)[0, :6], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_causal_vs_bidirectional():
+    torch.manual_seed(0)
+    clm = GPT(small()).eval()
+    mlm = GPT(small(objective="mlm")).eval()
+    mlm.load_state_dict(clm.state_dict())
+    idx = torch.randint(0, 97, (1, 10))
+    changed = idx.clone()
+    changed[0, -1] = (idx[0, -1] + 1) % 97
+    # Causal: changing the last token leaves earlier logits alone; bidirectional: it does not.
+    torch.testing.assert_close(clm(idx)[0][:, :-1], clm(changed)[0][:, :-1])
+    assert not torch.allclose(mlm(idx)[0][:, :-1], mlm(changed)[0][:, :-1])
+    with pytest.raises(ValueError, match="KV cache"):
+        mlm(idx, cache=mlm.new_cache(1, 16))
+
+
+def test_gqa_reduces_kv_parameters_and_tied_embeddings_share_storage():
+    mha = GPT(small(n_kv_head=4))
+    gqa = GPT(small(n_kv_head=1))
+    assert gqa.blocks[0].attn.kv_proj.weight.shape[0] == 2 * 8  # one KV head of size 8
+    assert gqa.num_params() < mha.num_params()
+    tied = GPT(small(tie_embeddings=True))
+    assert tied.lm_head.weight.data_ptr() == tied.tok_emb.weight.data_ptr()
+
+
+def test_gpt2_preset_is_124m_and_flops():
+    config = resolve_model_config("gpt2", vocab_size=50257)
+    with torch.device("meta"):
+        model = build_model(config)
+    assert 124_000_000 < model.num_params() < 124_600_000
+    # 6N + 12 L C T, with N excluding position embeddings.
+    n = model.num_params(non_embedding=True)
+    assert model.flops_per_token() == 6 * n + 12 * 12 * 768 * 1024
+
+
+def test_presets_build_and_overrides():
+    for name in PRESETS:
+        config = resolve_model_config(name, vocab_size=1000)
+        assert config.vocab_size == 1000
+    config = resolve_model_config("tiny", vocab_size=500, overrides={"n_layer": 2, "norm": "layernorm", "n_embd": None})
+    assert config.n_layer == 2 and config.norm == "layernorm" and config.n_embd == PRESETS["tiny"]["n_embd"]
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match="unknown model preset"):
+        resolve_model_config("huge", vocab_size=10)
+    with pytest.raises(UserError, match="divisible"):
+        resolve_model_config("tiny", vocab_size=10, overrides={"n_embd": 100, "n_head": 3})
