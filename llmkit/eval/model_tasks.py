@@ -1,0 +1,242 @@
+"""Evaluations that run a checkpoint: perplexity/bpb, generation for BLEU/ROUGE, classification."""
+
+from __future__ import annotations
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+from llmkit.eval.sources import artifact_kind, load_records, pick
+
+# Fields looked for in --data records, in order, when no --field / --reference-field / --label-field is given.
+TEXT_FIELDS = ("text", "document", "content")
+INPUT_FIELDS = ("source", "document", "prompt", "input", "question", "text")
+REFERENCE_FIELDS = ("target", "summary", "reference", "references", "answer")
+CONTEXT_FIELDS = ("query", "context", "question", "prompt", "text")
+LABEL_FIELDS = ("label", "answer", "gold")
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+
+def _progress_bar(total: int, description: str):
+    from llmkit.console import progress
+
+    bar = progress()
+    task = bar.add_task(description, total=total)
+    return bar, (lambda n: bar.advance(task, n))
+
+
+# ---------------------------------------------------------------------------------------------
+# perplexity / bits per byte
+
+
+def perplexity_documents(loaded, cfg):
+    """Documents (tokens + word/byte counts) from --data."""
+    from llmkit.eval.perplexity import Document, document_from_text
+
+    tokenizer = loaded.tokenizer
+    if artifact_kind(cfg.data) == "tokens":
+        from llmkit.data.shards import TokenShards
+
+        art = artifacts.load(cfg.data, kind="tokens")
+        shards = TokenShards.open(art, "val")
+        if shards.vocab_size > loaded.config.vocab_size:
+            raise UserError(
+                f"tokens artifact {cfg.data} has vocabulary {shards.vocab_size} but the model has {loaded.config.vocab_size}; "
+                "tokenize with the checkpoint's tokenizer"
+            )
+        documents = []
+        for i, doc in enumerate(shards.iter_documents()):
+            if cfg.limit is not None and i >= cfg.limit:
+                break
+            tokens = [int(t) for t in doc]
+            if tokens and tokens[0] == tokenizer.bos_id:
+                tokens = tokens[1:]  # BOS is the prefix every document is scored after
+            words = len(tokenizer.decode(tokens).split())
+            documents.append(Document(tokens, words=words, bytes=None))
+        if not documents:
+            raise UserError(f"tokens artifact {cfg.data} has an empty val split; tokenize with a validation fraction > 0")
+        return documents
+    records = load_records(cfg.data, cfg.split, cfg.limit)
+    name = pick(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
+    return [document_from_text(str(r[name]), tokenizer) for r in records if str(r[name])]
+
+
+
+def perplexity(loaded, cfg):
+    from llmkit.eval.perplexity import score_documents
+
+    documents = perplexity_documents(loaded, cfg)
+    context = int(loaded.config.context_length)
+    if cfg.rolling_context > context:
+        raise UserError(f"--rolling-context {cfg.rolling_context} exceeds the model's context length {context}")
+    windows = sum(1 + max(0, -(-(len(d.tokens) - context) // (context - cfg.rolling_context + 1))) for d in documents if d.tokens)
+    bar, advance = _progress_bar(windows, "perplexity")
+    with bar:
+        result = score_documents(
+            loaded.model,
+            documents,
+            prefix_token=loaded.tokenizer.bos_id,
+            token_bytes=loaded.tokenizer.token_bytes,
+            pad_id=_pad_id(loaded.tokenizer),
+            context_len=cfg.rolling_context,
+            batch_size=cfg.batch_size,
+            progress=advance,
+        )
+    if result.tokens == 0 or result.bytes == 0:
+        raise UserError(f"--data {cfg.data} has no text tokens to score")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# generation for BLEU / chrF / ROUGE
+
+
+class _Fields(dict):
+    def __missing__(self, key):
+        raise UserError(f"--prompt-template names {{{key}}} but the data has no field {key!r}; fields: {', '.join(self)}")
+
+
+def render_template(template: str, record: dict, input_field: str) -> str:
+    values = _Fields({k: v for k, v in record.items()})
+    values.setdefault("input", record[input_field])
+    try:
+        return template.format_map(values)
+    except (ValueError, IndexError) as exc:
+        raise UserError(f"--prompt-template {template!r} is not a valid template ({exc}); use {{field}} placeholders") from exc
+
+
+def generate_predictions(loaded, cfg):
+    from llmkit.generate.engine import GenerationParams, Generator
+
+    records = load_records(cfg.data, cfg.split, cfg.limit)
+    input_field = pick(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")
+    reference_field = pick(records, cfg.reference_field, REFERENCE_FIELDS, "references (target/summary)", "--reference-field")
+    template = cfg.prompt_template or (loaded.task or {}).get("prompt_template") or "{" + input_field + "}\n"
+    prompts = [render_template(template, r, input_field) for r in records]
+    references = []
+    for i, r in enumerate(records):
+        value = r[reference_field]
+        refs = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else None
+        if not refs or not all(isinstance(x, str) for x in refs):
+            raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
+        references.append(refs)
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
+    generator = Generator(loaded.model, loaded.tokenizer)
+    bar, advance = _progress_bar(len(prompts), "generating")
+    completions = []
+    with bar:
+        for start in range(0, len(prompts), cfg.batch_size):
+            chunk = prompts[start : start + cfg.batch_size]
+            completions.extend(generator.complete(chunk, params, batch_size=cfg.batch_size))
+            advance(len(chunk))
+    predictions = [c.text.strip() for c in completions]
+    extras = [{"prompt": c.prompt, "finish_reason": c.finish_reason} for c in completions]
+    return predictions, references, extras
+
+
+
+# ---------------------------------------------------------------------------------------------
+# classification: multiple choice, classifier checkpoints, label scoring
+
+
+
+def _label_index(value, names: list[str], i: int) -> int:
+    if isinstance(value, bool):
+        raise UserError(f"record {i + 1}: label {value!r} is not a class index or name")
+    if isinstance(value, int):
+        if not 0 <= value < len(names):
+            raise UserError(f"record {i + 1}: label {value} is out of range for {len(names)} classes")
+        return value
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    if isinstance(value, str) and value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise UserError(f"record {i + 1}: label {value!r} is not one of {', '.join(names)}")
+
+
+def classification(loaded, cfg):
+    from llmkit.eval.choice import score_choices
+    from llmkit.eval.metrics import classification_scores
+
+    records = load_records(cfg.data, cfg.split, cfg.limit)
+    label_field = pick(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
+    task = loaded.task or {}
+    pad_id = _pad_id(loaded.tokenizer)
+    if "choices" in records[0]:  # multiple choice, lm-eval style
+        context_field = pick(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
+        examples, gold = [], []
+        for i, r in enumerate(records):
+            choices = r["choices"]
+            if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+                raise UserError(f"record {i + 1}: 'choices' must be a non-empty list of strings")
+            context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else str(r[context_field])
+            examples.append((context, choices))
+            gold.append(_label_index(r[label_field], choices, i))
+        bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
+        with bar:
+            scores = score_choices(
+                loaded.model, loaded.tokenizer, examples, prefix_token=loaded.tokenizer.bos_id, pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+            )
+        predicted = [s.prediction for s in scores]
+        metrics = classification_scores(predicted, gold)
+        metrics["accuracy_norm"] = sum(int(s.prediction_norm == g) for s, g in zip(scores, gold)) / len(gold)
+        records_out = [
+            {"task": "multiple_choice", "index": i, "label": g, "prediction": s.prediction, "prediction_norm": s.prediction_norm, "logliks": s.logliks}
+            for i, (s, g) in enumerate(zip(scores, gold))
+        ]
+        return metrics, records_out
+
+    names = list(cfg.labels) or list(task.get("labels") or task.get("label_names") or [])
+    if not names:
+        raise UserError(
+            "classification needs label names: a classification checkpoint (task.json 'labels'), "
+            "--labels NAME,NAME, or multiple-choice data with a 'choices' field"
+        )
+    text_field = pick(records, cfg.text_field, TEXT_FIELDS + ("sentence",), "text to classify", "--field")
+    gold = [_label_index(r[label_field], names, i) for i, r in enumerate(records)]
+    texts = [str(r[text_field]) for r in records]
+    classify = getattr(loaded.model, "classify", None)
+    if callable(classify):
+        predicted = _classifier_predictions(loaded, texts, cfg.batch_size)
+        how = "classifier"
+    else:
+        # A language model without a classification head: pick the label whose name is most likely
+        # after the (templated) text, zero-shot.
+        template = cfg.prompt_template or task.get("prompt_template") or "{" + text_field + "}\n"
+        examples = [(render_template(template, r, text_field), [" " + n if not template.endswith((" ", "\n")) else n for n in names]) for r in records]
+        bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
+        with bar:
+            scores = score_choices(
+                loaded.model, loaded.tokenizer, examples, prefix_token=loaded.tokenizer.bos_id, pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+            )
+        predicted = [s.prediction for s in scores]
+        how = "label likelihood"
+    metrics = classification_scores([names[p] for p in predicted], [names[g] for g in gold])
+    records_out = [
+        {"task": "classification", "method": how, "index": i, "text": t, "label": names[g], "prediction": names[p]}
+        for i, (t, g, p) in enumerate(zip(texts, gold, predicted))
+    ]
+    return metrics, records_out
+
+
+def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[int]:
+    """Batched `model.classify(idx, attention_mask) -> logits [B, n_labels]` (right padding)."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    limit = int(loaded.config.context_length)
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            rows = [([tokenizer.bos_id] + tokenizer.encode(t))[:limit] for t in texts[start : start + batch_size]]
+            width = max(len(r) for r in rows)
+            idx = torch.full((len(rows), width), _pad_id(tokenizer), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for b, row in enumerate(rows):
+                idx[b, : len(row)] = torch.tensor(row)
+                mask[b, : len(row)] = 1
+            device = next(loaded.model.parameters()).device
+            logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))
+            predicted.extend(int(i) for i in logits.argmax(dim=-1).tolist())
+    return predicted

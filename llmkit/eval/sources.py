@@ -1,0 +1,81 @@
+"""Where evaluation data comes from: `--data` as a file, an artifact, or a `datasets` name.
+
+  tokens artifact   its `val` split, document by document (perplexity / bpb)
+  corpus artifact   its documents' text
+  .txt              the whole file as one document (perplexity), or one example per line
+  .jsonl / .json    one record per line
+  .parquet / .csv   records, read with `datasets`
+  NAME[:CONFIG]     a `datasets` data set already in the local cache (no network), `--split`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+from llmkit.eval.textio import is_jsonl, read_jsonl
+
+
+def artifact_kind(data: str) -> str | None:
+    path = Path(data)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from llmkit import artifacts
+
+        return artifacts.load(path).kind
+    return None
+
+
+def load_records(data: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Records (dicts) from a file or data set; .txt gives {"text": whole file}."""
+    path = Path(data)
+    kind = artifact_kind(data)
+    if kind == "corpus":
+        from llmkit.data.corpus import iter_corpus_texts
+        from llmkit import artifacts
+
+        records = [{"text": t} for batch in iter_corpus_texts(artifacts.load(path, kind="corpus")) for t in batch]
+    elif kind is not None:
+        raise UserError(f"--data {data} is a {kind} artifact; this metric reads records (a corpus, .jsonl, .txt, .parquet, .csv)")
+    elif path.is_file() and is_jsonl(path):
+        records = read_jsonl(path)
+    elif path.is_file() and path.suffix.lower() in (".txt", ".md", ""):
+        records = [{"text": path.read_text(encoding="utf-8")}]
+    elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
+        records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
+    elif path.exists():
+        raise UserError(f"--data {data}: unsupported file type {path.suffix!r}; use .txt, .jsonl, .parquet or .csv")
+    elif "/" in data and not data.count("/") == 1 or data.startswith((".", "~")):
+        raise UserError(f"--data {data}: no such file or artifact; check the path")
+    else:
+        name, _, config = data.partition(":")
+        records = _datasets_records(name, config or None, split)
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise UserError(f"--data {data} holds no records")
+    return records
+
+
+def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
+    except Exception as exc:  # offline misses, unknown names and splits all land here
+        raise UserError(
+            f"could not load data set {name!r}{f' ({config})' if config else ''} split {split!r}: "
+            f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
+        ) from exc
+    return [dict(r) for r in ds]
+
+
+def pick(records: list[dict], given: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+    if given is not None:
+        if given not in records[0]:
+            raise UserError(f"the data has no field {given!r} ({what}); fields: {', '.join(records[0])}")
+        return given
+    for name in candidates:
+        if name in records[0]:
+            return name
+    raise UserError(f"cannot find the {what} in the data (fields: {', '.join(records[0])}); pass {flag} NAME")

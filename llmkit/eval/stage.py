@@ -1,0 +1,231 @@
+"""The eval stage: `run_eval(checkpoint, config, out)` -> an eval artifact.
+
+What runs depends on the metrics asked for and the inputs given:
+
+  text metrics (bleu, chrf, chrf++, rouge*)   --predictions P --references R (no model), or a
+                                               checkpoint generating from --data's source/document
+  perplexity family (perplexity, bpb, ...)     checkpoint + --data (tokens artifact val split, text)
+  classification (accuracy, precision, ...)    checkpoint + --data: multiple-choice records
+                                               ({"choices": [...], "label": i}), or labelled texts
+                                               scored by the classifier / by label log-likelihood;
+                                               or --predictions/--references of labels (no model)
+
+The artifact: metrics.json (flat name -> number), predictions.jsonl (one record per example or
+document, with a "task" key), manifest (config, inputs, stats incl. sacrebleu signatures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit import artifacts
+from llmkit.config import to_dict
+from llmkit.errors import UserError
+from llmkit.eval import names as metric_names
+from llmkit.eval.textio import read_predictions, read_references
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["perplexity"])
+    data: str | None = None  # tokens/corpus artifact, .txt/.jsonl/.parquet/.csv file, or datasets NAME[:CONFIG]
+    split: str = "validation"  # for datasets names; a tokens artifact is always read at its "val" split
+    predictions: str | None = None  # predictions file (no model needed)
+    references: list[str] = field(default_factory=list)  # reference files (one per reference set)
+    text_field: str | None = None  # JSONL field of predictions / of the model input in --data
+    reference_field: str | None = None  # JSONL field of references (in --references or --data)
+    label_field: str | None = None
+    labels: list[str] = field(default_factory=list)  # label names (else task.json's)
+    bleu_tokenize: str = "13a"
+    lowercase: bool = False
+    rouge_tokenize: str = "default"
+    stemmer: bool = False
+    prompt_template: str | None = None  # e.g. "Translate to English: {source}\n"; fields in braces
+    max_new_tokens: int = 64
+    stop: list[str] = field(default_factory=lambda: ["\n"])
+    rolling_context: int = 1  # lm-eval's context_len: min. tokens of context per scored chunk
+    batch_size: int = 8
+    limit: int | None = None  # evaluate only the first N examples
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.rolling_context < 1:
+            raise ValueError("rolling_context must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1")
+
+
+@dataclass
+class EvalResult:
+    path: Path
+    metrics: dict[str, float]
+    signatures: dict[str, str]
+    formatted: dict[str, str]
+
+
+def _file_ref(value: str) -> Any:
+    """Files are recorded by name and content hash, never by absolute path."""
+    path = Path(value)
+    if path.is_file():
+        return {"file": path.name, "sha256": artifacts.sha256_file(path)}
+    return value
+
+
+def _recorded_config(cfg: EvalConfig) -> dict:
+    data = to_dict(cfg)
+    if cfg.data and not (Path(cfg.data) / artifacts.MANIFEST).is_file():
+        data["data"] = _file_ref(cfg.data)
+    elif cfg.data:
+        data["data"] = "artifact (see inputs)"
+    if cfg.predictions:
+        data["predictions"] = _file_ref(cfg.predictions)
+    data["references"] = [_file_ref(r) for r in cfg.references]
+    return data
+
+
+def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, cls: list) -> None:
+    """Refuse impossible combinations before loading anything."""
+    if cfg.predictions is not None:
+        if lm:
+            raise UserError(f"{', '.join(lm)} need a model: pass a checkpoint and --data, not --predictions")
+        if not cfg.references:
+            needing = ", ".join(text + cls)
+            raise UserError(f"{needing}: scoring predictions needs references; pass --references FILE")
+        return
+    if cfg.references:
+        raise UserError("--references goes with --predictions; to evaluate a checkpoint pass --data instead")
+    if checkpoint is None:
+        raise UserError("nothing to evaluate: pass a checkpoint (llmkit eval CKPT --data D) or --predictions P --references R")
+    if cfg.data is None:
+        raise UserError(f"{', '.join(text + lm + cls)} on a checkpoint need --data (a tokens artifact, text or JSONL file)")
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    art = artifacts.load(checkpoint, kind="checkpoint")
+    if not (art.path / "tokenizer" / "tokenizer.json").is_file():
+        raise UserError(f"checkpoint {checkpoint} has no tokenizer/tokenizer.json; rebuild it (or copy its tokenizer into {checkpoint}/tokenizer)")
+
+
+def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool = False, device: str = "cpu") -> EvalResult:
+    names = metric_names.parse_metrics(cfg.metrics)
+    text = metric_names.family(names, metric_names.TEXT)
+    lm = metric_names.family(names, metric_names.LM)
+    cls = metric_names.family(names, metric_names.CLASSIFICATION)
+    _check_plan(checkpoint, cfg, text, lm, cls)
+    if text:
+        from llmkit.eval.text_scores import check_options
+
+        check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
+    if checkpoint is not None:
+        _check_checkpoint(checkpoint)
+    artifacts.check_output(out, force)
+
+    metrics: dict[str, float] = {}
+    signatures: dict[str, str] = {}
+    formatted: dict[str, str] = {}
+    records: list[dict] = []
+    stats: dict[str, Any] = {}
+    started = time.perf_counter()
+    with artifacts.create(out, "eval", force=force) as build:
+        loaded = None
+        if checkpoint is not None:
+            from llmkit.model.io import load_checkpoint
+            from llmkit.runtime import seed_everything
+
+            import torch
+
+            seed_everything(cfg.seed)
+            torch.manual_seed(cfg.seed)
+            loaded = load_checkpoint(checkpoint, device=device)
+            build.add_input("checkpoint", loaded.artifact)
+        if cfg.predictions is not None:
+            predictions = read_predictions(Path(cfg.predictions), cfg.text_field)
+            references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions))
+            if cfg.limit:
+                predictions, references = predictions[: cfg.limit], references[: cfg.limit]
+            stats["examples"] = len(predictions)
+            if text:
+                _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records)
+            if cls:
+                from llmkit.eval.metrics import classification_scores
+
+                if any(len(r) != 1 for r in references):
+                    raise UserError("classification metrics take exactly one reference label per prediction")
+                metrics.update(classification_scores(predictions, [r[0] for r in references]))
+                records.extend(
+                    {"task": "classification", "index": i, "prediction": p, "label": r[0]}
+                    for i, (p, r) in enumerate(zip(predictions, references))
+                )
+        else:
+            from llmkit.eval import model_tasks
+
+            if (Path(cfg.data) / artifacts.MANIFEST).is_file():
+                build.add_input("data", artifacts.load(cfg.data))
+            if lm:
+                result = model_tasks.perplexity(loaded, cfg)
+                metrics.update(result.metrics)
+                stats.update(
+                    {"tokens": result.tokens, "words": result.words, "bytes": result.bytes, "documents": result.documents, "nll": result.nll}
+                )
+                records.extend({"task": "perplexity", **r} for r in result.per_document)
+            if text:
+                predictions, references, gen_records = model_tasks.generate_predictions(loaded, cfg)
+                first = len(records)
+                _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records)
+                # attach the prompt/input to the records the text metrics just wrote
+                for record, extra in zip(records[first:], gen_records):
+                    record.update(extra)
+                stats["examples"] = len(predictions)
+            if cls:
+                cls_metrics, cls_records = model_tasks.classification(loaded, cfg)
+                metrics.update(cls_metrics)
+                records.extend(cls_records)
+                stats["classification_examples"] = len(cls_records)
+        for name, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{name} came out as {value}; the model's outputs are not finite (a damaged checkpoint?)")
+        (build.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        with open(build.dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        build.config = _recorded_config(cfg)
+        build.seed = cfg.seed
+        stats["signatures"] = signatures
+        stats["metrics"] = list(metrics)
+        build.stats = stats
+        build.runtime = {"device": device, "seconds": round(time.perf_counter() - started, 3)}
+    return EvalResult(Path(out), metrics, signatures, formatted)
+
+
+def _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records) -> None:
+    from llmkit.eval.text_scores import score_text
+
+    scores = score_text(
+        text,
+        predictions,
+        references,
+        bleu_tokenize=cfg.bleu_tokenize,
+        lowercase=cfg.lowercase,
+        rouge_tokenize=cfg.rouge_tokenize,
+        stemmer=cfg.stemmer,
+    )
+    metrics.update(scores.metrics)
+    signatures.update(scores.signatures)
+    formatted.update(scores.formatted)
+    for i, (prediction, refs) in enumerate(zip(predictions, references)):
+        record = {"task": "text", "index": i, "prediction": prediction, "references": refs}
+        for name, values in scores.per_example.items():
+            record[name] = values[i]
+        records.append(record)
+
+
+def config_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(EvalConfig)}

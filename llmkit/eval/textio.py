@@ -1,0 +1,106 @@
+"""Reading predictions, references and evaluation data sets from files.
+
+Plain text: one segment per line, trailing whitespace stripped, as sacrebleu's own CLI reads
+them. JSONL (`.jsonl`/`.json`): one object per line; a field names the text to take (a list of
+strings in a reference field means several references for that segment).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from llmkit.errors import UserError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PREDICTION_FIELDS = ("prediction", "completion", "text", "output", "hypothesis")
+REFERENCE_FIELDS = ("reference", "references", "target", "summary", "label")
+
+
+def is_jsonl(path: Path) -> bool:
+    return Path(path).suffix.lower() in JSONL_SUFFIXES
+
+
+def read_lines(path: Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}; check the path")
+    with open(path, encoding="utf-8", newline="\n") as handle:
+        return [line.rstrip() for line in handle]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}; check the path")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); fix the line or pass a .txt file") from exc
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{lineno} is not a JSON object; each line must be {{\"field\": ...}}")
+            records.append(record)
+    return records
+
+
+def pick_field(records: list[dict], field: str | None, candidates: Sequence[str], path: Path, flag: str) -> str:
+    """The field to read: the one given, else the first candidate every record has."""
+    if not records:
+        raise UserError(f"{path} holds no records")
+    if field is not None:
+        missing = next((i for i, r in enumerate(records, 1) if field not in r), None)
+        if missing is not None:
+            raise UserError(f"{path}: record {missing} has no field {field!r}; fields there: {', '.join(records[missing - 1])}")
+        return field
+    for name in candidates:
+        if all(name in r for r in records):
+            return name
+    raise UserError(f"{path}: cannot tell which field holds the text (fields: {', '.join(records[0])}); pass {flag} NAME")
+
+
+def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag: str, allow_lists: bool) -> list:
+    """Strings (or lists of strings where allowed) from a .txt or JSONL file."""
+    path = Path(path)
+    if not is_jsonl(path):
+        return read_lines(path)
+    records = read_jsonl(path)
+    name = pick_field(records, field, candidates, path, flag)
+    values = []
+    for i, record in enumerate(records, 1):
+        value = record[name]
+        if isinstance(value, list) and allow_lists and all(isinstance(v, str) for v in value):
+            values.append(value)
+        elif isinstance(value, (str, int)) and not isinstance(value, bool):
+            values.append(value if isinstance(value, str) else str(value))
+        else:
+            raise UserError(f"{path}: record {i} field {name!r} is {type(value).__name__}, expected text")
+    return values
+
+
+def read_predictions(path: Path, field: str | None) -> list[str]:
+    return read_segments(path, field, PREDICTION_FIELDS, "--field", allow_lists=False)
+
+
+def read_references(paths: Sequence[Path], field: str | None, count: int) -> list[list[str]]:
+    """References per prediction: several files (sacrebleu style) and/or lists inside JSONL."""
+    streams = [read_segments(p, field, REFERENCE_FIELDS, "--reference-field", allow_lists=True) for p in paths]
+    for path, stream in zip(paths, streams):
+        if len(stream) != count:
+            raise UserError(
+                f"{count} predictions but {len(stream)} references in {path}; "
+                "each file must hold one line (or record) per segment, in the same order"
+            )
+    per_segment = []
+    for i in range(count):
+        refs: list[str] = []
+        for stream in streams:
+            value = stream[i]
+            refs.extend(value if isinstance(value, list) else [value])
+        per_segment.append(refs)
+    return per_segment

@@ -1,0 +1,97 @@
+"""`llmkit eval --predictions P --references R`: no model, the artifact, the bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from llmkit import artifacts
+
+
+@pytest.fixture
+def files(tmp_path, shared_data):
+    rows = [json.loads(l) for l in open(shared_data / "translation" / "test.jsonl", encoding="utf-8")]
+    src = tmp_path / "src.txt"
+    ref = tmp_path / "ref.txt"
+    src.write_text("\n".join(r["source"] for r in rows) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(r["target"] for r in rows) + "\n", encoding="utf-8")
+    return tmp_path, [r["source"] for r in rows], [r["target"] for r in rows]
+
+
+def test_text_files_several_metrics_one_run(cli, files):
+    tmp, hyps, refs = files
+    result = cli("eval", "--metric", "bleu", "--metric", "chrf,rouge", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
+    assert result.exit_code == 0, result.output
+    bleu = sacrebleu.metrics.BLEU()
+    expected = bleu.corpus_score(hyps, [refs])
+    assert str(bleu.get_signature()) in result.output and str(expected) in result.output  # printed
+    art = artifacts.load(tmp / "ev", kind="eval")
+    metrics = json.loads((art.path / "metrics.json").read_text())
+    assert metrics["bleu"] == expected.score
+    assert metrics["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert set(metrics) == {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert art.stats["signatures"]["bleu"] == str(bleu.get_signature())  # stored
+    records = [json.loads(l) for l in (art.path / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == len(hyps) and records[3]["prediction"] == hyps[3]
+    scorer = rouge_scorer.RougeScorer(["rouge1"])
+    assert records[3]["rouge1"] == scorer.score(refs[3], hyps[3])["rouge1"].fmeasure
+    assert artifacts.verify(tmp / "ev").ok
+    # the config records file names and hashes, never absolute paths
+    assert str(tmp) not in json.dumps(art.manifest.config)
+
+
+def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
+    tmp, hyps, refs = files
+    preds = tmp / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"completion": h}) + "\n" for h in hyps), encoding="utf-8")
+    data = shared_data / "translation" / "test.jsonl"
+    a = cli("eval", "-m", "bleu", "-p", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "a")
+    b = cli("eval", "-m", "bleu", "-p", preds, "-r", data, "-o", tmp / "b")  # fields found by name
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    ma = json.loads((tmp / "a" / "metrics.json").read_text())
+    assert ma["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
+    c = cli("eval", "-m", "bleu", "-p", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "c")
+    assert artifacts.load(tmp / "a").fingerprint == artifacts.load(tmp / "c").fingerprint
+
+
+def test_label_predictions_accuracy(cli, tmp_path):
+    from sklearn.metrics import f1_score
+
+    refs = ["pos", "neg", "pos", "neu", "neg", "pos"]
+    preds = ["pos", "pos", "pos", "neu", "neg", "neg"]
+    (tmp_path / "p.txt").write_text("\n".join(preds) + "\n")
+    (tmp_path / "r.txt").write_text("\n".join(refs) + "\n")
+    result = cli("eval", "-m", "accuracy,f1", "-p", tmp_path / "p.txt", "-r", tmp_path / "r.txt", "-o", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["f1"] == pytest.approx(f1_score(refs, preds, average="macro"))
+    assert metrics["f1_neu"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-m", "bleu", "-p", "{tmp}/src.txt"], "needs references"),
+        (["-m", "rouge", "-p", "{tmp}/src.txt", "-r", "{tmp}/short.txt"], "500 predictions but 3 references"),
+        (["-m", "bleu", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--bleu-tokenize", "nope"], "unknown --bleu-tokenize"),
+        (["-m", "rouge", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--rouge-tokenize", "nope"], "unknown --rouge-tokenize"),
+        (["-m", "blue", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "unknown metric 'blue'"),
+        (["-m", "perplexity", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "need a model"),
+        (["-m", "bleu"], "nothing to evaluate"),
+        (["-m", "bleu", "-p", "{tmp}/missing.txt", "-r", "{tmp}/ref.txt"], "file not found"),
+        (["-m", "bleu", "-p", "{tmp}/bad.jsonl", "-r", "{tmp}/ref.txt"], "not valid JSON"),
+    ],
+)
+def test_bad_inputs_one_line(cli, files, args, message):
+    tmp, _, _ = files
+    (tmp / "short.txt").write_text("a\nb\nc\n")
+    (tmp / "bad.jsonl").write_text('{"prediction": "x"}\nnot json\n')
+    result = cli("eval", *[a.format(tmp=tmp) for a in args], "-o", tmp / "out")
+    assert result.exit_code != 0
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp / "out").exists()

@@ -1,0 +1,148 @@
+"""llmkit's metrics equal the reference libraries: sacrebleu, rouge-score, scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from llmkit.eval.metrics import Bleu, Chrf, Classification, Rouge, module_path
+from llmkit.eval.metrics.rouge_tokenizers import CharTokenizer, UnicodeTokenizer
+from llmkit.eval.text_scores import score_text
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+@pytest.fixture(scope="module")
+def translation(shared_data):
+    rows = _jsonl(shared_data / "translation" / "test.jsonl")
+    sources = [r["source"] for r in rows]
+    targets = [r["target"] for r in rows]
+    shuffled = targets[:]
+    random.Random(0).shuffle(shuffled)
+    return sources, targets, shuffled
+
+
+@pytest.fixture(scope="module")
+def summarization(shared_data):
+    rows = _jsonl(shared_data / "summarization" / "test.jsonl")
+    lead2 = ["\n".join(r["document"].split("\n")[:2]) for r in rows]
+    return lead2, [r["summary"] for r in rows]
+
+
+@pytest.mark.parametrize("baseline", ["copy_source", "shuffled_reference"])
+def test_bleu_and_chrf_equal_sacrebleu(translation, baseline):
+    sources, targets, shuffled = translation
+    hyps = sources if baseline == "copy_source" else shuffled
+    ours = Bleu(keep_in_memory=True).compute(predictions=hyps, references=targets)
+    bleu = sacrebleu.metrics.BLEU()
+    ref = bleu.corpus_score(hyps, [targets])
+    assert ref.score == sacrebleu.corpus_bleu(hyps, [targets]).score
+    assert ours["score"] == ref.score
+    assert ours["formatted"] == str(ref)  # every printed digit
+    assert ours["signature"] == str(bleu.get_signature())
+    chrf = Chrf(keep_in_memory=True).compute(predictions=hyps, references=targets)
+    ref_chrf = sacrebleu.corpus_chrf(hyps, [targets])
+    assert chrf["score"] == ref_chrf.score and chrf["formatted"] == str(ref_chrf)
+    chrfpp = Chrf(keep_in_memory=True).compute(predictions=hyps, references=targets, word_order=2)
+    assert chrfpp["score"] == sacrebleu.corpus_chrf(hyps, [targets], word_order=2).score
+    assert ours["score"] > 0
+
+
+def test_bleu_multi_reference_and_tokenizers(translation, shared_data):
+    sources, targets, shuffled = translation
+    ours = score_text(["bleu"], sources, [[t, s] for t, s in zip(targets, shuffled)])
+    assert ours.metrics["bleu"] == sacrebleu.corpus_bleu(sources, [targets, shuffled]).score
+    assert "nrefs:2" in ours.signatures["bleu"]
+    lines = [l for l in (shared_data / "chinese.txt").read_text(encoding="utf-8").splitlines() if l.strip()][:200]
+    hyps, refs = lines[:100], lines[100:200]
+    for tok in ("zh", "char", "intl"):
+        ours = score_text(["bleu"], hyps, [[r] for r in refs], bleu_tokenize=tok)
+        ref = sacrebleu.corpus_bleu(hyps, [refs], tokenize=tok)
+        assert ours.metrics["bleu"] == ref.score
+        assert f"tok:{tok}" in ours.signatures["bleu"]
+
+
+def test_rouge_equals_rouge_score(summarization):
+    lead2, summaries = summarization
+    for stemmer in (False, True):
+        ours = Rouge(keep_in_memory=True).compute(predictions=lead2, references=summaries, use_stemmer=stemmer)
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=stemmer)
+        scores = [scorer.score(ref, pred) for pred, ref in zip(lead2, summaries)]
+        for rouge_type in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            assert ours[rouge_type] == float(np.mean([s[rouge_type].fmeasure for s in scores]))
+        assert 0.05 < ours["rouge1"] < 0.9
+    # Lsum uses the newline between the two lead lines: it differs from L somewhere
+    assert ours["rougeLsum"] != ours["rougeL"]
+
+
+def test_rouge_unicode_tokenizer_matches_default_on_english(summarization):
+    lead2, summaries = summarization
+    default = rouge_scorer.RougeScorer(["rouge1"])._tokenizer
+    unicode = UnicodeTokenizer()
+    for text in lead2[:50] + summaries[:50]:
+        assert unicode.tokenize(text) == default.tokenize(text)
+
+
+class _Whitespace:
+    def tokenize(self, text):
+        return text.split()
+
+
+def test_chinese_rouge_per_character(shared_data):
+    # default rouge-score drops every Chinese character: all zeros
+    zero = Rouge(keep_in_memory=True).compute(predictions=["我爱北京"], references=["我爱上海"])
+    assert zero["rouge1"] == 0.0
+    # by hand: 2 of 4 characters shared -> P = R = F = 0.5; bigram 我爱 shared of 3 -> 1/3
+    char = Rouge(keep_in_memory=True).compute(predictions=["我爱北京。"], references=["我爱上海"], tokenizer="char")
+    assert char["rouge1"] == pytest.approx(0.5)
+    assert char["rouge2"] == pytest.approx(1 / 3)
+    assert char["rougeL"] == pytest.approx(0.5)
+    # on real text: equals rouge-score fed the same characters separated by spaces
+    lines = [l.strip() for l in (shared_data / "chinese.txt").read_text(encoding="utf-8").splitlines() if l.strip()][:120]
+    hyps, refs = lines[:60], lines[60:120]
+    ours = Rouge(keep_in_memory=True).compute(predictions=hyps, references=refs, tokenizer="char")
+    spaced = lambda t: " ".join(CharTokenizer().tokenize(t))  # noqa: E731
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_Whitespace())
+    expected = [scorer.score(spaced(r), spaced(h)) for h, r in zip(hyps, refs)]
+    for rouge_type in ("rouge1", "rouge2", "rougeL"):
+        assert ours[rouge_type] == pytest.approx(float(np.mean([e[rouge_type].fmeasure for e in expected])), abs=1e-12)
+    assert ours["rouge1"] > 0.1
+    unicode = Rouge(keep_in_memory=True).compute(predictions=hyps, references=refs, tokenizer="unicode")
+    assert unicode["rouge1"] == pytest.approx(ours["rouge1"])  # Chinese: one token per character either way
+
+
+def test_classification_equals_sklearn():
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 3, 300).tolist()
+    preds = [r if rng.random() < 0.6 else int(rng.integers(0, 4)) for r in refs]  # class 3 only predicted
+    ours = Classification(keep_in_memory=True).compute(predictions=preds, references=refs)
+    assert ours["accuracy"] == accuracy_score(refs, preds)
+    p, r, f, s = precision_recall_fscore_support(refs, preds, average="macro", zero_division=0)
+    assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx((p, r, f), abs=1e-12)
+    p, r, f, s = precision_recall_fscore_support(refs, preds, average=None, zero_division=0, labels=[0, 1, 2, 3])
+    for i in range(4):
+        assert ours[f"precision_{i}"] == pytest.approx(p[i]) and ours[f"recall_{i}"] == pytest.approx(r[i])
+        assert ours[f"f1_{i}"] == pytest.approx(f[i]) and ours[f"support_{i}"] == s[i]
+    names = Classification(keep_in_memory=True).compute(
+        predictions=[str(x) for x in preds], references=[str(x) for x in refs]
+    )
+    assert names["f1"] == pytest.approx(ours["f1"])
+
+
+def test_metrics_load_through_evaluate_offline(translation):
+    import evaluate
+
+    sources, targets, _ = translation
+    bleu = evaluate.load(module_path("bleu"))
+    assert bleu.compute(predictions=sources, references=targets)["score"] == sacrebleu.corpus_bleu(sources, [targets]).score
+    rouge = evaluate.load(module_path("rouge"))
+    assert set(rouge.compute(predictions=sources[:5], references=targets[:5])) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
