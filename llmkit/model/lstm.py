@@ -51,7 +51,7 @@ class LSTMLM(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        nn.init.normal_(self.tok_emb.weight, std=0.1)
         if not config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, std=0.02)
 
@@ -105,7 +105,7 @@ class LSTMLM(nn.Module):
         logits = self.lm_head(self._trunk(idx, cache=cache))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,726 @@
+"""Hugging Face transformers interop: llmkit's GPT <-> `GPT2LMHeadModel` / `LlamaForCausalLM`.
+
+Two families map exactly onto llmkit's one Transformer (llmkit/model/gpt.py):
+
+  llmkit ModelConfig                         transformers
+  norm=layernorm, pos=learned, act=gelu  ->  GPT2LMHeadModel   (model_type "gpt2")
+  norm=rmsnorm,   pos=rope,    act=swiglu ->  LlamaForCausalLM  (model_type "llama")
+
+Anything else (e.g. RMSNorm with learned positions) has no transformers class that computes
+the same function, so it is refused rather than approximated. The weight layouts differ in
+three ways worth knowing:
+  * GPT-2 uses `Conv1D` layers whose weight is [in, out]: every matrix is transposed, and
+    q/k/v live in one `c_attn` matrix.
+  * llmkit packs k and v in one `kv_proj` ([k rows; v rows]) and gate and up in one `up_proj`
+    ([gate rows; up rows]); Llama keeps them as separate matrices.
+  * RoPE: llmkit rotates the two halves of each head (x1, x2 = x.chunk(2)), the same convention
+    as transformers' `rotate_half`, so q/k rows need no permutation.
+GPT-2 has no grouped-query attention: a GQA model exports by repeating each KV head for the
+query heads that share it, which computes the same function.
+
+Export writes a transformers directory (config.json, model.safetensors, tokenizer.json +
+tokenizer_config.json, generation_config.json); import reads one (safetensors only, never
+pickle) and writes a checkpoint artifact (contract 7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from llmkit.errors import UserError
+from llmkit.model.gpt import ModelConfig
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama")
+GPT2_STYLE = dict(norm="layernorm", pos="learned", activation="gelu")
+LLAMA_STYLE = dict(norm="rmsnorm", pos="rope", activation="swiglu")
+# transformers activations that are the tanh approximation of GELU llmkit's MLP computes.
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python_tanh")
+SILU = ("silu", "swish")
+LLMKIT_CONFIG_FILE = "llmkit_model_config.json"  # written on export so a round trip keeps every field
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which transformers family a config is
+
+
+def hf_family(config: ModelConfig) -> str:
+    """"gpt2" or "llama" for a config transformers can run exactly; UserError otherwise."""
+    if config.arch != "gpt":
+        raise UserError(f"only Transformer checkpoints export to transformers, this one is arch={config.arch!r}")
+    if config.objective != "clm":
+        raise UserError(
+            f"only causal LMs export as transformers CausalLM models, this one has objective={config.objective!r}"
+        )
+    style = dict(norm=config.norm, pos=config.pos, activation=config.activation)
+    if style == GPT2_STYLE:
+        return "gpt2"
+    if style == LLAMA_STYLE:
+        return "llama"
+    described = ", ".join(f"{k}={v}" for k, v in style.items())
+    raise UserError(
+        f"a model with {described} matches neither GPT-2 (layernorm, learned, gelu) nor Llama "
+        "(rmsnorm, rope, swiglu), so no transformers class computes it; train with one of those styles to export"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Config translation
+
+
+@dataclass
+class SpecialIds:
+    bos: int | None = None
+    eos: int | None = None
+    pad: int | None = None
+
+
+def to_hf_config(config: ModelConfig, special: SpecialIds | None = None):
+    """The transformers config that computes what `GPT(config)` computes."""
+    special = special or SpecialIds()
+    ids = dict(bos_token_id=special.bos, eos_token_id=special.eos, pad_token_id=special.pad)
+    if hf_family(config) == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=config.vocab_size,
+            n_positions=config.context_length,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_inner=config.mlp_hidden,
+            activation_function="gelu_new",
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            layer_norm_epsilon=config.norm_eps,
+            tie_word_embeddings=config.tie_embeddings,
+            architectures=["GPT2LMHeadModel"],
+            dtype="float32",
+            **ids,
+        )
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.mlp_hidden,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=config.context_length,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        attention_bias=config.bias,
+        mlp_bias=config.bias,
+        attention_dropout=config.dropout,
+        tie_word_embeddings=config.tie_embeddings,
+        architectures=["LlamaForCausalLM"],
+        dtype="float32",
+        **ids,
+    )
+
+
+def _unsupported(model_type: str, feature: str, fix: str = "llmkit's GPT cannot express it") -> UserError:
+    return UserError(f"{model_type} model with {feature} is not supported: {fix}")
+
+
+def from_hf_config(hf_config) -> ModelConfig:
+    """The llmkit ModelConfig for a transformers GPT-2 or Llama config; UserError naming what
+    llmkit's GPT cannot express."""
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type == "gpt2":
+        return _from_gpt2_config(hf_config)
+    if model_type == "llama":
+        return _from_llama_config(hf_config)
+    raise unsupported_model_type(model_type, getattr(hf_config, "architectures", None))
+
+
+def unsupported_model_type(model_type, architectures=None) -> UserError:
+    named = f"model_type {model_type!r}" + (f" ({', '.join(architectures)})" if architectures else "")
+    return UserError(
+        f"unsupported architecture: {named}; llmkit imports only GPT-2 (model_type gpt2) and "
+        "Llama (model_type llama) models"
+    )
+
+
+def _from_gpt2_config(c) -> ModelConfig:
+    if c.activation_function not in GELU_TANH:
+        raise _unsupported("gpt2", f"activation_function={c.activation_function!r}", "llmkit's GPT uses tanh-approximated GELU")
+    if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx:
+        raise _unsupported("gpt2", "non-standard attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx)")
+    if getattr(c, "add_cross_attention", False):
+        raise _unsupported("gpt2", "cross-attention (add_cross_attention)")
+    hidden = c.n_inner if c.n_inner is not None else 4 * c.n_embd
+    return _model_config(
+        dict(
+            GPT2_STYLE,
+            vocab_size=c.vocab_size,
+            context_length=c.n_positions,
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_kv_head=c.n_head,
+            n_embd=c.n_embd,
+            bias=True,
+            tie_embeddings=bool(c.tie_word_embeddings),
+            norm_eps=float(c.layer_norm_epsilon),
+        ),
+        hidden,
+        "gpt2",
+    )
+
+
+def _from_llama_config(c) -> ModelConfig:
+    if c.hidden_act not in SILU:
+        raise _unsupported("llama", f"hidden_act={c.hidden_act!r}", "llmkit's SwiGLU uses SiLU")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim * c.num_attention_heads != c.hidden_size:
+        raise _unsupported("llama", f"head_dim={head_dim} != hidden_size / num_attention_heads", "llmkit derives head size as n_embd / n_head")
+    for name in ("sliding_window", "attention_chunk_size"):
+        if getattr(c, name, None):
+            raise _unsupported("llama", f"{name}={getattr(c, name)}", "llmkit's attention is full causal attention")
+    rope = getattr(c, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise _unsupported("llama", f"RoPE scaling {rope_type!r}", "llmkit implements plain RoPE only")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise _unsupported("llama", f"partial_rotary_factor={rope['partial_rotary_factor']}", "llmkit rotates the whole head")
+    theta = rope.get("rope_theta", getattr(c, "rope_theta", None)) or 10000.0
+    return _model_config(
+        dict(
+            LLAMA_STYLE,
+            vocab_size=c.vocab_size,
+            context_length=c.max_position_embeddings,
+            n_layer=c.num_hidden_layers,
+            n_head=c.num_attention_heads,
+            n_kv_head=c.num_key_value_heads or c.num_attention_heads,
+            n_embd=c.hidden_size,
+            # One bias flag in llmkit: a Llama with bias in attention but not MLP (or the reverse)
+            # imports with zero biases where it had none, which computes the same function.
+            bias=bool(c.attention_bias or getattr(c, "mlp_bias", False)),
+            tie_embeddings=bool(c.tie_word_embeddings),
+            norm_eps=float(c.rms_norm_eps),
+            rope_theta=float(theta),
+        ),
+        c.intermediate_size,
+        "llama",
+    )
+
+
+def _model_config(values: dict, mlp_hidden: int, model_type: str) -> ModelConfig:
+    """ModelConfig whose MLP width is exactly `mlp_hidden`.
+
+    ModelConfig derives the width from `mlp_ratio` (SwiGLU: 2/3 of it, rounded up to a multiple
+    of 64 from 64 on), so find a ratio that lands on the wanted width and check it does.
+    """
+    known = {f.name for f in fields(ModelConfig)}
+    if "mlp_hidden_size" in known:  # an explicit width, when ModelConfig has one
+        values["mlp_hidden_size"] = mlp_hidden
+    n_embd = values["n_embd"]
+    swiglu = values["activation"] == "swiglu"
+    # The pre-rounding width h with int(2h/3) == mlp_hidden is ceil(1.5 * mlp_hidden).
+    wanted = math.ceil(1.5 * mlp_hidden) if swiglu else mlp_hidden
+    candidates = [wanted / n_embd]
+    candidates += [math.nextafter(candidates[0], math.inf), (wanted + 0.5) / n_embd]
+    for ratio in candidates:
+        try:
+            config = ModelConfig(**values, mlp_ratio=ratio)
+        except ValueError as exc:
+            raise _unsupported(model_type, str(exc)) from exc
+        if config.mlp_hidden == mlp_hidden:
+            return config
+    raise _unsupported(
+        model_type,
+        f"MLP width {mlp_hidden}",
+        "llmkit's SwiGLU widths from 64 on are multiples of 64",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight mapping
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float32).clone().contiguous()
+
+
+def _expand_kv(w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Repeat each KV head's rows for the query heads sharing it (GQA -> multi-head)."""
+    groups = config.n_head // config.n_kv_head
+    if groups == 1:
+        return w
+    rows = w.reshape(config.n_kv_head, config.head_dim, *w.shape[1:])
+    return rows.repeat_interleave(groups, dim=0).reshape(config.n_head * config.head_dim, *w.shape[1:])
+
+
+def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """llmkit GPT state dict -> transformers state dict (tied lm_head left out, as transformers saves it)."""
+    family = hf_family(config)
+    out: dict[str, torch.Tensor] = {}
+    kv = config.n_kv_head * config.head_dim
+    hidden = config.mlp_hidden
+
+    def get(name: str, default_like: torch.Tensor | None = None) -> torch.Tensor:
+        if name in state:
+            return state[name]
+        if default_like is not None:  # llmkit without bias -> zero bias in GPT-2, which always has one
+            return torch.zeros(default_like.shape[0], dtype=default_like.dtype)
+        raise UserError(f"checkpoint weights lack {name!r}; the checkpoint is damaged, rebuild it")
+
+    if family == "gpt2":
+        out["transformer.wte.weight"] = get("tok_emb.weight")
+        out["transformer.wpe.weight"] = get("pos_emb.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"transformer.h.{i}."
+            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                w = get(b + ours + ".weight")
+                out[h + theirs + ".weight"] = w
+                out[h + theirs + ".bias"] = get(b + ours + ".bias", w)
+            wq, wkv = get(b + "attn.q_proj.weight"), get(b + "attn.kv_proj.weight")
+            wk, wv = _expand_kv(wkv[:kv], config), _expand_kv(wkv[kv:], config)
+            out[h + "attn.c_attn.weight"] = torch.cat([wq, wk, wv], dim=0).t()  # Conv1D is [in, out]
+            bq, bkv = get(b + "attn.q_proj.bias", wq), get(b + "attn.kv_proj.bias", wkv)
+            out[h + "attn.c_attn.bias"] = torch.cat([bq, _expand_kv(bkv[:kv], config), _expand_kv(bkv[kv:], config)])
+            for ours, theirs in (("attn.out_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
+                w = get(b + ours + ".weight")
+                out[h + theirs + ".weight"] = w.t()
+                out[h + theirs + ".bias"] = get(b + ours + ".bias", w)
+        out["transformer.ln_f.weight"] = w = get("final_norm.weight")
+        out["transformer.ln_f.bias"] = get("final_norm.bias", w)
+    else:
+        out["model.embed_tokens.weight"] = get("tok_emb.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"model.layers.{i}."
+            out[h + "input_layernorm.weight"] = get(b + "attn_norm.weight")
+            out[h + "post_attention_layernorm.weight"] = get(b + "mlp_norm.weight")
+            params = ("weight", "bias") if config.bias else ("weight",)
+            for p in params:
+                out[h + f"self_attn.q_proj.{p}"] = get(b + f"attn.q_proj.{p}")
+                wkv = get(b + f"attn.kv_proj.{p}")
+                out[h + f"self_attn.k_proj.{p}"], out[h + f"self_attn.v_proj.{p}"] = wkv[:kv], wkv[kv:]
+                out[h + f"self_attn.o_proj.{p}"] = get(b + f"attn.out_proj.{p}")
+                up = get(b + f"mlp.up_proj.{p}")
+                out[h + f"mlp.gate_proj.{p}"], out[h + f"mlp.up_proj.{p}"] = up[:hidden], up[hidden:]
+                out[h + f"mlp.down_proj.{p}"] = get(b + f"mlp.down_proj.{p}")
+        out["model.norm.weight"] = get("final_norm.weight")
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = get("lm_head.weight")
+    return {k: _t(v) for k, v in out.items()}
+
+
+# Keys transformers checkpoints carry that are not learned weights (old causal-mask buffers,
+# cached rotary tables): skipped on import.
+_NON_WEIGHTS = re.compile(r"(\.attn\.(masked_)?bias$|rotary_emb\.inv_freq$)")
+
+
+def normalize_hf_keys(state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """Give every key the CausalLM prefix (a base `GPT2Model`/`LlamaModel` saves without it) and
+    drop non-weights."""
+    prefix = "transformer." if model_type == "gpt2" else "model."
+    out = {}
+    for key, value in state.items():
+        if _NON_WEIGHTS.search(key):
+            continue
+        if not key.startswith((prefix, "lm_head.")):
+            key = prefix + key
+        out[key] = value
+    return out
+
+
+def from_hf_state(hf_state: dict[str, torch.Tensor], config: ModelConfig, model_type: str) -> dict[str, torch.Tensor]:
+    """transformers state dict (normalized keys) -> llmkit GPT state dict. Every transformers
+    weight must be used: an unknown one means a feature llmkit's GPT does not have."""
+    state = dict(hf_state)
+    out: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+
+    def take(name: str, zeros: int | None = None) -> torch.Tensor | None:
+        if name in state:
+            return state.pop(name)
+        if zeros is not None:
+            return torch.zeros(zeros)
+        missing.append(name)
+        return None
+
+    if model_type == "gpt2":
+        C = config.n_embd
+        out["tok_emb.weight"] = take("transformer.wte.weight")
+        out["pos_emb.weight"] = take("transformer.wpe.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"transformer.h.{i}."
+            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                out[b + ours + ".weight"] = take(h + theirs + ".weight")
+                out[b + ours + ".bias"] = take(h + theirs + ".bias")
+            w, bias = take(h + "attn.c_attn.weight"), take(h + "attn.c_attn.bias")
+            if w is not None:
+                w = w.t()
+                out[b + "attn.q_proj.weight"], out[b + "attn.kv_proj.weight"] = w[:C], w[C:]
+            if bias is not None:
+                out[b + "attn.q_proj.bias"], out[b + "attn.kv_proj.bias"] = bias[:C], bias[C:]
+            for ours, theirs in (("attn.out_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
+                w = take(h + theirs + ".weight")
+                out[b + ours + ".weight"] = None if w is None else w.t()
+                out[b + ours + ".bias"] = take(h + theirs + ".bias")
+        out["final_norm.weight"] = take("transformer.ln_f.weight")
+        out["final_norm.bias"] = take("transformer.ln_f.bias")
+    else:
+        kv_rows = config.n_kv_head * config.head_dim
+        for_bias = {  # zero bias where the Llama had none but llmkit's single bias flag is on
+            "q_proj": config.n_embd, "k_proj": kv_rows, "v_proj": kv_rows, "o_proj": config.n_embd,
+            "gate_proj": config.mlp_hidden, "up_proj": config.mlp_hidden, "down_proj": config.n_embd,
+        }
+        out["tok_emb.weight"] = take("model.embed_tokens.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"model.layers.{i}."
+            out[b + "attn_norm.weight"] = take(h + "input_layernorm.weight")
+            out[b + "mlp_norm.weight"] = take(h + "post_attention_layernorm.weight")
+            for p in ("weight", "bias") if config.bias else ("weight",):
+                def part(name: str) -> torch.Tensor | None:
+                    return take(h + name + "." + p, zeros=for_bias[name.split(".")[-1]] if p == "bias" else None)
+
+                out[b + f"attn.q_proj.{p}"] = part("self_attn.q_proj")
+                k, v = part("self_attn.k_proj"), part("self_attn.v_proj")
+                out[b + f"attn.kv_proj.{p}"] = None if k is None or v is None else torch.cat([k, v])
+                out[b + f"attn.out_proj.{p}"] = part("self_attn.o_proj")
+                gate, up = part("mlp.gate_proj"), part("mlp.up_proj")
+                out[b + f"mlp.up_proj.{p}"] = None if gate is None or up is None else torch.cat([gate, up])
+                out[b + f"mlp.down_proj.{p}"] = part("mlp.down_proj")
+        out["final_norm.weight"] = take("model.norm.weight")
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
+    else:
+        out["lm_head.weight"] = take("lm_head.weight")
+    if missing:
+        raise UserError(
+            f"the {model_type} weights lack {len(missing)} tensor(s) its config.json needs (e.g. {missing[0]!r}); "
+            "the model directory is incomplete, re-save it with save_pretrained"
+        )
+    if state:
+        extra = sorted(state)
+        raise UserError(
+            f"the {model_type} weights hold {len(extra)} tensor(s) llmkit's GPT has no place for (e.g. {extra[0]!r}); "
+            "this variant is not supported"
+        )
+    return {k: _t(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer helpers
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: the printable character that stands for each byte."""
+    byte_values = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = list(byte_values)
+    extra = 0
+    for b in range(256):
+        if b not in byte_values:
+            byte_values.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(byte_values, chars)}
+
+
+_BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 byte length of every token (int32 [vocab]); 0 for special tokens.
+
+    Byte-level BPE pieces are decoded through GPT-2's byte alphabet; SentencePiece-style pieces
+    (Llama) count "▁" as a space and `<0xNN>` byte-fallback pieces as one byte.
+    """
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    table = _byte_decoder()
+    lengths = np.zeros(vocab_size, dtype=np.int32)
+    for piece, index in tokenizer.get_vocab(with_added_tokens=True).items():
+        if piece in specials or index >= vocab_size:
+            continue
+        if all(ch in table for ch in piece):
+            lengths[index] = len(piece)
+        elif _BYTE_FALLBACK.match(piece):
+            lengths[index] = 1
+        else:
+            lengths[index] = len(piece.replace("▁", " ").encode("utf-8"))
+    return lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a directory atomically (export output is a transformers folder, not an artifact)
+
+
+@contextlib.contextmanager
+def _atomic_dir(out: Path, force: bool) -> Iterator[Path]:
+    from llmkit.artifacts import check_output
+
+    out = check_output(out, force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+    try:
+        yield tmp
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent))
+            os.replace(out, trash / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: checkpoint artifact -> transformers directory
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, dtype: str = "float32") -> Path:
+    """Write a checkpoint as a transformers model directory that `AutoModelForCausalLM` and
+    `AutoTokenizer.from_pretrained(out)` load offline. Returns `out`."""
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    from llmkit import artifacts
+    from llmkit.model.io import load_checkpoint, read_model_config
+
+    out = artifacts.check_output(out, force)
+    torch_dtype = _dtype(dtype)
+    art = artifacts.load(checkpoint, kind="checkpoint")
+    hf_family(read_model_config(art.path))  # refuse before loading any weights
+    loaded = load_checkpoint(art.path)
+    config, tok = loaded.config, loaded.tokenizer
+    special = SpecialIds(bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id)
+    hf_config = to_hf_config(config, special)
+    hf_config.dtype = dtype
+    state = {k: v.to(torch_dtype) for k, v in to_hf_state(loaded.model.state_dict(), config).items()}
+    with _atomic_dir(out, force) as tmp:
+        hf_config.save_pretrained(tmp)
+        save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        ids = {k: v for k, v in vars(special).items() if v is not None}
+        GenerationConfig(**{f"{k}_token_id": v for k, v in ids.items()}).save_pretrained(tmp)
+        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, task=loaded.task)
+        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint}
+        (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, task: dict | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, special tokens by role."""
+    from transformers import PreTrainedTokenizerFast
+
+    by_id = {index: name for name, index in tok.special_ids.items()}
+    roles = {}
+    for role in ("bos", "eos", "pad", "mask"):
+        index = getattr(tok, f"{role}_id", None)
+        if index is not None:
+            roles[f"{role}_token"] = tok.id_to_piece(index)
+    named = set(roles.values())
+    extra = [tok.id_to_piece(i) for i in sorted(by_id) if tok.id_to_piece(i) not in named]
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok.hf, model_max_length=model_max_length, additional_special_tokens=extra, **roles
+    )
+    template = (task or {}).get("chat_template")
+    if isinstance(template, str):  # a Jinja template, as transformers' apply_chat_template expects
+        fast.chat_template = template
+    fast.save_pretrained(directory)
+    # Name the class every transformers release knows (v5 also accepts it), not v5's backend name.
+    path = directory / "tokenizer_config.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: transformers directory -> checkpoint artifact
+
+
+def _read_config_json(src: Path) -> dict:
+    if not src.exists():
+        raise UserError(f"no such directory: {src}; pass a local Hugging Face model directory")
+    if not src.is_dir():
+        raise UserError(f"{src} is a file; pass a local Hugging Face model directory (config.json + *.safetensors)")
+    path = src / "config.json"
+    if not path.is_file():
+        raise UserError(f"{src} has no config.json; it is not a Hugging Face model directory (save one with save_pretrained)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); re-save the model with save_pretrained") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object; re-save the model with save_pretrained")
+    return data
+
+
+def weight_files(src: Path) -> list[Path]:
+    """The safetensors files of a transformers directory (sharded or not); pickle is refused."""
+    index = src / HF_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{index} is not a valid safetensors index ({exc}); re-save the model") from exc
+        missing = [n for n in names if not (src / n).is_file()]
+        if missing:
+            raise UserError(f"{src} lacks weight shard {missing[0]} named in {HF_INDEX}; copy the whole model directory")
+        return [src / n for n in names]
+    if (src / HF_WEIGHTS).is_file():
+        return [src / HF_WEIGHTS]
+    pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in src.glob(pattern))
+    if pickled:
+        raise UserError(
+            f"{src} has only pickle weights ({pickled[0]}), which llmkit never loads (unpickling can run code); "
+            "convert them to safetensors first, e.g. model.save_pretrained(dir, safe_serialization=True) in a trusted environment"
+        )
+    raise UserError(f"{src} has no {HF_WEIGHTS}; save the model with save_pretrained (safetensors)")
+
+
+def read_hf_state(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            state.update(load_file(str(path)))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"cannot read {path} as safetensors ({exc}); re-save the model") from exc
+    return state
+
+
+def read_hf_tokenizer(src: Path):
+    """The fast (tokenizers) tokenizer of a transformers directory: tokenizer.json, or the slow
+    files (vocab.json + merges.txt, ...) converted by transformers."""
+    from tokenizers import Tokenizer
+
+    path = src / "tokenizer.json"
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise UserError(f"{path} is not a valid tokenizers file ({exc}); re-save the tokenizer") from exc
+    try:
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+        return fast.backend_tokenizer
+    except Exception as exc:
+        raise UserError(
+            f"{src} has no tokenizer.json and its tokenizer files could not be converted ({type(exc).__name__}); "
+            "save the tokenizer there with AutoTokenizer(...).save_pretrained"
+        ) from exc
+
+
+def _hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]:
+    """Role ("bos", "eos", "pad", ...) -> token text, from tokenizer_config.json and config.json ids."""
+    roles: dict[str, str] = {}
+    settings_path = src / "tokenizer_config.json"
+    settings = {}
+    if settings_path.is_file():
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+            settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    for role in ("bos", "eos", "pad", "mask", "unk"):
+        value = settings.get(f"{role}_token")
+        if isinstance(value, dict):  # an AddedToken written out
+            value = value.get("content")
+        if not isinstance(value, str):
+            index = config_json.get(f"{role}_token_id")
+            if isinstance(index, list):
+                index = index[0] if index else None
+            value = tokenizer.id_to_token(index) if isinstance(index, int) else None
+        if value is not None and tokenizer.token_to_id(value) is not None:
+            roles[role] = value
+    return roles
+
+
+def _llmkit_config_if_same(src: Path, imported: ModelConfig) -> ModelConfig:
+    """A directory llmkit exported carries the original ModelConfig: use it when it describes
+    the same network, so export -> import returns the config field for field."""
+    path = src / LLMKIT_CONFIG_FILE
+    if not path.is_file():
+        return imported
+    try:
+        original = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["model_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return imported
+    same = dict(mlp_hidden=original.mlp_hidden == imported.mlp_hidden)
+    for field in ("vocab_size", "context_length", "n_layer", "n_head", "n_kv_head", "n_embd", "norm", "pos",
+                  "activation", "tie_embeddings", "rope_theta", "norm_eps"):
+        same[field] = getattr(original, field) == getattr(imported, field)
+    # bias: a bias-free GPT-2-style model exports with zero biases and comes back biased.
+    return original if all(same.values()) and original.bias == imported.bias else imported
+
+
+def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
+    """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
+    from llmkit import artifacts
+    from llmkit.model.gpt import GPT
+    from llmkit.model.io import TOKENIZER_DIR, save_weights
+
+    src = Path(src)
+    out = artifacts.check_output(out, force)
+    torch_dtype = _dtype(dtype)
+    config_json = _read_config_json(src)
+    model_type = config_json.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise unsupported_model_type(model_type, config_json.get("architectures"))
+    files = weight_files(src)
+    tokenizer = read_hf_tokenizer(src)
+    try:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(str(src), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"{src}/config.json is not a valid {model_type} config ({exc}); re-save the model") from exc
+    config = _llmkit_config_if_same(src, from_hf_config(hf_config))
+    state = from_hf_state(normalize_hf_keys(read_hf_state(files), model_type), config, model_type)
+    tok_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    if tok_vocab > config.vocab_size:
+        raise UserError(
+            f"the tokenizer in {src} has {tok_vocab} tokens but the model only {config.vocab_size} embeddings; "
+            "the directory mixes a model and a tokenizer that do not belong together"
+        )
+    model = GPT(config)
+    model.load_state_dict(state, strict=True)
+    special = _hf_special_tokens(src, config_json, tokenizer)
+    with artifacts.create(out, "checkpoint", force=force) as build:
+        save_weights(model, build.dir, {k: v.to(torch_dtype) for k, v in model.state_dict().items()})
+        tok_dir = build.dir / TOKENIZER_DIR
+        tok_dir.mkdir()
+        tokenizer.save(str(tok_dir / "tokenizer.json"))
+        np.save(tok_dir / "token_bytes.npy", token_byte_lengths(tokenizer), allow_pickle=False)
+        (tok_dir / "special_tokens.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        build.config = {
+            "source": "huggingface",
+            "model_type": model_type,
+            "architectures": config_json.get("architectures") or [],
+            "dtype": dtype,
+            "model": config.to_dict(),
+            "special_tokens": special,
+        }
+        build.seed = seed
+        build.stats = {"parameters": model.num_params(), "vocab_size": config.vocab_size, "tokenizer_vocab_size": tok_vocab}
+    return out

@@ -1,0 +1,196 @@
+"""Many processes through PyTorch's own engine: torchrun relaunch, process group, DDP / FSDP2.
+
+`llmkit pretrain --gpus N` (or `--nproc N` on CPU) writes its resolved arguments to a JSON file
+and relaunches itself as `python -m torch.distributed.run ... -m llmkit.train.worker FILE`;
+each worker reads RANK/WORLD_SIZE/LOCAL_RANK from the environment torchrun sets, joins the
+process group (NCCL on GPU, gloo on CPU) and runs the same stage function. One process and
+`--gpus 1` run in-process, without torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmkit.errors import UserError
+
+ERROR_FILE = "error.txt"
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)
+
+
+def check_gpus(gpus: int) -> None:
+    if gpus <= 0:
+        return
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > found:
+        raise UserError(
+            f"--gpus {gpus} asks for {gpus} GPU(s) but {found} {'was' if found == 1 else 'were'} found on this machine; "
+            f"pass --gpus {found}" + (" or leave --gpus out" if found else " (CPU training: leave --gpus out, --nproc N for several processes)")
+        )
+
+
+def init(gpus: int) -> DistInfo:
+    """Join the process group when launched by torchrun; pick this process's device."""
+    use_cuda = gpus > 0
+    if not under_torchrun():
+        device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        return DistInfo(device=device)
+    import torch.distributed as dist
+
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / info.world_size
+    return value
+
+
+def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def all_gather_bytes(value: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Gather a same-sized uint8 tensor (an RNG state) from every rank; no pickle involved."""
+    if not info.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    on_device = value.to(info.device)
+    gathered = [torch.empty_like(on_device) for _ in range(info.world_size)]
+    dist.all_gather(gathered, on_device)
+    return [g.cpu() for g in gathered]
+
+
+def wrap(model: torch.nn.Module, strategy: str, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel (default) or FSDP2 `fully_shard` per block and at the root."""
+    if strategy not in ("ddp", "fsdp"):
+        raise UserError(f"unknown --strategy {strategy!r}; choose ddp or fsdp")
+    if not info.distributed:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in getattr(model, "blocks", []):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+
+@contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if enabled:
+        yield
+        return
+    if hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    with nullcontext():
+        yield
+
+
+def relaunch(
+    entry: str,
+    arguments: dict,
+    launch_dir: Path,
+    *,
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+) -> None:
+    """Run `entry(**arguments)` in `nproc` processes per node under torchrun; wait for it.
+
+    A worker's one-line UserError is written to launch_dir/error.txt and raised here again, so
+    the user sees one line however many processes ran.
+    """
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    spec = launch_dir / "launch.json"
+    error_file = launch_dir / ERROR_FILE
+    error_file.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"entry": entry, "arguments": arguments, "error_file": str(error_file)}, indent=2))
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes > 1:
+        if not master_addr:
+            raise UserError("multi-node training needs --master-addr (the address of node 0) and --master-port")
+        command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port or 29500}"]
+    else:
+        command += ["--standalone"]
+    command += ["-m", "llmkit.train.worker", str(spec)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        if error_file.is_file():
+            raise UserError(error_file.read_text(encoding="utf-8").strip())
+        raise UserError(f"distributed training failed (torchrun exit code {result.returncode}); see the messages above")

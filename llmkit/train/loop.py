@@ -1,0 +1,372 @@
+"""The training loop shared by pretrain and finetune.
+
+A stage hands the loop a model, a batch provider keyed by global sample index, a loss function
+and a description of the checkpoint artifact it makes; the loop owns everything else: the
+optimizer and schedule, gradient accumulation, mixed precision, distributed wrapping,
+validation, metrics, checkpoints and exact resume.
+
+Step s consumes global samples [s*G, (s+1)*G) where G is the global batch in samples. They are
+cut into micro-batches of `micro_batch` samples; micro-batch j goes to rank j % world_size.
+Each micro-batch loss is a mean over its tokens and the step's gradient is the mean of all
+micro-batch gradients, so any (world size, micro-batch) split of the same G trains the same
+model up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+from llmkit.model.io import save_weights
+from llmkit.train import checkpoint as ckpt
+from llmkit.train import distributed as dist_utils
+from llmkit.train.distributed import DistInfo
+from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
+from llmkit.train.optim import build_optimizer, lr_at, set_lr
+
+Batch = tuple[torch.Tensor, ...]
+BatchProvider = Callable[[Sequence[int]], Batch]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class LoopSettings:
+    max_steps: int
+    global_batch: int  # samples per optimizer step, across all ranks
+    micro_batch: int  # samples per forward/backward on one device
+    tokens_per_sample: int
+    seed: int = 0
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    momentum: float = 0.9
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_samples: int = 64
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    compile: bool = False
+    strategy: str = "ddp"
+    tensorboard: bool = False
+
+
+@dataclass
+class ArtifactSpec:
+    """What the stage adds to every checkpoint it makes (intermediate and final)."""
+
+    config: dict[str, Any]
+    seed: int
+    inputs: list[tuple[str, artifacts.Artifact]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    add_files: Callable[[Path], None] = lambda directory: None
+    file_names: list[str] = field(default_factory=list)  # extra top-level names add_files writes
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    loss: float | None
+    val_loss: float | None
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    resumed_from: int | None
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def accumulation_steps(settings: LoopSettings, world_size: int) -> int:
+    per_step = settings.micro_batch * world_size
+    if settings.global_batch % per_step:
+        raise UserError(
+            f"the global batch of {settings.global_batch} sequences is not a multiple of micro-batch {settings.micro_batch} "
+            f"x {world_size} process(es); change --batch-tokens or --micro-batch so that it divides"
+        )
+    return settings.global_batch // per_step
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    non_blocking = device.type == "cuda"
+    return tuple(t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on GPU (weights and optimizer stay fp32); fp32 on CPU, where bf16 is slow.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _state_files(spec: ArtifactSpec) -> list[str]:
+    from llmkit.model.io import MODEL_CONFIG, WEIGHTS
+
+    return [WEIGHTS, MODEL_CONFIG, ckpt.STATE_JSON, ckpt.STATE_TENSORS, *spec.file_names]
+
+
+def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: dict[str, Any]) -> None:
+    build.config = spec.config
+    build.seed = spec.seed
+    for role, art in spec.inputs:
+        build.add_input(role, art)
+    build.stats = dict(spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"])
+    if progress.get("loss") is not None:
+        build.stats["train_loss"] = progress["loss"]
+    if progress.get("val_loss") is not None:
+        build.stats["val_loss"] = progress["val_loss"]
+        build.stats["val_ppl"] = math.exp(min(progress["val_loss"], 50.0))
+    build.runtime = dict(spec.runtime)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        settings: LoopSettings,
+        *,
+        info: DistInfo,
+        run_dir: Path,
+        batches: BatchProvider,
+        loss_fn: LossFn,
+        spec: ArtifactSpec,
+        val_batches: BatchProvider | None = None,
+        val_size: int = 0,
+        resume: bool = False,
+    ):
+        self.settings, self.info, self.run_dir = settings, info, Path(run_dir)
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.batches, self.loss_fn, self.spec = batches, loss_fn, spec
+        self.val_batches, self.val_size = val_batches, val_size
+        self.accum = accumulation_steps(settings, info.world_size)
+        self.device = info.device
+        self.raw = model.to(self.device)
+        self.start_step = 0
+        self.last_loss: float | None = None
+        self.last_val: float | None = None
+        self.resumed_from: int | None = None
+
+        saved_rng = None
+        if resume:
+            saved_rng = self._load_weights_for_resume()
+        # Different dropout streams per rank; model init (done by the caller) is identical on all.
+        torch.manual_seed(settings.seed + 1 + info.rank)
+        self.model = dist_utils.wrap(self.raw, settings.strategy, info)
+        self.optimizer = build_optimizer(
+            self.raw, settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
+            betas=(settings.beta1, settings.beta2), momentum=settings.momentum, device_type=self.device.type,
+        )
+        if saved_rng is not None:
+            self._restore_optimizer_and_rng(*saved_rng)
+        if settings.compile:
+            self.model = torch.compile(self.model)
+        self.peak_flops = gpu_peak_flops(self.device)
+        self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
+
+    # -- resume -----------------------------------------------------------------------------
+    def _load_weights_for_resume(self):
+        from llmkit.model.io import WEIGHTS, load_weights
+
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None:
+            return None
+        progress, optim_state, rng = ckpt.read_training_state(latest)
+        for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
+            if progress.get(key) != now:
+                raise UserError(
+                    f"cannot resume from {latest}: it was trained with {key} {progress.get(key)}, this run asks for {now}; "
+                    "resume with the same --batch-tokens and --seq-len, or start a new run"
+                )
+        load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
+        self.start_step = int(progress["step"])
+        self.last_loss = progress.get("loss")
+        self.last_val = progress.get("val_loss")
+        self.resumed_from = self.start_step
+        self._resume_progress = progress
+        return optim_state, rng, latest
+
+    def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
+        ckpt.load_optimizer_state(self.raw, self.optimizer, optim_state, self.info.distributed)
+        same_world = ckpt.restore_rng(rng, self.info.rank, self.info.world_size, self.device)
+        if not same_world and self.info.is_main:
+            from llmkit.console import err
+
+            err.print(
+                f"note: {latest.name} was written by {self._resume_progress.get('world_size')} process(es), this run has "
+                f"{self.info.world_size}: weights, optimizer and data position reshard exactly; dropout streams restart",
+                soft_wrap=True,
+            )
+
+    # -- one step ---------------------------------------------------------------------------
+    def _micro_indices(self, step: int, micro: int) -> range:
+        s = self.settings
+        chunk = micro * self.info.world_size + self.info.rank
+        start = step * s.global_batch + chunk * s.micro_batch
+        return range(start, start + s.micro_batch)
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        s = self.settings
+        lr = lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, max_steps=s.max_steps, schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
+        set_lr(self.optimizer, lr)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            batch = _to_device(self.batches(self._micro_indices(step, micro)), self.device)
+            with dist_utils.gradient_sync(self.model, micro == self.accum - 1), _autocast(self.device):
+                loss = self.loss_fn(self.model, batch)
+                (loss / self.accum).backward()
+            loss_sum += loss.detach().float()
+        loss_value = float(dist_utils.all_reduce_mean(loss_sum / self.accum, self.info))
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = ckpt.latest_checkpoint(self.run_dir)
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise NonFiniteLoss(
+                f"loss became {loss_value} at step {step + 1}; stopped before updating the weights, {where}; "
+                "lower --lr, raise --warmup-steps or keep --grad-clip on, then --resume"
+            )
+        if s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, lr
+
+    # -- validation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.val_batches is None or self.val_size <= 0:
+            return None
+        s, info = self.settings, self.info
+        chunks = [range(i, min(i + s.micro_batch, self.val_size)) for i in range(0, self.val_size, s.micro_batch)]
+        per_rank = math.ceil(len(chunks) / info.world_size)
+        self.model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        for k in range(per_rank):
+            j = k * info.world_size + info.rank
+            # Every rank runs the same number of forwards (FSDP gathers inside them); spare ones weigh 0.
+            indices, weight = (chunks[j], len(chunks[j])) if j < len(chunks) else (chunks[0], 0)
+            batch = _to_device(self.val_batches(indices), self.device)
+            with _autocast(self.device):
+                loss = self.loss_fn(self.model, batch)
+            total += loss.double() * weight
+        total = dist_utils.all_reduce_sum(total, info)
+        return float(total) / self.val_size
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _progress(self, step: int) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "step": step,
+            "samples_seen": step * s.global_batch,
+            "tokens_seen": step * s.global_batch * s.tokens_per_sample,
+            "global_batch": s.global_batch,
+            "tokens_per_sample": s.tokens_per_sample,
+            "world_size": self.info.world_size,
+            "loss": self.last_loss,
+            "val_loss": self.last_val,
+            "schedule": {
+                "name": s.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
+                "max_steps": s.max_steps, "min_lr_ratio": s.min_lr_ratio,
+            },
+        }
+
+    def _write_checkpoint_files(self, directory: Path, step: int) -> None:
+        """Collective: every rank gathers, rank 0 writes into `directory`."""
+        model_state, optim_state = ckpt.gather_full_state(self.raw, self.optimizer, self.info.distributed)
+        rng = {kind: dist_utils.all_gather_bytes(state, self.info) for kind, state in ckpt.rng_states(self.device).items()}
+        if self.info.is_main:
+            save_weights(self.raw, directory, model_state)
+            ckpt.write_training_state(directory, optim_state, self._progress(step), rng)
+            self.spec.add_files(directory)
+
+    def save_intermediate(self, step: int) -> None:
+        target = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)
+        if self.info.is_main:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with artifacts.create(target, "checkpoint", force=True) as build:
+                self._write_checkpoint_files(build.dir, step)
+                _describe(build, self.spec, self._progress(step))
+            ckpt.prune(self.run_dir, self.settings.keep_last)
+        else:
+            self._write_checkpoint_files(self.run_dir, step)  # joins the collectives; writes nothing
+        dist_utils.barrier(self.info)
+
+    def save_final(self, step: int) -> None:
+        """RUN itself becomes the checkpoint artifact; its manifest is written last."""
+        if self.info.is_main:
+            (self.run_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+        self._write_checkpoint_files(self.run_dir, step)
+        if self.info.is_main:
+            build = artifacts.in_place_builder(self.run_dir, "checkpoint")
+            _describe(build, self.spec, self._progress(step))
+            artifacts.finalize_in_place(build, _state_files(self.spec))
+        dist_utils.barrier(self.info)
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> LoopResult:
+        s, info = self.settings, self.info
+        if self.info.is_main and self.start_step == 0:
+            (self.run_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+        logger = MetricsLogger(
+            self.run_dir, enabled=info.is_main, tensorboard=s.tensorboard, resume_step=self.start_step,
+            max_steps=s.max_steps, log_every=s.log_every,
+        )
+        tokens_per_step = s.global_batch * s.tokens_per_sample
+        started = time.perf_counter()
+        window_start, window_steps = time.perf_counter(), 0
+        step = self.start_step
+        try:
+            if self.resumed_from is not None:
+                logger.note(f"resumed from step {self.start_step} ({s.max_steps - self.start_step} steps to go)")
+            while step < s.max_steps:
+                loss, lr = self.train_step(step)
+                step += 1
+                window_steps += 1
+                self.last_loss = loss
+                values: dict[str, Any] = {"loss": loss, "lr": lr}
+                now = time.perf_counter()
+                tokens_per_s = tokens_per_step * window_steps / max(now - window_start, 1e-9)
+                values["tokens_per_s"] = tokens_per_s
+                if self.peak_flops:
+                    values["mfu"] = self.flops_per_token * tokens_per_s / info.world_size / self.peak_flops
+                values["peak_memory_gb"] = peak_memory_gb(self.device)
+                if s.eval_every > 0 and (step % s.eval_every == 0 or step == s.max_steps):
+                    self.last_val = self.evaluate()
+                    if self.last_val is not None:
+                        values["val_loss"] = self.last_val
+                        values["val_ppl"] = math.exp(min(self.last_val, 50.0))
+                logger.log(step, values)
+                if step % s.log_every == 0:
+                    window_start, window_steps = time.perf_counter(), 0
+                if s.save_every > 0 and step % s.save_every == 0 and step < s.max_steps:
+                    self.save_intermediate(step)
+            if s.save_every > 0 and step % s.save_every == 0 and self.resumed_from != step:
+                self.save_intermediate(step)
+            self.save_final(step)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise UserError(
+                f"CUDA out of memory at step {step + 1} with --micro-batch {s.micro_batch}: lower --micro-batch "
+                "(gradient accumulation keeps the global batch), use --strategy fsdp with several GPUs, or a smaller --model"
+            ) from exc
+        finally:
+            logger.close()
+        seconds = time.perf_counter() - started
+        trained_tokens = (step - self.start_step) * tokens_per_step
+        return LoopResult(
+            steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=step * tokens_per_step, seconds=seconds,
+            tokens_per_s=trained_tokens / seconds if seconds > 0 else 0.0, resumed_from=self.resumed_from,
+        )

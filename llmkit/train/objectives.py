@@ -1,0 +1,80 @@
+"""Batch providers and losses for the training objectives.
+
+A batch provider maps global sample indices to tensors; everything random in it (the MLM
+masks) is drawn from a generator seeded by (seed, sample index), so a batch is the same on
+any rank, in any world size and after any resume.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from llmkit.model.gpt import IGNORE_INDEX
+
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
+
+
+def mlm_mask(
+    tokens: torch.Tensor,
+    indices: Sequence[int],
+    *,
+    seed: int,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int] = (),
+    probability: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose `probability` of the non-special tokens; of those 80% become
+    <|mask|>, 10% a random token, 10% stay. Targets are the originals there, IGNORE elsewhere."""
+    inputs = tokens.clone()
+    targets = torch.full_like(tokens, IGNORE_INDEX)
+    special = torch.tensor(sorted(set(special_ids)), dtype=tokens.dtype)
+    for row, index in enumerate(indices):
+        g = sample_generator(seed, int(index))
+        T = tokens.shape[1]
+        pick = torch.rand(T, generator=g)
+        how = torch.rand(T, generator=g)
+        random_tokens = torch.randint(0, vocab_size, (T,), generator=g, dtype=tokens.dtype)
+        maskable = ~torch.isin(tokens[row], special) if len(special) else torch.ones(T, dtype=torch.bool)
+        chosen = (pick < probability) & maskable
+        if not bool(chosen.any()) and bool(maskable.any()):  # never a row without a target: its loss would be NaN
+            chosen[torch.where(maskable, pick, torch.full_like(pick, 2.0)).argmin()] = True
+        targets[row, chosen] = tokens[row, chosen]
+        inputs[row, chosen & (how < 0.8)] = mask_id
+        swap = chosen & (how >= 0.8) & (how < 0.9)
+        inputs[row, swap] = random_tokens[swap]
+    return inputs, targets
+
+
+class WindowBatches:
+    """(x, y) windows from a WindowSampler; for MLM, masked inputs and targets instead."""
+
+    def __init__(self, sampler, *, objective: str = "clm", seed: int = 0, mask_id: int | None = None,
+                 vocab_size: int = 0, special_ids: Sequence[int] = (), mlm_probability: float = 0.15):
+        self.sampler = sampler
+        self.objective = objective
+        self.seed = seed
+        self.mask_id = mask_id
+        self.vocab_size = vocab_size
+        self.special_ids = list(special_ids)
+        self.mlm_probability = mlm_probability
+
+    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = list(indices)
+        x, y = self.sampler.get(indices)
+        if self.objective == "clm":
+            return x, y
+        return mlm_mask(
+            x, indices, seed=self.seed, mask_id=self.mask_id, vocab_size=self.vocab_size,
+            special_ids=self.special_ids, probability=self.mlm_probability,
+        )
+
+
+def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean cross-entropy over the batch's target tokens (next token, or masked tokens)."""
+    inputs, targets = batch[0], batch[1]
+    return model(inputs, targets)[1]

@@ -1,0 +1,41 @@
+"""Entry point of one torchrun worker: `python -m llmkit.train.worker LAUNCH.json`.
+
+LAUNCH.json names a stage function ("module:function") and its keyword arguments. A
+UserError is printed as one line and written to the launch's error file for the parent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llmkit.console import err
+    from llmkit.errors import UserError, debug_enabled, one_line
+
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    module_name, function_name = spec["entry"].split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    try:
+        function(**spec["arguments"])
+    except Exception as exc:
+        if debug_enabled():
+            raise
+        message = one_line(exc)
+        if os.environ.get("RANK", "0") == "0" or isinstance(exc, UserError):
+            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {message}", soft_wrap=True)
+        if isinstance(exc, UserError) and spec.get("error_file"):
+            path = Path(spec["error_file"])
+            if not path.exists():
+                path.write_text(message + "\n", encoding="utf-8")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The shared training loop on synthetic data: schedules, overfitting, exact resume, MLM masking."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from llmkit import artifacts
+from llmkit.model.gpt import IGNORE_INDEX, ModelConfig
+from llmkit.model.presets import build_model
+from llmkit.train.checkpoint import STATE_JSON, STATE_TENSORS, latest_checkpoint, read_training_state
+from llmkit.train.distributed import DistInfo
+from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer, accumulation_steps
+from llmkit.train.objectives import lm_loss, mlm_mask
+from llmkit.train.optim import build_optimizer, lr_at, param_groups
+
+torch.set_num_threads(1)
+VOCAB, SEQ = 61, 16
+
+
+class SyntheticBatches:
+    """A batch provider keyed by global sample index over a fixed random token stream."""
+
+    def __init__(self, same_batch: bool = False, fail_at: int | None = None):
+        g = torch.Generator().manual_seed(123)
+        self.stream = torch.randint(0, VOCAB, (4096,), generator=g)
+        self.same_batch = same_batch
+        self.fail_at = fail_at
+
+    def __call__(self, indices):
+        rows = []
+        for k in indices:
+            if self.fail_at is not None and k >= self.fail_at:
+                raise KeyboardInterrupt("simulated crash")
+            start = 0 if self.same_batch else (k * 37) % (len(self.stream) - SEQ - 1)
+            rows.append(self.stream[start : start + SEQ + 1])
+        block = torch.stack(rows)
+        return block[:, :-1], block[:, 1:]
+
+
+def model_config(**kw):
+    base = dict(vocab_size=VOCAB, context_length=SEQ, n_layer=2, n_head=2, n_embd=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make_trainer(tmp_path, batches, *, max_steps=20, resume=False, seed=0, config=None, **settings):
+    torch.manual_seed(seed)
+    model = build_model(config or model_config())
+    base = dict(max_steps=max_steps, global_batch=8, micro_batch=4, tokens_per_sample=SEQ, seed=seed, lr=3e-3,
+                warmup_steps=2, eval_every=0, save_every=0, log_every=1000)
+    base.update(settings)
+    spec = ArtifactSpec(config={"test": True}, seed=seed)
+    return Trainer(model, LoopSettings(**base), info=DistInfo(), run_dir=tmp_path, batches=batches, loss_fn=lm_loss,
+                   spec=spec, resume=resume)
+
+
+def test_lr_schedules():
+    kw = dict(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_at(9, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert lr_at(60, schedule="cosine", **kw) == pytest.approx(0.55)
+    assert lr_at(110, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_at(60, schedule="linear", **kw) == pytest.approx(0.55)
+    assert lr_at(35, schedule="linear", **kw) == pytest.approx(1.0 - 0.9 * 0.25)
+    assert lr_at(100, schedule="constant", **kw) == 1.0
+
+
+def test_weight_decay_groups_and_optimizers():
+    model = build_model(model_config(norm="layernorm", bias=True))
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+    total = sum(p.numel() for p in decay["params"] + no_decay["params"])
+    assert total == model.num_params()  # the tied embedding is counted once
+    assert isinstance(build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0), torch.optim.SGD)
+
+
+def test_accumulation_derived_from_global_batch():
+    s = LoopSettings(max_steps=1, global_batch=64, micro_batch=8, tokens_per_sample=16)
+    assert accumulation_steps(s, 1) == 8 and accumulation_steps(s, 2) == 4
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match="multiple of micro-batch"):
+        accumulation_steps(LoopSettings(max_steps=1, global_batch=10, micro_batch=4, tokens_per_sample=16), 1)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_overfits_one_batch(tmp_path, arch):
+    config = model_config(arch=arch, n_head=1, n_embd=64) if arch == "lstm" else None
+    trainer = make_trainer(tmp_path, SyntheticBatches(same_batch=True), max_steps=150, config=config,
+                           lr=1e-2, schedule="constant", weight_decay=0.0)
+    result = trainer.run()
+    assert result.loss < 0.1, result.loss
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 151))
+    assert lines[0]["loss"] > 3.0 and {"loss", "lr", "tokens_per_s"} <= set(lines[0])
+
+
+def test_sgd_momentum_lowers_loss(tmp_path):
+    result = make_trainer(tmp_path, SyntheticBatches(same_batch=True), max_steps=60, optimizer="sgd", lr=0.5,
+                          weight_decay=0.0, schedule="constant").run()
+    assert result.loss < 2.0
+
+
+def test_final_run_dir_is_checkpoint_and_loads_without_pickle(tmp_path, monkeypatch):
+    make_trainer(tmp_path, SyntheticBatches(), max_steps=6, save_every=2, keep_last=2).run()
+    art = artifacts.load(tmp_path, kind="checkpoint")
+    assert {"model.safetensors", "model_config.json", STATE_JSON, STATE_TENSORS} <= set(art.manifest.files)
+    assert "metrics.jsonl" not in art.manifest.files  # wall-clock figures stay out of the fingerprint
+    assert artifacts.verify(tmp_path).ok
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert steps == ["step_0000004", "step_0000006"]  # keep_last=2
+    # Loading must never unpickle: make torch.load fail loudly.
+    import pickle
+
+    def no_unpickling(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    from llmkit.model.io import load_model
+
+    model = load_model(tmp_path)
+    assert model.config == model_config() and not model.training
+    progress, optim_state, rng = read_training_state(latest_checkpoint(tmp_path))
+    assert progress["step"] == 6 and progress["samples_seen"] == 48 and progress["world_size"] == 1
+    assert set(optim_state["state"]["tok_emb.weight"]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert len(rng["cpu"]) == 1
+
+
+def test_resume_after_crash_is_bitwise_exact(tmp_path):
+    """Crash mid-step (after checkpoint 4), resume, and match an uninterrupted run bit for bit."""
+    kw = dict(max_steps=10, save_every=2, config=model_config(dropout=0.1))
+    straight = make_trainer(tmp_path / "a", SyntheticBatches(), **kw)
+    straight.run()
+    crash = make_trainer(tmp_path / "b", SyntheticBatches(fail_at=5 * 8 + 3), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        crash.run()
+    assert latest_checkpoint(tmp_path / "b").name == "step_0000004"
+    resumed = make_trainer(tmp_path / "b", SyntheticBatches(), resume=True, **kw)
+    assert resumed.start_step == 4
+    resumed.run()
+    a = straight.raw.state_dict()
+    b = resumed.raw.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+
+
+def test_nonfinite_loss_stops_and_names_step(tmp_path):
+    class Poisoned(SyntheticBatches):
+        def __call__(self, indices):
+            x, y = super().__call__(indices)
+            return x, y
+
+    def nan_after_three(model, batch):
+        loss = lm_loss(model, batch)
+        return loss * float("nan") if trainer.optimizer.state and next(iter(trainer.optimizer.state.values()))["step"] >= 3 else loss
+
+    trainer = make_trainer(tmp_path, Poisoned(), max_steps=10, save_every=2)
+    trainer.loss_fn = nan_after_three
+    from llmkit.train.loop import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss, match=r"at step 4; .*step_0000002"):
+        trainer.run()
+    assert not (tmp_path / "manifest.json").exists()
+    assert artifacts.verify(tmp_path / "checkpoints" / "step_0000002").ok
+
+
+def test_mlm_masking_is_deterministic_80_10_10():
+    tokens = torch.randint(10, 1000, (64, 128))
+    specials = [0, 1, 2, 3]
+    tokens[:, 0] = 1  # a special token is never masked
+    inputs, targets = mlm_mask(tokens, range(64), seed=5, mask_id=3, vocab_size=1000, special_ids=specials)
+    again, _ = mlm_mask(tokens, range(64), seed=5, mask_id=3, vocab_size=1000, special_ids=specials)
+    assert torch.equal(inputs, again)
+    chosen = targets != IGNORE_INDEX
+    assert not chosen[:, 0].any()
+    assert math.isclose(chosen.float().mean().item(), 0.15, abs_tol=0.01)
+    assert torch.equal(targets[chosen], tokens[chosen])
+    masked = (inputs == 3) & chosen
+    kept = (inputs == tokens) & chosen
+    assert math.isclose(masked.sum().item() / chosen.sum().item(), 0.8, abs_tol=0.03)
+    assert math.isclose(kept.sum().item() / chosen.sum().item(), 0.1 + 0.1 / 990 * 0, abs_tol=0.03)
+    assert torch.equal(inputs[~chosen], tokens[~chosen])
