@@ -1,0 +1,189 @@
+"""The clean stage: read -> normalise and filter (in workers) -> de-duplicate (in order) -> write.
+
+Memory stays bounded: documents stream through in batches, at most 2 x workers batches are in
+flight, and only the de-duplication index (16 bytes per kept document for exact dedup, one
+64-bit key per band for MinHash LSH) grows with the corpus.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from llmkit import artifacts
+from llmkit import config as config_lib
+from llmkit.corpus.process import Processed, init_worker, process_batch
+from llmkit.corpus.settings import CleanConfig
+from llmkit.corpus.sources import ReadOptions, ReadStats, Source, resolve_inputs
+from llmkit.corpus.writer import RejectWriter, ShardWriter
+from llmkit.errors import UserError
+
+_BATCH_DOCS = 256
+_BATCH_CHARS = 2 << 20
+
+
+class Deduplicator:
+    """Exact (hash of the cleaned text) and near (MinHash LSH bands) duplicates, first one kept."""
+
+    def __init__(self, cfg: CleanConfig):
+        self.exact: dict[bytes, int] = {}
+        self.bands: list[dict[int, int]] = [{} for _ in range(cfg.bands)] if cfg.near_dedup else []
+        self.cluster_sizes: Counter[int] = Counter()  # kept ordinal -> duplicates removed
+
+    def check(self, doc: Processed) -> tuple[Optional[str], Optional[int]]:
+        if doc.exact_key and doc.exact_key in self.exact:
+            return "exact_duplicate", self.exact[doc.exact_key]
+        if doc.band_keys is not None:
+            for index, key in zip(self.bands, doc.band_keys):
+                if key in index:
+                    return "near_duplicate", index[key]
+        return None, None
+
+    def add(self, doc: Processed, ordinal: int) -> None:
+        if doc.exact_key:
+            self.exact[doc.exact_key] = ordinal
+        if doc.band_keys is not None:
+            for index, key in zip(self.bands, doc.band_keys):
+                index.setdefault(key, ordinal)
+
+    def record_duplicate(self, of: int) -> None:
+        self.cluster_sizes[of] += 1
+
+
+def _batches(sources: list[Source], options: ReadOptions, read_stats: ReadStats) -> Iterator[list[tuple[str, str, str]]]:
+    batch: list[tuple[str, str, str]] = []
+    chars = 0
+    for source in sources:
+        for doc_id, text in source.documents(options, read_stats):
+            batch.append((doc_id, source.label, text))
+            chars += len(text)
+            if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _process_in_order(batches: Iterable[list], cfg: CleanConfig, workers: int) -> Iterator[list[Processed]]:
+    """Results batch by batch in input order, whatever the number of workers."""
+    if workers <= 1:
+        init_worker(cfg)
+        for batch in batches:
+            yield process_batch(batch)
+        return
+    # spawn, not fork: the parent may hold threads (pyarrow, torch) that fork would copy mid-lock.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=init_worker, initargs=(cfg,)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(process_batch, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def clean(
+    inputs: list[str],
+    out: Path | str,
+    cfg: CleanConfig | None = None,
+    *,
+    dataset: Optional[str] = None,
+    dataset_config: Optional[str] = None,
+    split: str = "train",
+    workers: int = 1,
+    force: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Clean and de-duplicate `inputs` into a corpus artifact at `out`; returns its path."""
+    cfg = cfg or CleanConfig()
+    out = Path(out)
+    sources = resolve_inputs(list(inputs), dataset, dataset_config, split)
+    artifacts.check_output(out, force)
+    options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
+    read_stats = ReadStats()
+    started = time.perf_counter()
+
+    with artifacts.create(out, "corpus", force=force) as build:
+        shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
+        rejects = RejectWriter(build.dir / "rejects.jsonl") if cfg.keep_rejects else None
+        dedup = Deduplicator(cfg)
+        kept_ids: list[str] = []  # ordinal -> id, only to name `duplicate_of` in the rejects file
+        dropped: Counter[str] = Counter()
+        docs_in = bytes_in = kept = bytes_out = 0
+
+        total = sum(s.size for s in sources) if all(s.size is not None for s in sources) else None
+        with _progress(show_progress) as progress:
+            task = progress.add_task("cleaning", total=total, kept=0)
+            for results in _process_in_order(_batches(sources, options, read_stats), cfg, workers):
+                for doc in results:
+                    docs_in += 1
+                    bytes_in += doc.bytes_in
+                    reason, duplicate_of = (doc.reason, None) if doc.reason else dedup.check(doc)
+                    if reason is None:
+                        dedup.add(doc, kept)
+                        shards.add(doc.id, doc.text, doc.source, doc.bytes_out)
+                        if rejects is not None:
+                            kept_ids.append(doc.id)
+                        kept += 1
+                        bytes_out += doc.bytes_out
+                        continue
+                    dropped[reason] += 1
+                    if duplicate_of is not None:
+                        dedup.record_duplicate(duplicate_of)
+                    if rejects is not None:
+                        of = kept_ids[duplicate_of] if duplicate_of is not None else None
+                        rejects.add(doc.id, doc.source, reason, doc.text, of)
+                progress.update(task, advance=sum(d.bytes_in for d in results), kept=kept)
+        shards.close()
+        if rejects is not None:
+            rejects.close()
+
+        if docs_in == 0:
+            raise UserError(f"no documents found in {_describe(sources)}: the input is empty; check the files")
+        if kept == 0:
+            top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
+            raise UserError(
+                f"all {docs_in} documents were dropped ({top}); loosen those rules (see llmkit clean --help) "
+                "or check the input"
+            )
+        elapsed = time.perf_counter() - started
+        build.config = config_lib.to_dict(cfg)
+        build.seed = cfg.seed
+        build.runtime = {"workers": workers}
+        build.stats = {
+            "documents": kept,
+            "bytes": bytes_out,
+            "documents_in": docs_in,
+            "bytes_in": bytes_in,
+            "dropped": dict(dropped.most_common()),
+            "duplicate_clusters": len(dedup.cluster_sizes),
+            "largest_duplicate_cluster": (max(dedup.cluster_sizes.values()) + 1) if dedup.cluster_sizes else 0,
+            "shards": len(shards.shards),
+            "sources": [s.label for s in sources[:100]],
+            "source_count": len(sources),
+            "bad_lines_skipped": read_stats.bad_lines_skipped,
+            "bad_line_examples": read_stats.bad_line_examples,
+            "seconds": round(elapsed, 3),
+            "mb_per_s": round(bytes_in / 1e6 / elapsed, 3) if elapsed > 0 else None,
+        }
+    return out
+
+
+def _describe(sources: list[Source]) -> str:
+    labels = [s.label for s in sources]
+    return ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+
+
+def _progress(enabled: bool):
+    from rich.progress import TextColumn
+
+    from llmkit.console import progress
+
+    bar = progress(TextColumn("{task.fields[kept]} kept"))
+    if not enabled:
+        bar.disable = True
+    return bar
