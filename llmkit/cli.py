@@ -74,10 +74,12 @@ def _root(
 def _register_stages() -> None:
     from llmkit.corpus.command import clean
     from llmkit.eval.command import evaluate
-    from llmkit.generate.command import chat, generate
+    from llmkit.finetune.command import finetune
+    from llmkit.generate.chat import chat
+    from llmkit.generate.command import generate
     from llmkit.model.command import export_model, import_model
     from llmkit.tokenizer.command import tokenize, tokenizer_app
-    from llmkit.train.command import finetune, pretrain
+    from llmkit.train.command import pretrain
 
     app.command("clean")(clean)
     app.add_typer(tokenizer_app, name="tokenizer", help="Train and try byte-level BPE tokenizers.")
