@@ -1,0 +1,359 @@
+"""Hugging Face interop: `llmkit export --format hf` and `llmkit import`, checked against
+transformers itself (logits within 1e-4 both ways, tokenizer ids equal). No network, no hub:
+every model here is built and saved locally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmkit import artifacts
+from llmkit.model.gpt import GPT, ModelConfig
+from llmkit.model.io import TOKENIZER_DIR, load_checkpoint, save_weights
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|system|>", "<|user|>", "<|assistant|>"]
+TEXT = (
+    "First Citizen: Before we proceed any further, hear me speak.\n"
+    "All: Speak, speak.\nFirst Citizen: You are all resolved rather to die than to famish?\n"
+    "Café naïve — 東京 ünïcödé 🙂 and numbers 12345.\n"
+)
+SAMPLES = ["Hello there, citizens!", "Speak, speak. 東京 🙂", "  leading spaces\nand lines", "café 12345678"]
+TOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A tiny byte-level BPE with llmkit's special tokens, as a tokenizer folder (contract 3/4)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from llmkit.model.hf import token_byte_lengths
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TEXT.splitlines() * 20, trainer)
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tok.save(str(folder / "tokenizer.json"))
+    np.save(folder / "token_bytes.npy", token_byte_lengths(tok), allow_pickle=False)
+    return folder
+
+
+def _perturb(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial norm weights and biases, so a swapped or untransposed tensor shows in the logits."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def make_checkpoint(root: Path, name: str, tokenizer_dir: Path, seed: int = 0, **fields) -> Path:
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    config = ModelConfig(vocab_size=vocab, context_length=64, n_layer=2, n_head=4, n_embd=64, **fields)
+    torch.manual_seed(seed)
+    model = GPT(config)
+    _perturb(model, seed)
+    out = root / name
+    with artifacts.create(out, "checkpoint") as build:
+        save_weights(model, build.dir)
+        (build.dir / TOKENIZER_DIR).mkdir()
+        for file in ("tokenizer.json", "token_bytes.npy"):
+            (build.dir / TOKENIZER_DIR / file).write_bytes((tokenizer_dir / file).read_bytes())
+        build.config = {"model": config.to_dict()}
+        build.seed = seed
+    return out
+
+
+GPT2_STYLE = dict(norm="layernorm", pos="learned", activation="gelu")
+LLAMA_STYLE = dict(norm="rmsnorm", pos="rope", activation="swiglu")
+EXPORT_CASES = {
+    "gpt2-tied-bias": dict(GPT2_STYLE, bias=True, tie_embeddings=True),
+    "gpt2-untied-gqa-nobias": dict(GPT2_STYLE, bias=False, tie_embeddings=False, n_kv_head=2),
+    "llama-tied-gqa": dict(LLAMA_STYLE, bias=False, tie_embeddings=True, n_kv_head=2, rope_theta=500000.0),
+    "llama-untied-bias": dict(LLAMA_STYLE, bias=True, tie_embeddings=False, norm_eps=1e-6),
+}
+
+
+def _tokens(vocab: int, seed: int = 0, shape=(2, 40)) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("case", list(EXPORT_CASES))
+def test_export_loads_in_transformers_with_equal_logits_and_tokens(cli, tmp_path, tokenizer_dir, case):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, **EXPORT_CASES[case])
+    out = tmp_path / "hf"
+    result = cli("export", ckpt, "--format", "hf", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    assert (out / "generation_config.json").is_file()
+
+    hf_model, info = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, output_loading_info=True)
+    hf_model.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    expected_class = "GPT2LMHeadModel" if case.startswith("gpt2") else "LlamaForCausalLM"
+    assert type(hf_model).__name__ == expected_class
+
+    loaded = load_checkpoint(ckpt)
+    idx = _tokens(loaded.config.vocab_size)
+    with torch.no_grad():
+        ours = loaded.model(idx)[0]
+        theirs = hf_model(idx).logits
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=TOL, rtol=0), (ours - theirs).abs().max()
+
+    hf_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    tok = loaded.tokenizer
+    assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    for text in SAMPLES:
+        ids = tok.encode(text)
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids
+        assert hf_tok.decode(ids) == tok.decode(ids)
+    # transformers tokenizers parse special-token text (chat templates rely on it); llmkit's
+    # loader keeps typed specials as text and inserts them by id. The same ids either way:
+    assert hf_tok("<|user|>hi", add_special_tokens=False)["input_ids"] == [tok.special_ids["<|user|>"]] + tok.encode("hi")
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tok.eos_id
+
+
+def _save_hf_model(folder: Path, hf_config, tokenizer_dir: Path, seed: int = 0) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config).eval()
+    _perturb(model, seed)
+    model.save_pretrained(folder)  # safetensors
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_dir / "tokenizer.json"), bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    ).save_pretrained(folder)
+    return model
+
+
+def _hf_configs(vocab: int) -> dict:
+    from transformers import GPT2Config, LlamaConfig
+
+    return {
+        "gpt2": GPT2Config(vocab_size=vocab, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=1),
+        "gpt2-untied-ninner": GPT2Config(
+            vocab_size=vocab + 13, n_positions=48, n_embd=32, n_layer=2, n_head=2, n_inner=80, tie_word_embeddings=False,
+            activation_function="gelu_pytorch_tanh", bos_token_id=0, eos_token_id=1,
+        ),
+        "llama-gqa": LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+            tie_word_embeddings=True, bos_token_id=0, eos_token_id=1,
+        ),
+        "llama-attn-bias-untied": LlamaConfig(
+            vocab_size=vocab, hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
+            max_position_embeddings=64, rms_norm_eps=1e-5, attention_bias=True, mlp_bias=False,
+            tie_word_embeddings=False, bos_token_id=0, eos_token_id=1,
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["gpt2", "gpt2-untied-ninner", "llama-gqa", "llama-attn-bias-untied"])
+def test_import_gives_equal_logits(cli, tmp_path, tokenizer_dir, case):
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    hf_config = _hf_configs(vocab)[case]
+    src = tmp_path / "hf"
+    hf_model = _save_hf_model(src, hf_config, tokenizer_dir)
+    out = tmp_path / "ckpt"
+    result = cli("import", src, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert artifacts.verify(out).ok
+
+    loaded = load_checkpoint(out)
+    assert loaded.config.vocab_size == hf_config.vocab_size
+    assert loaded.config.mlp_hidden == (hf_config.n_inner or 4 * hf_config.n_embd if case.startswith("gpt2") else hf_config.intermediate_size)
+    idx = _tokens(vocab, seed=1, shape=(3, 30))
+    with torch.no_grad():
+        theirs = hf_model(idx).logits
+        ours = loaded.model(idx)[0]
+    assert torch.allclose(ours, theirs, atol=TOL, rtol=0), (ours - theirs).abs().max()
+
+    tok_dir = out / TOKENIZER_DIR
+    token_bytes = np.load(tok_dir / "token_bytes.npy", allow_pickle=False)
+    assert token_bytes.dtype == np.int32 and token_bytes[:7].tolist() == [0] * 7
+    ids = loaded.tokenizer.encode(TEXT)
+    assert int(token_bytes[ids].sum()) == len(TEXT.encode("utf-8"))
+
+
+def test_import_legacy_config_keys_and_base_model_prefix(cli, tmp_path, tokenizer_dir):
+    """Old Llama configs keep rope_theta at top level; a base model saves keys without `model.`."""
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    hf_model = _save_hf_model(src, _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("rope_parameters")
+    config["rope_theta"] = 500000.0
+    (src / "config.json").write_text(json.dumps(config))
+    state = load_file(str(src / "model.safetensors"))
+    save_file({k.removeprefix("model."): v for k, v in state.items()}, str(src / "model.safetensors"))
+
+    out = tmp_path / "ckpt"
+    result = cli("import", src, "-o", out)
+    assert result.exit_code == 0, result.output
+    loaded = load_checkpoint(out)
+    assert loaded.config.rope_theta == 500000.0
+    idx = _tokens(vocab, seed=2)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(idx)[0], hf_model(idx).logits, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["gpt2-tied-bias", "llama-tied-gqa", "llama-untied-bias"])
+def test_export_then_import_round_trips_weights_and_config(cli, tmp_path, tokenizer_dir, case):
+    from safetensors.torch import load_file
+
+    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, seed=3, **EXPORT_CASES[case])
+    assert cli("export", ckpt, "-o", tmp_path / "hf").exit_code == 0
+    result = cli("import", tmp_path / "hf", "-o", tmp_path / "back")
+    assert result.exit_code == 0, result.output
+    before = load_file(str(ckpt / "model.safetensors"))
+    after = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    original = json.loads((ckpt / "model_config.json").read_text())
+    assert json.loads((tmp_path / "back" / "model_config.json").read_text()) == original
+    assert (tmp_path / "back" / TOKENIZER_DIR / "tokenizer.json").is_file()
+    # Same inputs, same artifact: import is deterministic.
+    assert cli("import", tmp_path / "hf", "-o", tmp_path / "again").exit_code == 0
+    assert artifacts.load(tmp_path / "again").fingerprint == artifacts.load(tmp_path / "back").fingerprint
+
+
+def test_gpt2_style_gqa_exports_with_repeated_kv_heads(cli, tmp_path, tokenizer_dir):
+    """GPT-2 has no grouped-query attention: the exported model repeats KV heads and the
+    re-imported one is plain multi-head, computing the same logits."""
+    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, **EXPORT_CASES["gpt2-untied-gqa-nobias"])
+    assert cli("export", ckpt, "-o", tmp_path / "hf").exit_code == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_head"] == 4
+    assert cli("import", tmp_path / "hf", "-o", tmp_path / "back").exit_code == 0
+    a, b = load_checkpoint(ckpt), load_checkpoint(tmp_path / "back")
+    assert (a.config.n_kv_head, b.config.n_kv_head) == (2, 4)
+    idx = _tokens(a.config.vocab_size, seed=4)
+    with torch.no_grad():
+        assert torch.allclose(a.model(idx)[0], b.model(idx)[0], atol=TOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad inputs: one line naming the problem, nothing written
+
+
+def _error(result) -> str:
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_import_missing_directory(cli, tmp_path):
+    message = _error(cli("import", tmp_path / "nope", "-o", tmp_path / "out"))
+    assert "no such directory" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_directory_without_config(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "no config.json" in _error(cli("import", tmp_path / "empty", "-o", tmp_path / "out"))
+
+
+def test_import_unsupported_model_type_names_it(cli, tmp_path):
+    src = tmp_path / "mistral"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
+    message = _error(cli("import", src, "-o", tmp_path / "out"))
+    assert "mistral" in message and "MistralForCausalLM" in message and "gpt2" in message
+
+
+def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):
+    from transformers import GPT2Config
+
+    src = tmp_path / "pickled"
+    src.mkdir()
+    GPT2Config(vocab_size=320, n_embd=32, n_layer=1, n_head=2).save_pretrained(src)
+    (src / "pytorch_model.bin").write_bytes(b"never unpickled")
+    message = _error(cli("import", src, "-o", tmp_path / "out"))
+    assert "pytorch_model.bin" in message and "safetensors" in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}, "llama3"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"head_dim": 32}, "head_dim"),
+    ],
+)
+def test_import_refuses_llama_features_llmkit_cannot_express(cli, tmp_path, tokenizer_dir, change, named):
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    config.update(change)
+    (src / "config.json").write_text(json.dumps(config))
+    message = _error(cli("import", src, "-o", tmp_path / "out"))
+    assert "llama" in message and named in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_styles_transformers_cannot_run(cli, tmp_path, tokenizer_dir):
+    ckpt = make_checkpoint(tmp_path, "mixed", tokenizer_dir, norm="rmsnorm", pos="learned", activation="gelu")
+    message = _error(cli("export", ckpt, "-o", tmp_path / "hf"))
+    assert "pos=learned" in message and "neither GPT-2" in message
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_refuses_existing_output_and_unknown_format(cli, tmp_path, tokenizer_dir):
+    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
+    (tmp_path / "taken").mkdir()
+    assert "--force" in _error(cli("export", ckpt, "-o", tmp_path / "taken"))
+    assert "gguf" in _error(cli("export", ckpt, "--format", "gguf", "-o", tmp_path / "hf"))
+    assert cli("export", ckpt, "-o", tmp_path / "taken", "--force").exit_code == 0
+    assert (tmp_path / "taken" / "config.json").is_file()
+
+
+def test_token_byte_lengths_sum_to_text_bytes(tokenizer_dir):
+    from tokenizers import Tokenizer
+
+    from llmkit.model.hf import token_byte_lengths
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    lengths = token_byte_lengths(tok)
+    assert lengths.shape == (tok.get_vocab_size(),) and lengths[: len(SPECIALS)].tolist() == [0] * len(SPECIALS)
+    for text in SAMPLES + [TEXT]:
+        assert int(lengths[tok.encode(text).ids].sum()) == len(text.encode("utf-8"))
+    # The same table as the tokenizer stage computes for byte-level vocabularies.
+    from llmkit.data.tokenizer import compute_token_bytes
+
+    assert np.array_equal(lengths, compute_token_bytes(tok))
