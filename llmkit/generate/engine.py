@@ -264,27 +264,33 @@ class Generator:
 
     def complete(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str | Sequence[int]],
         params: GenerationParams,
         *,
         num_samples: int = 1,
         batch_size: int = 8,
         on_text: Callable[[int, str], None] | None = None,
         extra_stop_ids: Sequence[int] = (),
+        prompt_offset: int = 0,
     ) -> list[Completion]:
         """Every prompt `num_samples` times; results in order (prompt 0 samples, prompt 1, ...).
 
-        `on_text(row, piece)` streams text as it is decided, row being the index in the result.
+        A prompt is text (encoded after BOS) or a list of token ids used as given (chat prompts,
+        see prompts.encode_chat). `on_text(row, piece)` streams text as it is decided, `row`
+        being the index in the result list. Row seeds derive from (params.seed, prompt_offset +
+        prompt index, sample index), so a prompt's text does not depend on how calls are split.
         """
+        if num_samples < 1:
+            raise UserError(f"--num-samples must be at least 1, got {num_samples}")
         rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
-        encoded = [self.encode_prompt(p) for p in prompts]
+        encoded = [self.encode_prompt(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
         eos_ids = [self.tokenizer.eos_id, *extra_stop_ids]
         pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
         results: list[Completion] = []
         for start in range(0, len(rows), max(1, batch_size)):
             chunk = rows[start : start + batch_size]
             trackers = [_TextTracker(self.tokenizer, params.stop) for _ in chunk]
-            seeds = [row_seed(params.seed, p, s) for p, s in chunk]
+            seeds = [row_seed(params.seed, prompt_offset + p, s) for p, s in chunk]
 
             def on_step(tokens, trackers=trackers, start=start):
                 stopped = []
@@ -314,11 +320,11 @@ class Generator:
                         ids = ids[:-1]
                 results.append(
                     Completion(
-                        prompt=prompts[p],
-                        text=tracker.final_text if tracker.ids or not ids else self.tokenizer.decode(ids),
+                        prompt=prompts[p] if isinstance(prompts[p], str) else self.tokenizer.decode(encoded[p]),
+                        text=tracker.final_text,
                         token_ids=ids,
                         finish_reason=res.finish_reason,
-                        prompt_index=p,
+                        prompt_index=prompt_offset + p,
                         sample_index=s,
                         prompt_tokens=len(encoded[p]),
                         seed=seeds[b],

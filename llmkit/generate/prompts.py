@@ -1,0 +1,113 @@
+"""Prompts: from flags and files to token ids.
+
+A prompt is plain text, or a chat (a list of {"role", "content"} messages). Plain text is
+encoded as is, after BOS. A chat is rendered with the special role tokens every llmkit
+vocabulary has (`<|system|>`, `<|user|>`, `<|assistant|>`): each message is its role token
+followed by its text, and the prompt ends with `<|assistant|>` so the model answers; a role
+token starts the next turn, so generation stops at one. Role tokens are inserted by id, never
+by typing them into text (the tokenizer encodes typed special-token names as ordinary text).
+A fine-tuned checkpoint's task.json may carry a `prompt_template` ("...{prompt}...") that
+plain prompts are wrapped in; `llmkit chat` (fine-tuning) builds on `encode_chat`.
+
+Prompt files: `.txt`, one prompt per line (a literal `\\n` in a line becomes a newline), or
+JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from llmkit.errors import UserError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Prompt:
+    text: str | None = None
+    messages: list[dict[str, str]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # other JSONL fields, copied to the output
+
+    @property
+    def display(self) -> str:
+        if self.messages is None:
+            return self.text or ""
+        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+
+
+def read_prompt_file(path: Path) -> list[Prompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
+    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompts = [Prompt(text=line.replace("\\n", "\n")) for line in lines if line.strip()]
+    else:
+        prompts = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
+            prompts.append(_prompt_from_record(record, f"{path}:{lineno}"))
+    if not prompts:
+        raise UserError(f"{path} holds no prompts")
+    return prompts
+
+
+def _prompt_from_record(record: Any, where: str) -> Prompt:
+    if not isinstance(record, dict):
+        raise UserError(f"{where} is not a JSON object; write {{\"prompt\": \"...\"}} per line")
+    if "messages" in record:
+        messages = record["messages"]
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
+        )
+        if not ok or not messages:
+            raise UserError(f"{where}: 'messages' must be a list of {{\"role\": system|user|assistant, \"content\": text}}")
+        return Prompt(messages=messages, meta={k: v for k, v in record.items() if k != "messages"})
+    for key in ("prompt", "text"):
+        if isinstance(record.get(key), str):
+            return Prompt(text=record[key], meta={k: v for k, v in record.items() if k != key})
+    raise UserError(f"{where} has no \"prompt\" (or \"text\") string and no \"messages\" list")
+
+
+def apply_template(text: str, task: dict | None) -> str:
+    template = (task or {}).get("prompt_template")
+    if not template:
+        return text
+    if "{prompt}" not in template:
+        raise UserError("the checkpoint's task.json prompt_template has no {prompt} placeholder; fix task.json")
+    return template.replace("{prompt}", text)
+
+
+def encode_chat(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
+    """[BOS] (<|role|> text)* <|assistant|>: the model continues as the assistant."""
+    special = tokenizer.special_ids
+    missing = [f"<|{r}|>" for r in ROLES if f"<|{r}|>" not in special]
+    if missing:
+        raise UserError(f"this checkpoint's tokenizer has no {', '.join(missing)} token(s); chat prompts need them")
+    ids = [tokenizer.bos_id]
+    for message in messages:
+        ids.append(special[f"<|{message['role']}|>"])
+        ids.extend(tokenizer.encode(message["content"]))
+    ids.append(special["<|assistant|>"])
+    return ids
+
+
+def chat_stop_ids(tokenizer) -> list[int]:
+    """Role tokens end an assistant turn."""
+    return [tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in tokenizer.special_ids]
+
+
+def encode_prompt(prompt: Prompt, tokenizer, task: dict | None = None, add_bos: bool = True) -> list[int]:
+    if prompt.messages is not None:
+        return encode_chat(prompt.messages, tokenizer)
+    text = apply_template(prompt.text or "", task)
+    ids = tokenizer.encode(text) if text else []
+    return [tokenizer.bos_id] + ids if add_bos else ids

@@ -1,0 +1,151 @@
+"""The generate stage: `run_generate(checkpoint, config)` -> completions; JSONL output for batch use.
+
+Generation writes no artifact (it is for reading); `--output FILE.jsonl` keeps one record per
+completion with the settings that made it, so a result can be reproduced with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from llmkit.errors import UserError
+from llmkit.generate.engine import OVERFLOW_POLICIES, Completion, GenerationParams, Generator
+from llmkit.generate.prompts import Prompt, chat_stop_ids, encode_prompt, read_prompt_file
+
+
+@dataclass
+class GenerateConfig:
+    prompts: list[str] = field(default_factory=list)
+    prompts_file: str | None = None
+    max_new_tokens: int = 128
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int = 0
+    num_samples: int = 1
+    batch_size: int = 8
+    context_overflow: str = "slide"
+
+    def __post_init__(self):
+        if self.context_overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"context_overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
+        if self.num_samples < 1 or self.batch_size < 1:
+            raise ValueError("num_samples and batch_size must be at least 1")
+
+    def params(self) -> GenerationParams:
+        try:
+            return GenerationParams(
+                temperature=self.temperature,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                repetition_penalty=self.repetition_penalty,
+                max_new_tokens=self.max_new_tokens,
+                stop=list(self.stop),
+                stop_at_eos=not self.ignore_eos,
+                seed=self.seed,
+                context_overflow=self.context_overflow,
+            )
+        except ValueError as exc:
+            raise UserError(f"invalid generation setting: {exc}") from exc
+
+
+@dataclass
+class Generated:
+    prompt: Prompt
+    completion: Completion
+
+    def record(self, cfg: GenerateConfig) -> dict:
+        c = self.completion
+        record = {
+            "prompt": self.prompt.text if self.prompt.messages is None else None,
+            "completion": c.text,
+            "prompt_index": c.prompt_index,
+            "sample_index": c.sample_index,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": len(c.token_ids),
+            "finish_reason": c.finish_reason,
+            "seed": cfg.seed,
+        }
+        if self.prompt.messages is not None:
+            record["messages"] = self.prompt.messages
+        record.update({k: v for k, v in self.prompt.meta.items() if k not in record})
+        return record
+
+
+def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
+    prompts = [Prompt(text=p) for p in cfg.prompts]
+    if cfg.prompts_file:
+        prompts.extend(read_prompt_file(Path(cfg.prompts_file)))
+    if not prompts:
+        raise UserError("no prompt given; pass --prompt TEXT (repeatable) or --prompts FILE (.txt lines or .jsonl)")
+    return prompts
+
+
+def check_output_file(path: Path | None, force: bool) -> None:
+    if path is None:
+        return
+    if path.exists() and not force:
+        raise UserError(f"output {path} already exists; pass --force to replace it or choose another --output")
+    if not path.resolve().parent.is_dir():
+        raise UserError(f"the folder for --output {path} does not exist; create it first")
+
+
+def run_generate(
+    checkpoint: Path,
+    cfg: GenerateConfig,
+    *,
+    device: str = "cpu",
+    on_text: Callable[[int, str], None] | None = None,
+    on_batch: Callable[[list[Generated]], None] | None = None,
+) -> list[Generated]:
+    """Load the checkpoint and complete every prompt `num_samples` times."""
+    from llmkit.model.io import load_checkpoint
+
+    params = cfg.params()
+    prompts = load_prompts(cfg)
+    from llmkit import artifacts
+
+    art = artifacts.load(checkpoint, kind="checkpoint")
+    if not (art.path / "tokenizer" / "tokenizer.json").is_file():
+        raise UserError(f"checkpoint {checkpoint} has no tokenizer/tokenizer.json; rebuild it or copy its tokenizer into {checkpoint}/tokenizer")
+    loaded = load_checkpoint(checkpoint, device=device)
+    if loaded.config.objective == "mlm":
+        raise UserError(f"{checkpoint} is a masked LM (objective mlm); it fills in blanks and cannot generate left to right")
+    tokenizer = loaded.tokenizer
+    encoded = [encode_prompt(p, tokenizer, loaded.task) for p in prompts]
+    extra_stops = chat_stop_ids(tokenizer) if any(p.messages for p in prompts) else []
+    generator = Generator(loaded.model, tokenizer)
+    results: list[Generated] = []
+    # One call per group of prompts so finished batches can be printed while later ones run.
+    per_call = max(1, cfg.batch_size // cfg.num_samples)
+    for start in range(0, len(prompts), per_call):
+        completions = generator.complete(
+            encoded[start : start + per_call],
+            params,
+            num_samples=cfg.num_samples,
+            batch_size=cfg.batch_size,
+            on_text=(lambda row, piece, base=len(results): on_text(base + row, piece)) if on_text else None,
+            extra_stop_ids=extra_stops,
+            prompt_offset=start,
+        )
+        batch = [Generated(prompts[c.prompt_index], c) for c in completions]
+        results.extend(batch)
+        if on_batch is not None:
+            on_batch(batch)
+    return results
+
+
+def write_jsonl(path: Path, results: list[Generated], cfg: GenerateConfig) -> None:
+    """Write all records, then rename into place: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for item in results:
+            handle.write(json.dumps(item.record(cfg), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
