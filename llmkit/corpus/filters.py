@@ -121,7 +121,8 @@ def _top_ngram_chars(words: list[str], n: int) -> int:
     if not grams:
         return 0
     gram, freq = grams.most_common(1)[0]
-    return sum(len(w) for w in gram) * freq
+    # An n-gram seen once is not repetition (datatrove counts it, which drops short documents).
+    return sum(len(w) for w in gram) * freq if freq > 1 else 0
 
 
 def _duplicate_ngram_chars(words: list[str], n: int) -> int:
@@ -156,11 +157,13 @@ def gopher_repetition(doc: DocView, cfg: CleanConfig) -> Reason:
     if chars / length > cfg.max_dup_line_char_frac:
         return "gopher_dup_line_char_frac"
     words = doc.words
+    # A Chinese word is about two characters: n words of the rule are 2n characters there.
+    scale = 2 if doc.unspaced else 1
     for n, limit in zip((2, 3, 4), cfg.max_top_ngram_char_frac):
-        if _top_ngram_chars(words, n) / length > limit:
+        if _top_ngram_chars(words, n * scale) / length > limit:
             return f"gopher_top_{n}gram"
     for n, limit in zip(range(5, 11), cfg.max_dup_ngram_char_frac):
-        if _duplicate_ngram_chars(words, n) / length > limit:
+        if _duplicate_ngram_chars(words, n * scale) / length > limit:
             return f"gopher_dup_{n}gram"
     return None
 

@@ -1,0 +1,235 @@
+"""Normalisation and every filter, on real text from ../shared/data and on crafted bad cases."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from llmkit.corpus import filters, normalize
+from llmkit.corpus.filters import DocView
+from llmkit.corpus.language import detect
+from llmkit.corpus.process import DocumentProcessor
+from llmkit.corpus.settings import CleanConfig, resolve
+from llmkit.corpus.words import split_words, unspaced_share
+from llmkit.errors import UserError
+
+WEB = resolve(explicit={"preset": "web"})
+
+
+@pytest.fixture(scope="module")
+def shakespeare(shared_data):
+    return (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def chinese(shared_data):
+    return (shared_data / "chinese.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def reviews(shared_data):
+    with open(shared_data / "sentiment" / "train.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle]
+
+
+def _paragraphs_of(text: str, min_chars: int) -> list[str]:
+    """Blank-line blocks (Shakespeare) or lines (the Chinese novel has one paragraph per line)."""
+    blocks = text.split("\n\n") if "\n\n" in text else text.split("\n")
+    return [p.strip() for p in blocks if len(p.strip()) >= min_chars]
+
+
+def _english_article(shakespeare: str, start: int = 0) -> str:
+    """A web-page-like English document: several long speeches as prose lines."""
+    speeches = _paragraphs_of(shakespeare, 400)[start : start + 6]
+    return "\n".join(" ".join(s.split("\n")[1:]) for s in speeches)
+
+
+# ------------------------------------------------------------------------------- normalisation
+
+
+def test_unicode_repair_fixes_mojibake_and_keeps_chinese_punctuation(chinese):
+    assert normalize.fix_unicode("The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.") == "The Mona Lisa doesn’t have eyebrows."
+    paragraph = chinese[:2000]
+    mangled = paragraph.encode("utf-8").decode("latin-1")  # classic UTF-8-read-as-Latin-1 mojibake
+    assert mangled != paragraph
+    assert normalize.fix_unicode(mangled) == normalize.fix_unicode(paragraph)
+    # Full-width punctuation is part of Chinese writing: repair must not turn "，" into ",".
+    assert "，" in normalize.fix_unicode(paragraph) and "“" in normalize.fix_unicode(paragraph)
+
+
+def test_nfc_normalisation():
+    decomposed = "Cafe\u0301 de\u0301ja\u0300 vu"
+    assert normalize.fix_unicode(decomposed) == "Café déjà vu"
+    assert normalize.fix_unicode(decomposed, "NFD") == decomposed
+
+
+def test_cleanup_removes_controls_and_extra_whitespace(shakespeare):
+    messy = "First line \t\r\nsecond\x00 line\u00a0here\u200b\n\n\n\n\nthird\x1b\n   "
+    assert normalize.cleanup(messy) == "First line\nsecond line here\n\nthird"
+    # Real text changes only where it had trailing blanks on a line.
+    expected = re.sub("\n{3,}", "\n\n", "\n".join(line.rstrip() for line in shakespeare.split("\n")).strip())
+    assert normalize.cleanup(shakespeare) == expected
+
+
+def test_html_stripping_keeps_visible_text(reviews):
+    review = reviews[0]
+    page = f"<html><head><style>p {{color: red}}</style></head><body><h1>Review</h1><p>{review}</p>" \
+        "<script>var tracking = 1;</script><p>Tom &amp; Jerry</p></body></html>"
+    stripped = normalize.cleanup(normalize.strip_html(page))
+    assert stripped == f"Review\n\n{review}\n\nTom & Jerry"
+    assert normalize.strip_html(review) == review  # no markup: untouched
+
+
+def test_words_count_characters_of_unspaced_scripts(chinese, shakespeare):
+    line = "第一回　甄士隐梦幻识通灵　贾雨村风尘怀闺秀"
+    assert len(split_words(line)) == 19  # one word per Han character
+    assert split_words("我喜欢Python编程") == ["我", "喜", "欢", "Python", "编", "程"]
+    assert unspaced_share(chinese) > 0.8 and unspaced_share(shakespeare) == 0.0
+
+
+# ------------------------------------------------------------------------------- unusable documents
+
+
+def test_binary_and_garbled_documents_are_dropped(shakespeare):
+    processor = DocumentProcessor(CleanConfig())
+    rng = random.Random(0)
+    binary = bytes(rng.randrange(256) for _ in range(2000)).decode("latin-1")
+    assert processor("a", "s", binary).reason == "binary"
+    replaced = "".join(ch if i % 5 else "\ufffd" for i, ch in enumerate(shakespeare[:1000]))
+    assert processor("c", "s", replaced).reason == "garbled"
+    assert processor("d", "s", " \n\t\u200b ").reason == "empty"
+    assert processor("e", "s", shakespeare[:1000]).reason is None
+
+
+def test_default_preset_drops_nothing_clean(shakespeare, chinese, reviews):
+    processor = DocumentProcessor(CleanConfig())
+    docs = _paragraphs_of(shakespeare, 1) + _paragraphs_of(chinese, 1) + reviews + ["短。", "好"]
+    assert all(processor(str(i), "s", d).reason is None for i, d in enumerate(docs))
+
+
+# ------------------------------------------------------------------------------- language
+
+
+def test_language_filter(shakespeare, chinese, reviews):
+    assert detect(_english_article(shakespeare))[0] == "en"
+    lang, score = detect(chinese[:3000])
+    assert lang == "zh" and score > 0.9
+    # Short Chinese lines: zh, wuu and yue share the mass; merged, zh clears FineWeb's 0.65.
+    lines = [line for line in chinese.split("\n") if line.strip()][:300]
+    assert sum(detect(line) >= ("zh", 0.0) and detect(line)[1] >= 0.65 for line in lines) / len(lines) > 0.97
+    english_only = CleanConfig(languages=["en"])
+    processor = DocumentProcessor(english_only)
+    assert processor("zh", "s", chinese[:3000]).reason == "language"
+    assert processor("en", "s", _english_article(shakespeare)).reason is None
+    kept = sum(processor(str(i), "s", r).reason is None for i, r in enumerate(reviews[:200]))
+    assert kept >= 170  # lower-cased, tokenised one-liners are still mostly recognised as English
+
+
+# ------------------------------------------------------------------------------- Gopher quality
+
+
+def test_gopher_quality_keeps_real_prose_and_chinese(shakespeare, chinese):
+    assert filters.gopher_quality(DocView(_english_article(shakespeare), "en"), WEB) is None
+    chinese_page = "\n".join(_paragraphs_of(chinese, 200)[5:8])
+    assert filters.gopher_quality(DocView(chinese_page, "zh"), WEB) is None
+    # A short but real Chinese paragraph has far more than 50 "words" once characters count.
+    paragraph = next(p for p in _paragraphs_of(chinese, 60) if len(p) < 120)
+    assert filters.gopher_quality(DocView(paragraph, "zh"), WEB) is None
+
+
+def test_gopher_quality_crafted_failures(shakespeare, reviews):
+    article = _english_article(shakespeare)
+    assert filters.gopher_quality(DocView(reviews[0], "en"), WEB) == "gopher_short_doc"
+    assert filters.gopher_quality(DocView("the and " * 60_000, "en"), WEB) == "gopher_long_doc"
+    long_words = " ".join(["the", "of"] + ["incomprehensibilities"] * 100)
+    assert filters.gopher_quality(DocView(long_words, "en"), WEB) == "gopher_mean_word_length"
+    hashes = article + " #tag" * 200
+    assert filters.gopher_quality(DocView(hashes, "en"), WEB) == "gopher_hash_ratio"
+    ellipses = "\n".join(line + " ..." for line in article.split("\n"))
+    assert filters.gopher_quality(DocView(ellipses, "en"), WEB) == "gopher_ellipsis_lines"
+    bullets = "\n".join(f"- {w} item" for w in article.split()[:80])
+    assert filters.gopher_quality(DocView(bullets, "en"), WEB) == "gopher_bullet_lines"
+    numbers = "the of " + " ".join(str(10_000 + i) for i in range(200))
+    assert filters.gopher_quality(DocView(numbers, "en"), WEB) == "gopher_alpha_words"
+    no_stop_words = re.sub(r"\b(" + "|".join(filters.STOP_WORDS) + r")\b", "", article, flags=re.IGNORECASE)
+    assert filters.gopher_quality(DocView(no_stop_words, "en"), WEB) == "gopher_stop_words"
+    # The stop-word rule is English-only: German without English stop words is not dropped for it.
+    german = "Ein kleiner Junge geht mit zufriedenem Gesicht durch flaches Wasser am Strand. " * 8
+    assert filters.gopher_quality(DocView(german, "de"), WEB) is None
+
+
+# ------------------------------------------------------------------------------- Gopher repetition
+
+
+def test_gopher_repetition(shakespeare, chinese):
+    article = _english_article(shakespeare)
+    assert filters.gopher_repetition(DocView(article), WEB) is None
+    chinese_page = "\n".join(_paragraphs_of(chinese, 200)[5:8])
+    assert filters.gopher_repetition(DocView(chinese_page), WEB) is None
+    lines = article.split("\n")
+    repeated_lines = "\n".join(lines + [lines[0]] * 5)
+    assert filters.gopher_repetition(DocView(repeated_lines), WEB).startswith("gopher_dup_")
+    paragraphs = "\n\n".join([article] + [lines[1]] * 4)
+    assert filters.gopher_repetition(DocView(paragraphs), WEB) == "gopher_dup_para_frac"
+    spam = article + " " + "buy cheap pills " * 150
+    assert filters.gopher_repetition(DocView(spam), WEB) in ("gopher_top_2gram", "gopher_top_3gram")
+    copied_words = article + " " + article.replace("\n", " ")
+    assert filters.gopher_repetition(DocView(copied_words.replace("\n", " ")), WEB).startswith("gopher_dup_")
+    chinese_spam = chinese_page + "点击这里购买" * 300
+    assert filters.gopher_repetition(DocView(chinese_spam), WEB) is not None
+
+
+# ------------------------------------------------------------------------------- C4 and FineWeb
+
+
+def test_c4_line_rules(shakespeare):
+    article = _english_article(shakespeare)
+    text, reason = filters.c4(DocView(article), WEB)
+    assert reason is None and text == article
+    noisy = article + "\nShare\nEnable javascript to see comments on this page.\nRead our privacy policy here.\nSee [12] also [edit] here now."
+    text, reason = filters.c4(DocView(noisy), WEB)
+    assert reason is None and text == article + "\nSee  also  here now."  # citations cut out, as in C4
+    assert filters.c4(DocView(article + "\nLorem ipsum dolor sit amet."), WEB)[1] == "c4_lorem_ipsum"
+    assert filters.c4(DocView(article + "\nfunction f() { return 1; }"), WEB)[1] == "c4_curly_bracket"
+    assert filters.c4(DocView("One short line here.\nAnother line that is here."), WEB)[1] == "c4_too_few_sentences"
+    strict = CleanConfig(c4_terminal_punct=True)
+    text, _ = filters.c4(DocView(article + "\nA line without an end mark"), strict)
+    assert "without an end mark" not in text
+
+
+def test_fineweb_rules(shakespeare, chinese):
+    article = _english_article(shakespeare)
+    assert filters.fineweb(DocView(article), WEB) is None
+    chinese_page = "\n".join(_paragraphs_of(chinese, 200)[5:8])
+    assert filters.fineweb(DocView(chinese_page), WEB) is None
+    no_punct = "\n".join(line.rstrip(".!?;:,'\"") + " and more words" for line in article.split("\n"))
+    assert filters.fineweb(DocView(no_punct), WEB) == "fineweb_line_punct"
+    menu = "\n".join(f"Item {i}." for i in range(50))
+    assert filters.fineweb(DocView(menu), WEB) == "fineweb_short_lines"
+    lines = article.split("\n")
+    assert filters.fineweb(DocView("\n".join(lines + lines[:1])), WEB) == "fineweb_char_dup"
+    listing = "\n".join(f"{w} thing." for w in article.split()[:300]) + "\n" + article
+    assert filters.fineweb(DocView(listing), WEB) in ("fineweb_list_ratio", "fineweb_short_lines")
+
+
+def test_web_preset_on_real_chinese_lines(chinese):
+    """With characters as words, most lines of the novel pass every web rule for Chinese."""
+    cfg = resolve(explicit={"preset": "web", "languages": "zh"})
+    processor = DocumentProcessor(cfg)
+    long_lines = [line for line in chinese.split("\n") if len(line.strip()) >= 200][:150]
+    kept = sum(processor(str(i), "s", line).reason is None for i, line in enumerate(long_lines))
+    assert kept / len(long_lines) > 0.85
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(UserError, match="unknown preset"):
+        CleanConfig(preset="fast")
+    with pytest.raises(UserError, match="doc-per"):
+        CleanConfig(doc_per="page")
+    with pytest.raises(UserError, match="bands x rows"):
+        CleanConfig(bands=20, rows=8)
+    with pytest.raises(UserError, match="threshold"):
+        CleanConfig(threshold=1.5)
