@@ -627,15 +627,25 @@ def read_hf_tokenizer(src: Path):
         ) from exc
 
 
-def _hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]:
-    """Role ("bos", "eos", "pad", ...) -> token text, from tokenizer_config.json and config.json ids."""
-    roles: dict[str, str] = {}
-    settings_path = src / "tokenizer_config.json"
+LLMKIT_ROLES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>", "mask": "<|mask|>"}
+SPECIAL_ROLES_FILE = "special_tokens.json"
+
+
+def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]:
+    """Role ("bos", "eos", "pad", "mask") -> token text of an imported tokenizer.
+
+    From tokenizer_config.json, else config.json's ids, else llmkit's own names when the
+    vocabulary has them. GPT-2 style vocabularies have one `<|endoftext|>` for every role, and
+    Llama has no pad token: a missing bos or pad falls back to eos (transformers' usual choice).
+    """
     settings = {}
+    settings_path = src / "tokenizer_config.json"
     if settings_path.is_file():
         with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
             settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    for role in ("bos", "eos", "pad", "mask", "unk"):
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    roles: dict[str, str] = {}
+    for role in ("bos", "eos", "pad", "mask"):
         value = settings.get(f"{role}_token")
         if isinstance(value, dict):  # an AddedToken written out
             value = value.get("content")
@@ -644,9 +654,42 @@ def _hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str
             if isinstance(index, list):
                 index = index[0] if index else None
             value = tokenizer.id_to_token(index) if isinstance(index, int) else None
-        if value is not None and tokenizer.token_to_id(value) is not None:
+        if value is None and LLMKIT_ROLES[role] in specials:
+            value = LLMKIT_ROLES[role]
+        if value is not None and value in specials:
             roles[role] = value
+    if "eos" not in roles:
+        raise UserError(
+            f"cannot tell which token of {src}'s tokenizer ends a text (no eos_token in tokenizer_config.json, "
+            "no eos_token_id in config.json); add one there"
+        )
+    roles.setdefault("bos", roles["eos"])
+    roles.setdefault("pad", roles["eos"])
     return roles
+
+
+def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: Path) -> None:
+    """tokenizer.json + token_bytes.npy (+ special_tokens.json when the roles are not llmkit's
+    names), then load it the way every stage will, so a checkpoint nobody can use is never made."""
+    from llmkit.data.tokenizer import load_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    np.save(folder / "token_bytes.npy", token_byte_lengths(tokenizer), allow_pickle=False)
+    if any(token != LLMKIT_ROLES[role] for role, token in roles.items()):
+        (folder / SPECIAL_ROLES_FILE).write_text(json.dumps(roles, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    try:
+        loaded = load_tokenizer(folder)
+    except UserError as exc:
+        raise UserError(
+            f"{src}'s tokenizer names its special tokens {roles} and this llmkit's tokenizer loader does not "
+            f"read {SPECIAL_ROLES_FILE} yet ({exc}); use a tokenizer with llmkit's <|bos|>/<|eos|>/<|pad|> tokens"
+        ) from exc
+    if (loaded.bos_id, loaded.eos_id) != (tokenizer.token_to_id(roles["bos"]), tokenizer.token_to_id(roles["eos"])):
+        raise UserError(
+            f"this llmkit's tokenizer loader ignores {SPECIAL_ROLES_FILE}, so {src}'s special tokens {roles} "
+            "would be misread; use a tokenizer with llmkit's <|bos|>/<|eos|>/<|pad|> tokens"
+        )
 
 
 def _llmkit_config_if_same(src: Path, imported: ModelConfig) -> ModelConfig:
@@ -700,14 +743,10 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - ({"lm_head.weight"} if config.tie_embeddings else set()) or unexpected:
         raise AssertionError(f"hf.py mapping bug: missing {missing}, unexpected {unexpected}")
-    special = _hf_special_tokens(src, config_json, tokenizer)
+    special = hf_special_tokens(src, config_json, tokenizer)
     with artifacts.create(out, "checkpoint", force=force) as build:
         save_weights(model, build.dir, {k: v.to(torch_dtype) for k, v in model.state_dict().items()})
-        tok_dir = build.dir / TOKENIZER_DIR
-        tok_dir.mkdir()
-        tokenizer.save(str(tok_dir / "tokenizer.json"))
-        np.save(tok_dir / "token_bytes.npy", token_byte_lengths(tokenizer), allow_pickle=False)
-        (tok_dir / "special_tokens.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)
         build.config = {
             "source": "huggingface",
             "model_type": model_type,

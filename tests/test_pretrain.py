@@ -1,0 +1,262 @@
+"""`llmkit pretrain` on real data (tinyshakespeare): learning, artifacts, resume, gloo, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmkit import artifacts
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parent.parent
+
+# A small but real setup: BPE with 512 tokens, windows of 64, 16 windows per step.
+FAST = ["--model", "tiny", "--n-layer", "2", "--n-embd", "64", "--n-head", "4", "--seq-len", "64",
+        "--batch-tokens", "1024", "--micro-batch", "8", "--eval-tokens", "2048", "--log-every", "50"]
+
+
+def _documents(text: str) -> list[str]:
+    return [p.strip() + "\n" for p in text.split("\n\n") if p.strip()]
+
+
+def build_tokens(tokenizer_dir: Path, texts: list[str], out: Path, val_every: int = 10) -> Path:
+    """A tokens artifact (contract 5) from documents, using the shared tokenizer and shard writer."""
+    from llmkit.data.shards import ShardWriter, token_dtype
+    from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    dtype = token_dtype(tok.vocab_size)
+    splits = {"train": [t for i, t in enumerate(texts) if (i + 1) % val_every],
+              "val": [t for i, t in enumerate(texts) if not (i + 1) % val_every]}
+    with artifacts.create(out, "tokens") as build:
+        stats = {"dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "bos_id": tok.bos_id}
+        for split, docs in splits.items():
+            if not docs:
+                continue
+            ids = [[tok.bos_id, *tok.encode(d), tok.eos_id] for d in docs]
+            writer = ShardWriter(build.dir / split, dtype, 1 << 20)
+            writer.write(np.concatenate([np.array(x) for x in ids]), np.array([len(x) for x in ids]))
+            writer.close()
+            stats[split] = {"tokens": writer.tokens, "documents": writer.documents, "shards": len(writer.shards)}
+        copy_tokenizer_files(tokenizer_dir, build.dir / "tokenizer")
+        build.add_input("tokenizer", artifacts.load(tokenizer_dir, kind="tokenizer"))
+        build.stats = stats
+        build.config = {"val_every": val_every}
+    return out
+
+
+@pytest.fixture(scope="session")
+def shakespeare(shared_data, tmp_path_factory) -> dict[str, Path]:
+    from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    root = tmp_path_factory.mktemp("shakespeare")
+    tokenizer = train_tokenizer([shared_data / "tinyshakespeare.txt"], root / "tokenizer", TokenizerTrainConfig(vocab_size=512))
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    tokens = build_tokens(tokenizer, _documents(text), root / "tokens")
+    short = build_tokens(tokenizer, ["To be, or not to be.\n"], root / "short", val_every=1000)
+    return {"tokenizer": tokenizer, "tokens": tokens, "short": short, "root": root}
+
+
+def unigram_entropy(tokens: Path) -> float:
+    from llmkit.data.shards import TokenShards
+
+    shards = TokenShards.open(tokens, "train")
+    counts = np.bincount(shards.window(0, shards.num_tokens), minlength=shards.vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_learns_well_below_unigram_entropy(shakespeare, cli, tmp_path):
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "300", "--lr", "3e-3",
+                 "--eval-every", "100", "--save-every", "100")
+    assert result.exit_code == 0, result.output
+    entropy = unigram_entropy(shakespeare["tokens"])
+    rows = metrics(run)
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(val) == 3 and val[-1] < entropy - 0.75, (val, entropy)
+    assert rows[0]["loss"] > entropy  # it started from (about) uniform: ln 512 = 6.24
+    art = artifacts.load(run, kind="checkpoint")
+    assert art.stats["params"] > 0 and art.stats["flops_per_token"] > 6 * art.stats["params"] * 0.5
+    assert art.stats["val_loss"] == pytest.approx(val[-1])
+    assert {i["role"] for i in art.manifest.inputs} == {"tokens", "tokenizer"}
+    assert "tokenizer/tokenizer.json" in art.manifest.files and "metrics.jsonl" not in art.manifest.files
+    assert artifacts.verify(run).ok
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(run)
+    assert loaded.config.n_layer == 2 and loaded.tokenizer.vocab_size == 512 and loaded.task is None
+    ids = torch.tensor([loaded.tokenizer.encode("ROMEO:\nWhat light")])
+    with torch.no_grad():
+        logits, _ = loaded.model(ids)
+    assert logits.shape == (1, ids.shape[1], 512)
+
+
+def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path):
+    from llmkit.train.pretrain import PretrainConfig, pretrain
+
+    def run(name, seed):
+        config = PretrainConfig(model="tiny", n_layer=1, n_embd=32, seq_len=32, batch_tokens=256, micro_batch=8,
+                                max_steps=8, eval_every=4, eval_tokens=256, save_every=4, seed=seed)
+        return artifacts.load(pretrain(shakespeare["tokens"], tmp_path / name, config), kind="checkpoint")
+
+    a, b, c = run("a", 1), run("b", 1), run("c", 2)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert a.manifest.runtime["micro_batch"] == 8 and "micro_batch" not in a.manifest.config
+
+
+@pytest.mark.parametrize("variant", [["--objective", "mlm"], ["--model", "lstm", "--n-embd", "64", "--lr", "2e-2"],
+                                     ["--optimizer", "sgd", "--lr", "0.3", "--schedule", "linear"]],
+                         ids=["mlm", "lstm", "sgd"])
+def test_variants_train(shakespeare, cli, tmp_path, variant):
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "100", "--eval-every", "100",
+                 "--lr", "3e-3", *variant)
+    assert result.exit_code == 0, result.output
+    rows = metrics(run)
+    first = np.mean([r["loss"] for r in rows[:5]])
+    last = np.mean([r["loss"] for r in rows[-5:]])
+    # Below the unigram entropy: the model uses context, not just token frequencies.
+    assert last < first - 0.8 and last < unigram_entropy(shakespeare["tokens"]), (first, last)
+    config = json.loads((run / "model_config.json").read_text())
+    if "mlm" in variant:
+        assert config["objective"] == "mlm"
+    if "lstm" in variant:
+        assert config["arch"] == "lstm"
+
+
+def _pretrain_command(tokens: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "llmkit.cli", "pretrain", str(tokens), "-o", str(run), *FAST, "--dropout", "0.1", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_equal(shakespeare, tmp_path):
+    args = ["--max-steps", "40", "--save-every", "8", "--eval-every", "20"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = tmp_path / "straight"
+    subprocess.run(_pretrain_command(shakespeare["tokens"], straight, *args), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_pretrain_command(shakespeare["tokens"], killed, *args), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_0000016" / "manifest.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside the next steps
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.json").exists()
+    resumed = subprocess.run(_pretrain_command(shakespeare["tokens"], killed, *args, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step" in resumed.stderr
+    assert (straight / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
+    assert artifacts.load(straight).fingerprint == artifacts.load(killed).fingerprint
+    assert [r["step"] for r in metrics(killed)] == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_gloo_two_processes_match_one(shakespeare, cli, tmp_path):
+    common = [*FAST, "--max-steps", "12", "--eval-every", "6", "--save-every", "6"]
+    one = tmp_path / "one"
+    assert cli("pretrain", shakespeare["tokens"], "-o", one, *common).exit_code == 0
+    two = tmp_path / "two"
+    result = cli("pretrain", shakespeare["tokens"], "-o", two, *common, "--nproc", "2")
+    assert result.exit_code == 0, result.output
+    a, b = metrics(one), metrics(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-5, (ra, rb)
+        if "val_loss" in ra:
+            assert abs(ra["val_loss"] - rb["val_loss"]) < 1e-5
+    manifest = artifacts.load(two, kind="checkpoint").manifest
+    assert manifest.runtime["world_size"] == 2 and manifest.runtime["grad_accumulation"] == 1
+    assert json.loads((two / "training_state.json").read_text())["world_size"] == 2
+    # Resume the 2-process run's step-6 checkpoint in 1 process: the state reshards exactly.
+    reshard = tmp_path / "reshard"
+    reshard.mkdir()
+    import shutil
+
+    shutil.copytree(two / "checkpoints" / "step_0000006", reshard / "checkpoints" / "step_0000006")
+    (reshard / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in b[:6]))
+    result = cli("pretrain", shakespeare["tokens"], "-o", reshard, *common, "--resume")
+    assert result.exit_code == 0, result.output
+    for ra, rc in zip(a, metrics(reshard)):
+        assert abs(ra["loss"] - rc["loss"]) < 1e-5, (ra, rc)
+
+
+@pytest.mark.slow
+def test_gloo_fsdp_matches_one_process(shakespeare, cli, tmp_path):
+    common = [*FAST, "--max-steps", "6", "--eval-every", "3", "--save-every", "3"]
+    one = tmp_path / "one"
+    assert cli("pretrain", shakespeare["tokens"], "-o", one, *common).exit_code == 0
+    two = tmp_path / "two"
+    result = cli("pretrain", shakespeare["tokens"], "-o", two, *common, "--nproc", "2", "--strategy", "fsdp")
+    assert result.exit_code == 0, result.output
+    runtime = artifacts.load(two, kind="checkpoint").manifest.runtime
+    assert runtime["strategy"] == "fsdp" and runtime["world_size"] == 2
+    for ra, rb in zip(metrics(one), metrics(two)):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-5, (ra, rb)
+    from llmkit.model.io import load_model
+
+    wa, wb = load_model(one).state_dict(), load_model(two).state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def _error(result) -> str:
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error:"), result.output
+    return lines[-1]
+
+
+def test_bad_inputs(shakespeare, cli, tmp_path):
+    tokens = shakespeare["tokens"]
+    line = _error(cli("pretrain", tokens, "-o", tmp_path / "r1", *FAST, "--gpus", "4"))
+    assert "--gpus 4" in line and "0 were found" in line
+    line = _error(cli("pretrain", shakespeare["tokenizer"], "-o", tmp_path / "r2", *FAST))
+    assert "expected a tokens artifact, got tokenizer" in line
+    line = _error(cli("pretrain", shakespeare["short"], "-o", tmp_path / "r3", *FAST, "--max-steps", "2"))
+    assert "context length 64" in line and "tokens" in line
+    line = _error(cli("pretrain", tokens, "-o", tmp_path / "r4", *FAST, "--seq-len", "512"))
+    assert "longer than the model's context length" in line
+    line = _error(cli("pretrain", tokens, "-o", tmp_path / "r5", *FAST, "--max-steps", "3", "--max-tokens", "10"))
+    assert "not both" in line
+    line = _error(cli("pretrain", tokens, "-o", tmp_path / "r6", *FAST, "--batch-tokens", "1088", "--micro-batch", "8"))
+    assert "micro-batches" in line
+    line = _error(cli("pretrain", tokens, "-o", tmp_path / "r7", *FAST, "--model", "huge"))
+    assert "unknown model preset" in line
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    line = _error(cli("pretrain", tokens, "-o", existing, *FAST))
+    assert "--resume" in line and "--force" in line
+    assert not any(p.name.startswith("r") for p in tmp_path.iterdir() if (p / "manifest.json").exists())
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "40", "--save-every", "2",
+                 "--eval-every", "0", "--lr", "1e6", "--grad-clip", "0", "--warmup-steps", "0", "--optimizer", "sgd")
+    line = _error(result)
+    assert "loss became" in line and "at step" in line
+    step = int(line.split("at step ")[1].split(";")[0])
+    good = sorted((run / "checkpoints").iterdir())
+    assert good and all(artifacts.verify(p).ok for p in good)
+    assert int(good[-1].name.split("_")[1]) < step
+    assert not (run / "manifest.json").exists()
