@@ -357,3 +357,89 @@ def test_token_byte_lengths_sum_to_text_bytes(tokenizer_dir):
     from llmkit.data.tokenizer import compute_token_bytes
 
     assert np.array_equal(lengths, compute_token_bytes(tok))
+
+
+# ------------------------------------------------------------------------------------------
+# Tokenizers named the way real GPT-2 and Llama directories name their special tokens
+
+
+def _gpt2_style_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(TEXT.splitlines() * 20, trainer)
+    return tok, dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def _llama_style_tokenizer():
+    """SentencePiece-style BPE as in Llama's tokenizer.json: "▁" for spaces, byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(TEXT.splitlines() * 20, trainer)
+    return tok, dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def _loader_reads_roles() -> bool:
+    import llmkit.data.tokenizer as tokenizer_module
+
+    return hasattr(tokenizer_module, "SPECIAL_ROLES_FILE")
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_import_with_foreign_special_token_names(cli, tmp_path, style):
+    """GPT-2's single `<|endoftext|>` serves as bos, eos and pad; Llama's `<s>`/`</s>` as bos/eos
+    (pad = eos). The roles travel in tokenizer/special_tokens.json; a tokenizer loader that cannot
+    read them makes import fail with one line and no artifact, never a checkpoint nobody can load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+
+    tok, names = _gpt2_style_tokenizer() if style == "gpt2" else _llama_style_tokenizer()
+    vocab = tok.get_vocab_size()
+    if style == "gpt2":
+        hf_config = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    else:
+        hf_config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, max_position_embeddings=64)
+    hf_config.bos_token_id, hf_config.eos_token_id = tok.token_to_id(names["bos_token"]), tok.token_to_id(names["eos_token"])
+    src = tmp_path / "hf"
+    torch.manual_seed(0)
+    hf_model = AutoModelForCausalLM.from_config(hf_config).eval()
+    _perturb(hf_model, 0)
+    hf_model.save_pretrained(src)
+    PreTrainedTokenizerFast(tokenizer_object=tok, **names).save_pretrained(src)
+
+    result = cli("import", src, "-o", tmp_path / "ckpt")
+    if not _loader_reads_roles():
+        assert "special_tokens.json" in _error(result)
+        assert not (tmp_path / "ckpt").exists()
+        return
+    assert result.exit_code == 0, result.output
+    roles = json.loads((tmp_path / "ckpt" / TOKENIZER_DIR / "special_tokens.json").read_text())
+    eos = names["eos_token"]
+    assert roles == {"bos": names["bos_token"], "eos": eos, "pad": eos}
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert (loaded.tokenizer.bos_id, loaded.tokenizer.eos_id) == (hf_config.bos_token_id, hf_config.eos_token_id)
+    assert loaded.tokenizer.pad_id == hf_config.eos_token_id
+    idx = _tokens(vocab, seed=5)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(idx)[0], hf_model(idx).logits, atol=TOL, rtol=0)
+    token_bytes = loaded.tokenizer.token_bytes
+    text = "Speak, speak."
+    extra = 1 if style == "llama" else 0  # the "▁" Llama's normalizer prepends is a byte of the ids
+    assert int(token_bytes[loaded.tokenizer.encode(text)].sum()) == len(text.encode()) + extra
+
+    # And back out: transformers sees the same special tokens and ids.
+    assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "again", local_files_only=True)
+    assert (hf_tok.bos_token, hf_tok.eos_token) == (names["bos_token"], eos)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == loaded.tokenizer.encode(text)
