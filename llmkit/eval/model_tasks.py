@@ -45,6 +45,7 @@ def perplexity_documents(loaded, cfg):
                 f"tokens artifact {cfg.data} has vocabulary {shards.vocab_size} but the model has {loaded.config.vocab_size}; "
                 "tokenize with the checkpoint's tokenizer"
             )
+        special = tokenizer.token_bytes == 0
         documents = []
         for i, doc in enumerate(shards.iter_documents()):
             if cfg.limit is not None and i >= cfg.limit:
@@ -52,6 +53,8 @@ def perplexity_documents(loaded, cfg):
             tokens = [int(t) for t in doc]
             if tokens and tokens[0] == tokenizer.bos_id:
                 tokens = tokens[1:]  # BOS is the prefix every document is scored after
+            while tokens and special[tokens[-1]]:
+                tokens.pop()  # the closing EOS is never scored; dropping it keeps windows as for raw text
             words = len(tokenizer.decode(tokens).split())
             documents.append(Document(tokens, words=words, bytes=None))
         if not documents:

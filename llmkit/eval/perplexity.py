@@ -10,7 +10,8 @@ least that many tokens of context (more compute, lower perplexity).
 
 Counting rules (docs/eval.md):
   tokens   the scored tokens; special tokens (UTF-8 length 0 in token_bytes.npy) are context
-           only, never scored, so a tokens artifact and the same raw text give the same numbers
+           only, never scored. A tokens artifact's documents (`<|bos|> text <|eos|>`) are scored
+           after their BOS, without their closing EOS, so they give the same numbers as the raw text
   words    whitespace-separated words of the original text (`len(text.split())`)
   bytes    UTF-8 bytes of the original text; for a tokens artifact, the summed byte lengths of
            the scored tokens (equal for llmkit's lossless byte-level tokenizers)

@@ -45,7 +45,7 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
         records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
     elif path.exists():
         raise UserError(f"--data {data}: unsupported file type {path.suffix!r}; use .txt, .jsonl, .parquet or .csv")
-    elif "/" in data and not data.count("/") == 1 or data.startswith((".", "~")):
+    elif _looks_like_path(data):
         raise UserError(f"--data {data}: no such file or artifact; check the path")
     else:
         name, _, config = data.partition(":")
@@ -55,6 +55,12 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
     if not records:
         raise UserError(f"--data {data} holds no records")
     return records
+
+
+def _looks_like_path(data: str) -> bool:
+    """A missing file, rather than a data set name such as `wikitext:wikitext-2-raw-v1` or `org/name`."""
+    suffixes = (".txt", ".md", ".jsonl", ".json", ".ndjson", ".parquet", ".csv")
+    return data.startswith(("/", ".", "~")) or data.count("/") > 1 or data.lower().endswith(suffixes)
 
 
 def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:

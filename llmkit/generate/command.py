@@ -1,4 +1,4 @@
-"""`llmkit generate` (and the `llmkit chat` placeholder): options in, text out.
+"""`llmkit generate`: options in, text out (`llmkit chat` lives in chat.py and shares the engine).
 
 Heavy imports (torch) happen inside the functions so `llmkit --help` stays fast.
 """
@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.errors import UserError
 
 
 def generate(
@@ -99,8 +98,3 @@ def _device(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def chat() -> None:
-    """Chat with a fine-tuned checkpoint in the terminal."""
-    raise UserError("llmkit chat is not implemented yet")

@@ -1,0 +1,290 @@
+"""`llmkit eval CKPT`: perplexity/bpb against hand computation and transformers, tokens artifacts,
+multiple choice, label scoring, generated BLEU/ROUGE."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+from llmkit import artifacts
+from llmkit.eval.perplexity import rolling_windows
+from test_generate import GPT2_SHAPE, make_checkpoint
+
+torch.set_num_threads(1)
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module")
+def shakespeare(shared_data) -> str:
+    return (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def gpt2_ckpt(tmp_path_factory, shakespeare) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ev") / "gpt2", shakespeare[:60_000], context_length=CONTEXT, **GPT2_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def loaded(gpt2_ckpt):
+    from llmkit.model.io import load_checkpoint
+
+    return load_checkpoint(gpt2_ckpt)
+
+
+def _metrics(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(l) for l in (path / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("n, L, c", [(1, 8, 1), (8, 8, 1), (9, 8, 1), (50, 8, 1), (50, 8, 3), (17, 4, 4)])
+def test_rolling_windows_score_every_token_once(n, L, c):
+    tokens = list(range(100, 100 + n))
+    scored = []
+    for req in rolling_windows(tokens, prefix_token=0, max_seq_len=L, context_len=c):
+        assert len(req.seq) - 1 <= L  # the model never sees more than its context
+        targets = req.seq[-req.n :]
+        scored.extend(targets)
+        if targets[0] != tokens[0]:  # later chunks: at least c tokens of context before each chunk
+            assert len(req.seq) - req.n >= c
+    assert scored == tokens
+
+
+def _hand_nll(model, tokens: list[int], bos: int, L: int) -> float:
+    """lm-eval's disjoint chunks written out directly: chunk k predicts tokens[kL:(k+1)L]."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(tokens), L):
+            end = min(start + L, len(tokens))
+            inputs = ([bos] + tokens[: end - 1]) if start == 0 else tokens[end - L - 1 : end - 1]
+            logits, _ = model(torch.tensor([inputs]))
+            logp = F.log_softmax(logits[0].double(), dim=-1)
+            for t in range(start, end):
+                position = len(inputs) - (end - t)
+                total -= float(logp[position, tokens[t]])
+    return total
+
+
+def test_perplexity_and_bpb_equal_hand_computation(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):
+    text = shakespeare[100_000:104_000]
+    (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
+    result = cli("eval", gpt2_ckpt, "-m", "perplexity", "-m", "bpb", "--data", tmp_path / "doc.txt", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(tmp_path / "ev")
+    tokens = loaded.tokenizer.encode(text)
+    assert len(tokens) > 5 * CONTEXT  # several windows
+    nll = _hand_nll(loaded.model, tokens, loaded.tokenizer.bos_id, CONTEXT)
+    n_bytes, n_words = len(text.encode("utf-8")), len(text.split())
+    assert metrics["perplexity"] == pytest.approx(math.exp(nll / len(tokens)), rel=1e-6)
+    assert metrics["word_perplexity"] == pytest.approx(math.exp(nll / n_words), rel=1e-6)
+    assert metrics["byte_perplexity"] == pytest.approx(math.exp(nll / n_bytes), rel=1e-6)
+    assert metrics["bpb"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-6)
+    # bpb is consistent with perplexity and the counts the artifact stores
+    stats = artifacts.load(tmp_path / "ev").stats
+    assert stats["tokens"] == len(tokens) and stats["bytes"] == n_bytes and stats["words"] == n_words
+    assert metrics["bpb"] == pytest.approx(math.log2(metrics["byte_perplexity"]), rel=1e-12)
+    assert metrics["bpb"] == pytest.approx(math.log2(metrics["perplexity"]) * stats["tokens"] / stats["bytes"], rel=1e-9)
+    assert "perplexity" in result.output and "bpb" in result.output  # the table
+
+
+def _gpt2_from_llmkit(model):
+    """Copy an llmkit GPT-2-shaped model's weights into transformers' GPT2LMHeadModel."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.context_length, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+            n_inner=c.mlp_hidden, activation_function="gelu_new", layer_norm_epsilon=c.norm_eps,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
+        )
+    ).eval()
+    sd = model.state_dict()
+    new = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"]}
+    for i in range(c.n_layer):
+        p, h = f"blocks.{i}.", f"transformer.h.{i}."
+        new[h + "ln_1.weight"], new[h + "ln_1.bias"] = sd[p + "attn_norm.weight"], sd[p + "attn_norm.bias"]
+        new[h + "ln_2.weight"], new[h + "ln_2.bias"] = sd[p + "mlp_norm.weight"], sd[p + "mlp_norm.bias"]
+        # Conv1D stores [in, out]: transpose; q, k, v side by side in c_attn
+        new[h + "attn.c_attn.weight"] = torch.cat([sd[p + "attn.q_proj.weight"], sd[p + "attn.kv_proj.weight"]]).T
+        new[h + "attn.c_attn.bias"] = torch.cat([sd[p + "attn.q_proj.bias"], sd[p + "attn.kv_proj.bias"]])
+        new[h + "attn.c_proj.weight"], new[h + "attn.c_proj.bias"] = sd[p + "attn.out_proj.weight"].T, sd[p + "attn.out_proj.bias"]
+        new[h + "mlp.c_fc.weight"], new[h + "mlp.c_fc.bias"] = sd[p + "mlp.up_proj.weight"].T, sd[p + "mlp.up_proj.bias"]
+        new[h + "mlp.c_proj.weight"], new[h + "mlp.c_proj.bias"] = sd[p + "mlp.down_proj.weight"].T, sd[p + "mlp.down_proj.bias"]
+    new["transformer.ln_f.weight"], new["transformer.ln_f.bias"] = sd["final_norm.weight"], sd["final_norm.bias"]
+    missing, unexpected = hf.load_state_dict({k: v.contiguous() for k, v in new.items()}, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    hf.tie_weights()
+    return hf
+
+
+def test_perplexity_equals_transformers(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):
+    docs = [shakespeare[200_000 + 3000 * i : 200_000 + 3000 * i + 1500 + 500 * i] for i in range(3)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    result = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", tmp_path / "docs.jsonl", "-o", tmp_path / "ev", "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    ours = _metrics(tmp_path / "ev")
+    hf = _gpt2_from_llmkit(loaded.model)
+    tok = loaded.tokenizer
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for doc in docs:
+            ids = tok.encode(doc)
+            for req in rolling_windows(ids, tok.bos_id, CONTEXT):
+                logits = hf(torch.tensor([req.seq[:-1]])).logits[0].double()
+                logp = F.log_softmax(logits, dim=-1)[-req.n :]
+                nll -= float(logp.gather(1, torch.tensor(req.seq[-req.n :])[:, None]).sum())
+                count += req.n
+    assert ours["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+    assert [r["tokens"] for r in _records(tmp_path / "ev")] == [len(tok.encode(d)) for d in docs]
+
+
+def _write_tokens_artifact(out: Path, tokenizer, docs: list[str]) -> Path:
+    from llmkit.data.shards import ShardWriter, token_dtype
+
+    with artifacts.create(out, "tokens") as build:
+        dtype = token_dtype(tokenizer.vocab_size)
+        ids = [[tokenizer.bos_id] + tokenizer.encode(d) + [tokenizer.eos_id] for d in docs]
+        for split in ("train", "val"):
+            writer = ShardWriter(build.dir / split, dtype, shard_tokens=300)  # several shards
+            writer.write(np.concatenate(ids), np.array([len(x) for x in ids]))
+            writer.close()
+        (build.dir / "tokenizer").mkdir()
+        for name in ("tokenizer.json", "token_bytes.npy"):
+            (build.dir / "tokenizer" / name).write_bytes((tokenizer.path / name).read_bytes())
+        build.stats = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id}
+    return out
+
+
+def test_tokens_artifact_val_split_equals_raw_text(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):
+    docs = [shakespeare[300_000 + 2000 * i : 300_000 + 2000 * i + 400 + 300 * i] for i in range(4)]
+    tokens = _write_tokens_artifact(tmp_path / "tokens", loaded.tokenizer, docs)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    a = cli("eval", gpt2_ckpt, "-m", "bpb", "--data", tokens, "-o", tmp_path / "a")
+    b = cli("eval", gpt2_ckpt, "-m", "bpb", "--data", tmp_path / "docs.jsonl", "-o", tmp_path / "b")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    ma, mb = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert ma.keys() == mb.keys() == {"perplexity", "word_perplexity", "byte_perplexity", "bpb"}
+    for key in ma:
+        assert ma[key] == pytest.approx(mb[key], rel=1e-9)
+    sa, sb = artifacts.load(tmp_path / "a").stats, artifacts.load(tmp_path / "b").stats
+    assert (sa["tokens"], sa["bytes"], sa["words"], sa["documents"]) == (sb["tokens"], sb["bytes"], sb["words"], 4)
+    assert sa["bytes"] == sum(len(d.encode()) for d in docs)  # token_bytes add up to the UTF-8 bytes
+    roles = {i["role"] for i in artifacts.load(tmp_path / "a").manifest.inputs}
+    assert roles == {"checkpoint", "data"}
+
+
+def test_perplexity_deterministic_fingerprint(cli, gpt2_ckpt, shakespeare, tmp_path):
+    (tmp_path / "d.txt").write_text(shakespeare[:1000])
+    for name in ("a", "b"):
+        assert cli("eval", gpt2_ckpt, "--data", tmp_path / "d.txt", "-o", tmp_path / name).exit_code == 0
+    assert artifacts.load(tmp_path / "a").fingerprint == artifacts.load(tmp_path / "b").fingerprint
+
+
+def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
+    from sklearn.metrics import accuracy_score
+
+    from llmkit.eval.choice import encode_pair
+
+    rows = [
+        {"query": "First Citizen: Before we proceed any further, hear me", "choices": [" speak.", " xq zz.", " the king"], "label": 0},
+        {"query": "ROMEO: What light through yonder", "choices": [" window breaks", " a", " running fast today"], "label": 0},
+        {"query": "To be, or not to be:", "choices": [" that is the question", " no", " 12345"], "label": 2},
+        {"query": "KING RICHARD III: Now is the winter of our", "choices": [" discontent", " content", " tent"], "label": 1},
+    ]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", gpt2_ckpt, "-m", "accuracy,accuracy_norm,f1", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    tok, model = loaded.tokenizer, loaded.model
+    preds, preds_norm = [], []
+    with torch.no_grad():
+        for r in rows:
+            scores = []
+            for choice in r["choices"]:
+                ctx, cont = encode_pair(tok, r["query"], choice)
+                seq = [tok.bos_id] + ctx + cont
+                logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].double(), -1)
+                scores.append(sum(float(logp[len(ctx) + i, t]) for i, t in enumerate(cont)))
+            preds.append(int(np.argmax(scores)))
+            preds_norm.append(int(np.argmax([s / len(c) for s, c in zip(scores, r["choices"])])))
+    metrics = _metrics(tmp_path / "ev")
+    gold = [r["label"] for r in rows]
+    assert [r["prediction"] for r in _records(tmp_path / "ev")] == preds
+    assert metrics["accuracy"] == accuracy_score(gold, preds)
+    assert metrics["accuracy_norm"] == accuracy_score(gold, preds_norm)
+
+
+def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_data, tmp_path):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    result = cli(
+        "eval", gpt2_ckpt, "-m", "accuracy", "-m", "f1", "--data", shared_data / "sentiment" / "test.jsonl",
+        "--labels", "negative,positive", "--limit", "24", "-o", tmp_path / "ev",
+    )
+    assert result.exit_code == 0, result.output
+    records = _records(tmp_path / "ev")
+    assert len(records) == 24 and {r["method"] for r in records} == {"label likelihood"}
+    gold, pred = [r["label"] for r in records], [r["prediction"] for r in records]
+    metrics = _metrics(tmp_path / "ev")
+    assert metrics["accuracy"] == accuracy_score(gold, pred)
+    assert metrics["f1"] == pytest.approx(f1_score(gold, pred, average="macro", labels=sorted(set(gold) | set(pred)), zero_division=0))
+    missing = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", shared_data / "sentiment" / "test.jsonl", "-o", tmp_path / "x")
+    assert missing.exit_code != 0 and "needs label names" in missing.output
+
+
+def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path):
+    from llmkit.generate.engine import GenerationParams, Generator
+
+    data = shared_data / "translation" / "test.jsonl"
+    result = cli(
+        "eval", gpt2_ckpt, "-m", "bleu,chrf,rouge", "--data", data, "--limit", "6", "--max-new-tokens", "12",
+        "--prompt-template", "German: {source}\nEnglish:", "-o", tmp_path / "ev",
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(l) for l in data.read_text().splitlines()[:6]]
+    prompts = [f"German: {r['source']}\nEnglish:" for r in rows]
+    generated = Generator(loaded.model, loaded.tokenizer).complete(prompts, GenerationParams(max_new_tokens=12, stop=["\n"]))
+    predictions = [g.text.strip() for g in generated]
+    records = _records(tmp_path / "ev")
+    assert [r["prediction"] for r in records] == predictions and records[0]["prompt"] == prompts[0]
+    metrics = _metrics(tmp_path / "ev")
+    assert metrics["bleu"] == sacrebleu.corpus_bleu(predictions, [[r["target"] for r in rows]]).score
+    assert metrics["chrf"] == sacrebleu.corpus_chrf(predictions, [[r["target"] for r in rows]]).score
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(metrics)
+
+
+def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
+    ckpt = make_checkpoint(tmp_path / "lstm", shakespeare[:20_000], arch="lstm", n_layer=1, context_length=32)
+    (tmp_path / "d.txt").write_text(shakespeare[50_000:51_000])
+    result = cli("eval", ckpt, "-m", "perplexity", "--data", tmp_path / "d.txt", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(tmp_path / "ev")
+    assert 1 < metrics["perplexity"] < 10_000 and metrics["bpb"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-m", "perplexity"], "need --data"),
+        (["-m", "bleu", "--data", "{tmp}/d.txt"], "cannot find the references"),
+        (["-m", "perplexity", "--data", "{tmp}/nothing.jsonl"], "no such file"),
+        (["-m", "bleu", "--data", "{tmp}/d.txt", "-r", "{tmp}/d.txt"], "--references goes with --predictions"),
+        (["-m", "perplexity", "--data", "{tmp}/d.txt", "--rolling-context", "1000"], "exceeds the model's context length"),
+    ],
+)
+def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):
+    (tmp_path / "d.txt").write_text("some text here\n")
+    result = cli("eval", gpt2_ckpt, *[a.format(tmp=tmp_path) for a in args], "-o", tmp_path / "out")
+    assert result.exit_code != 0
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "out").exists()
