@@ -1,0 +1,210 @@
+"""`llmkit tokenizer train`: byte-level BPE trained with HF tokenizers' BpeTrainer on a corpus sample."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from llmkit import artifacts
+from llmkit.config import to_dict
+from llmkit.data.corpus import iter_corpus_texts, iter_text_files
+from llmkit.data.tokenizer import (
+    DEFAULT_SPECIAL_TOKENS,
+    REQUIRED_SPECIAL_TOKENS,
+    TOKEN_BYTES_FILE,
+    TOKENIZER_FILE,
+    compute_token_bytes,
+    new_byte_level_bpe,
+)
+from llmkit.errors import UserError
+
+BYTE_ALPHABET = 256
+_BATCH = 1000
+
+
+@dataclass
+class TokenizerTrainConfig:
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    special_tokens: list[str] = field(default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS))
+    max_docs: int | None = None  # train on at most this many documents
+    sample_bytes: int | None = None  # train on about this many bytes, drawn uniformly with --seed
+    heldout_every: int = 100  # every N-th document is held out for the stats, not trained on
+    heldout_max_bytes: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        specials = list(self.special_tokens)
+        if len(set(specials)) != len(specials) or any(not s for s in specials):
+            raise UserError(f"--special-tokens must be distinct and non-empty, got {specials}")
+        missing = [s for s in REQUIRED_SPECIAL_TOKENS if s not in specials]
+        if missing:
+            raise UserError(f"--special-tokens must include {', '.join(missing)} (the stages rely on them)")
+        needed = BYTE_ALPHABET + len(specials)
+        if self.vocab_size < needed:
+            raise UserError(
+                f"--vocab-size {self.vocab_size} is too small: the 256 byte tokens and {len(specials)} special tokens "
+                f"need {needed}; pass --vocab-size {needed} or more"
+            )
+        if self.min_frequency < 1:
+            raise UserError(f"--min-frequency must be at least 1, got {self.min_frequency}")
+        for name in ("max_docs", "sample_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.heldout_every < 2:
+            raise UserError(f"heldout_every must be at least 2, got {self.heldout_every}")
+
+
+@dataclass
+class _Source:
+    """Where the training text comes from: one corpus artifact, or plain text files."""
+
+    batches: Iterator[list[str]]
+    total_bytes: int | None
+    corpus: artifacts.Artifact | None
+    described: dict
+
+
+def _open_source(inputs: Sequence[Path]) -> _Source:
+    if not inputs:
+        raise UserError("no input given; pass a corpus artifact (llmkit clean) or UTF-8 text files")
+    inputs = [Path(p) for p in inputs]
+    if len(inputs) == 1 and inputs[0].is_dir():
+        corpus = artifacts.load(inputs[0], kind="corpus")
+        total = corpus.stats.get("bytes")
+        return _Source(iter_corpus_texts(corpus, _BATCH), int(total) if total else None, corpus, {"kind": "corpus"})
+    for path in inputs:
+        if path.is_dir():
+            raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
+        if not path.is_file():
+            raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
+    # Files are identified by name and content hash, never by absolute path (fingerprints move).
+    described = {"kind": "text_files", "files": [{"name": p.name, "sha256": artifacts.sha256_file(p)} for p in inputs]}
+    return _Source(iter_text_files(inputs, _BATCH), sum(p.stat().st_size for p in inputs), None, described)
+
+
+class _Sampler:
+    """Splits the document stream into the training sample and the held-out slice, deterministically."""
+
+    def __init__(self, config: TokenizerTrainConfig, seed: int, total_bytes: int | None):
+        self.config = config
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        # Keep each document with this probability so that a --sample-bytes sample spans the corpus.
+        self.keep = 1.0
+        if config.sample_bytes and total_bytes:
+            self.keep = min(1.0, 1.1 * config.sample_bytes / total_bytes)
+        self.heldout: list[str] = []
+        self.heldout_bytes = 0
+        self.docs = self.bytes = self.seen = 0
+
+    def full(self) -> bool:
+        c = self.config
+        return bool((c.max_docs and self.docs >= c.max_docs) or (c.sample_bytes and self.bytes >= c.sample_bytes))
+
+    def heldout_target(self) -> int:
+        return min(self.config.heldout_max_bytes, max(1, self.bytes // self.config.heldout_every))
+
+    def training_texts(self, batches: Iterator[list[str]], on_batch) -> Iterator[str]:
+        for batch in batches:
+            draws = self.rng.random(len(batch))
+            batch_bytes = 0
+            for text, draw in zip(batch, draws):
+                self.seen += 1
+                size = len(text.encode("utf-8"))
+                batch_bytes += size
+                if not text:
+                    continue
+                full = self.full()
+                if full or (self.seen % self.config.heldout_every == 0 and self.heldout_bytes < self.config.heldout_max_bytes):
+                    # Once the sample is complete, the documents after it make up the rest of the held-out slice.
+                    if full and self.heldout_bytes >= self.heldout_target():
+                        break
+                    self.heldout.append(text)
+                    self.heldout_bytes += size
+                    continue
+                if draw >= self.keep:
+                    continue
+                self.docs += 1
+                self.bytes += size
+                yield text
+            on_batch(len(batch), batch_bytes)
+            if self.full() and self.heldout_bytes >= self.heldout_target():
+                return
+
+
+# A "word" for tokens-per-word: a run of letters/digits, or one CJK character (CJK has no spaces).
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK_CHARS}]|[^\W{_CJK_CHARS}]+")
+
+
+def measure(tokenizer, texts: Sequence[str]) -> dict[str, float]:
+    """Bytes per token and tokens per word of `texts` under a trained tokenizer."""
+    encoded = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    tokens = sum(len(e.ids) for e in encoded)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    words = sum(len(_WORD.findall(t)) for t in texts)
+    return {
+        "bytes_per_token": round(n_bytes / tokens, 4) if tokens else 0.0,
+        "tokens_per_word": round(tokens / words, 4) if words else 0.0,
+        "tokens": tokens,
+    }
+
+
+def train_tokenizer(
+    inputs: Sequence[Path | str], out: Path | str, config: TokenizerTrainConfig, *, seed: int = 0, force: bool = False
+) -> Path:
+    """Train a byte-level BPE tokenizer and write a tokenizer artifact; returns its path."""
+    from tokenizers import pre_tokenizers, trainers
+
+    from llmkit.console import err, progress
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    source = _open_source([Path(p) for p in inputs])
+    sampler = _Sampler(config, seed, source.total_bytes)
+    tokenizer = new_byte_level_bpe()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=list(config.special_tokens),  # ids 0..k-1, in this order
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=err.is_terminal,
+    )
+    with artifacts.create(out, "tokenizer", force=force) as build:
+        started = time.perf_counter()
+        with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+            task = bar.add_task("reading + counting", total=source.total_bytes)
+            tokenizer.train_from_iterator(
+                sampler.training_texts(source.batches, lambda docs, size: bar.advance(task, size)), trainer
+            )
+        seconds = time.perf_counter() - started
+        if sampler.docs == 0:
+            raise UserError(
+                "the input has no text to train on (empty corpus or only empty documents); "
+                "check the corpus with llmkit inspect or pass other files"
+            )
+        tokenizer.save(str(build.dir / TOKENIZER_FILE))
+        np.save(build.dir / TOKEN_BYTES_FILE, compute_token_bytes(tokenizer), allow_pickle=False)
+
+        heldout = sampler.heldout or []
+        quality = measure(tokenizer, heldout) if heldout else {}
+        build.config = {**to_dict(config), "input": source.described}
+        build.seed = seed
+        if source.corpus is not None:
+            build.add_input("corpus", source.corpus)
+        build.stats = {
+            "vocab_size": tokenizer.get_vocab_size(),
+            "special_tokens": list(config.special_tokens),
+            "training_documents": sampler.docs,
+            "training_bytes": sampler.bytes,
+            "heldout_documents": len(heldout),
+            "heldout_bytes": sampler.heldout_bytes,
+            "bytes_per_token": quality.get("bytes_per_token"),
+            "tokens_per_word": quality.get("tokens_per_word"),
+            "train_seconds": round(seconds, 3),
+        }
+    return Path(out)

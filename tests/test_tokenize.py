@@ -1,0 +1,152 @@
+"""`llmkit tokenize`: corpus -> token shards that decode back to the corpus documents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmkit import artifacts
+from llmkit.data.corpus import write_corpus_artifact
+from llmkit.data.shards import TokenShards, WindowSampler
+from llmkit.data.tokenizer import load_tokenizer
+from llmkit.errors import UserError
+from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus, validation_mask
+from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def documents(shared_data):
+    english = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000].split("\n\n")
+    chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8")[:60_000].split("\n")
+    docs = [d for d in english + chinese if d.strip()]
+    # Edge cases: special-token text inside a document, emoji, an empty document (skipped).
+    return docs + ["a document that mentions <|eos|> and <|bos|> 🎉", ""]
+
+
+@pytest.fixture(scope="module")
+def corpus(documents, tmp_path_factory):
+    return write_corpus_artifact(tmp_path_factory.mktemp("c") / "corpus", documents, docs_per_shard=500).path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus, tmp_path_factory):
+    return train_tokenizer([corpus], tmp_path_factory.mktemp("t") / "tok", TokenizerTrainConfig(vocab_size=1500), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokens(corpus, tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("k") / "tokens"
+    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=0.1, shard_tokens=20_000), seed=3)
+
+
+def decoded_documents(path, split):
+    tok = load_tokenizer(path / "tokenizer")
+    return [tok.decode(doc) for doc in TokenShards.open(path, split).iter_documents()]
+
+
+def test_shards_decode_back_to_corpus_documents(documents, tokens):
+    art = artifacts.load(tokens, kind="tokens")
+    stats = art.stats
+    nonempty = [d for d in documents if d]
+    train, val = decoded_documents(tokens, "train"), decoded_documents(tokens, "val")
+    # Every stored document is "<text><|eos|>", and together the splits hold each document exactly once.
+    assert all(d.endswith("<|eos|>") for d in train + val)
+    assert sorted(d[: -len("<|eos|>")] for d in train + val) == sorted(nonempty)
+    # Order within a split follows the corpus order.
+    order = {d: i for i, d in enumerate(nonempty)}
+    assert [order[d[:-7]] for d in train] == sorted(order[d[:-7]] for d in train)
+    assert stats["val"]["documents"] == len(val) == round(0.1 * len(documents))
+    assert stats["train"]["documents"] + stats["val"]["documents"] == len(nonempty)
+    assert stats["train"]["bytes"] + stats["val"]["bytes"] == sum(len(d.encode()) for d in nonempty)
+    assert stats["train"]["tokens"] == TokenShards.open(tokens, "train").num_tokens
+    assert len(stats["train"]["shards"]) == TokenShards.open(tokens, "train").num_shards > 1
+    assert stats["dtype"] == "uint16" and stats["eos_id"] == 1 and stats["bos_id"] == 0
+    assert sorted(i["role"] for i in art.manifest.inputs) == ["corpus", "tokenizer"]
+    assert (tokens / "tokenizer" / "tokenizer.json").is_file() and (tokens / "tokenizer" / "token_bytes.npy").is_file()
+
+
+def test_special_text_stays_text_in_shards(tokens):
+    tok = load_tokenizer(tokens)
+    specials = set(tok.special_ids.values()) - {tok.eos_id}
+    for doc in TokenShards.open(tokens, "train").iter_documents():
+        assert doc[-1] == tok.eos_id and tok.eos_id not in doc[:-1]
+        assert not specials & set(doc.tolist())
+
+
+def test_fast_and_reference_paths_agree(corpus, tokenizer, tokens, tmp_path):
+    assert artifacts.load(tokens).stats["encoder"] == "tiktoken"
+    slow = tokenize_corpus(corpus, tokenizer, tmp_path / "slow", TokenizeConfig(val_fraction=0.1, shard_tokens=20_000),
+                           seed=3, use_fast=False, workers=1, batch_size=100)
+    assert artifacts.load(slow).stats["encoder"] == "tokenizers"
+    # Same corpus, tokenizer and seed: same fingerprint, whatever the encoder, workers or batch size.
+    assert artifacts.load(slow).fingerprint == artifacts.load(tokens).fingerprint
+
+
+def test_same_inputs_same_fingerprint_and_seed_changes_split(corpus, tokenizer, tokens, tmp_path):
+    config = TokenizeConfig(val_fraction=0.1, shard_tokens=20_000)
+    again = tokenize_corpus(corpus, tokenizer, tmp_path / "again", config, seed=3)
+    assert artifacts.load(again).fingerprint == artifacts.load(tokens).fingerprint
+    other = tokenize_corpus(corpus, tokenizer, tmp_path / "other", config, seed=4)
+    assert artifacts.load(other).fingerprint != artifacts.load(tokens).fingerprint
+    assert decoded_documents(other, "val") != decoded_documents(tokens, "val")
+
+
+def test_bos_and_sampler_on_real_tokens(corpus, tokenizer, tmp_path):
+    out = tokenize_corpus(corpus, tokenizer, tmp_path / "bos", TokenizeConfig(val_fraction=0.0, add_bos=True), seed=0)
+    stats = artifacts.load(out).stats
+    assert stats["add_bos"] and stats["val"]["tokens"] == 0 and stats["val"]["shards"] == []
+    shards = TokenShards.open(out, "train")
+    for doc in shards.iter_documents():
+        assert doc[0] == 0 and doc[-1] == 1
+    sampler = WindowSampler(shards, 64, seed=0)
+    x, y = sampler.get([0, 1, len(sampler) + 5])
+    assert x.shape == (3, 64) and (x[:, 1:] == y[:, :-1]).all()
+    with pytest.raises(UserError, match="no val split"):
+        TokenShards.open(out, "val")
+
+
+@pytest.mark.slow
+def test_uint32_for_large_vocab(tmp_path, shared_data):
+    # A vocabulary above 65535 entries needs a corpus with that many distinct merges: use
+    # every Chinese character pair in the shared book plus English, with min_frequency 1.
+    text = (shared_data / "chinese.txt").read_text(encoding="utf-8") + (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    corpus = write_corpus_artifact(tmp_path / "corpus", text.split("\n")).path
+    tok = train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=70_000, min_frequency=1), seed=0)
+    if load_tokenizer(tok).vocab_size <= 65535:
+        pytest.skip("the shared data holds too few distinct merges for a vocabulary above 65535")
+    out = tokenize_corpus(corpus, tok, tmp_path / "tokens", TokenizeConfig(val_fraction=0.01), seed=0)
+    shards = TokenShards.open(out, "train")
+    assert artifacts.load(out).stats["dtype"] == "uint32" and shards.dtype == np.dtype("<u4")
+    assert int(shards.window(0, shards.num_tokens).max()) > 65535
+
+
+def test_validation_mask():
+    mask = validation_mask(1000, 0.05, seed=1)
+    assert mask.sum() == 50
+    assert (mask == validation_mask(1000, 0.05, seed=1)).all() and (mask != validation_mask(1000, 0.05, seed=2)).any()
+    assert validation_mask(3, 0.01, 0).sum() == 1 and validation_mask(3, 0.99, 0).sum() == 2
+    assert validation_mask(5, 0.0, 0).sum() == 0
+    with pytest.raises(UserError, match="1 document"):
+        validation_mask(1, 0.1, 0)
+
+
+def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
+    out = tmp_path / "tokens"
+    result = cli("tokenize", corpus, "--tokenizer", tokenizer, "-o", out, "--val-fraction", "0.2", "--seed", "5", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    art = artifacts.load(out)
+    assert art.config["val_fraction"] == 0.2 and art.manifest.seed == 5 and art.manifest.runtime["workers"] == 1
+    assert "train" in result.output and "tokens/s" in result.output
+    assert cli("tokenize", corpus, "-t", tokenizer, "-o", out).exit_code == 1  # exists, no --force
+
+    bad = [
+        (cli("tokenize", tokenizer, "-t", tokenizer, "-o", tmp_path / "a"), "expected a corpus artifact, got tokenizer"),
+        (cli("tokenize", corpus, "-t", corpus, "-o", tmp_path / "b"), "expected a tokenizer artifact, got corpus"),
+        (cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "c", "--val-fraction", "1.5"), "--val-fraction must be in [0, 1)"),
+        (cli("tokenize", write_corpus_artifact(tmp_path / "empty", ["", ""]).path, "-t", tokenizer, "-o", tmp_path / "d"),
+         "only empty documents"),
+    ]
+    for result, message in bad:
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not any((tmp_path / name).exists() for name in "abcd")

@@ -1,0 +1,224 @@
+"""`llmkit tokenizer train|encode|decode` and the shared loader llmkit/data/tokenizer.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmkit import artifacts
+from llmkit.data.corpus import write_corpus_artifact
+from llmkit.data.tokenizer import DEFAULT_SPECIAL_TOKENS, copy_tokenizer_files, load_tokenizer, piece_to_bytes
+from llmkit.errors import UserError
+from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+
+def sample_documents(shared_data, english_chars=300_000, chinese_chars=100_000):
+    """Real documents: Shakespeare paragraphs and lines of 红楼梦."""
+    english = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:english_chars].split("\n\n")
+    chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8")[:chinese_chars].split("\n")
+    return [d for d in english + chinese if d.strip()]
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory):
+    return write_corpus_artifact(tmp_path_factory.mktemp("c") / "corpus", sample_documents(shared_data), docs_per_shard=700).path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("t") / "tok"
+    return train_tokenizer([corpus], out, TokenizerTrainConfig(vocab_size=2000), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok(trained):
+    return load_tokenizer(trained)
+
+
+def test_artifact_layout_specials_and_stats(trained, tok):
+    art = artifacts.load(trained, kind="tokenizer")
+    assert {"tokenizer.json", "token_bytes.npy"} <= set(art.manifest.files)
+    assert art.config["special_tokens"] == list(DEFAULT_SPECIAL_TOKENS)
+    assert [tok.hf.id_to_token(i) for i in range(7)] == list(DEFAULT_SPECIAL_TOKENS)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id) == (0, 1, 2, 3)
+    assert tok.special_ids["<|assistant|>"] == 6
+    assert tok.vocab_size == art.stats["vocab_size"] == 2000
+    assert art.stats["heldout_documents"] > 0
+    # Held-out compression is real: more than one byte per token, a word is a token or two.
+    assert 2.0 < art.stats["bytes_per_token"] < 6.0
+    assert 1.0 < art.stats["tokens_per_word"] < 2.5
+    assert [i["role"] for i in art.manifest.inputs] == ["corpus"]
+
+
+def test_token_bytes_table(tok):
+    assert tok.token_bytes.dtype == np.int32 and tok.token_bytes.shape == (tok.vocab_size,)
+    assert (tok.token_bytes[:7] == 0).all()
+    for idx in range(7, tok.vocab_size, 37):
+        assert tok.token_bytes[idx] == len(tok.id_to_bytes(idx)) > 0
+    # Summing token_bytes over an encoding gives the text's UTF-8 length (what bits-per-byte needs).
+    text = "To be, or not to be: 宝玉笑道 🎉"
+    assert tok.token_bytes[tok.encode(text)].sum() == len(text.encode("utf-8"))
+
+
+def test_loads_unchanged_with_tokenizers_and_copies(trained, tok, tmp_path):
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(trained / "tokenizer.json"))
+    text = "First Citizen: Before we proceed any further, hear me speak. 贾母"
+    assert raw.encode(text).ids == tok.encode(text)
+    copied = copy_tokenizer_files(trained, tmp_path / "copy")
+    assert load_tokenizer(copied).encode(text) == tok.encode(text)
+
+
+def test_pre_tokenizer_splits_numbers_words_and_cjk(tok):
+    pieces = [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str("GPT模型 costs 1234567 dollars")]
+    raw = [piece_to_bytes(p).decode("utf-8") for p in pieces]
+    assert raw == ["GPT", "模型", " costs", " ", "123", "456", "7", " dollars"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
+def test_round_trip_arbitrary_unicode(tok, text):
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert not set(ids) & set(tok.special_ids.values())
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "\n\n\t ", "宝玉笑道：“好妹妹。”", "👩‍👩‍👧‍👦🎉🇺🇳", "naïve café ﬁ", "a\u0301\u200b\ufeff", "\U0010ffff\x00\x7f",
+     "  leading and trailing  ", "1234567890" * 5],
+)
+def test_round_trip_edge_cases(tok, text):
+    assert tok.decode(tok.encode(text)) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.one_of(st.sampled_from(DEFAULT_SPECIAL_TOKENS), st.text(max_size=10)), max_size=8).map("".join)
+)
+def test_special_tokens_never_produced_from_text(tok, text):
+    ids = tok.encode(text)
+    assert not set(ids) & set(tok.special_ids.values())
+    assert tok.decode(ids) == text
+
+
+def test_special_ids_decode_whole(tok):
+    ids = [tok.bos_id] + tok.encode("hello") + [tok.eos_id, tok.special_ids["<|user|>"]]
+    assert tok.decode(ids) == "<|bos|>hello<|eos|><|user|>"
+    assert tok.decode(ids, skip_special_tokens=True) == "hello"
+    assert tok.id_to_piece(tok.eos_id) == "<|eos|>"
+
+
+def test_fast_path_gives_identical_ids(shared_data, tok):
+    fast = tok.fast_encoding
+    assert fast is not None
+    docs = sample_documents(shared_data, english_chars=1_200_000, chinese_chars=400_000)
+    assert fast.encode_ordinary_batch(docs) == tok.encode_batch(docs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
+def test_fast_path_identical_on_arbitrary_unicode(tok, text):
+    assert tok.fast_encoding.encode_ordinary(text) == tok.encode(text)
+
+
+def test_transformers_fast_tokenizer_gives_same_ids(shared_data, trained, tok):
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(trained / "tokenizer.json"))
+    for text in sample_documents(shared_data, 20_000, 5_000)[:50] + ["mixed 中文 and emoji 🎉 12345"]:
+        assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+        assert hf.decode(tok.encode(text)) == text
+
+
+def test_same_inputs_same_fingerprint(corpus, trained, tmp_path):
+    again = train_tokenizer([corpus], tmp_path / "again", TokenizerTrainConfig(vocab_size=2000), seed=0)
+    assert artifacts.load(again).fingerprint == artifacts.load(trained).fingerprint
+    other = train_tokenizer([corpus], tmp_path / "other", TokenizerTrainConfig(vocab_size=1000), seed=0)
+    assert artifacts.load(other).fingerprint != artifacts.load(trained).fingerprint
+
+
+def test_sample_options_limit_training(corpus, tmp_path):
+    by_docs = train_tokenizer([corpus], tmp_path / "d", TokenizerTrainConfig(vocab_size=500, max_docs=100), seed=0)
+    assert artifacts.load(by_docs).stats["training_documents"] == 100
+    by_bytes = train_tokenizer([corpus], tmp_path / "b", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000), seed=1)
+    stats = artifacts.load(by_bytes).stats
+    assert 50_000 <= stats["training_bytes"] < 60_000
+
+
+def test_text_files_as_input(shared_data, tmp_path):
+    path = tmp_path / "small.txt"
+    path.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000], encoding="utf-8")
+    out = train_tokenizer([path], tmp_path / "tok", TokenizerTrainConfig(vocab_size=400), seed=0)
+    art = artifacts.load(out)
+    assert art.config["input"]["files"][0]["name"] == "small.txt"
+    assert art.manifest.inputs == []
+    assert load_tokenizer(out).decode(load_tokenizer(out).encode("Citizen")) == "Citizen"
+
+
+def test_cli_train_encode_decode(cli, corpus, tmp_path):
+    out = tmp_path / "tok"
+    result = cli("tokenizer", "train", corpus, "-o", out, "--vocab-size", "600", "--min-frequency", "3", "--max-docs", "300")
+    assert result.exit_code == 0, result.output
+    art = artifacts.load(out)
+    assert art.config["vocab_size"] == 600 and art.config["min_frequency"] == 3 and art.config["max_docs"] == 300
+    tok = load_tokenizer(out)
+    result = cli("tokenizer", "encode", out, "the king 王")
+    assert result.exit_code == 0, result.output
+    ids = tok.encode("the king 王")
+    assert " ".join(map(str, ids)) in result.output and "␣" in result.output and f"{len(ids)} tokens" in result.output
+    result = cli("tokenizer", "decode", out, *ids)
+    assert result.exit_code == 0 and "the king 王" in result.output
+    assert "outside the vocabulary" in cli("tokenizer", "decode", out, "99999").output
+
+
+def test_cli_config_file_and_special_tokens(cli, corpus, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[tokenizer]\nvocab_size = 700\nmax_docs = 200\n')
+    out = tmp_path / "tok"
+    result = cli("tokenizer", "train", corpus, "-o", out, "--config", config,
+                 "--special-tokens", "<|bos|>,<|eos|>,<|pad|>,<|sep|>")
+    assert result.exit_code == 0, result.output
+    art = artifacts.load(out)
+    assert art.config["vocab_size"] == 700 and art.config["special_tokens"] == ["<|bos|>", "<|eos|>", "<|pad|>", "<|sep|>"]
+    tok = load_tokenizer(out)
+    assert tok.special_ids == {"<|bos|>": 0, "<|eos|>": 1, "<|pad|>": 2, "<|sep|>": 3} and tok.mask_id is None
+
+
+def test_cli_bad_inputs(cli, corpus, tmp_path):
+    small = cli("tokenizer", "train", corpus, "-o", tmp_path / "a", "--vocab-size", "200")
+    assert small.exit_code == 1 and "--vocab-size 200 is too small" in small.output and "263" in small.output
+    assert not (tmp_path / "a").exists()
+
+    empty = write_corpus_artifact(tmp_path / "empty", ["", ""]).path
+    nothing = cli("tokenizer", "train", empty, "-o", tmp_path / "b")
+    assert nothing.exit_code == 1 and "no text to train on" in nothing.output
+    assert not (tmp_path / "b").exists()
+
+    with artifacts.create(tmp_path / "tokens", "tokens") as build:
+        (build.dir / "x").write_text("x")
+    wrong = cli("tokenizer", "train", tmp_path / "tokens", "-o", tmp_path / "c")
+    assert wrong.exit_code == 1 and "expected a corpus artifact, got tokens" in wrong.output
+
+    missing = cli("tokenizer", "train", tmp_path / "nope.txt", "-o", tmp_path / "d")
+    assert missing.exit_code == 1 and "no such file or artifact" in missing.output
+
+    no_eos = cli("tokenizer", "train", corpus, "-o", tmp_path / "e", "--special-tokens", "<|bos|>,<|pad|>")
+    assert no_eos.exit_code == 1 and "must include <|eos|>" in no_eos.output
+
+    for result in (small, nothing, wrong, missing, no_eos):
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_load_tokenizer_errors(tmp_path):
+    with pytest.raises(UserError, match="no tokenizer.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"nonsense": True}))
+    np.save(tmp_path / "token_bytes.npy", np.zeros(3, dtype=np.int32))
+    with pytest.raises(UserError, match="not a valid tokenizers file"):
+        load_tokenizer(tmp_path)
