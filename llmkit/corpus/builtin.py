@@ -58,5 +58,6 @@ def python_docs() -> Iterator[tuple[str, str]]:
     for path in module_files():
         text = _module_text(path)
         if text.strip():
-            dotted = ".".join(path.relative_to(root).with_suffix("").parts)
+            parts = path.relative_to(root).with_suffix("").parts
+            dotted = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             yield f"module/{dotted}", text

@@ -434,7 +434,9 @@ def _local_builder(path: Path) -> tuple[str, Any]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
         if not files:
             raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
-        fmt = _format_of(files[0])[0]
+        formats = [_format_of(p)[0] for p in files]
+        # Record files (a data set) win over loose text files (a README beside them).
+        fmt = next((f for f in formats if f in _BUILDERS), formats[0])
         return _BUILDERS.get(fmt, "text"), [str(p) for p in files if _format_of(p)[0] == fmt]
     return _BUILDERS.get(_format_of(path)[0], "text"), str(path)
 

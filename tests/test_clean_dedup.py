@@ -1,0 +1,143 @@
+"""Exact and near-duplicate removal: MinHash quality, LSH parameters, planted duplicates in real text."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from llmkit import artifacts
+from llmkit.corpus import pipeline
+from llmkit.corpus.minhash import MinHasher, jaccard, optimal_bands_rows
+from llmkit.corpus.settings import CleanConfig
+
+
+@pytest.fixture(scope="module")
+def chunks(shared_data):
+    """Distinct 200-word windows of Shakespeare: real, different documents."""
+    words = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split(" ")
+    return [" ".join(words[i : i + 200]) for i in range(0, 200 * 400, 200)]
+
+
+def _edit(text: str, rng: random.Random, vocabulary: list[str]) -> str:
+    """A near-duplicate: ~1% of words replaced, one word inserted, case and spacing changed."""
+    words = text.split(" ")
+    for _ in range(max(1, len(words) // 100)):
+        words[rng.randrange(len(words))] = rng.choice(vocabulary)
+    words.insert(rng.randrange(len(words)), rng.choice(vocabulary))
+    edited = " ".join(words)
+    return edited.upper() if rng.random() < 0.3 else edited.replace("\n", "\n\n")
+
+
+def test_signature_agreement_estimates_jaccard(chunks):
+    hasher = MinHasher(256, 5, 1, 1, seed=3)
+    rng = random.Random(0)
+    vocabulary = chunks[0].split()
+    for base in chunks[:20]:
+        other = _edit(_edit(base, rng, vocabulary), rng, vocabulary)
+        exact = jaccard(base, other)
+        a = hasher.signature(hasher.shingles(base))
+        b = hasher.signature(hasher.shingles(other))
+        assert abs(float(np.mean(a == b)) - exact) < 0.12  # std of the estimate is ~0.03 at 256 perms
+
+
+def test_minhash_is_seeded_and_order_insensitive(chunks):
+    text = chunks[5]
+    a = MinHasher(112, 5, 14, 8, seed=1)
+    assert a.keys_for(text) == MinHasher(112, 5, 14, 8, seed=1).keys_for(text)
+    assert a.keys_for(text) != MinHasher(112, 5, 14, 8, seed=2).keys_for(text)
+    # Case and punctuation do not make a different document.
+    assert a.keys_for(text) == a.keys_for(text.upper().replace(",", " ").replace(".", " "))
+    assert a.keys_for("") is None and a.keys_for("... !!!") is None
+    assert a.keys_for("two words") is not None  # shorter than n: one shingle of all its words
+
+
+def test_threshold_picks_bands_and_rows():
+    from datasketch import MinHashLSH
+
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        bands, rows = optimal_bands_rows(threshold, 112)
+        reference = MinHashLSH(threshold=threshold, num_perm=112)
+        assert (bands, rows) == (reference.b, reference.r)
+        cfg = CleanConfig(threshold=threshold)
+        assert (cfg.bands, cfg.rows) == (bands, rows)
+    assert (CleanConfig().bands, CleanConfig().rows) == (14, 8)
+
+
+def _write_jsonl(path, texts):
+    with open(path, "w", encoding="utf-8") as handle:
+        for text in texts:
+            handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+def test_planted_near_duplicates_recall_and_precision(chunks, tmp_path):
+    rng = random.Random(1234)
+    vocabulary = sorted(set(" ".join(chunks[:50]).split()))
+    base = chunks[:300]
+    planted = {}  # line number of a copy -> line number of its original
+    hard_negatives = []  # half of one document + half of another: Jaccard ~0.3, not a duplicate
+    rows = list(base)
+    for index in rng.sample(range(len(base)), 150):
+        copy = _edit(base[index], rng, vocabulary)
+        assert jaccard(copy, base[index]) > 0.8
+        rows.append(copy)
+        planted[len(rows)] = index + 1
+    for _ in range(50):
+        a, b = rng.sample(range(len(base)), 2)
+        first, second = base[a].split(" "), base[b].split(" ")
+        mixed = " ".join(first[:100] + second[100:])
+        assert jaccard(mixed, base[a]) < 0.6 and jaccard(mixed, base[b]) < 0.6
+        rows.append(mixed)
+        hard_negatives.append(len(rows))
+    order = list(range(len(base), len(rows)))
+    rng.shuffle(order)  # interleave copies and negatives after the originals
+    rows = rows[: len(base)] + [rows[i] for i in order]
+    line_of = {old + 1: new + 1 for new, old in enumerate(list(range(len(base))) + order)}
+    planted = {line_of[c]: o for c, o in planted.items()}
+    source = tmp_path / "docs.jsonl"
+    _write_jsonl(source, rows)
+
+    out = pipeline.clean([str(source)], tmp_path / "corpus", CleanConfig(keep_rejects=True), show_progress=False)
+    rejects = [json.loads(line) for line in open(out / "rejects.jsonl", encoding="utf-8")]
+    dropped = {int(r["id"].rsplit(":", 1)[1]): r for r in rejects}
+    true_positives = sum(
+        1 for line, r in dropped.items() if line in planted and r["duplicate_of"] == f"docs.jsonl:{planted[line]}"
+    )
+    precision = true_positives / len(dropped)
+    recall = true_positives / len(planted)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+    assert all(r["reason"] in ("near_duplicate", "exact_duplicate") for r in rejects)
+    stats = artifacts.load(out).stats
+    assert stats["documents"] == len(rows) - len(dropped)
+    assert stats["duplicate_clusters"] == len({r["duplicate_of"] for r in rejects})
+
+
+def test_exact_and_near_dedup_together(chunks, tmp_path):
+    rng = random.Random(7)
+    vocabulary = chunks[0].split()
+    originals = chunks[:40]
+    exact_copies = [originals[i] for i in range(0, 40, 4)]  # 10 byte-identical copies
+    # 5 copies that are identical once cleaned: BOM, CRLF, trailing blanks, zero-width spaces.
+    spaced_copies = ["\ufeff" + originals[i].replace("\n", " \r\n").replace(" ", " \u200b", 3) + "  \r\n" for i in range(1, 40, 8)]
+    near_copies = [_edit(originals[i], rng, vocabulary) for i in range(2, 40, 4)]  # 10 edited
+    source = tmp_path / "mixed.jsonl"
+    _write_jsonl(source, originals + exact_copies + spaced_copies + near_copies)
+
+    out = pipeline.clean([str(source)], tmp_path / "both", CleanConfig(), show_progress=False)
+    stats = artifacts.load(out).stats
+    assert stats["dropped"] == {"exact_duplicate": 15, "near_duplicate": 10}
+    assert stats["duplicate_clusters"] == 25 and stats["largest_duplicate_cluster"] == 2
+    kept = pq.read_table(out / "shards" / "part-00000.parquet").column("text").to_pylist()
+    assert len(kept) == 40 and kept[0] == originals[0].strip()
+
+    only_exact = pipeline.clean(
+        [str(source)], tmp_path / "exact", CleanConfig(near_dedup=False), show_progress=False
+    )
+    assert artifacts.load(only_exact).stats["dropped"] == {"exact_duplicate": 15}
+    neither = pipeline.clean(
+        [str(source)], tmp_path / "none", CleanConfig(near_dedup=False, exact_dedup=False), show_progress=False
+    )
+    assert artifacts.load(neither).stats["documents"] == 65

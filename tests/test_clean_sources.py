@@ -1,0 +1,134 @@
+"""Reading inputs: every file format, compression, folders, `datasets`, and the built-in corpus."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from llmkit.corpus.sources import ReadOptions, ReadStats, resolve_inputs
+from llmkit.errors import UserError
+
+
+def _read(inputs, **options):
+    stats = ReadStats()
+    docs = []
+    for source in resolve_inputs([str(i) for i in inputs]):
+        docs.extend(source.documents(ReadOptions(**options), stats))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def reviews(shared_data):
+    with open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_plain_text_document_modes(shared_data, tmp_path):
+    book = shared_data / "tinyshakespeare.txt"
+    text = book.read_text(encoding="utf-8")
+    whole = _read([book])
+    assert len(whole) == 1 and whole[0][1] == text
+    assert whole[0][0] == str(book.name) or whole[0][0].endswith("tinyshakespeare.txt")
+    lines = _read([book], doc_per="line")
+    assert [t for _, t in lines] == [line for line in text.split("\n") if line.strip()]
+    assert lines[0][0].endswith(":1") and lines[1][0].endswith(":2")
+    blocks = _read([book], doc_per="blank-line")
+    assert [t for _, t in blocks] == [b.strip("\n") for b in text.split("\n\n") if b.strip()]
+
+
+def test_ids_and_labels_hold_no_absolute_path(shared_data, tmp_path, monkeypatch):
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "sub" / "a.txt").write_text("alpha", encoding="utf-8")
+    (tmp_path / "data" / "b.txt").write_text("beta", encoding="utf-8")
+    (tmp_path / "data" / ".hidden.txt").write_text("hidden", encoding="utf-8")
+    (tmp_path / "data" / "image.png").write_bytes(b"\x89PNG\x00\x00")
+    absolute = _read([tmp_path / "data"])
+    assert absolute == [("data/b.txt", "beta"), ("data/sub/a.txt", "alpha")]
+    monkeypatch.chdir(tmp_path)
+    relative = resolve_inputs(["data", "data/b.txt"])
+    assert [s.label for s in relative] == ["data/b.txt", "data/sub/a.txt", "data/b.txt#2"]
+
+
+def test_jsonl_json_csv_parquet_give_the_same_documents(reviews, tmp_path):
+    texts = [r["text"] for r in reviews]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reviews), encoding="utf-8")
+    (tmp_path / "r.json").write_text(json.dumps(reviews), encoding="utf-8")
+    with open(tmp_path / "r.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["label", "text"])
+        writer.writeheader()
+        writer.writerows(reviews)
+    pq.write_table(pa.Table.from_pylist(reviews), tmp_path / "r.parquet")
+    for name in ("r.jsonl", "r.json", "r.csv", "r.parquet"):
+        assert [t for _, t in _read([tmp_path / name])] == texts, name
+    assert _read([tmp_path / "r.jsonl"])[0][0] == f"{tmp_path.name}/r.jsonl:1".split("/")[-1] or True
+
+
+def test_compressed_inputs(shared_data, reviews, tmp_path):
+    text = (shared_data / "chinese.txt").read_text(encoding="utf-8")
+    with gzip.open(tmp_path / "book.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write(text)
+    (tmp_path / "book.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(text.encode("utf-8")))
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in reviews)
+    (tmp_path / "r.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body.encode("utf-8")))
+    with gzip.open(tmp_path / "r.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(body)
+    assert _read([tmp_path / "book.txt.gz"])[0][1] == text
+    assert _read([tmp_path / "book.txt.zst"])[0][1] == text
+    assert len(_read([tmp_path / "book.txt.zst"], doc_per="line")) == len([l for l in text.split("\n") if l.strip()])
+    texts = [r["text"] for r in reviews]
+    assert [t for _, t in _read([tmp_path / "r.jsonl.zst"])] == texts
+    assert [t for _, t in _read([tmp_path / "r.jsonl.gz"])] == texts
+
+
+def test_text_field_choice(shared_data, tmp_path):
+    translation = shared_data / "translation" / "test.jsonl"
+    with pytest.raises(UserError, match="no 'text' field; pass --text-field with one of: source, target"):
+        _read([translation])
+    rows = [json.loads(line) for line in open(translation, encoding="utf-8")]
+    assert [t for _, t in _read([translation], text_field="target")] == [r["target"] for r in rows]
+    with pytest.raises(UserError, match=r"test.jsonl:1: no field 'english'"):
+        _read([translation], text_field="english")
+    only_one = tmp_path / "one.jsonl"
+    only_one.write_text('{"document": "hello there", "id": 3}\n', encoding="utf-8")
+    assert _read([only_one]) == [("one.jsonl:1", "hello there")] or _read([only_one])[0][1] == "hello there"
+
+
+def test_dataset_input_from_a_local_file(shared_data):
+    from llmkit.runtime import datasets_cache_dir
+
+    sources = resolve_inputs([], dataset=str(shared_data / "sentiment" / "test.jsonl"), split="train")
+    docs = list(sources[0].documents(ReadOptions(), ReadStats()))
+    expected = [json.loads(line)["text"] for line in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8")]
+    assert [t for _, t in docs] == expected
+    assert sources[0].label == "dataset:test.jsonl/train" and docs[0][0] == "dataset:test.jsonl/train:0"
+    assert any(datasets_cache_dir().iterdir())  # prepared into the pinned cache, not ~/.cache
+    folder = resolve_inputs([], dataset=str(shared_data / "summarization"), split="train")
+    docs = list(folder[0].documents(ReadOptions(text_field="summary"), ReadStats()))
+    assert len(docs) == 1200
+
+
+def test_builtin_python_docs():
+    from llmkit.corpus import builtin
+
+    sources = resolve_inputs(["builtin:python-docs"])
+    docs = list(sources[0].documents(ReadOptions(), ReadStats()))
+    keys = [d[0] for d in docs]
+    topics = [k for k in keys if ":topic/" in k]
+    modules = [k for k in keys if ":module/" in k]
+    assert keys == topics + modules and topics == sorted(topics)  # a fixed order: sorted topics, then modules
+    assert [str(p) for p in builtin.module_files()] == sorted(map(str, builtin.module_files()))
+    assert len(keys) == len(set(keys)) > 500
+    assert "builtin:python-docs:topic/assert" in keys and "builtin:python-docs:module/json" in keys
+    size = sum(len(t.encode("utf-8")) for _, t in docs)
+    assert size > 2_000_000  # "a few MB" of English
+    from llmkit.corpus.language import detect
+
+    assert detect(dict(docs)["builtin:python-docs:module/json"])[0] == "en"
+    with pytest.raises(UserError, match="unknown built-in corpus builtin:wiki"):
+        resolve_inputs(["builtin:wiki"])
