@@ -29,30 +29,24 @@ def _documents(text: str) -> list[str]:
     return [p.strip() + "\n" for p in text.split("\n\n") if p.strip()]
 
 
-def build_tokens(tokenizer_dir: Path, texts: list[str], out: Path, val_every: int = 10) -> Path:
-    """A tokens artifact (contract 5) from documents, using the shared tokenizer and shard writer."""
-    from llmkit.data.shards import ShardWriter, token_dtype
-    from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
+def build_corpus(texts: list[str], out: Path) -> Path:
+    """A corpus artifact per contract 1 (the paragraphs of a text as documents)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    tok = load_tokenizer(tokenizer_dir)
-    dtype = token_dtype(tok.vocab_size)
-    splits = {"train": [t for i, t in enumerate(texts) if (i + 1) % val_every],
-              "val": [t for i, t in enumerate(texts) if not (i + 1) % val_every]}
-    with artifacts.create(out, "tokens") as build:
-        stats = {"dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "bos_id": tok.bos_id}
-        for split, docs in splits.items():
-            if not docs:
-                continue
-            ids = [[tok.bos_id, *tok.encode(d), tok.eos_id] for d in docs]
-            writer = ShardWriter(build.dir / split, dtype, 1 << 20)
-            writer.write(np.concatenate([np.array(x) for x in ids]), np.array([len(x) for x in ids]))
-            writer.close()
-            stats[split] = {"tokens": writer.tokens, "documents": writer.documents, "shards": len(writer.shards)}
-        copy_tokenizer_files(tokenizer_dir, build.dir / "tokenizer")
-        build.add_input("tokenizer", artifacts.load(tokenizer_dir, kind="tokenizer"))
-        build.stats = stats
-        build.config = {"val_every": val_every}
+    with artifacts.create(out, "corpus") as build:
+        (build.dir / "shards").mkdir()
+        table = pa.table({"id": [f"doc-{i}" for i in range(len(texts))], "text": texts, "source": ["test"] * len(texts)})
+        pq.write_table(table, build.dir / "shards" / "part-00000.parquet")
+        build.stats = {"documents": len(texts), "bytes": sum(len(t.encode()) for t in texts)}
     return out
+
+
+def build_tokens(corpus: Path, tokenizer: Path, out: Path, val_fraction: float) -> Path:
+    """The real `llmkit tokenize` stage."""
+    from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
+
+    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=val_fraction), workers=1)
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +54,12 @@ def shakespeare(shared_data, tmp_path_factory) -> dict[str, Path]:
     from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("shakespeare")
-    tokenizer = train_tokenizer([shared_data / "tinyshakespeare.txt"], root / "tokenizer", TokenizerTrainConfig(vocab_size=512))
     text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    tokens = build_tokens(tokenizer, _documents(text), root / "tokens")
-    short = build_tokens(tokenizer, ["To be, or not to be.\n"], root / "short", val_every=1000)
+    corpus = build_corpus(_documents(text), root / "corpus")
+    tokenizer = train_tokenizer([corpus], root / "tokenizer", TokenizerTrainConfig(vocab_size=512))
+    tokens = build_tokens(corpus, tokenizer, root / "tokens", val_fraction=0.1)
+    short_corpus = build_corpus(["To be, or not to be.\n"], root / "short-corpus")
+    short = build_tokens(short_corpus, tokenizer, root / "short", val_fraction=0.0)
     return {"tokenizer": tokenizer, "tokens": tokens, "short": short, "root": root}
 
 
