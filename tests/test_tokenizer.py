@@ -222,3 +222,29 @@ def test_load_tokenizer_errors(tmp_path):
     np.save(tmp_path / "token_bytes.npy", np.zeros(3, dtype=np.int32))
     with pytest.raises(UserError, match="not a valid tokenizers file"):
         load_tokenizer(tmp_path)
+
+
+def test_special_roles_file_for_foreign_vocabularies(tmp_path):
+    """An imported GPT-2-style tokenizer has one <|endoftext|> for every role (special_tokens.json)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from llmkit.data.tokenizer import compute_token_bytes
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    hf.train_from_iterator(["some text to learn from"] * 10, trainer)
+    folder = tmp_path / "gpt2ish"
+    folder.mkdir()
+    hf.save(str(folder / "tokenizer.json"))
+    np.save(folder / "token_bytes.npy", compute_token_bytes(hf))
+    with pytest.raises(UserError, match="lacks special token"):
+        load_tokenizer(folder)
+    (folder / "special_tokens.json").write_text(json.dumps({"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>"}))
+    tok = load_tokenizer(folder)
+    assert tok.bos_id == tok.eos_id == tok.pad_id == 0 and tok.mask_id is None
+    assert tok.fast_encoding is None  # not llmkit's pre-tokenizer: the tokenizers path is used
+    assert tok.encode_ordinary_batch(["some text"]) == [tok.encode("some text")]
+    copied = copy_tokenizer_files(folder, tmp_path / "copy")
+    assert load_tokenizer(copied).eos_id == 0

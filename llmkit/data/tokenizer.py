@@ -24,6 +24,10 @@ from llmkit.errors import UserError
 TOKENIZER_FILE = "tokenizer.json"
 TOKEN_BYTES_FILE = "token_bytes.npy"
 TOKENIZER_FILES = (TOKENIZER_FILE, TOKEN_BYTES_FILE)
+# Optional: {"bos": ..., "eos": ..., "pad": ..., "mask": ...} -> token text, for tokenizers whose
+# special tokens are not named like llmkit's (an imported GPT-2 has one <|endoftext|> for all).
+SPECIAL_ROLES_FILE = "special_tokens.json"
+LLMKIT_ROLES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>", "mask": "<|mask|>"}
 
 # Ids 0..6 of every llmkit vocabulary, in this order (the chat roles serve fine-tuning templates).
 DEFAULT_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|system|>", "<|user|>", "<|assistant|>")
@@ -100,7 +104,7 @@ def compute_token_bytes(hf: Any) -> np.ndarray:
 class TextTokenizer:
     """What the training, generation and evaluation stages need from a tokenizer."""
 
-    def __init__(self, hf: Any, token_bytes: np.ndarray, path: Path | None = None):
+    def __init__(self, hf: Any, token_bytes: np.ndarray, path: Path | None = None, roles: dict[str, str] | None = None):
         self.hf = hf
         # Special tokens typed into text stay text: only ids inserted on purpose are special.
         self.hf.encode_special_tokens = True
@@ -109,7 +113,8 @@ class TextTokenizer:
         self.special_ids: dict[str, int] = {
             t.content: idx for idx, t in sorted(hf.get_added_tokens_decoder().items()) if t.special
         }
-        missing = [s for s in REQUIRED_SPECIAL_TOKENS if s not in self.special_ids]
+        self.roles = {**LLMKIT_ROLES, **(roles or {})}
+        missing = [self.roles[r] for r in ("bos", "eos", "pad") if self.roles[r] not in self.special_ids]
         if missing:
             raise UserError(f"tokenizer {path} lacks special token(s) {', '.join(missing)}; retrain it with llmkit tokenizer train")
         if len(self.token_bytes) != self.vocab_size:
@@ -124,19 +129,19 @@ class TextTokenizer:
 
     @property
     def bos_id(self) -> int:
-        return self.special_ids["<|bos|>"]
+        return self.special_ids[self.roles["bos"]]
 
     @property
     def eos_id(self) -> int:
-        return self.special_ids["<|eos|>"]
+        return self.special_ids[self.roles["eos"]]
 
     @property
     def pad_id(self) -> int:
-        return self.special_ids["<|pad|>"]
+        return self.special_ids[self.roles["pad"]]
 
     @property
     def mask_id(self) -> int | None:
-        return self.special_ids.get("<|mask|>")
+        return self.special_ids.get(self.roles["mask"])
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
@@ -256,15 +261,27 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
     except Exception as exc:
         raise UserError(f"{dir / TOKENIZER_FILE} is not a valid tokenizers file ({exc}); retrain the tokenizer") from exc
     token_bytes = np.load(dir / TOKEN_BYTES_FILE, allow_pickle=False)
-    return TextTokenizer(hf, token_bytes, path=dir)
+    roles = None
+    if (dir / SPECIAL_ROLES_FILE).is_file():
+        try:
+            roles = json.loads((dir / SPECIAL_ROLES_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{dir / SPECIAL_ROLES_FILE} is not valid JSON ({exc}); fix or delete it") from exc
+        if not isinstance(roles, dict) or not all(isinstance(v, str) for v in roles.values()) or set(roles) - set(LLMKIT_ROLES):
+            raise UserError(f"{dir / SPECIAL_ROLES_FILE} must map bos/eos/pad/mask to token texts; fix or delete it")
+    return TextTokenizer(hf, token_bytes, path=dir, roles=roles)
 
 
 def copy_tokenizer_files(src_dir: Path | str, dst_dir: Path | str) -> Path:
-    """Copy tokenizer.json and token_bytes.npy into dst_dir (created), e.g. an artifact's `tokenizer/`."""
+    """Copy tokenizer.json, token_bytes.npy (and special_tokens.json, if any) into dst_dir (created)."""
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    if not (src_dir / TOKENIZER_FILE).is_file() and (src_dir / "tokenizer" / TOKENIZER_FILE).is_file():
+        src_dir = src_dir / "tokenizer"  # a tokens or checkpoint artifact was passed
     dst_dir.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if not (src_dir / name).is_file():
             raise UserError(f"no {name} in {src_dir}; pass a tokenizer artifact or a tokenizer/ copy")
         shutil.copyfile(src_dir / name, dst_dir / name)
+    if (src_dir / SPECIAL_ROLES_FILE).is_file():
+        shutil.copyfile(src_dir / SPECIAL_ROLES_FILE, dst_dir / SPECIAL_ROLES_FILE)
     return dst_dir
