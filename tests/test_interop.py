@@ -134,8 +134,13 @@ def test_export_loads_in_transformers_with_equal_logits_and_tokens(cli, tmp_path
     # transformers tokenizers parse special-token text (chat templates rely on it); llmkit's
     # loader keeps typed specials as text and inserts them by id. The same ids either way:
     assert hf_tok("<|user|>hi", add_special_tokens=False)["input_ids"] == [tok.special_ids["<|user|>"]] + tok.encode("hi")
+    # llmkit's chat format as a chat template; generation stops at eos or the next role token.
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Speak!"}]
+    expected = [tok.bos_id, tok.special_ids["<|system|>"]] + tok.encode("Be brief.")
+    expected += [tok.special_ids["<|user|>"]] + tok.encode("Speak!") + [tok.special_ids["<|assistant|>"]]
+    assert list(hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)) == expected
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == tok.eos_id
+    assert generation["eos_token_id"] == [tok.eos_id] + [tok.special_ids[f"<|{r}|>"] for r in ("system", "user", "assistant")]
 
 
 def _save_hf_model(folder: Path, hf_config, tokenizer_dir: Path, seed: int = 0) -> torch.nn.Module:
@@ -443,3 +448,54 @@ def test_import_with_foreign_special_token_names(cli, tmp_path, style):
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "again", local_files_only=True)
     assert (hf_tok.bos_token, hf_tok.eos_token) == (names["bos_token"], eos)
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == loaded.tokenizer.encode(text)
+
+
+# ------------------------------------------------------------------------------------------
+# The real pipeline: clean -> tokenizer train -> tokenize -> pretrain -> export -> transformers
+
+
+@pytest.fixture(scope="module")
+def shakespeare_tokens(shared_data, tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    root = tmp_path_factory.mktemp("pipeline")
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    (root / "plays.txt").write_text(text, encoding="utf-8")
+    runner = CliRunner()
+    for args in (
+        ["clean", root / "plays.txt", "-o", root / "corpus", "--doc-per", "blank-line"],
+        ["tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "400"],
+        ["tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens", "--val-fraction", "0.1"],
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    return root / "tokens"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", [["--model", "tiny"], ["--model", "gpt2-tiny", "--n-kv-head", "2"]], ids=["llama", "gpt2"])
+def test_pretrained_checkpoint_runs_the_same_in_transformers(cli, tmp_path, shakespeare_tokens, style):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare_tokens, "-o", run, *style, "--n-layer", "2", "--n-embd", "64", "--n-head", "4",
+                 "--seq-len", "64", "--batch-tokens", "1024", "--max-steps", "30", "--lr", "3e-3", "--eval-tokens", "1024")
+    assert result.exit_code == 0, result.output
+    assert cli("export", run, "--format", "hf", "-o", tmp_path / "hf").exit_code == 0
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    loaded = load_checkpoint(run)
+    prompt = "ROMEO:\nBut soft, what light through yonder window"
+    ids = [loaded.tokenizer.bos_id] + loaded.tokenizer.encode(prompt)
+    assert hf_tok(prompt, add_special_tokens=False)["input_ids"] == ids[1:]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x)[0], hf_model(x).logits, atol=TOL, rtol=0)
+        # Greedy continuation: transformers' generate (its own KV cache) vs llmkit's forward.
+        theirs = hf_model.generate(x, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=loaded.tokenizer.pad_id)
+        ours = x
+        for _ in range(12):
+            ours = torch.cat([ours, loaded.model(ours)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert theirs.tolist() == ours.tolist()

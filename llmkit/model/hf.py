@@ -509,15 +509,36 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     with _atomic_dir(out, force) as tmp:
         hf_config.save_pretrained(tmp)
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
-        ids = {k: v for k, v in vars(special).items() if v is not None}
-        GenerationConfig(**{f"{k}_token_id": v for k, v in ids.items()}).save_pretrained(tmp)
-        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, task=loaded.task)
-        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint}
+        stops = stop_token_ids(tok)
+        GenerationConfig(
+            bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad
+        ).save_pretrained(tmp)
+        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length)
+        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint, "task": loaded.task}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
 
-def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, task: dict | None = None) -> None:
+# llmkit's chat format (llmkit/generate/prompts.py): [BOS] (<|role|> text)* <|assistant|>, and a
+# role token ends a turn. As a Jinja template, so `tokenizer.apply_chat_template` gives the ids
+# llmkit's chat gives.
+CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('llmkit chats have system, user and assistant roles only') }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def stop_token_ids(tok) -> list[int]:
+    """End of text, and the role tokens that end a chat turn (as llmkit's chat stops on them)."""
+    ids = [tok.eos_id] + [tok.special_ids[t] for t in CHAT_ROLE_TOKENS if t in tok.special_ids]
+    return list(dict.fromkeys(ids))
+
+
+def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int) -> None:
     """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, special tokens by role."""
     from transformers import PreTrainedTokenizerFast
 
@@ -536,9 +557,8 @@ def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, task: dict
     fast = PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=model_max_length, additional_special_tokens=extra, **roles
     )
-    template = (task or {}).get("chat_template")
-    if isinstance(template, str):  # a Jinja template, as transformers' apply_chat_template expects
-        fast.chat_template = template
+    if all(token in tok.special_ids for token in CHAT_ROLE_TOKENS):
+        fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(directory)
     # Name the class every transformers release knows (v5 also accepts it), not v5's backend name.
     path = directory / "tokenizer_config.json"
