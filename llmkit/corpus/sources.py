@@ -105,6 +105,9 @@ def resolve_inputs(
                 (p for p in path.rglob("*") if p.is_file() and not _hidden(p, path) and _readable_in_folder(p)),
                 key=lambda p: p.relative_to(path).as_posix(),
             )
+            if any(_format_of(p)[0] in RECORD_SUFFIXES for p in files):
+                # A data folder's README describes the data; it is not part of it.
+                files = [p for p in files if _format_of(p)[0] not in (".md", ".rst")]
             if not files:
                 raise UserError(
                     f"folder {arg} holds no readable files; expected .txt, .md, .jsonl, .json, .csv or .parquet "

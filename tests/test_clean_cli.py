@@ -1,0 +1,139 @@
+"""`llmkit clean` through Typer's runner: a good run, and one line + non-zero exit for each bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from llmkit import artifacts
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _nothing_written(folder, out_name="out"):
+    assert not (folder / out_name).exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(f".{out_name}.tmp-")]
+
+
+def test_clean_runs_and_prints_the_report(cli, shared_data, tmp_path):
+    config = tmp_path / "clean.toml"
+    config.write_text('[clean]\nthreshold = 0.8\n', encoding="utf-8")
+    out = tmp_path / "corpus"
+    result = cli(
+        "clean", shared_data / "sentiment", shared_data / "chinese.txt", "-o", out,
+        "--config", config, "--keep-rejects", "--seed", "3",
+    )
+    assert result.exit_code == 0, result.output
+    assert "duplicate clusters" in result.output and "2,501" in result.output
+    art = artifacts.load(out, kind="corpus")
+    assert art.manifest.seed == 3 and art.config["seed"] == 3
+    assert (art.config["bands"], art.config["rows"]) == (9, 12)  # from the file's threshold
+    assert art.stats["documents"] == 2501 and (out / "rejects.jsonl").exists()
+    again = cli("clean", shared_data / "sentiment", "-o", out)
+    assert "already exists" in _one_error_line(again)
+    forced = cli("clean", shared_data / "sentiment", "-o", out, "--force", "--no-near-dedup", "--workers", "1")
+    assert forced.exit_code == 0 and artifacts.load(out).stats["documents"] == 2500
+
+
+def test_dataset_option(cli, shared_data, tmp_path):
+    result = cli("clean", "--dataset", shared_data / "translation" / "test.jsonl", "--text-field", "target", "-o", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tmp_path / "c").stats["documents_in"] == 500
+
+
+def test_missing_path(cli, tmp_path):
+    line = _one_error_line(cli("clean", tmp_path / "nope.txt", "-o", tmp_path / "out"))
+    assert "input not found" in line and "nope.txt" in line
+    _nothing_written(tmp_path)
+
+
+def test_no_input(cli, tmp_path):
+    assert "no input given" in _one_error_line(cli("clean", "-o", tmp_path / "out"))
+
+
+def test_empty_corpus(cli, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
+    line = _one_error_line(cli("clean", tmp_path / "empty.jsonl", "-o", tmp_path / "out"))
+    assert "no documents found" in line
+    line = _one_error_line(cli("clean", tmp_path / "blank.txt", "-o", tmp_path / "out"))
+    assert "all 1 documents were dropped (empty: 1)" in line
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "photo.png").write_bytes(b"\x89PNG")
+    assert "holds no readable files" in _one_error_line(cli("clean", tmp_path / "folder", "-o", tmp_path / "out"))
+    _nothing_written(tmp_path)
+
+
+def test_binary_file(cli, tmp_path):
+    (tmp_path / "data.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    line = _one_error_line(cli("clean", tmp_path / "data.txt", "-o", tmp_path / "out"))
+    assert "data.txt looks like a binary file" in line
+    (tmp_path / "data.jsonl").write_bytes(b"\x00\x01\x02" * 100)
+    assert "binary" in _one_error_line(cli("clean", tmp_path / "data.jsonl", "-o", tmp_path / "out"))
+    _nothing_written(tmp_path)
+
+
+def test_invalid_utf8(cli, shared_data, tmp_path):
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:5000]
+    lines = text.split("\n")
+    lines[7] = lines[7] + " caf\xe9"
+    (tmp_path / "latin1.txt").write_bytes("\n".join(lines).encode("latin-1"))
+    line = _one_error_line(cli("clean", tmp_path / "latin1.txt", "-o", tmp_path / "out"))
+    assert "latin1.txt:8: invalid UTF-8" in line and "iconv" in line
+    line = _one_error_line(cli("clean", tmp_path / "latin1.txt", "--doc-per", "line", "-o", tmp_path / "out"))
+    assert "latin1.txt:8: invalid UTF-8" in line
+    skipped = cli("clean", tmp_path / "latin1.txt", "--doc-per", "line", "--skip-bad-lines", "-o", tmp_path / "out")
+    assert skipped.exit_code == 0 and artifacts.load(tmp_path / "out").stats["bad_lines_skipped"] == 1
+
+
+def test_malformed_jsonl_line(cli, shared_data, tmp_path):
+    rows = open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8").read().split("\n")
+    rows[41] = rows[41][:-5]  # truncated line 42
+    with gzip.open(tmp_path / "reviews.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(rows))
+    line = _one_error_line(cli("clean", tmp_path / "reviews.jsonl.gz", "-o", tmp_path / "out"))
+    assert "reviews.jsonl.gz:42: malformed JSON line" in line and "--skip-bad-lines" in line
+    _nothing_written(tmp_path)
+    result = cli("clean", tmp_path / "reviews.jsonl.gz", "--skip-bad-lines", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    stats = artifacts.load(tmp_path / "out").stats
+    assert stats["bad_lines_skipped"] == 1 and stats["bad_line_examples"] == ["reviews.jsonl.gz:42"]
+    assert stats["documents_in"] == 499
+
+
+def test_unknown_text_field(cli, shared_data, tmp_path):
+    line = _one_error_line(cli("clean", shared_data / "translation", "--text-field", "english", "-o", tmp_path / "out"))
+    assert "no field 'english'" in line and "source, target" in line
+    line = _one_error_line(cli("clean", shared_data / "translation", "-o", tmp_path / "out"))
+    assert "pass --text-field with one of: source, target" in line
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "fast"], "unknown preset 'fast'"),
+        (["--doc-per", "page"], "--doc-per must be one of"),
+        (["--threshold", "2"], "--threshold must be between 0 and 1"),
+        (["--bands", "30"], "must fit in num_perm"),
+        (["--preset", "web"], "all 500 documents were dropped"),
+    ],
+)
+def test_bad_options(cli, shared_data, tmp_path, args, message):
+    line = _one_error_line(cli("clean", shared_data / "sentiment" / "test.jsonl", "-o", tmp_path / "out", *args))
+    assert message in line
+    _nothing_written(tmp_path)
+
+
+def test_unknown_dataset(cli, tmp_path):
+    line = _one_error_line(cli("clean", "--dataset", "no-such-user/no-such-dataset", "-o", tmp_path / "out"))
+    assert "could not load dataset 'no-such-user/no-such-dataset'" in line
+    _nothing_written(tmp_path)

@@ -1,0 +1,153 @@
+"""The clean stage end to end: shared data through the default preset, determinism, workers, output format."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from llmkit import artifacts
+from llmkit.corpus import pipeline
+from llmkit.corpus.settings import CleanConfig, resolve
+from llmkit.errors import UserError
+
+
+def _clean(inputs, out, cfg=None, **kwargs):
+    return pipeline.clean([str(i) for i in inputs], out, cfg or CleanConfig(), show_progress=False, **kwargs)
+
+
+def _texts(path):
+    return [t for shard in sorted((path / "shards").glob("*.parquet")) for t in pq.read_table(shard).column("text").to_pylist()]
+
+
+@pytest.mark.parametrize(
+    "name, field, doc_per, min_kept",
+    [
+        ("tinyshakespeare.txt", None, "file", 1.0),
+        ("tinyshakespeare.txt", None, "blank-line", 0.97),  # real repeats: "All:\nAy." and the like
+        ("chinese.txt", None, "file", 1.0),
+        ("chinese.txt", None, "line", 0.998),  # a few repeated poem lines
+        ("sentiment", None, "file", 1.0),
+        ("translation", "source", "file", 0.999),
+        ("translation", "target", "file", 0.999),
+        ("summarization", "document", "file", 0.98),  # 14 real duplicate dialogues (Jaccard >= 0.7)
+        ("summarization", "summary", "file", 0.99),
+    ],
+)
+def test_shared_data_passes_the_default_preset_essentially_whole(shared_data, tmp_path, name, field, doc_per, min_kept):
+    out = _clean([shared_data / name], tmp_path / "out", CleanConfig(text_field=field, doc_per=doc_per))
+    stats = artifacts.load(out, kind="corpus").stats
+    assert stats["documents"] / stats["documents_in"] >= min_kept, stats["dropped"]
+    assert set(stats["dropped"]) <= {"exact_duplicate", "near_duplicate"}  # only duplicates go
+    if doc_per == "file" and name.endswith(".txt"):
+        original = (shared_data / name).read_text(encoding="utf-8")
+        assert _texts(out)[0].split() == original.split()  # the book comes back cleaned, not changed
+
+
+def test_corpus_artifact_format_and_datasets_round_trip(shared_data, tmp_path):
+    import datasets
+
+    from llmkit.runtime import datasets_cache_dir
+
+    out = _clean([shared_data / "sentiment", shared_data / "tinyshakespeare.txt"], tmp_path / "corpus")
+    art = artifacts.load(out, kind="corpus")
+    assert artifacts.verify(out).ok
+    assert sorted(art.manifest.files) == ["shards/part-00000.parquet"]
+    table = pq.read_table(out / "shards" / "part-00000.parquet")
+    assert table.column_names == ["id", "text", "source"]
+    assert art.stats["documents"] == table.num_rows == 2501
+    assert art.stats["bytes"] == sum(len(t.encode()) for t in table.column("text").to_pylist())
+    assert art.stats["bytes_in"] >= art.stats["bytes"] and art.stats["documents_in"] == 2501
+    ids = table.column("id").to_pylist()
+    assert len(set(ids)) == len(ids) and ids[0].startswith("sentiment/test.jsonl:1".split("/")[0])
+    assert not any(str(tmp_path) in s for s in table.column("source").to_pylist())
+    assert art.manifest.runtime == {"workers": 1} and "workers" not in art.config
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(out / "shards" / "*.parquet"), split="train", cache_dir=str(datasets_cache_dir())
+    )
+    assert loaded.num_rows == 2501 and loaded[0]["text"] == table.column("text")[0].as_py()
+    # verify catches a changed shard
+    (out / "shards" / "part-00000.parquet").write_bytes(b"PAR1 changed")
+    assert not artifacts.verify(out).ok
+
+
+def test_same_input_and_config_give_the_same_fingerprint(shared_data, tmp_path):
+    inputs = [shared_data / "sentiment", shared_data / "chinese.txt"]
+    first = artifacts.load(_clean(inputs, tmp_path / "a"))
+    second = artifacts.load(_clean(inputs, tmp_path / "b"))
+    assert first.fingerprint == second.fingerprint and first.manifest.files == second.manifest.files
+    reseeded = artifacts.load(_clean(inputs, tmp_path / "c", CleanConfig(seed=1)))
+    assert reseeded.fingerprint != first.fingerprint  # the seed is part of what is hashed
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_artifact(shared_data, tmp_path):
+    inputs = [shared_data / "summarization", shared_data / "sentiment"]
+    cfg = CleanConfig(text_field=None, keep_rejects=True)
+    docs = tmp_path / "docs.jsonl"
+    with open(docs, "w", encoding="utf-8") as handle:
+        for path in sorted((shared_data / "summarization").glob("*.jsonl")):
+            for line in open(path, encoding="utf-8"):
+                handle.write(json.dumps({"text": json.loads(line)["document"]}) + "\n")
+    inputs = [docs, shared_data / "sentiment", shared_data / "tinyshakespeare.txt"]
+    one = artifacts.load(_clean(inputs, tmp_path / "one", cfg, workers=1))
+    two = artifacts.load(_clean(inputs, tmp_path / "two", cfg, workers=2))
+    assert one.fingerprint == two.fingerprint
+    assert two.manifest.runtime == {"workers": 2}
+    assert one.stats["dropped"] == two.stats["dropped"] and one.stats["dropped"]
+
+
+def test_keep_rejects_writes_reasons(shared_data, tmp_path):
+    reviews = [json.loads(line) for line in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8")]
+    rows = reviews[:50] + reviews[:5] + [{"text": "\x00\x01\x02\x03" * 20}, {"text": "   "}]
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = _clean([source], tmp_path / "out", CleanConfig(keep_rejects=True))
+    rejects = [json.loads(line) for line in open(out / "rejects.jsonl", encoding="utf-8")]
+    assert [(r["id"], r["reason"]) for r in rejects] == [
+        *[(f"r.jsonl:{51 + i}", "exact_duplicate") for i in range(5)],
+        ("r.jsonl:56", "binary"),
+        ("r.jsonl:57", "empty"),
+    ]
+    assert rejects[0]["duplicate_of"] == "r.jsonl:1" and rejects[0]["text"] == reviews[0]["text"]
+    assert "rejects.jsonl" in artifacts.load(out).manifest.files
+
+
+def test_web_preset_and_config_file(shared_data, tmp_path):
+    config = tmp_path / "clean.toml"
+    config.write_text('[clean]\npreset = "web"\nmin_words = 10\nlanguages = ["en"]\n', encoding="utf-8")
+    cfg = resolve(config, {})
+    assert cfg.gopher_quality and cfg.c4 and cfg.min_words == 10
+    assert resolve(config, {"min_words": 20}).min_words == 20  # flags beat the file
+    assert resolve(config, {"c4": False}).c4 is False
+    yaml_file = tmp_path / "clean.yaml"
+    yaml_file.write_text("threshold: 0.8\nngram: 3\n", encoding="utf-8")
+    from_yaml = resolve(yaml_file, {})
+    assert (from_yaml.bands, from_yaml.rows, from_yaml.ngram, from_yaml.preset) == (9, 12, 3, "default")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("min_wrds = 3\n", encoding="utf-8")
+    with pytest.raises(UserError, match="unknown option"):
+        resolve(bad, {})
+    web = resolve(explicit={"preset": "web", "doc_per": "blank-line"})
+    out = _clean([shared_data / "tinyshakespeare.txt"], tmp_path / "web", web)
+    assert artifacts.load(out).config["gopher_quality"] is True
+
+
+def test_everything_dropped_is_an_error_naming_the_reasons(shared_data, tmp_path):
+    with pytest.raises(UserError, match=r"all 500 documents were dropped \(gopher_short_doc: \d+, language"):
+        _clean([shared_data / "sentiment" / "test.jsonl"], tmp_path / "out", resolve(explicit={"preset": "web"}))
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left either
+
+
+def test_exception_mid_write_leaves_no_output(shared_data, tmp_path, monkeypatch):
+    from llmkit.corpus import writer
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(writer.ShardWriter, "close", broken)
+    with pytest.raises(RuntimeError):
+        _clean([shared_data / "sentiment"], tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
