@@ -232,6 +232,81 @@ def test_import_legacy_config_keys_and_base_model_prefix(cli, tmp_path, tokenize
         assert torch.allclose(loaded.model(idx)[0], hf_model(idx).logits, atol=TOL, rtol=0)
 
 
+def test_import_sharded_weights_and_original_gpt2_layout(cli, tmp_path, tokenizer_dir):
+    """Sharded safetensors with an index; and the layout of the original GPT-2 upload: keys
+    without `transformer.` and the old causal-mask buffers `h.N.attn.bias`."""
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    sharded = tmp_path / "sharded"
+    hf_model = _save_hf_model(sharded, _hf_configs(vocab)["gpt2"], tokenizer_dir)
+    full = load_file(str(sharded / "model.safetensors"))
+    (sharded / "model.safetensors").unlink()
+    names = sorted(full)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    for shard, keys in halves.items():
+        save_file({k: full[k] for k in keys}, str(sharded / shard), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    legacy = tmp_path / "legacy"
+    _save_hf_model(legacy, _hf_configs(vocab)["gpt2"], tokenizer_dir)
+    old = {k.removeprefix("transformer."): v for k, v in full.items()}
+    for i in range(2):
+        old[f"h.{i}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+    save_file(old, str(legacy / "model.safetensors"), metadata={"format": "pt"})
+
+    idx = _tokens(vocab, seed=6)
+    with torch.no_grad():
+        expected = hf_model(idx).logits
+    for src in (sharded, legacy):
+        result = cli("import", src, "-o", tmp_path / f"{src.name}-ckpt")
+        assert result.exit_code == 0, result.output
+        with torch.no_grad():
+            got = load_checkpoint(tmp_path / f"{src.name}-ckpt").model(idx)[0]
+        assert torch.allclose(got, expected, atol=TOL, rtol=0)
+    # A shard named in the index but absent: one line, no artifact.
+    (sharded / "model-00002-of-00002.safetensors").unlink()
+    assert "model-00002-of-00002" in _error(cli("import", sharded, "-o", tmp_path / "broken"))
+
+
+def test_dtype_options_and_config_file(cli, tmp_path, tokenizer_dir):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
+    (tmp_path / "export.toml").write_text('[export]\ndtype = "bfloat16"\n')
+    assert cli("export", ckpt, "-o", tmp_path / "hf", "--config", tmp_path / "export.toml").exit_code == 0
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True, dtype=torch.float32).eval()
+    loaded = load_checkpoint(ckpt)
+    idx = _tokens(loaded.config.vocab_size, seed=7)
+    with torch.no_grad():
+        diff = (hf_model(idx).logits - loaded.model(idx)[0]).abs().max()
+    assert 0 < diff < 0.05  # bfloat16 rounding of the weights, nothing more
+
+    result = cli("import", tmp_path / "hf", "-o", tmp_path / "back", "--dtype", "float16")
+    assert result.exit_code == 0, result.output
+    with safe_open(str(tmp_path / "back" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert load_checkpoint(tmp_path / "back").config.n_kv_head == 2
+    assert "float64" in _error(cli("export", ckpt, "-o", tmp_path / "x", "--dtype", "float64"))
+
+
+def test_only_causal_transformers_export():
+    from llmkit.errors import UserError
+    from llmkit.model.hf import hf_family
+
+    assert hf_family(ModelConfig(**GPT2_STYLE)) == "gpt2" and hf_family(ModelConfig(**LLAMA_STYLE)) == "llama"
+    with pytest.raises(UserError, match="arch='lstm'"):
+        hf_family(ModelConfig(arch="lstm"))
+    with pytest.raises(UserError, match="objective='mlm'"):
+        hf_family(ModelConfig(objective="mlm", **LLAMA_STYLE))
+
+
 @pytest.mark.parametrize("case", ["gpt2-tied-bias", "llama-tied-gqa", "llama-untied-bias"])
 def test_export_then_import_round_trips_weights_and_config(cli, tmp_path, tokenizer_dir, case):
     from safetensors.torch import load_file
