@@ -36,7 +36,7 @@ def tokenizer(corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokens(corpus, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("k") / "tokens"
-    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=0.1, shard_tokens=20_000), seed=3)
+    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=0.1, shard_tokens=20_000), seed=3, workers=1)
 
 
 def decoded_documents(path, split):
@@ -76,7 +76,7 @@ def test_special_text_stays_text_in_shards(tokens):
 def test_fast_and_reference_paths_agree(corpus, tokenizer, tokens, tmp_path):
     assert artifacts.load(tokens).stats["encoder"] == "tiktoken"
     slow = tokenize_corpus(corpus, tokenizer, tmp_path / "slow", TokenizeConfig(val_fraction=0.1, shard_tokens=20_000),
-                           seed=3, use_fast=False, workers=1, batch_size=100)
+                           seed=3, use_fast=False, workers=2, batch_size=100)
     assert artifacts.load(slow).stats["encoder"] == "tokenizers"
     # Same corpus, tokenizer and seed: same fingerprint, whatever the encoder, workers or batch size.
     assert artifacts.load(slow).fingerprint == artifacts.load(tokens).fingerprint
@@ -84,15 +84,15 @@ def test_fast_and_reference_paths_agree(corpus, tokenizer, tokens, tmp_path):
 
 def test_same_inputs_same_fingerprint_and_seed_changes_split(corpus, tokenizer, tokens, tmp_path):
     config = TokenizeConfig(val_fraction=0.1, shard_tokens=20_000)
-    again = tokenize_corpus(corpus, tokenizer, tmp_path / "again", config, seed=3)
+    again = tokenize_corpus(corpus, tokenizer, tmp_path / "again", config, seed=3, workers=2, batch_size=333)
     assert artifacts.load(again).fingerprint == artifacts.load(tokens).fingerprint
-    other = tokenize_corpus(corpus, tokenizer, tmp_path / "other", config, seed=4)
+    other = tokenize_corpus(corpus, tokenizer, tmp_path / "other", config, seed=4, workers=1)
     assert artifacts.load(other).fingerprint != artifacts.load(tokens).fingerprint
     assert decoded_documents(other, "val") != decoded_documents(tokens, "val")
 
 
 def test_bos_and_sampler_on_real_tokens(corpus, tokenizer, tmp_path):
-    out = tokenize_corpus(corpus, tokenizer, tmp_path / "bos", TokenizeConfig(val_fraction=0.0, add_bos=True), seed=0)
+    out = tokenize_corpus(corpus, tokenizer, tmp_path / "bos", TokenizeConfig(val_fraction=0.0, add_bos=True), seed=0, workers=1)
     stats = artifacts.load(out).stats
     assert stats["add_bos"] and stats["val"]["tokens"] == 0 and stats["val"]["shards"] == []
     shards = TokenShards.open(out, "train")
@@ -114,7 +114,7 @@ def test_uint32_for_large_vocab(tmp_path, shared_data):
     tok = train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=70_000, min_frequency=1), seed=0)
     if load_tokenizer(tok).vocab_size <= 65535:
         pytest.skip("the shared data holds too few distinct merges for a vocabulary above 65535")
-    out = tokenize_corpus(corpus, tok, tmp_path / "tokens", TokenizeConfig(val_fraction=0.01), seed=0)
+    out = tokenize_corpus(corpus, tok, tmp_path / "tokens", TokenizeConfig(val_fraction=0.01), seed=0, workers=1)
     shards = TokenShards.open(out, "train")
     assert artifacts.load(out).stats["dtype"] == "uint32" and shards.dtype == np.dtype("<u4")
     assert int(shards.window(0, shards.num_tokens).max()) > 65535
@@ -150,3 +150,22 @@ def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
         assert result.exit_code == 1 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_fast_path_falls_back_when_it_disagrees(corpus, tokenizer, tokens, tmp_path, monkeypatch):
+    """A fast encoder that gives other ids is caught by the spot checks; the run redoes itself with tokenizers."""
+    import tiktoken
+
+    from llmkit.data.tokenizer import SPLIT_PATTERN, TextTokenizer
+
+    def bytes_only(self):  # no merges at all: every token a single byte, unlike the trained BPE
+        ranks = {tok_bytes: idx for idx in range(self.vocab_size) if len(tok_bytes := self.id_to_bytes(idx)) == 1
+                 and idx not in self.special_ids.values()}
+        return tiktoken.Encoding(name="wrong", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={})
+
+    monkeypatch.setattr(TextTokenizer, "fast_encoding", property(bytes_only))
+    out = tokenize_corpus(corpus, tokenizer, tmp_path / "fallback", TokenizeConfig(val_fraction=0.1, shard_tokens=20_000),
+                          seed=3, workers=1)
+    art = artifacts.load(out)
+    assert art.stats["encoder"] == "tokenizers"
+    assert art.fingerprint == artifacts.load(tokens).fingerprint

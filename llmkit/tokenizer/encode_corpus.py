@@ -20,7 +20,7 @@ from llmkit import artifacts
 from llmkit.config import to_dict
 from llmkit.data.corpus import count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
-from llmkit.data.tokenizer import TextTokenizer, copy_tokenizer_files, load_tokenizer
+from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
 from llmkit.errors import UserError
 
 
@@ -57,74 +57,120 @@ def validation_mask(num_docs: int, val_fraction: float, seed: int) -> np.ndarray
     return mask
 
 
-class _Encoder:
-    """Encodes batches through tiktoken (built from our merges) when it applies, else tokenizers.
+# Per-process encoder state, set once by _init_worker (spawned workers) or _local_encoder (in-process).
+_STATE: dict[str, Any] = {}
 
-    On the fast path every document of the first batch and every `check_every`-th document after
-    it is also encoded by tokenizers; any difference aborts the fast path for the whole run.
+
+def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
+    import os
+
+    # One encoding thread per worker process: the processes are the parallelism.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    tok = load_tokenizer(tokenizer_dir)
+    _STATE.update(
+        tok=tok,
+        fast=tok.fast_encoding if use_fast else None,
+        prefix=[tok.bos_id] if add_bos else [],
+        eos=tok.eos_id,
+        dtype=token_dtype(tok.vocab_size),
+        check_every=check_every,
+    )
+
+
+def _encode_batch(index: int, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str | None]:
+    """Encode one batch of documents -> (UTF-8 sizes, flat ids, per-document lengths, checked, mismatch).
+
+    Each non-empty document becomes `[bos] ids eos`; an empty one has length 0 (it is skipped).
+    On the fast path every document of batch 0 and every `check_every`-th document after it is
+    also encoded by tokenizers; the first difference is returned so the run can fall back.
+    """
+    tok, fast, prefix, eos = _STATE["tok"], _STATE["fast"], _STATE["prefix"], _STATE["eos"]
+    sizes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    present = [t for t in texts if t]
+    checked, mismatch = 0, None
+    if fast is None:
+        encoded = tok.encode_batch(present)
+    else:
+        core = fast._core_bpe  # per-text calls: tiktoken's own batch API adds a thread hop per document
+        encoded = [core.encode_ordinary(t) for t in present]
+        every = _STATE["check_every"]
+        picked = list(range(len(present))) if index == 0 else list(range(index % every, len(present), every))
+        for i, ref in zip(picked, tok.encode_batch([present[i] for i in picked])):
+            if encoded[i] != ref:
+                mismatch = present[i][:80]
+                break
+        checked = len(picked)
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    lengths[sizes > 0] = [len(prefix) + len(ids) + 1 for ids in encoded]
+    docs = chain.from_iterable(chain(prefix, ids, (eos,)) for ids in encoded)
+    flat = np.fromiter(docs, dtype=_STATE["dtype"], count=int(lengths.sum()))
+    return sizes, flat, lengths, checked, mismatch
+
+
+class _Encoder:
+    """Encodes record batches in order, on `workers` processes (in-process when workers == 1).
+
+    At most 2 * workers batches are in flight, so memory stays bounded whatever the corpus size.
     """
 
-    def __init__(self, tok: TextTokenizer, workers: int, use_fast: bool, check_every: int = 64):
-        self.tok = tok
+    def __init__(self, tokenizer_dir: Path, workers: int, use_fast: bool, add_bos: bool, check_every: int = 128):
         self.workers = workers
-        self.fast = tok.fast_encoding if use_fast else None
-        self.check_every = check_every
-        self.batches = 0
+        self.init_args = (str(tokenizer_dir), use_fast, add_bos, check_every)
         self.checked = 0
+        fast = load_tokenizer(tokenizer_dir).fast_encoding if use_fast else None
+        self.name = "tiktoken" if fast is not None else "tokenizers"
 
-    @property
-    def name(self) -> str:
-        return "tiktoken" if self.fast is not None else "tokenizers"
+    def map(self, batches):
+        import multiprocessing
+        from collections import deque
 
-    def __call__(self, texts: list[str]) -> list[list[int]]:
-        if self.fast is None:
-            return self.tok.encode_batch(texts)
-        ids = self.fast.encode_ordinary_batch(texts, num_threads=self.workers)
-        picked = range(len(texts)) if self.batches == 0 else range(self.batches % self.check_every, len(texts), self.check_every)
-        picked = list(picked)
-        reference = self.tok.encode_batch([texts[i] for i in picked])
-        for i, ref in zip(picked, reference):
-            if ids[i] != ref:
-                raise _FastPathMismatch(texts[i][:80])
-        self.checked += len(picked)
-        self.batches += 1
-        return ids
+        if self.workers == 1:
+            _init_worker(*self.init_args)
+            for index, texts in enumerate(batches):
+                yield self._checked(_encode_batch(index, texts))
+            return
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs tokenizers' threads
+        with context.Pool(self.workers, initializer=_init_worker, initargs=self.init_args) as pool:
+            pending: deque = deque()
+            for index, texts in enumerate(batches):
+                pending.append(pool.apply_async(_encode_batch, (index, texts)))
+                if len(pending) >= 2 * self.workers:
+                    yield self._checked(pending.popleft().get())
+            while pending:
+                yield self._checked(pending.popleft().get())
+
+    def _checked(self, result):
+        sizes, flat, lengths, checked, mismatch = result
+        if mismatch is not None:
+            raise _FastPathMismatch(mismatch)
+        self.checked += checked
+        return sizes, flat, lengths
 
 
 def _encode_into(
-    build_dir: Path, corpus: artifacts.Artifact, tok: TextTokenizer, encoder: _Encoder, is_val: np.ndarray,
+    build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, is_val: np.ndarray,
     config: TokenizeConfig, batch_size: int, total_bytes: int | None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     from rich.progress import DownloadColumn, TextColumn, TransferSpeedColumn
 
     from llmkit.console import progress
 
-    dtype = token_dtype(tok.vocab_size)
     writers = {split: ShardWriter(build_dir / split, dtype, config.shard_tokens) for split in SPLITS}
     split_bytes = {split: 0 for split in SPLITS}
-    prefix = [tok.bos_id] if config.add_bos else []
-    eos = tok.eos_id
     doc_index = 0
     total_tokens = 0
     started = time.perf_counter()
     with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
         task = bar.add_task("tokenizing", total=total_bytes, rate="")
-        for texts in iter_corpus_texts(corpus, batch_size):
-            batch_val = is_val[doc_index : doc_index + len(texts)]
-            doc_index += len(texts)
-            sizes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
-            keep = sizes > 0  # empty documents hold no tokens and are skipped
-            encoded = encoder([t for t, k in zip(texts, keep) if k])
-            for split, in_split in (("train", ~batch_val[keep]), ("val", batch_val[keep])):
-                docs = [prefix + ids + [eos] for ids, chosen in zip(encoded, in_split) if chosen]
-                if not docs:
-                    continue
-                lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
-                flat = np.fromiter(chain.from_iterable(docs), dtype=dtype, count=int(lengths.sum()))
-                writers[split].write(flat, lengths)
-                total_tokens += int(lengths.sum())
-            split_bytes["train"] += int(sizes[keep & ~batch_val].sum())
-            split_bytes["val"] += int(sizes[keep & batch_val].sum())
+        for sizes, flat, lengths in encoder.map(iter_corpus_texts(corpus, batch_size)):
+            batch_val = is_val[doc_index : doc_index + len(sizes)]
+            doc_index += len(sizes)
+            present = sizes > 0  # empty documents hold no tokens and are skipped
+            for split, chosen in (("train", present & ~batch_val), ("val", present & batch_val)):
+                if chosen.any():
+                    writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
+                split_bytes[split] += int(sizes[chosen].sum())
+            total_tokens += len(flat)
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.update(task, advance=int(sizes.sum()), rate=f"{total_tokens / elapsed / 1e6:.2f}M tok/s")
     for writer in writers.values():
@@ -171,16 +217,18 @@ def tokenize_corpus(
     threads = worker_count(workers)
     total_bytes = corpus.stats.get("bytes")
 
+    dtype = token_dtype(tok.vocab_size)
+
     with artifacts.create(out, "tokens", force=force) as build:
-        encoder = _Encoder(tok, threads, use_fast)
+        encoder = _Encoder(tok_art.path, threads, use_fast, config.add_bos)
         try:
-            per_split, timing = _encode_into(build.dir, corpus, tok, encoder, is_val, config, batch_size, total_bytes)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
         except _FastPathMismatch as exc:
             err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
-            encoder = _Encoder(tok, threads, use_fast=False)
-            per_split, timing = _encode_into(build.dir, corpus, tok, encoder, is_val, config, batch_size, total_bytes)
+            encoder = _Encoder(tok_art.path, threads, use_fast=False, add_bos=config.add_bos)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
         copy_tokenizer_files(tok_art.path, build.dir / "tokenizer")
@@ -190,7 +238,7 @@ def tokenize_corpus(
         build.add_input("tokenizer", tok_art)
         build.runtime = {"workers": threads, "batch_size": batch_size, "encoder": encoder.name}
         build.stats = {
-            "dtype": token_dtype(tok.vocab_size).name,
+            "dtype": dtype.name,
             "vocab_size": tok.vocab_size,
             "eos_id": tok.eos_id,
             "bos_id": tok.bos_id,
