@@ -14,6 +14,12 @@ CONTEXT_FIELDS = ("query", "context", "question", "prompt", "text")
 LABEL_FIELDS = ("label", "answer", "gold")
 
 
+def start_id(loaded) -> int:
+    from llmkit.generate.prompts import document_start_id
+
+    return document_start_id(loaded.tokenizer, loaded.artifact, loaded.task)
+
+
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
 
@@ -52,7 +58,7 @@ def perplexity_documents(loaded, cfg):
                 break
             tokens = [int(t) for t in doc]
             if tokens and tokens[0] == tokenizer.bos_id:
-                tokens = tokens[1:]  # BOS is the prefix every document is scored after
+                tokens = tokens[1:]  # a stored BOS is the document start, the prefix every document is scored after
             while tokens and special[tokens[-1]]:
                 tokens.pop()  # the closing EOS is never scored; dropping it keeps windows as for raw text
             words = len(tokenizer.decode(tokens).split())
@@ -79,7 +85,7 @@ def perplexity(loaded, cfg):
         result = score_documents(
             loaded.model,
             documents,
-            prefix_token=loaded.tokenizer.bos_id,
+            prefix_token=start_id(loaded),
             token_bytes=loaded.tokenizer.token_bytes,
             pad_id=_pad_id(loaded.tokenizer),
             context_len=cfg.rolling_context,
@@ -125,7 +131,7 @@ def generate_predictions(loaded, cfg):
             raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
-    generator = Generator(loaded.model, loaded.tokenizer)
+    generator = Generator(loaded.model, loaded.tokenizer, start_id(loaded))
     bar, advance = _progress_bar(len(prompts), "generating")
     completions = []
     with bar:
@@ -179,7 +185,7 @@ def classification(loaded, cfg):
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
         with bar:
             scores = score_choices(
-                loaded.model, loaded.tokenizer, examples, prefix_token=loaded.tokenizer.bos_id, pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
             )
         predicted = [s.prediction for s in scores]
         metrics = classification_scores(predicted, gold)
@@ -211,7 +217,7 @@ def classification(loaded, cfg):
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
         with bar:
             scores = score_choices(
-                loaded.model, loaded.tokenizer, examples, prefix_token=loaded.tokenizer.bos_id, pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
             )
         predicted = [s.prediction for s in scores]
         how = "label likelihood"
@@ -232,7 +238,8 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     predicted = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            rows = [([tokenizer.bos_id] + tokenizer.encode(t))[:limit] for t in texts[start : start + batch_size]]
+            first = start_id(loaded)
+            rows = [([first] + tokenizer.encode(t))[:limit] for t in texts[start : start + batch_size]]
             width = max(len(r) for r in rows)
             idx = torch.full((len(rows), width), _pad_id(tokenizer), dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)

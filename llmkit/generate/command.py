@@ -38,7 +38,7 @@ def generate(
     """Generate text from a checkpoint: sampling or greedy, batched, streamed, KV-cached."""
     from llmkit import config as config_mod
     from llmkit.console import err, out
-    from llmkit.generate.stage import GenerateConfig, check_output_file, run_generate, write_jsonl
+    from llmkit.generate.stage import GenerateConfig, check_output_file, load_prompts, run_generate, write_jsonl
 
     explicit = config_mod.explicit_params(ctx)
     explicit = {{"prompt": "prompts"}.get(k, k): v for k, v in explicit.items()}
@@ -48,39 +48,32 @@ def generate(
         explicit["temperature"] = 0.0
     cfg = config_mod.resolve(GenerateConfig, file=config, section="generate", explicit=explicit)
     check_output_file(output, force)
-    expected_rows = (len(cfg.prompts) + (1 if cfg.prompts_file else 0)) * cfg.num_samples
+    prompts = load_prompts(cfg)
+    rows = len(prompts) * cfg.num_samples
     if stream is None:
-        stream = expected_rows == 1 and output is None
-    if stream and expected_rows != 1:
-        stream = True  # streams the first completion; the others print when their batch ends
-
-    shown: set[int] = set()
+        stream = rows == 1 and output is None
+    # Streaming shows the first completion as it is made; any others print when their batch ends.
 
     def on_text(row: int, piece: str) -> None:
         if row == 0:
-            if 0 not in shown:
-                shown.add(0)
             out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
             out.file.flush()
 
     def on_batch(batch) -> None:
         for item in batch:
             c = item.completion
-            if output is not None and not stream:
-                continue
             if stream and c.prompt_index == 0 and c.sample_index == 0:
-                out.print()
+                out.print()  # the streamed completion is complete
                 continue
+            if output is not None and not stream:
+                continue  # batch use: the records go to the file
             label = f"prompt {c.prompt_index + 1}" + (f", sample {c.sample_index + 1}" if cfg.num_samples > 1 else "")
             out.rule(label, style="dim")
             out.print(f"[dim]{_escape(item.prompt.display)}[/]{_escape(c.text)}", soft_wrap=True)
 
     if stream:
-        first = cfg.prompts[0] if cfg.prompts else ""
-        out.print(f"[dim]{_escape(first)}[/]", end="", soft_wrap=True)
-    results = run_generate(
-        checkpoint, cfg, device=_device(device), on_text=on_text if stream else None, on_batch=on_batch
-    )
+        out.print(f"[dim]{_escape(prompts[0].display)}[/]", end="", soft_wrap=True)
+    results = run_generate(checkpoint, cfg, device=_device(device), on_text=on_text if stream else None, on_batch=on_batch)
     if output is not None:
         write_jsonl(output, results, cfg)
         err.print(f"wrote {len(results)} completion(s) to {output}")

@@ -249,18 +249,17 @@ class _TextTracker:
 class Generator:
     """Text in, text out: tokenization, batching, seeds, stop strings and streaming.
 
-    `add_bos` puts the tokenizer's BOS token in front of every prompt (how llmkit's token
-    shards begin each document), so an empty prompt samples from the start of a document.
+    Text prompts are encoded after `start_id`, the token documents follow in the model's training
+    data (see prompts.document_start_id; default BOS), so an empty prompt samples a document's start.
     """
 
-    def __init__(self, model, tokenizer, add_bos: bool = True):
+    def __init__(self, model, tokenizer, start_id: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.add_bos = add_bos and getattr(tokenizer, "bos_id", None) is not None
+        self.start_id = tokenizer.bos_id if start_id is None else start_id
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt) if prompt else []
-        return [self.tokenizer.bos_id] + ids if self.add_bos else ids
+        return [self.start_id] + (self.tokenizer.encode(prompt) if prompt else [])
 
     def complete(
         self,

@@ -1,7 +1,8 @@
 """Prompts: from flags and files to token ids.
 
 A prompt is plain text, or a chat (a list of {"role", "content"} messages). Plain text is
-encoded as is, after BOS. A chat is rendered with the special role tokens every llmkit
+encoded as is, after the token documents start with in the checkpoint's training data
+(`document_start_id`: `<|eos|>` for default pretraining shards, else `<|bos|>`). A chat is rendered with the special role tokens every llmkit
 vocabulary has (`<|system|>`, `<|user|>`, `<|assistant|>`): each message is its role token
 followed by its text, and the prompt ends with `<|assistant|>` so the model answers; a role
 token starts the next turn, so generation stops at one. Role tokens are inserted by id, never
@@ -105,9 +106,38 @@ def chat_stop_ids(tokenizer) -> list[int]:
     return [tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in tokenizer.special_ids]
 
 
-def encode_prompt(prompt: Prompt, tokenizer, task: dict | None = None, add_bos: bool = True) -> list[int]:
+def document_start_id(tokenizer, artifact=None, task: dict | None = None) -> int:
+    """The token a document follows in this checkpoint's training data.
+
+    `llmkit tokenize` stores documents as `text <|eos|>` by default (`--add-bos` prepends
+    `<|bos|>`), so a model pretrained on the default shards has seen every document start right
+    after `<|eos|>` and never seen `<|bos|>`; lm-evaluation-harness likewise conditions the first
+    token on EOT. Fine-tuned checkpoints (with task.json) are trained with `<|bos|>` first, and
+    imported checkpoints use their own BOS. The checkpoint's lineage (its tokens input, through
+    any checkpoint inputs) tells which; when it cannot be found, `<|bos|>`.
+    """
+    if task is not None or artifact is None:
+        return tokenizer.bos_id
+    from llmkit.errors import UserError
+
+    current, seen = artifact, 0
+    while current is not None and seen < 8:
+        seen += 1
+        refs = {ref["kind"]: ref["role"] for ref in current.manifest.inputs if "kind" in ref}
+        try:
+            if "tokens" in refs:
+                tokens = current.input(refs["tokens"])
+                return tokenizer.bos_id if tokens.stats.get("add_bos", True) else tokenizer.eos_id
+            current = current.input(refs["checkpoint"]) if "checkpoint" in refs else None
+        except UserError:  # moved or rebuilt since: no way to tell
+            return tokenizer.bos_id
+    return tokenizer.bos_id
+
+
+def encode_prompt(prompt: Prompt, tokenizer, task: dict | None = None, start_id: int | None = None) -> list[int]:
+    """Token ids of a prompt: the document-start token, then the (templated) text; or a chat."""
     if prompt.messages is not None:
         return encode_chat(prompt.messages, tokenizer)
     text = apply_template(prompt.text or "", task)
     ids = tokenizer.encode(text) if text else []
-    return [tokenizer.bos_id] + ids if add_bos else ids
+    return [tokenizer.bos_id if start_id is None else start_id] + ids

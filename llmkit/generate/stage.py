@@ -14,7 +14,7 @@ from typing import Callable
 
 from llmkit.errors import UserError
 from llmkit.generate.engine import OVERFLOW_POLICIES, Completion, GenerationParams, Generator
-from llmkit.generate.prompts import Prompt, chat_stop_ids, encode_prompt, read_prompt_file
+from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
 
 
 @dataclass
@@ -119,9 +119,10 @@ def run_generate(
     if loaded.config.objective == "mlm":
         raise UserError(f"{checkpoint} is a masked LM (objective mlm); it fills in blanks and cannot generate left to right")
     tokenizer = loaded.tokenizer
-    encoded = [encode_prompt(p, tokenizer, loaded.task) for p in prompts]
+    start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
+    encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
     extra_stops = chat_stop_ids(tokenizer) if any(p.messages for p in prompts) else []
-    generator = Generator(loaded.model, tokenizer)
+    generator = Generator(loaded.model, tokenizer, start_id)
     results: list[Generated] = []
     # One call per group of prompts so finished batches can be printed while later ones run.
     per_call = max(1, cfg.batch_size // cfg.num_samples)
