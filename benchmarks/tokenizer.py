@@ -1,0 +1,158 @@
+"""`llmkit tokenizer train` and `llmkit tokenize` side by side with the libraries a user would call directly.
+
+    .venv/bin/python benchmarks/tokenizer.py              # 1x = tinyshakespeare + 红楼梦 (3.7 MB), 10x = 37 MB
+    .venv/bin/python benchmarks/tokenizer.py --repeat 3   # best of 3 for the timed parts
+
+(a) Training: `train_tokenizer` (reads the corpus Parquet, holds out a slice, measures it, writes the
+    artifact) vs the raw `tokenizers` BpeTrainer with the same pre-tokenizer, vocab and min-frequency
+    on the same documents already in memory. Overhead = llmkit / raw - 1 (target < 10%).
+(b) Encoding, 10x corpus: `llmkit tokenize` end to end (Parquet in, shards out, on --workers processes)
+    vs raw `Tokenizer.encode_batch` on the texts in memory (all cores, its own thread pool) vs tiktoken:
+    its GPT-2 encoding when the BPE file is in tiktoken's cache (it cannot be downloaded offline),
+    otherwise tiktoken with our own merges, `encode_ordinary_batch` on 2 threads.
+(c) Peak memory (RSS summed over the process tree) of `llmkit tokenize` as a subprocess on 1x and 10x:
+    streaming should keep it flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def documents() -> list[str]:
+    english = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n")
+    chinese = (DATA / "chinese.txt").read_text(encoding="utf-8").split("\n")
+    return [d for d in english + chinese if d.strip()]
+
+
+def best_of(repeat: int, fn):
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return min(times), result
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc (kB)."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/status") as handle:
+                total += next((int(line.split()[1]) for line in handle if line.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    stack.extend(int(c) for c in handle.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def peak_memory_mb(command: list[str]) -> tuple[float, float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_kb(proc.pid))
+        time.sleep(0.02)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode()}")
+    return peak / 1024, time.perf_counter() - started
+
+
+def tiktoken_reference(our_encoding):
+    """tiktoken's GPT-2 encoding if it is cached; else tiktoken built from our merges."""
+    import tiktoken
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5)
+    try:
+        return "tiktoken gpt2", tiktoken.get_encoding("gpt2")
+    except Exception as exc:  # no network: the BPE file cannot be fetched
+        print(f"  (tiktoken gpt2 unavailable offline: {type(exc).__name__}; using tiktoken with our merges)")
+        return "tiktoken (our merges)", our_encoding
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--scale", type=int, default=10, help="the large input is this many copies of the corpus")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+
+    from tokenizers import pre_tokenizers, trainers
+
+    from llmkit import artifacts
+    from llmkit.data.corpus import write_corpus_artifact
+    from llmkit.data.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer, new_byte_level_bpe
+    from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
+    from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    docs = documents()
+    small_mb = sum(len(d.encode()) for d in docs) / 1e6
+    work = Path(tempfile.mkdtemp(prefix="llmkit-bench-tok-"))
+    corpus1 = write_corpus_artifact(work / "corpus1", docs, docs_per_shard=5000).path
+    corpus10 = write_corpus_artifact(work / "corpus10", docs * args.scale, docs_per_shard=20000).path
+    print(f"input: {len(docs):,} documents, {small_mb:.2f} MB (1x); {args.scale}x = {small_mb * args.scale:.1f} MB; "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+
+    # (a) training
+    def raw_train():
+        tok = new_byte_level_bpe()
+        trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, min_frequency=2, special_tokens=list(DEFAULT_SPECIAL_TOKENS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(docs, trainer)
+        return tok
+
+    config = TokenizerTrainConfig(vocab_size=args.vocab_size)
+    raw_s, _ = best_of(args.repeat, raw_train)
+    ours_s, tok_path = best_of(args.repeat, lambda: train_tokenizer([corpus1], work / "tok", config, seed=0, force=True))
+    print("\n(a) training, vocab", args.vocab_size)
+    print(f"  raw tokenizers BpeTrainer  {raw_s:7.2f} s")
+    print(f"  llmkit tokenizer train     {ours_s:7.2f} s   overhead {100 * (ours_s / raw_s - 1):+.1f}%")
+
+    # (b) encoding throughput on the 10x corpus
+    tok = load_tokenizer(tok_path)
+    texts = docs * args.scale
+    big_mb = small_mb * args.scale
+    ours_s, _ = best_of(args.repeat, lambda: tokenize_corpus(
+        corpus10, tok_path, work / "tokens10", TokenizeConfig(), seed=0, workers=args.workers, force=True))
+    stats = artifacts.load(work / "tokens10").stats
+    hf_s, _ = best_of(args.repeat, lambda: tok.hf.encode_batch(texts, add_special_tokens=False))
+    name, reference = tiktoken_reference(tok.fast_encoding)
+    tt_s, _ = best_of(args.repeat, lambda: reference.encode_ordinary_batch(texts, num_threads=args.workers))
+    print(f"\n(b) encoding {big_mb:.1f} MB ({stats['train']['tokens'] + stats['val']['tokens']:,} tokens, "
+          f"encoder {stats['encoder']}, {args.workers} workers)")
+    print(f"  llmkit tokenize (end to end)                    {big_mb / ours_s:7.1f} MB/s")
+    print(f"  raw Tokenizer.encode_batch                      {big_mb / hf_s:7.1f} MB/s   llmkit / raw = {hf_s / ours_s:.2f}x")
+    print(f"  {name + ' encode_ordinary_batch':47s} {big_mb / tt_s:7.1f} MB/s   llmkit / tiktoken = {tt_s / ours_s:.2f}x")
+
+    # (c) peak memory, 1x vs 10x
+    print("\n(c) peak memory of `llmkit tokenize` (process tree RSS)")
+    llmkit = [sys.executable, "-m", "llmkit.cli"]
+    for label, corpus in (("1x", corpus1), (f"{args.scale}x", corpus10)):
+        peak, seconds = peak_memory_mb(llmkit + ["tokenize", str(corpus), "-t", str(tok_path), "-o", str(work / f"mem-{label}"),
+                                                 "--workers", str(args.workers), "--force"])
+        print(f"  {label:4s} {peak:7.0f} MB peak   {seconds:6.1f} s wall (with start-up)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
