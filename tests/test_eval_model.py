@@ -288,3 +288,49 @@ def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tmp_path):
+    heads = pytest.importorskip("llmkit.finetune.heads")
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.model.io import save_weights
+
+    base = make_checkpoint(tmp_path / "base", shakespeare[:20_000])
+    tok = load_tokenizer(base / "tokenizer")
+    from llmkit.model.io import load_checkpoint
+
+    lm = load_checkpoint(base).model
+    torch.manual_seed(1)
+    classifier = heads.SequenceClassifier(lm, 2).eval()
+    with torch.no_grad():
+        classifier.classifier.weight.normal_(std=2.0)  # a head with an opinion, so both classes occur
+    ckpt = tmp_path / "cls"
+    with artifacts.create(ckpt, "checkpoint") as build:
+        save_weights(classifier, build.dir)
+        (build.dir / "tokenizer").mkdir()
+        for name in ("tokenizer.json", "token_bytes.npy"):
+            (build.dir / "tokenizer" / name).write_bytes((base / "tokenizer" / name).read_bytes())
+        (build.dir / "task.json").write_text(json.dumps({"task": "classify", "labels": ["negative", "positive"]}))
+    data = shared_data / "sentiment" / "test.jsonl"
+    result = cli("eval", ckpt, "-m", "accuracy,precision,recall,f1", "--data", data, "--limit", "40", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(l) for l in data.read_text().splitlines()[:40]]
+    with torch.no_grad():
+        expected = [
+            ["negative", "positive"][int(classifier.classify(torch.tensor([([tok.bos_id] + tok.encode(r["text"]))[:CONTEXT]])).argmax())]
+            for r in rows
+        ]
+    records = _records(tmp_path / "ev")
+    assert [r["prediction"] for r in records] == expected and {r["method"] for r in records} == {"classifier"}
+    gold = [["negative", "positive"][r["label"]] for r in rows]
+    metrics = _metrics(tmp_path / "ev")
+    assert metrics["accuracy"] == accuracy_score(gold, expected)
+    p, r, f, _ = precision_recall_fscore_support(gold, expected, average="macro", zero_division=0)
+    assert (metrics["precision"], metrics["recall"], metrics["f1"]) == pytest.approx((p, r, f))
+    assert "f1_positive" in metrics and "f1_negative" in metrics
+    wrong = cli("eval", ckpt, "-m", "perplexity", "--data", data, "-o", tmp_path / "x")
+    assert wrong.exit_code != 0 and "classification checkpoint" in wrong.output
+    gen = cli("generate", ckpt, "-p", "hello")
+    assert gen.exit_code != 0 and "classification checkpoint" in gen.output

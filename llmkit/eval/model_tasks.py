@@ -196,7 +196,7 @@ def classification(loaded, cfg):
         ]
         return metrics, records_out
 
-    names = list(cfg.labels) or list(task.get("labels") or task.get("label_names") or [])
+    names = [str(n) for n in (cfg.labels or task.get("labels") or task.get("label_names") or [])]
     if not names:
         raise UserError(
             "classification needs label names: a classification checkpoint (task.json 'labels'), "

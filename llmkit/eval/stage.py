@@ -108,6 +108,39 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
         raise UserError(f"{', '.join(text + lm + cls)} on a checkpoint need --data (a tokens artifact, text or JSONL file)")
 
 
+def _read_task(art) -> dict | None:
+    if "task.json" not in art.manifest.files:
+        return None
+    return json.loads(art.file("task.json").read_text(encoding="utf-8"))
+
+
+def _load(checkpoint: Path, device: str, metrics: list[str]):
+    """The checkpoint's model: a classifier (with `.classify`) for a classification checkpoint."""
+    art = artifacts.load(checkpoint, kind="checkpoint")
+    task = _read_task(art)
+    if task and task.get("task") == "classify":
+        needs_lm = [m for m in metrics if m not in metric_names.CLASSIFICATION]
+        if needs_lm:
+            raise UserError(
+                f"{checkpoint} is a classification checkpoint (labels {', '.join(map(str, task.get('labels') or []))}); "
+                f"it cannot compute {', '.join(needs_lm)}; evaluate it with -m accuracy,f1"
+            )
+        # The classification head is defined by the fine-tuning stage, which documents this loader
+        # as the one `llmkit eval` uses.
+        from llmkit.finetune.heads import load_classifier
+
+        return load_classifier(checkpoint, device)
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint, device=device)
+    if loaded.config.objective == "mlm":
+        raise UserError(
+            f"{checkpoint} is a masked LM (objective mlm): it has no left-to-right likelihood for "
+            f"{', '.join(metrics)}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
+        )
+    return loaded
+
+
 def _check_checkpoint(checkpoint: Path) -> None:
     art = artifacts.load(checkpoint, kind="checkpoint")
     if not (art.path / "tokenizer" / "tokenizer.json").is_file():
@@ -137,14 +170,13 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
     with artifacts.create(out, "eval", force=force) as build:
         loaded = None
         if checkpoint is not None:
-            from llmkit.model.io import load_checkpoint
             from llmkit.runtime import seed_everything
 
             import torch
 
             seed_everything(cfg.seed)
             torch.manual_seed(cfg.seed)
-            loaded = load_checkpoint(checkpoint, device=device)
+            loaded = _load(checkpoint, device, text + lm + cls)
             build.add_input("checkpoint", loaded.artifact)
         if cfg.predictions is not None:
             predictions = read_predictions(Path(cfg.predictions), cfg.text_field)

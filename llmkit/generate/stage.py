@@ -115,6 +115,10 @@ def run_generate(
     art = artifacts.load(checkpoint, kind="checkpoint")
     if not (art.path / "tokenizer" / "tokenizer.json").is_file():
         raise UserError(f"checkpoint {checkpoint} has no tokenizer/tokenizer.json; rebuild it or copy its tokenizer into {checkpoint}/tokenizer")
+    if "task.json" in art.manifest.files:
+        task = json.loads(art.file("task.json").read_text(encoding="utf-8"))
+        if task.get("task") == "classify":
+            raise UserError(f"{checkpoint} is a classification checkpoint; it predicts labels, not text: use llmkit eval -m accuracy")
     loaded = load_checkpoint(checkpoint, device=device)
     if loaded.config.objective == "mlm":
         raise UserError(f"{checkpoint} is a masked LM (objective mlm); it fills in blanks and cannot generate left to right")
