@@ -307,11 +307,12 @@ def test_only_causal_transformers_export():
         hf_family(ModelConfig(objective="mlm", **LLAMA_STYLE))
 
 
-@pytest.mark.parametrize("case", ["gpt2-tied-bias", "llama-tied-gqa", "llama-untied-bias"])
+@pytest.mark.parametrize("case", ["gpt2-tied-bias", "gpt2-nobias", "llama-tied-gqa", "llama-untied-bias"])
 def test_export_then_import_round_trips_weights_and_config(cli, tmp_path, tokenizer_dir, case):
     from safetensors.torch import load_file
 
-    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, seed=3, **EXPORT_CASES[case])
+    fields = dict(GPT2_STYLE, bias=False) if case == "gpt2-nobias" else EXPORT_CASES[case]
+    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, seed=3, **fields)
     assert cli("export", ckpt, "-o", tmp_path / "hf").exit_code == 0
     result = cli("import", tmp_path / "hf", "-o", tmp_path / "back")
     assert result.exit_code == 0, result.output

@@ -499,7 +499,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     out = artifacts.check_output(out, force)
     torch_dtype = _dtype(dtype)
     art = artifacts.load(checkpoint, kind="checkpoint")
-    hf_family(read_model_config(art.path))  # refuse before loading any weights
+    family = hf_family(read_model_config(art.path))  # refuse before loading any weights
     loaded = load_checkpoint(art.path)
     config, tok = loaded.config, loaded.tokenizer
     special = SpecialIds(bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id)
@@ -508,6 +508,8 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     state = {k: v.to(torch_dtype) for k, v in to_hf_state(loaded.model.state_dict(), config).items()}
     with _atomic_dir(out, force) as tmp:
         hf_config.save_pretrained(tmp)
+        if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
+            _update_json(tmp / "config.json", rope_theta=float(config.rope_theta))
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         stops = stop_token_ids(tok)
         GenerationConfig(
@@ -517,6 +519,12 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint, "task": loaded.task}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def _update_json(path: Path, **values) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(values)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # llmkit's chat format (llmkit/generate/prompts.py): [BOS] (<|role|> text)* <|assistant|>, and a
@@ -560,10 +568,18 @@ def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int) -> None:
     if all(token in tok.special_ids for token in CHAT_ROLE_TOKENS):
         fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(directory)
-    # Name the class every transformers release knows (v5 also accepts it), not v5's backend name.
+    # Spell tokenizer_config.json the way transformers 4.x reads it too (v5 accepts all of it):
+    # the class every release knows, `additional_special_tokens` (4.x wants a dict under v5's
+    # `extra_special_tokens`), and the chat template inline as well as in chat_template.jinja.
     path = directory / "tokenizer_config.json"
     settings = json.loads(path.read_text(encoding="utf-8"))
     settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    settings.pop("backend", None)
+    extra_tokens = settings.pop("extra_special_tokens", None)
+    if extra_tokens:
+        settings["additional_special_tokens"] = list(extra_tokens)
+    if fast.chat_template:
+        settings["chat_template"] = fast.chat_template
     path.write_text(json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -712,22 +728,29 @@ def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: 
         )
 
 
-def _llmkit_config_if_same(src: Path, imported: ModelConfig) -> ModelConfig:
+def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, torch.Tensor]):
     """A directory llmkit exported carries the original ModelConfig: use it when it describes
-    the same network, so export -> import returns the config field for field."""
+    the same network, so export -> import gives back the config field for field. A bias-free
+    GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
     path = src / LLMKIT_CONFIG_FILE
     if not path.is_file():
-        return imported
+        return imported, state
     try:
         original = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["model_config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return imported
-    same = dict(mlp_hidden=original.mlp_hidden == imported.mlp_hidden)
-    for field in ("vocab_size", "context_length", "n_layer", "n_head", "n_kv_head", "n_embd", "norm", "pos",
-                  "activation", "tie_embeddings", "rope_theta", "norm_eps"):
-        same[field] = getattr(original, field) == getattr(imported, field)
-    # bias: a bias-free GPT-2-style model exports with zero biases and comes back biased.
-    return original if all(same.values()) and original.bias == imported.bias else imported
+        return imported, state
+    same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
+            "rope_theta", "norm_eps", "n_head")
+    if original.mlp_hidden != imported.mlp_hidden or any(getattr(original, f) != getattr(imported, f) for f in same):
+        return imported, state
+    if original.n_kv_head != imported.n_kv_head or original.bias and not imported.bias:
+        return imported, state  # GPT-2 export repeated the KV heads: keep the multi-head form
+    if not original.bias and imported.bias:  # every bias (linear and LayerNorm) follows `bias`
+        biases = [k for k in state if k.endswith(".bias")]
+        if any(bool(state[k].any()) for k in biases):
+            return imported, state  # trained biases since: they are part of the model now
+        state = {k: v for k, v in state.items() if not k.endswith(".bias")}
+    return original, state
 
 
 def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
@@ -751,8 +774,9 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
         hf_config = AutoConfig.from_pretrained(str(src), local_files_only=True)
     except Exception as exc:
         raise UserError(f"{src}/config.json is not a valid {model_type} config ({exc}); re-save the model") from exc
-    config = _llmkit_config_if_same(src, from_hf_config(hf_config))
+    config = from_hf_config(hf_config)
     state = from_hf_state(normalize_hf_keys(read_hf_state(files), model_type), config, model_type)
+    config, state = _prefer_original_config(src, config, state)
     tok_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if tok_vocab > config.vocab_size:
         raise UserError(
