@@ -10,9 +10,10 @@ word length, English stop words) are skipped for documents written mainly in suc
 from __future__ import annotations
 
 import re
-from collections import Counter
 from functools import cached_property
 from typing import Optional
+
+import numpy as np
 
 from llmkit.corpus.settings import CleanConfig
 from llmkit.corpus.words import split_words, unspaced_share
@@ -60,7 +61,9 @@ class DocView:
 
 # ---------------------------------------------------------------- Gopher quality (Rae et al. 2021, App. A)
 _PUNCT_ONLY = re.compile(r"^[\W_]+$")
+_HAS_LETTER = re.compile(r"[^\W\d_]")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+_STOP_WORD = re.compile(r"\b(?:" + "|".join(sorted(STOP_WORDS)) + r")\b")
 _BULLETS = ("•", "-", "*", "·", "‣", "▪", "●", "◦")
 
 
@@ -88,12 +91,11 @@ def gopher_quality(doc: DocView, cfg: CleanConfig) -> Reason:
         return "gopher_bullet_lines"
     if sum(line.rstrip().endswith(("...", "…")) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "gopher_ellipsis_lines"
-    if sum(any(ch.isalpha() for ch in w) for w in words) / len(words) < cfg.min_alpha_words_ratio:
+    if sum(1 for w in words if _HAS_LETTER.search(w)) / len(words) < cfg.min_alpha_words_ratio:
         return "gopher_alpha_words"
     # The stop words are English: apply them to English or unidentified spaced text only.
     if cfg.min_stop_words and not doc.unspaced and doc.language in (None, "en"):
-        lowered = {w.lower().strip(".,;:!?\"'()") for w in words}
-        if len(STOP_WORDS & lowered) < cfg.min_stop_words:
+        if len(set(_STOP_WORD.findall(text.lower()))) < cfg.min_stop_words:
             return "gopher_stop_words"
     return None
 
@@ -116,29 +118,60 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _top_ngram_chars(words: list[str], n: int) -> int:
-    grams = Counter(zip(*(words[i:] for i in range(n))))
-    if not grams:
-        return 0
-    gram, freq = grams.most_common(1)[0]
-    # An n-gram seen once is not repetition (datatrove counts it, which drops short documents).
-    return sum(len(w) for w in gram) * freq if freq > 1 else 0
+_GRAM_MULTIPLIERS = np.random.default_rng(0).integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
 
 
-def _duplicate_ngram_chars(words: list[str], n: int) -> int:
-    """Characters covered by n-grams seen before, not double-counting overlaps (as in datatrove)."""
-    seen: set[tuple[str, ...]] = set()
-    chars = i = 0
-    last = len(words) - n + 1
-    while i < last:
-        gram = tuple(words[i : i + n])
-        if gram in seen:
-            chars += sum(len(w) for w in gram)
-            i += n
-        else:
-            seen.add(gram)
-            i += 1
-    return chars
+class _Grams:
+    """Word n-grams as 64-bit hashes (NumPy), so repetition statistics need no tuple per n-gram.
+
+    Python's `hash` is salted per process, which is fine here: the statistics only compare
+    n-grams of one document with each other, within one call."""
+
+    def __init__(self, words: list[str]):
+        self.ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+        self.chars = np.concatenate(([0], np.cumsum([len(w) for w in words], dtype=np.int64)))
+
+    def hashes(self, n: int) -> np.ndarray:
+        count = len(self.ids) - n + 1
+        if count <= 0:
+            return np.empty(0, dtype=np.uint64)
+        out = np.zeros(count, dtype=np.uint64)
+        for k in range(n):
+            out += self.ids[k : k + count] * _GRAM_MULTIPLIERS[k]  # wraps mod 2^64, as intended
+        return out
+
+    def gram_chars(self, start: int, n: int) -> int:
+        return int(self.chars[start + n] - self.chars[start])
+
+    def top_chars(self, n: int) -> int:
+        """Characters in the most frequent n-gram times its count (0 unless it repeats)."""
+        hashes = self.hashes(n)
+        if len(hashes) == 0:
+            return 0
+        _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+        top = int(counts.max())
+        # An n-gram seen once is not repetition (datatrove counts it, which drops short documents).
+        if top < 2:
+            return 0
+        start = int(first[counts == top].min())  # ties: the earliest n-gram, as Counter.most_common does
+        return self.gram_chars(start, n) * top
+
+    def duplicate_chars(self, n: int) -> int:
+        """Characters covered by n-grams seen before, not double-counting overlaps (as in datatrove)."""
+        hashes = self.hashes(n)
+        if len(np.unique(hashes)) == len(hashes):
+            return 0
+        seen: set[int] = set()
+        chars = i = 0
+        values = hashes.tolist()
+        while i < len(values):
+            if values[i] in seen:
+                chars += self.gram_chars(i, n)
+                i += n
+            else:
+                seen.add(values[i])
+                i += 1
+        return chars
 
 
 def gopher_repetition(doc: DocView, cfg: CleanConfig) -> Reason:
@@ -156,15 +189,18 @@ def gopher_repetition(doc: DocView, cfg: CleanConfig) -> Reason:
         return "gopher_dup_line_frac"
     if chars / length > cfg.max_dup_line_char_frac:
         return "gopher_dup_line_char_frac"
-    words = doc.words
+    grams = _Grams(doc.words)
     # A Chinese word is about two characters: n words of the rule are 2n characters there.
     scale = 2 if doc.unspaced else 1
     for n, limit in zip((2, 3, 4), cfg.max_top_ngram_char_frac):
-        if _top_ngram_chars(words, n * scale) / length > limit:
+        if grams.top_chars(n * scale) / length > limit:
             return f"gopher_top_{n}gram"
     for n, limit in zip(range(5, 11), cfg.max_dup_ngram_char_frac):
-        if _duplicate_ngram_chars(words, n * scale) / length > limit:
+        duplicated = grams.duplicate_chars(n * scale)
+        if duplicated / length > limit:
             return f"gopher_dup_{n}gram"
+        if duplicated == 0:  # no repeated n-gram means no repeated longer one either
+            break
     return None
 
 
@@ -188,7 +224,8 @@ def c4(doc: DocView, cfg: CleanConfig) -> tuple[str, Reason]:
     for line in doc.lines:
         line = line.strip()
         words = split_words(line)
-        if cfg.c4_max_word_length > 0 and any(len(w) > cfg.c4_max_word_length for w in words):
+        too_long = 0 < cfg.c4_max_word_length < len(line)  # only a long line can hold a long word
+        if too_long and max(map(len, words)) > cfg.c4_max_word_length:
             continue
         if cfg.c4_remove_citations:
             line = _CITATION.sub("", line)

@@ -1,0 +1,208 @@
+"""Throughput of `llmkit clean` against datatrove running the same rules, plus 1x vs 10x scaling.
+
+    .venv/bin/python benchmarks/clean.py                # ~50 MB input
+    .venv/bin/python benchmarks/clean.py --mb 10        # smaller, for a busy machine
+
+Input: tinyshakespeare passages and SST-2 reviews from ../shared/data, grouped into documents of a
+few KB and repeated with small random edits (so MinHash has near-duplicates to find) up to --mb.
+Both sides run in one process on the same Parquet file with the same rules: Gopher repetition,
+Gopher quality, C4 (terminal-punctuation rule off), FineWeb quality, then MinHash LSH over word
+5-grams with 14 bands x 8 rows. Language ID is off on both sides (datatrove's needs a fastText
+model download); exact dedup is off in llmkit (datatrove's MinHash pipeline has none).
+datatrove's English word tokenizer needs NLTK data that is not installed, so it gets a regex
+tokenizer with the same splitting rule llmkit uses.
+
+Scaling: llmkit alone on --mb/10 and --mb; cost should grow ~linearly (ratio ~10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def build_input(path: Path, megabytes: float, seed: int = 0) -> int:
+    """A Parquet file with `text` and `id` columns (datatrove's JSONL reader would need orjson)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    passages = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n")
+    reviews = [json.loads(line)["text"] for line in open(DATA / "sentiment" / "train.jsonl", encoding="utf-8")]
+    docs = ["\n\n".join(passages[i : i + 8]) for i in range(0, len(passages), 8)]
+    docs += ["\n".join(reviews[i : i + 10]) for i in range(0, len(reviews), 10)]
+    vocabulary = sorted({w for d in docs[:100] for w in d.split()})
+    target = int(megabytes * 1e6)
+    written = 0
+    rows: list[dict] = []
+    copy = 0
+    while written < target:
+        for doc in docs:
+            if copy:  # later copies: a few words changed, so they are near (not exact) duplicates
+                words = doc.split(" ")
+                for _ in range(max(1, len(words) // 50)):
+                    words[rng.randrange(len(words))] = rng.choice(vocabulary)
+                doc = " ".join(words)
+            rows.append({"text": doc, "id": f"{copy}-{len(rows)}"})
+            written += len(doc.encode())
+            if written >= target:
+                break
+        copy += 1
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return written
+
+
+def text_bytes(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(len(t.encode()) for t in pq.read_table(path).column("text").to_pylist())
+
+
+def run_llmkit(source: Path, out: Path, workers: int) -> tuple[float, dict]:
+    from llmkit import artifacts
+    from llmkit.corpus import pipeline
+    from llmkit.corpus.settings import resolve
+
+    cfg = resolve(explicit={"preset": "web", "languages": [], "exact_dedup": False})
+    started = time.perf_counter()
+    pipeline.clean([str(source)], out, cfg, workers=workers, force=True, show_progress=False)
+    elapsed = time.perf_counter() - started
+    return elapsed, artifacts.load(out).stats
+
+
+def run_datatrove(source: Path, work: Path) -> tuple[float, int]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.writers import ParquetWriter
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    from llmkit.corpus.words import split_words
+
+    class RegexTokenizer(WordTokenizer):
+        """Stands in for NLTK (whose punkt data is not installed): the splitting llmkit uses."""
+
+        _sentence = re.compile(r"[^.!?]+[.!?]*")
+
+        def word_tokenize(self, text):
+            return split_words(text)
+
+        def sent_tokenize(self, text):
+            return [m.group(0) for m in self._sentence.finditer(text)]
+
+        def span_tokenize(self, text):
+            return [m.span() for m in self._sentence.finditer(text)]
+
+    # datatrove 0.10.1 hands str to xxhash, which since xxhash 4 wants bytes: encode on the way in.
+    import xxhash
+    from datatrove.utils.hashes import xxhash as datatrove_xxhash
+
+    datatrove_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode() if isinstance(data, str) else data)
+
+    tok = RegexTokenizer("en")
+    minhash = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1)
+    stages = [
+        [
+            ParquetReader(str(source.parent), glob_pattern=source.name),
+            GopherRepetitionFilter(language=tok),
+            GopherQualityFilter(language=tok),
+            C4QualityFilter(filter_no_terminal_punct=False, language=tok),
+            FineWebQualityFilter(language=tok),
+            ParquetWriter(str(work / "filtered")),
+        ],
+        [ParquetReader(str(work / "filtered")), MinhashDedupSignature(str(work / "sigs"), config=minhash, language=tok)],
+        [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=minhash)],
+        [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=minhash)],
+        [
+            ParquetReader(str(work / "filtered")),
+            MinhashDedupFilter(str(work / "remove")),
+            ParquetWriter(str(work / "out")),
+        ],
+    ]
+    import contextlib
+    import io
+
+    started = time.perf_counter()
+    for index, pipeline in enumerate(stages):
+        tasks = minhash.num_buckets if index == 2 else 1  # the bucket stage runs one task per band
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # step logs
+            LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(work / f"logs{index}")).run()
+    elapsed = time.perf_counter() - started
+    import pyarrow.parquet as pq
+
+    kept = sum(pq.read_metadata(f).num_rows for f in (work / "out").rglob("*.parquet"))
+    return elapsed, kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=50.0, help="input size in MB (default 50)")
+    parser.add_argument("--workers", type=int, default=1, help="llmkit worker processes (datatrove: 1 task)")
+    parser.add_argument("--skip-datatrove", action="store_true")
+    parser.add_argument("--skip-scaling", action="store_true")
+    args = parser.parse_args()
+
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        from loguru import logger
+
+        logger.remove()  # datatrove logs every step to stderr
+    except ImportError:
+        pass
+
+    work = Path(tempfile.mkdtemp(prefix="llmkit-bench-clean-"))
+    try:
+        big = work / "input-10x.parquet"
+        build_input(big, args.mb)
+        size = text_bytes(big) / 1e6
+        import pyarrow.parquet as pq
+
+        print(f"input: {size:.1f} MB of text in {pq.read_metadata(big).num_rows} documents (one Parquet file)")
+
+        llm_time, stats = run_llmkit(big, work / "llmkit", args.workers)
+        llm_speed = size / llm_time
+        print(f"llmkit clean  : {llm_time:7.1f} s  {llm_speed:6.2f} MB/s  kept {stats['documents']} docs "
+              f"(workers={args.workers})")
+        if not args.skip_datatrove:
+            dt_time, dt_kept = run_datatrove(big, work / "datatrove")
+            dt_speed = size / dt_time
+            print(f"datatrove     : {dt_time:7.1f} s  {dt_speed:6.2f} MB/s  kept {dt_kept} docs")
+            print(f"speed ratio llmkit / datatrove: {llm_speed / dt_speed:.2f}x")
+        if not args.skip_scaling:
+            small = work / "input-1x.parquet"
+            build_input(small, args.mb / 10)
+            small_time, _ = run_llmkit(small, work / "llmkit-1x", args.workers)
+            print(f"scaling: 1x ({text_bytes(small) / 1e6:.1f} MB) {small_time:.1f} s, "
+                  f"10x ({size:.1f} MB) {llm_time:.1f} s, ratio {llm_time / small_time:.1f} (linear = 10)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
