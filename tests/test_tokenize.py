@@ -138,6 +138,9 @@ def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
     assert art.config["val_fraction"] == 0.2 and art.manifest.seed == 5 and art.manifest.runtime["workers"] == 1
     assert "train" in result.output and "tokens/s" in result.output
     assert cli("tokenize", corpus, "-t", tokenizer, "-o", out).exit_code == 1  # exists, no --force
+    # encode/decode accept a tokens artifact too (its tokenizer/ copy).
+    ids = load_tokenizer(tokenizer).encode("hello")
+    assert " ".join(map(str, ids)) in cli("tokenizer", "encode", out, "hello").output
 
     bad = [
         (cli("tokenize", tokenizer, "-t", tokenizer, "-o", tmp_path / "a"), "expected a corpus artifact, got tokenizer"),

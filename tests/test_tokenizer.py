@@ -107,6 +107,18 @@ def test_special_tokens_never_produced_from_text(tok, text):
     assert tok.decode(ids) == text
 
 
+def test_special_tokens_are_never_split(trained, tok):
+    from tokenizers import Tokenizer
+
+    # Where a library does match special tokens in text (tokenizers' default, transformers), each is one id.
+    raw = Tokenizer.from_file(str(trained / "tokenizer.json"))
+    for name, idx in tok.special_ids.items():
+        assert raw.encode(f"a{name}b").ids == raw.encode("a").ids + [idx] + raw.encode("b").ids
+        assert tok.token_bytes[idx] == 0 and tok.id_to_bytes(idx) == name.encode()
+    # No merge ever produced a piece of a special token's text as a single learned token.
+    assert all(name not in piece for piece in tok.hf.get_vocab() for name in tok.special_ids if piece != name)
+
+
 def test_special_ids_decode_whole(tok):
     ids = [tok.bos_id] + tok.encode("hello") + [tok.eos_id, tok.special_ids["<|user|>"]]
     assert tok.decode(ids) == "<|bos|>hello<|eos|><|user|>"

@@ -57,15 +57,19 @@ def validation_mask(num_docs: int, val_fraction: float, seed: int) -> np.ndarray
     return mask
 
 
-# Per-process encoder state, set once by _init_worker (spawned workers) or _local_encoder (in-process).
+# Per-process encoder state, set once per process by _init_worker.
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
+def _init_pool_worker(*args) -> None:
     import os
 
     # One encoding thread per worker process: the processes are the parallelism.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _init_worker(*args)
+
+
+def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
     tok = load_tokenizer(tokenizer_dir)
     _STATE.update(
         tok=tok,
@@ -130,7 +134,7 @@ class _Encoder:
                 yield self._checked(_encode_batch(index, texts))
             return
         context = multiprocessing.get_context("spawn")  # never fork a process that runs tokenizers' threads
-        with context.Pool(self.workers, initializer=_init_worker, initargs=self.init_args) as pool:
+        with context.Pool(self.workers, initializer=_init_pool_worker, initargs=self.init_args) as pool:
             pending: deque = deque()
             for index, texts in enumerate(batches):
                 pending.append(pool.apply_async(_encode_batch, (index, texts)))
