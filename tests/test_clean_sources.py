@@ -94,6 +94,9 @@ def test_text_field_choice(shared_data, tmp_path):
     assert [t for _, t in _read([translation], text_field="target")] == [r["target"] for r in rows]
     with pytest.raises(UserError, match=r"test.jsonl:1: no field 'english'"):
         _read([translation], text_field="english")
+    # "a,b": per file, the first field it has (one run over differently shaped files).
+    mixed = _read([translation, shared_data / "sentiment" / "test.jsonl"], text_field="target,text")
+    assert len(mixed) == 1000 and mixed[0][1] == rows[0]["target"] and mixed[500][0] == "test.jsonl#2:1"  # same file name twice: told apart
     only_one = tmp_path / "one.jsonl"
     only_one.write_text('{"document": "hello there", "id": 3}\n', encoding="utf-8")
     assert _read([only_one]) == [("one.jsonl:1", "hello there")] or _read([only_one])[0][1] == "hello there"

@@ -29,7 +29,7 @@ def clean(
         Optional[Path], typer.Option("--config", help="TOML/YAML file with any option below and every threshold (a \\[clean] table).")
     ] = None,
     text_field: Annotated[
-        Optional[str], typer.Option(help="Field/column holding the text (default: 'text', or the only text field).", rich_help_panel=_INPUT)
+        Optional[str], typer.Option(help="Field/column holding the text; a,b = the first one a file has (default: 'text', or the only text field).", rich_help_panel=_INPUT)
     ] = None,
     doc_per: Annotated[
         str, typer.Option(help="Plain text: one document per file, line, or blank-line-separated block.", rich_help_panel=_INPUT)

@@ -274,6 +274,8 @@ class _FieldPicker:
         self.field: Optional[str] = wanted
 
     def choose(self, record: dict[str, Any], where: str) -> str:
+        if self.field is not None and "," in self.field:  # alternatives: the first one this file has
+            self.field = next((f for f in _alternatives(self.field) if f in record), _alternatives(self.field)[0])
         if self.field is None:
             strings = [k for k, v in record.items() if isinstance(v, str)]
             if "text" in record:
@@ -414,8 +416,13 @@ def _is_string(arrow_type: Any) -> bool:
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
 
 
+def _alternatives(text_field: str) -> list[str]:
+    return [f.strip() for f in text_field.split(",") if f.strip()]
+
+
 def _pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str]) -> str:
     if wanted is not None:
+        wanted = next((f for f in _alternatives(wanted) if f in names), _alternatives(wanted)[0])
         if wanted not in names:
             raise UserError(f"{label}: no column {wanted!r}; pass --text-field with one of: {', '.join(names)}")
         return wanted
