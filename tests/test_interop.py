@@ -477,16 +477,16 @@ def _loader_reads_roles() -> bool:
     return hasattr(tokenizer_module, "SPECIAL_ROLES_FILE")
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", ["gpt2", "gpt2-vocab-merges", "llama"])
 def test_import_with_foreign_special_token_names(cli, tmp_path, style):
     """GPT-2's single `<|endoftext|>` serves as bos, eos and pad; Llama's `<s>`/`</s>` as bos/eos
     (pad = eos). The roles travel in tokenizer/special_tokens.json; a tokenizer loader that cannot
     read them makes import fail with one line and no artifact, never a checkpoint nobody can load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
-    tok, names = _gpt2_style_tokenizer() if style == "gpt2" else _llama_style_tokenizer()
+    tok, names = _llama_style_tokenizer() if style == "llama" else _gpt2_style_tokenizer()
     vocab = tok.get_vocab_size()
-    if style == "gpt2":
+    if style != "llama":
         hf_config = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=1, n_head=2)
     else:
         hf_config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -497,7 +497,10 @@ def test_import_with_foreign_special_token_names(cli, tmp_path, style):
     hf_model = AutoModelForCausalLM.from_config(hf_config).eval()
     _perturb(hf_model, 0)
     hf_model.save_pretrained(src)
-    PreTrainedTokenizerFast(tokenizer_object=tok, **names).save_pretrained(src)
+    if style == "gpt2-vocab-merges":  # the classic GPT-2 folder: no tokenizer.json, no tokenizer_config.json
+        tok.model.save(str(src))
+    else:
+        PreTrainedTokenizerFast(tokenizer_object=tok, **names).save_pretrained(src)
 
     result = cli("import", src, "-o", tmp_path / "ckpt")
     if not _loader_reads_roles():
