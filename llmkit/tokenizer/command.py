@@ -119,7 +119,7 @@ def tokenize(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of documents held out for validation.")] = 0.05,
     add_bos: Annotated[bool, typer.Option("--add-bos", help="Start every document with <|bos|>.")] = False,
     shard_tokens: Annotated[int, typer.Option("--shard-tokens", help="Tokens per shard (closed at a document end).")] = 100_000_000,
-    workers: Annotated[int, typer.Option("--workers", help="Encoding threads; 0 = one per core. Does not change the result.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="Encoding processes; 0 = one per core. Does not change the result.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per encoding batch.")] = 2048,
     fast: Annotated[bool, typer.Option("--fast/--no-fast", help="Encode through tiktoken built from our merges, when it applies.")] = True,
     config: ConfigOption = None,

@@ -218,7 +218,8 @@ def tokenize_corpus(
     if num_docs == 0:
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
     is_val = validation_mask(num_docs, config.val_fraction, seed)
-    threads = worker_count(workers)
+    # Spawning workers costs about a second: a corpus of one batch is encoded in-process.
+    threads = worker_count(workers) if num_docs > batch_size else 1
     total_bytes = corpus.stats.get("bytes")
 
     dtype = token_dtype(tok.vocab_size)
