@@ -95,3 +95,16 @@ def test_bad_inputs_one_line(cli, files, args, message):
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp / "out").exists()
+
+
+def test_config_file_options(cli, files):
+    tmp, hyps, refs = files
+    (tmp / "eval.toml").write_text('[eval]\nmetrics = ["bleu"]\nbleu_tokenize = "char"\nlowercase = true\n')
+    result = cli("eval", "--config", tmp / "eval.toml", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp / "ev" / "metrics.json").read_text())
+    assert metrics == {"bleu": sacrebleu.corpus_bleu(hyps, [refs], tokenize="char", lowercase=True).score}
+    assert artifacts.load(tmp / "ev").manifest.config["bleu_tokenize"] == "char"
+    # a flag given on the command line wins over the file
+    result = cli("eval", "--config", tmp / "eval.toml", "--bleu-tokenize", "13a", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev2")
+    assert json.loads((tmp / "ev2" / "metrics.json").read_text())["bleu"] == sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score

@@ -257,3 +257,16 @@ def test_prefix_is_never_recomputed():
     generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=10, stop_at_eos=False), pad_id=0)
     assert widths[0] == (7, True)  # one prefill over the padded prompts
     assert widths[1:] == [(1, True)] * 9  # then one new token per step, through the cache
+
+
+def test_config_file_sets_options(cli, ckpt, tmp_path):
+    (tmp_path / "gen.toml").write_text("[generate]\nmax_new_tokens = 5\ntemperature = 0.0\nignore_eos = true\n")
+    result = cli("generate", ckpt, "--config", tmp_path / "gen.toml", "-p", "KING:", "-o", tmp_path / "a.jsonl")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "a.jsonl").read_text())
+    assert record["completion_tokens"] == 5
+    greedy = cli("generate", ckpt, "--greedy", "-n", "5", "--ignore-eos", "-p", "KING:", "-o", tmp_path / "b.jsonl")
+    assert greedy.exit_code == 0 and json.loads((tmp_path / "b.jsonl").read_text())["completion"] == record["completion"]
+    # the flag beats the file
+    result = cli("generate", ckpt, "--config", tmp_path / "gen.toml", "-n", "7", "-p", "KING:", "-o", tmp_path / "c.jsonl")
+    assert json.loads((tmp_path / "c.jsonl").read_text())["completion_tokens"] == 7
