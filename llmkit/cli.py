@@ -13,6 +13,18 @@ import click
 import typer
 from typer.core import TyperGroup
 
+try:  # typer >= 0.22 bundles its own click; its exceptions are not the `click` package's classes
+    from typer._click import exceptions as _typer_click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click_exceptions = click.exceptions
+
+_PASS_THROUGH = tuple(
+    cls
+    for module in (click.exceptions, _typer_click_exceptions, typer)
+    for cls in (getattr(module, name, None) for name in ("Exit", "Abort", "ClickException"))
+    if isinstance(cls, type)
+)
+
 from llmkit import __version__
 from llmkit.errors import UserError, debug_enabled, one_line, set_debug
 
@@ -23,8 +35,7 @@ class _ErrorsAsOneLine(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        # typer.Exit/Abort are not click's own classes in recent typer releases: pass both through.
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit, typer.Abort):
+        except _PASS_THROUGH:  # --help, usage errors: click/typer print and exit themselves
             raise
         except KeyboardInterrupt:
             _print_error("interrupted")

@@ -104,13 +104,15 @@ def resolve(
 
 
 def explicit_params(ctx: Any) -> dict[str, Any]:
-    """The parameters of a click/typer context that the user set (command line or env var)."""
-    import click
+    """The parameters of a click/typer context that the user set (command line or env var).
 
+    Compared by name: recent typer releases bundle their own click, whose ParameterSource enum
+    is not the `click` package's.
+    """
     given = {}
     for name, value in ctx.params.items():
         source = ctx.get_parameter_source(name)
-        if source not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None):
+        if source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP"):
             given[name] = value
     return given
 
