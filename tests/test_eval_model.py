@@ -334,3 +334,30 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     assert wrong.exit_code != 0 and "classification checkpoint" in wrong.output
     gen = cli("generate", ckpt, "-p", "hello")
     assert gen.exit_code != 0 and "classification checkpoint" in gen.output
+
+
+def test_full_rolling_context_equals_sliding_window_by_hand(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):
+    text = shakespeare[500_000:500_400]
+    (tmp_path / "d.txt").write_text(text)
+    result = cli("eval", gpt2_ckpt, "--data", tmp_path / "d.txt", "--rolling-context", str(CONTEXT), "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    tok = loaded.tokenizer
+    ids = tok.encode(text)
+    assert len(ids) > CONTEXT + 20
+    # every token after the first window sees exactly CONTEXT tokens before it
+    nll = 0.0
+    with torch.no_grad():
+        first = [tok.bos_id] + ids[: CONTEXT - 1]
+        logp = F.log_softmax(loaded.model(torch.tensor([first]))[0][0].double(), -1)
+        nll -= sum(float(logp[i, ids[i]]) for i in range(CONTEXT))
+        for t in range(CONTEXT, len(ids)):
+            logits = loaded.model(torch.tensor([ids[t - CONTEXT : t]]))[0][0, -1].double()
+            nll -= float(F.log_softmax(logits, -1)[ids[t]])
+    assert _metrics(tmp_path / "ev")["perplexity"] == pytest.approx(math.exp(nll / len(ids)), rel=1e-6)
+
+
+def test_uncached_dataset_name_is_a_one_line_error(cli, gpt2_ckpt, tmp_path):
+    result = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", "no_such_dataset_llmkit:cfg", "-o", tmp_path / "ev")
+    assert result.exit_code != 0
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "could not load data set 'no_such_dataset_llmkit'" in lines[0]
