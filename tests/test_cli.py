@@ -102,3 +102,24 @@ def test_config_resolution_order(tmp_path):
         config.resolve(_StageConfig, file=bad)
     with pytest.raises(UserError, match="not found"):
         config.resolve(_StageConfig, file=tmp_path / "missing.toml")
+
+
+def test_usage_errors_are_reported_by_click_not_as_unexpected(cli):
+    result = cli("inspect", "--no-such-option")
+    assert result.exit_code == 2
+    assert "No such option" in result.output and "unexpected" not in result.output
+
+
+def test_explicit_params_ignores_defaults():
+    import typer
+    from typer.testing import CliRunner
+
+    seen = {}
+    app = typer.Typer()
+
+    @app.command()
+    def run(ctx: typer.Context, lr: float = 1.0, steps: int = 5) -> None:
+        seen.update(config.explicit_params(ctx))
+
+    assert CliRunner().invoke(app, ["--steps", "7"]).exit_code == 0
+    assert seen == {"steps": 7}
