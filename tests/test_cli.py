@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 
 from llmkit import __version__, artifacts, config
 from llmkit.errors import UserError
@@ -111,7 +112,6 @@ def test_usage_errors_are_reported_by_click_not_as_unexpected(cli):
 
 
 def test_explicit_params_ignores_defaults():
-    import typer
     from typer.testing import CliRunner
 
     seen = {}
