@@ -17,7 +17,6 @@ from llmkit.model.io import TOKENIZER_DIR, load_checkpoint, save_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|system|>", "<|user|>", "<|assistant|>"]
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
     "All: Speak, speak.\nFirst Citizen: You are all resolved rather to die than to famish?\n"
@@ -37,24 +36,23 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    """A tiny byte-level BPE with llmkit's special tokens, as a tokenizer folder (contract 3/4)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A tiny BPE of llmkit's own shape (its pre-tokenizer, special tokens and byte table), as a
+    tokenizer folder (contracts 3/4)."""
+    from tokenizers import pre_tokenizers, trainers
 
-    from llmkit.model.hf import token_byte_lengths
+    from llmkit.data.tokenizer import DEFAULT_SPECIAL_TOKENS, compute_token_bytes, new_byte_level_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    tok = new_byte_level_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=320,
-        special_tokens=SPECIALS,
+        special_tokens=list(DEFAULT_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(TEXT.splitlines() * 20, trainer)
     folder = tmp_path_factory.mktemp("tokenizer")
     tok.save(str(folder / "tokenizer.json"))
-    np.save(folder / "token_bytes.npy", token_byte_lengths(tok), allow_pickle=False)
+    np.save(folder / "token_bytes.npy", compute_token_bytes(tok), allow_pickle=False)
     return folder
 
 
@@ -373,6 +371,16 @@ def test_import_unsupported_model_type_names_it(cli, tmp_path):
     assert "mistral" in message and "MistralForCausalLM" in message and "gpt2" in message
 
 
+def test_import_refuses_a_tokenizer_larger_than_the_model(cli, tmp_path, tokenizer_dir):
+    from transformers import GPT2Config
+
+    src = tmp_path / "mismatch"
+    _save_hf_model(src, GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=1, n_head=2), tokenizer_dir)
+    message = _error(cli("import", src, "-o", tmp_path / "out"))
+    assert "320 tokens" in message and "100 embeddings" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):
     from transformers import GPT2Config
 
@@ -431,7 +439,7 @@ def test_token_byte_lengths_sum_to_text_bytes(tokenizer_dir):
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     lengths = token_byte_lengths(tok)
-    assert lengths.shape == (tok.get_vocab_size(),) and lengths[: len(SPECIALS)].tolist() == [0] * len(SPECIALS)
+    assert lengths.shape == (tok.get_vocab_size(),) and lengths[:7].tolist() == [0] * 7
     for text in SAMPLES + [TEXT]:
         assert int(lengths[tok.encode(text).ids].sum()) == len(text.encode("utf-8"))
     # The same table as the tokenizer stage computes for byte-level vocabularies.

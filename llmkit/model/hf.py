@@ -775,19 +775,19 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     except Exception as exc:
         raise UserError(f"{src}/config.json is not a valid {model_type} config ({exc}); re-save the model") from exc
     config = from_hf_config(hf_config)
-    state = from_hf_state(normalize_hf_keys(read_hf_state(files), model_type), config, model_type)
-    config, state = _prefer_original_config(src, config, state)
     tok_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if tok_vocab > config.vocab_size:
         raise UserError(
             f"the tokenizer in {src} has {tok_vocab} tokens but the model only {config.vocab_size} embeddings; "
             "the directory mixes a model and a tokenizer that do not belong together"
         )
+    special = hf_special_tokens(src, config_json, tokenizer)
+    state = from_hf_state(normalize_hf_keys(read_hf_state(files), model_type), config, model_type)
+    config, state = _prefer_original_config(src, config, state)
     model = GPT(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - ({"lm_head.weight"} if config.tie_embeddings else set()) or unexpected:
         raise AssertionError(f"hf.py mapping bug: missing {missing}, unexpected {unexpected}")
-    special = hf_special_tokens(src, config_json, tokenizer)
     with artifacts.create(out, "checkpoint", force=force) as build:
         save_weights(model, build.dir, {k: v.to(torch_dtype) for k, v in model.state_dict().items()})
         write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)
