@@ -137,3 +137,25 @@ def test_unknown_dataset(cli, tmp_path):
     line = _one_error_line(cli("clean", "--dataset", "no-such-user/no-such-dataset", "-o", tmp_path / "out"))
     assert "could not load dataset 'no-such-user/no-such-dataset'" in line
     _nothing_written(tmp_path)
+
+
+def test_output_inside_an_input_folder_is_not_read_back(cli, shared_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "reviews.jsonl").write_bytes((shared_data / "sentiment" / "test.jsonl").read_bytes())
+    first = cli("clean", data, "-o", data / "corpus")
+    assert first.exit_code == 0, first.output
+    again = cli("clean", data, "-o", data / "corpus", "--force")
+    assert again.exit_code == 0, again.output
+    assert artifacts.load(data / "corpus").stats["documents_in"] == 500
+
+
+def test_long_csv_fields(cli, shared_data, tmp_path):
+    book = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    import csv
+
+    with open(tmp_path / "books.csv", "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([["title", "text"], ["shakespeare", book]])
+    result = cli("clean", tmp_path / "books.csv", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tmp_path / "out").stats["bytes"] > 1_000_000

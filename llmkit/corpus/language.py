@@ -13,6 +13,7 @@ _SAMPLE_CHARS = 10_000
 # on clean Mandarin the probability mass is spread over the three and "zh" alone rarely reaches
 # FineWeb's 0.65. Scores of a macro-language's members are added up under its code.
 MACRO_LANGUAGES = {"wuu": "zh", "yue": "zh", "nn": "no", "uzs": "uz", "arz": "ar", "ary": "ar"}
+_MERGED = set(MACRO_LANGUAGES) | set(MACRO_LANGUAGES.values())
 
 
 @lru_cache(maxsize=1)
@@ -24,8 +25,12 @@ def _identifier():
 
 def detect(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, probability in [0, 1]), macro-language members merged."""
+    sample = text[:_SAMPLE_CHARS]
+    lang, score = _identifier().classify(sample)
+    if lang not in _MERGED:  # the common case: no sibling languages to add up
+        return str(lang), float(score)
     scores: dict[str, float] = defaultdict(float)
-    for lang, score in _identifier().rank(text[:_SAMPLE_CHARS])[:8]:
+    for lang, score in _identifier().rank(sample)[:8]:
         scores[MACRO_LANGUAGES.get(str(lang), str(lang))] += float(score)
     lang = max(scores, key=scores.__getitem__)
     return lang, min(1.0, scores[lang])

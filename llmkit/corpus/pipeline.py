@@ -101,7 +101,7 @@ def clean(
     """Clean and de-duplicate `inputs` into a corpus artifact at `out`; returns its path."""
     cfg = cfg or CleanConfig()
     out = Path(out)
-    sources = resolve_inputs(list(inputs), dataset, dataset_config, split)
+    sources = resolve_inputs(list(inputs), dataset, dataset_config, split, exclude=out.resolve())
     artifacts.check_output(out, force)
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()

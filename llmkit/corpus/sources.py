@@ -89,7 +89,9 @@ def resolve_inputs(
     dataset: Optional[str] = None,
     dataset_config: Optional[str] = None,
     split: str = "train",
+    exclude: Optional[Path] = None,
 ) -> list[Source]:
+    """Check every input and list its sources; `exclude` (the output folder) is never read."""
     if not inputs and not dataset:
         raise UserError("no input given; pass files or folders (or builtin:python-docs), or --dataset NAME")
     sources: list[Source] = []
@@ -105,6 +107,8 @@ def resolve_inputs(
                 (p for p in path.rglob("*") if p.is_file() and not _hidden(p, path) and _readable_in_folder(p)),
                 key=lambda p: p.relative_to(path).as_posix(),
             )
+            if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
+                files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             if any(_format_of(p)[0] in RECORD_SUFFIXES for p in files):
                 # A data folder's README describes the data; it is not part of it.
                 files = [p for p in files if _format_of(p)[0] not in (".md", ".rst")]
@@ -365,6 +369,7 @@ def _csv_reader(path: Path, label: str, compression: Optional[str]):
         _check_not_binary(head, label)
         with _open_binary(path, compression) as handle:
             stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8", newline="")
+            csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
             reader = csv.DictReader(stream)
             try:
                 for record in reader:
