@@ -35,9 +35,9 @@ def export_model(
     force: Annotated[bool, typer.Option("--force", help="Replace the output directory if it exists.")] = False,
 ) -> None:
     """Export a checkpoint to a Hugging Face transformers directory (GPT-2 or Llama class)."""
-    from llmkit.config import resolve
+    from llmkit.config import explicit_params, resolve
 
-    settings = resolve(ExportConfig, file=config, section="export", explicit=_typed_options(ctx))
+    settings = resolve(ExportConfig, file=config, section="export", explicit=explicit_params(ctx))
     if settings.format not in FORMATS:
         raise UsageError(f"unknown export format {settings.format!r}; choose one of: {', '.join(FORMATS)}")
     from llmkit.console import out as console
@@ -63,9 +63,9 @@ def import_model(
     force: Annotated[bool, typer.Option("--force", help="Replace the output artifact if it exists.")] = False,
 ) -> None:
     """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint artifact."""
-    from llmkit.config import resolve
+    from llmkit.config import explicit_params, resolve
 
-    settings = resolve(ImportConfig, file=config, section="import", explicit=_typed_options(ctx))
+    settings = resolve(ImportConfig, file=config, section="import", explicit=explicit_params(ctx))
     from llmkit import artifacts
     from llmkit.console import out as console
     from llmkit.model.hf import import_hf
@@ -77,18 +77,6 @@ def import_model(
         soft_wrap=True,
         highlight=False,
     )
-
-
-def _typed_options(ctx: typer.Context) -> dict:
-    """The options given on the command line. llmkit.config.explicit_params compares sources
-    against click's own ParameterSource, which typer's bundled click does not use, so it
-    counts defaults as typed; compare by name instead."""
-    given = {}
-    for name, value in ctx.params.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given[name] = value
-    return given
 
 
 def _model_type(path: Path) -> str:
