@@ -37,11 +37,17 @@ def _batches(requests: list[Request], batch_size: int, max_tokens: int) -> Itera
 
 @torch.inference_mode()
 def token_logprobs(
-    model, requests: list[Request], *, pad_id: int, batch_size: int = 8, max_tokens: int = 16384, progress=None
+    model, requests: list[Request], *, pad_id: int, batch_size: int = 8, max_logits: int = 1 << 26, progress=None
 ) -> list[torch.Tensor]:
-    """Per request, a float64 tensor [n] of log p(target | preceding tokens), in input order."""
+    """Per request, a float64 tensor [n] of log p(target | preceding tokens), in input order.
+
+    A batch holds at most `batch_size` requests and about `max_logits` logits (rows x length x
+    vocabulary; 2^26 floats = 256 MB), so a large vocabulary shrinks the batch instead of
+    running out of memory; a single request always runs.
+    """
     results: list[torch.Tensor | None] = [None] * len(requests)
     device = next(model.parameters()).device
+    max_tokens = max(1, max_logits // int(model.config.vocab_size))
     for batch in _batches(requests, batch_size, max_tokens):
         width = max(len(requests[i].seq) for i in batch) - 1
         idx = torch.full((len(batch), width), pad_id, dtype=torch.long)
