@@ -663,10 +663,6 @@ def read_hf_tokenizer(src: Path):
         ) from exc
 
 
-LLMKIT_ROLES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>", "mask": "<|mask|>"}
-SPECIAL_ROLES_FILE = "special_tokens.json"
-
-
 def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]:
     """Role ("bos", "eos", "pad", "mask") -> token text of an imported tokenizer.
 
@@ -674,6 +670,8 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
     vocabulary has them. GPT-2 style vocabularies have one `<|endoftext|>` for every role, and
     Llama has no pad token: a missing bos or pad falls back to eos (transformers' usual choice).
     """
+    from llmkit.data.tokenizer import LLMKIT_ROLES
+
     settings = {}
     settings_path = src / "tokenizer_config.json"
     if settings_path.is_file():
@@ -705,27 +703,18 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
 
 
 def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: Path) -> None:
-    """tokenizer.json + token_bytes.npy (+ special_tokens.json when the roles are not llmkit's
-    names), then load it the way every stage will, so a checkpoint nobody can use is never made."""
-    from llmkit.data.tokenizer import load_tokenizer
+    """tokenizer.json + token_bytes.npy, and special_tokens.json when the roles are not llmkit's
+    names (the shared loader reads it); then load the folder the way every stage will."""
+    from llmkit.data.tokenizer import LLMKIT_ROLES, SPECIAL_ROLES_FILE, load_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
     np.save(folder / "token_bytes.npy", token_byte_lengths(tokenizer), allow_pickle=False)
     if any(token != LLMKIT_ROLES[role] for role, token in roles.items()):
         (folder / SPECIAL_ROLES_FILE).write_text(json.dumps(roles, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    try:
-        loaded = load_tokenizer(folder)
-    except UserError as exc:
-        raise UserError(
-            f"{src}'s tokenizer names its special tokens {roles} and this llmkit's tokenizer loader does not "
-            f"read {SPECIAL_ROLES_FILE} yet ({exc}); use a tokenizer with llmkit's <|bos|>/<|eos|>/<|pad|> tokens"
-        ) from exc
-    if (loaded.bos_id, loaded.eos_id) != (tokenizer.token_to_id(roles["bos"]), tokenizer.token_to_id(roles["eos"])):
-        raise UserError(
-            f"this llmkit's tokenizer loader ignores {SPECIAL_ROLES_FILE}, so {src}'s special tokens {roles} "
-            "would be misread; use a tokenizer with llmkit's <|bos|>/<|eos|>/<|pad|> tokens"
-        )
+    loaded = load_tokenizer(folder)
+    if (loaded.bos_id, loaded.eos_id, loaded.pad_id) != tuple(tokenizer.token_to_id(roles[r]) for r in ("bos", "eos", "pad")):
+        raise AssertionError(f"the tokenizer loader misreads the special-token roles {roles} of {src}")
 
 
 def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, torch.Tensor]):
