@@ -174,3 +174,12 @@ def test_fast_path_falls_back_when_it_disagrees(corpus, tokenizer, tokens, tmp_p
     art = artifacts.load(out)
     assert art.stats["encoder"] == "tokenizers"
     assert art.fingerprint == artifacts.load(tokens).fingerprint
+
+
+def test_lopsided_split_warns(cli, tokenizer, tmp_path):
+    corpus = write_corpus_artifact(tmp_path / "corpus", ["short one\n", "a much longer document\n" * 200]).path
+    result = cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "tokens", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    share = artifacts.load(tmp_path / "tokens").stats["val_byte_fraction"]
+    assert share < 0.025 or share > 0.1  # one of two documents cannot be 5% of the text
+    assert "warning: the validation split holds" in result.output and "--doc-per block" in result.output

@@ -47,7 +47,7 @@ def test_artifact_layout_specials_and_stats(trained, tok):
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id) == (0, 1, 2, 3)
     assert tok.special_ids["<|assistant|>"] == 6
     assert tok.vocab_size == art.stats["vocab_size"] == 2000
-    assert art.stats["heldout_documents"] > 0
+    assert art.stats["heldout_pieces"] > 0
     # Held-out compression is real: more than one byte per token, a word is a token or two.
     assert 2.0 < art.stats["bytes_per_token"] < 6.0
     assert 1.0 < art.stats["tokens_per_word"] < 2.5
@@ -157,7 +157,7 @@ def test_same_inputs_same_fingerprint(corpus, trained, tmp_path):
 
 def test_sample_options_limit_training(corpus, tmp_path):
     by_docs = train_tokenizer([corpus], tmp_path / "d", TokenizerTrainConfig(vocab_size=500, max_docs=100), seed=0)
-    assert artifacts.load(by_docs).stats["training_documents"] == 100
+    assert artifacts.load(by_docs).stats["training_pieces"] == 100
     by_bytes = train_tokenizer([corpus], tmp_path / "b", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000), seed=1)
     stats = artifacts.load(by_bytes).stats
     assert 50_000 <= stats["training_bytes"] < 60_000
@@ -260,3 +260,20 @@ def test_special_roles_file_for_foreign_vocabularies(tmp_path):
     assert tok.encode_ordinary_batch(["some text"]) == [tok.encode("some text")]
     copied = copy_tokenizer_files(folder, tmp_path / "copy")
     assert load_tokenizer(copied).eos_id == 0
+
+
+def test_long_documents_are_sampled_in_pieces(shared_data, tok, tmp_path):
+    from llmkit.tokenizer.train import split_pieces
+
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000]
+    pieces = split_pieces(text, size=5000)
+    assert len(pieces) > 40 and "".join(pieces) == text
+    assert all(len(p) < 15_000 for p in pieces)
+    # Cuts fall where the pre-tokenizer splits anyway: pre-tokens of the pieces == pre-tokens of the whole.
+    pre = tok.hf.pre_tokenizer
+    assert [t for p in pieces for t, _ in pre.pre_tokenize_str(p)] == [t for t, _ in pre.pre_tokenize_str(text)]
+    # A corpus of two whole files (llmkit clean's default) still gets a held-out slice for the stats.
+    chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8")[:400_000]
+    corpus = write_corpus_artifact(tmp_path / "corpus", [text, chinese]).path
+    stats = artifacts.load(train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=1000, heldout_every=20), seed=0)).stats
+    assert stats["measured_on"] == "heldout" and stats["heldout_pieces"] >= 1 and stats["bytes_per_token"] > 2

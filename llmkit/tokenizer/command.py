@@ -62,7 +62,7 @@ def train(
         explicit["special_tokens"] = _special_tokens(special_tokens)
     cfg = resolve(TokenizerTrainConfig, file=config, section="tokenizer", explicit=explicit)
     path = train_tokenizer(inputs, out, cfg, seed=seed, force=force)
-    _print_summary(path, ["vocab_size", "training_documents", "training_bytes", "bytes_per_token", "tokens_per_word", "train_seconds"])
+    _print_summary(path, ["vocab_size", "training_pieces", "training_bytes", "bytes_per_token", "tokens_per_word", "train_seconds"])
 
 
 @tokenizer_app.command("encode")

@@ -49,13 +49,15 @@ def validation_mask(num_docs: int, val_fraction: float, seed: int) -> np.ndarray
     if num_docs < 2:
         raise UserError(
             f"the corpus has {num_docs} document, too few for a train/validation split by documents; "
-            "pass --val-fraction 0 or split the text into more documents"
+            "pass --val-fraction 0 or make more documents (llmkit clean --doc-per block)"
         )
     count = min(num_docs - 1, max(1, round(num_docs * val_fraction)))
     rng = np.random.Generator(np.random.PCG64(seed))
     mask[rng.permutation(num_docs)[:count]] = True
     return mask
 
+
+CHECK_CHARS = 16384
 
 # Per-process encoder state, set once per process by _init_worker.
 _STATE: dict[str, Any] = {}
@@ -99,9 +101,12 @@ def _encode_batch(index: int, texts: list[str]) -> tuple[np.ndarray, np.ndarray,
         encoded = [core.encode_ordinary(t) for t in present]
         every = _STATE["check_every"]
         picked = list(range(len(present))) if index == 0 else list(range(index % every, len(present), every))
-        for i, ref in zip(picked, tok.encode_batch([present[i] for i in picked])):
-            if encoded[i] != ref:
-                mismatch = present[i][:80]
+        # tokenizers is slow on very long strings: a long document is checked on its first CHECK_CHARS.
+        samples = [present[i][:CHECK_CHARS] for i in picked]
+        for i, sample, ref in zip(picked, samples, tok.encode_batch(samples)):
+            ours = encoded[i] if len(sample) == len(present[i]) else core.encode_ordinary(sample)
+            if ours != ref:
+                mismatch = sample[:80]
                 break
         checked = len(picked)
     lengths = np.zeros(len(texts), dtype=np.int64)
@@ -236,6 +241,14 @@ def tokenize_corpus(
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
+        total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
+        val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
+        if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
+            err.print(
+                f"[yellow]warning:[/] the validation split holds {100 * val_share:.1f}% of the text (asked "
+                f"{100 * config.val_fraction:g}%) because it takes whole documents and the corpus has {num_docs}; "
+                "for a finer split make more documents (llmkit clean --doc-per block)", soft_wrap=True
+            )
         copy_tokenizer_files(tok_art.path, build.dir / "tokenizer")
         build.config = to_dict(config)
         build.seed = seed
@@ -251,6 +264,7 @@ def tokenize_corpus(
             **per_split,
             "encoder": encoder.name,
             "fast_path_checked_documents": encoder.checked,
+            "val_byte_fraction": round(val_share, 6),
             **timing,
         }
     return Path(out)

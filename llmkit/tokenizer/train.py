@@ -34,7 +34,7 @@ class TokenizerTrainConfig:
     special_tokens: list[str] = field(default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS))
     max_docs: int | None = None  # train on at most this many documents
     sample_bytes: int | None = None  # train on about this many bytes, drawn uniformly with --seed
-    heldout_every: int = 100  # every N-th document is held out for the stats, not trained on
+    heldout_every: int = 100  # every N-th piece (document or ~8K characters of one) is held out for the stats
     heldout_max_bytes: int = 2_000_000
 
     def __post_init__(self) -> None:
@@ -88,18 +88,50 @@ def _open_source(inputs: Sequence[Path]) -> _Source:
     return _Source(iter_text_files(inputs, _BATCH), sum(p.stat().st_size for p in inputs), None, described)
 
 
+PIECE_CHARS = 8192
+
+
+def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """A long document in pieces of about `size` characters, cut after a run of newlines.
+
+    Sampling and holding out work on pieces, so a corpus of a few big files (`llmkit clean`'s
+    one document per file) still gets a held-out slice. Cutting after the whole newline run
+    keeps the pre-tokens on both sides of the cut as they are in the whole text.
+    """
+    if len(text) <= 2 * size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > 2 * size:
+        cut = text.find("\n", start + size)
+        if cut < 0:
+            break
+        cut += 1
+        while cut < len(text) and text[cut] in "\r\n":
+            cut += 1
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
 class _Sampler:
-    """Splits the document stream into the training sample and the held-out slice, deterministically."""
+    """Splits the text stream into the training sample and the held-out slice, deterministically.
+
+    The unit is a piece (a document, or ~8K characters of a long one): every `heldout_every`-th
+    piece is held out (up to heldout_max_bytes); --max-docs counts pieces, --sample-bytes bytes.
+    """
 
     def __init__(self, config: TokenizerTrainConfig, seed: int, total_bytes: int | None):
         self.config = config
         self.rng = np.random.Generator(np.random.PCG64(seed))
-        # Keep each document with this probability so that a --sample-bytes sample spans the corpus.
+        # Keep each piece with this probability so that a --sample-bytes sample spans the corpus.
         self.keep = 1.0
         if config.sample_bytes and total_bytes:
             self.keep = min(1.0, 1.1 * config.sample_bytes / total_bytes)
         self.heldout: list[str] = []
         self.heldout_bytes = 0
+        # The first training pieces, to measure on when the input is too small to hold any out.
+        self.first_trained: list[str] = []
         self.docs = self.bytes = self.seen = 0
 
     def full(self) -> bool:
@@ -110,18 +142,16 @@ class _Sampler:
         return min(self.config.heldout_max_bytes, max(1, self.bytes // self.config.heldout_every))
 
     def training_texts(self, batches: Iterator[list[str]], on_batch) -> Iterator[str]:
+        every, cap = self.config.heldout_every, self.config.heldout_max_bytes
         for batch in batches:
-            draws = self.rng.random(len(batch))
-            batch_bytes = 0
-            for text, draw in zip(batch, draws):
+            pieces = [piece for text in batch if text for piece in split_pieces(text)]
+            draws = self.rng.random(len(pieces))
+            for text, draw in zip(pieces, draws):
                 self.seen += 1
                 size = len(text.encode("utf-8"))
-                batch_bytes += size
-                if not text:
-                    continue
                 full = self.full()
-                if full or (self.seen % self.config.heldout_every == 0 and self.heldout_bytes < self.config.heldout_max_bytes):
-                    # Once the sample is complete, the documents after it make up the rest of the held-out slice.
+                if full or (self.seen % every == 0 and self.heldout_bytes < cap):
+                    # Once the sample is complete, the pieces after it make up the rest of the held-out slice.
                     if full and self.heldout_bytes >= self.heldout_target():
                         break
                     self.heldout.append(text)
@@ -131,8 +161,10 @@ class _Sampler:
                     continue
                 self.docs += 1
                 self.bytes += size
+                if self.bytes <= cap:
+                    self.first_trained.append(text)
                 yield text
-            on_batch(len(batch), batch_bytes)
+            on_batch(len(batch), sum(len(t.encode("utf-8")) for t in batch))
             if self.full() and self.heldout_bytes >= self.heldout_target():
                 return
 
@@ -190,8 +222,9 @@ def train_tokenizer(
         tokenizer.save(str(build.dir / TOKENIZER_FILE))
         np.save(build.dir / TOKEN_BYTES_FILE, compute_token_bytes(tokenizer), allow_pickle=False)
 
-        heldout = sampler.heldout or []
-        quality = measure(tokenizer, heldout) if heldout else {}
+        # Too small an input to hold anything out: measure on (the start of) the training sample.
+        measured_on = "heldout" if sampler.heldout else "training sample"
+        quality = measure(tokenizer, sampler.heldout or sampler.first_trained)
         build.config = {**to_dict(config), "input": source.described}
         build.seed = seed
         if source.corpus is not None:
@@ -199,10 +232,11 @@ def train_tokenizer(
         build.stats = {
             "vocab_size": tokenizer.get_vocab_size(),
             "special_tokens": list(config.special_tokens),
-            "training_documents": sampler.docs,
+            "training_pieces": sampler.docs,
             "training_bytes": sampler.bytes,
-            "heldout_documents": len(heldout),
+            "heldout_pieces": len(sampler.heldout),
             "heldout_bytes": sampler.heldout_bytes,
+            "measured_on": measured_on,
             "bytes_per_token": quality.get("bytes_per_token"),
             "tokens_per_word": quality.get("tokens_per_word"),
             "train_seconds": round(seconds, 3),
