@@ -137,7 +137,7 @@ def generate_predictions(loaded, cfg):
     with bar:
         for start in range(0, len(prompts), cfg.batch_size):
             chunk = prompts[start : start + cfg.batch_size]
-            completions.extend(generator.complete(chunk, params, batch_size=cfg.batch_size))
+            completions.extend(generator.complete(chunk, params, batch_size=cfg.batch_size, prompt_offset=start))
             advance(len(chunk))
     predictions = [c.text.strip() for c in completions]
     extras = [{"prompt": c.prompt, "finish_reason": c.finish_reason} for c in completions]

@@ -95,8 +95,7 @@ class _Window:
     def prefill(self, rows: list[list[int]], keep: int | None) -> torch.Tensor:
         if keep is not None:
             rows = [r[-keep:] for r in rows]
-        device = self.model.tok_emb.weight.device if hasattr(self.model, "tok_emb") else "cpu"
-        idx, pad_lengths = _left_pad(rows, self.pad_id, device)
+        idx, pad_lengths = _left_pad(rows, self.pad_id, next(self.model.parameters()).device)
         max_len = idx.size(1) + self.budget
         if self.limit is not None:
             max_len = min(max_len, self.limit)
