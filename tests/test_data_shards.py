@@ -59,6 +59,17 @@ def test_shards_round_trip_documents_and_windows_cross_shards(tmp_path):
         shards.window(len(flat) - 4, 5)
 
 
+def test_shards_pickle_as_paths_not_data(tmp_path):
+    import pickle
+
+    docs = random_docs(200, seed=3)
+    shards = TokenShards.open(make_tokens(tmp_path / "tokens", {"train": docs}, shard_tokens=1000), "train")
+    blob = pickle.dumps(WindowSampler(shards, 8, seed=1))  # what a DataLoader worker receives
+    assert len(blob) < 2000 < shards.num_tokens * 2
+    clone = pickle.loads(blob)
+    np.testing.assert_array_equal(clone.windows([0, 5, 99]), WindowSampler(shards, 8, seed=1).windows([0, 5, 99]))
+
+
 def test_uint32_shards(tmp_path):
     docs = [np.array([70000, 123456, 1]), np.array([99999, 1])]
     path = make_tokens(tmp_path / "tokens", {"train": docs}, vocab_size=200_000)

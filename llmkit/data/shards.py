@@ -114,6 +114,16 @@ class TokenShards:
         self._bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
         self.num_tokens = int(self._bounds[-1])
 
+    def __getstate__(self) -> dict:
+        # Sent to a DataLoader worker as paths, never as a copy of the mapped data.
+        state = dict(self.__dict__)
+        state["_arrays"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._arrays = [np.memmap(p, dtype=self.dtype, mode="r") for p in self.paths]
+
     @classmethod
     def open(cls, artifact_or_path: artifacts.Artifact | Path | str, split: str = "train") -> TokenShards:
         if split not in SPLITS:
