@@ -34,7 +34,7 @@ def test_plain_text_document_modes(shared_data, tmp_path):
     text = book.read_text(encoding="utf-8")
     whole = _read([book])
     assert len(whole) == 1 and whole[0][1] == text
-    assert whole[0][0] == str(book.name) or whole[0][0].endswith("tinyshakespeare.txt")
+    assert whole[0][0] == "tinyshakespeare.txt"
     lines = _read([book], doc_per="line")
     assert [t for _, t in lines] == [line for line in text.split("\n") if line.strip()]
     assert lines[0][0].endswith(":1") and lines[1][0].endswith(":2")
@@ -66,7 +66,7 @@ def test_jsonl_json_csv_parquet_give_the_same_documents(reviews, tmp_path):
     pq.write_table(pa.Table.from_pylist(reviews), tmp_path / "r.parquet")
     for name in ("r.jsonl", "r.json", "r.csv", "r.parquet"):
         assert [t for _, t in _read([tmp_path / name])] == texts, name
-    assert _read([tmp_path / "r.jsonl"])[0][0] == f"{tmp_path.name}/r.jsonl:1".split("/")[-1] or True
+    assert _read([tmp_path / "r.jsonl"])[0][0] == "r.jsonl:1"  # absolute input: labelled by its name
 
 
 def test_compressed_inputs(shared_data, reviews, tmp_path):
@@ -99,7 +99,7 @@ def test_text_field_choice(shared_data, tmp_path):
     assert len(mixed) == 1000 and mixed[0][1] == rows[0]["target"] and mixed[500][0] == "test.jsonl#2:1"  # same file name twice: told apart
     only_one = tmp_path / "one.jsonl"
     only_one.write_text('{"document": "hello there", "id": 3}\n', encoding="utf-8")
-    assert _read([only_one]) == [("one.jsonl:1", "hello there")] or _read([only_one])[0][1] == "hello there"
+    assert _read([only_one]) == [("one.jsonl:1", "hello there")]
 
 
 def test_dataset_input_from_a_local_file(shared_data):
@@ -135,3 +135,15 @@ def test_builtin_python_docs():
     assert detect(dict(docs)["builtin:python-docs:module/json"])[0] == "en"
     with pytest.raises(UserError, match="unknown built-in corpus builtin:wiki"):
         resolve_inputs(["builtin:wiki"])
+
+
+def test_byte_order_marks_and_binary_detection_in_line_mode(reviews, tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "r.jsonl").write_bytes(bom + "".join(json.dumps(r) + "\n" for r in reviews[:3]).encode())
+    assert [t for _, t in _read([tmp_path / "r.jsonl"])] == [r["text"] for r in reviews[:3]]
+    (tmp_path / "r.csv").write_bytes(bom + b"text,label\nhello there,1\n")
+    assert _read([tmp_path / "r.csv"]) == [("r.csv:2", "hello there")]
+    # A PNG's first line holds no NUL byte; the check looks at the first 8 KB, not the first line.
+    (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
+    with pytest.raises(UserError, match="looks like a binary file"):
+        _read([tmp_path / "image.txt"], doc_per="line")

@@ -185,11 +185,10 @@ def _lines(path: Path, label: str, compression: Optional[str], stats: ReadStats,
     try:
         with _open_binary(path, compression) as handle:
             reader = io.BufferedReader(handle) if compression else handle
-            first = True
+            _check_not_binary(reader.peek(_BINARY_PROBE)[:_BINARY_PROBE], label)
             for number, raw in enumerate(reader, start=1):
-                if first:
-                    _check_not_binary(raw, label)
-                    first = False
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                    raw = raw[3:]
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError:
@@ -368,7 +367,7 @@ def _csv_reader(path: Path, label: str, compression: Optional[str]):
             head = handle.read(_BINARY_PROBE)
         _check_not_binary(head, label)
         with _open_binary(path, compression) as handle:
-            stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8", newline="")
+            stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")
             csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
             reader = csv.DictReader(stream)
             try:
