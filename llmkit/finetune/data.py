@@ -1,0 +1,240 @@
+"""Fine-tuning data: JSONL records -> token examples -> padded batches keyed by sample index.
+
+Batches are PADDED, not packed: each example is one row, right-padded to the longest row of
+its micro-batch, so no example ever attends across a document boundary and nothing needs a
+block-diagonal mask. For a causal model right padding is invisible to the real tokens; padded
+targets are IGNORE_INDEX.
+
+Global sample index k (as in pretraining) picks example perm_e[k mod N] where perm_e is a fresh
+permutation of the N training examples for epoch e = k // N, seeded by (seed, e): a batch is a
+pure function of (seed, k), so resume and any number of ranks see the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from llmkit.errors import UserError
+from llmkit.finetune.templates import Encoded, encode_example
+from llmkit.model.gpt import IGNORE_INDEX
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "train.jsonl"
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}; pass a JSONL file (or a folder holding train.jsonl)")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{lineno} is not a JSON object")
+            records.append(record)
+    if not records:
+        raise UserError(f"{path} holds no records")
+    return records
+
+
+def file_digest(path: Path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "train.jsonl"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out a seeded `fraction` of the records (at least one when fraction > 0)."""
+    if fraction <= 0 or len(records) < 2:
+        return records, []
+    count = min(len(records) - 1, max(1, round(len(records) * fraction)))
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:count])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+# -- SFT ------------------------------------------------------------------------------------------
+
+
+def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str) -> list[Encoded]:
+    """Encode records; an example longer than max_len tokens is an error unless truncated."""
+    examples, too_long, longest, dropped = [], 0, 0, 0
+    for i, record in enumerate(records):
+        example = encode_example(template, record, tokenizer, f"{name} record {i + 1}")
+        longest = max(longest, len(example.ids))
+        if len(example.ids) > max_len:
+            too_long += 1
+            if not truncate:
+                continue
+            example = Encoded(example.ids[:max_len], example.learn[:max_len])
+        # The first token is never a target (nothing predicts it): an example needs a learned token after it.
+        if not any(example.learn[1:]):
+            dropped += 1
+            continue
+        examples.append(example)
+    if too_long and not truncate:
+        raise UserError(
+            f"{too_long} of {len(records)} {name} examples are longer than {max_len} tokens (the longest has {longest}), the "
+            "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
+        )
+    if not examples:
+        raise UserError(f"no {name} example has a response token within {max_len} tokens; shorten the prompts or raise --seq-len")
+    return examples
+
+
+class SFTBatches:
+    """(inputs, targets) for next-token loss on the learned (response) tokens only."""
+
+    def __init__(self, examples: Sequence[Encoded], *, pad_id: int, seed: int, shuffle: bool = True):
+        self.examples, self.pad_id, self.seed, self.shuffle = list(examples), pad_id, seed, shuffle
+        self._order = _EpochOrder(len(self.examples), seed) if shuffle else None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def rows(self, indices: Sequence[int]) -> list[Encoded]:
+        if self._order is None:
+            return [self.examples[int(k) % len(self.examples)] for k in indices]
+        return [self.examples[self._order(int(k))] for k in indices]
+
+    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows(indices)
+        width = max(len(r.ids) for r in rows) - 1
+        x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids = torch.tensor(row.ids, dtype=torch.long)
+            learn = torch.tensor(row.learn[1:], dtype=torch.bool)
+            n = len(row.ids) - 1
+            x[b, :n] = ids[:-1]
+            y[b, :n] = torch.where(learn, ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
+        return x, y
+
+
+# -- classification -------------------------------------------------------------------------------
+
+
+@dataclass
+class Labels:
+    names: list[str]
+    original: list[Any]  # label values as they appear in the data (ints or strings), id order
+
+    def index(self, value: Any, where: str) -> int:
+        key = _label_key(value, where)
+        if key not in self._lookup:
+            raise UserError(f"{where}: label {value!r} is not one of the training labels {', '.join(self.names)}")
+        return self._lookup[key]
+
+    def __post_init__(self):
+        self._lookup = {_label_key(v, "label"): i for i, v in enumerate(self.original)}
+
+
+def _label_key(value: Any, where: str):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UserError(f"{where}: label {value!r} must be an integer or a string")
+    return (type(value).__name__, value)
+
+
+def label_set(records: list[dict], name: str) -> Labels:
+    """Labels in id order: integers keep their value as id (0..K-1), strings sort by name."""
+    values = []
+    for i, record in enumerate(records):
+        if "label" not in record:
+            raise UserError(f"{name} record {i + 1} has no \"label\"; classification data is {{\"text\": ..., \"label\": ...}}")
+        _label_key(record["label"], f"{name} record {i + 1}")
+        values.append(record["label"])
+    kinds = {type(v) for v in values}
+    if len(kinds) > 1:
+        raise UserError(f"{name} labels mix integers and strings; use one kind")
+    distinct = sorted(set(values))
+    if kinds == {int}:
+        if distinct[0] < 0:
+            raise UserError(f"{name} has a negative label {distinct[0]}; integer labels are class ids 0..K-1")
+        distinct = list(range(distinct[-1] + 1))
+    if len(distinct) < 2:
+        raise UserError(f"{name} has a single label {distinct[0]!r}; classification needs at least two classes")
+    return Labels(names=[str(v) for v in distinct], original=distinct)
+
+
+@dataclass
+class ClassExample:
+    ids: list[int]
+    label: int
+
+
+def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str) -> list[ClassExample]:
+    """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
+    texts = []
+    for i, record in enumerate(records):
+        text = record.get("text", record.get("sentence"))
+        if not isinstance(text, str):
+            raise UserError(f"{name} record {i + 1} has no \"text\" string; classification data is {{\"text\": ..., \"label\": ...}}")
+        texts.append(text)
+    encoded = tokenizer.encode_batch(texts)
+    examples, too_long, longest = [], 0, 0
+    for i, (ids, record) in enumerate(zip(encoded, records)):
+        ids = [tokenizer.bos_id] + ids
+        longest = max(longest, len(ids))
+        if len(ids) > max_len:
+            too_long += 1
+            ids = ids[:max_len]
+        examples.append(ClassExample(ids, labels.index(record["label"], f"{name} record {i + 1}")))
+    if too_long and not truncate:
+        raise UserError(
+            f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest has {longest}), the "
+            "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
+        )
+    return examples
+
+
+class ClassifyBatches:
+    """(inputs, attention_mask, labels, sample indices), right-padded."""
+
+    def __init__(self, examples: Sequence[ClassExample], *, pad_id: int, seed: int, shuffle: bool = True):
+        self.examples, self.pad_id = list(examples), pad_id
+        self._order = _EpochOrder(len(self.examples), seed) if shuffle else None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __call__(self, indices: Sequence[int]):
+        indices = [int(k) for k in indices]
+        picks = [self._order(k) if self._order else k % len(self.examples) for k in indices]
+        rows = [self.examples[p] for p in picks]
+        width = max(len(r.ids) for r in rows)
+        x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            x[b, : len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
+            mask[b, : len(row.ids)] = 1
+        labels = torch.tensor([r.label for r in rows], dtype=torch.long)
+        return x, mask, labels, torch.tensor(indices, dtype=torch.long)
+
+
+class _EpochOrder:
+    """Global sample index -> example index through a seeded permutation per epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._cache: dict[int, list[int]] = {}
+
+    def __call__(self, k: int) -> int:
+        epoch, offset = divmod(k, self.size)
+        if epoch not in self._cache:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
+            self._cache[epoch] = torch.randperm(self.size, generator=g).tolist()
+        return self._cache[epoch][offset]

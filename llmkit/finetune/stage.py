@@ -1,0 +1,463 @@
+"""`llmkit finetune`: supervised fine-tuning or classification from any llmkit checkpoint.
+
+    finetune(checkpoint, data, out, FinetuneConfig(task="sft", template="chat")) -> out
+
+It runs the pretraining loop itself (llmkit.train.loop.Trainer: optimizer, schedule, gradient
+accumulation, checkpoints, exact resume, torchrun, metrics); only the data, the loss, the head
+and the defaults differ. OUT holds metrics.jsonl and checkpoints/step_XXXXXXX/ while training
+and becomes the final checkpoint artifact, with task.json describing the task and template.
+With LoRA the intermediate checkpoints keep the adapters (for exact resume) and the final one
+holds the merged plain weights, so generate / eval / export need nothing special.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from llmkit import artifacts
+from llmkit.config import to_dict
+from llmkit.errors import UsageError, UserError
+
+TASKS = ("sft", "classify")
+TASK_FILE = "task.json"
+RUNTIME_FIELDS = (
+    "micro_batch", "compile", "tensorboard", "strategy", "gpus", "nproc", "nnodes", "node_rank",
+    "master_addr", "master_port", "log_every",
+)
+PATH_FIELDS = ("val_data",)
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "sft"  # "sft" | "classify"
+    template: str = "chat"  # sft: chat, plain, translate, summarize or a JSON file
+    val_data: str | None = None  # validation JSONL; default: hold out val_fraction of --data
+    val_fraction: float = 0.05
+    seq_len: int | None = None  # longest example in tokens; None = the model's context length
+    truncate: bool = False  # cut examples longer than seq_len instead of failing
+    batch_size: int = 32  # examples per optimizer step, over all devices
+    max_steps: int | None = None
+    epochs: float = 1.0  # used when max_steps is not given
+    optimizer: str = "adamw"
+    lr: float | None = None  # None = 1e-4 (full fine-tuning) or 1e-3 (LoRA)
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # None = min(50, max_steps // 20)
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    momentum: float = 0.9
+    grad_clip: float = 1.0
+    dropout: float | None = None  # None = the checkpoint's
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: float | None = None  # None = 2 * rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "kv_proj", "out_proj"])
+    freeze: list[str] = field(default_factory=list)
+    eval_every: int = 100
+    eval_examples: int = 1024  # validation examples per evaluation (at most)
+    save_every: int = 200
+    keep_last: int = 2
+    seed: int = 0
+    # runtime (not hashed)
+    micro_batch: int = 8
+    compile: bool = False
+    tensorboard: bool = False
+    strategy: str = "ddp"
+    gpus: int | None = None
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = 29500
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        for name in ("batch_size", "micro_batch", "nproc", "nnodes", "eval_examples"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.epochs <= 0 or not 0 <= self.val_fraction < 1:
+            raise ValueError("epochs must be positive and val_fraction in [0, 1)")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        # Comma-separated lists from the command line become lists.
+        self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
+        self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.lora_rank else 1e-4)
+
+    def hashed(self, data_digest: str, val_digest: str | None) -> dict[str, Any]:
+        values = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_FIELDS and k not in PATH_FIELDS}
+        values["data_sha256"] = data_digest
+        values["val_data_sha256"] = val_digest
+        if self.template not in ("chat", "plain", "translate", "summarize"):
+            values["template"] = Path(self.template).name  # the template itself is in task.json
+        return values
+
+    def runtime(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RUNTIME_FIELDS}
+
+
+def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
+             resume: bool = False, force: bool = False) -> Path:
+    """Fine-tune and return the run directory, which is then a checkpoint artifact."""
+    from llmkit.train import distributed
+    from llmkit.train.pretrain import _prepare_run_dir, resolve_gpus
+
+    checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
+    artifacts.load(checkpoint, kind="checkpoint")
+    if not data.exists():
+        raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
+    gpus = resolve_gpus(config)
+    distributed.check_gpus(gpus)
+    if gpus > 0 and config.nproc > 1:
+        raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
+    _prepare_run_dir(out, resume=resume, force=force)
+    per_node = gpus if gpus > 0 else config.nproc
+    if (per_node > 1 or config.nnodes > 1) and not distributed.under_torchrun():
+        import shutil
+
+        distributed.relaunch(
+            "llmkit.finetune.stage:_train",
+            {"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve()), "out": str(out.resolve()),
+             "config": to_dict(config), "resume": resume},
+            out / ".launch",
+            nproc=per_node, nnodes=config.nnodes, node_rank=config.node_rank,
+            master_addr=config.master_addr, master_port=config.master_port,
+        )
+        shutil.rmtree(out / ".launch", ignore_errors=True)
+        return out
+    _train(checkpoint, data, out, config, resume)
+    return out
+
+
+# -- building blocks --------------------------------------------------------------------------------
+
+
+def load_base_state(art, keep_head: bool):
+    """The base checkpoint's weights; a classifier's head is dropped unless it is kept on purpose."""
+    from safetensors.torch import load_file
+
+    from llmkit.finetune.heads import HEAD_PREFIX
+    from llmkit.finetune.lora import is_adapter_key
+    from llmkit.model.io import WEIGHTS
+
+    state = load_file(str(art.file(WEIGHTS)))
+    if any(is_adapter_key(k) for k in state):
+        raise UserError(
+            f"{art.path} is an intermediate LoRA checkpoint (unmerged adapters); fine-tune from the finished run directory, "
+            "whose weights are merged"
+        )
+    if not keep_head:
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    return state
+
+
+def build_model(art, config: FinetuneConfig, tokenizer, labels):
+    """The model to train: base weights, optional classification head, LoRA and freezing."""
+    import torch
+
+    from llmkit.finetune.heads import SequenceClassifier
+    from llmkit.finetune.lora import apply_lora, freeze
+    from llmkit.model.io import TASK, read_model_config
+    from llmkit.model.presets import build_model as build_lm
+
+    model_config = read_model_config(art.path)
+    if config.dropout is not None:
+        model_config.dropout = config.dropout
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise UserError(
+            f"the checkpoint's tokenizer has {tokenizer.vocab_size} tokens but its model only {model_config.vocab_size} "
+            "embeddings; the checkpoint is inconsistent, re-import or rebuild it"
+        )
+    if config.task == "sft" and model_config.objective != "clm":
+        raise UserError(
+            f"{art.path} is a masked language model (objective mlm), which cannot generate; use --task classify, "
+            "or fine-tune a causal (clm) checkpoint for --task sft"
+        )
+    base_task = json.loads(art.file(TASK).read_text(encoding="utf-8")) if TASK in art.manifest.files else {}
+    same_head = config.task == "classify" and base_task.get("task") == "classify" and base_task.get("labels") == (labels.names if labels else None)
+    state = load_base_state(art, keep_head=same_head)
+    torch.manual_seed(config.seed)  # the head and the adapters: identical on every rank
+    model = build_lm(model_config)
+    if config.task == "classify":
+        model = SequenceClassifier(model, len(labels.names))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    from llmkit.model.io import _tied_names
+
+    missing = [k for k in missing if k not in _tied_names(model) and not (k.startswith("classifier.") and not same_head)]
+    if missing or unexpected:
+        raise UserError(f"{art.path} weights do not match its model_config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    adapted: list[str] = []
+    if config.lora_rank:
+        alpha = config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank
+        adapted = apply_lora(model, config.lora_targets, config.lora_rank, alpha, config.lora_dropout)
+        if config.task == "classify":
+            for param in model.classifier.parameters():
+                param.requires_grad_(True)
+    frozen = freeze(model, config.freeze) if config.freeze else []
+    return model, model_config, adapted, frozen
+
+
+class ClassifyLoss:
+    """Cross-entropy on the labels; during validation it also keeps each sample's prediction."""
+
+    def __init__(self):
+        self.predictions: dict[int, tuple[int, int]] = {}  # sample index -> (predicted, gold)
+
+    def __call__(self, model, batch):
+        import torch
+
+        x, mask, labels, indices = batch
+        logits, loss = model(x, labels, attention_mask=mask)
+        if not torch.is_grad_enabled():
+            for k, p, g in zip(indices.tolist(), logits.argmax(dim=-1).tolist(), labels.tolist()):
+                self.predictions[k] = (p, g)
+        return loss
+
+
+def sft_loss(model, batch):
+    """Mean next-token cross-entropy over the response tokens (prompt targets are IGNORE_INDEX)."""
+    inputs, targets = batch
+    return model(inputs, targets)[1]
+
+
+def confusion_scores(confusion) -> dict[str, float]:
+    """Accuracy and macro F1 over the classes seen in labels or predictions (scikit-learn's convention)."""
+    import torch
+
+    confusion = confusion.double()
+    total = float(confusion.sum())
+    true_pos = confusion.diag()
+    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
+    seen = (predicted + actual) > 0
+    precision = torch.where(predicted > 0, true_pos / predicted.clamp(min=1), torch.zeros_like(true_pos))
+    recall = torch.where(actual > 0, true_pos / actual.clamp(min=1), torch.zeros_like(true_pos))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(true_pos))
+    return {"val_accuracy": float(true_pos.sum()) / total, "val_f1": float(f1[seen].mean())}
+
+
+def _classify_trainer_class():
+    from llmkit.train import distributed as dist_utils
+    from llmkit.train.loop import Trainer
+
+    class ClassifyTrainer(Trainer):
+        """The shared loop, plus validation accuracy and macro F1 after each validation loss."""
+
+        def __init__(self, *args, loss_fn: ClassifyLoss, num_labels: int, **kwargs):
+            super().__init__(*args, loss_fn=loss_fn, **kwargs)
+            self.collector, self.num_labels = loss_fn, num_labels
+            self.step_done = self.start_step
+
+        def train_step(self, step: int):
+            result = super().train_step(step)
+            self.step_done = step + 1
+            return result
+
+        def evaluate(self):
+            import torch
+
+            self.collector.predictions.clear()
+            loss = super().evaluate()
+            if loss is None:
+                return None
+            micro, world, rank = self.settings.micro_batch, self.info.world_size, self.info.rank
+            confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64, device=self.device)
+            for k, (p, g) in self.collector.predictions.items():
+                if (k // micro) % world == rank:  # this rank's own chunk, not a padding forward
+                    confusion[g, p] += 1
+            confusion = dist_utils.all_reduce_sum(confusion, self.info)
+            scores = confusion_scores(confusion.cpu())
+            self.spec.stats.update(scores)  # the manifest's stats carry the latest figures
+            if self.info.is_main:
+                from llmkit.console import err
+
+                record = dict(step=self.step_done, val_loss=loss, **scores)
+                with (self.run_dir / "val_metrics.jsonl").open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                err.print(f"step {self.step_done} validation: accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}", soft_wrap=True)
+            return loss
+
+    return ClassifyTrainer
+
+
+def task_document(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], alpha: float | None,
+                  merged: bool) -> dict[str, Any]:
+    from llmkit.finetune.heads import head_spec
+    from llmkit.finetune.templates import legacy_prompt_template
+
+    document: dict[str, Any] = {"task": config.task, "format_version": 1}
+    if template is not None:
+        document["template"] = template
+        legacy = legacy_prompt_template(template)
+        if legacy:
+            document["prompt_template"] = legacy
+    if labels is not None:
+        document["labels"] = labels.names
+        document["label_values"] = labels.original
+        document["head"] = head_spec(model)
+    if adapted:
+        document["lora"] = {"rank": config.lora_rank, "alpha": alpha, "targets": config.lora_targets,
+                            "layers": len(adapted), "merged": merged}
+    return document
+
+
+def _write_final_merged(directory: Path, scaling: float) -> None:
+    """Fold the adapters in the just-written model.safetensors into plain weights."""
+    from safetensors.torch import load_file, save_file
+
+    from llmkit.finetune.lora import merge_state_dict
+    from llmkit.model.io import WEIGHTS
+
+    state = load_file(str(directory / WEIGHTS))
+    save_file(merge_state_dict(state, scaling), str(directory / WEIGHTS), metadata={"format": "pt"})
+
+
+# -- one process's work ------------------------------------------------------------------------------
+
+
+def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: FinetuneConfig | dict, resume: bool) -> None:
+    from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
+    from llmkit.finetune import data as ft_data
+    from llmkit.finetune.lora import count_parameters
+    from llmkit.finetune.templates import check_tokenizer, resolve_template
+    from llmkit.model.io import TOKENIZER_DIR, read_model_config
+    from llmkit.runtime import seed_everything
+    from llmkit.train import distributed
+    from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
+    from llmkit.train.pretrain import resolve_gpus
+
+    if isinstance(config, dict):
+        known = {f.name for f in fields(FinetuneConfig)}
+        config = FinetuneConfig(**{k: v for k, v in config.items() if k in known})
+    art = artifacts.load(checkpoint, kind="checkpoint")
+    out, data = Path(out), Path(data)
+    info = distributed.init(resolve_gpus(config))
+    try:
+        seed_everything(config.seed)
+        tokenizer_dir = art.path / TOKENIZER_DIR
+        tokenizer = load_tokenizer(tokenizer_dir)
+        context = read_model_config(art.path).context_length
+        seq_len = config.seq_len or context
+        if seq_len > context:
+            raise UserError(f"--seq-len {seq_len} is longer than the checkpoint's context length {context}; lower --seq-len")
+
+        records = ft_data.read_jsonl(data)
+        if config.val_data:
+            val_records = ft_data.read_jsonl(Path(config.val_data))
+        else:
+            records, val_records = ft_data.split_validation(records, config.val_fraction, config.seed)
+        template, labels = None, None
+        if config.task == "sft":
+            template = resolve_template(config.template)
+            check_tokenizer(template, tokenizer)
+            train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training")
+            val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation") if val_records else []
+            pad_id = tokenizer.pad_id
+            train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
+            val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
+            loss_fn = sft_loss
+        else:
+            labels = ft_data.label_set(records, "training")
+            train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training")
+            val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation") if val_records else []
+            train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
+            val_batches = ft_data.ClassifyBatches(val_examples, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
+            loss_fn = ClassifyLoss()
+        top_id = max((max(e.ids) for e in train_examples), default=0)
+
+        model, model_config, adapted, frozen = build_model(art, config, tokenizer, labels)
+        if top_id >= model_config.vocab_size:
+            raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
+        trainable, total = count_parameters(model)
+        if trainable == 0:
+            raise UserError("--freeze leaves no parameter to train; freeze fewer groups")
+
+        world = info.world_size
+        global_batch = config.batch_size
+        micro_batch = max(1, min(config.micro_batch, global_batch // world))
+        if global_batch % (micro_batch * world):
+            raise UserError(
+                f"--batch-size {global_batch} does not split into micro-batches of {micro_batch} on {world} process(es); "
+                f"choose a multiple of {micro_batch * world}"
+            )
+        max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))
+        warmup = config.warmup_steps if config.warmup_steps is not None else min(50, max_steps // 20)
+        val_size = min(len(val_examples), config.eval_examples)
+        settings = LoopSettings(
+            max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch, tokens_per_sample=seq_len,
+            seed=config.seed, optimizer=config.optimizer, lr=config.peak_lr, min_lr_ratio=config.min_lr_ratio,
+            warmup_steps=warmup, schedule=config.schedule, weight_decay=config.weight_decay, beta1=config.beta1,
+            beta2=config.beta2, momentum=config.momentum, grad_clip=config.grad_clip, eval_every=config.eval_every,
+            eval_samples=val_size, save_every=config.save_every, keep_last=config.keep_last, log_every=config.log_every,
+            compile=config.compile, strategy=config.strategy, tensorboard=config.tensorboard,
+        )
+        alpha = (config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank) if adapted else None
+        scaling = alpha / config.lora_rank if adapted else None
+        run_dir = out.resolve()
+
+        def add_files(directory: Path) -> None:
+            directory = Path(directory)
+            copy_tokenizer_files(tokenizer_dir, directory / "tokenizer")
+            final = directory.resolve() == run_dir
+            if adapted and final:
+                _write_final_merged(directory, scaling)
+            document = task_document(config, template, labels, model, adapted, alpha, merged=final)
+            (directory / TASK_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+        val_digest = ft_data.file_digest(Path(config.val_data)) if config.val_data else None
+        spec = ArtifactSpec(
+            config=config.hashed(ft_data.file_digest(data), val_digest),
+            seed=config.seed,
+            inputs=[("base", art)],
+            stats={
+                "task": config.task,
+                "params": total,
+                "trainable_params": trainable,
+                "flops_per_token": model.flops_per_token(seq_len),
+                "model": model_config.to_dict(),
+                "seq_len": seq_len,
+                "train_examples": len(train_examples),
+                "val_examples": len(val_examples),
+                "epochs": max_steps * global_batch / len(train_examples),
+                "max_steps": max_steps,
+                "lora_layers": len(adapted),
+                "frozen_params": len(frozen),
+                "labels": labels.names if labels else None,
+            },
+            runtime=dict(config.runtime(), world_size=world, device=str(info.device), micro_batch=micro_batch,
+                         grad_accumulation=global_batch // (micro_batch * world)),
+            add_files=add_files,
+            file_names=["tokenizer", TASK_FILE],
+        )
+        if info.is_main:
+            from llmkit.console import err
+
+            how = f"LoRA rank {config.lora_rank} on {len(adapted)} layers" if adapted else "full fine-tuning"
+            err.print(
+                f"finetune {config.task} ({how}): {trainable:,} of {total:,} parameters trainable "
+                f"({100 * trainable / total:.2f}%); {len(train_examples)} examples, {max_steps} steps x {global_batch}, "
+                f"lr {config.peak_lr:g}, micro-batch {micro_batch} on {world} process(es)",
+                soft_wrap=True,
+            )
+        common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
+                      val_size=val_size, resume=resume)
+        if config.task == "classify":
+            trainer = _classify_trainer_class()(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
+        else:
+            trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
+        trainer.run()
+    finally:
+        distributed.shutdown()

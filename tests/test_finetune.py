@@ -1,0 +1,289 @@
+"""`llmkit finetune` on real data: SFT masking, templates + eval, classification on SST-2, resume, errors.
+
+The base checkpoint is made by the real stages: `llmkit tokenizer train` and `llmkit tokenize`
+functions on the SST-2 and Multi30k texts, then `pretrain` of a tiny model for 300 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmkit import artifacts
+
+torch.set_num_threads(1)
+
+
+def build_corpus(texts: list[str], out: Path) -> Path:
+    """A corpus artifact per contract 1 (one document per text)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with artifacts.create(out, "corpus") as build:
+        (build.dir / "shards").mkdir()
+        table = pa.table({"id": [f"doc-{i}" for i in range(len(texts))], "text": texts, "source": ["test"] * len(texts)})
+        pq.write_table(table, build.dir / "shards" / "part-00000.parquet")
+        build.stats = {"documents": len(texts), "bytes": sum(len(t.encode()) for t in texts)}
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def base(shared_data, tmp_path_factory) -> dict[str, Path]:
+    from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
+    from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+    from llmkit.train.pretrain import PretrainConfig, pretrain
+
+    root = tmp_path_factory.mktemp("finetune-base")
+    texts = [r["text"] + "\n" for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")]
+    texts += [r["source"] + "\n" + r["target"] + "\n" for r in read_jsonl(shared_data / "translation" / "train.jsonl")]
+    corpus = build_corpus(texts, root / "corpus")
+    tokenizer = train_tokenizer([corpus], root / "tokenizer", TokenizerTrainConfig(vocab_size=512))
+    tokens = tokenize_corpus(corpus, tokenizer, root / "tokens", TokenizeConfig(val_fraction=0.05), workers=1)
+    config = PretrainConfig(model="tiny", n_layer=2, n_embd=64, n_head=4, context_length=128, seq_len=64, batch_tokens=1024,
+                            micro_batch=16, max_steps=300, lr=3e-3, eval_every=0, save_every=0, log_every=100)
+    checkpoint = pretrain(tokens, root / "ckpt", config)
+    return {"checkpoint": checkpoint, "root": root}
+
+
+def _tokenizer(base):
+    from llmkit.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(base["checkpoint"] / "tokenizer")
+
+
+# -- masking -------------------------------------------------------------------------------------
+
+
+def test_text_template_learns_only_response_tokens_token_by_token(base):
+    from llmkit.finetune.data import SFTBatches
+    from llmkit.finetune.templates import encode_example, resolve_template
+    from llmkit.model.gpt import IGNORE_INDEX
+
+    tok = _tokenizer(base)
+    template = resolve_template("translate")
+    records = [{"source": "Zwei Hunde spielen.", "target": "Two dogs play."},
+               {"source": "Ein Mann mit einem roten Hut steht vor einem Haus.", "target": "A man."}]
+    examples = [encode_example(template, r, tok, "test") for r in records]
+    x, y = SFTBatches(examples, pad_id=tok.pad_id, seed=0, shuffle=False)([0, 1])
+    for b, record in enumerate(records):
+        prompt = [tok.bos_id] + tok.encode(f"Translate:\n{record['source']}\nTranslation:")
+        response = tok.encode(" " + record["target"]) + [tok.eos_id]
+        full = prompt + response
+        for t in range(x.shape[1]):
+            if t < len(full) - 1:
+                assert x[b, t] == full[t]
+            else:
+                assert x[b, t] == tok.pad_id and y[b, t] == IGNORE_INDEX  # padding: never a target
+                continue
+            target_is_response = t + 1 >= len(prompt)
+            assert y[b, t] == (full[t + 1] if target_is_response else IGNORE_INDEX), (b, t)
+        assert int((y[b] != IGNORE_INDEX).sum()) == len(response)
+
+
+def test_chat_template_learns_assistant_turns_and_their_ends(base):
+    from llmkit.finetune.data import SFTBatches
+    from llmkit.finetune.templates import encode_chat_prompt, encode_example, resolve_template
+    from llmkit.generate.prompts import encode_chat
+    from llmkit.model.gpt import IGNORE_INDEX
+
+    tok = _tokenizer(base)
+    s = tok.special_ids
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "Goodbye!"}]
+    example = encode_example(resolve_template("chat"), {"messages": messages}, tok, "test")
+    x, y = SFTBatches([example], pad_id=tok.pad_id, seed=0, shuffle=False)([0])
+    expected_ids, expected_learn = [tok.bos_id], [False]
+    for i, m in enumerate(messages):
+        expected_ids.append(s[f"<|{m['role']}|>"])
+        expected_learn.append(i > 0 and messages[i - 1]["role"] == "assistant")  # ends the assistant's turn
+        content = tok.encode(m["content"])
+        expected_ids += content
+        expected_learn += [m["role"] == "assistant"] * len(content)
+    expected_ids.append(tok.eos_id)
+    expected_learn.append(True)
+    assert x[0].tolist() == expected_ids[:-1]
+    for t in range(len(expected_ids) - 1):
+        assert y[0, t] == (expected_ids[t + 1] if expected_learn[t + 1] else IGNORE_INDEX), t
+    learned = [tok.decode([i]) for i, flag in zip(expected_ids, expected_learn) if flag]
+    assert "".join(learned) == "Hello.<|user|>Goodbye!<|eos|>"
+    # The generation prompt is what `llmkit generate` builds for the same history.
+    assert encode_chat_prompt(messages[:2], tok) == encode_chat(messages[:2], tok)
+    # ... and a training conversation is its generation prompt followed by the learned reply.
+    last_turn = len(expected_ids) - 1 - len(tok.encode("Goodbye!")) - 1
+    assert encode_chat_prompt(messages[:4], tok) == expected_ids[: last_turn + 1]
+
+
+def test_sft_loss_ignores_prompt_tokens(base):
+    """The loss equals the cross-entropy over response positions alone, and prompt logits get no gradient."""
+    from llmkit.finetune.data import SFTBatches
+    from llmkit.finetune.stage import sft_loss
+    from llmkit.finetune.templates import encode_example, resolve_template
+    from llmkit.model.io import load_checkpoint
+
+    tok = _tokenizer(base)
+    model = load_checkpoint(base["checkpoint"]).model
+    examples = [encode_example(resolve_template("plain"), {"prompt": p, "response": r}, tok, "t")
+                for p, r in [("a great movie", "positive"), ("dull and far too long", "negative review")]]
+    x, y = SFTBatches(examples, pad_id=tok.pad_id, seed=0, shuffle=False)([0, 1])
+    loss = sft_loss(model, (x, y))
+    with torch.no_grad():
+        logits, _ = model(x)
+    manual = []
+    for b, example in enumerate(examples):
+        start = example.prompt_length - 1  # the position that predicts the first response token
+        for t in range(start, len(example.ids) - 1):
+            manual.append(torch.nn.functional.cross_entropy(logits[b, t], torch.tensor(example.ids[t + 1])))
+    assert loss.item() == pytest.approx(torch.stack(manual).mean().item(), rel=1e-5)
+    embeddings = model.tok_emb.weight
+    hidden = model.hidden_states(x).detach().requires_grad_(True)
+    out = torch.nn.functional.cross_entropy(model.lm_head(hidden).reshape(-1, embeddings.shape[0]), y.reshape(-1), ignore_index=-100)
+    out.backward()
+    for b, example in enumerate(examples):
+        assert hidden.grad[b, : example.prompt_length - 1].abs().sum() == 0  # positions predicting prompt tokens
+        assert hidden.grad[b, example.prompt_length - 1].abs().sum() > 0
+
+
+# -- SFT with a template, then eval with the same template ------------------------------------------
+
+
+def test_translate_finetune_then_eval_bleu_uses_the_stored_template(base, shared_data, cli, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", read_jsonl(shared_data / "translation" / "train.jsonl")[:600])
+    run = tmp_path / "run"
+    result = cli("finetune", base["checkpoint"], "--data", train, "-o", run, "--template", "translate", "--max-steps", "40",
+                 "--batch-size", "16", "--micro-batch", "16", "--lr", "2e-3", "--eval-every", "20", "--truncate", "--log-every", "20")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(val) == 2 and val[1] < val[0]
+    art = artifacts.load(run, kind="checkpoint")
+    assert {i["role"] for i in art.manifest.inputs} == {"base"} and artifacts.verify(run).ok
+    task = json.loads((run / "task.json").read_text())
+    assert task["task"] == "sft" and task["template"]["name"] == "translate" and task["template"]["input_field"] == "source"
+    assert task["prompt_template"] == task["template"]["prompt"] == "Translate:\n{source}\nTranslation:"
+    test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "translation" / "test.jsonl")[:12])
+    result = cli("eval", run, "--metric", "bleu", "--data", test, "-o", tmp_path / "eval", "--max-new-tokens", "16", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    predictions = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
+    assert predictions[0]["prompt"].startswith("Translate:\n") and predictions[0]["prompt"].endswith("\nTranslation:")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert any(k.startswith("bleu") for k in metrics)
+
+
+# -- classification -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, monkeypatch, cli):
+    from llmkit.finetune.heads import load_classifier
+    from llmkit.finetune.stage import FinetuneConfig, finetune
+
+    dev = shared_data / "sentiment" / "test.jsonl"
+    config = FinetuneConfig(task="classify", val_data=str(dev), batch_size=32, micro_batch=32, epochs=4, lr=1e-3,
+                            eval_every=125, log_every=125, truncate=True)
+    run = finetune(base["checkpoint"], shared_data / "sentiment" / "train.jsonl", tmp_path / "cls", config)
+    dev_rows = read_jsonl(dev)
+    n = len(dev_rows)
+    majority = max(sum(r["label"] == 1 for r in dev_rows), sum(r["label"] == 0 for r in dev_rows)) / n
+    # Three standard errors above the majority-class rate: a chance classifier passes with p < 0.002.
+    threshold = majority + 3 * math.sqrt(majority * (1 - majority) / n)
+    stats = artifacts.load(run, kind="checkpoint").stats
+    assert stats["val_accuracy"] > threshold, (stats["val_accuracy"], threshold)
+    assert stats["labels"] == ["0", "1"] and 0 < stats["val_f1"] <= 1
+    history = read_jsonl(run / "val_metrics.jsonl")
+    assert [h["step"] for h in history] == [125, 250]
+
+    # The checkpoint loads as a classifier whose .classify (what `llmkit eval` calls) reproduces the figure.
+    loaded = load_classifier(run)
+    assert loaded.task["head"] == {"type": "linear", "prefix": "classifier.", "pooling": "last", "num_labels": 2}
+    import llmkit.model.io as io
+
+    monkeypatch.setattr(io, "load_checkpoint", load_classifier)  # until io.py builds classifiers itself
+    result = cli("eval", run, "--metric", "accuracy", "--metric", "f1", "--data", dev, "-o", tmp_path / "eval", "--device", "cpu",
+                 "--batch-size", "32")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(stats["val_accuracy"], abs=1e-9)
+    assert metrics["f1"] == pytest.approx(stats["val_f1"], abs=1e-9)
+
+
+def test_classifier_pools_first_token_for_mlm_and_last_real_token_for_clm(base):
+    from llmkit.finetune.heads import SequenceClassifier
+    from llmkit.model.gpt import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    for objective in ("clm", "mlm"):
+        clf = SequenceClassifier(GPT(ModelConfig(vocab_size=50, context_length=16, n_layer=1, n_head=2, n_embd=16, objective=objective)), 3).eval()
+        row = torch.tensor([[1, 7, 8, 9]])
+        padded = torch.tensor([[1, 7, 8, 9, 2, 2]])
+        mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+        alone = clf.classify(row)
+        assert torch.allclose(clf.classify(padded, attention_mask=mask), alone, atol=1e-5)
+        hidden = clf.lm.hidden_states(row)
+        pooled = hidden[:, 0] if objective == "mlm" else hidden[:, -1]
+        assert torch.allclose(clf.classifier(pooled), alone, atol=1e-6)
+        assert set(clf.state_dict()) - set(clf.lm.state_dict()) == {"classifier.weight", "classifier.bias"}
+
+
+# -- resume ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [["--task", "sft", "--template", "plain", "--dropout", "0.1"],
+                                     ["--task", "classify", "--lora-rank", "4", "--dropout", "0.1"]], ids=["sft", "classify-lora"])
+def test_resume_of_a_finetune_is_exact(base, shared_data, cli, tmp_path, variant):
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:200]
+    if "sft" in variant:
+        rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"} for r in rows]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    common = [*variant, "--data", data, "--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--batch-size", "8",
+              "--micro-batch", "4", "--truncate", "--lr", "1e-3"]
+    straight = tmp_path / "straight"
+    assert cli("finetune", base["checkpoint"], "-o", straight, *common).exit_code == 0
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step_0000004", resumed / "checkpoints" / "step_0000004")
+    result = cli("finetune", base["checkpoint"], "-o", resumed, *common, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
+    assert artifacts.load(straight).fingerprint == artifacts.load(resumed).fingerprint
+    first = json.loads((straight / "training_state.json").read_text())
+    assert first["step"] == 8
+
+
+# -- one-line errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rows, extra, message",
+    [
+        ([{"prompt": "x " * 400, "response": "y"}] * 4, [], "longer than 128 tokens"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--seq-len", "4096"], "longer than the checkpoint's context length 128"),
+        ([{"text": "a", "label": 0}] * 4, ["--task", "classify"], "single label"),
+        ([{"question": "a", "answer": "b"}] * 4, [], "neither a \"messages\" list"),
+        ([{"source": "a"}] * 4, ["--template", "translate"], "no field 'target'"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--template", "nonesuch"], "unknown template"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "nothing_here"], "matches no linear layer"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--freeze", "nothing_here"], "matches no parameter"),
+    ],
+    ids=["too-long", "seq-len", "one-label", "no-fields", "template-field", "template-name", "lora-targets", "freeze"],
+)
+def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    result = cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / "run", "--max-steps", "1", *extra)
+    assert result.exit_code != 0
+    assert message in result.output and result.output.count("error:") == 1, result.output
+    assert not (tmp_path / "run" / "manifest.json").exists()
