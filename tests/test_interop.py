@@ -575,3 +575,28 @@ def test_pretrained_checkpoint_runs_the_same_in_transformers(cli, tmp_path, shak
         for _ in range(12):
             ours = torch.cat([ours, loaded.model(ours)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
     assert theirs.tolist() == ours.tolist()
+
+
+def test_every_mlp_width_llmkit_can_build_is_found():
+    """Import turns transformers' explicit MLP width into llmkit's mlp_ratio; every width a
+    ModelConfig can produce must be found exactly, and others refused by name."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from llmkit.errors import UserError
+    from llmkit.model.hf import _model_config
+
+    @settings(max_examples=300, deadline=None)
+    @given(heads=st.integers(1, 32), head_dim=st.sampled_from([2, 4, 8, 64, 80, 128]), width=st.integers(1, 20000),
+           swiglu=st.booleans())
+    def check(heads, head_dim, width, swiglu):
+        style = LLAMA_STYLE if swiglu else GPT2_STYLE
+        values = dict(style, n_embd=heads * head_dim, n_head=heads, n_kv_head=heads)
+        buildable = not swiglu or width < 64 or width % 64 == 0
+        if buildable:
+            assert _model_config(dict(values), width, "llama").mlp_hidden == width
+        else:
+            with pytest.raises(UserError, match=f"MLP width {width}"):
+                _model_config(dict(values), width, "llama")
+
+    check()
