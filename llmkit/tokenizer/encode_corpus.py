@@ -58,6 +58,7 @@ def validation_mask(num_docs: int, val_fraction: float, seed: int) -> np.ndarray
 
 
 CHECK_CHARS = 16384
+FIRST_CHECKS = 256  # documents of the first batch checked against tokenizers
 
 # Per-process encoder state, set once per process by _init_worker.
 _STATE: dict[str, Any] = {}
@@ -87,8 +88,8 @@ def _encode_batch(index: int, texts: list[str]) -> tuple[np.ndarray, np.ndarray,
     """Encode one batch of documents -> (UTF-8 sizes, flat ids, per-document lengths, checked, mismatch).
 
     Each non-empty document becomes `[bos] ids eos`; an empty one has length 0 (it is skipped).
-    On the fast path every document of batch 0 and every `check_every`-th document after it is
-    also encoded by tokenizers; the first difference is returned so the run can fall back.
+    On the fast path the first FIRST_CHECKS documents of batch 0 and every `check_every`-th
+    document after that are also encoded by tokenizers; the first difference is returned so the run can fall back.
     """
     tok, fast, prefix, eos = _STATE["tok"], _STATE["fast"], _STATE["prefix"], _STATE["eos"]
     sizes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
@@ -100,7 +101,7 @@ def _encode_batch(index: int, texts: list[str]) -> tuple[np.ndarray, np.ndarray,
         core = fast._core_bpe  # per-text calls: tiktoken's own batch API adds a thread hop per document
         encoded = [core.encode_ordinary(t) for t in present]
         every = _STATE["check_every"]
-        picked = list(range(len(present))) if index == 0 else list(range(index % every, len(present), every))
+        picked = list(range(min(len(present), FIRST_CHECKS))) if index == 0 else list(range(index % every, len(present), every))
         # tokenizers is slow on very long strings: a long document is checked on its first CHECK_CHARS.
         samples = [present[i][:CHECK_CHARS] for i in picked]
         for i, sample, ref in zip(picked, samples, tok.encode_batch(samples)):
