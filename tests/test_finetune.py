@@ -41,13 +41,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def base(shared_data, tmp_path_factory) -> dict[str, Path]:
+def build_base(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
+    """The tiny base checkpoint, built once per session (and shared by test_lora / test_chat)."""
     from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
     from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
     from llmkit.train.pretrain import PretrainConfig, pretrain
 
-    root = tmp_path_factory.mktemp("finetune-base")
+    root = tmp_path_factory.getbasetemp() / "finetune-base"
+    if (root / "ckpt" / "manifest.json").is_file():
+        return {"checkpoint": root / "ckpt", "root": root}
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
     texts = [r["text"] + "\n" for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")]
     texts += [r["source"] + "\n" + r["target"] + "\n" for r in read_jsonl(shared_data / "translation" / "train.jsonl")]
     corpus = build_corpus(texts, root / "corpus")
@@ -57,6 +61,11 @@ def base(shared_data, tmp_path_factory) -> dict[str, Path]:
                             micro_batch=16, max_steps=300, lr=3e-3, eval_every=0, save_every=0, log_every=100)
     checkpoint = pretrain(tokens, root / "ckpt", config)
     return {"checkpoint": checkpoint, "root": root}
+
+
+@pytest.fixture(scope="session")
+def base(shared_data, tmp_path_factory) -> dict[str, Path]:
+    return build_base(shared_data, tmp_path_factory)
 
 
 def _tokenizer(base):

@@ -1,0 +1,88 @@
+"""`llmkit chat`: the training template at inference, streaming, history within the context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_finetune import build_base, write_jsonl
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def base(shared_data, tmp_path_factory):
+    return build_base(shared_data, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def chat_model(base, tmp_path_factory):
+    """A chat fine-tune that learned to answer every question with the same sentence."""
+    from llmkit.finetune.stage import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("chat")
+    questions = ["what is this", "tell me a story", "who are you", "is it raining", "how old are you", "where is the dog",
+                 "what time is it", "do you like films", "say something", "which way is north"]
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Two dogs play in the snow."}]}
+            for q in questions]
+    data = write_jsonl(root / "chat.jsonl", rows)
+    config = FinetuneConfig(task="sft", template="chat", batch_size=10, micro_batch=10, max_steps=40, lr=3e-3,
+                            val_fraction=0.0, eval_every=0, save_every=0, log_every=40)
+    return finetune(base["checkpoint"], data, root / "run", config)
+
+
+def _session(path, max_new_tokens=24, system=None):
+    from llmkit.finetune.heads import load_classifier
+    from llmkit.generate.chat import ChatSession
+    from llmkit.generate.engine import GenerationParams
+
+    loaded = load_classifier(path)
+    return ChatSession(loaded.model, loaded.tokenizer, loaded.task, GenerationParams(max_new_tokens=max_new_tokens), system=system)
+
+
+def test_chat_replies_with_what_the_finetune_taught_and_streams_it(chat_model):
+    session = _session(chat_model)
+    assert session.template["name"] == "chat"
+    pieces: list[str] = []
+    reply = session.reply("what is your name", on_text=pieces.append)
+    assert reply == "Two dogs play in the snow."
+    assert "".join(pieces).strip() == reply and len(pieces) > 1
+    assert session.history == [{"role": "user", "content": "what is your name"}, {"role": "assistant", "content": reply}]
+
+
+def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model):
+    from llmkit.generate.prompts import encode_chat
+
+    session = _session(chat_model, max_new_tokens=32, system="Answer briefly.")
+    for i in range(8):
+        session.history += [{"role": "user", "content": f"question number {i} about a long day in the park"},
+                            {"role": "assistant", "content": f"answer number {i} about the same long day"}]
+    ids = session.prompt_ids("and now?")
+    limit = session.model.config.context_length
+    assert len(ids) + 32 <= limit
+    kept = session.history
+    assert 0 < len(kept) < 16 and kept[-1]["content"] == "answer number 7 about the same long day"
+    # Exactly what `llmkit generate` renders for the same conversation.
+    messages = [{"role": "system", "content": "Answer briefly."}, *kept, {"role": "user", "content": "and now?"}]
+    assert ids == encode_chat(messages, session.tokenizer)
+
+
+def test_chat_command_in_the_terminal(chat_model, cli):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "--device", "cpu"],
+                                input="hello\n/reset\nwho is there\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("bot> Two dogs play in the snow.") == 2
+
+
+def test_chat_refuses_a_classifier(base, tmp_path, cli):
+    rows = [{"text": t, "label": i % 2} for i, t in enumerate(["good", "bad", "fine film", "awful mess"] * 4)]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    run = tmp_path / "cls"
+    assert cli("finetune", base["checkpoint"], "--data", data, "-o", run, "--task", "classify", "--max-steps", "1",
+               "--batch-size", "4", "--micro-batch", "4").exit_code == 0
+    result = cli("chat", run)
+    assert result.exit_code != 0 and "is a classifier" in result.output

@@ -1,0 +1,117 @@
+"""LoRA: only adapters train, the base stays bit-identical, and merging gives the same logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmkit import artifacts
+from test_finetune import build_base, read_jsonl, write_jsonl
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def base(shared_data, tmp_path_factory):
+    return build_base(shared_data, tmp_path_factory)
+
+
+def _tiny_gpt(**overrides):
+    from llmkit.model.gpt import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=64, context_length=32, n_layer=2, n_head=2, n_embd=32, **overrides))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bias": True, "activation": "gelu", "norm": "layernorm", "pos": "learned"}],
+                         ids=["llama-style", "gpt2-style"])
+def test_adapters_start_at_the_base_train_alone_and_merge_to_the_same_logits(overrides):
+    from llmkit.finetune.lora import LoRALinear, apply_lora, count_parameters, merge_lora, merge_state_dict
+
+    model = _tiny_gpt(**overrides)
+    idx = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before, _ = model(idx)
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    adapted = apply_lora(model, ["q_proj", "kv_proj", "up_proj"], rank=4, alpha=8.0)
+    assert sorted(adapted) == sorted(f"blocks.{i}.{m}" for i in range(2) for m in ("attn.q_proj", "attn.kv_proj", "mlp.up_proj"))
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], before)  # B = 0: exactly the base model
+    trainable, total = count_parameters(model)
+    lora_params = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert lora_params == {f"{a}.lora_{x}" for a in adapted for x in "AB"}
+    assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in lora_params) < total / 5
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for _ in range(5):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    state = model.state_dict()
+    for key, value in base_state.items():
+        assert torch.equal(state[key], value), key  # every base tensor is bit-identical
+    assert all(state[f"{a}.lora_B"].abs().sum() > 0 for a in adapted)
+    with torch.no_grad():
+        adapted_logits, _ = model(idx)
+    assert not torch.allclose(adapted_logits, before, atol=1e-4)
+
+    merged_state = merge_state_dict(state, scaling=2.0)
+    assert set(merged_state) == set(base_state)
+    plain = _tiny_gpt(**overrides)
+    plain.load_state_dict(merged_state)
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(plain(idx)[0], adapted_logits, atol=1e-5, rtol=0)
+        assert torch.equal(model(idx)[0], plain(idx)[0])  # merging in memory and on file agree bit for bit
+    for key in base_state:
+        changed = not torch.equal(merged_state[key], base_state[key])
+        assert changed == any(key == f"{a}.weight" for a in adapted), key
+
+
+def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_data, cli, tmp_path):
+    from llmkit.finetune.lora import apply_lora
+    from llmkit.model.io import load_checkpoint
+
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:256]]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    run = tmp_path / "run"
+    result = cli("finetune", base["checkpoint"], "--data", data, "-o", run, "--lora-rank", "4", "--lora-alpha", "8",
+                 "--lora-targets", "q_proj,kv_proj", "--lora-targets", "out_proj", "--max-steps", "12", "--batch-size", "16",
+                 "--micro-batch", "16", "--save-every", "12", "--keep-last", "0", "--eval-every", "6", "--truncate")
+    assert result.exit_code == 0, result.output
+    assert "parameters trainable" in result.output or "parameters trained" in result.output
+    stats = artifacts.load(run, kind="checkpoint").stats
+    assert 0 < stats["trainable_params"] < stats["params"] / 5 and stats["lora_layers"] == 6
+    val = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    assert val[1] < val[0]
+
+    base_state = load_file(str(base["checkpoint"] / "model.safetensors"))
+    # The intermediate checkpoint at the last step keeps the adapters: the base tensors are untouched.
+    intermediate = load_file(str(run / "checkpoints" / "step_0000012" / "model.safetensors"))
+    adapter_keys = {k for k in intermediate if k.endswith((".lora_A", ".lora_B"))}
+    assert len(adapter_keys) == 12 and set(intermediate) - adapter_keys == set(base_state)
+    for key, value in base_state.items():
+        assert torch.equal(intermediate[key], value), key
+    # The final checkpoint holds merged plain weights: only the adapted layers differ from the base.
+    final = load_file(str(run / "model.safetensors"))
+    assert set(final) == set(base_state)
+    adapted_weights = {k[: -len(".lora_A")] + ".weight" for k in adapter_keys if k.endswith(".lora_A")}
+    for key in base_state:
+        assert torch.equal(final[key], base_state[key]) != (key in adapted_weights), key
+    task = json.loads((run / "task.json").read_text())
+    assert task["lora"] == {"rank": 4, "alpha": 8.0, "targets": ["q_proj", "kv_proj", "out_proj"], "layers": 6, "merged": True}
+
+    merged = load_checkpoint(run)  # an ordinary checkpoint: nothing LoRA-specific to load it
+    with_adapters = load_checkpoint(base["checkpoint"]).model
+    apply_lora(with_adapters, ["q_proj", "kv_proj", "out_proj"], rank=4, alpha=8.0)
+    missing, unexpected = with_adapters.load_state_dict(intermediate, strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding, stored once
+    idx = torch.tensor([merged.tokenizer.encode("a gripping , funny and moving film")])
+    with torch.no_grad():
+        assert torch.allclose(merged.model(idx)[0], with_adapters.eval()(idx)[0], atol=1e-5, rtol=0)
