@@ -79,14 +79,19 @@ def print_results(result) -> None:
 
     from llmkit.console import out
 
-    table = Table(title=f"llmkit eval → {result.path}", title_justify="left")
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     out.print(table)
-    for name, line in result.formatted.items():
-        out.print(f"{line}", soft_wrap=True, markup=False)
+    stats = result.stats
+    if "tokens" in stats:
+        out.print(f"scored {stats['documents']} documents: {stats['tokens']} tokens, {stats['words']} words, {stats['bytes']} bytes", markup=False)
+    elif "examples" in stats:
+        out.print(f"scored {stats['examples']} examples", markup=False)
+    for line in result.formatted.values():
+        out.print(line, soft_wrap=True, markup=False)
     for name, signature in result.signatures.items():
         out.print(f"{name} signature: {signature}", soft_wrap=True, markup=False)
 

@@ -69,6 +69,7 @@ class EvalResult:
     metrics: dict[str, float]
     signatures: dict[str, str]
     formatted: dict[str, str]
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _file_ref(value: str) -> Any:
@@ -234,7 +235,7 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
         stats["metrics"] = list(metrics)
         build.stats = stats
         build.runtime = {"device": device, "seconds": round(time.perf_counter() - started, 3)}
-    return EvalResult(Path(out), metrics, signatures, formatted)
+    return EvalResult(Path(out), metrics, signatures, formatted, stats)
 
 
 def _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records) -> None:
