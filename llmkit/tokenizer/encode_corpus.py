@@ -225,20 +225,20 @@ def tokenize_corpus(
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
     is_val = validation_mask(num_docs, config.val_fraction, seed)
     # Spawning workers costs about a second: a corpus of one batch is encoded in-process.
-    threads = worker_count(workers) if num_docs > batch_size else 1
+    processes = worker_count(workers) if num_docs > batch_size else 1
     total_bytes = corpus.stats.get("bytes")
 
     dtype = token_dtype(tok.vocab_size)
 
     with artifacts.create(out, "tokens", force=force) as build:
-        encoder = _Encoder(tok_art.path, threads, use_fast, config.add_bos)
+        encoder = _Encoder(tok_art.path, processes, use_fast, config.add_bos)
         try:
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
         except _FastPathMismatch as exc:
             err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
-            encoder = _Encoder(tok_art.path, threads, use_fast=False, add_bos=config.add_bos)
+            encoder = _Encoder(tok_art.path, processes, use_fast=False, add_bos=config.add_bos)
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
@@ -255,7 +255,7 @@ def tokenize_corpus(
         build.seed = seed
         build.add_input("corpus", corpus)
         build.add_input("tokenizer", tok_art)
-        build.runtime = {"workers": threads, "batch_size": batch_size, "encoder": encoder.name}
+        build.runtime = {"workers": processes, "batch_size": batch_size, "encoder": encoder.name}
         build.stats = {
             "dtype": dtype.name,
             "vocab_size": tok.vocab_size,
