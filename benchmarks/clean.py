@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -70,16 +71,32 @@ def text_bytes(path: Path) -> int:
     return sum(len(t.encode()) for t in pq.read_table(path).column("text").to_pylist())
 
 
+class Timing:
+    """Wall-clock and CPU seconds (this process and its children): on a shared machine CPU time is the
+    steadier measure of work, wall time what a user waits."""
+
+    def __init__(self, wall: float, cpu: float):
+        self.wall, self.cpu = wall, cpu
+
+    def line(self, megabytes: float) -> str:
+        return (f"wall {self.wall:7.1f} s {megabytes / self.wall:6.2f} MB/s | "
+                f"cpu {self.cpu:7.1f} s {megabytes / self.cpu:6.2f} MB/s")
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_llmkit(source: Path, out: Path, workers: int) -> tuple[float, dict]:
     from llmkit import artifacts
     from llmkit.corpus import pipeline
     from llmkit.corpus.settings import resolve
 
     cfg = resolve(explicit={"preset": "web", "languages": [], "exact_dedup": False})
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     pipeline.clean([str(source)], out, cfg, workers=workers, force=True, show_progress=False)
-    elapsed = time.perf_counter() - started
-    return elapsed, artifacts.load(out).stats
+    return Timing(time.perf_counter() - started, _cpu_seconds() - cpu), artifacts.load(out).stats
 
 
 def run_datatrove(source: Path, work: Path) -> tuple[float, int]:
@@ -146,16 +163,16 @@ def run_datatrove(source: Path, work: Path) -> tuple[float, int]:
     import contextlib
     import io
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     for index, pipeline in enumerate(stages):
         tasks = minhash.num_buckets if index == 2 else 1  # the bucket stage runs one task per band
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # step logs
             LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(work / f"logs{index}")).run()
-    elapsed = time.perf_counter() - started
+    timing = Timing(time.perf_counter() - started, _cpu_seconds() - cpu)
     import pyarrow.parquet as pq
 
     kept = sum(pq.read_metadata(f).num_rows for f in (work / "out").rglob("*.parquet"))
-    return elapsed, kept
+    return timing, kept
 
 
 def main() -> None:
@@ -185,21 +202,19 @@ def main() -> None:
 
         print(f"input: {size:.1f} MB of text in {pq.read_metadata(big).num_rows} documents (one Parquet file)")
 
-        llm_time, stats = run_llmkit(big, work / "llmkit", args.workers)
-        llm_speed = size / llm_time
-        print(f"llmkit clean  : {llm_time:7.1f} s  {llm_speed:6.2f} MB/s  kept {stats['documents']} docs "
-              f"(workers={args.workers})")
+        llm, stats = run_llmkit(big, work / "llmkit", args.workers)
+        print(f"llmkit clean : {llm.line(size)} | kept {stats['documents']} docs (workers={args.workers})")
         if not args.skip_datatrove:
-            dt_time, dt_kept = run_datatrove(big, work / "datatrove")
-            dt_speed = size / dt_time
-            print(f"datatrove     : {dt_time:7.1f} s  {dt_speed:6.2f} MB/s  kept {dt_kept} docs")
-            print(f"speed ratio llmkit / datatrove: {llm_speed / dt_speed:.2f}x")
+            dt, dt_kept = run_datatrove(big, work / "datatrove")
+            print(f"datatrove    : {dt.line(size)} | kept {dt_kept} docs")
+            print(f"speed ratio llmkit / datatrove: wall {dt.wall / llm.wall:.2f}x, cpu {dt.cpu / llm.cpu:.2f}x")
         if not args.skip_scaling:
             small = work / "input-1x.parquet"
             build_input(small, args.mb / 10)
-            small_time, _ = run_llmkit(small, work / "llmkit-1x", args.workers)
-            print(f"scaling: 1x ({text_bytes(small) / 1e6:.1f} MB) {small_time:.1f} s, "
-                  f"10x ({size:.1f} MB) {llm_time:.1f} s, ratio {llm_time / small_time:.1f} (linear = 10)")
+            one, _ = run_llmkit(small, work / "llmkit-1x", args.workers)
+            print(f"scaling: 1x ({text_bytes(small) / 1e6:.1f} MB) wall {one.wall:.1f} s cpu {one.cpu:.1f} s; "
+                  f"10x ({size:.1f} MB) wall {llm.wall:.1f} s cpu {llm.cpu:.1f} s; "
+                  f"ratio wall {llm.wall / one.wall:.1f}, cpu {llm.cpu / one.cpu:.1f} (linear = 10)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
