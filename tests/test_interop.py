@@ -132,13 +132,60 @@ def test_export_loads_in_transformers_with_equal_logits_and_tokens(cli, tmp_path
     # transformers tokenizers parse special-token text (chat templates rely on it); llmkit's
     # loader keeps typed specials as text and inserts them by id. The same ids either way:
     assert hf_tok("<|user|>hi", add_special_tokens=False)["input_ids"] == [tok.special_ids["<|user|>"]] + tok.encode("hi")
-    # llmkit's chat format as a chat template; generation stops at eos or the next role token.
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Speak!"}]
-    expected = [tok.bos_id, tok.special_ids["<|system|>"]] + tok.encode("Be brief.")
-    expected += [tok.special_ids["<|user|>"]] + tok.encode("Speak!") + [tok.special_ids["<|assistant|>"]]
-    assert list(hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)) == expected
-    generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == [tok.eos_id] + [tok.special_ids[f"<|{r}|>"] for r in ("system", "user", "assistant")]
+    # A base model was never trained on a prompt format: no chat template, eos ends generation.
+    assert hf_tok.chat_template is None
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
+
+
+def _with_task(ckpt: Path, task: dict, out: Path) -> Path:
+    """A copy of a checkpoint artifact with a fine-tuning task.json (as `llmkit finetune` writes)."""
+    with artifacts.create(out, "checkpoint") as build:
+        for name in artifacts.load(ckpt).manifest.files:
+            (build.dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (build.dir / name).write_bytes((ckpt / name).read_bytes())
+        (build.dir / "task.json").write_text(json.dumps(task))
+    return out
+
+
+def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer_dir):
+    """task.json's chat or text template as a Jinja chat template: apply_chat_template gives the
+    ids llmkit's fine-tuning trains on and prompts with; classifiers are refused."""
+    from transformers import AutoTokenizer
+
+    from llmkit.finetune.templates import (
+        encode_chat_example, encode_chat_prompt, encode_text_example, encode_text_prompt, resolve_template,
+    )
+
+    base = make_checkpoint(tmp_path, "base", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
+    tok = load_checkpoint(base).tokenizer
+
+    chat_ckpt = _with_task(base, {"task": "sft", "template": resolve_template("chat")}, tmp_path / "chat")
+    assert cli("export", chat_ckpt, "-o", tmp_path / "chat-hf").exit_code == 0
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "chat-hf", local_files_only=True)
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Speak, speak!"}]
+    render = lambda messages, **kw: list(hf_tok.apply_chat_template(messages, tokenize=True, return_dict=False, **kw))  # noqa: E731
+    assert render(history, add_generation_prompt=True) == encode_chat_prompt(history, tok)
+    finished = history + [{"role": "assistant", "content": "First Citizen."}]
+    assert render(finished) == encode_chat_example(finished, tok).ids
+    stops = json.loads((tmp_path / "chat-hf" / "generation_config.json").read_text())["eos_token_id"]
+    assert stops == [tok.eos_id] + [tok.special_ids[f"<|{r}|>"] for r in ("system", "user", "assistant")]
+
+    template = resolve_template("translate")
+    text_ckpt = _with_task(base, {"task": "sft", "template": template, "prompt_template": template["prompt"]}, tmp_path / "tr")
+    assert cli("export", text_ckpt, "-o", tmp_path / "tr-hf").exit_code == 0
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "tr-hf", local_files_only=True)
+    record = {"source": "Café naïve, 東京.", "target": "Coffee."}
+    user = [{"role": "user", "content": record["source"]}]
+    assert render(user, add_generation_prompt=True) == encode_text_prompt(template, record["source"], tok)
+    # A whole example renders as one string, so BPE may merge across the prompt/response seam
+    # that llmkit's training keeps; on this example there is none to merge.
+    example = render(user + [{"role": "assistant", "content": record["target"]}])
+    assert example == encode_text_example(template, record, tok, "test").ids
+    assert json.loads((tmp_path / "tr-hf" / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
+
+    classifier = _with_task(base, {"task": "classify", "labels": ["neg", "pos"]}, tmp_path / "cls")
+    assert "classification" in _error(cli("export", classifier, "-o", tmp_path / "cls-hf"))
+    assert not (tmp_path / "cls-hf").exists()
 
 
 def _save_hf_model(folder: Path, hf_config, tokenizer_dir: Path, seed: int = 0) -> torch.nn.Module:

@@ -500,8 +500,15 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     torch_dtype = _dtype(dtype)
     art = artifacts.load(checkpoint, kind="checkpoint")
     family = hf_family(read_model_config(art.path))  # refuse before loading any weights
+    task = _read_task(art)
+    if task and task.get("task") == "classify":
+        raise UserError(
+            f"{art.path} is a classification checkpoint; its head has a bias that transformers' "
+            "*ForSequenceClassification `score` layer lacks, so it does not export; export the checkpoint it was fine-tuned from"
+        )
     loaded = load_checkpoint(art.path)
     config, tok = loaded.config, loaded.tokenizer
+    template = chat_template_for(task)
     special = SpecialIds(bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id)
     hf_config = to_hf_config(config, special)
     hf_config.dtype = dtype
@@ -511,12 +518,12 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
             _update_json(tmp / "config.json", rope_theta=float(config.rope_theta))
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
-        stops = stop_token_ids(tok)
+        stops = stop_token_ids(tok, chat=template == CHAT_TEMPLATE)
         GenerationConfig(
             bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad
         ).save_pretrained(tmp)
-        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length)
-        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint, "task": loaded.task}
+        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template)
+        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint, "task": task}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
@@ -527,26 +534,83 @@ def _update_json(path: Path, **values) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-# llmkit's chat format (llmkit/generate/prompts.py): [BOS] (<|role|> text)* <|assistant|>, and a
-# role token ends a turn. As a Jinja template, so `tokenizer.apply_chat_template` gives the ids
-# llmkit's chat gives.
+def _read_task(art) -> dict | None:
+    from llmkit.model.io import TASK
+
+    if TASK not in art.manifest.files:
+        return None
+    try:
+        task = json.loads(art.file(TASK).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{art.path / TASK} is not valid JSON ({exc}); the checkpoint is damaged, rebuild it") from exc
+    return task if isinstance(task, dict) else None
+
+
+# Fine-tuned checkpoints carry their prompt format in task.json (llmkit/finetune/templates.py);
+# as a Jinja chat template, `tokenizer.apply_chat_template` renders what llmkit renders.
+# chat: [BOS] (<|role|> text)*, then <|assistant|> to prompt an answer, or EOS after a finished
+# conversation (as in training); a role token ends a turn, so role tokens are stop ids too.
 CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
     "{{ raise_exception('llmkit chats have system, user and assistant roles only') }}{% endif %}"
     "{{ '<|' + message['role'] + '|>' + message['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}"
+    "{% elif messages and messages[-1]['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
 )
 
 
-def stop_token_ids(tok) -> list[int]:
-    """End of text, and the role tokens that end a chat turn (as llmkit's chat stops on them)."""
-    ids = [tok.eos_id] + [tok.special_ids[t] for t in CHAT_ROLE_TOKENS if t in tok.special_ids]
+def _jinja_format(pattern: str, field: str) -> str | None:
+    """A Python format string with one placeholder `{field}` as Jinja, the placeholder filled
+    by `message['content']`; None for any other placeholder."""
+    import string
+
+    parts = []
+    for literal, name, spec, conversion in string.Formatter().parse(pattern):
+        if literal:
+            parts.append("{{ " + json.dumps(literal, ensure_ascii=False) + " }}")
+        if name is None:
+            continue
+        if name != field or spec or conversion:
+            return None
+        parts.append("{{ message['content'] }}")
+    return "".join(parts)
+
+
+def chat_template_for(task: dict | None) -> str | None:
+    """The Jinja chat template for a fine-tuned checkpoint's prompt format; None for a base
+    model (it was never trained on one) or a template Jinja cannot express."""
+    template = (task or {}).get("template")
+    if not isinstance(template, dict):
+        return None
+    if template.get("type") == "chat":
+        return CHAT_TEMPLATE
+    if template.get("type") != "text":
+        return None
+    # text: [BOS] prompt.format(input) response.format(target) [EOS], the user message as the
+    # input and the assistant message as the target.
+    prompt = _jinja_format(str(template.get("prompt", "")), str(template.get("input_field", "")))
+    response = _jinja_format(str(template.get("response", "")), str(template.get("target_field", "")))
+    if not prompt or not response:
+        return None
+    return (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% if message['role'] == 'user' %}" + prompt + "{% elif message['role'] == 'assistant' %}" + response
+        + "{{ eos_token }}{% else %}{{ raise_exception('this model takes user and assistant messages only') }}"
+        "{% endif %}{% endfor %}"
+    )
+
+
+def stop_token_ids(tok, chat: bool) -> list[int]:
+    """End of text, and for chat models the role tokens that end a turn (llmkit's chat stops on them)."""
+    ids = [tok.eos_id]
+    if chat:
+        ids += [tok.special_ids[t] for t in CHAT_ROLE_TOKENS if t in tok.special_ids]
     return list(dict.fromkeys(ids))
 
 
-def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int) -> None:
+def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_template: str | None = None) -> None:
     """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, special tokens by role."""
     from transformers import PreTrainedTokenizerFast
 
@@ -565,8 +629,8 @@ def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int) -> None:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=model_max_length, additional_special_tokens=extra, **roles
     )
-    if all(token in tok.special_ids for token in CHAT_ROLE_TOKENS):
-        fast.chat_template = CHAT_TEMPLATE
+    if chat_template:
+        fast.chat_template = chat_template
     fast.save_pretrained(directory)
     # Spell tokenizer_config.json the way transformers 4.x reads it too (v5 accepts all of it):
     # the class every release knows, `additional_special_tokens` (4.x wants a dict under v5's
