@@ -146,7 +146,7 @@ def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
 
     bad = [
         (cli("tokenize", tokenizer, "-t", tokenizer, "-o", tmp_path / "a"), "expected a corpus artifact, got tokenizer"),
-        (cli("tokenize", corpus, "-t", corpus, "-o", tmp_path / "b"), "expected a tokenizer artifact, got corpus"),
+        (cli("tokenize", corpus, "-t", corpus, "-o", tmp_path / "b"), "expected a tokenizer or checkpoint artifact, got corpus"),
         (cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "c", "--val-fraction", "1.5"), "--val-fraction must be in [0, 1)"),
         (cli("tokenize", write_corpus_artifact(tmp_path / "empty", ["", ""]).path, "-t", tokenizer, "-o", tmp_path / "d"),
          "only empty documents"),
@@ -183,3 +183,16 @@ def test_lopsided_split_warns(cli, tokenizer, tmp_path):
     share = artifacts.load(tmp_path / "tokens").stats["val_byte_fraction"]
     assert share < 0.025 or share > 0.1  # one of two documents cannot be 5% of the text
     assert "warning: the validation split holds" in result.output and "--doc-per block" in result.output
+
+
+def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):
+    from llmkit.data.tokenizer import copy_tokenizer_files
+
+    with artifacts.create(tmp_path / "ckpt", "checkpoint") as build:
+        copy_tokenizer_files(tokenizer, build.dir / "tokenizer")
+        (build.dir / "model.safetensors").write_bytes(b"not needed here")
+    out = tokenize_corpus(corpus, tmp_path / "ckpt", tmp_path / "tokens", TokenizeConfig(val_fraction=0.1, shard_tokens=20_000),
+                          seed=3, workers=1)
+    art = artifacts.load(out)
+    assert art.manifest.files == artifacts.load(tokens).manifest.files  # the very same shards
+    assert {i["role"]: i["kind"] for i in art.manifest.inputs} == {"corpus": "corpus", "tokenizer": "checkpoint"}

@@ -114,7 +114,7 @@ def decode(
 def tokenize(
     ctx: typer.Context,
     corpus: Annotated[Path, typer.Argument(help="Corpus artifact (llmkit clean).")],
-    tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t", help="Tokenizer artifact (llmkit tokenizer train).")],
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t", help="Tokenizer artifact (llmkit tokenizer train), or a checkpoint to use its tokenizer.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output tokens artifact directory.")],
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of documents held out for validation.")] = 0.05,
     add_bos: Annotated[bool, typer.Option("--add-bos", help="Start every document with <|bos|>.")] = False,

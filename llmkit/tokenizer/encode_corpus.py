@@ -218,8 +218,10 @@ def tokenize_corpus(
     from llmkit.runtime import worker_count
 
     corpus = artifacts.load(corpus_path, kind="corpus")
-    tok_art = artifacts.load(tokenizer_path, kind="tokenizer")
-    tok = load_tokenizer(tok_art.path)
+    # A checkpoint's tokenizer/ copy serves too: new data for a (possibly imported) model.
+    tok_art = artifacts.load(tokenizer_path, kind=("tokenizer", "checkpoint"))
+    tok_dir = tok_art.path if tok_art.kind == "tokenizer" else tok_art.path / "tokenizer"
+    tok = load_tokenizer(tok_dir)
     num_docs = count_documents(corpus)
     if num_docs == 0:
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
@@ -231,14 +233,14 @@ def tokenize_corpus(
     dtype = token_dtype(tok.vocab_size)
 
     with artifacts.create(out, "tokens", force=force) as build:
-        encoder = _Encoder(tok_art.path, processes, use_fast, config.add_bos)
+        encoder = _Encoder(tok_dir, processes, use_fast, config.add_bos)
         try:
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
         except _FastPathMismatch as exc:
             err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
-            encoder = _Encoder(tok_art.path, processes, use_fast=False, add_bos=config.add_bos)
+            encoder = _Encoder(tok_dir, processes, use_fast=False, add_bos=config.add_bos)
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
@@ -250,7 +252,7 @@ def tokenize_corpus(
                 f"{100 * config.val_fraction:g}%) because it takes whole documents and the corpus has {num_docs}; "
                 "for a finer split make more documents (llmkit clean --doc-per block)", soft_wrap=True
             )
-        copy_tokenizer_files(tok_art.path, build.dir / "tokenizer")
+        copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
         build.config = to_dict(config)
         build.seed = seed
         build.add_input("corpus", corpus)
