@@ -127,3 +127,39 @@ def test_open_errors(tmp_path):
         (build.dir / "x.txt").write_text("x")
     with pytest.raises(UserError, match="expected a tokens artifact, got corpus"):
         TokenShards.open(tmp_path / "corpus", "train")
+
+
+def test_writer_and_windows_property(tmp_path_factory):
+    """Any documents, any batching, any shard size: shards hold the concatenation; windows slice it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.lists(st.lists(st.integers(0, 999), min_size=1, max_size=30), min_size=1, max_size=40),
+        st.integers(1, 120),
+        st.integers(1, 7),
+        st.data(),
+    )
+    def check(docs, shard_tokens, batches, data):
+        path = tmp_path_factory.mktemp("p") / "tokens"
+        dtype = token_dtype(1000)
+        with artifacts.create(path, "tokens") as build:
+            writer = ShardWriter(build.dir / "train", dtype, shard_tokens)
+            cuts = sorted({0, len(docs), *data.draw(st.lists(st.integers(0, len(docs)), max_size=batches))})
+            for a, b in zip(cuts, cuts[1:]):
+                writer.write(np.concatenate([np.array(d) for d in docs[a:b]]), np.array([len(d) for d in docs[a:b]]))
+            writer.close()
+            build.stats = {"dtype": dtype.name, "vocab_size": 1000, "eos_id": 1, "bos_id": 0}
+        shards = TokenShards.open(path, "train")
+        flat = np.concatenate([np.array(d) for d in docs])
+        assert [d.tolist() for d in shards.iter_documents()] == docs
+        assert writer.documents == len(docs) and writer.tokens == len(flat) == shards.num_tokens
+        # A shard is closed only after it reached shard_tokens (the last one may be shorter).
+        sizes = np.diff(shards._bounds)
+        assert (sizes[:-1] >= shard_tokens).all()
+        start = data.draw(st.integers(0, len(flat) - 1))
+        length = data.draw(st.integers(0, len(flat) - start))
+        np.testing.assert_array_equal(shards.window(start, length), flat[start : start + length])
+
+    check()
