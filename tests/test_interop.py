@@ -647,3 +647,31 @@ def test_every_mlp_width_llmkit_can_build_is_found():
                 _model_config(dict(values), width, "llama")
 
     check()
+
+
+@pytest.mark.slow
+def test_chat_finetuned_checkpoint_chats_the_same_in_transformers(cli, tmp_path, shakespeare_tokens):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.generate.prompts import encode_chat
+
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare_tokens, "-o", run, "--model", "tiny", "--n-layer", "2", "--n-embd", "64",
+                 "--n-head", "4", "--seq-len", "64", "--batch-tokens", "1024", "--max-steps", "10", "--eval-tokens", "1024")
+    assert result.exit_code == 0, result.output
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}, {w}."}]}
+            for w in ("hello", "speak", "lord", "king", "queen", "night", "day", "sword")]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 4))
+    result = cli("finetune", run, "--data", tmp_path / "chat.jsonl", "-o", tmp_path / "ft", "--max-steps", "3", "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert cli("export", tmp_path / "ft", "-o", tmp_path / "hf").exit_code == 0
+
+    loaded = load_checkpoint(tmp_path / "ft")
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    messages = [{"role": "user", "content": "Say night."}]
+    ids = list(hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    assert ids == encode_chat(messages, loaded.tokenizer)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x)[0], hf_model(x).logits, atol=TOL, rtol=0)
