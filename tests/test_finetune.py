@@ -296,3 +296,81 @@ def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     assert result.exit_code != 0
     assert message in result.output and result.output.count("error:") == 1, result.output
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+# -- other bases: masked LM (BERT recipe), imported Hugging Face weights -------------------------------
+
+
+def test_masked_lm_base_classifies_on_its_first_token_and_refuses_sft(base, shared_data, cli, tmp_path):
+    from llmkit.finetune.heads import load_classifier
+    from llmkit.train.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(model="tiny", objective="mlm", n_layer=1, n_embd=32, n_head=2, context_length=128, seq_len=64,
+                            batch_tokens=512, micro_batch=8, max_steps=10, lr=3e-3, eval_every=0, save_every=0)
+    mlm = pretrain(base["root"] / "tokens", tmp_path / "mlm", config)
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:128]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    run = tmp_path / "cls"
+    result = cli("finetune", mlm, "--data", data, "-o", run, "--task", "classify", "--max-steps", "6", "--batch-size", "16",
+                 "--eval-every", "3", "--truncate", "--lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    loaded = load_classifier(run)
+    assert loaded.task["head"]["pooling"] == "first" and loaded.config.objective == "mlm"
+    tok = loaded.tokenizer
+    text = [tok.bos_id] + tok.encode("a fine , moving film")
+    padded = torch.tensor([text + [tok.pad_id] * 5])
+    mask = torch.tensor([[1] * len(text) + [0] * 5])
+    with torch.no_grad():  # bidirectional attention: padding must be masked out to give the unpadded result
+        assert torch.allclose(loaded.model.classify(padded, mask), loaded.model.classify(torch.tensor([text])), atol=1e-5)
+    chat = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "response": "b"}] * 4)
+    result = cli("finetune", mlm, "--data", chat, "-o", tmp_path / "sft", "--max-steps", "1")
+    assert result.exit_code != 0 and "masked language model" in result.output
+
+
+def test_finetune_from_imported_hugging_face_weights(base, cli, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from llmkit.model.io import load_checkpoint
+
+    tok = _tokenizer(base)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                    bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    PreTrainedTokenizerFast(tokenizer_file=str(base["checkpoint"] / "tokenizer" / "tokenizer.json"), bos_token="<|bos|>",
+                            eos_token="<|eos|>", pad_token="<|pad|>").save_pretrained(tmp_path / "hf")
+    result = cli("import", tmp_path / "hf", "-o", tmp_path / "imported")
+    assert result.exit_code == 0, result.output
+    rows = [{"prompt": f"say {w}", "response": f"{w} {w}"} for w in ["red", "green", "blue", "dog", "cat", "tree", "film", "sun"]]
+    data = write_jsonl(tmp_path / "sft.jsonl", rows * 4)
+    run = tmp_path / "run"
+    result = cli("finetune", tmp_path / "imported", "--data", data, "-o", run, "--template", "chat", "--max-steps", "15",
+                 "--batch-size", "8", "--lr", "3e-3", "--val-fraction", "0.25", "--eval-every", "5")
+    assert result.exit_code == 0, result.output
+    val = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    assert val[-1] < val[0] - 0.5
+    assert load_checkpoint(run).config.pos == "learned"  # the GPT-2 architecture came through
+    # A context mismatch names both lengths.
+    long_rows = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 70, "response": "x"}] * 4)
+    result = cli("finetune", tmp_path / "imported", "--data", long_rows, "-o", tmp_path / "long", "--max-steps", "1")
+    assert result.exit_code != 0 and "longer than 64 tokens" in result.output
+
+
+@pytest.mark.slow
+def test_gloo_two_processes_match_one(base, shared_data, cli, tmp_path):
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:160]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    common = ["--data", data, "--task", "classify", "--lora-rank", "4", "--max-steps", "6", "--batch-size", "8",
+              "--micro-batch", "4", "--eval-every", "3", "--save-every", "3", "--truncate", "--lr", "1e-3", "--val-fraction", "0.2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli("finetune", base["checkpoint"], "-o", one, *common).exit_code == 0
+    result = cli("finetune", base["checkpoint"], "-o", two, *common, "--nproc", "2")
+    assert result.exit_code == 0, result.output
+    a = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-5, (ra, rb)
+    sa, sb = artifacts.load(one).stats, artifacts.load(two).stats
+    assert sa["val_accuracy"] == sb["val_accuracy"] and abs(sa["val_loss"] - sb["val_loss"]) < 1e-5
+    assert artifacts.load(two).manifest.runtime["world_size"] == 2
