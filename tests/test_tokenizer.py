@@ -139,6 +139,17 @@ def test_fast_path_identical_on_arbitrary_unicode(tok, text):
     assert tok.fast_encoding.encode_ordinary(text) == tok.encode(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["line\r\nnext\r\n\r\n  indented", "GPT模型の説明カタカナ123４５６", "한국어 텍스트입니다", "ภาษาไทย", "٣٤٥٦ عربى",
+     "Ünïcödé ﬁ e\u0301", "tabs\t\tand  spaces   ", "it's we're THEY'LL I'M", "emoji👍🏽 flags🇩🇪 zwj👩‍💻", "<|eos|><|bos|>",
+     "a" * 5000, "。。。！？《》「」", "\u2028\u2029\x85\x0b\x0c"],
+)
+def test_fast_path_identical_edge_cases(tok, text):
+    assert tok.fast_encoding.encode_ordinary(text) == tok.encode(text)
+    assert tok.decode(tok.encode(text)) == text
+
+
 def test_transformers_fast_tokenizer_gives_same_ids(shared_data, trained, tok):
     from transformers import PreTrainedTokenizerFast
 
