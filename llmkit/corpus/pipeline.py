@@ -179,11 +179,12 @@ def _describe(sources: list[Source]) -> str:
 
 
 def _progress(enabled: bool):
-    from rich.progress import TextColumn
+    from rich.progress import TextColumn, TransferSpeedColumn
 
     from llmkit.console import progress
 
-    bar = progress(TextColumn("{task.fields[kept]} kept"))
+    # Progress counts input bytes, so the speed column reads in MB/s.
+    bar = progress(TransferSpeedColumn(), TextColumn("{task.fields[kept]} kept"))
     if not enabled:
         bar.disable = True
     return bar
