@@ -189,3 +189,59 @@ def test_mlm_masking_is_deterministic_80_10_10():
     assert math.isclose(masked.sum().item() / chosen.sum().item(), 0.8, abs_tol=0.03)
     assert math.isclose(kept.sum().item() / chosen.sum().item(), 0.1 + 0.1 / 990 * 0, abs_tol=0.03)
     assert torch.equal(inputs[~chosen], tokens[~chosen])
+
+
+def test_cuda_oom_names_the_knob(tmp_path):
+    trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=3)
+
+    def out_of_memory(model, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    trainer.loss_fn = out_of_memory
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match=r"out of memory at step 1 with --micro-batch 4: lower --micro-batch"):
+        trainer.run()
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_tensorboard_events_are_written_and_left_out_of_the_artifact(tmp_path):
+    make_trainer(tmp_path, SyntheticBatches(), max_steps=3, tensorboard=True).run()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert not any(name.startswith("tensorboard") for name in artifacts.load(tmp_path).manifest.files)
+
+
+def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
+    from llmkit.errors import UserError
+    from llmkit.train import distributed
+
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(distributed.subprocess, "run", lambda command, env: calls.append(command) or Done())
+    distributed.relaunch("mod:fn", {"a": 1}, tmp_path / "launch", nproc=8, nnodes=2, node_rank=1,
+                         master_addr="10.0.0.1", master_port=1234)
+    command = calls[-1]
+    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert {"--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=1234"} <= set(command)
+    assert command[-3:] == ["-m", "llmkit.train.worker", str(tmp_path / "launch" / "launch.json")]
+    spec = json.loads((tmp_path / "launch" / "launch.json").read_text())
+    assert spec["entry"] == "mod:fn" and spec["arguments"] == {"a": 1}
+    distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    assert "--standalone" in calls[-1] and not any(c.startswith("--nnodes") for c in calls[-1])
+    with pytest.raises(UserError, match="--master-addr"):
+        distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2, nnodes=2)
+
+    class Failed:
+        returncode = 1
+
+    def fail(command, env):
+        (tmp_path / "launch" / "error.txt").write_text("the worker's one-line message\n")
+        return Failed()
+
+    monkeypatch.setattr(distributed.subprocess, "run", fail)
+    with pytest.raises(UserError, match="^the worker's one-line message$"):
+        distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)

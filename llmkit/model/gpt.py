@@ -307,11 +307,10 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = None
         if self.config.pos == "rope":
-            needed = int(positions.max()) + 1 if positions.numel() else 1
-            cos, sin = self._rope_for(needed)
-            if cache is None and attention_mask is None:
-                rope = (cos[:T][None, None], sin[:T][None, None])
+            if cache is None and attention_mask is None:  # training: no data-dependent shapes, no graph break
+                rope = (self.rope_cos[:T][None, None], self.rope_sin[:T][None, None])
             else:
+                cos, sin = self._rope_for(cache.pos + T if cache is not None else T)
                 rope = (cos[positions][:, None], sin[positions][:, None])
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, mask, cache, layer)

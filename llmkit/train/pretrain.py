@@ -11,6 +11,7 @@ torchrun and every worker runs `_train`.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -131,7 +132,10 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, res
     distributed.check_gpus(gpus)
     if gpus > 0 and config.nproc > 1:
         raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
-    _prepare_run_dir(out, resume=resume, force=force)
+    if _first_process(config):
+        _prepare_run_dir(out, resume=resume, force=force)
+    else:  # another node, or a non-zero rank started by an outside torchrun: node 0 / rank 0 prepares
+        out.mkdir(parents=True, exist_ok=True)
     per_node = gpus if gpus > 0 else config.nproc
     if (per_node > 1 or config.nnodes > 1) and not distributed.under_torchrun():
         distributed.relaunch(
@@ -145,6 +149,14 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, res
         return out
     _train(tokens, out, config, resume)
     return out
+
+
+def _first_process(config: PretrainConfig) -> bool:
+    from llmkit.train import distributed
+
+    if distributed.under_torchrun():
+        return os.environ.get("RANK") == "0"
+    return config.node_rank == 0
 
 
 def _prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
