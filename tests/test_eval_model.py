@@ -361,3 +361,23 @@ def test_uncached_dataset_name_is_a_one_line_error(cli, gpt2_ckpt, tmp_path):
     assert result.exit_code != 0
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "could not load data set 'no_such_dataset_llmkit'" in lines[0]
+
+
+def test_generated_predictions_use_the_checkpoint_template(cli, shakespeare, shared_data, tmp_path):
+    task = {
+        "task": "sft",
+        "template": {"type": "text", "prompt": "Translate:\n{source}\nTranslation:", "response": " {target}", "input_field": "source"},
+        "prompt_template": "Translate:\n{source}\nTranslation:",
+    }
+    ckpt = make_checkpoint(tmp_path / "sft", shakespeare[:20_000], task=task)
+    data = shared_data / "translation" / "test.jsonl"
+    result = cli("eval", ckpt, "-m", "bleu", "--data", data, "--limit", "3", "--max-new-tokens", "5", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(l) for l in data.read_text().splitlines()[:3]]
+    prompts = [r["prompt"] for r in _records(tmp_path / "ev")]
+    assert prompts == [f"Translate:\n{r['source']}\nTranslation:" for r in rows]
+    chat = make_checkpoint(tmp_path / "chat", shakespeare[:20_000], task={"task": "sft", "template": {"type": "chat"}})
+    result = cli("eval", chat, "-m", "rouge", "--data", data, "--limit", "2", "--max-new-tokens", "5", "-o", tmp_path / "ev2")
+    assert result.exit_code == 0, result.output
+    prompts = [r["prompt"] for r in _records(tmp_path / "ev2")]
+    assert prompts == [f"<|bos|><|user|>{r['source']}<|assistant|>" for r in rows[:2]]

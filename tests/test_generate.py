@@ -270,3 +270,36 @@ def test_config_file_sets_options(cli, ckpt, tmp_path):
     # the flag beats the file
     result = cli("generate", ckpt, "--config", tmp_path / "gen.toml", "-n", "7", "-p", "KING:", "-o", tmp_path / "c.jsonl")
     assert json.loads((tmp_path / "c.jsonl").read_text())["completion_tokens"] == 7
+
+
+def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):
+    from llmkit.generate.prompts import chat_stop_ids, encode_chat
+    from llmkit.model.io import load_checkpoint
+
+    text_task = {
+        "task": "sft",
+        "template": {"type": "text", "prompt": "Translate:\n{source}\nTranslation:", "response": " {target}", "input_field": "source"},
+        "prompt_template": "Translate:\n{source}\nTranslation:",
+    }
+    ckpt = make_checkpoint(tmp_path / "sft", shakespeare[:20000], task=text_task)
+    result = cli("generate", ckpt, "-p", "Guten Tag", "--greedy", "-n", "6", "--ignore-eos", "-o", tmp_path / "a.jsonl")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "a.jsonl").read_text())
+    loaded = load_checkpoint(ckpt)
+    tok = loaded.tokenizer
+    ids = [tok.bos_id] + tok.encode("Translate:\nGuten Tag\nTranslation:")
+    expected = Generator(loaded.model, tok).complete([ids], GenerationParams(max_new_tokens=6, stop_at_eos=False))[0]
+    assert record["prompt_tokens"] == len(ids) and record["completion"] == expected.text
+
+    chat_task = {"task": "sft", "template": {"type": "chat", "bos": "<|bos|>"}}
+    chat = make_checkpoint(tmp_path / "chat", shakespeare[:20000], task=chat_task)
+    result = cli("generate", chat, "-p", "Who are you?", "--greedy", "-n", "8", "-o", tmp_path / "c.jsonl")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "c.jsonl").read_text())
+    loaded = load_checkpoint(chat)
+    ids = encode_chat([{"role": "user", "content": "Who are you?"}], loaded.tokenizer)
+    assert ids[-1] == loaded.tokenizer.special_ids["<|assistant|>"]
+    expected = Generator(loaded.model, loaded.tokenizer).complete(
+        [ids], GenerationParams(max_new_tokens=8), extra_stop_ids=chat_stop_ids(loaded.tokenizer)
+    )[0]
+    assert record["prompt_tokens"] == len(ids) and record["completion"] == expected.text

@@ -117,12 +117,20 @@ def render_template(template: str, record: dict, input_field: str) -> str:
 
 def generate_predictions(loaded, cfg):
     from llmkit.generate.engine import GenerationParams, Generator
+    from llmkit.generate.prompts import chat_stop_ids, encode_chat, is_chat_checkpoint
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
     input_field = pick(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")
     reference_field = pick(records, cfg.reference_field, REFERENCE_FIELDS, "references (target/summary)", "--reference-field")
-    template = cfg.prompt_template or (loaded.task or {}).get("prompt_template") or "{" + input_field + "}\n"
+    task = loaded.task or {}
+    chat = is_chat_checkpoint(task)
+    # A chat checkpoint gets the (templated) input as a user message; a text-template checkpoint
+    # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
+    default = "{" + input_field + "}" if chat else task.get("prompt_template") or "{" + input_field + "}\n"
+    template = cfg.prompt_template or default
     prompts = [render_template(template, r, input_field) for r in records]
+    if chat:
+        prompts = [encode_chat([{"role": "user", "content": p}], loaded.tokenizer) for p in prompts]
     references = []
     for i, r in enumerate(records):
         value = r[reference_field]
@@ -132,12 +140,15 @@ def generate_predictions(loaded, cfg):
         references.append(refs)
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
     generator = Generator(loaded.model, loaded.tokenizer, start_id(loaded))
+    stops = chat_stop_ids(loaded.tokenizer) if chat else []
     bar, advance = _progress_bar(len(prompts), "generating")
     completions = []
     with bar:
         for start in range(0, len(prompts), cfg.batch_size):
             chunk = prompts[start : start + cfg.batch_size]
-            completions.extend(generator.complete(chunk, params, batch_size=cfg.batch_size, prompt_offset=start))
+            completions.extend(
+                generator.complete(chunk, params, batch_size=cfg.batch_size, prompt_offset=start, extra_stop_ids=stops)
+            )
             advance(len(chunk))
     predictions = [c.text.strip() for c in completions]
     extras = [{"prompt": c.prompt, "finish_reason": c.finish_reason} for c in completions]

@@ -7,8 +7,10 @@ vocabulary has (`<|system|>`, `<|user|>`, `<|assistant|>`): each message is its 
 followed by its text, and the prompt ends with `<|assistant|>` so the model answers; a role
 token starts the next turn, so generation stops at one. Role tokens are inserted by id, never
 by typing them into text (the tokenizer encodes typed special-token names as ordinary text).
-A fine-tuned checkpoint's task.json may carry a `prompt_template` ("...{prompt}...") that
-plain prompts are wrapped in; `llmkit chat` (fine-tuning) builds on `encode_chat`.
+A fine-tuned checkpoint's task.json decides how plain prompts are framed: a text template
+(`prompt_template`, e.g. "Translate:\n{source}\nTranslation:") has the prompt put in its
+input field; a chat template makes the prompt a user message. `llmkit chat` builds on
+`encode_chat`, the same rendering as the fine-tuning stage's and the exported HF chat template.
 
 Prompt files: `.txt`, one prompt per line (a literal `\\n` in a line becomes a newline), or
 JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
@@ -17,6 +19,7 @@ JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,13 +81,31 @@ def _prompt_from_record(record: Any, where: str) -> Prompt:
     raise UserError(f"{where} has no \"prompt\" (or \"text\") string and no \"messages\" list")
 
 
+def is_chat_checkpoint(task: dict | None) -> bool:
+    """Fine-tuned with the chat template: plain prompts become a user message."""
+    return ((task or {}).get("template") or {}).get("type") == "chat"
+
+
 def apply_template(text: str, task: dict | None) -> str:
+    """Wrap a prompt in a fine-tuned checkpoint's prompt template (task.json `prompt_template`).
+
+    The text fills the template's input field (`template.input_field`, else its first
+    placeholder: `{prompt}`, `{source}`, `{document}`...); other placeholders are left empty,
+    as the fine-tuning stage renders generation prompts.
+    """
     template = (task or {}).get("prompt_template")
     if not template:
         return text
-    if "{prompt}" not in template:
-        raise UserError("the checkpoint's task.json prompt_template has no {prompt} placeholder; fix task.json")
-    return template.replace("{prompt}", text)
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    except ValueError as exc:
+        raise UserError(f"the checkpoint's task.json prompt_template is not a valid template ({exc}); fix task.json") from exc
+    if not fields:
+        return template + text
+    input_field = ((task or {}).get("template") or {}).get("input_field") or fields[0]
+    values = {name: "" for name in fields}
+    values[input_field] = text
+    return template.format_map(values)
 
 
 def encode_chat(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
@@ -138,6 +159,8 @@ def encode_prompt(prompt: Prompt, tokenizer, task: dict | None = None, start_id:
     """Token ids of a prompt: the document-start token, then the (templated) text; or a chat."""
     if prompt.messages is not None:
         return encode_chat(prompt.messages, tokenizer)
+    if is_chat_checkpoint(task):
+        return encode_chat([{"role": "user", "content": prompt.text or ""}], tokenizer)
     text = apply_template(prompt.text or "", task)
     ids = tokenizer.encode(text) if text else []
     return [tokenizer.bos_id if start_id is None else start_id] + ids

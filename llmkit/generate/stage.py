@@ -14,7 +14,7 @@ from typing import Callable
 
 from llmkit.errors import UserError
 from llmkit.generate.engine import OVERFLOW_POLICIES, Completion, GenerationParams, Generator
-from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
+from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, is_chat_checkpoint, read_prompt_file
 
 
 @dataclass
@@ -125,7 +125,8 @@ def run_generate(
     tokenizer = loaded.tokenizer
     start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
     encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
-    extra_stops = chat_stop_ids(tokenizer) if any(p.messages for p in prompts) else []
+    chat = is_chat_checkpoint(loaded.task) or any(p.messages for p in prompts)
+    extra_stops = chat_stop_ids(tokenizer) if chat else []
     generator = Generator(loaded.model, tokenizer, start_id)
     results: list[Generated] = []
     # One call per group of prompts so finished batches can be printed while later ones run.
