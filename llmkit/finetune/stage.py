@@ -18,9 +18,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from llmkit import artifacts
 from llmkit.config import to_dict
 from llmkit.errors import UsageError, UserError
+from llmkit.train import distributed as dist_utils
+from llmkit.train.loop import Trainer
 
 TASKS = ("sft", "classify")
 TASK_FILE = "task.json"
@@ -167,9 +171,7 @@ def load_base_state(art, keep_head: bool):
 
 def build_model(art, config: FinetuneConfig, tokenizer, labels):
     """The model to train: base weights, optional classification head, LoRA and freezing."""
-    import torch
-
-    from llmkit.finetune.heads import SequenceClassifier
+    from llmkit.finetune.heads import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
     from llmkit.model.io import TASK, read_model_config
     from llmkit.model.presets import build_model as build_lm
@@ -195,9 +197,9 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels):
     if config.task == "classify":
         model = SequenceClassifier(model, len(labels.names))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    from llmkit.model.io import _tied_names
-
-    missing = [k for k in missing if k not in _tied_names(model) and not (k.startswith("classifier.") and not same_head)]
+    # A tied output head is stored once (as the embedding); a new classifier head starts fresh.
+    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    missing = [k for k in missing if k not in aliases and not (k.startswith(HEAD_PREFIX) and not same_head)]
     if missing or unexpected:
         raise UserError(f"{art.path} weights do not match its model_config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     adapted: list[str] = []
@@ -218,8 +220,6 @@ class ClassifyLoss:
         self.predictions: dict[int, tuple[int, int]] = {}  # sample index -> (predicted, gold)
 
     def __call__(self, model, batch):
-        import torch
-
         x, mask, labels, indices = batch
         logits, loss = model(x, labels, attention_mask=mask)
         if not torch.is_grad_enabled():
@@ -236,8 +236,6 @@ def sft_loss(model, batch):
 
 def confusion_scores(confusion) -> dict[str, float]:
     """Accuracy and macro F1 over the classes seen in labels or predictions (scikit-learn's convention)."""
-    import torch
-
     confusion = confusion.double()
     total = float(confusion.sum())
     true_pos = confusion.diag()
@@ -249,48 +247,40 @@ def confusion_scores(confusion) -> dict[str, float]:
     return {"val_accuracy": float(true_pos.sum()) / total, "val_f1": float(f1[seen].mean())}
 
 
-def _classify_trainer_class():
-    from llmkit.train import distributed as dist_utils
-    from llmkit.train.loop import Trainer
+class ClassifyTrainer(Trainer):
+    """The shared loop, plus validation accuracy and macro F1 after each validation loss."""
 
-    class ClassifyTrainer(Trainer):
-        """The shared loop, plus validation accuracy and macro F1 after each validation loss."""
+    def __init__(self, *args, loss_fn: ClassifyLoss, num_labels: int, **kwargs):
+        super().__init__(*args, loss_fn=loss_fn, **kwargs)
+        self.collector, self.num_labels = loss_fn, num_labels
+        self.step_done = self.start_step
 
-        def __init__(self, *args, loss_fn: ClassifyLoss, num_labels: int, **kwargs):
-            super().__init__(*args, loss_fn=loss_fn, **kwargs)
-            self.collector, self.num_labels = loss_fn, num_labels
-            self.step_done = self.start_step
+    def train_step(self, step: int):
+        result = super().train_step(step)
+        self.step_done = step + 1
+        return result
 
-        def train_step(self, step: int):
-            result = super().train_step(step)
-            self.step_done = step + 1
-            return result
+    def evaluate(self):
+        self.collector.predictions.clear()
+        loss = super().evaluate()
+        if loss is None:
+            return None
+        micro, world, rank = self.settings.micro_batch, self.info.world_size, self.info.rank
+        confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64, device=self.device)
+        for k, (p, g) in self.collector.predictions.items():
+            if (k // micro) % world == rank:  # this rank's own chunk, not a padding forward of another's
+                confusion[g, p] += 1
+        confusion = dist_utils.all_reduce_sum(confusion, self.info)
+        scores = confusion_scores(confusion.cpu())
+        self.spec.stats.update(scores)  # the manifest's stats carry the latest figures
+        if self.info.is_main:
+            from llmkit.console import err
 
-        def evaluate(self):
-            import torch
-
-            self.collector.predictions.clear()
-            loss = super().evaluate()
-            if loss is None:
-                return None
-            micro, world, rank = self.settings.micro_batch, self.info.world_size, self.info.rank
-            confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64, device=self.device)
-            for k, (p, g) in self.collector.predictions.items():
-                if (k // micro) % world == rank:  # this rank's own chunk, not a padding forward
-                    confusion[g, p] += 1
-            confusion = dist_utils.all_reduce_sum(confusion, self.info)
-            scores = confusion_scores(confusion.cpu())
-            self.spec.stats.update(scores)  # the manifest's stats carry the latest figures
-            if self.info.is_main:
-                from llmkit.console import err
-
-                record = dict(step=self.step_done, val_loss=loss, **scores)
-                with (self.run_dir / "val_metrics.jsonl").open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                err.print(f"step {self.step_done} validation: accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}", soft_wrap=True)
-            return loss
-
-    return ClassifyTrainer
+            record = dict(step=self.step_done, val_loss=loss, **scores)
+            with (self.run_dir / "val_metrics.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            err.print(f"step {self.step_done} validation: accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}", soft_wrap=True)
+        return loss
 
 
 def task_document(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], alpha: float | None,
@@ -336,7 +326,7 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
     from llmkit.model.io import TOKENIZER_DIR, read_model_config
     from llmkit.runtime import seed_everything
     from llmkit.train import distributed
-    from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
+    from llmkit.train.loop import ArtifactSpec, LoopSettings
     from llmkit.train.pretrain import resolve_gpus
 
     if isinstance(config, dict):
@@ -455,7 +445,7 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
                       val_size=val_size, resume=resume)
         if config.task == "classify":
-            trainer = _classify_trainer_class()(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
+            trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
         else:
             trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
         trainer.run()
