@@ -59,6 +59,18 @@ def test_rolling_windows_score_every_token_once(n, L, c):
     assert scored == tokens
 
 
+def test_rolling_windows_match_lm_eval_gold():
+    # lm-evaluation-harness's own expected windows (tests/test_utils.py, test_get_rolling_token_windows_v1)
+    gold = [
+        ([-100, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ([9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]),
+        ([19, 20, 21, 22, 23, 24, 25, 26, 27, 28], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]),
+        ([23, 24, 25, 26, 27, 28, 29, 30, 31, 32], [30, 31, 32, 33]),
+    ]
+    windows = [(r.seq[:-1], r.seq[-r.n :]) for r in rolling_windows(list(range(34)), prefix_token=-100, max_seq_len=10)]
+    assert windows == gold
+
+
 def _hand_nll(model, tokens: list[int], bos: int, L: int) -> float:
     """lm-eval's disjoint chunks written out directly: chunk k predicts tokens[kL:(k+1)L]."""
     total = 0.0
