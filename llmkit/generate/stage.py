@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from llmkit.errors import UserError
-from llmkit.generate.engine import OVERFLOW_POLICIES, Completion, GenerationParams, Generator
+from llmkit.generate.engine import OVERFLOW_POLICIES, Completion, GenerationParams, Generator, context_limit
 from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, is_chat_checkpoint, read_prompt_file
 
 
@@ -127,6 +127,16 @@ def run_generate(
     encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
     chat = is_chat_checkpoint(loaded.task) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else []
+    limit = context_limit(loaded.model)
+    longest = max(len(ids) for ids in encoded)
+    if limit is not None and longest + cfg.max_new_tokens > limit and cfg.context_overflow == "slide":
+        from llmkit.console import err
+
+        err.print(
+            f"note: prompt ({longest} tokens) + --max-new-tokens ({cfg.max_new_tokens}) exceed the context length "
+            f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)",
+            soft_wrap=True, markup=False,
+        )
     generator = Generator(loaded.model, tokenizer, start_id)
     results: list[Generated] = []
     # One call per group of prompts so finished batches can be printed while later ones run.
