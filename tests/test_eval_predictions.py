@@ -108,3 +108,15 @@ def test_config_file_options(cli, files):
     # a flag given on the command line wins over the file
     result = cli("eval", "--config", tmp / "eval.toml", "--bleu-tokenize", "13a", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev2")
     assert json.loads((tmp / "ev2" / "metrics.json").read_text())["bleu"] == sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score
+
+
+def test_predictions_of_a_checkpoint_record_its_lineage(cli, files, tmp_path, shared_data):
+    from test_generate import make_checkpoint
+
+    tmp, hyps, refs = files
+    ckpt = make_checkpoint(tmp_path / "ck", "some text for a tokenizer " * 50)
+    result = cli("eval", ckpt, "-m", "chrf", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
+    assert result.exit_code == 0, result.output
+    art = artifacts.load(tmp / "ev")
+    assert [i["role"] for i in art.manifest.inputs] == ["checkpoint"]
+    assert art.input("checkpoint").fingerprint == artifacts.load(ckpt).fingerprint

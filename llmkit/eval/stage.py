@@ -170,13 +170,15 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
     started = time.perf_counter()
     with artifacts.create(out, "eval", force=force) as build:
         loaded = None
-        if checkpoint is not None:
+        if checkpoint is not None and cfg.predictions is not None:
+            # predictions made elsewhere by this checkpoint: recorded in the lineage, not loaded
+            build.add_input("checkpoint", artifacts.load(checkpoint, kind="checkpoint"))
+        elif checkpoint is not None:
+            import torch  # noqa: F401  (imported first so that seed_everything seeds it)
+
             from llmkit.runtime import seed_everything
 
-            import torch
-
             seed_everything(cfg.seed)
-            torch.manual_seed(cfg.seed)
             loaded = _load(checkpoint, device, text + lm + cls)
             build.add_input("checkpoint", loaded.artifact)
         if cfg.predictions is not None:
