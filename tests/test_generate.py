@@ -303,3 +303,51 @@ def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):
         [ids], GenerationParams(max_new_tokens=8), extra_stop_ids=chat_stop_ids(loaded.tokenizer)
     )[0]
     assert record["prompt_tokens"] == len(ids) and record["completion"] == expected.text
+
+
+def test_sampling_filters_equal_transformers_processors():
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from llmkit.generate.sampling import apply_repetition_penalty
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 300, generator=g) * 3
+    history = torch.randint(0, 300, (4, 20), generator=g)
+    seen = torch.zeros(4, 300, dtype=torch.bool).scatter_(1, history, True)
+    ours = apply_repetition_penalty(logits, seen, 1.3)
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
+    assert torch.allclose(ours, theirs)
+    scaled = TemperatureLogitsWarper(0.7)(history, logits.clone())
+    assert torch.equal(torch.isinf(filter_top_k(scaled, 17)), torch.isinf(TopKLogitsWarper(17)(history, scaled.clone())))
+    for p in (0.3, 0.9, 0.99):
+        assert torch.equal(torch.isinf(filter_top_p(scaled, p)), torch.isinf(TopPLogitsWarper(p)(history, scaled.clone())))
+
+
+def test_greedy_equals_transformers_generate_with_left_padding():
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.model.hf import to_hf_config, to_hf_state
+
+    for config in (
+        ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=2, n_embd=32, **GPT2_SHAPE),
+        ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32),
+    ):
+        torch.manual_seed(0)
+        model = GPT(config).eval()
+        hf_config = to_hf_config(config)
+        hf_config.pad_token_id = 0
+        hf = AutoModelForCausalLM.from_config(hf_config).eval()
+        hf.load_state_dict(to_hf_state(model.state_dict(), config), strict=False)
+        hf.tie_weights()
+        ours = [r.token_ids for r in generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=15, stop_at_eos=False), pad_id=0)]
+        width = max(len(p) for p in PROMPTS)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+        mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in PROMPTS])[:, None]).long()
+        with torch.no_grad():
+            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15, do_sample=False, pad_token_id=0, eos_token_id=None)
+        assert ours == out[:, width:].tolist()
