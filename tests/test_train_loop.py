@@ -245,3 +245,15 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed.subprocess, "run", fail)
     with pytest.raises(UserError, match="^the worker's one-line message$"):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+
+
+def test_finished_run_continues_with_more_steps_and_survives_a_cut_metrics_line(tmp_path):
+    make_trainer(tmp_path, SyntheticBatches(), max_steps=4, save_every=0).run()
+    assert artifacts.load(tmp_path).stats["step"] == 4
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 5, "lo')  # what a kill in mid-write leaves
+    more = make_trainer(tmp_path, SyntheticBatches(), max_steps=6, save_every=0, resume=True)
+    assert more.start_step == 4
+    more.run()
+    assert artifacts.load(tmp_path).stats["step"] == 6 and artifacts.verify(tmp_path).ok
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))

@@ -131,6 +131,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def _saved_step(directory: Path) -> int:
+    try:
+        return int(json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint to resume from: a step directory, or RUN itself when the
+    run finished (so a finished run can be continued with a larger --max-steps)."""
+    candidates = step_dirs(run_dir)[-1:]
+    if (run_dir / "manifest.json").is_file() and (run_dir / STATE_JSON).is_file():
+        candidates.append(run_dir)
+    candidates = [c for c in candidates if _saved_step(c) >= 0]
+    return max(candidates, key=_saved_step) if candidates else None
+
+
 def prune(run_dir: Path, keep_last: int) -> None:
     """Keep the newest `keep_last` checkpoints; remove older ones and leftovers of killed writes."""
     root = run_dir / CHECKPOINTS
@@ -141,4 +158,6 @@ def prune(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
     if keep_last > 0:
         for old in step_dirs(run_dir)[:-keep_last]:
+            # Manifest first: a kill in the middle leaves a plain folder, never a broken artifact.
+            (old / "manifest.json").unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)

@@ -49,7 +49,7 @@ def pretrain(
     beta2: Annotated[float, typer.Option(help="AdamW beta2.", rich_help_panel=_TRAIN)] = 0.95,
     momentum: Annotated[float, typer.Option(help="SGD momentum.", rich_help_panel=_TRAIN)] = 0.9,
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).", rich_help_panel=_TRAIN)] = 1.0,
-    eval_every: Annotated[int, typer.Option(help="Validate every N steps (0 = only never).", rich_help_panel=_TRAIN)] = 250,
+    eval_every: Annotated[int, typer.Option(help="Validate every N steps and at the end (0 = never).", rich_help_panel=_TRAIN)] = 250,
     eval_tokens: Annotated[int, typer.Option(help="Validation tokens per evaluation.", rich_help_panel=_TRAIN)] = 32768,
     save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps (0 = only at the end).", rich_help_panel=_TRAIN)] = 500,
     keep_last: Annotated[int, typer.Option(help="Keep the newest K intermediate checkpoints (0 = all).", rich_help_panel=_TRAIN)] = 2,

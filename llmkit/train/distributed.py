@@ -126,11 +126,14 @@ def wrap(model: torch.nn.Module, strategy: str, info: DistInfo) -> torch.nn.Modu
     if not info.distributed:
         return model
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        options = {}
+        if info.device.type == "cuda":  # gather and compute in bf16, reduce gradients in fp32
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in getattr(model, "blocks", []):
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, **options)
+        fully_shard(model, **options)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 

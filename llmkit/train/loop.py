@@ -181,7 +181,7 @@ class Trainer:
     def _load_weights_for_resume(self):
         from llmkit.model.io import WEIGHTS, load_weights
 
-        latest = ckpt.latest_checkpoint(self.run_dir)
+        latest = ckpt.resume_point(self.run_dir)
         if latest is None:
             return None
         progress, optim_state, rng = ckpt.read_training_state(latest)

@@ -110,7 +110,13 @@ class MetricsLogger:
         """A resumed run rewrites history from its checkpoint on: drop lines past it."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:  # a line cut short when the process was killed
+                continue
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def log(self, step: int, values: dict[str, Any]) -> None:
