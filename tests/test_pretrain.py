@@ -256,3 +256,16 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, t
     assert good and all(artifacts.verify(p).ok for p in good)
     assert int(good[-1].name.split("_")[1]) < step
     assert not (run / "manifest.json").exists()
+
+
+def test_config_file_and_flags(shakespeare, cli, tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text('[pretrain]\nn_layer = 1\nn_embd = 32\nnorm = "layernorm"\npos = "learned"\nmax_steps = 2\n')
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--config", config, "--n-embd", "48",
+                 "--n-head", "4", "--n-kv-head", "2", "--eval-every", "0")
+    assert result.exit_code == 0, result.output
+    model = json.loads((run / "model_config.json").read_text())
+    # FAST says --n-layer 2 on the command line: flags beat the file, the file beats defaults.
+    assert (model["n_layer"], model["n_embd"], model["n_kv_head"], model["norm"], model["pos"]) == (2, 48, 2, "layernorm", "learned")
+    assert artifacts.load(run).stats["step"] == 2
