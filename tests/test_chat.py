@@ -54,14 +54,14 @@ def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model
     from llmkit.generate.prompts import encode_chat
 
     session = _session(chat_model, max_new_tokens=32, system="Answer briefly.")
-    for i in range(8):
+    for i in range(12):
         session.history += [{"role": "user", "content": f"question number {i} about a long day in the park"},
                             {"role": "assistant", "content": f"answer number {i} about the same long day"}]
     ids = session.prompt_ids("and now?")
     limit = session.model.config.context_length
     assert len(ids) + 32 <= limit
     kept = session.history
-    assert 0 < len(kept) < 16 and kept[-1]["content"] == "answer number 7 about the same long day"
+    assert 0 < len(kept) < 24 and kept[-1]["content"] == "answer number 11 about the same long day"
     # Exactly what `llmkit generate` renders for the same conversation.
     messages = [{"role": "system", "content": "Answer briefly."}, *kept, {"role": "user", "content": "and now?"}]
     assert ids == encode_chat(messages, session.tokenizer)

@@ -54,10 +54,11 @@ def build_base(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     root.mkdir()
     texts = [r["text"] + "\n" for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")]
     texts += [r["source"] + "\n" + r["target"] + "\n" for r in read_jsonl(shared_data / "translation" / "train.jsonl")]
+    texts += [r["document"] + "\n" + r["summary"] + "\n" for r in read_jsonl(shared_data / "summarization" / "train.jsonl")]
     corpus = build_corpus(texts, root / "corpus")
     tokenizer = train_tokenizer([corpus], root / "tokenizer", TokenizerTrainConfig(vocab_size=512))
     tokens = tokenize_corpus(corpus, tokenizer, root / "tokens", TokenizeConfig(val_fraction=0.05), workers=1)
-    config = PretrainConfig(model="tiny", n_layer=2, n_embd=64, n_head=4, context_length=128, seq_len=64, batch_tokens=1024,
+    config = PretrainConfig(model="tiny", n_layer=2, n_embd=64, n_head=4, context_length=256, seq_len=64, batch_tokens=1024,
                             micro_batch=16, max_steps=300, lr=3e-3, eval_every=0, save_every=0, log_every=100)
     checkpoint = pretrain(tokens, root / "ckpt", config)
     return {"checkpoint": checkpoint, "root": root}
@@ -170,27 +171,37 @@ def test_sft_loss_ignores_prompt_tokens(base):
 # -- SFT with a template, then eval with the same template ------------------------------------------
 
 
-def test_translate_finetune_then_eval_bleu_uses_the_stored_template(base, shared_data, cli, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", read_jsonl(shared_data / "translation" / "train.jsonl")[:600])
+@pytest.mark.parametrize(
+    "name, folder, metric, fields",
+    [("translate", "translation", "bleu", ("source", "target")), ("summarize", "summarization", "rouge", ("document", "summary"))],
+)
+def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data, cli, tmp_path, name, folder, metric, fields):
+    def rows(split, count):
+        records = read_jsonl(shared_data / folder / f"{split}.jsonl")
+        return [r for r in records if len(r[fields[0]]) < 400][:count]  # well within the tiny model's 256 tokens
+
+    train = write_jsonl(tmp_path / "train.jsonl", rows("train", 400))
     run = tmp_path / "run"
-    result = cli("finetune", base["checkpoint"], "--data", train, "-o", run, "--template", "translate", "--max-steps", "40",
-                 "--batch-size", "16", "--micro-batch", "16", "--lr", "2e-3", "--eval-every", "20", "--truncate", "--log-every", "20")
+    result = cli("finetune", base["checkpoint"], "--data", train, "-o", run, "--template", name, "--max-steps", "30",
+                 "--batch-size", "16", "--micro-batch", "16", "--lr", "2e-3", "--eval-every", "15", "--truncate", "--log-every", "15")
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    metric_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in metric_rows if "val_loss" in r]
     assert len(val) == 2 and val[1] < val[0]
     art = artifacts.load(run, kind="checkpoint")
     assert {i["role"] for i in art.manifest.inputs} == {"base"} and artifacts.verify(run).ok
     task = json.loads((run / "task.json").read_text())
-    assert task["task"] == "sft" and task["template"]["name"] == "translate" and task["template"]["input_field"] == "source"
-    assert task["prompt_template"] == task["template"]["prompt"] == "Translate:\n{source}\nTranslation:"
-    test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "translation" / "test.jsonl")[:12])
-    result = cli("eval", run, "--metric", "bleu", "--data", test, "-o", tmp_path / "eval", "--max-new-tokens", "16", "--device", "cpu")
+    assert task["task"] == "sft" and task["template"]["name"] == name
+    assert (task["template"]["input_field"], task["template"]["target_field"]) == fields
+    assert task["prompt_template"] == task["template"]["prompt"] and "{" + fields[0] + "}" in task["prompt_template"]
+    test = write_jsonl(tmp_path / "test.jsonl", rows("test", 8))
+    result = cli("eval", run, "--metric", metric, "--data", test, "-o", tmp_path / "eval", "--max-new-tokens", "16", "--device", "cpu")
     assert result.exit_code == 0, result.output
     predictions = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
-    assert predictions[0]["prompt"].startswith("Translate:\n") and predictions[0]["prompt"].endswith("\nTranslation:")
+    first = read_jsonl(test)[0]
+    assert predictions[0]["prompt"] == task["template"]["prompt"].format_map(first)  # the training template, not eval's default
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert any(k.startswith("bleu") for k in metrics)
+    assert any(k.startswith(metric) for k in metrics), metrics
 
 
 # -- classification -----------------------------------------------------------------------------------
@@ -279,8 +290,8 @@ def test_resume_of_a_finetune_is_exact(base, shared_data, cli, tmp_path, variant
 @pytest.mark.parametrize(
     "rows, extra, message",
     [
-        ([{"prompt": "x " * 400, "response": "y"}] * 4, [], "longer than 128 tokens"),
-        ([{"prompt": "a", "response": "b"}] * 4, ["--seq-len", "4096"], "longer than the checkpoint's context length 128"),
+        ([{"prompt": "x " * 600, "response": "y"}] * 4, [], "longer than 256 tokens"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--seq-len", "4096"], "longer than the checkpoint's context length 256"),
         ([{"text": "a", "label": 0}] * 4, ["--task", "classify"], "single label"),
         ([{"question": "a", "answer": "b"}] * 4, [], "neither a \"messages\" list"),
         ([{"source": "a"}] * 4, ["--template", "translate"], "no field 'target'"),

@@ -89,9 +89,9 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
             f"{too_long} of {len(records)} {name} examples are longer than {max_len} tokens (the longest has {longest}), the "
             "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
         )
-    if not examples:
+    if not examples and name == "training":
         raise UserError(f"no {name} example has a response token within {max_len} tokens; shorten the prompts or raise --seq-len")
-    return examples
+    return examples  # validation may end up empty: the run then has no validation loss
 
 
 class SFTBatches:
