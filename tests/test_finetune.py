@@ -208,7 +208,7 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
 
 
 @pytest.mark.slow
-def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, monkeypatch, cli):
+def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, cli):
     from llmkit.finetune.heads import load_classifier
     from llmkit.finetune.stage import FinetuneConfig, finetune
 
@@ -230,9 +230,6 @@ def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, mo
     # The checkpoint loads as a classifier whose .classify (what `llmkit eval` calls) reproduces the figure.
     loaded = load_classifier(run)
     assert loaded.task["head"] == {"type": "linear", "prefix": "classifier.", "pooling": "last", "num_labels": 2}
-    import llmkit.model.io as io
-
-    monkeypatch.setattr(io, "load_checkpoint", load_classifier)  # until io.py builds classifiers itself
     result = cli("eval", run, "--metric", "accuracy", "--metric", "f1", "--data", dev, "-o", tmp_path / "eval", "--device", "cpu",
                  "--batch-size", "32")
     assert result.exit_code == 0, result.output
