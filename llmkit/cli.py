@@ -123,6 +123,17 @@ def inspect_command(
     print_artifact(art, artifacts.lineage(path))
 
 
+@app.command("report")
+def report_command(
+    paths: Annotated[list[Path], typer.Argument(help="Artifact directories, e.g. every output of a recipe.")],
+) -> None:
+    """One table row per artifact: kind, fingerprint and headline numbers (recipes end with it)."""
+    from llmkit import artifacts
+    from llmkit.inspect_view import print_report
+
+    print_report([artifacts.load(path) for path in paths])
+
+
 @app.command("verify")
 def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
     """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""

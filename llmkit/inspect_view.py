@@ -47,3 +47,43 @@ def _tree(node: LineageNode, parent: Tree | None = None) -> Tree:
     for child in node.children:
         _tree(child, branch)
     return branch
+
+
+def _headline(art: Artifact) -> str:
+    """The few numbers that tell one artifact of a kind from another."""
+    s = art.stats
+
+    def num(value, digits=4):
+        if isinstance(value, float):
+            return f"{value:.{digits}g}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    if art.kind == "corpus":
+        return f"{num(s.get('documents'))} docs, {num(s.get('bytes'))} bytes"
+    if art.kind == "tokenizer":
+        return f"vocab {num(s.get('vocab_size'))}, {num(s.get('bytes_per_token'))} bytes/token"
+    if art.kind == "tokens":
+        train, val = s.get("train", {}), s.get("val", {})
+        return f"train {num(train.get('tokens'))} / val {num(val.get('tokens'))} tokens ({s.get('dtype')})"
+    if art.kind == "checkpoint":
+        parts = [f"{num(s.get('params'))} params", f"step {num(s.get('step'))}"]
+        for key in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
+            if isinstance(s.get(key), (int, float)):
+                parts.append(f"{key} {num(s[key])}")
+        return ", ".join(parts)
+    if art.kind == "eval":
+        metrics_file = art.path / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        return ", ".join(f"{k} {num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    return ""
+
+
+def print_report(arts: list[Artifact]) -> None:
+    table = Table(title="artifacts", title_justify="left")
+    table.add_column("artifact")
+    table.add_column("kind")
+    table.add_column("fingerprint")
+    table.add_column("headline")
+    for art in arts:
+        table.add_row(str(art.path), art.kind, art.fingerprint[:16], _headline(art))
+    out.print(table)

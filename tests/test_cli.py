@@ -123,3 +123,14 @@ def test_explicit_params_ignores_defaults():
 
     assert CliRunner().invoke(app, ["--steps", "7"]).exit_code == 0
     assert seen == {"steps": 7}
+
+
+def test_report_prints_one_row_per_artifact(cli, tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    with artifacts.create(tmp_path / "eval", "eval") as build:
+        (build.dir / "metrics.json").write_text(json.dumps({"bleu": 31.25}))
+    result = cli("report", corpus, tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(corpus).fingerprint[:16] in result.output
+    assert "bleu 31.25" in result.output and "1 docs" in result.output
+    assert cli("report", tmp_path / "missing").exit_code == 1
