@@ -86,3 +86,21 @@ def test_chat_refuses_a_classifier(base, tmp_path, cli):
                "--batch-size", "4", "--micro-batch", "4").exit_code == 0
     result = cli("chat", run)
     assert result.exit_code != 0 and "is a classifier" in result.output
+
+
+def test_a_text_template_checkpoint_takes_one_input_per_turn(base):
+    from llmkit.errors import UserError
+    from llmkit.finetune.templates import resolve_template
+    from llmkit.generate.chat import ChatSession
+    from llmkit.generate.engine import GenerationParams
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(base["checkpoint"])
+    task = {"task": "sft", "template": resolve_template("translate")}
+    session = ChatSession(loaded.model, loaded.tokenizer, task, GenerationParams(max_new_tokens=4))
+    tok = loaded.tokenizer
+    assert session.prompt_ids("Zwei Hunde.") == [tok.bos_id] + tok.encode("Translate:\nZwei Hunde.\nTranslation:")
+    session.reply("Zwei Hunde.")
+    assert session.history == []  # each line stands alone
+    with pytest.raises(UserError, match="no system message"):
+        ChatSession(loaded.model, loaded.tokenizer, task, GenerationParams(), system="Be brief.")

@@ -382,3 +382,28 @@ def test_gloo_two_processes_match_one(base, shared_data, cli, tmp_path):
     sa, sb = artifacts.load(one).stats, artifacts.load(two).stats
     assert sa["val_accuracy"] == sb["val_accuracy"] and abs(sa["val_loss"] - sb["val_loss"]) < 1e-5
     assert artifacts.load(two).manifest.runtime["world_size"] == 2
+
+
+# -- determinism, config files, freezing ------------------------------------------------------------------
+
+
+def test_same_seed_same_fingerprint_config_file_and_freeze(base, shared_data, cli, tmp_path):
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64])
+    (tmp_path / "ft.toml").write_text('[finetune]\ntask = "classify"\nmax_steps = 3\nbatch_size = 8\nfreeze = ["embeddings", "blocks.0.*"]\n'
+                                      'truncate = true\neval_every = 0\n')
+
+    def run(name, *extra):
+        result = cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / name, "--config", tmp_path / "ft.toml", *extra)
+        assert result.exit_code == 0, result.output
+        return artifacts.load(tmp_path / name, kind="checkpoint")
+
+    a, b, c = run("a"), run("b"), run("c", "--seed", "1")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert a.config["task"] == "classify" and a.config["freeze"] == ["embeddings", "blocks.0.*"]
+    before, after = load_file(str(base["checkpoint"] / "model.safetensors")), load_file(str(a.path / "model.safetensors"))
+    for key, value in before.items():
+        frozen = key.startswith(("tok_emb.", "blocks.0."))
+        assert torch.equal(after[key], value) == frozen, key
+    assert a.stats["trainable_params"] < a.stats["params"]

@@ -85,8 +85,8 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
                  "--lora-targets", "q_proj,kv_proj", "--lora-targets", "out_proj", "--max-steps", "12", "--batch-size", "16",
                  "--micro-batch", "16", "--save-every", "12", "--keep-last", "0", "--eval-every", "6", "--truncate")
     assert result.exit_code == 0, result.output
-    assert "parameters trainable" in result.output or "parameters trained" in result.output
     stats = artifacts.load(run, kind="checkpoint").stats
+    assert f"{stats['trainable_params']:,} of {stats['params']:,} parameters trainable" in result.output  # printed at the start
     assert 0 < stats["trainable_params"] < stats["params"] / 5 and stats["lora_layers"] == 6
     val = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
     assert val[1] < val[0]
