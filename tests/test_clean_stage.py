@@ -151,3 +151,17 @@ def test_exception_mid_write_leaves_no_output(shared_data, tmp_path, monkeypatch
     with pytest.raises(RuntimeError):
         _clean([shared_data / "sentiment"], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lone_surrogates_and_mojibake_are_repaired(tmp_path):
+    rows = [
+        '{"text": "a sentence long enough to hold half a surrogate pair \\ud83d without looking garbled"}',
+        '{"text": "The Mona Lisa doesn\\u00c3\\u00a2\\u00e2\\u0082\\u00ac\\u00e2\\u0084\\u00a2t have eyebrows."}',
+    ]
+    source = tmp_path / "odd.jsonl"
+    source.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    for fix in (True, False):  # with or without ftfy, nothing unencodable reaches the Parquet writer
+        out = _clean([source], tmp_path / f"out-{fix}", CleanConfig(fix_unicode=fix))
+        texts = _texts(out)
+        assert len(texts) == 2 and all(t.encode("utf-8") for t in texts)
+    assert _texts(tmp_path / "out-True")[1] == "The Mona Lisa doesn’t have eyebrows."
