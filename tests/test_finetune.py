@@ -407,3 +407,20 @@ def test_same_seed_same_fingerprint_config_file_and_freeze(base, shared_data, cl
         frozen = key.startswith(("tok_emb.", "blocks.0."))
         assert torch.equal(after[key], value) == frozen, key
     assert a.stats["trainable_params"] < a.stats["params"]
+
+
+def test_validation_scores_equal_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from llmkit.finetune.stage import confusion_scores
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 3, 5):
+        gold = torch.randint(0, classes, (200,), generator=g)
+        predicted = torch.where(torch.rand(200, generator=g) < 0.6, gold, torch.randint(0, classes - 1, (200,), generator=g))
+        confusion = torch.zeros(classes + 1, classes + 1)  # one class never seen: left out of the macro average
+        for p, t in zip(predicted.tolist(), gold.tolist()):
+            confusion[t, p] += 1
+        scores = confusion_scores(confusion)
+        assert scores["val_accuracy"] == pytest.approx(accuracy_score(gold, predicted), abs=1e-12)
+        assert scores["val_f1"] == pytest.approx(f1_score(gold, predicted, average="macro", zero_division=0), abs=1e-12)

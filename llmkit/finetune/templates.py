@@ -170,10 +170,6 @@ def render(part: str, record: dict[str, Any], where: str) -> str:
         raise UserError(f"the template {part!r} is not a valid format string ({exc})") from exc
 
 
-def render_prompt(template: dict[str, Any], record: dict[str, Any], where: str = "record") -> str:
-    return render(template["prompt"], record, where)
-
-
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
     prompt = [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], record, where))
     response = tokenizer.encode(render(template["response"], record, where)) + [tokenizer.eos_id]

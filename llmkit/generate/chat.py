@@ -43,10 +43,6 @@ class ChatSession:
     def reset(self) -> None:
         self.history = []
 
-    def messages(self) -> list[dict[str, str]]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.history
-
     def prompt_ids(self, user_text: str) -> list[int]:
         """The prompt for the next reply, the oldest exchanges dropped until it fits."""
         from llmkit.finetune.templates import encode_chat_prompt, encode_text_prompt
