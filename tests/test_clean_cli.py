@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import html
 import json
 
 import pytest
@@ -159,3 +160,22 @@ def test_long_csv_fields(cli, shared_data, tmp_path):
     result = cli("clean", tmp_path / "books.csv", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert artifacts.load(tmp_path / "out").stats["bytes"] > 1_000_000
+
+
+def test_strip_html_on_a_folder_of_pages(cli, shared_data, tmp_path):
+    reviews = [json.loads(line)["text"] for line in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8")]
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for i, review in enumerate(reviews[:3]):
+        (pages / f"{i}.html").write_text(
+            f"<html><head><script>track({i})</script></head><body><h1>Review {i}</h1><p>{review}</p></body></html>",
+            encoding="utf-8",
+        )
+    assert cli("clean", pages, "-o", tmp_path / "raw").exit_code == 0
+    assert cli("clean", pages, "--strip-html", "-o", tmp_path / "out").exit_code == 0
+    import pyarrow.parquet as pq
+
+    texts = pq.read_table(tmp_path / "out" / "shards" / "part-00000.parquet").column("text").to_pylist()
+    assert texts == [f"Review {i}\n\n{html.unescape(r)}" for i, r in enumerate(reviews[:3])]
+    raw = pq.read_table(tmp_path / "raw" / "shards" / "part-00000.parquet").column("text").to_pylist()
+    assert all("<script>" in t for t in raw)

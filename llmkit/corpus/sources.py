@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Iterator, Optional
 
 from llmkit.errors import UserError
 
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".html", ".htm"}  # HTML: pair with --strip-html
 RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
 COMPRESSION_SUFFIXES = {".gz", ".zst", ".zstd"}
 BUILTIN_PREFIX = "builtin:"
