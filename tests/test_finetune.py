@@ -254,6 +254,9 @@ def test_classifier_pools_first_token_for_mlm_and_last_real_token_for_clm(base):
         pooled = hidden[:, 0] if objective == "mlm" else hidden[:, -1]
         assert torch.allclose(clf.classifier(pooled), alone, atol=1e-6)
         assert set(clf.state_dict()) - set(clf.lm.state_dict()) == {"classifier.weight", "classifier.bias"}
+        # Moving the classifier moves the language model's own buffers too (RoPE tables; .cuda() alike).
+        clf.to(torch.float64)
+        assert clf.lm.rope_cos.dtype == torch.float64 and clf.classify(row).dtype == torch.float64
 
 
 # -- resume ---------------------------------------------------------------------------------------------
