@@ -233,3 +233,40 @@ def test_config_rejects_bad_values():
         CleanConfig(bands=20, rows=8)
     with pytest.raises(UserError, match="threshold"):
         CleanConfig(threshold=1.5)
+
+
+def _reference_top_chars(words, n):
+    """Gopher's statistic written the plain way (tuples and a Counter), to check the NumPy version."""
+    from collections import Counter
+
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    if not grams:
+        return 0
+    gram, count = grams.most_common(1)[0]
+    return sum(map(len, gram)) * count if count > 1 else 0
+
+
+def _reference_duplicate_chars(words, n):
+    seen, chars, i = set(), 0, 0
+    while i < len(words) - n + 1:
+        gram = tuple(words[i : i + n])
+        if gram in seen:
+            chars += sum(map(len, gram))
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+def test_ngram_statistics_match_the_plain_computation(shakespeare, chinese):
+    rng = random.Random(0)
+    docs = [shakespeare[i : i + rng.randrange(50, 4000)] for i in range(0, 300_000, 3000)]
+    docs += [chinese[i : i + rng.randrange(20, 3000)] for i in range(0, 300_000, 5000)]
+    for doc in docs:
+        words = split_words(doc)
+        grams = filters._Grams(words)
+        for n in (1, 2, 3, 4, 8):
+            assert grams.top_chars(n) == _reference_top_chars(words, n)
+        for n in (5, 6, 10, 20):
+            assert grams.duplicate_chars(n) == _reference_duplicate_chars(words, n)

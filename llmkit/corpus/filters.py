@@ -118,7 +118,7 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-_GRAM_MULTIPLIERS = np.random.default_rng(0).integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
+_GRAM_MULTIPLIERS = np.random.default_rng(0).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)  # n <= 64
 
 
 class _Grams:
