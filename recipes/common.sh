@@ -1,0 +1,30 @@
+# Shared settings for every recipe: sourced, not run.
+#   SIZE=default|tiny   tiny: seconds-long runs for CI (same commands, smaller numbers)
+#   SEED=0              threaded into every stage
+#   LLMKIT_SHARED_DATA  the shared data sets (default: ../shared/data beside the repository)
+#   OUT                 where the artifacts go (default: runs/<recipe>)
+set -euo pipefail
+RECIPE=$(basename "$0" .sh)
+SIZE=${SIZE:-default}
+SEED=${SEED:-0}
+OUT=${OUT:-runs/$RECIPE}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${LLMKIT_SHARED_DATA:-$REPO/../shared/data}
+PYTHON=${PYTHON:-python}
+mkdir -p "$OUT"
+
+case "$SIZE" in
+  default|tiny) ;;
+  *) echo "error: SIZE must be default or tiny, got '$SIZE'" >&2; exit 2 ;;
+esac
+
+need_data() {  # need_data FILE...: fail early, naming the variable to set
+  for f in "$@"; do
+    if [ ! -e "$DATA/$f" ]; then
+      echo "error: $DATA/$f not found; set LLMKIT_SHARED_DATA to the folder holding the shared data sets" >&2
+      exit 1
+    fi
+  done
+}
+
+stage() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
