@@ -81,6 +81,7 @@ def clean(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Clean and de-duplicate text into a corpus artifact (Parquet shards + manifest)."""
+    from llmkit import artifacts
     from llmkit.console import err, out
     from llmkit.corpus import pipeline, settings
     from llmkit.corpus.report import stats_table
@@ -98,8 +99,6 @@ def clean(
         workers=n_workers,
         force=force,
     )
-    from llmkit import artifacts
-
     art = artifacts.load(path, kind="corpus")
     out.print(stats_table(art.stats, str(path)))
     err.print(f"[green]wrote[/] {path} (fingerprint {art.fingerprint[:12]})", soft_wrap=True)

@@ -464,6 +464,8 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
 
         from llmkit.runtime import datasets_cache_dir
 
+        quiet = not datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bar()  # its bars would fight with ours
         try:
             if local.exists():
                 builder, data_files = _local_builder(local)
@@ -480,6 +482,9 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                 f"could not load dataset {name!r} (split {split!r}): {type(exc).__name__}: {detail}; "
                 "check the name, --dataset-config and --split (hub datasets need a network connection)"
             ) from None
+        finally:
+            if not quiet:
+                datasets.enable_progress_bar()
         string_columns = [k for k, v in ds.features.items() if getattr(v, "dtype", None) in ("string", "large_string")]
         column = _pick_column(label, options.text_field, list(ds.column_names), string_columns)
         for start in range(0, len(ds), 1000):
