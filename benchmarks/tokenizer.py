@@ -9,7 +9,8 @@
 (b) Encoding, 10x corpus: `llmkit tokenize` end to end (Parquet in, shards out, on --workers processes)
     vs raw `Tokenizer.encode_batch` on the texts in memory (all cores, its own thread pool) vs tiktoken:
     its GPT-2 encoding when the BPE file is in tiktoken's cache (it cannot be downloaded offline),
-    otherwise tiktoken with our own merges, `encode_ordinary_batch` on 2 threads.
+    otherwise tiktoken with our own merges: `encode_ordinary_batch` on --workers threads, and a plain
+    loop of `encode_ordinary` on one thread (the engine's own speed, without thread hand-overs).
 (c) Peak memory (RSS summed over the process tree) of `llmkit tokenize` as a subprocess on 1x and 10x:
     streaming should keep it flat.
 """
@@ -138,11 +139,13 @@ def main() -> None:
     hf_s, _ = best_of(args.repeat, lambda: tok.hf.encode_batch(texts, add_special_tokens=False))
     name, reference = tiktoken_reference(tok.fast_encoding)
     tt_s, _ = best_of(args.repeat, lambda: reference.encode_ordinary_batch(texts, num_threads=args.workers))
+    one_s, _ = best_of(args.repeat, lambda: [reference.encode_ordinary(t) for t in texts])
     print(f"\n(b) encoding {big_mb:.1f} MB ({stats['train']['tokens'] + stats['val']['tokens']:,} tokens, "
           f"encoder {stats['encoder']}, {args.workers} workers)")
     print(f"  llmkit tokenize (end to end)                    {big_mb / ours_s:7.1f} MB/s")
     print(f"  raw Tokenizer.encode_batch                      {big_mb / hf_s:7.1f} MB/s   llmkit / raw = {hf_s / ours_s:.2f}x")
     print(f"  {name + ' encode_ordinary_batch':47s} {big_mb / tt_s:7.1f} MB/s   llmkit / tiktoken = {tt_s / ours_s:.2f}x")
+    print(f"  {name + ' encode_ordinary, 1 thread':47s} {big_mb / one_s:7.1f} MB/s   llmkit / tiktoken = {one_s / ours_s:.2f}x")
 
     # (c) peak memory, 1x vs 10x
     print("\n(c) peak memory of `llmkit tokenize` (process tree RSS)")
