@@ -163,6 +163,11 @@ def test_generator_text_stop_strings_and_streaming(ckpt):
     assert cut.finish_reason == "stop"
     assert cut.text == free.text[: free.text.index(target)]
     assert "".join(streamed) == cut.text
+    quiet = generator.complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [target]}))[0]  # no streaming
+    assert (quiet.text, quiet.token_ids, quiet.finish_reason) == (cut.text, cut.token_ids, "stop")
+    late = free.text[-3:]  # a stop string that only completes at the very end
+    ends = generator.complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [late]}))[0]
+    assert ends.text == free.text[: free.text.index(late)]
     assert loaded.tokenizer.decode(cut.token_ids).startswith(cut.text)
     # streaming without stop strings reassembles the full text
     pieces: list[str] = []

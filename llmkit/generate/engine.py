@@ -203,26 +203,39 @@ def generate_ids(
 class _TextTracker:
     """One row's decoded output: stop-string search and streaming of text as it becomes final."""
 
-    def __init__(self, tokenizer, stop: Sequence[str]):
+    def __init__(self, tokenizer, stop: Sequence[str], streaming: bool):
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.eager = bool(self.stop) or streaming  # else decode once, at the end
         self.ids: list[int] = []
-        self.text = ""
+        self._text = ""
+        self._decoded = 0  # len(ids) when _text was made
         self.cut: int | None = None  # where a stop string begins
+        self.searched = 0  # stop strings cannot start before this
         self.emitted = 0
+
+    @property
+    def text(self) -> str:
+        if self._decoded != len(self.ids):
+            self._text = self.tokenizer.decode(self.ids)
+            self._decoded = len(self.ids)
+        return self._text
 
     def add(self, token: int) -> bool:
         """Append a token; True when a stop string has appeared."""
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids)
+        if not self.eager:
+            return False
         if self.stop:
-            # Only the tail can hold a new match: the new piece plus the longest stop string.
-            start = max(0, self.emitted - self.hold - 1)
-            found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+            text = self.text
+            found = [i for i in (text.find(s, self.searched) for s in self.stop) if i >= 0]
             if found:
                 self.cut = min(found)
                 return True
+            # A new match must end in text still to come, so it starts at most hold characters
+            # back; a few more for a trailing half-decoded character that may still change.
+            self.searched = max(0, len(text) - self.hold - 4)
         return False
 
     @property
@@ -287,7 +300,7 @@ class Generator:
         results: list[Completion] = []
         for start in range(0, len(rows), max(1, batch_size)):
             chunk = rows[start : start + batch_size]
-            trackers = [_TextTracker(self.tokenizer, params.stop) for _ in chunk]
+            trackers = [_TextTracker(self.tokenizer, params.stop, streaming=on_text is not None) for _ in chunk]
             seeds = [row_seed(params.seed, prompt_offset + p, s) for p, s in chunk]
 
             def on_step(tokens, trackers=trackers, start=start):
