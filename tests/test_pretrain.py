@@ -269,3 +269,17 @@ def test_config_file_and_flags(shakespeare, cli, tmp_path):
     # FAST says --n-layer 2 on the command line: flags beat the file, the file beats defaults.
     assert (model["n_layer"], model["n_embd"], model["n_kv_head"], model["norm"], model["pos"]) == (2, 48, 2, "layernorm", "learned")
     assert artifacts.load(run).stats["step"] == 2
+
+
+@pytest.mark.slow
+def test_worker_error_is_one_line_from_the_launcher(shakespeare, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "llmkit.cli", "pretrain", str(shakespeare["tokens"]), "-o", str(run), *FAST,
+               "--max-steps", "20", "--nproc", "2", "--lr", "1e6", "--grad-clip", "0", "--optimizer", "sgd",
+               "--warmup-steps", "0", "--save-every", "1", "--eval-every", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "loss became" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert all(artifacts.verify(p).ok for p in (run / "checkpoints").iterdir())

@@ -218,10 +218,7 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
 
     calls = []
 
-    class Done:
-        returncode = 0
-
-    monkeypatch.setattr(distributed.subprocess, "run", lambda command, env: calls.append(command) or Done())
+    monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, show_noise: calls.append(command) or 0)
     distributed.relaunch("mod:fn", {"a": 1}, tmp_path / "launch", nproc=8, nnodes=2, node_rank=1,
                          master_addr="10.0.0.1", master_port=1234)
     command = calls[-1]
@@ -235,14 +232,12 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--master-addr"):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2, nnodes=2)
 
-    class Failed:
-        returncode = 1
-
-    def fail(command, env):
+    def fail(command, env, show_noise):
         (tmp_path / "launch" / "error.txt").write_text("the worker's one-line message\n")
-        return Failed()
+        assert not show_noise()  # a worker explained the failure: torchrun's traceback stays hidden
+        return 1
 
-    monkeypatch.setattr(distributed.subprocess, "run", fail)
+    monkeypatch.setattr(distributed, "_run_torchrun", fail)
     with pytest.raises(UserError, match="^the worker's one-line message$"):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from contextlib import contextmanager, nullcontext
@@ -192,8 +193,37 @@ def relaunch(
     command += ["-m", "llmkit.train.worker", str(spec)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    result = subprocess.run(command, env=env)
-    if result.returncode != 0:
+    from llmkit.errors import debug_enabled
+
+    if debug_enabled():
+        env["LLMKIT_DEBUG"] = "1"
+    returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
+    if returncode != 0:
         if error_file.is_file():
             raise UserError(error_file.read_text(encoding="utf-8").strip())
-        raise UserError(f"distributed training failed (torchrun exit code {result.returncode}); see the messages above")
+        raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
+
+
+# torchrun's own agent log lines ("W1124 16:04:13.384000 25985 torch/distributed/elastic/...").
+_AGENT_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*torch/distributed/")
+
+
+def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
+    """Run torchrun, passing the workers' output through live. torchrun's agent logs and its
+    closing traceback are held back and shown only when no worker explained the failure."""
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    held: list[str] = []
+    in_traceback = False
+    for line in process.stderr:
+        if line.startswith("Traceback (most recent call last)") or in_traceback:
+            in_traceback = True
+            held.append(line)
+        elif _AGENT_LOG.match(line):
+            held.append(line)
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    returncode = process.wait()
+    if returncode != 0 and show_noise():
+        sys.stderr.write("".join(held))
+    return returncode

@@ -27,12 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug_enabled():
             raise
         message = one_line(exc)
-        if os.environ.get("RANK", "0") == "0" or isinstance(exc, UserError):
-            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {message}", soft_wrap=True)
         if isinstance(exc, UserError) and spec.get("error_file"):
+            # The launching process prints it, once, however many ranks failed the same way.
             path = Path(spec["error_file"])
-            if not path.exists():
-                path.write_text(message + "\n", encoding="utf-8")
+            tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
+            tmp.write_text(message + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        else:
+            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {message}", soft_wrap=True)
         return 1
     return 0
 
