@@ -29,7 +29,7 @@ def test_clean_runs_and_prints_the_report(cli, shared_data, tmp_path):
     config.write_text('[clean]\nthreshold = 0.8\n', encoding="utf-8")
     out = tmp_path / "corpus"
     result = cli(
-        "clean", shared_data / "sentiment", shared_data / "chinese.txt", "-o", out,
+        "clean", shared_data / "sentiment", shared_data / "tinyshakespeare.txt", "-o", out,
         "--config", config, "--keep-rejects", "--seed", "3",
     )
     assert result.exit_code == 0, result.output

@@ -73,7 +73,9 @@ def test_corpus_artifact_format_and_datasets_round_trip(shared_data, tmp_path):
 
 
 def test_same_input_and_config_give_the_same_fingerprint(shared_data, tmp_path):
-    inputs = [shared_data / "sentiment", shared_data / "chinese.txt"]
+    chinese = tmp_path / "chinese-part.txt"  # a slice keeps the test quick; non-ASCII exercises ftfy
+    chinese.write_text((shared_data / "chinese.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    inputs = [shared_data / "sentiment", chinese]
     first = artifacts.load(_clean(inputs, tmp_path / "a"))
     second = artifacts.load(_clean(inputs, tmp_path / "b"))
     assert first.fingerprint == second.fingerprint and first.manifest.files == second.manifest.files
@@ -130,8 +132,11 @@ def test_web_preset_and_config_file(shared_data, tmp_path):
     with pytest.raises(UserError, match="unknown option"):
         resolve(bad, {})
     web = resolve(explicit={"preset": "web", "doc_per": "blank-line"})
-    out = _clean([shared_data / "tinyshakespeare.txt"], tmp_path / "web", web)
-    assert artifacts.load(out).config["gopher_quality"] is True
+    part = tmp_path / "shakespeare-part.txt"
+    part.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    art = artifacts.load(_clean([part], tmp_path / "web", web))
+    assert art.config["gopher_quality"] is True
+    assert "gopher_short_doc" in art.stats["dropped"] and art.stats["documents"] > 0
 
 
 def test_everything_dropped_is_an_error_naming_the_reasons(shared_data, tmp_path):
