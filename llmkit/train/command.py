@@ -66,7 +66,7 @@ def pretrain(
     master_addr: Annotated[Optional[str], typer.Option(help="Address of node 0 (multi-node).", rich_help_panel=_RUN)] = None,
     master_port: Annotated[int, typer.Option(help="Port on node 0 (multi-node).", rich_help_panel=_RUN)] = 29500,
     log_every: Annotated[int, typer.Option(help="Print a progress line every N steps when not on a terminal.", rich_help_panel=_RUN)] = 10,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML/YAML file with options ([pretrain] table or top level).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML/YAML file with options (a \\[pretrain] table, or keys at top level).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")] = False,
 ) -> None:
     """Pretrain a model from scratch on token shards (one CPU, --gpus N, or many nodes)."""
