@@ -427,3 +427,20 @@ def test_validation_scores_equal_scikit_learn():
         scores = confusion_scores(confusion)
         assert scores["val_accuracy"] == pytest.approx(accuracy_score(gold, predicted), abs=1e-12)
         assert scores["val_f1"] == pytest.approx(f1_score(gold, predicted, average="macro", zero_division=0), abs=1e-12)
+
+
+def test_truncate_shortens_the_document_and_keeps_the_template_and_response(base):
+    from llmkit.finetune.data import sft_examples
+    from llmkit.finetune.templates import resolve_template
+
+    tok = _tokenizer(base)
+    template = resolve_template("summarize")
+    record = {"document": "#Person1#: " + "We met them in Bermuda last May and the dogs were there. " * 20, "summary": "They met in May."}
+    with pytest.raises(Exception, match="longer than 64 tokens"):
+        sft_examples([record], template, tok, 64, truncate=False, name="training", verbose=False)
+    (example,) = sft_examples([record], template, tok, 64, truncate=True, name="training", verbose=False)
+    assert len(example.ids) <= 64 and len(example.ids) >= 60
+    response = tok.encode(" They met in May.") + [tok.eos_id]
+    assert example.ids[-len(response):] == response and example.learn[-len(response):] == [True] * len(response)
+    prompt = tok.decode(example.ids[1 : example.prompt_length])
+    assert prompt.startswith("Summarize:\n#Person1#: We met them") and prompt.endswith("\nSummary:")

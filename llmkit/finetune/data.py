@@ -68,7 +68,14 @@ def split_validation(records: list, fraction: float, seed: int) -> tuple[list, l
 # -- SFT ------------------------------------------------------------------------------------------
 
 
-def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str) -> list[Encoded]:
+def _note(message: str) -> None:
+    from llmkit.console import err
+
+    err.print(f"note: {message}", soft_wrap=True)
+
+
+def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
+                 verbose: bool = True) -> list[Encoded]:
     """Encode records; an example longer than max_len tokens is an error unless truncated."""
     examples, too_long, longest, dropped = [], 0, 0, 0
     for i, record in enumerate(records):
@@ -78,7 +85,7 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
             too_long += 1
             if not truncate:
                 continue
-            example = Encoded(example.ids[:max_len], example.learn[:max_len])
+            example = shorten(template, record, example, tokenizer, max_len, f"{name} record {i + 1}")
         # The first token is never a target (nothing predicts it): an example needs a learned token after it.
         if not any(example.learn[1:]):
             dropped += 1
@@ -91,7 +98,27 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
         )
     if not examples and name == "training":
         raise UserError(f"no {name} example has a response token within {max_len} tokens; shorten the prompts or raise --seq-len")
+    if too_long and verbose:
+        _note(f"{too_long} of {len(records)} {name} examples were cut to {max_len} tokens (--truncate); {dropped} left out, "
+              "their response not fitting")
     return examples  # validation may end up empty: the run then has no validation loss
+
+
+def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> Encoded:
+    """Fit an example into max_len tokens. A text template gives up the end of its input field
+    (the document, the source) so that the prompt's wording and the whole response stay; what
+    still does not fit (or a chat) is cut from the end."""
+    field = template.get("input_field")
+    if template["type"] == "text" and isinstance(record.get(field), str):
+        pieces = tokenizer.encode(record[field])
+        keep = len(pieces) - (len(example.ids) - max_len)
+        while keep > 0:
+            # Decoding a cut token list and encoding it again may merge differently: retry shorter.
+            shorter = encode_example(template, dict(record, **{field: tokenizer.decode(pieces[:keep])}), tokenizer, where)
+            if len(shorter.ids) <= max_len:
+                return shorter
+            keep -= max(1, len(shorter.ids) - max_len)
+    return Encoded(example.ids[:max_len], example.learn[:max_len])
 
 
 class SFTBatches:
@@ -174,7 +201,8 @@ class ClassExample:
     label: int
 
 
-def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str) -> list[ClassExample]:
+def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str,
+                      verbose: bool = True) -> list[ClassExample]:
     """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
     texts = []
     for i, record in enumerate(records):
@@ -196,6 +224,8 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
             f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest has {longest}), the "
             "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
         )
+    if too_long and verbose:
+        _note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} tokens (--truncate)")
     return examples
 
 

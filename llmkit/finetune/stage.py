@@ -353,16 +353,16 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
         if config.task == "sft":
             template = resolve_template(config.template)
             check_tokenizer(template, tokenizer)
-            train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training")
-            val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation") if val_records else []
+            train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", info.is_main)
+            val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
             pad_id = tokenizer.pad_id
             train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
             val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
             loss_fn = sft_loss
         else:
             labels = ft_data.label_set(records, "training")
-            train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training")
-            val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation") if val_records else []
+            train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training", info.is_main)
+            val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
             train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
             val_batches = ft_data.ClassifyBatches(val_examples, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
             loss_fn = ClassifyLoss()
