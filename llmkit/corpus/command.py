@@ -84,10 +84,11 @@ def clean(
     from llmkit import artifacts
     from llmkit.console import err, out
     from llmkit.corpus import pipeline, settings
+    from llmkit.config import explicit_params
     from llmkit.corpus.report import stats_table
     from llmkit.runtime import worker_count
 
-    cfg = settings.resolve(config_file, settings.explicit_params(ctx))
+    cfg = settings.resolve(config_file, explicit_params(ctx))
     n_workers = worker_count(workers)
     path = pipeline.clean(
         inputs or [],

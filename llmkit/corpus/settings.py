@@ -143,18 +143,6 @@ def _file_values(file: Path | str | None) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
 
 
-def explicit_params(ctx: Any) -> dict[str, Any]:
-    """The options the user typed. Compares sources by name: typer >= 0.20 vendors its own click,
-    whose ParameterSource enum is not `click.core.ParameterSource` (llmkit.config.explicit_params
-    compares against the latter and so treats every default as typed)."""
-    given = {}
-    for name, value in ctx.params.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP"):
-            given[name] = value
-    return given
-
-
 def resolve(file: Path | str | None = None, explicit: dict[str, Any] | None = None) -> CleanConfig:
     """Defaults < preset < config file < explicit flags."""
     explicit = {k: v for k, v in (explicit or {}).items() if k in {f.name for f in dataclasses.fields(CleanConfig)}}
