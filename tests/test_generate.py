@@ -356,3 +356,14 @@ def test_greedy_equals_transformers_generate_with_left_padding():
         with torch.no_grad():
             out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15, do_sample=False, pad_token_id=0, eos_token_id=None)
         assert ours == out[:, width:].tolist()
+
+
+def test_backslash_n_on_the_command_line_is_a_newline(cli, ckpt, tmp_path):
+    from llmkit.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(ckpt / "tokenizer")
+    result = cli("generate", ckpt, "-p", "KING:\\nQUEEN:", "-n", "3", "--greedy", "--stop", "\\n", "-o", tmp_path / "a.jsonl")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "a.jsonl").read_text())
+    assert record["prompt"] == "KING:\nQUEEN:" and record["prompt_tokens"] == 1 + len(tok.encode("KING:\nQUEEN:"))
+    assert "\n" not in record["completion"]

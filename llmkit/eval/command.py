@@ -36,9 +36,9 @@ def evaluate(
     lowercase: Annotated[bool, typer.Option("--lowercase", help="Case-insensitive BLEU/chrF.")] = False,
     rouge_tokenize: Annotated[str, typer.Option("--rouge-tokenize", help="ROUGE tokenizer: default (rouge-score, Latin only), unicode (keeps every script), char (per character).")] = "default",
     stemmer: Annotated[bool, typer.Option("--stemmer", help="Porter-stem words for ROUGE.")] = False,
-    prompt_template: Annotated[Optional[str], typer.Option("--prompt-template", help="Prompt built from each record, e.g. 'German: {source}\\nEnglish:'.")] = None,
+    prompt_template: Annotated[Optional[str], typer.Option("--prompt-template", help="Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n is a newline).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate per example for BLEU/ROUGE.")] = 64,
-    stop: Annotated[list[str], typer.Option("--stop", help="Stop string for generated predictions (default: newline).")] = ["\n"],  # noqa: B006
+    stop: Annotated[list[str], typer.Option("--stop", help="Stop string for generated predictions (default: newline; \\n is a newline).")] = ["\n"],  # noqa: B006
     rolling_context: Annotated[int, typer.Option("--rolling-context", help="Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 8,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N examples/documents.")] = None,
@@ -59,6 +59,12 @@ def evaluate(
     for key in ("predictions",):
         if key in explicit and explicit[key] is not None:
             explicit[key] = str(explicit[key])
+    from llmkit.generate.prompts import unescape
+
+    if "stop" in explicit:  # a shell passes "\n" literally: read it as a newline
+        explicit["stop"] = [unescape(v) for v in explicit["stop"]]
+    if explicit.get("prompt_template") is not None:
+        explicit["prompt_template"] = unescape(explicit["prompt_template"])
     if "references" in explicit:
         explicit["references"] = [str(r) for r in references]
     cfg = config_mod.resolve(EvalConfig, file=config, section="eval", explicit=explicit)

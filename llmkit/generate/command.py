@@ -15,7 +15,7 @@ import typer
 def generate(
     ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint artifact (llmkit pretrain / finetune / import).")],
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt text; repeat for several (batched).")] = [],  # noqa: B006
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt text; repeat for several (batched). \\n is a newline.")] = [],  # noqa: B006
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="File of prompts: .txt (one per line) or .jsonl ({\"prompt\": ...} or {\"messages\": [...]}).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate per completion.")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 = greedy.")] = 0.8,
@@ -23,7 +23,7 @@ def generate(
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample only among the k most likely tokens.")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the smallest set of tokens with this much probability.")] = None,
     repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help="> 1 discourages repeating tokens (1 = off).")] = 1.0,
-    stop: Annotated[list[str], typer.Option("--stop", help="Stop when this string appears (repeatable); it is not printed.")] = [],  # noqa: B006
+    stop: Annotated[list[str], typer.Option("--stop", help="Stop when this string appears (repeatable; \\n is a newline); it is not printed.")] = [],  # noqa: B006
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past the end-of-text token.")] = False,
     num_samples: Annotated[int, typer.Option("--num-samples", "-s", help="Completions per prompt.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows generated together (left-padded).")] = 8,
@@ -42,6 +42,11 @@ def generate(
 
     explicit = _given(ctx)
     explicit = {{"prompt": "prompts"}.get(k, k): v for k, v in explicit.items()}
+    from llmkit.generate.prompts import unescape
+
+    for key in ("prompts", "stop"):  # a shell passes "\n" literally: read it as a newline
+        if key in explicit:
+            explicit[key] = [unescape(v) for v in explicit[key]]
     if "prompts_file" in explicit and explicit["prompts_file"] is not None:
         explicit["prompts_file"] = str(explicit["prompts_file"])
     if greedy:

@@ -12,13 +12,14 @@ A fine-tuned checkpoint's task.json decides how plain prompts are framed: a text
 input field; a chat template makes the prompt a user message. `llmkit chat` builds on
 `encode_chat`, the same rendering as the fine-tuning stage's and the exported HF chat template.
 
-Prompt files: `.txt`, one prompt per line (a literal `\\n` in a line becomes a newline), or
+Prompt files: `.txt`, one prompt per line (`\\n` in a line becomes a newline, see `unescape`), or
 JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +43,22 @@ class Prompt:
         return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """`\\n`, `\\t` and `\\\\` typed on a command line (where a shell passes them literally) become
+    a newline, a tab and a backslash; any other backslash is kept as it is."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
 def read_prompt_file(path: Path) -> list[Prompt]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         lines = path.read_text(encoding="utf-8").splitlines()
-        prompts = [Prompt(text=line.replace("\\n", "\n")) for line in lines if line.strip()]
+        prompts = [Prompt(text=unescape(line)) for line in lines if line.strip()]
     else:
         prompts = []
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
