@@ -252,3 +252,13 @@ def test_finished_run_continues_with_more_steps_and_survives_a_cut_metrics_line(
     more.run()
     assert artifacts.load(tmp_path).stats["step"] == 6 and artifacts.verify(tmp_path).ok
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
+
+
+def test_resume_refuses_another_model_or_seed(tmp_path):
+    from llmkit.errors import UserError
+
+    make_trainer(tmp_path, SyntheticBatches(), max_steps=2, save_every=2).run()
+    with pytest.raises(UserError, match=r"cannot resume .*n_layer 2 -> 3"):
+        make_trainer(tmp_path, SyntheticBatches(), max_steps=4, resume=True, config=model_config(n_layer=3))
+    with pytest.raises(UserError, match=r"cannot resume .*seed 0 -> 1"):
+        make_trainer(tmp_path, SyntheticBatches(), max_steps=4, resume=True, seed=1)

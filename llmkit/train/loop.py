@@ -191,6 +191,7 @@ class Trainer:
                     f"cannot resume from {latest}: it was trained with {key} {progress.get(key)}, this run asks for {now}; "
                     "resume with the same --batch-tokens and --seq-len, or start a new run"
                 )
+        self._check_same_run(latest)
         load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
         self.start_step = int(progress["step"])
         self.last_loss = progress.get("loss")
@@ -198,6 +199,26 @@ class Trainer:
         self.resumed_from = self.start_step
         self._resume_progress = progress
         return optim_state, rng, latest
+
+    def _check_same_run(self, latest: Path) -> None:
+        """A resume continues the same run: same model, seed and inputs (the data order depends on them)."""
+        from llmkit.model.io import read_model_config
+
+        saved = read_model_config(latest).to_dict()
+        now = self.raw.config.to_dict()
+        changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if saved.get(k) != now.get(k)]
+        manifest = artifacts.load(latest, kind="checkpoint").manifest
+        if manifest.seed != self.spec.seed:
+            changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
+        saved_inputs = {i["role"]: i["fingerprint"] for i in manifest.inputs}
+        for role, art in self.spec.inputs:
+            if role in saved_inputs and saved_inputs[role] != art.fingerprint:
+                changed.append(f"{role} input {saved_inputs[role][:12]} -> {art.fingerprint[:12]}")
+        if changed:
+            raise UserError(
+                f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "
+                "resume with the same model flags, seed and inputs, or start a new run with another -o"
+            )
 
     def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
         ckpt.load_optimizer_state(self.raw, self.optimizer, optim_state, self.info.distributed)
