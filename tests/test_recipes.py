@@ -1,0 +1,79 @@
+"""Every recipe runs end to end at SIZE=tiny, and a recipe run twice gives the same fingerprints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+TASK_RECIPES = ["shakespeare", "chinese", "sentiment", "translation", "summarization"]
+
+
+def run_recipe(name: str, out: Path, data: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(
+        SIZE="tiny",
+        OUT=str(out),
+        SEED="0",
+        PYTHON=sys.executable,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+    )
+    if data is not None:
+        env["LLMKIT_SHARED_DATA"] = str(data)
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes" / f"{name}.sh")], env=env, cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def fingerprints(out: Path) -> dict[str, str]:
+    return {
+        manifest.parent.name: json.loads(manifest.read_text())["fingerprint"]
+        for manifest in sorted(out.glob("*/manifest.json"))
+    }
+
+
+def test_quickstart_runs_every_stage_and_reproduces_exactly(tmp_path):
+    first = run_recipe("quickstart", tmp_path / "a")
+    second = run_recipe("quickstart", tmp_path / "b")
+    prints = fingerprints(tmp_path / "a")
+    assert set(prints) == {"corpus", "tokenizer", "tokens", "pretrain", "sft", "eval-lm", "eval-sft"}
+    assert prints == fingerprints(tmp_path / "b")
+    assert "artifacts" in first.stdout and prints["eval-lm"][:16] in first.stdout  # the closing table
+    metrics = json.loads((tmp_path / "a" / "eval-lm" / "metrics.json").read_text())
+    assert metrics["bpb"] > 0 and metrics["perplexity"] > 1
+    assert second.returncode == 0
+
+
+@pytest.mark.parametrize("name", TASK_RECIPES)
+def test_task_recipe_runs_at_tiny_size(name, tmp_path, shared_data):
+    proc = run_recipe(name, tmp_path / name, shared_data)
+    out = tmp_path / name
+    evaluation = json.loads((out / "eval" / "metrics.json").read_text())
+    expected = {
+        "shakespeare": {"perplexity", "bpb"},
+        "chinese": {"perplexity", "bpb"},
+        "sentiment": {"accuracy", "f1"},
+        "translation": {"bleu", "chrf"},
+        "summarization": {"rouge1", "rougeL"},
+    }[name]
+    assert expected <= set(evaluation), evaluation
+    assert "artifacts" in proc.stdout  # each recipe ends with its results table
+
+
+def test_recipe_names_a_missing_data_folder(tmp_path):
+    env = dict(os.environ, SIZE="tiny", OUT=str(tmp_path / "out"), LLMKIT_SHARED_DATA=str(tmp_path / "nowhere"))
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes" / "shakespeare.sh")], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "LLMKIT_SHARED_DATA" in proc.stderr
