@@ -84,6 +84,7 @@ class MetricsLogger:
         self.writer = None
         self.live = None
         self.start_step = resume_step
+        self.last_val: float | None = None
         self.start_time = time.perf_counter()
         if not enabled:
             return
@@ -147,7 +148,9 @@ class MetricsLogger:
         if values.get("peak_memory_gb") is not None:
             parts.append(f"mem {values['peak_memory_gb']:.2f} GB")
         if values.get("val_loss") is not None:
-            parts.append(f"val {values['val_loss']:.4f}")
+            self.last_val = values["val_loss"]
+        if self.last_val is not None:  # the latest validation stays on the live line
+            parts.append(f"val {self.last_val:.4f}")
         parts.append(f"ETA {_format_seconds(eta)}")
         line = " | ".join(parts)
         if self.live is not None:
