@@ -68,6 +68,13 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1e3
+    return 0.0
+
+
 def run_llmkit(args) -> dict:
     from llmkit.train.pretrain import PretrainConfig, pretrain
 
@@ -80,12 +87,13 @@ def run_llmkit(args) -> dict:
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
+        baseline = current_rss_mb() if not gpu else 0.0
         pretrain(args.tokens, run, config)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         params = json.loads((run / "manifest.json").read_text())["stats"]["params"]
         flops = json.loads((run / "manifest.json").read_text())["stats"]["flops_per_token"]
     timed = sorted(r["tokens_per_s"] for r in rows[args.warmup :])
-    return {"tokens_per_s": timed[len(timed) // 2], "peak_mb": peak_memory_mb(args.device), "params": params,
+    return {"tokens_per_s": timed[len(timed) // 2], "peak_mb": peak_memory_mb(args.device), "baseline_mb": baseline, "params": params,
             "flops_per_token": flops, "final_loss": rows[-1]["loss"]}
 
 
@@ -98,6 +106,7 @@ def run_reference(args) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
+    baseline = current_rss_mb() if args.device == "cpu" else 0.0
     shards = TokenShards.open(args.tokens, "train")
     sampler = WindowSampler(shards, args.seq, 0)
     config = GPT2Config(vocab_size=shards.vocab_size, n_positions=args.seq, n_embd=args.n_embd, n_layer=args.n_layer,
@@ -126,7 +135,7 @@ def run_reference(args) -> dict:
         times.append(time.perf_counter() - start)
     timed = sorted(times[args.warmup :])
     params = sum(p.numel() for p in model.parameters())
-    return {"tokens_per_s": args.batch * args.seq / timed[len(timed) // 2], "peak_mb": peak_memory_mb(args.device),
+    return {"tokens_per_s": args.batch * args.seq / timed[len(timed) // 2], "peak_mb": peak_memory_mb(args.device), "baseline_mb": baseline,
             "params": params, "final_loss": loss_value}
 
 
@@ -151,6 +160,10 @@ def side(args) -> None:
     print("RESULT " + json.dumps(result))
 
 
+def args_device(extra: list[str]) -> str:
+    return extra[extra.index("--device") + 1] if "--device" in extra else "cpu"
+
+
 def compare(args, label: str, extra: list[str]) -> dict:
     # Sides alternate for --rounds rounds and each keeps its best median: on a shared machine
     # that is the figure least disturbed by other load.
@@ -170,7 +183,11 @@ def compare(args, label: str, extra: list[str]) -> dict:
     print(f"{'':22s}{'llmkit':>14s}{'GPT2LMHeadModel':>18s}{'ratio':>9s}")
     print(f"{'params':22s}{a['params']:>14,d}{b['params']:>18,d}")
     print(f"{'tokens/s':22s}{a['tokens_per_s']:>14,.0f}{b['tokens_per_s']:>18,.0f}{a['tokens_per_s'] / b['tokens_per_s']:>8.2f}x")
-    print(f"{'peak memory (MB)':22s}{a['peak_mb']:>14,.0f}{b['peak_mb']:>18,.0f}{a['peak_mb'] / b['peak_mb']:>8.2f}x")
+    label = "peak GPU memory (MB)" if "bf16_peak" in a or args_device(extra) == "cuda" else "peak RSS (MB)"
+    print(f"{label:22s}{a['peak_mb']:>14,.0f}{b['peak_mb']:>18,.0f}{a['peak_mb'] / b['peak_mb']:>8.2f}x")
+    if a.get("baseline_mb"):
+        grow_a, grow_b = a["peak_mb"] - a["baseline_mb"], b["peak_mb"] - b["baseline_mb"]
+        print(f"{'  of it for training':22s}{grow_a:>14,.0f}{grow_b:>18,.0f}{grow_a / grow_b:>8.2f}x   (peak minus RSS before training)")
     print(f"{'final loss':22s}{a['final_loss']:>14.4f}{b['final_loss']:>18.4f}")
     if "bf16_peak" in a:
         mfu = a["flops_per_token"] * a["tokens_per_s"] / a["bf16_peak"]
