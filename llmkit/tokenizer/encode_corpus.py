@@ -133,21 +133,32 @@ class _Encoder:
     def map(self, batches):
         import multiprocessing
         from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         if self.workers == 1:
             _init_worker(*self.init_args)
             for index, texts in enumerate(batches):
                 yield self._checked(_encode_batch(index, texts))
             return
-        context = multiprocessing.get_context("spawn")  # never fork a process that runs tokenizers' threads
-        with context.Pool(self.workers, initializer=_init_pool_worker, initargs=self.init_args) as pool:
-            pending: deque = deque()
-            for index, texts in enumerate(batches):
-                pending.append(pool.apply_async(_encode_batch, (index, texts)))
-                if len(pending) >= 2 * self.workers:
-                    yield self._checked(pending.popleft().get())
-            while pending:
-                yield self._checked(pending.popleft().get())
+        # spawn: never fork a process that runs tokenizers' or pyarrow's threads. A broken pool
+        # (a worker that cannot start) raises instead of being restarted forever, as Pool would.
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_pool_worker,
+                                     initargs=self.init_args) as pool:
+                pending: deque = deque()
+                for index, texts in enumerate(batches):
+                    pending.append(pool.submit(_encode_batch, index, texts))
+                    if len(pending) >= 2 * self.workers:
+                        yield self._checked(pending.popleft().result())
+                while pending:
+                    yield self._checked(pending.popleft().result())
+        except BrokenProcessPool as exc:
+            raise UserError(
+                "the encoding worker processes could not start; a Python script that calls tokenize_corpus "
+                "must run it under `if __name__ == \"__main__\":` (multiprocessing spawns), or pass workers=1"
+            ) from exc
 
     def _checked(self, result):
         sizes, flat, lengths, checked, mismatch = result
