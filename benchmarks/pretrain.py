@@ -171,7 +171,9 @@ def compare(args, label: str, extra: list[str]) -> dict:
     for _ in range(args.rounds):
         for name in ("llmkit", "reference"):
             command = [sys.executable, __file__, "--side", name, "--tokens", str(args.tokens), "--threads", str(args.threads), *extra]
-            proc = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, LLMKIT_PROGRESS="0"))
+            # Both sides get the same OpenMP setting: idle threads sleep, as `llmkit pretrain` arranges.
+            env = dict(os.environ, LLMKIT_PROGRESS="0", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+            proc = subprocess.run(command, capture_output=True, text=True, env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 sys.exit(f"{name} side failed:\n{proc.stderr[-4000:]}")

@@ -25,7 +25,7 @@ from llmkit.errors import UsageError, UserError
 # `runtime`, left out of the hashed config.
 RUNTIME_FIELDS = (
     "micro_batch", "compile", "tensorboard", "strategy", "gpus", "nproc", "nnodes", "node_rank",
-    "master_addr", "master_port", "log_every",
+    "master_addr", "master_port", "log_every", "threads",
 )
 MODEL_FIELDS = (
     "arch", "objective", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio", "context_length", "dropout",
@@ -87,6 +87,7 @@ class PretrainConfig:
     master_addr: str | None = None
     master_port: int = 29500
     log_every: int = 10
+    threads: int = 0  # CPU threads per process; 0 = PyTorch's default
 
     def __post_init__(self):
         positive = ("batch_tokens", "micro_batch", "nproc", "nnodes", "eval_tokens")
@@ -202,6 +203,8 @@ def _train(tokens: str | Path, out: str | Path, config: PretrainConfig | dict, r
     tokens_art = artifacts.load(tokens, kind="tokens")
     out = Path(out)
     gpus = resolve_gpus(config)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     info = distributed.init(gpus)
     try:
         tokenizer_dir = tokens_art.path / "tokenizer"
