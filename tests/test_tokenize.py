@@ -182,7 +182,7 @@ def test_lopsided_split_warns(cli, tokenizer, tmp_path):
     assert result.exit_code == 0, result.output
     share = artifacts.load(tmp_path / "tokens").stats["val_byte_fraction"]
     assert share < 0.025 or share > 0.1  # one of two documents cannot be 5% of the text
-    assert "warning: the validation split holds" in result.output and "--doc-per block" in result.output
+    assert "warning: the validation split holds" in result.output and "--doc-per blank-line" in result.output
 
 
 def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):

@@ -49,7 +49,7 @@ def validation_mask(num_docs: int, val_fraction: float, seed: int) -> np.ndarray
     if num_docs < 2:
         raise UserError(
             f"the corpus has {num_docs} document, too few for a train/validation split by documents; "
-            "pass --val-fraction 0 or make more documents (llmkit clean --doc-per block)"
+            "pass --val-fraction 0 or make more documents (llmkit clean --doc-per blank-line)"
         )
     count = min(num_docs - 1, max(1, round(num_docs * val_fraction)))
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -261,7 +261,7 @@ def tokenize_corpus(
             err.print(
                 f"[yellow]warning:[/] the validation split holds {100 * val_share:.1f}% of the text (asked "
                 f"{100 * config.val_fraction:g}%) because it takes whole documents and the corpus has {num_docs}; "
-                "for a finer split make more documents (llmkit clean --doc-per block)", soft_wrap=True
+                "for a finer split make more documents (llmkit clean --doc-per blank-line)", soft_wrap=True
             )
         copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
         build.config = to_dict(config)
