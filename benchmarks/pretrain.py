@@ -231,7 +231,7 @@ def main() -> None:
         args.tokens = gpu_tokens
         gpu = ["--device", "cuda", "--compile", "--n-layer", "12", "--n-embd", "768", "--n-head", "12", "--seq", "1024",
                "--batch", "16", "--steps", str(max(args.steps, 40)), "--warmup", "10"]
-        compare(args, f"GPU {torch.cuda.get_device_name()}: GPT-2 124M, seq 1024, batch 16, bf16, torch.compile", gpu)
+        compare(args, f"GPU {torch.cuda.get_device_name()}: GPT-2 124M shape (12 x 768, vocabulary from the tokenizer), seq 1024, batch 16, bf16, torch.compile", gpu)
     else:
         print("\n(no CUDA device: GPU section skipped)")
 
