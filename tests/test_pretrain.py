@@ -283,3 +283,11 @@ def test_worker_error_is_one_line_from_the_launcher(shakespeare, tmp_path):
     assert len(errors) == 1 and "loss became" in errors[0], result.stderr
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
     assert all(artifacts.verify(p).ok for p in (run / "checkpoints").iterdir())
+
+
+def test_max_tokens_sets_the_number_of_steps(shakespeare, cli, tmp_path):
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-tokens", "2500", "--eval-every", "0")
+    assert result.exit_code == 0, result.output
+    stats = artifacts.load(run).stats
+    assert stats["step"] == 3 and stats["tokens_seen"] == 3 * 1024  # ceil(2500 / 1024) steps of 1024 tokens
