@@ -10,7 +10,7 @@ if [ "$SIZE" = tiny ]; then
   FINETUNE=(--max-steps 4 --batch-size 8 --eval-every 2 --save-every 2); QA=(--max-rows 300); NEW=8
 else
   VOCAB=4096; MODEL=(--model tiny --context-length 128)
-  PRETRAIN=(--max-steps 300 --batch-tokens 4096 --micro-batch 32 --lr 3e-3 --eval-every 100 --save-every 100)
+  PRETRAIN=(--max-steps 500 --batch-tokens 4096 --micro-batch 32 --lr 3e-3 --eval-every 100 --save-every 250)
   FINETUNE=(--max-steps 150 --batch-size 32 --lr 1e-3 --eval-every 50 --save-every 50); QA=(); NEW=40
 fi
 
