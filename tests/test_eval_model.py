@@ -393,3 +393,18 @@ def test_generated_predictions_use_the_checkpoint_template(cli, shakespeare, sha
     assert result.exit_code == 0, result.output
     prompts = [r["prompt"] for r in _records(tmp_path / "ev2")]
     assert prompts == [f"<|bos|><|user|>{r['source']}<|assistant|>" for r in rows[:2]]
+
+
+def test_word_perplexity_left_out_when_text_has_almost_no_whitespace_words():
+    import math
+
+    from llmkit.eval.perplexity import PerplexityResult
+
+    # 3,000 tokens of Chinese at 6 nats each, but only 2 whitespace-separated "words".
+    result = PerplexityResult(nll=18000.0, tokens=3000, words=2, bytes=9000, documents=1)
+    metrics = result.metrics
+    assert "word_perplexity" not in metrics
+    assert math.isclose(metrics["perplexity"], math.exp(6.0))
+    assert math.isclose(metrics["bpb"], 18000.0 / (9000 * math.log(2)))
+    spaced = PerplexityResult(nll=300.0, tokens=100, words=60, bytes=400, documents=1).metrics
+    assert math.isclose(spaced["word_perplexity"], math.exp(5.0))

@@ -55,6 +55,13 @@ class Document:
     bytes: int | None = None  # None: sum of token_bytes over the scored tokens
 
 
+_MAX_EXPONENT = math.log(1e300)
+
+
+def _exp(value: float) -> float:
+    return math.exp(min(value, _MAX_EXPONENT))
+
+
 @dataclass
 class PerplexityResult:
     nll: float = 0.0  # nats, summed over scored tokens
@@ -66,10 +73,12 @@ class PerplexityResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        out = {"perplexity": math.exp(self.nll / self.tokens)}
-        if self.words:
+        out = {"perplexity": _exp(self.nll / self.tokens)}
+        # Text without spaces between words (Chinese, Japanese) has a handful of whitespace
+        # "words" per page, so exp(NLL / words) can exceed any float: left out, bpb says it all.
+        if self.words and self.nll / self.words < _MAX_EXPONENT:
             out["word_perplexity"] = math.exp(self.nll / self.words)
-        out["byte_perplexity"] = math.exp(self.nll / self.bytes)
+        out["byte_perplexity"] = _exp(self.nll / self.bytes)
         out["bpb"] = self.nll / (self.bytes * math.log(2))
         return out
 
