@@ -51,7 +51,7 @@ def evaluate(
     from llmkit import config as config_mod
     from llmkit.eval.stage import EvalConfig, run_eval
 
-    explicit = _given(ctx)
+    explicit = config_mod.explicit_params(ctx)
     renamed = {"metric": "metrics"}
     explicit = {renamed.get(k, k): v for k, v in explicit.items()}
     if "labels" in explicit:
@@ -100,16 +100,3 @@ def print_results(result) -> None:
         out.print(line, soft_wrap=True, markup=False)
     for name, signature in result.signatures.items():
         out.print(f"{name} signature: {signature}", soft_wrap=True, markup=False)
-
-
-def _given(ctx: typer.Context) -> dict:
-    """The options typed on the command line.
-
-    `config.explicit_params` compares parameter sources with the `click` package's enum, but
-    recent typer releases run a vendored click (`typer._click`), so every option looks typed and a
-    --config file could never set anything; comparing by name works with either.
-    """
-    from llmkit import config as config_mod
-
-    given = config_mod.explicit_params(ctx)
-    return {k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "") not in ("DEFAULT", "DEFAULT_MAP")}

@@ -40,7 +40,7 @@ def generate(
     from llmkit.console import err, out
     from llmkit.generate.stage import GenerateConfig, check_output_file, load_prompts, run_generate, write_jsonl
 
-    explicit = _given(ctx)
+    explicit = config_mod.explicit_params(ctx)
     explicit = {{"prompt": "prompts"}.get(k, k): v for k, v in explicit.items()}
     from llmkit.generate.prompts import unescape
 
@@ -97,15 +97,3 @@ def _device(name: str) -> str:
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
-
-def _given(ctx: typer.Context) -> dict:
-    """The options typed on the command line.
-
-    `config.explicit_params` compares parameter sources with the `click` package's enum, but
-    recent typer releases run a vendored click (`typer._click`), so every option looks typed and a
-    --config file could never set anything; comparing by name works with either.
-    """
-    from llmkit import config as config_mod
-
-    given = config_mod.explicit_params(ctx)
-    return {k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "") not in ("DEFAULT", "DEFAULT_MAP")}
