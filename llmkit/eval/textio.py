@@ -7,11 +7,11 @@ strings in a reference field means several references for that segment).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from llmkit.errors import UserError
+from llmkit import jsonl
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PREDICTION_FIELDS = ("prediction", "completion", "text", "output", "hypothesis")
@@ -34,19 +34,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path}; check the path")
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); fix the line or pass a .txt file") from exc
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{lineno} is not a JSON object; each line must be {{\"field\": ...}}")
-            records.append(record)
-    return records
+    return jsonl.read_jsonl(path)
 
 
 def pick_field(records: list[dict], field: str | None, candidates: Sequence[str], path: Path, flag: str) -> str:
@@ -69,7 +57,7 @@ def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag
     path = Path(path)
     if not is_jsonl(path):
         return read_lines(path)
-    records = read_jsonl(path)
+    records = jsonl.read_jsonl(path)
     name = pick_field(records, field, candidates, path, flag)
     values = []
     for i, record in enumerate(records, 1):

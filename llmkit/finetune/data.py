@@ -13,7 +13,6 @@ pure function of (seed, k), so resume and any number of ranks see the same data.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from llmkit.errors import UserError
+from llmkit import jsonl
 from llmkit.finetune.templates import Encoded, encode_example
 from llmkit.model.gpt import IGNORE_INDEX
 
@@ -31,18 +31,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         path = path / "train.jsonl"
     if not path.is_file():
         raise UserError(f"data file not found: {path}; pass a JSONL file (or a folder holding train.jsonl)")
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{lineno} is not a JSON object")
-            records.append(record)
+    records = jsonl.read_jsonl(path)
     if not records:
         raise UserError(f"{path} holds no records")
     return records

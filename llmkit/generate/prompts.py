@@ -18,7 +18,6 @@ JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llmkit.errors import UserError
+from llmkit.jsonl import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 
@@ -60,15 +60,7 @@ def read_prompt_file(path: Path) -> list[Prompt]:
         lines = path.read_text(encoding="utf-8").splitlines()
         prompts = [Prompt(text=unescape(line)) for line in lines if line.strip()]
     else:
-        prompts = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
-            prompts.append(_prompt_from_record(record, f"{path}:{lineno}"))
+        prompts = [_prompt_from_record(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
     if not prompts:
         raise UserError(f"{path} holds no prompts")
     return prompts

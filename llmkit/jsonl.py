@@ -1,0 +1,29 @@
+"""JSON Lines reading shared by every stage: one object per line, errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from llmkit.errors import UserError
+
+
+def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
+            if not isinstance(record, dict):
+                raise UserError(f'{path}:{lineno} is not a JSON object; each line must look like {{"field": ...}}')
+            yield lineno, record
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    return [record for _, record in iter_jsonl(path)]
