@@ -83,7 +83,7 @@ def tiktoken_reference(our_encoding):
     socket.setdefaulttimeout(5)
     try:
         return "tiktoken gpt2", tiktoken.get_encoding("gpt2")
-    except Exception as exc:  # no network: the BPE file cannot be fetched
+    except Exception as exc:  # noqa: BLE001 - no network: the BPE file cannot be fetched, whatever the error type
         print(f"  (tiktoken gpt2 unavailable offline: {type(exc).__name__}; using tiktoken with our merges)")
         return "tiktoken (our merges)", our_encoding
     finally:
@@ -102,7 +102,11 @@ def main() -> None:
 
     from llmkit import artifacts
     from llmkit.data.corpus import write_corpus_artifact
-    from llmkit.data.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer, new_byte_level_bpe
+    from llmkit.data.tokenizer import (
+        DEFAULT_SPECIAL_TOKENS,
+        load_tokenizer,
+        new_byte_level_bpe,
+    )
     from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
     from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from llmkit import artifacts
-from llmkit.data.corpus import count_documents, iter_corpus_columns, iter_corpus_texts, iter_text_files, write_corpus_artifact
+from llmkit.data.corpus import (
+    count_documents,
+    iter_corpus_columns,
+    iter_corpus_texts,
+    iter_text_files,
+    write_corpus_artifact,
+)
 from llmkit.errors import UserError
 
 

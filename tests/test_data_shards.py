@@ -131,6 +131,8 @@ def test_open_errors(tmp_path):
 
 def test_writer_and_windows_property(tmp_path_factory):
     """Any documents, any batching, any shard size: shards hold the concatenation; windows slice it."""
+    from itertools import pairwise
+
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -147,7 +149,7 @@ def test_writer_and_windows_property(tmp_path_factory):
         with artifacts.create(path, "tokens") as build:
             writer = ShardWriter(build.dir / "train", dtype, shard_tokens)
             cuts = sorted({0, len(docs), *data.draw(st.lists(st.integers(0, len(docs)), max_size=batches))})
-            for a, b in zip(cuts, cuts[1:]):
+            for a, b in pairwise(cuts):
                 writer.write(np.concatenate([np.array(d) for d in docs[a:b]]), np.array([len(d) for d in docs[a:b]]))
             writer.close()
             build.stats = {"dtype": dtype.name, "vocab_size": 1000, "eos_id": 1, "bos_id": 0}

@@ -10,7 +10,11 @@ from llmkit.data.corpus import write_corpus_artifact
 from llmkit.data.shards import TokenShards, WindowSampler
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.errors import UserError
-from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus, validation_mask
+from llmkit.tokenizer.encode_corpus import (
+    TokenizeConfig,
+    tokenize_corpus,
+    validation_mask,
+)
 from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
 

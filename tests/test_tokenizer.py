@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 from llmkit import artifacts
 from llmkit.data.corpus import write_corpus_artifact
-from llmkit.data.tokenizer import DEFAULT_SPECIAL_TOKENS, copy_tokenizer_files, load_tokenizer, piece_to_bytes
+from llmkit.data.tokenizer import (
+    DEFAULT_SPECIAL_TOKENS,
+    copy_tokenizer_files,
+    load_tokenizer,
+    piece_to_bytes,
+)
 from llmkit.errors import UserError
 from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 

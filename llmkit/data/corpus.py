@@ -6,8 +6,8 @@ whatever the corpus size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from llmkit import artifacts
 from llmkit.errors import UserError

@@ -14,9 +14,9 @@ asking for the indices after s * batch, and rank r of w takes every w-th batch s
 
 from __future__ import annotations
 
-import bisect
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class ShardWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = shard_name(len(self.shards))
         self.shards.append(name)
-        self._handle = open(self.dir / f"{name}.bin", "wb")
+        self._handle = open(self.dir / f"{name}.bin", "wb")  # noqa: SIM115 - open across write() calls, closed in close()
         self._starts, self._size = [], 0
 
     def _close_current(self) -> None:

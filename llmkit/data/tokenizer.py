@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable, Sequence
 from functools import cached_property, lru_cache
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -236,13 +238,13 @@ def build_tiktoken_encoding(hf: Any) -> Any | None:
     for merge in config["model"].get("merges", []):
         left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
         merged_ids.append(vocab.get(left + right, -1))
-    if any(i < 0 for i in merged_ids) or any(b <= a for a, b in zip(merged_ids, merged_ids[1:])):
+    if any(i < 0 for i in merged_ids) or any(b <= a for a, b in pairwise(merged_ids)):
         return None
     try:
         return tiktoken.Encoding(
             name="llmkit-bpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
         )
-    except Exception:  # an engine that rejects the pattern: stay on the tokenizers path
+    except Exception:  # noqa: BLE001 - any engine error (e.g. the pattern) just means: use the tokenizers path
         return None
 
 

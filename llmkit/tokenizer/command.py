@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,7 +11,7 @@ from llmkit.errors import UserError
 
 tokenizer_app = typer.Typer(no_args_is_help=True)
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML/YAML file with this stage's options.")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML/YAML file with this stage's options.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting.")]
 
@@ -27,7 +27,7 @@ def _explicit(ctx: typer.Context) -> dict:
     return given
 
 
-def _special_tokens(text: Optional[str]) -> Optional[list[str]]:
+def _special_tokens(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -36,18 +36,18 @@ def _special_tokens(text: Optional[str]) -> Optional[list[str]]:
 @tokenizer_app.command("train")
 def train(
     ctx: typer.Context,
-    inputs: Annotated[List[Path], typer.Argument(help="A corpus artifact (llmkit clean), or UTF-8 text files.")],
+    inputs: Annotated[list[Path], typer.Argument(help="A corpus artifact (llmkit clean), or UTF-8 text files.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output tokenizer artifact directory.")],
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size, special and byte tokens included.")] = 8192,
     min_frequency: Annotated[int, typer.Option("--min-frequency", help="Merge only pairs seen at least this often.")] = 2,
     special_tokens: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--special-tokens", help="Comma-separated special tokens, given ids 0, 1, ... in order "
                      "[default: <|bos|>,<|eos|>,<|pad|>,<|mask|>,<|system|>,<|user|>,<|assistant|>]."),
     ] = None,
-    max_docs: Annotated[Optional[int], typer.Option("--max-docs", help="Train on at most this many documents.")] = None,
+    max_docs: Annotated[int | None, typer.Option("--max-docs", help="Train on at most this many documents.")] = None,
     sample_bytes: Annotated[
-        Optional[int], typer.Option("--sample-bytes", help="Train on about this many bytes, sampled across the corpus.")
+        int | None, typer.Option("--sample-bytes", help="Train on about this many bytes, sampled across the corpus.")
     ] = None,
     config: ConfigOption = None,
     seed: SeedOption = 0,
@@ -96,7 +96,7 @@ def _visible(piece: str) -> str:
 @tokenizer_app.command("decode")
 def decode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
-    ids: Annotated[List[int], typer.Argument(help="Token ids, separated by spaces.")],
+    ids: Annotated[list[int], typer.Argument(help="Token ids, separated by spaces.")],
 ) -> None:
     """Turn token ids back into text."""
     from rich.text import Text

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -191,10 +191,10 @@ def train_tokenizer(
     inputs: Sequence[Path | str], out: Path | str, config: TokenizerTrainConfig, *, seed: int = 0, force: bool = False
 ) -> Path:
     """Train a byte-level BPE tokenizer and write a tokenizer artifact; returns its path."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
     from tokenizers import pre_tokenizers, trainers
 
     from llmkit.console import err, progress
-    from rich.progress import DownloadColumn, TransferSpeedColumn
 
     source = _open_source([Path(p) for p in inputs])
     sampler = _Sampler(config, seed, source.total_bytes)
