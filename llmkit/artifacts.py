@@ -209,12 +209,20 @@ def _article(word: str) -> str:
     return ("an " if word[:1] in "aeiou" or word == "llmkit" else "a ") + word
 
 
-def list_files(root: Path) -> dict[str, str]:
-    """sha256 of every file below root except the manifest, keyed by POSIX relative path, sorted."""
+def list_files(root: Path, only: Iterable[str] | None = None) -> dict[str, str]:
+    """sha256 of every file below root except the manifest, keyed by POSIX relative path, sorted.
+
+    `only` keeps names or top-level folders; everything else is never read (a training run's
+    directory also holds intermediate checkpoints that must not be hashed again).
+    """
+    keep = set(only) if only is not None else None
     files = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != MANIFEST and not path.name.startswith(".tmp-"):
-            files[path.relative_to(root).as_posix()] = sha256_file(path)
+        if not path.is_file() or path.name == MANIFEST or path.name.startswith(".tmp-"):
+            continue
+        name = path.relative_to(root).as_posix()
+        if keep is None or name in keep or name.split("/", 1)[0] in keep:
+            files[name] = sha256_file(path)
     return files
 
 
@@ -238,10 +246,7 @@ class ArtifactBuilder:
         self.inputs.append(_input_ref(role, art, self.out))
 
     def manifest(self, root: Path | None = None) -> Manifest:
-        files = list_files(root or self.dir)
-        if self.file_filter is not None:
-            keep = set(self.file_filter)
-            files = {k: v for k, v in files.items() if k in keep or k.split("/", 1)[0] in keep}
+        files = list_files(root or self.dir, self.file_filter)
         manifest = Manifest(
             kind=self.kind,
             config=json.loads(canonical_json(self.config)),

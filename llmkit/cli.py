@@ -27,6 +27,9 @@ _PASS_THROUGH = tuple(
 
 from llmkit import __version__
 from llmkit.errors import UserError, debug_enabled, one_line, set_debug
+from llmkit.runtime import let_idle_threads_sleep
+
+let_idle_threads_sleep()  # before any stage imports torch
 
 
 class _ErrorsAsOneLine(TyperGroup):

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.errors import UserError
 
 _MODEL = "Model"
 _TRAIN = "Training"
@@ -71,7 +70,6 @@ def pretrain(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")] = False,
 ) -> None:
     """Pretrain a model from scratch on token shards (one CPU, --gpus N, or many nodes)."""
-    _idle_threads_sleep()
     from llmkit import artifacts
     from llmkit.config import explicit_params, resolve
     from llmkit.console import out as console_out
@@ -89,18 +87,3 @@ def pretrain(
     if stats.get("val_loss") is not None:
         line += f", val loss {stats['val_loss']:.4f} (ppl {stats['val_ppl']:.2f})"
     console_out.print(line + f", fingerprint {art.fingerprint[:12]}", soft_wrap=True)
-
-
-def _idle_threads_sleep() -> None:
-    """Let idle OpenMP threads sleep instead of spinning (read once, when torch loads libgomp).
-
-    With spinning threads a CPU run on a busy machine was 25x slower here (1.4k vs 57k tok/s on a
-    2-core box shared with other jobs). OMP_WAIT_POLICY=ACTIVE in the environment overrides it."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def finetune() -> None:
-    """Fine-tune a checkpoint: SFT, classification, LoRA."""
-    raise UserError("llmkit finetune is not implemented yet")
