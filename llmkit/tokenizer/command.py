@@ -16,17 +16,6 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace the output i
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting.")]
 
 
-def _explicit(ctx: typer.Context) -> dict:
-    """The options the user typed. (llmkit.config.explicit_params compares against click's own
-    ParameterSource, but typer now vendors click, so there every option counts as typed.)"""
-    given = {}
-    for name, value in ctx.params.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given[name] = value
-    return given
-
-
 def _special_tokens(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -54,10 +43,10 @@ def train(
     force: ForceOption = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on a corpus."""
-    from llmkit.config import resolve
+    from llmkit.config import explicit_params, resolve
     from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
-    explicit = _explicit(ctx)
+    explicit = explicit_params(ctx)
     if "special_tokens" in explicit:
         explicit["special_tokens"] = _special_tokens(special_tokens)
     cfg = resolve(TokenizerTrainConfig, file=config, section="tokenizer", explicit=explicit)
@@ -127,12 +116,12 @@ def tokenize(
     force: ForceOption = False,
 ) -> None:
     """Encode a corpus into train/validation token shards."""
-    from llmkit.config import resolve
+    from llmkit.config import explicit_params, resolve
     from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    cfg = resolve(TokenizeConfig, file=config, section="tokenize", explicit=_explicit(ctx))
+    cfg = resolve(TokenizeConfig, file=config, section="tokenize", explicit=explicit_params(ctx))
     path = tokenize_corpus(corpus, tokenizer, out, cfg, seed=seed, workers=workers, batch_size=batch_size, use_fast=fast, force=force)
     _print_tokens_summary(path)
 
