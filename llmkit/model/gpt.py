@@ -133,6 +133,7 @@ class KVCache:
         if pad_lengths is None:
             pad_lengths = torch.zeros(batch_size, dtype=torch.long)
         self.pad_lengths = torch.as_tensor(pad_lengths, dtype=torch.long, device=device)
+        self.has_padding = bool(self.pad_lengths.any())  # read once, not on every decode step
 
     def reset(self) -> None:
         self.pos = 0
@@ -166,7 +167,8 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and self.config.objective == "clm",
+            # With a cached prefix a mask-free step is one query over all keys, not causal.
+            is_causal=mask is None and self.config.objective == "clm" and (cache is None or cache.pos == 0),
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )
@@ -274,7 +276,8 @@ class GPT(nn.Module):
             slots = torch.arange(start, start + T, device=device)
             pad = cache.pad_lengths.to(device)
             positions = (slots[None, :] - pad[:, None]).clamp(min=0)
-            if start == 0 and not bool(pad.any()):
+            if not cache.has_padding and (start == 0 or T == 1):
+                # Prefill is plain causal; a one-token step sees every cached key: no mask at all.
                 return positions, None
             keys = torch.arange(start + T, device=device)
             visible = keys[None, None, :] >= pad[:, None, None]  # [B,1,S]
