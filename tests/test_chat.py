@@ -32,7 +32,7 @@ def chat_model(base, tmp_path_factory):
 
 
 def _session(path, max_new_tokens=24, system=None):
-    from llmkit.finetune.heads import load_classifier
+    from llmkit.model.classifier import load_classifier
     from llmkit.generate.chat import ChatSession
     from llmkit.generate.engine import GenerationParams
 
@@ -90,7 +90,7 @@ def test_chat_refuses_a_classifier(base, tmp_path, cli):
 
 def test_a_text_template_checkpoint_takes_one_input_per_turn(base):
     from llmkit.errors import UserError
-    from llmkit.finetune.templates import resolve_template
+    from llmkit.data.templates import resolve_template
     from llmkit.generate.chat import ChatSession
     from llmkit.generate.engine import GenerationParams
     from llmkit.model.io import load_checkpoint

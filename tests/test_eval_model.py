@@ -303,7 +303,7 @@ def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):
 
 
 def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tmp_path):
-    heads = pytest.importorskip("llmkit.finetune.heads")
+    heads = pytest.importorskip("llmkit.model.classifier")
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     from llmkit.data.tokenizer import load_tokenizer

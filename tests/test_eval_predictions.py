@@ -54,6 +54,7 @@ def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
     ma = json.loads((tmp / "a" / "metrics.json").read_text())
     assert ma["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
     c = cli("eval", "-m", "bleu", "-p", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "c")
+    assert c.exit_code == 0, c.output
     assert artifacts.load(tmp / "a").fingerprint == artifacts.load(tmp / "c").fingerprint
 
 

@@ -80,7 +80,7 @@ def _tokenizer(base):
 
 def test_text_template_learns_only_response_tokens_token_by_token(base):
     from llmkit.finetune.data import SFTBatches
-    from llmkit.finetune.templates import encode_example, resolve_template
+    from llmkit.data.templates import encode_example, resolve_template
     from llmkit.model.gpt import IGNORE_INDEX
 
     tok = _tokenizer(base)
@@ -106,7 +106,7 @@ def test_text_template_learns_only_response_tokens_token_by_token(base):
 
 def test_chat_template_learns_assistant_turns_and_their_ends(base):
     from llmkit.finetune.data import SFTBatches
-    from llmkit.finetune.templates import encode_chat_prompt, encode_example, resolve_template
+    from llmkit.data.templates import encode_chat_prompt, encode_example, resolve_template
     from llmkit.generate.prompts import encode_chat
     from llmkit.model.gpt import IGNORE_INDEX
 
@@ -142,7 +142,7 @@ def test_sft_loss_ignores_prompt_tokens(base):
     """The loss equals the cross-entropy over response positions alone, and prompt logits get no gradient."""
     from llmkit.finetune.data import SFTBatches
     from llmkit.finetune.stage import sft_loss
-    from llmkit.finetune.templates import encode_example, resolve_template
+    from llmkit.data.templates import encode_example, resolve_template
     from llmkit.model.io import load_checkpoint
 
     tok = _tokenizer(base)
@@ -209,7 +209,7 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
 
 @pytest.mark.slow
 def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, cli):
-    from llmkit.finetune.heads import load_classifier
+    from llmkit.model.classifier import load_classifier
     from llmkit.finetune.stage import FinetuneConfig, finetune
 
     dev = shared_data / "sentiment" / "test.jsonl"
@@ -239,7 +239,7 @@ def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, cl
 
 
 def test_classifier_pools_first_token_for_mlm_and_last_real_token_for_clm(base):
-    from llmkit.finetune.heads import SequenceClassifier
+    from llmkit.model.classifier import SequenceClassifier
     from llmkit.model.gpt import GPT, ModelConfig
 
     torch.manual_seed(0)
@@ -313,7 +313,7 @@ def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
 
 
 def test_masked_lm_base_classifies_on_its_first_token_and_refuses_sft(base, shared_data, cli, tmp_path):
-    from llmkit.finetune.heads import load_classifier
+    from llmkit.model.classifier import load_classifier
     from llmkit.train.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig(model="tiny", objective="mlm", n_layer=1, n_embd=32, n_head=2, context_length=128, seq_len=64,
@@ -431,7 +431,7 @@ def test_validation_scores_equal_scikit_learn():
 
 def test_truncate_shortens_the_document_and_keeps_the_template_and_response(base):
     from llmkit.finetune.data import sft_examples
-    from llmkit.finetune.templates import resolve_template
+    from llmkit.data.templates import resolve_template
 
     tok = _tokenizer(base)
     template = resolve_template("summarize")

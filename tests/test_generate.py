@@ -195,6 +195,7 @@ def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):
     # prompt index differs (0 vs 1) so the seeds differ; greedy must agree regardless
     greedy = cli("generate", ckpt, "-p", "KING:", "-p", "To be", "--greedy", "-n", "10", "-o", tmp_path / "g.jsonl")
     single = cli("generate", ckpt, "-p", "To be", "--greedy", "-n", "10", "-o", tmp_path / "h.jsonl")
+    assert greedy.exit_code == 0 and single.exit_code == 0, greedy.output + single.output
     g = [json.loads(l) for l in (tmp_path / "g.jsonl").read_text().splitlines()]
     h = [json.loads(l) for l in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert g[1]["completion"] == h[0]["completion"]

@@ -152,7 +152,7 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     ids llmkit's fine-tuning trains on and prompts with; classifiers are refused."""
     from transformers import AutoTokenizer
 
-    from llmkit.finetune.templates import (
+    from llmkit.data.templates import (
         encode_chat_example, encode_chat_prompt, encode_text_example, encode_text_prompt, resolve_template,
     )
 

@@ -128,7 +128,7 @@ def _load(checkpoint: Path, device: str, metrics: list[str]):
             )
         # The classification head is defined by the fine-tuning stage, which documents this loader
         # as the one `llmkit eval` uses.
-        from llmkit.finetune.heads import load_classifier
+        from llmkit.model.classifier import load_classifier
 
         return load_classifier(checkpoint, device)
     from llmkit.model.io import load_checkpoint

@@ -21,7 +21,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit import jsonl
-from llmkit.finetune.templates import Encoded, encode_example
+from llmkit.data.templates import Encoded, encode_example
 from llmkit.model.gpt import IGNORE_INDEX
 
 

@@ -118,17 +118,17 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
              resume: bool = False, force: bool = False) -> Path:
     """Fine-tune and return the run directory, which is then a checkpoint artifact."""
     from llmkit.train import distributed
-    from llmkit.train.pretrain import _prepare_run_dir, resolve_gpus
+    from llmkit.train.checkpoint import prepare_run_dir
 
     checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
     artifacts.load(checkpoint, kind="checkpoint")
     if not data.exists():
         raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
-    gpus = resolve_gpus(config)
+    gpus = distributed.resolve_gpus(config.gpus)
     distributed.check_gpus(gpus)
     if gpus > 0 and config.nproc > 1:
         raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
-    _prepare_run_dir(out, resume=resume, force=force)
+    prepare_run_dir(out, resume=resume, force=force)
     per_node = gpus if gpus > 0 else config.nproc
     if (per_node > 1 or config.nnodes > 1) and not distributed.under_torchrun():
         import shutil
@@ -154,7 +154,7 @@ def load_base_state(art, keep_head: bool):
     """The base checkpoint's weights; a classifier's head is dropped unless it is kept on purpose."""
     from safetensors.torch import load_file
 
-    from llmkit.finetune.heads import HEAD_PREFIX
+    from llmkit.model.classifier import HEAD_PREFIX
     from llmkit.finetune.lora import is_adapter_key
     from llmkit.model.io import WEIGHTS
 
@@ -171,7 +171,7 @@ def load_base_state(art, keep_head: bool):
 
 def build_model(art, config: FinetuneConfig, tokenizer, labels):
     """The model to train: base weights, optional classification head, LoRA and freezing."""
-    from llmkit.finetune.heads import HEAD_PREFIX, SequenceClassifier
+    from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
     from llmkit.model.io import TASK, read_model_config
     from llmkit.model.presets import build_model as build_lm
@@ -285,8 +285,8 @@ class ClassifyTrainer(Trainer):
 
 def task_document(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], alpha: float | None,
                   merged: bool) -> dict[str, Any]:
-    from llmkit.finetune.heads import head_spec
-    from llmkit.finetune.templates import legacy_prompt_template
+    from llmkit.model.classifier import head_spec
+    from llmkit.data.templates import legacy_prompt_template
 
     document: dict[str, Any] = {"task": config.task, "format_version": 1}
     if template is not None:
@@ -322,19 +322,18 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
     from llmkit.finetune.lora import count_parameters
-    from llmkit.finetune.templates import check_tokenizer, resolve_template
+    from llmkit.data.templates import check_tokenizer, resolve_template
     from llmkit.model.io import TOKENIZER_DIR, read_model_config
     from llmkit.runtime import seed_everything
     from llmkit.train import distributed
     from llmkit.train.loop import ArtifactSpec, LoopSettings
-    from llmkit.train.pretrain import resolve_gpus
 
     if isinstance(config, dict):
         known = {f.name for f in fields(FinetuneConfig)}
         config = FinetuneConfig(**{k: v for k, v in config.items() if k in known})
     art = artifacts.load(checkpoint, kind="checkpoint")
     out, data = Path(out), Path(data)
-    info = distributed.init(resolve_gpus(config))
+    info = distributed.init(distributed.resolve_gpus(config.gpus))
     try:
         seed_everything(config.seed)
         tokenizer_dir = art.path / TOKENIZER_DIR

@@ -23,7 +23,7 @@ class ChatSession:
     """One conversation with a model: history, prompt rendering within the context, replies."""
 
     def __init__(self, model, tokenizer, task: dict | None, params, system: str | None = None):
-        from llmkit.finetune.templates import chat_template, check_tokenizer
+        from llmkit.data.templates import chat_template, check_tokenizer
         from llmkit.generate.engine import Generator
 
         self.model, self.tokenizer, self.params = model, tokenizer, params
@@ -45,7 +45,7 @@ class ChatSession:
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """The prompt for the next reply, the oldest exchanges dropped until it fits."""
-        from llmkit.finetune.templates import encode_chat_prompt, encode_text_prompt
+        from llmkit.data.templates import encode_chat_prompt, encode_text_prompt
 
         if self.template["type"] != "chat":
             ids = encode_text_prompt(self.template, user_text, self.tokenizer)
@@ -62,7 +62,7 @@ class ChatSession:
         return ids
 
     def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
-        from llmkit.finetune.templates import ROLES
+        from llmkit.data.templates import ROLES
 
         ids = self.prompt_ids(user_text)
         role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]
@@ -90,7 +90,7 @@ def chat(
     import torch
 
     from llmkit.console import err
-    from llmkit.finetune.heads import load_classifier
+    from llmkit.model.classifier import load_classifier
     from llmkit.generate.engine import GenerationParams
 
     if device == "auto":

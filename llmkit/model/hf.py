@@ -546,7 +546,7 @@ def _read_task(art) -> dict | None:
     return task if isinstance(task, dict) else None
 
 
-# Fine-tuned checkpoints carry their prompt format in task.json (llmkit/finetune/templates.py);
+# Fine-tuned checkpoints carry their prompt format in task.json (llmkit/data/templates.py);
 # as a Jinja chat template, `tokenizer.apply_chat_template` renders what llmkit renders.
 # chat: [BOS] (<|role|> text)*, then <|assistant|> to prompt an answer, or EOS after a finished
 # conversation (as in training); a role token ends a turn, so role tokens are stop ids too.

@@ -227,3 +227,12 @@ def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
     if returncode != 0 and show_noise():
         sys.stderr.write("".join(held))
     return returncode
+
+
+def resolve_gpus(requested: int | None) -> int:
+    """GPUs to use on this node: as asked, or 1 when CUDA is present and 0 (CPU) otherwise."""
+    import torch
+
+    if requested is None:
+        return 1 if torch.cuda.is_available() else 0
+    return requested

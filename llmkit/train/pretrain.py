@@ -20,6 +20,7 @@ from typing import Any
 from llmkit import artifacts
 from llmkit.config import to_dict
 from llmkit.errors import UsageError, UserError
+from llmkit.train.checkpoint import prepare_run_dir
 
 # Options that change how a run executes but not what it computes: recorded in the manifest's
 # `runtime`, left out of the hashed config.
@@ -108,14 +109,6 @@ class PretrainConfig:
         return {k: getattr(self, k) for k in RUNTIME_FIELDS}
 
 
-def resolve_gpus(config: PretrainConfig) -> int:
-    import torch
-
-    if config.gpus is None:
-        return 1 if torch.cuda.is_available() else 0
-    return config.gpus
-
-
 def world_size(config: PretrainConfig, gpus: int) -> int:
     per_node = gpus if gpus > 0 else config.nproc
     return per_node * config.nnodes
@@ -129,12 +122,12 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, res
     artifacts.load(tokens, kind="tokens")
     if config.max_steps is not None and config.max_tokens is not None:
         raise UsageError("give --max-steps or --max-tokens, not both")
-    gpus = resolve_gpus(config)
+    gpus = distributed.resolve_gpus(config.gpus)
     distributed.check_gpus(gpus)
     if gpus > 0 and config.nproc > 1:
         raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
     if _first_process(config):
-        _prepare_run_dir(out, resume=resume, force=force)
+        prepare_run_dir(out, resume=resume, force=force)
     else:  # another node, or a non-zero rank started by an outside torchrun: node 0 / rank 0 prepares
         out.mkdir(parents=True, exist_ok=True)
     per_node = gpus if gpus > 0 else config.nproc
@@ -158,18 +151,6 @@ def _first_process(config: PretrainConfig) -> bool:
     if distributed.under_torchrun():
         return os.environ.get("RANK") == "0"
     return config.node_rank == 0
-
-
-def _prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
-    if out.exists() and not resume:
-        if not force:
-            raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
-        shutil.rmtree(out)
-    if not out.resolve().parent.exists():
-        raise UserError(f"the folder for output {out} does not exist: {out.resolve().parent}; create it first")
-    out.mkdir(exist_ok=True)
 
 
 def _open_split(tokens_art, split: str, seq_len: int, seed: int, required: bool):
@@ -202,7 +183,7 @@ def _train(tokens: str | Path, out: str | Path, config: PretrainConfig | dict, r
         config = PretrainConfig(**{k: v for k, v in config.items() if k in known})
     tokens_art = artifacts.load(tokens, kind="tokens")
     out = Path(out)
-    gpus = resolve_gpus(config)
+    gpus = distributed.resolve_gpus(config.gpus)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     info = distributed.init(gpus)
