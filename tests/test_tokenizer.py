@@ -293,3 +293,12 @@ def test_long_documents_are_sampled_in_pieces(shared_data, tok, tmp_path):
     corpus = write_corpus_artifact(tmp_path / "corpus", [text, chinese]).path
     stats = artifacts.load(train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=1000, heldout_every=20), seed=0)).stats
     assert stats["measured_on"] == "heldout" and stats["heldout_pieces"] >= 1 and stats["bytes_per_token"] > 2
+
+
+def test_piece_to_bytes_reads_byte_level_and_sentencepiece_pieces():
+    from llmkit.data.tokenizer import piece_to_bytes
+
+    assert piece_to_bytes("Ġworld") == b" world"  # GPT-2 byte alphabet
+    assert piece_to_bytes("▁the") == b" the"  # SentencePiece space marker (imported Llama vocabularies)
+    assert piece_to_bytes("<0x0A>") == b"\n"  # SentencePiece byte fallback
+    assert piece_to_bytes("模型") == "模型".encode()

@@ -73,9 +73,20 @@ def unicode_to_bytes() -> dict[str, int]:
 
 
 def piece_to_bytes(piece: str) -> bytes:
-    """The raw bytes of a byte-level vocabulary entry ('Ġworld' -> b' world')."""
+    """The raw bytes of a vocabulary entry.
+
+    Byte-level BPE pieces go through GPT-2's byte alphabet ('Ġworld' -> b' world'); pieces of an
+    imported SentencePiece-style vocabulary (Llama) use '▁' for a space and '<0xNN>' for one raw byte.
+    """
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return bytes([int(piece[3:5], 16)])
+        except ValueError:
+            pass
     table = unicode_to_bytes()
-    return bytes(table[c] for c in piece)
+    if all(c in table for c in piece):
+        return bytes(table[c] for c in piece)
+    return piece.replace("\u2581", " ").encode("utf-8")
 
 
 def new_byte_level_bpe() -> Any:

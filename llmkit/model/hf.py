@@ -422,7 +422,6 @@ def from_hf_state(hf_state: dict[str, torch.Tensor], config: ModelConfig, model_
 # Tokenizer helpers
 
 
-_BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
@@ -431,21 +430,14 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     Byte-level BPE pieces are decoded through GPT-2's byte alphabet; SentencePiece-style pieces
     (Llama) count "▁" as a space and `<0xNN>` byte-fallback pieces as one byte.
     """
-    from llmkit.data.tokenizer import unicode_to_bytes
+    from llmkit.data.tokenizer import piece_to_bytes
 
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
-    table = unicode_to_bytes()
     lengths = np.zeros(vocab_size, dtype=np.int32)
     for piece, index in tokenizer.get_vocab(with_added_tokens=True).items():
-        if piece in specials or index >= vocab_size:
-            continue
-        if all(ch in table for ch in piece):
-            lengths[index] = len(piece)
-        elif _BYTE_FALLBACK.match(piece):
-            lengths[index] = 1
-        else:
-            lengths[index] = len(piece.replace("▁", " ").encode("utf-8"))
+        if piece not in specials and index < vocab_size:
+            lengths[index] = len(piece_to_bytes(piece))
     return lengths
 
 
