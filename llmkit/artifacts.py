@@ -301,14 +301,23 @@ def create(out: Path | str, kind: str, *, force: bool = False) -> Iterator[Artif
     On success the manifest is written and the temporary directory renamed to `out`; on any
     exception the temporary directory is removed and `out` is left as it was.
     """
-    out = check_output(out, force)
-    parent = out.resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    builder = ArtifactBuilder(kind, tmp, out)
-    try:
+    out = Path(out)
+    with atomic_directory(out, force=force) as tmp:
+        builder = ArtifactBuilder(kind, tmp, out)
         yield builder
-        manifest = builder.manifest()
-        _write_text_atomic(tmp / MANIFEST, manifest.to_json())
+        _write_text_atomic(tmp / MANIFEST, builder.manifest().to_json())
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path | str, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `out`; rename it to `out` on success, remove it on any error.
+
+    For directories that are not artifacts (an exported transformers folder) as well as artifacts.
+    """
+    out = check_output(out, force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+    try:
+        yield tmp
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,13 +28,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -445,24 +441,10 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 # Writing a directory atomically (export output is a transformers folder, not an artifact)
 
 
-@contextlib.contextmanager
-def _atomic_dir(out: Path, force: bool) -> Iterator[Path]:
-    from llmkit.artifacts import check_output
+def _atomic_dir(out: Path, force: bool):
+    from llmkit.artifacts import atomic_directory
 
-    out = check_output(out, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
-    try:
-        yield tmp
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent))
-            os.replace(out, trash / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return atomic_directory(out, force=force)
 
 
 # ---------------------------------------------------------------------------------------------
