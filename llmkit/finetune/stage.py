@@ -385,13 +385,9 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
         max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))
         warmup = config.warmup_steps if config.warmup_steps is not None else min(50, max_steps // 20)
         val_size = min(len(val_examples), config.eval_examples)
-        settings = LoopSettings(
-            max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch, tokens_per_sample=seq_len,
-            seed=config.seed, optimizer=config.optimizer, lr=config.peak_lr, min_lr_ratio=config.min_lr_ratio,
-            warmup_steps=warmup, schedule=config.schedule, weight_decay=config.weight_decay, beta1=config.beta1,
-            beta2=config.beta2, momentum=config.momentum, grad_clip=config.grad_clip, eval_every=config.eval_every,
-            eval_samples=val_size, save_every=config.save_every, keep_last=config.keep_last, log_every=config.log_every,
-            compile=config.compile, strategy=config.strategy, tensorboard=config.tensorboard,
+        settings = LoopSettings.from_config(
+            config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
+            tokens_per_sample=seq_len, warmup_steps=warmup, eval_samples=val_size, lr=config.peak_lr,
         )
         alpha = (config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank) if adapted else None
         scaling = alpha / config.lora_rank if adapted else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,6 +62,13 @@ class LoopSettings:
     compile: bool = False
     strategy: str = "ddp"
     tensorboard: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any, **derived: Any) -> LoopSettings:
+        """Settings from a stage config: every field the config shares by name, then `derived`
+        (values the stage computes: steps, batch sizes, warmup, validation size, resolved lr)."""
+        shared = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
+        return cls(**{**shared, **derived})
 
 
 @dataclass

@@ -231,13 +231,9 @@ def _train(tokens: str | Path, out: str | Path, config: PretrainConfig | dict, r
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         model = build_model(model_config)
-        settings = LoopSettings(
-            max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch, tokens_per_sample=seq_len,
-            seed=config.seed, optimizer=config.optimizer, lr=config.lr, min_lr_ratio=config.min_lr_ratio,
-            warmup_steps=warmup, schedule=config.schedule, weight_decay=config.weight_decay, beta1=config.beta1,
-            beta2=config.beta2, momentum=config.momentum, grad_clip=config.grad_clip, eval_every=config.eval_every,
-            eval_samples=val_size, save_every=config.save_every, keep_last=config.keep_last, log_every=config.log_every,
-            compile=config.compile, strategy=config.strategy, tensorboard=config.tensorboard,
+        settings = LoopSettings.from_config(
+            config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
+            tokens_per_sample=seq_len, warmup_steps=warmup, eval_samples=val_size,
         )
         inputs = [("tokens", tokens_art)]
         try:
