@@ -42,12 +42,32 @@ def fingerprints(out: Path) -> dict[str, str]:
     }
 
 
+GOLDEN = json.loads((REPO / "tests" / "golden" / "quickstart_tiny.json").read_text(encoding="utf-8"))
+
+
+def _platform() -> dict[str, str]:
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__.split("+")[0],
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def test_quickstart_runs_every_stage_and_reproduces_exactly(tmp_path):
     first = run_recipe("quickstart", tmp_path / "a")
     second = run_recipe("quickstart", tmp_path / "b")
     prints = fingerprints(tmp_path / "a")
     assert set(prints) == {"corpus", "tokenizer", "tokens", "pretrain", "sft", "eval-lm", "eval-sft"}
     assert prints == fingerprints(tmp_path / "b")
+    # Golden fingerprints, taken before the options renovation: configs flatten to the same dicts.
+    # The embedded corpus follows the Python version and the weights the kernels, so the golden
+    # values hold on the platform they were recorded on (CI's).
+    if _platform() == GOLDEN["recorded_on"]:
+        for name, golden in GOLDEN["artifacts"].items():
+            manifest = json.loads((tmp_path / "a" / name / "manifest.json").read_text())
+            assert (manifest["config"], manifest["seed"]) == (golden["config"], golden["seed"]), name
+            assert manifest["fingerprint"] == golden["fingerprint"], name
     assert "artifacts" in first.stdout and prints["eval-lm"][:16] in first.stdout  # the closing table
     metrics = json.loads((tmp_path / "a" / "eval-lm" / "metrics.json").read_text())
     assert metrics["bpb"] > 0 and metrics["perplexity"] > 1
