@@ -91,11 +91,11 @@ def _cpu_seconds() -> float:
 def run_llmkit(source: Path, out: Path, workers: int) -> tuple[float, dict]:
     from llmkit import artifacts
     from llmkit.corpus import pipeline
-    from llmkit.corpus.settings import resolve
+    from llmkit.corpus.config import resolve
 
-    cfg = resolve(explicit={"preset": "web", "languages": [], "exact_dedup": False})
+    cfg = resolve(explicit={"preset": "web", "languages": [], "exact_dedup": False, "workers": workers})
     started, cpu = time.perf_counter(), _cpu_seconds()
-    pipeline.clean([str(source)], out, cfg, workers=workers, force=True, show_progress=False)
+    pipeline.clean([str(source)], out, cfg, force=True, show_progress=False)
     return Timing(time.perf_counter() - started, _cpu_seconds() - cpu), artifacts.load(out).stats
 
 

@@ -79,7 +79,7 @@ def run_llmkit(args) -> dict:
     from llmkit.train.pretrain import PretrainConfig, pretrain
 
     gpu = args.device == "cuda"
-    config = PretrainConfig(
+    config = PretrainConfig.build(
         model="gpt2-tiny", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, context_length=args.seq,
         dropout=0.0, seq_len=args.seq, batch_tokens=args.batch * args.seq, micro_batch=args.batch,
         max_steps=args.steps, lr=6e-4, warmup_steps=0, schedule="constant", weight_decay=0.1, grad_clip=1.0,

@@ -128,7 +128,7 @@ def main() -> None:
 
     config = TokenizerTrainConfig(vocab_size=args.vocab_size)
     raw_s, _ = best_of(args.repeat, raw_train)
-    ours_s, tok_path = best_of(args.repeat, lambda: train_tokenizer([corpus1], work / "tok", config, seed=0, force=True))
+    ours_s, tok_path = best_of(args.repeat, lambda: train_tokenizer([corpus1], work / "tok", config, force=True))
     print("\n(a) training, vocab", args.vocab_size)
     print(f"  raw tokenizers BpeTrainer  {raw_s:7.2f} s")
     print(f"  llmkit tokenizer train     {ours_s:7.2f} s   overhead {100 * (ours_s / raw_s - 1):+.1f}%")
@@ -138,7 +138,7 @@ def main() -> None:
     texts = docs * args.scale
     big_mb = small_mb * args.scale
     ours_s, _ = best_of(args.repeat, lambda: tokenize_corpus(
-        corpus10, tok_path, work / "tokens10", TokenizeConfig(), seed=0, workers=args.workers, force=True))
+        corpus10, tok_path, work / "tokens10", TokenizeConfig(workers=args.workers), force=True))
     stats = artifacts.load(work / "tokens10").stats
     hf_s, _ = best_of(args.repeat, lambda: tok.hf.encode_batch(texts, add_special_tokens=False))
     name, reference = tiktoken_reference(tok.fast_encoding)

@@ -28,11 +28,12 @@ _PASS_THROUGH = tuple(
 from llmkit import __version__
 from llmkit.errors import UserError, debug_enabled, one_line, set_debug
 from llmkit.runtime import let_idle_threads_sleep
+from llmkit.stage_command import StageCommand, _FlagsShowNoType
 
 let_idle_threads_sleep()  # before any stage imports torch
 
 
-class _ErrorsAsOneLine(TyperGroup):
+class _ErrorsAsOneLine(_FlagsShowNoType, TyperGroup):
     """Every exception under the root becomes one red line and a non-zero exit (unless --debug)."""
 
     def invoke(self, ctx: click.Context):
@@ -95,22 +96,17 @@ def _register_stages() -> None:
     from llmkit.tokenizer.command import tokenize, tokenizer_app
     from llmkit.train.command import pretrain
 
-    app.command("clean")(clean)
+    app.command("clean", cls=StageCommand)(clean)
     app.add_typer(tokenizer_app, name="tokenizer", help="Train and try byte-level BPE tokenizers.")
-    app.command("tokenize")(tokenize)
-    app.command("pretrain")(pretrain)
-    app.command("finetune")(finetune)
-    app.command("generate")(generate)
-    app.command("chat")(chat)
-    app.command("eval")(evaluate)
-    app.command("export")(export_model)
-    app.command("import")(import_model)
+    for name, command in (("tokenize", tokenize), ("pretrain", pretrain), ("finetune", finetune), ("generate", generate),
+                          ("chat", chat), ("eval", evaluate), ("export", export_model), ("import", import_model)):
+        app.command(name, cls=StageCommand)(command)
 
 
 _register_stages()
 
 
-@app.command("inspect")
+@app.command("inspect", cls=StageCommand)
 def inspect_command(
     path: Annotated[Path, typer.Argument(help="Artifact directory.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print the raw manifest as JSON.")] = False,
@@ -126,7 +122,7 @@ def inspect_command(
     print_artifact(art, artifacts.lineage(path))
 
 
-@app.command("report")
+@app.command("report", cls=StageCommand)
 def report_command(
     paths: Annotated[list[Path], typer.Argument(help="Artifact directories, e.g. every output of a recipe.")],
 ) -> None:
@@ -137,7 +133,7 @@ def report_command(
     print_report([artifacts.load(path) for path in paths])
 
 
-@app.command("verify")
+@app.command("verify", cls=StageCommand)
 def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
     """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""
     from llmkit import artifacts

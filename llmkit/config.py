@@ -1,13 +1,12 @@
 """Stage configuration: dataclass defaults < config file (TOML/YAML) < flags given on the command line.
 
-Every stage keeps its options in one dataclass. A recipe may pass `--config FILE`; a file may
+Every stage keeps its options in one dataclass (declared with llmkit.options). A recipe may pass `--config FILE`; a file may
 hold one table per stage (`[clean]`, `[pretrain]`, ...) or the stage's keys at top level.
 The resolved dataclass is what the artifact manifest stores.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import types
 import typing
@@ -49,22 +48,32 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def _coerce(value: Any, annotation: Any, name: str) -> Any:
+def _coerce(value: Any, annotation: Any) -> Any:
     """Light type coercion for values read from config files (TOML/YAML already give most types)."""
-    if isinstance(annotation, str):
-        return value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], name) if len(non_none) == 1 else value
+        return _coerce(value, non_none[0]) if len(non_none) == 1 else value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is Path and isinstance(value, str):
+        return Path(value)
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
         return list(value) if origin is list else tuple(value)
     return value
+
+
+def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
+    """A config file's options for one stage: its `[section]` table, else the top-level keys."""
+    if file is None:
+        return {}
+    data = load_config_file(file)
+    if section and isinstance(data.get(section), dict):
+        data = data[section]
+    return {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
 
 
 def resolve(
@@ -73,32 +82,28 @@ def resolve(
     file: Path | str | None = None,
     section: str | None = None,
     explicit: dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
 ) -> T:
-    """Build a stage config from its defaults, an optional file, and the explicitly given flags.
+    """Build a stage config: its defaults < `preset` < the config file < the flags typed.
 
     `explicit` holds only the options the user actually typed (see `explicit_params`), so a
-    flag left at its default never overrides the config file.
+    flag left at its default never overrides the config file; `preset` fills only what the
+    file leaves open.
     """
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    hints = typing.get_type_hints(config_cls)
-    values: dict[str, Any] = {}
-    if file is not None:
-        data = load_config_file(file)
-        if section and isinstance(data.get(section), dict):
-            data = data[section]
-        data = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise UserError(
-                f"unknown option(s) in {file}: {', '.join(unknown)}; "
-                f"known options are: {', '.join(sorted(fields))}"
-            )
-        values.update({k: _coerce(v, hints[k], k) for k, v in data.items()})
-    for key, value in (explicit or {}).items():
-        if key in fields:
-            values[key] = value
+    from llmkit.options import flat_options
+
+    known = {opt.name: opt for opt in flat_options(config_cls)}
+    from_file = file_values(file, section)
+    unknown = sorted(set(from_file) - set(known))
+    if unknown:
+        raise UserError(
+            f"unknown option(s) in {file}: {', '.join(unknown)}; known options are: {', '.join(sorted(known))}"
+        )
+    values = {k: v for k, v in (preset or {}).items() if k not in from_file}
+    values.update({k: _coerce(v, known[k].type) for k, v in from_file.items()})
+    values.update({k: v for k, v in (explicit or {}).items() if k in known})
     try:
-        return config_cls(**values)
+        return config_cls.build(**values)
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid configuration: {exc}") from exc
 
@@ -115,20 +120,3 @@ def explicit_params(ctx: Any) -> dict[str, Any]:
         if source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP"):
             given[name] = value
     return given
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (paths become strings, tuples lists)."""
-
-    def convert(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, (list, tuple)):
-            return [convert(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): convert(v) for k, v in value.items()}
-        return value
-
-    return convert(config)

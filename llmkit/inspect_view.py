@@ -9,6 +9,7 @@ from rich.tree import Tree
 
 from llmkit.artifacts import Artifact, LineageNode
 from llmkit.console import out
+from llmkit.model.records import CheckpointStats
 
 
 def _short(value: object, limit: int = 100) -> str:
@@ -66,10 +67,13 @@ def _headline(art: Artifact) -> str:
         train, val = s.get("train", {}), s.get("val", {})
         return f"train {num(train.get('tokens'))} / val {num(val.get('tokens'))} tokens ({s.get('dtype')})"
     if art.kind == "checkpoint":
-        parts = [f"{num(s.get('params'))} params", f"step {num(s.get('step'))}"]
+        stats = CheckpointStats.of(art)
+        parts = [f"{num(stats.params)} params"]
+        if stats.step is not None:
+            parts.append(f"step {num(stats.step)}")
         for key in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
-            if isinstance(s.get(key), (int, float)):
-                parts.append(f"{key} {num(s[key])}")
+            if isinstance(getattr(stats, key), (int, float)):
+                parts.append(f"{key} {num(getattr(stats, key))}")
         return ", ".join(parts)
     if art.kind == "eval":
         metrics_file = art.path / "metrics.json"
@@ -87,3 +91,23 @@ def print_report(arts: list[Artifact]) -> None:
     for art in arts:
         table.add_row(str(art.path), art.kind, art.fingerprint[:16], _headline(art))
     out.print(table)
+
+
+def print_checkpoint_summary(path) -> None:
+    """The line a training stage ends with: progress, losses and the fingerprint of its checkpoint."""
+    from llmkit import artifacts
+
+    art = artifacts.load(path, kind="checkpoint")
+    stats = CheckpointStats.of(art)
+    if stats.task is not None:
+        line = (f"[green]checkpoint[/] {path}: {stats.task}, step {stats.step}, "
+                f"{stats.trainable_params or 0:,} of {stats.params or 0:,} parameters trained")
+    else:
+        line = f"[green]checkpoint[/] {path}: step {stats.step}, {(stats.params or 0) / 1e6:.2f}M params"
+    if stats.train_loss is not None:
+        line += f", train loss {stats.train_loss:.4f}"
+    if stats.val_loss is not None:
+        line += f", val loss {stats.val_loss:.4f}" + (f" (ppl {stats.val_ppl:.2f})" if stats.task is None else "")
+    if stats.val_accuracy is not None:
+        line += f", val accuracy {stats.val_accuracy:.4f}, macro F1 {stats.val_f1:.4f}"
+    out.print(line + f", fingerprint {art.fingerprint[:12]}", soft_wrap=True)

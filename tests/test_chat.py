@@ -26,17 +26,17 @@ def chat_model(base, tmp_path_factory):
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Two dogs play in the snow."}]}
             for q in questions]
     data = write_jsonl(root / "chat.jsonl", rows)
-    config = FinetuneConfig(task="sft", template="chat", batch_size=10, micro_batch=10, max_steps=40, lr=3e-3,
+    config = FinetuneConfig.build(task="sft", template="chat", batch_size=10, micro_batch=10, max_steps=40, lr=3e-3,
                             val_fraction=0.0, eval_every=0, save_every=0, log_every=40)
     return finetune(base["checkpoint"], data, root / "run", config)
 
 
 def _session(path, max_new_tokens=24, system=None):
-    from llmkit.model.classifier import load_classifier
+    from llmkit.model.io import load_checkpoint
     from llmkit.generate.chat import ChatSession
     from llmkit.generate.engine import GenerationParams
 
-    loaded = load_classifier(path)
+    loaded = load_checkpoint(path)
     return ChatSession(loaded.model, loaded.tokenizer, loaded.task, GenerationParams(max_new_tokens=max_new_tokens), system=system)
 
 
@@ -51,7 +51,7 @@ def test_chat_replies_with_what_the_finetune_taught_and_streams_it(chat_model):
 
 
 def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model):
-    from llmkit.generate.prompts import encode_chat
+    from llmkit.data.templates import encode_chat_prompt
 
     session = _session(chat_model, max_new_tokens=32, system="Answer briefly.")
     for i in range(12):
@@ -64,7 +64,7 @@ def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model
     assert 0 < len(kept) < 24 and kept[-1]["content"] == "answer number 11 about the same long day"
     # Exactly what `llmkit generate` renders for the same conversation.
     messages = [{"role": "system", "content": "Answer briefly."}, *kept, {"role": "user", "content": "and now?"}]
-    assert ids == encode_chat(messages, session.tokenizer)
+    assert ids == encode_chat_prompt(messages, session.tokenizer)
 
 
 def test_chat_command_in_the_terminal(chat_model, cli):
@@ -91,12 +91,13 @@ def test_chat_refuses_a_classifier(base, tmp_path, cli):
 def test_a_text_template_checkpoint_takes_one_input_per_turn(base):
     from llmkit.errors import UserError
     from llmkit.data.templates import resolve_template
+    from llmkit.model.records import TaskRecord
     from llmkit.generate.chat import ChatSession
     from llmkit.generate.engine import GenerationParams
     from llmkit.model.io import load_checkpoint
 
     loaded = load_checkpoint(base["checkpoint"])
-    task = {"task": "sft", "template": resolve_template("translate")}
+    task = TaskRecord(task="sft", template=resolve_template("translate"))
     session = ChatSession(loaded.model, loaded.tokenizer, task, GenerationParams(max_new_tokens=4))
     tok = loaded.tokenizer
     assert session.prompt_ids("Zwei Hunde.") == [tok.bos_id] + tok.encode("Translate:\nZwei Hunde.\nTranslation:")

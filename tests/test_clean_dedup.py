@@ -12,7 +12,7 @@ import pytest
 from llmkit import artifacts
 from llmkit.corpus import pipeline
 from llmkit.corpus.minhash import MinHasher, jaccard, optimal_bands_rows
-from llmkit.corpus.settings import CleanConfig
+from llmkit.corpus.config import CleanConfig
 
 
 @pytest.fixture(scope="module")

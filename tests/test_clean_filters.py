@@ -12,7 +12,7 @@ from llmkit.corpus import filters, normalize
 from llmkit.corpus.filters import DocView
 from llmkit.corpus.language import detect
 from llmkit.corpus.process import DocumentProcessor
-from llmkit.corpus.settings import CleanConfig, resolve
+from llmkit.corpus.config import CleanConfig, resolve
 from llmkit.corpus.words import split_words, unspaced_share
 from llmkit.errors import UserError
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
 
 from llmkit import artifacts
 from llmkit.corpus import pipeline
-from llmkit.corpus.settings import CleanConfig, resolve
+from llmkit.corpus.config import CleanConfig, resolve
 from llmkit.errors import UserError
 
 
@@ -93,8 +94,8 @@ def test_two_workers_give_the_same_artifact(shared_data, tmp_path):
             for line in open(path, encoding="utf-8"):
                 handle.write(json.dumps({"text": json.loads(line)["document"]}) + "\n")
     inputs = [docs, shared_data / "sentiment", shared_data / "tinyshakespeare.txt"]
-    one = artifacts.load(_clean(inputs, tmp_path / "one", cfg, workers=1))
-    two = artifacts.load(_clean(inputs, tmp_path / "two", cfg, workers=2))
+    one = artifacts.load(_clean(inputs, tmp_path / "one", replace(cfg, workers=1)))
+    two = artifacts.load(_clean(inputs, tmp_path / "two", replace(cfg, workers=2)))
     assert one.fingerprint == two.fingerprint
     assert two.manifest.runtime == {"workers": 2}
     assert one.stats["dropped"] == two.stats["dropped"] and one.stats["dropped"]

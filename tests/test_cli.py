@@ -12,6 +12,7 @@ import typer
 
 from llmkit import __version__, artifacts, config
 from llmkit.errors import UserError
+from llmkit.options import Options, option
 
 STAGES = ["clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate", "eval", "inspect", "verify"]
 
@@ -83,10 +84,10 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 @dataclasses.dataclass
-class _StageConfig:
-    vocab_size: int = 100
-    lr: float = 1e-3
-    name: str = "x"
+class _StageConfig(Options):
+    vocab_size: int = option(100, "Vocabulary size.")
+    lr: float = option(1e-3, "Learning rate.")
+    name: str = option("x", "A name.")
 
 
 def test_config_resolution_order(tmp_path):

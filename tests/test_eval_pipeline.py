@@ -32,7 +32,7 @@ def trained(shared_data, tmp_path_factory):
     docs = [p.strip() + "\n" for p in text.split("\n\n") if p.strip()]
     corpus = build_corpus(docs, root / "corpus")
     tokenizer = train_tokenizer([corpus], root / "tokenizer", TokenizerTrainConfig(vocab_size=512))
-    tokens = tokenize_corpus(corpus, tokenizer, root / "tokens", TokenizeConfig(val_fraction=0.05), workers=1)
+    tokens = tokenize_corpus(corpus, tokenizer, root / "tokens", TokenizeConfig(val_fraction=0.05, workers=1))
     result = CliRunner().invoke(app, ["pretrain", str(tokens), "-o", str(root / "run"), *FAST, "--max-steps", "150", "--lr", "3e-3"])
     assert result.exit_code == 0, result.output
     return {"tokens": Path(tokens), "run": root / "run", "root": root}

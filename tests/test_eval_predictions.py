@@ -23,7 +23,7 @@ def files(tmp_path, shared_data):
 
 def test_text_files_several_metrics_one_run(cli, files):
     tmp, hyps, refs = files
-    result = cli("eval", "--metric", "bleu", "--metric", "chrf,rouge", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
+    result = cli("eval", "--metric", "bleu", "--metric", "chrf,rouge", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
     assert result.exit_code == 0, result.output
     bleu = sacrebleu.metrics.BLEU()
     expected = bleu.corpus_score(hyps, [refs])
@@ -48,12 +48,12 @@ def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
     preds = tmp / "preds.jsonl"
     preds.write_text("".join(json.dumps({"completion": h}) + "\n" for h in hyps), encoding="utf-8")
     data = shared_data / "translation" / "test.jsonl"
-    a = cli("eval", "-m", "bleu", "-p", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "a")
-    b = cli("eval", "-m", "bleu", "-p", preds, "-r", data, "-o", tmp / "b")  # fields found by name
+    a = cli("eval", "-m", "bleu", "--predictions", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "a")
+    b = cli("eval", "-m", "bleu", "--predictions", preds, "-r", data, "-o", tmp / "b")  # fields found by name
     assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
     ma = json.loads((tmp / "a" / "metrics.json").read_text())
     assert ma["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
-    c = cli("eval", "-m", "bleu", "-p", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "c")
+    c = cli("eval", "-m", "bleu", "--predictions", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "c")
     assert c.exit_code == 0, c.output
     assert artifacts.load(tmp / "a").fingerprint == artifacts.load(tmp / "c").fingerprint
 
@@ -65,7 +65,7 @@ def test_label_predictions_accuracy(cli, tmp_path):
     preds = ["pos", "pos", "pos", "neu", "neg", "neg"]
     (tmp_path / "p.txt").write_text("\n".join(preds) + "\n")
     (tmp_path / "r.txt").write_text("\n".join(refs) + "\n")
-    result = cli("eval", "-m", "accuracy,f1", "-p", tmp_path / "p.txt", "-r", tmp_path / "r.txt", "-o", tmp_path / "e")
+    result = cli("eval", "-m", "accuracy,f1", "--predictions", tmp_path / "p.txt", "-r", tmp_path / "r.txt", "-o", tmp_path / "e")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(4 / 6)
@@ -76,15 +76,15 @@ def test_label_predictions_accuracy(cli, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-m", "bleu", "-p", "{tmp}/src.txt"], "needs references"),
-        (["-m", "rouge", "-p", "{tmp}/src.txt", "-r", "{tmp}/short.txt"], "500 predictions but 3 references"),
-        (["-m", "bleu", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--bleu-tokenize", "nope"], "unknown --bleu-tokenize"),
-        (["-m", "rouge", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--rouge-tokenize", "nope"], "unknown --rouge-tokenize"),
-        (["-m", "blue", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "unknown metric 'blue'"),
-        (["-m", "perplexity", "-p", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "need a model"),
+        (["-m", "bleu", "--predictions", "{tmp}/src.txt"], "needs references"),
+        (["-m", "rouge", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/short.txt"], "500 predictions but 3 references"),
+        (["-m", "bleu", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--bleu-tokenize", "nope"], "unknown --bleu-tokenize"),
+        (["-m", "rouge", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--rouge-tokenize", "nope"], "unknown --rouge-tokenize"),
+        (["-m", "blue", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "unknown metric 'blue'"),
+        (["-m", "perplexity", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "need a model"),
         (["-m", "bleu"], "nothing to evaluate"),
-        (["-m", "bleu", "-p", "{tmp}/missing.txt", "-r", "{tmp}/ref.txt"], "file not found"),
-        (["-m", "bleu", "-p", "{tmp}/bad.jsonl", "-r", "{tmp}/ref.txt"], "not valid JSON"),
+        (["-m", "bleu", "--predictions", "{tmp}/missing.txt", "-r", "{tmp}/ref.txt"], "file not found"),
+        (["-m", "bleu", "--predictions", "{tmp}/bad.jsonl", "-r", "{tmp}/ref.txt"], "not valid JSON"),
     ],
 )
 def test_bad_inputs_one_line(cli, files, args, message):
@@ -101,13 +101,13 @@ def test_bad_inputs_one_line(cli, files, args, message):
 def test_config_file_options(cli, files):
     tmp, hyps, refs = files
     (tmp / "eval.toml").write_text('[eval]\nmetrics = ["bleu"]\nbleu_tokenize = "char"\nlowercase = true\n')
-    result = cli("eval", "--config", tmp / "eval.toml", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
+    result = cli("eval", "--config", tmp / "eval.toml", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp / "ev" / "metrics.json").read_text())
     assert metrics == {"bleu": sacrebleu.corpus_bleu(hyps, [refs], tokenize="char", lowercase=True).score}
     assert artifacts.load(tmp / "ev").manifest.config["bleu_tokenize"] == "char"
     # a flag given on the command line wins over the file
-    result = cli("eval", "--config", tmp / "eval.toml", "--bleu-tokenize", "13a", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev2")
+    result = cli("eval", "--config", tmp / "eval.toml", "--bleu-tokenize", "13a", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev2")
     assert json.loads((tmp / "ev2" / "metrics.json").read_text())["bleu"] == sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score
 
 
@@ -116,7 +116,7 @@ def test_predictions_of_a_checkpoint_record_its_lineage(cli, files, tmp_path, sh
 
     tmp, hyps, refs = files
     ckpt = make_checkpoint(tmp_path / "ck", "some text for a tokenizer " * 50)
-    result = cli("eval", ckpt, "-m", "chrf", "-p", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
+    result = cli("eval", ckpt, "-m", "chrf", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev")
     assert result.exit_code == 0, result.output
     art = artifacts.load(tmp / "ev")
     assert [i["role"] for i in art.manifest.inputs] == ["checkpoint"]

@@ -57,8 +57,8 @@ def build_base(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     texts += [r["document"] + "\n" + r["summary"] + "\n" for r in read_jsonl(shared_data / "summarization" / "train.jsonl")]
     corpus = build_corpus(texts, root / "corpus")
     tokenizer = train_tokenizer([corpus], root / "tokenizer", TokenizerTrainConfig(vocab_size=512))
-    tokens = tokenize_corpus(corpus, tokenizer, root / "tokens", TokenizeConfig(val_fraction=0.05), workers=1)
-    config = PretrainConfig(model="tiny", n_layer=2, n_embd=64, n_head=4, context_length=256, seq_len=64, batch_tokens=1024,
+    tokens = tokenize_corpus(corpus, tokenizer, root / "tokens", TokenizeConfig(val_fraction=0.05, workers=1))
+    config = PretrainConfig.build(model="tiny", n_layer=2, n_embd=64, n_head=4, context_length=256, seq_len=64, batch_tokens=1024,
                             micro_batch=16, max_steps=300, lr=3e-3, eval_every=0, save_every=0, log_every=100)
     checkpoint = pretrain(tokens, root / "ckpt", config)
     return {"checkpoint": checkpoint, "root": root}
@@ -107,7 +107,6 @@ def test_text_template_learns_only_response_tokens_token_by_token(base):
 def test_chat_template_learns_assistant_turns_and_their_ends(base):
     from llmkit.finetune.data import SFTBatches
     from llmkit.data.templates import encode_chat_prompt, encode_example, resolve_template
-    from llmkit.generate.prompts import encode_chat
     from llmkit.model.gpt import IGNORE_INDEX
 
     tok = _tokenizer(base)
@@ -131,9 +130,7 @@ def test_chat_template_learns_assistant_turns_and_their_ends(base):
         assert y[0, t] == (expected_ids[t + 1] if expected_learn[t + 1] else IGNORE_INDEX), t
     learned = [tok.decode([i]) for i, flag in zip(expected_ids, expected_learn) if flag]
     assert "".join(learned) == "Hello.<|user|>Goodbye!<|eos|>"
-    # The generation prompt is what `llmkit generate` builds for the same history.
-    assert encode_chat_prompt(messages[:2], tok) == encode_chat(messages[:2], tok)
-    # ... and a training conversation is its generation prompt followed by the learned reply.
+    # A training conversation is its generation prompt (the one chat renderer) followed by the learned reply.
     last_turn = len(expected_ids) - 1 - len(tok.encode("Goodbye!")) - 1
     assert encode_chat_prompt(messages[:4], tok) == expected_ids[: last_turn + 1]
 
@@ -209,11 +206,11 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
 
 @pytest.mark.slow
 def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, cli):
-    from llmkit.model.classifier import load_classifier
+    from llmkit.model.io import load_checkpoint
     from llmkit.finetune.stage import FinetuneConfig, finetune
 
     dev = shared_data / "sentiment" / "test.jsonl"
-    config = FinetuneConfig(task="classify", val_data=str(dev), batch_size=32, micro_batch=32, epochs=4, lr=1e-3,
+    config = FinetuneConfig.build(task="classify", val_data=str(dev), batch_size=32, micro_batch=32, epochs=4, lr=1e-3,
                             eval_every=125, log_every=125, truncate=True)
     run = finetune(base["checkpoint"], shared_data / "sentiment" / "train.jsonl", tmp_path / "cls", config)
     dev_rows = read_jsonl(dev)
@@ -228,8 +225,8 @@ def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, cl
     assert [h["step"] for h in history] == [125, 250]
 
     # The checkpoint loads as a classifier whose .classify (what `llmkit eval` calls) reproduces the figure.
-    loaded = load_classifier(run)
-    assert loaded.task["head"] == {"type": "linear", "prefix": "classifier.", "pooling": "last", "num_labels": 2}
+    loaded = load_checkpoint(run)
+    assert loaded.task.head == {"type": "linear", "prefix": "classifier.", "pooling": "last", "num_labels": 2}
     result = cli("eval", run, "--metric", "accuracy", "--metric", "f1", "--data", dev, "-o", tmp_path / "eval", "--device", "cpu",
                  "--batch-size", "32")
     assert result.exit_code == 0, result.output
@@ -313,10 +310,10 @@ def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
 
 
 def test_masked_lm_base_classifies_on_its_first_token_and_refuses_sft(base, shared_data, cli, tmp_path):
-    from llmkit.model.classifier import load_classifier
+    from llmkit.model.io import load_checkpoint
     from llmkit.train.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(model="tiny", objective="mlm", n_layer=1, n_embd=32, n_head=2, context_length=128, seq_len=64,
+    config = PretrainConfig.build(model="tiny", objective="mlm", n_layer=1, n_embd=32, n_head=2, context_length=128, seq_len=64,
                             batch_tokens=512, micro_batch=8, max_steps=10, lr=3e-3, eval_every=0, save_every=0)
     mlm = pretrain(base["root"] / "tokens", tmp_path / "mlm", config)
     rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:128]
@@ -325,8 +322,8 @@ def test_masked_lm_base_classifies_on_its_first_token_and_refuses_sft(base, shar
     result = cli("finetune", mlm, "--data", data, "-o", run, "--task", "classify", "--max-steps", "6", "--batch-size", "16",
                  "--eval-every", "3", "--truncate", "--lr", "1e-3")
     assert result.exit_code == 0, result.output
-    loaded = load_classifier(run)
-    assert loaded.task["head"]["pooling"] == "first" and loaded.config.objective == "mlm"
+    loaded = load_checkpoint(run)
+    assert loaded.task.head["pooling"] == "first" and loaded.config.objective == "mlm"
     tok = loaded.tokenizer
     text = [tok.bos_id] + tok.encode("a fine , moving film")
     padded = torch.tensor([text + [tok.pad_id] * 5])

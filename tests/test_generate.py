@@ -227,7 +227,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
         (["--prompts", "{tmp}/missing.txt"], "prompts file not found"),
         (["-p", "x", "--top-p", "1.5"], "top_p must be in"),
         (["-p", "x", "--temperature", "-1"], "temperature must be"),
-        (["-p", "x", "--context-overflow", "wrap"], "context_overflow must be one of"),
+        (["-p", "x", "--context-overflow", "wrap"], "--context-overflow must be one of"),
         (["-p", "x", "-o", "{tmp}/exists.jsonl"], "already exists"),
         (["-p", "x", "-n", "100", "--context-overflow", "error"], "exceed the model's context length"),
     ],
@@ -279,7 +279,8 @@ def test_config_file_sets_options(cli, ckpt, tmp_path):
 
 
 def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):
-    from llmkit.generate.prompts import chat_stop_ids, encode_chat
+    from llmkit.data.templates import encode_chat_prompt
+    from llmkit.generate.prompts import chat_stop_ids
     from llmkit.model.io import load_checkpoint
 
     text_task = {
@@ -303,7 +304,7 @@ def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "c.jsonl").read_text())
     loaded = load_checkpoint(chat)
-    ids = encode_chat([{"role": "user", "content": "Who are you?"}], loaded.tokenizer)
+    ids = encode_chat_prompt([{"role": "user", "content": "Who are you?"}], loaded.tokenizer)
     assert ids[-1] == loaded.tokenizer.special_ids["<|assistant|>"]
     expected = Generator(loaded.model, loaded.tokenizer).complete(
         [ids], GenerationParams(max_new_tokens=8), extra_stop_ids=chat_stop_ids(loaded.tokenizer)

@@ -653,7 +653,7 @@ def test_every_mlp_width_llmkit_can_build_is_found():
 def test_chat_finetuned_checkpoint_chats_the_same_in_transformers(cli, tmp_path, shakespeare_tokens):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.generate.prompts import encode_chat
+    from llmkit.data.templates import encode_chat_prompt
 
     run = tmp_path / "run"
     result = cli("pretrain", shakespeare_tokens, "-o", run, "--model", "tiny", "--n-layer", "2", "--n-embd", "64",
@@ -671,7 +671,7 @@ def test_chat_finetuned_checkpoint_chats_the_same_in_transformers(cli, tmp_path,
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
     messages = [{"role": "user", "content": "Say night."}]
     ids = list(hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-    assert ids == encode_chat(messages, loaded.tokenizer)
+    assert ids == encode_chat_prompt(messages, loaded.tokenizer)
     x = torch.tensor([ids])
     with torch.no_grad():
         assert torch.allclose(loaded.model(x)[0], hf_model(x).logits, atol=TOL, rtol=0)

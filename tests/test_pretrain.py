@@ -45,7 +45,7 @@ def build_tokens(corpus: Path, tokenizer: Path, out: Path, val_fraction: float) 
     """The real `llmkit tokenize` stage."""
     from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
 
-    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=val_fraction), workers=1)
+    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=val_fraction, workers=1))
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +105,7 @@ def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path
     from llmkit.train.pretrain import PretrainConfig, pretrain
 
     def run(name, seed):
-        config = PretrainConfig(model="tiny", n_layer=1, n_embd=32, seq_len=32, batch_tokens=256, micro_batch=8,
+        config = PretrainConfig.build(model="tiny", n_layer=1, n_embd=32, seq_len=32, batch_tokens=256, micro_batch=8,
                                 max_steps=8, eval_every=4, eval_tokens=256, save_every=4, seed=seed)
         return artifacts.load(pretrain(shakespeare["tokens"], tmp_path / name, config), kind="checkpoint")
 

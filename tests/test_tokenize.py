@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -34,13 +36,13 @@ def corpus(documents, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer(corpus, tmp_path_factory):
-    return train_tokenizer([corpus], tmp_path_factory.mktemp("t") / "tok", TokenizerTrainConfig(vocab_size=1500), seed=0)
+    return train_tokenizer([corpus], tmp_path_factory.mktemp("t") / "tok", TokenizerTrainConfig(vocab_size=1500, seed=0))
 
 
 @pytest.fixture(scope="module")
 def tokens(corpus, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("k") / "tokens"
-    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=0.1, shard_tokens=20_000), seed=3, workers=1)
+    return tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(val_fraction=0.1, shard_tokens=20_000, seed=3, workers=1))
 
 
 def decoded_documents(path, split):
@@ -79,8 +81,8 @@ def test_special_text_stays_text_in_shards(tokens):
 
 def test_fast_and_reference_paths_agree(corpus, tokenizer, tokens, tmp_path):
     assert artifacts.load(tokens).stats["encoder"] == "tiktoken"
-    slow = tokenize_corpus(corpus, tokenizer, tmp_path / "slow", TokenizeConfig(val_fraction=0.1, shard_tokens=20_000),
-                           seed=3, use_fast=False, workers=2, batch_size=100)
+    slow = tokenize_corpus(corpus, tokenizer, tmp_path / "slow", TokenizeConfig(
+        val_fraction=0.1, shard_tokens=20_000, seed=3, fast=False, workers=2, batch_size=100))
     assert artifacts.load(slow).stats["encoder"] == "tokenizers"
     assert artifacts.load(slow).manifest.runtime["workers"] == 2  # the worker-process path ran
     # Same corpus, tokenizer and seed: same fingerprint, whatever the encoder, workers or batch size.
@@ -89,16 +91,16 @@ def test_fast_and_reference_paths_agree(corpus, tokenizer, tokens, tmp_path):
 
 def test_same_inputs_same_fingerprint_and_seed_changes_split(corpus, tokenizer, tokens, tmp_path):
     config = TokenizeConfig(val_fraction=0.1, shard_tokens=20_000)
-    again = tokenize_corpus(corpus, tokenizer, tmp_path / "again", config, seed=3, workers=2, batch_size=333)
+    again = tokenize_corpus(corpus, tokenizer, tmp_path / "again", replace(config, seed=3, workers=2, batch_size=333))
     assert artifacts.load(again).fingerprint == artifacts.load(tokens).fingerprint
     assert artifacts.load(again).manifest.runtime["workers"] == 2
-    other = tokenize_corpus(corpus, tokenizer, tmp_path / "other", config, seed=4, workers=1)
+    other = tokenize_corpus(corpus, tokenizer, tmp_path / "other", replace(config, seed=4, workers=1))
     assert artifacts.load(other).fingerprint != artifacts.load(tokens).fingerprint
     assert decoded_documents(other, "val") != decoded_documents(tokens, "val")
 
 
 def test_bos_and_sampler_on_real_tokens(corpus, tokenizer, tmp_path):
-    out = tokenize_corpus(corpus, tokenizer, tmp_path / "bos", TokenizeConfig(val_fraction=0.0, add_bos=True), seed=0, workers=1)
+    out = tokenize_corpus(corpus, tokenizer, tmp_path / "bos", TokenizeConfig(val_fraction=0.0, add_bos=True, seed=0, workers=1))
     stats = artifacts.load(out).stats
     assert stats["add_bos"] and stats["val"]["tokens"] == 0 and stats["val"]["shards"] == []
     shards = TokenShards.open(out, "train")
@@ -117,10 +119,10 @@ def test_uint32_for_large_vocab(tmp_path, shared_data):
     # every Chinese character pair in the shared book plus English, with min_frequency 1.
     text = (shared_data / "chinese.txt").read_text(encoding="utf-8") + (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
     corpus = write_corpus_artifact(tmp_path / "corpus", text.split("\n")).path
-    tok = train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=70_000, min_frequency=1), seed=0)
+    tok = train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=70_000, min_frequency=1, seed=0))
     if load_tokenizer(tok).vocab_size <= 65535:
         pytest.skip("the shared data holds too few distinct merges for a vocabulary above 65535")
-    out = tokenize_corpus(corpus, tok, tmp_path / "tokens", TokenizeConfig(val_fraction=0.01), seed=0, workers=1)
+    out = tokenize_corpus(corpus, tok, tmp_path / "tokens", TokenizeConfig(val_fraction=0.01, seed=0, workers=1))
     shards = TokenShards.open(out, "train")
     assert artifacts.load(out).stats["dtype"] == "uint32" and shards.dtype == np.dtype("<u4")
     assert int(shards.window(0, shards.num_tokens).max()) > 65535
@@ -173,8 +175,8 @@ def test_fast_path_falls_back_when_it_disagrees(corpus, tokenizer, tokens, tmp_p
         return tiktoken.Encoding(name="wrong", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={})
 
     monkeypatch.setattr(TextTokenizer, "fast_encoding", property(bytes_only))
-    out = tokenize_corpus(corpus, tokenizer, tmp_path / "fallback", TokenizeConfig(val_fraction=0.1, shard_tokens=20_000),
-                          seed=3, workers=1)
+    out = tokenize_corpus(corpus, tokenizer, tmp_path / "fallback", TokenizeConfig(
+        val_fraction=0.1, shard_tokens=20_000, seed=3, workers=1))
     art = artifacts.load(out)
     assert art.stats["encoder"] == "tokenizers"
     assert art.fingerprint == artifacts.load(tokens).fingerprint
@@ -195,8 +197,8 @@ def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):
     with artifacts.create(tmp_path / "ckpt", "checkpoint") as build:
         copy_tokenizer_files(tokenizer, build.dir / "tokenizer")
         (build.dir / "model.safetensors").write_bytes(b"not needed here")
-    out = tokenize_corpus(corpus, tmp_path / "ckpt", tmp_path / "tokens", TokenizeConfig(val_fraction=0.1, shard_tokens=20_000),
-                          seed=3, workers=1)
+    out = tokenize_corpus(corpus, tmp_path / "ckpt", tmp_path / "tokens", TokenizeConfig(
+        val_fraction=0.1, shard_tokens=20_000, seed=3, workers=1))
     art = artifacts.load(out)
     assert art.manifest.files == artifacts.load(tokens).manifest.files  # the very same shards
     assert {i["role"]: i["kind"] for i in art.manifest.inputs} == {"corpus": "corpus", "tokenizer": "checkpoint"}

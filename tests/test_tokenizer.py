@@ -36,7 +36,7 @@ def corpus(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("t") / "tok"
-    return train_tokenizer([corpus], out, TokenizerTrainConfig(vocab_size=2000), seed=0)
+    return train_tokenizer([corpus], out, TokenizerTrainConfig(vocab_size=2000, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +165,16 @@ def test_transformers_fast_tokenizer_gives_same_ids(shared_data, trained, tok):
 
 
 def test_same_inputs_same_fingerprint(corpus, trained, tmp_path):
-    again = train_tokenizer([corpus], tmp_path / "again", TokenizerTrainConfig(vocab_size=2000), seed=0)
+    again = train_tokenizer([corpus], tmp_path / "again", TokenizerTrainConfig(vocab_size=2000, seed=0))
     assert artifacts.load(again).fingerprint == artifacts.load(trained).fingerprint
-    other = train_tokenizer([corpus], tmp_path / "other", TokenizerTrainConfig(vocab_size=1000), seed=0)
+    other = train_tokenizer([corpus], tmp_path / "other", TokenizerTrainConfig(vocab_size=1000, seed=0))
     assert artifacts.load(other).fingerprint != artifacts.load(trained).fingerprint
 
 
 def test_sample_options_limit_training(corpus, tmp_path):
-    by_docs = train_tokenizer([corpus], tmp_path / "d", TokenizerTrainConfig(vocab_size=500, max_docs=100), seed=0)
+    by_docs = train_tokenizer([corpus], tmp_path / "d", TokenizerTrainConfig(vocab_size=500, max_docs=100, seed=0))
     assert artifacts.load(by_docs).stats["training_pieces"] == 100
-    by_bytes = train_tokenizer([corpus], tmp_path / "b", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000), seed=1)
+    by_bytes = train_tokenizer([corpus], tmp_path / "b", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000, seed=1))
     stats = artifacts.load(by_bytes).stats
     assert 50_000 <= stats["training_bytes"] < 60_000
 
@@ -182,7 +182,7 @@ def test_sample_options_limit_training(corpus, tmp_path):
 def test_text_files_as_input(shared_data, tmp_path):
     path = tmp_path / "small.txt"
     path.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000], encoding="utf-8")
-    out = train_tokenizer([path], tmp_path / "tok", TokenizerTrainConfig(vocab_size=400), seed=0)
+    out = train_tokenizer([path], tmp_path / "tok", TokenizerTrainConfig(vocab_size=400, seed=0))
     art = artifacts.load(out)
     assert art.config["input"]["files"][0]["name"] == "small.txt"
     assert art.manifest.inputs == []
@@ -291,7 +291,7 @@ def test_long_documents_are_sampled_in_pieces(shared_data, tok, tmp_path):
     # A corpus of two whole files (llmkit clean's default) still gets a held-out slice for the stats.
     chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8")[:400_000]
     corpus = write_corpus_artifact(tmp_path / "corpus", [text, chinese]).path
-    stats = artifacts.load(train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=1000, heldout_every=20), seed=0)).stats
+    stats = artifacts.load(train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=1000, heldout_every=20, seed=0))).stats
     assert stats["measured_on"] == "heldout" and stats["heldout_pieces"] >= 1 and stats["bytes_per_token"] > 2
 
 

@@ -11,11 +11,13 @@ import torch
 from llmkit import artifacts
 from llmkit.model.gpt import IGNORE_INDEX, ModelConfig
 from llmkit.model.presets import build_model
+from llmkit.options import flat_options
 from llmkit.train.checkpoint import STATE_JSON, STATE_TENSORS, latest_checkpoint, read_training_state
 from llmkit.train.distributed import DistInfo
 from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer, accumulation_steps
 from llmkit.train.objectives import lm_loss, mlm_mask
 from llmkit.train.optim import build_optimizer, lr_at, param_groups
+from llmkit.train.options import Checkpointing, Devices, Optimization
 
 torch.set_num_threads(1)
 VOCAB, SEQ = 61, 16
@@ -47,6 +49,21 @@ def model_config(**kw):
     return ModelConfig(**base)
 
 
+LOOP_FIELDS = ("max_steps", "global_batch", "micro_batch", "tokens_per_sample", "warmup_steps", "lr", "seed")
+
+
+def loop_settings(**values) -> LoopSettings:
+    """LoopSettings from flat names: the loop's own fields, the rest to the option group that has them."""
+    own = {name: values.pop(name) for name in LOOP_FIELDS if name in values}
+    own = {"seed": 0, "warmup_steps": 0, "lr": 1e-3, **own}
+    groups = {}
+    for name, cls in (("optim", Optimization), ("checkpoints", Checkpointing), ("devices", Devices)):
+        names = {o.name for o in flat_options(cls)}
+        groups[name] = cls(**{k: values.pop(k) for k in list(values) if k in names})
+    assert not values, f"unknown loop settings {values}"
+    return LoopSettings(**groups, **own)
+
+
 def make_trainer(tmp_path, batches, *, max_steps=20, resume=False, seed=0, config=None, **settings):
     torch.manual_seed(seed)
     model = build_model(config or model_config())
@@ -54,7 +71,7 @@ def make_trainer(tmp_path, batches, *, max_steps=20, resume=False, seed=0, confi
                 warmup_steps=2, eval_every=0, save_every=0, log_every=1000)
     base.update(settings)
     spec = ArtifactSpec(config={"test": True}, seed=seed)
-    return Trainer(model, LoopSettings(**base), info=DistInfo(), run_dir=tmp_path, batches=batches, loss_fn=lm_loss,
+    return Trainer(model, loop_settings(**base), info=DistInfo(), run_dir=tmp_path, batches=batches, loss_fn=lm_loss,
                    spec=spec, resume=resume)
 
 
@@ -80,12 +97,12 @@ def test_weight_decay_groups_and_optimizers():
 
 
 def test_accumulation_derived_from_global_batch():
-    s = LoopSettings(max_steps=1, global_batch=64, micro_batch=8, tokens_per_sample=16)
+    s = loop_settings(max_steps=1, global_batch=64, micro_batch=8, tokens_per_sample=16)
     assert accumulation_steps(s, 1) == 8 and accumulation_steps(s, 2) == 4
     from llmkit.errors import UserError
 
     with pytest.raises(UserError, match="multiple of micro-batch"):
-        accumulation_steps(LoopSettings(max_steps=1, global_batch=10, micro_batch=4, tokens_per_sample=16), 1)
+        accumulation_steps(loop_settings(max_steps=1, global_batch=10, micro_batch=4, tokens_per_sample=16), 1)
 
 
 @pytest.mark.parametrize("arch", ["gpt", "lstm"])

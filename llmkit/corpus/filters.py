@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from llmkit.corpus.settings import CleanConfig
+from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.words import split_words, unspaced_share
 
 Reason = Optional[str]

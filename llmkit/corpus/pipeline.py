@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from llmkit import artifacts
-from llmkit import config as config_lib
 from llmkit.corpus.process import Processed, init_worker, process_batch
-from llmkit.corpus.settings import CleanConfig
+from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.sources import ReadOptions, ReadStats, Source, resolve_inputs
 from llmkit.corpus.writer import RejectWriter, ShardWriter
 from llmkit.errors import UserError
@@ -91,17 +90,16 @@ def clean(
     out: Path | str,
     cfg: CleanConfig | None = None,
     *,
-    dataset: Optional[str] = None,
-    dataset_config: Optional[str] = None,
-    split: str = "train",
-    workers: int = 1,
     force: bool = False,
     show_progress: bool = True,
 ) -> Path:
-    """Clean and de-duplicate `inputs` into a corpus artifact at `out`; returns its path."""
+    """Clean and de-duplicate `inputs` (and `cfg.dataset`) into a corpus artifact at `out`; returns its path."""
+    from llmkit.runtime import worker_count
+
     cfg = cfg or CleanConfig()
     out = Path(out)
-    sources = resolve_inputs(list(inputs), dataset, dataset_config, split, exclude=out.resolve())
+    workers = worker_count(cfg.workers)
+    sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
     artifacts.check_output(out, force)
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()
@@ -151,7 +149,7 @@ def clean(
                 "or check the input"
             )
         elapsed = time.perf_counter() - started
-        build.config = config_lib.to_dict(cfg)
+        build.config = cfg.hashed()
         build.seed = cfg.seed
         build.runtime = {"workers": workers}
         build.stats = {

@@ -14,7 +14,7 @@ import xxhash
 
 from llmkit.corpus import filters, normalize
 from llmkit.corpus.minhash import MinHasher
-from llmkit.corpus.settings import CleanConfig
+from llmkit.corpus.config import CleanConfig
 
 
 @dataclass

@@ -6,7 +6,7 @@ Two kinds, both stored in the checkpoint's task.json under "template" so that `g
   chat   [BOS] (<|role|> content)* ... the special role tokens of the vocabulary, inserted by id.
          Assistant content is learned, followed by the token that ends the turn: the next
          message's role token, or EOS after the last message. A generation prompt is the history
-         followed by <|assistant|> -- exactly `llmkit.generate.prompts.encode_chat`.
+         followed by <|assistant|> (`encode_chat_prompt`, which generate, eval and chat use).
   text   [BOS] prompt.format(**record) response.format(**record) [EOS], with only the response
          and the EOS learned. Built in: plain ({prompt} -> {response}), translate ({source} ->
          {target}), summarize ({document} -> {summary}); or a JSON file with the same keys.
@@ -148,7 +148,7 @@ def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encode
 
 
 def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
-    """The generation prompt: the history, then <|assistant|> (same as prompts.encode_chat)."""
+    """The generation prompt: the history, then <|assistant|>; the one chat renderer of every stage."""
     special = tokenizer.special_ids
     ids = [tokenizer.bos_id]
     for message in messages:

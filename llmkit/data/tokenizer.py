@@ -32,8 +32,7 @@ SPECIAL_ROLES_FILE = "special_tokens.json"
 LLMKIT_ROLES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>", "mask": "<|mask|>"}
 
 # Ids 0..6 of every llmkit vocabulary, in this order (the chat roles serve fine-tuning templates).
-DEFAULT_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|system|>", "<|user|>", "<|assistant|>")
-REQUIRED_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
+from llmkit.data.special_tokens import DEFAULT_SPECIAL_TOKENS, REQUIRED_SPECIAL_TOKENS  # noqa: E402,F401  (re-exported)
 
 # Han, Hiragana and Katakana have no spaces between words: they form pre-tokens of their own so
 # that a CJK run never glues onto neighbouring Latin letters, and BPE learns merges inside it.

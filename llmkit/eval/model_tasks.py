@@ -115,22 +115,29 @@ def render_template(template: str, record: dict, input_field: str) -> str:
         raise UserError(f"--prompt-template {template!r} is not a valid template ({exc}); use {{field}} placeholders") from exc
 
 
+def _trained_prompt(task) -> str | None:
+    """The prompt pattern a text-template fine-tune was trained with ({field} placeholders)."""
+    template = task.text_template if task is not None else None
+    return template["prompt"] if template is not None else None
+
+
 def generate_predictions(loaded, cfg):
     from llmkit.generate.engine import GenerationParams, Generator
-    from llmkit.generate.prompts import chat_stop_ids, encode_chat, is_chat_checkpoint
+    from llmkit.data.templates import encode_chat_prompt
+    from llmkit.generate.prompts import chat_stop_ids
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
     input_field = pick(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")
     reference_field = pick(records, cfg.reference_field, REFERENCE_FIELDS, "references (target/summary)", "--reference-field")
-    task = loaded.task or {}
-    chat = is_chat_checkpoint(task)
+    task = loaded.task
+    chat = task is not None and task.is_chat
     # A chat checkpoint gets the (templated) input as a user message; a text-template checkpoint
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
-    default = "{" + input_field + "}" if chat else task.get("prompt_template") or "{" + input_field + "}\n"
+    default = "{" + input_field + "}" if chat else _trained_prompt(task) or "{" + input_field + "}\n"
     template = cfg.prompt_template or default
     prompts = [render_template(template, r, input_field) for r in records]
     if chat:
-        prompts = [encode_chat([{"role": "user", "content": p}], loaded.tokenizer) for p in prompts]
+        prompts = [encode_chat_prompt([{"role": "user", "content": p}], loaded.tokenizer) for p in prompts]
     references = []
     for i, r in enumerate(records):
         value = r[reference_field]
@@ -181,7 +188,7 @@ def classification(loaded, cfg):
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
     label_field = pick(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
-    task = loaded.task or {}
+    task = loaded.task
     pad_id = _pad_id(loaded.tokenizer)
     if "choices" in records[0]:  # multiple choice, lm-eval style
         context_field = pick(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
@@ -207,7 +214,7 @@ def classification(loaded, cfg):
         ]
         return metrics, records_out
 
-    names = [str(n) for n in (cfg.labels or task.get("labels") or task.get("label_names") or [])]
+    names = [str(n) for n in (cfg.labels or (task.labels if task is not None else None) or [])]
     if not names:
         raise UserError(
             "classification needs label names: a classification checkpoint (task.json 'labels'), "
@@ -223,7 +230,7 @@ def classification(loaded, cfg):
     else:
         # A language model without a classification head: pick the label whose name is most likely
         # after the (templated) text, zero-shot.
-        template = cfg.prompt_template or task.get("prompt_template") or "{" + text_field + "}\n"
+        template = cfg.prompt_template or _trained_prompt(task) or "{" + text_field + "}\n"
         examples = [(render_template(template, r, text_field), [" " + n if not template.endswith((" ", "\n")) else n for n in names]) for r in records]
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
         with bar:

@@ -16,7 +16,6 @@ document, with a "task" key), manifest (config, inputs, stats incl. sacrebleu si
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -25,42 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import artifacts
-from llmkit.config import to_dict
+from llmkit.eval.config import EvalConfig
 from llmkit.errors import UserError
 from llmkit.eval import names as metric_names
 from llmkit.eval.textio import read_predictions, read_references
-
-
-@dataclass
-class EvalConfig:
-    metrics: list[str] = field(default_factory=lambda: ["perplexity"])
-    data: str | None = None  # tokens/corpus artifact, .txt/.jsonl/.parquet/.csv file, or datasets NAME[:CONFIG]
-    split: str = "validation"  # for datasets names; a tokens artifact is always read at its "val" split
-    predictions: str | None = None  # predictions file (no model needed)
-    references: list[str] = field(default_factory=list)  # reference files (one per reference set)
-    text_field: str | None = None  # JSONL field of predictions / of the model input in --data
-    reference_field: str | None = None  # JSONL field of references (in --references or --data)
-    label_field: str | None = None
-    labels: list[str] = field(default_factory=list)  # label names (else task.json's)
-    bleu_tokenize: str = "13a"
-    lowercase: bool = False
-    rouge_tokenize: str = "default"
-    stemmer: bool = False
-    prompt_template: str | None = None  # e.g. "Translate to English: {source}\n"; fields in braces
-    max_new_tokens: int = 64
-    stop: list[str] = field(default_factory=lambda: ["\n"])
-    rolling_context: int = 1  # lm-eval's context_len: min. tokens of context per scored chunk
-    batch_size: int = 8
-    limit: int | None = None  # evaluate only the first N examples
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if self.rolling_context < 1:
-            raise ValueError("rolling_context must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("limit must be >= 1")
 
 
 @dataclass
@@ -81,7 +48,7 @@ def _file_ref(value: str) -> Any:
 
 
 def _recorded_config(cfg: EvalConfig) -> dict:
-    data = to_dict(cfg)
+    data = cfg.hashed()
     if cfg.data and not (Path(cfg.data) / artifacts.MANIFEST).is_file():
         data["data"] = _file_ref(cfg.data)
     elif cfg.data:
@@ -109,46 +76,27 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
         raise UserError(f"{', '.join(text + lm + cls)} on a checkpoint need --data (a tokens artifact, text or JSONL file)")
 
 
-def _read_task(art) -> dict | None:
-    if "task.json" not in art.manifest.files:
-        return None
-    return json.loads(art.file("task.json").read_text(encoding="utf-8"))
-
-
 def _load(checkpoint: Path, device: str, metrics: list[str]):
     """The checkpoint's model: a classifier (with `.classify`) for a classification checkpoint."""
-    art = artifacts.load(checkpoint, kind="checkpoint")
-    task = _read_task(art)
-    if task and task.get("task") == "classify":
+    from llmkit.model.io import load_checkpoint
+    from llmkit.model.records import read_task
+
+    task = read_task(artifacts.load(checkpoint, kind="checkpoint"))
+    if task is not None and task.is_classifier:
         needs_lm = [m for m in metrics if m not in metric_names.CLASSIFICATION]
         if needs_lm:
             raise UserError(
-                f"{checkpoint} is a classification checkpoint (labels {', '.join(map(str, task.get('labels') or []))}); "
+                f"{checkpoint} is a classification checkpoint (labels {', '.join(map(str, task.labels or []))}); "
                 f"it cannot compute {', '.join(needs_lm)}; evaluate it with -m accuracy,f1"
             )
-        # The classification head is defined by the fine-tuning stage, which documents this loader
-        # as the one `llmkit eval` uses.
-        from llmkit.model.classifier import load_classifier
-
-        return load_classifier(checkpoint, device)
-    from llmkit.model.io import load_checkpoint
-
-    loaded = load_checkpoint(checkpoint, device=device)
-    if loaded.config.objective == "mlm":
-        raise UserError(
-            f"{checkpoint} is a masked LM (objective mlm): it has no left-to-right likelihood for "
-            f"{', '.join(metrics)}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
-        )
-    return loaded
+        return load_checkpoint(checkpoint, device=device)
+    return load_checkpoint(checkpoint, device=device, purpose=", ".join(metrics))
 
 
-def _check_checkpoint(checkpoint: Path) -> None:
-    art = artifacts.load(checkpoint, kind="checkpoint")
-    if not (art.path / "tokenizer" / "tokenizer.json").is_file():
-        raise UserError(f"checkpoint {checkpoint} has no tokenizer/tokenizer.json; rebuild it (or copy its tokenizer into {checkpoint}/tokenizer)")
+def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool = False) -> EvalResult:
+    from llmkit.runtime import resolve_device
 
-
-def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool = False, device: str = "cpu") -> EvalResult:
+    device = resolve_device(cfg.device)
     names = metric_names.parse_metrics(cfg.metrics)
     text = metric_names.family(names, metric_names.TEXT)
     lm = metric_names.family(names, metric_names.LM)
@@ -159,7 +107,7 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
 
         check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
     if checkpoint is not None:
-        _check_checkpoint(checkpoint)
+        artifacts.load(checkpoint, kind="checkpoint")
     artifacts.check_output(out, force)
 
     metrics: dict[str, float] = {}
@@ -260,7 +208,3 @@ def _text_metrics(text, predictions, references, cfg, metrics, signatures, forma
         for name, values in scores.per_example.items():
             record[name] = values[i]
         records.append(record)
-
-
-def config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(EvalConfig)}

@@ -1,6 +1,6 @@
 """`llmkit finetune`: supervised fine-tuning or classification from any llmkit checkpoint.
 
-    finetune(checkpoint, data, out, FinetuneConfig(task="sft", template="chat")) -> out
+    finetune(checkpoint, data, out, FinetuneConfig.build(task="sft", template="chat")) -> out
 
 It runs the pretraining loop itself (llmkit.train.loop.Trainer: optimizer, schedule, gradient
 accumulation, checkpoints, exact resume, torchrun, metrics); only the data, the loss, the head
@@ -14,137 +14,27 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from llmkit import artifacts
-from llmkit.config import to_dict
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import UserError
+from llmkit.finetune.config import FinetuneConfig
+from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
+from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
 from llmkit.train.loop import Trainer
-
-TASKS = ("sft", "classify")
-TASK_FILE = "task.json"
-RUNTIME_FIELDS = (
-    "micro_batch", "compile", "tensorboard", "strategy", "gpus", "nproc", "nnodes", "node_rank",
-    "master_addr", "master_port", "log_every",
-)
-PATH_FIELDS = ("val_data",)
-
-
-@dataclass
-class FinetuneConfig:
-    task: str = "sft"  # "sft" | "classify"
-    template: str = "chat"  # sft: chat, plain, translate, summarize or a JSON file
-    val_data: str | None = None  # validation JSONL; default: hold out val_fraction of --data
-    val_fraction: float = 0.05
-    seq_len: int | None = None  # longest example in tokens; None = the model's context length
-    truncate: bool = False  # cut examples longer than seq_len instead of failing
-    batch_size: int = 32  # examples per optimizer step, over all devices
-    max_steps: int | None = None
-    epochs: float = 1.0  # used when max_steps is not given
-    optimizer: str = "adamw"
-    lr: float | None = None  # None = 1e-4 (full fine-tuning) or 1e-3 (LoRA)
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None  # None = min(50, max_steps // 20)
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    momentum: float = 0.9
-    grad_clip: float = 1.0
-    dropout: float | None = None  # None = the checkpoint's
-    lora_rank: int = 0  # 0 = full fine-tuning
-    lora_alpha: float | None = None  # None = 2 * rank
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "kv_proj", "out_proj"])
-    freeze: list[str] = field(default_factory=list)
-    eval_every: int = 100
-    eval_examples: int = 1024  # validation examples per evaluation (at most)
-    save_every: int = 200
-    keep_last: int = 2
-    seed: int = 0
-    # runtime (not hashed)
-    micro_batch: int = 8
-    compile: bool = False
-    tensorboard: bool = False
-    strategy: str = "ddp"
-    gpus: int | None = None
-    nproc: int = 1
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str | None = None
-    master_port: int = 29500
-    log_every: int = 10
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        for name in ("batch_size", "micro_batch", "nproc", "nnodes", "eval_examples"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
-        if self.epochs <= 0 or not 0 <= self.val_fraction < 1:
-            raise ValueError("epochs must be positive and val_fraction in [0, 1)")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
-        # Comma-separated lists from the command line become lists.
-        self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
-        self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]
-
-    @property
-    def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else (1e-3 if self.lora_rank else 1e-4)
-
-    def hashed(self, data_digest: str, val_digest: str | None) -> dict[str, Any]:
-        values = {k: v for k, v in to_dict(self).items() if k not in RUNTIME_FIELDS and k not in PATH_FIELDS}
-        values["data_sha256"] = data_digest
-        values["val_data_sha256"] = val_digest
-        if self.template not in ("chat", "plain", "translate", "summarize"):
-            values["template"] = Path(self.template).name  # the template itself is in task.json
-        return values
-
-    def runtime(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in RUNTIME_FIELDS}
-
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
              resume: bool = False, force: bool = False) -> Path:
     """Fine-tune and return the run directory, which is then a checkpoint artifact."""
-    from llmkit.train import distributed
-    from llmkit.train.checkpoint import prepare_run_dir
-
-    checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
+    checkpoint, data = Path(checkpoint), Path(data)
     artifacts.load(checkpoint, kind="checkpoint")
     if not data.exists():
         raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
-    gpus = distributed.resolve_gpus(config.gpus)
-    distributed.check_gpus(gpus)
-    if gpus > 0 and config.nproc > 1:
-        raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
-    prepare_run_dir(out, resume=resume, force=force)
-    per_node = gpus if gpus > 0 else config.nproc
-    if (per_node > 1 or config.nnodes > 1) and not distributed.under_torchrun():
-        import shutil
-
-        distributed.relaunch(
-            "llmkit.finetune.stage:_train",
-            {"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve()), "out": str(out.resolve()),
-             "config": to_dict(config), "resume": resume},
-            out / ".launch",
-            nproc=per_node, nnodes=config.nnodes, node_rank=config.node_rank,
-            master_addr=config.master_addr, master_port=config.master_port,
-        )
-        shutil.rmtree(out / ".launch", ignore_errors=True)
-        return out
-    _train(checkpoint, data, out, config, resume)
-    return out
+    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
+                  checkpoint=str(checkpoint.resolve()), data=str(data.resolve()))
 
 
 # -- building blocks --------------------------------------------------------------------------------
@@ -173,8 +63,9 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels):
     """The model to train: base weights, optional classification head, LoRA and freezing."""
     from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
-    from llmkit.model.io import TASK, read_model_config
+    from llmkit.model.io import read_model_config
     from llmkit.model.presets import build_model as build_lm
+    from llmkit.model.records import read_task
 
     model_config = read_model_config(art.path)
     if config.dropout is not None:
@@ -189,8 +80,9 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels):
             f"{art.path} is a masked language model (objective mlm), which cannot generate; use --task classify, "
             "or fine-tune a causal (clm) checkpoint for --task sft"
         )
-    base_task = json.loads(art.file(TASK).read_text(encoding="utf-8")) if TASK in art.manifest.files else {}
-    same_head = config.task == "classify" and base_task.get("task") == "classify" and base_task.get("labels") == (labels.names if labels else None)
+    base_task = read_task(art)
+    same_head = (config.task == "classify" and base_task is not None and base_task.is_classifier
+                 and base_task.labels == (labels.names if labels else None))
     state = load_base_state(art, keep_head=same_head)
     torch.manual_seed(config.seed)  # the head and the adapters: identical on every rank
     model = build_lm(model_config)
@@ -204,8 +96,7 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels):
         raise UserError(f"{art.path} weights do not match its model_config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     adapted: list[str] = []
     if config.lora_rank:
-        alpha = config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank
-        adapted = apply_lora(model, config.lora_targets, config.lora_rank, alpha, config.lora_dropout)
+        adapted = apply_lora(model, config.lora_targets, config.lora_rank, config.lora_scale_alpha, config.lora_dropout)
         if config.task == "classify":
             for param in model.classifier.parameters():
                 param.requires_grad_(True)
@@ -272,7 +163,8 @@ class ClassifyTrainer(Trainer):
                 confusion[g, p] += 1
         confusion = dist_utils.all_reduce_sum(confusion, self.info)
         scores = confusion_scores(confusion.cpu())
-        self.spec.stats.update(scores)  # the manifest's stats carry the latest figures
+        # the manifest's stats carry the latest figures
+        self.spec.stats.val_accuracy, self.spec.stats.val_f1 = scores["val_accuracy"], scores["val_f1"]
         if self.info.is_main:
             from llmkit.console import err
 
@@ -283,25 +175,16 @@ class ClassifyTrainer(Trainer):
         return loss
 
 
-def task_document(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], alpha: float | None,
-                  merged: bool) -> dict[str, Any]:
+def task_record(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], merged: bool) -> TaskRecord:
     from llmkit.model.classifier import head_spec
-    from llmkit.data.templates import legacy_prompt_template
 
-    document: dict[str, Any] = {"task": config.task, "format_version": 1}
-    if template is not None:
-        document["template"] = template
-        legacy = legacy_prompt_template(template)
-        if legacy:
-            document["prompt_template"] = legacy
+    record = TaskRecord(task=config.task, template=template)
     if labels is not None:
-        document["labels"] = labels.names
-        document["label_values"] = labels.original
-        document["head"] = head_spec(model)
+        record.labels, record.label_values, record.head = labels.names, labels.original, head_spec(model)
     if adapted:
-        document["lora"] = {"rank": config.lora_rank, "alpha": alpha, "targets": config.lora_targets,
-                            "layers": len(adapted), "merged": merged}
-    return document
+        record.lora = LoraRecord(rank=config.lora_rank, alpha=config.lora_scale_alpha, targets=config.lora_targets,
+                                 layers=len(adapted), merged=merged)
+    return record
 
 
 def _write_final_merged(directory: Path, scaling: float) -> None:
@@ -318,23 +201,21 @@ def _write_final_merged(directory: Path, scaling: float) -> None:
 # -- one process's work ------------------------------------------------------------------------------
 
 
-def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: FinetuneConfig | dict, resume: bool) -> None:
+def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> None:
+    """One process's work (the only one, or one torchrun worker)."""
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
     from llmkit.finetune.lora import count_parameters
     from llmkit.data.templates import check_tokenizer, resolve_template
     from llmkit.model.io import TOKENIZER_DIR, read_model_config
+    from llmkit.model.records import TASK_FILE
     from llmkit.runtime import seed_everything
-    from llmkit.train import distributed
     from llmkit.train.loop import ArtifactSpec, LoopSettings
 
-    if isinstance(config, dict):
-        known = {f.name for f in fields(FinetuneConfig)}
-        config = FinetuneConfig(**{k: v for k, v in config.items() if k in known})
+    config = FinetuneConfig.build(**config)
     art = artifacts.load(checkpoint, kind="checkpoint")
     out, data = Path(out), Path(data)
-    info = distributed.init(distributed.resolve_gpus(config.gpus))
-    try:
+    with worker_process(config.devices) as info:
         seed_everything(config.seed)
         tokenizer_dir = art.path / TOKENIZER_DIR
         tokenizer = load_tokenizer(tokenizer_dir)
@@ -376,21 +257,18 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
 
         world = info.world_size
         global_batch = config.batch_size
-        micro_batch = max(1, min(config.micro_batch, global_batch // world))
-        if global_batch % (micro_batch * world):
-            raise UserError(
-                f"--batch-size {global_batch} does not split into micro-batches of {micro_batch} on {world} process(es); "
-                f"choose a multiple of {micro_batch * world}"
-            )
-        max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))
-        warmup = config.warmup_steps if config.warmup_steps is not None else min(50, max_steps // 20)
-        val_size = min(len(val_examples), config.eval_examples)
-        settings = LoopSettings.from_config(
-            config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
-            tokens_per_sample=seq_len, warmup_steps=warmup, eval_samples=val_size, lr=config.peak_lr,
+        micro_batch, accumulation = split_batch(
+            global_batch, config.devices.micro_batch, world,
+            what=f"--batch-size {global_batch}", fix=lambda multiple: f"choose a multiple of {multiple}",
         )
-        alpha = (config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank) if adapted else None
-        scaling = alpha / config.lora_rank if adapted else None
+        max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))
+        warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else min(50, max_steps // 20)
+        val_size = min(len(val_examples), config.eval_examples)
+        settings = LoopSettings.for_stage(
+            config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
+            tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.peak_lr,
+        )
+        scaling = config.lora_scale_alpha / config.lora_rank if adapted else None
         run_dir = out.resolve()
 
         def add_files(directory: Path) -> None:
@@ -399,31 +277,20 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
             final = directory.resolve() == run_dir
             if adapted and final:
                 _write_final_merged(directory, scaling)
-            document = task_document(config, template, labels, model, adapted, alpha, merged=final)
-            (directory / TASK_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            task_record(config, template, labels, model, adapted, merged=final).write(directory)
 
         val_digest = ft_data.file_digest(Path(config.val_data)) if config.val_data else None
         spec = ArtifactSpec(
-            config=config.hashed(ft_data.file_digest(data), val_digest),
+            config=config.hashed_with(ft_data.file_digest(data), val_digest),
             seed=config.seed,
             inputs=[("base", art)],
-            stats={
-                "task": config.task,
-                "params": total,
-                "trainable_params": trainable,
-                "flops_per_token": model.flops_per_token(seq_len),
-                "model": model_config.to_dict(),
-                "seq_len": seq_len,
-                "train_examples": len(train_examples),
-                "val_examples": len(val_examples),
-                "epochs": max_steps * global_batch / len(train_examples),
-                "max_steps": max_steps,
-                "lora_layers": len(adapted),
-                "frozen_params": len(frozen),
-                "labels": labels.names if labels else None,
-            },
-            runtime=dict(config.runtime(), world_size=world, device=str(info.device), micro_batch=micro_batch,
-                         grad_accumulation=global_batch // (micro_batch * world)),
+            stats=CheckpointStats(
+                task=config.task, params=total, trainable_params=trainable, flops_per_token=model.flops_per_token(seq_len),
+                model=model_config.to_dict(), seq_len=seq_len, train_examples=len(train_examples),
+                val_examples=len(val_examples), epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
+                lora_layers=len(adapted), frozen_params=len(frozen), labels=labels.names if labels else None,
+            ),
+            runtime=runtime_record(config.devices, info, micro_batch, accumulation),
             add_files=add_files,
             file_names=["tokenizer", TASK_FILE],
         )
@@ -444,5 +311,3 @@ def _train(checkpoint: str | Path, data: str | Path, out: str | Path, config: Fi
         else:
             trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
         trainer.run()
-    finally:
-        distributed.shutdown()

@@ -3,9 +3,10 @@
 Public surface, also used by `llmkit eval` and `llmkit chat` (kept small on purpose):
 
     from llmkit.generate.engine import Generator, GenerationParams, generate_ids
-    from llmkit.generate.prompts import encode_chat, chat_stop_ids, document_start_id
+    from llmkit.generate.prompts import chat_stop_ids, document_start_id, encode_prompt
 
-engine.py (batched left-padded KV-cached decoding), sampling.py (temperature, top-k, top-p,
-repetition penalty), prompts.py (prompt files, templates, chat rendering), stage.py
-(`run_generate`), command.py (the CLI). See docs/generate.md.
+config.py (the options of generate and chat), engine.py (batched left-padded KV-cached
+decoding), sampling.py (temperature, top-k, top-p, repetition penalty), prompts.py (prompt files,
+framing a prompt for a checkpoint; chats render through llmkit.data.templates), stage.py
+(`run_generate`), command.py and chat.py (the commands). See docs/generate.md.
 """

@@ -12,9 +12,10 @@ message stays) until the prompt plus --max-new-tokens fits.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable, Optional
 
-import typer
+from llmkit.generate.config import ChatConfig
+from llmkit.stage_command import argument, stage_command
 
 COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversation", "/help": "show the commands"}
 
@@ -22,12 +23,13 @@ COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversati
 class ChatSession:
     """One conversation with a model: history, prompt rendering within the context, replies."""
 
-    def __init__(self, model, tokenizer, task: dict | None, params, system: str | None = None):
+    def __init__(self, model, tokenizer, task, params, system: str | None = None):
+        """`task`: the checkpoint's TaskRecord (None: a base model, chatted to with the chat template)."""
         from llmkit.data.templates import chat_template, check_tokenizer
         from llmkit.generate.engine import Generator
 
         self.model, self.tokenizer, self.params = model, tokenizer, params
-        self.template = (task or {}).get("template") or chat_template()
+        self.template = (task.template if task is not None else None) or chat_template()
         if self.template["type"] == "chat":
             check_tokenizer(self.template, tokenizer)
         elif system:
@@ -74,34 +76,20 @@ class ChatSession:
         return text
 
 
-def chat(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint artifact (a chat fine-tune from `llmkit finetune`).")],
-    system: Annotated[Optional[str], typer.Option("--system", help="System message that opens the conversation.")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest reply in tokens.")] = 256,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0 = greedy).")] = 0.7,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample among the k most likely tokens.")] = 50,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Sample within this probability mass.")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
-) -> None:
+def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: bool) -> None:
     """Chat with a fine-tuned checkpoint in the terminal (streaming; /reset, /exit)."""
     import sys
 
-    import torch
-
     from llmkit.console import err
-    from llmkit.model.classifier import load_classifier
-    from llmkit.generate.engine import GenerationParams
+    from llmkit.generate.stage import check_output_file
+    from llmkit.model.io import load_checkpoint
+    from llmkit.runtime import resolve_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_classifier(checkpoint, device=device)
-    if (loaded.task or {}).get("task") == "classify":
-        from llmkit.errors import UserError
-
-        raise UserError(f"{checkpoint} is a classifier (task classify); chat needs an SFT or language-model checkpoint")
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=system)
+    check_output_file(out, force)
+    loaded = load_checkpoint(checkpoint, device=resolve_device(config.device), purpose="chat")
+    params = config.sampling.params(config.seed)
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system)
+    transcript = Transcript(out, config.system)
     name = session.template["name"]
     err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D to leave", soft_wrap=True)
     turn = 0
@@ -119,14 +107,59 @@ def chat(
             break
         if text.strip() == "/reset":
             session.reset()
+            transcript.new_conversation()
             err.print("(conversation forgotten)")
             continue
         if text.strip() == "/help":
             err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items()))
             continue
         sys.stdout.write("bot> ")
-        session.params.seed = seed + turn  # a fresh but reproducible draw every turn
-        session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        session.params.seed = config.seed + turn  # a fresh but reproducible draw every turn
+        reply = session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        transcript.add(text, reply)
         sys.stdout.write("\n")
         sys.stdout.flush()
         turn += 1
+    if out is not None and transcript.saved:
+        err.print(f"wrote {len(transcript.saved)} conversation(s) to {out}")
+
+
+class Transcript:
+    """The conversations of a session in FILE.jsonl, one {"messages": [...]} record each (the
+    format `llmkit finetune --data` and `llmkit generate --prompts` read); rewritten whole after
+    every reply, so the file is complete whenever the session ends."""
+
+    def __init__(self, path: Path | None, system: str | None):
+        self.path, self.system = path, system
+        self.conversations: list[list[dict[str, str]]] = []
+        self.new_conversation()
+
+    @property
+    def saved(self) -> list[list[dict[str, str]]]:
+        """The conversations with at least one exchange."""
+        return [messages for messages in self.conversations if any(m["role"] == "assistant" for m in messages)]
+
+    def new_conversation(self) -> None:
+        if not self.conversations or self.conversations[-1] in self.saved:
+            self.conversations.append([{"role": "system", "content": self.system}] if self.system else [])
+
+    def add(self, user_text: str, reply: str) -> None:
+        self.conversations[-1] += [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
+        if self.path is None:
+            return
+        import json
+        import os
+
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for messages in self.saved:
+                handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+chat = stage_command(
+    "chat", ChatConfig, _chat,
+    arguments=[argument("checkpoint", "Checkpoint artifact (a chat fine-tune from `llmkit finetune`).")],
+    out="Save the conversations to this .jsonl file ({\"messages\": [...]} per conversation).", out_type=Optional[Path],
+    force="Replace an existing -o file.",
+)

@@ -27,9 +27,9 @@ from typing import Callable, Sequence
 import torch
 
 from llmkit.errors import UserError
+from llmkit.generate.config import OVERFLOW_POLICIES
 from llmkit.generate.sampling import SamplingParams, next_tokens, row_seed
 
-OVERFLOW_POLICIES = ("slide", "error")
 
 
 @dataclass
@@ -287,7 +287,7 @@ class Generator:
         """Every prompt `num_samples` times; results in order (prompt 0 samples, prompt 1, ...).
 
         A prompt is text (encoded after BOS) or a list of token ids used as given (chat prompts,
-        see prompts.encode_chat). `on_text(row, piece)` streams text as it is decided, `row`
+        see llmkit.data.templates.encode_chat_prompt). `on_text(row, piece)` streams text as it is decided, `row`
         being the index in the result list. Row seeds derive from (params.seed, prompt_offset +
         prompt index, sample index), so a prompt's text does not depend on how calls are split.
         """

@@ -2,15 +2,16 @@
 
 A prompt is plain text, or a chat (a list of {"role", "content"} messages). Plain text is
 encoded as is, after the token documents start with in the checkpoint's training data
-(`document_start_id`: `<|eos|>` for default pretraining shards, else `<|bos|>`). A chat is rendered with the special role tokens every llmkit
-vocabulary has (`<|system|>`, `<|user|>`, `<|assistant|>`): each message is its role token
+(`document_start_id`: `<|eos|>` for default pretraining shards, else `<|bos|>`). A chat is
+rendered with the special role tokens every llmkit vocabulary has (`<|system|>`, `<|user|>`, `<|assistant|>`): each message is its role token
 followed by its text, and the prompt ends with `<|assistant|>` so the model answers; a role
 token starts the next turn, so generation stops at one. Role tokens are inserted by id, never
 by typing them into text (the tokenizer encodes typed special-token names as ordinary text).
-A fine-tuned checkpoint's task.json decides how plain prompts are framed: a text template
-(`prompt_template`, e.g. "Translate:\n{source}\nTranslation:") has the prompt put in its
-input field; a chat template makes the prompt a user message. `llmkit chat` builds on
-`encode_chat`, the same rendering as the fine-tuning stage's and the exported HF chat template.
+A fine-tuned checkpoint's task.json (llmkit.model.records.TaskRecord) decides how plain prompts
+are framed: a text template (e.g. "Translate:\n{source}\nTranslation:") has the prompt put in
+its input field; a chat template makes the prompt a user message. Both render through
+llmkit.data.templates, the fine-tuning stage's own renderer, which the exported HF chat
+template is tested against.
 
 Prompt files: `.txt`, one prompt per line (`\\n` in a line becomes a newline, see `unescape`), or
 JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
@@ -18,16 +19,15 @@ JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
 
 from __future__ import annotations
 
-import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl
+from llmkit.options import unescape
 
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -41,15 +41,6 @@ class Prompt:
         if self.messages is None:
             return self.text or ""
         return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
-
-
-def unescape(text: str) -> str:
-    """`\\n`, `\\t` and `\\\\` typed on a command line (where a shell passes them literally) become
-    a newline, a tab and a backslash; any other backslash is kept as it is."""
-    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def read_prompt_file(path: Path) -> list[Prompt]:
@@ -83,53 +74,12 @@ def _prompt_from_record(record: Any, where: str) -> Prompt:
     raise UserError(f"{where} has no \"prompt\" (or \"text\") string and no \"messages\" list")
 
 
-def is_chat_checkpoint(task: dict | None) -> bool:
-    """Fine-tuned with the chat template: plain prompts become a user message."""
-    return ((task or {}).get("template") or {}).get("type") == "chat"
-
-
-def apply_template(text: str, task: dict | None) -> str:
-    """Wrap a prompt in a fine-tuned checkpoint's prompt template (task.json `prompt_template`).
-
-    The text fills the template's input field (`template.input_field`, else its first
-    placeholder: `{prompt}`, `{source}`, `{document}`...); other placeholders are left empty,
-    as the fine-tuning stage renders generation prompts.
-    """
-    template = (task or {}).get("prompt_template")
-    if not template:
-        return text
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
-    except ValueError as exc:
-        raise UserError(f"the checkpoint's task.json prompt_template is not a valid template ({exc}); fix task.json") from exc
-    if not fields:
-        return template + text
-    input_field = ((task or {}).get("template") or {}).get("input_field") or fields[0]
-    values = {name: "" for name in fields}
-    values[input_field] = text
-    return template.format_map(values)
-
-
-def encode_chat(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
-    """[BOS] (<|role|> text)* <|assistant|>: the model continues as the assistant."""
-    special = tokenizer.special_ids
-    missing = [f"<|{r}|>" for r in ROLES if f"<|{r}|>" not in special]
-    if missing:
-        raise UserError(f"this checkpoint's tokenizer has no {', '.join(missing)} token(s); chat prompts need them")
-    ids = [tokenizer.bos_id]
-    for message in messages:
-        ids.append(special[f"<|{message['role']}|>"])
-        ids.extend(tokenizer.encode(message["content"]))
-    ids.append(special["<|assistant|>"])
-    return ids
-
-
 def chat_stop_ids(tokenizer) -> list[int]:
     """Role tokens end an assistant turn."""
     return [tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in tokenizer.special_ids]
 
 
-def document_start_id(tokenizer, artifact=None, task: dict | None = None) -> int:
+def document_start_id(tokenizer, artifact=None, task=None) -> int:
     """The token a document follows in this checkpoint's training data.
 
     `llmkit tokenize` stores documents as `text <|eos|>` by default (`--add-bos` prepends
@@ -141,7 +91,6 @@ def document_start_id(tokenizer, artifact=None, task: dict | None = None) -> int
     """
     if task is not None or artifact is None:
         return tokenizer.bos_id
-    from llmkit.errors import UserError
 
     current, seen = artifact, 0
     while current is not None and seen < 8:
@@ -157,12 +106,14 @@ def document_start_id(tokenizer, artifact=None, task: dict | None = None) -> int
     return tokenizer.bos_id
 
 
-def encode_prompt(prompt: Prompt, tokenizer, task: dict | None = None, start_id: int | None = None) -> list[int]:
-    """Token ids of a prompt: the document-start token, then the (templated) text; or a chat."""
+def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = None) -> list[int]:
+    """Token ids of a prompt: a chat; the text in the fine-tuned checkpoint's template (a
+    TaskRecord's); or the document-start token, then the text."""
     if prompt.messages is not None:
-        return encode_chat(prompt.messages, tokenizer)
-    if is_chat_checkpoint(task):
-        return encode_chat([{"role": "user", "content": prompt.text or ""}], tokenizer)
-    text = apply_template(prompt.text or "", task)
-    ids = tokenizer.encode(text) if text else []
+        return encode_chat_prompt(prompt.messages, tokenizer)
+    if task is not None and task.is_chat:
+        return encode_chat_prompt([{"role": "user", "content": prompt.text or ""}], tokenizer)
+    if task is not None and task.text_template is not None:
+        return encode_text_prompt(task.text_template, prompt.text or "", tokenizer)
+    ids = tokenizer.encode(prompt.text) if prompt.text else []
     return [tokenizer.bos_id if start_id is None else start_id] + ids

@@ -1,6 +1,6 @@
 """The generate stage: `run_generate(checkpoint, config)` -> completions; JSONL output for batch use.
 
-Generation writes no artifact (it is for reading); `--output FILE.jsonl` keeps one record per
+Generation writes no artifact (it is for reading); `-o FILE.jsonl` keeps one record per
 completion with the settings that made it, so a result can be reproduced with the same seed.
 """
 
@@ -8,52 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from llmkit.errors import UserError
-from llmkit.generate.engine import OVERFLOW_POLICIES, Completion, GenerationParams, Generator, context_limit
-from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, is_chat_checkpoint, read_prompt_file
-
-
-@dataclass
-class GenerateConfig:
-    prompts: list[str] = field(default_factory=list)
-    prompts_file: str | None = None
-    max_new_tokens: int = 128
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False
-    seed: int = 0
-    num_samples: int = 1
-    batch_size: int = 8
-    context_overflow: str = "slide"
-
-    def __post_init__(self):
-        if self.context_overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"context_overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
-        if self.num_samples < 1 or self.batch_size < 1:
-            raise ValueError("num_samples and batch_size must be at least 1")
-
-    def params(self) -> GenerationParams:
-        try:
-            return GenerationParams(
-                temperature=self.temperature,
-                top_k=self.top_k,
-                top_p=self.top_p,
-                repetition_penalty=self.repetition_penalty,
-                max_new_tokens=self.max_new_tokens,
-                stop=list(self.stop),
-                stop_at_eos=not self.ignore_eos,
-                seed=self.seed,
-                context_overflow=self.context_overflow,
-            )
-        except ValueError as exc:
-            raise UserError(f"invalid generation setting: {exc}") from exc
+from llmkit.generate.config import GenerateConfig
+from llmkit.generate.engine import Completion, Generator, context_limit
+from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
 
 
 @dataclass
@@ -82,7 +44,7 @@ class Generated:
 def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
     prompts = [Prompt(text=p) for p in cfg.prompts]
     if cfg.prompts_file:
-        prompts.extend(read_prompt_file(Path(cfg.prompts_file)))
+        prompts.extend(read_prompt_file(cfg.prompts_file))
     if not prompts:
         raise UserError("no prompt given; pass --prompt TEXT (repeatable) or --prompts FILE (.txt lines or .jsonl)")
     return prompts
@@ -92,48 +54,38 @@ def check_output_file(path: Path | None, force: bool) -> None:
     if path is None:
         return
     if path.exists() and not force:
-        raise UserError(f"output {path} already exists; pass --force to replace it or choose another --output")
+        raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
     if not path.resolve().parent.is_dir():
-        raise UserError(f"the folder for --output {path} does not exist; create it first")
+        raise UserError(f"the folder for -o {path} does not exist; create it first")
 
 
 def run_generate(
     checkpoint: Path,
     cfg: GenerateConfig,
     *,
-    device: str = "cpu",
     on_text: Callable[[int, str], None] | None = None,
     on_batch: Callable[[list[Generated]], None] | None = None,
 ) -> list[Generated]:
     """Load the checkpoint and complete every prompt `num_samples` times."""
     from llmkit.model.io import load_checkpoint
+    from llmkit.runtime import resolve_device
 
     params = cfg.params()
     prompts = load_prompts(cfg)
-    from llmkit import artifacts
-
-    art = artifacts.load(checkpoint, kind="checkpoint")
-    if not (art.path / "tokenizer" / "tokenizer.json").is_file():
-        raise UserError(f"checkpoint {checkpoint} has no tokenizer/tokenizer.json; rebuild it or copy its tokenizer into {checkpoint}/tokenizer")
-    if "task.json" in art.manifest.files:
-        task = json.loads(art.file("task.json").read_text(encoding="utf-8"))
-        if task.get("task") == "classify":
-            raise UserError(f"{checkpoint} is a classification checkpoint; it predicts labels, not text: use llmkit eval -m accuracy")
-    loaded = load_checkpoint(checkpoint, device=device)
-    if loaded.config.objective == "mlm":
-        raise UserError(f"{checkpoint} is a masked LM (objective mlm); it fills in blanks and cannot generate left to right")
+    loaded = load_checkpoint(checkpoint, device=resolve_device(cfg.device), purpose="generation")
     tokenizer = loaded.tokenizer
     start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
     encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
-    chat = is_chat_checkpoint(loaded.task) or any(p.messages for p in prompts)
+    chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else []
     limit = context_limit(loaded.model)
     longest = max(len(ids) for ids in encoded)
-    if limit is not None and longest + cfg.max_new_tokens > limit and cfg.context_overflow == "slide":
+    max_new_tokens = cfg.sampling.max_new_tokens
+    if limit is not None and longest + max_new_tokens > limit and cfg.context_overflow == "slide":
         from llmkit.console import err
 
         err.print(
-            f"note: prompt ({longest} tokens) + --max-new-tokens ({cfg.max_new_tokens}) exceed the context length "
+            f"note: prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the context length "
             f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)",
             soft_wrap=True, markup=False,
         )

@@ -10,13 +10,10 @@ BERT's [CLS]) for a masked-LM model, whose attention is bidirectional.
 The classifier takes the language model's submodules as its own, under their own names, and
 adds `classifier.weight` / `classifier.bias`: its state dict is the language model's plus the
 head, so a classification checkpoint's model.safetensors is an ordinary checkpoint's with two
-more tensors, and `load_classifier` reads it back.
+more tensors, and `llmkit.model.io.load_checkpoint` reads it back.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -76,22 +73,3 @@ class SequenceClassifier(nn.Module):
 
 def head_spec(model: SequenceClassifier) -> dict:
     return {"type": "linear", "prefix": HEAD_PREFIX, "pooling": model.pooling, "num_labels": model.num_labels}
-
-
-def load_classifier(path: Path | str, device: str | torch.device = "cpu"):
-    """A classification checkpoint as `llmkit.model.io.LoadedCheckpoint` whose `.model` is a
-    SequenceClassifier (eval mode) with `.classify`; any other checkpoint loads as usual."""
-    from llmkit import artifacts
-    from llmkit.data.tokenizer import load_tokenizer
-    from llmkit.model.io import TASK, TOKENIZER_DIR, WEIGHTS, LoadedCheckpoint, load_checkpoint, load_weights, read_model_config
-    from llmkit.model.presets import build_model
-
-    art = artifacts.load(path, kind="checkpoint")
-    task = json.loads(art.file(TASK).read_text(encoding="utf-8")) if TASK in art.manifest.files else None
-    if not task or task.get("task") != "classify":
-        return load_checkpoint(path, device)
-    config = read_model_config(art.path)
-    with torch.device(device):
-        model = SequenceClassifier(build_model(config), len(task["labels"]))
-    load_weights(model, art.file(WEIGHTS))
-    return LoadedCheckpoint(model=model.eval(), config=config, tokenizer=load_tokenizer(art.path / TOKENIZER_DIR), task=task, artifact=art)

@@ -4,47 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
 
-import typer
+from llmkit.options import Options, option
+from llmkit.stage_command import argument, stage_command
 
-from llmkit.errors import UsageError
-
-
-@dataclass
-class ExportConfig:
-    format: str = "hf"
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
-class ImportConfig:
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+class ExportConfig(Options):
+    format: str = option("hf", "Export format: hf (transformers, safetensors).", flags=("--format", "-f"), choices=("hf",))
+    dtype: str = option("float32", "Weight dtype: float32, bfloat16 or float16.", choices=DTYPES)
 
 
-FORMATS = ("hf",)
+@dataclass
+class ImportConfig(Options):
+    dtype: str = option("float32", "Stored weight dtype: float32, bfloat16 or float16.", choices=DTYPES)
+    seed: int = option(0, "Recorded in the manifest (import itself is deterministic).", hashed=False)
 
 
-def export_model(
-    ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint artifact directory.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (a transformers model folder).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="Export format: hf (transformers, safetensors).")] = "hf",
-    dtype: Annotated[str, typer.Option(help="Weight dtype: float32, bfloat16 or float16.")] = "float32",
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML/YAML options file (an export table or top-level keys).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace the output directory if it exists.")] = False,
-) -> None:
+def _export(config: ExportConfig, *, checkpoint: Path, out: Path, force: bool) -> None:
     """Export a checkpoint to a Hugging Face transformers directory (GPT-2 or Llama class)."""
-    from llmkit.config import explicit_params, resolve
+    import json
 
-    settings = resolve(ExportConfig, file=config, section="export", explicit=explicit_params(ctx))
-    if settings.format not in FORMATS:
-        raise UsageError(f"unknown export format {settings.format!r}; choose one of: {', '.join(FORMATS)}")
     from llmkit.console import out as console
     from llmkit.model.hf import export_hf
 
-    path = export_hf(checkpoint, out, force=force, dtype=settings.dtype)
-    model_type = _model_type(path)
+    path = export_hf(checkpoint, out, force=force, dtype=config.dtype)
+    model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "?")
     console.print(
         f"[green]exported[/] {checkpoint} -> {path} ({model_type}); load it with "
         f"AutoModelForCausalLM.from_pretrained({str(path)!r})",
@@ -53,33 +40,31 @@ def export_model(
     )
 
 
-def import_model(
-    ctx: typer.Context,
-    source: Annotated[Path, typer.Argument(help="Local Hugging Face model directory (config.json, *.safetensors, tokenizer).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint artifact directory.")],
-    dtype: Annotated[str, typer.Option(help="Stored weight dtype: float32, bfloat16 or float16.")] = "float32",
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML/YAML options file (an import table or top-level keys).")] = None,
-    seed: Annotated[int, typer.Option(help="Recorded in the manifest (import itself is deterministic).")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Replace the output artifact if it exists.")] = False,
-) -> None:
+def _import(config: ImportConfig, *, source: Path, out: Path, force: bool) -> None:
     """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint artifact."""
-    from llmkit.config import explicit_params, resolve
-
-    settings = resolve(ImportConfig, file=config, section="import", explicit=explicit_params(ctx))
     from llmkit import artifacts
     from llmkit.console import out as console
     from llmkit.model.hf import import_hf
+    from llmkit.model.records import CheckpointStats
 
-    path = import_hf(source, out, force=force, seed=seed, dtype=settings.dtype)
+    path = import_hf(source, out, force=force, seed=config.seed, dtype=config.dtype)
     art = artifacts.load(path, kind="checkpoint")
     console.print(
-        f"[green]imported[/] {source} ({art.config['model_type']}, {art.stats['parameters']:,} parameters) -> {path}",
+        f"[green]imported[/] {source} ({art.config['model_type']}, {CheckpointStats.of(art).params:,} parameters) -> {path}",
         soft_wrap=True,
         highlight=False,
     )
 
 
-def _model_type(path: Path) -> str:
-    import json
-
-    return json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "?")
+export_model = stage_command(
+    "export", ExportConfig, _export,
+    arguments=[argument("checkpoint", "Checkpoint artifact directory.")],
+    out="Output directory (a transformers model folder).",
+    force="Replace the output directory if it exists.",
+)
+import_model = stage_command(
+    "import", ImportConfig, _import,
+    arguments=[argument("source", "Local Hugging Face model directory (config.json, *.safetensors, tokenizer).")],
+    out="Output checkpoint artifact directory.",
+    force="Replace the output artifact if it exists.",
+)

@@ -469,13 +469,14 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
 
     from llmkit import artifacts
     from llmkit.model.io import load_checkpoint, read_model_config
+    from llmkit.model.records import read_task
 
     out = artifacts.check_output(out, force)
     torch_dtype = _dtype(dtype)
     art = artifacts.load(checkpoint, kind="checkpoint")
     family = hf_family(read_model_config(art.path))  # refuse before loading any weights
-    task = _read_task(art)
-    if task and task.get("task") == "classify":
+    task = read_task(art)
+    if task is not None and task.is_classifier:
         raise UserError(
             f"{art.path} is a classification checkpoint; its head has a bias that transformers' "
             "*ForSequenceClassification `score` layer lacks, so it does not export; export the checkpoint it was fine-tuned from"
@@ -497,7 +498,8 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
             bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad
         ).save_pretrained(tmp)
         save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template)
-        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint, "task": task}
+        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint,
+                      "task": json.loads(task.to_json()) if task is not None else None}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
@@ -506,18 +508,6 @@ def _update_json(path: Path, **values) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     data.update(values)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _read_task(art) -> dict | None:
-    from llmkit.model.io import TASK
-
-    if TASK not in art.manifest.files:
-        return None
-    try:
-        task = json.loads(art.file(TASK).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{art.path / TASK} is not valid JSON ({exc}); the checkpoint is damaged, rebuild it") from exc
-    return task if isinstance(task, dict) else None
 
 
 # Fine-tuned checkpoints carry their prompt format in task.json (llmkit/data/templates.py);
@@ -552,10 +542,10 @@ def _jinja_format(pattern: str, field: str) -> str | None:
     return "".join(parts)
 
 
-def chat_template_for(task: dict | None) -> str | None:
-    """The Jinja chat template for a fine-tuned checkpoint's prompt format; None for a base
-    model (it was never trained on one) or a template Jinja cannot express."""
-    template = (task or {}).get("template")
+def chat_template_for(task) -> str | None:
+    """The Jinja chat template for a fine-tuned checkpoint's prompt format (a TaskRecord); None
+    for a base model (it was never trained on one) or a template Jinja cannot express."""
+    template = task.template if task is not None else None
     if not isinstance(template, dict):
         return None
     if template.get("type") == "chat":
@@ -785,6 +775,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     from llmkit import artifacts
     from llmkit.model.gpt import GPT
     from llmkit.model.io import TOKENIZER_DIR, save_weights
+    from llmkit.model.records import CheckpointStats
 
     src = Path(src)
     out = artifacts.check_output(out, force)
@@ -827,5 +818,5 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
             "special_tokens": special,
         }
         build.seed = seed
-        build.stats = {"parameters": model.num_params(), "vocab_size": config.vocab_size, "tokenizer_vocab_size": tok_vocab}
+        build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab).to_dict()
     return out

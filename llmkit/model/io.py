@@ -4,7 +4,7 @@ A checkpoint artifact (kind "checkpoint") holds:
   model.safetensors     the weights (a tied output head is stored once, as the embedding)
   model_config.json     every ModelConfig field, incl. `arch` and `objective`
   tokenizer/            a copy of the tokenizer (tokenizer.json, token_bytes.npy)
-  task.json             optional (finetune): task, label names, prompt template
+  task.json             optional (finetune): task, label names, prompt template (llmkit.model.records)
   training_state.*      optimizer, schedule, RNG and data position for --resume (llmkit/train)
 """
 
@@ -20,10 +20,10 @@ import torch
 from llmkit.errors import UserError
 from llmkit.model.gpt import ModelConfig
 from llmkit.model.presets import build_model
+from llmkit.model.records import TaskRecord, read_task
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
-TASK = "task.json"
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -90,24 +90,45 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> torch.nn.
 
 @dataclass
 class LoadedCheckpoint:
-    model: torch.nn.Module
+    model: torch.nn.Module  # a SequenceClassifier (with `.classify`) for a classification fine-tune
     config: ModelConfig
     tokenizer: Any  # llmkit.data.tokenizer.TextTokenizer
-    task: dict | None
+    task: TaskRecord | None
     artifact: Any  # llmkit.artifacts.Artifact
 
 
-def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Load a checkpoint artifact: model (eval mode) on `device`, its config, tokenizer and task."""
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, purpose: str | None = None) -> LoadedCheckpoint:
+    """Load a checkpoint artifact: model (eval mode) on `device`, its config, tokenizer and task.
+
+    The one loader of the stages that use a finished model (eval, generate, chat, export). With
+    `purpose` (what the caller does with a left-to-right language model, e.g. "generation"), a
+    classifier or a masked LM is refused by a message naming it, before any weight is read.
+    """
     from llmkit import artifacts
     from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.model.classifier import SequenceClassifier
 
     art = artifacts.load(path, kind="checkpoint")
     art.file(WEIGHTS)
-    art.file(MODEL_CONFIG)
-    model = load_model(art.path, device)
-    task = None
-    if TASK in art.manifest.files:
-        task = json.loads(art.file(TASK).read_text(encoding="utf-8"))
+    if not (art.path / TOKENIZER_DIR / "tokenizer.json").is_file():
+        raise UserError(f"checkpoint {path} has no {TOKENIZER_DIR}/tokenizer.json; rebuild it (or copy its tokenizer into {path}/{TOKENIZER_DIR})")
+    config = read_model_config(art.path)
+    task = read_task(art)
+    classifier = task is not None and task.is_classifier
+    if purpose is not None and classifier:
+        raise UserError(
+            f"{path} is a classifier (a classification checkpoint, labels {', '.join(map(str, task.labels or []))}); it predicts "
+            f"labels, not text, so it cannot be used for {purpose}: evaluate it with llmkit eval -m accuracy,f1"
+        )
+    if purpose is not None and config.objective == "mlm":
+        raise UserError(
+            f"{path} is a masked LM (objective mlm): it fills in blanks and has no left-to-right likelihood, so it cannot be "
+            f"used for {purpose}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
+        )
+    with torch.device(device):
+        model = build_model(config)
+        if classifier:
+            model = SequenceClassifier(model, len(task.labels or []))
+    load_weights(model, art.path / WEIGHTS)
     tokenizer = load_tokenizer(art.path / TOKENIZER_DIR)
-    return LoadedCheckpoint(model=model, config=model.config, tokenizer=tokenizer, task=task, artifact=art)
+    return LoadedCheckpoint(model=model.eval(), config=config, tokenizer=tokenizer, task=task, artifact=art)

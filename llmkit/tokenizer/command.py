@@ -8,53 +8,29 @@ from typing import Annotated
 import typer
 
 from llmkit.errors import UserError
+from llmkit.stage_command import StageCommand, TyperGroupWithFlags, argument, stage_command
+from llmkit.tokenizer.config import TokenizeConfig, TokenizerTrainConfig
 
-tokenizer_app = typer.Typer(no_args_is_help=True)
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML/YAML file with this stage's options.")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
-SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting.")]
+tokenizer_app = typer.Typer(no_args_is_help=True, cls=TyperGroupWithFlags)
 
 
-def _special_tokens(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-@tokenizer_app.command("train")
-def train(
-    ctx: typer.Context,
-    inputs: Annotated[list[Path], typer.Argument(help="A corpus artifact (llmkit clean), or UTF-8 text files.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output tokenizer artifact directory.")],
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size, special and byte tokens included.")] = 8192,
-    min_frequency: Annotated[int, typer.Option("--min-frequency", help="Merge only pairs seen at least this often.")] = 2,
-    special_tokens: Annotated[
-        str | None,
-        typer.Option("--special-tokens", help="Comma-separated special tokens, given ids 0, 1, ... in order "
-                     "[default: <|bos|>,<|eos|>,<|pad|>,<|mask|>,<|system|>,<|user|>,<|assistant|>]."),
-    ] = None,
-    max_docs: Annotated[int | None, typer.Option("--max-docs", help="Train on at most this many documents.")] = None,
-    sample_bytes: Annotated[
-        int | None, typer.Option("--sample-bytes", help="Train on about this many bytes, sampled across the corpus.")
-    ] = None,
-    config: ConfigOption = None,
-    seed: SeedOption = 0,
-    force: ForceOption = False,
-) -> None:
+def _train(config: TokenizerTrainConfig, *, inputs: list[Path], out: Path, force: bool) -> None:
     """Train a byte-level BPE tokenizer on a corpus."""
-    from llmkit.config import explicit_params, resolve
-    from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+    from llmkit.tokenizer.train import train_tokenizer
 
-    explicit = explicit_params(ctx)
-    if "special_tokens" in explicit:
-        explicit["special_tokens"] = _special_tokens(special_tokens)
-    cfg = resolve(TokenizerTrainConfig, file=config, section="tokenizer", explicit=explicit)
-    path = train_tokenizer(inputs, out, cfg, seed=seed, force=force)
+    path = train_tokenizer(inputs, out, config, force=force)
     _print_summary(path, ["vocab_size", "training_pieces", "training_bytes", "bytes_per_token", "tokens_per_word", "train_seconds"])
 
 
-@tokenizer_app.command("encode")
+train = stage_command(
+    "tokenizer", TokenizerTrainConfig, _train,
+    arguments=[argument("inputs", "A corpus artifact (llmkit clean), or UTF-8 text files.", type=list[Path])],
+    out="Output tokenizer artifact directory.",
+)
+tokenizer_app.command("train", cls=StageCommand)(train)
+
+
+@tokenizer_app.command("encode", cls=StageCommand)
 def encode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
     text: Annotated[str, typer.Argument(help="Text to encode.")],
@@ -82,7 +58,7 @@ def _visible(piece: str) -> str:
     return piece.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
 
 
-@tokenizer_app.command("decode")
+@tokenizer_app.command("decode", cls=StageCommand)
 def decode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
     ids: Annotated[list[int], typer.Argument(help="Token ids, separated by spaces.")],
@@ -100,30 +76,22 @@ def decode(
     out.print(Text(tok.decode(ids)), soft_wrap=True)
 
 
-def tokenize(
-    ctx: typer.Context,
-    corpus: Annotated[Path, typer.Argument(help="Corpus artifact (llmkit clean).")],
-    tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t", help="Tokenizer artifact (llmkit tokenizer train), or a checkpoint to use its tokenizer.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output tokens artifact directory.")],
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of documents held out for validation.")] = 0.05,
-    add_bos: Annotated[bool, typer.Option("--add-bos", help="Start every document with <|bos|>.")] = False,
-    shard_tokens: Annotated[int, typer.Option("--shard-tokens", help="Tokens per shard (closed at a document end).")] = 100_000_000,
-    workers: Annotated[int, typer.Option("--workers", help="Encoding processes; 0 = one per core. Does not change the result.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per encoding batch.")] = 2048,
-    fast: Annotated[bool, typer.Option("--fast/--no-fast", help="Encode through tiktoken built from our merges, when it applies.")] = True,
-    config: ConfigOption = None,
-    seed: SeedOption = 0,
-    force: ForceOption = False,
-) -> None:
+def _tokenize(config: TokenizeConfig, *, corpus: Path, tokenizer: Path, out: Path, force: bool) -> None:
     """Encode a corpus into train/validation token shards."""
-    from llmkit.config import explicit_params, resolve
-    from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
+    from llmkit.tokenizer.encode_corpus import tokenize_corpus
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    cfg = resolve(TokenizeConfig, file=config, section="tokenize", explicit=explicit_params(ctx))
-    path = tokenize_corpus(corpus, tokenizer, out, cfg, seed=seed, workers=workers, batch_size=batch_size, use_fast=fast, force=force)
-    _print_tokens_summary(path)
+    _print_tokens_summary(tokenize_corpus(corpus, tokenizer, out, config, force=force))
+
+
+tokenize = stage_command(
+    "tokenize", TokenizeConfig, _tokenize,
+    arguments=[
+        argument("corpus", "Corpus artifact (llmkit clean)."),
+        argument("tokenizer", "Tokenizer artifact (llmkit tokenizer train), or a checkpoint to use its tokenizer.",
+                 flags=("--tokenizer", "-t")),
+    ],
+    out="Output tokens artifact directory.",
+)
 
 
 def _print_summary(path: Path, keys: list[str]) -> None:

@@ -9,7 +9,6 @@ round(n * val_fraction) of them for validation, so the split depends only on (co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,11 @@ from typing import Any
 import numpy as np
 
 from llmkit import artifacts
-from llmkit.config import to_dict
 from llmkit.data.corpus import count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
 from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
 from llmkit.errors import UserError
-
-
-@dataclass
-class TokenizeConfig:
-    val_fraction: float = 0.05
-    add_bos: bool = False
-    shard_tokens: int = 100_000_000  # a shard is closed at the first document boundary past this
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.shard_tokens < 1:
-            raise UserError(f"--shard-tokens must be at least 1, got {self.shard_tokens}")
+from llmkit.tokenizer.config import TokenizeConfig
 
 
 class _FastPathMismatch(Exception):
@@ -170,7 +156,7 @@ class _Encoder:
 
 def _encode_into(
     build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, is_val: np.ndarray,
-    config: TokenizeConfig, batch_size: int, total_bytes: int | None,
+    config: TokenizeConfig, total_bytes: int | None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     from rich.progress import DownloadColumn, TextColumn, TransferSpeedColumn
 
@@ -183,7 +169,7 @@ def _encode_into(
     started = time.perf_counter()
     with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
         task = bar.add_task("tokenizing", total=total_bytes, rate="")
-        for sizes, flat, lengths in encoder.map(iter_corpus_texts(corpus, batch_size)):
+        for sizes, flat, lengths in encoder.map(iter_corpus_texts(corpus, config.batch_size)):
             batch_val = is_val[doc_index : doc_index + len(sizes)]
             doc_index += len(sizes)
             present = sizes > 0  # empty documents hold no tokens and are skipped
@@ -216,10 +202,6 @@ def tokenize_corpus(
     out: Path | str,
     config: TokenizeConfig,
     *,
-    seed: int = 0,
-    workers: int | None = None,
-    batch_size: int = 2048,
-    use_fast: bool = True,
     force: bool = False,
 ) -> Path:
     """Encode a corpus into train/val token shards; returns the tokens artifact's path."""
@@ -236,23 +218,23 @@ def tokenize_corpus(
     num_docs = count_documents(corpus)
     if num_docs == 0:
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
-    is_val = validation_mask(num_docs, config.val_fraction, seed)
+    is_val = validation_mask(num_docs, config.val_fraction, config.seed)
     # Spawning workers costs about a second: a corpus of one batch is encoded in-process.
-    processes = worker_count(workers) if num_docs > batch_size else 1
+    processes = worker_count(config.workers) if num_docs > config.batch_size else 1
     total_bytes = corpus.stats.get("bytes")
 
     dtype = token_dtype(tok.vocab_size)
 
     with artifacts.create(out, "tokens", force=force) as build:
-        encoder = _Encoder(tok_dir, processes, use_fast, config.add_bos)
+        encoder = _Encoder(tok_dir, processes, config.fast, config.add_bos)
         try:
-            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, total_bytes)
         except _FastPathMismatch as exc:
             err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
             encoder = _Encoder(tok_dir, processes, use_fast=False, add_bos=config.add_bos)
-            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, batch_size, total_bytes)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, total_bytes)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
         total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
@@ -264,11 +246,11 @@ def tokenize_corpus(
                 "for a finer split make more documents (llmkit clean --doc-per blank-line)", soft_wrap=True
             )
         copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
-        build.config = to_dict(config)
-        build.seed = seed
+        build.config = config.hashed()
+        build.seed = config.seed
         build.add_input("corpus", corpus)
         build.add_input("tokenizer", tok_art)
-        build.runtime = {"workers": processes, "batch_size": batch_size, "encoder": encoder.name}
+        build.runtime = {"workers": processes, "batch_size": config.batch_size, "encoder": encoder.name}
         build.stats = {
             "dtype": dtype.name,
             "vocab_size": tok.vocab_size,

@@ -5,17 +5,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llmkit import artifacts
-from llmkit.config import to_dict
+from llmkit.tokenizer.config import TokenizerTrainConfig
 from llmkit.data.corpus import iter_corpus_texts, iter_text_files
 from llmkit.data.tokenizer import (
-    DEFAULT_SPECIAL_TOKENS,
-    REQUIRED_SPECIAL_TOKENS,
     TOKEN_BYTES_FILE,
     TOKENIZER_FILE,
     compute_token_bytes,
@@ -23,41 +21,7 @@ from llmkit.data.tokenizer import (
 )
 from llmkit.errors import UserError
 
-BYTE_ALPHABET = 256
 _BATCH = 1000
-
-
-@dataclass
-class TokenizerTrainConfig:
-    vocab_size: int = 8192
-    min_frequency: int = 2
-    special_tokens: list[str] = field(default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS))
-    max_docs: int | None = None  # train on at most this many documents
-    sample_bytes: int | None = None  # train on about this many bytes, drawn uniformly with --seed
-    heldout_every: int = 100  # every N-th piece (document or ~8K characters of one) is held out for the stats
-    heldout_max_bytes: int = 2_000_000
-
-    def __post_init__(self) -> None:
-        specials = list(self.special_tokens)
-        if len(set(specials)) != len(specials) or any(not s for s in specials):
-            raise UserError(f"--special-tokens must be distinct and non-empty, got {specials}")
-        missing = [s for s in REQUIRED_SPECIAL_TOKENS if s not in specials]
-        if missing:
-            raise UserError(f"--special-tokens must include {', '.join(missing)} (the stages rely on them)")
-        needed = BYTE_ALPHABET + len(specials)
-        if self.vocab_size < needed:
-            raise UserError(
-                f"--vocab-size {self.vocab_size} is too small: the 256 byte tokens and {len(specials)} special tokens "
-                f"need {needed}; pass --vocab-size {needed} or more"
-            )
-        if self.min_frequency < 1:
-            raise UserError(f"--min-frequency must be at least 1, got {self.min_frequency}")
-        for name in ("max_docs", "sample_bytes"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.heldout_every < 2:
-            raise UserError(f"heldout_every must be at least 2, got {self.heldout_every}")
 
 
 @dataclass
@@ -188,7 +152,7 @@ def measure(tokenizer, texts: Sequence[str]) -> dict[str, float]:
 
 
 def train_tokenizer(
-    inputs: Sequence[Path | str], out: Path | str, config: TokenizerTrainConfig, *, seed: int = 0, force: bool = False
+    inputs: Sequence[Path | str], out: Path | str, config: TokenizerTrainConfig, *, force: bool = False
 ) -> Path:
     """Train a byte-level BPE tokenizer and write a tokenizer artifact; returns its path."""
     from rich.progress import DownloadColumn, TransferSpeedColumn
@@ -197,7 +161,7 @@ def train_tokenizer(
     from llmkit.console import err, progress
 
     source = _open_source([Path(p) for p in inputs])
-    sampler = _Sampler(config, seed, source.total_bytes)
+    sampler = _Sampler(config, config.seed, source.total_bytes)
     tokenizer = new_byte_level_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=config.vocab_size,
@@ -225,8 +189,8 @@ def train_tokenizer(
         # Too small an input to hold anything out: measure on (the start of) the training sample.
         measured_on = "heldout" if sampler.heldout else "training sample"
         quality = measure(tokenizer, sampler.heldout or sampler.first_trained)
-        build.config = {**to_dict(config), "input": source.described}
-        build.seed = seed
+        build.config = {**config.hashed(), "input": source.described}
+        build.seed = config.seed
         if source.corpus is not None:
             build.add_input("corpus", source.corpus)
         build.stats = {

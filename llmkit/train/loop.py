@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,11 +26,13 @@ import torch
 from llmkit import artifacts
 from llmkit.errors import UserError
 from llmkit.model.io import save_weights
+from llmkit.model.records import CheckpointStats
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
 from llmkit.train.distributed import DistInfo
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
+from llmkit.train.options import Checkpointing, Devices, Optimization
 
 Batch = tuple[torch.Tensor, ...]
 BatchProvider = Callable[[Sequence[int]], Batch]
@@ -39,36 +41,24 @@ LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
 @dataclass
 class LoopSettings:
+    """The loop's settings: the stage's shared option groups as resolved, and what the stage
+    derived from its own options (steps, batch sizes, warmup, peak lr)."""
+
+    optim: Optimization
+    checkpoints: Checkpointing
+    devices: Devices
+    seed: int
     max_steps: int
     global_batch: int  # samples per optimizer step, across all ranks
-    micro_batch: int  # samples per forward/backward on one device
+    micro_batch: int  # samples per forward/backward on one device (resolved)
     tokens_per_sample: int
-    seed: int = 0
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    momentum: float = 0.9
-    grad_clip: float = 1.0
-    eval_every: int = 250
-    eval_samples: int = 64
-    save_every: int = 500
-    keep_last: int = 2
-    log_every: int = 10
-    compile: bool = False
-    strategy: str = "ddp"
-    tensorboard: bool = False
+    warmup_steps: int
+    lr: float
 
     @classmethod
-    def from_config(cls, config: Any, **derived: Any) -> LoopSettings:
-        """Settings from a stage config: every field the config shares by name, then `derived`
-        (values the stage computes: steps, batch sizes, warmup, validation size, resolved lr)."""
-        shared = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
-        return cls(**{**shared, **derived})
+    def for_stage(cls, config: Any, **derived: Any) -> LoopSettings:
+        """Settings for a stage config that nests the shared groups (llmkit.train.options)."""
+        return cls(optim=config.optim, checkpoints=config.checkpoints, devices=config.devices, seed=config.seed, **derived)
 
 
 @dataclass
@@ -78,7 +68,7 @@ class ArtifactSpec:
     config: dict[str, Any]
     seed: int
     inputs: list[tuple[str, artifacts.Artifact]] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: CheckpointStats = field(default_factory=CheckpointStats)  # progress and losses are filled in per checkpoint
     runtime: dict[str, Any] = field(default_factory=dict)
     add_files: Callable[[Path], None] = lambda directory: None
     file_names: list[str] = field(default_factory=list)  # extra top-level names add_files writes
@@ -130,12 +120,11 @@ def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: di
     build.seed = spec.seed
     for role, art in spec.inputs:
         build.add_input(role, art)
-    build.stats = dict(spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"])
-    if progress.get("loss") is not None:
-        build.stats["train_loss"] = progress["loss"]
-    if progress.get("val_loss") is not None:
-        build.stats["val_loss"] = progress["val_loss"]
-        build.stats["val_ppl"] = math.exp(min(progress["val_loss"], 50.0))
+    val_loss = progress.get("val_loss")
+    build.stats = replace(
+        spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"], train_loss=progress.get("loss"),
+        val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
+    ).to_dict()
     build.runtime = dict(spec.runtime)
 
 
@@ -172,14 +161,15 @@ class Trainer:
             saved_rng = self._load_weights_for_resume()
         # Different dropout streams per rank; model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
-        self.model = dist_utils.wrap(self.raw, settings.strategy, info)
+        optim = settings.optim
+        self.model = dist_utils.wrap(self.raw, settings.devices.strategy, info)
         self.optimizer = build_optimizer(
-            self.raw, settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
-            betas=(settings.beta1, settings.beta2), momentum=settings.momentum, device_type=self.device.type,
+            self.raw, optim.optimizer, lr=settings.lr, weight_decay=optim.weight_decay,
+            betas=(optim.beta1, optim.beta2), momentum=optim.momentum, device_type=self.device.type,
         )
         if saved_rng is not None:
             self._restore_optimizer_and_rng(*saved_rng)
-        if settings.compile:
+        if settings.devices.compile:
             self.model = torch.compile(self.model)
         self.peak_flops = gpu_peak_flops(self.device)
         self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
@@ -248,7 +238,8 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[float, float]:
         s = self.settings
-        lr = lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, max_steps=s.max_steps, schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
+        lr = lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, max_steps=s.max_steps, schedule=s.optim.schedule,
+                   min_lr_ratio=s.optim.min_lr_ratio)
         set_lr(self.optimizer, lr)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -267,8 +258,8 @@ class Trainer:
                 f"loss became {loss_value} at step {step + 1}; stopped before updating the weights, {where}; "
                 "lower --lr, raise --warmup-steps or keep --grad-clip on, then --resume"
             )
-        if s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        if s.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, lr
@@ -307,8 +298,8 @@ class Trainer:
             "loss": self.last_loss,
             "val_loss": self.last_val,
             "schedule": {
-                "name": s.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
-                "max_steps": s.max_steps, "min_lr_ratio": s.min_lr_ratio,
+                "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
+                "max_steps": s.max_steps, "min_lr_ratio": s.optim.min_lr_ratio,
             },
         }
 
@@ -328,7 +319,7 @@ class Trainer:
             with artifacts.create(target, "checkpoint", force=True) as build:
                 self._write_checkpoint_files(build.dir, step)
                 _describe(build, self.spec, self._progress(step))
-            ckpt.prune(self.run_dir, self.settings.keep_last)
+            ckpt.prune(self.run_dir, self.settings.checkpoints.keep_last)
         else:
             self._write_checkpoint_files(self.run_dir, step)  # joins the collectives; writes nothing
         dist_utils.barrier(self.info)
@@ -347,11 +338,12 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoopResult:
         s, info = self.settings, self.info
+        eval_every, save_every, log_every = s.checkpoints.eval_every, s.checkpoints.save_every, s.devices.log_every
         if self.info.is_main and self.start_step == 0:
             (self.run_dir / artifacts.MANIFEST).unlink(missing_ok=True)
         logger = MetricsLogger(
-            self.run_dir, enabled=info.is_main, tensorboard=s.tensorboard, resume_step=self.start_step,
-            max_steps=s.max_steps, log_every=s.log_every,
+            self.run_dir, enabled=info.is_main, tensorboard=s.devices.tensorboard, resume_step=self.start_step,
+            max_steps=s.max_steps, log_every=log_every,
         )
         tokens_per_step = s.global_batch * s.tokens_per_sample
         started = time.perf_counter()
@@ -372,17 +364,17 @@ class Trainer:
                 if self.peak_flops:
                     values["mfu"] = self.flops_per_token * tokens_per_s / info.world_size / self.peak_flops
                 values["peak_memory_gb"] = peak_memory_gb(self.device)
-                if s.eval_every > 0 and (step % s.eval_every == 0 or step == s.max_steps):
+                if eval_every > 0 and (step % eval_every == 0 or step == s.max_steps):
                     self.last_val = self.evaluate()
                     if self.last_val is not None:
                         values["val_loss"] = self.last_val
                         values["val_ppl"] = math.exp(min(self.last_val, 50.0))
                 logger.log(step, values)
-                if step % s.log_every == 0:
+                if step % log_every == 0:
                     window_start, window_steps = time.perf_counter(), 0
-                if s.save_every > 0 and step % s.save_every == 0 and step < s.max_steps:
+                if save_every > 0 and step % save_every == 0 and step < s.max_steps:
                     self.save_intermediate(step)
-            if s.save_every > 0 and step % s.save_every == 0 and self.resumed_from != step:
+            if save_every > 0 and step % save_every == 0 and self.resumed_from != step:
                 self.save_intermediate(step)
             self.save_final(step)
         except torch.cuda.OutOfMemoryError as exc:

@@ -1,0 +1,235 @@
+"""Options are declared once: on the field of a stage's config dataclass.
+
+    @dataclass
+    class TokenizeConfig(Options):
+        val_fraction: float = option(0.05, "Share of documents held out for validation.")
+        workers: int = option(0, "Encoding processes; 0 = one per core.", runtime=True)
+
+Everything else is derived from that field: the Typer option (`llmkit.stage_command`), the
+config-file key, the option tables in docs/ (`python -m llmkit.options_doc`), and how the
+value is recorded in the artifact manifest:
+
+  hashed   (the default) in the manifest's `config`, which the fingerprint covers
+  runtime  how the work ran, not what it computed (workers, devices): the manifest's
+           `runtime`, never hashed
+  neither  (`hashed=False`) recorded another way: the seed as the manifest's seed, an input
+           file by its content hash or an input artifact by its fingerprint
+
+Groups of options that several stages share (the optimizer, checkpointing, devices) are
+dataclasses nested in a stage's config with `group(...)`, which also sets the stage's own
+defaults for them. Flags, config-file keys and recorded dicts stay flat (`--lr`, `lr = 3e-4`,
+`"lr": 0.0003`), so a group can be introduced without changing a flag or a fingerprint; flat
+names are therefore unique across a config and its groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T", bound="Options")
+
+_OPTION = "llmkit.option"
+_GROUP = "llmkit.group"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What a field's metadata says about its option."""
+
+    help: str
+    panel: str | None = None
+    flags: tuple[str, ...] = ()  # () = `--field-name` (`--name/--no-name` for a bool defaulting to True)
+    runtime: bool = False
+    hashed: bool = True
+    choices: tuple[str, ...] | None = None
+    cli_type: Any = None  # the type typed on the command line, when not the field's own
+    parse: Callable[[Any], Any] | None = None  # command-line value -> field value
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A nested group's stage-specific defaults, help panel and help texts."""
+
+    defaults: dict[str, Any]
+    panel: str | None = None
+    help: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    flags: tuple[str, ...] | list[str] = (),
+    panel: str | None = None,
+    runtime: bool = False,
+    hashed: bool = True,
+    choices: tuple[str, ...] | list[str] | None = None,
+    cli_type: Any = None,
+    parse: Callable[[Any], Any] | None = None,
+) -> Any:
+    """A dataclass field that is also a command-line option (see the module docstring)."""
+    spec = OptionSpec(
+        help=help, panel=panel, flags=tuple(flags), runtime=runtime, hashed=hashed and not runtime,
+        choices=tuple(choices) if choices else None, cli_type=cli_type, parse=parse,
+    )
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={_OPTION: spec})
+
+
+def group(cls: type, *, panel: str | None = None, help: dict[str, str] | None = None, **defaults: Any) -> Any:
+    """A nested group of shared options, with this stage's defaults for some of them."""
+    for name in defaults:
+        if name not in {f.name for f in dataclasses.fields(cls)}:
+            raise TypeError(f"{cls.__name__} has no option {name!r}")
+    spec = GroupSpec(defaults=dict(defaults), panel=panel, help=dict(help or {}))
+    return dataclasses.field(default_factory=lambda: cls(**_copies(defaults)), metadata={_GROUP: spec})
+
+
+def _copies(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class FlatOption:
+    """One option of a config, its group resolved: what the command line and docs need."""
+
+    name: str
+    type: Any
+    default: Any  # MISSING when required
+    spec: OptionSpec
+    panel: str | None
+    help: str
+    path: tuple[str, ...]  # group field names leading to it ((), or ("optim",))
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def flat_options(cls: type, *, _path: tuple[str, ...] = (), _group: GroupSpec | None = None) -> list[FlatOption]:
+    """Every option of a config class in declaration order, groups flattened in place."""
+    hints = _hints(cls)
+    found: list[FlatOption] = []
+    for f in dataclasses.fields(cls):
+        if _GROUP in f.metadata:
+            inner: GroupSpec = f.metadata[_GROUP]
+            found.extend(flat_options(hints[f.name], _path=_path + (f.name,), _group=inner))
+            continue
+        spec: OptionSpec | None = f.metadata.get(_OPTION)
+        if spec is None:
+            raise TypeError(f"{cls.__name__}.{f.name} is a plain field; declare it with option(...) or group(...)")
+        default = _field_default(f)
+        panel, help_text = spec.panel, spec.help
+        if _group is not None:
+            default = _group.defaults.get(f.name, default)
+            panel = spec.panel or _group.panel
+            help_text = _group.help.get(f.name, help_text)
+        found.append(FlatOption(f.name, hints[f.name], default, spec, panel, help_text, _path))
+    if not _path:
+        names = [o.name for o in found]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise TypeError(f"{cls.__name__}: option name(s) {', '.join(repeated)} appear in more than one group")
+    return found
+
+
+def json_ready(value: Any) -> Any:
+    """Paths become strings, tuples lists, dataclasses dicts: what a manifest stores."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_ready(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    return value
+
+
+class Options:
+    """Base of every stage config and option group (subclasses are dataclasses).
+
+    Construct from flat names with `build` (`PretrainConfig.build(model="tiny", lr=3e-3)`), so
+    a group keeps the stage's defaults for whatever is not given.
+    """
+
+    def __post_init__(self) -> None:
+        self.check_choices()
+
+    @classmethod
+    def build(cls: type[T], **values: Any) -> T:
+        unknown = sorted(set(values) - {o.name for o in flat_options(cls)})
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no option(s) {', '.join(unknown)}")
+        return _build(cls, values, None)
+
+    def _items(self) -> Iterator[tuple[FlatOption, Any]]:
+        for opt in flat_options(type(self)):
+            holder = self
+            for name in opt.path:
+                holder = getattr(holder, name)
+            yield opt, getattr(holder, opt.name)
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name, JSON-ready (what `build` takes back)."""
+        return {opt.name: json_ready(value) for opt, value in self._items()}
+
+    def hashed(self) -> dict[str, Any]:
+        """The options the fingerprint covers (the manifest's `config`)."""
+        return {opt.name: json_ready(value) for opt, value in self._items() if opt.spec.hashed}
+
+    def runtime(self) -> dict[str, Any]:
+        """How the work ran, not what it computed (the manifest's `runtime`)."""
+        return {opt.name: json_ready(value) for opt, value in self._items() if opt.spec.runtime}
+
+    def check_choices(self) -> None:
+        """A value outside an option's declared choices is a ValueError naming the flag and them."""
+        for opt, value in self._items():
+            if opt.spec.choices and value is not None and value not in opt.spec.choices:
+                raise ValueError(f"--{opt.name.replace('_', '-')} must be one of {', '.join(opt.spec.choices)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], spec: GroupSpec | None) -> Any:
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if _GROUP in f.metadata:
+            kwargs[f.name] = _build(hints[f.name], values, f.metadata[_GROUP])
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+        elif spec is not None and f.name in spec.defaults:
+            kwargs[f.name] = _copies({f.name: spec.defaults[f.name]})[f.name]
+    return cls(**kwargs)
+
+
+def comma_list(value: Any) -> list[str]:
+    """A command-line list: `a,b`, or the option repeated -> ["a", "b"]."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """`\\n`, `\\t` and `\\\\` typed on a command line (where a shell passes them literally)
+    become a newline, a tab and a backslash; any other backslash is kept as it is."""
+    import re
+
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def unescape_each(values: Any) -> list[str]:
+    return [unescape(v) for v in values]

@@ -1,0 +1,95 @@
+"""Option groups every training stage shares: the model, the optimizer and schedule,
+validation and checkpoints, and the devices a run uses.
+
+A stage nests them in its config with `group(...)`, giving its own defaults (fine-tuning
+decays no weights and uses beta2 0.999; pretraining 0.1 and 0.95); the flags stay flat
+(`--lr`, `--micro-batch`) and so does the recorded config (llmkit.options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmkit.options import Options, option
+
+MODEL_PANEL = "Model"
+TRAINING_PANEL = "Training"
+DEVICES_PANEL = "Devices and run"
+
+
+@dataclass
+class ModelChoice(Options):
+    """A preset plus per-field overrides (None = the preset's value)."""
+
+    model: str = option("tiny", "Model preset: tiny, mini, small, medium, 1b, gpt2-tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl, lstm.",
+                        flags=("--model",))
+    arch: str | None = option(None, "gpt or lstm (default: the preset's).", choices=("gpt", "lstm"))
+    objective: str | None = option(None, "clm (next token) or mlm (BERT-style masked LM, bidirectional).", choices=("clm", "mlm"))
+    n_layer: int | None = option(None, "Layers.")
+    n_head: int | None = option(None, "Attention heads.")
+    n_kv_head: int | None = option(None, "Key/value heads (fewer than heads = grouped-query attention).")
+    n_embd: int | None = option(None, "Model width.")
+    mlp_ratio: float | None = option(None, "MLP hidden width / model width.")
+    context_length: int | None = option(None, "Longest sequence the model takes.")
+    dropout: float | None = option(None, "Dropout probability.")
+    norm: str | None = option(None, "rmsnorm or layernorm.", choices=("rmsnorm", "layernorm"))
+    pos: str | None = option(None, "Positions: rope or learned.", choices=("rope", "learned"))
+    activation: str | None = option(None, "swiglu or gelu.", choices=("swiglu", "gelu"))
+    tie_embeddings: bool | None = option(None, "Share input and output embeddings.", flags=("--tie-embeddings/--no-tie-embeddings",))
+    bias: bool | None = option(None, "Biases in linear layers and norms.", flags=("--bias/--no-bias",))
+    rope_theta: float | None = option(None, "RoPE base.")
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set on top of the preset (None = keep the preset's)."""
+        return {name: value for name, value in self.flat().items() if name != "model"}
+
+
+@dataclass
+class Optimization(Options):
+    optimizer: str = option("adamw", "adamw or sgd (with momentum).", choices=("adamw", "sgd"))
+    lr: float | None = option(1e-3, "Peak learning rate.")
+    min_lr_ratio: float = option(0.1, "Final learning rate / peak.")
+    warmup_steps: int | None = option(None, "Linear warmup steps (default min(100, steps/10)).")
+    schedule: str = option("cosine", "Decay after warmup: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices and embeddings only).")
+    beta1: float = option(0.9, "AdamW beta1.")
+    beta2: float = option(0.95, "AdamW beta2.")
+    momentum: float = option(0.9, "SGD momentum.")
+    grad_clip: float = option(1.0, "Clip the gradient norm to this (0 = off).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class Checkpointing(Options):
+    eval_every: int = option(250, "Validate every N steps and at the end (0 = never).")
+    save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).")
+    keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).")
+
+
+@dataclass
+class Devices(Options):
+    """Where and how a run executes; never changes what it computes, so never hashed."""
+
+    micro_batch: int = option(16, "Sequences per forward/backward on one device; accumulation makes up the rest.", runtime=True)
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
+    tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
+    strategy: str = option("ddp", "ddp (replicate) or fsdp (FSDP2 fully_shard) across processes.", choices=("ddp", "fsdp"), runtime=True)
+    gpus: int | None = option(None, "GPUs on this node (default: 1 if present, else CPU); >1 relaunches under torchrun.", runtime=True)
+    nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True)
+    nnodes: int = option(1, "Nodes taking part (multi-node).", runtime=True)
+    node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True)
+    master_addr: str | None = option(None, "Address of node 0 (multi-node).", runtime=True)
+    master_port: int = option(29500, "Port on node 0 (multi-node).", runtime=True)
+    threads: int = option(0, "CPU threads per process (0 = PyTorch's default, one per core).", runtime=True)
+    log_every: int = option(10, "Print a progress line every N steps when not on a terminal.", runtime=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("micro_batch", "nproc", "nnodes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
