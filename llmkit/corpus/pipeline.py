@@ -7,11 +7,10 @@ flight, and only the de-duplication index (16 bytes per kept document for exact 
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 from llmkit import artifacts
 from llmkit.corpus.process import Processed, init_worker, process_batch
@@ -19,6 +18,7 @@ from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.sources import ReadOptions, ReadStats, Source, resolve_inputs
 from llmkit.corpus.writer import RejectWriter, ShardWriter
 from llmkit.errors import UserError
+from llmkit.parallel import ordered_map
 
 _BATCH_DOCS = 256
 _BATCH_CHARS = 2 << 20
@@ -66,25 +66,6 @@ def _batches(sources: list[Source], options: ReadOptions, read_stats: ReadStats)
         yield batch
 
 
-def _process_in_order(batches: Iterable[list], cfg: CleanConfig, workers: int) -> Iterator[list[Processed]]:
-    """Results batch by batch in input order, whatever the number of workers."""
-    if workers <= 1:
-        init_worker(cfg)
-        for batch in batches:
-            yield process_batch(batch)
-        return
-    # spawn, not fork: the parent may hold threads (pyarrow, torch) that fork would copy mid-lock.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=init_worker, initargs=(cfg,)) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.apply_async(process_batch, (batch,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
 def clean(
     inputs: list[str],
     out: Path | str,
@@ -116,7 +97,8 @@ def clean(
         total = sum(s.size for s in sources) if all(s.size is not None for s in sources) else None
         with _progress(show_progress) as progress:
             task = progress.add_task("cleaning", total=total, kept=0)
-            for results in _process_in_order(_batches(sources, options, read_stats), cfg, workers):
+            batches = _batches(sources, options, read_stats)
+            for results in ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,)):
                 for doc in results:
                     docs_in += 1
                     bytes_in += doc.bytes_in

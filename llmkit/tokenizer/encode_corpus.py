@@ -20,6 +20,7 @@ from llmkit.data.corpus import count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
 from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
 from llmkit.errors import UserError
+from llmkit.parallel import ordered_map
 from llmkit.tokenizer.config import TokenizeConfig
 
 
@@ -50,15 +51,13 @@ FIRST_CHECKS = 256  # documents of the first batch checked against tokenizers
 _STATE: dict[str, Any] = {}
 
 
-def _init_pool_worker(*args) -> None:
+def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
+    import multiprocessing
     import os
 
-    # One encoding thread per worker process: the processes are the parallelism.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _init_worker(*args)
-
-
-def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
+    if multiprocessing.parent_process() is not None:
+        # One encoding thread per worker process: the processes are the parallelism.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tok = load_tokenizer(tokenizer_dir)
     _STATE.update(
         tok=tok,
@@ -70,13 +69,14 @@ def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every:
     )
 
 
-def _encode_batch(index: int, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str | None]:
-    """Encode one batch of documents -> (UTF-8 sizes, flat ids, per-document lengths, checked, mismatch).
+def _encode_batch(job: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str | None]:
+    """Encode batch `index` of documents -> (UTF-8 sizes, flat ids, per-document lengths, checked, mismatch).
 
     Each non-empty document becomes `[bos] ids eos`; an empty one has length 0 (it is skipped).
     On the fast path the first FIRST_CHECKS documents of batch 0 and every `check_every`-th
     document after that are also encoded by tokenizers; the first difference is returned so the run can fall back.
     """
+    index, texts = job
     tok, fast, prefix, eos = _STATE["tok"], _STATE["fast"], _STATE["prefix"], _STATE["eos"]
     sizes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
     present = [t for t in texts if t]
@@ -104,10 +104,8 @@ def _encode_batch(index: int, texts: list[str]) -> tuple[np.ndarray, np.ndarray,
 
 
 class _Encoder:
-    """Encodes record batches in order, on `workers` processes (in-process when workers == 1).
-
-    At most 2 * workers batches are in flight, so memory stays bounded whatever the corpus size.
-    """
+    """Encodes record batches in order on `workers` processes (llmkit.parallel.ordered_map), and
+    counts the documents the tiktoken fast path was checked on."""
 
     def __init__(self, tokenizer_dir: Path, workers: int, use_fast: bool, add_bos: bool, check_every: int = 128):
         self.workers = workers
@@ -117,34 +115,9 @@ class _Encoder:
         self.name = "tiktoken" if fast is not None else "tokenizers"
 
     def map(self, batches):
-        import multiprocessing
-        from collections import deque
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
-
-        if self.workers == 1:
-            _init_worker(*self.init_args)
-            for index, texts in enumerate(batches):
-                yield self._checked(_encode_batch(index, texts))
-            return
-        # spawn: never fork a process that runs tokenizers' or pyarrow's threads. A broken pool
-        # (a worker that cannot start) raises instead of being restarted forever, as Pool would.
-        context = multiprocessing.get_context("spawn")
-        try:
-            with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_pool_worker,
-                                     initargs=self.init_args) as pool:
-                pending: deque = deque()
-                for index, texts in enumerate(batches):
-                    pending.append(pool.submit(_encode_batch, index, texts))
-                    if len(pending) >= 2 * self.workers:
-                        yield self._checked(pending.popleft().result())
-                while pending:
-                    yield self._checked(pending.popleft().result())
-        except BrokenProcessPool as exc:
-            raise UserError(
-                "the encoding worker processes could not start; a Python script that calls tokenize_corpus "
-                "must run it under `if __name__ == \"__main__\":` (multiprocessing spawns), or pass workers=1"
-            ) from exc
+        for result in ordered_map(_encode_batch, enumerate(batches), workers=self.workers, initializer=_init_worker,
+                                  initargs=self.init_args):
+            yield self._checked(result)
 
     def _checked(self, result):
         sizes, flat, lengths, checked, mismatch = result

@@ -1,0 +1,62 @@
+"""One ordered parallel map for the data stages (clean, tokenize).
+
+    for result in ordered_map(process_batch, batches, workers=4, initializer=init_worker, initargs=(cfg,)):
+        ...
+
+Results come back in input order whatever the number of workers, so the output never depends
+on it. Workers are spawned, never forked: the parent may hold threads (pyarrow, tokenizers,
+torch) that a fork would copy mid-lock. At most `2 x workers` items are in flight, so memory
+stays bounded by a few batches whatever the input size. With one worker everything runs in
+this process, with no start-up cost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from llmkit.errors import UserError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def ordered_map(
+    function: Callable[[Item], Result],
+    items: Iterable[Item],
+    *,
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> Iterator[Result]:
+    """`function(item)` for every item, in input order, on `workers` processes (here when workers <= 1).
+
+    `initializer(*initargs)` runs once in every process that does work, this one included when
+    workers <= 1. A worker that cannot start (a script without a `__main__` guard, which spawn
+    needs) is a one-line error instead of a pool restarting it forever.
+    """
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for item in items:
+            yield function(item)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    except BrokenProcessPool as exc:
+        raise UserError(
+            "the worker processes could not start; a Python script that runs an llmkit stage with several workers "
+            "must call it under `if __name__ == \"__main__\":` (workers are spawned), or use one worker"
+        ) from exc
