@@ -7,11 +7,10 @@ datasets) inside the function body, so `llmkit --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import click
 import typer
-from typer.core import TyperGroup
 
 try:  # typer >= 0.22 bundles its own click; its exceptions are not the `click` package's classes
     from typer._click import exceptions as _typer_click_exceptions
@@ -28,12 +27,12 @@ _PASS_THROUGH = tuple(
 from llmkit import __version__
 from llmkit.errors import UserError, debug_enabled, one_line, set_debug
 from llmkit.runtime import let_idle_threads_sleep
-from llmkit.stage_command import StageCommand, _FlagsShowNoType
+from llmkit.stage_command import LlmkitCommand, LlmkitGroup
 
 let_idle_threads_sleep()  # before any stage imports torch
 
 
-class _ErrorsAsOneLine(_FlagsShowNoType, TyperGroup):
+class _ErrorsAsOneLine(LlmkitGroup):
     """Every exception under the root becomes one red line and a non-zero exit (unless --debug)."""
 
     def invoke(self, ctx: click.Context):
@@ -86,27 +85,43 @@ def _root(
     set_debug(debug)
 
 
-def _register_stages() -> None:
+def stage_commands() -> dict[str, Callable[..., None]]:
+    """Every stage's command by its path; each is derived from its config class (llmkit.stage_command)."""
     from llmkit.corpus.command import clean
     from llmkit.eval.command import evaluate
     from llmkit.finetune.command import finetune
     from llmkit.generate.chat import chat
     from llmkit.generate.command import generate
     from llmkit.model.command import export_model, import_model
-    from llmkit.tokenizer.command import tokenize, tokenizer_app
+    from llmkit.tokenizer.command import tokenize
+    from llmkit.tokenizer.command import train as tokenizer_train
     from llmkit.train.command import pretrain
 
-    app.command("clean", cls=StageCommand)(clean)
+    return {
+        "clean": clean, "tokenizer train": tokenizer_train, "tokenize": tokenize, "pretrain": pretrain,
+        "finetune": finetune, "generate": generate, "chat": chat, "eval": evaluate, "export": export_model,
+        "import": import_model,
+    }
+
+
+def _register_stages() -> None:
+    from llmkit.tokenizer.command import decode, encode
+
+    tokenizer_app = typer.Typer(no_args_is_help=True, cls=LlmkitGroup)
+    for path, command in stage_commands().items():
+        if path == "tokenizer train":
+            tokenizer_app.command("train", cls=LlmkitCommand)(command)
+        else:
+            app.command(path, cls=LlmkitCommand)(command)
+    tokenizer_app.command("encode", cls=LlmkitCommand)(encode)
+    tokenizer_app.command("decode", cls=LlmkitCommand)(decode)
     app.add_typer(tokenizer_app, name="tokenizer", help="Train and try byte-level BPE tokenizers.")
-    for name, command in (("tokenize", tokenize), ("pretrain", pretrain), ("finetune", finetune), ("generate", generate),
-                          ("chat", chat), ("eval", evaluate), ("export", export_model), ("import", import_model)):
-        app.command(name, cls=StageCommand)(command)
 
 
 _register_stages()
 
 
-@app.command("inspect", cls=StageCommand)
+@app.command("inspect", cls=LlmkitCommand)
 def inspect_command(
     path: Annotated[Path, typer.Argument(help="Artifact directory.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print the raw manifest as JSON.")] = False,
@@ -122,7 +137,7 @@ def inspect_command(
     print_artifact(art, artifacts.lineage(path))
 
 
-@app.command("report", cls=StageCommand)
+@app.command("report", cls=LlmkitCommand)
 def report_command(
     paths: Annotated[list[Path], typer.Argument(help="Artifact directories, e.g. every output of a recipe.")],
 ) -> None:
@@ -133,7 +148,7 @@ def report_command(
     print_report([artifacts.load(path) for path in paths])
 
 
-@app.command("verify", cls=StageCommand)
+@app.command("verify", cls=LlmkitCommand)
 def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
     """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""
     from llmkit import artifacts

@@ -12,8 +12,8 @@ value is recorded in the artifact manifest:
   hashed   (the default) in the manifest's `config`, which the fingerprint covers
   runtime  how the work ran, not what it computed (workers, devices): the manifest's
            `runtime`, never hashed
-  neither  (`hashed=False`) recorded another way: the seed as the manifest's seed, an input
-           file by its content hash or an input artifact by its fingerprint
+  neither  (`hashed=False, recorded_as=...`) recorded another way: the seed as the manifest's
+           seed, an input file by its content hash, a data set by what the stage read from it
 
 Groups of options that several stages share (the optimizer, checkpointing, devices) are
 dataclasses nested in a stage's config with `group(...)`, which also sets the stage's own
@@ -45,6 +45,7 @@ class OptionSpec:
     flags: tuple[str, ...] = ()  # () = `--field-name` (`--name/--no-name` for a bool defaulting to True)
     runtime: bool = False
     hashed: bool = True
+    recorded_as: str | None = None  # with hashed=False: how the manifest records it instead
     choices: tuple[str, ...] | None = None
     cli_type: Any = None  # the type typed on the command line, when not the field's own
     parse: Callable[[Any], Any] | None = None  # command-line value -> field value
@@ -68,13 +69,16 @@ def option(
     panel: str | None = None,
     runtime: bool = False,
     hashed: bool = True,
+    recorded_as: str | None = None,
     choices: tuple[str, ...] | list[str] | None = None,
     cli_type: Any = None,
     parse: Callable[[Any], Any] | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring)."""
+    if not hashed and not runtime and not recorded_as:
+        raise TypeError("an option left out of the hashed config says how it is recorded instead (recorded_as=...)")
     spec = OptionSpec(
-        help=help, panel=panel, flags=tuple(flags), runtime=runtime, hashed=hashed and not runtime,
+        help=help, panel=panel, flags=tuple(flags), runtime=runtime, hashed=hashed and not runtime, recorded_as=recorded_as,
         choices=tuple(choices) if choices else None, cli_type=cli_type, parse=parse,
     )
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_OPTION: spec})

@@ -43,12 +43,13 @@ class _FlagsShowNoType:
         return params
 
 
-class TyperGroupWithFlags(_FlagsShowNoType, TyperGroup):
-    """A command group whose flags show no `<bool>` type either."""
+class LlmkitGroup(_FlagsShowNoType, TyperGroup):
+    """The class of every llmkit command group."""
 
 
-class StageCommand(_FlagsShowNoType, TyperCommand):
-    """Accepts the hidden aliases of renamed options (`--output` for `--out`)."""
+class LlmkitCommand(_FlagsShowNoType, TyperCommand):
+    """The class of every llmkit command: also accepts the hidden aliases of renamed options
+    (`--output` for `--out`)."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         names = {opt for param in self.params for opt in getattr(param, "opts", ())}
@@ -139,6 +140,7 @@ def stage_command(
     resume: str | None = None,
     force: str | None = "Replace the output if it exists.",
     resolver: Callable[..., Any] | None = None,
+    writes_artifact: bool = True,
 ) -> Callable[..., None]:
     """The Typer command of a stage whose options are the fields of `config_cls`.
 
@@ -175,6 +177,6 @@ def stage_command(
     command.__signature__ = inspect.Signature(params)
     command.__name__ = section.replace(" ", "_")
     command.__doc__ = run.__doc__
-    command.config_cls = config_cls
-    command.section = section
+    command.config_cls, command.section, command.arguments = config_cls, section, list(arguments)
+    command.writes_artifact = writes_artifact
     return command

@@ -441,3 +441,57 @@ def test_truncate_shortens_the_document_and_keeps_the_template_and_response(base
     assert example.ids[-len(response):] == response and example.learn[-len(response):] == [True] * len(response)
     prompt = tok.decode(example.ids[1 : example.prompt_length])
     assert prompt.startswith("Summarize:\n#Person1#: We met them") and prompt.endswith("\nSummary:")
+
+
+# -- options shared with pretrain, and the one launcher -----------------------------------------------
+
+
+def test_finetune_takes_momentum_and_threads(base, shared_data, cli, tmp_path):
+    """Both reach fine-tuning through the option groups it shares with pretrain."""
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:32])
+    threads = torch.get_num_threads()
+
+    def run(name, momentum):
+        result = cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / name, "--task", "classify",
+                     "--optimizer", "sgd", "--momentum", momentum, "--lr", "0.05", "--threads", "1", "--max-steps", "3",
+                     "--batch-size", "8", "--eval-every", "0", "--save-every", "0")
+        assert result.exit_code == 0, result.output
+        return artifacts.load(tmp_path / name, kind="checkpoint")
+
+    try:
+        slow = run("momentum", "0.5")
+        assert torch.get_num_threads() == 1  # --threads set this process's threads
+        none = run("no-momentum", "0")
+    finally:
+        torch.set_num_threads(threads)
+    assert slow.config["momentum"] == 0.5 and slow.config["optimizer"] == "sgd" and slow.manifest.runtime["threads"] == 1
+    state = json.loads((slow.path / "training_state.json").read_text())
+    assert {group["momentum"] for group in state["optimizer"]["param_groups"]} == {0.5}
+    assert slow.fingerprint != none.fingerprint  # momentum changed the updates
+
+
+def test_finetune_on_another_node_leaves_the_shared_run_directory_to_node_0(base, shared_data, tmp_path, monkeypatch):
+    from llmkit.errors import UserError
+    from llmkit.finetune.config import FinetuneConfig
+    from llmkit.finetune.stage import finetune
+    from llmkit.train import distributed
+    from llmkit.train.launch import first_process
+
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:16])
+    run = tmp_path / "shared-run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("written by node 0\n")
+    launched = []
+    monkeypatch.setattr(distributed, "relaunch", lambda entry, arguments, launch_dir, **kw: launched.append((entry, kw)))
+    config = FinetuneConfig.build(task="classify", nnodes=2, node_rank=1, master_addr="10.0.0.1", max_steps=1)
+    finetune(base["checkpoint"], data, run, config, force=True)
+    assert (run / "metrics.jsonl").read_text() == "written by node 0\n"  # neither emptied nor refused
+    assert launched == [("llmkit.finetune.stage:_train", dict(nproc=1, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500))]
+    with pytest.raises(UserError, match="already exists"):  # node 0 owns it, as in a one-node run
+        finetune(base["checkpoint"], data, run, FinetuneConfig.build(task="classify", nnodes=2, master_addr="10.0.0.1"))
+    # Started by an outside torchrun, only global rank 0 prepares it.
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    for rank, owner in (("0", True), ("2", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert first_process(config.devices) is owner

@@ -675,3 +675,26 @@ def test_chat_finetuned_checkpoint_chats_the_same_in_transformers(cli, tmp_path,
     x = torch.tensor([ids])
     with torch.no_grad():
         assert torch.allclose(loaded.model(x)[0], hf_model(x).logits, atol=TOL, rtol=0)
+
+
+def test_report_shows_the_parameter_count_of_an_imported_checkpoint(cli, tmp_path, tokenizer_dir):
+    """Import writes the same typed checkpoint stats as training; an import made before that
+    (stats key "parameters") is read too. Stats are not hashed, so the edit keeps the artifact valid."""
+    from tokenizers import Tokenizer
+
+    from llmkit import artifacts
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    hf_model = _save_hf_model(tmp_path / "hf", _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+    params = sum(p.numel() for p in hf_model.parameters())
+    assert cli("import", tmp_path / "hf", "-o", tmp_path / "ckpt").exit_code == 0
+    assert artifacts.load(tmp_path / "ckpt").stats["params"] == params
+    report = cli("report", tmp_path / "ckpt")
+    assert report.exit_code == 0 and f"{params:,} params" in report.output, report.output
+
+    manifest = tmp_path / "ckpt" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["stats"] = {"parameters": params, "vocab_size": vocab}
+    manifest.write_text(json.dumps(data))
+    assert cli("verify", tmp_path / "ckpt").exit_code == 0
+    assert f"{params:,} params" in cli("report", tmp_path / "ckpt").output

@@ -32,6 +32,7 @@ C4 = "C4 line rules (Raffel et al. 2020)"
 FINEWEB = "FineWeb rules (Penedo et al. 2024)"
 DEDUP = "De-duplication"
 OUTPUT = "Output and run"
+_READ = "input (the documents read, stats.sources)"
 
 
 @dataclass
@@ -43,9 +44,10 @@ class CleanConfig(Options):
                                        "or the only text field).", panel=INPUT)
     doc_per: str = option("file", "Plain text: one document per file, line, or blank-line-separated block.", panel=INPUT)
     dataset: Optional[str] = option(None, "Read a `datasets` data set: a local file/folder or a hub name.", panel=INPUT,
-                                    hashed=False)  # an input: what it held is in the shards and the stats' sources
-    dataset_config: Optional[str] = option(None, "The data set's configuration (subset) name.", panel=INPUT, hashed=False)
-    split: str = option("train", "The data set's split.", panel=INPUT, hashed=False)
+                                    hashed=False, recorded_as=_READ)
+    dataset_config: Optional[str] = option(None, "The data set's configuration (subset) name.", panel=INPUT, hashed=False,
+                                           recorded_as=_READ)
+    split: str = option("train", "The data set's split.", panel=INPUT, hashed=False, recorded_as=_READ)
     skip_bad_lines: bool = option(False, "Skip malformed JSONL/CSV lines instead of stopping.", flags=("--skip-bad-lines",), panel=INPUT)
     # Normalisation and cleanup (both presets)
     fix_unicode: bool = option(True, "Repair mojibake (ftfy) and Unicode-normalise.", panel=NORMALISE)

@@ -20,7 +20,7 @@ class FinetuneConfig(Options):
     template: str = option("chat", "SFT prompt template: chat, plain, translate (source->target), summarize (document->summary) "
                            "or a JSON file.", panel=TASK_PANEL)
     val_data: Path | None = option(None, "Validation JSONL (default: hold out --val-fraction of --data).", panel=TASK_PANEL,
-                                   hashed=False)  # recorded by content (val_data_sha256)
+                                   hashed=False, recorded_as="content hash (val_data_sha256)")
     val_fraction: float = option(0.05, "Share of --data held out for validation when --val-data is not given.", panel=TASK_PANEL)
     seq_len: int | None = option(None, "Longest example in tokens (default: the model's context length).", panel=TASK_PANEL)
     truncate: bool = option(False, "Cut examples longer than --seq-len instead of failing.", flags=("--truncate",), panel=TASK_PANEL)

@@ -162,4 +162,5 @@ chat = stage_command(
     arguments=[argument("checkpoint", "Checkpoint artifact (a chat fine-tune from `llmkit finetune`).")],
     out="Save the conversations to this .jsonl file ({\"messages\": [...]} per conversation).", out_type=Optional[Path],
     force="Replace an existing -o file.",
+    writes_artifact=False,
 )

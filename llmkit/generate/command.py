@@ -54,6 +54,7 @@ generate = stage_command(
     arguments=[argument("checkpoint", "Checkpoint artifact (llmkit pretrain / finetune / import).")],
     out="Write one JSON record per completion to this .jsonl file.", out_type=Optional[Path],
     force="Replace an existing -o file.",
+    writes_artifact=False,
 )
 
 

@@ -20,7 +20,7 @@ class ExportConfig(Options):
 @dataclass
 class ImportConfig(Options):
     dtype: str = option("float32", "Stored weight dtype: float32, bfloat16 or float16.", choices=DTYPES)
-    seed: int = option(0, "Recorded in the manifest (import itself is deterministic).", hashed=False)
+    seed: int = option(0, "Recorded in the manifest (import itself is deterministic).", hashed=False, recorded_as="manifest seed")
 
 
 def _export(config: ExportConfig, *, checkpoint: Path, out: Path, force: bool) -> None:
@@ -61,6 +61,7 @@ export_model = stage_command(
     arguments=[argument("checkpoint", "Checkpoint artifact directory.")],
     out="Output directory (a transformers model folder).",
     force="Replace the output directory if it exists.",
+    writes_artifact=False,
 )
 import_model = stage_command(
     "import", ImportConfig, _import,

@@ -8,11 +8,8 @@ from typing import Annotated
 import typer
 
 from llmkit.errors import UserError
-from llmkit.stage_command import StageCommand, TyperGroupWithFlags, argument, stage_command
+from llmkit.stage_command import argument, stage_command
 from llmkit.tokenizer.config import TokenizeConfig, TokenizerTrainConfig
-
-tokenizer_app = typer.Typer(no_args_is_help=True, cls=TyperGroupWithFlags)
-
 
 def _train(config: TokenizerTrainConfig, *, inputs: list[Path], out: Path, force: bool) -> None:
     """Train a byte-level BPE tokenizer on a corpus."""
@@ -27,10 +24,8 @@ train = stage_command(
     arguments=[argument("inputs", "A corpus artifact (llmkit clean), or UTF-8 text files.", type=list[Path])],
     out="Output tokenizer artifact directory.",
 )
-tokenizer_app.command("train", cls=StageCommand)(train)
 
 
-@tokenizer_app.command("encode", cls=StageCommand)
 def encode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
     text: Annotated[str, typer.Argument(help="Text to encode.")],
@@ -58,7 +53,6 @@ def _visible(piece: str) -> str:
     return piece.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
 
 
-@tokenizer_app.command("decode", cls=StageCommand)
 def decode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
     ids: Annotated[list[int], typer.Argument(help="Token ids, separated by spaces.")],

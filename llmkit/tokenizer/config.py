@@ -24,7 +24,7 @@ class TokenizerTrainConfig(Options):
     sample_bytes: int | None = option(None, "Train on about this many bytes, drawn uniformly across the corpus with --seed.")
     heldout_every: int = option(100, "Hold out every N-th piece (a document or ~8K characters of one) for the stats.")
     heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.")
-    seed: int = option(0, "Seed for sampling the training text.", hashed=False)  # recorded as the manifest's seed
+    seed: int = option(0, "Seed for sampling the training text.", hashed=False, recorded_as="manifest seed")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,7 +55,7 @@ class TokenizeConfig(Options):
     val_fraction: float = option(0.05, "Share of documents held out for validation.")
     add_bos: bool = option(False, "Start every document with <|bos|>.", flags=("--add-bos",))
     shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).")
-    seed: int = option(0, "Seed of the train/validation split.", hashed=False)  # recorded as the manifest's seed
+    seed: int = option(0, "Seed of the train/validation split.", hashed=False, recorded_as="manifest seed")
     workers: int = option(0, "Encoding processes; 0 = one per core. Does not change the result.", runtime=True)
     batch_size: int = option(2048, "Documents per encoding batch.", runtime=True)
     fast: bool = option(True, "Encode through tiktoken built from our merges, when it applies.", flags=("--fast/--no-fast",),

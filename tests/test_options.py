@@ -1,0 +1,173 @@
+"""Each option is declared once, on its config field: the command line, config files, docs and
+the recorded config all derive from it, and stay consistent."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from conftest import REPO
+from llmkit.cli import app, stage_commands
+from llmkit.options import Options, flat_options, group, option
+from llmkit.options_doc import click_command, stale_pages
+
+STANDARD = {"out", "config", "force", "resume", "help"}
+GOLDEN = json.loads((REPO / "tests" / "golden" / "quickstart_tiny.json").read_text(encoding="utf-8"))["artifacts"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _all_commands(command=None, path=()):
+    """(path, click command) for every command of the app, groups included."""
+    command = command or typer.main.get_command(app)
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _all_commands(sub, path + (name,))
+
+
+@pytest.mark.parametrize("path", list(stage_commands()))
+def test_every_config_field_is_exactly_one_flag_and_every_flag_a_field(path):
+    function = stage_commands()[path]
+    options = {opt.name: opt for opt in flat_options(function.config_cls)}
+    inputs = {arg.name for arg in function.arguments}
+    params = [p for p in click_command(path).params]
+    by_name = {}
+    for param in params:
+        assert param.name not in by_name, f"{path}: {param.name} declared twice"
+        by_name[param.name] = param
+    for name, opt in options.items():
+        assert name in by_name, f"{path}: field {name} has no flag"
+        flags = {*by_name[name].opts, *by_name[name].secondary_opts}
+        declared = {f for decl in opt.spec.flags for f in decl.split("/")} or {_flag(name)}
+        assert declared <= flags, (path, name, flags)
+    extra = set(by_name) - set(options) - inputs - STANDARD
+    assert not extra, f"{path}: flags without a config field: {extra}"
+    assert "config" in by_name and "force" in by_name
+
+
+def test_no_short_flag_means_two_things():
+    meanings: dict[str, set[str]] = {}
+    for _, command in _all_commands():
+        for param in getattr(command, "params", []):
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in (o for o in param.opts if not o.startswith("--")):
+                meanings.setdefault(short, set()).update(longs or [param.name])
+    doubles = {short: names for short, names in meanings.items() if len(names) > 1}
+    assert not doubles, doubles
+    assert meanings["-o"] == {"--out"}
+
+
+def test_every_stage_takes_seed_where_it_applies():
+    without_seed = {"export"}  # a format conversion: nothing random
+    for path in stage_commands():
+        names = {p.name for p in click_command(path).params}
+        assert ("seed" in names) != (path in without_seed), path
+
+
+@pytest.mark.parametrize("path", [" ".join(p) for p, _ in _all_commands()])
+def test_help_of_every_command_renders_without_lost_text(path):
+    result = CliRunner().invoke(app, [*path.split(), "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    if path in stage_commands():
+        function = stage_commands()[path]
+        assert f"[{function.section}]" in result.output  # not eaten as rich markup
+        for panel in {opt.panel for opt in flat_options(function.config_cls) if opt.panel}:
+            assert panel in result.output, (path, panel)
+        for opt in flat_options(function.config_cls):
+            assert opt.help.split()[0] in result.output, (path, opt.name)
+
+
+def test_option_tables_in_docs_are_generated_from_the_declarations():
+    assert stale_pages() == [], "option tables in docs/ are stale; run python -m llmkit.options_doc"
+
+
+def test_recorded_configs_keep_the_keys_fingerprinted_before_the_renovation():
+    """The golden manifests' configs (taken before options were declared once) have exactly the keys
+    each config class now hashes: the nested groups flatten to the same dict."""
+    from llmkit.corpus.config import CleanConfig
+    from llmkit.finetune.config import FinetuneConfig
+    from llmkit.tokenizer.config import TokenizeConfig, TokenizerTrainConfig
+    from llmkit.train.config import PretrainConfig
+
+    assert set(GOLDEN["pretrain"]["config"]) == set(PretrainConfig().hashed())
+    assert set(GOLDEN["corpus"]["config"]) == set(CleanConfig().hashed())
+    assert set(GOLDEN["tokens"]["config"]) == set(TokenizeConfig().hashed())
+    assert set(GOLDEN["tokenizer"]["config"]) == set(TokenizerTrainConfig().hashed()) | {"input"}
+    assert set(GOLDEN["sft"]["config"]) == set(FinetuneConfig().hashed()) | {"data_sha256", "val_data_sha256"}
+    recipe = dict(GOLDEN["pretrain"]["config"])
+    assert PretrainConfig.build(**recipe).hashed() == recipe
+
+
+def test_groups_take_stage_defaults_and_flat_names_from_flags_and_files(tmp_path):
+    from llmkit.config import resolve
+    from llmkit.finetune.config import FinetuneConfig
+    from llmkit.train.config import PretrainConfig
+
+    plain_ft, plain_pt = FinetuneConfig(), PretrainConfig()
+    assert (plain_ft.optim.weight_decay, plain_ft.optim.beta2, plain_ft.devices.micro_batch) == (0.0, 0.999, 8)
+    assert (plain_pt.optim.weight_decay, plain_pt.optim.beta2, plain_pt.devices.micro_batch) == (0.1, 0.95, 16)
+    file = tmp_path / "run.toml"
+    file.write_text("[finetune]\nlr = 3e-4\nmicro-batch = 4\nlora_rank = 8\n[pretrain]\nlr = 1\n")
+    config = resolve(FinetuneConfig, file=file, section="finetune", explicit={"micro_batch": 2, "momentum": 0.5})
+    assert (config.optim.lr, config.devices.micro_batch, config.lora_rank, config.optim.momentum) == (3e-4, 2, 8, 0.5)
+    assert config.optim.weight_decay == 0.0  # the group keeps finetune's default for what is not given
+    assert FinetuneConfig.build(**config.flat()) == config  # the round trip a torchrun worker makes
+
+
+def test_choices_are_checked_on_the_command_line_and_in_files(cli, tmp_path):
+    result = cli("pretrain", tmp_path, "-o", tmp_path / "run", "--optimizer", "adam")
+    assert result.exit_code != 0 and "--optimizer must be one of adamw, sgd, got 'adam'" in result.output
+    (tmp_path / "c.toml").write_text('schedule = "exp"\n')
+    result = cli("pretrain", tmp_path, "-o", tmp_path / "run", "--config", tmp_path / "c.toml")
+    assert result.exit_code != 0 and "--schedule must be one of cosine, linear, constant" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_is_a_hidden_alias_of_out(cli, tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_text("A document long enough to keep.\n\nAnd another one here.\n")
+    assert cli("clean", text, "--output", tmp_path / "c1").exit_code == 0
+    assert cli("clean", text, f"--output={tmp_path / 'c2'}").exit_code == 0
+    assert (tmp_path / "c1" / "manifest.json").is_file() and (tmp_path / "c2" / "manifest.json").is_file()
+    assert "--output" not in CliRunner().invoke(app, ["clean", "--help"], env={"COLUMNS": "250"}).output
+
+
+@dataclasses.dataclass
+class _GroupA(Options):
+    lr: float = option(1.0, "a")
+
+
+@dataclasses.dataclass
+class _GroupB(Options):
+    lr: float = option(2.0, "b")
+
+
+@dataclasses.dataclass
+class _Both(Options):
+    a: _GroupA = group(_GroupA)
+    b: _GroupB = group(_GroupB)
+
+
+def test_a_flat_name_in_two_groups_is_refused():
+    with pytest.raises(TypeError, match="lr appear"):
+        flat_options(_Both)
+    with pytest.raises(TypeError, match="recorded_as"):
+        option(0, "unrecorded", hashed=False)
+
+
+def test_the_config_modules_import_neither_torch_nor_numpy():
+    """`llmkit --help` stays fast: every command and option is declared without the heavy libraries."""
+    import subprocess
+    import sys
+
+    code = "import sys, llmkit.cli; print(sorted(m for m in ('torch', 'numpy', 'pyarrow') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(REPO))
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
