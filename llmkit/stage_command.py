@@ -1,7 +1,7 @@
 """A stage's Typer command, derived from its config dataclass.
 
     pretrain = stage_command(
-        "pretrain", PretrainConfig, run_pretrain_command,
+        "pretrain", PretrainConfig, _pretrain,    # _pretrain(config, *, tokens, out, force, resume)
         arguments=[argument("tokens", "Tokens artifact (from `llmkit tokenize`).")],
         out="Run directory; becomes the checkpoint artifact at the end.",
         resume="Continue the run in -o from its newest complete checkpoint.",
@@ -54,9 +54,9 @@ class LlmkitCommand(_FlagsShowNoType, TyperCommand):
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         names = {opt for param in self.params for opt in getattr(param, "opts", ())}
         rewritten = []
-        for arg in args:
-            if arg == "--":
-                rewritten.extend(args[len(rewritten):])
+        for position, arg in enumerate(args):
+            if arg == "--":  # what follows is positional
+                rewritten.extend(args[position:])
                 break
             name, sep, value = arg.partition("=")
             if name in HIDDEN_ALIASES and name not in names and HIDDEN_ALIASES[name] in names:
@@ -162,7 +162,7 @@ def stage_command(
     def command(ctx: typer.Context, **values: Any) -> None:
         from llmkit.config import explicit_params, resolve
 
-        typed = {}
+        typed = {}  # only the options given on the command line: the rest may come from --config
         for name, value in explicit_params(ctx).items():
             if name in options:
                 parse = options[name].spec.parse
