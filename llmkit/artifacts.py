@@ -279,49 +279,127 @@ def _command_line() -> list[str]:
     return argv
 
 
-def check_output(out: Path | str, force: bool) -> Path:
-    """Refuse to overwrite an existing output unless --force; fail early, before any work."""
+def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = ()) -> Path:
+    """Refuse an output that would replace, lie inside or contain one of the stage's inputs (even
+    with --force), that exists without --force, or that cannot be written; create its parent
+    folders. Called before any work, so a bad -o costs nothing."""
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+    target = out.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise UserError(f"-o {out} is the folder you are in or one above it; give the output a new folder name")
+    for item in inputs:
+        if item is None or not Path(item).exists():  # a hub name, or missing (the stage says so)
+            continue
+        source = Path(item).resolve()
+        if source == target:
+            raise UserError(f"-o {out} is the stage's input {item}; write the output to another path")
+        if source in target.parents:
+            raise UserError(f"-o {out} lies inside the stage's input {item}; write the output outside it")
+        if target in source.parents:
+            raise UserError(f"-o {out} contains the stage's input {item}; write the output to another path")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
-    if not out.resolve().parent.exists():
-        raise UserError(f"the folder for output {out} does not exist: {out.resolve().parent}; create it first")
+    if out.exists() and not force:
+        raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+    make_parent(out)
     return out
 
 
+def make_parent(out: Path) -> None:
+    """Create the folders above an output path, or say in one line why they cannot be."""
+    parent = Path(out).resolve().parent
+    existing = next(folder for folder in (parent, *parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot create {out}: {existing} is a file, not a folder; choose another -o path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: the folder {existing} is read-only for you; choose another -o path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {parent} for {out} ({exc.strerror}); choose another -o path") from exc
+
+
 @contextlib.contextmanager
-def create(out: Path | str, kind: str, *, force: bool = False) -> Iterator[ArtifactBuilder]:
+def output_lock(out: Path | str) -> Iterator[None]:
+    """Be the only llmkit run writing `out` for the length of the block.
+
+    The lock is `.NAME.lock` beside the output (flock, released if the process dies). A second
+    run is refused at once rather than left to replace the first one's output; stale temporary
+    folders of killed runs of the same output are removed, since nobody else can be using them.
+    """
+    out = Path(out)
+    lock_path = out.resolve().parent / f".{out.name}.lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    handle = open(lock_path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A lock on a file another run has just unlinked guards nothing: check it is still the file.
+            same = os.path.exists(lock_path) and os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except BlockingIOError:
+            same = False
+        if not same:
+            raise UserError(f"another llmkit run is writing {out} (it holds {lock_path}); wait for it to finish or choose another -o")
+        _remove_stale_temporaries(out)
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+    finally:
+        handle.close()
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    parent = out.resolve().parent
+    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*", f".{out.name}.replaced-*"):
+        for stale in parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
+           lock: bool = True) -> Iterator[ArtifactBuilder]:
     """Build an artifact atomically.
 
-        with artifacts.create(out, "corpus", force=force) as build:
+        with artifacts.create(out, "corpus", force=force, inputs=[source]) as build:
             write files into build.dir; set build.config, build.seed, build.stats; build.add_input(...)
 
     On success the manifest is written and the temporary directory renamed to `out`; on any
-    exception the temporary directory is removed and `out` is left as it was.
+    exception the temporary directory is removed and `out` is left as it was. `inputs` are the
+    paths the stage reads, which `out` may neither be, lie in nor contain (see check_output).
     """
     out = Path(out)
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs=inputs, lock=lock) as tmp:
         builder = ArtifactBuilder(kind, tmp, out)
         yield builder
         _write_text_atomic(tmp / MANIFEST, builder.manifest().to_json())
 
 
 @contextlib.contextmanager
-def atomic_directory(out: Path | str, *, force: bool = False) -> Iterator[Path]:
+def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
+                     lock: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of `out`; rename it to `out` on success, remove it on any error.
 
     For directories that are not artifacts (an exported transformers folder) as well as artifacts.
+    `lock=False` is for a writer that already holds the lock of an enclosing output (a training
+    run writing its intermediate checkpoints).
     """
-    out = check_output(out, force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
-    try:
-        yield tmp
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = check_output(out, force, inputs=list(inputs))
+    with output_lock(out) if lock else contextlib.nullcontext():
+        if out.exists() and not force:  # made by another run since the check above
+            raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+        try:
+            yield tmp
+            _replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def finalize_in_place(builder: ArtifactBuilder, files: Iterable[str]) -> Manifest:

@@ -140,15 +140,14 @@ def test_unknown_dataset(cli, tmp_path):
     _nothing_written(tmp_path)
 
 
-def test_output_inside_an_input_folder_is_not_read_back(cli, shared_data, tmp_path):
+def test_output_inside_an_input_folder_is_refused(cli, shared_data, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "reviews.jsonl").write_bytes((shared_data / "sentiment" / "test.jsonl").read_bytes())
-    first = cli("clean", data, "-o", data / "corpus")
-    assert first.exit_code == 0, first.output
-    again = cli("clean", data, "-o", data / "corpus", "--force")
-    assert again.exit_code == 0, again.output
-    assert artifacts.load(data / "corpus").stats["documents_in"] == 500
+    for extra in ([], ["--force"]):
+        line = _one_error_line(cli("clean", data, "-o", data / "corpus", *extra))
+        assert "lies inside the stage's input" in line
+    assert sorted(p.name for p in data.iterdir()) == ["reviews.jsonl"]
 
 
 def test_long_csv_fields(cli, shared_data, tmp_path):

@@ -81,12 +81,13 @@ def clean(
     out = Path(out)
     workers = worker_count(cfg.workers)
     sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
-    artifacts.check_output(out, force)
+    read = [*inputs, cfg.dataset]
+    artifacts.check_output(out, force, inputs=read)
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()
     started = time.perf_counter()
 
-    with artifacts.create(out, "corpus", force=force) as build:
+    with artifacts.create(out, "corpus", force=force, inputs=read) as build:
         shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
         rejects = RejectWriter(build.dir / "rejects.jsonl") if cfg.keep_rejects else None
         dedup = Deduplicator(cfg)

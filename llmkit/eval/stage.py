@@ -108,7 +108,8 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
         check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
     if checkpoint is not None:
         artifacts.load(checkpoint, kind="checkpoint")
-    artifacts.check_output(out, force)
+    read = [checkpoint, cfg.data, cfg.predictions, *cfg.references]
+    artifacts.check_output(out, force, inputs=read)
 
     metrics: dict[str, float] = {}
     signatures: dict[str, str] = {}
@@ -116,7 +117,7 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
     records: list[dict] = []
     stats: dict[str, Any] = {}
     started = time.perf_counter()
-    with artifacts.create(out, "eval", force=force) as build:
+    with artifacts.create(out, "eval", force=force, inputs=read) as build:
         loaded = None
         if checkpoint is not None and cfg.predictions is not None:
             # predictions made elsewhere by this checkpoint: recorded in the lineage, not loaded

@@ -33,8 +33,10 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     artifacts.load(checkpoint, kind="checkpoint")
     if not data.exists():
         raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
+    template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
-                  checkpoint=str(checkpoint.resolve()), data=str(data.resolve()))
+                  inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
+                  reads=[config.val_data, template_file])
 
 
 # -- building blocks --------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     from llmkit.model.io import load_checkpoint
     from llmkit.runtime import resolve_device
 
-    check_output_file(out, force)
+    check_output_file(out, force, inputs=[checkpoint])
     loaded = load_checkpoint(checkpoint, device=resolve_device(config.device), purpose="chat")
     params = config.sampling.params(config.seed)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system)

@@ -18,7 +18,7 @@ def _generate(config: GenerateConfig, *, checkpoint: Path, out: Optional[Path], 
     from llmkit.console import out as console
     from llmkit.generate.stage import check_output_file, load_prompts, run_generate, write_jsonl
 
-    check_output_file(out, force)
+    check_output_file(out, force, inputs=[checkpoint, config.prompts_file])
     prompts = load_prompts(config)
     rows = len(prompts) * config.num_samples
     stream = config.stream if config.stream is not None else rows == 1 and out is None

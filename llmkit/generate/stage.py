@@ -50,13 +50,23 @@ def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
     return prompts
 
 
-def check_output_file(path: Path | None, force: bool) -> None:
+def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = ()) -> None:
+    """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
+    from llmkit.artifacts import make_parent
+
     if path is None:
         return
+    target = path.resolve()
+    for item in inputs:
+        if item is not None and Path(item).exists():
+            source = Path(item).resolve()
+            if source == target or source in target.parents:
+                raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
+    if path.is_dir():
+        raise UserError(f"-o {path} is a folder; give a .jsonl file path")
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
-    if not path.resolve().parent.is_dir():
-        raise UserError(f"the folder for -o {path} does not exist; create it first")
+    make_parent(path)
 
 
 def run_generate(

@@ -441,10 +441,10 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 # Writing a directory atomically (export output is a transformers folder, not an artifact)
 
 
-def _atomic_dir(out: Path, force: bool):
+def _atomic_dir(out: Path, force: bool, inputs: list[Path]):
     from llmkit.artifacts import atomic_directory
 
-    return atomic_directory(out, force=force)
+    return atomic_directory(out, force=force, inputs=inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     from llmkit.model.io import load_checkpoint, read_model_config
     from llmkit.model.records import read_task
 
-    out = artifacts.check_output(out, force)
+    out = artifacts.check_output(out, force, inputs=[checkpoint])
     torch_dtype = _dtype(dtype)
     art = artifacts.load(checkpoint, kind="checkpoint")
     family = hf_family(read_model_config(art.path))  # refuse before loading any weights
@@ -488,7 +488,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     hf_config = to_hf_config(config, special)
     hf_config.dtype = dtype
     state = {k: v.to(torch_dtype) for k, v in to_hf_state(loaded.model.state_dict(), config).items()}
-    with _atomic_dir(out, force) as tmp:
+    with _atomic_dir(out, force, [checkpoint]) as tmp:
         hf_config.save_pretrained(tmp)
         if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
             _update_json(tmp / "config.json", rope_theta=float(config.rope_theta))
@@ -778,7 +778,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     from llmkit.model.records import CheckpointStats
 
     src = Path(src)
-    out = artifacts.check_output(out, force)
+    out = artifacts.check_output(out, force, inputs=[src])
     torch_dtype = _dtype(dtype)
     config_json = _read_config_json(src)
     model_type = config_json.get("model_type")
@@ -806,7 +806,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - ({"lm_head.weight"} if config.tie_embeddings else set()) or unexpected:
         raise AssertionError(f"hf.py mapping bug: missing {missing}, unexpected {unexpected}")
-    with artifacts.create(out, "checkpoint", force=force) as build:
+    with artifacts.create(out, "checkpoint", force=force, inputs=[src]) as build:
         save_weights(model, build.dir, {k: v.to(torch_dtype) for k, v in model.state_dict().items()})
         write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)
         build.config = {

@@ -198,7 +198,7 @@ def tokenize_corpus(
 
     dtype = token_dtype(tok.vocab_size)
 
-    with artifacts.create(out, "tokens", force=force) as build:
+    with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path]) as build:
         encoder = _Encoder(tok_dir, processes, config.fast, config.add_bos)
         try:
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, total_bytes)

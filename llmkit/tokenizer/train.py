@@ -170,7 +170,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=err.is_terminal,
     )
-    with artifacts.create(out, "tokenizer", force=force) as build:
+    with artifacts.create(out, "tokenizer", force=force, inputs=inputs) as build:
         started = time.perf_counter()
         with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
             task = bar.add_task("reading + counting", total=source.total_bytes)

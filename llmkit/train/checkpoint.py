@@ -161,16 +161,3 @@ def prune(run_dir: Path, keep_last: int) -> None:
             # Manifest first: a kill in the middle leaves a plain folder, never a broken artifact.
             (old / "manifest.json").unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
-
-
-def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Create (or, with --force, empty) a run directory; an existing one needs --resume or --force."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
-    if out.exists() and not resume:
-        if not force:
-            raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
-        shutil.rmtree(out)
-    if not out.resolve().parent.exists():
-        raise UserError(f"the folder for output {out} does not exist: {out.resolve().parent}; create it first")
-    out.mkdir(exist_ok=True)

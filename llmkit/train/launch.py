@@ -1,11 +1,12 @@
 """Launching a training stage: the run directory, torchrun, and each worker's process setup.
 
-    launch(_train, out, config, devices=config.devices, resume=resume, force=force, tokens=str(tokens))
+    launch(_train, out, config, devices=config.devices, resume=resume, force=force, inputs={"tokens": str(tokens)})
 
 `launch` checks the devices, prepares the run directory on the first process only (another
 node, or a non-zero rank started by an outside torchrun, finds it prepared and must neither
-refuse nor empty it), then runs `entry(config=..., out=..., resume=..., **inputs)` here, or in
-every process under torchrun when the run spans several. The config always travels as its
+refuse nor empty it; see `run_directory` for what the first process guarantees), then runs
+`entry(config=..., out=..., resume=..., **inputs)` here, or in every process under torchrun
+when the run spans several. The config always travels as its
 flat option dict, in-process too, so both paths run the same round trip.
 
 Inside `entry`, `worker_process(devices)` sets the CPU threads and joins the process group,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,32 +38,80 @@ def first_process(devices: Devices) -> bool:
 
 
 def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: Devices, resume: bool, force: bool,
-           **inputs: str) -> Path:
-    """Run a training stage's `entry` on the devices asked for; returns the run directory."""
+           inputs: dict[str, str], reads: list[Path | str | None] = ()) -> Path:
+    """Run a training stage's `entry(config=, out=, resume=, **inputs)` on the devices asked for;
+    returns the run directory. `reads` are further paths the stage reads (data files) that the
+    run directory must stay clear of, besides `inputs`."""
     from llmkit.train import distributed
-    from llmkit.train.checkpoint import prepare_run_dir
 
     out = Path(out)
     gpus = distributed.resolve_gpus(devices.gpus)
     distributed.check_gpus(gpus)
     if gpus > 0 and devices.nproc > 1:
         raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
-    if first_process(devices):
-        prepare_run_dir(out, resume=resume, force=force)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
     arguments: dict[str, Any] = {"config": config.flat(), "out": str(out.resolve()), "resume": resume, **inputs}
     per_node = gpus if gpus > 0 else devices.nproc
-    if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
-        distributed.relaunch(
-            f"{entry.__module__}:{entry.__name__}", arguments, out / ".launch",
-            nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
-            master_addr=devices.master_addr, master_port=devices.master_port,
-        )
-        shutil.rmtree(out / ".launch", ignore_errors=True)
-    else:
-        entry(**arguments)
+    owner = first_process(devices)
+    with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else _joined(out):
+        if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
+            distributed.relaunch(
+                f"{entry.__module__}:{entry.__name__}", arguments, out / ".launch",
+                nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
+                master_addr=devices.master_addr, master_port=devices.master_port,
+            )
+            shutil.rmtree(out / ".launch", ignore_errors=True)
+        else:
+            entry(**arguments)
     return out
+
+
+@contextmanager
+def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | str | None]) -> Iterator[None]:
+    """The run directory, held by this run for the length of the block (llmkit.artifacts.output_lock).
+
+    It may not be, lie in or contain an input, even with --force; an existing one needs --resume
+    or --force. With --force the old run is moved aside and deleted only once the new one has
+    something to keep. A run that fails before writing anything worth keeping (a checkpoint or
+    metrics) leaves no directory behind, and with --force the old run back in its place.
+    """
+    from llmkit import artifacts
+
+    artifacts.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
+    if out.exists() and not resume and not force:
+        raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
+    with artifacts.output_lock(out):
+        replaced = None
+        if out.exists() and not resume:
+            replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
+            os.replace(out, replaced)
+        created = not out.exists()
+        out.mkdir(exist_ok=True)
+        try:
+            yield
+        except BaseException:
+            if created and not _worth_keeping(out):
+                shutil.rmtree(out, ignore_errors=True)
+                if replaced is not None:
+                    os.replace(replaced, out)
+                    replaced.parent.rmdir()
+                    replaced = None
+            raise
+        finally:
+            if replaced is not None:
+                shutil.rmtree(replaced.parent, ignore_errors=True)
+
+
+@contextmanager
+def _joined(out: Path) -> Iterator[None]:
+    """Another node's (or rank's) view of the run directory the first process prepares."""
+    out.mkdir(parents=True, exist_ok=True)
+    yield
+
+
+def _worth_keeping(out: Path) -> bool:
+    from llmkit.train.checkpoint import CHECKPOINTS
+
+    return any((out / name).exists() for name in ("manifest.json", "metrics.jsonl")) or any((out / CHECKPOINTS).glob("*/manifest.json"))
 
 
 @contextmanager

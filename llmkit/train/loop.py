@@ -316,7 +316,7 @@ class Trainer:
         target = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)
         if self.info.is_main:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with artifacts.create(target, "checkpoint", force=True) as build:
+            with artifacts.create(target, "checkpoint", force=True, lock=False) as build:  # the run holds the lock
                 self._write_checkpoint_files(build.dir, step)
                 _describe(build, self.spec, self._progress(step))
             ckpt.prune(self.run_dir, self.settings.checkpoints.keep_last)

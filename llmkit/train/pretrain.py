@@ -25,7 +25,8 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, res
     artifacts.load(tokens, kind="tokens")
     if config.max_steps is not None and config.max_tokens is not None:
         raise UsageError("give --max-steps or --max-tokens, not both")
-    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, tokens=str(tokens.resolve()))
+    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
+                  inputs={"tokens": str(tokens.resolve())})
 
 
 def _open_split(tokens_art, split: str, seq_len: int, seed: int, required: bool):

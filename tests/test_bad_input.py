@@ -1,0 +1,148 @@
+"""Bad input, table-driven over every command: a non-zero exit, one line naming the problem (never
+"unexpected"), nothing at the output path, and the inputs unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmkit import artifacts
+
+TINY_MODEL = ["--model", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context-length", "64"]
+TINY_RUN = ["--max-steps", "2", "--batch-tokens", "256", "--micro-batch", "4", "--eval-every", "0", "--save-every", "0"]
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, shared_data):
+    """text -> corpus -> tokenizer -> tokens -> checkpoint -> sft, an HF export, data files: small, built once."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    def cli(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    root = tmp_path_factory.mktemp("chain")
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
+    (root / "book.txt").write_text(text, encoding="utf-8")
+    _ok(cli("clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus"))
+    _ok(cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300"))
+    _ok(cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens"))
+    _ok(cli("pretrain", root / "tokens", "-o", root / "ckpt", *TINY_MODEL, *TINY_RUN))
+    rows = [{"prompt": f"Say {w}.", "response": w} for w in ("yes", "no", "maybe", "never") * 4]
+    (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (root / "prompts.txt").write_text("First Citizen:\nROMEO:\n", encoding="utf-8")
+    _ok(cli("export", root / "ckpt", "-o", root / "hf"))
+    return root
+
+
+def _digest(path: Path) -> dict[str, str]:
+    """Every file under `path` (or `path` itself) by content: to prove an input was not touched."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _one_line_error(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "unexpected" not in lines[0] and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+# (command line with {name} for paths in the chain, the inputs it must leave alone, words the error says)
+OVERLAPS = [
+    (["pretrain", "{tokens}", "-o", "{tokens}"], ["tokens"], "is the stage's input"),
+    (["pretrain", "{tokens}", "-o", "{tokens}", "--force"], ["tokens"], "is the stage's input"),
+    (["pretrain", "{tokens}", "-o", "{tokens}", "--resume"], ["tokens"], "is the stage's input"),
+    (["pretrain", "{tokens}", "-o", "{root}", "--force"], ["tokens"], "contains the stage's input"),
+    (["pretrain", "{tokens}", "-o", "{tokens}/run", "--force"], ["tokens"], "lies inside the stage's input"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "-o", "{ckpt}", "--force"], ["ckpt"], "is the stage's input"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "-o", "{sft}", "--force"], ["sft"], "is the stage's input"),
+    (["eval", "{ckpt}", "--data", "{tokens}", "-o", "{ckpt}", "--force"], ["ckpt"], "is the stage's input"),
+    (["eval", "{ckpt}", "--data", "{tokens}", "-o", "{tokens}", "--force"], ["tokens"], "is the stage's input"),
+    (["export", "{ckpt}", "-o", "{ckpt}", "--force"], ["ckpt"], "is the stage's input"),
+    (["import", "{hf}", "-o", "{hf}", "--force"], ["hf"], "is the stage's input"),
+    (["tokenize", "{corpus}", "-t", "{tok}", "-o", "{corpus}", "--force"], ["corpus"], "is the stage's input"),
+    (["tokenize", "{corpus}", "-t", "{tok}", "-o", "{tok}", "--force"], ["tok"], "is the stage's input"),
+    (["tokenizer", "train", "{corpus}", "-o", "{corpus}", "--force"], ["corpus"], "is the stage's input"),
+    (["clean", "{book}", "-o", "{book}", "--force"], ["book"], "is the stage's input"),
+    (["generate", "{ckpt}", "--prompts", "{prompts}", "-o", "{prompts}", "--force"], ["prompts"], "would overwrite the input"),
+    (["generate", "{ckpt}", "-p", "x", "-o", "{ckpt}/model.safetensors", "--force"], ["ckpt"], "would overwrite the input"),
+]
+
+
+@pytest.mark.parametrize("args,untouched,message", OVERLAPS, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in OVERLAPS])
+def test_an_output_that_is_in_or_holds_an_input_is_refused(cli, chain, args, untouched, message):
+    paths = {p.stem: p for p in chain.iterdir()} | {"root": chain}
+    before = {name: _digest(paths[name]) for name in untouched}
+    line = _one_line_error(cli(*[a.format(**paths) for a in args]))
+    assert message in line
+    assert {name: _digest(paths[name]) for name in untouched} == before
+
+
+def test_output_folders_are_created_and_impossible_outputs_named(cli, chain, tmp_path, monkeypatch):
+    out = tmp_path / "new" / "deeper" / "corpus"
+    _ok(cli("clean", chain / "book.txt", "-o", out))
+    assert artifacts.load(out).kind == "corpus"
+    (tmp_path / "afile").write_text("x")
+    assert "is a file, not a folder" in _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "afile" / "corpus"))
+    monkeypatch.chdir(tmp_path)
+    assert "the folder you are in" in _one_line_error(cli("clean", chain / "book.txt", "-o", ".", "--force"))
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write in any folder")
+def test_a_read_only_folder_is_named(cli, chain, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert "read-only" in _one_line_error(cli("clean", chain / "book.txt", "-o", locked / "corpus"))
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("stage,extra,message", [
+    ("pretrain", ["--seq-len", "1000"], "longer than the model's context length"),
+    ("finetune", ["--template", "nosuch"], "unknown template"),
+])
+def test_a_training_stage_that_fails_leaves_nothing_and_restores_what_it_replaced(cli, chain, tmp_path, stage, extra, message):
+    inputs = ["{tokens}"] if stage == "pretrain" else ["{ckpt}", "--data", "{sft}"]
+    paths = {p.stem: p for p in chain.iterdir()}
+    base = [stage, *[a.format(**paths) for a in inputs], "-o", tmp_path / "run"]
+    settings = [*TINY_MODEL, *TINY_RUN] if stage == "pretrain" else ["--max-steps", "1", "--batch-size", "4", "--micro-batch", "4"]
+    assert message in _one_line_error(cli(*base, *settings, *extra))
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+    _ok(cli(*base, *settings))  # the corrected run needs no --force
+    made = artifacts.load(tmp_path / "run").fingerprint
+    assert message in _one_line_error(cli(*base, *settings, *extra, "--force"))
+    assert artifacts.load(tmp_path / "run").fingerprint == made and artifacts.verify(tmp_path / "run").ok
+    assert not list(tmp_path.glob(".run*"))
+
+
+def test_a_second_writer_of_one_output_is_refused_and_stale_temporaries_go(cli, chain, tmp_path):
+    out = tmp_path / "corpus"
+    stale = tmp_path / ".corpus.tmp-killed"
+    stale.mkdir()
+    (stale / "part.parquet").write_text("half written by a killed run")
+    with artifacts.output_lock(out):
+        line = _one_line_error(cli("clean", chain / "book.txt", "-o", out))
+        assert "another llmkit run is writing" in line
+        line = _one_line_error(cli("pretrain", chain / "tokens", "-o", out, *TINY_MODEL, *TINY_RUN))
+        assert "another llmkit run is writing" in line
+    assert not out.exists()
+    _ok(cli("clean", chain / "book.txt", "-o", out))
+    assert not stale.exists() and not (tmp_path / ".corpus.lock").exists()
+    shutil.rmtree(out)
