@@ -53,7 +53,9 @@ class _ErrorsAsOneLine(LlmkitGroup):
 def _print_error(message: str) -> None:
     from llmkit.console import err
 
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
 
 
 app = typer.Typer(

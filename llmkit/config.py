@@ -66,12 +66,27 @@ def _coerce(value: Any, annotation: Any) -> Any:
     return value
 
 
+# The tables a config file may hold: one per stage, so that one file can serve a whole recipe.
+SECTIONS = ("clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate", "chat", "eval", "export", "import")
+
+
 def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
-    """A config file's options for one stage: its `[section]` table, else the top-level keys."""
+    """A config file's options for one stage: its `[section]` table, else the top-level keys.
+
+    Tables other than the stages' are refused, as is a table inside a stage's: a misspelt or
+    misplaced table would otherwise be ignored without a word.
+    """
     if file is None:
         return {}
     data = load_config_file(file)
+    unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in SECTIONS]
+    if unknown:
+        raise UserError(f"unknown table [{unknown[0]}] in {file}; a config file holds options at top level or in a "
+                        f"table per stage: {', '.join(SECTIONS)}")
     if section and isinstance(data.get(section), dict):
+        nested = [k for k, v in data[section].items() if isinstance(v, dict)]
+        if nested:
+            raise UserError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
         data = data[section]
     return {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
 
@@ -104,6 +119,8 @@ def resolve(
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     try:
         return config_cls.build(**values)
+    except UserError:
+        raise
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid configuration: {exc}") from exc
 

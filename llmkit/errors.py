@@ -17,6 +17,11 @@ class UsageError(UserError):
     exit_code = 2
 
 
+class OptionError(UsageError, ValueError):
+    """An option's value breaks its declaration (type, range, choices): from a flag, a config file
+    or Python, which may catch it as the ValueError it also is."""
+
+
 _debug = os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
 
 

@@ -25,15 +25,58 @@ names are therefore unique across a config and its groups.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
 import typing
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from llmkit.errors import OptionError
+
 T = TypeVar("T", bound="Options")
 
 _OPTION = "llmkit.option"
 _GROUP = "llmkit.group"
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed numbers in the usual notation: "[0, 1)", "(0, inf)", "[1, 100]"."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        text = text.strip()
+        if text[0] not in "[(" or text[-1] not in "])" or "," not in text:
+            raise ValueError(f"a range is written like [0, 1) or (0, inf), got {text!r}")
+        low, high = (float(part) for part in text[1:-1].split(","))
+        return cls(low, high, text[0] == "[", text[-1] == "]")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        def number(x: float) -> str:
+            return "inf" if x == math.inf else "-inf" if x == -math.inf else str(int(x)) if x.is_integer() else str(x)
+
+        return f"{'[' if self.low_closed else '('}{number(self.low)}, {number(self.high)}{']' if self.high_closed else ')'}"
+
+    def describe(self) -> str:
+        """In words: "at least 1", "positive", "between 0 and 1"..."""
+        if self.high == math.inf:
+            if self.low == 0:
+                return "at least 0" if self.low_closed else "positive"
+            low = str(self).split(",")[0][1:]
+            return f"at least {low}" if self.low_closed else f"above {low}"
+        return f"in {self}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +90,7 @@ class OptionSpec:
     hashed: bool = True
     recorded_as: str | None = None  # with hashed=False: how the manifest records it instead
     choices: tuple[str, ...] | None = None
+    range: Range | None = None  # allowed numbers, e.g. "[0, 1)"; every float must also be finite
     cli_type: Any = None  # the type typed on the command line, when not the field's own
     parse: Callable[[Any], Any] | None = None  # command-line value -> field value
 
@@ -71,6 +115,7 @@ def option(
     hashed: bool = True,
     recorded_as: str | None = None,
     choices: tuple[str, ...] | list[str] | None = None,
+    range: str | None = None,
     cli_type: Any = None,
     parse: Callable[[Any], Any] | None = None,
 ) -> Any:
@@ -79,7 +124,8 @@ def option(
         raise TypeError("an option left out of the hashed config says how it is recorded instead (recorded_as=...)")
     spec = OptionSpec(
         help=help, panel=panel, flags=tuple(flags), runtime=runtime, hashed=hashed and not runtime, recorded_as=recorded_as,
-        choices=tuple(choices) if choices else None, cli_type=cli_type, parse=parse,
+        choices=tuple(choices) if choices else None, range=Range.parse(range) if range else None,
+        cli_type=cli_type, parse=parse,
     )
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_OPTION: spec})
 
@@ -122,14 +168,19 @@ def _field_default(f: dataclasses.Field) -> Any:
     return MISSING
 
 
-def flat_options(cls: type, *, _path: tuple[str, ...] = (), _group: GroupSpec | None = None) -> list[FlatOption]:
+@functools.lru_cache(maxsize=None)
+def flat_options(cls: type) -> tuple[FlatOption, ...]:
     """Every option of a config class in declaration order, groups flattened in place."""
+    return tuple(_flat_options(cls))
+
+
+def _flat_options(cls: type, *, _path: tuple[str, ...] = (), _group: GroupSpec | None = None) -> list[FlatOption]:
     hints = _hints(cls)
     found: list[FlatOption] = []
     for f in dataclasses.fields(cls):
         if _GROUP in f.metadata:
             inner: GroupSpec = f.metadata[_GROUP]
-            found.extend(flat_options(hints[f.name], _path=_path + (f.name,), _group=inner))
+            found.extend(_flat_options(hints[f.name], _path=_path + (f.name,), _group=inner))
             continue
         spec: OptionSpec | None = f.metadata.get(_OPTION)
         if spec is None:
@@ -170,7 +221,7 @@ class Options:
     """
 
     def __post_init__(self) -> None:
-        self.check_choices()
+        self.check()
 
     @classmethod
     def build(cls: type[T], **values: Any) -> T:
@@ -198,11 +249,55 @@ class Options:
         """How the work ran, not what it computed (the manifest's `runtime`)."""
         return {opt.name: json_ready(value) for opt, value in self._items() if opt.spec.runtime}
 
-    def check_choices(self) -> None:
-        """A value outside an option's declared choices is a ValueError naming the flag and them."""
+    def check(self) -> None:
+        """Every value against its declaration: type, finite, range, choices. An OptionError names
+        the flag, what it must be and what it got, for values from flags, files and Python alike."""
         for opt, value in self._items():
+            flag = "--" + opt.name.replace("_", "-")
+            problem = _type_problem(value, opt.type)
+            if problem:
+                raise OptionError(f"{flag} must be {problem}, got {value!r}")
+            for number in _numbers(value):
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise OptionError(f"{flag} must be a finite number, got {value!r}")
+                if opt.spec.range is not None and number not in opt.spec.range:
+                    raise OptionError(f"{flag} must be {opt.spec.range.describe()}, got {number!r}")
             if opt.spec.choices and value is not None and value not in opt.spec.choices:
-                raise ValueError(f"--{opt.name.replace('_', '-')} must be one of {', '.join(opt.spec.choices)}, got {value!r}")
+                raise OptionError(f"{flag} must be one of {', '.join(opt.spec.choices)}, got {value!r}")
+
+
+def _numbers(value: Any) -> list[float]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+_TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+
+
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """What `value` should have been, when it is not of the declared type (None when it is)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(value, arg) for arg in args if arg is not type(None)]
+        return None if any(p is None for p in problems) else " or ".join(p for p in problems if p)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return f"a list of {_TYPE_NAMES.get(args[0], 'values') if args else 'values'}"
+        inner = [_type_problem(item, args[0]) for item in value] if args else []
+        return next((f"a list of {p}" for p in inner if p), None)
+    if annotation is bool:
+        return None if isinstance(value, bool) else _TYPE_NAMES[bool]
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else _TYPE_NAMES[int]
+    if annotation is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else _TYPE_NAMES[float]
+    if annotation is str:
+        return None if isinstance(value, str) else _TYPE_NAMES[str]
+    if annotation is Path:
+        return None if isinstance(value, (str, Path)) else _TYPE_NAMES[Path]
+    return None
 
 
 def _build(cls: type, values: dict[str, Any], spec: GroupSpec | None) -> Any:

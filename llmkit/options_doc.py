@@ -5,8 +5,9 @@
 
 A table stands between `<!-- options: PATH -->` and `<!-- /options -->` in a page, PATH being
 a command path such as `pretrain` or `tokenizer train`. It lists every option the command
-line takes, grouped by help panel, with its default and, for a stage that writes an artifact,
-how the manifest records it (`config` is hashed into the fingerprint, `runtime` is not).
+line takes, grouped by help panel, with its default, the values it allows and, for a stage that
+writes an artifact, how the manifest records it (`config` is hashed into the fingerprint,
+`runtime` is not).
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ def table(path: str) -> str:
         else:
             recorded = "input" if param.name in inputs else "—"
         help_text = (param.help or "").replace("|", "\\|").replace("\\\\n", "\\n")
-        row = [flags, _default(param), recorded, help_text] if function.writes_artifact else [flags, _default(param), help_text]
+        allowed = (str(opt.spec.range) if opt.spec.range else ", ".join(opt.spec.choices) if opt.spec.choices else "") if opt else ""
+        row = [flags, _default(param), allowed, recorded, help_text] if function.writes_artifact else [flags, _default(param), allowed, help_text]
         panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(row)
     lines = []
     for panel, rows in sorted(panels.items(), key=lambda item: item[0] != "Options"):
-        header = "| option | default | recorded as | |\n|---|---|---|---|" if function.writes_artifact else "| option | default | |\n|---|---|---|"
+        header = ("| option | default | allowed | recorded as | |\n|---|---|---|---|---|" if function.writes_artifact
+                  else "| option | default | allowed | |\n|---|---|---|---|")
         lines += [f"**{panel}**", "", header]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")

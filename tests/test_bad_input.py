@@ -146,3 +146,66 @@ def test_a_second_writer_of_one_output_is_refused_and_stale_temporaries_go(cli, 
     _ok(cli("clean", chain / "book.txt", "-o", out))
     assert not stale.exists() and not (tmp_path / ".corpus.lock").exists()
     shutil.rmtree(out)
+
+
+# Out-of-range, non-finite and mistyped values: refused by the option declarations before any work.
+BAD_VALUES = [
+    (["clean", "{book}", "--workers", "-1"], "--workers must be at least 0"),
+    (["clean", "{book}", "--min-words", "-1"], "--min-words must be at least 0"),
+    (["clean", "{book}", "--min-language-score", "nan"], "--min-language-score must be a finite number"),
+    (["clean", "{book}", "--min-words", "500", "--max-words", "100"], "--min-words (500) is above --max-words (100)"),
+    (["clean", "{book}", "--seed", "-1"], "--seed must be in [0, 4294967295]"),
+    (["tokenizer", "train", "{corpus}", "--min-frequency", "0"], "--min-frequency must be at least 1"),
+    (["tokenize", "{corpus}", "-t", "{tok}", "--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["tokenize", "{corpus}", "-t", "{tok}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["pretrain", "{tokens}", "--seq-len", "0"], "--seq-len must be at least 1"),
+    (["pretrain", "{tokens}", "--warmup-steps", "-5"], "--warmup-steps must be at least 0"),
+    (["pretrain", "{tokens}", "--weight-decay", "-0.1"], "--weight-decay must be at least 0"),
+    (["pretrain", "{tokens}", "--eval-every", "-1"], "--eval-every must be at least 0"),
+    (["pretrain", "{tokens}", "--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1]"),
+    (["pretrain", "{tokens}", "--mlm-probability", "2"], "--mlm-probability must be in (0, 1)"),
+    (["pretrain", "{tokens}", "--gpus", "-1"], "--gpus must be at least 0"),
+    (["pretrain", "{tokens}", "--grad-clip", "nan"], "--grad-clip must be a finite number"),
+    (["pretrain", "{tokens}", "--lr", "nan"], "--lr must be a finite number"),
+    (["pretrain", "{tokens}", "--lr", "0"], "--lr must be positive"),
+    (["pretrain", "{tokens}", "--log-every", "0"], "--log-every must be at least 1"),
+    (["pretrain", "{tokens}", "--dropout", "2"], "--dropout must be in [0, 1)"),
+    (["pretrain", "{tokens}", "--node-rank", "1"], "--node-rank must be below --nnodes (1)"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "--epochs", "0"], "--epochs must be positive"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "--lora-rank", "-2"], "--lora-rank must be at least 0"),
+    (["eval", "{ckpt}", "--data", "{tokens}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["generate", "{ckpt}", "-p", "x", "--temperature", "-1"], "--temperature must be at least 0"),
+    (["generate", "{ckpt}", "-p", "x", "--top-k", "0"], "--top-k must be at least 1"),
+    (["chat", "{ckpt}", "--top-p", "0"], "--top-p must be in (0, 1]"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_VALUES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_VALUES])
+def test_bad_option_values_are_one_line_errors_before_any_work(cli, chain, tmp_path, args, message):
+    paths = {p.stem: p for p in chain.iterdir()}
+    command = [a.format(**paths) for a in args]
+    if command[0] not in ("generate", "chat"):
+        command += ["-o", str(tmp_path / "out")]
+    assert message in _one_line_error(cli(*command))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("steps.toml", "[pretrain]\nmax_steps = 2.5\n", "--max-steps must be a whole number, got 2.5"),
+    ("steps.yaml", "pretrain:\n  max_steps: ten\n", "--max-steps must be a whole number, got 'ten'"),
+    ("flag.toml", "[pretrain]\ncompile = \"yes\"\n", "--compile must be true or false"),
+    ("table.toml", "[pretrain.optimizer]\nlr = 1\n", "unknown table [pretrain.optimizer]"),
+    ("stage.toml", "[pretrian]\nlr = 1\n", "unknown table [pretrian]"),
+    ("key.toml", "[pretrain]\nlearning_rate = 1\n", "unknown option(s) in"),
+])
+def test_config_files_with_wrong_types_or_tables_are_refused(cli, chain, tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tmp_path / "out", "--config", tmp_path / name))
+    assert message in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_and_import_refuse_unknown_config_keys(cli, chain, tmp_path):
+    (tmp_path / "c.toml").write_text('[export]\nprecision = "bf16"\n[import]\nprecision = "bf16"\n')
+    assert "unknown option(s)" in _one_line_error(cli("export", chain / "ckpt", "-o", tmp_path / "e", "--config", tmp_path / "c.toml"))
+    assert "unknown option(s)" in _one_line_error(cli("import", chain / "hf", "-o", tmp_path / "i", "--config", tmp_path / "c.toml"))

@@ -123,7 +123,7 @@ def test_unknown_text_field(cli, shared_data, tmp_path):
     [
         (["--preset", "fast"], "unknown preset 'fast'"),
         (["--doc-per", "page"], "--doc-per must be one of"),
-        (["--threshold", "2"], "--threshold must be between 0 and 1"),
+        (["--threshold", "2"], "--threshold must be in (0, 1)"),
         (["--bands", "30"], "must fit in num_perm"),
         (["--preset", "web"], "all 500 documents were dropped"),
     ],

@@ -225,7 +225,7 @@ def test_web_preset_on_real_chinese_lines(chinese):
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(UserError, match="unknown preset"):
+    with pytest.raises(UserError, match="--preset must be one of default, web"):
         CleanConfig(preset="fast")
     with pytest.raises(UserError, match="doc-per"):
         CleanConfig(doc_per="page")

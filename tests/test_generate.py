@@ -225,7 +225,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
     [
         ([], "no prompt given"),
         (["--prompts", "{tmp}/missing.txt"], "prompts file not found"),
-        (["-p", "x", "--top-p", "1.5"], "top_p must be in"),
+        (["-p", "x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["-p", "x", "--temperature", "-1"], "temperature must be"),
         (["-p", "x", "--context-overflow", "wrap"], "--context-overflow must be one of"),
         (["-p", "x", "-o", "{tmp}/exists.jsonl"], "already exists"),

@@ -171,3 +171,9 @@ def test_the_config_modules_import_neither_torch_nor_numpy():
     code = "import sys, llmkit.cli; print(sorted(m for m in ('torch', 'numpy', 'pyarrow') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(REPO))
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_config_file_tables_are_the_stages():
+    from llmkit.config import SECTIONS
+
+    assert set(SECTIONS) == {command.section for command in stage_commands().values()}

@@ -42,7 +42,8 @@ class CleanConfig(Options):
     # Reading
     text_field: Optional[str] = option(None, "Field/column holding the text; a,b = the first one a file has (default: 'text', "
                                        "or the only text field).", panel=INPUT)
-    doc_per: str = option("file", "Plain text: one document per file, line, or blank-line-separated block.", panel=INPUT)
+    doc_per: str = option("file", "Plain text: one document per file, line, or blank-line-separated block.", panel=INPUT,
+                          choices=DOC_PER)
     dataset: Optional[str] = option(None, "Read a `datasets` data set: a local file/folder or a hub name.", panel=INPUT,
                                     hashed=False, recorded_as=_READ)
     dataset_config: Optional[str] = option(None, "The data set's configuration (subset) name.", panel=INPUT, hashed=False,
@@ -55,40 +56,45 @@ class CleanConfig(Options):
     cleanup: bool = option(True, "Remove control characters, odd spaces, trailing blanks.", panel=NORMALISE)
     strip_html: bool = option(False, "Keep only the visible text of HTML.", panel=NORMALISE)
     # Removal of unusable documents (both presets)
-    max_binary_ratio: float = option(0.01, "Drop a document with more than this share of control characters (NUL etc.).", panel=NORMALISE)
+    max_binary_ratio: float = option(0.01, "Drop a document with more than this share of control characters (NUL etc.).", panel=NORMALISE,
+                                     range="[0, 1]")
     max_garbled_ratio: float = option(0.05, "Drop a document with more than this share of U+FFFD, unassigned or private-use "
-                                      "characters.", panel=NORMALISE)
+                                      "characters.", panel=NORMALISE, range="[0, 1]")
     # Language filter (py3langid); empty list = off
     languages: list[str] = option(default_factory=list, help="Keep only these languages, e.g. en,zh (py3langid). web preset: en.",
                                   panel=LANGUAGE, cli_type=Optional[str])
-    min_language_score: float = option(0.65, "Minimum language probability (FineWeb's threshold).", panel=LANGUAGE)
+    min_language_score: float = option(0.65, "Minimum language probability (FineWeb's threshold).", panel=LANGUAGE, range="[0, 1]")
     # Gopher quality (Rae et al. 2021, App. A)
     gopher_quality: bool = option(False, "Gopher quality rules (web preset).", panel=GOPHER)
-    min_words: int = option(50, "Minimum words (CJK: characters).", panel=GOPHER)
-    max_words: int = option(100_000, "Maximum words.", panel=GOPHER)
-    min_mean_word_length: float = option(3.0, "Minimum mean word length.", panel=GOPHER)
-    max_mean_word_length: float = option(10.0, "Maximum mean word length.", panel=GOPHER)
-    max_symbol_word_ratio: float = option(0.1, "Maximum '#' and '...' per word.", panel=GOPHER)
-    max_bullet_lines_ratio: float = option(0.9, "Maximum share of lines starting with a bullet.", panel=GOPHER)
-    max_ellipsis_lines_ratio: float = option(0.3, "Maximum share of lines ending with an ellipsis.", panel=GOPHER)
-    min_alpha_words_ratio: float = option(0.8, "Minimum share of words with a letter.", panel=GOPHER)
-    min_stop_words: int = option(2, "Minimum distinct English stop words.", panel=GOPHER)
+    min_words: int = option(50, "Minimum words (CJK: characters).", panel=GOPHER, range="[0, inf)")
+    max_words: int = option(100_000, "Maximum words.", panel=GOPHER, range="[0, inf)")
+    min_mean_word_length: float = option(3.0, "Minimum mean word length.", panel=GOPHER, range="[0, inf)")
+    max_mean_word_length: float = option(10.0, "Maximum mean word length.", panel=GOPHER, range="[0, inf)")
+    max_symbol_word_ratio: float = option(0.1, "Maximum '#' and '...' per word.", panel=GOPHER, range="[0, inf)")
+    max_bullet_lines_ratio: float = option(0.9, "Maximum share of lines starting with a bullet.", panel=GOPHER, range="[0, 1]")
+    max_ellipsis_lines_ratio: float = option(0.3, "Maximum share of lines ending with an ellipsis.", panel=GOPHER, range="[0, 1]")
+    min_alpha_words_ratio: float = option(0.8, "Minimum share of words with a letter.", panel=GOPHER, range="[0, 1]")
+    min_stop_words: int = option(2, "Minimum distinct English stop words.", panel=GOPHER, range="[0, inf)")
     # Gopher repetition (Table A1)
     gopher_repetition: bool = option(False, "Gopher repetition rules (web preset).", panel=REPETITION)
-    max_dup_line_frac: float = option(0.30, "Maximum share of duplicated lines.", panel=REPETITION)
-    max_dup_para_frac: float = option(0.30, "Maximum share of duplicated paragraphs.", panel=REPETITION)
-    max_dup_line_char_frac: float = option(0.20, "Maximum share of characters in duplicated lines.", panel=REPETITION)
-    max_dup_para_char_frac: float = option(0.20, "Maximum share of characters in duplicated paragraphs.", panel=REPETITION)
-    max_top_ngram_char_frac: list[float] = option(default_factory=lambda: [0.20, 0.18, 0.16], panel=REPETITION,
-                                                  help="Maximum share of characters in the most frequent 2-, 3-, 4-gram (3 values, repeat the flag).")
-    max_dup_ngram_char_frac: list[float] = option(default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10], panel=REPETITION,
-                                                  help="Maximum share of characters in duplicated 5- .. 10-grams (6 values, repeat the flag).")
+    max_dup_line_frac: float = option(0.30, "Maximum share of duplicated lines.", panel=REPETITION, range="[0, 1]")
+    max_dup_para_frac: float = option(0.30, "Maximum share of duplicated paragraphs.", panel=REPETITION, range="[0, 1]")
+    max_dup_line_char_frac: float = option(0.20, "Maximum share of characters in duplicated lines.", panel=REPETITION, range="[0, 1]")
+    max_dup_para_char_frac: float = option(0.20, "Maximum share of characters in duplicated paragraphs.", panel=REPETITION, range="[0, 1]")
+    max_top_ngram_char_frac: list[float] = option(
+        default_factory=lambda: [0.20, 0.18, 0.16], panel=REPETITION, range="[0, 1]",
+        help="Maximum share of characters in the most frequent 2-, 3-, 4-gram (3 values, repeat the flag).",
+    )
+    max_dup_ngram_char_frac: list[float] = option(
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10], panel=REPETITION, range="[0, 1]",
+        help="Maximum share of characters in duplicated 5- .. 10-grams (6 values, repeat the flag).",
+    )
     # C4 line rules (Raffel et al. 2020); terminal punctuation off, as FineWeb runs it
     c4: bool = option(False, "C4 line rules (web preset).", panel=C4)
     c4_terminal_punct: bool = option(False, "Remove lines not ending in terminal punctuation (off, as FineWeb runs C4).", panel=C4)
-    c4_min_words_per_line: int = option(3, "Remove lines with fewer words.", panel=C4)
-    c4_max_word_length: int = option(1000, "Remove lines with a longer word.", panel=C4)
-    c4_min_sentences: int = option(5, "Drop a document with fewer sentences left.", panel=C4)
+    c4_min_words_per_line: int = option(3, "Remove lines with fewer words.", panel=C4, range="[0, inf)")
+    c4_max_word_length: int = option(1000, "Remove lines with a longer word.", panel=C4, range="[1, inf)")
+    c4_min_sentences: int = option(5, "Drop a document with fewer sentences left.", panel=C4, range="[0, inf)")
     c4_remove_citations: bool = option(True, "Remove Wikipedia citation marks ([1], [edit]).", panel=C4)
     c4_lorem_ipsum: bool = option(True, "Drop a document containing 'lorem ipsum'.", panel=C4)
     c4_javascript: bool = option(True, "Remove lines mentioning javascript.", panel=C4)
@@ -96,43 +102,38 @@ class CleanConfig(Options):
     c4_policy: bool = option(True, "Remove lines about terms of use, privacy and cookie policies.", panel=C4)
     # FineWeb extras (Penedo et al. 2024)
     fineweb: bool = option(False, "FineWeb line rules (web preset).", panel=FINEWEB)
-    min_line_punct_ratio: float = option(0.12, "Minimum share of lines ending in punctuation.", panel=FINEWEB)
-    max_short_line_ratio: float = option(0.67, "Maximum share of short lines.", panel=FINEWEB)
-    short_line_length: int = option(30, "A short line has at most this many characters.", panel=FINEWEB)
-    max_char_dup_ratio: float = option(0.01, "Maximum share of characters in duplicated lines.", panel=FINEWEB)
-    max_newline_word_ratio: float = option(0.3, "Maximum newlines per word.", panel=FINEWEB)
+    min_line_punct_ratio: float = option(0.12, "Minimum share of lines ending in punctuation.", panel=FINEWEB, range="[0, 1]")
+    max_short_line_ratio: float = option(0.67, "Maximum share of short lines.", panel=FINEWEB, range="[0, 1]")
+    short_line_length: int = option(30, "A short line has at most this many characters.", panel=FINEWEB, range="[0, inf)")
+    max_char_dup_ratio: float = option(0.01, "Maximum share of characters in duplicated lines.", panel=FINEWEB, range="[0, 1]")
+    max_newline_word_ratio: float = option(0.3, "Maximum newlines per word.", panel=FINEWEB, range="[0, inf)")
     # De-duplication
     exact_dedup: bool = option(True, "Drop exact duplicates.", panel=DEDUP)
     near_dedup: bool = option(True, "Drop near duplicates (MinHash LSH).", panel=DEDUP)
-    ngram: int = option(5, "Words per shingle (one character = one word in unspaced scripts).", panel=DEDUP)
-    num_perm: int = option(112, "MinHash permutations.", panel=DEDUP)
-    bands: int = option(14, "LSH bands.", panel=DEDUP)
-    rows: int = option(8, "LSH rows per band.", panel=DEDUP)
+    ngram: int = option(5, "Words per shingle (one character = one word in unspaced scripts).", panel=DEDUP, range="[1, inf)")
+    num_perm: int = option(112, "MinHash permutations.", panel=DEDUP, range="[1, inf)")
+    bands: int = option(14, "LSH bands.", panel=DEDUP, range="[1, inf)")
+    rows: int = option(8, "LSH rows per band.", panel=DEDUP, range="[1, inf)")
     threshold: Optional[float] = option(None, "Jaccard similarity to treat as duplicate; picks bands x rows minimising FP+FN.",
-                                        panel=DEDUP)
+                                        panel=DEDUP, range="(0, 1)")
     # Output
     keep_rejects: bool = option(False, "Write dropped documents and their reasons to OUT/rejects.jsonl.", flags=("--keep-rejects",),
                                 panel=OUTPUT)
-    shard_mb: int = option(256, "Uncompressed text per Parquet shard, in MB.", panel=OUTPUT)
-    workers: int = option(1, "Worker processes (0: one per core). Output is the same for any value.", panel=OUTPUT, runtime=True)
-    seed: int = option(0, "Seed of the MinHash permutations.")
+    shard_mb: int = option(256, "Uncompressed text per Parquet shard, in MB.", panel=OUTPUT, range="[1, inf)")
+    workers: int = option(1, "Worker processes (0: one per core). Output is the same for any value.", panel=OUTPUT, runtime=True,
+                          range="[0, inf)")
+    seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        super().__post_init__()
-        if self.doc_per not in DOC_PER:
-            raise UserError(f"--doc-per must be one of {', '.join(DOC_PER)}, got {self.doc_per!r}")
-        if self.normalization not in ("NFC", "NFKC", "NFD", "NFKD"):
-            raise UserError(f"normalization must be NFC, NFKC, NFD or NFKD, got {self.normalization!r}")
-        if isinstance(self.languages, str):
+        if isinstance(self.languages, str):  # "en,zh" from the command line or a file
             self.languages = [code.strip() for code in self.languages.split(",") if code.strip()]
-        self.languages = list(self.languages)
-        if self.ngram < 1:
-            raise UserError(f"--ngram must be at least 1, got {self.ngram}")
+        super().__post_init__()
+        if self.min_words > self.max_words:
+            raise UserError(f"--min-words ({self.min_words}) is above --max-words ({self.max_words}); every document would go")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise UserError(f"--min-mean-word-length ({self.min_mean_word_length}) is above --max-mean-word-length "
+                            f"({self.max_mean_word_length})")
         if self.threshold is not None:
-            if not 0.0 < self.threshold < 1.0:
-                raise UserError(f"--threshold must be between 0 and 1 (a Jaccard similarity), got {self.threshold}")
             from llmkit.corpus.minhash import optimal_bands_rows
 
             self.bands, self.rows = optimal_bands_rows(self.threshold, self.num_perm)
@@ -145,8 +146,6 @@ class CleanConfig(Options):
             raise UserError(
                 "max_top_ngram_char_frac needs 3 values (n = 2, 3, 4) and max_dup_ngram_char_frac 6 (n = 5..10)"
             )
-        if self.shard_mb < 1:
-            raise UserError(f"shard_mb must be at least 1, got {self.shard_mb}")
 
 
 # What `--preset web` switches on; everything else keeps its default.

@@ -35,7 +35,7 @@ class EvalConfig(Options):
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
     labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",
                                cli_type=str | None, parse=comma_list, panel=DATA)
-    limit: int | None = option(None, "Evaluate only the first N examples/documents.", panel=DATA)
+    limit: int | None = option(None, "Evaluate only the first N examples/documents.", panel=DATA, range="[1, inf)")
     bleu_tokenize: str = option("13a", "sacrebleu tokenizer: 13a, zh, intl, char, none, flores101, flores200, ...", panel=TEXT)
     lowercase: bool = option(False, "Case-insensitive BLEU/chrF.", flags=("--lowercase",), panel=TEXT)
     rouge_tokenize: str = option("default", "ROUGE tokenizer: default (rouge-score, Latin only), unicode (keeps every script), "
@@ -43,19 +43,11 @@ class EvalConfig(Options):
     stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer",), panel=TEXT)
     prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n is a newline).",
                                          parse=unescape, panel=TEXT)
-    max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT)
+    max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT, range="[1, inf)")
     stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a newline).",
                              parse=unescape_each, panel=TEXT)
-    rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN)
-    batch_size: int = option(8, "Sequences per forward pass.", panel=RUN)
+    rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
+                                  range="[1, inf)")
+    batch_size: int = option(8, "Sequences per forward pass.", panel=RUN, range="[1, inf)")
     device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
-    seed: int = option(0, "Seed for every random choice.")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if self.rolling_context < 1:
-            raise ValueError("rolling_context must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("limit must be >= 1")
+    seed: int = option(0, "Seed for every random choice.", range="[0, 4294967295]")

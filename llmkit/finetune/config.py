@@ -21,23 +21,26 @@ class FinetuneConfig(Options):
                            "or a JSON file.", panel=TASK_PANEL)
     val_data: Path | None = option(None, "Validation JSONL (default: hold out --val-fraction of --data).", panel=TASK_PANEL,
                                    hashed=False, recorded_as="content hash (val_data_sha256)")
-    val_fraction: float = option(0.05, "Share of --data held out for validation when --val-data is not given.", panel=TASK_PANEL)
-    seq_len: int | None = option(None, "Longest example in tokens (default: the model's context length).", panel=TASK_PANEL)
+    val_fraction: float = option(0.05, "Share of --data held out for validation when --val-data is not given.", panel=TASK_PANEL,
+                                 range="[0, 1)")
+    seq_len: int | None = option(None, "Longest example in tokens (default: the model's context length).", panel=TASK_PANEL,
+                                 range="[1, inf)")
     truncate: bool = option(False, "Cut examples longer than --seq-len instead of failing.", flags=("--truncate",), panel=TASK_PANEL)
-    batch_size: int = option(32, "Examples per optimizer step, over all devices.", panel=TRAINING_PANEL)
-    max_steps: int | None = option(None, "Optimizer steps (default: --epochs over the data).", panel=TRAINING_PANEL)
-    epochs: float = option(1.0, "Passes over the training data when --max-steps is not given.", panel=TRAINING_PANEL)
+    batch_size: int = option(32, "Examples per optimizer step, over all devices.", panel=TRAINING_PANEL, range="[1, inf)")
+    max_steps: int | None = option(None, "Optimizer steps (default: --epochs over the data).", panel=TRAINING_PANEL, range="[1, inf)")
+    epochs: float = option(1.0, "Passes over the training data when --max-steps is not given.", panel=TRAINING_PANEL, range="(0, inf)")
     optim: Optimization = group(
         Optimization, panel=TRAINING_PANEL, lr=None, weight_decay=0.0, beta2=0.999,
         help={"lr": "Peak learning rate (default 1e-4, or 1e-3 with LoRA).",
               "warmup_steps": "Linear warmup steps (default min(50, steps/20))."},
     )
-    dropout: float | None = option(None, "Dropout while fine-tuning (default: the checkpoint's).", panel=TRAINING_PANEL)
+    dropout: float | None = option(None, "Dropout while fine-tuning (default: the checkpoint's).", panel=TRAINING_PANEL, range="[0, 1)")
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL, eval_every=100, save_every=200)
-    eval_examples: int = option(1024, "Validation examples per evaluation (at most).", panel=TRAINING_PANEL)
-    lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning).", panel=LORA_PANEL)
-    lora_alpha: float | None = option(None, "LoRA alpha; the update is scaled by alpha/rank (default 2 x rank).", panel=LORA_PANEL)
-    lora_dropout: float = option(0.0, "Dropout on the LoRA input.", panel=LORA_PANEL)
+    eval_examples: int = option(1024, "Validation examples per evaluation (at most).", panel=TRAINING_PANEL, range="[1, inf)")
+    lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning).", panel=LORA_PANEL, range="[0, inf)")
+    lora_alpha: float | None = option(None, "LoRA alpha; the update is scaled by alpha/rank (default 2 x rank).", panel=LORA_PANEL,
+                                      range="(0, inf)")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input.", panel=LORA_PANEL, range="[0, 1)")
     lora_targets: list[str] = option(
         default_factory=lambda: ["q_proj", "kv_proj", "out_proj"], panel=LORA_PANEL,
         help="Linear layers to adapt, comma-separated: names (q_proj, kv_proj, out_proj, up_proj, down_proj), globs over "
@@ -47,20 +50,11 @@ class FinetuneConfig(Options):
         default_factory=list, panel=LORA_PANEL,
         help="Parameter groups to keep fixed, comma-separated: embeddings, attention, mlp, norms, lm_head, or a name glob (blocks.0.*).",
     )
-    seed: int = option(0, "Seed for the head/adapter initialisation, data order, validation split and dropout.")
+    seed: int = option(0, "Seed for the head/adapter initialisation, data order, validation split and dropout.", range="[0, 4294967295]")
     devices: Devices = group(Devices, panel=DEVICES_PANEL, micro_batch=8)
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("batch_size", "eval_examples"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
-        if self.epochs <= 0 or not 0 <= self.val_fraction < 1:
-            raise ValueError("epochs must be positive and val_fraction in [0, 1)")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         # Comma-separated lists from the command line become lists.
         self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
         self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]

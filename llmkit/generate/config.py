@@ -20,12 +20,12 @@ RUN = "Run"
 
 @dataclass
 class Sampling(Options):
-    max_new_tokens: int = option(128, "Tokens to generate per completion.", flags=("--max-new-tokens", "-n"))
-    temperature: float = option(0.8, "Sampling temperature; 0 = greedy.")
+    max_new_tokens: int = option(128, "Tokens to generate per completion.", flags=("--max-new-tokens", "-n"), range="[1, inf)")
+    temperature: float = option(0.8, "Sampling temperature; 0 = greedy.", range="[0, inf)")
     greedy: bool = option(False, "Always take the most likely token (same as --temperature 0).", flags=("--greedy",))
-    top_k: int | None = option(None, "Sample only among the k most likely tokens.")
-    top_p: float | None = option(None, "Nucleus sampling: the smallest set of tokens with this much probability.")
-    repetition_penalty: float = option(1.0, "> 1 discourages repeating tokens (1 = off).")
+    top_k: int | None = option(None, "Sample only among the k most likely tokens.", range="[1, inf)")
+    top_p: float | None = option(None, "Nucleus sampling: the smallest set of tokens with this much probability.", range="(0, 1]")
+    repetition_penalty: float = option(1.0, "> 1 discourages repeating tokens (1 = off).", range="(0, inf)")
 
     def params(self, seed: int, **more: Any):
         """The engine's GenerationParams; an impossible setting is a one-line error."""
@@ -50,19 +50,14 @@ class GenerateConfig(Options):
     stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n is a newline); it is not printed.",
                              parse=unescape_each, panel=SAMPLING)
     ignore_eos: bool = option(False, "Keep going past the end-of-text token.", flags=("--ignore-eos",), panel=SAMPLING)
-    num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING)
-    batch_size: int = option(8, "Rows generated together (left-padded).", panel=RUN)
+    num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING, range="[1, inf)")
+    batch_size: int = option(8, "Rows generated together (left-padded).", panel=RUN, range="[1, inf)")
     context_overflow: str = option("slide", "When prompt + output exceed the context: slide (keep the newest tokens) or error.",
                                    choices=OVERFLOW_POLICIES, panel=RUN)
     stream: bool | None = option(None, "Print tokens as they arrive (default: when there is one completion).",
                                  flags=("--stream/--no-stream",), panel=RUN, runtime=True)
     device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
-    seed: int = option(0, "Seed: the same seed gives the same text.")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_samples < 1 or self.batch_size < 1:
-            raise ValueError("num_samples and batch_size must be at least 1")
+    seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
 
     def params(self):
         return self.sampling.params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
@@ -75,4 +70,4 @@ class ChatConfig(Options):
     sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
                                help={"max_new_tokens": "Longest reply in tokens."})
     device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
-    seed: int = option(0, "Sampling seed (turn k samples with seed + k).")
+    seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")

@@ -20,7 +20,8 @@ class ExportConfig(Options):
 @dataclass
 class ImportConfig(Options):
     dtype: str = option("float32", "Stored weight dtype: float32, bfloat16 or float16.", choices=DTYPES)
-    seed: int = option(0, "Recorded in the manifest (import itself is deterministic).", hashed=False, recorded_as="manifest seed")
+    seed: int = option(0, "Recorded in the manifest (import itself is deterministic).", hashed=False, recorded_as="manifest seed",
+                       range="[0, 4294967295]")
 
 
 def _export(config: ExportConfig, *, checkpoint: Path, out: Path, force: bool) -> None:

@@ -14,17 +14,18 @@ BYTE_ALPHABET = 256
 
 @dataclass
 class TokenizerTrainConfig(Options):
-    vocab_size: int = option(8192, "Vocabulary size, special and byte tokens included.")
-    min_frequency: int = option(2, "Merge only pairs seen at least this often.")
+    vocab_size: int = option(8192, "Vocabulary size, special and byte tokens included.", range="[1, inf)")
+    min_frequency: int = option(2, "Merge only pairs seen at least this often.", range="[1, inf)")
     special_tokens: list[str] = option(
         default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), cli_type=Optional[str], parse=comma_list,
         help="Comma-separated special tokens, given ids 0, 1, ... in order [default: " + ",".join(DEFAULT_SPECIAL_TOKENS) + "].",
     )
-    max_docs: int | None = option(None, "Train on at most this many documents.")
-    sample_bytes: int | None = option(None, "Train on about this many bytes, drawn uniformly across the corpus with --seed.")
-    heldout_every: int = option(100, "Hold out every N-th piece (a document or ~8K characters of one) for the stats.")
-    heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.")
-    seed: int = option(0, "Seed for sampling the training text.", hashed=False, recorded_as="manifest seed")
+    max_docs: int | None = option(None, "Train on at most this many documents.", range="[1, inf)")
+    sample_bytes: int | None = option(None, "Train on about this many bytes, drawn uniformly across the corpus with --seed.",
+                                      range="[1, inf)")
+    heldout_every: int = option(100, "Hold out every N-th piece (a document or ~8K characters of one) for the stats.", range="[2, inf)")
+    heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.", range="[1, inf)")
+    seed: int = option(0, "Seed for sampling the training text.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,32 +41,15 @@ class TokenizerTrainConfig(Options):
                 f"--vocab-size {self.vocab_size} is too small: the 256 byte tokens and {len(specials)} special tokens "
                 f"need {needed}; pass --vocab-size {needed} or more"
             )
-        if self.min_frequency < 1:
-            raise UserError(f"--min-frequency must be at least 1, got {self.min_frequency}")
-        for name in ("max_docs", "sample_bytes"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.heldout_every < 2:
-            raise UserError(f"heldout_every must be at least 2, got {self.heldout_every}")
 
 
 @dataclass
 class TokenizeConfig(Options):
-    val_fraction: float = option(0.05, "Share of documents held out for validation.")
+    val_fraction: float = option(0.05, "Share of documents held out for validation.", range="[0, 1)")
     add_bos: bool = option(False, "Start every document with <|bos|>.", flags=("--add-bos",))
-    shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).")
-    seed: int = option(0, "Seed of the train/validation split.", hashed=False, recorded_as="manifest seed")
-    workers: int = option(0, "Encoding processes; 0 = one per core. Does not change the result.", runtime=True)
-    batch_size: int = option(2048, "Documents per encoding batch.", runtime=True)
+    shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).", range="[1, inf)")
+    seed: int = option(0, "Seed of the train/validation split.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
+    workers: int = option(0, "Encoding processes; 0 = one per core. Does not change the result.", runtime=True, range="[0, inf)")
+    batch_size: int = option(2048, "Documents per encoding batch.", runtime=True, range="[1, inf)")
     fast: bool = option(True, "Encode through tiktoken built from our merges, when it applies.", flags=("--fast/--no-fast",),
                         runtime=True)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.shard_tokens < 1:
-            raise UserError(f"--shard-tokens must be at least 1, got {self.shard_tokens}")

@@ -26,19 +26,19 @@ class ModelChoice(Options):
                         flags=("--model",))
     arch: str | None = option(None, "gpt or lstm (default: the preset's).", choices=("gpt", "lstm"))
     objective: str | None = option(None, "clm (next token) or mlm (BERT-style masked LM, bidirectional).", choices=("clm", "mlm"))
-    n_layer: int | None = option(None, "Layers.")
-    n_head: int | None = option(None, "Attention heads.")
-    n_kv_head: int | None = option(None, "Key/value heads (fewer than heads = grouped-query attention).")
-    n_embd: int | None = option(None, "Model width.")
-    mlp_ratio: float | None = option(None, "MLP hidden width / model width.")
-    context_length: int | None = option(None, "Longest sequence the model takes.")
-    dropout: float | None = option(None, "Dropout probability.")
+    n_layer: int | None = option(None, "Layers.", range="[1, inf)")
+    n_head: int | None = option(None, "Attention heads.", range="[1, inf)")
+    n_kv_head: int | None = option(None, "Key/value heads (fewer than heads = grouped-query attention).", range="[1, inf)")
+    n_embd: int | None = option(None, "Model width.", range="[1, inf)")
+    mlp_ratio: float | None = option(None, "MLP hidden width / model width.", range="(0, inf)")
+    context_length: int | None = option(None, "Longest sequence the model takes.", range="[1, inf)")
+    dropout: float | None = option(None, "Dropout probability.", range="[0, 1)")
     norm: str | None = option(None, "rmsnorm or layernorm.", choices=("rmsnorm", "layernorm"))
     pos: str | None = option(None, "Positions: rope or learned.", choices=("rope", "learned"))
     activation: str | None = option(None, "swiglu or gelu.", choices=("swiglu", "gelu"))
     tie_embeddings: bool | None = option(None, "Share input and output embeddings.", flags=("--tie-embeddings/--no-tie-embeddings",))
     bias: bool | None = option(None, "Biases in linear layers and norms.", flags=("--bias/--no-bias",))
-    rope_theta: float | None = option(None, "RoPE base.")
+    rope_theta: float | None = option(None, "RoPE base.", range="(0, inf)")
 
     def overrides(self) -> dict[str, Any]:
         """The fields set on top of the preset (None = keep the preset's)."""
@@ -48,48 +48,45 @@ class ModelChoice(Options):
 @dataclass
 class Optimization(Options):
     optimizer: str = option("adamw", "adamw or sgd (with momentum).", choices=("adamw", "sgd"))
-    lr: float | None = option(1e-3, "Peak learning rate.")
-    min_lr_ratio: float = option(0.1, "Final learning rate / peak.")
-    warmup_steps: int | None = option(None, "Linear warmup steps (default min(100, steps/10)).")
+    lr: float | None = option(1e-3, "Peak learning rate.", range="(0, inf)")
+    min_lr_ratio: float = option(0.1, "Final learning rate / peak.", range="[0, 1]")
+    warmup_steps: int | None = option(None, "Linear warmup steps (default min(100, steps/10)).", range="[0, inf)")
     schedule: str = option("cosine", "Decay after warmup: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
-    weight_decay: float = option(0.1, "AdamW weight decay (matrices and embeddings only).")
-    beta1: float = option(0.9, "AdamW beta1.")
-    beta2: float = option(0.95, "AdamW beta2.")
-    momentum: float = option(0.9, "SGD momentum.")
-    grad_clip: float = option(1.0, "Clip the gradient norm to this (0 = off).")
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices and embeddings only).", range="[0, inf)")
+    beta1: float = option(0.9, "AdamW beta1.", range="[0, 1)")
+    beta2: float = option(0.95, "AdamW beta2.", range="[0, 1)")
+    momentum: float = option(0.9, "SGD momentum.", range="[0, 1)")
+    grad_clip: float = option(1.0, "Clip the gradient norm to this (0 = off).", range="[0, inf)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
 
 
 @dataclass
 class Checkpointing(Options):
-    eval_every: int = option(250, "Validate every N steps and at the end (0 = never).")
-    save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).")
-    keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).")
+    eval_every: int = option(250, "Validate every N steps and at the end (0 = never).", range="[0, inf)")
+    save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).", range="[0, inf)")
+    keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).", range="[0, inf)")
 
 
 @dataclass
 class Devices(Options):
     """Where and how a run executes; never changes what it computes, so never hashed."""
 
-    micro_batch: int = option(16, "Sequences per forward/backward on one device; accumulation makes up the rest.", runtime=True)
+    micro_batch: int = option(16, "Sequences per forward/backward on one device; accumulation makes up the rest.", runtime=True,
+                              range="[1, inf)")
     compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
     tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
     strategy: str = option("ddp", "ddp (replicate) or fsdp (FSDP2 fully_shard) across processes.", choices=("ddp", "fsdp"), runtime=True)
-    gpus: int | None = option(None, "GPUs on this node (default: 1 if present, else CPU); >1 relaunches under torchrun.", runtime=True)
-    nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True)
-    nnodes: int = option(1, "Nodes taking part (multi-node).", runtime=True)
-    node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True)
+    gpus: int | None = option(None, "GPUs on this node (default: 1 if present, else CPU); >1 relaunches under torchrun.", runtime=True,
+                              range="[0, inf)")
+    nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True, range="[1, inf)")
+    nnodes: int = option(1, "Nodes taking part (multi-node).", runtime=True, range="[1, inf)")
+    node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True, range="[0, inf)")
     master_addr: str | None = option(None, "Address of node 0 (multi-node).", runtime=True)
-    master_port: int = option(29500, "Port on node 0 (multi-node).", runtime=True)
-    threads: int = option(0, "CPU threads per process (0 = PyTorch's default, one per core).", runtime=True)
-    log_every: int = option(10, "Print a progress line every N steps when not on a terminal.", runtime=True)
+    master_port: int = option(29500, "Port on node 0 (multi-node).", runtime=True, range="[1, 65535]")
+    threads: int = option(0, "CPU threads per process (0 = PyTorch's default, one per core).", runtime=True, range="[0, inf)")
+    log_every: int = option(10, "Print a progress line every N steps when not on a terminal.", runtime=True, range="[1, inf)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("micro_batch", "nproc", "nnodes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"--node-rank must be below --nnodes ({self.nnodes}), got {self.node_rank}")

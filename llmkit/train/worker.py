@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(message + "\n", encoding="utf-8")
             os.replace(tmp, path)
         else:
-            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {message}", soft_wrap=True)
+            from rich.markup import escape
+
+            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {escape(message)}", soft_wrap=True)
         return 1
     return 0
 
