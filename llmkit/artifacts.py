@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -81,6 +82,7 @@ class Manifest:
     seed: int | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes per file: a cheap check on every load (not hashed)
     stats: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
@@ -100,6 +102,7 @@ class Manifest:
             "config": self.config,
             "inputs": self.inputs,
             "files": self.files,
+            "sizes": self.sizes,
             "stats": self.stats,
             "runtime": self.runtime,
             "versions": self.versions,
@@ -113,6 +116,39 @@ class Manifest:
 
     def expected_fingerprint(self) -> str:
         return compute_fingerprint(self.kind, self.format_version, self.config, self.seed, self.inputs, self.files)
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FIELD_TYPES = {
+    "kind": str, "format_version": int, "llmkit_version": str, "fingerprint": str, "command": list, "config": dict,
+    "inputs": list, "files": dict, "sizes": dict, "stats": dict, "runtime": dict, "versions": dict,
+}
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What is structurally wrong with a manifest's JSON, if anything (cheap: no file is read)."""
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    for name, kind in _FIELD_TYPES.items():
+        if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
+            return f"its {name!r} is not a {kind.__name__}"
+    if data.get("kind") not in KINDS:
+        return f"unknown kind {data.get('kind')!r} (llmkit makes {', '.join(KINDS)})"
+    if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+        return "its 'seed' is not a whole number"
+    if not _HEX64.fullmatch(str(data.get("fingerprint", ""))):
+        return "its 'fingerprint' is not a sha256"
+    for name, digest in data.get("files", {}).items():
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            return f"the hash of file {name!r} is not a sha256"
+        if name.startswith("/") or ".." in name.split("/"):
+            return f"it lists {name!r}, a path outside the artifact"
+    for ref in data.get("inputs", []):
+        if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("role", "path", "fingerprint")):
+            return "an input is not {role, kind, path, fingerprint}"
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in data.get("sizes", {}).values()):
+        return "its 'sizes' are not whole numbers"
+    return None
 
 
 @dataclass
@@ -145,6 +181,23 @@ class Artifact:
             raise UserError(f"{self.kind} artifact at {self.path} has no file {name!r}; it is incomplete, rebuild it")
         return path
 
+    def check_files(self) -> None:
+        """The cheap half of `verify`: every listed file that exists stays inside the artifact (no
+        link out of it) and has the size the manifest recorded. Hashing them all is `verify`'s job."""
+        root = self.path.resolve()
+        for name in self.manifest.files:
+            path = self.path / name
+            if not path.exists() and not path.is_symlink():
+                continue  # reported by file() when a stage needs it, and by verify
+            if root not in path.resolve().parents:
+                raise UserError(f"{self.path}: file {name!r} leads outside the artifact (a link?); rebuild the artifact")
+            expected = self.manifest.sizes.get(name)
+            if expected is not None and path.stat().st_size != expected:
+                raise UserError(
+                    f"{self.path}: {name} has {path.stat().st_size} bytes, the manifest says {expected}; "
+                    "it changed or was cut short, rebuild the artifact (llmkit verify shows all differences)"
+                )
+
     def input(self, role: str) -> Artifact:
         """Load one of this artifact's inputs by role (resolved relative to this artifact)."""
         for ref in self.manifest.inputs:
@@ -175,8 +228,11 @@ def _input_ref(role: str, art: Artifact, out: Path) -> dict[str, Any]:
     return {"role": role, "kind": art.kind, "path": stored, "fingerprint": art.fingerprint}
 
 
-def load(path: Path | str, kind: str | Iterable[str] | None = None) -> Artifact:
-    """Read an artifact, checking that it exists, is complete, and is of the expected kind."""
+def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bool = True) -> Artifact:
+    """Read an artifact, checking that it exists, is complete, and is of the expected kind; and,
+    cheaply (no file is hashed), that its manifest is well formed and unedited and its files are
+    inside it with their recorded sizes. `check=False` skips the last two for `verify`, which
+    reports every difference instead of the first."""
     path = Path(path)
     wanted = (kind,) if isinstance(kind, str) else tuple(kind) if kind else ()
     wanted_text = " or ".join(wanted) if wanted else "llmkit"
@@ -192,17 +248,24 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None) -> Artifact:
         )
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        manifest = Manifest.from_dict(data)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{manifest_path} is not a valid manifest ({exc}); rebuild the artifact") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(f"{manifest_path} is not valid JSON ({type(exc).__name__}); rebuild the artifact") from exc
+    if isinstance(data, dict) and isinstance(data.get("format_version"), int) and data["format_version"] > FORMAT_VERSION:
+        raise UserError(
+            f"{path} has format version {data['format_version']}, this llmkit reads up to {FORMAT_VERSION}; upgrade llmkit"
+        )
+    problem = _manifest_problem(data)
+    if problem:
+        raise UserError(f"{manifest_path} is not a valid manifest: {problem}; rebuild the artifact")
+    manifest = Manifest.from_dict(data)
     if wanted and manifest.kind not in wanted:
         raise UserError(f"expected {_article(wanted_text)} artifact, got {manifest.kind} at {path}")
-    if not isinstance(manifest.format_version, int) or manifest.format_version > FORMAT_VERSION:
-        raise UserError(
-            f"{path} has format version {manifest.format_version}, this llmkit reads up to {FORMAT_VERSION}; "
-            "upgrade llmkit"
-        )
-    return Artifact(path=path, manifest=manifest)
+    art = Artifact(path=path, manifest=manifest)
+    if check:
+        if manifest.expected_fingerprint() != manifest.fingerprint:
+            raise UserError(f"{manifest_path} was edited: its fingerprint does not match its contents; rebuild the artifact")
+        art.check_files()
+    return art
 
 
 def _article(word: str) -> str:
@@ -246,13 +309,15 @@ class ArtifactBuilder:
         self.inputs.append(_input_ref(role, art, self.out))
 
     def manifest(self, root: Path | None = None) -> Manifest:
-        files = list_files(root or self.dir, self.file_filter)
+        root = root or self.dir
+        files = list_files(root, self.file_filter)
         manifest = Manifest(
             kind=self.kind,
             config=json.loads(canonical_json(self.config)),
             seed=self.seed,
             inputs=sorted(self.inputs, key=lambda i: i["role"]),
             files=files,
+            sizes={name: (root / name).stat().st_size for name in files},
             stats=json.loads(json.dumps(self.stats, default=_json_default)),
             runtime=json.loads(json.dumps(self.runtime, default=_json_default)),
             command=_command_line(),
@@ -453,11 +518,14 @@ class VerifyReport:
 
 def verify(path: Path | str) -> VerifyReport:
     """Re-hash every listed file and recompute the fingerprint."""
-    art = load(path)
+    art = load(path, check=False)
     problems = []
+    root = art.path.resolve()
     for name, digest in art.manifest.files.items():
         file = art.path / name
-        if not file.is_file():
+        if file.exists() and root not in file.resolve().parents:
+            problems.append(f"file outside the artifact: {name} (a link out of it)")
+        elif not file.is_file():
             problems.append(f"missing file: {name}")
         elif sha256_file(file) != digest:
             problems.append(f"changed file: {name} (sha256 differs from the manifest)")

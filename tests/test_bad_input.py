@@ -209,3 +209,76 @@ def test_export_and_import_refuse_unknown_config_keys(cli, chain, tmp_path):
     (tmp_path / "c.toml").write_text('[export]\nprecision = "bf16"\n[import]\nprecision = "bf16"\n')
     assert "unknown option(s)" in _one_line_error(cli("export", chain / "ckpt", "-o", tmp_path / "e", "--config", tmp_path / "c.toml"))
     assert "unknown option(s)" in _one_line_error(cli("import", chain / "hf", "-o", tmp_path / "i", "--config", tmp_path / "c.toml"))
+
+
+def test_resume_with_an_unreadable_state_is_an_error_and_a_cut_final_save_falls_back(cli, chain, tmp_path):
+    run = tmp_path / "run"
+    settings = [*TINY_MODEL, "--batch-tokens", "256", "--micro-batch", "4", "--eval-every", "0", "--save-every", "1"]
+    _ok(cli("pretrain", chain / "tokens", "-o", run, *settings, "--max-steps", "2"))
+    state = run / "training_state.json"
+    good = state.read_text()
+    state.write_text(good[: len(good) // 2])  # a corrupt state of the finished run
+    before = _digest(run)
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", run, *settings, "--max-steps", "3", "--resume"))
+    assert str(state) in line and "unreadable" in line
+    assert _digest(run) == before  # nothing overwritten
+    # A final save cut short has no manifest yet: resume goes on from the newest step checkpoint.
+    (run / "manifest.json").unlink()
+    (run / "model.safetensors").write_bytes(b"")
+    result = _ok(cli("pretrain", chain / "tokens", "-o", run, *settings, "--max-steps", "3", "--resume"))
+    assert "resumed from step 2" in result.output
+    assert artifacts.load(run).stats["step"] == 3 and artifacts.verify(run).ok
+
+
+def _tamper(artifact: Path, tmp_path: Path, change) -> Path:
+    """A copy of `artifact` whose manifest (JSON) went through `change`."""
+    copy = tmp_path / f"tampered-{artifact.name}"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest, copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def _set(key, value):
+    def change(manifest, _):
+        manifest[key] = value
+    return change
+
+
+def _link_out(manifest, copy):
+    (copy / "model.safetensors").unlink()
+    (copy / "model.safetensors").symlink_to("/etc/hostname")
+
+
+def _escape(manifest, copy):
+    manifest["files"]["../../escape.txt"] = "0" * 64
+
+
+def _dtype(manifest, copy):
+    manifest["stats"]["dtype"] = "uint32"
+
+
+def _truncate(manifest, copy):
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("source,change,message", [
+    ("ckpt", _set("config", {"edited": True}), "was edited"),
+    ("ckpt", _set("fingerprint", "0" * 64), "was edited"),
+    ("ckpt", _set("files", ["model.safetensors"]), "'files' is not a dict"),
+    ("ckpt", _set("kind", "weights"), "unknown kind 'weights'"),
+    ("ckpt", _link_out, "leads outside the artifact"),
+    ("ckpt", _escape, "a path outside the artifact"),
+    ("ckpt", _truncate, "the manifest says"),
+    ("tokens", _dtype, "stats say dtype 'uint32'"),
+])
+def test_tampered_inputs_are_refused_on_load(cli, chain, tmp_path, source, change, message):
+    tampered = _tamper(chain / source, tmp_path, change)
+    command = ["pretrain", tampered, "-o", tmp_path / "out", *TINY_MODEL, *TINY_RUN] if source == "tokens" else \
+        ["generate", tampered, "-p", "x", "-n", "2"]
+    assert message in _one_line_error(cli(*command))
+    assert not (tmp_path / "out").exists()
+    if source != "tokens":  # stats are not hashed: only the stage that reads them can tell
+        assert cli("inspect", tampered).exit_code != 0 and cli("verify", tampered).exit_code != 0

@@ -139,8 +139,17 @@ class TokenShards:
         for key in ("dtype", "vocab_size", "eos_id", "bos_id"):
             if key not in stats:
                 raise UserError(f"tokens artifact {art.path} lacks stats[{key!r}]; rebuild it with llmkit tokenize")
-        return cls([art.file(n) for n in names], np.dtype(stats["dtype"]).newbyteorder("<"),
-                   stats["vocab_size"], stats["eos_id"], stats["bos_id"], split)
+        vocab = stats["vocab_size"]
+        if not isinstance(vocab, int) or vocab < 1 or str(stats["dtype"]) != token_dtype(vocab).name:
+            # stats are not hashed: a dtype that disagrees with the vocabulary would misread every token
+            raise UserError(f"tokens artifact {art.path}: stats say dtype {stats['dtype']!r} for a vocabulary of {vocab!r}, "
+                            f"which llmkit stores as {token_dtype(vocab if isinstance(vocab, int) else 0).name}; rebuild it")
+        dtype = token_dtype(vocab)
+        paths = [art.file(n) for n in names]
+        for path in paths:
+            if path.stat().st_size % dtype.itemsize:
+                raise UserError(f"{path} holds {path.stat().st_size} bytes, not whole {dtype.name} tokens; rebuild the tokens artifact")
+        return cls(paths, dtype, vocab, stats["eos_id"], stats["bos_id"], split)
 
     @property
     def num_shards(self) -> int:

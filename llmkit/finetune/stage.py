@@ -296,7 +296,13 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             add_files=add_files,
             file_names=["tokenizer", TASK_FILE],
         )
-        if info.is_main:
+        common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
+                      val_size=val_size, resume=resume)
+        if config.task == "classify":
+            trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
+        else:
+            trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
+        if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
             from llmkit.console import err
 
             how = f"LoRA rank {config.lora_rank} on {len(adapted)} layers" if adapted else "full fine-tuning"
@@ -306,10 +312,4 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 f"lr {config.peak_lr:g}, micro-batch {micro_batch} on {world} process(es)",
                 soft_wrap=True,
             )
-        common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
-                      val_size=val_size, resume=resume)
-        if config.task == "classify":
-            trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
-        else:
-            trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
         trainer.run()

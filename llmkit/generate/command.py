@@ -41,9 +41,11 @@ def _generate(config: GenerateConfig, *, checkpoint: Path, out: Optional[Path], 
             console.rule(label, style="dim")
             console.print(f"[dim]{_escape(item.prompt.display)}[/]{_escape(c.text)}", soft_wrap=True)
 
-    if stream:
-        console.print(f"[dim]{_escape(prompts[0].display)}[/]", end="", soft_wrap=True)
-    results = run_generate(checkpoint, config, on_text=on_text if stream else None, on_batch=on_batch)
+    def on_ready(prompts) -> None:  # the prompt is shown only once the checkpoint has loaded
+        if stream:
+            console.print(f"[dim]{_escape(prompts[0].display)}[/]", end="", soft_wrap=True)
+
+    results = run_generate(checkpoint, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
     if out is not None:
         write_jsonl(out, results, config)
         err.print(f"wrote {len(results)} completion(s) to {out}")

@@ -75,8 +75,10 @@ def run_generate(
     *,
     on_text: Callable[[int, str], None] | None = None,
     on_batch: Callable[[list[Generated]], None] | None = None,
+    on_ready: Callable[[list[Prompt]], None] | None = None,
 ) -> list[Generated]:
-    """Load the checkpoint and complete every prompt `num_samples` times."""
+    """Load the checkpoint and complete every prompt `num_samples` times. `on_ready(prompts)` is
+    called once everything is checked and loaded, just before the first token."""
     from llmkit.model.io import load_checkpoint
     from llmkit.runtime import resolve_device
 
@@ -100,6 +102,8 @@ def run_generate(
             soft_wrap=True, markup=False,
         )
     generator = Generator(loaded.model, tokenizer, start_id)
+    if on_ready is not None:
+        on_ready(prompts)
     results: list[Generated] = []
     # One call per group of prompts so finished batches can be printed while later ones run.
     per_call = max(1, cfg.batch_size // cfg.num_samples)

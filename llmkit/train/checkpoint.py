@@ -67,8 +67,12 @@ def read_training_state(directory: Path) -> tuple[dict[str, Any], dict, dict[str
     json_path, tensor_path = directory / STATE_JSON, directory / STATE_TENSORS
     if not json_path.is_file() or not tensor_path.is_file():
         raise UserError(f"checkpoint {directory} has no training state ({STATE_JSON}); it cannot be resumed from")
-    document = json.loads(json_path.read_text(encoding="utf-8"))
-    tensors = load_file(str(tensor_path))
+    try:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensor_path))
+    except Exception as exc:  # JSON, UTF-8 or safetensors' own errors: all mean a damaged file
+        raise UserError(f"cannot resume from {directory}: its training state is damaged ({type(exc).__name__}); "
+                        f"restore it, or move {directory} away to resume from an older checkpoint") from exc
     optimizer = document.pop("optimizer")
     state: dict[str, dict[str, Any]] = {}
     rng: dict[str, list[torch.Tensor]] = {}
@@ -132,19 +136,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _saved_step(directory: Path) -> int:
+    """The step a complete checkpoint holds; its training state must be readable, or resuming
+    from it would quietly start again from step 0."""
+    path = directory / STATE_JSON
     try:
-        return int(json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))["step"])
-    except (OSError, ValueError, KeyError):
-        return -1
+        return int(json.loads(path.read_text(encoding="utf-8"))["step"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        if directory.parent.name == CHECKPOINTS:
+            older = f"move {directory} away to resume from an older checkpoint"
+        else:  # the finished run itself
+            older = f"delete {directory / 'manifest.json'} to resume from the newest step checkpoint"
+        raise UserError(f"cannot resume: {path} is unreadable ({type(exc).__name__}); restore it, or {older}") from exc
 
 
 def resume_point(run_dir: Path) -> Path | None:
     """The newest complete checkpoint to resume from: a step directory, or RUN itself when the
-    run finished (so a finished run can be continued with a larger --max-steps)."""
+    run finished (so a finished run can be continued with a larger --max-steps). A final save cut
+    short (by a full disk, say) has no manifest yet, so the newest step directory is used."""
     candidates = step_dirs(run_dir)[-1:]
-    if (run_dir / "manifest.json").is_file() and (run_dir / STATE_JSON).is_file():
+    if (run_dir / "manifest.json").is_file():
         candidates.append(run_dir)
-    candidates = [c for c in candidates if _saved_step(c) >= 0]
     return max(candidates, key=_saved_step) if candidates else None
 
 

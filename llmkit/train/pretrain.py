@@ -122,7 +122,11 @@ def _train(config: dict, out: str, resume: bool, tokens: str) -> None:
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
         )
-        if info.is_main:
+        trainer = Trainer(
+            model, settings, info=info, run_dir=out, batches=train_batches, loss_fn=lm_loss, spec=spec,
+            val_batches=val_batches, val_size=val_size, resume=resume,
+        )
+        if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
             from llmkit.console import err
 
             err.print(
@@ -131,8 +135,4 @@ def _train(config: dict, out: str, resume: bool, tokens: str) -> None:
                 f"{global_batch} x {seq_len} tokens, micro-batch {micro_batch}, accumulation {accumulation}",
                 soft_wrap=True,
             )
-        trainer = Trainer(
-            model, settings, info=info, run_dir=out, batches=train_batches, loss_fn=lm_loss, spec=spec,
-            val_batches=val_batches, val_size=val_size, resume=resume,
-        )
         trainer.run()
