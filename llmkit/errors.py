@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -42,6 +43,9 @@ def one_line(exc: BaseException) -> str:
         text = f"file not found: {exc.filename or exc}; check the path"
     elif isinstance(exc, PermissionError):
         text = f"permission denied: {exc.filename or exc}; check the file's permissions"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        text = f"no space left on the device{where}; free some space or write the output elsewhere"
     elif isinstance(exc, MemoryError):
         text = "out of memory; use a smaller batch, model or input"
     else:

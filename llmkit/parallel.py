@@ -47,7 +47,7 @@ def ordered_map(
 
     context = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(initializer, initargs)) as pool:
             pending: deque = deque()
             for item in items:
                 pending.append(pool.submit(function, item))
@@ -60,3 +60,19 @@ def ordered_map(
             "the worker processes could not start; a Python script that runs an llmkit stage with several workers "
             "must call it under `if __name__ == \"__main__\":` (workers are spawned), or use one worker"
         ) from exc
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    """A worker leaves Ctrl-C to the parent (which stops the pool: one message, not one traceback
+    per worker) and ends as soon as the parent does, killed or not, instead of finishing its queue."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True, name="llmkit-parent-watch").start()
+    if initializer is not None:
+        initializer(*initargs)

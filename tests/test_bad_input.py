@@ -53,9 +53,14 @@ def _digest(path: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def _one_line_error(result) -> str:
+def _one_line_error(result, *, after_progress: bool = False) -> str:
+    """The failure's one line. Before any work it is the only output; a failure during training
+    comes after the run's progress lines (`after_progress`), and still as one line."""
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code != 0, result.output
+    if after_progress:
+        assert sum(line.startswith("error: ") for line in lines) == 1, result.output
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "unexpected" not in lines[0] and "Traceback" not in result.output, result.output
     return lines[0]
@@ -282,3 +287,38 @@ def test_tampered_inputs_are_refused_on_load(cli, chain, tmp_path, source, chang
     assert not (tmp_path / "out").exists()
     if source != "tokens":  # stats are not hashed: only the stage that reads them can tell
         assert cli("inspect", tampered).exit_code != 0 and cli("verify", tampered).exit_code != 0
+
+
+def test_a_full_disk_is_named(cli, chain, tmp_path, monkeypatch):
+    import errno
+
+    from llmkit.corpus import writer
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "corpus" / "shards" / "part-00000.parquet"))
+
+    monkeypatch.setattr(writer.ShardWriter, "add", full)
+    line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus"))
+    assert "no space left on the device while writing" in line and "part-00000.parquet" in line
+    assert not (tmp_path / "corpus").exists() and not list(tmp_path.glob(".corpus*"))
+
+
+@pytest.mark.slow
+def test_a_worker_error_under_two_processes_is_one_line(cli, chain, tmp_path):
+    """Token ids outside the vocabulary (a damaged shard whose manifest was redone): the workers
+    say so, and the parent prints it once, without torchrun's traceback."""
+    import numpy as np
+
+    def damage(manifest, copy):
+        shard = copy / "train" / "shard-00000.bin"
+        ids = np.fromfile(shard, dtype="<u2")
+        ids[::7] = 60000
+        ids.tofile(shard)
+        manifest["files"]["train/shard-00000.bin"] = artifacts.sha256_file(shard)
+        manifest["fingerprint"] = artifacts.Manifest.from_dict(manifest).expected_fingerprint()
+
+    tampered = _tamper(chain / "tokens", tmp_path, damage)
+    line = _one_line_error(cli("pretrain", tampered, "-o", tmp_path / "run", *TINY_MODEL, *TINY_RUN, "--nproc", "2"),
+                           after_progress=True)
+    assert "outside the vocabulary of 300" in line
+    assert not (tmp_path / "run").exists()

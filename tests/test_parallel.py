@@ -49,3 +49,70 @@ def test_clean_in_a_script_without_main_guard_fails_in_one_line(tmp_path, shared
     assert proc.returncode != 0
     assert "if __name__ == \"__main__\":" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+_SCRIPT = """
+import os, sys, time
+from llmkit.parallel import ordered_map
+
+def slow(i):
+    time.sleep(0.5)
+    return os.getpid()
+
+if __name__ == "__main__":
+    try:
+        for pid in ordered_map(slow, range(1000), workers=2):
+            print(pid, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+"""
+
+
+def _start(tmp_path):
+    import subprocess
+
+    script = tmp_path / "slow_map.py"
+    script.write_text(_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    pids = set()
+    while len(pids) < 2:
+        pids.add(int(proc.stdout.readline()))
+    return proc, pids
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            if open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_workers_end_with_a_killed_parent(tmp_path):
+    import signal
+
+    proc, workers = _start(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert all(_gone(pid, 10) for pid in workers), "workers outlived their parent"
+
+
+def test_ctrl_c_stops_the_workers_without_their_tracebacks(tmp_path):
+    import signal
+
+    proc, workers = _start(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole process group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    assert all(_gone(pid, 10) for pid in workers)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from llmkit.errors import UserError
 from llmkit.model.gpt import IGNORE_INDEX
 
 
@@ -66,6 +67,10 @@ class WindowBatches:
     def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         indices = list(indices)
         x, y = self.sampler.get(indices)
+        top = int(torch.maximum(x.max(), y.max()))
+        if self.vocab_size and top >= self.vocab_size:  # cheap beside the forward pass
+            raise UserError(f"the token shards hold id {top}, outside the vocabulary of {self.vocab_size}; "
+                            "the tokens artifact is damaged, rebuild it with llmkit tokenize")
         if self.objective == "clm":
             return x, y
         return mlm_mask(

@@ -1,7 +1,7 @@
 """Entry point of one torchrun worker: `python -m llmkit.train.worker LAUNCH.json`.
 
 LAUNCH.json names a stage function ("module:function") and its keyword arguments. A
-UserError is printed as one line and written to the launch's error file for the parent.
+failure is written as one line to the launch's error file, for the parent to print.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug_enabled():
             raise
         message = one_line(exc)
-        if isinstance(exc, UserError) and spec.get("error_file"):
-            # The launching process prints it, once, however many ranks failed the same way.
+        if spec.get("error_file"):
+            # The launching process prints it, once, however many ranks failed (and torchrun's
+            # traceback stays hidden). A UserError explains the failure best; otherwise the first
+            # rank's error stands, not the broken connection the others then see.
             path = Path(spec["error_file"])
-            tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
-            tmp.write_text(message + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            if isinstance(exc, UserError) or not path.exists():
+                tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
+                tmp.write_text(message + "\n", encoding="utf-8")
+                os.replace(tmp, path)
         else:
             from rich.markup import escape
 
