@@ -322,3 +322,24 @@ def test_a_worker_error_under_two_processes_is_one_line(cli, chain, tmp_path):
                            after_progress=True)
     assert "outside the vocabulary of 300" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rows,extra,message", [
+    ([{"text": "good film", "label": 1}, {"text": "bad film", "label": 10**9}], ["--task", "classify"], "beyond 10,000"),
+    ([{"source": "a", "target": "b"}], ["--template", "{tmp}/attr.json"], "only plain {field} names"),
+])
+def test_finetune_data_that_would_misbehave_is_refused(cli, chain, tmp_path, rows, extra, message):
+    (tmp_path / "attr.json").write_text(json.dumps({"prompt": "{source.__class__}", "response": "{target}"}))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 8))
+    line = _one_line_error(cli("finetune", chain / "ckpt", "--data", data, "-o", tmp_path / "run", "--max-steps", "1",
+                               *[e.format(tmp=tmp_path) for e in extra]))
+    assert message in line and not (tmp_path / "run").exists()
+
+
+def test_eval_prompt_templates_take_plain_fields_only(cli, chain, tmp_path):
+    data = tmp_path / "mt.jsonl"
+    data.write_text(json.dumps({"source": "Hallo", "target": "Hello"}) + "\n")
+    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--prompt-template",
+                               "{source.__init__.__globals__}", "-o", tmp_path / "ev"))
+    assert "only plain {field} names" in line and not (tmp_path / "ev").exists()

@@ -53,9 +53,27 @@ def _fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
+def plain_fields(template: str, what: str) -> list[str]:
+    """The placeholders of a template, which must be plain `{name}`s: no attribute or index
+    access (`{source.__class__}`), conversion or format spec, which would run code on the data."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UserError(f"{what} {template!r} is not a valid template ({exc}); use {{field}} placeholders") from exc
+    names = []
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise UserError(f"{what} {template!r} has the placeholder {shown}; only plain {{field}} names are allowed")
+        names.append(name)
+    return names
+
+
 def text_template(name: str, prompt: str, response: str) -> dict[str, Any]:
     for part, text in (("prompt", prompt), ("response", response)):
-        if not isinstance(text, str) or not _fields(text):
+        if not isinstance(text, str) or not plain_fields(text, f"template {name!r} {part}"):
             raise UserError(f"template {name!r}: '{part}' must be a string with at least one {{field}} placeholder")
     inputs = _fields(prompt)
     return {
@@ -162,6 +180,7 @@ def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[in
 
 
 def render(part: str, record: dict[str, Any], where: str) -> str:
+    plain_fields(part, "the template")
     try:
         return part.format_map(record)
     except KeyError as exc:

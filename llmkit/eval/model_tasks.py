@@ -107,6 +107,9 @@ class _Fields(dict):
 
 
 def render_template(template: str, record: dict, input_field: str) -> str:
+    from llmkit.data.templates import plain_fields
+
+    plain_fields(template, "--prompt-template")
     values = _Fields({k: v for k, v in record.items()})
     values.setdefault("input", record[input_field])
     try:

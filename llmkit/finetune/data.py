@@ -163,6 +163,9 @@ def _label_key(value: Any, where: str):
     return (type(value).__name__, value)
 
 
+MAX_CLASSES = 10_000  # a head beyond this is a mistake in the data, not a task
+
+
 def label_set(records: list[dict], name: str) -> Labels:
     """Labels in id order: integers keep their value as id (0..K-1), strings sort by name."""
     values = []
@@ -178,7 +181,12 @@ def label_set(records: list[dict], name: str) -> Labels:
     if kinds == {int}:
         if distinct[0] < 0:
             raise UserError(f"{name} has a negative label {distinct[0]}; integer labels are class ids 0..K-1")
+        if distinct[-1] >= MAX_CLASSES:
+            raise UserError(f"{name} has the label {distinct[-1]}: integer labels are class ids 0..K-1 and a head of "
+                            f"{distinct[-1] + 1:,} classes is beyond {MAX_CLASSES:,}; write the labels as names (strings)")
         distinct = list(range(distinct[-1] + 1))
+    if len(distinct) > MAX_CLASSES:
+        raise UserError(f"{name} has {len(distinct):,} distinct labels, more than {MAX_CLASSES:,} classes; is --task classify meant?")
     if len(distinct) < 2:
         raise UserError(f"{name} has a single label {distinct[0]!r}; classification needs at least two classes")
     return Labels(names=[str(v) for v in distinct], original=distinct)
