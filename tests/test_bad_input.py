@@ -343,3 +343,22 @@ def test_eval_prompt_templates_take_plain_fields_only(cli, chain, tmp_path):
     line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--prompt-template",
                                "{source.__init__.__globals__}", "-o", tmp_path / "ev"))
     assert "only plain {field} names" in line and not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("strings.jsonl", '"just a string"\n"another"\n', "a JSON string, not an object"),
+    ("nulls.jsonl", '{"text": null}\n{"text": "fine"}\n', "field 'text' is null"),
+    ("object.json", '{"text": "one object"}', "holds a single JSON object"),
+    ("nofield.jsonl", '{"title": "a", "body": "b"}\n', "no 'text' field; pass --text-field with one of: title, body"),
+])
+def test_clean_refuses_records_it_would_misread(cli, tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    before = _digest(tmp_path / name)
+    assert message in _one_line_error(cli("clean", tmp_path / name, "-o", tmp_path / "out"))
+    assert not (tmp_path / "out").exists() and _digest(tmp_path / name) == before
+
+
+def test_clean_refuses_a_split_the_local_data_set_lacks(cli, shared_data, tmp_path):
+    line = _one_line_error(cli("clean", "--dataset", shared_data / "sentiment", "--split", "validation", "-o", tmp_path / "out"))
+    assert "has no split 'validation'; its splits are test, train" in line or "its splits are train, test" in line
+    assert not (tmp_path / "out").exists()

@@ -111,9 +111,14 @@ def test_dataset_input_from_a_local_file(shared_data):
     assert [t for _, t in docs] == expected
     assert sources[0].label == "dataset:test.jsonl/train" and docs[0][0] == "dataset:test.jsonl/train:0"
     assert any(datasets_cache_dir().iterdir())  # prepared into the pinned cache, not ~/.cache
-    folder = resolve_inputs([], dataset=str(shared_data / "summarization"), split="train")
-    docs = list(folder[0].documents(ReadOptions(text_field="summary"), ReadStats()))
-    assert len(docs) == 1200
+    for split, name in (("train", "train.jsonl"), ("test", "test.jsonl")):  # a folder's files split by name
+        folder = resolve_inputs([], dataset=str(shared_data / "summarization"), split=split)
+        docs = list(folder[0].documents(ReadOptions(text_field="summary"), ReadStats()))
+        assert len(docs) == len((shared_data / "summarization" / name).read_text(encoding="utf-8").splitlines())
+    for dataset, split in ((shared_data / "summarization", "validation"), (shared_data / "sentiment" / "test.jsonl", "test")):
+        source = resolve_inputs([], dataset=str(dataset), split=split)[0]
+        with pytest.raises(UserError, match=f"has no split '{split}'"):
+            list(source.documents(ReadOptions(), ReadStats()))
 
 
 def test_builtin_python_docs():

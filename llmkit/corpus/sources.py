@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
@@ -285,6 +286,7 @@ class _FieldPicker:
                 self.field = "text"
             elif len(strings) == 1:
                 self.field = strings[0]
+                _note_guessed_field(self.label, self.field)
             else:
                 raise UserError(
                     f"{self.label}:{where}: no 'text' field; pass --text-field with one of: "
@@ -293,10 +295,9 @@ class _FieldPicker:
         return self.field
 
     def text(self, record: Any, where: str) -> str:
-        if isinstance(record, str):  # a JSON Lines file of plain strings
-            return record
         if not isinstance(record, dict):
-            raise _BadRecord(f"expected a JSON object, got {type(record).__name__}")
+            kind = "a JSON string" if isinstance(record, str) else f"a JSON {type(record).__name__}"
+            raise _BadRecord(f"{kind}, not an object; write one {{\"text\": ...}} record per line")
         name = self.choose(record, where)
         if name not in record:
             raise UserError(
@@ -304,7 +305,7 @@ class _FieldPicker:
             )
         value = record[name]
         if value is None:
-            return ""
+            raise _BadRecord(f"field {name!r} is null")
         if not isinstance(value, str):
             raise _BadRecord(f"field {name!r} holds {type(value).__name__}, not text")
         return value
@@ -314,12 +315,21 @@ class _BadRecord(Exception):
     pass
 
 
+def _note_guessed_field(label: str, name: str) -> None:
+    from llmkit.console import err
+
+    err.print(f"note: {label} has no 'text' field; reading {name!r}, its only text field (--text-field chooses another)",
+              soft_wrap=True, markup=False)
+
+
 def _json_reader(path: Path, label: str, compression: Optional[str], fmt: str):
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         picker = _FieldPicker(label, options.text_field)
         if fmt == ".json" and _starts_with_bracket(path, compression):
             yield from _json_array(path, label, compression, picker)
             return
+        if fmt == ".json":
+            _refuse_single_object(path, label, compression)
         for number, line in _lines(path, label, compression, stats, options.skip_bad_lines):
             if not line.strip():
                 continue
@@ -330,13 +340,24 @@ def _json_reader(path: Path, label: str, compression: Optional[str], fmt: str):
                 if options.skip_bad_lines:
                     stats.skipped(f"{label}:{number}")
                     continue
-                message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                raise UserError(
-                    f"{label}:{number}: malformed JSON line ({message}); fix it or pass --skip-bad-lines"
-                ) from None
+                problem = f"malformed JSON line ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise UserError(f"{label}:{number}: {problem}; fix it or pass --skip-bad-lines") from None
             yield str(number), text
 
     return read
+
+
+def _refuse_single_object(path: Path, label: str, compression: Optional[str]) -> None:
+    """A .json file holding one object is not a list of documents: say so rather than guess."""
+    with _open_binary(path, compression) as handle:
+        data = handle.read()
+    try:
+        json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return  # JSON Lines (or broken): the line reader reports problems with their line
+    if data.strip().startswith(b"{"):
+        raise UserError(f"{label} holds a single JSON object, not a list of documents; write a JSON array "
+                        "[{\"text\": ...}, ...] or one record per line in a .jsonl file")
 
 
 def _starts_with_bracket(path: Path, compression: Optional[str]) -> bool:
@@ -433,6 +454,7 @@ def _pick_column(label: str, wanted: Optional[str], names: list[str], string_nam
     if "text" in names:
         return "text"
     if len(string_names) == 1:
+        _note_guessed_field(label, string_names[0])
         return string_names[0]
     raise UserError(f"{label}: no 'text' column; pass --text-field with one of: {', '.join(names)}")
 
@@ -442,17 +464,29 @@ def _pick_column(label: str, wanted: Optional[str], names: list[str], string_nam
 _BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def _local_builder(path: Path) -> tuple[str, Any]:
-    """A local path goes to `datasets` as builder name + data_files, never as a repository id."""
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
-        if not files:
-            raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
-        formats = [_format_of(p)[0] for p in files]
-        # Record files (a data set) win over loose text files (a README beside them).
-        fmt = next((f for f in formats if f in _BUILDERS), formats[0])
-        return _BUILDERS.get(fmt, "text"), [str(p) for p in files if _format_of(p)[0] == fmt]
-    return _BUILDERS.get(_format_of(path)[0], "text"), str(path)
+# File-name words that name a split, as `datasets` recognises them.
+_SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+                "test": ("test", "testing", "eval", "evaluation")}
+
+
+def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
+    """A local path goes to `datasets` as builder name + data_files per split, never as a
+    repository id. A folder's files are split by their names (train*, validation*/dev*, test*),
+    as `datasets` does; files that name no split, and a single file, are the train split."""
+    if not path.is_dir():
+        return _BUILDERS.get(_format_of(path)[0], "text"), {"train": [str(path)]}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
+    if not files:
+        raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
+    formats = [_format_of(p)[0] for p in files]
+    # Record files (a data set) win over loose text files (a README beside them).
+    fmt = next((f for f in formats if f in _BUILDERS), formats[0])
+    splits: dict[str, list[str]] = {}
+    for file in (p for p in files if _format_of(p)[0] == fmt):
+        words = set(re.split(r"[^a-z0-9]+", file.name.lower()))
+        name = next((split for split, names in _SPLIT_WORDS.items() if words & set(names)), "train")
+        splits.setdefault(name, []).append(str(file))
+    return _BUILDERS.get(fmt, "text"), splits
 
 
 def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
@@ -469,9 +503,10 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
         try:
             if local.exists():
                 builder, data_files = _local_builder(local)
-                ds = datasets.load_dataset(
-                    builder, data_files={split: data_files}, split=split, cache_dir=str(datasets_cache_dir())
-                )
+                if split not in data_files:
+                    raise UserError(f"{name} has no split {split!r}; its splits are {', '.join(data_files)} "
+                                    "(a single file is the train split); choose one with --split")
+                ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(datasets_cache_dir()))
             else:
                 ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
         except UserError:
