@@ -362,3 +362,22 @@ def test_clean_refuses_a_split_the_local_data_set_lacks(cli, shared_data, tmp_pa
     line = _one_line_error(cli("clean", "--dataset", shared_data / "sentiment", "--split", "validation", "-o", tmp_path / "out"))
     assert "has no split 'validation'; its splits are test, train" in line or "its splits are train, test" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("metric,rows,extra,message", [
+    ("Perplexity", [{"text": "To be or not"}], [], "unknown metric 'Perplexity'; did you mean 'perplexity'?"),
+    ("perplexity", [{"text": None}, {"text": "To be"}], [], "record 1 field 'text' is null, not text"),
+    ("rouge", [{"source": None, "target": "x"}], [], "record 1 field 'source' is null"),
+    ("accuracy", [{"text": "good", "label": "pos"}], ["--labels", "pos"], "at least two labels"),
+])
+def test_eval_refuses_what_it_would_score_wrongly(cli, chain, tmp_path, metric, rows, extra, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = _one_line_error(cli("eval", chain / "ckpt", "-m", metric, "--data", data, *extra, "-o", tmp_path / "ev"))
+    assert message in line and not (tmp_path / "ev").exists()
+
+
+def test_eval_records_one_spelling_of_the_metrics(cli, chain, tmp_path):
+    _ok(cli("eval", chain / "ckpt", "-m", "perplexity,bpb", "--data", chain / "tokens", "-o", tmp_path / "a"))
+    _ok(cli("eval", chain / "ckpt", "-m", "perplexity", "-m", "bpb", "-m", "bpb", "--data", chain / "tokens", "-o", tmp_path / "b"))
+    assert artifacts.load(tmp_path / "a").fingerprint == artifacts.load(tmp_path / "b").fingerprint

@@ -51,3 +51,9 @@ class EvalConfig(Options):
     batch_size: int = option(8, "Sequences per forward pass.", panel=RUN, range="[1, inf)")
     device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
     seed: int = option(0, "Seed for every random choice.", range="[0, 4294967295]")
+
+    def __post_init__(self):
+        from llmkit.eval.names import parse_metrics
+
+        super().__post_init__()
+        self.metrics = parse_metrics(self.metrics)  # one spelling recorded, however they were typed

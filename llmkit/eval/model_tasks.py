@@ -68,7 +68,17 @@ def perplexity_documents(loaded, cfg):
         return documents
     records = load_records(cfg.data, cfg.split, cfg.limit)
     name = pick(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
-    return [document_from_text(str(r[name]), tokenizer) for r in records if str(r[name])]
+    texts = [text_of(r, name, i) for i, r in enumerate(records)]
+    return [document_from_text(text, tokenizer) for text in texts if text]
+
+
+def text_of(record: dict, field: str, index: int) -> str:
+    """A record's text field, which must be text: a null or a number is an error, never "None"."""
+    value = record[field]
+    if not isinstance(value, str):
+        shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:60]
+        raise UserError(f"record {index + 1} field {field!r} is {shown}, not text; fix the data or choose another --field")
+    return value
 
 
 
@@ -138,6 +148,8 @@ def generate_predictions(loaded, cfg):
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
     default = "{" + input_field + "}" if chat else _trained_prompt(task) or "{" + input_field + "}\n"
     template = cfg.prompt_template or default
+    for i, r in enumerate(records):
+        text_of(r, input_field, i)  # a null input would be rendered as "None"
     prompts = [render_template(template, r, input_field) for r in records]
     if chat:
         prompts = [encode_chat_prompt([{"role": "user", "content": p}], loaded.tokenizer) for p in prompts]
@@ -200,7 +212,7 @@ def classification(loaded, cfg):
             choices = r["choices"]
             if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
                 raise UserError(f"record {i + 1}: 'choices' must be a non-empty list of strings")
-            context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else str(r[context_field])
+            context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else text_of(r, context_field, i)
             examples.append((context, choices))
             gold.append(_label_index(r[label_field], choices, i))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
@@ -218,6 +230,8 @@ def classification(loaded, cfg):
         return metrics, records_out
 
     names = [str(n) for n in (cfg.labels or (task.labels if task is not None else None) or [])]
+    if len(names) == 1:
+        raise UserError(f"classification needs at least two labels, got only {names[0]!r}; pass --labels A,B,...")
     if not names:
         raise UserError(
             "classification needs label names: a classification checkpoint (task.json 'labels'), "
@@ -225,7 +239,7 @@ def classification(loaded, cfg):
         )
     text_field = pick(records, cfg.text_field, TEXT_FIELDS + ("sentence",), "text to classify", "--field")
     gold = [_label_index(r[label_field], names, i) for i, r in enumerate(records)]
-    texts = [str(r[text_field]) for r in records]
+    texts = [text_of(r, text_field, i) for i, r in enumerate(records)]
     classify = getattr(loaded.model, "classify", None)
     if callable(classify):
         predicted = _classifier_predictions(loaded, texts, cfg.batch_size)

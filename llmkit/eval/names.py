@@ -19,9 +19,11 @@ def parse_metrics(values: list[str]) -> list[str]:
             part = part.strip()
             if not part:
                 continue
-            name = lower.get(part.lower())
-            if name is None:
-                raise UserError(f"unknown metric {part!r}; choose from: {', '.join(ALL)}")
+            if part not in ALL:
+                close = lower.get(part.lower())
+                hint = f"did you mean {close!r}? " if close else ""
+                raise UserError(f"unknown metric {part!r}; {hint}choose from: {', '.join(ALL)}")
+            name = part
             if name not in names:
                 names.append(name)
     if not names:
