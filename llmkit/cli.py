@@ -40,6 +40,9 @@ class _ErrorsAsOneLine(LlmkitGroup):
             return super().invoke(ctx)
         except _PASS_THROUGH:  # --help, usage errors: click/typer print and exit themselves
             raise
+        except BrokenPipeError:  # `llmkit ... | head`: the reader has all it wanted
+            _stop_writing_stdout()
+            raise typer.Exit(0)
         except KeyboardInterrupt:
             _print_error("interrupted")
             raise typer.Exit(130)
@@ -167,8 +170,20 @@ def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory
 
 
 
+def _stop_writing_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # while printing --help into a closed pipe
+        _stop_writing_stdout()
 
 
 if __name__ == "__main__":

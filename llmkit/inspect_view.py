@@ -83,13 +83,19 @@ def _headline(art: Artifact) -> str:
 
 
 def print_report(arts: list[Artifact]) -> None:
-    table = Table(title="artifacts", title_justify="left")
-    table.add_column("artifact")
+    """One row per artifact, named relative to the folder they share (in the title), so that long
+    absolute paths do not crowd out the names on a narrow terminal."""
+    import os
+
+    folders = [str(art.path.resolve().parent) for art in arts]
+    common = os.path.commonpath(folders) if folders else "."
+    table = Table(title=f"artifacts in {common}", title_justify="left")
+    table.add_column("artifact", overflow="fold")
     table.add_column("kind")
-    table.add_column("fingerprint")
-    table.add_column("headline")
+    table.add_column("fingerprint", no_wrap=True)
+    table.add_column("headline", overflow="fold")
     for art in arts:
-        table.add_row(str(art.path), art.kind, art.fingerprint[:16], _headline(art))
+        table.add_row(os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], _headline(art))
     out.print(table)
 
 

@@ -381,3 +381,26 @@ def test_eval_records_one_spelling_of_the_metrics(cli, chain, tmp_path):
     _ok(cli("eval", chain / "ckpt", "-m", "perplexity,bpb", "--data", chain / "tokens", "-o", tmp_path / "a"))
     _ok(cli("eval", chain / "ckpt", "-m", "perplexity", "-m", "bpb", "-m", "bpb", "--data", chain / "tokens", "-o", tmp_path / "b"))
     assert artifacts.load(tmp_path / "a").fingerprint == artifacts.load(tmp_path / "b").fingerprint
+
+
+def test_eval_cuts_long_prompts_as_finetune_does_and_says_so(cli, chain, tmp_path):
+    from llmkit.data.tokenizer import load_tokenizer
+
+    long_source = " ".join(["word"] * 400)
+    data = tmp_path / "mt.jsonl"
+    data.write_text(json.dumps({"source": long_source, "target": "short"}) + "\n" + json.dumps({"source": "hi", "target": "x"}) + "\n")
+    result = _ok(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--max-new-tokens", "8", "-o", tmp_path / "ev"))
+    assert "1 of 2 prompts were longer than the context" in result.output
+    prompts = [json.loads(line)["prompt"] for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    tok = load_tokenizer(chain / "tok")
+    assert long_source.startswith(prompts[0].rstrip("\n")) and prompts[0].endswith("\n")  # the end of the input went
+    assert 1 + len(tok.encode(prompts[0])) <= 64 - 8 and prompts[1] == "hi\n"
+
+
+def test_chat_says_when_a_checkpoint_was_never_fine_tuned_to_chat(cli, chain):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    result = CliRunner().invoke(app, ["chat", str(chain / "ckpt"), "-n", "2"], input="/exit\n")
+    assert result.exit_code == 0 and "never fine-tuned to chat" in result.output

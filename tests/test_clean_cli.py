@@ -136,7 +136,25 @@ def test_bad_options(cli, shared_data, tmp_path, args, message):
 
 def test_unknown_dataset(cli, tmp_path):
     line = _one_error_line(cli("clean", "--dataset", "no-such-user/no-such-dataset", "-o", tmp_path / "out"))
-    assert "could not load dataset 'no-such-user/no-such-dataset'" in line
+    assert "'no-such-user/no-such-dataset'" in line and ("could not load dataset" in line or "not in the local cache" in line)
+    _nothing_written(tmp_path)
+
+
+def test_an_unreachable_hub_is_said_at_once(cli, tmp_path, monkeypatch):
+    """No network: one quick connection check, then offline mode, instead of half a minute of retries."""
+    import time
+
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "ENDPOINT", "https://127.0.0.1:9")  # nothing listens there
+    started = time.perf_counter()
+    line = _one_error_line(cli("clean", "--dataset", "wikitext", "--dataset-config", "wikitext-2-raw-v1", "-o", tmp_path / "out"))
+    assert "the Hugging Face Hub cannot be reached" in line
+    assert time.perf_counter() - started < 10
+    assert hub.HF_HUB_OFFLINE is False  # offline mode was for that one load only
     _nothing_written(tmp_path)
 
 

@@ -253,10 +253,20 @@ def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_dat
     assert missing.exit_code != 0 and "needs label names" in missing.output
 
 
+def _short_rows(path: Path, tmp_path: Path, count: int, tokenizer, template: str, new_tokens: int) -> Path:
+    """The `count` shortest records whose prompt fits the context beside `new_tokens` (longer ones
+    would be cut to fit, which test_bad_input covers), as a JSONL file."""
+    rows = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: len(r["source"]))[:count]
+    assert all(1 + len(tokenizer.encode(template.format(**r))) <= CONTEXT - new_tokens for r in rows)
+    out = tmp_path / f"short-{path.name}"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
 def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path):
     from llmkit.generate.engine import GenerationParams, Generator
 
-    data = shared_data / "translation" / "test.jsonl"
+    data = _short_rows(shared_data / "translation" / "test.jsonl", tmp_path, 6, loaded.tokenizer, "German: {source}\nEnglish:", 12)
     result = cli(
         "eval", gpt2_ckpt, "-m", "bleu,chrf,rouge", "--data", data, "--limit", "6", "--max-new-tokens", "12",
         "--prompt-template", "German: {source}\nEnglish:", "-o", tmp_path / "ev",
@@ -382,7 +392,10 @@ def test_generated_predictions_use_the_checkpoint_template(cli, shakespeare, sha
         "prompt_template": "Translate:\n{source}\nTranslation:",
     }
     ckpt = make_checkpoint(tmp_path / "sft", shakespeare[:20_000], task=task)
-    data = shared_data / "translation" / "test.jsonl"
+    from llmkit.model.io import load_checkpoint
+
+    data = _short_rows(shared_data / "translation" / "test.jsonl", tmp_path, 3, load_checkpoint(ckpt).tokenizer,
+                       "Translate:\n{source}\nTranslation:", 5)
     result = cli("eval", ckpt, "-m", "bleu", "--data", data, "--limit", "3", "--max-new-tokens", "5", "-o", tmp_path / "ev")
     assert result.exit_code == 0, result.output
     rows = [json.loads(l) for l in data.read_text().splitlines()[:3]]

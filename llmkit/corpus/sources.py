@@ -10,6 +10,7 @@ label that never holds an absolute path, so the output does not depend on where 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -489,6 +490,44 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     return _BUILDERS.get(fmt, "text"), splits
 
 
+class _Offline:
+    def __init__(self) -> None:
+        self.value = False
+
+    def __bool__(self) -> bool:
+        return self.value
+
+
+@contextlib.contextmanager
+def _offline_when_unreachable():
+    """Switch `datasets` to offline mode when the Hub does not answer within a few seconds, so
+    that a missing network costs one quick check instead of half a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    state = _Offline()
+    if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        state.value = True
+        yield state
+        return
+    endpoint = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+        yield state
+        return
+    except OSError:
+        state.value = True
+    saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield state
+    finally:
+        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
     local = Path(name)
     label = f"dataset:{local.name if local.exists() else name}/{split}"
@@ -500,6 +539,7 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
 
         quiet = not datasets.is_progress_bar_enabled()
         datasets.disable_progress_bar()  # its bars would fight with ours
+        offline = False
         try:
             if local.exists():
                 builder, data_files = _local_builder(local)
@@ -508,11 +548,17 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                                     "(a single file is the train split); choose one with --split")
                 ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(datasets_cache_dir()))
             else:
-                ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
+                with _offline_when_unreachable() as offline:
+                    ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
         except UserError:
             raise
         except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad files
             detail = " ".join(str(exc).split())[:300]
+            if not local.exists() and offline:
+                raise UserError(
+                    f"dataset {name!r} is not in the local cache and the Hugging Face Hub cannot be reached; connect to "
+                    "the network, or pass a local file or folder with --dataset PATH"
+                ) from None
             raise UserError(
                 f"could not load dataset {name!r} (split {split!r}): {type(exc).__name__}: {detail}; "
                 "check the name, --dataset-config and --split (hub datasets need a network connection)"

@@ -21,7 +21,7 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from llmkit.errors import UserError
 
@@ -187,6 +187,27 @@ def render(part: str, record: dict[str, Any], where: str) -> str:
         raise UserError(f"{where} has no field {exc.args[0]!r} that the template needs; fields: {', '.join(record)}") from exc
     except (ValueError, IndexError) as exc:
         raise UserError(f"the template {part!r} is not a valid format string ({exc})") from exc
+
+
+def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[str, Any], field: str, tokenizer,
+              budget: int) -> dict[str, Any] | None:
+    """The record, with the end of its text `field` given up until `encode(record)` fits in
+    `budget` tokens: the one rule for inputs that are too long (fine-tuning with --truncate, eval's
+    generation prompts), which keeps a template's wording and what follows the input. The record
+    itself when it fits; None when even an empty field would not."""
+    over = len(encode(record)) - budget
+    if over <= 0:
+        return record
+    pieces = tokenizer.encode(record[field])
+    keep = len(pieces) - over
+    while keep > 0:
+        # Decoding a cut token list and encoding it again may merge differently: retry shorter.
+        shorter = dict(record, **{field: tokenizer.decode(pieces[:keep])})
+        length = len(encode(shorter))
+        if length <= budget:
+            return shorter
+        keep -= max(1, length - budget)
+    return None
 
 
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:

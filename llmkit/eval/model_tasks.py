@@ -134,6 +134,37 @@ def _trained_prompt(task) -> str | None:
     return template["prompt"] if template is not None else None
 
 
+def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, chat: bool, max_new_tokens: int) -> list[dict]:
+    """Prompts longer than the context leaves room for lose the end of their input, as
+    `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many."""
+    from llmkit.data.templates import encode_chat_prompt, fit_field
+    from llmkit.generate.engine import context_limit
+
+    limit = context_limit(loaded.model)
+    if limit is None or limit - max_new_tokens < 2:
+        return records  # no room to fit anything: the engine's sliding window decides
+    tokenizer = loaded.tokenizer
+
+    def encode(record: dict) -> list[int]:
+        text = render_template(template, record, input_field)
+        if chat:
+            return encode_chat_prompt([{"role": "user", "content": text}], tokenizer)
+        return [0] + tokenizer.encode(text)  # the document-start token, then the prompt
+
+    fitted, cut = [], 0
+    for record in records:
+        shorter = fit_field(encode, record, input_field, tokenizer, limit - max_new_tokens)
+        cut += shorter is not None and shorter is not record
+        fitted.append(shorter if shorter is not None else record)
+    if cut:
+        from llmkit.console import err
+
+        err.print(f"note: {cut} of {len(records)} prompts were longer than the context ({limit} tokens) leaves room for "
+                  f"beside --max-new-tokens {max_new_tokens}: the end of their {input_field!r} was left out, as "
+                  "finetune --truncate does", soft_wrap=True, markup=False)
+    return fitted
+
+
 def generate_predictions(loaded, cfg):
     from llmkit.generate.engine import GenerationParams, Generator
     from llmkit.data.templates import encode_chat_prompt
@@ -150,6 +181,7 @@ def generate_predictions(loaded, cfg):
     template = cfg.prompt_template or default
     for i, r in enumerate(records):
         text_of(r, input_field, i)  # a null input would be rendered as "None"
+    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens)
     prompts = [render_template(template, r, input_field) for r in records]
     if chat:
         prompts = [encode_chat_prompt([{"role": "user", "content": p}], loaded.tokenizer) for p in prompts]

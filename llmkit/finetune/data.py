@@ -21,7 +21,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit import jsonl
-from llmkit.data.templates import Encoded, encode_example
+from llmkit.data.templates import Encoded, encode_example, fit_field
 from llmkit.model.gpt import IGNORE_INDEX
 
 
@@ -95,18 +95,13 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
 
 def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> Encoded:
     """Fit an example into max_len tokens. A text template gives up the end of its input field
-    (the document, the source) so that the prompt's wording and the whole response stay; what
-    still does not fit (or a chat) is cut from the end."""
+    (the document, the source) so that the prompt's wording and the whole response stay
+    (llmkit.data.templates.fit_field); what still does not fit (or a chat) is cut from the end."""
     field = template.get("input_field")
     if template["type"] == "text" and isinstance(record.get(field), str):
-        pieces = tokenizer.encode(record[field])
-        keep = len(pieces) - (len(example.ids) - max_len)
-        while keep > 0:
-            # Decoding a cut token list and encoding it again may merge differently: retry shorter.
-            shorter = encode_example(template, dict(record, **{field: tokenizer.decode(pieces[:keep])}), tokenizer, where)
-            if len(shorter.ids) <= max_len:
-                return shorter
-            keep -= max(1, len(shorter.ids) - max_len)
+        fitted = fit_field(lambda r: encode_example(template, r, tokenizer, where).ids, record, field, tokenizer, max_len)
+        if fitted is not None:
+            return encode_example(template, fitted, tokenizer, where)
     return Encoded(example.ids[:max_len], example.learn[:max_len])
 
 

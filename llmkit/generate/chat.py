@@ -91,6 +91,9 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system)
     transcript = Transcript(out, config.system)
     name = session.template["name"]
+    if loaded.task is None:
+        err.print(f"note: {checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
+                  "as text; fine-tune it with llmkit finetune --template chat for replies", soft_wrap=True, markup=False)
     err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D to leave", soft_wrap=True)
     turn = 0
     while True:

@@ -73,6 +73,11 @@ def _train(config: dict, out: str, resume: bool, tokens: str) -> None:
         global_batch = config.batch_tokens // seq_len
         if global_batch < 1:
             raise UserError(f"--batch-tokens {config.batch_tokens} is smaller than one sequence of {seq_len} tokens; raise it")
+        if global_batch * seq_len != config.batch_tokens and info.is_main:
+            from llmkit.console import err
+
+            err.print(f"note: --batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
+                      f"trains on {global_batch} sequences, {global_batch * seq_len} tokens", soft_wrap=True, markup=False)
         world = info.world_size
         micro_batch, accumulation = split_batch(
             global_batch, config.devices.micro_batch, world,
