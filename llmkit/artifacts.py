@@ -82,6 +82,9 @@ class Manifest:
     seed: int | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    # Files that record how the work ran rather than what it made (a training run's resume state:
+    # world size, per-rank RNG): hashed for verify, but outside the fingerprint, like `runtime`.
+    state_files: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # bytes per file: a cheap check on every load (not hashed)
     stats: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +105,7 @@ class Manifest:
             "config": self.config,
             "inputs": self.inputs,
             "files": self.files,
+            "state_files": self.state_files,
             "sizes": self.sizes,
             "stats": self.stats,
             "runtime": self.runtime,
@@ -117,11 +121,16 @@ class Manifest:
     def expected_fingerprint(self) -> str:
         return compute_fingerprint(self.kind, self.format_version, self.config, self.seed, self.inputs, self.files)
 
+    @property
+    def all_files(self) -> dict[str, str]:
+        """Every file of the artifact, the resume state included: name -> sha256."""
+        return {**self.files, **self.state_files}
+
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FIELD_TYPES = {
     "kind": str, "format_version": int, "llmkit_version": str, "fingerprint": str, "command": list, "config": dict,
-    "inputs": list, "files": dict, "sizes": dict, "stats": dict, "runtime": dict, "versions": dict,
+    "inputs": list, "files": dict, "state_files": dict, "sizes": dict, "stats": dict, "runtime": dict, "versions": dict,
 }
 
 
@@ -138,7 +147,7 @@ def _manifest_problem(data: Any) -> str | None:
         return "its 'seed' is not a whole number"
     if not _HEX64.fullmatch(str(data.get("fingerprint", ""))):
         return "its 'fingerprint' is not a sha256"
-    for name, digest in data.get("files", {}).items():
+    for name, digest in {**data.get("files", {}), **data.get("state_files", {})}.items():
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             return f"the hash of file {name!r} is not a sha256"
         if name.startswith("/") or ".." in name.split("/"):
@@ -177,7 +186,7 @@ class Artifact:
     def file(self, name: str) -> Path:
         """Path of a file the manifest lists; a missing one is a user-facing error."""
         path = self.path / name
-        if name not in self.manifest.files or not path.exists():
+        if name not in self.manifest.all_files or not path.exists():
             raise UserError(f"{self.kind} artifact at {self.path} has no file {name!r}; it is incomplete, rebuild it")
         return path
 
@@ -185,7 +194,7 @@ class Artifact:
         """The cheap half of `verify`: every listed file that exists stays inside the artifact (no
         link out of it) and has the size the manifest recorded. Hashing them all is `verify`'s job."""
         root = self.path.resolve()
-        for name in self.manifest.files:
+        for name in self.manifest.all_files:
             path = self.path / name
             if not path.exists() and not path.is_symlink():
                 continue  # reported by file() when a stage needs it, and by verify
@@ -304,20 +313,22 @@ class ArtifactBuilder:
         self.stats: dict[str, Any] = {}
         self.runtime: dict[str, Any] = {}
         self.file_filter: Iterable[str] | None = None
+        self.state_names: set[str] = set()  # files listed as state_files (see Manifest)
 
     def add_input(self, role: str, art: Artifact) -> None:
         self.inputs.append(_input_ref(role, art, self.out))
 
     def manifest(self, root: Path | None = None) -> Manifest:
         root = root or self.dir
-        files = list_files(root, self.file_filter)
+        listed = list_files(root, self.file_filter)
         manifest = Manifest(
             kind=self.kind,
             config=json.loads(canonical_json(self.config)),
             seed=self.seed,
             inputs=sorted(self.inputs, key=lambda i: i["role"]),
-            files=files,
-            sizes={name: (root / name).stat().st_size for name in files},
+            files={name: digest for name, digest in listed.items() if name not in self.state_names},
+            state_files={name: digest for name, digest in listed.items() if name in self.state_names},
+            sizes={name: (root / name).stat().st_size for name in listed},
             stats=json.loads(json.dumps(self.stats, default=_json_default)),
             runtime=json.loads(json.dumps(self.runtime, default=_json_default)),
             command=_command_line(),
@@ -521,7 +532,7 @@ def verify(path: Path | str) -> VerifyReport:
     art = load(path, check=False)
     problems = []
     root = art.path.resolve()
-    for name, digest in art.manifest.files.items():
+    for name, digest in art.manifest.all_files.items():
         file = art.path / name
         if file.exists() and root not in file.resolve().parents:
             problems.append(f"file outside the artifact: {name} (a link out of it)")

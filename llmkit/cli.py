@@ -161,7 +161,7 @@ def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory
 
     report = artifacts.verify(path)
     if report.ok:
-        out.print(f"[green]ok[/] {path}: {len(artifacts.load(path).manifest.files)} files match, fingerprint matches", soft_wrap=True)
+        out.print(f"[green]ok[/] {path}: {len(artifacts.load(path).manifest.all_files)} files match, fingerprint matches", soft_wrap=True)
         return
     for problem in report.problems:
         out.print(f"[red]mismatch[/] {path}: {problem}", soft_wrap=True)

@@ -180,6 +180,10 @@ def test_gloo_two_processes_match_one(shakespeare, cli, tmp_path):
     manifest = artifacts.load(two, kind="checkpoint").manifest
     assert manifest.runtime["world_size"] == 2 and manifest.runtime["grad_accumulation"] == 1
     assert json.loads((two / "training_state.json").read_text())["world_size"] == 2
+    # Two micro-batch gradients summed in one process, or one per process and averaged: the same
+    # weights to the bit, and the resume state (world size, RNG per rank) is outside the fingerprint.
+    assert artifacts.load(one).fingerprint == artifacts.load(two).fingerprint
+    assert "training_state.json" in manifest.state_files and "training_state.json" not in manifest.files
     # Resume the 2-process run's step-6 checkpoint in 1 process: the state reshards exactly.
     reshard = tmp_path / "reshard"
     reshard.mkdir()

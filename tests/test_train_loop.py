@@ -126,7 +126,7 @@ def test_sgd_momentum_lowers_loss(tmp_path):
 def test_final_run_dir_is_checkpoint_and_loads_without_pickle(tmp_path, monkeypatch):
     make_trainer(tmp_path, SyntheticBatches(), max_steps=6, save_every=2, keep_last=2).run()
     art = artifacts.load(tmp_path, kind="checkpoint")
-    assert {"model.safetensors", "model_config.json", STATE_JSON, STATE_TENSORS} <= set(art.manifest.files)
+    assert {"model.safetensors", "model_config.json"} <= set(art.manifest.files) and set(art.manifest.state_files) == {STATE_JSON, STATE_TENSORS}
     assert "metrics.jsonl" not in art.manifest.files  # wall-clock figures stay out of the fingerprint
     assert artifacts.verify(tmp_path).ok
     steps = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())

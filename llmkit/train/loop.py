@@ -117,6 +117,9 @@ def _state_files(spec: ArtifactSpec) -> list[str]:
 
 def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: dict[str, Any]) -> None:
     build.config = spec.config
+    # The resume state depends on how the run was laid out (world size, per-rank RNG), not on
+    # what it trained: like `runtime`, it stays out of the fingerprint.
+    build.state_names = {ckpt.STATE_JSON, ckpt.STATE_TENSORS}
     build.seed = spec.seed
     for role, art in spec.inputs:
         build.add_input(role, art)
