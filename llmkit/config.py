@@ -27,7 +27,10 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}; pass an existing .toml or .yaml file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -37,8 +40,8 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
             data = yaml.safe_load(text) or {}
         else:
             raise UserError(f"config file {path} must end in .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise UserError(f"config file {path} is not valid: {exc}") from exc
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        raise UserError(f"config file {path} is not valid: {type(exc).__name__}: {str(exc)[:200]}") from exc
     except Exception as exc:  # yaml.YAMLError and friends
         if isinstance(exc, UserError):
             raise

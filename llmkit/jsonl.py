@@ -12,14 +12,20 @@ from llmkit.errors import UserError
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
     path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{lineno} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
+            except RecursionError:
+                raise UserError(f"{path}:{lineno} is JSON nested too deeply to read; flatten the record") from None
             if not isinstance(record, dict):
                 raise UserError(f'{path}:{lineno} is not a JSON object; each line must look like {{"field": ...}}')
             yield lineno, record

@@ -404,3 +404,60 @@ def test_chat_says_when_a_checkpoint_was_never_fine_tuned_to_chat(cli, chain):
 
     result = CliRunner().invoke(app, ["chat", str(chain / "ckpt"), "-n", "2"], input="/exit\n")
     assert result.exit_code == 0 and "never fine-tuned to chat" in result.output
+
+
+def _redo_manifest(manifest, copy):
+    """Re-hash every file after a change, as a careless tool would: the manifest checks pass, the contents are wrong."""
+    for name in list(manifest["files"]):
+        manifest["files"][name] = artifacts.sha256_file(copy / name)
+        manifest["sizes"][name] = (copy / name).stat().st_size
+    manifest["fingerprint"] = artifacts.Manifest.from_dict(manifest).expected_fingerprint()
+
+
+def _pickled_weights(manifest, copy):
+    import pickle
+
+    (copy / "model.safetensors").write_bytes(pickle.dumps({"not": "safetensors"}))
+    _redo_manifest(manifest, copy)
+
+
+def _wider_config(manifest, copy):
+    config = json.loads((copy / "model_config.json").read_text())
+    config["n_embd"] = 48
+    (copy / "model_config.json").write_text(json.dumps(config))
+    _redo_manifest(manifest, copy)
+
+
+@pytest.mark.parametrize("change,message", [(_pickled_weights, "is not a readable safetensors file"),
+                                            (_wider_config, "but model_config.json makes")])
+def test_damaged_weights_are_named_not_unexpected(cli, chain, tmp_path, change, message):
+    tampered = _tamper(chain / "ckpt", tmp_path, change)
+    assert message in _one_line_error(cli("generate", tampered, "-p", "x", "-n", "2"))
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n")
+    assert message in _one_line_error(cli("finetune", tampered, "--data", data, "-o", tmp_path / "run", "--max-steps", "1"))
+
+
+def test_unreadable_files_are_named_not_unexpected(cli, chain, tmp_path):
+    import gzip
+
+    packed = gzip.compress(b'{"text": "a document of words"}\n' * 50)
+    for name in ("cut.json.gz", "cut.csv.gz", "cut.txt.gz"):
+        (tmp_path / name).write_bytes(packed[: len(packed) // 2])
+        assert "cannot be read" in _one_line_error(cli("clean", tmp_path / name, "-o", tmp_path / "out"))
+    (tmp_path / "deep.jsonl").write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    assert "nested too deeply" in _one_line_error(cli("clean", tmp_path / "deep.jsonl", "-o", tmp_path / "out"))
+    assert "nested too deeply" in _one_line_error(cli("eval", chain / "ckpt", "--data", tmp_path / "deep.jsonl", "-o", tmp_path / "out"))
+    (tmp_path / "latin.jsonl").write_bytes('{"prompt": "caf\xe9", "response": "x"}\n'.encode("latin-1"))
+    assert "is not UTF-8" in _one_line_error(cli("finetune", chain / "ckpt", "--data", tmp_path / "latin.jsonl", "-o", tmp_path / "out"))
+    (tmp_path / "c.toml").write_bytes('lr = 1 # caf\xe9\n'.encode("latin-1"))
+    assert "is not UTF-8" in _one_line_error(cli("pretrain", chain / "tokens", "-o", tmp_path / "out", "--config", tmp_path / "c.toml"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_multiple_choice_records_that_mix_field_names_are_named(cli, chain, tmp_path):
+    rows = [{"query": "2+2?", "choices": ["3", "4"], "label": 1}, {"question": "1+1?", "choices": ["2", "5"], "label": 0}]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "accuracy", "--data", data, "-o", tmp_path / "ev"))
+    assert "the records mix field names: record 1 has 'query', record 2 has only question, choices, label" in line

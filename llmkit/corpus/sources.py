@@ -57,9 +57,18 @@ class Source:
     read: Callable[[ReadOptions, ReadStats], Iterator[tuple[str, str]]]  # yields (where, text)
 
     def documents(self, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
-        """(id, text) pairs."""
-        for where, text in self.read(options, stats):
-            yield (f"{self.label}:{where}" if where else self.label), text
+        """(id, text) pairs; a file that cannot be read to the end is a one-line error naming it."""
+        import zlib
+
+        try:
+            for where, text in self.read(options, stats):
+                yield (f"{self.label}:{where}" if where else self.label), text
+        except (FileNotFoundError, PermissionError):
+            raise
+        except (OSError, EOFError, zlib.error, *_zstd_errors()) as exc:
+            raise UserError(f"{self.label} cannot be read ({exc}); is the file complete and its compression right?") from None
+        except RecursionError:
+            raise UserError(f"{self.label} holds JSON nested too deeply to read; flatten its records") from None
 
 
 # ----------------------------------------------------------------------------- resolving inputs

@@ -44,13 +44,11 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
 def load_base_state(art, keep_head: bool):
     """The base checkpoint's weights; a classifier's head is dropped unless it is kept on purpose."""
-    from safetensors.torch import load_file
-
-    from llmkit.model.classifier import HEAD_PREFIX
     from llmkit.finetune.lora import is_adapter_key
-    from llmkit.model.io import WEIGHTS
+    from llmkit.model.classifier import HEAD_PREFIX
+    from llmkit.model.io import WEIGHTS, read_weights
 
-    state = load_file(str(art.file(WEIGHTS)))
+    state = read_weights(art.file(WEIGHTS))
     if any(is_adapter_key(k) for k in state):
         raise UserError(
             f"{art.path} is an intermediate LoRA checkpoint (unmerged adapters); fine-tune from the finished run directory, "
@@ -65,7 +63,7 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels):
     """The model to train: base weights, optional classification head, LoRA and freezing."""
     from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
-    from llmkit.model.io import read_model_config
+    from llmkit.model.io import WEIGHTS, check_shapes, read_model_config
     from llmkit.model.presets import build_model as build_lm
     from llmkit.model.records import read_task
 
@@ -90,6 +88,7 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels):
     model = build_lm(model_config)
     if config.task == "classify":
         model = SequenceClassifier(model, len(labels.names))
+    check_shapes(model, state, art.path / WEIGHTS)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # A tied output head is stored once (as the embedding); a new classifier head starts fresh.
     aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}

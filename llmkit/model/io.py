@@ -55,10 +55,32 @@ def save_weights(model: torch.nn.Module, directory: Path, state_dict: dict[str, 
     (directory / MODEL_CONFIG).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a damaged or foreign file (a pickle under the name) is a one-line error."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = load_file(str(path), device=str(next(model.parameters()).device))
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); "
+                        "the checkpoint is damaged, rebuild it") from None
+
+
+def check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Every stored tensor has the shape the model config gives it (else load_state_dict's long error)."""
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise UserError(
+            f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but model_config.json makes "
+            f"{tuple(expected[wrong[0]].shape)}; the two do not belong together, rebuild the checkpoint"
+        )
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    state = read_weights(path, device=str(next(model.parameters()).device))
+    check_shapes(model, state, path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = set(missing) - _tied_names(model)
     if missing or unexpected:
