@@ -12,11 +12,7 @@ from llmkit.data.corpus import write_corpus_artifact
 from llmkit.data.shards import TokenShards, WindowSampler
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.errors import UserError
-from llmkit.tokenizer.encode_corpus import (
-    TokenizeConfig,
-    tokenize_corpus,
-    validation_mask,
-)
+from llmkit.tokenizer.encode_corpus import TAIL, TRAIN, VAL, TokenizeConfig, split_plan, tokenize_corpus
 from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
 
@@ -128,14 +124,33 @@ def test_uint32_for_large_vocab(tmp_path, shared_data):
     assert int(shards.window(0, shards.num_tokens).max()) > 65535
 
 
-def test_validation_mask():
-    mask = validation_mask(1000, 0.05, seed=1)
-    assert mask.sum() == 50
-    assert (mask == validation_mask(1000, 0.05, seed=1)).all() and (mask != validation_mask(1000, 0.05, seed=2)).any()
-    assert validation_mask(3, 0.01, 0).sum() == 1 and validation_mask(3, 0.99, 0).sum() == 2
-    assert validation_mask(5, 0.0, 0).sum() == 0
-    with pytest.raises(UserError, match="1 document"):
-        validation_mask(1, 0.1, 0)
+def test_split_plan_draws_validation_from_every_input():
+    one_input = np.zeros(1000, dtype=np.int32)
+    plan, summary = split_plan(one_input, 0.05, seed=1)
+    assert (plan == VAL).sum() == 50 and summary == {"inputs": 1, "val_documents": 50, "documents_split_inside": 0}
+    assert (plan == split_plan(one_input, 0.05, seed=1)[0]).all() and (plan != split_plan(one_input, 0.05, seed=2)[0]).any()
+    # Two inputs, 900 and 100 documents: each gives its own 5%, not 50 from wherever they fall.
+    two = np.repeat([0, 1], [900, 100]).astype(np.int32)
+    plan, _ = split_plan(two, 0.05, seed=0)
+    assert (plan[:900] == VAL).sum() == 45 and (plan[900:] == VAL).sum() == 5
+    # An input with too few documents for whole ones gives the tail of each: one book, two small files.
+    plan, summary = split_plan(np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], np.int32), 0.05, 0)
+    assert plan[0] == TAIL and (plan[1:] == VAL).sum() == 1 and summary["documents_split_inside"] == 1
+    assert (split_plan(np.zeros(5, np.int32), 0.0, 0)[0] == TRAIN).all()
+
+
+def test_a_single_document_corpus_splits_its_tail(tmp_path, tokenizer):
+    """tinyshakespeare as one document: the last 10% of its tokens is validation, as in nanoGPT."""
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 200
+    corpus = write_corpus_artifact(tmp_path / "book", [text]).path
+    out = tokenize_corpus(corpus, tokenizer, tmp_path / "tokens", TokenizeConfig(val_fraction=0.1, workers=1))
+    stats = artifacts.load(out).stats
+    total = stats["train"]["tokens"] + stats["val"]["tokens"]
+    assert abs(stats["val"]["tokens"] / total - 0.1) < 0.01 and stats["split"]["documents_split_inside"] == 1
+    assert abs(stats["val_byte_fraction"] - 0.1) < 0.02
+    train = TokenShards.open(out, "train").window(0, stats["train"]["tokens"])
+    val = TokenShards.open(out, "val").window(0, stats["val"]["tokens"])
+    assert load_tokenizer(tokenizer).decode(np.concatenate([train, val]).tolist()) == text + "<|eos|>"
 
 
 def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
@@ -183,11 +198,17 @@ def test_fast_path_falls_back_when_it_disagrees(corpus, tokenizer, tokens, tmp_p
 
 
 def test_lopsided_split_warns(cli, tokenizer, tmp_path):
-    corpus = write_corpus_artifact(tmp_path / "corpus", ["short one\n", "a much longer document\n" * 200]).path
-    result = cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "tokens", "--seed", "0")
+    # Two documents: too few to give whole ones, so each gives its tail and validation is 5%.
+    corpus = write_corpus_artifact(tmp_path / "two", ["short one\n", "a much longer document\n" * 200]).path
+    result = cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "even", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    assert abs(artifacts.load(tmp_path / "even").stats["val_byte_fraction"] - 0.05) < 0.01 and "warning" not in result.output
+    # Ten documents, one of them most of the text: the one whole document drawn cannot be 10% of it.
+    corpus = write_corpus_artifact(tmp_path / "ten", ["short one\n"] * 9 + ["a much longer document\n" * 200]).path
+    result = cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "tokens", "--seed", "0", "--val-fraction", "0.1")
     assert result.exit_code == 0, result.output
     share = artifacts.load(tmp_path / "tokens").stats["val_byte_fraction"]
-    assert share < 0.025 or share > 0.1  # one of two documents cannot be 5% of the text
+    assert share < 0.05 or share > 0.2
     assert "warning: the validation split holds" in result.output and "--doc-per blank-line" in result.output
 
 

@@ -28,20 +28,55 @@ class _FastPathMismatch(Exception):
     """tiktoken disagreed with tokenizers on a checked document: redo the run on the tokenizers path."""
 
 
-def validation_mask(num_docs: int, val_fraction: float, seed: int) -> np.ndarray:
-    """bool [num_docs]: True for the documents of the validation split."""
-    mask = np.zeros(num_docs, dtype=bool)
-    if val_fraction <= 0 or num_docs == 0:
-        return mask
-    if num_docs < 2:
-        raise UserError(
-            f"the corpus has {num_docs} document, too few for a train/validation split by documents; "
-            "pass --val-fraction 0 or make more documents (llmkit clean --doc-per blank-line)"
-        )
-    count = min(num_docs - 1, max(1, round(num_docs * val_fraction)))
+TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its tail to validation
+
+
+def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Where each document goes, drawn per input so that validation looks like training.
+
+    `groups[i]` is document i's input (the corpus's `source`). From each input, round(n * F) whole
+    documents go to validation, picked by a seeded permutation (inputs in order of appearance, one
+    generator); an input with too few documents for that (one book as one document, say)
+    instead gives the last F of every document's tokens, a contiguous tail as nanoGPT splits.
+    The plan depends only on (corpus, F, seed).
+    """
+    plan = np.full(len(groups), TRAIN, dtype=np.int8)
+    summary: dict[str, Any] = {"inputs": 0, "val_documents": 0, "documents_split_inside": 0}
+    if val_fraction <= 0 or len(groups) == 0:
+        return plan, summary
+    _, first = np.unique(groups, return_index=True)
     rng = np.random.Generator(np.random.PCG64(seed))
-    mask[rng.permutation(num_docs)[:count]] = True
-    return mask
+    for group in groups[np.sort(first)]:
+        members = np.flatnonzero(groups == group)
+        count = min(len(members) - 1, round(len(members) * val_fraction))
+        if count >= 1:
+            plan[members[rng.permutation(len(members))[:count]]] = VAL
+            summary["val_documents"] += count
+        else:
+            plan[members] = TAIL
+            summary["documents_split_inside"] += len(members)
+        summary["inputs"] += 1
+    return plan, summary
+
+
+def document_groups(corpus: artifacts.Artifact) -> np.ndarray:
+    """Each document's input as a small integer (from the `source` column; one group without it)."""
+    import pyarrow.parquet as pq
+
+    from llmkit.data.corpus import corpus_shards
+
+    ids: dict[str, int] = {}
+    parts = []
+    for path in corpus_shards(corpus):
+        parquet = pq.ParquetFile(path)
+        if "source" not in parquet.schema_arrow.names:
+            parts.append(np.zeros(parquet.metadata.num_rows, dtype=np.int32))
+            continue
+        for batch in parquet.iter_batches(columns=["source"], batch_size=65536):
+            encoded = batch.column(0).dictionary_encode()
+            local = np.array([ids.setdefault(str(v), len(ids)) for v in encoded.dictionary.to_pylist()], dtype=np.int32)
+            parts.append(local[encoded.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(0, np.int32))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
 CHECK_CHARS = 16384
@@ -128,8 +163,8 @@ class _Encoder:
 
 
 def _encode_into(
-    build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, is_val: np.ndarray,
-    config: TokenizeConfig, total_bytes: int | None,
+    build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, plan: np.ndarray,
+    config: TokenizeConfig, total_bytes: int | None, token_bytes: np.ndarray,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     from rich.progress import DownloadColumn, TextColumn, TransferSpeedColumn
 
@@ -143,13 +178,25 @@ def _encode_into(
     with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
         task = bar.add_task("tokenizing", total=total_bytes, rate="")
         for sizes, flat, lengths in encoder.map(iter_corpus_texts(corpus, config.batch_size)):
-            batch_val = is_val[doc_index : doc_index + len(sizes)]
+            batch_plan = plan[doc_index : doc_index + len(sizes)]
             doc_index += len(sizes)
             present = sizes > 0  # empty documents hold no tokens and are skipped
-            for split, chosen in (("train", present & ~batch_val), ("val", present & batch_val)):
+            for split, chosen in (("train", present & (batch_plan == TRAIN)), ("val", present & (batch_plan == VAL))):
                 if chosen.any():
                     writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
                 split_bytes[split] += int(sizes[chosen].sum())
+            ends = np.cumsum(lengths)
+            for i in np.flatnonzero(present & (batch_plan == TAIL)):
+                tokens = flat[ends[i] - lengths[i] : ends[i]]
+                cut = min(len(tokens) - 1, max(1, round(len(tokens) * (1 - config.val_fraction))))
+                if len(tokens) < 2:
+                    cut = len(tokens)
+                tail_bytes = int(token_bytes[tokens[cut:]].sum())
+                writers["train"].write(tokens[:cut], np.array([cut]))
+                split_bytes["train"] += int(sizes[i]) - tail_bytes
+                if cut < len(tokens):
+                    writers["val"].write(tokens[cut:], np.array([len(tokens) - cut]))
+                    split_bytes["val"] += tail_bytes
             total_tokens += len(flat)
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.update(task, advance=int(sizes.sum()), rate=f"{total_tokens / elapsed / 1e6:.2f}M tok/s")
@@ -191,7 +238,7 @@ def tokenize_corpus(
     num_docs = count_documents(corpus)
     if num_docs == 0:
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
-    is_val = validation_mask(num_docs, config.val_fraction, config.seed)
+    plan, split_summary = split_plan(document_groups(corpus), config.val_fraction, config.seed)
     # Spawning workers costs about a second: a corpus of one batch is encoded in-process.
     processes = worker_count(config.workers) if num_docs > config.batch_size else 1
     total_bytes = corpus.stats.get("bytes")
@@ -201,13 +248,13 @@ def tokenize_corpus(
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path]) as build:
         encoder = _Encoder(tok_dir, processes, config.fast, config.add_bos)
         try:
-            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, total_bytes)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
         except _FastPathMismatch as exc:
             err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
             encoder = _Encoder(tok_dir, processes, use_fast=False, add_bos=config.add_bos)
-            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, is_val, config, total_bytes)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
         total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
@@ -215,7 +262,7 @@ def tokenize_corpus(
         if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
             err.print(
                 f"[yellow]warning:[/] the validation split holds {100 * val_share:.1f}% of the text (asked "
-                f"{100 * config.val_fraction:g}%) because it takes whole documents and the corpus has {num_docs}; "
+                f"{100 * config.val_fraction:g}%) because it takes whole documents, of which the corpus has {num_docs}; "
                 "for a finer split make more documents (llmkit clean --doc-per blank-line)", soft_wrap=True
             )
         copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
@@ -234,6 +281,7 @@ def tokenize_corpus(
             "encoder": encoder.name,
             "fast_path_checked_documents": encoder.checked,
             "val_byte_fraction": round(val_share, 6),
+            "split": split_summary,
             **timing,
         }
     return Path(out)
