@@ -461,3 +461,21 @@ def test_multiple_choice_records_that_mix_field_names_are_named(cli, chain, tmp_
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = _one_line_error(cli("eval", chain / "ckpt", "-m", "accuracy", "--data", data, "-o", tmp_path / "ev"))
     assert "the records mix field names: record 1 has 'query', record 2 has only question, choices, label" in line
+
+
+def test_hf_greedy_generation_from_the_exported_folder_equals_llmkit_generate(cli, chain, tmp_path):
+    """The exported tokenizer adds the document-start token llmkit conditions on (here <|eos|>: the
+    model was pretrained on default shards), so the default `tok(prompt)` + `generate` agree."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = _ok(cli("generate", chain / "ckpt", "-p", "First Citizen:", "--greedy", "-n", "12", "--ignore-eos",
+                     "-o", tmp_path / "ours.jsonl"))
+    ours = json.loads((tmp_path / "ours.jsonl").read_text())
+    tok = AutoTokenizer.from_pretrained(chain / "hf")
+    model = AutoModelForCausalLM.from_pretrained(chain / "hf").eval()
+    inputs = tok("First Citizen:", return_tensors="pt")
+    assert inputs["input_ids"][0, 0].item() == tok.eos_token_id and inputs["input_ids"].shape[1] == ours["prompt_tokens"]
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+    assert tok.decode(out[0, inputs["input_ids"].shape[1]:]) == ours["completion"], result.output

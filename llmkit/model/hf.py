@@ -468,6 +468,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     from transformers import GenerationConfig
 
     from llmkit import artifacts
+    from llmkit.generate.prompts import document_start_id
     from llmkit.model.io import load_checkpoint, read_model_config
     from llmkit.model.records import read_task
 
@@ -497,7 +498,8 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         GenerationConfig(
             bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad
         ).save_pretrained(tmp)
-        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template)
+        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template,
+                          start_id=document_start_id(tok, art, task))
         provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint,
                       "task": json.loads(task.to_json()) if task is not None else None}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -574,11 +576,18 @@ def stop_token_ids(tok, chat: bool) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_template: str | None = None) -> None:
-    """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, special tokens by role."""
+def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_template: str | None = None,
+                      start_id: int | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, special tokens by role.
+
+    `start_id`, the token the model saw before every document (llmkit.generate.prompts.
+    document_start_id), is prepended by a post-processor, so that `tok(prompt)` gives the ids
+    `llmkit generate` gives the model and greedy `model.generate` continues the same way.
+    """
     from transformers import PreTrainedTokenizerFast
 
     from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
 
     roles = {}
     for role in ("bos", "eos", "pad", "mask"):
@@ -590,6 +599,9 @@ def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_templ
     # A copy: llmkit's loader switches the live object to encode special-token text as text,
     # while transformers tokenizers parse it (chat templates rely on that).
     backend = Tokenizer.from_str(tok.hf.to_str())
+    if start_id is not None:
+        start = tok.hf.id_to_token(start_id)
+        backend.post_processor = TemplateProcessing(single=f"{start} $A", pair=f"{start} $A $B:1", special_tokens=[(start, start_id)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=model_max_length, additional_special_tokens=extra, **roles
     )
