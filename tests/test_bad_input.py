@@ -479,3 +479,21 @@ def test_hf_greedy_generation_from_the_exported_folder_equals_llmkit_generate(cl
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
     assert tok.decode(out[0, inputs["input_ids"].shape[1]:]) == ours["completion"], result.output
+
+
+def test_pretrain_init_from_continues_a_checkpoint_and_refuses_what_does_not_fit(cli, chain, tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "continued"
+    _ok(cli("pretrain", chain / "tokens", "-o", run, "--init-from", chain / "ckpt", "--max-steps", "1", "--lr", "1e-9",
+            "--batch-tokens", "256", "--micro-batch", "4", "--eval-every", "0", "--save-every", "0"))
+    before, after = load_file(str(chain / "ckpt" / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert before.keys() == after.keys() and all((before[k] - after[k]).abs().max() < 1e-5 for k in before)
+    art = artifacts.load(run)
+    assert {i["role"] for i in art.manifest.inputs} >= {"tokens", "init"}
+    assert "--n-layer" in _one_line_error(cli("pretrain", chain / "tokens", "-o", tmp_path / "x", "--init-from", chain / "ckpt",
+                                              "--n-layer", "3"))
+    _ok(cli("tokenizer", "train", chain / "corpus", "-o", tmp_path / "tok2", "--vocab-size", "280"))
+    _ok(cli("tokenize", chain / "corpus", "-t", tmp_path / "tok2", "-o", tmp_path / "tokens2"))
+    line = _one_line_error(cli("pretrain", tmp_path / "tokens2", "-o", tmp_path / "y", "--init-from", chain / "ckpt"))
+    assert "another tokenizer" in line and not (tmp_path / "y").exists()

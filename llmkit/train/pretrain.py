@@ -19,14 +19,36 @@ from llmkit.train.config import PretrainConfig
 from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
 
 
-def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, resume: bool = False, force: bool = False) -> Path:
-    """Train and return the run directory, which is then a checkpoint artifact."""
+def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, init_from: Path | str | None = None,
+             resume: bool = False, force: bool = False) -> Path:
+    """Train and return the run directory, which is then a checkpoint artifact. With `init_from`
+    (a checkpoint) training continues from its weights and model: continued pretraining."""
     tokens = Path(tokens)
     artifacts.load(tokens, kind="tokens")
     if config.max_steps is not None and config.max_tokens is not None:
         raise UsageError("give --max-steps or --max-tokens, not both")
-    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
-                  inputs={"tokens": str(tokens.resolve())})
+    inputs = {"tokens": str(tokens.resolve())}
+    if init_from is not None:
+        _check_init(artifacts.load(init_from, kind="checkpoint"), artifacts.load(tokens, kind="tokens"), config)
+        inputs["init_from"] = str(Path(init_from).resolve())
+    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs)
+
+
+def _check_init(init, tokens_art, config: PretrainConfig) -> None:
+    """Continued pretraining keeps the checkpoint's model and needs the tokenizer the tokens were made with."""
+    from llmkit.model.records import read_task
+
+    given = [name for name, value in config.architecture.overrides().items() if value is not None and name != "dropout"]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"--init-from takes the model from {init.path}; leave out {flags}")
+    task = read_task(init)
+    if task is not None and task.is_classifier:
+        raise UserError(f"{init.path} is a classifier; --init-from needs a language-model checkpoint")
+    ours, theirs = init.path / "tokenizer" / "tokenizer.json", tokens_art.path / "tokenizer" / "tokenizer.json"
+    if not ours.is_file() or artifacts.sha256_file(ours) != artifacts.sha256_file(theirs):
+        raise UserError(f"{init.path} has another tokenizer than {tokens_art.path} was encoded with; tokenize the corpus "
+                        f"with --tokenizer {init.path} (a checkpoint's tokenizer serves)")
 
 
 def _open_split(tokens_art, split: str, seq_len: int, seed: int, required: bool):
@@ -43,11 +65,12 @@ def _open_split(tokens_art, split: str, seq_len: int, seed: int, required: bool)
         return None, None
 
 
-def _train(config: dict, out: str, resume: bool, tokens: str) -> None:
+def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | None = None) -> None:
     """One process's work (the only one, or one torchrun worker)."""
     import torch
 
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
+    from llmkit.model.io import WEIGHTS, load_weights, read_model_config
     from llmkit.model.presets import build_model, resolve_model_config
     from llmkit.model.records import CheckpointStats
     from llmkit.runtime import seed_everything
@@ -60,8 +83,14 @@ def _train(config: dict, out: str, resume: bool, tokens: str) -> None:
     with worker_process(config.devices) as info:
         tokenizer_dir = tokens_art.path / "tokenizer"
         tokenizer = load_tokenizer(tokenizer_dir)
-        model_config = resolve_model_config(config.architecture.model, vocab_size=tokenizer.vocab_size,
-                                            overrides=config.architecture.overrides())
+        init = artifacts.load(init_from, kind="checkpoint") if init_from else None
+        if init is not None:
+            model_config = read_model_config(init.path)
+            if config.architecture.dropout is not None:
+                model_config.dropout = config.architecture.dropout
+        else:
+            model_config = resolve_model_config(config.architecture.model, vocab_size=tokenizer.vocab_size,
+                                                overrides=config.architecture.overrides())
         seq_len = config.seq_len or model_config.context_length
         if seq_len > model_config.context_length:
             raise UserError(
@@ -104,11 +133,13 @@ def _train(config: dict, out: str, resume: bool, tokens: str) -> None:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         model = build_model(model_config)
+        if init is not None:
+            load_weights(model, init.file(WEIGHTS))
         settings = LoopSettings.for_stage(
             config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
             tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.optim.lr,
         )
-        inputs = [("tokens", tokens_art)]
+        inputs = [("tokens", tokens_art)] + ([("init", init)] if init is not None else [])
         try:
             inputs.append(("tokenizer", tokens_art.input("tokenizer")))
         except UserError:
