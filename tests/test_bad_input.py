@@ -497,3 +497,43 @@ def test_pretrain_init_from_continues_a_checkpoint_and_refuses_what_does_not_fit
     _ok(cli("tokenize", chain / "corpus", "-t", tmp_path / "tok2", "-o", tmp_path / "tokens2"))
     line = _one_line_error(cli("pretrain", tmp_path / "tokens2", "-o", tmp_path / "y", "--init-from", chain / "ckpt"))
     assert "another tokenizer" in line and not (tmp_path / "y").exists()
+
+
+def test_generate_reads_records_as_eval_does_and_keeps_what_it_made(cli, chain, tmp_path, monkeypatch):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"instruction": "Say it.", "input": "ROMEO:"}) + "\n" + json.dumps({"input": "JULIET:"}) + "\n")
+    _ok(cli("generate", chain / "ckpt", "--prompts", prompts, "--greedy", "-n", "3", "-o", tmp_path / "a.jsonl"))
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["Say it.\n\nROMEO:", "JULIET:"]
+    # Stopped in the middle (here: the second batch fails), the records made so far are kept aside.
+    from llmkit.generate import engine
+
+    real = engine.Generator.complete
+    calls = []
+
+    def fail_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Generator, "complete", fail_second)
+    result = cli("generate", chain / "ckpt", "--prompts", prompts, "--greedy", "-n", "3", "--batch-size", "1", "-o", tmp_path / "b.jsonl")
+    assert result.exit_code != 0 and not (tmp_path / "b.jsonl").exists()
+    kept = (tmp_path / "b.jsonl.partial").read_text().splitlines()
+    assert len(kept) == 1 and json.loads(kept[0])["prompt"] == "Say it.\n\nROMEO:"
+
+
+def test_generate_fills_every_field_of_a_text_template(chain, tmp_path):
+    from llmkit.data.templates import text_template
+    from llmkit.generate.prompts import Prompt, encode_prompt
+    from llmkit.model.io import load_checkpoint
+    from llmkit.model.records import TaskRecord
+
+    tok = load_checkpoint(chain / "ckpt").tokenizer
+    task = TaskRecord(task="sft", template=text_template("t", "Translate to {lang}:\n{source}\n", "{target}"))
+    record = {"source": "Guten Tag", "lang": "English"}
+    ids = encode_prompt(Prompt(text="Guten Tag", record=record), tok, task)
+    assert ids == [tok.bos_id] + tok.encode("Translate to English:\nGuten Tag\n")
+    # without a record, the text fills the input field (the first one) and the others stay empty
+    assert encode_prompt(Prompt(text="Hallo"), tok, task) == [tok.bos_id] + tok.encode("Translate to Hallo:\n\n")

@@ -16,7 +16,9 @@ def _generate(config: GenerateConfig, *, checkpoint: Path, out: Optional[Path], 
     """Generate text from a checkpoint: sampling or greedy, batched, streamed, KV-cached."""
     from llmkit.console import err
     from llmkit.console import out as console
-    from llmkit.generate.stage import check_output_file, load_prompts, run_generate, write_jsonl
+    from contextlib import nullcontext
+
+    from llmkit.generate.stage import JsonlOutput, check_output_file, load_prompts, run_generate
 
     check_output_file(out, force, inputs=[checkpoint, config.prompts_file])
     prompts = load_prompts(config)
@@ -30,6 +32,9 @@ def _generate(config: GenerateConfig, *, checkpoint: Path, out: Optional[Path], 
             console.file.flush()
 
     def on_batch(batch) -> None:
+        if writer is not None:
+            writer.write(batch)
+            bar.advance(task, len(batch))
         for item in batch:
             c = item.completion
             if stream and c.prompt_index == 0 and c.sample_index == 0:
@@ -45,9 +50,14 @@ def _generate(config: GenerateConfig, *, checkpoint: Path, out: Optional[Path], 
         if stream:
             console.print(f"[dim]{_escape(prompts[0].display)}[/]", end="", soft_wrap=True)
 
-    results = run_generate(checkpoint, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
+    from llmkit.console import progress
+
+    bar = progress()
+    bar.disable = bar.disable or stream or out is None  # batch use only: printed completions need the terminal
+    task = bar.add_task("generating", total=rows)
+    with JsonlOutput(out, config) if out is not None else nullcontext() as writer, bar:
+        results = run_generate(checkpoint, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
     if out is not None:
-        write_jsonl(out, results, config)
         err.print(f"wrote {len(results)} completion(s) to {out}")
 
 

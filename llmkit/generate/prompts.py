@@ -23,11 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt
+from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt, plain_fields, render
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl
 from llmkit.options import unescape
 
+
+
+# Fields a JSONL prompt may be in, first found first (as `llmkit eval` reads model inputs).
+PROMPT_FIELDS = ("prompt", "text", "input", "instruction", "question", "source", "document")
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Prompt:
     text: str | None = None
     messages: list[dict[str, str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # other JSONL fields, copied to the output
+    record: dict[str, Any] | None = None  # the whole JSONL record: fills every field of a text template
 
     @property
     def display(self) -> str:
@@ -68,10 +73,14 @@ def _prompt_from_record(record: Any, where: str) -> Prompt:
         if not ok or not messages:
             raise UserError(f"{where}: 'messages' must be a list of {{\"role\": system|user|assistant, \"content\": text}}")
         return Prompt(messages=messages, meta={k: v for k, v in record.items() if k != "messages"})
-    for key in ("prompt", "text"):
+    if isinstance(record.get("instruction"), str) and isinstance(record.get("input"), str) and "prompt" not in record:
+        # Alpaca-style: the instruction, then its input
+        text = record["instruction"] + ("\n\n" + record["input"] if record["input"] else "")
+        return Prompt(text=text, meta={k: v for k, v in record.items() if k not in ("instruction", "input")}, record=record)
+    for key in PROMPT_FIELDS:
         if isinstance(record.get(key), str):
-            return Prompt(text=record[key], meta={k: v for k, v in record.items() if k != key})
-    raise UserError(f"{where} has no \"prompt\" (or \"text\") string and no \"messages\" list")
+            return Prompt(text=record[key], meta={k: v for k, v in record.items() if k != key}, record=record)
+    raise UserError(f"{where} has no prompt: a string in one of {', '.join(PROMPT_FIELDS)}, or a \"messages\" list")
 
 
 def chat_stop_ids(tokenizer) -> list[int]:
@@ -113,7 +122,12 @@ def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = N
         return encode_chat_prompt(prompt.messages, tokenizer)
     if task is not None and task.is_chat:
         return encode_chat_prompt([{"role": "user", "content": prompt.text or ""}], tokenizer)
-    if task is not None and task.text_template is not None:
-        return encode_text_prompt(task.text_template, prompt.text or "", tokenizer)
+    template = task.text_template if task is not None else None
+    if template is not None:
+        fields = plain_fields(template["prompt"], "the checkpoint's template")
+        if prompt.record is not None and all(name in prompt.record for name in fields):
+            # a record with every field the template names (several fields: all are filled)
+            return [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], prompt.record, "prompt record"))
+        return encode_text_prompt(template, prompt.text or "", tokenizer)
     ids = tokenizer.encode(prompt.text) if prompt.text else []
     return [tokenizer.bos_id if start_id is None else start_id] + ids

@@ -124,10 +124,34 @@ def run_generate(
     return results
 
 
-def write_jsonl(path: Path, results: list[Generated], cfg: GenerateConfig) -> None:
-    """Write all records, then rename into place: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for item in results:
-            handle.write(json.dumps(item.record(cfg), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+class JsonlOutput:
+    """Completion records written as they are made, into a hidden temporary file renamed to `path`
+    at the end. A run that stops early keeps what it made in `PATH.partial` and says so, and
+    leaves nothing at `path` itself."""
+
+    def __init__(self, path: Path, cfg: GenerateConfig):
+        self.path, self.cfg, self.written = Path(path), cfg, 0
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+
+    def __enter__(self) -> JsonlOutput:
+        self.handle = open(self.tmp, "w", encoding="utf-8")
+        return self
+
+    def write(self, batch: list[Generated]) -> None:
+        for item in batch:
+            self.handle.write(json.dumps(item.record(self.cfg), ensure_ascii=False) + "\n")
+        self.handle.flush()
+        self.written += len(batch)
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.handle.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        elif self.written:
+            partial = self.path.with_name(self.path.name + ".partial")
+            os.replace(self.tmp, partial)
+            from llmkit.console import err
+
+            err.print(f"note: the {self.written} completion(s) made before stopping are in {partial}", soft_wrap=True, markup=False)
+        else:
+            self.tmp.unlink(missing_ok=True)
