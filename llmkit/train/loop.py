@@ -157,6 +157,7 @@ class Trainer:
         self.start_step = 0
         self.last_loss: float | None = None
         self.last_val: float | None = None
+        self.last_grad_norm: float | None = None
         self.resumed_from: int | None = None
 
         saved_rng = None
@@ -261,8 +262,9 @@ class Trainer:
                 f"loss became {loss_value} at step {step + 1}; stopped before updating the weights, {where}; "
                 "lower --lr, raise --warmup-steps or keep --grad-clip on, then --resume"
             )
-        if s.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
+        # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.
+        max_norm = s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf
+        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, lr
@@ -360,7 +362,7 @@ class Trainer:
                 step += 1
                 window_steps += 1
                 self.last_loss = loss
-                values: dict[str, Any] = {"loss": loss, "lr": lr}
+                values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": self.last_grad_norm}
                 now = time.perf_counter()
                 tokens_per_s = tokens_per_step * window_steps / max(now - window_start, 1e-9)
                 values["tokens_per_s"] = tokens_per_s
