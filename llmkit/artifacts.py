@@ -32,7 +32,7 @@ from llmkit.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-KINDS = ("corpus", "tokenizer", "tokens", "checkpoint", "eval")
+KINDS = ("corpus", "tokenizer", "tokens", "checkpoint", "eval", "sweep", "scaling")
 # Packages whose versions are recorded in every manifest (informational, not hashed).
 _RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score")
 

@@ -98,6 +98,10 @@ def stage_commands() -> dict[str, Callable[..., None]]:
     from llmkit.generate.chat import chat
     from llmkit.generate.command import generate
     from llmkit.model.command import export_model, import_model
+    from llmkit.plot.command import plot
+    from llmkit.scaling.command import fit as scaling_fit
+    from llmkit.scaling.command import predict as scaling_predict
+    from llmkit.sweep.command import sweep
     from llmkit.tokenizer.command import tokenize
     from llmkit.tokenizer.command import train as tokenizer_train
     from llmkit.train.command import pretrain
@@ -105,22 +109,25 @@ def stage_commands() -> dict[str, Callable[..., None]]:
     return {
         "clean": clean, "tokenizer train": tokenizer_train, "tokenize": tokenize, "pretrain": pretrain,
         "finetune": finetune, "generate": generate, "chat": chat, "eval": evaluate, "export": export_model,
-        "import": import_model,
+        "import": import_model, "sweep": sweep, "scaling fit": scaling_fit, "scaling predict": scaling_predict,
+        "plot": plot,
     }
 
 
 def _register_stages() -> None:
     from llmkit.tokenizer.command import decode, encode
 
-    tokenizer_app = typer.Typer(no_args_is_help=True, cls=LlmkitGroup)
+    groups = {
+        "tokenizer": typer.Typer(no_args_is_help=True, cls=LlmkitGroup, help="Train and try byte-level BPE tokenizers."),
+        "scaling": typer.Typer(no_args_is_help=True, cls=LlmkitGroup, help="Fit scaling laws to a sweep; predict from them."),
+    }
     for path, command in stage_commands().items():
-        if path == "tokenizer train":
-            tokenizer_app.command("train", cls=LlmkitCommand)(command)
-        else:
-            app.command(path, cls=LlmkitCommand)(command)
-    tokenizer_app.command("encode", cls=LlmkitCommand)(encode)
-    tokenizer_app.command("decode", cls=LlmkitCommand)(decode)
-    app.add_typer(tokenizer_app, name="tokenizer", help="Train and try byte-level BPE tokenizers.")
+        group, _, name = path.rpartition(" ")
+        (groups[group] if group else app).command(name, cls=LlmkitCommand)(command)
+    groups["tokenizer"].command("encode", cls=LlmkitCommand)(encode)
+    groups["tokenizer"].command("decode", cls=LlmkitCommand)(decode)
+    for name, group in groups.items():
+        app.add_typer(group, name=name)
 
 
 _register_stages()

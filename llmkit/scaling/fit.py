@@ -28,6 +28,9 @@ import numpy as np
 from llmkit.errors import UserError
 
 NAMES = ("A", "B", "E", "alpha", "beta")
+# Exponents are kept in [0, 5] (L-BFGS-B bounds): a negative one would say loss grows with size or data.
+EXPONENT_BOUNDS = (0.0, 5.0)
+EXPONENT_FLOOR = 1e-4
 # Hoffmann et al.'s grid of initialisations (Appendix D.2), and a coarser one for quick fits.
 FULL_GRID = dict(alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),
                  a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0))
@@ -48,8 +51,16 @@ class Law:
     def loss(self, params: float | np.ndarray, tokens: float | np.ndarray):
         return self.E + self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
 
+    @property
+    def determined(self) -> bool:
+        """Loss falls with both N and D: there is a compute-optimal split."""
+        return self.alpha > EXPONENT_FLOOR and self.beta > EXPONENT_FLOOR
+
     def optimal(self, flops: float) -> tuple[float, float]:
         """(N_opt, D_opt) minimising the loss at C = 6 N D."""
+        if not self.determined:
+            raise UserError(f"the fit has alpha {self.alpha:.3g} and beta {self.beta:.3g}: the points do not show the loss "
+                            "falling with both model size and data, so no split of a budget is optimal; widen the sweep")
         total = self.alpha + self.beta
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / total)
         n = g * (flops / 6.0) ** (self.beta / total)
@@ -92,9 +103,13 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: n
 
 
 def _minimise(start: np.ndarray, data: tuple[np.ndarray, ...], delta: float) -> tuple[np.ndarray, float]:
-    from scipy.optimize import minimize
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        raise UserError("fitting a scaling law needs scipy: pip install 'llmkit[scaling]'") from None
 
-    result = minimize(_objective, start, args=(*data, delta), jac=True, method="L-BFGS-B",
+    bounds = [(None, None)] * 3 + [EXPONENT_BOUNDS] * 2
+    result = minimize(_objective, start, args=(*data, delta), jac=True, method="L-BFGS-B", bounds=bounds,
                       options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15})
     return result.x, float(result.fun)
 

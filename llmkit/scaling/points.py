@@ -41,9 +41,7 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
 
 
 def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
-    import json
-
-    rows = json.loads(sweep.file("runs.json").read_text(encoding="utf-8"))
+    rows = sweep.stats.get("runs") or []
     points = [
         Point(params=float(r["params"] if count == "total" else r["non_embedding_params"]), tokens=float(r["tokens"]),
               loss=float(r["final_val_loss"]), budget=r.get("flops_budget"), name=r["name"])

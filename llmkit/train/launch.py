@@ -109,9 +109,8 @@ def _joined(out: Path) -> Iterator[None]:
 
 
 def _worth_keeping(out: Path) -> bool:
-    from llmkit.train.checkpoint import CHECKPOINTS
-
-    return any((out / name).exists() for name in ("manifest.json", "metrics.jsonl")) or any((out / CHECKPOINTS).glob("*/manifest.json"))
+    """Anything training wrote: metrics or a checkpoint, here or in a run below (a sweep's)."""
+    return any(path.name in ("manifest.json", "metrics.jsonl") for path in out.rglob("*"))
 
 
 @contextmanager

@@ -128,7 +128,7 @@ def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: di
         spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"], train_loss=progress.get("loss"),
         val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
     ).to_dict()
-    build.runtime = dict(spec.runtime)
+    build.runtime = dict(spec.runtime, train_seconds=progress["seconds"])
 
 
 class Trainer:
@@ -158,6 +158,7 @@ class Trainer:
         self.last_loss: float | None = None
         self.last_val: float | None = None
         self.last_grad_norm: float | None = None
+        self.seconds_before, self.session_start = 0.0, time.perf_counter()
         self.resumed_from: int | None = None
 
         saved_rng = None
@@ -199,6 +200,7 @@ class Trainer:
         self.last_val = progress.get("val_loss")
         self.resumed_from = self.start_step
         self._resume_progress = progress
+        self.seconds_before = float(progress.get("seconds") or 0.0)
         return optim_state, rng, latest
 
     def _check_same_run(self, latest: Path) -> None:
@@ -300,6 +302,8 @@ class Trainer:
             "global_batch": s.global_batch,
             "tokens_per_sample": s.tokens_per_sample,
             "world_size": self.info.world_size,
+            # wall time spent training, over every session of the run (not hashed: state and runtime only)
+            "seconds": round(self.seconds_before + time.perf_counter() - self.session_start, 3),
             "loss": self.last_loss,
             "val_loss": self.last_val,
             "schedule": {
