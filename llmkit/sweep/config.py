@@ -55,11 +55,11 @@ class SweepConfig(Options):
             if isinstance(getattr(self, name), str):  # "2e5,1e6" in a config file
                 setattr(self, name, comma_floats(getattr(self, name)))
         super().__post_init__()
-        if bool(self.token_budgets) == bool(self.flops):
-            raise ValueError("give token budgets (--tokens 2e5,1e6) or FLOP budgets (--flops 1e12,1e13), one of them")
         given = [name for name in SET_BY_GRID if _base_value(self.base, name) is not None]
         if given:
             raise ValueError(f"the sweep sets {', '.join('--' + n.replace('_', '-') for n in given)} for every run; leave it out")
+        if bool(self.token_budgets) == bool(self.flops):
+            raise ValueError("give token budgets (--tokens 2e5,1e6) or FLOP budgets (--flops 1e12,1e13), one of them")
         for size in self.sizes:
             parse_size(size)
 

@@ -102,6 +102,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
     view = _ProgressView(states, out)
     try:
         with view:
+            view.update()  # runs already done show at once
             while queue or running:
                 while queue and free:
                     state = queue.pop(0)
@@ -124,7 +125,8 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     running.remove(state)
                     free.append(int(state.extra_env["slot"]))
                 view.update()
-                time.sleep(0.5)
+                if queue or running:
+                    time.sleep(0.5)
     except KeyboardInterrupt:
         for state in running:  # they got the Ctrl-C too; wait for them to stop cleanly
             state.process.wait()

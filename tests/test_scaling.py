@@ -1,0 +1,172 @@
+"""Scaling laws: the fit recovers known constants, is deterministic, refuses bad points; the sweep
+runs a grid as ordinary runs, resumes, and feeds the fit; plots are written."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from llmkit import artifacts
+from llmkit.scaling.fit import Law, fit_chinchilla, fit_isoflop
+
+TRUE = Law(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)  # Hoffmann et al.'s constants
+
+
+def _points(noise: float = 0.005, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n, d = np.meshgrid(np.geomspace(1e5, 3e7, 6), np.geomspace(1e6, 3e8, 6))
+    n, d = n.ravel(), d.ravel()
+    return n, d, TRUE.loss(n, d) * np.exp(rng.normal(0.0, noise, n.size))
+
+
+def test_known_constants_are_recovered_within_tolerances():
+    n, d, loss = _points()
+    fit = fit_chinchilla(n, d, loss, grid="coarse", bootstrap=40, seed=0)
+    law = fit.law
+    assert abs(law.alpha - TRUE.alpha) < 0.03 and abs(law.beta - TRUE.beta) < 0.03
+    assert abs(law.E - TRUE.E) / TRUE.E < 0.15
+    for name in ("alpha", "beta", "E"):  # the bootstrap brackets the estimate, and narrowly at this noise
+        low, high = fit.intervals[name]
+        assert low <= getattr(law, name) <= high and high - low < 0.1 * getattr(law, name), (name, low, high)
+    # The law predicts where it was not measured, and splits a budget as the true one does.
+    assert abs(law.loss(1e8, 2e9) / TRUE.loss(1e8, 2e9) - 1) < 0.02  # 3x beyond the largest N measured
+    true_a = TRUE.beta / (TRUE.alpha + TRUE.beta)
+    assert abs(law.beta / (law.alpha + law.beta) - true_a) < 0.04
+    n_opt, d_opt = law.optimal(1e21)
+    assert 6 * n_opt * d_opt == pytest.approx(1e21)
+
+
+def test_isoflop_parabolas_find_the_exponent():
+    budgets = [1e15, 1e16, 1e17, 1e18]
+    rows = []
+    for c in budgets:
+        centre = TRUE.optimal(c)[0]
+        for n in centre * np.geomspace(0.25, 4, 7):
+            rows.append((n, c, float(TRUE.loss(n, c / (6 * n)))))
+    iso = fit_isoflop(*zip(*rows))
+    assert iso is not None and len(iso.minima) == 4
+    assert iso.exponent == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.01)
+    for minimum in iso.minima:
+        assert minimum["params"] == pytest.approx(TRUE.optimal(minimum["flops"])[0], rel=0.05)
+
+
+def _csv(path, rows, header="params,tokens,loss"):
+    path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
+    n, d, loss = _points()
+    data = _csv(tmp_path / "points.csv", zip(n, d, loss))
+    args = ["--grid", "coarse", "--bootstrap", "20", "--budget", "1e20,1e22"]
+    first = cli("scaling", "fit", data, "-o", tmp_path / "a", *args)
+    assert first.exit_code == 0, first.output
+    assert cli("scaling", "fit", data, "-o", tmp_path / "b", *args).exit_code == 0
+    a, b = artifacts.load(tmp_path / "a", kind="scaling"), artifacts.load(tmp_path / "b", kind="scaling")
+    assert a.fingerprint == b.fingerprint and artifacts.verify(a.path).ok
+    fit = json.loads((a.path / "fit.json").read_text())
+    assert [row["flops"] for row in fit["budgets"]] == [1e20, 1e22]
+    assert all(row["params_interval"][0] <= row["params"] <= row["params_interval"][1] for row in fit["budgets"])
+    assert sorted(p.name for p in (a.path / "plots").iterdir()) == ["frontier.png", "isoflop.png", "loss_vs_params.png",
+                                                                    "loss_vs_tokens.png"]
+    assert (a.path / "plots" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "C = 1e+20 FLOPs: N =" in first.output
+    predicted = cli("scaling", "predict", a.path, "--params", "1e8", "--tokens", "2e9")
+    assert predicted.exit_code == 0 and f"loss {fit['approach3']['E'] + 0:.1f}" not in predicted.output
+    value = float(predicted.output.split("loss ")[1].split()[0])
+    assert value == pytest.approx(Law(**{k: fit["approach3"][k] for k in ("A", "B", "E", "alpha", "beta")}).loss(1e8, 2e9), abs=1e-4)
+    # params,flops,loss: tokens are flops / (6 params)
+    flops = _csv(tmp_path / "flops.csv", zip(n, 6 * n * d, loss), header="params,flops,loss")
+    assert cli("scaling", "fit", flops, "-o", tmp_path / "c", *args).exit_code == 0
+    assert json.loads((tmp_path / "c" / "fit.json").read_text())["approach3"]["alpha"] == pytest.approx(fit["approach3"]["alpha"], rel=1e-6)
+
+
+@pytest.mark.parametrize("header,rows,message", [
+    ("params,loss", [(1e6, 3.0)], "needs params, loss and tokens"),
+    ("params,tokens,loss", [(1e6, -5, 3.0)], "tokens must be a positive number"),
+    ("params,tokens,loss", [(1e6, "many", 3.0)], "tokens 'many' is not a number"),
+    ("params,tokens,loss", [(1e6, 1e7, 3.0), (2e6, 1e7, 2.9), (4e6, 2e7, 2.8)], "3 points cannot determine the 5 constants"),
+    ("params,tokens,loss", [(1e6 * (i + 1), 1e7, 3.0 - i / 10) for i in range(8)], "two token counts"),
+])
+def test_bad_points_are_one_line_errors(cli, tmp_path, header, rows, message):
+    data = _csv(tmp_path / "bad.csv", rows, header=header)
+    result = cli("scaling", "fit", data, "-o", tmp_path / "out", "--grid", "coarse")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, shared_data):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    root = tmp_path_factory.mktemp("sweep-data")
+    (root / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    for args in (["clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus"],
+                 ["tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300"],
+                 ["tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens"]):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    return root / "tokens"
+
+
+SWEEP = ["--sizes", "1x32,2x64", "--head-dim", "16", "--tokens", "8e3,2.4e4", "--seq-len", "32", "--context-length", "64",
+         "--lr", "3e-3", "--eval-tokens", "2048", "--min-steps", "4"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens, tmp_path):
+    out = tmp_path / "sweep"
+    result = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "2")
+    assert result.exit_code == 0, result.output
+    sweep = artifacts.load(out, kind="sweep")
+    rows = sweep.stats["runs"]
+    assert [r["name"] for r in rows] == ["d1-w32-t8000", "d2-w64-t8000", "d1-w32-t24000", "d2-w64-t24000"]
+    for row in rows:
+        run = artifacts.load(out / "runs" / row["name"], kind="checkpoint")
+        assert run.fingerprint == row["fingerprint"] and run.stats["tokens_seen"] >= row["tokens"] * 0.9
+        assert row["non_embedding_params"] < row["params"] and row["flops"] == 6 * row["non_embedding_params"] * row["tokens"]
+        assert row["final_val_loss"] > 0 and row["bits_per_byte"] == pytest.approx(
+            row["final_val_loss"] / math.log(2) / (run.input("tokens").stats["val"]["bytes"] / run.input("tokens").stats["val"]["tokens"]))
+        assert row["seconds"] > 0
+    assert {r["lr"] for r in rows} == {3e-3 * 128 / 32, 3e-3 * 128 / 64}  # the width rule
+    assert {i["role"] for i in sweep.manifest.inputs} == {"tokens"} | {f"run:{r['name']}" for r in rows}
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["loss-24000.png", "loss-8000.png"]
+    # The same command again: every run is done, nothing retrains, the artifact is the same.
+    again = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "2")
+    assert again.exit_code == 0 and again.output.count("skipped") == 4
+    assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
+    # An interrupted run (no manifest yet) is resumed; one process gives the same runs as two.
+    (out / "runs" / "d2-w64-t24000" / "manifest.json").unlink()
+    resumed = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "1")
+    assert resumed.exit_code == 0 and resumed.output.count("skipped") == 3
+    assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
+    # Other options for the same folder are refused: the runs there were trained differently.
+    changed = cli("sweep", tokens, "-o", out, *SWEEP[:-2], "--min-steps", "2")
+    assert changed.exit_code != 0 and "trained with other options" in changed.output
+    plotted = cli("plot", out / "runs" / "d1-w32-t8000", out / "runs" / "d2-w64-t8000", "-o", tmp_path / "curves.png",
+                  "--x", "tokens", "--lr", "--grad-norm")
+    assert plotted.exit_code == 0 and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
+    for extra, message in ((["--n-layer", "3"], "the sweep sets --n-layer"), ([], "give token budgets"),
+                           (["--tokens", "1e4", "--sizes", "3y64"], "is not LAYERSxWIDTH")):
+        result = cli("sweep", tokens, "-o", tmp_path / "s", *extra)
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_plot_needs_run_directories(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = cli("plot", tmp_path / "empty", "-o", tmp_path / "x.png")
+    assert result.exit_code != 0 and "has no metrics.jsonl" in result.output
+    result = cli("plot", tmp_path / "empty", "-o", tmp_path / "x.svg")
+    assert result.exit_code != 0 and "must be a .png file" in result.output
+    shutil.rmtree(tmp_path / "empty")
