@@ -75,6 +75,14 @@ def _headline(art: Artifact) -> str:
             if isinstance(getattr(stats, key), (int, float)):
                 parts.append(f"{key} {num(getattr(stats, key))}")
         return ", ".join(parts)
+    if art.kind == "sweep":
+        losses = [r["final_val_loss"] for r in s.get("runs", []) if isinstance(r.get("final_val_loss"), (int, float))]
+        return f"{len(s.get('runs', []))} runs" + (f", best val_loss {num(min(losses))}" if losses else "")
+    if art.kind == "scaling":
+        parts = [f"alpha {num(s.get('alpha'), 3)}", f"beta {num(s.get('beta'), 3)}"]
+        if isinstance(s.get("params_exponent"), float):
+            parts.append(f"N_opt ∝ C^{s['params_exponent']:.2f}")
+        return ", ".join(parts) + f" ({s.get('points')} points)"
     if art.kind == "eval":
         metrics_file = art.path / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}

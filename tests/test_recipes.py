@@ -97,3 +97,13 @@ def test_recipe_names_a_missing_data_folder(tmp_path):
     )
     assert proc.returncode == 1
     assert "LLMKIT_SHARED_DATA" in proc.stderr
+
+
+def test_scaling_recipe_sweeps_fits_and_plots_at_tiny_size(tmp_path):
+    proc = run_recipe("scaling", tmp_path / "scaling")
+    out = tmp_path / "scaling"
+    assert json.loads((out / "sweep" / "manifest.json").read_text())["kind"] == "sweep"
+    fit = json.loads((out / "fit" / "fit.json").read_text())
+    assert fit["points"] == 6 and [b["flops"] for b in fit["budgets"]] == [1e13, 1e14]
+    assert {p.name for p in (out / "fit" / "plots").iterdir()} >= {"loss_vs_params.png", "loss_vs_tokens.png", "isoflop.png"}
+    assert "artifacts" in proc.stdout

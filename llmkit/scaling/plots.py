@@ -67,7 +67,7 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, budget in enumerate(flops):
         colour = colours[index % len(colours)]
-        curve_n = np.geomspace(n.min() / 3, n.max() * 3, 200)
+        curve_n = np.geomspace(n.min() / 2, n.max() * 2, 200)
         ax.plot(curve_n, law.loss(curve_n, budget / (6 * curve_n)), color=colour, linewidth=1, label=f"C = {budget:.2g}")
         if law.determined:
             best_n, best_d = law.optimal(budget)
@@ -78,6 +78,8 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
     if isoflop is not None:
         ax.scatter([m["params"] for m in isoflop.minima], [m["loss"] for m in isoflop.minima], marker="x", color="black",
                    s=50, zorder=4, label="parabola minima (approach 2)")
+    # The law climbs steeply where a budget leaves few tokens: keep the view on the measured losses.
+    ax.set_ylim(loss.min() - 0.1 * np.ptp(loss), loss.max() + 0.25 * np.ptp(loss) + 1e-9)
     ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss", title="IsoFLOP curves (stars: compute-optimal)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
