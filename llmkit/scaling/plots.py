@@ -26,6 +26,23 @@ def _scatter(ax, xs, ys, colours, cmap: str, legend: str) -> None:
     bar.set_label(f"log10 {legend}")
 
 
+def _against(plt, path: Path, xs: np.ndarray, others: np.ndarray, loss: np.ndarray, law_at, names: tuple[str, ...],
+             title: str) -> Path:
+    """The measured losses against one variable, coloured by the other, with the law at a few of its values."""
+    x_label, other_symbol, other_label, cmap = names
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    grid = np.geomspace(xs.min() / 2, xs.max() * 2, 200)
+    for other in _spread(others.tolist(), 5):
+        ax.plot(grid, law_at(grid, other), linewidth=1, label=f"{other_symbol} = {other:.2g}")
+    _scatter(ax, xs, loss, others, cmap, other_label)
+    ax.set(xscale="log", xlabel=x_label, ylabel="validation loss", title=title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save(figure, path)
+    plt.close(figure)
+    return path
+
+
 def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | None, budgets: list[float],
                 folder: Path) -> list[Path]:
     plt = pyplot()
@@ -35,31 +52,12 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
     loss = np.array([p.loss for p in points])
     written = []
 
-    # Loss against N, one fitted curve per token count: the effect of model size at fixed data.
-    figure, ax = plt.subplots(figsize=(7, 4.5))
-    grid_n = np.geomspace(n.min() / 2, n.max() * 2, 200)
-    for tokens in _spread(d.tolist(), 5):
-        ax.plot(grid_n, law.loss(grid_n, tokens), linewidth=1, label=f"D = {tokens:.2g}")
-    _scatter(ax, n, loss, d, "viridis", "tokens D")
-    ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss", title="loss against model size (lines: the fit)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    written.append(folder / "loss_vs_params.png")
-    save(figure, written[-1])
-    plt.close(figure)
-
-    # Loss against D, one curve per model size: the effect of data at fixed size.
-    figure, ax = plt.subplots(figsize=(7, 4.5))
-    grid_d = np.geomspace(d.min() / 2, d.max() * 2, 200)
-    for params in _spread(n.tolist(), 5):
-        ax.plot(grid_d, law.loss(params, grid_d), linewidth=1, label=f"N = {params:.2g}")
-    _scatter(ax, d, loss, n, "plasma", "parameters N")
-    ax.set(xscale="log", xlabel="tokens D", ylabel="validation loss", title="loss against data (lines: the fit)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    written.append(folder / "loss_vs_tokens.png")
-    save(figure, written[-1])
-    plt.close(figure)
+    # Loss against N, one fitted curve per token count: the effect of model size at fixed data;
+    # and against D, one curve per model size: the effect of data at fixed size.
+    written.append(_against(plt, folder / "loss_vs_params.png", n, d, loss, lambda x, other: law.loss(x, other),
+                            ("parameters N", "D", "tokens D", "viridis"), "loss against model size (lines: the fit)"))
+    written.append(_against(plt, folder / "loss_vs_tokens.png", d, n, loss, lambda x, other: law.loss(other, x),
+                            ("tokens D", "N", "parameters N", "plasma"), "loss against data (lines: the fit)"))
 
     # IsoFLOP curves: at a fixed C = 6ND, loss against N, with the fitted law's minimum.
     flops = sorted({p.budget for p in points if p.budget}) or list(np.geomspace((6 * n * d).min(), (6 * n * d).max(), 4))
