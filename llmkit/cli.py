@@ -92,6 +92,7 @@ def _root(
 
 def stage_commands() -> dict[str, Callable[..., None]]:
     """Every stage's command by its path; each is derived from its config class (llmkit.stage_command)."""
+    from llmkit.average.command import average
     from llmkit.corpus.command import clean
     from llmkit.eval.command import evaluate
     from llmkit.finetune.command import finetune
@@ -110,7 +111,7 @@ def stage_commands() -> dict[str, Callable[..., None]]:
         "clean": clean, "tokenizer train": tokenizer_train, "tokenize": tokenize, "pretrain": pretrain,
         "finetune": finetune, "generate": generate, "chat": chat, "eval": evaluate, "export": export_model,
         "import": import_model, "sweep": sweep, "scaling fit": scaling_fit, "scaling predict": scaling_predict,
-        "plot": plot,
+        "plot": plot, "average": average,
     }
 
 

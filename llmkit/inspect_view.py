@@ -117,7 +117,8 @@ def print_checkpoint_summary(path) -> None:
         line = (f"[green]checkpoint[/] {path}: {stats.task}, step {stats.step}, "
                 f"{stats.trainable_params or 0:,} of {stats.params or 0:,} parameters trained")
     else:
-        line = f"[green]checkpoint[/] {path}: step {stats.step}, {(stats.params or 0) / 1e6:.2f}M params"
+        line = f"[green]checkpoint[/] {path}: " + (f"step {stats.step}, " if stats.step is not None else "")
+        line += f"{(stats.params or 0) / 1e6:.2f}M params"
     if stats.train_loss is not None:
         line += f", train loss {stats.train_loss:.4f}"
     if stats.val_loss is not None:

@@ -144,7 +144,7 @@ def test_final_run_dir_is_checkpoint_and_loads_without_pickle(tmp_path, monkeypa
 
     model = load_model(tmp_path)
     assert model.config == model_config() and not model.training
-    progress, optim_state, rng = read_training_state(latest_checkpoint(tmp_path))
+    progress, optim_state, rng, _ = read_training_state(latest_checkpoint(tmp_path))
     assert progress["step"] == 6 and progress["samples_seen"] == 48 and progress["world_size"] == 1
     assert set(optim_state["state"]["tok_emb.weight"]) == {"step", "exp_avg", "exp_avg_sq"}
     assert len(rng["cpu"]) == 1

@@ -55,6 +55,9 @@ class FinetuneConfig(Options):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.lora_rank and (self.checkpoints.ema is not None or self.checkpoints.average_last > 1):
+            raise ValueError("--ema and --average-last average full weights; with --lora-rank the run's checkpoints hold "
+                             "adapters: average the finished runs with llmkit average instead")
         # Comma-separated lists from the command line become lists.
         self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
         self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]

@@ -38,7 +38,8 @@ def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return model_state, optim_state
 
 
-def write_training_state(directory: Path, optim_state: dict, progress: dict[str, Any], rng: dict[str, list[torch.Tensor]]) -> None:
+def write_training_state(directory: Path, optim_state: dict, progress: dict[str, Any], rng: dict[str, list[torch.Tensor]],
+                         extra: dict[str, torch.Tensor] | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -52,6 +53,8 @@ def write_training_state(directory: Path, optim_state: dict, progress: dict[str,
     for kind, states in rng.items():
         for rank, state in enumerate(states):
             tensors[f"rng/{kind}/{rank}"] = state.cpu().contiguous()
+    for name, value in (extra or {}).items():  # e.g. the EMA of the weights
+        tensors[f"extra/{name}"] = value.detach().cpu().contiguous()
     save_file(tensors, str(directory / STATE_TENSORS), metadata={"format": "llmkit-training-state"})
     groups = [
         {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()} for group in optim_state["param_groups"]
@@ -60,8 +63,8 @@ def write_training_state(directory: Path, optim_state: dict, progress: dict[str,
     (directory / STATE_JSON).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def read_training_state(directory: Path) -> tuple[dict[str, Any], dict, dict[str, list[torch.Tensor]]]:
-    """(progress, optimizer state dict keyed by parameter name, rng states per kind and rank)."""
+def read_training_state(directory: Path) -> tuple[dict[str, Any], dict, dict[str, list[torch.Tensor]], dict[str, torch.Tensor]]:
+    """(progress, optimizer state dict keyed by parameter name, rng states per kind and rank, extra tensors)."""
     from safetensors.torch import load_file
 
     json_path, tensor_path = directory / STATE_JSON, directory / STATE_TENSORS
@@ -76,7 +79,10 @@ def read_training_state(directory: Path) -> tuple[dict[str, Any], dict, dict[str
     optimizer = document.pop("optimizer")
     state: dict[str, dict[str, Any]] = {}
     rng: dict[str, list[torch.Tensor]] = {}
+    extra: dict[str, torch.Tensor] = {}
     for name, value in tensors.items():
+        if name.startswith("extra/"):
+            extra[name[len("extra/"):]] = value
         if name.startswith("optim/"):
             fqn, key = name[len("optim/") :].rsplit("/", 1)
             state.setdefault(fqn, {})[key] = value
@@ -92,7 +98,7 @@ def read_training_state(directory: Path) -> tuple[dict[str, Any], dict, dict[str
             group["betas"] = tuple(group["betas"])
         groups.append(group)
     rng_sorted = {kind: [t for _, t in sorted(items, key=lambda item: item[0])] for kind, items in rng.items()}
-    return document, {"state": state, "param_groups": groups}, rng_sorted
+    return document, {"state": state, "param_groups": groups}, rng_sorted, extra
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, optim_state: dict, distributed: bool) -> None:
@@ -135,7 +141,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def _saved_step(directory: Path) -> int:
+def saved_step(directory: Path) -> int:
     """The step a complete checkpoint holds; its training state must be readable, or resuming
     from it would quietly start again from step 0."""
     path = directory / STATE_JSON
@@ -156,7 +162,7 @@ def resume_point(run_dir: Path) -> Path | None:
     candidates = step_dirs(run_dir)[-1:]
     if (run_dir / "manifest.json").is_file():
         candidates.append(run_dir)
-    return max(candidates, key=_saved_step) if candidates else None
+    return max(candidates, key=saved_step) if candidates else None
 
 
 def prune(run_dir: Path, keep_last: int) -> None:

@@ -162,8 +162,10 @@ class Trainer:
         self.resumed_from: int | None = None
 
         saved_rng = None
+        self._saved_ema: dict[str, torch.Tensor] = {}
         if resume:
             saved_rng = self._load_weights_for_resume()
+        self.ema = self._start_ema()
         # Different dropout streams per rank; model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
         optim = settings.optim
@@ -186,7 +188,8 @@ class Trainer:
         latest = ckpt.resume_point(self.run_dir)
         if latest is None:
             return None
-        progress, optim_state, rng = ckpt.read_training_state(latest)
+        progress, optim_state, rng, extra = ckpt.read_training_state(latest)
+        self._saved_ema = {k[len("ema/"):]: v for k, v in extra.items() if k.startswith("ema/")}
         for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
             if progress.get(key) != now:
                 raise UserError(
@@ -235,6 +238,35 @@ class Trainer:
                 soft_wrap=True,
             )
 
+    # -- the moving average of the weights (--ema) -------------------------------------------
+    def _start_ema(self) -> dict[str, torch.Tensor] | None:
+        """fp32 copies of the parameters, or the resumed ones; None without --ema."""
+        decay = self.settings.checkpoints.ema
+        if decay is None:
+            return None
+        if self.settings.devices.strategy == "fsdp" and self.info.distributed:
+            raise UserError("--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp")
+        ema = {name: p.detach().float().clone() for name, p in self.raw.named_parameters()}
+        if self._saved_ema:
+            if set(self._saved_ema) != set(ema):
+                raise UserError("the checkpoint's moving average does not match this model; resume without --ema changes")
+            ema = {name: self._saved_ema[name].to(self.device, torch.float32) for name in ema}
+        elif self.resumed_from:
+            raise UserError(f"the run was saved without --ema at step {self.resumed_from}; resume it as it was started")
+        return ema
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        params = [p.detach().float() for _, p in self.raw.named_parameters()]
+        torch._foreach_lerp_(list(self.ema.values()), params, 1.0 - self.settings.checkpoints.ema)
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with the moving averages in place of the parameters."""
+        state = {k: v.detach().cpu() for k, v in self.raw.state_dict().items()}
+        for name, value in self.ema.items():
+            state[name] = value.detach().cpu().to(state[name].dtype)
+        return state
+
     # -- one step ---------------------------------------------------------------------------
     def _micro_indices(self, step: int, micro: int) -> range:
         s = self.settings
@@ -268,6 +300,8 @@ class Trainer:
         max_norm = s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf
         self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
+        if self.ema is not None:
+            self._update_ema()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, lr
 
@@ -318,7 +352,8 @@ class Trainer:
         rng = {kind: dist_utils.all_gather_bytes(state, self.info) for kind, state in ckpt.rng_states(self.device).items()}
         if self.info.is_main:
             save_weights(self.raw, directory, model_state)
-            ckpt.write_training_state(directory, optim_state, self._progress(step), rng)
+            extra = {f"ema/{k}": v for k, v in self.ema.items()} if self.ema is not None else None
+            ckpt.write_training_state(directory, optim_state, self._progress(step), rng, extra)
             self.spec.add_files(directory)
 
     def save_intermediate(self, step: int) -> None:
@@ -342,7 +377,29 @@ class Trainer:
             build = artifacts.in_place_builder(self.run_dir, "checkpoint")
             _describe(build, self.spec, self._progress(step))
             artifacts.finalize_in_place(build, _state_files(self.spec))
+            self._write_companions(step)
         dist_utils.barrier(self.info)
+
+    def _write_companions(self, step: int) -> None:
+        """RUN/ema and RUN/average: checkpoints beside the run's, with the run as an input."""
+        from llmkit.model.averaging import write_average
+        from llmkit.model.io import weights_state_dict
+
+        run = artifacts.load(self.run_dir, kind="checkpoint")
+        stats = replace(self.spec.stats, step=step, tokens_seen=self._progress(step)["tokens_seen"]).to_dict()
+        if self.ema is not None:
+            decay = self.settings.checkpoints.ema
+            write_average(self.run_dir / "ema", [run], [1.0], state=weights_state_dict(self.raw, self._ema_state()),
+                          config=dict(self.spec.config, weights=f"exponential moving average, decay {decay}", ema=decay),
+                          seed=self.spec.seed, stats=stats, force=True, lock=False, roles=["run"], guard_inputs=False)
+        count = self.settings.checkpoints.average_last
+        if count > 1:
+            earlier = [d for d in ckpt.step_dirs(self.run_dir) if ckpt.saved_step(d) < step][-(count - 1):]
+            members = [artifacts.load(d, kind="checkpoint") for d in earlier] + [run]
+            write_average(self.run_dir / "average", members, [1.0 / len(members)] * len(members),
+                          config=dict(self.spec.config, weights=f"mean of the last {len(members)} checkpoints",
+                                      average_last=count), seed=self.spec.seed, stats=stats, force=True, lock=False,
+                          roles=[f"member:{m.path.name}" for m in members], guard_inputs=False)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoopResult:

@@ -1,0 +1,112 @@
+"""Weight averaging: a checkpoint whose weights are the weighted mean of others' (a "model soup").
+
+    write_average(out, [ckpt_a, ckpt_b], weights=[0.5, 0.5], config={...})
+
+Members must be the same network (model_config.json equal but for dropout) with the same
+tokenizer and task; the mean is taken in float64 and stored in the members' dtype, so averaging
+a checkpoint with itself gives back its weights bit for bit. Used by `llmkit average` and by
+the training loop's `--average-last K` and `--ema DECAY` outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_weights
+from llmkit.model.records import TASK_FILE
+
+
+def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
+    if not weights:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise UserError(f"--weights has {len(weights)} values for {count} checkpoints; give one per checkpoint")
+    total = float(sum(weights))
+    if total <= 0 or any(w < 0 for w in weights):
+        raise UserError(f"--weights must be non-negative with a positive sum, got {list(weights)}")
+    return [float(w) / total for w in weights]
+
+
+def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """The weighted mean of state dicts with the same keys and shapes, in float64, stored as the first's dtypes."""
+    first = states[0]
+    out = {}
+    for name, tensor in first.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor.clone()
+            continue
+        total = torch.zeros(tensor.shape, dtype=torch.float64)
+        for state, weight in zip(states, weights):
+            total += state[name].to(torch.float64) * weight
+        out[name] = total.to(tensor.dtype)
+    return out
+
+
+def _fingerprint_of(path: Path) -> str:
+    return artifacts.sha256_file(path) if path.is_file() else ""
+
+
+def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
+    """Refuse members that are not one architecture with one tokenizer and one task."""
+    first = members[0]
+
+    def config_of(art):
+        data = json.loads(art.file(MODEL_CONFIG).read_text(encoding="utf-8"))
+        data.pop("dropout", None)
+        return data
+
+    def task_of(art):
+        return json.loads(art.file(TASK_FILE).read_text(encoding="utf-8")) if TASK_FILE in art.manifest.files else None
+
+    reference = (config_of(first), _fingerprint_of(first.path / TOKENIZER_DIR / "tokenizer.json"), task_of(first))
+    for art in members[1:]:
+        if config_of(art) != reference[0]:
+            raise UserError(f"{art.path} is another network than {first.path} (model_config.json differs); only checkpoints "
+                            "of one architecture can be averaged")
+        if _fingerprint_of(art.path / TOKENIZER_DIR / "tokenizer.json") != reference[1]:
+            raise UserError(f"{art.path} has another tokenizer than {first.path}; averaged checkpoints share one")
+        theirs, ours = task_of(art), reference[2]
+        if (theirs or {}).get("labels") != (ours or {}).get("labels") or (theirs or {}).get("task") != (ours or {}).get("task"):
+            raise UserError(f"{art.path} was fine-tuned for another task than {first.path}; averaged checkpoints share one")
+
+
+def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Sequence[float], *, config: dict[str, Any],
+                  seed: int | None, stats: dict[str, Any], force: bool = False, lock: bool = True,
+                  roles: Sequence[str] | None = None, extra_inputs: Sequence[tuple[str, artifacts.Artifact]] = (),
+                  state: dict[str, torch.Tensor] | None = None, guard_inputs: bool = True) -> Path:
+    """A checkpoint artifact at `out`: the members' weighted mean (or `state` as given), their
+    model config, tokenizer and task, and every member as an input."""
+    import shutil
+
+    check_same_network(members)
+    first = members[0]
+    if state is None:
+        states = [read_weights(art.file(WEIGHTS)) for art in members]
+        for art, member in zip(members, states):
+            if any(k.endswith((".lora_A", ".lora_B")) for k in member):
+                raise UserError(f"{art.path} holds unmerged LoRA adapters (an intermediate checkpoint); average finished runs")
+        state = mean_state(states, weights)
+    from safetensors.torch import save_file
+
+    # A training run writes its companions inside itself (RUN/ema): its listed files are untouched.
+    inputs = [m.path for m in members] if guard_inputs else []
+    with artifacts.create(out, "checkpoint", force=force, lock=lock, inputs=inputs) as build:
+        save_file(state, str(build.dir / WEIGHTS), metadata={"format": "pt"})
+        shutil.copy2(first.file(MODEL_CONFIG), build.dir / MODEL_CONFIG)
+        shutil.copytree(first.path / TOKENIZER_DIR, build.dir / TOKENIZER_DIR)
+        if TASK_FILE in first.manifest.files:
+            shutil.copy2(first.file(TASK_FILE), build.dir / TASK_FILE)
+        for index, art in enumerate(members):
+            build.add_input(roles[index] if roles else f"member:{index}", art)
+        for role, art in extra_inputs:
+            build.add_input(role, art)
+        build.config = config
+        build.seed = seed
+        build.stats = stats
+    return Path(out)

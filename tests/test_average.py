@@ -1,0 +1,109 @@
+"""Weight averaging: `llmkit average` (model soups), `--average-last K` and `--ema DECAY`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmkit import artifacts
+
+MODEL = ["--model", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context-length", "64"]
+RUN = ["--max-steps", "8", "--batch-tokens", "512", "--micro-batch", "8", "--eval-every", "0", "--save-every", "2",
+       "--keep-last", "3"]
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared_data):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    def cli(*args):
+        return _ok(CliRunner().invoke(app, [str(a) for a in args]))
+
+    root = tmp_path_factory.mktemp("avg")
+    (root / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:80_000], encoding="utf-8")
+    cli("clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus")
+    cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300")
+    cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens")
+    cli("pretrain", root / "tokens", "-o", root / "a", *MODEL, *RUN, "--ema", "0.9", "--average-last", "3")
+    cli("pretrain", root / "tokens", "-o", root / "b", *MODEL, *RUN, "--seed", "1")
+    return root
+
+
+def test_averaging_a_checkpoint_with_itself_gives_it_back_bit_for_bit(cli, runs, tmp_path):
+    _ok(cli("average", runs / "a", runs / "a", runs / "a", "-o", tmp_path / "same"))
+    ours, theirs = _weights(tmp_path / "same"), _weights(runs / "a")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_weighted_soup_is_the_weighted_mean_with_every_member_in_its_lineage(cli, runs, tmp_path):
+    _ok(cli("average", runs / "a", runs / "b", "--weights", "1,3", "-o", tmp_path / "soup"))
+    soup, a, b = _weights(tmp_path / "soup"), _weights(runs / "a"), _weights(runs / "b")
+    for key in soup:
+        assert torch.allclose(soup[key], 0.25 * a[key] + 0.75 * b[key], atol=1e-7)
+    art = artifacts.load(tmp_path / "soup", kind="checkpoint")
+    assert {i["fingerprint"] for i in art.manifest.inputs} == {artifacts.load(runs / p).fingerprint for p in "ab"}
+    assert art.config["weights"] == [0.25, 0.75]
+    generated = cli("generate", tmp_path / "soup", "-p", "ROMEO:", "-n", "4", "--greedy")
+    assert generated.exit_code == 0, generated.output
+
+
+def test_average_last_equals_averaging_those_checkpoints(cli, runs, tmp_path):
+    steps = [runs / "a" / "checkpoints" / f"step_000000{s}" for s in (4, 6)]
+    _ok(cli("average", *steps, runs / "a", "-o", tmp_path / "by-hand"))
+    ours, theirs = _weights(runs / "a" / "average"), _weights(tmp_path / "by-hand")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    art = artifacts.load(runs / "a" / "average", kind="checkpoint")
+    assert art.config["average_last"] == 3 and len(art.manifest.inputs) == 3
+
+
+def test_ema_resumes_exactly(cli, runs, tmp_path):
+    """Stopped after step 4 and resumed: the moving average (kept in the resume state) ends the same."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs / "a" / "checkpoints" / "step_0000004", resumed / "checkpoints" / "step_0000004")
+    lines = (runs / "a" / "metrics.jsonl").read_text().splitlines()[:4]
+    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = _ok(cli("pretrain", runs / "tokens", "-o", resumed, *MODEL, *RUN, "--ema", "0.9", "--average-last", "3",
+                     "--resume"))
+    assert "resumed from step 4" in result.output
+    ours, theirs = _weights(resumed / "ema"), _weights(runs / "a" / "ema")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    final = _weights(runs / "a")
+    assert any(not torch.equal(ours[k], final[k]) for k in ours)  # an average, not the last weights
+    assert json.loads((runs / "a" / "ema" / "manifest.json").read_text())["config"]["ema"] == 0.9
+
+
+def test_the_run_itself_is_the_same_with_or_without_companions(cli, runs, tmp_path):
+    _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "plain", *MODEL, *RUN))
+    assert artifacts.load(tmp_path / "plain").fingerprint == artifacts.load(runs / "a").fingerprint
+
+
+@pytest.mark.parametrize("change,message", [
+    (["--n-embd", "64"], "is another network"),
+    (["--vocab"], "has another tokenizer"),
+])
+def test_averaging_refuses_what_does_not_belong_together(cli, runs, tmp_path, change, message):
+    if change == ["--vocab"]:
+        _ok(cli("tokenizer", "train", runs / "corpus", "-o", tmp_path / "tok", "--vocab-size", "300", "--max-docs", "20"))
+        _ok(cli("tokenize", runs / "corpus", "-t", tmp_path / "tok", "-o", tmp_path / "tokens"))
+        _ok(cli("pretrain", tmp_path / "tokens", "-o", tmp_path / "other", *MODEL, *RUN))
+    else:
+        _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "other", *MODEL, *RUN, *change))
+    result = cli("average", runs / "a", tmp_path / "other", "-o", tmp_path / "soup")
+    assert result.exit_code != 0 and message in result.output and not (tmp_path / "soup").exists()
+    assert "needs the 2 checkpoints" in cli("pretrain", runs / "tokens", "-o", tmp_path / "x", *MODEL, "--average-last", "3",
+                                            "--save-every", "0").output
