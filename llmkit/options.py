@@ -319,6 +319,14 @@ def comma_list(value: Any) -> list[str]:
     return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
+def comma_floats(value: Any) -> list[float]:
+    """`2e5,1e6` (or the flag repeated) -> [200000.0, 1000000.0]."""
+    try:
+        return [float(part) for part in comma_list(value)]
+    except ValueError as exc:
+        raise ValueError(f"expected numbers separated by commas ({exc})") from None
+
+
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
 

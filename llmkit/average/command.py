@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from llmkit.options import Options, option
+from llmkit.options import Options, comma_floats, option
 from llmkit.stage_command import argument, stage_command
-from llmkit.sweep.config import comma_floats
 
 
 @dataclass

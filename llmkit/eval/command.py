@@ -12,16 +12,18 @@ from llmkit.eval.config import EvalConfig
 from llmkit.stage_command import argument, stage_command
 
 
-def _evaluate(config: EvalConfig, *, checkpoint: Optional[Path], out: Path, force: bool) -> None:
-    """Evaluate a checkpoint or a predictions file: perplexity, bpb, accuracy/F1, BLEU, chrF, ROUGE."""
+def _evaluate(config: EvalConfig, *, checkpoints: Optional[list[Path]], out: Path, force: bool) -> None:
+    """Evaluate a checkpoint (several: their ensemble) or a predictions file: perplexity, bpb,
+    accuracy/F1, BLEU, chrF, ROUGE."""
     from llmkit.eval.stage import run_eval
 
-    print_results(run_eval(checkpoint, config, out, force=force))
+    print_results(run_eval(checkpoints, config, out, force=force))
 
 
 evaluate = stage_command(
     "eval", EvalConfig, _evaluate,
-    arguments=[argument("checkpoint", "Checkpoint artifact to evaluate (omit with --predictions).", type=Optional[Path], default=None)],
+    arguments=[argument("checkpoints", "Checkpoint artifact to evaluate; several are evaluated as an ensemble (omit with --predictions).",
+                        type=Optional[list[Path]], default=None)],
     out="Output eval artifact directory.",
 )
 

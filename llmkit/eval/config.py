@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.options import Options, comma_list, option, unescape, unescape_each
+from llmkit.model.ensemble_options import Ensembling
+from llmkit.options import Options, comma_list, group, option, unescape, unescape_each
 
 METRIC_HELP = (
     "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
@@ -50,6 +51,7 @@ class EvalConfig(Options):
                                   range="[1, inf)")
     batch_size: int = option(8, "Sequences per forward pass.", panel=RUN, range="[1, inf)")
     device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
+    ensembling: Ensembling = group(Ensembling)
     seed: int = option(0, "Seed for every random choice.", range="[0, 4294967295]")
 
     def __post_init__(self):

@@ -76,10 +76,13 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
         raise UserError(f"{', '.join(text + lm + cls)} on a checkpoint need --data (a tokens artifact, text or JSONL file)")
 
 
-def _load(checkpoint: Path, device: str, metrics: list[str]):
-    """The checkpoint's model: a classifier (with `.classify`) for a classification checkpoint."""
-    from llmkit.model.io import load_checkpoint
+def _load(members: list[Path], device: str, metrics: list[str], cfg: EvalConfig):
+    """The checkpoint's model (the members' ensemble): a classifier (with `.classify`) for a classification checkpoint."""
+    from llmkit.model.ensemble import load_ensemble
     from llmkit.model.records import read_task
+
+    checkpoint = members[0]
+    ensemble = dict(weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
 
     task = read_task(artifacts.load(checkpoint, kind="checkpoint"))
     if task is not None and task.is_classifier:
@@ -89,12 +92,20 @@ def _load(checkpoint: Path, device: str, metrics: list[str]):
                 f"{checkpoint} is a classification checkpoint (labels {', '.join(map(str, task.labels or []))}); "
                 f"it cannot compute {', '.join(needs_lm)}; evaluate it with -m accuracy,f1"
             )
-        return load_checkpoint(checkpoint, device=device)
-    return load_checkpoint(checkpoint, device=device, purpose=", ".join(metrics))
+        return load_ensemble(members, device=device, purpose=None, **ensemble)
+    return load_ensemble(members, device=device, purpose=", ".join(metrics), **ensemble)
 
 
-def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool = False) -> EvalResult:
+def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *, force: bool = False) -> EvalResult:
+    """Evaluate `checkpoint` (several checkpoints: their ensemble, as does `cfg.ensembling.ensemble`)."""
     from llmkit.runtime import resolve_device
+
+    members = cfg.ensembling.members(checkpoint)
+    checkpoint = members[0] if members else None
+    if len(members) > 1 and cfg.predictions is not None:
+        raise UserError("an ensemble makes its own predictions: pass --data, not --predictions")
+    if cfg.ensembling.weights and len(cfg.ensembling.weights) != max(1, len(members)):
+        raise UserError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
 
     device = resolve_device(cfg.device)
     names = metric_names.parse_metrics(cfg.metrics)
@@ -106,9 +117,9 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
         from llmkit.eval.text_scores import check_options
 
         check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
-    if checkpoint is not None:
-        artifacts.load(checkpoint, kind="checkpoint")
-    read = [checkpoint, cfg.data, cfg.predictions, *cfg.references]
+    for member in members:
+        artifacts.load(member, kind="checkpoint")
+    read = [*members, cfg.data, cfg.predictions, *cfg.references]
     artifacts.check_output(out, force, inputs=read)
 
     metrics: dict[str, float] = {}
@@ -128,8 +139,9 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
             from llmkit.runtime import seed_everything
 
             seed_everything(cfg.seed)
-            loaded = _load(checkpoint, device, text + lm + cls)
-            build.add_input("checkpoint", loaded.artifact)
+            loaded = _load(members, device, text + lm + cls, cfg)
+            for index, member in enumerate(loaded.members):
+                build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         if cfg.predictions is not None:
             predictions = read_predictions(Path(cfg.predictions), cfg.text_field)
             references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions))
@@ -181,6 +193,8 @@ def run_eval(checkpoint: Path | None, cfg: EvalConfig, out: Path, *, force: bool
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         build.config = _recorded_config(cfg)
+        if cfg.ensembling.recorded(len(members)):
+            build.config["ensemble"] = cfg.ensembling.recorded(len(members))
         build.seed = cfg.seed
         stats["signatures"] = signatures
         stats["metrics"] = list(metrics)

@@ -12,15 +12,15 @@ from llmkit.generate.config import GenerateConfig
 from llmkit.stage_command import argument, stage_command
 
 
-def _generate(config: GenerateConfig, *, checkpoint: Path, out: Optional[Path], force: bool) -> None:
-    """Generate text from a checkpoint: sampling or greedy, batched, streamed, KV-cached."""
+def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[Path], force: bool) -> None:
+    """Generate text from a checkpoint (several: their ensemble): sampling or greedy, batched, streamed, KV-cached."""
     from llmkit.console import err
     from llmkit.console import out as console
     from contextlib import nullcontext
 
     from llmkit.generate.stage import JsonlOutput, check_output_file, load_prompts, run_generate
 
-    check_output_file(out, force, inputs=[checkpoint, config.prompts_file])
+    check_output_file(out, force, inputs=[*config.ensembling.members(checkpoints), config.prompts_file])
     prompts = load_prompts(config)
     rows = len(prompts) * config.num_samples
     stream = config.stream if config.stream is not None else rows == 1 and out is None
@@ -56,14 +56,15 @@ def _generate(config: GenerateConfig, *, checkpoint: Path, out: Optional[Path], 
     bar.disable = bar.disable or stream or out is None  # batch use only: printed completions need the terminal
     task = bar.add_task("generating", total=rows)
     with JsonlOutput(out, config) if out is not None else nullcontext() as writer, bar:
-        results = run_generate(checkpoint, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
+        results = run_generate(checkpoints, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
     if out is not None:
         err.print(f"wrote {len(results)} completion(s) to {out}")
 
 
 generate = stage_command(
     "generate", GenerateConfig, _generate,
-    arguments=[argument("checkpoint", "Checkpoint artifact (llmkit pretrain / finetune / import).")],
+    arguments=[argument("checkpoints", "Checkpoint artifact (llmkit pretrain / finetune / import); several generate as an ensemble.",
+                        type=list[Path])],
     out="Write one JSON record per completion to this .jsonl file.", out_type=Optional[Path],
     force="Replace an existing -o file.",
     writes_artifact=False,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
+from llmkit.model.ensemble_options import Ensembling
 from llmkit.options import Options, group, option, unescape, unescape_each
 
 OVERFLOW_POLICIES = ("slide", "error")
@@ -57,6 +58,7 @@ class GenerateConfig(Options):
     stream: bool | None = option(None, "Print tokens as they arrive (default: when there is one completion).",
                                  flags=("--stream/--no-stream",), panel=RUN, runtime=True)
     device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
+    ensembling: Ensembling = group(Ensembling)
     seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
 
     def params(self):

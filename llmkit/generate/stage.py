@@ -70,7 +70,7 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
 
 
 def run_generate(
-    checkpoint: Path,
+    checkpoint: Path | list[Path],
     cfg: GenerateConfig,
     *,
     on_text: Callable[[int, str], None] | None = None,
@@ -79,12 +79,14 @@ def run_generate(
 ) -> list[Generated]:
     """Load the checkpoint and complete every prompt `num_samples` times. `on_ready(prompts)` is
     called once everything is checked and loaded, just before the first token."""
-    from llmkit.model.io import load_checkpoint
+    from llmkit.model.ensemble import load_ensemble
     from llmkit.runtime import resolve_device
 
     params = cfg.params()
     prompts = load_prompts(cfg)
-    loaded = load_checkpoint(checkpoint, device=resolve_device(cfg.device), purpose="generation")
+    members = cfg.ensembling.members(checkpoint)
+    loaded = load_ensemble(members, device=resolve_device(cfg.device), purpose="generation",
+                           weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer
     start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
     encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]

@@ -52,6 +52,23 @@ def _fingerprint_of(path: Path) -> str:
     return artifacts.sha256_file(path) if path.is_file() else ""
 
 
+def _task_of(art: artifacts.Artifact) -> dict | None:
+    return json.loads(art.file(TASK_FILE).read_text(encoding="utf-8")) if TASK_FILE in art.manifest.files else None
+
+
+def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
+    """Refuse members with different tokenizers or tasks; `combined` says how they are used ("averaged")."""
+    first = members[0]
+    tokenizer, task = _fingerprint_of(first.path / TOKENIZER_DIR / "tokenizer.json"), _task_of(first) or {}
+    for art in members[1:]:
+        if _fingerprint_of(art.path / TOKENIZER_DIR / "tokenizer.json") != tokenizer:
+            raise UserError(f"{art.path} has another tokenizer than {first.path}; {combined} checkpoints share one "
+                            "(train them from one tokens artifact)")
+        theirs = _task_of(art) or {}
+        if theirs.get("labels") != task.get("labels") or theirs.get("task") != task.get("task"):
+            raise UserError(f"{art.path} was fine-tuned for another task than {first.path}; {combined} checkpoints share one")
+
+
 def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
     """Refuse members that are not one architecture with one tokenizer and one task."""
     first = members[0]
@@ -61,19 +78,12 @@ def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
         data.pop("dropout", None)
         return data
 
-    def task_of(art):
-        return json.loads(art.file(TASK_FILE).read_text(encoding="utf-8")) if TASK_FILE in art.manifest.files else None
-
-    reference = (config_of(first), _fingerprint_of(first.path / TOKENIZER_DIR / "tokenizer.json"), task_of(first))
+    reference = config_of(first)
     for art in members[1:]:
-        if config_of(art) != reference[0]:
+        if config_of(art) != reference:
             raise UserError(f"{art.path} is another network than {first.path} (model_config.json differs); only checkpoints "
                             "of one architecture can be averaged")
-        if _fingerprint_of(art.path / TOKENIZER_DIR / "tokenizer.json") != reference[1]:
-            raise UserError(f"{art.path} has another tokenizer than {first.path}; averaged checkpoints share one")
-        theirs, ours = task_of(art), reference[2]
-        if (theirs or {}).get("labels") != (ours or {}).get("labels") or (theirs or {}).get("task") != (ours or {}).get("task"):
-            raise UserError(f"{art.path} was fine-tuned for another task than {first.path}; averaged checkpoints share one")
+    check_same_task(members, "averaged")
 
 
 def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Sequence[float], *, config: dict[str, Any],

@@ -11,7 +11,7 @@ A checkpoint artifact (kind "checkpoint") holds:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,8 @@ class LoadedCheckpoint:
     config: ModelConfig
     tokenizer: Any  # llmkit.data.tokenizer.TextTokenizer
     task: TaskRecord | None
-    artifact: Any  # llmkit.artifacts.Artifact
+    artifact: Any  # llmkit.artifacts.Artifact (the first member's, for an ensemble)
+    members: list[Any] = field(default_factory=list)  # every member's artifact (llmkit.model.ensemble)
 
 
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, purpose: str | None = None) -> LoadedCheckpoint:

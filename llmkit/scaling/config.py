@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from llmkit.options import Options, option
-from llmkit.sweep.config import comma_floats
+from llmkit.options import Options, comma_floats, option
 
 
 @dataclass

@@ -6,21 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from llmkit.options import Options, comma_list, group, option
+from llmkit.options import Options, comma_floats, comma_list, group, option
 from llmkit.train.config import PretrainConfig
 
 GRID = "Sweep grid"
 RULES = "Sweep rules (per model size)"
 # The model flags the grid sets for every run; a base value for them would be overwritten.
 SET_BY_GRID = ("n_layer", "n_embd", "n_head", "n_kv_head", "max_steps", "max_tokens")
-
-
-def comma_floats(value: Any) -> list[float]:
-    """`2e5,1e6` (or the flag repeated) -> [200000.0, 1000000.0]."""
-    try:
-        return [float(part) for part in comma_list(value)]
-    except ValueError as exc:
-        raise ValueError(f"expected numbers separated by commas ({exc})") from None
 
 
 @dataclass

@@ -1,0 +1,190 @@
+"""Ensembles of checkpoints in `llmkit eval` and `llmkit generate` (llmkit.model.ensemble)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmkit import artifacts
+from llmkit.model.ensemble import Ensemble, ensemble_of
+
+MODEL = ["--model", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context-length", "64"]
+RUN = ["--max-steps", "12", "--batch-tokens", "512", "--micro-batch", "8", "--eval-every", "0"]
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared_data):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    def cli(*args):
+        return _ok(CliRunner().invoke(app, [str(a) for a in args]))
+
+    root = tmp_path_factory.mktemp("ens")
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    (root / "book.txt").write_text(text[:80_000], encoding="utf-8")
+    (root / "held_out.txt").write_text(text[200_000:203_000], encoding="utf-8")
+    (root / "short.txt").write_text(text[300_000:300_060], encoding="utf-8")
+    cli("clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus")
+    cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300")
+    cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens")
+    cli("pretrain", root / "tokens", "-o", root / "a", *MODEL, *RUN, "--seed", "0")
+    cli("pretrain", root / "tokens", "-o", root / "b", *MODEL, *RUN, "--seed", "1", "--lr", "3e-3")
+    cli("tokenizer", "train", root / "corpus", "-o", root / "tok2", "--vocab-size", "280")
+    cli("tokenize", root / "corpus", "-t", root / "tok2", "-o", root / "tokens2")
+    cli("pretrain", root / "tokens2", "-o", root / "other_tokenizer", *MODEL, "--max-steps", "1", "--batch-tokens", "512",
+        "--micro-batch", "8", "--eval-every", "0")
+    return root
+
+
+def _eval(cli, out, *args):
+    _ok(cli("eval", *args, "-m", "perplexity", "-o", out))
+    return json.loads((out / "metrics.json").read_text()), artifacts.load(out, kind="eval")
+
+
+def _document_logprobs(path, text):
+    """Per-token log p of a document that fits in one window, computed directly."""
+    from llmkit.eval.model_tasks import start_id
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    tokens = loaded.tokenizer.encode(text)
+    assert len(tokens) < 64  # one window: no rolling needed for the hand computation
+    inputs = torch.tensor([[start_id(loaded)] + tokens[:-1]])
+    with torch.no_grad():
+        logits, _ = loaded.model(inputs)
+    return F.log_softmax(logits[0].double(), dim=-1), torch.tensor(tokens)
+
+
+def test_two_checkpoint_ensemble_equals_the_hand_computed_mixture_and_beats_their_mean_nll(cli, runs, tmp_path):
+    text = (runs / "short.txt").read_text(encoding="utf-8")
+    (lp_a, targets), (lp_b, _) = _document_logprobs(runs / "a", text), _document_logprobs(runs / "b", text)
+    rows = torch.arange(len(targets))
+    nll_a, nll_b = -lp_a[rows, targets].sum(), -lp_b[rows, targets].sum()
+    assert abs(float(nll_a - nll_b)) > 1.0  # the members really differ
+
+    _, art = _eval(cli, tmp_path / "mix", runs / "a", runs / "b", "--data", runs / "short.txt", "--weights", "1,3")
+    mixture = torch.logaddexp(lp_a + math.log(0.25), lp_b + math.log(0.75))
+    assert art.manifest.stats["nll"] == pytest.approx(float(-mixture[rows, targets].sum()), rel=1e-5)
+
+    _, art = _eval(cli, tmp_path / "pool", runs / "a", runs / "b", "--data", runs / "short.txt", "--ensemble-mode", "logprob")
+    pooled = F.log_softmax(0.5 * lp_a + 0.5 * lp_b, dim=-1)
+    assert art.manifest.stats["nll"] == pytest.approx(float(-pooled[rows, targets].sum()), rel=1e-5)
+
+    # on a held-out page (many windows): the mixture's NLL is at most the members' mean NLL
+    _, art_a = _eval(cli, tmp_path / "ea", runs / "a", "--data", runs / "held_out.txt")
+    _, art_b = _eval(cli, tmp_path / "eb", runs / "b", "--data", runs / "held_out.txt")
+    _, art_ab = _eval(cli, tmp_path / "eab", runs / "a", "--ensemble", runs / "b", "--data", runs / "held_out.txt")
+    assert art_ab.manifest.stats["nll"] <= 0.5 * (art_a.manifest.stats["nll"] + art_b.manifest.stats["nll"])
+
+
+def test_the_eval_lineage_lists_every_member_and_the_config_the_weights(cli, runs, tmp_path):
+    _, art = _eval(cli, tmp_path / "e", runs / "a", runs / "b", "--data", runs / "short.txt", "--weights", "2,2")
+    roles = {ref["role"]: ref["fingerprint"] for ref in art.manifest.inputs}
+    assert roles["checkpoint:0"] == artifacts.load(runs / "a").fingerprint
+    assert roles["checkpoint:1"] == artifacts.load(runs / "b").fingerprint
+    assert art.config["ensemble"] == {"members": 2, "weights": [0.5, 0.5], "mode": "prob"}
+    # member order is part of what was computed: a swapped order with the same weights is another artifact
+    _, swapped = _eval(cli, tmp_path / "s", runs / "b", runs / "a", "--data", runs / "short.txt", "--weights", "2,2")
+    assert swapped.fingerprint != art.fingerprint
+
+
+def test_an_ensemble_of_one_checkpoint_is_that_checkpoint(cli, runs, tmp_path):
+    from llmkit.model.io import load_checkpoint
+
+    model = load_checkpoint(runs / "a").model
+    idx = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        logits, _ = model(idx)
+        alone, _ = Ensemble([model], [1.0])(idx)
+    assert torch.allclose(alone, F.log_softmax(logits.float(), dim=-1), atol=1e-6)
+
+    single, art = _eval(cli, tmp_path / "one", runs / "a", "--data", runs / "held_out.txt")
+    twice, _ = _eval(cli, tmp_path / "twice", runs / "a", runs / "a", "--data", runs / "held_out.txt")
+    assert twice["perplexity"] == pytest.approx(single["perplexity"], rel=1e-5)
+    # a weight of zero leaves a member out
+    zero, _ = _eval(cli, tmp_path / "zero", runs / "a", runs / "b", "--weights", "1,0", "--data", runs / "held_out.txt")
+    assert zero["perplexity"] == pytest.approx(single["perplexity"], rel=1e-5)
+    assert "ensemble" not in art.config and [r["role"] for r in art.manifest.inputs] == ["checkpoint"]
+
+
+def test_multiple_choice_on_an_ensemble_scores_the_mixture(cli, runs, tmp_path):
+    records = [{"question": "ROMEO: I", "choices": [" am", " zebra", " will"], "label": 0},
+               {"question": "The king", "choices": [" is", " qqq"], "label": 0}]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _ok(cli("eval", runs / "a", "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "one"))
+    _ok(cli("eval", runs / "a", runs / "a", "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "two"))
+    one = [json.loads(line)["logliks"] for line in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
+    two = [json.loads(line)["logliks"] for line in (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()]
+    assert all(x == pytest.approx(y, rel=1e-5) for xs, ys in zip(one, two) for x, y in zip(xs, ys))
+
+
+def test_generate_with_an_ensemble_uses_every_members_cache(cli, runs, tmp_path):
+    def greedy(*checkpoints, extra=()):
+        out = tmp_path / f"g{len(list(tmp_path.iterdir()))}.jsonl"
+        _ok(cli("generate", *checkpoints, "-p", "ROMEO:", "-p", "To be", "--greedy", "-n", "24", "-o", out, *extra))
+        return [json.loads(line)["completion"] for line in out.read_text().splitlines()]
+
+    alone = greedy(runs / "a")
+    assert greedy(runs / "a", runs / "a") == alone
+    assert greedy(runs / "a", "--ensemble", runs / "b", extra=("--weights", "1,0")) == alone
+    mixed = greedy(runs / "a", runs / "b")
+    assert len(mixed) == 2 and all(isinstance(c, str) for c in mixed)
+
+
+def test_generate_ensemble_matches_the_mixture_step_by_step(runs):
+    """Cached decoding through the ensemble picks, at every step, the argmax of the uncached mixture."""
+    from llmkit.generate.engine import GenerationParams, generate_ids
+    from llmkit.model.io import load_checkpoint
+
+    a, b = load_checkpoint(runs / "a").model, load_checkpoint(runs / "b").model
+    model = Ensemble([a, b], [0.5, 0.5])
+    prompt = [5, 17, 42, 9]
+    [row] = generate_ids(model, [prompt], GenerationParams(max_new_tokens=10, temperature=0.0, stop_at_eos=False), pad_id=0)
+    sequence = list(prompt)
+    with torch.no_grad():
+        for _ in range(10):
+            idx = torch.tensor([sequence])
+            mix = torch.logaddexp(F.log_softmax(a(idx)[0][0, -1], -1), F.log_softmax(b(idx)[0][0, -1], -1))
+            sequence.append(int(mix.argmax()))
+    assert row.token_ids == sequence[len(prompt):]
+
+
+def test_classifier_ensembles_average_class_probabilities():
+    from llmkit.model.classifier import SequenceClassifier
+    from llmkit.model.gpt import GPT, ModelConfig
+
+    config = ModelConfig(vocab_size=50, context_length=16, n_layer=1, n_head=2, n_embd=16)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(SequenceClassifier(GPT(config), 3).eval())
+    ensemble = ensemble_of(members, [0.3, 0.7])
+    idx, mask = torch.randint(0, 50, (4, 10)), torch.ones(4, 10, dtype=torch.long)
+    with torch.no_grad():
+        expected = 0.3 * members[0].classify(idx, mask).softmax(-1) + 0.7 * members[1].classify(idx, mask).softmax(-1)
+        got = ensemble.classify(idx, attention_mask=mask).exp()
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not hasattr(ensemble_of([GPT(config)], [1.0]), "classify")  # a language-model ensemble does not classify
+
+
+def test_checkpoints_with_different_tokenizers_are_a_one_line_error(cli, runs, tmp_path):
+    for command in (["eval", runs / "a", runs / "other_tokenizer", "--data", runs / "short.txt", "-o", tmp_path / "e"],
+                    ["generate", runs / "a", runs / "other_tokenizer", "-p", "hi"]):
+        result = cli(*command)
+        assert result.exit_code != 0
+        message = result.output.strip()
+        assert "another tokenizer" in message and len(message.splitlines()) == 1, message
+    assert not (tmp_path / "e").exists()
+    result = cli("eval", runs / "a", runs / "b", "--weights", "1,2,3", "--data", runs / "short.txt", "-o", tmp_path / "w")
+    assert result.exit_code != 0 and "--weights has 3 values for 2" in result.output
