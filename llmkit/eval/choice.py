@@ -41,24 +41,24 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole[len(context_ids) :]
 
 
+def score_pairs(
+    model, tokenizer, pairs: list[tuple[str, str]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None
+) -> list[float]:
+    """log p(continuation | context) for each (context, continuation), conditioned on the
+    document-start token before the context; cut from the left to the model's context length
+    (as lm-eval does)."""
+    limit = int(model.config.context_length)
+    requests: list[Request] = []
+    for context, continuation in pairs:
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+        seq = ([prefix_token] + context_ids + continuation_ids)[-(limit + 1) :]
+        requests.append(Request(seq, min(len(continuation_ids), limit)))
+    return [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
+
+
 def score_choices(
     model, tokenizer, examples: list[tuple[str, list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None
 ) -> list[ChoiceScores]:
-    limit = int(model.config.context_length)
-    requests: list[Request] = []
-    owners: list[int] = []
-    for e, (context, choices) in enumerate(examples):
-        for choice in choices:
-            context_ids, continuation_ids = encode_pair(tokenizer, context, choice)
-            seq = ([prefix_token] + context_ids + continuation_ids)[-(limit + 1) :]
-            requests.append(Request(seq, min(len(continuation_ids), limit)))
-            owners.append(e)
-    logprobs = token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)
-    scores = [ChoiceScores([], []) for _ in examples]
-    i = 0
-    for e, (_, choices) in enumerate(examples):
-        for choice in choices:
-            scores[e].logliks.append(float(logprobs[i].sum()))
-            scores[e].lengths.append(len(choice))
-            i += 1
-    return scores
+    pairs = [(context, choice) for context, choices in examples for choice in choices]
+    logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size, progress=progress))
+    return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]

@@ -33,6 +33,8 @@ def print_results(result) -> None:
 
     from llmkit.console import out
 
+    if result.stats.get("benchmarks"):
+        return print_benchmarks(result)
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -48,3 +50,25 @@ def print_results(result) -> None:
         out.print(line, soft_wrap=True, markup=False)
     for name, signature in result.signatures.items():
         out.print(f"{name} signature: {signature}", soft_wrap=True, markup=False)
+
+
+def print_benchmarks(result) -> None:
+    """One row per benchmark, as lm-evaluation-harness prints them: value ± standard error."""
+    from rich.table import Table
+
+    from llmkit.console import out
+
+    table = Table()
+    for column in ("benchmark", "examples", "shots", "acc ± stderr", "acc_norm ± stderr"):
+        table.add_column(column, justify="left" if column == "benchmark" else "right")
+
+    def cell(name: str, metric: str) -> str:
+        value = result.metrics.get(f"{name}/{metric}")
+        if value is None:
+            return "-"
+        stderr = result.metrics.get(f"{name}/{metric}_stderr")
+        return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+    for name, info in result.stats["benchmarks"].items():
+        table.add_row(name, str(info["examples"]), str(info["shots"]), cell(name, "acc"), cell(name, "acc_norm"))
+    out.print(table)

@@ -15,6 +15,7 @@ METRIC_HELP = (
 DATA = "Data"
 TEXT = "Text metrics (BLEU, chrF, ROUGE) and generation"
 RUN = "Run"
+BENCHMARKS = "Benchmarks"
 
 
 def _strings(paths: list[Path]) -> list[str]:
@@ -36,7 +37,13 @@ class EvalConfig(Options):
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
     labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",
                                cli_type=str | None, parse=comma_list, panel=DATA)
-    limit: int | None = option(None, "Evaluate only the first N examples/documents.", panel=DATA, range="[1, inf)")
+    limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task).", panel=DATA, range="[1, inf)")
+    tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
+                              "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, or all.",
+                              flags=("--task",), cli_type=str | None, parse=comma_list, panel=BENCHMARKS,
+                              hashed=False, recorded_as="config benchmarks (with --task)")
+    shots: int = option(0, "Few-shot demonstrations before each benchmark question, drawn with --seed from the task's pool.",
+                        range="[0, inf)", panel=BENCHMARKS, hashed=False, recorded_as="config benchmarks (with --task)")
     bleu_tokenize: str = option("13a", "sacrebleu tokenizer: 13a, zh, intl, char, none, flores101, flores200, ...", panel=TEXT)
     lowercase: bool = option(False, "Case-insensitive BLEU/chrF.", flags=("--lowercase",), panel=TEXT)
     rouge_tokenize: str = option("default", "ROUGE tokenizer: default (rouge-score, Latin only), unicode (keeps every script), "
@@ -59,3 +66,9 @@ class EvalConfig(Options):
 
         super().__post_init__()
         self.metrics = parse_metrics(self.metrics)  # one spelling recorded, however they were typed
+        if isinstance(self.tasks, str):
+            self.tasks = comma_list(self.tasks)
+        if self.tasks:
+            from llmkit.eval.benchmarks import task_names
+
+            self.tasks = task_names(self.tasks)

@@ -238,6 +238,7 @@ def classification(loaded, cfg):
     task = loaded.task
     pad_id = _pad_id(loaded.tokenizer)
     if "choices" in records[0]:  # multiple choice, lm-eval style
+        pick(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
         context_field = pick(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
         examples, gold = [], []
         for i, r in enumerate(records):

@@ -76,6 +76,17 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
         raise UserError(f"{', '.join(text + lm + cls)} on a checkpoint need --data (a tokens artifact, text or JSONL file)")
 
 
+def _check_benchmark_plan(checkpoint: Path | None, cfg: EvalConfig) -> None:
+    if checkpoint is None or cfg.predictions is not None:
+        raise UserError("--task scores a checkpoint: pass one (llmkit eval CKPT --task hellaswag), not --predictions")
+    if cfg.metrics != ["perplexity"]:
+        raise UserError(f"--task reports each benchmark's own metrics (acc, acc_norm); run --metric {','.join(cfg.metrics)} "
+                        "in another llmkit eval")
+    if cfg.data is not None and (Path(cfg.data) / artifacts.MANIFEST).is_file():
+        raise UserError(f"--data {cfg.data} is an artifact; with --task it gives the benchmark's records (.jsonl, .parquet, "
+                        "or a datasets name)")
+
+
 def _load(members: list[Path], device: str, metrics: list[str], cfg: EvalConfig):
     """The checkpoint's model (the members' ensemble): a classifier (with `.classify`) for a classification checkpoint."""
     from llmkit.model.ensemble import load_ensemble
@@ -112,7 +123,11 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     text = metric_names.family(names, metric_names.TEXT)
     lm = metric_names.family(names, metric_names.LM)
     cls = metric_names.family(names, metric_names.CLASSIFICATION)
-    _check_plan(checkpoint, cfg, text, lm, cls)
+    if cfg.tasks:
+        _check_benchmark_plan(checkpoint, cfg)
+        text, lm, cls = [], [], []
+    else:
+        _check_plan(checkpoint, cfg, text, lm, cls)
     if text:
         from llmkit.eval.text_scores import check_options
 
@@ -139,7 +154,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             from llmkit.runtime import seed_everything
 
             seed_everything(cfg.seed)
-            loaded = _load(members, device, text + lm + cls, cfg)
+            loaded = _load(members, device, text + lm + cls or ["benchmarks"], cfg)
             for index, member in enumerate(loaded.members):
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         if cfg.predictions is not None:
@@ -160,6 +175,13 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                     {"task": "classification", "index": i, "prediction": p, "label": r[0]}
                     for i, (p, r) in enumerate(zip(predictions, references))
                 )
+        elif cfg.tasks:
+            from llmkit.eval.benchmark_run import run_benchmarks
+
+            task_metrics, task_records, task_stats = run_benchmarks(loaded, cfg)
+            metrics.update(task_metrics)
+            records.extend(task_records)
+            stats.update(task_stats)
         else:
             from llmkit.eval import model_tasks
 
@@ -193,6 +215,8 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         build.config = _recorded_config(cfg)
+        if cfg.tasks:
+            build.config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
         if cfg.ensembling.recorded(len(members)):
             build.config["ensemble"] = cfg.ensembling.recorded(len(members))
         build.seed = cfg.seed

