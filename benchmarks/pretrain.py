@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-only", action="store_true", help="Skip the CPU comparison.")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="Untimed first steps.")
     parser.add_argument("--rounds", type=int, default=2, help="Alternating runs per side; the best median counts.")
@@ -225,7 +226,8 @@ def main() -> None:
     args.tokens = prepare_tokens(args.cache, args.vocab)
     shape = ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head), "--seq", str(args.seq),
              "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    compare(args, f"CPU, {args.threads} thread(s), fp32: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape)
+    if not args.gpu_only:
+        compare(args, f"CPU, {args.threads} thread(s), fp32: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape)
     if torch.cuda.is_available():
         gpu_tokens = prepare_tokens(args.cache, 50257 if args.vocab == 4096 else args.vocab)
         args.tokens = gpu_tokens
