@@ -99,6 +99,7 @@ def stage_commands() -> dict[str, Callable[..., None]]:
     from llmkit.generate.chat import chat
     from llmkit.generate.command import generate
     from llmkit.model.command import export_model, import_model
+    from llmkit.plan.command import plan
     from llmkit.plot.command import plot
     from llmkit.scaling.command import fit as scaling_fit
     from llmkit.scaling.command import predict as scaling_predict
@@ -111,7 +112,7 @@ def stage_commands() -> dict[str, Callable[..., None]]:
         "clean": clean, "tokenizer train": tokenizer_train, "tokenize": tokenize, "pretrain": pretrain,
         "finetune": finetune, "generate": generate, "chat": chat, "eval": evaluate, "export": export_model,
         "import": import_model, "sweep": sweep, "scaling fit": scaling_fit, "scaling predict": scaling_predict,
-        "plot": plot, "average": average,
+        "plot": plot, "average": average, "plan": plan,
     }
 
 

@@ -631,7 +631,7 @@ def test_every_mlp_width_llmkit_can_build_is_found():
     from hypothesis import strategies as st
 
     from llmkit.errors import UserError
-    from llmkit.model.hf import _model_config
+    from llmkit.model.hf import config_with_mlp_width
 
     @settings(max_examples=300, deadline=None)
     @given(heads=st.integers(1, 32), head_dim=st.sampled_from([2, 4, 8, 64, 80, 128]), width=st.integers(1, 20000),
@@ -641,10 +641,10 @@ def test_every_mlp_width_llmkit_can_build_is_found():
         values = dict(style, n_embd=heads * head_dim, n_head=heads, n_kv_head=heads)
         buildable = not swiglu or width < 64 or width % 64 == 0
         if buildable:
-            assert _model_config(dict(values), width, "llama").mlp_hidden == width
+            assert config_with_mlp_width(dict(values), width, "llama").mlp_hidden == width
         else:
             with pytest.raises(UserError, match=f"MLP width {width}"):
-                _model_config(dict(values), width, "llama")
+                config_with_mlp_width(dict(values), width, "llama")
 
     check()
 

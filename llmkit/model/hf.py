@@ -162,7 +162,7 @@ def _from_gpt2_config(c) -> ModelConfig:
     if getattr(c, "add_cross_attention", False):
         raise _unsupported("gpt2", "cross-attention (add_cross_attention)")
     hidden = c.n_inner if c.n_inner is not None else 4 * c.n_embd
-    return _model_config(
+    return config_with_mlp_width(
         dict(
             GPT2_STYLE,
             vocab_size=c.vocab_size,
@@ -196,7 +196,7 @@ def _from_llama_config(c) -> ModelConfig:
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise _unsupported("llama", f"partial_rotary_factor={rope['partial_rotary_factor']}", "llmkit rotates the whole head")
     theta = rope.get("rope_theta", getattr(c, "rope_theta", None)) or 10000.0
-    return _model_config(
+    return config_with_mlp_width(
         dict(
             LLAMA_STYLE,
             vocab_size=c.vocab_size,
@@ -217,7 +217,7 @@ def _from_llama_config(c) -> ModelConfig:
     )
 
 
-def _model_config(values: dict, mlp_hidden: int, model_type: str) -> ModelConfig:
+def config_with_mlp_width(values: dict, mlp_hidden: int, model_type: str) -> ModelConfig:
     """ModelConfig whose MLP width is exactly `mlp_hidden`.
 
     ModelConfig derives the width from `mlp_ratio` (SwiGLU: 2/3 of it, rounded up to a multiple

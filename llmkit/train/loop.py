@@ -256,9 +256,12 @@ class Trainer:
         return ema
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, updates: int) -> None:
+        # TensorFlow's ExponentialMovingAverage warm-up (num_updates): early on the average follows
+        # the weights closely, so a short run's average is not mostly its random initialisation.
+        decay = min(self.settings.checkpoints.ema, (1 + updates) / (10 + updates))
         params = [p.detach().float() for _, p in self.raw.named_parameters()]
-        torch._foreach_lerp_(list(self.ema.values()), params, 1.0 - self.settings.checkpoints.ema)
+        torch._foreach_lerp_(list(self.ema.values()), params, 1.0 - decay)
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         """The model's state dict with the moving averages in place of the parameters."""
@@ -301,7 +304,7 @@ class Trainer:
         self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
         if self.ema is not None:
-            self._update_ema()
+            self._update_ema(step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, lr
 
@@ -390,12 +393,19 @@ class Trainer:
         if self.ema is not None:
             decay = self.settings.checkpoints.ema
             write_average(self.run_dir / "ema", [run], [1.0], state=weights_state_dict(self.raw, self._ema_state()),
-                          config=dict(self.spec.config, weights=f"exponential moving average, decay {decay}", ema=decay),
+                          config=dict(self.spec.config, weights=f"exponential moving average, decay min({decay}, (1+t)/(10+t)) "
+                                      "after update t", ema=decay),
                           seed=self.spec.seed, stats=stats, force=True, lock=False, roles=["run"], guard_inputs=False)
         count = self.settings.checkpoints.average_last
         if count > 1:
             earlier = [d for d in ckpt.step_dirs(self.run_dir) if ckpt.saved_step(d) < step][-(count - 1):]
             members = [artifacts.load(d, kind="checkpoint") for d in earlier] + [run]
+            if len(members) < count:
+                from llmkit.console import err
+
+                err.print(f"note: --average-last {count}: the run saved only {len(members)} checkpoint(s) (--save-every "
+                          f"{self.settings.checkpoints.save_every}, {step} steps), so RUN/average is the mean of those",
+                          soft_wrap=True, markup=False)
             write_average(self.run_dir / "average", members, [1.0 / len(members)] * len(members),
                           config=dict(self.spec.config, weights=f"mean of the last {len(members)} checkpoints",
                                       average_last=count), seed=self.spec.seed, stats=stats, force=True, lock=False,

@@ -16,25 +16,6 @@ import torch
 
 METRICS = "metrics.jsonl"
 
-# Dense bf16 tensor-core peaks (FLOP/s) by device name; unknown GPUs are measured instead.
-_BF16_PEAKS = {
-    "H200": 989e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "GH200": 989e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "A800": 312e12,
-    "A10G": 125e12,
-    "A10": 125e12,
-    "L40S": 362e12,
-    "L40": 181e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-}
-
 
 def measure_bf16_peak(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
     """Achieved bf16 matmul FLOP/s on this GPU (a few seconds)."""
@@ -54,11 +35,10 @@ def gpu_peak_flops(device: torch.device) -> float | None:
     """The bf16 peak of the GPU actually present (by name; measured when the name is unknown)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(_BF16_PEAKS, key=len, reverse=True):
-        if key in name:
-            return _BF16_PEAKS[key]
-    return measure_bf16_peak(device)
+    from llmkit.hardware import by_device_name
+
+    known = by_device_name(torch.cuda.get_device_name(device))
+    return known.bf16_flops if known is not None else measure_bf16_peak(device)
 
 
 def _format_tokens(value: float) -> str:

@@ -80,18 +80,36 @@ class Checkpointing(Options):
 
 
 @dataclass
-class Devices(Options):
-    """Where and how a run executes; never changes what it computes, so never hashed."""
+class Placement(Options):
+    """How many devices a run uses and how each step is split over them (shared with `llmkit plan`)."""
 
     micro_batch: int = option(16, "Sequences per forward/backward on one device; accumulation makes up the rest.", runtime=True,
                               range="[1, inf)")
-    compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
-    tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
     strategy: str = option("ddp", "ddp (replicate) or fsdp (FSDP2 fully_shard) across processes.", choices=("ddp", "fsdp"), runtime=True)
     gpus: int | None = option(None, "GPUs on this node (default: 1 if present, else CPU); >1 relaunches under torchrun.", runtime=True,
                               range="[0, inf)")
-    nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True, range="[1, inf)")
     nnodes: int = option(1, "Nodes taking part (multi-node).", runtime=True, range="[1, inf)")
+
+
+@dataclass
+class ModelParallelism(Options):
+    """Splitting the model itself over devices: what `llmkit plan` sizes (training support: issue "Beyond data parallel")."""
+
+    tp: int = option(1, "Tensor-parallel degree: each block's matrices split over this many devices.", range="[1, inf)", runtime=True)
+    pp: int = option(1, "Pipeline stages: the layers split into this many consecutive groups.", range="[1, inf)", runtime=True)
+    pp_schedule: str = option("1f1b", "Pipeline schedule.", choices=("gpipe", "1f1b", "interleaved-1f1b"), runtime=True)
+    pp_microbatches: int | None = option(None, "Micro-batches per pipeline step (default: pp).", range="[1, inf)", runtime=True)
+    activation_checkpointing: bool = option(False, "Keep only each block's input and recompute the rest in the backward pass.",
+                                            flags=("--activation-checkpointing",), runtime=True)
+
+
+@dataclass
+class Devices(Placement):
+    """Where and how a run executes; never changes what it computes, so never hashed."""
+
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
+    tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
+    nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True, range="[1, inf)")
     node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True, range="[0, inf)")
     master_addr: str | None = option(None, "Address of node 0 (multi-node).", runtime=True)
     master_port: int = option(29500, "Port on node 0 (multi-node).", runtime=True, range="[1, 65535]")

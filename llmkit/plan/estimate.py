@@ -1,0 +1,268 @@
+"""What a training layout costs: parameters, FLOPs, memory per device, speed.
+
+    shape = ModelShape.of(model_config)                  # exact counts, from a meta-device model
+    layout = Layout(gpus=8, tp=2, pp=1, strategy="fsdp", micro_batch=4, seq_len=2048)
+    memory = estimate_memory(shape, layout, device)      # bytes per device, by kind
+
+Memory is the training loop's, as llmkit runs it: fp32 master weights, fp32 gradients and AdamW's
+two fp32 moments (16 bytes a parameter), sharded over the data-parallel ranks with FSDP, split by
+tensor parallelism (matrices, embedding and head; norms replicated, no sequence parallelism) and
+by pipeline stage (the busiest stage counts). Activations are counted tensor by tensor for one
+block under bf16 autocast on GPU (fp32 on CPU) with SDPA's flash kernel (no T x T scores kept),
+times the blocks on a stage and the micro-batches a pipeline schedule keeps in flight; activation
+checkpointing keeps only each block's input and recomputes one block at a time. The loss
+keeps the logits in fp32 (log-softmax and its gradient). An allowance covers the allocator's
+fragmentation and workspaces (10 % of the tensors) and the CUDA context (0.5 GB) or, on a CPU,
+the process itself (Python, PyTorch, data: 0.45 GB, measured). Docs: docs/parallel.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+GB = 1e9
+ADAM_BYTES = 8  # two fp32 moments
+FRAGMENTATION = 0.10
+CUDA_CONTEXT = 0.5 * GB
+CPU_PROCESS = 0.45 * GB
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the estimate needs, counted on the model llmkit would build."""
+
+    config: object  # llmkit.model.gpt.ModelConfig
+    total: int  # every parameter, a tied embedding once
+    non_embedding: int  # without the position table (as MFU counts)
+    embedding: int  # token embedding (and position table)
+    head: int  # a separate output head (0 when tied)
+    per_block: int
+    block_matrices: int  # the part of a block that tensor parallelism splits
+    final_norm: int
+
+    @classmethod
+    def of(cls, config) -> ModelShape:
+        import torch
+
+        from llmkit.model.presets import build_model
+
+        with torch.device("meta"):
+            model = build_model(config)
+        total = sum(p.numel() for p in model.parameters())
+        non_embedding = model.num_params(non_embedding=True)
+        embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("tok_emb", "pos_emb")))
+        head = 0 if config.tie_embeddings else sum(p.numel() for n, p in model.named_parameters() if n.startswith("lm_head"))
+        block = next(iter(model.blocks))
+        per_block = sum(p.numel() for p in block.parameters())
+        matrices = sum(p.numel() for p in block.parameters() if p.dim() == 2)
+        final_norm = total - embedding - head - per_block * config.n_layer
+        return cls(config, total, non_embedding, embedding, head, per_block, matrices, final_norm)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6N + 12·L·C·T (what the training loop's MFU counts)."""
+        c = self.config
+        return 6.0 * self.non_embedding + 12.0 * c.n_layer * c.n_embd * seq_len
+
+
+@dataclass(frozen=True)
+class Layout:
+    gpus: int = 1  # devices per node (CPU processes on a CPU)
+    nnodes: int = 1
+    tp: int = 1
+    pp: int = 1
+    strategy: str = "ddp"
+    micro_batch: int = 16
+    seq_len: int = 1024
+    activation_checkpointing: bool = False
+    pp_schedule: str = "1f1b"
+    pp_microbatches: int | None = None  # default: pp (the fewest that fill the pipeline)
+
+    @property
+    def world(self) -> int:
+        return self.gpus * self.nnodes
+
+    @property
+    def dp(self) -> int:
+        return self.world // (self.tp * self.pp)
+
+    @property
+    def in_flight(self) -> int:
+        """Micro-batches whose activations the busiest (first) pipeline stage holds at once."""
+        if self.pp == 1:
+            return 1
+        chunks = self.pp_microbatches or self.pp
+        return chunks if self.pp_schedule == "gpipe" else min(chunks, self.pp)
+
+    def problem(self, config) -> str | None:
+        """Why this layout cannot run this model (None: it can), with the fix."""
+        if self.world % (self.tp * self.pp):
+            return (f"{self.world} devices is not a multiple of tp {self.tp} x pp {self.pp}; choose tp and pp whose product "
+                    f"divides the device count")
+        if config.n_head % self.tp or config.n_kv_head % self.tp:
+            return (f"--tp {self.tp} does not divide the {config.n_head} attention heads and {config.n_kv_head} key/value heads; "
+                    f"use a tp that divides both")
+        if self.pp > config.n_layer:
+            return f"--pp {self.pp} is more pipeline stages than the model's {config.n_layer} layers; use at most {config.n_layer}"
+        if self.pp_schedule not in SCHEDULES:
+            return f"unknown pipeline schedule {self.pp_schedule!r}; choose {', '.join(SCHEDULES)}"
+        return None
+
+
+@dataclass
+class Memory:
+    """Bytes per device of the busiest device, by kind."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    transient: float  # FSDP's gathered block, for example
+    allowance: float
+    available: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tensors(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.transient
+
+    @property
+    def total(self) -> float:
+        return self.tensors + self.allowance
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available
+
+    def as_dict(self) -> dict[str, float | bool]:
+        parts = ("weights", "gradients", "optimizer", "activations", "logits", "transient", "allowance")
+        return {**{f"{p}_gb": getattr(self, p) / GB for p in parts}, "total_gb": self.total / GB,
+                "available_gb": self.available / GB, "fits": self.fits}
+
+
+def stage_parameters(shape: ModelShape, layout: Layout) -> float:
+    """Parameters held by the busiest device before data-parallel sharding."""
+    c = shape.config
+    tp = layout.tp
+    block = shape.block_matrices / tp + (shape.per_block - shape.block_matrices)
+    layers = math.ceil(c.n_layer / layout.pp)
+    embedding = shape.embedding / tp
+    head = shape.head / tp
+    if layout.pp == 1:
+        return layers * block + embedding + head + shape.final_norm
+    first = layers * block + embedding
+    # The last stage holds the head, or a copy of the tied embedding it shares with the first.
+    last = layers * block + (head if head else embedding) + shape.final_norm
+    return max(first, last)
+
+
+def block_activation_bytes(config, tokens: int, layout: Layout, half: int) -> float:
+    """Bytes one block keeps for its backward pass, for `tokens` tokens (micro-batch x sequence)."""
+    h, tp = config.n_embd, layout.tp
+    kv_share = config.n_kv_head / config.n_head
+    residual = 4 * h  # the fp32 residual stream entering each norm
+    norm_out = half * h  # each norm's output, the input of a matrix product
+    attention = half * h * (1 + 2 * kv_share) + half * h  # q, k, v and the attention output
+    mlp = half * config.mlp_hidden * (4 if config.activation == "swiglu" else 2)
+    dropout = h * 2 if config.dropout > 0 else 0  # two masks, a byte each
+    per_token = 2 * residual + 2 * norm_out + (attention + mlp) / tp + dropout
+    return per_token * tokens
+
+
+def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool) -> Memory:
+    c = shape.config
+    half = 2 if on_gpu else 4  # bf16 autocast on GPU, fp32 on CPU
+    params = stage_parameters(shape, layout)
+    shard = layout.dp if layout.strategy == "fsdp" else 1
+    weights = 4 * params / shard
+    gradients = 4 * params / shard
+    optimizer = ADAM_BYTES * params / shard
+    tokens = layout.micro_batch * layout.seq_len
+    layers = math.ceil(c.n_layer / layout.pp)
+    block = block_activation_bytes(c, tokens, layout, half)
+    notes = []
+    if layout.activation_checkpointing:
+        # each block keeps its fp32 input; one block at a time is recomputed in full
+        activations = layers * 4 * c.n_embd * tokens + block
+    else:
+        activations = layers * block
+    activations += 4 * c.n_embd * tokens  # the embedding output
+    activations *= layout.in_flight
+    # logits: the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
+    logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
+    transient = 0.0
+    if layout.strategy == "fsdp" and layout.dp > 1:
+        # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next
+        transient = 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
+    allowance = FRAGMENTATION * (weights + gradients + optimizer + activations + logits + transient)
+    allowance += CUDA_CONTEXT if on_gpu else CPU_PROCESS
+    if layout.pp > 1:
+        notes.append(f"pipeline: the first stage holds {layout.in_flight} micro-batch(es) of activations ({layout.pp_schedule})")
+    return Memory(weights, gradients, optimizer, activations, logits, transient, allowance, available_gb * GB, notes)
+
+
+def largest_micro_batch(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool, limit: int = 4096) -> int:
+    """The largest micro-batch that fits (0: not even one sequence)."""
+    fits = lambda m: estimate_memory(shape, replace(layout, micro_batch=m), available_gb=available_gb, on_gpu=on_gpu).fits  # noqa: E731
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    high = min(high, limit + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def smallest_layout(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool, per_node: int = 8,
+                    max_nodes: int = 256) -> Layout | None:
+    """The layout with the fewest devices (then the least model parallelism, then no recomputation)
+    that fits the model at the given micro-batch and sequence length."""
+    c = shape.config
+    tps = [t for t in (1, 2, 4, 8) if c.n_head % t == 0 and c.n_kv_head % t == 0 and t <= per_node]
+    pps = [p for p in (1, 2, 4, 8, 16, 32) if p <= c.n_layer]
+    worlds = [w for w in (1, 2, 4, 8) if w <= per_node] + [per_node * n for n in range(2, max_nodes + 1)]
+    for world in worlds:
+        gpus, nnodes = (world, 1) if world <= per_node else (per_node, world // per_node)
+        candidates = []
+        for tp in tps:
+            for pp in pps:
+                if world % (tp * pp):
+                    continue
+                for strategy in ("ddp", "fsdp"):
+                    for recompute in (False, True):
+                        option = replace(layout, gpus=gpus, nnodes=nnodes, tp=tp, pp=pp, strategy=strategy,
+                                         activation_checkpointing=recompute)
+                        if estimate_memory(shape, option, available_gb=available_gb, on_gpu=on_gpu).fits:
+                            candidates.append((tp * pp, recompute, strategy == "fsdp", option))
+        if candidates:
+            return min(candidates, key=lambda x: x[:3])[3]
+    return None
+
+
+def fixes(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool) -> list[str]:
+    """The single changes that make a layout that does not fit, fit."""
+    tried = []
+    if not layout.activation_checkpointing:
+        tried.append(("--activation-checkpointing", replace(layout, activation_checkpointing=True)))
+    if layout.strategy != "fsdp" and layout.dp > 1:
+        tried.append(("--strategy fsdp", replace(layout, strategy="fsdp")))
+    best = largest_micro_batch(shape, layout, available_gb=available_gb, on_gpu=on_gpu)
+    if 0 < best < layout.micro_batch:
+        tried.append((f"--micro-batch {best}", replace(layout, micro_batch=best)))
+    for tp in (2, 4, 8):
+        if tp > layout.tp:
+            tried.append((f"--tp {tp} (on {layout.world * tp // layout.tp} devices)",
+                          replace(layout, tp=tp, gpus=layout.gpus * tp // layout.tp)))
+            break
+    for pp in (2, 4, 8):
+        if pp > layout.pp:
+            tried.append((f"--pp {pp} (on {layout.world * pp // layout.pp} devices)",
+                          replace(layout, pp=pp, gpus=layout.gpus * pp // layout.pp)))
+            break
+    return [label for label, option in tried
+            if option.problem(shape.config) is None and estimate_memory(shape, option, available_gb=available_gb, on_gpu=on_gpu).fits]

@@ -1,0 +1,136 @@
+"""`llmkit plan`: parameter counts against public figures, FLOPs, memory against measured runs, layouts, search."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
+             "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu"}
+MISTRAL_7B = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 32768,
+              "tie_word_embeddings": False, "sliding_window": None}
+
+
+def _plan(cli, *args) -> dict:
+    result = cli("plan", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _config(tmp_path, values, name="config.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(values))
+    return path
+
+
+def test_parameter_counts_equal_public_figures(cli, tmp_path):
+    assert _plan(cli, "--model", "gpt2")["model"]["parameters"] == 124_439_808  # GPT-2 small
+    llama = _plan(cli, "--hf-config", _config(tmp_path, LLAMA3_8B))["model"]
+    assert llama["parameters"] == 8_030_261_248 and llama["mlp_hidden"] == 14336 and not llama["tied_embeddings"]
+    assert _plan(cli, "--hf-config", _config(tmp_path, MISTRAL_7B, "m.json"))["model"]["parameters"] == 7_241_732_096
+    gpt2 = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}
+    assert _plan(cli, "--hf-config", _config(tmp_path, gpt2, "g.json"))["model"]["parameters"] == 124_439_808
+
+
+def test_flops_and_speed_follow_6n_plus_attention(cli):
+    plan = _plan(cli, "--model", "gpt2", "--gpu", "h100", "--mfu", "0.5", "--gpus", "8", "--micro-batch", "4")
+    c = plan["compute"]
+    n = plan["model"]["non_embedding_parameters"]
+    assert c["flops_per_token"] == 6 * n + 12 * 12 * 768 * 1024
+    assert c["tokens_per_s"] == pytest.approx(8 * 989e12 * 0.5 / c["flops_per_token"])
+    assert c["batch_tokens"] == 8 * 4 * 1024  # one micro-batch per data-parallel rank
+    assert c["compute_optimal_tokens"] == pytest.approx(20 * plan["model"]["parameters"])
+
+
+def test_memory_responds_to_each_knob(cli, tmp_path):
+    llama = _config(tmp_path, LLAMA3_8B)
+    base = ["--hf-config", llama, "--gpus", "8", "--micro-batch", "1", "--seq-len", "4096"]
+    ddp = _plan(cli, *base)["memory"]
+    fsdp = _plan(cli, *base, "--strategy", "fsdp")["memory"]
+    assert not ddp["fits"] and ddp["weights_gb"] == pytest.approx(4 * 8_030_261_248 / 1e9)
+    assert fsdp["weights_gb"] == pytest.approx(ddp["weights_gb"] / 8) and fsdp["optimizer_gb"] == pytest.approx(ddp["optimizer_gb"] / 8)
+    recompute = _plan(cli, *base, "--strategy", "fsdp", "--activation-checkpointing")["memory"]
+    assert recompute["activations_gb"] < fsdp["activations_gb"] / 4
+    tp = _plan(cli, *base, "--tp", "2")["memory"]
+    assert tp["weights_gb"] < 0.55 * ddp["weights_gb"] and tp["activations_gb"] < ddp["activations_gb"]
+    pp = _plan(cli, *base, "--pp", "4", "--pp-schedule", "gpipe", "--pp-microbatches", "8")
+    assert pp["memory"]["weights_gb"] < 0.35 * ddp["weights_gb"] and pp["notes"]
+    assert _plan(cli, *base, "--micro-batch", "2")["memory"]["activations_gb"] == pytest.approx(2 * ddp["activations_gb"], rel=0.01)
+
+
+def test_a_layout_that_does_not_fit_names_the_fix_and_search_finds_one(cli, tmp_path):
+    llama = _config(tmp_path, LLAMA3_8B)
+    result = cli("plan", "--hf-config", llama, "--gpu", "h100", "--micro-batch", "1", "--seq-len", "2048")
+    assert result.exit_code == 0 and "does not fit" in result.output, result.output
+    plan = _plan(cli, "--hf-config", llama, "--gpus", "8", "--gpu", "h100", "--micro-batch", "1", "--seq-len", "2048")
+    assert not plan["memory"]["fits"] and "--strategy fsdp" in plan["fixes"]
+    plan = _plan(cli, "--hf-config", llama, "--gpus", "8", "--gpu", "h100", "--micro-batch", "2", "--seq-len", "8192", "--search")
+    assert not plan["memory"]["fits"] and plan["fixes"] == []  # no single change is enough
+    found = plan["search"]["layout"]
+    assert found["activation_checkpointing"] and found["strategy"] == "fsdp"
+    again = _plan(cli, "--hf-config", llama, "--gpu", "h100", "--micro-batch", "2", "--seq-len", "8192",
+                  "--gpus", str(found["gpus"]), "--nnodes", str(found["nnodes"]), "--tp", str(found["tp"]), "--pp", str(found["pp"]),
+                  "--strategy", found["strategy"], *(["--activation-checkpointing"] if found["activation_checkpointing"] else []))
+    assert again["memory"]["fits"]
+    fits = _plan(cli, "--model", "gpt2", "--gpu", "h100", "--search")
+    largest = fits["search"]["largest_micro_batch"]
+    assert largest > 8
+    assert _plan(cli, "--model", "gpt2", "--gpu", "h100", "--micro-batch", str(largest))["memory"]["fits"]
+    assert not _plan(cli, "--model", "gpt2", "--gpu", "h100", "--micro-batch", str(largest + 1))["memory"]["fits"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "gpt2", "--tp", "5", "--gpus", "5"], "--tp 5 does not divide"),
+    (["--model", "gpt2", "--pp", "16", "--gpus", "16"], "--pp 16 is more pipeline stages"),
+    (["--model", "gpt2", "--tp", "2", "--gpus", "3"], "not a multiple of tp 2"),
+    (["--model", "gpt2", "--seq-len", "4096"], "exceeds the model's context length"),
+    (["--model", "lstm"], "LSTM"),
+    (["--hf-config", "missing.json"], "not a readable JSON file"),
+])
+def test_impossible_layouts_are_one_line_errors(cli, args, message):
+    result = cli("plan", *args)
+    assert result.exit_code != 0
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, shared_data):
+    (tmp_path / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    assert cli("clean", tmp_path / "book.txt", "--doc-per", "blank-line", "-o", tmp_path / "corpus").exit_code == 0
+    assert cli("tokenizer", "train", tmp_path / "corpus", "--vocab-size", "4096", "-o", tmp_path / "tok").exit_code == 0
+    assert cli("tokenize", tmp_path / "corpus", "-t", tmp_path / "tok", "-o", tmp_path / "tokens").exit_code == 0
+    import subprocess
+    import sys
+
+    for model, micro, seq in (("tiny", 16, 256), ("tiny", 32, 256)):
+        # its own process, so that the peak resident memory is this run's alone
+        run = tmp_path / f"run-{micro}"
+        subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(tmp_path / "tokens"), "-o", str(run), "--model", model,
+                        "--micro-batch", str(micro), "--seq-len", str(seq), "--batch-tokens", str(micro * seq), "--max-steps", "3",
+                        "--eval-every", "0", "--threads", "1"], check=True, capture_output=True)
+        measured = max(json.loads(line).get("peak_memory_gb") or 0 for line in (run / "metrics.jsonl").read_text().splitlines())
+        estimate = _plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
+                         "--gpu", "cpu")["memory"]["total_gb"]
+        assert abs(estimate / measured - 1) < 0.2, (model, micro, estimate, measured)
+
+
+def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
+    from llmkit.scaling.fit import Law
+
+    law = Law(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)
+    n, d = np.meshgrid(np.geomspace(1e5, 3e7, 6), np.geomspace(1e6, 3e8, 6))
+    rows = "".join(f"{a},{b},{law.loss(a, b)}\n" for a, b in zip(n.ravel(), d.ravel()))
+    (tmp_path / "points.csv").write_text("params,tokens,loss\n" + rows)
+    assert cli("scaling", "fit", tmp_path / "points.csv", "-o", tmp_path / "fit", "--grid", "coarse").exit_code == 0
+    plan = _plan(cli, "--model", "gpt2", "--scaling", tmp_path / "fit")
+    params = plan["model"]["non_embedding_parameters"]  # the fit counts parameters as its points did
+    fitted = json.loads((tmp_path / "fit" / "fit.json").read_text())["approach3"]
+    fitted_law = Law(**{k: fitted[k] for k in ("A", "B", "E", "alpha", "beta")})
+    # the compute-optimal point for this N: the budget whose optimal size is N
+    tokens = plan["compute"]["compute_optimal_tokens"]
+    n_opt, d_opt = fitted_law.optimal(6 * params * tokens)
+    assert n_opt == pytest.approx(params, rel=1e-6) and d_opt == pytest.approx(tokens, rel=1e-6)
+    assert "fitted law" in plan["compute"]["compute_optimal_rule"]
