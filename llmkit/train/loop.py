@@ -169,6 +169,10 @@ class Trainer:
         # Different dropout streams per rank; model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
         optim = settings.optim
+        if settings.devices.activation_checkpointing:
+            from llmkit.train.parallelize import checkpoint_activations
+
+            checkpoint_activations(self.raw)  # before FSDP, whose hooks must surround the recompute
         self.model = dist_utils.wrap(self.raw, settings.devices.strategy, info)
         self.optimizer = build_optimizer(
             self.raw, optim.optimizer, lr=settings.lr, weight_decay=optim.weight_decay,

@@ -89,6 +89,9 @@ class Placement(Options):
     gpus: int | None = option(None, "GPUs on this node (default: 1 if present, else CPU); >1 relaunches under torchrun.", runtime=True,
                               range="[0, inf)")
     nnodes: int = option(1, "Nodes taking part (multi-node).", runtime=True, range="[1, inf)")
+    activation_checkpointing: bool = option(False, "Keep only each block's input and recompute the rest in the backward pass "
+                                            "(less memory, about a third more compute).", flags=("--activation-checkpointing",),
+                                            runtime=True)
 
 
 @dataclass
@@ -99,8 +102,6 @@ class ModelParallelism(Options):
     pp: int = option(1, "Pipeline stages: the layers split into this many consecutive groups.", range="[1, inf)", runtime=True)
     pp_schedule: str = option("1f1b", "Pipeline schedule.", choices=("gpipe", "1f1b", "interleaved-1f1b"), runtime=True)
     pp_microbatches: int | None = option(None, "Micro-batches per pipeline step (default: pp).", range="[1, inf)", runtime=True)
-    activation_checkpointing: bool = option(False, "Keep only each block's input and recompute the rest in the backward pass.",
-                                            flags=("--activation-checkpointing",), runtime=True)
 
 
 @dataclass
