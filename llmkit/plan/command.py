@@ -165,7 +165,7 @@ plan = stage_command("plan", PlanConfig, _plan, force=None, writes_artifact=Fals
 
 
 def _human(value: float, unit: str = "") -> str:
-    for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    for suffix, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f}{suffix}{unit}"
     return f"{value:.3g}{unit}"

@@ -20,7 +20,8 @@ class PlanConfig(Options):
     hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style) instead of --model.",
                                     panel=MODEL_PANEL)
     vocab_size: int = option(50257, "Vocabulary size (pretrain takes it from the tokenizer).", range="[1, inf)", panel=MODEL_PANEL)
-    placement: Placement = group(Placement, panel=DEVICES_PANEL, gpus=1, micro_batch=8)
+    placement: Placement = group(Placement, panel=DEVICES_PANEL, gpus=1, micro_batch=8,
+                                 help={"gpus": "Devices per node (GPUs, or CPU processes with --gpu cpu)."})
     parallelism: ModelParallelism = group(ModelParallelism, panel=DEVICES_PANEL)
     seq_len: int | None = option(None, "Training sequence length (default: the context length).", range="[1, inf)", panel=DEVICES_PANEL)
     batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank).",
