@@ -188,3 +188,17 @@ def test_checkpoints_with_different_tokenizers_are_a_one_line_error(cli, runs, t
     assert not (tmp_path / "e").exists()
     result = cli("eval", runs / "a", runs / "b", "--weights", "1,2,3", "--data", runs / "short.txt", "-o", tmp_path / "w")
     assert result.exit_code != 0 and "--weights has 3 values for 2" in result.output
+
+
+def test_generated_metrics_run_on_the_ensemble(cli, runs, tmp_path):
+    records = [{"source": "ROMEO: what light", "target": "through yonder window breaks"},
+               {"source": "JULIET: O Romeo", "target": "wherefore art thou Romeo"}]
+    (tmp_path / "mt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    common = ["-m", "bleu,rouge", "--data", tmp_path / "mt.jsonl", "--max-new-tokens", "8"]
+    _ok(cli("eval", runs / "a", *common, "-o", tmp_path / "one"))
+    _ok(cli("eval", runs / "a", runs / "a", *common, "-o", tmp_path / "two"))
+    _ok(cli("eval", runs / "a", runs / "b", *common, "-o", tmp_path / "mix"))
+    predictions = lambda p: [json.loads(line)["prediction"] for line in (tmp_path / p / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
+    assert predictions("one") == predictions("two")
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text()) == json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert len(predictions("mix")) == 2
