@@ -71,7 +71,7 @@ def _coerce(value: Any, annotation: Any) -> Any:
 
 # The tables a config file may hold: one per stage, so that one file can serve a whole recipe.
 SECTIONS = ("clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate", "chat", "eval", "export", "import", "sweep",
-            "scaling", "plot", "average")
+            "scaling", "plot", "average", "plan")
 
 
 def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:

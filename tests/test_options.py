@@ -65,7 +65,7 @@ def test_no_short_flag_means_two_things():
 
 
 def test_every_stage_takes_seed_where_it_applies():
-    without_seed = {"export", "plot", "scaling predict"}  # nothing random in them
+    without_seed = {"export", "plot", "scaling predict", "plan"}  # nothing random in them
     for path in stage_commands():
         names = {p.name for p in click_command(path).params}
         assert ("seed" in names) != (path in without_seed), path
