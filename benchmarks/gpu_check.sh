@@ -8,7 +8,7 @@
 #              `llmkit plan`'s memory estimate beside the measured peak
 #   ac         the same with --activation-checkpointing (eager): speed, and memory against the plan
 #   torchrun   `--gpus 1` through torchrun (the NCCL process group of a multi-GPU launch)
-#   fsdp       the same model for a few steps under --strategy fsdp (FSDP2 on one GPU)
+#   fsdp       --strategy fsdp on one GPU (FSDP2 shards only across processes: this runs unwrapped)
 #   eval       perplexity, an ensemble (run + its EMA), and every bundled benchmark in full
 #   generate   llmkit generate with an ensemble; benchmarks/generate.py (llmkit vs transformers) on CUDA
 #   bench      benchmarks/pretrain.py --gpu-only (llmkit vs a transformers GPT-2 loop, both compiled)

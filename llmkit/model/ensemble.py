@@ -139,6 +139,8 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     first.members = [item.artifact for item in loaded]
     if len(loaded) == 1:
         return first
-    first.model = ensemble_of([item.model for item in loaded], normalised_weights, mode).eval()
+    # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
+    kept = [(item.model, w) for item, w in zip(loaded, normalised_weights) if w > 0]
+    first.model = ensemble_of([m for m, _ in kept], [w for _, w in kept], mode).eval()
     first.config = first.model.config
     return first

@@ -68,7 +68,8 @@ def hardware(cfg: PlanConfig) -> tuple[str, float, float, bool]:
     from llmkit.hardware import BY_KEY
 
     if cfg.gpu == "cpu":
-        memory = cfg.memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        # the processes of one machine share its RAM
+        memory = cfg.memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 / (cfg.placement.gpus or 1)
         return "CPU", memory, _cpu_flops(), False
     accelerator = BY_KEY[cfg.gpu]
     return accelerator.key, cfg.memory_gb or accelerator.memory_gb, accelerator.bf16_flops, True
