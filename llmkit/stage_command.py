@@ -166,7 +166,13 @@ def stage_command(
         for name, value in explicit_params(ctx).items():
             if name in options:
                 parse = options[name].spec.parse
-                typed[name] = parse(value) if parse is not None and value is not None else value
+                try:
+                    typed[name] = parse(value) if parse is not None and value is not None else value
+                except ValueError as exc:  # one line naming the flag, whichever option's parser refused
+                    from llmkit.errors import UserError
+
+                    flag = options[name].spec.flags[0] if options[name].spec.flags else "--" + name.replace("_", "-")
+                    raise UserError(f"{flag} {value!r}: {exc}") from None
         if resolver is not None:
             config = resolver(file=values.get("config"), explicit=typed)
         else:

@@ -90,10 +90,9 @@ class Ensemble(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: EnsembleCache | None = None):
         caches = cache.caches if cache is not None else [None] * len(self.members)
-        outputs = []
-        for member, member_cache in zip(self.members, caches):
-            logits, _ = member(idx, cache=member_cache) if member_cache is not None else member(idx)
-            outputs.append(logits)
+        # A generator: each member's logits are mixed in as they come, so one [B, T, V] buffer
+        # is alive besides the running mixture, not K of them.
+        outputs = ((m(idx, cache=c) if c is not None else m(idx))[0] for m, c in zip(self.members, caches))
         log_probs = self._mix(outputs)
         loss = None
         if targets is not None:
@@ -110,7 +109,7 @@ class ClassifierEnsemble(Ensemble):
 
     def classify(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mixed class log-probabilities [B, labels]."""
-        return self._mix([m.classify(idx, attention_mask=attention_mask) for m in self.members])
+        return self._mix(m.classify(idx, attention_mask=attention_mask) for m in self.members)
 
 
 def ensemble_of(members: Sequence[nn.Module], weights: Sequence[float], mode: str = "prob") -> Ensemble:
