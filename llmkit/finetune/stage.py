@@ -259,7 +259,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         world = info.world_size
         global_batch = config.batch_size
         micro_batch, accumulation = split_batch(
-            global_batch, config.devices.micro_batch, world,
+            global_batch, config.devices.micro_batch, info.batch_ways,
             what=f"--batch-size {global_batch}", fix=lambda multiple: f"choose a multiple of {multiple}",
         )
         max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))

@@ -15,8 +15,9 @@ import re
 import subprocess
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,6 +32,20 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    layout: Any = field(default=None)  # llmkit.train.layout.Layout: dp x tp x pp, set by the worker
+
+    @property
+    def data_parallel(self) -> int:
+        return self.layout.dp if self.layout is not None else self.world_size
+
+    @property
+    def data_rank(self) -> int:
+        return self.layout.dp_rank if self.layout is not None else self.rank
+
+    @property
+    def batch_ways(self) -> int:
+        """Micro-batches of one accumulation step across the run (dp replicas x pipeline micro-batches)."""
+        return self.layout.batch_ways if self.layout is not None else self.world_size
 
     @property
     def is_main(self) -> bool:

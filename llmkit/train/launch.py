@@ -51,6 +51,9 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
         raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
     arguments: dict[str, Any] = {"config": config.flat(), "out": str(out.resolve()), "resume": resume, **inputs}
     per_node = gpus if gpus > 0 else devices.nproc
+    from llmkit.train.layout import check_world
+
+    check_world(per_node * devices.nnodes, devices.tp, devices.pp)
     owner = first_process(devices)
     with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else _joined(out):
         if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
@@ -122,8 +125,12 @@ def worker_process(devices: Devices) -> Iterator[Any]:
 
     if devices.threads > 0:
         torch.set_num_threads(devices.threads)
+    from llmkit.train.layout import build_layout
+
     info = distributed.init(distributed.resolve_gpus(devices.gpus))
     try:
+        info.layout = build_layout(info.world_size, info.rank, info.device.type, tp=devices.tp, pp=devices.pp,
+                                   schedule=devices.pp_schedule, microbatches=devices.pp_microbatches)
         yield info
     finally:
         distributed.shutdown()
@@ -143,5 +150,9 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
 
 def runtime_record(devices: Devices, info: Any, micro_batch: int, accumulation: int) -> dict[str, Any]:
     """The manifest's `runtime` of a training run: the device options and what they resolved to."""
-    return dict(devices.runtime(), world_size=info.world_size, device=str(info.device), micro_batch=micro_batch,
-                grad_accumulation=accumulation)
+    record = dict(devices.runtime(), world_size=info.world_size, device=str(info.device), micro_batch=micro_batch,
+                  grad_accumulation=accumulation)
+    if info.layout is not None and info.layout.model_parallel:
+        record["layout"] = {"dp": info.layout.dp, "tp": info.layout.tp, "pp": info.layout.pp,
+                            "pp_microbatches": info.layout.microbatches}
+    return record

@@ -151,7 +151,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.batches, self.loss_fn, self.spec = batches, loss_fn, spec
         self.val_batches, self.val_size = val_batches, val_size
-        self.accum = accumulation_steps(settings, info.world_size)
+        self.accum = accumulation_steps(settings, info.batch_ways)
         self.device = info.device
         self.raw = model.to(self.device)
         self.start_step = 0
@@ -169,18 +169,29 @@ class Trainer:
         # Different dropout streams per rank; model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
         optim = settings.optim
-        if settings.devices.activation_checkpointing:
-            from llmkit.train.parallelize import checkpoint_activations
+        devices = settings.devices
+        self.split = None  # the engine of --tp/--pp runs (llmkit.train.model_parallel)
+        if info.layout is not None and info.layout.model_parallel:
+            from llmkit.train.model_parallel import ModelParallelRun
 
-            checkpoint_activations(self.raw)  # before FSDP, whose hooks must surround the recompute
-        self.model = dist_utils.wrap(self.raw, settings.devices.strategy, info)
+            self.split = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
+                                          strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
+                                          compile=devices.compile, loss_fn=loss_fn)
+            self.model = self.split.container
+        else:
+            if devices.activation_checkpointing:
+                from llmkit.train.parallelize import checkpoint_activations
+
+                checkpoint_activations(self.raw)  # before FSDP, whose hooks must surround the recompute
+            self.model = dist_utils.wrap(self.raw, devices.strategy, info)
         self.optimizer = build_optimizer(
-            self.raw, optim.optimizer, lr=settings.lr, weight_decay=optim.weight_decay,
-            betas=(optim.beta1, optim.beta2), momentum=optim.momentum, device_type=self.device.type,
+            self.model if self.split is not None else self.raw, optim.optimizer, lr=settings.lr,
+            weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2), momentum=optim.momentum,
+            device_type=self.device.type,
         )
         if saved_rng is not None:
             self._restore_optimizer_and_rng(*saved_rng)
-        if settings.devices.compile:
+        if devices.compile and self.split is None:
             self.model = torch.compile(self.model)
         self.peak_flops = gpu_peak_flops(self.device)
         self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
@@ -231,7 +242,10 @@ class Trainer:
             )
 
     def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
-        ckpt.load_optimizer_state(self.raw, self.optimizer, optim_state, self.info.distributed)
+        if self.split is not None:
+            self.split.load_optimizer_state(self.optimizer, optim_state)
+        else:
+            ckpt.load_optimizer_state(self.raw, self.optimizer, optim_state, self.info.distributed)
         same_world = ckpt.restore_rng(rng, self.info.rank, self.info.world_size, self.device)
         if not same_world and self.info.is_main:
             from llmkit.console import err
@@ -250,6 +264,9 @@ class Trainer:
             return None
         if self.settings.devices.strategy == "fsdp" and self.info.distributed:
             raise UserError("--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp")
+        if self.info.layout is not None and self.info.layout.model_parallel:
+            raise UserError("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
+                            "(or average checkpoints afterwards with --average-last)")
         ema = {name: p.detach().float().clone() for name, p in self.raw.named_parameters()}
         if self._saved_ema:
             if set(self._saved_ema) != set(ema):
@@ -276,10 +293,12 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def _micro_indices(self, step: int, micro: int) -> range:
-        s = self.settings
-        chunk = micro * self.info.world_size + self.info.rank
+        s, info = self.settings, self.info
+        # A pipeline step takes `microbatches` consecutive micro-batches (1 without a pipeline).
+        per_call = info.layout.microbatches if info.layout is not None else 1
+        chunk = micro * info.batch_ways + info.data_rank * per_call
         start = step * s.global_batch + chunk * s.micro_batch
-        return range(start, start + s.micro_batch)
+        return range(start, start + s.micro_batch * per_call)
 
     def train_step(self, step: int) -> tuple[float, float]:
         s = self.settings
@@ -290,11 +309,19 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
             batch = _to_device(self.batches(self._micro_indices(step, micro)), self.device)
-            with dist_utils.gradient_sync(self.model, micro == self.accum - 1), _autocast(self.device):
+            last = micro == self.accum - 1
+            if self.split is not None:
+                loss_sum += self.split.forward_backward(batch, self.accum, last, _autocast(self.device))
+                continue
+            with dist_utils.gradient_sync(self.model, last), _autocast(self.device):
                 loss = self.loss_fn(self.model, batch)
                 (loss / self.accum).backward()
             loss_sum += loss.detach().float()
-        loss_value = float(dist_utils.all_reduce_mean(loss_sum / self.accum, self.info))
+        if self.split is not None:
+            self.split.finish_gradients()
+            loss_value = float(self.split.mean_loss(loss_sum / self.accum))
+        else:
+            loss_value = float(dist_utils.all_reduce_mean(loss_sum / self.accum, self.info))
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             last = ckpt.latest_checkpoint(self.run_dir)
@@ -305,7 +332,10 @@ class Trainer:
             )
         # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.
         max_norm = s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf
-        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if self.split is not None:
+            self.last_grad_norm = self.split.clip(max_norm)
+        else:
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
         if self.ema is not None:
             self._update_ema(step + 1)
@@ -318,6 +348,8 @@ class Trainer:
         if self.val_batches is None or self.val_size <= 0:
             return None
         s, info = self.settings, self.info
+        if self.split is not None:
+            return self.split.evaluate(self.val_batches, self.val_size, s.micro_batch, lambda: _autocast(self.device))
         chunks = [range(i, min(i + s.micro_batch, self.val_size)) for i in range(0, self.val_size, s.micro_batch)]
         per_rank = math.ceil(len(chunks) / info.world_size)
         self.model.eval()
@@ -355,7 +387,10 @@ class Trainer:
 
     def _write_checkpoint_files(self, directory: Path, step: int) -> None:
         """Collective: every rank gathers, rank 0 writes into `directory`."""
-        model_state, optim_state = ckpt.gather_full_state(self.raw, self.optimizer, self.info.distributed)
+        if self.split is not None:
+            model_state, optim_state = self.split.full_state(self.optimizer)
+        else:
+            model_state, optim_state = ckpt.gather_full_state(self.raw, self.optimizer, self.info.distributed)
         rng = {kind: dist_utils.all_gather_bytes(state, self.info) for kind, state in ckpt.rng_states(self.device).items()}
         if self.info.is_main:
             save_weights(self.raw, directory, model_state)

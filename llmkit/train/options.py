@@ -96,16 +96,17 @@ class Placement(Options):
 
 @dataclass
 class ModelParallelism(Options):
-    """Splitting the model itself over devices: what `llmkit plan` sizes (training support: issue "Beyond data parallel")."""
+    """Splitting the model itself over devices (docs/parallel.md): world size = data x tensor x pipeline."""
 
     tp: int = option(1, "Tensor-parallel degree: each block's matrices split over this many devices.", range="[1, inf)", runtime=True)
     pp: int = option(1, "Pipeline stages: the layers split into this many consecutive groups.", range="[1, inf)", runtime=True)
     pp_schedule: str = option("1f1b", "Pipeline schedule.", choices=("gpipe", "1f1b", "interleaved-1f1b"), runtime=True)
-    pp_microbatches: int | None = option(None, "Micro-batches per pipeline step (default: pp).", range="[1, inf)", runtime=True)
+    pp_microbatches: int | None = option(None, "Micro-batches in flight per pipeline step (default: pp); each is --micro-batch "
+                                         "sequences.", range="[1, inf)", runtime=True)
 
 
 @dataclass
-class Devices(Placement):
+class Devices(ModelParallelism, Placement):
     """Where and how a run executes; never changes what it computes, so never hashed."""
 
     compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)

@@ -27,3 +27,165 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
             return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
 
         block.forward = checkpointed
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor parallelism (torch.distributed.tensor.parallel), torchtitan's plan for Llama.
+#
+# Between blocks the residual stream is sequence-sharded (each tp rank holds T/tp positions as a
+# plain local tensor); the norms run on those shards (SequenceParallel), attention and the MLP
+# gather the sequence, compute on their own heads / hidden columns (Colwise in, Rowwise out) and
+# reduce-scatter back. Every parameter is then a DTensor on the tp mesh, which gradient clipping
+# and FSDP2 need.
+
+# Fused projections: (parameter name suffix, number of parts stacked along the rows).
+FUSED_PARTS = {"attn.kv_proj": 2, "mlp.up_proj": 2}  # [K; V] and, with SwiGLU, [gate; up]
+
+
+def fused_parts(name: str, config) -> int:
+    """How many stacked parts the rows of parameter `name` hold (1 = not fused)."""
+    for suffix, parts in FUSED_PARTS.items():
+        if f".{suffix}." in f".{name}" and (suffix != "mlp.up_proj" or config.activation == "swiglu"):
+            return parts
+    return 1
+
+
+def rank_major(tensor: torch.Tensor, parts: int, tp: int) -> torch.Tensor:
+    """Rows [A; B] -> [A_0; B_0; A_1; B_1; ...]: ColwiseParallel's contiguous row blocks then give
+    every tp rank a valid [A_r; B_r] (its own K and V heads, its own gate and up columns)."""
+    rows = tensor.shape[0]
+    return tensor.reshape(parts, tp, rows // (parts * tp), *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
+
+
+def part_major(tensor: torch.Tensor, parts: int, tp: int) -> torch.Tensor:
+    """The inverse of `rank_major`: back to the checkpoint's [A; B] row order."""
+    rows = tensor.shape[0]
+    return tensor.reshape(tp, parts, rows // (parts * tp), *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
+
+
+def reorder_fused(state: dict[str, torch.Tensor], config, tp: int, *, to_rank_major: bool) -> dict[str, torch.Tensor]:
+    """A full state dict (weights, or one optimizer moment per name) between the checkpoint's
+    row order and the tensor-parallel one."""
+    if tp == 1:
+        return state
+    move = rank_major if to_rank_major else part_major
+    out = {}
+    for name, value in state.items():
+        parts = fused_parts(name, config)
+        out[name] = move(value, parts, tp) if parts > 1 and isinstance(value, torch.Tensor) and value.dim() >= 1 else value
+    return out
+
+
+def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> None:
+    """Split `model` (a GPT, or a pipeline stage of one) over `tp_mesh` in place.
+
+    sharded_loss: the head's logits stay sharded on the vocabulary for `loss_parallel()`;
+    otherwise they are gathered (a pipeline's last stage hands plain tensors to its loss)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    config, tp = model.config, tp_mesh.size()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            parts = fused_parts(name, config)
+            if parts > 1:
+                param.copy_(rank_major(param, parts, tp))
+    tied = config.tie_embeddings and getattr(model, "tok_emb", None) is not None and getattr(model, "lm_head", None) is not None
+    plan = {}
+    if getattr(model, "tok_emb", None) is not None:
+        plan["tok_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+        if getattr(model, "pos_emb", None) is not None:
+            plan["pos_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    if getattr(model, "lm_head", None) is not None:
+        plan["final_norm"] = SequenceParallel()
+        plan["lm_head"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1) if sharded_loss else Replicate(),
+                                          use_local_output=not sharded_loss)
+    parallelize_module(model, tp_mesh, plan)
+    if tied:  # one Shard(0) parameter serves both: the embedding's rows and the head's output columns
+        model.lm_head.weight = model.tok_emb.weight
+    block_plan = {
+        "attn_norm": SequenceParallel(),
+        "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
+                                   desired_input_layouts=(Replicate(), None, None, None, None)),
+        "attn.q_proj": ColwiseParallel(),
+        "attn.kv_proj": ColwiseParallel(),
+        "attn.out_proj": RowwiseParallel(output_layouts=Shard(1)),
+        "mlp_norm": SequenceParallel(),
+        "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        "mlp.up_proj": ColwiseParallel(),
+        "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1)),
+    }
+    for block in model.blocks.children():
+        parallelize_module(block, tp_mesh, block_plan)
+        block.attn.n_head //= tp  # the local heads this rank computes
+        block.attn.n_kv_head //= tp
+
+
+def shard_data_parallel(modules: list[torch.nn.Module], dp_mesh, device: torch.device) -> None:
+    """FSDP2 over the data-parallel mesh dimension, per block and at each (stage) root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    options = {"mesh": dp_mesh}
+    if device.type == "cuda":
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for module in modules:
+        for block in module.blocks.children():
+            fully_shard(block, **options)
+        fully_shard(module, **options)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter], group, *, average: bool) -> None:
+    """Sum (or average) the gradients of `params` over `group`, in one flat buffer per dtype:
+    data-parallel replication when the parameters are DTensors (which DDP does not take)."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    from torch.distributed.tensor import DTensor
+
+    for param in params:  # e.g. an embedding's gradient arrives Partial; its shards must line up with the weight's
+        if isinstance(param.grad, DTensor) and param.grad.placements != param.placements:
+            param.grad = param.grad.redistribute(placements=param.placements)
+    grads = [_local(p.grad) for p in params if p.grad is not None]
+    size = dist.get_world_size(group)
+    for dtype in sorted({g.dtype for g in grads}, key=str):
+        same = [g for g in grads if g.dtype == dtype]
+        flat = _flatten_dense_tensors(same)
+        dist.all_reduce(flat, group=group)
+        if average:
+            flat /= size
+        for grad, reduced in zip(same, _unflatten_dense_tensors(flat, same)):
+            grad.copy_(reduced)
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, *, pp_group=None, skip: set[int] = frozenset()) -> float:
+    """The global gradient norm over every parameter of the model once (DTensor shards counted by
+    placement; pipeline stages summed over `pp_group`; `skip` = ids of parameters another stage
+    already counts, a tied head), then every gradient scaled by min(1, max_norm / norm)."""
+    import math
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None and id(p) not in skip]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=params[0].device)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    if pp_group is not None:
+        squared = norm.float() ** 2
+        dist.all_reduce(squared, group=pp_group)
+        norm = squared.sqrt()
+    if math.isfinite(max_norm):
+        torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, norm)
+    return float(norm)

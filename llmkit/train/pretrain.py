@@ -109,7 +109,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                       f"trains on {global_batch} sequences, {global_batch * seq_len} tokens", soft_wrap=True, markup=False)
         world = info.world_size
         micro_batch, accumulation = split_batch(
-            global_batch, config.devices.micro_batch, world,
+            global_batch, config.devices.micro_batch, info.batch_ways,
             what=f"the global batch of {global_batch} sequences (--batch-tokens {config.batch_tokens} / seq_len {seq_len})",
             fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq_len}",
         )
@@ -158,6 +158,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
         )
+        params = model.num_params()  # before the layout splits (and unties) anything
         trainer = Trainer(
             model, settings, info=info, run_dir=out, batches=train_batches, loss_fn=lm_loss, spec=spec,
             val_batches=val_batches, val_size=val_size, resume=resume,
@@ -165,9 +166,10 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
             from llmkit.console import err
 
+            layout_note = f" ({info.layout.describe()})" if info.layout.model_parallel else ""
             err.print(
-                f"pretrain {config.architecture.model} ({model_config.arch}/{model_config.objective}, {model.num_params() / 1e6:.2f}M params) "
-                f"on {world} {'GPU' if info.device.type == 'cuda' else 'CPU process'}(es): {max_steps} steps x "
+                f"pretrain {config.architecture.model} ({model_config.arch}/{model_config.objective}, {params / 1e6:.2f}M params) "
+                f"on {world} {'GPU' if info.device.type == 'cuda' else 'CPU process'}(es){layout_note}: {max_steps} steps x "
                 f"{global_batch} x {seq_len} tokens, micro-batch {micro_batch}, accumulation {accumulation}",
                 soft_wrap=True,
             )
