@@ -57,14 +57,23 @@ def check_world(world: int, tp: int, pp: int) -> None:
         )
 
 
+def coordinates(rank: int, dp: int, tp: int) -> tuple[int, int, int]:
+    """(pp_rank, dp_rank, tp_rank) of a global rank: init_device_mesh's row-major (pp, dp, tp) order."""
+    return rank // (tp * dp), rank // tp % dp, rank % tp
+
+
+def rank_at(pp_rank: int, dp_rank: int, tp_rank: int, dp: int, tp: int) -> int:
+    return (pp_rank * dp + dp_rank) * tp + tp_rank
+
+
 def build_layout(world: int, rank: int, device_type: str, *, tp: int, pp: int, schedule: str, microbatches: int | None) -> Layout:
     """This rank's coordinates, and the mesh when the model itself is split (a collective call)."""
     check_world(world, tp, pp)
     if schedule not in SCHEDULES:
         raise UserError(f"unknown --pp-schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     dp = world // (tp * pp)
-    layout = Layout(dp=dp, tp=tp, pp=pp, dp_rank=rank // tp % dp, tp_rank=rank % tp, pp_rank=rank // (tp * dp),
-                    schedule=schedule, microbatches=(microbatches or pp) if pp > 1 else 1)
+    pp_rank, dp_rank, tp_rank = coordinates(rank, dp, tp)
+    layout = Layout(dp=dp, tp=tp, pp=pp, dp_rank=dp_rank, tp_rank=tp_rank, pp_rank=pp_rank, schedule=schedule, microbatches=(microbatches or pp) if pp > 1 else 1)
     if pp > 1 and schedule == "interleaved-1f1b" and layout.microbatches % pp:
         raise UserError(f"--pp-schedule interleaved-1f1b needs --pp-microbatches a multiple of --pp {pp}, "
                         f"got {layout.microbatches}")

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from llmkit.errors import UserError
 from llmkit.model.gpt import GPT, IGNORE_INDEX
-from llmkit.train.layout import Layout, check_model
+from llmkit.train.layout import Layout, check_model, rank_at
 from llmkit.train.parallelize import (
     all_reduce_gradients,
     checkpoint_activations,
@@ -31,7 +31,7 @@ from llmkit.train.parallelize import (
 
 
 def _rank_of(layout: Layout, pp_rank: int, dp_rank: int, tp_rank: int) -> int:
-    return (pp_rank * layout.dp + dp_rank) * layout.tp + tp_rank
+    return rank_at(pp_rank, dp_rank, tp_rank, layout.dp, layout.tp)
 
 
 class ModelParallelRun:
@@ -39,16 +39,16 @@ class ModelParallelRun:
                  activation_checkpointing: bool, compile: bool, loss_fn: Callable):
         import torch.distributed as dist
 
-        if not isinstance(model, GPT):
-            raise UserError("--tp/--pp split a language model's Transformer blocks; this run trains another kind of model "
-                            "(a classifier or LoRA adapters): leave --tp/--pp out and use data parallelism")
         check_model(model.config, layout, seq_len)
+        if not isinstance(model, GPT) or any("lora" in name for name, _ in model.named_parameters()):
+            raise UserError("--tp/--pp split a language model's own layers; this run trains a classifier head or LoRA "
+                            "adapters: leave --tp/--pp out and use data parallelism (--nproc/--gpus)")
         import logging
 
         # Gathering FSDP x TP shards for a checkpoint takes two all-gathers; torch warns on every rank, every save.
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
         self.layout, self.device, self.config, self.loss_fn = layout, device, model.config, loss_fn
-        self.strategy = strategy
+        self.strategy, self.seq_len = strategy, seq_len
         mesh = layout.mesh
 
         def parallelize(modules: list[nn.Module]) -> None:
@@ -125,6 +125,7 @@ class ModelParallelRun:
         a loss-reporting rank, zero elsewhere."""
         from torch.distributed.tensor.parallel import loss_parallel
 
+        batch = self._full_length(batch)
         with self._sync_context(last), autocast:
             if self.pipeline is not None:
                 return self.pipeline.forward_backward(batch[0], batch[1], accumulation)
@@ -132,6 +133,19 @@ class ModelParallelRun:
                 loss = self.loss_fn(self.modules[0], batch)
                 (loss / accumulation).backward()
         return loss.detach().float() if not hasattr(loss, "full_tensor") else loss.detach().full_tensor().float()
+
+    def _full_length(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad (inputs, targets) to the run's sequence length: pipeline stages exchange fixed
+        shapes and tensor parallelism shards the sequence evenly. The padding comes after every real
+        token (causal attention never looks at it) and has no targets, so losses are unchanged."""
+        inputs, targets = batch[0], batch[1]
+        short = self.seq_len - inputs.shape[1]
+        if short <= 0:
+            return inputs, targets
+        if self.config.objective != "clm":
+            raise UserError("--tp/--pp with batches shorter than --seq-len needs a causal model; pass full-length batches")
+        return (torch.nn.functional.pad(inputs, (0, short), value=0),
+                torch.nn.functional.pad(targets, (0, short), value=IGNORE_INDEX))
 
     def finish_gradients(self) -> None:
         """After the last micro-batch: replicate across dp (unless FSDP did), sum the tied copies."""
@@ -191,7 +205,9 @@ class ModelParallelRun:
                 inputs.append(x)
                 targets.append(y)
                 weights.append(weight)
-            x, y = torch.cat(inputs).to(self.device), torch.cat(targets).to(self.device)
+            x, y = self._full_length((torch.cat([self._full_length((a, b))[0] for a, b in zip(inputs, targets)]),
+                                      torch.cat([self._full_length((a, b))[1] for a, b in zip(inputs, targets)])))
+            x, y = x.to(self.device), y.to(self.device)
             with autocast_factory():
                 if self.pipeline is not None:
                     losses = self.pipeline.evaluate(x, y)
