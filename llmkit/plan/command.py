@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
