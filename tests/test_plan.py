@@ -134,3 +134,18 @@ def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
     n_opt, d_opt = fitted_law.optimal(6 * params * tokens)
     assert n_opt == pytest.approx(params, rel=1e-6) and d_opt == pytest.approx(tokens, rel=1e-6)
     assert "fitted law" in plan["compute"]["compute_optimal_rule"]
+
+
+def test_speed_counts_the_recompute_and_the_pipeline_bubble(cli):
+    def speed(*flags):
+        result = cli("plan", "--model", "medium", "--gpus", "4", "--gpu", "h100", "--json", *flags)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["compute"]
+
+    plain = speed()
+    recompute = speed("--activation-checkpointing")
+    assert recompute["tokens_per_s"] == pytest.approx(plain["tokens_per_s"] * 3 / 4)  # 8N of hardware work for 6N
+    # 1F1B over 2 stages and 2 micro-batches idles (pp-1)/(m+pp-1) = 1/3 of the step; interleaving halves the bubble units
+    pipe = speed("--pp", "2", "--pp-microbatches", "2")
+    assert pipe["pipeline_bubble"] == pytest.approx(1 / 3) and pipe["tokens_per_s"] == pytest.approx(plain["tokens_per_s"] * 2 / 3)
+    assert speed("--pp", "2", "--pp-microbatches", "2", "--pp-schedule", "interleaved-1f1b")["pipeline_bubble"] == pytest.approx(1 / 5)

@@ -124,7 +124,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     name, memory_gb, peak, on_gpu = hardware(cfg)
     memory = estimate_memory(shape, layout, available_gb=memory_gb, on_gpu=on_gpu)
     flops_token = shape.flops_per_token(seq)
-    tokens_per_s = layout.world * peak * cfg.mfu / flops_token
+    # MFU counts the model's FLOPs; recomputation and the pipeline's idle bubble cost time beside them.
+    tokens_per_s = layout.world * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
     batch_tokens = cfg.batch_tokens or layout.micro_batch * seq * layout.dp
     optimal_tokens, optimal_rule = compute_optimal_tokens(cfg, shape)
     plan: dict[str, Any] = {
@@ -133,7 +134,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                   "vocab_size": config.vocab_size, "context_length": config.context_length, "tied_embeddings": config.tie_embeddings},
         "layout": {**asdict(layout), "world": layout.world, "dp": layout.dp, "device": name, "memory_gb_per_device": memory_gb},
         "compute": {"flops_per_token": flops_token, "attention_share": 12 * config.n_layer * config.n_embd * seq / flops_token,
-                    "mfu_assumed": cfg.mfu, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / layout.world,
+                    "mfu_assumed": cfg.mfu, "pipeline_bubble": layout.pipeline_bubble,
+                    "recompute_factor": layout.recompute_factor, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / layout.world,
                     "batch_tokens": batch_tokens, "step_seconds": batch_tokens / tokens_per_s,
                     "compute_optimal_tokens": optimal_tokens, "compute_optimal_rule": optimal_rule,
                     "compute_optimal_flops": flops_token * optimal_tokens,
@@ -192,8 +194,11 @@ def print_plan(plan: dict[str, Any]) -> None:
                             f"x pp {lay['pp']}, {lay['strategy']}, micro-batch {lay['micro_batch']} x {lay['seq_len']} tokens"
                             + (", activation checkpointing" if lay["activation_checkpointing"] else ""))
     table.add_row("FLOPs per token", f"{_human(c['flops_per_token'])} (6N + attention {c['attention_share']:.0%})")
+    costs = ([f"recompute x{c['recompute_factor']:.2f}"] if c["recompute_factor"] != 1 else []) + (
+        [f"pipeline bubble {c['pipeline_bubble']:.0%}"] if c["pipeline_bubble"] else [])
     table.add_row("speed", f"{_human(c['tokens_per_s'])} tokens/s ({_human(c['tokens_per_s_per_device'])} per device) at MFU "
-                           f"{c['mfu_assumed']:.0%}; a step of {c['batch_tokens']:,} tokens in {_duration(c['step_seconds'])}")
+                           f"{c['mfu_assumed']:.0%}{' with ' + ', '.join(costs) if costs else ''}; a step of "
+                           f"{c['batch_tokens']:,} tokens in {_duration(c['step_seconds'])}")
     table.add_row("compute-optimal", f"{_human(c['compute_optimal_tokens'])} tokens ({c['compute_optimal_rule']}): "
                                      f"{_human(c['compute_optimal_flops'])}FLOP, {_duration(c['compute_optimal_days'] * 86400)} on this layout")
     out.print(table)

@@ -6,7 +6,7 @@
 
 Memory is the training loop's, as llmkit runs it: fp32 master weights, fp32 gradients and AdamW's
 two fp32 moments (16 bytes a parameter), sharded over the data-parallel ranks with FSDP, split by
-tensor parallelism (matrices, embedding and head; norms replicated, no sequence parallelism) and
+tensor parallelism (matrices, embedding and head; the residual stream between blocks sequence-sharded) and
 by pipeline stage (the busiest stage counts). Activations are counted tensor by tensor for one
 block under bf16 autocast on GPU (fp32 on CPU) with SDPA's flash kernel (no T x T scores kept),
 times the blocks on a stage and the micro-batches a pipeline schedule keeps in flight; activation
@@ -95,6 +95,20 @@ class Layout:
         chunks = self.pp_microbatches or self.pp
         return chunks if self.pp_schedule == "gpipe" else min(chunks, self.pp)
 
+    @property
+    def pipeline_bubble(self) -> float:
+        """The idle share of a pipeline step: (pp-1) / (micro-batches x stages per rank + pp-1)."""
+        if self.pp == 1:
+            return 0.0
+        chunks = self.pp_microbatches or self.pp
+        per_rank = 2 if self.pp_schedule == "interleaved-1f1b" else 1
+        return (self.pp - 1) / (chunks * per_rank + self.pp - 1)
+
+    @property
+    def recompute_factor(self) -> float:
+        """Hardware FLOPs / model FLOPs: recomputing each forward adds 2N to 6N."""
+        return 4 / 3 if self.activation_checkpointing else 1.0
+
     def problem(self, config) -> str | None:
         """Why this layout cannot run this model (None: it can), with the fix."""
         if self.world % (self.tp * self.pp):
@@ -162,8 +176,8 @@ def block_activation_bytes(config, tokens: int, layout: Layout, half: int) -> fl
     """Bytes one block keeps for its backward pass, for `tokens` tokens (micro-batch x sequence)."""
     h, tp = config.n_embd, layout.tp
     kv_share = config.n_kv_head / config.n_head
-    residual = 4 * h  # the fp32 residual stream entering each norm
-    norm_out = half * h  # each norm's output, the input of a matrix product
+    residual = 4 * h / tp  # the fp32 residual stream entering each norm (sequence-sharded under tp)
+    norm_out = half * h  # each norm's output, gathered over the sequence: the input of a matrix product
     attention = half * h * (1 + 2 * kv_share) + half * h  # q, k, v and the attention output
     mlp = half * config.mlp_hidden * (4 if config.activation == "swiglu" else 2)
     dropout = h * 2 if config.dropout > 0 else 0  # two masks, a byte each
@@ -185,10 +199,10 @@ def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, o
     notes = []
     if layout.activation_checkpointing:
         # each block keeps its fp32 input; one block at a time is recomputed in full
-        activations = layers * 4 * c.n_embd * tokens + block
+        activations = layers * 4 * c.n_embd * tokens / layout.tp + block
     else:
         activations = layers * block
-    activations += 4 * c.n_embd * tokens  # the embedding output
+    activations += 4 * c.n_embd * tokens / layout.tp  # the embedding output (sequence-sharded under tp)
     activations *= layout.in_flight
     # logits: the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
     logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)

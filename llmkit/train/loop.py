@@ -168,6 +168,8 @@ class Trainer:
         self.ema = self._start_ema()
         # Different dropout streams per rank; model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
+        # The whole model's FLOPs, counted before a layout splits it (MFU divides by the world size).
+        self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
         optim = settings.optim
         devices = settings.devices
         self.split = None  # the engine of --tp/--pp runs (llmkit.train.model_parallel)
@@ -194,7 +196,6 @@ class Trainer:
         if devices.compile and self.split is None:
             self.model = torch.compile(self.model)
         self.peak_flops = gpu_peak_flops(self.device)
-        self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
 
     # -- resume -----------------------------------------------------------------------------
     def _load_weights_for_resume(self):
@@ -476,8 +477,11 @@ class Trainer:
                 now = time.perf_counter()
                 tokens_per_s = tokens_per_step * window_steps / max(now - window_start, 1e-9)
                 values["tokens_per_s"] = tokens_per_s
+                values["tokens_per_s_per_device"] = tokens_per_s / info.world_size
                 if self.peak_flops:
                     values["mfu"] = self.flops_per_token * tokens_per_s / info.world_size / self.peak_flops
+                # the latest window's speed also goes to each checkpoint's manifest (runtime: not hashed)
+                self.spec.runtime.update({k: values[k] for k in ("tokens_per_s", "tokens_per_s_per_device", "mfu") if k in values})
                 values["peak_memory_gb"] = peak_memory_gb(self.device)
                 if eval_every > 0 and (step % eval_every == 0 or step == s.max_steps):
                     self.last_val = self.evaluate()
