@@ -181,6 +181,7 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         (["--pp", "2", "--nproc", "2", "--pp-schedule", "interleaved-1f1b", "--pp-microbatches", "3"],
          "needs --pp-microbatches a multiple of --pp 2"),
         (["--tp", "2", "--nproc", "2", "--ema", "0.99"], "--ema keeps full weights"),
+        (["--tp", "2", "--nproc", "2", "--compile"], "--compile with --tp is not supported yet"),
     ]
     for extra, message in cases:
         out = tmp_path / "bad"

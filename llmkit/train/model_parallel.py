@@ -47,6 +47,11 @@ class ModelParallelRun:
 
         # Gathering FSDP x TP shards for a checkpoint takes two all-gathers; torch warns on every rank, every save.
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
+        if compile and layout.tp > 1:
+            # torch 2.13's compiled backward meets plain tensors where the tensor-parallel hooks hand
+            # back DTensors (per block and whole-model); pipelines compile per block.
+            raise UserError("--compile with --tp is not supported yet (the compiled backward of tensor-parallel blocks "
+                            "fails in torch 2.13); leave --compile out, or use --pp / data parallelism with it")
         self.layout, self.device, self.config, self.loss_fn = layout, device, model.config, loss_fn
         self.strategy, self.seq_len = strategy, seq_len
         mesh = layout.mesh
