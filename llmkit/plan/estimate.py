@@ -210,6 +210,8 @@ def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, o
     if layout.strategy == "fsdp" and layout.dp > 1:
         # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next
         transient = 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
+        # the root's parameters (embedding, head, final norm) stay gathered from forward to backward
+        transient += half * (shape.embedding + shape.head) / layout.tp
     allowance = FRAGMENTATION * (weights + gradients + optimizer + activations + logits + transient)
     allowance += CUDA_CONTEXT if on_gpu else CPU_PROCESS
     if layout.pp > 1:
