@@ -107,3 +107,17 @@ def test_averaging_refuses_what_does_not_belong_together(cli, runs, tmp_path, ch
     assert result.exit_code != 0 and message in result.output and not (tmp_path / "soup").exists()
     assert "needs the 2 checkpoints" in cli("pretrain", runs / "tokens", "-o", tmp_path / "x", *MODEL, "--average-last", "3",
                                             "--save-every", "0").output
+
+
+def test_checkpoints_tuned_with_different_prompt_templates_do_not_combine(cli, runs, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}"}) + "\n" for i in range(16)))
+    tuned = {}
+    for template in ("plain", "chat"):
+        tuned[template] = tmp_path / template
+        _ok(cli("finetune", runs / "a", "--data", data, "-o", tuned[template], "--template", template, "--max-steps", "1",
+                "--batch-size", "4", "--eval-every", "0", "--val-fraction", "0", "--truncate"))
+    result = cli("average", tuned["plain"], tuned["chat"], "-o", tmp_path / "soup")
+    assert result.exit_code != 0 and "another prompt template" in result.output and not (tmp_path / "soup").exists()
+    result = cli("eval", tuned["plain"], tuned["chat"], "--data", data, "-o", tmp_path / "ens")
+    assert result.exit_code != 0 and "another prompt template" in result.output and not (tmp_path / "ens").exists()

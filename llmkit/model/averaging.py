@@ -67,6 +67,10 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> Non
         theirs = _task_of(art) or {}
         if theirs.get("labels") != task.get("labels") or theirs.get("task") != task.get("task"):
             raise UserError(f"{art.path} was fine-tuned for another task than {first.path}; {combined} checkpoints share one")
+        if theirs.get("template") != task.get("template"):
+            # the prompt a member was trained on is the one it is given; two templates cannot both hold
+            raise UserError(f"{art.path} was fine-tuned with another prompt template than {first.path}; {combined} "
+                            "checkpoints share one (fine-tune them with the same --template)")
 
 
 def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
