@@ -12,6 +12,8 @@
 #   eval       perplexity, an ensemble (run + its EMA), and every bundled benchmark in full
 #   generate   llmkit generate with an ensemble; benchmarks/generate.py (llmkit vs transformers) on CUDA
 #   bench      benchmarks/pretrain.py --gpu-only (llmkit vs a transformers GPT-2 loop, both compiled)
+#   layouts    with 2+ GPUs: --tp 2 and --pp 2 (NCCL, bf16) beside --gpus 2 data parallel, and
+#              benchmarks/parallel.py --gpus 2; skipped (and said so) on one GPU
 #
 #   PY=python3 LLMKIT_SHARED_DATA=../shared/data OUT=gpu-out bash benchmarks/gpu_check.sh
 # Each step's log is in $OUT/<step>.log; a summary of figures is in $OUT/summary.txt.
@@ -19,7 +21,7 @@ set -u
 PY=${PY:-python3}
 OUT=${OUT:-gpu-out}
 DATA=${LLMKIT_SHARED_DATA:-../shared/data}
-STEPS=${STEPS:-"env flash data pretrain ac torchrun fsdp eval generate bench"}
+STEPS=${STEPS:-"env flash data pretrain ac torchrun fsdp eval generate bench layouts"}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 SUMMARY="$OUT/summary.txt"
@@ -147,10 +149,21 @@ step_bench() {
   "$PY" benchmarks/pretrain.py --gpu-only --steps 40 --rounds 1
 }
 
+step_layouts() {
+  local gpus
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  if [ "$gpus" -lt 2 ]; then note "layouts: skipped, $gpus GPU (tensor and pipeline parallelism need 2+)"; return 0; fi
+  llmkit pretrain "$WORK/tokens" -o "$WORK/dp2" $GPT2 --max-steps 30 --gpus 2 && note "$(last_metrics "$WORK/dp2") [dp 2]" &&
+  llmkit pretrain "$WORK/tokens" -o "$WORK/tp2" $GPT2 --max-steps 30 --gpus 2 --tp 2 && note "$(last_metrics "$WORK/tp2") [tp 2]" &&
+  llmkit pretrain "$WORK/tokens" -o "$WORK/pp2" $GPT2 --max-steps 30 --gpus 2 --pp 2 --pp-microbatches 8 --micro-batch 4 &&
+  note "$(last_metrics "$WORK/pp2") [pp 2, 1f1b, 8 micro-batches]"
+}
+
 export PY OUT DATA WORK SUMMARY GPT2 GPT2_PLAN
 export -f llmkit note last_metrics plan_vs_measured step_env step_flash step_data step_pretrain step_ac step_torchrun step_fsdp \
-  step_eval step_generate step_bench
-declare -A LIMIT=([env]=60 [flash]=90 [data]=120 [pretrain]=240 [ac]=120 [torchrun]=120 [fsdp]=120 [eval]=240 [generate]=180 [bench]=300)
+  step_eval step_generate step_bench step_layouts
+declare -A LIMIT=([env]=60 [flash]=90 [data]=120 [pretrain]=240 [ac]=120 [torchrun]=120 [fsdp]=120 [eval]=240 [generate]=180 [bench]=300
+  [layouts]=300)
 for step in $STEPS; do
   run_step "$step" "${LIMIT[$step]}"
 done
