@@ -20,7 +20,7 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
     blocks = getattr(model, "blocks", None)
     if not blocks:
         raise UserError("--activation-checkpointing recomputes Transformer blocks; this model (an LSTM) has none: leave it out")
-    for block in blocks:
+    for block in blocks.children():  # a ModuleList, or a pipeline stage's ModuleDict (whose iteration gives names)
         forward = block.forward
 
         def checkpointed(*args, _forward=forward, **kwargs):
