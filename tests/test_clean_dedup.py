@@ -141,3 +141,103 @@ def test_exact_and_near_dedup_together(chunks, tmp_path):
         [str(source)], tmp_path / "none", CleanConfig(near_dedup=False, exact_dedup=False), show_progress=False
     )
     assert artifacts.load(neither).stats["documents"] == 65
+
+
+def _reference_keys(text: str, hasher: MinHasher) -> list[int] | None:
+    """The scheme one word at a time with the `xxhash` package (the implementation before batching):
+    the batched, vectorised one must give the same keys, or every corpus fingerprint would change."""
+    import xxhash
+
+    from llmkit.corpus.words import shingle_tokens
+
+    tokens = shingle_tokens(text)
+    if not tokens:
+        return None
+    words = np.array([xxhash.xxh64_intdigest(t.encode()) for t in tokens], dtype=np.uint64)
+    n = min(hasher.ngram, len(words))
+    count = len(words) - n + 1
+    shingles = np.zeros(count, dtype=np.uint64)
+    for k in range(n):
+        shingles += words[k : k + count] * hasher.position[k]
+    permuted = ((shingles[:, None] * hasher.a + hasher.b) >> np.uint64(32)).astype(np.uint32)
+    signature = permuted.min(axis=0)[: hasher.bands * hasher.rows].reshape(hasher.bands, hasher.rows)
+    return [xxhash.xxh64_intdigest(row.astype("<u4").tobytes(), seed=band) for band, row in enumerate(signature)]
+
+
+def test_vectorised_xxh64_matches_the_package():
+    import xxhash
+
+    from llmkit.corpus.minhash import xxh64_rows
+
+    rng = np.random.default_rng(0)
+    for length in range(0, 100):
+        rows = rng.integers(0, 256, size=(4, length), dtype=np.uint8)
+        seeds = rng.integers(0, 2**64 - 1, size=4, dtype=np.uint64, endpoint=True)
+        expected = [xxhash.xxh64_intdigest(row.tobytes(), seed=int(seed)) for row, seed in zip(rows, seeds)]
+        assert xxh64_rows(rows, seeds).tolist() == expected, length
+
+
+def test_batched_keys_match_one_word_at_a_time(chunks, shared_data):
+    chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8").split("\n")[:40]
+    texts = chunks[:60] + chinese + ["", "... !!!", "two words", "Ünïcode wörds, ÉTÉ été", "a_b c-d", "x" * 80, "1 2 3 4 5 6"]
+    random.Random(3).shuffle(texts)
+    for args in [(112, 5, 14, 8, 0), (64, 3, 8, 8, 7), (20, 1, 4, 5, 1), (9, 7, 3, 3, 2)]:
+        hasher = MinHasher(*args)
+        keys, has = hasher.batch_keys(texts)
+        for text, row, present in zip(texts, keys, has):
+            expected = _reference_keys(text, hasher)
+            assert (expected is not None) == bool(present), text
+            if expected is not None:
+                assert row.tolist() == expected == hasher.keys_for(text), (args, text[:40])
+
+
+def _reference_decisions(batches, bands):
+    """The streaming rule with one dict per band (the index before BandIndex), one document at a time."""
+    exact, index, kept, decisions = {}, [{} for _ in range(bands)], 0, []
+    for batch in batches:
+        for doc, row, present in zip(batch.docs, batch.band_keys, batch.has_keys):
+            if doc.reason:
+                decisions.append((doc.reason, None))
+                continue
+            if doc.exact_key and doc.exact_key in exact:
+                decisions.append(("exact_duplicate", exact[doc.exact_key]))
+                continue
+            hit = next((index[b][k] for b, k in enumerate(row.tolist()) if present and k in index[b]), None)
+            if hit is not None:
+                decisions.append(("near_duplicate", hit))
+                continue
+            if doc.exact_key:
+                exact[doc.exact_key] = kept
+            if present:
+                for b, k in enumerate(row.tolist()):
+                    index[b].setdefault(k, kept)
+            decisions.append((None, None))
+            kept += 1
+    return decisions
+
+
+def test_band_index_decides_as_per_band_dicts():
+    from llmkit.corpus.dedup import Deduplicator, ProcessedBatch
+    from llmkit.corpus.process import Processed
+
+    rng = np.random.default_rng(5)
+    bands = 6
+    batches = []
+    for size in [1, 300, 0, 257, 1000, 64, 2000, 3]:  # the index grows several times
+        # Few distinct keys per band: many collisions with earlier batches and within the batch.
+        keys = rng.integers(0, 3000, size=(size, bands)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        has = rng.random(size) > 0.05
+        docs = [
+            Processed(f"d{i}", "s", "t", "short" if rng.random() < 0.05 else None, 1, 1,
+                      bytes([rng.integers(0, 40)]) if rng.random() < 0.3 else b"")
+            for i in range(size)
+        ]
+        batches.append(ProcessedBatch(docs, keys, has))
+    dedup = Deduplicator(True, bands)
+    got = [decision for batch in batches for decision in dedup.decide(batch)]
+    expected = _reference_decisions(batches, bands)
+    assert got == expected
+    assert {reason for reason, _ in got} == {None, "short", "exact_duplicate", "near_duplicate"}
+    flags = [bool(present) for batch in batches for present in batch.has_keys]
+    assert dedup.index.size == sum(1 for (reason, _), present in zip(got, flags) if reason is None and present)
+    assert dedup.index.capacity >= 2 * dedup.index.size  # load stays at most one half

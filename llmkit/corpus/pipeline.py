@@ -1,8 +1,8 @@
 """The clean stage: read -> normalise and filter (in workers) -> de-duplicate (in order) -> write.
 
 Memory stays bounded: documents stream through in batches, at most 2 x workers batches are in
-flight, and only the de-duplication index (16 bytes per kept document for exact dedup, one
-64-bit key per band for MinHash LSH) grows with the corpus.
+flight, and only the de-duplication index (a dict entry per kept document for exact dedup; one
+64-bit key and 32-bit ordinal per band, in NumPy hash tables, for MinHash LSH) grows with the corpus.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 from llmkit import artifacts
-from llmkit.corpus.process import Processed, init_worker, process_batch
 from llmkit.corpus.config import CleanConfig
+from llmkit.corpus.dedup import Deduplicator
+from llmkit.corpus.process import init_worker, process_batch
 from llmkit.corpus.sources import ReadOptions, ReadStats, Source, resolve_inputs
 from llmkit.corpus.writer import RejectWriter, ShardWriter
 from llmkit.errors import UserError
@@ -22,34 +23,6 @@ from llmkit.parallel import ordered_map
 
 _BATCH_DOCS = 256
 _BATCH_CHARS = 2 << 20
-
-
-class Deduplicator:
-    """Exact (hash of the cleaned text) and near (MinHash LSH bands) duplicates, first one kept."""
-
-    def __init__(self, cfg: CleanConfig):
-        self.exact: dict[bytes, int] = {}
-        self.bands: list[dict[int, int]] = [{} for _ in range(cfg.bands)] if cfg.near_dedup else []
-        self.cluster_sizes: Counter[int] = Counter()  # kept ordinal -> duplicates removed
-
-    def check(self, doc: Processed) -> tuple[Optional[str], Optional[int]]:
-        if doc.exact_key and doc.exact_key in self.exact:
-            return "exact_duplicate", self.exact[doc.exact_key]
-        if doc.band_keys is not None:
-            for index, key in zip(self.bands, doc.band_keys):
-                if key in index:
-                    return "near_duplicate", index[key]
-        return None, None
-
-    def add(self, doc: Processed, ordinal: int) -> None:
-        if doc.exact_key:
-            self.exact[doc.exact_key] = ordinal
-        if doc.band_keys is not None:
-            for index, key in zip(self.bands, doc.band_keys):
-                index.setdefault(key, ordinal)
-
-    def record_duplicate(self, of: int) -> None:
-        self.cluster_sizes[of] += 1
 
 
 def _batches(sources: list[Source], options: ReadOptions, read_stats: ReadStats) -> Iterator[list[tuple[str, str, str]]]:
@@ -90,7 +63,7 @@ def clean(
     with artifacts.create(out, "corpus", force=force, inputs=read) as build:
         shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
         rejects = RejectWriter(build.dir / "rejects.jsonl") if cfg.keep_rejects else None
-        dedup = Deduplicator(cfg)
+        dedup = Deduplicator(cfg.exact_dedup, cfg.bands if cfg.near_dedup else 0)
         kept_ids: list[str] = []  # ordinal -> id, only to name `duplicate_of` in the rejects file
         dropped: Counter[str] = Counter()
         docs_in = bytes_in = kept = bytes_out = 0
@@ -99,13 +72,11 @@ def clean(
         with _progress(show_progress) as progress:
             task = progress.add_task("cleaning", total=total, kept=0)
             batches = _batches(sources, options, read_stats)
-            for results in ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,)):
-                for doc in results:
+            for batch in ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,)):
+                for doc, (reason, duplicate_of) in zip(batch.docs, dedup.decide(batch)):
                     docs_in += 1
                     bytes_in += doc.bytes_in
-                    reason, duplicate_of = (doc.reason, None) if doc.reason else dedup.check(doc)
                     if reason is None:
-                        dedup.add(doc, kept)
                         shards.add(doc.id, doc.text, doc.source, doc.bytes_out)
                         if rejects is not None:
                             kept_ids.append(doc.id)
@@ -113,12 +84,10 @@ def clean(
                         bytes_out += doc.bytes_out
                         continue
                     dropped[reason] += 1
-                    if duplicate_of is not None:
-                        dedup.record_duplicate(duplicate_of)
                     if rejects is not None:
                         of = kept_ids[duplicate_of] if duplicate_of is not None else None
                         rejects.add(doc.id, doc.source, reason, doc.text, of)
-                progress.update(task, advance=sum(d.bytes_in for d in results), kept=kept)
+                progress.update(task, advance=sum(d.bytes_in for d in batch.docs), kept=kept)
         shards.close()
         if rejects is not None:
             rejects.close()

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import xxhash
 
 from llmkit.corpus import filters, normalize
-from llmkit.corpus.minhash import MinHasher
 from llmkit.corpus.config import CleanConfig
+from llmkit.corpus.dedup import ProcessedBatch
+from llmkit.corpus.minhash import MinHasher
 
 
 @dataclass
@@ -26,7 +28,6 @@ class Processed:
     bytes_in: int
     bytes_out: int
     exact_key: bytes = b""
-    band_keys: Optional[list[int]] = None
 
 
 class DocumentProcessor:
@@ -44,12 +45,21 @@ class DocumentProcessor:
             text = text.encode("utf-8", "replace").decode("utf-8")
             encoded = text.encode("utf-8")
         result = Processed(doc_id, source, text, reason, bytes_in, len(encoded))
-        if reason is None:
-            if cfg.exact_dedup:
-                result.exact_key = xxhash.xxh3_128_digest(encoded)
-            if self.hasher is not None:
-                result.band_keys = self.hasher.keys_for(text)
+        if reason is None and cfg.exact_dedup:
+            result.exact_key = xxhash.xxh3_128_digest(encoded)
         return result
+
+    def batch(self, batch: list[tuple[str, str, str]]) -> ProcessedBatch:
+        """Every document of the batch, then the MinHash band keys of the kept ones, all at once."""
+        docs = [self(doc_id, source, text) for doc_id, source, text in batch]
+        if self.hasher is None:
+            return ProcessedBatch(docs)
+        kept = [i for i, doc in enumerate(docs) if doc.reason is None]
+        keys, has = self.hasher.batch_keys([docs[i].text for i in kept])
+        band_keys = np.zeros((len(docs), self.hasher.bands), dtype=np.uint64)
+        has_keys = np.zeros(len(docs), dtype=bool)
+        band_keys[kept], has_keys[kept] = keys, has
+        return ProcessedBatch(docs, band_keys, has_keys)
 
     def _clean_and_filter(self, raw: str) -> tuple[str, Optional[str]]:
         cfg = self.cfg
@@ -99,6 +109,6 @@ def init_worker(cfg: CleanConfig) -> None:
     _PROCESSOR = DocumentProcessor(cfg)
 
 
-def process_batch(batch: list[tuple[str, str, str]]) -> list[Processed]:
+def process_batch(batch: list[tuple[str, str, str]]) -> ProcessedBatch:
     assert _PROCESSOR is not None, "init_worker was not called"
-    return [_PROCESSOR(doc_id, source, text) for doc_id, source, text in batch]
+    return _PROCESSOR.batch(batch)

@@ -1,0 +1,210 @@
+"""De-duplication in input order, a batch at a time: exact (hash of the cleaned text) and near
+(MinHash LSH band keys), the first document of a cluster kept.
+
+The LSH index is a `BandIndex`: one open-addressing hash table per band held in two NumPy arrays
+(64-bit keys, 32-bit ordinals of the kept document) instead of a Python dict per band; a kept
+document costs bands x 12 / load bytes (~350 bytes at 14 bands, against ~1.2 KB for the
+dicts' entries and int objects), and a batch's keys are looked up and inserted with array
+operations. Decisions are exactly the streaming ones: a document is a near duplicate of the
+kept document it shares a key with in the first band (in band order) where it shares one with
+any kept document, earlier in the same batch or before it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+_EMPTY = -1
+_MAX_LOAD = 0.5  # grow (double) above this share of used slots: linear probes stay short
+
+
+class BandIndex:
+    """band key -> ordinal of the kept document that has it, per band (keys of kept documents are distinct per band)."""
+
+    def __init__(self, bands: int, capacity: int = 1 << 12):
+        self.bands = bands
+        self._allocate(capacity)
+        self.size = 0  # keys per band
+
+    def _allocate(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.keys = np.zeros(self.bands * capacity, dtype=np.uint64)
+        self.ordinals = np.full(self.bands * capacity, _EMPTY, dtype=np.int32)
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        """Flat slot where each key of a [n, bands] array starts probing (band b's table starts at b x capacity)."""
+        band = np.arange(self.bands, dtype=np.int64) * self.capacity
+        return (keys & np.uint64(self.capacity - 1)).astype(np.int64) + band
+
+    def _next(self, slots: np.ndarray) -> np.ndarray:
+        """The next slot of the same band's table, wrapping (capacity is a power of two)."""
+        mask = self.capacity - 1
+        return (slots & ~mask) | ((slots + 1) & mask)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """int64 [n, bands]: the ordinal stored for each key, or -1."""
+        flat_keys = keys.ravel()
+        found = np.full(flat_keys.shape, _EMPTY, dtype=np.int64)
+        slots = self._home(keys).ravel()
+        pending = np.arange(len(flat_keys))
+        while len(pending):
+            ordinals = self.ordinals[slots]
+            hit = (ordinals != _EMPTY) & (self.keys[slots] == flat_keys[pending])
+            found[pending[hit]] = ordinals[hit]
+            go_on = (ordinals != _EMPTY) & ~hit
+            pending, slots = pending[go_on], self._next(slots[go_on])
+        return found.reshape(keys.shape)
+
+    def insert(self, keys: np.ndarray, ordinals: np.ndarray) -> None:
+        """Add [n, bands] keys, none of them already present, with each row's ordinal."""
+        if len(keys) == 0:
+            return
+        if (self.size + len(keys)) > _MAX_LOAD * self.capacity:
+            capacity = self.capacity
+            while (self.size + len(keys)) > _MAX_LOAD * capacity:
+                capacity *= 2
+            self._grow(capacity)
+        if ordinals.max() >= np.iinfo(self.ordinals.dtype).max:
+            self.ordinals = self.ordinals.astype(np.int64)
+        self._place(self._home(keys).ravel(), keys.ravel(), np.repeat(ordinals, self.bands))
+        self.size += len(keys)
+
+    def _place(self, slots: np.ndarray, keys: np.ndarray, ordinals: np.ndarray) -> None:
+        while len(slots):
+            free = np.flatnonzero(self.ordinals[slots] == _EMPTY)
+            # Of several keys aiming at one free slot, the last written stays (keys in one band's
+            # table are distinct, so the key read back tells which); the others probe on.
+            self.keys[slots[free]] = keys[free]
+            taken = free[self.keys[slots[free]] == keys[free]]
+            self.ordinals[slots[taken]] = ordinals[taken]
+            rest = np.ones(len(slots), dtype=bool)
+            rest[taken] = False
+            slots, keys, ordinals = self._next(slots[rest]), keys[rest], ordinals[rest]
+
+    def _grow(self, capacity: int) -> None:
+        old_capacity, old_keys, old_ordinals = self.capacity, self.keys, self.ordinals
+        self._allocate(capacity)
+        self.ordinals = self.ordinals.astype(old_ordinals.dtype, copy=False)
+        for band in range(self.bands):  # one band at a time: the temporaries stay 1/bands of the table
+            segment = slice(band * old_capacity, (band + 1) * old_capacity)
+            used = np.flatnonzero(old_ordinals[segment] != _EMPTY)
+            keys = old_keys[segment][used]
+            slots = (keys & np.uint64(capacity - 1)).astype(np.int64) + band * capacity
+            self._place(slots, keys, old_ordinals[segment][used])
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.ordinals.nbytes
+
+
+@dataclass
+class ProcessedBatch:
+    """A batch's documents, with the band keys of those that have any (rows in document order)."""
+
+    docs: list  # list[Processed]
+    band_keys: Optional[np.ndarray] = None  # uint64 [documents, bands]; None without near dedup
+    has_keys: Optional[np.ndarray] = None  # bool [documents]
+
+
+class Deduplicator:
+    """Exact (hash of the cleaned text) and near (MinHash LSH bands) duplicates, first one kept."""
+
+    def __init__(self, exact: bool, bands: int):
+        self.exact: dict[bytes, int] = {}
+        self.bands = bands
+        self.index = BandIndex(bands) if bands else None
+        self.kept = 0  # ordinal of the next kept document
+        self.cluster_sizes: Counter[int] = Counter()  # kept ordinal -> duplicates removed
+
+    def decide(self, batch: ProcessedBatch) -> list[tuple[Optional[str], Optional[int]]]:
+        """(reason, ordinal of the kept document it duplicates) for every document of the batch, in order;
+        (None, None) for a kept one. Kept documents enter the index."""
+        docs = batch.docs
+        decisions: list[tuple[Optional[str], Optional[int]]] = []
+        near = self.index is not None and batch.band_keys is not None
+        if near:
+            rows = np.flatnonzero(batch.has_keys)
+            row_of = np.full(len(docs), -1, dtype=np.int64)
+            row_of[rows] = np.arange(len(rows))
+            keys = batch.band_keys[rows]
+            plan = _BatchPlan(keys, self.index.lookup(keys), self.bands)
+            row_list = row_of.tolist()
+            kept_rows: list[int] = []
+            kept_ordinals: list[int] = []
+            kept_in_group: list[dict[int, int]] = [{} for _ in range(self.bands)]
+        for j, doc in enumerate(docs):
+            if doc.reason:
+                decisions.append((doc.reason, None))
+                continue
+            if doc.exact_key and doc.exact_key in self.exact:
+                of = self.exact[doc.exact_key]
+                self.cluster_sizes[of] += 1
+                decisions.append(("exact_duplicate", of))
+                continue
+            row = row_list[j] if near else -1
+            if row >= 0:
+                of = plan.duplicate_of(row, kept_in_group)
+                if of is not None:
+                    self.cluster_sizes[of] += 1
+                    decisions.append(("near_duplicate", of))
+                    continue
+            ordinal = self.kept
+            self.kept += 1
+            if doc.exact_key:
+                self.exact[doc.exact_key] = ordinal
+            if row >= 0:
+                kept_rows.append(row)
+                kept_ordinals.append(ordinal)
+                plan.mark_kept(row, ordinal, kept_in_group)
+            decisions.append((None, None))
+        if near and kept_rows:
+            self.index.insert(keys[kept_rows], np.array(kept_ordinals, dtype=np.int64))
+        return decisions
+
+
+class _BatchPlan:
+    """What the index already says about a batch's keys, and which rows share a key with an earlier row
+    of the batch (those few are resolved one by one, as the earlier row may or may not be kept)."""
+
+    def __init__(self, keys: np.ndarray, old: np.ndarray, bands: int):
+        n = len(keys)
+        hit = old >= 0
+        first_old = np.where(hit.any(axis=1), hit.argmax(axis=1), bands)
+        order = np.argsort(keys, axis=0, kind="stable")  # per band; equal keys in row order
+        ranked = np.take_along_axis(keys, order, axis=0)
+        same = ranked[1:] == ranked[:-1]  # [n - 1, bands]: sorted row i + 1 has sorted row i's key
+        after_first = np.zeros((n, bands), dtype=bool)
+        after_first[1:] = same
+        shared = after_first.copy()  # in a group of several equal keys
+        shared[:-1] |= same
+        group_sorted = np.cumsum(~after_first, axis=0)
+        self.earlier = np.empty_like(after_first)
+        np.put_along_axis(self.earlier, order, after_first, axis=0)
+        self.shared = np.empty_like(shared)
+        np.put_along_axis(self.shared, order, shared, axis=0)
+        self.group = np.empty_like(group_sorted)
+        np.put_along_axis(self.group, order, group_sorted, axis=0)
+        before_old = np.arange(bands) < first_old[:, None]
+        self.resolve = (self.earlier & before_old).any(axis=1).tolist()
+        self.any_shared = self.shared.any(axis=1).tolist()
+        self.first_old = first_old.tolist()
+        self.old = old
+        self.bands = bands
+
+    def duplicate_of(self, row: int, kept_in_group: list[dict[int, int]]) -> Optional[int]:
+        first_old = self.first_old[row]
+        if self.resolve[row]:
+            for band in np.flatnonzero(self.earlier[row, :first_old]).tolist():
+                of = kept_in_group[band].get(int(self.group[row, band]))
+                if of is not None:
+                    return of
+        return int(self.old[row, first_old]) if first_old < self.bands else None
+
+    def mark_kept(self, row: int, ordinal: int, kept_in_group: list[dict[int, int]]) -> None:
+        if self.any_shared[row]:
+            for band in np.flatnonzero(self.shared[row]).tolist():
+                kept_in_group[band].setdefault(int(self.group[row, band]), ordinal)
