@@ -28,13 +28,22 @@ def ordered_map(
     workers: int,
     initializer: Callable[..., None] | None = None,
     initargs: tuple[Any, ...] = (),
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> Iterator[Result]:
     """`function(item)` for every item, in input order, on `workers` processes (here when workers <= 1).
 
     `initializer(*initargs)` runs once in every process that does work, this one included when
-    workers <= 1. A worker that cannot start (a script without a `__main__` guard, which spawn
+    workers <= 1. `executor="ray"` runs the same map on a Ray cluster (`ray_address`, or a local
+    instance), `workers` actors there (0: one per CPU of the cluster). A worker that cannot start (a script without a `__main__` guard, which spawn
     needs) is a one-line error instead of a pool restarting it forever.
     """
+    if executor == "ray":  # a Ray cluster's actors instead of this machine's processes (llmkit.executor)
+        from llmkit.executor import ray_ordered_map
+
+        yield from ray_ordered_map(function, items, workers=workers, address=ray_address, initializer=initializer,
+                                   initargs=initargs)
+        return
     if workers <= 1:
         if initializer is not None:
             initializer(*initargs)

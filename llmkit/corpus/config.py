@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 from llmkit import config as config_lib
 from llmkit.errors import UserError
-from llmkit.options import Options, option
+from llmkit.executor import Execution
+from llmkit.options import Options, group, option
 
 PRESETS = ("default", "web")
 DOC_PER = ("file", "line", "blank-line")
@@ -123,6 +124,7 @@ class CleanConfig(Options):
     workers: int = option(1, "Worker processes (0: one per core). Output is the same for any value.", panel=OUTPUT, runtime=True,
                           range="[0, inf)")
     seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
+    execution: Execution = group(Execution, panel=OUTPUT)
 
     def __post_init__(self) -> None:
         if isinstance(self.languages, str):  # "en,zh" from the command line or a file

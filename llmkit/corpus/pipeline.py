@@ -72,7 +72,10 @@ def clean(
         with _progress(show_progress) as progress:
             task = progress.add_task("cleaning", total=total, kept=0)
             batches = _batches(sources, options, read_stats)
-            for batch in ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,)):
+            run = cfg.execution
+            on_ray = run.executor == "ray"
+            for batch in ordered_map(process_batch, batches, workers=cfg.workers if on_ray else workers, initializer=init_worker,
+                                     initargs=(cfg,), executor=run.executor, ray_address=run.ray_address):
                 for doc, (reason, duplicate_of) in zip(batch.docs, dedup.decide(batch)):
                     docs_in += 1
                     bytes_in += doc.bytes_in
@@ -103,7 +106,7 @@ def clean(
         elapsed = time.perf_counter() - started
         build.config = cfg.hashed()
         build.seed = cfg.seed
-        build.runtime = {"workers": workers}
+        build.runtime = {"workers": cfg.workers if cfg.execution.executor == "ray" else workers, **cfg.execution.runtime()}
         build.stats = {
             "documents": kept,
             "bytes": bytes_out,

@@ -7,7 +7,8 @@ from typing import Optional
 
 from llmkit.data.special_tokens import DEFAULT_SPECIAL_TOKENS, REQUIRED_SPECIAL_TOKENS
 from llmkit.errors import UserError
-from llmkit.options import Options, comma_list, option
+from llmkit.executor import Execution
+from llmkit.options import Options, comma_list, group, option
 
 BYTE_ALPHABET = 256
 
@@ -53,3 +54,4 @@ class TokenizeConfig(Options):
     batch_size: int = option(2048, "Documents per encoding batch.", runtime=True, range="[1, inf)")
     fast: bool = option(True, "Encode through tiktoken built from our merges, when it applies.", flags=("--fast/--no-fast",),
                         runtime=True)
+    execution: Execution = group(Execution)

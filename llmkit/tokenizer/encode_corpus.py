@@ -20,6 +20,7 @@ from llmkit.data.corpus import count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
 from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
 from llmkit.errors import UserError
+from llmkit.executor import Execution
 from llmkit.parallel import ordered_map
 from llmkit.tokenizer.config import TokenizeConfig
 
@@ -142,8 +143,10 @@ class _Encoder:
     """Encodes record batches in order on `workers` processes (llmkit.parallel.ordered_map), and
     counts the documents the tiktoken fast path was checked on."""
 
-    def __init__(self, tokenizer_dir: Path, workers: int, use_fast: bool, add_bos: bool, check_every: int = 128):
+    def __init__(self, tokenizer_dir: Path, workers: int, use_fast: bool, add_bos: bool, check_every: int = 128,
+                 execution: Execution | None = None):
         self.workers = workers
+        self.execution = execution or Execution()
         self.init_args = (str(tokenizer_dir), use_fast, add_bos, check_every)
         self.checked = 0
         fast = load_tokenizer(tokenizer_dir).fast_encoding if use_fast else None
@@ -151,7 +154,8 @@ class _Encoder:
 
     def map(self, batches):
         for result in ordered_map(_encode_batch, enumerate(batches), workers=self.workers, initializer=_init_worker,
-                                  initargs=self.init_args):
+                                  initargs=self.init_args, executor=self.execution.executor,
+                                  ray_address=self.execution.ray_address):
             yield self._checked(result)
 
     def _checked(self, result):
@@ -241,19 +245,21 @@ def tokenize_corpus(
     plan, split_summary = split_plan(document_groups(corpus), config.val_fraction, config.seed)
     # Spawning workers costs about a second: a corpus of one batch is encoded in-process.
     processes = worker_count(config.workers) if num_docs > config.batch_size else 1
+    if config.execution.executor == "ray":
+        processes = config.workers  # actors on the cluster; 0 = one per CPU there
     total_bytes = corpus.stats.get("bytes")
 
     dtype = token_dtype(tok.vocab_size)
 
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path]) as build:
-        encoder = _Encoder(tok_dir, processes, config.fast, config.add_bos)
+        encoder = _Encoder(tok_dir, processes, config.fast, config.add_bos, execution=config.execution)
         try:
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
         except _FastPathMismatch as exc:
             err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
-            encoder = _Encoder(tok_dir, processes, use_fast=False, add_bos=config.add_bos)
+            encoder = _Encoder(tok_dir, processes, use_fast=False, add_bos=config.add_bos, execution=config.execution)
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
@@ -270,7 +276,8 @@ def tokenize_corpus(
         build.seed = config.seed
         build.add_input("corpus", corpus)
         build.add_input("tokenizer", tok_art)
-        build.runtime = {"workers": processes, "batch_size": config.batch_size, "encoder": encoder.name}
+        build.runtime = {"workers": processes, "batch_size": config.batch_size, "encoder": encoder.name,
+                         **config.execution.runtime()}
         build.stats = {
             "dtype": dtype.name,
             "vocab_size": tok.vocab_size,

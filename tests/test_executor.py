@@ -1,0 +1,107 @@
+"""`--executor ray`: the data stages on a (local) Ray instance give the artifacts this machine's
+processes give, survive a killed worker, and say how to install Ray when it is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from llmkit import artifacts
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")  # CI installs the extra
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for the module; the stages join it instead of starting their own."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def _documents_with_planted_near_copies(shared_data, tmp_path):
+    """Shakespeare's paragraphs, with near copies of early ones planted thousands of documents later,
+    so the copies fall in other batches (and other workers) than their originals."""
+    paragraphs = [p.strip() for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    originals = [p for p in paragraphs[:400] if len(p.split()) > 60][:5]
+    assert len(originals) == 5
+    planted = []
+    for text in originals:
+        words = text.split()
+        words[len(words) // 2] = "changed"  # one word: far above the near-duplicate threshold
+        planted.append(" ".join(words))
+    docs = paragraphs[:3000] + planted + paragraphs[3000:]
+    path = tmp_path / "planted.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs), encoding="utf-8")
+    return path, planted
+
+
+def test_clean_and_tokenize_on_ray_equal_the_local_executor(ray_instance, shared_data, cli, tmp_path):
+    data, planted = _documents_with_planted_near_copies(shared_data, tmp_path)
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert cli("clean", data, "-o", local, "--keep-rejects", "--workers", "1").exit_code == 0
+    result = cli("clean", data, "-o", on_ray, "--keep-rejects", "--executor", "ray", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(on_ray).fingerprint == artifacts.load(local).fingerprint
+    rejects = [json.loads(line) for line in (on_ray / "rejects.jsonl").read_text().splitlines()]
+    near = {r["text"] for r in rejects if r["reason"] == "near_duplicate"}
+    assert set(planted) <= near  # every planted copy found, though its original sits thousands of documents (batches) earlier
+    assert (on_ray / "rejects.jsonl").read_bytes() == (local / "rejects.jsonl").read_bytes()
+    assert artifacts.load(on_ray).manifest.runtime["executor"] == "ray"
+    # Chinese (characters as words) and JSONL records, on both executors
+    for name, extra in (("chinese.txt", ["--doc-per", "blank-line"]), ("summarization/train.jsonl", ["--text-field", "document"])):
+        a, b = tmp_path / f"{name.replace('/', '-')}-local", tmp_path / f"{name.replace('/', '-')}-ray"
+        assert cli("clean", shared_data / name, "-o", a, *extra).exit_code == 0
+        result = cli("clean", shared_data / name, "-o", b, *extra, "--executor", "ray")
+        assert result.exit_code == 0, result.output
+        assert artifacts.load(b).fingerprint == artifacts.load(a).fingerprint
+
+    tokenizer = tmp_path / "tok"
+    assert cli("tokenizer", "train", local, "-o", tokenizer, "--vocab-size", "600").exit_code == 0
+    tokens_local, tokens_ray = tmp_path / "tokens-local", tmp_path / "tokens-ray"
+    assert cli("tokenize", local, "-t", tokenizer, "-o", tokens_local, "--batch-size", "256", "--workers", "1").exit_code == 0
+    result = cli("tokenize", local, "-t", tokenizer, "-o", tokens_ray, "--batch-size", "256", "--executor", "ray", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tokens_ray).fingerprint == artifacts.load(tokens_local).fingerprint
+
+
+def test_a_killed_worker_is_restarted_and_nothing_is_lost_or_repeated(ray_instance, tmp_path):
+    from llmkit.executor import ray_ordered_map
+
+    marker = str(tmp_path / "crashed")
+
+    def square_or_die_once(x):  # a closure: Ray ships it by value to the workers
+        import os
+
+        if x == 7 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # the worker process dies mid-task, as a lost node would
+        return x * x
+
+    results = list(ray_ordered_map(square_or_die_once, range(40), workers=2, address=None))
+    assert os.path.exists(marker)  # it did die
+    assert results == [x * x for x in range(40)]
+
+
+def test_a_stage_error_in_a_worker_is_one_line(ray_instance, tmp_path, cli):
+    from llmkit.errors import UserError
+    from llmkit.executor import ray_ordered_map
+
+    def refuse(x):
+        raise UserError(f"item {x} is bad; fix it")
+
+    with pytest.raises(UserError, match="item 0 is bad; fix it"):
+        list(ray_ordered_map(refuse, range(3), workers=1, address=None))
+
+
+def test_executor_ray_without_ray_installed_is_a_one_line_error(shared_data, cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    out = tmp_path / "out"
+    result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", out, "--executor", "ray")
+    assert result.exit_code != 0
+    assert "pip install 'llmkit[ray]'" in result.output and "Traceback" not in result.output
+    assert not out.exists()
