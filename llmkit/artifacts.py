@@ -439,7 +439,7 @@ def _remove_stale_temporaries(out: Path) -> None:
 
 @contextlib.contextmanager
 def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
-           lock: bool = True) -> Iterator[ArtifactBuilder]:
+           lock: bool = True, resume_key: str | None = None) -> Iterator[ArtifactBuilder]:
     """Build an artifact atomically.
 
         with artifacts.create(out, "corpus", force=force, inputs=[source]) as build:
@@ -450,31 +450,50 @@ def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[
     paths the stage reads, which `out` may neither be, lie in nor contain (see check_output).
     """
     out = Path(out)
-    with atomic_directory(out, force=force, inputs=inputs, lock=lock) as tmp:
+    with atomic_directory(out, force=force, inputs=inputs, lock=lock, resume_key=resume_key) as tmp:
         builder = ArtifactBuilder(kind, tmp, out)
         yield builder
         _write_text_atomic(tmp / MANIFEST, builder.manifest().to_json())
 
 
+RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue from it (llmkit.corpus.resume)
+
+
 @contextlib.contextmanager
 def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
-                     lock: bool = True) -> Iterator[Path]:
+                     lock: bool = True, resume_key: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `out`; rename it to `out` on success, remove it on any error.
 
     For directories that are not artifacts (an exported transformers folder) as well as artifacts.
     `lock=False` is for a writer that already holds the lock of an enclosing output (a training
     run writing its intermediate checkpoints).
+
+    `resume_key` (a digest of everything the output depends on) makes the sibling
+    `.OUT.partial-KEY`, kept when the stage is interrupted (killed, Ctrl-C, a full disk) after it
+    wrote a completion marker (RESUME_MARKER), so that a rerun with the same key continues in it;
+    partial outputs of other keys (another input or config) are removed, never continued. Without
+    a marker, or on a one-line UserError (a rerun would fail the same way), it is removed.
     """
     out = check_output(out, force, inputs=list(inputs))
     with output_lock(out) if lock else contextlib.nullcontext():
         if out.exists() and not force:  # made by another run since the check above
             raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+        parent = out.resolve().parent
+        if resume_key is None:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        else:
+            tmp = parent / f".{out.name}.partial-{resume_key[:16]}"
+            for stale in parent.glob(f".{out.name}.partial-*"):
+                if stale != tmp:
+                    shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir(exist_ok=True)
         try:
             yield tmp
             _replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as exc:
+            resumable = resume_key is not None and (tmp / RESUME_MARKER).is_file() and not isinstance(exc, UserError)
+            if not resumable:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 

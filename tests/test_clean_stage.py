@@ -63,7 +63,7 @@ def test_corpus_artifact_format_and_datasets_round_trip(shared_data, tmp_path):
     ids = table.column("id").to_pylist()
     assert len(set(ids)) == len(ids) and ids[0].startswith("sentiment/test.jsonl:1".split("/")[0])
     assert not any(str(tmp_path) in s for s in table.column("source").to_pylist())
-    assert art.manifest.runtime == {"workers": 1} and "workers" not in art.config
+    assert art.manifest.runtime == {"workers": 1, "executor": "local", "ray_address": None} and "workers" not in art.config
     loaded = datasets.load_dataset(
         "parquet", data_files=str(out / "shards" / "*.parquet"), split="train", cache_dir=str(datasets_cache_dir())
     )
@@ -97,7 +97,7 @@ def test_two_workers_give_the_same_artifact(shared_data, tmp_path):
     one = artifacts.load(_clean(inputs, tmp_path / "one", replace(cfg, workers=1)))
     two = artifacts.load(_clean(inputs, tmp_path / "two", replace(cfg, workers=2)))
     assert one.fingerprint == two.fingerprint
-    assert two.manifest.runtime == {"workers": 2}
+    assert two.manifest.runtime == {"workers": 2, "executor": "local", "ray_address": None}
     assert one.stats["dropped"] == two.stats["dropped"] and one.stats["dropped"]
 
 
@@ -171,3 +171,73 @@ def test_lone_surrogates_and_mojibake_are_repaired(tmp_path):
         texts = _texts(out)
         assert len(texts) == 2 and all(t.encode("utf-8") for t in texts)
     assert _texts(tmp_path / "out-True")[1] == "The Mona Lisa doesn’t have eyebrows."
+
+
+def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact(shared_data, tmp_path):
+    """SIGKILL the stage after a few shards; the rerun continues from the completion marker (not from
+    the start) and the artifact is the one an uninterrupted run writes, rejects file included."""
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from llmkit import artifacts
+
+    paragraphs = [p.strip() for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    rows = []
+    for copy in range(8):  # distinct enough to be kept, with exact and near copies planted among them
+        for text in paragraphs:
+            words = text.split()
+            if copy:
+                words = [w[::-1] + str(copy) if i % 2 == 0 else w for i, w in enumerate(words)]
+            rows.append(" ".join(words))
+        rows += paragraphs[:50]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows), encoding="utf-8")
+    flags = ["--shard-mb", "1", "--keep-rejects"]
+    command = [sys.executable, "-m", "llmkit", "clean", str(data), *flags]
+
+    straight = tmp_path / "straight"
+    assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "-o", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    shards_done = 0
+    while time.time() < deadline and process.poll() is None:
+        markers = glob.glob(str(tmp_path / ".killed.partial-*" / "resume.json"))
+        if markers:
+            try:
+                shards_done = len(json.loads(open(markers[0]).read())["shards"])
+            except (OSError, ValueError):
+                shards_done = 0
+            if shards_done >= 3:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait()
+    assert shards_done >= 3, "the run ended before it could be interrupted"
+    assert not killed.exists()  # nothing at the output path, only the hidden partial folder
+
+    result = subprocess.run([*command, "-o", str(killed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    import re
+
+    resumed = re.search(r"resuming the interrupted run: (\d+) shard\(s\)", result.stderr)
+    assert resumed and int(resumed.group(1)) >= shards_done  # (one more may have closed before the kill landed)
+    assert artifacts.load(killed).fingerprint == artifacts.load(straight).fingerprint
+    assert (killed / "rejects.jsonl").read_bytes() == (straight / "rejects.jsonl").read_bytes()
+    assert not glob.glob(str(tmp_path / ".killed.partial-*"))
+    # Shards are cut by size alone: each holds at least --shard-mb of text but the last (no one-document shards)
+    sizes = [sum(len(t.encode()) for t in pq.read_table(p).column("text").to_pylist())
+             for p in sorted((straight / "shards").iterdir())]
+    assert len(sizes) > 3 and min(sizes[:-1]) >= 1 << 20
+    # A partial folder of another run (another input or config) is removed, never continued
+    other = tmp_path / "other"
+    stale = tmp_path / ".other.partial-0123456789abcdef"
+    (stale / "shards").mkdir(parents=True)
+    (stale / "resume.json").write_text("{}")
+    result = subprocess.run([*command, "-o", str(other)], capture_output=True, text=True)
+    assert result.returncode == 0 and "resuming" not in result.stderr and not stale.exists()
+    assert artifacts.load(other).fingerprint == artifacts.load(straight).fingerprint

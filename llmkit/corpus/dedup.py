@@ -100,6 +100,13 @@ class BandIndex:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.ordinals.nbytes
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"index_keys": self.keys, "index_ordinals": self.ordinals, "index_size": np.array([self.size, self.capacity])}
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self.size, self.capacity = (int(v) for v in arrays["index_size"])
+        self.keys, self.ordinals = arrays["index_keys"], arrays["index_ordinals"]
+
 
 @dataclass
 class ProcessedBatch:
@@ -119,6 +126,29 @@ class Deduplicator:
         self.index = BandIndex(bands) if bands else None
         self.kept = 0  # ordinal of the next kept document
         self.cluster_sizes: Counter[int] = Counter()  # kept ordinal -> duplicates removed
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything the index holds, as arrays (an interrupted clean resumes from them: llmkit.corpus.resume)."""
+        exact_keys = list(self.exact)
+        clusters = sorted(self.cluster_sizes.items())
+        arrays = {
+            # 16-byte digests as uint8 rows (NumPy's bytes dtype would drop trailing zero bytes)
+            "exact_keys": np.frombuffer(b"".join(exact_keys), dtype=np.uint8).reshape(-1, 16),
+            "exact_ordinals": np.fromiter((self.exact[k] for k in exact_keys), dtype=np.int64, count=len(exact_keys)),
+            "cluster_ordinals": np.array([k for k, _ in clusters], dtype=np.int64),
+            "cluster_sizes": np.array([v for _, v in clusters], dtype=np.int64),
+            "kept": np.array([self.kept], dtype=np.int64),
+        }
+        if self.index is not None:
+            arrays.update(self.index.arrays())
+        return arrays
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self.exact = dict(zip((row.tobytes() for row in arrays["exact_keys"]), arrays["exact_ordinals"].tolist()))
+        self.cluster_sizes = Counter(dict(zip(arrays["cluster_ordinals"].tolist(), arrays["cluster_sizes"].tolist())))
+        self.kept = int(arrays["kept"][0])
+        if self.index is not None:
+            self.index.restore(arrays)
 
     def decide(self, batch: ProcessedBatch) -> list[tuple[Optional[str], Optional[int]]]:
         """(reason, ordinal of the kept document it duplicates) for every document of the batch, in order;

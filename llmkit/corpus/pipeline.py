@@ -7,12 +7,16 @@ flight, and only the de-duplication index (a dict entry per kept document for ex
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
 from llmkit import artifacts
+from llmkit.console import err
+from llmkit.corpus import resume
 from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.dedup import Deduplicator
 from llmkit.corpus.process import init_worker, process_batch
@@ -39,6 +43,11 @@ def _batches(sources: list[Source], options: ReadOptions, read_stats: ReadStats)
         yield batch
 
 
+def _skip(batches: Iterator, count: int) -> Iterator:
+    """The batches after the first `count` (which are read, so that the input position is right)."""
+    return islice(batches, count, None)
+
+
 def clean(
     inputs: list[str],
     out: Path | str,
@@ -60,40 +69,78 @@ def clean(
     read_stats = ReadStats()
     started = time.perf_counter()
 
-    with artifacts.create(out, "corpus", force=force, inputs=read) as build:
+    key = resume.run_key(cfg.hashed(), sources)
+    with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
+        marker = resume.load(build.dir)
         shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
-        rejects = RejectWriter(build.dir / "rejects.jsonl") if cfg.keep_rejects else None
         dedup = Deduplicator(cfg.exact_dedup, cfg.bands if cfg.near_dedup else 0)
         kept_ids: list[str] = []  # ordinal -> id, only to name `duplicate_of` in the rejects file
         dropped: Counter[str] = Counter()
-        docs_in = bytes_in = kept = bytes_out = 0
+        counts = {"docs_in": 0, "bytes_in": 0, "kept": 0, "bytes_out": 0}
+        done_batches, pending_decisions, skip_docs = 0, None, 0
+        if marker is None:
+            shutil.rmtree(build.dir / "shards", ignore_errors=True)  # a run killed before its first shard closed
+            (build.dir / "rejects.jsonl").unlink(missing_ok=True)
+        else:
+            state, arrays = marker
+            done_batches, skip_docs = state["batches"], state["docs_of_batch"]
+            pending_decisions = [tuple(d) for d in state["decisions"]]
+            counts, dropped, kept_ids = state["counts"], Counter(state["dropped"]), state["kept_ids"]
+            dedup.restore(arrays)
+            shards.resume(state["shards"])
+            if show_progress:
+                err.print(f"resuming the interrupted run: {len(state['shards'])} shard(s), {counts['docs_in']:,} documents done",
+                          soft_wrap=True, markup=False)
+        rejects = RejectWriter(build.dir / "rejects.jsonl", resume_at=marker[0]["rejects_bytes"] if marker else None) \
+            if cfg.keep_rejects else None
+
+        def checkpoint(batches_before: int, docs_of_batch: int, decisions) -> None:
+            """Everything up to this closed shard is on disk: say so (the rerun's starting point)."""
+            state = {"batches": batches_before, "docs_of_batch": docs_of_batch, "decisions": decisions,
+                     "counts": counts, "dropped": dict(dropped), "kept_ids": kept_ids, "shards": list(shards.shards),
+                     "rejects_bytes": rejects.offset() if rejects is not None else 0}
+            resume.save(build.dir, state, dedup.arrays())
 
         total = sum(s.size for s in sources) if all(s.size is not None for s in sources) else None
         with _progress(show_progress) as progress:
-            task = progress.add_task("cleaning", total=total, kept=0)
+            task = progress.add_task("cleaning", total=total, kept=counts["kept"], completed=counts["bytes_in"])
             batches = _batches(sources, options, read_stats)
+            if done_batches:
+                # Finished batches are read (the input position) but not processed again.
+                batches = _skip(batches, done_batches)
             run = cfg.execution
             on_ray = run.executor == "ray"
-            for batch in ordered_map(process_batch, batches, workers=cfg.workers if on_ray else workers, initializer=init_worker,
-                                     initargs=(cfg,), executor=run.executor, ray_address=run.ray_address):
-                for doc, (reason, duplicate_of) in zip(batch.docs, dedup.decide(batch)):
-                    docs_in += 1
-                    bytes_in += doc.bytes_in
+            results = ordered_map(process_batch, batches, workers=cfg.workers if on_ray else workers, initializer=init_worker,
+                                  initargs=(cfg,), executor=run.executor, ray_address=run.ray_address)
+            for number, batch in enumerate(results, start=done_batches):
+                # The batch a shard closed in keeps the decisions made for it (the index already holds them).
+                decisions = pending_decisions if pending_decisions is not None else dedup.decide(batch)
+                pending_decisions = None
+                first = skip_docs
+                skip_docs = 0
+                for j in range(first, len(batch.docs)):
+                    doc, (reason, duplicate_of) = batch.docs[j], decisions[j]
+                    counts["docs_in"] += 1
+                    counts["bytes_in"] += doc.bytes_in
                     if reason is None:
-                        shards.add(doc.id, doc.text, doc.source, doc.bytes_out)
+                        closed = shards.add(doc.id, doc.text, doc.source, doc.bytes_out)
                         if rejects is not None:
                             kept_ids.append(doc.id)
-                        kept += 1
-                        bytes_out += doc.bytes_out
+                        counts["kept"] += 1
+                        counts["bytes_out"] += doc.bytes_out
+                        if closed:
+                            checkpoint(number, j + 1, decisions)
                         continue
                     dropped[reason] += 1
                     if rejects is not None:
                         of = kept_ids[duplicate_of] if duplicate_of is not None else None
                         rejects.add(doc.id, doc.source, reason, doc.text, of)
-                progress.update(task, advance=sum(d.bytes_in for d in batch.docs), kept=kept)
+                progress.update(task, advance=sum(d.bytes_in for d in batch.docs[first:]), kept=counts["kept"])
         shards.close()
         if rejects is not None:
             rejects.close()
+        resume.remove(build.dir)
+        docs_in, bytes_in, kept, bytes_out = counts["docs_in"], counts["bytes_in"], counts["kept"], counts["bytes_out"]
 
         if docs_in == 0:
             raise UserError(f"no documents found in {_describe(sources)}: the input is empty; check the files")

@@ -30,7 +30,8 @@ class ShardWriter:
         self._rows: dict[str, list[str]] = {"id": [], "text": [], "source": []}
         self._pending_bytes = 0
 
-    def add(self, doc_id: str, text: str, source: str, size: int) -> None:
+    def add(self, doc_id: str, text: str, source: str, size: int) -> bool:
+        """Append one document; True when this closed a shard (every document so far is on disk)."""
         self._rows["id"].append(doc_id)
         self._rows["text"].append(text)
         self._rows["source"].append(source)
@@ -40,6 +41,16 @@ class ShardWriter:
         if self._shard_bytes >= self.max_bytes:
             self._flush()
             self._close_shard()
+            return True
+        return False
+
+    def resume(self, shards: list[str]) -> None:
+        """Continue after these closed shards; a shard an interrupted run left half-written is dropped."""
+        self.shards = list(shards)
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                if path.name not in self.shards:
+                    path.unlink()
 
     def _flush(self) -> None:
         if not self._rows["id"]:
@@ -59,6 +70,7 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._shard_bytes = 0  # (left stale, the next document alone made a shard of its own)
 
     def close(self) -> None:
         self._flush()
@@ -68,9 +80,20 @@ class ShardWriter:
 class RejectWriter:
     """`rejects.jsonl`: one {"id", "source", "reason", "duplicate_of", "text"} object per dropped document."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_at: int | None = None):
+        """`resume_at`: continue a file an interrupted run wrote, cut back to that many bytes."""
         self.path = path
-        self._handle: IO[str] = open(path, "w", encoding="utf-8")
+        if resume_at is None:
+            self._handle: IO[str] = open(path, "w", encoding="utf-8")
+        else:
+            with open(path, "r+b") as raw:
+                raw.truncate(resume_at)
+            self._handle = open(path, "a", encoding="utf-8")
+
+    def offset(self) -> int:
+        """Bytes written so far, all of them on disk."""
+        self._handle.flush()
+        return self._handle.tell()
 
     def add(self, doc_id: str, source: str, reason: str, text: str, duplicate_of: Optional[str] = None) -> None:
         record = {"id": doc_id, "source": source, "reason": reason}
