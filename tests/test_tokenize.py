@@ -223,3 +223,41 @@ def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):
     art = artifacts.load(out)
     assert art.manifest.files == artifacts.load(tokens).manifest.files  # the very same shards
     assert {i["role"]: i["kind"] for i in art.manifest.inputs} == {"corpus": "corpus", "tokenizer": "checkpoint"}
+
+
+def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_artifact(corpus, tokenizer, tmp_path):
+    import glob
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "llmkit", "tokenize", str(corpus), "-t", str(tokenizer), "--batch-size", "32",
+               "--workers", "1", "--shard-tokens", "20000"]
+    straight = tmp_path / "straight"
+    assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "-o", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and process.poll() is None:
+        markers = glob.glob(str(tmp_path / ".killed.partial-*" / "resume.json"))
+        if markers:
+            try:
+                done = json.loads(open(markers[0]).read())["batches"]
+            except (OSError, ValueError, KeyError):
+                done = 0
+            if done >= 16:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    process.wait()
+    assert done >= 16, "the run ended before it could be interrupted"
+    assert not killed.exists()
+
+    result = subprocess.run([*command, "-o", str(killed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resuming the interrupted run" in result.stderr
+    assert artifacts.load(killed).fingerprint == artifacts.load(straight).fingerprint
+    assert not glob.glob(str(tmp_path / ".killed.partial-*"))

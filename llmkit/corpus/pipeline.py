@@ -16,13 +16,13 @@ from typing import Iterator
 
 from llmkit import artifacts
 from llmkit.console import err
-from llmkit.corpus import resume
 from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.dedup import Deduplicator
 from llmkit.corpus.process import init_worker, process_batch
 from llmkit.corpus.sources import ReadOptions, ReadStats, Source, resolve_inputs
 from llmkit.corpus.writer import RejectWriter, ShardWriter
 from llmkit.errors import UserError
+from llmkit import resume
 from llmkit.parallel import ordered_map
 
 _BATCH_DOCS = 256
@@ -69,7 +69,7 @@ def clean(
     read_stats = ReadStats()
     started = time.perf_counter()
 
-    key = resume.run_key(cfg.hashed(), sources)
+    key = resume.digest({"stage": "clean", "config": cfg.hashed(), "inputs": [resume.file_identity(s.label, s.size) for s in sources]})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         marker = resume.load(build.dir)
         shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)

@@ -89,6 +89,34 @@ class ShardWriter:
     def close(self) -> None:
         self._close_current()
 
+    def state(self) -> tuple[dict, np.ndarray]:
+        """Where the writer stands, everything so far flushed to disk (an interrupted tokenize resumes from it)."""
+        open_bytes = 0
+        if self._handle is not None:
+            self._handle.flush()
+            open_bytes = self._handle.tell()
+        starts = np.concatenate(self._starts) if self._starts else np.zeros(0, dtype=np.int64)
+        meta = {"shards": list(self.shards), "tokens": self.tokens, "documents": self.documents, "size": self._size,
+                "open": self._handle is not None, "open_bytes": open_bytes}
+        return meta, starts
+
+    def restore(self, meta: dict, starts: np.ndarray) -> None:
+        """Continue where `state` was taken: later files an interrupted run wrote are dropped, the open
+        shard is cut back to its recorded length and appended to."""
+        self.shards, self.tokens, self.documents = list(meta["shards"]), meta["tokens"], meta["documents"]
+        names = set(self.shards)
+        if self.dir.is_dir():
+            for path in self.dir.iterdir():
+                if path.name.split(".")[0] not in names:
+                    path.unlink()
+        if meta["open"]:
+            path = self.dir / f"{self.shards[-1]}.bin"
+            (self.dir / f"{self.shards[-1]}.docs.npy").unlink(missing_ok=True)
+            with open(path, "r+b") as raw:
+                raw.truncate(meta["open_bytes"])
+            self._handle = open(path, "ab")  # noqa: SIM115 - open across write() calls, closed in close()
+            self._starts, self._size = [starts.astype(np.int64)], meta["size"]
+
 
 def _as_tokens(artifact_or_path: artifacts.Artifact | Path | str) -> artifacts.Artifact:
     if isinstance(artifact_or_path, artifacts.Artifact):

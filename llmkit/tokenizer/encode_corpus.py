@@ -8,14 +8,16 @@ round(n * val_fraction) of them for validation, so the split depends only on (co
 
 from __future__ import annotations
 
+import shutil
 import time
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llmkit import artifacts
+from llmkit import artifacts, resume
+from llmkit.console import err
 from llmkit.data.corpus import count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
 from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
@@ -29,6 +31,7 @@ class _FastPathMismatch(Exception):
     """tiktoken disagreed with tokenizers on a checked document: redo the run on the tokenizers path."""
 
 
+CHECKPOINT_EVERY = 8  # batches between completion markers (a resumed run redoes at most this many)
 TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its tail to validation
 
 
@@ -178,10 +181,33 @@ def _encode_into(
     split_bytes = {split: 0 for split in SPLITS}
     doc_index = 0
     total_tokens = 0
+    done_batches = 0
+    marker = resume.load(build_dir)
+    if marker is None:
+        for split in SPLITS:  # a run killed before its first marker
+            shutil.rmtree(build_dir / split, ignore_errors=True)
+    else:
+        state, arrays = marker
+        done_batches, doc_index, total_tokens, split_bytes = (state["batches"], state["doc_index"], state["tokens"],
+                                                              state["split_bytes"])
+        for split, writer in writers.items():
+            writer.restore(state["writers"][split], arrays[f"{split}_starts"])
+        err.print(f"resuming the interrupted run: {doc_index:,} documents done", soft_wrap=True, markup=False)
+
+    def checkpoint(batches: int) -> None:
+        metas, arrays = {}, {}
+        for split, writer in writers.items():
+            metas[split], arrays[f"{split}_starts"] = writer.state()
+        resume.save(build_dir, {"batches": batches, "doc_index": doc_index, "tokens": total_tokens,
+                                "split_bytes": split_bytes, "writers": metas}, arrays)
+
     started = time.perf_counter()
+    texts = iter_corpus_texts(corpus, config.batch_size)
+    if done_batches:
+        texts = islice(texts, done_batches, None)  # read (the input position) but not encoded again
     with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
-        task = bar.add_task("tokenizing", total=total_bytes, rate="")
-        for sizes, flat, lengths in encoder.map(iter_corpus_texts(corpus, config.batch_size)):
+        task = bar.add_task("tokenizing", total=total_bytes, rate="", completed=sum(split_bytes.values()))
+        for number, (sizes, flat, lengths) in enumerate(encoder.map(texts), start=done_batches + 1):
             batch_plan = plan[doc_index : doc_index + len(sizes)]
             doc_index += len(sizes)
             present = sizes > 0  # empty documents hold no tokens and are skipped
@@ -204,8 +230,11 @@ def _encode_into(
             total_tokens += len(flat)
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.update(task, advance=int(sizes.sum()), rate=f"{total_tokens / elapsed / 1e6:.2f}M tok/s")
+            if number % CHECKPOINT_EVERY == 0:
+                checkpoint(number)
     for writer in writers.values():
         writer.close()
+    resume.remove(build_dir)
     seconds = time.perf_counter() - started
     total = sum(split_bytes.values())
     per_split = {
@@ -251,7 +280,9 @@ def tokenize_corpus(
 
     dtype = token_dtype(tok.vocab_size)
 
-    with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path]) as build:
+    key = resume.digest({"stage": "tokenize", "config": config.hashed(), "batch_size": config.batch_size,
+                         "inputs": [corpus.fingerprint, tok_art.fingerprint]})
+    with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok_dir, processes, config.fast, config.add_bos, execution=config.execution)
         try:
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
@@ -259,6 +290,7 @@ def tokenize_corpus(
             err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
+            resume.remove(build.dir)
             encoder = _Encoder(tok_dir, processes, use_fast=False, add_bos=config.add_bos, execution=config.execution)
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
         if per_split["train"]["tokens"] == 0:

@@ -1,14 +1,15 @@
-"""Continuing an interrupted `llmkit clean` where it stopped, not from the beginning.
+"""Continuing an interrupted data stage where it stopped, not from the beginning.
 
-The stage writes into `.OUT.partial-KEY` (llmkit.artifacts.atomic_directory), where KEY is a
-digest of the config and of every input's identity (path, size, modification time), so a rerun
-continues only the very run that was interrupted and never mixes two runs' outputs. Each time a
-shard is closed, the driver records in that folder what it has done (a completion marker for
-everything up to that shard): the batches consumed, the decisions of the batch being written,
-the de-duplication index, the counters and the length of the rejects file. A rerun reads the
-marker, skips the finished batches without processing them (they are still read, to keep the
-input position), restores the index and continues writing: the artifact is the same, byte for
-byte, as a run that was never interrupted.
+A stage built with `artifacts.create(..., resume_key=KEY)` writes into `.OUT.partial-KEY`, where
+KEY is a digest of everything the output depends on (the hashed config, each input's identity,
+the batching), so a rerun continues only the very run that was interrupted and never mixes two
+runs' outputs. At points where everything written so far is on disk, the stage records a
+completion marker there (`save`): its position in the input and the state it needs to go on
+(counters, an index, its writers' positions). A rerun `load`s it, skips the finished part of
+the input without processing it, and continues: the artifact is the same, byte for byte, as a
+run that never stopped. `remove` drops the marker before the folder becomes the artifact.
+
+Used by `llmkit clean` (a marker per closed shard) and `llmkit tokenize` (every few batches).
 """
 
 from __future__ import annotations
@@ -26,18 +27,19 @@ from llmkit.artifacts import RESUME_MARKER
 STATE = RESUME_MARKER
 
 
-def run_key(config: dict[str, Any], sources: list) -> str:
-    """Digest of what the output depends on: the hashed config and each input's identity."""
-    inputs = []
-    for source in sources:
-        path = Path(source.label)
-        if path.is_file():
-            stat = path.stat()
-            inputs.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
-        else:  # a dataset name or a built-in corpus: its label names it
-            inputs.append([source.label, source.size])
-    document = json.dumps({"config": config, "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(document.encode()).hexdigest()
+def digest(document: Any) -> str:
+    """The resume key of a JSON-able description of a run."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_identity(label: str, size: int | None = None) -> list:
+    """An input's identity without reading it: resolved path, size and modification time for a
+    file; its label (a dataset name, a built-in corpus) otherwise."""
+    path = Path(label)
+    if path.is_file():
+        stat = path.stat()
+        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [label, size]
 
 
 def save(directory: Path, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
