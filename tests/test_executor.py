@@ -43,8 +43,8 @@ def _documents_with_planted_near_copies(shared_data, tmp_path):
 def test_clean_and_tokenize_on_ray_equal_the_local_executor(ray_instance, shared_data, cli, tmp_path):
     data, planted = _documents_with_planted_near_copies(shared_data, tmp_path)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    assert cli("clean", data, "-o", local, "--keep-rejects", "--workers", "1").exit_code == 0
-    result = cli("clean", data, "-o", on_ray, "--keep-rejects", "--executor", "ray", "--workers", "2")
+    assert cli("clean", data, "-o", local, "--keep-rejects", "--workers", "1", "--shard-mb", "1").exit_code == 0
+    result = cli("clean", data, "-o", on_ray, "--keep-rejects", "--executor", "ray", "--workers", "2", "--shard-mb", "1")
     assert result.exit_code == 0, result.output
     assert artifacts.load(on_ray).fingerprint == artifacts.load(local).fingerprint
     rejects = [json.loads(line) for line in (on_ray / "rejects.jsonl").read_text().splitlines()]
