@@ -1,16 +1,28 @@
-"""Benchmark: `llmkit pretrain` vs a plain PyTorch loop over transformers.GPT2LMHeadModel.
+"""Benchmark: a `llmkit pretrain` step vs two plain-PyTorch references at the same shape.
 
-Both sides train the same GPT-2-shaped model (LayerNorm, learned positions, GELU, biases, tied
-embeddings, no dropout) on the same token windows of tinyshakespeare, with the same batch,
-sequence length, AdamW settings and gradient clipping. Each side runs in its own subprocess so
-that peak memory is its own. Printed: median tokens/s per step (best of --rounds alternating runs), peak
-memory, and the llmkit/reference ratio.
+Sides (each in its own process, so that peak memory is its own):
+  llmkit           the training loop's own `Trainer.train_step` over llmkit's GPT-2-style model
+                   (`--model gpt2-tiny` resized): forward/backward, loss sync, grad-norm clipping,
+                   fused AdamW, zero_grad(set_to_none=True); fp32 on CPU.
+  nanoGPT-style    the fastest plain-PyTorch GPT-2 we know, written in this file after nanoGPT's
+                   model.py + train.py: one fused q/k/v Linear, F.scaled_dot_product_attention,
+                   learned positions, tied head, fused AdamW; the same parameter count (asserted)
+                   and llmkit's initial weights, so the losses agree to float rounding.
+  GPT2LMHeadModel  transformers' GPT-2 in the same plain loop (--no-hf leaves it out).
+All train LayerNorm, learned positions, GELU (tanh), biases, tied embeddings, no dropout, on the
+same token windows of tinyshakespeare, with the same batch, sequence length, AdamW settings
+(lr 6e-4, betas 0.9/0.95, weight decay 0.1 on matrices, fused) and clipping (1.0).
+
+Rounds run every side once, alternating the order; printed per side: median tokens per second
+of wall time and per CPU-second (process CPU time, all threads) over the timed steps, best
+round; per pair the median over rounds of the same-round ratio. On a shared machine CPU time
+is the figure to trust.
 
 CPU (always):   python benchmarks/pretrain.py
-GPU (if CUDA):  the same at GPT-2 124M, seq 1024, bf16 autocast, torch.compile on both sides,
+GPU (if CUDA):  the same at GPT-2 124M, seq 1024, bf16 autocast, torch.compile on every side,
                 plus MFU against the measured bf16 matmul peak of the GPU present.
 
-Options: --steps N --warmup N --threads N --n-layer --n-embd --n-head --seq --batch --vocab
+Options: --steps N --warmup N --rounds N --threads N --n-layer --n-embd --n-head --seq --batch --vocab --no-hf
 """
 
 from __future__ import annotations
@@ -75,8 +87,40 @@ def current_rss_mb() -> float:
     return 0.0
 
 
+def timed_steps(args, step) -> dict:
+    """Run `step(i)` (which returns the step's loss as a float, i.e. after the per-step sync)
+    args.steps times; the median wall and CPU seconds of the steps after the warm-up."""
+    walls, cpus, loss = [], [], None
+    for i in range(args.steps):
+        wall, cpu = time.perf_counter(), time.process_time()
+        loss = step(i)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    tokens = args.batch * args.seq
+    wall = sorted(walls[args.warmup :])[len(walls[args.warmup :]) // 2]
+    cpu = sorted(cpus[args.warmup :])[len(cpus[args.warmup :]) // 2]
+    return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / max(cpu, 1e-9), "final_loss": loss}
+
+
+def llmkit_model(args, vocab_size: int):
+    """llmkit's GPT-2-style model at the benchmark's shape, as `llmkit pretrain --model gpt2-tiny` builds it."""
+    from llmkit.model.presets import build_model, resolve_model_config
+
+    config = resolve_model_config("gpt2-tiny", vocab_size, dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                                                               context_length=args.seq, dropout=0.0))
+    return build_model(config)
+
+
 def run_llmkit(args) -> dict:
-    from llmkit.train.pretrain import PretrainConfig, pretrain
+    """What `llmkit pretrain` does per step: the loop's own Trainer.train_step (forward/backward under
+    the loop's autocast, loss sync, grad-norm clipping, fused AdamW step, zero_grad(set_to_none=True))."""
+    import torch
+
+    from llmkit.data.shards import TokenShards, WindowSampler
+    from llmkit.train.distributed import DistInfo
+    from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
+    from llmkit.train.objectives import WindowBatches, lm_loss
+    from llmkit.train.pretrain import PretrainConfig
 
     gpu = args.device == "cuda"
     config = PretrainConfig.build(
@@ -85,19 +129,164 @@ def run_llmkit(args) -> dict:
         max_steps=args.steps, lr=6e-4, warmup_steps=0, schedule="constant", weight_decay=0.1, grad_clip=1.0,
         eval_every=0, save_every=0, log_every=1, compile=args.compile, gpus=1 if gpu else 0,
     )
+    baseline = current_rss_mb() if not gpu else 0.0
+    shards = TokenShards.open(args.tokens, "train")
+    torch.manual_seed(0)
+    model = llmkit_model(args, shards.vocab_size)
+    settings = LoopSettings.for_stage(config, max_steps=args.steps, global_batch=args.batch, micro_batch=args.batch,
+                                      tokens_per_sample=args.seq, warmup_steps=0, lr=6e-4)
+    batches = WindowBatches(WindowSampler(shards, args.seq, 0), vocab_size=shards.vocab_size)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        baseline = current_rss_mb() if not gpu else 0.0
-        pretrain(args.tokens, run, config)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        params = json.loads((run / "manifest.json").read_text())["stats"]["params"]
-        flops = json.loads((run / "manifest.json").read_text())["stats"]["flops_per_token"]
-    timed = sorted(r["tokens_per_s"] for r in rows[args.warmup :])
-    return {"tokens_per_s": timed[len(timed) // 2], "peak_mb": peak_memory_mb(args.device), "baseline_mb": baseline, "params": params,
-            "flops_per_token": flops, "final_loss": rows[-1]["loss"]}
+        trainer = Trainer(model, settings, info=DistInfo(device=torch.device(args.device)), run_dir=Path(tmp) / "run",
+                          batches=batches, loss_fn=lm_loss, spec=ArtifactSpec(config={}, seed=0))
+        result = timed_steps(args, lambda i: trainer.train_step(i)[0])
+    return dict(result, peak_mb=peak_memory_mb(args.device), baseline_mb=baseline, params=model.num_params(),
+                flops_per_token=model.flops_per_token(args.seq))
 
 
-def run_reference(args) -> dict:
+# -- the plain-PyTorch references -------------------------------------------------------------
+#
+# nanoGPT-style: the fastest plain-PyTorch GPT-2 we know how to write, after Karpathy's nanoGPT
+# `model.py` + `train.py` (one fused q/k/v Linear, F.scaled_dot_product_attention with is_causal,
+# learned positions indexed once per sequence and broadcast over the batch, tied head, fused
+# AdamW with nanoGPT's decay groups). Written here, not imported: it is the reference, not llmkit.
+# GELU is GPT-2's tanh form (nanoGPT uses the exact erf form, the same cost) so that, with the
+# weights copied from llmkit's initial model, both sides compute the same numbers.
+
+
+def nanogpt_model(n_layer: int, n_embd: int, n_head: int, block_size: int, vocab_size: int):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class CausalSelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+            self.c_proj = nn.Linear(n_embd, n_embd)
+
+        def forward(self, x):
+            B, T, C = x.size()
+            q, k, v = self.c_attn(x).split(n_embd, dim=2)
+            q = q.view(B, T, n_head, C // n_head).transpose(1, 2)
+            k = k.view(B, T, n_head, C // n_head).transpose(1, 2)
+            v = v.view(B, T, n_head, C // n_head).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+            self.c_proj = nn.Linear(4 * n_embd, n_embd)
+
+        def forward(self, x):
+            return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(n_embd)
+            self.attn = CausalSelfAttention()
+            self.ln_2 = nn.LayerNorm(n_embd)
+            self.mlp = MLP()
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class NanoGPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(vocab_size, n_embd)
+            self.wpe = nn.Embedding(block_size, n_embd)
+            self.h = nn.ModuleList(Block() for _ in range(n_layer))
+            self.ln_f = nn.LayerNorm(n_embd)
+            self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+            self.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
+
+        def forward(self, idx, targets):
+            pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
+            x = self.wte(idx) + self.wpe(pos)  # positions [T, C], broadcast over the batch
+            for block in self.h:
+                x = block(x)
+            logits = self.lm_head(self.ln_f(x))
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    return NanoGPT()
+
+
+def copy_llmkit_weights(nano, llmkit) -> None:
+    """Load llmkit's initial weights into the nanoGPT-style model (q_proj and kv_proj become c_attn)."""
+    import torch
+
+    with torch.no_grad():
+        nano.wte.weight.copy_(llmkit.tok_emb.weight)
+        nano.wpe.weight.copy_(llmkit.pos_emb.weight)
+        for mine, theirs in zip(nano.h, llmkit.blocks):
+            mine.ln_1.load_state_dict(theirs.attn_norm.state_dict())
+            mine.ln_2.load_state_dict(theirs.mlp_norm.state_dict())
+            mine.attn.c_attn.weight.copy_(torch.cat([theirs.attn.q_proj.weight, theirs.attn.kv_proj.weight]))
+            mine.attn.c_attn.bias.copy_(torch.cat([theirs.attn.q_proj.bias, theirs.attn.kv_proj.bias]))
+            mine.attn.c_proj.load_state_dict(theirs.attn.out_proj.state_dict())
+            mine.mlp.c_fc.load_state_dict(theirs.mlp.up_proj.state_dict())
+            mine.mlp.c_proj.load_state_dict(theirs.mlp.down_proj.state_dict())
+        nano.ln_f.load_state_dict(llmkit.final_norm.state_dict())
+
+
+def reference_step(args, model, forward, optimizer, sampler, device):
+    """One training step as nanoGPT's train.py does it, with the llmkit loop's syncs (loss value, grad norm)."""
+    import torch
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step(i: int) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = 6e-4
+        x, y = sampler.get(range(i * args.batch, (i + 1) * args.batch))
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            loss = forward(x, y)
+        loss.backward()
+        loss_value = loss.item()
+        float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    return step
+
+
+def decay_groups(model) -> list[dict]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def run_nanogpt(args) -> dict:
+    import torch
+
+    from llmkit.data.shards import TokenShards, WindowSampler
+
+    device = torch.device(args.device)
+    baseline = current_rss_mb() if args.device == "cpu" else 0.0
+    shards = TokenShards.open(args.tokens, "train")
+    sampler = WindowSampler(shards, args.seq, 0)
+    torch.manual_seed(0)
+    mine = llmkit_model(args, shards.vocab_size)
+    model = nanogpt_model(args.n_layer, args.n_embd, args.n_head, args.seq, shards.vocab_size)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == mine.num_params(), f"nanoGPT-style reference has {params:,} parameters, llmkit {mine.num_params():,}"
+    copy_llmkit_weights(model, mine)
+    del mine
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(decay_groups(model), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    forward = torch.compile(model) if args.compile else model
+    result = timed_steps(args, reference_step(args, model, forward, optimizer, sampler, device))
+    return dict(result, peak_mb=peak_memory_mb(args.device), baseline_mb=baseline, params=params)
+
+
+def run_hf(args) -> dict:
     import torch
     import torch.nn.functional as F
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -113,30 +302,16 @@ def run_reference(args) -> dict:
                         n_head=args.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config).to(device)
     model.train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=6e-4, betas=(0.9, 0.95), fused=args.device == "cuda" or None)
-    forward = torch.compile(model) if args.compile else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else torch.autocast("cpu", enabled=False)
-    times, loss = [], None
-    for step in range(args.steps):
-        start = time.perf_counter()
-        x, y = sampler.get(range(step * args.batch, (step + 1) * args.batch))
-        x, y = x.to(device), y.to(device)
-        with autocast:
-            logits = forward(input_ids=x).logits
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()  # the same per-step sync the llmkit loop does
-        times.append(time.perf_counter() - start)
-    timed = sorted(times[args.warmup :])
-    params = sum(p.numel() for p in model.parameters())
-    return {"tokens_per_s": args.batch * args.seq / timed[len(timed) // 2], "peak_mb": peak_memory_mb(args.device), "baseline_mb": baseline,
-            "params": params, "final_loss": loss_value}
+    # Fused AdamW here too: the comparison is of the models, not of PyTorch's CPU optimizer default.
+    optimizer = torch.optim.AdamW(decay_groups(model), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    compiled = torch.compile(model) if args.compile else model
+
+    def forward(x, y):
+        logits = compiled(input_ids=x).logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+    result = timed_steps(args, reference_step(args, model, forward, optimizer, sampler, device))
+    return dict(result, peak_mb=peak_memory_mb(args.device), baseline_mb=baseline, params=sum(p.numel() for p in model.parameters()))
 
 
 def measured_bf16_peak() -> float:
@@ -149,12 +324,15 @@ def measured_bf16_peak() -> float:
 
 # -- driver -----------------------------------------------------------------------------------
 
+SIDES = {"llmkit": run_llmkit, "nanogpt": run_nanogpt, "hf": run_hf}
+LABELS = {"llmkit": "llmkit", "nanogpt": "nanoGPT-style", "hf": "GPT2LMHeadModel"}
+
 
 def side(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    result = run_llmkit(args) if args.side == "llmkit" else run_reference(args)
+    result = SIDES[args.side](args)
     if args.side == "llmkit" and args.device == "cuda":
         result["bf16_peak"] = measured_bf16_peak()
     print("RESULT " + json.dumps(result))
@@ -164,50 +342,71 @@ def args_device(extra: list[str]) -> str:
     return extra[extra.index("--device") + 1] if "--device" in extra else "cpu"
 
 
-def compare(args, label: str, extra: list[str]) -> dict:
-    # Sides alternate for --rounds rounds and each keeps its best median: on a shared machine
-    # that is the figure least disturbed by other load.
-    results: dict[str, dict] = {}
-    for _ in range(args.rounds):
-        for name in ("llmkit", "reference"):
-            command = [sys.executable, __file__, "--side", name, "--tokens", str(args.tokens), "--threads", str(args.threads), *extra]
-            # Both sides get the same OpenMP setting: idle threads sleep, as `llmkit pretrain` arranges.
-            env = dict(os.environ, LLMKIT_PROGRESS="0", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-            proc = subprocess.run(command, capture_output=True, text=True, env=env)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                sys.exit(f"{name} side failed:\n{proc.stderr[-4000:]}")
-            result = json.loads(lines[-1][len("RESULT "):])
-            if name not in results or result["tokens_per_s"] > results[name]["tokens_per_s"]:
-                results[name] = result
-    a, b = results["llmkit"], results["reference"]
+def run_side(args, name: str, extra: list[str]) -> dict:
+    command = [sys.executable, __file__, "--side", name, "--tokens", str(args.tokens), "--threads", str(args.threads), *extra]
+    # Every side gets the same OpenMP setting: idle threads sleep, as `llmkit pretrain` arranges.
+    env = dict(os.environ, LLMKIT_PROGRESS="0", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"{name} side failed:\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
+    # Rounds pair the sides, alternating who goes first (llmkit first in odd rounds, last in even
+    # ones), each side in its own process. Per side: the best per-round median of wall and of CPU
+    # time; per pair: the ratio of the two runs of one round, whose median is printed. CPU time
+    # (all threads of the process) is what a busy shared machine disturbs least.
+    rounds: list[dict[str, dict]] = []
+    for r in range(args.rounds):
+        order = sides if r % 2 == 0 else sides[::-1]
+        rounds.append({name: run_side(args, name, extra) for name in order})
+        line = "  ".join(f"{LABELS[n]} {rounds[-1][n]['tokens_per_s']:,.0f}/s wall {rounds[-1][n]['tokens_per_cpu_s']:,.0f}/CPU-s"
+                         for n in sides)
+        print(f"  round {r + 1}/{args.rounds}: {line}", flush=True)
+    best = {n: {k: max(rr[n][k] for rr in rounds) for k in ("tokens_per_s", "tokens_per_cpu_s")} for n in sides}
+    last = rounds[-1]
+    a = last["llmkit"]
     print(f"\n== {label} ==")
-    print(f"{'':22s}{'llmkit':>14s}{'GPT2LMHeadModel':>18s}{'ratio':>9s}")
-    print(f"{'params':22s}{a['params']:>14,d}{b['params']:>18,d}")
-    print(f"{'tokens/s':22s}{a['tokens_per_s']:>14,.0f}{b['tokens_per_s']:>18,.0f}{a['tokens_per_s'] / b['tokens_per_s']:>8.2f}x")
-    label = "peak GPU memory (MB)" if "bf16_peak" in a or args_device(extra) == "cuda" else "peak RSS (MB)"
-    print(f"{label:22s}{a['peak_mb']:>14,.0f}{b['peak_mb']:>18,.0f}{a['peak_mb'] / b['peak_mb']:>8.2f}x")
+    print(f"{'':26s}" + "".join(f"{LABELS[n]:>18s}" for n in sides) + "".join(f"{'vs ' + LABELS[n]:>20s}" for n in sides[1:]))
+    print(f"{'params':26s}" + "".join(f"{last[n]['params']:>18,d}" for n in sides))
+    for key, what in (("tokens_per_s", "tokens/s (wall)"), ("tokens_per_cpu_s", "tokens per CPU-second")):
+        row = f"{what + ', best':26s}" + "".join(f"{best[n][key]:>18,.0f}" for n in sides)
+        row += "".join(f"{best['llmkit'][key] / best[n][key]:>19.3f}x" for n in sides[1:])
+        print(row)
+        paired = {n: [rr["llmkit"][key] / rr[n][key] for rr in rounds] for n in sides[1:]}
+        print(f"{'  paired ratio, median':26s}" + " " * 18 * len(sides) + "".join(f"{median(paired[n]):>19.3f}x" for n in sides[1:])
+              + "   (per round: " + "; ".join(", ".join(f"{v:.3f}" for v in paired[n]) for n in sides[1:]) + ")")
+    mem = "peak GPU memory (MB)" if "bf16_peak" in a or args_device(extra) == "cuda" else "peak RSS (MB)"
+    print(f"{mem:26s}" + "".join(f"{last[n]['peak_mb']:>18,.0f}" for n in sides) + "".join(f"{a['peak_mb'] / last[n]['peak_mb']:>19.2f}x" for n in sides[1:]))
     if a.get("baseline_mb"):
-        grow_a, grow_b = a["peak_mb"] - a["baseline_mb"], b["peak_mb"] - b["baseline_mb"]
-        print(f"{'  of it for training':22s}{grow_a:>14,.0f}{grow_b:>18,.0f}{grow_a / grow_b:>8.2f}x   (peak minus RSS before training)")
-    print(f"{'final loss':22s}{a['final_loss']:>14.4f}{b['final_loss']:>18.4f}")
+        grow = {n: last[n]["peak_mb"] - last[n]["baseline_mb"] for n in sides}
+        print(f"{'  of it for training':26s}" + "".join(f"{grow[n]:>18,.0f}" for n in sides) + "   (peak minus RSS before training)")
+    print(f"{'final loss':26s}" + "".join(f"{last[n]['final_loss']:>18.4f}" for n in sides))
     if "bf16_peak" in a:
-        mfu = a["flops_per_token"] * a["tokens_per_s"] / a["bf16_peak"]
-        mfu_ref = a["flops_per_token"] * b["tokens_per_s"] / a["bf16_peak"]
-        print(f"{'MFU (measured peak)':22s}{100 * mfu:>13.1f}%{100 * mfu_ref:>17.1f}%   peak {a['bf16_peak'] / 1e12:.0f} TFLOP/s")
-    return results
+        mfu = "".join(f"{100 * a['flops_per_token'] * best[n]['tokens_per_s'] / a['bf16_peak']:>17.1f}%" for n in sides)
+        print(f"{'MFU (measured peak)':26s}{mfu}   peak {a['bf16_peak'] / 1e12:.0f} TFLOP/s")
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--side", choices=["llmkit", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-only", action="store_true", help="Skip the CPU comparison.")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="Untimed first steps.")
-    parser.add_argument("--rounds", type=int, default=2, help="Alternating runs per side; the best median counts.")
+    parser.add_argument("--rounds", type=int, default=4, help="Rounds; each runs every side once, in alternating order.")
+    parser.add_argument("--no-hf", action="store_true", help="Leave out transformers' GPT2LMHeadModel (llmkit vs nanoGPT-style only).")
     parser.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=256)
@@ -226,14 +425,15 @@ def main() -> None:
     args.tokens = prepare_tokens(args.cache, args.vocab)
     shape = ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head), "--seq", str(args.seq),
              "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    sides = ["llmkit", "nanogpt"] + ([] if args.no_hf else ["hf"])
     if not args.gpu_only:
-        compare(args, f"CPU, {args.threads} thread(s), fp32: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape)
+        compare(args, f"CPU, {args.threads} thread(s), fp32: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape, sides)
     if torch.cuda.is_available():
         gpu_tokens = prepare_tokens(args.cache, 50257 if args.vocab == 4096 else args.vocab)
         args.tokens = gpu_tokens
         gpu = ["--device", "cuda", "--compile", "--n-layer", "12", "--n-embd", "768", "--n-head", "12", "--seq", "1024",
                "--batch", "16", "--steps", str(max(args.steps, 40)), "--warmup", "10"]
-        compare(args, f"GPU {torch.cuda.get_device_name()}: GPT-2 124M shape (12 x 768, vocabulary from the tokenizer), seq 1024, batch 16, bf16, torch.compile", gpu)
+        compare(args, f"GPU {torch.cuda.get_device_name()}: GPT-2 124M shape (12 x 768, vocabulary from the tokenizer), seq 1024, batch 16, bf16, torch.compile", gpu, sides)
     else:
         print("\n(no CUDA device: GPU section skipped)")
 
