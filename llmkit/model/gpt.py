@@ -16,8 +16,6 @@ each row's first real token, so a left-padded batch gives the same logits as its
 from __future__ import annotations
 
 import math
-import os
-import sys
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -105,42 +103,6 @@ def _plain(module: nn.Module) -> bool:
     if module._forward_hooks or module._forward_pre_hooks:
         return False
     return all(type(p) is nn.Parameter for p in module.parameters(recurse=False))
-
-
-_MALLOC_TUNED = False
-
-
-def retain_freed_memory() -> None:
-    """Keep freed memory in the process for reuse instead of returning it to the system.
-
-    A CPU training step frees and reallocates the same large tensors (logits, activations,
-    gradients) every step. glibc's malloc serves blocks over 32 MB (and, until its threshold adapts,
-    smaller ones) with fresh mmap()s and trims the heap on free, so each step page-faults several
-    hundred MB back in: about a tenth of a step's CPU time at 4 x 256, seq 256, batch 16, as kernel
-    time. With these two settings the second step onward reuses the first step's memory: no page
-    faults, at the cost of keeping the step's peak resident (it was reached anyway). Once per
-    process, on the first CPU training forward; glibc (Linux) only; an environment that sets
-    MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ itself is left alone.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    if not sys.platform.startswith("linux") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-        return
-    try:
-        import ctypes
-        import platform
-
-        if platform.libc_ver()[0] != "glibc":
-            return
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        mallopt(M_MMAP_THRESHOLD, 1 << 30)  # blocks up to 1 GB come from the heap, not mmap
-        mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)  # and the heap is not trimmed on free (up to 2 GB)
-    except (OSError, AttributeError):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,8 +314,6 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds the context length {self.config.context_length}")
         if cache is not None and self.config.objective == "mlm":
             raise ValueError("a masked LM (objective mlm) is bidirectional and cannot use a KV cache")
-        if cache is None and torch.is_grad_enabled() and self.training and idx.device.type == "cpu":
-            retain_freed_memory()
         positions, mask = self._positions_and_mask(B, T, idx.device, cache, attention_mask)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
