@@ -8,6 +8,7 @@ round(n * val_fraction) of them for validation, so the split depends only on (co
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from itertools import chain, islice
@@ -142,6 +143,28 @@ def _encode_batch(job: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray, n
     return sizes, flat, lengths, checked, mismatch
 
 
+WORKER_BYTES = 50_000_000  # below this much text per worker, another process costs more than it saves
+
+
+def auto_workers(total_bytes: int | None, cores: int, load: float) -> int:
+    """Encoding processes for `--workers 0`: one per 50 MB of text, at most one per idle core.
+
+    A worker process starts, imports and rebuilds the tokenizer (about a second of CPU) before it
+    encodes anything, and on a busy core it competes with the load; measured on 2 cores, a second
+    worker paid off only past ~50 MB and cost a quarter of the speed when one core was busy."""
+    if not total_bytes:
+        return 1
+    idle = max(1, cores - int(round(load)))
+    return max(1, min(idle, int(total_bytes // WORKER_BYTES)))
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return 0.0
+
+
 class _Encoder:
     """Encodes record batches in order on `workers` processes (llmkit.parallel.ordered_map), and
     counts the documents the tiktoken fast path was checked on."""
@@ -273,7 +296,10 @@ def tokenize_corpus(
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
     plan, split_summary = split_plan(document_groups(corpus), config.val_fraction, config.seed)
     # Spawning workers costs about a second: a corpus of one batch is encoded in-process.
-    processes = worker_count(config.workers) if num_docs > config.batch_size else 1
+    if config.workers > 0:
+        processes = config.workers if num_docs > config.batch_size else 1
+    else:
+        processes = auto_workers(corpus.stats.get("bytes"), worker_count(0), _load_average())
     if config.execution.executor == "ray":
         processes = config.workers  # actors on the cluster; 0 = one per CPU there
     total_bytes = corpus.stats.get("bytes")
