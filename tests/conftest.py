@@ -54,3 +54,29 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
 
     return invoke
+
+
+def kill_at_marker(command: list[str], marker_glob: str, progress, minimum: int, timeout: float = 120) -> int:
+    """Start `command`, SIGKILL it once the resume marker matching `marker_glob` shows `progress(state)`
+    >= `minimum` (a data stage interrupted mid-run); returns the progress seen at the kill."""
+    import glob
+    import json
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, seen = time.time() + timeout, 0
+    while time.time() < deadline and process.poll() is None:
+        markers = glob.glob(marker_glob)
+        if markers:
+            try:
+                seen = progress(json.loads(open(markers[0]).read()))
+            except (OSError, ValueError, KeyError):  # caught between two writes of the marker
+                seen = 0
+            if seen >= minimum:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    process.wait()
+    return seen

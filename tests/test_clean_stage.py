@@ -177,12 +177,10 @@ def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact
     """SIGKILL the stage after a few shards; the rerun continues from the completion marker (not from
     the start) and the artifact is the one an uninterrupted run writes, rejects file included."""
     import glob
-    import signal
     import subprocess
     import sys
-    import time
 
-    from llmkit import artifacts
+    from conftest import kill_at_marker
 
     paragraphs = [p.strip() for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
     rows = []
@@ -202,21 +200,8 @@ def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact
     assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*command, "-o", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    shards_done = 0
-    while time.time() < deadline and process.poll() is None:
-        markers = glob.glob(str(tmp_path / ".killed.partial-*" / "resume.json"))
-        if markers:
-            try:
-                shards_done = len(json.loads(open(markers[0]).read())["shards"])
-            except (OSError, ValueError):
-                shards_done = 0
-            if shards_done >= 3:
-                process.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    process.wait()
+    shards_done = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"),
+                                 lambda state: len(state["shards"]), 3)
     assert shards_done >= 3, "the run ended before it could be interrupted"
     assert not killed.exists()  # nothing at the output path, only the hidden partial folder
 

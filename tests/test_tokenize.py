@@ -227,11 +227,10 @@ def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):
 
 def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_artifact(corpus, tokenizer, tmp_path):
     import glob
-    import json
-    import signal
     import subprocess
     import sys
-    import time
+
+    from conftest import kill_at_marker
 
     command = [sys.executable, "-m", "llmkit", "tokenize", str(corpus), "-t", str(tokenizer), "--batch-size", "32",
                "--workers", "1", "--shard-tokens", "20000"]
@@ -239,20 +238,8 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
     assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*command, "-o", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, done = time.time() + 120, 0
-    while time.time() < deadline and process.poll() is None:
-        markers = glob.glob(str(tmp_path / ".killed.partial-*" / "resume.json"))
-        if markers:
-            try:
-                done = json.loads(open(markers[0]).read())["batches"]
-            except (OSError, ValueError, KeyError):
-                done = 0
-            if done >= 16:
-                process.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.01)
-    process.wait()
+    done = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"),
+                          lambda state: state["batches"], 16)
     assert done >= 16, "the run ended before it could be interrupted"
     assert not killed.exists()
 
