@@ -67,7 +67,7 @@ def references(shakespeare, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.parametrize("preset,layout", [
-    ("llama", ["--nproc", "2", "--tp", "2"]),
+    ("llama", ["--nproc", "2", "--tp", "2", "--compile"]),
     ("llama", ["--nproc", "2", "--pp", "2", "--pp-schedule", "gpipe"]),
     ("llama", ["--nproc", "2", "--pp", "2", "--pp-schedule", "1f1b", "--pp-microbatches", "4", "--micro-batch", "2"]),
     ("llama", ["--nproc", "2", "--pp", "2", "--pp-schedule", "interleaved-1f1b", "--activation-checkpointing"]),
@@ -76,7 +76,7 @@ def references(shakespeare, tmp_path_factory):  # noqa: F811
     ("gpt2", ["--nproc", "2", "--tp", "2"]),
     ("gpt2", ["--nproc", "2", "--pp", "2"]),
     ("gpt2", ["--nproc", "4", "--tp", "2"]),
-], ids=["llama-tp2", "llama-pp2-gpipe", "llama-pp2-1f1b", "llama-pp2-interleaved-ac", "llama-dp2xtp2-fsdp",
+], ids=["llama-tp2-compiled", "llama-pp2-gpipe", "llama-pp2-1f1b", "llama-pp2-interleaved-ac", "llama-dp2xtp2-fsdp",
         "llama-tp2xpp2", "gpt2-tp2", "gpt2-pp2", "gpt2-dp2xtp2"])
 def test_layout_trains_the_same_model_as_one_process(references, preset, layout, shakespeare, cli, tmp_path):  # noqa: F811
     run = tmp_path / "run"
@@ -181,7 +181,6 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         (["--pp", "2", "--nproc", "2", "--pp-schedule", "interleaved-1f1b", "--pp-microbatches", "3"],
          "needs --pp-microbatches a multiple of --pp 2"),
         (["--tp", "2", "--nproc", "2", "--ema", "0.99"], "--ema keeps full weights"),
-        (["--tp", "2", "--nproc", "2", "--compile"], "--compile with --tp is not supported yet"),
     ]
     for extra, message in cases:
         out = tmp_path / "bad"

@@ -47,13 +47,8 @@ class ModelParallelRun:
 
         # Gathering FSDP x TP shards for a checkpoint takes two all-gathers; torch warns on every rank, every save.
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
-        if compile and layout.tp > 1:
-            # torch 2.13's compiled backward meets plain tensors where the tensor-parallel hooks hand
-            # back DTensors (per block and whole-model); pipelines compile per block.
-            raise UserError("--compile with --tp is not supported yet (the compiled backward of tensor-parallel blocks "
-                            "fails in torch 2.13); leave --compile out, or use --pp / data parallelism with it")
         self.layout, self.device, self.config, self.loss_fn = layout, device, model.config, loss_fn
-        self.strategy, self.seq_len = strategy, seq_len
+        self.strategy, self.seq_len, self.compiled = strategy, seq_len, compile
         mesh = layout.mesh
 
         def parallelize(modules: list[nn.Module]) -> None:
@@ -182,10 +177,18 @@ class ModelParallelRun:
         return value / self.layout.dp
 
     # -- validation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, val_batches: Callable, val_size: int, micro_batch: int, autocast_factory) -> float:
         """Mean loss over the validation samples: the same micro-batch chunks, weights and padding
         as the loop without model parallelism; padded rows have no targets."""
+        if self.compiled and self.layout.tp > 1:
+            # torch 2.13's compiled no-grad graph of a tensor-parallel block fails on its DTensor
+            # input ("'Tensor' object has no attribute 'elem'"); validation runs the blocks eagerly.
+            with torch.compiler.set_stance("force_eager"):
+                return self._evaluate(val_batches, val_size, micro_batch, autocast_factory)
+        return self._evaluate(val_batches, val_size, micro_batch, autocast_factory)
+
+    @torch.no_grad()
+    def _evaluate(self, val_batches: Callable, val_size: int, micro_batch: int, autocast_factory) -> float:
         from torch.distributed.tensor.parallel import loss_parallel
 
         layout = self.layout

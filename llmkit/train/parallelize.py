@@ -79,8 +79,10 @@ def reorder_fused(state: dict[str, torch.Tensor], config, tp: int, *, to_rank_ma
 def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> None:
     """Split `model` (a GPT, or a pipeline stage of one) over `tp_mesh` in place.
 
-    sharded_loss: the head's logits stay sharded on the vocabulary for `loss_parallel()`;
-    otherwise they are gathered (a pipeline's last stage hands plain tensors to its loss)."""
+    sharded_loss: the head's logits stay sharded on the vocabulary for `loss_parallel()`, and
+    the residual stream between blocks is a sequence-sharded DTensor (which `torch.compile`'s
+    backward needs); otherwise (a pipeline stage, which hands plain tensors to the next stage and
+    to its loss) the residual stream is the plain local shard and the logits are gathered."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -98,10 +100,11 @@ def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> N
                 param.copy_(rank_major(param, parts, tp))
     tied = config.tie_embeddings and getattr(model, "tok_emb", None) is not None and getattr(model, "lm_head", None) is not None
     plan = {}
+    local = not sharded_loss  # plain local shards between modules (pipeline stages)
     if getattr(model, "tok_emb", None) is not None:
-        plan["tok_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+        plan["tok_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=local)
         if getattr(model, "pos_emb", None) is not None:
-            plan["pos_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+            plan["pos_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=local)
     if getattr(model, "lm_head", None) is not None:
         plan["final_norm"] = SequenceParallel()
         plan["lm_head"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1) if sharded_loss else Replicate(),
@@ -115,11 +118,11 @@ def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> N
                                    desired_input_layouts=(Replicate(), None, None, None, None)),
         "attn.q_proj": ColwiseParallel(),
         "attn.kv_proj": ColwiseParallel(),
-        "attn.out_proj": RowwiseParallel(output_layouts=Shard(1)),
+        "attn.out_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=local),
         "mlp_norm": SequenceParallel(),
         "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
         "mlp.up_proj": ColwiseParallel(),
-        "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1)),
+        "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=local),
     }
     for block in model.blocks.children():
         parallelize_module(block, tp_mesh, block_plan)
