@@ -144,7 +144,6 @@ def generate_ids(
         )
     seeds = list(seeds) if seeds is not None else [row_seed(params.seed, b, 0) for b in range(B)]
     generators = None if params.greedy else [torch.Generator().manual_seed(s) for s in seeds]
-    eos = torch.tensor(sorted(set(eos_ids)) if params.stop_at_eos else [], dtype=torch.long)
 
     window = _Window(model, pad_id, limit, budget=new)
     # Cut prompts from the left so that as many new tokens as possible fit beside them.
@@ -164,31 +163,35 @@ def generate_ids(
 
     outputs: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
-    active = torch.ones(B, dtype=torch.bool, device=device)
+    # Row bookkeeping stays in Python lists: one tolist() per step, no small tensor ops.
+    stop_ids = set(eos_ids) if params.stop_at_eos else set()
+    alive = [True] * B
     for step in range(new):
         tokens = next_tokens(logits, params, generators, seen)
-        tokens = torch.where(active, tokens, torch.full_like(tokens, pad_id))
-        hit_eos = torch.isin(tokens, eos.to(device)) & active if eos.numel() else torch.zeros_like(active)
         picked = tokens.tolist()
-        hit = hit_eos.tolist()
-        alive = active.tolist()
+        was_alive = alive
+        reported: list[int | None] = [None] * B
+        alive = list(alive)
         for b in range(B):
-            if not alive[b]:
-                continue
-            if hit[b]:
+            if not was_alive[b]:
+                picked[b] = pad_id  # a finished row is fed padding
+            elif picked[b] in stop_ids:
                 reasons[b] = "eos"
+                alive[b] = False
             else:
                 outputs[b].append(picked[b])
-        active = active & ~hit_eos
+                reported[b] = picked[b]
+        if not all(was_alive):
+            tokens = torch.tensor(picked, dtype=torch.long, device=device)
         if seen is not None:
-            seen[torch.arange(B, device=device), tokens] |= active
+            seen[torch.arange(B, device=device), tokens] |= torch.tensor(alive, device=device)
         if on_step is not None:
-            stopped = on_step([picked[b] if alive[b] and not hit[b] else None for b in range(B)])
+            stopped = on_step(reported)
             for b in stopped or ():
-                if bool(active[b]):
+                if alive[b]:
                     reasons[b] = "stop"
-                    active[b] = False
-        if not bool(active.any()) or step == new - 1:
+                    alive[b] = False
+        if not any(alive) or step == new - 1:
             break
         if window.full:  # slide: keep the newest half of the context and re-encode it once
             rows = [p + o for p, o in zip(prompt_ids, outputs)]

@@ -183,8 +183,8 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        return F.dropout(self.out_proj(y), self.dropout, self.training)
+        y = self.out_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return F.dropout(y, self.dropout, True) if self.training and self.dropout else y
 
 
 class MLP(nn.Module):
@@ -204,7 +204,8 @@ class MLP(nn.Module):
             h = F.silu(gate) * up
         else:
             h = F.gelu(h, approximate="tanh")
-        return F.dropout(self.down_proj(h), self.dropout, self.training)
+        h = self.down_proj(h)
+        return F.dropout(h, self.dropout, True) if self.training and self.dropout else h
 
 
 class Block(nn.Module):
@@ -314,6 +315,9 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds the context length {self.config.context_length}")
         if cache is not None and self.config.objective == "mlm":
             raise ValueError("a masked LM (objective mlm) is bidirectional and cannot use a KV cache")
+        if cache is not None and not cache.has_padding and (cache.pos == 0 or T == 1):
+            x = self._decode_trunk(idx, cache)  # the generation hot path: no mask, no gathers
+            return self.final_norm(x)
         positions, mask = self._positions_and_mask(B, T, idx.device, cache, attention_mask)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
@@ -321,7 +325,8 @@ class GPT(nn.Module):
                 x = x + self.pos_emb(positions[0])  # one [T, C] lookup broadcast over the batch
             else:
                 x = x + self.pos_emb(positions)
-        x = self.drop(x)
+        if self.training and self.config.dropout:
+            x = self.drop(x)
         rope = None
         if self.config.pos == "rope":
             if cache is None and attention_mask is None:  # training: no data-dependent shapes, no graph break
@@ -334,6 +339,32 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         return self.final_norm(x)
+
+    def _decode_trunk(self, idx, cache: KVCache):
+        """`_trunk` for a cache without padding, at prefill (plain causal) or one token at a time
+        (the query sees every cached key): positions are the slots, so position embeddings and
+        RoPE tables are contiguous slices, and no mask is built. Same values as the general path."""
+        B, T = idx.shape
+        start = cache.pos
+        if start + T > cache.max_len:
+            raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            slots = torch.arange(start, start + T, device=idx.device)
+            if _plain(self.tok_emb) and _plain(self.pos_emb):
+                x = x + self.pos_emb(slots)  # one [T, C] lookup broadcast over the batch
+            else:
+                x = x + self.pos_emb(slots.expand(B, T))
+        if self.training and self.config.dropout:
+            x = self.drop(x)
+        rope = None
+        if self.config.pos == "rope":
+            cos, sin = self._rope_for(start + T)
+            rope = (cos[start : start + T][None, None], sin[start : start + T][None, None])
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, None, cache, layer)
+        cache.pos += T
+        return x
 
     def _rope_for(self, length: int):
         if length > self.rope_cos.shape[0]:  # generation past the training context: extend the tables
