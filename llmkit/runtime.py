@@ -64,39 +64,3 @@ def resolve_device(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-_MALLOC_TUNED = False
-
-
-def retain_freed_memory() -> None:
-    """Keep freed memory in the process for reuse instead of returning it to the system.
-
-    A CPU training step frees and reallocates the same large tensors (logits, activations,
-    gradients) every step. glibc's malloc serves blocks over 32 MB (and, until its threshold adapts,
-    smaller ones) with fresh mmap()s and trims the heap on free, so each step page-faults several
-    hundred MB back in: about a tenth of a step's CPU time at 4 x 256, seq 256, batch 16, as kernel
-    time. With these two settings the second step onward reuses the first step's memory: no page
-    faults, at the cost of keeping the step's peak resident (it was reached anyway). Once per
-    process, when a training loop starts on the CPU (llmkit.train.loop); glibc (Linux) only; an environment that sets
-    MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ itself is left alone.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    if not __import__("sys").platform.startswith("linux") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-        return
-    try:
-        import ctypes
-        import platform
-
-        if platform.libc_ver()[0] != "glibc":
-            return
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        mallopt(M_MMAP_THRESHOLD, 1 << 30)  # blocks up to 1 GB come from the heap, not mmap
-        mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)  # and the heap is not trimmed on free (up to 2 GB)
-    except (OSError, AttributeError):
-        pass

@@ -153,10 +153,6 @@ class Trainer:
         self.val_batches, self.val_size = val_batches, val_size
         self.accum = accumulation_steps(settings, info.batch_ways)
         self.device = info.device
-        if self.device.type == "cpu":
-            from llmkit.runtime import retain_freed_memory
-
-            retain_freed_memory()  # no per-step page faults for the step's large temporaries
         self.raw = model.to(self.device)
         self.start_step = 0
         self.last_loss: float | None = None
