@@ -140,12 +140,14 @@ def main() -> None:
     ours_s, _ = best_of(args.repeat, lambda: tokenize_corpus(
         corpus10, tok_path, work / "tokens10", TokenizeConfig(workers=args.workers), force=True))
     stats = artifacts.load(work / "tokens10").stats
+    used_workers = artifacts.load(work / "tokens10").manifest.runtime["workers"]
     hf_s, _ = best_of(args.repeat, lambda: tok.hf.encode_batch(texts, add_special_tokens=False))
     name, reference = tiktoken_reference(tok.fast_encoding)
-    tt_s, _ = best_of(args.repeat, lambda: reference.encode_ordinary_batch(texts, num_threads=args.workers))
+    threads = args.workers or (os.cpu_count() or 1)  # --workers 0: llmkit picks its own count; tiktoken gets every core
+    tt_s, _ = best_of(args.repeat, lambda: reference.encode_ordinary_batch(texts, num_threads=threads))
     one_s, _ = best_of(args.repeat, lambda: [reference.encode_ordinary(t) for t in texts])
     print(f"\n(b) encoding {big_mb:.1f} MB ({stats['train']['tokens'] + stats['val']['tokens']:,} tokens, "
-          f"encoder {stats['encoder']}, {args.workers} workers)")
+          f"encoder {stats['encoder']}, {used_workers} workers)")
     print(f"  llmkit tokenize (end to end)                    {big_mb / ours_s:7.1f} MB/s")
     print(f"  raw Tokenizer.encode_batch                      {big_mb / hf_s:7.1f} MB/s   llmkit / raw = {hf_s / ours_s:.2f}x")
     print(f"  {name + ' encode_ordinary_batch':47s} {big_mb / tt_s:7.1f} MB/s   llmkit / tiktoken = {tt_s / ours_s:.2f}x")

@@ -253,8 +253,8 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
 def test_automatic_worker_count_follows_corpus_size_and_idle_cores():
     from llmkit.tokenizer.encode_corpus import WORKER_BYTES, auto_workers
 
-    assert auto_workers(10_000_000, cores=8, load=0.0) == 1  # a small corpus: one process, no start-up cost
-    assert auto_workers(3 * WORKER_BYTES, cores=8, load=0.0) == 3
+    assert auto_workers(WORKER_BYTES // 2, cores=8, load=0.0) == 1  # a small corpus: one process, no start-up cost
+    assert auto_workers(3 * WORKER_BYTES, cores=8, load=1.0) == 3  # (a load of 1 is this process)
     assert auto_workers(100 * WORKER_BYTES, cores=8, load=0.0) == 8
-    assert auto_workers(100 * WORKER_BYTES, cores=2, load=1.2) == 1  # one core busy: do not compete with it
+    assert auto_workers(100 * WORKER_BYTES, cores=2, load=2.2) == 1  # another program keeps one core busy
     assert auto_workers(None, cores=8, load=0.0) == 1

@@ -143,18 +143,19 @@ def _encode_batch(job: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray, n
     return sizes, flat, lengths, checked, mismatch
 
 
-WORKER_BYTES = 50_000_000  # below this much text per worker, another process costs more than it saves
+WORKER_BYTES = 16_000_000  # below this much text per worker, another process costs more than it saves
 
 
 def auto_workers(total_bytes: int | None, cores: int, load: float) -> int:
-    """Encoding processes for `--workers 0`: one per 50 MB of text, at most one per idle core.
+    """Encoding processes for `--workers 0`: one per 16 MB of text, at most one per idle core.
 
-    A worker process starts, imports and rebuilds the tokenizer (about a second of CPU) before it
-    encodes anything, and on a busy core it competes with the load; measured on 2 cores, a second
-    worker paid off only past ~50 MB and cost a quarter of the speed when one core was busy."""
+    A worker process starts, imports and rebuilds the tokenizer (about a second) before it encodes
+    anything, at ~15 MB/s; and on a core another program keeps busy it only competes. The load
+    average counts this process too, so one unit of it is ours."""
     if not total_bytes:
         return 1
-    idle = max(1, cores - int(round(load)))
+    others = max(0, int(round(load - 1)))
+    idle = max(1, cores - others)
     return max(1, min(idle, int(total_bytes // WORKER_BYTES)))
 
 
