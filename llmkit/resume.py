@@ -46,13 +46,13 @@ def save(directory: Path, state: dict[str, Any], arrays: dict[str, np.ndarray]) 
     """Write the marker atomically: the arrays under a new name, then the JSON that names them (the
     marker proper, replaced in one step), then the arrays it no longer names. A kill at any point
     leaves one complete, consistent marker."""
-    previous = load_state(directory)
-    number = (previous or {}).get("number", 0) + 1
+    # the next number after the arrays already there (not the previous JSON: it grows with the run)
+    number = 1 + max((int(p.stem.split("-")[1]) for p in directory.glob("resume-*.npz")), default=0)
     arrays_name = f"resume-{number}.npz"
     np.savez(directory / f".{arrays_name}", **arrays)
     os.replace(directory / f".{arrays_name}", directory / arrays_name)
     tmp = directory / f".{STATE}"
-    tmp.write_text(json.dumps(dict(state, number=number, arrays=arrays_name)), encoding="utf-8")
+    tmp.write_text(json.dumps(dict(state, arrays=arrays_name)), encoding="utf-8")
     os.replace(tmp, directory / STATE)
     for old in directory.glob("resume-*.npz"):
         if old.name != arrays_name:

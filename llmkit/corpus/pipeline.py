@@ -43,11 +43,6 @@ def _batches(sources: list[Source], options: ReadOptions, read_stats: ReadStats)
         yield batch
 
 
-def _skip(batches: Iterator, count: int) -> Iterator:
-    """The batches after the first `count` (which are read, so that the input position is right)."""
-    return islice(batches, count, None)
-
-
 def clean(
     inputs: list[str],
     out: Path | str,
@@ -107,7 +102,7 @@ def clean(
             batches = _batches(sources, options, read_stats)
             if done_batches:
                 # Finished batches are read (the input position) but not processed again.
-                batches = _skip(batches, done_batches)
+                batches = islice(batches, done_batches, None)
             run = cfg.execution
             on_ray = run.executor == "ray"
             results = ordered_map(process_batch, batches, workers=cfg.workers if on_ray else workers, initializer=init_worker,

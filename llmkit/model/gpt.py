@@ -105,6 +105,23 @@ def _plain(module: nn.Module) -> bool:
     return all(type(p) is nn.Parameter for p in module.parameters(recurse=False))
 
 
+def embed_tokens(tok_emb: nn.Module, pos_emb: nn.Module | None, idx: torch.Tensor, *,
+                 positions: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+    """Token embeddings plus learned position embeddings: of `positions` [B,T] when given, else of
+    the contiguous positions start..start+T-1 in every row (the model's trunk, its decode path and
+    a pipeline stage all embed through here)."""
+    x = tok_emb(idx)
+    if pos_emb is None:
+        return x
+    if positions is not None:
+        return x + pos_emb(positions)
+    B, T = idx.shape
+    slots = torch.arange(start, start + T, device=idx.device)
+    if _plain(tok_emb) and _plain(pos_emb):
+        return x + pos_emb(slots)  # one [T, C] lookup broadcast over the batch
+    return x + pos_emb(slots.expand(B, T))  # a tensor-parallel embedding takes its [B, T] layout
+
+
 # ---------------------------------------------------------------------------------------------
 # Rotary position embeddings
 
@@ -319,12 +336,8 @@ class GPT(nn.Module):
             x = self._decode_trunk(idx, cache)  # the generation hot path: no mask, no gathers
             return self.final_norm(x)
         positions, mask = self._positions_and_mask(B, T, idx.device, cache, attention_mask)
-        x = self.tok_emb(idx)
-        if self.pos_emb is not None:
-            if cache is None and attention_mask is None and _plain(self.tok_emb) and _plain(self.pos_emb):
-                x = x + self.pos_emb(positions[0])  # one [T, C] lookup broadcast over the batch
-            else:
-                x = x + self.pos_emb(positions)
+        contiguous = cache is None and attention_mask is None  # positions 0..T-1 in every row
+        x = embed_tokens(self.tok_emb, self.pos_emb, idx, positions=None if contiguous else positions)
         if self.training and self.config.dropout:
             x = self.drop(x)
         rope = None
@@ -348,13 +361,7 @@ class GPT(nn.Module):
         start = cache.pos
         if start + T > cache.max_len:
             raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
-        x = self.tok_emb(idx)
-        if self.pos_emb is not None:
-            slots = torch.arange(start, start + T, device=idx.device)
-            if _plain(self.tok_emb) and _plain(self.pos_emb):
-                x = x + self.pos_emb(slots)  # one [T, C] lookup broadcast over the batch
-            else:
-                x = x + self.pos_emb(slots.expand(B, T))
+        x = embed_tokens(self.tok_emb, self.pos_emb, idx, start=start)
         if self.training and self.config.dropout:
             x = self.drop(x)
         rope = None

@@ -12,6 +12,7 @@ the full state dicts a checkpoint stores. Checkpoints keep the single-process la
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack, nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn as nn
 
 from llmkit.errors import UserError
 from llmkit.model.gpt import GPT, IGNORE_INDEX
+from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import Layout, check_model, rank_at
 from llmkit.train.parallelize import (
     all_reduce_gradients,
@@ -114,11 +116,12 @@ class ModelParallelRun:
 
     # -- training ------------------------------------------------------------------------------
     def _sync_context(self, last: bool):
-        from contextlib import nullcontext
-
-        if last or self.layout.dp == 1 or self.strategy != "fsdp" or self.pipeline is not None:
-            return nullcontext()
-        return _no_fsdp_sync(self.modules)
+        """FSDP2 skips its reduce-scatter on all but the last micro-batch (a pipeline stage manages its own)."""
+        stack = ExitStack()
+        if self.layout.dp > 1 and self.strategy == "fsdp" and self.pipeline is None:
+            for module in self.modules:
+                stack.enter_context(dist_utils.gradient_sync(module, last))
+        return stack
 
     def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool, autocast) -> torch.Tensor:
         """Forward and backward of this rank's slice of one micro-batch step; the (mean) loss on
@@ -129,7 +132,7 @@ class ModelParallelRun:
         with self._sync_context(last), autocast:
             if self.pipeline is not None:
                 return self.pipeline.forward_backward(batch[0], batch[1], accumulation)
-            with loss_parallel() if self.layout.tp > 1 else _nothing():
+            with loss_parallel() if self.layout.tp > 1 else nullcontext():
                 loss = self.loss_fn(self.modules[0], batch)
                 (loss / accumulation).backward()
         return loss.detach().float() if not hasattr(loss, "full_tensor") else loss.detach().full_tensor().float()
@@ -213,14 +216,14 @@ class ModelParallelRun:
                 inputs.append(x)
                 targets.append(y)
                 weights.append(weight)
-            x, y = self._full_length((torch.cat([self._full_length((a, b))[0] for a, b in zip(inputs, targets)]),
-                                      torch.cat([self._full_length((a, b))[1] for a, b in zip(inputs, targets)])))
-            x, y = x.to(self.device), y.to(self.device)
+            padded = [self._full_length(pair) for pair in zip(inputs, targets)]
+            x = torch.cat([a for a, _ in padded]).to(self.device)
+            y = torch.cat([b for _, b in padded]).to(self.device)
             with autocast_factory():
                 if self.pipeline is not None:
                     losses = self.pipeline.evaluate(x, y)
                 else:
-                    with loss_parallel() if layout.tp > 1 else _nothing():
+                    with loss_parallel() if layout.tp > 1 else nullcontext():
                         loss = self.loss_fn(self.modules[0], (x, y))
                     losses = [loss.full_tensor() if hasattr(loss, "full_tensor") else loss]
             if self.counts_loss:
@@ -336,25 +339,3 @@ def _strip_optim_index(optim_state: dict) -> dict:
         "state": _strip_index(optim_state["state"]),
         "param_groups": [dict(g, params=[p.split(".", 1)[1] for p in g["params"]]) for g in optim_state["param_groups"]],
     }
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _no_fsdp_sync:
-    def __init__(self, modules):
-        self.modules = modules
-
-    def __enter__(self):
-        for module in self.modules:
-            module.set_requires_gradient_sync(False)
-
-    def __exit__(self, *exc):
-        for module in self.modules:
-            module.set_requires_gradient_sync(True)
-        return False

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmkit.model.gpt import GPT, IGNORE_INDEX, rope_tables
+from llmkit.model.gpt import GPT, IGNORE_INDEX, embed_tokens, rope_tables
 from llmkit.train.layout import STAGES_PER_RANK, Layout
 
 
@@ -46,12 +46,7 @@ class StageModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT._trunk's training path (no cache, no padding mask), cut at this stage's layers.
         if self.tok_emb is not None:
-            B, T = x.shape
-            idx = x
-            x = self.tok_emb(idx)
-            if self.pos_emb is not None:
-                x = x + self.pos_emb(torch.arange(T, device=idx.device).expand(B, T))
-            x = self.drop(x)
+            x = self.drop(embed_tokens(self.tok_emb, self.pos_emb, x))
         rope = (self.rope_cos, self.rope_sin) if self.config.pos == "rope" else None
         for layer, block in self.blocks.items():
             x = block(x, rope, None, None, int(layer))
