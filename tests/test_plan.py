@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -105,16 +106,23 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
     import subprocess
     import sys
 
+    measured, estimated = [], []
     for model, micro, seq, recompute in (("tiny", 16, 256, []), ("mini", 8, 512, []), ("mini", 8, 512, ["--activation-checkpointing"])):
         # its own process, so that the peak resident memory is this run's alone
         run = tmp_path / f"run-{model}-{len(recompute)}"
         subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(tmp_path / "tokens"), "-o", str(run), "--model", model,
                         "--micro-batch", str(micro), "--seq-len", str(seq), "--batch-tokens", str(micro * seq), "--max-steps", "2",
                         "--eval-every", "0", "--threads", "1", *recompute], check=True, capture_output=True)
-        measured = max(json.loads(line).get("peak_memory_gb") or 0 for line in (run / "metrics.jsonl").read_text().splitlines())
-        estimate = _plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
-                         "--gpu", "cpu", *recompute)["memory"]["total_gb"]
-        assert abs(estimate / measured - 1) < 0.2, (model, micro, estimate, measured)
+        measured.append(max(json.loads(line).get("peak_memory_gb") or 0 for line in (run / "metrics.jsonl").read_text().splitlines()))
+        estimated.append(_plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
+                               "--gpu", "cpu", *recompute)["memory"]["total_gb"])
+    # What the process itself holds before any tensor (Python, PyTorch, the BLAS's buffers) differs between CPUs: the
+    # same 'tiny' run peaked at 0.80 GB on one machine of CI's kind and 1.12 GB on another. The model's own memory is
+    # what the estimate computes, so the changes between layouts are held to 20 %, the totals only to within 35 %.
+    for (est_a, est_b), (got_a, got_b) in zip(itertools.pairwise(estimated), itertools.pairwise(measured)):
+        assert abs((est_b - est_a) / (got_b - got_a) - 1) < 0.2, (estimated, measured)
+    for est, got in zip(estimated, measured):
+        assert abs(est / got - 1) < 0.35, (estimated, measured)
 
 
 def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
