@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="llmkit worker processes (datatrove: 1 task)")
     parser.add_argument("--skip-datatrove", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="also the Ray column: local vs --executor ray, 1 and 2 workers "
+                        "(benchmarks/ray_executor.py; needs llmkit[ray])")
     args = parser.parse_args()
 
     import logging
@@ -217,6 +219,11 @@ def main() -> None:
                   f"ratio wall {llm.wall / one.wall:.1f}, cpu {llm.cpu / one.cpu:.1f} (linear = 10)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.ray:
+        from ray_executor import ray_columns
+
+        print("\nRay column (benchmarks/ray_executor.py):")
+        ray_columns(("clean",), args.mb, rounds=2)
 
 
 if __name__ == "__main__":

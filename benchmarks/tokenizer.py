@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10, help="the large input is this many copies of the corpus")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--ray", action="store_true", help="also the Ray column: local vs --executor ray, 1 and 2 workers, "
+                        "on 20 MB (benchmarks/ray_executor.py; needs llmkit[ray])")
     args = parser.parse_args()
 
     from tokenizers import pre_tokenizers, trainers
@@ -161,6 +163,11 @@ def main() -> None:
                                                  "--workers", str(args.workers), "--force"])
         print(f"  {label:4s} {peak:7.0f} MB peak   {seconds:6.1f} s wall (with start-up)")
     shutil.rmtree(work, ignore_errors=True)
+    if args.ray:
+        from ray_executor import ray_columns
+
+        print("\n(d) Ray column (benchmarks/ray_executor.py)")
+        ray_columns(("tokenizer train", "tokenize"), 20.0, rounds=2)
 
 
 if __name__ == "__main__":

@@ -214,10 +214,11 @@ def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact
     assert artifacts.load(killed).fingerprint == artifacts.load(straight).fingerprint
     assert (killed / "rejects.jsonl").read_bytes() == (straight / "rejects.jsonl").read_bytes()
     assert not glob.glob(str(tmp_path / ".killed.partial-*"))
-    # Shards are cut by size alone: each holds at least --shard-mb of text but the last (no one-document shards)
+    # Shards are cut by size alone: each holds at least --shard-mb of text but the last (no one-document shards),
+    # and is closed at the document that reaches it, not at the next 10,000-row group
     sizes = [sum(len(t.encode()) for t in pq.read_table(p).column("text").to_pylist())
              for p in sorted((straight / "shards").iterdir())]
-    assert len(sizes) > 3 and min(sizes[:-1]) >= 1 << 20
+    assert len(sizes) > 3 and min(sizes[:-1]) >= 1 << 20 and max(sizes) < (1 << 20) + max(len(t.encode()) for t in rows)
     # A partial folder of another run (another input or config) is removed, never continued
     other = tmp_path / "other"
     stale = tmp_path / ".other.partial-0123456789abcdef"

@@ -62,3 +62,39 @@ def test_text_files_become_paragraph_documents(tmp_path):
     bad.write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(UserError, match="not UTF-8"):
         list(iter_text_files([bad]))
+
+
+def _paragraphs_as_open_reads_them(path):
+    """The reference: a text file read line by line (universal newlines), a blank line ending a paragraph."""
+    documents, paragraph = [], []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                paragraph.append(line)
+            elif paragraph:
+                documents.append("".join(paragraph))
+                paragraph = []
+    return documents + (["".join(paragraph)] if paragraph else [])
+
+
+@pytest.mark.parametrize("max_bytes", [7, 64, 1000, 1 << 20])
+def test_text_ranges_cut_between_paragraphs_whatever_their_size(tmp_path, shared_data, max_bytes):
+    from llmkit.data.corpus import read_text_range, text_file_ranges
+
+    files = {
+        "book.txt": (shared_data / "tinyshakespeare.txt").read_bytes()[:60_000],
+        "windows.txt": b"one\r\ntwo\r\n\r\nthree\r\n \t\r\n\r\nfour\r\n",
+        "old-mac.txt": b"a\rb\r\rc\n\nd",
+        "unicode-blank.txt": "x\n\u3000\ny\n\n\n\nz 红楼梦\n\n梦".encode(),
+        "one-paragraph.txt": b"no blank line here\n" * 50,
+        "empty.txt": b"",
+    }
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        ranges = text_file_ranges([path], max_bytes=max_bytes)
+        assert [(r.start, r.end) for r in ranges][:1] == [(0, ranges[0].end)] and ranges[-1].end == len(data)
+        assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
+        assert [d for r in ranges for d in read_text_range(r)] == _paragraphs_as_open_reads_them(path), name
+    if max_bytes == 1000:
+        assert len(text_file_ranges([tmp_path / "book.txt"], max_bytes=max_bytes)) > 40

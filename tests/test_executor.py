@@ -69,6 +69,28 @@ def test_clean_and_tokenize_on_ray_equal_the_local_executor(ray_instance, shared
     assert artifacts.load(tokens_ray).fingerprint == artifacts.load(tokens_local).fingerprint
 
 
+def test_tokenizer_train_on_ray_draws_the_sample_the_local_executor_draws(ray_instance, shared_data, cli, tmp_path, monkeypatch):
+    import functools
+
+    import llmkit.tokenizer.sample as sample
+
+    # a corpus of many row groups, and text files in many ranges: each a task a Ray actor reads itself
+    corpus = tmp_path / "corpus"
+    files = [shared_data / "tinyshakespeare.txt", shared_data / "chinese.txt"]
+    assert cli("clean", *files, "--doc-per", "blank-line", "-o", corpus, "--shard-mb", "1").exit_code == 0
+    assert len(sample.open_source([corpus]).tasks) >= 2
+    monkeypatch.setattr(sample, "text_file_ranges", functools.partial(sample.text_file_ranges, max_bytes=100_000))
+    for inputs in ([corpus], files):
+        common = [*inputs, "--vocab-size", "800", "--sample-bytes", "400000", "--seed", "5"]
+        local, on_ray = tmp_path / f"local-{len(inputs)}", tmp_path / f"ray-{len(inputs)}"
+        assert cli("tokenizer", "train", *common, "-o", local).exit_code == 0
+        result = cli("tokenizer", "train", *common, "-o", on_ray, "--executor", "ray", "--workers", "2")
+        assert result.exit_code == 0, result.output
+        assert artifacts.load(on_ray).fingerprint == artifacts.load(local).fingerprint
+        assert artifacts.load(on_ray).manifest.runtime["executor"] == "ray"
+        assert (on_ray / "tokenizer.json").read_bytes() == (local / "tokenizer.json").read_bytes()
+
+
 def test_a_killed_worker_is_restarted_and_nothing_is_lost_or_repeated(ray_instance, tmp_path):
     from llmkit.executor import ray_ordered_map
 
@@ -101,7 +123,8 @@ def test_a_stage_error_in_a_worker_is_one_line(ray_instance, tmp_path, cli):
 def test_executor_ray_without_ray_installed_is_a_one_line_error(shared_data, cli, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     out = tmp_path / "out"
-    result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", out, "--executor", "ray")
-    assert result.exit_code != 0
-    assert "pip install 'llmkit[ray]'" in result.output and "Traceback" not in result.output
-    assert not out.exists()
+    for stage in (["clean"], ["tokenizer", "train"]):
+        result = cli(*stage, shared_data / "tinyshakespeare.txt", "-o", out, "--executor", "ray")
+        assert result.exit_code != 0
+        assert "pip install 'llmkit[ray]'" in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1 and not out.exists()

@@ -179,6 +179,33 @@ def test_sample_options_limit_training(corpus, tmp_path):
     assert 50_000 <= stats["training_bytes"] < 60_000
 
 
+def test_a_byte_sample_spans_every_input_and_any_worker_count_draws_the_same(shared_data, tmp_path, monkeypatch):
+    """--sample-bytes draws across all inputs (the Chinese file after Shakespeare is in it), read in ranges
+    that start at paragraphs; one process and two processes read and draw the same sample."""
+    import functools
+
+    import llmkit.tokenizer.sample as sample
+
+    english, chinese = tmp_path / "english.txt", tmp_path / "chinese.txt"
+    english.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:400_000], encoding="utf-8")
+    chinese.write_text((shared_data / "chinese.txt").read_text(encoding="utf-8")[:100_000], encoding="utf-8")
+    total = english.stat().st_size + chinese.stat().st_size
+    monkeypatch.setattr(sample, "text_file_ranges", functools.partial(sample.text_file_ranges, max_bytes=50_000))
+    assert len(sample.open_source([english, chinese]).tasks) > 8
+    config = dict(vocab_size=700, sample_bytes=total // 5, seed=3)
+    one = train_tokenizer([english, chinese], tmp_path / "one", TokenizerTrainConfig(**config))
+    two = train_tokenizer([english, chinese], tmp_path / "two", TokenizerTrainConfig(**config, workers=2))
+    assert artifacts.load(two).fingerprint == artifacts.load(one).fingerprint
+    assert artifacts.load(two).manifest.runtime["workers"] == 2
+    stats = artifacts.load(one).stats
+    # the sample stops at the first piece past --sample-bytes (a piece: at most 2 x 8192 characters of 4 bytes)
+    assert total // 5 <= stats["training_bytes"] < total // 5 + 4 * 2 * sample.PIECE_CHARS and stats["heldout_pieces"] > 0
+    vocabulary = load_tokenizer(one).hf.get_vocab()
+    assert any("\u4e00" <= char <= "\u9fff" for piece in vocabulary for char in load_tokenizer(one).hf.decode([vocabulary[piece]]))
+    other_seed = train_tokenizer([english, chinese], tmp_path / "seed", TokenizerTrainConfig(**{**config, "seed": 4}))
+    assert artifacts.load(other_seed).stats["training_bytes"] != stats["training_bytes"]
+
+
 def test_text_files_as_input(shared_data, tmp_path):
     path = tmp_path / "small.txt"
     path.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000], encoding="utf-8")
@@ -279,7 +306,7 @@ def test_special_roles_file_for_foreign_vocabularies(tmp_path):
 
 
 def test_long_documents_are_sampled_in_pieces(shared_data, tok, tmp_path):
-    from llmkit.tokenizer.train import split_pieces
+    from llmkit.tokenizer.sample import split_pieces
 
     text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000]
     pieces = split_pieces(text, size=5000)

@@ -38,7 +38,7 @@ class ShardWriter:
         self._pending_bytes += size
         if len(self._rows["id"]) >= _ROW_GROUP_ROWS or self._pending_bytes >= _ROW_GROUP_BYTES:
             self._flush()
-        if self._shard_bytes >= self.max_bytes:
+        if self._shard_bytes + self._pending_bytes >= self.max_bytes:
             self._flush()
             self._close_shard()
             return True

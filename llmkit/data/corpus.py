@@ -6,7 +6,10 @@ whatever the corpus size.
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import artifacts
@@ -67,32 +70,114 @@ def iter_text_files(paths: Sequence[Path], batch_size: int = 1000) -> Iterator[l
     `--max-docs` meaningful for a single big file.
     """
     batch: list[str] = []
+    for text_range in text_file_ranges(paths):
+        for document in read_text_range(text_range):
+            batch.append(document)
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class TextRange:
+    """Bytes [start, end) of a text file, cut where a paragraph starts: its documents are read on their own."""
+
+    path: str
+    start: int
+    end: int
+
+
+RANGE_BYTES = 64 << 20
+# A blank line between two newlines, in bytes: a paragraph starts right after it. (Lines of other Unicode
+# whitespace are blank too, but need not be found: a cut only has to fall between paragraphs, not at every gap.)
+_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+
+
+def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> list[TextRange]:
+    """The files cut into ranges of about `max_bytes`, each starting at a paragraph.
+
+    Where a range starts depends only on the file, so ranges (and whatever is drawn from them)
+    are the same for any number of readers. A file without a blank line past a cut is one range.
+    """
+    ranges = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no such file: {path}; pass a corpus artifact or UTF-8 text files")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                paragraph: list[str] = []
-                for line in handle:
-                    if line.strip():
-                        paragraph.append(line)
-                        continue
-                    if paragraph:
-                        batch.append("".join(paragraph))
-                        paragraph = []
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-                if paragraph:
-                    batch.append("".join(paragraph))
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it or run llmkit clean") from exc
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        size, start = path.stat().st_size, 0
+        with open(path, "rb") as handle:
+            while size - start > max_bytes:
+                cut = _next_paragraph(handle, start + max_bytes)
+                if cut is None or cut >= size:
+                    break
+                ranges.append(TextRange(str(path), start, cut))
+                start = cut
+        ranges.append(TextRange(str(path), start, size))
+    return ranges
+
+
+def _next_paragraph(handle, position: int, block: int = 1 << 20) -> int | None:
+    """The first offset at or after `position` that follows a blank line, or None."""
+    handle.seek(position)
+    carried, offset = b"", position
+    while chunk := handle.read(block):
+        window = carried + chunk
+        match = _BLANK_LINE.search(window)
+        if match:
+            return offset - len(carried) + match.end()
+        # keep the tail: a blank line may straddle two blocks (a newline and trailing whitespace)
+        tail = window.rfind(b"\n")
+        carried = window[tail:] if tail >= 0 and len(window) - tail < 4096 else b""
+        offset += len(chunk)
+    return None
+
+
+def read_text_range(text_range: TextRange) -> list[str]:
+    """The paragraphs of one range, read as `open(path, encoding="utf-8")` reads lines (universal newlines)."""
+    with open(text_range.path, "rb") as handle:
+        handle.seek(text_range.start)
+        raw = handle.read(text_range.end - text_range.start)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + exc.start}); "
+                        "convert it or run llmkit clean") from None
+    documents, paragraph = [], []
+    for line in io.StringIO(text, newline=None):
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            documents.append("".join(paragraph))
+            paragraph = []
+    if paragraph:
+        documents.append("".join(paragraph))
+    return documents
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One Parquet row group of a corpus shard (at most 10,000 documents or 64 MB of text)."""
+
+    path: str
+    index: int
+
+
+def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGroup]:
+    """Every row group of a corpus, in the corpus's order."""
+    import pyarrow.parquet as pq
+
+    return [RowGroup(str(path), index) for path in corpus_shards(artifact)
+            for index in range(pq.ParquetFile(path).metadata.num_row_groups)]
+
+
+def read_row_group_texts(row_group: RowGroup) -> list[str]:
+    """The document texts of one row group (null texts read as "")."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(row_group.path).read_row_group(row_group.index, columns=["text"])
+    return [t if t is not None else "" for t in table.column("text").to_pylist()]
 
 
 def write_corpus_artifact(

@@ -27,6 +27,10 @@ class TokenizerTrainConfig(Options):
     heldout_every: int = option(100, "Hold out every N-th piece (a document or ~8K characters of one) for the stats.", range="[2, inf)")
     heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.", range="[1, inf)")
     seed: int = option(0, "Seed for sampling the training text.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
+    workers: int = option(0, "Processes (or Ray actors) that read and sample the input; 0 = this process locally (the "
+                          "trainer uses every core), one per CPU of a Ray cluster. Does not change the result.",
+                          runtime=True, range="[0, inf)")
+    execution: Execution = group(Execution)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,0 +1,183 @@
+"""The text `llmkit tokenizer train` trains on: a sample drawn across the whole input, and a held-out slice.
+
+The input is cut into read tasks that depend on it alone (a corpus's Parquet row groups, text
+files in ~64 MB ranges starting at a paragraph). Each task reads its documents, cuts long ones
+into pieces (`split_pieces`), and draws for every piece, from a generator seeded by (--seed,
+task number), whether it is a training candidate (probability `keep`) and whether it is a
+held-out candidate (probability 1/--heldout-every). Only candidates leave the task, so a worker
+sends back about `keep` of what it read. The driver then walks the tasks' results in task order,
+filling the held-out slice up to its cap and the sample up to --sample-bytes / --max-docs.
+
+Tasks run through llmkit.parallel.ordered_map: in this process, on local processes, or on a Ray
+cluster's actors that read the input themselves (so it must be on storage they share). Which
+task a worker ran never reaches the draws, so the sample, and the tokenizer, are the same on
+every executor and for any number of workers. Memory is a few tasks' candidates plus the sample
+itself (at most --sample-bytes), whatever the size of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmkit import artifacts
+from llmkit.data.corpus import RowGroup, TextRange, corpus_row_groups, read_row_group_texts, read_text_range, text_file_ranges
+from llmkit.errors import UserError
+from llmkit.executor import Execution
+from llmkit.parallel import ordered_map
+
+PIECE_CHARS = 8192
+# Read well past --sample-bytes' share of each task, so that the sample spans the input to its end
+# rather than filling up before it.
+OVERSAMPLE = 1.1
+
+
+def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """A long document in pieces of about `size` characters, cut after a run of newlines.
+
+    Sampling and holding out work on pieces, so a corpus of a few big files (`llmkit clean`'s
+    one document per file) still gets a held-out slice. Cutting after the whole newline run
+    keeps the pre-tokens on both sides of the cut as they are in the whole text.
+    """
+    if len(text) <= 2 * size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > 2 * size:
+        cut = text.find("\n", start + size)
+        if cut < 0:
+            break
+        cut += 1
+        while cut < len(text) and text[cut] in "\r\n":
+            cut += 1
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+@dataclass
+class Source:
+    """The training input: one corpus artifact, or plain text files, as read tasks."""
+
+    tasks: list[RowGroup | TextRange]
+    total_bytes: int | None
+    corpus: artifacts.Artifact | None
+    described: dict
+
+
+def open_source(inputs: Sequence[Path]) -> Source:
+    if not inputs:
+        raise UserError("no input given; pass a corpus artifact (llmkit clean) or UTF-8 text files")
+    inputs = [Path(p) for p in inputs]
+    if len(inputs) == 1 and inputs[0].is_dir():
+        corpus = artifacts.load(inputs[0], kind="corpus")
+        total = corpus.stats.get("bytes")
+        return Source(corpus_row_groups(corpus), int(total) if total else None, corpus, {"kind": "corpus"})
+    for path in inputs:
+        if path.is_dir():
+            raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
+        if not path.is_file():
+            raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
+    # Files are identified by name and content hash, never by absolute path (fingerprints move).
+    described = {"kind": "text_files", "files": [{"name": p.name, "sha256": artifacts.sha256_file(p)} for p in inputs]}
+    return Source(text_file_ranges(inputs), sum(p.stat().st_size for p in inputs), None, described)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What every task needs to draw its candidates."""
+
+    seed: int
+    keep: float  # a piece's chance of being a training candidate
+    heldout: float  # a piece's chance of being a held-out candidate
+
+
+@dataclass
+class Candidates:
+    """The pieces of one task that may be trained on or held out, in the task's order."""
+
+    pieces: list[str]
+    sizes: list[int]  # UTF-8 bytes of each piece
+    train: list[bool]
+    heldout: list[bool]
+    read_bytes: int  # every byte the task read, for the progress bar
+
+
+def draw_candidates(job: tuple[int, RowGroup | TextRange, Draw]) -> Candidates:
+    index, task, draw = job
+    texts = read_row_group_texts(task) if isinstance(task, RowGroup) else read_text_range(task)
+    pieces = [piece for text in texts if text for piece in split_pieces(text)]
+    rng = np.random.Generator(np.random.PCG64([draw.seed, index]))
+    draws = rng.random((len(pieces), 2))
+    train, heldout = draws[:, 0] < draw.keep, draws[:, 1] < draw.heldout
+    chosen = np.flatnonzero(train | heldout).tolist()
+    sizes = [len(pieces[i].encode("utf-8")) for i in chosen]
+    read = task.end - task.start if isinstance(task, TextRange) else sum(len(t.encode("utf-8")) for t in texts)
+    return Candidates([pieces[i] for i in chosen], sizes, train[chosen].tolist(), heldout[chosen].tolist(), read)
+
+
+class Sampler:
+    """Walks the tasks' candidates in order into the training sample and the held-out slice.
+
+    A held-out candidate is held out while the slice is under --heldout-max-bytes; a training
+    candidate is trained on until --sample-bytes or --max-docs is reached. Once the sample is
+    complete, reading goes on only until the slice holds 1/--heldout-every of the sample's bytes.
+    """
+
+    def __init__(self, config, total_bytes: int | None):
+        self.config = config
+        self.keep = 1.0
+        if config.sample_bytes and total_bytes:
+            self.keep = min(1.0, OVERSAMPLE * config.sample_bytes / total_bytes)
+        self.heldout: list[str] = []
+        self.heldout_bytes = 0
+        # The first training pieces, to measure on when the input is too small to hold any out.
+        self.first_trained: list[str] = []
+        self.docs = self.bytes = 0
+
+    def full(self) -> bool:
+        c = self.config
+        return bool((c.max_docs and self.docs >= c.max_docs) or (c.sample_bytes and self.bytes >= c.sample_bytes))
+
+    def heldout_target(self) -> int:
+        return min(self.config.heldout_max_bytes, max(1, self.bytes // self.config.heldout_every))
+
+    def done(self) -> bool:
+        return self.full() and self.heldout_bytes >= self.heldout_target()
+
+    def training_texts(self, source: Source, execution: Execution, workers: int, on_read) -> Iterator[str]:
+        """The training pieces in order; `on_read(bytes)` after each task."""
+        cap = self.config.heldout_max_bytes
+        draw = Draw(self.config.seed, self.keep, 1.0 / self.config.heldout_every)
+        jobs = ((index, task, draw) for index, task in enumerate(source.tasks))
+        results = ordered_map(draw_candidates, jobs, workers=workers, executor=execution.executor,
+                              ray_address=execution.ray_address)
+        try:
+            for result in results:
+                for text, size, train, held in zip(result.pieces, result.sizes, result.train, result.heldout):
+                    if self.full():
+                        if self.done():
+                            return
+                        if held:
+                            self._hold_out(text, size)
+                        continue
+                    if held and self.heldout_bytes < cap:
+                        self._hold_out(text, size)
+                    elif train:
+                        self.docs += 1
+                        self.bytes += size
+                        if self.bytes <= cap:
+                            self.first_trained.append(text)
+                        yield text
+                on_read(result.read_bytes)
+                if self.done():
+                    return
+        finally:
+            results.close()  # stops the workers still reading tasks that are no longer needed
+
+    def _hold_out(self, text: str, size: int) -> None:
+        self.heldout.append(text)
+        self.heldout_bytes += size
