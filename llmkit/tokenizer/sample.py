@@ -13,23 +13,29 @@ cluster's actors that read the input themselves (so it must be on storage they s
 task a worker ran never reaches the draws, so the sample, and the tokenizer, are the same on
 every executor and for any number of workers. Memory is a few tasks' candidates plus the sample
 itself (at most --sample-bytes), whatever the size of the input.
+
+Each task's candidates are appended to `sample.jsonl` in the stage's partial output folder, with
+a completion marker (llmkit.resume) after each: a rerun after a crash replays the finished tasks
+from that file instead of reading their input again, then goes on, and draws the same sample.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llmkit import artifacts
+from llmkit import artifacts, resume
 from llmkit.data.corpus import RowGroup, TextRange, corpus_row_groups, read_row_group_texts, read_text_range, text_file_ranges
 from llmkit.errors import UserError
 from llmkit.executor import Execution
 from llmkit.parallel import ordered_map
 
 PIECE_CHARS = 8192
+SAMPLE_LOG = "sample.jsonl"  # in the partial output only: the finished tasks' candidates
 # Read well past --sample-bytes' share of each task, so that the sample spans the input to its end
 # rather than filling up before it.
 OVERSAMPLE = 1.1
@@ -148,35 +154,74 @@ class Sampler:
     def done(self) -> bool:
         return self.full() and self.heldout_bytes >= self.heldout_target()
 
-    def training_texts(self, source: Source, execution: Execution, workers: int, on_read) -> Iterator[str]:
-        """The training pieces in order; `on_read(bytes)` after each task."""
-        cap = self.config.heldout_max_bytes
+    def training_texts(self, source: Source, execution: Execution, workers: int, on_read,
+                       folder: Path | None = None) -> Iterator[str]:
+        """The training pieces in order; `on_read(bytes)` after each task. With `folder` (the partial
+        output), finished tasks are logged there and a rerun continues after them."""
+        done_tasks, log = 0, None
+        if folder is not None:
+            done_tasks = yield from self._replay(folder, on_read)
+            if self.done():
+                return
+            log = open(folder / SAMPLE_LOG, "ab")
         draw = Draw(self.config.seed, self.keep, 1.0 / self.config.heldout_every)
-        jobs = ((index, task, draw) for index, task in enumerate(source.tasks))
+        jobs = ((index, source.tasks[index], draw) for index in range(done_tasks, len(source.tasks)))
         results = ordered_map(draw_candidates, jobs, workers=workers, executor=execution.executor,
                               ray_address=execution.ray_address)
         try:
-            for result in results:
-                for text, size, train, held in zip(result.pieces, result.sizes, result.train, result.heldout):
-                    if self.full():
-                        if self.done():
-                            return
-                        if held:
-                            self._hold_out(text, size)
-                        continue
-                    if held and self.heldout_bytes < cap:
-                        self._hold_out(text, size)
-                    elif train:
-                        self.docs += 1
-                        self.bytes += size
-                        if self.bytes <= cap:
-                            self.first_trained.append(text)
-                        yield text
+            for number, result in enumerate(results, start=done_tasks + 1):
+                if log is not None:
+                    log.write(json.dumps(asdict(result), ensure_ascii=False).encode() + b"\n")
+                    log.flush()
+                    resume.save(folder, {"tasks": number, "log_bytes": log.tell()}, {})
+                yield from self._take(result)
                 on_read(result.read_bytes)
                 if self.done():
                     return
         finally:
             results.close()  # stops the workers still reading tasks that are no longer needed
+            if log is not None:
+                log.close()
+
+    def _replay(self, folder: Path, on_read) -> Iterator[str]:
+        """The tasks an interrupted run finished, from its log; returns how many."""
+        marker = resume.load(folder)
+        log = folder / SAMPLE_LOG
+        if marker is None:
+            log.unlink(missing_ok=True)
+            return 0
+        state, _ = marker
+        from llmkit.console import err
+
+        err.print(f"resuming the interrupted run: {state['tasks']:,} read task(s) done", soft_wrap=True, markup=False)
+        with open(log, "r+b") as handle:
+            handle.truncate(state["log_bytes"])  # a task written after the last marker is read again
+            handle.seek(0)
+            for line in handle:
+                result = Candidates(**json.loads(line))
+                yield from self._take(result)
+                on_read(result.read_bytes)
+                if self.done():
+                    break
+        return state["tasks"]
+
+    def _take(self, result: Candidates) -> Iterator[str]:
+        cap = self.config.heldout_max_bytes
+        for text, size, train, held in zip(result.pieces, result.sizes, result.train, result.heldout):
+            if self.full():
+                if self.done():
+                    return
+                if held:
+                    self._hold_out(text, size)
+                continue
+            if held and self.heldout_bytes < cap:
+                self._hold_out(text, size)
+            elif train:
+                self.docs += 1
+                self.bytes += size
+                if self.bytes <= cap:
+                    self.first_trained.append(text)
+                yield text
 
     def _hold_out(self, text: str, size: int) -> None:
         self.heldout.append(text)

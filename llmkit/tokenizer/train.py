@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit import artifacts
+from llmkit import artifacts, resume
 from llmkit.tokenizer.config import TokenizerTrainConfig
-from llmkit.tokenizer.sample import Sampler, open_source
+from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, open_source
 from llmkit.data.tokenizer import (
     TOKEN_BYTES_FILE,
     TOKENIZER_FILE,
@@ -58,13 +58,19 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=err.is_terminal,
     )
-    with artifacts.create(out, "tokenizer", force=force, inputs=inputs) as build:
+    # a rerun continues only the very run that was interrupted: same config, seed and input
+    key = resume.digest({"stage": "tokenizer train", "config": config.hashed(), "seed": config.seed,
+                         "input": source.described, "corpus": source.corpus.fingerprint if source.corpus else None})
+    with artifacts.create(out, "tokenizer", force=force, inputs=inputs, resume_key=key) as build:
         started = time.perf_counter()
         with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
             task = bar.add_task("reading + counting", total=source.total_bytes)
-            texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size))
+            texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size),
+                                           folder=build.dir)
             tokenizer.train_from_iterator(texts, trainer)
         seconds = time.perf_counter() - started
+        resume.remove(build.dir)
+        (build.dir / SAMPLE_LOG).unlink(missing_ok=True)
         if sampler.docs == 0:
             raise UserError(
                 "the input has no text to train on (empty corpus or only empty documents); "
