@@ -192,7 +192,7 @@ def test_batched_keys_match_one_word_at_a_time(chunks, shared_data):
 
 
 def _reference_decisions(batches, bands):
-    """The streaming rule with one dict per band (the index before BandIndex), one document at a time."""
+    """The streaming union-find with one dict per band (band key -> root), one document at a time."""
     exact, index, kept, decisions = {}, [{} for _ in range(bands)], 0, []
     for batch in batches:
         for doc, row, present in zip(batch.docs, batch.band_keys, batch.has_keys):
@@ -205,14 +205,15 @@ def _reference_decisions(batches, bands):
             hit = next((index[b][k] for b, k in enumerate(row.tolist()) if present and k in index[b]), None)
             if hit is not None:
                 decisions.append(("near_duplicate", hit))
-                continue
-            if doc.exact_key:
-                exact[doc.exact_key] = kept
+                root = hit
+            else:
+                if doc.exact_key:
+                    exact[doc.exact_key] = kept
+                decisions.append((None, None))
+                root, kept = kept, kept + 1
             if present:
                 for b, k in enumerate(row.tolist()):
-                    index[b].setdefault(k, kept)
-            decisions.append((None, None))
-            kept += 1
+                    index[b].setdefault(k, root)
     return decisions
 
 
@@ -238,6 +239,24 @@ def test_band_index_decides_as_per_band_dicts():
     expected = _reference_decisions(batches, bands)
     assert got == expected
     assert {reason for reason, _ in got} == {None, "short", "exact_duplicate", "near_duplicate"}
-    flags = [bool(present) for batch in batches for present in batch.has_keys]
-    assert dedup.index.size == sum(1 for (reason, _), present in zip(got, flags) if reason is None and present)
-    assert dedup.index.capacity >= 2 * dedup.index.size  # load stays at most one half
+    # every distinct key of a kept document or a near duplicate is in the index, each band's table at most half full
+    distinct = [set() for _ in range(bands)]
+    decided = iter(got)
+    for batch in batches:
+        for row, present, (reason, _) in zip(batch.band_keys, batch.has_keys, decided):
+            if present and reason in (None, "near_duplicate"):
+                for b, k in enumerate(row.tolist()):
+                    distinct[b].add(k)
+    assert dedup.index.sizes.tolist() == [len(keys) for keys in distinct]
+    assert dedup.index.capacity >= 2 * dedup.index.sizes.max()
+    # a chain: C shares a key only with B, B only with A: one cluster, A kept, B and C near copies of A
+    chain = Deduplicator(False, 2)
+    keys = np.array([[1, 2], [1, 3], [4, 3]], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    docs = [Processed(f"c{i}", "s", "t", None, 1, 1, b"") for i in range(3)]
+    for split in ([3], [1, 2], [1, 1, 1]):  # in one batch, or across batches
+        chain = Deduplicator(False, 2)
+        got, start = [], 0
+        for size in split:
+            got += chain.decide(ProcessedBatch(docs[start:start + size], keys[start:start + size], np.ones(size, bool)))
+            start += size
+        assert got == [(None, None), ("near_duplicate", 0), ("near_duplicate", 0)], split

@@ -1,13 +1,21 @@
 """De-duplication in input order, a batch at a time: exact (hash of the cleaned text) and near
 (MinHash LSH band keys), the first document of a cluster kept.
 
-The LSH index is a `BandIndex`: one open-addressing hash table per band held in two NumPy arrays
-(64-bit keys, 32-bit ordinals of the kept document) instead of a Python dict per band; a kept
-document costs bands x 12 / load bytes (~350 bytes at 14 bands, against ~1.2 KB for the
-dicts' entries and int objects), and a batch's keys are looked up and inserted with array
-operations. Decisions are exactly the streaming ones: a document is a near duplicate of the
-kept document it shares a key with in the first band (in band order) where it shares one with
-any kept document, earlier in the same batch or before it.
+Near-duplicate clusters are a union-find over band-key collisions, run in input order: the index
+maps every band key seen (of kept documents and of removed near duplicates alike) to the root of
+its cluster, the cluster's first and only kept document — the union-find's parent pointers,
+fully compressed. A document that shares a key with any earlier document joins that document's
+cluster (the first band, in band order, that has a match decides), so a chain of near copies
+A ~ B ~ C is one cluster even where C is not similar enough to A itself; its own new keys then
+point at the same root. A document with no match starts a cluster and is kept. Documents are
+written in order, so two clusters a later document links are not merged after the fact: both
+roots were already written (an offline pass would keep one; a streaming one cannot).
+
+The index is a `BandIndex`: one open-addressing hash table per band held in two NumPy arrays
+(64-bit keys, 32-bit root ordinals) instead of a Python dict per band; a key costs 12 / load
+bytes (~350 bytes per document at 14 bands, against ~1.2 KB for the dicts' entries and int
+objects), and a batch's keys are looked up and inserted with array operations. The decisions are
+exactly those of the same rule run one document at a time with a dict per band (tested).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ class BandIndex:
     def __init__(self, bands: int, capacity: int = 1 << 12):
         self.bands = bands
         self._allocate(capacity)
-        self.size = 0  # keys per band
+        self.sizes = np.zeros(bands, dtype=np.int64)  # keys in each band's table
 
     def _allocate(self, capacity: int) -> None:
         self.capacity = capacity
@@ -59,19 +67,21 @@ class BandIndex:
             pending, slots = pending[go_on], self._next(slots[go_on])
         return found.reshape(keys.shape)
 
-    def insert(self, keys: np.ndarray, ordinals: np.ndarray) -> None:
-        """Add [n, bands] keys, none of them already present, with each row's ordinal."""
+    def insert(self, keys: np.ndarray, bands: np.ndarray, ordinals: np.ndarray) -> None:
+        """Add keys (each with its band and root ordinal), none of them already in its band's table."""
         if len(keys) == 0:
             return
-        if (self.size + len(keys)) > _MAX_LOAD * self.capacity:
+        sizes = self.sizes + np.bincount(bands, minlength=self.bands)
+        if sizes.max() > _MAX_LOAD * self.capacity:
             capacity = self.capacity
-            while (self.size + len(keys)) > _MAX_LOAD * capacity:
+            while sizes.max() > _MAX_LOAD * capacity:
                 capacity *= 2
             self._grow(capacity)
         if ordinals.max() >= np.iinfo(self.ordinals.dtype).max:
             self.ordinals = self.ordinals.astype(np.int64)
-        self._place(self._home(keys).ravel(), keys.ravel(), np.repeat(ordinals, self.bands))
-        self.size += len(keys)
+        slots = (keys & np.uint64(self.capacity - 1)).astype(np.int64) + bands.astype(np.int64) * self.capacity
+        self._place(slots, keys, ordinals)
+        self.sizes = sizes
 
     def _place(self, slots: np.ndarray, keys: np.ndarray, ordinals: np.ndarray) -> None:
         while len(slots):
@@ -101,10 +111,12 @@ class BandIndex:
         return self.keys.nbytes + self.ordinals.nbytes
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"index_keys": self.keys, "index_ordinals": self.ordinals, "index_size": np.array([self.size, self.capacity])}
+        return {"index_keys": self.keys, "index_ordinals": self.ordinals, "index_capacity": np.array([self.capacity]),
+                "index_sizes": self.sizes}
 
     def restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.size, self.capacity = (int(v) for v in arrays["index_size"])
+        self.capacity = int(arrays["index_capacity"][0])
+        self.sizes = arrays["index_sizes"].astype(np.int64)
         self.keys, self.ordinals = arrays["index_keys"], arrays["index_ordinals"]
 
 
@@ -152,7 +164,7 @@ class Deduplicator:
 
     def decide(self, batch: ProcessedBatch) -> list[tuple[Optional[str], Optional[int]]]:
         """(reason, ordinal of the kept document it duplicates) for every document of the batch, in order;
-        (None, None) for a kept one. Kept documents enter the index."""
+        (None, None) for a kept one. The band keys of kept documents and near duplicates enter the index."""
         docs = batch.docs
         decisions: list[tuple[Optional[str], Optional[int]]] = []
         near = self.index is not None and batch.band_keys is not None
@@ -163,9 +175,10 @@ class Deduplicator:
             keys = batch.band_keys[rows]
             plan = _BatchPlan(keys, self.index.lookup(keys), self.bands)
             row_list = row_of.tolist()
-            kept_rows: list[int] = []
-            kept_ordinals: list[int] = []
-            kept_in_group: list[dict[int, int]] = [{} for _ in range(self.bands)]
+            new_rows: list[int] = []  # (row, band) pairs whose key enters the index, and its root
+            new_bands: list[int] = []
+            new_roots: list[int] = []
+            root_in_group: list[dict[int, int]] = [{} for _ in range(self.bands)]
         for j, doc in enumerate(docs):
             if doc.reason:
                 decisions.append((doc.reason, None))
@@ -176,23 +189,25 @@ class Deduplicator:
                 decisions.append(("exact_duplicate", of))
                 continue
             row = row_list[j] if near else -1
+            of = plan.duplicate_of(row, root_in_group) if row >= 0 else None
+            if of is None:
+                root = self.kept
+                self.kept += 1
+                if doc.exact_key:
+                    self.exact[doc.exact_key] = root
+                decisions.append((None, None))
+            else:
+                root = of
+                self.cluster_sizes[of] += 1
+                decisions.append(("near_duplicate", of))
             if row >= 0:
-                of = plan.duplicate_of(row, kept_in_group)
-                if of is not None:
-                    self.cluster_sizes[of] += 1
-                    decisions.append(("near_duplicate", of))
-                    continue
-            ordinal = self.kept
-            self.kept += 1
-            if doc.exact_key:
-                self.exact[doc.exact_key] = ordinal
-            if row >= 0:
-                kept_rows.append(row)
-                kept_ordinals.append(ordinal)
-                plan.mark_kept(row, ordinal, kept_in_group)
-            decisions.append((None, None))
-        if near and kept_rows:
-            self.index.insert(keys[kept_rows], np.array(kept_ordinals, dtype=np.int64))
+                bands = plan.join(row, root, root_in_group)
+                new_rows += [row] * len(bands)
+                new_bands += bands
+                new_roots += [root] * len(bands)
+        if near and new_rows:
+            rows_, bands_ = np.array(new_rows, dtype=np.int64), np.array(new_bands, dtype=np.int64)
+            self.index.insert(keys[rows_, bands_], bands_, np.array(new_roots, dtype=np.int64))
         return decisions
 
 
@@ -221,20 +236,36 @@ class _BatchPlan:
         before_old = np.arange(bands) < first_old[:, None]
         self.resolve = (self.earlier & before_old).any(axis=1).tolist()
         self.any_shared = self.shared.any(axis=1).tolist()
+        self.any_old = hit.any(axis=1).tolist()
+        self.all_bands = list(range(bands))
         self.first_old = first_old.tolist()
         self.old = old
         self.bands = bands
 
-    def duplicate_of(self, row: int, kept_in_group: list[dict[int, int]]) -> Optional[int]:
+    def duplicate_of(self, row: int, root_in_group: list[dict[int, int]]) -> Optional[int]:
+        """The root of the cluster this row joins: that of the first band where an earlier row of the
+        batch, or the index, has its key; None when there is none."""
         first_old = self.first_old[row]
         if self.resolve[row]:
             for band in np.flatnonzero(self.earlier[row, :first_old]).tolist():
-                of = kept_in_group[band].get(int(self.group[row, band]))
-                if of is not None:
-                    return of
+                root = root_in_group[band].get(int(self.group[row, band]))
+                if root is not None:
+                    return root
         return int(self.old[row, first_old]) if first_old < self.bands else None
 
-    def mark_kept(self, row: int, ordinal: int, kept_in_group: list[dict[int, int]]) -> None:
-        if self.any_shared[row]:
-            for band in np.flatnonzero(self.shared[row]).tolist():
-                kept_in_group[band].setdefault(int(self.group[row, band]), ordinal)
+    def join(self, row: int, root: int, root_in_group: list[dict[int, int]]) -> list[int]:
+        """Point this row's keys at `root`: the bands whose key is new (not in the index, nor
+        already pointed by an earlier row of the batch), which the index takes in after the batch."""
+        if not self.any_old[row] and not self.any_shared[row]:  # the usual case: every key is new
+            return self.all_bands
+        new = []
+        for band, (old, shared, key) in enumerate(zip(self.old[row].tolist(), self.shared[row].tolist(),
+                                                      self.group[row].tolist())):
+            if old >= 0:
+                continue
+            if shared:
+                if key in root_in_group[band]:
+                    continue
+                root_in_group[band][key] = root
+            new.append(band)
+        return new
