@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,9 @@ def peak_memory_mb(device: str) -> float:
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 1e6
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    from llmkit.train.metrics import peak_rss_bytes
+
+    return peak_rss_bytes() / 1e6  # VmHWM: ru_maxrss would carry the parent's peak across exec
 
 
 def current_rss_mb() -> float:

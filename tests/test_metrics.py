@@ -146,3 +146,16 @@ def test_metrics_load_through_evaluate_offline(translation):
     assert bleu.compute(predictions=sources, references=targets)["score"] == sacrebleu.corpus_bleu(sources, [targets]).score
     rouge = evaluate.load(module_path("rouge"))
     assert set(rouge.compute(predictions=sources[:5], references=targets[:5])) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+
+
+def test_a_run_reports_its_own_peak_memory_not_its_parents(tmp_path):
+    """getrusage's ru_maxrss survives exec: a small child of a large process would report the parent's peak."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(400_000_000)  # this process: over 400 MB resident
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = "from llmkit.train.metrics import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < 300_000_000, child
+    del ballast

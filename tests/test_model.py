@@ -132,3 +132,44 @@ def test_presets_build_and_overrides():
         resolve_model_config("huge", vocab_size=10)
     with pytest.raises(UserError, match="divisible"):
         resolve_model_config("tiny", vocab_size=10, overrides={"n_embd": 100, "n_head": 3})
+
+
+@pytest.mark.parametrize("vocab_size", [97, 70_000])  # one chunk; several chunks with a short last one
+def test_fused_head_and_loss_equal_the_logits_and_cross_entropy(vocab_size, monkeypatch):
+    import torch.nn.functional as F
+
+    from llmkit.model import fused_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 75, 24, dtype=torch.float64, requires_grad=True)
+    weight = (0.3 * torch.randn(vocab_size, 24, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(0, vocab_size, (2, 75))
+    targets[0, :9] = fused_loss.IGNORE_INDEX  # prompt tokens without targets (SFT, MLM)
+    chunks = -(-150 // fused_loss.chunk_tokens(vocab_size))
+    assert (chunks > 1) == (vocab_size > 100) and 150 % fused_loss.chunk_tokens(vocab_size) != 0
+    expected = F.cross_entropy((hidden @ weight.t()).flatten(0, 1), targets.flatten(), ignore_index=fused_loss.IGNORE_INDEX)
+    (3 * expected).backward()
+    expected_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    got = fused_loss.linear_cross_entropy(hidden, weight, targets)
+    (3 * got).backward()
+    assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+    assert torch.allclose(hidden.grad, expected_grads[0], rtol=1e-10, atol=1e-14)
+    assert torch.allclose(weight.grad, expected_grads[1], rtol=1e-10, atol=1e-14)
+    with torch.no_grad():  # validation: the loss alone
+        assert torch.allclose(fused_loss.linear_cross_entropy(hidden, weight, targets), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["llama", "gpt2"])
+def test_training_call_gives_the_loss_and_gradients_of_the_logits_path(variant):
+    model = make(variant).train()
+    idx, targets = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    logits, loss = model(idx, targets)
+    loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    none, fused = model(idx, targets, return_logits=False)
+    fused.backward()
+    assert none is None and torch.allclose(fused, loss, rtol=1e-6)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-7), name

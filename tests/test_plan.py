@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
@@ -116,13 +115,14 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
         measured.append(max(json.loads(line).get("peak_memory_gb") or 0 for line in (run / "metrics.jsonl").read_text().splitlines()))
         estimated.append(_plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
                                "--gpu", "cpu", *recompute)["memory"]["total_gb"])
-    # What the process itself holds before any tensor (Python, PyTorch, the BLAS's buffers) differs between CPUs: the
-    # same 'tiny' run peaked at 0.80 GB on one machine of CI's kind and 1.12 GB on another. The model's own memory is
-    # what the estimate computes, so the changes between layouts are held to 20 %, the totals only to within 35 %.
-    for (est_a, est_b), (got_a, got_b) in zip(itertools.pairwise(estimated), itertools.pairwise(measured)):
-        assert abs((est_b - est_a) / (got_b - got_a) - 1) < 0.2, (estimated, measured)
+    # Each run reports its own peak (VmHWM): getrusage's ru_maxrss survives exec, and gave the pytest worker's own
+    # 1.12 GB for a 'tiny' run on CI. Totals within 20 %; so is the growth from 'tiny' to 'mini', what the estimate
+    # computes from the model beyond the process's fixed 0.45 GB; activation checkpointing lowers both.
+    (est_tiny, est_mini, est_recompute), (got_tiny, got_mini, got_recompute) = estimated, measured
+    assert abs((est_mini - est_tiny) / (got_mini - got_tiny) - 1) < 0.2, (estimated, measured)
+    assert est_recompute < est_mini and got_recompute < got_mini, (estimated, measured)
     for est, got in zip(estimated, measured):
-        assert abs(est / got - 1) < 0.35, (estimated, measured)
+        assert abs(est / got - 1) < 0.2, (estimated, measured)
 
 
 def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):

@@ -85,6 +85,23 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     assert json.loads((tmp_path / "c" / "fit.json").read_text())["approach3"]["alpha"] == pytest.approx(fit["approach3"]["alpha"], rel=1e-6)
 
 
+def test_points_where_the_smallest_model_always_wins_give_no_split_and_say_so(cli, tmp_path):
+    """Loss falling with data alone (the smallest model best at every budget): the fit drives A to 0, which
+    has no compute-optimal split; the artifact is still written, its budgets marked undetermined."""
+    from llmkit.errors import UserError
+
+    assert not Law(A=0.0, B=400.0, E=1.7, alpha=5.0, beta=0.3).determined
+    with pytest.raises(UserError, match="widen the sweep"):
+        Law(A=0.0, B=400.0, E=1.7, alpha=5.0, beta=0.3).optimal(1e18)
+    rows = [(n, flops / (6 * n), 1.7 + 400.0 / (flops / (6 * n)) ** 0.3) for flops in (1e15, 1e16, 1e17) for n in (1e5, 3e5, 1e6)]
+    result = cli("scaling", "fit", _csv(tmp_path / "points.csv", rows), "-o", tmp_path / "fit", "--grid", "coarse",
+                 "--budget", "1e18")
+    assert result.exit_code == 0, result.output
+    assert "widen the sweep" in result.output
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert fit["budgets"] == [{"flops": 1e18, "undetermined": "the fitted law does not fall with both N and D"}]
+
+
 @pytest.mark.parametrize("header,rows,message", [
     ("params,loss", [(1e6, 3.0)], "needs params, loss and tokens"),
     ("params,tokens,loss", [(1e6, -5, 3.0)], "tokens must be a positive number"),

@@ -123,7 +123,7 @@ class ClassifyLoss:
 def sft_loss(model, batch):
     """Mean next-token cross-entropy over the response tokens (prompt targets are IGNORE_INDEX)."""
     inputs, targets = batch
-    return model(inputs, targets)[1]
+    return model(inputs, targets, return_logits=False)[1]
 
 
 def confusion_scores(confusion) -> dict[str, float]:

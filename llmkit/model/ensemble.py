@@ -88,7 +88,8 @@ class Ensemble(nn.Module):
             mixed = term if mixed is None else (torch.logaddexp(mixed, term) if self.mode == "prob" else mixed + term)
         return mixed if self.mode == "prob" else F.log_softmax(mixed, dim=-1)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: EnsembleCache | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: EnsembleCache | None = None,
+                return_logits: bool = True):  # (return_logits: GPT's contract; logits are always returned)
         caches = cache.caches if cache is not None else [None] * len(self.members)
         # A generator: each member's logits are mixed in as they come, so one [B, T, V] buffer
         # is alive besides the running mixture, not K of them.

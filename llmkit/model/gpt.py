@@ -6,6 +6,8 @@ Options cover the GPT-2 family (LayerNorm, learned positions, GELU, bias) and th
 
 Contract with generation and evaluation (docs/pretrain.md):
   model(idx, targets=None, *, cache=None) -> (logits [B,T,V], loss or None)
+  model(idx, targets, return_logits=False) -> (None or logits, loss): training's call; on a CPU the
+      head and the loss run fused in chunks (fused_loss.py) and no logits are made
   model.new_cache(batch_size, max_len, pad_lengths=None) -> KVCache that forward appends to
   model.hidden_states(idx, attention_mask=None) -> [B,T,C] final-norm states
 With `pad_lengths` (LEFT padding per row) padded keys are invisible and positions count from
@@ -22,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from llmkit.model import fused_loss
+from llmkit.model.fused_loss import IGNORE_INDEX
 
 
 @dataclass
@@ -379,8 +382,11 @@ class GPT(nn.Module):
             return cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         return self.rope_cos, self.rope_sin
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+                return_logits: bool = True):
         x = self._trunk(idx, cache=cache)
+        if targets is not None and not return_logits and fused_loss.applies(x, self.lm_head.weight):
+            return None, fused_loss.linear_cross_entropy(x, self.lm_head.weight, targets)  # no [B,T,V] tensor
         logits = self.lm_head(x)
         loss = None
         if targets is not None:

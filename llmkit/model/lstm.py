@@ -101,7 +101,8 @@ class LSTMLM(nn.Module):
             cache.pos += T
         return self.drop(out)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: LSTMState | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: LSTMState | None = None,
+                return_logits: bool = True):  # (return_logits: GPT's contract; logits are always returned)
         logits = self.lm_head(self._trunk(idx, cache=cache))
         loss = None
         if targets is not None:

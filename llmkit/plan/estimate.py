@@ -11,7 +11,8 @@ by pipeline stage (the busiest stage counts). Activations are counted tensor by 
 block under bf16 autocast on GPU (fp32 on CPU) with SDPA's flash kernel (no T x T scores kept),
 times the blocks on a stage and the micro-batches a pipeline schedule keeps in flight; activation
 checkpointing keeps only each block's input and recomputes one block at a time. The loss
-keeps the logits in fp32 (log-softmax and its gradient). An allowance covers the allocator's
+keeps the logits in fp32 (log-softmax and its gradient); on a CPU, without tensor or pipeline
+parallelism, the head and loss run fused over chunks of tokens and hold one chunk. An allowance covers the allocator's
 fragmentation and workspaces (10 % of the tensors) and the CUDA context (0.5 GB) or, on a CPU,
 the process itself (Python, PyTorch, data: 0.45 GB, measured). Docs: docs/parallel.md.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+
+from llmkit.model.fused_loss import CHUNK_ELEMENTS
 
 GB = 1e9
 ADAM_BYTES = 8  # two fp32 moments
@@ -204,8 +207,15 @@ def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, o
         activations = layers * block
     activations += 4 * c.n_embd * tokens / layout.tp  # the embedding output (sequence-sharded under tp)
     activations *= layout.in_flight
-    # logits: the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
-    logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
+    # backward differentiates one block at a time: its activations' gradients live beside what is saved
+    activations += block
+    if not on_gpu and layout.tp == 1 and layout.pp == 1:
+        # the CPU's fused head and loss (llmkit/model/fused_loss.py): one chunk of logits, and the head's
+        # gradients made in the forward pass (hidden states' and the weight's) until backward takes them
+        logits = 4 * (CHUNK_ELEMENTS + tokens * c.n_embd + c.vocab_size * c.n_embd)
+    else:
+        # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
+        logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
     transient = 0.0
     if layout.strategy == "fsdp" and layout.dp > 1:
         # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next

@@ -33,7 +33,8 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
         table.add_row("a (approach 2)", f"{fit['approach2']['params_exponent']:.3f}", "")
     console.print(table)
     if law["params_exponent"] is None:
-        console.print(f"[yellow]warning:[/] alpha {law['alpha']:.3g}, beta {law['beta']:.3g}: the points do not show the loss "
+        console.print(f"[yellow]warning:[/] A {law['A']:.3g}, alpha {law['alpha']:.3g}, B {law['B']:.3g}, beta {law['beta']:.3g}: "
+                      "the points do not show the loss "
                       "falling with both model size and data; widen the sweep (more sizes, more tokens)", soft_wrap=True)
     for row in (r for r in fit["budgets"] if "undetermined" not in r):
         console.print(f"C = {row['flops']:.3g} FLOPs: N = {row['params']:.3g} parameters, D = {row['tokens']:.3g} tokens "

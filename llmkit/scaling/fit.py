@@ -53,8 +53,11 @@ class Law:
 
     @property
     def determined(self) -> bool:
-        """Loss falls with both N and D: there is a compute-optimal split."""
-        return self.alpha > EXPONENT_FLOOR and self.beta > EXPONENT_FLOOR
+        """Loss falls with both N and D: there is a compute-optimal split (exponents above the floor, and
+        both terms present: a fit with A = 0 says the model size does not matter at all)."""
+        if not (self.alpha > EXPONENT_FLOOR and self.beta > EXPONENT_FLOOR and self.A > 0 and self.B > 0):
+            return False
+        return 0 < (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta)) < math.inf
 
     def optimal(self, flops: float) -> tuple[float, float]:
         """(N_opt, D_opt) minimising the loss at C = 6 N D."""
@@ -64,6 +67,10 @@ class Law:
         total = self.alpha + self.beta
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / total)
         n = g * (flops / 6.0) ** (self.beta / total)
+        if not 0 < n < math.inf:
+            term, grows = ("A", "model size") if n == 0 else ("B", "data")
+            raise UserError(f"the fit has {term} = {getattr(self, term):.3g}: the points show no gain from {grows}, so "
+                            "no split of a budget is optimal; widen the sweep (more sizes or larger budgets)")
         return n, flops / (6.0 * n)
 
     def as_dict(self) -> dict[str, float]:

@@ -161,9 +161,22 @@ class MetricsLogger:
 def peak_memory_gb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
-    try:  # CPU: the process's peak resident set
-        import resource
+    peak = peak_rss_bytes()  # CPU: the process's peak resident set
+    return peak / 1e9 if peak is not None else None
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set. Linux's VmHWM, not getrusage's ru_maxrss: ru_maxrss survives
+    exec, so a run started by a large process (a test runner, a notebook) would report its parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
     except ImportError:  # pragma: no cover
         return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (kilobytes on Linux)

@@ -82,4 +82,4 @@ class WindowBatches:
 def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Mean cross-entropy over the batch's target tokens (next token, or masked tokens)."""
     inputs, targets = batch[0], batch[1]
-    return model(inputs, targets)[1]
+    return model(inputs, targets, return_logits=False)[1]

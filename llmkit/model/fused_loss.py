@@ -1,0 +1,81 @@
+"""The output head and the cross-entropy in one pass over chunks of tokens, never the whole logits.
+
+    loss = linear_cross_entropy(hidden [N, C], weight [V, C], targets [N])   # = F.cross_entropy(hidden @ weight.T, targets)
+
+The usual head writes a [N, V] logits tensor, the loss a [N, V] log-softmax, and backward a
+[N, V] gradient: for a batch of 16 x 256 tokens and 4096 words, three 67 MB tensors a step. On a
+CPU those exceed glibc's largest mmap threshold, so every step maps them fresh and page-faults
+them in (~65,000 faults), and each pass over them is memory-bound. Here each chunk of tokens
+computes its logits, its loss and, because the loss is the last operation of the step, its
+gradients right away (softmax minus one-hot, times the weight for the hidden states, times the
+hidden states for the weight); backward only scales them by the incoming gradient. The same
+FLOPs, no [N, V] tensor: the head plus loss measured 0.30 CPU-s against 0.40 for the usual pair
+(4,096 tokens, 256 -> 4096, 2 threads). The values agree with F.cross_entropy to float rounding.
+
+Used by GPT.forward(..., return_logits=False) on a CPU (llmkit/train/objectives.py), not under
+autocast, tensor parallelism (vocabulary-sharded DTensor heads) or torch.compile (which fuses
+the usual pair itself).
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in fp32, so a chunk stays in cache-sized, reused memory
+
+
+def chunk_tokens(vocab_size: int) -> int:
+    return max(16, CHUNK_ELEMENTS // vocab_size)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        valid = targets != IGNORE_INDEX
+        safe_targets = torch.where(valid, targets, 0)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        grad_weight = torch.zeros_like(weight) if need_grad else None
+        total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+        chunk = chunk_tokens(weight.shape[0])
+        rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            stop = min(start + chunk, hidden.shape[0])
+            h, t, v, r = hidden[start:stop], safe_targets[start:stop], valid[start:stop], rows[: stop - start]
+            logits = h @ weight.t()
+            picked = logits[r, t]
+            # log-sum-exp by hand, in place: the chunk's logits become its softmax without another [n, V] buffer
+            top = logits.amax(dim=-1, keepdim=True)
+            exps = logits.sub_(top).exp_()
+            sums = exps.sum(dim=-1)
+            total += ((top[:, 0] + sums.log() - picked) * v).sum()
+            if need_grad:
+                weights = v / sums  # softmax, and no gradient for a token without a target
+                probs = exps.mul_(weights[:, None])
+                probs[r, t] -= v.to(probs.dtype)
+                torch.mm(probs, weight, out=grad_hidden[start:stop])
+                grad_weight.addmm_(probs.t(), h)
+        count = valid.sum()
+        if need_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight, count)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, grad_weight, count = ctx.saved_tensors
+        scale = grad_output / count
+        return grad_hidden * scale, grad_weight * scale, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets` (IGNORE_INDEX: no target)."""
+    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1))
+
+
+def applies(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where the fused path is used: a plain CPU tensor, eager, no autocast."""
+    from torch.distributed.tensor import DTensor
+
+    return (hidden.device.type == "cpu" and not isinstance(weight, DTensor) and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
