@@ -56,6 +56,26 @@ def cli():
     return invoke
 
 
+def run_killed_and_resumed(command: list[str], tmp_path, progress, minimum: int):
+    """A data stage three times: straight through into `straight`; into `killed`, SIGKILLed once its resume
+    marker shows progress >= minimum; then again into `killed`, which must resume. Checks what every
+    interrupted run owes (nothing at the output after the kill, the resume message, no partial folder
+    left) and returns (straight, killed, progress at the kill, the rerun's stderr)."""
+    import glob
+    import subprocess
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
+    done = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"), progress, minimum)
+    assert done >= minimum, "the run ended before it could be interrupted"
+    assert not killed.exists()  # nothing at the output path, only the hidden partial folder
+    result = subprocess.run([*command, "-o", str(killed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resuming the interrupted run" in result.stderr
+    assert not glob.glob(str(tmp_path / ".killed.partial-*"))
+    return straight, killed, done, result.stderr
+
+
 def kill_at_marker(command: list[str], marker_glob: str, progress, minimum: int, timeout: float = 120) -> int:
     """Start `command`, SIGKILL it once the resume marker matching `marker_glob` shows `progress(state)`
     >= `minimum` (a data stage interrupted mid-run); returns the progress seen at the kill."""

@@ -226,28 +226,14 @@ def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):
 
 
 def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_artifact(corpus, tokenizer, tmp_path):
-    import glob
-    import subprocess
     import sys
 
-    from conftest import kill_at_marker
+    from conftest import run_killed_and_resumed
 
     command = [sys.executable, "-m", "llmkit", "tokenize", str(corpus), "-t", str(tokenizer), "--batch-size", "32",
                "--workers", "1", "--shard-tokens", "20000"]
-    straight = tmp_path / "straight"
-    assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
-
-    killed = tmp_path / "killed"
-    done = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"),
-                          lambda state: state["batches"], 16)
-    assert done >= 16, "the run ended before it could be interrupted"
-    assert not killed.exists()
-
-    result = subprocess.run([*command, "-o", str(killed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "resuming the interrupted run" in result.stderr
+    straight, killed, _, _ = run_killed_and_resumed(command, tmp_path, lambda state: state["batches"], 16)
     assert artifacts.load(killed).fingerprint == artifacts.load(straight).fingerprint
-    assert not glob.glob(str(tmp_path / ".killed.partial-*"))
 
 
 def test_automatic_worker_count_follows_corpus_size_and_idle_cores():

@@ -332,30 +332,18 @@ def test_piece_to_bytes_reads_byte_level_and_sentencepiece_pieces():
 
 
 def test_a_killed_training_run_resumes_from_its_finished_read_tasks(shared_data, tmp_path):
-    import glob
     import re
-    import subprocess
     import sys
 
-    from conftest import kill_at_marker
+    from conftest import run_killed_and_resumed
 
     paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
     corpus = write_corpus_artifact(tmp_path / "corpus", paragraphs * 3, docs_per_shard=60).path  # ~400 read tasks
     command = [sys.executable, "-m", "llmkit", "tokenizer", "train", str(corpus), "--vocab-size", "2000",
                "--sample-bytes", "3000000", "--seed", "7"]
-    straight = tmp_path / "straight"
-    assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
-
-    killed = tmp_path / "killed"
-    tasks_done = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"),
-                                lambda state: state["tasks"], 50)
-    assert tasks_done >= 50, "the run ended before it could be interrupted"
-    assert not killed.exists()
-    result = subprocess.run([*command, "-o", str(killed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    resumed = re.search(r"resuming the interrupted run: ([\d,]+) read task", result.stderr)
+    straight, killed, tasks_done, stderr = run_killed_and_resumed(command, tmp_path, lambda state: state["tasks"], 50)
+    resumed = re.search(r"resuming the interrupted run: ([\d,]+) read task", stderr)
     assert resumed and int(resumed.group(1).replace(",", "")) >= tasks_done
     assert artifacts.load(killed).fingerprint == artifacts.load(straight).fingerprint
     assert (killed / "tokenizer.json").read_bytes() == (straight / "tokenizer.json").read_bytes()
     assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in straight.iterdir())  # no log, no marker
-    assert not glob.glob(str(tmp_path / ".killed.partial-*"))

@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from llmkit.model.fused_loss import CHUNK_ELEMENTS
-
 GB = 1e9
 ADAM_BYTES = 8  # two fp32 moments
 FRAGMENTATION = 0.10
@@ -212,6 +210,8 @@ def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, o
     if not on_gpu and layout.tp == 1 and layout.pp == 1:
         # the CPU's fused head and loss (llmkit/model/fused_loss.py): one chunk of logits, and the head's
         # gradients made in the forward pass (hidden states' and the weight's) until backward takes them
+        from llmkit.model.fused_loss import CHUNK_ELEMENTS  # (here: importing it imports torch)
+
         logits = 4 * (CHUNK_ELEMENTS + tokens * c.n_embd + c.vocab_size * c.n_embd)
     else:
         # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
