@@ -12,6 +12,11 @@ sides: tokens/s = rows x new tokens / seconds, best of --repeats (the two sides 
 load from other processes hits both alike) after a warm-up. EOS is
 ignored on both sides so every row generates the same number of tokens, and the greedy tokens
 are checked to be identical, so both sides do the same work. The ratio is llmkit / transformers.
+
+--compile runs llmkit's decode step compiled (`llmkit generate --compile`); --hf-compile gives
+transformers its own compiled path (a static cache, which its `generate()` compiles once a
+CompileConfig allows the device), so compiled can be set against compiled. Compilation happens in
+the warm-up and its time is printed, not counted in tokens/s.
 """
 
 from __future__ import annotations
@@ -62,12 +67,12 @@ def prompts_for(batch: int, length: int, vocab: int) -> list[list[int]]:
     return [torch.randint(10, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def run_llmkit(model, prompts, new_tokens):
-    rows = generate_ids(model, prompts, GenerationParams(max_new_tokens=new_tokens, stop_at_eos=False), pad_id=0)
-    return [r.token_ids for r in rows]
+def run_llmkit(model, prompts, new_tokens, decoder=None):
+    params = GenerationParams(max_new_tokens=new_tokens, stop_at_eos=False)
+    return [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0, decoder=decoder)]
 
 
-def run_hf(hf, prompts, new_tokens, device):
+def run_hf(hf, prompts, new_tokens, device, compiled=False):
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -77,9 +82,19 @@ def run_hf(hf, prompts, new_tokens, device):
     with torch.inference_mode():
         out = hf.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-            do_sample=False, pad_token_id=0, eos_token_id=None, use_cache=True,
+            do_sample=False, pad_token_id=0, eos_token_id=None, use_cache=True, **hf_compile_kwargs(compiled),
         )
     return out[:, width:].tolist()
+
+
+def hf_compile_kwargs(compiled: bool) -> dict:
+    if not compiled:
+        return {}
+    from transformers import CompileConfig
+
+    config = CompileConfig()
+    config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+    return dict(cache_implementation="static", compile_config=config)
 
 
 def timed_pair(ours, theirs, repeats, device):
@@ -110,6 +125,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="llmkit's decode step compiled (llmkit generate --compile).")
+    parser.add_argument("--hf-compile", action="store_true", help="transformers with a static cache, compiled.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, hf = build_models(args)
@@ -124,15 +141,26 @@ def main() -> None:
         f"device {args.device}, threads {args.threads}, torch {torch.__version__}, transformers {transformers.__version__}, "
         f"{platform.processor() or platform.machine()}"
     )
-    print(f"greedy, prompt ~{args.prompt_len} tokens, {args.new_tokens} new tokens, best of {args.repeats}\n")
+    print(f"greedy, prompt ~{args.prompt_len} tokens, {args.new_tokens} new tokens, best of {args.repeats}; "
+          f"llmkit {'compiled' if args.compile else 'eager'}, transformers {'compiled (static cache)' if args.hf_compile else 'eager'}\n")
+    decoder = None
+    if args.compile:
+        from llmkit.generate.compiled import CompiledDecoder
+
+        decoder = CompiledDecoder(model)
     print(f"{'batch':>5}  {'llmkit tok/s':>13}  {'transformers tok/s':>19}  {'ratio':>6}  same tokens")
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = prompts_for(batch, args.prompt_len, c.vocab_size)
-        run_llmkit(model, prompts, 4)  # warm-up: kernels, allocator
-        run_hf(hf, prompts, 4, args.device)
+        warm = []
+        for warm_up in (lambda: run_llmkit(model, prompts, 4, decoder), lambda: run_hf(hf, prompts, 4, args.device, args.hf_compile)):
+            start = time.perf_counter()
+            warm_up()  # kernels, allocator, compilation
+            warm.append(time.perf_counter() - start)
+        if args.compile or args.hf_compile:
+            print(f"(warm-up incl. compilation: llmkit {warm[0]:.1f} s, transformers {warm[1]:.1f} s)")
         (t_ours, t_hf), (ours, theirs) = timed_pair(
-            lambda: run_llmkit(model, prompts, args.new_tokens),
-            lambda: run_hf(hf, prompts, args.new_tokens, args.device),
+            lambda: run_llmkit(model, prompts, args.new_tokens, decoder),
+            lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile),
             args.repeats,
             args.device,
         )

@@ -116,6 +116,43 @@ def test_sampling_deterministic_per_seed_and_batch_independent(name, model):
     assert other != a
 
 
+@pytest.mark.parametrize("name, model", MODELS[:2], ids=[m[0] for m in MODELS[:2]])
+def test_static_decode_step_equals_cached_forward(name, model):
+    """GPT.decode_step (whole cache attended through a mask, the slot a tensor: the form --compile
+    compiles) gives the logits of the model's own cached forward, left padding included."""
+    model.eval()
+    rows = [[5, 6, 7, 8, 9], [12, 13], [3, 4, 5]]
+    width = max(map(len, rows))
+    idx = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    pads = torch.tensor([width - len(r) for r in rows])
+    ours, theirs = model.new_cache(3, 32, pad_lengths=pads), model.new_cache(3, 32, pad_lengths=pads)
+    with torch.no_grad():
+        model(idx, cache=ours)
+        model(idx, cache=theirs)
+        for token in (21, 22, 23, 24):
+            tokens = torch.full((3, 1), token)
+            expected = model(tokens, cache=theirs)[0][:, -1]
+            got = model.decode_step(tokens, torch.tensor([ours.pos]), ours.pad_lengths, ours.k, ours.v)
+            ours.pos += 1
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours.k + ours.v, theirs.k + theirs.v):
+        torch.testing.assert_close(a, b)
+
+
+def test_compiled_generation_equals_eager():
+    """--compile: the same greedy tokens and seeded samples as the eager engine, for a left-padded
+    batch that runs past the context (so the cache slides and the compiled step continues)."""
+    from llmkit.generate.compiled import CompiledDecoder
+
+    model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    decoder = CompiledDecoder(model)
+    for params in (GenerationParams(max_new_tokens=70, stop_at_eos=False),
+                   GenerationParams(max_new_tokens=20, temperature=1.0, top_k=20, seed=3, stop_at_eos=False)):
+        eager = [r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0)]
+        compiled = [r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0, decoder=decoder)]
+        assert compiled == eager
+
+
 def test_sampling_filters_match_definitions():
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
     assert torch.isinf(filter_top_k(logits, 2)).tolist() == [[False, False, True, True, True]]
@@ -238,6 +275,13 @@ def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):
     assert result.exit_code != 0
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_compile_refuses_a_recurrent_checkpoint(cli, tmp_path, shakespeare):
+    ckpt = make_checkpoint(tmp_path / "lstm", shakespeare[:5000], arch="lstm", n_layer=1)
+    result = cli("generate", ckpt, "-p", "A", "--compile")
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and "--compile needs a single Transformer" in lines[0], result.output
 
 
 def test_checkpoint_without_tokenizer(cli, tmp_path, shakespeare):

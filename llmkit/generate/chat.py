@@ -23,7 +23,7 @@ COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversati
 class ChatSession:
     """One conversation with a model: history, prompt rendering within the context, replies."""
 
-    def __init__(self, model, tokenizer, task, params, system: str | None = None):
+    def __init__(self, model, tokenizer, task, params, system: str | None = None, compile: bool = False):
         """`task`: the checkpoint's TaskRecord (None: a base model, chatted to with the chat template)."""
         from llmkit.data.templates import chat_template, check_tokenizer
         from llmkit.generate.engine import Generator
@@ -38,7 +38,7 @@ class ChatSession:
             raise UserError(f"this checkpoint uses the text template {self.template['name']!r}, which has no system message; leave out --system")
         self.system = system
         self.history: list[dict[str, str]] = []
-        self.generator = Generator(model, tokenizer)
+        self.generator = Generator(model, tokenizer, compile=compile)
         arch = getattr(model.config, "arch", "gpt")
         self.limit = None if arch == "lstm" else int(model.config.context_length)
 
@@ -86,9 +86,9 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     from llmkit.runtime import resolve_device
 
     check_output_file(out, force, inputs=[checkpoint])
-    loaded = load_checkpoint(checkpoint, device=resolve_device(config.device), purpose="chat")
+    loaded = load_checkpoint(checkpoint, device=resolve_device(config.runtime.device), purpose="chat")
     params = config.sampling.params(config.seed)
-    session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system)
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.runtime.compile)
     transcript = Transcript(out, config.system)
     name = session.template["name"]
     if loaded.task is None:

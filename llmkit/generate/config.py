@@ -42,6 +42,13 @@ class Sampling(Options):
 
 
 @dataclass
+class Runtime(Options):
+    device: str = option("auto", "cpu, cuda, mps or auto.", runtime=True)
+    compile: bool = option(False, "torch.compile the decode step: faster per token after a compilation of seconds "
+                           "(pays off on long outputs and many prompts; docs/generate.md).", flags=("--compile",), runtime=True)
+
+
+@dataclass
 class GenerateConfig(Options):
     prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n is a newline.",
                                 flags=("--prompt", "-p"), parse=unescape_each)
@@ -57,7 +64,7 @@ class GenerateConfig(Options):
                                    choices=OVERFLOW_POLICIES, panel=RUN)
     stream: bool | None = option(None, "Print tokens as they arrive (default: when there is one completion).",
                                  flags=("--stream/--no-stream",), panel=RUN, runtime=True)
-    device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
+    runtime: Runtime = group(Runtime, panel=RUN)
     ensembling: Ensembling = group(Ensembling)
     seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
 
@@ -71,5 +78,5 @@ class ChatConfig(Options):
     system: str | None = option(None, "System message that opens the conversation.", parse=unescape)
     sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
                                help={"max_new_tokens": "Longest reply in tokens."})
-    device: str = option("auto", "cpu, cuda, mps or auto.", panel=RUN, runtime=True)
+    runtime: Runtime = group(Runtime, panel=RUN)
     seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")

@@ -85,8 +85,9 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 class _Window:
     """Prefill (or re-prefill after a slide) for a batch; returns next-token logits [B, V]."""
 
-    def __init__(self, model, pad_id: int, limit: int | None, budget: int):
+    def __init__(self, model, pad_id: int, limit: int | None, budget: int, decoder=None):
         self.model = model
+        self.decoder = decoder  # a CompiledDecoder (--compile) or None: the model's own forward
         self.pad_id = pad_id
         self.limit = limit
         self.budget = budget  # how many more tokens may still be fed after the prefill
@@ -99,6 +100,8 @@ class _Window:
         max_len = idx.size(1) + self.budget
         if self.limit is not None:
             max_len = min(max_len, self.limit)
+        if self.decoder is not None:
+            max_len = self.decoder.cache_length(max_len, self.limit)
         self.cache = self.model.new_cache(idx.size(0), max_len, pad_lengths=pad_lengths)
         logits, _ = self.model(idx, cache=self.cache)
         return logits[:, -1]
@@ -108,6 +111,8 @@ class _Window:
         return self.cache.pos >= self.cache.max_len
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.decoder is not None:
+            return self.decoder.step(tokens, self.cache)
         logits, _ = self.model(tokens[:, None], cache=self.cache)
         return logits[:, -1]
 
@@ -122,12 +127,14 @@ def generate_ids(
     eos_ids: Sequence[int] = (),
     seeds: Sequence[int] | None = None,
     on_step: Callable[[list[int | None]], Sequence[int] | None] | None = None,
+    decoder=None,
 ) -> list[RowResult]:
     """Generate for one batch of token prompts (one row each), left-padded together.
 
     `seeds` gives each row its own sampling seed (default: derived from params.seed and the row).
     `on_step(tokens)` is called after every step with the token each row produced (None for a
     finished row); it may return the indices of rows to stop now (a stop string appeared).
+    `decoder` (llmkit.generate.compiled.CompiledDecoder) runs the decode steps compiled.
     """
     if not prompt_ids:
         return []
@@ -145,7 +152,7 @@ def generate_ids(
     seeds = list(seeds) if seeds is not None else [row_seed(params.seed, b, 0) for b in range(B)]
     generators = None if params.greedy else [torch.Generator().manual_seed(s) for s in seeds]
 
-    window = _Window(model, pad_id, limit, budget=new)
+    window = _Window(model, pad_id, limit, budget=new, decoder=decoder)
     # Cut prompts from the left so that as many new tokens as possible fit beside them.
     first_keep = None
     if limit is not None and longest + new > limit:
@@ -268,10 +275,15 @@ class Generator:
     data (see prompts.document_start_id; default BOS), so an empty prompt samples a document's start.
     """
 
-    def __init__(self, model, tokenizer, start_id: int | None = None):
+    def __init__(self, model, tokenizer, start_id: int | None = None, compile: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.start_id = tokenizer.bos_id if start_id is None else start_id
+        self.decoder = None
+        if compile:
+            from llmkit.generate.compiled import CompiledDecoder
+
+            self.decoder = CompiledDecoder(model)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.start_id] + (self.tokenizer.encode(prompt) if prompt else [])
@@ -320,7 +332,8 @@ class Generator:
                 return stopped
 
             row_results = generate_ids(
-                self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=eos_ids, seeds=seeds, on_step=on_step
+                self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=eos_ids, seeds=seeds, on_step=on_step,
+                decoder=self.decoder,
             )
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):
                 tracker = trackers[b]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -168,6 +169,16 @@ class KVCache:
         self.pos = 0
 
 
+class SlotWrite(NamedTuple):
+    """A KV cache as the static-shape decode step sees it (GPT.decode_step): every layer's full
+    buffers, and the slot the new token's key and value go to (a one-element long tensor, so the
+    slot changing from step to step changes no shape and no Python value a compiled graph keys on)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    slot: torch.Tensor
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -179,7 +190,7 @@ class Attention(nn.Module):
         self.out_proj.is_residual_out = True
         self.dropout = config.dropout
 
-    def forward(self, x, rope, mask, cache: KVCache | None, layer: int):
+    def forward(self, x, rope, mask, cache: KVCache | SlotWrite | None, layer: int):
         B, T, _ = x.shape
         # q and kv stay two matmuls: one over torch.cat of the weights measured no faster on CPU
         # (within 0.5% per training step at 4 x 256 and 6 x 384), the concatenation eats the gain.
@@ -187,7 +198,11 @@ class Attention(nn.Module):
         k, v = self.kv_proj(x).view(B, T, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
+        if isinstance(cache, SlotWrite):  # static shapes: attend over every slot, the mask hides the unfilled
+            cache.k[layer].index_copy_(2, cache.slot, k)
+            cache.v[layer].index_copy_(2, cache.slot, v)
+            k, v = cache.k[layer], cache.v[layer]
+        elif cache is not None:
             start = cache.pos
             cache.k[layer][:, :, start : start + T] = k
             cache.v[layer][:, :, start : start + T] = v
@@ -301,7 +316,11 @@ class GPT(nn.Module):
         """Per-row positions [B,T] and the boolean attention mask (True = may attend), or None
         when plain causal/bidirectional attention is enough (the fast SDPA path)."""
         causal = self.config.objective == "clm"
-        if cache is not None:
+        if isinstance(cache, SlotWrite):  # static shapes: attend over every slot, the mask hides the unfilled
+            cache.k[layer].index_copy_(2, cache.slot, k)
+            cache.v[layer].index_copy_(2, cache.slot, v)
+            k, v = cache.k[layer], cache.v[layer]
+        elif cache is not None:
             start = cache.pos
             if start + T > cache.max_len:
                 raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
@@ -375,6 +394,26 @@ class GPT(nn.Module):
             x = block(x, rope, None, cache, layer)
         cache.pos += T
         return x
+
+    def decode_step(self, idx: torch.Tensor, slot: torch.Tensor, pad_lengths: torch.Tensor,
+                    keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        """Next-token logits [B, V] for one token per row (idx [B, 1]) written at cache slot `slot`
+        ([1] long), attending over every slot of the full cache buffers through a mask (slots
+        before a row's padding or after `slot` hidden). Unlike `forward` with a KVCache, no shape
+        and no Python value depends on the step, so `torch.compile` makes one graph that serves
+        every step (llmkit/generate/compiled.py). The caller advances the cache's `pos`."""
+        positions = (slot - pad_lengths).clamp(min=0)[:, None]  # [B, 1]
+        x = embed_tokens(self.tok_emb, self.pos_emb, idx, positions=positions)
+        rope = None
+        if self.config.pos == "rope":
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # [B, 1, 1, D/2]
+        cache_slots = torch.arange(keys[0].size(2), device=idx.device)
+        visible = (cache_slots[None, :] >= pad_lengths[:, None]) & (cache_slots[None, :] <= slot)
+        mask = visible[:, None, None, :]  # [B, 1, 1, S]
+        cache = SlotWrite(keys, values, slot)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache, layer)
+        return self.lm_head(self.final_norm(x))[:, -1]
 
     def _rope_for(self, length: int):
         if length > self.rope_cos.shape[0]:  # generation past the training context: extend the tables
