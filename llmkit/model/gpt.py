@@ -316,11 +316,7 @@ class GPT(nn.Module):
         """Per-row positions [B,T] and the boolean attention mask (True = may attend), or None
         when plain causal/bidirectional attention is enough (the fast SDPA path)."""
         causal = self.config.objective == "clm"
-        if isinstance(cache, SlotWrite):  # static shapes: attend over every slot, the mask hides the unfilled
-            cache.k[layer].index_copy_(2, cache.slot, k)
-            cache.v[layer].index_copy_(2, cache.slot, v)
-            k, v = cache.k[layer], cache.v[layer]
-        elif cache is not None:
+        if cache is not None:
             start = cache.pos
             if start + T > cache.max_len:
                 raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
