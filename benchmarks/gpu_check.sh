@@ -142,7 +142,8 @@ step_eval() {
 
 step_generate() {
   llmkit generate "$WORK/run" "$WORK/run/ema" -p "ROMEO:" -p "JULIET:" --greedy -n 64 -o "$OUT/generate-ensemble.jsonl" &&
-  "$PY" benchmarks/generate.py --device cuda --preset gpt2 --repeats 3
+  "$PY" benchmarks/generate.py --device cuda --preset gpt2 --repeats 3 &&
+  "$PY" benchmarks/generate.py --device cuda --preset gpt2 --repeats 3 --batches 1 --compile
 }
 
 step_bench() {
