@@ -23,6 +23,7 @@ GPU (if CUDA):  the same at GPT-2 124M, seq 1024, bf16 autocast, torch.compile o
                 plus MFU against the measured bf16 matmul peak of the GPU present.
 
 Options: --steps N --warmup N --rounds N --threads N --n-layer --n-embd --n-head --seq --batch --vocab --no-hf
+         --precision bf16 (the CPU section with every side under bf16 autocast)
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def run_llmkit(args) -> dict:
         dropout=0.0, seq_len=args.seq, batch_tokens=args.batch * args.seq, micro_batch=args.batch,
         max_steps=args.steps, lr=6e-4, warmup_steps=0, schedule="constant", weight_decay=0.1, grad_clip=1.0,
         eval_every=0, save_every=0, log_every=1, compile=args.compile, gpus=1 if gpu else 0,
+        precision="bf16" if gpu else args.precision,
     )
     baseline = current_rss_mb() if not gpu else 0.0
     shards = TokenShards.open(args.tokens, "train")
@@ -239,7 +241,10 @@ def reference_step(args, model, forward, optimizer, sampler, device):
     """One training step as nanoGPT's train.py does it, with the llmkit loop's syncs (loss value, grad norm)."""
     import torch
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else torch.autocast("cpu", enabled=False)
+    if args.device == "cuda" or args.precision == "bf16":
+        autocast = torch.autocast(args.device, dtype=torch.bfloat16)
+    else:
+        autocast = torch.autocast("cpu", enabled=False)
 
     def step(i: int) -> float:
         for group in optimizer.param_groups:
@@ -404,6 +409,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-only", action="store_true", help="Skip the CPU comparison.")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="CPU section: every side in fp32, or every side under bf16 autocast (llmkit's --precision bf16).")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="Untimed first steps.")
     parser.add_argument("--rounds", type=int, default=4, help="Rounds; each runs every side once, in alternating order.")
@@ -424,11 +431,11 @@ def main() -> None:
 
     args.cache.mkdir(parents=True, exist_ok=True)
     args.tokens = prepare_tokens(args.cache, args.vocab)
-    shape = ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head), "--seq", str(args.seq),
+    shape = ["--precision", args.precision, "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head), "--seq", str(args.seq),
              "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     sides = ["llmkit", "nanogpt"] + ([] if args.no_hf else ["hf"])
     if not args.gpu_only:
-        compare(args, f"CPU, {args.threads} thread(s), fp32: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape, sides)
+        compare(args, f"CPU, {args.threads} thread(s), {args.precision}: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape, sides)
     if torch.cuda.is_available():
         gpu_tokens = prepare_tokens(args.cache, 50257 if args.vocab == 4096 else args.vocab)
         args.tokens = gpu_tokens

@@ -114,6 +114,25 @@ def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path
     assert a.manifest.runtime["micro_batch"] == 8 and "micro_batch" not in a.manifest.config
 
 
+def test_bf16_precision_on_cpu_trains_like_fp32(shakespeare, cli, tmp_path):
+    """--precision bf16 autocasts on a CPU too: it learns, starts where fp32 starts (to bf16
+    rounding), computes something else than fp32 (different weights), and says so in the manifest."""
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        runs[precision] = run = tmp_path / precision
+        result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "60", "--eval-every", "60",
+                     "--lr", "3e-3", "--precision", precision)
+        assert result.exit_code == 0, result.output
+    bf16, fp32 = metrics(runs["bf16"]), metrics(runs["fp32"])
+    assert bf16[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=1e-2)
+    assert np.mean([r["loss"] for r in bf16[-5:]]) < min(unigram_entropy(shakespeare["tokens"]), bf16[0]["loss"] - 1.0)
+    assert np.mean([r["loss"] for r in bf16[-5:]]) == pytest.approx(np.mean([r["loss"] for r in fp32[-5:]]), rel=0.05)
+    a, b = artifacts.load(runs["bf16"], kind="checkpoint"), artifacts.load(runs["fp32"], kind="checkpoint")
+    assert (a.manifest.config["precision"], a.manifest.runtime["precision"]) == ("bf16", "bf16")
+    assert b.manifest.runtime["precision"] == "fp32"
+    assert a.manifest.files["model.safetensors"] != b.manifest.files["model.safetensors"]  # bf16 was really used
+
+
 @pytest.mark.parametrize("variant", [["--objective", "mlm"], ["--model", "lstm", "--n-embd", "64", "--lr", "2e-2"],
                                      ["--optimizer", "sgd", "--lr", "0.3", "--schedule", "linear"]],
                          ids=["mlm", "lstm", "sgd"])

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from llmkit.errors import UsageError, UserError
 from llmkit.options import Options
-from llmkit.train.options import Devices
+from llmkit.train.options import Devices, resolve_precision
 
 
 def first_process(devices: Devices) -> bool:
@@ -148,10 +148,11 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
     return micro, global_batch // (micro * world)
 
 
-def runtime_record(devices: Devices, info: Any, micro_batch: int, accumulation: int) -> dict[str, Any]:
-    """The manifest's `runtime` of a training run: the device options and what they resolved to."""
+def runtime_record(devices: Devices, info: Any, micro_batch: int, accumulation: int, precision: str) -> dict[str, Any]:
+    """The manifest's `runtime` of a training run: the device options and what they resolved to
+    (`precision`: the --precision option, recorded as what it meant on this device)."""
     record = dict(devices.runtime(), world_size=info.world_size, device=str(info.device), micro_batch=micro_batch,
-                  grad_accumulation=accumulation)
+                  grad_accumulation=accumulation, precision=resolve_precision(precision, str(info.device).split(":")[0]))
     if info.layout is not None and info.layout.model_parallel:
         record["layout"] = {"dp": info.layout.dp, "tp": info.layout.tp, "pp": info.layout.pp,
                             "pp_microbatches": info.layout.microbatches}

@@ -32,7 +32,7 @@ from llmkit.train import distributed as dist_utils
 from llmkit.train.distributed import DistInfo
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
-from llmkit.train.options import Checkpointing, Devices, Optimization
+from llmkit.train.options import Checkpointing, Devices, Optimization, resolve_precision
 
 Batch = tuple[torch.Tensor, ...]
 BatchProvider = Callable[[Sequence[int]], Batch]
@@ -104,9 +104,9 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return tuple(t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t for t in batch)
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on GPU (weights and optimizer stay fp32); fp32 on CPU, where bf16 is slow.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast (weights, gradients and optimizer state stay fp32), or plain fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 def _state_files(spec: ArtifactSpec) -> list[str]:
@@ -196,6 +196,7 @@ class Trainer:
         if devices.compile and self.split is None:
             self.model = torch.compile(self.model)
         self.peak_flops = gpu_peak_flops(self.device)
+        self.precision = resolve_precision(optim.precision, self.device.type)
 
     # -- resume -----------------------------------------------------------------------------
     def _load_weights_for_resume(self):
@@ -312,9 +313,9 @@ class Trainer:
             batch = _to_device(self.batches(self._micro_indices(step, micro)), self.device)
             last = micro == self.accum - 1
             if self.split is not None:
-                loss_sum += self.split.forward_backward(batch, self.accum, last, _autocast(self.device))
+                loss_sum += self.split.forward_backward(batch, self.accum, last, _autocast(self.device, self.precision))
                 continue
-            with dist_utils.gradient_sync(self.model, last), _autocast(self.device):
+            with dist_utils.gradient_sync(self.model, last), _autocast(self.device, self.precision):
                 loss = self.loss_fn(self.model, batch)
                 (loss / self.accum).backward()
             loss_sum += loss.detach().float()
@@ -350,7 +351,7 @@ class Trainer:
             return None
         s, info = self.settings, self.info
         if self.split is not None:
-            return self.split.evaluate(self.val_batches, self.val_size, s.micro_batch, lambda: _autocast(self.device))
+            return self.split.evaluate(self.val_batches, self.val_size, s.micro_batch, lambda: _autocast(self.device, self.precision))
         chunks = [range(i, min(i + s.micro_batch, self.val_size)) for i in range(0, self.val_size, s.micro_batch)]
         per_rank = math.ceil(len(chunks) / info.world_size)
         self.model.eval()
@@ -360,7 +361,7 @@ class Trainer:
             # Every rank runs the same number of forwards (FSDP gathers inside them); spare ones weigh 0.
             indices, weight = (chunks[j], len(chunks[j])) if j < len(chunks) else (chunks[0], 0)
             batch = _to_device(self.val_batches(indices), self.device)
-            with _autocast(self.device):
+            with _autocast(self.device, self.precision):
                 loss = self.loss_fn(self.model, batch)
             total += loss.double() * weight
         total = dist_utils.all_reduce_sum(total, info)
