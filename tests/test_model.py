@@ -160,6 +160,36 @@ def test_fused_head_and_loss_equal_the_logits_and_cross_entropy(vocab_size, monk
         assert torch.allclose(fused_loss.linear_cross_entropy(hidden, weight, targets), expected, rtol=1e-12, atol=0)
 
 
+def test_fused_head_and_loss_under_bf16_autocast_match_the_autocast_head():
+    """--precision bf16 on CPU: the fused path's products run in bf16 like the autocast head's, so
+    loss and gradients agree with logits-then-cross-entropy under autocast to bf16 rounding, and
+    the gradients stay fp32."""
+    import torch.nn.functional as F
+
+    from llmkit.model import fused_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 300, 64, requires_grad=True)
+    weight = (0.3 * torch.randn(9000, 64)).requires_grad_()  # several chunks
+    targets = torch.randint(0, 9000, (2, 300))
+    targets[1, :20] = fused_loss.IGNORE_INDEX
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.cross_entropy((hidden @ weight.t()).float().flatten(0, 1), targets.flatten(), ignore_index=fused_loss.IGNORE_INDEX)
+    expected.backward()
+    expected_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_loss.applies(hidden, weight)
+        got = fused_loss.linear_cross_entropy(hidden, weight, targets)
+    got.backward()
+    assert got.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.float32
+    assert torch.allclose(got, expected, rtol=1e-3)
+    for ours, theirs in zip((hidden.grad, weight.grad), expected_grads):
+        assert (ours - theirs).norm() / theirs.norm() < 2e-2
+    fp32 = fused_loss.linear_cross_entropy(hidden.detach(), weight.detach(), targets)
+    assert got.item() != fp32.item()  # the products really ran in bf16
+
+
 @pytest.mark.parametrize("variant", ["llama", "gpt2"])
 def test_training_call_gives_the_loss_and_gradients_of_the_logits_path(variant):
     model = make(variant).train()

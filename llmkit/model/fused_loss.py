@@ -12,9 +12,10 @@ hidden states for the weight); backward only scales them by the incoming gradien
 FLOPs, no [N, V] tensor: the head plus loss measured 0.30 CPU-s against 0.40 for the usual pair
 (4,096 tokens, 256 -> 4096, 2 threads). The values agree with F.cross_entropy to float rounding.
 
-Used by GPT.forward(..., return_logits=False) on a CPU (llmkit/train/objectives.py), not under
-autocast, tensor parallelism (vocabulary-sharded DTensor heads) or torch.compile (which fuses
-the usual pair itself).
+Used by GPT.forward(..., return_logits=False) on a CPU (llmkit/train/objectives.py), in fp32 or
+under bf16 autocast (`--precision bf16`: the products in bf16, the softmax in fp32); not under
+tensor parallelism (vocabulary-sharded DTensor heads) or torch.compile (which fuses the usual
+pair itself).
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ def chunk_tokens(vocab_size: int) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
+        # `low`: autocast's dtype where the caller runs under autocast. The two matrix products per
+        # chunk then run in it (as autocast would run the head), the softmax in fp32, and the
+        # gradients accumulate in the parameters' dtype; autocast itself is off in here so the
+        # dtypes are the ones written.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return _LinearCrossEntropy._forward(ctx, hidden, weight, targets, low)
+
+    @staticmethod
+    def _forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
         valid = targets != IGNORE_INDEX
         safe_targets = torch.where(valid, targets, 0)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
@@ -40,10 +50,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
         chunk = chunk_tokens(weight.shape[0])
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
+        head = weight if low is None else weight.to(low)
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
             h, t, v, r = hidden[start:stop], safe_targets[start:stop], valid[start:stop], rows[: stop - start]
-            logits = h @ weight.t()
+            if low is not None:
+                h = h.to(low)
+            logits = h @ head.t()
+            if low is not None:
+                logits = logits.float()
             picked = logits[r, t]
             # log-sum-exp by hand, in place: the chunk's logits become its softmax without another [n, V] buffer
             top = logits.amax(dim=-1, keepdim=True)
@@ -54,8 +69,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 weights = v / sums  # softmax, and no gradient for a token without a target
                 probs = exps.mul_(weights[:, None])
                 probs[r, t] -= v.to(probs.dtype)
-                torch.mm(probs, weight, out=grad_hidden[start:stop])
-                grad_weight.addmm_(probs.t(), h)
+                if low is None:
+                    torch.mm(probs, weight, out=grad_hidden[start:stop])
+                    grad_weight.addmm_(probs.t(), h)
+                else:
+                    probs = probs.to(low)
+                    grad_hidden[start:stop] = probs @ head
+                    grad_weight += probs.t() @ h
         count = valid.sum()
         if need_grad:
             ctx.save_for_backward(grad_hidden, grad_weight, count)
@@ -65,17 +85,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight, count = ctx.saved_tensors
         scale = grad_output / count
-        return grad_hidden * scale, grad_weight * scale, None
+        return grad_hidden * scale, grad_weight * scale, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets` (IGNORE_INDEX: no target)."""
-    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1))
+    """Mean cross-entropy of `hidden @ weight.T` against `targets` (IGNORE_INDEX: no target); under
+    autocast the products run in its dtype, as the head's would."""
+    device = hidden.device.type
+    low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), low)
 
 
 def applies(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Where the fused path is used: a plain CPU tensor, eager, no autocast."""
+    """Where the fused path is used: a plain CPU tensor (fp32 or under bf16 autocast), eager."""
     from torch.distributed.tensor import DTensor
 
-    return (hidden.device.type == "cpu" and not isinstance(weight, DTensor) and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+    return hidden.device.type == "cpu" and not isinstance(weight, DTensor) and not torch.compiler.is_compiling()
