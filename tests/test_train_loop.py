@@ -17,7 +17,7 @@ from llmkit.train.distributed import DistInfo
 from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer, accumulation_steps
 from llmkit.train.objectives import lm_loss, mlm_mask
 from llmkit.train.optim import build_optimizer, lr_at, param_groups
-from llmkit.train.options import Checkpointing, Devices, Optimization
+from llmkit.train.options import Checkpointing, Devices, Numerics, Optimization
 
 torch.set_num_threads(1)
 VOCAB, SEQ = 61, 16
@@ -57,7 +57,7 @@ def loop_settings(**values) -> LoopSettings:
     own = {name: values.pop(name) for name in LOOP_FIELDS if name in values}
     own = {"seed": 0, "warmup_steps": 0, "lr": 1e-3, **own}
     groups = {}
-    for name, cls in (("optim", Optimization), ("checkpoints", Checkpointing), ("devices", Devices)):
+    for name, cls in (("optim", Optimization), ("checkpoints", Checkpointing), ("devices", Devices), ("numerics", Numerics)):
         names = {o.name for o in flat_options(cls)}
         groups[name] = cls(**{k: values.pop(k) for k in list(values) if k in names})
     assert not values, f"unknown loop settings {values}"

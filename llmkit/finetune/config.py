@@ -8,7 +8,7 @@ from typing import Any
 
 from llmkit.model.records import TASKS
 from llmkit.options import Options, group, option
-from llmkit.train.options import DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Optimization
+from llmkit.train.options import DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization
 
 TASK_PANEL = "Task and data"
 LORA_PANEL = "LoRA and freezing"
@@ -34,6 +34,7 @@ class FinetuneConfig(Options):
         help={"lr": "Peak learning rate (default 1e-4, or 1e-3 with LoRA).",
               "warmup_steps": "Linear warmup steps (default min(50, steps/20))."},
     )
+    numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
     dropout: float | None = option(None, "Dropout while fine-tuning (default: the checkpoint's).", panel=TRAINING_PANEL, range="[0, 1)")
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL, eval_every=100, save_every=200)
     eval_examples: int = option(1024, "Validation examples per evaluation (at most).", panel=TRAINING_PANEL, range="[1, inf)")

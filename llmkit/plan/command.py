@@ -62,25 +62,29 @@ def model_config(cfg: PlanConfig):
     return config
 
 
-def hardware(cfg: PlanConfig) -> tuple[str, float, float, bool]:
-    """(name, memory GB per device, peak FLOP/s per device, on a GPU)."""
+def hardware(cfg: PlanConfig):
+    """(name, the Device each rank gets, its peak FLOP/s in the run's precision)."""
     from llmkit.hardware import BY_KEY
+    from llmkit.plan.estimate import Device
+    from llmkit.train.options import resolve_precision
 
+    bf16 = resolve_precision(cfg.numerics.precision, "cpu" if cfg.gpu == "cpu" else "cuda") == "bf16"
     if cfg.gpu == "cpu":
         # the processes of one machine share its RAM
         memory = cfg.memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 / (cfg.placement.gpus or 1)
-        return "CPU", memory, _cpu_flops(), False
+        return "CPU", Device(memory, on_gpu=False, bf16=bf16), _cpu_flops(bf16)
     accelerator = BY_KEY[cfg.gpu]
-    return accelerator.key, cfg.memory_gb or accelerator.memory_gb, accelerator.bf16_flops, True
+    # the table holds bf16 peaks; an fp32 run (no tensor cores in bf16) is not given its own figure
+    return accelerator.key, Device(cfg.memory_gb or accelerator.memory_gb, on_gpu=True, bf16=bf16), accelerator.bf16_flops
 
 
-def _cpu_flops() -> float:
-    """fp32 matrix-product FLOP/s of this machine's CPU (a fraction of a second)."""
+def _cpu_flops(bf16: bool) -> float:
+    """Matrix-product FLOP/s of this machine's CPU in the run's precision (a fraction of a second)."""
     import time
 
     import torch
 
-    a = torch.randn(1024, 1024)
+    a = torch.randn(1024, 1024, dtype=torch.bfloat16 if bf16 else torch.float32)
     a @ a
     start = time.perf_counter()
     for _ in range(4):
@@ -121,8 +125,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     problem = layout.problem(config)
     if problem:
         raise UserError(problem)
-    name, memory_gb, peak, on_gpu = hardware(cfg)
-    memory = estimate_memory(shape, layout, available_gb=memory_gb, on_gpu=on_gpu)
+    name, device, peak = hardware(cfg)
+    memory = estimate_memory(shape, layout, device)
     flops_token = shape.flops_per_token(seq)
     # MFU counts the model's FLOPs; recomputation and the pipeline's idle bubble cost time beside them.
     tokens_per_s = layout.world * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
@@ -132,7 +136,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "model": {"parameters": shape.total, "non_embedding_parameters": shape.non_embedding, "layers": config.n_layer,
                   "width": config.n_embd, "heads": config.n_head, "kv_heads": config.n_kv_head, "mlp_hidden": config.mlp_hidden,
                   "vocab_size": config.vocab_size, "context_length": config.context_length, "tied_embeddings": config.tie_embeddings},
-        "layout": {**asdict(layout), "world": layout.world, "dp": layout.dp, "device": name, "memory_gb_per_device": memory_gb},
+        "layout": {**asdict(layout), "world": layout.world, "dp": layout.dp, "device": name, "memory_gb_per_device": device.memory_gb,
+                   "precision": "bf16" if device.bf16 else "fp32"},
         "compute": {"flops_per_token": flops_token, "attention_share": 12 * config.n_layer * config.n_embd * seq / flops_token,
                     "mfu_assumed": cfg.mfu, "pipeline_bubble": layout.pipeline_bubble,
                     "recompute_factor": layout.recompute_factor, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / layout.world,
@@ -144,12 +149,12 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "notes": memory.notes,
     }
     if not memory.fits:
-        plan["fixes"] = fixes(shape, layout, available_gb=memory_gb, on_gpu=on_gpu)
+        plan["fixes"] = fixes(shape, layout, device)
     if cfg.search:
-        found = layout if memory.fits else smallest_layout(shape, layout, available_gb=memory_gb, on_gpu=on_gpu)
+        found = layout if memory.fits else smallest_layout(shape, layout, device)
         plan["search"] = None if found is None else {
             "layout": {k: v for k, v in asdict(found).items() if k not in ("pp_schedule", "pp_microbatches")},
-            "largest_micro_batch": largest_micro_batch(shape, found, available_gb=memory_gb, on_gpu=on_gpu),
+            "largest_micro_batch": largest_micro_batch(shape, found, device),
         }
     return plan
 
@@ -191,7 +196,7 @@ def print_plan(plan: dict[str, Any]) -> None:
     table.add_row("shape", f"{m['layers']} layers x {m['width']}, {m['heads']} heads ({m['kv_heads']} kv), MLP {m['mlp_hidden']}, "
                            f"vocabulary {m['vocab_size']:,}, context {m['context_length']:,}")
     table.add_row("layout", f"{lay['world']} x {lay['device']} ({lay['memory_gb_per_device']:.0f} GB): dp {lay['dp']} x tp {lay['tp']} "
-                            f"x pp {lay['pp']}, {lay['strategy']}, micro-batch {lay['micro_batch']} x {lay['seq_len']} tokens"
+                            f"x pp {lay['pp']}, {lay['strategy']}, {lay['precision']}, micro-batch {lay['micro_batch']} x {lay['seq_len']} tokens"
                             + (", activation checkpointing" if lay["activation_checkpointing"] else ""))
     table.add_row("FLOPs per token", f"{_human(c['flops_per_token'])} (6N + attention {c['attention_share']:.0%})")
     costs = ([f"recompute x{c['recompute_factor']:.2f}"] if c["recompute_factor"] != 1 else []) + (

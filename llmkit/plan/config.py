@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llmkit.hardware import BY_KEY
 from llmkit.options import Options, group, option
-from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Placement
+from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Numerics, Placement
 
 HARDWARE = "Hardware and estimate"
 GPU_CHOICES = tuple(BY_KEY) + ("cpu",)
@@ -26,6 +26,7 @@ class PlanConfig(Options):
     seq_len: int | None = option(None, "Training sequence length (default: the context length).", range="[1, inf)", panel=DEVICES_PANEL)
     batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank).",
                                       range="[1, inf)", panel=DEVICES_PANEL)
+    numerics: Numerics = group(Numerics, panel=HARDWARE)
     gpu: str = option("h100", "Device type: " + ", ".join(GPU_CHOICES) + ".", choices=GPU_CHOICES, panel=HARDWARE)
     memory_gb: float | None = option(None, "Memory per device in GB (default: the --gpu's; for cpu, this machine's RAM).",
                                      range="(0, inf)", panel=HARDWARE)

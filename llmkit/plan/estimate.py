@@ -186,9 +186,22 @@ def block_activation_bytes(config, tokens: int, layout: Layout, half: int) -> fl
     return per_token * tokens
 
 
-def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool) -> Memory:
+@dataclass(frozen=True)
+class Device:
+    """What each device offers and computes with."""
+
+    memory_gb: float
+    on_gpu: bool
+    bf16: bool  # bf16 autocast (--precision): activations in bf16, weights and optimizer state fp32
+
+
+def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory:
     c = shape.config
-    half = 2 if on_gpu else 4  # bf16 autocast on GPU, fp32 on CPU
+    on_gpu = device.on_gpu
+    # Saved activations: bf16 under autocast on a GPU. CPU autocast keeps most of them in fp32 (its
+    # norms, GELU and residual adds run in fp32; measured: a bf16 `mini` run peaks 9 % below fp32's,
+    # not half), and adds its bf16 copies of the weights, saved for backward.
+    half = 2 if device.bf16 and on_gpu else 4
     params = stage_parameters(shape, layout)
     shard = layout.dp if layout.strategy == "fsdp" else 1
     weights = 4 * params / shard
@@ -213,10 +226,14 @@ def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, o
         from llmkit.model.fused_loss import CHUNK_ELEMENTS  # (here: importing it imports torch)
 
         logits = 4 * (CHUNK_ELEMENTS + tokens * c.n_embd + c.vocab_size * c.n_embd)
+        if device.bf16:  # the chunk's bf16 products beside its fp32 logits, and the head's bf16 copy
+            logits += 2 * (CHUNK_ELEMENTS + c.vocab_size * c.n_embd)
     else:
         # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
         logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
     transient = 0.0
+    if device.bf16 and not on_gpu:
+        transient = 2 * params / shard
     if layout.strategy == "fsdp" and layout.dp > 1:
         # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next
         transient = 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
@@ -226,12 +243,12 @@ def estimate_memory(shape: ModelShape, layout: Layout, *, available_gb: float, o
     allowance += CUDA_CONTEXT if on_gpu else CPU_PROCESS
     if layout.pp > 1:
         notes.append(f"pipeline: the first stage holds {layout.in_flight} micro-batch(es) of activations ({layout.pp_schedule})")
-    return Memory(weights, gradients, optimizer, activations, logits, transient, allowance, available_gb * GB, notes)
+    return Memory(weights, gradients, optimizer, activations, logits, transient, allowance, device.memory_gb * GB, notes)
 
 
-def largest_micro_batch(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool, limit: int = 4096) -> int:
+def largest_micro_batch(shape: ModelShape, layout: Layout, device: Device, *, limit: int = 4096) -> int:
     """The largest micro-batch that fits (0: not even one sequence)."""
-    fits = lambda m: estimate_memory(shape, replace(layout, micro_batch=m), available_gb=available_gb, on_gpu=on_gpu).fits  # noqa: E731
+    fits = lambda m: estimate_memory(shape, replace(layout, micro_batch=m), device).fits  # noqa: E731
     if not fits(1):
         return 0
     low, high = 1, 2
@@ -244,7 +261,7 @@ def largest_micro_batch(shape: ModelShape, layout: Layout, *, available_gb: floa
     return low
 
 
-def smallest_layout(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool, per_node: int = 8,
+def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, per_node: int = 8,
                     max_nodes: int = 256) -> Layout | None:
     """The layout with the fewest devices (then the least model parallelism, then no recomputation)
     that fits the model at the given micro-batch and sequence length."""
@@ -263,21 +280,21 @@ def smallest_layout(shape: ModelShape, layout: Layout, *, available_gb: float, o
                     for recompute in (False, True):
                         option = replace(layout, gpus=gpus, nnodes=nnodes, tp=tp, pp=pp, strategy=strategy,
                                          activation_checkpointing=recompute)
-                        if estimate_memory(shape, option, available_gb=available_gb, on_gpu=on_gpu).fits:
+                        if estimate_memory(shape, option, device).fits:
                             candidates.append((tp * pp, recompute, strategy == "fsdp", option))
         if candidates:
             return min(candidates, key=lambda x: x[:3])[3]
     return None
 
 
-def fixes(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: bool) -> list[str]:
+def fixes(shape: ModelShape, layout: Layout, device: Device) -> list[str]:
     """The single changes that make a layout that does not fit, fit."""
     tried = []
     if not layout.activation_checkpointing:
         tried.append(("--activation-checkpointing", replace(layout, activation_checkpointing=True)))
     if layout.strategy != "fsdp" and layout.dp > 1:
         tried.append(("--strategy fsdp", replace(layout, strategy="fsdp")))
-    best = largest_micro_batch(shape, layout, available_gb=available_gb, on_gpu=on_gpu)
+    best = largest_micro_batch(shape, layout, device)
     if 0 < best < layout.micro_batch:
         tried.append((f"--micro-batch {best}", replace(layout, micro_batch=best)))
     for tp in (2, 4, 8):
@@ -291,4 +308,4 @@ def fixes(shape: ModelShape, layout: Layout, *, available_gb: float, on_gpu: boo
                           replace(layout, pp=pp, gpus=layout.gpus * pp // layout.pp)))
             break
     return [label for label, option in tried
-            if option.problem(shape.config) is None and estimate_memory(shape, option, available_gb=available_gb, on_gpu=on_gpu).fits]
+            if option.problem(shape.config) is None and estimate_memory(shape, option, device).fits]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmkit.options import Options, group, option
-from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, Optimization
+from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, Numerics, Optimization
 
 
 @dataclass
@@ -18,6 +18,7 @@ class PretrainConfig(Options):
     max_tokens: int | None = option(None, "Train on this many tokens instead of --max-steps.", panel=TRAINING_PANEL, range="[1, inf)")
     mlm_probability: float = option(0.15, "Share of tokens masked for --objective mlm.", panel=TRAINING_PANEL, range="(0, 1)")
     optim: Optimization = group(Optimization, panel=TRAINING_PANEL)
+    numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL)
     eval_tokens: int = option(32768, "Validation tokens per evaluation.", panel=TRAINING_PANEL, range="[1, inf)")
     seed: int = option(0, "Seed for initialisation, data order, masking and dropout.", range="[0, 4294967295]")

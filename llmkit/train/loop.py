@@ -32,7 +32,7 @@ from llmkit.train import distributed as dist_utils
 from llmkit.train.distributed import DistInfo
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
-from llmkit.train.options import Checkpointing, Devices, Optimization, resolve_precision
+from llmkit.train.options import Checkpointing, Devices, Numerics, Optimization, resolve_precision
 
 Batch = tuple[torch.Tensor, ...]
 BatchProvider = Callable[[Sequence[int]], Batch]
@@ -47,6 +47,7 @@ class LoopSettings:
     optim: Optimization
     checkpoints: Checkpointing
     devices: Devices
+    numerics: Numerics
     seed: int
     max_steps: int
     global_batch: int  # samples per optimizer step, across all ranks
@@ -58,7 +59,8 @@ class LoopSettings:
     @classmethod
     def for_stage(cls, config: Any, **derived: Any) -> LoopSettings:
         """Settings for a stage config that nests the shared groups (llmkit.train.options)."""
-        return cls(optim=config.optim, checkpoints=config.checkpoints, devices=config.devices, seed=config.seed, **derived)
+        return cls(optim=config.optim, checkpoints=config.checkpoints, devices=config.devices, numerics=config.numerics,
+                   seed=config.seed, **derived)
 
 
 @dataclass
@@ -196,7 +198,7 @@ class Trainer:
         if devices.compile and self.split is None:
             self.model = torch.compile(self.model)
         self.peak_flops = gpu_peak_flops(self.device)
-        self.precision = resolve_precision(optim.precision, self.device.type)
+        self.precision = resolve_precision(settings.numerics.precision, self.device.type)
 
     # -- resume -----------------------------------------------------------------------------
     def _load_weights_for_resume(self):

@@ -65,8 +65,14 @@ class Optimization(Options):
     beta2: float = option(0.95, "AdamW beta2.", range="[0, 1)")
     momentum: float = option(0.9, "SGD momentum.", range="[0, 1)")
     grad_clip: float = option(1.0, "Clip the gradient norm to this (0 = off).", range="[0, inf)")
+
+
+@dataclass
+class Numerics(Options):
+    """How a run computes: part of what it computes, so recorded (unlike Devices); shared with `llmkit plan`."""
+
     precision: str = option("auto", "Matmul precision: bf16 (autocast; weights and optimizer state stay fp32) or fp32; auto = "
-                            "bf16 on CUDA, fp32 elsewhere. bf16 on a CPU with AMX trains ~1.6x faster (docs/pretrain.md).",
+                            "bf16 on CUDA, fp32 elsewhere. bf16 on a CPU with AMX trains ~1.85x faster (docs/pretrain.md).",
                             choices=PRECISIONS)
 
 

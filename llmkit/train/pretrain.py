@@ -154,7 +154,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 max_steps=max_steps,
                 tokenizer_fingerprint=next((i["fingerprint"] for i in tokens_art.manifest.inputs if i["role"] == "tokenizer"), None),
             ),
-            runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.optim.precision),
+            runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.numerics.precision),
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
         )
