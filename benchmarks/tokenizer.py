@@ -6,11 +6,15 @@
 (a) Training: `train_tokenizer` (reads the corpus Parquet, holds out a slice, measures it, writes the
     artifact) vs the raw `tokenizers` BpeTrainer with the same pre-tokenizer, vocab and min-frequency
     on the same documents already in memory. Overhead = llmkit / raw - 1 (target < 10%).
-(b) Encoding, 10x corpus: `llmkit tokenize` end to end (Parquet in, shards out, on --workers processes)
-    vs raw `Tokenizer.encode_batch` on the texts in memory (all cores, its own thread pool) vs tiktoken:
-    its GPT-2 encoding when the BPE file is in tiktoken's cache (it cannot be downloaded offline),
-    otherwise tiktoken with our own merges: `encode_ordinary_batch` on --workers threads, and a plain
-    loop of `encode_ordinary` on one thread (the engine's own speed, without thread hand-overs).
+(b) Encoding, 10x corpus, whole processes alternating over --rounds rounds (wall and CPU time of
+    each process, children included): `llmkit tokenize` (Parquet in, shards out, --workers 0 = its
+    own choice of processes) against the script a user would write around tiktoken (with our merges:
+    the same ids): read the same Parquet in record batches, `encode_ordinary_batch` on as many
+    threads as there are idle cores (`encode_ordinary` in a loop on one), append EOS, write one
+    uint16 file. llmkit does more on top: a held-out split, spot checks against `tokenizers`,
+    per-shard files, hashes and a manifest. --busy keeps one core busy (a spinning process) for the
+    whole comparison. Then, in-process and for reference: raw `Tokenizer.encode_batch` on the texts
+    in memory, tiktoken's `encode_ordinary_batch` and a one-thread `encode_ordinary` loop.
 (c) Peak memory (RSS summed over the process tree) of `llmkit tokenize` as a subprocess on 1x and 10x:
     streaming should keep it flat.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -75,6 +80,39 @@ def peak_memory_mb(command: list[str]) -> tuple[float, float]:
     return peak / 1024, time.perf_counter() - started
 
 
+def tiktoken_side(corpus: Path, tokenizer: Path, out: Path, threads: int) -> None:
+    """The reference as a user would write it (run as its own process: --side tiktoken)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from llmkit.data.tokenizer import load_tokenizer  # only to build tiktoken's Encoding from our merges
+
+    tok = load_tokenizer(tokenizer)
+    encoding, eos = tok.fast_encoding, tok.eos_id
+    with open(out, "wb") as handle:
+        for shard in sorted((corpus / "shards").glob("*.parquet")):
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024, columns=["text"]):
+                texts = batch.column(0).to_pylist()
+                if threads > 1:
+                    encoded = encoding.encode_ordinary_batch(texts, num_threads=threads)
+                else:
+                    encoded = [encoding.encode_ordinary(t) for t in texts]
+                ids = np.fromiter((i for row in encoded for i in (*row, eos)), dtype=np.uint16)
+                handle.write(ids.tobytes())
+
+
+def timed_process(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and its children) of one whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.decode()[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def tiktoken_reference(our_encoding):
     """tiktoken's GPT-2 encoding if it is cached; else tiktoken built from our merges."""
     import tiktoken
@@ -96,9 +134,19 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10, help="the large input is this many copies of the corpus")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="(b): rounds of the two whole processes, alternating")
+    parser.add_argument("--busy", action="store_true", help="(b): keep one core busy with a spinning process meanwhile")
+    parser.add_argument("--side", choices=("tiktoken",), help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--ray", action="store_true", help="also the Ray column: local vs --executor ray, 1 and 2 workers, "
                         "on 20 MB (benchmarks/ray_executor.py; needs llmkit[ray])")
     args = parser.parse_args()
+    if args.side == "tiktoken":
+        tiktoken_side(args.corpus, args.tokenizer, args.out, args.threads)
+        return
 
     from tokenizers import pre_tokenizers, trainers
 
@@ -135,22 +183,51 @@ def main() -> None:
     print(f"  raw tokenizers BpeTrainer  {raw_s:7.2f} s")
     print(f"  llmkit tokenizer train     {ours_s:7.2f} s   overhead {100 * (ours_s / raw_s - 1):+.1f}%")
 
-    # (b) encoding throughput on the 10x corpus
+    # (b) encoding throughput on the 10x corpus: whole processes, alternating
     tok = load_tokenizer(tok_path)
     texts = docs * args.scale
     big_mb = small_mb * args.scale
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        if busy:
+            time.sleep(3)  # let the load average see it, as llmkit's --workers 0 reads it
+        idle = max(1, round((os.cpu_count() or 1) - os.getloadavg()[0])) if busy else (os.cpu_count() or 1)
+        ours_cmd = [sys.executable, "-m", "llmkit.cli", "tokenize", str(corpus10), "-t", str(tok_path), "-o", str(work / "tokens10"),
+                    "--workers", "0", "--force"]
+        ref_cmd = [sys.executable, __file__, "--side", "tiktoken", "--corpus", str(corpus10), "--tokenizer", str(tok_path),
+                   "--out", str(work / "tiktoken.bin"), "--threads", str(idle)]
+        runs: dict[str, list[tuple[float, float]]] = {"llmkit": [], "tiktoken": []}
+        for r in range(args.rounds):
+            for side in (("llmkit", "tiktoken") if r % 2 == 0 else ("tiktoken", "llmkit")):
+                runs[side].append(timed_process(ours_cmd if side == "llmkit" else ref_cmd))
+        stats = artifacts.load(work / "tokens10").stats
+        used_workers = artifacts.load(work / "tokens10").manifest.runtime["workers"]
+        ref_tokens = (work / "tiktoken.bin").stat().st_size // 2
+        ours_tokens = stats["train"]["tokens"] + stats["val"]["tokens"]
+        print(f"\n(b) encoding {big_mb:.1f} MB, whole processes, {args.rounds} rounds alternating"
+              f"{', one core kept busy' if busy else ''} (load {os.getloadavg()[0]:.1f}):")
+        print(f"  llmkit tokenize --workers 0 ({used_workers} worker(s), encoder {stats['encoder']}): {ours_tokens:,} tokens")
+        print(f"  tiktoken script ({idle} thread(s)): {ref_tokens:,} tokens"
+              + ("" if ref_tokens == ours_tokens else " (differs: llmkit adds BOS per document when the tokenizer asks)"))
+        for side in ("llmkit", "tiktoken"):
+            wall, cpu = min(w for w, _ in runs[side]), min(c for _, c in runs[side])
+            print(f"  {side:9s} best wall {wall:6.2f} s ({big_mb / wall:5.1f} MB/s)   best CPU {cpu:6.2f} s ({big_mb / cpu:5.1f} MB per CPU-s)")
+        walls = sorted(t[0] / o[0] for o, t in zip(runs["llmkit"], runs["tiktoken"]))
+        cpus = sorted(t[1] / o[1] for o, t in zip(runs["llmkit"], runs["tiktoken"]))
+        print(f"  llmkit / tiktoken, paired median: wall {walls[len(walls) // 2]:.2f}x   CPU {cpus[len(cpus) // 2]:.2f}x"
+              f"   (per round, wall: {', '.join(f'{v:.2f}' for v in walls)})")
+    finally:
+        if busy:
+            busy.kill()
+    print("\n  in-process, for reference (engine speed on texts in memory):")
     ours_s, _ = best_of(args.repeat, lambda: tokenize_corpus(
         corpus10, tok_path, work / "tokens10", TokenizeConfig(workers=args.workers), force=True))
-    stats = artifacts.load(work / "tokens10").stats
-    used_workers = artifacts.load(work / "tokens10").manifest.runtime["workers"]
     hf_s, _ = best_of(args.repeat, lambda: tok.hf.encode_batch(texts, add_special_tokens=False))
     name, reference = tiktoken_reference(tok.fast_encoding)
     threads = args.workers or (os.cpu_count() or 1)  # --workers 0: llmkit picks its own count; tiktoken gets every core
     tt_s, _ = best_of(args.repeat, lambda: reference.encode_ordinary_batch(texts, num_threads=threads))
     one_s, _ = best_of(args.repeat, lambda: [reference.encode_ordinary(t) for t in texts])
-    print(f"\n(b) encoding {big_mb:.1f} MB ({stats['train']['tokens'] + stats['val']['tokens']:,} tokens, "
-          f"encoder {stats['encoder']}, {used_workers} workers)")
-    print(f"  llmkit tokenize (end to end)                    {big_mb / ours_s:7.1f} MB/s")
+    print(f"  llmkit tokenize_corpus, --workers {args.workers}          {big_mb / ours_s:7.1f} MB/s")
     print(f"  raw Tokenizer.encode_batch                      {big_mb / hf_s:7.1f} MB/s   llmkit / raw = {hf_s / ours_s:.2f}x")
     print(f"  {name + ' encode_ordinary_batch':47s} {big_mb / tt_s:7.1f} MB/s   llmkit / tiktoken = {tt_s / ours_s:.2f}x")
     print(f"  {name + ' encode_ordinary, 1 thread':47s} {big_mb / one_s:7.1f} MB/s   llmkit / tiktoken = {one_s / ours_s:.2f}x")

@@ -64,14 +64,14 @@ def loop_settings(**values) -> LoopSettings:
     return LoopSettings(**groups, **own)
 
 
-def make_trainer(tmp_path, batches, *, max_steps=20, resume=False, seed=0, config=None, **settings):
+def make_trainer(tmp_path, batches, *, max_steps=20, resume=False, seed=0, config=None, loss_fn=lm_loss, **settings):
     torch.manual_seed(seed)
     model = build_model(config or model_config())
     base = dict(max_steps=max_steps, global_batch=8, micro_batch=4, tokens_per_sample=SEQ, seed=seed, lr=3e-3,
                 warmup_steps=2, eval_every=0, save_every=0, log_every=1000)
     base.update(settings)
     spec = ArtifactSpec(config={"test": True}, seed=seed)
-    return Trainer(model, loop_settings(**base), info=DistInfo(), run_dir=tmp_path, batches=batches, loss_fn=lm_loss,
+    return Trainer(model, loop_settings(**base), info=DistInfo(), run_dir=tmp_path, batches=batches, loss_fn=loss_fn,
                    spec=spec, resume=resume)
 
 
@@ -180,8 +180,7 @@ def test_nonfinite_loss_stops_and_names_step(tmp_path):
         loss = lm_loss(model, batch)
         return loss * float("nan") if trainer.optimizer.state and next(iter(trainer.optimizer.state.values()))["step"] >= 3 else loss
 
-    trainer = make_trainer(tmp_path, Poisoned(), max_steps=10, save_every=2)
-    trainer.loss_fn = nan_after_three
+    trainer = make_trainer(tmp_path, Poisoned(), max_steps=10, save_every=2, loss_fn=nan_after_three)
     from llmkit.train.loop import NonFiniteLoss
 
     with pytest.raises(NonFiniteLoss, match=r"at step 4; .*step_0000002"):
@@ -209,12 +208,10 @@ def test_mlm_masking_is_deterministic_80_10_10():
 
 
 def test_cuda_oom_names_the_knob(tmp_path):
-    trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=3)
-
     def out_of_memory(model, batch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    trainer.loss_fn = out_of_memory
+    trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=3, loss_fn=out_of_memory)
     from llmkit.errors import UserError
 
     with pytest.raises(UserError, match=r"out of memory at step 1 with --micro-batch 4: lower --micro-batch"):

@@ -106,6 +106,12 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def to_device(batch: tuple, device: torch.device) -> tuple:
+    """A batch's tensors on `device` (asynchronous copies to a GPU); other items as they are."""
+    non_blocking = device.type == "cuda"
+    return tuple(t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         import torch.distributed as dist

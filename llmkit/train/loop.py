@@ -29,6 +29,7 @@ from llmkit.model.io import save_weights
 from llmkit.model.records import CheckpointStats
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
+from llmkit.train.data_parallel import DataParallelRun
 from llmkit.train.distributed import DistInfo
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
@@ -101,11 +102,6 @@ def accumulation_steps(settings: LoopSettings, world_size: int) -> int:
     return settings.global_batch // per_step
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    non_blocking = device.type == "cuda"
-    return tuple(t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t for t in batch)
-
-
 def _autocast(device: torch.device, precision: str):
     """bf16 autocast (weights, gradients and optimizer state stay fp32), or plain fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
@@ -151,7 +147,7 @@ class Trainer:
         self.settings, self.info, self.run_dir = settings, info, Path(run_dir)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.batches, self.loss_fn, self.spec = batches, loss_fn, spec
+        self.batches, self.spec = batches, spec
         self.val_batches, self.val_size = val_batches, val_size
         self.accum = accumulation_steps(settings, info.batch_ways)
         self.device = info.device
@@ -174,29 +170,25 @@ class Trainer:
         self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
         optim = settings.optim
         devices = settings.devices
-        self.split = None  # the engine of --tp/--pp runs (llmkit.train.model_parallel)
+        # The engine applies the layout and runs the steps: the model split (--tp/--pp) or whole on every rank.
         if info.layout is not None and info.layout.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
 
-            self.split = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
-                                          strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
-                                          compile=devices.compile, loss_fn=loss_fn)
-            self.model = self.split.container
+            self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
+                                           strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
+                                           compile=devices.compile, loss_fn=loss_fn)
         else:
-            if devices.activation_checkpointing:
-                from llmkit.train.parallelize import checkpoint_activations
-
-                checkpoint_activations(self.raw)  # before FSDP, whose hooks must surround the recompute
-            self.model = dist_utils.wrap(self.raw, devices.strategy, info)
+            self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
+                                          activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
+                                          loss_fn=loss_fn)
+        self.model = self.engine.model
         self.optimizer = build_optimizer(
-            self.model if self.split is not None else self.raw, optim.optimizer, lr=settings.lr,
+            self.engine.optimizer_target, optim.optimizer, lr=settings.lr,
             weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2), momentum=optim.momentum,
             device_type=self.device.type,
         )
         if saved_rng is not None:
             self._restore_optimizer_and_rng(*saved_rng)
-        if devices.compile and self.split is None:
-            self.model = torch.compile(self.model)
         self.peak_flops = gpu_peak_flops(self.device)
         self.precision = resolve_precision(settings.numerics.precision, self.device.type)
 
@@ -246,10 +238,7 @@ class Trainer:
             )
 
     def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
-        if self.split is not None:
-            self.split.load_optimizer_state(self.optimizer, optim_state)
-        else:
-            ckpt.load_optimizer_state(self.raw, self.optimizer, optim_state, self.info.distributed)
+        self.engine.load_optimizer_state(self.optimizer, optim_state)
         same_world = ckpt.restore_rng(rng, self.info.rank, self.info.world_size, self.device)
         if not same_world and self.info.is_main:
             from llmkit.console import err
@@ -312,20 +301,11 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
-            batch = _to_device(self.batches(self._micro_indices(step, micro)), self.device)
+            batch = dist_utils.to_device(self.batches(self._micro_indices(step, micro)), self.device)
             last = micro == self.accum - 1
-            if self.split is not None:
-                loss_sum += self.split.forward_backward(batch, self.accum, last, _autocast(self.device, self.precision))
-                continue
-            with dist_utils.gradient_sync(self.model, last), _autocast(self.device, self.precision):
-                loss = self.loss_fn(self.model, batch)
-                (loss / self.accum).backward()
-            loss_sum += loss.detach().float()
-        if self.split is not None:
-            self.split.finish_gradients()
-            loss_value = float(self.split.mean_loss(loss_sum / self.accum))
-        else:
-            loss_value = float(dist_utils.all_reduce_mean(loss_sum / self.accum, self.info))
+            loss_sum += self.engine.forward_backward(batch, self.accum, last, _autocast(self.device, self.precision))
+        self.engine.finish_gradients()
+        loss_value = float(self.engine.mean_loss(loss_sum / self.accum))
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             last = ckpt.latest_checkpoint(self.run_dir)
@@ -336,10 +316,7 @@ class Trainer:
             )
         # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.
         max_norm = s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf
-        if self.split is not None:
-            self.last_grad_norm = self.split.clip(max_norm)
-        else:
-            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        self.last_grad_norm = self.engine.clip(max_norm)
         self.optimizer.step()
         if self.ema is not None:
             self._update_ema(step + 1)
@@ -351,23 +328,8 @@ class Trainer:
     def evaluate(self) -> float | None:
         if self.val_batches is None or self.val_size <= 0:
             return None
-        s, info = self.settings, self.info
-        if self.split is not None:
-            return self.split.evaluate(self.val_batches, self.val_size, s.micro_batch, lambda: _autocast(self.device, self.precision))
-        chunks = [range(i, min(i + s.micro_batch, self.val_size)) for i in range(0, self.val_size, s.micro_batch)]
-        per_rank = math.ceil(len(chunks) / info.world_size)
-        self.model.eval()
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
-        for k in range(per_rank):
-            j = k * info.world_size + info.rank
-            # Every rank runs the same number of forwards (FSDP gathers inside them); spare ones weigh 0.
-            indices, weight = (chunks[j], len(chunks[j])) if j < len(chunks) else (chunks[0], 0)
-            batch = _to_device(self.val_batches(indices), self.device)
-            with _autocast(self.device, self.precision):
-                loss = self.loss_fn(self.model, batch)
-            total += loss.double() * weight
-        total = dist_utils.all_reduce_sum(total, info)
-        return float(total) / self.val_size
+        return self.engine.evaluate(self.val_batches, self.val_size, self.settings.micro_batch,
+                                    lambda: _autocast(self.device, self.precision))
 
     # -- checkpoints ------------------------------------------------------------------------
     def _progress(self, step: int) -> dict[str, Any]:
@@ -391,10 +353,7 @@ class Trainer:
 
     def _write_checkpoint_files(self, directory: Path, step: int) -> None:
         """Collective: every rank gathers, rank 0 writes into `directory`."""
-        if self.split is not None:
-            model_state, optim_state = self.split.full_state(self.optimizer)
-        else:
-            model_state, optim_state = ckpt.gather_full_state(self.raw, self.optimizer, self.info.distributed)
+        model_state, optim_state = self.engine.full_state(self.optimizer)
         rng = {kind: dist_utils.all_gather_bytes(state, self.info) for kind, state in ckpt.rng_states(self.device).items()}
         if self.info.is_main:
             save_weights(self.raw, directory, model_state)

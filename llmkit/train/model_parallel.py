@@ -5,7 +5,8 @@ The loop (llmkit.train.loop) hands over the full model, built and initialised al
 rank; this applies the layout (tensor parallel plan, pipeline stages, activation checkpointing,
 compile, FSDP2 on the dp axis) and gives the loop what differs from plain data parallelism:
 the forward/backward of a micro-batch slice, the gradient sync and clipping, validation, and
-the full state dicts a checkpoint stores. Checkpoints keep the single-process layout: one full
+the full state dicts a checkpoint stores (the interface of DataParallelRun, llmkit/train/data_parallel.py,
+the engine of every other run). Checkpoints keep the single-process layout: one full
 `model.safetensors` in the usual row order, optimizer moments keyed by the usual names.
 """
 
@@ -78,6 +79,8 @@ class ModelParallelRun:
             self.modules = [model]
             self.container = model
         self.params = [p for p in self.container.parameters() if p.requires_grad]
+        # What the loop trains (.train()) and what its optimizer holds: this rank's split of the model.
+        self.model = self.optimizer_target = self.container
         self.tied = model.config.tie_embeddings and layout.pp > 1
         self.tied_group = self._tied_group() if self.tied else None
         self.pp_group = mesh["pp"].get_group() if layout.pp > 1 else None
