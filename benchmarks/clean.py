@@ -12,6 +12,10 @@ model download); exact dedup is off in llmkit (datatrove's MinHash pipeline has 
 datatrove's English word tokenizer needs NLTK data that is not installed, so it gets a regex
 tokenizer with the same splitting rule llmkit uses.
 
+Each side runs as a whole process of its own (imports and start-up included), the two alternating
+over --rounds rounds so that load from other jobs hits both alike; printed per side: best wall and
+CPU time (the process and its children), and per pair the median of the same-round ratios.
+
 Scaling: llmkit alone on --mb/10 and --mb; cost should grow ~linearly (ratio ~10).
 """
 
@@ -86,6 +90,23 @@ class Timing:
 def _cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_side(side: str, source: Path, out: Path, workers: int) -> tuple[Timing, dict]:
+    """One side as a whole process (`--side`): its wall and CPU time, and what it printed as RESULT."""
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--side", side, "--input", str(source), "--out", str(out),
+                           "--workers", str(workers)], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{side} side failed:\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timing(wall, cpu), json.loads(lines[-1][len("RESULT "):])
 
 
 def run_llmkit(source: Path, out: Path, workers: int) -> tuple[float, dict]:
@@ -180,6 +201,10 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=50.0, help="input size in MB (default 50)")
     parser.add_argument("--workers", type=int, default=1, help="llmkit worker processes (datatrove: 1 task)")
     parser.add_argument("--skip-datatrove", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the two sides, alternating (default 3)")
+    parser.add_argument("--side", choices=("llmkit", "datatrove"), help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--ray", action="store_true", help="also the Ray column: local vs --executor ray, 1 and 2 workers "
                         "(benchmarks/ray_executor.py; needs llmkit[ray])")
@@ -195,6 +220,15 @@ def main() -> None:
     except ImportError:
         pass
 
+    if args.side == "llmkit":
+        _, stats = run_llmkit(args.input, args.out, args.workers)
+        print("RESULT " + json.dumps({"kept": stats["documents"]}))
+        return
+    if args.side == "datatrove":
+        _, kept = run_datatrove(args.input, args.out)
+        print("RESULT " + json.dumps({"kept": kept}))
+        return
+
     work = Path(tempfile.mkdtemp(prefix="llmkit-bench-clean-"))
     try:
         big = work / "input-10x.parquet"
@@ -204,16 +238,31 @@ def main() -> None:
 
         print(f"input: {size:.1f} MB of text in {pq.read_metadata(big).num_rows} documents (one Parquet file)")
 
-        llm, stats = run_llmkit(big, work / "llmkit", args.workers)
-        print(f"llmkit clean : {llm.line(size)} | kept {stats['documents']} docs (workers={args.workers})")
-        if not args.skip_datatrove:
-            dt, dt_kept = run_datatrove(big, work / "datatrove")
-            print(f"datatrove    : {dt.line(size)} | kept {dt_kept} docs")
-            print(f"speed ratio llmkit / datatrove: wall {dt.wall / llm.wall:.2f}x, cpu {dt.cpu / llm.cpu:.2f}x")
+        sides = ["llmkit"] + ([] if args.skip_datatrove else ["datatrove"])
+        runs: dict[str, list[Timing]] = {side: [] for side in sides}
+        kept: dict[str, int] = {}
+        for r in range(args.rounds):
+            for side in (sides if r % 2 == 0 else sides[::-1]):
+                shutil.rmtree(work / side, ignore_errors=True)
+                timing, result = run_side(side, big, work / side, args.workers)
+                runs[side].append(timing)
+                kept[side] = result["kept"]
+            print(f"  round {r + 1}/{args.rounds}: " + "  ".join(f"{side} wall {runs[side][-1].wall:.1f} s cpu {runs[side][-1].cpu:.1f} s"
+                                                             for side in sides), flush=True)
+        best = {side: Timing(min(t.wall for t in runs[side]), min(t.cpu for t in runs[side])) for side in sides}
+        llm = best["llmkit"]
+        print(f"llmkit clean : {llm.line(size)} | kept {kept['llmkit']} docs (workers={args.workers}), best of {args.rounds}")
+        if "datatrove" in best:
+            dt = best["datatrove"]
+            print(f"datatrove    : {dt.line(size)} | kept {kept['datatrove']} docs, best of {args.rounds}")
+            walls = sorted(d.wall / o.wall for o, d in zip(runs["llmkit"], runs["datatrove"]))
+            cpus = sorted(d.cpu / o.cpu for o, d in zip(runs["llmkit"], runs["datatrove"]))
+            print(f"speed ratio llmkit / datatrove, paired median: wall {walls[len(walls) // 2]:.2f}x, cpu {cpus[len(cpus) // 2]:.2f}x "
+                  f"(per round, cpu: {', '.join(f'{v:.2f}' for v in cpus)})")
         if not args.skip_scaling:
             small = work / "input-1x.parquet"
             build_input(small, args.mb / 10)
-            one, _ = run_llmkit(small, work / "llmkit-1x", args.workers)
+            one, _ = run_side("llmkit", small, work / "llmkit-1x", args.workers)
             print(f"scaling: 1x ({text_bytes(small) / 1e6:.1f} MB) wall {one.wall:.1f} s cpu {one.cpu:.1f} s; "
                   f"10x ({size:.1f} MB) wall {llm.wall:.1f} s cpu {llm.cpu:.1f} s; "
                   f"ratio wall {llm.wall / one.wall:.1f}, cpu {llm.cpu / one.cpu:.1f} (linear = 10)")
