@@ -48,6 +48,41 @@ def worker_count(requested: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_cores(window: float = 0.25) -> float:
+    """How many of this process's cores other programs keep busy right now: measured from
+    /proc/stat over `window` seconds (this process sleeps meanwhile). The load average would lag
+    by a minute, too slow for a job that starts and ends in seconds; where there is no /proc/stat
+    it is the fallback, less one unit for this process."""
+    import time
+
+    try:
+        cores = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+
+        def sample() -> tuple[int, int]:
+            idle = total = 0
+            with open("/proc/stat") as stat:
+                for line in stat:
+                    fields = line.split()
+                    if fields and fields[0] in cores:
+                        values = [int(v) for v in fields[1:9]]  # user .. steal; guest time is inside user
+                        idle += values[3] + values[4]  # idle and iowait
+                        total += sum(values)
+            return idle, total
+
+        idle_before, total_before = sample()
+        time.sleep(window)
+        idle_after, total_after = sample()
+    except (AttributeError, OSError, ValueError, IndexError):
+        try:
+            return max(0.0, os.getloadavg()[0] - 1)
+        except (AttributeError, OSError):
+            return 0.0
+    elapsed = total_after - total_before
+    if elapsed <= 0:
+        return 0.0
+    return len(cores) * (1 - (idle_after - idle_before) / elapsed)
+
+
 def let_idle_threads_sleep() -> None:
     """Make idle OpenMP threads sleep instead of spin; must run before torch is imported.
 

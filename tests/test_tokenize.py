@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -239,8 +240,24 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
 def test_automatic_worker_count_follows_corpus_size_and_idle_cores():
     from llmkit.tokenizer.encode_corpus import WORKER_BYTES, auto_workers
 
-    assert auto_workers(WORKER_BYTES // 2, cores=8, load=0.0) == 1  # a small corpus: one process, no start-up cost
-    assert auto_workers(3 * WORKER_BYTES, cores=8, load=1.0) == 3  # (a load of 1 is this process)
-    assert auto_workers(100 * WORKER_BYTES, cores=8, load=0.0) == 8
-    assert auto_workers(100 * WORKER_BYTES, cores=2, load=2.2) == 1  # another program keeps one core busy
-    assert auto_workers(None, cores=8, load=0.0) == 1
+    assert auto_workers(WORKER_BYTES // 2, cores=8, busy=0.0) == 1  # a small corpus: one process, no start-up cost
+    assert auto_workers(3 * WORKER_BYTES, cores=8, busy=0.3) == 3
+    assert auto_workers(100 * WORKER_BYTES, cores=8, busy=0.0) == 8
+    assert auto_workers(100 * WORKER_BYTES, cores=2, busy=1.0) == 1  # another program keeps one core busy
+    assert auto_workers(None, cores=8, busy=0.0) == 1
+
+
+def test_busy_cores_sees_a_spinning_process_at_once():
+    """--workers 0 measures the cores in use now; the load average would take a minute to notice."""
+    import subprocess
+    import sys
+
+    from llmkit.runtime import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(window=0.5) >= 0.7
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -93,7 +93,6 @@ _STATE: dict[str, Any] = {}
 
 def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
     import multiprocessing
-    import os
 
     if multiprocessing.parent_process() is not None:
         # One encoding thread per worker process: the processes are the parallelism.
@@ -146,24 +145,16 @@ def _encode_batch(job: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray, n
 WORKER_BYTES = 16_000_000  # below this much text per worker, another process costs more than it saves
 
 
-def auto_workers(total_bytes: int | None, cores: int, load: float) -> int:
+def auto_workers(total_bytes: int | None, cores: int, busy: float) -> int:
     """Encoding processes for `--workers 0`: one per 16 MB of text, at most one per idle core.
 
     A worker process starts, imports and rebuilds the tokenizer (about a second) before it encodes
-    anything, at ~15 MB/s; and on a core another program keeps busy it only competes. The load
-    average counts this process too, so one unit of it is ours."""
+    anything, at ~15 MB/s; and on a core another program keeps busy it only competes. `busy`: the
+    cores other programs use now (llmkit.runtime.busy_cores)."""
     if not total_bytes:
         return 1
-    others = max(0, int(round(load - 1)))
-    idle = max(1, cores - others)
+    idle = max(1, cores - int(busy + 0.5))
     return max(1, min(idle, int(total_bytes // WORKER_BYTES)))
-
-
-def _load_average() -> float:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        return 0.0
 
 
 class _Encoder:
@@ -285,7 +276,7 @@ def tokenize_corpus(
     import shutil
 
     from llmkit.console import err
-    from llmkit.runtime import worker_count
+    from llmkit.runtime import busy_cores, worker_count
 
     corpus = artifacts.load(corpus_path, kind="corpus")
     # A checkpoint's tokenizer/ copy serves too: new data for a (possibly imported) model.
@@ -300,7 +291,9 @@ def tokenize_corpus(
     if config.workers > 0:
         processes = config.workers if num_docs > config.batch_size else 1
     else:
-        processes = auto_workers(corpus.stats.get("bytes"), worker_count(0), _load_average())
+        total = corpus.stats.get("bytes")
+        # measuring the busy cores takes a quarter second: only where the corpus could use a second worker
+        processes = auto_workers(total, worker_count(0), busy_cores() if (total or 0) >= 2 * WORKER_BYTES else 0.0)
     if config.execution.executor == "ray":
         processes = config.workers  # actors on the cluster; 0 = one per CPU there
     total_bytes = corpus.stats.get("bytes")
