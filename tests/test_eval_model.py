@@ -282,6 +282,14 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     assert metrics["bleu"] == sacrebleu.corpus_bleu(predictions, [[r["target"] for r in rows]]).score
     assert metrics["chrf"] == sacrebleu.corpus_chrf(predictions, [[r["target"] for r in rows]]).score
     assert {"rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(metrics)
+    # --compile: the same predictions from the compiled decode step, and the same artifact
+    result = cli(
+        "eval", gpt2_ckpt, "-m", "bleu,chrf,rouge", "--data", data, "--limit", "6", "--max-new-tokens", "12",
+        "--prompt-template", "German: {source}\nEnglish:", "-o", tmp_path / "ev-compiled", "--compile",
+    )
+    assert result.exit_code == 0, result.output
+    assert [r["prediction"] for r in _records(tmp_path / "ev-compiled")] == predictions
+    assert artifacts.load(tmp_path / "ev-compiled").fingerprint == artifacts.load(tmp_path / "ev").fingerprint
 
 
 def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):

@@ -118,7 +118,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     if cfg.ensembling.weights and len(cfg.ensembling.weights) != max(1, len(members)):
         raise UserError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.runtime.device)
     names = metric_names.parse_metrics(cfg.metrics)
     text = metric_names.family(names, metric_names.TEXT)
     lm = metric_names.family(names, metric_names.LM)

@@ -12,6 +12,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.model.ensemble_options import Ensembling
+from llmkit.model.inference_options import Inference
 from llmkit.options import Options, group, option, unescape, unescape_each
 
 OVERFLOW_POLICIES = ("slide", "error")
@@ -42,13 +43,6 @@ class Sampling(Options):
 
 
 @dataclass
-class Runtime(Options):
-    device: str = option("auto", "cpu, cuda, mps or auto.", runtime=True)
-    compile: bool = option(False, "torch.compile the decode step: faster per token after a compilation of seconds "
-                           "(pays off on long outputs and many prompts; docs/generate.md).", flags=("--compile",), runtime=True)
-
-
-@dataclass
 class GenerateConfig(Options):
     prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n is a newline.",
                                 flags=("--prompt", "-p"), parse=unescape_each)
@@ -64,7 +58,7 @@ class GenerateConfig(Options):
                                    choices=OVERFLOW_POLICIES, panel=RUN)
     stream: bool | None = option(None, "Print tokens as they arrive (default: when there is one completion).",
                                  flags=("--stream/--no-stream",), panel=RUN, runtime=True)
-    runtime: Runtime = group(Runtime, panel=RUN)
+    runtime: Inference = group(Inference, panel=RUN)
     ensembling: Ensembling = group(Ensembling)
     seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
 
@@ -78,5 +72,5 @@ class ChatConfig(Options):
     system: str | None = option(None, "System message that opens the conversation.", parse=unescape)
     sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
                                help={"max_new_tokens": "Longest reply in tokens."})
-    runtime: Runtime = group(Runtime, panel=RUN)
+    runtime: Inference = group(Inference, panel=RUN)
     seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")
