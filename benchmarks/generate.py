@@ -152,7 +152,9 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = prompts_for(batch, args.prompt_len, c.vocab_size)
         warm = []
-        for warm_up in (lambda: run_llmkit(model, prompts, 4, decoder), lambda: run_hf(hf, prompts, 4, args.device, args.hf_compile)):
+        # the timed shapes themselves (the cache length follows the new tokens): compiled graphs are ready before timing
+        for warm_up in (lambda: run_llmkit(model, prompts, args.new_tokens, decoder),
+                        lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile)):
             start = time.perf_counter()
             warm_up()  # kernels, allocator, compilation
             warm.append(time.perf_counter() - start)

@@ -153,6 +153,23 @@ def test_compiled_generation_equals_eager():
         assert compiled == eager
 
 
+def test_a_compiler_failure_falls_back_to_the_eager_step(capsys):
+    """Past the recompile limit, or when inductor fails, decoding goes on eagerly with the same tokens."""
+    from llmkit.generate.compiled import CompiledDecoder
+
+    model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    decoder = CompiledDecoder(model)
+
+    def broken(*args):
+        raise RuntimeError("the backend failed")
+
+    decoder._step = broken
+    params = GenerationParams(max_new_tokens=30, stop_at_eos=False)
+    eager = [r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0)]
+    assert [r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0, decoder=decoder)] == eager
+    assert decoder._step is None and capsys.readouterr().err.count("--compile stopped (RuntimeError)") == 1
+
+
 def test_sampling_filters_match_definitions():
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
     assert torch.isinf(filter_top_k(logits, 2)).tolist() == [[False, False, True, True, True]]

@@ -106,16 +106,16 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
     import sys
 
     measured, estimated = [], []
-    for model, micro, seq, recompute in (("tiny", 16, 256, []), ("mini", 8, 512, []), ("mini", 8, 512, ["--activation-checkpointing"]),
+    for model, micro, seq, extra in (("tiny", 16, 256, []), ("mini", 8, 512, []), ("mini", 8, 512, ["--activation-checkpointing"]),
                                          ("mini", 8, 512, ["--precision", "bf16"])):
         # its own process, so that the peak resident memory is this run's alone
-        run = tmp_path / f"run-{model}-{len(recompute)}"
+        run = tmp_path / f"run-{model}-{len(extra)}"
         subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(tmp_path / "tokens"), "-o", str(run), "--model", model,
                         "--micro-batch", str(micro), "--seq-len", str(seq), "--batch-tokens", str(micro * seq), "--max-steps", "2",
-                        "--eval-every", "0", "--threads", "1", *recompute], check=True, capture_output=True)
+                        "--eval-every", "0", "--threads", "1", *extra], check=True, capture_output=True)
         measured.append(max(json.loads(line).get("peak_memory_gb") or 0 for line in (run / "metrics.jsonl").read_text().splitlines()))
         estimated.append(_plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
-                               "--gpu", "cpu", *recompute)["memory"]["total_gb"])
+                               "--gpu", "cpu", *extra)["memory"]["total_gb"])
     # Each run reports its own peak (VmHWM): getrusage's ru_maxrss survives exec, and gave the pytest worker's own
     # 1.12 GB for a 'tiny' run on CI. Totals within 20 %; so is the growth from 'tiny' to 'mini', what the estimate
     # computes from the model beyond the process's fixed 0.45 GB; activation checkpointing lowers both; and a

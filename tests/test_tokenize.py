@@ -261,3 +261,24 @@ def test_busy_cores_sees_a_spinning_process_at_once():
     finally:
         spinner.kill()
         spinner.wait()
+
+def test_documents_without_a_source_form_their_own_group(tmp_path):
+    """The held-out split is drawn per source; a null source is a group of its own (not the first
+    source of its batch), also in a batch where every source is null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llmkit.tokenizer.encode_corpus import document_groups
+
+    with artifacts.create(tmp_path / "corpus", "corpus") as build:
+        (build.dir / "shards").mkdir()
+        sources = [["a", None, "b", "a", None], [None, None]]
+        for n, part in enumerate(sources):
+            texts = [f"document {n}-{i}" for i in range(len(part))]
+            table = pa.table({"id": texts, "text": texts, "source": pa.array(part, type=pa.string())})
+            pq.write_table(table, build.dir / "shards" / f"part-{n:05d}.parquet")
+        build.stats = {"documents": 7}
+    groups = document_groups(artifacts.load(tmp_path / "corpus")).tolist()
+    assert len(groups) == 7
+    a, null, b = groups[0], groups[1], groups[2]
+    assert len({a, null, b}) == 3 and groups[3] == a and groups[4] == groups[5] == groups[6] == null

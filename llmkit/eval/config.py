@@ -58,7 +58,7 @@ class EvalConfig(Options):
     rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
                                   range="[1, inf)")
     batch_size: int = option(8, "Sequences per forward pass.", panel=RUN, range="[1, inf)")
-    runtime: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
+    inference: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
                                                            "(BLEU, chrF, ROUGE): faster per token after a compilation of seconds."})
     ensembling: Ensembling = group(Ensembling)
     seed: int = option(0, "Seed for every random choice.", range="[0, 4294967295]")

@@ -193,7 +193,7 @@ def generate_predictions(loaded, cfg):
             raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
-    generator = Generator(loaded.model, loaded.tokenizer, start_id(loaded), compile=cfg.runtime.compile)
+    generator = Generator(loaded.model, loaded.tokenizer, start_id(loaded), compile=cfg.inference.compile)
     stops = chat_stop_ids(loaded.tokenizer) if chat else []
     bar, advance = _progress_bar(len(prompts), "generating")
     completions = []

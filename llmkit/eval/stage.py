@@ -118,7 +118,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     if cfg.ensembling.weights and len(cfg.ensembling.weights) != max(1, len(members)):
         raise UserError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
 
-    device = resolve_device(cfg.runtime.device)
+    device = resolve_device(cfg.inference.device)
     names = metric_names.parse_metrics(cfg.metrics)
     text = metric_names.family(names, metric_names.TEXT)
     lm = metric_names.family(names, metric_names.LM)
@@ -155,6 +155,10 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
 
             seed_everything(cfg.seed)
             loaded = _load(members, device, text + lm + cls or ["benchmarks"], cfg)
+            if cfg.inference.compile and text:  # refused before any scoring, not after perplexity has run
+                from llmkit.generate.compiled import check_compilable
+
+                check_compilable(loaded.model)
             for index, member in enumerate(loaded.members):
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         if cfg.predictions is not None:
@@ -223,7 +227,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         stats["signatures"] = signatures
         stats["metrics"] = list(metrics)
         build.stats = stats
-        build.runtime = {"device": device, "seconds": round(time.perf_counter() - started, 3)}
+        build.runtime = {"device": device, "compile": cfg.inference.compile, "seconds": round(time.perf_counter() - started, 3)}
     return EvalResult(Path(out), metrics, signatures, formatted, stats)
 
 

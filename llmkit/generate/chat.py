@@ -86,9 +86,9 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     from llmkit.runtime import resolve_device
 
     check_output_file(out, force, inputs=[checkpoint])
-    loaded = load_checkpoint(checkpoint, device=resolve_device(config.runtime.device), purpose="chat")
+    loaded = load_checkpoint(checkpoint, device=resolve_device(config.inference.device), purpose="chat")
     params = config.sampling.params(config.seed)
-    session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.runtime.compile)
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.inference.compile)
     transcript = Transcript(out, config.system)
     name = session.template["name"]
     if loaded.task is None:

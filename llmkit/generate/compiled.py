@@ -9,14 +9,18 @@ not change between steps: the cache buffers are attended whole, through a mask, 
 tensor. So one compilation serves a whole batch, and every batch of the same size and cache
 length; the prefill (many tokens, run once) stays eager.
 
-Compiling takes seconds (about 7 s for the `tiny` preset and 15-20 s for `mini` on one CPU core)
-and is paid once per batch shape, so it pays off on long outputs and many prompts, not on one
-short completion. Logits match the eager path to float rounding, which can, rarely, flip a
-near-tie greedy choice.
+Compiling takes seconds (4-11 s from the `tiny` to the `small` preset on one CPU core, less from
+inductor's on-disk cache) and is paid once per batch shape (batch size x cache length), so it pays
+off on long outputs and many prompts, not on one short completion. Up to RECOMPILE_LIMIT shapes are
+compiled; past that, or if compilation fails, the step runs eagerly (`GPT.decode_step` itself,
+the same values) and a one-line note says so. Logits match the eager path to float rounding,
+which can, rarely, flip a near-tie greedy choice. `freezing` folds the weights into the graph as
+they are at the first step: a model whose weights change afterwards needs a new CompiledDecoder.
 """
 
 from __future__ import annotations
 
+import inspect
 import shutil
 
 import torch
@@ -24,15 +28,20 @@ import torch
 from llmkit.errors import UserError
 
 # Cache lengths are rounded up to a multiple of this, so batches with prompts of nearby lengths
-# share one compiled graph (the attention reads the whole cache: rounding costs a few slots).
+# share one compiled graph (the attention reads the whole cache: rounding costs up to 127 slots).
 CACHE_LENGTH_STEP = 128
+# Graphs kept per decoder: a long chat walks the cache length up through the multiples of 128
+# (16 of them at a 2048 context), and a last, smaller batch adds shapes; dynamo's default is 8.
+RECOMPILE_LIMIT = 64
 
 
 def check_compilable(model) -> None:
     """A one-line error for a model or machine the compiled step does not serve."""
     if not hasattr(model, "decode_step"):
-        kind = getattr(model.config, "arch", type(model).__name__)
-        raise UserError(f"--compile needs a single Transformer checkpoint; this is {'an ensemble' if kind == 'gpt' else kind!r}: leave out --compile")
+        from llmkit.model.ensemble import Ensemble
+
+        what = "an ensemble" if isinstance(model, Ensemble) else f"an {model.config.arch.upper()} checkpoint"
+        raise UserError(f"--compile needs a single Transformer checkpoint; this is {what}: leave out --compile")
     device = next(model.parameters()).device.type
     if device not in ("cpu", "cuda"):
         raise UserError(f"--compile works on cpu and cuda, not {device}; leave out --compile or pick --device cpu")
@@ -46,18 +55,37 @@ class CompiledDecoder:
     def __init__(self, model):
         check_compilable(model)
         self.model = model
-        self._step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, options={"freezing": True})
+        settings = dict(dynamic=False, fullgraph=True, options={"freezing": True})
+        if "recompile_limit" in inspect.signature(torch.compile).parameters:
+            settings["recompile_limit"] = RECOMPILE_LIMIT
+        try:
+            self._step = torch.compile(model.decode_step, **settings)
+        except RuntimeError as exc:  # e.g. a Python version dynamo does not support yet
+            raise UserError(f"--compile is not available here ({str(exc).splitlines()[0]}); leave out --compile") from exc
+        self._slot = torch.zeros(1, dtype=torch.long, device=next(model.parameters()).device)
 
     def cache_length(self, needed: int, limit: int | None) -> int:
         """`needed` rounded up to a multiple of CACHE_LENGTH_STEP, within the context limit."""
         rounded = -(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP
-        return rounded if limit is None else min(rounded, max(limit, needed))
+        return rounded if limit is None else min(rounded, limit)
 
     def step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
         """Next-token logits [B, V] after feeding `tokens` [B]; advances the cache by one slot."""
         if cache.pos >= cache.max_len:
             raise ValueError(f"KV cache full: {cache.pos} + 1 tokens > max_len {cache.max_len}")
-        slot = torch.tensor([cache.pos], dtype=torch.long, device=tokens.device)
-        logits = self._step(tokens[:, None], slot, cache.pad_lengths, cache.k, cache.v)
+        slot = self._slot.fill_(cache.pos)  # one tensor reused: no host-to-device copy per step
+        args = (tokens[:, None], slot, cache.pad_lengths, cache.k, cache.v)
+        if self._step is None:
+            logits = self.model.decode_step(*args)
+        else:
+            try:
+                logits = self._step(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager step computes the same
+                self._step = None
+                from llmkit.console import err
+
+                err.print(f"note: --compile stopped ({type(exc).__name__}); decoding continues without it",
+                          soft_wrap=True, markup=False)
+                logits = self.model.decode_step(*args)
         cache.pos += 1
         return logits

@@ -58,7 +58,7 @@ class GenerateConfig(Options):
                                    choices=OVERFLOW_POLICIES, panel=RUN)
     stream: bool | None = option(None, "Print tokens as they arrive (default: when there is one completion).",
                                  flags=("--stream/--no-stream",), panel=RUN, runtime=True)
-    runtime: Inference = group(Inference, panel=RUN)
+    inference: Inference = group(Inference, panel=RUN)
     ensembling: Ensembling = group(Ensembling)
     seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
 
@@ -72,5 +72,5 @@ class ChatConfig(Options):
     system: str | None = option(None, "System message that opens the conversation.", parse=unescape)
     sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
                                help={"max_new_tokens": "Longest reply in tokens."})
-    runtime: Inference = group(Inference, panel=RUN)
+    inference: Inference = group(Inference, panel=RUN)
     seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")

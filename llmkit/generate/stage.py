@@ -85,7 +85,7 @@ def run_generate(
     params = cfg.params()
     prompts = load_prompts(cfg)
     members = cfg.ensembling.members(checkpoint)
-    loaded = load_ensemble(members, device=resolve_device(cfg.runtime.device), purpose="generation",
+    loaded = load_ensemble(members, device=resolve_device(cfg.inference.device), purpose="generation",
                            weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer
     start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
@@ -103,7 +103,7 @@ def run_generate(
             f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)",
             soft_wrap=True, markup=False,
         )
-    generator = Generator(loaded.model, tokenizer, start_id, compile=cfg.runtime.compile)
+    generator = Generator(loaded.model, tokenizer, start_id, compile=cfg.inference.compile)
     if on_ready is not None:
         on_ready(prompts)
     results: list[Generated] = []

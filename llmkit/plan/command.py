@@ -11,11 +11,14 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import UserError
 from llmkit.plan.config import PlanConfig
 from llmkit.stage_command import stage_command
+
+if TYPE_CHECKING:
+    from llmkit.plan.estimate import Device
 
 GPT2_TYPES = ("gpt2",)
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -62,7 +65,7 @@ def model_config(cfg: PlanConfig):
     return config
 
 
-def hardware(cfg: PlanConfig):
+def hardware(cfg: PlanConfig) -> tuple[str, Device, float]:
     """(name, the Device each rank gets, its peak FLOP/s in the run's precision)."""
     from llmkit.hardware import BY_KEY
     from llmkit.plan.estimate import Device
@@ -148,6 +151,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "memory": memory.as_dict(),
         "notes": memory.notes,
     }
+    if device.on_gpu and not device.bf16:
+        plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")
     if not memory.fits:
         plan["fixes"] = fixes(shape, layout, device)
     if cfg.search:

@@ -8,7 +8,7 @@ Memory is the training loop's, as llmkit runs it: fp32 master weights, fp32 grad
 two fp32 moments (16 bytes a parameter), sharded over the data-parallel ranks with FSDP, split by
 tensor parallelism (matrices, embedding and head; the residual stream between blocks sequence-sharded) and
 by pipeline stage (the busiest stage counts). Activations are counted tensor by tensor for one
-block under bf16 autocast on GPU (fp32 on CPU) with SDPA's flash kernel (no T x T scores kept),
+block in the run's precision (`--precision`: bf16 autocast, the default on GPU, or fp32) with SDPA's flash kernel (no T x T scores kept),
 times the blocks on a stage and the micro-batches a pipeline schedule keeps in flight; activation
 checkpointing keeps only each block's input and recomputes one block at a time. The loss
 keeps the logits in fp32 (log-softmax and its gradient); on a CPU, without tensor or pipeline
@@ -233,10 +233,11 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
         logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
     transient = 0.0
     if device.bf16 and not on_gpu:
-        transient = 2 * params / shard
+        # autocast's bf16 copies of the (gathered) weights, kept from forward to backward
+        transient = 2 * params
     if layout.strategy == "fsdp" and layout.dp > 1:
         # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next
-        transient = 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
+        transient += 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
         # the root's parameters (embedding, head, final norm) stay gathered from forward to backward
         transient += half * (shape.embedding + shape.head) / layout.tp
     allowance = FRAGMENTATION * (weights + gradients + optimizer + activations + logits + transient)

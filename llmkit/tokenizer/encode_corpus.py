@@ -79,17 +79,18 @@ def document_groups(corpus: artifacts.Artifact) -> np.ndarray:
             continue
         for batch in parquet.iter_batches(columns=["source"], batch_size=65536):
             encoded = batch.column(0).dictionary_encode()
-            local = np.array([ids.setdefault(str(v), len(ids)) for v in encoded.dictionary.to_pylist()], dtype=np.int32)
-            parts.append(local[_integers(encoded.indices)] if len(local) else np.zeros(0, np.int32))
+            # one group per distinct source, and one for the documents without a source (null)
+            nulls = [ids.setdefault(None, len(ids))] if encoded.indices.null_count else []
+            local = np.array([ids.setdefault(str(v), len(ids)) for v in encoded.dictionary.to_pylist()] + nulls, dtype=np.int32)
+            parts.append(local[_arrow_indices(encoded.indices, null_as=len(local) - 1)] if len(local) else np.zeros(0, np.int32))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
-def _integers(array) -> np.ndarray:
-    """An Arrow integer array as numpy, read from its data buffer: pyarrow's own `to_numpy` imports
-    pandas, 0.2 s of a tokenize run's start-up. A null (a document without a source) counts as
-    dictionary entry 0."""
+def _arrow_indices(array, null_as: int) -> np.ndarray:
+    """Arrow dictionary indices as numpy, read from the data buffer (pyarrow's own `to_numpy`
+    imports pandas: 0.2 s of a tokenize run's start-up); a null becomes `null_as`."""
     if array.null_count:
-        array = array.fill_null(0)
+        array = array.fill_null(null_as)
     dtype = np.dtype(f"int{array.type.bit_width}")
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
@@ -303,7 +304,8 @@ def tokenize_corpus(
     else:
         total = corpus.stats.get("bytes")
         # measuring the busy cores takes a quarter second: only where the corpus could use a second worker
-        processes = auto_workers(total, worker_count(0), busy_cores() if (total or 0) >= 2 * WORKER_BYTES else 0.0)
+        cores = worker_count(0)
+        processes = auto_workers(total, cores, busy_cores() if cores > 1 and (total or 0) >= 2 * WORKER_BYTES else 0.0)
     if config.execution.executor == "ray":
         processes = config.workers  # actors on the cluster; 0 = one per CPU there
     total_bytes = corpus.stats.get("bytes")

@@ -20,14 +20,16 @@ from llmkit.train import distributed as dist_utils
 
 
 class DataParallelRun:
+    """The whole model on every rank: wrapped for DDP or FSDP2 (or left alone in one process)."""
+
     def __init__(self, model: nn.Module, info, device: torch.device, *, strategy: str, activation_checkpointing: bool,
-                 compile: bool, loss_fn: Callable):
+                 compile: bool, loss_fn: Callable, precision: str):
         self.raw, self.info, self.device, self.loss_fn = model, info, device, loss_fn
         if activation_checkpointing:
             from llmkit.train.parallelize import checkpoint_activations
 
             checkpoint_activations(model)  # before FSDP, whose hooks must surround the recompute
-        wrapped = dist_utils.wrap(model, strategy, info)
+        wrapped = dist_utils.wrap(model, strategy, info, precision)
         self.model = torch.compile(wrapped) if compile else wrapped
         self.optimizer_target = model  # the model's own parameters (FSDP2 shards them in place)
 

@@ -141,8 +141,9 @@ def all_gather_bytes(value: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     return [g.cpu() for g in gathered]
 
 
-def wrap(model: torch.nn.Module, strategy: str, info: DistInfo) -> torch.nn.Module:
-    """DistributedDataParallel (default) or FSDP2 `fully_shard` per block and at the root."""
+def wrap(model: torch.nn.Module, strategy: str, info: DistInfo, precision: str) -> torch.nn.Module:
+    """DistributedDataParallel (default) or FSDP2 `fully_shard` per block and at the root;
+    `precision` is the run's resolved --precision."""
     if strategy not in ("ddp", "fsdp"):
         raise UserError(f"unknown --strategy {strategy!r}; choose ddp or fsdp")
     if not info.distributed:
@@ -151,7 +152,7 @@ def wrap(model: torch.nn.Module, strategy: str, info: DistInfo) -> torch.nn.Modu
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         options = {}
-        if info.device.type == "cuda":  # gather and compute in bf16, reduce gradients in fp32
+        if info.device.type == "cuda" and precision == "bf16":  # gather and compute in bf16, reduce gradients in fp32
             options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in getattr(model, "blocks", []):
             fully_shard(block, **options)

@@ -170,17 +170,18 @@ class Trainer:
         self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
         optim = settings.optim
         devices = settings.devices
+        self.precision = resolve_precision(settings.numerics.precision, self.device.type)
         # The engine applies the layout and runs the steps: the model split (--tp/--pp) or whole on every rank.
         if info.layout is not None and info.layout.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
 
             self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
                                            strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
-                                           compile=devices.compile, loss_fn=loss_fn)
+                                           compile=devices.compile, loss_fn=loss_fn, precision=self.precision)
         else:
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
-                                          loss_fn=loss_fn)
+                                          loss_fn=loss_fn, precision=self.precision)
         self.model = self.engine.model
         self.optimizer = build_optimizer(
             self.engine.optimizer_target, optim.optimizer, lr=settings.lr,
@@ -190,7 +191,6 @@ class Trainer:
         if saved_rng is not None:
             self._restore_optimizer_and_rng(*saved_rng)
         self.peak_flops = gpu_peak_flops(self.device)
-        self.precision = resolve_precision(settings.numerics.precision, self.device.type)
 
     # -- resume -----------------------------------------------------------------------------
     def _load_weights_for_resume(self):

@@ -39,7 +39,7 @@ def _rank_of(layout: Layout, pp_rank: int, dp_rank: int, tp_rank: int) -> int:
 
 class ModelParallelRun:
     def __init__(self, model: nn.Module, layout: Layout, device: torch.device, *, seq_len: int, strategy: str,
-                 activation_checkpointing: bool, compile: bool, loss_fn: Callable):
+                 activation_checkpointing: bool, compile: bool, loss_fn: Callable, precision: str):
         import torch.distributed as dist
 
         check_model(model.config, layout, seq_len)
@@ -64,7 +64,7 @@ class ModelParallelRun:
                     for block in module.blocks.children():
                         block.compile()
             if layout.dp > 1 and strategy == "fsdp":
-                shard_data_parallel(modules, mesh["dp"], device)
+                shard_data_parallel(modules, mesh["dp"], device, precision)
 
         self.pipeline = None
         if layout.pp > 1:

@@ -20,7 +20,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
-    """"bf16" or "fp32": what `--precision` means on this device."""
+    """What `--precision` means on this device: "bf16" or "fp32"."""
     if precision == "auto":
         return "bf16" if device_type == "cuda" else "fp32"
     return precision

@@ -130,12 +130,13 @@ def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> N
         block.attn.n_kv_head //= tp
 
 
-def shard_data_parallel(modules: list[torch.nn.Module], dp_mesh, device: torch.device) -> None:
-    """FSDP2 over the data-parallel mesh dimension, per block and at each (stage) root."""
+def shard_data_parallel(modules: list[torch.nn.Module], dp_mesh, device: torch.device, precision: str) -> None:
+    """FSDP2 over the data-parallel mesh dimension, per block and at each (stage) root; bf16
+    gathers on a GPU when the run's resolved --precision is bf16."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     options = {"mesh": dp_mesh}
-    if device.type == "cuda":
+    if device.type == "cuda" and precision == "bf16":
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for module in modules:
         for block in module.blocks.children():
