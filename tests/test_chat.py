@@ -72,10 +72,11 @@ def test_chat_command_in_the_terminal(chat_model, cli):
 
     from llmkit.cli import app
 
-    result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "--device", "cpu"],
-                                input="hello\n/reset\nwho is there\n/exit\n")
-    assert result.exit_code == 0, result.output
-    assert result.output.count("bot> Two dogs play in the snow.") == 2
+    for compiled in ([], ["--compile"]):  # the compiled decode step replies alike
+        result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "--device", "cpu", *compiled],
+                                    input="hello\n/reset\nwho is there\n/exit\n")
+        assert result.exit_code == 0, result.output
+        assert result.output.count("bot> Two dogs play in the snow.") == 2
 
 
 def test_chat_refuses_a_classifier(base, tmp_path, cli):
