@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
+from llmkit.train.precision import autocast
 
 
 class DataParallelRun:
@@ -24,7 +25,7 @@ class DataParallelRun:
 
     def __init__(self, model: nn.Module, info, device: torch.device, *, strategy: str, activation_checkpointing: bool,
                  compile: bool, loss_fn: Callable, precision: str):
-        self.raw, self.info, self.device, self.loss_fn = model, info, device, loss_fn
+        self.raw, self.info, self.device, self.loss_fn, self.precision = model, info, device, loss_fn, precision
         if activation_checkpointing:
             from llmkit.train.parallelize import checkpoint_activations
 
@@ -33,9 +34,9 @@ class DataParallelRun:
         self.model = torch.compile(wrapped) if compile else wrapped
         self.optimizer_target = model  # the model's own parameters (FSDP2 shards them in place)
 
-    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool, autocast) -> torch.Tensor:
+    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool) -> torch.Tensor:
         """Adds this micro-batch's gradients (gradient sync only on the last); returns its loss."""
-        with dist_utils.gradient_sync(self.model, last), autocast:
+        with dist_utils.gradient_sync(self.model, last), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
             (loss / accumulation).backward()
         return loss.detach().float()
@@ -50,7 +51,7 @@ class DataParallelRun:
         return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
 
     @torch.no_grad()
-    def evaluate(self, val_batches: Callable, val_size: int, micro_batch: int, autocast_factory) -> float:
+    def evaluate(self, val_batches: Callable, val_size: int, micro_batch: int) -> float:
         """Mean loss over samples 0..val_size-1, whatever the world size."""
         info = self.info
         chunks = [range(i, min(i + micro_batch, val_size)) for i in range(0, val_size, micro_batch)]
@@ -62,7 +63,7 @@ class DataParallelRun:
             # Every rank runs the same number of forwards (FSDP gathers inside them); spare ones weigh 0.
             indices, weight = (chunks[j], len(chunks[j])) if j < len(chunks) else (chunks[0], 0)
             batch = dist_utils.to_device(val_batches(indices), self.device)
-            with autocast_factory():
+            with autocast(self.device, self.precision):
                 loss = self.loss_fn(self.model, batch)
             total += loss.double() * weight
         total = dist_utils.all_reduce_sum(total, info)

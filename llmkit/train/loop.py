@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -100,11 +99,6 @@ def accumulation_steps(settings: LoopSettings, world_size: int) -> int:
             f"x {world_size} process(es); change --batch-tokens or --micro-batch so that it divides"
         )
     return settings.global_batch // per_step
-
-
-def _autocast(device: torch.device, precision: str):
-    """bf16 autocast (weights, gradients and optimizer state stay fp32), or plain fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 def _state_files(spec: ArtifactSpec) -> list[str]:
@@ -303,7 +297,7 @@ class Trainer:
         for micro in range(self.accum):
             batch = dist_utils.to_device(self.batches(self._micro_indices(step, micro)), self.device)
             last = micro == self.accum - 1
-            loss_sum += self.engine.forward_backward(batch, self.accum, last, _autocast(self.device, self.precision))
+            loss_sum += self.engine.forward_backward(batch, self.accum, last)
         self.engine.finish_gradients()
         loss_value = float(self.engine.mean_loss(loss_sum / self.accum))
         if not math.isfinite(loss_value):
@@ -328,8 +322,7 @@ class Trainer:
     def evaluate(self) -> float | None:
         if self.val_batches is None or self.val_size <= 0:
             return None
-        return self.engine.evaluate(self.val_batches, self.val_size, self.settings.micro_batch,
-                                    lambda: _autocast(self.device, self.precision))
+        return self.engine.evaluate(self.val_batches, self.val_size, self.settings.micro_batch)
 
     # -- checkpoints ------------------------------------------------------------------------
     def _progress(self, step: int) -> dict[str, Any]:

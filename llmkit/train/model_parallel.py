@@ -31,6 +31,7 @@ from llmkit.train.parallelize import (
     shard_data_parallel,
     tensor_parallel,
 )
+from llmkit.train.precision import autocast
 
 
 def _rank_of(layout: Layout, pp_rank: int, dp_rank: int, tp_rank: int) -> int:
@@ -50,7 +51,7 @@ class ModelParallelRun:
 
         # Gathering FSDP x TP shards for a checkpoint takes two all-gathers; torch warns on every rank, every save.
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
-        self.layout, self.device, self.config, self.loss_fn = layout, device, model.config, loss_fn
+        self.layout, self.device, self.config, self.loss_fn, self.precision = layout, device, model.config, loss_fn, precision
         self.strategy, self.seq_len, self.compiled = strategy, seq_len, compile
         mesh = layout.mesh
 
@@ -126,13 +127,13 @@ class ModelParallelRun:
                 stack.enter_context(dist_utils.gradient_sync(module, last))
         return stack
 
-    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool, autocast) -> torch.Tensor:
+    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool) -> torch.Tensor:
         """Forward and backward of this rank's slice of one micro-batch step; the (mean) loss on
         a loss-reporting rank, zero elsewhere."""
         from torch.distributed.tensor.parallel import loss_parallel
 
         batch = self._full_length(batch)
-        with self._sync_context(last), autocast:
+        with self._sync_context(last), autocast(self.device, self.precision):
             if self.pipeline is not None:
                 return self.pipeline.forward_backward(batch[0], batch[1], accumulation)
             with loss_parallel() if self.layout.tp > 1 else nullcontext():
@@ -183,18 +184,18 @@ class ModelParallelRun:
         return value / self.layout.dp
 
     # -- validation ----------------------------------------------------------------------------
-    def evaluate(self, val_batches: Callable, val_size: int, micro_batch: int, autocast_factory) -> float:
+    def evaluate(self, val_batches: Callable, val_size: int, micro_batch: int) -> float:
         """Mean loss over the validation samples: the same micro-batch chunks, weights and padding
         as the loop without model parallelism; padded rows have no targets."""
         if self.compiled and self.layout.tp > 1:
             # torch 2.13's compiled no-grad graph of a tensor-parallel block fails on its DTensor
             # input ("'Tensor' object has no attribute 'elem'"); validation runs the blocks eagerly.
             with torch.compiler.set_stance("force_eager"):
-                return self._evaluate(val_batches, val_size, micro_batch, autocast_factory)
-        return self._evaluate(val_batches, val_size, micro_batch, autocast_factory)
+                return self._evaluate(val_batches, val_size, micro_batch)
+        return self._evaluate(val_batches, val_size, micro_batch)
 
     @torch.no_grad()
-    def _evaluate(self, val_batches: Callable, val_size: int, micro_batch: int, autocast_factory) -> float:
+    def _evaluate(self, val_batches: Callable, val_size: int, micro_batch: int) -> float:
         from torch.distributed.tensor.parallel import loss_parallel
 
         layout = self.layout
@@ -222,7 +223,7 @@ class ModelParallelRun:
             padded = [self._full_length(pair) for pair in zip(inputs, targets)]
             x = torch.cat([a for a, _ in padded]).to(self.device)
             y = torch.cat([b for _, b in padded]).to(self.device)
-            with autocast_factory():
+            with autocast(self.device, self.precision):
                 if self.pipeline is not None:
                     losses = self.pipeline.evaluate(x, y)
                 else:
