@@ -63,6 +63,11 @@ class CompiledDecoder:
         except RuntimeError as exc:  # e.g. a Python version dynamo does not support yet
             raise UserError(f"--compile is not available here ({str(exc).splitlines()[0]}); leave out --compile") from exc
         self._slot = torch.zeros(1, dtype=torch.long, device=next(model.parameters()).device)
+        from llmkit.console import err
+
+        # said once, up front: a message at the compilation itself would land inside streamed text
+        err.print("[dim]--compile: the first tokens of each new batch shape wait a few seconds for the compiler[/]",
+                  soft_wrap=True)
 
     def cache_length(self, needed: int, limit: int | None) -> int:
         """`needed` rounded up to a multiple of CACHE_LENGTH_STEP, within the context limit."""
