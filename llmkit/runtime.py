@@ -83,6 +83,12 @@ def busy_cores(window: float = 0.25) -> float:
     return len(cores) * (1 - (idle_after - idle_before) / elapsed)
 
 
+def idle_cores() -> int:
+    """This process's cores less those other programs keep busy now (at least one)."""
+    cores = worker_count(0)
+    return cores if cores == 1 else max(1, cores - int(busy_cores() + 0.5))
+
+
 def let_idle_threads_sleep() -> None:
     """Make idle OpenMP threads sleep instead of spin; must run before torch is imported.
 

@@ -252,12 +252,13 @@ def test_busy_cores_sees_a_spinning_process_at_once():
     import subprocess
     import sys
 
-    from llmkit.runtime import busy_cores
+    from llmkit.runtime import busy_cores, idle_cores, worker_count
 
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
         assert busy_cores(window=0.5) >= 0.7
+        assert idle_cores() < worker_count(0) or worker_count(0) == 1  # what clean's --workers 0 starts
     finally:
         spinner.kill()
         spinner.wait()

@@ -121,7 +121,7 @@ class CleanConfig(Options):
     keep_rejects: bool = option(False, "Write dropped documents and their reasons to OUT/rejects.jsonl.", flags=("--keep-rejects",),
                                 panel=OUTPUT)
     shard_mb: int = option(256, "Uncompressed text per Parquet shard, in MB.", panel=OUTPUT, range="[1, inf)")
-    workers: int = option(1, "Worker processes (0: one per core). Output is the same for any value.", panel=OUTPUT, runtime=True,
+    workers: int = option(1, "Worker processes (0: one per idle core). Output is the same for any value.", panel=OUTPUT, runtime=True,
                           range="[0, inf)")
     seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
     execution: Execution = group(Execution, panel=OUTPUT)

@@ -52,11 +52,13 @@ def clean(
     show_progress: bool = True,
 ) -> Path:
     """Clean and de-duplicate `inputs` (and `cfg.dataset`) into a corpus artifact at `out`; returns its path."""
-    from llmkit.runtime import worker_count
+    from llmkit.runtime import idle_cores
 
     cfg = cfg or CleanConfig()
     out = Path(out)
-    workers = worker_count(cfg.workers)
+    on_cluster = cfg.execution.executor == "ray"
+    # 0: one per core no other program is using (on a Ray cluster: one per CPU of the cluster)
+    workers = cfg.workers or (0 if on_cluster else idle_cores())
     sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
     read = [*inputs, cfg.dataset]
     artifacts.check_output(out, force, inputs=read)
@@ -104,8 +106,7 @@ def clean(
                 # Finished batches are read (the input position) but not processed again.
                 batches = islice(batches, done_batches, None)
             run = cfg.execution
-            on_ray = run.executor == "ray"
-            results = ordered_map(process_batch, batches, workers=cfg.workers if on_ray else workers, initializer=init_worker,
+            results = ordered_map(process_batch, batches, workers=workers, initializer=init_worker,
                                   initargs=(cfg,), executor=run.executor, ray_address=run.ray_address)
             for number, batch in enumerate(results, start=done_batches):
                 # The batch a shard closed in keeps the decisions made for it (the index already holds them).
@@ -148,7 +149,7 @@ def clean(
         elapsed = time.perf_counter() - started
         build.config = cfg.hashed()
         build.seed = cfg.seed
-        build.runtime = {"workers": cfg.workers if cfg.execution.executor == "ray" else workers, **cfg.execution.runtime()}
+        build.runtime = {"workers": workers, **cfg.execution.runtime()}
         build.stats = {
             "documents": kept,
             "bytes": bytes_out,
