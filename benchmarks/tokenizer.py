@@ -189,12 +189,12 @@ def main() -> None:
     big_mb = small_mb * args.scale
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     try:
-        from llmkit.runtime import busy_cores, worker_count
+        from llmkit.runtime import idle_cores
 
         if busy:
             time.sleep(0.5)  # the spinner under way before anything is measured
         # the reference's thread count: the idle cores, measured the way llmkit's --workers 0 measures them
-        idle = max(1, worker_count(0) - int(busy_cores() + 0.5))
+        idle = idle_cores()
         ours_cmd = [sys.executable, "-m", "llmkit.cli", "tokenize", str(corpus10), "-t", str(tok_path), "-o", str(work / "tokens10"),
                     "--workers", "0", "--force"]
         # The reference gets its better setting: one thread, and (with more than one idle core) as many

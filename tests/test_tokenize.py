@@ -240,11 +240,11 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
 def test_automatic_worker_count_follows_corpus_size_and_idle_cores():
     from llmkit.tokenizer.encode_corpus import WORKER_BYTES, auto_workers
 
-    assert auto_workers(WORKER_BYTES // 2, cores=8, busy=0.0) == 1  # a small corpus: one process, no start-up cost
-    assert auto_workers(3 * WORKER_BYTES, cores=8, busy=0.3) == 3
-    assert auto_workers(100 * WORKER_BYTES, cores=8, busy=0.0) == 8
-    assert auto_workers(100 * WORKER_BYTES, cores=2, busy=1.0) == 1  # another program keeps one core busy
-    assert auto_workers(None, cores=8, busy=0.0) == 1
+    assert auto_workers(WORKER_BYTES // 2, idle=8) == 1  # a small corpus: one process, no start-up cost
+    assert auto_workers(3 * WORKER_BYTES, idle=8) == 3
+    assert auto_workers(100 * WORKER_BYTES, idle=8) == 8
+    assert auto_workers(100 * WORKER_BYTES, idle=1) == 1  # another program keeps the other core busy
+    assert auto_workers(None, idle=8) == 1
 
 
 def test_busy_cores_sees_a_spinning_process_at_once():

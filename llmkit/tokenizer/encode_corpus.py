@@ -156,15 +156,14 @@ def _encode_batch(job: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray, n
 WORKER_BYTES = 16_000_000  # below this much text per worker, another process costs more than it saves
 
 
-def auto_workers(total_bytes: int | None, cores: int, busy: float) -> int:
+def auto_workers(total_bytes: int | None, idle: int) -> int:
     """Encoding processes for `--workers 0`: one per 16 MB of text, at most one per idle core.
 
     A worker process starts, imports and rebuilds the tokenizer (about a second) before it encodes
-    anything, at ~15 MB/s; and on a core another program keeps busy it only competes. `busy`: the
-    cores other programs use now (llmkit.runtime.busy_cores)."""
+    anything, at ~15 MB/s; and on a core another program keeps busy it only competes. `idle`: the
+    cores no other program uses now (llmkit.runtime.idle_cores)."""
     if not total_bytes:
         return 1
-    idle = max(1, cores - int(busy + 0.5))
     return max(1, min(idle, int(total_bytes // WORKER_BYTES)))
 
 
@@ -287,7 +286,7 @@ def tokenize_corpus(
     import shutil
 
     from llmkit.console import err
-    from llmkit.runtime import busy_cores, worker_count
+    from llmkit.runtime import idle_cores
 
     corpus = artifacts.load(corpus_path, kind="corpus")
     # A checkpoint's tokenizer/ copy serves too: new data for a (possibly imported) model.
@@ -303,9 +302,8 @@ def tokenize_corpus(
         processes = config.workers if num_docs > config.batch_size else 1
     else:
         total = corpus.stats.get("bytes")
-        # measuring the busy cores takes a quarter second: only where the corpus could use a second worker
-        cores = worker_count(0)
-        processes = auto_workers(total, cores, busy_cores() if cores > 1 and (total or 0) >= 2 * WORKER_BYTES else 0.0)
+        # measuring the idle cores takes a quarter second: only where the corpus could use a second worker
+        processes = auto_workers(total, idle_cores() if (total or 0) >= 2 * WORKER_BYTES else 1)
     if config.execution.executor == "ray":
         processes = config.workers  # actors on the cluster; 0 = one per CPU there
     total_bytes = corpus.stats.get("bytes")

@@ -152,7 +152,7 @@ def runtime_record(devices: Devices, info: Any, micro_batch: int, accumulation: 
     """The manifest's `runtime` of a training run: the device options and what they resolved to
     (`precision`: the --precision option, recorded as what it meant on this device)."""
     record = dict(devices.runtime(), world_size=info.world_size, device=str(info.device), micro_batch=micro_batch,
-                  grad_accumulation=accumulation, precision=resolve_precision(precision, str(info.device).split(":")[0]))
+                  grad_accumulation=accumulation, precision=resolve_precision(precision, info.device.type))
     if info.layout is not None and info.layout.model_parallel:
         record["layout"] = {"dp": info.layout.dp, "tp": info.layout.tp, "pp": info.layout.pp,
                             "pp_microbatches": info.layout.microbatches}

@@ -76,7 +76,6 @@ class Numerics(Options):
                             choices=PRECISIONS)
 
 
-
 @dataclass
 class Checkpointing(Options):
     eval_every: int = option(250, "Validate every N steps and at the end (0 = never).", range="[0, inf)")
