@@ -8,7 +8,7 @@
     on the same documents already in memory. Overhead = llmkit / raw - 1 (target < 10%).
 (b) Encoding, 10x corpus, whole processes alternating over --rounds rounds (wall and CPU time of
     each process, children included): `llmkit tokenize` (Parquet in, shards out, --workers 0 = its
-    own choice of processes) against the script a user would write around tiktoken (with our merges:
+    own choice of threads) against the script a user would write around tiktoken (with our merges:
     the same ids): read the same Parquet in record batches, `encode_ordinary_batch` on as many
     threads as there are idle cores (`encode_ordinary` in a loop on one), append EOS, write one
     uint16 file. llmkit does more on top: a held-out split, spot checks against `tokenizers`,

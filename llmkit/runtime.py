@@ -48,47 +48,69 @@ def worker_count(requested: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def busy_cores(window: float = 0.25) -> float:
-    """How many of this process's cores other programs keep busy right now: measured from
-    /proc/stat over `window` seconds (this process sleeps meanwhile). The load average would lag
-    by a minute, too slow for a job that starts and ends in seconds; where there is no /proc/stat
-    it is the fallback, less one unit for this process."""
-    import time
+class CoreMeter:
+    """How busy this process's cores are with other programs, measured from /proc/stat between
+    construction and `busy()`: a window that can overlap this process's own work, whose CPU time
+    is subtracted. The load average would lag by a minute, too slow for a job that starts and ends
+    in seconds; where there is no /proc/stat it is the fallback, less one unit for this process."""
 
-    try:
-        cores = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+    def __init__(self) -> None:
+        import time
 
-        def sample() -> tuple[int, int]:
-            idle = total = 0
-            with open("/proc/stat") as stat:
-                for line in stat:
-                    fields = line.split()
-                    if fields and fields[0] in cores:
-                        values = [int(v) for v in fields[1:9]]  # user .. steal; guest time is inside user
-                        idle += values[3] + values[4]  # idle and iowait
-                        total += sum(values)
-            return idle, total
-
-        idle_before, total_before = sample()
-        time.sleep(window)
-        idle_after, total_after = sample()
-    except (AttributeError, OSError, ValueError, IndexError):
         try:
-            return max(0.0, os.getloadavg()[0] - 1)
-        except (AttributeError, OSError):
+            self.cores = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+            self.before = self._sample()
+        except (AttributeError, OSError, ValueError, IndexError):
+            self.cores, self.before = None, None
+        self.started, self.own = time.monotonic(), time.process_time()
+
+    def _sample(self) -> tuple[int, int]:
+        idle = total = 0
+        with open("/proc/stat") as stat:
+            for line in stat:
+                fields = line.split()
+                if fields and fields[0] in self.cores:
+                    values = [int(v) for v in fields[1:9]]  # user .. steal; guest time is inside user
+                    idle += values[3] + values[4]  # idle and iowait
+                    total += sum(values)
+        return idle, total
+
+    def busy(self, window: float = 0.25) -> float:
+        """Cores other programs kept busy since construction, waiting until `window` seconds have passed."""
+        import time
+
+        time.sleep(max(0.0, window - (time.monotonic() - self.started)))
+        try:
+            if self.before is None:
+                raise OSError("no /proc/stat")
+            idle, total = self._sample()
+        except (OSError, ValueError, IndexError):
+            try:
+                return max(0.0, os.getloadavg()[0] - 1)
+            except (AttributeError, OSError):
+                return 0.0
+        elapsed_jiffies = total - self.before[1]
+        if elapsed_jiffies <= 0:
             return 0.0
-    elapsed = total_after - total_before
-    if elapsed <= 0:
-        return 0.0
-    return len(cores) * (1 - (idle_after - idle_before) / elapsed)
+        in_use = len(self.cores) * (1 - (idle - self.before[0]) / elapsed_jiffies)
+        own = (time.process_time() - self.own) / max(time.monotonic() - self.started, 1e-9)
+        return max(0.0, in_use - own)
+
+    def idle_cores(self, window: float = 0.25) -> int:
+        """This process's cores less those other programs keep busy (at least one)."""
+        cores = worker_count(0)
+        return cores if cores == 1 else max(1, cores - int(self.busy(window) + 0.5))
+
+
+def busy_cores(window: float = 0.25) -> float:
+    """How many of this process's cores other programs keep busy right now (this process sleeps
+    `window` seconds meanwhile)."""
+    return CoreMeter().busy(window)
 
 
 def idle_cores() -> int:
     """This process's cores less those other programs keep busy now (at least one)."""
-    cores = worker_count(0)
-    return cores if cores == 1 else max(1, cores - int(busy_cores() + 0.5))
-
-
+    return CoreMeter().idle_cores()
 def let_idle_threads_sleep() -> None:
     """Make idle OpenMP threads sleep instead of spin; must run before torch is imported.
 

@@ -28,6 +28,34 @@ def test_results_in_input_order_for_any_worker_count():
     assert list(ordered_map(_square, iter(items), workers=2)) == expected
 
 
+def test_threads_keep_input_order_and_bound_the_items_in_flight():
+    """threads=True: the initializer runs once, here; slow early items still come back first; the
+    input is not read ahead by more than 2 x workers items."""
+    import threading
+    import time
+
+    _SEEN.clear()
+    read, names = [], set()
+
+    def items():
+        for x in range(40):
+            read.append(x)
+            yield x
+
+    def slow_square(x: int) -> int:
+        names.add(threading.current_thread().name)
+        time.sleep(0.02 if x % 3 == 0 else 0.0)
+        return x * x
+
+    results = []
+    for n, result in enumerate(ordered_map(slow_square, items(), workers=3, threads=True, initializer=_remember,
+                                           initargs=("once",))):
+        results.append(result)
+        assert len(read) <= n + 1 + 2 * 3
+    assert results == [x * x for x in range(40)]
+    assert _SEEN == ["once"] and len(names) > 1 and all(name.startswith("llmkit-worker") for name in names)
+
+
 def test_the_initializer_runs_here_with_one_worker():
     _SEEN.clear()
     assert list(ordered_map(_square, [3], workers=1, initializer=_remember, initargs=("here",))) == [9]

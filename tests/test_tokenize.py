@@ -86,6 +86,28 @@ def test_fast_and_reference_paths_agree(corpus, tokenizer, tokens, tmp_path):
     assert artifacts.load(slow).fingerprint == artifacts.load(tokens).fingerprint
 
 
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_joined_encoding_matches_each_document_alone(tokenizer, monkeypatch, add_bos):
+    """The fast path encodes many documents in one tiktoken call, joined by <|eos|>; the ids must be
+    those of each document alone, also where a document holds special-token text (which must stay
+    text), ends in spaces or newlines, and where a batch spans several calls."""
+    from llmkit.tokenizer import encode_corpus
+
+    tok = load_tokenizer(tokenizer)
+    monkeypatch.setattr(encode_corpus, "JOIN_CHARS", 40)  # a new call every few documents
+    encode_corpus._set_state(tok, use_fast=True, add_bos=add_bos, check_every=1)
+    plain = ["Hello there  ", "\n\nKING HENRY:\n", "", "trailing newline\n\n", "中文 text, 1234567 ", "x"]
+    for specials in ([], ["mentions <|user|> only"], ["holds <|eos|> text"], ["holds <|bos|> text"]):
+        texts = plain + specials + plain[::-1]
+        sizes, flat, lengths, checked, mismatch = encode_corpus._encode_batch((0, texts))
+        prefix = [tok.bos_id] if add_bos else []
+        expected = [prefix + tok.encode(t) + [tok.eos_id] if t else [] for t in texts]
+        assert flat.tolist() == [i for ids in expected for i in ids]
+        assert lengths.tolist() == [len(ids) for ids in expected]
+        assert sizes.tolist() == [len(t.encode()) for t in texts]
+        assert mismatch is None and checked == len([t for t in texts if t])
+
+
 def test_same_inputs_same_fingerprint_and_seed_changes_split(corpus, tokenizer, tokens, tmp_path):
     config = TokenizeConfig(val_fraction=0.1, shard_tokens=20_000)
     again = tokenize_corpus(corpus, tokenizer, tmp_path / "again", replace(config, seed=3, workers=2, batch_size=333))
@@ -240,7 +262,7 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
 def test_automatic_worker_count_follows_corpus_size_and_idle_cores():
     from llmkit.tokenizer.encode_corpus import WORKER_BYTES, auto_workers
 
-    assert auto_workers(WORKER_BYTES // 2, idle=8) == 1  # a small corpus: one process, no start-up cost
+    assert auto_workers(WORKER_BYTES // 2, idle=8) == 1  # a small corpus: one thread, no extra CPU
     assert auto_workers(3 * WORKER_BYTES, idle=8) == 3
     assert auto_workers(100 * WORKER_BYTES, idle=8) == 8
     assert auto_workers(100 * WORKER_BYTES, idle=1) == 1  # another program keeps the other core busy
@@ -262,6 +284,20 @@ def test_busy_cores_sees_a_spinning_process_at_once():
     finally:
         spinner.kill()
         spinner.wait()
+
+def test_core_meter_leaves_out_this_process_own_work(monkeypatch):
+    """The idle-core measurement overlaps tokenize's own loading: the CPU this process spent in the
+    window is not another program's. Two cores, 1.5 in use over a second, half a core of it ours."""
+    from llmkit.runtime import CoreMeter
+
+    meter = CoreMeter()
+    meter.cores, meter.before = {"cpu0", "cpu1"}, (0, 0)
+    meter.started, meter.own = time.monotonic() - 1.0, time.process_time() - 0.5
+    monkeypatch.setattr(meter, "_sample", lambda: (50, 200))  # 50 idle of 200 ticks
+    assert meter.busy() == pytest.approx(1.0, abs=0.05)
+    monkeypatch.setattr("llmkit.runtime.worker_count", lambda requested: 2)
+    assert meter.idle_cores() == 1
+
 
 def test_documents_without_a_source_form_their_own_group(tmp_path):
     """The held-out split is drawn per source; a null source is a group of its own (not the first
