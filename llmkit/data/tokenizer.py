@@ -106,10 +106,13 @@ def new_byte_level_bpe() -> Any:
 def compute_token_bytes(hf: Any) -> np.ndarray:
     """int32 [vocab_size]: UTF-8 byte length of each token, 0 for special tokens (bits-per-byte needs it)."""
     specials = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
+    byte_chars = frozenset(unicode_to_bytes())
     lengths = np.zeros(hf.get_vocab_size(), dtype=np.int32)
     for piece, idx in hf.get_vocab().items():
         if piece not in specials:
-            lengths[idx] = len(piece_to_bytes(piece))
+            # a byte-level piece has one character per byte (piece_to_bytes reads '<0xNN>' as one byte)
+            byte_level = byte_chars.issuperset(piece) and not piece.startswith("<0x")
+            lengths[idx] = len(piece) if byte_level else len(piece_to_bytes(piece))
     return lengths
 
 

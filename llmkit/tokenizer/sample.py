@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +171,8 @@ class Sampler:
         try:
             for number, result in enumerate(results, start=done_tasks + 1):
                 if log is not None:
-                    log.write(json.dumps(asdict(result), ensure_ascii=False).encode() + b"\n")
+                    # vars, not asdict: asdict deep-copies every piece (a third of the sampling time)
+                    log.write(json.dumps(vars(result), ensure_ascii=False).encode() + b"\n")
                     log.flush()
                     resume.save(folder, {"tasks": number, "log_bytes": log.tell()}, {})
                 yield from self._take(result)
