@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from llmkit.generate.engine import GenerationParams, generate_ids
+from llmkit.generate.engine import GenerationParams, generate_ids, prepare_for_decoding
 from llmkit.model.gpt import GPT, ModelConfig
 from llmkit.model.hf import to_hf_config, to_hf_state
 from llmkit.model.presets import PRESETS
@@ -57,6 +57,8 @@ def build_models(args):
     missing, unexpected = hf.load_state_dict(to_hf_state(model.state_dict(), model.config), strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     hf.tie_weights()
+    if not (args.row_major or args.compile):
+        prepare_for_decoding(model)  # what llmkit's Generator does without --compile (generate, chat, eval)
     return model, hf.to(args.device).eval()
 
 
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="llmkit's decode step compiled (llmkit generate --compile).")
+    parser.add_argument("--row-major", action="store_true", help="keep llmkit's weights row-major (before 2026-12-01).")
     parser.add_argument("--hf-compile", action="store_true", help="transformers with a static cache, compiled.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

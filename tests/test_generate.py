@@ -153,6 +153,52 @@ def test_compiled_generation_equals_eager():
         assert compiled == eager
 
 
+def test_the_compiled_step_folds_the_weights_in():
+    """--compile freezes the weights into its graph (what lets inductor prepack them for the CPU
+    matrix products; torch.compile's `options` alone did not turn it on): a weight changed after the
+    first step leaves the compiled step's logits as they were, while the eager step sees it."""
+    from llmkit.generate.compiled import CompiledDecoder
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    decoder = CompiledDecoder(model)
+    tokens = torch.tensor([5, 6, 7])
+
+    def step(run):
+        with torch.inference_mode():
+            cache = model.new_cache(3, decoder.cache_length(8, None), pad_lengths=torch.zeros(3, dtype=torch.long))
+            return run(tokens, cache)
+
+    def eager(tokens, cache):
+        return model.decode_step(tokens[:, None], torch.zeros(1, dtype=torch.long), cache.pad_lengths, cache.k, cache.v)
+
+    before = step(decoder.step)
+    assert torch.allclose(before, step(eager), atol=1e-5)
+    with torch.no_grad():
+        model.blocks[0].mlp.down_proj.weight.mul_(3.0)
+    assert torch.equal(step(decoder.step), before)
+    assert not torch.allclose(step(eager), before, atol=1e-3)
+
+
+def test_decoding_layout_keeps_the_values_and_the_tied_head():
+    """Generation lays linear weights out column-major (the CPU BLAS's faster kernel for a few rows):
+    same shapes and values, the same greedy tokens, and a head tied to the embedding left as it is."""
+    from llmkit.generate.engine import prepare_for_decoding
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    params = GenerationParams(max_new_tokens=30, stop_at_eos=False)
+    before = [r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0)]
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    prepare_for_decoding(model)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    assert linears and all(m.weight.stride() == (1, m.weight.shape[0]) for m in linears)
+    assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.weight.is_contiguous()
+    assert [r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0)] == before
+
+
 def test_a_compiler_failure_falls_back_to_the_eager_step(capsys):
     """Past the recompile limit, or when inductor fails, decoding goes on eagerly with the same tokens."""
     from llmkit.generate.compiled import CompiledDecoder

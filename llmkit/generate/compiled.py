@@ -3,7 +3,7 @@
 A decode step of a small model is many small operations (norms, RoPE, cache writes, the
 attention of one query) around a few matrix-vector products; eagerly each is a dispatch through
 PyTorch's Python and C++ layers. Compiled (inductor: fused C++/OpenMP kernels on CPU, Triton on
-GPU; `freezing` folds the weights into the graph so the CPU matmuls get prepacked weights), the
+GPU; freezing folds the weights into the graph so the CPU matmuls get prepacked weights), the
 step costs little more than its matrix products. The step is `GPT.decode_step`, whose shapes do
 not change between steps: the cache buffers are attended whole, through a mask, and the slot is a
 tensor. So one compilation serves a whole batch, and every batch of the same size and cache
@@ -55,7 +55,7 @@ class CompiledDecoder:
     def __init__(self, model):
         check_compilable(model)
         self.model = model
-        settings = dict(dynamic=False, fullgraph=True, options={"freezing": True})
+        settings = dict(dynamic=False, fullgraph=True)
         if "recompile_limit" in inspect.signature(torch.compile).parameters:
             settings["recompile_limit"] = RECOMPILE_LIMIT
         try:
@@ -63,6 +63,7 @@ class CompiledDecoder:
         except RuntimeError as exc:  # e.g. a Python version dynamo does not support yet
             raise UserError(f"--compile is not available here ({str(exc).splitlines()[0]}); leave out --compile") from exc
         self._slot = torch.zeros(1, dtype=torch.long, device=next(model.parameters()).device)
+        self._compiled_shapes: set[tuple] = set()
         from llmkit.console import err
 
         # said once, up front: a message at the compilation itself would land inside streamed text
@@ -84,7 +85,18 @@ class CompiledDecoder:
             logits = self.model.decode_step(*args)
         else:
             try:
-                logits = self._step(*args)
+                shape = (tuple(tokens.shape), tuple(cache.k[0].shape))
+                if shape in self._compiled_shapes:
+                    logits = self._step(*args)
+                else:
+                    # Freezing is read from inductor's global config when a graph is compiled (the
+                    # `options` of torch.compile do not reach that check): set it for the call that
+                    # compiles this shape only, not for the rest of the process.
+                    from torch._inductor import config as inductor_config
+
+                    with inductor_config.patch(freezing=True):
+                        logits = self._step(*args)
+                    self._compiled_shapes.add(shape)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager step computes the same
                 self._step = None
                 from llmkit.console import err

@@ -66,6 +66,26 @@ class Completion:
     seed: int = 0
 
 
+def prepare_for_decoding(model) -> None:
+    """Lay every CPU linear weight out transposed in memory: the same shape and values, column-major.
+
+    `F.linear` then hands the CPU BLAS the [in, out] matrix, whose kernel for a few rows is much
+    faster: 8 rows x 768 -> 3072 take 0.45 ms against 1.05 ms on one thread (at 1 row, and at the
+    prefill's hundreds, the two layouts take the same time). Results agree to float rounding, as
+    with any change of kernel. For a model that only generates: training reads the weights the
+    other way round, so the training stages never call this.
+    """
+    # A weight shared with an embedding (a tied output head) stays: the lookup of one row would
+    # then read a column of scattered values, which costs more than the head gains.
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if (isinstance(module, torch.nn.Linear) and id(weight) not in embeddings and weight.device.type == "cpu"
+                    and weight.dim() == 2 and weight.is_contiguous() and min(weight.shape) > 1):
+                weight.data = weight.data.t().contiguous().t()
+
+
 def context_limit(model) -> int | None:
     """How many positions a model can attend to at once; None for a recurrent model."""
     config = model.config
@@ -283,7 +303,9 @@ class Generator:
         if compile:
             from llmkit.generate.compiled import CompiledDecoder
 
-            self.decoder = CompiledDecoder(model)
+            self.decoder = CompiledDecoder(model)  # which packs the weights its own way
+        else:
+            prepare_for_decoding(model)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.start_id] + (self.tokenizer.encode(prompt) if prompt else [])
