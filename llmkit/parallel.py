@@ -77,12 +77,16 @@ def ordered_map(
 def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
     """The pool's results in input order, with at most 2 x workers items submitted and not yet taken."""
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(function, item))
-        if len(pending) >= 2 * workers:
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
             yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    finally:  # the consumer stopped early (an error, a fallback, Ctrl-C): queued items are not started
+        for future in pending:
+            future.cancel()
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:

@@ -111,6 +111,8 @@ def busy_cores(window: float = 0.25) -> float:
 def idle_cores() -> int:
     """This process's cores less those other programs keep busy now (at least one)."""
     return CoreMeter().idle_cores()
+
+
 def let_idle_threads_sleep() -> None:
     """Make idle OpenMP threads sleep instead of spin; must run before torch is imported.
 

@@ -180,6 +180,25 @@ def test_the_compiled_step_folds_the_weights_in():
     assert not torch.allclose(step(eager), before, atol=1e-3)
 
 
+def test_one_compiled_graph_per_batch_size():
+    """The cache length is dynamic in the compiled step: prompts and outputs of any length share one
+    graph per batch size (each graph holds its own packed copy of the weights, so a long chat must
+    not add one per multiple of 128), and the tokens stay the eager ones."""
+    from torch._dynamo.utils import counters
+
+    from llmkit.generate.compiled import CompiledDecoder
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=97, context_length=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    decoder = CompiledDecoder(model)
+    counters.clear()
+    for rows, new_tokens in (([[5, 6, 7]], 20), ([[5, 6, 7]], 150), ([[8, 9]], 280), (PROMPTS[:2], 20), (PROMPTS[:2], 140)):
+        params = GenerationParams(max_new_tokens=new_tokens, stop_at_eos=False)
+        eager = [r.token_ids for r in generate_ids(model, rows, params, pad_id=0)]
+        assert [r.token_ids for r in generate_ids(model, rows, params, pad_id=0, decoder=decoder)] == eager
+    assert counters["stats"]["unique_graphs"] == 2  # batch 1 and batch 2, over cache lengths 128 to 384
+
+
 def test_decoding_layout_keeps_the_values_and_the_tied_head():
     """Generation lays linear weights out column-major (the CPU BLAS's faster kernel for a few rows):
     same shapes and values, the same greedy tokens, and a head tied to the embedding left as it is."""

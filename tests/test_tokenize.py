@@ -108,6 +108,23 @@ def test_joined_encoding_matches_each_document_alone(tokenizer, monkeypatch, add
         assert mismatch is None and checked == len([t for t in texts if t])
 
 
+def test_joined_encoding_with_one_token_for_bos_and_eos(tokenizer):
+    """A tokenizer whose BOS is its EOS (as some imported ones are): the joined ids could not tell
+    where a document ends, so each document is encoded alone, with `eos ids eos` per document."""
+    from llmkit.data.tokenizer import TextTokenizer
+    from llmkit.tokenizer import encode_corpus
+
+    plain = load_tokenizer(tokenizer)
+    tok = TextTokenizer(plain.hf, plain.token_bytes, plain.path, roles={"bos": "<|eos|>"})
+    assert tok.bos_id == tok.eos_id and tok.fast_encoding is not None
+    encode_corpus._set_state(tok, use_fast=True, add_bos=True, check_every=1)
+    texts = ["Hello there", "", "a second document", "third"]
+    sizes, flat, lengths, checked, mismatch = encode_corpus._encode_batch((0, texts))
+    expected = [[tok.eos_id] + tok.encode(t) + [tok.eos_id] if t else [] for t in texts]
+    assert flat.tolist() == [i for ids in expected for i in ids] and lengths.tolist() == [len(ids) for ids in expected]
+    assert mismatch is None
+
+
 def test_same_inputs_same_fingerprint_and_seed_changes_split(corpus, tokenizer, tokens, tmp_path):
     config = TokenizeConfig(val_fraction=0.1, shard_tokens=20_000)
     again = tokenize_corpus(corpus, tokenizer, tmp_path / "again", replace(config, seed=3, workers=2, batch_size=333))
@@ -284,6 +301,7 @@ def test_busy_cores_sees_a_spinning_process_at_once():
     finally:
         spinner.kill()
         spinner.wait()
+
 
 def test_core_meter_leaves_out_this_process_own_work(monkeypatch):
     """The idle-core measurement overlaps tokenize's own loading: the CPU this process spent in the

@@ -76,13 +76,15 @@ def prepare_for_decoding(model) -> None:
     other way round, so the training stages never call this.
     """
     # A weight shared with an embedding (a tied output head) stays: the lookup of one row would
-    # then read a column of scattered values, which costs more than the head gains.
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    # then read a column of scattered values, which costs more than the head gains. bf16 weights
+    # stay too: oneDNN's bf16 kernel is the faster one row-major (0.33 against 0.43 ms at 8 rows).
+    embeddings = {m.weight.untyped_storage().data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     with torch.no_grad():
         for module in model.modules():
             weight = getattr(module, "weight", None)
-            if (isinstance(module, torch.nn.Linear) and id(weight) not in embeddings and weight.device.type == "cpu"
-                    and weight.dim() == 2 and weight.is_contiguous() and min(weight.shape) > 1):
+            if (isinstance(module, torch.nn.Linear) and weight.untyped_storage().data_ptr() not in embeddings
+                    and weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
+                    and weight.is_contiguous() and min(weight.shape) > 1):
                 weight.data = weight.data.t().contiguous().t()
 
 
