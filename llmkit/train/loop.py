@@ -145,7 +145,10 @@ class Trainer:
         self.val_batches, self.val_size = val_batches, val_size
         self.accum = accumulation_steps(settings, info.batch_ways)
         self.device = info.device
-        self.raw = model.to(self.device)
+        # Split across ranks (--tp/--pp), each rank moves only its share to its device (the engine does):
+        # the whole model on every GPU is what a pipeline exists to avoid.
+        model_parallel = info.layout is not None and info.layout.model_parallel
+        self.raw = model if model_parallel else model.to(self.device)
         self.start_step = 0
         self.last_loss: float | None = None
         self.last_val: float | None = None

@@ -71,7 +71,7 @@ class ModelParallelRun:
         if layout.pp > 1:
             from llmkit.train.pipeline import Pipeline
 
-            self.pipeline = Pipeline(model.to(device), layout, device, seq_len, parallelize)
+            self.pipeline = Pipeline(model, layout, device, seq_len, parallelize)  # which moves this rank's stages only
             self.modules = self.pipeline.modules
             self.container: nn.Module = nn.ModuleList(self.modules)
         else:
