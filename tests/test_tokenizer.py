@@ -155,6 +155,18 @@ def test_fast_path_identical_edge_cases(tok, text):
     assert tok.decode(tok.encode(text)) == text
 
 
+def test_byte_level_pieces_to_bytes(tok):
+    """The fast path's table of pieces to bytes (str.translate, no per-character Python) gives what
+    piece_to_bytes gives for every piece of a trained vocabulary, and keeps '<0x0A>' six bytes
+    (SentencePiece's byte-token reading is for imported vocabularies only)."""
+    from llmkit.data.tokenizer import byte_level_bytes, piece_to_bytes
+
+    specials = set(tok.special_ids)
+    pieces = [p for p in tok.hf.get_vocab() if p not in specials]
+    assert len(pieces) > 1000 and all(byte_level_bytes(p) == piece_to_bytes(p) for p in pieces)
+    assert byte_level_bytes("\u0120world") == b" world" and byte_level_bytes("<0x0A>") == b"<0x0A>"
+
+
 def test_transformers_fast_tokenizer_gives_same_ids(shared_data, trained, tok):
     from transformers import PreTrainedTokenizerFast
 

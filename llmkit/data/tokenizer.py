@@ -71,6 +71,16 @@ def unicode_to_bytes() -> dict[str, int]:
     return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
+@lru_cache(maxsize=1)
+def _byte_of_char() -> dict[int, int]:
+    return {ord(char): byte for byte, char in bytes_to_unicode().items()}
+
+
+def byte_level_bytes(piece: str) -> bytes:
+    """The raw bytes of a byte-level BPE piece ('Ġworld' -> b' world'): one character per byte."""
+    return piece.translate(_byte_of_char()).encode("latin-1")
+
+
 def piece_to_bytes(piece: str) -> bytes:
     """The raw bytes of a vocabulary entry.
 
@@ -104,15 +114,15 @@ def new_byte_level_bpe() -> Any:
 
 
 def compute_token_bytes(hf: Any) -> np.ndarray:
-    """int32 [vocab_size]: UTF-8 byte length of each token, 0 for special tokens (bits-per-byte needs it)."""
+    """int32 [vocab_size]: UTF-8 byte length of each token of a byte-level BPE tokenizer (llmkit's
+    own), 0 for special tokens (bits-per-byte needs it). Every character of a byte-level piece
+    stands for one byte."""
     specials = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
     byte_chars = frozenset(unicode_to_bytes())
     lengths = np.zeros(hf.get_vocab_size(), dtype=np.int32)
     for piece, idx in hf.get_vocab().items():
         if piece not in specials:
-            # a byte-level piece has one character per byte (piece_to_bytes reads '<0xNN>' as one byte)
-            byte_level = byte_chars.issuperset(piece) and not piece.startswith("<0x")
-            lengths[idx] = len(piece) if byte_level else len(piece_to_bytes(piece))
+            lengths[idx] = len(piece) if byte_chars.issuperset(piece) else len(piece_to_bytes(piece))
     return lengths
 
 
@@ -244,7 +254,7 @@ def build_tiktoken_encoding(hf: Any) -> Any | None:
             continue
         if not set(piece) <= alphabet:
             return None
-        ranks[piece_to_bytes(piece)] = idx
+        ranks[byte_level_bytes(piece)] = idx
     if len(ranks) < 256 or any(bytes([b]) not in ranks for b in range(256)):
         return None
     # HF applies merges by their list position; tiktoken by the merged token's rank. The two orders
