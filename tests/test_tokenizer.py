@@ -218,6 +218,21 @@ def test_a_byte_sample_spans_every_input_and_any_worker_count_draws_the_same(sha
     assert artifacts.load(other_seed).stats["training_bytes"] != stats["training_bytes"]
 
 
+def test_a_sample_log_shorter_than_its_marker_starts_over(tmp_path, capsys):
+    """The marker counts the log's bytes; a log that lost some (a machine that crashed before they
+    reached the disk) is not replayed with a tail of zeros: the run reads its input again."""
+    from llmkit import resume
+    from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler
+
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    (folder / SAMPLE_LOG).write_bytes(b'{"pieces": ["a"], "sizes": [1], "train": [true], "heldout": [false], "read_bytes": 1}\n')
+    resume.save(folder, {"tasks": 2, "log_bytes": 4096}, {})
+    replay = Sampler(TokenizerTrainConfig(vocab_size=300), 100)._replay(folder, lambda size: None)
+    assert list(replay) == [] and not (folder / SAMPLE_LOG).exists() and resume.load(folder) is None
+    assert "sample log is incomplete" in capsys.readouterr().err
+
+
 def test_text_files_as_input(shared_data, tmp_path):
     path = tmp_path / "small.txt"
     path.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000], encoding="utf-8")

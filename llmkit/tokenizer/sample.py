@@ -22,6 +22,7 @@ from that file instead of reading their input again, then goes on, and draws the
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,7 @@ class Sampler:
                     # vars, not asdict: asdict deep-copies every piece (a third of the sampling time)
                     log.write(json.dumps(vars(result), ensure_ascii=False).encode() + b"\n")
                     log.flush()
+                    os.fsync(log.fileno())  # the marker must never count bytes a crash of the machine could lose
                     resume.save(folder, {"tasks": number, "log_bytes": log.tell()}, {})
                 yield from self._take(result)
                 on_read(result.read_bytes)
@@ -194,6 +196,12 @@ class Sampler:
         state, _ = marker
         from llmkit.console import err
 
+        if not log.is_file() or log.stat().st_size < state["log_bytes"]:
+            # a log shorter than its marker says (written by a version that did not fsync it): start over
+            err.print("the interrupted run's sample log is incomplete; reading the input again", soft_wrap=True, markup=False)
+            log.unlink(missing_ok=True)
+            resume.remove(folder)
+            return 0
         err.print(f"resuming the interrupted run: {state['tasks']:,} read task(s) done", soft_wrap=True, markup=False)
         with open(log, "r+b") as handle:
             handle.truncate(state["log_bytes"])  # a task written after the last marker is read again
