@@ -1,0 +1,151 @@
+"""`llmkit eval`'s perplexity scoring beside the loop a user would write around transformers.
+
+    .venv/bin/python benchmarks/eval.py                          # Llama-shaped `mini`, CPU
+    .venv/bin/python benchmarks/eval.py --family gpt2 --preset tiny --rounds 5
+
+Both sides score the same documents (tinyshakespeare, tokenized by a tokenizer trained here) with
+the same weights (an llmkit GPT copied into the matching transformers class, `llmkit.model.hf`)
+over the same rolling windows (lm-evaluation-harness's `loglikelihood_rolling`, which
+`llmkit.eval.perplexity.rolling_windows` reproduces), in batches of the same size:
+
+  llmkit       `llmkit.eval.perplexity.score_documents` (what `llmkit eval --metrics perplexity` runs)
+  transformers each batch of windows right-padded with an attention mask through the model,
+               log-softmax over the vocabulary, the targets' log-probabilities gathered: the loop of
+               lm-evaluation-harness's HFLM, without its caching and sorting
+
+The two sides alternate over --rounds rounds in one process; each round's ratio is taken and the
+median printed, with wall time and CPU time (all threads) per scored token. The total
+log-likelihoods are checked to agree (1e-4 relative), so both sides do the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def documents(count: int, chars: int) -> list[str]:
+    """`count` documents of about `chars` characters: consecutive paragraphs of tinyshakespeare."""
+    paragraphs = [p for p in (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    docs, current = [], ""
+    for paragraph in paragraphs:
+        current = f"{current}\n\n{paragraph}" if current else paragraph
+        if len(current) >= chars:
+            docs.append(current)
+            current = ""
+            if len(docs) == count:
+                break
+    return docs
+
+
+def build_models(args, vocab_size: int):
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.model.gpt import GPT, ModelConfig
+    from llmkit.model.hf import to_hf_config, to_hf_state
+    from llmkit.model.presets import PRESETS
+
+    preset = dict(PRESETS[args.preset], context_length=args.context)
+    if args.family == "gpt2":
+        preset.update(norm="layernorm", pos="learned", activation="gelu", bias=True, n_kv_head=preset["n_head"])
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=vocab_size, **preset)).eval()
+    hf_config = to_hf_config(model.config)
+    hf = AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa")
+    missing, unexpected = hf.load_state_dict(to_hf_state(model.state_dict(), model.config), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    hf.tie_weights()
+    return model, hf.eval()
+
+
+def transformers_side(hf, requests, pad_id: int, batch_size: int) -> float:
+    """Sum of the targets' log-probabilities, as an lm-eval-style loop over transformers computes it."""
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            width = max(len(r.seq) for r in batch) - 1
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, r in enumerate(batch):
+                ids[row, : len(r.seq) - 1] = torch.tensor(r.seq[:-1])
+                mask[row, : len(r.seq) - 1] = 1
+            logprobs = torch.log_softmax(hf(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for row, r in enumerate(batch):
+                length = len(r.seq) - 1
+                targets = torch.tensor(r.seq[length - r.n + 1 :])
+                total += float(logprobs[row, length - r.n : length].gather(1, targets[:, None]).sum())
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("llama", "gpt2"), default="llama")
+    parser.add_argument("--preset", default="mini")
+    parser.add_argument("--context", type=int, default=256, help="the model's context length (the window)")
+    parser.add_argument("--docs", type=int, default=24)
+    parser.add_argument("--doc-chars", type=int, default=6000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from llmkit.data.corpus import write_corpus_artifact
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.eval.perplexity import document_from_text, rolling_windows, score_documents
+    from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    texts = documents(args.docs, args.doc_chars)
+    with tempfile.TemporaryDirectory() as work:
+        corpus = write_corpus_artifact(Path(work) / "corpus", texts).path
+        tok = load_tokenizer(train_tokenizer([corpus], Path(work) / "tok", TokenizerTrainConfig(vocab_size=args.vocab_size)))
+    docs = [document_from_text(text, tok) for text in texts]
+    model, hf = build_models(args, tok.vocab_size)
+    requests = [r for doc in docs for r in rolling_windows(doc.tokens, tok.bos_id, args.context)]
+    tokens = sum(r.n for r in requests)
+    print(f"{len(docs)} documents, {tokens:,} scored tokens in {len(requests)} windows of up to {args.context}; "
+          f"{args.family} `{args.preset}` ({model.num_params() / 1e6:.1f}M parameters), batch {args.batch_size}, "
+          f"{args.threads} thread(s), torch {torch.__version__}")
+
+    def ours() -> float:
+        result = score_documents(model, docs, prefix_token=tok.bos_id, token_bytes=tok.token_bytes, pad_id=tok.pad_id,
+                                 batch_size=args.batch_size)
+        return -result.nll
+
+    sides = {"llmkit": ours, "transformers": lambda: transformers_side(hf, requests, tok.pad_id, args.batch_size)}
+    sides["llmkit"](), sides["transformers"]()  # warm-up
+    runs: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
+    for r in range(args.rounds):
+        for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            wall, cpu = time.perf_counter(), time.process_time()
+            loglik = sides[side]()
+            runs[side].append((time.perf_counter() - wall, time.process_time() - cpu, loglik))
+    ours_ll, theirs_ll = runs["llmkit"][-1][2], runs["transformers"][-1][2]
+    agree = abs(ours_ll - theirs_ll) <= 1e-4 * abs(theirs_ll)
+    for side, values in runs.items():
+        wall, cpu = min(v[0] for v in values), min(v[1] for v in values)
+        print(f"  {side:13s} best {wall:6.2f} s wall ({tokens / wall:8.0f} tok/s)   {cpu:6.2f} CPU-s "
+              f"({tokens / cpu:8.0f} tok per CPU-s)   log-likelihood {values[-1][2]:.2f}")
+    walls = sorted(t[0] / o[0] for o, t in zip(runs["llmkit"], runs["transformers"]))
+    cpus = sorted(t[1] / o[1] for o, t in zip(runs["llmkit"], runs["transformers"]))
+    print(f"  llmkit / transformers, paired median: wall {walls[len(walls) // 2]:.2f}x   CPU {cpus[len(cpus) // 2]:.2f}x   "
+          f"(per round, wall: {', '.join(f'{v:.2f}' for v in walls)}); log-likelihoods "
+          f"{'agree' if agree else 'DIFFER'} (1e-4 relative)")
+    if not agree:
+        raise SystemExit("the two sides scored different log-likelihoods")
+
+
+if __name__ == "__main__":
+    main()
