@@ -95,11 +95,11 @@ def test_joined_encoding_matches_each_document_alone(tokenizer, monkeypatch, add
 
     tok = load_tokenizer(tokenizer)
     monkeypatch.setattr(encode_corpus, "JOIN_CHARS", 40)  # a new call every few documents
-    encode_corpus._set_state(tok, use_fast=True, add_bos=add_bos, check_every=1)
+    state = encode_corpus.encoder_state(tok, use_fast=True, add_bos=add_bos, check_every=1)
     plain = ["Hello there  ", "\n\nKING HENRY:\n", "", "trailing newline\n\n", "中文 text, 1234567 ", "x"]
     for specials in ([], ["mentions <|user|> only"], ["holds <|eos|> text"], ["holds <|bos|> text"]):
         texts = plain + specials + plain[::-1]
-        sizes, flat, lengths, checked, mismatch = encode_corpus._encode_batch((0, texts))
+        sizes, flat, lengths, checked, mismatch = encode_corpus._encode_batch((0, texts), state)
         prefix = [tok.bos_id] if add_bos else []
         expected = [prefix + tok.encode(t) + [tok.eos_id] if t else [] for t in texts]
         assert flat.tolist() == [i for ids in expected for i in ids]
@@ -117,12 +117,31 @@ def test_joined_encoding_with_one_token_for_bos_and_eos(tokenizer):
     plain = load_tokenizer(tokenizer)
     tok = TextTokenizer(plain.hf, plain.token_bytes, plain.path, roles={"bos": "<|eos|>"})
     assert tok.bos_id == tok.eos_id and tok.fast_encoding is not None
-    encode_corpus._set_state(tok, use_fast=True, add_bos=True, check_every=1)
+    state = encode_corpus.encoder_state(tok, use_fast=True, add_bos=True, check_every=1)
     texts = ["Hello there", "", "a second document", "third"]
-    sizes, flat, lengths, checked, mismatch = encode_corpus._encode_batch((0, texts))
+    sizes, flat, lengths, checked, mismatch = encode_corpus._encode_batch((0, texts), state)
     expected = [[tok.eos_id] + tok.encode(t) + [tok.eos_id] if t else [] for t in texts]
     assert flat.tolist() == [i for ids in expected for i in ids] and lengths.tolist() == [len(ids) for ids in expected]
     assert mismatch is None
+
+
+def test_two_runs_in_threads_of_one_process_stay_apart(corpus, tokenizer, tmp_path):
+    """Each run keeps its own encoder state (tokenizer, BOS, checks): two runs with different
+    options at once in one process write what each writes alone."""
+    import threading
+
+    configs = {"bos": TokenizeConfig(val_fraction=0.1, add_bos=True, seed=3, workers=2, batch_size=100),
+               "plain": TokenizeConfig(val_fraction=0.1, seed=3, workers=2, batch_size=100)}
+    alone = {name: artifacts.load(tokenize_corpus(corpus, tokenizer, tmp_path / f"alone-{name}", config)).fingerprint
+             for name, config in configs.items()}
+    threads = [threading.Thread(target=tokenize_corpus, args=(corpus, tokenizer, tmp_path / f"together-{name}", config))
+               for name, config in configs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {name: artifacts.load(tmp_path / f"together-{name}").fingerprint for name in configs} == alone
+    assert alone["bos"] != alone["plain"]
 
 
 def test_same_inputs_same_fingerprint_and_seed_changes_split(corpus, tokenizer, tokens, tmp_path):

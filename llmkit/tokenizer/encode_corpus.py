@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ CHECK_CHARS = 16384
 FIRST_CHECKS = 256  # documents of the first batch checked against tokenizers
 
 # Per-process encoder state, set once per process by _init_worker.
-_STATE: dict[str, Any] = {}
+_STATE: dict[str, Any] = {}  # a Ray actor's encoder state; local runs pass their own (_Encoder.state)
 
 
 def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
@@ -114,12 +115,13 @@ def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every:
     if multiprocessing.parent_process() is not None:
         # One encoding thread per worker process: the processes are the parallelism.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _set_state(load_tokenizer(tokenizer_dir), use_fast, add_bos, check_every)
+    _STATE.update(encoder_state(load_tokenizer(tokenizer_dir), use_fast, add_bos, check_every))
 
 
-def _set_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every: int) -> None:
+def encoder_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every: int) -> dict[str, Any]:
+    """What `_encode_batch` needs: one per run, so runs in threads of one process stay apart."""
     bos, eos = tok.hf.id_to_token(tok.bos_id), tok.hf.id_to_token(tok.eos_id)
-    _STATE.update(
+    return dict(
         tok=tok,
         fast=tok.fast_encoding if use_fast else None,
         prefix=[tok.bos_id] if add_bos else [],
@@ -133,7 +135,8 @@ def _set_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every: i
     )
 
 
-def _encode_batch(job: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str | None]:
+def _encode_batch(job: tuple[int, list[str]], state: dict[str, Any] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str | None]:
     """Encode batch `index` of documents -> (UTF-8 sizes, flat ids, per-document lengths, checked, mismatch).
 
     Each non-empty document becomes `[bos] ids eos`; an empty one has length 0 (it is skipped).
@@ -141,21 +144,22 @@ def _encode_batch(job: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray, n
     document after that are also encoded by tokenizers; the first difference is returned so the run can fall back.
     """
     index, texts = job
+    state = _STATE if state is None else state
     sizes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
     present = [t for t in texts if t]
     lengths = np.zeros(len(texts), dtype=np.int64)
-    if _STATE["fast"] is None:
-        flat, lengths[sizes > 0] = _encode_with_tokenizers(present)
+    if state["fast"] is None:
+        flat, lengths[sizes > 0] = _encode_with_tokenizers(state, present)
         checked, mismatch = 0, None
     else:
-        flat, lengths[sizes > 0] = _encode_with_tiktoken(present)
-        checked, mismatch = _spot_check(index, present, flat, lengths[sizes > 0])
-    return sizes, flat.astype(_STATE["dtype"], copy=False), lengths, checked, mismatch
+        flat, lengths[sizes > 0] = _encode_with_tiktoken(state, present)
+        checked, mismatch = _spot_check(state, index, present, flat, lengths[sizes > 0])
+    return sizes, flat.astype(state["dtype"], copy=False), lengths, checked, mismatch
 
 
-def _encode_with_tokenizers(present: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    prefix, eos = _STATE["prefix"], _STATE["eos"]
-    encoded = _STATE["tok"].encode_batch(present)
+def _encode_with_tokenizers(state: dict[str, Any], present: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    prefix, eos = state["prefix"], state["eos"]
+    encoded = state["tok"].encode_batch(present)
     lengths = np.array([len(prefix) + len(ids) + 1 for ids in encoded], dtype=np.int64)
     flat = np.fromiter(chain.from_iterable(chain(prefix, ids, (eos,)) for ids in encoded), dtype=np.uint32, count=int(lengths.sum()))
     return flat, lengths
@@ -164,7 +168,7 @@ def _encode_with_tokenizers(present: list[str]) -> tuple[np.ndarray, np.ndarray]
 JOIN_CHARS = 4_000_000  # text per tiktoken call on the fast path
 
 
-def _encode_with_tiktoken(present: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _encode_with_tiktoken(state: dict[str, Any], present: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The documents joined by `<|eos|>` (`<|eos|><|bos|>` with BOS) into one text per 4M characters,
     encoded by tiktoken's core with those special tokens allowed.
 
@@ -173,24 +177,24 @@ def _encode_with_tiktoken(present: list[str]) -> tuple[np.ndarray, np.ndarray]:
     document keeps the GIL released for the whole group (two threads encode 1.6 times as fast as
     one, where per-document calls queued on the GIL) and skips a Python list per document: 1.27x
     less CPU than `encode_ordinary` on short documents."""
-    core = _STATE["fast"]._core_bpe
+    core = state["fast"]._core_bpe
     parts, group, chars = [], [], 0
     for text in present:
         group.append(text)
         chars += len(text)
         if chars >= JOIN_CHARS:
-            parts.append(_encode_group(core, group))
+            parts.append(_encode_group(state, core, group))
             group, chars = [], 0
     if group or not parts:
-        parts.append(_encode_group(core, group))
+        parts.append(_encode_group(state, core, group))
     if len(parts) == 1:
         return parts[0]
     return np.concatenate([ids for ids, _ in parts]), np.concatenate([lengths for _, lengths in parts])
 
 
-def _encode_group(core: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _encode_group(state: dict[str, Any], core: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """`[bos] ids eos` of each text, flat, and each text's length in that."""
-    head, tail, allowed, prefix, eos = _STATE["head"], _STATE["tail"], _STATE["allowed"], _STATE["prefix"], _STATE["eos"]
+    head, tail, allowed, prefix, eos = state["head"], state["tail"], state["allowed"], state["prefix"], state["eos"]
     # where BOS and EOS are one token, the joined ids could not say where a document ends
     if texts and not (prefix and prefix[0] == eos):
         ids = np.frombuffer(core.encode_to_tiktoken_buffer(head + (tail + head).join(texts) + tail, allowed), dtype=np.uint32)
@@ -204,18 +208,19 @@ def _encode_group(core: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([bounds[1][:0], *(part for ids in encoded for part in (bounds[0], ids, bounds[1]))]), lengths
 
 
-def _spot_check(index: int, present: list[str], flat: np.ndarray, lengths: np.ndarray) -> tuple[int, str | None]:
+def _spot_check(state: dict[str, Any], index: int, present: list[str], flat: np.ndarray,
+                lengths: np.ndarray) -> tuple[int, str | None]:
     """Some documents encoded again by tokenizers -> (how many, the first that differs or None)."""
-    every = _STATE["check_every"]
+    every = state["check_every"]
     picked = list(range(min(len(present), FIRST_CHECKS))) if index == 0 else list(range(index % every, len(present), every))
     # tokenizers is slow on very long strings: a long document is checked on its first CHECK_CHARS.
     samples = [present[i][:CHECK_CHARS] for i in picked]
-    ends, skip = np.cumsum(lengths), len(_STATE["prefix"])
-    for i, sample, ref in zip(picked, samples, _STATE["tok"].encode_batch(samples)):
+    ends, skip = np.cumsum(lengths), len(state["prefix"])
+    for i, sample, ref in zip(picked, samples, state["tok"].encode_batch(samples)):
         if len(sample) == len(present[i]):
             ours = flat[ends[i] - lengths[i] + skip : ends[i] - 1].tolist()
         else:
-            ours = _STATE["fast"]._core_bpe.encode_ordinary(sample)
+            ours = state["fast"]._core_bpe.encode_ordinary(sample)
         if ours != ref:
             return len(picked), sample[:80]
     return len(picked), None
@@ -251,12 +256,12 @@ class _Encoder:
         self.init_args = (str(tokenizer_dir), use_fast, add_bos, check_every)
         self.checked = 0
         self.name = "tiktoken" if use_fast and tok.fast_encoding is not None else "tokenizers"
-        if self.execution.executor == "local":
-            _set_state(tok, use_fast, add_bos, check_every)
+        self.state = encoder_state(tok, use_fast, add_bos, check_every) if self.execution.executor == "local" else None
 
     def map(self, batches):
         local = self.execution.executor == "local"
-        for result in ordered_map(_encode_batch, enumerate(batches), workers=self.workers, threads=local,
+        function = partial(_encode_batch, state=self.state) if local else _encode_batch
+        for result in ordered_map(function, enumerate(batches), workers=self.workers, threads=local,
                                   initializer=None if local else _init_worker, initargs=self.init_args,
                                   executor=self.execution.executor, ray_address=self.execution.ray_address):
             yield self._checked(result)
