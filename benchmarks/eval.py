@@ -48,26 +48,6 @@ def documents(count: int, chars: int) -> list[str]:
     return docs
 
 
-def build_models(args, vocab_size: int):
-    from transformers import AutoModelForCausalLM
-
-    from llmkit.model.gpt import GPT, ModelConfig
-    from llmkit.model.hf import to_hf_config, to_hf_state
-    from llmkit.model.presets import PRESETS
-
-    preset = dict(PRESETS[args.preset], context_length=args.context)
-    if args.family == "gpt2":
-        preset.update(norm="layernorm", pos="learned", activation="gelu", bias=True, n_kv_head=preset["n_head"])
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=vocab_size, **preset)).eval()
-    hf_config = to_hf_config(model.config)
-    hf = AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa")
-    missing, unexpected = hf.load_state_dict(to_hf_state(model.state_dict(), model.config), strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    hf.tie_weights()
-    return model, hf.eval()
-
-
 def transformers_side(hf, requests, pad_id: int, batch_size: int) -> float:
     """Sum of the targets' log-probabilities, as an lm-eval-style loop over transformers computes it."""
     total = 0.0
@@ -102,6 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from generate import shaped_model, transformers_copy  # benchmarks/generate.py: the same pair of models
+
     from llmkit.data.corpus import write_corpus_artifact
     from llmkit.data.tokenizer import load_tokenizer
     from llmkit.eval.perplexity import document_from_text, rolling_windows, score_documents
@@ -112,7 +94,8 @@ def main() -> None:
         corpus = write_corpus_artifact(Path(work) / "corpus", texts).path
         tok = load_tokenizer(train_tokenizer([corpus], Path(work) / "tok", TokenizerTrainConfig(vocab_size=args.vocab_size)))
     docs = [document_from_text(text, tok) for text in texts]
-    model, hf = build_models(args, tok.vocab_size)
+    model = shaped_model(args.preset, args.family, tok.vocab_size, context_length=args.context).eval()
+    hf = transformers_copy(model)
     requests = [r for doc in docs for r in rolling_windows(doc.tokens, tok.bos_id, args.context)]
     tokens = sum(r.n for r in requests)
     print(f"{len(docs)} documents, {tokens:,} scored tokens in {len(requests)} windows of up to {args.context}; "

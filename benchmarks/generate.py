@@ -33,22 +33,20 @@ from llmkit.model.hf import to_hf_config, to_hf_state
 from llmkit.model.presets import PRESETS
 
 
-def build_models(args):
-    if args.checkpoint:
-        from llmkit.model.io import load_checkpoint
-
-        model = load_checkpoint(args.checkpoint, device=args.device).model
+def shaped_model(preset_name: str, family: str, vocab_size: int, **overrides) -> GPT:
+    """A random llmkit GPT of a preset, in the GPT-2 or Llama family, seeded (0) as every benchmark takes it."""
+    preset = dict(PRESETS[preset_name], **overrides)
+    if family == "gpt2":
+        # GPT-2 has no grouped-query attention: give both sides the same full set of KV heads
+        preset.update(norm="layernorm", pos="learned", activation="gelu", bias=True, n_kv_head=preset["n_head"])
     else:
-        preset = dict(PRESETS[args.preset])
-        if args.family == "gpt2":
-            # GPT-2 has no grouped-query attention: give both sides the same full set of KV heads
-            preset.update(norm="layernorm", pos="learned", activation="gelu", bias=True, n_kv_head=preset["n_head"])
-        else:
-            preset.update(norm="rmsnorm", pos="rope", activation="swiglu", bias=False)
-        config = ModelConfig(vocab_size=args.vocab, **preset)
-        torch.manual_seed(0)
-        model = GPT(config).to(args.device)
-    model.eval()
+        preset.update(norm="rmsnorm", pos="rope", activation="swiglu", bias=False)
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=vocab_size, **preset))
+
+
+def transformers_copy(model):
+    """The matching transformers model with `model`'s weights (llmkit.model.hf), in eval mode."""
     from transformers import AutoModelForCausalLM
 
     hf_config = to_hf_config(model.config)
@@ -57,9 +55,21 @@ def build_models(args):
     missing, unexpected = hf.load_state_dict(to_hf_state(model.state_dict(), model.config), strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     hf.tie_weights()
+    return hf.eval()
+
+
+def build_models(args):
+    if args.checkpoint:
+        from llmkit.model.io import load_checkpoint
+
+        model = load_checkpoint(args.checkpoint, device=args.device).model
+    else:
+        model = shaped_model(args.preset, args.family, args.vocab).to(args.device)
+    model.eval()
+    hf = transformers_copy(model)
     if not (args.row_major or args.compile):
         prepare_for_decoding(model)  # what llmkit's Generator does without --compile (generate, chat, eval)
-    return model, hf.to(args.device).eval()
+    return model, hf.to(args.device)
 
 
 def prompts_for(batch: int, length: int, vocab: int) -> list[list[int]]:

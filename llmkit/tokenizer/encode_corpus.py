@@ -104,12 +104,11 @@ def _arrow_indices(array, null_as: int) -> np.ndarray:
 CHECK_CHARS = 16384
 FIRST_CHECKS = 256  # documents of the first batch checked against tokenizers
 
-# Per-process encoder state, set once per process by _init_worker.
-_STATE: dict[str, Any] = {}  # a Ray actor's encoder state; local runs pass their own (_Encoder.state)
+_STATE: dict[str, Any] = {}  # a Ray actor's encoder state (_init_worker); local runs pass their own (_Encoder.state)
 
 
 def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
-    """A Ray actor's encoder state (local runs share the parent's, set by _Encoder)."""
+    """Sets a Ray actor's encoder state."""
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:
@@ -158,8 +157,12 @@ def _encode_batch(job: tuple[int, list[str]], state: dict[str, Any] | None = Non
 
 
 def _encode_with_tokenizers(state: dict[str, Any], present: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return _framed(state, state["tok"].encode_batch(present))
+
+
+def _framed(state: dict[str, Any], encoded: list) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's ids as `[bos] ids eos`, flat, and each one's length in that."""
     prefix, eos = state["prefix"], state["eos"]
-    encoded = state["tok"].encode_batch(present)
     lengths = np.array([len(prefix) + len(ids) + 1 for ids in encoded], dtype=np.int64)
     flat = np.fromiter(chain.from_iterable(chain(prefix, ids, (eos,)) for ids in encoded), dtype=np.uint32, count=int(lengths.sum()))
     return flat, lengths
@@ -202,10 +205,7 @@ def _encode_group(state: dict[str, Any], core: Any, texts: list[str]) -> tuple[n
             return ids, np.diff(np.flatnonzero(ids == eos) + 1, prepend=0)
     # A document holds the text of <|eos|> (or <|bos|>), which must stay text: encode each document
     # alone with no special token allowed.
-    bounds = np.array(prefix, dtype=np.uint32), np.array([eos], dtype=np.uint32)
-    encoded = [np.frombuffer(core.encode_to_tiktoken_buffer(text, frozenset()), dtype=np.uint32) for text in texts]
-    lengths = np.array([len(prefix) + len(ids) + 1 for ids in encoded], dtype=np.int64)
-    return np.concatenate([bounds[1][:0], *(part for ids in encoded for part in (bounds[0], ids, bounds[1]))]), lengths
+    return _framed(state, [core.encode_ordinary(text) for text in texts])
 
 
 def _spot_check(state: dict[str, Any], index: int, present: list[str], flat: np.ndarray,

@@ -147,8 +147,8 @@ class Trainer:
         self.device = info.device
         # Split across ranks (--tp/--pp), each rank moves only its share to its device (the engine does):
         # the whole model on every GPU is what a pipeline exists to avoid.
-        model_parallel = info.layout is not None and info.layout.model_parallel
-        self.raw = model if model_parallel else model.to(self.device)
+        self.model_parallel = info.layout is not None and info.layout.model_parallel
+        self.raw = model if self.model_parallel else model.to(self.device)
         self.start_step = 0
         self.last_loss: float | None = None
         self.last_val: float | None = None
@@ -169,7 +169,7 @@ class Trainer:
         devices = settings.devices
         self.precision = resolve_precision(settings.numerics.precision, self.device.type)
         # The engine applies the layout and runs the steps: the model split (--tp/--pp) or whole on every rank.
-        if info.layout is not None and info.layout.model_parallel:
+        if self.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
 
             self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
@@ -254,7 +254,7 @@ class Trainer:
             return None
         if self.settings.devices.strategy == "fsdp" and self.info.distributed:
             raise UserError("--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp")
-        if self.info.layout is not None and self.info.layout.model_parallel:
+        if self.model_parallel:
             raise UserError("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
                             "(or average checkpoints afterwards with --average-last)")
         ema = {name: p.detach().float().clone() for name, p in self.raw.named_parameters()}
