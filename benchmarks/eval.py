@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -83,6 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from generate import shaped_model, transformers_copy  # benchmarks/generate.py: the same pair of models
+    from paired import alternate, report
 
     from llmkit.data.corpus import write_corpus_artifact
     from llmkit.data.tokenizer import load_tokenizer
@@ -107,27 +107,14 @@ def main() -> None:
                                  batch_size=args.batch_size)
         return -result.nll
 
-    sides = {"llmkit": ours, "transformers": lambda: transformers_side(hf, requests, tok.pad_id, args.batch_size)}
-    sides["llmkit"](), sides["transformers"]()  # warm-up
-    runs: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
-    for r in range(args.rounds):
-        for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            wall, cpu = time.perf_counter(), time.process_time()
-            loglik = sides[side]()
-            runs[side].append((time.perf_counter() - wall, time.process_time() - cpu, loglik))
-    ours_ll, theirs_ll = runs["llmkit"][-1][2], runs["transformers"][-1][2]
-    agree = abs(ours_ll - theirs_ll) <= 1e-4 * abs(theirs_ll)
-    for side, values in runs.items():
-        wall, cpu = min(v[0] for v in values), min(v[1] for v in values)
-        print(f"  {side:13s} best {wall:6.2f} s wall ({tokens / wall:8.0f} tok/s)   {cpu:6.2f} CPU-s "
-              f"({tokens / cpu:8.0f} tok per CPU-s)   log-likelihood {values[-1][2]:.2f}")
-    walls = sorted(t[0] / o[0] for o, t in zip(runs["llmkit"], runs["transformers"]))
-    cpus = sorted(t[1] / o[1] for o, t in zip(runs["llmkit"], runs["transformers"]))
-    print(f"  llmkit / transformers, paired median: wall {walls[len(walls) // 2]:.2f}x   CPU {cpus[len(cpus) // 2]:.2f}x   "
-          f"(per round, wall: {', '.join(f'{v:.2f}' for v in walls)}); log-likelihoods "
-          f"{'agree' if agree else 'DIFFER'} (1e-4 relative)")
-    if not agree:
-        raise SystemExit("the two sides scored different log-likelihoods")
+    sides = {"llmkit": lambda r: ours(), "transformers": lambda r: transformers_side(hf, requests, tok.pad_id, args.batch_size)}
+    sides["llmkit"](0), sides["transformers"](0)  # warm-up
+    runs = alternate(sides, args.rounds)
+    report(runs, tokens, "tok", describe=lambda loglik: f"log-likelihood {loglik:.2f}")
+    ours_ll, theirs_ll = runs["llmkit"][-1].result, runs["transformers"][-1].result
+    if abs(ours_ll - theirs_ll) > 1e-4 * abs(theirs_ll):
+        raise SystemExit(f"the two sides scored different log-likelihoods ({ours_ll:.4f} vs {theirs_ll:.4f}, 1e-4 relative)")
+    print("  log-likelihoods agree (1e-4 relative)")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,26 @@ def test_fused_head_and_loss_equal_the_logits_and_cross_entropy(vocab_size, monk
         assert torch.allclose(fused_loss.linear_cross_entropy(hidden, weight, targets), expected, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("trained", ["hidden", "weight"])
+def test_fused_head_and_loss_skips_the_gradient_of_a_frozen_input(trained):
+    """LoRA freezes the (tied) head: its gradient is not made; the other input's is unchanged."""
+    from llmkit.model import fused_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(40, 16, dtype=torch.float64, requires_grad=trained == "hidden")
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=trained == "weight")
+    targets = torch.randint(0, 50, (40,))
+    targets[:30] = fused_loss.IGNORE_INDEX
+    both = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+    fused_loss.linear_cross_entropy(*both, targets).backward()
+    fused_loss.linear_cross_entropy(hidden, weight, targets).backward()
+    frozen, learned = (weight, hidden) if trained == "hidden" else (hidden, weight)
+    assert frozen.grad is None
+    assert torch.equal(learned.grad, both[0 if trained == "hidden" else 1].grad)
+    if trained == "hidden":
+        assert not learned.grad[:30].any() and learned.grad[30:].abs().sum() > 0  # no target, no gradient
+
+
 def test_fused_head_and_loss_under_bf16_autocast_match_the_autocast_head():
     """--precision bf16 on CPU: the fused path's products run in bf16 like the autocast head's, so
     loss and gradients agree with logits-then-cross-entropy under autocast to bf16 rounding, and
@@ -203,3 +223,29 @@ def test_training_call_gives_the_loss_and_gradients_of_the_logits_path(variant):
     assert none is None and torch.allclose(fused, loss, rtol=1e-6)
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_rope_and_swiglu_equal_the_plain_formulas_to_the_bit(dtype):
+    """fused_ops writes the halves in place (no torch.cat, forward or backward) with the same
+    operations in the same order: values and gradients equal the plain formulas exactly."""
+    from llmkit.model.fused_ops import apply_rope, rope_reference, swiglu, swiglu_reference
+    from llmkit.model.gpt import rope_tables
+
+    torch.manual_seed(0)
+    cos, sin = rope_tables(16, 12, 10000.0)
+    per_row = (cos[None, None].repeat(3, 1, 1, 1) * 0.9, sin[None, None].repeat(3, 1, 1, 1) * 1.1)  # left-padded rows
+    for tables in ((cos[None, None], sin[None, None]), per_row):
+        # q as the model makes it: a [B, T, H, D] projection viewed as [B, H, T, D]
+        x = torch.randn(3, 12, 4, 16, dtype=dtype).transpose(1, 2).requires_grad_()
+        grad = torch.randn(3, 4, 12, 16, dtype=dtype)
+        ours, plain = apply_rope(x, *tables), rope_reference(x, *tables)
+        assert ours.dtype == dtype and torch.equal(ours, plain)
+        assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(plain, x, grad)[0])
+        with torch.no_grad():
+            assert torch.equal(apply_rope(x, *tables), plain)
+    h = torch.randn(2, 5, 24, dtype=dtype, requires_grad=True)
+    grad = torch.randn(2, 5, 12, dtype=dtype)
+    ours, plain = swiglu(h), swiglu_reference(h)
+    assert torch.equal(ours, plain)
+    assert torch.equal(torch.autograd.grad(ours, h, grad)[0], torch.autograd.grad(plain, h, grad)[0])

@@ -42,18 +42,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.rows = hidden.shape[0]
         valid = targets != IGNORE_INDEX
-        safe_targets = torch.where(valid, targets, 0)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
-        grad_weight = torch.zeros_like(weight) if need_grad else None
+        count = valid.sum()
+        kept = None
+        if int(count) < hidden.shape[0]:
+            # Only tokens with a target reach the head (in SFT the prompt's do not): the others'
+            # loss and gradients are zero, so their logits are never made.
+            kept = valid.nonzero().squeeze(1)
+            hidden, targets = hidden.index_select(0, kept), targets.index_select(0, kept)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
         total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
         chunk = chunk_tokens(weight.shape[0])
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
         head = weight if low is None else weight.to(low)
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
-            h, t, v, r = hidden[start:stop], safe_targets[start:stop], valid[start:stop], rows[: stop - start]
+            h, t, r = hidden[start:stop], targets[start:stop], rows[: stop - start]
             if low is not None:
                 h = h.to(low)
             logits = h @ head.t()
@@ -64,28 +71,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
             top = logits.amax(dim=-1, keepdim=True)
             exps = logits.sub_(top).exp_()
             sums = exps.sum(dim=-1)
-            total += ((top[:, 0] + sums.log() - picked) * v).sum()
-            if need_grad:
-                weights = v / sums  # softmax, and no gradient for a token without a target
-                probs = exps.mul_(weights[:, None])
-                probs[r, t] -= v.to(probs.dtype)
-                if low is None:
-                    torch.mm(probs, weight, out=grad_hidden[start:stop])
-                    grad_weight.addmm_(probs.t(), h)
-                else:
+            total += (top[:, 0] + sums.log() - picked).sum()
+            if need_hidden or need_weight:
+                probs = exps.mul_((torch.ones_like(sums) / sums)[:, None])  # softmax (as a product: the bits of earlier releases)
+                probs[r, t] -= 1
+                if low is not None:
                     probs = probs.to(low)
-                    grad_hidden[start:stop] = probs @ head
-                    grad_weight += probs.t() @ h
-        count = valid.sum()
-        if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight, count)
+                if need_hidden:
+                    torch.mm(probs, head, out=grad_hidden[start:stop]) if low is None else grad_hidden[start:stop].copy_(probs @ head)
+                if need_weight:
+                    grad_weight.addmm_(probs.t(), h) if low is None else grad_weight.add_(probs.t() @ h)
+        if need_hidden or need_weight:
+            ctx.save_for_backward(grad_hidden, grad_weight, count, kept)
         return total / count
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grad_hidden, grad_weight, count = ctx.saved_tensors
+        grad_hidden, grad_weight, count, kept = ctx.saved_tensors
         scale = grad_output / count
-        return grad_hidden * scale, grad_weight * scale, None, None
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * scale
+            if kept is not None:
+                grad_hidden = grad_hidden.new_zeros((ctx.rows, grad_hidden.shape[1])).index_copy_(0, kept, grad_hidden)
+        return grad_hidden, None if grad_weight is None else grad_weight * scale, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from llmkit.model import fused_loss
 from llmkit.model.fused_loss import IGNORE_INDEX
+from llmkit.model.fused_ops import apply_rope, swiglu
 
 
 @dataclass
@@ -136,13 +137,6 @@ def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor,
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B,H,T,D]; cos/sin [B or 1,1,T,D/2] (positions may differ per row when left-padded)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return rotated.type_as(x)
-
-
 # ---------------------------------------------------------------------------------------------
 # KV cache
 
@@ -235,8 +229,7 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.up_proj(x)
         if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = swiglu(h)  # silu(gate) * up
         else:
             h = F.gelu(h, approximate="tanh")
         h = self.down_proj(h)

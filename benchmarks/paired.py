@@ -1,0 +1,56 @@
+"""Paired rounds for the in-process benchmarks (eval.py, finetune.py).
+
+Each round runs every side once, alternating which goes first, so that load from other processes
+on a shared machine hits both sides alike; each round gives one llmkit / reference ratio, and the
+median of those is the figure to quote. Wall time and process CPU time (all threads) are both
+kept: CPU time per unit of work is what a busy machine disturbs least.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class Timing:
+    wall: float
+    cpu: float
+    result: Any
+
+
+def alternate(sides: dict[str, Callable[[int], Any]], rounds: int) -> dict[str, list[Timing]]:
+    """Call every side once per round (with the round's index), alternating the order."""
+    runs: dict[str, list[Timing]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = sides[name](r)
+            runs[name].append(Timing(time.perf_counter() - wall, time.process_time() - cpu, result))
+    return runs
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def report(runs: dict[str, list[Timing]], work: float, unit: str, describe: Callable[[Any], str] = lambda _: "") -> dict[str, float]:
+    """Print each side's best wall and CPU time per `work` units and the paired median ratios
+    (first side over each other side, above 1 = the first side faster); returns the ratios."""
+    names = list(runs)
+    for name, timings in runs.items():
+        wall, cpu = min(t.wall for t in timings), min(t.cpu for t in timings)
+        print(f"  {name:13s} best {wall:7.2f} s wall ({work / wall:9,.0f} {unit}/s)   {cpu:7.2f} CPU-s "
+              f"({work / cpu:9,.0f} {unit} per CPU-s)   {describe(timings[-1].result)}")
+    ratios = {}
+    ours = runs[names[0]]
+    for other in names[1:]:
+        walls = [t.wall / o.wall for o, t in zip(ours, runs[other])]
+        cpus = [t.cpu / o.cpu for o, t in zip(ours, runs[other])]
+        ratios[f"{other} wall"], ratios[f"{other} cpu"] = median(walls), median(cpus)
+        print(f"  {names[0]} / {other}, paired median: wall {median(walls):.2f}x   CPU {median(cpus):.2f}x   "
+              f"(per round, wall: {', '.join(f'{v:.2f}' for v in walls)}; CPU: {', '.join(f'{v:.2f}' for v in cpus)})")
+    return ratios
