@@ -21,9 +21,10 @@ zero_grad(set_to_none=True).
 LoRA adapts the layers that mean the same on both sides (attention query and output, MLP down:
 llmkit's q_proj/out_proj/down_proj, Llama's q_proj/o_proj/down_proj) at rank --rank, alpha 2 x
 rank, no dropout, and peft's adapters start from llmkit's initial values, so the losses of the
-two sides agree step by step (checked, 1e-3 relative). The two sides alternate over --rounds
-rounds of --steps steps each, in one process; each round's ratio is taken and the median printed,
-with wall time and CPU time (all threads) per trained token (real, unpadded positions).
+two sides agree (checked: the first step to 1e-5 relative, every step to 1e-2). The two sides
+alternate over --rounds rounds of --steps steps each, in one process; each round's ratio is taken
+and the median printed, with wall time and CPU time (all threads) per trained token (real,
+unpadded positions).
 """
 
 from __future__ import annotations
@@ -167,14 +168,16 @@ def main() -> None:
               f"torch {torch.__version__}")
         runs = alternate({name: lambda r, name=name: steps_of(name, (r + 1) * args.steps) for name in step_fns}, args.rounds)
     report(runs, tokens_per_round, "tok", describe=lambda losses: f"last loss {losses[-1]:.4f}")
-    # the same weights, batches and updates: the losses agree step by step
+    # The same weights, batches and updates: the first step's losses agree to float rounding, and the
+    # rest stay close (Adam's updates carry rounding differences forward, so the bound widens).
     ours = warm["llmkit"] + [loss for t in runs["llmkit"] for loss in t.result]
     theirs = warm["transformers"] + [loss for t in runs["transformers"] for loss in t.result]
+    first = abs(ours[0] - theirs[0]) / abs(theirs[0])
     worst = max(abs(a - b) / abs(b) for a, b in zip(ours, theirs))
-    if worst > 1e-3:
-        raise SystemExit(f"the two sides' losses differ by up to {worst:.2e} (relative): they did not do the same work")
-    print(f"  losses agree step by step over {len(ours)} steps (largest relative difference {worst:.1e})")
-
+    if first > 1e-5 or worst > 1e-2:
+        raise SystemExit(f"the two sides' losses differ (first step {first:.1e}, at most {worst:.1e}, relative): "
+                         "they did not do the same work")
+    print(f"  losses agree: first step to {first:.1e} relative, all {len(ours)} steps to {worst:.1e}")
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,10 @@ hidden states for the weight); backward only scales them by the incoming gradien
 FLOPs, no [N, V] tensor: the head plus loss measured 0.30 CPU-s against 0.40 for the usual pair
 (4,096 tokens, 256 -> 4096, 2 threads). The values agree with F.cross_entropy to float rounding.
 
+Only tokens with a target reach the head: in SFT the prompt's tokens (IGNORE_INDEX) have no loss
+and no gradient, so their logits are never made, and a frozen head (LoRA) gets no gradient
+computed. In benchmarks/finetune.py's DialogSum batches 1,119 of 16,352 positions have a target.
+
 Used by GPT.forward(..., return_logits=False) on a CPU (llmkit/train/objectives.py), in fp32 or
 under bf16 autocast (`--precision bf16`: the products in bf16, the softmax in fp32); not under
 tensor parallelism (vocabulary-sharded DTensor heads) or torch.compile (which fuses the usual
