@@ -75,8 +75,11 @@ class ModelParallelRun:
             self.modules = self.pipeline.modules
             self.container: nn.Module = nn.ModuleList(self.modules)
         else:
-            model.to(device)
+            # Split in host memory first: distribute_tensor moves one parameter at a time to the device
+            # and keeps this rank's shard, so the whole model never has to fit there; the rest (norms
+            # without sequence parallelism, buffers) follows.
             parallelize([model])
+            model.to(device)
             self.modules = [model]
             self.container = model
         self.params = [p for p in self.container.parameters() if p.requires_grad]
