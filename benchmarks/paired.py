@@ -8,6 +8,8 @@ kept: CPU time per unit of work is what a busy machine disturbs least.
 
 from __future__ import annotations
 
+import resource
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,15 +22,34 @@ class Timing:
     result: Any
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def alternate(sides: dict[str, Callable[[int], Any]], rounds: int) -> dict[str, list[Timing]]:
-    """Call every side once per round (with the round's index), alternating the order."""
+    """Call every side once per round (with the round's index), alternating the order; a side's
+    CPU time includes the processes it ran."""
     runs: dict[str, list[Timing]] = {name: [] for name in sides}
     for r in range(rounds):
         for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu = time.perf_counter(), cpu_seconds()
             result = sides[name](r)
-            runs[name].append(Timing(time.perf_counter() - wall, time.process_time() - cpu, result))
+            runs[name].append(Timing(time.perf_counter() - wall, cpu_seconds() - cpu, result))
     return runs
+
+
+def timed_process(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and its children) of one whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(map(str, command))} failed: {proc.stderr.decode()[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def median(values: list[float]) -> float:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from paired import timed_process  # noqa: E402  (benchmarks/ is on the path when run as a script)
 DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -100,18 +100,6 @@ def tiktoken_side(corpus: Path, tokenizer: Path, out: Path, threads: int) -> Non
                     encoded = [encoding.encode_ordinary(t) for t in texts]
                 ids = np.fromiter((i for row in encoded for i in (*row, eos)), dtype=np.uint16)
                 handle.write(ids.tobytes())
-
-
-def timed_process(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the process and its children) of one whole process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wall = time.perf_counter() - started
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.decode()[-2000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def tiktoken_reference(our_encoding):

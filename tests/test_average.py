@@ -44,6 +44,21 @@ def runs(tmp_path_factory, shared_data):
     return root
 
 
+def test_the_chunked_mean_equals_the_whole_tensor_mean_to_the_bit(monkeypatch):
+    from llmkit.model import averaging
+
+    monkeypatch.setattr(averaging, "CHUNK", 7)  # chunks that cut every tensor, with a short last one
+    gen = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(5, 9, generator=gen), "h": torch.randn(4, generator=gen).to(torch.bfloat16),
+               "step": torch.tensor([3])} for _ in range(3)]
+    weights = [0.2, 0.3, 0.5]
+    mean = averaging.mean_state(states, weights)
+    for name in ("w", "h"):
+        whole = sum(s[name].to(torch.float64) * w for s, w in zip(states, weights)).to(states[0][name].dtype)
+        assert mean[name].dtype == states[0][name].dtype and torch.equal(mean[name], whole)
+    assert torch.equal(mean["step"], states[0]["step"])
+
+
 def test_averaging_a_checkpoint_with_itself_gives_it_back_bit_for_bit(cli, runs, tmp_path):
     _ok(cli("average", runs / "a", runs / "a", runs / "a", "-o", tmp_path / "same"))
     ours, theirs = _weights(tmp_path / "same"), _weights(runs / "a")

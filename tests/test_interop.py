@@ -428,6 +428,20 @@ def test_import_refuses_a_tokenizer_larger_than_the_model(cli, tmp_path, tokeniz
     assert not (tmp_path / "out").exists()
 
 
+def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, tokenizer_dir):
+    import json
+
+    from transformers import GPT2Config
+
+    src = tmp_path / "edited"
+    _save_hf_model(src, GPT2Config(vocab_size=320, n_positions=16, n_embd=32, n_layer=1, n_head=2, n_inner=64), tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(dict(config, n_inner=96)))  # the MLP the weights do not have
+    message = _error(cli("import", src, "-o", tmp_path / "out"))
+    assert "has shape" in message and "config.json" in message and "do not belong together" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):
     from transformers import GPT2Config
 

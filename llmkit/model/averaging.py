@@ -33,18 +33,35 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
     return [float(w) / total for w in weights]
 
 
+CHUNK = 1 << 20  # elements: two float64 buffers of 8 MB, reused, stay in cache while every member is added
+
+
 def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """The weighted mean of state dicts with the same keys and shapes, in float64, stored as the first's dtypes."""
+    """The weighted mean of state dicts with the same keys and shapes, in float64, stored as the first's dtypes.
+
+    Each tensor goes through two reused float64 buffers a chunk at a time: the arithmetic of
+    `sum(t.double() * w)` element for element, without a float64 copy of every member's tensor
+    and of the sum (in a fresh process each such copy is page-faulted in: 0.9 s of a 330 MB
+    three-way average, against 0.3 s chunked).
+    """
     first = states[0]
     out = {}
+    total = torch.empty(CHUNK, dtype=torch.float64)
+    term = torch.empty(CHUNK, dtype=torch.float64)
     for name, tensor in first.items():
         if not tensor.is_floating_point():
             out[name] = tensor.clone()
             continue
-        total = torch.zeros(tensor.shape, dtype=torch.float64)
-        for state, weight in zip(states, weights):
-            total += state[name].to(torch.float64) * weight
-        out[name] = total.to(tensor.dtype)
+        members = [state[name].reshape(-1) for state in states]
+        result = torch.empty(tensor.shape, dtype=tensor.dtype)
+        flat = result.view(-1)
+        for start in range(0, flat.numel(), CHUNK):
+            stop = min(start + CHUNK, flat.numel())
+            acc, part = total[: stop - start].zero_(), term[: stop - start]
+            for member, weight in zip(members, weights):
+                acc += part.copy_(member[start:stop]).mul_(weight)
+            flat[start:stop] = acc  # rounded to the stored dtype, as .to(dtype) rounds
+        out[name] = result
     return out
 
 

@@ -814,12 +814,19 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     special = hf_special_tokens(src, config_json, tokenizer)
     state = from_hf_state(normalize_hf_keys(read_hf_state(files), model_type), config, model_type)
     config, state = _prefer_original_config(src, config, state)
-    model = GPT(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if set(missing) - ({"lm_head.weight"} if config.tie_embeddings else set()) or unexpected:
-        raise AssertionError(f"hf.py mapping bug: missing {missing}, unexpected {unexpected}")
+    with torch.device("meta"):  # names and shapes only: the weights are the source's, so none is initialised
+        model = GPT(config)
+    expected = model.state_dict()
+    missing = set(expected) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
+    unexpected = set(state) - set(expected)
+    if missing or unexpected:
+        raise AssertionError(f"hf.py mapping bug: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise UserError(f"{src}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but config.json makes "
+                        f"{tuple(expected[wrong[0]].shape)}; the weights and config.json do not belong together")
     with artifacts.create(out, "checkpoint", force=force, inputs=[src]) as build:
-        save_weights(model, build.dir, {k: v.to(torch_dtype) for k, v in model.state_dict().items()})
+        save_weights(model, build.dir, {k: state[k].to(torch_dtype) for k in expected if k in state})
         write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)
         build.config = {
             "source": "huggingface",
