@@ -249,3 +249,40 @@ def test_in_place_rope_and_swiglu_equal_the_plain_formulas_to_the_bit(dtype):
     ours, plain = swiglu(h), swiglu_reference(h)
     assert torch.equal(ours, plain)
     assert torch.equal(torch.autograd.grad(ours, h, grad)[0], torch.autograd.grad(plain, h, grad)[0])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_meta_built_model_materialised_part_by_part_equals_the_one_process_model(family, tmp_path):
+    """The model-parallel path builds on the meta device and makes each parameter alone
+    (llmkit.train.parallelize.materialize): the same values, ties and RoPE tables as a CPU build
+    with the same seed, and, resuming, the checkpoint's values read one tensor at a time."""
+    from llmkit.model.gpt import GPT, ModelConfig
+    from llmkit.model.io import save_weights
+    from llmkit.train.parallelize import materialize
+
+    style = dict(norm="rmsnorm", pos="rope", activation="swiglu", bias=False) if family == "llama" else \
+        dict(norm="layernorm", pos="learned", activation="gelu", bias=True)
+    config = ModelConfig(vocab_size=97, context_length=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, **style)
+    torch.manual_seed(3)
+    whole = GPT(config)
+    torch.manual_seed(3)
+    with torch.device("meta"):
+        split = GPT(config)
+    materialize(split, split, torch.device("cpu"), tp=1)
+    assert split.lm_head.weight is split.tok_emb.weight
+    expected, got = whole.state_dict(keep_vars=True), split.state_dict(keep_vars=True)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    if family == "llama":
+        assert torch.equal(split.rope_cos, whole.rope_cos) and torch.equal(split.rope_sin, whole.rope_sin)
+    torch.manual_seed(4)
+    assert not torch.equal(GPT(config).tok_emb.weight, whole.tok_emb.weight)  # the seed matters
+    # resuming: the values come from the checkpoint's file
+    with torch.no_grad():
+        for p in whole.parameters():
+            p.add_(1.0)
+    save_weights(whole, tmp_path)
+    with torch.device("meta"):
+        resumed = GPT(config)
+    materialize(resumed, resumed, torch.device("cpu"), tp=1, weights=tmp_path / "model.safetensors")
+    expected, got = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected) and resumed.lm_head.weight is resumed.tok_emb.weight

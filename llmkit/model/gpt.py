@@ -17,6 +17,7 @@ each row's first real token, so a left-padded batch gives the same logits as its
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
@@ -255,6 +256,11 @@ class GPT(nn.Module):
         if config.arch != "gpt":
             raise ValueError(f"GPT needs arch='gpt', got {config.arch!r}")
         self.config = config
+        # One draw from the global generator (before the layers' own constructors draw from it, which
+        # they do not on the meta device) seeds a generator per parameter, by name: a parameter, or a
+        # shard of one, can then be made alone, so a model built on the meta device and split across
+        # ranks initialises only each rank's part, to the values one process gives it.
+        self.init_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_emb = nn.Embedding(config.context_length, config.n_embd) if config.pos == "learned" else None
         self.drop = nn.Dropout(config.dropout)
@@ -264,23 +270,41 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.pos == "rope":
-            cos, sin = rope_tables(config.head_dim, config.context_length, config.rope_theta)
             # Not saved: recomputed from the config, so checkpoints hold only learned weights.
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
+            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        if not self.tok_emb.weight.is_meta:
+            self.reset_buffers()
+            self.init_parameters()
 
-    def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2 init; residual output projections scaled by 1/sqrt(2 * n_layer).
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "is_residual_out", False):
-                std /= math.sqrt(2 * self.config.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def reset_buffers(self) -> None:
+        """The RoPE tables, on the device the (possibly just materialised) buffers are on."""
+        if self.config.pos == "rope":
+            cos, sin = rope_tables(self.config.head_dim, self.config.context_length, self.config.rope_theta)
+            device = self.rope_cos.device
+            self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+
+    def initial_value(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Parameter `name`'s initial value (into `out` when given, else a new CPU tensor): GPT-2's
+        init, normal(0, 0.02) for matrices and embeddings with the residual output projections
+        scaled by 1/sqrt(2 * n_layer), zero biases, unit norm gains; the same for any layout."""
+        if self.config.tie_embeddings and name == "lm_head.weight":
+            name = "tok_emb.weight"  # one tensor serves both
+        module_name, _, kind = name.rpartition(".")
+        module = self.get_submodule(module_name)
+        shape = getattr(module, kind).shape
+        value = out if out is not None else torch.empty(shape)
+        if isinstance(module, (nn.Linear, nn.Embedding)) and kind == "weight":
+            std = 0.02 / (math.sqrt(2 * self.config.n_layer) if getattr(module, "is_residual_out", False) else 1.0)
+            digest = hashlib.blake2b(f"{self.init_seed}:{name}".encode(), digest_size=8).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+            return value.normal_(0.0, std, generator=generator)
+        return value.fill_(1.0 if kind == "weight" else 0.0)  # biases; norms' gains and shifts
+
+    @torch.no_grad()
+    def init_parameters(self) -> None:
+        for name, param in self.named_parameters():  # a tied tensor once
+            self.initial_value(name, out=param)
 
     # -- sizes ------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:

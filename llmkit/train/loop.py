@@ -155,6 +155,7 @@ class Trainer:
         self.last_grad_norm: float | None = None
         self.seconds_before, self.session_start = 0.0, time.perf_counter()
         self.resumed_from: int | None = None
+        self._resume_weights: Path | None = None
 
         saved_rng = None
         self._saved_ema: dict[str, torch.Tensor] = {}
@@ -174,7 +175,8 @@ class Trainer:
 
             self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
                                            strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
-                                           compile=devices.compile, loss_fn=loss_fn, precision=self.precision)
+                                           compile=devices.compile, loss_fn=loss_fn, precision=self.precision,
+                                           weights=self._resume_weights)
         else:
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
@@ -205,7 +207,10 @@ class Trainer:
                     "resume with the same --batch-tokens and --seq-len, or start a new run"
                 )
         self._check_same_run(latest)
-        load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
+        if any(p.is_meta for p in self.raw.parameters()):
+            self._resume_weights = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
+        else:
+            load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
         self.start_step = int(progress["step"])
         self.last_loss = progress.get("loss")
         self.last_val = progress.get("val_loss")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack, nullcontext
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,6 +28,7 @@ from llmkit.train.parallelize import (
     all_reduce_gradients,
     checkpoint_activations,
     clip_grad_norm,
+    materialize,
     reorder_fused,
     shard_data_parallel,
     tensor_parallel,
@@ -40,7 +42,8 @@ def _rank_of(layout: Layout, pp_rank: int, dp_rank: int, tp_rank: int) -> int:
 
 class ModelParallelRun:
     def __init__(self, model: nn.Module, layout: Layout, device: torch.device, *, seq_len: int, strategy: str,
-                 activation_checkpointing: bool, compile: bool, loss_fn: Callable, precision: str):
+                 activation_checkpointing: bool, compile: bool, loss_fn: Callable, precision: str,
+                 weights: Path | None = None):
         import torch.distributed as dist
 
         check_model(model.config, layout, seq_len)
@@ -55,10 +58,14 @@ class ModelParallelRun:
         self.strategy, self.seq_len, self.compiled = strategy, seq_len, compile
         mesh = layout.mesh
 
+        on_meta = model.tok_emb.weight.is_meta  # built unmaterialised (pretrain from scratch): each rank makes its part
+
         def parallelize(modules: list[nn.Module]) -> None:
             for module in modules:
                 if layout.tp > 1:
                     tensor_parallel(module, mesh["tp"], sharded_loss=layout.pp == 1)
+                if on_meta:
+                    materialize(module, model, device, layout.tp, weights)
                 if activation_checkpointing:
                     checkpoint_activations(module)
                 if compile:

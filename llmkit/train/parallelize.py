@@ -130,6 +130,52 @@ def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> N
         block.attn.n_kv_head //= tp
 
 
+def materialize(module: torch.nn.Module, model, device: torch.device, tp: int, weights=None) -> None:
+    """Allocate `module` (built on the meta device: the whole model or a pipeline stage, split for
+    tensor parallelism or not) on `device`, every parameter at the value one process gives it
+    (`model.initial_value`, `model` the meta GPT it came from) or, resuming, at its value in the
+    safetensors file `weights`; a tensor-parallel rank keeps only its shard. Host memory holds one
+    full parameter at a time, never the model."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    stored = None
+    if weights is not None:
+        from safetensors import safe_open
+
+        stored = safe_open(str(weights), framework="pt")  # one tensor read at a time
+
+    # to_empty gives each module its own new tensor, so a tied pair (embedding and head) is
+    # joined again afterwards.
+    first_name: dict[int, str] = {}
+    aliases = []
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            aliases.append((name, first_name[id(param)]))
+        else:
+            first_name[id(param)] = name
+    module.to_empty(device=device)
+    for alias, name in aliases:
+        owner, _, leaf = alias.rpartition(".")
+        setattr(module.get_submodule(owner), leaf, module.get_parameter(name))
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if stored is None:
+                full = model.initial_value(name)
+            else:  # a tied head is stored once, as the embedding
+                full = stored.get_tensor("tok_emb.weight" if model.config.tie_embeddings and name == "lm_head.weight" else name)
+            parts = fused_parts(name, model.config)
+            if parts > 1 and tp > 1:
+                full = rank_major(full, parts, tp)  # as tensor_parallel lays out a fused weight's rows
+            if isinstance(param, DTensor):
+                shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+                param.to_local().copy_(shard.to_local())
+            else:
+                param.copy_(full)
+    for part in module.modules():
+        if hasattr(part, "reset_buffers"):
+            part.reset_buffers()
+
+
 def shard_data_parallel(modules: list[torch.nn.Module], dp_mesh, device: torch.device, precision: str) -> None:
     """FSDP2 over the data-parallel mesh dimension, per block and at each (stage) root; bf16
     gathers on a GPU when the run's resolved --precision is bf16."""

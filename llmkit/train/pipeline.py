@@ -39,9 +39,16 @@ class StageModule(nn.Module):
         self.final_norm = model.final_norm if last else None
         self.lm_head = model.lm_head if last else None
         if config.pos == "rope":
-            cos, sin = rope_tables(config.head_dim, seq_len, config.rope_theta)
-            self.register_buffer("rope_cos", cos[None, None], persistent=False)
-            self.register_buffer("rope_sin", sin[None, None], persistent=False)
+            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+            if not model.tok_emb.weight.is_meta:  # else `materialize` makes them on the device
+                self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        if self.config.pos == "rope":
+            cos, sin = rope_tables(self.config.head_dim, self.seq_len, self.config.rope_theta)
+            device = self.rope_cos.device
+            self.rope_cos, self.rope_sin = cos[None, None].to(device), sin[None, None].to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT._trunk's training path (no cache, no padding mask), cut at this stage's layers.
@@ -83,8 +90,9 @@ class Pipeline:
         total = layout.pp * per_rank
         ranges = stage_layers(model.config.n_layer, total)
         indices = [layout.pp_rank + k * layout.pp for k in range(per_rank)]
-        self.modules = [StageModule(model, ranges[i], first=i == 0, last=i == total - 1, seq_len=seq_len).to(device)
-                        for i in indices]
+        self.modules = [StageModule(model, ranges[i], first=i == 0, last=i == total - 1, seq_len=seq_len) for i in indices]
+        if not model.tok_emb.weight.is_meta:  # a meta-built model is materialised on the device by `parallelize`
+            self.modules = [module.to(device) for module in self.modules]
         self.has_first = 0 in indices
         self.has_last = total - 1 in indices
         parallelize(self.modules)

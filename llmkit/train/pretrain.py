@@ -10,6 +10,8 @@ torchrun (llmkit.train.launch) and every worker runs `_train`.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from pathlib import Path
 
@@ -132,7 +134,11 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         val_size = min(max(1, config.eval_tokens // seq_len), len(val_sampler)) if val_sampler is not None else 0
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        model = build_model(model_config)
+        # Split across ranks (--tp/--pp), a model trained from scratch is built on the meta device and
+        # each rank makes only its part (llmkit.train.parallelize.materialize): no rank holds it whole.
+        split = info.layout is not None and info.layout.model_parallel and init is None
+        with torch.device("meta") if split else contextlib.nullcontext():
+            model = build_model(model_config)
         if init is not None:
             load_weights(model, init.file(WEIGHTS))
         settings = LoopSettings.for_stage(
