@@ -198,10 +198,11 @@ class Device:
 def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory:
     c = shape.config
     on_gpu = device.on_gpu
-    # Saved activations: bf16 under autocast on a GPU. CPU autocast keeps most of them in fp32 (its
-    # norms, GELU and residual adds run in fp32; measured: a bf16 `mini` run peaks 9 % below fp32's,
-    # not half), and adds its bf16 copies of the weights, saved for backward.
-    half = 2 if device.bf16 and on_gpu else 4
+    # Saved activations: bf16 under autocast, the residual stream aside (fp32 in either precision).
+    # On a CPU this holds since RoPE and SwiGLU keep no fp32 copies of q, k and the MLP for their
+    # backward (llmkit/model/fused_ops.py; before, a bf16 `mini` run peaked 9 % below fp32's, now
+    # 17 %); CPU autocast also keeps bf16 copies of the weights for backward (below).
+    half = 2 if device.bf16 else 4
     params = stage_parameters(shape, layout)
     shard = layout.dp if layout.strategy == "fsdp" else 1
     weights = 4 * params / shard
