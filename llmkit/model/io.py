@@ -105,7 +105,7 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> torch.nn.
     directory = Path(directory)
     config = read_model_config(directory)
     with torch.device(device):
-        model = build_model(config)
+        model = build_model(config, initialise=False)
     load_weights(model, directory / WEIGHTS)
     return model.eval()
 
@@ -149,7 +149,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
             f"used for {purpose}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
         )
     with torch.device(device):
-        model = build_model(config)
+        model = build_model(config, initialise=False)  # every weight comes from the file
         if classifier:
             model = SequenceClassifier(model, len(task.labels or []))
     load_weights(model, art.path / WEIGHTS)

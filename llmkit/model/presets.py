@@ -63,10 +63,11 @@ def resolve_model_config(preset: str, vocab_size: int, overrides: dict[str, Any]
         raise UserError(f"invalid model configuration: {exc}; change the model flags") from exc
 
 
-def build_model(config: ModelConfig):
-    """A freshly initialised model for the config's architecture."""
+def build_model(config: ModelConfig, *, initialise: bool = True):
+    """A model for the config's architecture: freshly initialised, or (`initialise=False`, a GPT)
+    with its weights left unset for a caller that loads them."""
     if config.arch == "lstm":
         from llmkit.model.lstm import LSTMLM
 
         return LSTMLM(config)
-    return GPT(config)
+    return GPT(config, initialise=initialise)
