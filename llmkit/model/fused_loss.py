@@ -81,10 +81,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs[r, t] -= 1
                 if low is not None:
                     probs = probs.to(low)
-                if need_hidden:
-                    torch.mm(probs, head, out=grad_hidden[start:stop]) if low is None else grad_hidden[start:stop].copy_(probs @ head)
-                if need_weight:
-                    grad_weight.addmm_(probs.t(), h) if low is None else grad_weight.add_(probs.t() @ h)
+                if need_hidden and low is None:
+                    torch.mm(probs, head, out=grad_hidden[start:stop])
+                elif need_hidden:
+                    grad_hidden[start:stop] = probs @ head
+                if need_weight and low is None:
+                    grad_weight.addmm_(probs.t(), h)
+                elif need_weight:
+                    grad_weight += probs.t() @ h
         if need_hidden or need_weight:
             ctx.save_for_backward(grad_hidden, grad_weight, count, kept)
         return total / count

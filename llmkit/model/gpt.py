@@ -257,10 +257,9 @@ class GPT(nn.Module):
         if config.arch != "gpt":
             raise ValueError(f"GPT needs arch='gpt', got {config.arch!r}")
         self.config = config
-        # One draw from the global generator (before the layers' own constructors draw from it, which
-        # they do not on the meta device) seeds a generator per parameter, by name: a parameter, or a
-        # shard of one, can then be made alone, so a model built on the meta device and split across
-        # ranks initialises only each rank's part, to the values one process gives it.
+        # One draw from the global generator seeds a generator per parameter, by name: a parameter, or
+        # a shard of one, can then be made alone, so a model built on the meta device and split
+        # across ranks initialises only each rank's part, to the values one process gives it.
         self.init_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         # The layers are made on the meta device (shapes only) and allocated once where the caller
         # builds the model (its `with torch.device(...)` block; meta stays meta), so PyTorch's own
