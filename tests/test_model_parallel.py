@@ -188,3 +188,19 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         assert result.exit_code != 0
         assert message in result.output, (extra, result.output)
         assert "Traceback" not in result.output and not out.exists()
+
+
+def test_init_from_under_tp_reads_each_part_from_the_checkpoint(references, shakespeare, cli, tmp_path):  # noqa: F811
+    """A split model is built on the meta device; with --init-from every rank reads its shards from
+    the checkpoint's file, one tensor at a time, and trains what one process trains from it."""
+    training = RUN[6:]  # RUN without the model flags, which --init-from takes from the checkpoint
+    base = tmp_path / "base"
+    assert cli("pretrain", shakespeare["tokens"], "-o", base, *LLAMA, *RUN[:6], *training[:-6], "--max-steps", "3").exit_code == 0
+    runs = {}
+    for name, layout in (("one", []), ("tp", ["--nproc", "2", "--tp", "2"])):
+        runs[name] = tmp_path / name
+        result = cli("pretrain", shakespeare["tokens"], "-o", runs[name], "--init-from", base, *training, *SGD, *layout)
+        assert result.exit_code == 0, result.output
+    assert_same_training(runs["one"], runs["tp"])
+    # the weights came from the checkpoint, not from a fresh initialisation
+    assert metrics(runs["tp"])[0]["loss"] < metrics(references["llama"])[0]["loss"] - 0.1

@@ -137,7 +137,11 @@ class Trainer:
         val_batches: BatchProvider | None = None,
         val_size: int = 0,
         resume: bool = False,
+        weights: Path | None = None,
     ):
+        """`weights`: for a model built on the meta device (split with --tp/--pp), the safetensors
+        file its parts are read from (--init-from) instead of being initialised; a resume reads the
+        checkpoint's instead."""
         self.settings, self.info, self.run_dir = settings, info, Path(run_dir)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +159,7 @@ class Trainer:
         self.last_grad_norm: float | None = None
         self.seconds_before, self.session_start = 0.0, time.perf_counter()
         self.resumed_from: int | None = None
-        self._resume_weights: Path | None = None
+        self._weights_file: Path | None = weights
 
         saved_rng = None
         self._saved_ema: dict[str, torch.Tensor] = {}
@@ -176,7 +180,7 @@ class Trainer:
             self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
                                            strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
                                            compile=devices.compile, loss_fn=loss_fn, precision=self.precision,
-                                           weights=self._resume_weights)
+                                           weights=self._weights_file)
         else:
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
@@ -208,7 +212,7 @@ class Trainer:
                 )
         self._check_same_run(latest)
         if any(p.is_meta for p in self.raw.parameters()):
-            self._resume_weights = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
+            self._weights_file = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
         else:
             load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
         self.start_step = int(progress["step"])

@@ -134,12 +134,13 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         val_size = min(max(1, config.eval_tokens // seq_len), len(val_sampler)) if val_sampler is not None else 0
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        # Split across ranks (--tp/--pp), a model trained from scratch is built on the meta device and
-        # each rank makes only its part (llmkit.train.parallelize.materialize): no rank holds it whole.
-        split = info.layout is not None and info.layout.model_parallel and init is None
+        # Split across ranks (--tp/--pp), the model is built on the meta device and each rank makes
+        # only its part (llmkit.train.parallelize.materialize), initialised or read from --init-from's
+        # file one tensor at a time: no rank holds it whole.
+        split = info.layout is not None and info.layout.model_parallel
         with torch.device("meta") if split else contextlib.nullcontext():
             model = build_model(model_config)
-        if init is not None:
+        if init is not None and not split:
             load_weights(model, init.file(WEIGHTS))
         settings = LoopSettings.for_stage(
             config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
@@ -168,6 +169,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         trainer = Trainer(
             model, settings, info=info, run_dir=out, batches=train_batches, loss_fn=lm_loss, spec=spec,
             val_batches=val_batches, val_size=val_size, resume=resume,
+            weights=init.file(WEIGHTS) if init is not None and split else None,
         )
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
             from llmkit.console import err
