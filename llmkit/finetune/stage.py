@@ -59,8 +59,34 @@ def load_base_state(art, keep_head: bool):
     return state
 
 
-def build_model(art, config: FinetuneConfig, tokenizer, labels):
-    """The model to train: base weights, optional classification head, LoRA and freezing."""
+def _check_stored_shapes(art, model) -> None:
+    """A split model's base weights are read part by part later (llmkit.train.parallelize.materialize):
+    check now, from the file's header alone, that every tensor is there with its shape."""
+    from safetensors import safe_open
+
+    from llmkit.finetune.lora import is_adapter_key
+    from llmkit.model.io import WEIGHTS
+
+    with safe_open(str(art.file(WEIGHTS)), framework="pt") as stored:
+        shapes = {name: tuple(stored.get_slice(name).get_shape()) for name in stored.keys()}
+    if any(is_adapter_key(k) for k in shapes):
+        raise UserError(
+            f"{art.path} is an intermediate LoRA checkpoint (unmerged adapters); fine-tune from the finished run directory, "
+            "whose weights are merged"
+        )
+    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    for name, tensor in model.state_dict().items():
+        if name in aliases:
+            continue
+        if name not in shapes or shapes[name] != tuple(tensor.shape):
+            raise UserError(f"{art.path} weights do not match its model_config.json ({name}: "
+                            f"{shapes.get(name, 'missing')} against {tuple(tensor.shape)}); rebuild the checkpoint")
+
+
+def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool = False):
+    """The model to train: base weights, optional classification head, LoRA and freezing. `split`
+    (--tp/--pp): built on the meta device, the base weights checked here and read by each rank,
+    part by part, when it materialises its share."""
     from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
     from llmkit.model.io import WEIGHTS, check_shapes, read_model_config
@@ -83,8 +109,14 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels):
     base_task = read_task(art)
     same_head = (config.task == "classify" and base_task is not None and base_task.is_classifier
                  and base_task.labels == (labels.names if labels else None))
-    state = load_base_state(art, keep_head=same_head)
     torch.manual_seed(config.seed)  # the head and the adapters: identical on every rank
+    if split:  # sft only: a classifier head or LoRA adapters are refused under --tp/--pp
+        with torch.device("meta"):
+            model = build_lm(model_config)
+        _check_stored_shapes(art, model)
+        frozen = freeze(model, config.freeze) if config.freeze else []
+        return model, model_config, [], frozen
+    state = load_base_state(art, keep_head=same_head)
     model = build_lm(model_config)
     if config.task == "classify":
         model = SequenceClassifier(model, len(labels.names))
@@ -208,7 +240,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     from llmkit.finetune import data as ft_data
     from llmkit.finetune.lora import count_parameters
     from llmkit.data.templates import check_tokenizer, resolve_template
-    from llmkit.model.io import TOKENIZER_DIR, read_model_config
+    from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE
     from llmkit.runtime import seed_everything
     from llmkit.train.loop import ArtifactSpec, LoopSettings
@@ -249,7 +281,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             loss_fn = ClassifyLoss()
         top_id = max((max(e.ids) for e in train_examples), default=0)
 
-        model, model_config, adapted, frozen = build_model(art, config, tokenizer, labels)
+        split = (info.layout is not None and info.layout.model_parallel and config.task == "sft" and not config.lora_rank)
+        model, model_config, adapted, frozen = build_model(art, config, tokenizer, labels, split=split)
         if top_id >= model_config.vocab_size:
             raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
         trainable, total = count_parameters(model)
@@ -296,7 +329,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             file_names=["tokenizer", TASK_FILE],
         )
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
-                      val_size=val_size, resume=resume)
+                      val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)
         if config.task == "classify":
             trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
         else:
