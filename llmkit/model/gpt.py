@@ -317,7 +317,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def init_parameters(self) -> None:
         for name, param in self.named_parameters():  # a tied tensor once
-            self.initial_value(name, out=param)
+            if param.device.type == "cpu":
+                self.initial_value(name, out=param)
+            else:  # the generators are CPU ones, so the values are the same on any device
+                param.copy_(self.initial_value(name))
 
     # -- sizes ------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:
