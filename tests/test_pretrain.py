@@ -101,6 +101,23 @@ def test_pretrain_learns_well_below_unigram_entropy(shakespeare, cli, tmp_path):
     assert logits.shape == (1, ids.shape[1], 512)
 
 
+def test_the_thread_count_does_not_change_the_artifact(shakespeare, cli, tmp_path):
+    """--threads is runtime layout: one thread or two, the same weights to the bit (the standard
+    asks it; nothing in the loop arranges it, so this guards the kernels' behaviour at this shape)."""
+    import torch
+
+    common = [*FAST, "--max-steps", "4", "--eval-every", "2", "--save-every", "0"]
+    threads = torch.get_num_threads()
+    try:
+        for n in ("1", "2"):
+            result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / n, *common, "--threads", n)
+            assert result.exit_code == 0, result.output
+    finally:
+        torch.set_num_threads(threads)
+    one, two = artifacts.load(tmp_path / "1"), artifacts.load(tmp_path / "2")
+    assert one.manifest.runtime != two.manifest.runtime and one.fingerprint == two.fingerprint
+
+
 def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path):
     from llmkit.train.pretrain import PretrainConfig, pretrain
 
