@@ -39,7 +39,9 @@ def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
     """x rotated in float32, returned in x's dtype."""
     x = x.float()
     x1, x2 = x.chunk(2, dim=-1)
-    out = torch.empty(torch.broadcast_shapes(x.shape, (*cos.shape[:-1], x.shape[-1])), dtype=torch.float32, device=x.device)
+    # x [B,H,T,D] against cos [B or 1,1,T,D/2], broadcast by hand: torch.broadcast_shapes imports sympy (0.3 s) on first use
+    shape = tuple(max(a, b) for a, b in zip(x.shape, (*cos.shape[:-1], x.shape[-1])))
+    out = torch.empty(shape, dtype=torch.float32, device=x.device)
     return _rotate_into(out, x1, x2, cos, sin)
 
 
