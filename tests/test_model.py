@@ -286,3 +286,24 @@ def test_a_meta_built_model_materialised_part_by_part_equals_the_one_process_mod
     materialize(resumed, resumed, torch.device("cpu"), tp=1, weights=tmp_path / "model.safetensors")
     expected, got = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected) and resumed.lm_head.weight is resumed.tok_emb.weight
+
+
+def test_building_and_running_a_model_does_not_import_sympy():
+    """Meta tensors' Python paths (Module.to_empty, torch.broadcast_shapes) import sympy and
+    torch.fx on first use, 0.3 s of every llmkit process; the model avoids them (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from llmkit.model.gpt import GPT, ModelConfig\n"
+        "config = ModelConfig(vocab_size=97, context_length=32, n_layer=1, n_head=2, n_embd=16)\n"
+        "model = GPT(config)\n"
+        "idx = torch.randint(0, 97, (2, 8))\n"
+        "model(idx, idx)[1].backward()\n"
+        "with torch.no_grad():\n"
+        "    model(idx)\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
