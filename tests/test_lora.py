@@ -115,3 +115,24 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
     idx = torch.tensor([merged.tokenizer.encode("a gripping , funny and moving film")])
     with torch.no_grad():
         assert torch.allclose(merged.model(idx)[0], with_adapters.eval()(idx)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_training_steps_match_transformers_and_peft(shared_data, method):
+    """benchmarks/finetune.py at a tiny size: llmkit's training step (and LoRA) against
+    transformers (+ peft's LoRA) from the same weights on the same DialogSum batches. LoRA's losses
+    agree to float rounding at every step; full fine-tuning's first step does, and Adam carries
+    rounding differences forward after it."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "finetune.py"
+    command = [sys.executable, str(script), "--method", method, "--preset", "tiny", "--steps", "2", "--rounds", "1",
+               "--seq-len", "128", "--vocab-size", "512", "--batch-size", "4", "--threads", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, LLMKIT_SHARED_DATA=str(shared_data)))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    first, worst = map(float, re.search(r"first step to (\S+) relative, all \d+ steps to (\S+)", result.stdout).groups())
+    assert first < 1e-6 and worst < (1e-5 if method == "lora" else 1e-2), result.stdout
