@@ -44,43 +44,24 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
 def load_base_state(art, keep_head: bool):
     """The base checkpoint's weights; a classifier's head is dropped unless it is kept on purpose."""
-    from llmkit.finetune.lora import is_adapter_key
     from llmkit.model.classifier import HEAD_PREFIX
     from llmkit.model.io import WEIGHTS, read_weights
 
     state = read_weights(art.file(WEIGHTS))
-    if any(is_adapter_key(k) for k in state):
-        raise UserError(
-            f"{art.path} is an intermediate LoRA checkpoint (unmerged adapters); fine-tune from the finished run directory, "
-            "whose weights are merged"
-        )
+    refuse_adapters(art, state)
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     return state
 
 
-def _check_stored_shapes(art, model) -> None:
-    """A split model's base weights are read part by part later (llmkit.train.parallelize.materialize):
-    check now, from the file's header alone, that every tensor is there with its shape."""
-    from safetensors import safe_open
-
+def refuse_adapters(art, state) -> None:
     from llmkit.finetune.lora import is_adapter_key
-    from llmkit.model.io import WEIGHTS
 
-    with safe_open(str(art.file(WEIGHTS)), framework="pt") as stored:
-        shapes = {name: tuple(stored.get_slice(name).get_shape()) for name in stored.keys()}
-    if any(is_adapter_key(k) for k in shapes):
+    if any(is_adapter_key(k) for k in state):
         raise UserError(
             f"{art.path} is an intermediate LoRA checkpoint (unmerged adapters); fine-tune from the finished run directory, "
             "whose weights are merged"
         )
-    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
-    for name, tensor in model.state_dict().items():
-        if name in aliases:
-            continue
-        if name not in shapes or shapes[name] != tuple(tensor.shape):
-            raise UserError(f"{art.path} weights do not match its model_config.json ({name}: "
-                            f"{shapes.get(name, 'missing')} against {tuple(tensor.shape)}); rebuild the checkpoint")
 
 
 def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool = False):
@@ -89,7 +70,7 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
     part by part, when it materialises its share."""
     from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
-    from llmkit.model.io import WEIGHTS, check_shapes, read_model_config
+    from llmkit.model.io import WEIGHTS, check_shapes, read_model_config, stored_shapes, tied_names
     from llmkit.model.presets import build_model as build_lm
     from llmkit.model.records import read_task
 
@@ -113,7 +94,13 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
     if split:  # sft only: a classifier head or LoRA adapters are refused under --tp/--pp
         with torch.device("meta"):
             model = build_lm(model_config)
-        _check_stored_shapes(art, model)
+        stored = stored_shapes(art.file(WEIGHTS))  # names and shapes from the header; each rank reads its part later
+        refuse_adapters(art, stored)
+        check_shapes(model, stored, art.path / WEIGHTS)
+        missing = set(model.state_dict()) - set(stored) - tied_names(model)
+        if missing:
+            raise UserError(f"{art.path} weights do not match its model_config.json (missing {sorted(missing)[:3]}); "
+                            "rebuild the checkpoint")
         frozen = freeze(model, config.freeze) if config.freeze else []
         return model, model_config, [], frozen
     state = load_base_state(art, keep_head=same_head)
@@ -123,7 +110,7 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
     check_shapes(model, state, art.path / WEIGHTS)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # A tied output head is stored once (as the embedding); a new classifier head starts fresh.
-    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    aliases = tied_names(model)
     missing = [k for k in missing if k not in aliases and not (k.startswith(HEAD_PREFIX) and not same_head)]
     if missing or unexpected:
         raise UserError(f"{art.path} weights do not match its model_config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -786,7 +786,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
     from llmkit import artifacts
     from llmkit.model.gpt import GPT
-    from llmkit.model.io import TOKENIZER_DIR, save_weights
+    from llmkit.model.io import TOKENIZER_DIR, check_shapes, save_weights, tied_names
     from llmkit.model.records import CheckpointStats
 
     src = Path(src)
@@ -817,14 +817,11 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     with torch.device("meta"):  # names and shapes only: the weights are the source's, so none is initialised
         model = GPT(config)
     expected = model.state_dict()
-    missing = set(expected) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
+    missing = set(expected) - set(state) - tied_names(model)
     unexpected = set(state) - set(expected)
     if missing or unexpected:
         raise AssertionError(f"hf.py mapping bug: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        raise UserError(f"{src}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but config.json makes "
-                        f"{tuple(expected[wrong[0]].shape)}; the weights and config.json do not belong together")
+    check_shapes(model, state, src, config_file="config.json", fix="re-save the model")
     with artifacts.create(out, "checkpoint", force=force, inputs=[src]) as build:
         save_weights(model, build.dir, {k: state[k].to(torch_dtype) for k in expected if k in state})
         write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)

@@ -27,7 +27,7 @@ MODEL_CONFIG = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-def _tied_names(model: torch.nn.Module) -> set[str]:
+def tied_names(model: torch.nn.Module) -> set[str]:
     """Parameter names that alias an earlier parameter (tied embeddings): stored once."""
     seen: dict[int, str] = {}
     tied = set()
@@ -42,7 +42,7 @@ def _tied_names(model: torch.nn.Module) -> set[str]:
 def weights_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """A contiguous CPU state dict without aliased duplicates, ready for safetensors."""
     state = state_dict if state_dict is not None else model.state_dict()
-    tied = _tied_names(model)
+    tied = tied_names(model)
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in tied}
 
 
@@ -67,22 +67,32 @@ def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
                         "the checkpoint is damaged, rebuild it") from None
 
 
-def check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Every stored tensor has the shape the model config gives it (else load_state_dict's long error)."""
+def check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, *, config_file: str = MODEL_CONFIG,
+                 fix: str = "rebuild the checkpoint") -> None:
+    """Every stored tensor has the shape the model config gives it (else load_state_dict's long error).
+    `state` may hold meta tensors: only shapes are compared."""
     expected = model.state_dict()
     wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
         raise UserError(
-            f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but model_config.json makes "
-            f"{tuple(expected[wrong[0]].shape)}; the two do not belong together, rebuild the checkpoint"
+            f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but {config_file} makes "
+            f"{tuple(expected[wrong[0]].shape)}; the two do not belong together, {fix}"
         )
+
+
+def stored_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as meta tensors (names and shapes from its header; no data read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as stored:
+        return {name: torch.empty(stored.get_slice(name).get_shape(), device="meta") for name in stored.keys()}
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     state = read_weights(path, device=str(next(model.parameters()).device))
     check_shapes(model, state, path)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = set(missing) - _tied_names(model)
+    missing = set(missing) - tied_names(model)
     if missing or unexpected:
         raise UserError(
             f"{path} does not match its model_config.json (missing {sorted(missing)[:3]}, "
