@@ -131,6 +131,7 @@ def run_llmkit(args) -> dict:
         max_steps=args.steps, lr=6e-4, warmup_steps=0, schedule="constant", weight_decay=0.1, grad_clip=1.0,
         eval_every=0, save_every=0, log_every=1, compile=args.compile, gpus=1 if gpu else 0,
         precision="bf16" if gpu else args.precision,
+        batch_invariant=False if args.side == "llmkit-usual" else None,  # None: the default (on for CPU)
     )
     baseline = current_rss_mb() if not gpu else 0.0
     shards = TokenShards.open(args.tokens, "train")
@@ -330,8 +331,8 @@ def measured_bf16_peak() -> float:
 
 # -- driver -----------------------------------------------------------------------------------
 
-SIDES = {"llmkit": run_llmkit, "nanogpt": run_nanogpt, "hf": run_hf}
-LABELS = {"llmkit": "llmkit", "nanogpt": "nanoGPT-style", "hf": "GPT2LMHeadModel"}
+SIDES = {"llmkit": run_llmkit, "llmkit-usual": run_llmkit, "nanogpt": run_nanogpt, "hf": run_hf}
+LABELS = {"llmkit": "llmkit", "llmkit-usual": "llmkit usual sums", "nanogpt": "nanoGPT-style", "hf": "GPT2LMHeadModel"}
 
 
 def side(args) -> None:
@@ -435,7 +436,8 @@ def main() -> None:
              "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     sides = ["llmkit", "nanogpt"] + ([] if args.no_hf else ["hf"])
     if not args.gpu_only:
-        compare(args, f"CPU, {args.threads} thread(s), {args.precision}: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape, sides)
+        cpu_sides = sides[:1] + ["llmkit-usual"] + sides[1:]  # what --batch-invariant (the CPU default) costs
+        compare(args, f"CPU, {args.threads} thread(s), {args.precision}: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape, cpu_sides)
     if torch.cuda.is_available():
         gpu_tokens = prepare_tokens(args.cache, 50257 if args.vocab == 4096 else args.vocab)
         args.tokens = gpu_tokens

@@ -118,6 +118,54 @@ def test_the_thread_count_does_not_change_the_artifact(shakespeare, cli, tmp_pat
     assert one.manifest.runtime != two.manifest.runtime and one.fingerprint == two.fingerprint
 
 
+def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path):
+    """Per-sequence gradients (--batch-invariant, on by default on a CPU): micro-batches of 1, 2,
+    3-by-accumulation and 16 sequences train the same weights to the bit; the usual summation
+    (--no-batch-invariant) gives other bits for other splits, which is what the mode is for."""
+    common = [*FAST[:-8], "--batch-tokens", "768", "--eval-tokens", "2048", "--log-every", "50",
+              "--max-steps", "3", "--eval-every", "3", "--save-every", "0"]  # 12 windows a step
+    runs = {}
+    for micro in ("1", "3", "4", "12"):
+        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / micro, *common, "--micro-batch", micro)
+        assert result.exit_code == 0, result.output
+        runs[micro] = artifacts.load(tmp_path / micro)
+    assert len({run.fingerprint for run in runs.values()}) == 1
+    assert runs["1"].manifest.runtime["batch_invariant"] is None  # the default, resolved to on
+    usual = {}
+    for micro in ("3", "12"):
+        out = tmp_path / f"usual-{micro}"
+        result = cli("pretrain", shakespeare["tokens"], "-o", out, *common, "--micro-batch", micro, "--no-batch-invariant")
+        assert result.exit_code == 0, result.output
+        usual[micro] = artifacts.load(out)
+    assert usual["3"].fingerprint != usual["12"].fingerprint != runs["12"].fingerprint
+    for a, b in zip(metrics(tmp_path / "12"), metrics(tmp_path / "usual-12")):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 * abs(a["loss"])
+
+
+@pytest.mark.slow
+def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli, tmp_path):
+    """Two processes, each accumulating micro-batches of 2 (the ranks' gradient trees merged),
+    train what one process with one micro-batch of 16 trains, to the bit."""
+    common = [*FAST, "--max-steps", "3", "--eval-every", "3", "--save-every", "0"]
+    one = tmp_path / "one"
+    assert cli("pretrain", shakespeare["tokens"], "-o", one, *common, "--micro-batch", "16").exit_code == 0
+    two = tmp_path / "two"
+    result = cli("pretrain", shakespeare["tokens"], "-o", two, *common, "--micro-batch", "2", "--nproc", "2")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(two, kind="checkpoint").manifest.runtime["grad_accumulation"] == 4
+    assert artifacts.load(one).fingerprint == artifacts.load(two).fingerprint
+
+
+def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_path):
+    for extra, says in ((["--dropout", "0.1"], "--dropout 0"), (["--strategy", "fsdp"], "--strategy ddp"),
+                        (["--compile"], "drop --compile")):
+        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST, "--max-steps", "1", "--batch-invariant", *extra)
+        assert result.exit_code != 0
+        line = result.output.strip().splitlines()[-1]
+        assert "--batch-invariant does not apply here" in line and says in line, result.output
+        assert not (tmp_path / "r").exists()
+
+
 def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path):
     from llmkit.train.pretrain import PretrainConfig, pretrain
 

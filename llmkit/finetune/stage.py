@@ -145,6 +145,9 @@ def sft_loss(model, batch):
     return model(inputs, targets, return_logits=False)[1]
 
 
+sft_loss.per_sequence = True  # (inputs, targets with IGNORE_INDEX) and a mean over targets: --batch-invariant applies
+
+
 def confusion_scores(confusion) -> dict[str, float]:
     """Accuracy and macro F1 over the classes seen in labels or predictions (scikit-learn's convention)."""
     confusion = confusion.double()

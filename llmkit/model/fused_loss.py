@@ -25,6 +25,7 @@ pair itself).
 from __future__ import annotations
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in fp32, so a chunk stays in cache-sized, reused memory
@@ -32,6 +33,39 @@ CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in fp32, so a chunk stays in 
 
 def chunk_tokens(vocab_size: int) -> int:
     return max(16, CHUNK_ELEMENTS // vocab_size)
+
+
+
+def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor, low: torch.dtype | None,
+           grad_rows: torch.Tensor | None, grad_weight: torch.Tensor | None) -> torch.Tensor:
+    """One chunk of rows: returns its summed loss; writes the rows' hidden-state gradients into
+    `grad_rows` and adds the head's gradient to `grad_weight` (either may be None)."""
+    if low is not None:
+        h = h.to(low)
+    logits = h @ head.t()
+    if low is not None:
+        logits = logits.float()
+    picked = logits[r, t]
+    # log-sum-exp by hand, in place: the chunk's logits become its softmax without another [n, V] buffer
+    top = logits.amax(dim=-1, keepdim=True)
+    exps = logits.sub_(top).exp_()
+    sums = exps.sum(dim=-1)
+    loss = (top[:, 0] + sums.log() - picked).sum()
+    if grad_rows is None and grad_weight is None:
+        return loss
+    probs = exps.mul_((torch.ones_like(sums) / sums)[:, None])  # softmax (as a product: the bits of earlier releases)
+    probs[r, t] -= 1
+    if low is not None:
+        probs = probs.to(low)
+    if grad_rows is not None and low is None:
+        torch.mm(probs, head, out=grad_rows)
+    elif grad_rows is not None:
+        grad_rows.copy_(probs @ head)
+    if grad_weight is not None and low is None:
+        grad_weight.addmm_(probs.t(), h)
+    elif grad_weight is not None:
+        grad_weight += probs.t() @ h
+    return loss
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -64,31 +98,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         head = weight if low is None else weight.to(low)
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
-            h, t, r = hidden[start:stop], targets[start:stop], rows[: stop - start]
-            if low is not None:
-                h = h.to(low)
-            logits = h @ head.t()
-            if low is not None:
-                logits = logits.float()
-            picked = logits[r, t]
-            # log-sum-exp by hand, in place: the chunk's logits become its softmax without another [n, V] buffer
-            top = logits.amax(dim=-1, keepdim=True)
-            exps = logits.sub_(top).exp_()
-            sums = exps.sum(dim=-1)
-            total += (top[:, 0] + sums.log() - picked).sum()
-            if need_hidden or need_weight:
-                probs = exps.mul_((torch.ones_like(sums) / sums)[:, None])  # softmax (as a product: the bits of earlier releases)
-                probs[r, t] -= 1
-                if low is not None:
-                    probs = probs.to(low)
-                if need_hidden and low is None:
-                    torch.mm(probs, head, out=grad_hidden[start:stop])
-                elif need_hidden:
-                    grad_hidden[start:stop] = probs @ head
-                if need_weight and low is None:
-                    grad_weight.addmm_(probs.t(), h)
-                elif need_weight:
-                    grad_weight += probs.t() @ h
+            h = hidden[start:stop]
+            grad_rows = grad_hidden[start:stop] if need_hidden else None
+            total += _chunk(h, targets[start:stop], rows[: stop - start], head, low, grad_rows, grad_weight)
         if need_hidden or need_weight:
             ctx.save_for_backward(grad_hidden, grad_weight, count, kept)
         return total / count
@@ -106,10 +118,67 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets` (IGNORE_INDEX: no target); under
-    autocast the products run in its dtype, as the head's would."""
+    autocast the products run in its dtype, as the head's would. Overridable like a torch function
+    (llmkit/model/sequence_grads.py gives it per-sequence weight gradients)."""
+    if has_torch_function_variadic(hidden, weight, targets):
+        return handle_torch_function(linear_cross_entropy, (hidden, weight, targets), hidden, weight, targets)
+    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), _autocast_dtype(hidden))
+
+
+def _autocast_dtype(hidden: torch.Tensor) -> torch.dtype | None:
     device = hidden.device.type
-    low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), low)
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+class _PerSequenceLinearCrossEntropy(torch.autograd.Function):
+    """linear_cross_entropy over [B, T, C] whose head gradient is one [V, C] matrix per sequence,
+    handed to the micro-batch's SequenceTree (chunks never span two sequences, so every number
+    is the same whatever the batch). The tree's gradients are sums of each token's own gradient:
+    the backward must be seeded with the target count (then the scale is exactly 1)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, low, where):
+        with torch.autocast(hidden.device.type, enabled=False):
+            need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            grad_hidden = torch.zeros_like(hidden) if need_hidden else None  # rows without a target: no gradient
+            total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+            head = weight if low is None else weight.to(low)
+            chunk = chunk_tokens(weight.shape[0])
+            valid = targets != IGNORE_INDEX
+            count = valid.sum()
+            for b in range(hidden.shape[0]):
+                kept = valid[b].nonzero().squeeze(1)
+                h, t = hidden[b].index_select(0, kept), targets[b].index_select(0, kept)
+                rows = torch.arange(min(chunk, len(kept)), device=hidden.device)
+                grad_rows = torch.empty_like(h) if need_hidden else None
+                # Zeros for a sequence without targets too: every position has its place in the tree.
+                grad_weight = torch.zeros_like(weight) if need_weight else None
+                for start in range(0, len(kept), chunk):
+                    stop = min(start + chunk, len(kept))
+                    part = grad_rows[start:stop] if need_hidden else None
+                    total += _chunk(h[start:stop], t[start:stop], rows[: stop - start], head, low, part, grad_weight)
+                if need_hidden:
+                    grad_hidden[b].index_copy_(0, kept, grad_rows)
+                if need_weight:
+                    where.tree.push(weight, "head", where.first + b, grad_weight[None])
+        ctx.pushed = need_weight
+        ctx.save_for_backward(grad_hidden, count)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, count = ctx.saved_tensors
+        scale = grad_output / count
+        if ctx.pushed and not bool(scale == 1):
+            raise RuntimeError("per-sequence gradients need the loss's backward seeded with its target count")
+        if grad_hidden is not None and not bool(scale == 1):
+            grad_hidden = grad_hidden * scale
+        return grad_hidden, None, None, None, None
+
+
+def per_sequence_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, where) -> torch.Tensor:
+    """linear_cross_entropy for hidden [B, T, C], targets [B, T], the head's gradient per sequence into `where.tree`."""
+    return _PerSequenceLinearCrossEntropy.apply(hidden, weight, targets, _autocast_dtype(hidden), where)
 
 
 def applies(hidden: torch.Tensor, weight: torch.Tensor) -> bool:

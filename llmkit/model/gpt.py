@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmkit.model import fused_loss
+from llmkit.model import fused_loss, sequence_grads
 from llmkit.model.fused_loss import IGNORE_INDEX
 from llmkit.model.fused_ops import apply_rope, swiglu
 
@@ -104,9 +104,10 @@ def make_norm(config: ModelConfig, dim: int) -> nn.Module:
 
 def _plain(module: nn.Module) -> bool:
     """True when `module` computes exactly what its class says: no hooks (tensor and sequence
-    parallelism install theirs, with layouts that assume the call's usual shape) and plain,
-    unsharded parameters. A fast path that changes a call's shape takes it only then."""
-    if module._forward_hooks or module._forward_pre_hooks:
+    parallelism install theirs, with layouts that assume the call's usual shape), plain,
+    unsharded parameters, and no per-sequence gradients (which need every call's batch
+    dimension). A fast path that changes a call's shape takes it only then."""
+    if module._forward_hooks or module._forward_pre_hooks or sequence_grads.active():
         return False
     return all(type(p) is nn.Parameter for p in module.parameters(recurse=False))
 

@@ -1,6 +1,10 @@
 """The training loop's engine for the usual layout: the whole model on every rank, with data
 parallelism over the ranks (DDP, FSDP2, or a single process).
 
+With --batch-invariant (the default for a CPU language-model run) there is no DDP: each
+sequence's weight gradient goes to a SequenceTree (llmkit/model/sequence_grads.py) and the
+ranks' trees are merged in finish_gradients, so the weights do not depend on the layout.
+
 It has the interface of ModelParallelRun (llmkit/train/model_parallel.py), the engine of
 --tp/--pp runs, so the loop (llmkit/train/loop.py) runs either without asking which: a
 micro-batch's forward and backward, the gradients finished and clipped, the loss averaged over
@@ -15,34 +19,91 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from llmkit.errors import UserError
+from llmkit.model import sequence_grads
+from llmkit.model.gpt import GPT, IGNORE_INDEX
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
 from llmkit.train.precision import autocast
+
+
+def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch.device, *, strategy: str,
+                         compile: bool, loss_fn: Callable) -> bool:
+    """--batch-invariant: on by default where it is supported, refused (one line, the reason) where asked and not."""
+    reasons = []
+    if device.type != "cpu":
+        reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
+    if not (isinstance(model, GPT) and getattr(loss_fn, "per_sequence", False)):
+        reasons.append("it covers the GPT language-model objectives (pretraining and SFT)")
+    elif model.config.dropout:
+        reasons.append("dropout draws from a per-process random stream; set --dropout 0")
+    if strategy != "ddp":
+        reasons.append("FSDP reduces gradients itself; use --strategy ddp")
+    if compile:
+        reasons.append("compiled kernels sum in their own order; drop --compile")
+    if requested and reasons:
+        raise UserError(f"--batch-invariant does not apply here: {reasons[0]} (or pass --no-batch-invariant)")
+    return not reasons if requested is None else requested
 
 
 class DataParallelRun:
     """The whole model on every rank: wrapped for DDP or FSDP2 (or left alone in one process)."""
 
     def __init__(self, model: nn.Module, info, device: torch.device, *, strategy: str, activation_checkpointing: bool,
-                 compile: bool, loss_fn: Callable, precision: str):
+                 compile: bool, loss_fn: Callable, precision: str, batch_invariant: bool | None = False):
         self.raw, self.info, self.device, self.loss_fn, self.precision = model, info, device, loss_fn, precision
+        self.batch_invariant = use_batch_invariance(batch_invariant, model, device, strategy=strategy, compile=compile,
+                                                    loss_fn=loss_fn)
+        self.tree = sequence_grads.SequenceTree()
+        self.step_targets, self.step_sequences = 0, 0
         if activation_checkpointing:
             from llmkit.train.parallelize import checkpoint_activations
 
             checkpoint_activations(model)  # before FSDP, whose hooks must surround the recompute
-        wrapped = dist_utils.wrap(model, strategy, info, precision)
+        # Batch-invariant runs merge the ranks' gradients themselves (finish_gradients): no DDP.
+        wrapped = model if self.batch_invariant else dist_utils.wrap(model, strategy, info, precision)
         self.model = torch.compile(wrapped) if compile else wrapped
         self.optimizer_target = model  # the model's own parameters (FSDP2 shards them in place)
 
-    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool) -> torch.Tensor:
-        """Adds this micro-batch's gradients (gradient sync only on the last); returns its loss."""
+    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool, position: int = 0) -> torch.Tensor:
+        """Adds this micro-batch's gradients (gradient sync only on the last); returns its loss.
+        `position`: its first sequence's place in the step's global batch (ranks hold consecutive ones)."""
+        if self.batch_invariant:
+            return self._forward_backward_per_sequence(batch, position)
         with dist_utils.gradient_sync(self.model, last), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
             (loss / accumulation).backward()
         return loss.detach().float()
 
+    def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], position: int) -> torch.Tensor:
+        sequences = batch[0].shape[0]
+        with sequence_grads.per_sequence_gradients(self.tree, position, sequences), autocast(self.device, self.precision):
+            loss = self.loss_fn(self.model, batch)
+        # Seeded with the target count, every token's gradient is its own (the mean's 1/count
+        # cancels exactly); the step's sum is divided by the step's count once, in finish_gradients.
+        targets = (batch[1] != IGNORE_INDEX).sum()
+        loss.backward(targets.to(loss.dtype))
+        self.step_targets += int(targets)
+        self.step_sequences += sequences
+        return loss.detach().float()
+
     def finish_gradients(self) -> None:
-        """DDP and FSDP2 reduce the gradients inside the last backward: nothing is left to do."""
+        """DDP and FSDP2 reduce the gradients inside the last backward: nothing is left to do,
+        unless the gradients are per sequence: then the trees of all ranks become `.grad`."""
+        if not self.batch_invariant:
+            return
+        params = [p for p in self.raw.parameters() if p.requires_grad]
+        names = [name for name, p in self.raw.named_parameters() if p.requires_grad and p.grad is not None]
+        if names:
+            raise RuntimeError(f"per-sequence gradients do not cover {names[0]} (it got a .grad the usual way)")
+        targets = torch.tensor(float(self.step_targets), dtype=torch.float64)
+        targets = dist_utils.all_reduce_sum(targets, self.info)
+        grads = self.tree.gradients(params, rank=self.info.rank, world_size=self.info.world_size,
+                                    per_rank=self.step_sequences)
+        for p, grad in zip(params, grads):
+            if grad is not None:
+                p.grad = grad.div_(float(targets))
+        self.step_targets, self.step_sequences = 0, 0
 
     def mean_loss(self, local: torch.Tensor) -> torch.Tensor:
         return dist_utils.all_reduce_mean(local, self.info)

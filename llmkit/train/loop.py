@@ -6,10 +6,12 @@ optimizer and schedule, gradient accumulation, mixed precision, distributed wrap
 validation, metrics, checkpoints and exact resume.
 
 Step s consumes global samples [s*G, (s+1)*G) where G is the global batch in samples. They are
-cut into micro-batches of `micro_batch` samples; micro-batch j goes to rank j % world_size.
-Each micro-batch loss is a mean over its tokens and the step's gradient is the mean of all
-micro-batch gradients, so any (world size, micro-batch) split of the same G trains the same
-model up to floating-point summation order.
+cut into micro-batches of `micro_batch` samples; data-parallel rank r takes the r-th run of
+G / world_size consecutive samples. Any (world size, micro-batch) split of the same G trains
+the same model: to the bit with per-sequence gradients (--batch-invariant, the default for a
+CPU language model: every token's gradient summed in one fixed tree over the step's samples),
+up to floating-point summation order otherwise (each micro-batch loss is a mean over its
+tokens and the step's gradient the mean of the micro-batch gradients).
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ class Trainer:
         else:
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
-                                          loss_fn=loss_fn, precision=self.precision)
+                                          loss_fn=loss_fn, precision=self.precision, batch_invariant=devices.batch_invariant)
         self.model = self.engine.model
         self.optimizer = build_optimizer(
             self.engine.optimizer_target, optim.optimizer, lr=settings.lr,
@@ -294,10 +296,11 @@ class Trainer:
     def _micro_indices(self, step: int, micro: int) -> range:
         s, info = self.settings, self.info
         # A pipeline step takes `microbatches` consecutive micro-batches (1 without a pipeline).
-        per_call = info.layout.microbatches if info.layout is not None else 1
-        chunk = micro * info.batch_ways + info.data_rank * per_call
-        start = step * s.global_batch + chunk * s.micro_batch
-        return range(start, start + s.micro_batch * per_call)
+        # Each data-parallel rank takes consecutive samples of the step: the per-sequence
+        # gradient tree (--batch-invariant) merges ranks' blocks along the positions.
+        per_call = s.micro_batch * (info.layout.microbatches if info.layout is not None else 1)
+        start = step * s.global_batch + (info.data_rank * self.accum + micro) * per_call
+        return range(start, start + per_call)
 
     def train_step(self, step: int) -> tuple[float, float]:
         s = self.settings
@@ -307,9 +310,10 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
-            batch = dist_utils.to_device(self.batches(self._micro_indices(step, micro)), self.device)
+            indices = self._micro_indices(step, micro)
+            batch = dist_utils.to_device(self.batches(indices), self.device)
             last = micro == self.accum - 1
-            loss_sum += self.engine.forward_backward(batch, self.accum, last)
+            loss_sum += self.engine.forward_backward(batch, self.accum, last, position=indices.start - step * s.global_batch)
         self.engine.finish_gradients()
         loss_value = float(self.engine.mean_loss(loss_sum / self.accum))
         if not math.isfinite(loss_value):

@@ -137,7 +137,7 @@ class ModelParallelRun:
                 stack.enter_context(dist_utils.gradient_sync(module, last))
         return stack
 
-    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool) -> torch.Tensor:
+    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool, position: int = 0) -> torch.Tensor:
         """Forward and backward of this rank's slice of one micro-batch step; the (mean) loss on
         a loss-reporting rank, zero elsewhere."""
         from torch.distributed.tensor.parallel import loss_parallel

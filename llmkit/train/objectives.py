@@ -83,3 +83,6 @@ def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Te
     """Mean cross-entropy over the batch's target tokens (next token, or masked tokens)."""
     inputs, targets = batch[0], batch[1]
     return model(inputs, targets, return_logits=False)[1]
+
+
+lm_loss.per_sequence = True  # (inputs, targets with IGNORE_INDEX) and a mean over targets: --batch-invariant applies

@@ -126,6 +126,10 @@ class Devices(ModelParallelism, Placement):
     """Where and how a run executes; never changes what it computes, so never hashed."""
 
     compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
+    batch_invariant: bool | None = option(None, "Compute each sequence's weight gradient on its own and sum them in one fixed "
+                                          "order, so --micro-batch, --nproc and threads leave the weights the same to the bit "
+                                          "(default: on for a CPU language-model run without dropout, --tp/--pp, FSDP or "
+                                          "--compile).", flags=("--batch-invariant/--no-batch-invariant",), runtime=True)
     tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
     nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True, range="[1, inf)")
     node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True, range="[0, inf)")

@@ -1,0 +1,122 @@
+"""Per-sequence gradients (llmkit/model/sequence_grads.py): the same bits however a step's
+sequences are split, and the same values as autograd's usual gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmkit.model.gpt import GPT, IGNORE_INDEX, ModelConfig
+from llmkit.model.sequence_grads import SequenceTree, _collapse, _push, Block, block_layout, merge_ranks, per_sequence_gradients
+
+STYLES = {
+    "llama": dict(n_kv_head=2),
+    "gpt2": dict(norm="layernorm", pos="learned", activation="gelu", bias=True, n_kv_head=4),
+    "mlm": dict(n_kv_head=2, objective="mlm"),
+}
+
+
+def _model(style: str, **extra) -> GPT:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, context_length=24, n_layer=2, n_head=4, n_embd=32, **STYLES[style], **extra)
+    return GPT(config)
+
+
+def _batch(sequences: int = 8, length: int = 24):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 97, (sequences, length + 1), generator=g)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:].clone()
+    targets[2, :7] = IGNORE_INDEX  # a prompt without loss, as in SFT
+    targets[5, 3:20] = IGNORE_INDEX
+    return inputs, targets
+
+
+def _tree_gradients(model: torch.nn.Module, inputs, targets, split: int, precision: str = "fp32") -> list[torch.Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    tree, count = SequenceTree(), 0
+    for start in range(0, len(inputs), split):
+        stop = min(start + split, len(inputs))
+        with per_sequence_gradients(tree, start, stop - start), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(inputs[start:stop], targets[start:stop], return_logits=False)[1]
+        targets_here = (targets[start:stop] != IGNORE_INDEX).sum()
+        loss.backward(targets_here.float())
+        count += int(targets_here)
+    assert all(p.grad is None for p in params), "a weight got its gradient the usual way"
+    return [g / count for g in tree.gradients(params)]
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_every_split_gives_the_same_bits_and_autograds_values(style):
+    model = _model(style)
+    inputs, targets = _batch()
+    reference = _tree_gradients(model, inputs, targets, split=8)
+    for split in (1, 2, 3, 4):
+        grads = _tree_gradients(model, inputs, targets, split)
+        assert all(torch.equal(a, b) for a, b in zip(reference, grads)), split
+    # the same gradient as autograd's, to float rounding (not one formula with another order of sums)
+    loss = model(inputs, targets, return_logits=False)[1]
+    loss.backward()
+    for (name, p), g in zip(model.named_parameters(), reference):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max())), name
+
+
+def test_bf16_autocast_splits_agree_to_the_bit():
+    model = _model("llama")
+    inputs, targets = _batch()
+    reference = _tree_gradients(model, inputs, targets, split=8, precision="bf16")
+    for split in (1, 3):
+        grads = _tree_gradients(model, inputs, targets, split, precision="bf16")
+        assert all(torch.equal(a, b) for a, b in zip(reference, grads)), split
+    fp32 = _tree_gradients(model, inputs, targets, split=8)
+    assert all(torch.allclose(a, b, rtol=0.1, atol=1e-3) for a, b in zip(reference, fp32))
+
+
+def test_lora_adapters_alone_get_gradients():
+    from llmkit.finetune.lora import apply_lora
+
+    model = _model("llama")
+    apply_lora(model, ["q_proj", "down_proj"], rank=4, alpha=8)
+    inputs, targets = _batch()
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora" in name for name in trained)
+    reference = _tree_gradients(model, inputs, targets, split=8)
+    assert all(torch.equal(a, b) for a, b in zip(reference, _tree_gradients(model, inputs, targets, split=3)))
+    assert any(float(g.abs().sum()) > 0 for g in reference)
+
+
+def test_ranks_merged_equal_one_process():
+    """Rank blocks gathered and merged in position order: the bits of one process's tree, for
+    any world size and any number of sequences per rank (powers of two or not)."""
+    g = torch.Generator().manual_seed(0)
+    shape = torch.Size([5])
+    order_mattered = False
+    for world in (2, 3, 4):
+        for per_rank in (1, 2, 3, 5, 8):
+            items = torch.randn(world * per_rank, 5, generator=g) * torch.logspace(-8, 8, 5)  # order-sensitive sums
+            one: list[Block] = []
+            for i, item in enumerate(items):
+                _push(one, Block(i, 1, item.clone()), shape)
+            layouts, parts = [], []
+            for rank in range(world):
+                stack: list[Block] = []
+                for i in range(rank * per_rank, (rank + 1) * per_rank):
+                    _push(stack, Block(i, 1, items[i].clone()), shape)
+                layouts.append(block_layout(rank * per_rank, per_rank))
+                assert [(b.start, b.size) for b in stack] == layouts[-1]
+                parts.append([b.values for b in stack])
+            merged = merge_ranks(layouts, parts, shape)
+            assert torch.equal(_collapse(merged, shape), _collapse(one, shape)), (world, per_rank)
+            left_to_right = items[0].clone()
+            for item in items[1:]:
+                left_to_right += item
+            order_mattered |= not torch.equal(left_to_right, _collapse(one, shape))
+    assert order_mattered  # the sums above can tell one order from another
+
+
+def test_a_backward_not_seeded_with_the_target_count_is_refused():
+    model = _model("llama")
+    inputs, targets = _batch()
+    with per_sequence_gradients(SequenceTree(), 0, len(inputs)):
+        loss = model(inputs, targets, return_logits=False)[1]
+    with pytest.raises(RuntimeError, match="seeded with its target count"):
+        loss.backward()
