@@ -281,6 +281,26 @@ def test_resume_of_a_finetune_is_exact(base, shared_data, cli, tmp_path, variant
     assert first["step"] == 8
 
 
+def test_sft_micro_batch_does_not_change_the_artifact(base, shared_data, cli, tmp_path):
+    """SFT under per-sequence gradients (the CPU default): responses of different lengths, so
+    micro-batches hold different target counts; every token weighs the same whatever the split,
+    and the weights are the same to the bit (full fine-tuning and LoRA)."""
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64]
+    rows = [{"prompt": r["text"], "response": "positive, clearly" if r["label"] else "negative"} for r in rows]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    for lora in ([], ["--lora-rank", "4"]):
+        prints = set()
+        for micro in ("1", "3", "12"):
+            out = tmp_path / f"sft-{micro}-{len(lora)}"
+            result = cli("finetune", base["checkpoint"], "-o", out, "--task", "sft", "--template", "plain", "--data", data,
+                         "--max-steps", "3", "--eval-every", "0", "--batch-size", "12", "--micro-batch", micro,
+                         "--truncate", "--lr", "1e-3", *lora)
+            assert result.exit_code == 0, result.output
+            assert artifacts.load(out).manifest.runtime["batch_invariant"] is True
+            prints.add(artifacts.load(out).fingerprint)
+        assert len(prints) == 1, lora
+
+
 # -- one-line errors -----------------------------------------------------------------------------------
 
 

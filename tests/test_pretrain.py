@@ -130,7 +130,7 @@ def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path
         assert result.exit_code == 0, result.output
         runs[micro] = artifacts.load(tmp_path / micro)
     assert len({run.fingerprint for run in runs.values()}) == 1
-    assert runs["1"].manifest.runtime["batch_invariant"] is None  # the default, resolved to on
+    assert runs["1"].manifest.runtime["batch_invariant"] is True  # the default, resolved to on
     usual = {}
     for micro in ("3", "12"):
         out = tmp_path / f"usual-{micro}"
@@ -154,6 +154,15 @@ def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli
     assert result.exit_code == 0, result.output
     assert artifacts.load(two, kind="checkpoint").manifest.runtime["grad_accumulation"] == 4
     assert artifacts.load(one).fingerprint == artifacts.load(two).fingerprint
+    # 6 sequences per process (12 a step) do not cut into runs of 4: refused when asked for, off by default
+    six = [*FAST[:10], "--batch-tokens", "768", "--micro-batch", "2", "--eval-tokens", "2048", "--max-steps", "3",
+           "--eval-every", "3", "--save-every", "0"]
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "six", *six, "--nproc", "2", "--batch-invariant")
+    assert result.exit_code != 0 and "multiple of 4" in result.output.strip().splitlines()[-1], result.output
+    assert not (tmp_path / "six").exists()
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "six", *six, "--nproc", "2")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tmp_path / "six").manifest.runtime["batch_invariant"] is False
 
 
 def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_path):

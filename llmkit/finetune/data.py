@@ -1,7 +1,8 @@
 """Fine-tuning data: JSONL records -> token examples -> padded batches keyed by sample index.
 
 Batches are PADDED, not packed: each example is one row, right-padded to the longest row of
-its micro-batch, so no example ever attends across a document boundary and nothing needs a
+its micro-batch (of its step, under --batch-invariant, so that a row's shapes do not depend on
+the split), so no example ever attends across a document boundary and nothing needs a
 block-diagonal mask. For a causal model right padding is invisible to the real tokens; padded
 targets are IGNORE_INDEX.
 
@@ -120,9 +121,14 @@ class SFTBatches:
             return [self.examples[int(k) % len(self.examples)] for k in indices]
         return [self.examples[self._order(int(k))] for k in indices]
 
-    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad_width(self, indices: Sequence[int]) -> int:
+        """The longest input among these samples (a batch of them is padded to it)."""
+        return max(len(r.ids) for r in self.rows(indices)) - 1
+
+    def __call__(self, indices: Sequence[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded to `width` (default: the longest of these samples)."""
         rows = self.rows(indices)
-        width = max(len(r.ids) for r in rows) - 1
+        width = width or self.pad_width(indices)
         x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         for b, row in enumerate(rows):

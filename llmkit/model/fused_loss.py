@@ -37,9 +37,9 @@ def chunk_tokens(vocab_size: int) -> int:
 
 
 def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor, low: torch.dtype | None,
-           grad_rows: torch.Tensor | None, grad_weight: torch.Tensor | None) -> torch.Tensor:
+           grad_rows: torch.Tensor | None, grad_weight: torch.Tensor | None, fresh: bool = False) -> torch.Tensor:
     """One chunk of rows: returns its summed loss; writes the rows' hidden-state gradients into
-    `grad_rows` and adds the head's gradient to `grad_weight` (either may be None)."""
+    `grad_rows` and adds the head's gradient to `grad_weight` (writes it, if `fresh`; either may be None)."""
     if low is not None:
         h = h.to(low)
     logits = h @ head.t()
@@ -62,9 +62,9 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
     elif grad_rows is not None:
         grad_rows.copy_(probs @ head)
     if grad_weight is not None and low is None:
-        grad_weight.addmm_(probs.t(), h)
+        torch.mm(probs.t(), h, out=grad_weight) if fresh else grad_weight.addmm_(probs.t(), h)
     elif grad_weight is not None:
-        grad_weight += probs.t() @ h
+        grad_weight.copy_(probs.t() @ h) if fresh else grad_weight.add_(probs.t() @ h)
     return loss
 
 
@@ -131,10 +131,11 @@ def _autocast_dtype(hidden: torch.Tensor) -> torch.dtype | None:
 
 
 class _PerSequenceLinearCrossEntropy(torch.autograd.Function):
-    """linear_cross_entropy over [B, T, C] whose head gradient is one [V, C] matrix per sequence,
-    handed to the micro-batch's SequenceTree (chunks never span two sequences, so every number
-    is the same whatever the batch). The tree's gradients are sums of each token's own gradient:
-    the backward must be seeded with the target count (then the scale is exactly 1)."""
+    """linear_cross_entropy over [B, T, C] whose chunks never span two sequences, so every number
+    is the same whatever the batch; the head's gradient accumulates chunk by chunk, in position
+    order, into one [V, C] matrix per run of sequences of the micro-batch's SequenceTree. The
+    tree's gradients are sums of each token's own gradient: the backward must be seeded with the
+    target count (then the scale is exactly 1)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, low, where):
@@ -147,20 +148,23 @@ class _PerSequenceLinearCrossEntropy(torch.autograd.Function):
             valid = targets != IGNORE_INDEX
             count = valid.sum()
             for b in range(hidden.shape[0]):
-                kept = valid[b].nonzero().squeeze(1)
-                h, t = hidden[b].index_select(0, kept), targets[b].index_select(0, kept)
-                rows = torch.arange(min(chunk, len(kept)), device=hidden.device)
-                grad_rows = torch.empty_like(h) if need_hidden else None
-                # Zeros for a sequence without targets too: every position has its place in the tree.
-                grad_weight = torch.zeros_like(weight) if need_weight else None
-                for start in range(0, len(kept), chunk):
-                    stop = min(start + chunk, len(kept))
+                every = bool(valid[b].all())
+                kept = None if every else valid[b].nonzero().squeeze(1)
+                h, t = (hidden[b], targets[b]) if every else (hidden[b].index_select(0, kept), targets[b].index_select(0, kept))
+                rows = torch.arange(min(chunk, len(t)), device=hidden.device)
+                grad_rows = None if not need_hidden else grad_hidden[b] if every else torch.empty_like(h)
+                grad_weight, fresh = where.tree.run_accumulator(weight, "head", where.first + b) if need_weight else (None, False)
+                if fresh and not len(t):  # a sequence without targets adds nothing, and a new run starts from zero
+                    grad_weight.zero_()
+                for start in range(0, len(t), chunk):
+                    stop = min(start + chunk, len(t))
                     part = grad_rows[start:stop] if need_hidden else None
-                    total += _chunk(h[start:stop], t[start:stop], rows[: stop - start], head, low, part, grad_weight)
-                if need_hidden:
+                    total += _chunk(h[start:stop], t[start:stop], rows[: stop - start], head, low, part, grad_weight,
+                                    fresh=fresh and start == 0)
+                if need_hidden and not every:
                     grad_hidden[b].index_copy_(0, kept, grad_rows)
                 if need_weight:
-                    where.tree.push(weight, "head", where.first + b, grad_weight[None])
+                    where.tree.end_sequence(weight, "head", where.first + b)
         ctx.pushed = need_weight
         ctx.save_for_backward(grad_hidden, count)
         return total / count

@@ -28,9 +28,12 @@ from llmkit.train.precision import autocast
 
 
 def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch.device, *, strategy: str,
-                         compile: bool, loss_fn: Callable) -> bool:
+                         compile: bool, loss_fn: Callable, world_size: int = 1, sequences_per_rank: int = 0) -> bool:
     """--batch-invariant: on by default where it is supported, refused (one line, the reason) where asked and not."""
     reasons = []
+    if world_size > 1 and sequences_per_rank % sequence_grads.PRODUCT_RUN:
+        reasons.append(f"each process's share of a step ({sequences_per_rank} sequences) must be a multiple of "
+                       f"{sequence_grads.PRODUCT_RUN}; change --batch-tokens or the process count")
     if device.type != "cpu":
         reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
     if not (isinstance(model, GPT) and getattr(loss_fn, "per_sequence", False)):
@@ -43,17 +46,19 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
         reasons.append("compiled kernels sum in their own order; drop --compile")
     if requested and reasons:
         raise UserError(f"--batch-invariant does not apply here: {reasons[0]} (or pass --no-batch-invariant)")
-    return not reasons if requested is None else requested
+    return not reasons if requested is None else bool(requested)
 
 
 class DataParallelRun:
     """The whole model on every rank: wrapped for DDP or FSDP2 (or left alone in one process)."""
 
     def __init__(self, model: nn.Module, info, device: torch.device, *, strategy: str, activation_checkpointing: bool,
-                 compile: bool, loss_fn: Callable, precision: str, batch_invariant: bool | None = False):
+                 compile: bool, loss_fn: Callable, precision: str, batch_invariant: bool | None = False,
+                 sequences_per_rank: int = 0):
         self.raw, self.info, self.device, self.loss_fn, self.precision = model, info, device, loss_fn, precision
         self.batch_invariant = use_batch_invariance(batch_invariant, model, device, strategy=strategy, compile=compile,
-                                                    loss_fn=loss_fn)
+                                                    loss_fn=loss_fn, world_size=info.world_size,
+                                                    sequences_per_rank=sequences_per_rank)
         self.tree = sequence_grads.SequenceTree()
         self.step_targets, self.step_sequences = 0, 0
         if activation_checkpointing:
@@ -98,8 +103,7 @@ class DataParallelRun:
             raise RuntimeError(f"per-sequence gradients do not cover {names[0]} (it got a .grad the usual way)")
         targets = torch.tensor(float(self.step_targets), dtype=torch.float64)
         targets = dist_utils.all_reduce_sum(targets, self.info)
-        grads = self.tree.gradients(params, rank=self.info.rank, world_size=self.info.world_size,
-                                    per_rank=self.step_sequences)
+        grads = self.tree.gradients(params, sequences=self.step_sequences, rank=self.info.rank, world_size=self.info.world_size)
         for p, grad in zip(params, grads):
             if grad is not None:
                 p.grad = grad.div_(float(targets))

@@ -179,6 +179,10 @@ class Trainer:
         if self.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
 
+            if devices.batch_invariant:
+                raise UserError("--batch-invariant does not apply here: a model split with --tp/--pp sums its gradients "
+                                "itself (or pass --no-batch-invariant)")
+
             self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
                                            strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
                                            compile=devices.compile, loss_fn=loss_fn, precision=self.precision,
@@ -186,8 +190,10 @@ class Trainer:
         else:
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
-                                          loss_fn=loss_fn, precision=self.precision, batch_invariant=devices.batch_invariant)
+                                          loss_fn=loss_fn, precision=self.precision, batch_invariant=devices.batch_invariant,
+                                          sequences_per_rank=self.accum * settings.micro_batch)
         self.model = self.engine.model
+        self.spec.runtime["batch_invariant"] = getattr(self.engine, "batch_invariant", False)  # what the option resolved to
         self.optimizer = build_optimizer(
             self.engine.optimizer_target, optim.optimizer, lr=settings.lr,
             weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2), momentum=optim.momentum,
@@ -309,9 +315,14 @@ class Trainer:
         set_lr(self.optimizer, lr)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
+        padding = {}
+        if getattr(self.engine, "batch_invariant", False) and hasattr(self.batches, "pad_width"):
+            # Every micro-batch padded as long as the step's longest sequence: a sequence's
+            # shapes (and so its numbers) are then the same however the step is split.
+            padding["width"] = self.batches.pad_width(range(step * s.global_batch, (step + 1) * s.global_batch))
         for micro in range(self.accum):
             indices = self._micro_indices(step, micro)
-            batch = dist_utils.to_device(self.batches(indices), self.device)
+            batch = dist_utils.to_device(self.batches(indices, **padding), self.device)
             last = micro == self.accum - 1
             loss_sum += self.engine.forward_backward(batch, self.accum, last, position=indices.start - step * s.global_batch)
         self.engine.finish_gradients()
