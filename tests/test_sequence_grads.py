@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from llmkit.model.gpt import GPT, IGNORE_INDEX, ModelConfig
-from llmkit.model.sequence_grads import SequenceTree, _collapse, _push, Block, block_layout, merge_ranks, per_sequence_gradients
+from llmkit.model.sequence_grads import (Block, SequenceTree, _collapse, _push, block_layout, merge_ranks, per_sequence_gradients,
+                                         rows_tree)
 
 STYLES = {
     "llama": dict(n_kv_head=2),
@@ -89,7 +90,6 @@ def test_ranks_merged_equal_one_process():
     """Rank blocks gathered and merged in position order: the bits of one process's tree, for
     any world size and any number of sequences per rank (powers of two or not)."""
     g = torch.Generator().manual_seed(0)
-    shape = torch.Size([5])
     order_mattered = False
     for world in (2, 3, 4):
         for per_rank in (1, 2, 3, 5, 8):
@@ -121,3 +121,19 @@ def test_a_backward_not_seeded_with_the_target_count_is_refused():
         loss = model(inputs, targets, return_logits=False)[1]
     with pytest.raises(RuntimeError, match="seeded with its target count"):
         loss.backward()
+
+
+def test_sparse_rows_follow_the_dense_tree():
+    """An embedding's per-sequence rows, summed row by row over positions, equal the dense tree
+    over whole per-sequence gradients (the rows a sequence lacks add zeros), to the bit."""
+    g = torch.Generator().manual_seed(0)
+    for sequences in (1, 5, 8, 11):
+        dense = torch.randn(sequences, 9, 3, generator=g) * torch.logspace(-6, 6, 3)
+        dense[torch.rand(sequences, 9, generator=g) < 0.6] = 0  # each sequence uses some rows
+        stack: list[Block] = []
+        for i in range(sequences):
+            _push(stack, Block(i, 1, dense[i].clone()))
+        used = dense.abs().sum(-1).nonzero()
+        positions, rows = used[:, 0], used[:, 1]
+        sparse = rows_tree(positions, rows, dense[positions, rows], torch.Size([9, 3]), (sequences - 1).bit_length())
+        assert torch.equal(sparse, _collapse(stack)), sequences
