@@ -1,5 +1,5 @@
-"""Per-sequence gradients (llmkit/model/sequence_grads.py): the same bits however a step's
-sequences are split, and the same values as autograd's usual gradient."""
+"""Per-sequence gradients (llmkit/model/sequence_grads.py, sequence_tree.py): the same bits
+however a step's sequences are split, and the same values as autograd's usual gradient."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from llmkit.model.gpt import GPT, IGNORE_INDEX, ModelConfig
-from llmkit.model.sequence_grads import (Block, SequenceTree, _collapse, _push, block_layout, merge_ranks, per_sequence_gradients,
-                                         rows_tree)
+from llmkit.model.sequence_grads import per_sequence_gradients
+from llmkit.model.sequence_tree import Block, SequenceTree, _collapse, _push, block_layout, merge_ranks, rows_tree
 
 STYLES = {
     "llama": dict(n_kv_head=2),
@@ -37,10 +37,10 @@ def _tree_gradients(model: torch.nn.Module, inputs, targets, split: int, precisi
     tree, count = SequenceTree(), 0
     for start in range(0, len(inputs), split):
         stop = min(start + split, len(inputs))
+        targets_here = (targets[start:stop] != IGNORE_INDEX).sum()
         with per_sequence_gradients(tree, start, stop - start), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
             loss = model(inputs[start:stop], targets[start:stop], return_logits=False)[1]
-        targets_here = (targets[start:stop] != IGNORE_INDEX).sum()
-        loss.backward(targets_here.float())
+            loss.backward(targets_here.float())
         count += int(targets_here)
     assert all(p.grad is None for p in params), "a weight got its gradient the usual way"
     return [g / count for g in tree.gradients(params, sequences=len(inputs))]
@@ -71,6 +71,17 @@ def test_bf16_autocast_splits_agree_to_the_bit():
         assert all(torch.equal(a, b) for a, b in zip(reference, grads)), split
     fp32 = _tree_gradients(model, inputs, targets, split=10)
     assert all(torch.allclose(a, b, rtol=0.1, atol=1e-3) for a, b in zip(reference, fp32))
+
+
+def test_activation_checkpointing_recomputes_the_same_bits():
+    from llmkit.train.parallelize import checkpoint_activations
+
+    model = _model("gpt2")
+    inputs, targets = _batch()
+    reference = _tree_gradients(model, inputs, targets, split=10)
+    checkpoint_activations(model)
+    for split in (10, 3):
+        assert all(torch.equal(a, b) for a, b in zip(reference, _tree_gradients(model, inputs, targets, split))), split
 
 
 def test_lora_adapters_alone_get_gradients():

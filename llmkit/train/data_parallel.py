@@ -2,8 +2,9 @@
 parallelism over the ranks (DDP, FSDP2, or a single process).
 
 With --batch-invariant (the default for a CPU language-model run) there is no DDP: each
-sequence's weight gradient goes to a SequenceTree (llmkit/model/sequence_grads.py) and the
-ranks' trees are merged in finish_gradients, so the weights do not depend on the layout.
+sequence's weight gradient goes to a SequenceTree (llmkit/model/sequence_grads.py,
+sequence_tree.py) and the ranks' trees are merged in finish_gradients, so the weights do not
+depend on the layout.
 
 It has the interface of ModelParallelRun (llmkit/train/model_parallel.py), the engine of
 --tp/--pp runs, so the loop (llmkit/train/loop.py) runs either without asking which: a
@@ -20,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
-from llmkit.model import sequence_grads
+from llmkit.model import sequence_grads, sequence_tree
 from llmkit.model.gpt import GPT, IGNORE_INDEX
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
@@ -31,9 +32,9 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
                          compile: bool, loss_fn: Callable, world_size: int = 1, sequences_per_rank: int = 0) -> bool:
     """--batch-invariant: on by default where it is supported, refused (one line, the reason) where asked and not."""
     reasons = []
-    if world_size > 1 and sequences_per_rank % sequence_grads.PRODUCT_RUN:
+    if world_size > 1 and sequences_per_rank % sequence_tree.PRODUCT_RUN:
         reasons.append(f"each process's share of a step ({sequences_per_rank} sequences) must be a multiple of "
-                       f"{sequence_grads.PRODUCT_RUN}; change --batch-tokens or the process count")
+                       f"{sequence_tree.PRODUCT_RUN}; change --batch-tokens or the process count")
     if device.type != "cpu":
         reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
     if not (isinstance(model, GPT) and getattr(loss_fn, "per_sequence", False)):
@@ -59,7 +60,7 @@ class DataParallelRun:
         self.batch_invariant = use_batch_invariance(batch_invariant, model, device, strategy=strategy, compile=compile,
                                                     loss_fn=loss_fn, world_size=info.world_size,
                                                     sequences_per_rank=sequences_per_rank)
-        self.tree = sequence_grads.SequenceTree()
+        self.tree = sequence_tree.SequenceTree()
         self.step_targets, self.step_sequences = 0, 0
         if activation_checkpointing:
             from llmkit.train.parallelize import checkpoint_activations
@@ -82,12 +83,13 @@ class DataParallelRun:
 
     def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], position: int) -> torch.Tensor:
         sequences = batch[0].shape[0]
+        targets = (batch[1] != IGNORE_INDEX).sum()
+        # The backward inside too: activation checkpointing recomputes blocks there.
         with sequence_grads.per_sequence_gradients(self.tree, position, sequences), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
-        # Seeded with the target count, every token's gradient is its own (the mean's 1/count
-        # cancels exactly); the step's sum is divided by the step's count once, in finish_gradients.
-        targets = (batch[1] != IGNORE_INDEX).sum()
-        loss.backward(targets.to(loss.dtype))
+            # Seeded with the target count, every token's gradient is its own (the mean's 1/count
+            # cancels exactly); the step's sum is divided by the step's count once, in finish_gradients.
+            loss.backward(targets.to(loss.dtype))
         self.step_targets += int(targets)
         self.step_sequences += sequences
         return loss.detach().float()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from llmkit.errors import UserError
+from llmkit.model import sequence_grads
 
 
 def checkpoint_activations(model: torch.nn.Module) -> None:
@@ -24,7 +25,7 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
         forward = block.forward
 
         def checkpointed(*args, _forward=forward, **kwargs):
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, context_fn=sequence_grads.recompute_contexts, **kwargs)
 
         block.forward = checkpointed
 
