@@ -35,7 +35,6 @@ def chunk_tokens(vocab_size: int) -> int:
     return max(16, CHUNK_ELEMENTS // vocab_size)
 
 
-
 def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor, low: torch.dtype | None,
            grad_rows: torch.Tensor | None, grad_weight: torch.Tensor | None, fresh: bool = False) -> torch.Tensor:
     """One chunk of rows: returns its summed loss; writes the rows' hidden-state gradients into

@@ -38,7 +38,7 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
     if device.type != "cpu":
         reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
     if not (isinstance(model, GPT) and getattr(loss_fn, "per_sequence", False)):
-        reasons.append("it covers the GPT language-model objectives (pretraining and SFT)")
+        reasons.append("it covers GPT language models (pretraining, SFT), not this model or objective")
     elif model.config.dropout:
         reasons.append("dropout draws from a per-process random stream; set --dropout 0")
     if strategy != "ddp":
