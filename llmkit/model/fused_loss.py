@@ -140,12 +140,14 @@ class _PerSequenceLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, low, where):
         with torch.autocast(hidden.device.type, enabled=False):
             need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            grad_hidden = torch.zeros_like(hidden) if need_hidden else None  # rows without a target: no gradient
+            valid = targets != IGNORE_INDEX
+            count = valid.sum()
+            grad_hidden = None
+            if need_hidden:  # rows without a target get no gradient
+                grad_hidden = torch.empty_like(hidden) if int(count) == valid.numel() else torch.zeros_like(hidden)
             total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
             head = weight if low is None else weight.to(low)
             chunk = chunk_tokens(weight.shape[0])
-            valid = targets != IGNORE_INDEX
-            count = valid.sum()
             for b in range(hidden.shape[0]):
                 every = bool(valid[b].all())
                 kept = None if every else valid[b].nonzero().squeeze(1)

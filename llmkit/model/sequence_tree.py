@@ -56,12 +56,14 @@ def _push(stack: list[Block], block: Block, release=None) -> None:
             release(right.values)
 
 
-def _collapse(stack: list[Block]) -> torch.Tensor:
+def _collapse(stack: list[Block], release=None) -> torch.Tensor:
     """The blocks left at the end (the binary digits of the sequence count), added right to left:
-    the tree's upper nodes, whose right halves hold fewer sequences."""
+    the tree's upper nodes, whose right halves hold fewer sequences. Sums in place, into the left."""
     total = stack[-1].values
     for block in reversed(stack[:-1]):
-        total = block.values + total
+        right, total = total, block.values.add_(total)
+        if release is not None:
+            release(right)
     return total
 
 
@@ -252,8 +254,12 @@ class SequenceTree:
         sums: dict[int, torch.Tensor] = {}
         for p, role in keys:
             key = (id(p), role)
-            total = _collapse(self.stacks[key]) if key in self.stacks else rows_tree(*sparse[key], p.shape, levels)
-            sums[id(p)] = total if id(p) not in sums else sums[id(p)] + total
+            total = _collapse(self.stacks[key], self._release) if key in self.stacks else rows_tree(*sparse[key], p.shape, levels)
+            if id(p) in sums:  # a tied weight's second role
+                sums[id(p)].add_(total)
+                self._release(total)
+            else:
+                sums[id(p)] = total
         self.stacks.clear()
         self.entries.clear()
         self.units.clear()
