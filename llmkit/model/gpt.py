@@ -251,6 +251,12 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def unmaterialised(module: nn.Module) -> bool:
+    """True for a model built on the meta device and not yet given memory (a split model's ranks
+    materialise their own parts: llmkit/train/parallelize.py)."""
+    return any(p.is_meta for p in module.parameters())
+
+
 def _allocate(module: nn.Module, device: torch.device) -> None:
     """Give every meta parameter and buffer of `module` uninitialised memory on `device`, a tied
     parameter once. (Module.to_empty does the same through torch.empty_like, whose meta path

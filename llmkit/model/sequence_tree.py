@@ -23,7 +23,6 @@ import torch
 # (4 x 256 GPT-2 shape, 16 x 256 tokens). A power of two; each process's share of a step must
 # be a multiple of it.
 PRODUCT_RUN = 4
-POOLED_ELEMENTS = 1 << 16  # buffers this large or larger are kept for reuse (256 KB in fp32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,26 +43,21 @@ def _siblings(left: Block, right: Block) -> bool:
     return left.size == right.size and left.start % (2 * left.size) == 0 and right.start == left.start + left.size
 
 
-def _push(stack: list[Block], block: Block, release=None) -> None:
+def _push(stack: list[Block], block: Block) -> None:
     """Append, then merge the last two while they are the two halves of one aligned block: a
-    binary counter over positions, so a block is always the sum of its two halves. `release`
-    takes each right half's memory once it is added in."""
+    binary counter over positions, so a block is always the sum of its two halves."""
     stack.append(block)
     while len(stack) >= 2 and _siblings(stack[-2], stack[-1]):
         right, left = stack.pop(), stack.pop()
         stack.append(Block(left.start, 2 * left.size, left.values.add_(right.values)))
-        if release is not None:
-            release(right.values)
 
 
-def _collapse(stack: list[Block], release=None) -> torch.Tensor:
+def _collapse(stack: list[Block]) -> torch.Tensor:
     """The blocks left at the end (the binary digits of the sequence count), added right to left:
     the tree's upper nodes, whose right halves hold fewer sequences. Sums in place, into the left."""
     total = stack[-1].values
     for block in reversed(stack[:-1]):
-        right, total = total, block.values.add_(total)
-        if release is not None:
-            release(right)
+        total = block.values.add_(total)
     return total
 
 
@@ -135,26 +129,6 @@ class SequenceTree:
     units: dict[tuple[int, str], int] = field(default_factory=dict)  # sequences per leaf (1 unless a product run)
     pending: dict[tuple[int, str], tuple[torch.Tensor, int, list, list]] = field(default_factory=dict)  # runs not yet whole
     open_runs: dict[tuple[int, str], tuple[int, torch.Tensor]] = field(default_factory=dict)  # accumulators of runs
-    # Parameter-sized buffers kept from step to step: fresh ones would be page-faulted in every
-    # step (on a CPU, 30,000-40,000 more faults a step of `mini`, 16 x 256 tokens: 5% of it).
-    free: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
-    lent: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (parameter, its .grad from us)
-
-    def _take(self, like: torch.Tensor) -> torch.Tensor:
-        spare = self.free.get((like.shape, like.dtype, like.device))
-        return spare.pop() if spare else torch.empty_like(like, memory_format=torch.contiguous_format)
-
-    def _release(self, tensor: torch.Tensor) -> None:
-        if tensor._base is None and tensor.is_contiguous() and tensor.numel() >= POOLED_ELEMENTS:
-            self.free.setdefault((tensor.shape, tensor.dtype, tensor.device), []).append(tensor)
-
-    def reclaim(self) -> None:
-        """At a step's start: the gradients handed out last step, once no parameter holds them
-        (the optimizer's zero_grad dropped them), become spare buffers."""
-        for param, grad in self.lent:
-            if param.grad is not grad:
-                self._release(grad)
-        self.lent.clear()
 
     def push(self, param: torch.Tensor, role: str, first: int, per_sequence: torch.Tensor) -> None:
         """Add the gradients of sequences first, first+1, ... (per_sequence[i], in the parameter's dtype)."""
@@ -164,7 +138,7 @@ class SequenceTree:
             values = _halves_summed(per_sequence[start - first : start - first + size])
             if size == 1 and count > 1:  # a view into the batch's buffer: its own memory, so the buffer can go
                 values = values.clone()
-            _push(stack, Block(start, size, values), self._release)
+            _push(stack, Block(start, size, values))
 
     def push_product(self, param: torch.Tensor, role: str, first: int, left: torch.Tensor, right: torch.Tensor) -> None:
         """Add the gradient left^T @ right of sequences first, first+1, ... (left [n, T, O] and
@@ -192,12 +166,10 @@ class SequenceTree:
 
     def _push_run(self, param: torch.Tensor, key, run: int, left: torch.Tensor, right: torch.Tensor) -> None:
         left, right = left.reshape(-1, left.shape[-1]).t(), right.reshape(-1, right.shape[-1])
-        value = self._take(param)
-        if left.dtype == param.dtype:
-            torch.mm(left, right, out=value)
-        else:  # autocast's low precision: the product in it, the sum in the parameter's
-            value.copy_(left @ right)
-        _push(self.stacks.setdefault(key, []), Block(run, 1, value), self._release)
+        value = left @ right
+        if value.dtype != param.dtype:  # autocast's low precision: the product in it, the sums in the parameter's
+            value = value.to(param.dtype)
+        _push(self.stacks.setdefault(key, []), Block(run, 1, value))
 
     def _flush(self, key) -> None:
         param, run, lefts, rights = self.pending.pop(key)
@@ -211,7 +183,7 @@ class SequenceTree:
         self.units[key] = PRODUCT_RUN
         run, offset = divmod(position, PRODUCT_RUN)
         if offset == 0:
-            self.open_runs[key] = (run, self._take(param))
+            self.open_runs[key] = (run, torch.empty_like(param))
             return self.open_runs[key][1], True
         if key not in self.open_runs or self.open_runs[key][0] != run:
             raise RuntimeError("per-sequence gradients arrived out of position order")
@@ -223,7 +195,7 @@ class SequenceTree:
 
     def _close_run(self, key) -> None:
         run, value = self.open_runs.pop(key)
-        _push(self.stacks.setdefault(key, []), Block(run, 1, value), self._release)
+        _push(self.stacks.setdefault(key, []), Block(run, 1, value))
 
     def push_rows(self, param: torch.Tensor, role: str, positions: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Add sparse gradients: values[i] is sequence positions[i]'s gradient of row rows[i]."""
@@ -254,16 +226,14 @@ class SequenceTree:
         sums: dict[int, torch.Tensor] = {}
         for p, role in keys:
             key = (id(p), role)
-            total = _collapse(self.stacks[key], self._release) if key in self.stacks else rows_tree(*sparse[key], p.shape, levels)
+            total = _collapse(self.stacks[key]) if key in self.stacks else rows_tree(*sparse[key], p.shape, levels)
             if id(p) in sums:  # a tied weight's second role
                 sums[id(p)].add_(total)
-                self._release(total)
             else:
                 sums[id(p)] = total
         self.stacks.clear()
         self.entries.clear()
         self.units.clear()
-        self.lent = [(p, sums[id(p)]) for p in params if id(p) in sums]
         return [sums.get(id(p)) for p in params]
 
     def _gather_dense(self, keys, rank: int, world_size: int, per_rank: int) -> None:

@@ -83,8 +83,6 @@ class DataParallelRun:
 
     def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], position: int) -> torch.Tensor:
         sequences = batch[0].shape[0]
-        if self.step_sequences == 0:
-            self.tree.reclaim()
         targets = (batch[1] != IGNORE_INDEX).sum()
         # The backward inside too: activation checkpointing recomputes blocks there.
         with sequence_grads.per_sequence_gradients(self.tree, position, sequences), autocast(self.device, self.precision):

@@ -26,6 +26,7 @@ import torch
 
 from llmkit import artifacts
 from llmkit.errors import UserError
+from llmkit.model.gpt import unmaterialised
 from llmkit.model.io import save_weights
 from llmkit.model.records import CheckpointStats
 from llmkit.train import checkpoint as ckpt
@@ -219,7 +220,7 @@ class Trainer:
                     "resume with the same --batch-tokens and --seq-len, or start a new run"
                 )
         self._check_same_run(latest)
-        if any(p.is_meta for p in self.raw.parameters()):
+        if unmaterialised(self.raw):
             self._weights_file = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
         else:
             load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
-from llmkit.model.gpt import GPT, IGNORE_INDEX
+from llmkit.model.gpt import GPT, IGNORE_INDEX, unmaterialised
 from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import Layout, check_model, rank_at
 from llmkit.train.parallelize import (
@@ -58,7 +58,7 @@ class ModelParallelRun:
         self.strategy, self.seq_len, self.compiled = strategy, seq_len, compile
         mesh = layout.mesh
 
-        on_meta = model.tok_emb.weight.is_meta  # built unmaterialised (pretrain from scratch): each rank makes its part
+        on_meta = unmaterialised(model)  # built on meta (pretrain from scratch, --init-from): each rank makes its part
 
         def parallelize(modules: list[nn.Module]) -> None:
             for module in modules:

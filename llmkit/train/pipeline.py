@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmkit.model.gpt import GPT, IGNORE_INDEX, embed_tokens, rope_tables
+from llmkit.model.gpt import GPT, IGNORE_INDEX, embed_tokens, rope_tables, unmaterialised
 from llmkit.train.layout import STAGES_PER_RANK, Layout
 
 
@@ -41,7 +41,7 @@ class StageModule(nn.Module):
         if config.pos == "rope":
             self.register_buffer("rope_cos", torch.empty(0), persistent=False)
             self.register_buffer("rope_sin", torch.empty(0), persistent=False)
-            if not model.tok_emb.weight.is_meta:  # else `materialize` makes them on the device
+            if not unmaterialised(model):  # else `materialize` makes them on the device
                 self.reset_buffers()
 
     def reset_buffers(self) -> None:
@@ -91,7 +91,7 @@ class Pipeline:
         ranges = stage_layers(model.config.n_layer, total)
         indices = [layout.pp_rank + k * layout.pp for k in range(per_rank)]
         self.modules = [StageModule(model, ranges[i], first=i == 0, last=i == total - 1, seq_len=seq_len) for i in indices]
-        if not model.tok_emb.weight.is_meta:  # a meta-built model is materialised on the device by `parallelize`
+        if not unmaterialised(model):  # a meta-built model is materialised on the device by `parallelize`
             self.modules = [module.to(device) for module in self.modules]
         self.has_first = 0 in indices
         self.has_last = total - 1 in indices
