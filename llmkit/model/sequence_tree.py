@@ -25,14 +25,11 @@ import torch
 PRODUCT_RUN = 4
 
 
-# ---------------------------------------------------------------------------------------------
-# The fixed summation order: a perfect binary tree over the step's positions 0..2^k-1, where a
-# node is its left half plus its right half and a half without sequences adds nothing.
-
 
 @dataclass
 class Block:
-    """The sum of the gradients of sequences start..start+size-1 (size a power of two, start a multiple of it)."""
+    """The sum of the gradients of leaves start..start+size-1 (size a power of two, start a
+    multiple of it; a leaf is a sequence, or a run of PRODUCT_RUN for a key made by products)."""
 
     start: int
     size: int
