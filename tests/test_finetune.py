@@ -301,6 +301,29 @@ def test_sft_micro_batch_does_not_change_the_artifact(base, shared_data, cli, tm
         assert len(prints) == 1, lora
 
 
+def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_data, cli, tmp_path):
+    """Without per-sequence gradients the bits differ between splits, but the objective does not:
+    every response token of a step weighs the same whether its micro-batch holds 1 or 12 examples
+    (a mean of micro-batch means would not), so the weights agree to float rounding."""
+    from llmkit.model.io import load_model
+
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:48]
+    rows = [{"prompt": r["text"], "response": "positive, clearly and without doubt" if r["label"] else "no"} for r in rows]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    weights = []
+    for micro in ("1", "12"):
+        out = tmp_path / f"usual-{micro}"
+        result = cli("finetune", base["checkpoint"], "-o", out, "--task", "sft", "--template", "plain", "--data", data,
+                     "--max-steps", "3", "--eval-every", "0", "--batch-size", "12", "--micro-batch", micro, "--truncate",
+                     "--lr", "3e-3", "--no-batch-invariant", "--optimizer", "sgd")
+        assert result.exit_code == 0, result.output
+        weights.append(load_model(out).state_dict())
+    start = load_model(base["checkpoint"]).state_dict()
+    for name, a in weights[0].items():
+        moved = float((a - start[name]).abs().max())
+        assert torch.allclose(a, weights[1][name], rtol=0, atol=1e-4 * moved + 1e-7), name
+
+
 # -- one-line errors -----------------------------------------------------------------------------------
 
 

@@ -145,7 +145,7 @@ def sft_loss(model, batch):
     return model(inputs, targets, return_logits=False)[1]
 
 
-sft_loss.per_sequence = True  # (inputs, targets with IGNORE_INDEX) and a mean over targets: --batch-invariant applies
+sft_loss.token_mean = True  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
 
 
 def confusion_scores(confusion) -> dict[str, float]:

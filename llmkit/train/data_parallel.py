@@ -22,9 +22,10 @@ import torch.nn as nn
 
 from llmkit.errors import UserError
 from llmkit.model import sequence_grads, sequence_tree
-from llmkit.model.gpt import GPT, IGNORE_INDEX
+from llmkit.model.gpt import GPT
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
+from llmkit.train.objectives import targets_in
 from llmkit.train.precision import autocast
 
 
@@ -37,7 +38,7 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
                        f"{sequence_tree.PRODUCT_RUN}; change --batch-tokens or the process count")
     if device.type != "cpu":
         reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
-    if not (isinstance(model, GPT) and getattr(loss_fn, "per_sequence", False)):
+    if not (isinstance(model, GPT) and getattr(loss_fn, "token_mean", False)):
         reasons.append("it covers GPT language models (pretraining, SFT), not this model or objective")
     elif model.config.dropout:
         reasons.append("dropout draws from a per-process random stream; set --dropout 0")
@@ -71,26 +72,33 @@ class DataParallelRun:
         self.model = torch.compile(wrapped) if compile else wrapped
         self.optimizer_target = model  # the model's own parameters (FSDP2 shards them in place)
 
-    def forward_backward(self, batch: Sequence[torch.Tensor], accumulation: int, last: bool, position: int = 0) -> torch.Tensor:
-        """Adds this micro-batch's gradients (gradient sync only on the last); returns its loss.
-        `position`: its first sequence's place in the step's global batch (ranks hold consecutive ones)."""
+    def step_total(self, local: int) -> float:
+        """Collective: the step's targets (tokens, or examples) over every data-parallel rank."""
+        return float(dist_utils.all_reduce_sum(torch.tensor(float(local), dtype=torch.float64), self.info))
+
+    def forward_backward(self, batch: Sequence[torch.Tensor], step_total: float, last: bool, position: int = 0) -> torch.Tensor:
+        """Adds this micro-batch's gradients (gradient sync only on the last); returns its (mean) loss.
+        Its mean weighs by its share of the step's `step_total` targets, so the step's gradient is
+        that of the mean over all of them, whatever the split. `position`: its first sequence's
+        place in the step's global batch (ranks hold consecutive ones)."""
         if self.batch_invariant:
-            return self._forward_backward_per_sequence(batch, position)
+            return self._forward_backward_per_sequence(batch, step_total, position)
+        share = targets_in(self.loss_fn, batch) * self.info.world_size / step_total  # DDP and FSDP average over ranks
         with dist_utils.gradient_sync(self.model, last), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
-            (loss / accumulation).backward()
+            (loss * share).backward()
         return loss.detach().float()
 
-    def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], position: int) -> torch.Tensor:
+    def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], step_total: float, position: int) -> torch.Tensor:
         sequences = batch[0].shape[0]
-        targets = (batch[1] != IGNORE_INDEX).sum()
+        targets = targets_in(self.loss_fn, batch)
         # The backward inside too: activation checkpointing recomputes blocks there.
         with sequence_grads.per_sequence_gradients(self.tree, position, sequences), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
             # Seeded with the target count, every token's gradient is its own (the mean's 1/count
             # cancels exactly); the step's sum is divided by the step's count once, in finish_gradients.
-            loss.backward(targets.to(loss.dtype))
-        self.step_targets += int(targets)
+            loss.backward(torch.tensor(float(targets), dtype=loss.dtype))
+        self.step_targets = step_total
         self.step_sequences += sequences
         return loss.detach().float()
 
@@ -103,12 +111,10 @@ class DataParallelRun:
         names = [name for name, p in self.raw.named_parameters() if p.requires_grad and p.grad is not None]
         if names:
             raise RuntimeError(f"per-sequence gradients do not cover {names[0]} (it got a .grad the usual way)")
-        targets = torch.tensor(float(self.step_targets), dtype=torch.float64)
-        targets = dist_utils.all_reduce_sum(targets, self.info)
         grads = self.tree.gradients(params, sequences=self.step_sequences, rank=self.info.rank, world_size=self.info.world_size)
         for p, grad in zip(params, grads):
             if grad is not None:
-                p.grad = grad.div_(float(targets))
+                p.grad = grad.div_(self.step_targets)
         self.step_targets, self.step_sequences = 0, 0
 
     def mean_loss(self, local: torch.Tensor) -> torch.Tensor:

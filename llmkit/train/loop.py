@@ -10,8 +10,9 @@ cut into micro-batches of `micro_batch` samples; data-parallel rank r takes the 
 G / world_size consecutive samples. Any (world size, micro-batch) split of the same G trains
 the same model: to the bit with per-sequence gradients (--batch-invariant, the default for a
 CPU language model: every token's gradient summed in one fixed tree over the step's samples),
-up to floating-point summation order otherwise (each micro-batch loss is a mean over its
-tokens and the step's gradient the mean of the micro-batch gradients).
+up to floating-point summation order otherwise. Either way the objective is the mean loss over
+all the step's targets (tokens; examples for classification): each micro-batch's mean loss
+weighs by its share of them, counted before the step over every data-parallel rank.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from llmkit.train import distributed as dist_utils
 from llmkit.train.data_parallel import DataParallelRun
 from llmkit.train.distributed import DistInfo
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
+from llmkit.train.objectives import targets_in
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
 from llmkit.train.options import Checkpointing, Devices, Numerics, Optimization, resolve_precision
 
@@ -148,7 +150,7 @@ class Trainer:
         self.settings, self.info, self.run_dir = settings, info, Path(run_dir)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.batches, self.spec = batches, spec
+        self.batches, self.spec, self.loss_fn = batches, spec, loss_fn
         self.val_batches, self.val_size = val_batches, val_size
         self.accum = accumulation_steps(settings, info.batch_ways)
         self.device = info.device
@@ -321,11 +323,15 @@ class Trainer:
             # Every micro-batch padded as long as the step's longest sequence: a sequence's
             # shapes (and so its numbers) are then the same however the step is split.
             padding["width"] = self.batches.pad_width(range(step * s.global_batch, (step + 1) * s.global_batch))
-        for micro in range(self.accum):
-            indices = self._micro_indices(step, micro)
-            batch = dist_utils.to_device(self.batches(indices, **padding), self.device)
+        steps = [self._micro_indices(step, micro) for micro in range(self.accum)]
+        batches = [self.batches(indices, **padding) for indices in steps]
+        # The step's loss is the mean over all its targets (tokens, or examples) on every rank:
+        # each micro-batch's mean weighs by its share, so the split does not change the objective.
+        total = self.engine.step_total(sum(targets_in(self.loss_fn, batch) for batch in batches))
+        for micro, (indices, batch) in enumerate(zip(steps, batches)):
             last = micro == self.accum - 1
-            loss_sum += self.engine.forward_backward(batch, self.accum, last, position=indices.start - step * s.global_batch)
+            loss_sum += self.engine.forward_backward(dist_utils.to_device(batch, self.device), total, last,
+                                                     position=indices.start - step * s.global_batch)
         self.engine.finish_gradients()
         loss_value = float(self.engine.mean_loss(loss_sum / self.accum))
         if not math.isfinite(loss_value):

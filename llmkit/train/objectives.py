@@ -85,4 +85,12 @@ def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Te
     return model(inputs, targets, return_logits=False)[1]
 
 
-lm_loss.per_sequence = True  # (inputs, targets with IGNORE_INDEX) and a mean over targets: --batch-invariant applies
+lm_loss.token_mean = True  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
+
+
+def targets_in(loss_fn, batch: Sequence[torch.Tensor]) -> int:
+    """What `loss_fn`'s mean is over in `batch`: its target tokens for a language-model loss
+    (`token_mean`), else its examples (one label each)."""
+    if getattr(loss_fn, "token_mean", False):
+        return int((batch[1] != IGNORE_INDEX).sum())
+    return int(batch[0].shape[0])

@@ -73,9 +73,9 @@ def stage_layers(n_layer: int, stages: int) -> list[range]:
     return ranges
 
 
-def lm_loss_on_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """GPT.forward's loss on a stage's logits: mean cross-entropy over the target tokens."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(0, 1), ignore_index=IGNORE_INDEX)
+def lm_loss_on_logits(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """GPT.forward's loss on a stage's logits: cross-entropy over the target tokens (their mean, or sum)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 class Pipeline:
@@ -98,14 +98,16 @@ class Pipeline:
         parallelize(self.modules)
         group = layout.mesh["pp"].get_group()
         self.stages = [PipelineStage(module, i, total, device, group=group) for module, i in zip(self.modules, indices)]
-        self.scale = 1.0
+        self.token_weight: float | None = None  # training: each token's loss times this; None: each chunk's mean
         schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved-1f1b": ScheduleInterleaved1F1B}[layout.schedule]
         stages = self.stages if per_rank > 1 else self.stages[0]
-        # scale_grads off: the loss itself carries 1/(micro-batches x accumulation), as in the loop.
+        # scale_grads off: the loss itself carries each token's weight in the step, as in the loop.
         self.schedule = schedule_class(stages, n_microbatches=layout.microbatches, loss_fn=self._loss, scale_grads=False)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return lm_loss_on_logits(logits, targets) * self.scale
+        if self.token_weight is None:
+            return lm_loss_on_logits(logits, targets)
+        return lm_loss_on_logits(logits, targets, reduction="sum") * self.token_weight
 
     def _run(self, run, inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
         losses: list[torch.Tensor] = []
@@ -117,19 +119,20 @@ class Pipeline:
             run()
         return losses
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, accumulation: int) -> torch.Tensor:
-        """One pipeline step over `microbatches` micro-batches: the mean of their losses on the
-        last stage, zero elsewhere."""
-        self.scale = 1.0 / (self.layout.microbatches * accumulation)
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, token_weight: float) -> torch.Tensor:
+        """One pipeline step over `microbatches` micro-batches, each token's loss weighing
+        `token_weight`: the mean loss over their target tokens on the last stage, zero elsewhere."""
+        self.token_weight = token_weight
         losses = self._run(self.schedule.step, inputs, targets)
         if not losses:
             return torch.zeros((), device=self.device)
-        return torch.stack([loss.detach().float() for loss in losses]).sum() / self.scale / self.layout.microbatches
+        summed = torch.stack([loss.detach().float() for loss in losses]).sum() / token_weight
+        return summed / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
     @torch.no_grad()
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
         """Each micro-batch's mean loss (last stage; empty elsewhere)."""
-        self.scale = 1.0
+        self.token_weight = None
         return [loss.detach() for loss in self._run(self.schedule.eval, inputs, targets)]
 
     def parameters(self) -> list[nn.Parameter]:
