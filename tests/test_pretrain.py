@@ -140,6 +140,14 @@ def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path
     assert usual["3"].fingerprint != usual["12"].fingerprint != runs["12"].fingerprint
     for a, b in zip(metrics(tmp_path / "12"), metrics(tmp_path / "usual-12")):
         assert abs(a["loss"] - b["loss"]) < 1e-5 * abs(a["loss"])
+    # a masked LM: micro-batches hold different numbers of targets, the weights are still the same
+    mlm = set()
+    for micro in ("3", "12"):
+        out = tmp_path / f"mlm-{micro}"
+        result = cli("pretrain", shakespeare["tokens"], "-o", out, *common, "--micro-batch", micro, "--objective", "mlm")
+        assert result.exit_code == 0, result.output
+        mlm.add(artifacts.load(out).fingerprint)
+    assert len(mlm) == 1
 
 
 @pytest.mark.slow
