@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +128,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     problem = layout.problem(config)
     if problem:
         raise UserError(problem)
+    if cfg.batch_tokens:
+        layout = replace(layout, accumulation=max(1, cfg.batch_tokens // (layout.micro_batch * seq * layout.dp)))
     name, device, peak = hardware(cfg)
     memory = estimate_memory(shape, layout, device)
     flops_token = shape.flops_per_token(seq)

@@ -79,6 +79,7 @@ class Layout:
     activation_checkpointing: bool = False
     pp_schedule: str = "1f1b"
     pp_microbatches: int | None = None  # default: pp (the fewest that fill the pipeline)
+    accumulation: int = 1  # micro-batches per step on each rank
 
     @property
     def world(self) -> int:
@@ -233,6 +234,12 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
         # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
         logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
     transient = 0.0
+    if not on_gpu and layout.tp == 1 and layout.pp == 1 and layout.strategy == "ddp" and layout.accumulation > 1:
+        # per-sequence gradients (the CPU default, llmkit/model/sequence_tree.py): while a step
+        # accumulates, the pairwise tree holds partial sums of the gradients beside the newest
+        partial_sums = (layout.accumulation - 1).bit_length()
+        gradients += 4 * params * partial_sums
+        notes.append(f"per-sequence gradients: up to {partial_sums} partial sum(s) of the gradients while a step accumulates")
     if device.bf16 and not on_gpu:
         # autocast's bf16 copies of the (gathered) weights, kept from forward to backward
         transient = 2 * params
