@@ -3,7 +3,9 @@
 Sides (each in its own process, so that peak memory is its own):
   llmkit           the training loop's own `Trainer.train_step` over llmkit's GPT-2-style model
                    (`--model gpt2-tiny` resized): forward/backward, loss sync, grad-norm clipping,
-                   fused AdamW, zero_grad(set_to_none=True); fp32 on CPU.
+                   fused AdamW, zero_grad(set_to_none=True); fp32 on CPU, where gradients are per
+                   sequence by default (--batch-invariant: the same weights whatever the split).
+  llmkit usual sums  the same with --no-batch-invariant (PyTorch's own backward); CPU only.
   nanoGPT-style    the fastest plain-PyTorch GPT-2 we know, written in this file after nanoGPT's
                    model.py + train.py: one fused q/k/v Linear, F.scaled_dot_product_attention,
                    learned positions, tied head, fused AdamW; the same parameter count (asserted)

@@ -102,18 +102,21 @@ def rows_tree(positions: torch.Tensor, rows: torch.Tensor, values: torch.Tensor,
     """The dense gradient [V, ...] from sparse per-sequence entries: for every row, the same tree
     over positions as the dense parameters', its halves without that row left out (they would add
     zeros, which change nothing), computed a level at a time over all rows at once."""
-    order = torch.argsort(rows * (int(positions.max()) + 1) + positions)
-    rows, blocks, values = rows[order], positions[order], values[order]
+    # Sorted by (row, position); the values stay where they are, and each level moves only the
+    # index arrays and the pairs it adds (left half += right half).
+    where = torch.argsort(rows * (int(positions.max()) + 1) + positions)
+    rows, blocks = rows[where], positions[where]
     for _ in range(levels):
         parent = blocks >> 1
         pairs = ((rows[1:] == rows[:-1]) & (parent[1:] == parent[:-1])).nonzero().squeeze(1)
         if len(pairs):
-            values[pairs] = values[pairs] + values[pairs + 1]
+            left, right = where[pairs], where[pairs + 1]
+            values[left] = values[left] + values[right]
             keep = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
             keep[pairs + 1] = False
-            rows, parent, values = rows[keep], parent[keep], values[keep]
+            rows, parent, where = rows[keep], parent[keep], where[keep]
         blocks = parent
-    return values.new_zeros(shape).index_copy_(0, rows, values)
+    return values.new_zeros(shape).index_copy_(0, rows, values[where])
 
 
 @dataclass
