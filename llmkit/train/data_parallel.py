@@ -25,7 +25,6 @@ from llmkit.model import sequence_grads, sequence_tree
 from llmkit.model.gpt import GPT
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
-from llmkit.train.objectives import targets_in
 from llmkit.train.precision import autocast
 
 
@@ -74,24 +73,26 @@ class DataParallelRun:
 
     def step_total(self, local: int) -> float:
         """Collective: the step's targets (tokens, or examples) over every data-parallel rank."""
-        return float(dist_utils.all_reduce_sum(torch.tensor(float(local), dtype=torch.float64), self.info))
+        # on the run's device: NCCL reduces only CUDA tensors
+        return float(dist_utils.all_reduce_sum(torch.tensor(float(local), dtype=torch.float64, device=self.device), self.info))
 
-    def forward_backward(self, batch: Sequence[torch.Tensor], step_total: float, last: bool, position: int = 0) -> torch.Tensor:
+    def forward_backward(self, batch: Sequence[torch.Tensor], targets: int, step_total: float, last: bool,
+                         position: int = 0) -> torch.Tensor:
         """Adds this micro-batch's gradients (gradient sync only on the last); returns its (mean) loss.
-        Its mean weighs by its share of the step's `step_total` targets, so the step's gradient is
-        that of the mean over all of them, whatever the split. `position`: its first sequence's
-        place in the step's global batch (ranks hold consecutive ones)."""
+        Its mean over its `targets` weighs by their share of the step's `step_total`, so the step's
+        gradient is that of the mean over all of them, whatever the split. `position`: its first
+        sequence's place in the step's global batch (ranks hold consecutive ones)."""
         if self.batch_invariant:
-            return self._forward_backward_per_sequence(batch, step_total, position)
-        share = targets_in(self.loss_fn, batch) * self.info.world_size / step_total  # DDP and FSDP average over ranks
+            return self._forward_backward_per_sequence(batch, targets, step_total, position)
+        share = targets * self.info.world_size / step_total  # DDP and FSDP average over ranks
         with dist_utils.gradient_sync(self.model, last), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
             (loss * share).backward()
         return loss.detach().float()
 
-    def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], step_total: float, position: int) -> torch.Tensor:
+    def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], targets: int, step_total: float,
+                                       position: int) -> torch.Tensor:
         sequences = batch[0].shape[0]
-        targets = targets_in(self.loss_fn, batch)
         # The backward inside too: activation checkpointing recomputes blocks there.
         with sequence_grads.per_sequence_gradients(self.tree, position, sequences), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)

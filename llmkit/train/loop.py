@@ -327,10 +327,11 @@ class Trainer:
         batches = [self.batches(indices, **padding) for indices in steps]
         # The step's loss is the mean over all its targets (tokens, or examples) on every rank:
         # each micro-batch's mean weighs by its share, so the split does not change the objective.
-        total = self.engine.step_total(sum(targets_in(self.loss_fn, batch) for batch in batches))
-        for micro, (indices, batch) in enumerate(zip(steps, batches)):
+        counts = [targets_in(self.loss_fn, batch) for batch in batches]  # on the host: no device sync
+        total = self.engine.step_total(sum(counts))
+        for micro, (indices, batch, count) in enumerate(zip(steps, batches, counts)):
             last = micro == self.accum - 1
-            loss_sum += self.engine.forward_backward(dist_utils.to_device(batch, self.device), total, last,
+            loss_sum += self.engine.forward_backward(dist_utils.to_device(batch, self.device), count, total, last,
                                                      position=indices.start - step * s.global_batch)
         self.engine.finish_gradients()
         loss_value = float(self.engine.mean_loss(loss_sum / self.accum))

@@ -33,7 +33,6 @@ from llmkit.train.parallelize import (
     shard_data_parallel,
     tensor_parallel,
 )
-from llmkit.train.objectives import targets_in
 from llmkit.train.precision import autocast
 
 
@@ -141,14 +140,16 @@ class ModelParallelRun:
     def step_total(self, local: int) -> float:
         """Collective: the step's target tokens over the data-parallel replicas (the ranks of one
         replica read the same samples)."""
-        total = torch.tensor(float(local), dtype=torch.float64)
+        total = torch.tensor(float(local), dtype=torch.float64, device=self.device)  # NCCL reduces only CUDA tensors
         if self.dp_group is not None:
             self._dist.all_reduce(total, group=self.dp_group)
         return float(total)
 
-    def forward_backward(self, batch: Sequence[torch.Tensor], step_total: float, last: bool, position: int = 0) -> torch.Tensor:
-        """Forward and backward of this rank's slice of one micro-batch step, weighed by its share
-        of the step's `step_total` target tokens; the (mean) loss on a loss-reporting rank, zero elsewhere."""
+    def forward_backward(self, batch: Sequence[torch.Tensor], targets: int, step_total: float, last: bool,
+                         position: int = 0) -> torch.Tensor:
+        """Forward and backward of this rank's slice of one micro-batch step, its mean over its
+        `targets` weighed by their share of the step's `step_total`; the (mean) loss on a
+        loss-reporting rank, zero elsewhere."""
         from torch.distributed.tensor.parallel import loss_parallel
 
         batch = self._full_length(batch)
@@ -156,10 +157,10 @@ class ModelParallelRun:
         token_weight = self.layout.dp / step_total
         with self._sync_context(last), autocast(self.device, self.precision):
             if self.pipeline is not None:
-                return self.pipeline.forward_backward(batch[0], batch[1], token_weight)
+                return self.pipeline.forward_backward(batch[0], batch[1], token_weight, targets)
             with loss_parallel() if self.layout.tp > 1 else nullcontext():
                 loss = self.loss_fn(self.modules[0], batch)
-                (loss * (targets_in(self.loss_fn, batch) * token_weight)).backward()
+                (loss * (targets * token_weight)).backward()
         return loss.detach().float() if not hasattr(loss, "full_tensor") else loss.detach().full_tensor().float()
 
     def _full_length(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

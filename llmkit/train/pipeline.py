@@ -119,15 +119,14 @@ class Pipeline:
             run()
         return losses
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, token_weight: float) -> torch.Tensor:
-        """One pipeline step over `microbatches` micro-batches, each token's loss weighing
-        `token_weight`: the mean loss over their target tokens on the last stage, zero elsewhere."""
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, token_weight: float, count: int) -> torch.Tensor:
+        """One pipeline step over `microbatches` micro-batches holding `count` target tokens, each
+        token's loss weighing `token_weight`: their mean loss on the last stage, zero elsewhere."""
         self.token_weight = token_weight
         losses = self._run(self.schedule.step, inputs, targets)
         if not losses:
             return torch.zeros((), device=self.device)
-        summed = torch.stack([loss.detach().float() for loss in losses]).sum() / token_weight
-        return summed / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        return torch.stack([loss.detach().float() for loss in losses]).sum() / token_weight / max(count, 1)
 
     @torch.no_grad()
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
