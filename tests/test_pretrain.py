@@ -181,6 +181,11 @@ def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_pat
         line = result.output.strip().splitlines()[-1]
         assert "--batch-invariant does not apply here" in line and says in line, result.output
         assert not (tmp_path / "r").exists()
+    # not asked for: the run goes ahead with the usual sums, and its header line says why
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "d", *FAST, "--max-steps", "1", "--dropout", "0.1")
+    assert result.exit_code == 0, result.output
+    assert "gradients summed as usual" in result.output and "--dropout 0" in result.output
+    assert artifacts.load(tmp_path / "d").manifest.runtime["batch_invariant"] is False
 
 
 def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path):

@@ -332,7 +332,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 f"finetune {config.task} ({how}): {trainable:,} of {total:,} parameters trainable "
                 f"({100 * trainable / total:.2f}%); {len(train_examples)} examples, {max_steps} steps x {global_batch}, "
                 f"lr {config.peak_lr:g}, micro-batch {micro_batch} on {world} process(es)"
-                f"{', per-sequence gradients' if trainer.spec.runtime['batch_invariant'] else ''}",
+                f"{trainer.gradient_note}",
                 soft_wrap=True,
             )
         trainer.run()

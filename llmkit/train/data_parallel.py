@@ -29,8 +29,9 @@ from llmkit.train.precision import autocast
 
 
 def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch.device, *, strategy: str,
-                         compile: bool, loss_fn: Callable, world_size: int = 1, sequences_per_rank: int = 0) -> bool:
-    """--batch-invariant: on by default where it is supported, refused (one line, the reason) where asked and not."""
+                         compile: bool, loss_fn: Callable, world_size: int = 1, sequences_per_rank: int = 0) -> tuple[bool, str | None]:
+    """--batch-invariant: on by default where it is supported, refused (one line, the reason) where
+    asked and not. Returns whether it is on, and why not where a CPU run left it off by default."""
     reasons = []
     if world_size > 1 and sequences_per_rank % sequence_tree.PRODUCT_RUN:
         reasons.append(f"each process's share of a step ({sequences_per_rank} sequences) must be a multiple of "
@@ -38,7 +39,7 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
     if device.type != "cpu":
         reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
     if not (isinstance(model, GPT) and getattr(loss_fn, "token_mean", False)):
-        reasons.append("it covers GPT language models (pretraining, SFT), not this model or objective")
+        reasons.append("per-sequence gradients cover GPT language models (pretraining, SFT), not this model or objective")
     elif model.config.dropout:
         reasons.append("dropout draws from a per-process random stream; set --dropout 0")
     if strategy != "ddp":
@@ -47,7 +48,9 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
         reasons.append("compiled kernels sum in their own order; drop --compile")
     if requested and reasons:
         raise UserError(f"--batch-invariant does not apply here: {reasons[0]} (or pass --no-batch-invariant)")
-    return not reasons if requested is None else bool(requested)
+    if requested is None:
+        return not reasons, reasons[0] if reasons and device.type == "cpu" else None
+    return bool(requested), None
 
 
 class DataParallelRun:
@@ -57,9 +60,9 @@ class DataParallelRun:
                  compile: bool, loss_fn: Callable, precision: str, batch_invariant: bool | None = False,
                  sequences_per_rank: int = 0):
         self.raw, self.info, self.device, self.loss_fn, self.precision = model, info, device, loss_fn, precision
-        self.batch_invariant = use_batch_invariance(batch_invariant, model, device, strategy=strategy, compile=compile,
-                                                    loss_fn=loss_fn, world_size=info.world_size,
-                                                    sequences_per_rank=sequences_per_rank)
+        self.batch_invariant, self.not_invariant_because = use_batch_invariance(
+            batch_invariant, model, device, strategy=strategy, compile=compile, loss_fn=loss_fn,
+            world_size=info.world_size, sequences_per_rank=sequences_per_rank)
         self.tree = sequence_tree.SequenceTree()
         self.step_targets, self.step_sequences = 0, 0
         if activation_checkpointing:

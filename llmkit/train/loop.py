@@ -197,6 +197,10 @@ class Trainer:
                                           sequences_per_rank=self.accum * settings.micro_batch)
         self.model = self.engine.model
         self.spec.runtime["batch_invariant"] = getattr(self.engine, "batch_invariant", False)  # what the option resolved to
+        why = getattr(self.engine, "not_invariant_because", None)
+        # for the run's header line: how gradients are summed, where that decides the CPU fingerprint
+        self.gradient_note = (", per-sequence gradients" if self.spec.runtime["batch_invariant"] else
+                              f", gradients summed as usual, so the split can change the weights' bits ({why})" if why else "")
         self.optimizer = build_optimizer(
             self.engine.optimizer_target, optim.optimizer, lr=settings.lr,
             weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2), momentum=optim.momentum,

@@ -179,7 +179,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 f"pretrain {config.architecture.model} ({model_config.arch}/{model_config.objective}, {params / 1e6:.2f}M params) "
                 f"on {world} {'GPU' if info.device.type == 'cuda' else 'CPU process'}(es){layout_note}: {max_steps} steps x "
                 f"{global_batch} x {seq_len} tokens, micro-batch {micro_batch}, accumulation {accumulation}"
-                f"{', per-sequence gradients' if spec.runtime['batch_invariant'] else ''}",
+                f"{trainer.gradient_note}",
                 soft_wrap=True,
             )
         trainer.run()
