@@ -31,6 +31,7 @@ activation-checkpointing recompute re-enters it (llmkit/train/parallelize.py).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import lru_cache
 from dataclasses import dataclass
 
 import torch
@@ -187,8 +188,9 @@ def _head_and_loss(where, hidden, weight, targets):
     return fused_loss.per_sequence_linear_cross_entropy(hidden, weight, targets, where)
 
 
+@lru_cache(maxsize=1)
 def _handlers():
-    from llmkit.model import fused_loss
+    from llmkit.model import fused_loss  # (imports this module)
 
     return {F.linear: _linear, F.embedding: _embedding, F.layer_norm: _layer_norm, F.rms_norm: _rms_norm,
             fused_loss.linear_cross_entropy: _head_and_loss}

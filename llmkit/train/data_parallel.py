@@ -64,7 +64,7 @@ class DataParallelRun:
             batch_invariant, model, device, strategy=strategy, compile=compile, loss_fn=loss_fn,
             world_size=info.world_size, sequences_per_rank=sequences_per_rank)
         self.tree = sequence_tree.SequenceTree()
-        self.step_targets, self.step_sequences = 0, 0
+        self.targets_this_step, self.step_sequences = 0.0, 0
         if activation_checkpointing:
             from llmkit.train.parallelize import checkpoint_activations
 
@@ -102,7 +102,7 @@ class DataParallelRun:
             # Seeded with the target count, every token's gradient is its own (the mean's 1/count
             # cancels exactly); the step's sum is divided by the step's count once, in finish_gradients.
             loss.backward(torch.tensor(float(targets), dtype=loss.dtype))
-        self.step_targets = step_total
+        self.targets_this_step = step_total
         self.step_sequences += sequences
         return loss.detach().float()
 
@@ -118,8 +118,8 @@ class DataParallelRun:
         grads = self.tree.gradients(params, sequences=self.step_sequences, rank=self.info.rank, world_size=self.info.world_size)
         for p, grad in zip(params, grads):
             if grad is not None:
-                p.grad = grad.div_(self.step_targets)
-        self.step_targets, self.step_sequences = 0, 0
+                p.grad = grad.div_(self.targets_this_step)
+        self.targets_this_step, self.step_sequences = 0.0, 0
 
     def mean_loss(self, local: torch.Tensor) -> torch.Tensor:
         return dist_utils.all_reduce_mean(local, self.info)
