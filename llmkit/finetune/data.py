@@ -237,11 +237,18 @@ class ClassifyBatches:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __call__(self, indices: Sequence[int]):
+    def rows(self, indices: Sequence[int]) -> list[ClassExample]:
+        return [self.examples[self._order(int(k)) if self._order else int(k) % len(self.examples)] for k in indices]
+
+    def pad_width(self, indices: Sequence[int]) -> int:
+        """The longest text among these samples (a batch of them is padded to it)."""
+        return max(len(r.ids) for r in self.rows(indices))
+
+    def __call__(self, indices: Sequence[int], width: int | None = None):
+        """Right-padded to `width` (default: the longest of these samples)."""
         indices = [int(k) for k in indices]
-        picks = [self._order(k) if self._order else k % len(self.examples) for k in indices]
-        rows = [self.examples[p] for p in picks]
-        width = max(len(r.ids) for r in rows)
+        rows = self.rows(indices)
+        width = width or self.pad_width(indices)
         x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for b, row in enumerate(rows):

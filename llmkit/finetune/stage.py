@@ -127,6 +127,8 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
 class ClassifyLoss:
     """Cross-entropy on the labels; during validation it also keeps each sample's prediction."""
 
+    mean_over = "examples"  # batches (inputs, attention mask, labels, sample indices): one label each
+
     def __init__(self):
         self.predictions: dict[int, tuple[int, int]] = {}  # sample index -> (predicted, gold)
 
@@ -145,7 +147,7 @@ def sft_loss(model, batch):
     return model(inputs, targets, return_logits=False)[1]
 
 
-sft_loss.token_mean = True  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
+sft_loss.mean_over = "tokens"  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
 
 
 def confusion_scores(confusion) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The training loop's engine for the usual layout: the whole model on every rank, with data
 parallelism over the ranks (DDP, FSDP2, or a single process).
 
-With --batch-invariant (the default for a CPU language-model run) there is no DDP: each
+With --batch-invariant (the default for a CPU run of a GPT model) there is no DDP: each
 sequence's weight gradient goes to a SequenceTree (llmkit/model/sequence_grads.py,
 sequence_tree.py) and the ranks' trees are merged in finish_gradients, so the weights do not
 depend on the layout.
@@ -22,9 +22,11 @@ import torch.nn as nn
 
 from llmkit.errors import UserError
 from llmkit.model import sequence_grads, sequence_tree
+from llmkit.model.classifier import SequenceClassifier
 from llmkit.model.gpt import GPT
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
+from llmkit.train.objectives import mean_over
 from llmkit.train.precision import autocast
 
 
@@ -38,8 +40,9 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
                        f"{sequence_tree.PRODUCT_RUN}; change --batch-tokens or the process count")
     if device.type != "cpu":
         reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
-    if not (isinstance(model, GPT) and getattr(loss_fn, "token_mean", False)):
-        reasons.append("per-sequence gradients cover GPT language models (pretraining, SFT), not this model or objective")
+    network = model.lm if isinstance(model, SequenceClassifier) else model
+    if not (isinstance(network, GPT) and mean_over(loss_fn)):
+        reasons.append("per-sequence gradients cover GPT models (pretraining, SFT, classification), not this model or objective")
     elif model.config.dropout:
         reasons.append("dropout draws from a per-process random stream; set --dropout 0")
     if strategy != "ddp":

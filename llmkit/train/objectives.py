@@ -7,7 +7,7 @@ any rank, in any world size and after any resume.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -85,12 +85,23 @@ def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Te
     return model(inputs, targets, return_logits=False)[1]
 
 
-lm_loss.token_mean = True  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
+# What a training loss is the mean of, declared on the loss (`loss.mean_over = "tokens"`): the
+# loop weighs each micro-batch's mean by its count of them, and per-sequence gradients
+# (--batch-invariant) seed the backward with it. A loss that declares nothing is taken as a mean
+# over examples and gets no per-sequence gradients.
+MeanOver = Literal["tokens", "examples"]
+
+
+def mean_over(loss_fn) -> MeanOver | None:
+    return getattr(loss_fn, "mean_over", None)
+
+
+lm_loss.mean_over = "tokens"  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
 
 
 def targets_in(loss_fn, batch: Sequence[torch.Tensor]) -> int:
     """What `loss_fn`'s mean is over in `batch`: its target tokens for a language-model loss
-    (`token_mean`), else its examples (one label each)."""
-    if getattr(loss_fn, "token_mean", False):
+    (mean_over "tokens"), else its examples (one label each)."""
+    if mean_over(loss_fn) == "tokens":
         return int((batch[1] != IGNORE_INDEX).sum())
     return int(batch[0].shape[0])
