@@ -162,6 +162,12 @@ def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli
     assert result.exit_code == 0, result.output
     assert artifacts.load(two, kind="checkpoint").manifest.runtime["grad_accumulation"] == 4
     assert artifacts.load(one).fingerprint == artifacts.load(two).fingerprint
+    # with dropout too: each sequence's masks are seeded by its place in the step, not by the rank
+    drop = [*common, "--dropout", "0.1"]
+    assert cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "one-drop", *drop, "--micro-batch", "16").exit_code == 0
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "two-drop", *drop, "--micro-batch", "4", "--nproc", "2")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tmp_path / "one-drop").fingerprint == artifacts.load(tmp_path / "two-drop").fingerprint
     # 6 sequences per process (12 a step) do not cut into runs of 4: refused when asked for, off by default
     six = [*FAST[:10], "--batch-tokens", "768", "--micro-batch", "2", "--eval-tokens", "2048", "--max-steps", "3",
            "--eval-every", "3", "--save-every", "0"]
@@ -174,18 +180,38 @@ def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli
 
 
 def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_path):
-    for extra, says in ((["--dropout", "0.1"], "--dropout 0"), (["--strategy", "fsdp"], "--strategy ddp"),
-                        (["--compile"], "drop --compile")):
+    for extra, says in ((["--strategy", "fsdp"], "--strategy ddp"), (["--compile"], "drop --compile"),
+                        (["--model", "lstm", "--n-embd", "64"], "not this model")):
         result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST, "--max-steps", "1", "--batch-invariant", *extra)
         assert result.exit_code != 0
         line = result.output.strip().splitlines()[-1]
         assert "--batch-invariant does not apply here" in line and says in line, result.output
         assert not (tmp_path / "r").exists()
     # not asked for: the run goes ahead with the usual sums, and its header line says why
-    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "d", *FAST, "--max-steps", "1", "--dropout", "0.1")
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "d", *FAST, "--max-steps", "1", "--model", "lstm",
+                 "--n-embd", "64")
     assert result.exit_code == 0, result.output
-    assert "gradients summed as usual" in result.output and "--dropout 0" in result.output
+    assert "gradients summed as usual" in result.output and "not this model" in result.output
     assert artifacts.load(tmp_path / "d").manifest.runtime["batch_invariant"] is False
+
+
+def test_dropout_masks_do_not_depend_on_the_split(shakespeare, cli, tmp_path):
+    """With dropout (residual, embedding and attention), per-sequence masks: micro-batches of 2 and
+    8, and activation checkpointing (whose recomputation must draw the forward's masks), train
+    the same weights to the bit; the masks drop something (the loss is not the dropout-free one)
+    and are the run's own (another seed, other weights)."""
+    common = [*FAST, "--max-steps", "3", "--eval-every", "0", "--save-every", "0", "--dropout", "0.2"]
+    prints = {}
+    for name, extra in (("2", ["--micro-batch", "2"]), ("8", []), ("ac", ["--micro-batch", "4", "--activation-checkpointing"]),
+                        ("seed", ["--seed", "1"])):
+        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / name, *common, *extra)
+        assert result.exit_code == 0, result.output
+        assert artifacts.load(tmp_path / name).manifest.runtime["batch_invariant"] is True
+        prints[name] = artifacts.load(tmp_path / name).fingerprint
+    assert prints["2"] == prints["8"] == prints["ac"] != prints["seed"]
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "none", *common[:-2])
+    assert result.exit_code == 0, result.output
+    assert metrics(tmp_path / "none")[0]["loss"] != metrics(tmp_path / "8")[0]["loss"]
 
 
 def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path):

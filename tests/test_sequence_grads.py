@@ -148,3 +148,41 @@ def test_sparse_rows_follow_the_dense_tree():
         positions, rows = used[:, 0], used[:, 1]
         sparse = rows_tree(positions, rows, dense[positions, rows], torch.Size([9, 3]), (sequences - 1).bit_length())
         assert torch.equal(sparse, _collapse(stack)), sequences
+
+
+# -- dropout masks (llmkit/model/sequence_dropout.py) --------------------------------------------------
+
+
+def test_a_sequences_dropout_mask_depends_on_its_place_not_its_neighbours():
+    import torch.nn.functional as F
+
+    x = torch.ones(3, 64, 32)
+    with per_sequence_gradients(SequenceTree(), 0, 3, dropout_key=7):
+        together = F.dropout(x, 0.25)
+    with per_sequence_gradients(SequenceTree(), 2, 1, dropout_key=7):
+        alone = F.dropout(x[2:], 0.25)
+    with per_sequence_gradients(SequenceTree(), 2, 1, dropout_key=8):  # another step
+        later = F.dropout(x[2:], 0.25)
+    assert torch.equal(together[2:], alone) and not torch.equal(alone, later)
+    assert not torch.equal(together[0], together[1])
+    assert set(together.unique().tolist()) == {0.0, float(torch.tensor(1 / 0.75))}
+    assert abs(float((together == 0).float().mean()) - 0.25) < 0.02
+
+
+@pytest.mark.parametrize("mask", ["causal", "bool", "gqa"])
+def test_attention_with_dropout_is_the_attention(mask):
+    """Keeping (almost) every weight, the per-sequence attention is F.scaled_dot_product_attention."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 16, 8, generator=g)
+    k, v = (torch.randn(2, 2 if mask == "gqa" else 4, 16, 8, generator=g) for _ in range(2))
+    keep = torch.rand(2, 1, 16, 16, generator=g) > 0.3
+    keep[..., 0] = True
+    kwargs = dict(attn_mask=keep) if mask == "bool" else dict(is_causal=True, enable_gqa=mask == "gqa")
+    expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with per_sequence_gradients(SequenceTree(), 0, 2):
+        ours = F.scaled_dot_product_attention(q, k, v, dropout_p=1e-12, **kwargs)
+        dropped = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5, **kwargs)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert not torch.allclose(dropped, expected, atol=1e-3)

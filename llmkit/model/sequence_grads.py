@@ -24,7 +24,8 @@ What else it relies on:
   16). The tests check the end result.
 - The loss's backward is seeded with the micro-batch's target count, so each token's gradient
   is exactly its own (count / count = 1); the tree's sum is divided once by the step's count.
-- No dropout: its masks come from a per-rank random stream (the engine refuses it).
+- Dropout masks per sequence, seeded by the step and the sequence's position
+  (llmkit/model/sequence_dropout.py), not drawn from the process's random stream.
 
 Used by the training engine on CPU (llmkit/train/data_parallel.py, `--batch-invariant`); the
 activation-checkpointing recompute re-enters it (llmkit/train/parallelize.py).
@@ -47,11 +48,14 @@ from llmkit.model.sequence_tree import SequenceTree
 
 @dataclass
 class MicroBatch:
-    """Where the current micro-batch sits: its first sequence's position in the step, its size."""
+    """Where the current micro-batch sits: its first sequence's position in the step, its size;
+    what its dropout masks are drawn from (llmkit/model/sequence_dropout.py)."""
 
     tree: SequenceTree
     first: int
     sequences: int
+    dropout_key: int = 0  # the run's seed and the step, mixed
+    dropout_calls: int = 0  # dropout calls so far in this forward pass (a mask's seed includes it)
 
 
 # A row of a matrix product has the same bits whatever the rows beside it only from this many
@@ -209,18 +213,22 @@ def _head_and_loss(where, hidden, weight, targets):
 @lru_cache(maxsize=1)
 def _handlers():
     from llmkit.model import fused_loss  # (imports this module)
+    from llmkit.model import sequence_dropout
 
     return {F.linear: _linear, F.embedding: _embedding, F.layer_norm: _layer_norm, F.rms_norm: _rms_norm,
-            fused_loss.linear_cross_entropy: _head_and_loss}
+            fused_loss.linear_cross_entropy: _head_and_loss, F.dropout: sequence_dropout.dropout,
+            F.scaled_dot_product_attention: sequence_dropout.attention}
 
 
 class _PerSequenceMode(TorchFunctionMode):
-    def __init__(self, where: MicroBatch):
+    def __init__(self, where: MicroBatch, dropout_calls: int | None = None):
         super().__init__()
-        self.where, self.handlers = where, _handlers()
+        self.where, self.handlers, self.dropout_calls = where, _handlers(), dropout_calls
 
     def __enter__(self):
         _active.append(self.where)
+        if self.dropout_calls is not None:  # a recomputation draws the masks its block drew
+            self.where.dropout_calls = self.dropout_calls
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -248,12 +256,15 @@ def active() -> bool:
 def recompute_contexts():
     """For torch.utils.checkpoint's context_fn: the recomputation in the backward pass runs the
     forward's ops as they ran (per sequence, for the same micro-batch), not the usual ones."""
-    recompute = _PerSequenceMode(_active[-1]) if _active else nullcontext()
-    return nullcontext(), recompute
+    if not _active:
+        return nullcontext(), nullcontext()
+    where = _active[-1]
+    return nullcontext(), _PerSequenceMode(where, dropout_calls=where.dropout_calls)
 
 
-def per_sequence_gradients(tree: SequenceTree, first: int, sequences: int) -> _PerSequenceMode:
+def per_sequence_gradients(tree: SequenceTree, first: int, sequences: int, dropout_key: int = 0) -> _PerSequenceMode:
     """Within: the forward and backward of a micro-batch of `sequences` sequences, the first at
-    position `first` of the step; weight gradients go to `tree` instead of `.grad`. Ops without a
-    per-sequence form (and frozen weights) run as usual."""
-    return _PerSequenceMode(MicroBatch(tree, first, sequences))
+    position `first` of the step; weight gradients go to `tree` instead of `.grad`, dropout masks
+    come from `dropout_key` (sequence_dropout.step_key) and each sequence's position. Ops without
+    a per-sequence form (and frozen weights) run as usual."""
+    return _PerSequenceMode(MicroBatch(tree, first, sequences, dropout_key))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
-from llmkit.model import sequence_grads, sequence_tree
+from llmkit.model import sequence_dropout, sequence_grads, sequence_tree
 from llmkit.model.classifier import SequenceClassifier
 from llmkit.model.gpt import GPT
 from llmkit.train import checkpoint as ckpt
@@ -43,8 +43,6 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
     network = model.lm if isinstance(model, SequenceClassifier) else model
     if not (isinstance(network, GPT) and mean_over(loss_fn)):
         reasons.append("per-sequence gradients cover GPT models (pretraining, SFT, classification), not this model or objective")
-    elif model.config.dropout:
-        reasons.append("dropout draws from a per-process random stream; set --dropout 0")
     if strategy != "ddp":
         reasons.append("FSDP reduces gradients itself; use --strategy ddp")
     if compile:
@@ -61,8 +59,9 @@ class DataParallelRun:
 
     def __init__(self, model: nn.Module, info, device: torch.device, *, strategy: str, activation_checkpointing: bool,
                  compile: bool, loss_fn: Callable, precision: str, batch_invariant: bool | None = False,
-                 sequences_per_rank: int = 0):
+                 sequences_per_rank: int = 0, seed: int = 0):
         self.raw, self.info, self.device, self.loss_fn, self.precision = model, info, device, loss_fn, precision
+        self.seed = seed  # with the step and a sequence's position, seeds its dropout masks (per-sequence mode)
         self.batch_invariant, self.not_invariant_because = use_batch_invariance(
             batch_invariant, model, device, strategy=strategy, compile=compile, loss_fn=loss_fn,
             world_size=info.world_size, sequences_per_rank=sequences_per_rank)
@@ -83,13 +82,13 @@ class DataParallelRun:
         return float(dist_utils.all_reduce_sum(torch.tensor(float(local), dtype=torch.float64, device=self.device), self.info))
 
     def forward_backward(self, batch: Sequence[torch.Tensor], targets: int, step_total: float, last: bool,
-                         position: int = 0) -> torch.Tensor:
+                         position: int = 0, step: int = 0) -> torch.Tensor:
         """Adds this micro-batch's gradients (gradient sync only on the last); returns its (mean) loss.
         Its mean over its `targets` weighs by their share of the step's `step_total`, so the step's
         gradient is that of the mean over all of them, whatever the split. `position`: its first
         sequence's place in the step's global batch (ranks hold consecutive ones)."""
         if self.batch_invariant:
-            return self._forward_backward_per_sequence(batch, targets, step_total, position)
+            return self._forward_backward_per_sequence(batch, targets, step_total, position, step)
         share = targets * self.info.world_size / step_total  # DDP and FSDP average over ranks
         with dist_utils.gradient_sync(self.model, last), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
@@ -97,10 +96,11 @@ class DataParallelRun:
         return loss.detach().float()
 
     def _forward_backward_per_sequence(self, batch: Sequence[torch.Tensor], targets: int, step_total: float,
-                                       position: int) -> torch.Tensor:
+                                       position: int, step: int) -> torch.Tensor:
         sequences = batch[0].shape[0]
+        masks = sequence_dropout.step_key(self.seed, step)
         # The backward inside too: activation checkpointing recomputes blocks there.
-        with sequence_grads.per_sequence_gradients(self.tree, position, sequences), autocast(self.device, self.precision):
+        with sequence_grads.per_sequence_gradients(self.tree, position, sequences, masks), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
             # Seeded with the target count, every token's gradient is its own (the mean's 1/count
             # cancels exactly); the step's sum is divided by the step's count once, in finish_gradients.

@@ -171,7 +171,8 @@ class Trainer:
         if resume:
             saved_rng = self._load_weights_for_resume()
         self.ema = self._start_ema()
-        # Different dropout streams per rank; model init (done by the caller) is identical on all.
+        # Different dropout streams per rank (per-sequence gradients seed each sequence's masks
+        # instead: llmkit/model/sequence_dropout.py); model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
         # The whole model's FLOPs, counted before a layout splits it (MFU divides by the world size).
         self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
@@ -194,7 +195,7 @@ class Trainer:
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
                                           loss_fn=loss_fn, precision=self.precision, batch_invariant=devices.batch_invariant,
-                                          sequences_per_rank=self.accum * settings.micro_batch)
+                                          sequences_per_rank=self.accum * settings.micro_batch, seed=settings.seed)
         self.model = self.engine.model
         self.spec.runtime["batch_invariant"] = getattr(self.engine, "batch_invariant", False)  # what the option resolved to
         why = getattr(self.engine, "not_invariant_because", None)
@@ -261,7 +262,8 @@ class Trainer:
     def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
         self.engine.load_optimizer_state(self.optimizer, optim_state)
         same_world = ckpt.restore_rng(rng, self.info.rank, self.info.world_size, self.device)
-        if not same_world and self.info.is_main:
+        # Per-sequence dropout masks are seeded by the step and position: nothing to restart.
+        if not same_world and self.info.is_main and not getattr(self.engine, "batch_invariant", False):
             from llmkit.console import err
 
             err.print(
@@ -336,7 +338,7 @@ class Trainer:
         for micro, (indices, batch, count) in enumerate(zip(steps, batches, counts)):
             last = micro == self.accum - 1
             loss_sum += self.engine.forward_backward(dist_utils.to_device(batch, self.device), count, total, last,
-                                                     position=indices.start - step * s.global_batch)
+                                                     position=indices.start - step * s.global_batch, step=step)
         self.engine.finish_gradients()
         loss_value = float(self.engine.mean_loss(loss_sum / self.accum))
         if not math.isfinite(loss_value):

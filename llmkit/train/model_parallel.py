@@ -146,7 +146,7 @@ class ModelParallelRun:
         return float(total)
 
     def forward_backward(self, batch: Sequence[torch.Tensor], targets: int, step_total: float, last: bool,
-                         position: int = 0) -> torch.Tensor:
+                         position: int = 0, step: int = 0) -> torch.Tensor:
         """Forward and backward of this rank's slice of one micro-batch step, its mean over its
         `targets` weighed by their share of the step's `step_total`; the (mean) loss on a
         loss-reporting rank, zero elsewhere."""
