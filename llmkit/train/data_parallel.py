@@ -65,7 +65,7 @@ class DataParallelRun:
         self.batch_invariant, self.not_invariant_because = use_batch_invariance(
             batch_invariant, model, device, strategy=strategy, compile=compile, loss_fn=loss_fn,
             world_size=info.world_size, sequences_per_rank=sequences_per_rank)
-        self.tree = sequence_tree.SequenceTree()
+        self.tree = sequence_tree.SequenceTree() if self.batch_invariant else None  # the step's per-sequence gradients
         self.targets_this_step, self.step_sequences = 0.0, 0
         if activation_checkpointing:
             from llmkit.train.parallelize import checkpoint_activations
