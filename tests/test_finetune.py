@@ -304,9 +304,10 @@ def test_sft_micro_batch_does_not_change_the_artifact(base, shared_data, cli, tm
 def test_classification_micro_batch_does_not_change_the_artifact(base, shared_data, cli, tmp_path):
     """A classifier under per-sequence gradients: texts of different lengths (padded to the
     step's longest), micro-batches of 1 to 8 examples, whose head products then have 1 to 8 rows;
-    the weights are the same to the bit (full fine-tuning and LoRA with the head trained)."""
+    the weights are the same to the bit (full fine-tuning, and LoRA with dropout on its input and
+    the head trained)."""
     data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64])
-    for lora in ([], ["--lora-rank", "4"]):
+    for lora in ([], ["--lora-rank", "4", "--lora-dropout", "0.2"]):
         prints = set()
         for micro in ("1", "2", "8"):
             out = tmp_path / f"classify-{micro}-{len(lora)}"
