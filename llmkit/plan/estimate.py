@@ -174,8 +174,19 @@ def stage_parameters(shape: ModelShape, layout: Layout) -> float:
     return max(first, last)
 
 
-def block_activation_bytes(config, tokens: int, layout: Layout, half: int) -> float:
-    """Bytes one block keeps for its backward pass, for `tokens` tokens (micro-batch x sequence)."""
+# Attention with dropout on a CPU: SDPA has no fused kernel for it, so PyTorch's math kernel (and
+# the per-sequence path, llmkit/model/sequence_dropout.py) keep a head's T x T weights for the
+# backward pass: the softmax's fp32 output, the dropout noise or mask, and the dropped weights (in
+# the run's precision) that multiply v. Measured on `mini`, 8 x 512, fp32, --dropout 0.1: 2.53 GB
+# (--no-batch-invariant) and 2.60 GB (per-sequence) against 1.52 GB without dropout, ~13 bytes a
+# score. GPU kernels (flash, memory-efficient) apply dropout inside and keep no scores.
+def math_attention_bytes(half: int) -> int:
+    return 4 + 4 + half
+
+
+def block_activation_bytes(config, tokens: int, layout: Layout, half: int, math_attention: bool = False) -> float:
+    """Bytes one block keeps for its backward pass, for `tokens` tokens (micro-batch x sequence);
+    `math_attention`: attention keeps its T x T weights (a CPU run with dropout)."""
     h, tp = config.n_embd, layout.tp
     kv_share = config.n_kv_head / config.n_head
     residual = 4 * h / tp  # the fp32 residual stream entering each norm (sequence-sharded under tp)
@@ -183,7 +194,8 @@ def block_activation_bytes(config, tokens: int, layout: Layout, half: int) -> fl
     attention = half * h * (1 + 2 * kv_share) + half * h  # q, k, v and the attention output
     mlp = half * config.mlp_hidden * (4 if config.activation == "swiglu" else 2)
     dropout = h * 2 if config.dropout > 0 else 0  # two masks, a byte each
-    per_token = 2 * residual + 2 * norm_out + (attention + mlp) / tp + dropout
+    scores = math_attention_bytes(half) * config.n_head / tp * layout.seq_len if math_attention else 0
+    per_token = 2 * residual + 2 * norm_out + (attention + mlp) / tp + dropout + scores
     return per_token * tokens
 
 
@@ -211,8 +223,12 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
     optimizer = ADAM_BYTES * params / shard
     tokens = layout.micro_batch * layout.seq_len
     layers = math.ceil(c.n_layer / layout.pp)
-    block = block_activation_bytes(c, tokens, layout, half)
+    math_attention = not on_gpu and c.dropout > 0
+    block = block_activation_bytes(c, tokens, layout, half, math_attention)
     notes = []
+    if math_attention:
+        notes.append("attention with dropout on a CPU keeps each head's T x T weights for the backward pass "
+                     "(no fused kernel takes dropout there)")
     if layout.activation_checkpointing:
         # each block keeps its fp32 input; one block at a time is recomputed in full
         activations = layers * 4 * c.n_embd * tokens / layout.tp + block
