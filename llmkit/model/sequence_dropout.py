@@ -34,7 +34,12 @@ def step_key(seed: int, step: int) -> int:
 
 
 def _noise(where, shape: torch.Size, p: float, like: torch.Tensor) -> torch.Tensor:
-    """[sequences, *shape]: 0 (dropped) or 1/(1-p), sequence by sequence from its own generator."""
+    """[sequences, *shape]: 0 (dropped) or 1/(1-p), sequence by sequence from its own generator.
+
+    A float noise, kept for the backward pass like torch's own dropout before `native_dropout`.
+    Keeping a boolean mask instead (and widening it twice) measured 7% lower peak memory on a
+    `mini` run with attention dropout and a 5-7% slower step, against which this one matches the
+    usual path's speed and memory (2.60 GB against 2.55 GB)."""
     call = where.dropout_calls
     where.dropout_calls += 1
     noise = torch.empty((where.sequences, *shape), dtype=like.dtype, device=like.device)
