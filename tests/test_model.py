@@ -160,6 +160,28 @@ def test_fused_head_and_loss_equal_the_logits_and_cross_entropy(vocab_size, monk
         assert torch.allclose(fused_loss.linear_cross_entropy(hidden, weight, targets), expected, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("vocab_size", [97, 70_000])
+def test_per_token_scoring_equals_the_logits_and_cross_entropy(vocab_size):
+    """What perplexity and multiple choice score with (llmkit/eval/loglik.py): each position's
+    loss, chunk by chunk, equals cross-entropy over the whole logits; no target, zero."""
+    import torch.nn.functional as F
+
+    from llmkit.model import fused_loss
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(150, 24, dtype=torch.float64), 0.3 * torch.randn(vocab_size, 24, dtype=torch.float64)
+    targets = torch.randint(0, vocab_size, (150,))
+    targets[:9] = fused_loss.IGNORE_INDEX
+    expected = F.cross_entropy(hidden @ weight.t(), targets, ignore_index=fused_loss.IGNORE_INDEX, reduction="none")
+    got = fused_loss.token_nll(hidden, weight, targets)
+    assert got.dtype == torch.float64 and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert not got[:9].any()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the product in bf16, as the autocast head's
+        low = F.cross_entropy((hidden.float() @ weight.float().t()).float(), targets, ignore_index=-100, reduction="none")
+        got = fused_loss.token_nll(hidden.float(), weight.float(), targets)
+    assert got.dtype == torch.float32 and torch.allclose(got, low, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("trained", ["hidden", "weight"])
 def test_fused_head_and_loss_skips_the_gradient_of_a_frozen_input(trained):
     """LoRA freezes the (tied) head: its gradient is not made; the other input's is unchanged."""

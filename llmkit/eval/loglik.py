@@ -56,16 +56,26 @@ def token_logprobs(
             seq = requests[i].seq
             idx[row, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
             tgt[row, : len(seq) - 1] = torch.tensor(seq[1:], dtype=torch.long)
-        logits, _ = model(idx.to(device))
-        # over [rows x positions, vocabulary]: on the transposed [B, V, T] view the softmax runs strided, 6x slower
-        nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.to(device).flatten(), ignore_index=-100,
-                              reduction="none").view(len(batch), width)
+        nll = _token_nll(model, idx.to(device), tgt.to(device)).view(len(batch), width)
         for row, i in enumerate(batch):
             length, n = len(requests[i].seq) - 1, requests[i].n
             results[i] = -nll[row, length - n : length].double().cpu()
         if progress is not None:
             progress(len(batch))
     return results  # type: ignore[return-value]
+
+
+def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """[B*T] cross-entropy of each position (0 where the target is -100)."""
+    from llmkit.model import fused_loss
+    from llmkit.model.gpt import GPT
+
+    if isinstance(model, GPT) and fused_loss.applies(idx, model.lm_head.weight):
+        # the head and the loss a chunk of positions at a time (CPU): no [B, T, V] logits
+        return fused_loss.token_nll(model.hidden_states(idx).flatten(0, 1), model.lm_head.weight, tgt.flatten())
+    logits, _ = model(idx)
+    # over [rows x positions, vocabulary]: on the transposed [B, V, T] view the softmax runs strided, 6x slower
+    return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none")
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

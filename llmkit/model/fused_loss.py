@@ -124,6 +124,28 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), _autocast_dtype(hidden))
 
 
+@torch.no_grad()
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each row's cross-entropy of `hidden @ weight.T` [N, V] against `targets` [N] (0 where
+    IGNORE_INDEX), at least float32, a chunk of rows at a time: scoring (llmkit/eval/loglik.py) without the
+    [N, V] logits, their float copy and their log-softmax (for a 128k vocabulary and 2,048 tokens,
+    three 1 GB tensors). Under autocast the product runs in its dtype, the softmax in fp32."""
+    low = _autocast_dtype(hidden)
+    head = weight if low is None else weight.to(low)
+    out = torch.empty(hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+    chunk = chunk_tokens(weight.shape[0])
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start : start + chunk], targets[start : start + chunk]
+            logits = (h if low is None else h.to(low)) @ head.t()
+            if low is not None:
+                logits = logits.float()
+            valid = t != IGNORE_INDEX
+            picked = logits.gather(1, t.clamp(min=0)[:, None])[:, 0]
+            out[start : start + chunk] = torch.where(valid, torch.logsumexp(logits, dim=-1) - picked, 0.0)
+    return out
+
+
 def _autocast_dtype(hidden: torch.Tensor) -> torch.dtype | None:
     device = hidden.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
