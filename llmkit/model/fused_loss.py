@@ -142,7 +142,9 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor)
                 logits = logits.float()
             valid = t != IGNORE_INDEX
             picked = logits.gather(1, t.clamp(min=0)[:, None])[:, 0]
-            out[start : start + chunk] = torch.where(valid, torch.logsumexp(logits, dim=-1) - picked, 0.0)
+            top = logits.amax(dim=-1, keepdim=True)  # log-sum-exp in place, as _chunk: no second [n, V] buffer
+            lse = logits.sub_(top).exp_().sum(dim=-1).log_().add_(top[:, 0])
+            out[start : start + chunk] = torch.where(valid, lse - picked, 0.0)
     return out
 
 
