@@ -117,18 +117,20 @@ class SFTBatches:
         return len(self.examples)
 
     def rows(self, indices: Sequence[int]) -> list[Encoded]:
-        if self._order is None:
-            return [self.examples[int(k) % len(self.examples)] for k in indices]
-        return [self.examples[self._order(int(k))] for k in indices]
+        return _picked(self.examples, self._order, indices)
 
     def pad_width(self, indices: Sequence[int]) -> int:
         """The longest input among these samples (a batch of them is padded to it)."""
-        return max(len(r.ids) for r in self.rows(indices)) - 1
+        return self._width(self.rows(indices))
+
+    @staticmethod
+    def _width(rows: Sequence[Encoded]) -> int:
+        return max(len(r.ids) for r in rows) - 1
 
     def __call__(self, indices: Sequence[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded to `width` (default: the longest of these samples)."""
         rows = self.rows(indices)
-        width = width or self.pad_width(indices)
+        width = width or self._width(rows)
         x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         for b, row in enumerate(rows):
@@ -238,7 +240,7 @@ class ClassifyBatches:
         return len(self.examples)
 
     def rows(self, indices: Sequence[int]) -> list[ClassExample]:
-        return [self.examples[self._order(int(k)) if self._order else int(k) % len(self.examples)] for k in indices]
+        return _picked(self.examples, self._order, indices)
 
     def pad_width(self, indices: Sequence[int]) -> int:
         """The longest text among these samples (a batch of them is padded to it)."""
@@ -248,7 +250,7 @@ class ClassifyBatches:
         """Right-padded to `width` (default: the longest of these samples)."""
         indices = [int(k) for k in indices]
         rows = self.rows(indices)
-        width = width or self.pad_width(indices)
+        width = width or max(len(r.ids) for r in rows)
         x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for b, row in enumerate(rows):
@@ -256,6 +258,13 @@ class ClassifyBatches:
             mask[b, : len(row.ids)] = 1
         labels = torch.tensor([r.label for r in rows], dtype=torch.long)
         return x, mask, labels, torch.tensor(indices, dtype=torch.long)
+
+
+def _picked(examples: Sequence, order: _EpochOrder | None, indices: Sequence[int]) -> list:
+    """The examples at global sample indices: through the epoch's permutation, or in order, wrapping."""
+    if order is None:
+        return [examples[int(k) % len(examples)] for k in indices]
+    return [examples[order(int(k))] for k in indices]
 
 
 class _EpochOrder:

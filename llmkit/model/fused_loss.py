@@ -36,6 +36,14 @@ def chunk_tokens(vocab_size: int) -> int:
     return max(16, CHUNK_ELEMENTS // vocab_size)
 
 
+def _exp_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-sum-exp by hand, in place: logits [n, V] become exp(logits - row max) without another
+    [n, V] buffer. Returns the row maxima [n], those exps and their row sums [n]."""
+    top = logits.amax(dim=-1, keepdim=True)
+    exps = logits.sub_(top).exp_()
+    return top[:, 0], exps, exps.sum(dim=-1)
+
+
 def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor, low: torch.dtype | None,
            grad_rows: torch.Tensor | None, grad_weight: torch.Tensor | None, fresh: bool = False) -> torch.Tensor:
     """One chunk of rows: returns its summed loss; writes the rows' hidden-state gradients into
@@ -46,11 +54,8 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
     if low is not None:
         logits = logits.float()
     picked = logits[r, t]
-    # log-sum-exp by hand, in place: the chunk's logits become its softmax without another [n, V] buffer
-    top = logits.amax(dim=-1, keepdim=True)
-    exps = logits.sub_(top).exp_()
-    sums = exps.sum(dim=-1)
-    loss = (top[:, 0] + sums.log() - picked).sum()
+    top, exps, sums = _exp_in_place(logits)
+    loss = (top + sums.log() - picked).sum()
     if grad_rows is None and grad_weight is None:
         return loss
     probs = exps.mul_((torch.ones_like(sums) / sums)[:, None])  # softmax (as a product: the bits of earlier releases)
@@ -143,9 +148,8 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor)
                 logits = logits.float()
             valid = t != IGNORE_INDEX
             picked = logits.gather(1, t.clamp(min=0)[:, None])[:, 0]
-            top = logits.amax(dim=-1, keepdim=True)  # log-sum-exp in place, as _chunk: no second [n, V] buffer
-            lse = logits.sub_(top).exp_().sum(dim=-1).log_().add_(top[:, 0])
-            out[start : start + chunk] = torch.where(valid, lse - picked, 0.0)
+            top, _, sums = _exp_in_place(logits)
+            out[start : start + chunk] = torch.where(valid, top + sums.log() - picked, 0.0)
     return out
 
 
