@@ -182,6 +182,21 @@ def test_per_token_scoring_equals_the_logits_and_cross_entropy(vocab_size):
     assert got.dtype == torch.float32 and torch.allclose(got, low, rtol=1e-5, atol=1e-5)
 
 
+def test_a_gpt_scores_each_position_as_its_logits_do():
+    """GPT.token_nll (eval's scoring) equals cross-entropy over the model's own logits, [B, T], no target zero."""
+    import torch.nn.functional as F
+
+    model = make("gpt2").double()
+    idx = torch.randint(0, model.config.vocab_size, (3, 11))
+    targets = torch.randint(0, model.config.vocab_size, (3, 11))
+    targets[1, :4] = -100
+    logits, _ = model(idx)
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none").view(3, 11)
+    got = model.token_nll(idx, targets)
+    assert got.shape == (3, 11) and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert not got[1, :4].any() and got[1, 4:].all()
+
+
 @pytest.mark.parametrize("trained", ["hidden", "weight"])
 def test_fused_head_and_loss_skips_the_gradient_of_a_frozen_input(trained):
     """LoRA freezes the (tied) head: its gradient is not made; the other input's is unchanged."""

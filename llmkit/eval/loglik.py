@@ -56,7 +56,7 @@ def token_logprobs(
             seq = requests[i].seq
             idx[row, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
             tgt[row, : len(seq) - 1] = torch.tensor(seq[1:], dtype=torch.long)
-        nll = _token_nll(model, idx.to(device), tgt.to(device)).view(len(batch), width)
+        nll = _token_nll(model, idx.to(device), tgt.to(device))
         for row, i in enumerate(batch):
             length, n = len(requests[i].seq) - 1, requests[i].n
             results[i] = -nll[row, length - n : length].double().cpu()
@@ -66,16 +66,13 @@ def token_logprobs(
 
 
 def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """[B*T] cross-entropy of each position (0 where the target is -100)."""
-    from llmkit.model import fused_loss
-    from llmkit.model.gpt import GPT
-
-    if isinstance(model, GPT) and fused_loss.applies(idx, model.lm_head.weight):
-        # the head and the loss a chunk of positions at a time (CPU): no [B, T, V] logits
-        return fused_loss.token_nll(model.hidden_states(idx).flatten(0, 1), model.lm_head.weight, tgt.flatten())
+    """[B, T] cross-entropy of each position (0 where the target is -100): the model's own
+    scoring where it has one (a GPT's skips the [B, T, V] logits on a CPU)."""
+    if hasattr(model, "token_nll"):
+        return model.token_nll(idx, tgt)
     logits, _ = model(idx)
     # over [rows x positions, vocabulary]: on the transposed [B, V, T] view the softmax runs strided, 6x slower
-    return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none")
+    return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none").view(tgt.shape)
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

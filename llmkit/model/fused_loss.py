@@ -19,8 +19,8 @@ computed. In benchmarks/finetune.py's DialogSum batches 1,119 of 16,352 position
 Used by GPT.forward(..., return_logits=False) on a CPU (llmkit/train/objectives.py), in fp32 or
 under bf16 autocast (`--precision bf16`: the products in bf16, the softmax in fp32); not under
 tensor parallelism (vocabulary-sharded DTensor heads) or torch.compile (which fuses the usual
-pair itself). `token_nll` is the per-token form, without gradients, that eval scores with
-(llmkit/eval/loglik.py).
+pair itself). `token_nll` is the per-token form, without gradients, that eval scores with (through
+`GPT.token_nll`, llmkit/eval/loglik.py).
 """
 
 from __future__ import annotations

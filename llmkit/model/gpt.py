@@ -482,6 +482,18 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
+    @torch.no_grad()
+    def token_nll(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[B, T] cross-entropy of each position against targets (0 where IGNORE_INDEX), for scoring.
+        On a CPU the head and the loss run a chunk of positions at a time: no [B, T, V] logits."""
+        x = self._trunk(idx)
+        if fused_loss.applies(x, self.lm_head.weight):
+            return fused_loss.token_nll(x.flatten(0, 1), self.lm_head.weight, targets.flatten()).view(targets.shape)
+        logits = self.lm_head(x)
+        # over [rows x positions, vocabulary]: on the transposed [B, V, T] view the softmax runs strided, 6x slower
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="none").view(targets.shape)
+
     def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states [B,T,C]; attention_mask [B,T] (1 real, 0 padding, either side)."""
         return self._trunk(idx, attention_mask=attention_mask)
