@@ -122,8 +122,8 @@ def _push_scale_shift(where: MicroBatch, weight, bias, grad: torch.Tensor, norme
     """A norm's per-sequence gradients: sums over each sequence's tokens of grad * normed (the
     scale) and of grad (the shift)."""
     width = grad.shape[-1]
-    if need_weight:
-        scaled = (grad * normed).reshape(where.sequences, -1, width)
+    if need_weight:  # (normed is the caller's scratch: multiplied in place, one [B, T, C] buffer the fewer)
+        scaled = normed.mul_(grad).reshape(where.sequences, -1, width)
         where.tree.push(weight, "norm", where.first, scaled.sum(dim=1).to(weight.dtype))
     if need_bias:
         where.tree.push(bias, "norm", where.first, grad.reshape(where.sequences, -1, width).sum(dim=1).to(bias.dtype))
@@ -146,7 +146,7 @@ class _LayerNorm(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_layer_norm_backward(grad, x, ctx.shape, mean, rstd, ctx.weight, ctx.bias,
                                                                 [True, False, False])[0]
-        _push_scale_shift(ctx.where, ctx.weight, ctx.bias, grad, (x - mean) * rstd,
+        _push_scale_shift(ctx.where, ctx.weight, ctx.bias, grad, (x - mean).mul_(rstd),
                           ctx.weight is not None and ctx.needs_input_grad[2], ctx.bias is not None and ctx.needs_input_grad[3])
         return grad_x, None, None, None, None, None
 
