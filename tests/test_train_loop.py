@@ -189,6 +189,40 @@ def test_nonfinite_loss_stops_and_names_step(tmp_path):
     assert artifacts.verify(tmp_path / "checkpoints" / "step_0000002").ok
 
 
+def test_a_nonfinite_gradient_under_a_finite_loss_stops_before_the_update(tmp_path):
+    """sqrt at 0 has an infinite slope: the loss stays finite, its gradient is not. The step must
+    not be taken (clipping a NaN norm would write NaN into every weight)."""
+    from llmkit.train.loop import NonFiniteLoss
+
+    def poisoned_gradient(model, batch):
+        loss = lm_loss(model, batch)
+        if trainer.optimizer.state and next(iter(trainer.optimizer.state.values()))["step"] >= 3:
+            loss = loss + torch.sqrt(0.0 * next(model.parameters()).sum())
+        return loss
+
+    trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=10, save_every=2, loss_fn=poisoned_gradient)
+    before = {k: v.clone() for k, v in trainer.raw.state_dict().items()}
+    with pytest.raises(NonFiniteLoss, match=r"gradient norm became nan at step 4 .*step_0000002"):
+        trainer.run()
+    # the weights are those after step 3: finite, and not those of the start
+    after = trainer.raw.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_a_nonfinite_validation_loss_stops_the_run_unsaved(tmp_path):
+    from llmkit.train.loop import NonFiniteLoss
+
+    trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=6, eval_every=3, save_every=3)
+    trainer.val_batches, trainer.val_size = SyntheticBatches(), 4
+    trainer.engine.evaluate = lambda *args: float("nan")  # the model's validation diverged
+    with pytest.raises(NonFiniteLoss, match=r"validation loss became nan after step 3.*no checkpoint was written yet"):
+        trainer.run()
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "checkpoints").exists()
+    assert '"val_loss": NaN' in (tmp_path / "metrics.jsonl").read_text()
+
+
 def test_mlm_masking_is_deterministic_80_10_10():
     tokens = torch.randint(10, 1000, (64, 128))
     specials = [0, 1, 2, 3]

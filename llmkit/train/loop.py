@@ -342,21 +342,25 @@ class Trainer:
         self.engine.finish_gradients()
         loss_value = float(self.engine.mean_loss(loss_sum / self.accum))
         if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            last = ckpt.latest_checkpoint(self.run_dir)
-            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-            raise NonFiniteLoss(
-                f"loss became {loss_value} at step {step + 1}; stopped before updating the weights, {where}; "
-                "lower --lr, raise --warmup-steps or keep --grad-clip on, then --resume"
-            )
+            self._stop(f"loss became {loss_value} at step {step + 1}; stopped before updating the weights")
         # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.
         max_norm = s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf
         self.last_grad_norm = self.engine.clip(max_norm)
+        if not math.isfinite(self.last_grad_norm):  # a finite loss can still overflow its gradient
+            self._stop(f"the gradient norm became {self.last_grad_norm} at step {step + 1} (loss {loss_value:.4g}); "
+                       "stopped before updating the weights")
         self.optimizer.step()
         if self.ema is not None:
             self._update_ema(step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, lr
+
+    def _stop(self, what: str) -> None:
+        """Refuse to go on (or save) with weights that are, or are about to be, not finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        last = ckpt.latest_checkpoint(self.run_dir)
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise NonFiniteLoss(f"{what}, {where}; lower --lr, raise --warmup-steps or keep --grad-clip on, then --resume")
 
     # -- validation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -484,6 +488,10 @@ class Trainer:
                     if self.last_val is not None:
                         values["val_loss"] = self.last_val
                         values["val_ppl"] = math.exp(min(self.last_val, 50.0))
+                        if not math.isfinite(self.last_val):
+                            logger.log(step, values)
+                            self._stop(f"the validation loss became {self.last_val} after step {step}: the weights "
+                                       "diverged and were not saved")
                 logger.log(step, values)
                 if step % log_every == 0:
                     window_start, window_steps = time.perf_counter(), 0
