@@ -160,6 +160,16 @@ def _manifest_problem(data: Any) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RecordedInput:
+    """An input as another artifact's manifest records it (its path, kind and fingerprint):
+    enough to record it again without reading it, which may have moved away since."""
+
+    path: Path
+    kind: str
+    fingerprint: str
+
+
 @dataclass
 class Artifact:
     """An artifact read from disk: its directory and its manifest."""
@@ -207,6 +217,13 @@ class Artifact:
                     "it changed or was cut short, rebuild the artifact (llmkit verify shows all differences)"
                 )
 
+    def recorded_input(self, role: str) -> RecordedInput | None:
+        """This artifact's input `role` as its manifest records it, whether or not it is still there."""
+        for ref in self.manifest.inputs:
+            if ref["role"] == role:
+                return RecordedInput(_resolve_input_path(self.path, ref["path"]), ref.get("kind", ""), ref["fingerprint"])
+        return None
+
     def input(self, role: str) -> Artifact:
         """Load one of this artifact's inputs by role (resolved relative to this artifact)."""
         for ref in self.manifest.inputs:
@@ -227,7 +244,7 @@ def _resolve_input_path(artifact_dir: Path, stored: str) -> Path:
     return p if p.is_absolute() else (artifact_dir.parent / p).resolve()
 
 
-def _input_ref(role: str, art: Artifact, out: Path) -> dict[str, Any]:
+def _input_ref(role: str, art: Artifact | RecordedInput, out: Path) -> dict[str, Any]:
     # Stored relative to the output's parent so a project folder can be moved as a whole.
     # Never hashed: only the fingerprint is.
     try:
@@ -315,7 +332,7 @@ class ArtifactBuilder:
         self.file_filter: Iterable[str] | None = None
         self.state_names: set[str] = set()  # files listed as state_files (see Manifest)
 
-    def add_input(self, role: str, art: Artifact) -> None:
+    def add_input(self, role: str, art: Artifact | RecordedInput) -> None:
         self.inputs.append(_input_ref(role, art, self.out))
 
     def manifest(self, root: Path | None = None) -> Manifest:

@@ -64,7 +64,8 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
-def make_checkpoint(root: Path, name: str, tokenizer_dir: Path, seed: int = 0, **fields) -> Path:
+def make_checkpoint(root: Path, name: str, tokenizer_dir: Path, seed: int = 0, document_start: str | None = None,
+                    **fields) -> Path:
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
@@ -80,6 +81,8 @@ def make_checkpoint(root: Path, name: str, tokenizer_dir: Path, seed: int = 0, *
             (build.dir / TOKENIZER_DIR / file).write_bytes((tokenizer_dir / file).read_bytes())
         build.config = {"model": config.to_dict()}
         build.seed = seed
+        if document_start is not None:
+            build.stats = {"document_start": document_start}
     return out
 
 
@@ -712,3 +715,20 @@ def test_report_shows_the_parameter_count_of_an_imported_checkpoint(cli, tmp_pat
     manifest.write_text(json.dumps(data))
     assert cli("verify", tmp_path / "ckpt").exit_code == 0
     assert f"{params:,} params" in cli("report", tmp_path / "ckpt").output
+
+
+@pytest.mark.parametrize("start", ["eos", "bos"])
+def test_the_document_start_token_survives_export_and_import(cli, tmp_path, tokenizer_dir, start):
+    """A model pretrained on `text <|eos|>` documents is scored and prompted after <|eos|>; the
+    checkpoint records that, and its exported-then-imported copy must too (not fall back to <|bos|>)."""
+    from llmkit.generate.prompts import document_start_id
+    from llmkit.model.io import load_checkpoint
+
+    ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, document_start=start, **EXPORT_CASES["llama-tied-gqa"])
+    assert cli("export", ckpt, "-o", tmp_path / "hf").exit_code == 0
+    assert cli("import", tmp_path / "hf", "-o", tmp_path / "back").exit_code == 0
+    for path in (ckpt, tmp_path / "back"):
+        loaded = load_checkpoint(path)
+        expected = loaded.tokenizer.eos_id if start == "eos" else loaded.tokenizer.bos_id
+        assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == expected
+    assert artifacts.load(tmp_path / "back").stats["document_start"] == start

@@ -461,3 +461,37 @@ def test_max_tokens_sets_the_number_of_steps(shakespeare, cli, tmp_path):
     assert result.exit_code == 0, result.output
     stats = artifacts.load(run).stats
     assert stats["step"] == 3 and stats["tokens_seen"] == 3 * 1024  # ceil(2500 / 1024) steps of 1024 tokens
+
+
+def test_a_run_does_not_depend_on_where_its_ancestors_are(shakespeare, cli, tmp_path):
+    """The tokens record their tokenizer, and pretrain records it again: the run's fingerprint,
+    and the token its documents start after, must not change when that tokenizer is not on disk
+    (a copied tokens folder), nor when the checkpoint itself is copied away from its inputs; and
+    -o may not replace that recorded tokenizer, even with --force."""
+    import shutil
+
+    from llmkit.generate.prompts import document_start_id
+    from llmkit.model.io import load_checkpoint
+
+    moved = tmp_path / "elsewhere" / "tokens"
+    shutil.copytree(shakespeare["tokens"], moved)  # its recorded ../tokenizer is not there
+    with pytest.raises(Exception, match="no such artifact"):
+        artifacts.load(moved).input("tokenizer")
+    runs = []
+    for name, tokens in (("a", shakespeare["tokens"]), ("b", moved)):
+        result = cli("pretrain", tokens, "-o", tmp_path / name, *FAST, "--max-steps", "1", "--eval-every", "0")
+        assert result.exit_code == 0, result.output
+        runs.append(artifacts.load(tmp_path / name))
+    assert runs[0].fingerprint == runs[1].fingerprint
+    assert [i["role"] for i in runs[1].manifest.inputs] == ["tokenizer", "tokens"]
+
+    solo = tmp_path / "solo" / "run"
+    shutil.copytree(tmp_path / "a", solo)
+    loaded = load_checkpoint(solo)
+    assert artifacts.load(shakespeare["tokens"]).stats["add_bos"] is False
+    assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == loaded.tokenizer.eos_id
+
+    before = artifacts.load(shakespeare["tokenizer"]).fingerprint
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", shakespeare["tokenizer"], "--force", *FAST, "--max-steps", "1"))
+    assert "is the stage's input" in line
+    assert artifacts.verify(shakespeare["tokenizer"]).ok and artifacts.load(shakespeare["tokenizer"]).fingerprint == before

@@ -37,7 +37,9 @@ def _average(config: AverageConfig, *, checkpoints: list[Path], out: Path, force
     weights = normalised(config.weights, len(members))
     artifacts.check_output(out, force, inputs=checkpoints)
     first = CheckpointStats.of(members[0])
-    stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels).to_dict()
+    starts = {member.stats.get("document_start") for member in members}
+    stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels,
+                            document_start=starts.pop() if len(starts) == 1 else None).to_dict()
     write_average(out, members, weights, config={"method": "weighted mean", "weights": weights}, seed=config.seed,
                   stats=dict(stats, averaged=len(members)), force=force)
     print_checkpoint_summary(out)

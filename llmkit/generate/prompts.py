@@ -95,8 +95,9 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
     `<|bos|>`), so a model pretrained on the default shards has seen every document start right
     after `<|eos|>` and never seen `<|bos|>`; lm-evaluation-harness likewise conditions the first
     token on EOT. Fine-tuned checkpoints (with task.json) are trained with `<|bos|>` first, and
-    imported checkpoints use their own BOS. The checkpoint's lineage (its tokens input, through
-    any checkpoint inputs) tells which; when it cannot be found, `<|bos|>`.
+    imported checkpoints use their own BOS. A checkpoint records which (stats `document_start`,
+    carried through average, export and import); one written before it did is traced through
+    its lineage (its tokens input, through any checkpoint inputs); when that cannot be found, `<|bos|>`.
     """
     if task is not None or artifact is None:
         return tokenizer.bos_id
@@ -104,6 +105,9 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
     current, seen = artifact, 0
     while current is not None and seen < 8:
         seen += 1
+        recorded = current.stats.get("document_start")
+        if recorded in ("bos", "eos"):
+            return tokenizer.bos_id if recorded == "bos" else tokenizer.eos_id
         refs = {ref["kind"]: ref["role"] for ref in current.manifest.inputs if "kind" in ref}
         try:
             if "tokens" in refs:

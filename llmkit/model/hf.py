@@ -498,10 +498,11 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         GenerationConfig(
             bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad
         ).save_pretrained(tmp)
-        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template,
-                          start_id=document_start_id(tok, art, task))
+        start_id = document_start_id(tok, art, task)
+        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template, start_id=start_id)
         provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint,
-                      "task": json.loads(task.to_json()) if task is not None else None}
+                      "task": json.loads(task.to_json()) if task is not None else None,
+                      "document_start": "eos" if start_id == tok.eos_id and start_id != tok.bos_id else "bos"}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
@@ -782,6 +783,15 @@ def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, t
     return original, state
 
 
+def _exported_document_start(src: Path) -> str | None:
+    """"bos" or "eos" where llmkit exported the folder (the token its documents followed), else None."""
+    try:
+        recorded = json.loads((src / LLMKIT_CONFIG_FILE).read_text(encoding="utf-8")).get("document_start")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return recorded if recorded in ("bos", "eos") else None
+
+
 def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
     """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
     from llmkit import artifacts
@@ -834,5 +844,6 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
             "special_tokens": special,
         }
         build.seed = seed
-        build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab).to_dict()
+        build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab,
+                                      document_start=_exported_document_start(src)).to_dict()
     return out

@@ -113,6 +113,7 @@ class CheckpointStats:
     vocab_size: int | None = None
     tokenizer_vocab_size: int | None = None
     tokenizer_fingerprint: str | None = None
+    document_start: str | None = None  # "bos" or "eos": the token each pretraining document followed
     task: str | None = None
     labels: list[str] | None = None
     seq_len: int | None = None

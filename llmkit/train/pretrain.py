@@ -26,14 +26,16 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
     """Train and return the run directory, which is then a checkpoint artifact. With `init_from`
     (a checkpoint) training continues from its weights and model: continued pretraining."""
     tokens = Path(tokens)
-    artifacts.load(tokens, kind="tokens")
     if config.max_steps is not None and config.max_tokens is not None:
         raise UsageError("give --max-steps or --max-tokens, not both")
+    tokens_art = artifacts.load(tokens, kind="tokens")
     inputs = {"tokens": str(tokens.resolve())}
     if init_from is not None:
-        _check_init(artifacts.load(init_from, kind="checkpoint"), artifacts.load(tokens, kind="tokens"), config)
+        _check_init(artifacts.load(init_from, kind="checkpoint"), tokens_art, config)
         inputs["init_from"] = str(Path(init_from).resolve())
-    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs)
+    tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
+    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,
+                  reads=[tokenizer.path if tokenizer else None])
 
 
 def _check_init(init, tokens_art, config: PretrainConfig) -> None:
@@ -147,10 +149,10 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.optim.lr,
         )
         inputs = [("tokens", tokens_art)] + ([("init", init)] if init is not None else [])
-        try:
-            inputs.append(("tokenizer", tokens_art.input("tokenizer")))
-        except UserError:
-            pass  # the tokenizer artifact moved away; its copy travels in tokenizer/ all the same
+        # As the tokens record it, found or not (its copy travels in tokenizer/): the fingerprint
+        # must not depend on whether an ancestor is still on disk.
+        tokenizer = tokens_art.recorded_input("tokenizer")
+        inputs += [("tokenizer", tokenizer)] if tokenizer is not None else []
         spec = ArtifactSpec(
             config=config.hashed(),
             seed=config.seed,
@@ -160,6 +162,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 seq_len=seq_len, global_batch_sequences=global_batch, global_batch_tokens=global_batch * seq_len,
                 max_steps=max_steps,
                 tokenizer_fingerprint=next((i["fingerprint"] for i in tokens_art.manifest.inputs if i["role"] == "tokenizer"), None),
+                document_start="bos" if tokens_art.stats.get("add_bos", True) else "eos",
             ),
             runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.numerics.precision),
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
