@@ -28,9 +28,13 @@ def _config(tmp_path, values, name="config.json"):
 
 
 def test_parameter_counts_equal_public_figures(cli, tmp_path):
-    assert _plan(cli, "--model", "gpt2")["model"]["parameters"] == 124_439_808  # GPT-2 small
+    gpt2_small = _plan(cli, "--model", "gpt2")["model"]
+    assert gpt2_small["parameters"] == 124_439_808  # GPT-2 small
+    # Kaplan et al.'s N, which scaling laws (sweep, scaling fit, plan --scaling) count: GPT-2 small's "85M"
+    assert gpt2_small["non_embedding_parameters"] == 124_439_808 - 50257 * 768 - 1024 * 768 == 85_056_000
     llama = _plan(cli, "--hf-config", _config(tmp_path, LLAMA3_8B))["model"]
     assert llama["parameters"] == 8_030_261_248 and llama["mlp_hidden"] == 14336 and not llama["tied_embeddings"]
+    assert llama["non_embedding_parameters"] == 8_030_261_248 - 128256 * 4096  # the untied head counts
     assert _plan(cli, "--hf-config", _config(tmp_path, MISTRAL_7B, "m.json"))["model"]["parameters"] == 7_241_732_096
     gpt2 = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}
     assert _plan(cli, "--hf-config", _config(tmp_path, gpt2, "g.json"))["model"]["parameters"] == 124_439_808
@@ -39,7 +43,7 @@ def test_parameter_counts_equal_public_figures(cli, tmp_path):
 def test_flops_and_speed_follow_6n_plus_attention(cli):
     plan = _plan(cli, "--model", "gpt2", "--gpu", "h100", "--mfu", "0.5", "--gpus", "8", "--micro-batch", "4")
     c = plan["compute"]
-    n = plan["model"]["non_embedding_parameters"]
+    n = 124_439_808 - 1024 * 768  # every parameter a token's products use: the tied head's too, not the position table
     assert c["flops_per_token"] == 6 * n + 12 * 12 * 768 * 1024
     assert c["tokens_per_s"] == pytest.approx(8 * 989e12 * 0.5 / c["flops_per_token"])
     assert c["batch_tokens"] == 8 * 4 * 1024  # one micro-batch per data-parallel rank

@@ -71,3 +71,14 @@ def build_model(config: ModelConfig, *, initialise: bool = True):
 
         return LSTMLM(config)
     return GPT(config, initialise=initialise)
+
+
+def non_embedding_params(model) -> int:
+    """Kaplan et al.'s N, what scaling laws are fitted on: every parameter but the token and
+    position embeddings (a tied output head is the token embedding; an untied one counts).
+    `GPT.num_params(non_embedding=True)` is another count, the FLOPs': it keeps the token
+    embedding, whose tied head is a matrix product per token."""
+    embedding = model.tok_emb.weight.numel()
+    if getattr(model, "pos_emb", None) is not None:
+        embedding += model.pos_emb.weight.numel()
+    return model.num_params() - embedding

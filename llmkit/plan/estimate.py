@@ -36,7 +36,8 @@ class ModelShape:
 
     config: object  # llmkit.model.gpt.ModelConfig
     total: int  # every parameter, a tied embedding once
-    non_embedding: int  # without the position table (as MFU counts)
+    non_embedding: int  # Kaplan's N, as scaling laws count: without the token and position embeddings
+    flop_params: int  # the parameters a token's matrix products use: all but the position table (as MFU counts)
     embedding: int  # token embedding (and position table)
     head: int  # a separate output head (0 when tied)
     per_block: int
@@ -47,24 +48,24 @@ class ModelShape:
     def of(cls, config) -> ModelShape:
         import torch
 
-        from llmkit.model.presets import build_model
+        from llmkit.model.presets import build_model, non_embedding_params
 
         with torch.device("meta"):
             model = build_model(config)
         total = sum(p.numel() for p in model.parameters())
-        non_embedding = model.num_params(non_embedding=True)
+        non_embedding, flop_params = non_embedding_params(model), model.num_params(non_embedding=True)
         embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("tok_emb", "pos_emb")))
         head = 0 if config.tie_embeddings else sum(p.numel() for n, p in model.named_parameters() if n.startswith("lm_head"))
         block = next(iter(model.blocks))
         per_block = sum(p.numel() for p in block.parameters())
         matrices = sum(p.numel() for p in block.parameters() if p.dim() == 2)
         final_norm = total - embedding - head - per_block * config.n_layer
-        return cls(config, total, non_embedding, embedding, head, per_block, matrices, final_norm)
+        return cls(config, total, non_embedding, flop_params, embedding, head, per_block, matrices, final_norm)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6N + 12·L·C·T (what the training loop's MFU counts)."""
         c = self.config
-        return 6.0 * self.non_embedding + 12.0 * c.n_layer * c.n_embd * seq_len
+        return 6.0 * self.flop_params + 12.0 * c.n_layer * c.n_embd * seq_len
 
 
 @dataclass(frozen=True)

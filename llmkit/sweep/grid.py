@@ -56,16 +56,13 @@ def _count(config: SweepConfig, layers: int, width: int, heads: int, vocab_size:
     """(total, non-embedding) parameters of a size, and its context length: built on the meta device, no memory."""
     import torch
 
-    from llmkit.model.presets import build_model, resolve_model_config
+    from llmkit.model.presets import build_model, non_embedding_params, resolve_model_config
 
     overrides = dict(config.base.architecture.overrides(), n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads)
     model_config = resolve_model_config(config.base.architecture.model, vocab_size=vocab_size, overrides=overrides)
     with torch.device("meta"):
         model = build_model(model_config)
-    total = model.num_params()
-    # Kaplan et al.'s count: without the token and position embeddings (a tied output head is the embedding).
-    embedding = model.tok_emb.weight.numel() + (model.pos_emb.weight.numel() if getattr(model, "pos_emb", None) is not None else 0)
-    return total, total - embedding, model_config.context_length
+    return model.num_params(), non_embedding_params(model), model_config.context_length
 
 
 def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
