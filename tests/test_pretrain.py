@@ -495,3 +495,17 @@ def test_a_run_does_not_depend_on_where_its_ancestors_are(shakespeare, cli, tmp_
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", shakespeare["tokenizer"], "--force", *FAST, "--max-steps", "1"))
     assert "is the stage's input" in line
     assert artifacts.verify(shakespeare["tokenizer"]).ok and artifacts.load(shakespeare["tokenizer"]).fingerprint == before
+
+
+def test_resuming_a_finished_run_changes_nothing_and_cannot_go_back(shakespeare, cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "3", "--eval-every", "0").exit_code == 0
+    before = artifacts.load(run).fingerprint
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", run, "--resume", *FAST, "--max-steps", "2", "--eval-every", "0"))
+    assert "trained 3 steps" in line and "--max-steps above 3" in line
+    # no steps left: whatever else the flags say, the artifact (config, fingerprint) stays as it was
+    again = cli("pretrain", shakespeare["tokens"], "-o", run, "--resume", *FAST, "--max-steps", "3", "--eval-every", "0",
+                "--lr", "0.1", "--weight-decay", "0.5")
+    assert again.exit_code == 0, again.output
+    assert "nothing to train" in again.output
+    assert artifacts.load(run).fingerprint == before and artifacts.verify(run).ok

@@ -232,6 +232,11 @@ class Trainer:
         else:
             load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
         self.start_step = int(progress["step"])
+        if self.start_step > self.settings.max_steps:
+            raise UserError(
+                f"cannot resume from {latest}: it has trained {self.start_step} steps, more than this run's "
+                f"{self.settings.max_steps}; give --max-steps above {self.start_step} to train further"
+            )
         self.last_loss = progress.get("loss")
         self.last_val = progress.get("val_loss")
         self.resumed_from = self.start_step
@@ -465,6 +470,13 @@ class Trainer:
         started = time.perf_counter()
         window_start, window_steps = time.perf_counter(), 0
         step = self.start_step
+        if self.resumed_from == s.max_steps and (self.run_dir / artifacts.MANIFEST).is_file():
+            # Finished already: the artifact stays as it is (its config and fingerprint included).
+            logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
+                        "(give a larger --max-steps to train further)")
+            logger.close()
+            return LoopResult(steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=step * tokens_per_step,
+                              seconds=0.0, tokens_per_s=0.0, resumed_from=self.resumed_from)
         try:
             if self.resumed_from is not None:
                 logger.note(f"resumed from step {self.start_step} ({s.max_steps - self.start_step} steps to go)")
