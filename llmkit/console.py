@@ -13,8 +13,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, emoji=False)  # ":x:" in a path or message stays as typed
+out = Console(highlight=False, emoji=False)
 
 
 def progress(*extra_columns, transient: bool = False) -> Progress:

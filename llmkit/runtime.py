@@ -123,9 +123,26 @@ def let_idle_threads_sleep() -> None:
 
 
 def resolve_device(name: str) -> str:
-    """`auto` means CUDA when there is a GPU, else the CPU; any other name is kept."""
-    if name != "auto":
-        return name
+    """`auto` means CUDA when there is a GPU, else the CPU; cuda (or cuda:N) and mps only where
+    this machine has them."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from llmkit.errors import UserError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    if kind == "cpu" and not index:
+        return name
+    if kind == "cuda" and (not index or index.isdigit()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA); use --device cpu or auto")
+        if index and int(index) >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return name
+    if kind == "mps" and not index:
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps: this machine has no Apple GPU; use --device cpu or auto")
+        return name
+    raise UserError(f"--device {name}: unknown device; use cpu, cuda, cuda:N, mps or auto")

@@ -182,6 +182,8 @@ BAD_VALUES = [
     (["generate", "{ckpt}", "-p", "x", "--temperature", "-1"], "--temperature must be at least 0"),
     (["generate", "{ckpt}", "-p", "x", "--top-k", "0"], "--top-k must be at least 1"),
     (["chat", "{ckpt}", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["generate", "{ckpt}", "-p", "x", "--device", "tpu"], "--device tpu: unknown device; use cpu, cuda, cuda:N, mps or auto"),
+    (["eval", "{ckpt}", "--data", "{tokens}", "--device", "cuda:x"], "--device cuda:x: unknown device"),
 ]
 
 
@@ -192,6 +194,15 @@ def test_bad_option_values_are_one_line_errors_before_any_work(cli, chain, tmp_p
     if command[0] not in ("generate", "chat"):
         command += ["-o", str(tmp_path / "out")]
     assert message in _one_line_error(cli(*command))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine with a CUDA GPU")
+@pytest.mark.parametrize("stage", ["generate", "eval"])
+def test_a_cuda_device_on_a_machine_without_one_is_named(cli, chain, tmp_path, stage):
+    args = ["-p", "x"] if stage == "generate" else ["--data", chain / "tokens", "-o", tmp_path / "out"]
+    line = _one_line_error(cli(stage, chain / "ckpt", *args, "--device", "cuda"))
+    assert "--device cuda: this machine has no CUDA GPU" in line and "use --device cpu or auto" in line
     assert list(tmp_path.iterdir()) == []
 
 
