@@ -233,6 +233,10 @@ def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, cl
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(stats["val_accuracy"], abs=1e-9)
     assert metrics["f1"] == pytest.approx(stats["val_f1"], abs=1e-9)
+    # names for labels the classifier does not have (or too few) would silently drop or misname classes
+    wrong = cli("eval", run, "--metric", "accuracy", "--data", dev, "-o", tmp_path / "wrong", "--labels", "neg,pos,neutral")
+    assert wrong.exit_code != 0 and "--labels names 3 labels but the classifier was trained on 2 (0, 1)" in wrong.output
+    assert not (tmp_path / "wrong").exists()
 
 
 def test_classifier_pools_first_token_for_mlm_and_last_real_token_for_clm(base):

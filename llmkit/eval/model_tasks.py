@@ -263,6 +263,10 @@ def classification(loaded, cfg):
         return metrics, records_out
 
     names = [str(n) for n in (cfg.labels or (task.labels if task is not None else None) or [])]
+    trained = task.labels if task is not None and task.labels and callable(getattr(loaded.model, "classify", None)) else None
+    if cfg.labels and trained and len(cfg.labels) != len(trained):
+        raise UserError(f"--labels names {len(cfg.labels)} labels but the classifier was trained on {len(trained)} "
+                        f"({', '.join(map(str, trained))}); give {len(trained)} names, in that order, or leave --labels out")
     if len(names) == 1:
         raise UserError(f"classification needs at least two labels, got only {names[0]!r}; pass --labels A,B,...")
     if not names:
