@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -146,3 +147,42 @@ def resolve_device(name: str) -> str:
             raise UserError("--device mps: this machine has no Apple GPU; use --device cpu or auto")
         return name
     raise UserError(f"--device {name}: unknown device; use cpu, cuda, cuda:N, mps or auto")
+
+
+class _Offline:
+    def __init__(self) -> None:
+        self.value = False
+
+    def __bool__(self) -> bool:
+        return self.value
+
+
+@contextlib.contextmanager
+def offline_when_unreachable():
+    """Switch `datasets` to offline mode when the Hub does not answer within a few seconds, so
+    that a missing network costs one quick check instead of half a minute of retries (the
+    cache still answers). Yields whether it is offline (clean's and eval's data set names)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    state = _Offline()
+    if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        state.value = True
+        yield state
+        return
+    endpoint = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+        yield state
+        return
+    except OSError:
+        state.value = True
+    saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield state
+    finally:
+        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved

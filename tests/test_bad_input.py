@@ -197,6 +197,15 @@ def test_bad_option_values_are_one_line_errors_before_any_work(cli, chain, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_mistyped_data_path_under_a_folder_here_is_not_taken_for_a_hub_name(cli, chain, tmp_path, monkeypatch):
+    """`runs/tokenz` has the form of a Hub name (`org/name`), but runs/ is a folder here: a typo, said at once."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_error(cli("eval", chain / "ckpt", "--data", "runs/tokenz", "-o", tmp_path / "out"))
+    assert line == "error: --data runs/tokenz: no such file or artifact; check the path"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine with a CUDA GPU")
 @pytest.mark.parametrize("stage", ["generate", "eval"])
 def test_a_cuda_device_on_a_machine_without_one_is_named(cli, chain, tmp_path, stage):

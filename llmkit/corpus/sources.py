@@ -10,7 +10,6 @@ label that never holds an absolute path, so the output does not depend on where 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import io
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
 from llmkit.errors import UserError
+from llmkit.runtime import offline_when_unreachable
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".html", ".htm"}  # HTML: pair with --strip-html
 RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
@@ -499,44 +499,6 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     return _BUILDERS.get(fmt, "text"), splits
 
 
-class _Offline:
-    def __init__(self) -> None:
-        self.value = False
-
-    def __bool__(self) -> bool:
-        return self.value
-
-
-@contextlib.contextmanager
-def _offline_when_unreachable():
-    """Switch `datasets` to offline mode when the Hub does not answer within a few seconds, so
-    that a missing network costs one quick check instead of half a minute of retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    import datasets.config
-    import huggingface_hub.constants as hub
-
-    state = _Offline()
-    if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
-        state.value = True
-        yield state
-        return
-    endpoint = urlparse(hub.ENDPOINT)
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
-        yield state
-        return
-    except OSError:
-        state.value = True
-    saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
-    try:
-        yield state
-    finally:
-        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
-
-
 def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
     local = Path(name)
     label = f"dataset:{local.name if local.exists() else name}/{split}"
@@ -557,7 +519,7 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                                     "(a single file is the train split); choose one with --split")
                 ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(datasets_cache_dir()))
             else:
-                with _offline_when_unreachable() as offline:
+                with offline_when_unreachable() as offline:
                     ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
         except UserError:
             raise

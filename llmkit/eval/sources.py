@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +59,27 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
 
 
 def _looks_like_path(data: str) -> bool:
-    """A missing file, rather than a data set name such as `wikitext:wikitext-2-raw-v1` or `org/name`."""
+    """A missing file, rather than a data set name such as `wikitext:wikitext-2-raw-v1` or
+    `org/name`: a path's form, or a folder here that `org` would be (`runs/tokenz`)."""
     suffixes = (".txt", ".md", ".jsonl", ".json", ".ndjson", ".parquet", ".csv")
-    return data.startswith(("/", ".", "~")) or data.count("/") > 1 or data.lower().endswith(suffixes)
+    first = data.split("/", 1)[0]
+    return (data.startswith(("/", ".", "~")) or data.count("/") > 1 or data.lower().endswith(suffixes)
+            or ("/" in data and Path(first).is_dir()))
 
 
 def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
     import datasets
 
+    from llmkit.runtime import offline_when_unreachable
+
+    offline = False
     try:
-        ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
+        with offline_when_unreachable() if data_files is None else contextlib.nullcontext() as offline:
+            ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
     except Exception as exc:  # offline misses, unknown names and splits all land here
+        where = " (no file or folder of that name here, and the Hub is unreachable)" if offline else ""
         raise UserError(
-            f"could not load data set {name!r}{f' ({config})' if config else ''} split {split!r}: "
+            f"could not load data set {name!r}{f' ({config})' if config else ''} split {split!r}{where}: "
             f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
         ) from exc
     return [dict(r) for r in ds]
