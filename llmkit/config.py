@@ -111,13 +111,25 @@ def resolve(
     """
     from llmkit.options import flat_options
 
-    known = {opt.name: opt for opt in flat_options(config_cls)}
+    options = flat_options(config_cls)
+    known = {opt.name: opt for opt in options}
+    # A file's key is the flag's name (`prompt`, `metric`); the field's name is also taken
+    # unless it is another option's flag (`prompts` is --prompts FILE, not --prompt's field).
+    by_key = {opt.key: opt.name for opt in options}
+    by_key.update({opt.name: opt.name for opt in options if opt.name not in by_key})
     from_file = file_values(file, section)
-    unknown = sorted(set(from_file) - set(known))
+    unknown = sorted(set(from_file) - set(by_key))
     if unknown:
         raise UserError(
-            f"unknown option(s) in {file}: {', '.join(unknown)}; known options are: {', '.join(sorted(known))}"
+            f"unknown option(s) in {file}: {', '.join(unknown)}; known options are: {', '.join(sorted(o.key for o in options))}"
         )
+    given: dict[str, list[str]] = {}
+    for key in from_file:
+        given.setdefault(by_key[key], []).append(key)
+    twice = next((keys for keys in given.values() if len(keys) > 1), None)
+    if twice:
+        raise UserError(f"{file} sets one option twice, as {' and '.join(twice)}; keep one")
+    from_file = {by_key[k]: v for k, v in from_file.items()}
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(v, known[k].type) for k, v in from_file.items()})
     values.update({k: v for k, v in (explicit or {}).items() if k in known})

@@ -155,6 +155,17 @@ class FlatOption:
     help: str
     path: tuple[str, ...]  # group field names leading to it ((), or ("optim",))
 
+    @property
+    def flag(self) -> str:
+        """Its long flag as typed (`--prompt`; `--fast` of `--fast/--no-fast`)."""
+        long = next((f for f in self.spec.flags if f.startswith("--")), None)
+        return long.split("/")[0] if long else "--" + self.name.replace("_", "-")
+
+    @property
+    def key(self) -> str:
+        """Its key in a config file: the long flag, underscored (`max_steps`, `prompt`)."""
+        return self.flag[2:].replace("-", "_")
+
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -253,7 +264,7 @@ class Options:
         """Every value against its declaration: type, finite, range, choices. An OptionError names
         the flag, what it must be and what it got, for values from flags, files and Python alike."""
         for opt, value in self._items():
-            flag = "--" + opt.name.replace("_", "-")
+            flag = opt.flag
             problem = _type_problem(value, opt.type)
             if problem:
                 raise OptionError(f"{flag} must be {problem}, got {value!r}")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO
 from llmkit.cli import app, stage_commands
+from llmkit.errors import UserError
 from llmkit.options import Options, flat_options, group, option
 from llmkit.options_doc import click_command, stale_pages
 
@@ -50,6 +51,37 @@ def test_every_config_field_is_exactly_one_flag_and_every_flag_a_field(path):
     extra = set(by_name) - set(options) - inputs - STANDARD
     assert not extra, f"{path}: flags without a config field: {extra}"
     assert "config" in by_name and ("force" in by_name or "out" not in by_name)  # --force wherever something is written
+
+
+@pytest.mark.parametrize("path", list(stage_commands()))
+def test_every_option_has_one_config_file_key_its_flag_names(path):
+    options = flat_options(stage_commands()[path].config_cls)
+    keys = [opt.key for opt in options]
+    assert len(keys) == len(set(keys)), f"{path}: two options share a config key"
+    for opt in options:
+        assert opt.flag == "--" + opt.key.replace("_", "-") and opt.flag in {f for d in opt.spec.flags for f in d.split("/")} | {_flag(opt.name)}
+
+
+def test_a_config_file_takes_the_flag_names_and_refuses_an_option_given_twice(tmp_path):
+    """`--prompt` (texts) and `--prompts` (a file) are different options: a file says which by the
+    flag's name, and the field name `prompts` (--prompt's) is not taken for --prompt."""
+    from llmkit.config import resolve
+    from llmkit.eval.config import EvalConfig
+    from llmkit.generate.config import GenerateConfig
+
+    file = tmp_path / "g.toml"
+    file.write_text('[generate]\nprompt = ["Once", "Twice"]\nprompts = "p.txt"\nmax_new_tokens = 3\n')
+    config = resolve(GenerateConfig, file=file, section="generate")
+    assert config.prompts == ["Once", "Twice"] and str(config.prompts_file) == "p.txt" and config.sampling.max_new_tokens == 3
+    file.write_text('[generate]\nprompts = ["Once"]\n')  # a list for --prompts FILE: said, not read as texts
+    with pytest.raises(UserError, match="--prompts must be a path"):
+        resolve(GenerateConfig, file=file, section="generate")
+    file.write_text('[eval]\nmetric = ["accuracy"]\nfield = "sentence"\n')
+    config = resolve(EvalConfig, file=file, section="eval")
+    assert config.metrics == ["accuracy"] and config.text_field == "sentence"
+    file.write_text('[eval]\nmetric = ["accuracy"]\nmetrics = ["f1"]\n')
+    with pytest.raises(UserError, match="sets one option twice, as metric and metrics"):
+        resolve(EvalConfig, file=file, section="eval")
 
 
 def test_no_short_flag_means_two_things():
