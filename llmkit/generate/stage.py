@@ -95,6 +95,12 @@ def run_generate(
     limit = context_limit(loaded.model)
     longest = max(len(ids) for ids in encoded)
     max_new_tokens = cfg.sampling.max_new_tokens
+    if limit is not None and longest + max_new_tokens > limit and cfg.context_overflow == "error":
+        # said before anything is printed or written, not after the first prompts' completions
+        raise UserError(
+            f"prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the model's context length ({limit}); "
+            "shorten the prompt, lower --max-new-tokens or use --context-overflow slide"
+        )
     if limit is not None and longest + max_new_tokens > limit and cfg.context_overflow == "slide":
         from llmkit.console import err
 
