@@ -189,6 +189,18 @@ def test_sample_options_limit_training(corpus, tmp_path):
     by_bytes = train_tokenizer([corpus], tmp_path / "b", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000, seed=1))
     stats = artifacts.load(by_bytes).stats
     assert 50_000 <= stats["training_bytes"] < 60_000
+    with pytest.raises(UserError, match="--sample-bytes 10 drew no document from the input's"):
+        train_tokenizer([corpus], tmp_path / "none", TokenizerTrainConfig(vocab_size=500, sample_bytes=10, seed=1))
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_vocabulary_larger_than_the_input_holds_is_said(cli, tmp_path):
+    (tmp_path / "tiny.txt").write_text("the cat sat on the mat\n" * 50, encoding="utf-8")
+    assert cli("clean", tmp_path / "tiny.txt", "-o", tmp_path / "corpus", "--min-words", "1").exit_code == 0
+    result = cli("tokenizer", "train", tmp_path / "corpus", "-o", tmp_path / "tok", "--vocab-size", "5000")
+    assert result.exit_code == 0, result.output
+    size = artifacts.load(tmp_path / "tok").stats["vocab_size"]
+    assert size < 5000 and f"the tokenizer has {size:,}" in result.output and "fewer than --vocab-size 5,000" in result.output
 
 
 def test_a_byte_sample_spans_every_input_and_any_worker_count_draws_the_same(shared_data, tmp_path, monkeypatch):

@@ -71,11 +71,20 @@ def train_tokenizer(
         seconds = time.perf_counter() - started
         resume.remove(build.dir)
         (build.dir / SAMPLE_LOG).unlink(missing_ok=True)
+        if sampler.docs == 0 and config.sample_bytes is not None and source.total_bytes > 0:
+            raise UserError(
+                f"--sample-bytes {config.sample_bytes} drew no document from the input's {source.total_bytes:,} bytes; "
+                "raise --sample-bytes (or leave it out to train on everything)"
+            )
         if sampler.docs == 0:
             raise UserError(
                 "the input has no text to train on (empty corpus or only empty documents); "
                 "check the corpus with llmkit inspect or pass other files"
             )
+        if tokenizer.get_vocab_size() < config.vocab_size:
+            err.print(f"note: the input held only {tokenizer.get_vocab_size():,} tokens' worth of merges, fewer than "
+                      f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} (more text gives more)",
+                      soft_wrap=True, markup=False)
         tokenizer.save(str(build.dir / TOKENIZER_FILE))
         np.save(build.dir / TOKEN_BYTES_FILE, compute_token_bytes(tokenizer), allow_pickle=False)
 
