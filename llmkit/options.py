@@ -331,9 +331,14 @@ def comma_list(value: Any) -> list[str]:
 
 
 def comma_floats(value: Any) -> list[float]:
-    """`2e5,1e6` (or the flag repeated) -> [200000.0, 1000000.0]."""
+    """`2e5,1e6` (or the flag repeated) -> [200000.0, 1000000.0]; an empty entry (`1,,2`) is refused:
+    the numbers' positions can matter (average's --weights)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    parts = [part.strip() for item in items for part in str(item).split(",")]
+    if any(not part for part in parts) and any(parts):
+        raise ValueError("an empty entry between commas")
     try:
-        return [float(part) for part in comma_list(value)]
+        return [float(part) for part in parts if part]
     except ValueError as exc:
         raise ValueError(f"expected numbers separated by commas ({exc})") from None
 

@@ -182,6 +182,11 @@ BAD_VALUES = [
     (["generate", "{ckpt}", "-p", "x", "--temperature", "-1"], "--temperature must be at least 0"),
     (["generate", "{ckpt}", "-p", "x", "--top-k", "0"], "--top-k must be at least 1"),
     (["chat", "{ckpt}", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["clean", "{book}", "--threshold", "0.8", "--bands", "3"], "give --threshold or --bands/--rows, not both"),
+    (["pretrain", "{tokens}", "--resume", "--force"], "--resume continues the run in -o and --force replaces it"),
+    (["average", "{ckpt}", "{ckpt}", "--weights", "1,,2"], "--weights '1,,2': an empty entry between commas"),
+    (["plan", "--hf-config", "{hf}/config.json", "--model", "tiny"], "--hf-config describes the model; leave out --model"),
+    (["plan", "--model", "tiny", "--gpus", "0"], "--gpus 0 plans no h100"),
     (["generate", "{ckpt}", "-p", "x", "--device", "tpu"], "--device tpu: unknown device; use cpu, cuda, cuda:N, mps or auto"),
     (["eval", "{ckpt}", "--data", "{tokens}", "--device", "cuda:x"], "--device cuda:x: unknown device"),
 ]
@@ -191,7 +196,7 @@ BAD_VALUES = [
 def test_bad_option_values_are_one_line_errors_before_any_work(cli, chain, tmp_path, args, message):
     paths = {p.stem: p for p in chain.iterdir()}
     command = [a.format(**paths) for a in args]
-    if command[0] not in ("generate", "chat"):
+    if command[0] not in ("generate", "chat", "plan"):
         command += ["-o", str(tmp_path / "out")]
     assert message in _one_line_error(cli(*command))
     assert list(tmp_path.iterdir()) == []

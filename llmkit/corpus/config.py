@@ -138,7 +138,13 @@ class CleanConfig(Options):
         if self.threshold is not None:
             from llmkit.corpus.minhash import optimal_bands_rows
 
-            self.bands, self.rows = optimal_bands_rows(self.threshold, self.num_perm)
+            picked = optimal_bands_rows(self.threshold, self.num_perm)
+            fields = type(self).__dataclass_fields__
+            defaults = (fields["bands"].default, fields["rows"].default)
+            if (self.bands, self.rows) not in {defaults, picked}:  # (picked: a config this built before, rebuilt)
+                raise UserError(f"--threshold picks bands x rows itself ({picked[0]} x {picked[1]} here); "
+                                "give --threshold or --bands/--rows, not both")
+            self.bands, self.rows = picked
         if self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm:
             raise UserError(
                 f"bands x rows ({self.bands} x {self.rows}) must fit in num_perm ({self.num_perm}); "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.errors import UserError
 from llmkit.hardware import BY_KEY
 from llmkit.options import Options, group, option
 from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Numerics, Placement
@@ -38,3 +39,13 @@ class PlanConfig(Options):
     search: bool = option(False, "Also find the largest micro-batch that fits, or (when it does not fit) the smallest layout that does.",
                           flags=("--search",), panel=HARDWARE)
     json: bool = option(False, "Print JSON instead of tables.", flags=("--json",), panel=HARDWARE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hf_config is not None:
+            typed = (["--model"] if self.model.model != "gpt2" else []) + [
+                "--" + name.replace("_", "-") for name, value in self.model.overrides().items() if value is not None]
+            if typed:
+                raise UserError(f"--hf-config describes the model; leave out {', '.join(typed)} (or --hf-config)")
+        if self.placement.gpus == 0 and self.gpu != "cpu":
+            raise UserError(f"--gpus 0 plans no {self.gpu}: give --gpus N (devices per node), or --gpu cpu for CPU processes")

@@ -45,6 +45,8 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
     from llmkit.train import distributed
 
     out = Path(out)
+    if resume and force:
+        raise UsageError("--resume continues the run in -o and --force replaces it: give one of them")
     gpus = distributed.resolve_gpus(devices.gpus)
     distributed.check_gpus(gpus)
     if gpus > 0 and devices.nproc > 1:
