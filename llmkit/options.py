@@ -102,6 +102,7 @@ class GroupSpec:
     defaults: dict[str, Any]
     panel: str | None = None
     help: dict[str, str] = dataclasses.field(default_factory=dict)
+    hidden: frozenset[str] = frozenset()  # options (at any depth) this stage leaves out of --help and its docs
 
 
 def option(
@@ -130,12 +131,18 @@ def option(
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_OPTION: spec})
 
 
-def group(cls: type, *, panel: str | None = None, help: dict[str, str] | None = None, **defaults: Any) -> Any:
-    """A nested group of shared options, with this stage's defaults for some of them."""
+def group(cls: type, *, panel: str | None = None, help: dict[str, str] | None = None, hidden: tuple[str, ...] = (),
+          **defaults: Any) -> Any:
+    """A nested group of shared options, with this stage's defaults for some of them; `hidden`
+    names options the stage sets itself (they stay parsed, so its check can say so, but are not
+    offered in --help or the docs)."""
     for name in defaults:
         if name not in {f.name for f in dataclasses.fields(cls)}:
             raise TypeError(f"{cls.__name__} has no option {name!r}")
-    spec = GroupSpec(defaults=dict(defaults), panel=panel, help=dict(help or {}))
+    missing = set(hidden) - {o.name for o in flat_options(cls)}
+    if missing:
+        raise TypeError(f"{cls.__name__} has no option {sorted(missing)[0]!r}")
+    spec = GroupSpec(defaults=dict(defaults), panel=panel, help=dict(help or {}), hidden=frozenset(hidden))
     return dataclasses.field(default_factory=lambda: cls(**_copies(defaults)), metadata={_GROUP: spec})
 
 
@@ -154,6 +161,7 @@ class FlatOption:
     panel: str | None
     help: str
     path: tuple[str, ...]  # group field names leading to it ((), or ("optim",))
+    hidden: bool = False  # set by the stage itself: parsed, not offered (GroupSpec.hidden)
 
     @property
     def flag(self) -> str:
@@ -185,13 +193,14 @@ def flat_options(cls: type) -> tuple[FlatOption, ...]:
     return tuple(_flat_options(cls))
 
 
-def _flat_options(cls: type, *, _path: tuple[str, ...] = (), _group: GroupSpec | None = None) -> list[FlatOption]:
+def _flat_options(cls: type, *, _path: tuple[str, ...] = (), _group: GroupSpec | None = None,
+                  _hidden: frozenset[str] = frozenset()) -> list[FlatOption]:
     hints = _hints(cls)
     found: list[FlatOption] = []
     for f in dataclasses.fields(cls):
         if _GROUP in f.metadata:
             inner: GroupSpec = f.metadata[_GROUP]
-            found.extend(_flat_options(hints[f.name], _path=_path + (f.name,), _group=inner))
+            found.extend(_flat_options(hints[f.name], _path=_path + (f.name,), _group=inner, _hidden=_hidden | inner.hidden))
             continue
         spec: OptionSpec | None = f.metadata.get(_OPTION)
         if spec is None:
@@ -202,7 +211,7 @@ def _flat_options(cls: type, *, _path: tuple[str, ...] = (), _group: GroupSpec |
             default = _group.defaults.get(f.name, default)
             panel = spec.panel or _group.panel
             help_text = _group.help.get(f.name, help_text)
-        found.append(FlatOption(f.name, hints[f.name], default, spec, panel, help_text, _path))
+        found.append(FlatOption(f.name, hints[f.name], default, spec, panel, help_text, _path, hidden=f.name in _hidden))
     if not _path:
         names = [o.name for o in found]
         repeated = sorted({n for n in names if names.count(n) > 1})

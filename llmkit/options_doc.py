@@ -56,7 +56,7 @@ def table(path: str) -> str:
     inputs = {arg.name for arg in function.arguments}
     panels: dict[str, list[list[str]]] = {}
     for param in click_command(path).params:
-        if param.name == "help" or param.param_type_name == "argument":
+        if param.name == "help" or param.param_type_name == "argument" or getattr(param, "hidden", False):
             continue
         flags = " / ".join(f"`{flag}`" for flag in [*param.opts, *param.secondary_opts])
         opt: Any = options.get(param.name)

@@ -99,7 +99,7 @@ def option_parameter(opt: FlatOption) -> inspect.Parameter:
     extra: dict[str, Any] = {}
     if spec.choices:
         extra["metavar"] = "<" + "|".join(spec.choices) + ">"
-    annotation = Annotated[cli_type, typer.Option(*spec.flags, help=opt.help, rich_help_panel=opt.panel, **extra)]
+    annotation = Annotated[cli_type, typer.Option(*spec.flags, help=opt.help, rich_help_panel=opt.panel, hidden=opt.hidden, **extra)]
     return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 

@@ -138,3 +138,7 @@ def test_checkpoints_tuned_with_different_prompt_templates_do_not_combine(cli, r
     assert result.exit_code != 0 and "another prompt template" in result.output and not (tmp_path / "soup").exists()
     result = cli("eval", tuned["plain"], tuned["chat"], "--data", data, "-o", tmp_path / "ens")
     assert result.exit_code != 0 and "another prompt template" in result.output and not (tmp_path / "ens").exists()
+    # a fine-tuned checkpoint and its (never fine-tuned) base: said as such
+    result = cli("average", tuned["plain"], runs / "a", "-o", tmp_path / "soup")
+    line = " ".join(result.output.split())
+    assert result.exit_code != 0 and f"{runs / 'a'} is not fine-tuned and {tuned['plain']} is fine-tuned for sft" in line, line

@@ -174,10 +174,16 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
 
 def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
     for extra, message in ((["--n-layer", "3"], "the sweep sets --n-layer"), ([], "give token budgets"),
-                           (["--tokens", "1e4", "--sizes", "3y64"], "is not LAYERSxWIDTH")):
+                           (["--tokens", "1e4", "--sizes", "3y64"], "is not LAYERSxWIDTH"),
+                           (["--tokens", "1e4", "--max-steps", "3"], "the sweep sets --max-steps"),
+                           (["--tokens", "1e4", "--sizes", "1x15"], "size 1x15 (1 head(s) of 15)")):
         result = cli("sweep", tokens, "-o", tmp_path / "s", *extra)
-        assert result.exit_code != 0 and message in result.output, result.output
+        assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
+    assert "choose other --sizes or --head-dim" in " ".join(result.output.split())
     assert not (tmp_path / "s").exists()
+    # what the grid sets is not offered: not in --help, nor in the docs' option table
+    shown = cli("sweep", "--help").output
+    assert "--max-steps" not in shown and "--n-layer" not in shown and "--lr " in shown
 
 
 def test_plot_needs_run_directories(cli, tmp_path):

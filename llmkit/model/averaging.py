@@ -90,7 +90,10 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> Non
                             "(train them from one tokens artifact)")
         theirs = _task_of(art) or {}
         if theirs.get("labels") != task.get("labels") or theirs.get("task") != task.get("task"):
-            raise UserError(f"{art.path} was fine-tuned for another task than {first.path}; {combined} checkpoints share one")
+            def what(t: dict, path) -> str:
+                return f"{path} is fine-tuned for {t.get('task')}" if t else f"{path} is not fine-tuned"
+            raise UserError(f"{what(theirs, art.path)} and {what(task, first.path)}"
+                            f"{' (other labels)' if theirs.get('task') == task.get('task') else ''}; {combined} checkpoints share one task")
         if theirs.get("template") != task.get("template"):
             # the prompt a member was trained on is the one it is given; two templates cannot both hold
             raise UserError(f"{art.path} was fine-tuned with another prompt template than {first.path}; {combined} "

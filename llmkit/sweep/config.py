@@ -17,7 +17,7 @@ SET_BY_GRID = ("n_layer", "n_embd", "n_head", "n_kv_head", "max_steps", "max_tok
 
 @dataclass
 class SweepConfig(Options):
-    base: PretrainConfig = group(PretrainConfig)
+    base: PretrainConfig = group(PretrainConfig, hidden=SET_BY_GRID)
     sizes: list[str] = option(default_factory=list, cli_type=Optional[str], parse=comma_list, panel=GRID,
                               help="Model sizes as LAYERSxWIDTH, comma-separated (e.g. 1x64,2x128,4x256); default: the ladder.")
     ladder: int = option(5, "Sizes on the ladder when --sizes is not given: depth 1..K, each as wide as --width-per-layer x depth.",

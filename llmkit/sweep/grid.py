@@ -73,7 +73,11 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
         if width % heads:
             raise UserError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
                             f"that are multiples of {config.head_dim}")
-        total, non_embedding, context = _count(config, layers, width, heads, vocab_size)
+        try:
+            total, non_embedding, context = _count(config, layers, width, heads, vocab_size)
+        except UserError as exc:  # the size, not a model flag, is what to change
+            raise UserError(f"size {layers}x{width} ({heads} head(s) of {width // heads}): "
+                            f"{str(exc).split('; change the model flags')[0]}; choose other --sizes or --head-dim") from exc
         sizes.append((layers, width, heads, total, non_embedding, context))
     grid: list[tuple[tuple, int, float | None]] = []
     if config.token_budgets:
