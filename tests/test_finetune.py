@@ -355,13 +355,15 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"prompt": "x " * 600, "response": "y"}] * 4, [], "longer than 256 tokens"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--seq-len", "4096"], "longer than the checkpoint's context length 256"),
         ([{"text": "a", "label": 0}] * 4, ["--task", "classify"], "single label"),
-        ([{"question": "a", "answer": "b"}] * 4, [], "neither a \"messages\" list"),
+        ([{"question": "a", "answer": "b"}] * 4, [], "neither a \"messages\" list nor \"prompt\" and \"response\" strings; for "
+                                                     "other fields give --template FILE.json"),
+        ([{"source": "ein Hund", "target": "a dog"}] * 4, [], "its fields fit --template translate"),
         ([{"source": "a"}] * 4, ["--template", "translate"], "no field 'target'"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--template", "nonesuch"], "unknown template"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "nothing_here"], "matches no linear layer"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--freeze", "nothing_here"], "matches no parameter"),
     ],
-    ids=["too-long", "seq-len", "one-label", "no-fields", "template-field", "template-name", "lora-targets", "freeze"],
+    ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     data = write_jsonl(tmp_path / "data.jsonl", rows)

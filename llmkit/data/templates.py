@@ -147,7 +147,11 @@ def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
         if isinstance(record.get("system"), str):
             messages.insert(0, {"role": "system", "content": record["system"]})
         return messages
-    raise UserError(f"{where} has neither a \"messages\" list nor \"prompt\" and \"response\" strings")
+    fits = [name for name, spec in TEXT_TEMPLATES.items()
+            if {f for part in spec.values() for f in plain_fields(part, name)} <= set(record)]
+    hint = f"; its fields fit --template {fits[0]}" if fits else ("; for other fields give --template FILE.json "
+                                                                 "(a prompt and a response with {field} slots)")
+    raise UserError(f"{where} has neither a \"messages\" list nor \"prompt\" and \"response\" strings{hint}")
 
 
 def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
