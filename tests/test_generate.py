@@ -267,6 +267,20 @@ def test_context_overflow_slide_and_error():
         generate_ids(model, [long_prompt], GenerationParams(max_new_tokens=4, context_overflow="error"), pad_id=0)
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_a_diverged_model_is_named_not_sampled(ckpt, greedy):
+    """NaN weights (a run that diverged): sampling used to fail inside torch.multinomial, greedy
+    decoding to print noise; both are refused at the first scores."""
+    from llmkit.errors import UserError
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    with torch.no_grad():
+        loaded.model.final_norm.weight.fill_(float("nan"))
+    with pytest.raises(UserError, match="scores are not finite .* weights diverged"):
+        Generator(loaded.model, loaded.tokenizer).complete(["ROMEO:"], GenerationParams(max_new_tokens=4, temperature=0.0 if greedy else 1.0))
+
+
 def test_generator_text_stop_strings_and_streaming(ckpt):
     from llmkit.model.io import load_checkpoint
 

@@ -182,6 +182,9 @@ def generate_ids(
     if new == 0:
         return [RowResult([], "length") for _ in range(B)]
     logits = window.prefill(prompt_ids, first_keep)
+    if not bool(torch.isfinite(logits).all()):  # one check a call: sampling would fail on it, greedy print noise
+        raise UserError("the model's next-token scores are not finite (NaN or inf): its weights diverged in training; "
+                        "use an earlier checkpoint (RUN/checkpoints/) or retrain with a lower --lr")
     device = logits.device
 
     seen = None
