@@ -80,6 +80,10 @@ def _task_of(art: artifacts.Artifact) -> dict | None:
     return json.loads(art.file(TASK_FILE).read_text(encoding="utf-8")) if TASK_FILE in art.manifest.files else None
 
 
+def _tuned_for(task: dict, path) -> str:
+    return f"{path} is fine-tuned for {task.get('task')}" if task else f"{path} is not fine-tuned"
+
+
 def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
     """Refuse members with different tokenizers or tasks; `combined` says how they are used ("averaged")."""
     first = members[0]
@@ -90,9 +94,7 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> Non
                             "(train them from one tokens artifact)")
         theirs = _task_of(art) or {}
         if theirs.get("labels") != task.get("labels") or theirs.get("task") != task.get("task"):
-            def what(t: dict, path) -> str:
-                return f"{path} is fine-tuned for {t.get('task')}" if t else f"{path} is not fine-tuned"
-            raise UserError(f"{what(theirs, art.path)} and {what(task, first.path)}"
+            raise UserError(f"{_tuned_for(theirs, art.path)} and {_tuned_for(task, first.path)}"
                             f"{' (other labels)' if theirs.get('task') == task.get('task') else ''}; {combined} checkpoints share one task")
         if theirs.get("template") != task.get("template"):
             # the prompt a member was trained on is the one it is given; two templates cannot both hold
