@@ -106,3 +106,32 @@ def test_a_text_template_checkpoint_takes_one_input_per_turn(base):
     assert session.history == []  # each line stands alone
     with pytest.raises(UserError, match="no system message"):
         ChatSession(loaded.model, loaded.tokenizer, task, GenerationParams(), system="Be brief.")
+
+
+def test_a_long_reply_budget_keeps_the_message_and_its_template(base, capsys):
+    """--max-new-tokens at or past the context used to leave the prompt one token ('\\n' or ':'):
+    what was typed was thrown away. The reply now gets at most half the context, the prompt keeps
+    its start token and wording, a long message loses only its end, and a note says so."""
+    from llmkit.data.templates import encode_chat_prompt, resolve_template
+    from llmkit.generate.chat import ChatSession
+    from llmkit.generate.engine import GenerationParams
+    from llmkit.model.io import load_checkpoint
+    from llmkit.model.records import TaskRecord
+
+    loaded = load_checkpoint(base["checkpoint"])
+    tok, limit = loaded.tokenizer, loaded.model.config.context_length
+    task = TaskRecord(task="sft", template=resolve_template("translate"))
+    session = ChatSession(loaded.model, tok, task, GenerationParams(max_new_tokens=4 * limit))
+    assert session.prompt_ids("Zwei Hunde.") == [tok.bos_id] + tok.encode("Translate:\nZwei Hunde.\nTranslation:")
+    long = session.prompt_ids("Zwei Hunde spielen im Schnee. " * 40)
+    assert len(long) <= limit - limit // 2 and long[0] == tok.bos_id
+    assert tok.decode(long[1:]).startswith("Translate:\nZwei Hunde") and tok.decode(long).endswith("\nTranslation:")
+    assert "loses its end" in capsys.readouterr().err
+
+    chat = ChatSession(loaded.model, tok, None, GenerationParams(max_new_tokens=4 * limit, temperature=0.0))
+    chat.history = [{"role": "user", "content": "my name is Bob"}, {"role": "assistant", "content": "hi Bob"}]
+    ids = chat.prompt_ids("what is my name?")  # the exchange fits beside half a context: it is kept
+    assert ids == encode_chat_prompt([*chat.history, {"role": "user", "content": "what is my name?"}], tok)
+    chat.reply("what is my name?")
+    assert len(chat.history) == 4
+    assert "replies stop at what is left" in capsys.readouterr().err

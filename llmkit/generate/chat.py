@@ -5,8 +5,10 @@ The prompt is rendered with the checkpoint's own template (task.json, written by
 its role tokens, a text-template checkpoint (translate, summarize, ...) one input at a time.
 A checkpoint without task.json is treated as a chat model when its vocabulary has role tokens.
 
-History is kept within the context length: the oldest exchanges are dropped (the system
-message stays) until the prompt plus --max-new-tokens fits.
+Within the context length a reply gets --max-new-tokens, but at most half the context; the
+prompt gets the rest: the oldest exchanges are dropped first (the system message stays), then
+the end of the message itself is cut, as `finetune --truncate` cuts a training input. A note
+says so the first time each happens.
 """
 
 from __future__ import annotations
@@ -41,35 +43,75 @@ class ChatSession:
         self.generator = Generator(model, tokenizer, compile=compile)
         arch = getattr(model.config, "arch", "gpt")
         self.limit = None if arch == "lstm" else int(model.config.context_length)
+        self.noted: set[str] = set()
 
     def reset(self) -> None:
         self.history = []
 
-    def prompt_ids(self, user_text: str) -> list[int]:
-        """The prompt for the next reply, the oldest exchanges dropped until it fits."""
-        from llmkit.data.templates import encode_chat_prompt, encode_text_prompt
+    def _note(self, key: str, message: str) -> None:
+        if key not in self.noted:
+            from llmkit.console import err
 
+            self.noted.add(key)
+            err.print(f"note: {message}", soft_wrap=True, markup=False)
+
+    def prompt_budget(self) -> int | None:
+        """Tokens the prompt may take: the context less the reply's room (at most half of it)."""
+        if self.limit is None:
+            return None
+        return self.limit - min(self.params.max_new_tokens, self.limit // 2)
+
+    def prompt_ids(self, user_text: str) -> list[int]:
+        """The prompt for the next reply within prompt_budget(): the oldest exchanges dropped,
+        then the end of the message cut (never the template's wording or the start token)."""
+        from llmkit.data.templates import encode_chat_prompt, encode_text_prompt, fit_field
+
+        budget = self.prompt_budget()
         if self.template["type"] != "chat":
-            ids = encode_text_prompt(self.template, user_text, self.tokenizer)
-            return ids if self.limit is None else ids[-max(1, self.limit - self.params.max_new_tokens):]
-        turn = {"role": "user", "content": user_text}
-        history = list(self.history)
-        while True:
+            field = self.template["input_field"]
+
+            def encode(record: dict) -> list[int]:
+                return encode_text_prompt(self.template, record[field], self.tokenizer)
+        else:
+            history = list(self.history)
             head = [{"role": "system", "content": self.system}] if self.system else []
-            ids = encode_chat_prompt(head + history + [turn], self.tokenizer)
-            if self.limit is None or len(ids) + self.params.max_new_tokens <= self.limit or not history:
-                break
-            history = history[2:] if len(history) >= 2 else []  # one user + assistant exchange
-        self.history = history
-        return ids
+            while budget is not None and history and len(encode_chat_prompt(
+                    head + history + [{"role": "user", "content": user_text}], self.tokenizer)) > budget:
+                history = history[2:]  # one user + assistant exchange
+                self._note("history", f"the oldest exchanges are left out of the prompt to fit the context ({self.limit} tokens "
+                                      f"with room for a reply); /reset starts afresh")
+            self.history, field = history, "content"
+
+            def encode(record: dict) -> list[int]:
+                return encode_chat_prompt(head + history + [{"role": "user", "content": record[field]}], self.tokenizer)
+        record = {field: user_text}
+        if budget is not None:
+            fitted = fit_field(encode, record, field, self.tokenizer, budget)
+            if fitted is None:
+                from llmkit.errors import UserError
+
+                raise UserError(f"the prompt's own wording takes more than the {budget} tokens the context ({self.limit}) "
+                                "leaves beside a reply; lower --max-new-tokens")
+            if fitted is not record:
+                self._note("cut", f"a message longer than the context ({self.limit} tokens, with room for a reply) "
+                                  "loses its end, as finetune --truncate cuts a training input")
+            record = fitted
+        return encode(record)
 
     def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
+        import dataclasses
+
         from llmkit.data.templates import ROLES
 
         ids = self.prompt_ids(user_text)
+        params = self.params
+        if self.limit is not None and len(ids) + params.max_new_tokens > self.limit:
+            params = dataclasses.replace(params, max_new_tokens=self.limit - len(ids))
+            self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
+                                f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
         role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]
         stream = (lambda _row, piece: on_text(piece)) if on_text else None
-        completion = self.generator.complete([ids], self.params, on_text=stream, extra_stop_ids=role_ids)[0]
+        completion = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=role_ids)[0]
         text = completion.text.strip()
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
