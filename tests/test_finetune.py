@@ -293,16 +293,21 @@ def test_sft_micro_batch_does_not_change_the_artifact(base, shared_data, cli, tm
     rows = [{"prompt": r["text"], "response": "positive, clearly" if r["label"] else "negative"} for r in rows]
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     for lora in ([], ["--lora-rank", "4"]):
-        prints = set()
+        prints, losses = set(), []
         for micro in ("1", "3", "12"):
             out = tmp_path / f"sft-{micro}-{len(lora)}"
             result = cli("finetune", base["checkpoint"], "-o", out, "--task", "sft", "--template", "plain", "--data", data,
-                         "--max-steps", "3", "--eval-every", "0", "--batch-size", "12", "--micro-batch", micro,
-                         "--truncate", "--lr", "1e-3", *lora)
+                         "--max-steps", "3", "--eval-every", "3", "--batch-size", "12", "--micro-batch", micro,
+                         "--truncate", "--lr", "1e-3", "--val-fraction", "0.2", *lora)
             assert result.exit_code == 0, result.output
             assert artifacts.load(out).manifest.runtime["batch_invariant"] is True
             prints.add(artifacts.load(out).fingerprint)
+            stats = artifacts.load(out).stats
+            losses.append((stats["train_loss"], stats["val_loss"]))
         assert len(prints) == 1, lora
+        # the reported losses are means over the response tokens too (they were means of micro-batch means)
+        for train, val in losses[1:]:
+            assert train == pytest.approx(losses[0][0], rel=1e-6) and val == pytest.approx(losses[0][1], rel=1e-6), losses
 
 
 def test_classification_micro_batch_does_not_change_the_artifact(base, shared_data, cli, tmp_path):

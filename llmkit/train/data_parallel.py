@@ -26,7 +26,7 @@ from llmkit.model.classifier import SequenceClassifier
 from llmkit.model.gpt import GPT
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
-from llmkit.train.objectives import mean_over
+from llmkit.train.objectives import mean_over, targets_in
 from llmkit.train.precision import autocast
 
 
@@ -137,17 +137,21 @@ class DataParallelRun:
         chunks = [range(i, min(i + micro_batch, val_size)) for i in range(0, val_size, micro_batch)]
         per_rank = math.ceil(len(chunks) / info.world_size)
         self.model.eval()
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # the loss summed over targets; their count
         for k in range(per_rank):
             j = k * info.world_size + info.rank
             # Every rank runs the same number of forwards (FSDP gathers inside them); spare ones weigh 0.
-            indices, weight = (chunks[j], len(chunks[j])) if j < len(chunks) else (chunks[0], 0)
-            batch = dist_utils.to_device(val_batches(indices), self.device)
+            indices, spare = (chunks[j], False) if j < len(chunks) else (chunks[0], True)
+            batch = val_batches(indices)
+            weight = 0 if spare else targets_in(self.loss_fn, batch)  # a chunk's mean weighs by its targets
+            batch = dist_utils.to_device(batch, self.device)
             with autocast(self.device, self.precision):
                 loss = self.loss_fn(self.model, batch)
-            total += loss.double() * weight
+            if weight:
+                total[0] += loss.double() * weight
+                total[1] += weight
         total = dist_utils.all_reduce_sum(total, info)
-        return float(total) / val_size
+        return float(total[0] / total[1]) if total[1] else math.nan
 
     def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
         """Collective: the full model and optimizer state dicts (on rank 0)."""

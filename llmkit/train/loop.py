@@ -342,10 +342,12 @@ class Trainer:
         total = self.engine.step_total(sum(counts))
         for micro, (indices, batch, count) in enumerate(zip(steps, batches, counts)):
             last = micro == self.accum - 1
-            loss_sum += self.engine.forward_backward(dist_utils.to_device(batch, self.device), count, total, last,
-                                                     position=indices.start - step * s.global_batch, step=step)
+            loss = self.engine.forward_backward(dist_utils.to_device(batch, self.device), count, total, last,
+                                                position=indices.start - step * s.global_batch, step=step)
+            loss_sum += loss * count  # each micro-batch's mean weighs by its targets: the step's mean whatever the split
         self.engine.finish_gradients()
-        loss_value = float(self.engine.mean_loss(loss_sum / self.accum))
+        # mean_loss averages over the data-parallel replicas: their sum over the step's target count
+        loss_value = float(self.engine.mean_loss(loss_sum * (self.info.data_parallel / total if total else math.nan)))
         if not math.isfinite(loss_value):
             self._stop(f"loss became {loss_value} at step {step + 1}; stopped before updating the weights")
         # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.

@@ -33,6 +33,7 @@ from llmkit.train.parallelize import (
     shard_data_parallel,
     tensor_parallel,
 )
+from llmkit.train.objectives import targets_in
 from llmkit.train.precision import autocast
 
 
@@ -226,7 +227,7 @@ class ModelParallelRun:
         calls = math.ceil(len(chunks) / (per_call * layout.dp))
         for module in self.modules:
             module.eval()
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # the loss summed over targets; their count
         for k in range(calls):
             base = (k * layout.dp + layout.dp_rank) * per_call
             inputs, targets, weights = [], [], []
@@ -241,7 +242,7 @@ class ModelParallelRun:
                     y[:] = IGNORE_INDEX
                 inputs.append(x)
                 targets.append(y)
-                weights.append(weight)
+                weights.append(targets_in(self.loss_fn, (x, y)) if weight else 0)  # a chunk's mean weighs by its targets
             padded = [self._full_length(pair) for pair in zip(inputs, targets)]
             x = torch.cat([a for a, _ in padded]).to(self.device)
             y = torch.cat([b for _, b in padded]).to(self.device)
@@ -255,11 +256,12 @@ class ModelParallelRun:
             if self.counts_loss:
                 for loss, weight in zip(losses, weights):
                     if weight:
-                        total += loss.double() * weight
+                        total[0] += loss.double() * weight
+                        total[1] += weight
         self._dist.all_reduce(total)
         for module in self.modules:
             module.train()
-        return float(total) / val_size
+        return float(total[0] / total[1]) if total[1] else math.nan
 
     # -- checkpoints ---------------------------------------------------------------------------
     def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
