@@ -122,9 +122,9 @@ def main() -> None:
     batches = SFTBatches(examples, pad_id=tok.pad_id, seed=0)
 
     lora = args.method == "lora"
-    config = FinetuneConfig.build(task="sft", batch_size=args.batch_size, lora_rank=args.rank if lora else 0,
-                                  lora_targets=list(LORA_TARGETS), schedule="constant", warmup_steps=0,
-                                  micro_batch=args.batch_size, eval_every=0, save_every=0)
+    adapters = dict(lora_rank=args.rank, lora_targets=list(LORA_TARGETS)) if lora else {}
+    config = FinetuneConfig.build(task="sft", batch_size=args.batch_size, schedule="constant", warmup_steps=0,
+                                  micro_batch=args.batch_size, eval_every=0, save_every=0, **adapters)
     model = shaped_model(args.preset, args.family, tok.vocab_size, context_length=args.seq_len)
     hf = transformers_copy(model).train()
     torch.manual_seed(config.seed)

@@ -187,6 +187,11 @@ BAD_VALUES = [
     (["average", "{ckpt}", "{ckpt}", "--weights", "1,,2"], "--weights '1,,2': an empty entry between commas"),
     (["plan", "--hf-config", "{hf}/config.json", "--model", "tiny"], "--hf-config describes the model; leave out --model"),
     (["plan", "--model", "tiny", "--gpus", "0"], "--gpus 0 plans no h100"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "--lora-alpha", "4"], "--lora-alpha shape(s) LoRA adapters, which only --lora-rank N adds"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "--lora-targets", "up_proj"], "--lora-targets shape(s) LoRA adapters"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "--lora-rank", "2", "--freeze", "mlp"], "--freeze picks what full fine-tuning trains"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "--task", "classify", "--template", "translate"], "a classifier reads each text as it is"),
+    (["eval", "{ckpt}", "--task", "copa", "-m", "accuracy"], "--task scores each benchmark its own way"),
     (["generate", "{ckpt}", "-p", "x", "--device", "tpu"], "--device tpu: unknown device; use cpu, cuda, cuda:N, mps or auto"),
     (["eval", "{ckpt}", "--data", "{tokens}", "--device", "cuda:x"], "--device cuda:x: unknown device"),
 ]
