@@ -110,6 +110,19 @@ def test_malformed_jsonl_line(cli, shared_data, tmp_path):
     assert stats["documents_in"] == 499
 
 
+def test_a_record_without_the_field_the_others_have_is_a_bad_line(cli, shared_data, tmp_path):
+    rows = [json.loads(r) for r in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8").read().split("\n")[:50]]
+    rows[9] = {"body": rows[9]["text"]}  # record 10 lost its text field
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    line = _one_error_line(cli("clean", tmp_path / "reviews.jsonl", "-o", tmp_path / "out"))
+    assert "reviews.jsonl:10: no field 'text', which the records before it have" in line and "--skip-bad-lines" in line
+    _nothing_written(tmp_path)
+    result = cli("clean", tmp_path / "reviews.jsonl", "--skip-bad-lines", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    stats = artifacts.load(tmp_path / "out").stats
+    assert stats["bad_line_examples"] == ["reviews.jsonl:10"] and stats["documents_in"] == 49
+
+
 def test_unknown_text_field(cli, shared_data, tmp_path):
     line = _one_error_line(cli("clean", shared_data / "translation", "--text-field", "english", "-o", tmp_path / "out"))
     assert "no field 'english'" in line and "source, target" in line

@@ -79,6 +79,8 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     assert predicted.exit_code == 0 and f"loss {fit['approach3']['E'] + 0:.1f}" not in predicted.output
     value = float(predicted.output.split("loss ")[1].split()[0])
     assert value == pytest.approx(Law(**{k: fit["approach3"][k] for k in ("A", "B", "E", "alpha", "beta")}).loss(1e8, 2e9), abs=1e-4)
+    unasked = cli("scaling", "predict", a.path, "--tokens", "2e9")  # no N: nothing to answer (it used to assume 1e8)
+    assert unasked.exit_code != 0 and "Missing option '--params'" in unasked.output
     # params,flops,loss: tokens are flops / (6 params)
     flops = _csv(tmp_path / "flops.csv", zip(n, 6 * n * d, loss), header="params,flops,loss")
     assert cli("scaling", "fit", flops, "-o", tmp_path / "c", *args).exit_code == 0

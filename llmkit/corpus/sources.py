@@ -286,6 +286,7 @@ class _FieldPicker:
         self.label = label
         self.wanted = wanted
         self.field: Optional[str] = wanted
+        self.found = False  # an earlier record had the field: one without it is a bad record, not a wrong name
 
     def choose(self, record: dict[str, Any], where: str) -> str:
         if self.field is not None and "," in self.field:  # alternatives: the first one this file has
@@ -309,10 +310,13 @@ class _FieldPicker:
             kind = "a JSON string" if isinstance(record, str) else f"a JSON {type(record).__name__}"
             raise _BadRecord(f"{kind}, not an object; write one {{\"text\": ...}} record per line")
         name = self.choose(record, where)
+        if name not in record and self.found:
+            raise _BadRecord(f"no field {name!r}, which the records before it have")
         if name not in record:
             raise UserError(
                 f"{self.label}:{where}: no field {name!r}; pass --text-field with one of: {', '.join(record)}"
             )
+        self.found = True
         value = record[name]
         if value is None:
             raise _BadRecord(f"field {name!r} is null")

@@ -95,7 +95,10 @@ def winogrande(r: dict) -> Example:
 
 
 def copa(r: dict) -> Example:
-    connector = {"cause": "because", "effect": "therefore"}[r["question"]]
+    connectors = {"cause": "because", "effect": "therefore"}
+    if r["question"] not in connectors:  # a value, not a missing field: said as such
+        raise ValueError(f"'question' is {r['question']!r}, not cause or effect")
+    connector = connectors[r["question"]]
     lower = [" " + c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])]
     return _options(r["premise"].strip()[:-1] + f" {connector}", lower, int(r["label"]))
 

@@ -135,7 +135,7 @@ def _trained_prompt(task) -> str | None:
 
 
 def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, chat: bool, max_new_tokens: int) -> list[dict]:
-    """Prompts longer than the context leaves room for lose the end of their input, as
+    """Prompts that do not fit in the context beside the reply lose the end of their input, as
     `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many."""
     from llmkit.data.templates import encode_chat_prompt, fit_field
     from llmkit.generate.engine import context_limit
@@ -159,7 +159,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     if cut:
         from llmkit.console import err
 
-        err.print(f"note: {cut} of {len(records)} prompts were longer than the context ({limit} tokens) leaves room for "
+        err.print(f"note: {cut} of {len(records)} prompts did not fit in the context ({limit} tokens) "
                   f"beside --max-new-tokens {max_new_tokens}: the end of their {input_field!r} was left out, as "
                   "finetune --truncate does", soft_wrap=True, markup=False)
     return fitted

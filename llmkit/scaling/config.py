@@ -28,5 +28,5 @@ class ScalingFitConfig(Options):
 
 @dataclass
 class ScalingPredictConfig(Options):
-    params: float = option(1e8, "Parameters N (counted as the fit counted them).", range="(0, inf)")
-    tokens: float = option(2e9, "Training tokens D.", range="(0, inf)")
+    params: float = option(help="Parameters N (counted as the fit counted them).", range="(0, inf)")
+    tokens: float = option(help="Training tokens D.", range="(0, inf)")
