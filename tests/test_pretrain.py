@@ -503,9 +503,17 @@ def test_resuming_a_finished_run_changes_nothing_and_cannot_go_back(shakespeare,
     before = artifacts.load(run).fingerprint
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", run, "--resume", *FAST, "--max-steps", "2", "--eval-every", "0"))
     assert "trained 3 steps" in line and "--max-steps above 3" in line
-    # no steps left: whatever else the flags say, the artifact (config, fingerprint) stays as it was
+    # no steps left: the artifact (config, fingerprint) stays as it was, even with another --save-every
     again = cli("pretrain", shakespeare["tokens"], "-o", run, "--resume", *FAST, "--max-steps", "3", "--eval-every", "0",
-                "--lr", "0.1", "--weight-decay", "0.5")
+                "--save-every", "7")
     assert again.exit_code == 0, again.output
     assert "nothing to train" in again.output
     assert artifacts.load(run).fingerprint == before and artifacts.verify(run).ok
+    # a resume continues the run it was: another --lr would leave a config no run had
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", run, "--resume", *FAST, "--max-steps", "5", "--eval-every", "0",
+                      "--lr", "0.1", "--weight-decay", "0.5"))
+    assert "this run differs from it (--lr 0.001 -> 0.1; --weight-decay 0.1 -> 0.5)" in line
+    assert artifacts.load(run).fingerprint == before
+    grown = cli("pretrain", shakespeare["tokens"], "-o", run, "--resume", *FAST, "--max-steps", "4", "--eval-every", "2")
+    assert grown.exit_code == 0, grown.output  # the length and the validation may change
+    assert artifacts.load(run).stats["step"] == 4

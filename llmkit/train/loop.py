@@ -92,6 +92,11 @@ class LoopResult:
     resumed_from: int | None
 
 
+# Hashed options a resume may change: the run's length and when it validates and saves.
+RESUMABLE_CHANGES = frozenset({"max_steps", "max_tokens", "epochs", "eval_every", "eval_tokens", "eval_examples",
+                               "save_every", "keep_last"})
+
+
 class NonFiniteLoss(UserError):
     pass
 
@@ -220,13 +225,13 @@ class Trainer:
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = {k[len("ema/"):]: v for k, v in extra.items() if k.startswith("ema/")}
+        self._check_same_run(latest)
         for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
             if progress.get(key) != now:
                 raise UserError(
                     f"cannot resume from {latest}: it was trained with {key} {progress.get(key)}, this run asks for {now}; "
                     "resume with the same --batch-tokens and --seq-len, or start a new run"
                 )
-        self._check_same_run(latest)
         if unmaterialised(self.raw):
             self._weights_file = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
         else:
@@ -254,6 +259,11 @@ class Trainer:
         manifest = artifacts.load(latest, kind="checkpoint").manifest
         if manifest.seed != self.spec.seed:
             changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
+        # What a run may change on resume: its length, and when it validates and saves. Anything
+        # else would leave a config that describes no run (its first steps trained otherwise).
+        for key in sorted(set(manifest.config) | set(self.spec.config)):
+            if key not in RESUMABLE_CHANGES and manifest.config.get(key) != self.spec.config.get(key):
+                changed.append(f"--{key.replace('_', '-')} {manifest.config.get(key)!r} -> {self.spec.config.get(key)!r}")
         saved_inputs = {i["role"]: i["fingerprint"] for i in manifest.inputs}
         for role, art in self.spec.inputs:
             if role in saved_inputs and saved_inputs[role] != art.fingerprint:
@@ -261,7 +271,8 @@ class Trainer:
         if changed:
             raise UserError(
                 f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "
-                "resume with the same model flags, seed and inputs, or start a new run with another -o"
+                "resume with the same options (only the length, validation and saving may change), seed and inputs, "
+                "or start a new run with another -o"
             )
 
     def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
