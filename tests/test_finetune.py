@@ -570,3 +570,18 @@ def test_finetune_on_another_node_leaves_the_shared_run_directory_to_node_0(base
     for rank, owner in (("0", True), ("2", False)):
         monkeypatch.setenv("RANK", rank)
         assert first_process(config.devices) is owner
+
+
+def test_a_resumed_classifier_rewrites_its_validation_history_from_the_checkpoint(base, shared_data, cli, tmp_path):
+    """val_metrics.jsonl is cut back to the checkpoint's step on --resume, as metrics.jsonl is
+    (the steps after it were logged twice)."""
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:48])
+    run = tmp_path / "cls"
+    args = ["finetune", base["checkpoint"], "-o", run, "--task", "classify", "--data", data, "--max-steps", "5",
+            "--eval-every", "1", "--save-every", "2", "--batch-size", "8", "--micro-batch", "8", "--truncate"]
+    assert cli(*args).exit_code == 0
+    (run / "manifest.json").unlink()  # as if killed after step 5's validation, before the final save
+    resumed = cli(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    steps = [json.loads(line)["step"] for line in (run / "val_metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]

@@ -170,6 +170,10 @@ class ClassifyTrainer(Trainer):
         super().__init__(*args, loss_fn=loss_fn, **kwargs)
         self.collector, self.num_labels = loss_fn, num_labels
         self.step_done = self.start_step
+        if self.info.is_main:
+            from llmkit.train.metrics import keep_steps_up_to
+
+            keep_steps_up_to(self.run_dir / "val_metrics.jsonl", self.start_step)  # as metrics.jsonl, on resume
 
     def train_step(self, step: int):
         result = super().train_step(step)

@@ -55,6 +55,21 @@ def _format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def keep_steps_up_to(path: Path, step: int) -> None:
+    """A resumed run rewrites history from its checkpoint on: drop a JSONL log's lines past `step`
+    (metrics.jsonl, finetune's val_metrics.jsonl)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:  # a line cut short when the process was killed
+            continue
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int, max_steps: int, log_every: int):
         self.enabled = enabled
@@ -68,7 +83,7 @@ class MetricsLogger:
         self.start_time = time.perf_counter()
         if not enabled:
             return
-        self._truncate_after(resume_step)
+        keep_steps_up_to(self.path, resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -86,19 +101,6 @@ class MetricsLogger:
 
             self.live = Live(Text(""), console=err, refresh_per_second=4, transient=False)
             self.live.start()
-
-    def _truncate_after(self, step: int) -> None:
-        """A resumed run rewrites history from its checkpoint on: drop lines past it."""
-        if not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except ValueError:  # a line cut short when the process was killed
-                continue
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
