@@ -86,7 +86,12 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
                  "--micro-batch", "16", "--save-every", "12", "--keep-last", "0", "--eval-every", "6", "--truncate")
     assert result.exit_code == 0, result.output
     stats = artifacts.load(run, kind="checkpoint").stats
-    assert f"{stats['trainable_params']:,} of {stats['params']:,} parameters trainable" in result.output  # printed at the start
+    adapters = sum(t.numel() for k, t in load_file(str(run / "checkpoints" / "step_0000012" / "model.safetensors")).items()
+                   if k.endswith((".lora_A", ".lora_B")))
+    # printed at the start, as peft counts (adapters included); the artifact's `params` are its merged model's
+    assert f"{stats['trainable_params']:,} of {stats['params'] + adapters:,} parameters trainable" in result.output
+    assert stats["params"] == sum(t.numel() for t in load_file(str(run / "model.safetensors")).values())
+    assert stats["frozen_params"] == stats["params"] + adapters - stats["trainable_params"] > 0  # the whole base
     assert 0 < stats["trainable_params"] < stats["params"] / 5 and stats["lora_layers"] == 6
     val = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
     assert val[1] < val[0]

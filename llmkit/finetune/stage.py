@@ -282,6 +282,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         if top_id >= model_config.vocab_size:
             raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
         trainable, total = count_parameters(model)
+        # The artifact holds the merged model: its parameters are the base's (adapters fold into them).
+        adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
         if trainable == 0:
             raise UserError("--freeze leaves no parameter to train; freeze fewer groups")
 
@@ -315,10 +317,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             seed=config.seed,
             inputs=[("base", art)],
             stats=CheckpointStats(
-                task=config.task, params=total, trainable_params=trainable, flops_per_token=model.flops_per_token(seq_len),
+                task=config.task, params=total - adapters, trainable_params=trainable, flops_per_token=model.flops_per_token(seq_len),
                 model=model_config.to_dict(), seq_len=seq_len, train_examples=len(train_examples),
                 val_examples=len(val_examples), epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
-                lora_layers=len(adapted), frozen_params=len(frozen), labels=labels.names if labels else None,
+                lora_layers=len(adapted), frozen_params=total - trainable, labels=labels.names if labels else None,
             ),
             runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.numerics.precision),
             add_files=add_files,
