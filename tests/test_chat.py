@@ -135,3 +135,27 @@ def test_a_long_reply_budget_keeps_the_message_and_its_template(base, capsys):
     chat.reply("what is my name?")
     assert len(chat.history) == 4
     assert "replies stop at what is left" in capsys.readouterr().err
+
+
+def test_the_transcript_keeps_conversations_as_the_model_saw_them(chat_model, base, cli, tmp_path):
+    """-o FILE.jsonl: a chat checkpoint's turns are one conversation until /reset; a
+    text-template checkpoint saw each line alone, so each exchange is its own record (they were
+    strung into one conversation that never happened)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    def transcript(checkpoint, name, lines):
+        result = CliRunner().invoke(app, ["chat", str(checkpoint), "--temperature", "0", "-n", "4", "-o", str(tmp_path / name)],
+                                    input=lines)
+        assert result.exit_code == 0, result.output
+        return [[m["role"] for m in json.loads(line)["messages"]] for line in (tmp_path / name).read_text().splitlines()]
+
+    assert transcript(chat_model, "chat.jsonl", "hello\nwho is there\n/reset\nbye\n") == [
+        ["user", "assistant", "user", "assistant"], ["user", "assistant"]]
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Say yes.", "response": "yes"}] * 8)
+    assert cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / "plain", "--template", "plain",
+               "--max-steps", "1", "--batch-size", "8", "--eval-every", "0", "--val-fraction", "0").exit_code == 0
+    assert transcript(tmp_path / "plain", "plain.jsonl", "Ein Hund.\nZwei Katzen.\n") == [["user", "assistant"]] * 2

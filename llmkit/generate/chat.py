@@ -162,6 +162,8 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
         session.params.seed = config.seed + turn  # a fresh but reproducible draw every turn
         reply = session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
         transcript.add(text, reply)
+        if session.template["type"] != "chat":
+            transcript.new_conversation()  # each input stood alone: one exchange per record, as the model saw it
         sys.stdout.write("\n")
         sys.stdout.flush()
         turn += 1
