@@ -95,32 +95,32 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
     assert skipped.exit_code == 0 and artifacts.load(tmp_path / "out").stats["bad_lines_skipped"] == 1
 
 
-def test_malformed_jsonl_line(cli, shared_data, tmp_path):
-    rows = open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8").read().split("\n")
-    rows[41] = rows[41][:-5]  # truncated line 42
-    with gzip.open(tmp_path / "reviews.jsonl.gz", "wt", encoding="utf-8") as handle:
+def _truncated_line_42(rows: list[str], folder) -> tuple:
+    rows[41] = rows[41][:-5]
+    with gzip.open(folder / "reviews.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.write("\n".join(rows))
-    line = _one_error_line(cli("clean", tmp_path / "reviews.jsonl.gz", "-o", tmp_path / "out"))
-    assert "reviews.jsonl.gz:42: malformed JSON line" in line and "--skip-bad-lines" in line
+    return "reviews.jsonl.gz", 42, "malformed JSON line"
+
+
+def _record_10_without_text(rows: list[str], folder) -> tuple:
+    records = [json.loads(r) for r in rows if r.strip()]
+    records[9] = {"body": records[9]["text"]}
+    (folder / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return "reviews.jsonl", 10, "no field 'text', which the records before it have"
+
+
+@pytest.mark.parametrize("damage", [_truncated_line_42, _record_10_without_text], ids=["malformed", "field-missing"])
+def test_a_bad_record_is_named_or_skipped(cli, shared_data, tmp_path, damage):
+    rows = open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8").read().split("\n")
+    name, number, problem = damage(rows, tmp_path)
+    line = _one_error_line(cli("clean", tmp_path / name, "-o", tmp_path / "out"))
+    assert f"{name}:{number}: {problem}" in line and "--skip-bad-lines" in line
     _nothing_written(tmp_path)
-    result = cli("clean", tmp_path / "reviews.jsonl.gz", "--skip-bad-lines", "-o", tmp_path / "out")
+    result = cli("clean", tmp_path / name, "--skip-bad-lines", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     stats = artifacts.load(tmp_path / "out").stats
-    assert stats["bad_lines_skipped"] == 1 and stats["bad_line_examples"] == ["reviews.jsonl.gz:42"]
+    assert stats["bad_lines_skipped"] == 1 and stats["bad_line_examples"] == [f"{name}:{number}"]
     assert stats["documents_in"] == 499
-
-
-def test_a_record_without_the_field_the_others_have_is_a_bad_line(cli, shared_data, tmp_path):
-    rows = [json.loads(r) for r in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8").read().split("\n")[:50]]
-    rows[9] = {"body": rows[9]["text"]}  # record 10 lost its text field
-    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    line = _one_error_line(cli("clean", tmp_path / "reviews.jsonl", "-o", tmp_path / "out"))
-    assert "reviews.jsonl:10: no field 'text', which the records before it have" in line and "--skip-bad-lines" in line
-    _nothing_written(tmp_path)
-    result = cli("clean", tmp_path / "reviews.jsonl", "--skip-bad-lines", "-o", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    stats = artifacts.load(tmp_path / "out").stats
-    assert stats["bad_line_examples"] == ["reviews.jsonl:10"] and stats["documents_in"] == 49
 
 
 def test_unknown_text_field(cli, shared_data, tmp_path):
