@@ -244,6 +244,11 @@ class Options:
         self.check()
 
     @classmethod
+    def default_of(cls, name: str) -> Any:
+        """A field's own default (for a check that an option was left as it is)."""
+        return _field_default(cls.__dataclass_fields__[name])
+
+    @classmethod
     def build(cls: type[T], **values: Any) -> T:
         unknown = sorted(set(values) - {o.name for o in flat_options(cls)})
         if unknown:

@@ -139,8 +139,7 @@ class CleanConfig(Options):
             from llmkit.corpus.minhash import optimal_bands_rows
 
             picked = optimal_bands_rows(self.threshold, self.num_perm)
-            fields = type(self).__dataclass_fields__
-            defaults = (fields["bands"].default, fields["rows"].default)
+            defaults = (self.default_of("bands"), self.default_of("rows"))
             if (self.bands, self.rows) not in {defaults, picked}:  # (picked: a config this built before, rebuilt)
                 raise UserError(f"--threshold picks bands x rows itself ({picked[0]} x {picked[1]} here); "
                                 "give --threshold or --bands/--rows, not both")

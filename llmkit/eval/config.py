@@ -74,6 +74,6 @@ class EvalConfig(Options):
             from llmkit.eval.benchmarks import task_names
 
             self.tasks = task_names(self.tasks)
-            if self.metrics != parse_metrics(type(self).__dataclass_fields__["metrics"].default_factory()):
+            if self.metrics != parse_metrics(self.default_of("metrics")):
                 raise ValueError("--task scores each benchmark its own way (acc, acc_norm); leave out --metric, "
                                 "or run the metrics in another llmkit eval")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -68,11 +67,11 @@ def token_logprobs(
 def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """[B, T] cross-entropy of each position (0 where the target is -100): the model's own
     scoring where it has one (a GPT's skips the [B, T, V] logits on a CPU)."""
+    from llmkit.model.fused_loss import logits_nll
+
     if hasattr(model, "token_nll"):
         return model.token_nll(idx, tgt)
-    logits, _ = model(idx)
-    # over [rows x positions, vocabulary]: on the transposed [B, V, T] view the softmax runs strided, 6x slower
-    return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none").view(tgt.shape)
+    return logits_nll(model(idx)[0], tgt)
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

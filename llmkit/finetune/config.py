@@ -62,18 +62,17 @@ class FinetuneConfig(Options):
         # Comma-separated lists from the command line become lists.
         self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
         self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]
-        fields = type(self).__dataclass_fields__
         if not self.lora_rank:
             given = [flag for flag, value, default in (
                 ("--lora-alpha", self.lora_alpha, None), ("--lora-dropout", self.lora_dropout, 0.0),
-                ("--lora-targets", self.lora_targets, fields["lora_targets"].default_factory())) if value != default]
+                ("--lora-targets", self.lora_targets, self.default_of("lora_targets"))) if value != default]
             if given:
                 raise ValueError(f"{', '.join(given)} shape(s) LoRA adapters, which only --lora-rank N adds; give a rank "
                                  "or leave them out (full fine-tuning)")
         elif self.freeze:
             raise ValueError("--freeze picks what full fine-tuning trains; with --lora-rank only the adapters train "
                              "(--lora-targets picks them): give one of the two")
-        if self.task == "classify" and self.template != fields["template"].default:
+        if self.task == "classify" and self.template != self.default_of("template"):
             raise ValueError("--template renders SFT examples; a classifier reads each text as it is: leave it out")
 
     @property

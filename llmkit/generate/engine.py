@@ -140,6 +140,15 @@ class _Window:
 
 
 @torch.inference_mode()
+def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None:
+    """Under --context-overflow error, refuse a prompt that leaves no room for the reply."""
+    if limit is not None and longest + new > limit and overflow == "error":
+        raise UserError(
+            f"prompt ({longest} tokens) + --max-new-tokens ({new}) exceed the model's context length ({limit}); "
+            "shorten the prompt, lower --max-new-tokens or use --context-overflow slide"
+        )
+
+
 def generate_ids(
     model,
     prompt_ids: list[list[int]],
@@ -166,11 +175,7 @@ def generate_ids(
     limit = context_limit(model)
     new = params.max_new_tokens
     longest = max(len(p) for p in prompt_ids)
-    if limit is not None and longest + new > limit and params.context_overflow == "error":
-        raise UserError(
-            f"prompt ({longest} tokens) + --max-new-tokens ({new}) exceed the model's context length ({limit}); "
-            "shorten the prompt, lower --max-new-tokens or use --context-overflow slide"
-        )
+    check_fits(longest, new, limit, params.context_overflow)
     seeds = list(seeds) if seeds is not None else [row_seed(params.seed, b, 0) for b in range(B)]
     generators = None if params.greedy else [torch.Generator().manual_seed(s) for s in seeds]
 

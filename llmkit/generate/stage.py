@@ -14,7 +14,7 @@ from typing import Callable
 
 from llmkit.errors import UserError
 from llmkit.generate.config import GenerateConfig
-from llmkit.generate.engine import Completion, Generator, context_limit
+from llmkit.generate.engine import Completion, Generator, check_fits, context_limit
 from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
 
 
@@ -95,12 +95,7 @@ def run_generate(
     limit = context_limit(loaded.model)
     longest = max(len(ids) for ids in encoded)
     max_new_tokens = cfg.sampling.max_new_tokens
-    if limit is not None and longest + max_new_tokens > limit and cfg.context_overflow == "error":
-        # said before anything is printed or written, not after the first prompts' completions
-        raise UserError(
-            f"prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the model's context length ({limit}); "
-            "shorten the prompt, lower --max-new-tokens or use --context-overflow slide"
-        )
+    check_fits(longest, max_new_tokens, limit, cfg.context_overflow)  # before anything is printed or written
     if limit is not None and longest + max_new_tokens > limit and cfg.context_overflow == "slide":
         from llmkit.console import err
 

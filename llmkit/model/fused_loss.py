@@ -153,6 +153,15 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor)
     return out
 
 
+def logits_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """token_nll from whole logits [B, T, V]: [B, T], 0 where IGNORE_INDEX (a model without the chunked path)."""
+    import torch.nn.functional as F
+
+    # over [rows x positions, vocabulary]: on the transposed [B, V, T] view the softmax runs strided, 6x slower
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="none").view(targets.shape)
+
+
 def _autocast_dtype(hidden: torch.Tensor) -> torch.dtype | None:
     device = hidden.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None

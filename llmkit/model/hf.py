@@ -762,12 +762,9 @@ def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, t
     """A directory llmkit exported carries the original ModelConfig: use it when it describes
     the same network, so export -> import gives back the config field for field. A bias-free
     GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
-    path = src / LLMKIT_CONFIG_FILE
-    if not path.is_file():
-        return imported, state
     try:
-        original = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["model_config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        original = ModelConfig.from_dict(_export_provenance(src)["model_config"])
+    except (KeyError, TypeError, ValueError):
         return imported, state
     same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
             "rope_theta", "norm_eps", "n_head")
@@ -783,13 +780,14 @@ def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, t
     return original, state
 
 
-def _exported_document_start(src: Path) -> str | None:
-    """"bos" or "eos" where llmkit exported the folder (the token its documents followed), else None."""
+def _export_provenance(src: Path) -> dict:
+    """What llmkit's export wrote beside the HF files (the original ModelConfig, the document
+    start, ...); {} for a folder llmkit did not export, or an unreadable file."""
     try:
-        recorded = json.loads((src / LLMKIT_CONFIG_FILE).read_text(encoding="utf-8")).get("document_start")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-    return recorded if recorded in ("bos", "eos") else None
+        data = json.loads((src / LLMKIT_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
@@ -845,5 +843,5 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
         }
         build.seed = seed
         build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab,
-                                      document_start=_exported_document_start(src)).to_dict()
+                                      document_start=_export_provenance(src).get("document_start")).to_dict()
     return out
