@@ -13,7 +13,7 @@ tokenizer trained on tinyshakespeare, written as llmkit checkpoint artifacts (fp
   export   `llmkit export CKPT -o HF` (a transformers directory: config, safetensors, tokenizer,
            generation config)
            vs a script around transformers: read the safetensors, rename the keys (llmkit's
-           mapping, `llmkit.model.hf`: a user's own would cost the same), `from_config`,
+           mapping, `llmkit.model.hf_weights`: a user's own would cost the same), `from_config`,
            `load_state_dict`, `save_pretrained` for the model and a `PreTrainedTokenizerFast`
   import   `llmkit import HF -o CKPT` (a checkpoint artifact: weights, tokenizer folder, manifest)
            vs `AutoModelForCausalLM.from_pretrained(HF)` and safetensors `save_file` of its
@@ -45,7 +45,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from llmkit.model.gpt import ModelConfig
-from llmkit.model.hf import to_hf_config, to_hf_state
+from llmkit.model.hf_config import to_hf_config
+from llmkit.model.hf_weights import to_hf_state
 import json
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 config = ModelConfig(**json.loads((src / "model_config.json").read_text()))

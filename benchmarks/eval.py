@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/eval.py --family gpt2 --preset tiny --rounds 5
 
 Both sides score the same documents (tinyshakespeare, tokenized by a tokenizer trained here) with
-the same weights (an llmkit GPT copied into the matching transformers class, `llmkit.model.hf`)
+the same weights (an llmkit GPT copied into the matching transformers class, `llmkit.model.hf_weights`)
 over the same rolling windows (lm-evaluation-harness's `loglikelihood_rolling`, which
 `llmkit.eval.perplexity.rolling_windows` reproduces), in batches of the same size:
 

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/finetune.py --method full --family gpt2 --preset tiny
 
 Both sides train the same weights (an llmkit GPT copied into the matching transformers class,
-`llmkit.model.hf`) on the same batches: DialogSum dialogues and summaries (../shared/data/
+`llmkit.model.hf_weights`) on the same batches: DialogSum dialogues and summaries (../shared/data/
 summarization) in the `summarize` template, encoded by a tokenizer trained here, right-padded,
 with the loss on the summary tokens only (`llmkit.finetune.data.SFTBatches`). Per step, on both:
 forward, next-token cross-entropy, backward, gradient-norm clipping at 1.0, a fused AdamW step

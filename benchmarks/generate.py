@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/generate.py --checkpoint runs/quickstart/model
 
 One process builds (or loads) an llmkit GPT, copies its weights into the matching transformers
-class (`llmkit.model.hf`), and times greedy generation of --new-tokens tokens after prompts of
+class (`llmkit.model.hf_weights`), and times greedy generation of --new-tokens tokens after prompts of
 --prompt-len tokens at batch 1 and batch 8 (left-padded, prompts of different lengths) on both
 sides: tokens/s = rows x new tokens / seconds, best of --repeats (the two sides alternate, so
 load from other processes hits both alike) after a warm-up. EOS is
@@ -27,9 +27,10 @@ import time
 
 import torch
 
-from llmkit.generate.engine import GenerationParams, generate_ids, prepare_for_decoding
+from llmkit.inference.engine import GenerationParams, generate_ids, prepare_for_decoding
 from llmkit.model.gpt import GPT, ModelConfig
-from llmkit.model.hf import to_hf_config, to_hf_state
+from llmkit.model.hf_config import to_hf_config
+from llmkit.model.hf_weights import to_hf_state
 from llmkit.model.presets import PRESETS
 
 
@@ -46,7 +47,7 @@ def shaped_model(preset_name: str, family: str, vocab_size: int, **overrides) ->
 
 
 def transformers_copy(model):
-    """The matching transformers model with `model`'s weights (llmkit.model.hf), in eval mode."""
+    """The matching transformers model with `model`'s weights (llmkit.model.hf_weights), in eval mode."""
     from transformers import AutoModelForCausalLM
 
     hf_config = to_hf_config(model.config)
@@ -158,7 +159,7 @@ def main() -> None:
           f"llmkit {'compiled' if args.compile else 'eager'}, transformers {'compiled (static cache)' if args.hf_compile else 'eager'}\n")
     decoder = None
     if args.compile:
-        from llmkit.generate.compiled import CompiledDecoder
+        from llmkit.inference.compiled import CompiledDecoder
 
         decoder = CompiledDecoder(model)
     print(f"{'batch':>5}  {'llmkit tok/s':>13}  {'transformers tok/s':>19}  {'ratio':>6}  same tokens")

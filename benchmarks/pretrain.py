@@ -124,7 +124,7 @@ def run_llmkit(args) -> dict:
     from llmkit.train.distributed import DistInfo
     from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
     from llmkit.train.objectives import WindowBatches, lm_loss
-    from llmkit.train.pretrain import PretrainConfig
+    from llmkit.pretrain.stage import PretrainConfig
 
     gpu = args.device == "cuda"
     config = PretrainConfig.build(

@@ -413,6 +413,23 @@ def make_parent(out: Path) -> None:
         raise UserError(f"cannot create the folder {parent} for {out} ({exc.strerror}); choose another -o path") from exc
 
 
+def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = ()) -> None:
+    """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
+    if path is None:
+        return
+    target = path.resolve()
+    for item in inputs:
+        if item is not None and Path(item).exists():
+            source = Path(item).resolve()
+            if source == target or source in target.parents:
+                raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
+    if path.is_dir():
+        raise UserError(f"-o {path} is a folder; give a file path")
+    if path.exists() and not force:
+        raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
+    make_parent(path)
+
+
 @contextlib.contextmanager
 def output_lock(out: Path | str) -> Iterator[None]:
     """Be the only llmkit run writing `out` for the length of the block.

@@ -98,7 +98,7 @@ def stage_commands() -> dict[str, Callable[..., None]]:
     from llmkit.finetune.command import finetune
     from llmkit.generate.chat import chat
     from llmkit.generate.command import generate
-    from llmkit.model.command import export_model, import_model
+    from llmkit.interop.command import export_model, import_model
     from llmkit.plan.command import plan
     from llmkit.plot.command import plot
     from llmkit.scaling.command import fit as scaling_fit
@@ -106,7 +106,7 @@ def stage_commands() -> dict[str, Callable[..., None]]:
     from llmkit.sweep.command import sweep
     from llmkit.tokenizer.command import tokenize
     from llmkit.tokenizer.command import train as tokenizer_train
-    from llmkit.train.command import pretrain
+    from llmkit.pretrain.command import pretrain
 
     return {
         "clean": clean, "tokenizer train": tokenizer_train, "tokenize": tokenize, "pretrain": pretrain,

@@ -536,7 +536,7 @@ def test_generate_reads_records_as_eval_does_and_keeps_what_it_made(cli, chain, 
     records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["Say it.\n\nROMEO:", "JULIET:"]
     # Stopped in the middle (here: the second batch fails), the records made so far are kept aside.
-    from llmkit.generate import engine
+    from llmkit.inference import engine
 
     real = engine.Generator.complete
     calls = []
@@ -556,7 +556,7 @@ def test_generate_reads_records_as_eval_does_and_keeps_what_it_made(cli, chain, 
 
 def test_generate_fills_every_field_of_a_text_template(chain, tmp_path):
     from llmkit.data.templates import text_template
-    from llmkit.generate.prompts import Prompt, encode_prompt
+    from llmkit.inference.prompts import Prompt, encode_prompt
     from llmkit.model.io import load_checkpoint
     from llmkit.model.records import TaskRecord
 

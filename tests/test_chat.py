@@ -34,7 +34,7 @@ def chat_model(base, tmp_path_factory):
 def _session(path, max_new_tokens=24, system=None):
     from llmkit.model.io import load_checkpoint
     from llmkit.generate.chat import ChatSession
-    from llmkit.generate.engine import GenerationParams
+    from llmkit.inference.engine import GenerationParams
 
     loaded = load_checkpoint(path)
     return ChatSession(loaded.model, loaded.tokenizer, loaded.task, GenerationParams(max_new_tokens=max_new_tokens), system=system)
@@ -94,7 +94,7 @@ def test_a_text_template_checkpoint_takes_one_input_per_turn(base):
     from llmkit.data.templates import resolve_template
     from llmkit.model.records import TaskRecord
     from llmkit.generate.chat import ChatSession
-    from llmkit.generate.engine import GenerationParams
+    from llmkit.inference.engine import GenerationParams
     from llmkit.model.io import load_checkpoint
 
     loaded = load_checkpoint(base["checkpoint"])
@@ -114,7 +114,7 @@ def test_a_long_reply_budget_keeps_the_message_and_its_template(base, capsys):
     its start token and wording, a long message loses only its end, and a note says so."""
     from llmkit.data.templates import encode_chat_prompt, resolve_template
     from llmkit.generate.chat import ChatSession
-    from llmkit.generate.engine import GenerationParams
+    from llmkit.inference.engine import GenerationParams
     from llmkit.model.io import load_checkpoint
     from llmkit.model.records import TaskRecord
 

@@ -144,7 +144,7 @@ def test_generate_with_an_ensemble_uses_every_members_cache(cli, runs, tmp_path)
 
 def test_generate_ensemble_matches_the_mixture_step_by_step(runs):
     """Cached decoding through the ensemble picks, at every step, the argmax of the uncached mixture."""
-    from llmkit.generate.engine import GenerationParams, generate_ids
+    from llmkit.inference.engine import GenerationParams, generate_ids
     from llmkit.model.io import load_checkpoint
 
     a, b = load_checkpoint(runs / "a").model, load_checkpoint(runs / "b").model

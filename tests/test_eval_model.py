@@ -264,7 +264,7 @@ def _short_rows(path: Path, tmp_path: Path, count: int, tokenizer, template: str
 
 
 def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path):
-    from llmkit.generate.engine import GenerationParams, Generator
+    from llmkit.inference.engine import GenerationParams, Generator
 
     data = _short_rows(shared_data / "translation" / "test.jsonl", tmp_path, 6, loaded.tokenizer, "German: {source}\nEnglish:", 12)
     result = cli(

@@ -40,7 +40,7 @@ def trained(shared_data, tmp_path_factory):
 
 @pytest.mark.slow
 def test_generate_and_eval_a_pretrained_checkpoint(cli, trained, tmp_path):
-    from llmkit.generate.prompts import document_start_id
+    from llmkit.inference.prompts import document_start_id
     from llmkit.model.io import load_checkpoint
 
     run, tokens = trained["run"], trained["tokens"]

@@ -45,7 +45,7 @@ def build_base(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     """The tiny base checkpoint, built once per session (and shared by test_lora / test_chat)."""
     from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
     from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
-    from llmkit.train.pretrain import PretrainConfig, pretrain
+    from llmkit.pretrain.stage import PretrainConfig, pretrain
 
     root = tmp_path_factory.getbasetemp() / "finetune-base"
     if (root / "ckpt" / "manifest.json").is_file():
@@ -383,7 +383,7 @@ def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
 
 def test_masked_lm_base_classifies_on_its_first_token_and_refuses_sft(base, shared_data, cli, tmp_path):
     from llmkit.model.io import load_checkpoint
-    from llmkit.train.pretrain import PretrainConfig, pretrain
+    from llmkit.pretrain.stage import PretrainConfig, pretrain
 
     config = PretrainConfig.build(model="tiny", objective="mlm", n_layer=1, n_embd=32, n_head=2, context_length=128, seq_len=64,
                             batch_tokens=512, micro_batch=8, max_steps=10, lr=3e-3, eval_every=0, save_every=0)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from llmkit import artifacts
-from llmkit.generate.engine import GenerationParams, Generator, generate_ids
-from llmkit.generate.sampling import SamplingParams, filter_top_k, filter_top_p, next_tokens
+from llmkit.inference.engine import GenerationParams, Generator, generate_ids
+from llmkit.inference.sampling import SamplingParams, filter_top_k, filter_top_p, next_tokens
 from llmkit.model.gpt import GPT, ModelConfig
 from llmkit.model.lstm import LSTMLM
 
@@ -142,7 +142,7 @@ def test_static_decode_step_equals_cached_forward(name, model):
 def test_compiled_generation_equals_eager():
     """--compile: the same greedy tokens and seeded samples as the eager engine, for a left-padded
     batch that runs past the context (so the cache slides and the compiled step continues)."""
-    from llmkit.generate.compiled import CompiledDecoder
+    from llmkit.inference.compiled import CompiledDecoder
 
     model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
     decoder = CompiledDecoder(model)
@@ -157,7 +157,7 @@ def test_the_compiled_step_folds_the_weights_in():
     """--compile freezes the weights into its graph (what lets inductor prepack them for the CPU
     matrix products; torch.compile's `options` alone did not turn it on): a weight changed after the
     first step leaves the compiled step's logits as they were, while the eager step sees it."""
-    from llmkit.generate.compiled import CompiledDecoder
+    from llmkit.inference.compiled import CompiledDecoder
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
@@ -186,7 +186,7 @@ def test_one_compiled_graph_per_batch_size():
     not add one per multiple of 128), and the tokens stay the eager ones."""
     from torch._dynamo.utils import counters
 
-    from llmkit.generate.compiled import CompiledDecoder
+    from llmkit.inference.compiled import CompiledDecoder
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=97, context_length=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
@@ -202,7 +202,7 @@ def test_one_compiled_graph_per_batch_size():
 def test_decoding_layout_keeps_the_values_and_the_tied_head():
     """Generation lays linear weights out column-major (the CPU BLAS's faster kernel for a few rows):
     same shapes and values, the same greedy tokens, and a head tied to the embedding left as it is."""
-    from llmkit.generate.engine import prepare_for_decoding
+    from llmkit.inference.engine import prepare_for_decoding
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
@@ -220,7 +220,7 @@ def test_decoding_layout_keeps_the_values_and_the_tied_head():
 
 def test_a_compiler_failure_falls_back_to_the_eager_step(capsys):
     """Past the recompile limit, or when inductor fails, decoding goes on eagerly with the same tokens."""
-    from llmkit.generate.compiled import CompiledDecoder
+    from llmkit.inference.compiled import CompiledDecoder
 
     model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
     decoder = CompiledDecoder(model)
@@ -421,7 +421,7 @@ def test_config_file_sets_options(cli, ckpt, tmp_path):
 
 def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):
     from llmkit.data.templates import encode_chat_prompt
-    from llmkit.generate.prompts import chat_stop_ids
+    from llmkit.inference.prompts import chat_stop_ids
     from llmkit.model.io import load_checkpoint
 
     text_task = {
@@ -461,7 +461,7 @@ def test_sampling_filters_equal_transformers_processors():
         TopPLogitsWarper,
     )
 
-    from llmkit.generate.sampling import apply_repetition_penalty
+    from llmkit.inference.sampling import apply_repetition_penalty
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 300, generator=g) * 3
@@ -479,7 +479,8 @@ def test_sampling_filters_equal_transformers_processors():
 def test_greedy_equals_transformers_generate_with_left_padding():
     from transformers import AutoModelForCausalLM
 
-    from llmkit.model.hf import to_hf_config, to_hf_state
+    from llmkit.model.hf_config import to_hf_config
+    from llmkit.model.hf_weights import to_hf_state
 
     for config in (
         ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=2, n_embd=32, **GPT2_SHAPE),

@@ -346,7 +346,7 @@ def test_dtype_options_and_config_file(cli, tmp_path, tokenizer_dir):
 
 def test_only_causal_transformers_export():
     from llmkit.errors import UserError
-    from llmkit.model.hf import hf_family
+    from llmkit.model.hf_config import hf_family
 
     assert hf_family(ModelConfig(**GPT2_STYLE)) == "gpt2" and hf_family(ModelConfig(**LLAMA_STYLE)) == "llama"
     with pytest.raises(UserError, match="arch='lstm'"):
@@ -499,7 +499,7 @@ def test_export_refuses_existing_output_and_unknown_format(cli, tmp_path, tokeni
 def test_token_byte_lengths_sum_to_text_bytes(tokenizer_dir):
     from tokenizers import Tokenizer
 
-    from llmkit.model.hf import token_byte_lengths
+    from llmkit.data.tokenizer import token_byte_lengths
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     lengths = token_byte_lengths(tok)
@@ -648,7 +648,7 @@ def test_every_mlp_width_llmkit_can_build_is_found():
     from hypothesis import strategies as st
 
     from llmkit.errors import UserError
-    from llmkit.model.hf import config_with_mlp_width
+    from llmkit.model.hf_config import config_with_mlp_width
 
     @settings(max_examples=300, deadline=None)
     @given(heads=st.integers(1, 32), head_dim=st.sampled_from([2, 4, 8, 64, 80, 128]), width=st.integers(1, 20000),
@@ -721,7 +721,7 @@ def test_report_shows_the_parameter_count_of_an_imported_checkpoint(cli, tmp_pat
 def test_the_document_start_token_survives_export_and_import(cli, tmp_path, tokenizer_dir, start):
     """A model pretrained on `text <|eos|>` documents is scored and prompted after <|eos|>; the
     checkpoint records that, and its exported-then-imported copy must too (not fall back to <|bos|>)."""
-    from llmkit.generate.prompts import document_start_id
+    from llmkit.inference.prompts import document_start_id
     from llmkit.model.io import load_checkpoint
 
     ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, document_start=start, **EXPORT_CASES["llama-tied-gqa"])

@@ -128,7 +128,7 @@ def test_recorded_configs_keep_the_keys_fingerprinted_before_the_renovation():
     from llmkit.corpus.config import CleanConfig
     from llmkit.finetune.config import FinetuneConfig
     from llmkit.tokenizer.config import TokenizeConfig, TokenizerTrainConfig
-    from llmkit.train.config import PretrainConfig
+    from llmkit.pretrain.config import PretrainConfig
 
     assert set(GOLDEN["pretrain"]["config"]) == set(PretrainConfig().hashed())
     assert set(GOLDEN["corpus"]["config"]) == set(CleanConfig().hashed())
@@ -142,7 +142,7 @@ def test_recorded_configs_keep_the_keys_fingerprinted_before_the_renovation():
 def test_groups_take_stage_defaults_and_flat_names_from_flags_and_files(tmp_path):
     from llmkit.config import resolve
     from llmkit.finetune.config import FinetuneConfig
-    from llmkit.train.config import PretrainConfig
+    from llmkit.pretrain.config import PretrainConfig
 
     plain_ft, plain_pt = FinetuneConfig(), PretrainConfig()
     assert (plain_ft.optim.weight_decay, plain_ft.optim.beta2, plain_ft.devices.micro_batch) == (0.0, 0.999, 8)

@@ -215,7 +215,7 @@ def test_dropout_masks_do_not_depend_on_the_split(shakespeare, cli, tmp_path):
 
 
 def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path):
-    from llmkit.train.pretrain import PretrainConfig, pretrain
+    from llmkit.pretrain.stage import PretrainConfig, pretrain
 
     def run(name, seed):
         config = PretrainConfig.build(model="tiny", n_layer=1, n_embd=32, seq_len=32, batch_tokens=256, micro_batch=8,
@@ -470,7 +470,7 @@ def test_a_run_does_not_depend_on_where_its_ancestors_are(shakespeare, cli, tmp_
     -o may not replace that recorded tokenizer, even with --force."""
     import shutil
 
-    from llmkit.generate.prompts import document_start_id
+    from llmkit.inference.prompts import document_start_id
     from llmkit.model.io import load_checkpoint
 
     moved = tmp_path / "elsewhere" / "tokens"

@@ -126,6 +126,21 @@ def compute_token_bytes(hf: Any) -> np.ndarray:
     return lengths
 
 
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 byte length of every token of an imported vocabulary (int32 [vocab]); 0 for special tokens.
+
+    Byte-level BPE pieces are decoded through GPT-2's byte alphabet; SentencePiece-style pieces
+    (Llama) count "▁" as a space and `<0xNN>` byte-fallback pieces as one byte.
+    """
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    lengths = np.zeros(vocab_size, dtype=np.int32)
+    for piece, index in tokenizer.get_vocab(with_added_tokens=True).items():
+        if piece not in specials and index < vocab_size:
+            lengths[index] = len(piece_to_bytes(piece))
+    return lengths
+
+
 class TextTokenizer:
     """What the training, generation and evaluation stages need from a tokenizer."""
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.model.ensemble_options import Ensembling
-from llmkit.model.inference_options import Inference
+from llmkit.inference.options import Inference
 from llmkit.options import Options, comma_list, group, option, unescape, unescape_each
 
 METRIC_HELP = (

@@ -15,7 +15,7 @@ LABEL_FIELDS = ("label", "answer", "gold")
 
 
 def start_id(loaded) -> int:
-    from llmkit.generate.prompts import document_start_id
+    from llmkit.inference.prompts import document_start_id
 
     return document_start_id(loaded.tokenizer, loaded.artifact, loaded.task)
 
@@ -138,7 +138,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     """Prompts that do not fit in the context beside the reply lose the end of their input, as
     `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many."""
     from llmkit.data.templates import encode_chat_prompt, fit_field
-    from llmkit.generate.engine import context_limit
+    from llmkit.inference.engine import context_limit
 
     limit = context_limit(loaded.model)
     if limit is None or limit - max_new_tokens < 2:
@@ -166,9 +166,9 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
 
 
 def generate_predictions(loaded, cfg):
-    from llmkit.generate.engine import GenerationParams, Generator
+    from llmkit.inference.engine import GenerationParams, Generator
     from llmkit.data.templates import encode_chat_prompt
-    from llmkit.generate.prompts import chat_stop_ids
+    from llmkit.inference.prompts import chat_stop_ids
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
     input_field = pick(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")

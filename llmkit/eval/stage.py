@@ -156,7 +156,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             seed_everything(cfg.seed)
             loaded = _load(members, device, text + lm + cls or ["benchmarks"], cfg)
             if cfg.inference.compile and text:  # refused before any scoring, not after perplexity has run
-                from llmkit.generate.compiled import check_compilable
+                from llmkit.inference.compiled import check_compilable
 
                 check_compilable(loaded.model)
             for index, member in enumerate(loaded.members):

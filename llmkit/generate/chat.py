@@ -28,7 +28,7 @@ class ChatSession:
     def __init__(self, model, tokenizer, task, params, system: str | None = None, compile: bool = False):
         """`task`: the checkpoint's TaskRecord (None: a base model, chatted to with the chat template)."""
         from llmkit.data.templates import chat_template, check_tokenizer
-        from llmkit.generate.engine import Generator
+        from llmkit.inference.engine import Generator
 
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.template = (task.template if task is not None else None) or chat_template()
@@ -123,7 +123,7 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     import sys
 
     from llmkit.console import err
-    from llmkit.generate.stage import check_output_file
+    from llmkit.artifacts import check_output_file
     from llmkit.model.io import load_checkpoint
     from llmkit.runtime import resolve_device
 

@@ -12,10 +12,9 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.model.ensemble_options import Ensembling
-from llmkit.model.inference_options import Inference
+from llmkit.inference.options import OVERFLOW_POLICIES, Inference
 from llmkit.options import Options, group, option, unescape, unescape_each
 
-OVERFLOW_POLICIES = ("slide", "error")
 SAMPLING = "Sampling"
 RUN = "Run"
 
@@ -31,7 +30,7 @@ class Sampling(Options):
 
     def params(self, seed: int, **more: Any):
         """The engine's GenerationParams; an impossible setting is a one-line error."""
-        from llmkit.generate.engine import GenerationParams
+        from llmkit.inference.engine import GenerationParams
 
         try:
             return GenerationParams(

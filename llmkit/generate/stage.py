@@ -14,8 +14,8 @@ from typing import Callable
 
 from llmkit.errors import UserError
 from llmkit.generate.config import GenerateConfig
-from llmkit.generate.engine import Completion, Generator, check_fits, context_limit
-from llmkit.generate.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
+from llmkit.inference.engine import Completion, Generator, check_fits, context_limit
+from llmkit.inference.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
 
 
 @dataclass
@@ -48,25 +48,6 @@ def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
     if not prompts:
         raise UserError("no prompt given; pass --prompt TEXT (repeatable) or --prompts FILE (.txt lines or .jsonl)")
     return prompts
-
-
-def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = ()) -> None:
-    """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
-    from llmkit.artifacts import make_parent
-
-    if path is None:
-        return
-    target = path.resolve()
-    for item in inputs:
-        if item is not None and Path(item).exists():
-            source = Path(item).resolve()
-            if source == target or source in target.parents:
-                raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
-    if path.is_dir():
-        raise UserError(f"-o {path} is a folder; give a .jsonl file path")
-    if path.exists() and not force:
-        raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
-    make_parent(path)
 
 
 def run_generate(

@@ -451,7 +451,7 @@ class GPT(nn.Module):
         ([1] long), attending over every slot of the full cache buffers through a mask (slots
         before a row's padding or after `slot` hidden). Unlike `forward` with a KVCache, no shape
         and no Python value depends on the step, so `torch.compile` makes one graph that serves
-        every step (llmkit/generate/compiled.py). The caller advances the cache's `pos`."""
+        every step (llmkit/inference/compiled.py). The caller advances the cache's `pos`."""
         positions = (slot - pad_lengths).clamp(min=0)[:, None]  # [B, 1]
         x = embed_tokens(self.tok_emb, self.pos_emb, idx, positions=positions)
         rope = None

@@ -26,7 +26,7 @@ LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 def model_config_from_hf(path: Path):
     """The llmkit ModelConfig with the shapes of a transformers config.json (no transformers needed)."""
-    from llmkit.model.hf import GPT2_STYLE, LLAMA_STYLE, config_with_mlp_width
+    from llmkit.model.hf_config import GPT2_STYLE, LLAMA_STYLE, config_with_mlp_width
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

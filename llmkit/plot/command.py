@@ -37,7 +37,7 @@ def _plot(config: PlotConfig, *, runs: list[Path], out: Path, force: bool) -> No
     from llmkit.charts import loss_curves, read_metrics
     from llmkit.console import err
     from llmkit.errors import UserError
-    from llmkit.generate.stage import check_output_file
+    from llmkit.artifacts import check_output_file
 
     if out.suffix.lower() != ".png":
         raise UserError(f"-o {out} must be a .png file")

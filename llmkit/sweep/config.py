@@ -1,5 +1,5 @@
 """The options of `llmkit sweep` (docs/scaling.md): every pretrain option as the base of each run,
-and the grid on top. Declared once, here and in llmkit/train/config.py."""
+and the grid on top. Declared once, here and in llmkit/pretrain/config.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from llmkit.options import Options, comma_floats, comma_list, group, option
-from llmkit.train.config import PretrainConfig
+from llmkit.pretrain.config import PretrainConfig
 
 GRID = "Sweep grid"
 RULES = "Sweep rules (per model size)"

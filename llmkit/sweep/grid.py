@@ -19,7 +19,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.sweep.config import SweepConfig, parse_size
-from llmkit.train.config import PretrainConfig
+from llmkit.pretrain.config import PretrainConfig
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`llmkit export` and `llmkit import`: Hugging Face transformers interop (llmkit/model/hf.py)."""
+"""`llmkit export` and `llmkit import`: the commands (llmkit/interop/)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _export(config: ExportConfig, *, checkpoint: Path, out: Path, force: bool) -
     import json
 
     from llmkit.console import out as console
-    from llmkit.model.hf import export_hf
+    from llmkit.interop.export import export_hf
 
     path = export_hf(checkpoint, out, force=force, dtype=config.dtype)
     model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "?")
@@ -45,7 +45,7 @@ def _import(config: ImportConfig, *, source: Path, out: Path, force: bool) -> No
     """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint artifact."""
     from llmkit import artifacts
     from llmkit.console import out as console
-    from llmkit.model.hf import import_hf
+    from llmkit.interop.importer import import_hf
     from llmkit.model.records import CheckpointStats
 
     path = import_hf(source, out, force=force, seed=config.seed, dtype=config.dtype)

@@ -27,9 +27,8 @@ from typing import Callable, Sequence
 import torch
 
 from llmkit.errors import UserError
-from llmkit.generate.config import OVERFLOW_POLICIES
-from llmkit.generate.sampling import SamplingParams, next_tokens, row_seed
-
+from llmkit.inference.options import OVERFLOW_POLICIES
+from llmkit.inference.sampling import SamplingParams, next_tokens, row_seed
 
 
 @dataclass
@@ -165,7 +164,7 @@ def generate_ids(
     `seeds` gives each row its own sampling seed (default: derived from params.seed and the row).
     `on_step(tokens)` is called after every step with the token each row produced (None for a
     finished row); it may return the indices of rows to stop now (a stop string appeared).
-    `decoder` (llmkit.generate.compiled.CompiledDecoder) runs the decode steps compiled.
+    `decoder` (llmkit.inference.compiled.CompiledDecoder) runs the decode steps compiled.
     """
     if not prompt_ids:
         return []
@@ -311,7 +310,7 @@ class Generator:
         self.start_id = tokenizer.bos_id if start_id is None else start_id
         self.decoder = None
         if compile:
-            from llmkit.generate.compiled import CompiledDecoder
+            from llmkit.inference.compiled import CompiledDecoder
 
             self.decoder = CompiledDecoder(model)  # which packs the weights its own way
         else:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from llmkit.options import Options, option
 
+# What a prompt longer than the context does: keep its last tokens (slide) or refuse (error).
+OVERFLOW_POLICIES = ("slide", "error")
+
 
 @dataclass
 class Inference(Options):

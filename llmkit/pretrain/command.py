@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from llmkit.stage_command import argument, stage_command
-from llmkit.train.config import PretrainConfig
+from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.options import MODEL_PANEL
 
 
@@ -14,7 +14,7 @@ def _pretrain(config: PretrainConfig, *, tokens: Path, init_from: Optional[Path]
     """Pretrain a model from scratch on token shards (one CPU, --gpus N, or many nodes), or go on
     from a checkpoint's weights (--init-from)."""
     from llmkit.inspect_view import print_checkpoint_summary
-    from llmkit.train.pretrain import pretrain as run_pretrain
+    from llmkit.pretrain.stage import pretrain as run_pretrain
 
     print_checkpoint_summary(run_pretrain(tokens, out, config, init_from=init_from, resume=resume, force=force))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
-from llmkit.train.config import PretrainConfig
+from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
 
 
