@@ -6,6 +6,7 @@ datasets) inside the function body, so `llmkit --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -24,6 +25,8 @@ _PASS_THROUGH = tuple(
     if isinstance(cls, type)
 )
 
+_USAGE_ERRORS = tuple({getattr(module, "UsageError") for module in (click.exceptions, _typer_click_exceptions)})
+
 from llmkit import __version__
 from llmkit.errors import UserError, debug_enabled, one_line, set_debug
 from llmkit.runtime import let_idle_threads_sleep
@@ -33,12 +36,18 @@ let_idle_threads_sleep()  # before any stage imports torch
 
 
 class _ErrorsAsOneLine(LlmkitGroup):
-    """Every exception under the root becomes one red line and a non-zero exit (unless --debug)."""
+    """Every exception under the root becomes one red line and a non-zero exit (unless --debug);
+    so does a usage error (a missing or unknown option), which Typer would draw as a box."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_error_as_one_line():
+            return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
-        except _PASS_THROUGH:  # --help, usage errors: click/typer print and exit themselves
+            with _usage_error_as_one_line():
+                return super().invoke(ctx)
+        except _PASS_THROUGH:  # --help, exits: click/typer finish them
             raise
         except BrokenPipeError:  # `llmkit ... | head`: the reader has all it wanted
             _stop_writing_stdout()
@@ -51,6 +60,19 @@ class _ErrorsAsOneLine(LlmkitGroup):
                 raise
             _print_error(one_line(exc))
             raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
+
+
+@contextlib.contextmanager
+def _usage_error_as_one_line():
+    try:
+        yield
+    except _USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `llmkit tokenizer` alone: the help is the answer
+            raise
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        command = exc.ctx.command_path if exc.ctx is not None else "llmkit"
+        _print_error(f"{message} (see {command} --help)")
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_error(message: str) -> None:

@@ -92,7 +92,16 @@ def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
         if nested:
             raise UserError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
         data = data[section]
-    return {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            continue
+        name = key.replace("-", "_")
+        if name in spelled:
+            raise UserError(f"{file} sets one option twice, as {spelled[name]} and {key}; keep one")
+        values[name], spelled[name] = value, key
+    return values
 
 
 def resolve(

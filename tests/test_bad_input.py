@@ -83,6 +83,7 @@ OVERLAPS = [
     (["tokenize", "{corpus}", "-t", "{tok}", "-o", "{tok}", "--force"], ["tok"], "is the stage's input"),
     (["tokenizer", "train", "{corpus}", "-o", "{corpus}", "--force"], ["corpus"], "is the stage's input"),
     (["clean", "{book}", "-o", "{book}", "--force"], ["book"], "is the stage's input"),
+    (["clean", "{corpus}", "-o", "{corpus}"], ["corpus"], "is the stage's input"),  # a folder of readable files
     (["generate", "{ckpt}", "--prompts", "{prompts}", "-o", "{prompts}", "--force"], ["prompts"], "would overwrite the input"),
     (["generate", "{ckpt}", "-p", "x", "-o", "{ckpt}/model.safetensors", "--force"], ["ckpt"], "would overwrite the input"),
 ]

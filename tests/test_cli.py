@@ -106,10 +106,20 @@ def test_config_resolution_order(tmp_path):
         config.resolve(_StageConfig, file=tmp_path / "missing.toml")
 
 
-def test_usage_errors_are_reported_by_click_not_as_unexpected(cli):
-    result = cli("inspect", "--no-such-option")
-    assert result.exit_code == 2
-    assert "No such option" in result.output and "unexpected" not in result.output
+@pytest.mark.parametrize("args,says", [
+    (["inspect", "--no-such-option"], "No such option: --no-such-option (see llmkit inspect --help)"),
+    (["pretrain", "tokens"], "Missing option '-o' / '--out' (see llmkit pretrain --help)"),
+    (["pretrain"], "Missing argument 'tokens' (see llmkit pretrain --help)"),
+    (["tokenizer", "trian"], "Did you mean 'train'? (see llmkit tokenizer --help)"),
+    (["--no-such-option"], "No such option: --no-such-option (see llmkit --help)"),
+])
+def test_usage_errors_are_one_line_naming_the_help(cli, args, says):
+    """A missing or unknown option is bad input like any other: one line, exit 2 (click's code
+    for usage), not Typer's box."""
+    result = cli(*args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert says in lines[0] and "unexpected" not in lines[0]
 
 
 def test_explicit_params_ignores_defaults():

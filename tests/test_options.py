@@ -82,6 +82,9 @@ def test_a_config_file_takes_the_flag_names_and_refuses_an_option_given_twice(tm
     file.write_text('[eval]\nmetric = ["accuracy"]\nmetrics = ["f1"]\n')
     with pytest.raises(UserError, match="sets one option twice, as metric and metrics"):
         resolve(EvalConfig, file=file, section="eval")
+    file.write_text('[eval]\nlabel_field = "a"\nlabel-field = "b"\n')  # one key, spelled two ways
+    with pytest.raises(UserError, match="sets one option twice, as label_field and label-field"):
+        resolve(EvalConfig, file=file, section="eval")
 
 
 def test_no_short_flag_means_two_things():

@@ -426,6 +426,11 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, t
     assert all(torch.isfinite(t).all() for t in load_file(good[-1] / "model.safetensors").values())
     assert int(good[-1].name.split("_")[1]) < step
     assert not (run / "manifest.json").exists()
+    # The advice can be followed: a new run from the last good weights with a sane --lr.
+    assert "--init-from" in line and str(good[-1]) in line
+    again = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "again", "--init-from", good[-1], "--seq-len", "64",
+                "--batch-tokens", "1024", "--max-steps", "2", "--eval-every", "0", "--lr", "1e-3")
+    assert again.exit_code == 0, again.output
 
 
 def test_config_file_and_flags(shakespeare, cli, tmp_path):

@@ -167,8 +167,12 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert resumed.exit_code == 0 and resumed.output.count("skipped") == 3
     assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     # Other options for the same folder are refused: the runs there were trained differently.
+    configs = {f.name: f.read_text() for f in (out / "configs").iterdir()}
     changed = cli("sweep", tokens, "-o", out, *SWEEP[:-2], "--min-steps", "2")
     assert changed.exit_code != 0 and "trained with other options" in changed.output
+    # ... and leave the finished sweep as it was: still the artifact, the run configs untouched.
+    assert artifacts.verify(out).ok and artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
+    assert {f.name: f.read_text() for f in (out / "configs").iterdir()} == configs
     plotted = cli("plot", out / "runs" / "d1-w32-t8000", out / "runs" / "d2-w64-t8000", "-o", tmp_path / "curves.png",
                   "--x", "tokens", "--lr", "--grad-norm")
     assert plotted.exit_code == 0 and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

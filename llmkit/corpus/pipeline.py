@@ -59,9 +59,9 @@ def clean(
     on_cluster = cfg.execution.executor == "ray"
     # 0: one per core no other program is using (on a Ray cluster: one per CPU of the cluster)
     workers = cfg.workers or (0 if on_cluster else idle_cores())
-    sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
     read = [*inputs, cfg.dataset]
-    artifacts.check_output(out, force, inputs=read)
+    artifacts.check_output(out, force, inputs=read)  # first: `-o` naming an input is the problem to report
+    sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()
     started = time.perf_counter()

@@ -50,8 +50,9 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
     out = Path(out)
     runs = plan(config, int(tokens_art.stats["vocab_size"]))
     with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path]):
+        finished = [_finished_with_these_options(run, out) for run in runs]  # refuses before anything changes
         (out / artifacts.MANIFEST).unlink(missing_ok=True)  # a sweep being (re)run is not an artifact yet
-        states = [_prepare(run, out) for run in runs]
+        states = [_prepare(run, out, done) for run, done in zip(runs, finished)]
         _execute(states, tokens_art.path, out, config)
         failed = [s for s in states if s.state == "failed"]
         if failed:
@@ -61,21 +62,27 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
     return out
 
 
-def _prepare(run: PlannedRun, out: Path) -> RunState:
-    """A run's options on disk, and whether it is already done with exactly these options."""
+def _finished_with_these_options(run: PlannedRun, out: Path) -> bool:
+    """Whether the run is already done; one done with other options is refused (a finished
+    sweep rerun with another --lr, say), before the sweep changes anything on disk."""
+    target = out / RUNS / run.name
+    if not (target / artifacts.MANIFEST).is_file():
+        return False
+    done = artifacts.load(target, kind="checkpoint")
+    if done.config != json.loads(artifacts.canonical_json(run.config.hashed())):
+        raise UserError(f"{target} was trained with other options than this sweep plans; rerun with --force to start the "
+                        "sweep over, or write it to another -o")
+    return True
+
+
+def _prepare(run: PlannedRun, out: Path, done: bool) -> RunState:
+    """A run's options on disk (the config file its pretrain command reads), and its state."""
     import yaml
 
     for folder in (RUNS, CONFIGS, LOGS):
         (out / folder).mkdir(parents=True, exist_ok=True)
     (out / CONFIGS / f"{run.name}.yaml").write_text(yaml.safe_dump({"pretrain": run.config.flat()}, sort_keys=True), encoding="utf-8")
-    target = out / RUNS / run.name
-    if (target / artifacts.MANIFEST).is_file():
-        done = artifacts.load(target, kind="checkpoint")
-        if done.config != json.loads(artifacts.canonical_json(run.config.hashed())):
-            raise UserError(f"{target} was trained with other options than this sweep plans; rerun with --force to start the "
-                            "sweep over, or write it to another -o")
-        return RunState(run, state="skipped")
-    return RunState(run)
+    return RunState(run, state="skipped" if done else "queued")
 
 
 def _command(state: RunState, tokens: Path, out: Path, threads: int) -> list[str]:

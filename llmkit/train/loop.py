@@ -377,8 +377,12 @@ class Trainer:
         """Refuse to go on (or save) with weights that are, or are about to be, not finite."""
         self.optimizer.zero_grad(set_to_none=True)
         last = ckpt.latest_checkpoint(self.run_dir)
-        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise NonFiniteLoss(f"{what}, {where}; lower --lr, raise --warmup-steps or keep --grad-clip on, then --resume")
+        fix = "lower --lr, raise --warmup-steps or keep --grad-clip on"
+        # (--resume keeps a run's options, so the way on with new ones is a new run from those weights)
+        if last:
+            raise NonFiniteLoss(f"{what}, the last good checkpoint is {last}; {fix}, then start over with --force or "
+                                "start a new run from that checkpoint's weights (pretrain --init-from, finetune)")
+        raise NonFiniteLoss(f"{what}, no checkpoint was written yet; {fix}, then start over with --force")
 
     # -- validation -------------------------------------------------------------------------
     @torch.no_grad()
