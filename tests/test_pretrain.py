@@ -414,7 +414,7 @@ def test_bad_inputs(shakespeare, cli, tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):
     run = tmp_path / "run"
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "40", "--save-every", "2",
-                 "--eval-every", "0", "--lr", "1e6", "--grad-clip", "0", "--warmup-steps", "0", "--optimizer", "sgd")
+                 "--eval-every", "0", "--lr", "1e3", "--grad-clip", "0", "--warmup-steps", "0", "--optimizer", "sgd")
     line = _error(result)
     assert "became" in line and "at step" in line and "stopped before updating the weights" in line
     step = int(line.split("at step ")[1].split(";")[0].split(" ")[0])
@@ -426,9 +426,12 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, t
     assert all(torch.isfinite(t).all() for t in load_file(good[-1] / "model.safetensors").values())
     assert int(good[-1].name.split("_")[1]) < step
     assert not (run / "manifest.json").exists()
-    # The advice can be followed: a new run from the last good weights with a sane --lr.
-    assert "--init-from" in line and str(good[-1]) in line
-    again = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "again", "--init-from", good[-1], "--seq-len", "64",
+    # The checkpoint it names is one whose weights gave a finite loss (not those of step - 1, the
+    # weights that failed), and the advice can be followed: a new run from it with a sane --lr.
+    named = Path(line.split("the last good checkpoint is ")[1].split(";")[0])
+    assert named.parent == run / "checkpoints" and int(named.name.split("_")[1]) < step - 1
+    assert "--init-from" in line
+    again = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "again", "--init-from", named, "--seq-len", "64",
                 "--batch-tokens", "1024", "--max-steps", "2", "--eval-every", "0", "--lr", "1e-3")
     assert again.exit_code == 0, again.output
 

@@ -360,23 +360,26 @@ class Trainer:
         # mean_loss averages over the data-parallel replicas: their sum over the step's target count
         loss_value = float(self.engine.mean_loss(loss_sum * (self.info.data_parallel / total if total else math.nan)))
         if not math.isfinite(loss_value):
-            self._stop(f"loss became {loss_value} at step {step + 1}; stopped before updating the weights")
+            self._stop(f"loss became {loss_value} at step {step + 1}; stopped before updating the weights", step)
         # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.
         max_norm = s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf
         self.last_grad_norm = self.engine.clip(max_norm)
         if not math.isfinite(self.last_grad_norm):  # a finite loss can still overflow its gradient
             self._stop(f"the gradient norm became {self.last_grad_norm} at step {step + 1} (loss {loss_value:.4g}); "
-                       "stopped before updating the weights")
+                       "stopped before updating the weights", step)
         self.optimizer.step()
         if self.ema is not None:
             self._update_ema(step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, lr
 
-    def _stop(self, what: str) -> None:
-        """Refuse to go on (or save) with weights that are, or are about to be, not finite."""
+    def _stop(self, what: str, failed_weights: int) -> None:
+        """Refuse to go on (or save) with weights that are, or are about to be, not finite.
+        `failed_weights`: the update count of the weights that gave the non-finite value; the good
+        checkpoints are the ones before it (a checkpoint of those very weights would fail again)."""
         self.optimizer.zero_grad(set_to_none=True)
-        last = ckpt.latest_checkpoint(self.run_dir)
+        good = [d for d in ckpt.step_dirs(self.run_dir) if int(d.name.removeprefix("step_")) < failed_weights]
+        last = good[-1] if good else None
         fix = "lower --lr, raise --warmup-steps or keep --grad-clip on"
         # (--resume keeps a run's options, so the way on with new ones is a new run from those weights)
         if last:
@@ -520,7 +523,7 @@ class Trainer:
                         if not math.isfinite(self.last_val):
                             logger.log(step, values)
                             self._stop(f"the validation loss became {self.last_val} after step {step}: the weights "
-                                       "diverged and were not saved")
+                                       "diverged and were not saved", step)
                 logger.log(step, values)
                 if step % log_every == 0:
                     window_start, window_steps = time.perf_counter(), 0
