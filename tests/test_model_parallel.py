@@ -34,6 +34,13 @@ def _weights(run):
     return load_model(run).state_dict()
 
 
+def _stored_names(run):
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        return set(f.keys())
+
+
 def assert_same_training(reference, run, *, weights: bool = True):
     a, b = metrics(reference), metrics(run)
     assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -91,6 +98,7 @@ def test_layout_trains_the_same_model_as_one_process(references, preset, layout,
     assert manifest.runtime["layout"]["dp"] == world // (tp * pp)
     # One full model.safetensors with the usual names and row order: it loads as any checkpoint.
     assert set(_weights(run)) == set(_weights(references[preset]))
+    assert _stored_names(run) == _stored_names(references[preset])  # a tied head is not stored twice
     assert artifacts.load(run).manifest.config == artifacts.load(references[preset]).manifest.config
 
 
@@ -181,6 +189,9 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         (["--pp", "2", "--nproc", "2", "--pp-schedule", "interleaved-1f1b", "--pp-microbatches", "3"],
          "needs --pp-microbatches a multiple of --pp 2"),
         (["--tp", "2", "--nproc", "2", "--ema", "0.99"], "--ema keeps full weights"),
+        # 16 sequences a step, 3 pipeline micro-batches of 2 at a time (not "on 3 processes": there are 2)
+        (["--pp", "2", "--nproc", "2", "--micro-batch", "2", "--pp-microbatches", "3"],
+         "does not split into micro-batches of 2, 3 at a time"),
     ]
     for extra, message in cases:
         out = tmp_path / "bad"

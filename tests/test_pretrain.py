@@ -525,3 +525,19 @@ def test_resuming_a_finished_run_changes_nothing_and_cannot_go_back(shakespeare,
     grown = cli("pretrain", shakespeare["tokens"], "-o", run, "--resume", *FAST, "--max-steps", "4", "--eval-every", "2")
     assert grown.exit_code == 0, grown.output  # the length and the validation may change
     assert artifacts.load(run).stats["step"] == 4
+
+
+def test_resume_notes_when_dropout_masks_cannot_continue(shakespeare, cli, tmp_path):
+    """Masks drawn per process (--no-batch-invariant, GPUs, --tp/--pp) cannot be continued by a
+    run that draws them per sequence (the CPU default), nor by another number of processes: the
+    resumed run says so; per-sequence masks continue silently."""
+    run = ["pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--eval-every", "0", "--save-every", "2",
+           "--dropout", "0.1"]
+    assert cli(*run, "--max-steps", "2", "--no-batch-invariant").exit_code == 0
+    (tmp_path / "run" / "manifest.json").unlink()  # as if stopped after the checkpoint
+    result = cli(*run, "--max-steps", "4", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "drawing dropout masks per process" in result.output and "drawing them per sequence" in result.output
+    (tmp_path / "run" / "manifest.json").unlink()
+    again = cli(*run, "--max-steps", "6", "--resume")  # saved per sequence, resumed per sequence
+    assert again.exit_code == 0 and "dropout masks" not in again.output, again.output

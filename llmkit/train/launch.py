@@ -146,7 +146,8 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
     """
     micro = max(1, min(micro_batch, global_batch // world))
     if global_batch % (micro * world):
-        raise UserError(f"{what} does not split into micro-batches of {micro} on {world} process(es); {fix(micro * world)}")
+        raise UserError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
+                        f"replica and pipeline micro-batch); {fix(micro * world)}")
     return micro, global_batch // (micro * world)
 
 

@@ -278,13 +278,20 @@ class Trainer:
     def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
         self.engine.load_optimizer_state(self.optimizer, optim_state)
         same_world = ckpt.restore_rng(rng, self.info.rank, self.info.world_size, self.device)
-        # Per-sequence dropout masks are seeded by the step and position: nothing to restart.
-        if not same_world and self.info.is_main and not getattr(self.engine, "batch_invariant", False):
+        # Per-sequence dropout masks are seeded by the step and position, so they continue whatever
+        # the layout, when the saved run drew them that way too; per-process streams continue only
+        # in the same number of processes.
+        saved_per_sequence = bool(artifacts.load(latest, kind="checkpoint").manifest.runtime.get("batch_invariant"))
+        per_sequence = bool(getattr(self.engine, "batch_invariant", False))
+        continues = per_sequence and saved_per_sequence or not per_sequence and not saved_per_sequence and same_world
+        if not continues and getattr(self.raw.config, "dropout", 0) > 0 and self.info.is_main:
             from llmkit.console import err
 
             err.print(
-                f"note: {latest.name} was written by {self._resume_progress.get('world_size')} process(es), this run has "
-                f"{self.info.world_size}: weights, optimizer and data position reshard exactly; dropout streams restart",
+                f"note: {latest.name} was written by {self._resume_progress.get('world_size')} process(es) drawing dropout "
+                f"masks {'per sequence' if saved_per_sequence else 'per process'}, this run has {self.info.world_size} "
+                f"drawing them {'per sequence' if per_sequence else 'per process'}: weights, optimizer and data position "
+                "carry over exactly; the dropout masks from here on differ from the saved run's",
                 soft_wrap=True,
             )
 

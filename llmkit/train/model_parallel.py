@@ -308,6 +308,7 @@ class ModelParallelRun:
                 for mine, theirs in zip(groups, stage_optim["param_groups"]):
                     mine["params"] += [p for p in theirs["params"] if p not in mine["params"]]
         if self.tied:  # the head's copy of the embedding: stored once, as the embedding
+            merged_model.pop("lm_head.weight", None)
             merged_state.pop("lm_head.weight", None)
             for group in groups:
                 group["params"] = [p for p in group["params"] if p != "lm_head.weight"]
