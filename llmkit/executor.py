@@ -54,6 +54,8 @@ def connected(address: str | None) -> Iterator[Any]:
         yield ray
         return
     options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address:
+        _check_reachable(address)
     try:
         ray.init(address=address, **options) if address else ray.init(**options)
     except ConnectionError as exc:
@@ -63,6 +65,24 @@ def connected(address: str | None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """A HOST:PORT address answers a TCP connect, or the user hears so at once: ray.init keeps
+    retrying an address with no cluster behind it for many minutes ("auto" and ray:// addresses
+    fail fast on their own)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise UserError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one with `ray start --head` "
+                        "there, or check --ray-address") from None
 
 
 class _Worker:

@@ -128,3 +128,22 @@ def test_executor_ray_without_ray_installed_is_a_one_line_error(shared_data, cli
         assert result.exit_code != 0
         assert "pip install 'llmkit[ray]'" in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_an_address_with_no_cluster_behind_it_is_a_one_line_error_at_once(monkeypatch):
+    """ray.init retries such an address for many minutes; the stage checks it answers first."""
+    import time
+
+    from llmkit.errors import UserError
+    from llmkit.executor import connected
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `llmkit clean` process
+    monkeypatch.setattr(ray, "init", lambda **_: pytest.fail("ray.init reached with an unreachable address"))
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"cannot reach the Ray cluster at 127.0.0.1:1 \(.*\); start one"):
+        with connected("127.0.0.1:1"):
+            pass
+    assert time.perf_counter() - started < 10
+    with pytest.raises(UserError, match="is not HOST:PORT, auto or ray://HOST:PORT"):
+        with connected("head-node"):
+            pass
