@@ -203,6 +203,32 @@ def test_a_vocabulary_larger_than_the_input_holds_is_said(cli, tmp_path):
     assert size < 5000 and f"the tokenizer has {size:,}" in result.output and "fewer than --vocab-size 5,000" in result.output
 
 
+def test_a_long_run_without_spaces_is_cut_for_training_and_encodes_whole(cli, shared_data, tmp_path):
+    """BPE training time grows with the square of a word's length: a 300,000-letter run took 127 s
+    before training cut runs at LONGEST_RUN characters (the bound below only guards against that)."""
+    import random
+    import time
+
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.tokenizer.sample import LONGEST_RUN, cut_long_runs
+
+    text = "ab " + "x" * 2500 + " cd\n" + "y" * LONGEST_RUN + " z"
+    parts = list(cut_long_runs([text]))
+    assert "".join(parts) == text and max(len(w) for part in parts for w in part.split()) == LONGEST_RUN
+    assert list(cut_long_runs(["no long run here"])) == ["no long run here"]
+    random.seed(0)
+    dna = "".join(random.choice("ACGT") for _ in range(300_000))
+    book = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]
+    (tmp_path / "docs.txt").write_text(book + "\n\n" + dna + "\n", encoding="utf-8")
+    assert cli("clean", tmp_path / "docs.txt", "-o", tmp_path / "corpus", "--doc-per", "blank-line").exit_code == 0
+    started = time.perf_counter()
+    result = cli("tokenizer", "train", tmp_path / "corpus", "-o", tmp_path / "tok", "--vocab-size", "1000")
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - started < 60
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.decode(tok.encode(dna)) == dna and len(tok.encode(dna)) < len(dna) / 2  # it learnt the run's pairs
+
+
 def test_a_byte_sample_spans_every_input_and_any_worker_count_draws_the_same(shared_data, tmp_path, monkeypatch):
     """--sample-bytes draws across all inputs (the Chinese file after Shakespeare is in it), read in ranges
     that start at paragraphs; one process and two processes read and draw the same sample."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from llmkit import artifacts, resume
 from llmkit.tokenizer.config import TokenizerTrainConfig
-from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, open_source
+from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, cut_long_runs, open_source
 from llmkit.data.tokenizer import (
     TOKEN_BYTES_FILE,
     TOKENIZER_FILE,
@@ -67,7 +67,7 @@ def train_tokenizer(
             task = bar.add_task("reading + counting", total=source.total_bytes)
             texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size),
                                            folder=build.dir)
-            tokenizer.train_from_iterator(texts, trainer)
+            tokenizer.train_from_iterator(cut_long_runs(texts), trainer)
         seconds = time.perf_counter() - started
         resume.remove(build.dir)
         (build.dir / SAMPLE_LOG).unlink(missing_ok=True)
