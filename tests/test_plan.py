@@ -150,7 +150,7 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
 
 
 def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
-    from llmkit.scaling.fit import Law
+    from llmkit.scaling_law import Law
 
     law = Law(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)
     n, d = np.meshgrid(np.geomspace(1e5, 3e7, 6), np.geomspace(1e6, 3e8, 6))
@@ -166,6 +166,21 @@ def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
     n_opt, d_opt = fitted_law.optimal(6 * params * tokens)
     assert n_opt == pytest.approx(params, rel=1e-6) and d_opt == pytest.approx(tokens, rel=1e-6)
     assert "fitted law" in plan["compute"]["compute_optimal_rule"]
+
+
+def test_a_law_without_an_optimal_split_is_said_not_divided_by_zero():
+    """plan --scaling reads the law through the record scaling writes: a fit with A = 0 (model
+    size does not matter) or a flat exponent has no compute-optimal tokens, in one line."""
+    from llmkit.errors import UserError
+    from llmkit.scaling_law import Law
+
+    law = Law(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)
+    n_opt, d_opt = law.optimal(1e20)
+    assert law.tokens_for(n_opt) == pytest.approx(d_opt, rel=1e-9)  # the same line, from either end
+    for broken in (Law(A=0.0, B=410.7, E=1.69, alpha=0.34, beta=0.28), Law(A=406.4, B=0.0, E=1.69, alpha=0.34, beta=0.28),
+                   Law(A=406.4, B=410.7, E=1.69, alpha=0.0, beta=0.28)):
+        with pytest.raises(UserError, match="gives no compute-optimal split"):
+            broken.tokens_for(1e8)
 
 
 def test_speed_counts_the_recompute_and_the_pipeline_bubble(cli):

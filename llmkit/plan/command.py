@@ -100,17 +100,12 @@ def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
     if cfg.scaling is None:
         return cfg.tokens_per_param * shape.total, f"{cfg.tokens_per_param:g} tokens per parameter"
     from llmkit import artifacts
+    from llmkit.scaling_law import Law
 
     art = artifacts.load(cfg.scaling, kind="scaling")
-    fit = json.loads(art.file("fit.json").read_text(encoding="utf-8"))["approach3"]
-    alpha, beta, a, b = fit["alpha"], fit["beta"], fit["A"], fit["B"]
-    if min(alpha, beta) <= 1e-4:
-        raise UserError(f"the fit in {cfg.scaling} does not fall with both size and data (alpha {alpha:.3g}, beta {beta:.3g}); "
-                        "it gives no compute-optimal split")
+    law = Law.of(art)
     counted = shape.total if art.config.get("count") == "total" else shape.non_embedding
-    # L = E + A/N^alpha + B/D^beta at C = 6ND is lowest where alpha A / N^alpha = beta B / D^beta:
-    tokens = (beta * b / (alpha * a)) ** (1 / beta) * counted ** (alpha / beta)
-    return tokens, f"the fitted law in {cfg.scaling} (alpha {alpha:.3f}, beta {beta:.3f})"
+    return law.tokens_for(counted), f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f})"
 
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:

@@ -10,16 +10,15 @@ from llmkit.stage_command import argument, stage_command
 
 def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> None:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to a sweep or a CSV; recommend N and D for FLOP budgets."""
-    import json
 
     from rich.table import Table
 
     from llmkit import artifacts
     from llmkit.console import out as console
-    from llmkit.scaling.stage import FIT_FILE, fit_scaling
+    from llmkit.scaling.stage import fit_scaling, read_fit
 
     art = artifacts.load(fit_scaling(source, out, config, force=force), kind="scaling")
-    fit = json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
+    fit = read_fit(art.path)
     law = fit["approach3"]
     table = Table(title=f"scaling law from {fit['points']} points ({art.path}, {art.fingerprint[:12]})", title_justify="left")
     for column in ("constant", "value", "95% interval"):

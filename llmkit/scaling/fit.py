@@ -26,55 +26,15 @@ from typing import Sequence
 import numpy as np
 
 from llmkit.errors import UserError
+from llmkit.scaling_law import NAMES, Law
 
-NAMES = ("A", "B", "E", "alpha", "beta")
 # Exponents are kept in [0, 5] (L-BFGS-B bounds): a negative one would say loss grows with size or data.
 EXPONENT_BOUNDS = (0.0, 5.0)
-EXPONENT_FLOOR = 1e-4
 # Hoffmann et al.'s grid of initialisations (Appendix D.2), and a coarser one for quick fits.
 FULL_GRID = dict(alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),
                  a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0))
 COARSE_GRID = dict(alpha=np.array([0.25, 0.75]), beta=np.array([0.25, 0.75]), e=np.array([-1.0, 0.0, 1.0]),
                    a=np.array([0.0, 5.0, 10.0]), b=np.array([0.0, 5.0, 10.0]))
-
-
-@dataclass
-class Law:
-    """L(N, D) = E + A / N^alpha + B / D^beta."""
-
-    A: float
-    B: float
-    E: float
-    alpha: float
-    beta: float
-
-    def loss(self, params: float | np.ndarray, tokens: float | np.ndarray):
-        return self.E + self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
-
-    @property
-    def determined(self) -> bool:
-        """Loss falls with both N and D: there is a compute-optimal split (exponents above the floor, and
-        both terms present: a fit with A = 0 says the model size does not matter at all)."""
-        if not (self.alpha > EXPONENT_FLOOR and self.beta > EXPONENT_FLOOR and self.A > 0 and self.B > 0):
-            return False
-        return 0 < (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta)) < math.inf
-
-    def optimal(self, flops: float) -> tuple[float, float]:
-        """(N_opt, D_opt) minimising the loss at C = 6 N D."""
-        if not self.determined:
-            raise UserError(f"the fit has alpha {self.alpha:.3g} and beta {self.beta:.3g}: the points do not show the loss "
-                            "falling with both model size and data, so no split of a budget is optimal; widen the sweep")
-        total = self.alpha + self.beta
-        g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / total)
-        n = g * (flops / 6.0) ** (self.beta / total)
-        if not 0 < n < math.inf:
-            term, grows = ("A", "model size") if n == 0 else ("B", "data")
-            raise UserError(f"the fit has {term} = {getattr(self, term):.3g}: the points show no gain from {grows}, so "
-                            "no split of a budget is optimal; widen the sweep (more sizes or larger budgets)")
-        return n, flops / (6.0 * n)
-
-    def as_dict(self) -> dict[str, float]:
-        return {name: float(getattr(self, name)) for name in NAMES}
 
 
 @dataclass

@@ -17,10 +17,10 @@ import numpy as np
 
 from llmkit import artifacts
 from llmkit.scaling.config import ScalingFitConfig
-from llmkit.scaling.fit import NAMES, fit_chinchilla, fit_isoflop
+from llmkit.scaling.fit import fit_chinchilla, fit_isoflop
+from llmkit.scaling_law import FIT_FILE, NAMES, Law
 from llmkit.scaling.points import read_points
 
-FIT_FILE = "fit.json"
 
 
 def _budget_row(fit, isoflop, budget: float) -> dict[str, Any]:
@@ -30,8 +30,6 @@ def _budget_row(fit, isoflop, budget: float) -> dict[str, Any]:
     row = {"flops": budget, "params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt,
            "loss": float(fit.law.loss(n_opt, d_opt))}
     if fit.samples is not None:  # the same quantities under each bootstrap refit
-        from llmkit.scaling.fit import Law
-
         draws = np.array([Law(*sample).optimal(budget) for sample in fit.samples if Law(*sample).determined])
         if not len(draws):
             return row
@@ -95,8 +93,6 @@ def read_fit(path: Path | str) -> dict[str, Any]:
 
 def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
     """The fitted loss at (N, D), and its bootstrap interval when the fit has one."""
-    from llmkit.scaling.fit import Law
-
     fit = read_fit(path)["approach3"]
     law = Law(**{name: fit[name] for name in NAMES})
     result = {"params": params, "tokens": tokens, "loss": float(law.loss(params, tokens))}
