@@ -42,12 +42,15 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{run} has no metrics.jsonl; pass a training run directory (llmkit pretrain or finetune -o)")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if number == len(lines):  # the line a killed run was writing: what came before stands
+                break
             raise UserError(f"{path}:{number} is not valid JSON; the metrics file is damaged") from None
         if isinstance(record, dict) and isinstance(record.get("step"), int):
             records.append(record)

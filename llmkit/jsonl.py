@@ -1,4 +1,5 @@
-"""JSON Lines reading shared by every stage: one object per line, errors that name file and line."""
+"""Reading a user's files, shared by every stage: JSON Lines (one object per line) and plain UTF-8
+text, with errors that name the file and the line."""
 
 from __future__ import annotations
 
@@ -33,3 +34,14 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     return [record for _, record in iter_jsonl(path)]
+
+
+def read_text(path: Path | str) -> str:
+    """A user's text file as UTF-8; one that is not is a one-line UserError naming its first bad line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None

@@ -568,3 +568,18 @@ def test_generate_fills_every_field_of_a_text_template(chain, tmp_path):
     assert ids == [tok.bos_id] + tok.encode("Translate to English:\nGuten Tag\n")
     # without a record, the text fills the input field (the first one) and the others stay empty
     assert encode_prompt(Prompt(text="Hallo"), tok, task) == [tok.bos_id] + tok.encode("Translate to Hallo:\n\n")
+
+
+def test_a_text_file_that_is_not_utf8_is_named_with_its_line(cli, chain, tmp_path):
+    """Prompt, data, prediction and template files are read as UTF-8; a Latin-1 one is a one-line
+    error naming the file and line, not an unexpected UnicodeDecodeError."""
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("first line\ncaf\u00e9 au lait\n".encode("latin-1"))
+    template = tmp_path / "latin.json"
+    template.write_bytes('{"prompt": "caf\u00e9 {input}", "response": "{target}"}'.encode("latin-1"))
+    for args in (["generate", chain / "ckpt", "--prompts", latin],
+                 ["eval", chain / "ckpt", "--data", latin, "-o", tmp_path / "e1"],
+                 ["eval", "--predictions", latin, "--references", latin, "--metric", "bleu", "-o", tmp_path / "e2"],
+                 ["finetune", chain / "ckpt", "--data", chain / "sft.jsonl", "--template", template, "-o", tmp_path / "f"]):
+        line = _one_line_error(cli(*args))
+        assert "is not UTF-8; convert the file" in line and ("latin.txt:2" in line or "latin.json:1" in line), (args, line)

@@ -199,3 +199,18 @@ def test_plot_needs_run_directories(cli, tmp_path):
     result = cli("plot", tmp_path / "empty", "-o", tmp_path / "x.svg")
     assert result.exit_code != 0 and "must be a .png file" in result.output
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_plot_reads_a_killed_run_but_names_a_damaged_line(cli, tmp_path):
+    """A run killed mid-write leaves its last metrics line cut short: the steps before it plot;
+    a bad line anywhere else is damage, named with its line number."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [json.dumps({"step": step, "loss": 5.0 - step / 10, "lr": 1e-3}) for step in range(1, 6)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 6, "lo', encoding="utf-8")
+    result = cli("plot", run, "-o", tmp_path / "curves.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "{cut", *lines[1:]]) + "\n", encoding="utf-8")
+    result = cli("plot", run, "-o", tmp_path / "again.png")
+    assert result.exit_code != 0 and "metrics.jsonl:2 is not valid JSON" in result.output

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from llmkit.errors import UserError
+from llmkit.jsonl import read_text
 
 ROLES = ("system", "user", "assistant")
 CHAT = "chat"
@@ -109,7 +110,7 @@ def resolve_template(spec: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"unknown template {spec!r}; choose one of {', '.join(BUILTIN)} or pass a JSON file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"template file {path} is not valid JSON ({exc.msg}); write {{\"prompt\": ..., \"response\": ...}}") from exc
     if not isinstance(data, dict) or set(data) - {"prompt", "response", "name"} or not {"prompt", "response"} <= set(data):

@@ -16,6 +16,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.eval.textio import is_jsonl, read_jsonl
+from llmkit.jsonl import read_text
 
 
 def artifact_kind(data: str) -> str | None:
@@ -41,7 +42,7 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
     elif path.is_file() and is_jsonl(path):
         records = read_jsonl(path)
     elif path.is_file() and path.suffix.lower() in (".txt", ".md", ""):
-        records = [{"text": path.read_text(encoding="utf-8")}]
+        records = [{"text": read_text(path)}]
     elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
         records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
     elif path.exists():

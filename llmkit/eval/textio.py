@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from llmkit.errors import UserError
 from llmkit import jsonl
+from llmkit.jsonl import read_text
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PREDICTION_FIELDS = ("prediction", "completion", "text", "output", "hypothesis")
@@ -26,8 +27,10 @@ def read_lines(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path}; check the path")
-    with open(path, encoding="utf-8", newline="\n") as handle:
-        return [line.rstrip() for line in handle]
+    lines = read_text(path).split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    return [line.rstrip() for line in lines]
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

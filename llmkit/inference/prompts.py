@@ -25,7 +25,7 @@ from typing import Any
 
 from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt, plain_fields, render
 from llmkit.errors import UserError
-from llmkit.jsonl import iter_jsonl
+from llmkit.jsonl import iter_jsonl, read_text
 from llmkit.options import unescape
 
 
@@ -53,7 +53,7 @@ def read_prompt_file(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path).splitlines()
         prompts = [Prompt(text=unescape(line)) for line in lines if line.strip()]
     else:
         prompts = [_prompt_from_record(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
