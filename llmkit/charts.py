@@ -13,7 +13,6 @@ from typing import Any, Sequence
 
 from llmkit.errors import UserError
 
-CURVES = ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s")
 LABELS = {"loss": "training loss", "val_loss": "validation loss", "lr": "learning rate", "grad_norm": "gradient norm",
           "tokens_per_s": "tokens/s"}
 

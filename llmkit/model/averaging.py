@@ -10,7 +10,6 @@ the training loop's `--average-last K` and `--ema DECAY` outputs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,8 +17,8 @@ import torch
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_weights
-from llmkit.model.records import TASK_FILE
+from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, read_weights
+from llmkit.model.records import TASK_FILE, read_task
 
 
 def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -77,7 +76,9 @@ def _fingerprint_of(path: Path) -> str:
 
 
 def _task_of(art: artifacts.Artifact) -> dict | None:
-    return json.loads(art.file(TASK_FILE).read_text(encoding="utf-8")) if TASK_FILE in art.manifest.files else None
+    """What members must share of their task record (read through its one reader)."""
+    record = read_task(art)
+    return None if record is None else {"task": record.task, "labels": record.labels, "template": record.template}
 
 
 def _tuned_for(task: dict, path) -> str:
@@ -107,8 +108,8 @@ def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
     first = members[0]
 
     def config_of(art):
-        data = json.loads(art.file(MODEL_CONFIG).read_text(encoding="utf-8"))
-        data.pop("dropout", None)
+        data = read_model_config(art.path).to_dict()
+        data.pop("dropout", None)  # training-only: members may differ in it
         return data
 
     reference = config_of(first)
