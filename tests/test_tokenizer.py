@@ -344,6 +344,17 @@ def test_load_tokenizer_errors(tmp_path):
         load_tokenizer(tmp_path)
 
 
+def test_a_truncated_token_bytes_table_is_named(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "tok"
+    shutil.copytree(trained, folder)
+    table = (folder / "token_bytes.npy").read_bytes()
+    (folder / "token_bytes.npy").write_bytes(table[: len(table) // 2])
+    with pytest.raises(UserError, match="token_bytes.npy is damaged .*; retrain the tokenizer"):
+        load_tokenizer(folder)
+
+
 def test_special_roles_file_for_foreign_vocabularies(tmp_path):
     """An imported GPT-2-style tokenizer has one <|endoftext|> for every role (special_tokens.json)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

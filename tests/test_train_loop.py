@@ -101,7 +101,7 @@ def test_accumulation_derived_from_global_batch():
     assert accumulation_steps(s, 1) == 8 and accumulation_steps(s, 2) == 4
     from llmkit.errors import UserError
 
-    with pytest.raises(UserError, match="multiple of micro-batch"):
+    with pytest.raises(UserError, match="does not split into micro-batches of 4, 1 at a time"):
         accumulation_steps(loop_settings(max_steps=1, global_batch=10, micro_batch=4, tokens_per_sample=16), 1)
 
 

@@ -302,7 +302,10 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
         hf = Tokenizer.from_file(str(dir / TOKENIZER_FILE))
     except Exception as exc:
         raise UserError(f"{dir / TOKENIZER_FILE} is not a valid tokenizers file ({exc}); retrain the tokenizer") from exc
-    token_bytes = np.load(dir / TOKEN_BYTES_FILE, allow_pickle=False)
+    try:
+        token_bytes = np.load(dir / TOKEN_BYTES_FILE, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{dir / TOKEN_BYTES_FILE} is damaged ({' '.join(str(exc).split())[:100]}); retrain the tokenizer") from None
     roles = None
     if (dir / SPECIAL_ROLES_FILE).is_file():
         try:

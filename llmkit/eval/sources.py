@@ -5,7 +5,8 @@
   .txt              the whole file as one document (perplexity), or one example per line
   .jsonl / .json    one record per line
   .parquet / .csv   records, read with `datasets`
-  NAME[:CONFIG]     a `datasets` data set already in the local cache (no network), `--split`
+  NAME[:CONFIG]     a `datasets` data set, `--split`: from the Hub, or from llmkit's datasets cache
+                    (the one `llmkit clean --dataset` fills) when the Hub is unreachable
 """
 
 from __future__ import annotations
@@ -71,12 +72,12 @@ def _looks_like_path(data: str) -> bool:
 def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
     import datasets
 
-    from llmkit.runtime import offline_when_unreachable
+    from llmkit.runtime import datasets_cache_dir, offline_when_unreachable
 
     offline = False
     try:
         with offline_when_unreachable() if data_files is None else contextlib.nullcontext() as offline:
-            ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
+            ds = datasets.load_dataset(name, config, split=split, data_files=data_files, cache_dir=str(datasets_cache_dir()))
     except Exception as exc:  # offline misses, unknown names and splits all land here
         where = " (no file or folder of that name here, and the Hub is unreachable)" if offline else ""
         raise UserError(

@@ -101,12 +101,15 @@ class NonFiniteLoss(UserError):
     pass
 
 
-def accumulation_steps(settings: LoopSettings, world_size: int) -> int:
-    per_step = settings.micro_batch * world_size
+def accumulation_steps(settings: LoopSettings, batch_ways: int) -> int:
+    """Micro-batches per optimizer step on each data rank. The stages have split the batch already
+    (llmkit.train.launch.split_batch, which also picks the micro-batch); this is the loop's own
+    check for callers of the library that built LoopSettings themselves."""
+    per_step = settings.micro_batch * batch_ways
     if settings.global_batch % per_step:
         raise UserError(
-            f"the global batch of {settings.global_batch} sequences is not a multiple of micro-batch {settings.micro_batch} "
-            f"x {world_size} process(es); change --batch-tokens or --micro-batch so that it divides"
+            f"the global batch of {settings.global_batch} sequences does not split into micro-batches of "
+            f"{settings.micro_batch}, {batch_ways} at a time; change --batch-tokens or --micro-batch so that it divides"
         )
     return settings.global_batch // per_step
 
