@@ -490,7 +490,7 @@ def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[
         _write_text_atomic(tmp / MANIFEST, builder.manifest().to_json())
 
 
-RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue from it (llmkit.corpus.resume)
+RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue from it (llmkit.resume)
 
 
 @contextlib.contextmanager

@@ -234,7 +234,7 @@ def test_band_index_decides_as_per_band_dicts():
             for i in range(size)
         ]
         batches.append(ProcessedBatch(docs, keys, has))
-    dedup = Deduplicator(True, bands)
+    dedup = Deduplicator(bands)
     got = [decision for batch in batches for decision in dedup.decide(batch)]
     expected = _reference_decisions(batches, bands)
     assert got == expected
@@ -250,11 +250,11 @@ def test_band_index_decides_as_per_band_dicts():
     assert dedup.index.sizes.tolist() == [len(keys) for keys in distinct]
     assert dedup.index.capacity >= 2 * dedup.index.sizes.max()
     # a chain: C shares a key only with B, B only with A: one cluster, A kept, B and C near copies of A
-    chain = Deduplicator(False, 2)
+    chain = Deduplicator(2)
     keys = np.array([[1, 2], [1, 3], [4, 3]], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     docs = [Processed(f"c{i}", "s", "t", None, 1, 1, b"") for i in range(3)]
     for split in ([3], [1, 2], [1, 1, 1]):  # in one batch, or across batches
-        chain = Deduplicator(False, 2)
+        chain = Deduplicator(2)
         got, start = [], 0
         for size in split:
             got += chain.decide(ProcessedBatch(docs[start:start + size], keys[start:start + size], np.ones(size, bool)))

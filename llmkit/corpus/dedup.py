@@ -132,21 +132,22 @@ class ProcessedBatch:
 class Deduplicator:
     """Exact (hash of the cleaned text) and near (MinHash LSH bands) duplicates, first one kept."""
 
-    def __init__(self, exact: bool, bands: int):
-        self.exact: dict[bytes, int] = {}
+    def __init__(self, bands: int):
+        # (exact dedup is on or off upstream: a document without an exact_key is never matched)
+        self.exact_roots: dict[bytes, int] = {}  # text hash -> ordinal of the kept document
         self.bands = bands
         self.index = BandIndex(bands) if bands else None
         self.kept = 0  # ordinal of the next kept document
         self.cluster_sizes: Counter[int] = Counter()  # kept ordinal -> duplicates removed
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Everything the index holds, as arrays (an interrupted clean resumes from them: llmkit.corpus.resume)."""
-        exact_keys = list(self.exact)
+        """Everything the index holds, as arrays (an interrupted clean resumes from them: llmkit.resume)."""
+        exact_keys = list(self.exact_roots)
         clusters = sorted(self.cluster_sizes.items())
         arrays = {
             # 16-byte digests as uint8 rows (NumPy's bytes dtype would drop trailing zero bytes)
             "exact_keys": np.frombuffer(b"".join(exact_keys), dtype=np.uint8).reshape(-1, 16),
-            "exact_ordinals": np.fromiter((self.exact[k] for k in exact_keys), dtype=np.int64, count=len(exact_keys)),
+            "exact_ordinals": np.fromiter((self.exact_roots[k] for k in exact_keys), dtype=np.int64, count=len(exact_keys)),
             "cluster_ordinals": np.array([k for k, _ in clusters], dtype=np.int64),
             "cluster_sizes": np.array([v for _, v in clusters], dtype=np.int64),
             "kept": np.array([self.kept], dtype=np.int64),
@@ -156,7 +157,7 @@ class Deduplicator:
         return arrays
 
     def restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.exact = dict(zip((row.tobytes() for row in arrays["exact_keys"]), arrays["exact_ordinals"].tolist()))
+        self.exact_roots = dict(zip((row.tobytes() for row in arrays["exact_keys"]), arrays["exact_ordinals"].tolist()))
         self.cluster_sizes = Counter(dict(zip(arrays["cluster_ordinals"].tolist(), arrays["cluster_sizes"].tolist())))
         self.kept = int(arrays["kept"][0])
         if self.index is not None:
@@ -183,8 +184,8 @@ class Deduplicator:
             if doc.reason:
                 decisions.append((doc.reason, None))
                 continue
-            if doc.exact_key and doc.exact_key in self.exact:
-                of = self.exact[doc.exact_key]
+            if doc.exact_key and doc.exact_key in self.exact_roots:
+                of = self.exact_roots[doc.exact_key]
                 self.cluster_sizes[of] += 1
                 decisions.append(("exact_duplicate", of))
                 continue
@@ -194,7 +195,7 @@ class Deduplicator:
                 root = self.kept
                 self.kept += 1
                 if doc.exact_key:
-                    self.exact[doc.exact_key] = root
+                    self.exact_roots[doc.exact_key] = root
                 decisions.append((None, None))
             else:
                 root = of

@@ -70,7 +70,7 @@ def clean(
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         marker = resume.load(build.dir)
         shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
-        dedup = Deduplicator(cfg.exact_dedup, cfg.bands if cfg.near_dedup else 0)
+        dedup = Deduplicator(cfg.bands if cfg.near_dedup else 0)
         kept_ids: list[str] = []  # ordinal -> id, only to name `duplicate_of` in the rejects file
         dropped: Counter[str] = Counter()
         counts = {"docs_in": 0, "bytes_in": 0, "kept": 0, "bytes_out": 0}

@@ -22,10 +22,6 @@ _WORD_TOKEN = re.compile(f"[{_UNSPACED_CLASS}]|[^\\s{_UNSPACED_CLASS}]+")
 _SHINGLE_TOKEN = re.compile(f"[{_UNSPACED_CLASS}]|[^\\W_{_UNSPACED_CLASS}]+")
 
 
-def has_unspaced(text: str) -> bool:
-    return not text.isascii() and UNSPACED_CHAR.search(text) is not None
-
-
 def unspaced_share(text: str, sample: int = 4000) -> float:
     """Share of unspaced-script characters among the non-space characters of (a sample of) text."""
     head = text[:sample]

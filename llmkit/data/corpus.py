@@ -15,9 +15,6 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.errors import UserError
 
-SHARD_GLOB = "shards/part-*.parquet"
-
-
 def _as_corpus(artifact: artifacts.Artifact | Path | str) -> artifacts.Artifact:
     if isinstance(artifact, artifacts.Artifact):
         if artifact.kind != "corpus":

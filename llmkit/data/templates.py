@@ -242,7 +242,3 @@ def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, 
         return encode_chat_example(record_messages(record, where), tokenizer)
     return encode_text_example(template, record, tokenizer, where)
 
-
-def legacy_prompt_template(template: dict[str, Any]) -> str | None:
-    """The `prompt_template` string that `llmkit eval` reads today ({field} placeholders)."""
-    return template["prompt"] if template["type"] == "text" else None

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from llmkit.errors import UserError
 
-DEFAULT_TARGETS = ("q_proj", "kv_proj", "out_proj")
 # Never adapted: the output head (tied to the embedding in most models) and a classifier head,
 # which trains in full when present.
 EXCLUDED = ("lm_head", "classifier")

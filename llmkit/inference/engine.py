@@ -332,7 +332,7 @@ class Generator:
     ) -> list[Completion]:
         """Every prompt `num_samples` times; results in order (prompt 0 samples, prompt 1, ...).
 
-        A prompt is text (encoded after BOS) or a list of token ids used as given (chat prompts,
+        A prompt is text (encoded after `start_id`) or a list of token ids used as given (chat prompts,
         see llmkit.data.templates.encode_chat_prompt). `on_text(row, piece)` streams text as it is decided, `row`
         being the index in the result list. Row seeds derive from (params.seed, prompt_offset +
         prompt index, sample index), so a prompt's text does not depend on how calls are split.

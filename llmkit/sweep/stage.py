@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class RunState:
     started: float = 0.0
     seconds: float | None = None
     error: str | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
+    slot: int | None = None  # the GPU (or CPU slot) it runs on
 
 
 def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bool = False) -> Path:
@@ -119,7 +119,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     state.process = subprocess.Popen(_command(state, tokens, out, threads), stdout=log, stderr=subprocess.STDOUT,
                                                      env=env)
                     log.close()
-                    state.state, state.started, state.extra_env = "running", time.perf_counter(), {"slot": str(slot)}
+                    state.state, state.started, state.slot = "running", time.perf_counter(), slot
                     running.append(state)
                 for state in list(running):
                     code = state.process.poll()
@@ -130,7 +130,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     if code:
                         state.error = _last_error(out / LOGS / f"{state.run.name}.log")
                     running.remove(state)
-                    free.append(int(state.extra_env["slot"]))
+                    free.append(state.slot)
                 view.update()
                 if queue or running:
                     time.sleep(0.5)
