@@ -344,6 +344,11 @@ def comma_list(value: Any) -> list[str]:
     return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
+def path_strings(paths: list[Path]) -> list[str]:
+    """Paths typed on the command line, kept as the strings a config records (`--ensemble`, `--references`)."""
+    return [str(p) for p in paths]
+
+
 def comma_floats(value: Any) -> list[float]:
     """`2e5,1e6` (or the flag repeated) -> [200000.0, 1000000.0]; an empty entry (`1,,2`) is refused:
     the numbers' positions can matter (average's --weights)."""

@@ -171,8 +171,7 @@ def stage_command(
                 except ValueError as exc:  # one line naming the flag, whichever option's parser refused
                     from llmkit.errors import UserError
 
-                    flag = options[name].spec.flags[0] if options[name].spec.flags else "--" + name.replace("_", "-")
-                    raise UserError(f"{flag} {value!r}: {exc}") from None
+                    raise UserError(f"{options[name].flag} {value!r}: {exc}") from None
         if resolver is not None:
             config = resolver(file=values.get("config"), explicit=typed)
         else:

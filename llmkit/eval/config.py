@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmkit.model.ensemble_options import Ensembling
 from llmkit.inference.options import Inference
-from llmkit.options import Options, comma_list, group, option, unescape, unescape_each
+from llmkit.options import Options, comma_list, group, option, path_strings, unescape, unescape_each
 
 METRIC_HELP = (
     "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
@@ -19,10 +19,6 @@ RUN = "Run"
 BENCHMARKS = "Benchmarks"
 
 
-def _strings(paths: list[Path]) -> list[str]:
-    return [str(p) for p in paths]
-
-
 @dataclass
 class EvalConfig(Options):
     metrics: list[str] = option(default_factory=lambda: ["perplexity"], help=METRIC_HELP, flags=("--metric", "-m"))
@@ -32,7 +28,7 @@ class EvalConfig(Options):
     predictions: str | None = option(None, "Predictions file (.txt one per line, or JSONL): score without a model.",
                                      flags=("--predictions",), cli_type=Path | None, parse=str, panel=DATA)
     references: list[str] = option(default_factory=list, help="Reference file(s) for --predictions; repeat for more reference sets.",
-                                   flags=("--references", "-r"), cli_type=list[Path], parse=_strings, panel=DATA)
+                                   flags=("--references", "-r"), cli_type=list[Path], parse=path_strings, panel=DATA)
     text_field: str | None = option(None, "JSONL field of the predictions / of the model input in --data.", flags=("--field",), panel=DATA)
     reference_field: str | None = option(None, "JSONL field of the references (default: --field or target/summary/...).", panel=DATA)
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)

@@ -13,7 +13,6 @@ pure function of (seed, k), so resume and any number of ranks see the same data.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from llmkit.errors import UserError
-from llmkit import jsonl
+from llmkit import artifacts, jsonl
 from llmkit.data.templates import Encoded, encode_example, fit_field
 from llmkit.model.gpt import IGNORE_INDEX
 
@@ -42,7 +41,7 @@ def file_digest(path: Path) -> str:
     path = Path(path)
     if path.is_dir():
         path = path / "train.jsonl"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return artifacts.sha256_file(path)
 
 
 def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -11,20 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from llmkit.options import Options, comma_floats, option
+from llmkit.options import Options, comma_floats, option, path_strings
 
 PANEL = "Ensemble"
 MODES = ("prob", "logprob")
 
 
-def _strings(paths: list[Path]) -> list[str]:
-    return [str(p) for p in paths]
-
-
 @dataclass
 class Ensembling(Options):
     ensemble: list[str] = option(default_factory=list, help="Another checkpoint to ensemble with the first; repeat for more "
-                                 "(the same as giving several checkpoints).", cli_type=list[Path], parse=_strings,
+                                 "(the same as giving several checkpoints).", cli_type=list[Path], parse=path_strings,
                                  hashed=False, recorded_as="inputs checkpoint:K", panel=PANEL)
     weights: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, range="[0, inf)",
                                   help="Weight of each ensemble member, comma-separated, in order (default: equal); normalised to sum 1.",

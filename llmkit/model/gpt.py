@@ -273,6 +273,12 @@ def _allocate(module: nn.Module, device: torch.device) -> None:
                 slots[name] = made[id(tensor)]
 
 
+def training_flops_per_token(params: int, n_layer: int, n_embd: int, seq_len: int) -> int:
+    """Training FLOPs (forward + backward) per token: 6N over the parameters its matrix products
+    use, plus attention's 12 * L * C * T (what MFU counts, and what `llmkit plan` plans with)."""
+    return int(6 * params + 12 * n_layer * n_embd * seq_len)
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig, *, initialise: bool = True):
         """`initialise=False` leaves the weights unset, for a caller that loads them."""
@@ -351,11 +357,8 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs (forward + backward) per token: 6N plus attention's 12 * L * C * T."""
         c = self.config
-        T = seq_len or c.context_length
-        n = self.num_params(non_embedding=True)
-        return int(6 * n + 12 * c.n_layer * c.n_embd * T)
+        return training_flops_per_token(self.num_params(non_embedding=True), c.n_layer, c.n_embd, seq_len or c.context_length)
 
     # -- forward ----------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int | None = None, pad_lengths=None) -> KVCache:

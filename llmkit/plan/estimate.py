@@ -63,9 +63,9 @@ class ModelShape:
         return cls(config, total, non_embedding, flop_params, embedding, head, per_block, matrices, final_norm)
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6N + 12·L·C·T (what the training loop's MFU counts)."""
-        c = self.config
-        return 6.0 * self.flop_params + 12.0 * c.n_layer * c.n_embd * seq_len
+        from llmkit.model.gpt import training_flops_per_token
+
+        return float(training_flops_per_token(self.flop_params, self.config.n_layer, self.config.n_embd, seq_len))
 
 
 @dataclass(frozen=True)
