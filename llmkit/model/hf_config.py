@@ -223,3 +223,38 @@ def config_with_mlp_width(values: dict, mlp_hidden: int, model_type: str) -> Mod
         f"MLP width {mlp_hidden}",
         "llmkit's SwiGLU widths from 64 on are multiples of 64",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes only, for planning
+
+GPT2_SHAPED = ("gpt2",)
+LLAMA_SHAPED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def shapes_from_config_json(data: dict, where: str) -> ModelConfig:
+    """A ModelConfig with the shapes of a transformers config.json, read as plain JSON: for
+    planning (`llmkit plan --hf-config`), so lenient where import is strict (a Mistral's sliding
+    window, a RoPE scaling: the sizes are what count) and open to the Llama-shaped families.
+    `where` names the file in errors."""
+    kind = data.get("model_type")
+    try:
+        if kind in GPT2_SHAPED:
+            values = dict(GPT2_STYLE, bias=True, vocab_size=data["vocab_size"], context_length=data.get("n_positions", 1024),
+                          n_layer=data["n_layer"], n_head=data["n_head"], n_kv_head=data["n_head"], n_embd=data["n_embd"],
+                          tie_embeddings=bool(data.get("tie_word_embeddings", True)))
+            return config_with_mlp_width(values, data.get("n_inner") or 4 * data["n_embd"], kind)
+        if kind in LLAMA_SHAPED:
+            heads, width = data["num_attention_heads"], data["hidden_size"]
+            if data.get("head_dim") not in (None, width // heads):
+                raise UserError(f"{where}: head_dim {data['head_dim']} is not hidden_size / num_attention_heads; "
+                                "llmkit's attention derives the head size from the width")
+            values = dict(LLAMA_STYLE, vocab_size=data["vocab_size"], context_length=data.get("max_position_embeddings", 2048),
+                          n_layer=data["num_hidden_layers"], n_head=heads, n_kv_head=data.get("num_key_value_heads") or heads,
+                          n_embd=width, bias=bool(data.get("attention_bias", kind == "qwen2")),
+                          tie_embeddings=bool(data.get("tie_word_embeddings", False)))
+            return config_with_mlp_width(values, data["intermediate_size"], kind)
+    except KeyError as exc:
+        raise UserError(f"{where}: a {kind} config needs {exc.args[0]!r}") from None
+    raise UserError(f"{where}: model_type {kind!r} is not one llmkit plans for; use GPT-2, Llama, Mistral or Qwen2 "
+                    "configs, or the model flags")
