@@ -9,9 +9,9 @@ from typing import IO, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
-_ROW_GROUP_ROWS = 10_000
-_ROW_GROUP_BYTES = 64 << 20
+from llmkit.data.corpus import COMPRESSION, ROW_GROUP_BYTES, ROW_GROUP_ROWS, SCHEMA_FIELDS, shard_name
+
+SCHEMA = pa.schema([(field, pa.string()) for field in SCHEMA_FIELDS])
 
 
 class ShardWriter:
@@ -36,7 +36,7 @@ class ShardWriter:
         self._rows["text"].append(text)
         self._rows["source"].append(source)
         self._pending_bytes += size
-        if len(self._rows["id"]) >= _ROW_GROUP_ROWS or self._pending_bytes >= _ROW_GROUP_BYTES:
+        if len(self._rows["id"]) >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
         if self._shard_bytes + self._pending_bytes >= self.max_bytes:
             self._flush()
@@ -57,8 +57,8 @@ class ShardWriter:
             return
         if self._writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            name = f"part-{len(self.shards):05d}.parquet"
-            self._writer = pq.ParquetWriter(self.folder / name, SCHEMA, compression="zstd")
+            name = shard_name(len(self.shards))
+            self._writer = pq.ParquetWriter(self.folder / name, SCHEMA, compression=COMPRESSION)
             self.shards.append(name)
             self._shard_bytes = 0
         self._writer.write_table(pa.table(self._rows, schema=SCHEMA))

@@ -15,6 +15,18 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.errors import UserError
 
+# The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
+# write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
+# document count and size alone.
+SCHEMA_FIELDS = ("id", "text", "source")
+COMPRESSION = "zstd"
+ROW_GROUP_ROWS = 10_000
+ROW_GROUP_BYTES = 64 << 20
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
 def _as_corpus(artifact: artifacts.Artifact | Path | str) -> artifacts.Artifact:
     if isinstance(artifact, artifacts.Artifact):
         if artifact.kind != "corpus":
@@ -198,14 +210,9 @@ def write_corpus_artifact(
         (build.dir / "shards").mkdir()
         for shard, start in enumerate(range(0, max(1, len(texts)), per_shard)):
             part = texts[start : start + per_shard]
-            table = pa.table(
-                {
-                    "id": pa.array([f"{source}-{start + i}" for i in range(len(part))], pa.string()),
-                    "text": pa.array(part, pa.string()),
-                    "source": pa.array([source] * len(part), pa.string()),
-                }
-            )
-            pq.write_table(table, build.dir / "shards" / f"part-{shard:05d}.parquet")
+            columns = {"id": [f"{source}-{start + i}" for i in range(len(part))], "text": part, "source": [source] * len(part)}
+            table = pa.table(columns, schema=pa.schema([(field, pa.string()) for field in SCHEMA_FIELDS]))
+            pq.write_table(table, build.dir / "shards" / shard_name(shard), compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
         build.config = {"writer": "llmkit.data.corpus.write_corpus_artifact", "source": source}
         build.stats = {"documents": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts)}
     return artifacts.load(out, kind="corpus")
