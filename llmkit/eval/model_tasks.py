@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.eval.sources import artifact_kind, load_records, pick
+from llmkit.eval.sources import artifact_kind, load_records
+from llmkit.eval.textio import pick_field
 
 # Fields looked for in --data records, in order, when no --field / --reference-field / --label-field is given.
 TEXT_FIELDS = ("text", "document", "content")
@@ -67,7 +68,7 @@ def perplexity_documents(loaded, cfg):
             raise UserError(f"tokens artifact {cfg.data} has an empty val split; tokenize with a validation fraction > 0")
         return documents
     records = load_records(cfg.data, cfg.split, cfg.limit)
-    name = pick(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
+    name = pick_field(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
     texts = [text_of(r, name, i) for i, r in enumerate(records)]
     return [document_from_text(text, tokenizer) for text in texts if text]
 
@@ -171,8 +172,8 @@ def generate_predictions(loaded, cfg):
     from llmkit.inference.prompts import chat_stop_ids
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
-    input_field = pick(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")
-    reference_field = pick(records, cfg.reference_field, REFERENCE_FIELDS, "references (target/summary)", "--reference-field")
+    input_field = pick_field(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")
+    reference_field = pick_field(records, cfg.reference_field, REFERENCE_FIELDS, "references (target/summary)", "--reference-field")
     task = loaded.task
     chat = task is not None and task.is_chat
     # A chat checkpoint gets the (templated) input as a user message; a text-template checkpoint
@@ -234,12 +235,12 @@ def classification(loaded, cfg):
     from llmkit.eval.metrics import classification_scores
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
-    label_field = pick(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
+    label_field = pick_field(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
     task = loaded.task
     pad_id = _pad_id(loaded.tokenizer)
     if "choices" in records[0]:  # multiple choice, lm-eval style
-        pick(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
-        context_field = pick(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
+        pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
+        context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
         examples, gold = [], []
         for i, r in enumerate(records):
             choices = r["choices"]
@@ -274,7 +275,7 @@ def classification(loaded, cfg):
             "classification needs label names: a classification checkpoint (task.json 'labels'), "
             "--labels NAME,NAME, or multiple-choice data with a 'choices' field"
         )
-    text_field = pick(records, cfg.text_field, TEXT_FIELDS + ("sentence",), "text to classify", "--field")
+    text_field = pick_field(records, cfg.text_field, TEXT_FIELDS + ("sentence",), "text to classify", "--field")
     gold = [_label_index(r[label_field], names, i) for i, r in enumerate(records)]
     texts = [text_of(r, text_field, i) for i, r in enumerate(records)]
     classify = getattr(loaded.model, "classify", None)

@@ -85,20 +85,3 @@ def _datasets_records(name: str, config: str | None, split: str, data_files: str
             f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
         ) from exc
     return [dict(r) for r in ds]
-
-
-def pick(records: list[dict], given: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
-    """The field holding `what`: the one given, else the first candidate; every record must have it."""
-    name = given
-    if name is None:
-        name = next((c for c in candidates if c in records[0]), None)
-        if name is None:
-            raise UserError(f"cannot find the {what} in the data (fields: {', '.join(records[0])}); pass {flag} NAME")
-    missing = next((i for i, r in enumerate(records) if name not in r), None)
-    if missing is not None:
-        fields = ", ".join(records[missing])
-        if missing == 0:
-            raise UserError(f"the data has no field {name!r} ({what}); fields: {fields}")
-        raise UserError(f"the records mix field names: record 1 has {name!r}, record {missing + 1} has only {fields}; "
-                        f"use one name in every record (or {flag} NAME)")
-    return name

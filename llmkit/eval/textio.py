@@ -40,19 +40,25 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return jsonl.read_jsonl(path)
 
 
-def pick_field(records: list[dict], field: str | None, candidates: Sequence[str], path: Path, flag: str) -> str:
-    """The field to read: the one given, else the first candidate every record has."""
+def pick_field(records: list[dict], given: str | None, candidates: Sequence[str], what: str, flag: str,
+               where: str = "the data") -> str:
+    """The field holding `what`: the one given, else the first candidate the first record has;
+    every record must have it. `where` names the file or data in errors."""
     if not records:
-        raise UserError(f"{path} holds no records")
-    if field is not None:
-        missing = next((i for i, r in enumerate(records, 1) if field not in r), None)
-        if missing is not None:
-            raise UserError(f"{path}: record {missing} has no field {field!r}; fields there: {', '.join(records[missing - 1])}")
-        return field
-    for name in candidates:
-        if all(name in r for r in records):
-            return name
-    raise UserError(f"{path}: cannot tell which field holds the text (fields: {', '.join(records[0])}); pass {flag} NAME")
+        raise UserError(f"{where} holds no records")
+    name = given
+    if name is None:
+        name = next((c for c in candidates if c in records[0]), None)
+        if name is None:
+            raise UserError(f"cannot find the {what} in {where} (fields: {', '.join(records[0])}); pass {flag} NAME")
+    missing = next((i for i, r in enumerate(records) if name not in r), None)
+    if missing is not None:
+        fields = ", ".join(records[missing])
+        if missing == 0:
+            raise UserError(f"{where} has no field {name!r} ({what}); fields: {fields}")
+        raise UserError(f"the records mix field names: record 1 has {name!r}, record {missing + 1} has only {fields}; "
+                        f"use one name in every record (or {flag} NAME)")
+    return name
 
 
 def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag: str, allow_lists: bool) -> list:
@@ -61,7 +67,7 @@ def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag
     if not is_jsonl(path):
         return read_lines(path)
     records = jsonl.read_jsonl(path)
-    name = pick_field(records, field, candidates, path, flag)
+    name = pick_field(records, field, candidates, "the text", flag, where=str(path))
     values = []
     for i, record in enumerate(records, 1):
         value = record[name]
