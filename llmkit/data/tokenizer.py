@@ -317,6 +317,19 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
     return TextTokenizer(hf, token_bytes, path=dir, roles=roles)
 
 
+def same_tokenizer(a: Path | str, b: Path | str) -> bool:
+    """Whether two artifacts (tokenizer, tokens or checkpoint: each holds the tokenizer or its
+    tokenizer/ copy) encode with the same tokenizer: the same tokenizer.json, byte for byte."""
+    from llmkit.artifacts import sha256_file
+
+    def file_of(folder: Path) -> Path:
+        folder = Path(folder)
+        return folder / TOKENIZER_FILE if (folder / TOKENIZER_FILE).is_file() else folder / "tokenizer" / TOKENIZER_FILE
+
+    first, second = file_of(a), file_of(b)
+    return first.is_file() and second.is_file() and sha256_file(first) == sha256_file(second)
+
+
 def copy_tokenizer_files(src_dir: Path | str, dst_dir: Path | str) -> Path:
     """Copy tokenizer.json, token_bytes.npy (and special_tokens.json, if any) into dst_dir (created)."""
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)

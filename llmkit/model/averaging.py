@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from llmkit import artifacts
+from llmkit.data.tokenizer import same_tokenizer
 from llmkit.errors import UserError
 from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, read_weights
 from llmkit.model.records import TASK_FILE, read_task
@@ -71,10 +72,6 @@ def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[floa
     return out
 
 
-def _fingerprint_of(path: Path) -> str:
-    return artifacts.sha256_file(path) if path.is_file() else ""
-
-
 def _task_of(art: artifacts.Artifact) -> dict | None:
     """What members must share of their task record (read through its one reader)."""
     record = read_task(art)
@@ -88,9 +85,9 @@ def _tuned_for(task: dict, path) -> str:
 def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
     """Refuse members with different tokenizers or tasks; `combined` says how they are used ("averaged")."""
     first = members[0]
-    tokenizer, task = _fingerprint_of(first.path / TOKENIZER_DIR / "tokenizer.json"), _task_of(first) or {}
+    task = _task_of(first) or {}
     for art in members[1:]:
-        if _fingerprint_of(art.path / TOKENIZER_DIR / "tokenizer.json") != tokenizer:
+        if not same_tokenizer(first.path, art.path):
             raise UserError(f"{art.path} has another tokenizer than {first.path}; {combined} checkpoints share one "
                             "(train them from one tokens artifact)")
         theirs = _task_of(art) or {}

@@ -49,8 +49,9 @@ def _check_init(init, tokens_art, config: PretrainConfig) -> None:
     task = read_task(init)
     if task is not None and task.is_classifier:
         raise UserError(f"{init.path} is a classifier; --init-from needs a language-model checkpoint")
-    ours, theirs = init.path / "tokenizer" / "tokenizer.json", tokens_art.path / "tokenizer" / "tokenizer.json"
-    if not ours.is_file() or artifacts.sha256_file(ours) != artifacts.sha256_file(theirs):
+    from llmkit.data.tokenizer import same_tokenizer
+
+    if not same_tokenizer(init.path, tokens_art.path):
         raise UserError(f"{init.path} has another tokenizer than {tokens_art.path} was encoded with; tokenize the corpus "
                         f"with --tokenizer {init.path} (a checkpoint's tokenizer serves)")
 
