@@ -32,6 +32,7 @@ from llmkit.model.io import save_weights
 from llmkit.model.records import CheckpointStats
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
+from llmkit.train.ema import MovingAverage
 from llmkit.train.data_parallel import DataParallelRun
 from llmkit.train.distributed import DistInfo
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
@@ -227,7 +228,7 @@ class Trainer:
         if latest is None:
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
-        self._saved_ema = {k[len("ema/"):]: v for k, v in extra.items() if k.startswith("ema/")}
+        self._saved_ema = MovingAverage.from_saved(extra)
         self._check_same_run(latest)
         for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
             if progress.get(key) != now:
@@ -299,8 +300,8 @@ class Trainer:
             )
 
     # -- the moving average of the weights (--ema) -------------------------------------------
-    def _start_ema(self) -> dict[str, torch.Tensor] | None:
-        """fp32 copies of the parameters, or the resumed ones; None without --ema."""
+    def _start_ema(self) -> MovingAverage | None:
+        """The average from the weights, or the resumed one; None without --ema."""
         decay = self.settings.checkpoints.ema
         if decay is None:
             return None
@@ -309,29 +310,9 @@ class Trainer:
         if self.model_parallel:
             raise UserError("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
                             "(or average checkpoints afterwards with --average-last)")
-        ema = {name: p.detach().float().clone() for name, p in self.raw.named_parameters()}
-        if self._saved_ema:
-            if set(self._saved_ema) != set(ema):
-                raise UserError("the checkpoint's moving average does not match this model; resume without --ema changes")
-            ema = {name: self._saved_ema[name].to(self.device, torch.float32) for name in ema}
-        elif self.resumed_from:
+        if self.resumed_from and not self._saved_ema:
             raise UserError(f"the run was saved without --ema at step {self.resumed_from}; resume it as it was started")
-        return ema
-
-    @torch.no_grad()
-    def _update_ema(self, updates: int) -> None:
-        # TensorFlow's ExponentialMovingAverage warm-up (num_updates): early on the average follows
-        # the weights closely, so a short run's average is not mostly its random initialisation.
-        decay = min(self.settings.checkpoints.ema, (1 + updates) / (10 + updates))
-        params = [p.detach().float() for _, p in self.raw.named_parameters()]
-        torch._foreach_lerp_(list(self.ema.values()), params, 1.0 - decay)
-
-    def _ema_state(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with the moving averages in place of the parameters."""
-        state = {k: v.detach().cpu() for k, v in self.raw.state_dict().items()}
-        for name, value in self.ema.items():
-            state[name] = value.detach().cpu().to(state[name].dtype)
-        return state
+        return MovingAverage(self.raw, decay, self.device, self._saved_ema)
 
     # -- one step ---------------------------------------------------------------------------
     def _micro_indices(self, step: int, micro: int) -> range:
@@ -379,7 +360,7 @@ class Trainer:
                        "stopped before updating the weights", step)
         self.optimizer.step()
         if self.ema is not None:
-            self._update_ema(step + 1)
+            self.ema.update(step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, lr
 
@@ -430,7 +411,7 @@ class Trainer:
         rng = {kind: dist_utils.all_gather_bytes(state, self.info) for kind, state in ckpt.rng_states(self.device).items()}
         if self.info.is_main:
             save_weights(self.raw, directory, model_state)
-            extra = {f"ema/{k}": v for k, v in self.ema.items()} if self.ema is not None else None
+            extra = self.ema.saved_tensors() if self.ema is not None else None
             ckpt.write_training_state(directory, optim_state, self._progress(step), rng, extra)
             self.spec.add_files(directory)
 
@@ -467,7 +448,7 @@ class Trainer:
         stats = replace(self.spec.stats, step=step, tokens_seen=self._progress(step)["tokens_seen"]).to_dict()
         if self.ema is not None:
             decay = self.settings.checkpoints.ema
-            write_average(self.run_dir / "ema", [run], [1.0], state=weights_state_dict(self.raw, self._ema_state()),
+            write_average(self.run_dir / "ema", [run], [1.0], state=weights_state_dict(self.raw, self.ema.state_dict()),
                           config=dict(self.spec.config, weights=f"exponential moving average, decay min({decay}, (1+t)/(10+t)) "
                                       "after update t", ema=decay),
                           seed=self.spec.seed, stats=stats, force=True, lock=False, roles=["run"], guard_inputs=False)
