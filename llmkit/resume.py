@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.artifacts import RESUME_MARKER
+from llmkit.outputs import RESUME_MARKER
 
 STATE = RESUME_MARKER
 

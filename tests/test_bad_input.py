@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit import artifacts
+from llmkit import artifacts, outputs
 
 TINY_MODEL = ["--model", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context-length", "64"]
 TINY_RUN = ["--max-steps", "2", "--batch-tokens", "256", "--micro-batch", "4", "--eval-every", "0", "--save-every", "0"]
@@ -143,7 +143,7 @@ def test_a_second_writer_of_one_output_is_refused_and_stale_temporaries_go(cli, 
     stale = tmp_path / ".corpus.tmp-killed"
     stale.mkdir()
     (stale / "part.parquet").write_text("half written by a killed run")
-    with artifacts.output_lock(out):
+    with outputs.output_lock(out):
         line = _one_line_error(cli("clean", chain / "book.txt", "-o", out))
         assert "another llmkit run is writing" in line
         line = _one_line_error(cli("pretrain", chain / "tokens", "-o", out, *TINY_MODEL, *TINY_RUN))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmkit import artifacts
+from llmkit import artifacts, outputs
 from llmkit.average.config import AverageConfig
 from llmkit.errors import UserError
 
@@ -24,7 +24,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
         raise UserError("give at least two checkpoints to average")
     members = [artifacts.load(path, kind="checkpoint") for path in checkpoints]
     weights = normalised(config.weights, len(members))
-    artifacts.check_output(out, force, inputs=checkpoints)
+    outputs.check_output(out, force, inputs=checkpoints)
     stats_of = [CheckpointStats.of(member) for member in members]
     first = stats_of[0]
     starts = {stats.document_start for stats in stats_of}  # kept when the members agree on it

@@ -14,7 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
-from llmkit import artifacts
+from llmkit import artifacts, outputs
 from llmkit.console import err
 from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.dedup import Deduplicator
@@ -60,7 +60,7 @@ def clean(
     # 0: one per core no other program is using (on a Ray cluster: one per CPU of the cluster)
     workers = cfg.workers or (0 if on_cluster else idle_cores())
     read = [*inputs, cfg.dataset]
-    artifacts.check_output(out, force, inputs=read)  # first: `-o` naming an input is the problem to report
+    outputs.check_output(out, force, inputs=read)  # first: `-o` naming an input is the problem to report
     sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()

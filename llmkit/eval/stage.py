@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit import artifacts
+from llmkit import artifacts, outputs
 from llmkit.eval.config import EvalConfig
 from llmkit.errors import UserError
 from llmkit.eval import names as metric_names
@@ -135,7 +135,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     for member in members:
         artifacts.load(member, kind="checkpoint")
     read = [*members, cfg.data, cfg.predictions, *cfg.references]
-    artifacts.check_output(out, force, inputs=read)
+    outputs.check_output(out, force, inputs=read)
 
     metrics: dict[str, float] = {}
     signatures: dict[str, str] = {}

@@ -123,7 +123,7 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     import sys
 
     from llmkit.console import err
-    from llmkit.artifacts import check_output_file
+    from llmkit.outputs import check_output_file
     from llmkit.model.io import load_checkpoint
     from llmkit.runtime import resolve_device
 

@@ -18,12 +18,12 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
-    from llmkit import artifacts
+    from llmkit import artifacts, outputs
     from llmkit.inference.prompts import document_start_id
     from llmkit.model.io import load_checkpoint, read_model_config
     from llmkit.model.records import read_task
 
-    out = artifacts.check_output(out, force, inputs=[checkpoint])
+    out = outputs.check_output(out, force, inputs=[checkpoint])
     weight_dtype = torch_dtype(dtype)
     art = artifacts.load(checkpoint, kind="checkpoint")
     family = hf_family(read_model_config(art.path))  # refuse before loading any weights
@@ -40,7 +40,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     hf_config = to_hf_config(config, special)
     hf_config.dtype = dtype
     state = {k: v.to(weight_dtype) for k, v in to_hf_state(loaded.model.state_dict(), config).items()}
-    with artifacts.atomic_directory(out, force=force, inputs=[checkpoint]) as tmp:
+    with outputs.atomic_directory(out, force=force, inputs=[checkpoint]) as tmp:
         hf_config.save_pretrained(tmp)
         if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
             _update_json(tmp / "config.json", rope_theta=float(config.rope_theta))

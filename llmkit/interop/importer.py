@@ -38,13 +38,13 @@ def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, t
 
 def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
     """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
-    from llmkit import artifacts
+    from llmkit import artifacts, outputs
     from llmkit.model.gpt import GPT
     from llmkit.model.io import TOKENIZER_DIR, check_shapes, save_weights, tied_names
     from llmkit.model.records import CheckpointStats
 
     src = Path(src)
-    out = artifacts.check_output(out, force, inputs=[src])
+    out = outputs.check_output(out, force, inputs=[src])
     weight_dtype = torch_dtype(dtype)
     config_json = read_config_json(src)
     model_type = config_json.get("model_type")

@@ -27,7 +27,7 @@ def tokens_per_step(run: Path) -> float | None:
 
 def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool = False) -> Path:
     """Plot the loss curves of training runs (finished or still running), one line per run."""
-    from llmkit.artifacts import check_output_file
+    from llmkit.outputs import check_output_file
     from llmkit.charts import loss_curves, read_metrics
 
     out = Path(out)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from llmkit import artifacts
+from llmkit import artifacts, outputs
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop
 from llmkit.scaling_law import FIT_FILE, NAMES, Law
@@ -45,7 +45,7 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
 
     source = Path(source)
     points = read_points(source, "total" if config.count == "total" else "non_embedding")
-    out = artifacts.check_output(out, force, inputs=[source])
+    out = outputs.check_output(out, force, inputs=[source])
     fit = fit_chinchilla([p.params for p in points], [p.tokens for p in points], [p.loss for p in points],
                          delta=config.huber_delta, grid=config.grid, bootstrap=config.bootstrap, seed=config.seed)
     budgeted = [p for p in points if p.budget]

@@ -72,19 +72,19 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
 
 @contextmanager
 def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | str | None]) -> Iterator[None]:
-    """The run directory, held by this run for the length of the block (llmkit.artifacts.output_lock).
+    """The run directory, held by this run for the length of the block (llmkit.outputs.output_lock).
 
     It may not be, lie in or contain an input, even with --force; an existing one needs --resume
     or --force. With --force the old run is moved aside and deleted only once the new one has
     something to keep. A run that fails before writing anything worth keeping (a checkpoint or
     metrics) leaves no directory behind, and with --force the old run back in its place.
     """
-    from llmkit import artifacts
+    from llmkit import outputs
 
-    artifacts.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
+    outputs.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
     if out.exists() and not resume and not force:
         raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
-    with artifacts.output_lock(out):
+    with outputs.output_lock(out):
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
