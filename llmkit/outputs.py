@@ -148,6 +148,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             tmp.mkdir(exist_ok=True)
         try:
             yield tmp
+            default_permissions(tmp)
             _replace_dir(tmp, out)
         except BaseException as exc:
             resumable = resume_key is not None and (tmp / RESUME_MARKER).is_file() and not isinstance(exc, UserError)
@@ -165,3 +166,15 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def default_permissions(path: Path) -> None:
+    """Give `path` (and what a folder holds) the modes a new file or folder gets under the user's
+    umask. A temporary folder (mkdtemp: 0700) and a file safetensors writes through a temporary
+    file (0600) would otherwise stay private after their rename, unlike the rest of the output."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path = Path(path)
+    for item in [path] if not path.is_dir() else [path, *path.rglob("*")]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)

@@ -541,3 +541,21 @@ def test_resume_notes_when_dropout_masks_cannot_continue(shakespeare, cli, tmp_p
     (tmp_path / "run" / "manifest.json").unlink()
     again = cli(*run, "--max-steps", "6", "--resume")  # saved per sequence, resumed per sequence
     assert again.exit_code == 0 and "dropout masks" not in again.output, again.output
+
+
+def test_outputs_get_the_umask_modes_not_private_ones(shakespeare, cli, tmp_path):
+    """Temporary folders (0700) and files safetensors writes through a temporary file (0600) used
+    to keep those private modes: on a shared machine others could read a run's manifest but not
+    its weights."""
+    previous = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "2", "--save-every", "1",
+                     "--eval-every", "0")
+        assert result.exit_code == 0, result.output
+    finally:
+        os.umask(previous)
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    for path in (run / "model.safetensors", run / "training_state.safetensors", step / "model.safetensors", run / "manifest.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert step.stat().st_mode & 0o777 == 0o755

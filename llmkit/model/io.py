@@ -21,6 +21,7 @@ from llmkit.errors import UserError
 from llmkit.model.gpt import ModelConfig
 from llmkit.model.presets import build_model
 from llmkit.model.records import TaskRecord, read_task
+from llmkit.outputs import default_permissions
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
@@ -51,6 +52,7 @@ def save_weights(model: torch.nn.Module, directory: Path, state_dict: dict[str, 
 
     directory = Path(directory)
     save_file(weights_state_dict(model, state_dict), str(directory / WEIGHTS), metadata={"format": "pt"})
+    default_permissions(directory / WEIGHTS)  # (written in place by a training run: no rename fixes it)
     config: ModelConfig = model.config
     (directory / MODEL_CONFIG).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from llmkit.errors import UserError
+from llmkit.outputs import default_permissions
 
 STATE_JSON = "training_state.json"
 STATE_TENSORS = "training_state.safetensors"
@@ -56,6 +57,7 @@ def write_training_state(directory: Path, optim_state: dict, progress: dict[str,
     for name, value in (extra or {}).items():  # e.g. the EMA of the weights
         tensors[f"extra/{name}"] = value.detach().cpu().contiguous()
     save_file(tensors, str(directory / STATE_TENSORS), metadata={"format": "llmkit-training-state"})
+    default_permissions(directory / STATE_TENSORS)
     groups = [
         {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()} for group in optim_state["param_groups"]
     ]
