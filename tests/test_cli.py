@@ -145,3 +145,12 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     assert artifacts.load(corpus).fingerprint[:16] in result.output
     assert "bleu 31.25" in result.output and "1 docs" in result.output
     assert cli("report", tmp_path / "missing").exit_code == 1
+    # A recipe's output folder (or a glob over it) holds other things too: folders are expanded,
+    # what is not an artifact is skipped with a note; nothing at all to report is an error.
+    (tmp_path / "notes").mkdir()
+    for args in ([tmp_path], [corpus, tmp_path / "eval", tmp_path / "notes"]):
+        result = cli("report", *args)
+        assert result.exit_code == 0, result.output
+        assert "bleu 31.25" in result.output and "1 docs" in result.output
+    assert "skipped" in result.output and "notes" in result.output
+    assert "no artifact among" in cli("report", tmp_path / "notes").output
