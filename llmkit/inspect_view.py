@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from llmkit.artifacts import Artifact, LineageNode
@@ -21,11 +22,11 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     m = art.manifest
     table = Table(title=f"{m.kind} artifact: {art.path}", show_header=False, title_justify="left")
     table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     table.add_row("fingerprint", m.fingerprint)
     table.add_row("format", f"v{m.format_version} (llmkit {m.llmkit_version})")
     table.add_row("seed", str(m.seed))
-    table.add_row("command", _short(" ".join(m.command), 200))
+    table.add_row("command", Text(" ".join(m.command)))  # whole (it is how to make the artifact again), as typed
     table.add_row("files", f"{len(m.files)}: " + _short(", ".join(m.files), 200))
     for key, value in m.config.items():
         table.add_row(f"config.{key}", _short(value))

@@ -51,6 +51,15 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     assert json.loads(as_json.output)["kind"] == "corpus"
 
 
+def test_inspect_shows_the_whole_command_as_typed(cli, tmp_path, monkeypatch):
+    """The command is how to make the artifact again: never cut short, brackets not read as markup."""
+    typed = ["llmkit", "clean", "data/[draft]/book.txt", *[f"--option-{i} value-{i}" for i in range(30)]]
+    monkeypatch.setattr(sys, "argv", typed)
+    corpus = _corpus(tmp_path / "corpus")
+    shown = "".join(cli("inspect", corpus).output.replace("│", " ").split())
+    assert "".join(" ".join(typed).split()) in shown
+
+
 def test_verify_exit_codes(cli, tmp_path):
     corpus = _corpus(tmp_path / "corpus")
     assert cli("verify", corpus).exit_code == 0
