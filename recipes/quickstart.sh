@@ -22,8 +22,9 @@ stage "instruction data from the corpus"
 "$PYTHON" "$REPO/recipes/docs_qa.py" "$OUT/corpus" "$OUT/qa" "${QA[@]}"
 stage finetune;        llmkit finetune "$OUT/pretrain" --task sft --template plain --data "$OUT/qa/train.jsonl" --truncate \
                          -o "$OUT/sft" "${FINETUNE[@]}" --seed "$SEED" --force
-stage generate
+stage "generate: the pretrained model continues a text"
 llmkit generate "$OUT/pretrain" --prompt "The list type" --max-new-tokens "$NEW" --greedy --seed "$SEED"
+stage "generate: the fine-tuned model answers a question (prompt, then answer)"
 llmkit generate "$OUT/sft" --prompt "Describe json.dumps." --max-new-tokens "$NEW" --greedy --seed "$SEED"
 stage eval
 llmkit eval "$OUT/pretrain" --metric perplexity --metric bpb --data "$OUT/tokens" -o "$OUT/eval-lm" --seed "$SEED" --force

@@ -1,0 +1,469 @@
+"""The llmkit artifact format: a directory with `manifest.json` at its root.
+
+Every stage writes one artifact and reads its inputs only through this module. The manifest
+records what the artifact is (`kind`, `format_version`), how it was made (`config`, `seed`,
+`inputs` with their fingerprints, `command`, `versions`), what it holds (`files`: name ->
+sha256) and what was measured (`stats`). The `fingerprint` is a hash over kind, format
+version, config, seed, input fingerprints and file hashes: never timestamps, absolute paths or
+runtime-only settings (`runtime`: worker counts, devices), so the same work gives the same
+fingerprint on any machine. The spec is docs/artifacts.md.
+
+Writing is atomic: a stage builds its artifact in a hidden temporary sibling directory and
+renames it into place only after the manifest is written. A directory without a manifest is
+never accepted as an artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from llmkit import __version__
+from llmkit.errors import UserError
+from llmkit.outputs import atomic_directory
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("corpus", "tokenizer", "tokens", "checkpoint", "eval", "sweep", "scaling")
+# Packages whose versions are recorded in every manifest (informational, not hashed).
+_RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def compute_fingerprint(
+    kind: str, format_version: int, config: dict, seed: int | None, inputs: list[dict], files: dict[str, str]
+) -> str:
+    hashed = {
+        "kind": kind,
+        "format_version": format_version,
+        "config": config,
+        "seed": seed,
+        "inputs": sorted((i["role"], i["fingerprint"]) for i in inputs),
+        "files": files,
+    }
+    return hashlib.sha256(canonical_json(hashed).encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0], "llmkit": __version__}
+    for name in _RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class Manifest:
+    kind: str
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    # Files that record how the work ran rather than what it made (a training run's resume state:
+    # world size, per-rank RNG): hashed for verify, but outside the fingerprint, like `runtime`.
+    state_files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes per file: a cheap check on every load (not hashed)
+    stats: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    llmkit_version: str = __version__
+    fingerprint: str = ""
+
+    def to_json(self) -> str:
+        data = {
+            "kind": self.kind,
+            "format_version": self.format_version,
+            "llmkit_version": self.llmkit_version,
+            "fingerprint": self.fingerprint,
+            "command": self.command,
+            "seed": self.seed,
+            "config": self.config,
+            "inputs": self.inputs,
+            "files": self.files,
+            "state_files": self.state_files,
+            "sizes": self.sizes,
+            "stats": self.stats,
+            "runtime": self.runtime,
+            "versions": self.versions,
+        }
+        return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def expected_fingerprint(self) -> str:
+        return compute_fingerprint(self.kind, self.format_version, self.config, self.seed, self.inputs, self.files)
+
+    @property
+    def all_files(self) -> dict[str, str]:
+        """Every file of the artifact, the resume state included: name -> sha256."""
+        return {**self.files, **self.state_files}
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FIELD_TYPES = {
+    "kind": str, "format_version": int, "llmkit_version": str, "fingerprint": str, "command": list, "config": dict,
+    "inputs": list, "files": dict, "state_files": dict, "sizes": dict, "stats": dict, "runtime": dict, "versions": dict,
+}
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What is structurally wrong with a manifest's JSON, if anything (cheap: no file is read)."""
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    for name, kind in _FIELD_TYPES.items():
+        if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
+            return f"its {name!r} is not a {kind.__name__}"
+    if data.get("kind") not in KINDS:
+        return f"unknown kind {data.get('kind')!r} (llmkit makes {', '.join(KINDS)})"
+    if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+        return "its 'seed' is not a whole number"
+    if not _HEX64.fullmatch(str(data.get("fingerprint", ""))):
+        return "its 'fingerprint' is not a sha256"
+    for name, digest in {**data.get("files", {}), **data.get("state_files", {})}.items():
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            return f"the hash of file {name!r} is not a sha256"
+        if name.startswith("/") or ".." in name.split("/"):
+            return f"it lists {name!r}, a path outside the artifact"
+    for ref in data.get("inputs", []):
+        if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("role", "path", "fingerprint")):
+            return "an input is not {role, kind, path, fingerprint}"
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in data.get("sizes", {}).values()):
+        return "its 'sizes' are not whole numbers"
+    return None
+
+
+@dataclass(frozen=True)
+class RecordedInput:
+    """An input as another artifact's manifest records it (its path, kind and fingerprint):
+    enough to record it again without reading it, which may have moved away since."""
+
+    path: Path
+    kind: str
+    fingerprint: str
+
+
+@dataclass
+class Artifact:
+    """An artifact read from disk: its directory and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.config
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.manifest.stats
+
+    def file(self, name: str) -> Path:
+        """Path of a file the manifest lists; a missing one is a user-facing error."""
+        path = self.path / name
+        if name not in self.manifest.all_files or not path.exists():
+            raise UserError(f"{self.kind} artifact at {self.path} has no file {name!r}; it is incomplete, rebuild it")
+        return path
+
+    def check_files(self) -> None:
+        """The cheap half of `verify`: every listed file that exists stays inside the artifact (no
+        link out of it) and has the size the manifest recorded. Hashing them all is `verify`'s job."""
+        root = self.path.resolve()
+        for name in self.manifest.all_files:
+            path = self.path / name
+            if not path.exists() and not path.is_symlink():
+                continue  # reported by file() when a stage needs it, and by verify
+            if root not in path.resolve().parents:
+                raise UserError(f"{self.path}: file {name!r} leads outside the artifact (a link?); rebuild the artifact")
+            expected = self.manifest.sizes.get(name)
+            if expected is not None and path.stat().st_size != expected:
+                raise UserError(
+                    f"{self.path}: {name} has {path.stat().st_size} bytes, the manifest says {expected}; "
+                    "it changed or was cut short, rebuild the artifact (llmkit verify shows all differences)"
+                )
+
+    def recorded_input(self, role: str) -> RecordedInput | None:
+        """This artifact's input `role` as its manifest records it, whether or not it is still there."""
+        for ref in self.manifest.inputs:
+            if ref["role"] == role:
+                return RecordedInput(_resolve_input_path(self.path, ref["path"]), ref.get("kind", ""), ref["fingerprint"])
+        return None
+
+    def input(self, role: str) -> Artifact:
+        """Load one of this artifact's inputs by role (resolved relative to this artifact)."""
+        for ref in self.manifest.inputs:
+            if ref["role"] == role:
+                path = _resolve_input_path(self.path, ref["path"])
+                art = load(path, kind=ref.get("kind"))
+                if art.fingerprint != ref["fingerprint"]:
+                    raise UserError(
+                        f"input {role!r} of {self.path} changed since it was used "
+                        f"(fingerprint {art.fingerprint[:12]} != {ref['fingerprint'][:12]}); rebuild {self.path}"
+                    )
+                return art
+        raise UserError(f"{self.kind} artifact at {self.path} has no input {role!r}")
+
+
+def _resolve_input_path(artifact_dir: Path, stored: str) -> Path:
+    p = Path(stored)
+    return p if p.is_absolute() else (artifact_dir.parent / p).resolve()
+
+
+def _input_ref(role: str, art: Artifact | RecordedInput, out: Path) -> dict[str, Any]:
+    # Stored relative to the output's parent so a project folder can be moved as a whole.
+    # Never hashed: only the fingerprint is.
+    try:
+        stored = os.path.relpath(art.path.resolve(), out.resolve().parent)
+    except ValueError:  # different drives on Windows
+        stored = str(art.path.resolve())
+    return {"role": role, "kind": art.kind, "path": stored, "fingerprint": art.fingerprint}
+
+
+def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bool = True) -> Artifact:
+    """Read an artifact, checking that it exists, is complete, and is of the expected kind; and,
+    cheaply (no file is hashed), that its manifest is well formed and unedited and its files are
+    inside it with their recorded sizes. `check=False` skips the last two for `verify`, which
+    reports every difference instead of the first."""
+    path = Path(path)
+    wanted = (kind,) if isinstance(kind, str) else tuple(kind) if kind else ()
+    wanted_text = " or ".join(wanted) if wanted else "llmkit"
+    if not path.exists():
+        raise UserError(f"no such artifact: {path}; expected {_article(wanted_text)} artifact directory")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(
+            f"{path} is not an llmkit artifact (no {MANIFEST}): it is incomplete or was not made by llmkit; "
+            "rerun the stage that makes it"
+        )
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(f"{manifest_path} is not valid JSON ({type(exc).__name__}); rebuild the artifact") from exc
+    if isinstance(data, dict) and isinstance(data.get("format_version"), int) and data["format_version"] > FORMAT_VERSION:
+        raise UserError(
+            f"{path} has format version {data['format_version']}, this llmkit reads up to {FORMAT_VERSION}; upgrade llmkit"
+        )
+    problem = _manifest_problem(data)
+    if problem:
+        raise UserError(f"{manifest_path} is not a valid manifest: {problem}; rebuild the artifact")
+    manifest = Manifest.from_dict(data)
+    if wanted and manifest.kind not in wanted:
+        raise UserError(f"expected {_article(wanted_text)} artifact, got {manifest.kind} at {path}")
+    art = Artifact(path=path, manifest=manifest)
+    if check:
+        if manifest.expected_fingerprint() != manifest.fingerprint:
+            raise UserError(f"{manifest_path} was edited: its fingerprint does not match its contents; rebuild the artifact")
+        art.check_files()
+    return art
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" or word == "llmkit" else "a ") + word
+
+
+def list_files(root: Path, only: Iterable[str] | None = None) -> dict[str, str]:
+    """sha256 of every file below root except the manifest, keyed by POSIX relative path, sorted.
+
+    `only` keeps names or top-level folders; everything else is never read (a training run's
+    directory also holds intermediate checkpoints that must not be hashed again).
+    """
+    keep = set(only) if only is not None else None
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name == MANIFEST or path.name.startswith(".tmp-"):
+            continue
+        name = path.relative_to(root).as_posix()
+        if keep is None or name in keep or name.split("/", 1)[0] in keep:
+            files[name] = sha256_file(path)
+    return files
+
+
+class ArtifactBuilder:
+    """Collects what a stage records while it writes files into `dir` (a temporary directory)."""
+
+    def __init__(self, kind: str, dir: Path, out: Path):
+        if kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}")
+        self.kind = kind
+        self.dir = dir
+        self.out = out
+        self.config: dict[str, Any] = {}
+        self.seed: int | None = None
+        self.inputs: list[dict[str, Any]] = []
+        self.stats: dict[str, Any] = {}
+        self.runtime: dict[str, Any] = {}
+        self.file_filter: Iterable[str] | None = None
+        self.state_names: set[str] = set()  # files listed as state_files (see Manifest)
+
+    def add_input(self, role: str, art: Artifact | RecordedInput) -> None:
+        self.inputs.append(_input_ref(role, art, self.out))
+
+    def manifest(self, root: Path | None = None) -> Manifest:
+        root = root or self.dir
+        listed = list_files(root, self.file_filter)
+        manifest = Manifest(
+            kind=self.kind,
+            config=json.loads(canonical_json(self.config)),
+            seed=self.seed,
+            inputs=sorted(self.inputs, key=lambda i: i["role"]),
+            files={name: digest for name, digest in listed.items() if name not in self.state_names},
+            state_files={name: digest for name, digest in listed.items() if name in self.state_names},
+            sizes={name: (root / name).stat().st_size for name in listed},
+            stats=json.loads(json.dumps(self.stats, default=_json_default)),
+            runtime=json.loads(json.dumps(self.runtime, default=_json_default)),
+            command=_command_line(),
+            versions=_versions(),
+        )
+        manifest.fingerprint = manifest.expected_fingerprint()
+        return manifest
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _command_line() -> list[str]:
+    argv = list(sys.argv)
+    if argv:
+        argv[0] = Path(argv[0]).name
+    return argv
+
+
+@contextlib.contextmanager
+def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
+           lock: bool = True, resume_key: str | None = None) -> Iterator[ArtifactBuilder]:
+    """Build an artifact atomically.
+
+        with artifacts.create(out, "corpus", force=force, inputs=[source]) as build:
+            write files into build.dir; set build.config, build.seed, build.stats; build.add_input(...)
+
+    On success the manifest is written and the temporary directory renamed to `out`; on any
+    exception the temporary directory is removed and `out` is left as it was. `inputs` are the
+    paths the stage reads, which `out` may neither be, lie in nor contain (see check_output).
+    """
+    out = Path(out)
+    with atomic_directory(out, force=force, inputs=inputs, lock=lock, resume_key=resume_key) as tmp:
+        builder = ArtifactBuilder(kind, tmp, out)
+        yield builder
+        _write_text_atomic(tmp / MANIFEST, builder.manifest().to_json())
+
+
+def finalize_in_place(builder: ArtifactBuilder, files: Iterable[str]) -> Manifest:
+    """Turn an existing directory into an artifact by writing its manifest last and atomically.
+
+    For long-running stages whose output directory must exist while they run (a training run
+    keeps metrics and intermediate checkpoints there). Only `files` (names or top-level folders)
+    are listed and hashed; until the manifest appears the directory is not an artifact.
+    """
+    builder.file_filter = list(files)
+    manifest = builder.manifest(builder.out)
+    _write_text_atomic(builder.out / MANIFEST, manifest.to_json())
+    return manifest
+
+
+def in_place_builder(out: Path | str, kind: str) -> ArtifactBuilder:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return ArtifactBuilder(kind, out, out)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path: Path | str) -> VerifyReport:
+    """Re-hash every listed file and recompute the fingerprint."""
+    art = load(path, check=False)
+    problems = []
+    root = art.path.resolve()
+    for name, digest in art.manifest.all_files.items():
+        file = art.path / name
+        if file.exists() and root not in file.resolve().parents:
+            problems.append(f"file outside the artifact: {name} (a link out of it)")
+        elif not file.is_file():
+            problems.append(f"missing file: {name}")
+        elif sha256_file(file) != digest:
+            problems.append(f"changed file: {name} (sha256 differs from the manifest)")
+    if art.manifest.expected_fingerprint() != art.fingerprint:
+        problems.append("fingerprint does not match the manifest's contents (the manifest was edited)")
+    return VerifyReport(art.path, problems)
+
+
+@dataclass
+class LineageNode:
+    role: str
+    path: str
+    kind: str
+    fingerprint: str
+    found: bool
+    children: list[LineageNode]
+
+
+def lineage(path: Path | str, role: str = "output", _seen: frozenset = frozenset()) -> LineageNode:
+    """The tree of inputs of inputs, as far as they can still be found on disk."""
+    art = load(path)
+    children = []
+    for ref in art.manifest.inputs:
+        child_path = _resolve_input_path(art.path, ref["path"])
+        if (child_path / MANIFEST).is_file() and str(child_path) not in _seen:
+            children.append(lineage(child_path, ref["role"], _seen | {str(art.path.resolve())}))
+        else:
+            children.append(LineageNode(ref["role"], str(child_path), ref.get("kind", "?"), ref["fingerprint"], False, []))
+    return LineageNode(role, str(art.path), art.kind, art.fingerprint, True, children)

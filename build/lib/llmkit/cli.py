@@ -1,0 +1,237 @@
+"""The `llmkit` command: wires each stage's command into one Typer app. No logic of its own.
+
+Stage commands live in each stage's `command.py` and import their heavy dependencies (torch,
+datasets) inside the function body, so `llmkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import click
+import typer
+
+try:  # typer >= 0.22 bundles its own click; its exceptions are not the `click` package's classes
+    from typer._click import exceptions as _typer_click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click_exceptions = click.exceptions
+
+_PASS_THROUGH = tuple(
+    cls
+    for module in (click.exceptions, _typer_click_exceptions, typer)
+    for cls in (getattr(module, name, None) for name in ("Exit", "Abort", "ClickException"))
+    if isinstance(cls, type)
+)
+
+_USAGE_ERRORS = tuple({getattr(module, "UsageError") for module in (click.exceptions, _typer_click_exceptions)})
+
+from llmkit import __version__
+from llmkit.errors import UserError, debug_enabled, one_line, set_debug
+from llmkit.runtime import let_idle_threads_sleep
+from llmkit.stage_command import LlmkitCommand, LlmkitGroup
+
+let_idle_threads_sleep()  # before any stage imports torch
+
+
+class _ErrorsAsOneLine(LlmkitGroup):
+    """Every exception under the root becomes one red line and a non-zero exit (unless --debug);
+    so does a usage error (a missing or unknown option), which Typer would draw as a box."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_error_as_one_line():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            with _usage_error_as_one_line():
+                return super().invoke(ctx)
+        except _PASS_THROUGH:  # --help, exits: click/typer finish them
+            raise
+        except BrokenPipeError:  # `llmkit ... | head`: the reader has all it wanted
+            _stop_writing_stdout()
+            raise typer.Exit(0)
+        except KeyboardInterrupt:
+            _print_error("interrupted")
+            raise typer.Exit(130)
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            _print_error(one_line(exc))
+            raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
+
+
+@contextlib.contextmanager
+def _usage_error_as_one_line():
+    try:
+        yield
+    except _USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `llmkit tokenizer` alone: the help is the answer
+            raise
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        command = exc.ctx.command_path if exc.ctx is not None else "llmkit"
+        _print_error(f"{message} (see {command} --help)")
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _print_error(message: str) -> None:
+    from llmkit.console import err
+
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
+
+
+app = typer.Typer(
+    name="llmkit",
+    cls=_ErrorsAsOneLine,
+    help="From raw text to a trained, evaluated language model: one command per stage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"llmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    set_debug(debug)
+
+
+def stage_commands() -> dict[str, Callable[..., None]]:
+    """Every stage's command by its path; each is derived from its config class (llmkit.stage_command)."""
+    from llmkit.average.command import average
+    from llmkit.corpus.command import clean
+    from llmkit.eval.command import evaluate
+    from llmkit.finetune.command import finetune
+    from llmkit.generate.chat import chat
+    from llmkit.generate.command import generate
+    from llmkit.interop.command import export_model, import_model
+    from llmkit.plan.command import plan
+    from llmkit.plot.command import plot
+    from llmkit.scaling.command import fit as scaling_fit
+    from llmkit.scaling.command import predict as scaling_predict
+    from llmkit.sweep.command import sweep
+    from llmkit.tokenizer.command import tokenize
+    from llmkit.tokenizer.command import train as tokenizer_train
+    from llmkit.pretrain.command import pretrain
+
+    return {
+        "clean": clean, "tokenizer train": tokenizer_train, "tokenize": tokenize, "pretrain": pretrain,
+        "finetune": finetune, "generate": generate, "chat": chat, "eval": evaluate, "export": export_model,
+        "import": import_model, "sweep": sweep, "scaling fit": scaling_fit, "scaling predict": scaling_predict,
+        "plot": plot, "average": average, "plan": plan,
+    }
+
+
+def _register_stages() -> None:
+    from llmkit.tokenizer.command import decode, encode
+
+    groups = {
+        "tokenizer": typer.Typer(no_args_is_help=True, cls=LlmkitGroup, help="Train and try byte-level BPE tokenizers."),
+        "scaling": typer.Typer(no_args_is_help=True, cls=LlmkitGroup, help="Fit scaling laws to a sweep; predict from them."),
+    }
+    for path, command in stage_commands().items():
+        group, _, name = path.rpartition(" ")
+        (groups[group] if group else app).command(name, cls=LlmkitCommand)(command)
+    groups["tokenizer"].command("encode", cls=LlmkitCommand)(encode)
+    groups["tokenizer"].command("decode", cls=LlmkitCommand)(decode)
+    for name, group in groups.items():
+        app.add_typer(group, name=name)
+
+
+_register_stages()
+
+
+@app.command("inspect", cls=LlmkitCommand)
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="Artifact directory.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the raw manifest as JSON.")] = False,
+) -> None:
+    """Show an artifact's manifest and its lineage (inputs of inputs)."""
+    from llmkit import artifacts
+    from llmkit.inspect_view import print_artifact
+
+    art = artifacts.load(path)
+    if json_output:
+        typer.echo(art.manifest.to_json(), nl=False)
+        return
+    print_artifact(art, artifacts.lineage(path))
+
+
+@app.command("report", cls=LlmkitCommand)
+def report_command(
+    paths: Annotated[list[Path], typer.Argument(help="Artifact directories, or folders of them (e.g. a recipe's runs/NAME).")],
+) -> None:
+    """One table row per artifact: kind, fingerprint and headline numbers (recipes end with it)."""
+    from llmkit import artifacts
+    from llmkit.console import err
+    from llmkit.inspect_view import print_report
+
+    found, skipped = [], []
+    for path in paths:
+        if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
+            found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
+            continue
+        inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())
+        if inside:  # a folder of artifacts, such as a recipe's output folder
+            found.extend(artifacts.load(child) for child in inside)
+        else:
+            skipped.append(path)
+    if skipped:
+        err.print(f"note: skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)", soft_wrap=True,
+                  markup=False, highlight=False)
+    if not found:
+        raise UserError(f"no artifact among {', '.join(map(str, paths))}; pass artifact directories or folders of them")
+    print_report(found)
+
+
+@app.command("verify", cls=LlmkitCommand)
+def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
+    """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""
+    from llmkit import artifacts
+    from llmkit.console import out
+
+    report = artifacts.verify(path)
+    if report.ok:
+        out.print(f"[green]ok[/] {path}: {len(artifacts.load(path).manifest.all_files)} files match, fingerprint matches", soft_wrap=True)
+        return
+    for problem in report.problems:
+        out.print(f"[red]mismatch[/] {path}: {problem}", soft_wrap=True)
+    raise UserError(f"{path} failed verification ({len(report.problems)} problem(s)); rebuild it with the stage that made it")
+
+
+
+
+def _stop_writing_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # while printing --help into a closed pipe
+        _stop_writing_stdout()
+
+
+if __name__ == "__main__":
+    main()

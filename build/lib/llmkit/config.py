@@ -1,0 +1,164 @@
+"""Stage configuration: dataclass defaults < config file (TOML/YAML) < flags given on the command line.
+
+Every stage keeps its options in one dataclass (declared with llmkit.options). A recipe may pass `--config FILE`; a file may
+hold one table per stage (`[clean]`, `[pretrain]`, ...) or the stage's keys at top level.
+The resolved dataclass is what the artifact manifest stores.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from llmkit.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+def load_config_file(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}; pass an existing .toml or .yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise UserError(f"config file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        raise UserError(f"config file {path} is not valid: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    except Exception as exc:  # yaml.YAMLError and friends
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"config file {path} is not valid: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a table of options")
+    return data
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Light type coercion for values read from config files (TOML/YAML already give most types)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0]) if len(non_none) == 1 else value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is Path and isinstance(value, str):
+        return Path(value)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        return list(value) if origin is list else tuple(value)
+    return value
+
+
+# The tables a config file may hold: one per stage, so that one file can serve a whole recipe.
+SECTIONS = ("clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate", "chat", "eval", "export", "import", "sweep",
+            "scaling", "plot", "average", "plan")
+
+
+def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
+    """A config file's options for one stage: its `[section]` table, else the top-level keys.
+
+    Tables other than the stages' are refused, as is a table inside a stage's: a misspelt or
+    misplaced table would otherwise be ignored without a word.
+    """
+    if file is None:
+        return {}
+    data = load_config_file(file)
+    unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in SECTIONS]
+    if unknown:
+        raise UserError(f"unknown table [{unknown[0]}] in {file}; a config file holds options at top level or in a "
+                        f"table per stage: {', '.join(SECTIONS)}")
+    if section and isinstance(data.get(section), dict):
+        nested = [k for k, v in data[section].items() if isinstance(v, dict)]
+        if nested:
+            raise UserError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
+        data = data[section]
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            continue
+        name = key.replace("-", "_")
+        if name in spelled:
+            raise UserError(f"{file} sets one option twice, as {spelled[name]} and {key}; keep one")
+        values[name], spelled[name] = value, key
+    return values
+
+
+def resolve(
+    config_cls: type[T],
+    *,
+    file: Path | str | None = None,
+    section: str | None = None,
+    explicit: dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
+) -> T:
+    """Build a stage config: its defaults < `preset` < the config file < the flags typed.
+
+    `explicit` holds only the options the user actually typed (see `explicit_params`), so a
+    flag left at its default never overrides the config file; `preset` fills only what the
+    file leaves open.
+    """
+    from llmkit.options import flat_options
+
+    options = flat_options(config_cls)
+    known = {opt.name: opt for opt in options}
+    # A file's key is the flag's name (`prompt`, `metric`); the field's name is also taken
+    # unless it is another option's flag (`prompts` is --prompts FILE, not --prompt's field).
+    by_key = {opt.key: opt.name for opt in options}
+    by_key.update({opt.name: opt.name for opt in options if opt.name not in by_key})
+    from_file = file_values(file, section)
+    unknown = sorted(set(from_file) - set(by_key))
+    if unknown:
+        raise UserError(
+            f"unknown option(s) in {file}: {', '.join(unknown)}; known options are: {', '.join(sorted(o.key for o in options))}"
+        )
+    given: dict[str, list[str]] = {}
+    for key in from_file:
+        given.setdefault(by_key[key], []).append(key)
+    twice = next((keys for keys in given.values() if len(keys) > 1), None)
+    if twice:
+        raise UserError(f"{file} sets one option twice, as {' and '.join(twice)}; keep one")
+    from_file = {by_key[k]: v for k, v in from_file.items()}
+    values = {k: v for k, v in (preset or {}).items() if k not in from_file}
+    values.update({k: _coerce(v, known[k].type) for k, v in from_file.items()})
+    values.update({k: v for k, v in (explicit or {}).items() if k in known})
+    try:
+        return config_cls.build(**values)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid configuration: {exc}") from exc
+
+
+def explicit_params(ctx: Any) -> dict[str, Any]:
+    """The parameters of a click/typer context that the user set (command line or env var).
+
+    Compared by name: recent typer releases bundle their own click, whose ParameterSource enum
+    is not the `click` package's.
+    """
+    given = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP"):
+            given[name] = value
+    return given

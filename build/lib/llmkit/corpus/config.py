@@ -1,0 +1,175 @@
+"""The clean stage's options: one dataclass, two presets, and their resolution.
+
+Precedence: dataclass defaults < preset < `--config FILE` (a `[clean]` table or top-level keys)
+< flags typed on the command line. The preset only fills in what the file and flags leave open,
+so `--preset web --min-words 20` means "web rules, but 20 words is enough".
+
+Thresholds follow the published pipelines; docs/clean.md gives each one's source:
+Gopher = Rae et al. 2021 (arXiv:2112.11446, App. A, Table A1), C4 = Raffel et al. 2020
+(JMLR 21, §2.2), FineWeb = Penedo et al. 2024 (arXiv:2406.17557) as released in datatrove.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from llmkit import config as config_lib
+from llmkit.errors import UserError
+from llmkit.executor import Execution
+from llmkit.options import Options, group, option
+
+PRESETS = ("default", "web")
+DOC_PER = ("file", "line", "blank-line")
+
+
+INPUT = "Input"
+NORMALISE = "Normalisation and unusable documents"
+LANGUAGE = "Language"
+GOPHER = "Gopher quality (Rae et al. 2021, App. A)"
+REPETITION = "Gopher repetition (Table A1)"
+C4 = "C4 line rules (Raffel et al. 2020)"
+FINEWEB = "FineWeb rules (Penedo et al. 2024)"
+DEDUP = "De-duplication"
+OUTPUT = "Output and run"
+_READ = "input (the documents read, stats.sources)"
+
+
+@dataclass
+class CleanConfig(Options):
+    preset: str = option("default", "default: your own text (normalise, clean up, dedup). web: + Gopher/C4/FineWeb rules and "
+                         "English only.", choices=PRESETS)
+    # Reading
+    text_field: Optional[str] = option(None, "Field/column holding the text; a,b = the first one a file has (default: 'text', "
+                                       "or the only text field).", panel=INPUT)
+    doc_per: str = option("file", "Plain text: one document per file, line, or blank-line-separated block.", panel=INPUT,
+                          choices=DOC_PER)
+    dataset: Optional[str] = option(None, "Read a `datasets` data set: a local file/folder or a hub name.", panel=INPUT,
+                                    hashed=False, recorded_as=_READ)
+    dataset_config: Optional[str] = option(None, "The data set's configuration (subset) name.", panel=INPUT, hashed=False,
+                                           recorded_as=_READ)
+    split: str = option("train", "The data set's split.", panel=INPUT, hashed=False, recorded_as=_READ)
+    skip_bad_lines: bool = option(False, "Skip malformed JSONL/CSV lines instead of stopping.", flags=("--skip-bad-lines",), panel=INPUT)
+    # Normalisation and cleanup (both presets)
+    fix_unicode: bool = option(True, "Repair mojibake (ftfy) and Unicode-normalise.", panel=NORMALISE)
+    normalization: str = option("NFC", "Unicode normal form.", choices=("NFC", "NFKC", "NFD", "NFKD"), panel=NORMALISE)
+    cleanup: bool = option(True, "Remove control characters, odd spaces, trailing blanks.", panel=NORMALISE)
+    strip_html: bool = option(False, "Keep only the visible text of HTML.", panel=NORMALISE)
+    # Removal of unusable documents (both presets)
+    max_binary_ratio: float = option(0.01, "Drop a document with more than this share of control characters (NUL etc.).", panel=NORMALISE,
+                                     range="[0, 1]")
+    max_garbled_ratio: float = option(0.05, "Drop a document with more than this share of U+FFFD, unassigned or private-use "
+                                      "characters.", panel=NORMALISE, range="[0, 1]")
+    # Language filter (py3langid); empty list = off
+    languages: list[str] = option(default_factory=list, help="Keep only these languages, e.g. en,zh (py3langid). web preset: en.",
+                                  panel=LANGUAGE, cli_type=Optional[str])
+    min_language_score: float = option(0.65, "Minimum language probability (FineWeb's threshold).", panel=LANGUAGE, range="[0, 1]")
+    # Gopher quality (Rae et al. 2021, App. A)
+    gopher_quality: bool = option(False, "Gopher quality rules (web preset).", panel=GOPHER)
+    min_words: int = option(50, "Minimum words (CJK: characters).", panel=GOPHER, range="[0, inf)")
+    max_words: int = option(100_000, "Maximum words.", panel=GOPHER, range="[0, inf)")
+    min_mean_word_length: float = option(3.0, "Minimum mean word length.", panel=GOPHER, range="[0, inf)")
+    max_mean_word_length: float = option(10.0, "Maximum mean word length.", panel=GOPHER, range="[0, inf)")
+    max_symbol_word_ratio: float = option(0.1, "Maximum '#' and '...' per word.", panel=GOPHER, range="[0, inf)")
+    max_bullet_lines_ratio: float = option(0.9, "Maximum share of lines starting with a bullet.", panel=GOPHER, range="[0, 1]")
+    max_ellipsis_lines_ratio: float = option(0.3, "Maximum share of lines ending with an ellipsis.", panel=GOPHER, range="[0, 1]")
+    min_alpha_words_ratio: float = option(0.8, "Minimum share of words with a letter.", panel=GOPHER, range="[0, 1]")
+    min_stop_words: int = option(2, "Minimum distinct English stop words.", panel=GOPHER, range="[0, inf)")
+    # Gopher repetition (Table A1)
+    gopher_repetition: bool = option(False, "Gopher repetition rules (web preset).", panel=REPETITION)
+    max_dup_line_frac: float = option(0.30, "Maximum share of duplicated lines.", panel=REPETITION, range="[0, 1]")
+    max_dup_para_frac: float = option(0.30, "Maximum share of duplicated paragraphs.", panel=REPETITION, range="[0, 1]")
+    max_dup_line_char_frac: float = option(0.20, "Maximum share of characters in duplicated lines.", panel=REPETITION, range="[0, 1]")
+    max_dup_para_char_frac: float = option(0.20, "Maximum share of characters in duplicated paragraphs.", panel=REPETITION, range="[0, 1]")
+    max_top_ngram_char_frac: list[float] = option(
+        default_factory=lambda: [0.20, 0.18, 0.16], panel=REPETITION, range="[0, 1]",
+        help="Maximum share of characters in the most frequent 2-, 3-, 4-gram (3 values, repeat the flag).",
+    )
+    max_dup_ngram_char_frac: list[float] = option(
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10], panel=REPETITION, range="[0, 1]",
+        help="Maximum share of characters in duplicated 5- .. 10-grams (6 values, repeat the flag).",
+    )
+    # C4 line rules (Raffel et al. 2020); terminal punctuation off, as FineWeb runs it
+    c4: bool = option(False, "C4 line rules (web preset).", panel=C4)
+    c4_terminal_punct: bool = option(False, "Remove lines not ending in terminal punctuation (off, as FineWeb runs C4).", panel=C4)
+    c4_min_words_per_line: int = option(3, "Remove lines with fewer words.", panel=C4, range="[0, inf)")
+    c4_max_word_length: int = option(1000, "Remove lines with a longer word.", panel=C4, range="[1, inf)")
+    c4_min_sentences: int = option(5, "Drop a document with fewer sentences left.", panel=C4, range="[0, inf)")
+    c4_remove_citations: bool = option(True, "Remove Wikipedia citation marks ([1], [edit]).", panel=C4)
+    c4_lorem_ipsum: bool = option(True, "Drop a document containing 'lorem ipsum'.", panel=C4)
+    c4_javascript: bool = option(True, "Remove lines mentioning javascript.", panel=C4)
+    c4_curly_bracket: bool = option(True, "Drop a document containing a curly bracket.", panel=C4)
+    c4_policy: bool = option(True, "Remove lines about terms of use, privacy and cookie policies.", panel=C4)
+    # FineWeb extras (Penedo et al. 2024)
+    fineweb: bool = option(False, "FineWeb line rules (web preset).", panel=FINEWEB)
+    min_line_punct_ratio: float = option(0.12, "Minimum share of lines ending in punctuation.", panel=FINEWEB, range="[0, 1]")
+    max_short_line_ratio: float = option(0.67, "Maximum share of short lines.", panel=FINEWEB, range="[0, 1]")
+    short_line_length: int = option(30, "A short line has at most this many characters.", panel=FINEWEB, range="[0, inf)")
+    max_char_dup_ratio: float = option(0.01, "Maximum share of characters in duplicated lines.", panel=FINEWEB, range="[0, 1]")
+    max_newline_word_ratio: float = option(0.3, "Maximum newlines per word.", panel=FINEWEB, range="[0, inf)")
+    # De-duplication
+    exact_dedup: bool = option(True, "Drop exact duplicates.", panel=DEDUP)
+    near_dedup: bool = option(True, "Drop near duplicates (MinHash LSH).", panel=DEDUP)
+    ngram: int = option(5, "Words per shingle (one character = one word in unspaced scripts).", panel=DEDUP, range="[1, inf)")
+    num_perm: int = option(112, "MinHash permutations.", panel=DEDUP, range="[1, inf)")
+    bands: int = option(14, "LSH bands.", panel=DEDUP, range="[1, inf)")
+    rows: int = option(8, "LSH rows per band.", panel=DEDUP, range="[1, inf)")
+    threshold: Optional[float] = option(None, "Jaccard similarity to treat as duplicate; picks bands x rows minimising FP+FN.",
+                                        panel=DEDUP, range="(0, 1)")
+    # Output
+    keep_rejects: bool = option(False, "Write dropped documents and their reasons to OUT/rejects.jsonl.", flags=("--keep-rejects",),
+                                panel=OUTPUT)
+    shard_mb: int = option(256, "Uncompressed text per Parquet shard, in MB.", panel=OUTPUT, range="[1, inf)")
+    workers: int = option(1, "Worker processes (0: one per idle core). Output is the same for any value.", panel=OUTPUT, runtime=True,
+                          range="[0, inf)")
+    seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
+    execution: Execution = group(Execution, panel=OUTPUT)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.languages, str):  # "en,zh" from the command line or a file
+            self.languages = [code.strip() for code in self.languages.split(",") if code.strip()]
+        super().__post_init__()
+        if self.min_words > self.max_words:
+            raise UserError(f"--min-words ({self.min_words}) is above --max-words ({self.max_words}); every document would go")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise UserError(f"--min-mean-word-length ({self.min_mean_word_length}) is above --max-mean-word-length "
+                            f"({self.max_mean_word_length})")
+        if self.threshold is not None:
+            from llmkit.corpus.minhash import optimal_bands_rows
+
+            picked = optimal_bands_rows(self.threshold, self.num_perm)
+            defaults = (self.default_of("bands"), self.default_of("rows"))
+            if (self.bands, self.rows) not in {defaults, picked}:  # (picked: a config this built before, rebuilt)
+                raise UserError(f"--threshold picks bands x rows itself ({picked[0]} x {picked[1]} here); "
+                                "give --threshold or --bands/--rows, not both")
+            self.bands, self.rows = picked
+        if self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm:
+            raise UserError(
+                f"bands x rows ({self.bands} x {self.rows}) must fit in num_perm ({self.num_perm}); "
+                "lower --bands/--rows or raise --num-perm"
+            )
+        if len(self.max_top_ngram_char_frac) != 3 or len(self.max_dup_ngram_char_frac) != 6:
+            raise UserError(
+                "max_top_ngram_char_frac needs 3 values (n = 2, 3, 4) and max_dup_ngram_char_frac 6 (n = 5..10)"
+            )
+
+
+# What `--preset web` switches on; everything else keeps its default.
+WEB_PRESET: dict[str, Any] = {
+    "languages": ["en"],
+    "gopher_quality": True,
+    "gopher_repetition": True,
+    "c4": True,
+    "fineweb": True,
+}
+
+
+def resolve(file: Path | str | None = None, explicit: dict[str, Any] | None = None) -> CleanConfig:
+    """Defaults < preset < config file < explicit flags (the preset fills what the file leaves open)."""
+    explicit = explicit or {}
+    preset = explicit.get("preset", config_lib.file_values(file, "clean").get("preset", "default"))
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return config_lib.resolve(CleanConfig, file=file, section="clean", explicit=explicit,
+                              preset=WEB_PRESET if preset == "web" else None)

@@ -1,0 +1,186 @@
+"""The clean stage: read -> normalise and filter (in workers) -> de-duplicate (in order) -> write.
+
+Memory stays bounded: documents stream through in batches, at most 2 x workers batches are in
+flight, and only the de-duplication index (a dict entry per kept document for exact dedup; one
+64-bit key and 32-bit ordinal per band, in NumPy hash tables, for MinHash LSH) grows with the corpus.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+from llmkit import artifacts, outputs
+from llmkit.console import err
+from llmkit.corpus.config import CleanConfig
+from llmkit.corpus.dedup import Deduplicator
+from llmkit.corpus.process import init_worker, process_batch
+from llmkit.corpus.sources import ReadOptions, ReadStats, Source, resolve_inputs
+from llmkit.corpus.writer import RejectWriter, ShardWriter
+from llmkit.errors import UserError
+from llmkit import resume
+from llmkit.parallel import ordered_map
+
+_BATCH_DOCS = 256
+_BATCH_CHARS = 2 << 20
+
+
+def _batches(sources: list[Source], options: ReadOptions, read_stats: ReadStats) -> Iterator[list[tuple[str, str, str]]]:
+    batch: list[tuple[str, str, str]] = []
+    chars = 0
+    for source in sources:
+        for doc_id, text in source.documents(options, read_stats):
+            batch.append((doc_id, source.label, text))
+            chars += len(text)
+            if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def clean(
+    inputs: list[str],
+    out: Path | str,
+    cfg: CleanConfig | None = None,
+    *,
+    force: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Clean and de-duplicate `inputs` (and `cfg.dataset`) into a corpus artifact at `out`; returns its path."""
+    from llmkit.runtime import idle_cores
+
+    cfg = cfg or CleanConfig()
+    out = Path(out)
+    on_cluster = cfg.execution.executor == "ray"
+    # 0: one per core no other program is using (on a Ray cluster: one per CPU of the cluster)
+    workers = cfg.workers or (0 if on_cluster else idle_cores())
+    read = [*inputs, cfg.dataset]
+    outputs.check_output(out, force, inputs=read)  # first: `-o` naming an input is the problem to report
+    sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
+    options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
+    read_stats = ReadStats()
+    started = time.perf_counter()
+
+    key = resume.digest({"stage": "clean", "config": cfg.hashed(), "inputs": [resume.file_identity(s.label, s.size) for s in sources]})
+    with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
+        marker = resume.load(build.dir)
+        shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
+        dedup = Deduplicator(cfg.bands if cfg.near_dedup else 0)
+        kept_ids: list[str] = []  # ordinal -> id, only to name `duplicate_of` in the rejects file
+        dropped: Counter[str] = Counter()
+        counts = {"docs_in": 0, "bytes_in": 0, "kept": 0, "bytes_out": 0}
+        done_batches, pending_decisions, skip_docs = 0, None, 0
+        if marker is None:
+            shutil.rmtree(build.dir / "shards", ignore_errors=True)  # a run killed before its first shard closed
+            (build.dir / "rejects.jsonl").unlink(missing_ok=True)
+        else:
+            state, arrays = marker
+            done_batches, skip_docs = state["batches"], state["docs_of_batch"]
+            pending_decisions = [tuple(d) for d in state["decisions"]]
+            counts, dropped, kept_ids = state["counts"], Counter(state["dropped"]), state["kept_ids"]
+            dedup.restore(arrays)
+            shards.resume(state["shards"])
+            if show_progress:
+                err.print(f"resuming the interrupted run: {len(state['shards'])} shard(s), {counts['docs_in']:,} documents done",
+                          soft_wrap=True, markup=False)
+        rejects = RejectWriter(build.dir / "rejects.jsonl", resume_at=marker[0]["rejects_bytes"] if marker else None) \
+            if cfg.keep_rejects else None
+
+        def checkpoint(batches_before: int, docs_of_batch: int, decisions) -> None:
+            """Everything up to this closed shard is on disk: say so (the rerun's starting point)."""
+            state = {"batches": batches_before, "docs_of_batch": docs_of_batch, "decisions": decisions,
+                     "counts": counts, "dropped": dict(dropped), "kept_ids": kept_ids, "shards": list(shards.shards),
+                     "rejects_bytes": rejects.offset() if rejects is not None else 0}
+            resume.save(build.dir, state, dedup.arrays())
+
+        total = sum(s.size for s in sources) if all(s.size is not None for s in sources) else None
+        with _progress(show_progress) as progress:
+            task = progress.add_task("cleaning", total=total, kept=counts["kept"], completed=counts["bytes_in"])
+            batches = _batches(sources, options, read_stats)
+            if done_batches:
+                # Finished batches are read (the input position) but not processed again.
+                batches = islice(batches, done_batches, None)
+            run = cfg.execution
+            results = ordered_map(process_batch, batches, workers=workers, initializer=init_worker,
+                                  initargs=(cfg,), executor=run.executor, ray_address=run.ray_address)
+            for number, batch in enumerate(results, start=done_batches):
+                # The batch a shard closed in keeps the decisions made for it (the index already holds them).
+                decisions = pending_decisions if pending_decisions is not None else dedup.decide(batch)
+                pending_decisions = None
+                first = skip_docs
+                skip_docs = 0
+                for j in range(first, len(batch.docs)):
+                    doc, (reason, duplicate_of) = batch.docs[j], decisions[j]
+                    counts["docs_in"] += 1
+                    counts["bytes_in"] += doc.bytes_in
+                    if reason is None:
+                        closed = shards.add(doc.id, doc.text, doc.source, doc.bytes_out)
+                        if rejects is not None:
+                            kept_ids.append(doc.id)
+                        counts["kept"] += 1
+                        counts["bytes_out"] += doc.bytes_out
+                        if closed:
+                            checkpoint(number, j + 1, decisions)
+                        continue
+                    dropped[reason] += 1
+                    if rejects is not None:
+                        of = kept_ids[duplicate_of] if duplicate_of is not None else None
+                        rejects.add(doc.id, doc.source, reason, doc.text, of)
+                progress.update(task, advance=sum(d.bytes_in for d in batch.docs[first:]), kept=counts["kept"])
+        shards.close()
+        if rejects is not None:
+            rejects.close()
+        resume.remove(build.dir)
+        docs_in, bytes_in, kept, bytes_out = counts["docs_in"], counts["bytes_in"], counts["kept"], counts["bytes_out"]
+
+        if docs_in == 0:
+            raise UserError(f"no documents found in {_describe(sources)}: the input is empty; check the files")
+        if kept == 0:
+            top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
+            raise UserError(
+                f"all {docs_in} documents were dropped ({top}); loosen those rules (see llmkit clean --help) "
+                "or check the input"
+            )
+        elapsed = time.perf_counter() - started
+        build.config = cfg.hashed()
+        build.seed = cfg.seed
+        build.runtime = {"workers": workers, **cfg.execution.runtime()}
+        build.stats = {
+            "documents": kept,
+            "bytes": bytes_out,
+            "documents_in": docs_in,
+            "bytes_in": bytes_in,
+            "dropped": dict(dropped.most_common()),
+            "duplicate_clusters": len(dedup.cluster_sizes),
+            "largest_duplicate_cluster": (max(dedup.cluster_sizes.values()) + 1) if dedup.cluster_sizes else 0,
+            "shards": len(shards.shards),
+            "sources": [s.label for s in sources[:100]],
+            "source_count": len(sources),
+            "bad_lines_skipped": read_stats.bad_lines_skipped,
+            "bad_line_examples": read_stats.bad_line_examples,
+            "seconds": round(elapsed, 3),
+            "mb_per_s": round(bytes_in / 1e6 / elapsed, 3) if elapsed > 0 else None,
+        }
+    return out
+
+
+def _describe(sources: list[Source]) -> str:
+    labels = [s.label for s in sources]
+    return ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+
+
+def _progress(enabled: bool):
+    from rich.progress import TextColumn, TransferSpeedColumn
+
+    from llmkit.console import progress
+
+    # Progress counts input bytes, so the speed column reads in MB/s.
+    bar = progress(TransferSpeedColumn(), TextColumn("{task.fields[kept]} kept"))
+    if not enabled:
+        bar.disable = True
+    return bar

@@ -1,0 +1,554 @@
+"""Where documents come from: files, folders, `datasets` and the built-in corpus.
+
+Every input is checked before any work starts (missing paths, empty folders, unknown
+`builtin:` names), then read as a stream: one document at a time, so memory does not grow
+with the input. A bad line fails with `file:line`, unless `--skip-bad-lines` says to go on.
+
+Each document gets an id `<source>:<where>` (line number, row number, topic) and a `source`
+label that never holds an absolute path, so the output does not depend on where the input lives.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Optional
+
+from llmkit.errors import UserError
+from llmkit.runtime import offline_when_unreachable
+
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".html", ".htm"}  # HTML: pair with --strip-html
+RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
+COMPRESSION_SUFFIXES = {".gz", ".zst", ".zstd"}
+BUILTIN_PREFIX = "builtin:"
+_BINARY_PROBE = 8192
+
+
+@dataclass
+class ReadOptions:
+    text_field: Optional[str] = None
+    doc_per: str = "file"
+    skip_bad_lines: bool = False
+
+
+@dataclass
+class ReadStats:
+    bad_lines_skipped: int = 0
+    bad_line_examples: list[str] = field(default_factory=list)
+
+    def skipped(self, where: str) -> None:
+        self.bad_lines_skipped += 1
+        if len(self.bad_line_examples) < 5:
+            self.bad_line_examples.append(where)
+
+
+@dataclass
+class Source:
+    """One stream of documents: a file, a dataset split, or a built-in corpus."""
+
+    label: str
+    size: Optional[int]  # bytes on disk, for the progress bar
+    read: Callable[[ReadOptions, ReadStats], Iterator[tuple[str, str]]]  # yields (where, text)
+
+    def documents(self, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        """(id, text) pairs; a file that cannot be read to the end is a one-line error naming it."""
+        import zlib
+
+        try:
+            for where, text in self.read(options, stats):
+                yield (f"{self.label}:{where}" if where else self.label), text
+        except (FileNotFoundError, PermissionError):
+            raise
+        except (OSError, EOFError, zlib.error, *_zstd_errors()) as exc:
+            raise UserError(f"{self.label} cannot be read ({exc}); is the file complete and its compression right?") from None
+        except RecursionError:
+            raise UserError(f"{self.label} holds JSON nested too deeply to read; flatten its records") from None
+
+
+# ----------------------------------------------------------------------------- resolving inputs
+
+
+def _format_of(path: Path) -> tuple[str, Optional[str]]:
+    """(format suffix, compression suffix) of a path such as data.jsonl.zst."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES else None
+    rest = suffixes[:-1] if compression else suffixes
+    return (rest[-1] if rest else ""), compression
+
+
+def _readable_in_folder(path: Path) -> bool:
+    fmt, _ = _format_of(path)
+    return fmt in TEXT_SUFFIXES or fmt in RECORD_SUFFIXES
+
+
+def _label_for(arg: str, path: Path, root: Optional[Path] = None) -> str:
+    """A portable label: the path as typed when relative, else from the input's own name down."""
+    if root is not None:
+        base = Path(arg).as_posix() if not Path(arg).is_absolute() else root.name
+        return f"{base.rstrip('/')}/{path.relative_to(root).as_posix()}"
+    return Path(arg).as_posix() if not Path(arg).is_absolute() else path.name
+
+
+def resolve_inputs(
+    inputs: list[str],
+    dataset: Optional[str] = None,
+    dataset_config: Optional[str] = None,
+    split: str = "train",
+    exclude: Optional[Path] = None,
+) -> list[Source]:
+    """Check every input and list its sources; `exclude` (the output folder) is never read."""
+    if not inputs and not dataset:
+        raise UserError("no input given; pass files or folders (or builtin:python-docs), or --dataset NAME")
+    sources: list[Source] = []
+    for arg in inputs:
+        if arg.startswith(BUILTIN_PREFIX):
+            sources.append(_builtin_source(arg[len(BUILTIN_PREFIX) :]))
+            continue
+        path = Path(arg)
+        if not path.exists():
+            raise UserError(f"input not found: {arg}; check the path")
+        if path.is_dir():
+            files = sorted(
+                (p for p in path.rglob("*") if p.is_file() and not _hidden(p, path) and _readable_in_folder(p)),
+                key=lambda p: p.relative_to(path).as_posix(),
+            )
+            if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
+                files = [p for p in files if not p.resolve().is_relative_to(exclude)]
+            if any(_format_of(p)[0] in RECORD_SUFFIXES for p in files):
+                # A data folder's README describes the data; it is not part of it.
+                files = [p for p in files if _format_of(p)[0] not in (".md", ".rst")]
+            if not files:
+                raise UserError(
+                    f"folder {arg} holds no readable files; expected .txt, .md, .jsonl, .json, .csv or .parquet "
+                    "(optionally .gz/.zst compressed)"
+                )
+            sources.extend(_file_source(p, _label_for(arg, p, path)) for p in files)
+        else:
+            sources.append(_file_source(path, _label_for(arg, path)))
+    if dataset:
+        sources.append(_dataset_source(dataset, dataset_config, split))
+    _make_labels_unique(sources)
+    return sources
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _make_labels_unique(sources: list[Source]) -> None:
+    seen: dict[str, int] = {}
+    for source in sources:
+        count = seen.get(source.label, 0)
+        seen[source.label] = count + 1
+        if count:
+            source.label = f"{source.label}#{count + 1}"
+
+
+def _builtin_source(name: str) -> Source:
+    from llmkit.corpus import builtin
+
+    if name != builtin.NAME:
+        raise UserError(f"unknown built-in corpus {BUILTIN_PREFIX}{name}; the built-in corpus is {BUILTIN_PREFIX}{builtin.NAME}")
+
+    def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        yield from builtin.python_docs()
+
+    return Source(label=f"{BUILTIN_PREFIX}{builtin.NAME}", size=None, read=read)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _open_binary(path: Path, compression: Optional[str]) -> IO[bytes]:
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression in (".zst", ".zstd"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def _check_not_binary(head: bytes, label: str) -> None:
+    if b"\x00" in head[:_BINARY_PROBE]:
+        raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
+
+
+def _decode(data: bytes, label: str, line: Optional[int] = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = line if line is not None else data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{label}:{where}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); convert the file to UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _lines(path: Path, label: str, compression: Optional[str], stats: ReadStats, skip_bad: bool) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line without its newline), streaming; bad UTF-8 fails or is skipped."""
+    try:
+        with _open_binary(path, compression) as handle:
+            reader = io.BufferedReader(handle) if compression else handle
+            _check_not_binary(reader.peek(_BINARY_PROBE)[:_BINARY_PROBE], label)
+            for number, raw in enumerate(reader, start=1):
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                    raw = raw[3:]
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    if skip_bad:
+                        stats.skipped(f"{label}:{number}")
+                        continue
+                    _decode(raw, label, number)
+                yield number, text.rstrip("\r\n")
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        raise UserError(f"{label} cannot be read ({exc}); is the file complete and its compression right?") from None
+    except _zstd_errors() as exc:
+        raise UserError(f"{label} cannot be decompressed ({exc}); is the file complete?") from None
+
+
+def _zstd_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import zstandard
+
+        return (zstandard.ZstdError,)
+    except ImportError:  # pragma: no cover
+        return ()
+
+
+def _file_source(path: Path, label: str) -> Source:
+    fmt, compression = _format_of(path)
+    try:
+        size = None if compression else path.stat().st_size  # progress counts decompressed bytes
+    except OSError:
+        size = None
+    if fmt in (".jsonl", ".ndjson", ".json"):
+        read = _json_reader(path, label, compression, fmt)
+    elif fmt == ".csv":
+        read = _csv_reader(path, label, compression)
+    elif fmt == ".parquet":
+        if compression:
+            raise UserError(f"{label}: Parquet files are compressed inside; pass the .parquet file itself")
+        read = _parquet_reader(path, label)
+    else:
+        read = _text_reader(path, label, compression)
+    return Source(label=label, size=size, read=read)
+
+
+def _text_reader(path: Path, label: str, compression: Optional[str]):
+    def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        if options.doc_per == "file":
+            try:
+                with _open_binary(path, compression) as handle:
+                    data = handle.read()
+            except (OSError, EOFError) as exc:
+                if isinstance(exc, (FileNotFoundError, PermissionError)):
+                    raise
+                raise UserError(f"{label} cannot be read ({exc}); is the file complete and its compression right?") from None
+            except _zstd_errors() as exc:
+                raise UserError(f"{label} cannot be decompressed ({exc}); is the file complete?") from None
+            _check_not_binary(data, label)
+            yield "", _decode(data, label)
+        elif options.doc_per == "line":
+            for number, line in _lines(path, label, compression, stats, options.skip_bad_lines):
+                if line.strip():
+                    yield str(number), line
+        else:  # blank-line: paragraphs separated by empty lines
+            block: list[str] = []
+            start = 0
+            for number, line in _lines(path, label, compression, stats, options.skip_bad_lines):
+                if line.strip():
+                    if not block:
+                        start = number
+                    block.append(line)
+                elif block:
+                    yield str(start), "\n".join(block)
+                    block = []
+            if block:
+                yield str(start), "\n".join(block)
+
+    return read
+
+
+class _FieldPicker:
+    """Chooses the text field once per file: --text-field, else "text", else the only string field."""
+
+    def __init__(self, label: str, wanted: Optional[str]):
+        self.label = label
+        self.wanted = wanted
+        self.field: Optional[str] = wanted
+        self.found = False  # an earlier record had the field: one without it is a bad record, not a wrong name
+
+    def choose(self, record: dict[str, Any], where: str) -> str:
+        if self.field is not None and "," in self.field:  # alternatives: the first one this file has
+            self.field = next((f for f in _alternatives(self.field) if f in record), _alternatives(self.field)[0])
+        if self.field is None:
+            strings = [k for k, v in record.items() if isinstance(v, str)]
+            if "text" in record:
+                self.field = "text"
+            elif len(strings) == 1:
+                self.field = strings[0]
+                _note_guessed_field(self.label, self.field)
+            else:
+                raise UserError(
+                    f"{self.label}:{where}: no 'text' field; pass --text-field with one of: "
+                    f"{', '.join(record) or '(no fields)'}"
+                )
+        return self.field
+
+    def text(self, record: Any, where: str) -> str:
+        if not isinstance(record, dict):
+            kind = "a JSON string" if isinstance(record, str) else f"a JSON {type(record).__name__}"
+            raise _BadRecord(f"{kind}, not an object; write one {{\"text\": ...}} record per line")
+        name = self.choose(record, where)
+        if name not in record and self.found:
+            raise _BadRecord(f"no field {name!r}, which the records before it have")
+        if name not in record:
+            raise UserError(
+                f"{self.label}:{where}: no field {name!r}; pass --text-field with one of: {', '.join(record)}"
+            )
+        self.found = True
+        value = record[name]
+        if value is None:
+            raise _BadRecord(f"field {name!r} is null")
+        if not isinstance(value, str):
+            raise _BadRecord(f"field {name!r} holds {type(value).__name__}, not text")
+        return value
+
+
+class _BadRecord(Exception):
+    pass
+
+
+def _note_guessed_field(label: str, name: str) -> None:
+    from llmkit.console import err
+
+    err.print(f"note: {label} has no 'text' field; reading {name!r}, its only text field (--text-field chooses another)",
+              soft_wrap=True, markup=False)
+
+
+def _json_reader(path: Path, label: str, compression: Optional[str], fmt: str):
+    def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        picker = _FieldPicker(label, options.text_field)
+        if fmt == ".json" and _starts_with_bracket(path, compression):
+            yield from _json_array(path, label, compression, picker)
+            return
+        if fmt == ".json":
+            _refuse_single_object(path, label, compression)
+        for number, line in _lines(path, label, compression, stats, options.skip_bad_lines):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                text = picker.text(record, str(number))
+            except (json.JSONDecodeError, _BadRecord) as exc:
+                if options.skip_bad_lines:
+                    stats.skipped(f"{label}:{number}")
+                    continue
+                problem = f"malformed JSON line ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise UserError(f"{label}:{number}: {problem}; fix it or pass --skip-bad-lines") from None
+            yield str(number), text
+
+    return read
+
+
+def _refuse_single_object(path: Path, label: str, compression: Optional[str]) -> None:
+    """A .json file holding one object is not a list of documents: say so rather than guess."""
+    with _open_binary(path, compression) as handle:
+        data = handle.read()
+    try:
+        json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return  # JSON Lines (or broken): the line reader reports problems with their line
+    if data.strip().startswith(b"{"):
+        raise UserError(f"{label} holds a single JSON object, not a list of documents; write a JSON array "
+                        "[{\"text\": ...}, ...] or one record per line in a .jsonl file")
+
+
+def _starts_with_bracket(path: Path, compression: Optional[str]) -> bool:
+    with _open_binary(path, compression) as handle:
+        head = handle.read(1024)
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
+
+
+def _json_array(path: Path, label: str, compression: Optional[str], picker: _FieldPicker) -> Iterator[tuple[str, str]]:
+    # A .json array has to be parsed whole; JSON Lines is the streaming format.
+    with _open_binary(path, compression) as handle:
+        data = handle.read()
+    try:
+        records = json.loads(_decode(data, label))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{label}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file") from None
+    for index, record in enumerate(records):
+        try:
+            yield str(index), picker.text(record, f"item {index}")
+        except _BadRecord as exc:
+            raise UserError(f"{label}: item {index}: {exc}; fix the file") from None
+
+
+def _csv_reader(path: Path, label: str, compression: Optional[str]):
+    def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        picker = _FieldPicker(label, options.text_field)
+        with _open_binary(path, compression) as handle:
+            head = handle.read(_BINARY_PROBE)
+        _check_not_binary(head, label)
+        with _open_binary(path, compression) as handle:
+            stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")
+            csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
+            reader = csv.DictReader(stream)
+            try:
+                for record in reader:
+                    where = str(reader.line_num)
+                    if None in record or any(v is None for v in record.values()):
+                        if options.skip_bad_lines:
+                            stats.skipped(f"{label}:{where}")
+                            continue
+                        raise UserError(
+                            f"{label}:{where}: row has a different number of fields than the header; "
+                            "fix it or pass --skip-bad-lines"
+                        )
+                    yield where, picker.text(dict(record), where)
+            except UnicodeDecodeError:
+                raise UserError(
+                    f"{label}:{reader.line_num + 1}: invalid UTF-8; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            except csv.Error as exc:
+                raise UserError(f"{label}:{reader.line_num}: malformed CSV ({exc}); fix it") from None
+
+    return read
+
+
+def _parquet_reader(path: Path, label: str):
+    def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{label} is not a valid Parquet file ({exc})") from None
+        schema = parquet.schema_arrow
+        name = _pick_column(label, options.text_field, schema.names, [f.name for f in schema if _is_string(f.type)])
+        if not _is_string(schema.field(name).type):
+            raise UserError(f"{label}: column {name!r} holds {schema.field(name).type}, not text; pass --text-field")
+        row = 0
+        for batch in parquet.iter_batches(columns=[name], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                yield str(row), value or ""
+                row += 1
+
+    return read
+
+
+def _is_string(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _alternatives(text_field: str) -> list[str]:
+    return [f.strip() for f in text_field.split(",") if f.strip()]
+
+
+def _pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str]) -> str:
+    if wanted is not None:
+        wanted = next((f for f in _alternatives(wanted) if f in names), _alternatives(wanted)[0])
+        if wanted not in names:
+            raise UserError(f"{label}: no column {wanted!r}; pass --text-field with one of: {', '.join(names)}")
+        return wanted
+    if "text" in names:
+        return "text"
+    if len(string_names) == 1:
+        _note_guessed_field(label, string_names[0])
+        return string_names[0]
+    raise UserError(f"{label}: no 'text' column; pass --text-field with one of: {', '.join(names)}")
+
+
+# ----------------------------------------------------------------------------- datasets
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+# File-name words that name a split, as `datasets` recognises them.
+_SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+                "test": ("test", "testing", "eval", "evaluation")}
+
+
+def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
+    """A local path goes to `datasets` as builder name + data_files per split, never as a
+    repository id. A folder's files are split by their names (train*, validation*/dev*, test*),
+    as `datasets` does; files that name no split, and a single file, are the train split."""
+    if not path.is_dir():
+        return _BUILDERS.get(_format_of(path)[0], "text"), {"train": [str(path)]}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
+    if not files:
+        raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
+    formats = [_format_of(p)[0] for p in files]
+    # Record files (a data set) win over loose text files (a README beside them).
+    fmt = next((f for f in formats if f in _BUILDERS), formats[0])
+    splits: dict[str, list[str]] = {}
+    for file in (p for p in files if _format_of(p)[0] == fmt):
+        words = set(re.split(r"[^a-z0-9]+", file.name.lower()))
+        name = next((split for split, names in _SPLIT_WORDS.items() if words & set(names)), "train")
+        splits.setdefault(name, []).append(str(file))
+    return _BUILDERS.get(fmt, "text"), splits
+
+
+def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
+    local = Path(name)
+    label = f"dataset:{local.name if local.exists() else name}/{split}"
+
+    def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        import datasets
+
+        from llmkit.runtime import datasets_cache_dir
+
+        quiet = not datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bar()  # its bars would fight with ours
+        offline = False
+        try:
+            if local.exists():
+                builder, data_files = _local_builder(local)
+                if split not in data_files:
+                    raise UserError(f"{name} has no split {split!r}; its splits are {', '.join(data_files)} "
+                                    "(a single file is the train split); choose one with --split")
+                ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(datasets_cache_dir()))
+            else:
+                with offline_when_unreachable() as offline:
+                    ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
+        except UserError:
+            raise
+        except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad files
+            detail = " ".join(str(exc).split())[:300]
+            if not local.exists() and offline:
+                raise UserError(
+                    f"dataset {name!r} is not in the local cache and the Hugging Face Hub cannot be reached; connect to "
+                    "the network, or pass a local file or folder with --dataset PATH"
+                ) from None
+            raise UserError(
+                f"could not load dataset {name!r} (split {split!r}): {type(exc).__name__}: {detail}; "
+                "check the name, --dataset-config and --split (hub datasets need a network connection)"
+            ) from None
+        finally:
+            if not quiet:
+                datasets.enable_progress_bar()
+        string_columns = [k for k, v in ds.features.items() if getattr(v, "dtype", None) in ("string", "large_string")]
+        column = _pick_column(label, options.text_field, list(ds.column_names), string_columns)
+        for start in range(0, len(ds), 1000):
+            batch = ds[start : start + 1000][column]
+            for offset, value in enumerate(batch):
+                yield str(start + offset), value if isinstance(value, str) else ("" if value is None else str(value))
+
+    size = None
+    if local.is_file():
+        size = os.path.getsize(local)
+    return Source(label=label, size=size, read=read)

@@ -1,0 +1,218 @@
+"""Streaming reads of corpus artifacts (Parquet shards with `id`, `text`, `source`) and plain text files.
+
+Every reader streams record batches through pyarrow, so memory stays bounded by one batch
+whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+
+# The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
+# write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
+# document count and size alone.
+SCHEMA_FIELDS = ("id", "text", "source")
+COMPRESSION = "zstd"
+ROW_GROUP_ROWS = 10_000
+ROW_GROUP_BYTES = 64 << 20
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+def _as_corpus(artifact: artifacts.Artifact | Path | str) -> artifacts.Artifact:
+    if isinstance(artifact, artifacts.Artifact):
+        if artifact.kind != "corpus":
+            raise UserError(f"expected a corpus artifact, got {artifact.kind} at {artifact.path}")
+        return artifact
+    return artifacts.load(artifact, kind="corpus")
+
+
+def corpus_shards(artifact: artifacts.Artifact | Path | str) -> list[Path]:
+    """The Parquet shards of a corpus artifact, in order (part-00000, part-00001, ...)."""
+    art = _as_corpus(artifact)
+    names = sorted(n for n in art.manifest.files if n.startswith("shards/") and n.endswith(".parquet"))
+    if not names:
+        raise UserError(f"corpus artifact {art.path} has no shards/part-*.parquet files; rebuild it with llmkit clean")
+    return [art.file(n) for n in names]
+
+
+def count_documents(artifact: artifacts.Artifact | Path | str) -> int:
+    """Number of documents, read from the Parquet footers (no data is scanned)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in corpus_shards(artifact))
+
+
+def iter_corpus_columns(
+    artifact: artifacts.Artifact | Path | str, columns: Sequence[str], batch_size: int = 1000
+) -> Iterator[dict[str, list]]:
+    """Batches of the given columns as {column: list}, streamed in the corpus's row order."""
+    import pyarrow.parquet as pq
+
+    for path in corpus_shards(artifact):
+        parquet = pq.ParquetFile(path)
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise UserError(f"corpus shard {path} has no column(s) {', '.join(missing)}; rebuild it with llmkit clean")
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns)):
+            yield {name: batch.column(name).to_pylist() for name in columns}
+
+
+def iter_corpus_texts(artifact: artifacts.Artifact | Path | str, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Batches of document texts, streamed in the corpus's row order (null texts read as "")."""
+    for batch in iter_corpus_columns(artifact, ["text"], batch_size):
+        yield [t if t is not None else "" for t in batch["text"]]
+
+
+def iter_text_files(paths: Sequence[Path], batch_size: int = 1000) -> Iterator[list[str]]:
+    """Plain UTF-8 text files as documents: each paragraph (text between blank lines) is one document.
+
+    A convenience input for `llmkit tokenizer train`; paragraphs keep the held-out slice and
+    `--max-docs` meaningful for a single big file.
+    """
+    batch: list[str] = []
+    for text_range in text_file_ranges(paths):
+        for document in read_text_range(text_range):
+            batch.append(document)
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class TextRange:
+    """Bytes [start, end) of a text file, cut where a paragraph starts: its documents are read on their own."""
+
+    path: str
+    start: int
+    end: int
+
+
+RANGE_BYTES = 64 << 20
+# A blank line between two newlines, in bytes: a paragraph starts right after it. (Lines of other Unicode
+# whitespace are blank too, but need not be found: a cut only has to fall between paragraphs, not at every gap.)
+_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+
+
+def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> list[TextRange]:
+    """The files cut into ranges of about `max_bytes`, each starting at a paragraph.
+
+    Where a range starts depends only on the file, so ranges (and whatever is drawn from them)
+    are the same for any number of readers. A file without a blank line past a cut is one range.
+    """
+    ranges = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no such file: {path}; pass a corpus artifact or UTF-8 text files")
+        size, start = path.stat().st_size, 0
+        with open(path, "rb") as handle:
+            while size - start > max_bytes:
+                cut = _next_paragraph(handle, start + max_bytes)
+                if cut is None or cut >= size:
+                    break
+                ranges.append(TextRange(str(path), start, cut))
+                start = cut
+        ranges.append(TextRange(str(path), start, size))
+    return ranges
+
+
+def _next_paragraph(handle, position: int, block: int = 1 << 20) -> int | None:
+    """The first offset at or after `position` that follows a blank line, or None."""
+    handle.seek(position)
+    carried, offset = b"", position
+    while chunk := handle.read(block):
+        window = carried + chunk
+        match = _BLANK_LINE.search(window)
+        if match:
+            return offset - len(carried) + match.end()
+        # keep the tail: a blank line may straddle two blocks (a newline and trailing whitespace)
+        tail = window.rfind(b"\n")
+        carried = window[tail:] if tail >= 0 and len(window) - tail < 4096 else b""
+        offset += len(chunk)
+    return None
+
+
+def read_text_range(text_range: TextRange) -> list[str]:
+    """The paragraphs of one range, read as `open(path, encoding="utf-8")` reads lines (universal newlines)."""
+    with open(text_range.path, "rb") as handle:
+        handle.seek(text_range.start)
+        raw = handle.read(text_range.end - text_range.start)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + exc.start}); "
+                        "convert it or run llmkit clean") from None
+    documents, paragraph = [], []
+    for line in io.StringIO(text, newline=None):
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            documents.append("".join(paragraph))
+            paragraph = []
+    if paragraph:
+        documents.append("".join(paragraph))
+    return documents
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One Parquet row group of a corpus shard (at most 10,000 documents or 64 MB of text)."""
+
+    path: str
+    index: int
+
+
+def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGroup]:
+    """Every row group of a corpus, in the corpus's order."""
+    import pyarrow.parquet as pq
+
+    return [RowGroup(str(path), index) for path in corpus_shards(artifact)
+            for index in range(pq.ParquetFile(path).metadata.num_row_groups)]
+
+
+def read_row_group_texts(row_group: RowGroup) -> list[str]:
+    """The document texts of one row group (null texts read as "")."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(row_group.path).read_row_group(row_group.index, columns=["text"])
+    return [t if t is not None else "" for t in table.column("text").to_pylist()]
+
+
+def write_corpus_artifact(
+    out: Path | str,
+    texts: Sequence[str],
+    *,
+    source: str = "inline",
+    docs_per_shard: int | None = None,
+    force: bool = False,
+) -> artifacts.Artifact:
+    """Write texts as a corpus artifact (contract: shards/part-NNNNN.parquet with id, text, source).
+
+    For tests, benchmarks and small scripts; `llmkit clean` is the stage that makes real corpora.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = list(texts)
+    per_shard = docs_per_shard or max(1, len(texts))
+    with artifacts.create(out, "corpus", force=force) as build:
+        (build.dir / "shards").mkdir()
+        for shard, start in enumerate(range(0, max(1, len(texts)), per_shard)):
+            part = texts[start : start + per_shard]
+            columns = {"id": [f"{source}-{start + i}" for i in range(len(part))], "text": part, "source": [source] * len(part)}
+            table = pa.table(columns, schema=pa.schema([(field, pa.string()) for field in SCHEMA_FIELDS]))
+            pq.write_table(table, build.dir / "shards" / shard_name(shard), compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+        build.config = {"writer": "llmkit.data.corpus.write_corpus_artifact", "source": source}
+        build.stats = {"documents": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts)}
+    return artifacts.load(out, kind="corpus")

@@ -1,0 +1,244 @@
+"""Prompt templates: how a training record becomes tokens, and which of them are learned.
+
+Two kinds, both stored in the checkpoint's task.json under "template" so that `generate`,
+`eval` and `chat` render prompts exactly as training did (the format is in docs/finetune.md):
+
+  chat   [BOS] (<|role|> content)* ... the special role tokens of the vocabulary, inserted by id.
+         Assistant content is learned, followed by the token that ends the turn: the next
+         message's role token, or EOS after the last message. A generation prompt is the history
+         followed by <|assistant|> (`encode_chat_prompt`, which generate, eval and chat use).
+  text   [BOS] prompt.format(**record) response.format(**record) [EOS], with only the response
+         and the EOS learned. Built in: plain ({prompt} -> {response}), translate ({source} ->
+         {target}), summarize ({document} -> {summary}); or a JSON file with the same keys.
+
+Prompt and response are encoded separately and concatenated, because at generation time the
+prompt is encoded on its own: training sees the same prompt tokens the model will be given.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from llmkit.errors import UserError
+from llmkit.jsonl import read_text
+
+ROLES = ("system", "user", "assistant")
+CHAT = "chat"
+
+TEXT_TEMPLATES: dict[str, dict[str, str]] = {
+    "plain": {"prompt": "{prompt}\n", "response": "{response}"},
+    "translate": {"prompt": "Translate:\n{source}\nTranslation:", "response": " {target}"},
+    "summarize": {"prompt": "Summarize:\n{document}\nSummary:", "response": " {summary}"},
+}
+BUILTIN = (CHAT, *TEXT_TEMPLATES)
+
+
+@dataclass
+class Encoded:
+    """One example: token ids and, per token, whether the model learns to produce it."""
+
+    ids: list[int]
+    learn: list[bool]
+
+    @property
+    def prompt_length(self) -> int:
+        """Tokens before the first learned one."""
+        return next((i for i, flag in enumerate(self.learn) if flag), len(self.ids))
+
+
+def _fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def plain_fields(template: str, what: str) -> list[str]:
+    """The placeholders of a template, which must be plain `{name}`s: no attribute or index
+    access (`{source.__class__}`), conversion or format spec, which would run code on the data."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UserError(f"{what} {template!r} is not a valid template ({exc}); use {{field}} placeholders") from exc
+    names = []
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise UserError(f"{what} {template!r} has the placeholder {shown}; only plain {{field}} names are allowed")
+        names.append(name)
+    return names
+
+
+def text_template(name: str, prompt: str, response: str) -> dict[str, Any]:
+    for part, text in (("prompt", prompt), ("response", response)):
+        if not isinstance(text, str) or not plain_fields(text, f"template {name!r} {part}"):
+            raise UserError(f"template {name!r}: '{part}' must be a string with at least one {{field}} placeholder")
+    inputs = _fields(prompt)
+    return {
+        "name": name,
+        "type": "text",
+        "prompt": prompt,
+        "response": response,
+        "input_field": inputs[0],
+        "target_field": _fields(response)[0],
+        "bos": "<|bos|>",
+        "eos": "<|eos|>",
+    }
+
+
+def chat_template() -> dict[str, Any]:
+    return {
+        "name": CHAT,
+        "type": "chat",
+        "bos": "<|bos|>",
+        "roles": {role: f"<|{role}|>" for role in ROLES},
+        "generation_prompt": "<|assistant|>",
+        "assistant_end": "next role token, or <|eos|> after the last message",
+    }
+
+
+def resolve_template(spec: str) -> dict[str, Any]:
+    """A built-in name or a JSON file {"prompt": "...{field}...", "response": "...{field}..."}."""
+    if spec == CHAT:
+        return chat_template()
+    if spec in TEXT_TEMPLATES:
+        return text_template(spec, **TEXT_TEMPLATES[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"unknown template {spec!r}; choose one of {', '.join(BUILTIN)} or pass a JSON file")
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"template file {path} is not valid JSON ({exc.msg}); write {{\"prompt\": ..., \"response\": ...}}") from exc
+    if not isinstance(data, dict) or set(data) - {"prompt", "response", "name"} or not {"prompt", "response"} <= set(data):
+        raise UserError(f"template file {path} must hold exactly {{\"prompt\": \"...{{field}}...\", \"response\": \"...{{field}}...\"}}")
+    return text_template(str(data.get("name", path.stem)), data["prompt"], data["response"])
+
+
+def check_tokenizer(template: dict[str, Any], tokenizer) -> None:
+    if template["type"] == "chat":
+        missing = [tok for tok in template["roles"].values() if tok not in tokenizer.special_ids]
+        if missing:
+            raise UserError(
+                f"the chat template needs the special token(s) {', '.join(missing)}, which this checkpoint's tokenizer lacks; "
+                "pass --template plain (or translate, summarize, a JSON file)"
+            )
+
+
+# -- chat --------------------------------------------------------------------------------------
+
+
+def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """A record's conversation: its "messages", or a {"prompt", "response"} pair as one exchange."""
+    if "messages" in record:
+        messages = record["messages"]
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
+        )
+        if not ok:
+            raise UserError(f"{where}: 'messages' must be a non-empty list of {{\"role\": system|user|assistant, \"content\": text}}")
+        if messages[-1]["role"] != "assistant":
+            raise UserError(f"{where}: the last message must be the assistant's (the reply to learn)")
+        return messages
+    if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+        messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+        if isinstance(record.get("system"), str):
+            messages.insert(0, {"role": "system", "content": record["system"]})
+        return messages
+    fits = [name for name, spec in TEXT_TEMPLATES.items()
+            if {f for part in spec.values() for f in plain_fields(part, name)} <= set(record)]
+    hint = f"; its fields fit --template {fits[0]}" if fits else ("; for other fields give --template FILE.json "
+                                                                 "(a prompt and a response with {field} slots)")
+    raise UserError(f"{where} has neither a \"messages\" list nor \"prompt\" and \"response\" strings{hint}")
+
+
+def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
+    special = tokenizer.special_ids
+    ids, learn = [tokenizer.bos_id], [False]
+    for i, message in enumerate(messages):
+        ids.append(special[f"<|{message['role']}|>"])
+        # The role token ends the previous turn: learned when that turn was the assistant's.
+        learn.append(i > 0 and messages[i - 1]["role"] == "assistant")
+        content = tokenizer.encode(message["content"])
+        ids.extend(content)
+        learn.extend([message["role"] == "assistant"] * len(content))
+    ids.append(tokenizer.eos_id)
+    learn.append(messages[-1]["role"] == "assistant")
+    return Encoded(ids, learn)
+
+
+def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
+    """The generation prompt: the history, then <|assistant|>; the one chat renderer of every stage."""
+    special = tokenizer.special_ids
+    ids = [tokenizer.bos_id]
+    for message in messages:
+        ids.append(special[f"<|{message['role']}|>"])
+        ids.extend(tokenizer.encode(message["content"]))
+    ids.append(special["<|assistant|>"])
+    return ids
+
+
+# -- text templates ------------------------------------------------------------------------------
+
+
+def render(part: str, record: dict[str, Any], where: str) -> str:
+    plain_fields(part, "the template")
+    try:
+        return part.format_map(record)
+    except KeyError as exc:
+        raise UserError(f"{where} has no field {exc.args[0]!r} that the template needs; fields: {', '.join(record)}") from exc
+    except (ValueError, IndexError) as exc:
+        raise UserError(f"the template {part!r} is not a valid format string ({exc})") from exc
+
+
+def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[str, Any], field: str, tokenizer,
+              budget: int) -> dict[str, Any] | None:
+    """The record, with the end of its text `field` given up until `encode(record)` fits in
+    `budget` tokens: the one rule for inputs that are too long (fine-tuning with --truncate, eval's
+    generation prompts), which keeps a template's wording and what follows the input. The record
+    itself when it fits; None when even an empty field would not."""
+    over = len(encode(record)) - budget
+    if over <= 0:
+        return record
+    pieces = tokenizer.encode(record[field])
+    keep = len(pieces) - over
+    while keep > 0:
+        # Decoding a cut token list and encoding it again may merge differently: retry shorter.
+        shorter = dict(record, **{field: tokenizer.decode(pieces[:keep])})
+        length = len(encode(shorter))
+        if length <= budget:
+            return shorter
+        keep -= max(1, length - budget)
+    return None
+
+
+def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
+    prompt = [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], record, where))
+    response = tokenizer.encode(render(template["response"], record, where)) + [tokenizer.eos_id]
+    return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))
+
+
+def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[int]:
+    """A generation prompt from one input text (the template's input field)."""
+    prompt = render(template["prompt"], _OneField(template["input_field"], text), "input")
+    return [tokenizer.bos_id] + tokenizer.encode(prompt)
+
+
+class _OneField(dict):
+    """Fills the input field with the text and any other placeholder with nothing."""
+
+    def __init__(self, name: str, text: str):
+        super().__init__({name: text})
+
+    def __missing__(self, key):
+        return ""
+
+
+def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
+    if template["type"] == "chat":
+        return encode_chat_example(record_messages(record, where), tokenizer)
+    return encode_text_example(template, record, tokenizer, where)
+

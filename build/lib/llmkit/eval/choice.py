@@ -1,0 +1,64 @@
+"""Multiple-choice scoring by log-likelihood, as lm-evaluation-harness scores such tasks.
+
+Each choice is scored as a continuation of the context: the sum of log p(choice tokens |
+context). `acc` takes the choice with the highest sum; `acc_norm` divides each sum by the
+choice's length in characters first (lm-eval's `acc_norm`), which removes the bias towards short
+answers. Trailing spaces of the context move to the continuation and the continuation's tokens
+are the ones the tokenizer gives for context + continuation beyond those of the context alone,
+as in lm-eval's `_encode_pair`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmkit.eval.loglik import Request, token_logprobs
+
+
+@dataclass
+class ChoiceScores:
+    logliks: list[float]
+    lengths: list[int]  # characters per choice
+
+    @property
+    def prediction(self) -> int:
+        return int(np.argmax(self.logliks))
+
+    @property
+    def prediction_norm(self) -> int:
+        return int(np.argmax(np.asarray(self.logliks) / np.maximum(np.asarray(self.lengths), 1)))
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer.encode(context + continuation)
+    context_ids = tokenizer.encode(context) if context else []
+    return context_ids, whole[len(context_ids) :]
+
+
+def score_pairs(
+    model, tokenizer, pairs: list[tuple[str, str]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None
+) -> list[float]:
+    """log p(continuation | context) for each (context, continuation), conditioned on the
+    document-start token before the context; cut from the left to the model's context length
+    (as lm-eval does)."""
+    limit = int(model.config.context_length)
+    requests: list[Request] = []
+    for context, continuation in pairs:
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+        seq = ([prefix_token] + context_ids + continuation_ids)[-(limit + 1) :]
+        requests.append(Request(seq, min(len(continuation_ids), limit)))
+    return [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
+
+
+def score_choices(
+    model, tokenizer, examples: list[tuple[str, list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None
+) -> list[ChoiceScores]:
+    pairs = [(context, choice) for context, choices in examples for choice in choices]
+    logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size, progress=progress))
+    return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]

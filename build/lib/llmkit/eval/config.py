@@ -1,0 +1,75 @@
+"""The options of `llmkit eval` (docs/eval.md): declared once, here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.model.ensemble_options import Ensembling
+from llmkit.inference.options import Inference
+from llmkit.options import Options, comma_list, group, option, path_strings, unescape, unescape_each
+
+METRIC_HELP = (
+    "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
+    "perplexity (also word_perplexity, byte_perplexity, bpb), accuracy, accuracy_norm, precision, recall, f1."
+)
+DATA = "Data"
+TEXT = "Text metrics (BLEU, chrF, ROUGE) and generation"
+RUN = "Run"
+BENCHMARKS = "Benchmarks"
+
+
+@dataclass
+class EvalConfig(Options):
+    metrics: list[str] = option(default_factory=lambda: ["perplexity"], help=METRIC_HELP, flags=("--metric", "-m"))
+    data: str | None = option(None, "Tokens artifact (val split), corpus, .txt/.jsonl/.parquet/.csv file, or datasets NAME[:CONFIG].",
+                              flags=("--data", "-d"), panel=DATA)
+    split: str = option("validation", "Split of a datasets source (a tokens artifact is read at its val split).", panel=DATA)
+    predictions: str | None = option(None, "Predictions file (.txt one per line, or JSONL): score without a model.",
+                                     flags=("--predictions",), cli_type=Path | None, parse=str, panel=DATA)
+    references: list[str] = option(default_factory=list, help="Reference file(s) for --predictions; repeat for more reference sets.",
+                                   flags=("--references", "-r"), cli_type=list[Path], parse=path_strings, panel=DATA)
+    text_field: str | None = option(None, "JSONL field of the predictions / of the model input in --data.", flags=("--field",), panel=DATA)
+    reference_field: str | None = option(None, "JSONL field of the references (default: --field or target/summary/...).", panel=DATA)
+    label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
+    labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",
+                               cli_type=str | None, parse=comma_list, panel=DATA)
+    limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task).", panel=DATA, range="[1, inf)")
+    tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
+                              "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, or all.",
+                              flags=("--task",), cli_type=str | None, parse=comma_list, panel=BENCHMARKS,
+                              hashed=False, recorded_as="config benchmarks (with --task)")
+    shots: int = option(0, "Few-shot demonstrations before each benchmark question, drawn with --seed from the task's pool.",
+                        range="[0, inf)", panel=BENCHMARKS, hashed=False, recorded_as="config benchmarks (with --task)")
+    bleu_tokenize: str = option("13a", "sacrebleu tokenizer: 13a, zh, intl, char, none, flores101, flores200, ...", panel=TEXT)
+    lowercase: bool = option(False, "Case-insensitive BLEU/chrF.", flags=("--lowercase",), panel=TEXT)
+    rouge_tokenize: str = option("default", "ROUGE tokenizer: default (rouge-score, Latin only), unicode (keeps every script), "
+                                 "char (per character).", panel=TEXT)
+    stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer",), panel=TEXT)
+    prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n is a newline).",
+                                         parse=unescape, panel=TEXT)
+    max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT, range="[1, inf)")
+    stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a newline).",
+                             parse=unescape_each, panel=TEXT)
+    rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
+                                  range="[1, inf)")
+    batch_size: int = option(8, "Sequences per forward pass.", panel=RUN, range="[1, inf)")
+    inference: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
+                                                           "(BLEU, chrF, ROUGE): faster per token after a compilation of seconds."})
+    ensembling: Ensembling = group(Ensembling)
+    seed: int = option(0, "Seed for every random choice.", range="[0, 4294967295]")
+
+    def __post_init__(self):
+        from llmkit.eval.names import parse_metrics
+
+        super().__post_init__()
+        self.metrics = parse_metrics(self.metrics)  # one spelling recorded, however they were typed
+        if isinstance(self.tasks, str):
+            self.tasks = comma_list(self.tasks)
+        if self.tasks:
+            from llmkit.eval.benchmarks import task_names
+
+            self.tasks = task_names(self.tasks)
+            if self.metrics != parse_metrics(self.default_of("metrics")):
+                raise ValueError("--task scores each benchmark its own way (acc, acc_norm); leave out --metric, "
+                                "or run the metrics in another llmkit eval")

@@ -1,0 +1,72 @@
+"""Accuracy, precision, recall and F1 (macro and per class) as an `evaluate.Metric`.
+
+Written with numpy rather than calling scikit-learn, which llmkit does not depend on at run
+time; the tests check every number against scikit-learn (`accuracy_score`,
+`precision_recall_fscore_support`, zero_division=0). Classes are the sorted union of the labels
+seen in references and predictions, as scikit-learn does.
+
+One import per line: `evaluate.load` scans this file's import lines to check its dependencies.
+"""
+
+import datasets
+import evaluate
+import numpy
+
+_DESCRIPTION = "Accuracy and macro / per-class precision, recall and F1 for single-label classification."
+
+_INPUTS = """
+Args:
+    predictions: predicted labels (ints or strings).
+    references: true labels, same type.
+    label_names: optional {label: name} used to key the per-class results.
+Returns:
+    accuracy, precision, recall, f1 (macro averages), and per class
+    precision_<name>, recall_<name>, f1_<name>, support_<name>.
+"""
+
+
+class Classification(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_INPUTS,
+            features=[
+                datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            ],
+        )
+
+    def _compute(self, predictions, references, label_names=None):
+        return classification_scores(predictions, references, label_names)
+
+
+def classification_scores(predictions, references, label_names=None):
+    predictions = numpy.asarray(list(predictions))
+    references = numpy.asarray(list(references))
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if len(references) == 0:
+        raise ValueError("no examples to score")
+    classes = sorted(set(references.tolist()) | set(predictions.tolist()))
+    results = {"accuracy": float(numpy.mean(predictions == references))}
+    precisions, recalls, f1s = [], [], []
+    for label in classes:
+        true_positive = float(numpy.sum((predictions == label) & (references == label)))
+        predicted = float(numpy.sum(predictions == label))
+        actual = float(numpy.sum(references == label))
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        name = (label_names or {}).get(label, label)
+        results[f"precision_{name}"] = precision
+        results[f"recall_{name}"] = recall
+        results[f"f1_{name}"] = f1
+        results[f"support_{name}"] = int(actual)
+        precisions.append(precision)
+        recalls.append(recall)
+        f1s.append(f1)
+    results["precision"] = float(numpy.mean(precisions))
+    results["recall"] = float(numpy.mean(recalls))
+    results["f1"] = float(numpy.mean(f1s))
+    return results

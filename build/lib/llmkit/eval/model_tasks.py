@@ -1,0 +1,325 @@
+"""Evaluations that run a checkpoint: perplexity/bpb, generation for BLEU/ROUGE, classification."""
+
+from __future__ import annotations
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+from llmkit.eval.sources import artifact_kind, load_records
+from llmkit.eval.textio import pick_field
+
+# Fields looked for in --data records, in order, when no --field / --reference-field / --label-field is given.
+TEXT_FIELDS = ("text", "document", "content")
+INPUT_FIELDS = ("source", "document", "prompt", "input", "question", "text")
+REFERENCE_FIELDS = ("target", "summary", "reference", "references", "answer")
+CONTEXT_FIELDS = ("query", "context", "question", "prompt", "text")
+LABEL_FIELDS = ("label", "answer", "gold")
+
+
+def start_id(loaded) -> int:
+    from llmkit.inference.prompts import document_start_id
+
+    return document_start_id(loaded.tokenizer, loaded.artifact, loaded.task)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+
+def _progress_bar(total: int, description: str):
+    from llmkit.console import progress
+
+    bar = progress()
+    task = bar.add_task(description, total=total)
+    return bar, (lambda n: bar.advance(task, n))
+
+
+# ---------------------------------------------------------------------------------------------
+# perplexity / bits per byte
+
+
+def perplexity_documents(loaded, cfg):
+    """Documents (tokens + word/byte counts) from --data."""
+    from llmkit.eval.perplexity import Document, document_from_text
+
+    tokenizer = loaded.tokenizer
+    if artifact_kind(cfg.data) == "tokens":
+        from llmkit.data.shards import TokenShards
+
+        art = artifacts.load(cfg.data, kind="tokens")
+        shards = TokenShards.open(art, "val")
+        if shards.vocab_size > loaded.config.vocab_size:
+            raise UserError(
+                f"tokens artifact {cfg.data} has vocabulary {shards.vocab_size} but the model has {loaded.config.vocab_size}; "
+                "tokenize with the checkpoint's tokenizer"
+            )
+        special = tokenizer.token_bytes == 0
+        documents = []
+        for i, doc in enumerate(shards.iter_documents()):
+            if cfg.limit is not None and i >= cfg.limit:
+                break
+            tokens = [int(t) for t in doc]
+            if tokens and tokens[0] == tokenizer.bos_id:
+                tokens = tokens[1:]  # a stored BOS is the document start, the prefix every document is scored after
+            while tokens and special[tokens[-1]]:
+                tokens.pop()  # the closing EOS is never scored; dropping it keeps windows as for raw text
+            words = len(tokenizer.decode(tokens).split())
+            documents.append(Document(tokens, words=words, bytes=None))
+        if not documents:
+            raise UserError(f"tokens artifact {cfg.data} has an empty val split; tokenize with a validation fraction > 0")
+        return documents
+    records = load_records(cfg.data, cfg.split, cfg.limit)
+    name = pick_field(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
+    texts = [text_of(r, name, i) for i, r in enumerate(records)]
+    return [document_from_text(text, tokenizer) for text in texts if text]
+
+
+def text_of(record: dict, field: str, index: int) -> str:
+    """A record's text field, which must be text: a null or a number is an error, never "None"."""
+    value = record[field]
+    if not isinstance(value, str):
+        shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:60]
+        raise UserError(f"record {index + 1} field {field!r} is {shown}, not text; fix the data or choose another --field")
+    return value
+
+
+
+def perplexity(loaded, cfg):
+    from llmkit.eval.perplexity import score_documents
+
+    documents = perplexity_documents(loaded, cfg)
+    context = int(loaded.config.context_length)
+    if cfg.rolling_context > context:
+        raise UserError(f"--rolling-context {cfg.rolling_context} exceeds the model's context length {context}")
+    windows = sum(1 + max(0, -(-(len(d.tokens) - context) // (context - cfg.rolling_context + 1))) for d in documents if d.tokens)
+    bar, advance = _progress_bar(windows, "perplexity")
+    with bar:
+        result = score_documents(
+            loaded.model,
+            documents,
+            prefix_token=start_id(loaded),
+            token_bytes=loaded.tokenizer.token_bytes,
+            pad_id=_pad_id(loaded.tokenizer),
+            context_len=cfg.rolling_context,
+            batch_size=cfg.batch_size,
+            progress=advance,
+        )
+    if result.tokens == 0 or result.bytes == 0:
+        raise UserError(f"--data {cfg.data} has no text tokens to score")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# generation for BLEU / chrF / ROUGE
+
+
+class _Fields(dict):
+    def __missing__(self, key):
+        raise UserError(f"--prompt-template names {{{key}}} but the data has no field {key!r}; fields: {', '.join(self)}")
+
+
+def render_template(template: str, record: dict, input_field: str) -> str:
+    from llmkit.data.templates import plain_fields
+
+    plain_fields(template, "--prompt-template")
+    values = _Fields({k: v for k, v in record.items()})
+    values.setdefault("input", record[input_field])
+    try:
+        return template.format_map(values)
+    except (ValueError, IndexError) as exc:
+        raise UserError(f"--prompt-template {template!r} is not a valid template ({exc}); use {{field}} placeholders") from exc
+
+
+def _trained_prompt(task) -> str | None:
+    """The prompt pattern a text-template fine-tune was trained with ({field} placeholders)."""
+    template = task.text_template if task is not None else None
+    return template["prompt"] if template is not None else None
+
+
+def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, chat: bool, max_new_tokens: int) -> list[dict]:
+    """Prompts that do not fit in the context beside the reply lose the end of their input, as
+    `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many."""
+    from llmkit.data.templates import encode_chat_prompt, fit_field
+    from llmkit.inference.engine import context_limit
+
+    limit = context_limit(loaded.model)
+    if limit is None or limit - max_new_tokens < 2:
+        return records  # no room to fit anything: the engine's sliding window decides
+    tokenizer = loaded.tokenizer
+
+    def encode(record: dict) -> list[int]:
+        text = render_template(template, record, input_field)
+        if chat:
+            return encode_chat_prompt([{"role": "user", "content": text}], tokenizer)
+        return [0] + tokenizer.encode(text)  # the document-start token, then the prompt
+
+    fitted, cut = [], 0
+    for record in records:
+        shorter = fit_field(encode, record, input_field, tokenizer, limit - max_new_tokens)
+        cut += shorter is not None and shorter is not record
+        fitted.append(shorter if shorter is not None else record)
+    if cut:
+        from llmkit.console import err
+
+        err.print(f"note: {cut} of {len(records)} prompts did not fit in the context ({limit} tokens) "
+                  f"beside --max-new-tokens {max_new_tokens}: the end of their {input_field!r} was left out, as "
+                  "finetune --truncate does", soft_wrap=True, markup=False)
+    return fitted
+
+
+def generate_predictions(loaded, cfg):
+    from llmkit.inference.engine import GenerationParams, Generator
+    from llmkit.data.templates import encode_chat_prompt
+    from llmkit.inference.prompts import chat_stop_ids
+
+    records = load_records(cfg.data, cfg.split, cfg.limit)
+    input_field = pick_field(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")
+    reference_field = pick_field(records, cfg.reference_field, REFERENCE_FIELDS, "references (target/summary)", "--reference-field")
+    task = loaded.task
+    chat = task is not None and task.is_chat
+    # A chat checkpoint gets the (templated) input as a user message; a text-template checkpoint
+    # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
+    default = "{" + input_field + "}" if chat else _trained_prompt(task) or "{" + input_field + "}\n"
+    template = cfg.prompt_template or default
+    for i, r in enumerate(records):
+        text_of(r, input_field, i)  # a null input would be rendered as "None"
+    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens)
+    prompts = [render_template(template, r, input_field) for r in records]
+    if chat:
+        prompts = [encode_chat_prompt([{"role": "user", "content": p}], loaded.tokenizer) for p in prompts]
+    references = []
+    for i, r in enumerate(records):
+        value = r[reference_field]
+        refs = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else None
+        if not refs or not all(isinstance(x, str) for x in refs):
+            raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
+        references.append(refs)
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
+    generator = Generator(loaded.model, loaded.tokenizer, start_id(loaded), compile=cfg.inference.compile)
+    stops = chat_stop_ids(loaded.tokenizer) if chat else []
+    bar, advance = _progress_bar(len(prompts), "generating")
+    completions = []
+    with bar:
+        for start in range(0, len(prompts), cfg.batch_size):
+            chunk = prompts[start : start + cfg.batch_size]
+            completions.extend(
+                generator.complete(chunk, params, batch_size=cfg.batch_size, prompt_offset=start, extra_stop_ids=stops)
+            )
+            advance(len(chunk))
+    predictions = [c.text.strip() for c in completions]
+    extras = [{"prompt": c.prompt, "finish_reason": c.finish_reason} for c in completions]
+    return predictions, references, extras
+
+
+
+# ---------------------------------------------------------------------------------------------
+# classification: multiple choice, classifier checkpoints, label scoring
+
+
+
+def _label_index(value, names: list[str], i: int) -> int:
+    if isinstance(value, bool):
+        raise UserError(f"record {i + 1}: label {value!r} is not a class index or name")
+    if isinstance(value, int):
+        if not 0 <= value < len(names):
+            raise UserError(f"record {i + 1}: label {value} is out of range for {len(names)} classes")
+        return value
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    if isinstance(value, str) and value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise UserError(f"record {i + 1}: label {value!r} is not one of {', '.join(names)}")
+
+
+def classification(loaded, cfg):
+    from llmkit.eval.choice import score_choices
+    from llmkit.eval.metrics import classification_scores
+
+    records = load_records(cfg.data, cfg.split, cfg.limit)
+    label_field = pick_field(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
+    task = loaded.task
+    pad_id = _pad_id(loaded.tokenizer)
+    if "choices" in records[0]:  # multiple choice, lm-eval style
+        pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
+        context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
+        examples, gold = [], []
+        for i, r in enumerate(records):
+            choices = r["choices"]
+            if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+                raise UserError(f"record {i + 1}: 'choices' must be a non-empty list of strings")
+            context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else text_of(r, context_field, i)
+            examples.append((context, choices))
+            gold.append(_label_index(r[label_field], choices, i))
+        bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
+        with bar:
+            scores = score_choices(
+                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+            )
+        predicted = [s.prediction for s in scores]
+        metrics = classification_scores(predicted, gold)
+        metrics["accuracy_norm"] = sum(int(s.prediction_norm == g) for s, g in zip(scores, gold)) / len(gold)
+        records_out = [
+            {"task": "multiple_choice", "index": i, "label": g, "prediction": s.prediction, "prediction_norm": s.prediction_norm, "logliks": s.logliks}
+            for i, (s, g) in enumerate(zip(scores, gold))
+        ]
+        return metrics, records_out
+
+    names = [str(n) for n in (cfg.labels or (task.labels if task is not None else None) or [])]
+    trained = task.labels if task is not None and task.labels and callable(getattr(loaded.model, "classify", None)) else None
+    if cfg.labels and trained and len(cfg.labels) != len(trained):
+        raise UserError(f"--labels names {len(cfg.labels)} labels but the classifier was trained on {len(trained)} "
+                        f"({', '.join(map(str, trained))}); give {len(trained)} names, in that order, or leave --labels out")
+    if len(names) == 1:
+        raise UserError(f"classification needs at least two labels, got only {names[0]!r}; pass --labels A,B,...")
+    if not names:
+        raise UserError(
+            "classification needs label names: a classification checkpoint (task.json 'labels'), "
+            "--labels NAME,NAME, or multiple-choice data with a 'choices' field"
+        )
+    text_field = pick_field(records, cfg.text_field, TEXT_FIELDS + ("sentence",), "text to classify", "--field")
+    gold = [_label_index(r[label_field], names, i) for i, r in enumerate(records)]
+    texts = [text_of(r, text_field, i) for i, r in enumerate(records)]
+    classify = getattr(loaded.model, "classify", None)
+    if callable(classify):
+        predicted = _classifier_predictions(loaded, texts, cfg.batch_size)
+        how = "classifier"
+    else:
+        # A language model without a classification head: pick the label whose name is most likely
+        # after the (templated) text, zero-shot.
+        template = cfg.prompt_template or _trained_prompt(task) or "{" + text_field + "}\n"
+        examples = [(render_template(template, r, text_field), [" " + n if not template.endswith((" ", "\n")) else n for n in names]) for r in records]
+        bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
+        with bar:
+            scores = score_choices(
+                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+            )
+        predicted = [s.prediction for s in scores]
+        how = "label likelihood"
+    metrics = classification_scores([names[p] for p in predicted], [names[g] for g in gold])
+    records_out = [
+        {"task": "classification", "method": how, "index": i, "text": t, "label": names[g], "prediction": names[p]}
+        for i, (t, g, p) in enumerate(zip(texts, gold, predicted))
+    ]
+    return metrics, records_out
+
+
+def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[int]:
+    """Batched `model.classify(idx, attention_mask) -> logits [B, n_labels]` (right padding)."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    limit = int(loaded.config.context_length)
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            first = start_id(loaded)
+            rows = [([first] + tokenizer.encode(t))[:limit] for t in texts[start : start + batch_size]]
+            width = max(len(r) for r in rows)
+            idx = torch.full((len(rows), width), _pad_id(tokenizer), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for b, row in enumerate(rows):
+                idx[b, : len(row)] = torch.tensor(row)
+                mask[b, : len(row)] = 1
+            device = next(loaded.model.parameters()).device
+            logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))
+            predicted.extend(int(i) for i in logits.argmax(dim=-1).tolist())
+    return predicted

@@ -1,0 +1,35 @@
+"""Metric names accepted by `llmkit eval --metric` and the families they belong to."""
+
+from __future__ import annotations
+
+from llmkit.errors import UserError
+
+TEXT = ("bleu", "chrf", "chrf++", "rouge", "rouge1", "rouge2", "rougeL", "rougeLsum")
+LM = ("perplexity", "word_perplexity", "byte_perplexity", "bpb")
+CLASSIFICATION = ("accuracy", "accuracy_norm", "precision", "recall", "f1")
+ALL = TEXT + LM + CLASSIFICATION
+
+
+def parse_metrics(values: list[str]) -> list[str]:
+    """`--metric bleu --metric rouge` or `--metric bleu,rouge`; order kept, duplicates dropped."""
+    names: list[str] = []
+    lower = {n.lower(): n for n in ALL}
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part not in ALL:
+                close = lower.get(part.lower())
+                hint = f"did you mean {close!r}? " if close else ""
+                raise UserError(f"unknown metric {part!r}; {hint}choose from: {', '.join(ALL)}")
+            name = part
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise UserError(f"no metric given; pass --metric NAME (one of: {', '.join(ALL)})")
+    return names
+
+
+def family(names: list[str], members: tuple[str, ...]) -> list[str]:
+    return [n for n in names if n in members]

@@ -1,0 +1,132 @@
+"""Perplexity and bits per byte, with lm-evaluation-harness's rolling windows.
+
+Each document is scored token by token exactly once. Windows follow lm-evaluation-harness's
+`loglikelihood_rolling` (`get_rolling_token_windows` + `make_disjoint_window`): the first window
+predicts the first `L` tokens (L = the model's context length) after a prefix token (BOS here,
+lm-eval uses its EOT); every later window predicts the next disjoint chunk of up to
+`L - context_len + 1` tokens, conditioned on the `L` tokens before its end. With lm-eval's
+default `context_len=1` the chunks are L tokens long; a larger `context_len` gives every chunk at
+least that many tokens of context (more compute, lower perplexity).
+
+Counting rules (docs/eval.md):
+  tokens   the scored tokens; special tokens (UTF-8 length 0 in token_bytes.npy) are context
+           only, never scored. A tokens artifact's documents (`<|bos|> text <|eos|>`) are scored
+           after their BOS, without their closing EOS, so they give the same numbers as the raw text
+  words    whitespace-separated words of the original text (`len(text.split())`)
+  bytes    UTF-8 bytes of the original text; for a tokens artifact, the summed byte lengths of
+           the scored tokens (equal for llmkit's lossless byte-level tokenizers)
+  perplexity = exp(NLL / tokens), word_perplexity = exp(NLL / words),
+  byte_perplexity = exp(NLL / bytes), bpb = NLL / (bytes * ln 2) = log2(byte_perplexity)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from llmkit.eval.loglik import Request, token_logprobs
+
+
+def rolling_windows(tokens: Sequence[int], prefix_token: int, max_seq_len: int, context_len: int = 1) -> Iterator[Request]:
+    """lm-eval's rolling windows as (seq, n) requests: score the last n tokens of seq."""
+    if not 1 <= context_len <= max_seq_len:
+        raise ValueError(f"context_len must be in [1, {max_seq_len}], got {context_len}")
+    tokens = list(tokens)
+    if not tokens:
+        return
+    pred_len = max_seq_len - context_len + 1
+    first = min(max_seq_len, len(tokens))
+    yield Request([prefix_token] + tokens[:first], first)
+    predicted = first
+    while predicted < len(tokens):
+        n = min(len(tokens) - predicted, pred_len)
+        end = predicted + n
+        yield Request(tokens[end - max_seq_len - 1 : end], n)
+        predicted += n
+
+
+@dataclass
+class Document:
+    tokens: list[int]
+    words: int | None = None  # None: not known (a tokens artifact without decoding)
+    bytes: int | None = None  # None: sum of token_bytes over the scored tokens
+
+
+_MAX_EXPONENT = math.log(1e300)
+
+
+def _exp(value: float) -> float:
+    return math.exp(min(value, _MAX_EXPONENT))
+
+
+@dataclass
+class PerplexityResult:
+    nll: float = 0.0  # nats, summed over scored tokens
+    tokens: int = 0
+    words: int = 0
+    bytes: int = 0
+    documents: int = 0
+    per_document: list[dict] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        out = {"perplexity": _exp(self.nll / self.tokens)}
+        # Text without spaces between words (Chinese, Japanese) has a handful of whitespace
+        # "words" per page, so exp(NLL / words) can exceed any float: left out, bpb says it all.
+        if self.words and self.nll / self.words < _MAX_EXPONENT:
+            out["word_perplexity"] = math.exp(self.nll / self.words)
+        out["byte_perplexity"] = _exp(self.nll / self.bytes)
+        out["bpb"] = self.nll / (self.bytes * math.log(2))
+        return out
+
+
+def document_from_text(text: str, tokenizer) -> Document:
+    return Document(tokenizer.encode(text), words=len(text.split()), bytes=len(text.encode("utf-8")))
+
+
+def score_documents(
+    model,
+    documents: Sequence[Document],
+    *,
+    prefix_token: int,
+    token_bytes: np.ndarray,
+    pad_id: int,
+    context_len: int = 1,
+    batch_size: int = 8,
+    progress=None,
+) -> PerplexityResult:
+    """Rolling-window log-likelihood of every document; counts and per-document records."""
+    max_seq_len = int(model.config.context_length)
+    requests: list[Request] = []
+    owners: list[int] = []
+    for d, doc in enumerate(documents):
+        for request in rolling_windows(doc.tokens, prefix_token, max_seq_len, context_len):
+            requests.append(request)
+            owners.append(d)
+    logprobs = token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)
+    nll = [0.0] * len(documents)
+    counted = [0] * len(documents)
+    scored_bytes = [0] * len(documents)
+    scored = token_bytes > 0
+    for request, lp, d in zip(requests, logprobs, owners):
+        targets = np.asarray(request.seq[-request.n :], dtype=np.int64)
+        keep = scored[targets]
+        nll[d] -= float(lp.numpy()[keep].sum())
+        counted[d] += int(keep.sum())
+        scored_bytes[d] += int(token_bytes[targets][keep].sum())
+    result = PerplexityResult()
+    for d, doc in enumerate(documents):
+        n_bytes = doc.bytes if doc.bytes is not None else scored_bytes[d]
+        record = {"document": d, "tokens": counted[d], "bytes": n_bytes, "nll": nll[d]}
+        if doc.words is not None:
+            record["words"] = doc.words
+            result.words += doc.words
+        result.per_document.append(record)
+        result.nll += nll[d]
+        result.tokens += counted[d]
+        result.bytes += n_bytes
+        result.documents += 1
+    return result

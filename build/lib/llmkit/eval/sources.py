@@ -1,0 +1,87 @@
+"""Where evaluation data comes from: `--data` as a file, an artifact, or a `datasets` name.
+
+  tokens artifact   its `val` split, document by document (perplexity / bpb)
+  corpus artifact   its documents' text
+  .txt              the whole file as one document (perplexity), or one example per line
+  .jsonl / .json    one record per line
+  .parquet / .csv   records, read with `datasets`
+  NAME[:CONFIG]     a `datasets` data set, `--split`: from the Hub, or from llmkit's datasets cache
+                    (the one `llmkit clean --dataset` fills) when the Hub is unreachable
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+from llmkit.eval.textio import is_jsonl, read_jsonl
+from llmkit.jsonl import read_text
+
+
+def artifact_kind(data: str) -> str | None:
+    path = Path(data)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from llmkit import artifacts
+
+        return artifacts.load(path).kind
+    return None
+
+
+def load_records(data: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Records (dicts) from a file or data set; .txt gives {"text": whole file}."""
+    path = Path(data)
+    kind = artifact_kind(data)
+    if kind == "corpus":
+        from llmkit.data.corpus import iter_corpus_texts
+        from llmkit import artifacts
+
+        records = [{"text": t} for batch in iter_corpus_texts(artifacts.load(path, kind="corpus")) for t in batch]
+    elif kind is not None:
+        raise UserError(f"--data {data} is a {kind} artifact; this metric reads records (a corpus, .jsonl, .txt, .parquet, .csv)")
+    elif path.is_file() and is_jsonl(path):
+        records = read_jsonl(path)
+    elif path.is_file() and path.suffix.lower() in (".txt", ".md", ""):
+        records = [{"text": read_text(path)}]
+    elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
+        records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
+    elif path.exists():
+        raise UserError(f"--data {data}: unsupported file type {path.suffix!r}; use .txt, .jsonl, .parquet or .csv")
+    elif _looks_like_path(data):
+        raise UserError(f"--data {data}: no such file or artifact; check the path")
+    else:
+        name, _, config = data.partition(":")
+        records = _datasets_records(name, config or None, split)
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise UserError(f"--data {data} holds no records")
+    return records
+
+
+def _looks_like_path(data: str) -> bool:
+    """A missing file, rather than a data set name such as `wikitext:wikitext-2-raw-v1` or
+    `org/name`: a path's form, or a folder here that `org` would be (`runs/tokenz`)."""
+    suffixes = (".txt", ".md", ".jsonl", ".json", ".ndjson", ".parquet", ".csv")
+    first = data.split("/", 1)[0]
+    return (data.startswith(("/", ".", "~")) or data.count("/") > 1 or data.lower().endswith(suffixes)
+            or ("/" in data and Path(first).is_dir()))
+
+
+def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
+    import datasets
+
+    from llmkit.runtime import datasets_cache_dir, offline_when_unreachable
+
+    offline = False
+    try:
+        with offline_when_unreachable() if data_files is None else contextlib.nullcontext() as offline:
+            ds = datasets.load_dataset(name, config, split=split, data_files=data_files, cache_dir=str(datasets_cache_dir()))
+    except Exception as exc:  # offline misses, unknown names and splits all land here
+        where = " (no file or folder of that name here, and the Hub is unreachable)" if offline else ""
+        raise UserError(
+            f"could not load data set {name!r}{f' ({config})' if config else ''} split {split!r}{where}: "
+            f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
+        ) from exc
+    return [dict(r) for r in ds]

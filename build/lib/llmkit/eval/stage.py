@@ -1,0 +1,253 @@
+"""The eval stage: `run_eval(checkpoint, config, out)` -> an eval artifact.
+
+What runs depends on the metrics asked for and the inputs given:
+
+  text metrics (bleu, chrf, chrf++, rouge*)   --predictions P --references R (no model), or a
+                                               checkpoint generating from --data's source/document
+  perplexity family (perplexity, bpb, ...)     checkpoint + --data (tokens artifact val split, text)
+  classification (accuracy, precision, ...)    checkpoint + --data: multiple-choice records
+                                               ({"choices": [...], "label": i}), or labelled texts
+                                               scored by the classifier / by label log-likelihood;
+                                               or --predictions/--references of labels (no model)
+
+The artifact: metrics.json (flat name -> number), predictions.jsonl (one record per example or
+document, with a "task" key), manifest (config, inputs, stats incl. sacrebleu signatures).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit import artifacts, outputs
+from llmkit.eval.config import EvalConfig
+from llmkit.errors import UserError
+from llmkit.eval import names as metric_names
+from llmkit.eval.textio import read_predictions, read_references
+
+
+@dataclass
+class EvalResult:
+    path: Path
+    metrics: dict[str, float]
+    signatures: dict[str, str]
+    formatted: dict[str, str]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_ref(value: str) -> Any:
+    """Files are recorded by name and content hash, never by absolute path."""
+    path = Path(value)
+    if path.is_file():
+        return {"file": path.name, "sha256": artifacts.sha256_file(path)}
+    return value
+
+
+def _recorded_config(cfg: EvalConfig) -> dict:
+    data = cfg.hashed()
+    if cfg.data and not (Path(cfg.data) / artifacts.MANIFEST).is_file():
+        data["data"] = _file_ref(cfg.data)
+    elif cfg.data:
+        data["data"] = "artifact (see inputs)"
+    if cfg.predictions:
+        data["predictions"] = _file_ref(cfg.predictions)
+    data["references"] = [_file_ref(r) for r in cfg.references]
+    return data
+
+
+def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, cls: list) -> None:
+    """Refuse impossible combinations before loading anything."""
+    if cfg.predictions is not None:
+        if lm:
+            raise UserError(f"{', '.join(lm)} need a model: pass a checkpoint and --data, not --predictions")
+        if not cfg.references:
+            needing = ", ".join(text + cls)
+            raise UserError(f"{needing}: scoring predictions needs references; pass --references FILE")
+        return
+    if cfg.references:
+        raise UserError("--references goes with --predictions; to evaluate a checkpoint pass --data instead")
+    if checkpoint is None:
+        raise UserError("nothing to evaluate: pass a checkpoint (llmkit eval CKPT --data D) or --predictions P --references R")
+    if cfg.data is None:
+        raise UserError(f"{', '.join(text + lm + cls)} on a checkpoint need --data (a tokens artifact, text or JSONL file)")
+
+
+def _check_benchmark_plan(checkpoint: Path | None, cfg: EvalConfig) -> None:
+    if checkpoint is None or cfg.predictions is not None:
+        raise UserError("--task scores a checkpoint: pass one (llmkit eval CKPT --task hellaswag), not --predictions")
+    if cfg.metrics != ["perplexity"]:
+        raise UserError(f"--task reports each benchmark's own metrics (acc, acc_norm); run --metric {','.join(cfg.metrics)} "
+                        "in another llmkit eval")
+    if cfg.data is not None and (Path(cfg.data) / artifacts.MANIFEST).is_file():
+        raise UserError(f"--data {cfg.data} is an artifact; with --task it gives the benchmark's records (.jsonl, .parquet, "
+                        "or a datasets name)")
+
+
+def _load(members: list[Path], device: str, metrics: list[str], cfg: EvalConfig):
+    """The checkpoint's model (the members' ensemble): a classifier (with `.classify`) for a classification checkpoint."""
+    from llmkit.model.ensemble import load_ensemble
+    from llmkit.model.records import read_task
+
+    checkpoint = members[0]
+    ensemble = dict(weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
+
+    task = read_task(artifacts.load(checkpoint, kind="checkpoint"))
+    if task is not None and task.is_classifier:
+        needs_lm = [m for m in metrics if m not in metric_names.CLASSIFICATION]
+        if needs_lm:
+            raise UserError(
+                f"{checkpoint} is a classification checkpoint (labels {', '.join(map(str, task.labels or []))}); "
+                f"it cannot compute {', '.join(needs_lm)}; evaluate it with -m accuracy,f1"
+            )
+        return load_ensemble(members, device=device, purpose=None, **ensemble)
+    return load_ensemble(members, device=device, purpose=", ".join(metrics), **ensemble)
+
+
+def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *, force: bool = False) -> EvalResult:
+    """Evaluate `checkpoint` (several checkpoints: their ensemble, as does `cfg.ensembling.ensemble`)."""
+    from llmkit.runtime import resolve_device
+
+    members = cfg.ensembling.members(checkpoint)
+    checkpoint = members[0] if members else None
+    if len(members) > 1 and cfg.predictions is not None:
+        raise UserError("an ensemble makes its own predictions: pass --data, not --predictions")
+    if cfg.ensembling.weights and len(cfg.ensembling.weights) != max(1, len(members)):
+        raise UserError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
+
+    device = resolve_device(cfg.inference.device)
+    names = metric_names.parse_metrics(cfg.metrics)
+    text = metric_names.family(names, metric_names.TEXT)
+    lm = metric_names.family(names, metric_names.LM)
+    cls = metric_names.family(names, metric_names.CLASSIFICATION)
+    if cfg.tasks:
+        _check_benchmark_plan(checkpoint, cfg)
+        text, lm, cls = [], [], []
+    else:
+        _check_plan(checkpoint, cfg, text, lm, cls)
+    if text:
+        from llmkit.eval.text_scores import check_options
+
+        check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
+    for member in members:
+        artifacts.load(member, kind="checkpoint")
+    read = [*members, cfg.data, cfg.predictions, *cfg.references]
+    outputs.check_output(out, force, inputs=read)
+
+    metrics: dict[str, float] = {}
+    signatures: dict[str, str] = {}
+    formatted: dict[str, str] = {}
+    records: list[dict] = []
+    stats: dict[str, Any] = {}
+    started = time.perf_counter()
+    with artifacts.create(out, "eval", force=force, inputs=read) as build:
+        loaded = None
+        if checkpoint is not None and cfg.predictions is not None:
+            # predictions made elsewhere by this checkpoint: recorded in the lineage, not loaded
+            build.add_input("checkpoint", artifacts.load(checkpoint, kind="checkpoint"))
+        elif checkpoint is not None:
+            import torch  # noqa: F401  (imported first so that seed_everything seeds it)
+
+            from llmkit.runtime import seed_everything
+
+            seed_everything(cfg.seed)
+            loaded = _load(members, device, text + lm + cls or ["benchmarks"], cfg)
+            if cfg.inference.compile and text:  # refused before any scoring, not after perplexity has run
+                from llmkit.inference.compiled import check_compilable
+
+                check_compilable(loaded.model)
+            for index, member in enumerate(loaded.members):
+                build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
+        if cfg.predictions is not None:
+            predictions = read_predictions(Path(cfg.predictions), cfg.text_field)
+            references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions))
+            if cfg.limit:
+                predictions, references = predictions[: cfg.limit], references[: cfg.limit]
+            stats["examples"] = len(predictions)
+            if text:
+                _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records)
+            if cls:
+                from llmkit.eval.metrics import classification_scores
+
+                if any(len(r) != 1 for r in references):
+                    raise UserError("classification metrics take exactly one reference label per prediction")
+                metrics.update(classification_scores(predictions, [r[0] for r in references]))
+                records.extend(
+                    {"task": "classification", "index": i, "prediction": p, "label": r[0]}
+                    for i, (p, r) in enumerate(zip(predictions, references))
+                )
+        elif cfg.tasks:
+            from llmkit.eval.benchmark_run import run_benchmarks
+
+            task_metrics, task_records, task_stats = run_benchmarks(loaded, cfg)
+            metrics.update(task_metrics)
+            records.extend(task_records)
+            stats.update(task_stats)
+        else:
+            from llmkit.eval import model_tasks
+
+            if (Path(cfg.data) / artifacts.MANIFEST).is_file():
+                build.add_input("data", artifacts.load(cfg.data))
+            if lm:
+                result = model_tasks.perplexity(loaded, cfg)
+                metrics.update(result.metrics)
+                stats.update(
+                    {"tokens": result.tokens, "words": result.words, "bytes": result.bytes, "documents": result.documents, "nll": result.nll}
+                )
+                records.extend({"task": "perplexity", **r} for r in result.per_document)
+            if text:
+                predictions, references, gen_records = model_tasks.generate_predictions(loaded, cfg)
+                first = len(records)
+                _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records)
+                # attach the prompt/input to the records the text metrics just wrote
+                for record, extra in zip(records[first:], gen_records):
+                    record.update(extra)
+                stats["examples"] = len(predictions)
+            if cls:
+                cls_metrics, cls_records = model_tasks.classification(loaded, cfg)
+                metrics.update(cls_metrics)
+                records.extend(cls_records)
+                stats["classification_examples"] = len(cls_records)
+        for name, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{name} came out as {value}; the model's outputs are not finite (a damaged checkpoint?)")
+        (build.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        with open(build.dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        build.config = _recorded_config(cfg)
+        if cfg.tasks:
+            build.config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
+        if cfg.ensembling.recorded(len(members)):
+            build.config["ensemble"] = cfg.ensembling.recorded(len(members))
+        build.seed = cfg.seed
+        stats["signatures"] = signatures
+        stats["metrics"] = list(metrics)
+        build.stats = stats
+        build.runtime = {"device": device, "compile": cfg.inference.compile, "seconds": round(time.perf_counter() - started, 3)}
+    return EvalResult(Path(out), metrics, signatures, formatted, stats)
+
+
+def _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records) -> None:
+    from llmkit.eval.text_scores import score_text
+
+    scores = score_text(
+        text,
+        predictions,
+        references,
+        bleu_tokenize=cfg.bleu_tokenize,
+        lowercase=cfg.lowercase,
+        rouge_tokenize=cfg.rouge_tokenize,
+        stemmer=cfg.stemmer,
+    )
+    metrics.update(scores.metrics)
+    signatures.update(scores.signatures)
+    formatted.update(scores.formatted)
+    for i, (prediction, refs) in enumerate(zip(predictions, references)):
+        record = {"task": "text", "index": i, "prediction": prediction, "references": refs}
+        for name, values in scores.per_example.items():
+            record[name] = values[i]
+        records.append(record)

@@ -1,0 +1,79 @@
+"""BLEU, chrF and ROUGE over predictions and references, through llmkit's evaluate metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy
+
+from llmkit.errors import UserError
+from llmkit.eval.metrics import ROUGE_TYPES, instance
+from llmkit.eval.metrics.bleu import TOKENIZERS as BLEU_TOKENIZERS
+from llmkit.eval.metrics.rouge_tokenizers import NAMES as ROUGE_TOKENIZERS
+
+
+@dataclass
+class TextScores:
+    metrics: dict[str, float] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
+    formatted: dict[str, str] = field(default_factory=dict)
+    per_example: dict[str, list[float]] = field(default_factory=dict)
+
+
+def check_options(bleu_tokenize: str, rouge_tokenize: str) -> None:
+    if bleu_tokenize not in BLEU_TOKENIZERS:
+        raise UserError(f"unknown --bleu-tokenize {bleu_tokenize!r}; choose one of {', '.join(BLEU_TOKENIZERS)}")
+    if rouge_tokenize not in ROUGE_TOKENIZERS:
+        raise UserError(f"unknown --rouge-tokenize {rouge_tokenize!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
+
+
+def score_text(
+    names: list[str],
+    predictions: list[str],
+    references: list[list[str]],
+    *,
+    bleu_tokenize: str = "13a",
+    lowercase: bool = False,
+    rouge_tokenize: str = "default",
+    stemmer: bool = False,
+) -> TextScores:
+    if len(predictions) != len(references):
+        raise UserError(f"{len(predictions)} predictions but {len(references)} references; they must pair up one to one")
+    if not predictions:
+        raise UserError("no predictions to score")
+    check_options(bleu_tokenize, rouge_tokenize)
+    widths = {len(r) for r in references}
+    if len(widths) > 1 and any(n in names for n in ("bleu", "chrf", "chrf++")):
+        raise UserError("BLEU/chrF need the same number of references for every segment; give every segment equally many")
+    scores = TextScores()
+    if "bleu" in names:
+        result = instance("bleu").compute(
+            predictions=predictions, references=references, tokenize=bleu_tokenize, lowercase=lowercase
+        )
+        scores.metrics["bleu"] = result["score"]
+        scores.signatures["bleu"] = result["signature"]
+        scores.formatted["bleu"] = result["formatted"]
+    for name, word_order in (("chrf", 0), ("chrf++", 2)):
+        if name in names:
+            result = instance("chrf").compute(
+                predictions=predictions, references=references, word_order=word_order, lowercase=lowercase
+            )
+            scores.metrics[name] = result["score"]
+            scores.signatures[name] = result["signature"]
+            scores.formatted[name] = result["formatted"]
+    rouge_types = list(ROUGE_TYPES) if "rouge" in names else [n for n in names if n in ROUGE_TYPES]
+    if rouge_types:
+        per_segment = instance("rouge").compute(
+            predictions=predictions,
+            references=references,
+            rouge_types=rouge_types,
+            use_stemmer=stemmer,
+            tokenizer=rouge_tokenize,
+            use_aggregator=False,
+        )
+        for rouge_type in rouge_types:
+            values = per_segment[rouge_type]
+            scores.metrics[rouge_type] = float(numpy.mean(values))
+            scores.per_example[rouge_type] = values
+        scores.signatures["rouge"] = f"tokenizer:{rouge_tokenize}|stemmer:{'yes' if stemmer else 'no'}|agg:mean-f"
+    return scores

@@ -1,0 +1,103 @@
+"""Reading predictions, references and evaluation data sets from files.
+
+Plain text: one segment per line, trailing whitespace stripped, as sacrebleu's own CLI reads
+them. JSONL (`.jsonl`/`.json`): one object per line; a field names the text to take (a list of
+strings in a reference field means several references for that segment).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from llmkit.errors import UserError
+from llmkit import jsonl
+from llmkit.jsonl import read_text
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PREDICTION_FIELDS = ("prediction", "completion", "text", "output", "hypothesis")
+REFERENCE_FIELDS = ("reference", "references", "target", "summary", "label")
+
+
+def is_jsonl(path: Path) -> bool:
+    return Path(path).suffix.lower() in JSONL_SUFFIXES
+
+
+def read_lines(path: Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}; check the path")
+    lines = read_text(path).split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    return [line.rstrip() for line in lines]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}; check the path")
+    return jsonl.read_jsonl(path)
+
+
+def pick_field(records: list[dict], given: str | None, candidates: Sequence[str], what: str, flag: str,
+               where: str = "the data") -> str:
+    """The field holding `what`: the one given, else the first candidate the first record has;
+    every record must have it. `where` names the file or data in errors."""
+    if not records:
+        raise UserError(f"{where} holds no records")
+    name = given
+    if name is None:
+        name = next((c for c in candidates if c in records[0]), None)
+        if name is None:
+            raise UserError(f"cannot find the {what} in {where} (fields: {', '.join(records[0])}); pass {flag} NAME")
+    missing = next((i for i, r in enumerate(records) if name not in r), None)
+    if missing is not None:
+        fields = ", ".join(records[missing])
+        if missing == 0:
+            raise UserError(f"{where} has no field {name!r} ({what}); fields: {fields}")
+        raise UserError(f"the records mix field names: record 1 has {name!r}, record {missing + 1} has only {fields}; "
+                        f"use one name in every record (or {flag} NAME)")
+    return name
+
+
+def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag: str, allow_lists: bool) -> list:
+    """Strings (or lists of strings where allowed) from a .txt or JSONL file."""
+    path = Path(path)
+    if not is_jsonl(path):
+        return read_lines(path)
+    records = jsonl.read_jsonl(path)
+    name = pick_field(records, field, candidates, "the text", flag, where=str(path))
+    values = []
+    for i, record in enumerate(records, 1):
+        value = record[name]
+        if isinstance(value, list) and allow_lists and all(isinstance(v, str) for v in value):
+            values.append(value)
+        elif isinstance(value, (str, int)) and not isinstance(value, bool):
+            values.append(value if isinstance(value, str) else str(value))
+        else:
+            raise UserError(f"{path}: record {i} field {name!r} is {type(value).__name__}, expected text")
+    return values
+
+
+def read_predictions(path: Path, field: str | None) -> list[str]:
+    return read_segments(path, field, PREDICTION_FIELDS, "--field", allow_lists=False)
+
+
+def read_references(paths: Sequence[Path], field: str | None, count: int) -> list[list[str]]:
+    """References per prediction: several files (sacrebleu style) and/or lists inside JSONL."""
+    streams = [read_segments(p, field, REFERENCE_FIELDS, "--reference-field", allow_lists=True) for p in paths]
+    for path, stream in zip(paths, streams):
+        if len(stream) != count:
+            raise UserError(
+                f"{count} predictions but {len(stream)} references in {path}; "
+                "each file must hold one line (or record) per segment, in the same order"
+            )
+    per_segment = []
+    for i in range(count):
+        refs: list[str] = []
+        for stream in streams:
+            value = stream[i]
+            refs.extend(value if isinstance(value, list) else [value])
+        per_segment.append(refs)
+    return per_segment

@@ -1,0 +1,127 @@
+"""Where the data stages' work runs: this machine's processes, or a Ray cluster (`--executor ray`).
+
+Both executors run the same ordered map (llmkit.parallel.ordered_map): the stage's driver reads
+the input in order, hands batches to workers, and takes the results back in input order, so
+the artifact (and its fingerprint) is the same on either executor and for any number of
+workers. Everything that needs the whole corpus at once (the de-duplication index, the shard
+writer) stays in the driver; workers do the per-document work (normalising, filtering, MinHash
+signatures, encoding), which is where the time goes.
+
+On Ray, each worker is an actor that runs the stage's initializer once, then takes batches in
+turn. A worker that dies (a node lost, a process killed) is restarted and its unfinished
+batches are run again (`max_restarts=-1`, `max_task_retries=-1`); results are still taken in
+input order, so nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from llmkit.errors import UserError
+from llmkit.options import Options, option
+
+INSTALL = "pip install 'llmkit[ray]'"
+
+
+@dataclass
+class Execution(Options):
+    """The executor of a data stage; never changes what it computes, so never hashed."""
+
+    executor: str = option("local", "local (this machine: processes, threads for tokenize) or ray (a Ray cluster's workers; "
+                           f"{INSTALL}).", choices=("local", "ray"), runtime=True)
+    ray_address: str | None = option(None, "Ray cluster to join (e.g. auto, or ray://HEAD:10001); default: start a local "
+                                     "Ray instance for this run.", runtime=True)
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--executor ray needs Ray, which is not installed: {INSTALL} "
+                        "(or leave --executor out to use this machine's processes)") from None
+    return ray
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[Any]:
+    """The ray module, connected: to `address`, to the instance this process already joined, or to
+    a local instance started (and stopped) here."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address:
+        _check_reachable(address)
+    try:
+        ray.init(address=address, **options) if address else ray.init(**options)
+    except ConnectionError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({' '.join(str(exc).split())[:120]}); start one with "
+                        "`ray start --head` there, or check --ray-address") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """A HOST:PORT address answers a TCP connect, or the user hears so at once: ray.init keeps
+    retrying an address with no cluster behind it for many minutes ("auto" and ray:// addresses
+    fail fast on their own)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise UserError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one with `ray start --head` "
+                        "there, or check --ray-address") from None
+
+
+class _Worker:
+    """One Ray actor: the stage's initializer once, then batches in turn."""
+
+    def __init__(self, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]):
+        if initializer is not None:
+            initializer(*initargs)
+
+    def run(self, function: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
+        try:
+            return "ok", function(item)
+        except UserError as exc:  # the stage's own one-line error: passed back as is, not retried
+            return "error", str(exc)
+
+
+def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, workers: int, address: str | None,
+                    initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> Iterator[Any]:
+    """llmkit.parallel.ordered_map on Ray actors (`workers` of them; 0 = one per CPU of the cluster)."""
+    with connected(address) as ray:
+        count = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_Worker)
+        actors = [actor_class.remote(initializer, initargs) for _ in range(count)]
+        pending: deque = deque()
+        try:
+            for index, item in enumerate(items):
+                # Round robin keeps every actor busy; at most 2 batches per actor are in flight (bounded memory).
+                pending.append(actors[index % count].run.remote(function, item))
+                if len(pending) >= 2 * count:
+                    yield _unwrap(ray.get(pending.popleft()))
+            while pending:
+                yield _unwrap(ray.get(pending.popleft()))
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+
+def _unwrap(outcome: tuple[str, Any]) -> Any:
+    status, value = outcome
+    if status == "error":
+        raise UserError(value)
+    return value

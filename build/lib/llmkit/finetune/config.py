@@ -1,0 +1,93 @@
+"""The options of `llmkit finetune` (docs/finetune.md): declared once, here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.model.records import TASKS
+from llmkit.options import Options, group, option
+from llmkit.train.options import DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization
+
+TASK_PANEL = "Task and data"
+LORA_PANEL = "LoRA and freezing"
+
+
+@dataclass
+class FinetuneConfig(Options):
+    task: str = option("sft", "sft ({prompt,response} or {messages}) or classify ({text,label}).", panel=TASK_PANEL, choices=TASKS)
+    template: str = option("chat", "SFT prompt template: chat, plain, translate (source->target), summarize (document->summary) "
+                           "or a JSON file.", panel=TASK_PANEL)
+    val_data: Path | None = option(None, "Validation JSONL (default: hold out --val-fraction of --data).", panel=TASK_PANEL,
+                                   hashed=False, recorded_as="content hash (val_data_sha256)")
+    val_fraction: float = option(0.05, "Share of --data held out for validation when --val-data is not given.", panel=TASK_PANEL,
+                                 range="[0, 1)")
+    seq_len: int | None = option(None, "Longest example in tokens (default: the model's context length).", panel=TASK_PANEL,
+                                 range="[1, inf)")
+    truncate: bool = option(False, "Cut examples longer than --seq-len instead of failing.", flags=("--truncate",), panel=TASK_PANEL)
+    batch_size: int = option(32, "Examples per optimizer step, over all devices.", panel=TRAINING_PANEL, range="[1, inf)")
+    max_steps: int | None = option(None, "Optimizer steps (default: --epochs over the data).", panel=TRAINING_PANEL, range="[1, inf)")
+    epochs: float = option(1.0, "Passes over the training data when --max-steps is not given.", panel=TRAINING_PANEL, range="(0, inf)")
+    optim: Optimization = group(
+        Optimization, panel=TRAINING_PANEL, lr=None, weight_decay=0.0, beta2=0.999,
+        help={"lr": "Peak learning rate (default 1e-4, or 1e-3 with LoRA).",
+              "warmup_steps": "Linear warmup steps (default min(50, steps/20))."},
+    )
+    numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
+    dropout: float | None = option(None, "Dropout while fine-tuning (default: the checkpoint's).", panel=TRAINING_PANEL, range="[0, 1)")
+    checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL, eval_every=100, save_every=200)
+    eval_examples: int = option(1024, "Validation examples per evaluation (at most).", panel=TRAINING_PANEL, range="[1, inf)")
+    lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning).", panel=LORA_PANEL, range="[0, inf)")
+    lora_alpha: float | None = option(None, "LoRA alpha; the update is scaled by alpha/rank (default 2 x rank).", panel=LORA_PANEL,
+                                      range="(0, inf)")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input.", panel=LORA_PANEL, range="[0, 1)")
+    lora_targets: list[str] = option(
+        default_factory=lambda: ["q_proj", "kv_proj", "out_proj"], panel=LORA_PANEL,
+        help="Linear layers to adapt, comma-separated: names (q_proj, kv_proj, out_proj, up_proj, down_proj), globs over "
+             "full names, or all.",
+    )
+    freeze: list[str] = option(
+        default_factory=list, panel=LORA_PANEL,
+        help="Parameter groups to keep fixed, comma-separated: embeddings, attention, mlp, norms, lm_head, or a name glob (blocks.0.*).",
+    )
+    seed: int = option(0, "Seed for the head/adapter initialisation, data order, validation split and dropout.", range="[0, 4294967295]")
+    devices: Devices = group(Devices, panel=DEVICES_PANEL, micro_batch=8)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lora_rank and (self.checkpoints.ema is not None or self.checkpoints.average_last > 1):
+            raise ValueError("--ema and --average-last average full weights; with --lora-rank the run's checkpoints hold "
+                             "adapters: average the finished runs with llmkit average instead")
+        # Comma-separated lists from the command line become lists.
+        self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
+        self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]
+        if not self.lora_rank:
+            given = [flag for flag, value, default in (
+                ("--lora-alpha", self.lora_alpha, None), ("--lora-dropout", self.lora_dropout, 0.0),
+                ("--lora-targets", self.lora_targets, self.default_of("lora_targets"))) if value != default]
+            if given:
+                raise ValueError(f"{', '.join(given)} shape(s) LoRA adapters, which only --lora-rank N adds; give a rank "
+                                 "or leave them out (full fine-tuning)")
+        elif self.freeze:
+            raise ValueError("--freeze picks what full fine-tuning trains; with --lora-rank only the adapters train "
+                             "(--lora-targets picks them): give one of the two")
+        if self.task == "classify" and self.template != self.default_of("template"):
+            raise ValueError("--template renders SFT examples; a classifier reads each text as it is: leave it out")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.optim.lr if self.optim.lr is not None else (1e-3 if self.lora_rank else 1e-4)
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+    def hashed_with(self, data_digest: str, val_digest: str | None) -> dict[str, Any]:
+        """The recorded config: the options, the data by content, a template file by name."""
+        values = self.hashed()
+        values["data_sha256"] = data_digest
+        values["val_data_sha256"] = val_digest
+        if self.template not in ("chat", "plain", "translate", "summarize"):
+            values["template"] = Path(self.template).name  # the template itself is in task.json
+        return values

@@ -1,0 +1,283 @@
+"""Fine-tuning data: JSONL records -> token examples -> padded batches keyed by sample index.
+
+Batches are PADDED, not packed: each example is one row, right-padded to the longest row of
+its micro-batch (of its step, under --batch-invariant, so that a row's shapes do not depend on
+the split), so no example ever attends across a document boundary and nothing needs a
+block-diagonal mask. For a causal model right padding is invisible to the real tokens; padded
+targets are IGNORE_INDEX.
+
+Global sample index k (as in pretraining) picks example perm_e[k mod N] where perm_e is a fresh
+permutation of the N training examples for epoch e = k // N, seeded by (seed, e): a batch is a
+pure function of (seed, k), so resume and any number of ranks see the same data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from llmkit.errors import UserError
+from llmkit import artifacts, jsonl
+from llmkit.data.templates import Encoded, encode_example, fit_field
+from llmkit.model.gpt import IGNORE_INDEX
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "train.jsonl"
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}; pass a JSONL file (or a folder holding train.jsonl)")
+    records = jsonl.read_jsonl(path)
+    if not records:
+        raise UserError(f"{path} holds no records")
+    return records
+
+
+def file_digest(path: Path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "train.jsonl"
+    return artifacts.sha256_file(path)
+
+
+def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out a seeded `fraction` of the records (at least one when fraction > 0)."""
+    if fraction <= 0 or len(records) < 2:
+        return records, []
+    count = min(len(records) - 1, max(1, round(len(records) * fraction)))
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:count])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+# -- SFT ------------------------------------------------------------------------------------------
+
+
+def _note(message: str) -> None:
+    from llmkit.console import err
+
+    err.print(f"note: {message}", soft_wrap=True)
+
+
+def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
+                 verbose: bool = True) -> list[Encoded]:
+    """Encode records; an example longer than max_len tokens is an error unless truncated."""
+    examples, too_long, longest, dropped = [], 0, 0, 0
+    for i, record in enumerate(records):
+        example = encode_example(template, record, tokenizer, f"{name} record {i + 1}")
+        longest = max(longest, len(example.ids))
+        if len(example.ids) > max_len:
+            too_long += 1
+            if not truncate:
+                continue
+            example = shorten(template, record, example, tokenizer, max_len, f"{name} record {i + 1}")
+        # The first token is never a target (nothing predicts it): an example needs a learned token after it.
+        if not any(example.learn[1:]):
+            dropped += 1
+            continue
+        examples.append(example)
+    if too_long and not truncate:
+        raise UserError(
+            f"{too_long} of {len(records)} {name} examples are longer than {max_len} tokens (the longest has {longest}), the "
+            "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
+        )
+    if not examples and name == "training":
+        raise UserError(f"no {name} example has a response token within {max_len} tokens; shorten the prompts or raise --seq-len")
+    if too_long and verbose:
+        _note(f"{too_long} of {len(records)} {name} examples were cut to {max_len} tokens (--truncate); {dropped} left out, "
+              "their response not fitting")
+    return examples  # validation may end up empty: the run then has no validation loss
+
+
+def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> Encoded:
+    """Fit an example into max_len tokens. A text template gives up the end of its input field
+    (the document, the source) so that the prompt's wording and the whole response stay
+    (llmkit.data.templates.fit_field); what still does not fit (or a chat) is cut from the end."""
+    field = template.get("input_field")
+    if template["type"] == "text" and isinstance(record.get(field), str):
+        fitted = fit_field(lambda r: encode_example(template, r, tokenizer, where).ids, record, field, tokenizer, max_len)
+        if fitted is not None:
+            return encode_example(template, fitted, tokenizer, where)
+    return Encoded(example.ids[:max_len], example.learn[:max_len])
+
+
+class SFTBatches:
+    """(inputs, targets) for next-token loss on the learned (response) tokens only."""
+
+    def __init__(self, examples: Sequence[Encoded], *, pad_id: int, seed: int, shuffle: bool = True):
+        self.examples, self.pad_id, self.seed, self.shuffle = list(examples), pad_id, seed, shuffle
+        self._order = _EpochOrder(len(self.examples), seed) if shuffle else None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def rows(self, indices: Sequence[int]) -> list[Encoded]:
+        return _picked(self.examples, self._order, indices)
+
+    def pad_width(self, indices: Sequence[int]) -> int:
+        """The longest input among these samples (a batch of them is padded to it)."""
+        return self._width(self.rows(indices))
+
+    @staticmethod
+    def _width(rows: Sequence[Encoded]) -> int:
+        return max(len(r.ids) for r in rows) - 1
+
+    def __call__(self, indices: Sequence[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded to `width` (default: the longest of these samples)."""
+        rows = self.rows(indices)
+        width = width or self._width(rows)
+        x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids = torch.tensor(row.ids, dtype=torch.long)
+            learn = torch.tensor(row.learn[1:], dtype=torch.bool)
+            n = len(row.ids) - 1
+            x[b, :n] = ids[:-1]
+            y[b, :n] = torch.where(learn, ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
+        return x, y
+
+
+# -- classification -------------------------------------------------------------------------------
+
+
+@dataclass
+class Labels:
+    names: list[str]
+    original: list[Any]  # label values as they appear in the data (ints or strings), id order
+
+    def index(self, value: Any, where: str) -> int:
+        key = _label_key(value, where)
+        if key not in self._lookup:
+            raise UserError(f"{where}: label {value!r} is not one of the training labels {', '.join(self.names)}")
+        return self._lookup[key]
+
+    def __post_init__(self):
+        self._lookup = {_label_key(v, "label"): i for i, v in enumerate(self.original)}
+
+
+def _label_key(value: Any, where: str):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UserError(f"{where}: label {value!r} must be an integer or a string")
+    return (type(value).__name__, value)
+
+
+MAX_CLASSES = 10_000  # a head beyond this is a mistake in the data, not a task
+
+
+def label_set(records: list[dict], name: str) -> Labels:
+    """Labels in id order: integers keep their value as id (0..K-1), strings sort by name."""
+    values = []
+    for i, record in enumerate(records):
+        if "label" not in record:
+            raise UserError(f"{name} record {i + 1} has no \"label\"; classification data is {{\"text\": ..., \"label\": ...}}")
+        _label_key(record["label"], f"{name} record {i + 1}")
+        values.append(record["label"])
+    kinds = {type(v) for v in values}
+    if len(kinds) > 1:
+        raise UserError(f"{name} labels mix integers and strings; use one kind")
+    distinct = sorted(set(values))
+    if kinds == {int}:
+        if distinct[0] < 0:
+            raise UserError(f"{name} has a negative label {distinct[0]}; integer labels are class ids 0..K-1")
+        if distinct[-1] >= MAX_CLASSES:
+            raise UserError(f"{name} has the label {distinct[-1]}: integer labels are class ids 0..K-1 and a head of "
+                            f"{distinct[-1] + 1:,} classes is beyond {MAX_CLASSES:,}; write the labels as names (strings)")
+        distinct = list(range(distinct[-1] + 1))
+    if len(distinct) > MAX_CLASSES:
+        raise UserError(f"{name} has {len(distinct):,} distinct labels, more than {MAX_CLASSES:,} classes; is --task classify meant?")
+    if len(distinct) < 2:
+        raise UserError(f"{name} has a single label {distinct[0]!r}; classification needs at least two classes")
+    return Labels(names=[str(v) for v in distinct], original=distinct)
+
+
+@dataclass
+class ClassExample:
+    ids: list[int]
+    label: int
+
+
+def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str,
+                      verbose: bool = True) -> list[ClassExample]:
+    """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
+    texts = []
+    for i, record in enumerate(records):
+        text = record.get("text", record.get("sentence"))
+        if not isinstance(text, str):
+            raise UserError(f"{name} record {i + 1} has no \"text\" string; classification data is {{\"text\": ..., \"label\": ...}}")
+        texts.append(text)
+    encoded = tokenizer.encode_batch(texts)
+    examples, too_long, longest = [], 0, 0
+    for i, (ids, record) in enumerate(zip(encoded, records)):
+        ids = [tokenizer.bos_id] + ids
+        longest = max(longest, len(ids))
+        if len(ids) > max_len:
+            too_long += 1
+            ids = ids[:max_len]
+        examples.append(ClassExample(ids, labels.index(record["label"], f"{name} record {i + 1}")))
+    if too_long and not truncate:
+        raise UserError(
+            f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest has {longest}), the "
+            "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
+        )
+    if too_long and verbose:
+        _note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} tokens (--truncate)")
+    return examples
+
+
+class ClassifyBatches:
+    """(inputs, attention_mask, labels, sample indices), right-padded."""
+
+    def __init__(self, examples: Sequence[ClassExample], *, pad_id: int, seed: int, shuffle: bool = True):
+        self.examples, self.pad_id = list(examples), pad_id
+        self._order = _EpochOrder(len(self.examples), seed) if shuffle else None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def rows(self, indices: Sequence[int]) -> list[ClassExample]:
+        return _picked(self.examples, self._order, indices)
+
+    def pad_width(self, indices: Sequence[int]) -> int:
+        """The longest text among these samples (a batch of them is padded to it)."""
+        return max(len(r.ids) for r in self.rows(indices))
+
+    def __call__(self, indices: Sequence[int], width: int | None = None):
+        """Right-padded to `width` (default: the longest of these samples)."""
+        indices = [int(k) for k in indices]
+        rows = self.rows(indices)
+        width = width or max(len(r.ids) for r in rows)
+        x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            x[b, : len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
+            mask[b, : len(row.ids)] = 1
+        labels = torch.tensor([r.label for r in rows], dtype=torch.long)
+        return x, mask, labels, torch.tensor(indices, dtype=torch.long)
+
+
+def _picked(examples: Sequence, order: _EpochOrder | None, indices: Sequence[int]) -> list:
+    """The examples at global sample indices: through the epoch's permutation, or in order, wrapping."""
+    if order is None:
+        return [examples[int(k) % len(examples)] for k in indices]
+    return [examples[order(int(k))] for k in indices]
+
+
+class _EpochOrder:
+    """Global sample index -> example index through a seeded permutation per epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._cache: dict[int, list[int]] = {}
+
+    def __call__(self, k: int) -> int:
+        epoch, offset = divmod(k, self.size)
+        if epoch not in self._cache:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
+            self._cache[epoch] = torch.randperm(self.size, generator=g).tolist()
+        return self._cache[epoch][offset]

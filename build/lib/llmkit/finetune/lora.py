@@ -1,0 +1,151 @@
+"""LoRA in plain torch: low-rank adapters on chosen linear layers, base weights frozen.
+
+    y = x W^T + b + (alpha / r) * (x A^T) B^T        A [r, in] (Kaiming), B [out, r] (zeros)
+
+`LoRALinear` is an `nn.Linear` that keeps the wrapped layer's `weight` and `bias` under their
+own names and adds `lora_A` / `lora_B`, so a training checkpoint holds the base model's keys
+plus `<layer>.lora_A` / `<layer>.lora_B` and nothing else. Because B starts at zero, step 0 is
+exactly the base model. `merge_state_dict` folds every adapter into its weight,
+W + (alpha / r) B A, computed in float32; the final checkpoint holds plain merged weights.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmkit.errors import UserError
+
+# Never adapted: the output head (tied to the embedding in most models) and a classifier head,
+# which trains in full when present.
+EXCLUDED = ("lm_head", "classifier")
+
+
+class LoRALinear(nn.Linear):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises a weight
+        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        self.lora_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+        return F.linear(x, self.weight, self.bias) + self.scaling * update
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}"
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return any(t == "all" or t == leaf or fnmatch.fnmatchcase(name, t) for t in targets)
+
+
+def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
+    """Freeze every parameter, then put adapters on the matching linear layers.
+
+    A target is a layer's own name (`q_proj`), a glob over full names (`blocks.0.*`), or `all`.
+    Returns the adapted layer names.
+    """
+    if rank <= 0:
+        raise UserError(f"--lora-rank must be positive, got {rank}")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    chosen = [
+        name for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear)
+        and name.rsplit(".", 1)[-1] not in EXCLUDED and _matches(name, targets)
+    ]
+    if not chosen:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)} - set(EXCLUDED))
+        raise UserError(
+            f"--lora-targets {','.join(targets)} matches no linear layer of this model; "
+            f"its linear layers are named {', '.join(linear) or '(none: LoRA needs a Transformer)'}"
+        )
+    for name in chosen:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, LoRALinear(getattr(parent, leaf), rank, alpha, dropout))
+    return chosen
+
+
+def is_adapter_key(key: str) -> bool:
+    return key.endswith(".lora_A") or key.endswith(".lora_B")
+
+
+def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A plain state dict: each `X.weight` gets + scaling * X.lora_B @ X.lora_A; adapters removed."""
+    merged = {k: v for k, v in state.items() if not is_adapter_key(k)}
+    for key in state:
+        if key.endswith(".lora_A"):
+            prefix = key[: -len(".lora_A")]
+            weight = state[f"{prefix}.weight"]
+            delta = state[f"{prefix}.lora_B"].float() @ state[key].float()
+            merged[f"{prefix}.weight"] = (weight.float() + scaling * delta).to(weight.dtype).contiguous()
+    return merged
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear in a live model by a plain nn.Linear with the merged weight."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                              device=module.weight.device, dtype=module.weight.dtype)
+            with torch.no_grad():
+                delta = module.lora_B.float() @ module.lora_A.float()
+                plain.weight.copy_((module.weight.float() + module.scaling * delta).to(module.weight.dtype))
+                if module.bias is not None:
+                    plain.bias.copy_(module.bias)
+            setattr(parent, leaf, plain)
+    return model
+
+
+# -- freezing named parameter groups -------------------------------------------------------------
+
+GROUPS = {
+    "embeddings": ("tok_emb.*", "pos_emb.*"),
+    "attention": ("*.attn.*",),
+    "mlp": ("*.mlp.*",),
+    "norms": ("*norm*",),
+    "lm_head": ("lm_head.*",),
+}
+
+
+def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Stop training parameters by group name (embeddings, attention, mlp, norms, lm_head) or
+    by a glob over parameter names (`blocks.0.*`). Returns the frozen names."""
+    frozen = []
+    names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    for pattern in patterns:
+        globs = GROUPS.get(pattern, (pattern, f"{pattern}.*"))
+        hits = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        if not hits:
+            raise UserError(
+                f"--freeze {pattern} matches no parameter; use a group ({', '.join(GROUPS)}) or a name glob such as blocks.0.*"
+            )
+        frozen.extend(hits)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name in frozen:
+        params[name].requires_grad_(False)
+    return sorted(set(frozen))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), each tied tensor once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

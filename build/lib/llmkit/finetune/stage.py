@@ -1,0 +1,346 @@
+"""`llmkit finetune`: supervised fine-tuning or classification from any llmkit checkpoint.
+
+    finetune(checkpoint, data, out, FinetuneConfig.build(task="sft", template="chat")) -> out
+
+It runs the pretraining loop itself (llmkit.train.loop.Trainer: optimizer, schedule, gradient
+accumulation, checkpoints, exact resume, torchrun, metrics); only the data, the loss, the head
+and the defaults differ. OUT holds metrics.jsonl and checkpoints/step_XXXXXXX/ while training
+and becomes the final checkpoint artifact, with task.json describing the task and template.
+With LoRA the intermediate checkpoints keep the adapters (for exact resume) and the final one
+holds the merged plain weights, so generate / eval / export need nothing special.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+from llmkit.finetune.config import FinetuneConfig
+from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
+from llmkit.train import distributed as dist_utils
+from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
+from llmkit.train.loop import Trainer
+
+def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
+             resume: bool = False, force: bool = False) -> Path:
+    """Fine-tune and return the run directory, which is then a checkpoint artifact."""
+    checkpoint, data = Path(checkpoint), Path(data)
+    artifacts.load(checkpoint, kind="checkpoint")
+    if not data.exists():
+        raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
+    template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
+    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
+                  inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
+                  reads=[config.val_data, template_file])
+
+
+# -- building blocks --------------------------------------------------------------------------------
+
+
+def load_base_state(art, keep_head: bool):
+    """The base checkpoint's weights; a classifier's head is dropped unless it is kept on purpose."""
+    from llmkit.model.classifier import HEAD_PREFIX
+    from llmkit.model.io import WEIGHTS, read_weights
+
+    state = read_weights(art.file(WEIGHTS))
+    refuse_adapters(art, state)
+    if not keep_head:
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    return state
+
+
+def refuse_adapters(art, state) -> None:
+    from llmkit.finetune.lora import is_adapter_key
+
+    if any(is_adapter_key(k) for k in state):
+        raise UserError(
+            f"{art.path} is an intermediate LoRA checkpoint (unmerged adapters); fine-tune from the finished run directory, "
+            "whose weights are merged"
+        )
+
+
+def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool = False):
+    """The model to train: base weights, optional classification head, LoRA and freezing. `split`
+    (--tp/--pp): built on the meta device, the base weights checked here and read by each rank,
+    part by part, when it materialises its share."""
+    from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
+    from llmkit.finetune.lora import apply_lora, freeze
+    from llmkit.model.io import WEIGHTS, check_shapes, read_model_config, stored_shapes, tied_names
+    from llmkit.model.presets import build_model as build_lm
+    from llmkit.model.records import read_task
+
+    model_config = read_model_config(art.path)
+    if config.dropout is not None:
+        model_config.dropout = config.dropout
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise UserError(
+            f"the checkpoint's tokenizer has {tokenizer.vocab_size} tokens but its model only {model_config.vocab_size} "
+            "embeddings; the checkpoint is inconsistent, re-import or rebuild it"
+        )
+    if config.task == "sft" and model_config.objective != "clm":
+        raise UserError(
+            f"{art.path} is a masked language model (objective mlm), which cannot generate; use --task classify, "
+            "or fine-tune a causal (clm) checkpoint for --task sft"
+        )
+    base_task = read_task(art)
+    same_head = (config.task == "classify" and base_task is not None and base_task.is_classifier
+                 and base_task.labels == (labels.names if labels else None))
+    torch.manual_seed(config.seed)  # the head and the adapters: identical on every rank
+    if split:  # sft only: a classifier head or LoRA adapters are refused under --tp/--pp
+        with torch.device("meta"):
+            model = build_lm(model_config)
+        stored = stored_shapes(art.file(WEIGHTS))  # names and shapes from the header; each rank reads its part later
+        refuse_adapters(art, stored)
+        check_shapes(model, stored, art.path / WEIGHTS)
+        missing = set(model.state_dict()) - set(stored) - tied_names(model)
+        if missing:
+            raise UserError(f"{art.path} weights do not match its model_config.json (missing {sorted(missing)[:3]}); "
+                            "rebuild the checkpoint")
+        frozen = freeze(model, config.freeze) if config.freeze else []
+        return model, model_config, [], frozen
+    state = load_base_state(art, keep_head=same_head)
+    model = build_lm(model_config)
+    if config.task == "classify":
+        model = SequenceClassifier(model, len(labels.names))
+    check_shapes(model, state, art.path / WEIGHTS)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # A tied output head is stored once (as the embedding); a new classifier head starts fresh.
+    aliases = tied_names(model)
+    missing = [k for k in missing if k not in aliases and not (k.startswith(HEAD_PREFIX) and not same_head)]
+    if missing or unexpected:
+        raise UserError(f"{art.path} weights do not match its model_config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    adapted: list[str] = []
+    if config.lora_rank:
+        adapted = apply_lora(model, config.lora_targets, config.lora_rank, config.lora_scale_alpha, config.lora_dropout)
+        if config.task == "classify":
+            for param in model.classifier.parameters():
+                param.requires_grad_(True)
+    frozen = freeze(model, config.freeze) if config.freeze else []
+    return model, model_config, adapted, frozen
+
+
+class ClassifyLoss:
+    """Cross-entropy on the labels; during validation it also keeps each sample's prediction."""
+
+    mean_over = "examples"  # batches (inputs, attention mask, labels, sample indices): one label each
+
+    def __init__(self):
+        self.predictions: dict[int, tuple[int, int]] = {}  # sample index -> (predicted, gold)
+
+    def __call__(self, model, batch):
+        x, mask, labels, indices = batch
+        logits, loss = model(x, labels, attention_mask=mask)
+        if not torch.is_grad_enabled():
+            for k, p, g in zip(indices.tolist(), logits.argmax(dim=-1).tolist(), labels.tolist()):
+                self.predictions[k] = (p, g)
+        return loss
+
+
+def sft_loss(model, batch):
+    """Mean next-token cross-entropy over the response tokens (prompt targets are IGNORE_INDEX)."""
+    inputs, targets = batch
+    return model(inputs, targets, return_logits=False)[1]
+
+
+sft_loss.mean_over = "tokens"  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
+
+
+def confusion_scores(confusion) -> dict[str, float]:
+    """Accuracy and macro F1 over the classes seen in labels or predictions (scikit-learn's convention)."""
+    confusion = confusion.double()
+    total = float(confusion.sum())
+    true_pos = confusion.diag()
+    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
+    seen = (predicted + actual) > 0
+    precision = torch.where(predicted > 0, true_pos / predicted.clamp(min=1), torch.zeros_like(true_pos))
+    recall = torch.where(actual > 0, true_pos / actual.clamp(min=1), torch.zeros_like(true_pos))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(true_pos))
+    return {"val_accuracy": float(true_pos.sum()) / total, "val_f1": float(f1[seen].mean())}
+
+
+class ClassifyTrainer(Trainer):
+    """The shared loop, plus validation accuracy and macro F1 after each validation loss."""
+
+    def __init__(self, *args, loss_fn: ClassifyLoss, num_labels: int, **kwargs):
+        super().__init__(*args, loss_fn=loss_fn, **kwargs)
+        self.collector, self.num_labels = loss_fn, num_labels
+        self.step_done = self.start_step
+        if self.info.is_main:
+            from llmkit.train.metrics import keep_steps_up_to
+
+            keep_steps_up_to(self.run_dir / "val_metrics.jsonl", self.start_step)  # as metrics.jsonl, on resume
+
+    def train_step(self, step: int):
+        result = super().train_step(step)
+        self.step_done = step + 1
+        return result
+
+    def evaluate(self):
+        self.collector.predictions.clear()
+        loss = super().evaluate()
+        if loss is None:
+            return None
+        micro, world, rank = self.settings.micro_batch, self.info.world_size, self.info.rank
+        confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64, device=self.device)
+        for k, (p, g) in self.collector.predictions.items():
+            if (k // micro) % world == rank:  # this rank's own chunk, not a padding forward of another's
+                confusion[g, p] += 1
+        confusion = dist_utils.all_reduce_sum(confusion, self.info)
+        scores = confusion_scores(confusion.cpu())
+        # the manifest's stats carry the latest figures
+        self.spec.stats.val_accuracy, self.spec.stats.val_f1 = scores["val_accuracy"], scores["val_f1"]
+        if self.info.is_main:
+            from llmkit.console import err
+
+            record = dict(step=self.step_done, val_loss=loss, **scores)
+            with (self.run_dir / "val_metrics.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            err.print(f"step {self.step_done} validation: accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}", soft_wrap=True)
+        return loss
+
+
+def task_record(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], merged: bool) -> TaskRecord:
+    from llmkit.model.classifier import head_spec
+
+    record = TaskRecord(task=config.task, template=template)
+    if labels is not None:
+        record.labels, record.label_values, record.head = labels.names, labels.original, head_spec(model)
+    if adapted:
+        record.lora = LoraRecord(rank=config.lora_rank, alpha=config.lora_scale_alpha, targets=config.lora_targets,
+                                 layers=len(adapted), merged=merged)
+    return record
+
+
+def _write_final_merged(directory: Path, scaling: float) -> None:
+    """Fold the adapters in the just-written model.safetensors into plain weights."""
+    from safetensors.torch import load_file, save_file
+
+    from llmkit.finetune.lora import merge_state_dict
+    from llmkit.model.io import WEIGHTS
+
+    state = load_file(str(directory / WEIGHTS))
+    save_file(merge_state_dict(state, scaling), str(directory / WEIGHTS), metadata={"format": "pt"})
+
+
+# -- one process's work ------------------------------------------------------------------------------
+
+
+def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> None:
+    """One process's work (the only one, or one torchrun worker)."""
+    from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
+    from llmkit.finetune import data as ft_data
+    from llmkit.finetune.lora import count_parameters
+    from llmkit.data.templates import check_tokenizer, resolve_template
+    from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
+    from llmkit.model.records import TASK_FILE
+    from llmkit.runtime import seed_everything
+    from llmkit.train.loop import ArtifactSpec, LoopSettings
+
+    config = FinetuneConfig.build(**config)
+    art = artifacts.load(checkpoint, kind="checkpoint")
+    out, data = Path(out), Path(data)
+    with worker_process(config.devices) as info:
+        seed_everything(config.seed)
+        tokenizer_dir = art.path / TOKENIZER_DIR
+        tokenizer = load_tokenizer(tokenizer_dir)
+        context = read_model_config(art.path).context_length
+        seq_len = config.seq_len or context
+        if seq_len > context:
+            raise UserError(f"--seq-len {seq_len} is longer than the checkpoint's context length {context}; lower --seq-len")
+
+        records = ft_data.read_jsonl(data)
+        if config.val_data:
+            val_records = ft_data.read_jsonl(Path(config.val_data))
+        else:
+            records, val_records = ft_data.split_validation(records, config.val_fraction, config.seed)
+        template, labels = None, None
+        if config.task == "sft":
+            template = resolve_template(config.template)
+            check_tokenizer(template, tokenizer)
+            train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", info.is_main)
+            val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
+            pad_id = tokenizer.pad_id
+            train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
+            val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
+            loss_fn = sft_loss
+        else:
+            labels = ft_data.label_set(records, "training")
+            train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training", info.is_main)
+            val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
+            train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
+            val_batches = ft_data.ClassifyBatches(val_examples, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
+            loss_fn = ClassifyLoss()
+        top_id = max((max(e.ids) for e in train_examples), default=0)
+
+        split = (info.layout is not None and info.layout.model_parallel and config.task == "sft" and not config.lora_rank)
+        model, model_config, adapted, frozen = build_model(art, config, tokenizer, labels, split=split)
+        if top_id >= model_config.vocab_size:
+            raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
+        trainable, total = count_parameters(model)
+        # The artifact holds the merged model: its parameters are the base's (adapters fold into them).
+        adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
+        if trainable == 0:
+            raise UserError("--freeze leaves no parameter to train; freeze fewer groups")
+
+        world = info.world_size
+        global_batch = config.batch_size
+        micro_batch, accumulation = split_batch(
+            global_batch, config.devices.micro_batch, info.batch_ways,
+            what=f"--batch-size {global_batch}", fix=lambda multiple: f"choose a multiple of {multiple}",
+        )
+        max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))
+        warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else min(50, max_steps // 20)
+        val_size = min(len(val_examples), config.eval_examples)
+        settings = LoopSettings.for_stage(
+            config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
+            tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.peak_lr,
+        )
+        scaling = config.lora_scale_alpha / config.lora_rank if adapted else None
+        run_dir = out.resolve()
+
+        def add_files(directory: Path) -> None:
+            directory = Path(directory)
+            copy_tokenizer_files(tokenizer_dir, directory / "tokenizer")
+            final = directory.resolve() == run_dir
+            if adapted and final:
+                _write_final_merged(directory, scaling)
+            task_record(config, template, labels, model, adapted, merged=final).write(directory)
+
+        val_digest = ft_data.file_digest(Path(config.val_data)) if config.val_data else None
+        spec = ArtifactSpec(
+            config=config.hashed_with(ft_data.file_digest(data), val_digest),
+            seed=config.seed,
+            inputs=[("base", art)],
+            stats=CheckpointStats(
+                task=config.task, params=total - adapters, trainable_params=trainable, flops_per_token=model.flops_per_token(seq_len),
+                model=model_config.to_dict(), seq_len=seq_len, train_examples=len(train_examples),
+                val_examples=len(val_examples), epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
+                lora_layers=len(adapted), frozen_params=total - trainable, labels=labels.names if labels else None,
+            ),
+            runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.numerics.precision),
+            add_files=add_files,
+            file_names=["tokenizer", TASK_FILE],
+        )
+        common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
+                      val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)
+        if config.task == "classify":
+            trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
+        else:
+            trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
+        if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
+            from llmkit.console import err
+
+            how = f"LoRA rank {config.lora_rank} on {len(adapted)} layers" if adapted else "full fine-tuning"
+            err.print(
+                f"finetune {config.task} ({how}): {trainable:,} of {total:,} parameters trainable "
+                f"({100 * trainable / total:.2f}%); {len(train_examples)} examples, {max_steps} steps x {global_batch}, "
+                f"lr {config.peak_lr:g}, micro-batch {micro_batch} on {world} process(es)"
+                f"{trainer.gradient_note}",
+                soft_wrap=True,
+            )
+        trainer.run()

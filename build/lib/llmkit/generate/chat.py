@@ -1,0 +1,213 @@
+"""`llmkit chat CKPT`: talk to a fine-tuned checkpoint in the terminal, streaming its replies.
+
+The prompt is rendered with the checkpoint's own template (task.json, written by
+`llmkit finetune`; docs/finetune.md): a chat checkpoint sees the whole conversation through
+its role tokens, a text-template checkpoint (translate, summarize, ...) one input at a time.
+A checkpoint without task.json is treated as a chat model when its vocabulary has role tokens.
+
+Within the context length a reply gets --max-new-tokens, but at most half the context; the
+prompt gets the rest: the oldest exchanges are dropped first (the system message stays), then
+the end of the message itself is cut, as `finetune --truncate` cuts a training input. A note
+says so the first time each happens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from llmkit.generate.config import ChatConfig
+from llmkit.stage_command import argument, stage_command
+
+COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversation", "/help": "show the commands"}
+
+
+class ChatSession:
+    """One conversation with a model: history, prompt rendering within the context, replies."""
+
+    def __init__(self, model, tokenizer, task, params, system: str | None = None, compile: bool = False):
+        """`task`: the checkpoint's TaskRecord (None: a base model, chatted to with the chat template)."""
+        from llmkit.data.templates import chat_template, check_tokenizer
+        from llmkit.inference.engine import Generator
+
+        self.model, self.tokenizer, self.params = model, tokenizer, params
+        self.template = (task.template if task is not None else None) or chat_template()
+        if self.template["type"] == "chat":
+            check_tokenizer(self.template, tokenizer)
+        elif system:
+            from llmkit.errors import UserError
+
+            raise UserError(f"this checkpoint uses the text template {self.template['name']!r}, which has no system message; leave out --system")
+        self.system = system
+        self.history: list[dict[str, str]] = []
+        self.generator = Generator(model, tokenizer, compile=compile)
+        arch = getattr(model.config, "arch", "gpt")
+        self.limit = None if arch == "lstm" else int(model.config.context_length)
+        self.noted: set[str] = set()
+
+    def reset(self) -> None:
+        self.history = []
+
+    def _note(self, key: str, message: str) -> None:
+        if key not in self.noted:
+            from llmkit.console import err
+
+            self.noted.add(key)
+            err.print(f"note: {message}", soft_wrap=True, markup=False)
+
+    def prompt_budget(self) -> int | None:
+        """Tokens the prompt may take: the context less the reply's room (at most half of it)."""
+        if self.limit is None:
+            return None
+        return self.limit - min(self.params.max_new_tokens, self.limit // 2)
+
+    def prompt_ids(self, user_text: str) -> list[int]:
+        """The prompt for the next reply within prompt_budget(): the oldest exchanges dropped,
+        then the end of the message cut (never the template's wording or the start token)."""
+        from llmkit.data.templates import encode_chat_prompt, encode_text_prompt, fit_field
+
+        budget = self.prompt_budget()
+        if self.template["type"] != "chat":
+            field = self.template["input_field"]
+
+            def encode(record: dict) -> list[int]:
+                return encode_text_prompt(self.template, record[field], self.tokenizer)
+        else:
+            history = list(self.history)
+            head = [{"role": "system", "content": self.system}] if self.system else []
+            while budget is not None and history and len(encode_chat_prompt(
+                    head + history + [{"role": "user", "content": user_text}], self.tokenizer)) > budget:
+                history = history[2:]  # one user + assistant exchange
+                self._note("history", f"the oldest exchanges are left out of the prompt to fit the context ({self.limit} tokens "
+                                      f"with room for a reply); /reset starts afresh")
+            self.history, field = history, "content"
+
+            def encode(record: dict) -> list[int]:
+                return encode_chat_prompt(head + history + [{"role": "user", "content": record[field]}], self.tokenizer)
+        record = {field: user_text}
+        if budget is not None:
+            fitted = fit_field(encode, record, field, self.tokenizer, budget)
+            if fitted is None:
+                from llmkit.errors import UserError
+
+                raise UserError(f"the prompt's own wording takes more than the {budget} tokens the context ({self.limit}) "
+                                "leaves beside a reply; lower --max-new-tokens")
+            if fitted is not record:
+                self._note("cut", f"a message longer than the context ({self.limit} tokens, with room for a reply) "
+                                  "loses its end, as finetune --truncate cuts a training input")
+            record = fitted
+        return encode(record)
+
+    def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
+        import dataclasses
+
+        from llmkit.data.templates import ROLES
+
+        ids = self.prompt_ids(user_text)
+        params = self.params
+        if self.limit is not None and len(ids) + params.max_new_tokens > self.limit:
+            params = dataclasses.replace(params, max_new_tokens=self.limit - len(ids))
+            self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
+                                f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
+        role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]
+        stream = (lambda _row, piece: on_text(piece)) if on_text else None
+        completion = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=role_ids)[0]
+        text = completion.text.strip()
+        if self.template["type"] == "chat":
+            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
+        return text
+
+
+def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: bool) -> None:
+    """Chat with a fine-tuned checkpoint in the terminal (streaming; /reset, /exit)."""
+    import sys
+
+    from llmkit.console import err
+    from llmkit.outputs import check_output_file
+    from llmkit.model.io import load_checkpoint
+    from llmkit.runtime import resolve_device
+
+    check_output_file(out, force, inputs=[checkpoint])
+    loaded = load_checkpoint(checkpoint, device=resolve_device(config.inference.device), purpose="chat")
+    params = config.sampling.params(config.seed)
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.inference.compile)
+    transcript = Transcript(out, config.system)
+    name = session.template["name"]
+    if loaded.task is None:
+        err.print(f"note: {checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
+                  "as text; fine-tune it with llmkit finetune --template chat for replies", soft_wrap=True, markup=False)
+    err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D to leave", soft_wrap=True)
+    turn = 0
+    while True:
+        sys.stdout.write("you> ")
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            sys.stdout.write("\n")
+            break
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        if text.strip() in ("/exit", "/quit"):
+            break
+        if text.strip() == "/reset":
+            session.reset()
+            transcript.new_conversation()
+            err.print("(conversation forgotten)")
+            continue
+        if text.strip() == "/help":
+            err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items()))
+            continue
+        sys.stdout.write("bot> ")
+        session.params.seed = config.seed + turn  # a fresh but reproducible draw every turn
+        reply = session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        transcript.add(text, reply)
+        if session.template["type"] != "chat":
+            transcript.new_conversation()  # each input stood alone: one exchange per record, as the model saw it
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        turn += 1
+    if out is not None and transcript.saved:
+        err.print(f"wrote {len(transcript.saved)} conversation(s) to {out}")
+
+
+class Transcript:
+    """The conversations of a session in FILE.jsonl, one {"messages": [...]} record each (the
+    format `llmkit finetune --data` and `llmkit generate --prompts` read); rewritten whole after
+    every reply, so the file is complete whenever the session ends."""
+
+    def __init__(self, path: Path | None, system: str | None):
+        self.path, self.system = path, system
+        self.conversations: list[list[dict[str, str]]] = []
+        self.new_conversation()
+
+    @property
+    def saved(self) -> list[list[dict[str, str]]]:
+        """The conversations with at least one exchange."""
+        return [messages for messages in self.conversations if any(m["role"] == "assistant" for m in messages)]
+
+    def new_conversation(self) -> None:
+        if not self.conversations or self.conversations[-1] in self.saved:
+            self.conversations.append([{"role": "system", "content": self.system}] if self.system else [])
+
+    def add(self, user_text: str, reply: str) -> None:
+        self.conversations[-1] += [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
+        if self.path is None:
+            return
+        import json
+        import os
+
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for messages in self.saved:
+                handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+chat = stage_command(
+    "chat", ChatConfig, _chat,
+    arguments=[argument("checkpoint", "Checkpoint artifact (a chat fine-tune from `llmkit finetune`).")],
+    out="Save the conversations to this .jsonl file ({\"messages\": [...]} per conversation).", out_type=Optional[Path],
+    force="Replace an existing -o file.",
+    writes_artifact=False,
+)

@@ -1,0 +1,78 @@
+"""`llmkit generate`: options in, text out (`llmkit chat` lives in chat.py and shares the engine).
+
+Heavy imports (torch) happen inside the functions so `llmkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from llmkit.generate.config import GenerateConfig
+from llmkit.stage_command import argument, stage_command
+
+
+def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[Path], force: bool) -> None:
+    """Generate text from a checkpoint (several: their ensemble): sampling or greedy, batched, streamed, KV-cached."""
+    from llmkit.console import err
+    from llmkit.console import out as console
+    from contextlib import nullcontext
+
+    from llmkit.outputs import check_output_file
+    from llmkit.generate.stage import JsonlOutput, load_prompts, run_generate
+
+    check_output_file(out, force, inputs=[*config.ensembling.members(checkpoints), config.prompts_file])
+    prompts = load_prompts(config)
+    rows = len(prompts) * config.num_samples
+    stream = config.stream if config.stream is not None else rows == 1 and out is None
+    # Streaming shows the first completion as it is made; any others print when their batch ends.
+
+    def on_text(row: int, piece: str) -> None:
+        if row == 0:
+            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            console.file.flush()
+
+    def on_batch(batch) -> None:
+        if writer is not None:
+            writer.write(batch)
+            bar.advance(task, len(batch))
+        for item in batch:
+            c = item.completion
+            if stream and c.prompt_index == 0 and c.sample_index == 0:
+                console.print()  # the streamed completion is complete
+                continue
+            if out is not None and not stream:
+                continue  # batch use: the records go to the file
+            label = f"prompt {c.prompt_index + 1}" + (f", sample {c.sample_index + 1}" if config.num_samples > 1 else "")
+            console.rule(label, style="dim")
+            console.print(f"[dim]{_escape(item.prompt.display)}[/]{_escape(c.text)}", soft_wrap=True)
+
+    def on_ready(prompts) -> None:  # the prompt is shown only once the checkpoint has loaded
+        if stream:
+            console.print(f"[dim]{_escape(prompts[0].display)}[/]", end="", soft_wrap=True)
+
+    from llmkit.console import progress
+
+    bar = progress()
+    bar.disable = bar.disable or stream or out is None  # batch use only: printed completions need the terminal
+    task = bar.add_task("generating", total=rows)
+    with JsonlOutput(out, config) if out is not None else nullcontext() as writer, bar:
+        results = run_generate(checkpoints, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
+    if out is not None:
+        err.print(f"wrote {len(results)} completion(s) to {out}")
+
+
+generate = stage_command(
+    "generate", GenerateConfig, _generate,
+    arguments=[argument("checkpoints", "Checkpoint artifact (llmkit pretrain / finetune / import); several generate as an ensemble.",
+                        type=list[Path])],
+    out="Write one JSON record per completion to this .jsonl file.", out_type=Optional[Path],
+    force="Replace an existing -o file.",
+    writes_artifact=False,
+)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

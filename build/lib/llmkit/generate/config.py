@@ -1,0 +1,75 @@
+"""The options of `llmkit generate` and `llmkit chat` (docs/generate.md): declared once, here.
+
+Both sample with the `Sampling` group, each with its own defaults (chat: longer replies, a
+cooler temperature and top-k 50).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+from llmkit.model.ensemble_options import Ensembling
+from llmkit.inference.options import OVERFLOW_POLICIES, Inference
+from llmkit.options import Options, group, option, unescape, unescape_each
+
+SAMPLING = "Sampling"
+RUN = "Run"
+
+
+@dataclass
+class Sampling(Options):
+    max_new_tokens: int = option(128, "Tokens to generate per completion.", flags=("--max-new-tokens", "-n"), range="[1, inf)")
+    temperature: float = option(0.8, "Sampling temperature; 0 = greedy.", range="[0, inf)")
+    greedy: bool = option(False, "Always take the most likely token (same as --temperature 0).", flags=("--greedy",))
+    top_k: int | None = option(None, "Sample only among the k most likely tokens.", range="[1, inf)")
+    top_p: float | None = option(None, "Nucleus sampling: the smallest set of tokens with this much probability.", range="(0, 1]")
+    repetition_penalty: float = option(1.0, "> 1 discourages repeating tokens (1 = off).", range="(0, inf)")
+
+    def params(self, seed: int, **more: Any):
+        """The engine's GenerationParams; an impossible setting is a one-line error."""
+        from llmkit.inference.engine import GenerationParams
+
+        try:
+            return GenerationParams(
+                temperature=0.0 if self.greedy else self.temperature, top_k=self.top_k, top_p=self.top_p,
+                repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens, seed=seed, **more,
+            )
+        except ValueError as exc:
+            raise UserError(f"invalid generation setting: {exc}") from exc
+
+
+@dataclass
+class GenerateConfig(Options):
+    prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n is a newline.",
+                                flags=("--prompt", "-p"), parse=unescape_each)
+    prompts_file: Path | None = option(None, "File of prompts: .txt (one per line) or .jsonl ({\"prompt\": ...} or "
+                                       "{\"messages\": [...]}).", flags=("--prompts",))
+    sampling: Sampling = group(Sampling, panel=SAMPLING)
+    stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n is a newline); it is not printed.",
+                             parse=unescape_each, panel=SAMPLING)
+    ignore_eos: bool = option(False, "Keep going past the end-of-text token.", flags=("--ignore-eos",), panel=SAMPLING)
+    num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING, range="[1, inf)")
+    batch_size: int = option(8, "Rows generated together (left-padded).", panel=RUN, range="[1, inf)")
+    context_overflow: str = option("slide", "When prompt + output exceed the context: slide (keep the newest tokens) or error.",
+                                   choices=OVERFLOW_POLICIES, panel=RUN)
+    stream: bool | None = option(None, "Print tokens as they arrive (default: when there is one completion).",
+                                 flags=("--stream/--no-stream",), panel=RUN, runtime=True)
+    inference: Inference = group(Inference, panel=RUN)
+    ensembling: Ensembling = group(Ensembling)
+    seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
+
+    def params(self):
+        return self.sampling.params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
+                                    context_overflow=self.context_overflow)
+
+
+@dataclass
+class ChatConfig(Options):
+    system: str | None = option(None, "System message that opens the conversation.", parse=unescape)
+    sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
+                               help={"max_new_tokens": "Longest reply in tokens."})
+    inference: Inference = group(Inference, panel=RUN)
+    seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")

@@ -1,0 +1,141 @@
+"""The generate stage: `run_generate(checkpoint, config)` -> completions; JSONL output for batch use.
+
+Generation writes no artifact (it is for reading); `-o FILE.jsonl` keeps one record per
+completion with the settings that made it, so a result can be reproduced with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from llmkit.errors import UserError
+from llmkit.generate.config import GenerateConfig
+from llmkit.inference.engine import Completion, Generator, check_fits, context_limit
+from llmkit.inference.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
+
+
+@dataclass
+class Generated:
+    prompt: Prompt
+    completion: Completion
+
+    def record(self, cfg: GenerateConfig) -> dict:
+        c = self.completion
+        record = {
+            "prompt": self.prompt.text if self.prompt.messages is None else None,
+            "completion": c.text,
+            "prompt_index": c.prompt_index,
+            "sample_index": c.sample_index,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": len(c.token_ids),
+            "finish_reason": c.finish_reason,
+            "seed": cfg.seed,
+        }
+        if self.prompt.messages is not None:
+            record["messages"] = self.prompt.messages
+        record.update({k: v for k, v in self.prompt.meta.items() if k not in record})
+        return record
+
+
+def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
+    prompts = [Prompt(text=p) for p in cfg.prompts]
+    if cfg.prompts_file:
+        prompts.extend(read_prompt_file(cfg.prompts_file))
+    if not prompts:
+        raise UserError("no prompt given; pass --prompt TEXT (repeatable) or --prompts FILE (.txt lines or .jsonl)")
+    return prompts
+
+
+def run_generate(
+    checkpoint: Path | list[Path],
+    cfg: GenerateConfig,
+    *,
+    on_text: Callable[[int, str], None] | None = None,
+    on_batch: Callable[[list[Generated]], None] | None = None,
+    on_ready: Callable[[list[Prompt]], None] | None = None,
+) -> list[Generated]:
+    """Load the checkpoint and complete every prompt `num_samples` times. `on_ready(prompts)` is
+    called once everything is checked and loaded, just before the first token."""
+    from llmkit.model.ensemble import load_ensemble
+    from llmkit.runtime import resolve_device
+
+    params = cfg.params()
+    prompts = load_prompts(cfg)
+    members = cfg.ensembling.members(checkpoint)
+    loaded = load_ensemble(members, device=resolve_device(cfg.inference.device), purpose="generation",
+                           weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
+    tokenizer = loaded.tokenizer
+    start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
+    encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
+    chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
+    extra_stops = chat_stop_ids(tokenizer) if chat else []
+    limit = context_limit(loaded.model)
+    longest = max(len(ids) for ids in encoded)
+    max_new_tokens = cfg.sampling.max_new_tokens
+    check_fits(longest, max_new_tokens, limit, cfg.context_overflow)  # before anything is printed or written
+    if limit is not None and longest + max_new_tokens > limit and cfg.context_overflow == "slide":
+        from llmkit.console import err
+
+        err.print(
+            f"note: prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the context length "
+            f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)",
+            soft_wrap=True, markup=False,
+        )
+    generator = Generator(loaded.model, tokenizer, start_id, compile=cfg.inference.compile)
+    if on_ready is not None:
+        on_ready(prompts)
+    results: list[Generated] = []
+    # One call per group of prompts so finished batches can be printed while later ones run.
+    per_call = max(1, cfg.batch_size // cfg.num_samples)
+    for start in range(0, len(prompts), per_call):
+        completions = generator.complete(
+            encoded[start : start + per_call],
+            params,
+            num_samples=cfg.num_samples,
+            batch_size=cfg.batch_size,
+            on_text=(lambda row, piece, base=len(results): on_text(base + row, piece)) if on_text else None,
+            extra_stop_ids=extra_stops,
+            prompt_offset=start,
+        )
+        batch = [Generated(prompts[c.prompt_index], c) for c in completions]
+        results.extend(batch)
+        if on_batch is not None:
+            on_batch(batch)
+    return results
+
+
+class JsonlOutput:
+    """Completion records written as they are made, into a hidden temporary file renamed to `path`
+    at the end. A run that stops early keeps what it made in `PATH.partial` and says so, and
+    leaves nothing at `path` itself."""
+
+    def __init__(self, path: Path, cfg: GenerateConfig):
+        self.path, self.cfg, self.written = Path(path), cfg, 0
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+
+    def __enter__(self) -> JsonlOutput:
+        self.handle = open(self.tmp, "w", encoding="utf-8")
+        return self
+
+    def write(self, batch: list[Generated]) -> None:
+        for item in batch:
+            self.handle.write(json.dumps(item.record(self.cfg), ensure_ascii=False) + "\n")
+        self.handle.flush()
+        self.written += len(batch)
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.handle.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        elif self.written:
+            partial = self.path.with_name(self.path.name + ".partial")
+            os.replace(self.tmp, partial)
+            from llmkit.console import err
+
+            err.print(f"note: the {self.written} completion(s) made before stopping are in {partial}", soft_wrap=True, markup=False)
+        else:
+            self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,137 @@
+"""Prompts: from flags and files to token ids.
+
+A prompt is plain text, or a chat (a list of {"role", "content"} messages). Plain text is
+encoded as is, after the token documents start with in the checkpoint's training data
+(`document_start_id`: `<|eos|>` for default pretraining shards, else `<|bos|>`). A chat is
+rendered with the special role tokens every llmkit vocabulary has (`<|system|>`, `<|user|>`, `<|assistant|>`): each message is its role token
+followed by its text, and the prompt ends with `<|assistant|>` so the model answers; a role
+token starts the next turn, so generation stops at one. Role tokens are inserted by id, never
+by typing them into text (the tokenizer encodes typed special-token names as ordinary text).
+A fine-tuned checkpoint's task.json (llmkit.model.records.TaskRecord) decides how plain prompts
+are framed: a text template (e.g. "Translate:\n{source}\nTranslation:") has the prompt put in
+its input field; a chat template makes the prompt a user message. Both render through
+llmkit.data.templates, the fine-tuning stage's own renderer, which the exported HF chat
+template is tested against.
+
+Prompt files: `.txt`, one prompt per line (`\\n` in a line becomes a newline, see `unescape`), or
+JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt, plain_fields, render
+from llmkit.errors import UserError
+from llmkit.jsonl import iter_jsonl, read_text
+from llmkit.options import unescape
+
+
+
+# Fields a JSONL prompt may be in, first found first (as `llmkit eval` reads model inputs).
+PROMPT_FIELDS = ("prompt", "text", "input", "instruction", "question", "source", "document")
+
+
+@dataclass
+class Prompt:
+    text: str | None = None
+    messages: list[dict[str, str]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # other JSONL fields, copied to the output
+    record: dict[str, Any] | None = None  # the whole JSONL record: fills every field of a text template
+
+    @property
+    def display(self) -> str:
+        if self.messages is None:
+            return self.text or ""
+        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+
+
+def read_prompt_file(path: Path) -> list[Prompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
+    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+        lines = read_text(path).splitlines()
+        prompts = [Prompt(text=unescape(line)) for line in lines if line.strip()]
+    else:
+        prompts = [_prompt_from_record(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
+    if not prompts:
+        raise UserError(f"{path} holds no prompts")
+    return prompts
+
+
+def _prompt_from_record(record: Any, where: str) -> Prompt:
+    if not isinstance(record, dict):
+        raise UserError(f"{where} is not a JSON object; write {{\"prompt\": \"...\"}} per line")
+    if "messages" in record:
+        messages = record["messages"]
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
+        )
+        if not ok or not messages:
+            raise UserError(f"{where}: 'messages' must be a list of {{\"role\": system|user|assistant, \"content\": text}}")
+        return Prompt(messages=messages, meta={k: v for k, v in record.items() if k != "messages"})
+    if isinstance(record.get("instruction"), str) and isinstance(record.get("input"), str) and "prompt" not in record:
+        # Alpaca-style: the instruction, then its input
+        text = record["instruction"] + ("\n\n" + record["input"] if record["input"] else "")
+        return Prompt(text=text, meta={k: v for k, v in record.items() if k not in ("instruction", "input")}, record=record)
+    for key in PROMPT_FIELDS:
+        if isinstance(record.get(key), str):
+            return Prompt(text=record[key], meta={k: v for k, v in record.items() if k != key}, record=record)
+    raise UserError(f"{where} has no prompt: a string in one of {', '.join(PROMPT_FIELDS)}, or a \"messages\" list")
+
+
+def chat_stop_ids(tokenizer) -> list[int]:
+    """Role tokens end an assistant turn."""
+    return [tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in tokenizer.special_ids]
+
+
+def document_start_id(tokenizer, artifact=None, task=None) -> int:
+    """The token a document follows in this checkpoint's training data.
+
+    `llmkit tokenize` stores documents as `text <|eos|>` by default (`--add-bos` prepends
+    `<|bos|>`), so a model pretrained on the default shards has seen every document start right
+    after `<|eos|>` and never seen `<|bos|>`; lm-evaluation-harness likewise conditions the first
+    token on EOT. Fine-tuned checkpoints (with task.json) are trained with `<|bos|>` first, and
+    imported checkpoints use their own BOS. A checkpoint records which (stats `document_start`,
+    carried through average, export and import); one written before it did is traced through
+    its lineage (its tokens input, through any checkpoint inputs); when that cannot be found, `<|bos|>`.
+    """
+    if task is not None or artifact is None:
+        return tokenizer.bos_id
+
+    current, seen = artifact, 0
+    while current is not None and seen < 8:
+        seen += 1
+        recorded = current.stats.get("document_start")
+        if recorded in ("bos", "eos"):
+            return tokenizer.bos_id if recorded == "bos" else tokenizer.eos_id
+        refs = {ref["kind"]: ref["role"] for ref in current.manifest.inputs if "kind" in ref}
+        try:
+            if "tokens" in refs:
+                tokens = current.input(refs["tokens"])
+                return tokenizer.bos_id if tokens.stats.get("add_bos", True) else tokenizer.eos_id
+            current = current.input(refs["checkpoint"]) if "checkpoint" in refs else None
+        except UserError:  # moved or rebuilt since: no way to tell
+            return tokenizer.bos_id
+    return tokenizer.bos_id
+
+
+def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = None) -> list[int]:
+    """Token ids of a prompt: a chat; the text in the fine-tuned checkpoint's template (a
+    TaskRecord's); or the document-start token, then the text."""
+    if prompt.messages is not None:
+        return encode_chat_prompt(prompt.messages, tokenizer)
+    if task is not None and task.is_chat:
+        return encode_chat_prompt([{"role": "user", "content": prompt.text or ""}], tokenizer)
+    template = task.text_template if task is not None else None
+    if template is not None:
+        fields = plain_fields(template["prompt"], "the checkpoint's template")
+        if prompt.record is not None and all(name in prompt.record for name in fields):
+            # a record with every field the template names (several fields: all are filled)
+            return [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], prompt.record, "prompt record"))
+        return encode_text_prompt(template, prompt.text or "", tokenizer)
+    ids = tokenizer.encode(prompt.text) if prompt.text else []
+    return [tokenizer.bos_id if start_id is None else start_id] + ids

@@ -1,0 +1,85 @@
+"""Turning next-token logits into tokens: repetition penalty, temperature, top-k, top-p.
+
+The order and the meaning of each setting follow Hugging Face `generate()` (repetition penalty,
+then temperature, then top-k, then top-p), so the same flags mean the same thing in both tools.
+Every row draws from its own seeded `torch.Generator`: a row's text depends only on its seed,
+not on which other prompts share its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy (argmax); > 0 samples from softmax(logits / temperature)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # keep the smallest set whose probability reaches top_p (nucleus)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the output
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """A well-mixed 63-bit seed for one (prompt, sample) row, independent of batching."""
+    state = np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty (as in HF): positive logits of seen tokens are divided, negative multiplied."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.size(-1))
+    threshold = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    # Drop a token when the tokens ranked above it already reach p (the top token always stays).
+    drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_tokens(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generators: list[torch.Generator] | None,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from logits [B, V] -> LongTensor [B]."""
+    logits = logits.float()
+    if params.repetition_penalty != 1.0 and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if params.top_k is not None:
+        logits = filter_top_k(logits, params.top_k)
+    if params.top_p is not None and params.top_p < 1.0:
+        logits = filter_top_p(logits, params.top_p)
+    probs = logits.softmax(dim=-1)
+    picks = [torch.multinomial(probs[b], 1, generator=generators[b]) for b in range(probs.size(0))]
+    return torch.cat(picks)

@@ -1,0 +1,129 @@
+"""Rich rendering of a manifest and its lineage for `llmkit inspect`."""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from llmkit.artifacts import Artifact, LineageNode
+from llmkit.console import out
+from llmkit.model.records import CheckpointStats
+
+
+def _short(value: object, limit: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_artifact(art: Artifact, tree: LineageNode) -> None:
+    m = art.manifest
+    table = Table(title=f"{m.kind} artifact: {art.path}", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("fingerprint", m.fingerprint)
+    table.add_row("format", f"v{m.format_version} (llmkit {m.llmkit_version})")
+    table.add_row("seed", str(m.seed))
+    table.add_row("command", Text(" ".join(m.command)))  # whole (it is how to make the artifact again), as typed
+    table.add_row("files", f"{len(m.files)}: " + _short(", ".join(m.files), 200))
+    for key, value in m.config.items():
+        table.add_row(f"config.{key}", _short(value))
+    for key, value in m.stats.items():
+        table.add_row(f"stats.{key}", _short(value))
+    for key, value in m.runtime.items():
+        table.add_row(f"runtime.{key}", _short(value))
+    table.add_row("versions", _short(", ".join(f"{k} {v}" for k, v in m.versions.items()), 200))
+    out.print(table)
+    out.print(_tree(tree))
+
+
+def _tree(node: LineageNode, parent: Tree | None = None) -> Tree:
+    label = f"[bold]{node.kind}[/] {node.path} [dim]{node.fingerprint[:12]}[/]"
+    if node.role != "output":
+        label = f"[cyan]{node.role}[/]: " + label
+    if not node.found:
+        label += " [yellow](not found)[/]"
+    branch = Tree(label) if parent is None else parent.add(label)
+    for child in node.children:
+        _tree(child, branch)
+    return branch
+
+
+def _headline(art: Artifact) -> str:
+    """The few numbers that tell one artifact of a kind from another."""
+    s = art.stats
+
+    def num(value, digits=4):
+        if isinstance(value, float):
+            return f"{value:.{digits}g}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    if art.kind == "corpus":
+        return f"{num(s.get('documents'))} docs, {num(s.get('bytes'))} bytes"
+    if art.kind == "tokenizer":
+        return f"vocab {num(s.get('vocab_size'))}, {num(s.get('bytes_per_token'))} bytes/token"
+    if art.kind == "tokens":
+        train, val = s.get("train", {}), s.get("val", {})
+        return f"train {num(train.get('tokens'))} / val {num(val.get('tokens'))} tokens ({s.get('dtype')})"
+    if art.kind == "checkpoint":
+        stats = CheckpointStats.of(art)
+        parts = [f"{num(stats.params)} params"]
+        if stats.step is not None:
+            parts.append(f"step {num(stats.step)}")
+        for key in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
+            if isinstance(getattr(stats, key), (int, float)):
+                parts.append(f"{key} {num(getattr(stats, key))}")
+        return ", ".join(parts)
+    if art.kind == "sweep":
+        losses = [r["final_val_loss"] for r in s.get("runs", []) if isinstance(r.get("final_val_loss"), (int, float))]
+        return f"{len(s.get('runs', []))} runs" + (f", best val_loss {num(min(losses))}" if losses else "")
+    if art.kind == "scaling":
+        parts = [f"alpha {num(s.get('alpha'), 3)}", f"beta {num(s.get('beta'), 3)}"]
+        if isinstance(s.get("params_exponent"), float):
+            parts.append(f"N_opt ∝ C^{s['params_exponent']:.2f}")
+        return ", ".join(parts) + f" ({s.get('points')} points)"
+    if art.kind == "eval":
+        metrics_file = art.path / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        return ", ".join(f"{k} {num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    return ""
+
+
+def print_report(arts: list[Artifact]) -> None:
+    """One row per artifact, named relative to the folder they share (in the title), so that long
+    absolute paths do not crowd out the names on a narrow terminal."""
+    import os
+
+    folders = [str(art.path.resolve().parent) for art in arts]
+    common = os.path.commonpath(folders) if folders else "."
+    table = Table(title=f"artifacts in {common}", title_justify="left")
+    table.add_column("artifact", overflow="fold")
+    table.add_column("kind")
+    table.add_column("fingerprint", no_wrap=True)
+    table.add_column("headline", overflow="fold")
+    for art in arts:
+        table.add_row(os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], _headline(art))
+    out.print(table)
+
+
+def print_checkpoint_summary(path) -> None:
+    """The line a training stage ends with: progress, losses and the fingerprint of its checkpoint."""
+    from llmkit import artifacts
+
+    art = artifacts.load(path, kind="checkpoint")
+    stats = CheckpointStats.of(art)
+    if stats.task is not None:
+        line = (f"[green]checkpoint[/] {path}: {stats.task}, step {stats.step}, "
+                f"{stats.trainable_params or 0:,} of {stats.params or 0:,} parameters trained")
+    else:
+        line = f"[green]checkpoint[/] {path}: " + (f"step {stats.step}, " if stats.step is not None else "")
+        line += f"{(stats.params or 0) / 1e6:.2f}M params"
+    if stats.train_loss is not None:
+        line += f", train loss {stats.train_loss:.4f}"
+    if stats.val_loss is not None:
+        line += f", val loss {stats.val_loss:.4f}" + (f" (ppl {stats.val_ppl:.2f})" if stats.task is None else "")
+    if stats.val_accuracy is not None:
+        line += f", val accuracy {stats.val_accuracy:.4f}, macro F1 {stats.val_f1:.4f}"
+    out.print(line + f", fingerprint {art.fingerprint[:12]}", soft_wrap=True)

@@ -1,0 +1,64 @@
+"""`llmkit export`: a checkpoint artifact as a transformers model directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmkit.errors import UserError
+from llmkit.interop.hf_files import HF_WEIGHTS, LLMKIT_CONFIG_FILE, torch_dtype
+from llmkit.interop.hf_tokenizer import CHAT_TEMPLATE, chat_template_for, save_hf_tokenizer, stop_token_ids
+from llmkit.model.hf_config import SpecialIds, hf_family, to_hf_config
+from llmkit.model.hf_weights import to_hf_state
+
+
+def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, dtype: str = "float32") -> Path:
+    """Write a checkpoint as a transformers model directory that `AutoModelForCausalLM` and
+    `AutoTokenizer.from_pretrained(out)` load offline. Returns `out`."""
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    from llmkit import artifacts, outputs
+    from llmkit.inference.prompts import document_start_id
+    from llmkit.model.io import load_checkpoint, read_model_config
+    from llmkit.model.records import read_task
+
+    out = outputs.check_output(out, force, inputs=[checkpoint])
+    weight_dtype = torch_dtype(dtype)
+    art = artifacts.load(checkpoint, kind="checkpoint")
+    family = hf_family(read_model_config(art.path))  # refuse before loading any weights
+    task = read_task(art)
+    if task is not None and task.is_classifier:
+        raise UserError(
+            f"{art.path} is a classification checkpoint; its head has a bias that transformers' "
+            "*ForSequenceClassification `score` layer lacks, so it does not export; export the checkpoint it was fine-tuned from"
+        )
+    loaded = load_checkpoint(art.path)
+    config, tok = loaded.config, loaded.tokenizer
+    template = chat_template_for(task)
+    special = SpecialIds(bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id)
+    hf_config = to_hf_config(config, special)
+    hf_config.dtype = dtype
+    state = {k: v.to(weight_dtype) for k, v in to_hf_state(loaded.model.state_dict(), config).items()}
+    with outputs.atomic_directory(out, force=force, inputs=[checkpoint]) as tmp:
+        hf_config.save_pretrained(tmp)
+        if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
+            _update_json(tmp / "config.json", rope_theta=float(config.rope_theta))
+        save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        stops = stop_token_ids(tok, chat=template == CHAT_TEMPLATE)
+        GenerationConfig(
+            bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad
+        ).save_pretrained(tmp)
+        start_id = document_start_id(tok, art, task)
+        save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template, start_id=start_id)
+        provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint,
+                      "task": json.loads(task.to_json()) if task is not None else None,
+                      "document_start": "eos" if start_id == tok.eos_id and start_id != tok.bos_id else "bos"}
+        (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def _update_json(path: Path, **values) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(values)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

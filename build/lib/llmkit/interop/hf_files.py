@@ -1,0 +1,87 @@
+"""A transformers model directory: its file names, reading it (config.json, safetensors
+weights, never pickle) and what llmkit's export writes beside the HF files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from llmkit.errors import UserError
+
+LLMKIT_CONFIG_FILE = "llmkit_model_config.json"  # written on export so a round trip keeps every field
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def read_config_json(src: Path) -> dict:
+    if not src.exists():
+        raise UserError(f"no such directory: {src}; pass a local Hugging Face model directory")
+    if not src.is_dir():
+        raise UserError(f"{src} is a file; pass a local Hugging Face model directory (config.json + *.safetensors)")
+    path = src / "config.json"
+    if not path.is_file():
+        raise UserError(f"{src} has no config.json; it is not a Hugging Face model directory (save one with save_pretrained)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); re-save the model with save_pretrained") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object; re-save the model with save_pretrained")
+    return data
+
+
+def weight_files(src: Path) -> list[Path]:
+    """The safetensors files of a transformers directory (sharded or not); pickle is refused."""
+    index = src / HF_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{index} is not a valid safetensors index ({exc}); re-save the model") from exc
+        missing = [n for n in names if not (src / n).is_file()]
+        if missing:
+            raise UserError(f"{src} lacks weight shard {missing[0]} named in {HF_INDEX}; copy the whole model directory")
+        return [src / n for n in names]
+    if (src / HF_WEIGHTS).is_file():
+        return [src / HF_WEIGHTS]
+    pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in src.glob(pattern))
+    if pickled:
+        raise UserError(
+            f"{src} has only pickle weights ({pickled[0]}), which llmkit never loads (unpickling can run code); "
+            "convert them to safetensors first, e.g. model.save_pretrained(dir, safe_serialization=True) in a trusted environment"
+        )
+    raise UserError(f"{src} has no {HF_WEIGHTS}; save the model with save_pretrained (safetensors)")
+
+
+def read_hf_state(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            state.update(load_file(str(path)))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"cannot read {path} as safetensors ({exc}); re-save the model") from exc
+    return state
+
+
+
+def export_provenance(src: Path) -> dict:
+    """What llmkit's export wrote beside the HF files (the original ModelConfig, the document
+    start, ...); {} for a folder llmkit did not export, or an unreadable file."""
+    try:
+        data = json.loads((src / LLMKIT_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

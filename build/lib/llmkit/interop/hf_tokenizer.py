@@ -1,0 +1,200 @@
+"""Tokenizers across the border: llmkit's tokenizer as a transformers `AutoTokenizer` folder
+(with the chat template of a fine-tuned checkpoint), and a transformers tokenizer as llmkit's
+tokenizer folder (special tokens by role, token byte lengths)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from llmkit.errors import UserError
+
+# Fine-tuned checkpoints carry their prompt format in task.json (llmkit/data/templates.py);
+# as a Jinja chat template, `tokenizer.apply_chat_template` renders what llmkit renders.
+# chat: [BOS] (<|role|> text)*, then <|assistant|> to prompt an answer, or EOS after a finished
+# conversation (as in training); a role token ends a turn, so role tokens are stop ids too.
+CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('llmkit chats have system, user and assistant roles only') }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}"
+    "{% elif messages and messages[-1]['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+)
+
+
+def _jinja_format(pattern: str, field: str) -> str | None:
+    """A Python format string with one placeholder `{field}` as Jinja, the placeholder filled
+    by `message['content']`; None for any other placeholder."""
+    import string
+
+    parts = []
+    for literal, name, spec, conversion in string.Formatter().parse(pattern):
+        if literal:
+            parts.append("{{ " + json.dumps(literal, ensure_ascii=False) + " }}")
+        if name is None:
+            continue
+        if name != field or spec or conversion:
+            return None
+        parts.append("{{ message['content'] }}")
+    return "".join(parts)
+
+
+def chat_template_for(task) -> str | None:
+    """The Jinja chat template for a fine-tuned checkpoint's prompt format (a TaskRecord); None
+    for a base model (it was never trained on one) or a template Jinja cannot express."""
+    template = task.template if task is not None else None
+    if not isinstance(template, dict):
+        return None
+    if template.get("type") == "chat":
+        return CHAT_TEMPLATE
+    if template.get("type") != "text":
+        return None
+    # text: [BOS] prompt.format(input) response.format(target) [EOS], the user message as the
+    # input and the assistant message as the target.
+    prompt = _jinja_format(str(template.get("prompt", "")), str(template.get("input_field", "")))
+    response = _jinja_format(str(template.get("response", "")), str(template.get("target_field", "")))
+    if not prompt or not response:
+        return None
+    return (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% if message['role'] == 'user' %}" + prompt + "{% elif message['role'] == 'assistant' %}" + response
+        + "{{ eos_token }}{% else %}{{ raise_exception('this model takes user and assistant messages only') }}"
+        "{% endif %}{% endfor %}"
+    )
+
+
+def stop_token_ids(tok, chat: bool) -> list[int]:
+    """End of text, and for chat models the role tokens that end a turn (llmkit's chat stops on them)."""
+    ids = [tok.eos_id]
+    if chat:
+        ids += [tok.special_ids[t] for t in CHAT_ROLE_TOKENS if t in tok.special_ids]
+    return list(dict.fromkeys(ids))
+
+
+def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_template: str | None = None,
+                      start_id: int | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json for `AutoTokenizer`, special tokens by role.
+
+    `start_id`, the token the model saw before every document (llmkit.inference.prompts.
+    document_start_id), is prepended by a post-processor, so that `tok(prompt)` gives the ids
+    `llmkit generate` gives the model and greedy `model.generate` continues the same way.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    roles = {}
+    for role in ("bos", "eos", "pad", "mask"):
+        index = getattr(tok, f"{role}_id", None)
+        if index is not None:
+            roles[f"{role}_token"] = tok.hf.id_to_token(index)
+    named = set(roles.values())
+    extra = [name for name, _ in sorted(tok.special_ids.items(), key=lambda item: item[1]) if name not in named]
+    # A copy: llmkit's loader switches the live object to encode special-token text as text,
+    # while transformers tokenizers parse it (chat templates rely on that).
+    backend = Tokenizer.from_str(tok.hf.to_str())
+    if start_id is not None:
+        start = tok.hf.id_to_token(start_id)
+        backend.post_processor = TemplateProcessing(single=f"{start} $A", pair=f"{start} $A $B:1", special_tokens=[(start, start_id)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=model_max_length, additional_special_tokens=extra, **roles
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(directory)
+    # Spell tokenizer_config.json the way transformers 4.x reads it too (v5 accepts all of it):
+    # the class every release knows, `additional_special_tokens` (4.x wants a dict under v5's
+    # `extra_special_tokens`), and the chat template inline as well as in chat_template.jinja.
+    path = directory / "tokenizer_config.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    settings.pop("backend", None)
+    extra_tokens = settings.pop("extra_special_tokens", None)
+    if extra_tokens:
+        settings["additional_special_tokens"] = list(extra_tokens)
+    if fast.chat_template:
+        settings["chat_template"] = fast.chat_template
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_hf_tokenizer(src: Path):
+    """The fast (tokenizers) tokenizer of a transformers directory: tokenizer.json, or the slow
+    files (vocab.json + merges.txt, ...) converted by transformers."""
+    from tokenizers import Tokenizer
+
+    path = src / "tokenizer.json"
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise UserError(f"{path} is not a valid tokenizers file ({exc}); re-save the tokenizer") from exc
+    try:
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+        return fast.backend_tokenizer
+    except Exception as exc:
+        raise UserError(
+            f"{src} has no tokenizer.json and its tokenizer files could not be converted ({type(exc).__name__}); "
+            "save the tokenizer there with AutoTokenizer(...).save_pretrained"
+        ) from exc
+
+
+def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]:
+    """Role ("bos", "eos", "pad", "mask") -> token text of an imported tokenizer.
+
+    From tokenizer_config.json, else config.json's ids, else llmkit's own names when the
+    vocabulary has them. GPT-2 style vocabularies have one `<|endoftext|>` for every role, and
+    Llama has no pad token: a missing bos or pad falls back to eos (transformers' usual choice).
+    """
+    from llmkit.data.tokenizer import LLMKIT_ROLES
+
+    settings = {}
+    settings_path = src / "tokenizer_config.json"
+    if settings_path.is_file():
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+            settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    roles: dict[str, str] = {}
+    for role in ("bos", "eos", "pad", "mask"):
+        value = settings.get(f"{role}_token")
+        if isinstance(value, dict):  # an AddedToken written out
+            value = value.get("content")
+        if not isinstance(value, str):
+            index = config_json.get(f"{role}_token_id")
+            if isinstance(index, list):
+                index = index[0] if index else None
+            value = tokenizer.id_to_token(index) if isinstance(index, int) else None
+        if value is None and LLMKIT_ROLES[role] in specials:
+            value = LLMKIT_ROLES[role]
+        if value is not None and value in specials:
+            roles[role] = value
+    if "eos" not in roles:
+        raise UserError(
+            f"cannot tell which token of {src}'s tokenizer ends a text (no eos_token in tokenizer_config.json, "
+            "no eos_token_id in config.json); add one there"
+        )
+    roles.setdefault("bos", roles["eos"])
+    roles.setdefault("pad", roles["eos"])
+    return roles
+
+
+def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: Path) -> None:
+    """tokenizer.json + token_bytes.npy, and special_tokens.json when the roles are not llmkit's
+    names (the shared loader reads it); then load the folder the way every stage will."""
+    from llmkit.data.tokenizer import LLMKIT_ROLES, SPECIAL_ROLES_FILE, TOKEN_BYTES_FILE, load_tokenizer, token_byte_lengths
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    np.save(folder / TOKEN_BYTES_FILE, token_byte_lengths(tokenizer), allow_pickle=False)
+    if any(token != LLMKIT_ROLES[role] for role, token in roles.items()):
+        (folder / SPECIAL_ROLES_FILE).write_text(json.dumps(roles, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    loaded = load_tokenizer(folder)
+    if (loaded.bos_id, loaded.eos_id, loaded.pad_id) != tuple(tokenizer.token_to_id(roles[r]) for r in ("bos", "eos", "pad")):
+        raise AssertionError(f"the tokenizer loader misreads the special-token roles {roles} of {src}")

@@ -1,0 +1,93 @@
+"""`llmkit import`: a local transformers GPT-2 or Llama directory as a checkpoint artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llmkit.errors import UserError
+from llmkit.interop.hf_files import export_provenance, read_config_json, read_hf_state, torch_dtype, weight_files
+from llmkit.interop.hf_tokenizer import hf_special_tokens, read_hf_tokenizer, write_tokenizer_folder
+from llmkit.model.gpt import ModelConfig
+from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, unsupported_model_type
+from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
+
+
+def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, torch.Tensor]):
+    """A directory llmkit exported carries the original ModelConfig: use it when it describes
+    the same network, so export -> import gives back the config field for field. A bias-free
+    GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
+    try:
+        original = ModelConfig.from_dict(export_provenance(src)["model_config"])
+    except (KeyError, TypeError, ValueError):
+        return imported, state
+    same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
+            "rope_theta", "norm_eps", "n_head")
+    if original.mlp_hidden != imported.mlp_hidden or any(getattr(original, f) != getattr(imported, f) for f in same):
+        return imported, state
+    if original.n_kv_head != imported.n_kv_head or original.bias and not imported.bias:
+        return imported, state  # GPT-2 export repeated the KV heads: keep the multi-head form
+    if not original.bias and imported.bias:  # every bias (linear and LayerNorm) follows `bias`
+        biases = [k for k in state if k.endswith(".bias")]
+        if any(bool(state[k].any()) for k in biases):
+            return imported, state  # trained biases since: they are part of the model now
+        state = {k: v for k, v in state.items() if not k.endswith(".bias")}
+    return original, state
+
+
+def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
+    """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
+    from llmkit import artifacts, outputs
+    from llmkit.model.gpt import GPT
+    from llmkit.model.io import TOKENIZER_DIR, check_shapes, save_weights, tied_names
+    from llmkit.model.records import CheckpointStats
+
+    src = Path(src)
+    out = outputs.check_output(out, force, inputs=[src])
+    weight_dtype = torch_dtype(dtype)
+    config_json = read_config_json(src)
+    model_type = config_json.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise unsupported_model_type(model_type, config_json.get("architectures"))
+    files = weight_files(src)
+    tokenizer = read_hf_tokenizer(src)
+    try:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(str(src), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"{src}/config.json is not a valid {model_type} config ({exc}); re-save the model") from exc
+    config = from_hf_config(hf_config)
+    tok_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    if tok_vocab > config.vocab_size:
+        raise UserError(
+            f"the tokenizer in {src} has {tok_vocab} tokens but the model only {config.vocab_size} embeddings; "
+            "the directory mixes a model and a tokenizer that do not belong together"
+        )
+    special = hf_special_tokens(src, config_json, tokenizer)
+    state = from_hf_state(normalize_hf_keys(read_hf_state(files), model_type), config, model_type)
+    config, state = _prefer_original_config(src, config, state)
+    with torch.device("meta"):  # names and shapes only: the weights are the source's, so none is initialised
+        model = GPT(config)
+    expected = model.state_dict()
+    missing = set(expected) - set(state) - tied_names(model)
+    unexpected = set(state) - set(expected)
+    if missing or unexpected:
+        raise AssertionError(f"hf_weights.py mapping bug: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    check_shapes(model, state, src, config_file="config.json", fix="re-save the model")
+    with artifacts.create(out, "checkpoint", force=force, inputs=[src]) as build:
+        save_weights(model, build.dir, {k: state[k].to(weight_dtype) for k in expected if k in state})
+        write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)
+        build.config = {
+            "source": "huggingface",
+            "model_type": model_type,
+            "architectures": config_json.get("architectures") or [],
+            "dtype": dtype,
+            "model": config.to_dict(),
+            "special_tokens": special,
+        }
+        build.seed = seed
+        build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab,
+                                      document_start=export_provenance(src).get("document_start")).to_dict()
+    return out

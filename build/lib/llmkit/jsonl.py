@@ -1,0 +1,47 @@
+"""Reading a user's files, shared by every stage: JSON Lines (one object per line) and plain UTF-8
+text, with errors that name the file and the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from llmkit.errors import UserError
+
+
+def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{lineno} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
+            except RecursionError:
+                raise UserError(f"{path}:{lineno} is JSON nested too deeply to read; flatten the record") from None
+            if not isinstance(record, dict):
+                raise UserError(f'{path}:{lineno} is not a JSON object; each line must look like {{"field": ...}}')
+            yield lineno, record
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    return [record for _, record in iter_jsonl(path)]
+
+
+def read_text(path: Path | str) -> str:
+    """A user's text file as UTF-8; one that is not is a one-line UserError naming its first bad line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None

@@ -1,0 +1,146 @@
+"""Several checkpoints read as one model: their next-token distributions mixed.
+
+    model = Ensemble([lm_a, lm_b], weights=[0.5, 0.5], mode="prob")
+    log_probs, loss = model(idx, targets)                  # [B, T, V], normalised
+    cache = model.new_cache(B, max_len, pad_lengths)       # one KV cache per member
+
+The ensemble answers the interface every stage uses of a language model (`forward` with an
+optional cache, `new_cache`, `config`, `classify` for classifiers), so the generation engine,
+rolling-window perplexity and multiple-choice scoring run on it unchanged. What it returns in
+place of logits are log-probabilities: softmax and cross-entropy of normalised log-probabilities
+are the probabilities themselves, so sampling and scoring need no special case.
+
+Two ways to mix (`mode`):
+  prob     p(x) = sum_k w_k p_k(x)                        the mixture (default; never worse in
+                                                          NLL than the members' weighted mean NLL,
+                                                          by Jensen's inequality)
+  logprob  p(x) ∝ exp(sum_k w_k log p_k(x))              a product of experts (log-linear pool)
+A classifier ensemble averages class probabilities the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("prob", "logprob")
+
+
+class EnsembleCache:
+    """One cache per member, advanced together; `pos` and `max_len` are the members' (all equal)."""
+
+    def __init__(self, caches: list):
+        self.caches = caches
+
+    @property
+    def pos(self) -> int:
+        return self.caches[0].pos
+
+    @property
+    def max_len(self) -> int:
+        return self.caches[0].max_len
+
+    def reset(self) -> None:
+        for cache in self.caches:
+            cache.reset()
+
+
+def _context_config(members: Sequence[nn.Module]):
+    """The first member's config, with the context every member can take: the shortest one of
+    the Transformers (an LSTM has none), and `arch` lstm only when no member has a limit."""
+    configs = [m.config for m in members]
+    limited = [c for c in configs if getattr(c, "arch", "gpt") != "lstm"]
+    if not limited:
+        return configs[0]
+    first = limited[0]
+    return dataclasses.replace(first, context_length=min(int(c.context_length) for c in limited))
+
+
+class Ensemble(nn.Module):
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], mode: str = "prob"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if len(members) != len(weights) or not members:
+            raise ValueError("one weight per member, at least one member")
+        vocab = {int(m.config.vocab_size) for m in members}
+        if len(vocab) != 1:
+            raise ValueError(f"members have different vocabularies {sorted(vocab)}")
+        self.members = nn.ModuleList(members)
+        self.weights = [float(w) for w in weights]
+        self.mode = mode
+        self.config = _context_config(members)
+
+    def _mix(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Normalised log-probabilities from the members' logits (last dimension = classes)."""
+        mixed = None
+        for weight, logits in zip(self.weights, outputs):
+            if weight == 0.0:
+                continue
+            logp = F.log_softmax(logits.float(), dim=-1)
+            term = logp + math.log(weight) if self.mode == "prob" else logp * weight
+            # A running reduction keeps one [B, T, V] buffer, not one per member.
+            mixed = term if mixed is None else (torch.logaddexp(mixed, term) if self.mode == "prob" else mixed + term)
+        return mixed if self.mode == "prob" else F.log_softmax(mixed, dim=-1)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: EnsembleCache | None = None,
+                return_logits: bool = True):  # (return_logits: GPT's contract; logits are always returned)
+        caches = cache.caches if cache is not None else [None] * len(self.members)
+        # A generator: each member's logits are mixed in as they come, so one [B, T, V] buffer
+        # is alive besides the running mixture, not K of them.
+        outputs = ((m(idx, cache=c) if c is not None else m(idx))[0] for m, c in zip(self.members, caches))
+        log_probs = self._mix(outputs)
+        loss = None
+        if targets is not None:
+            loss = F.nll_loss(log_probs.flatten(0, -2), targets.flatten(), ignore_index=-100)
+        return log_probs, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, pad_lengths=None) -> EnsembleCache:
+        max_len = max_len if max_len is not None else int(self.config.context_length)
+        return EnsembleCache([m.new_cache(batch_size, max_len, pad_lengths=pad_lengths) for m in self.members])
+
+
+class ClassifierEnsemble(Ensemble):
+    """An ensemble of classifiers: `classify` averages their class probabilities."""
+
+    def classify(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mixed class log-probabilities [B, labels]."""
+        return self._mix(m.classify(idx, attention_mask=attention_mask) for m in self.members)
+
+
+def ensemble_of(members: Sequence[nn.Module], weights: Sequence[float], mode: str = "prob") -> Ensemble:
+    """A classifier ensemble when every member classifies, else a language-model ensemble."""
+    classifiers = all(callable(getattr(m, "classify", None)) for m in members)
+    return (ClassifierEnsemble if classifiers else Ensemble)(members, weights, mode)
+
+
+def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequence[float] | None = None, mode: str = "prob"):
+    """Load checkpoints as one model: a LoadedCheckpoint whose `model` is their ensemble (the
+    checkpoint itself for one path) and whose `members` are their artifacts, in order. Members
+    must share a tokenizer and a task (a one-line error otherwise)."""
+    from llmkit import artifacts
+    from llmkit.errors import UserError
+    from llmkit.model.averaging import check_same_task, normalised
+    from llmkit.model.io import load_checkpoint
+
+    if not paths:
+        raise UserError("no checkpoint given")
+    arts = [artifacts.load(path, kind="checkpoint") for path in paths]
+    if len(arts) > 1:
+        check_same_task(arts, "ensembled")
+    normalised_weights = normalised(weights, len(arts))
+    loaded = [load_checkpoint(path, device=device, purpose=purpose) for path in paths]
+    first = loaded[0]
+    first.members = [item.artifact for item in loaded]
+    if len(loaded) == 1:
+        return first
+    # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
+    kept = [(item.model, w) for item, w in zip(loaded, normalised_weights) if w > 0]
+    first.model = ensemble_of([m for m, _ in kept], [w for _, w in kept], mode).eval()
+    first.config = first.model.config
+    return first

@@ -1,0 +1,186 @@
+"""Hugging Face transformers state dicts <-> llmkit GPT state dicts (the configs: hf_config.py).
+
+The weight layouts differ in three ways worth knowing:
+  * GPT-2 uses `Conv1D` layers whose weight is [in, out]: every matrix is transposed, and
+    q/k/v live in one `c_attn` matrix.
+  * llmkit packs k and v in one `kv_proj` ([k rows; v rows]) and gate and up in one `up_proj`
+    ([gate rows; up rows]); Llama keeps them as separate matrices.
+  * RoPE: llmkit rotates the two halves of each head (x1, x2 = x.chunk(2)), the same convention
+    as transformers' `rotate_half`, so q/k rows need no permutation.
+GPT-2 has no grouped-query attention: a GQA model exports by repeating each KV head for the
+query heads that share it, which computes the same function.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from llmkit.errors import UserError
+from llmkit.model.gpt import ModelConfig
+from llmkit.model.hf_config import hf_family
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float32).clone().contiguous()
+
+
+def _expand_kv(w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Repeat each KV head's rows for the query heads sharing it (GQA -> multi-head)."""
+    groups = config.n_head // config.n_kv_head
+    if groups == 1:
+        return w
+    rows = w.reshape(config.n_kv_head, config.head_dim, *w.shape[1:])
+    return rows.repeat_interleave(groups, dim=0).reshape(config.n_head * config.head_dim, *w.shape[1:])
+
+
+def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """llmkit GPT state dict -> transformers state dict (tied lm_head left out, as transformers saves it)."""
+    family = hf_family(config)
+    out: dict[str, torch.Tensor] = {}
+    kv = config.n_kv_head * config.head_dim
+    hidden = config.mlp_hidden
+
+    def get(name: str, default_like: torch.Tensor | None = None) -> torch.Tensor:
+        if name in state:
+            return state[name]
+        if default_like is not None:  # llmkit without bias -> zero bias in GPT-2, which always has one
+            return torch.zeros(default_like.shape[0], dtype=default_like.dtype)
+        raise UserError(f"checkpoint weights lack {name!r}; the checkpoint is damaged, rebuild it")
+
+    if family == "gpt2":
+        out["transformer.wte.weight"] = get("tok_emb.weight")
+        out["transformer.wpe.weight"] = get("pos_emb.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"transformer.h.{i}."
+            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                w = get(b + ours + ".weight")
+                out[h + theirs + ".weight"] = w
+                out[h + theirs + ".bias"] = get(b + ours + ".bias", w)
+            wq, wkv = get(b + "attn.q_proj.weight"), get(b + "attn.kv_proj.weight")
+            wk, wv = _expand_kv(wkv[:kv], config), _expand_kv(wkv[kv:], config)
+            out[h + "attn.c_attn.weight"] = torch.cat([wq, wk, wv], dim=0).t()  # Conv1D is [in, out]
+            bq, bkv = get(b + "attn.q_proj.bias", wq), get(b + "attn.kv_proj.bias", wkv)
+            out[h + "attn.c_attn.bias"] = torch.cat([bq, _expand_kv(bkv[:kv], config), _expand_kv(bkv[kv:], config)])
+            for ours, theirs in (("attn.out_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
+                w = get(b + ours + ".weight")
+                out[h + theirs + ".weight"] = w.t()
+                out[h + theirs + ".bias"] = get(b + ours + ".bias", w)
+        out["transformer.ln_f.weight"] = w = get("final_norm.weight")
+        out["transformer.ln_f.bias"] = get("final_norm.bias", w)
+    else:
+        out["model.embed_tokens.weight"] = get("tok_emb.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"model.layers.{i}."
+            out[h + "input_layernorm.weight"] = get(b + "attn_norm.weight")
+            out[h + "post_attention_layernorm.weight"] = get(b + "mlp_norm.weight")
+            params = ("weight", "bias") if config.bias else ("weight",)
+            for p in params:
+                out[h + f"self_attn.q_proj.{p}"] = get(b + f"attn.q_proj.{p}")
+                wkv = get(b + f"attn.kv_proj.{p}")
+                out[h + f"self_attn.k_proj.{p}"], out[h + f"self_attn.v_proj.{p}"] = wkv[:kv], wkv[kv:]
+                out[h + f"self_attn.o_proj.{p}"] = get(b + f"attn.out_proj.{p}")
+                up = get(b + f"mlp.up_proj.{p}")
+                out[h + f"mlp.gate_proj.{p}"], out[h + f"mlp.up_proj.{p}"] = up[:hidden], up[hidden:]
+                out[h + f"mlp.down_proj.{p}"] = get(b + f"mlp.down_proj.{p}")
+        out["model.norm.weight"] = get("final_norm.weight")
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = get("lm_head.weight")
+    return {k: _t(v) for k, v in out.items()}
+
+
+# Keys transformers checkpoints carry that are not learned weights (old causal-mask buffers,
+# cached rotary tables): skipped on import.
+_NON_WEIGHTS = re.compile(r"(\.attn\.(masked_)?bias$|rotary_emb\.inv_freq$)")
+
+
+def normalize_hf_keys(state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """Give every key the CausalLM prefix (a base `GPT2Model`/`LlamaModel` saves without it) and
+    drop non-weights."""
+    prefix = "transformer." if model_type == "gpt2" else "model."
+    out = {}
+    for key, value in state.items():
+        if _NON_WEIGHTS.search(key):
+            continue
+        if not key.startswith((prefix, "lm_head.")):
+            key = prefix + key
+        out[key] = value
+    return out
+
+
+def from_hf_state(hf_state: dict[str, torch.Tensor], config: ModelConfig, model_type: str) -> dict[str, torch.Tensor]:
+    """transformers state dict (normalized keys) -> llmkit GPT state dict. Every transformers
+    weight must be used: an unknown one means a feature llmkit's GPT does not have."""
+    state = dict(hf_state)
+    out: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+
+    def take(name: str, zeros: int | None = None) -> torch.Tensor | None:
+        if name in state:
+            return state.pop(name)
+        if zeros is not None:
+            return torch.zeros(zeros)
+        missing.append(name)
+        return None
+
+    if model_type == "gpt2":
+        C = config.n_embd
+        out["tok_emb.weight"] = take("transformer.wte.weight")
+        out["pos_emb.weight"] = take("transformer.wpe.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"transformer.h.{i}."
+            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                out[b + ours + ".weight"] = take(h + theirs + ".weight")
+                out[b + ours + ".bias"] = take(h + theirs + ".bias")
+            w, bias = take(h + "attn.c_attn.weight"), take(h + "attn.c_attn.bias")
+            if w is not None:
+                w = w.t()
+                out[b + "attn.q_proj.weight"], out[b + "attn.kv_proj.weight"] = w[:C], w[C:]
+            if bias is not None:
+                out[b + "attn.q_proj.bias"], out[b + "attn.kv_proj.bias"] = bias[:C], bias[C:]
+            for ours, theirs in (("attn.out_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
+                w = take(h + theirs + ".weight")
+                out[b + ours + ".weight"] = None if w is None else w.t()
+                out[b + ours + ".bias"] = take(h + theirs + ".bias")
+        out["final_norm.weight"] = take("transformer.ln_f.weight")
+        out["final_norm.bias"] = take("transformer.ln_f.bias")
+    else:
+        kv_rows = config.n_kv_head * config.head_dim
+        for_bias = {  # zero bias where the Llama had none but llmkit's single bias flag is on
+            "q_proj": config.n_embd, "k_proj": kv_rows, "v_proj": kv_rows, "o_proj": config.n_embd,
+            "gate_proj": config.mlp_hidden, "up_proj": config.mlp_hidden, "down_proj": config.n_embd,
+        }
+        out["tok_emb.weight"] = take("model.embed_tokens.weight")
+        for i in range(config.n_layer):
+            b, h = f"blocks.{i}.", f"model.layers.{i}."
+            out[b + "attn_norm.weight"] = take(h + "input_layernorm.weight")
+            out[b + "mlp_norm.weight"] = take(h + "post_attention_layernorm.weight")
+            for p in ("weight", "bias") if config.bias else ("weight",):
+                def part(name: str) -> torch.Tensor | None:
+                    return take(h + name + "." + p, zeros=for_bias[name.split(".")[-1]] if p == "bias" else None)
+
+                out[b + f"attn.q_proj.{p}"] = part("self_attn.q_proj")
+                k, v = part("self_attn.k_proj"), part("self_attn.v_proj")
+                out[b + f"attn.kv_proj.{p}"] = None if k is None or v is None else torch.cat([k, v])
+                out[b + f"attn.out_proj.{p}"] = part("self_attn.o_proj")
+                gate, up = part("mlp.gate_proj"), part("mlp.up_proj")
+                out[b + f"mlp.up_proj.{p}"] = None if gate is None or up is None else torch.cat([gate, up])
+                out[b + f"mlp.down_proj.{p}"] = part("mlp.down_proj")
+        out["final_norm.weight"] = take("model.norm.weight")
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
+    else:
+        out["lm_head.weight"] = take("lm_head.weight")
+    if missing:
+        raise UserError(
+            f"the {model_type} weights lack {len(missing)} tensor(s) its config.json needs (e.g. {missing[0]!r}); "
+            "the model directory is incomplete, re-save it with save_pretrained"
+        )
+    if state:
+        extra = sorted(state)
+        raise UserError(
+            f"the {model_type} weights hold {len(extra)} tensor(s) llmkit's GPT has no place for (e.g. {extra[0]!r}); "
+            "this variant is not supported"
+        )
+    return {k: _t(v) for k, v in out.items()}

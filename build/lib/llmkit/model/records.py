@@ -1,0 +1,144 @@
+"""Typed records a checkpoint carries from the stage that made it to the stages that read it.
+
+  TaskRecord       task.json of a fine-tuned checkpoint: the task, its prompt template
+                   (llmkit.data.templates), the class labels and head of a classifier, LoRA
+  CheckpointStats  the `stats` of a checkpoint manifest: parameters, progress, losses
+
+Each has one reader and one writer here; no stage reads the JSON on its own. The format is in
+docs/finetune.md (task.json) and docs/pretrain.md (stats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+
+TASK_FILE = "task.json"
+TASKS = ("sft", "classify")
+
+
+@dataclass
+class LoraRecord:
+    rank: int
+    alpha: float
+    targets: list[str]
+    layers: int
+    merged: bool
+
+
+@dataclass
+class TaskRecord:
+    task: str  # "sft" | "classify"
+    template: dict[str, Any] | None = None  # sft: the prompt template the model was trained with
+    labels: list[str] | None = None  # classify: class names, in head order
+    label_values: list[Any] | None = None  # classify: the labels as the data spelled them
+    head: dict[str, Any] | None = None  # classify: the head's shape (llmkit.model.classifier.head_spec)
+    lora: LoraRecord | None = None
+    format_version: int = 1
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == "classify"
+
+    @property
+    def is_chat(self) -> bool:
+        """Trained with the chat template: a plain prompt becomes a user message."""
+        return (self.template or {}).get("type") == "chat"
+
+    @property
+    def text_template(self) -> dict[str, Any] | None:
+        """The text template (prompt and response patterns), when the model was trained with one."""
+        return self.template if (self.template or {}).get("type") == "text" else None
+
+    def to_json(self) -> str:
+        document: dict[str, Any] = {"task": self.task, "format_version": self.format_version}
+        if self.template is not None:
+            document["template"] = self.template
+            if self.text_template is not None:
+                # The legacy spelling of template["prompt"], still written for older readers; read by none.
+                document["prompt_template"] = self.template["prompt"]
+        for name in ("labels", "label_values", "head"):
+            if getattr(self, name) is not None:
+                document[name] = getattr(self, name)
+        if self.lora is not None:
+            document["lora"] = dataclasses.asdict(self.lora)
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+    def write(self, directory: Path) -> None:
+        (Path(directory) / TASK_FILE).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TaskRecord:
+        if not isinstance(data, dict) or data.get("task") not in TASKS:
+            raise UserError(f"{where} is not a task record (no task sft or classify); the checkpoint is damaged, rebuild it")
+        lora = data.get("lora")
+        try:
+            return cls(
+                task=data["task"], template=data.get("template"), labels=data.get("labels"),
+                label_values=data.get("label_values"), head=data.get("head"),
+                lora=LoraRecord(**lora) if isinstance(lora, dict) else None,
+                format_version=int(data.get("format_version", 1)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where} is not a valid task record ({exc}); the checkpoint is damaged, rebuild it") from exc
+
+
+def read_task(art: Any) -> TaskRecord | None:
+    """A checkpoint artifact's task record; None for a model that was not fine-tuned."""
+    if TASK_FILE not in art.manifest.files:
+        return None
+    path = art.file(TASK_FILE)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged, rebuild it") from exc
+    return TaskRecord.from_dict(data, str(path))
+
+
+@dataclass
+class CheckpointStats:
+    """A checkpoint manifest's `stats`. Fields a stage does not know stay None and are not written."""
+
+    params: int | None = None
+    trainable_params: int | None = None
+    frozen_params: int | None = None
+    lora_layers: int | None = None
+    flops_per_token: int | None = None
+    model: dict[str, Any] | None = None
+    vocab_size: int | None = None
+    tokenizer_vocab_size: int | None = None
+    tokenizer_fingerprint: str | None = None
+    document_start: str | None = None  # "bos" or "eos": the token each pretraining document followed
+    task: str | None = None
+    labels: list[str] | None = None
+    seq_len: int | None = None
+    global_batch_sequences: int | None = None
+    global_batch_tokens: int | None = None
+    train_examples: int | None = None
+    val_examples: int | None = None
+    epochs: float | None = None
+    max_steps: int | None = None
+    step: int | None = None
+    tokens_seen: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    val_accuracy: float | None = None
+    val_f1: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def of(cls, art: Any) -> CheckpointStats:
+        """The stats of a checkpoint artifact, whichever llmkit version wrote them."""
+        data = dict(art.stats)
+        if "params" not in data and "parameters" in data:  # what `llmkit import` wrote before this record
+            data["params"] = data["parameters"]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,180 @@
+"""Writing outputs safely, for every stage (artifacts or not): never over, inside or around an
+input, even with --force; parent folders created; one writer per output at a time (a lock);
+written in a temporary sibling and renamed into place, so a failed stage leaves nothing at its
+output path; an interrupted data stage's partial output kept for a rerun to continue
+(llmkit/resume.py). The artifact format itself is llmkit/artifacts.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from llmkit.errors import UserError
+
+
+def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = ()) -> Path:
+    """Refuse an output that would replace, lie inside or contain one of the stage's inputs (even
+    with --force), that exists without --force, or that cannot be written; create its parent
+    folders. Called before any work, so a bad -o costs nothing."""
+    out = Path(out)
+    target = out.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise UserError(f"-o {out} is the folder you are in or one above it; give the output a new folder name")
+    for item in inputs:
+        if item is None or not Path(item).exists():  # a hub name, or missing (the stage says so)
+            continue
+        source = Path(item).resolve()
+        if source == target:
+            raise UserError(f"-o {out} is the stage's input {item}; write the output to another path")
+        if source in target.parents:
+            raise UserError(f"-o {out} lies inside the stage's input {item}; write the output outside it")
+        if target in source.parents:
+            raise UserError(f"-o {out} contains the stage's input {item}; write the output to another path")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
+    if out.exists() and not force:
+        raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+    make_parent(out)
+    return out
+
+
+def make_parent(out: Path) -> None:
+    """Create the folders above an output path, or say in one line why they cannot be."""
+    parent = Path(out).resolve().parent
+    existing = next(folder for folder in (parent, *parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot create {out}: {existing} is a file, not a folder; choose another -o path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: the folder {existing} is read-only for you; choose another -o path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {parent} for {out} ({exc.strerror}); choose another -o path") from exc
+
+
+def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = ()) -> None:
+    """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
+    if path is None:
+        return
+    target = path.resolve()
+    for item in inputs:
+        if item is not None and Path(item).exists():
+            source = Path(item).resolve()
+            if source == target or source in target.parents:
+                raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
+    if path.is_dir():
+        raise UserError(f"-o {path} is a folder; give a file path")
+    if path.exists() and not force:
+        raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
+    make_parent(path)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path | str) -> Iterator[None]:
+    """Be the only llmkit run writing `out` for the length of the block.
+
+    The lock is `.NAME.lock` beside the output (flock, released if the process dies). A second
+    run is refused at once rather than left to replace the first one's output; stale temporary
+    folders of killed runs of the same output are removed, since nobody else can be using them.
+    """
+    out = Path(out)
+    lock_path = out.resolve().parent / f".{out.name}.lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    handle = open(lock_path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A lock on a file another run has just unlinked guards nothing: check it is still the file.
+            same = os.path.exists(lock_path) and os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except BlockingIOError:
+            same = False
+        if not same:
+            raise UserError(f"another llmkit run is writing {out} (it holds {lock_path}); wait for it to finish or choose another -o")
+        _remove_stale_temporaries(out)
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+    finally:
+        handle.close()
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    parent = out.resolve().parent
+    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*", f".{out.name}.replaced-*"):
+        for stale in parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue from it (llmkit.resume)
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
+                     lock: bool = True, resume_key: str | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of `out`; rename it to `out` on success, remove it on any error.
+
+    For directories that are not artifacts (an exported transformers folder) as well as artifacts.
+    `lock=False` is for a writer that already holds the lock of an enclosing output (a training
+    run writing its intermediate checkpoints).
+
+    `resume_key` (a digest of everything the output depends on) makes the sibling
+    `.OUT.partial-KEY`, kept when the stage is interrupted (killed, Ctrl-C, a full disk) after it
+    wrote a completion marker (RESUME_MARKER), so that a rerun with the same key continues in it;
+    partial outputs of other keys (another input or config) are removed, never continued. Without
+    a marker, or on a one-line UserError (a rerun would fail the same way), it is removed.
+    """
+    out = check_output(out, force, inputs=list(inputs))
+    with output_lock(out) if lock else contextlib.nullcontext():
+        if out.exists() and not force:  # made by another run since the check above
+            raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+        parent = out.resolve().parent
+        if resume_key is None:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        else:
+            tmp = parent / f".{out.name}.partial-{resume_key[:16]}"
+            for stale in parent.glob(f".{out.name}.partial-*"):
+                if stale != tmp:
+                    shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir(exist_ok=True)
+        try:
+            yield tmp
+            default_permissions(tmp)
+            _replace_dir(tmp, out)
+        except BaseException as exc:
+            resumable = resume_key is not None and (tmp / RESUME_MARKER).is_file() and not isinstance(exc, UserError)
+            if not resumable:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        # Move the old one aside first so that `out` is never a half-replaced mix.
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent))
+        os.replace(out, trash / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def default_permissions(path: Path) -> None:
+    """Give `path` (and what a folder holds) the modes a new file or folder gets under the user's
+    umask. A temporary folder (mkdtemp: 0700) and a file safetensors writes through a temporary
+    file (0600) would otherwise stay private after their rename, unlike the rest of the output."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path = Path(path)
+    for item in [path] if not path.is_dir() else [path, *path.rglob("*")]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)

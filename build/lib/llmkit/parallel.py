@@ -1,0 +1,105 @@
+"""One ordered parallel map for the data stages (clean, tokenize).
+
+    for result in ordered_map(process_batch, batches, workers=4, initializer=init_worker, initargs=(cfg,)):
+        ...
+
+Results come back in input order whatever the number of workers, so the output never depends
+on it. Workers are spawned, never forked: the parent may hold threads (pyarrow, tokenizers,
+torch) that a fork would copy mid-lock. `threads=True` runs them as threads of this process
+instead, for a function that spends its time in native code that releases the GIL (tokenize's
+encoders): no start-up, one copy of the state. At most `2 x workers` items are in flight, so
+memory stays bounded by a few batches whatever the input size. With one worker everything runs
+in this process, with no start-up cost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from llmkit.errors import UserError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def ordered_map(
+    function: Callable[[Item], Result],
+    items: Iterable[Item],
+    *,
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+    executor: str = "local",
+    ray_address: str | None = None,
+    threads: bool = False,
+) -> Iterator[Result]:
+    """`function(item)` for every item, in input order, on `workers` processes (here when workers <= 1).
+
+    `initializer(*initargs)` runs once in every process that does work, this one included when
+    workers <= 1 or `threads`. `executor="ray"` runs the same map on a Ray cluster (`ray_address`, or a local
+    instance), `workers` actors there (0: one per CPU of the cluster). A worker that cannot start (a script without a `__main__` guard, which spawn
+    needs) is a one-line error instead of a pool restarting it forever.
+    """
+    if executor == "ray":  # a Ray cluster's actors instead of this machine's processes (llmkit.executor)
+        from llmkit.executor import ray_ordered_map
+
+        yield from ray_ordered_map(function, items, workers=workers, address=ray_address, initializer=initializer,
+                                   initargs=initargs)
+        return
+    if workers <= 1 or threads:
+        if initializer is not None:
+            initializer(*initargs)
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    if threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="llmkit-worker") as pool:
+            yield from _bounded(pool, function, items, workers)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(initializer, initargs)) as pool:
+            yield from _bounded(pool, function, items, workers)
+    except BrokenProcessPool as exc:
+        raise UserError(
+            "the worker processes could not start; a Python script that runs an llmkit stage with several workers "
+            "must call it under `if __name__ == \"__main__\":` (workers are spawned), or use one worker"
+        ) from exc
+
+
+def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
+    """The pool's results in input order, with at most 2 x workers items submitted and not yet taken."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # the consumer stopped early (an error, a fallback, Ctrl-C): queued items are not started
+        for future in pending:
+            future.cancel()
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    """A worker leaves Ctrl-C to the parent (which stops the pool: one message, not one traceback
+    per worker) and ends as soon as the parent does, killed or not, instead of finishing its queue."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True, name="llmkit-parent-watch").start()
+    if initializer is not None:
+        initializer(*initargs)

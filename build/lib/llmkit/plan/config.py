@@ -1,0 +1,51 @@
+"""The options of `llmkit plan` (docs/parallel.md): the model flags and the layout of `llmkit
+pretrain` (shared groups, declared once in llmkit/train/options.py), plus the hardware."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.errors import UserError
+from llmkit.hardware import BY_KEY
+from llmkit.options import Options, group, option
+from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Numerics, Placement
+
+HARDWARE = "Hardware and estimate"
+GPU_CHOICES = tuple(BY_KEY) + ("cpu",)
+
+
+@dataclass
+class PlanConfig(Options):
+    model: ModelChoice = group(ModelChoice, panel=MODEL_PANEL, model="gpt2")
+    hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style) instead of --model.",
+                                    panel=MODEL_PANEL)
+    vocab_size: int = option(50257, "Vocabulary size (pretrain takes it from the tokenizer).", range="[1, inf)", panel=MODEL_PANEL)
+    placement: Placement = group(Placement, panel=DEVICES_PANEL, gpus=1, micro_batch=8,
+                                 help={"gpus": "Devices per node (GPUs, or CPU processes with --gpu cpu)."})
+    parallelism: ModelParallelism = group(ModelParallelism, panel=DEVICES_PANEL)
+    seq_len: int | None = option(None, "Training sequence length (default: the context length).", range="[1, inf)", panel=DEVICES_PANEL)
+    batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank).",
+                                      range="[1, inf)", panel=DEVICES_PANEL)
+    numerics: Numerics = group(Numerics, panel=HARDWARE)
+    gpu: str = option("h100", "Device type: " + ", ".join(GPU_CHOICES) + ".", choices=GPU_CHOICES, panel=HARDWARE)
+    memory_gb: float | None = option(None, "Memory per device in GB (default: the --gpu's; for cpu, this machine's RAM).",
+                                     range="(0, inf)", panel=HARDWARE)
+    mfu: float = option(0.4, "Model FLOPs utilisation assumed for step time and tokens/s.", range="(0, 1]", panel=HARDWARE)
+    tokens_per_param: float = option(20.0, "Compute-optimal training tokens per parameter (Chinchilla's 20) when no --scaling fit is given.",
+                                     range="(0, inf)", panel=HARDWARE)
+    scaling: Path | None = option(None, "A scaling artifact (llmkit scaling fit): its law gives the compute-optimal tokens instead.",
+                                  panel=HARDWARE)
+    search: bool = option(False, "Also find the largest micro-batch that fits, or (when it does not fit) the smallest layout that does.",
+                          flags=("--search",), panel=HARDWARE)
+    json: bool = option(False, "Print JSON instead of tables.", flags=("--json",), panel=HARDWARE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hf_config is not None:
+            typed = (["--model"] if self.model.model != "gpt2" else []) + [
+                "--" + name.replace("_", "-") for name, value in self.model.overrides().items() if value is not None]
+            if typed:
+                raise UserError(f"--hf-config describes the model; leave out {', '.join(typed)} (or --hf-config)")
+        if self.placement.gpus == 0 and self.gpu != "cpu":
+            raise UserError(f"--gpus 0 plans no {self.gpu}: give --gpus N (devices per node), or --gpu cpu for CPU processes")

@@ -1,0 +1,337 @@
+"""What a training layout costs: parameters, FLOPs, memory per device, speed.
+
+    shape = ModelShape.of(model_config)                  # exact counts, from a meta-device model
+    layout = Layout(gpus=8, tp=2, pp=1, strategy="fsdp", micro_batch=4, seq_len=2048)
+    memory = estimate_memory(shape, layout, device)      # bytes per device, by kind
+
+Memory is the training loop's, as llmkit runs it: fp32 master weights, fp32 gradients and AdamW's
+two fp32 moments (16 bytes a parameter), sharded over the data-parallel ranks with FSDP, split by
+tensor parallelism (matrices, embedding and head; the residual stream between blocks sequence-sharded) and
+by pipeline stage (the busiest stage counts). Activations are counted tensor by tensor for one
+block in the run's precision (`--precision`: bf16 autocast, the default on GPU, or fp32) with SDPA's flash kernel (no T x T scores kept),
+times the blocks on a stage and the micro-batches a pipeline schedule keeps in flight; activation
+checkpointing keeps only each block's input and recomputes one block at a time. The loss
+keeps the logits in fp32 (log-softmax and its gradient); on a CPU, without tensor or pipeline
+parallelism, the head and loss run fused over chunks of tokens and hold one chunk. An allowance covers the allocator's
+fragmentation and workspaces (10 % of the tensors) and the CUDA context (0.5 GB) or, on a CPU,
+the process itself (Python, PyTorch, data: 0.45 GB, measured). Docs: docs/parallel.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+GB = 1e9
+ADAM_BYTES = 8  # two fp32 moments
+FRAGMENTATION = 0.10
+CUDA_CONTEXT = 0.5 * GB
+CPU_PROCESS = 0.45 * GB
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the estimate needs, counted on the model llmkit would build."""
+
+    config: object  # llmkit.model.gpt.ModelConfig
+    total: int  # every parameter, a tied embedding once
+    non_embedding: int  # Kaplan's N, as scaling laws count: without the token and position embeddings
+    flop_params: int  # the parameters a token's matrix products use: all but the position table (as MFU counts)
+    embedding: int  # token embedding (and position table)
+    head: int  # a separate output head (0 when tied)
+    per_block: int
+    block_matrices: int  # the part of a block that tensor parallelism splits
+    final_norm: int
+
+    @classmethod
+    def of(cls, config) -> ModelShape:
+        import torch
+
+        from llmkit.model.presets import build_model, non_embedding_params
+
+        with torch.device("meta"):
+            model = build_model(config)
+        total = sum(p.numel() for p in model.parameters())
+        non_embedding, flop_params = non_embedding_params(model), model.num_params(non_embedding=True)
+        embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("tok_emb", "pos_emb")))
+        head = 0 if config.tie_embeddings else sum(p.numel() for n, p in model.named_parameters() if n.startswith("lm_head"))
+        block = next(iter(model.blocks))
+        per_block = sum(p.numel() for p in block.parameters())
+        matrices = sum(p.numel() for p in block.parameters() if p.dim() == 2)
+        final_norm = total - embedding - head - per_block * config.n_layer
+        return cls(config, total, non_embedding, flop_params, embedding, head, per_block, matrices, final_norm)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        from llmkit.model.gpt import training_flops_per_token
+
+        return float(training_flops_per_token(self.flop_params, self.config.n_layer, self.config.n_embd, seq_len))
+
+
+@dataclass(frozen=True)
+class Layout:
+    gpus: int = 1  # devices per node (CPU processes on a CPU)
+    nnodes: int = 1
+    tp: int = 1
+    pp: int = 1
+    strategy: str = "ddp"
+    micro_batch: int = 16
+    seq_len: int = 1024
+    activation_checkpointing: bool = False
+    pp_schedule: str = "1f1b"
+    pp_microbatches: int | None = None  # default: pp (the fewest that fill the pipeline)
+    accumulation: int = 1  # micro-batches per step on each rank
+
+    @property
+    def world(self) -> int:
+        return self.gpus * self.nnodes
+
+    @property
+    def dp(self) -> int:
+        return self.world // (self.tp * self.pp)
+
+    @property
+    def in_flight(self) -> int:
+        """Micro-batches whose activations the busiest (first) pipeline stage holds at once."""
+        if self.pp == 1:
+            return 1
+        chunks = self.pp_microbatches or self.pp
+        return chunks if self.pp_schedule == "gpipe" else min(chunks, self.pp)
+
+    @property
+    def pipeline_bubble(self) -> float:
+        """The idle share of a pipeline step: (pp-1) / (micro-batches x stages per rank + pp-1)."""
+        if self.pp == 1:
+            return 0.0
+        chunks = self.pp_microbatches or self.pp
+        per_rank = 2 if self.pp_schedule == "interleaved-1f1b" else 1
+        return (self.pp - 1) / (chunks * per_rank + self.pp - 1)
+
+    @property
+    def recompute_factor(self) -> float:
+        """Hardware FLOPs / model FLOPs: recomputing each forward adds 2N to 6N."""
+        return 4 / 3 if self.activation_checkpointing else 1.0
+
+    def problem(self, config) -> str | None:
+        """Why this layout cannot run this model (None: it can), with the fix."""
+        if self.world % (self.tp * self.pp):
+            return (f"{self.world} devices is not a multiple of tp {self.tp} x pp {self.pp}; choose tp and pp whose product "
+                    f"divides the device count")
+        if config.n_head % self.tp or config.n_kv_head % self.tp:
+            return (f"--tp {self.tp} does not divide the {config.n_head} attention heads and {config.n_kv_head} key/value heads; "
+                    f"use a tp that divides both")
+        if self.pp > config.n_layer:
+            return f"--pp {self.pp} is more pipeline stages than the model's {config.n_layer} layers; use at most {config.n_layer}"
+        if self.pp_schedule not in SCHEDULES:
+            return f"unknown pipeline schedule {self.pp_schedule!r}; choose {', '.join(SCHEDULES)}"
+        return None
+
+
+@dataclass
+class Memory:
+    """Bytes per device of the busiest device, by kind."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    transient: float  # FSDP's gathered block, for example
+    allowance: float
+    available: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tensors(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.transient
+
+    @property
+    def total(self) -> float:
+        return self.tensors + self.allowance
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available
+
+    def as_dict(self) -> dict[str, float | bool]:
+        parts = ("weights", "gradients", "optimizer", "activations", "logits", "transient", "allowance")
+        return {**{f"{p}_gb": getattr(self, p) / GB for p in parts}, "total_gb": self.total / GB,
+                "available_gb": self.available / GB, "fits": self.fits}
+
+
+def stage_parameters(shape: ModelShape, layout: Layout) -> float:
+    """Parameters held by the busiest device before data-parallel sharding."""
+    c = shape.config
+    tp = layout.tp
+    block = shape.block_matrices / tp + (shape.per_block - shape.block_matrices)
+    layers = math.ceil(c.n_layer / layout.pp)
+    embedding = shape.embedding / tp
+    head = shape.head / tp
+    if layout.pp == 1:
+        return layers * block + embedding + head + shape.final_norm
+    first = layers * block + embedding
+    # The last stage holds the head, or a copy of the tied embedding it shares with the first.
+    last = layers * block + (head if head else embedding) + shape.final_norm
+    return max(first, last)
+
+
+# Attention with dropout on a CPU: SDPA has no fused kernel for it, so PyTorch's math kernel (and
+# the per-sequence path, llmkit/model/sequence_dropout.py) keep a head's T x T weights for the
+# backward pass: the softmax's fp32 output, the dropout noise or mask, and the dropped weights (in
+# the run's precision) that multiply v. Measured on `mini`, 8 x 512, fp32, --dropout 0.1: 2.53 GB
+# (--no-batch-invariant) and 2.60 GB (per-sequence) against 1.52 GB without dropout, ~13 bytes a
+# score. GPU kernels (flash, memory-efficient) apply dropout inside and keep no scores.
+def math_attention_bytes(half: int) -> int:
+    return 4 + 4 + half
+
+
+def block_activation_bytes(config, tokens: int, layout: Layout, half: int, math_attention: bool = False) -> float:
+    """Bytes one block keeps for its backward pass, for `tokens` tokens (micro-batch x sequence);
+    `math_attention`: attention keeps its T x T weights (a CPU run with dropout)."""
+    h, tp = config.n_embd, layout.tp
+    kv_share = config.n_kv_head / config.n_head
+    residual = 4 * h / tp  # the fp32 residual stream entering each norm (sequence-sharded under tp)
+    norm_out = half * h  # each norm's output, gathered over the sequence: the input of a matrix product
+    attention = half * h * (1 + 2 * kv_share) + half * h  # q, k, v and the attention output
+    mlp = half * config.mlp_hidden * (4 if config.activation == "swiglu" else 2)
+    dropout = h * 2 if config.dropout > 0 else 0  # two masks, a byte each
+    scores = math_attention_bytes(half) * config.n_head / tp * layout.seq_len if math_attention else 0
+    per_token = 2 * residual + 2 * norm_out + (attention + mlp) / tp + dropout + scores
+    return per_token * tokens
+
+
+@dataclass(frozen=True)
+class Device:
+    """What each device offers and computes with."""
+
+    memory_gb: float
+    on_gpu: bool
+    bf16: bool  # bf16 autocast (--precision): activations in bf16, weights and optimizer state fp32
+
+
+def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory:
+    c = shape.config
+    on_gpu = device.on_gpu
+    # Saved activations: bf16 under autocast, the residual stream aside (fp32 in either precision).
+    # On a CPU this holds since RoPE and SwiGLU keep no fp32 copies of q, k and the MLP for their
+    # backward (llmkit/model/fused_ops.py; before, a bf16 `mini` run peaked 9 % below fp32's, now
+    # 17 %); CPU autocast also keeps bf16 copies of the weights for backward (below).
+    half = 2 if device.bf16 else 4
+    params = stage_parameters(shape, layout)
+    shard = layout.dp if layout.strategy == "fsdp" else 1
+    weights = 4 * params / shard
+    gradients = 4 * params / shard
+    optimizer = ADAM_BYTES * params / shard
+    tokens = layout.micro_batch * layout.seq_len
+    layers = math.ceil(c.n_layer / layout.pp)
+    math_attention = not on_gpu and c.dropout > 0
+    block = block_activation_bytes(c, tokens, layout, half, math_attention)
+    notes = []
+    if math_attention:
+        notes.append("attention with dropout on a CPU keeps each head's T x T weights for the backward pass "
+                     "(no fused kernel takes dropout there)")
+    if layout.activation_checkpointing:
+        # each block keeps its fp32 input; one block at a time is recomputed in full
+        activations = layers * 4 * c.n_embd * tokens / layout.tp + block
+    else:
+        activations = layers * block
+    activations += 4 * c.n_embd * tokens / layout.tp  # the embedding output (sequence-sharded under tp)
+    activations *= layout.in_flight
+    # backward differentiates one block at a time: its activations' gradients live beside what is saved
+    activations += block
+    if not on_gpu and layout.tp == 1 and layout.pp == 1:
+        # the CPU's fused head and loss (llmkit/model/fused_loss.py): one chunk of logits, and the head's
+        # gradients made in the forward pass (hidden states' and the weight's) until backward takes them
+        from llmkit.model.fused_loss import CHUNK_ELEMENTS  # (here: importing it imports torch)
+
+        logits = 4 * (CHUNK_ELEMENTS + tokens * c.n_embd + c.vocab_size * c.n_embd)
+        if device.bf16:  # the chunk's bf16 products beside its fp32 logits, and the head's bf16 copy
+            logits += 2 * (CHUNK_ELEMENTS + c.vocab_size * c.n_embd)
+    else:
+        # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
+        logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
+    transient = 0.0
+    if not on_gpu and layout.tp == 1 and layout.pp == 1 and layout.strategy == "ddp" and layout.accumulation > 1:
+        # per-sequence gradients (the CPU default, llmkit/model/sequence_tree.py): while a step
+        # accumulates, the pairwise tree holds partial sums of the gradients beside the newest
+        partial_sums = (layout.accumulation - 1).bit_length()
+        gradients += 4 * params * partial_sums
+        notes.append(f"per-sequence gradients: up to {partial_sums} partial sum(s) of the gradients while a step accumulates")
+    if device.bf16 and not on_gpu:
+        # autocast's bf16 copies of the (gathered) weights, kept from forward to backward
+        transient = 2 * params
+    if layout.strategy == "fsdp" and layout.dp > 1:
+        # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next
+        transient += 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
+        # the root's parameters (embedding, head, final norm) stay gathered from forward to backward
+        transient += half * (shape.embedding + shape.head) / layout.tp
+    allowance = FRAGMENTATION * (weights + gradients + optimizer + activations + logits + transient)
+    allowance += CUDA_CONTEXT if on_gpu else CPU_PROCESS
+    if layout.pp > 1:
+        notes.append(f"pipeline: the first stage holds {layout.in_flight} micro-batch(es) of activations ({layout.pp_schedule})")
+    return Memory(weights, gradients, optimizer, activations, logits, transient, allowance, device.memory_gb * GB, notes)
+
+
+def largest_micro_batch(shape: ModelShape, layout: Layout, device: Device, *, limit: int = 4096) -> int:
+    """The largest micro-batch that fits (0: not even one sequence)."""
+    fits = lambda m: estimate_memory(shape, replace(layout, micro_batch=m), device).fits  # noqa: E731
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    high = min(high, limit + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, per_node: int = 8,
+                    max_nodes: int = 256) -> Layout | None:
+    """The layout with the fewest devices (then the least model parallelism, then no recomputation)
+    that fits the model at the given micro-batch and sequence length."""
+    c = shape.config
+    tps = [t for t in (1, 2, 4, 8) if c.n_head % t == 0 and c.n_kv_head % t == 0 and t <= per_node]
+    pps = [p for p in (1, 2, 4, 8, 16, 32) if p <= c.n_layer]
+    worlds = [w for w in (1, 2, 4, 8) if w <= per_node] + [per_node * n for n in range(2, max_nodes + 1)]
+    for world in worlds:
+        gpus, nnodes = (world, 1) if world <= per_node else (per_node, world // per_node)
+        candidates = []
+        for tp in tps:
+            for pp in pps:
+                if world % (tp * pp):
+                    continue
+                for strategy in ("ddp", "fsdp"):
+                    for recompute in (False, True):
+                        option = replace(layout, gpus=gpus, nnodes=nnodes, tp=tp, pp=pp, strategy=strategy,
+                                         activation_checkpointing=recompute)
+                        if estimate_memory(shape, option, device).fits:
+                            candidates.append((tp * pp, recompute, strategy == "fsdp", option))
+        if candidates:
+            return min(candidates, key=lambda x: x[:3])[3]
+    return None
+
+
+def fixes(shape: ModelShape, layout: Layout, device: Device) -> list[str]:
+    """The single changes that make a layout that does not fit, fit."""
+    tried = []
+    if not layout.activation_checkpointing:
+        tried.append(("--activation-checkpointing", replace(layout, activation_checkpointing=True)))
+    if layout.strategy != "fsdp" and layout.dp > 1:
+        tried.append(("--strategy fsdp", replace(layout, strategy="fsdp")))
+    best = largest_micro_batch(shape, layout, device)
+    if 0 < best < layout.micro_batch:
+        tried.append((f"--micro-batch {best}", replace(layout, micro_batch=best)))
+    for tp in (2, 4, 8):
+        if tp > layout.tp:
+            tried.append((f"--tp {tp} (on {layout.world * tp // layout.tp} devices)",
+                          replace(layout, tp=tp, gpus=layout.gpus * tp // layout.tp)))
+            break
+    for pp in (2, 4, 8):
+        if pp > layout.pp:
+            tried.append((f"--pp {pp} (on {layout.world * pp // layout.pp} devices)",
+                          replace(layout, pp=pp, gpus=layout.gpus * pp // layout.pp)))
+            break
+    return [label for label, option in tried
+            if option.problem(shape.config) is None and estimate_memory(shape, option, device).fits]

@@ -1,0 +1,140 @@
+"""`llmkit plan`: the plan itself, as a dict (the command prints it as tables or JSON).
+
+    make_plan(PlanConfig(...)) -> {"model": ..., "layout": ..., "memory": ..., "compute": ..., ...}
+
+The model's shapes come from a preset or flags, or a transformers config.json
+(llmkit/model/hf_config.py); the memory model is estimate.py; the accelerators llmkit/hardware.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import UserError
+from llmkit.plan.config import PlanConfig
+
+if TYPE_CHECKING:
+    from llmkit.plan.estimate import Device
+
+
+def model_config_from_hf(path: Path):
+    """The llmkit ModelConfig with the shapes of a transformers config.json (no transformers needed)."""
+    from llmkit.model.hf_config import shapes_from_config_json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--hf-config {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--hf-config {path}: not a transformers config (a JSON object)")
+    return shapes_from_config_json(data, f"--hf-config {path}")
+
+
+def model_config(cfg: PlanConfig):
+    from llmkit.model.presets import resolve_model_config
+
+    config = model_config_from_hf(cfg.hf_config) if cfg.hf_config else resolve_model_config(
+        cfg.model.model, cfg.vocab_size, cfg.model.overrides())
+    if config.arch == "lstm":
+        raise UserError("llmkit plan sizes Transformers; the LSTM baseline has no layout to plan")
+    return config
+
+
+def hardware(cfg: PlanConfig) -> tuple[str, Device, float]:
+    """(name, the Device each rank gets, its peak FLOP/s in the run's precision)."""
+    from llmkit.hardware import BY_KEY
+    from llmkit.plan.estimate import Device
+    from llmkit.train.options import resolve_precision
+
+    bf16 = resolve_precision(cfg.numerics.precision, "cpu" if cfg.gpu == "cpu" else "cuda") == "bf16"
+    if cfg.gpu == "cpu":
+        # the processes of one machine share its RAM
+        memory = cfg.memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 / (cfg.placement.gpus or 1)
+        return "CPU", Device(memory, on_gpu=False, bf16=bf16), _cpu_flops(bf16)
+    accelerator = BY_KEY[cfg.gpu]
+    # the table holds bf16 peaks; an fp32 run (no tensor cores in bf16) is not given its own figure
+    return accelerator.key, Device(cfg.memory_gb or accelerator.memory_gb, on_gpu=True, bf16=bf16), accelerator.bf16_flops
+
+
+def _cpu_flops(bf16: bool) -> float:
+    """Matrix-product FLOP/s of this machine's CPU in the run's precision (a fraction of a second)."""
+    import time
+
+    import torch
+
+    a = torch.randn(1024, 1024, dtype=torch.bfloat16 if bf16 else torch.float32)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(4):
+        a @ a
+    return 4 * 2 * 1024**3 / (time.perf_counter() - start)
+
+
+def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
+    """Training tokens for this size: from a fitted scaling law (its compute-optimal line), else N x tokens_per_param."""
+    if cfg.scaling is None:
+        return cfg.tokens_per_param * shape.total, f"{cfg.tokens_per_param:g} tokens per parameter"
+    from llmkit import artifacts
+    from llmkit.scaling_law import Law
+
+    art = artifacts.load(cfg.scaling, kind="scaling")
+    law = Law.of(art)
+    counted = shape.total if art.config.get("count") == "total" else shape.non_embedding
+    return law.tokens_for(counted), f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f})"
+
+
+def make_plan(cfg: PlanConfig) -> dict[str, Any]:
+    from llmkit.plan.estimate import Layout, ModelShape, estimate_memory, fixes, largest_micro_batch, smallest_layout
+
+    config = model_config(cfg)
+    shape = ModelShape.of(config)
+    seq = cfg.seq_len or config.context_length
+    if seq > config.context_length:
+        raise UserError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; raise --context-length")
+    place, par = cfg.placement, cfg.parallelism
+    layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
+                    micro_batch=place.micro_batch, seq_len=seq, activation_checkpointing=place.activation_checkpointing,
+                    pp_schedule=par.pp_schedule, pp_microbatches=par.pp_microbatches)
+    problem = layout.problem(config)
+    if problem:
+        raise UserError(problem)
+    if cfg.batch_tokens:
+        layout = replace(layout, accumulation=max(1, cfg.batch_tokens // (layout.micro_batch * seq * layout.dp)))
+    name, device, peak = hardware(cfg)
+    memory = estimate_memory(shape, layout, device)
+    flops_token = shape.flops_per_token(seq)
+    # MFU counts the model's FLOPs; recomputation and the pipeline's idle bubble cost time beside them.
+    tokens_per_s = layout.world * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
+    batch_tokens = cfg.batch_tokens or layout.micro_batch * seq * layout.dp
+    optimal_tokens, optimal_rule = compute_optimal_tokens(cfg, shape)
+    plan: dict[str, Any] = {
+        "model": {"parameters": shape.total, "non_embedding_parameters": shape.non_embedding, "layers": config.n_layer,
+                  "width": config.n_embd, "heads": config.n_head, "kv_heads": config.n_kv_head, "mlp_hidden": config.mlp_hidden,
+                  "vocab_size": config.vocab_size, "context_length": config.context_length, "tied_embeddings": config.tie_embeddings},
+        "layout": {**asdict(layout), "world": layout.world, "dp": layout.dp, "device": name, "memory_gb_per_device": device.memory_gb,
+                   "precision": "bf16" if device.bf16 else "fp32"},
+        "compute": {"flops_per_token": flops_token, "attention_share": 12 * config.n_layer * config.n_embd * seq / flops_token,
+                    "mfu_assumed": cfg.mfu, "pipeline_bubble": layout.pipeline_bubble,
+                    "recompute_factor": layout.recompute_factor, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / layout.world,
+                    "batch_tokens": batch_tokens, "step_seconds": batch_tokens / tokens_per_s,
+                    "compute_optimal_tokens": optimal_tokens, "compute_optimal_rule": optimal_rule,
+                    "compute_optimal_flops": flops_token * optimal_tokens,
+                    "compute_optimal_days": optimal_tokens / tokens_per_s / 86400},
+        "memory": memory.as_dict(),
+        "notes": memory.notes,
+    }
+    if device.on_gpu and not device.bf16:
+        plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")
+    if not memory.fits:
+        plan["fixes"] = fixes(shape, layout, device)
+    if cfg.search:
+        found = layout if memory.fits else smallest_layout(shape, layout, device)
+        plan["search"] = None if found is None else {
+            "layout": {k: v for k, v in asdict(found).items() if k not in ("pp_schedule", "pp_microbatches")},
+            "largest_micro_batch": largest_micro_batch(shape, found, device),
+        }
+    return plan

@@ -1,0 +1,48 @@
+"""`llmkit plot`: the loss curves of training runs, overlaid, as a PNG (llmkit/charts.py draws).
+
+    plot([run_a, run_b], "curves.png", PlotConfig(x="tokens")) -> Path("curves.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmkit.errors import UserError
+from llmkit.plot.config import EXTRA_CURVES, PlotConfig
+
+
+def tokens_per_step(run: Path) -> float | None:
+    """Tokens per optimizer step of a pretraining run, from its manifest or newest checkpoint."""
+    from llmkit import artifacts
+    from llmkit.model.records import CheckpointStats
+    from llmkit.train.checkpoint import latest_checkpoint
+
+    for candidate in (run, latest_checkpoint(run)):
+        if candidate is not None and (candidate / artifacts.MANIFEST).is_file():
+            value = CheckpointStats.of(artifacts.load(candidate, kind="checkpoint")).global_batch_tokens
+            if value:
+                return float(value)
+    return None
+
+
+def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool = False) -> Path:
+    """Plot the loss curves of training runs (finished or still running), one line per run."""
+    from llmkit.outputs import check_output_file
+    from llmkit.charts import loss_curves, read_metrics
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"-o {out} must be a .png file")
+    check_output_file(out, force, inputs=list(runs))
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):
+        names = [str(run) for run in runs]
+    curves = ["loss", "val_loss"] + [name for name in EXTRA_CURVES if getattr(config, name)]
+    per_step = {}
+    if config.x == "tokens":
+        for name, run in zip(names, runs):
+            per_step[name] = tokens_per_step(run)
+            if per_step[name] is None:
+                raise UserError(f"{run} does not say how many tokens a step holds (a fine-tune counts examples); use --x step")
+    return loss_curves([(name, read_metrics(run)) for name, run in zip(names, runs)], out, curves=curves, x=config.x,
+                       tokens_per_step=per_step, title=config.title)

@@ -1,0 +1,30 @@
+"""The options of `llmkit pretrain` (docs/pretrain.md): declared once, here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmkit.options import Options, group, option
+from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, Numerics, Optimization
+
+
+@dataclass
+class PretrainConfig(Options):
+    architecture: ModelChoice = group(ModelChoice, panel=MODEL_PANEL)
+    seq_len: int | None = option(None, "Training sequence length (default: the context length).", panel=TRAINING_PANEL, range="[1, inf)")
+    batch_tokens: int = option(16384, "Global batch per optimizer step in tokens, over all devices.", panel=TRAINING_PANEL,
+                               range="[1, inf)")
+    max_steps: int | None = option(None, "Optimizer steps (default 1000).", panel=TRAINING_PANEL, range="[1, inf)")
+    max_tokens: int | None = option(None, "Train on this many tokens instead of --max-steps.", panel=TRAINING_PANEL, range="[1, inf)")
+    mlm_probability: float = option(0.15, "Share of tokens masked for --objective mlm.", panel=TRAINING_PANEL, range="(0, 1)")
+    optim: Optimization = group(Optimization, panel=TRAINING_PANEL)
+    numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
+    checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL)
+    eval_tokens: int = option(32768, "Validation tokens per evaluation.", panel=TRAINING_PANEL, range="[1, inf)")
+    seed: int = option(0, "Seed for initialisation, data order, masking and dropout.", range="[0, 4294967295]")
+    devices: Devices = group(Devices, panel=DEVICES_PANEL)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.optim.lr is None:
+            raise ValueError("lr must be given for pretraining")

@@ -1,0 +1,189 @@
+"""`llmkit pretrain`: train a model from scratch on a tokens artifact.
+
+    pretrain(tokens, out, PretrainConfig.build(model="tiny", max_steps=500)) -> out
+
+The run directory OUT holds metrics.jsonl and checkpoints/step_XXXXXXX/ (each a checkpoint
+artifact) while training; at the end OUT itself becomes the final checkpoint artifact.
+With several processes (--gpus N, --nproc N, --nnodes) the function relaunches itself under
+torchrun (llmkit.train.launch) and every worker runs `_train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import math
+from pathlib import Path
+
+from llmkit import artifacts
+from llmkit.errors import UsageError, UserError
+from llmkit.pretrain.config import PretrainConfig
+from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
+
+
+def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, init_from: Path | str | None = None,
+             resume: bool = False, force: bool = False) -> Path:
+    """Train and return the run directory, which is then a checkpoint artifact. With `init_from`
+    (a checkpoint) training continues from its weights and model: continued pretraining."""
+    tokens = Path(tokens)
+    if config.max_steps is not None and config.max_tokens is not None:
+        raise UsageError("give --max-steps or --max-tokens, not both")
+    tokens_art = artifacts.load(tokens, kind="tokens")
+    inputs = {"tokens": str(tokens.resolve())}
+    if init_from is not None:
+        _check_init(artifacts.load(init_from, kind="checkpoint"), tokens_art, config)
+        inputs["init_from"] = str(Path(init_from).resolve())
+    tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
+    return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,
+                  reads=[tokenizer.path if tokenizer else None])
+
+
+def _check_init(init, tokens_art, config: PretrainConfig) -> None:
+    """Continued pretraining keeps the checkpoint's model and needs the tokenizer the tokens were made with."""
+    from llmkit.model.records import read_task
+
+    given = [name for name, value in config.architecture.overrides().items() if value is not None and name != "dropout"]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"--init-from takes the model from {init.path}; leave out {flags}")
+    task = read_task(init)
+    if task is not None and task.is_classifier:
+        raise UserError(f"{init.path} is a classifier; --init-from needs a language-model checkpoint")
+    from llmkit.data.tokenizer import same_tokenizer
+
+    if not same_tokenizer(init.path, tokens_art.path):
+        raise UserError(f"{init.path} has another tokenizer than {tokens_art.path} was encoded with; tokenize the corpus "
+                        f"with --tokenizer {init.path} (a checkpoint's tokenizer serves)")
+
+
+def _open_split(tokens_art, split: str, seq_len: int, seed: int, required: bool):
+    from llmkit.data.shards import TokenShards, WindowSampler
+
+    try:
+        shards = TokenShards.open(tokens_art, split)
+        return shards, WindowSampler(shards, seq_len, seed)
+    except (UserError, FileNotFoundError) as exc:
+        if required:
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"tokens artifact {tokens_art.path} has no {split} split; rebuild it with llmkit tokenize") from exc
+        return None, None
+
+
+def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | None = None) -> None:
+    """One process's work (the only one, or one torchrun worker)."""
+    import torch
+
+    from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
+    from llmkit.model.io import WEIGHTS, load_weights, read_model_config
+    from llmkit.model.presets import build_model, resolve_model_config
+    from llmkit.model.records import CheckpointStats
+    from llmkit.runtime import seed_everything
+    from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
+    from llmkit.train.objectives import WindowBatches, lm_loss
+
+    config = PretrainConfig.build(**config)
+    tokens_art = artifacts.load(tokens, kind="tokens")
+    out = Path(out)
+    with worker_process(config.devices) as info:
+        tokenizer_dir = tokens_art.path / "tokenizer"
+        tokenizer = load_tokenizer(tokenizer_dir)
+        init = artifacts.load(init_from, kind="checkpoint") if init_from else None
+        if init is not None:
+            model_config = read_model_config(init.path)
+            if config.architecture.dropout is not None:
+                model_config.dropout = config.architecture.dropout
+        else:
+            model_config = resolve_model_config(config.architecture.model, vocab_size=tokenizer.vocab_size,
+                                                overrides=config.architecture.overrides())
+        seq_len = config.seq_len or model_config.context_length
+        if seq_len > model_config.context_length:
+            raise UserError(
+                f"--seq-len {seq_len} is longer than the model's context length {model_config.context_length}; "
+                "lower --seq-len or raise --context-length"
+            )
+        if model_config.objective == "mlm" and tokenizer.mask_id is None:
+            raise UserError("--objective mlm needs a <|mask|> token in the tokenizer; retrain it with the default special tokens")
+        global_batch = config.batch_tokens // seq_len
+        if global_batch < 1:
+            raise UserError(f"--batch-tokens {config.batch_tokens} is smaller than one sequence of {seq_len} tokens; raise it")
+        if global_batch * seq_len != config.batch_tokens and info.is_main:
+            from llmkit.console import err
+
+            err.print(f"note: --batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
+                      f"trains on {global_batch} sequences, {global_batch * seq_len} tokens", soft_wrap=True, markup=False)
+        world = info.world_size
+        micro_batch, accumulation = split_batch(
+            global_batch, config.devices.micro_batch, info.batch_ways,
+            what=f"the global batch of {global_batch} sequences (--batch-tokens {config.batch_tokens} / seq_len {seq_len})",
+            fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq_len}",
+        )
+        if config.max_tokens is not None:
+            max_steps = math.ceil(config.max_tokens / (global_batch * seq_len))
+        else:
+            max_steps = config.max_steps or 1000
+        warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else min(100, max_steps // 10)
+
+        seed_everything(config.seed)
+        _, train_sampler = _open_split(tokens_art, "train", seq_len, config.seed, required=True)
+        _, val_sampler = _open_split(tokens_art, "val", seq_len, config.seed, required=False)
+        special = sorted(set(tokenizer.special_ids.values())) if tokenizer.special_ids else []
+        data_options = dict(
+            objective=model_config.objective, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+            special_ids=special, mlm_probability=config.mlm_probability,
+        )
+        train_batches = WindowBatches(train_sampler, seed=config.seed, **data_options)
+        val_batches = WindowBatches(val_sampler, seed=config.seed + 1, **data_options) if val_sampler is not None else None
+        val_size = min(max(1, config.eval_tokens // seq_len), len(val_sampler)) if val_sampler is not None else 0
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        # Split across ranks (--tp/--pp), the model is built on the meta device and each rank makes
+        # only its part (llmkit.train.parallelize.materialize), initialised or read from --init-from's
+        # file one tensor at a time: no rank holds it whole.
+        split = info.layout is not None and info.layout.model_parallel
+        with torch.device("meta") if split else contextlib.nullcontext():
+            model = build_model(model_config)
+        if init is not None and not split:
+            load_weights(model, init.file(WEIGHTS))
+        settings = LoopSettings.for_stage(
+            config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
+            tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.optim.lr,
+        )
+        inputs = [("tokens", tokens_art)] + ([("init", init)] if init is not None else [])
+        # As the tokens record it, found or not (its copy travels in tokenizer/): the fingerprint
+        # must not depend on whether an ancestor is still on disk.
+        tokenizer = tokens_art.recorded_input("tokenizer")
+        inputs += [("tokenizer", tokenizer)] if tokenizer is not None else []
+        spec = ArtifactSpec(
+            config=config.hashed(),
+            seed=config.seed,
+            inputs=inputs,
+            stats=CheckpointStats(
+                params=model.num_params(), flops_per_token=model.flops_per_token(seq_len), model=model_config.to_dict(),
+                seq_len=seq_len, global_batch_sequences=global_batch, global_batch_tokens=global_batch * seq_len,
+                max_steps=max_steps,
+                tokenizer_fingerprint=next((i["fingerprint"] for i in tokens_art.manifest.inputs if i["role"] == "tokenizer"), None),
+                document_start="bos" if tokens_art.stats.get("add_bos", True) else "eos",
+            ),
+            runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.numerics.precision),
+            add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
+            file_names=["tokenizer"],
+        )
+        params = model.num_params()  # before the layout splits (and unties) anything
+        trainer = Trainer(
+            model, settings, info=info, run_dir=out, batches=train_batches, loss_fn=lm_loss, spec=spec,
+            val_batches=val_batches, val_size=val_size, resume=resume,
+            weights=init.file(WEIGHTS) if init is not None and split else None,
+        )
+        if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
+            from llmkit.console import err
+
+            layout_note = f" ({info.layout.describe()})" if info.layout.model_parallel else ""
+            err.print(
+                f"pretrain {config.architecture.model} ({model_config.arch}/{model_config.objective}, {params / 1e6:.2f}M params) "
+                f"on {world} {'GPU' if info.device.type == 'cuda' else 'CPU process'}(es){layout_note}: {max_steps} steps x "
+                f"{global_batch} x {seq_len} tokens, micro-batch {micro_batch}, accumulation {accumulation}"
+                f"{trainer.gradient_note}",
+                soft_wrap=True,
+            )
+        trainer.run()

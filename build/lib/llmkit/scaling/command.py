@@ -1,0 +1,62 @@
+"""`llmkit scaling fit SWEEP|POINTS.csv -o FIT` and `llmkit scaling predict FIT` (docs/scaling.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmkit.scaling.config import ScalingFitConfig, ScalingPredictConfig
+from llmkit.stage_command import argument, stage_command
+
+
+def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> None:
+    """Fit L(N, D) = E + A/N^alpha + B/D^beta to a sweep or a CSV; recommend N and D for FLOP budgets."""
+
+    from rich.table import Table
+
+    from llmkit import artifacts
+    from llmkit.console import out as console
+    from llmkit.scaling.stage import fit_scaling, read_fit
+
+    art = artifacts.load(fit_scaling(source, out, config, force=force), kind="scaling")
+    fit = read_fit(art.path)
+    law = fit["approach3"]
+    table = Table(title=f"scaling law from {fit['points']} points ({art.path}, {art.fingerprint[:12]})", title_justify="left")
+    for column in ("constant", "value", "95% interval"):
+        table.add_column(column, justify="left" if column == "constant" else "right")
+    for name in ("E", "A", "B", "alpha", "beta"):
+        low_high = law["intervals"].get(name)
+        table.add_row(name, f"{law[name]:.4g}", f"{low_high[0]:.4g} .. {low_high[1]:.4g}" if low_high else "-")
+    if law["params_exponent"] is not None:
+        table.add_row("N_opt ∝ C^a", f"{law['params_exponent']:.3f}", "")
+    if fit["approach2"]:
+        table.add_row("a (approach 2)", f"{fit['approach2']['params_exponent']:.3f}", "")
+    console.print(table)
+    if law["params_exponent"] is None:
+        console.print(f"[yellow]warning:[/] A {law['A']:.3g}, alpha {law['alpha']:.3g}, B {law['B']:.3g}, beta {law['beta']:.3g}: "
+                      "the points do not show the loss "
+                      "falling with both model size and data; widen the sweep (more sizes, more tokens)", soft_wrap=True)
+    for row in (r for r in fit["budgets"] if "undetermined" not in r):
+        console.print(f"C = {row['flops']:.3g} FLOPs: N = {row['params']:.3g} parameters, D = {row['tokens']:.3g} tokens "
+                      f"({row['tokens_per_param']:.1f} tokens per parameter), predicted loss {row['loss']:.4f}", soft_wrap=True)
+    console.print(f"plots: {', '.join(str(art.path / p) for p in art.stats['plots'])}", soft_wrap=True)
+
+
+def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
+    """The loss a fitted law predicts for N parameters trained on D tokens."""
+    from llmkit.console import out as console
+    from llmkit.scaling.stage import predict
+
+    result = predict(fit, config.params, config.tokens)
+    interval = f" (95% interval {result['interval'][0]:.4f} .. {result['interval'][1]:.4f})" if "interval" in result else ""
+    console.print(f"N = {config.params:.4g}, D = {config.tokens:.4g}: loss {result['loss']:.4f}{interval}", soft_wrap=True)
+
+
+fit = stage_command(
+    "scaling", ScalingFitConfig, _fit,
+    arguments=[argument("source", "A sweep artifact (llmkit sweep), or a CSV: params,tokens,loss or params,flops,loss.")],
+    out="Output scaling artifact directory.",
+)
+predict = stage_command(
+    "scaling", ScalingPredictConfig, _predict,
+    arguments=[argument("fit", "A scaling artifact (llmkit scaling fit).")], force=None,
+)

@@ -1,0 +1,109 @@
+"""The figures of a scaling-law fit (PNG, matplotlib through llmkit.charts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from llmkit.charts import pyplot, save
+from llmkit.scaling.fit import ChinchillaFit, IsoFlopFit
+from llmkit.scaling.points import Point
+
+
+def _spread(values: list[float], count: int) -> list[float]:
+    """Up to `count` of the distinct values, spread from the smallest to the largest."""
+    distinct = sorted(set(values))
+    if len(distinct) <= count:
+        return distinct
+    return [distinct[round(i * (len(distinct) - 1) / (count - 1))] for i in range(count)]
+
+
+def _scatter(ax, xs, ys, colours, cmap: str, legend: str) -> None:
+    """Measured points, coloured by the other variable on a log scale."""
+    plot = ax.scatter(xs, ys, c=np.log10(colours), cmap=cmap, s=28, edgecolors="black", linewidths=0.4, zorder=3)
+    bar = ax.figure.colorbar(plot, ax=ax)
+    bar.set_label(f"log10 {legend}")
+
+
+def _against(plt, path: Path, xs: np.ndarray, others: np.ndarray, loss: np.ndarray, law_at, names: tuple[str, ...],
+             title: str) -> Path:
+    """The measured losses against one variable, coloured by the other, with the law at a few of its values."""
+    x_label, other_symbol, other_label, cmap = names
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    grid = np.geomspace(xs.min() / 2, xs.max() * 2, 200)
+    for other in _spread(others.tolist(), 5):
+        ax.plot(grid, law_at(grid, other), linewidth=1, label=f"{other_symbol} = {other:.2g}")
+    _scatter(ax, xs, loss, others, cmap, other_label)
+    ax.set(xscale="log", xlabel=x_label, ylabel="validation loss", title=title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | None, budgets: list[float],
+                folder: Path) -> list[Path]:
+    plt = pyplot()
+    law = fit.law
+    n = np.array([p.params for p in points])
+    d = np.array([p.tokens for p in points])
+    loss = np.array([p.loss for p in points])
+    written = []
+
+    # Loss against N, one fitted curve per token count: the effect of model size at fixed data;
+    # and against D, one curve per model size: the effect of data at fixed size.
+    written.append(_against(plt, folder / "loss_vs_params.png", n, d, loss, lambda x, other: law.loss(x, other),
+                            ("parameters N", "D", "tokens D", "viridis"), "loss against model size (lines: the fit)"))
+    written.append(_against(plt, folder / "loss_vs_tokens.png", d, n, loss, lambda x, other: law.loss(other, x),
+                            ("tokens D", "N", "parameters N", "plasma"), "loss against data (lines: the fit)"))
+
+    # IsoFLOP curves: at a fixed C = 6ND, loss against N, with the fitted law's minimum.
+    flops = sorted({p.budget for p in points if p.budget}) or list(np.geomspace((6 * n * d).min(), (6 * n * d).max(), 4))
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, budget in enumerate(flops):
+        colour = colours[index % len(colours)]
+        curve_n = np.geomspace(n.min() / 2, n.max() * 2, 200)
+        ax.plot(curve_n, law.loss(curve_n, budget / (6 * curve_n)), color=colour, linewidth=1, label=f"C = {budget:.2g}")
+        if law.determined:
+            best_n, best_d = law.optimal(budget)
+            ax.plot([best_n], [law.loss(best_n, best_d)], marker="*", color=colour, markersize=11, markeredgecolor="black")
+        members = [p for p in points if p.budget == budget]
+        if members:
+            ax.scatter([p.params for p in members], [p.loss for p in members], color=colour, s=24, edgecolors="black", zorder=3)
+    if isoflop is not None:
+        ax.scatter([m["params"] for m in isoflop.minima], [m["loss"] for m in isoflop.minima], marker="x", color="black",
+                   s=50, zorder=4, label="parabola minima (approach 2)")
+    # The law climbs steeply where a budget leaves few tokens: keep the view on the measured losses.
+    ax.set_ylim(loss.min() - 0.1 * np.ptp(loss), loss.max() + 0.25 * np.ptp(loss) + 1e-9)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss", title="IsoFLOP curves (stars: compute-optimal)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    written.append(folder / "isoflop.png")
+    save(figure, written[-1])
+    plt.close(figure)
+
+    if not law.determined:
+        return written  # no frontier without an optimum
+    # The frontier: compute-optimal N and D against C.
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    span = [min(flops + budgets), max(flops + budgets)]
+    grid_c = np.geomspace(span[0] / 10, span[1] * 10, 100)
+    optimal = np.array([law.optimal(c) for c in grid_c])
+    ax.plot(grid_c, optimal[:, 0], label="N_opt (approach 3)")
+    ax.plot(grid_c, optimal[:, 1], label="D_opt (approach 3)")
+    if isoflop is not None:
+        ax.plot(grid_c, [isoflop.optimal(c)[0] for c in grid_c], linestyle="--", label="N_opt (approach 2)")
+    for budget in budgets:
+        best_n, best_d = law.optimal(budget)
+        ax.scatter([budget, budget], [best_n, best_d], color="black", s=18, zorder=3)
+    ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="parameters / tokens",
+           title="compute-optimal frontier")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    written.append(folder / "frontier.png")
+    save(figure, written[-1])
+    plt.close(figure)
+    return written

@@ -1,0 +1,93 @@
+"""The points a scaling law is fitted to: from a sweep artifact, or a CSV of published measurements.
+
+    params,tokens,loss          one point per row
+    params,flops,loss           tokens = flops / (6 * params)
+
+A `budget` column (or a sweep's FLOP budget) groups points for the IsoFLOP approach.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Point:
+    params: float
+    tokens: float
+    loss: float
+    budget: float | None = None  # the FLOP budget the point was planned for (IsoFLOP grids)
+    name: str = ""
+
+    @property
+    def flops(self) -> float:
+        return 6.0 * self.params * self.tokens
+
+
+def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]:
+    """Points from a sweep artifact (its table; `count` picks which parameters) or a CSV file."""
+    source = Path(source)
+    if source.is_dir():
+        return _sweep_points(artifacts.load(source, kind="sweep"), count)
+    if not source.is_file():
+        raise UserError(f"no such sweep or CSV: {source}")
+    return _csv_points(source)
+
+
+def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
+    rows = sweep.stats.get("runs") or []
+    points = [
+        Point(params=float(r["params"] if count == "total" else r["non_embedding_params"]), tokens=float(r["tokens"]),
+              loss=float(r["final_val_loss"]), budget=r.get("flops_budget"), name=r["name"])
+        for r in rows if r.get("state") == "done" and r.get("final_val_loss") is not None
+    ]
+    if not points:
+        raise UserError(f"sweep {sweep.path} has no finished run with a validation loss; rerun the sweep")
+    return points
+
+
+def _number(text: str, column: str, row: int, where: Path) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}:{row}: {column} {text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{where}:{row}: {column} must be a positive number, got {text}")
+    return value
+
+
+def _csv_points(path: Path) -> list[Point]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save the CSV as UTF-8") from None
+    except csv.Error as exc:
+        raise UserError(f"{path} is not a valid CSV ({exc})") from None
+    if not rows:
+        raise UserError(f"{path} holds no points; write a header params,tokens,loss (or params,flops,loss) and one row per run")
+    columns = set(header)
+    if not {"params", "loss"} <= columns or not ({"tokens", "flops"} & columns):
+        raise UserError(f"{path} has the columns {', '.join(header)}; it needs params, loss and tokens (or flops)")
+    points = []
+    for number, raw in enumerate(rows, start=2):
+        row = {k.strip().lower(): v for k, v in raw.items() if k is not None}
+        params = _number(row.get("params"), "params", number, path)
+        loss = _number(row.get("loss"), "loss", number, path)
+        if row.get("tokens") not in (None, ""):
+            tokens = _number(row["tokens"], "tokens", number, path)
+            budget = _number(row["flops"], "flops", number, path) if row.get("flops") not in (None, "") else None
+        else:
+            budget = _number(row["flops"], "flops", number, path)
+            tokens = budget / (6.0 * params)
+        if row.get("budget") not in (None, ""):
+            budget = _number(row["budget"], "budget", number, path)
+        points.append(Point(params=params, tokens=tokens, loss=loss, budget=budget, name=row.get("name") or f"row {number}"))
+    return points

@@ -1,0 +1,103 @@
+"""`llmkit scaling fit`: a scaling-law artifact from a sweep or a CSV; `predict`: a loss from it.
+
+The artifact (kind `scaling`): fit.json (approach 3's constants with bootstrap intervals, approach
+2 when the points allow it, the compute-optimal split of every --budget), points.csv (what was
+fitted) and plots/ (loss against N, against D, IsoFLOP curves, the frontier).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit import artifacts, outputs
+from llmkit.scaling.config import ScalingFitConfig
+from llmkit.scaling.fit import fit_chinchilla, fit_isoflop
+from llmkit.scaling_law import FIT_FILE, NAMES, Law
+from llmkit.scaling.points import read_points
+
+
+
+def _budget_row(fit, isoflop, budget: float) -> dict[str, Any]:
+    if not fit.law.determined:
+        return {"flops": budget, "undetermined": "the fitted law does not fall with both N and D"}
+    n_opt, d_opt = fit.law.optimal(budget)
+    row = {"flops": budget, "params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt,
+           "loss": float(fit.law.loss(n_opt, d_opt))}
+    if fit.samples is not None:  # the same quantities under each bootstrap refit
+        draws = np.array([Law(*sample).optimal(budget) for sample in fit.samples if Law(*sample).determined])
+        if not len(draws):
+            return row
+        row["params_interval"] = [float(np.percentile(draws[:, 0], 2.5)), float(np.percentile(draws[:, 0], 97.5))]
+        row["tokens_interval"] = [float(np.percentile(draws[:, 1], 2.5)), float(np.percentile(draws[:, 1], 97.5))]
+    if isoflop is not None:
+        row["params_approach2"], row["tokens_approach2"] = isoflop.optimal(budget)
+    return row
+
+
+def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *, force: bool = False) -> Path:
+    from llmkit.scaling.plots import write_plots
+
+    source = Path(source)
+    points = read_points(source, "total" if config.count == "total" else "non_embedding")
+    out = outputs.check_output(out, force, inputs=[source])
+    fit = fit_chinchilla([p.params for p in points], [p.tokens for p in points], [p.loss for p in points],
+                         delta=config.huber_delta, grid=config.grid, bootstrap=config.bootstrap, seed=config.seed)
+    budgeted = [p for p in points if p.budget]
+    isoflop = fit_isoflop([p.params for p in budgeted], [p.budget for p in budgeted], [p.loss for p in budgeted]) if budgeted else None
+    exponent = fit.law.beta / (fit.law.alpha + fit.law.beta) if fit.law.determined else None
+    document = {
+        "law": "L(N, D) = E + A / N^alpha + B / D^beta",
+        "approach3": {
+            **fit.law.as_dict(), "intervals": {k: list(v) for k, v in fit.intervals.items()}, "huber_objective": fit.objective,
+            "starts": fit.starts, "bootstrap": fit.bootstrap,
+            "params_exponent": exponent, "tokens_exponent": None if exponent is None else 1 - exponent,  # N_opt ∝ C^a
+            "bootstrap_samples": fit.samples.tolist() if fit.samples is not None else [],  # rows of (A, B, E, alpha, beta)
+        },
+        "approach2": None if isoflop is None else {"params_exponent": isoflop.exponent, "tokens_exponent": 1 - isoflop.exponent,
+                                                   "coefficient": isoflop.coefficient, "minima": isoflop.minima},
+        "budgets": [_budget_row(fit, isoflop, b) for b in config.budget],
+        "points": len(points),
+        "parameters_counted": config.count if source.is_dir() else "as given in the CSV",
+    }
+    with artifacts.create(out, "scaling", force=force, inputs=[source]) as build:
+        (build.dir / FIT_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["name", "params", "tokens", "flops", "budget", "loss"])
+        writer.writerows([p.name, p.params, p.tokens, p.flops, p.budget or "", p.loss] for p in points)
+        (build.dir / "points.csv").write_text(table.getvalue(), encoding="utf-8")
+        plots = write_plots(points, fit, isoflop, list(config.budget), build.dir / "plots")
+        recorded = config.hashed()
+        if source.is_dir():
+            build.add_input("sweep", artifacts.load(source, kind="sweep"))
+        else:
+            recorded["points_sha256"] = artifacts.sha256_file(source)
+        build.config = recorded
+        build.seed = config.seed
+        build.stats = {"alpha": fit.law.alpha, "beta": fit.law.beta, "E": fit.law.E, "points": len(points),
+                       "params_exponent": exponent, "plots": [f"plots/{p.name}" for p in plots],
+                       "budgets": document["budgets"]}
+    return Path(out)
+
+
+def read_fit(path: Path | str) -> dict[str, Any]:
+    art = artifacts.load(path, kind="scaling")
+    return json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
+
+
+def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
+    """The fitted loss at (N, D), and its bootstrap interval when the fit has one."""
+    fit = read_fit(path)["approach3"]
+    law = Law(**{name: fit[name] for name in NAMES})
+    result = {"params": params, "tokens": tokens, "loss": float(law.loss(params, tokens))}
+    samples = fit.get("bootstrap_samples") or []
+    if samples:
+        losses = [Law(*sample).loss(params, tokens) for sample in samples]
+        result["interval"] = [float(np.percentile(losses, 2.5)), float(np.percentile(losses, 97.5))]
+    return result

@@ -1,0 +1,77 @@
+"""A fitted scaling law, the typed record that crosses stages: `llmkit scaling fit` writes it (its
+artifact's fit.json, approach 3), `llmkit scaling predict` and `llmkit plan --scaling` read it.
+
+L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, eq. 2). At a budget C = 6 N D it is
+lowest where alpha A / N^alpha = beta B / D^beta; the fit itself is llmkit/scaling/fit.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmkit.errors import UserError
+
+FIT_FILE = "fit.json"
+NAMES = ("A", "B", "E", "alpha", "beta")
+EXPONENT_FLOOR = 1e-4
+
+
+@dataclass
+class Law:
+    """L(N, D) = E + A / N^alpha + B / D^beta."""
+
+    A: float
+    B: float
+    E: float
+    alpha: float
+    beta: float
+
+    def loss(self, params: float | np.ndarray, tokens: float | np.ndarray):
+        return self.E + self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
+
+    @property
+    def determined(self) -> bool:
+        """Loss falls with both N and D: there is a compute-optimal split (exponents above the floor, and
+        both terms present: a fit with A = 0 says the model size does not matter at all)."""
+        if not (self.alpha > EXPONENT_FLOOR and self.beta > EXPONENT_FLOOR and self.A > 0 and self.B > 0):
+            return False
+        return 0 < (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta)) < math.inf
+
+    def optimal(self, flops: float) -> tuple[float, float]:
+        """(N_opt, D_opt) minimising the loss at C = 6 N D."""
+        if not self.determined:
+            raise UserError(f"the fit has alpha {self.alpha:.3g} and beta {self.beta:.3g}: the points do not show the loss "
+                            "falling with both model size and data, so no split of a budget is optimal; widen the sweep")
+        total = self.alpha + self.beta
+        g = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / total)
+        n = g * (flops / 6.0) ** (self.beta / total)
+        if not 0 < n < math.inf:
+            term, grows = ("A", "model size") if n == 0 else ("B", "data")
+            raise UserError(f"the fit has {term} = {getattr(self, term):.3g}: the points show no gain from {grows}, so "
+                            "no split of a budget is optimal; widen the sweep (more sizes or larger budgets)")
+        return n, flops / (6.0 * n)
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in NAMES}
+
+    def tokens_for(self, params: float) -> float:
+        """Compute-optimal training tokens for a model of `params` (the D where this N is optimal)."""
+        if not self.determined:
+            raise UserError(f"the fit has alpha {self.alpha:.3g}, beta {self.beta:.3g}, A {self.A:.3g}, B {self.B:.3g}: the "
+                            "points do not show the loss falling with both model size and data, so it gives no "
+                            "compute-optimal split; widen the sweep")
+        return (self.beta * self.B * params**self.alpha / (self.alpha * self.A)) ** (1.0 / self.beta)
+
+    @classmethod
+    def of(cls, art) -> "Law":
+        """The law of a `scaling` artifact (approach 3's constants)."""
+        path = art.file(FIT_FILE)
+        try:
+            fit = json.loads(path.read_text(encoding="utf-8"))["approach3"]
+            return cls(**{name: float(fit[name]) for name in NAMES})
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None

@@ -1,0 +1,187 @@
+"""A stage's Typer command, derived from its config dataclass.
+
+    pretrain = stage_command(
+        "pretrain", PretrainConfig, _pretrain,    # _pretrain(config, *, tokens, out, force, resume)
+        arguments=[argument("tokens", "Tokens artifact (from `llmkit tokenize`).")],
+        out="Run directory; becomes the checkpoint artifact at the end.",
+        resume="Continue the run in -o from its newest complete checkpoint.",
+    )
+
+Typer reads a command's options from `inspect.signature`, so the builder writes one: the
+positional inputs, `-o/--out`, one option per config field (llmkit.options: flag, help,
+panel, choices), and the parameters every stage shares: `--resume` where it applies,
+`--config`, `--force`. The command resolves the config (defaults < `--config` file < flags
+typed, see llmkit.config) and calls `run(config, out=..., force=..., <inputs>...)`, whose
+docstring becomes the command's help.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
+
+from llmkit.options import FlatOption, flat_options
+
+# Spellings kept working for scripts written before `-o/--out` was the one name everywhere.
+HIDDEN_ALIASES = {"--output": "--out"}
+
+
+class _FlagsShowNoType:
+    """A flag takes no value, so its help row shows no `<bool>` type."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+                param.metavar = ""
+        return params
+
+
+class LlmkitGroup(_FlagsShowNoType, TyperGroup):
+    """The class of every llmkit command group."""
+
+
+class LlmkitCommand(_FlagsShowNoType, TyperCommand):
+    """The class of every llmkit command: also accepts the hidden aliases of renamed options
+    (`--output` for `--out`)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        names = {opt for param in self.params for opt in getattr(param, "opts", ())}
+        rewritten = []
+        for position, arg in enumerate(args):
+            if arg == "--":  # what follows is positional
+                rewritten.extend(args[position:])
+                break
+            name, sep, value = arg.partition("=")
+            if name in HIDDEN_ALIASES and name not in names and HIDDEN_ALIASES[name] in names:
+                arg = HIDDEN_ALIASES[name] + sep + value
+            rewritten.append(arg)
+        return super().parse_args(ctx, rewritten)
+
+
+@dataclass(frozen=True)
+class Argument:
+    """An input of a stage (an artifact or a file): what it works on, not how, so not a config option."""
+
+    name: str
+    help: str
+    type: Any = Path
+    default: Any = ...  # ... = required
+    flags: tuple[str, ...] = ()  # given as an option (`--data FILE`) rather than positionally
+    panel: str | None = None
+
+    def parameter(self) -> inspect.Parameter:
+        info = typer.Option(*self.flags, help=self.help, rich_help_panel=self.panel) if self.flags else typer.Argument(help=self.help, show_default=False)
+        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default, annotation=Annotated[self.type, info])
+
+
+def argument(name: str, help: str, type: Any = Path, default: Any = ..., *, flags: tuple[str, ...] = (),
+             panel: str | None = None) -> Argument:
+    return Argument(name, help, type, default, tuple(flags), panel)
+
+
+STANDARD = ("out", "config", "force", "resume")
+
+
+def option_parameter(opt: FlatOption) -> inspect.Parameter:
+    """The Typer option for one config field."""
+    spec = opt.spec
+    cli_type = spec.cli_type if spec.cli_type is not None else opt.type
+    default = None if spec.cli_type is not None else opt.default
+    if default is MISSING:
+        default = ...
+    extra: dict[str, Any] = {}
+    if spec.choices:
+        extra["metavar"] = "<" + "|".join(spec.choices) + ">"
+    annotation = Annotated[cli_type, typer.Option(*spec.flags, help=opt.help, rich_help_panel=opt.panel, hidden=opt.hidden, **extra)]
+    return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def out_parameter(help: str, out_type: Any) -> inspect.Parameter:
+    """`-o/--out`: the one spelling of a stage's output in every stage."""
+    return inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None if _optional(out_type) else ...,
+                             annotation=Annotated[out_type, typer.Option("-o", "--out", help=help)])
+
+
+def standard_parameters(section: str, *, resume: str | None, force: str | None) -> list[inspect.Parameter]:
+    """`--resume` (where it applies), `--config`, `--force`: the same in every stage."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = []
+    if resume is not None:
+        params.append(inspect.Parameter("resume", keyword, default=False, annotation=Annotated[bool, typer.Option("--resume", help=resume)]))
+    config_help = f"TOML/YAML file with any option below (a {escape(f'[{section}]')} table, or keys at top level)."
+    params.append(inspect.Parameter("config", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help=config_help)]))
+    if force is not None:
+        params.append(inspect.Parameter("force", keyword, default=False, annotation=Annotated[bool, typer.Option("--force", help=force)]))
+    return params
+
+
+def _optional(annotation: Any) -> bool:
+    import types
+    import typing
+
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
+def stage_command(
+    section: str,
+    config_cls: type,
+    run: Callable[..., None],
+    *,
+    arguments: list[Argument] = (),
+    out: str | None = None,
+    out_type: Any = Path,
+    resume: str | None = None,
+    force: str | None = "Replace the output if it exists.",
+    resolver: Callable[..., Any] | None = None,
+    writes_artifact: bool = True,
+) -> Callable[..., None]:
+    """The Typer command of a stage whose options are the fields of `config_cls`.
+
+    `resolver(file=..., explicit=...)` replaces the usual resolution (llmkit.config.resolve),
+    for a stage whose presets fill in options (clean).
+    """
+    options = {opt.name: opt for opt in flat_options(config_cls)}
+    clash = set(options) & ({a.name for a in arguments} | set(STANDARD))
+    if clash:
+        raise TypeError(f"{config_cls.__name__}: option(s) {', '.join(sorted(clash))} clash with the command's own parameters")
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("ctx", keyword, annotation=typer.Context)]
+    params.extend(arg.parameter() for arg in arguments)
+    if out is not None:
+        params.append(out_parameter(out, out_type))
+    params.extend(option_parameter(opt) for opt in options.values())
+    params.extend(standard_parameters(section, resume=resume, force=force))
+
+    def command(ctx: typer.Context, **values: Any) -> None:
+        from llmkit.config import explicit_params, resolve
+
+        typed = {}  # only the options given on the command line: the rest may come from --config
+        for name, value in explicit_params(ctx).items():
+            if name in options:
+                parse = options[name].spec.parse
+                try:
+                    typed[name] = parse(value) if parse is not None and value is not None else value
+                except ValueError as exc:  # one line naming the flag, whichever option's parser refused
+                    from llmkit.errors import UserError
+
+                    raise UserError(f"{options[name].flag} {value!r}: {exc}") from None
+        if resolver is not None:
+            config = resolver(file=values.get("config"), explicit=typed)
+        else:
+            config = resolve(config_cls, file=values.get("config"), section=section, explicit=typed)
+        given = {name: values[name] for name in (*(a.name for a in arguments), "out", "force", "resume") if name in values}
+        run(config, **given)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = section.replace(" ", "_")
+    command.__doc__ = run.__doc__
+    command.config_cls, command.section, command.arguments = config_cls, section, list(arguments)
+    command.writes_artifact = writes_artifact
+    return command

@@ -1,0 +1,107 @@
+"""Planning a sweep: which runs, with which model, tokens, learning rate and batch.
+
+The rules (docs/scaling.md):
+  sizes        --sizes LxW..., else a ladder: depth d = 1..K, width = width_per_layer x d,
+               heads = width / head_dim (depth and width grow together)
+  tokens       every size x every --tokens budget; or, per --flops budget C, the --per-budget
+               sizes whose N is nearest sqrt(C / (6 r)) (r = --tokens-per-param), each trained
+               on D = C / (6 N) tokens. N counts non-embedding parameters, as does C = 6 N D.
+  lr           --lr x reference width / width (--lr-rule width), or --lr for all
+  batch        --batch-tokens, made smaller (down to one sequence, else whole micro-batches)
+               so that a run takes at least --min-steps optimizer steps
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from llmkit.errors import UserError
+from llmkit.sweep.config import SweepConfig, parse_size
+from llmkit.pretrain.config import PretrainConfig
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    layers: int
+    width: int
+    heads: int
+    params: int
+    non_embedding_params: int
+    tokens: int
+    flops_budget: float | None
+    config: PretrainConfig  # the run's pretrain options, all of them
+
+    @property
+    def flops(self) -> float:
+        return 6.0 * self.non_embedding_params * self.tokens
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "n_layer": self.layers, "n_embd": self.width, "n_head": self.heads, "params": self.params,
+            "non_embedding_params": self.non_embedding_params, "tokens": self.tokens, "flops": self.flops,
+            "flops_budget": self.flops_budget, "lr": self.config.optim.lr, "batch_tokens": self.config.batch_tokens,
+        }
+
+
+def model_sizes(config: SweepConfig) -> list[tuple[int, int]]:
+    if config.sizes:
+        return sorted({parse_size(size) for size in config.sizes}, key=lambda s: (s[0] * s[1] ** 2, s))
+    return [(depth, config.width_per_layer * depth) for depth in range(1, config.ladder + 1)]
+
+
+def _count(config: SweepConfig, layers: int, width: int, heads: int, vocab_size: int) -> tuple[int, int, int]:
+    """(total, non-embedding) parameters of a size, and its context length: built on the meta device, no memory."""
+    import torch
+
+    from llmkit.model.presets import build_model, non_embedding_params, resolve_model_config
+
+    overrides = dict(config.base.architecture.overrides(), n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads)
+    model_config = resolve_model_config(config.base.architecture.model, vocab_size=vocab_size, overrides=overrides)
+    with torch.device("meta"):
+        model = build_model(model_config)
+    return model.num_params(), non_embedding_params(model), model_config.context_length
+
+
+def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
+    """Every run of the sweep, in a fixed order (by budget, then size)."""
+    sizes = []
+    for layers, width in model_sizes(config):
+        heads = max(1, width // config.head_dim)
+        if width % heads:
+            raise UserError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
+                            f"that are multiples of {config.head_dim}")
+        try:
+            total, non_embedding, context = _count(config, layers, width, heads, vocab_size)
+        except UserError as exc:  # the size, not a model flag, is what to change
+            raise UserError(f"size {layers}x{width} ({heads} head(s) of {width // heads}): "
+                            f"{str(exc).split('; change the model flags')[0]}; choose other --sizes or --head-dim") from exc
+        sizes.append((layers, width, heads, total, non_embedding, context))
+    grid: list[tuple[tuple, int, float | None]] = []
+    if config.token_budgets:
+        grid = [(size, int(tokens), None) for tokens in sorted(config.token_budgets) for size in sizes]
+    else:
+        for budget in sorted(config.flops):
+            centre = math.sqrt(budget / (6.0 * config.tokens_per_param))
+            nearest = sorted(sizes, key=lambda s: (abs(math.log(s[4] / centre)), s[4]))[: config.per_budget]
+            grid += [(size, int(budget / (6.0 * size[4])), budget) for size in sorted(nearest, key=lambda s: s[4])]
+    runs = []
+    for (layers, width, heads, total, non_embedding, context), tokens, budget in grid:
+        seq_len = min(config.base.seq_len or context, context)
+        if tokens < seq_len:
+            raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, less than one sequence of {seq_len}; "
+                            "raise the budget or lower --seq-len")
+        sequences = max(1, min(config.base.batch_tokens, tokens // config.min_steps) // seq_len)
+        micro = config.base.devices.micro_batch
+        if sequences > micro:  # whole micro-batches, so that accumulation divides
+            sequences = sequences // micro * micro
+        batch = sequences * seq_len
+        lr = config.base.optim.lr * (config.lr_reference_width / width if config.lr_rule == "width" else 1.0)
+        values = dict(config.base.flat(), n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads, max_tokens=tokens,
+                      max_steps=None, batch_tokens=batch, lr=lr)
+        name = (f"c{budget:.0e}-" if budget is not None else "") + f"d{layers}-w{width}-t{tokens}"
+        runs.append(PlannedRun(name.replace("+", ""), layers, width, heads, total, non_embedding, tokens, budget,
+                               PretrainConfig.build(**values)))
+    return runs

@@ -1,0 +1,257 @@
+"""`llmkit sweep`: run the grid as ordinary pretraining runs, then make the sweep artifact.
+
+    sweep(tokens, out, SweepConfig.build(flops=[1e12, 4e12])) -> out
+
+OUT/runs/NAME is each run (an `llmkit pretrain` run directory, then a checkpoint artifact),
+started as `llmkit pretrain TOKENS -o OUT/runs/NAME --config OUT/configs/NAME.yaml` with its
+output in OUT/logs/NAME.log. Rerunning the same sweep skips the runs that finished with the
+planned options and resumes interrupted ones (`--resume`). At the end OUT becomes a `sweep`
+artifact: its inputs are the tokens and every run (by fingerprint), its stats the table of
+runs (parameters, tokens, FLOPs, losses, bits per byte, wall time), and plots/ one loss-curve
+figure per budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+from llmkit.sweep.config import SweepConfig
+from llmkit.sweep.grid import PlannedRun, plan
+
+RUNS, CONFIGS, LOGS, PLOTS = "runs", "configs", "logs", "plots"
+
+
+@dataclass
+class RunState:
+    run: PlannedRun
+    state: str = "queued"  # queued | running | done | failed | skipped (already done)
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    seconds: float | None = None
+    error: str | None = None
+    slot: int | None = None  # the GPU (or CPU slot) it runs on
+
+
+def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bool = False) -> Path:
+    """Run (or finish) every run of the grid and write the sweep artifact; returns `out`."""
+    from llmkit.train.launch import run_directory
+
+    tokens_art = artifacts.load(tokens, kind="tokens")
+    out = Path(out)
+    runs = plan(config, int(tokens_art.stats["vocab_size"]))
+    with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path]):
+        finished = [_finished_with_these_options(run, out) for run in runs]  # refuses before anything changes
+        (out / artifacts.MANIFEST).unlink(missing_ok=True)  # a sweep being (re)run is not an artifact yet
+        states = [_prepare(run, out, done) for run, done in zip(runs, finished)]
+        _execute(states, tokens_art.path, out, config)
+        failed = [s for s in states if s.state == "failed"]
+        if failed:
+            raise UserError(f"{len(failed)} of {len(states)} runs failed ({failed[0].run.name}: {failed[0].error}); see "
+                            f"{out / LOGS}, then rerun the same command to finish the sweep")
+        _finish(states, tokens_art, out, config)
+    return out
+
+
+def _finished_with_these_options(run: PlannedRun, out: Path) -> bool:
+    """Whether the run is already done; one done with other options is refused (a finished
+    sweep rerun with another --lr, say), before the sweep changes anything on disk."""
+    target = out / RUNS / run.name
+    if not (target / artifacts.MANIFEST).is_file():
+        return False
+    done = artifacts.load(target, kind="checkpoint")
+    if done.config != json.loads(artifacts.canonical_json(run.config.hashed())):
+        raise UserError(f"{target} was trained with other options than this sweep plans; rerun with --force to start the "
+                        "sweep over, or write it to another -o")
+    return True
+
+
+def _prepare(run: PlannedRun, out: Path, done: bool) -> RunState:
+    """A run's options on disk (the config file its pretrain command reads), and its state."""
+    import yaml
+
+    for folder in (RUNS, CONFIGS, LOGS):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    (out / CONFIGS / f"{run.name}.yaml").write_text(yaml.safe_dump({"pretrain": run.config.flat()}, sort_keys=True), encoding="utf-8")
+    return RunState(run, state="skipped" if done else "queued")
+
+
+def _command(state: RunState, tokens: Path, out: Path, threads: int) -> list[str]:
+    target = out / RUNS / state.run.name
+    command = [sys.executable, "-m", "llmkit.cli", "pretrain", str(tokens), "-o", str(target),
+               "--config", str(out / CONFIGS / f"{state.run.name}.yaml"), "--threads", str(threads)]
+    if target.exists():
+        command.append("--resume")  # an interrupted run goes on from its newest checkpoint
+    return command
+
+
+def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfig) -> None:
+    """Run the queued runs, `parallel` at a time (one per GPU when there are GPUs), showing a live table."""
+    import torch
+
+    from llmkit.runtime import worker_count
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() and config.base.devices.gpus != 0 else 0
+    slots = gpus or config.parallel
+    threads = max(1, worker_count(0) // slots) if not gpus else 0
+    queue = [s for s in states if s.state == "queued"]
+    free = list(range(slots))
+    running: list[RunState] = []
+    view = _ProgressView(states, out)
+    try:
+        with view:
+            view.update()  # runs already done show at once
+            while queue or running:
+                while queue and free:
+                    state = queue.pop(0)
+                    slot = free.pop(0)
+                    env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(slot)) if gpus else dict(os.environ)
+                    log = open(out / LOGS / f"{state.run.name}.log", "a", encoding="utf-8")
+                    state.process = subprocess.Popen(_command(state, tokens, out, threads), stdout=log, stderr=subprocess.STDOUT,
+                                                     env=env)
+                    log.close()
+                    state.state, state.started, state.slot = "running", time.perf_counter(), slot
+                    running.append(state)
+                for state in list(running):
+                    code = state.process.poll()
+                    if code is None:
+                        continue
+                    state.seconds = time.perf_counter() - state.started
+                    state.state = "done" if code == 0 else "failed"
+                    if code:
+                        state.error = _last_error(out / LOGS / f"{state.run.name}.log")
+                    running.remove(state)
+                    free.append(state.slot)
+                view.update()
+                if queue or running:
+                    time.sleep(0.5)
+    except KeyboardInterrupt:
+        for state in running:  # they got the Ctrl-C too; wait for them to stop cleanly
+            state.process.wait()
+        raise
+
+
+def _last_error(log: Path) -> str:
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.startswith("error:")]
+    return lines[-1][len("error:"):].strip() if lines else "no error line; see the log"
+
+
+class _ProgressView:
+    """A live table of the runs on a terminal; a line per finished run otherwise."""
+
+    def __init__(self, states: list[RunState], out: Path):
+        from llmkit.console import err
+
+        self.states, self.out, self.console = states, out, err
+        self.live = None
+        self.reported: set[str] = set()
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=self.console, refresh_per_second=2)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.update(self._table())
+            self.live.__exit__(*exc)
+
+    def update(self) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+            return
+        for state in self.states:
+            if state.state in ("done", "failed", "skipped") and state.run.name not in self.reported:
+                self.reported.add(state.run.name)
+                detail = f" in {state.seconds:.0f} s" if state.seconds else ""
+                self.console.print(f"sweep: {state.run.name} {state.state}{detail}" + (f": {state.error}" if state.error else ""),
+                                   soft_wrap=True, markup=False)
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(title=f"sweep {self.out}", title_justify="left")
+        for column in ("run", "params (non-emb.)", "tokens", "state", "step", "loss", "val loss"):
+            table.add_column(column, justify="left" if column in ("run", "state") else "right")
+        for state in self.states:
+            last = _last_metrics(self.out / RUNS / state.run.name)
+            table.add_row(
+                state.run.name, f"{state.run.non_embedding_params:,}", f"{state.run.tokens:,}", state.state,
+                str(last.get("step", "")), _number(last.get("loss")), _number(last.get("val_loss")),
+            )
+        return table
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def _last_metrics(run: Path) -> dict[str, Any]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    last: dict[str, Any] = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[-50:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        last.update({k: v for k, v in record.items() if k != "val_ppl"})
+    return last
+
+
+def _val_losses(run: Path) -> list[float]:
+    from llmkit.charts import read_metrics
+
+    return [r["val_loss"] for r in read_metrics(run) if isinstance(r.get("val_loss"), (int, float))]
+
+
+def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, config: SweepConfig) -> None:
+    """The table, the plots and the manifest: OUT becomes the sweep artifact."""
+    from llmkit.charts import loss_curves, read_metrics
+    from llmkit.model.records import CheckpointStats
+
+    val = tokens_art.stats.get("val", {})
+    bytes_per_token = val["bytes"] / val["tokens"] if val.get("tokens") else None
+    build = artifacts.in_place_builder(out, "sweep")
+    build.add_input("tokens", tokens_art)
+    rows = []
+    for state in states:
+        run_art = artifacts.load(out / RUNS / state.run.name, kind="checkpoint")
+        build.add_input(f"run:{state.run.name}", run_art)
+        losses = _val_losses(run_art.path)
+        final = CheckpointStats.of(run_art).val_loss
+        rows.append(dict(
+            state.run.row(), state="done", steps=CheckpointStats.of(run_art).step, final_val_loss=final,
+            best_val_loss=min(losses) if losses else None,
+            bits_per_byte=final / math.log(2) / bytes_per_token if final is not None and bytes_per_token else None,
+            seconds=run_art.manifest.runtime.get("train_seconds"), fingerprint=run_art.fingerprint,
+        ))
+    budgets: dict[str, list[RunState]] = {}
+    for state in states:
+        label = f"{state.run.flops_budget:.0e} FLOPs" if state.run.flops_budget else f"{state.run.tokens:,} tokens"
+        budgets.setdefault(label, []).append(state)
+    plots = []
+    for label, members in budgets.items():
+        path = out / PLOTS / ("loss-" + label.split()[0].replace(",", "").replace("+", "") + ".png")
+        runs = [(s.run.name, read_metrics(out / RUNS / s.run.name)) for s in members]
+        loss_curves(runs, path, x="tokens", tokens_per_step={s.run.name: float(s.run.config.batch_tokens) for s in members},
+                    title=f"sweep: {label}")
+        plots.append(path.relative_to(out).as_posix())
+    build.config = config.hashed()
+    build.seed = config.base.seed
+    build.stats = {"runs": rows, "plots": plots, "count": "non-embedding parameters; flops = 6 x non-embedding params x tokens"}
+    build.runtime = {"parallel": config.parallel}
+    artifacts.finalize_in_place(build, [PLOTS])

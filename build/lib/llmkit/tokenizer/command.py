@@ -1,0 +1,123 @@
+"""`llmkit tokenizer train|encode|decode` and `llmkit tokenize`: option parsing and printing only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmkit.errors import UserError
+from llmkit.stage_command import argument, stage_command
+from llmkit.tokenizer.config import TokenizeConfig, TokenizerTrainConfig
+
+def _train(config: TokenizerTrainConfig, *, inputs: list[Path], out: Path, force: bool) -> None:
+    """Train a byte-level BPE tokenizer on a corpus."""
+    from llmkit.tokenizer.train import train_tokenizer
+
+    path = train_tokenizer(inputs, out, config, force=force)
+    _print_summary(path, ["vocab_size", "training_pieces", "training_bytes", "bytes_per_token", "tokens_per_word", "train_seconds"])
+
+
+train = stage_command(
+    "tokenizer", TokenizerTrainConfig, _train,
+    arguments=[argument("inputs", "A corpus artifact (llmkit clean), or UTF-8 text files.", type=list[Path])],
+    out="Output tokenizer artifact directory.",
+)
+
+
+def encode(
+    tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
+    text: Annotated[str, typer.Argument(help="Text to encode.")],
+) -> None:
+    """Show the token ids and pieces of a text."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from llmkit.console import out
+    from llmkit.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    ids = tok.encode(text)
+    table = Table(title=f"{len(ids)} tokens, {len(text.encode('utf-8'))} bytes")
+    for column in ("#", "id", "piece", "bytes"):
+        table.add_column(column, justify="right" if column != "piece" else "left")
+    for position, idx in enumerate(ids):
+        table.add_row(str(position), str(idx), Text(_visible(tok.id_to_piece(idx))), str(int(tok.token_bytes[idx])))
+    out.print(table)
+    out.print(" ".join(map(str, ids)), soft_wrap=True)
+
+
+def _visible(piece: str) -> str:
+    """Whitespace made visible, so that ' the' and 'the' differ on screen."""
+    return piece.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+
+
+def decode(
+    tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
+    ids: Annotated[list[int], typer.Argument(help="Token ids, separated by spaces.")],
+) -> None:
+    """Turn token ids back into text."""
+    from rich.text import Text
+
+    from llmkit.console import out
+    from llmkit.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    bad = [i for i in ids if not 0 <= i < tok.vocab_size]
+    if bad:
+        raise UserError(f"token id(s) {', '.join(map(str, bad))} outside the vocabulary 0..{tok.vocab_size - 1}")
+    out.print(Text(tok.decode(ids)), soft_wrap=True)
+
+
+def _tokenize(config: TokenizeConfig, *, corpus: Path, tokenizer: Path, out: Path, force: bool) -> None:
+    """Encode a corpus into train/validation token shards."""
+    from llmkit.tokenizer.encode_corpus import tokenize_corpus
+
+    _print_tokens_summary(tokenize_corpus(corpus, tokenizer, out, config, force=force))
+
+
+tokenize = stage_command(
+    "tokenize", TokenizeConfig, _tokenize,
+    arguments=[
+        argument("corpus", "Corpus artifact (llmkit clean)."),
+        argument("tokenizer", "Tokenizer artifact (llmkit tokenizer train), or a checkpoint to use its tokenizer.",
+                 flags=("--tokenizer", "-t")),
+    ],
+    out="Output tokens artifact directory.",
+)
+
+
+def _print_summary(path: Path, keys: list[str]) -> None:
+    from rich.table import Table
+
+    from llmkit import artifacts
+    from llmkit.console import out
+
+    art = artifacts.load(path)
+    table = Table(title=f"{art.kind} artifact {path}", show_header=False)
+    for key in keys:
+        table.add_row(key, str(art.stats.get(key)))
+    table.add_row("fingerprint", art.fingerprint[:16])
+    out.print(table)
+
+
+def _print_tokens_summary(path: Path) -> None:
+    from rich.table import Table
+
+    from llmkit import artifacts
+    from llmkit.console import out
+
+    art = artifacts.load(path)
+    stats = art.stats
+    table = Table(title=f"tokens artifact {path} ({stats['dtype']}, vocab {stats['vocab_size']}, {stats['encoder']})")
+    for column in ("split", "documents", "tokens", "bytes", "bytes/token", "shards"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    from llmkit.data.shards import SPLITS
+
+    for split in SPLITS:
+        s = stats[split]
+        ratio = f"{s['bytes'] / s['tokens']:.3f}" if s["tokens"] else "-"
+        table.add_row(split, f"{s['documents']:,}", f"{s['tokens']:,}", f"{s['bytes']:,}", ratio, str(len(s["shards"])))
+    out.print(table)
+    out.print(f"{stats['mb_per_s']} MB/s, {stats['tokens_per_s']:,} tokens/s; fingerprint {art.fingerprint[:16]}", soft_wrap=True)

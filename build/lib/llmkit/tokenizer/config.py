@@ -1,0 +1,61 @@
+"""The options of `llmkit tokenizer train` and `llmkit tokenize` (docs/tokenizer.md): declared once, here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from llmkit.data.special_tokens import DEFAULT_SPECIAL_TOKENS, REQUIRED_SPECIAL_TOKENS
+from llmkit.errors import UserError
+from llmkit.executor import Execution
+from llmkit.options import Options, comma_list, group, option
+
+BYTE_ALPHABET = 256
+
+
+@dataclass
+class TokenizerTrainConfig(Options):
+    vocab_size: int = option(8192, "Vocabulary size, special and byte tokens included.", range="[1, inf)")
+    min_frequency: int = option(2, "Merge only pairs seen at least this often.", range="[1, inf)")
+    special_tokens: list[str] = option(
+        default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), cli_type=Optional[str], parse=comma_list,
+        help="Comma-separated special tokens, given ids 0, 1, ... in order [default: " + ",".join(DEFAULT_SPECIAL_TOKENS) + "].",
+    )
+    max_docs: int | None = option(None, "Train on at most this many documents.", range="[1, inf)")
+    sample_bytes: int | None = option(None, "Train on about this many bytes, drawn uniformly across the corpus with --seed.",
+                                      range="[1, inf)")
+    heldout_every: int = option(100, "Hold out every N-th piece (a document or ~8K characters of one) for the stats.", range="[2, inf)")
+    heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.", range="[1, inf)")
+    seed: int = option(0, "Seed for sampling the training text.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
+    workers: int = option(0, "Processes (or Ray actors) that read and sample the input; 0 = this process locally (the "
+                          "trainer uses every core), one per CPU of a Ray cluster. Does not change the result.",
+                          runtime=True, range="[0, inf)")
+    execution: Execution = group(Execution)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        specials = list(self.special_tokens)
+        if len(set(specials)) != len(specials) or any(not s for s in specials):
+            raise UserError(f"--special-tokens must be distinct and non-empty, got {specials}")
+        missing = [s for s in REQUIRED_SPECIAL_TOKENS if s not in specials]
+        if missing:
+            raise UserError(f"--special-tokens must include {', '.join(missing)} (the stages rely on them)")
+        needed = BYTE_ALPHABET + len(specials)
+        if self.vocab_size < needed:
+            raise UserError(
+                f"--vocab-size {self.vocab_size} is too small: the 256 byte tokens and {len(specials)} special tokens "
+                f"need {needed}; pass --vocab-size {needed} or more"
+            )
+
+
+@dataclass
+class TokenizeConfig(Options):
+    val_fraction: float = option(0.05, "Share of documents held out for validation.", range="[0, 1)")
+    add_bos: bool = option(False, "Start every document with <|bos|>.", flags=("--add-bos",))
+    shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).", range="[1, inf)")
+    seed: int = option(0, "Seed of the train/validation split.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
+    workers: int = option(0, "Encoding threads (Ray actors with --executor ray); 0 = one per 8 MB of text, at most one per idle core. Does not change the result.", runtime=True, range="[0, inf)")
+    batch_size: int = option(2048, "Documents per encoding batch.", runtime=True, range="[1, inf)")
+    fast: bool = option(True, "Encode through tiktoken built from our merges, when it applies.", flags=("--fast/--no-fast",),
+                        runtime=True)
+    execution: Execution = group(Execution)

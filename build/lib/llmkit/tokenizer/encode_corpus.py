@@ -1,0 +1,437 @@
+"""`llmkit tokenize`: a corpus artifact -> binary token shards (a tokens artifact), streamed.
+
+Documents are read from the corpus in record batches, encoded on all cores, and appended to
+the train or validation shards as `[<|bos|>] tokens <|eos|>`; memory is bounded by one batch.
+The split is by whole documents: a seeded permutation of the document indices picks exactly
+round(n * val_fraction) of them for validation, so the split depends only on (corpus, seed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from functools import partial
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit import artifacts, resume
+from llmkit.console import err
+from llmkit.data.corpus import count_documents, iter_corpus_texts
+from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
+from llmkit.data.tokenizer import TextTokenizer, copy_tokenizer_files, load_tokenizer
+from llmkit.errors import UserError
+from llmkit.executor import Execution
+from llmkit.parallel import ordered_map
+from llmkit.tokenizer.config import TokenizeConfig
+
+
+class _FastPathMismatch(Exception):
+    """tiktoken disagreed with tokenizers on a checked document: redo the run on the tokenizers path."""
+
+
+CHECKPOINT_EVERY = 8  # batches between completion markers (a resumed run redoes at most this many)
+TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its tail to validation
+
+
+def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Where each document goes, drawn per input so that validation looks like training.
+
+    `groups[i]` is document i's input (the corpus's `source`). From each input, round(n * F) whole
+    documents go to validation, picked by a seeded permutation (inputs in order of appearance, one
+    generator); an input with too few documents for that (one book as one document, say)
+    instead gives the last F of every document's tokens, a contiguous tail as nanoGPT splits.
+    The plan depends only on (corpus, F, seed).
+    """
+    plan = np.full(len(groups), TRAIN, dtype=np.int8)
+    summary: dict[str, Any] = {"inputs": 0, "val_documents": 0, "documents_split_inside": 0}
+    if val_fraction <= 0 or len(groups) == 0:
+        return plan, summary
+    _, first = np.unique(groups, return_index=True)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    for group in groups[np.sort(first)]:
+        members = np.flatnonzero(groups == group)
+        count = min(len(members) - 1, round(len(members) * val_fraction))
+        if count >= 1:
+            plan[members[rng.permutation(len(members))[:count]]] = VAL
+            summary["val_documents"] += count
+        else:
+            plan[members] = TAIL
+            summary["documents_split_inside"] += len(members)
+        summary["inputs"] += 1
+    return plan, summary
+
+
+def document_groups(corpus: artifacts.Artifact) -> np.ndarray:
+    """Each document's input as a small integer (from the `source` column; one group without it)."""
+    import pyarrow.parquet as pq
+
+    from llmkit.data.corpus import corpus_shards
+
+    ids: dict[str, int] = {}
+    parts = []
+    for path in corpus_shards(corpus):
+        # read as a dictionary column: no dictionary_encode, whose pyarrow.compute import costs 0.05 s
+        parquet = pq.ParquetFile(path, read_dictionary=["source"])
+        if "source" not in parquet.schema_arrow.names:
+            parts.append(np.zeros(parquet.metadata.num_rows, dtype=np.int32))
+            continue
+        for batch in parquet.iter_batches(columns=["source"], batch_size=65536):
+            encoded = batch.column(0)
+            # one group per distinct source, and one for the documents without a source (null)
+            nulls = [ids.setdefault(None, len(ids))] if encoded.indices.null_count else []
+            local = np.array([ids.setdefault(str(v), len(ids)) for v in encoded.dictionary.to_pylist()] + nulls, dtype=np.int32)
+            parts.append(local[_arrow_indices(encoded.indices, null_as=len(local) - 1)] if len(local) else np.zeros(0, np.int32))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _arrow_indices(array, null_as: int) -> np.ndarray:
+    """Arrow dictionary indices as numpy, read from the data buffer (pyarrow's own `to_numpy`
+    imports pandas, 0.2 s of a tokenize run's start-up, and `fill_null` pyarrow.compute); a null
+    becomes `null_as`."""
+    dtype = np.dtype(f"int{array.type.bit_width}")
+    validity, data = array.buffers()[:2]
+    indices = np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize).astype(np.int64)
+    if array.null_count:
+        valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[array.offset : array.offset + len(array)]
+        indices[valid == 0] = null_as
+    return indices
+
+
+CHECK_CHARS = 16384
+FIRST_CHECKS = 256  # documents of the first batch checked against tokenizers
+
+_STATE: dict[str, Any] = {}  # a Ray actor's encoder state (_init_worker); local runs pass their own (_Encoder.state)
+
+
+def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
+    """Sets a Ray actor's encoder state."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        # One encoding thread per worker process: the processes are the parallelism.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _STATE.update(encoder_state(load_tokenizer(tokenizer_dir), use_fast, add_bos, check_every))
+
+
+def encoder_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every: int) -> dict[str, Any]:
+    """What `_encode_batch` needs: one per run, so runs in threads of one process stay apart."""
+    bos, eos = tok.hf.id_to_token(tok.bos_id), tok.hf.id_to_token(tok.eos_id)
+    return dict(
+        tok=tok,
+        fast=tok.fast_encoding if use_fast else None,
+        prefix=[tok.bos_id] if add_bos else [],
+        eos=tok.eos_id,
+        # the joined encoding's text around each document, and the special tokens tiktoken may match there
+        head=bos if add_bos else "",
+        tail=eos,
+        allowed=frozenset({bos, eos} if add_bos else {eos}),
+        dtype=token_dtype(tok.vocab_size),
+        check_every=check_every,
+    )
+
+
+def _encode_batch(job: tuple[int, list[str]], state: dict[str, Any] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str | None]:
+    """Encode batch `index` of documents -> (UTF-8 sizes, flat ids, per-document lengths, checked, mismatch).
+
+    Each non-empty document becomes `[bos] ids eos`; an empty one has length 0 (it is skipped).
+    On the fast path the first FIRST_CHECKS documents of batch 0 and every `check_every`-th
+    document after that are also encoded by tokenizers; the first difference is returned so the run can fall back.
+    """
+    index, texts = job
+    state = _STATE if state is None else state
+    sizes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    present = [t for t in texts if t]
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    if state["fast"] is None:
+        flat, lengths[sizes > 0] = _encode_with_tokenizers(state, present)
+        checked, mismatch = 0, None
+    else:
+        flat, lengths[sizes > 0] = _encode_with_tiktoken(state, present)
+        checked, mismatch = _spot_check(state, index, present, flat, lengths[sizes > 0])
+    return sizes, flat.astype(state["dtype"], copy=False), lengths, checked, mismatch
+
+
+def _encode_with_tokenizers(state: dict[str, Any], present: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return _framed(state, state["tok"].encode_batch(present))
+
+
+def _framed(state: dict[str, Any], encoded: list) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's ids as `[bos] ids eos`, flat, and each one's length in that."""
+    prefix, eos = state["prefix"], state["eos"]
+    lengths = np.array([len(prefix) + len(ids) + 1 for ids in encoded], dtype=np.int64)
+    flat = np.fromiter(chain.from_iterable(chain(prefix, ids, (eos,)) for ids in encoded), dtype=np.uint32, count=int(lengths.sum()))
+    return flat, lengths
+
+
+JOIN_CHARS = 4_000_000  # text per tiktoken call on the fast path
+
+
+def _encode_with_tiktoken(state: dict[str, Any], present: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The documents joined by `<|eos|>` (`<|eos|><|bos|>` with BOS) into one text per 4M characters,
+    encoded by tiktoken's core with those special tokens allowed.
+
+    tiktoken encodes the text between allowed special tokens piece by piece, exactly as it encodes
+    each document alone, so the ids are the same; but one call per group instead of one per
+    document keeps the GIL released for the whole group (two threads encode 1.6 times as fast as
+    one, where per-document calls queued on the GIL) and skips a Python list per document: 1.27x
+    less CPU than `encode_ordinary` on short documents."""
+    core = state["fast"]._core_bpe
+    parts, group, chars = [], [], 0
+    for text in present:
+        group.append(text)
+        chars += len(text)
+        if chars >= JOIN_CHARS:
+            parts.append(_encode_group(state, core, group))
+            group, chars = [], 0
+    if group or not parts:
+        parts.append(_encode_group(state, core, group))
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([ids for ids, _ in parts]), np.concatenate([lengths for _, lengths in parts])
+
+
+def _encode_group(state: dict[str, Any], core: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`[bos] ids eos` of each text, flat, and each text's length in that."""
+    head, tail, allowed, prefix, eos = state["head"], state["tail"], state["allowed"], state["prefix"], state["eos"]
+    # where BOS and EOS are one token, the joined ids could not say where a document ends
+    if texts and not (prefix and prefix[0] == eos):
+        ids = np.frombuffer(core.encode_to_tiktoken_buffer(head + (tail + head).join(texts) + tail, allowed), dtype=np.uint32)
+        if np.count_nonzero(ids == eos) == len(texts) and (not prefix or np.count_nonzero(ids == prefix[0]) == len(texts)):
+            return ids, np.diff(np.flatnonzero(ids == eos) + 1, prepend=0)
+    # A document holds the text of <|eos|> (or <|bos|>), which must stay text: encode each document
+    # alone with no special token allowed.
+    return _framed(state, [core.encode_ordinary(text) for text in texts])
+
+
+def _spot_check(state: dict[str, Any], index: int, present: list[str], flat: np.ndarray,
+                lengths: np.ndarray) -> tuple[int, str | None]:
+    """Some documents encoded again by tokenizers -> (how many, the first that differs or None)."""
+    every = state["check_every"]
+    picked = list(range(min(len(present), FIRST_CHECKS))) if index == 0 else list(range(index % every, len(present), every))
+    # tokenizers is slow on very long strings: a long document is checked on its first CHECK_CHARS.
+    samples = [present[i][:CHECK_CHARS] for i in picked]
+    ends, skip = np.cumsum(lengths), len(state["prefix"])
+    for i, sample, ref in zip(picked, samples, state["tok"].encode_batch(samples)):
+        if len(sample) == len(present[i]):
+            ours = flat[ends[i] - lengths[i] + skip : ends[i] - 1].tolist()
+        else:
+            ours = state["fast"]._core_bpe.encode_ordinary(sample)
+        if ours != ref:
+            return len(picked), sample[:80]
+    return len(picked), None
+
+
+WORKER_BYTES = 8_000_000  # below this much text per thread, another thread costs more CPU than it saves time
+
+
+def auto_workers(total_bytes: int | None, idle: int) -> int:
+    """Encoding threads for `--workers 0`: one per 8 MB of text, at most one per idle core.
+
+    A second thread starts at once, but two threads spend about a quarter more CPU than one for
+    the same text (measured, tiktoken on this 2-core machine), so a small corpus stays on one; and
+    on a core another program keeps busy a thread only competes. `idle`: the cores no other
+    program uses now (llmkit.runtime.CoreMeter)."""
+    if not total_bytes:
+        return 1
+    return max(1, min(idle, int(total_bytes // WORKER_BYTES)))
+
+
+class _Encoder:
+    """Encodes record batches in order (llmkit.parallel.ordered_map) on `workers` threads of this
+    process, or Ray actors, and counts the documents the tiktoken fast path was checked on.
+
+    Threads, not processes: both encoders release the GIL while they encode a text, so threads
+    share one tokenizer and start at once, where a spawned process took about a second to import
+    and rebuild it."""
+
+    def __init__(self, tok: TextTokenizer, tokenizer_dir: Path, workers: int, use_fast: bool, add_bos: bool,
+                 check_every: int = 128, execution: Execution | None = None):
+        self.workers = workers
+        self.execution = execution or Execution()
+        self.init_args = (str(tokenizer_dir), use_fast, add_bos, check_every)
+        self.checked = 0
+        self.name = "tiktoken" if use_fast and tok.fast_encoding is not None else "tokenizers"
+        self.state = encoder_state(tok, use_fast, add_bos, check_every) if self.execution.executor == "local" else None
+
+    def map(self, batches):
+        local = self.execution.executor == "local"
+        function = partial(_encode_batch, state=self.state) if local else _encode_batch
+        for result in ordered_map(function, enumerate(batches), workers=self.workers, threads=local,
+                                  initializer=None if local else _init_worker, initargs=self.init_args,
+                                  executor=self.execution.executor, ray_address=self.execution.ray_address):
+            yield self._checked(result)
+
+    def _checked(self, result):
+        sizes, flat, lengths, checked, mismatch = result
+        if mismatch is not None:
+            raise _FastPathMismatch(mismatch)
+        self.checked += checked
+        return sizes, flat, lengths
+
+
+def _encode_into(
+    build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, plan: np.ndarray,
+    config: TokenizeConfig, total_bytes: int | None, token_bytes: np.ndarray,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    from rich.progress import DownloadColumn, TextColumn, TransferSpeedColumn
+
+    from llmkit.console import progress
+
+    writers = {split: ShardWriter(build_dir / split, dtype, config.shard_tokens) for split in SPLITS}
+    split_bytes = {split: 0 for split in SPLITS}
+    doc_index = 0
+    total_tokens = 0
+    done_batches = 0
+    marker = resume.load(build_dir)
+    if marker is None:
+        for split in SPLITS:  # a run killed before its first marker
+            shutil.rmtree(build_dir / split, ignore_errors=True)
+    else:
+        state, arrays = marker
+        done_batches, doc_index, total_tokens, split_bytes = (state["batches"], state["doc_index"], state["tokens"],
+                                                              state["split_bytes"])
+        for split, writer in writers.items():
+            writer.restore(state["writers"][split], arrays[f"{split}_starts"])
+        err.print(f"resuming the interrupted run: {doc_index:,} documents done", soft_wrap=True, markup=False)
+
+    def checkpoint(batches: int) -> None:
+        metas, arrays = {}, {}
+        for split, writer in writers.items():
+            metas[split], arrays[f"{split}_starts"] = writer.state()
+        resume.save(build_dir, {"batches": batches, "doc_index": doc_index, "tokens": total_tokens,
+                                "split_bytes": split_bytes, "writers": metas}, arrays)
+
+    started = time.perf_counter()
+    texts = iter_corpus_texts(corpus, config.batch_size)
+    if done_batches:
+        texts = islice(texts, done_batches, None)  # read (the input position) but not encoded again
+    with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
+        task = bar.add_task("tokenizing", total=total_bytes, rate="", completed=sum(split_bytes.values()))
+        for number, (sizes, flat, lengths) in enumerate(encoder.map(texts), start=done_batches + 1):
+            batch_plan = plan[doc_index : doc_index + len(sizes)]
+            doc_index += len(sizes)
+            present = sizes > 0  # empty documents hold no tokens and are skipped
+            for split, chosen in (("train", present & (batch_plan == TRAIN)), ("val", present & (batch_plan == VAL))):
+                if chosen.any():
+                    writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
+                split_bytes[split] += int(sizes[chosen].sum())
+            ends = np.cumsum(lengths)
+            for i in np.flatnonzero(present & (batch_plan == TAIL)):
+                tokens = flat[ends[i] - lengths[i] : ends[i]]
+                cut = min(len(tokens) - 1, max(1, round(len(tokens) * (1 - config.val_fraction))))
+                if len(tokens) < 2:
+                    cut = len(tokens)
+                tail_bytes = int(token_bytes[tokens[cut:]].sum())
+                writers["train"].write(tokens[:cut], np.array([cut]))
+                split_bytes["train"] += int(sizes[i]) - tail_bytes
+                if cut < len(tokens):
+                    writers["val"].write(tokens[cut:], np.array([len(tokens) - cut]))
+                    split_bytes["val"] += tail_bytes
+            total_tokens += len(flat)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.update(task, advance=int(sizes.sum()), rate=f"{total_tokens / elapsed / 1e6:.2f}M tok/s")
+            if number % CHECKPOINT_EVERY == 0:
+                checkpoint(number)
+    for writer in writers.values():
+        writer.close()
+    resume.remove(build_dir)
+    seconds = time.perf_counter() - started
+    total = sum(split_bytes.values())
+    per_split = {
+        split: {"tokens": w.tokens, "documents": w.documents, "bytes": split_bytes[split], "shards": w.shards}
+        for split, w in writers.items()
+    }
+    timing = {
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(total / 1e6 / seconds, 3) if seconds else 0.0,
+        "tokens_per_s": round(total_tokens / seconds) if seconds else 0,
+    }
+    return per_split, timing
+
+
+def tokenize_corpus(
+    corpus_path: Path | str,
+    tokenizer_path: Path | str,
+    out: Path | str,
+    config: TokenizeConfig,
+    *,
+    force: bool = False,
+) -> Path:
+    """Encode a corpus into train/val token shards; returns the tokens artifact's path."""
+    import shutil
+
+    from llmkit.console import err
+    from llmkit.runtime import CoreMeter
+
+    corpus = artifacts.load(corpus_path, kind="corpus")
+    total_bytes = corpus.stats.get("bytes")
+    # Idle cores are measured over the loading below (a tenth of a second at least: 20 ticks of
+    # /proc/stat on two cores), and only where the corpus is large enough for a second thread.
+    local_auto = config.workers == 0 and config.execution.executor == "local"
+    meter = CoreMeter() if local_auto and (total_bytes or 0) >= 2 * WORKER_BYTES else None
+    # A checkpoint's tokenizer/ copy serves too: new data for a (possibly imported) model.
+    tok_art = artifacts.load(tokenizer_path, kind=("tokenizer", "checkpoint"))
+    tok_dir = tok_art.path if tok_art.kind == "tokenizer" else tok_art.path / "tokenizer"
+    tok = load_tokenizer(tok_dir)
+    num_docs = count_documents(corpus)
+    if num_docs == 0:
+        raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
+    plan, split_summary = split_plan(document_groups(corpus), config.val_fraction, config.seed)
+    if config.execution.executor == "ray":
+        workers = config.workers  # actors on the cluster; 0 = one per CPU there
+    elif config.workers > 0:
+        workers = config.workers if num_docs > config.batch_size else 1  # one batch: one thread
+    else:
+        workers = auto_workers(total_bytes, meter.idle_cores(window=0.1) if meter else 1)
+
+    dtype = token_dtype(tok.vocab_size)
+
+    key = resume.digest({"stage": "tokenize", "config": config.hashed(), "batch_size": config.batch_size,
+                         "inputs": [corpus.fingerprint, tok_art.fingerprint]})
+    with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
+        encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)
+        try:
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
+        except _FastPathMismatch as exc:
+            err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
+            for split in SPLITS:
+                shutil.rmtree(build.dir / split, ignore_errors=True)
+            resume.remove(build.dir)
+            encoder = _Encoder(tok, tok_dir, workers, use_fast=False, add_bos=config.add_bos, execution=config.execution)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
+        if per_split["train"]["tokens"] == 0:
+            raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
+        total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
+        val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
+        if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
+            err.print(
+                f"[yellow]warning:[/] the validation split holds {100 * val_share:.1f}% of the text (asked "
+                f"{100 * config.val_fraction:g}%) because it takes whole documents, of which the corpus has {num_docs}; "
+                "for a finer split make more documents (llmkit clean --doc-per blank-line)", soft_wrap=True
+            )
+        copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
+        build.config = config.hashed()
+        build.seed = config.seed
+        build.add_input("corpus", corpus)
+        build.add_input("tokenizer", tok_art)
+        build.runtime = {"workers": workers, "batch_size": config.batch_size, "encoder": encoder.name,
+                         **config.execution.runtime()}
+        build.stats = {
+            "dtype": dtype.name,
+            "vocab_size": tok.vocab_size,
+            "eos_id": tok.eos_id,
+            "bos_id": tok.bos_id,
+            "add_bos": config.add_bos,
+            **per_split,
+            "encoder": encoder.name,
+            "fast_path_checked_documents": encoder.checked,
+            "val_byte_fraction": round(val_share, 6),
+            "split": split_summary,
+            **timing,
+        }
+    return Path(out)

@@ -1,0 +1,261 @@
+"""The text `llmkit tokenizer train` trains on: a sample drawn across the whole input, and a held-out slice.
+
+The input is cut into read tasks that depend on it alone (a corpus's Parquet row groups, text
+files in ~64 MB ranges starting at a paragraph). Each task reads its documents, cuts long ones
+into pieces (`split_pieces`), and draws for every piece, from a generator seeded by (--seed,
+task number), whether it is a training candidate (probability `keep`) and whether it is a
+held-out candidate (probability 1/--heldout-every). Only candidates leave the task, so a worker
+sends back about `keep` of what it read. The driver then walks the tasks' results in task order,
+filling the held-out slice up to its cap and the sample up to --sample-bytes / --max-docs.
+
+Tasks run through llmkit.parallel.ordered_map: in this process, on local processes, or on a Ray
+cluster's actors that read the input themselves (so it must be on storage they share). Which
+task a worker ran never reaches the draws, so the sample, and the tokenizer, are the same on
+every executor and for any number of workers. Memory is a few tasks' candidates plus the sample
+itself (at most --sample-bytes), whatever the size of the input.
+
+Each task's candidates are appended to `sample.jsonl` in the stage's partial output folder, with
+a completion marker (llmkit.resume) after each: a rerun after a crash replays the finished tasks
+from that file instead of reading their input again, then goes on, and draws the same sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmkit import artifacts, resume
+from llmkit.data.corpus import RowGroup, TextRange, corpus_row_groups, read_row_group_texts, read_text_range, text_file_ranges
+from llmkit.errors import UserError
+from llmkit.executor import Execution
+from llmkit.parallel import ordered_map
+
+PIECE_CHARS = 8192
+SAMPLE_LOG = "sample.jsonl"  # in the partial output only: the finished tasks' candidates
+# Read well past --sample-bytes' share of each task, so that the sample spans the input to its end
+# rather than filling up before it.
+OVERSAMPLE = 1.1
+
+
+def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """A long document in pieces of about `size` characters, cut after a run of newlines.
+
+    Sampling and holding out work on pieces, so a corpus of a few big files (`llmkit clean`'s
+    one document per file) still gets a held-out slice. Cutting after the whole newline run
+    keeps the pre-tokens on both sides of the cut as they are in the whole text.
+    """
+    if len(text) <= 2 * size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > 2 * size:
+        cut = text.find("\n", start + size)
+        if cut < 0:
+            break
+        cut += 1
+        while cut < len(text) and text[cut] in "\r\n":
+            cut += 1
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+# BPE training time grows with the square of a word's length (each merge rewrites every word
+# that holds the pair, whole): one 300,000-letter run without a space took 127 s, a 3 MB one did
+# not finish in 11 minutes. Cut into runs of this many characters it trains in seconds, and no
+# real word is that long.
+LONGEST_RUN = 1024
+_LONG_RUN = re.compile(rf"(?<!\S)\S{{{LONGEST_RUN + 1},}}")  # anchored at a run's start: linear
+
+
+def cut_long_runs(texts: Iterable[str]) -> Iterator[str]:
+    """The training texts, with every run of over LONGEST_RUN non-space characters (a DNA string,
+    a minified file, a wall of one letter) cut into such runs, each its own text."""
+    for text in texts:
+        if len(text) <= LONGEST_RUN:
+            yield text
+            continue
+        start = 0
+        for run in _LONG_RUN.finditer(text):
+            for cut in range(run.start() + LONGEST_RUN, run.end(), LONGEST_RUN):
+                yield text[start:cut]
+                start = cut
+        yield text[start:] if start else text
+
+
+@dataclass
+class Source:
+    """The training input: one corpus artifact, or plain text files, as read tasks."""
+
+    tasks: list[RowGroup | TextRange]
+    total_bytes: int | None
+    corpus: artifacts.Artifact | None
+    described: dict
+
+
+def open_source(inputs: Sequence[Path]) -> Source:
+    if not inputs:
+        raise UserError("no input given; pass a corpus artifact (llmkit clean) or UTF-8 text files")
+    inputs = [Path(p) for p in inputs]
+    if len(inputs) == 1 and inputs[0].is_dir():
+        corpus = artifacts.load(inputs[0], kind="corpus")
+        total = corpus.stats.get("bytes")
+        return Source(corpus_row_groups(corpus), int(total) if total else None, corpus, {"kind": "corpus"})
+    for path in inputs:
+        if path.is_dir():
+            raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
+        if not path.is_file():
+            raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
+    # Files are identified by name and content hash, never by absolute path (fingerprints move).
+    described = {"kind": "text_files", "files": [{"name": p.name, "sha256": artifacts.sha256_file(p)} for p in inputs]}
+    return Source(text_file_ranges(inputs), sum(p.stat().st_size for p in inputs), None, described)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What every task needs to draw its candidates."""
+
+    seed: int
+    keep: float  # a piece's chance of being a training candidate
+    heldout: float  # a piece's chance of being a held-out candidate
+
+
+@dataclass
+class Candidates:
+    """The pieces of one task that may be trained on or held out, in the task's order."""
+
+    pieces: list[str]
+    sizes: list[int]  # UTF-8 bytes of each piece
+    train: list[bool]
+    heldout: list[bool]
+    read_bytes: int  # every byte the task read, for the progress bar
+
+
+def draw_candidates(job: tuple[int, RowGroup | TextRange, Draw]) -> Candidates:
+    index, task, draw = job
+    texts = read_row_group_texts(task) if isinstance(task, RowGroup) else read_text_range(task)
+    pieces = [piece for text in texts if text for piece in split_pieces(text)]
+    rng = np.random.Generator(np.random.PCG64([draw.seed, index]))
+    draws = rng.random((len(pieces), 2))
+    train, heldout = draws[:, 0] < draw.keep, draws[:, 1] < draw.heldout
+    chosen = np.flatnonzero(train | heldout).tolist()
+    sizes = [len(pieces[i].encode("utf-8")) for i in chosen]
+    read = task.end - task.start if isinstance(task, TextRange) else sum(len(t.encode("utf-8")) for t in texts)
+    return Candidates([pieces[i] for i in chosen], sizes, train[chosen].tolist(), heldout[chosen].tolist(), read)
+
+
+class Sampler:
+    """Walks the tasks' candidates in order into the training sample and the held-out slice.
+
+    A held-out candidate is held out while the slice is under --heldout-max-bytes; a training
+    candidate is trained on until --sample-bytes or --max-docs is reached. Once the sample is
+    complete, reading goes on only until the slice holds 1/--heldout-every of the sample's bytes.
+    """
+
+    def __init__(self, config, total_bytes: int | None):
+        self.config = config
+        self.keep = 1.0
+        if config.sample_bytes and total_bytes:
+            self.keep = min(1.0, OVERSAMPLE * config.sample_bytes / total_bytes)
+        self.heldout: list[str] = []
+        self.heldout_bytes = 0
+        # The first training pieces, to measure on when the input is too small to hold any out.
+        self.first_trained: list[str] = []
+        self.docs = self.bytes = 0
+
+    def full(self) -> bool:
+        c = self.config
+        return bool((c.max_docs and self.docs >= c.max_docs) or (c.sample_bytes and self.bytes >= c.sample_bytes))
+
+    def heldout_target(self) -> int:
+        return min(self.config.heldout_max_bytes, max(1, self.bytes // self.config.heldout_every))
+
+    def done(self) -> bool:
+        return self.full() and self.heldout_bytes >= self.heldout_target()
+
+    def training_texts(self, source: Source, execution: Execution, workers: int, on_read,
+                       folder: Path | None = None) -> Iterator[str]:
+        """The training pieces in order; `on_read(bytes)` after each task. With `folder` (the partial
+        output), finished tasks are logged there and a rerun continues after them."""
+        done_tasks, log = 0, None
+        if folder is not None:
+            done_tasks = yield from self._replay(folder, on_read)
+            if self.done():
+                return
+            log = open(folder / SAMPLE_LOG, "ab")
+        draw = Draw(self.config.seed, self.keep, 1.0 / self.config.heldout_every)
+        jobs = ((index, source.tasks[index], draw) for index in range(done_tasks, len(source.tasks)))
+        results = ordered_map(draw_candidates, jobs, workers=workers, executor=execution.executor,
+                              ray_address=execution.ray_address)
+        try:
+            for number, result in enumerate(results, start=done_tasks + 1):
+                if log is not None:
+                    # vars, not asdict: asdict deep-copies every piece (a third of the sampling time)
+                    log.write(json.dumps(vars(result), ensure_ascii=False).encode() + b"\n")
+                    log.flush()
+                    os.fsync(log.fileno())  # the marker must never count bytes a crash of the machine could lose
+                    resume.save(folder, {"tasks": number, "log_bytes": log.tell()}, {})
+                yield from self._take(result)
+                on_read(result.read_bytes)
+                if self.done():
+                    return
+        finally:
+            results.close()  # stops the workers still reading tasks that are no longer needed
+            if log is not None:
+                log.close()
+
+    def _replay(self, folder: Path, on_read) -> Iterator[str]:
+        """The tasks an interrupted run finished, from its log; returns how many."""
+        marker = resume.load(folder)
+        log = folder / SAMPLE_LOG
+        if marker is None:
+            log.unlink(missing_ok=True)
+            return 0
+        state, _ = marker
+        from llmkit.console import err
+
+        if not log.is_file() or log.stat().st_size < state["log_bytes"]:
+            # a log shorter than its marker says (written by a version that did not fsync it): start over
+            err.print("the interrupted run's sample log is incomplete; reading the input again", soft_wrap=True, markup=False)
+            log.unlink(missing_ok=True)
+            resume.remove(folder)
+            return 0
+        err.print(f"resuming the interrupted run: {state['tasks']:,} read task(s) done", soft_wrap=True, markup=False)
+        with open(log, "r+b") as handle:
+            handle.truncate(state["log_bytes"])  # a task written after the last marker is read again
+            handle.seek(0)
+            for line in handle:
+                result = Candidates(**json.loads(line))
+                yield from self._take(result)
+                on_read(result.read_bytes)
+                if self.done():
+                    break
+        return state["tasks"]
+
+    def _take(self, result: Candidates) -> Iterator[str]:
+        cap = self.config.heldout_max_bytes
+        for text, size, train, held in zip(result.pieces, result.sizes, result.train, result.heldout):
+            if self.full():
+                if self.done():
+                    return
+                if held:
+                    self._hold_out(text, size)
+                continue
+            if held and self.heldout_bytes < cap:
+                self._hold_out(text, size)
+            elif train:
+                self.docs += 1
+                self.bytes += size
+                if self.bytes <= cap:
+                    self.first_trained.append(text)
+                yield text
+
+    def _hold_out(self, text: str, size: int) -> None:
+        self.heldout.append(text)
+        self.heldout_bytes += size

@@ -1,0 +1,111 @@
+"""`llmkit tokenizer train`: byte-level BPE trained with HF tokenizers' BpeTrainer on a sample of the input
+(llmkit.tokenizer.sample draws it, on this machine or a Ray cluster)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from llmkit import artifacts, resume
+from llmkit.tokenizer.config import TokenizerTrainConfig
+from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, cut_long_runs, open_source
+from llmkit.data.tokenizer import (
+    TOKEN_BYTES_FILE,
+    TOKENIZER_FILE,
+    compute_token_bytes,
+    new_byte_level_bpe,
+)
+from llmkit.errors import UserError
+
+# A "word" for tokens-per-word: a run of letters/digits, or one CJK character (CJK has no spaces).
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK_CHARS}]|[^\W{_CJK_CHARS}]+")
+
+
+def measure(tokenizer, texts: Sequence[str]) -> dict[str, float]:
+    """Bytes per token and tokens per word of `texts` under a trained tokenizer."""
+    encoded = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    tokens = sum(len(e.ids) for e in encoded)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    words = sum(len(_WORD.findall(t)) for t in texts)
+    return {
+        "bytes_per_token": round(n_bytes / tokens, 4) if tokens else 0.0,
+        "tokens_per_word": round(tokens / words, 4) if words else 0.0,
+        "tokens": tokens,
+    }
+
+
+def train_tokenizer(
+    inputs: Sequence[Path | str], out: Path | str, config: TokenizerTrainConfig, *, force: bool = False
+) -> Path:
+    """Train a byte-level BPE tokenizer and write a tokenizer artifact; returns its path."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+    from tokenizers import pre_tokenizers, trainers
+
+    from llmkit.console import err, progress
+
+    source = open_source([Path(p) for p in inputs])
+    sampler = Sampler(config, source.total_bytes)
+    tokenizer = new_byte_level_bpe()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=list(config.special_tokens),  # ids 0..k-1, in this order
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=err.is_terminal,
+    )
+    # a rerun continues only the very run that was interrupted: same config, seed and input
+    key = resume.digest({"stage": "tokenizer train", "config": config.hashed(), "seed": config.seed,
+                         "input": source.described, "corpus": source.corpus.fingerprint if source.corpus else None})
+    with artifacts.create(out, "tokenizer", force=force, inputs=inputs, resume_key=key) as build:
+        started = time.perf_counter()
+        with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+            task = bar.add_task("reading + counting", total=source.total_bytes)
+            texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size),
+                                           folder=build.dir)
+            tokenizer.train_from_iterator(cut_long_runs(texts), trainer)
+        seconds = time.perf_counter() - started
+        resume.remove(build.dir)
+        (build.dir / SAMPLE_LOG).unlink(missing_ok=True)
+        if sampler.docs == 0 and config.sample_bytes is not None and source.total_bytes > 0:
+            raise UserError(
+                f"--sample-bytes {config.sample_bytes} drew no document from the input's {source.total_bytes:,} bytes; "
+                "raise --sample-bytes (or leave it out to train on everything)"
+            )
+        if sampler.docs == 0:
+            raise UserError(
+                "the input has no text to train on (empty corpus or only empty documents); "
+                "check the corpus with llmkit inspect or pass other files"
+            )
+        if tokenizer.get_vocab_size() < config.vocab_size:
+            err.print(f"note: the input held only {tokenizer.get_vocab_size():,} tokens' worth of merges, fewer than "
+                      f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} (more text gives more)",
+                      soft_wrap=True, markup=False)
+        tokenizer.save(str(build.dir / TOKENIZER_FILE))
+        np.save(build.dir / TOKEN_BYTES_FILE, compute_token_bytes(tokenizer), allow_pickle=False)
+
+        # Too small an input to hold anything out: measure on (the start of) the training sample.
+        measured_on = "heldout" if sampler.heldout else "training sample"
+        quality = measure(tokenizer, sampler.heldout or sampler.first_trained)
+        build.config = {**config.hashed(), "input": source.described}
+        build.seed = config.seed
+        if source.corpus is not None:
+            build.add_input("corpus", source.corpus)
+        build.stats = {
+            "vocab_size": tokenizer.get_vocab_size(),
+            "special_tokens": list(config.special_tokens),
+            "training_pieces": sampler.docs,
+            "training_bytes": sampler.bytes,
+            "heldout_pieces": len(sampler.heldout),
+            "heldout_bytes": sampler.heldout_bytes,
+            "measured_on": measured_on,
+            "bytes_per_token": quality.get("bytes_per_token"),
+            "tokens_per_word": quality.get("tokens_per_word"),
+            "train_seconds": round(seconds, 3),
+        }
+        build.runtime = config.runtime()
+    return Path(out)

@@ -1,0 +1,261 @@
+"""Many processes through PyTorch's own engine: torchrun relaunch, process group, DDP / FSDP2.
+
+`llmkit pretrain --gpus N` (or `--nproc N` on CPU) writes its resolved arguments to a JSON file
+and relaunches itself as `python -m torch.distributed.run ... -m llmkit.train.worker FILE`;
+each worker reads RANK/WORLD_SIZE/LOCAL_RANK from the environment torchrun sets, joins the
+process group (NCCL on GPU, gloo on CPU) and runs the same stage function. One process and
+`--gpus 1` run in-process, without torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmkit.errors import UserError
+
+ERROR_FILE = "error.txt"
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    layout: Any = field(default=None)  # llmkit.train.layout.Layout: dp x tp x pp, set by the worker
+
+    @property
+    def data_parallel(self) -> int:
+        return self.layout.dp if self.layout is not None else self.world_size
+
+    @property
+    def data_rank(self) -> int:
+        return self.layout.dp_rank if self.layout is not None else self.rank
+
+    @property
+    def batch_ways(self) -> int:
+        """Micro-batches of one accumulation step across the run (dp replicas x pipeline micro-batches)."""
+        return self.layout.batch_ways if self.layout is not None else self.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)
+
+
+def check_gpus(gpus: int) -> None:
+    if gpus <= 0:
+        return
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > found:
+        raise UserError(
+            f"--gpus {gpus} asks for {gpus} GPU(s) but {found} {'was' if found == 1 else 'were'} found on this machine; "
+            f"pass --gpus {found}" + (" or leave --gpus out" if found else " (CPU training: leave --gpus out, --nproc N for several processes)")
+        )
+
+
+def init(gpus: int) -> DistInfo:
+    """Join the process group when launched by torchrun; pick this process's device."""
+    use_cuda = gpus > 0
+    if not under_torchrun():
+        device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        return DistInfo(device=device)
+    import torch.distributed as dist
+
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def to_device(batch: tuple, device: torch.device) -> tuple:
+    """A batch's tensors on `device` (asynchronous copies to a GPU); other items as they are."""
+    non_blocking = device.type == "cuda"
+    return tuple(t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / info.world_size
+    return value
+
+
+def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def all_gather_bytes(value: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Gather a same-sized uint8 tensor (an RNG state) from every rank; no pickle involved."""
+    if not info.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    on_device = value.to(info.device)
+    gathered = [torch.empty_like(on_device) for _ in range(info.world_size)]
+    dist.all_gather(gathered, on_device)
+    return [g.cpu() for g in gathered]
+
+
+def wrap(model: torch.nn.Module, strategy: str, info: DistInfo, precision: str) -> torch.nn.Module:
+    """DistributedDataParallel (default) or FSDP2 `fully_shard` per block and at the root;
+    `precision` is the run's resolved --precision."""
+    if strategy not in ("ddp", "fsdp"):
+        raise UserError(f"unknown --strategy {strategy!r}; choose ddp or fsdp")
+    if not info.distributed:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        options = {}
+        if info.device.type == "cuda" and precision == "bf16":  # gather and compute in bf16, reduce gradients in fp32
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in getattr(model, "blocks", []):
+            fully_shard(block, **options)
+        fully_shard(model, **options)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # Gradients as views into the all-reduce buckets: no second copy of every gradient (4 bytes a parameter).
+    return DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None, gradient_as_bucket_view=True)
+
+
+@contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if enabled:
+        yield
+        return
+    if hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    with nullcontext():
+        yield
+
+
+def relaunch(
+    entry: str,
+    arguments: dict,
+    launch_dir: Path,
+    *,
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+) -> None:
+    """Run `entry(**arguments)` in `nproc` processes per node under torchrun; wait for it.
+
+    A worker's one-line UserError is written to launch_dir/error.txt and raised here again, so
+    the user sees one line however many processes ran.
+    """
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    spec = launch_dir / "launch.json"
+    error_file = launch_dir / ERROR_FILE
+    error_file.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"entry": entry, "arguments": arguments, "error_file": str(error_file)}, indent=2))
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes > 1:
+        if not master_addr:
+            raise UserError("multi-node training needs --master-addr (the address of node 0) and --master-port")
+        command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port or 29500}"]
+    else:
+        command += ["--standalone"]
+    command += ["-m", "llmkit.train.worker", str(spec)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    from llmkit.errors import debug_enabled
+
+    if debug_enabled():
+        env["LLMKIT_DEBUG"] = "1"
+    returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
+    if returncode != 0:
+        if error_file.is_file():
+            raise UserError(error_file.read_text(encoding="utf-8").strip())
+        raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
+
+
+# torchrun's own agent log lines ("W1124 16:04:13.384000 25985 torch/distributed/elastic/...").
+_AGENT_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*torch/distributed/")
+
+
+def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
+    """Run torchrun, passing the workers' output through live. torchrun's agent logs and its
+    closing traceback are held back and shown only when no worker explained the failure."""
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    held: list[str] = []
+    in_traceback = False
+    for line in process.stderr:
+        if line.startswith("Traceback (most recent call last)") or in_traceback:
+            in_traceback = True
+            held.append(line)
+        elif _AGENT_LOG.match(line):
+            held.append(line)
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    returncode = process.wait()
+    if returncode != 0 and show_noise():
+        sys.stderr.write("".join(held))
+    return returncode
+
+
+def resolve_gpus(requested: int | None) -> int:
+    """GPUs to use on this node: as asked, or 1 when CUDA is present and 0 (CPU) otherwise."""
+    import torch
+
+    if requested is None:
+        return 1 if torch.cuda.is_available() else 0
+    return requested

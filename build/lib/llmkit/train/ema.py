@@ -1,0 +1,48 @@
+"""`--ema DECAY`: an exponential moving average of the weights, kept in fp32 beside the run and
+saved with its checkpoints (`ema/NAME` tensors in the training state), so a resume goes on
+averaging exactly; the loop writes it out as RUN/ema (llmkit/model/averaging.py)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from llmkit.errors import UserError
+
+SAVED_PREFIX = "ema/"  # the averages' keys among a checkpoint's training-state tensors
+
+
+class MovingAverage:
+    def __init__(self, model: nn.Module, decay: float, device: torch.device, saved: dict[str, torch.Tensor] | None = None):
+        self.model, self.decay = model, decay
+        if saved:
+            names = {name for name, _ in model.named_parameters()}
+            if set(saved) != names:
+                raise UserError("the checkpoint's moving average does not match this model; resume without --ema changes")
+            self.values = {name: saved[name].to(device, torch.float32) for name, _ in model.named_parameters()}
+        else:
+            self.values = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, updates: int) -> None:
+        """After optimizer update number `updates`."""
+        # TensorFlow's ExponentialMovingAverage warm-up (num_updates): early on the average follows
+        # the weights closely, so a short run's average is not mostly its random initialisation.
+        decay = min(self.decay, (1 + updates) / (10 + updates))
+        params = [p.detach().float() for _, p in self.model.named_parameters()]
+        torch._foreach_lerp_(list(self.values.values()), params, 1.0 - decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with the moving averages in place of the parameters."""
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        for name, value in self.values.items():
+            state[name] = value.detach().cpu().to(state[name].dtype)
+        return state
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        return {SAVED_PREFIX + name: value for name, value in self.values.items()}
+
+    @staticmethod
+    def from_saved(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The averages among a checkpoint's extra training-state tensors."""
+        return {k[len(SAVED_PREFIX):]: v for k, v in extra.items() if k.startswith(SAVED_PREFIX)}

@@ -1,0 +1,162 @@
+"""Launching a training stage: the run directory, torchrun, and each worker's process setup.
+
+    launch(_train, out, config, devices=config.devices, resume=resume, force=force, inputs={"tokens": str(tokens)})
+
+`launch` checks the devices, prepares the run directory on the first process only (another
+node, or a non-zero rank started by an outside torchrun, finds it prepared and must neither
+refuse nor empty it; see `run_directory` for what the first process guarantees), then runs
+`entry(config=..., out=..., resume=..., **inputs)` here, or in every process under torchrun
+when the run spans several. The config always travels as its
+flat option dict, in-process too, so both paths run the same round trip.
+
+Inside `entry`, `worker_process(devices)` sets the CPU threads and joins the process group,
+`split_batch` cuts the global batch into micro-batches and `runtime_record` says in the
+manifest how the run executed. Pretrain, finetune and any later training stage use these.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from llmkit.errors import UsageError, UserError
+from llmkit.options import Options
+from llmkit.train.options import Devices, resolve_precision
+
+
+def first_process(devices: Devices) -> bool:
+    """True on the process that owns the run directory: rank 0, or node 0 before torchrun starts."""
+    from llmkit.train import distributed
+
+    if distributed.under_torchrun():
+        return os.environ.get("RANK") == "0"
+    return devices.node_rank == 0
+
+
+def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: Devices, resume: bool, force: bool,
+           inputs: dict[str, str], reads: list[Path | str | None] = ()) -> Path:
+    """Run a training stage's `entry(config=, out=, resume=, **inputs)` on the devices asked for;
+    returns the run directory. `reads` are further paths the stage reads (data files) that the
+    run directory must stay clear of, besides `inputs`."""
+    from llmkit.train import distributed
+
+    out = Path(out)
+    if resume and force:
+        raise UsageError("--resume continues the run in -o and --force replaces it: give one of them")
+    gpus = distributed.resolve_gpus(devices.gpus)
+    distributed.check_gpus(gpus)
+    if gpus > 0 and devices.nproc > 1:
+        raise UsageError("--nproc sets CPU processes; with GPUs use --gpus N (one process per GPU)")
+    arguments: dict[str, Any] = {"config": config.flat(), "out": str(out.resolve()), "resume": resume, **inputs}
+    per_node = gpus if gpus > 0 else devices.nproc
+    from llmkit.train.layout import check_world
+
+    check_world(per_node * devices.nnodes, devices.tp, devices.pp)
+    owner = first_process(devices)
+    with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else _joined(out):
+        if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
+            distributed.relaunch(
+                f"{entry.__module__}:{entry.__name__}", arguments, out / ".launch",
+                nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
+                master_addr=devices.master_addr, master_port=devices.master_port,
+            )
+            shutil.rmtree(out / ".launch", ignore_errors=True)
+        else:
+            entry(**arguments)
+    return out
+
+
+@contextmanager
+def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | str | None]) -> Iterator[None]:
+    """The run directory, held by this run for the length of the block (llmkit.outputs.output_lock).
+
+    It may not be, lie in or contain an input, even with --force; an existing one needs --resume
+    or --force. With --force the old run is moved aside and deleted only once the new one has
+    something to keep. A run that fails before writing anything worth keeping (a checkpoint or
+    metrics) leaves no directory behind, and with --force the old run back in its place.
+    """
+    from llmkit import outputs
+
+    outputs.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
+    if out.exists() and not resume and not force:
+        raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
+    with outputs.output_lock(out):
+        replaced = None
+        if out.exists() and not resume:
+            replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
+            os.replace(out, replaced)
+        created = not out.exists()
+        out.mkdir(exist_ok=True)
+        try:
+            yield
+        except BaseException:
+            if created and not _worth_keeping(out):
+                shutil.rmtree(out, ignore_errors=True)
+                if replaced is not None:
+                    os.replace(replaced, out)
+                    replaced.parent.rmdir()
+                    replaced = None
+            raise
+        finally:
+            if replaced is not None:
+                shutil.rmtree(replaced.parent, ignore_errors=True)
+
+
+@contextmanager
+def _joined(out: Path) -> Iterator[None]:
+    """Another node's (or rank's) view of the run directory the first process prepares."""
+    out.mkdir(parents=True, exist_ok=True)
+    yield
+
+
+def _worth_keeping(out: Path) -> bool:
+    """Anything training wrote: metrics or a checkpoint, here or in a run below (a sweep's)."""
+    return any(path.name in ("manifest.json", "metrics.jsonl") for path in out.rglob("*"))
+
+
+@contextmanager
+def worker_process(devices: Devices) -> Iterator[Any]:
+    """This process's threads, process group and device, for the length of the block."""
+    import torch
+
+    from llmkit.train import distributed
+
+    if devices.threads > 0:
+        torch.set_num_threads(devices.threads)
+    from llmkit.train.layout import build_layout
+
+    info = distributed.init(distributed.resolve_gpus(devices.gpus))
+    try:
+        info.layout = build_layout(info.world_size, info.rank, info.device.type, tp=devices.tp, pp=devices.pp,
+                                   schedule=devices.pp_schedule, microbatches=devices.pp_microbatches)
+        yield info
+    finally:
+        distributed.shutdown()
+
+
+def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, fix: Callable[[int], str]) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) for a global batch of samples over `world` processes.
+
+    The micro-batch shrinks when the global batch is smaller than one micro-batch per process;
+    a global batch that does not divide is an error naming `what` was asked and `fix(multiple)`.
+    """
+    micro = max(1, min(micro_batch, global_batch // world))
+    if global_batch % (micro * world):
+        raise UserError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
+                        f"replica and pipeline micro-batch); {fix(micro * world)}")
+    return micro, global_batch // (micro * world)
+
+
+def runtime_record(devices: Devices, info: Any, micro_batch: int, accumulation: int, precision: str) -> dict[str, Any]:
+    """The manifest's `runtime` of a training run: the device options and what they resolved to
+    (`precision`: the --precision option, recorded as what it meant on this device)."""
+    record = dict(devices.runtime(), world_size=info.world_size, device=str(info.device), micro_batch=micro_batch,
+                  grad_accumulation=accumulation, precision=resolve_precision(precision, info.device.type))
+    if info.layout is not None and info.layout.model_parallel:
+        record["layout"] = {"dp": info.layout.dp, "tp": info.layout.tp, "pp": info.layout.pp,
+                            "pp_microbatches": info.layout.microbatches}
+    return record

@@ -1,0 +1,104 @@
+"""How a run's processes split the work: data x tensor x pipeline parallel, on one device mesh.
+
+    world size = pp x dp x tp;  rank = (pp_rank * dp + dp_rank) * tp + tp_rank
+
+Tensor parallelism is the innermost dimension, so its (chattiest) groups are neighbouring
+ranks, which torchrun places on one node. Data indexing uses the dp coordinate only: the tp
+and pp ranks of one data-parallel replica read the same batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmkit.errors import UsageError, UserError
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
+STAGES_PER_RANK = {"gpipe": 1, "1f1b": 1, "interleaved-1f1b": 2}
+
+
+@dataclass
+class Layout:
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    dp_rank: int = 0
+    tp_rank: int = 0
+    pp_rank: int = 0
+    schedule: str = "1f1b"
+    microbatches: int = 1  # pipeline micro-batches per pipeline step (1 without a pipeline)
+    mesh: Any = None  # torch DeviceMesh ("pp", "dp", "tp") when tp or pp > 1
+
+    @property
+    def model_parallel(self) -> bool:
+        return self.tp > 1 or self.pp > 1
+
+    @property
+    def batch_ways(self) -> int:
+        """Micro-batches one optimizer-step slice feeds at once: dp replicas x pipeline micro-batches."""
+        return self.dp * self.microbatches
+
+    def describe(self) -> str:
+        parts = [f"dp {self.dp}"] + ([f"tp {self.tp}"] if self.tp > 1 else []) + ([f"pp {self.pp} ({self.schedule})"] if self.pp > 1 else [])
+        return " x ".join(parts)
+
+
+def check_world(world: int, tp: int, pp: int) -> None:
+    """Before any process starts: the world must be a multiple of tp x pp."""
+    ways = tp * pp
+    if ways == 1:
+        return
+    if world < ways or world % ways:
+        asked = " x ".join(f"--{name} {n}" for name, n in (("tp", tp), ("pp", pp)) if n > 1)
+        raise UsageError(
+            f"{asked} needs a multiple of {ways} processes, this run has {world}; pass --gpus {ways} "
+            f"(or --nproc {ways} on CPU), or a multiple of it for data parallelism beside"
+        )
+
+
+def coordinates(rank: int, dp: int, tp: int) -> tuple[int, int, int]:
+    """(pp_rank, dp_rank, tp_rank) of a global rank: init_device_mesh's row-major (pp, dp, tp) order."""
+    return rank // (tp * dp), rank // tp % dp, rank % tp
+
+
+def rank_at(pp_rank: int, dp_rank: int, tp_rank: int, dp: int, tp: int) -> int:
+    return (pp_rank * dp + dp_rank) * tp + tp_rank
+
+
+def build_layout(world: int, rank: int, device_type: str, *, tp: int, pp: int, schedule: str, microbatches: int | None) -> Layout:
+    """This rank's coordinates, and the mesh when the model itself is split (a collective call)."""
+    check_world(world, tp, pp)
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown --pp-schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    dp = world // (tp * pp)
+    pp_rank, dp_rank, tp_rank = coordinates(rank, dp, tp)
+    layout = Layout(dp=dp, tp=tp, pp=pp, dp_rank=dp_rank, tp_rank=tp_rank, pp_rank=pp_rank, schedule=schedule, microbatches=(microbatches or pp) if pp > 1 else 1)
+    if pp > 1 and schedule == "interleaved-1f1b" and layout.microbatches % pp:
+        raise UserError(f"--pp-schedule interleaved-1f1b needs --pp-microbatches a multiple of --pp {pp}, "
+                        f"got {layout.microbatches}")
+    if layout.model_parallel:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        layout.mesh = init_device_mesh(device_type, (pp, dp, tp), mesh_dim_names=("pp", "dp", "tp"))
+    return layout
+
+
+def check_model(config, layout: Layout, seq_len: int) -> None:
+    """A layout the model can take; each failure names the fix."""
+    if not layout.model_parallel:
+        return
+    if config.arch != "gpt":
+        raise UserError(f"--tp/--pp split Transformer blocks; this model ({config.arch}) has none: leave them out")
+    tp = layout.tp
+    if tp > 1:
+        for what, count in (("--n-head", config.n_head), ("--n-kv-head", config.n_kv_head), ("the MLP width", config.mlp_hidden)):
+            if count % tp:
+                raise UserError(f"--tp {tp} does not divide {what} ({count}); pick a --tp that divides it")
+        if seq_len % tp:
+            raise UserError(f"--tp {tp} shards the sequence between blocks and does not divide --seq-len {seq_len}; "
+                            f"pick a --seq-len that is a multiple of {tp}")
+    stages = layout.pp * STAGES_PER_RANK[layout.schedule] if layout.pp > 1 else 1
+    if stages > config.n_layer:
+        raise UserError(f"--pp {layout.pp} with --pp-schedule {layout.schedule} makes {stages} stages but the model has "
+                        f"{config.n_layer} layers; lower --pp or use more layers")

@@ -1,0 +1,538 @@
+"""The training loop shared by pretrain and finetune.
+
+A stage hands the loop a model, a batch provider keyed by global sample index, a loss function
+and a description of the checkpoint artifact it makes; the loop owns everything else: the
+optimizer and schedule, gradient accumulation, mixed precision, distributed wrapping,
+validation, metrics, checkpoints and exact resume.
+
+Step s consumes global samples [s*G, (s+1)*G) where G is the global batch in samples. They are
+cut into micro-batches of `micro_batch` samples; data-parallel rank r takes the r-th run of
+G / world_size consecutive samples. Any (world size, micro-batch) split of the same G trains
+the same model: to the bit with per-sequence gradients (--batch-invariant, the default for a
+CPU language model: every token's gradient summed in one fixed tree over the step's samples),
+up to floating-point summation order otherwise. Either way the objective is the mean loss over
+all the step's targets (tokens; examples for classification): each micro-batch's mean loss
+weighs by its share of them, counted before the step over every data-parallel rank.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from llmkit import artifacts
+from llmkit.errors import UserError
+from llmkit.model.gpt import unmaterialised
+from llmkit.model.io import save_weights
+from llmkit.model.records import CheckpointStats
+from llmkit.train import checkpoint as ckpt
+from llmkit.train import distributed as dist_utils
+from llmkit.train.ema import MovingAverage
+from llmkit.train.data_parallel import DataParallelRun
+from llmkit.train.distributed import DistInfo
+from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
+from llmkit.train.objectives import targets_in
+from llmkit.train.optim import build_optimizer, lr_at, set_lr
+from llmkit.train.options import Checkpointing, Devices, Numerics, Optimization, resolve_precision
+
+Batch = tuple[torch.Tensor, ...]
+BatchProvider = Callable[[Sequence[int]], Batch]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class LoopSettings:
+    """The loop's settings: the stage's shared option groups as resolved, and what the stage
+    derived from its own options (steps, batch sizes, warmup, peak lr)."""
+
+    optim: Optimization
+    checkpoints: Checkpointing
+    devices: Devices
+    numerics: Numerics
+    seed: int
+    max_steps: int
+    global_batch: int  # samples per optimizer step, across all ranks
+    micro_batch: int  # samples per forward/backward on one device (resolved)
+    tokens_per_sample: int
+    warmup_steps: int
+    lr: float
+
+    @classmethod
+    def for_stage(cls, config: Any, **derived: Any) -> LoopSettings:
+        """Settings for a stage config that nests the shared groups (llmkit.train.options)."""
+        return cls(optim=config.optim, checkpoints=config.checkpoints, devices=config.devices, numerics=config.numerics,
+                   seed=config.seed, **derived)
+
+
+@dataclass
+class ArtifactSpec:
+    """What the stage adds to every checkpoint it makes (intermediate and final)."""
+
+    config: dict[str, Any]
+    seed: int
+    inputs: list[tuple[str, artifacts.Artifact]] = field(default_factory=list)
+    stats: CheckpointStats = field(default_factory=CheckpointStats)  # progress and losses are filled in per checkpoint
+    runtime: dict[str, Any] = field(default_factory=dict)
+    add_files: Callable[[Path], None] = lambda directory: None
+    file_names: list[str] = field(default_factory=list)  # extra top-level names add_files writes
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    loss: float | None
+    val_loss: float | None
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    resumed_from: int | None
+
+
+# Hashed options a resume may change: the run's length and when it validates and saves.
+RESUMABLE_CHANGES = frozenset({"max_steps", "max_tokens", "epochs", "eval_every", "eval_tokens", "eval_examples",
+                               "save_every", "keep_last"})
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def accumulation_steps(settings: LoopSettings, batch_ways: int) -> int:
+    """Micro-batches per optimizer step on each data rank. The stages have split the batch already
+    (llmkit.train.launch.split_batch, which also picks the micro-batch); this is the loop's own
+    check for callers of the library that built LoopSettings themselves."""
+    per_step = settings.micro_batch * batch_ways
+    if settings.global_batch % per_step:
+        raise UserError(
+            f"the global batch of {settings.global_batch} sequences does not split into micro-batches of "
+            f"{settings.micro_batch}, {batch_ways} at a time; change --batch-tokens or --micro-batch so that it divides"
+        )
+    return settings.global_batch // per_step
+
+
+def _state_files(spec: ArtifactSpec) -> list[str]:
+    from llmkit.model.io import MODEL_CONFIG, WEIGHTS
+
+    return [WEIGHTS, MODEL_CONFIG, ckpt.STATE_JSON, ckpt.STATE_TENSORS, *spec.file_names]
+
+
+def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: dict[str, Any]) -> None:
+    build.config = spec.config
+    # The resume state depends on how the run was laid out (world size, per-rank RNG), not on
+    # what it trained: like `runtime`, it stays out of the fingerprint.
+    build.state_names = {ckpt.STATE_JSON, ckpt.STATE_TENSORS}
+    build.seed = spec.seed
+    for role, art in spec.inputs:
+        build.add_input(role, art)
+    val_loss = progress.get("val_loss")
+    build.stats = replace(
+        spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"], train_loss=progress.get("loss"),
+        val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
+    ).to_dict()
+    build.runtime = dict(spec.runtime, train_seconds=progress["seconds"])
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        settings: LoopSettings,
+        *,
+        info: DistInfo,
+        run_dir: Path,
+        batches: BatchProvider,
+        loss_fn: LossFn,
+        spec: ArtifactSpec,
+        val_batches: BatchProvider | None = None,
+        val_size: int = 0,
+        resume: bool = False,
+        weights: Path | None = None,
+    ):
+        """`weights`: for a model built on the meta device (split with --tp/--pp), the safetensors
+        file its parts are read from (--init-from) instead of being initialised; a resume reads the
+        checkpoint's instead."""
+        self.settings, self.info, self.run_dir = settings, info, Path(run_dir)
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.batches, self.spec, self.loss_fn = batches, spec, loss_fn
+        self.val_batches, self.val_size = val_batches, val_size
+        self.accum = accumulation_steps(settings, info.batch_ways)
+        self.device = info.device
+        # Split across ranks (--tp/--pp), each rank moves only its share to its device (the engine does):
+        # the whole model on every GPU is what a pipeline exists to avoid.
+        self.model_parallel = info.layout is not None and info.layout.model_parallel
+        self.raw = model if self.model_parallel else model.to(self.device)
+        self.start_step = 0
+        self.last_loss: float | None = None
+        self.last_val: float | None = None
+        self.last_grad_norm: float | None = None
+        self.seconds_before, self.session_start = 0.0, time.perf_counter()
+        self.resumed_from: int | None = None
+        self._weights_file: Path | None = weights
+
+        saved_rng = None
+        self._saved_ema: dict[str, torch.Tensor] = {}
+        if resume:
+            saved_rng = self._load_weights_for_resume()
+        self.ema = self._start_ema()
+        # Different dropout streams per rank (per-sequence gradients seed each sequence's masks
+        # instead: llmkit/model/sequence_dropout.py); model init (done by the caller) is identical on all.
+        torch.manual_seed(settings.seed + 1 + info.rank)
+        # The whole model's FLOPs, counted before a layout splits it (MFU divides by the world size).
+        self.flops_per_token = self.raw.flops_per_token(settings.tokens_per_sample)
+        optim = settings.optim
+        devices = settings.devices
+        self.precision = resolve_precision(settings.numerics.precision, self.device.type)
+        # The engine applies the layout and runs the steps: the model split (--tp/--pp) or whole on every rank.
+        if self.model_parallel:
+            from llmkit.train.model_parallel import ModelParallelRun
+
+            if devices.batch_invariant:
+                raise UserError("--batch-invariant does not apply here: a model split with --tp/--pp sums its gradients "
+                                "itself (or pass --no-batch-invariant)")
+
+            self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
+                                           strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
+                                           compile=devices.compile, loss_fn=loss_fn, precision=self.precision,
+                                           weights=self._weights_file)
+        else:
+            self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
+                                          activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
+                                          loss_fn=loss_fn, precision=self.precision, batch_invariant=devices.batch_invariant,
+                                          sequences_per_rank=self.accum * settings.micro_batch, seed=settings.seed)
+        self.model = self.engine.model
+        self.spec.runtime["batch_invariant"] = getattr(self.engine, "batch_invariant", False)  # what the option resolved to
+        why = getattr(self.engine, "not_invariant_because", None)
+        # for the run's header line: how gradients are summed, where that decides the CPU fingerprint
+        self.gradient_note = (", per-sequence gradients" if self.spec.runtime["batch_invariant"] else
+                              f", gradients summed as usual, so the split can change the weights' bits ({why})" if why else "")
+        self.optimizer = build_optimizer(
+            self.engine.optimizer_target, optim.optimizer, lr=settings.lr,
+            weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2), momentum=optim.momentum,
+            device_type=self.device.type,
+        )
+        if saved_rng is not None:
+            self._restore_optimizer_and_rng(*saved_rng)
+        self.peak_flops = gpu_peak_flops(self.device)
+
+    # -- resume -----------------------------------------------------------------------------
+    def _load_weights_for_resume(self):
+        from llmkit.model.io import WEIGHTS, load_weights
+
+        latest = ckpt.resume_point(self.run_dir)
+        if latest is None:
+            return None
+        progress, optim_state, rng, extra = ckpt.read_training_state(latest)
+        self._saved_ema = MovingAverage.from_saved(extra)
+        self._check_same_run(latest)
+        for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
+            if progress.get(key) != now:
+                raise UserError(
+                    f"cannot resume from {latest}: it was trained with {key} {progress.get(key)}, this run asks for {now}; "
+                    "resume with the same --batch-tokens and --seq-len, or start a new run"
+                )
+        if unmaterialised(self.raw):
+            self._weights_file = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
+        else:
+            load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
+        self.start_step = int(progress["step"])
+        if self.start_step > self.settings.max_steps:
+            raise UserError(
+                f"cannot resume from {latest}: it has trained {self.start_step} steps, more than this run's "
+                f"{self.settings.max_steps}; give --max-steps above {self.start_step} to train further"
+            )
+        self.last_loss = progress.get("loss")
+        self.last_val = progress.get("val_loss")
+        self.resumed_from = self.start_step
+        self._resume_progress = progress
+        self.seconds_before = float(progress.get("seconds") or 0.0)
+        return optim_state, rng, latest
+
+    def _check_same_run(self, latest: Path) -> None:
+        """A resume continues the same run: same model, seed and inputs (the data order depends on them)."""
+        from llmkit.model.io import read_model_config
+
+        saved = read_model_config(latest).to_dict()
+        now = self.raw.config.to_dict()
+        changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if saved.get(k) != now.get(k)]
+        manifest = artifacts.load(latest, kind="checkpoint").manifest
+        if manifest.seed != self.spec.seed:
+            changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
+        # What a run may change on resume: its length, and when it validates and saves. Anything
+        # else would leave a config that describes no run (its first steps trained otherwise).
+        for key in sorted(set(manifest.config) | set(self.spec.config)):
+            if key not in RESUMABLE_CHANGES and manifest.config.get(key) != self.spec.config.get(key):
+                changed.append(f"--{key.replace('_', '-')} {manifest.config.get(key)!r} -> {self.spec.config.get(key)!r}")
+        saved_inputs = {i["role"]: i["fingerprint"] for i in manifest.inputs}
+        for role, art in self.spec.inputs:
+            if role in saved_inputs and saved_inputs[role] != art.fingerprint:
+                changed.append(f"{role} input {saved_inputs[role][:12]} -> {art.fingerprint[:12]}")
+        if changed:
+            raise UserError(
+                f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "
+                "resume with the same options (only the length, validation and saving may change), seed and inputs, "
+                "or start a new run with another -o"
+            )
+
+    def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
+        self.engine.load_optimizer_state(self.optimizer, optim_state)
+        same_world = ckpt.restore_rng(rng, self.info.rank, self.info.world_size, self.device)
+        # Per-sequence dropout masks are seeded by the step and position, so they continue whatever
+        # the layout, when the saved run drew them that way too; per-process streams continue only
+        # in the same number of processes.
+        saved_per_sequence = bool(artifacts.load(latest, kind="checkpoint").manifest.runtime.get("batch_invariant"))
+        per_sequence = bool(getattr(self.engine, "batch_invariant", False))
+        continues = per_sequence and saved_per_sequence or not per_sequence and not saved_per_sequence and same_world
+        if not continues and getattr(self.raw.config, "dropout", 0) > 0 and self.info.is_main:
+            from llmkit.console import err
+
+            err.print(
+                f"note: {latest.name} was written by {self._resume_progress.get('world_size')} process(es) drawing dropout "
+                f"masks {'per sequence' if saved_per_sequence else 'per process'}, this run has {self.info.world_size} "
+                f"drawing them {'per sequence' if per_sequence else 'per process'}: weights, optimizer and data position "
+                "carry over exactly; the dropout masks from here on differ from the saved run's",
+                soft_wrap=True,
+            )
+
+    # -- the moving average of the weights (--ema) -------------------------------------------
+    def _start_ema(self) -> MovingAverage | None:
+        """The average from the weights, or the resumed one; None without --ema."""
+        decay = self.settings.checkpoints.ema
+        if decay is None:
+            return None
+        if self.settings.devices.strategy == "fsdp" and self.info.distributed:
+            raise UserError("--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp")
+        if self.model_parallel:
+            raise UserError("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
+                            "(or average checkpoints afterwards with --average-last)")
+        if self.resumed_from and not self._saved_ema:
+            raise UserError(f"the run was saved without --ema at step {self.resumed_from}; resume it as it was started")
+        return MovingAverage(self.raw, decay, self.device, self._saved_ema)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _micro_indices(self, step: int, micro: int) -> range:
+        s, info = self.settings, self.info
+        # A pipeline step takes `microbatches` consecutive micro-batches (1 without a pipeline).
+        # Each data-parallel rank takes consecutive samples of the step: the per-sequence
+        # gradient tree (--batch-invariant) merges ranks' blocks along the positions.
+        per_call = s.micro_batch * (info.layout.microbatches if info.layout is not None else 1)
+        start = step * s.global_batch + (info.data_rank * self.accum + micro) * per_call
+        return range(start, start + per_call)
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        s = self.settings
+        lr = lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, max_steps=s.max_steps, schedule=s.optim.schedule,
+                   min_lr_ratio=s.optim.min_lr_ratio)
+        set_lr(self.optimizer, lr)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        padding = {}
+        if getattr(self.engine, "batch_invariant", False) and hasattr(self.batches, "pad_width"):
+            # Every micro-batch padded as long as the step's longest sequence: a sequence's
+            # shapes (and so its numbers) are then the same however the step is split.
+            padding["width"] = self.batches.pad_width(range(step * s.global_batch, (step + 1) * s.global_batch))
+        steps = [self._micro_indices(step, micro) for micro in range(self.accum)]
+        batches = [self.batches(indices, **padding) for indices in steps]
+        # The step's loss is the mean over all its targets (tokens, or examples) on every rank:
+        # each micro-batch's mean weighs by its share, so the split does not change the objective.
+        counts = [targets_in(self.loss_fn, batch) for batch in batches]  # on the host: no device sync
+        total = self.engine.step_total(sum(counts))
+        for micro, (indices, batch, count) in enumerate(zip(steps, batches, counts)):
+            last = micro == self.accum - 1
+            loss = self.engine.forward_backward(dist_utils.to_device(batch, self.device), count, total, last,
+                                                position=indices.start - step * s.global_batch, step=step)
+            loss_sum += loss * count  # each micro-batch's mean weighs by its targets: the step's mean whatever the split
+        self.engine.finish_gradients()
+        # mean_loss averages over the data-parallel replicas: their sum over the step's target count
+        loss_value = float(self.engine.mean_loss(loss_sum * (self.info.data_parallel / total if total else math.nan)))
+        if not math.isfinite(loss_value):
+            self._stop(f"loss became {loss_value} at step {step + 1}; stopped before updating the weights", step)
+        # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.
+        max_norm = s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf
+        self.last_grad_norm = self.engine.clip(max_norm)
+        if not math.isfinite(self.last_grad_norm):  # a finite loss can still overflow its gradient
+            self._stop(f"the gradient norm became {self.last_grad_norm} at step {step + 1} (loss {loss_value:.4g}); "
+                       "stopped before updating the weights", step)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, lr
+
+    def _stop(self, what: str, failed_weights: int) -> None:
+        """Refuse to go on (or save) with weights that are, or are about to be, not finite.
+        `failed_weights`: the update count of the weights that gave the non-finite value; the good
+        checkpoints are the ones before it (a checkpoint of those very weights would fail again)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        good = [d for d in ckpt.step_dirs(self.run_dir) if int(d.name.removeprefix("step_")) < failed_weights]
+        last = good[-1] if good else None
+        fix = "lower --lr, raise --warmup-steps or keep --grad-clip on"
+        # (--resume keeps a run's options, so the way on with new ones is a new run from those weights)
+        if last:
+            raise NonFiniteLoss(f"{what}, the last good checkpoint is {last}; {fix}, then start over with --force or "
+                                "start a new run from that checkpoint's weights (pretrain --init-from, finetune)")
+        raise NonFiniteLoss(f"{what}, no checkpoint was written yet; {fix}, then start over with --force")
+
+    # -- validation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.val_batches is None or self.val_size <= 0:
+            return None
+        return self.engine.evaluate(self.val_batches, self.val_size, self.settings.micro_batch)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _progress(self, step: int) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "step": step,
+            "samples_seen": step * s.global_batch,
+            "tokens_seen": step * s.global_batch * s.tokens_per_sample,
+            "global_batch": s.global_batch,
+            "tokens_per_sample": s.tokens_per_sample,
+            "world_size": self.info.world_size,
+            # wall time spent training, over every session of the run (not hashed: state and runtime only)
+            "seconds": round(self.seconds_before + time.perf_counter() - self.session_start, 3),
+            "loss": self.last_loss,
+            "val_loss": self.last_val,
+            "schedule": {
+                "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
+                "max_steps": s.max_steps, "min_lr_ratio": s.optim.min_lr_ratio,
+            },
+        }
+
+    def _write_checkpoint_files(self, directory: Path, step: int) -> None:
+        """Collective: every rank gathers, rank 0 writes into `directory`."""
+        model_state, optim_state = self.engine.full_state(self.optimizer)
+        rng = {kind: dist_utils.all_gather_bytes(state, self.info) for kind, state in ckpt.rng_states(self.device).items()}
+        if self.info.is_main:
+            save_weights(self.raw, directory, model_state)
+            extra = self.ema.saved_tensors() if self.ema is not None else None
+            ckpt.write_training_state(directory, optim_state, self._progress(step), rng, extra)
+            self.spec.add_files(directory)
+
+    def save_intermediate(self, step: int) -> None:
+        target = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)
+        if self.info.is_main:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with artifacts.create(target, "checkpoint", force=True, lock=False) as build:  # the run holds the lock
+                self._write_checkpoint_files(build.dir, step)
+                _describe(build, self.spec, self._progress(step))
+            ckpt.prune(self.run_dir, self.settings.checkpoints.keep_last)
+        else:
+            self._write_checkpoint_files(self.run_dir, step)  # joins the collectives; writes nothing
+        dist_utils.barrier(self.info)
+
+    def save_final(self, step: int) -> None:
+        """RUN itself becomes the checkpoint artifact; its manifest is written last."""
+        if self.info.is_main:
+            (self.run_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+        self._write_checkpoint_files(self.run_dir, step)
+        if self.info.is_main:
+            build = artifacts.in_place_builder(self.run_dir, "checkpoint")
+            _describe(build, self.spec, self._progress(step))
+            artifacts.finalize_in_place(build, _state_files(self.spec))
+            self._write_companions(step)
+        dist_utils.barrier(self.info)
+
+    def _write_companions(self, step: int) -> None:
+        """RUN/ema and RUN/average: checkpoints beside the run's, with the run as an input."""
+        from llmkit.model.averaging import write_average
+        from llmkit.model.io import weights_state_dict
+
+        run = artifacts.load(self.run_dir, kind="checkpoint")
+        stats = replace(self.spec.stats, step=step, tokens_seen=self._progress(step)["tokens_seen"]).to_dict()
+        if self.ema is not None:
+            decay = self.settings.checkpoints.ema
+            write_average(self.run_dir / "ema", [run], [1.0], state=weights_state_dict(self.raw, self.ema.state_dict()),
+                          config=dict(self.spec.config, weights=f"exponential moving average, decay min({decay}, (1+t)/(10+t)) "
+                                      "after update t", ema=decay),
+                          seed=self.spec.seed, stats=stats, force=True, lock=False, roles=["run"], guard_inputs=False)
+        count = self.settings.checkpoints.average_last
+        if count > 1:
+            earlier = [d for d in ckpt.step_dirs(self.run_dir) if ckpt.saved_step(d) < step][-(count - 1):]
+            members = [artifacts.load(d, kind="checkpoint") for d in earlier] + [run]
+            if len(members) < count:
+                from llmkit.console import err
+
+                err.print(f"note: --average-last {count}: the run saved only {len(members)} checkpoint(s) (--save-every "
+                          f"{self.settings.checkpoints.save_every}, {step} steps), so RUN/average is the mean of those",
+                          soft_wrap=True, markup=False)
+            write_average(self.run_dir / "average", members, [1.0 / len(members)] * len(members),
+                          config=dict(self.spec.config, weights=f"mean of the last {len(members)} checkpoints",
+                                      average_last=count), seed=self.spec.seed, stats=stats, force=True, lock=False,
+                          roles=[f"member:{m.path.name}" for m in members], guard_inputs=False)
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> LoopResult:
+        s, info = self.settings, self.info
+        eval_every, save_every, log_every = s.checkpoints.eval_every, s.checkpoints.save_every, s.devices.log_every
+        if self.info.is_main and self.start_step == 0:
+            (self.run_dir / artifacts.MANIFEST).unlink(missing_ok=True)
+        logger = MetricsLogger(
+            self.run_dir, enabled=info.is_main, tensorboard=s.devices.tensorboard, resume_step=self.start_step,
+            max_steps=s.max_steps, log_every=log_every,
+        )
+        tokens_per_step = s.global_batch * s.tokens_per_sample
+        started = time.perf_counter()
+        window_start, window_steps = time.perf_counter(), 0
+        step = self.start_step
+        if self.resumed_from == s.max_steps and (self.run_dir / artifacts.MANIFEST).is_file():
+            # Finished already: the artifact stays as it is (its config and fingerprint included).
+            logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
+                        "(give a larger --max-steps to train further)")
+            logger.close()
+            return LoopResult(steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=step * tokens_per_step,
+                              seconds=0.0, tokens_per_s=0.0, resumed_from=self.resumed_from)
+        try:
+            if self.resumed_from is not None:
+                logger.note(f"resumed from step {self.start_step} ({s.max_steps - self.start_step} steps to go)")
+            while step < s.max_steps:
+                loss, lr = self.train_step(step)
+                step += 1
+                window_steps += 1
+                self.last_loss = loss
+                values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": self.last_grad_norm}
+                now = time.perf_counter()
+                tokens_per_s = tokens_per_step * window_steps / max(now - window_start, 1e-9)
+                values["tokens_per_s"] = tokens_per_s
+                values["tokens_per_s_per_device"] = tokens_per_s / info.world_size
+                if self.peak_flops:
+                    values["mfu"] = self.flops_per_token * tokens_per_s / info.world_size / self.peak_flops
+                # the latest window's speed also goes to each checkpoint's manifest (runtime: not hashed)
+                self.spec.runtime.update({k: values[k] for k in ("tokens_per_s", "tokens_per_s_per_device", "mfu") if k in values})
+                values["peak_memory_gb"] = peak_memory_gb(self.device)
+                if eval_every > 0 and (step % eval_every == 0 or step == s.max_steps):
+                    self.last_val = self.evaluate()
+                    if self.last_val is not None:
+                        values["val_loss"] = self.last_val
+                        values["val_ppl"] = math.exp(min(self.last_val, 50.0))
+                        if not math.isfinite(self.last_val):
+                            logger.log(step, values)
+                            self._stop(f"the validation loss became {self.last_val} after step {step}: the weights "
+                                       "diverged and were not saved", step)
+                logger.log(step, values)
+                if step % log_every == 0:
+                    window_start, window_steps = time.perf_counter(), 0
+                if save_every > 0 and step % save_every == 0 and step < s.max_steps:
+                    self.save_intermediate(step)
+            if save_every > 0 and step % save_every == 0 and self.resumed_from != step:
+                self.save_intermediate(step)
+            self.save_final(step)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise UserError(
+                f"CUDA out of memory at step {step + 1} with --micro-batch {s.micro_batch}: lower --micro-batch "
+                "(gradient accumulation keeps the global batch), use --strategy fsdp with several GPUs, or a smaller --model"
+            ) from exc
+        finally:
+            logger.close()
+        seconds = time.perf_counter() - started
+        trained_tokens = (step - self.start_step) * tokens_per_step
+        return LoopResult(
+            steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=step * tokens_per_step, seconds=seconds,
+            tokens_per_s=trained_tokens / seconds if seconds > 0 else 0.0, resumed_from=self.resumed_from,
+        )

@@ -1,0 +1,144 @@
+"""Option groups every training stage shares: the model, the optimizer and schedule,
+validation and checkpoints, and the devices a run uses.
+
+A stage nests them in its config with `group(...)`, giving its own defaults (fine-tuning
+decays no weights and uses beta2 0.999; pretraining 0.1 and 0.95); the flags stay flat
+(`--lr`, `--micro-batch`) and so does the recorded config (llmkit.options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmkit.options import Options, option
+
+MODEL_PANEL = "Model"
+TRAINING_PANEL = "Training"
+DEVICES_PANEL = "Devices and run"
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """What `--precision` means on this device: "bf16" or "fp32"."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
+@dataclass
+class ModelChoice(Options):
+    """A preset plus per-field overrides (None = the preset's value)."""
+
+    model: str = option("tiny", "Model preset: tiny, mini, small, medium, 1b, gpt2-tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl, lstm.",
+                        flags=("--model",))
+    arch: str | None = option(None, "gpt or lstm (default: the preset's).", choices=("gpt", "lstm"))
+    objective: str | None = option(None, "clm (next token) or mlm (BERT-style masked LM, bidirectional).", choices=("clm", "mlm"))
+    n_layer: int | None = option(None, "Layers.", range="[1, inf)")
+    n_head: int | None = option(None, "Attention heads.", range="[1, inf)")
+    n_kv_head: int | None = option(None, "Key/value heads (fewer than heads = grouped-query attention).", range="[1, inf)")
+    n_embd: int | None = option(None, "Model width.", range="[1, inf)")
+    mlp_ratio: float | None = option(None, "MLP hidden width / model width.", range="(0, inf)")
+    context_length: int | None = option(None, "Longest sequence the model takes.", range="[1, inf)")
+    dropout: float | None = option(None, "Dropout probability.", range="[0, 1)")
+    norm: str | None = option(None, "rmsnorm or layernorm.", choices=("rmsnorm", "layernorm"))
+    pos: str | None = option(None, "Positions: rope or learned.", choices=("rope", "learned"))
+    activation: str | None = option(None, "swiglu or gelu.", choices=("swiglu", "gelu"))
+    tie_embeddings: bool | None = option(None, "Share input and output embeddings.", flags=("--tie-embeddings/--no-tie-embeddings",))
+    bias: bool | None = option(None, "Biases in linear layers and norms.", flags=("--bias/--no-bias",))
+    rope_theta: float | None = option(None, "RoPE base.", range="(0, inf)")
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set on top of the preset (None = keep the preset's)."""
+        return {name: value for name, value in self.flat().items() if name != "model"}
+
+
+@dataclass
+class Optimization(Options):
+    optimizer: str = option("adamw", "adamw or sgd (with momentum).", choices=("adamw", "sgd"))
+    lr: float | None = option(1e-3, "Peak learning rate.", range="(0, inf)")
+    min_lr_ratio: float = option(0.1, "Final learning rate / peak.", range="[0, 1]")
+    warmup_steps: int | None = option(None, "Linear warmup steps (default min(100, steps/10)).", range="[0, inf)")
+    schedule: str = option("cosine", "Decay after warmup: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices and embeddings only).", range="[0, inf)")
+    beta1: float = option(0.9, "AdamW beta1.", range="[0, 1)")
+    beta2: float = option(0.95, "AdamW beta2.", range="[0, 1)")
+    momentum: float = option(0.9, "SGD momentum.", range="[0, 1)")
+    grad_clip: float = option(1.0, "Clip the gradient norm to this (0 = off).", range="[0, inf)")
+
+
+@dataclass
+class Numerics(Options):
+    """How a run computes: part of what it computes, so recorded (unlike Devices); shared with `llmkit plan`."""
+
+    precision: str = option("auto", "Matmul precision: bf16 (autocast; weights and optimizer state stay fp32) or fp32; auto = "
+                            "bf16 on CUDA, fp32 elsewhere. bf16 on a CPU with AMX trains ~1.85x faster (docs/pretrain.md).",
+                            choices=PRECISIONS)
+
+
+@dataclass
+class Checkpointing(Options):
+    eval_every: int = option(250, "Validate every N steps and at the end (0 = never).", range="[0, inf)")
+    save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).", range="[0, inf)")
+    keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).", range="[0, inf)")
+    # Extra checkpoints beside the run's (RUN/ema, RUN/average): the run's own weights do not change.
+    ema: float | None = option(None, "Also keep an exponential moving average of the weights with this decay (e.g. 0.999), "
+                               "written as the checkpoint RUN/ema.", range="(0, 1)", hashed=False,
+                               recorded_as="the config of RUN/ema")
+    average_last: int = option(0, "Also average the last K saved checkpoints of the run (the final one included) into "
+                               "RUN/average (0 = off).", range="[0, inf)", hashed=False, recorded_as="the config of RUN/average")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.average_last > 1 and (self.save_every == 0 or 0 < self.keep_last < self.average_last - 1):
+            raise ValueError(f"--average-last {self.average_last} needs the {self.average_last - 1} checkpoints before the last: "
+                             f"pass --save-every N and --keep-last {self.average_last - 1} (or more)")
+
+
+@dataclass
+class Placement(Options):
+    """How many devices a run uses and how each step is split over them (shared with `llmkit plan`)."""
+
+    micro_batch: int = option(16, "Sequences per forward/backward on one device; accumulation makes up the rest.", runtime=True,
+                              range="[1, inf)")
+    strategy: str = option("ddp", "ddp (replicate) or fsdp (FSDP2 fully_shard) across processes.", choices=("ddp", "fsdp"), runtime=True)
+    gpus: int | None = option(None, "GPUs on this node (default: 1 if present, else CPU); >1 relaunches under torchrun.", runtime=True,
+                              range="[0, inf)")
+    nnodes: int = option(1, "Nodes taking part (multi-node).", runtime=True, range="[1, inf)")
+    activation_checkpointing: bool = option(False, "Keep only each block's input and recompute the rest in the backward pass "
+                                            "(less memory, about a third more compute).", flags=("--activation-checkpointing",),
+                                            runtime=True)
+
+
+@dataclass
+class ModelParallelism(Options):
+    """Splitting the model itself over devices (docs/parallel.md): world size = data x tensor x pipeline."""
+
+    tp: int = option(1, "Tensor-parallel degree: each block's matrices split over this many devices.", range="[1, inf)", runtime=True)
+    pp: int = option(1, "Pipeline stages: the layers split into this many consecutive groups.", range="[1, inf)", runtime=True)
+    pp_schedule: str = option("1f1b", "Pipeline schedule.", choices=("gpipe", "1f1b", "interleaved-1f1b"), runtime=True)
+    pp_microbatches: int | None = option(None, "Micro-batches in flight per pipeline step (default: pp); each is --micro-batch "
+                                         "sequences.", range="[1, inf)", runtime=True)
+
+
+@dataclass
+class Devices(ModelParallelism, Placement):
+    """Where and how a run executes; never changes what it computes, so never hashed."""
+
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
+    batch_invariant: bool | None = option(None, "Compute each sequence's weight gradient on its own and sum them in one fixed "
+                                          "order, so --micro-batch, --nproc and threads leave the weights the same to the bit "
+                                          "(default: on for a CPU run of a GPT model without --tp/--pp, FSDP or "
+                                          "--compile).", flags=("--batch-invariant/--no-batch-invariant",), runtime=True)
+    tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
+    nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True, range="[1, inf)")
+    node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True, range="[0, inf)")
+    master_addr: str | None = option(None, "Address of node 0 (multi-node).", runtime=True)
+    master_port: int = option(29500, "Port on node 0 (multi-node).", runtime=True, range="[1, 65535]")
+    threads: int = option(0, "CPU threads per process (0 = PyTorch's default, one per core).", runtime=True, range="[0, inf)")
+    log_every: int = option(10, "Print a progress line every N steps when not on a terminal.", runtime=True, range="[1, inf)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"--node-rank must be below --nnodes ({self.nnodes}), got {self.node_rank}")

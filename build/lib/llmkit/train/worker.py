@@ -1,0 +1,48 @@
+"""Entry point of one torchrun worker: `python -m llmkit.train.worker LAUNCH.json`.
+
+LAUNCH.json names a stage function ("module:function") and its keyword arguments. A
+failure is written as one line to the launch's error file, for the parent to print.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llmkit.console import err
+    from llmkit.errors import UserError, debug_enabled, one_line
+
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    module_name, function_name = spec["entry"].split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    try:
+        function(**spec["arguments"])
+    except Exception as exc:
+        if debug_enabled():
+            raise
+        message = one_line(exc)
+        if spec.get("error_file"):
+            # The launching process prints it, once, however many ranks failed (and torchrun's
+            # traceback stays hidden). A UserError explains the failure best; otherwise the first
+            # rank's error stands, not the broken connection the others then see.
+            path = Path(spec["error_file"])
+            if isinstance(exc, UserError) or not path.exists():
+                tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
+                tmp.write_text(message + "\n", encoding="utf-8")
+                os.replace(tmp, path)
+        else:
+            from rich.markup import escape
+
+            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {escape(message)}", soft_wrap=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
