@@ -181,7 +181,9 @@ def stage_command(
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = section.replace(" ", "_")
-    command.__doc__ = run.__doc__
+    # One line per paragraph: rich keeps a docstring's line breaks, which cut the command list's
+    # summaries mid-sentence.
+    command.__doc__ = "\n\n".join(" ".join(part.split()) for part in inspect.cleandoc(run.__doc__ or "").split("\n\n"))
     command.config_cls, command.section, command.arguments = config_cls, section, list(arguments)
     command.writes_artifact = writes_artifact
     return command

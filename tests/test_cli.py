@@ -42,6 +42,12 @@ def test_every_command_has_help(cli):
         assert "--help" in result.output
 
 
+def test_command_summaries_are_whole_sentences(cli):
+    """A docstring's line breaks do not cut the summary in the command list mid-sentence."""
+    listing = " ".join(cli("--help").output.replace("│", " ").split())
+    assert "or go on from a checkpoint's weights (--init-from)" in listing
+
+
 def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     corpus = _corpus(tmp_path / "corpus")
     result = cli("inspect", corpus)
