@@ -363,6 +363,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
         (["-p", "x", "--context-overflow", "wrap"], "--context-overflow must be one of"),
         (["-p", "x", "-o", "{tmp}/exists.jsonl"], "already exists"),
         (["-p", "x", "-n", "100", "--context-overflow", "error"], "exceed the model's context length"),
+        (["-p", "x", "--greedy", "--temperature", "0.5"], "--greedy takes the most likely token, which --temperature 0.5"),
     ],
 )
 def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):
@@ -511,3 +512,14 @@ def test_backslash_n_on_the_command_line_is_a_newline(cli, ckpt, tmp_path):
     record = json.loads((tmp_path / "a.jsonl").read_text())
     assert record["prompt"] == "KING:\nQUEEN:" and record["prompt_tokens"] == 1 + len(tok.encode("KING:\nQUEEN:"))
     assert "\n" not in record["completion"]
+
+
+def test_greedy_is_checked_against_each_stage_own_default_temperature():
+    """chat's default temperature (0.7) is not generate's (0.8): --greedy alone is fine in both,
+    beside another temperature it is refused in both."""
+    from llmkit.generate.config import ChatConfig, GenerateConfig
+
+    for config in (GenerateConfig, ChatConfig):
+        assert config.build(greedy=True).sampling.params(0).greedy
+        with pytest.raises(ValueError, match="--greedy takes the most likely token"):
+            config.build(greedy=True, temperature=0.5)

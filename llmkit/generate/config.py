@@ -41,6 +41,15 @@ class Sampling(Options):
             raise UserError(f"invalid generation setting: {exc}") from exc
 
 
+def _refuse_greedy_with_temperature(config: Options) -> None:
+    """--greedy is temperature 0: another temperature beside it (typed, or from a config file)
+    asks for two things. Checked against the stage's own default, which chat sets lower."""
+    sampling = config.sampling
+    if sampling.greedy and sampling.temperature != config.default_of("sampling").temperature:
+        raise ValueError(f"--greedy takes the most likely token, which --temperature {sampling.temperature:g} contradicts; "
+                         "give one of the two")
+
+
 @dataclass
 class GenerateConfig(Options):
     prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n is a newline.",
@@ -61,6 +70,10 @@ class GenerateConfig(Options):
     ensembling: Ensembling = group(Ensembling)
     seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _refuse_greedy_with_temperature(self)
+
     def params(self):
         return self.sampling.params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
                                     context_overflow=self.context_overflow)
@@ -73,3 +86,7 @@ class ChatConfig(Options):
                                help={"max_new_tokens": "Longest reply in tokens."})
     inference: Inference = group(Inference, panel=RUN)
     seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _refuse_greedy_with_temperature(self)
