@@ -172,9 +172,23 @@ def default_permissions(path: Path) -> None:
     """Give `path` (and what a folder holds) the modes a new file or folder gets under the user's
     umask. A temporary folder (mkdtemp: 0700) and a file safetensors writes through a temporary
     file (0600) would otherwise stay private after their rename, unlike the rest of the output."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask()
     path = Path(path)
     for item in [path] if not path.is_dir() else [path, *path.rglob("*")]:
         if not item.is_symlink():
             os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (setting it to read it
+    would, for a moment, give files other threads create that moment no mask at all)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: the briefest change, to the strictest mask
+    os.umask(mask)
+    return mask
