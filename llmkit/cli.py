@@ -178,26 +178,9 @@ def report_command(
     paths: Annotated[list[Path], typer.Argument(help="Artifact directories, or folders of them (e.g. a recipe's runs/NAME).")],
 ) -> None:
     """One table row per artifact: kind, fingerprint and headline numbers (recipes end with it)."""
-    from llmkit import artifacts
-    from llmkit.console import err
-    from llmkit.inspect_view import print_report
+    from llmkit.inspect_view import artifacts_in, print_report
 
-    found, skipped = [], []
-    for path in paths:
-        if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
-            found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
-            continue
-        inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())
-        if inside:  # a folder of artifacts, such as a recipe's output folder
-            found.extend(artifacts.load(child) for child in inside)
-        else:
-            skipped.append(path)
-    if skipped:
-        err.print(f"note: skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)", soft_wrap=True,
-                  markup=False, highlight=False)
-    if not found:
-        raise UserError(f"no artifact among {', '.join(map(str, paths))}; pass artifact directories or folders of them")
-    print_report(found)
+    print_report(artifacts_in(paths))
 
 
 @app.command("verify", cls=LlmkitCommand)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
@@ -89,6 +90,32 @@ def _headline(art: Artifact) -> str:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         return ", ".join(f"{k} {num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
     return ""
+
+
+def artifacts_in(paths: list[Path]) -> list[Artifact]:
+    """The artifacts `llmkit report` shows: each path an artifact, or a folder of them (a recipe's
+    runs/NAME); a folder without any (a glob's stray match) is skipped with a note, and nothing
+    at all to show is an error."""
+    from llmkit import artifacts
+    from llmkit.console import err
+    from llmkit.errors import UserError
+
+    found, skipped = [], []
+    for path in paths:
+        if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
+            found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
+            continue
+        inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())
+        if inside:
+            found.extend(artifacts.load(child) for child in inside)
+        else:
+            skipped.append(path)
+    if skipped:
+        err.print(f"note: skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)", soft_wrap=True,
+                  markup=False, highlight=False)
+    if not found:
+        raise UserError(f"no artifact among {', '.join(map(str, paths))}; pass artifact directories or folders of them")
+    return found
 
 
 def print_report(arts: list[Artifact]) -> None:

@@ -261,6 +261,7 @@ class Trainer:
         now = self.raw.config.to_dict()
         changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if saved.get(k) != now.get(k)]
         manifest = artifacts.load(latest, kind="checkpoint").manifest
+        self._saved_runtime = manifest.runtime  # (how the saved run drew dropout masks: _restore_optimizer_and_rng)
         if manifest.seed != self.spec.seed:
             changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
         # What a run may change on resume: its length, and when it validates and saves. Anything
@@ -285,7 +286,7 @@ class Trainer:
         # Per-sequence dropout masks are seeded by the step and position, so they continue whatever
         # the layout, when the saved run drew them that way too; per-process streams continue only
         # in the same number of processes.
-        saved_per_sequence = bool(artifacts.load(latest, kind="checkpoint").manifest.runtime.get("batch_invariant"))
+        saved_per_sequence = bool(self._saved_runtime.get("batch_invariant"))
         per_sequence = bool(getattr(self.engine, "batch_invariant", False))
         continues = per_sequence and saved_per_sequence or not per_sequence and not saved_per_sequence and same_world
         if not continues and getattr(self.raw.config, "dropout", 0) > 0 and self.info.is_main:
