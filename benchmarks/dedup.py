@@ -201,7 +201,7 @@ def child(mode: str, path: str, out: str, index_docs: int) -> dict:
             from llmkit.corpus.dedup import Deduplicator, ProcessedBatch
             from llmkit.corpus.process import Processed
 
-            dedup = Deduplicator(False, 14)
+            dedup = Deduplicator(14)
             docs = [Processed("", "", "", None, 0, 0) for _ in range(256)]
             has = np.ones(256, dtype=bool)
             for keys in batch_keys:

@@ -8,10 +8,13 @@
 One process builds (or loads) an llmkit GPT, copies its weights into the matching transformers
 class (`llmkit.model.hf_weights`), and times greedy generation of --new-tokens tokens after prompts of
 --prompt-len tokens at batch 1 and batch 8 (left-padded, prompts of different lengths) on both
-sides: tokens/s = rows x new tokens / seconds, best of --repeats (the two sides alternate, so
-load from other processes hits both alike) after a warm-up. EOS is
-ignored on both sides so every row generates the same number of tokens, and the greedy tokens
-are checked to be identical, so both sides do the same work. The ratio is llmkit / transformers.
+sides, after a warm-up. The sides alternate over --repeats rounds, each going first in every
+other round (benchmarks/paired.py), so load from other processes hits both alike; printed:
+tokens/s = rows x new tokens / seconds (best round), and the median over rounds of each round's
+llmkit / transformers ratio, of wall time and of CPU time (all threads). EOS is ignored on both
+sides so every row generates the same number of tokens: both do the same work. The greedy tokens
+must agree: a row may differ only late, where float rounding flips a near-tie (the run fails if a
+row differs within its first 8 tokens, or fewer than half the rows agree throughout).
 
 --compile runs llmkit's decode step compiled (`llmkit generate --compile`); --hf-compile gives
 transformers its own compiled path (a static cache, which its `generate()` compiles once a
@@ -23,9 +26,14 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import alternate, median  # noqa: E402
 
 from llmkit.inference.engine import GenerationParams, generate_ids, prepare_for_decoding
 from llmkit.model.gpt import GPT, ModelConfig
@@ -110,20 +118,21 @@ def hf_compile_kwargs(compiled: bool) -> dict:
     return dict(cache_implementation="static", compile_config=config)
 
 
-def timed_pair(ours, theirs, repeats, device):
-    """Best time of each side; the two alternate so a busy machine slows both alike."""
-    best = [float("inf"), float("inf")]
-    results = [None, None]
-    for _ in range(repeats):
-        for side, fn in enumerate((ours, theirs)):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            results[side] = fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best[side] = min(best[side], time.perf_counter() - start)
-    return best, results
+def synchronized(fn, device):
+    """fn, its GPU work finished before it returns (so the time taken counts all of it)."""
+    def run(_round):
+        result = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return result
+    return run
+
+
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> tuple[int, int]:
+    """(rows whose tokens agree throughout, the shortest run of equal leading tokens of any row)."""
+    def prefix(a, b):
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return sum(a == b for a, b in zip(ours, theirs)), min(prefix(a, b) for a, b in zip(ours, theirs))
 
 
 def main() -> None:
@@ -155,14 +164,15 @@ def main() -> None:
         f"device {args.device}, threads {args.threads}, torch {torch.__version__}, transformers {transformers.__version__}, "
         f"{platform.processor() or platform.machine()}"
     )
-    print(f"greedy, prompt ~{args.prompt_len} tokens, {args.new_tokens} new tokens, best of {args.repeats}; "
+    print(f"greedy, prompt ~{args.prompt_len} tokens, {args.new_tokens} new tokens, {args.repeats} alternating rounds; "
           f"llmkit {'compiled' if args.compile else 'eager'}, transformers {'compiled (static cache)' if args.hf_compile else 'eager'}\n")
     decoder = None
     if args.compile:
         from llmkit.inference.compiled import CompiledDecoder
 
         decoder = CompiledDecoder(model)
-    print(f"{'batch':>5}  {'llmkit tok/s':>13}  {'transformers tok/s':>19}  {'ratio':>6}  same tokens")
+    print(f"{'batch':>5}  {'llmkit tok/s':>13}  {'transformers tok/s':>19}  {'wall ratio':>10}  {'CPU ratio':>9}  same tokens")
+    failures = []
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = prompts_for(batch, args.prompt_len, c.vocab_size)
         warm = []
@@ -174,17 +184,23 @@ def main() -> None:
             warm.append(time.perf_counter() - start)
         if args.compile or args.hf_compile:
             print(f"(warm-up incl. compilation: llmkit {warm[0]:.1f} s, transformers {warm[1]:.1f} s)")
-        (t_ours, t_hf), (ours, theirs) = timed_pair(
-            lambda: run_llmkit(model, prompts, args.new_tokens, decoder),
-            lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile),
-            args.repeats,
-            args.device,
-        )
-        rate_ours = batch * args.new_tokens / t_ours
-        rate_hf = batch * args.new_tokens / t_hf
-        # float reordering may flip a near-tie argmax late in a sequence; report agreement, do not hide it
-        agree = sum(a == b for a, b in zip(ours, theirs))
-        print(f"{batch:>5}  {rate_ours:>13.1f}  {rate_hf:>19.1f}  {rate_ours / rate_hf:>5.2f}x  {agree}/{batch} rows")
+        runs = alternate({"llmkit": synchronized(lambda: run_llmkit(model, prompts, args.new_tokens, decoder), args.device),
+                          "transformers": synchronized(lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile),
+                                                       args.device)}, args.repeats)
+        ours, theirs = runs["llmkit"], runs["transformers"]
+        tokens = batch * args.new_tokens
+        wall = median([t.wall / o.wall for o, t in zip(ours, theirs)])
+        cpu = median([t.cpu / o.cpu for o, t in zip(ours, theirs)])
+        # float reordering may flip a near-tie argmax late in a sequence: reported; an early difference is a bug
+        agree, shortest = agreement(ours[-1].result, theirs[-1].result)
+        print(f"{batch:>5}  {tokens / min(t.wall for t in ours):>13.1f}  {tokens / min(t.wall for t in theirs):>19.1f}  "
+              f"{wall:>9.2f}x  {cpu:>8.2f}x  {agree}/{batch} rows (all rows equal for the first {shortest} tokens)")
+        if shortest < min(8, args.new_tokens) or 2 * agree < batch:
+            failures.append(f"batch {batch}: the two sides generated other tokens ({agree}/{batch} rows equal, "
+                            f"a row differs from token {shortest})")
+    print("\nratios: llmkit / transformers, paired median over rounds (wall: tokens/s; CPU: tokens per CPU-second)")
+    if failures:
+        sys.exit("\n".join(failures))
 
 
 if __name__ == "__main__":
