@@ -83,7 +83,8 @@ def main() -> None:
     tokens_per_run = args.steps * (args.batch_tokens // args.seq_len) * args.seq_len
     base = None
     print(f"{args.model}, seq {args.seq_len}, {args.batch_tokens} tokens a step, {args.steps} steps, {args.rounds} rounds; "
-          f"{'GPU' if args.gpus else 'CPU (gloo)'}")
+          f"{'GPU' if args.gpus else 'CPU (gloo)'}; tokens/s: the steady half of the run's steps (metrics.jsonl); "
+          f"tokens/CPU-s: whole processes, start-up and saving included (each process of a layout pays them)")
     print(f"{'layout':<16} {'tokens/s':>10} {'ratio':>6} {'tokens/CPU-s':>13} {'ratio':>6} {'last loss':>10}")
     for name, rows in results.items():
         speed = sum(r["tokens_per_s"] for r in rows) / len(rows)
