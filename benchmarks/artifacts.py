@@ -50,8 +50,10 @@ from llmkit.model.hf_weights import to_hf_state
 import json
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 config = ModelConfig(**json.loads((src / "model_config.json").read_text()))
-model = AutoModelForCausalLM.from_config(to_hf_config(config))
-model.load_state_dict(to_hf_state(load_file(str(src / "model.safetensors")), config), strict=False)
+with torch.device("meta"):  # no random initialisation of weights about to be replaced
+    model = AutoModelForCausalLM.from_config(to_hf_config(config))
+missing, unexpected = model.load_state_dict(to_hf_state(load_file(str(src / "model.safetensors")), config), strict=False, assign=True)
+assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
 model.tie_weights()
 model.save_pretrained(out)
 PreTrainedTokenizerFast(tokenizer_file=str(src / "tokenizer" / "tokenizer.json")).save_pretrained(out)
