@@ -88,6 +88,24 @@ def test_average_last_equals_averaging_those_checkpoints(cli, runs, tmp_path):
     assert art.config["average_last"] == 3 and len(art.manifest.inputs) == 3
 
 
+def test_average_last_k_with_keep_last_k_minus_one_averages_k_and_ignores_the_runs_name(cli, runs, tmp_path):
+    """The final step is a save step too: its copy in checkpoints/ is kept beside the --keep-last
+    intermediate ones, so --keep-last 2 --average-last 3 averages steps 2 and 4 and the final 6; and
+    the average's fingerprint does not depend on what the run's folder is called."""
+    flags = [*MODEL, "--max-steps", "6", "--batch-tokens", "512", "--micro-batch", "8", "--eval-every", "0",
+             "--save-every", "2", "--keep-last", "2", "--average-last", "3"]
+    for name in ("first", "second"):
+        result = _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / name, *flags))
+        assert "saved only" not in result.output
+    art = artifacts.load(tmp_path / "first" / "average", kind="checkpoint")
+    assert sorted(i["role"] for i in art.manifest.inputs) == ["member:final", "member:step_0000002", "member:step_0000004"]
+    assert art.fingerprint == artifacts.load(tmp_path / "second" / "average").fingerprint
+    assert sorted(p.name for p in (tmp_path / "first" / "checkpoints").iterdir()) == [
+        "step_0000002", "step_0000004", "step_0000006"]
+    refused = cli("pretrain", runs / "tokens", "-o", tmp_path / "one", *MODEL, "--save-every", "2", "--average-last", "1")
+    assert refused.exit_code != 0 and "--average-last 1" in refused.output and not (tmp_path / "one").exists()
+
+
 def test_ema_resumes_exactly(cli, runs, tmp_path):
     """Stopped after step 4 and resumed: the moving average (kept in the resume state) ends the same."""
     resumed = tmp_path / "resumed"

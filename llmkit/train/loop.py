@@ -416,14 +416,17 @@ class Trainer:
             ckpt.write_training_state(directory, optim_state, self._progress(step), rng, extra)
             self.spec.add_files(directory)
 
-    def save_intermediate(self, step: int) -> None:
+    def save_intermediate(self, step: int, *, last: bool = False) -> None:
+        """RUN/checkpoints/step_N. `last`: the run's final step, which is a save step too: that
+        copy of the final weights is kept beside the --keep-last intermediate ones, not in their place."""
         target = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)
         if self.info.is_main:
             target.parent.mkdir(parents=True, exist_ok=True)
             with artifacts.create(target, "checkpoint", force=True, lock=False) as build:  # the run holds the lock
                 self._write_checkpoint_files(build.dir, step)
                 _describe(build, self.spec, self._progress(step))
-            ckpt.prune(self.run_dir, self.settings.checkpoints.keep_last)
+            keep = self.settings.checkpoints.keep_last
+            ckpt.prune(self.run_dir, keep + 1 if last and keep else keep)
         else:
             self._write_checkpoint_files(self.run_dir, step)  # joins the collectives; writes nothing
         dist_utils.barrier(self.info)
@@ -466,7 +469,7 @@ class Trainer:
             write_average(self.run_dir / "average", members, [1.0 / len(members)] * len(members),
                           config=dict(self.spec.config, weights=f"mean of the last {len(members)} checkpoints",
                                       average_last=count), seed=self.spec.seed, stats=stats, force=True, lock=False,
-                          roles=[f"member:{m.path.name}" for m in members], guard_inputs=False)
+                          roles=[f"member:{m.path.name}" for m in members[:-1]] + ["member:final"], guard_inputs=False)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoopResult:
@@ -522,7 +525,7 @@ class Trainer:
                 if save_every > 0 and step % save_every == 0 and step < s.max_steps:
                     self.save_intermediate(step)
             if save_every > 0 and step % save_every == 0 and self.resumed_from != step:
-                self.save_intermediate(step)
+                self.save_intermediate(step, last=True)
             self.save_final(step)
         except torch.cuda.OutOfMemoryError as exc:
             raise UserError(

@@ -90,6 +90,8 @@ class Checkpointing(Options):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.average_last == 1:
+            raise ValueError("--average-last 1 would be the final checkpoint alone: pass 2 or more (0 = off)")
         if self.average_last > 1 and (self.save_every == 0 or 0 < self.keep_last < self.average_last - 1):
             raise ValueError(f"--average-last {self.average_last} needs the {self.average_last - 1} checkpoints before the last: "
                              f"pass --save-every N and --keep-last {self.average_last - 1} (or more)")
