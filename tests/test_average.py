@@ -59,6 +59,11 @@ def test_the_chunked_mean_equals_the_whole_tensor_mean_to_the_bit(monkeypatch):
     assert torch.equal(mean["step"], states[0]["step"])
 
 
+def test_weights_whose_sum_overflows_are_refused(cli, runs, tmp_path):
+    result = cli("average", runs / "a", runs / "b", "--weights", "1e308,1e308", "-o", tmp_path / "soup")
+    assert result.exit_code != 0 and "must be finite" in result.output and not (tmp_path / "soup").exists()
+
+
 def test_averaging_a_checkpoint_with_itself_gives_it_back_bit_for_bit(cli, runs, tmp_path):
     _ok(cli("average", runs / "a", runs / "a", runs / "a", "-o", tmp_path / "same"))
     ours, theirs = _weights(tmp_path / "same"), _weights(runs / "a")

@@ -108,6 +108,7 @@ def test_points_where_the_smallest_model_always_wins_give_no_split_and_say_so(cl
     ("params,loss", [(1e6, 3.0)], "needs params, loss and tokens"),
     ("params,tokens,loss", [(1e6, -5, 3.0)], "tokens must be a positive number"),
     ("params,tokens,loss", [(1e6, "many", 3.0)], "tokens 'many' is not a number"),
+    ("params,tokens,loss", [(1e6, 1e7, 3.0, 7)], "bad.csv:2 has 4 fields, the header 3"),
     ("params,tokens,loss", [(1e6, 1e7, 3.0), (2e6, 1e7, 2.9), (4e6, 2e7, 2.8)], "3 points cannot determine the 5 constants"),
     ("params,tokens,loss", [(1e6 * (i + 1), 1e7, 3.0 - i / 10) for i in range(8)], "two token counts"),
 ])
@@ -169,10 +170,23 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     # Other options for the same folder are refused: the runs there were trained differently.
     configs = {f.name: f.read_text() for f in (out / "configs").iterdir()}
     changed = cli("sweep", tokens, "-o", out, *SWEEP[:-2], "--min-steps", "2")
-    assert changed.exit_code != 0 and "trained with other options" in changed.output
+    assert changed.exit_code != 0 and "is a finished sweep of another grid" in changed.output
     # ... and leave the finished sweep as it was: still the artifact, the run configs untouched.
     assert artifacts.verify(out).ok and artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     assert {f.name: f.read_text() for f in (out / "configs").iterdir()} == configs
+    # The fit reads the hashed table (wall times stay in stats): an edited result fails verify.
+    table = json.loads((out / "runs.json").read_text())
+    assert [r["name"] for r in table] == [r["name"] for r in rows] and all("seconds" not in r for r in table)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    (tampered / "runs.json").write_text(json.dumps([dict(table[0], final_val_loss=1.0), *table[1:]]))
+    assert not artifacts.verify(tampered).ok
+    # Unfinished, a folder of another grid's runs is refused too, and so is a run trained differently.
+    (tampered / "manifest.json").unlink()
+    other = cli("sweep", tokens, "-o", tampered, "--sizes", "1x32", "--head-dim", "16", "--tokens", "8e3", *SWEEP[6:])
+    assert other.exit_code != 0 and "holds runs this sweep does not plan" in other.output, other.output
+    changed = cli("sweep", tokens, "-o", tampered, *SWEEP[:-2], "--min-steps", "2")
+    assert changed.exit_code != 0 and "trained with other options" in changed.output
     plotted = cli("plot", out / "runs" / "d1-w32-t8000", out / "runs" / "d2-w64-t8000", "-o", tmp_path / "curves.png",
                   "--x", "tokens", "--lr", "--grad-norm")
     assert plotted.exit_code == 0 and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -182,6 +196,9 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
     for extra, message in ((["--n-layer", "3"], "the sweep sets --n-layer"), ([], "give token budgets"),
                            (["--tokens", "1e4", "--sizes", "3y64"], "is not LAYERSxWIDTH"),
                            (["--tokens", "1e4", "--max-steps", "3"], "the sweep sets --max-steps"),
+                           (["--tokens", "1e4", "--sizes", ""], "no size given"),
+                           (["--flops", "1e9", "--sizes", "1x16,1x32"], "--per-budget 4 needs at least 4 sizes"),
+                           (["--tokens", "1e40", "--sizes", "1x16"], "--tokens must be in [1, 1000000000000000]"),
                            (["--tokens", "1e4", "--sizes", "1x15"], "size 1x15 (1 head(s) of 15)")):
         result = cli("sweep", tokens, "-o", tmp_path / "s", *extra)
         assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output

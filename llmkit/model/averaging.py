@@ -10,6 +10,8 @@ the training loop's `--average-last K` and `--ema DECAY` outputs.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,9 +29,10 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
         return [1.0 / count] * count
     if len(weights) != count:
         raise UserError(f"--weights has {len(weights)} values for {count} checkpoints; give one per checkpoint")
-    total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights):
-        raise UserError(f"--weights must be non-negative with a positive sum, got {list(weights)}")
+    total = sum(float(w) for w in weights)  # inf when it overflows, refused below
+    if not math.isfinite(total) or total <= 0 or any(w < 0 for w in weights):
+        raise UserError(f"--weights must be finite and non-negative with a positive sum, got {list(weights)}; "
+                        "they are relative (1,3 is a quarter and three quarters)")
     return [float(w) / total for w in weights]
 
 

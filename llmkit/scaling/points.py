@@ -9,6 +9,7 @@ A `budget` column (or a sweep's FLOP budget) groups points for the IsoFLOP appro
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,18 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
 
 
 def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
-    rows = sweep.stats.get("runs") or []
+    """From the sweep's runs.json: a hashed file, so `llmkit verify` vouches for the numbers
+    (a sweep written before it existed: the table in its stats)."""
+    table = sweep.path / "runs.json"
+    if table.is_file():
+        try:
+            rows = json.loads(table.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{table} is damaged ({type(exc).__name__}); check it with llmkit verify {sweep.path}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise UserError(f"{table} is not a list of runs; check it with llmkit verify {sweep.path}")
+    else:
+        rows = sweep.stats.get("runs") or []
     points = [
         Point(params=float(r["params"] if count == "total" else r["non_embedding_params"]), tokens=float(r["tokens"]),
               loss=float(r["final_val_loss"]), budget=r.get("flops_budget"), name=r["name"])
@@ -65,8 +77,9 @@ def _number(text: str, column: str, row: int, where: Path) -> float:
 def _csv_points(path: Path) -> list[Point]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = [h.strip().lower() for h in (reader.fieldnames or [])]
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; save the CSV as UTF-8") from None
     except csv.Error as exc:
@@ -78,6 +91,9 @@ def _csv_points(path: Path) -> list[Point]:
         raise UserError(f"{path} has the columns {', '.join(header)}; it needs params, loss and tokens (or flops)")
     points = []
     for number, raw in enumerate(rows, start=2):
+        if None in raw:  # DictReader's key for the fields past the header's
+            raise UserError(f"{path}:{number} has {len(header) + len(raw[None])} fields, the header {len(header)}; "
+                            "fix that row (a comma inside a value needs quotes)")
         row = {k.strip().lower(): v for k, v in raw.items() if k is not None}
         params = _number(row.get("params"), "params", number, path)
         loss = _number(row.get("loss"), "loss", number, path)

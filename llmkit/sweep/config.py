@@ -15,10 +15,17 @@ RULES = "Sweep rules (per model size)"
 SET_BY_GRID = ("n_layer", "n_embd", "n_head", "n_kv_head", "max_steps", "max_tokens")
 
 
+def _size_list(value: Any) -> list[str]:
+    sizes = comma_list(value)
+    if not sizes:  # `--sizes ''` is not "the default ladder"
+        raise ValueError("no size given: give LAYERSxWIDTH sizes (e.g. 1x64,2x128), or leave it out for the ladder")
+    return sizes
+
+
 @dataclass
 class SweepConfig(Options):
     base: PretrainConfig = group(PretrainConfig, hidden=SET_BY_GRID)
-    sizes: list[str] = option(default_factory=list, cli_type=Optional[str], parse=comma_list, panel=GRID,
+    sizes: list[str] = option(default_factory=list, cli_type=Optional[str], parse=_size_list, panel=GRID,
                               help="Model sizes as LAYERSxWIDTH, comma-separated (e.g. 1x64,2x128,4x256); default: the ladder.")
     ladder: int = option(5, "Sizes on the ladder when --sizes is not given: depth 1..K, each as wide as --width-per-layer x depth.",
                          panel=GRID, range="[2, inf)")
@@ -26,7 +33,7 @@ class SweepConfig(Options):
     head_dim: int = option(64, "Width of one attention head: a size of width W has W / head_dim heads.", panel=GRID,
                            range="[1, inf)")
     token_budgets: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, panel=GRID,
-                                        range="[1, inf)", flags=("--tokens",),
+                                        range="[1, 1e15]", flags=("--tokens",),
                                         help="Token budgets, comma-separated (e.g. 2e5,1e6): every size is trained on each.")
     flops: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, panel=GRID, range="[1, inf)",
                                 help="IsoFLOP budgets C instead of --tokens: per budget the --per-budget sizes nearest the expected "

@@ -70,6 +70,11 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
     sizes = []
     for layers, width in model_sizes(config):
         heads = max(1, width // config.head_dim)
+        if width % config.head_dim:
+            from llmkit.console import err
+
+            err.print(f"note: size {layers}x{width}: {heads} head(s) of {width // heads}, as {width} is not a multiple of "
+                      f"--head-dim {config.head_dim}", soft_wrap=True, markup=False)
         if width % heads:
             raise UserError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
                             f"that are multiples of {config.head_dim}")
@@ -80,6 +85,9 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
                             f"{str(exc).split('; change the model flags')[0]}; choose other --sizes or --head-dim") from exc
         sizes.append((layers, width, heads, total, non_embedding, context))
     grid: list[tuple[tuple, int, float | None]] = []
+    if config.flops and len(sizes) < config.per_budget:
+        raise UserError(f"--per-budget {config.per_budget} needs at least {config.per_budget} sizes, and --sizes gives "
+                        f"{len(sizes)}; give more sizes or a lower --per-budget (fitting a budget's minimum takes 3)")
     if config.token_budgets:
         grid = [(size, int(tokens), None) for tokens in sorted(config.token_budgets) for size in sizes]
     else:

@@ -6,9 +6,10 @@ OUT/runs/NAME is each run (an `llmkit pretrain` run directory, then a checkpoint
 started as `llmkit pretrain TOKENS -o OUT/runs/NAME --config OUT/configs/NAME.yaml` with its
 output in OUT/logs/NAME.log. Rerunning the same sweep skips the runs that finished with the
 planned options and resumes interrupted ones (`--resume`). At the end OUT becomes a `sweep`
-artifact: its inputs are the tokens and every run (by fingerprint), its stats the table of
-runs (parameters, tokens, FLOPs, losses, bits per byte, wall time), and plots/ one loss-curve
-figure per budget.
+artifact: its inputs are the tokens and every run (by fingerprint); runs.json, a hashed file,
+the table of runs that `llmkit scaling fit` reads (parameters, tokens, FLOPs, losses, bits per
+byte), so `llmkit verify` catches an edited result; its stats the same table with each run's wall
+time; and plots/ one loss-curve figure per budget.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from llmkit.sweep.config import SweepConfig
 from llmkit.sweep.grid import PlannedRun, plan
 
 RUNS, CONFIGS, LOGS, PLOTS = "runs", "configs", "logs", "plots"
+TABLE = "runs.json"  # the table of finished runs, hashed (stats add each run's wall time)
 
 
 @dataclass
@@ -50,8 +53,11 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
     out = Path(out)
     runs = plan(config, int(tokens_art.stats["vocab_size"]))
     with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path]):
-        finished = [_finished_with_these_options(run, out) for run in runs]  # refuses before anything changes
-        (out / artifacts.MANIFEST).unlink(missing_ok=True)  # a sweep being (re)run is not an artifact yet
+        if not force:  # each refuses before anything changes on disk
+            _same_sweep(out, config, runs)
+        finished = [_finished_with_these_options(run, out) for run in runs]
+        if not all(finished):  # a sweep being (re)run is not an artifact until it is finished again
+            (out / artifacts.MANIFEST).unlink(missing_ok=True)
         states = [_prepare(run, out, done) for run, done in zip(runs, finished)]
         _execute(states, tokens_art.path, out, config)
         failed = [s for s in states if s.state == "failed"]
@@ -60,6 +66,22 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
                             f"{out / LOGS}, then rerun the same command to finish the sweep")
         _finish(states, tokens_art, out, config)
     return out
+
+
+def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun]) -> None:
+    """A rerun continues the very sweep in OUT: a finished sweep of other options, or runs this
+    grid does not plan, are refused (they would be replaced, or left lying in the artifact)."""
+    if (out / artifacts.MANIFEST).is_file():
+        recorded = artifacts.load(out, kind="sweep", check=False).config
+        if recorded != json.loads(artifacts.canonical_json(config.hashed())):
+            raise UserError(f"{out} is a finished sweep of another grid or other options; pass --force to replace it, "
+                            "or write this one to another -o")
+    planned = {run.name for run in runs}
+    strays = sorted(p.name for p in (out / RUNS).iterdir() if p.name not in planned) if (out / RUNS).is_dir() else []
+    if strays:
+        raise UserError(f"{out / RUNS} holds runs this sweep does not plan ({', '.join(strays[:3])}"
+                        f"{', ...' if len(strays) > 3 else ''}): another grid was started there; pass --force to start "
+                        "over, or write this sweep to another -o")
 
 
 def _finished_with_these_options(run: PlannedRun, out: Path) -> bool:
@@ -244,6 +266,7 @@ def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, c
         label = f"{state.run.flops_budget:.0e} FLOPs" if state.run.flops_budget else f"{state.run.tokens:,} tokens"
         budgets.setdefault(label, []).append(state)
     plots = []
+    shutil.rmtree(out / PLOTS, ignore_errors=True)  # only this grid's figures are listed
     for label, members in budgets.items():
         path = out / PLOTS / ("loss-" + label.split()[0].replace(",", "").replace("+", "") + ".png")
         runs = [(s.run.name, read_metrics(out / RUNS / s.run.name)) for s in members]
@@ -254,4 +277,6 @@ def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, c
     build.seed = config.base.seed
     build.stats = {"runs": rows, "plots": plots, "count": "non-embedding parameters; flops = 6 x non-embedding params x tokens"}
     build.runtime = {"parallel": config.parallel}
-    artifacts.finalize_in_place(build, [PLOTS])
+    table = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # wall time: not the same on a rerun
+    (out / TABLE).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    artifacts.finalize_in_place(build, [PLOTS, TABLE])

@@ -38,7 +38,7 @@ class ModelChoice(Options):
     n_head: int | None = option(None, "Attention heads.", range="[1, inf)")
     n_kv_head: int | None = option(None, "Key/value heads (fewer than heads = grouped-query attention).", range="[1, inf)")
     n_embd: int | None = option(None, "Model width.", range="[1, inf)")
-    mlp_ratio: float | None = option(None, "MLP hidden width / model width.", range="(0, inf)")
+    mlp_ratio: float | None = option(None, "MLP hidden width / model width.", range="(0, 1000]")
     context_length: int | None = option(None, "Longest sequence the model takes.", range="[1, inf)")
     dropout: float | None = option(None, "Dropout probability.", range="[0, 1)")
     norm: str | None = option(None, "rmsnorm or layernorm.", choices=("rmsnorm", "layernorm"))
