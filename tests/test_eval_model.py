@@ -195,6 +195,29 @@ def test_tokens_artifact_val_split_equals_raw_text(cli, gpt2_ckpt, loaded, shake
     assert roles == {"checkpoint", "data"}
 
 
+def test_tokens_made_with_another_tokenizer_are_refused(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):
+    """The same vocabulary size is not the same tokenizer: other ids for the same text."""
+    from llmkit.data.tokenizer import load_tokenizer
+
+    other = json.loads((loaded.tokenizer.path / "tokenizer.json").read_text())
+    merges = other["model"]["merges"]
+    other["model"]["merges"] = merges[1:] + merges[:1]  # one merge moved: another tokenizer, the same vocabulary
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(other))
+    (tmp_path / "tok" / "token_bytes.npy").write_bytes((loaded.tokenizer.path / "token_bytes.npy").read_bytes())
+    _write_tokens_artifact(tmp_path / "other", load_tokenizer(tmp_path / "tok"), [shakespeare[:500]])
+    result = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", tmp_path / "other", "-o", tmp_path / "ev")
+    assert result.exit_code != 0 and "was made with another tokenizer" in result.output and not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("labels, message", [("same,same", "same is given more than once"),
+                                             ("negative,,positive", "a label name is empty")])
+def test_label_names_must_be_distinct_and_non_empty(cli, gpt2_ckpt, shared_data, tmp_path, labels, message):
+    result = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", shared_data / "sentiment" / "test.jsonl", "--labels", labels,
+                 "--limit", "4", "-o", tmp_path / "ev")
+    assert result.exit_code != 0 and message in result.output and not (tmp_path / "ev").exists()
+
+
 def test_perplexity_deterministic_fingerprint(cli, gpt2_ckpt, shakespeare, tmp_path):
     (tmp_path / "d.txt").write_text(shakespeare[:1000])
     for name in ("a", "b"):

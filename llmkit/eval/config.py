@@ -19,6 +19,19 @@ RUN = "Run"
 BENCHMARKS = "Benchmarks"
 
 
+def _label_names(value) -> list[str]:
+    """--labels a,b,c: every name kept, so an empty or repeated one is refused rather than dropped
+    or merged (two classes under one name would be scored as one)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    names = [part.strip() for item in items for part in str(item).split(",")]
+    if any(not name for name in names):
+        raise ValueError(f"a label name is empty in {','.join(names)!r}; give one name per class, in index order")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"label names must differ, and {', '.join(repeated)} is given more than once")
+    return names
+
+
 @dataclass
 class EvalConfig(Options):
     metrics: list[str] = option(default_factory=lambda: ["perplexity"], help=METRIC_HELP, flags=("--metric", "-m"))
@@ -33,7 +46,7 @@ class EvalConfig(Options):
     reference_field: str | None = option(None, "JSONL field of the references (default: --field or target/summary/...).", panel=DATA)
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
     labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",
-                               cli_type=str | None, parse=comma_list, panel=DATA)
+                               cli_type=str | None, parse=_label_names, panel=DATA)
     limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task).", panel=DATA, range="[1, inf)")
     tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
                               "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, or all.",

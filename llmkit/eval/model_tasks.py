@@ -47,10 +47,13 @@ def perplexity_documents(loaded, cfg):
 
         art = artifacts.load(cfg.data, kind="tokens")
         shards = TokenShards.open(art, "val")
-        if shards.vocab_size > loaded.config.vocab_size:
+        from llmkit.data.tokenizer import same_tokenizer
+
+        if not same_tokenizer(loaded.artifact.path, art.path):  # other ids for the same text: the scores would mean nothing
             raise UserError(
-                f"tokens artifact {cfg.data} has vocabulary {shards.vocab_size} but the model has {loaded.config.vocab_size}; "
-                "tokenize with the checkpoint's tokenizer"
+                f"tokens artifact {cfg.data} was made with another tokenizer than {loaded.artifact.path} has; tokenize the "
+                f"text with the checkpoint's tokenizer (llmkit tokenize CORPUS --tokenizer {loaded.artifact.path}), or pass "
+                "the text itself as --data"
             )
         special = tokenizer.token_bytes == 0
         documents = []
