@@ -344,3 +344,18 @@ def test_building_and_running_a_model_does_not_import_sympy():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_flops_count_the_parameters_a_tokens_matrix_products_use(tie):
+    """6N + 12LCT with N the matrix products' parameters: a tied embedding once (it is the head),
+    an untied one not at all (a lookup; its head counts), learned positions never."""
+    from llmkit.model.gpt import GPT, ModelConfig
+
+    config = ModelConfig(vocab_size=300, n_layer=2, n_embd=32, n_head=2, context_length=64, pos="learned",
+                         tie_embeddings=tie)
+    with torch.device("meta"):
+        model = GPT(config)
+    total = sum(p.numel() for p in model.parameters())
+    products = total - model.pos_emb.weight.numel() - (0 if tie else model.tok_emb.weight.numel())
+    assert model.flops_per_token(64) == 6 * products + 12 * 2 * 32 * 64

@@ -351,9 +351,14 @@ class GPT(nn.Module):
 
     # -- sizes ------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:
+        """Every parameter (a tied embedding once); `non_embedding`: those a token's matrix
+        products use, the FLOPs' count: without the position embedding and, when the head has
+        its own weights, without the token embedding (a lookup there, not a product)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.pos_emb is not None:
             n -= self.pos_emb.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.tok_emb.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:

@@ -76,8 +76,8 @@ def build_model(config: ModelConfig, *, initialise: bool = True):
 def non_embedding_params(model) -> int:
     """Kaplan et al.'s N, what scaling laws are fitted on: every parameter but the token and
     position embeddings (a tied output head is the token embedding; an untied one counts).
-    `GPT.num_params(non_embedding=True)` is another count, the FLOPs': it keeps the token
-    embedding, whose tied head is a matrix product per token."""
+    `GPT.num_params(non_embedding=True)` is another count, the FLOPs': it keeps a tied token
+    embedding, whose head is a matrix product per token (an untied one is a lookup: left out)."""
     embedding = model.tok_emb.weight.numel()
     if getattr(model, "pos_emb", None) is not None:
         embedding += model.pos_emb.weight.numel()
