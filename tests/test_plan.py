@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,45 @@ def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
     n_opt, d_opt = fitted_law.optimal(6 * params * tokens)
     assert n_opt == pytest.approx(params, rel=1e-6) and d_opt == pytest.approx(tokens, rel=1e-6)
     assert "fitted law" in plan["compute"]["compute_optimal_rule"]
+    # a fit made with --count total: plan counts the model's total parameters, as the points did
+    assert cli("scaling", "fit", tmp_path / "points.csv", "-o", tmp_path / "fit-total", "--grid", "coarse", "--count",
+               "total").exit_code == 0
+    total = _plan(cli, "--model", "gpt2", "--scaling", tmp_path / "fit-total")
+    assert "total parameters" in total["compute"]["compute_optimal_rule"]
+    assert total["compute"]["compute_optimal_tokens"] != pytest.approx(tokens, rel=1e-3)
+
+
+def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli, tmp_path):
+    """On a CPU the processes split one machine's RAM and cores: more processes, neither more
+    memory nor more speed. A layout that does not fit is first offered tp on the same devices."""
+    one = _plan(cli, "--model", "tiny", "--vocab-size", "1000", "--gpu", "cpu", "--memory-gb", "16")
+    four = _plan(cli, "--model", "tiny", "--vocab-size", "1000", "--gpu", "cpu", "--memory-gb", "16", "--gpus", "4")
+    assert one["layout"]["memory_gb_per_device"] == 16 and four["layout"]["memory_gb_per_device"] == 4
+    assert four["compute"]["tokens_per_s"] == pytest.approx(one["compute"]["tokens_per_s"], rel=0.5)
+    searched = _plan(cli, "--model", "1b", "--gpu", "cpu", "--memory-gb", "16", "--micro-batch", "1", "--seq-len", "512",
+                     "--search")
+    if searched["search"] is not None:
+        found = searched["search"]["layout"]
+        assert found["gpus"] == 1  # one process a machine
+        again = _plan(cli, "--model", "1b", "--gpu", "cpu", "--memory-gb", "16", "--micro-batch", "1", "--seq-len", "512",
+                      "--gpus", "1", "--nnodes", str(found["nnodes"]), "--strategy", found["strategy"],
+                      *(["--activation-checkpointing"] if found["activation_checkpointing"] else []))
+        assert again["memory"]["fits"]
+    repo = Path(__file__).resolve().parent.parent
+    plan = _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--nnodes", "4", "--gpu",
+                 "h100", "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1", "--seq-len", "8192")
+    assert not plan["memory"]["fits"] and plan["fixes"][0] == "--tp 2"  # the 32 GPUs regrouped, not 64 asked for
+
+
+def test_plan_splits_the_batch_as_pretrain_does_and_names_its_approximations(cli, tmp_path):
+    refused = cli("plan", "--model", "tiny", "--vocab-size", "1000", "--micro-batch", "8", "--seq-len", "64",
+                  "--batch-tokens", "1000")
+    assert refused.exit_code != 0 and "does not split into micro-batches of 8" in refused.output
+    small = cli("plan", "--model", "tiny", "--vocab-size", "1000", "--seq-len", "64", "--batch-tokens", "1")
+    assert small.exit_code != 0 and "smaller than one sequence" in small.output
+    qwen = dict(MISTRAL_7B, model_type="qwen2", sliding_window=4096)
+    notes = _plan(cli, "--hf-config", _config(tmp_path, qwen), "--gpu", "h100", "--micro-batch", "1")["notes"]
+    assert any("q, k and v only" in n for n in notes) and any("sliding_window 4096" in n for n in notes)
 
 
 def test_a_law_without_an_optimal_split_is_said_not_divided_by_zero():

@@ -232,6 +232,19 @@ GPT2_SHAPED = ("gpt2",)
 LLAMA_SHAPED = ("llama", "mistral", "qwen2", "qwen3")
 
 
+def planning_approximations(data: dict) -> list[str]:
+    """What shapes_from_config_json cannot express, said in words (for plan's notes)."""
+    notes = []
+    if data.get("model_type") == "qwen2" and data.get("attention_bias", True):
+        notes.append("qwen2 has biases on q, k and v only; llmkit's one bias switch gives every linear layer one, so the "
+                     "parameter count is slightly high (Qwen2-0.5B: 276,480 of 494M)")
+    window = data.get("sliding_window")
+    if window and data.get("use_sliding_window", True) and data.get("model_type") in ("mistral", "qwen2", "qwen3"):
+        notes.append(f"sliding_window {window}: attention reads at most {window} tokens back, but its FLOPs and memory are "
+                     "counted over the whole sequence (high for sequences longer than the window)")
+    return notes
+
+
 def shapes_from_config_json(data: dict, where: str) -> ModelConfig:
     """A ModelConfig with the shapes of a transformers config.json, read as plain JSON: for
     planning (`llmkit plan --hf-config`), so lenient where import is strict (a Mistral's sliding

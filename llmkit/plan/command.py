@@ -77,11 +77,14 @@ def print_plan(plan: dict[str, Any]) -> None:
         out.print(f"note: {note}", markup=False)
     if not mem["fits"]:
         found = plan.get("fixes") or []
-        out.print("what makes it fit: " + ("; ".join(found) if found else "no single change does; try --search"), markup=False)
+        otherwise = "see the search below" if "search" in plan else "try --search"
+        out.print("what makes it fit: " + ("; ".join(found) if found else f"no single change does; {otherwise}"), markup=False)
     if "search" in plan:
         found = plan["search"]
         if found is None:
-            out.print("search: no layout up to 256 nodes of 8 fits this micro-batch and sequence length", markup=False)
+            machines = "256 machines" if lay["device"] == "CPU" else "256 nodes of 8"
+            out.print(f"search: no layout up to {machines} fits this micro-batch and sequence length; lower --micro-batch "
+                      "or --seq-len", markup=False)
         else:
             lay2 = found["layout"]
             out.print(f"search: {lay2['gpus'] * lay2['nnodes']} device(s) ({lay2['nnodes']} node(s)), tp {lay2['tp']}, pp {lay2['pp']}, "

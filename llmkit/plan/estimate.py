@@ -207,6 +207,11 @@ class Device:
     memory_gb: float
     on_gpu: bool
     bf16: bool  # bf16 autocast (--precision): activations in bf16, weights and optimizer state fp32
+    # A CPU: memory_gb (and the peak FLOP/s) are the machine's, shared by the processes on it.
+    shared: bool = False
+
+    def memory_per_process(self, layout: Layout) -> float:
+        return self.memory_gb / layout.gpus if self.shared else self.memory_gb
 
 
 def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory:
@@ -269,7 +274,8 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
     allowance += CUDA_CONTEXT if on_gpu else CPU_PROCESS
     if layout.pp > 1:
         notes.append(f"pipeline: the first stage holds {layout.in_flight} micro-batch(es) of activations ({layout.pp_schedule})")
-    return Memory(weights, gradients, optimizer, activations, logits, transient, allowance, device.memory_gb * GB, notes)
+    return Memory(weights, gradients, optimizer, activations, logits, transient, allowance,
+                  device.memory_per_process(layout) * GB, notes)
 
 
 def largest_micro_batch(shape: ModelShape, layout: Layout, device: Device, *, limit: int = 4096) -> int:
@@ -324,14 +330,20 @@ def fixes(shape: ModelShape, layout: Layout, device: Device) -> list[str]:
     if 0 < best < layout.micro_batch:
         tried.append((f"--micro-batch {best}", replace(layout, micro_batch=best)))
     for tp in (2, 4, 8):
-        if tp > layout.tp:
+        if tp > layout.tp:  # the same devices regrouped (less data parallelism), else more of them
+            if layout.world % (tp * layout.pp) == 0:
+                tried.append((f"--tp {tp}", replace(layout, tp=tp)))
             tried.append((f"--tp {tp} (on {layout.world * tp // layout.tp} devices)",
                           replace(layout, tp=tp, gpus=layout.gpus * tp // layout.tp)))
             break
     for pp in (2, 4, 8):
         if pp > layout.pp:
+            if layout.world % (layout.tp * pp) == 0:
+                tried.append((f"--pp {pp}", replace(layout, pp=pp)))
             tried.append((f"--pp {pp} (on {layout.world * pp // layout.pp} devices)",
                           replace(layout, pp=pp, gpus=layout.gpus * pp // layout.pp)))
             break
-    return [label for label, option in tried
-            if option.problem(shape.config) is None and estimate_memory(shape, option, device).fits]
+    fitting = [label for label, option in tried
+               if option.problem(shape.config) is None and estimate_memory(shape, option, device).fits]
+    # regrouping the devices one has comes before asking for more
+    return [label for label in fitting if not (label.endswith("devices)") and label.split(" (")[0] in fitting)]

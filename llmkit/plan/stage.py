@@ -34,6 +34,12 @@ def model_config_from_hf(path: Path):
     return shapes_from_config_json(data, f"--hf-config {path}")
 
 
+def hf_config_notes(path: Path) -> list[str]:
+    from llmkit.model.hf_config import planning_approximations
+
+    return planning_approximations(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
 def model_config(cfg: PlanConfig):
     from llmkit.model.presets import resolve_model_config
 
@@ -52,9 +58,9 @@ def hardware(cfg: PlanConfig) -> tuple[str, Device, float]:
 
     bf16 = resolve_precision(cfg.numerics.precision, "cpu" if cfg.gpu == "cpu" else "cuda") == "bf16"
     if cfg.gpu == "cpu":
-        # the processes of one machine share its RAM
-        memory = cfg.memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 / (cfg.placement.gpus or 1)
-        return "CPU", Device(memory, on_gpu=False, bf16=bf16), _cpu_flops(bf16)
+        # the processes of one machine share its RAM and its cores (so a search over process counts divides them)
+        memory = cfg.memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        return "CPU", Device(memory, on_gpu=False, bf16=bf16, shared=True), _cpu_flops(bf16)
     accelerator = BY_KEY[cfg.gpu]
     # the table holds bf16 peaks; an fp32 run (no tensor cores in bf16) is not given its own figure
     return accelerator.key, Device(cfg.memory_gb or accelerator.memory_gb, on_gpu=True, bf16=bf16), accelerator.bf16_flops
@@ -83,8 +89,10 @@ def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
 
     art = artifacts.load(cfg.scaling, kind="scaling")
     law = Law.of(art)
-    counted = shape.total if art.config.get("count") == "total" else shape.non_embedding
-    return law.tokens_for(counted), f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f})"
+    total = art.config.get("count") == "total"
+    counted = shape.total if total else shape.non_embedding
+    return law.tokens_for(counted), (f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f}; N "
+                                     f"counted as {'total' if total else 'non-embedding'} parameters, as the fit did)")
 
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
@@ -102,20 +110,32 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     problem = layout.problem(config)
     if problem:
         raise UserError(problem)
-    if cfg.batch_tokens:
-        layout = replace(layout, accumulation=max(1, cfg.batch_tokens // (layout.micro_batch * seq * layout.dp)))
+    if cfg.batch_tokens:  # the split `llmkit pretrain` makes of it, refused where it refuses
+        from llmkit.train.launch import split_batch
+
+        sequences = cfg.batch_tokens // seq
+        if sequences < 1:
+            raise UserError(f"--batch-tokens {cfg.batch_tokens} is smaller than one sequence of {seq} tokens; raise it")
+        ways = layout.dp * ((layout.pp_microbatches or layout.pp) if layout.pp > 1 else 1)
+        micro, accumulation = split_batch(
+            sequences, layout.micro_batch, ways, what=f"the global batch of {sequences} sequences (--batch-tokens "
+            f"{cfg.batch_tokens} / seq_len {seq})", fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq}")
+        layout = replace(layout, micro_batch=micro, accumulation=accumulation)
     name, device, peak = hardware(cfg)
     memory = estimate_memory(shape, layout, device)
     flops_token = shape.flops_per_token(seq)
     # MFU counts the model's FLOPs; recomputation and the pipeline's idle bubble cost time beside them.
-    tokens_per_s = layout.world * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
-    batch_tokens = cfg.batch_tokens or layout.micro_batch * seq * layout.dp
+    # a CPU's peak is the whole machine's, whatever the number of processes sharing it
+    machines = layout.nnodes if device.shared else layout.world
+    tokens_per_s = machines * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
+    batch_tokens = (cfg.batch_tokens // seq * seq) if cfg.batch_tokens else layout.micro_batch * seq * layout.dp
     optimal_tokens, optimal_rule = compute_optimal_tokens(cfg, shape)
     plan: dict[str, Any] = {
         "model": {"parameters": shape.total, "non_embedding_parameters": shape.non_embedding, "layers": config.n_layer,
                   "width": config.n_embd, "heads": config.n_head, "kv_heads": config.n_kv_head, "mlp_hidden": config.mlp_hidden,
                   "vocab_size": config.vocab_size, "context_length": config.context_length, "tied_embeddings": config.tie_embeddings},
-        "layout": {**asdict(layout), "world": layout.world, "dp": layout.dp, "device": name, "memory_gb_per_device": device.memory_gb,
+        "layout": {**asdict(layout), "world": layout.world, "dp": layout.dp, "device": name,
+                   "memory_gb_per_device": device.memory_per_process(layout),
                    "precision": "bf16" if device.bf16 else "fp32"},
         "compute": {"flops_per_token": flops_token, "attention_share": 12 * config.n_layer * config.n_embd * seq / flops_token,
                     "mfu_assumed": cfg.mfu, "pipeline_bubble": layout.pipeline_bubble,
@@ -125,14 +145,15 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                     "compute_optimal_flops": flops_token * optimal_tokens,
                     "compute_optimal_days": optimal_tokens / tokens_per_s / 86400},
         "memory": memory.as_dict(),
-        "notes": memory.notes,
+        "notes": memory.notes + (hf_config_notes(cfg.hf_config) if cfg.hf_config else []),
     }
     if device.on_gpu and not device.bf16:
         plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")
     if not memory.fits:
         plan["fixes"] = fixes(shape, layout, device)
     if cfg.search:
-        found = layout if memory.fits else smallest_layout(shape, layout, device)
+        # a CPU's processes share a machine's memory: more machines, one process each
+        found = layout if memory.fits else smallest_layout(shape, layout, device, per_node=1 if device.shared else 8)
         plan["search"] = None if found is None else {
             "layout": {k: v for k, v in asdict(found).items() if k not in ("pp_schedule", "pp_microbatches")},
             "largest_micro_batch": largest_micro_batch(shape, found, device),

@@ -11,7 +11,9 @@ from llmkit.options import Options, comma_floats, option
 @dataclass
 class ScalingFitConfig(Options):
     count: str = option("non-embedding", "Parameters of a sweep's runs to fit: non-embedding (Kaplan et al.) or total "
-                        "(Hoffmann et al.); at small sizes the choice changes the exponents.", choices=("non-embedding", "total"))
+                        "(Hoffmann et al.); at small sizes the choice changes the exponents. For a CSV: what its params "
+                        "column counts (recorded, so llmkit plan --scaling counts a model the same way).",
+                        choices=("non-embedding", "total"))
     budget: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, range="(0, inf)",
                                  help="FLOP budgets to recommend a model size and token count for, comma-separated (e.g. 1e18,1e20).")
     bootstrap: int = option(100, "Bootstrap refits for the confidence intervals (0 = none).", range="[0, inf)")
