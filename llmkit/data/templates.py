@@ -185,7 +185,14 @@ def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[in
 
 
 def render(part: str, record: dict[str, Any], where: str) -> str:
-    plain_fields(part, "the template")
+    for name in plain_fields(part, "the template"):
+        # null, true or a list would be written out as "None", "True" or "[1, 2]" and trained on (a number is text enough)
+        value = record[name] if name in record else ""  # (a missing field is named below)
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            shown = "null" if value is None else {"list": "a list", "dict": "an object", "bool": "true/false"}.get(
+                type(value).__name__, type(value).__name__)
+            raise UserError(f"{where} field {name!r} is {shown}, not text; the template needs text there: fix the record "
+                            "or leave it out")
     try:
         return part.format_map(record)
     except KeyError as exc:

@@ -75,6 +75,10 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
             f"--lora-targets {','.join(targets)} matches no linear layer of this model; "
             f"its linear layers are named {', '.join(linear) or '(none: LoRA needs a Transformer)'}"
         )
+    smallest = min(min(model.get_submodule(name).in_features, model.get_submodule(name).out_features) for name in chosen)
+    if rank > smallest:  # past the layer's own rank an adapter is a larger copy of the layer, not a low-rank update
+        raise UserError(f"--lora-rank {rank} exceeds the smallest dimension ({smallest}) of the adapted layers; "
+                        f"use a rank of at most {smallest} (typically 4 to 64)")
     for name in chosen:
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
