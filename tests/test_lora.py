@@ -113,6 +113,8 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
     assert task["lora"] == {"rank": 4, "alpha": 8.0, "targets": ["q_proj", "kv_proj", "out_proj"], "layers": 6, "merged": True}
 
     merged = load_checkpoint(run)  # an ordinary checkpoint: nothing LoRA-specific to load it
+    refused = cli("generate", run / "checkpoints" / "step_0000012", "-p", "hi", "-n", "2")
+    assert refused.exit_code != 0 and "is an intermediate LoRA checkpoint (unmerged adapters)" in refused.output
     with_adapters = load_checkpoint(base["checkpoint"]).model
     apply_lora(with_adapters, ["q_proj", "kv_proj", "out_proj"], rank=4, alpha=8.0)
     missing, unexpected = with_adapters.load_state_dict(intermediate, strict=False)

@@ -95,6 +95,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     check_shapes(model, state, path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = set(missing) - tied_names(model)
+    if any(k.endswith((".lora_A", ".lora_B")) for k in unexpected):  # llmkit.finetune.lora's adapter names
+        raise UserError(f"{path.parent} is an intermediate LoRA checkpoint (unmerged adapters); use the finished run "
+                        "directory, whose weights are merged")
     if missing or unexpected:
         raise UserError(
             f"{path} does not match its model_config.json (missing {sorted(missing)[:3]}, "
