@@ -375,3 +375,11 @@ def unescape(text: str) -> str:
 
 def unescape_each(values: Any) -> list[str]:
     return [unescape(v) for v in values]
+
+
+def stop_strings(values: Any) -> list[str]:
+    """--stop as typed (\\n a newline); an empty one, which would match before anything, is refused."""
+    strings = unescape_each(values)
+    if any(not s for s in strings):
+        raise ValueError("an empty stop string would stop at once; leave it out or give the text to stop at")
+    return strings

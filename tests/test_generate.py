@@ -364,6 +364,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
         (["-p", "x", "-o", "{tmp}/exists.jsonl"], "already exists"),
         (["-p", "x", "-n", "100", "--context-overflow", "error"], "exceed the model's context length"),
         (["-p", "x", "--greedy", "--temperature", "0.5"], "--greedy takes the most likely token, which --temperature 0.5"),
+        (["-p", "x", "--stop", ""], "an empty stop string would stop at once"),
     ],
 )
 def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):

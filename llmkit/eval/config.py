@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmkit.model.ensemble_options import Ensembling
 from llmkit.inference.options import Inference
-from llmkit.options import Options, comma_list, group, option, path_strings, unescape, unescape_each
+from llmkit.options import Options, comma_list, group, option, path_strings, stop_strings, unescape
 
 METRIC_HELP = (
     "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
@@ -63,7 +63,7 @@ class EvalConfig(Options):
                                          parse=unescape, panel=TEXT)
     max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT, range="[1, inf)")
     stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a newline).",
-                             parse=unescape_each, panel=TEXT)
+                             parse=stop_strings, panel=TEXT)
     rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
                                   range="[1, inf)")
     batch_size: int = option(8, "Sequences per forward pass.", panel=RUN, range="[1, inf)")

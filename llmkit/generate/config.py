@@ -13,7 +13,7 @@ from typing import Any
 from llmkit.errors import UserError
 from llmkit.model.ensemble_options import Ensembling
 from llmkit.inference.options import OVERFLOW_POLICIES, Inference
-from llmkit.options import Options, group, option, unescape, unescape_each
+from llmkit.options import Options, group, option, stop_strings, unescape, unescape_each
 
 SAMPLING = "Sampling"
 RUN = "Run"
@@ -58,7 +58,7 @@ class GenerateConfig(Options):
                                        "{\"messages\": [...]}).", flags=("--prompts",))
     sampling: Sampling = group(Sampling, panel=SAMPLING)
     stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n is a newline); it is not printed.",
-                             parse=unescape_each, panel=SAMPLING)
+                             parse=stop_strings, panel=SAMPLING)
     ignore_eos: bool = option(False, "Keep going past the end-of-text token.", flags=("--ignore-eos",), panel=SAMPLING)
     num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING, range="[1, inf)")
     batch_size: int = option(8, "Rows generated together (left-padded).", panel=RUN, range="[1, inf)")
