@@ -186,7 +186,11 @@ def label_set(records: list[dict], name: str) -> Labels:
         if distinct[-1] >= MAX_CLASSES:
             raise UserError(f"{name} has the label {distinct[-1]}: integer labels are class ids 0..K-1 and a head of "
                             f"{distinct[-1] + 1:,} classes is beyond {MAX_CLASSES:,}; write the labels as names (strings)")
-        distinct = list(range(distinct[-1] + 1))
+        absent = sorted(set(range(distinct[-1] + 1)) - set(distinct))
+        if absent and len(distinct) > 1:  # a head with classes no example teaches
+            shown = ", ".join(map(str, absent[:3])) + (", ..." if len(absent) > 3 else "")
+            raise UserError(f"{name} has integer labels up to {distinct[-1]} but no example of class {shown}; integer labels "
+                            "are class ids 0..K-1, each with examples: renumber them, or write the labels as names (strings)")
     if len(distinct) > MAX_CLASSES:
         raise UserError(f"{name} has {len(distinct):,} distinct labels, more than {MAX_CLASSES:,} classes; is --task classify meant?")
     if len(distinct) < 2:
