@@ -371,9 +371,10 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"text": "a", "label": 1}] * 4, ["--task", "classify"], "single label 1"),
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "100000"], "--lora-rank 100000 exceeds the smallest dimension"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--epochs", "2"], "--epochs sets the run's length when --max-steps"),
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze",
-         "null-field", "int-label-alone", "int-label-gap", "lora-rank"],
+         "null-field", "int-label-alone", "int-label-gap", "lora-rank", "epochs-and-steps"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     data = write_jsonl(tmp_path / "data.jsonl", rows)

@@ -72,6 +72,10 @@ class FinetuneConfig(Options):
         elif self.freeze:
             raise ValueError("--freeze picks what full fine-tuning trains; with --lora-rank only the adapters train "
                              "(--lora-targets picks them): give one of the two")
+        if self.val_data is not None and self.val_fraction != self.default_of("val_fraction"):
+            raise ValueError("--val-fraction holds out part of --data when no --val-data is given; give one of the two")
+        if self.max_steps is not None and self.epochs != self.default_of("epochs"):
+            raise ValueError("--epochs sets the run's length when --max-steps is not given; give one of the two")
         if self.task == "classify" and self.template != self.default_of("template"):
             raise ValueError("--template renders SFT examples; a classifier reads each text as it is: leave it out")
 
