@@ -437,6 +437,24 @@ def test_generated_predictions_use_the_checkpoint_template(cli, shakespeare, sha
     assert result.exit_code == 0, result.output
     prompts = [r["prompt"] for r in _records(tmp_path / "ev2")]
     assert prompts == [f"<|bos|><|user|>{r['source']}<|assistant|>" for r in rows[:2]]
+    # Conversations, as finetune trains on them: the history is the prompt, the last reply the reference.
+    talks = tmp_path / "talks.jsonl"
+    talks.write_text("".join(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                                     {"role": "user", "content": f"What is {i}+1?"},
+                                                     {"role": "assistant", "content": f"It is {i + 1}."}]}) + "\n"
+                             for i in range(3)))
+    result = cli("eval", chat, "-m", "rouge", "--data", talks, "--max-new-tokens", "4", "-o", tmp_path / "ev3")
+    assert result.exit_code == 0, result.output
+    scored = _records(tmp_path / "ev3")
+    assert [r["prompt"] for r in scored] == [f"<|bos|><|system|>Be brief.<|user|>What is {i}+1?<|assistant|>" for i in range(3)]
+    assert [r["references"] for r in scored] == [[f"It is {i + 1}."] for i in range(3)]
+    refused = cli("eval", ckpt, "-m", "rouge", "--data", talks, "-o", tmp_path / "ev4")
+    assert refused.exit_code != 0 and "only a chat fine-tune reads" in refused.output
+    # llmkit's own SFT records: the reference is the response
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}"}) + "\n" for i in range(2)))
+    result = cli("eval", chat, "-m", "rouge", "--data", pairs, "--max-new-tokens", "3", "-o", tmp_path / "ev5")
+    assert result.exit_code == 0 and [r["references"] for r in _records(tmp_path / "ev5")] == [["0"], ["1"]], result.output
 
 
 def test_word_perplexity_left_out_when_text_has_almost_no_whitespace_words():

@@ -170,15 +170,20 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
 
 
 def generate_predictions(loaded, cfg):
-    from llmkit.inference.engine import GenerationParams, Generator
     from llmkit.data.templates import encode_chat_prompt
-    from llmkit.inference.prompts import chat_stop_ids
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
-    input_field = pick_field(records, cfg.text_field, INPUT_FIELDS, "model input (source/document)", "--field")
-    reference_field = pick_field(records, cfg.reference_field, REFERENCE_FIELDS, "references (target/summary)", "--reference-field")
     task = loaded.task
     chat = task is not None and task.is_chat
+    if cfg.text_field is None and cfg.reference_field is None and "messages" in records[0]:
+        prompts, references = _conversations(records, loaded, chat, cfg.max_new_tokens)
+        return _generate(loaded, cfg, prompts, references, chat)
+    # A fine-tune's own fields first: the ones its template was trained on (then llmkit's prompt/response).
+    trained = task.text_template if task is not None else None
+    inputs = tuple(f for f in [(trained or {}).get("input_field")] if f) + INPUT_FIELDS
+    targets = tuple(f for f in [(trained or {}).get("target_field")] if f) + REFERENCE_FIELDS + ("response",)
+    input_field = pick_field(records, cfg.text_field, inputs, "model input (source/document)", "--field")
+    reference_field = pick_field(records, cfg.reference_field, targets, "references (target/summary)", "--reference-field")
     # A chat checkpoint gets the (templated) input as a user message; a text-template checkpoint
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
     default = "{" + input_field + "}" if chat else _trained_prompt(task) or "{" + input_field + "}\n"
@@ -196,6 +201,37 @@ def generate_predictions(loaded, cfg):
         if not refs or not all(isinstance(x, str) for x in refs):
             raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
+    return _generate(loaded, cfg, prompts, references, chat)
+
+
+def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int) -> tuple[list[list[int]], list[list[str]]]:
+    """Records of {"messages": [...]} (what finetune trains on and `chat -o` writes): the history
+    before the last assistant turn is the prompt, that turn the reference."""
+    from llmkit.data.templates import encode_chat_prompt, record_messages
+    from llmkit.inference.engine import context_limit
+
+    if not chat:
+        raise UserError("the data holds conversations (\"messages\"), which only a chat fine-tune reads; evaluate a chat "
+                        "checkpoint, or give records with an input and a reference field (--field, --reference-field)")
+    limit = context_limit(loaded.model)
+    prompts, references = [], []
+    for i, record in enumerate(records):
+        messages = record_messages(record, f"record {i + 1}")
+        if messages[-1]["role"] != "assistant" or len(messages) < 2:
+            raise UserError(f"record {i + 1}: its messages must end with the assistant's reply, the reference")
+        ids = encode_chat_prompt(messages[:-1], loaded.tokenizer)
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise UserError(f"record {i + 1}: its conversation takes {len(ids)} tokens, and with --max-new-tokens "
+                            f"{max_new_tokens} exceeds the context of {limit}; shorten it or lower --max-new-tokens")
+        prompts.append(ids)
+        references.append([messages[-1]["content"]])
+    return prompts, references
+
+
+def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: bool):
+    from llmkit.inference.engine import GenerationParams, Generator
+    from llmkit.inference.prompts import chat_stop_ids
+
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
     generator = Generator(loaded.model, loaded.tokenizer, start_id(loaded), compile=cfg.inference.compile)
     stops = chat_stop_ids(loaded.tokenizer) if chat else []
