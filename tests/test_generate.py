@@ -524,3 +524,22 @@ def test_greedy_is_checked_against_each_stage_own_default_temperature():
         assert config.build(greedy=True).sampling.params(0).greedy
         with pytest.raises(ValueError, match="--greedy takes the most likely token"):
             config.build(greedy=True, temperature=0.5)
+
+
+def test_a_template_prompt_too_long_loses_the_end_of_its_input_not_the_template(cli, shakespeare, tmp_path):
+    """The sliding window would keep a prompt's last tokens, dropping the first token and the
+    template's wording; a text-template fine-tune's prompt is cut at the end of its input instead."""
+    from llmkit.inference.prompts import Prompt, fit_prompt
+    from llmkit.model.io import load_checkpoint
+
+    task = {"task": "sft", "template": {"type": "text", "prompt": "Translate:\n{source}\nTranslation:", "response": " {target}",
+                                        "input_field": "source"}}
+    ckpt = make_checkpoint(tmp_path / "sft", shakespeare[:20_000], task=task)
+    loaded = load_checkpoint(ckpt)
+    long = shakespeare[1000:3000]
+    ids = fit_prompt(Prompt(text=long), loaded.tokenizer, loaded.task, 40)
+    text = loaded.tokenizer.decode(ids[1:])
+    assert len(ids) <= 40 and ids[0] == loaded.tokenizer.bos_id
+    assert text.startswith("Translate:\n" + long[:10]) and text.endswith("\nTranslation:")
+    result = cli("generate", ckpt, "-p", long, "-n", "8", "--greedy")
+    assert result.exit_code == 0 and "keeping the checkpoint's template" in result.output, result.output

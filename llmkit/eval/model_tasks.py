@@ -145,8 +145,11 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     from llmkit.inference.engine import context_limit
 
     limit = context_limit(loaded.model)
-    if limit is None or limit - max_new_tokens < 2:
-        return records  # no room to fit anything: the engine's sliding window decides
+    if limit is None:
+        return records
+    if limit - max_new_tokens < 2:
+        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of {limit} "
+                        "tokens; lower it")
     tokenizer = loaded.tokenizer
 
     def encode(record: dict) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Callable
 from llmkit.errors import UserError
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit
-from llmkit.inference.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, read_prompt_file
+from llmkit.inference.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, fit_prompt, read_prompt_file
 
 
 @dataclass
@@ -74,6 +74,19 @@ def run_generate(
     chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else []
     limit = context_limit(loaded.model)
+    if limit is not None and cfg.context_overflow == "slide":
+        # A text-template fine-tune's prompt too long for the context loses the end of its input,
+        # not its start (the window would drop the template's wording and the first token).
+        budget, cut = limit - cfg.sampling.max_new_tokens, 0
+        for i, prompt in enumerate(prompts):
+            if len(encoded[i]) > budget and (fitted := fit_prompt(prompt, tokenizer, loaded.task, budget)) is not None:
+                encoded[i], cut = fitted, cut + 1
+        if cut:
+            from llmkit.console import err
+
+            err.print(f"note: {cut} of {len(prompts)} prompts did not fit in the context ({limit} tokens) beside "
+                      f"--max-new-tokens {cfg.sampling.max_new_tokens}: the end of their input was left out, keeping the "
+                      "checkpoint's template", soft_wrap=True, markup=False)
     longest = max(len(ids) for ids in encoded)
     max_new_tokens = cfg.sampling.max_new_tokens
     check_fits(longest, max_new_tokens, limit, cfg.context_overflow)  # before anything is printed or written

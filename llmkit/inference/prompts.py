@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt, plain_fields, render
+from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt, fit_field, plain_fields, render
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl, read_text
 from llmkit.options import unescape
@@ -117,6 +117,25 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
         except UserError:  # moved or rebuilt since: no way to tell
             return tokenizer.bos_id
     return tokenizer.bos_id
+
+
+def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None:
+    """A text-template checkpoint's prompt cut to `budget` tokens at the end of its input, keeping
+    the template's wording (as finetune --truncate and eval cut); None where that cannot be done
+    (no text template, a chat, or not even an empty input fits)."""
+    template = task.text_template if task is not None and not task.is_chat else None
+    if template is None or prompt.messages is not None or budget < 2:
+        return None
+    field = template["input_field"]
+    fields = plain_fields(template["prompt"], "the checkpoint's template")
+    if prompt.record is not None and all(name in prompt.record for name in fields):
+        record = prompt.record
+        encode = lambda r: [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], r, "prompt record"))  # noqa: E731
+    else:
+        record = {field: prompt.text or ""}
+        encode = lambda r: encode_text_prompt(template, r[field], tokenizer)  # noqa: E731
+    shorter = fit_field(encode, record, field, tokenizer, budget)
+    return None if shorter is None else encode(shorter)
 
 
 def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = None) -> list[int]:
