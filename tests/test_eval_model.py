@@ -332,6 +332,10 @@ def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
         (["-m", "perplexity", "--data", "{tmp}/nothing.jsonl"], "no such file"),
         (["-m", "bleu", "--data", "{tmp}/d.txt", "-r", "{tmp}/d.txt"], "--references goes with --predictions"),
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--rolling-context", "1000"], "exceeds the model's context length"),
+        (["-m", "perplexity", "--data", "{tmp}/d.txt", "--labels", "a,b"], "--labels would change nothing here"),
+        (["-m", "perplexity", "--data", "{tmp}/d.txt", "--stemmer", "--prompt-template", "Q:"],
+         "--prompt-template, --stemmer would change nothing here"),
+        (["-m", "perplexity", "--data", "{tmp}/d.txt", "--weights", "2"], "--weights would change nothing here"),
     ],
 )
 def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):

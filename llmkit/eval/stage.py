@@ -59,6 +59,34 @@ def _recorded_config(cfg: EvalConfig) -> dict:
     return data
 
 
+def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: list) -> None:
+    """Options that would change nothing in this evaluation are refused (they would still be
+    recorded in the config, and change the fingerprint, for the same scores)."""
+    scoring_model = cfg.predictions is None
+    rouge = any(m.startswith("rouge") for m in text)
+    uses = {  # option: (whether this evaluation reads it, what reads it)
+        "data": (scoring_model, "a checkpoint's inputs; scored predictions read --references"),
+        "prompt_template": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
+        "max_new_tokens": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
+        "stop": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
+        "labels": (bool(cls), "accuracy/F1"), "label_field": (bool(cls), "accuracy/F1"),
+        "stemmer": (rouge, "ROUGE"), "rouge_tokenize": (rouge, "ROUGE"),
+        "bleu_tokenize": (any(m.startswith(("bleu", "chrf")) for m in text), "BLEU/chrF"),
+        "rolling_context": (bool(lm) and scoring_model, "perplexity"),
+        "shots": (bool(cfg.tasks), "--task benchmarks"),
+    }
+    unused = [(f"--{name.replace('_', '-')}", what) for name, (used, what) in uses.items()
+              if not used and getattr(cfg, name) != cfg.default_of(name)]
+    if len(members) < 2:
+        ens = cfg.ensembling
+        unused += [(flag, "an ensemble of several checkpoints") for flag, name in (("--weights", "weights"),
+                   ("--ensemble-mode", "ensemble_mode")) if getattr(ens, name) != ens.default_of(name)]
+    if unused:
+        flags = ", ".join(flag for flag, _ in unused)
+        raise UserError(f"{flags} would change nothing here ({unused[0][0]} is for {unused[0][1]}); leave "
+                        f"{'it' if len(unused) == 1 else 'them'} out")
+
+
 def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, cls: list) -> None:
     """Refuse impossible combinations before loading anything."""
     if cfg.predictions is not None:
@@ -128,6 +156,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         text, lm, cls = [], [], []
     else:
         _check_plan(checkpoint, cfg, text, lm, cls)
+    _unused_options(cfg, text, lm, cls, members)
     if text:
         from llmkit.eval.text_scores import check_options
 
