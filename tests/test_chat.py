@@ -67,6 +67,13 @@ def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model
     assert ids == encode_chat_prompt(messages, session.tokenizer)
 
 
+def test_a_system_message_longer_than_the_context_allows_is_refused_at_the_start(chat_model):
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match="--system takes .* tokens"):
+        _session(chat_model, max_new_tokens=4, system="be very brief and kind " * 40)
+
+
 def test_chat_command_in_the_terminal(chat_model, cli):
     from typer.testing import CliRunner
 

@@ -117,7 +117,8 @@ def perplexity(loaded, cfg):
 
 class _Fields(dict):
     def __missing__(self, key):
-        raise UserError(f"--prompt-template names {{{key}}} but the data has no field {key!r}; fields: {', '.join(self)}")
+        raise UserError(f"the prompt template (--prompt-template, or the checkpoint's task.json) names {{{key}}} but the data "
+                        f"has no field {key!r}; fields: {', '.join(self)} (rename the field, or pass --prompt-template)")
 
 
 def render_template(template: str, record: dict, input_field: str) -> str:

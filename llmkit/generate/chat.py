@@ -44,6 +44,15 @@ class ChatSession:
         arch = getattr(model.config, "arch", "gpt")
         self.limit = None if arch == "lstm" else int(model.config.context_length)
         self.noted: set[str] = set()
+        budget = self.prompt_budget()
+        if system and budget is not None:  # known now: say so before the first message, not after it
+            from llmkit.data.templates import encode_chat_prompt
+            from llmkit.errors import UserError
+
+            used = len(encode_chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": ""}], tokenizer))
+            if used > budget:
+                raise UserError(f"--system takes {used} tokens with the chat's wording, more than the {budget} the context "
+                                f"({self.limit}) leaves beside a reply; shorten it")
 
     def reset(self) -> None:
         self.history = []
