@@ -543,3 +543,12 @@ def test_a_template_prompt_too_long_loses_the_end_of_its_input_not_the_template(
     assert text.startswith("Translate:\n" + long[:10]) and text.endswith("\nTranslation:")
     result = cli("generate", ckpt, "-p", long, "-n", "8", "--greedy")
     assert result.exit_code == 0 and "keeping the checkpoint's template" in result.output, result.output
+    talk = tmp_path / "talk.jsonl"
+    talk.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    refused = cli("generate", ckpt, "--prompts", talk, "-n", "2")
+    assert refused.exit_code != 0 and "not on conversations" in refused.output
+    two = {"task": "sft", "template": {"type": "text", "prompt": "Context: {context}\nQ: {question}\nA:", "response": " {answer}",
+                                       "input_field": "context"}}
+    ckpt2 = make_checkpoint(tmp_path / "two", shakespeare[:20_000], task=two)
+    result = cli("generate", ckpt2, "-p", "some context", "-n", "2", "--greedy")
+    assert result.exit_code == 0 and "also reads question, left empty" in result.output, result.output

@@ -70,6 +70,7 @@ def run_generate(
                            weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer
     start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
+    _check_prompts_fit_the_template(prompts, loaded.task)
     encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
     chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else []
@@ -152,3 +153,22 @@ class JsonlOutput:
             err.print(f"note: the {self.written} completion(s) made before stopping are in {partial}", soft_wrap=True, markup=False)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def _check_prompts_fit_the_template(prompts: list[Prompt], task) -> None:
+    """A text-template fine-tune reads its template's fields: a conversation is refused, and a
+    plain prompt that leaves the template's other fields empty is said to."""
+    template = task.text_template if task is not None and not task.is_chat else None
+    if template is None:
+        return
+    from llmkit.data.templates import plain_fields
+
+    if any(p.messages is not None for p in prompts):
+        raise UserError(f"this checkpoint was fine-tuned on the text template {template.get('name', 'of its task.json')!r}, not "
+                        "on conversations: give text prompts (or records with its fields), not messages")
+    others = [f for f in plain_fields(template["prompt"], "the checkpoint's template") if f != template["input_field"]]
+    if others and any(p.record is None or not all(f in p.record for f in others) for p in prompts):
+        from llmkit.console import err
+
+        err.print(f"note: the checkpoint's template also reads {', '.join(others)}, left empty for a plain prompt (the prompt "
+                  f"fills {template['input_field']}); give --prompts records with every field", soft_wrap=True, markup=False)
