@@ -29,7 +29,10 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
 
     def on_text(row: int, piece: str) -> None:
         if row == 0:
-            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            if console.is_terminal:  # rich leaves out control characters, which a terminal would act on
+                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            else:  # piped: the text as generated, byte for byte what -o records
+                console.file.write(piece)
             console.file.flush()
 
     def on_batch(batch) -> None:
