@@ -267,6 +267,9 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
+        if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
+            raise UserError(f"{path} is a training run that has not finished (no {MANIFEST} yet): finish it by rerunning its "
+                            "command with --resume, or use one of its checkpoints/step_N")
         raise UserError(
             f"{path} is not an llmkit artifact (no {MANIFEST}): it is incomplete or was not made by llmkit; "
             "rerun the stage that makes it"

@@ -157,3 +157,16 @@ def test_finalize_in_place_writes_manifest_last_over_listed_files(tmp_path):
     art = artifacts.load(run, kind="checkpoint")
     assert list(art.manifest.files) == ["model.safetensors"]
     assert artifacts.verify(run).ok
+
+
+def test_an_unfinished_training_run_is_named_as_one(tmp_path):
+    """A run directory without its manifest yet: the advice is --resume, not 'rerun the stage'."""
+    from llmkit.errors import UserError
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    with pytest.raises(UserError, match="has not finished .* --resume"):
+        artifacts.load(tmp_path / "run")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="is not an llmkit artifact"):
+        artifacts.load(tmp_path / "plain")

@@ -338,7 +338,8 @@ def copy_tokenizer_files(src_dir: Path | str, dst_dir: Path | str) -> Path:
     dst_dir.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if not (src_dir / name).is_file():
-            raise UserError(f"no {name} in {src_dir}; pass a tokenizer artifact or a tokenizer/ copy")
+            raise UserError(f"no {name} in {src_dir}: the tokenizer is missing or incomplete there; rebuild that artifact, "
+                            "or copy the tokenizer artifact's files into it")
         shutil.copyfile(src_dir / name, dst_dir / name)
     if (src_dir / SPECIAL_ROLES_FILE).is_file():
         shutil.copyfile(src_dir / SPECIAL_ROLES_FILE, dst_dir / SPECIAL_ROLES_FILE)

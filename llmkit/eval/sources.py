@@ -46,6 +46,8 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
         records = [{"text": read_text(path)}]
     elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
         records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
+    elif path.is_dir():
+        raise UserError(f"--data {data} is a folder, not an artifact; pass one of its files (.jsonl, .txt, .parquet, .csv)")
     elif path.exists():
         raise UserError(f"--data {data}: unsupported file type {path.suffix!r}; use .txt, .jsonl, .parquet or .csv")
     elif _looks_like_path(data):
