@@ -130,7 +130,7 @@ def test_final_run_dir_is_checkpoint_and_loads_without_pickle(tmp_path, monkeypa
     assert "metrics.jsonl" not in art.manifest.files  # wall-clock figures stay out of the fingerprint
     assert artifacts.verify(tmp_path).ok
     steps = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert steps == ["step_0000004", "step_0000006"]  # keep_last=2
+    assert steps == ["step_0000002", "step_0000004", "step_0000006"]  # keep_last=2, and the final step's copy
     # Loading must never unpickle: make torch.load fail loudly.
     import pickle
 

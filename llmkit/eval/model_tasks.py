@@ -192,6 +192,9 @@ def generate_predictions(loaded, cfg):
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
     default = "{" + input_field + "}" if chat else _trained_prompt(task) or "{" + input_field + "}\n"
     template = cfg.prompt_template or default
+    from llmkit.data.templates import plain_fields
+
+    plain_fields(template, "--prompt-template")  # a bad template is named before anything else
     for i, r in enumerate(records):
         text_of(r, input_field, i)  # a null input would be rendered as "None"
     records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens)
