@@ -11,7 +11,9 @@ over the same rolling windows (lm-evaluation-harness's `loglikelihood_rolling`, 
   llmkit       `llmkit.eval.perplexity.score_documents` (what `llmkit eval --metrics perplexity` runs)
   transformers each batch of windows right-padded with an attention mask through the model,
                log-softmax over the vocabulary, the targets' log-probabilities gathered: the loop of
-               lm-evaluation-harness's HFLM, without its caching and sorting
+               lm-evaluation-harness's HFLM, without its caching and its sorting by length, and with
+               an attention mask, which HFLM does not pass (the same values: the padding comes after
+               every scored token, and at the default sizes every window is full)
 
 The two sides alternate over --rounds rounds in one process; each round's ratio is taken and the
 median printed, with wall time and CPU time (all threads) per scored token. The total
