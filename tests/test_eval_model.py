@@ -274,6 +274,12 @@ def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_dat
     assert metrics["f1"] == pytest.approx(f1_score(gold, pred, average="macro", labels=sorted(set(gold) | set(pred)), zero_division=0))
     missing = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", shared_data / "sentiment" / "test.jsonl", "-o", tmp_path / "x")
     assert missing.exit_code != 0 and "needs label names" in missing.output
+    # a base model's labels read through a prompt template: it is used (and changes the scores)
+    templated = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", shared_data / "sentiment" / "test.jsonl", "--labels",
+                    "negative,positive", "--limit", "8", "--prompt-template", "Review: {text}\nSentiment:", "-o", tmp_path / "t")
+    assert templated.exit_code == 0, templated.output
+    assert len(_records(tmp_path / "t")) == 8
+    assert artifacts.load(tmp_path / "t").config["prompt_template"] == "Review: {text}\nSentiment:"
 
 
 def _short_rows(path: Path, tmp_path: Path, count: int, tokenizer, template: str, new_tokens: int) -> Path:
@@ -454,6 +460,17 @@ def test_generated_predictions_use_the_checkpoint_template(cli, shakespeare, sha
     assert [r["references"] for r in scored] == [[f"It is {i + 1}."] for i in range(3)]
     refused = cli("eval", ckpt, "-m", "rouge", "--data", talks, "-o", tmp_path / "ev4")
     assert refused.exit_code != 0 and "only a chat fine-tune reads" in refused.output
+    templated = cli("eval", chat, "-m", "rouge", "--data", talks, "--prompt-template", "Q: {prompt}", "-o", tmp_path / "ev6")
+    assert templated.exit_code != 0 and "conversations" in templated.output
+    # a conversation longer than the context loses its oldest messages (the system message stays), as chat does
+    long = tmp_path / "long.jsonl"
+    history = [{"role": "user" if j % 2 == 0 else "assistant", "content": f"message {j} " + "word " * 10} for j in range(12)]
+    long.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."}, *history,
+                                             {"role": "user", "content": "last?"}, {"role": "assistant", "content": "yes"}]}) + "\n")
+    result = cli("eval", chat, "-m", "rouge", "--data", long, "--max-new-tokens", "4", "-o", tmp_path / "ev7")
+    assert result.exit_code == 0 and "earlier message(s) were left out" in result.output, result.output
+    prompt = _records(tmp_path / "ev7")[0]["prompt"]
+    assert prompt.startswith("<|bos|><|system|>Be brief.") and prompt.endswith("<|user|>last?<|assistant|>")
     # llmkit's own SFT records: the reference is the response
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}"}) + "\n" for i in range(2)))

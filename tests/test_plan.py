@@ -184,13 +184,13 @@ def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli
     assert four["compute"]["tokens_per_s"] == pytest.approx(one["compute"]["tokens_per_s"], rel=0.5)
     searched = _plan(cli, "--model", "1b", "--gpu", "cpu", "--memory-gb", "16", "--micro-batch", "1", "--seq-len", "512",
                      "--search")
-    if searched["search"] is not None:
-        found = searched["search"]["layout"]
-        assert found["gpus"] == 1  # one process a machine
-        again = _plan(cli, "--model", "1b", "--gpu", "cpu", "--memory-gb", "16", "--micro-batch", "1", "--seq-len", "512",
-                      "--gpus", "1", "--nnodes", str(found["nnodes"]), "--strategy", found["strategy"],
-                      *(["--activation-checkpointing"] if found["activation_checkpointing"] else []))
-        assert again["memory"]["fits"]
+    assert searched["search"] is not None, searched
+    found = searched["search"]["layout"]
+    assert found["gpus"] == 1  # one process a machine
+    again = _plan(cli, "--model", "1b", "--gpu", "cpu", "--memory-gb", "16", "--micro-batch", "1", "--seq-len", "512",
+                  "--gpus", "1", "--nnodes", str(found["nnodes"]), "--strategy", found["strategy"],
+                  *(["--activation-checkpointing"] if found["activation_checkpointing"] else []))
+    assert again["memory"]["fits"]
     repo = Path(__file__).resolve().parent.parent
     plan = _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--nnodes", "4", "--gpu",
                  "h100", "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1", "--seq-len", "8192")

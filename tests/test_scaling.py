@@ -187,6 +187,11 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert other.exit_code != 0 and "holds runs this sweep does not plan" in other.output, other.output
     changed = cli("sweep", tokens, "-o", tampered, *SWEEP[:-2], "--min-steps", "2")
     assert changed.exit_code != 0 and "trained with other options" in changed.output
+    # A run killed outright leaves its lock file (.NAME.lock), which is not a run: the sweep resumes.
+    (tampered / "runs" / ".d1-w32-t8000.lock").write_text("")
+    (tampered / "runs" / "d1-w32-t8000" / "manifest.json").unlink()  # that run was interrupted
+    resumed_again = cli("sweep", tokens, "-o", tampered, *SWEEP)
+    assert resumed_again.exit_code == 0 and resumed_again.output.count("skipped") == 3, resumed_again.output
     plotted = cli("plot", out / "runs" / "d1-w32-t8000", out / "runs" / "d2-w64-t8000", "-o", tmp_path / "curves.png",
                   "--x", "tokens", "--lr", "--grad-norm")
     assert plotted.exit_code == 0 and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -197,7 +202,7 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
                            (["--tokens", "1e4", "--sizes", "3y64"], "is not LAYERSxWIDTH"),
                            (["--tokens", "1e4", "--max-steps", "3"], "the sweep sets --max-steps"),
                            (["--tokens", "1e4", "--sizes", ""], "no size given"),
-                           (["--flops", "1e9", "--sizes", "1x16,1x32"], "--per-budget 4 needs at least 4 sizes"),
+                           (["--flops", "1e9", "--sizes", "1x16,1x32"], "at least 3 sizes, and --sizes gives 2"),
                            (["--tokens", "1e40", "--sizes", "1x16"], "--tokens must be in [1, 1000000000000000]"),
                            (["--tokens", "1e4", "--sizes", "1x15"], "size 1x15 (1 head(s) of 15)")):
         result = cli("sweep", tokens, "-o", tmp_path / "s", *extra)

@@ -180,6 +180,9 @@ def generate_predictions(loaded, cfg):
     task = loaded.task
     chat = task is not None and task.is_chat
     if cfg.text_field is None and cfg.reference_field is None and "messages" in records[0]:
+        if cfg.prompt_template is not None:
+            raise UserError("--prompt-template fills a record's fields; conversations (\"messages\") are rendered with the "
+                            "chat template: leave it out")
         prompts, references = _conversations(records, loaded, chat, cfg.max_new_tokens)
         return _generate(loaded, cfg, prompts, references, chat)
     # A fine-tune's own fields first: the ones its template was trained on (then llmkit's prompt/response).
@@ -221,17 +224,30 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
         raise UserError("the data holds conversations (\"messages\"), which only a chat fine-tune reads; evaluate a chat "
                         "checkpoint, or give records with an input and a reference field (--field, --reference-field)")
     limit = context_limit(loaded.model)
-    prompts, references = [], []
+    prompts, references, trimmed = [], [], 0
     for i, record in enumerate(records):
         messages = record_messages(record, f"record {i + 1}")
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             raise UserError(f"record {i + 1}: its messages must end with the assistant's reply, the reference")
-        ids = encode_chat_prompt(messages[:-1], loaded.tokenizer)
+        history = messages[:-1]
+        ids = encode_chat_prompt(history, loaded.tokenizer)
+        # as `llmkit chat` does: the oldest exchanges go first (a system message stays)
+        while limit is not None and len(ids) + max_new_tokens > limit and len(history) > 1 + (history[0]["role"] == "system"):
+            start = 1 if history[0]["role"] == "system" else 0
+            history = history[:start] + history[start + 1:]
+            ids = encode_chat_prompt(history, loaded.tokenizer)
+            trimmed += 1
         if limit is not None and len(ids) + max_new_tokens > limit:
-            raise UserError(f"record {i + 1}: its conversation takes {len(ids)} tokens, and with --max-new-tokens "
-                            f"{max_new_tokens} exceeds the context of {limit}; shorten it or lower --max-new-tokens")
+            raise UserError(f"record {i + 1}: its last message takes {len(ids)} tokens with the chat's wording, and with "
+                            f"--max-new-tokens {max_new_tokens} exceeds the context of {limit}; shorten it or lower "
+                            "--max-new-tokens")
         prompts.append(ids)
         references.append([messages[-1]["content"]])
+    if trimmed:
+        from llmkit.console import err
+
+        err.print(f"note: {trimmed} earlier message(s) were left out of conversations too long for the context ({limit} "
+                  "tokens with room for a reply), oldest first, as llmkit chat does", soft_wrap=True, markup=False)
     return prompts, references
 
 

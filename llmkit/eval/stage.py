@@ -66,7 +66,8 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
     rouge = any(m.startswith("rouge") for m in text)
     uses = {  # option: (whether this evaluation reads it, what reads it)
         "data": (scoring_model, "a checkpoint's inputs; scored predictions read --references"),
-        "prompt_template": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
+        "prompt_template": (scoring_model and bool(text or cls) and not cfg.tasks,
+                            "text generated for BLEU/chrF/ROUGE and a base model's choices or labels"),
         "max_new_tokens": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
         "stop": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
         "labels": (bool(cls), "accuracy/F1"), "label_field": (bool(cls), "accuracy/F1"),

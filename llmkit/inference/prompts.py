@@ -134,6 +134,8 @@ def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None
     else:
         record = {field: prompt.text or ""}
         encode = lambda r: encode_text_prompt(template, r[field], tokenizer)  # noqa: E731
+    if not isinstance(record.get(field), str):  # a number is not cut (the window decides)
+        return None
     shorter = fit_field(encode, record, field, tokenizer, budget)
     return None if shorter is None else encode(shorter)
 

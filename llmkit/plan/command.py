@@ -52,7 +52,7 @@ def print_plan(plan: dict[str, Any]) -> None:
     table.add_row("parameters", f"{m['parameters']:,} ({_human(m['parameters'])}); non-embedding {m['non_embedding_parameters']:,}")
     table.add_row("shape", f"{m['layers']} layers x {m['width']}, {m['heads']} heads ({m['kv_heads']} kv), MLP {m['mlp_hidden']}, "
                            f"vocabulary {m['vocab_size']:,}, context {m['context_length']:,}")
-    table.add_row("layout", f"{lay['world']} x {lay['device']} ({lay['memory_gb_per_device']:.0f} GB): dp {lay['dp']} x tp {lay['tp']} "
+    table.add_row("layout", f"{lay['world']} x {lay['device']} ({lay['memory_gb_per_device']:.3g} GB): dp {lay['dp']} x tp {lay['tp']} "
                             f"x pp {lay['pp']}, {lay['strategy']}, {lay['precision']}, micro-batch {lay['micro_batch']} x {lay['seq_len']} tokens"
                             + (", activation checkpointing" if lay["activation_checkpointing"] else ""))
     table.add_row("FLOPs per token", f"{_human(c['flops_per_token'])} (6N + attention {c['attention_share']:.0%})")
@@ -69,7 +69,7 @@ def print_plan(plan: dict[str, Any]) -> None:
     memory.add_column("GB", justify="right")
     for part in ("weights", "gradients", "optimizer", "activations", "logits", "transient", "allowance"):
         memory.add_row(part, f"{mem[part + '_gb']:.2f}")
-    memory.add_row("total", f"{mem['total_gb']:.2f} of {mem['available_gb']:.0f}", style="bold")
+    memory.add_row("total", f"{mem['total_gb']:.2f} of {mem['available_gb']:.3g}", style="bold")
     out.print(memory)
     verdict = "[green]fits[/]" if mem["fits"] else "[red]does not fit[/]"
     out.print(f"verdict: {verdict}")

@@ -29,7 +29,8 @@ class PlanConfig(Options):
                                       range="[1, inf)", panel=DEVICES_PANEL)
     numerics: Numerics = group(Numerics, panel=HARDWARE)
     gpu: str = option("h100", "Device type: " + ", ".join(GPU_CHOICES) + ".", choices=GPU_CHOICES, panel=HARDWARE)
-    memory_gb: float | None = option(None, "Memory per device in GB (default: the --gpu's; for cpu, this machine's RAM).",
+    memory_gb: float | None = option(None, "Memory per device in GB (default: the --gpu's); for cpu, the machine's RAM, "
+                                     "shared by its --gpus processes (default: this machine's).",
                                      range="(0, inf)", panel=HARDWARE)
     mfu: float = option(0.4, "Model FLOPs utilisation assumed for step time and tokens/s.", range="(0, 1]", panel=HARDWARE)
     tokens_per_param: float = option(20.0, "Compute-optimal training tokens per parameter (Chinchilla's 20) when no --scaling fit is given.",

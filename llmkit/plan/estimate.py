@@ -37,7 +37,7 @@ class ModelShape:
     config: object  # llmkit.model.gpt.ModelConfig
     total: int  # every parameter, a tied embedding once
     non_embedding: int  # Kaplan's N, as scaling laws count: without the token and position embeddings
-    flop_params: int  # the parameters a token's matrix products use: all but the position table (as MFU counts)
+    flop_params: int  # the parameters a token's matrix products use: no position table, no untied token embedding (as MFU counts)
     embedding: int  # token embedding (and position table)
     head: int  # a separate output head (0 when tied)
     per_block: int

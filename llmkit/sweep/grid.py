@@ -85,9 +85,15 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
                             f"{str(exc).split('; change the model flags')[0]}; choose other --sizes or --head-dim") from exc
         sizes.append((layers, width, heads, total, non_embedding, context))
     grid: list[tuple[tuple, int, float | None]] = []
+    if config.flops and len(sizes) < 3:
+        source = "--sizes gives" if config.sizes else "the ladder has"
+        raise UserError(f"a FLOP budget's minimum is fitted over at least 3 sizes, and {source} {len(sizes)}; give more "
+                        "sizes (or use --tokens budgets)")
     if config.flops and len(sizes) < config.per_budget:
-        raise UserError(f"--per-budget {config.per_budget} needs at least {config.per_budget} sizes, and --sizes gives "
-                        f"{len(sizes)}; give more sizes or a lower --per-budget (fitting a budget's minimum takes 3)")
+        from llmkit.console import err
+
+        err.print(f"note: --per-budget {config.per_budget}, but there are {len(sizes)} sizes: each budget trains all of them",
+                  soft_wrap=True, markup=False)
     if config.token_budgets:
         grid = [(size, int(tokens), None) for tokens in sorted(config.token_budgets) for size in sizes]
     else:

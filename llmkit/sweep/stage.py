@@ -77,7 +77,9 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun]) -> None:
             raise UserError(f"{out} is a finished sweep of another grid or other options; pass --force to replace it, "
                             "or write this one to another -o")
     planned = {run.name for run in runs}
-    strays = sorted(p.name for p in (out / RUNS).iterdir() if p.name not in planned) if (out / RUNS).is_dir() else []
+    # (a run killed outright leaves its lock file, .NAME.lock, behind: not a run)
+    strays = sorted(p.name for p in (out / RUNS).iterdir()
+                    if p.is_dir() and not p.name.startswith(".") and p.name not in planned) if (out / RUNS).is_dir() else []
     if strays:
         raise UserError(f"{out / RUNS} holds runs this sweep does not plan ({', '.join(strays[:3])}"
                         f"{', ...' if len(strays) > 3 else ''}): another grid was started there; pass --force to start "
