@@ -7,6 +7,7 @@ output path; an interrupted data stage's partial output kept for a rerun to cont
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -39,8 +40,20 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
     if out.exists() and not force:
         raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+    if out.exists() and not _made_by_llmkit(out):
+        raise UserError(f"output {out} exists and holds files llmkit did not write (no manifest.json); --force replaces only "
+                        "llmkit's outputs: move it away, or choose another -o path")
     make_parent(out)
     return out
+
+
+def _made_by_llmkit(folder: Path) -> bool:
+    """Whether --force may replace `folder`: empty, an artifact, a training run or sweep in progress,
+    or an exported transformers folder (never a folder of the user's own files)."""
+    if not any(folder.iterdir()):
+        return True
+    marks = ("manifest.json", "metrics.jsonl", "checkpoints", "llmkit_model_config.json")  # the last: llmkit export's
+    return any((folder / mark).exists() for mark in marks) or ((folder / "runs").is_dir() and (folder / "configs").is_dir())
 
 
 def make_parent(out: Path) -> None:
@@ -110,7 +123,8 @@ def output_lock(out: Path | str) -> Iterator[None]:
 
 def _remove_stale_temporaries(out: Path) -> None:
     parent = out.resolve().parent
-    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*", f".{out.name}.replaced-*"):
+    name = glob.escape(out.name)  # an -o of "c?" must not match other outputs' temporaries
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*", f".{name}.replaced-*"):
         for stale in parent.glob(pattern):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -142,7 +156,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
         else:
             tmp = parent / f".{out.name}.partial-{resume_key[:16]}"
-            for stale in parent.glob(f".{out.name}.partial-*"):
+            for stale in parent.glob(f".{glob.escape(out.name)}.partial-*"):
                 if stale != tmp:
                     shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(exist_ok=True)

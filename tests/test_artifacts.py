@@ -170,3 +170,27 @@ def test_an_unfinished_training_run_is_named_as_one(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(UserError, match="is not an llmkit artifact"):
         artifacts.load(tmp_path / "plain")
+
+
+def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_themselves(tmp_path):
+    """--force never deletes a folder of the user's own files, and an -o of "c?" never matches
+    another output's temporaries."""
+    from llmkit import outputs
+    from llmkit.errors import UserError
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match="did not write"):
+        outputs.check_output(precious, force=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "empty").mkdir()
+    outputs.check_output(tmp_path / "empty", force=True)  # nothing to lose
+    with artifacts.create(tmp_path / "made", "corpus") as build:
+        (build.dir / "x.txt").write_text("x")
+    outputs.check_output(tmp_path / "made", force=True)  # an artifact may be replaced
+    other = tmp_path / ".cA.tmp-123"  # another output's work in progress
+    other.mkdir()
+    with outputs.output_lock(tmp_path / "c?"):
+        pass
+    assert other.is_dir()

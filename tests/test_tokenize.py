@@ -195,6 +195,13 @@ def test_split_plan_draws_validation_from_every_input():
     # An input with too few documents for whole ones gives the tail of each: one book, two small files.
     plan, summary = split_plan(np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], np.int32), 0.05, 0)
     assert plan[0] == TAIL and (plan[1:] == VAL).sum() == 1 and summary["documents_split_inside"] == 1
+    # A folder of notes, one document each: whole documents from the pool, never every note's tail
+    # (which took each one's end-of-text out of training).
+    plan, summary = split_plan(np.arange(60, dtype=np.int32), 0.05, 0)
+    assert (plan == VAL).sum() == 3 and (plan == TAIL).sum() == 0 and summary["val_documents"] == 3
+    # Too few documents in all for one whole: the tail of each (one book, two files).
+    plan, summary = split_plan(np.zeros(2, np.int32), 0.05, 0)
+    assert (plan == TAIL).all() and summary["documents_split_inside"] == 2
     assert (split_plan(np.zeros(5, np.int32), 0.0, 0)[0] == TRAIN).all()
 
 
@@ -209,7 +216,9 @@ def test_a_single_document_corpus_splits_its_tail(tmp_path, tokenizer):
     assert abs(stats["val_byte_fraction"] - 0.1) < 0.02
     train = TokenShards.open(out, "train").window(0, stats["train"]["tokens"])
     val = TokenShards.open(out, "val").window(0, stats["val"]["tokens"])
-    assert load_tokenizer(tokenizer).decode(np.concatenate([train, val]).tolist()) == text + "<|eos|>"
+    # the head ends with the document's end-of-text too (its boundary stays in training)
+    assert load_tokenizer(tokenizer).decode(np.concatenate([train[:-1], val]).tolist()) == text + "<|eos|>"
+    assert int(train[-1]) == int(val[-1]) == stats["eos_id"]
 
 
 def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
@@ -262,6 +271,13 @@ def test_lopsided_split_warns(cli, tokenizer, tmp_path):
     result = cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "even", "--seed", "0")
     assert result.exit_code == 0, result.output
     assert abs(artifacts.load(tmp_path / "even").stats["val_byte_fraction"] - 0.05) < 0.01 and "warning" not in result.output
+    # ... and each part keeps the document's end-of-text: training keeps its document boundaries.
+    from llmkit.data.shards import TokenShards
+
+    eos = artifacts.load(tmp_path / "even").stats["eos_id"]
+    for split in ("train", "val"):
+        documents = list(TokenShards.open(tmp_path / "even", split).iter_documents())
+        assert documents and all(int(doc[-1]) == eos for doc in documents), split
     # Ten documents, one of them most of the text: the one whole document drawn cannot be 10% of it.
     corpus = write_corpus_artifact(tmp_path / "ten", ["short one\n"] * 9 + ["a much longer document\n" * 200]).path
     result = cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "tokens", "--seed", "0", "--val-fraction", "0.1")

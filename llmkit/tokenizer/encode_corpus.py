@@ -42,8 +42,10 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.n
 
     `groups[i]` is document i's input (the corpus's `source`). From each input, round(n * F) whole
     documents go to validation, picked by a seeded permutation (inputs in order of appearance, one
-    generator); an input with too few documents for that (one book as one document, say)
-    instead gives the last F of every document's tokens, a contiguous tail as nanoGPT splits.
+    generator); the documents of inputs too small for that are pooled and give round(n * F) of
+    theirs; too few of them for one whole (one book as one document, two files) instead give the
+    last F of each document's tokens, a contiguous tail as nanoGPT splits (each part keeping the
+    document's end-of-text token, so training keeps its document boundaries).
     The plan depends only on (corpus, F, seed).
     """
     plan = np.full(len(groups), TRAIN, dtype=np.int8)
@@ -52,6 +54,7 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.n
         return plan, summary
     _, first = np.unique(groups, return_index=True)
     rng = np.random.Generator(np.random.PCG64(seed))
+    pooled = []  # documents of inputs too small for a draw of their own
     for group in groups[np.sort(first)]:
         members = np.flatnonzero(groups == group)
         count = min(len(members) - 1, round(len(members) * val_fraction))
@@ -59,9 +62,19 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.n
             plan[members[rng.permutation(len(members))[:count]]] = VAL
             summary["val_documents"] += count
         else:
+            pooled.append(members)
+        summary["inputs"] += 1
+    if pooled:
+        # Small inputs (a folder of notes, one document each) give whole documents together; only
+        # too few documents in all for one whole (one book, two files) are split inside each.
+        members = np.sort(np.concatenate(pooled))
+        count = min(len(members) - 1, round(len(members) * val_fraction))
+        if count >= 1:
+            plan[members[rng.permutation(len(members))[:count]]] = VAL
+            summary["val_documents"] += count
+        else:
             plan[members] = TAIL
             summary["documents_split_inside"] += len(members)
-        summary["inputs"] += 1
     return plan, summary
 
 
@@ -327,9 +340,13 @@ def _encode_into(
                 if len(tokens) < 2:
                     cut = len(tokens)
                 tail_bytes = int(token_bytes[tokens[cut:]].sum())
-                writers["train"].write(tokens[:cut], np.array([cut]))
+                if cut < len(tokens):  # the head ends as the document does, with its end-of-text token
+                    head = np.concatenate([tokens[:cut], tokens[-1:]])
+                    writers["train"].write(head, np.array([len(head)]))
+                else:
+                    writers["train"].write(tokens, np.array([len(tokens)]))
                 split_bytes["train"] += int(sizes[i]) - tail_bytes
-                if cut < len(tokens):
+                if cut < len(tokens) - 1:  # (a tail of the end-of-text alone is no text to validate on)
                     writers["val"].write(tokens[cut:], np.array([len(tokens) - cut]))
                     split_bytes["val"] += tail_bytes
             total_tokens += len(flat)
