@@ -227,3 +227,23 @@ def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact
     result = subprocess.run([*command, "-o", str(other)], capture_output=True, text=True)
     assert result.returncode == 0 and "resuming" not in result.stderr and not stale.exists()
     assert artifacts.load(other).fingerprint == artifacts.load(straight).fingerprint
+
+
+def test_a_resumed_clean_knows_its_files_by_real_path_and_time_not_by_label(tmp_path):
+    """Given by absolute path, a file's label is its name alone: another file of that name and size,
+    or the same file edited in place, must not continue the interrupted run's partial output."""
+    import os
+
+    from llmkit.corpus.pipeline import input_identities
+    from llmkit.corpus.sources import resolve_inputs
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "data.txt").write_text("First Citizen: speak.\n")
+    first = input_identities(resolve_inputs([str(tmp_path / "a" / "data.txt")], None, None, "train"))
+    other = input_identities(resolve_inputs([str(tmp_path / "b" / "data.txt")], None, None, "train"))
+    assert first != other
+    (tmp_path / "a" / "data.txt").write_text("Fxrst Citizen: speak.\n")  # the same size, edited
+    stat = (tmp_path / "a" / "data.txt").stat()
+    os.utime(tmp_path / "a" / "data.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert input_identities(resolve_inputs([str(tmp_path / "a" / "data.txt")], None, None, "train")) != first

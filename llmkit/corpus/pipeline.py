@@ -66,7 +66,7 @@ def clean(
     read_stats = ReadStats()
     started = time.perf_counter()
 
-    key = resume.digest({"stage": "clean", "config": cfg.hashed(), "inputs": [resume.file_identity(s.label, s.size) for s in sources]})
+    key = resume.digest({"stage": "clean", "config": cfg.hashed(), "inputs": input_identities(sources)})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         marker = resume.load(build.dir)
         shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
@@ -184,3 +184,9 @@ def _progress(enabled: bool):
     if not enabled:
         bar.disable = True
     return bar
+
+
+def input_identities(sources) -> list:
+    """What a resumed run must have been reading: each file by its real path, size and modification
+    time (its label may be its name alone), anything else by its label."""
+    return [resume.file_identity(str(s.path or s.label), s.size) for s in sources]

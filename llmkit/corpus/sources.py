@@ -55,6 +55,7 @@ class Source:
     label: str
     size: Optional[int]  # bytes on disk, for the progress bar
     read: Callable[[ReadOptions, ReadStats], Iterator[tuple[str, str]]]  # yields (where, text)
+    path: Optional[Path] = None  # the file itself (its identity for a resumed run: the label may be its name alone)
 
     def documents(self, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         """(id, text) pairs; a file that cannot be read to the end is a one-line error naming it."""
@@ -241,7 +242,7 @@ def _file_source(path: Path, label: str) -> Source:
         read = _parquet_reader(path, label)
     else:
         read = _text_reader(path, label, compression)
-    return Source(label=label, size=size, read=read)
+    return Source(label=label, size=size, read=read, path=path)
 
 
 def _text_reader(path: Path, label: str, compression: Optional[str]):
