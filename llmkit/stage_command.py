@@ -77,7 +77,8 @@ class Argument:
     panel: str | None = None
 
     def parameter(self) -> inspect.Parameter:
-        info = typer.Option(*self.flags, help=self.help, rich_help_panel=self.panel) if self.flags else typer.Argument(help=self.help, show_default=False)
+        info = (typer.Option(*self.flags, help=escape(self.help), rich_help_panel=self.panel) if self.flags
+                else typer.Argument(help=escape(self.help), show_default=False))
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default, annotation=Annotated[self.type, info])
 
 
@@ -99,7 +100,9 @@ def option_parameter(opt: FlatOption) -> inspect.Parameter:
     extra: dict[str, Any] = {}
     if spec.choices:
         extra["metavar"] = "<" + "|".join(spec.choices) + ">"
-    annotation = Annotated[cli_type, typer.Option(*spec.flags, help=opt.help, rich_help_panel=opt.panel, hidden=opt.hidden, **extra)]
+    # (help is rich markup in --help: brackets such as llmkit[ray] or a [a, b] default must show as typed)
+    annotation = Annotated[cli_type, typer.Option(*spec.flags, help=escape(opt.help), rich_help_panel=opt.panel, hidden=opt.hidden,
+                                                  **extra)]
     return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 

@@ -172,3 +172,14 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
         assert "bleu 31.25" in result.output and "1 docs" in result.output
     assert "skipped" in result.output and "notes" in result.output
     assert "no artifact among" in cli("report", tmp_path / "notes").output
+
+
+def test_help_shows_brackets_as_typed():
+    """Option help is rich markup in --help: `llmkit[ray]` must not lose its brackets (the install
+    hint said pip install 'llmkit', which installs no Ray)."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    shown = " ".join(CliRunner().invoke(app, ["clean", "--help"], terminal_width=200).output.split())
+    assert "pip install 'llmkit[ray]'" in shown
