@@ -64,7 +64,8 @@ def table(path: str) -> str:
             recorded = "runtime" if opt.spec.runtime else "config" if opt.spec.hashed else opt.spec.recorded_as
         else:
             recorded = "input" if param.name in inputs else "—"
-        help_text = (param.help or "").replace("|", "\\|").replace("\\\\n", "\\n")
+        # (the help is escaped for rich's markup in --help: `\\[` there is a plain `[` here)
+        help_text = (param.help or "").replace("\\[", "[").replace("|", "\\|").replace("\\\\n", "\\n")
         allowed = (str(opt.spec.range) if opt.spec.range else ", ".join(opt.spec.choices) if opt.spec.choices else "") if opt else ""
         row = [flags, _default(param), allowed, recorded, help_text] if function.writes_artifact else [flags, _default(param), allowed, help_text]
         panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(row)
