@@ -331,7 +331,10 @@ def test_cli_bad_inputs(cli, corpus, tmp_path):
     no_eos = cli("tokenizer", "train", corpus, "-o", tmp_path / "e", "--special-tokens", "<|bos|>,<|pad|>")
     assert no_eos.exit_code == 1 and "must include <|eos|>" in no_eos.output
 
-    for result in (small, nothing, wrong, missing, no_eos):
+    plain = cli("tokenizer", "train", corpus, "-o", tmp_path / "f", "--special-tokens", "a,<|bos|>,<|eos|>,<|pad|>")
+    assert plain.exit_code == 1 and "write a special token as <|name|>" in plain.output  # every "a" in text would become it
+
+    for result in (small, nothing, wrong, missing, no_eos, plain):
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 

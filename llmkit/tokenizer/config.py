@@ -37,6 +37,10 @@ class TokenizerTrainConfig(Options):
         specials = list(self.special_tokens)
         if len(set(specials)) != len(specials) or any(not s for s in specials):
             raise UserError(f"--special-tokens must be distinct and non-empty, got {specials}")
+        plain = [s for s in specials if not (s.startswith("<|") and s.endswith("|>") and len(s) > 4)]
+        if plain:  # "a" or "Ġthe" as a special token would capture every one of them in text
+            raise UserError(f"--special-tokens {', '.join(plain)}: write a special token as <|name|>, so that ordinary text "
+                            "never contains it")
         missing = [s for s in REQUIRED_SPECIAL_TOKENS if s not in specials]
         if missing:
             raise UserError(f"--special-tokens must include {', '.join(missing)} (the stages rely on them)")
