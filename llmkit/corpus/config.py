@@ -130,6 +130,13 @@ class CleanConfig(Options):
         if isinstance(self.languages, str):  # "en,zh" from the command line or a file
             self.languages = [code.strip() for code in self.languages.split(",") if code.strip()]
         super().__post_init__()
+        if self.languages:
+            from llmkit.corpus.language import known_codes
+
+            unknown = [code for code in self.languages if code not in known_codes()]
+            if unknown:  # "EN" or a typo would drop every document of that language without a word
+                raise UserError(f"--languages {', '.join(unknown)}: not a language code py3langid knows; use lowercase ISO "
+                                "639-1 codes such as en, de, zh")
         if self.min_words > self.max_words:
             raise UserError(f"--min-words ({self.min_words}) is above --max-words ({self.max_words}); every document would go")
         if self.min_mean_word_length > self.max_mean_word_length:

@@ -23,6 +23,11 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+def known_codes() -> set[str]:
+    """The codes detect() can return: the model's languages, macro-language members merged."""
+    return {MACRO_LANGUAGES.get(str(code), str(code)) for code in _identifier().nb_classes}
+
+
 def detect(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, probability in [0, 1]), macro-language members merged."""
     sample = text[:_SAMPLE_CHARS]
