@@ -152,3 +152,17 @@ def test_byte_order_marks_and_binary_detection_in_line_mode(reviews, tmp_path):
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
     with pytest.raises(UserError, match="looks like a binary file"):
         _read([tmp_path / "image.txt"], doc_per="line")
+
+
+def test_a_data_folder_skips_its_readme_but_reads_its_other_markdown(tmp_path):
+    import json
+
+    from llmkit.corpus.sources import resolve_inputs
+
+    folder = tmp_path / "data"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "records.jsonl").write_text(json.dumps({"text": "a record"}) + "\n")
+    (folder / "README.md").write_text("what the data is")
+    (folder / "notes" / "chapter.md").write_text("a chapter of the book")
+    labels = [s.label for s in resolve_inputs([str(folder)])]
+    assert any(label.endswith("chapter.md") for label in labels) and not any("README" in label for label in labels)

@@ -122,8 +122,8 @@ def resolve_inputs(
             if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             if any(_format_of(p)[0] in RECORD_SUFFIXES for p in files):
-                # A data folder's README describes the data; it is not part of it.
-                files = [p for p in files if _format_of(p)[0] not in (".md", ".rst")]
+                # A data folder's README describes the data; it is not part of it (other .md files are read).
+                files = [p for p in files if not (_format_of(p)[0] in (".md", ".rst") and p.name.upper().startswith("README"))]
             if not files:
                 raise UserError(
                     f"folder {arg} holds no readable files; expected .txt, .md, .jsonl, .json, .csv or .parquet "
