@@ -64,7 +64,10 @@ def test_empty_corpus(cli, tmp_path):
     (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
     (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
     line = _one_error_line(cli("clean", tmp_path / "empty.jsonl", "-o", tmp_path / "out"))
-    assert "no documents found" in line
+    assert "no text found" in line and "the input is empty" in line
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")  # one empty document, not a rule's doing
+    line = _one_error_line(cli("clean", tmp_path / "empty.txt", "-o", tmp_path / "out"))
+    assert "the input is empty" in line
     line = _one_error_line(cli("clean", tmp_path / "blank.txt", "-o", tmp_path / "out"))
     assert "all 1 documents were dropped (empty: 1)" in line
     (tmp_path / "folder").mkdir()

@@ -138,8 +138,8 @@ def clean(
         resume.remove(build.dir)
         docs_in, bytes_in, kept, bytes_out = counts["docs_in"], counts["bytes_in"], counts["kept"], counts["bytes_out"]
 
-        if docs_in == 0:
-            raise UserError(f"no documents found in {_describe(sources)}: the input is empty; check the files")
+        if docs_in == 0 or bytes_in == 0:  # (an empty file is one empty document)
+            raise UserError(f"no text found in {_describe(sources)}: the input is empty; check the files")
         if kept == 0:
             top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
             raise UserError(
