@@ -166,3 +166,19 @@ def test_a_data_folder_skips_its_readme_but_reads_its_other_markdown(tmp_path):
     (folder / "notes" / "chapter.md").write_text("a chapter of the book")
     labels = [s.label for s in resolve_inputs([str(folder)])]
     assert any(label.endswith("chapter.md") for label in labels) and not any("README" in label for label in labels)
+
+
+def test_a_corpus_artifact_is_read_by_its_shards_and_other_artifacts_are_refused(tmp_path):
+    from llmkit.corpus.sources import resolve_inputs
+    from llmkit.data.corpus import write_corpus_artifact
+    from llmkit.errors import UserError
+
+    corpus = write_corpus_artifact(tmp_path / "corpus", ["one document", "another one"]).path
+    sources = resolve_inputs([str(corpus)])
+    assert sources and all(s.label.endswith(".parquet") for s in sources)  # not manifest.json read as records
+    from llmkit import artifacts
+
+    with artifacts.create(tmp_path / "tok", "tokenizer") as build:
+        (build.dir / "x").write_text("x")
+    with pytest.raises(UserError, match="is a tokenizer artifact"):
+        resolve_inputs([str(tmp_path / "tok")])

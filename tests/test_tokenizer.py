@@ -334,7 +334,15 @@ def test_cli_bad_inputs(cli, corpus, tmp_path):
     plain = cli("tokenizer", "train", corpus, "-o", tmp_path / "f", "--special-tokens", "a,<|bos|>,<|eos|>,<|pad|>")
     assert plain.exit_code == 1 and "write a special token as <|name|>" in plain.output  # every "a" in text would become it
 
-    for result in (small, nothing, wrong, missing, no_eos, plain):
+    (tmp_path / "records.jsonl").write_text('{"text": "a"}\n')
+    records = cli("tokenizer", "train", tmp_path / "records.jsonl", "-o", tmp_path / "g")
+    assert records.exit_code == 1 and "holds records, not plain text" in records.output  # its JSON would be learnt
+    (tmp_path / "plainfolder").mkdir()
+    (tmp_path / "plainfolder" / "a.txt").write_text("some text")
+    folder = cli("tokenizer", "train", tmp_path / "plainfolder", "-o", tmp_path / "h")
+    assert folder.exit_code == 1 and "is a folder, not a corpus artifact" in folder.output
+
+    for result in (small, nothing, wrong, missing, no_eos, plain, records, folder):
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 

@@ -83,6 +83,12 @@ def _format_of(path: Path) -> tuple[str, Optional[str]]:
     return (rest[-1] if rest else ""), compression
 
 
+def _artifact_kind(path: Path) -> str:
+    from llmkit import artifacts
+
+    return artifacts.load(path).kind
+
+
 def _readable_in_folder(path: Path) -> bool:
     fmt, _ = _format_of(path)
     return fmt in TEXT_SUFFIXES or fmt in RECORD_SUFFIXES
@@ -114,6 +120,12 @@ def resolve_inputs(
         path = Path(arg)
         if not path.exists():
             raise UserError(f"input not found: {arg}; check the path")
+        if path.is_dir() and (path / "manifest.json").is_file():  # an artifact: its data, not its manifest
+            kind = _artifact_kind(path)
+            if kind != "corpus":
+                raise UserError(f"{arg} is a {kind} artifact; clean reads text: files, folders or a corpus artifact")
+            sources.extend(_file_source(p, _label_for(arg, p, path)) for p in sorted((path / "shards").glob("*.parquet")))
+            continue
         if path.is_dir():
             files = sorted(
                 (p for p in path.rglob("*") if p.is_file() and not _hidden(p, path) and _readable_in_folder(p)),

@@ -99,11 +99,18 @@ class Source:
     described: dict
 
 
+RECORD_FILES = tuple(f"{suffix}{packed}" for suffix in (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+                     for packed in ("", ".gz", ".zst"))
+
+
 def open_source(inputs: Sequence[Path]) -> Source:
     if not inputs:
         raise UserError("no input given; pass a corpus artifact (llmkit clean) or UTF-8 text files")
     inputs = [Path(p) for p in inputs]
     if len(inputs) == 1 and inputs[0].is_dir():
+        if not (inputs[0] / artifacts.MANIFEST).is_file():
+            raise UserError(f"{inputs[0]} is a folder, not a corpus artifact; make a corpus of its files first (llmkit clean "
+                            f"{inputs[0]} -o CORPUS), then train on CORPUS")
         corpus = artifacts.load(inputs[0], kind="corpus")
         total = corpus.stats.get("bytes")
         return Source(corpus_row_groups(corpus), int(total) if total else None, corpus, {"kind": "corpus"})
@@ -112,6 +119,9 @@ def open_source(inputs: Sequence[Path]) -> Source:
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
         if not path.is_file():
             raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
+        if path.name.lower().endswith(RECORD_FILES):  # read as plain text, its JSON or CSV syntax would be learnt
+            raise UserError(f"{path} holds records, not plain text; make a corpus of it first (llmkit clean {path} -o CORPUS), "
+                            "then train on CORPUS")
     # Files are identified by name and content hash, never by absolute path (fingerprints move).
     described = {"kind": "text_files", "files": [{"name": p.name, "sha256": artifacts.sha256_file(p)} for p in inputs]}
     return Source(text_file_ranges(inputs), sum(p.stat().st_size for p in inputs), None, described)
