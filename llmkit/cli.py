@@ -53,7 +53,8 @@ class _ErrorsAsOneLine(LlmkitGroup):
             _stop_writing_stdout()
             raise typer.Exit(0)
         except KeyboardInterrupt:
-            _print_error("interrupted")
+            _print_error("interrupted; rerun the command to finish (clean, tokenizer train and tokenize continue where they stopped, a "
+                         "training run with --resume)")
             raise typer.Exit(130)
         except Exception as exc:
             if debug_enabled():

@@ -111,8 +111,8 @@ class CleanConfig(Options):
     # De-duplication
     exact_dedup: bool = option(True, "Drop exact duplicates.", panel=DEDUP)
     near_dedup: bool = option(True, "Drop near duplicates (MinHash LSH).", panel=DEDUP)
-    ngram: int = option(5, "Words per shingle (one character = one word in unspaced scripts).", panel=DEDUP, range="[1, inf)")
-    num_perm: int = option(112, "MinHash permutations.", panel=DEDUP, range="[1, inf)")
+    ngram: int = option(5, "Words per shingle (one character = one word in unspaced scripts).", panel=DEDUP, range="[1, 1000]")
+    num_perm: int = option(112, "MinHash permutations.", panel=DEDUP, range="[1, 4096]")
     bands: int = option(14, "LSH bands.", panel=DEDUP, range="[1, inf)")
     rows: int = option(8, "LSH rows per band.", panel=DEDUP, range="[1, inf)")
     threshold: Optional[float] = option(None, "Jaccard similarity to treat as duplicate; picks bands x rows minimising FP+FN.",
@@ -122,7 +122,7 @@ class CleanConfig(Options):
                                 panel=OUTPUT)
     shard_mb: int = option(256, "Uncompressed text per Parquet shard, in MB.", panel=OUTPUT, range="[1, inf)")
     workers: int = option(1, "Worker processes (0: one per idle core). Output is the same for any value.", panel=OUTPUT, runtime=True,
-                          range="[0, inf)")
+                          range="[0, 1024]")
     seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
     execution: Execution = group(Execution, panel=OUTPUT)
 

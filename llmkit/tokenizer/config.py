@@ -15,8 +15,8 @@ BYTE_ALPHABET = 256
 
 @dataclass
 class TokenizerTrainConfig(Options):
-    vocab_size: int = option(8192, "Vocabulary size, special and byte tokens included.", range="[1, inf)")
-    min_frequency: int = option(2, "Merge only pairs seen at least this often.", range="[1, inf)")
+    vocab_size: int = option(8192, "Vocabulary size, special and byte tokens included.", range="[1, 4194304]")
+    min_frequency: int = option(2, "Merge only pairs seen at least this often.", range="[1, 4294967295]")
     special_tokens: list[str] = option(
         default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), cli_type=Optional[str], parse=comma_list,
         help="Comma-separated special tokens, given ids 0, 1, ... in order [default: " + ",".join(DEFAULT_SPECIAL_TOKENS) + "].",
@@ -29,7 +29,7 @@ class TokenizerTrainConfig(Options):
     seed: int = option(0, "Seed for sampling the training text.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
     workers: int = option(0, "Processes (or Ray actors) that read and sample the input; 0 = this process locally (the "
                           "trainer uses every core), one per CPU of a Ray cluster. Does not change the result.",
-                          runtime=True, range="[0, inf)")
+                          runtime=True, range="[0, 1024]")
     execution: Execution = group(Execution)
 
     def __post_init__(self) -> None:
@@ -58,8 +58,8 @@ class TokenizeConfig(Options):
     add_bos: bool = option(False, "Start every document with <|bos|>.", flags=("--add-bos",))
     shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).", range="[1, inf)")
     seed: int = option(0, "Seed of the train/validation split.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
-    workers: int = option(0, "Encoding threads (Ray actors with --executor ray); 0 = one per 8 MB of text, at most one per idle core. Does not change the result.", runtime=True, range="[0, inf)")
-    batch_size: int = option(2048, "Documents per encoding batch.", runtime=True, range="[1, inf)")
+    workers: int = option(0, "Encoding threads (Ray actors with --executor ray); 0 = one per 8 MB of text, at most one per idle core. Does not change the result.", runtime=True, range="[0, 1024]")
+    batch_size: int = option(2048, "Documents per encoding batch.", runtime=True, range="[1, 1048576]")
     fast: bool = option(True, "Encode through tiktoken built from our merges, when it applies.", flags=("--fast/--no-fast",),
                         runtime=True)
     execution: Execution = group(Execution)
