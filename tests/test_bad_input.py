@@ -161,6 +161,7 @@ BAD_VALUES = [
     (["clean", "{book}", "--min-language-score", "nan"], "--min-language-score must be a finite number"),
     (["clean", "{book}", "--min-words", "500", "--max-words", "100"], "--min-words (500) is above --max-words (100)"),
     (["clean", "{book}", "--languages", "en,zn"], "--languages zn: not a language code py3langid knows"),
+    (["clean", "--dataset", "./missing.jsonl"], "--dataset ./missing.jsonl: no such file or folder"),
     (["clean", "{book}", "--seed", "-1"], "--seed must be in [0, 4294967295]"),
     (["tokenizer", "train", "{corpus}", "--min-frequency", "0"], "--min-frequency must be at least 1"),
     (["tokenize", "{corpus}", "-t", "{tok}", "--val-fraction", "1"], "--val-fraction must be in [0, 1)"),

@@ -519,6 +519,9 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
 def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
     local = Path(name)
     label = f"dataset:{local.name if local.exists() else name}/{split}"
+    path_like = name.startswith(("./", "../", "/", "~")) or name.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".txt"))
+    if path_like and not local.exists():  # not a Hub name (OWNER/NAME): a file that is not there
+        raise UserError(f"--dataset {name}: no such file or folder; check the path (a Hub dataset is named OWNER/NAME)")
 
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         import datasets
