@@ -90,6 +90,7 @@ def clean(
                           soft_wrap=True, markup=False)
         rejects = RejectWriter(build.dir / "rejects.jsonl", resume_at=marker[0]["rejects_bytes"] if marker else None) \
             if cfg.keep_rejects else None
+        resumed_bytes = counts["bytes_in"]  # read by the interrupted run: not this run's speed
 
         def checkpoint(batches_before: int, docs_of_batch: int, decisions) -> None:
             """Everything up to this closed shard is on disk: say so (the rerun's starting point)."""
@@ -164,7 +165,7 @@ def clean(
             "bad_lines_skipped": read_stats.bad_lines_skipped,
             "bad_line_examples": read_stats.bad_line_examples,
             "seconds": round(elapsed, 3),
-            "mb_per_s": round(bytes_in / 1e6 / elapsed, 3) if elapsed > 0 else None,
+            "mb_per_s": round((bytes_in - resumed_bytes) / 1e6 / elapsed, 3) if elapsed > 0 else None,
         }
     return out
 
