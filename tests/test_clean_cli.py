@@ -212,3 +212,10 @@ def test_strip_html_on_a_folder_of_pages(cli, shared_data, tmp_path):
     assert texts == [f"Review {i}\n\n{html.unescape(r)}" for i, r in enumerate(reviews[:3])]
     raw = pq.read_table(tmp_path / "raw" / "shards" / "part-00000.parquet").column("text").to_pylist()
     assert all("<script>" in t for t in raw)
+
+
+def test_list_options_take_the_comma_form_the_option_tables_show(cli, tmp_path):
+    (tmp_path / "book.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    result = cli("clean", tmp_path / "book.txt", "-o", tmp_path / "out", "--max-top-ngram-char-frac", "0.9,0.9,0.9")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tmp_path / "out").config["max_top_ngram_char_frac"] == [0.9, 0.9, 0.9]
