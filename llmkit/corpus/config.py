@@ -133,7 +133,8 @@ class CleanConfig(Options):
         if self.languages:
             from llmkit.corpus.language import known_codes
 
-            unknown = [code for code in self.languages if code not in known_codes()]
+            known = known_codes()
+            unknown = [code for code in self.languages if code not in known]
             if unknown:  # "EN" or a typo would drop every document of that language without a word
                 raise UserError(f"--languages {', '.join(unknown)}: not a language code py3langid knows; use lowercase ISO "
                                 "639-1 codes such as en, de, zh")

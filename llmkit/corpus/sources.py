@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
+from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
 from llmkit.runtime import offline_when_unreachable
 
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".html", ".htm"}  # HTML: pair with --strip-html
-RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
-COMPRESSION_SUFFIXES = {".gz", ".zst", ".zstd"}
 BUILTIN_PREFIX = "builtin:"
 _BINARY_PROBE = 8192
 
@@ -75,12 +73,6 @@ class Source:
 # ----------------------------------------------------------------------------- resolving inputs
 
 
-def _format_of(path: Path) -> tuple[str, Optional[str]]:
-    """(format suffix, compression suffix) of a path such as data.jsonl.zst."""
-    suffixes = [s.lower() for s in path.suffixes]
-    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES else None
-    rest = suffixes[:-1] if compression else suffixes
-    return (rest[-1] if rest else ""), compression
 
 
 def _artifact_kind(path: Path) -> str:
@@ -90,7 +82,7 @@ def _artifact_kind(path: Path) -> str:
 
 
 def _readable_in_folder(path: Path) -> bool:
-    fmt, _ = _format_of(path)
+    fmt, _ = file_format(path)
     return fmt in TEXT_SUFFIXES or fmt in RECORD_SUFFIXES
 
 
@@ -133,9 +125,9 @@ def resolve_inputs(
             )
             if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
-            if any(_format_of(p)[0] in RECORD_SUFFIXES for p in files):
+            if any(file_format(p)[0] in RECORD_SUFFIXES for p in files):
                 # A data folder's README describes the data; it is not part of it (other .md files are read).
-                files = [p for p in files if not (_format_of(p)[0] in (".md", ".rst") and p.name.upper().startswith("README"))]
+                files = [p for p in files if not (file_format(p)[0] in (".md", ".rst") and p.name.upper().startswith("README"))]
             if not files:
                 raise UserError(
                     f"folder {arg} holds no readable files; expected .txt, .md, .jsonl, .json, .csv or .parquet "
@@ -239,7 +231,7 @@ def _zstd_errors() -> tuple[type[BaseException], ...]:
 
 
 def _file_source(path: Path, label: str) -> Source:
-    fmt, compression = _format_of(path)
+    fmt, compression = file_format(path)
     try:
         size = None if compression else path.stat().st_size  # progress counts decompressed bytes
     except OSError:
@@ -501,15 +493,15 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     repository id. A folder's files are split by their names (train*, validation*/dev*, test*),
     as `datasets` does; files that name no split, and a single file, are the train split."""
     if not path.is_dir():
-        return _BUILDERS.get(_format_of(path)[0], "text"), {"train": [str(path)]}
+        return _BUILDERS.get(file_format(path)[0], "text"), {"train": [str(path)]}
     files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
     if not files:
         raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
-    formats = [_format_of(p)[0] for p in files]
+    formats = [file_format(p)[0] for p in files]
     # Record files (a data set) win over loose text files (a README beside them).
     fmt = next((f for f in formats if f in _BUILDERS), formats[0])
     splits: dict[str, list[str]] = {}
-    for file in (p for p in files if _format_of(p)[0] == fmt):
+    for file in (p for p in files if file_format(p)[0] == fmt):
         words = set(re.split(r"[^a-z0-9]+", file.name.lower()))
         name = next((split for split, names in _SPLIT_WORDS.items() if words & set(names)), "train")
         splits.setdefault(name, []).append(str(file))

@@ -19,6 +19,18 @@ from llmkit.errors import UserError
 # write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
 # document count and size alone.
 SCHEMA_FIELDS = ("id", "text", "source")
+# The input files the data stages read: plain text, and records (a text field in each)
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".html", ".htm"}  # HTML: pair with --strip-html
+RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
+COMPRESSION_SUFFIXES = {".gz", ".zst", ".zstd"}
+
+
+def file_format(path: Path) -> tuple[str, str | None]:
+    """(format suffix, compression suffix) of a path such as data.jsonl.zst."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES else None
+    rest = suffixes[:-1] if compression else suffixes
+    return (rest[-1] if rest else ""), compression
 COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 10_000
 ROW_GROUP_BYTES = 64 << 20

@@ -181,6 +181,18 @@ def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[in
     return ids
 
 
+def drop_oldest_exchanges(messages: list[dict[str, str]], tokenizer, budget: int | None) -> tuple[list[dict[str, str]], int]:
+    """The conversation with its oldest exchanges (a message and the one after it) left out until
+    its prompt fits in `budget` tokens, a first system message kept, the last message always: the
+    one rule of chat and eval. Returns it and how many messages were left out."""
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = list(messages[len(head):])
+    dropped = 0
+    while budget is not None and len(rest) > 2 and len(encode_chat_prompt(head + rest, tokenizer)) > budget:
+        rest, dropped = rest[2:], dropped + 2
+    return head + rest, dropped
+
+
 # -- text templates ------------------------------------------------------------------------------
 
 

@@ -217,7 +217,7 @@ def generate_predictions(loaded, cfg):
 def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int) -> tuple[list[list[int]], list[list[str]]]:
     """Records of {"messages": [...]} (what finetune trains on and `chat -o` writes): the history
     before the last assistant turn is the prompt, that turn the reference."""
-    from llmkit.data.templates import encode_chat_prompt, record_messages
+    from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt, record_messages
     from llmkit.inference.engine import context_limit
 
     if not chat:
@@ -229,14 +229,9 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
         messages = record_messages(record, f"record {i + 1}")
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             raise UserError(f"record {i + 1}: its messages must end with the assistant's reply, the reference")
-        history = messages[:-1]
-        ids = encode_chat_prompt(history, loaded.tokenizer)
-        # as `llmkit chat` does: the oldest exchanges go first (a system message stays)
-        while limit is not None and len(ids) + max_new_tokens > limit and len(history) > 1 + (history[0]["role"] == "system"):
-            start = 1 if history[0]["role"] == "system" else 0
-            history = history[:start] + history[start + 1:]
-            ids = encode_chat_prompt(history, loaded.tokenizer)
-            trimmed += 1
+        history, dropped = drop_oldest_exchanges(messages[:-1], loaded.tokenizer,
+                                                 None if limit is None else limit - max_new_tokens)
+        ids, trimmed = encode_chat_prompt(history, loaded.tokenizer), trimmed + dropped
         if limit is not None and len(ids) + max_new_tokens > limit:
             raise UserError(f"record {i + 1}: its last message takes {len(ids)} tokens with the chat's wording, and with "
                             f"--max-new-tokens {max_new_tokens} exceeds the context of {limit}; shorten it or lower "

@@ -73,7 +73,7 @@ class ChatSession:
     def prompt_ids(self, user_text: str) -> list[int]:
         """The prompt for the next reply within prompt_budget(): the oldest exchanges dropped,
         then the end of the message cut (never the template's wording or the start token)."""
-        from llmkit.data.templates import encode_chat_prompt, encode_text_prompt, fit_field
+        from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt, encode_text_prompt, fit_field
 
         budget = self.prompt_budget()
         if self.template["type"] != "chat":
@@ -82,13 +82,13 @@ class ChatSession:
             def encode(record: dict) -> list[int]:
                 return encode_text_prompt(self.template, record[field], self.tokenizer)
         else:
-            history = list(self.history)
             head = [{"role": "system", "content": self.system}] if self.system else []
-            while budget is not None and history and len(encode_chat_prompt(
-                    head + history + [{"role": "user", "content": user_text}], self.tokenizer)) > budget:
-                history = history[2:]  # one user + assistant exchange
+            kept, dropped = drop_oldest_exchanges(head + self.history + [{"role": "user", "content": user_text}],
+                                                  self.tokenizer, budget)
+            if dropped:
                 self._note("history", f"the oldest exchanges are left out of the prompt to fit the context ({self.limit} tokens "
                                       f"with room for a reply); /reset starts afresh")
+            history = kept[len(head):-1]
             self.history, field = history, "content"
 
             def encode(record: dict) -> list[int]:

@@ -119,6 +119,16 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
     return tokenizer.bos_id
 
 
+def _template_input(prompt: Prompt, template: dict, tokenizer):
+    """(the record that fills a text template, its encoder): a prompt record with every field the
+    template names fills them all; else the prompt's text is the template's input field."""
+    fields = plain_fields(template["prompt"], "the checkpoint's template")
+    if prompt.record is not None and all(name in prompt.record for name in fields):
+        return prompt.record, lambda r: [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], r, "prompt record"))
+    field = template["input_field"]
+    return {field: prompt.text or ""}, lambda r: encode_text_prompt(template, r[field], tokenizer)
+
+
 def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None:
     """A text-template checkpoint's prompt cut to `budget` tokens at the end of its input, keeping
     the template's wording (as finetune --truncate and eval cut); None where that cannot be done
@@ -126,17 +136,10 @@ def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None
     template = task.text_template if task is not None and not task.is_chat else None
     if template is None or prompt.messages is not None or budget < 2:
         return None
-    field = template["input_field"]
-    fields = plain_fields(template["prompt"], "the checkpoint's template")
-    if prompt.record is not None and all(name in prompt.record for name in fields):
-        record = prompt.record
-        encode = lambda r: [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], r, "prompt record"))  # noqa: E731
-    else:
-        record = {field: prompt.text or ""}
-        encode = lambda r: encode_text_prompt(template, r[field], tokenizer)  # noqa: E731
-    if not isinstance(record.get(field), str):  # a number is not cut (the window decides)
+    record, encode = _template_input(prompt, template, tokenizer)
+    if not isinstance(record.get(template["input_field"]), str):  # a number is not cut (the window decides)
         return None
-    shorter = fit_field(encode, record, field, tokenizer, budget)
+    shorter = fit_field(encode, record, template["input_field"], tokenizer, budget)
     return None if shorter is None else encode(shorter)
 
 
@@ -149,10 +152,7 @@ def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = N
         return encode_chat_prompt([{"role": "user", "content": prompt.text or ""}], tokenizer)
     template = task.text_template if task is not None else None
     if template is not None:
-        fields = plain_fields(template["prompt"], "the checkpoint's template")
-        if prompt.record is not None and all(name in prompt.record for name in fields):
-            # a record with every field the template names (several fields: all are filled)
-            return [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], prompt.record, "prompt record"))
-        return encode_text_prompt(template, prompt.text or "", tokenizer)
+        record, encode = _template_input(prompt, template, tokenizer)
+        return encode(record)
     ids = tokenizer.encode(prompt.text) if prompt.text else []
     return [tokenizer.bos_id if start_id is None else start_id] + ids

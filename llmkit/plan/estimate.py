@@ -91,19 +91,28 @@ class Layout:
         return self.world // (self.tp * self.pp)
 
     @property
+    def microbatches(self) -> int:
+        """Pipeline micro-batches per pipeline step (1 without a pipeline)."""
+        return (self.pp_microbatches or self.pp) if self.pp > 1 else 1
+
+    @property
+    def batch_ways(self) -> int:
+        """Micro-batches one accumulation step feeds at once: dp replicas x pipeline micro-batches."""
+        return self.dp * self.microbatches
+
+    @property
     def in_flight(self) -> int:
         """Micro-batches whose activations the busiest (first) pipeline stage holds at once."""
         if self.pp == 1:
             return 1
-        chunks = self.pp_microbatches or self.pp
-        return chunks if self.pp_schedule == "gpipe" else min(chunks, self.pp)
+        return self.microbatches if self.pp_schedule == "gpipe" else min(self.microbatches, self.pp)
 
     @property
     def pipeline_bubble(self) -> float:
         """The idle share of a pipeline step: (pp-1) / (micro-batches x stages per rank + pp-1)."""
         if self.pp == 1:
             return 0.0
-        chunks = self.pp_microbatches or self.pp
+        chunks = self.microbatches
         per_rank = 2 if self.pp_schedule == "interleaved-1f1b" else 1
         return (self.pp - 1) / (chunks * per_rank + self.pp - 1)
 

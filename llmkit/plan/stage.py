@@ -21,29 +21,23 @@ if TYPE_CHECKING:
     from llmkit.plan.estimate import Device
 
 
-def model_config_from_hf(path: Path):
-    """The llmkit ModelConfig with the shapes of a transformers config.json (no transformers needed)."""
-    from llmkit.model.hf_config import shapes_from_config_json
-
+def read_hf_config(path: Path) -> dict:
+    """A transformers config.json as plain JSON (no transformers needed)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"--hf-config {path}: not a readable JSON file ({exc})") from None
     if not isinstance(data, dict):
         raise UserError(f"--hf-config {path}: not a transformers config (a JSON object)")
-    return shapes_from_config_json(data, f"--hf-config {path}")
+    return data
 
 
-def hf_config_notes(path: Path) -> list[str]:
-    from llmkit.model.hf_config import planning_approximations
-
-    return planning_approximations(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def model_config(cfg: PlanConfig):
+def model_config(cfg: PlanConfig, hf_data: dict | None = None):
+    """The llmkit ModelConfig planned: the shapes of `hf_data` (--hf-config, read), else the model flags."""
+    from llmkit.model.hf_config import shapes_from_config_json
     from llmkit.model.presets import resolve_model_config
 
-    config = model_config_from_hf(cfg.hf_config) if cfg.hf_config else resolve_model_config(
+    config = shapes_from_config_json(hf_data, f"--hf-config {cfg.hf_config}") if hf_data is not None else resolve_model_config(
         cfg.model.model, cfg.vocab_size, cfg.model.overrides())
     if config.arch == "lstm":
         raise UserError("llmkit plan sizes Transformers; the LSTM baseline has no layout to plan")
@@ -98,7 +92,10 @@ def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     from llmkit.plan.estimate import Layout, ModelShape, estimate_memory, fixes, largest_micro_batch, smallest_layout
 
-    config = model_config(cfg)
+    from llmkit.model.hf_config import planning_approximations
+
+    hf_data = read_hf_config(cfg.hf_config) if cfg.hf_config else None
+    config = model_config(cfg, hf_data)
     shape = ModelShape.of(config)
     seq = cfg.seq_len or config.context_length
     if seq > config.context_length:
@@ -116,9 +113,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         sequences = cfg.batch_tokens // seq
         if sequences < 1:
             raise UserError(f"--batch-tokens {cfg.batch_tokens} is smaller than one sequence of {seq} tokens; raise it")
-        ways = layout.dp * ((layout.pp_microbatches or layout.pp) if layout.pp > 1 else 1)
         micro, accumulation = split_batch(
-            sequences, layout.micro_batch, ways, what=f"the global batch of {sequences} sequences (--batch-tokens "
+            sequences, layout.micro_batch, layout.batch_ways, what=f"the global batch of {sequences} sequences (--batch-tokens "
             f"{cfg.batch_tokens} / seq_len {seq})", fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq}")
         layout = replace(layout, micro_batch=micro, accumulation=accumulation)
     name, device, peak = hardware(cfg)
@@ -145,7 +141,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                     "compute_optimal_flops": flops_token * optimal_tokens,
                     "compute_optimal_days": optimal_tokens / tokens_per_s / 86400},
         "memory": memory.as_dict(),
-        "notes": memory.notes + (hf_config_notes(cfg.hf_config) if cfg.hf_config else []),
+        "notes": memory.notes + (planning_approximations(hf_data) if hf_data is not None else []),
     }
     if device.on_gpu and not device.bf16:
         plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")

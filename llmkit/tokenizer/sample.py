@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from llmkit import artifacts, resume
-from llmkit.data.corpus import RowGroup, TextRange, corpus_row_groups, read_row_group_texts, read_text_range, text_file_ranges
+from llmkit.data.corpus import (RECORD_SUFFIXES, RowGroup, TextRange, corpus_row_groups, file_format, read_row_group_texts,
+                                 read_text_range, text_file_ranges)
 from llmkit.errors import UserError
 from llmkit.executor import Execution
 from llmkit.parallel import ordered_map
@@ -99,10 +100,6 @@ class Source:
     described: dict
 
 
-RECORD_FILES = tuple(f"{suffix}{packed}" for suffix in (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
-                     for packed in ("", ".gz", ".zst"))
-
-
 def open_source(inputs: Sequence[Path]) -> Source:
     if not inputs:
         raise UserError("no input given; pass a corpus artifact (llmkit clean) or UTF-8 text files")
@@ -119,7 +116,7 @@ def open_source(inputs: Sequence[Path]) -> Source:
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
         if not path.is_file():
             raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
-        if path.name.lower().endswith(RECORD_FILES):  # read as plain text, its JSON or CSV syntax would be learnt
+        if file_format(path)[0] in RECORD_SUFFIXES:  # read as plain text, its JSON or CSV syntax would be learnt
             raise UserError(f"{path} holds records, not plain text; make a corpus of it first (llmkit clean {path} -o CORPUS), "
                             "then train on CORPUS")
     # Files are identified by name and content hash, never by absolute path (fingerprints move).
