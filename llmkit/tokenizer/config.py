@@ -24,7 +24,7 @@ class TokenizerTrainConfig(Options):
     max_docs: int | None = option(None, "Train on at most this many documents.", range="[1, inf)")
     sample_bytes: int | None = option(None, "Train on about this many bytes, drawn uniformly across the corpus with --seed.",
                                       range="[1, inf)")
-    heldout_every: int = option(100, "Hold out every N-th piece (a document or ~8K characters of one) for the stats.", range="[2, inf)")
+    heldout_every: int = option(100, "Hold out about one piece in N (a document or ~8K characters of one; a seeded random draw) for the stats.", range="[2, inf)")
     heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.", range="[1, inf)")
     seed: int = option(0, "Seed for sampling the training text.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
     workers: int = option(0, "Processes (or Ray actors) that read and sample the input; 0 = this process locally (the "
