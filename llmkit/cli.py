@@ -28,7 +28,7 @@ _PASS_THROUGH = tuple(
 _USAGE_ERRORS = tuple({getattr(module, "UsageError") for module in (click.exceptions, _typer_click_exceptions)})
 
 from llmkit import __version__
-from llmkit.errors import UserError, debug_enabled, one_line, set_debug
+from llmkit.errors import Terminated, UserError, debug_enabled, one_line, set_debug
 from llmkit.runtime import let_idle_threads_sleep
 from llmkit.stage_command import LlmkitCommand, LlmkitGroup
 
@@ -44,6 +44,7 @@ class _ErrorsAsOneLine(LlmkitGroup):
             return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: click.Context):
+        _stop_cleanly_on_sigterm()
         try:
             with _usage_error_as_one_line():
                 return super().invoke(ctx)
@@ -52,15 +53,27 @@ class _ErrorsAsOneLine(LlmkitGroup):
         except BrokenPipeError:  # `llmkit ... | head`: the reader has all it wanted
             _stop_writing_stdout()
             raise typer.Exit(0)
-        except KeyboardInterrupt:
-            _print_error("interrupted; rerun the command to finish (clean, tokenizer train and tokenize continue where they stopped, a "
+        except KeyboardInterrupt as exc:
+            stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            _print_error(f"{stopped}; rerun the command to finish (clean, tokenizer train and tokenize continue where they stopped, a "
                          "training run with --resume)")
-            raise typer.Exit(130)
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
         except Exception as exc:
             if debug_enabled():
                 raise
             _print_error(one_line(exc))
             raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    import signal
+    import threading
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)
+        signal.signal(signal.SIGTERM, terminated)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,12 @@ class OptionError(UsageError, ValueError):
     or Python, which may catch it as the ValueError it also is."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler's preemption), raised where the CLI runs so that it
+    stops as Ctrl-C does: worker pools shut down, `finally` blocks run, partial outputs stay where
+    a rerun continues them (the default death skips all of that)."""
+
+
 _debug = os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
 
 

@@ -66,7 +66,7 @@ def run_killed_and_resumed(command: list[str], tmp_path, progress, minimum: int)
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
-    done = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"), progress, minimum)
+    done, _ = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"), progress, minimum)
     assert done >= minimum, "the run ended before it could be interrupted"
     assert not killed.exists()  # nothing at the output path, only the hidden partial folder
     result = subprocess.run([*command, "-o", str(killed)], capture_output=True, text=True)
@@ -76,16 +76,18 @@ def run_killed_and_resumed(command: list[str], tmp_path, progress, minimum: int)
     return straight, killed, done, result.stderr
 
 
-def kill_at_marker(command: list[str], marker_glob: str, progress, minimum: int, timeout: float = 120) -> int:
-    """Start `command`, SIGKILL it once the resume marker matching `marker_glob` shows `progress(state)`
-    >= `minimum` (a data stage interrupted mid-run); returns the progress seen at the kill."""
+def kill_at_marker(command: list[str], marker_glob: str, progress, minimum: int, timeout: float = 120, signum=None,
+                   stderr=None) -> tuple[int, int]:
+    """Start `command`, SIGKILL it (or send `signum`) once the resume marker matching `marker_glob` shows
+    `progress(state)` >= `minimum` (a data stage interrupted mid-run); returns (the progress seen then, the exit code).
+    `stderr`: a file for the command's error output."""
     import glob
     import json
     import signal
     import subprocess
     import time
 
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
     deadline, seen = time.time() + timeout, 0
     while time.time() < deadline and process.poll() is None:
         markers = glob.glob(marker_glob)
@@ -95,8 +97,7 @@ def kill_at_marker(command: list[str], marker_glob: str, progress, minimum: int,
             except (OSError, ValueError, KeyError):  # caught between two writes of the marker
                 seen = 0
             if seen >= minimum:
-                process.send_signal(signal.SIGKILL)
+                process.send_signal(signum or signal.SIGKILL)
                 break
         time.sleep(0.01)
-    process.wait()
-    return seen
+    return seen, process.wait()

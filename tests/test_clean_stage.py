@@ -200,7 +200,7 @@ def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact
     assert subprocess.run([*command, "-o", str(straight)], capture_output=True).returncode == 0
 
     killed = tmp_path / "killed"
-    shards_done = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"),
+    shards_done, _ = kill_at_marker([*command, "-o", str(killed)], str(tmp_path / ".killed.partial-*" / "resume.json"),
                                  lambda state: len(state["shards"]), 3)
     assert shards_done >= 3, "the run ended before it could be interrupted"
     assert not killed.exists()  # nothing at the output path, only the hidden partial folder
@@ -227,6 +227,33 @@ def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact
     result = subprocess.run([*command, "-o", str(other)], capture_output=True, text=True)
     assert result.returncode == 0 and "resuming" not in result.stderr and not stale.exists()
     assert artifacts.load(other).fingerprint == artifacts.load(straight).fingerprint
+
+
+def test_sigterm_stops_clean_as_ctrl_c_does_and_the_rerun_continues(shared_data, tmp_path):
+    """`kill`, `timeout` and schedulers send SIGTERM: the stage stops its workers, says so in one line
+    (exit 143, no traceback, no leaked-semaphore warning), leaves nothing at -o, and a rerun continues."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import kill_at_marker
+
+    paragraphs = [p.strip() for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{copy} {text}"}) + "\n" for copy in range(12) for text in paragraphs),
+                    encoding="utf-8")
+    command = [sys.executable, "-m", "llmkit", "clean", str(data), "--shard-mb", "1", "--workers", "2", "-o", str(tmp_path / "out")]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        done, code = kill_at_marker(command, str(tmp_path / ".out.partial-*" / "resume.json"), lambda state: len(state["shards"]),
+                                    1, signum=signal.SIGTERM, stderr=stderr)
+    assert done >= 1, "the run ended before it could be stopped"
+    assert code == 143
+    said = log.read_text()
+    assert "terminated; rerun the command" in said and "Traceback" not in said and "leaked" not in said, said
+    assert not (tmp_path / "out").exists()
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "resuming the interrupted run" in rerun.stderr, rerun.stderr
 
 
 def test_a_resumed_clean_knows_its_files_by_real_path_and_time_not_by_label(tmp_path):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import artifacts
-from llmkit.errors import UserError
+from llmkit.errors import Terminated, UserError
 from llmkit.sweep.config import SweepConfig
 from llmkit.sweep.grid import PlannedRun, plan
 
@@ -158,8 +158,10 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                 view.update()
                 if queue or running:
                     time.sleep(0.5)
-    except KeyboardInterrupt:
-        for state in running:  # they got the Ctrl-C too; wait for them to stop cleanly
+    except KeyboardInterrupt as stop:
+        for state in running:  # a terminal's Ctrl-C reached them too, a SIGTERM only this process; wait for them to stop cleanly
+            if isinstance(stop, Terminated):
+                state.process.terminate()
             state.process.wait()
         raise
 
