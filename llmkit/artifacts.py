@@ -159,6 +159,15 @@ def _manifest_problem(data: Any) -> str | None:
     return None
 
 
+def is_manifest(path: Path) -> bool:
+    """Whether `path` is a manifest llmkit wrote (well-formed JSON of a known kind), for telling
+    llmkit's outputs from a user's folder that happens to hold a file of that name."""
+    try:
+        return _manifest_problem(json.loads(Path(path).read_text(encoding="utf-8"))) is None
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
 @dataclass(frozen=True)
 class RecordedInput:
     """An input as another artifact's manifest records it (its path, kind and fingerprint):

@@ -41,19 +41,26 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if out.exists() and not force:
         raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
     if out.exists() and not _made_by_llmkit(out):
-        raise UserError(f"output {out} exists and holds files llmkit did not write (no manifest.json); --force replaces only "
+        raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); --force replaces only "
                         "llmkit's outputs: move it away, or choose another -o path")
     make_parent(out)
     return out
 
 
+RUN_MARK = ".llmkit-run"  # written into every training run and sweep folder when it is created
+
+
 def _made_by_llmkit(folder: Path) -> bool:
-    """Whether --force may replace `folder`: empty, an artifact, a training run or sweep in progress,
-    or an exported transformers folder (never a folder of the user's own files)."""
+    """Whether --force may replace `folder`: empty, an artifact, a training run or sweep (in
+    progress or not), or an llmkit export. Told by what llmkit writes and a user's project does
+    not (a folder of runs/, configs/, checkpoints/ or another tool's manifest.json is not enough)."""
+    from llmkit.artifacts import is_manifest
+
     if not any(folder.iterdir()):
         return True
-    marks = ("manifest.json", "metrics.jsonl", "checkpoints", "llmkit_model_config.json")  # the last: llmkit export's
-    return any((folder / mark).exists() for mark in marks) or ((folder / "runs").is_dir() and (folder / "configs").is_dir())
+    if (folder / RUN_MARK).is_file() or (folder / "llmkit_model_config.json").is_file():  # the last: llmkit export's
+        return True
+    return is_manifest(folder / "manifest.json") or any(is_manifest(m) for m in folder.glob("checkpoints/step_*/manifest.json"))
 
 
 def make_parent(out: Path) -> None:

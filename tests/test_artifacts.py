@@ -189,6 +189,22 @@ def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_them
     with artifacts.create(tmp_path / "made", "corpus") as build:
         (build.dir / "x.txt").write_text("x")
     outputs.check_output(tmp_path / "made", force=True)  # an artifact may be replaced
+    # Names an ML project shares with llmkit's outputs are not a mark: runs/ + configs/, checkpoints/,
+    # metrics.jsonl, another tool's manifest.json
+    for name, layout in {"proj": ["runs/", "configs/"], "proj2": ["checkpoints/"], "proj3": ["metrics.jsonl"],
+                         "proj4": ["manifest.json"]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry in layout:
+            (folder / entry).mkdir() if entry.endswith("/") else (folder / entry).write_text('{"name": "other tool"}')
+        (folder / "notes.txt").write_text("mine")
+        with pytest.raises(UserError, match="did not write"):
+            outputs.check_output(folder, force=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / outputs.RUN_MARK).touch()
+    (run / "metrics.jsonl").write_text("{}")
+    outputs.check_output(run, force=True)  # a training run llmkit started
     other = tmp_path / ".cA.tmp-123"  # another output's work in progress
     other.mkdir()
     with outputs.output_lock(tmp_path / "c?"):

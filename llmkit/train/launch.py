@@ -76,8 +76,9 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
 
     It may not be, lie in or contain an input, even with --force; an existing one needs --resume
     or --force. With --force the old run is moved aside and deleted only once the new one has
-    something to keep. A run that fails before writing anything worth keeping (a checkpoint or
-    metrics) leaves no directory behind, and with --force the old run back in its place.
+    something to keep. A run that fails before writing anything worth keeping (a checkpoint)
+    leaves no directory behind, and with --force the old run back in its place. It is marked
+    (outputs.RUN_MARK) so that a later --force knows it for llmkit's.
     """
     from llmkit import outputs
 
@@ -91,6 +92,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             os.replace(out, replaced)
         created = not out.exists()
         out.mkdir(exist_ok=True)
+        (out / outputs.RUN_MARK).touch()
         try:
             yield
         except BaseException:
@@ -114,8 +116,11 @@ def _joined(out: Path) -> Iterator[None]:
 
 
 def _worth_keeping(out: Path) -> bool:
-    """Anything training wrote: metrics or a checkpoint, here or in a run below (a sweep's)."""
-    return any(path.name in ("manifest.json", "metrics.jsonl") for path in out.rglob("*"))
+    """A checkpoint, here or in a run below (a sweep's): what --resume continues from. Metrics
+    alone are not (a resume would start again at step 0), and never worth the run they replace."""
+    from llmkit.artifacts import is_manifest
+
+    return any(is_manifest(path) for path in out.rglob("manifest.json"))
 
 
 @contextmanager

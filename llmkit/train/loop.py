@@ -377,7 +377,7 @@ class Trainer:
         if last:
             raise NonFiniteLoss(f"{what}, the last good checkpoint is {last}; {fix}, then start over with --force or "
                                 "start a new run from that checkpoint's weights (pretrain --init-from, finetune)")
-        raise NonFiniteLoss(f"{what}, no checkpoint was written yet; {fix}, then start over with --force")
+        raise NonFiniteLoss(f"{what}, no checkpoint was written yet (nothing is kept); {fix} and run it again")
 
     # -- validation -------------------------------------------------------------------------
     @torch.no_grad()
