@@ -112,6 +112,17 @@ def out_parameter(help: str, out_type: Any) -> inspect.Parameter:
                              annotation=Annotated[out_type, typer.Option("-o", "--out", help=help)])
 
 
+def _config_file_outside_output(config: Path | None, out: Path | None, force: bool | None) -> None:
+    """--force replaces -o: a --config file inside it would be deleted by the run it configures."""
+    if config is None or out is None or not force:
+        return
+    target = Path(out).resolve()
+    if Path(config).resolve() == target or target in Path(config).resolve().parents:
+        from llmkit.errors import UsageError
+
+        raise UsageError(f"--config {config} lies inside -o {out}, which --force replaces; move the file out of it first")
+
+
 def standard_parameters(section: str, *, resume: str | None, force: str | None) -> list[inspect.Parameter]:
     """`--resume` (where it applies), `--config`, `--force`: the same in every stage."""
     keyword = inspect.Parameter.KEYWORD_ONLY
@@ -175,6 +186,7 @@ def stage_command(
                     from llmkit.errors import UserError
 
                     raise UserError(f"{options[name].flag} {value!r}: {exc}") from None
+        _config_file_outside_output(values.get("config"), values.get("out"), values.get("force"))
         if resolver is not None:
             config = resolver(file=values.get("config"), explicit=typed)
         else:

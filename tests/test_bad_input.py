@@ -140,6 +140,15 @@ def test_a_training_stage_that_fails_leaves_nothing_and_restores_what_it_replace
     assert not list(tmp_path.glob(".run*"))
 
 
+def test_a_config_file_inside_the_output_is_not_deleted_by_force(cli, chain, tmp_path):
+    out = tmp_path / "corpus"
+    _ok(cli("clean", chain / "book.txt", "-o", out))
+    settings = out / "my.toml"
+    settings.write_text("[clean]\nmin_words = 1\n")
+    assert "lies inside -o" in _one_line_error(cli("clean", chain / "book.txt", "-o", out, "--config", settings, "--force"))
+    assert settings.read_text() == "[clean]\nmin_words = 1\n"
+
+
 def test_a_second_writer_of_one_output_is_refused_and_stale_temporaries_go(cli, chain, tmp_path):
     out = tmp_path / "corpus"
     stale = tmp_path / ".corpus.tmp-killed"
@@ -268,6 +277,15 @@ def test_resume_with_an_unreadable_state_is_an_error_and_a_cut_final_save_falls_
     result = _ok(cli("pretrain", chain / "tokens", "-o", run, *settings, "--max-steps", "3", "--resume"))
     assert "resumed from step 2" in result.output
     assert artifacts.load(run).stats["step"] == 3 and artifacts.verify(run).ok
+
+
+def test_resume_into_an_artifact_of_another_kind_is_refused(cli, chain, tmp_path):
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(chain / "tok", tokenizer)
+    before = _digest(tokenizer)
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tokenizer, *TINY_MODEL, *TINY_RUN, "--resume"))
+    assert "is a tokenizer artifact, not a training run" in line
+    assert _digest(tokenizer) == before
 
 
 def _tamper(artifact: Path, tmp_path: Path, change) -> Path:

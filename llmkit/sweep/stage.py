@@ -52,7 +52,7 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
     tokens_art = artifacts.load(tokens, kind="tokens")
     out = Path(out)
     runs = plan(config, int(tokens_art.stats["vocab_size"]))
-    with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path]):
+    with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path], kind="sweep"):
         if not force:  # each refuses before anything changes on disk
             _same_sweep(out, config, runs)
         finished = [_finished_with_these_options(run, out) for run in runs]
