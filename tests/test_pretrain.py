@@ -527,6 +527,39 @@ def test_resuming_a_finished_run_changes_nothing_and_cannot_go_back(shakespeare,
     assert artifacts.load(run).stats["step"] == 4
 
 
+def test_the_fingerprint_tells_runs_by_their_weights_and_schedule(shakespeare, cli, tmp_path):
+    """When a run validates and saves changes no weight, so not the fingerprint; a run extended on
+    --resume whose early steps followed another length's cosine records that schedule (its weights
+    differ from a straight run's); a constant schedule records nothing and equals the straight run;
+    a resume may not add or drop --init-from."""
+    def pretrain(name: str, *extra: str):
+        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / name, *FAST, *extra)
+        assert result.exit_code == 0, result.output
+        return artifacts.load(tmp_path / name)
+
+    plain = pretrain("plain", "--max-steps", "4", "--eval-every", "0", "--save-every", "2")
+    other = pretrain("other", "--max-steps", "4", "--eval-every", "2", "--save-every", "1", "--keep-last", "1")
+    assert plain.fingerprint == other.fingerprint
+    assert other.manifest.runtime["save_every"] == 1 and "save_every" not in other.config
+
+    straight = pretrain("straight", "--max-steps", "6", "--eval-every", "0")
+    pretrain("grown", "--max-steps", "4", "--eval-every", "0")
+    grown = pretrain("grown", "--max-steps", "6", "--eval-every", "0", "--resume")
+    assert grown.config["lr_schedule_before"] == [{"until_step": 4, "max_steps": 4, "warmup_steps": 0}]
+    assert grown.fingerprint != straight.fingerprint and grown.config["max_steps"] == 6
+
+    constant = ["--schedule", "constant", "--warmup-steps", "1", "--eval-every", "0"]
+    straight = pretrain("straight-constant", "--max-steps", "6", *constant)
+    pretrain("grown-constant", "--max-steps", "4", *constant)
+    grown = pretrain("grown-constant", "--max-steps", "6", *constant, "--resume")
+    assert "lr_schedule_before" not in grown.config and grown.fingerprint == straight.fingerprint
+
+    assert FAST[:8] == ["--model", "tiny", "--n-layer", "2", "--n-embd", "64", "--n-head", "4"]
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "plain", *FAST[8:], "--max-steps", "6", "--resume",
+                      "--init-from", tmp_path / "straight"))
+    assert f"init input {artifacts.load(tmp_path / 'straight').fingerprint[:12]} added" in line, line
+
+
 def test_resume_notes_when_dropout_masks_cannot_continue(shakespeare, cli, tmp_path):
     """Masks drawn per process (--no-batch-invariant, GPUs, --tp/--pp) cannot be continued by a
     run that draws them per sequence (the CPU default), nor by another number of processes: the

@@ -37,7 +37,8 @@ class FinetuneConfig(Options):
     numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
     dropout: float | None = option(None, "Dropout while fine-tuning (default: the checkpoint's).", panel=TRAINING_PANEL, range="[0, 1)")
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL, eval_every=100, save_every=200)
-    eval_examples: int = option(1024, "Validation examples per evaluation (at most).", panel=TRAINING_PANEL, range="[1, inf)")
+    eval_examples: int = option(1024, "Validation examples per evaluation (at most).", panel=TRAINING_PANEL, range="[1, inf)",
+                                runtime=True)
     lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning).", panel=LORA_PANEL, range="[0, inf)")
     lora_alpha: float | None = option(None, "LoRA alpha; the update is scaled by alpha/rank (default 2 x rank).", panel=LORA_PANEL,
                                       range="(0, inf)")

@@ -322,7 +322,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 val_examples=len(val_examples), epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
                 lora_layers=len(adapted), frozen_params=total - trainable, labels=labels.names if labels else None,
             ),
-            runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.numerics.precision),
+            runtime=runtime_record(config, info, micro_batch, accumulation),
             add_files=add_files,
             file_names=["tokenizer", TASK_FILE],
         )

@@ -20,7 +20,7 @@ class PretrainConfig(Options):
     optim: Optimization = group(Optimization, panel=TRAINING_PANEL)
     numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL)
-    eval_tokens: int = option(32768, "Validation tokens per evaluation.", panel=TRAINING_PANEL, range="[1, inf)")
+    eval_tokens: int = option(32768, "Validation tokens per evaluation.", panel=TRAINING_PANEL, range="[1, inf)", runtime=True)
     seed: int = option(0, "Seed for initialisation, data order, masking and dropout.", range="[0, 4294967295]")
     devices: Devices = group(Devices, panel=DEVICES_PANEL)
 

@@ -165,7 +165,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 tokenizer_fingerprint=next((i["fingerprint"] for i in tokens_art.manifest.inputs if i["role"] == "tokenizer"), None),
                 document_start="bos" if tokens_art.stats.get("add_bos", True) else "eos",
             ),
-            runtime=runtime_record(config.devices, info, micro_batch, accumulation, config.numerics.precision),
+            runtime=runtime_record(config, info, micro_batch, accumulation),
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
         )

@@ -171,11 +171,12 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
     return micro, global_batch // (micro * world)
 
 
-def runtime_record(devices: Devices, info: Any, micro_batch: int, accumulation: int, precision: str) -> dict[str, Any]:
-    """The manifest's `runtime` of a training run: the device options and what they resolved to
-    (`precision`: the --precision option, recorded as what it meant on this device)."""
-    record = dict(devices.runtime(), world_size=info.world_size, device=str(info.device), micro_batch=micro_batch,
-                  grad_accumulation=accumulation, precision=resolve_precision(precision, info.device.type))
+def runtime_record(config: Options, info: Any, micro_batch: int, accumulation: int) -> dict[str, Any]:
+    """The manifest's `runtime` of a training run: its runtime options (devices, when it validates
+    and saves) and what they resolved to (`precision`: the --precision option, recorded as what it
+    meant on this device)."""
+    record = dict(config.runtime(), world_size=info.world_size, device=str(info.device), micro_batch=micro_batch,
+                  grad_accumulation=accumulation, precision=resolve_precision(config.numerics.precision, info.device.type))
     if info.layout is not None and info.layout.model_parallel:
         record["layout"] = {"dp": info.layout.dp, "tp": info.layout.tp, "pp": info.layout.pp,
                             "pp_microbatches": info.layout.microbatches}

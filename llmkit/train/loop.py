@@ -93,9 +93,11 @@ class LoopResult:
     resumed_from: int | None
 
 
-# Hashed options a resume may change: the run's length and when it validates and saves.
-RESUMABLE_CHANGES = frozenset({"max_steps", "max_tokens", "epochs", "eval_every", "eval_tokens", "eval_examples",
-                               "save_every", "keep_last"})
+# Hashed options a resume may change: the run's length (when it validates and saves is runtime,
+# not hashed). Where the learning-rate schedule depends on the length, the steps trained under
+# an earlier length are recorded in the config (SCHEDULE_HISTORY), so it still describes the run.
+RESUMABLE_CHANGES = frozenset({"max_steps", "max_tokens", "epochs"})
+SCHEDULE_HISTORY = "lr_schedule_before"
 
 
 class NonFiniteLoss(UserError):
@@ -246,6 +248,7 @@ class Trainer:
                 f"cannot resume from {latest}: it has trained {self.start_step} steps, more than this run's "
                 f"{self.settings.max_steps}; give --max-steps above {self.start_step} to train further"
             )
+        self._record_schedule_history(latest, progress)
         self.last_loss = progress.get("loss")
         self.last_val = progress.get("val_loss")
         self.resumed_from = self.start_step
@@ -253,26 +256,52 @@ class Trainer:
         self.seconds_before = float(progress.get("seconds") or 0.0)
         return optim_state, rng, latest
 
+    def _record_schedule_history(self, latest: Path, progress: dict[str, Any]) -> None:
+        """A longer (or shorter) run resumed: where its learning rates so far were those of another
+        length (cosine and linear decay over --max-steps, the default warmup a tenth of it), the
+        config records those steps' schedule, so that it is not the config of a run that trained
+        all its steps on this one (whose weights, and fingerprint, differ)."""
+        s = self.settings
+        history = list(artifacts.load(latest, kind="checkpoint").config.get(SCHEDULE_HISTORY, []))
+        before = progress.get("schedule") or {}
+        if before and before.get("max_steps") != s.max_steps:
+            def rate(settings: dict[str, Any], step: int) -> float:
+                return lr_at(step, lr=s.lr, warmup_steps=settings["warmup_steps"], max_steps=settings["max_steps"],
+                             schedule=s.optim.schedule, min_lr_ratio=s.optim.min_lr_ratio)
+
+            now = {"warmup_steps": s.warmup_steps, "max_steps": s.max_steps}
+            if any(rate(before, step) != rate(now, step) for step in range(self.start_step)):
+                history.append({"until_step": self.start_step, "max_steps": before["max_steps"],
+                                "warmup_steps": before["warmup_steps"]})
+        if history:
+            self.spec.config[SCHEDULE_HISTORY] = history
+
     def _check_same_run(self, latest: Path) -> None:
         """A resume continues the same run: same model, seed and inputs (the data order depends on them)."""
         from llmkit.model.io import read_model_config
 
-        saved = read_model_config(latest).to_dict()
-        now = self.raw.config.to_dict()
-        changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if saved.get(k) != now.get(k)]
         manifest = artifacts.load(latest, kind="checkpoint").manifest
         self._saved_runtime = manifest.runtime  # (how the saved run drew dropout masks: _restore_optimizer_and_rng)
+        changed = []  # the inputs first: a model flag left out with --init-from follows from them
+        saved_inputs = {i["role"]: i["fingerprint"] for i in manifest.inputs}
+        given = {role: art.fingerprint for role, art in self.spec.inputs}
+        for role in sorted(set(saved_inputs) | set(given)):
+            if role not in given:
+                changed.append(f"{role} input {saved_inputs[role][:12]} dropped")
+            elif role not in saved_inputs:
+                changed.append(f"{role} input {given[role][:12]} added")
+            elif saved_inputs[role] != given[role]:
+                changed.append(f"{role} input {saved_inputs[role][:12]} -> {given[role][:12]}")
+        saved = read_model_config(latest).to_dict()
+        now = self.raw.config.to_dict()
+        changed += [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if saved.get(k) != now.get(k)]
         if manifest.seed != self.spec.seed:
             changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
         # What a run may change on resume: its length, and when it validates and saves. Anything
         # else would leave a config that describes no run (its first steps trained otherwise).
         for key in sorted(set(manifest.config) | set(self.spec.config)):
-            if key not in RESUMABLE_CHANGES and manifest.config.get(key) != self.spec.config.get(key):
+            if key not in RESUMABLE_CHANGES | {SCHEDULE_HISTORY} and manifest.config.get(key) != self.spec.config.get(key):
                 changed.append(f"--{key.replace('_', '-')} {manifest.config.get(key)!r} -> {self.spec.config.get(key)!r}")
-        saved_inputs = {i["role"]: i["fingerprint"] for i in manifest.inputs}
-        for role, art in self.spec.inputs:
-            if role in saved_inputs and saved_inputs[role] != art.fingerprint:
-                changed.append(f"{role} input {saved_inputs[role][:12]} -> {art.fingerprint[:12]}")
         if changed:
             raise UserError(
                 f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "

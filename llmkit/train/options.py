@@ -78,9 +78,10 @@ class Numerics(Options):
 
 @dataclass
 class Checkpointing(Options):
-    eval_every: int = option(250, "Validate every N steps and at the end (0 = never).", range="[0, inf)")
-    save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).", range="[0, inf)")
-    keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).", range="[0, inf)")
+    # When a run validates and saves changes none of its weights: runtime, not hashed (a resume may change them).
+    eval_every: int = option(250, "Validate every N steps and at the end (0 = never).", range="[0, inf)", runtime=True)
+    save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).", range="[0, inf)", runtime=True)
+    keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).", range="[0, inf)", runtime=True)
     # Extra checkpoints beside the run's (RUN/ema, RUN/average): the run's own weights do not change.
     ema: float | None = option(None, "Also keep an exponential moving average of the weights with this decay (e.g. 0.999), "
                                "written as the checkpoint RUN/ema.", range="(0, 1)", hashed=False,
