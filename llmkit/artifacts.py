@@ -126,6 +126,10 @@ class Manifest:
         return {**self.files, **self.state_files}
 
 
+# Optional files a stage reads wherever they exist (llmkit/data/tokenizer.py: the special-token
+# roles): one not in the manifest is refused, not read.
+READ_IF_PRESENT = ("special_tokens.json",)
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FIELD_TYPES = {
     "kind": str, "format_version": int, "llmkit_version": str, "fingerprint": str, "command": list, "config": dict,
@@ -208,14 +212,41 @@ class Artifact:
             raise UserError(f"{self.kind} artifact at {self.path} has no file {name!r}; it is incomplete, rebuild it")
         return path
 
+    def unlisted_files(self) -> list[str]:
+        """Files a stage could read from this artifact that its manifest does not list (added
+        after it was made): any file beside a listed one in a subfolder (tokenizer/, shards/,
+        train/, ...), and the optional files read wherever they are (special_tokens.json). The
+        top folder also holds what is unlisted by design (metrics.jsonl, checkpoints/, ...)."""
+        listed = set(self.manifest.all_files)
+        folders = {str(Path(name).parent) for name in listed} - {"."}
+        found = []
+        for folder in sorted(folders):
+            directory = self.path / folder
+            if directory.is_dir():
+                found += [f"{folder}/{p.name}" for p in sorted(directory.iterdir()) if p.is_file() and f"{folder}/{p.name}" not in listed]
+        for name in READ_IF_PRESENT:
+            for where in ("", "tokenizer/"):
+                if f"{where}{name}" not in listed and f"{where}{name}" not in found and (self.path / where / name).is_file():
+                    found.append(f"{where}{name}")
+        return found
+
     def check_files(self) -> None:
-        """The cheap half of `verify`: every listed file that exists stays inside the artifact (no
-        link out of it) and has the size the manifest recorded. Hashing them all is `verify`'s job."""
+        """The cheap half of `verify`: every listed file is there, inside the artifact (no link out
+        of it), with the size the manifest recorded, and no unlisted file a stage could read sits
+        beside them. Hashing them all is `verify`'s job. (The resume state of a checkpoint may be
+        missing: only --resume reads it, and says so.)"""
         root = self.path.resolve()
+        extra = self.unlisted_files()
+        if extra:
+            raise UserError(f"{self.path} holds {extra[0]}, which its manifest does not list (added after the artifact was made, "
+                            "it could change what a stage reads); remove it, or rebuild the artifact (llmkit verify lists all)")
         for name in self.manifest.all_files:
             path = self.path / name
             if not path.exists() and not path.is_symlink():
-                continue  # reported by file() when a stage needs it, and by verify
+                if name in self.manifest.state_files:
+                    continue
+                raise UserError(f"{self.path} has no {name}, which its manifest lists; it is incomplete: restore the file or "
+                                "rebuild the artifact (llmkit verify lists all differences)")
             if root not in path.resolve().parents:
                 raise UserError(f"{self.path}: file {name!r} leads outside the artifact (a link?); rebuild the artifact")
             expected = self.manifest.sizes.get(name)
@@ -453,6 +484,7 @@ def verify(path: Path | str) -> VerifyReport:
             problems.append(f"missing file: {name}")
         elif sha256_file(file) != digest:
             problems.append(f"changed file: {name} (sha256 differs from the manifest)")
+    problems += [f"unlisted file: {name} (added after the artifact was made)" for name in art.unlisted_files()]
     if art.manifest.expected_fingerprint() != art.fingerprint:
         problems.append("fingerprint does not match the manifest's contents (the manifest was edited)")
     return VerifyReport(art.path, problems)

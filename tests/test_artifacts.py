@@ -110,6 +110,28 @@ def test_verify_catches_changed_missing_and_edited(tmp_path):
     assert any("fingerprint" in p for p in artifacts.verify(out).problems)
 
 
+def test_load_refuses_a_missing_listed_file_and_an_added_one_a_stage_could_read(tmp_path):
+    """A listed file deleted, or a file slipped in beside the listed ones (a special_tokens.json that
+    remaps eos would change every stage's tokens), is refused on load and named by verify."""
+    out = tmp_path / "corpus"
+    make(out)
+    (out / "data" / "a.txt").unlink()
+    with pytest.raises(UserError, match="has no data/a.txt, which its manifest lists"):
+        artifacts.load(out)
+    make(out, force=True)
+    (out / "data" / "extra.txt").write_text("slipped in")
+    with pytest.raises(UserError, match="holds data/extra.txt, which its manifest does not list"):
+        artifacts.load(out)
+    assert "unlisted file: data/extra.txt (added after the artifact was made)" in artifacts.verify(out).problems
+    make(out, force=True)
+    (out / "special_tokens.json").write_text('{"eos": "<|pad|>"}')  # read wherever it is, so refused at the top too
+    with pytest.raises(UserError, match="holds special_tokens.json"):
+        artifacts.load(out)
+    make(out, force=True)
+    (out / "metrics.jsonl").write_text("{}")  # the top folder holds unlisted bookkeeping by design
+    assert artifacts.load(out).kind == "corpus" and artifacts.verify(out).ok
+
+
 def test_load_checks_kind_presence_and_version(tmp_path):
     make(tmp_path / "corpus")
     with pytest.raises(UserError, match=r"expected a tokenizer artifact, got corpus at"):

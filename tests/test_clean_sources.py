@@ -52,7 +52,11 @@ def test_ids_and_labels_hold_no_absolute_path(shared_data, tmp_path, monkeypatch
     assert absolute == [("data/b.txt", "beta"), ("data/sub/a.txt", "alpha")]
     monkeypatch.chdir(tmp_path)
     relative = resolve_inputs(["data", "data/b.txt"])
-    assert [s.label for s in relative] == ["data/b.txt", "data/sub/a.txt", "data/b.txt#2"]
+    assert [s.label for s in relative] == ["data/b.txt", "data/sub/a.txt", "b.txt"]
+    # However the path is typed and wherever the command runs, the labels (hashed in the corpus) are the same
+    monkeypatch.chdir(tmp_path / "data" / "sub")
+    assert [s.label for s in resolve_inputs(["..", "../b.txt", "./a.txt"])] == ["data/b.txt", "data/sub/a.txt", "b.txt", "a.txt"]
+    assert [s.label for s in resolve_inputs([str(tmp_path / "data" / "b.txt"), "../b.txt"])] == ["b.txt", "b.txt#2"]
 
 
 def test_jsonl_json_csv_parquet_give_the_same_documents(reviews, tmp_path):
@@ -176,6 +180,13 @@ def test_a_corpus_artifact_is_read_by_its_shards_and_other_artifacts_are_refused
     corpus = write_corpus_artifact(tmp_path / "corpus", ["one document", "another one"]).path
     sources = resolve_inputs([str(corpus)])
     assert sources and all(s.label.endswith(".parquet") for s in sources)  # not manifest.json read as records
+    # Its listed shards only: a shard slipped in later is refused, not read
+    import shutil
+
+    shutil.copy(corpus / "shards" / "part-00000.parquet", corpus / "shards" / "part-00001.parquet")
+    with pytest.raises(UserError, match="which its manifest does not list"):
+        resolve_inputs([str(corpus)])
+    (corpus / "shards" / "part-00001.parquet").unlink()
     from llmkit import artifacts
 
     with artifacts.create(tmp_path / "tok", "tokenizer") as build:

@@ -274,3 +274,13 @@ def test_a_resumed_clean_knows_its_files_by_real_path_and_time_not_by_label(tmp_
     stat = (tmp_path / "a" / "data.txt").stat()
     os.utime(tmp_path / "a" / "data.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert input_identities(resolve_inputs([str(tmp_path / "a" / "data.txt")], None, None, "train")) != first
+
+
+def test_a_corpus_cleaned_again_records_it_as_its_input(tmp_path):
+    source = tmp_path / "book.txt"
+    source.write_text("A first paragraph of the book, long enough to keep.\n\nA second one, also long enough to keep.\n")
+    first = _clean([source], tmp_path / "first")
+    again = _clean([first], tmp_path / "again")
+    refs = artifacts.load(again).manifest.inputs
+    assert [(r["role"], r["fingerprint"]) for r in refs] == [("corpus", artifacts.load(first).fingerprint)]
+    assert _texts(again) == _texts(first)

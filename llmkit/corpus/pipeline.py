@@ -68,6 +68,8 @@ def clean(
 
     key = resume.digest({"stage": "clean", "config": cfg.hashed(), "inputs": input_identities(sources)})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
+        for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
+            build.add_input(role, source)
         marker = resume.load(build.dir)
         shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
         dedup = Deduplicator(cfg.bands if cfg.near_dedup else 0)
@@ -168,6 +170,13 @@ def clean(
             "mb_per_s": round((bytes_in - resumed_bytes) / 1e6 / elapsed, 3) if elapsed > 0 else None,
         }
     return out
+
+
+def _artifact_inputs(inputs: list[str]) -> list[tuple[str, artifacts.Artifact]]:
+    """The corpus artifacts among the inputs, with their roles: corpus, corpus-2, ..."""
+    found = [artifacts.load(arg, kind="corpus") for arg in inputs
+             if not arg.startswith("builtin:") and (Path(arg) / artifacts.MANIFEST).is_file()]
+    return [("corpus" if i == 0 else f"corpus-{i + 1}", art) for i, art in enumerate(found)]
 
 
 def _describe(sources: list[Source]) -> str:

@@ -86,12 +86,13 @@ def _readable_in_folder(path: Path) -> bool:
     return fmt in TEXT_SUFFIXES or fmt in RECORD_SUFFIXES
 
 
-def _label_for(arg: str, path: Path, root: Optional[Path] = None) -> str:
-    """A portable label: the path as typed when relative, else from the input's own name down."""
+def _label_for(path: Path, root: Optional[Path] = None) -> str:
+    """A label (the hashed `source` and `id` columns) from the input alone, whatever folder the
+    command ran in and however the path was typed: a file's name, or a folder's name and the path
+    below it (a name two inputs share gets #2, #3, ... in input order: _make_labels_unique)."""
     if root is not None:
-        base = Path(arg).as_posix() if not Path(arg).is_absolute() else root.name
-        return f"{base.rstrip('/')}/{path.relative_to(root).as_posix()}"
-    return Path(arg).as_posix() if not Path(arg).is_absolute() else path.name
+        return f"{Path(os.path.abspath(root)).name}/{path.relative_to(root).as_posix()}"
+    return path.name
 
 
 def resolve_inputs(
@@ -116,7 +117,9 @@ def resolve_inputs(
             kind = _artifact_kind(path)
             if kind != "corpus":
                 raise UserError(f"{arg} is a {kind} artifact; clean reads text: files, folders or a corpus artifact")
-            sources.extend(_file_source(p, _label_for(arg, p, path)) for p in sorted((path / "shards").glob("*.parquet")))
+            from llmkit.data.corpus import corpus_shards
+
+            sources.extend(_file_source(p, _label_for(p, path)) for p in corpus_shards(path))
             continue
         if path.is_dir():
             files = sorted(
@@ -133,9 +136,9 @@ def resolve_inputs(
                     f"folder {arg} holds no readable files; expected .txt, .md, .jsonl, .json, .csv or .parquet "
                     "(optionally .gz/.zst compressed)"
                 )
-            sources.extend(_file_source(p, _label_for(arg, p, path)) for p in files)
+            sources.extend(_file_source(p, _label_for(p, path)) for p in files)
         else:
-            sources.append(_file_source(path, _label_for(arg, path)))
+            sources.append(_file_source(path, _label_for(path)))
     if dataset:
         sources.append(_dataset_source(dataset, dataset_config, split))
     _make_labels_unique(sources)
