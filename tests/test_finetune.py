@@ -562,6 +562,7 @@ def test_finetune_on_another_node_leaves_the_shared_run_directory_to_node_0(base
     run = tmp_path / "shared-run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("written by node 0\n")
+    (run / ".llmkit-run").touch()  # (node 0 marks the run directory it made)
     launched = []
     monkeypatch.setattr(distributed, "relaunch", lambda entry, arguments, launch_dir, **kw: launched.append((entry, kw)))
     config = FinetuneConfig.build(task="classify", nnodes=2, node_rank=1, master_addr="10.0.0.1", max_steps=1)
