@@ -191,6 +191,113 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     assert not (tmp_path / "cls-hf").exists()
 
 
+def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_path, tokenizer_dir):
+    from llmkit.data.templates import resolve_template
+
+    base = make_checkpoint(tmp_path, "base", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
+    template = resolve_template("translate")
+    tuned = _with_task(base, {"task": "sft", "template": template, "format_version": 1}, tmp_path / "tr")
+    assert cli("export", tuned, "-o", tmp_path / "tr-hf").exit_code == 0
+    assert cli("import", tmp_path / "tr-hf", "-o", tmp_path / "back").exit_code == 0
+    back = load_checkpoint(tmp_path / "back")
+    assert back.task is not None and back.task.template == template
+    assert back.task.to_json() == load_checkpoint(tuned).task.to_json()
+
+
+def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_seam():
+    """A Llama-style tokenizer prepends "▁" to every text it encodes; a template's response follows its
+    prompt mid-text, so fine-tuning encodes it without that marker: the ids of the two written together."""
+    import numpy as np
+
+    from llmkit.data.templates import encode_text_example, resolve_template
+    from llmkit.data.tokenizer import TextTokenizer
+
+    hf, names = _llama_style_tokenizer()
+    from llmkit.data.tokenizer import token_byte_lengths
+
+    tok = TextTokenizer(hf, np.asarray(token_byte_lengths(hf)), roles={"bos": names["bos_token"], "eos": names["eos_token"],
+                                                                        "pad": names["eos_token"]})
+    template = {**resolve_template("plain"), "prompt": "Citizen: {prompt} All:", "response": " {response}"}
+    record = {"prompt": "hear me speak", "response": "First Citizen speaks"}
+    example = encode_text_example(template, record, tok, "test")
+    text = "Citizen: hear me speak All: First Citizen speaks"
+
+    def spelled(ids: list[int]) -> str:  # the pieces' text: merges may differ at the seam, the text may not
+        return "".join(hf.id_to_token(i) for i in ids)
+
+    assert example.ids[0] == tok.bos_id and example.ids[-1] == tok.eos_id
+    assert spelled(example.ids[1:-1]) == spelled(tok.encode(text)) == "▁" + text.replace(" ", "▁")
+    assert spelled(tok.encode(" First")) == "▁▁First" and spelled(tok.encode_continuation(" First")) == "▁First"
+    gpt2_style = TextTokenizer(*(lambda t: (t, token_byte_lengths(t)))(_gpt2_style_tokenizer()[0]),
+                               roles={"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>"})
+    assert gpt2_style.encode_continuation(" First") == gpt2_style.encode(" First")  # byte-level BPE has no marker
+
+
+def test_import_refuses_quantized_models_and_shards_outside_the_folder(cli, tmp_path, tokenizer_dir):
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gptq", "bits": 4}}))
+    assert "quantized model (gptq)" in _error(cli("import", src, "-o", tmp_path / "q"))
+    (src / "config.json").write_text(json.dumps(config))
+    state = load_file(str(src / "model.safetensors"))
+    name = next(k for k in state if k.endswith("q_proj.weight"))
+    save_file({**state, name: state[name].to(torch.float8_e4m3fn)}, str(src / "model.safetensors"))
+    assert "stored as float8_e4m3fn" in _error(cli("import", src, "-o", tmp_path / "q"))
+    save_file(state, str(tmp_path / "elsewhere.safetensors"))
+    (src / "model.safetensors").unlink()
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: "../elsewhere.safetensors" for k in state}}))
+    assert "outside" in _error(cli("import", src, "-o", tmp_path / "q"))
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_tied_config_with_a_different_stored_head_imports_untied(cli, tmp_path, tokenizer_dir):
+    """transformers keeps an lm_head that differs from the embedding (and says so); so does import."""
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["llama-attn-bias-untied"], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    result = cli("import", src, "-o", tmp_path / "ckpt")
+    assert result.exit_code == 0 and "imported untied" in result.output, result.output
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.tie_embeddings is False
+    head = load_file(str(src / "model.safetensors"))["lm_head.weight"]
+    assert torch.equal(loaded.model.lm_head.weight, head)
+    hf_model = AutoModelForCausalLM.from_pretrained(src).eval()
+    if not torch.equal(hf_model.lm_head.weight, hf_model.model.embed_tokens.weight):  # transformers 5 keeps the head
+        idx = _tokens(vocab, seed=2)
+        with torch.no_grad():
+            assert torch.allclose(loaded.model(idx)[0], hf_model(idx).logits, atol=TOL, rtol=0)
+    del save_file
+
+
+def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli, tmp_path, tokenizer_dir):
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["gpt2"], tokenizer_dir)
+    tokenizer_json = json.loads((src / "tokenizer.json").read_text())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / name).rename(tmp_path / name)
+    assert "has no tokenizer files" in _error(cli("import", src, "-o", tmp_path / "x"))
+    (tmp_path / "tokenizer_config.json").rename(src / "tokenizer_config.json")
+    for token in tokenizer_json["added_tokens"]:
+        token["special"] = False
+    (src / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    line = _error(cli("import", src, "-o", tmp_path / "x"))
+    assert "names eos '<|eos|>', but its tokenizer.json does not mark that token special" in line, line
+
+
 def _save_hf_model(folder: Path, hf_config, tokenizer_dir: Path, seed: int = 0) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -371,7 +478,12 @@ def test_export_then_import_round_trips_weights_and_config(cli, tmp_path, tokeni
         assert torch.equal(before[name], after[name]), name
     original = json.loads((ckpt / "model_config.json").read_text())
     assert json.loads((tmp_path / "back" / "model_config.json").read_text()) == original
-    assert (tmp_path / "back" / TOKENIZER_DIR / "tokenizer.json").is_file()
+    # The tokenizer too, byte for byte (export adds a post-processor for transformers; import puts
+    # back the original), so later stages see the same tokenizer, not "another" one
+    from llmkit.data.tokenizer import same_tokenizer
+
+    assert (tmp_path / "back" / TOKENIZER_DIR / "tokenizer.json").read_bytes() == (ckpt / TOKENIZER_DIR / "tokenizer.json").read_bytes()
+    assert same_tokenizer(ckpt, tmp_path / "back")
     # Same inputs, same artifact: import is deterministic.
     assert cli("import", tmp_path / "hf", "-o", tmp_path / "again").exit_code == 0
     assert artifacts.load(tmp_path / "again").fingerprint == artifacts.load(tmp_path / "back").fingerprint
@@ -588,6 +700,9 @@ def test_import_with_foreign_special_token_names(cli, tmp_path, style):
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "again", local_files_only=True)
     assert (hf_tok.bos_token, hf_tok.eos_token) == (names["bos_token"], eos)
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == loaded.tokenizer.encode(text)
+    # No role tokens: chat says what to do instead (not finetune's "--template", which chat has not)
+    line = _error(cli("chat", tmp_path / "ckpt"))
+    assert "which this checkpoint's tokenizer lacks" in line and "llmkit generate --prompt" in line, line
 
 
 # ------------------------------------------------------------------------------------------

@@ -118,13 +118,15 @@ def resolve_template(spec: str) -> dict[str, Any]:
     return text_template(str(data.get("name", path.stem)), data["prompt"], data["response"])
 
 
-def check_tokenizer(template: dict[str, Any], tokenizer) -> None:
+def check_tokenizer(template: dict[str, Any], tokenizer,
+                    fix: str = "pass --template plain (or translate, summarize, a JSON file)") -> None:
+    """The chat template's role tokens are in the tokenizer; else an error ending in `fix` (the
+    caller's way out: finetune's is another template, chat's is another command)."""
     if template["type"] == "chat":
         missing = [tok for tok in template["roles"].values() if tok not in tokenizer.special_ids]
         if missing:
             raise UserError(
-                f"the chat template needs the special token(s) {', '.join(missing)}, which this checkpoint's tokenizer lacks; "
-                "pass --template plain (or translate, summarize, a JSON file)"
+                f"the chat template needs the special token(s) {', '.join(missing)}, which this checkpoint's tokenizer lacks; {fix}"
             )
 
 
@@ -236,7 +238,7 @@ def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[st
 
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
     prompt = [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], record, where))
-    response = tokenizer.encode(render(template["response"], record, where)) + [tokenizer.eos_id]
+    response = tokenizer.encode_continuation(render(template["response"], record, where)) + [tokenizer.eos_id]
     return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))
 
 

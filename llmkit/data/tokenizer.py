@@ -141,6 +141,39 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     return lengths
 
 
+def _without_start_marker(hf: Any) -> Any:
+    """A copy of a tokenizers.Tokenizer that does not prepend SentencePiece's word-start marker to
+    the text it encodes (the same object when it has none)."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(hf.to_str())
+    changed = False
+
+    def strip(component: dict | None) -> dict | None:
+        nonlocal changed
+        if not isinstance(component, dict):
+            return component
+        if component.get("type") == "Prepend":
+            changed = True
+            return None
+        if component.get("type") == "Metaspace" and component.get("prepend_scheme", "always") != "never":
+            changed = True
+            return {**component, "prepend_scheme": "never"}
+        if component.get("type") == "Sequence":
+            key = "normalizers" if "normalizers" in component else "pretokenizers"
+            parts = [p for p in (strip(part) for part in component.get(key, [])) if p is not None]
+            return {**component, key: parts}
+        return component
+
+    data["normalizer"] = strip(data.get("normalizer"))
+    data["pre_tokenizer"] = strip(data.get("pre_tokenizer"))
+    if not changed:
+        return hf
+    copy = Tokenizer.from_str(json.dumps(data))
+    copy.encode_special_tokens = True
+    return copy
+
+
 class TextTokenizer:
     """What the training, generation and evaluation stages need from a tokenizer."""
 
@@ -185,6 +218,17 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """`text` as it encodes right after other text (a template's response after its prompt).
+        SentencePiece-style tokenizers (Llama's, imported) mark the start of every text they encode
+        with "▁" (a Prepend normalizer, or Metaspace's prepend scheme); mid-text that marker is not
+        there, so it is left out here, or every fine-tuning example would carry an extra "▁" token
+        at the seam that the prompt and response never have written together. Byte-level BPE
+        (llmkit's own, GPT-2's) has no such marker: the same as `encode`."""
+        if not hasattr(self, "_continuation"):
+            self._continuation = _without_start_marker(self.hf)
+        return self._continuation.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode many texts on all cores (the tokenizers library's own thread pool)."""

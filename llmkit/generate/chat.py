@@ -33,7 +33,9 @@ class ChatSession:
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.template = (task.template if task is not None else None) or chat_template()
         if self.template["type"] == "chat":
-            check_tokenizer(self.template, tokenizer)
+            check_tokenizer(self.template, tokenizer,
+                            "so it cannot chat (an imported GPT-2 or Llama has none): continue text with llmkit generate "
+                            "--prompt, or fine-tune it on prompt/response pairs (llmkit finetune --template plain) and generate")
         elif system:
             from llmkit.errors import UserError
 

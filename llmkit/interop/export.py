@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 from llmkit.interop.hf_files import HF_WEIGHTS, LLMKIT_CONFIG_FILE, torch_dtype
-from llmkit.interop.hf_tokenizer import CHAT_TEMPLATE, chat_template_for, save_hf_tokenizer, stop_token_ids
+from llmkit.interop.hf_tokenizer import CHAT_TEMPLATE, chat_template_for, post_processor_of, save_hf_tokenizer, stop_token_ids
 from llmkit.model.hf_config import SpecialIds, hf_family, to_hf_config
 from llmkit.model.hf_weights import to_hf_state
 
@@ -39,7 +39,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     special = SpecialIds(bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id)
     hf_config = to_hf_config(config, special)
     hf_config.dtype = dtype
-    state = {k: v.to(weight_dtype) for k, v in to_hf_state(loaded.model.state_dict(), config).items()}
+    state = to_hf_state(loaded.model.state_dict(), config, weight_dtype)
     with outputs.atomic_directory(out, force=force, inputs=[checkpoint]) as tmp:
         hf_config.save_pretrained(tmp)
         if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
@@ -52,6 +52,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         start_id = document_start_id(tok, art, task)
         save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template, start_id=start_id)
         provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint,
+                      "tokenizer_post_processor": post_processor_of(tok.hf),
                       "task": json.loads(task.to_json()) if task is not None else None,
                       "document_start": "eos" if start_id == tok.eos_id and start_id != tok.bos_id else "bos"}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -48,6 +48,10 @@ def weight_files(src: Path) -> list[Path]:
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{index} is not a valid safetensors index ({exc}); re-save the model") from exc
+        root = src.resolve()
+        outside = [n for n in names if root not in (src / n).resolve().parents]
+        if outside:
+            raise UserError(f"{index} names weight shard {outside[0]!r}, outside {src}; keep the shards in the model directory")
         missing = [n for n in names if not (src / n).is_file()]
         if missing:
             raise UserError(f"{src} lacks weight shard {missing[0]} named in {HF_INDEX}; copy the whole model directory")
@@ -73,6 +77,10 @@ def read_hf_state(files: list[Path]) -> dict[str, torch.Tensor]:
             state.update(load_file(str(path)))
         except (SafetensorError, OSError) as exc:
             raise UserError(f"cannot read {path} as safetensors ({exc}); re-save the model") from exc
+    odd = next((name for name, tensor in state.items() if tensor.dtype not in (torch.float64, torch.float32, torch.bfloat16, torch.float16)), None)
+    if odd is not None:  # fp8, integer-packed weights: a quantized model, which would import as nonsense
+        raise UserError(f"{odd} is stored as {str(state[odd].dtype).removeprefix('torch.')}; llmkit imports float32, bfloat16 "
+                        "or float16 weights: import the unquantized model")
     return state
 
 

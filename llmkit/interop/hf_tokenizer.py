@@ -123,6 +123,23 @@ def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_templ
     path.write_text(json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def post_processor_of(tokenizer) -> dict | None:
+    """A tokenizers.Tokenizer's post-processor as JSON (export records llmkit's own, which it replaces)."""
+    return json.loads(tokenizer.to_str()).get("post_processor")
+
+
+def with_post_processor(tokenizer, post_processor: dict | None):
+    """A copy of `tokenizer` with this post-processor (JSON, or None): import puts back the one the
+    exported tokenizer had, so export -> import gives back tokenizer.json byte for byte (and llmkit,
+    which compares tokenizers by that file, sees the same tokenizer). Encoding is unchanged:
+    llmkit places its special tokens itself."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(tokenizer.to_str())
+    data["post_processor"] = post_processor
+    return Tokenizer.from_str(json.dumps(data))
+
+
 def read_hf_tokenizer(src: Path):
     """The fast (tokenizers) tokenizer of a transformers directory: tokenizer.json, or the slow
     files (vocab.json + merges.txt, ...) converted by transformers."""
@@ -134,14 +151,19 @@ def read_hf_tokenizer(src: Path):
             return Tokenizer.from_file(str(path))
         except Exception as exc:
             raise UserError(f"{path} is not a valid tokenizers file ({exc}); re-save the tokenizer") from exc
+    slow_files = ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "tokenizer_config.json")
+    if not any((src / name).is_file() for name in slow_files):
+        raise UserError(f"{src} has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt); copy the "
+                        "model's tokenizer there, or save it with AutoTokenizer(...).save_pretrained")
     try:
         from transformers import AutoTokenizer
 
         fast = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
         return fast.backend_tokenizer
     except Exception as exc:
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise UserError(
-            f"{src} has no tokenizer.json and its tokenizer files could not be converted ({type(exc).__name__}); "
+            f"{src} has no tokenizer.json and transformers could not convert its tokenizer files ({reason}); "
             "save the tokenizer there with AutoTokenizer(...).save_pretrained"
         ) from exc
 
@@ -162,6 +184,7 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
             settings = json.loads(settings_path.read_text(encoding="utf-8"))
     specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
     roles: dict[str, str] = {}
+    not_special: dict[str, str] = {}  # named for a role, but not a special token
     for role in ("bos", "eos", "pad", "mask"):
         value = settings.get(f"{role}_token")
         if isinstance(value, dict):  # an AddedToken written out
@@ -175,7 +198,14 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
             value = LLMKIT_ROLES[role]
         if value is not None and value in specials:
             roles[role] = value
+        elif value is not None:
+            not_special[role] = value
     if "eos" not in roles:
+        if "eos" in not_special:
+            raise UserError(
+                f"{src} names eos {not_special['eos']!r}, but its tokenizer.json does not mark that token special, so llmkit "
+                "cannot use it as a role; mark it special (tokenizer.add_special_tokens) and save the tokenizer again"
+            )
         raise UserError(
             f"cannot tell which token of {src}'s tokenizer ends a text (no eos_token in tokenizer_config.json, "
             "no eos_token_id in config.json); add one there"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from llmkit.errors import UserError
-from llmkit.interop.hf_files import export_provenance, read_config_json, read_hf_state, torch_dtype, weight_files
-from llmkit.interop.hf_tokenizer import hf_special_tokens, read_hf_tokenizer, write_tokenizer_folder
+from llmkit.interop.hf_files import (
+    LLMKIT_CONFIG_FILE,
+    export_provenance,
+    read_config_json,
+    read_hf_state,
+    torch_dtype,
+    weight_files,
+)
+from llmkit.interop.hf_tokenizer import hf_special_tokens, read_hf_tokenizer, with_post_processor, write_tokenizer_folder
 from llmkit.model.gpt import ModelConfig
 from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, unsupported_model_type
 from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
@@ -16,24 +24,39 @@ from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
 
 def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, torch.Tensor]):
     """A directory llmkit exported carries the original ModelConfig: use it when it describes
-    the same network, so export -> import gives back the config field for field. A bias-free
-    GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
+    the same network, so export -> import gives back the config field for field (and the third
+    value is True). A bias-free GPT-2-style model came out with zero biases (GPT-2 always has
+    them): drop them again."""
     try:
         original = ModelConfig.from_dict(export_provenance(src)["model_config"])
     except (KeyError, TypeError, ValueError):
-        return imported, state
+        return imported, state, False
     same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
             "rope_theta", "norm_eps", "n_head")
     if original.mlp_hidden != imported.mlp_hidden or any(getattr(original, f) != getattr(imported, f) for f in same):
-        return imported, state
+        return imported, state, False
     if original.n_kv_head != imported.n_kv_head or original.bias and not imported.bias:
-        return imported, state  # GPT-2 export repeated the KV heads: keep the multi-head form
+        return imported, state, False  # GPT-2 export repeated the KV heads: keep the multi-head form
     if not original.bias and imported.bias:  # every bias (linear and LayerNorm) follows `bias`
         biases = [k for k in state if k.endswith(".bias")]
         if any(bool(state[k].any()) for k in biases):
-            return imported, state  # trained biases since: they are part of the model now
+            return imported, state, False  # trained biases since: they are part of the model now
         state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    return original, state
+    return original, state, True
+
+
+def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], model_type: str) -> ModelConfig:
+    """A config that says tied, with an lm_head in the file that is not the embedding: the head
+    is what the model computes with (transformers 5 keeps it, and says so), so it is kept untied."""
+    head = state.get("lm_head.weight")
+    embedding = state.get("transformer.wte.weight" if model_type == "gpt2" else "model.embed_tokens.weight")
+    if not config.tie_embeddings or head is None or embedding is None or torch.equal(head, embedding):
+        return config
+    from llmkit.console import err
+
+    err.print("note: config.json says tie_word_embeddings, but the weights hold an lm_head that differs from the embedding; "
+              "imported untied, as transformers runs it", soft_wrap=True, markup=False)
+    return dataclasses.replace(config, tie_embeddings=False)
 
 
 def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
@@ -50,6 +73,11 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     model_type = config_json.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise unsupported_model_type(model_type, config_json.get("architectures"))
+    quantized = config_json.get("quantization_config")
+    if quantized is not None:
+        method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
+        raise UserError(f"{src} holds a quantized model ({method}); llmkit trains and runs full-precision weights: "
+                        "import the unquantized model (or dequantize it first and save it with save_pretrained)")
     files = weight_files(src)
     tokenizer = read_hf_tokenizer(src)
     try:
@@ -66,8 +94,18 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
             "the directory mixes a model and a tokenizer that do not belong together"
         )
     special = hf_special_tokens(src, config_json, tokenizer)
-    state = from_hf_state(normalize_hf_keys(read_hf_state(files), model_type), config, model_type)
-    config, state = _prefer_original_config(src, config, state)
+    provenance = export_provenance(src)
+    if "tokenizer_post_processor" in provenance:  # export added one for transformers; llmkit's own had this
+        tokenizer = with_post_processor(tokenizer, provenance["tokenizer_post_processor"])
+    hf_state = normalize_hf_keys(read_hf_state(files), model_type)
+    config = _untie_a_stored_head(config, hf_state, model_type)
+    state = from_hf_state(hf_state, config, model_type, weight_dtype)
+    config, state, exported_by_llmkit = _prefer_original_config(src, config, state)
+    task = None
+    if exported_by_llmkit and isinstance(provenance.get("task"), dict):  # a fine-tune keeps its prompt format
+        from llmkit.model.records import TaskRecord
+
+        task = TaskRecord.from_dict(provenance["task"], f"{src}/{LLMKIT_CONFIG_FILE}")
     with torch.device("meta"):  # names and shapes only: the weights are the source's, so none is initialised
         model = GPT(config)
     expected = model.state_dict()
@@ -77,8 +115,10 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
         raise AssertionError(f"hf_weights.py mapping bug: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
     check_shapes(model, state, src, config_file="config.json", fix="re-save the model")
     with artifacts.create(out, "checkpoint", force=force, inputs=[src]) as build:
-        save_weights(model, build.dir, {k: state[k].to(weight_dtype) for k in expected if k in state})
+        save_weights(model, build.dir, {k: state[k] for k in expected if k in state})
         write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)
+        if task is not None:
+            task.write(build.dir)
         build.config = {
             "source": "huggingface",
             "model_type": model_type,
@@ -89,5 +129,5 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
         }
         build.seed = seed
         build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab,
-                                      document_start=export_provenance(src).get("document_start")).to_dict()
+                                      document_start=provenance.get("document_start")).to_dict()
     return out

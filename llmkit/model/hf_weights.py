@@ -22,8 +22,18 @@ from llmkit.model.gpt import ModelConfig
 from llmkit.model.hf_config import hf_family
 
 
-def _t(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to(torch.float32).clone().contiguous()
+def _t(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x` in `dtype` (one copy at most; none when it is in `dtype` already), see _own."""
+    return _own(x.detach().to(dtype))
+
+
+def _own(x: torch.Tensor) -> torch.Tensor:
+    """`x` contiguous and alone in its memory: a slice of a packed matrix (q of c_attn, k of
+    kv_proj) shares it with its siblings, which safetensors refuses to save."""
+    x = x.contiguous()
+    if x.storage_offset() or x.untyped_storage().nbytes() != x.numel() * x.element_size():
+        return x.clone()
+    return x
 
 
 def _expand_kv(w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
@@ -35,8 +45,9 @@ def _expand_kv(w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return rows.repeat_interleave(groups, dim=0).reshape(config.n_head * config.head_dim, *w.shape[1:])
 
 
-def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """llmkit GPT state dict -> transformers state dict (tied lm_head left out, as transformers saves it)."""
+def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """llmkit GPT state dict -> transformers state dict in `dtype` (tied lm_head left out, as
+    transformers saves it). Each tensor is converted once: memory is the model plus one copy."""
     family = hf_family(config)
     out: dict[str, torch.Tensor] = {}
     kv = config.n_kv_head * config.head_dim
@@ -87,7 +98,7 @@ def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str
         out["model.norm.weight"] = get("final_norm.weight")
     if not config.tie_embeddings:
         out["lm_head.weight"] = get("lm_head.weight")
-    return {k: _t(v) for k, v in out.items()}
+    return {k: _t(v, dtype) for k, v in out.items()}
 
 
 # Keys transformers checkpoints carry that are not learned weights (old causal-mask buffers,
@@ -109,18 +120,20 @@ def normalize_hf_keys(state: dict[str, torch.Tensor], model_type: str) -> dict[s
     return out
 
 
-def from_hf_state(hf_state: dict[str, torch.Tensor], config: ModelConfig, model_type: str) -> dict[str, torch.Tensor]:
-    """transformers state dict (normalized keys) -> llmkit GPT state dict. Every transformers
-    weight must be used: an unknown one means a feature llmkit's GPT does not have."""
-    state = dict(hf_state)
+def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_type: str,
+                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """transformers state dict (normalized keys) -> llmkit GPT state dict in `dtype`. Every
+    transformers weight must be used: an unknown one means a feature llmkit's GPT does not have.
+    Empties `state` as it goes: each source tensor is converted as it is taken and dropped, so
+    memory stays near the larger of the source and the result, not their sum plus a float32 copy."""
     out: dict[str, torch.Tensor] = {}
     missing: list[str] = []
 
     def take(name: str, zeros: int | None = None) -> torch.Tensor | None:
         if name in state:
-            return state.pop(name)
+            return _t(state.pop(name), dtype)
         if zeros is not None:
-            return torch.zeros(zeros)
+            return torch.zeros(zeros, dtype=dtype)
         missing.append(name)
         return None
 
@@ -169,7 +182,7 @@ def from_hf_state(hf_state: dict[str, torch.Tensor], config: ModelConfig, model_
                 out[b + f"mlp.down_proj.{p}"] = part("mlp.down_proj")
         out["final_norm.weight"] = take("model.norm.weight")
     if config.tie_embeddings:
-        state.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
+        state.pop("lm_head.weight", None)  # a copy some tied checkpoints store anyway (import_hf unties a head that differs)
     else:
         out["lm_head.weight"] = take("lm_head.weight")
     if missing:
@@ -183,4 +196,4 @@ def from_hf_state(hf_state: dict[str, torch.Tensor], config: ModelConfig, model_
             f"the {model_type} weights hold {len(extra)} tensor(s) llmkit's GPT has no place for (e.g. {extra[0]!r}); "
             "this variant is not supported"
         )
-    return {k: _t(v) for k, v in out.items()}
+    return {k: _own(v) for k, v in out.items()}
