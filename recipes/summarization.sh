@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DialogSum: pretrain on dialogues and summaries, fine-tune with the summarize template, ROUGE.
-#   clean -> tokenizer train -> tokenize -> pretrain -> finetune --template summarize -> generate -> eval
+#   clean -> tokenizer train -> tokenize -> pretrain -> finetune --template summarize -> eval (ROUGE of its generations)
 # With a network: the hub's `knkarthick/dialogsum` has the same {dialogue, summary} fields (rename
 # dialogue to document, or pass --field dialogue to eval).
 source "$(dirname "$0")/common.sh"
