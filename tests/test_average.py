@@ -79,7 +79,7 @@ def test_a_weighted_soup_is_the_weighted_mean_with_every_member_in_its_lineage(c
     assert {i["fingerprint"] for i in art.manifest.inputs} == {artifacts.load(runs / p).fingerprint for p in "ab"}
     assert art.config["weights"] == [0.25, 0.75]
     # the token the members' documents started after, recorded by pretrain, is the soup's too
-    assert art.stats["document_start"] == artifacts.load(runs / "a").stats["document_start"] == "eos"
+    assert art.config["document_start"] == artifacts.load(runs / "a").config["document_start"] == "eos"
     generated = cli("generate", tmp_path / "soup", "-p", "ROMEO:", "-n", "4", "--greedy")
     assert generated.exit_code == 0, generated.output
 

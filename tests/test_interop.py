@@ -846,4 +846,4 @@ def test_the_document_start_token_survives_export_and_import(cli, tmp_path, toke
         loaded = load_checkpoint(path)
         expected = loaded.tokenizer.eos_id if start == "eos" else loaded.tokenizer.bos_id
         assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == expected
-    assert artifacts.load(tmp_path / "back").stats["document_start"] == start
+    assert artifacts.load(tmp_path / "back").config["document_start"] == start

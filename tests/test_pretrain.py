@@ -498,6 +498,15 @@ def test_a_run_does_not_depend_on_where_its_ancestors_are(shakespeare, cli, tmp_
     loaded = load_checkpoint(solo)
     assert artifacts.load(shakespeare["tokens"]).stats["add_bos"] is False
     assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == loaded.tokenizer.eos_id
+    # It is hashed config: an edit of the manifest shows (stats are not hashed, and no longer read for it)
+    assert loaded.artifact.config["document_start"] == "eos"
+    manifest = json.loads((solo / "manifest.json").read_text())
+    manifest["stats"]["document_start"] = "bos"
+    (solo / "manifest.json").write_text(json.dumps(manifest))
+    assert document_start_id(loaded.tokenizer, artifacts.load(solo), None) == loaded.tokenizer.eos_id
+    manifest["config"]["document_start"] = "bos"
+    (solo / "manifest.json").write_text(json.dumps(manifest))
+    assert not artifacts.verify(solo).ok
 
     before = artifacts.load(shakespeare["tokenizer"]).fingerprint
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", shakespeare["tokenizer"], "--force", *FAST, "--max-steps", "1"))

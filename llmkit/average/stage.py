@@ -18,7 +18,7 @@ from llmkit.errors import UserError
 def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, force: bool = False) -> Path:
     """Average the weights of `checkpoints` (weighted by config.weights) into a checkpoint at `out`."""
     from llmkit.model.averaging import normalised, write_average
-    from llmkit.model.records import CheckpointStats
+    from llmkit.model.records import CheckpointStats, recorded_document_start
 
     if len(checkpoints) < 2:
         raise UserError("give at least two checkpoints to average")
@@ -27,9 +27,10 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     outputs.check_output(out, force, inputs=checkpoints)
     stats_of = [CheckpointStats.of(member) for member in members]
     first = stats_of[0]
-    starts = {stats.document_start for stats in stats_of}  # kept when the members agree on it
-    stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels,
-                            document_start=starts.pop() if len(starts) == 1 else None).to_dict()
-    write_average(out, members, weights, config={"method": "weighted mean", "weights": weights}, seed=config.seed,
+    starts = {recorded_document_start(member) for member in members}  # kept when the members agree on it
+    start = starts.pop() if len(starts) == 1 else None
+    stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels).to_dict()
+    write_average(out, members, weights, config={"method": "weighted mean", "weights": weights,
+                                                 **({"document_start": start} if start else {})}, seed=config.seed,
                   stats=dict(stats, averaged=len(members)), force=force)
     return Path(out)

@@ -95,24 +95,26 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
     `<|bos|>`), so a model pretrained on the default shards has seen every document start right
     after `<|eos|>` and never seen `<|bos|>`; lm-evaluation-harness likewise conditions the first
     token on EOT. Fine-tuned checkpoints (with task.json) are trained with `<|bos|>` first, and
-    imported checkpoints use their own BOS. A checkpoint records which (stats `document_start`,
-    carried through average, export and import); one written before it did is traced through
+    imported checkpoints use their own BOS. A checkpoint records which (config `document_start`,
+    hashed, carried through average, export and import; stats before 2026-12-02); one written before it did is traced through
     its lineage (its tokens input, through any checkpoint inputs); when that cannot be found, `<|bos|>`.
     """
     if task is not None or artifact is None:
         return tokenizer.bos_id
 
+    from llmkit.model.records import recorded_document_start
+
     current, seen = artifact, 0
     while current is not None and seen < 8:
         seen += 1
-        recorded = current.stats.get("document_start")
-        if recorded in ("bos", "eos"):
+        recorded = recorded_document_start(current)
+        if recorded is not None:
             return tokenizer.bos_id if recorded == "bos" else tokenizer.eos_id
         refs = {ref["kind"]: ref["role"] for ref in current.manifest.inputs if "kind" in ref}
         try:
             if "tokens" in refs:
                 tokens = current.input(refs["tokens"])
-                return tokenizer.bos_id if tokens.stats.get("add_bos", True) else tokenizer.eos_id
+                return tokenizer.bos_id if tokens.config.get("add_bos", tokens.stats.get("add_bos", True)) else tokenizer.eos_id
             current = current.input(refs["checkpoint"]) if "checkpoint" in refs else None
         except UserError:  # moved or rebuilt since: no way to tell
             return tokenizer.bos_id

@@ -126,8 +126,8 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
             "dtype": dtype,
             "model": config.to_dict(),
             "special_tokens": special,
+            **({"document_start": provenance["document_start"]} if provenance.get("document_start") in ("bos", "eos") else {}),
         }
         build.seed = seed
-        build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab,
-                                      document_start=provenance.get("document_start")).to_dict()
+        build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab).to_dict()
     return out

@@ -100,6 +100,15 @@ def read_task(art: Any) -> TaskRecord | None:
     return TaskRecord.from_dict(data, str(path))
 
 
+def recorded_document_start(art: Any) -> str | None:
+    """"bos" or "eos": the token a checkpoint's pretraining documents followed, as its hashed config
+    records it (stats did before 2026-12-02, outside the fingerprint: still read); None if unknown."""
+    for record in (art.config, art.stats):
+        if record.get("document_start") in ("bos", "eos"):
+            return record["document_start"]
+    return None
+
+
 @dataclass
 class CheckpointStats:
     """A checkpoint manifest's `stats`. Fields a stage does not know stay None and are not written."""
@@ -113,7 +122,7 @@ class CheckpointStats:
     vocab_size: int | None = None
     tokenizer_vocab_size: int | None = None
     tokenizer_fingerprint: str | None = None
-    document_start: str | None = None  # "bos" or "eos": the token each pretraining document followed
+    document_start: str | None = None  # legacy: now in the hashed config (recorded_document_start)
     task: str | None = None
     labels: list[str] | None = None
     seq_len: int | None = None

@@ -154,8 +154,11 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         # must not depend on whether an ancestor is still on disk.
         tokenizer = tokens_art.recorded_input("tokenizer")
         inputs += [("tokenizer", tokenizer)] if tokenizer is not None else []
+        # The token every document followed: what generation and eval condition a prompt on
+        # (inference/prompts.document_start_id). Hashed, as what later stages compute depends on it.
+        document_start = "bos" if tokens_art.config.get("add_bos", tokens_art.stats.get("add_bos", True)) else "eos"
         spec = ArtifactSpec(
-            config=config.hashed(),
+            config={**config.hashed(), "document_start": document_start},
             seed=config.seed,
             inputs=inputs,
             stats=CheckpointStats(
@@ -163,7 +166,6 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 seq_len=seq_len, global_batch_sequences=global_batch, global_batch_tokens=global_batch * seq_len,
                 max_steps=max_steps,
                 tokenizer_fingerprint=next((i["fingerprint"] for i in tokens_art.manifest.inputs if i["role"] == "tokenizer"), None),
-                document_start="bos" if tokens_art.stats.get("add_bos", True) else "eos",
             ),
             runtime=runtime_record(config, info, micro_batch, accumulation),
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),

@@ -93,7 +93,8 @@ def _finished_with_these_options(run: PlannedRun, out: Path) -> bool:
     if not (target / artifacts.MANIFEST).is_file():
         return False
     done = artifacts.load(target, kind="checkpoint")
-    if done.config != json.loads(artifacts.canonical_json(run.config.hashed())):
+    options = {k: v for k, v in done.config.items() if k != "document_start"}  # (pretrain adds it from the tokens)
+    if options != json.loads(artifacts.canonical_json(run.config.hashed())):
         raise UserError(f"{target} was trained with other options than this sweep plans; rerun with --force to start the "
                         "sweep over, or write it to another -o")
     return True

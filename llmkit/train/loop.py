@@ -300,6 +300,8 @@ class Trainer:
         # What a run may change on resume: its length, and when it validates and saves. Anything
         # else would leave a config that describes no run (its first steps trained otherwise).
         for key in sorted(set(manifest.config) | set(self.spec.config)):
+            if key in (SCHEDULE_HISTORY, "document_start") and key not in manifest.config:
+                continue  # (recorded by the stage from its inputs, which are compared below; older runs lack it)
             if key not in RESUMABLE_CHANGES | {SCHEDULE_HISTORY} and manifest.config.get(key) != self.spec.config.get(key):
                 changed.append(f"--{key.replace('_', '-')} {manifest.config.get(key)!r} -> {self.spec.config.get(key)!r}")
         if changed:
