@@ -156,8 +156,11 @@ def _manifest_problem(data: Any) -> str | None:
         if name.startswith("/") or ".." in name.split("/"):
             return f"it lists {name!r}, a path outside the artifact"
     for ref in data.get("inputs", []):
-        if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("role", "path", "fingerprint")):
+        if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("role", "path", "fingerprint")) \
+                or not isinstance(ref.get("kind", ""), str):
             return "an input is not {role, kind, path, fingerprint}"
+    if not all(isinstance(part, str) for part in data.get("command", [])):
+        return "its 'command' is not a list of words"
     if any(not isinstance(v, int) or isinstance(v, bool) for v in data.get("sizes", {}).values()):
         return "its 'sizes' are not whole numbers"
     return None
@@ -247,7 +250,12 @@ class Artifact:
                     continue
                 raise UserError(f"{self.path} has no {name}, which its manifest lists; it is incomplete: restore the file or "
                                 "rebuild the artifact (llmkit verify lists all differences)")
-            if root not in path.resolve().parents:
+            try:
+                real = path.resolve(strict=True)
+            except (OSError, RuntimeError) as exc:  # a link to itself, a dangling link
+                raise UserError(f"{self.path}: {name} cannot be followed ({exc.__class__.__name__}: a broken or looping link?); "
+                                "rebuild the artifact") from None
+            if root not in real.parents:
                 raise UserError(f"{self.path}: file {name!r} leads outside the artifact (a link?); rebuild the artifact")
             expected = self.manifest.sizes.get(name)
             if expected is not None and path.stat().st_size != expected:

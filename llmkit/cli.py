@@ -184,7 +184,8 @@ def inspect_command(
     if json_output:
         typer.echo(art.manifest.to_json(), nl=False)
         return
-    print_artifact(art, artifacts.lineage(path))
+    with _damage_named(path):
+        print_artifact(art, artifacts.lineage(path))
 
 
 @app.command("report", cls=LlmkitCommand)
@@ -194,7 +195,23 @@ def report_command(
     """One table row per artifact: kind, fingerprint and headline numbers (recipes end with it)."""
     from llmkit.inspect_view import artifacts_in, print_report
 
-    print_report(artifacts_in(paths))
+    with _damage_named(*paths):
+        print_report(artifacts_in(paths))
+
+
+@contextlib.contextmanager
+def _damage_named(*paths: Path):
+    """inspect and report read what stages wrote; a manifest edited by hand (a list where a table
+    belongs), a file cut or replaced, a link loop: one line that says so and what to run, not the
+    Python error of the first reader that tripped over it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, OSError) as exc:
+        where = " ".join(str(p) for p in paths)
+        raise UserError(f"{where}: an artifact there looks damaged ({type(exc).__name__}: {' '.join(str(exc).split())[:100]}); "
+                        f"llmkit verify shows what changed, rebuild it with the stage that made it") from exc
 
 
 @app.command("verify", cls=LlmkitCommand)

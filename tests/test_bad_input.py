@@ -317,6 +317,11 @@ def _dtype(manifest, copy):
     manifest["stats"]["dtype"] = "uint32"
 
 
+def _loop(manifest, copy):
+    (copy / "model.safetensors").unlink()
+    (copy / "model.safetensors").symlink_to("model.safetensors")
+
+
 def _truncate(manifest, copy):
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
@@ -330,6 +335,8 @@ def _truncate(manifest, copy):
     ("ckpt", _link_out, "leads outside the artifact"),
     ("ckpt", _escape, "a path outside the artifact"),
     ("ckpt", _truncate, "the manifest says"),
+    ("ckpt", _loop, "a broken or looping link"),
+    ("ckpt", _set("command", [1, 2]), "'command' is not a list of words"),
     ("tokens", _dtype, "stats say dtype 'uint32'"),
 ])
 def test_tampered_inputs_are_refused_on_load(cli, chain, tmp_path, source, change, message):
@@ -340,6 +347,24 @@ def test_tampered_inputs_are_refused_on_load(cli, chain, tmp_path, source, chang
     assert not (tmp_path / "out").exists()
     if source != "tokens":  # stats are not hashed: only the stage that reads them can tell
         assert cli("inspect", tampered).exit_code != 0 and cli("verify", tampered).exit_code != 0
+
+
+def test_damage_that_loading_cannot_see_is_named_in_one_line(cli, chain, tmp_path):
+    """Stats edited into the wrong shape (unhashed: load cannot tell), a shard overwritten with bytes
+    of the same size: report and tokenize say the artifact looks damaged and what to run."""
+    def train_as_number(manifest, _):
+        manifest["stats"]["train"] = 5
+
+    tampered = _tamper(chain / "tokens", tmp_path, train_as_number)
+    line = _one_line_error(cli("report", tampered))
+    assert "looks damaged" in line and "llmkit verify" in line, line
+    corpus = tmp_path / "corpus"
+    shutil.copytree(chain / "corpus", corpus)
+    shard = next((corpus / "shards").iterdir())
+    shard.write_bytes(shard.read_bytes()[:4] + bytes(shard.stat().st_size - 8) + shard.read_bytes()[-4:])
+    line = _one_line_error(cli("tokenize", corpus, "-t", chain / "tok", "-o", tmp_path / "tokens"), after_progress=True)
+    assert f"corpus shard {shard} cannot be read" in line and "llmkit verify" in line, line
+    assert not (tmp_path / "tokens").exists()
 
 
 def test_a_full_disk_is_named(cli, chain, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ whatever the corpus size.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Iterator, Sequence
@@ -60,7 +61,11 @@ def count_documents(artifact: artifacts.Artifact | Path | str) -> int:
     """Number of documents, read from the Parquet footers (no data is scanned)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in corpus_shards(artifact))
+    total = 0
+    for path in corpus_shards(artifact):
+        with readable_shard(path):
+            total += pq.ParquetFile(path).metadata.num_rows
+    return total
 
 
 def iter_corpus_columns(
@@ -70,12 +75,26 @@ def iter_corpus_columns(
     import pyarrow.parquet as pq
 
     for path in corpus_shards(artifact):
-        parquet = pq.ParquetFile(path)
-        missing = [c for c in columns if c not in parquet.schema_arrow.names]
-        if missing:
-            raise UserError(f"corpus shard {path} has no column(s) {', '.join(missing)}; rebuild it with llmkit clean")
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns)):
-            yield {name: batch.column(name).to_pylist() for name in columns}
+        with readable_shard(path):
+            parquet = pq.ParquetFile(path)
+            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise UserError(f"corpus shard {path} has no column(s) {', '.join(missing)}; rebuild it with llmkit clean")
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns)):
+                yield {name: batch.column(name).to_pylist() for name in columns}
+
+
+@contextlib.contextmanager
+def readable_shard(path: Path | str) -> Iterator[None]:
+    """Reading a corpus shard: one whose bytes changed but not its size (which loading checks)
+    fails in pyarrow; said in one line, naming the shard and `llmkit verify`."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"corpus shard {path} cannot be read ({' '.join(str(exc).split())[:120]}); it is damaged: "
+                        f"llmkit verify {Path(path).parent.parent} shows it, rebuild the corpus with llmkit clean") from None
 
 
 def iter_corpus_texts(artifact: artifacts.Artifact | Path | str, batch_size: int = 1000) -> Iterator[list[str]]:
@@ -189,15 +208,19 @@ def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGrou
     """Every row group of a corpus, in the corpus's order."""
     import pyarrow.parquet as pq
 
-    return [RowGroup(str(path), index) for path in corpus_shards(artifact)
-            for index in range(pq.ParquetFile(path).metadata.num_row_groups)]
+    groups = []
+    for path in corpus_shards(artifact):
+        with readable_shard(path):
+            groups += [RowGroup(str(path), index) for index in range(pq.ParquetFile(path).metadata.num_row_groups)]
+    return groups
 
 
 def read_row_group_texts(row_group: RowGroup) -> list[str]:
     """The document texts of one row group (null texts read as "")."""
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(row_group.path).read_row_group(row_group.index, columns=["text"])
+    with readable_shard(row_group.path):
+        table = pq.ParquetFile(row_group.path).read_row_group(row_group.index, columns=["text"])
     return [t if t is not None else "" for t in table.column("text").to_pylist()]
 
 

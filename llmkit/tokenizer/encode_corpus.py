@@ -82,23 +82,29 @@ def document_groups(corpus: artifacts.Artifact) -> np.ndarray:
     """Each document's input as a small integer (from the `source` column; one group without it)."""
     import pyarrow.parquet as pq
 
-    from llmkit.data.corpus import corpus_shards
+    from llmkit.data.corpus import corpus_shards, readable_shard
 
     ids: dict[str, int] = {}
     parts = []
     for path in corpus_shards(corpus):
-        # read as a dictionary column: no dictionary_encode, whose pyarrow.compute import costs 0.05 s
-        parquet = pq.ParquetFile(path, read_dictionary=["source"])
-        if "source" not in parquet.schema_arrow.names:
-            parts.append(np.zeros(parquet.metadata.num_rows, dtype=np.int32))
-            continue
-        for batch in parquet.iter_batches(columns=["source"], batch_size=65536):
-            encoded = batch.column(0)
-            # one group per distinct source, and one for the documents without a source (null)
-            nulls = [ids.setdefault(None, len(ids))] if encoded.indices.null_count else []
-            local = np.array([ids.setdefault(str(v), len(ids)) for v in encoded.dictionary.to_pylist()] + nulls, dtype=np.int32)
-            parts.append(local[_arrow_indices(encoded.indices, null_as=len(local) - 1)] if len(local) else np.zeros(0, np.int32))
+        with readable_shard(path):
+            parts += _shard_groups(pq.ParquetFile(path, read_dictionary=["source"]), ids)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _shard_groups(parquet, ids: dict) -> list[np.ndarray]:
+    """document_groups of one shard (read as a dictionary column: no dictionary_encode, whose
+    pyarrow.compute import costs 0.05 s)."""
+    parts = []
+    if "source" not in parquet.schema_arrow.names:
+        return [np.zeros(parquet.metadata.num_rows, dtype=np.int32)]
+    for batch in parquet.iter_batches(columns=["source"], batch_size=65536):
+        encoded = batch.column(0)
+        # one group per distinct source, and one for the documents without a source (null)
+        nulls = [ids.setdefault(None, len(ids))] if encoded.indices.null_count else []
+        local = np.array([ids.setdefault(str(v), len(ids)) for v in encoded.dictionary.to_pylist()] + nulls, dtype=np.int32)
+        parts.append(local[_arrow_indices(encoded.indices, null_as=len(local) - 1)] if len(local) else np.zeros(0, np.int32))
+    return parts
 
 
 def _arrow_indices(array, null_as: int) -> np.ndarray:
