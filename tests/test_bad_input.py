@@ -317,6 +317,10 @@ def _dtype(manifest, copy):
     manifest["stats"]["dtype"] = "uint32"
 
 
+def _eos(manifest, copy):
+    manifest["stats"]["eos_id"] = manifest["stats"]["bos_id"]
+
+
 def _loop(manifest, copy):
     (copy / "model.safetensors").unlink()
     (copy / "model.safetensors").symlink_to("model.safetensors")
@@ -338,6 +342,7 @@ def _truncate(manifest, copy):
     ("ckpt", _loop, "a broken or looping link"),
     ("ckpt", _set("command", [1, 2]), "'command' is not a list of words"),
     ("tokens", _dtype, "stats say dtype 'uint32'"),
+    ("tokens", _eos, "its stats say vocabulary, eos and bos"),
 ])
 def test_tampered_inputs_are_refused_on_load(cli, chain, tmp_path, source, change, message):
     tampered = _tamper(chain / source, tmp_path, change)

@@ -172,6 +172,15 @@ class TokenShards:
             # stats are not hashed: a dtype that disagrees with the vocabulary would misread every token
             raise UserError(f"tokens artifact {art.path}: stats say dtype {stats['dtype']!r} for a vocabulary of {vocab!r}, "
                             f"which llmkit stores as {token_dtype(vocab if isinstance(vocab, int) else 0).name}; rebuild it")
+        if "tokenizer/tokenizer.json" in art.manifest.files:
+            # stats are not hashed; the tokenizer copy is: the ids a stage reads must be the tokenizer's
+            from llmkit.data.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(art.path / "tokenizer")
+            said, real = (vocab, stats["eos_id"], stats["bos_id"]), (tok.vocab_size, tok.eos_id, tok.bos_id)
+            if said != real:
+                raise UserError(f"tokens artifact {art.path}: its stats say vocabulary, eos and bos {said}, its tokenizer "
+                                f"{real}; the manifest was edited, rebuild it with llmkit tokenize")
         dtype = token_dtype(vocab)
         paths = [art.file(n) for n in names]
         for path in paths:
