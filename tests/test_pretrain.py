@@ -296,6 +296,35 @@ def test_sigkill_then_resume_is_bitwise_equal(shakespeare, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_stops_every_process_of_a_two_process_run(shakespeare, tmp_path):
+    """SIGTERM reaches the command's process only (a scheduler's kill, `timeout`): it passes it on to
+    torchrun and waits, so no worker goes on writing checkpoints into the run after it exits."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_pretrain_command(shakespeare["tokens"], run, "--max-steps", "100000", "--save-every", "4",
+                                              "--eval-every", "0", "--nproc", "2", "--threads", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated" in stderr and "Traceback" not in stderr, stderr
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    time.sleep(2)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved  # nobody writes any more
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(run).encode() in _cmdline(p)]
+    assert not alive, alive
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
 def test_gloo_two_processes_match_one(shakespeare, cli, tmp_path):
     common = [*FAST, "--max-steps", "12", "--eval-every", "6", "--save-every", "6"]
     one = tmp_path / "one"

@@ -234,18 +234,32 @@ _AGENT_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*torch/distribut
 def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
     """Run torchrun, passing the workers' output through live. torchrun's agent logs and its
     closing traceback are held back and shown only when no worker explained the failure."""
+    from llmkit.errors import Terminated
+
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
     held: list[str] = []
     in_traceback = False
-    for line in process.stderr:
-        if line.startswith("Traceback (most recent call last)") or in_traceback:
-            in_traceback = True
-            held.append(line)
-        elif _AGENT_LOG.match(line):
-            held.append(line)
-        else:
-            sys.stderr.write(line)
-            sys.stderr.flush()
+    try:
+        for line in process.stderr:
+            if line.startswith("Traceback (most recent call last)") or in_traceback:
+                in_traceback = True
+                held.append(line)
+            elif _AGENT_LOG.match(line):
+                held.append(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+    except KeyboardInterrupt as stop:
+        # A terminal's Ctrl-C reached torchrun too; a SIGTERM only this process: pass it on. Then
+        # wait, so that no worker goes on writing into a run the caller cleans up or unlocks.
+        if isinstance(stop, Terminated):
+            process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
     returncode = process.wait()
     if returncode != 0 and show_noise():
         sys.stderr.write("".join(held))
