@@ -598,6 +598,23 @@ def test_the_fingerprint_tells_runs_by_their_weights_and_schedule(shakespeare, c
     assert f"init input {artifacts.load(tmp_path / 'straight').fingerprint[:12]} added" in line, line
 
 
+def test_a_run_made_before_the_bookkeeping_options_left_the_config_still_resumes(shakespeare, cli, tmp_path):
+    """Runs made before 2026-12-02 record --eval-every, --save-every, --keep-last and --eval-tokens in
+    their hashed config, and no document start: a resume compares the options, not those keys."""
+    run = tmp_path / "run"
+    assert cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "2", "--eval-every", "0").exit_code == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["config"]["document_start"]
+    manifest["config"].update(eval_every=0, eval_tokens=2048, keep_last=2, save_every=500)
+    manifest["fingerprint"] = artifacts.compute_fingerprint(manifest["kind"], manifest["format_version"], manifest["config"],
+                                                            manifest["seed"], manifest["inputs"], manifest["files"])
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert artifacts.verify(run).ok
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "4", "--eval-every", "0", "--resume")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(run).stats["step"] == 4
+
+
 def test_resume_notes_when_dropout_masks_cannot_continue(shakespeare, cli, tmp_path):
     """Masks drawn per process (--no-batch-invariant, GPUs, --tp/--pp) cannot be continued by a
     run that draws them per sequence (the CPU default), nor by another number of processes: the

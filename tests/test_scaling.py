@@ -171,6 +171,9 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     configs = {f.name: f.read_text() for f in (out / "configs").iterdir()}
     changed = cli("sweep", tokens, "-o", out, *SWEEP[:-2], "--min-steps", "2")
     assert changed.exit_code != 0 and "is a finished sweep of another grid" in changed.output
+    # How the runs validate is runtime for a run, but the sweep's result (its losses) depends on it
+    revalidated = cli("sweep", tokens, "-o", out, *SWEEP, "--eval-tokens", "1024")
+    assert revalidated.exit_code != 0 and "is a finished sweep of another grid" in revalidated.output
     # ... and leave the finished sweep as it was: still the artifact, the run configs untouched.
     assert artifacts.verify(out).ok and artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     assert {f.name: f.read_text() for f in (out / "configs").iterdir()} == configs

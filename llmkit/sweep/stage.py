@@ -27,6 +27,7 @@ from typing import Any
 
 from llmkit import artifacts
 from llmkit.errors import Terminated, UserError
+from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig
 from llmkit.sweep.grid import PlannedRun, plan
 
@@ -72,8 +73,10 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun]) -> None:
     """A rerun continues the very sweep in OUT: a finished sweep of other options, or runs this
     grid does not plan, are refused (they would be replaced, or left lying in the artifact)."""
     if (out / artifacts.MANIFEST).is_file():
-        recorded = artifacts.load(out, kind="sweep", check=False).config
-        if recorded != json.loads(artifacts.canonical_json(config.hashed())):
+        recorded, now = artifacts.load(out, kind="sweep", check=False).config, _sweep_config(config)
+        validation = recorded.get("validation") or {key: recorded.get(key) for key in now["validation"]}  # (before 2026-12-02)
+        if recorded_options({**recorded, "validation": None}) != recorded_options({**now, "validation": None}) or \
+                validation != now["validation"]:
             raise UserError(f"{out} is a finished sweep of another grid or other options; pass --force to replace it, "
                             "or write this one to another -o")
     planned = {run.name for run in runs}
@@ -86,6 +89,18 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun]) -> None:
                         "over, or write this sweep to another -o")
 
 
+def _validation(config) -> dict[str, int]:
+    """How the runs validate: the sweep's result (the validation losses the fit uses) depends on it,
+    although for one run it is runtime (it changes no weight)."""
+    base = getattr(config, "base", config)
+    return {"eval_every": base.checkpoints.eval_every, "eval_tokens": base.eval_tokens}
+
+
+def _sweep_config(config: SweepConfig) -> dict:
+    """The sweep artifact's hashed config: its options, and how its runs validate."""
+    return json.loads(artifacts.canonical_json({**config.hashed(), "validation": _validation(config)}))
+
+
 def _finished_with_these_options(run: PlannedRun, out: Path) -> bool:
     """Whether the run is already done; one done with other options is refused (a finished
     sweep rerun with another --lr, say), before the sweep changes anything on disk."""
@@ -93,8 +108,9 @@ def _finished_with_these_options(run: PlannedRun, out: Path) -> bool:
     if not (target / artifacts.MANIFEST).is_file():
         return False
     done = artifacts.load(target, kind="checkpoint")
-    options = {k: v for k, v in done.config.items() if k != "document_start"}  # (pretrain adds it from the tokens)
-    if options != json.loads(artifacts.canonical_json(run.config.hashed())):
+    validated = {key: done.manifest.runtime.get(key, done.config.get(key)) for key in _validation(run.config)}  # (config: before 2026-12-02)
+    if recorded_options(done.config) != json.loads(artifacts.canonical_json(run.config.hashed())) or \
+            validated != _validation(run.config):
         raise UserError(f"{target} was trained with other options than this sweep plans; rerun with --force to start the "
                         "sweep over, or write it to another -o")
     return True
@@ -278,7 +294,7 @@ def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, c
         loss_curves(runs, path, x="tokens", tokens_per_step={s.run.name: float(s.run.config.batch_tokens) for s in members},
                     title=f"sweep: {label}")
         plots.append(path.relative_to(out).as_posix())
-    build.config = config.hashed()
+    build.config = _sweep_config(config)
     build.seed = config.base.seed
     build.stats = {"runs": rows, "plots": plots, "count": "non-embedding parameters; flops = 6 x non-embedding params x tokens"}
     build.runtime = {"parallel": config.parallel}

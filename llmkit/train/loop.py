@@ -38,7 +38,7 @@ from llmkit.train.distributed import DistInfo
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.objectives import targets_in
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
-from llmkit.train.options import Checkpointing, Devices, Numerics, Optimization, resolve_precision
+from llmkit.train.options import Checkpointing, Devices, Numerics, Optimization, recorded_options, resolve_precision
 
 Batch = tuple[torch.Tensor, ...]
 BatchProvider = Callable[[Sequence[int]], Batch]
@@ -97,7 +97,7 @@ class LoopResult:
 # not hashed). Where the learning-rate schedule depends on the length, the steps trained under
 # an earlier length are recorded in the config (SCHEDULE_HISTORY), so it still describes the run.
 RESUMABLE_CHANGES = frozenset({"max_steps", "max_tokens", "epochs"})
-SCHEDULE_HISTORY = "lr_schedule_before"
+SCHEDULE_HISTORY = "lr_schedule_before"  # (one of llmkit.train.options.STAGE_RECORDED)
 
 
 class NonFiniteLoss(UserError):
@@ -299,11 +299,10 @@ class Trainer:
             changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
         # What a run may change on resume: its length, and when it validates and saves. Anything
         # else would leave a config that describes no run (its first steps trained otherwise).
-        for key in sorted(set(manifest.config) | set(self.spec.config)):
-            if key in (SCHEDULE_HISTORY, "document_start") and key not in manifest.config:
-                continue  # (recorded by the stage from its inputs, which are compared below; older runs lack it)
-            if key not in RESUMABLE_CHANGES | {SCHEDULE_HISTORY} and manifest.config.get(key) != self.spec.config.get(key):
-                changed.append(f"--{key.replace('_', '-')} {manifest.config.get(key)!r} -> {self.spec.config.get(key)!r}")
+        saved_options, options = recorded_options(manifest.config), recorded_options(self.spec.config)
+        for key in sorted(set(saved_options) | set(options)):
+            if key not in RESUMABLE_CHANGES and saved_options.get(key) != options.get(key):
+                changed.append(f"--{key.replace('_', '-')} {saved_options.get(key)!r} -> {options.get(key)!r}")
         if changed:
             raise UserError(
                 f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "

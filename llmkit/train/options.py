@@ -76,6 +76,20 @@ class Numerics(Options):
                             choices=PRECISIONS)
 
 
+# When a run validates and saves was hashed config until 2026-12-02 (runtime since): runs and
+# sweeps made before record these in their config. And keys a training stage adds to its config
+# from its inputs and history (the tokens' document start; the learning rates of a resumed run's
+# earlier length), beside its options. Comparisons of a recorded config with the options asked
+# now leave both out (`recorded_options`).
+FORMERLY_HASHED = frozenset({"eval_every", "eval_tokens", "eval_examples", "save_every", "keep_last"})
+STAGE_RECORDED = frozenset({"document_start", "lr_schedule_before"})
+
+
+def recorded_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The options a training artifact's (or a sweep's) recorded config says it ran with."""
+    return {key: value for key, value in config.items() if key not in FORMERLY_HASHED | STAGE_RECORDED}
+
+
 @dataclass
 class Checkpointing(Options):
     # When a run validates and saves changes none of its weights: runtime, not hashed (a resume may change them).
