@@ -166,13 +166,24 @@ def _manifest_problem(data: Any) -> str | None:
     return None
 
 
-def is_manifest(path: Path) -> bool:
+def manifest_kind(folder: Path) -> str | None:
+    """The kind of the artifact at `folder` if its manifest is one llmkit wrote, else None."""
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8"))["kind"] if is_manifest(path) else None
+
+
+def is_manifest(path: Path, *, loosely: bool = False) -> bool:
     """Whether `path` is a manifest llmkit wrote (well-formed JSON of a known kind), for telling
-    llmkit's outputs from a user's folder that happens to hold a file of that name."""
+    llmkit's outputs from a user's folder that happens to hold a file of that name. `loosely`: a
+    JSON object naming a kind llmkit makes and a format version is enough (a damaged one, which
+    --force may replace)."""
     try:
-        return _manifest_problem(json.loads(Path(path).read_text(encoding="utf-8"))) is None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return False
+    if loosely:
+        return isinstance(data, dict) and data.get("kind") in KINDS and "format_version" in data
+    return _manifest_problem(data) is None
 
 
 @dataclass(frozen=True)
@@ -225,8 +236,9 @@ class Artifact:
         found = []
         for folder in sorted(folders):
             directory = self.path / folder
-            if directory.is_dir():
-                found += [f"{folder}/{p.name}" for p in sorted(directory.iterdir()) if p.is_file() and f"{folder}/{p.name}" not in listed]
+            if directory.is_dir():  # (hidden files, .DS_Store and editors' swap files, are no stage's input)
+                found += [f"{folder}/{p.name}" for p in sorted(directory.iterdir())
+                          if p.is_file() and not p.name.startswith(".") and f"{folder}/{p.name}" not in listed]
         for name in READ_IF_PRESENT:
             for where in ("", "tokenizer/"):
                 if f"{where}{name}" not in listed and f"{where}{name}" not in found and (self.path / where / name).is_file():

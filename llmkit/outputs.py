@@ -60,7 +60,11 @@ def _made_by_llmkit(folder: Path) -> bool:
         return True
     if (folder / RUN_MARK).is_file() or (folder / "llmkit_model_config.json").is_file():  # the last: llmkit export's
         return True
-    return is_manifest(folder / "manifest.json") or any(is_manifest(m) for m in folder.glob("checkpoints/step_*/manifest.json"))
+    # A damaged manifest of ours still names a kind llmkit makes; runs and sweeps from before the
+    # mark hold checkpoints (a sweep's below runs/).
+    return is_manifest(folder / "manifest.json", loosely=True) or any(
+        is_manifest(m) for pattern in ("checkpoints/step_*/manifest.json", "runs/*/manifest.json",
+                                       "runs/*/checkpoints/step_*/manifest.json") for m in folder.glob(pattern))
 
 
 def make_parent(out: Path) -> None:

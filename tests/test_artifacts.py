@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,9 @@ def test_load_refuses_a_missing_listed_file_and_an_added_one_a_stage_could_read(
     with pytest.raises(UserError, match="holds special_tokens.json"):
         artifacts.load(out)
     make(out, force=True)
+    (out / "data" / ".DS_Store").write_text("a file browser's")  # hidden files are no stage's input
+    assert artifacts.load(out).kind == "corpus" and artifacts.verify(out).ok
+    make(out, force=True)
     (out / "metrics.jsonl").write_text("{}")  # the top folder holds unlisted bookkeeping by design
     assert artifacts.load(out).kind == "corpus" and artifacts.verify(out).ok
 
@@ -227,6 +231,14 @@ def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_them
     (run / outputs.RUN_MARK).touch()
     (run / "metrics.jsonl").write_text("{}")
     outputs.check_output(run, force=True)  # a training run llmkit started
+    old_sweep = tmp_path / "old-sweep"  # from before the mark: a sweep in progress holding a finished run
+    shutil.copytree(tmp_path / "made", old_sweep / "runs" / "d1")
+    outputs.check_output(old_sweep, force=True)
+    damaged = tmp_path / "damaged"  # an artifact of ours whose manifest was damaged: --force may rebuild it
+    shutil.copytree(tmp_path / "made", damaged)
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    (damaged / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": "edited", "files": []}))
+    outputs.check_output(damaged, force=True)
     other = tmp_path / ".cA.tmp-123"  # another output's work in progress
     other.mkdir()
     with outputs.output_lock(tmp_path / "c?"):

@@ -191,10 +191,11 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     assert not (tmp_path / "cls-hf").exists()
 
 
-def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("case", ["llama-tied-gqa", "gpt2-untied-gqa-nobias"])  # (the second comes back multi-head)
+def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_path, tokenizer_dir, case):
     from llmkit.data.templates import resolve_template
 
-    base = make_checkpoint(tmp_path, "base", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
+    base = make_checkpoint(tmp_path, "base", tokenizer_dir, **EXPORT_CASES[case])
     template = resolve_template("translate")
     tuned = _with_task(base, {"task": "sft", "template": template, "format_version": 1}, tmp_path / "tr")
     assert cli("export", tuned, "-o", tmp_path / "tr-hf").exit_code == 0
@@ -231,6 +232,12 @@ def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_se
     gpt2_style = TextTokenizer(*(lambda t: (t, token_byte_lengths(t)))(_gpt2_style_tokenizer()[0]),
                                roles={"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>"})
     assert gpt2_style.encode_continuation(" First") == gpt2_style.encode(" First")  # byte-level BPE has no marker
+    from tokenizers import pre_tokenizers
+
+    prefixed, _ = _gpt2_style_tokenizer()  # ... unless it adds a prefix space ("Ġ") to every text
+    prefixed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    prefixed_tok = TextTokenizer(prefixed, token_byte_lengths(prefixed), roles={r: "<|endoftext|>" for r in ("bos", "eos", "pad")})
+    assert prefixed_tok.encode_continuation("speak") == gpt2_style.encode("speak") != prefixed_tok.encode("speak")
 
 
 def test_import_refuses_quantized_models_and_shards_outside_the_folder(cli, tmp_path, tokenizer_dir):
@@ -400,16 +407,19 @@ def test_import_sharded_weights_and_original_gpt2_layout(cli, tmp_path, tokenize
     (sharded / "model.safetensors").unlink()
     names = sorted(full)
     halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    blobs = tmp_path / "blobs"  # as in a Hub cache snapshot: the shards are links to ../../blobs/<hash>
+    blobs.mkdir()
     for shard, keys in halves.items():
-        save_file({k: full[k] for k in keys}, str(sharded / shard), metadata={"format": "pt"})
+        save_file({k: full[k] for k in keys}, str(blobs / shard), metadata={"format": "pt"})
+        (sharded / shard).symlink_to(blobs / shard)
     index = {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
 
     legacy = tmp_path / "legacy"
     _save_hf_model(legacy, _hf_configs(vocab)["gpt2"], tokenizer_dir)
     old = {k.removeprefix("transformer."): v for k, v in full.items()}
-    for i in range(2):
-        old[f"h.{i}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+    for i in range(2):  # (bool in some uploads: a buffer, not a weight, whatever its dtype)
+        old[f"h.{i}.attn.bias"] = torch.tril(torch.ones(64, 64, dtype=torch.bool if i else torch.float32)).view(1, 1, 64, 64)
     save_file(old, str(legacy / "model.safetensors"), metadata={"format": "pt"})
 
     idx = _tokens(vocab, seed=6)
@@ -422,7 +432,7 @@ def test_import_sharded_weights_and_original_gpt2_layout(cli, tmp_path, tokenize
             got = load_checkpoint(tmp_path / f"{src.name}-ckpt").model(idx)[0]
         assert torch.allclose(got, expected, atol=TOL, rtol=0)
     # A shard named in the index but absent: one line, no artifact.
-    (sharded / "model-00002-of-00002.safetensors").unlink()
+    (blobs / "model-00002-of-00002.safetensors").unlink()
     assert "model-00002-of-00002" in _error(cli("import", sharded, "-o", tmp_path / "broken"))
 
 

@@ -92,6 +92,9 @@ def readable_shard(path: Path | str) -> Iterator[None]:
 
     try:
         yield
+    except (PermissionError, FileNotFoundError) as exc:
+        raise UserError(f"cannot read corpus shard {path} ({exc.strerror}); check the file's permissions, or rebuild the "
+                        "corpus with llmkit clean") from None
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"corpus shard {path} cannot be read ({' '.join(str(exc).split())[:120]}); it is damaged: "
                         f"llmkit verify {Path(path).parent.parent} shows it, rebuild the corpus with llmkit clean") from None

@@ -126,6 +126,13 @@ def _as_tokens(artifact_or_path: artifacts.Artifact | Path | str) -> artifacts.A
     return artifacts.load(artifact_or_path, kind="tokens")
 
 
+def document_start(tokens: artifacts.Artifact) -> str:
+    """"bos" or "eos": the token every document of a tokens artifact follows (`text <|eos|>` by
+    default, `<|bos|> text <|eos|>` with --add-bos): what a model trained on it saw first."""
+    add_bos = tokens.config.get("add_bos", tokens.stats.get("add_bos", True))  # (stats: artifacts of old libraries)
+    return "bos" if add_bos else "eos"
+
+
 class TokenShards:
     """Memory-mapped view of one split of a tokens artifact, as if its shards were one array."""
 

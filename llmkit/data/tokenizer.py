@@ -159,6 +159,9 @@ def _without_start_marker(hf: Any) -> Any:
         if component.get("type") == "Metaspace" and component.get("prepend_scheme", "always") != "never":
             changed = True
             return {**component, "prepend_scheme": "never"}
+        if component.get("type") == "ByteLevel" and component.get("add_prefix_space"):  # GPT-2-style "Ġ" before the first word
+            changed = True
+            return {**component, "add_prefix_space": False}
         if component.get("type") == "Sequence":
             key = "normalizers" if "normalizers" in component else "pretokenizers"
             parts = [p for p in (strip(part) for part in component.get(key, [])) if p is not None]
@@ -224,8 +227,8 @@ class TextTokenizer:
         SentencePiece-style tokenizers (Llama's, imported) mark the start of every text they encode
         with "▁" (a Prepend normalizer, or Metaspace's prepend scheme); mid-text that marker is not
         there, so it is left out here, or every fine-tuning example would carry an extra "▁" token
-        at the seam that the prompt and response never have written together. Byte-level BPE
-        (llmkit's own, GPT-2's) has no such marker: the same as `encode`."""
+        at the seam that the prompt and response never have written together. Byte-level BPE adds
+        one only with `add_prefix_space` (llmkit's own and GPT-2's do not: the same as `encode`)."""
         if not hasattr(self, "_continuation"):
             self._continuation = _without_start_marker(self.hf)
         return self._continuation.encode(text, add_special_tokens=False).ids

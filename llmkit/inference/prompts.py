@@ -113,8 +113,9 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
         refs = {ref["kind"]: ref["role"] for ref in current.manifest.inputs if "kind" in ref}
         try:
             if "tokens" in refs:
-                tokens = current.input(refs["tokens"])
-                return tokenizer.bos_id if tokens.config.get("add_bos", tokens.stats.get("add_bos", True)) else tokenizer.eos_id
+                from llmkit.data.shards import document_start
+
+                return tokenizer.bos_id if document_start(current.input(refs["tokens"])) == "bos" else tokenizer.eos_id
             current = current.input(refs["checkpoint"]) if "checkpoint" in refs else None
         except UserError:  # moved or rebuilt since: no way to tell
             return tokenizer.bos_id

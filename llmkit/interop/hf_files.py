@@ -48,8 +48,8 @@ def weight_files(src: Path) -> list[Path]:
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{index} is not a valid safetensors index ({exc}); re-save the model") from exc
-        root = src.resolve()
-        outside = [n for n in names if root not in (src / n).resolve().parents]
+        # Checked as written, not resolved: a Hub cache snapshot's shards are links into ../../blobs
+        outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
         if outside:
             raise UserError(f"{index} names weight shard {outside[0]!r}, outside {src}; keep the shards in the model directory")
         missing = [n for n in names if not (src / n).is_file()]
@@ -77,11 +77,16 @@ def read_hf_state(files: list[Path]) -> dict[str, torch.Tensor]:
             state.update(load_file(str(path)))
         except (SafetensorError, OSError) as exc:
             raise UserError(f"cannot read {path} as safetensors ({exc}); re-save the model") from exc
+    return state
+
+
+def check_float_weights(state: dict[str, torch.Tensor]) -> None:
+    """Weights (buffers already dropped) in a float dtype llmkit computes in: fp8 or integer-packed
+    ones are a quantized model, which would import as nonsense."""
     odd = next((name for name, tensor in state.items() if tensor.dtype not in (torch.float64, torch.float32, torch.bfloat16, torch.float16)), None)
-    if odd is not None:  # fp8, integer-packed weights: a quantized model, which would import as nonsense
+    if odd is not None:
         raise UserError(f"{odd} is stored as {str(state[odd].dtype).removeprefix('torch.')}; llmkit imports float32, bfloat16 "
                         "or float16 weights: import the unquantized model")
-    return state
 
 
 

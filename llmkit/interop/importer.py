@@ -10,6 +10,7 @@ import torch
 from llmkit.errors import UserError
 from llmkit.interop.hf_files import (
     LLMKIT_CONFIG_FILE,
+    check_float_weights,
     export_provenance,
     read_config_json,
     read_hf_state,
@@ -24,25 +25,24 @@ from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
 
 def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, torch.Tensor]):
     """A directory llmkit exported carries the original ModelConfig: use it when it describes
-    the same network, so export -> import gives back the config field for field (and the third
-    value is True). A bias-free GPT-2-style model came out with zero biases (GPT-2 always has
+    the same network, so export -> import gives back the config field for field. A bias-free GPT-2-style model came out with zero biases (GPT-2 always has
     them): drop them again."""
     try:
         original = ModelConfig.from_dict(export_provenance(src)["model_config"])
     except (KeyError, TypeError, ValueError):
-        return imported, state, False
+        return imported, state
     same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
             "rope_theta", "norm_eps", "n_head")
     if original.mlp_hidden != imported.mlp_hidden or any(getattr(original, f) != getattr(imported, f) for f in same):
-        return imported, state, False
+        return imported, state
     if original.n_kv_head != imported.n_kv_head or original.bias and not imported.bias:
-        return imported, state, False  # GPT-2 export repeated the KV heads: keep the multi-head form
+        return imported, state  # GPT-2 export repeated the KV heads: keep the multi-head form
     if not original.bias and imported.bias:  # every bias (linear and LayerNorm) follows `bias`
         biases = [k for k in state if k.endswith(".bias")]
         if any(bool(state[k].any()) for k in biases):
-            return imported, state, False  # trained biases since: they are part of the model now
+            return imported, state  # trained biases since: they are part of the model now
         state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    return original, state, True
+    return original, state
 
 
 def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], model_type: str) -> ModelConfig:
@@ -98,11 +98,12 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     if "tokenizer_post_processor" in provenance:  # export added one for transformers; llmkit's own had this
         tokenizer = with_post_processor(tokenizer, provenance["tokenizer_post_processor"])
     hf_state = normalize_hf_keys(read_hf_state(files), model_type)
+    check_float_weights(hf_state)
     config = _untie_a_stored_head(config, hf_state, model_type)
     state = from_hf_state(hf_state, config, model_type, weight_dtype)
-    config, state, exported_by_llmkit = _prefer_original_config(src, config, state)
+    config, state = _prefer_original_config(src, config, state)
     task = None
-    if exported_by_llmkit and isinstance(provenance.get("task"), dict):  # a fine-tune keeps its prompt format
+    if isinstance(provenance.get("task"), dict):  # a fine-tune keeps its prompt format (whatever form the network took)
         from llmkit.model.records import TaskRecord
 
         task = TaskRecord.from_dict(provenance["task"], f"{src}/{LLMKIT_CONFIG_FILE}")

@@ -156,9 +156,10 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         inputs += [("tokenizer", tokenizer)] if tokenizer is not None else []
         # The token every document followed: what generation and eval condition a prompt on
         # (inference/prompts.document_start_id). Hashed, as what later stages compute depends on it.
-        document_start = "bos" if tokens_art.config.get("add_bos", tokens_art.stats.get("add_bos", True)) else "eos"
+        from llmkit.data.shards import document_start
+
         spec = ArtifactSpec(
-            config={**config.hashed(), "document_start": document_start},
+            config={**config.hashed(), "document_start": document_start(tokens_art)},
             seed=config.seed,
             inputs=inputs,
             stats=CheckpointStats(

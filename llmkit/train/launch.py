@@ -85,7 +85,9 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     outputs.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
     if out.exists() and not resume and not force:
         raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
-    made = _artifact_kind(out)
+    from llmkit.artifacts import manifest_kind
+
+    made = manifest_kind(out)
     if resume and made not in (None, kind):
         raise UserError(f"{out} is a {made} artifact, not a {'training run' if kind == 'checkpoint' else kind}: there is nothing "
                         "in it to resume; give the run's own folder as -o")
@@ -110,17 +112,6 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         finally:
             if replaced is not None:
                 shutil.rmtree(replaced.parent, ignore_errors=True)
-
-
-def _artifact_kind(out: Path) -> str | None:
-    """The kind of the artifact at `out`, if it is one."""
-    from llmkit.artifacts import MANIFEST, is_manifest
-
-    if not is_manifest(out / MANIFEST):
-        return None
-    import json
-
-    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))["kind"]
 
 
 @contextmanager
