@@ -134,14 +134,15 @@ def test_adamw_sharded_state_activation_checkpointing_and_resume_across_layouts(
 
 def test_sft_under_tp_and_pp_matches_one_process(shakespeare, cli, tmp_path, shared_data):  # noqa: F811
     """Fine-tuning batches are as long as their longest example; under a split model they are
-    right-padded to --seq-len without targets, which changes no loss."""
+    right-padded to --seq-len without targets, which changes no loss. Frozen weights stay frozen
+    (tensor parallelism remakes the norms' parameters)."""
     rows = [json.loads(line) for line in (shared_data / "sentiment" / "train.jsonl").read_text().splitlines()[:120]]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": r["text"][:80], "response": str(r["label"])}) + "\n" for r in rows))
     base = tmp_path / "base"
     assert cli("pretrain", shakespeare["tokens"], "-o", base, *LLAMA, *RUN[:-6], "--max-steps", "2").exit_code == 0
     common = ["--data", data, "--max-steps", "4", "--batch-size", "8", "--micro-batch", "4", "--eval-every", "2",
-              "--save-every", "0", "--truncate", "--val-fraction", "0.2", "--seq-len", "64", *SGD]
+              "--save-every", "0", "--truncate", "--val-fraction", "0.2", "--seq-len", "64", "--freeze", "norms", *SGD]
     runs = {}
     for name, layout in (("one", []), ("tp", ["--nproc", "2", "--tp", "2"]), ("pp", ["--nproc", "2", "--pp", "2"])):
         runs[name] = tmp_path / name
@@ -149,6 +150,13 @@ def test_sft_under_tp_and_pp_matches_one_process(shakespeare, cli, tmp_path, sha
         assert result.exit_code == 0, result.output
     assert_same_training(runs["one"], runs["tp"])
     assert_same_training(runs["one"], runs["pp"])
+    from safetensors.torch import load_file
+
+    before = load_file(str(base / "model.safetensors"))
+    for run in runs.values():
+        after = load_file(str(run / "model.safetensors"))
+        norms = [k for k in before if "norm" in k]
+        assert norms and all(torch.equal(before[k], after[k]) for k in norms), run
 
 
 # -- the pieces, without processes ---------------------------------------------------------------------

@@ -310,3 +310,18 @@ def test_resume_refuses_another_model_or_seed(tmp_path):
         make_trainer(tmp_path, SyntheticBatches(), max_steps=4, resume=True, config=model_config(n_layer=3))
     with pytest.raises(UserError, match=r"cannot resume .*seed 0 -> 1"):
         make_trainer(tmp_path, SyntheticBatches(), max_steps=4, resume=True, seed=1)
+
+
+def test_prune_removes_what_killed_writes_and_prunes_left(tmp_path):
+    """A hidden folder (a checkpoint being written when the process died) and a step folder without
+    its manifest (a prune cut short: it removes the manifest first) are leftovers, not checkpoints."""
+    from llmkit.train import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    for name, complete in (("step_0000002", True), ("step_0000004", False), (".step_0000006.tmp", False), ("step_0000008", True)):
+        (root / name).mkdir(parents=True)
+        (root / name / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (root / name / "manifest.json").write_text("{}")
+    ckpt.prune(tmp_path, keep_last=0)
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000002", "step_0000008"]

@@ -173,7 +173,9 @@ def prune(run_dir: Path, keep_last: int) -> None:
     if not root.is_dir():
         return
     for leftover in root.iterdir():
-        if leftover.name.startswith(".") and leftover.is_dir():
+        # A hidden folder is a write that was killed; a step folder without its manifest, a prune
+        # that was (checkpoints are renamed into place whole, with their manifest)
+        if leftover.is_dir() and (leftover.name.startswith(".") or not (leftover / "manifest.json").is_file()):
             shutil.rmtree(leftover, ignore_errors=True)
     if keep_last > 0:
         for old in step_dirs(run_dir)[:-keep_last]:

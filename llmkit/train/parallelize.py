@@ -94,6 +94,9 @@ def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> N
     )
 
     config, tp = model.config, tp_mesh.size()
+    # SequenceParallel makes the norms' weights new parameters, trainable whatever they were:
+    # what was frozen (finetune --freeze, LoRA's base) is frozen again at the end.
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
     with torch.no_grad():
         for name, param in model.named_parameters():
             parts = fused_parts(name, config)
@@ -129,6 +132,9 @@ def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> N
         parallelize_module(block, tp_mesh, block_plan)
         block.attn.n_head //= tp  # the local heads this rank computes
         block.attn.n_kv_head //= tp
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
 
 
 def materialize(module: torch.nn.Module, model, device: torch.device, tp: int, weights=None) -> None:
