@@ -200,6 +200,9 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         # 16 sequences a step, 3 pipeline micro-batches of 2 at a time (not "on 3 processes": there are 2)
         (["--pp", "2", "--nproc", "2", "--micro-batch", "2", "--pp-microbatches", "3"],
          "does not split into micro-batches of 2, 3 at a time"),
+        (["--pp", "2", "--nproc", "2", "--pp-microbatches", "1"], "needs at least as many --pp-microbatches as stages (2)"),
+        # the model's limit first, not a batch split that cannot mend it
+        (["--pp", "3", "--nproc", "3", "--n-layer", "2"], "makes 3 stages but the model has 2 layers"),
     ]
     for extra, message in cases:
         out = tmp_path / "bad"
@@ -207,6 +210,16 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         assert result.exit_code != 0
         assert message in result.output, (extra, result.output)
         assert "Traceback" not in result.output and not out.exists()
+    # llmkit plan refuses the same layouts in the same words (one rule for both; it used to call some "fits")
+    for extra, message in [
+        (["--tp", "4", "--gpus", "4"], "--tp 4 does not divide --n-kv-head (2)"),
+        (["--tp", "2", "--gpus", "2", "--seq-len", "63"], "does not divide --seq-len 63"),
+        (["--pp", "2", "--gpus", "2", "--n-layer", "1"], "makes 2 stages but the model has 1 layers"),
+        (["--pp", "2", "--gpus", "2", "--pp-schedule", "interleaved-1f1b", "--pp-microbatches", "3"], "a multiple of --pp 2"),
+        (["--pp", "2", "--gpus", "2", "--pp-microbatches", "1"], "needs at least as many --pp-microbatches as stages (2)"),
+    ]:
+        planned = cli("plan", *LLAMA, "--gpu", "cpu", *extra)
+        assert planned.exit_code != 0 and message in planned.output, (extra, planned.output)
 
 
 def test_init_from_under_tp_reads_each_part_from_the_checkpoint(references, shakespeare, cli, tmp_path):  # noqa: F811

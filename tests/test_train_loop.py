@@ -325,3 +325,23 @@ def test_prune_removes_what_killed_writes_and_prunes_left(tmp_path):
             (root / name / "manifest.json").write_text("{}")
     ckpt.prune(tmp_path, keep_last=0)
     assert sorted(p.name for p in root.iterdir()) == ["step_0000002", "step_0000008"]
+
+
+def test_speed_counts_the_training_steps_not_checkpoint_writes(tmp_path, monkeypatch):
+    """tokens/s (and MFU) time the steps themselves: a slow checkpoint write or validation in the
+    same log window used to count as training time."""
+    import time as clock
+
+    trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=6, save_every=2, log_every=1000)
+    saving = trainer.save_intermediate
+
+    def slow_save(*args, **kwargs):
+        clock.sleep(1.0)
+        return saving(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_intermediate", slow_save)
+    trainer.run()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    tokens_per_step = 8 * SEQ
+    # After two writes of a second each, the speed still says a step takes well under a second
+    assert lines[-1]["tokens_per_s"] > 4 * tokens_per_step, lines[-1]

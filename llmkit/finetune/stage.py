@@ -23,6 +23,7 @@ from llmkit.errors import UserError
 from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
+from llmkit.train.layout import check_model
 from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
 from llmkit.train.loop import Trainer
 
@@ -289,6 +290,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
 
         world = info.world_size
         global_batch = config.batch_size
+        if info.layout is not None:  # the model's own limits first: a batch split cannot mend them
+            check_model(model_config, info.layout, seq_len)
         micro_batch, accumulation = split_batch(
             global_batch, config.devices.micro_batch, info.batch_ways,
             what=f"--batch-size {global_batch}", fix=lambda multiple: f"choose a multiple of {multiple}",

@@ -126,14 +126,10 @@ class Layout:
         if self.world % (self.tp * self.pp):
             return (f"{self.world} devices is not a multiple of tp {self.tp} x pp {self.pp}; choose tp and pp whose product "
                     f"divides the device count")
-        if config.n_head % self.tp or config.n_kv_head % self.tp:
-            return (f"--tp {self.tp} does not divide the {config.n_head} attention heads and {config.n_kv_head} key/value heads; "
-                    f"use a tp that divides both")
-        if self.pp > config.n_layer:
-            return f"--pp {self.pp} is more pipeline stages than the model's {config.n_layer} layers; use at most {config.n_layer}"
-        if self.pp_schedule not in SCHEDULES:
-            return f"unknown pipeline schedule {self.pp_schedule!r}; choose {', '.join(SCHEDULES)}"
-        return None
+        from llmkit.train.layout import model_layout_problem
+
+        return model_layout_problem(config, tp=self.tp, pp=self.pp, schedule=self.pp_schedule, microbatches=self.microbatches,
+                                    seq_len=self.seq_len)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
+from llmkit.train.layout import check_model
 from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
 
 
@@ -113,6 +114,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             err.print(f"note: --batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
                       f"trains on {global_batch} sequences, {global_batch * seq_len} tokens", soft_wrap=True, markup=False)
         world = info.world_size
+        if info.layout is not None:  # the model's own limits first: a batch split cannot mend them
+            check_model(model_config, info.layout, seq_len)
         micro_batch, accumulation = split_batch(
             global_batch, config.devices.micro_batch, info.batch_ways,
             what=f"the global batch of {global_batch} sequences (--batch-tokens {config.batch_tokens} / seq_len {seq_len})",

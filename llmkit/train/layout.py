@@ -74,9 +74,6 @@ def build_layout(world: int, rank: int, device_type: str, *, tp: int, pp: int, s
     dp = world // (tp * pp)
     pp_rank, dp_rank, tp_rank = coordinates(rank, dp, tp)
     layout = Layout(dp=dp, tp=tp, pp=pp, dp_rank=dp_rank, tp_rank=tp_rank, pp_rank=pp_rank, schedule=schedule, microbatches=(microbatches or pp) if pp > 1 else 1)
-    if pp > 1 and schedule == "interleaved-1f1b" and layout.microbatches % pp:
-        raise UserError(f"--pp-schedule interleaved-1f1b needs --pp-microbatches a multiple of --pp {pp}, "
-                        f"got {layout.microbatches}")
     if layout.model_parallel:
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -88,17 +85,36 @@ def check_model(config, layout: Layout, seq_len: int) -> None:
     """A layout the model can take; each failure names the fix."""
     if not layout.model_parallel:
         return
+    problem = model_layout_problem(config, tp=layout.tp, pp=layout.pp, schedule=layout.schedule,
+                                   microbatches=layout.microbatches, seq_len=seq_len)
+    if problem:
+        raise UserError(problem)
+
+
+def model_layout_problem(config, *, tp: int, pp: int, schedule: str, microbatches: int, seq_len: int) -> str | None:
+    """Why this model cannot be split this way (None: it can), naming the fix. One rule for the
+    training stages and for `llmkit plan`, so a plan never calls fitting what training refuses."""
+    if tp == 1 and pp == 1:
+        return None
     if config.arch != "gpt":
-        raise UserError(f"--tp/--pp split Transformer blocks; this model ({config.arch}) has none: leave them out")
-    tp = layout.tp
+        return f"--tp/--pp split Transformer blocks; this model ({config.arch}) has none: leave them out"
+    if schedule not in SCHEDULES:
+        return f"unknown --pp-schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}"
     if tp > 1:
         for what, count in (("--n-head", config.n_head), ("--n-kv-head", config.n_kv_head), ("the MLP width", config.mlp_hidden)):
             if count % tp:
-                raise UserError(f"--tp {tp} does not divide {what} ({count}); pick a --tp that divides it")
+                return f"--tp {tp} does not divide {what} ({count}); pick a --tp that divides it"
         if seq_len % tp:
-            raise UserError(f"--tp {tp} shards the sequence between blocks and does not divide --seq-len {seq_len}; "
-                            f"pick a --seq-len that is a multiple of {tp}")
-    stages = layout.pp * STAGES_PER_RANK[layout.schedule] if layout.pp > 1 else 1
-    if stages > config.n_layer:
-        raise UserError(f"--pp {layout.pp} with --pp-schedule {layout.schedule} makes {stages} stages but the model has "
-                        f"{config.n_layer} layers; lower --pp or use more layers")
+            return (f"--tp {tp} shards the sequence between blocks and does not divide --seq-len {seq_len}; "
+                    f"pick a --seq-len that is a multiple of {tp}")
+    if pp > 1:
+        if schedule == "interleaved-1f1b" and microbatches % pp:
+            return f"--pp-schedule interleaved-1f1b needs --pp-microbatches a multiple of --pp {pp}, got {microbatches}"
+        if schedule != "gpipe" and microbatches < pp:
+            return (f"--pp-schedule {schedule} needs at least as many --pp-microbatches as stages ({pp}), got {microbatches}; "
+                    "raise it or leave it out")
+        stages = pp * STAGES_PER_RANK[schedule]
+        if stages > config.n_layer:
+            return (f"--pp {pp} with --pp-schedule {schedule} makes {stages} stages but the model has "
+                    f"{config.n_layer} layers; lower --pp or use more layers")
+    return None

@@ -513,7 +513,9 @@ class Trainer:
         )
         tokens_per_step = s.global_batch * s.tokens_per_sample
         started = time.perf_counter()
-        window_start, window_steps = time.perf_counter(), 0
+        # Speed counts the training steps' own time (not validation or checkpoint writes), over the
+        # steps since the last log line; the session's first step (allocations, compilation) alone.
+        window_seconds, window_steps, session_first = 0.0, 0, self.start_step + 1
         step = self.start_step
         if self.resumed_from == s.max_steps and (self.run_dir / artifacts.MANIFEST).is_file():
             # Finished already: the artifact stays as it is (its config and fingerprint included).
@@ -526,13 +528,14 @@ class Trainer:
             if self.resumed_from is not None:
                 logger.note(f"resumed from step {self.start_step} ({s.max_steps - self.start_step} steps to go)")
             while step < s.max_steps:
+                began = time.perf_counter()
                 loss, lr = self.train_step(step)
+                window_seconds += time.perf_counter() - began
                 step += 1
                 window_steps += 1
                 self.last_loss = loss
                 values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": self.last_grad_norm}
-                now = time.perf_counter()
-                tokens_per_s = tokens_per_step * window_steps / max(now - window_start, 1e-9)
+                tokens_per_s = tokens_per_step * window_steps / max(window_seconds, 1e-9)
                 values["tokens_per_s"] = tokens_per_s
                 values["tokens_per_s_per_device"] = tokens_per_s / info.world_size
                 if self.peak_flops:
@@ -550,8 +553,8 @@ class Trainer:
                             self._stop(f"the validation loss became {self.last_val} after step {step}: the weights "
                                        "diverged and were not saved", step)
                 logger.log(step, values)
-                if step % log_every == 0:
-                    window_start, window_steps = time.perf_counter(), 0
+                if step % log_every == 0 or step == session_first:
+                    window_seconds, window_steps = 0.0, 0
                 if save_every > 0 and step % save_every == 0 and step < s.max_steps:
                     self.save_intermediate(step)
             if save_every > 0 and step % save_every == 0 and self.resumed_from != step:
