@@ -222,6 +222,11 @@ def relaunch(
         env["LLMKIT_DEBUG"] = "1"
     returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
     if returncode != 0:
+        if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
+            import signal
+
+            raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
+                            "the command with --resume to continue from the last checkpoint")
         if error_file.is_file():
             raise UserError(error_file.read_text(encoding="utf-8").strip())
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmkit.errors import UserError, debug_enabled, one_line
 
     argv = sys.argv[1:] if argv is None else argv
+    _end_with_the_agent()
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     module_name, function_name = spec["entry"].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
@@ -42,6 +43,22 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {escape(message)}", soft_wrap=True)
         return 1
     return 0
+
+
+def _end_with_the_agent() -> None:
+    """A worker whose torchrun agent died (SIGKILL: no chance to stop its workers) would train on
+    alone, unwatched, into a run its launcher has given up: it ends as soon as it is orphaned."""
+    import threading
+    import time
+
+    agent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == agent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="llmkit-agent-watch").start()
 
 
 if __name__ == "__main__":
