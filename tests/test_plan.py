@@ -97,7 +97,7 @@ def test_a_layout_that_does_not_fit_names_the_fix_and_search_finds_one(cli, tmp_
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "gpt2", "--tp", "5", "--gpus", "5"], "--tp 5 does not divide"),
-    (["--model", "gpt2", "--pp", "16", "--gpus", "16"], "--pp 16 is more pipeline stages"),
+    (["--model", "gpt2", "--pp", "16", "--gpus", "16"], "--pp 16 with --pp-schedule 1f1b makes 16 stages but the model has 12 layers"),
     (["--model", "gpt2", "--tp", "2", "--gpus", "3"], "not a multiple of tp 2"),
     (["--model", "gpt2", "--seq-len", "4096"], "exceeds the model's context length"),
     (["--model", "lstm"], "LSTM"),
