@@ -23,6 +23,13 @@ class OptionError(UsageError, ValueError):
     or Python, which may catch it as the ValueError it also is."""
 
 
+class WorkerDied(UserError):
+    """A worker process died under a data stage (the out-of-memory killer, a kill): not a problem
+    with the input, so the stage's partial output is kept for the rerun to continue."""
+
+    keeps_partial = True
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, `timeout`, a scheduler's preemption), raised where the CLI runs so that it
     stops as Ctrl-C does: worker pools shut down, `finally` blocks run, partial outputs stay where

@@ -56,11 +56,18 @@ def connected(address: str | None) -> Iterator[Any]:
     options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if address:
         _check_reachable(address)
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(address=address, **options) if address else ray.init(**options)
     except ConnectionError as exc:
         raise UserError(f"cannot reach the Ray cluster at {address} ({' '.join(str(exc).split())[:120]}); start one with "
                         "`ray start --head` there, or check --ray-address") from None
+    if main_thread and on_sigterm is not None:  # ray.init takes SIGTERM over: a kill stops the stage as Ctrl-C does again
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield ray
     finally:
@@ -103,8 +110,17 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
                     initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> Iterator[Any]:
     """llmkit.parallel.ordered_map on Ray actors (`workers` of them; 0 = one per CPU of the cluster)."""
     with connected(address) as ray:
-        count = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_Worker)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        count = workers if workers > 0 else cpus
+        if count > cpus:  # an actor takes a CPU: the ones past the cluster's would never start, and their batches wait forever
+            from llmkit.console import err
+
+            err.print(f"note: --workers {workers} is more than the Ray cluster's {cpus} CPUs; using {cpus}", soft_wrap=True,
+                      markup=False)
+            count = cpus
+        # A dead actor restarts and its batch is tried again, but not forever: a batch that kills
+        # its worker each time (out of memory) ends the stage.
+        actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)
         actors = [actor_class.remote(initializer, initargs) for _ in range(count)]
         pending: deque = deque()
         try:
@@ -112,12 +128,31 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
                 # Round robin keeps every actor busy; at most 2 batches per actor are in flight (bounded memory).
                 pending.append(actors[index % count].run.remote(function, item))
                 if len(pending) >= 2 * count:
-                    yield _unwrap(ray.get(pending.popleft()))
+                    yield _unwrap(_get(ray, pending.popleft()))
             while pending:
-                yield _unwrap(ray.get(pending.popleft()))
+                yield _unwrap(_get(ray, pending.popleft()))
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+
+RETRIES = 3
+
+
+def _get(ray, ref) -> tuple[str, Any]:
+    """A batch's outcome; a worker's crash as one line (Ray's own errors carry a whole traceback
+    with terminal colours)."""
+    import re
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayActorError:
+        raise UserError(f"a Ray worker died {RETRIES + 1} times on the same batch (out of memory, or killed); give the workers "
+                        "more memory, or a smaller --batch-size / --shard-mb") from None
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(cause).__name__}: {cause}")
+        raise UserError(f"a Ray worker failed: {' '.join(text.split())[:300]}") from None
 
 
 def _unwrap(outcome: tuple[str, Any]) -> Any:

@@ -176,7 +176,9 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             default_permissions(tmp)
             _replace_dir(tmp, out)
         except BaseException as exc:
-            resumable = resume_key is not None and (tmp / RESUME_MARKER).is_file() and not isinstance(exc, UserError)
+            # (a UserError is the input's problem, which a rerun would meet again: unless it says otherwise)
+            resumable = resume_key is not None and (tmp / RESUME_MARKER).is_file() and (
+                not isinstance(exc, UserError) or getattr(exc, "keeps_partial", False))
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -14,6 +14,7 @@ in this process, with no start-up cost.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -41,6 +42,13 @@ def ordered_map(
     instance), `workers` actors there (0: one per CPU of the cluster). A worker that cannot start (a script without a `__main__` guard, which spawn
     needs) is a one-line error instead of a pool restarting it forever.
     """
+    if workers > (os.cpu_count() or 1) and not executor == "ray":
+        # More than the cores only adds start-up, memory and switching (7x slower at 32 on 2 cores)
+        from llmkit.console import err
+
+        err.print(f"note: --workers {workers} is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}",
+                  soft_wrap=True, markup=False)
+        workers = os.cpu_count() or 1
     if executor == "ray":  # a Ray cluster's actors instead of this machine's processes (llmkit.executor)
         from llmkit.executor import ray_ordered_map
 
@@ -64,10 +72,18 @@ def ordered_map(
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")
+    done = 0
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(initializer, initargs)) as pool:
-            yield from _bounded(pool, function, items, workers)
+            for result in _bounded(pool, function, items, workers):
+                done += 1
+                yield result
     except BrokenProcessPool as exc:
+        if done:  # they had started: one died since (the out-of-memory killer, a kill)
+            from llmkit.errors import WorkerDied
+
+            raise WorkerDied(f"a worker process died after {done} batch(es) (out of memory, or killed); rerun the command to "
+                             "continue where it stopped, with fewer --workers if memory is short") from exc
         raise UserError(
             "the worker processes could not start; a Python script that runs an llmkit stage with several workers "
             "must call it under `if __name__ == \"__main__\":` (workers are spawned), or use one worker"

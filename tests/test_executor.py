@@ -120,6 +120,32 @@ def test_a_stage_error_in_a_worker_is_one_line(ray_instance, tmp_path, cli):
         list(ray_ordered_map(refuse, range(3), workers=1, address=None))
 
 
+def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_in_one_line(ray_instance, tmp_path, capsys):
+    """More actors than CPUs would never start (their batches waited forever); a batch that kills its
+    worker every time would be retried forever; any other worker error carried Ray's coloured traceback."""
+    from llmkit.errors import UserError
+    from llmkit.executor import ray_ordered_map
+
+    assert list(ray_ordered_map(lambda x: x + 1, range(10), workers=8, address=None)) == list(range(1, 11))
+    assert "more than the Ray cluster's 2 CPUs" in capsys.readouterr().err
+
+    def always_dies(x):
+        import os
+
+        os._exit(1)
+
+    with pytest.raises(UserError, match="a Ray worker died 4 times on the same batch"):
+        list(ray_ordered_map(always_dies, range(2), workers=1, address=None))
+
+    def fails(x):
+        return {}["missing"]
+
+    with pytest.raises(UserError) as caught:
+        list(ray_ordered_map(fails, range(2), workers=1, address=None))
+    assert str(caught.value).startswith("a Ray worker failed: KeyError") and "\x1b" not in str(caught.value)
+    assert len(str(caught.value)) < 400
+
+
 def test_executor_ray_without_ray_installed_is_a_one_line_error(shared_data, cli, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     out = tmp_path / "out"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO
 from llmkit.parallel import ordered_map
 
@@ -144,3 +146,20 @@ def test_ctrl_c_stops_the_workers_without_their_tracebacks(tmp_path):
     assert proc.returncode == 130
     assert "Traceback" not in stderr and "interrupted" in stderr, stderr
     assert all(_gone(pid, 10) for pid in workers)
+
+
+def _dies_on_five(i):
+    if i == 5:
+        os._exit(1)  # as the out-of-memory killer ends a process
+    return i
+
+
+def test_a_worker_that_dies_mid_run_is_named_and_keeps_the_partial_output():
+    from llmkit.errors import WorkerDied
+
+    seen = []
+    with pytest.raises(WorkerDied, match="a worker process died after .* batch") as caught:
+        for value in ordered_map(_dies_on_five, range(40), workers=2):
+            seen.append(value)
+    assert seen == list(range(len(seen))) and 0 < len(seen) < 40
+    assert caught.value.keeps_partial  # (so a rerun continues: llmkit.outputs keeps .OUT.partial-KEY)
