@@ -110,7 +110,7 @@ def resolve_inputs(
         if arg.startswith(BUILTIN_PREFIX):
             sources.append(_builtin_source(arg[len(BUILTIN_PREFIX) :]))
             continue
-        path = Path(arg)
+        path = Path(os.path.abspath(arg))  # what a worker opens: on a Ray cluster, not in the driver's folder
         if not path.exists():
             raise UserError(f"input not found: {arg}; check the path")
         if path.is_dir() and (path / "manifest.json").is_file():  # an artifact: its data, not its manifest

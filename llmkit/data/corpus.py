@@ -155,9 +155,9 @@ def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> lis
                 cut = _next_paragraph(handle, start + max_bytes)
                 if cut is None or cut >= size:
                     break
-                ranges.append(TextRange(str(path), start, cut))
+                ranges.append(TextRange(str(path.absolute()), start, cut))  # (absolute: Ray workers run elsewhere)
                 start = cut
-        ranges.append(TextRange(str(path), start, size))
+        ranges.append(TextRange(str(path.absolute()), start, size))
     return ranges
 
 
@@ -214,7 +214,7 @@ def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGrou
     groups = []
     for path in corpus_shards(artifact):
         with readable_shard(path):
-            groups += [RowGroup(str(path), index) for index in range(pq.ParquetFile(path).metadata.num_row_groups)]
+            groups += [RowGroup(str(Path(path).absolute()), index) for index in range(pq.ParquetFile(path).metadata.num_row_groups)]
     return groups
 
 
