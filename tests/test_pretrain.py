@@ -300,41 +300,43 @@ def test_sigterm_stops_every_process_of_a_two_process_run(shakespeare, tmp_path)
     """SIGTERM reaches the command's process only (a scheduler's kill, `timeout`): it passes it on to
     torchrun and waits, so no worker goes on writing checkpoints into the run after it exits."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(_pretrain_command(shakespeare["tokens"], run, "--max-steps", "100000", "--save-every", "4",
-                                              "--eval-every", "0", "--nproc", "2", "--threads", "1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
-        time.sleep(0.05)
+    proc = _two_processes_past_a_checkpoint(shakespeare["tokens"], run)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "terminated" in stderr and "Traceback" not in stderr, stderr
     saved = sorted(p.name for p in (run / "checkpoints").iterdir())
     time.sleep(2)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved  # nobody writes any more
-    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(run).encode() in _cmdline(p)]
-    assert not alive, alive
+    assert not _processes_of(run)
 
 
 @pytest.mark.slow
 def test_workers_end_with_a_killed_torchrun_and_the_run_says_resume(shakespeare, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_pretrain_command(shakespeare["tokens"], run, "--max-steps", "100000", "--save-every", "4",
-                                              "--eval-every", "0", "--nproc", "2", "--threads", "1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
-        time.sleep(0.05)
+    proc = _two_processes_past_a_checkpoint(shakespeare["tokens"], run)
     agent = next(int(p.name) for p in Path("/proc").iterdir()
                  if p.name.isdigit() and b"torch.distributed.run" in _cmdline(p) and str(run).encode() in _cmdline(p))
     os.kill(agent, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "torchrun was killed (SIGKILL)" in stderr and "--resume" in stderr, stderr
     time.sleep(3)  # the orphaned workers notice within a second
-    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(run).encode() in _cmdline(p)]
-    assert not alive, alive
+    assert not _processes_of(run)
+
+
+def _two_processes_past_a_checkpoint(tokens: Path, run: Path) -> subprocess.Popen:
+    """A long `--nproc 2` run, once its first checkpoint is written."""
+    proc = subprocess.Popen(_pretrain_command(tokens, run, "--max-steps", "100000", "--save-every", "4", "--eval-every", "0",
+                                              "--nproc", "2", "--threads", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    return proc
+
+
+def _processes_of(run: Path) -> list[Path]:
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(run).encode() in _cmdline(p)]
 
 
 def _cmdline(process: Path) -> bytes:
