@@ -326,6 +326,7 @@ def _encode_into(
                                 "split_bytes": split_bytes, "writers": metas}, arrays)
 
     started = time.perf_counter()
+    resumed_tokens, resumed_bytes = total_tokens, sum(split_bytes.values())  # (speed: what this run encoded itself)
     texts = iter_corpus_texts(corpus, config.batch_size)
     if done_batches:
         texts = islice(texts, done_batches, None)  # read (the input position) but not encoded again
@@ -357,7 +358,7 @@ def _encode_into(
                     split_bytes["val"] += tail_bytes
             total_tokens += len(flat)
             elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.update(task, advance=int(sizes.sum()), rate=f"{total_tokens / elapsed / 1e6:.2f}M tok/s")
+            bar.update(task, advance=int(sizes.sum()), rate=f"{(total_tokens - resumed_tokens) / elapsed / 1e6:.2f}M tok/s")
             if number % CHECKPOINT_EVERY == 0:
                 checkpoint(number)
     for writer in writers.values():
@@ -371,8 +372,8 @@ def _encode_into(
     }
     timing = {
         "seconds": round(seconds, 3),
-        "mb_per_s": round(total / 1e6 / seconds, 3) if seconds else 0.0,
-        "tokens_per_s": round(total_tokens / seconds) if seconds else 0,
+        "mb_per_s": round((total - resumed_bytes) / 1e6 / seconds, 3) if seconds else 0.0,
+        "tokens_per_s": round((total_tokens - resumed_tokens) / seconds) if seconds else 0,
     }
     return per_split, timing
 
