@@ -168,8 +168,8 @@ def _manifest_problem(data: Any) -> str | None:
 
 def manifest_kind(folder: Path) -> str | None:
     """The kind of the artifact at `folder` if its manifest is one llmkit wrote, else None."""
-    path = Path(folder) / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8"))["kind"] if is_manifest(path) else None
+    data = _manifest_json(Path(folder) / MANIFEST)
+    return data["kind"] if _manifest_problem(data) is None else None
 
 
 def is_manifest(path: Path, *, loosely: bool = False) -> bool:
@@ -177,13 +177,18 @@ def is_manifest(path: Path, *, loosely: bool = False) -> bool:
     llmkit's outputs from a user's folder that happens to hold a file of that name. `loosely`: a
     JSON object naming a kind llmkit makes and a format version is enough (a damaged one, which
     --force may replace)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
+    data = _manifest_json(path)
     if loosely:
         return isinstance(data, dict) and data.get("kind") in KINDS and "format_version" in data
     return _manifest_problem(data) is None
+
+
+def _manifest_json(path: Path) -> Any:
+    """The JSON at `path`, or None where there is none to read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ asking for the indices after s * batch, and rank r of w takes every w-th batch s
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,16 @@ def _as_tokens(artifact_or_path: artifacts.Artifact | Path | str) -> artifacts.A
     return artifacts.load(artifact_or_path, kind="tokens")
 
 
+@functools.lru_cache(maxsize=8)
+def _tokenizer_ids(path: str, fingerprint: str) -> tuple[int, int, int]:
+    """(vocabulary, eos, bos) of a tokens artifact's tokenizer copy: read once per artifact, not
+    per split opened."""
+    from llmkit.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(Path(path) / "tokenizer")
+    return tok.vocab_size, tok.eos_id, tok.bos_id
+
+
 def document_start(tokens: artifacts.Artifact) -> str:
     """"bos" or "eos": the token every document of a tokens artifact follows (`text <|eos|>` by
     default, `<|bos|> text <|eos|>` with --add-bos): what a model trained on it saw first."""
@@ -181,10 +193,7 @@ class TokenShards:
                             f"which llmkit stores as {token_dtype(vocab if isinstance(vocab, int) else 0).name}; rebuild it")
         if "tokenizer/tokenizer.json" in art.manifest.files:
             # stats are not hashed; the tokenizer copy is: the ids a stage reads must be the tokenizer's
-            from llmkit.data.tokenizer import load_tokenizer
-
-            tok = load_tokenizer(art.path / "tokenizer")
-            said, real = (vocab, stats["eos_id"], stats["bos_id"]), (tok.vocab_size, tok.eos_id, tok.bos_id)
+            said, real = (vocab, stats["eos_id"], stats["bos_id"]), _tokenizer_ids(str(art.path), art.fingerprint)
             if said != real:
                 raise UserError(f"tokens artifact {art.path}: its stats say vocabulary, eos and bos {said}, its tokenizer "
                                 f"{real}; the manifest was edited, rebuild it with llmkit tokenize")

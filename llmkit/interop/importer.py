@@ -25,8 +25,8 @@ from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
 
 def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, torch.Tensor]):
     """A directory llmkit exported carries the original ModelConfig: use it when it describes
-    the same network, so export -> import gives back the config field for field. A bias-free GPT-2-style model came out with zero biases (GPT-2 always has
-    them): drop them again."""
+    the same network, so export -> import gives back the config field for field. A bias-free
+    GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
     try:
         original = ModelConfig.from_dict(export_provenance(src)["model_config"])
     except (KeyError, TypeError, ValueError):
