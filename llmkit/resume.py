@@ -42,21 +42,34 @@ def file_identity(label: str, size: int | None = None) -> list:
     return [label, size]
 
 
-def save(directory: Path, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+def save(directory: Path, state: dict[str, Any], arrays: dict[str, np.ndarray], *, append: bool = False) -> None:
     """Write the marker atomically: the arrays under a new name, then the JSON that names them (the
     marker proper, replaced in one step), then the arrays it no longer names. A kill at any point
-    leaves one complete, consistent marker."""
+    leaves one complete, consistent marker.
+
+    `append=True` keeps the arrays of the earlier markers: each save adds only what changed since
+    the last one (rows to append), and `load` concatenates them. A stage whose state grows with the
+    input (clean's de-duplication index) then writes it once in all, not once per marker."""
     # the next number after the arrays already there (not the previous JSON: it grows with the run)
     number = 1 + max((int(p.stem.split("-")[1]) for p in directory.glob("resume-*.npz")), default=0)
     arrays_name = f"resume-{number}.npz"
     np.savez(directory / f".{arrays_name}", **arrays)
     os.replace(directory / f".{arrays_name}", directory / arrays_name)
+    earlier = _segments(load_state(directory)) if append else []
+    named = [*earlier, arrays_name]
     tmp = directory / f".{STATE}"
-    tmp.write_text(json.dumps(dict(state, arrays=arrays_name)), encoding="utf-8")
+    tmp.write_text(json.dumps(dict(state, arrays=named)), encoding="utf-8")
     os.replace(tmp, directory / STATE)
     for old in directory.glob("resume-*.npz"):
-        if old.name != arrays_name:
+        if old.name not in named:
             old.unlink(missing_ok=True)
+
+
+def _segments(state: dict[str, Any] | None) -> list[str]:
+    if state is None:
+        return []
+    names = state["arrays"]
+    return [names] if isinstance(names, str) else list(names)  # (a str: one marker of an earlier version)
 
 
 def load_state(directory: Path) -> dict[str, Any] | None:
@@ -65,12 +78,18 @@ def load_state(directory: Path) -> dict[str, Any] | None:
 
 
 def load(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """The last marker, or None (a fresh run, or one killed before its first shard closed)."""
+    """The last marker, or None (a fresh run, or one killed before its first shard closed). The
+    arrays of markers saved with `append=True` come back concatenated, in the order they were saved."""
     state = load_state(directory)
-    if state is None or not (directory / state["arrays"]).is_file():
+    segments = _segments(state)
+    if state is None or not all((directory / name).is_file() for name in segments):
         return None
-    with np.load(directory / state["arrays"]) as data:
-        arrays = {name: data[name] for name in data.files}
+    parts: dict[str, list[np.ndarray]] = {}
+    for name in segments:
+        with np.load(directory / name) as data:
+            for key in data.files:
+                parts.setdefault(key, []).append(data[key])
+    arrays = {key: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for key, chunks in parts.items()}
     return state, arrays
 
 

@@ -260,3 +260,42 @@ def test_band_index_decides_as_per_band_dicts():
             got += chain.decide(ProcessedBatch(docs[start:start + size], keys[start:start + size], np.ones(size, bool)))
             start += size
         assert got == [(None, None), ("near_duplicate", 0), ("near_duplicate", 0)], split
+
+
+def test_an_index_replayed_from_its_changes_decides_as_the_one_that_never_stopped(tmp_path):
+    """An interrupted clean rebuilds its index from the changes each marker appended (llmkit.resume's
+    append mode); the rest of the input is then decided exactly as by the uninterrupted run, and a
+    marker holds only what changed since the one before (the index is not written again each time)."""
+    from llmkit import resume
+    from llmkit.corpus.dedup import Deduplicator, ProcessedBatch
+    from llmkit.corpus.process import Processed
+
+    rng = np.random.default_rng(7)
+    bands = 5
+
+    def batch(size: int) -> ProcessedBatch:
+        keys = rng.integers(0, 2000, size=(size, bands)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        docs = [Processed(f"d{i}", "s", "t", None, 1, 1, bytes([rng.integers(0, 60)]) * 16 if rng.random() < 0.3 else b"")
+                for i in range(size)]
+        return ProcessedBatch(docs, keys, rng.random(size) > 0.05)
+
+    before, after = [batch(n) for n in (300, 1000, 5, 2500)], [batch(n) for n in (700, 1200)]
+    straight = Deduplicator(bands)
+    marked = tmp_path / "partial"
+    marked.mkdir()
+    sizes = []
+    for number, b in enumerate(before):
+        straight.decide(b)
+        changes = straight.changes()
+        sizes.append(len(changes["index_keys"]))
+        resume.save(marked, {"batches": number + 1, "dedup_kept": straight.kept}, changes, append=True)
+    written = sorted(marked.glob("resume-*.npz"))
+    assert len(written) == len(before)  # one file per marker, none rewritten
+    assert [len(np.load(f)["index_keys"]) for f in written] == sizes and sum(sizes) == straight.index.sizes.sum()
+
+    state, arrays = resume.load(marked)
+    replayed = Deduplicator(bands)
+    replayed.replay(arrays, state["dedup_kept"])
+    assert replayed.exact_roots == straight.exact_roots and replayed.cluster_sizes == straight.cluster_sizes
+    assert [replayed.decide(b) for b in after] == [straight.decide(b) for b in after]
+    assert replayed.cluster_sizes == straight.cluster_sizes and replayed.kept == straight.kept

@@ -110,15 +110,6 @@ class BandIndex:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.ordinals.nbytes
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"index_keys": self.keys, "index_ordinals": self.ordinals, "index_capacity": np.array([self.capacity]),
-                "index_sizes": self.sizes}
-
-    def restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.capacity = int(arrays["index_capacity"][0])
-        self.sizes = arrays["index_sizes"].astype(np.int64)
-        self.keys, self.ordinals = arrays["index_keys"], arrays["index_ordinals"]
-
 
 @dataclass
 class ProcessedBatch:
@@ -139,29 +130,37 @@ class Deduplicator:
         self.index = BandIndex(bands) if bands else None
         self.kept = 0  # ordinal of the next kept document
         self.cluster_sizes: Counter[int] = Counter()  # kept ordinal -> duplicates removed
+        # what changed since the last changes(): exact (key, root), duplicates' roots, index (keys, bands, roots)
+        self._new_exact: list[tuple[bytes, int]] = []
+        self._new_duplicates: list[int] = []
+        self._new_index: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Everything the index holds, as arrays (an interrupted clean resumes from them: llmkit.resume)."""
-        exact_keys = list(self.exact_roots)
-        clusters = sorted(self.cluster_sizes.items())
+    def changes(self) -> dict[str, np.ndarray]:
+        """What entered the index since the last call, as rows to append (an interrupted clean resumes
+        by replaying them all: llmkit.resume's append mode), so a marker costs what changed, not the
+        whole index again."""
+        exact = self._new_exact
+        index = self._new_index
         arrays = {
             # 16-byte digests as uint8 rows (NumPy's bytes dtype would drop trailing zero bytes)
-            "exact_keys": np.frombuffer(b"".join(exact_keys), dtype=np.uint8).reshape(-1, 16),
-            "exact_ordinals": np.fromiter((self.exact_roots[k] for k in exact_keys), dtype=np.int64, count=len(exact_keys)),
-            "cluster_ordinals": np.array([k for k, _ in clusters], dtype=np.int64),
-            "cluster_sizes": np.array([v for _, v in clusters], dtype=np.int64),
-            "kept": np.array([self.kept], dtype=np.int64),
+            "exact_keys": np.frombuffer(b"".join(k for k, _ in exact), dtype=np.uint8).reshape(-1, 16),
+            "exact_roots": np.array([root for _, root in exact], dtype=np.int64),
+            "duplicate_of": np.array(self._new_duplicates, dtype=np.int64),
+            "index_keys": np.concatenate([k for k, _, _ in index]) if index else np.zeros(0, dtype=np.uint64),
+            "index_bands": np.concatenate([b for _, b, _ in index]) if index else np.zeros(0, dtype=np.int64),
+            "index_roots": np.concatenate([r for _, _, r in index]) if index else np.zeros(0, dtype=np.int64),
         }
-        if self.index is not None:
-            arrays.update(self.index.arrays())
+        self._new_exact, self._new_duplicates, self._new_index = [], [], []
         return arrays
 
-    def restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.exact_roots = dict(zip((row.tobytes() for row in arrays["exact_keys"]), arrays["exact_ordinals"].tolist()))
-        self.cluster_sizes = Counter(dict(zip(arrays["cluster_ordinals"].tolist(), arrays["cluster_sizes"].tolist())))
-        self.kept = int(arrays["kept"][0])
-        if self.index is not None:
-            self.index.restore(arrays)
+    def replay(self, changes: dict[str, np.ndarray], kept: int) -> None:
+        """Rebuild the index from every `changes()` of the interrupted run, concatenated, and the count
+        of documents it had kept. (The hash tables' slots may differ from the run's; what they map does not.)"""
+        self.exact_roots = dict(zip((row.tobytes() for row in changes["exact_keys"]), changes["exact_roots"].tolist()))
+        self.cluster_sizes = Counter(changes["duplicate_of"].tolist())
+        self.kept = kept
+        if self.index is not None and len(changes["index_keys"]):
+            self.index.insert(changes["index_keys"], changes["index_bands"], changes["index_roots"])
 
     def decide(self, batch: ProcessedBatch) -> list[tuple[Optional[str], Optional[int]]]:
         """(reason, ordinal of the kept document it duplicates) for every document of the batch, in order;
@@ -187,6 +186,7 @@ class Deduplicator:
             if doc.exact_key and doc.exact_key in self.exact_roots:
                 of = self.exact_roots[doc.exact_key]
                 self.cluster_sizes[of] += 1
+                self._new_duplicates.append(of)
                 decisions.append(("exact_duplicate", of))
                 continue
             row = row_list[j] if near else -1
@@ -196,10 +196,12 @@ class Deduplicator:
                 self.kept += 1
                 if doc.exact_key:
                     self.exact_roots[doc.exact_key] = root
+                    self._new_exact.append((doc.exact_key, root))
                 decisions.append((None, None))
             else:
                 root = of
                 self.cluster_sizes[of] += 1
+                self._new_duplicates.append(of)
                 decisions.append(("near_duplicate", of))
             if row >= 0:
                 bands = plan.join(row, root, root_in_group)
@@ -208,7 +210,9 @@ class Deduplicator:
                 new_roots += [root] * len(bands)
         if near and new_rows:
             rows_, bands_ = np.array(new_rows, dtype=np.int64), np.array(new_bands, dtype=np.int64)
-            self.index.insert(keys[rows_, bands_], bands_, np.array(new_roots, dtype=np.int64))
+            inserted = (keys[rows_, bands_], bands_, np.array(new_roots, dtype=np.int64))
+            self.index.insert(*inserted)
+            self._new_index.append(inserted)
         return decisions
 
 

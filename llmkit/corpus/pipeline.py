@@ -14,6 +14,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from llmkit import artifacts, outputs
 from llmkit.console import err
 from llmkit.corpus.config import CleanConfig
@@ -84,8 +86,8 @@ def clean(
             state, arrays = marker
             done_batches, skip_docs = state["batches"], state["docs_of_batch"]
             pending_decisions = [tuple(d) for d in state["decisions"]]
-            counts, dropped, kept_ids = state["counts"], Counter(state["dropped"]), state["kept_ids"]
-            dedup.restore(arrays)
+            counts, dropped, kept_ids = state["counts"], Counter(state["dropped"]), _decode_ids(arrays)
+            dedup.replay(arrays, state["dedup_kept"])
             shards.resume(state["shards"])
             if show_progress:
                 err.print(f"resuming the interrupted run: {len(state['shards'])} shard(s), {counts['docs_in']:,} documents done",
@@ -94,12 +96,17 @@ def clean(
             if cfg.keep_rejects else None
         resumed_bytes = counts["bytes_in"]  # read by the interrupted run: not this run's speed
 
+        ids_saved = len(kept_ids)
+
         def checkpoint(batches_before: int, docs_of_batch: int, decisions) -> None:
-            """Everything up to this closed shard is on disk: say so (the rerun's starting point)."""
+            """Everything up to this closed shard is on disk: say so (the rerun's starting point). The
+            index and the kept ids go in as what changed since the last marker: each is written once."""
+            nonlocal ids_saved
             state = {"batches": batches_before, "docs_of_batch": docs_of_batch, "decisions": decisions,
-                     "counts": counts, "dropped": dict(dropped), "kept_ids": kept_ids, "shards": list(shards.shards),
-                     "rejects_bytes": rejects.offset() if rejects is not None else 0}
-            resume.save(build.dir, state, dedup.arrays())
+                     "counts": counts, "dropped": dict(dropped), "dedup_kept": dedup.kept,
+                     "shards": list(shards.shards), "rejects_bytes": rejects.offset() if rejects is not None else 0}
+            resume.save(build.dir, state, {**dedup.changes(), **_encode_ids(kept_ids[ids_saved:])}, append=True)
+            ids_saved = len(kept_ids)
 
         total = sum(s.size for s in sources) if all(s.size is not None for s in sources) else None
         with _progress(show_progress) as progress:
@@ -170,6 +177,19 @@ def clean(
             "mb_per_s": round((bytes_in - resumed_bytes) / 1e6 / elapsed, 3) if elapsed > 0 else None,
         }
     return out
+
+
+def _encode_ids(ids: list[str]) -> dict[str, np.ndarray]:
+    """Document ids as arrays (UTF-8 bytes and lengths) that `resume` can append to and concatenate."""
+    encoded = [i.encode() for i in ids]
+    return {"kept_id_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            "kept_id_lengths": np.array([len(e) for e in encoded], dtype=np.int64)}
+
+
+def _decode_ids(arrays: dict[str, np.ndarray]) -> list[str]:
+    data = arrays["kept_id_bytes"].tobytes()
+    ends = np.cumsum(arrays["kept_id_lengths"]).tolist()
+    return [data[start:end].decode() for start, end in zip([0, *ends[:-1]], ends)]
 
 
 def _artifact_inputs(inputs: list[str]) -> list[tuple[str, artifacts.Artifact]]:
