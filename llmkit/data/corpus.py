@@ -205,6 +205,7 @@ class RowGroup:
 
     path: str
     index: int
+    bytes: int = 0  # uncompressed, all columns (Parquet's own count): how much reading it is
 
 
 def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGroup]:
@@ -214,7 +215,9 @@ def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGrou
     groups = []
     for path in corpus_shards(artifact):
         with readable_shard(path):
-            groups += [RowGroup(str(Path(path).absolute()), index) for index in range(pq.ParquetFile(path).metadata.num_row_groups)]
+            metadata = pq.ParquetFile(path).metadata
+            groups += [RowGroup(str(Path(path).absolute()), index, metadata.row_group(index).total_byte_size)
+                       for index in range(metadata.num_row_groups)]
     return groups
 
 

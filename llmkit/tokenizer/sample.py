@@ -157,6 +157,33 @@ def draw_candidates(job: tuple[int, RowGroup | TextRange, Draw]) -> Candidates:
     return Candidates([pieces[i] for i in chosen], sizes, train[chosen].tolist(), heldout[chosen].tolist(), read)
 
 
+# Small read tasks (many small files) travel together, up to this many bytes: one dispatch, one
+# log write and one marker for all of them (5,000 files of 220 bytes, one task each, took 15x the
+# time of the same text in one file). Each task keeps its own draws, so grouping changes no sample.
+GROUP_BYTES = 16 << 20
+
+
+def _task_bytes(task: RowGroup | TextRange) -> int:
+    return task.end - task.start if isinstance(task, TextRange) else task.bytes
+
+
+def group_tasks(jobs: Sequence[tuple], target_bytes: int) -> Iterator[list[tuple]]:
+    """Consecutive jobs in groups of about `target_bytes` (a big task alone); order kept."""
+    group, size = [], 0
+    for job in jobs:
+        group.append(job)
+        size += _task_bytes(job[1])
+        if size >= target_bytes:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def draw_group(jobs: list[tuple[int, RowGroup | TextRange, Draw]]) -> list[Candidates]:
+    return [draw_candidates(job) for job in jobs]
+
+
 class Sampler:
     """Walks the tasks' candidates in order into the training sample and the held-out slice.
 
@@ -197,21 +224,25 @@ class Sampler:
                 return
             log = open(folder / SAMPLE_LOG, "ab")
         draw = Draw(self.config.seed, self.keep, 1.0 / self.config.heldout_every)
-        jobs = ((index, source.tasks[index], draw) for index in range(done_tasks, len(source.tasks)))
-        results = ordered_map(draw_candidates, jobs, workers=workers, executor=execution.executor,
+        jobs = [(index, source.tasks[index], draw) for index in range(done_tasks, len(source.tasks))]
+        target = min(GROUP_BYTES, (source.total_bytes or 0) // (4 * max(workers, 1)))
+        results = ordered_map(draw_group, group_tasks(jobs, target), workers=workers, executor=execution.executor,
                               ray_address=execution.ray_address)
+        number = done_tasks
         try:
-            for number, result in enumerate(results, start=done_tasks + 1):
+            for group in results:
+                number += len(group)
                 if log is not None:
-                    # vars, not asdict: asdict deep-copies every piece (a third of the sampling time)
-                    log.write(json.dumps(vars(result), ensure_ascii=False).encode() + b"\n")
+                    for result in group:  # vars, not asdict: asdict deep-copies every piece (a third of the sampling time)
+                        log.write(json.dumps(vars(result), ensure_ascii=False).encode() + b"\n")
                     log.flush()
                     os.fsync(log.fileno())  # the marker must never count bytes a crash of the machine could lose
                     resume.save(folder, {"tasks": number, "log_bytes": log.tell()}, {})
-                yield from self._take(result)
-                on_read(result.read_bytes)
-                if self.done():
-                    return
+                for result in group:
+                    yield from self._take(result)
+                    on_read(result.read_bytes)
+                    if self.done():
+                        return
         finally:
             results.close()  # stops the workers still reading tasks that are no longer needed
             if log is not None:
