@@ -15,7 +15,7 @@ every executor and for any number of workers. Memory is a few tasks' candidates 
 itself (at most --sample-bytes), whatever the size of the input.
 
 Each task's candidates are appended to `sample.jsonl` in the stage's partial output folder, with
-a completion marker (llmkit.resume) after each: a rerun after a crash replays the finished tasks
+a completion marker (llmkit.resume) after each group of tasks: a rerun after a crash replays the finished tasks
 from that file instead of reading their input again, then goes on, and draws the same sample.
 """
 
