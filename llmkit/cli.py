@@ -245,6 +245,25 @@ def main() -> None:
         app()
     except BrokenPipeError:  # while printing --help into a closed pipe
         _stop_writing_stdout()
+    except SystemExit as exit_:
+        from llmkit.errors import exits_without_shutdown
+
+        if exits_without_shutdown():  # stopped with native threads still about: leave without unwinding them
+            _exit_now(exit_.code if isinstance(exit_.code, int) else 1)
+        raise
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's shutdown, having done the part of it that others see: output
+    flushed, multiprocessing's finalizers run (else its resource tracker reports leaked semaphores)."""
+    import os
+    import sys
+
+    if "multiprocessing.util" in sys.modules:
+        sys.modules["multiprocessing.util"]._exit_function()  # (what atexit would run; private but long-standing)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

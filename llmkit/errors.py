@@ -36,6 +36,22 @@ class Terminated(KeyboardInterrupt):
     a rerun continues them (the default death skips all of that)."""
 
 
+_skip_shutdown = False
+
+
+def exit_without_shutdown() -> None:
+    """Native threads that a stop cannot end may still reach for Python (a Rust trainer's pool
+    pulling its next text): the command exits without the interpreter's shutdown
+    (`llmkit.cli.main`), which would unwind such a thread by force through Rust frames and abort
+    the process (exit 134, "FATAL: exception not rethrown") after the one-line message."""
+    global _skip_shutdown
+    _skip_shutdown = True
+
+
+def exits_without_shutdown() -> bool:
+    return _skip_shutdown
+
+
 _debug = os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
 
 

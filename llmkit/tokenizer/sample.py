@@ -78,16 +78,19 @@ _LONG_RUN = re.compile(rf"(?<!\S)\S{{{LONGEST_RUN + 1},}}")  # anchored at a run
 def cut_long_runs(texts: Iterable[str]) -> Iterator[str]:
     """The training texts, with every run of over LONGEST_RUN non-space characters (a DNA string,
     a minified file, a wall of one letter) cut into such runs, each its own text."""
-    for text in texts:
-        if len(text) <= LONGEST_RUN:
-            yield text
-            continue
-        start = 0
-        for run in _LONG_RUN.finditer(text):
-            for cut in range(run.start() + LONGEST_RUN, run.end(), LONGEST_RUN):
-                yield text[start:cut]
-                start = cut
-        yield text[start:] if start else text
+    try:
+        for text in texts:
+            if len(text) <= LONGEST_RUN:
+                yield text
+                continue
+            start = 0
+            for run in _LONG_RUN.finditer(text):
+                for cut in range(run.start() + LONGEST_RUN, run.end(), LONGEST_RUN):
+                    yield text[start:cut]
+                    start = cut
+            yield text[start:] if start else text
+    finally:  # closed early (a stop): the reader closes too, whoever else holds it (its workers stop now)
+        getattr(texts, "close", lambda: None)()
 
 
 @dataclass

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from llmkit import artifacts, resume
+from llmkit import artifacts, errors, resume
 from llmkit.tokenizer.config import TokenizerTrainConfig
 from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, cut_long_runs, open_source
 from llmkit.data.tokenizer import (
@@ -37,6 +37,49 @@ def measure(tokenizer, texts: Sequence[str]) -> dict[str, float]:
         "tokens_per_word": round(tokens / words, 4) if words else 0.0,
         "tokens": tokens,
     }
+
+
+def train_interruptibly(tokenizer, texts: Iterator[str], trainer) -> None:
+    """`tokenizer.train_from_iterator(texts, trainer)`, stoppable by Ctrl-C and SIGTERM.
+
+    The trainer pulls the texts from its own threads while the calling thread waits inside Rust,
+    where Python's signal handlers never run: a Ctrl-C during reading was ignored until training
+    ended. Training runs on a helper thread instead; this one waits in short joins, where handlers
+    do run, and on a signal ends the input (the reader closes its workers) and leaves the trainer's
+    threads behind (`errors.exit_without_shutdown`)."""
+    import threading
+
+    stop, input_closed = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def until_stopped() -> Iterator[str]:
+        try:
+            for text in texts:
+                if stop.is_set():
+                    return
+                yield text
+        finally:
+            getattr(texts, "close", lambda: None)()  # (on the thread that reads: the workers stop, the sample log closes)
+            input_closed.set()
+
+    def train() -> None:
+        try:
+            tokenizer.train_from_iterator(until_stopped(), trainer)
+        except BaseException as error:  # noqa: BLE001 - raised again on the calling thread
+            failed.append(error)
+
+    helper = threading.Thread(target=train, name="llmkit-bpe-train", daemon=True)
+    helper.start()
+    try:
+        while helper.is_alive():
+            helper.join(0.1)
+    except BaseException:
+        stop.set()
+        input_closed.wait(30)  # at the reader's next text: its workers are shut down, not left to the exit
+        errors.exit_without_shutdown()
+        raise
+    if failed:
+        raise failed[0]
 
 
 def train_tokenizer(
@@ -67,7 +110,7 @@ def train_tokenizer(
             task = bar.add_task("reading + counting", total=source.total_bytes)
             texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size),
                                            folder=build.dir)
-            tokenizer.train_from_iterator(cut_long_runs(texts), trainer)
+            train_interruptibly(tokenizer, cut_long_runs(texts), trainer)
         seconds = time.perf_counter() - started
         resume.remove(build.dir)
         (build.dir / SAMPLE_LOG).unlink(missing_ok=True)
