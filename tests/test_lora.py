@@ -124,6 +124,28 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
         assert torch.allclose(merged.model(idx)[0], with_adapters.eval()(idx)[0], atol=1e-5, rtol=0)
 
 
+def test_a_finished_lora_run_resumes_and_extends_as_a_straight_run(base, shared_data, cli, tmp_path):
+    """The final weights are merged, so they cannot go on training: the last step is also kept as an
+    unmerged step checkpoint (even when it is not a --save-every step), which --resume continues from.
+    (It used to load the merged weights into the adapted model: "the checkpoint is damaged".)"""
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64]]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    flags = ["--data", data, "--lora-rank", "4", "--batch-size", "8", "--micro-batch", "8", "--eval-every", "0", "--truncate",
+             "--schedule", "constant"]  # (a decay over the run's length would differ between 3 + 2 steps and 5)
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert cli("finetune", base["checkpoint"], *flags, "--max-steps", "3", "-o", run).exit_code == 0
+    assert (run / "checkpoints" / "step_0000003").is_dir()  # (the default --save-every is 200)
+    again = cli("finetune", base["checkpoint"], *flags, "--max-steps", "3", "-o", run, "--resume")
+    assert again.exit_code == 0 and "finished at step 3 already" in again.output, again.output
+    longer = cli("finetune", base["checkpoint"], *flags, "--max-steps", "5", "-o", run, "--resume")
+    assert longer.exit_code == 0 and "resumed from step 3" in longer.output, longer.output
+    assert cli("finetune", base["checkpoint"], *flags, "--max-steps", "5", "-o", straight).exit_code == 0
+    assert load_file(str(run / "model.safetensors")).keys() == load_file(str(straight / "model.safetensors")).keys()
+    for key, value in load_file(str(straight / "model.safetensors")).items():
+        assert torch.equal(load_file(str(run / "model.safetensors"))[key], value), key
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_training_steps_match_transformers_and_peft(shared_data, method):
     """benchmarks/finetune.py at a tiny size: llmkit's training step (and LoRA) against

@@ -80,6 +80,10 @@ class ArtifactSpec:
     runtime: dict[str, Any] = field(default_factory=dict)
     add_files: Callable[[Path], None] = lambda directory: None
     file_names: list[str] = field(default_factory=list)  # extra top-level names add_files writes
+    # False when add_files changes the final weights into another form than the model trains
+    # (LoRA adapters merged): the last step is then also saved as an intermediate checkpoint,
+    # which is what --resume continues from.
+    final_weights_resume: bool = True
 
 
 @dataclass
@@ -226,7 +230,7 @@ class Trainer:
     def _load_weights_for_resume(self):
         from llmkit.model.io import WEIGHTS, load_weights
 
-        latest = ckpt.resume_point(self.run_dir)
+        latest = ckpt.resume_point(self.run_dir, include_run=self.spec.final_weights_resume)
         if latest is None:
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
@@ -557,7 +561,8 @@ class Trainer:
                     window_seconds, window_steps = 0.0, 0
                 if save_every > 0 and step % save_every == 0 and step < s.max_steps:
                     self.save_intermediate(step)
-            if save_every > 0 and step % save_every == 0 and self.resumed_from != step:
+            last_is_a_save_step = save_every > 0 and step % save_every == 0
+            if (last_is_a_save_step or not self.spec.final_weights_resume) and self.resumed_from != step:
                 self.save_intermediate(step, last=True)
             self.save_final(step)
         except torch.cuda.OutOfMemoryError as exc:
