@@ -288,17 +288,18 @@ def test_resume_of_a_finetune_is_exact(base, shared_data, cli, tmp_path, variant
 def test_sft_micro_batch_does_not_change_the_artifact(base, shared_data, cli, tmp_path):
     """SFT under per-sequence gradients (the CPU default): responses of different lengths, so
     micro-batches hold different target counts; every token weighs the same whatever the split,
-    and the weights are the same to the bit (full fine-tuning and LoRA)."""
+    and the weights are the same to the bit (full fine-tuning and LoRA), on 1 or 2 threads (a
+    response of a few tokens made products of fewer rows than MKL's thread-independent kernels need)."""
     rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64]
     rows = [{"prompt": r["text"], "response": "positive, clearly" if r["label"] else "negative"} for r in rows]
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     for lora in ([], ["--lora-rank", "4"]):
         prints, losses = set(), []
-        for micro in ("1", "3", "12"):
-            out = tmp_path / f"sft-{micro}-{len(lora)}"
+        for micro, threads in (("1", "2"), ("3", "1"), ("12", "2"), ("12", "1")):
+            out = tmp_path / f"sft-{micro}-{threads}-{len(lora)}"
             result = cli("finetune", base["checkpoint"], "-o", out, "--task", "sft", "--template", "plain", "--data", data,
                          "--max-steps", "3", "--eval-every", "3", "--batch-size", "12", "--micro-batch", micro,
-                         "--truncate", "--lr", "1e-3", "--val-fraction", "0.2", *lora)
+                         "--threads", threads, "--truncate", "--lr", "1e-3", "--val-fraction", "0.2", *lora)
             assert result.exit_code == 0, result.output
             assert artifacts.load(out).manifest.runtime["batch_invariant"] is True
             prints.add(artifacts.load(out).fingerprint)

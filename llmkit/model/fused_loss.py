@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
+from llmkit.model.sequence_grads import MIN_ROWS
+
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in fp32, so a chunk stays in cache-sized, reused memory
 
@@ -47,10 +49,20 @@ def _exp_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor, low: torch.dtype | None,
            grad_rows: torch.Tensor | None, grad_weight: torch.Tensor | None, fresh: bool = False) -> torch.Tensor:
     """One chunk of rows: returns its summed loss; writes the rows' hidden-state gradients into
-    `grad_rows` and adds the head's gradient to `grad_weight` (writes it, if `fresh`; either may be None)."""
+    `grad_rows` and adds the head's gradient to `grad_weight` (writes it, if `fresh`; either may be None).
+
+    Fewer than MIN_ROWS rows (an SFT response of a few tokens) are padded with zero rows for the
+    products: MKL picks kernels by thread count below that, so the same run gave other bits on
+    1 and 2 threads (and so under --nproc 2). Zero rows add exact zeros to the head's gradient."""
+    rows = len(t)
+    short = rows < MIN_ROWS
     if low is not None:
         h = h.to(low)
+    if short:
+        h = torch.cat([h, h.new_zeros(MIN_ROWS - rows, h.shape[1])])
     logits = h @ head.t()
+    if short:
+        logits = logits[:rows]
     if low is not None:
         logits = logits.float()
     picked = logits[r, t]
@@ -62,6 +74,11 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
     probs[r, t] -= 1
     if low is not None:
         probs = probs.to(low)
+    if short:
+        probs = torch.cat([probs, probs.new_zeros(MIN_ROWS - rows, probs.shape[1])])
+        if grad_rows is not None:
+            grad_rows.copy_((probs @ head)[:rows])
+            grad_rows = None
     if grad_rows is not None and low is None:
         torch.mm(probs, head, out=grad_rows)
     elif grad_rows is not None:
