@@ -44,6 +44,9 @@ def runs(tmp_path_factory, shared_data):
     cli("tokenize", root / "corpus", "-t", root / "tok2", "-o", root / "tokens2")
     cli("pretrain", root / "tokens2", "-o", root / "other_tokenizer", *MODEL, "--max-steps", "1", "--batch-tokens", "512",
         "--micro-batch", "8", "--eval-every", "0")
+    cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens_bos", "--add-bos")
+    cli("pretrain", root / "tokens_bos", "-o", root / "after_bos", *MODEL, "--max-steps", "1", "--batch-tokens", "512",
+        "--micro-batch", "8", "--eval-every", "0")
     return root
 
 
@@ -188,6 +191,21 @@ def test_checkpoints_with_different_tokenizers_are_a_one_line_error(cli, runs, t
     assert not (tmp_path / "e").exists()
     result = cli("eval", runs / "a", runs / "b", "--weights", "1,2,3", "--data", runs / "short.txt", "-o", tmp_path / "w")
     assert result.exit_code != 0 and "--weights has 3 values for 2" in result.output
+
+
+def test_members_that_start_documents_after_other_tokens_are_refused_and_a_weight_0_member_decides_nothing(cli, runs, tmp_path):
+    """Every document is scored after one start token, which the first member used to decide: an
+    ensemble with a member pretrained on --add-bos shards changed with the members' order."""
+    for command in (["eval", runs / "a", runs / "after_bos", "--data", runs / "short.txt", "-o", tmp_path / "e"],
+                    ["generate", runs / "after_bos", runs / "a", "-p", "hi"]):
+        result = cli(*command)
+        message = result.output.strip()
+        assert result.exit_code != 0 and len(message.splitlines()) == 1, message
+        assert "after <|bos|>" in message and "after <|eos|>" in message and "--add-bos" in message, message
+    assert not (tmp_path / "e").exists()
+    _, alone = _eval(cli, tmp_path / "b", runs / "b", "--data", runs / "short.txt")
+    _, weighted = _eval(cli, tmp_path / "0b", runs / "a", runs / "b", "--data", runs / "short.txt", "--weights", "0,1")
+    assert weighted.manifest.stats["nll"] == pytest.approx(alone.manifest.stats["nll"], rel=1e-6)  # (the mixture of one: rounding)
 
 
 def test_generated_metrics_run_on_the_ensemble(cli, runs, tmp_path):

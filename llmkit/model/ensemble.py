@@ -135,12 +135,32 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
         check_same_task(arts, "ensembled")
     normalised_weights = normalised(weights, len(arts))
     loaded = [load_checkpoint(path, device=device, purpose=purpose) for path in paths]
-    first = loaded[0]
-    first.members = [item.artifact for item in loaded]
     if len(loaded) == 1:
-        return first
+        loaded[0].members = [loaded[0].artifact]
+        return loaded[0]
+    _check_same_document_start(loaded)
+    # the first member that takes part speaks for the ensemble (a weight-0 member is left out)
+    first = next(item for item, w in zip(loaded, normalised_weights) if w > 0)
+    first.members = [item.artifact for item in loaded]
     # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
     kept = [(item.model, w) for item, w in zip(loaded, normalised_weights) if w > 0]
     first.model = ensemble_of([m for m, _ in kept], [w for _, w in kept], mode).eval()
     first.config = first.model.config
     return first
+
+
+def _check_same_document_start(loaded) -> None:
+    """Every prompt and document is scored after one start token: members pretrained after
+    different ones (`tokenize --add-bos` or not) cannot share it, and whichever member came first
+    decided it (results changed with the members' order)."""
+    from llmkit.errors import UserError
+    from llmkit.inference.prompts import document_start_id
+
+    starts = {}
+    for item in loaded:
+        token = item.tokenizer.decode([document_start_id(item.tokenizer, item.artifact, item.task)])
+        starts.setdefault(token, []).append(str(item.artifact.path))
+    if len(starts) > 1:
+        said = "; ".join(f"{', '.join(paths)} after {token}" for token, paths in starts.items())
+        raise UserError(f"the checkpoints were trained with documents starting after different tokens ({said}); ensemble "
+                        "checkpoints pretrained on the same kind of shards (llmkit tokenize with or without --add-bos)")
