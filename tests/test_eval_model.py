@@ -219,10 +219,15 @@ def test_label_names_must_be_distinct_and_non_empty(cli, gpt2_ckpt, shared_data,
 
 
 def test_perplexity_deterministic_fingerprint(cli, gpt2_ckpt, shakespeare, tmp_path):
-    (tmp_path / "d.txt").write_text(shakespeare[:1000])
-    for name in ("a", "b"):
-        assert cli("eval", gpt2_ckpt, "--data", tmp_path / "d.txt", "-o", tmp_path / name).exit_code == 0
-    assert artifacts.load(tmp_path / "a").fingerprint == artifacts.load(tmp_path / "b").fingerprint
+    """Same inputs and seed, same fingerprint, whatever --batch-size (it changes no number: runtime)."""
+    (tmp_path / "d.txt").write_text(shakespeare[:3000])
+    for name, batch in (("a", "8"), ("b", "8"), ("c", "1"), ("d", "3")):
+        assert cli("eval", gpt2_ckpt, "--data", tmp_path / "d.txt", "--rolling-context", "16", "--batch-size", batch,
+                   "-o", tmp_path / name).exit_code == 0
+    made = [artifacts.load(tmp_path / name) for name in "abcd"]
+    assert len({art.fingerprint for art in made}) == 1
+    assert len({(tmp_path / name / "metrics.json").read_bytes() for name in "abcd"}) == 1
+    assert [art.manifest.runtime["batch_size"] for art in made] == [8, 8, 1, 3]
 
 
 def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
@@ -319,6 +324,13 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     assert result.exit_code == 0, result.output
     assert [r["prediction"] for r in _records(tmp_path / "ev-compiled")] == predictions
     assert artifacts.load(tmp_path / "ev-compiled").fingerprint == artifacts.load(tmp_path / "ev").fingerprint
+    # wording that cannot fit beside --max-new-tokens even without its input: refused (the engine cut the instruction off)
+    wordy = "Translate this German sentence into fluent English please. " * 20 + "German: {source}\nEnglish:"
+    result = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", data, "--limit", "2", "--max-new-tokens", "12",
+                 "--prompt-template", wordy, "-o", tmp_path / "wordy")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "even with its 'source' cut, the prompt does not fit" in lines[0], result.output
+    assert not (tmp_path / "wordy").exists()
 
 
 def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
@@ -397,6 +409,14 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     assert wrong.exit_code != 0 and "classification checkpoint" in wrong.output
     gen = cli("generate", ckpt, "-p", "hello")
     assert gen.exit_code != 0 and "classification checkpoint" in gen.output
+    # multiple-choice records need a language-model head; accuracy_norm needs multiple choice (it was left out silently)
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "Sky?", "choices": ["blue", "green"], "label": 0}) + "\n")
+    for args, said in ((["-m", "accuracy", "--data", tmp_path / "mc.jsonl"], "is a classifier"),
+                       (["-m", "accuracy_norm", "--data", data], "accuracy_norm scores multiple-choice records")):
+        refused = cli("eval", ckpt, *args, "-o", tmp_path / "refused")
+        lines = refused.output.strip().splitlines()
+        assert refused.exit_code != 0 and len(lines) == 1 and said in lines[0], refused.output
+        assert not (tmp_path / "refused").exists()
 
 
 def test_full_rolling_context_equals_sliding_window_by_hand(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):

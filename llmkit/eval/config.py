@@ -66,7 +66,7 @@ class EvalConfig(Options):
                              parse=stop_strings, panel=TEXT)
     rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
                                   range="[1, inf)")
-    batch_size: int = option(8, "Sequences per forward pass.", panel=RUN, range="[1, inf)")
+    batch_size: int = option(8, "Sequences per forward pass. Does not change the result.", panel=RUN, range="[1, inf)", runtime=True)
     inference: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
                                                            "(BLEU, chrF, ROUGE): faster per token after a compilation of seconds."})
     ensembling: Ensembling = group(Ensembling)

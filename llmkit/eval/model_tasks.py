@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llmkit import artifacts
 from llmkit.errors import UserError
+from llmkit.eval import names as metric_names
 from llmkit.eval.sources import artifact_kind, load_records
 from llmkit.eval.textio import pick_field
 
@@ -160,10 +161,16 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         return [0] + tokenizer.encode(text)  # the document-start token, then the prompt
 
     fitted, cut = [], 0
-    for record in records:
+    for i, record in enumerate(records):
         shorter = fit_field(encode, record, input_field, tokenizer, limit - max_new_tokens)
-        cut += shorter is not None and shorter is not record
-        fitted.append(shorter if shorter is not None else record)
+        if shorter is None:  # the wording alone is too long: the engine would cut the instruction off
+            wording = len(encode({**record, input_field: ""}))
+            raise UserError(f"record {i + 1}: even with its {input_field!r} cut, the prompt does not fit in the "
+                            f"{limit - max_new_tokens} tokens the context ({limit}) leaves beside --max-new-tokens "
+                            f"{max_new_tokens} (the template's wording alone takes {wording}); lower --max-new-tokens or "
+                            "shorten --prompt-template")
+        cut += shorter is not record
+        fitted.append(shorter)
     if cut:
         from llmkit.console import err
 
@@ -296,6 +303,10 @@ def classification(loaded, cfg):
     task = loaded.task
     pad_id = _pad_id(loaded.tokenizer)
     if "choices" in records[0]:  # multiple choice, lm-eval style
+        if callable(getattr(loaded.model, "classify", None)):
+            raise UserError(f"{loaded.artifact.path} is a classifier (labels: "
+                            f"{', '.join(map(str, task.labels or []))}): it has no language-model head to score "
+                            "multiple-choice records ('choices') with; evaluate its base checkpoint, or give labelled texts")
         pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
         context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
         examples, gold = [], []
@@ -320,6 +331,8 @@ def classification(loaded, cfg):
         ]
         return metrics, records_out
 
+    if "accuracy_norm" in metric_names.parse_metrics(cfg.metrics):
+        raise UserError(metric_names.NORM_NEEDS_CHOICES)
     names = [str(n) for n in (cfg.labels or (task.labels if task is not None else None) or [])]
     trained = task.labels if task is not None and task.labels and callable(getattr(loaded.model, "classify", None)) else None
     if cfg.labels and trained and len(cfg.labels) != len(trained):

@@ -8,6 +8,8 @@ TEXT = ("bleu", "chrf", "chrf++", "rouge", "rouge1", "rouge2", "rougeL", "rougeL
 LM = ("perplexity", "word_perplexity", "byte_perplexity", "bpb")
 CLASSIFICATION = ("accuracy", "accuracy_norm", "precision", "recall", "f1")
 ALL = TEXT + LM + CLASSIFICATION
+NORM_NEEDS_CHOICES = ("accuracy_norm scores multiple-choice records ('choices': each answer's log-likelihood per "
+                      "character); for labels use --metric accuracy")
 
 
 def parse_metrics(values: list[str]) -> list[str]:

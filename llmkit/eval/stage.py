@@ -93,6 +93,8 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
     if cfg.predictions is not None:
         if lm:
             raise UserError(f"{', '.join(lm)} need a model: pass a checkpoint and --data, not --predictions")
+        if "accuracy_norm" in cls:
+            raise UserError(metric_names.NORM_NEEDS_CHOICES)
         if not cfg.references:
             needing = ", ".join(text + cls)
             raise UserError(f"{needing}: scoring predictions needs references; pass --references FILE")
@@ -257,7 +259,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         stats["signatures"] = signatures
         stats["metrics"] = list(metrics)
         build.stats = stats
-        build.runtime = {"device": device, "compile": cfg.inference.compile, "seconds": round(time.perf_counter() - started, 3)}
+        build.runtime = {**cfg.runtime(), "device": device, "seconds": round(time.perf_counter() - started, 3)}
     return EvalResult(Path(out), metrics, signatures, formatted, stats)
 
 
