@@ -329,6 +329,22 @@ def test_classification_micro_batch_does_not_change_the_artifact(base, shared_da
         assert len(prints) == 1, lora
 
 
+def test_a_classifier_trained_on_short_cuts_is_evaluated_on_the_same_cuts(base, shared_data, cli, tmp_path):
+    """--seq-len 12 cuts every text to 12 tokens in training; eval cuts there too (task.json
+    max_tokens), so it reproduces the validation figures (it cut at the context length)."""
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:96])
+    val = write_jsonl(tmp_path / "val.jsonl", read_jsonl(shared_data / "sentiment" / "test.jsonl")[:96])
+    run = tmp_path / "cls"
+    result = cli("finetune", base["checkpoint"], "-o", run, "--task", "classify", "--data", data, "--val-data", val,
+                 "--seq-len", "12", "--truncate", "--max-steps", "6", "--batch-size", "16", "--eval-every", "6", "--lr", "3e-3")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "task.json").read_text())["max_tokens"] == 12
+    stats = artifacts.load(run).stats
+    assert cli("eval", run, "-m", "accuracy,f1", "--data", val, "-o", tmp_path / "ev").exit_code == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert (metrics["accuracy"], metrics["f1"]) == pytest.approx((stats["val_accuracy"], stats["val_f1"]), abs=1e-9)
+
+
 def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_data, cli, tmp_path):
     """Without per-sequence gradients the bits differ between splits, but the objective does not:
     every response token of a step weighs the same whether its micro-batch holds 1 or 12 examples

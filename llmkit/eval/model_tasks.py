@@ -378,6 +378,8 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
 
     tokenizer = loaded.tokenizer
     limit = int(loaded.config.context_length)
+    if loaded.task is not None and loaded.task.max_tokens:  # where fine-tuning cut its texts (--seq-len)
+        limit = min(limit, loaded.task.max_tokens)
     predicted = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):

@@ -205,12 +205,14 @@ class ClassifyTrainer(Trainer):
         return loss
 
 
-def task_record(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], merged: bool) -> TaskRecord:
+def task_record(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], merged: bool,
+                seq_len: int) -> TaskRecord:
     from llmkit.model.classifier import head_spec
 
     record = TaskRecord(task=config.task, template=template)
     if labels is not None:
         record.labels, record.label_values, record.head = labels.names, labels.original, head_spec(model)
+        record.max_tokens = seq_len  # eval cuts texts where training did, not at the context length
     if adapted:
         record.lora = LoraRecord(rank=config.lora_rank, alpha=config.lora_scale_alpha, targets=config.lora_targets,
                                  layers=len(adapted), merged=merged)
@@ -312,7 +314,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             final = directory.resolve() == run_dir
             if adapted and final:
                 _write_final_merged(directory, scaling)
-            task_record(config, template, labels, model, adapted, merged=final).write(directory)
+            task_record(config, template, labels, model, adapted, merged=final, seq_len=seq_len).write(directory)
 
         val_digest = ft_data.file_digest(Path(config.val_data)) if config.val_data else None
         spec = ArtifactSpec(

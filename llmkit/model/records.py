@@ -38,6 +38,7 @@ class TaskRecord:
     labels: list[str] | None = None  # classify: class names, in head order
     label_values: list[Any] | None = None  # classify: the labels as the data spelled them
     head: dict[str, Any] | None = None  # classify: the head's shape (llmkit.model.classifier.head_spec)
+    max_tokens: int | None = None  # classify: texts were cut to this many tokens, the start token included (--seq-len)
     lora: LoraRecord | None = None
     format_version: int = 1
 
@@ -62,7 +63,7 @@ class TaskRecord:
             if self.text_template is not None:
                 # The legacy spelling of template["prompt"], still written for older readers; read by none.
                 document["prompt_template"] = self.template["prompt"]
-        for name in ("labels", "label_values", "head"):
+        for name in ("labels", "label_values", "head", "max_tokens"):
             if getattr(self, name) is not None:
                 document[name] = getattr(self, name)
         if self.lora is not None:
@@ -81,6 +82,7 @@ class TaskRecord:
             return cls(
                 task=data["task"], template=data.get("template"), labels=data.get("labels"),
                 label_values=data.get("label_values"), head=data.get("head"),
+                max_tokens=int(data["max_tokens"]) if data.get("max_tokens") is not None else None,
                 lora=LoraRecord(**lora) if isinstance(lora, dict) else None,
                 format_version=int(data.get("format_version", 1)),
             )
