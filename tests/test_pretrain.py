@@ -162,6 +162,8 @@ def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli
     assert result.exit_code == 0, result.output
     assert artifacts.load(two, kind="checkpoint").manifest.runtime["grad_accumulation"] == 4
     assert artifacts.load(one).fingerprint == artifacts.load(two).fingerprint
+    # the manifest records the command typed here, not the workers' `worker.py .launch/launch.json`
+    assert artifacts.load(two).manifest.command == artifacts.load(one).manifest.command == artifacts._command_line()
     # with dropout too: each sequence's masks are seeded by its place in the step, not by the rank
     drop = [*common, "--dropout", "0.1"]
     assert cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "one-drop", *drop, "--micro-batch", "16").exit_code == 0

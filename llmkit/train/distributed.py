@@ -205,7 +205,9 @@ def relaunch(
     spec = launch_dir / "launch.json"
     error_file = launch_dir / ERROR_FILE
     error_file.unlink(missing_ok=True)
-    spec.write_text(json.dumps({"entry": entry, "arguments": arguments, "error_file": str(error_file)}, indent=2))
+    # argv: the user's command, which the workers' artifacts record (not the worker's own command line)
+    spec.write_text(json.dumps({"entry": entry, "arguments": arguments, "error_file": str(error_file), "argv": sys.argv},
+                               indent=2))
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nnodes > 1:
         if not master_addr:

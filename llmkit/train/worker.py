@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _end_with_the_agent()
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    sys.argv = spec.get("argv") or sys.argv  # manifests record the command the user typed (llmkit.artifacts)
     module_name, function_name = spec["entry"].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     try:
