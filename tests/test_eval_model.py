@@ -493,9 +493,13 @@ def test_generated_predictions_use_the_checkpoint_template(cli, shakespeare, sha
     assert prompt.startswith("<|bos|><|system|>Be brief.") and prompt.endswith("<|user|>last?<|assistant|>")
     # llmkit's own SFT records: the reference is the response
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}"}) + "\n" for i in range(2)))
+    pairs.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}", **({"system": "Be brief."} if i else {})})
+                             + "\n" for i in range(2)))
     result = cli("eval", chat, "-m", "rouge", "--data", pairs, "--max-new-tokens", "3", "-o", tmp_path / "ev5")
     assert result.exit_code == 0 and [r["references"] for r in _records(tmp_path / "ev5")] == [["0"], ["1"]], result.output
+    # a record's "system" message is part of the prompt, as finetune trained on it
+    assert [r["prompt"] for r in _records(tmp_path / "ev5")] == ["<|bos|><|user|>say 0<|assistant|>",
+                                                                 "<|bos|><|system|>Be brief.<|user|>say 1<|assistant|>"]
 
 
 def test_word_perplexity_left_out_when_text_has_almost_no_whitespace_words():

@@ -157,7 +157,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     def encode(record: dict) -> list[int]:
         text = render_template(template, record, input_field)
         if chat:
-            return encode_chat_prompt([{"role": "user", "content": text}], tokenizer)
+            return encode_chat_prompt(chat_turns(record, text), tokenizer)
         return [0] + tokenizer.encode(text)  # the document-start token, then the prompt
 
     fitted, cut = [], 0
@@ -210,7 +210,7 @@ def generate_predictions(loaded, cfg):
     records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens)
     prompts = [render_template(template, r, input_field) for r in records]
     if chat:
-        prompts = [encode_chat_prompt([{"role": "user", "content": p}], loaded.tokenizer) for p in prompts]
+        prompts = [encode_chat_prompt(chat_turns(r, p), loaded.tokenizer) for r, p in zip(records, prompts)]
     references = []
     for i, r in enumerate(records):
         value = r[reference_field]
@@ -219,6 +219,13 @@ def generate_predictions(loaded, cfg):
             raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
     return _generate(loaded, cfg, prompts, references, chat)
+
+
+def chat_turns(record: dict, text: str) -> list[dict[str, str]]:
+    """The messages a chat fine-tune is prompted with for one record: its input as the user's
+    message, after the record's "system" message when it has one (as finetune trained on it)."""
+    system = record.get("system")
+    return ([{"role": "system", "content": system}] if isinstance(system, str) else []) + [{"role": "user", "content": text}]
 
 
 def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int) -> tuple[list[list[int]], list[list[str]]]:
