@@ -56,6 +56,12 @@ def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
     c = cli("eval", "-m", "bleu", "--predictions", preds, "--field", "completion", "-r", data, "--reference-field", "target", "-o", tmp / "c")
     assert c.exit_code == 0, c.output
     assert artifacts.load(tmp / "a").fingerprint == artifacts.load(tmp / "c").fingerprint
+    # without --reference-field, the references' field is the one --field names, as its help says
+    same = tmp / "refs-same-field.jsonl"
+    same.write_text("".join(json.dumps({"completion": r}) + "\n" for r in refs), encoding="utf-8")
+    d = cli("eval", "-m", "bleu", "--predictions", preds, "--field", "completion", "-r", same, "-o", tmp / "d")
+    assert d.exit_code == 0, d.output
+    assert json.loads((tmp / "d" / "metrics.json").read_text())["bleu"] == ma["bleu"]
 
 
 def test_label_predictions_accuracy(cli, tmp_path):

@@ -195,7 +195,8 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         if cfg.predictions is not None:
             predictions = read_predictions(Path(cfg.predictions), cfg.text_field)
-            references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions))
+            references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions),
+                                         also=cfg.text_field)
             if cfg.limit:
                 predictions, references = predictions[: cfg.limit], references[: cfg.limit]
             stats["examples"] = len(predictions)

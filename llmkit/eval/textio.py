@@ -67,7 +67,7 @@ def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag
     if not is_jsonl(path):
         return read_lines(path)
     records = jsonl.read_jsonl(path)
-    name = pick_field(records, field, candidates, "the text", flag, where=str(path))
+    name = pick_field(records, field, candidates, "text", flag, where=str(path))
     values = []
     for i, record in enumerate(records, 1):
         value = record[name]
@@ -84,9 +84,11 @@ def read_predictions(path: Path, field: str | None) -> list[str]:
     return read_segments(path, field, PREDICTION_FIELDS, "--field", allow_lists=False)
 
 
-def read_references(paths: Sequence[Path], field: str | None, count: int) -> list[list[str]]:
-    """References per prediction: several files (sacrebleu style) and/or lists inside JSONL."""
-    streams = [read_segments(p, field, REFERENCE_FIELDS, "--reference-field", allow_lists=True) for p in paths]
+def read_references(paths: Sequence[Path], field: str | None, count: int, also: str | None = None) -> list[list[str]]:
+    """References per prediction: several files (sacrebleu style) and/or lists inside JSONL. Without
+    `field`, the first of `also` (the predictions' --field) and the usual reference names a file has."""
+    candidates = ((also,) if also else ()) + tuple(REFERENCE_FIELDS)
+    streams = [read_segments(p, field, candidates, "--reference-field", allow_lists=True) for p in paths]
     for path, stream in zip(paths, streams):
         if len(stream) != count:
             raise UserError(
