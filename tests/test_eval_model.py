@@ -218,6 +218,13 @@ def test_label_names_must_be_distinct_and_non_empty(cli, gpt2_ckpt, shared_data,
     assert result.exit_code != 0 and message in result.output and not (tmp_path / "ev").exists()
 
 
+def test_perplexity_records_are_numbered_by_input_record_past_empty_ones(cli, gpt2_ckpt, tmp_path):
+    rows = ["", "The list type is mutable.", "", "Return a new dict."]
+    (tmp_path / "gaps.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    assert cli("eval", gpt2_ckpt, "--data", tmp_path / "gaps.jsonl", "-o", tmp_path / "ev").exit_code == 0
+    assert [r["document"] for r in _records(tmp_path / "ev")] == [1, 3]  # (0-based: they were numbered 0 and 1)
+
+
 def test_perplexity_deterministic_fingerprint(cli, gpt2_ckpt, shakespeare, tmp_path):
     """Same inputs and seed, same fingerprint, whatever --batch-size (it changes no number: runtime)."""
     (tmp_path / "d.txt").write_text(shakespeare[:3000])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from llmkit import artifacts
 from llmkit.errors import UserError
 from llmkit.eval import names as metric_names
@@ -74,7 +76,8 @@ def perplexity_documents(loaded, cfg):
     records = load_records(cfg.data, cfg.split, cfg.limit)
     name = pick_field(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
     texts = [text_of(r, name, i) for i, r in enumerate(records)]
-    return [document_from_text(text, tokenizer) for text in texts if text]
+    # (numbered by record, so that predictions.jsonl joins back to the data past an empty record)
+    return [dataclasses.replace(document_from_text(text, tokenizer), index=i) for i, text in enumerate(texts) if text]
 
 
 def text_of(record: dict, field: str, index: int) -> str:

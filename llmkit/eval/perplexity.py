@@ -53,6 +53,7 @@ class Document:
     tokens: list[int]
     words: int | None = None  # None: not known (a tokens artifact without decoding)
     bytes: int | None = None  # None: sum of token_bytes over the scored tokens
+    index: int | None = None  # its record's place in the input (empty records are not scored); None: its place here
 
 
 _MAX_EXPONENT = math.log(1e300)
@@ -120,7 +121,7 @@ def score_documents(
     result = PerplexityResult()
     for d, doc in enumerate(documents):
         n_bytes = doc.bytes if doc.bytes is not None else scored_bytes[d]
-        record = {"document": d, "tokens": counted[d], "bytes": n_bytes, "nll": nll[d]}
+        record = {"document": d if doc.index is None else doc.index, "tokens": counted[d], "bytes": n_bytes, "nll": nll[d]}
         if doc.words is not None:
             record["words"] = doc.words
             result.words += doc.words
