@@ -361,6 +361,8 @@ def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--stemmer", "--prompt-template", "Q:"],
          "--prompt-template, --stemmer would change nothing here"),
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--weights", "2"], "--weights would change nothing here"),
+        (["-m", "perplexity", "--data", "{tmp}/d.txt", "--split", "test"], "--split would change nothing here"),
+        (["-m", "perplexity", "--data", "{tmp}/d.txt", "--reference-field", "x"], "--reference-field would change nothing"),
     ],
 )
 def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):

@@ -64,6 +64,19 @@ def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
     assert json.loads((tmp / "d" / "metrics.json").read_text())["bleu"] == ma["bleu"]
 
 
+@pytest.mark.parametrize("args, flag", [(["-m", "chrf", "--bleu-tokenize", "zh"], "--bleu-tokenize"),
+                                        (["-m", "rouge", "--lowercase"], "--lowercase"),
+                                        (["-m", "rouge", "--rouge-tokenize", "char", "--stemmer"], "--stemmer")])
+def test_text_options_that_change_no_score_are_refused(cli, files, args, flag):
+    """They were recorded (another fingerprint for the same scores; --stemmer with char tokens even
+    wrote "stemmer:yes" into the ROUGE signature)."""
+    tmp, _, _ = files
+    result = cli("eval", *args, "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "unused")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and f"{flag} would change nothing here" in lines[0], result.output
+    assert not (tmp / "unused").exists()
+
+
 def test_label_predictions_accuracy(cli, tmp_path):
     from sklearn.metrics import f1_score
 

@@ -71,8 +71,13 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "max_new_tokens": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
         "stop": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
         "labels": (bool(cls), "accuracy/F1"), "label_field": (bool(cls), "accuracy/F1"),
-        "stemmer": (rouge, "ROUGE"), "rouge_tokenize": (rouge, "ROUGE"),
-        "bleu_tokenize": (any(m.startswith(("bleu", "chrf")) for m in text), "BLEU/chrF"),
+        # (the char tokenizer has no words to stem; chrF has no tokenizer: sacrebleu ignores them there)
+        "stemmer": (rouge and cfg.rouge_tokenize != "char", "ROUGE on words"), "rouge_tokenize": (rouge, "ROUGE"),
+        "bleu_tokenize": ("bleu" in text, "BLEU"),
+        "lowercase": (any(m.startswith(("bleu", "chrf")) for m in text), "BLEU/chrF"),
+        "reference_field": (bool(text) or (not scoring_model and bool(cls)), "the references of text metrics and labels"),
+        "split": (bool(cfg.tasks) or (scoring_model and cfg.data is not None and not Path(cfg.data).exists()),
+                  "a datasets name given as --data"),
         "rolling_context": (bool(lm) and scoring_model, "perplexity"),
         "shots": (bool(cfg.tasks), "--task benchmarks"),
     }
