@@ -713,6 +713,14 @@ def test_import_with_foreign_special_token_names(cli, tmp_path, style):
     # No role tokens: chat says what to do instead (not finetune's "--template", which chat has not)
     line = _error(cli("chat", tmp_path / "ckpt"))
     assert "which this checkpoint's tokenizer lacks" in line and "llmkit generate --prompt" in line, line
+    # A fine-tune's task.json names the tokens this tokenizer has (it said <|bos|>/<|eos|> whatever they were)
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": w}) + "\n"
+                                                for w in ("speak", "lord", "king", "night") * 4))
+    result = cli("finetune", tmp_path / "ckpt", "--template", "plain", "--data", tmp_path / "sft.jsonl", "--max-steps", "1",
+                 "--batch-size", "4", "--val-fraction", "0", "-o", tmp_path / "sft")
+    assert result.exit_code == 0, result.output
+    template = json.loads((tmp_path / "sft" / "task.json").read_text())["template"]
+    assert (template["bos"], template["eos"]) == (names["bos_token"], eos)
 
 
 # ------------------------------------------------------------------------------------------

@@ -265,6 +265,9 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         if config.task == "sft":
             template = resolve_template(config.template)
             check_tokenizer(template, tokenizer)
+            # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
+            template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))
+                                       for name in ("bos", "eos") if name in template}}
             train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", info.is_main)
             val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
             pad_id = tokenizer.pad_id
