@@ -45,7 +45,8 @@ OVERSAMPLE = 1.1
 
 
 def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
-    """A long document in pieces of about `size` characters, cut after a run of newlines.
+    """A long document in pieces of about `size` characters, cut after a run of newlines (in a
+    line longer than that, before a space between two words).
 
     Sampling and holding out work on pieces, so a corpus of a few big files (`llmkit clean`'s
     one document per file) still gets a held-out slice. Cutting after the whole newline run
@@ -55,16 +56,31 @@ def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
         return [text]
     pieces, start = [], 0
     while len(text) - start > 2 * size:
-        cut = text.find("\n", start + size)
-        if cut < 0:
-            break
-        cut += 1
-        while cut < len(text) and text[cut] in "\r\n":
+        cut = text.find("\n", start + size, start + 2 * size)
+        if cut >= 0:
             cut += 1
+            while cut < len(text) and text[cut] in "\r\n":
+                cut += 1
+        else:  # a long line: cut before a lone space between words, where a word's pre-token starts anyway
+            space = _LONE_SPACE.search(text, start + size, start + 2 * size)
+            if space is None:
+                cut = text.find("\n", start + 2 * size)
+                if cut < 0:
+                    break
+                cut += 1
+                while cut < len(text) and text[cut] in "\r\n":
+                    cut += 1
+            else:
+                cut = space.start()
         pieces.append(text[start:cut])
         start = cut
     pieces.append(text[start:])
     return pieces
+
+
+# A space with a non-space on each side: in GPT-2's pre-tokenizer pattern the word after it starts
+# with it (" word"), so cutting there leaves every pre-token as in the whole text.
+_LONE_SPACE = re.compile(r"(?<=\S) (?=\S)")
 
 
 # BPE training time grows with the square of a word's length (each merge rewrites every word
