@@ -403,7 +403,7 @@ def test_long_documents_are_sampled_in_pieces(shared_data, tok, tmp_path):
     pre = tok.hf.pre_tokenizer
     assert [t for p in pieces for t, _ in pre.pre_tokenize_str(p)] == [t for t, _ in pre.pre_tokenize_str(text)]
     # A document of one long line (no newline to cut after) is cut before lone spaces, pre-tokens kept
-    # (it was one piece: a 50 MB line took 4.9 GB to train on, now 0.4 GB)
+    # (it was one piece: a 50 MB line took 5.0 GB to train on, now 0.42 GB)
     line = text.replace("\n", " ").replace("  ", " , ")[:200_000]
     pieces = split_pieces(line, size=5000)
     assert len(pieces) > 15 and "".join(pieces) == line and all(len(p) < 10_001 for p in pieces)
