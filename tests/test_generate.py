@@ -267,6 +267,24 @@ def test_context_overflow_slide_and_error():
         generate_ids(model, [long_prompt], GenerationParams(max_new_tokens=4, context_overflow="error"), pad_id=0)
 
 
+def test_each_row_slides_as_it_would_alone():
+    """A row's window is its own: batched with prompts that slide (at other times), a short prompt
+    that never slides, and each long one, give what they give alone (greedy, and seeded samples
+    with rows finishing early)."""
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(vocab_size=97, context_length=32, n_layer=2, n_head=4, n_embd=32)).eval()
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.mul_(8)  # decisive scores: float rounding of a re-encode cannot flip a choice
+    prompts = [[1, 5, 9], list(range(3, 43)), list(range(50, 70)), [7] * 12]
+    for params, eos in ((GenerationParams(max_new_tokens=40, stop_at_eos=False), ()),
+                        (GenerationParams(max_new_tokens=40, temperature=1.0, seed=4), (11, 12, 13))):
+        batched = [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0, eos_ids=eos, seeds=[1, 2, 3, 4])]
+        alone = [generate_ids(model, [p], params, pad_id=0, eos_ids=eos, seeds=[s])[0].token_ids
+                 for p, s in zip(prompts, [1, 2, 3, 4])]
+        assert batched == alone
+
+
 @pytest.mark.parametrize("greedy", [True, False])
 def test_a_diverged_model_is_named_not_sampled(ckpt, greedy):
     """NaN weights (a run that diverged): sampling used to fail inside torch.multinomial, greedy

@@ -13,10 +13,11 @@ chosen tokens: the prefix is never recomputed. The LSTM's "cache" is its recurre
 
 Context length (Transformers only; an LSTM has no limit). A prompt plus its continuation may not
 fit in `config.context_length` positions. With `context_overflow="slide"` (the default) the
-engine keeps a sliding window: prompts are cut from the left to leave room for the new tokens,
-and when the cache is full the oldest tokens are dropped and the newest half of the context is
-re-encoded once, after which cached decoding continues. With "error" such a request fails
-with a message naming the lengths.
+engine keeps a sliding window per row: prompts are cut from the left to leave room for the new
+tokens, and when a row's window is full its oldest tokens are dropped and its newest half of the
+context is re-encoded once, after which cached decoding continues. The batch is re-encoded
+together, each row from its own window start, so a row slides exactly when it would alone. With
+"error" such a request fails with a message naming the lengths.
 """
 
 from __future__ import annotations
@@ -114,9 +115,7 @@ class _Window:
         self.budget = budget  # how many more tokens may still be fed after the prefill
         self.cache = None
 
-    def prefill(self, rows: list[list[int]], keep: int | None) -> torch.Tensor:
-        if keep is not None:
-            rows = [r[-keep:] for r in rows]
+    def prefill(self, rows: list[list[int]]) -> torch.Tensor:
         idx, pad_lengths = _left_pad(rows, self.pad_id, next(self.model.parameters()).device)
         max_len = idx.size(1) + self.budget
         if self.limit is not None:
@@ -179,13 +178,15 @@ def generate_ids(
     generators = None if params.greedy else [torch.Generator().manual_seed(s) for s in seeds]
 
     window = _Window(model, pad_id, limit, budget=new, decoder=decoder)
-    # Cut prompts from the left so that as many new tokens as possible fit beside them.
-    first_keep = None
+    # Where each row's window starts, as it would alone. Prompts are cut from the left so that as
+    # many new tokens as possible fit beside them.
+    starts = [0] * B
     if limit is not None and longest + new > limit:
-        first_keep = max(limit - new, limit // 2)
+        keep = max(limit - new, limit // 2)
+        starts = [max(0, len(p) - keep) for p in prompt_ids]
     if new == 0:
         return [RowResult([], "length") for _ in range(B)]
-    logits = window.prefill(prompt_ids, first_keep)
+    logits = window.prefill([p[s:] for p, s in zip(prompt_ids, starts)])
     if not bool(torch.isfinite(logits).all()):  # one check a call: sampling would fail on it, greedy print noise
         raise UserError("the model's next-token scores are not finite (NaN or inf): its weights diverged in training; "
                         "use an earlier checkpoint (RUN/checkpoints/) or retrain with a lower --lr")
@@ -229,11 +230,20 @@ def generate_ids(
                     alive[b] = False
         if not any(alive) or step == new - 1:
             break
-        if window.full:  # slide: keep the newest half of the context and re-encode it once
-            rows = [p + o for p, o in zip(prompt_ids, outputs)]
-            # finished rows keep their own text; feeding them is wasted but harmless
+        if window.full:
+            # Re-encode the batch, each row from its own window start: only a row whose own window
+            # is full slides (keeps its newest half), the others go on as they would alone.
+            rows = []
+            for b in range(B):
+                row = prompt_ids[b] + outputs[b]
+                if not alive[b]:
+                    rows.append(row[-1:])  # a placeholder: a finished row is only fed padding now
+                    continue
+                if len(row) - starts[b] > limit:
+                    starts[b] = len(row) - limit // 2
+                rows.append(row[starts[b] :])
             window.budget = new - step - 1
-            logits = window.prefill(rows, limit // 2)
+            logits = window.prefill(rows)
         else:
             logits = window.step(tokens)
     return [RowResult(o, r) for o, r in zip(outputs, reasons)]
