@@ -326,6 +326,25 @@ def test_generator_text_stop_strings_and_streaming(ckpt):
     assert "".join(pieces) == again.text == free.text
 
 
+def test_streaming_holds_back_a_stop_string_before_a_half_character(ckpt):
+    """The stop string's first character followed by a token that ends inside a character: it is
+    held back (the margin is not spent on the half character), so what is streamed is the final text."""
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.inference.engine import _TextTracker
+
+    tok = load_tokenizer(ckpt / "tokenizer")
+    ids = tok.encode("情如尼")
+    assert len(ids) == 9  # one token per byte: every character arrives in pieces
+    tracker, streamed = _TextTracker(tok, ["如尼"], streaming=True), ""
+    for token in ids:
+        stop = tracker.add(token)
+        streamed += tracker.pop_stream()
+        if stop:
+            break
+    streamed += tracker.pop_stream(finished=True)
+    assert tracker.final_text == "情" and streamed == "情"
+
+
 def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "KING:", "id": "a"}) + "\n" + json.dumps({"prompt": "To be"}) + "\n")

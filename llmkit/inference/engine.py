@@ -296,10 +296,11 @@ class _TextTracker:
         text = self.final_text
         end = len(text)
         if not finished and self.cut is None:
-            end -= self.hold
-            # A byte-level token may end inside a multi-byte character: wait for the rest.
+            # A byte-level token may end inside a multi-byte character: wait for the rest. Only
+            # then the stop-string margin, or it would be spent on the half character.
             while end > self.emitted and text[end - 1] == "\ufffd":
                 end -= 1
+            end -= self.hold
         if end <= self.emitted:
             return ""
         piece = text[self.emitted : end]
