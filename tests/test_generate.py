@@ -285,6 +285,25 @@ def test_each_row_slides_as_it_would_alone():
         assert batched == alone
 
 
+def test_a_prompt_that_fits_but_for_the_last_token_runs_whole(cli, ckpt, tmp_path):
+    """The last new token is never fed: prompt + max_new_tokens - 1 positions are needed. Such a
+    prompt is neither cut (its first token stays) nor refused, and no window note is printed."""
+    model = GPT(ModelConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, n_embd=16, **GPT2_SHAPE)).eval()
+    prompt = list(range(3, 14))  # 11 + 6 - 1 = 16
+    for overflow in ("slide", "error"):
+        params = GenerationParams(max_new_tokens=6, stop_at_eos=False, context_overflow=overflow)
+        assert generate_ids(model, [prompt], params, pad_id=0)[0].token_ids == _full_recompute_greedy(model, prompt, 6)
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match="exceed the model's context length"):
+        generate_ids(model, [[2] + prompt], GenerationParams(max_new_tokens=6, context_overflow="error"), pad_id=0)
+    # "x" is 2 tokens after the start token: 2 + 63 - 1 = 64, the context
+    for overflow in ("slide", "error"):
+        result = cli("generate", ckpt, "-p", "x", "-n", "63", "--greedy", "--context-overflow", overflow, "-o", tmp_path / f"{overflow}.jsonl")
+        assert result.exit_code == 0 and "sliding window" not in result.output, result.output
+    assert json.loads((tmp_path / "slide.jsonl").read_text())["prompt_tokens"] == 2
+
+
 @pytest.mark.parametrize("greedy", [True, False])
 def test_a_diverged_model_is_named_not_sampled(ckpt, greedy):
     """NaN weights (a run that diverged): sampling used to fail inside torch.multinomial, greedy

@@ -14,7 +14,7 @@ from typing import Callable
 
 from llmkit.errors import UserError
 from llmkit.generate.config import GenerateConfig
-from llmkit.inference.engine import Completion, Generator, check_fits, context_limit
+from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window
 from llmkit.inference.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, fit_prompt, read_prompt_file
 
 
@@ -78,7 +78,7 @@ def run_generate(
     if limit is not None and cfg.context_overflow == "slide":
         # A text-template fine-tune's prompt too long for the context loses the end of its input,
         # not its start (the window would drop the template's wording and the first token).
-        budget, cut = limit - cfg.sampling.max_new_tokens, 0
+        budget, cut = limit - cfg.sampling.max_new_tokens + 1, 0  # the last new token is never fed
         for i, prompt in enumerate(prompts):
             if len(encoded[i]) > budget and (fitted := fit_prompt(prompt, tokenizer, loaded.task, budget)) is not None:
                 encoded[i], cut = fitted, cut + 1
@@ -91,7 +91,7 @@ def run_generate(
     longest = max(len(ids) for ids in encoded)
     max_new_tokens = cfg.sampling.max_new_tokens
     check_fits(longest, max_new_tokens, limit, cfg.context_overflow)  # before anything is printed or written
-    if limit is not None and longest + max_new_tokens > limit and cfg.context_overflow == "slide":
+    if needs_window(longest, max_new_tokens, limit) and cfg.context_overflow == "slide":
         from llmkit.console import err
 
         err.print(

@@ -137,10 +137,15 @@ class _Window:
         return logits[:, -1]
 
 
+def needs_window(longest: int, new: int, limit: int | None) -> bool:
+    # The last new token is never fed to the model: prompt + new - 1 positions are attended to.
+    return limit is not None and longest + new - 1 > limit
+
+
 @torch.inference_mode()
 def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None:
     """Under --context-overflow error, refuse a prompt that leaves no room for the reply."""
-    if limit is not None and longest + new > limit and overflow == "error":
+    if limit is not None and needs_window(longest, new, limit) and overflow == "error":
         raise UserError(
             f"prompt ({longest} tokens) + --max-new-tokens ({new}) exceed the model's context length ({limit}); "
             "shorten the prompt, lower --max-new-tokens or use --context-overflow slide"
@@ -181,8 +186,8 @@ def generate_ids(
     # Where each row's window starts, as it would alone. Prompts are cut from the left so that as
     # many new tokens as possible fit beside them.
     starts = [0] * B
-    if limit is not None and longest + new > limit:
-        keep = max(limit - new, limit // 2)
+    if needs_window(longest, new, limit):
+        keep = max(limit - new + 1, limit // 2)
         starts = [max(0, len(p) - keep) for p in prompt_ids]
     if new == 0:
         return [RowResult([], "length") for _ in range(B)]
