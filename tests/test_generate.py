@@ -354,7 +354,7 @@ def test_streaming_holds_back_a_stop_string_before_a_half_character(ckpt):
     tok = load_tokenizer(ckpt / "tokenizer")
     ids = tok.encode("情如尼")
     assert len(ids) == 9  # one token per byte: every character arrives in pieces
-    tracker, streamed = _TextTracker(tok, ["如尼"], streaming=True), ""
+    tracker, streamed = _TextTracker(tok.decode, ["如尼"], streaming=True), ""
     for token in ids:
         stop = tracker.add(token)
         streamed += tracker.pop_stream()

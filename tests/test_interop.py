@@ -240,6 +240,36 @@ def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_se
     assert prefixed_tok.encode_continuation("speak") == gpt2_style.encode("speak") != prefixed_tok.encode("speak")
 
 
+def test_a_completion_after_text_keeps_the_space_sentencepiece_drops_at_the_start(tokenizer_dir):
+    """A Llama-style decoder drops the space of a text's first "▁word" token; a completion goes on
+    mid-text, so it keeps it: prompt + completion reads as the ids decoded together. Byte-level BPE
+    (llmkit's own, GPT-2's) decodes completions as before."""
+    from llmkit.data.tokenizer import TextTokenizer, load_tokenizer, token_byte_lengths
+    from llmkit.inference.engine import GenerationParams, Generator
+
+    hf, names = _llama_style_tokenizer()
+    tok = TextTokenizer(hf, np.asarray(token_byte_lengths(hf)), roles={"bos": names["bos_token"], "eos": names["eos_token"],
+                                                                        "pad": names["eos_token"]})
+    ids = tok.encode_continuation(" First Citizen")
+    assert tok.decode(ids) == "First Citizen" and tok.decode_continuation(ids) == " First Citizen"
+    own = load_tokenizer(tokenizer_dir)
+    gpt2_style = TextTokenizer(*(lambda t: (t, token_byte_lengths(t)))(_gpt2_style_tokenizer()[0]),
+                               roles={"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>"})
+    for byte_level in (own, gpt2_style):
+        for text in (" First Citizen", "First", " 東京 🙂"):
+            ids = byte_level.encode(text)
+            assert byte_level.decode_continuation(ids) == byte_level.decode(ids) == text
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    generator = Generator(model, tok)
+    prompt = "Citizen: hear me"
+    params = GenerationParams(max_new_tokens=6, temperature=1.0, stop_at_eos=False)
+    completions = generator.complete([prompt], params, num_samples=16)
+    assert any(hf.id_to_token(c.token_ids[0]).startswith("▁") for c in completions)
+    for c in completions:
+        assert prompt + c.text == tok.decode(generator.encode_prompt(prompt)[1:] + c.token_ids)
+
+
 def test_import_refuses_quantized_models_and_shards_outside_the_folder(cli, tmp_path, tokenizer_dir):
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer

@@ -177,6 +177,36 @@ def _without_start_marker(hf: Any) -> Any:
     return copy
 
 
+def _keeping_the_first_space(hf: Any) -> Any:
+    """A copy of a tokenizers.Tokenizer whose decoder keeps the space the text's first token
+    starts with (the same object when its decoder drops none)."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(hf.to_str())
+    changed = False
+
+    def keep(component: dict | None) -> dict | None:
+        nonlocal changed
+        if not isinstance(component, dict):
+            return component
+        if component.get("type") == "Strip" and component.get("start"):
+            changed = True
+            return {**component, "start": 0}
+        if component.get("type") == "Metaspace" and component.get("prepend_scheme", "always") != "never":
+            changed = True
+            return {**component, "prepend_scheme": "never"}
+        if component.get("type") == "Sequence":
+            return {**component, "decoders": [keep(part) for part in component.get("decoders", [])]}
+        return component
+
+    data["decoder"] = keep(data.get("decoder"))
+    if not changed:
+        return hf
+    copy = Tokenizer.from_str(json.dumps(data))
+    copy.encode_special_tokens = True
+    return copy
+
+
 class TextTokenizer:
     """What the training, generation and evaluation stages need from a tokenizer."""
 
@@ -241,6 +271,16 @@ class TextTokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def decode_continuation(self, ids: Iterable[int]) -> str:
+        """The text of `ids` as they decode right after other text (a completion after its prompt):
+        the mirror of `encode_continuation`. A SentencePiece-style decoder drops the space of the
+        first "▁word" token, the marker encoding prepended to a text; mid-text that space is
+        written, so it is kept here (`prompt + completion` then reads as the ids decoded together).
+        Byte-level BPE drops nothing: the same as `decode`."""
+        if not hasattr(self, "_continuation_decoder"):
+            self._continuation_decoder = _keeping_the_first_space(self.hf)
+        return self._continuation_decoder.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def id_to_bytes(self, idx: int) -> bytes:
         """The raw bytes of a token; a special token's bytes are its name in UTF-8."""

@@ -257,8 +257,8 @@ def generate_ids(
 class _TextTracker:
     """One row's decoded output: stop-string search and streaming of text as it becomes final."""
 
-    def __init__(self, tokenizer, stop: Sequence[str], streaming: bool):
-        self.tokenizer = tokenizer
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str], streaming: bool):
+        self.decode = decode
         self.stop = [s for s in stop if s]
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.eager = bool(self.stop) or streaming  # else decode once, at the end
@@ -272,7 +272,7 @@ class _TextTracker:
     @property
     def text(self) -> str:
         if self._decoded != len(self.ids):
-            self._text = self.tokenizer.decode(self.ids)
+            self._text = self.decode(self.ids)
             self._decoded = len(self.ids)
         return self._text
 
@@ -335,6 +335,13 @@ class Generator:
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.start_id] + (self.tokenizer.encode(prompt) if prompt else [])
 
+    def _decoder_for(self, prompt: list[int]) -> Callable[[list[int]], str]:
+        # After a special token (a document start, a chat role) the completion begins a text, and
+        # decodes as one; after text it goes on mid-text, where a "▁word" token's space is written.
+        if prompt[-1] in self.tokenizer.special_ids.values():
+            return self.tokenizer.decode
+        return self.tokenizer.decode_continuation
+
     def complete(
         self,
         prompts: Sequence[str | Sequence[int]],
@@ -362,7 +369,7 @@ class Generator:
         results: list[Completion] = []
         for start in range(0, len(rows), max(1, batch_size)):
             chunk = rows[start : start + batch_size]
-            trackers = [_TextTracker(self.tokenizer, params.stop, streaming=on_text is not None) for _ in chunk]
+            trackers = [_TextTracker(self._decoder_for(encoded[p]), params.stop, streaming=on_text is not None) for p, _ in chunk]
             seeds = [row_seed(params.seed, prompt_offset + p, s) for p, s in chunk]
 
             def on_step(tokens, trackers=trackers, start=start):
@@ -390,7 +397,7 @@ class Generator:
                         on_text(start + b, piece)
                 ids = res.token_ids
                 if tracker.cut is not None:  # drop the tokens past the stop string
-                    while ids and len(self.tokenizer.decode(ids[:-1])) >= tracker.cut:
+                    while ids and len(tracker.decode(ids[:-1])) >= tracker.cut:
                         ids = ids[:-1]
                 results.append(
                     Completion(
