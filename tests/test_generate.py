@@ -22,7 +22,7 @@ SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|system|>", "<|user|>
 GPT2_SHAPE = dict(norm="layernorm", pos="learned", activation="gelu", bias=True, tie_embeddings=True)
 
 
-def train_tokenizer(directory: Path, text: str, vocab_size: int = 400) -> Path:
+def train_tokenizer(directory: Path, text: str, vocab_size: int = 400, specials: list[str] = SPECIALS) -> Path:
     """A small byte-level BPE in llmkit's format (tokenizer.json + token_bytes.npy)."""
     from tokenizers import trainers
 
@@ -31,7 +31,7 @@ def train_tokenizer(directory: Path, text: str, vocab_size: int = 400) -> Path:
 
     tok = new_byte_level_bpe()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator([text], trainer=trainer)
     directory.mkdir(parents=True, exist_ok=True)
@@ -40,12 +40,12 @@ def train_tokenizer(directory: Path, text: str, vocab_size: int = 400) -> Path:
     return directory
 
 
-def make_checkpoint(out: Path, text: str, seed: int = 0, task: dict | None = None, **config) -> Path:
+def make_checkpoint(out: Path, text: str, seed: int = 0, task: dict | None = None, specials: list[str] = SPECIALS, **config) -> Path:
     """A random-weight checkpoint artifact with a tokenizer trained on `text`."""
     from llmkit.data.tokenizer import load_tokenizer
     from llmkit.model.io import save_weights
 
-    tok_dir = train_tokenizer(out.parent / f"{out.name}-tok", text)
+    tok_dir = train_tokenizer(out.parent / f"{out.name}-tok", text, specials=specials)
     vocab = load_tokenizer(tok_dir).vocab_size
     settings = dict(vocab_size=vocab, context_length=64, n_layer=2, n_head=2, n_embd=32)
     settings.update(config)
@@ -430,6 +430,18 @@ def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     # the error alone: not after a streamed prompt ("xerror: ...")
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_messages_on_a_checkpoint_without_role_tokens_is_one_line(cli, tmp_path, shakespeare):
+    """A tokenizer without <|user|> & co (an imported GPT-2's) cannot render {"messages": ...}: said, with the way out."""
+    ckpt = make_checkpoint(tmp_path / "plain", shakespeare[:5000], specials=SPECIALS[:3])
+    talk = tmp_path / "talk.jsonl"
+    talk.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    result = cli("generate", ckpt, "--prompts", talk, "-n", "2")
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert "needs the special token(s) <|system|>, <|user|>, <|assistant|>" in lines[0] and "give text prompts" in lines[0]
+    assert cli("generate", ckpt, "-p", "hi", "-n", "2").exit_code == 0
 
 
 def test_compile_refuses_a_recurrent_checkpoint(cli, tmp_path, shakespeare):

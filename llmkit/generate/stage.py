@@ -71,6 +71,11 @@ def run_generate(
     tokenizer = loaded.tokenizer
     start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
     _check_prompts_fit_the_template(prompts, loaded.task)
+    if any(p.messages is not None for p in prompts):
+        from llmkit.data.templates import chat_template, check_tokenizer
+
+        check_tokenizer(chat_template(), tokenizer, "so it cannot read {\"messages\": ...} prompts (an imported GPT-2 or Llama "
+                        "has none): give text prompts (--prompt, or {\"prompt\": ...} records) to continue text")
     encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
     chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else []
