@@ -86,6 +86,17 @@ def test_chat_command_in_the_terminal(chat_model, cli):
         assert result.output.count("bot> Two dogs play in the snow.") == 2
 
 
+def test_a_line_that_is_not_unicode_is_refused_and_the_chat_goes_on(chat_model):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "-n", "4"], input=b"ab\xffcd\nhello\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "error: that line is not valid Unicode text (an undecodable byte or a lone surrogate, \\udcff)" in result.output
+    assert result.output.count("bot> ") == 1
+
+
 def test_chat_refuses_a_classifier(base, tmp_path, cli):
     rows = [{"text": t, "label": i % 2} for i, t in enumerate(["good", "bad", "fine film", "awful mess"] * 4)]
     data = write_jsonl(tmp_path / "cls.jsonl", rows)

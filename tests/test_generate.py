@@ -444,6 +444,18 @@ def test_messages_on_a_checkpoint_without_role_tokens_is_one_line(cli, tmp_path,
     assert cli("generate", ckpt, "-p", "hi", "-n", "2").exit_code == 0
 
 
+def test_prompts_that_are_not_unicode_are_one_line(cli, ckpt, tmp_path):
+    """An undecodable byte on the command line (Python makes it a lone surrogate) or a lone
+    surrogate escaped in JSON: named, with the prompt it is in, before the checkpoint loads."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": "bad \\ud800 surrogate"}\n')
+    for args, where in ((["-p", "ok", "-p", "ab\udcffcd"], "prompt 2 (--prompt)"), (["--prompts", bad], f"{bad}:2")):
+        result = cli("generate", ckpt, *args, "-n", "3")
+        lines = [l for l in result.output.strip().splitlines() if l.strip()]
+        assert result.exit_code != 0 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: {where} is not valid Unicode text"), result.output
+
+
 def test_compile_refuses_a_recurrent_checkpoint(cli, tmp_path, shakespeare):
     ckpt = make_checkpoint(tmp_path / "lstm", shakespeare[:5000], arch="lstm", n_layer=1)
     result = cli("generate", ckpt, "-p", "A", "--compile")

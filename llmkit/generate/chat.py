@@ -138,7 +138,14 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     from llmkit.model.io import load_checkpoint
     from llmkit.runtime import resolve_device
 
+    from llmkit.errors import UserError
+    from llmkit.inference.prompts import check_unicode
+
     check_output_file(out, force, inputs=[checkpoint])
+    if config.system is not None:
+        check_unicode(config.system, "--system", "write it in UTF-8")
+    if hasattr(sys.stdin, "reconfigure"):  # an undecodable byte typed is refused below, not a traceback
+        sys.stdin.reconfigure(errors="surrogateescape")
     loaded = load_checkpoint(checkpoint, device=resolve_device(config.inference.device), purpose="chat")
     params = config.sampling.params(config.seed)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.inference.compile)
@@ -168,6 +175,11 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
             continue
         if text.strip() == "/help":
             err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items()))
+            continue
+        try:
+            check_unicode(text, "that line", "type it again in UTF-8")
+        except UserError as error:
+            err.print(f"error: {error}", soft_wrap=True, markup=False)
             continue
         sys.stdout.write("bot> ")
         session.params.seed = config.seed + turn  # a fresh but reproducible draw every turn

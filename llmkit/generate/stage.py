@@ -15,7 +15,7 @@ from typing import Callable
 from llmkit.errors import UserError
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window
-from llmkit.inference.prompts import Prompt, chat_stop_ids, document_start_id, encode_prompt, fit_prompt, read_prompt_file
+from llmkit.inference.prompts import Prompt, chat_stop_ids, check_unicode, document_start_id, encode_prompt, fit_prompt, read_prompt_file
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Generated:
 
 
 def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
+    for i, text in enumerate(cfg.prompts):
+        check_unicode(text, f"prompt {i + 1} (--prompt)", "write it in UTF-8")
     prompts = [Prompt(text=p) for p in cfg.prompts]
     if cfg.prompts_file:
         prompts.extend(read_prompt_file(cfg.prompts_file))

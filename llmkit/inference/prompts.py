@@ -19,6 +19,7 @@ JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ class Prompt:
         return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
 
 
+def check_unicode(text: str, what: str, fix: str) -> None:
+    """A one-line error for text no tokenizer takes: a lone surrogate, which is what an undecodable
+    byte of an argument or of standard input becomes in Python, or a JSON \\ud800 escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = ascii(text[error.start])[1:-1]
+        raise UserError(f"{what} is not valid Unicode text (an undecodable byte or a lone surrogate, {bad}); {fix}") from None
+
+
 def read_prompt_file(path: Path) -> list[Prompt]:
     path = Path(path)
     if not path.is_file():
@@ -65,6 +76,7 @@ def read_prompt_file(path: Path) -> list[Prompt]:
 def _prompt_from_record(record: Any, where: str) -> Prompt:
     if not isinstance(record, dict):
         raise UserError(f"{where} is not a JSON object; write {{\"prompt\": \"...\"}} per line")
+    check_unicode(json.dumps(record, ensure_ascii=False), where, "fix the record (a \\ud800-\\udfff escape must be half of a pair)")
     if "messages" in record:
         messages = record["messages"]
         ok = isinstance(messages, list) and all(
