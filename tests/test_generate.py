@@ -250,6 +250,10 @@ def test_sampling_filters_match_definitions():
     draws = [next_tokens(logits, SamplingParams(temperature=2.0), gens).item() for _ in range(4000)]
     freq = np.bincount(draws, minlength=5) / 4000
     assert np.allclose(freq, (logits / 2.0).softmax(-1)[0].numpy(), atol=0.03)
+    # a tiny temperature is (nearly) greedy, not a NaN distribution
+    scores = torch.randn(4, 97, generator=torch.Generator().manual_seed(0)) * 10
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    assert torch.equal(next_tokens(scores, SamplingParams(temperature=1e-40), gens), scores.argmax(-1))
 
 
 def test_context_overflow_slide_and_error():

@@ -75,7 +75,8 @@ def next_tokens(
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.greedy:
         return logits.argmax(dim=-1)
-    logits = logits / params.temperature
+    # Shifted first so that a tiny temperature cannot overflow the scores to inf (and softmax to NaN).
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     if params.top_k is not None:
         logits = filter_top_k(logits, params.top_k)
     if params.top_p is not None and params.top_p < 1.0:
