@@ -405,6 +405,18 @@ def test_cli_streams_single_prompt(cli, ckpt):
     assert "ROMEO:" + expected in result.output
 
 
+def test_printed_completions_piped_are_the_text_as_generated(cli, ckpt, tmp_path):
+    """Several prompts print when their batch ends; piped, the text is written as it is (rich expanded
+    tabs and dropped control characters), as the streamed completion and -o records are."""
+    args = ["generate", ckpt, "-p", "KING:\\tto\fbe", "-p", "x \t tab", "-n", "6", "--greedy"]
+    assert cli(*args, "-o", tmp_path / "a.jsonl").exit_code == 0
+    printed = cli(*args)
+    assert printed.exit_code == 0, printed.output
+    for line in (tmp_path / "a.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert "\n" + record["prompt"] + record["completion"] + "\n" in printed.output
+
+
 def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
     ckpt = make_checkpoint(tmp_path / "lstm", shakespeare[:20000], arch="lstm", n_layer=1)
     result = cli("generate", ckpt, "-p", "A", "-p", "Be it so", "-n", "100", "--greedy", "-o", tmp_path / "o.jsonl")

@@ -48,7 +48,11 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
                 continue  # batch use: the records go to the file
             label = f"prompt {c.prompt_index + 1}" + (f", sample {c.sample_index + 1}" if config.num_samples > 1 else "")
             console.rule(label, style="dim")
-            console.print(f"[dim]{_escape(item.prompt.display)}[/]{_escape(c.text)}", soft_wrap=True)
+            if console.is_terminal:
+                console.print(f"[dim]{_escape(item.prompt.display)}[/]{_escape(c.text)}", soft_wrap=True)
+            else:  # piped: the text as generated (rich would expand tabs and drop control characters)
+                console.file.write(item.prompt.display + c.text + "\n")
+                console.file.flush()
 
     def on_ready(prompts) -> None:  # the prompt is shown only once the checkpoint has loaded
         if stream:
