@@ -648,3 +648,21 @@ def test_a_template_prompt_too_long_loses_the_end_of_its_input_not_the_template(
     ckpt2 = make_checkpoint(tmp_path / "two", shakespeare[:20_000], task=two)
     result = cli("generate", ckpt2, "-p", "some context", "-n", "2", "--greedy")
     assert result.exit_code == 0 and "also reads question, left empty" in result.output, result.output
+
+
+def test_a_chat_fine_tune_is_prompted_with_a_records_system_message(ckpt, tmp_path):
+    """{"prompt", "system"} records train as system, user, assistant (templates.record_messages):
+    generate --prompts gives the system message too (it was dropped)."""
+    from llmkit.data.templates import encode_chat_prompt
+    from llmkit.inference.prompts import encode_prompt, read_prompt_file
+    from llmkit.model.io import load_checkpoint
+    from llmkit.model.records import TaskRecord
+
+    tokenizer = load_checkpoint(ckpt).tokenizer
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "Who are you?", "system": "Be brief."}) + "\n"
+                                      + json.dumps({"prompt": "And now?"}) + "\n")
+    with_system, without = read_prompt_file(tmp_path / "p.jsonl")
+    chat = TaskRecord(task="sft", template={"type": "chat"})
+    assert encode_prompt(with_system, tokenizer, chat) == encode_chat_prompt(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}], tokenizer)
+    assert encode_prompt(without, tokenizer, chat) == encode_chat_prompt([{"role": "user", "content": "And now?"}], tokenizer)

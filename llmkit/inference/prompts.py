@@ -164,7 +164,10 @@ def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = N
     if prompt.messages is not None:
         return encode_chat_prompt(prompt.messages, tokenizer)
     if task is not None and task.is_chat:
-        return encode_chat_prompt([{"role": "user", "content": prompt.text or ""}], tokenizer)
+        # a {"prompt", "system"} record: the system message first, as finetune trained on such records
+        system = (prompt.record or {}).get("system")
+        turns = [{"role": "system", "content": system}] if isinstance(system, str) else []
+        return encode_chat_prompt([*turns, {"role": "user", "content": prompt.text or ""}], tokenizer)
     template = task.text_template if task is not None else None
     if template is not None:
         record, encode = _template_input(prompt, template, tokenizer)
