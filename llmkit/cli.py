@@ -246,9 +246,9 @@ def main() -> None:
     except BrokenPipeError:  # while printing --help into a closed pipe
         _stop_writing_stdout()
     except SystemExit as exit_:
-        from llmkit.errors import exits_without_shutdown
+        from llmkit.errors import exit_without_shutdown_requested
 
-        if exits_without_shutdown():  # stopped with native threads still about: leave without unwinding them
+        if exit_without_shutdown_requested():  # stopped with native threads still about: leave without unwinding them
             _exit_now(exit_.code if isinstance(exit_.code, int) else 1)
         raise
 
@@ -260,7 +260,12 @@ def _exit_now(code: int) -> None:
     import sys
 
     if "multiprocessing.util" in sys.modules:
-        sys.modules["multiprocessing.util"]._exit_function()  # (what atexit would run; private but long-standing)
+        import multiprocessing
+
+        for child in multiprocessing.active_children():  # a worker still waiting for work would be joined forever
+            child.terminate()
+        # what atexit would run (private but long-standing; it does its work once, however often called)
+        sys.modules["multiprocessing.util"]._exit_function()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -39,7 +39,7 @@ class Terminated(KeyboardInterrupt):
 _skip_shutdown = False
 
 
-def exit_without_shutdown() -> None:
+def request_exit_without_shutdown() -> None:
     """Native threads that a stop cannot end may still reach for Python (a Rust trainer's pool
     pulling its next text): the command exits without the interpreter's shutdown
     (`llmkit.cli.main`), which would unwind such a thread by force through Rust frames and abort
@@ -48,7 +48,7 @@ def exit_without_shutdown() -> None:
     _skip_shutdown = True
 
 
-def exits_without_shutdown() -> bool:
+def exit_without_shutdown_requested() -> bool:
     return _skip_shutdown
 
 

@@ -60,8 +60,9 @@ def save(directory: Path, state: dict[str, Any], arrays: dict[str, np.ndarray], 
     tmp = directory / f".{STATE}"
     tmp.write_text(json.dumps(dict(state, arrays=named)), encoding="utf-8")
     os.replace(tmp, directory / STATE)
+    keep = set(named)
     for old in directory.glob("resume-*.npz"):
-        if old.name not in named:
+        if old.name not in keep:
             old.unlink(missing_ok=True)
 
 
@@ -69,7 +70,7 @@ def _segments(state: dict[str, Any] | None) -> list[str]:
     if state is None:
         return []
     names = state["arrays"]
-    return [names] if isinstance(names, str) else list(names)  # (a str: one marker of an earlier version)
+    return [names] if isinstance(names, str) else list(names)  # (a str: tokenize's markers before append mode)
 
 
 def load_state(directory: Path) -> dict[str, Any] | None:

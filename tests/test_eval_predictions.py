@@ -62,6 +62,16 @@ def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
     d = cli("eval", "-m", "bleu", "--predictions", preds, "--field", "completion", "-r", same, "-o", tmp / "d")
     assert d.exit_code == 0, d.output
     assert json.loads((tmp / "d" / "metrics.json").read_text())["bleu"] == ma["bleu"]
+    # one file with both columns: its reference column is read, never --field's own (a silent 100)
+    both = tmp / "both.jsonl"
+    both.write_text("".join(json.dumps({"completion": h, "target": r}) + "\n" for h, r in zip(hyps, refs)), encoding="utf-8")
+    e = cli("eval", "-m", "bleu", "--predictions", both, "--field", "completion", "-r", both, "-o", tmp / "e")
+    assert e.exit_code == 0, e.output
+    assert json.loads((tmp / "e" / "metrics.json").read_text())["bleu"] == ma["bleu"] < 100
+    alone = tmp / "alone.jsonl"
+    alone.write_text("".join(json.dumps({"completion": h}) + "\n" for h in hyps), encoding="utf-8")
+    f = cli("eval", "-m", "bleu", "--predictions", alone, "--field", "completion", "-r", alone, "-o", tmp / "f")
+    assert f.exit_code != 0 and "pass --reference-field" in f.output and not (tmp / "f").exists()
 
 
 @pytest.mark.parametrize("args, flag", [(["-m", "chrf", "--bleu-tokenize", "zh"], "--bleu-tokenize"),

@@ -141,6 +141,15 @@ def test_a_finished_lora_run_resumes_and_extends_as_a_straight_run(base, shared_
     longer = cli("finetune", base["checkpoint"], *flags, "--max-steps", "5", "-o", run, "--resume")
     assert longer.exit_code == 0 and "resumed from step 3" in longer.output, longer.output
     assert cli("finetune", base["checkpoint"], *flags, "--max-steps", "5", "-o", straight).exit_code == 0
+    # a run made before the last step was kept unmerged (no step folder): refused, not retrained from step 0
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(straight, old)
+    shutil.rmtree(old / "checkpoints")
+    refused = cli("finetune", base["checkpoint"], *flags, "--max-steps", "6", "-o", old, "--resume")
+    assert refused.exit_code != 0 and "holds only its merged final weights" in refused.output, refused.output
+    assert artifacts.load(old).fingerprint == artifacts.load(straight).fingerprint  # left as it was
     assert load_file(str(run / "model.safetensors")).keys() == load_file(str(straight / "model.safetensors")).keys()
     for key, value in load_file(str(straight / "model.safetensors")).items():
         assert torch.equal(load_file(str(run / "model.safetensors"))[key], value), key

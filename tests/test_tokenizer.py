@@ -463,7 +463,7 @@ def test_ctrl_c_and_sigterm_stop_training_at_once_not_when_it_ends(shared_data, 
 
     paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
     corpus = write_corpus_artifact(tmp_path / "corpus", paragraphs * 30, docs_per_shard=2000).path  # ~33 MB: ~12 s straight
-    for signum, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
+    for signum, code, word, twice in ((signal.SIGINT, 130, "interrupted", True), (signal.SIGTERM, 143, "terminated", False)):
         out = tmp_path / f"tok-{code}"
         process = subprocess.Popen(
             [sys.executable, "-m", "llmkit", "tokenizer", "train", str(corpus), "-o", str(out), "--vocab-size", "2000",
@@ -474,9 +474,12 @@ def test_ctrl_c_and_sigterm_stop_training_at_once_not_when_it_ends(shared_data, 
         while time.time() < deadline and process.poll() is None and not glob.glob(marker):
             time.sleep(0.01)
         assert process.poll() is None, "the run ended before it could be stopped"
-        assert json.loads(open(glob.glob(marker)[0]).read())["tasks"] < 15  # (most of the input is still to read)
+        assert json.loads(open(glob.glob(marker)[0]).read())["tasks"] < 200  # (of ~390: most is still to read)
         process.send_signal(signum)
         sent = time.perf_counter()
+        if twice:  # impatient users press Ctrl-C again while it stops: still one clean exit, no abort
+            time.sleep(0.02)
+            process.send_signal(signum)
         stderr = process.communicate(timeout=120)[1]
         assert time.perf_counter() - sent < 5, f"took {time.perf_counter() - sent:.1f} s to stop"
         assert process.returncode == code, stderr

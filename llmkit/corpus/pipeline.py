@@ -68,7 +68,8 @@ def clean(
     read_stats = ReadStats()
     started = time.perf_counter()
 
-    key = resume.digest({"stage": "clean", "config": cfg.hashed(), "inputs": input_identities(sources)})
+    # format 2: markers append the index's changes (a partial folder of format 1 is started over, not misread)
+    key = resume.digest({"stage": "clean", "format": 2, "config": cfg.hashed(), "inputs": input_identities(sources)})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)

@@ -148,6 +148,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many."""
     from llmkit.data.templates import encode_chat_prompt, fit_field
     from llmkit.inference.engine import context_limit
+    from llmkit.inference.prompts import chat_turns
 
     limit = context_limit(loaded.model)
     if limit is None:
@@ -185,6 +186,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
 
 def generate_predictions(loaded, cfg):
     from llmkit.data.templates import encode_chat_prompt
+    from llmkit.inference.prompts import chat_turns
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
     task = loaded.task
@@ -222,13 +224,6 @@ def generate_predictions(loaded, cfg):
             raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
     return _generate(loaded, cfg, prompts, references, chat)
-
-
-def chat_turns(record: dict, text: str) -> list[dict[str, str]]:
-    """The messages a chat fine-tune is prompted with for one record: its input as the user's
-    message, after the record's "system" message when it has one (as finetune trained on it)."""
-    system = record.get("system")
-    return ([{"role": "system", "content": system}] if isinstance(system, str) else []) + [{"role": "user", "content": text}]
 
 
 def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int) -> tuple[list[list[int]], list[list[str]]]:

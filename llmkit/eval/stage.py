@@ -200,8 +200,11 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         if cfg.predictions is not None:
             predictions = read_predictions(Path(cfg.predictions), cfg.text_field)
+            # --field names the references' column too, as a last resort, never in the predictions' own file
+            # (each prediction would be scored against itself)
+            own_file = any(Path(r).resolve() == Path(cfg.predictions).resolve() for r in cfg.references)
             references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions),
-                                         also=cfg.text_field)
+                                         also=None if own_file else cfg.text_field)
             if cfg.limit:
                 predictions, references = predictions[: cfg.limit], references[: cfg.limit]
             stats["examples"] = len(predictions)

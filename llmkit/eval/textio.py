@@ -86,8 +86,8 @@ def read_predictions(path: Path, field: str | None) -> list[str]:
 
 def read_references(paths: Sequence[Path], field: str | None, count: int, also: str | None = None) -> list[list[str]]:
     """References per prediction: several files (sacrebleu style) and/or lists inside JSONL. Without
-    `field`, the first of `also` (the predictions' --field) and the usual reference names a file has."""
-    candidates = ((also,) if also else ()) + tuple(REFERENCE_FIELDS)
+    `field`, the first of the usual reference names a file has, else `also` (the predictions' --field)."""
+    candidates = tuple(REFERENCE_FIELDS) + ((also,) if also and also not in REFERENCE_FIELDS else ())
     streams = [read_segments(p, field, candidates, "--reference-field", allow_lists=True) for p in paths]
     for path, stream in zip(paths, streams):
         if len(stream) != count:

@@ -333,7 +333,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             runtime=runtime_record(config, info, micro_batch, accumulation),
             add_files=add_files,
             file_names=["tokenizer", TASK_FILE],
-            final_weights_resume=not adapted,
+            final_weights_trainable=not adapted,
         )
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
                       val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)

@@ -95,6 +95,13 @@ def _prompt_from_record(record: Any, where: str) -> Prompt:
     raise UserError(f"{where} has no prompt: a string in one of {', '.join(PROMPT_FIELDS)}, or a \"messages\" list")
 
 
+def chat_turns(record: dict[str, Any], text: str) -> list[dict[str, str]]:
+    """The messages a chat fine-tune is prompted with for one record's text: the user's message,
+    after the record's "system" message when it has one (finetune trains on such records so)."""
+    system = record.get("system")
+    return ([{"role": "system", "content": system}] if isinstance(system, str) else []) + [{"role": "user", "content": text}]
+
+
 def chat_stop_ids(tokenizer) -> list[int]:
     """Role tokens end an assistant turn."""
     return [tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in tokenizer.special_ids]
@@ -164,10 +171,7 @@ def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = N
     if prompt.messages is not None:
         return encode_chat_prompt(prompt.messages, tokenizer)
     if task is not None and task.is_chat:
-        # a {"prompt", "system"} record: the system message first, as finetune trained on such records
-        system = (prompt.record or {}).get("system")
-        turns = [{"role": "system", "content": system}] if isinstance(system, str) else []
-        return encode_chat_prompt([*turns, {"role": "user", "content": prompt.text or ""}], tokenizer)
+        return encode_chat_prompt(chat_turns(prompt.record or {}, prompt.text or ""), tokenizer)
     template = task.text_template if task is not None else None
     if template is not None:
         record, encode = _template_input(prompt, template, tokenizer)

@@ -46,6 +46,11 @@ def _exp_in_place(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return top[:, 0], exps, exps.sum(dim=-1)
 
 
+def _with_zero_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [n, C] with zero rows appended up to MIN_ROWS."""
+    return torch.cat([x, x.new_zeros(MIN_ROWS - x.shape[0], x.shape[1])])
+
+
 def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor, low: torch.dtype | None,
            grad_rows: torch.Tensor | None, grad_weight: torch.Tensor | None, fresh: bool = False) -> torch.Tensor:
     """One chunk of rows: returns its summed loss; writes the rows' hidden-state gradients into
@@ -59,7 +64,7 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
     if low is not None:
         h = h.to(low)
     if short:
-        h = torch.cat([h, h.new_zeros(MIN_ROWS - rows, h.shape[1])])
+        h = _with_zero_rows(h)
     logits = h @ head.t()
     if short:
         logits = logits[:rows]
@@ -75,7 +80,7 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
     if low is not None:
         probs = probs.to(low)
     if short:
-        probs = torch.cat([probs, probs.new_zeros(MIN_ROWS - rows, probs.shape[1])])
+        probs = _with_zero_rows(probs)
         if grad_rows is not None:
             grad_rows.copy_((probs @ head)[:rows])
             grad_rows = None

@@ -46,7 +46,9 @@ def train_interruptibly(tokenizer, texts: Iterator[str], trainer) -> None:
     where Python's signal handlers never run: a Ctrl-C during reading was ignored until training
     ended. Training runs on a helper thread instead; this one waits in short joins, where handlers
     do run, and on a signal ends the input (the reader closes its workers) and leaves the trainer's
-    threads behind (`errors.exit_without_shutdown`)."""
+    threads behind (`errors.request_exit_without_shutdown`: the command exits without unwinding
+    them). Called from Python rather than the command, the helper thread trains on what was read
+    until it ends, in the background."""
     import threading
 
     stop, input_closed = threading.Event(), threading.Event()
@@ -74,9 +76,15 @@ def train_interruptibly(tokenizer, texts: Iterator[str], trainer) -> None:
         while helper.is_alive():
             helper.join(0.1)
     except BaseException:
+        errors.request_exit_without_shutdown()  # first: a second Ctrl-C in the wait below must not skip it
         stop.set()
-        input_closed.wait(30)  # at the reader's next text: its workers are shut down, not left to the exit
-        errors.exit_without_shutdown()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # at the reader's next text its workers shut down: wait for that
+            try:
+                if input_closed.wait(0.1):
+                    break
+            except KeyboardInterrupt:  # pressed again: already stopping
+                pass
         raise
     if failed:
         raise failed[0]
@@ -102,7 +110,8 @@ def train_tokenizer(
         show_progress=err.is_terminal,
     )
     # a rerun continues only the very run that was interrupted: same config, seed and input
-    key = resume.digest({"stage": "tokenizer train", "config": config.hashed(), "seed": config.seed,
+    # format 2: long lines are cut into pieces at spaces (an earlier run's log holds the old pieces: not continued)
+    key = resume.digest({"stage": "tokenizer train", "format": 2, "config": config.hashed(), "seed": config.seed,
                          "input": source.described, "corpus": source.corpus.fingerprint if source.corpus else None})
     with artifacts.create(out, "tokenizer", force=force, inputs=inputs, resume_key=key) as build:
         started = time.perf_counter()

@@ -157,14 +157,14 @@ def saved_step(directory: Path) -> int:
         raise UserError(f"cannot resume: {path} is unreadable ({type(exc).__name__}); restore it, or {older}") from exc
 
 
-def resume_point(run_dir: Path, *, include_run: bool = True) -> Path | None:
+def resume_point(run_dir: Path, *, finished_run_resumable: bool = True) -> Path | None:
     """The newest complete checkpoint to resume from: a step directory, or RUN itself when the
     run finished (so a finished run can be continued with a larger --max-steps). A final save cut
     short (by a full disk, say) has no manifest yet, so the newest step directory is used.
-    `include_run=False`: RUN's weights are not the trained model's (merged LoRA adapters); its last
-    step is a step directory too."""
+    `finished_run_resumable=False`: RUN's weights are not in the form the model trains in (merged
+    LoRA adapters); its last step is a step directory too."""
     candidates = step_dirs(run_dir)[-1:]
-    if include_run and (run_dir / "manifest.json").is_file():
+    if finished_run_resumable and (run_dir / "manifest.json").is_file():
         candidates.append(run_dir)
     return max(candidates, key=saved_step) if candidates else None
 

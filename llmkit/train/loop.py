@@ -80,10 +80,10 @@ class ArtifactSpec:
     runtime: dict[str, Any] = field(default_factory=dict)
     add_files: Callable[[Path], None] = lambda directory: None
     file_names: list[str] = field(default_factory=list)  # extra top-level names add_files writes
-    # False when add_files changes the final weights into another form than the model trains
-    # (LoRA adapters merged): the last step is then also saved as an intermediate checkpoint,
-    # which is what --resume continues from.
-    final_weights_resume: bool = True
+    # False when add_files turns the final weights into a form the model does not train in (LoRA
+    # adapters merged): the last step is then also saved as a step checkpoint, which --resume
+    # continues from, since the finished run itself cannot be.
+    final_weights_trainable: bool = True
 
 
 @dataclass
@@ -230,8 +230,12 @@ class Trainer:
     def _load_weights_for_resume(self):
         from llmkit.model.io import WEIGHTS, load_weights
 
-        latest = ckpt.resume_point(self.run_dir, include_run=self.spec.final_weights_resume)
+        latest = ckpt.resume_point(self.run_dir, finished_run_resumable=self.spec.final_weights_trainable)
         if latest is None:
+            if (self.run_dir / artifacts.MANIFEST).is_file():  # finished before its last step was kept unmerged
+                raise UserError(f"{self.run_dir} holds only its merged final weights (a LoRA run made before runs kept "
+                                "their last step unmerged), which cannot train on; fine-tune from it as a new base, or "
+                                "start over with --force")
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = MovingAverage.from_saved(extra)
@@ -562,7 +566,7 @@ class Trainer:
                 if save_every > 0 and step % save_every == 0 and step < s.max_steps:
                     self.save_intermediate(step)
             last_is_a_save_step = save_every > 0 and step % save_every == 0
-            if (last_is_a_save_step or not self.spec.final_weights_resume) and self.resumed_from != step:
+            if (last_is_a_save_step or not self.spec.final_weights_trainable) and self.resumed_from != step:
                 self.save_intermediate(step, last=True)
             self.save_final(step)
         except torch.cuda.OutOfMemoryError as exc:
