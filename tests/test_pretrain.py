@@ -397,7 +397,10 @@ def test_gloo_fsdp_matches_one_process(shakespeare, cli, tmp_path):
     from llmkit.model.io import load_model
 
     wa, wb = load_model(one).state_dict(), load_model(two).state_dict()
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # FSDP's reduce-scatter sums the ranks' gradients in another order than one process does: equal
+    # to float rounding, which Adam's early steps amplify (1.2e-5 at most on an AMD EPYC without
+    # AVX-512, under 1e-5 on the machines before it); a wrong gradient would differ by ~lr (1e-3)
+    assert all(torch.allclose(wa[k], wb[k], atol=5e-5) for k in wa)
     # FSDP2 around checkpointed blocks: its hooks gather the parameters for the recompute too
     ac = tmp_path / "fsdp-ac"
     result = cli("pretrain", shakespeare["tokens"], "-o", ac, *common, "--nproc", "2", "--strategy", "fsdp", "--activation-checkpointing")

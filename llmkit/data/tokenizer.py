@@ -141,70 +141,68 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     return lengths
 
 
-def _without_start_marker(hf: Any) -> Any:
-    """A copy of a tokenizers.Tokenizer that does not prepend SentencePiece's word-start marker to
-    the text it encodes (the same object when it has none)."""
+def _rewritten(hf: Any, sections: tuple[str, ...], rewrite) -> Any:
+    """A copy of a tokenizers.Tokenizer with `rewrite(component)` applied to every component of
+    `sections` ("normalizer", "pre_tokenizer", "decoder"), inside Sequences too; `rewrite` returns
+    the component itself, a changed copy, or None to drop it. The same object when nothing changed."""
     from tokenizers import Tokenizer
 
     data = json.loads(hf.to_str())
     changed = False
 
-    def strip(component: dict | None) -> dict | None:
+    def walk(component: dict | None) -> dict | None:
         nonlocal changed
         if not isinstance(component, dict):
             return component
-        if component.get("type") == "Prepend":
-            changed = True
-            return None
-        if component.get("type") == "Metaspace" and component.get("prepend_scheme", "always") != "never":
-            changed = True
-            return {**component, "prepend_scheme": "never"}
-        if component.get("type") == "ByteLevel" and component.get("add_prefix_space"):  # GPT-2-style "Ġ" before the first word
-            changed = True
-            return {**component, "add_prefix_space": False}
         if component.get("type") == "Sequence":
-            key = "normalizers" if "normalizers" in component else "pretokenizers"
-            parts = [p for p in (strip(part) for part in component.get(key, [])) if p is not None]
-            return {**component, key: parts}
-        return component
+            key = next((k for k in ("normalizers", "pretokenizers", "decoders") if k in component), None)
+            if key is None:
+                return component
+            return {**component, key: [p for p in (walk(part) for part in component[key]) if p is not None]}
+        result = rewrite(component)
+        changed = changed or result is not component
+        return result
 
-    data["normalizer"] = strip(data.get("normalizer"))
-    data["pre_tokenizer"] = strip(data.get("pre_tokenizer"))
+    for section in sections:
+        data[section] = walk(data.get(section))
     if not changed:
         return hf
     copy = Tokenizer.from_str(json.dumps(data))
     copy.encode_special_tokens = True
     return copy
+
+
+def _never_prepending(component: dict) -> dict:
+    """A Metaspace component that does not add SentencePiece's word-start marker to a text's start."""
+    if component.get("type") == "Metaspace" and component.get("prepend_scheme", "always") != "never":
+        return {**component, "prepend_scheme": "never"}
+    return component
+
+
+def _without_start_marker(hf: Any) -> Any:
+    """A copy of a tokenizers.Tokenizer that does not prepend SentencePiece's word-start marker to
+    the text it encodes (the same object when it has none)."""
+
+    def strip(component: dict) -> dict | None:
+        if component.get("type") == "Prepend":
+            return None
+        if component.get("type") == "ByteLevel" and component.get("add_prefix_space"):  # GPT-2-style "Ġ" before the first word
+            return {**component, "add_prefix_space": False}
+        return _never_prepending(component)
+
+    return _rewritten(hf, ("normalizer", "pre_tokenizer"), strip)
 
 
 def _keeping_the_first_space(hf: Any) -> Any:
     """A copy of a tokenizers.Tokenizer whose decoder keeps the space the text's first token
     starts with (the same object when its decoder drops none)."""
-    from tokenizers import Tokenizer
 
-    data = json.loads(hf.to_str())
-    changed = False
-
-    def keep(component: dict | None) -> dict | None:
-        nonlocal changed
-        if not isinstance(component, dict):
-            return component
+    def keep(component: dict) -> dict:
         if component.get("type") == "Strip" and component.get("start"):
-            changed = True
             return {**component, "start": 0}
-        if component.get("type") == "Metaspace" and component.get("prepend_scheme", "always") != "never":
-            changed = True
-            return {**component, "prepend_scheme": "never"}
-        if component.get("type") == "Sequence":
-            return {**component, "decoders": [keep(part) for part in component.get("decoders", [])]}
-        return component
+        return _never_prepending(component)
 
-    data["decoder"] = keep(data.get("decoder"))
-    if not changed:
-        return hf
-    copy = Tokenizer.from_str(json.dumps(data))
-    copy.encode_special_tokens = True
-    return copy
+    return _rewritten(hf, ("decoder",), keep)
 
 
 class TextTokenizer:
