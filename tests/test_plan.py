@@ -117,37 +117,45 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
     import subprocess
     import sys
 
-    measured, estimated = [], []
-    for number, (model, micro, seq, steps, extra) in enumerate((("tiny", 16, 256, 1, []), ("mini", 8, 512, 1, []),
-                                            ("mini", 8, 512, 1, ["--activation-checkpointing"]),
-                                            ("mini", 8, 512, 1, ["--precision", "bf16"]), ("mini", 4, 256, 16, []),
-                                            ("mini", 8, 512, 1, ["--dropout", "0.1"]))):
-        # its own process, so that the peak resident memory is this run's alone; the lower of two
-        # runs, since the allocator's fragmentation only ever adds (one CI run measured 1.26 GB
-        # where others measured 1.07 GB for the same activation-checkpointing run)
-        batch = ["--batch-tokens", str(micro * seq * steps)]
-        peaks = []
-        for attempt in range(2):
-            run = tmp_path / f"run-{number}-{attempt}"
-            subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(tmp_path / "tokens"), "-o", str(run), "--model", model,
-                            "--micro-batch", str(micro), "--seq-len", str(seq), *batch, "--max-steps", "2",
-                            "--eval-every", "0", "--threads", "1", *extra], check=True, capture_output=True)
-            peaks.append(max(json.loads(line).get("peak_memory_gb") or 0 for line in (run / "metrics.jsonl").read_text().splitlines()))
-        measured.append(min(peaks))
-        estimated.append(_plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
-                               "--gpu", "cpu", *batch, *extra)["memory"]["total_gb"])
-    # Each run reports its own peak (VmHWM): getrusage's ru_maxrss survives exec, and gave the pytest worker's own
-    # 1.12 GB for a 'tiny' run on CI. Totals within 20 %; so is the growth from 'tiny' to 'mini', what the estimate
-    # computes from the model beyond the process's fixed 0.45 GB; activation checkpointing lowers both; and a
-    # --precision bf16 run (CPU autocast) is within 20 % too.
-    # The last run accumulates 16 micro-batches: per-sequence gradients hold partial sums of the
-    # gradients meanwhile (a 'mini' run peaked 177 MB above its --no-batch-invariant twin).
-    # The last run has dropout: on a CPU attention then keeps each head's T x T weights (1 GB more here).
-    (est_tiny, est_mini, est_recompute, *_), (got_tiny, got_mini, got_recompute, *_) = estimated, measured
-    assert abs((est_mini - est_tiny) / (got_mini - got_tiny) - 1) < 0.2, (estimated, measured)
-    assert est_recompute < est_mini and got_recompute < got_mini, (estimated, measured)
-    for est, got in zip(estimated, measured):
-        assert abs(est / got - 1) < 0.2, (estimated, measured)
+    runs = (("tiny", 16, 256, 1, []), ("mini", 8, 512, 1, []), ("mini", 8, 512, 1, ["--activation-checkpointing"]),
+            # (bf16 at 'tiny': on a CPU without bf16 units, AVX2 only, a 'mini' bf16 step took 100 s)
+            ("tiny", 16, 256, 1, ["--precision", "bf16"]), ("mini", 4, 256, 8, []), ("mini", 8, 512, 1, ["--dropout", "0.1"]))
+    estimated = [_plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
+                       "--batch-tokens", str(micro * seq * steps), "--gpu", "cpu", *extra)["memory"]["total_gb"]
+                 for model, micro, seq, steps, extra in runs]
+
+    def peak(attempt: int, model, micro, seq, steps, extra) -> float:
+        # its own process, so that the peak resident memory is this run's alone
+        run = tmp_path / f"run-{model}-{micro}-{seq}-{steps}-{'-'.join(extra)}-{attempt}"
+        subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(tmp_path / "tokens"), "-o", str(run), "--model", model,
+                        "--micro-batch", str(micro), "--seq-len", str(seq), "--batch-tokens", str(micro * seq * steps),
+                        "--max-steps", "2", "--eval-every", "0", "--threads", "1", *extra], check=True, capture_output=True)
+        return max(json.loads(line).get("peak_memory_gb") or 0 for line in (run / "metrics.jsonl").read_text().splitlines())
+
+    def problems(measured: list[float]) -> list[str]:
+        # Each run reports its own peak (VmHWM): getrusage's ru_maxrss survives exec, and gave the pytest worker's own
+        # 1.12 GB for a 'tiny' run on CI. Totals within 20 %; so is the growth from 'tiny' to 'mini', what the estimate
+        # computes from the model beyond the process's fixed 0.45 GB; activation checkpointing lowers both; and a
+        # --precision bf16 run (CPU autocast) is within 20 % too.
+        # The fifth run accumulates 8 micro-batches: per-sequence gradients hold partial sums of the
+        # gradients meanwhile (a 16-micro-batch 'mini' run peaked 177 MB above its --no-batch-invariant twin).
+        # The last run has dropout: on a CPU attention then keeps each head's T x T weights (1 GB more here).
+        (est_tiny, est_mini, est_recompute, *_), (got_tiny, got_mini, got_recompute, *_) = estimated, measured
+        found = [f"{run}: estimated {est:.3f} GB, measured {got:.3f} GB" for run, est, got in zip(runs, estimated, measured)
+                 if abs(est / got - 1) >= 0.2]
+        if abs((est_mini - est_tiny) / (got_mini - got_tiny) - 1) >= 0.2:
+            found.append(f"growth from tiny to mini: estimated {est_mini - est_tiny:.3f} GB, measured {got_mini - got_tiny:.3f} GB")
+        if not (est_recompute < est_mini and got_recompute < got_mini):
+            found.append("activation checkpointing does not lower the peak")
+        return found
+
+    measured = [peak(0, *run) for run in runs]
+    if problems(measured):
+        # The allocator's fragmentation only ever adds (one CI run measured 1.26 GB where others measured 1.07 GB for
+        # the same activation-checkpointing run): a run is measured a second time, and the lower peak counts, only
+        # when the first measurements miss (each run twice always cost minutes of the suite).
+        measured = [min(first, peak(1, *run)) for first, run in zip(measured, runs)]
+    assert not problems(measured), (problems(measured), estimated, measured)
 
 
 def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
