@@ -18,6 +18,9 @@ from llmkit.errors import UserError
 FIT_FILE = "fit.json"
 NAMES = ("A", "B", "E", "alpha", "beta")
 EXPONENT_FLOOR = 1e-4
+# A term that moves the loss by less than this share of it across the measured points was not
+# measured: L-BFGS can shrink A (or B) towards 0 where a sweep's points cannot tell the two apart.
+TERM_FLOOR = 1e-3
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Law:
     E: float
     alpha: float
     beta: float
+    undetermined: str = ""  # why the points measured do not determine a split ("" when they do)
 
     def loss(self, params: float | np.ndarray, tokens: float | np.ndarray):
         return self.E + self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
@@ -37,12 +41,16 @@ class Law:
     def determined(self) -> bool:
         """Loss falls with both N and D: there is a compute-optimal split (exponents above the floor, and
         both terms present: a fit with A = 0 says the model size does not matter at all)."""
+        if self.undetermined:
+            return False
         if not (self.alpha > EXPONENT_FLOOR and self.beta > EXPONENT_FLOOR and self.A > 0 and self.B > 0):
             return False
         return 0 < (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta)) < math.inf
 
     def optimal(self, flops: float) -> tuple[float, float]:
         """(N_opt, D_opt) minimising the loss at C = 6 N D."""
+        if self.undetermined:
+            raise UserError(f"{self.undetermined}, so the fit gives no compute-optimal split; widen the sweep")
         if not self.determined:
             raise UserError(f"the fit has alpha {self.alpha:.3g} and beta {self.beta:.3g}: the points do not show the loss "
                             "falling with both model size and data, so no split of a budget is optimal; widen the sweep")
@@ -60,6 +68,8 @@ class Law:
 
     def tokens_for(self, params: float) -> float:
         """Compute-optimal training tokens for a model of `params` (the D where this N is optimal)."""
+        if self.undetermined:
+            raise UserError(f"{self.undetermined}, so the fit gives no compute-optimal split; widen the sweep")
         if not self.determined:
             raise UserError(f"the fit has alpha {self.alpha:.3g}, beta {self.beta:.3g}, A {self.A:.3g}, B {self.B:.3g}: the "
                             "points do not show the loss falling with both model size and data, so it gives no "
@@ -72,6 +82,18 @@ class Law:
         path = art.file(FIT_FILE)
         try:
             fit = json.loads(path.read_text(encoding="utf-8"))["approach3"]
-            return cls(**{name: float(fit[name]) for name in NAMES})
+            return cls(**{name: float(fit[name]) for name in NAMES}, undetermined=str(fit.get("undetermined") or ""))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None
+
+
+def unmeasured_term(law: Law, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray) -> str:
+    """Why the points do not determine `law`'s split ("" when they do): the model-size or the data
+    term changes the fitted loss by less than TERM_FLOOR of the loss across the measured points, so
+    its constants (and every split computed from them) are whatever the optimizer left there."""
+    floor = TERM_FLOOR * float(np.min(losses))
+    for term, what in ((law.A / np.power(params, law.alpha), "model sizes"), (law.B / np.power(tokens, law.beta), "token counts")):
+        if float(np.ptp(term)) < floor:
+            return (f"the fitted law changes the loss by {float(np.ptp(term)):.2g} across the measured {what} (A {law.A:.3g}, "
+                    f"alpha {law.alpha:.3g}, B {law.B:.3g}, beta {law.beta:.3g}): the points do not show what that term does")
+    return ""

@@ -46,12 +46,39 @@ def test_isoflop_parabolas_find_the_exponent():
     for c in budgets:
         centre = TRUE.optimal(c)[0]
         for n in centre * np.geomspace(0.25, 4, 7):
-            rows.append((n, c, float(TRUE.loss(n, c / (6 * n)))))
+            rows.append((n, c / (6 * n), c, float(TRUE.loss(n, c / (6 * n)))))
     iso = fit_isoflop(*zip(*rows))
-    assert iso is not None and len(iso.minima) == 4
+    assert iso is not None and len(iso.minima) == 4 and not iso.unbracketed
     assert iso.exponent == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.01)
     for minimum in iso.minima:
+        assert minimum["flops"] == pytest.approx(minimum["budget"]) and minimum["tokens"] == pytest.approx(
+            minimum["budget"] / (6 * minimum["params"]))
         assert minimum["params"] == pytest.approx(TRUE.optimal(minimum["flops"])[0], rel=0.05)
+    # Sizes all on one side of a budget's optimum: the parabola's vertex is an extrapolation, not a minimum.
+    one_sided = [(n, c / (6 * n), c, float(TRUE.loss(n, c / (6 * n))))
+                 for c in budgets for n in TRUE.optimal(c)[0] * np.array([4.0, 8.0, 16.0])]
+    assert fit_isoflop(*zip(*one_sided)) is None
+    mixed = fit_isoflop(*zip(*(rows[:7] + rows[7:14] + one_sided[6:])))
+    assert mixed is not None and [m["budget"] for m in mixed.minima] == budgets[:2] and mixed.unbracketed == budgets[2:]
+
+
+def test_isoflop_minima_count_compute_as_the_points_count_parameters():
+    """A sweep's budgets count non-embedding parameters; fitted on total ones (--count total), each run's 6 N D is
+    more than its budget: a minimum's tokens are read off the budget's runs, and its C is 6 N D in that count."""
+    embedding = 5e5
+    rows = []
+    for c in (1e15, 1e16, 1e17):
+        centre = TRUE.optimal(c)[0]
+        for n in centre * np.geomspace(0.25, 4, 7):
+            d = c / (6 * n)  # planned on non-embedding parameters
+            rows.append((n + embedding, d, c, float(TRUE.loss(n, d))))
+    iso = fit_isoflop(*zip(*rows))
+    for minimum in iso.minima:
+        runs = [(n, d) for n, d, c, _ in rows if c == minimum["budget"]]
+        assert minimum["flops"] == pytest.approx(6 * minimum["params"] * minimum["tokens"]) and minimum["flops"] > minimum["budget"]
+        between = [d for n, d in runs if n <= minimum["params"]][-1], [d for n, d in runs if n >= minimum["params"]][0]
+        assert min(between) <= minimum["tokens"] <= max(between)  # where the runs trained, not budget / (6 N_total)
+        assert minimum["tokens"] > minimum["budget"] / (6 * minimum["params"]) * 1.01
 
 
 def _csv(path, rows, header="params,tokens,loss"):
@@ -101,7 +128,32 @@ def test_points_where_the_smallest_model_always_wins_give_no_split_and_say_so(cl
     assert result.exit_code == 0, result.output
     assert "widen the sweep" in result.output
     fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
-    assert fit["budgets"] == [{"flops": 1e18, "undetermined": "the fitted law does not fall with both N and D"}]
+    assert [list(row) for row in fit["budgets"]] == [["flops", "undetermined"]] and fit["approach3"]["params_exponent"] is None
+
+
+# The validation losses of a real 6-run IsoFLOP sweep (two budgets, 3 tiny sizes each, 300-token vocabulary):
+# B / D^beta alone fits them, and L-BFGS leaves an A / N^alpha that barely moves across the sizes (A ~1e-9, or
+# alpha large): not "A = 0", but nothing about model size was measured.
+DEGENERATE = [(3088, 8095, 4.650332927703857), (16480, 1516, 5.3196868896484375), (32928, 759, 5.323819398880005),
+              (3088, 10794, 4.468575954437256), (16480, 2022, 5.3032554388046265), (32928, 1012, 5.278572618961334)]
+
+
+def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path):
+    from llmkit.scaling_law import Law as RecordedLaw
+
+    result = cli("scaling", "fit", _csv(tmp_path / "points.csv", DEGENERATE), "-o", tmp_path / "fit", "--grid", "coarse",
+                 "--bootstrap", "5", "--budget", "1e9")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "across the measured model sizes" in flat and "widen the sweep" in flat and "parameters, D =" not in flat
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    law3 = fit["approach3"]
+    assert "undetermined" in fit["budgets"][0] and law3["params_exponent"] is None
+    assert np.ptp([law3["A"] / n ** law3["alpha"] for n, _, _ in DEGENERATE]) < 1e-3 * 4.4  # what the flag says
+    law = RecordedLaw.of(artifacts.load(tmp_path / "fit", kind="scaling"))
+    assert not law.determined and "model sizes" in law.undetermined
+    planned = cli("plan", "--model", "tiny", "--scaling", tmp_path / "fit")
+    assert planned.exit_code != 0 and "widen the sweep" in planned.output and "Traceback" not in planned.output
 
 
 @pytest.mark.parametrize("header,rows,message", [
@@ -111,6 +163,7 @@ def test_points_where_the_smallest_model_always_wins_give_no_split_and_say_so(cl
     ("params,tokens,loss", [(1e6, 1e7, 3.0, 7)], "bad.csv:2 has 4 fields, the header 3"),
     ("params,tokens,loss", [(1e6, 1e7, 3.0), (2e6, 1e7, 2.9), (4e6, 2e7, 2.8)], "3 points cannot determine the 5 constants"),
     ("params,tokens,loss", [(1e6 * (i + 1), 1e7, 3.0 - i / 10) for i in range(8)], "two token counts"),
+    ("params,tokens,loss", [(1e6, "", 3.0)], "bad.csv:2: tokens is empty"),
 ])
 def test_bad_points_are_one_line_errors(cli, tmp_path, header, rows, message):
     data = _csv(tmp_path / "bad.csv", rows, header=header)
@@ -150,7 +203,8 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert [r["name"] for r in rows] == ["d1-w32-t8000", "d2-w64-t8000", "d1-w32-t24000", "d2-w64-t24000"]
     for row in rows:
         run = artifacts.load(out / "runs" / row["name"], kind="checkpoint")
-        assert run.fingerprint == row["fingerprint"] and run.stats["tokens_seen"] >= row["tokens"] * 0.9
+        # the fit sees what the run trained on: whole steps, up to a batch past the plan
+        assert run.fingerprint == row["fingerprint"] and run.stats["tokens_seen"] == row["tokens"] >= row["planned_tokens"]
         assert row["non_embedding_params"] < row["params"] and row["flops"] == 6 * row["non_embedding_params"] * row["tokens"]
         assert row["final_val_loss"] > 0 and row["bits_per_byte"] == pytest.approx(
             row["final_val_loss"] / math.log(2) / (run.input("tokens").stats["val"]["bytes"] / run.input("tokens").stats["val"]["tokens"]))
@@ -171,6 +225,12 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     configs = {f.name: f.read_text() for f in (out / "configs").iterdir()}
     changed = cli("sweep", tokens, "-o", out, *SWEEP[:-2], "--min-steps", "2")
     assert changed.exit_code != 0 and "is a finished sweep of another grid" in changed.output
+    # Other tokens: the runs trained on these, and the sweep would name the new ones as its input.
+    retokenized = cli("tokenize", tokens.parent / "corpus", "-t", tokens.parent / "tok", "-o", tmp_path / "other-tokens",
+                      "--val-fraction", "0.2")
+    assert retokenized.exit_code == 0, retokenized.output
+    elsewhere = cli("sweep", tmp_path / "other-tokens", "-o", out, *SWEEP)
+    assert elsewhere.exit_code != 0 and "is a finished sweep on other tokens" in elsewhere.output
     # How the runs validate is runtime for a run, but the sweep's result (its losses) depends on it
     revalidated = cli("sweep", tokens, "-o", out, *SWEEP, "--eval-tokens", "1024")
     assert revalidated.exit_code != 0 and "is a finished sweep of another grid" in revalidated.output
@@ -190,6 +250,8 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert other.exit_code != 0 and "holds runs this sweep does not plan" in other.output, other.output
     changed = cli("sweep", tokens, "-o", tampered, *SWEEP[:-2], "--min-steps", "2")
     assert changed.exit_code != 0 and "trained with other options" in changed.output
+    elsewhere = cli("sweep", tmp_path / "other-tokens", "-o", tampered, *SWEEP)
+    assert elsewhere.exit_code != 0 and "was trained on other tokens" in elsewhere.output
     # A run killed outright leaves its lock file (.NAME.lock), which is not a run: the sweep resumes.
     (tampered / "runs" / ".d1-w32-t8000.lock").write_text("")
     (tampered / "runs" / "d1-w32-t8000" / "manifest.json").unlink()  # that run was interrupted
@@ -207,14 +269,45 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
                            (["--tokens", "1e4", "--sizes", ""], "no size given"),
                            (["--flops", "1e9", "--sizes", "1x16,1x32"], "at least 3 sizes, and --sizes gives 2"),
                            (["--tokens", "1e40", "--sizes", "1x16"], "--tokens must be in [1, 1000000000000000]"),
-                           (["--tokens", "1e4", "--sizes", "1x15"], "size 1x15 (1 head(s) of 15)")):
+                           (["--tokens", "1e4", "--sizes", "1x15"], "size 1x15 (1 head(s) of 15)"),
+                           # the fit reads each run's validation loss
+                           (["--tokens", "1e4", "--sizes", "1x16", "--eval-every", "0"], "--eval-every 0 leaves the runs without"),
+                           # found once, before any run starts (each run would start, then fail)
+                           (["--tokens", "1e4", "--sizes", "1x16", "--seq-len", "128", "--context-length", "64"],
+                            "--seq-len 128 is longer than the 1x16 model's context length 64"),
+                           (["--tokens", "1e4", "--sizes", "1x16", "--gpus", "2"], "a sweep trains one run per GPU")):
         result = cli("sweep", tokens, "-o", tmp_path / "s", *extra)
         assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
-    assert "choose other --sizes or --head-dim" in " ".join(result.output.split())
-    assert not (tmp_path / "s").exists()
+        assert not (tmp_path / "s").exists()
+    unvalidated = tmp_path / "unvalidated"
+    made = cli("tokenize", tokens.parent / "corpus", "-t", tokens.parent / "tok", "-o", unvalidated, "--val-fraction", "0")
+    assert made.exit_code == 0, made.output
+    result = cli("sweep", unvalidated, "-o", tmp_path / "s", "--tokens", "1e4", "--sizes", "1x16")
+    assert result.exit_code != 0 and "has no validation split" in result.output and not (tmp_path / "s").exists()
     # what the grid sets is not offered: not in --help, nor in the docs' option table
     shown = cli("sweep", "--help").output
     assert "--max-steps" not in shown and "--n-layer" not in shown and "--lr " in shown
+
+
+def test_budgets_plan_one_run_each_and_name_it_alone():
+    from llmkit.sweep.config import SweepConfig
+    from llmkit.sweep.grid import budget_label, plan
+
+    assert [budget_label(c) for c in (1e12, 1.5e8, 2e8, 2.5e11, 1.234e15)] == ["1e12", "1.5e08", "2e08", "2.5e11", "1.234e15"]
+    base = dict(sizes=["1x16", "1x32", "2x32"], head_dim=16, seq_len=32, context_length=64, min_steps=2)
+    twice = plan(SweepConfig.build(token_budgets=[2048, 2048.0, 4096], **base), vocab_size=300)
+    assert [r.tokens for r in twice] == [2048] * 3 + [4096] * 3  # a budget given twice is one budget, run once
+    close = plan(SweepConfig.build(flops=[1.5e8, 2e8], per_budget=3, **base), vocab_size=300)
+    assert {r.name.split("-")[0] for r in close} == {"c1.5e08", "c2e08"} and len({r.name for r in close}) == 6
+
+
+def test_sweep_runs_see_the_gpus_the_user_left_them():
+    from llmkit.sweep.stage import gpu_slots
+
+    assert gpu_slots(2, None, mask="4,5") == ["4", "5"]  # not GPUs 0 and 1: someone else's
+    assert gpu_slots(2, 1, mask="GPU-aa,GPU-bb") == ["GPU-aa", "GPU-bb"]
+    assert gpu_slots(3, None, mask="") == ["0", "1", "2"]
+    assert gpu_slots(2, 0, mask="4,5") == [] and gpu_slots(0, None, mask="") == []
 
 
 def test_plot_needs_run_directories(cli, tmp_path):

@@ -14,7 +14,7 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
     from rich.table import Table
 
     from llmkit import artifacts
-    from llmkit.console import out as console
+    from llmkit.console import out as console, styled
     from llmkit.scaling.stage import fit_scaling, read_fit
 
     art = artifacts.load(fit_scaling(source, out, config, force=force), kind="scaling")
@@ -31,10 +31,13 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
     if fit["approach2"]:
         table.add_row("a (approach 2)", f"{fit['approach2']['params_exponent']:.3f}", "")
     console.print(table)
-    if law["params_exponent"] is None:
-        console.print(f"[yellow]warning:[/] A {law['A']:.3g}, alpha {law['alpha']:.3g}, B {law['B']:.3g}, beta {law['beta']:.3g}: "
-                      "the points do not show the loss "
-                      "falling with both model size and data; widen the sweep (more sizes, more tokens)", soft_wrap=True)
+    if law.get("undetermined"):
+        console.print(styled("warning:", "yellow", f" {law['undetermined']}; it recommends no split: widen the sweep (more "
+                             "sizes, more tokens)"), soft_wrap=True)
+    elif law["params_exponent"] is None:
+        console.print(styled("warning:", "yellow", f" A {law['A']:.3g}, alpha {law['alpha']:.3g}, B {law['B']:.3g}, beta "
+                             f"{law['beta']:.3g}: the points do not show the loss falling with both model size and data; "
+                             "widen the sweep (more sizes, more tokens)"), soft_wrap=True)
     for row in (r for r in fit["budgets"] if "undetermined" not in r):
         console.print(f"C = {row['flops']:.3g} FLOPs: N = {row['params']:.3g} parameters, D = {row['tokens']:.3g} tokens "
                       f"({row['tokens_per_param']:.1f} tokens per parameter), predicted loss {row['loss']:.4f}", soft_wrap=True)

@@ -6,11 +6,16 @@ Approach 3 (their eq. 2): L(N, D) = E + A / N^alpha + B / D^beta, fitted in log 
 
 with A = exp(a), B = exp(b), E = exp(e), delta = 1e-3, by L-BFGS from every point of a grid of
 starting values, keeping the best. Confidence intervals come from a seeded bootstrap: the points
-resampled with replacement and refitted (from the full fit's optimum), so the same points and
-seed give the same intervals.
+resampled with replacement and refitted (from the full fit's BOOTSTRAP_STARTS best distinct
+optima: from the best alone, a term the fit drove to 0 has no gradient to leave 0 by), so the
+same points and seed give the same intervals. The fit runs with one BLAS thread: its products are
+5-vectors, and a thread pool's hand-offs inside L-BFGS-B cost 25x on a busy machine.
 
 Approach 2: for each FLOP budget, a parabola in log N through that budget's losses; its minimum
-is the budget's optimal N; then log N_opt = a log C + k across budgets (N_opt ∝ C^a).
+(kept only inside the sizes measured) is the budget's optimal N, its tokens read off the budget's
+runs (log D against log N); then log N_opt = a log C + k across budgets (N_opt ∝ C^a), C = 6 N D
+counted as the points count N (a sweep's budgets count non-embedding parameters; --count total
+moves each run's C).
 
 The compute-optimal split of a budget C = 6 N D under approach 3 is N_opt = G (C/6)^(beta/(alpha+beta)),
 D_opt = (C/6)^(alpha/(alpha+beta)) / G with G = (alpha A / (beta B))^(1/(alpha+beta)).
@@ -33,6 +38,7 @@ EXPONENT_BOUNDS = (0.0, 5.0)
 # Hoffmann et al.'s grid of initialisations (Appendix D.2), and a coarser one for quick fits.
 FULL_GRID = dict(alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),
                  a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0))
+BOOTSTRAP_STARTS = 3
 COARSE_GRID = dict(alpha=np.array([0.25, 0.75]), beta=np.array([0.25, 0.75]), e=np.array([-1.0, 0.0, 1.0]),
                    a=np.array([0.0, 5.0, 10.0]), b=np.array([0.0, 5.0, 10.0]))
 
@@ -89,6 +95,13 @@ def _law(theta: np.ndarray) -> Law:
 def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], losses: Sequence[float], *, delta: float = 1e-3,
                    grid: str = "full", bootstrap: int = 100, seed: int = 0) -> ChinchillaFit:
     """Approach 3 with a bootstrap; raises a UserError when the points cannot determine the law."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit_chinchilla(params, tokens, losses, delta, grid, bootstrap, seed)
+
+
+def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: int, seed: int) -> ChinchillaFit:
     n, d, loss = (np.asarray(x, dtype=np.float64) for x in (params, tokens, losses))
     if len(n) < len(NAMES) + 1:
         raise UserError(f"{len(n)} points cannot determine the 5 constants of L(N, D); give at least {len(NAMES) + 1}")
@@ -96,19 +109,21 @@ def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], losses: Seq
         raise UserError("the points need at least two model sizes and two token counts (and 5 distinct pairs) to fit a law")
     data = (np.log(n), np.log(d), np.log(loss))
     axes = FULL_GRID if grid == "full" else COARSE_GRID
-    best, best_value, starts = None, math.inf, 0
+    optima: list[tuple[float, int, np.ndarray]] = []
     for alpha, beta, e, a, b in itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"]):
         theta, value = _minimise(np.array([a, b, e, alpha, beta]), data, delta)
-        starts += 1
-        if value < best_value - 1e-15:  # ties keep the first: the grid order makes it deterministic
-            best, best_value = theta, value
-    fit = ChinchillaFit(law=_law(best), objective=best_value, starts=starts)
+        optima.append((value, len(optima), theta))  # ties keep the first: the grid order makes it deterministic
+    optima.sort(key=lambda o: (o[0], o[1]))
+    best_value, _, best = optima[0]
+    fit = ChinchillaFit(law=_law(best), objective=best_value, starts=len(optima))
     if bootstrap > 0:
+        starts = _distinct(optima, BOOTSTRAP_STARTS)
         rng = np.random.Generator(np.random.PCG64(seed))
         samples = []
         for _ in range(bootstrap):
             pick = rng.integers(0, len(n), len(n))
-            theta, _ = _minimise(best.copy(), tuple(x[pick] for x in data), delta)
+            refits = [_minimise(start.copy(), tuple(x[pick] for x in data), delta) for start in starts]
+            theta = min(enumerate(refits), key=lambda r: (r[1][1], r[0]))[1][0]
             law = _law(theta)
             samples.append([law.A, law.B, law.E, law.alpha, law.beta])
         fit.samples = np.asarray(samples)
@@ -117,37 +132,53 @@ def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], losses: Seq
     return fit
 
 
+def _distinct(optima: list[tuple[float, int, np.ndarray]], count: int) -> list[np.ndarray]:
+    """The best `count` optima that are not the same point (many starts end in one optimum)."""
+    chosen: list[np.ndarray] = []
+    for _, _, theta in optima:
+        if all(np.max(np.abs(theta - other)) > 1e-3 for other in chosen):
+            chosen.append(theta)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
 @dataclass
 class IsoFlopFit:
     """Approach 2: per budget the parabola's minimum, and the power law through them."""
 
-    minima: list[dict[str, float]]  # per budget: flops, params (N_opt), tokens, loss at the minimum
+    minima: list[dict[str, float]]  # per budget: budget, flops (6 N D at the minimum), params (N_opt), tokens, loss there
     exponent: float  # N_opt ∝ C^exponent (D_opt ∝ C^(1 - exponent))
     coefficient: float  # N_opt = coefficient * C^exponent
+    unbracketed: list[float] = field(default_factory=list)  # budgets whose sizes do not surround their minimum
 
     def optimal(self, flops: float) -> tuple[float, float]:
         n = self.coefficient * flops**self.exponent
         return n, flops / (6.0 * n)
 
 
-def fit_isoflop(params: Sequence[float], flops: Sequence[float], losses: Sequence[float]) -> IsoFlopFit | None:
-    """Approach 2 over points grouped by FLOP budget; None when fewer than two budgets have three sizes."""
-    groups: dict[float, list[tuple[float, float]]] = {}
-    for n, c, loss in zip(params, flops, losses):
-        groups.setdefault(float(c), []).append((float(n), float(loss)))
-    minima = []
+def fit_isoflop(params: Sequence[float], tokens: Sequence[float], budgets: Sequence[float],
+                losses: Sequence[float]) -> IsoFlopFit | None:
+    """Approach 2 over points grouped by FLOP budget; None when fewer than two budgets have a minimum
+    inside three or more sizes."""
+    groups: dict[float, list[tuple[float, float, float]]] = {}
+    for n, d, c, loss in zip(params, tokens, budgets, losses):
+        groups.setdefault(float(c), []).append((math.log(n), math.log(d), float(loss)))
+    minima, unbracketed = [], []
     for budget, rows in sorted(groups.items()):
-        if len({n for n, _ in rows}) < 3:
+        if len({n for n, _, _ in rows}) < 3:
             continue
-        x = np.log([n for n, _ in rows])
-        y = np.asarray([loss for _, loss in rows])
-        curve, slope, level = np.polyfit(x, y, 2)
-        if curve <= 0:
-            continue  # no minimum inside: the budget's sizes do not bracket its optimum
-        best = -slope / (2 * curve)
-        minima.append({"flops": budget, "params": float(math.exp(best)), "tokens": budget / (6 * math.exp(best)),
+        log_n, log_d, loss = (np.asarray(column) for column in zip(*rows))
+        curve, slope, level = np.polyfit(log_n, loss, 2)
+        best = -slope / (2 * curve) if curve > 0 else math.nan
+        if not log_n.min() <= best <= log_n.max():  # a vertex outside the sizes measured is an extrapolation, not a minimum
+            unbracketed.append(budget)
+            continue
+        tokens_slope, tokens_level = np.polyfit(log_n, log_d, 1)  # exact (slope -1) when C counts N as the points do
+        n_opt, d_opt = math.exp(best), math.exp(tokens_level + tokens_slope * best)
+        minima.append({"budget": budget, "flops": 6.0 * n_opt * d_opt, "params": n_opt, "tokens": d_opt,
                        "loss": float(level - slope**2 / (4 * curve))})
     if len(minima) < 2:
         return None
     exponent, intercept = np.polyfit(np.log([m["flops"] for m in minima]), np.log([m["params"] for m in minima]), 1)
-    return IsoFlopFit(minima=minima, exponent=float(exponent), coefficient=float(math.exp(intercept)))
+    return IsoFlopFit(minima=minima, exponent=float(exponent), coefficient=float(math.exp(intercept)), unbracketed=unbracketed)

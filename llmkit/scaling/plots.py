@@ -66,11 +66,18 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
     for index, budget in enumerate(flops):
         colour = colours[index % len(colours)]
         curve_n = np.geomspace(n.min() / 2, n.max() * 2, 200)
-        ax.plot(curve_n, law.loss(curve_n, budget / (6 * curve_n)), color=colour, linewidth=1, label=f"C = {budget:.2g}")
-        if law.determined:
-            best_n, best_d = law.optimal(budget)
-            ax.plot([best_n], [law.loss(best_n, best_d)], marker="*", color=colour, markersize=11, markeredgecolor="black")
         members = [p for p in points if p.budget == budget]
+        curve_d, compute = budget / (6 * curve_n), budget
+        if len({p.params for p in members}) >= 2:
+            # the budget's runs themselves: with N counted otherwise than the budget (--count total), 6 N D moves from
+            # run to run, and the curve follows their tokens so that it passes where they were measured
+            slope, level = np.polyfit(np.log([p.params for p in members]), np.log([p.tokens for p in members]), 1)
+            curve_d = np.exp(level + slope * np.log(curve_n))
+            compute = float(np.exp(np.mean(np.log([p.flops for p in members]))))
+        ax.plot(curve_n, law.loss(curve_n, curve_d), color=colour, linewidth=1, label=f"C = {compute:.2g}")
+        if law.determined:
+            best_n, best_d = law.optimal(compute)
+            ax.plot([best_n], [law.loss(best_n, best_d)], marker="*", color=colour, markersize=11, markeredgecolor="black")
         if members:
             ax.scatter([p.params for p in members], [p.loss for p in members], color=colour, s=24, edgecolors="black", zorder=3)
     if isoflop is not None:

@@ -60,7 +60,8 @@ def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
         for r in rows if r.get("state") == "done" and r.get("final_val_loss") is not None
     ]
     if not points:
-        raise UserError(f"sweep {sweep.path} has no finished run with a validation loss; rerun the sweep")
+        raise UserError(f"sweep {sweep.path} has no finished run with a validation loss (its runs did not validate: "
+                        "--eval-every 0, or tokens without a validation split); sweep again with validation on")
     return points
 
 
@@ -100,9 +101,11 @@ def _csv_points(path: Path) -> list[Point]:
         if row.get("tokens") not in (None, ""):
             tokens = _number(row["tokens"], "tokens", number, path)
             budget = _number(row["flops"], "flops", number, path) if row.get("flops") not in (None, "") else None
-        else:
+        elif row.get("flops") not in (None, ""):
             budget = _number(row["flops"], "flops", number, path)
             tokens = budget / (6.0 * params)
+        else:
+            raise UserError(f"{path}:{number}: tokens is empty; give the row's tokens (or its flops)")
         if row.get("budget") not in (None, ""):
             budget = _number(row["budget"], "budget", number, path)
         points.append(Point(params=params, tokens=tokens, loss=loss, budget=budget, name=row.get("name") or f"row {number}"))

@@ -18,23 +18,23 @@ import numpy as np
 from llmkit import artifacts, outputs
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop
-from llmkit.scaling_law import FIT_FILE, NAMES, Law
+from llmkit.scaling_law import FIT_FILE, NAMES, Law, unmeasured_term
 from llmkit.scaling.points import read_points
 
 
 
-def _budget_row(fit, isoflop, budget: float) -> dict[str, Any]:
+def _budget_row(fit, isoflop, budget: float, measured: tuple[np.ndarray, ...]) -> dict[str, Any]:
     if not fit.law.determined:
-        return {"flops": budget, "undetermined": "the fitted law does not fall with both N and D"}
+        return {"flops": budget, "undetermined": fit.law.undetermined or "the fitted law does not fall with both N and D"}
     n_opt, d_opt = fit.law.optimal(budget)
     row = {"flops": budget, "params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt,
            "loss": float(fit.law.loss(n_opt, d_opt))}
-    if fit.samples is not None:  # the same quantities under each bootstrap refit
-        draws = np.array([Law(*sample).optimal(budget) for sample in fit.samples if Law(*sample).determined])
-        if not len(draws):
-            return row
-        row["params_interval"] = [float(np.percentile(draws[:, 0], 2.5)), float(np.percentile(draws[:, 0], 97.5))]
-        row["tokens_interval"] = [float(np.percentile(draws[:, 1], 2.5)), float(np.percentile(draws[:, 1], 97.5))]
+    if fit.samples is not None:  # the same quantities under each bootstrap refit that the points determine
+        laws = [Law(*sample) for sample in fit.samples]
+        draws = np.array([law.optimal(budget) for law in laws if law.determined and not unmeasured_term(law, *measured)])
+        if len(draws):
+            row["params_interval"] = [float(np.percentile(draws[:, 0], 2.5)), float(np.percentile(draws[:, 0], 97.5))]
+            row["tokens_interval"] = [float(np.percentile(draws[:, 1], 2.5)), float(np.percentile(draws[:, 1], 97.5))]
     if isoflop is not None:
         row["params_approach2"], row["tokens_approach2"] = isoflop.optimal(budget)
     return row
@@ -46,22 +46,25 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
     source = Path(source)
     points = read_points(source, "total" if config.count == "total" else "non_embedding")
     out = outputs.check_output(out, force, inputs=[source])
-    fit = fit_chinchilla([p.params for p in points], [p.tokens for p in points], [p.loss for p in points],
-                         delta=config.huber_delta, grid=config.grid, bootstrap=config.bootstrap, seed=config.seed)
+    measured = tuple(np.array([getattr(p, name) for p in points]) for name in ("params", "tokens", "loss"))
+    fit = fit_chinchilla(*measured, delta=config.huber_delta, grid=config.grid, bootstrap=config.bootstrap, seed=config.seed)
+    fit.law.undetermined = unmeasured_term(fit.law, *measured)
     budgeted = [p for p in points if p.budget]
-    isoflop = fit_isoflop([p.params for p in budgeted], [p.budget for p in budgeted], [p.loss for p in budgeted]) if budgeted else None
+    isoflop = fit_isoflop(*zip(*[(p.params, p.tokens, p.budget, p.loss) for p in budgeted])) if budgeted else None
     exponent = fit.law.beta / (fit.law.alpha + fit.law.beta) if fit.law.determined else None
     document = {
         "law": "L(N, D) = E + A / N^alpha + B / D^beta",
         "approach3": {
-            **fit.law.as_dict(), "intervals": {k: list(v) for k, v in fit.intervals.items()}, "huber_objective": fit.objective,
+            **fit.law.as_dict(), **({"undetermined": fit.law.undetermined} if fit.law.undetermined else {}),
+            "intervals": {k: list(v) for k, v in fit.intervals.items()}, "huber_objective": fit.objective,
             "starts": fit.starts, "bootstrap": fit.bootstrap,
             "params_exponent": exponent, "tokens_exponent": None if exponent is None else 1 - exponent,  # N_opt ∝ C^a
             "bootstrap_samples": fit.samples.tolist() if fit.samples is not None else [],  # rows of (A, B, E, alpha, beta)
         },
         "approach2": None if isoflop is None else {"params_exponent": isoflop.exponent, "tokens_exponent": 1 - isoflop.exponent,
-                                                   "coefficient": isoflop.coefficient, "minima": isoflop.minima},
-        "budgets": [_budget_row(fit, isoflop, b) for b in config.budget],
+                                                   "coefficient": isoflop.coefficient, "minima": isoflop.minima,
+                                                   "unbracketed_budgets": isoflop.unbracketed},
+        "budgets": [_budget_row(fit, isoflop, b, measured) for b in config.budget],
         "points": len(points),
         "parameters_counted": config.count if source.is_dir() else "as given in the CSV",
     }

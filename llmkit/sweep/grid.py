@@ -94,16 +94,19 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
 
         err.print(f"note: --per-budget {config.per_budget}, but there are {len(sizes)} sizes: each budget trains all of them",
                   soft_wrap=True, markup=False)
-    if config.token_budgets:
-        grid = [(size, int(tokens), None) for tokens in sorted(config.token_budgets) for size in sizes]
+    if config.token_budgets:  # (a budget given twice would be one run, counted twice by the fit)
+        grid = [(size, tokens, None) for tokens in sorted({int(t) for t in config.token_budgets}) for size in sizes]
     else:
-        for budget in sorted(config.flops):
+        for budget in sorted(set(config.flops)):
             centre = math.sqrt(budget / (6.0 * config.tokens_per_param))
             nearest = sorted(sizes, key=lambda s: (abs(math.log(s[4] / centre)), s[4]))[: config.per_budget]
             grid += [(size, int(budget / (6.0 * size[4])), budget) for size in sorted(nearest, key=lambda s: s[4])]
     runs = []
     for (layers, width, heads, total, non_embedding, context), tokens, budget in grid:
-        seq_len = min(config.base.seq_len or context, context)
+        if config.base.seq_len and config.base.seq_len > context:  # every run would start, then fail
+            raise UserError(f"--seq-len {config.base.seq_len} is longer than the {layers}x{width} model's context length "
+                            f"{context}; lower --seq-len or raise --context-length")
+        seq_len = config.base.seq_len or context
         if tokens < seq_len:
             raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, less than one sequence of {seq_len}; "
                             "raise the budget or lower --seq-len")
@@ -115,7 +118,18 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
         lr = config.base.optim.lr * (config.lr_reference_width / width if config.lr_rule == "width" else 1.0)
         values = dict(config.base.flat(), n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads, max_tokens=tokens,
                       max_steps=None, batch_tokens=batch, lr=lr)
-        name = (f"c{budget:.0e}-" if budget is not None else "") + f"d{layers}-w{width}-t{tokens}"
-        runs.append(PlannedRun(name.replace("+", ""), layers, width, heads, total, non_embedding, tokens, budget,
-                               PretrainConfig.build(**values)))
+        name = (f"c{budget_label(budget)}-" if budget is not None else "") + f"d{layers}-w{width}-t{tokens}"
+        runs.append(PlannedRun(name, layers, width, heads, total, non_embedding, tokens, budget, PretrainConfig.build(**values)))
+    assert len({run.name for run in runs}) == len(runs), "two planned runs share a name"
     return runs
+
+
+def budget_label(flops: float) -> str:
+    """A FLOP budget in the fewest significant digits that still name it alone ("1e12", "1.5e8"): two
+    budgets never share a run name, plot or label."""
+    for digits in range(17):
+        text = f"{flops:.{digits}e}"
+        if float(text) == flops:
+            break
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent):02d}"

@@ -29,7 +29,7 @@ from llmkit import artifacts
 from llmkit.errors import Terminated, UserError
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig
-from llmkit.sweep.grid import PlannedRun, plan
+from llmkit.sweep.grid import PlannedRun, budget_label, plan
 
 RUNS, CONFIGS, LOGS, PLOTS = "runs", "configs", "logs", "plots"
 TABLE = "runs.json"  # the table of finished runs, hashed (stats add each run's wall time)
@@ -52,28 +52,53 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
 
     tokens_art = artifacts.load(tokens, kind="tokens")
     out = Path(out)
+    _check_runs_can_finish(tokens_art, config)
     runs = plan(config, int(tokens_art.stats["vocab_size"]))
     with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path], kind="sweep"):
         if not force:  # each refuses before anything changes on disk
-            _same_sweep(out, config, runs)
-        finished = [_finished_with_these_options(run, out) for run in runs]
+            _same_sweep(out, config, runs, tokens_art)
+        finished = [_finished_with_these_options(run, out, tokens_art) for run in runs]
         if not all(finished):  # a sweep being (re)run is not an artifact until it is finished again
             (out / artifacts.MANIFEST).unlink(missing_ok=True)
         states = [_prepare(run, out, done) for run, done in zip(runs, finished)]
         _execute(states, tokens_art.path, out, config)
         failed = [s for s in states if s.state == "failed"]
         if failed:
-            raise UserError(f"{len(failed)} of {len(states)} runs failed ({failed[0].run.name}: {failed[0].error}); see "
-                            f"{out / LOGS}, then rerun the same command to finish the sweep")
+            kept = any((out / RUNS / s.run.name).exists() for s in states)  # else the whole folder goes, logs too
+            raise UserError(f"{len(failed)} of {len(states)} runs failed ({failed[0].run.name}: {failed[0].error})"
+                            + (f"; its log is {out / LOGS / (failed[0].run.name + '.log')}; fix the cause, then rerun the "
+                               "same command: finished runs are kept" if kept else "; fix the cause and rerun"))
         _finish(states, tokens_art, out, config)
     return out
 
 
-def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun]) -> None:
-    """A rerun continues the very sweep in OUT: a finished sweep of other options, or runs this
-    grid does not plan, are refused (they would be replaced, or left lying in the artifact)."""
+def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) -> None:
+    """Refused before anything trains: runs that cannot record the validation loss the fit reads,
+    and a run per several GPUs (the sweep runs one per GPU, several at once)."""
+    if (config.base.devices.gpus or 0) > 1:
+        raise UserError(f"--gpus {config.base.devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
+                        "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")
+    if not config.base.checkpoints.eval_every:
+        raise UserError("--eval-every 0 leaves the runs without the validation loss the scaling fit reads; leave --eval-every "
+                        "on (the runs validate at their end whatever its value)")
+    if not (tokens_art.stats.get("val") or {}).get("tokens"):
+        raise UserError(f"{tokens_art.path} has no validation split, and the scaling fit reads each run's validation loss; "
+                        "tokenize again with --val-fraction above 0")
+
+
+def _tokens_of(art: artifacts.Artifact) -> str | None:
+    return next((ref["fingerprint"] for ref in art.manifest.inputs if ref["role"] == "tokens"), None)
+
+
+def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_art: artifacts.Artifact) -> None:
+    """A rerun continues the very sweep in OUT: a finished sweep of other options or other tokens, or
+    runs this grid does not plan, are refused (they would be replaced, or left lying in the artifact)."""
     if (out / artifacts.MANIFEST).is_file():
-        recorded, now = artifacts.load(out, kind="sweep", check=False).config, _sweep_config(config)
+        finished = artifacts.load(out, kind="sweep", check=False)
+        if _tokens_of(finished) != tokens_art.fingerprint:
+            raise UserError(f"{out} is a finished sweep on other tokens than {tokens_art.path}; pass --force to replace it, "
+                            "or write this one to another -o")
+        recorded, now = finished.config, _sweep_config(config)
         validation = recorded.get("validation") or {key: recorded.get(key) for key in now["validation"]}  # (before 2026-12-02)
         if recorded_options({**recorded, "validation": None}) != recorded_options({**now, "validation": None}) or \
                 validation != now["validation"]:
@@ -101,13 +126,17 @@ def _sweep_config(config: SweepConfig) -> dict:
     return json.loads(artifacts.canonical_json({**config.hashed(), "validation": _validation(config)}))
 
 
-def _finished_with_these_options(run: PlannedRun, out: Path) -> bool:
-    """Whether the run is already done; one done with other options is refused (a finished
-    sweep rerun with another --lr, say), before the sweep changes anything on disk."""
+def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifacts.Artifact) -> bool:
+    """Whether the run is already done; one done with other options or on other tokens is refused
+    (a finished sweep rerun with another --lr, say), before the sweep changes anything on disk.
+    (An interrupted run is checked by pretrain --resume itself.)"""
     target = out / RUNS / run.name
     if not (target / artifacts.MANIFEST).is_file():
         return False
     done = artifacts.load(target, kind="checkpoint")
+    if _tokens_of(done) != tokens_art.fingerprint:
+        raise UserError(f"{target} was trained on other tokens than {tokens_art.path}; rerun with --force to start the sweep "
+                        "over, or write it to another -o")
     validated = {key: done.manifest.runtime.get(key, done.config.get(key)) for key in _validation(run.config)}  # (config: before 2026-12-02)
     if recorded_options(done.config) != json.loads(artifacts.canonical_json(run.config.hashed())) or \
             validated != _validation(run.config):
@@ -141,8 +170,8 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
 
     from llmkit.runtime import worker_count
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() and config.base.devices.gpus != 0 else 0
-    slots = gpus or config.parallel
+    gpus = gpu_slots(torch.cuda.device_count() if torch.cuda.is_available() else 0, config.base.devices.gpus)
+    slots = len(gpus) or config.parallel
     threads = max(1, worker_count(0) // slots) if not gpus else 0
     queue = [s for s in states if s.state == "queued"]
     free = list(range(slots))
@@ -155,7 +184,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                 while queue and free:
                     state = queue.pop(0)
                     slot = free.pop(0)
-                    env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(slot)) if gpus else dict(os.environ)
+                    env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[slot]) if gpus else dict(os.environ)
                     log = open(out / LOGS / f"{state.run.name}.log", "a", encoding="utf-8")
                     state.process = subprocess.Popen(_command(state, tokens, out, threads), stdout=log, stderr=subprocess.STDOUT,
                                                      env=env)
@@ -181,6 +210,17 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                 state.process.terminate()
             state.process.wait()
         raise
+
+
+def gpu_slots(visible: int, asked: int | None, mask: str | None = None) -> list[str]:
+    """The device each GPU slot's run sees (its CUDA_VISIBLE_DEVICES): one run per GPU this process
+    may use, named as the user's own CUDA_VISIBLE_DEVICES names them (the sweep's slot 1 under
+    CUDA_VISIBLE_DEVICES=4,5 is GPU 5, not GPU 1)."""
+    if asked == 0 or not visible:
+        return []
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES") if mask is None else mask
+    names = [name.strip() for name in mask.split(",") if name.strip()] if mask else []
+    return names[:visible] if len(names) >= visible else [str(index) for index in range(visible)]
 
 
 def _last_error(log: Path) -> str:
@@ -275,16 +315,21 @@ def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, c
         run_art = artifacts.load(out / RUNS / state.run.name, kind="checkpoint")
         build.add_input(f"run:{state.run.name}", run_art)
         losses = _val_losses(run_art.path)
-        final = CheckpointStats.of(run_art).val_loss
+        stats = CheckpointStats.of(run_art)
+        final = stats.val_loss
+        row = state.run.row()
+        if stats.tokens_seen:  # whole steps: up to a batch past the planned tokens, and that is what the fit must see
+            row.update(planned_tokens=row["tokens"], tokens=stats.tokens_seen,
+                       flops=6.0 * state.run.non_embedding_params * stats.tokens_seen)
         rows.append(dict(
-            state.run.row(), state="done", steps=CheckpointStats.of(run_art).step, final_val_loss=final,
+            row, state="done", steps=stats.step, final_val_loss=final,
             best_val_loss=min(losses) if losses else None,
             bits_per_byte=final / math.log(2) / bytes_per_token if final is not None and bytes_per_token else None,
             seconds=run_art.manifest.runtime.get("train_seconds"), fingerprint=run_art.fingerprint,
         ))
-    budgets: dict[str, list[RunState]] = {}
+    budgets: dict[str, list[RunState]] = {}  # (labels name one budget each: grid.budget_label)
     for state in states:
-        label = f"{state.run.flops_budget:.0e} FLOPs" if state.run.flops_budget else f"{state.run.tokens:,} tokens"
+        label = f"{budget_label(state.run.flops_budget)} FLOPs" if state.run.flops_budget else f"{state.run.tokens:,} tokens"
         budgets.setdefault(label, []).append(state)
     plots = []
     shutil.rmtree(out / PLOTS, ignore_errors=True)  # only this grid's figures are listed
