@@ -129,6 +129,10 @@ class Manifest:
 # Optional files a stage reads wherever they exist (llmkit/data/tokenizer.py: the special-token
 # roles): one not in the manifest is refused, not read.
 READ_IF_PRESENT = ("special_tokens.json",)
+# The only files a manifest may list as `state_files` (a training run's resume state, outside the
+# fingerprint): any other name there would let a file be added that changes what a stage does,
+# the fingerprint unchanged and verify content (llmkit/train/checkpoint.py names them).
+STATE_FILE_NAMES = ("training_state.json", "training_state.safetensors")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FIELD_TYPES = {
@@ -150,6 +154,9 @@ def _manifest_problem(data: Any) -> str | None:
         return "its 'seed' is not a whole number"
     if not _HEX64.fullmatch(str(data.get("fingerprint", ""))):
         return "its 'fingerprint' is not a sha256"
+    stray_state = sorted(set(data.get("state_files", {})) - set(STATE_FILE_NAMES))
+    if stray_state:
+        return f"it lists {stray_state[0]!r} as resume state, which only {' and '.join(STATE_FILE_NAMES)} are"
     for name, digest in {**data.get("files", {}), **data.get("state_files", {})}.items():
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             return f"the hash of file {name!r} is not a sha256"
@@ -520,19 +527,33 @@ class LineageNode:
     role: str
     path: str
     kind: str
-    fingerprint: str
+    fingerprint: str  # as the artifact that used it recorded it
     found: bool
     children: list[LineageNode]
+    problem: str = ""  # why what is at `path` is not that input: replaced since, or damaged
 
 
 def lineage(path: Path | str, role: str = "output", _seen: frozenset = frozenset()) -> LineageNode:
-    """The tree of inputs of inputs, as far as they can still be found on disk."""
+    """The tree of inputs of inputs, as far as they can still be found on disk: an input rebuilt or
+    replaced since (another fingerprint at its path), or damaged, is shown as such and not followed
+    (what is there now is not what was used)."""
     art = load(path)
     children = []
     for ref in art.manifest.inputs:
         child_path = _resolve_input_path(art.path, ref["path"])
-        if (child_path / MANIFEST).is_file() and str(child_path) not in _seen:
-            children.append(lineage(child_path, ref["role"], _seen | {str(art.path.resolve())}))
+        recorded = LineageNode(ref["role"], str(child_path), ref.get("kind", "?"), ref["fingerprint"], False, [])
+        if not (child_path / MANIFEST).is_file() or str(child_path) in _seen:
+            children.append(recorded)
+            continue
+        try:
+            child = lineage(child_path, ref["role"], _seen | {str(art.path.resolve())})
+        except UserError as exc:
+            recorded.problem = f"damaged: {exc}"
+            children.append(recorded)
+            continue
+        if child.fingerprint != ref["fingerprint"]:
+            recorded.problem = f"replaced since: {child.fingerprint[:12]} there now"
+            children.append(recorded)
         else:
-            children.append(LineageNode(ref["role"], str(child_path), ref.get("kind", "?"), ref["fingerprint"], False, []))
+            children.append(child)
     return LineageNode(role, str(art.path), art.kind, art.fingerprint, True, children)

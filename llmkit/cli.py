@@ -218,14 +218,15 @@ def _damage_named(*paths: Path):
 def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
     """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""
     from llmkit import artifacts
-    from llmkit.console import out
+    from llmkit.console import out, styled
 
     report = artifacts.verify(path)
     if report.ok:
-        out.print(f"[green]ok[/] {path}: {len(artifacts.load(path).manifest.all_files)} files match, fingerprint matches", soft_wrap=True)
+        out.print(styled("ok", "green", f" {path}: {len(artifacts.load(path).manifest.all_files)} files match, fingerprint matches"),
+                  soft_wrap=True)
         return
     for problem in report.problems:
-        out.print(f"[red]mismatch[/] {path}: {problem}", soft_wrap=True)
+        out.print(styled("mismatch", "red", f" {path}: {problem}"), soft_wrap=True)
     raise UserError(f"{path} failed verification ({len(report.problems)} problem(s)); rebuild it with the stage that made it")
 
 

@@ -13,8 +13,18 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-err = Console(stderr=True, highlight=False, emoji=False)  # ":x:" in a path or message stays as typed
-out = Console(highlight=False, emoji=False)
+# What is printed holds paths, prompts and recorded values: "[/x]" in one would be a markup tag (a
+# crash, or text silently dropped), ":x:" an emoji. So neither is read; styled words are
+# rich.text.Text (`styled`), and the rare line that needs markup says markup=True and escapes.
+err = Console(stderr=True, highlight=False, emoji=False, markup=False)
+out = Console(highlight=False, emoji=False, markup=False)
+
+
+def styled(word: str, style: str, rest: str = ""):
+    """`word` in `style`, then `rest` as typed: a line with one styled word ("ok", "warning:")."""
+    from rich.text import Text
+
+    return Text.assemble((word, style), rest)
 
 
 def progress(*extra_columns, transient: bool = False) -> Progress:

@@ -10,7 +10,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from llmkit.artifacts import Artifact, LineageNode
-from llmkit.console import out
+from llmkit.console import out, styled
 from llmkit.model.records import CheckpointStats
 
 
@@ -41,11 +41,12 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
 
 
 def _tree(node: LineageNode, parent: Tree | None = None) -> Tree:
-    label = f"[bold]{node.kind}[/] {node.path} [dim]{node.fingerprint[:12]}[/]"
-    if node.role != "output":
-        label = f"[cyan]{node.role}[/]: " + label
-    if not node.found:
-        label += " [yellow](not found)[/]"
+    label = Text.assemble(*([(node.role, "cyan"), ": "] if node.role != "output" else []), (node.kind, "bold"),
+                          f" {node.path} ", (node.fingerprint[:12], "dim"))
+    if node.problem:
+        label.append(f" ({node.problem})", style="yellow")
+    elif not node.found:
+        label.append(" (not found)", style="yellow")
     branch = Tree(label) if parent is None else parent.add(label)
     for child in node.children:
         _tree(child, branch)
@@ -142,10 +143,10 @@ def print_checkpoint_summary(path) -> None:
     art = artifacts.load(path, kind="checkpoint")
     stats = CheckpointStats.of(art)
     if stats.task is not None:
-        line = (f"[green]checkpoint[/] {path}: {stats.task}, step {stats.step}, "
+        line = (f" {path}: {stats.task}, step {stats.step}, "
                 f"{stats.trainable_params or 0:,} of {stats.params or 0:,} parameters trained")
     else:
-        line = f"[green]checkpoint[/] {path}: " + (f"step {stats.step}, " if stats.step is not None else "")
+        line = f" {path}: " + (f"step {stats.step}, " if stats.step is not None else "")
         line += f"{(stats.params or 0) / 1e6:.2f}M params"
     if stats.train_loss is not None:
         line += f", train loss {stats.train_loss:.4f}"
@@ -153,4 +154,4 @@ def print_checkpoint_summary(path) -> None:
         line += f", val loss {stats.val_loss:.4f}" + (f" (ppl {stats.val_ppl:.2f})" if stats.task is None else "")
     if stats.val_accuracy is not None:
         line += f", val accuracy {stats.val_accuracy:.4f}, macro F1 {stats.val_f1:.4f}"
-    out.print(line + f", fingerprint {art.fingerprint[:12]}", soft_wrap=True)
+    out.print(styled("checkpoint", "green", line + f", fingerprint {art.fingerprint[:12]}"), soft_wrap=True)

@@ -136,6 +136,21 @@ def test_load_refuses_a_missing_listed_file_and_an_added_one_a_stage_could_read(
     assert artifacts.load(out).kind == "corpus" and artifacts.verify(out).ok
 
 
+def test_only_the_resume_state_may_be_listed_outside_the_fingerprint(tmp_path):
+    """`state_files` are hashed for verify but not part of the fingerprint: a file listed there
+    (say a special_tokens.json that swaps eos and bos) would change what stages do, verify content."""
+    out = tmp_path / "corpus"
+    make(out)
+    (out / "data" / "extra.txt").write_text("slipped in")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["state_files"] = {"data/extra.txt": artifacts.sha256_file(out / "data" / "extra.txt")}
+    manifest["sizes"]["data/extra.txt"] = (out / "data" / "extra.txt").stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for check in (artifacts.load, artifacts.verify):
+        with pytest.raises(UserError, match="lists 'data/extra.txt' as resume state"):
+            check(out)
+
+
 def test_load_checks_kind_presence_and_version(tmp_path):
     make(tmp_path / "corpus")
     with pytest.raises(UserError, match=r"expected a tokenizer artifact, got corpus at"):
@@ -169,6 +184,18 @@ def test_lineage_walks_inputs_of_inputs(tmp_path):
     assert tree.kind == "tokens"
     assert [c.role for c in tree.children] == ["corpus", "tokenizer"]
     assert tree.children[1].children[0].kind == "corpus" and tree.children[1].children[0].found
+    assert not tree.children[1].children[0].problem
+    # An input rebuilt since is shown as what was used (its recorded fingerprint), marked, and not followed;
+    recorded = corpus.fingerprint
+    make(tmp_path / "corpus", payload="rebuilt differently", force=True)
+    replaced = artifacts.lineage(tmp_path / "tokens").children[0]
+    assert replaced.fingerprint == recorded and not replaced.found and replaced.problem.startswith("replaced since")
+    # a damaged one (its manifest edited) is marked too, and the rest of the tree still shown.
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    manifest["config"]["threshold"] = 0.1
+    (tmp_path / "corpus" / "manifest.json").write_text(json.dumps(manifest))
+    tree = artifacts.lineage(tmp_path / "tokens")
+    assert tree.children[0].problem.startswith("damaged") and tree.children[1].found
 
 
 def test_finalize_in_place_writes_manifest_last_over_listed_files(tmp_path):

@@ -57,6 +57,20 @@ def test_the_chunked_mean_equals_the_whole_tensor_mean_to_the_bit(monkeypatch):
         whole = sum(s[name].to(torch.float64) * w for s, w in zip(states, weights)).to(states[0][name].dtype)
         assert mean[name].dtype == states[0][name].dtype and torch.equal(mean[name], whole)
     assert torch.equal(mean["step"], states[0]["step"])
+    # members stored in different dtypes: the widest, whatever their order
+    mixed = [{"h": states[0]["h"]}, {"h": states[1]["h"].float()}]
+    assert {averaging.mean_state(order, [0.5, 0.5])["h"].dtype for order in (mixed, mixed[::-1])} == {torch.float32}
+
+
+def test_one_tokenizer_means_the_same_special_token_roles_too(runs, tmp_path):
+    """A base model and its instruct tune often share tokenizer.json but not their eos token."""
+    from llmkit.data.tokenizer import same_tokenizer
+
+    for name in ("base", "instruct"):
+        shutil.copytree(runs / "tok", tmp_path / name)
+    assert same_tokenizer(tmp_path / "base", tmp_path / "instruct")
+    (tmp_path / "instruct" / "special_tokens.json").write_text(json.dumps({"eos": "<|pad|>"}))
+    assert not same_tokenizer(tmp_path / "base", tmp_path / "instruct")
 
 
 def test_weights_whose_sum_overflows_are_refused(cli, runs, tmp_path):
@@ -147,6 +161,18 @@ def test_averaging_refuses_what_does_not_belong_together(cli, runs, tmp_path, ch
     assert result.exit_code != 0 and message in result.output and not (tmp_path / "soup").exists()
     assert "needs the 2 checkpoints" in cli("pretrain", runs / "tokens", "-o", tmp_path / "x", *MODEL, "--average-last", "3",
                                             "--save-every", "0").output
+
+
+def test_checkpoints_pretrained_after_different_document_starts_do_not_average(cli, runs, tmp_path):
+    """A soup of a model trained on `text <|eos|>` documents and one on `<|bos|> text <|eos|>` would be
+    prompted after whichever start its lineage walk met first (so on the members' order)."""
+    _ok(cli("tokenize", runs / "corpus", "-t", runs / "tok", "-o", tmp_path / "tokens", "--add-bos"))
+    _ok(cli("pretrain", tmp_path / "tokens", "-o", tmp_path / "bos", *MODEL, *RUN))
+    for order in ((runs / "a", tmp_path / "bos"), (tmp_path / "bos", runs / "a")):
+        result = cli("average", *order, "-o", tmp_path / "soup")
+        assert result.exit_code != 0 and "starting after different tokens" in result.output and not (tmp_path / "soup").exists()
+    _ok(cli("average", runs / "a", runs / "b", "-o", tmp_path / "soup"))
+    assert artifacts.load(tmp_path / "soup").config["document_start"] == "eos"
 
 
 def test_checkpoints_tuned_with_different_prompt_templates_do_not_combine(cli, runs, tmp_path):

@@ -69,6 +69,26 @@ def test_inspect_shows_the_whole_command_as_typed(cli, tmp_path, monkeypatch):
     assert "".join(" ".join(typed).split()) in shown
 
 
+@pytest.mark.parametrize("folder", ["o[/x]", "runs/[v2]", "[bold]"])
+def test_paths_and_recorded_text_are_printed_as_typed(cli, tmp_path, folder):
+    """Brackets in a path or a recorded value are text, not rich markup: "[/x]" crashed inspect, verify
+    and report (and failed a stage after it had written its output); "[v2]" vanished from what was shown."""
+    path = tmp_path / folder / "corpus"
+    path.parent.mkdir(parents=True)
+    with artifacts.create(path, "corpus") as build:
+        (build.dir / "a.txt").write_text("text")
+        build.config = {"prompt_template": "[INST] {prompt} [/INST]"}
+    for command in ("inspect", "verify", "report"):
+        result = cli(command, path)
+        flat = "".join(result.output.replace("│", "").split())
+        assert result.exit_code == 0 and folder.replace(" ", "") in flat, (command, result.output)
+    assert "[INST]{prompt}[/INST]" in "".join(cli("inspect", path).output.replace("│", "").split())
+    source = tmp_path / folder / "book.txt"
+    source.write_text("One document.\n\nAnother one, a little longer than the first.\n")
+    cleaned = cli("clean", source, "-o", tmp_path / folder / "cleaned")
+    assert cleaned.exit_code == 0 and str(tmp_path / folder / "cleaned") in "".join(cleaned.output.split()), cleaned.output
+
+
 def test_verify_exit_codes(cli, tmp_path):
     corpus = _corpus(tmp_path / "corpus")
     assert cli("verify", corpus).exit_code == 0

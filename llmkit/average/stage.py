@@ -18,19 +18,42 @@ from llmkit.errors import UserError
 def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, force: bool = False) -> Path:
     """Average the weights of `checkpoints` (weighted by config.weights) into a checkpoint at `out`."""
     from llmkit.model.averaging import normalised, write_average
-    from llmkit.model.records import CheckpointStats, recorded_document_start
+    from llmkit.model.records import CheckpointStats
 
     if len(checkpoints) < 2:
         raise UserError("give at least two checkpoints to average")
     members = [artifacts.load(path, kind="checkpoint") for path in checkpoints]
     weights = normalised(config.weights, len(members))
     outputs.check_output(out, force, inputs=checkpoints)
-    stats_of = [CheckpointStats.of(member) for member in members]
-    first = stats_of[0]
-    starts = {recorded_document_start(member) for member in members}  # kept when the members agree on it
-    start = starts.pop() if len(starts) == 1 else None
+    first = CheckpointStats.of(members[0])
+    start = _shared_document_start(members)
     stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels).to_dict()
     write_average(out, members, weights, config={"method": "weighted mean", "weights": weights,
                                                  **({"document_start": start} if start else {})}, seed=config.seed,
                   stats=dict(stats, averaged=len(members)), force=force)
     return Path(out)
+
+
+def _shared_document_start(members: list[artifacts.Artifact]) -> str | None:
+    """"bos" or "eos", the token every member's documents followed (recorded or traced through its
+    lineage), recorded in the soup; members pretrained after different ones are refused (the soup
+    would prompt after whichever one its lineage walk met first). None for fine-tuned members,
+    which are prompted after <|bos|> whatever they were pretrained on."""
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.inference.prompts import document_start_id
+    from llmkit.model.records import read_task
+
+    starts: dict[str, list[str]] = {}
+    for member in members:
+        task = read_task(member)
+        if task is not None:
+            return None
+        tokenizer = load_tokenizer(member.path / "tokenizer")
+        start = document_start_id(tokenizer, member, None)
+        role = "bos" if start == tokenizer.bos_id else "eos"
+        starts.setdefault(role, []).append(str(member.path))
+    if len(starts) > 1:
+        said = "; ".join(f"{', '.join(paths)} after <|{role}|>" for role, paths in starts.items())
+        raise UserError(f"the checkpoints were pretrained with documents starting after different tokens ({said}); average "
+                        "checkpoints pretrained on the same kind of shards (llmkit tokenize with or without --add-bos)")
+    return next(iter(starts))

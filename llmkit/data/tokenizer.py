@@ -404,15 +404,25 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
 
 def same_tokenizer(a: Path | str, b: Path | str) -> bool:
     """Whether two artifacts (tokenizer, tokens or checkpoint: each holds the tokenizer or its
-    tokenizer/ copy) encode with the same tokenizer: the same tokenizer.json, byte for byte."""
+    tokenizer/ copy) encode with the same tokenizer: the same tokenizer.json, byte for byte, and
+    the same special-token roles (an imported base model and its instruct tune often share the
+    file but not their end-of-sequence token)."""
     from llmkit.artifacts import sha256_file
 
-    def file_of(folder: Path) -> Path:
+    def folder_of(folder: Path) -> Path:
         folder = Path(folder)
-        return folder / TOKENIZER_FILE if (folder / TOKENIZER_FILE).is_file() else folder / "tokenizer" / TOKENIZER_FILE
+        return folder if (folder / TOKENIZER_FILE).is_file() else folder / "tokenizer"
 
-    first, second = file_of(a), file_of(b)
-    return first.is_file() and second.is_file() and sha256_file(first) == sha256_file(second)
+    def roles(folder: Path) -> Any:
+        path = folder / SPECIAL_ROLES_FILE
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            return path.read_bytes()  # damaged: equal only to the same bytes (load_tokenizer names the damage)
+
+    first, second = folder_of(a), folder_of(b)
+    return (first / TOKENIZER_FILE).is_file() and (second / TOKENIZER_FILE).is_file() and \
+        sha256_file(first / TOKENIZER_FILE) == sha256_file(second / TOKENIZER_FILE) and roles(first) == roles(second)
 
 
 def copy_tokenizer_files(src_dir: Path | str, dst_dir: Path | str) -> Path:

@@ -15,6 +15,8 @@ from llmkit.stage_command import argument, stage_command
 def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[Path], force: bool) -> None:
     """Generate text from a checkpoint (several: their ensemble): sampling or greedy, batched, streamed, KV-cached."""
     from llmkit.console import err
+    from rich.text import Text
+
     from llmkit.console import out as console
     from contextlib import nullcontext
 
@@ -49,14 +51,14 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             label = f"prompt {c.prompt_index + 1}" + (f", sample {c.sample_index + 1}" if config.num_samples > 1 else "")
             console.rule(label, style="dim")
             if console.is_terminal:
-                console.print(f"[dim]{_escape(item.prompt.display)}[/]{_escape(c.text)}", soft_wrap=True)
+                console.print(Text.assemble((item.prompt.display, "dim"), c.text), soft_wrap=True)
             else:  # piped: the text as generated (rich would expand tabs and drop control characters)
                 console.file.write(item.prompt.display + c.text + "\n")
                 console.file.flush()
 
     def on_ready(prompts) -> None:  # the prompt is shown only once the checkpoint has loaded
         if stream:
-            console.print(f"[dim]{_escape(prompts[0].display)}[/]", end="", soft_wrap=True)
+            console.print(prompts[0].display, style="dim", end="", soft_wrap=True)
 
     from llmkit.console import progress
 
@@ -77,9 +79,3 @@ generate = stage_command(
     force="Replace an existing -o file.",
     writes_artifact=False,
 )
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

@@ -71,7 +71,7 @@ class CompiledDecoder:
         from llmkit.console import err
 
         # said once, up front: a message at the compilation itself would land inside streamed text
-        err.print("[dim]--compile: the first tokens of each new batch size wait a few seconds for the compiler[/]",
+        err.print("--compile: the first tokens of each new batch size wait a few seconds for the compiler", style="dim",
                   soft_wrap=True)
 
     def cache_length(self, needed: int, limit: int | None) -> int:

@@ -12,14 +12,14 @@ def _export(config: ExportConfig, *, checkpoint: Path, out: Path, force: bool) -
     """Export a checkpoint to a Hugging Face transformers directory (GPT-2 or Llama class)."""
     import json
 
-    from llmkit.console import out as console
+    from llmkit.console import out as console, styled
     from llmkit.interop.export import export_hf
 
     path = export_hf(checkpoint, out, force=force, dtype=config.dtype)
     model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "?")
     console.print(
-        f"[green]exported[/] {checkpoint} -> {path} ({model_type}); load it with "
-        f"AutoModelForCausalLM.from_pretrained({str(path)!r})",
+        styled("exported", "green", f" {checkpoint} -> {path} ({model_type}); load it with "
+               f"AutoModelForCausalLM.from_pretrained({str(path)!r})"),
         soft_wrap=True,
         highlight=False,
     )
@@ -28,14 +28,14 @@ def _export(config: ExportConfig, *, checkpoint: Path, out: Path, force: bool) -
 def _import(config: ImportConfig, *, source: Path, out: Path, force: bool) -> None:
     """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint artifact."""
     from llmkit import artifacts
-    from llmkit.console import out as console
+    from llmkit.console import out as console, styled
     from llmkit.interop.importer import import_hf
     from llmkit.model.records import CheckpointStats
 
     path = import_hf(source, out, force=force, seed=config.seed, dtype=config.dtype)
     art = artifacts.load(path, kind="checkpoint")
     console.print(
-        f"[green]imported[/] {source} ({art.config['model_type']}, {CheckpointStats.of(art).params:,} parameters) -> {path}",
+        styled("imported", "green", f" {source} ({art.config['model_type']}, {CheckpointStats.of(art).params:,} parameters) -> {path}"),
         soft_wrap=True,
         highlight=False,
     )

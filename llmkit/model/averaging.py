@@ -10,6 +10,7 @@ the training loop's `--average-last K` and `--ema DECAY` outputs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from pathlib import Path
@@ -46,7 +47,7 @@ CHUNK = 1 << 15
 
 
 def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """The weighted mean of state dicts with the same keys and shapes, in float64, stored as the first's dtypes.
+    """The weighted mean of state dicts with the same keys and shapes, in float64, stored in the members' widest dtype.
 
     Each tensor goes through two reused float64 buffers a chunk at a time: the arithmetic of
     `sum(t.double() * w)` element for element (no fused multiply-add, so the bits do not depend
@@ -63,7 +64,8 @@ def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[floa
             out[name] = tensor.clone()
             continue
         members = [state[name].reshape(-1) for state in states]
-        result = torch.empty(tensor.shape, dtype=tensor.dtype)
+        # the widest of the members' dtypes (bf16 and fp32 give fp32): the soup does not depend on their order
+        result = torch.empty(tensor.shape, dtype=functools.reduce(torch.promote_types, (m.dtype for m in members)))
         flat = result.view(-1)
         for start in range(0, flat.numel(), CHUNK):
             stop = min(start + CHUNK, flat.numel())

@@ -104,11 +104,11 @@ def read_task(art: Any) -> TaskRecord | None:
 
 def recorded_document_start(art: Any) -> str | None:
     """"bos" or "eos": the token a checkpoint's pretraining documents followed, as its hashed config
-    records it (stats did before 2026-12-02, outside the fingerprint: still read); None if unknown."""
-    for record in (art.config, art.stats):
-        if record.get("document_start") in ("bos", "eos"):
-            return record["document_start"]
-    return None
+    records it; None if unknown. (Stats held it before 2026-12-02; they are not hashed, so a value
+    there is not read: an edit would change every prompt with verify content. Such a checkpoint
+    falls back to its tokens' record, as an imported one without provenance does.)"""
+    value = art.config.get("document_start")
+    return value if value in ("bos", "eos") else None
 
 
 @dataclass

@@ -44,6 +44,7 @@ def _duration(seconds: float) -> str:
 
 def print_plan(plan: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from llmkit.console import out
 
@@ -71,8 +72,7 @@ def print_plan(plan: dict[str, Any]) -> None:
         memory.add_row(part, f"{mem[part + '_gb']:.2f}")
     memory.add_row("total", f"{mem['total_gb']:.2f} of {mem['available_gb']:.3g}", style="bold")
     out.print(memory)
-    verdict = "[green]fits[/]" if mem["fits"] else "[red]does not fit[/]"
-    out.print(f"verdict: {verdict}")
+    out.print(Text.assemble("verdict: ", ("fits", "green") if mem["fits"] else ("does not fit", "red")))
     for note in plan.get("notes", []):
         out.print(f"note: {note}", markup=False)
     if not mem["fits"]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from llmkit import artifacts, resume
-from llmkit.console import err
+from llmkit.console import err, styled
 from llmkit.data.corpus import count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
 from llmkit.data.tokenizer import TextTokenizer, copy_tokenizer_files, load_tokenizer
@@ -422,7 +422,8 @@ def tokenize_corpus(
         try:
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
         except _FastPathMismatch as exc:
-            err.print(f"[yellow]warning:[/] tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding with tokenizers")
+            err.print(styled("warning:", "yellow", f" tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding "
+                             "with tokenizers"), soft_wrap=True)
             for split in SPLITS:
                 shutil.rmtree(build.dir / split, ignore_errors=True)
             resume.remove(build.dir)
@@ -434,9 +435,9 @@ def tokenize_corpus(
         val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
         if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
             err.print(
-                f"[yellow]warning:[/] the validation split holds {100 * val_share:.1f}% of the text (asked "
-                f"{100 * config.val_fraction:g}%) because it takes whole documents, of which the corpus has {num_docs}; "
-                "for a finer split make more documents (llmkit clean --doc-per blank-line)", soft_wrap=True
+                styled("warning:", "yellow", f" the validation split holds {100 * val_share:.1f}% of the text (asked "
+                       f"{100 * config.val_fraction:g}%) because it takes whole documents, of which the corpus has {num_docs}; "
+                       "for a finer split make more documents (llmkit clean --doc-per blank-line)"), soft_wrap=True
             )
         copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
         build.config = config.hashed()

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from llmkit import artifacts
 from llmkit.errors import UserError
 from llmkit.outputs import default_permissions
 
-STATE_JSON = "training_state.json"
-STATE_TENSORS = "training_state.safetensors"
+STATE_JSON, STATE_TENSORS = artifacts.STATE_FILE_NAMES  # the resume state: outside the fingerprint (artifacts.py)
 CHECKPOINTS = "checkpoints"
 STEP_DIR = "step_{:07d}"
 

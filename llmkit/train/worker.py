@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from rich.markup import escape
 
-            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {escape(message)}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {escape(message)}", soft_wrap=True, markup=True)
         return 1
     return 0
 
