@@ -31,9 +31,11 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
         raise UsageError("give --max-steps or --max-tokens, not both")
     tokens_art = artifacts.load(tokens, kind="tokens")
     inputs = {"tokens": str(tokens.resolve())}
-    if init_from is not None:
-        _check_init(artifacts.load(init_from, kind="checkpoint"), tokens_art, config)
-        inputs["init_from"] = str(Path(init_from).resolve())
+    init = artifacts.load(init_from, kind="checkpoint") if init_from is not None else None
+    if init is not None:
+        _check_init(init, tokens_art, config)
+        inputs["init_from"] = str(init.path.resolve())
+    _check_split_model(config, tokens_art, init)
     tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,
                   reads=[tokenizer.path if tokenizer else None])
@@ -57,6 +59,59 @@ def _check_init(init, tokens_art, config: PretrainConfig) -> None:
                         f"with --tokenizer {init.path} (a checkpoint's tokenizer serves)")
 
 
+def _check_split_model(config: PretrainConfig, tokens_art, init) -> None:
+    """Under --tp/--pp, the model's and the batch's limits checked before any process starts (a
+    mistake cost the start of N processes, 10-15 s on a CPU); every worker checks them again, as
+    a library caller may start the workers itself."""
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.train import distributed
+    from llmkit.train.layout import Layout, check_world
+    from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
+
+    devices = config.devices
+    if devices.tp == 1 and devices.pp == 1:
+        return
+    world = (distributed.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
+    check_world(world, devices.tp, devices.pp)  # the process count first, as launch checks it
+    model_config = _model_config(config, load_tokenizer(tokens_art.path / "tokenizer").vocab_size, init)
+    seq_len = _seq_len(config, model_config)
+    layout = Layout(dp=world // (devices.tp * devices.pp), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
+                    microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
+    check_model(model_config, layout, seq_len)
+    if config.checkpoints.ema is not None:
+        raise UserError(EMA_UNDER_SPLIT_MODEL)
+    _split_global_batch(config, seq_len, layout.batch_ways)
+
+
+def _model_config(config: PretrainConfig, vocab_size: int, init):
+    from llmkit.model.io import read_model_config
+    from llmkit.model.presets import resolve_model_config
+
+    if init is None:
+        return resolve_model_config(config.architecture.model, vocab_size=vocab_size, overrides=config.architecture.overrides())
+    model_config = read_model_config(init.path)
+    if config.architecture.dropout is not None:
+        model_config.dropout = config.architecture.dropout
+    return model_config
+
+
+def _seq_len(config: PretrainConfig, model_config) -> int:
+    seq_len = config.seq_len or model_config.context_length
+    if seq_len > model_config.context_length:
+        raise UserError(f"--seq-len {seq_len} is longer than the model's context length {model_config.context_length}; "
+                        "lower --seq-len or raise --context-length")
+    return seq_len
+
+
+def _split_global_batch(config: PretrainConfig, seq_len: int, batch_ways: int) -> tuple[int, int]:
+    global_batch = config.batch_tokens // seq_len
+    return split_batch(
+        global_batch, config.devices.micro_batch, batch_ways,
+        what=f"the global batch of {global_batch} sequences (--batch-tokens {config.batch_tokens} / seq_len {seq_len})",
+        fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq_len}",
+    )
+
+
 def _open_split(tokens_art, split: str, seq_len: int, seed: int, required: bool):
     from llmkit.data.shards import TokenShards, WindowSampler
 
@@ -76,8 +131,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
     import torch
 
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
-    from llmkit.model.io import WEIGHTS, load_weights, read_model_config
-    from llmkit.model.presets import build_model, resolve_model_config
+    from llmkit.model.io import WEIGHTS, load_weights
+    from llmkit.model.presets import build_model
     from llmkit.model.records import CheckpointStats
     from llmkit.runtime import seed_everything
     from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
@@ -90,19 +145,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         tokenizer_dir = tokens_art.path / "tokenizer"
         tokenizer = load_tokenizer(tokenizer_dir)
         init = artifacts.load(init_from, kind="checkpoint") if init_from else None
-        if init is not None:
-            model_config = read_model_config(init.path)
-            if config.architecture.dropout is not None:
-                model_config.dropout = config.architecture.dropout
-        else:
-            model_config = resolve_model_config(config.architecture.model, vocab_size=tokenizer.vocab_size,
-                                                overrides=config.architecture.overrides())
-        seq_len = config.seq_len or model_config.context_length
-        if seq_len > model_config.context_length:
-            raise UserError(
-                f"--seq-len {seq_len} is longer than the model's context length {model_config.context_length}; "
-                "lower --seq-len or raise --context-length"
-            )
+        model_config = _model_config(config, tokenizer.vocab_size, init)
+        seq_len = _seq_len(config, model_config)
         if model_config.objective == "mlm" and tokenizer.mask_id is None:
             raise UserError("--objective mlm needs a <|mask|> token in the tokenizer; retrain it with the default special tokens")
         global_batch = config.batch_tokens // seq_len
@@ -116,11 +160,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         world = info.world_size
         if info.layout is not None:  # the model's own limits first: a batch split cannot mend them
             check_model(model_config, info.layout, seq_len)
-        micro_batch, accumulation = split_batch(
-            global_batch, config.devices.micro_batch, info.batch_ways,
-            what=f"the global batch of {global_batch} sequences (--batch-tokens {config.batch_tokens} / seq_len {seq_len})",
-            fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq_len}",
-        )
+        micro_batch, accumulation = _split_global_batch(config, seq_len, info.batch_ways)
         if config.max_tokens is not None:
             max_steps = math.ceil(config.max_tokens / (global_batch * seq_len))
         else:

@@ -104,6 +104,10 @@ RESUMABLE_CHANGES = frozenset({"max_steps", "max_tokens", "epochs"})
 SCHEDULE_HISTORY = "lr_schedule_before"  # (one of llmkit.train.options.STAGE_RECORDED)
 
 
+EMA_UNDER_SPLIT_MODEL = ("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
+                         "(or average checkpoints afterwards with --average-last)")
+
+
 class NonFiniteLoss(UserError):
     pass
 
@@ -347,8 +351,7 @@ class Trainer:
         if self.settings.devices.strategy == "fsdp" and self.info.distributed:
             raise UserError("--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp")
         if self.model_parallel:
-            raise UserError("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
-                            "(or average checkpoints afterwards with --average-last)")
+            raise UserError(EMA_UNDER_SPLIT_MODEL)
         if self.resumed_from and not self._saved_ema:
             raise UserError(f"the run was saved without --ema at step {self.resumed_from}; resume it as it was started")
         return MovingAverage(self.raw, decay, self.device, self._saved_ema)
