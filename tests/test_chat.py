@@ -8,6 +8,9 @@ import torch
 from test_finetune import build_base, write_jsonl
 
 torch.set_num_threads(1)
+# One worker runs them all: the session fixtures (a base model and its chat fine-tune, about a minute)
+# are then made once, not by each pytest-xdist worker that a test lands on.
+pytestmark = pytest.mark.xdist_group("chat")
 
 
 @pytest.fixture(scope="session")

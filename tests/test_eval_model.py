@@ -363,10 +363,15 @@ def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--weights", "2"], "--weights would change nothing here"),
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--split", "test"], "--split would change nothing here"),
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--reference-field", "x"], "--reference-field would change nothing"),
+        (["-m", "perplexity", "--data", "{tmp}/tokens", "--field", "text"], "--field would change nothing here"),
     ],
 )
 def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):
+    from llmkit import artifacts
+
     (tmp_path / "d.txt").write_text("some text here\n")
+    with artifacts.create(tmp_path / "tokens", "tokens") as build:  # an artifact as --data: tokens, no fields
+        (build.dir / "a.bin").write_bytes(b"")
     result = cli("eval", gpt2_ckpt, *[a.format(tmp=tmp_path) for a in args], "-o", tmp_path / "out")
     assert result.exit_code != 0
     lines = [l for l in result.output.strip().splitlines() if l.strip()]

@@ -64,7 +64,9 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
     recorded in the config, and change the fingerprint, for the same scores)."""
     scoring_model = cfg.predictions is None
     rouge = any(m.startswith("rouge") for m in text)
+    tokens_data = scoring_model and cfg.data is not None and (Path(cfg.data) / artifacts.MANIFEST).is_file()
     uses = {  # option: (whether this evaluation reads it, what reads it)
+        "text_field": (not tokens_data, "a JSONL --data or --predictions file (a tokens artifact holds no fields)"),
         "data": (scoring_model, "a checkpoint's inputs; scored predictions read --references"),
         "prompt_template": (scoring_model and bool(text or cls) and not cfg.tasks,
                             "text generated for BLEU/chrF/ROUGE and a base model's choices or labels"),
@@ -81,8 +83,10 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "rolling_context": (bool(lm) and scoring_model, "perplexity"),
         "shots": (bool(cfg.tasks), "--task benchmarks"),
     }
-    unused = [(f"--{name.replace('_', '-')}", what) for name, (used, what) in uses.items()
-              if not used and getattr(cfg, name) != cfg.default_of(name)]
+    from llmkit.options import flat_options
+
+    flags = {option.name: option.flag for option in flat_options(type(cfg))}
+    unused = [(flags[name], what) for name, (used, what) in uses.items() if not used and getattr(cfg, name) != cfg.default_of(name)]
     if len(members) < 2:
         ens = cfg.ensembling
         unused += [(flag, "an ensemble of several checkpoints") for flag, name in (("--weights", "weights"),
