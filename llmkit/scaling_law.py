@@ -82,9 +82,26 @@ class Law:
         path = art.file(FIT_FILE)
         try:
             fit = json.loads(path.read_text(encoding="utf-8"))["approach3"]
-            return cls(**{name: float(fit[name]) for name in NAMES}, undetermined=str(fit.get("undetermined") or ""))
+            law = cls(**{name: float(fit[name]) for name in NAMES}, undetermined=str(fit.get("undetermined") or ""))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None
+        # (written only where the points leave the law undetermined; a fit made before the check has
+        # no such key either, so the check is made again here, on its points: cheap)
+        if "undetermined" not in fit and "points.csv" in art.manifest.files:
+            law.undetermined = unmeasured_term(law, *_fitted_points(art.file("points.csv")))
+        return law
+
+
+def _fitted_points(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(params, tokens, loss) of a scaling artifact's points.csv."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    try:
+        return tuple(np.array([float(row[name]) for row in rows]) for name in ("params", "tokens", "loss"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({exc}); run llmkit scaling fit again") from None
 
 
 def unmeasured_term(law: Law, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray) -> str:

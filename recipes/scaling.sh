@@ -2,7 +2,7 @@
 # A scaling law on a 2-core CPU: an IsoFLOP sweep of small models on the embedded corpus, the
 # Chinchilla fit (approaches 3 and 2), its plots, and the model size it recommends for a budget.
 #   clean -> tokenizer train -> tokenize -> sweep -> scaling fit -> report
-# Needs no network and no data set. Default size: about 6 minutes on 2 cores (docs/scaling.md).
+# Needs no network and no data set. Default size: 6 to 19 minutes on 2 cores, by the CPU (docs/scaling.md).
 source "$(dirname "$0")/common.sh"
 
 if [ "$SIZE" = tiny ]; then

@@ -175,6 +175,16 @@ def test_checkpoints_pretrained_after_different_document_starts_do_not_average(c
     assert artifacts.load(tmp_path / "soup").config["document_start"] == "eos"
 
 
+def test_a_member_whose_document_start_is_unknown_is_not_guessed(cli, runs, tmp_path, monkeypatch):
+    """A checkpoint from before the start was recorded, whose tokens have moved: not a <|bos|> model
+    (that is only the fallback), so neither refused beside an <|eos|> one nor recorded in the soup."""
+    from llmkit.inference import prompts
+
+    monkeypatch.setattr(prompts, "traced_document_start", lambda art: None if art.path == runs / "b" else "eos")
+    _ok(cli("average", runs / "a", runs / "b", "-o", tmp_path / "soup"))
+    assert "document_start" not in artifacts.load(tmp_path / "soup").config
+
+
 def test_checkpoints_tuned_with_different_prompt_templates_do_not_combine(cli, runs, tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}"}) + "\n" for i in range(16)))

@@ -154,6 +154,12 @@ def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path
     assert not law.determined and "model sizes" in law.undetermined
     planned = cli("plan", "--model", "tiny", "--scaling", tmp_path / "fit")
     assert planned.exit_code != 0 and "widen the sweep" in planned.output and "Traceback" not in planned.output
+    # A fit made before the check (its fit.json says nothing either way) is checked on its points when read.
+    with artifacts.create(tmp_path / "older", "scaling") as build:
+        (build.dir / "fit.json").write_text(json.dumps({"approach3": {k: law3[k] for k in ("A", "B", "E", "alpha", "beta")}}))
+        (build.dir / "points.csv").write_text("name,params,tokens,flops,budget,loss\n" + "".join(
+            f"row,{n},{d},{6 * n * d},,{loss}\n" for n, d, loss in DEGENERATE))
+    assert "model sizes" in RecordedLaw.of(artifacts.load(tmp_path / "older", kind="scaling")).undetermined
 
 
 @pytest.mark.parametrize("header,rows,message", [
@@ -275,10 +281,13 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
                            # found once, before any run starts (each run would start, then fail)
                            (["--tokens", "1e4", "--sizes", "1x16", "--seq-len", "128", "--context-length", "64"],
                             "--seq-len 128 is longer than the 1x16 model's context length 64"),
-                           (["--tokens", "1e4", "--sizes", "1x16", "--gpus", "2"], "a sweep trains one run per GPU")):
+                           (["--tokens", "1e4", "--sizes", "1x16", "--gpus", "2"], "a sweep trains one run per GPU"),
+                           (["--tokens", "1e4", "--sizes", "1x16", "--tp", "2", "--nproc", "2"], "a sweep trains one run per GPU")):
         result = cli("sweep", tokens, "-o", tmp_path / "s", *extra)
         assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "s").exists()
+        if "1x15" in extra:
+            assert "choose other --sizes or --head-dim" in " ".join(result.output.split())
     unvalidated = tmp_path / "unvalidated"
     made = cli("tokenize", tokens.parent / "corpus", "-t", tokens.parent / "tok", "-o", unvalidated, "--val-fraction", "0")
     assert made.exit_code == 0, made.output
@@ -299,6 +308,28 @@ def test_budgets_plan_one_run_each_and_name_it_alone():
     assert [r.tokens for r in twice] == [2048] * 3 + [4096] * 3  # a budget given twice is one budget, run once
     close = plan(SweepConfig.build(flops=[1.5e8, 2e8], per_budget=3, **base), vocab_size=300)
     assert {r.name.split("-")[0] for r in close} == {"c1.5e08", "c2e08"} and len({r.name for r in close}) == 6
+
+
+def test_a_sweep_started_under_one_digit_budget_names_goes_on_under_todays(tmp_path):
+    from llmkit.sweep.config import SweepConfig
+    from llmkit.sweep.grid import legacy_name, plan
+    from llmkit.sweep.stage import LOGS, RUNS, _rename_legacy_runs
+
+    runs = plan(SweepConfig.build(flops=[2.5e8], per_budget=3, sizes=["1x16", "1x32", "2x32"], head_dim=16, seq_len=32,
+                                  context_length=64, min_steps=2), vocab_size=300)
+    old = legacy_name(runs[0])
+    assert old.startswith("c2e08-") and runs[0].name.startswith("c2.5e08-") and old.split("-", 1)[1] == runs[0].name.split("-", 1)[1]
+    (tmp_path / RUNS / old).mkdir(parents=True)
+    (tmp_path / RUNS / old / "metrics.jsonl").write_text("{}")
+    (tmp_path / LOGS).mkdir()
+    (tmp_path / LOGS / f"{old}.log").write_text("log")
+    _rename_legacy_runs(tmp_path, runs)
+    assert (tmp_path / RUNS / runs[0].name / "metrics.jsonl").is_file() and not (tmp_path / RUNS / old).exists()
+    assert (tmp_path / LOGS / f"{runs[0].name}.log").read_text() == "log"
+    # two budgets that shared the old name: which one a run was is not known, so nothing is renamed
+    both = plan(SweepConfig.build(flops=[2e8, 2.5e8], per_budget=3, sizes=["1x16", "1x32", "2x32"], head_dim=16, seq_len=32,
+                                  context_length=64, min_steps=2), vocab_size=300)
+    assert len({legacy_name(r) for r in both}) == 6  # (different token counts keep them apart here)
 
 
 def test_sweep_runs_see_the_gpus_the_user_left_them():

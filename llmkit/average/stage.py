@@ -35,25 +35,22 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
 
 
 def _shared_document_start(members: list[artifacts.Artifact]) -> str | None:
-    """"bos" or "eos", the token every member's documents followed (recorded or traced through its
-    lineage), recorded in the soup; members pretrained after different ones are refused (the soup
-    would prompt after whichever one its lineage walk met first). None for fine-tuned members,
-    which are prompted after <|bos|> whatever they were pretrained on."""
-    from llmkit.data.tokenizer import load_tokenizer
-    from llmkit.inference.prompts import document_start_id
+    """"bos" or "eos", the token every member's documents followed (recorded, or traced through its
+    lineage), recorded in the soup when every member's is known; members known to have been
+    pretrained after different ones are refused (the soup would prompt after whichever one its
+    lineage walk met first). None for fine-tuned members, which are prompted after <|bos|>
+    whatever they were pretrained on, and where a member's start is unknown (not guessed)."""
+    from llmkit.inference.prompts import traced_document_start
     from llmkit.model.records import read_task
 
-    starts: dict[str, list[str]] = {}
+    if any(read_task(member) is not None for member in members):
+        return None
+    starts: dict[str | None, list[str]] = {}
     for member in members:
-        task = read_task(member)
-        if task is not None:
-            return None
-        tokenizer = load_tokenizer(member.path / "tokenizer")
-        start = document_start_id(tokenizer, member, None)
-        role = "bos" if start == tokenizer.bos_id else "eos"
-        starts.setdefault(role, []).append(str(member.path))
-    if len(starts) > 1:
-        said = "; ".join(f"{', '.join(paths)} after <|{role}|>" for role, paths in starts.items())
+        starts.setdefault(traced_document_start(member), []).append(str(member.path))
+    known = {start: paths for start, paths in starts.items() if start is not None}
+    if len(known) > 1:
+        said = "; ".join(f"{', '.join(paths)} after <|{start}|>" for start, paths in known.items())
         raise UserError(f"the checkpoints were pretrained with documents starting after different tokens ({said}); average "
                         "checkpoints pretrained on the same kind of shards (llmkit tokenize with or without --add-bos)")
-    return next(iter(starts))
+    return next(iter(known)) if len(starts) == 1 and known else None

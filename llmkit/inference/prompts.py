@@ -114,13 +114,18 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
     `<|bos|>`), so a model pretrained on the default shards has seen every document start right
     after `<|eos|>` and never seen `<|bos|>`; lm-evaluation-harness likewise conditions the first
     token on EOT. Fine-tuned checkpoints (with task.json) are trained with `<|bos|>` first, and
-    imported checkpoints use their own BOS. A checkpoint records which (config `document_start`,
-    hashed, carried through average, export and import; stats before 2026-12-02); one written before it did is traced through
-    its lineage (its tokens input, through any checkpoint inputs); when that cannot be found, `<|bos|>`.
+    imported checkpoints use their own BOS. When it is not known (`traced_document_start`),
+    `<|bos|>`.
     """
     if task is not None or artifact is None:
         return tokenizer.bos_id
+    return tokenizer.eos_id if traced_document_start(artifact) == "eos" else tokenizer.bos_id
 
+
+def traced_document_start(artifact) -> str | None:
+    """"bos" or "eos" as a checkpoint records it (config `document_start`, hashed, carried through
+    average, export and import); for one written before it did, traced through its lineage (its
+    tokens input, through any checkpoint inputs); None when that cannot be found."""
     from llmkit.model.records import recorded_document_start
 
     current, seen = artifact, 0
@@ -128,17 +133,17 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
         seen += 1
         recorded = recorded_document_start(current)
         if recorded is not None:
-            return tokenizer.bos_id if recorded == "bos" else tokenizer.eos_id
+            return recorded
         refs = {ref["kind"]: ref["role"] for ref in current.manifest.inputs if "kind" in ref}
         try:
             if "tokens" in refs:
                 from llmkit.data.shards import document_start
 
-                return tokenizer.bos_id if document_start(current.input(refs["tokens"])) == "bos" else tokenizer.eos_id
+                return document_start(current.input(refs["tokens"]))
             current = current.input(refs["checkpoint"]) if "checkpoint" in refs else None
         except UserError:  # moved or rebuilt since: no way to tell
-            return tokenizer.bos_id
-    return tokenizer.bos_id
+            return None
+    return None
 
 
 def _template_input(prompt: Prompt, template: dict, tokenizer):

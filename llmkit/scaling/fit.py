@@ -95,7 +95,11 @@ def _law(theta: np.ndarray) -> Law:
 def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], losses: Sequence[float], *, delta: float = 1e-3,
                    grid: str = "full", bootstrap: int = 100, seed: int = 0) -> ChinchillaFit:
     """Approach 3 with a bootstrap; raises a UserError when the points cannot determine the law."""
-    from threadpoolctl import threadpool_limits
+    try:
+        import scipy.optimize  # noqa: F401  (loaded first: threadpoolctl limits only the BLAS libraries already loaded)
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:
+        raise UserError(f"fitting a scaling law needs {exc.name}: pip install 'llmkit[scaling]'") from None
 
     with threadpool_limits(limits=1):
         return _fit_chinchilla(params, tokens, losses, delta, grid, bootstrap, seed)
@@ -109,21 +113,25 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
         raise UserError("the points need at least two model sizes and two token counts (and 5 distinct pairs) to fit a law")
     data = (np.log(n), np.log(d), np.log(loss))
     axes = FULL_GRID if grid == "full" else COARSE_GRID
-    optima: list[tuple[float, int, np.ndarray]] = []
+    optima: list[tuple[float, np.ndarray]] = []
+    best, best_value = None, math.inf
     for alpha, beta, e, a, b in itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"]):
         theta, value = _minimise(np.array([a, b, e, alpha, beta]), data, delta)
-        optima.append((value, len(optima), theta))  # ties keep the first: the grid order makes it deterministic
-    optima.sort(key=lambda o: (o[0], o[1]))
-    best_value, _, best = optima[0]
+        optima.append((value, theta))
+        if value < best_value - 1e-15:  # many starts end within rounding of the best: the first in grid order wins
+            best, best_value = theta, value
     fit = ChinchillaFit(law=_law(best), objective=best_value, starts=len(optima))
     if bootstrap > 0:
-        starts = _distinct(optima, BOOTSTRAP_STARTS)
+        starts = _distinct(best, sorted(optima, key=lambda o: o[0]), BOOTSTRAP_STARTS)
         rng = np.random.Generator(np.random.PCG64(seed))
         samples = []
         for _ in range(bootstrap):
             pick = rng.integers(0, len(n), len(n))
             refits = [_minimise(start.copy(), tuple(x[pick] for x in data), delta) for start in starts]
-            theta = min(enumerate(refits), key=lambda r: (r[1][1], r[0]))[1][0]
+            theta, value = refits[0]
+            for other, other_value in refits[1:]:  # the same rule: another start must do better than rounding
+                if other_value < value - 1e-15:
+                    theta, value = other, other_value
             law = _law(theta)
             samples.append([law.A, law.B, law.E, law.alpha, law.beta])
         fit.samples = np.asarray(samples)
@@ -132,10 +140,10 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
     return fit
 
 
-def _distinct(optima: list[tuple[float, int, np.ndarray]], count: int) -> list[np.ndarray]:
-    """The best `count` optima that are not the same point (many starts end in one optimum)."""
-    chosen: list[np.ndarray] = []
-    for _, _, theta in optima:
+def _distinct(best: np.ndarray, optima: list[tuple[float, np.ndarray]], count: int) -> list[np.ndarray]:
+    """`best`, then the next best optima that are not the same point (many starts end in one), `count` in all."""
+    chosen: list[np.ndarray] = [best]
+    for _, theta in optima:
         if all(np.max(np.abs(theta - other)) > 1e-3 for other in chosen):
             chosen.append(theta)
             if len(chosen) == count:

@@ -124,6 +124,14 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
     return runs
 
 
+def legacy_name(run: PlannedRun) -> str:
+    """The run's name before budgets were named in as many digits as tell them apart (one digit:
+    2.5e8 was "c2e08"): a sweep started then is continued under today's names."""
+    if run.flops_budget is None:
+        return run.name
+    return f"c{run.flops_budget:.0e}".replace("+", "") + run.name[run.name.index("-"):]
+
+
 def budget_label(flops: float) -> str:
     """A FLOP budget in the fewest significant digits that still name it alone ("1e12", "1.5e8"): two
     budgets never share a run name, plot or label."""

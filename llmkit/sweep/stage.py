@@ -29,7 +29,7 @@ from llmkit import artifacts
 from llmkit.errors import Terminated, UserError
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig
-from llmkit.sweep.grid import PlannedRun, budget_label, plan
+from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
 
 RUNS, CONFIGS, LOGS, PLOTS = "runs", "configs", "logs", "plots"
 TABLE = "runs.json"  # the table of finished runs, hashed (stats add each run's wall time)
@@ -56,6 +56,7 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
     runs = plan(config, int(tokens_art.stats["vocab_size"]))
     with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path], kind="sweep"):
         if not force:  # each refuses before anything changes on disk
+            _rename_legacy_runs(out, runs)
             _same_sweep(out, config, runs, tokens_art)
         finished = [_finished_with_these_options(run, out, tokens_art) for run in runs]
         if not all(finished):  # a sweep being (re)run is not an artifact until it is finished again
@@ -75,6 +76,10 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
 def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) -> None:
     """Refused before anything trains: runs that cannot record the validation loss the fit reads,
     and a run per several GPUs (the sweep runs one per GPU, several at once)."""
+    devices = config.base.devices
+    if devices.tp > 1 or devices.pp > 1:
+        raise UserError("--tp/--pp split one run over several processes, and a sweep trains one run per GPU (or share of the "
+                        "CPU cores); leave them out")
     if (config.base.devices.gpus or 0) > 1:
         raise UserError(f"--gpus {config.base.devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
                         "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")
@@ -84,6 +89,22 @@ def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) 
     if not (tokens_art.stats.get("val") or {}).get("tokens"):
         raise UserError(f"{tokens_art.path} has no validation split, and the scaling fit reads each run's validation loss; "
                         "tokenize again with --val-fraction above 0")
+
+
+def _rename_legacy_runs(out: Path, runs: list[PlannedRun]) -> None:
+    """Runs of a sweep started before budgets were named in enough digits ("c2e08-..." for 2.5e8)
+    take their names of today, where that is unambiguous, so that the sweep goes on."""
+    legacy: dict[str, list[PlannedRun]] = {}
+    for run in runs:
+        if legacy_name(run) != run.name:
+            legacy.setdefault(legacy_name(run), []).append(run)
+    for old, [run, *others] in legacy.items():
+        if others or not (out / RUNS / old).is_dir() or (out / RUNS / run.name).exists():
+            continue  # two budgets shared that name (which of them is it?), or nothing to rename
+        os.replace(out / RUNS / old, out / RUNS / run.name)
+        for folder, suffix in ((LOGS, ".log"), (CONFIGS, ".yaml")):
+            if (out / folder / f"{old}{suffix}").is_file():
+                os.replace(out / folder / f"{old}{suffix}", out / folder / f"{run.name}{suffix}")
 
 
 def _tokens_of(art: artifacts.Artifact) -> str | None:
