@@ -210,6 +210,21 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         assert result.exit_code != 0
         assert message in result.output, (extra, result.output)
         assert "Traceback" not in result.output and not out.exists()
+    # finetune says so too, before it starts any process (as pretrain does)
+    base = tmp_path / "base"
+    assert cli("pretrain", tokens, "-o", base, *LLAMA, *RUN[:-6], "--max-steps", "1", "--eval-every", "0").exit_code == 0
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n' * 8)
+    for extra, message in [
+        (["--tp", "2", "--nproc", "2", "--lora-rank", "4"], "this run trains a classifier head or LoRA adapters"),
+        (["--tp", "2", "--nproc", "2", "--task", "classify"], "this run trains a classifier head or LoRA adapters"),
+        (["--pp", "2", "--nproc", "2", "--pp-microbatches", "1"], "needs at least as many --pp-microbatches as stages (2)"),
+        (["--tp", "4", "--nproc", "4"], "--tp 4 does not divide --n-kv-head (2)"),
+    ]:
+        out = tmp_path / "tuned"
+        result = cli("finetune", base, "--data", data, "-o", out, "--batch-size", "8", *extra)
+        assert result.exit_code != 0 and message in result.output, (extra, result.output)
+        assert "Traceback" not in result.output and not out.exists()
     # llmkit plan refuses the same layouts in the same words (one rule for both; it used to call some "fits")
     for extra, message in [
         (["--tp", "4", "--gpus", "4"], "--tp 4 does not divide --n-kv-head (2)"),

@@ -31,13 +31,50 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
              resume: bool = False, force: bool = False) -> Path:
     """Fine-tune and return the run directory, which is then a checkpoint artifact."""
     checkpoint, data = Path(checkpoint), Path(data)
-    artifacts.load(checkpoint, kind="checkpoint")
+    art = artifacts.load(checkpoint, kind="checkpoint")
     if not data.exists():
         raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
+    _check_split_model(config, art)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
                   reads=[config.val_data, template_file])
+
+
+def _check_split_model(config: FinetuneConfig, art) -> None:
+    """Under --tp/--pp, what the workers would refuse, checked before any process starts (a mistake
+    cost the start of N processes, 11-13 s on a CPU); the workers check again, for library callers."""
+    from llmkit.model.io import read_model_config
+    from llmkit.train.layout import SPLIT_NEEDS_A_LANGUAGE_MODEL, Layout, check_world
+    from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
+
+    devices = config.devices
+    if devices.tp == 1 and devices.pp == 1:
+        return
+    world = (dist_utils.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
+    check_world(world, devices.tp, devices.pp)
+    if config.task != "sft" or config.lora_rank:
+        raise UserError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
+    model_config = read_model_config(art.path)
+    seq_len = _seq_len(config, model_config.context_length)
+    layout = Layout(dp=world // (devices.tp * devices.pp), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
+                    microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
+    check_model(model_config, layout, seq_len)
+    if config.checkpoints.ema is not None:
+        raise UserError(EMA_UNDER_SPLIT_MODEL)
+    _split_batch(config, layout.batch_ways)
+
+
+def _seq_len(config: FinetuneConfig, context: int) -> int:
+    seq_len = config.seq_len or context
+    if seq_len > context:
+        raise UserError(f"--seq-len {seq_len} is longer than the checkpoint's context length {context}; lower --seq-len")
+    return seq_len
+
+
+def _split_batch(config: FinetuneConfig, batch_ways: int) -> tuple[int, int]:
+    return split_batch(config.batch_size, config.devices.micro_batch, batch_ways, what=f"--batch-size {config.batch_size}",
+                       fix=lambda multiple: f"choose a multiple of {multiple}")
 
 
 # -- building blocks --------------------------------------------------------------------------------
@@ -251,10 +288,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         seed_everything(config.seed)
         tokenizer_dir = art.path / TOKENIZER_DIR
         tokenizer = load_tokenizer(tokenizer_dir)
-        context = read_model_config(art.path).context_length
-        seq_len = config.seq_len or context
-        if seq_len > context:
-            raise UserError(f"--seq-len {seq_len} is longer than the checkpoint's context length {context}; lower --seq-len")
+        seq_len = _seq_len(config, read_model_config(art.path).context_length)
 
         records = ft_data.read_jsonl(data)
         if config.val_data:
@@ -297,10 +331,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         global_batch = config.batch_size
         if info.layout is not None:  # the model's own limits first: a batch split cannot mend them
             check_model(model_config, info.layout, seq_len)
-        micro_batch, accumulation = split_batch(
-            global_batch, config.devices.micro_batch, info.batch_ways,
-            what=f"--batch-size {global_batch}", fix=lambda multiple: f"choose a multiple of {multiple}",
-        )
+        micro_batch, accumulation = _split_batch(config, info.batch_ways)
         max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))
         warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else min(50, max_steps // 20)
         val_size = min(len(val_examples), config.eval_examples)

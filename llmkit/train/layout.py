@@ -57,6 +57,10 @@ def check_world(world: int, tp: int, pp: int) -> None:
         )
 
 
+SPLIT_NEEDS_A_LANGUAGE_MODEL = ("--tp/--pp split a language model's own layers; this run trains a classifier head or LoRA "
+                                "adapters: leave --tp/--pp out and use data parallelism (--nproc/--gpus)")
+
+
 def coordinates(rank: int, dp: int, tp: int) -> tuple[int, int, int]:
     """(pp_rank, dp_rank, tp_rank) of a global rank: init_device_mesh's row-major (pp, dp, tp) order."""
     return rank // (tp * dp), rank // tp % dp, rank % tp

@@ -23,7 +23,7 @@ import torch.nn as nn
 from llmkit.errors import UserError
 from llmkit.model.gpt import GPT, IGNORE_INDEX, unmaterialised
 from llmkit.train import distributed as dist_utils
-from llmkit.train.layout import Layout, check_model, rank_at
+from llmkit.train.layout import SPLIT_NEEDS_A_LANGUAGE_MODEL, Layout, check_model, rank_at
 from llmkit.train.parallelize import (
     all_reduce_gradients,
     checkpoint_activations,
@@ -49,8 +49,7 @@ class ModelParallelRun:
 
         check_model(model.config, layout, seq_len)
         if not isinstance(model, GPT) or any("lora" in name for name, _ in model.named_parameters()):
-            raise UserError("--tp/--pp split a language model's own layers; this run trains a classifier head or LoRA "
-                            "adapters: leave --tp/--pp out and use data parallelism (--nproc/--gpus)")
+            raise UserError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
         import logging
 
         # Gathering FSDP x TP shards for a checkpoint takes two all-gathers; torch warns on every rank, every save.
