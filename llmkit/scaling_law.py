@@ -85,9 +85,7 @@ class Law:
             law = cls(**{name: float(fit[name]) for name in NAMES}, undetermined=str(fit.get("undetermined") or ""))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None
-        # (written only where the points leave the law undetermined; a fit made before the check has
-        # no such key either, so the check is made again here, on its points: cheap)
-        if "undetermined" not in fit and "points.csv" in art.manifest.files:
+        if "undetermined" not in fit and "points.csv" in art.manifest.files:  # made before the check: checked on its points
             law.undetermined = unmeasured_term(law, *_fitted_points(art.file("points.csv")))
         return law
 

@@ -40,7 +40,7 @@ def _shared_document_start(members: list[artifacts.Artifact]) -> str | None:
     pretrained after different ones are refused (the soup would prompt after whichever one its
     lineage walk met first). None for fine-tuned members, which are prompted after <|bos|>
     whatever they were pretrained on, and where a member's start is unknown (not guessed)."""
-    from llmkit.inference.prompts import traced_document_start
+    from llmkit.inference.prompts import refuse_different_document_starts, traced_document_start
     from llmkit.model.records import read_task
 
     if any(read_task(member) is not None for member in members):
@@ -49,8 +49,5 @@ def _shared_document_start(members: list[artifacts.Artifact]) -> str | None:
     for member in members:
         starts.setdefault(traced_document_start(member), []).append(str(member.path))
     known = {start: paths for start, paths in starts.items() if start is not None}
-    if len(known) > 1:
-        said = "; ".join(f"{', '.join(paths)} after <|{start}|>" for start, paths in known.items())
-        raise UserError(f"the checkpoints were pretrained with documents starting after different tokens ({said}); average "
-                        "checkpoints pretrained on the same kind of shards (llmkit tokenize with or without --add-bos)")
+    refuse_different_document_starts({f"<|{start}|>": paths for start, paths in known.items()}, "average")
     return next(iter(known)) if len(starts) == 1 and known else None

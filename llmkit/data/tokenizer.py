@@ -391,15 +391,22 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
         token_bytes = np.load(dir / TOKEN_BYTES_FILE, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{dir / TOKEN_BYTES_FILE} is damaged ({' '.join(str(exc).split())[:100]}); retrain the tokenizer") from None
-    roles = None
-    if (dir / SPECIAL_ROLES_FILE).is_file():
-        try:
-            roles = json.loads((dir / SPECIAL_ROLES_FILE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{dir / SPECIAL_ROLES_FILE} is not valid JSON ({exc}); fix or delete it") from exc
-        if not isinstance(roles, dict) or not all(isinstance(v, str) for v in roles.values()) or set(roles) - set(LLMKIT_ROLES):
-            raise UserError(f"{dir / SPECIAL_ROLES_FILE} must map bos/eos/pad/mask to token texts; fix or delete it")
-    return TextTokenizer(hf, token_bytes, path=dir, roles=roles)
+    return TextTokenizer(hf, token_bytes, path=dir, roles=special_roles(dir))
+
+
+def special_roles(dir: Path) -> dict[str, str] | None:
+    """A tokenizer folder's special-token roles (special_tokens.json: role -> token text); None
+    without the file (llmkit's own <|bos|>, <|eos|>, ...)."""
+    path = Path(dir) / SPECIAL_ROLES_FILE
+    if not path.is_file():
+        return None
+    try:
+        roles = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(roles, dict) or not all(isinstance(v, str) for v in roles.values()) or set(roles) - set(LLMKIT_ROLES):
+        raise UserError(f"{path} must map bos/eos/pad/mask to token texts; fix or delete it")
+    return roles
 
 
 def same_tokenizer(a: Path | str, b: Path | str) -> bool:
@@ -413,16 +420,10 @@ def same_tokenizer(a: Path | str, b: Path | str) -> bool:
         folder = Path(folder)
         return folder if (folder / TOKENIZER_FILE).is_file() else folder / "tokenizer"
 
-    def roles(folder: Path) -> Any:
-        path = folder / SPECIAL_ROLES_FILE
-        try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        except (OSError, ValueError):
-            return path.read_bytes()  # damaged: equal only to the same bytes (load_tokenizer names the damage)
-
     first, second = folder_of(a), folder_of(b)
     return (first / TOKENIZER_FILE).is_file() and (second / TOKENIZER_FILE).is_file() and \
-        sha256_file(first / TOKENIZER_FILE) == sha256_file(second / TOKENIZER_FILE) and roles(first) == roles(second)
+        sha256_file(first / TOKENIZER_FILE) == sha256_file(second / TOKENIZER_FILE) and \
+        special_roles(first) == special_roles(second)
 
 
 def copy_tokenizer_files(src_dir: Path | str, dst_dir: Path | str) -> Path:

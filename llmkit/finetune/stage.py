@@ -24,7 +24,7 @@ from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import check_model
-from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
+from llmkit.train.launch import launch, planned_split, runtime_record, split_batch, worker_process
 from llmkit.train.loop import Trainer
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
@@ -42,26 +42,17 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
 
 def _check_split_model(config: FinetuneConfig, art) -> None:
-    """Under --tp/--pp, what the workers would refuse, checked before any process starts (a mistake
-    cost the start of N processes, 11-13 s on a CPU); the workers check again, for library callers."""
+    """Under --tp/--pp, what the workers would refuse, before any process starts (launch.planned_split)."""
     from llmkit.model.io import read_model_config
-    from llmkit.train.layout import SPLIT_NEEDS_A_LANGUAGE_MODEL, Layout, check_world
-    from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
+    from llmkit.train.layout import SPLIT_NEEDS_A_LANGUAGE_MODEL
 
-    devices = config.devices
-    if devices.tp == 1 and devices.pp == 1:
+    layout = planned_split(config.devices, config.checkpoints.ema)
+    if layout is None:
         return
-    world = (dist_utils.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
-    check_world(world, devices.tp, devices.pp)
     if config.task != "sft" or config.lora_rank:
         raise UserError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
     model_config = read_model_config(art.path)
-    seq_len = _seq_len(config, model_config.context_length)
-    layout = Layout(dp=world // (devices.tp * devices.pp), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
-                    microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
-    check_model(model_config, layout, seq_len)
-    if config.checkpoints.ema is not None:
-        raise UserError(EMA_UNDER_SPLIT_MODEL)
+    check_model(model_config, layout, _seq_len(config, model_config.context_length))
     _split_batch(config, layout.batch_ways)
 
 

@@ -122,6 +122,15 @@ def document_start_id(tokenizer, artifact=None, task=None) -> int:
     return tokenizer.eos_id if traced_document_start(artifact) == "eos" else tokenizer.bos_id
 
 
+def refuse_different_document_starts(starts: dict[str, list[str]], combined: str) -> None:
+    """Checkpoints combined (`combined`: "average", "ensemble") must have seen documents start after
+    one token: `starts` maps each token (its text) to the checkpoints that did."""
+    if len(starts) > 1:
+        said = "; ".join(f"{', '.join(paths)} after {token}" for token, paths in starts.items())
+        raise UserError(f"the checkpoints were pretrained with documents starting after different tokens ({said}); {combined} "
+                        "checkpoints pretrained on the same kind of shards (llmkit tokenize with or without --add-bos)")
+
+
 def traced_document_start(artifact) -> str | None:
     """"bos" or "eos" as a checkpoint records it (config `document_start`, hashed, carried through
     average, export and import); for one written before it did, traced through its lineage (its

@@ -153,14 +153,10 @@ def _check_same_document_start(loaded) -> None:
     """Every prompt and document is scored after one start token: members pretrained after
     different ones (`tokenize --add-bos` or not) cannot share it, and whichever member came first
     decided it (results changed with the members' order)."""
-    from llmkit.errors import UserError
-    from llmkit.inference.prompts import document_start_id
+    from llmkit.inference.prompts import document_start_id, refuse_different_document_starts
 
     starts = {}
     for item in loaded:
         token = item.tokenizer.decode([document_start_id(item.tokenizer, item.artifact, item.task)])
         starts.setdefault(token, []).append(str(item.artifact.path))
-    if len(starts) > 1:
-        said = "; ".join(f"{', '.join(paths)} after {token}" for token, paths in starts.items())
-        raise UserError(f"the checkpoints were trained with documents starting after different tokens ({said}); ensemble "
-                        "checkpoints pretrained on the same kind of shards (llmkit tokenize with or without --add-bos)")
+    refuse_different_document_starts(starts, "ensemble")

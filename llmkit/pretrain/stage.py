@@ -19,7 +19,7 @@ from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.layout import check_model
-from llmkit.train.launch import launch, runtime_record, split_batch, worker_process
+from llmkit.train.launch import launch, planned_split, runtime_record, split_batch, worker_process
 
 
 def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, init_from: Path | str | None = None,
@@ -60,26 +60,15 @@ def _check_init(init, tokens_art, config: PretrainConfig) -> None:
 
 
 def _check_split_model(config: PretrainConfig, tokens_art, init) -> None:
-    """Under --tp/--pp, the model's and the batch's limits checked before any process starts (a
-    mistake cost the start of N processes, 10-15 s on a CPU); every worker checks them again, as
-    a library caller may start the workers itself."""
+    """Under --tp/--pp, the model's and the batch's limits, before any process starts (launch.planned_split)."""
     from llmkit.data.tokenizer import load_tokenizer
-    from llmkit.train import distributed
-    from llmkit.train.layout import Layout, check_world
-    from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
 
-    devices = config.devices
-    if devices.tp == 1 and devices.pp == 1:
+    layout = planned_split(config.devices, config.checkpoints.ema)
+    if layout is None:
         return
-    world = (distributed.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
-    check_world(world, devices.tp, devices.pp)  # the process count first, as launch checks it
     model_config = _model_config(config, load_tokenizer(tokens_art.path / "tokenizer").vocab_size, init)
     seq_len = _seq_len(config, model_config)
-    layout = Layout(dp=world // (devices.tp * devices.pp), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
-                    microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
     check_model(model_config, layout, seq_len)
-    if config.checkpoints.ema is not None:
-        raise UserError(EMA_UNDER_SPLIT_MODEL)
     _split_global_batch(config, seq_len, layout.batch_ways)
 
 

@@ -55,7 +55,7 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
     document = {
         "law": "L(N, D) = E + A / N^alpha + B / D^beta",
         "approach3": {
-            **fit.law.as_dict(), **({"undetermined": fit.law.undetermined} if fit.law.undetermined else {}),
+            **fit.law.as_dict(), "undetermined": fit.law.undetermined,  # ("": the points determine a split)
             "intervals": {k: list(v) for k, v in fit.intervals.items()}, "huber_objective": fit.objective,
             "starts": fit.starts, "bootstrap": fit.bootstrap,
             "params_exponent": exponent, "tokens_exponent": None if exponent is None else 1 - exponent,  # N_opt ∝ C^a

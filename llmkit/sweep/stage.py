@@ -75,13 +75,13 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
 
 def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) -> None:
     """Refused before anything trains: runs that cannot record the validation loss the fit reads,
-    and a run per several GPUs (the sweep runs one per GPU, several at once)."""
+    and a run split over several GPUs or processes (the sweep runs one per GPU, several at once)."""
     devices = config.base.devices
     if devices.tp > 1 or devices.pp > 1:
         raise UserError("--tp/--pp split one run over several processes, and a sweep trains one run per GPU (or share of the "
                         "CPU cores); leave them out")
-    if (config.base.devices.gpus or 0) > 1:
-        raise UserError(f"--gpus {config.base.devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
+    if (devices.gpus or 0) > 1:
+        raise UserError(f"--gpus {devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
                         "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")
     if not config.base.checkpoints.eval_every:
         raise UserError("--eval-every 0 leaves the runs without the validation loss the scaling fit reads; leave --eval-every "

@@ -149,6 +149,24 @@ def worker_process(devices: Devices) -> Iterator[Any]:
         distributed.shutdown()
 
 
+def planned_split(devices: Devices, ema: float | None):
+    """The layout a --tp/--pp run will take (None without one), for a stage to check its model and
+    batch against before any process starts (a mistake cost the start of N processes, 10-15 s on a
+    CPU; the workers check again, for library callers): the process count and --ema checked here."""
+    from llmkit.train import distributed
+    from llmkit.train.layout import Layout, check_world
+    from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
+
+    if devices.tp == 1 and devices.pp == 1:
+        return None
+    world = (distributed.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
+    check_world(world, devices.tp, devices.pp)
+    if ema is not None:
+        raise UserError(EMA_UNDER_SPLIT_MODEL)
+    return Layout(dp=world // (devices.tp * devices.pp), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
+                  microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
+
+
 def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, fix: Callable[[int], str]) -> tuple[int, int]:
     """(micro-batch, accumulation steps) for a global batch of samples over `world` processes.
 
