@@ -129,6 +129,7 @@ def test_recorded_configs_keep_the_keys_fingerprinted_before_the_renovation():
     """The golden manifests' configs (taken before options were declared once) have exactly the keys
     each config class now hashes: the nested groups flatten to the same dict."""
     from llmkit.corpus.config import CleanConfig
+    from llmkit.eval.config import EvalConfig
     from llmkit.finetune.config import FinetuneConfig
     from llmkit.tokenizer.config import TokenizeConfig, TokenizerTrainConfig
     from llmkit.pretrain.config import PretrainConfig
@@ -138,6 +139,7 @@ def test_recorded_configs_keep_the_keys_fingerprinted_before_the_renovation():
     assert set(GOLDEN["tokens"]["config"]) == set(TokenizeConfig().hashed())
     assert set(GOLDEN["tokenizer"]["config"]) == set(TokenizerTrainConfig().hashed()) | {"input"}
     assert set(GOLDEN["sft"]["config"]) == set(FinetuneConfig().hashed()) | {"data_sha256", "val_data_sha256"}
+    assert set(GOLDEN["eval-lm"]["config"]) == set(GOLDEN["eval-sft"]["config"]) == set(EvalConfig().hashed())
     recipe = {k: v for k, v in GOLDEN["pretrain"]["config"].items() if k != "document_start"}
     assert PretrainConfig.build(**recipe).hashed() == recipe
 
