@@ -301,6 +301,7 @@ def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):
 
 
 def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_artifact(corpus, tokenizer, tmp_path):
+    import subprocess
     import sys
 
     from conftest import run_killed_and_resumed
@@ -313,6 +314,16 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
     stats = artifacts.load(killed).stats
     total = stats["train"]["tokens"] + stats["val"]["tokens"]
     assert stats["tokens_per_s"] * stats["seconds"] < 0.99 * total, stats
+    # Rerun with another seed (another validation draw): a new run, not the killed one's documents under a new name.
+    from conftest import kill_at_marker
+
+    other = tmp_path / "other-seed"
+    kill_at_marker([*command, "-o", str(other)], str(tmp_path / ".other-seed.partial-*" / "resume.json"), lambda state: state["batches"], 16)
+    result = subprocess.run([*command, "-o", str(other), "--seed", "1"], capture_output=True, text=True)
+    assert result.returncode == 0 and "resuming" not in result.stderr, result.stderr
+    reference = tmp_path / "seed-1"
+    assert subprocess.run([*command, "-o", str(reference), "--seed", "1"], capture_output=True).returncode == 0
+    assert artifacts.load(other).fingerprint == artifacts.load(reference).fingerprint != artifacts.load(straight).fingerprint
 
 
 def test_automatic_worker_count_follows_corpus_size_and_idle_cores():

@@ -189,6 +189,16 @@ def test_sample_options_limit_training(corpus, tmp_path):
     by_bytes = train_tokenizer([corpus], tmp_path / "b", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000, seed=1))
     stats = artifacts.load(by_bytes).stats
     assert 50_000 <= stats["training_bytes"] < 60_000
+    # The draw follows the corpus's files, not its manifest's unhashed stats (verify cannot see an edit of them).
+    import shutil
+
+    edited = tmp_path / "edited-corpus"
+    shutil.copytree(corpus, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["stats"]["bytes"] *= 10
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    again = train_tokenizer([edited], tmp_path / "b2", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000, seed=1))
+    assert artifacts.load(again).fingerprint == artifacts.load(by_bytes).fingerprint
     with pytest.raises(UserError, match="--sample-bytes 10 drew no document from the input's"):
         train_tokenizer([corpus], tmp_path / "none", TokenizerTrainConfig(vocab_size=500, sample_bytes=10, seed=1))
     assert not (tmp_path / "none").exists()
@@ -402,6 +412,11 @@ def test_long_documents_are_sampled_in_pieces(shared_data, tok, tmp_path):
     # Cuts fall where the pre-tokenizer splits anyway: pre-tokens of the pieces == pre-tokens of the whole.
     pre = tok.hf.pre_tokenizer
     assert [t for p in pieces for t, _ in pre.pre_tokenize_str(p)] == [t for t, _ in pre.pre_tokenize_str(text)]
+    # Lines of only spaces belong to the newline pre-token before them ("\n  \n" is one): no cut inside.
+    blank_lines = text.replace("\n\n", "\n  \n \r\n")
+    pieces = split_pieces(blank_lines, size=5000)
+    assert len(pieces) > 40 and "".join(pieces) == blank_lines
+    assert [t for p in pieces for t, _ in pre.pre_tokenize_str(p)] == [t for t, _ in pre.pre_tokenize_str(blank_lines)]
     # A document of one long line (no newline to cut after) is cut before lone spaces, pre-tokens kept
     # (it was one piece: a 50 MB line took 5.0 GB to train on, now 0.42 GB)
     line = text.replace("\n", " ").replace("  ", " , ")[:200_000]

@@ -415,7 +415,8 @@ def tokenize_corpus(
 
     dtype = token_dtype(tok.vocab_size)
 
-    key = resume.digest({"stage": "tokenize", "config": config.hashed(), "batch_size": config.batch_size,
+    # The seed draws the validation split; it is recorded beside the config, not in it.
+    key = resume.digest({"stage": "tokenize", "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
                          "inputs": [corpus.fingerprint, tok_art.fingerprint]})
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)

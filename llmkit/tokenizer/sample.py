@@ -58,18 +58,14 @@ def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
     while len(text) - start > 2 * size:
         cut = text.find("\n", start + size, start + 2 * size)
         if cut >= 0:
-            cut += 1
-            while cut < len(text) and text[cut] in "\r\n":
-                cut += 1
+            cut = _after_newline_run(text, cut)
         else:  # a long line: cut before a lone space between words, where a word's pre-token starts anyway
             space = _LONE_SPACE.search(text, start + size, start + 2 * size)
             if space is None:
                 cut = text.find("\n", start + 2 * size)
                 if cut < 0:
                     break
-                cut += 1
-                while cut < len(text) and text[cut] in "\r\n":
-                    cut += 1
+                cut = _after_newline_run(text, cut)
             else:
                 cut = space.start()
         pieces.append(text[start:cut])
@@ -78,6 +74,15 @@ def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
     return pieces
 
 
+def _after_newline_run(text: str, newline: int) -> int:
+    r"""Where the newline pre-token holding text[newline] ends: the pattern's `\s*[\r\n]+` takes
+    whitespace-only lines with it ("\n  \n" is one pre-token), so the cut goes after the last line
+    break of the whitespace run, not after the first."""
+    end = _WHITESPACE_RUN.match(text, newline).end()
+    return max(text.rfind("\n", newline, end), text.rfind("\r", newline, end)) + 1
+
+
+_WHITESPACE_RUN = re.compile(r"\s*")
 # A space with a non-space on each side: in GPT-2's pre-tokenizer pattern the word after it starts
 # with it (" word"), so cutting there leaves every pre-token as in the whole text.
 _LONE_SPACE = re.compile(r"(?<=\S) (?=\S)")
@@ -128,8 +133,11 @@ def open_source(inputs: Sequence[Path]) -> Source:
             raise UserError(f"{inputs[0]} is a folder, not a corpus artifact; make a corpus of its files first (llmkit clean "
                             f"{inputs[0]} -o CORPUS), then train on CORPUS")
         corpus = artifacts.load(inputs[0], kind="corpus")
-        total = corpus.stats.get("bytes")
-        return Source(corpus_row_groups(corpus), int(total) if total else None, corpus, {"kind": "corpus"})
+        groups = corpus_row_groups(corpus)
+        # The draw's odds come from the shards themselves, not the manifest's unhashed stats: the same
+        # fingerprint and seed draw the same sample.
+        total = sum(group.text_bytes for group in groups)
+        return Source(groups, total or None, corpus, {"kind": "corpus"})
     for path in inputs:
         if path.is_dir():
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
