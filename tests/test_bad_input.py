@@ -221,6 +221,15 @@ def test_bad_option_values_are_one_line_errors_before_any_work(cli, chain, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_unparsable_value_and_an_out_of_range_one_exit_alike(cli, chain, tmp_path):
+    """Both are usage errors (status 2, as Typer's own for `--lr abc`), whichever check refused the value."""
+    for weights in ("abc", "-1,2"):
+        result = cli("average", chain / "ckpt", chain / "ckpt", "--weights", weights, "-o", tmp_path / "out")
+        assert result.exit_code == 2 and _one_line_error(result).startswith("error: --weights"), result.output
+    assert cli("pretrain", chain / "tokens", "--lr", "abc", "-o", tmp_path / "out").exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_mistyped_data_path_under_a_folder_here_is_not_taken_for_a_hub_name(cli, chain, tmp_path, monkeypatch):
     """`runs/tokenz` has the form of a Hub name (`org/name`), but runs/ is a folder here: a typo, said at once."""
     (tmp_path / "runs").mkdir()
