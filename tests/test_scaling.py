@@ -154,6 +154,9 @@ def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path
     assert not law.determined and "model sizes" in law.undetermined
     planned = cli("plan", "--model", "tiny", "--scaling", tmp_path / "fit")
     assert planned.exit_code != 0 and "widen the sweep" in planned.output and "Traceback" not in planned.output
+    predicted = cli("scaling", "predict", tmp_path / "fit", "--params", "1e9", "--tokens", "1e12")
+    assert predicted.exit_code == 0 and "loss " in predicted.output  # a figure still, and a warning beside it
+    assert "warning: " in predicted.output and "not a prediction" in " ".join(predicted.output.split())
     # A fit made before the check (its fit.json says nothing either way) is checked on its points when read.
     with artifacts.create(tmp_path / "older", "scaling") as build:
         (build.dir / "fit.json").write_text(json.dumps({"approach3": {k: law3[k] for k in ("A", "B", "E", "alpha", "beta")}}))

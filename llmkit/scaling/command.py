@@ -52,6 +52,12 @@ def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
     result = predict(fit, config.params, config.tokens)
     interval = f" (95% interval {result['interval'][0]:.4f} .. {result['interval'][1]:.4f})" if "interval" in result else ""
     console.print(f"N = {config.params:.4g}, D = {config.tokens:.4g}: loss {result['loss']:.4f}{interval}", soft_wrap=True)
+    if "undetermined" in result:
+        from llmkit.console import err, styled
+
+        err.print(styled("warning:", "yellow", f" {result['undetermined']}, so this law cannot say how the loss moves "
+                         "with it: away from the measured points the figure is not a prediction; widen the sweep"),
+                  soft_wrap=True)
 
 
 fit = stage_command(

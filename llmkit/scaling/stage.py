@@ -18,7 +18,7 @@ import numpy as np
 from llmkit import artifacts, outputs
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop
-from llmkit.scaling_law import FIT_FILE, NAMES, Law, unmeasured_term
+from llmkit.scaling_law import FIT_FILE, Law, unmeasured_term
 from llmkit.scaling.points import read_points
 
 
@@ -95,10 +95,14 @@ def read_fit(path: Path | str) -> dict[str, Any]:
 
 
 def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
-    """The fitted loss at (N, D), and its bootstrap interval when the fit has one."""
+    """The fitted loss at (N, D), its bootstrap interval when the fit has one, and `undetermined`
+    when the points did not measure one of the law's terms (the loss then follows N or D only as
+    far as the measured points did)."""
     fit = read_fit(path)["approach3"]
-    law = Law(**{name: fit[name] for name in NAMES})
+    law = Law.of(artifacts.load(path, kind="scaling"))
     result = {"params": params, "tokens": tokens, "loss": float(law.loss(params, tokens))}
+    if law.undetermined:
+        result["undetermined"] = law.undetermined
     samples = fit.get("bootstrap_samples") or []
     if samples:
         losses = [Law(*sample).loss(params, tokens) for sample in samples]
