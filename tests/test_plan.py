@@ -255,3 +255,102 @@ def test_a_cpu_plan_counts_the_partial_sums_of_per_sequence_gradients(cli):
         many = _plan(cli, *shape, "--gpu", gpu, "--batch-tokens", str(4 * 256 * 16))
         assert many["memory"]["gradients_gb"] == pytest.approx(copies * one["gradients_gb"]), gpu
         assert any("partial sum" in note for note in many.get("notes", [])) == (gpu == "cpu")
+
+
+def _layout_flags(found: dict) -> list[str]:
+    return ["--gpus", str(found["gpus"]), "--nnodes", str(found["nnodes"]), "--tp", str(found["tp"]), "--pp", str(found["pp"]),
+            "--strategy", found["strategy"], *(["--activation-checkpointing"] if found["activation_checkpointing"] else [])]
+
+
+def test_a_search_proposes_only_layouts_that_plan_and_pretrain_accept(cli):
+    """The search keeps to the layout rules (tp divides the sequence, ...) and splits --batch-tokens
+    for each layout it tries as pretrain would; a found layout is accepted by plan without --search
+    and split the same. So are the single fixes, and the largest micro-batch under a global batch."""
+    # tp 2 would fit, but does not divide a sequence of 1023 tokens; and nothing else fits 64 of them in 30 GB
+    odd = ["--model", "gpt2", "--gpu", "h100", "--micro-batch", "64", "--seq-len", "1023", "--memory-gb", "30"]
+    assert _plan(cli, *odd, "--search")["search"] is None
+    assert "does not divide --seq-len 1023" in cli("plan", *odd, "--gpus", "2", "--tp", "2", "--activation-checkpointing").output
+    repo = Path(__file__).resolve().parent.parent
+    llama = ["--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpu", "h100", "--micro-batch", "1", "--seq-len", "8192",
+             "--batch-tokens", "4194304"]
+    plan = _plan(cli, *llama, "--gpus", "8", "--strategy", "fsdp", "--tp", "8", "--activation-checkpointing", "--search")
+    found = plan["search"]["layout"]
+    # 24 GPUs would fit, but no layout of them splits 512 sequences over its data-parallel ranks
+    assert found["gpus"] * found["nnodes"] == 32 and (found["tp"], found["pp"]) == (2, 1)
+    again = _plan(cli, *llama, *_layout_flags(found))
+    assert again["memory"]["fits"]
+    dp = found["gpus"] * found["nnodes"] // (found["tp"] * found["pp"])
+    assert (again["layout"]["micro_batch"], again["layout"]["accumulation"]) == (found["micro_batch"], found["accumulation"])
+    assert found["micro_batch"] * found["accumulation"] * dp == 512
+    # the largest micro-batch 96 sequences split into (79 fits without a global batch)
+    gpt2 = ["--model", "gpt2", "--gpu", "h100", "--micro-batch", "16"]
+    largest = _plan(cli, *gpt2, "--batch-tokens", str(96 * 1024), "--search")["search"]["largest_micro_batch"]
+    assert largest == 48
+    assert _plan(cli, *gpt2, "--batch-tokens", str(96 * 1024), "--micro-batch", str(largest))["memory"]["fits"]
+    # each single fix, added to the command, runs and fits (a micro-batch of 28 does not split 64 sequences)
+    tight = ["--model", "gpt2", "--gpu", "h100", "--micro-batch", "64", "--memory-gb", "30", "--batch-tokens", str(64 * 1024)]
+    fixes = _plan(cli, *tight)["fixes"]
+    assert "--micro-batch 16" in fixes, fixes
+    for fix in fixes:
+        assert _plan(cli, *tight, *fix.split(" (")[0].split())["memory"]["fits"], fix
+
+
+def test_hf_config_takes_vocab_size_and_names_its_context_field(cli, tmp_path):
+    """--vocab-size replaces a config.json's vocabulary (as pretrain's tokenizer would) and says so;
+    a --seq-len beyond the config's context points at the config's own field, not --context-length."""
+    llama = _config(tmp_path, LLAMA3_8B)
+    own = _plan(cli, "--hf-config", llama, "--vocab-size", "32000")
+    assert own["model"]["vocab_size"] == 32000
+    assert own["model"]["parameters"] == 7_241_732_096  # Llama 3 8B with Mistral 7B's vocabulary is Mistral 7B's size
+    assert any("--vocab-size 32,000 instead of the config.json's vocab_size (128256)" in n for n in own["notes"])
+    plain = _plan(cli, "--hf-config", llama)
+    assert plain["model"]["vocab_size"] == 128256 and not any("vocab" in n for n in plain["notes"])
+    gpt2 = _config(tmp_path, {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257,
+                              "n_positions": 1024}, "g.json")
+    for path, field in ((llama, "max_position_embeddings"), (gpt2, "n_positions")):
+        result = cli("plan", "--hf-config", path, "--seq-len", "16384")
+        assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "lower --seq-len" in result.output and f"raise {field} in {path}" in result.output
+        assert "--context-length" not in result.output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"vocab_size": None}, "gives no vocab_size; add one to it, or give --vocab-size"),
+    ({"hidden_size": "4096"}, "hidden_size must be a positive whole number, got '4096'"),
+    ({"hidden_size": 4096.5}, "hidden_size must be a positive whole number, got 4096.5"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive whole number, got 0"),
+    ({"num_hidden_layers": True}, "num_hidden_layers must be a positive whole number, got True"),
+    ({"intermediate_size": None}, "a llama config needs 'intermediate_size'"),
+])
+def test_unusual_values_in_a_config_json_are_named(cli, tmp_path, change, message):
+    result = cli("plan", "--hf-config", _config(tmp_path, dict(LLAMA3_8B, **change)))
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    assert message in result.output, result.output
+
+
+def test_whole_floats_and_nulls_with_a_default_read_as_transformers_reads_them(cli, tmp_path):
+    """4096.0 is 4096; a null where transformers has a default (the context, the key/value heads,
+    GPT-2's MLP width) takes that default."""
+    base = _plan(cli, "--hf-config", _config(tmp_path, LLAMA3_8B))["model"]
+    assert _plan(cli, "--hf-config", _config(tmp_path, dict(LLAMA3_8B, hidden_size=4096.0), "f.json"))["model"] == base
+    nulls = _plan(cli, "--hf-config", _config(tmp_path, dict(LLAMA3_8B, num_key_value_heads=None, max_position_embeddings=None),
+                                              "n.json"))["model"]
+    assert nulls["kv_heads"] == 32 and nulls["context_length"] == 2048
+    gpt2 = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": None,
+            "n_inner": None}
+    model = _plan(cli, "--hf-config", _config(tmp_path, gpt2, "g.json"))["model"]
+    assert model["parameters"] == 124_439_808 and model["context_length"] == 1024 and model["mlp_hidden"] == 3072
+
+
+def test_the_default_batch_is_a_micro_batch_per_rank_and_pipeline_micro_batch(cli):
+    """Without --batch-tokens a step feeds each data-parallel rank one micro-batch per pipeline
+    micro-batch, the step the memory and the bubble are counted for."""
+    two_stages = _plan(cli, "--model", "gpt2", "--gpus", "2", "--pp", "2", "--micro-batch", "16")["compute"]
+    assert two_stages["batch_tokens"] == 2 * 16 * 1024
+    assert two_stages["step_seconds"] == pytest.approx(two_stages["batch_tokens"] / two_stages["tokens_per_s"])
+    four = _plan(cli, "--model", "gpt2", "--gpus", "4", "--pp", "2", "--pp-microbatches", "4", "--micro-batch", "16")["compute"]
+    assert four["batch_tokens"] == 2 * 4 * 16 * 1024  # dp 2 x 4 pipeline micro-batches
+    # the same batch, given, splits into one micro-batch of 16 per rank and pipeline micro-batch
+    given = _plan(cli, "--model", "gpt2", "--gpus", "4", "--pp", "2", "--pp-microbatches", "4", "--micro-batch", "16",
+                  "--batch-tokens", str(four["batch_tokens"]))
+    assert given["layout"]["micro_batch"] == 16 and given["layout"]["accumulation"] == 1

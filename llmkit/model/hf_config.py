@@ -245,6 +245,20 @@ def planning_approximations(data: dict) -> list[str]:
     return notes
 
 
+def _whole(data: dict, key: str, where: str, default: int | None = None) -> int:
+    """`data[key]` as a positive whole number (4096.0 reads as 4096); a null counts as missing, so
+    it takes `default` where there is one. A config.json is hand-edited, so a wrong value is named."""
+    value = data.get(key)
+    if value is None:
+        if default is None:
+            raise KeyError(key)
+        return default
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    if not whole or value < 1:
+        raise UserError(f"{where}: {key} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
 def shapes_from_config_json(data: dict, where: str) -> ModelConfig:
     """A ModelConfig with the shapes of a transformers config.json, read as plain JSON: for
     planning (`llmkit plan --hf-config`), so lenient where import is strict (a Mistral's sliding
@@ -253,20 +267,23 @@ def shapes_from_config_json(data: dict, where: str) -> ModelConfig:
     kind = data.get("model_type")
     try:
         if kind in GPT2_SHAPED:
-            values = dict(GPT2_STYLE, bias=True, vocab_size=data["vocab_size"], context_length=data.get("n_positions", 1024),
-                          n_layer=data["n_layer"], n_head=data["n_head"], n_kv_head=data["n_head"], n_embd=data["n_embd"],
-                          tie_embeddings=bool(data.get("tie_word_embeddings", True)))
-            return config_with_mlp_width(values, data.get("n_inner") or 4 * data["n_embd"], kind)
+            heads, width = _whole(data, "n_head", where), _whole(data, "n_embd", where)
+            values = dict(GPT2_STYLE, bias=True, vocab_size=_whole(data, "vocab_size", where),
+                          context_length=_whole(data, "n_positions", where, 1024), n_layer=_whole(data, "n_layer", where),
+                          n_head=heads, n_kv_head=heads, n_embd=width, tie_embeddings=bool(data.get("tie_word_embeddings", True)))
+            return config_with_mlp_width(values, _whole(data, "n_inner", where, 4 * width), kind)
         if kind in LLAMA_SHAPED:
-            heads, width = data["num_attention_heads"], data["hidden_size"]
-            if data.get("head_dim") not in (None, width // heads):
+            heads, width = _whole(data, "num_attention_heads", where), _whole(data, "hidden_size", where)
+            if _whole(data, "head_dim", where, width // heads) != width // heads:
                 raise UserError(f"{where}: head_dim {data['head_dim']} is not hidden_size / num_attention_heads; "
                                 "llmkit's attention derives the head size from the width")
-            values = dict(LLAMA_STYLE, vocab_size=data["vocab_size"], context_length=data.get("max_position_embeddings", 2048),
-                          n_layer=data["num_hidden_layers"], n_head=heads, n_kv_head=data.get("num_key_value_heads") or heads,
-                          n_embd=width, bias=bool(data.get("attention_bias", kind == "qwen2")),
+            values = dict(LLAMA_STYLE, vocab_size=_whole(data, "vocab_size", where),
+                          context_length=_whole(data, "max_position_embeddings", where, 2048),
+                          n_layer=_whole(data, "num_hidden_layers", where), n_head=heads,
+                          n_kv_head=_whole(data, "num_key_value_heads", where, heads), n_embd=width,
+                          bias=bool(data.get("attention_bias", kind == "qwen2")),
                           tie_embeddings=bool(data.get("tie_word_embeddings", False)))
-            return config_with_mlp_width(values, data["intermediate_size"], kind)
+            return config_with_mlp_width(values, _whole(data, "intermediate_size", where), kind)
     except KeyError as exc:
         raise UserError(f"{where}: a {kind} config needs {exc.args[0]!r}") from None
     raise UserError(f"{where}: model_type {kind!r} is not one llmkit plans for; use GPT-2, Llama, Mistral or Qwen2 "

@@ -13,6 +13,7 @@ from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelP
 
 HARDWARE = "Hardware and estimate"
 GPU_CHOICES = tuple(BY_KEY) + ("cpu",)
+DEFAULT_VOCAB = 50257  # GPT-2's tokenizer, as the default --model gpt2 has
 
 
 @dataclass
@@ -20,12 +21,15 @@ class PlanConfig(Options):
     model: ModelChoice = group(ModelChoice, panel=MODEL_PANEL, model="gpt2")
     hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style) instead of --model.",
                                     panel=MODEL_PANEL)
-    vocab_size: int = option(50257, "Vocabulary size (pretrain takes it from the tokenizer).", range="[1, inf)", panel=MODEL_PANEL)
+    vocab_size: int | None = option(None, f"Vocabulary size (default: {DEFAULT_VOCAB}, or the --hf-config's; pretrain takes it from the "
+                                    "tokenizer, so give your tokenizer's to plan a config.json's shape with it).",
+                                    range="[1, inf)", panel=MODEL_PANEL)
     placement: Placement = group(Placement, panel=DEVICES_PANEL, gpus=1, micro_batch=8,
                                  help={"gpus": "Devices per node (GPUs, or CPU processes with --gpu cpu)."})
     parallelism: ModelParallelism = group(ModelParallelism, panel=DEVICES_PANEL)
     seq_len: int | None = option(None, "Training sequence length (default: the context length).", range="[1, inf)", panel=DEVICES_PANEL)
-    batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank).",
+    batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank and "
+                                      "pipeline micro-batch).",
                                       range="[1, inf)", panel=DEVICES_PANEL)
     numerics: Numerics = group(Numerics, panel=HARDWARE)
     gpu: str = option("h100", "Device type: " + ", ".join(GPU_CHOICES) + ".", choices=GPU_CHOICES, panel=HARDWARE)

@@ -283,9 +283,38 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
                   device.memory_per_process(layout) * GB, notes)
 
 
-def largest_micro_batch(shape: ModelShape, layout: Layout, device: Device, *, limit: int = 4096) -> int:
-    """The largest micro-batch that fits (0: not even one sequence)."""
-    fits = lambda m: estimate_memory(shape, replace(layout, micro_batch=m), device).fits  # noqa: E731
+def split(layout: Layout, sequences: int | None) -> Layout | None:
+    """`layout` with the micro-batch and accumulation `llmkit pretrain` makes of a global batch of
+    `sequences` (`layout.micro_batch` is the one asked for, which the split may shrink), or None
+    where that batch does not split over its ranks; without a batch (None), one micro-batch per
+    data-parallel rank and pipeline micro-batch."""
+    if sequences is None:
+        return replace(layout, accumulation=1)
+    from llmkit.errors import UserError
+    from llmkit.train.launch import split_batch
+
+    try:  # pretrain's own rule, so a plan never proposes a split that pretrain refuses
+        micro, accumulation = split_batch(sequences, layout.micro_batch, layout.batch_ways, what="the batch", fix=str)
+    except UserError:
+        return None
+    return replace(layout, micro_batch=micro, accumulation=accumulation)
+
+
+def largest_micro_batch(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None,
+                        limit: int = 4096) -> int:
+    """The largest micro-batch that fits (0: not even one sequence); with a global batch of
+    `sequences`, the largest that batch splits into whole micro-batches of."""
+    if sequences is not None:
+        # only the micro-batches pretrain would keep as given: divisors of each rank's share
+        if sequences % layout.batch_ways:
+            return 0
+        share = sequences // layout.batch_ways
+        for micro in sorted((m for m in range(1, min(share, limit) + 1) if share % m == 0), reverse=True):
+            option = split(replace(layout, micro_batch=micro), sequences)
+            if estimate_memory(shape, option, device).fits:
+                return micro
+        return 0
+    fits = lambda m: estimate_memory(shape, replace(layout, micro_batch=m, accumulation=1), device).fits  # noqa: E731
     if not fits(1):
         return 0
     low, high = 1, 2
@@ -298,13 +327,22 @@ def largest_micro_batch(shape: ModelShape, layout: Layout, device: Device, *, li
     return low
 
 
-def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, per_node: int = 8,
-                    max_nodes: int = 256) -> Layout | None:
+def runnable(shape: ModelShape, layout: Layout, sequences: int | None) -> Layout | None:
+    """`layout` as pretrain would run it (its batch split, see `split`), or None where pretrain
+    refuses it: its batch does not split, or the model does not split this way (`Layout.problem`)."""
+    option = split(layout, sequences)
+    if option is None or option.problem(shape.config) is not None:
+        return None
+    return option
+
+
+def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None,
+                    per_node: int = 8, max_nodes: int = 256) -> Layout | None:
     """The layout with the fewest devices (then the least model parallelism, then no recomputation)
-    that fits the model at the given micro-batch and sequence length."""
-    c = shape.config
-    tps = [t for t in (1, 2, 4, 8) if c.n_head % t == 0 and c.n_kv_head % t == 0 and t <= per_node]
-    pps = [p for p in (1, 2, 4, 8, 16, 32) if p <= c.n_layer]
+    that fits the model at the given micro-batch and sequence length, and that pretrain runs: the
+    model splits that way and the global batch of `sequences` (if given) splits over its ranks."""
+    tps = [t for t in (1, 2, 4, 8) if t <= per_node]  # tensor parallelism stays within a node
+    pps = (1, 2, 4, 8, 16, 32)
     worlds = [w for w in (1, 2, 4, 8) if w <= per_node] + [per_node * n for n in range(2, max_nodes + 1)]
     for world in worlds:
         gpus, nnodes = (world, 1) if world <= per_node else (per_node, world // per_node)
@@ -315,24 +353,26 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, per_no
                     continue
                 for strategy in ("ddp", "fsdp"):
                     for recompute in (False, True):
-                        option = replace(layout, gpus=gpus, nnodes=nnodes, tp=tp, pp=pp, strategy=strategy,
-                                         activation_checkpointing=recompute)
-                        if estimate_memory(shape, option, device).fits:
+                        option = runnable(shape, replace(layout, gpus=gpus, nnodes=nnodes, tp=tp, pp=pp, strategy=strategy,
+                                                         activation_checkpointing=recompute), sequences)
+                        if option is not None and estimate_memory(shape, option, device).fits:
                             candidates.append((tp * pp, recompute, strategy == "fsdp", option))
         if candidates:
             return min(candidates, key=lambda x: x[:3])[3]
     return None
 
 
-def fixes(shape: ModelShape, layout: Layout, device: Device) -> list[str]:
-    """The single changes that make a layout that does not fit, fit."""
+def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None) -> list[str]:
+    """The single changes that make a layout that does not fit, fit; `layout` as asked (its
+    micro-batch the one given, before the global batch of `sequences` is split), so that each
+    change is split as pretrain would split it with that flag added."""
     tried = []
     if not layout.activation_checkpointing:
         tried.append(("--activation-checkpointing", replace(layout, activation_checkpointing=True)))
     if layout.strategy != "fsdp" and layout.dp > 1:
         tried.append(("--strategy fsdp", replace(layout, strategy="fsdp")))
-    best = largest_micro_batch(shape, layout, device)
-    if 0 < best < layout.micro_batch:
+    best = largest_micro_batch(shape, layout, device, sequences=sequences)
+    if 0 < best < (split(layout, sequences) or layout).micro_batch:  # below the micro-batch it runs at
         tried.append((f"--micro-batch {best}", replace(layout, micro_batch=best)))
     for tp in (2, 4, 8):
         if tp > layout.tp:  # the same devices regrouped (less data parallelism), else more of them
@@ -348,7 +388,10 @@ def fixes(shape: ModelShape, layout: Layout, device: Device) -> list[str]:
             tried.append((f"--pp {pp} (on {layout.world * pp // layout.pp} devices)",
                           replace(layout, pp=pp, gpus=layout.gpus * pp // layout.pp)))
             break
-    fitting = [label for label, option in tried
-               if option.problem(shape.config) is None and estimate_memory(shape, option, device).fits]
+    fitting = []
+    for label, option in tried:
+        option = runnable(shape, option, sequences)
+        if option is not None and estimate_memory(shape, option, device).fits:
+            fitting.append(label)
     # regrouping the devices one has comes before asking for more
     return [label for label in fitting if not (label.endswith("devices)") and label.split(" (")[0] in fitting)]

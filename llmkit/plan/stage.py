@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import UserError
-from llmkit.plan.config import PlanConfig
+from llmkit.plan.config import DEFAULT_VOCAB, PlanConfig
 
 if TYPE_CHECKING:
     from llmkit.plan.estimate import Device
@@ -33,12 +33,19 @@ def read_hf_config(path: Path) -> dict:
 
 
 def model_config(cfg: PlanConfig, hf_data: dict | None = None):
-    """The llmkit ModelConfig planned: the shapes of `hf_data` (--hf-config, read), else the model flags."""
+    """The llmkit ModelConfig planned: the shapes of `hf_data` (--hf-config, read; --vocab-size over its
+    vocabulary, as pretrain's tokenizer would be), else the model flags."""
     from llmkit.model.hf_config import shapes_from_config_json
     from llmkit.model.presets import resolve_model_config
 
-    config = shapes_from_config_json(hf_data, f"--hf-config {cfg.hf_config}") if hf_data is not None else resolve_model_config(
-        cfg.model.model, cfg.vocab_size, cfg.model.overrides())
+    if hf_data is not None:
+        if cfg.vocab_size is not None:
+            hf_data = {**hf_data, "vocab_size": cfg.vocab_size}
+        elif hf_data.get("vocab_size") is None:
+            raise UserError(f"--hf-config {cfg.hf_config}: it gives no vocab_size; add one to it, or give --vocab-size")
+        config = shapes_from_config_json(hf_data, f"--hf-config {cfg.hf_config}")
+    else:
+        config = resolve_model_config(cfg.model.model, cfg.vocab_size or DEFAULT_VOCAB, cfg.model.overrides())
     if config.arch == "lstm":
         raise UserError("llmkit plan sizes Transformers; the LSTM baseline has no layout to plan")
     return config
@@ -99,7 +106,11 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     shape = ModelShape.of(config)
     seq = cfg.seq_len or config.context_length
     if seq > config.context_length:
-        raise UserError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; raise --context-length")
+        # --hf-config refuses --context-length: its config.json says how long the context is
+        longer = ("--context-length" if hf_data is None else
+                  f"{'n_positions' if hf_data.get('model_type') == 'gpt2' else 'max_position_embeddings'} in {cfg.hf_config}")
+        raise UserError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; lower --seq-len, "
+                        f"or raise {longer}")
     place, par = cfg.placement, cfg.parallelism
     layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
                     micro_batch=place.micro_batch, seq_len=seq, activation_checkpointing=place.activation_checkpointing,
@@ -107,6 +118,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     problem = layout.problem(config)
     if problem:
         raise UserError(problem)
+    asked = layout  # the micro-batch given, before the global batch is split: what fixes and the search change
+    sequences = None
     if cfg.batch_tokens:  # the split `llmkit pretrain` makes of it, refused where it refuses
         from llmkit.train.launch import split_batch
 
@@ -124,7 +137,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     # a CPU's peak is the whole machine's, whatever the number of processes sharing it
     machines = layout.nnodes if device.shared else layout.world
     tokens_per_s = machines * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
-    batch_tokens = (cfg.batch_tokens // seq * seq) if cfg.batch_tokens else layout.micro_batch * seq * layout.dp
+    # by default one micro-batch per data-parallel rank and pipeline micro-batch: the fewest a pipeline step runs
+    batch_tokens = (cfg.batch_tokens // seq * seq) if cfg.batch_tokens else layout.micro_batch * seq * layout.batch_ways
     optimal_tokens, optimal_rule = compute_optimal_tokens(cfg, shape)
     plan: dict[str, Any] = {
         "model": {"parameters": shape.total, "non_embedding_parameters": shape.non_embedding, "layers": config.n_layer,
@@ -143,15 +157,19 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "memory": memory.as_dict(),
         "notes": memory.notes + (planning_approximations(hf_data) if hf_data is not None else []),
     }
+    if hf_data is not None and cfg.vocab_size is not None and cfg.vocab_size != hf_data.get("vocab_size"):
+        plan["notes"].append(f"vocabulary: --vocab-size {cfg.vocab_size:,} instead of the config.json's vocab_size "
+                             f"({json.dumps(hf_data.get('vocab_size'))})")
     if device.on_gpu and not device.bf16:
         plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")
     if not memory.fits:
-        plan["fixes"] = fixes(shape, layout, device)
+        plan["fixes"] = fixes(shape, asked, device, sequences=sequences)
     if cfg.search:
         # a CPU's processes share a machine's memory: more machines, one process each
-        found = layout if memory.fits else smallest_layout(shape, layout, device, per_node=1 if device.shared else 8)
+        found = layout if memory.fits else smallest_layout(shape, asked, device, sequences=sequences,
+                                                           per_node=1 if device.shared else 8)
         plan["search"] = None if found is None else {
             "layout": {k: v for k, v in asdict(found).items() if k not in ("pp_schedule", "pp_microbatches")},
-            "largest_micro_batch": largest_micro_batch(shape, found, device),
+            "largest_micro_batch": largest_micro_batch(shape, found, device, sequences=sequences),
         }
     return plan
