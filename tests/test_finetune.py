@@ -201,6 +201,36 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
     assert any(k.startswith(metric) for k in metrics), metrics
 
 
+def test_eval_gives_a_custom_templates_response_wording_with_the_prompt(base, shared_data, cli, tmp_path):
+    """A response "\\nEnglish: {target}." is the model's to write around the target: eval prompts with
+    its lead as training encoded it (a "\\n" lead once stopped every prediction at once, and "English:"
+    was scored as part of it) and cuts its tail; --field names the data's field for the trained {source}."""
+    from llmkit.data.templates import encode_text_example, resolve_template
+    from llmkit.eval.model_tasks import generate_predictions
+    from llmkit.eval.config import EvalConfig
+    from llmkit.model.io import load_checkpoint
+
+    (tmp_path / "template.json").write_text(json.dumps({"prompt": "German: {source}", "response": "\nEnglish: {target}."}))
+    rows = [r for r in read_jsonl(shared_data / "translation" / "train.jsonl") if len(r["source"]) < 200][:64]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    run = tmp_path / "run"
+    result = cli("finetune", base["checkpoint"], "--data", train, "-o", run, "--template", tmp_path / "template.json",
+                 "--max-steps", "2", "--batch-size", "16", "--eval-every", "0", "--truncate")
+    assert result.exit_code == 0, result.output
+    test = write_jsonl(tmp_path / "test.jsonl", [{"de": r["source"], "en": r["target"]} for r in rows[:3]])
+    loaded = load_checkpoint(run)
+    config = EvalConfig.build(metrics=["bleu"], data=str(test), text_field="de", reference_field="en", max_new_tokens=6)
+    predictions, references, extras = generate_predictions(loaded, config)
+    assert references[0] == [rows[0]["target"]]
+    assert extras[0]["prompt"] == f"German: {rows[0]['source']}\nEnglish:"  # the trained prompt, its field from --field
+    # the tokens given are those training put before the target's
+    template, tok = resolve_template(str(tmp_path / "template.json")), loaded.tokenizer
+    trained = encode_text_example(template, rows[0], tok, "row").ids
+    given = [tok.bos_id] + tok.encode(f"German: {rows[0]['source']}") + tok.encode_continuation("\nEnglish:")
+    assert trained[:len(given)] == given and tok.decode(trained[len(given):]).startswith(" ")
+    assert not any(p.endswith(".") for p in predictions if p)  # the response's tail is cut off
+
+
 # -- classification -----------------------------------------------------------------------------------
 
 
@@ -345,6 +375,25 @@ def test_a_classifier_trained_on_short_cuts_is_evaluated_on_the_same_cuts(base, 
     assert (metrics["accuracy"], metrics["f1"]) == pytest.approx((stats["val_accuracy"], stats["val_f1"]), abs=1e-9)
 
 
+def test_labels_renaming_a_classifiers_own_classes_out_of_order_is_refused(base, shared_data, cli, tmp_path):
+    """--labels renames a classifier's classes by position: its own names in another order swapped them silently."""
+    rows = [{"text": r["text"], "label": ["neg", "pos"][r["label"]]} for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:32]]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    run = tmp_path / "cls"
+    assert cli("finetune", base["checkpoint"], "-o", run, "--task", "classify", "--data", data, "--max-steps", "1",
+               "--batch-size", "16", "--eval-every", "0", "--truncate").exit_code == 0
+    refused = cli("eval", run, "-m", "accuracy", "--data", data, "--labels", "pos,neg", "-o", tmp_path / "swapped")
+    assert refused.exit_code != 0 and "its classes are neg, pos in that order" in " ".join(refused.output.split())
+    assert not (tmp_path / "swapped").exists()
+    renamed = [{"text": r["text"], "label": {"neg": "bad", "pos": "good"}[r["label"]]} for r in rows]
+    kept = cli("eval", run, "-m", "accuracy", "--data", data, "-o", tmp_path / "kept")
+    named = cli("eval", run, "-m", "accuracy", "--data", write_jsonl(tmp_path / "renamed.jsonl", renamed), "--labels", "bad,good",
+                "-o", tmp_path / "named")
+    assert kept.exit_code == 0 and named.exit_code == 0, named.output
+    assert json.loads((tmp_path / "kept" / "metrics.json").read_text())["accuracy"] == \
+        json.loads((tmp_path / "named" / "metrics.json").read_text())["accuracy"]
+
+
 def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_data, cli, tmp_path):
     """Without per-sequence gradients the bits differ between splits, but the objective does not:
     every response token of a step weighs the same whether its micro-batch holds 1 or 12 examples
@@ -389,9 +438,13 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "100000"], "--lora-rank 100000 exceeds the smallest dimension"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--epochs", "2"], "--epochs sets the run's length when --max-steps"),
+        # 8 records, 2 held out by seed 4: records 3 and 8, the only "neutral" one among them
+        ([{"text": "a", "label": ["neg", "pos"][i % 2] if i != 7 else "neutral"} for i in range(8)],
+         ["--task", "classify", "--val-fraction", "0.25", "--seed", "4"],
+         "--data record 8: class 'neutral' has no training example once --val-fraction 0.25 holds out its examples"),
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze",
-         "null-field", "int-label-alone", "int-label-gap", "lora-rank", "epochs-and-steps"],
+         "null-field", "int-label-alone", "int-label-gap", "lora-rank", "epochs-and-steps", "label-only-held-out"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     data = write_jsonl(tmp_path / "data.jsonl", rows)

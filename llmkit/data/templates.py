@@ -242,6 +242,18 @@ def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokeni
     return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))
 
 
+def response_frame(template: dict[str, Any]) -> tuple[str, str]:
+    """The response's own wording around its target field: ("\\nEnglish:", "") for
+    "\\nEnglish: {target}". The lead loses its trailing spaces, which the target's first word
+    carries in its token (" A"); either part is "" where another placeholder stands in it."""
+    parts = list(string.Formatter().parse(template["response"]))
+    at = next(i for i, (_, name, _, _) in enumerate(parts) if name == template["target_field"])
+    lead = parts[at][0] if all(name is None for _, name, _, _ in parts[:at]) else ""
+    after = parts[at + 1:]
+    tail = "".join(literal for literal, _, _, _ in after) if all(name is None for _, name, _, _ in after) else ""
+    return lead.rstrip(" "), tail
+
+
 def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[int]:
     """A generation prompt from one input text (the template's input field)."""
     prompt = render(template["prompt"], _OneField(template["input_field"], text), "input")

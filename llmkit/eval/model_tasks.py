@@ -120,16 +120,20 @@ def perplexity(loaded, cfg):
 
 
 class _Fields(dict):
+    def __init__(self, record: dict):
+        super().__init__(record)
+        self.fields = list(record)  # the data's own, for the message (not the {input} added below)
+
     def __missing__(self, key):
         raise UserError(f"the prompt template (--prompt-template, or the checkpoint's task.json) names {{{key}}} but the data "
-                        f"has no field {key!r}; fields: {', '.join(self)} (rename the field, or pass --prompt-template)")
+                        f"has no field {key!r}; fields: {', '.join(self.fields)} (rename the field, or pass --prompt-template)")
 
 
 def render_template(template: str, record: dict, input_field: str) -> str:
     from llmkit.data.templates import plain_fields
 
     plain_fields(template, "--prompt-template")
-    values = _Fields({k: v for k, v in record.items()})
+    values = _Fields(record)
     values.setdefault("input", record[input_field])
     try:
         return template.format_map(values)
@@ -143,9 +147,12 @@ def _trained_prompt(task) -> str | None:
     return template["prompt"] if template is not None else None
 
 
-def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, chat: bool, max_new_tokens: int) -> list[dict]:
+def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, chat: bool, max_new_tokens: int,
+                 lead: list[int] = ()) -> list[dict]:
     """Prompts that do not fit in the context beside the reply lose the end of their input, as
-    `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many."""
+    `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many.
+    `lead`: the tokens after the prompt (a text template's response wording before its target)."""
+    lead = list(lead)
     from llmkit.data.templates import encode_chat_prompt, fit_field
     from llmkit.inference.engine import context_limit
     from llmkit.inference.prompts import chat_turns
@@ -162,7 +169,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         text = render_template(template, record, input_field)
         if chat:
             return encode_chat_prompt(chat_turns(record, text), tokenizer)
-        return [0] + tokenizer.encode(text)  # the document-start token, then the prompt
+        return [0] + tokenizer.encode(text) + lead  # the document-start token, the prompt, the response's lead
 
     fitted, cut = [], 0
     for i, record in enumerate(records):
@@ -207,15 +214,27 @@ def generate_predictions(loaded, cfg):
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
     default = "{" + input_field + "}" if chat else _trained_prompt(task) or "{" + input_field + "}\n"
     template = cfg.prompt_template or default
-    from llmkit.data.templates import plain_fields
+    from llmkit.data.templates import plain_fields, response_frame
 
     plain_fields(template, "--prompt-template")  # a bad template is named before anything else
     for i, r in enumerate(records):
         text_of(r, input_field, i)  # a null input would be rendered as "None"
-    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens)
+    lead, tail = "", ""
+    if trained is not None and not chat and cfg.prompt_template is None:
+        if input_field != trained["input_field"]:  # --field picks the text the trained prompt's field holds
+            records = [{**r, trained["input_field"]: r[input_field]} for r in records]
+            input_field = trained["input_field"]
+        # The response's own wording around the target ("\nEnglish: {target}") is the model's to
+        # write, not the prediction: the lead is given with the prompt, as in training, the tail cut off.
+        lead, tail = response_frame(trained)
+    lead_ids = loaded.tokenizer.encode_continuation(lead) if lead else []
+    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids)
     prompts = [render_template(template, r, input_field) for r in records]
     if chat:
         prompts = [encode_chat_prompt(chat_turns(r, p), loaded.tokenizer) for r, p in zip(records, prompts)]
+    elif lead_ids:
+        shown = [p + lead for p in prompts]  # predictions.jsonl records the prompt as text, without the start token
+        prompts = [[start_id(loaded)] + loaded.tokenizer.encode(p) + lead_ids for p in prompts]
     references = []
     for i, r in enumerate(records):
         value = r[reference_field]
@@ -223,7 +242,13 @@ def generate_predictions(loaded, cfg):
         if not refs or not all(isinstance(x, str) for x in refs):
             raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
-    return _generate(loaded, cfg, prompts, references, chat)
+    predictions, references, extras = _generate(loaded, cfg, prompts, references, chat)
+    if lead_ids:
+        for extra, text in zip(extras, shown):
+            extra["prompt"] = text
+    if tail.strip():
+        predictions = [p.removesuffix(tail.strip()).rstrip() for p in predictions]
+    return predictions, references, extras
 
 
 def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int) -> tuple[list[list[int]], list[list[str]]]:
@@ -343,6 +368,13 @@ def classification(loaded, cfg):
     if cfg.labels and trained and len(cfg.labels) != len(trained):
         raise UserError(f"--labels names {len(cfg.labels)} labels but the classifier was trained on {len(trained)} "
                         f"({', '.join(map(str, trained))}); give {len(trained)} names, in that order, or leave --labels out")
+    if cfg.labels and trained:
+        # --labels renames the classes by position: a trained name at another position would swap classes silently
+        moved = [str(n) for i, n in enumerate(cfg.labels) if str(n) in map(str, trained) and str(trained[i]) != str(n)]
+        if moved:
+            raise UserError(f"--labels puts the classifier's own class {moved[0]!r} at another position: its classes are "
+                            f"{', '.join(map(str, trained))} in that order, and --labels renames them by position; give "
+                            "them in that order, or leave --labels out")
     if len(names) == 1:
         raise UserError(f"classification needs at least two labels, got only {names[0]!r}; pass --labels A,B,...")
     if not names:

@@ -144,6 +144,15 @@ class SFTBatches:
 # -- classification -------------------------------------------------------------------------------
 
 
+def check_held_out_labels(records: list[dict], labels: "Labels", fraction: float) -> None:
+    """Refuse a class whose every example the --val-fraction draw held out: the head would have no
+    training example of it (said as the data's record, not as a position in the held-out share)."""
+    for i, record in enumerate(records):
+        if _label_key(record.get("label"), f"record {i + 1}") not in labels._lookup:
+            raise UserError(f"--data record {i + 1}: class {record['label']!r} has no training example once --val-fraction "
+                            f"{fraction:g} holds out its examples; add examples of it, give --val-data, or lower --val-fraction")
+
+
 @dataclass
 class Labels:
     names: list[str]

@@ -285,6 +285,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         if config.val_data:
             val_records = ft_data.read_jsonl(Path(config.val_data))
         else:
+            every_record = records
             records, val_records = ft_data.split_validation(records, config.val_fraction, config.seed)
         template, labels = None, None
         if config.task == "sft":
@@ -301,6 +302,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             loss_fn = sft_loss
         else:
             labels = ft_data.label_set(records, "training")
+            if not config.val_data:
+                ft_data.check_held_out_labels(every_record, labels, config.val_fraction)
             train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training", info.is_main)
             val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
             train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
