@@ -148,14 +148,15 @@ def _trained_prompt(task) -> str | None:
 
 
 def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, chat: bool, max_new_tokens: int,
-                 lead: list[int] = ()) -> list[dict]:
+                 lead: list[int] | None = None) -> list[dict]:
     """Prompts that do not fit in the context beside the reply lose the end of their input, as
     `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many.
     `lead`: the tokens after the prompt (a text template's response wording before its target)."""
-    lead = list(lead)
     from llmkit.data.templates import encode_chat_prompt, fit_field
     from llmkit.inference.engine import context_limit
     from llmkit.inference.prompts import chat_turns
+
+    lead = lead or []
 
     limit = context_limit(loaded.model)
     if limit is None:
