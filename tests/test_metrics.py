@@ -82,12 +82,24 @@ def test_rouge_equals_rouge_score(summarization):
     assert ours["rougeLsum"] != ours["rougeL"]
 
 
-def test_rouge_unicode_tokenizer_matches_default_on_english(summarization):
+@pytest.mark.parametrize("stemmer", [False, True])
+def test_rouge_unicode_tokenizer_matches_default_on_english(summarization, stemmer):
     lead2, summaries = summarization
-    default = rouge_scorer.RougeScorer(["rouge1"])._tokenizer
-    unicode = UnicodeTokenizer()
-    for text in lead2[:50] + summaries[:50]:
+    default = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=stemmer)._tokenizer
+    unicode = UnicodeTokenizer(use_stemmer=stemmer)
+    for text in lead2 + summaries:
         assert unicode.tokenize(text) == default.tokenize(text)
+    # the scores too, against rouge-score itself (its stemmer is NLTK's PorterStemmer(), whose
+    # NLTK_EXTENSIONS mode stems "dying" to "die" and "skies" to "sky"; ORIGINAL_ALGORITHM does not)
+    ours = Rouge(keep_in_memory=True).compute(predictions=lead2, references=summaries, use_stemmer=stemmer,
+                                              tokenizer="unicode")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=stemmer)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(lead2, summaries)]
+    for rouge_type in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert ours[rouge_type] == float(np.mean([s[rouge_type].fmeasure for s in scores]))
+    if stemmer:
+        assert unicode.tokenize("The old cat is dying; birds fly in the skies") == default.tokenize(
+            "The old cat is dying; birds fly in the skies") == ["the", "old", "cat", "is", "die", "bird", "fly", "in", "the", "sky"]
 
 
 class _Whitespace:

@@ -7,10 +7,11 @@ These tokenizers keep every script:
 - `default`: rouge-score's own (Latin letters and digits only; what published English ROUGE uses).
 - `unicode`: words are runs of Unicode letters/digits, lowercased; characters of scripts written
   without spaces between words (CJK ideographs, kana, Thai, Lao, Khmer, Myanmar, Tibetan) are one
-  token each. English text tokenizes exactly as `default` does.
+  token each. English text tokenizes exactly as `default` does, with or without `stemmer`.
 - `char`: every letter or digit is its own token (punctuation and spaces dropped).
 
-With `stemmer`, tokens longer than 3 characters are Porter-stemmed, as rouge-score does.
+With `stemmer`, tokens longer than 3 characters are Porter-stemmed, as rouge-score does and with
+the stemmer it builds (NLTK's `PorterStemmer()`, NLTK_EXTENSIONS mode).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class CharTokenizer(tokenizers.Tokenizer):
 def _porter():
     from nltk.stem import porter
 
-    # The same stemmer rouge-score's DefaultTokenizer uses.
-    return porter.PorterStemmer("ORIGINAL_ALGORITHM")
+    # rouge-score's DefaultTokenizer builds exactly this: `porter.PorterStemmer()`, NLTK's default
+    # NLTK_EXTENSIONS mode (the ORIGINAL_ALGORITHM mode stems differently: "dying" -> "dy", not "die").
+    return porter.PorterStemmer()
 
 
 def _stem(tokens: list[str], stemmer) -> list[str]:
