@@ -64,3 +64,64 @@ def test_generate_and_eval_a_pretrained_checkpoint(cli, trained, tmp_path):
     assert 0.6 < metrics["perplexity"] / math.exp(val_loss) < 1.6
     assert metrics["bpb"] == pytest.approx(math.log2(metrics["byte_perplexity"]))
     assert "bpb" in result.output and "perplexity" in result.output
+
+
+
+@pytest.fixture(scope="module")
+def base_and_classifier(shared_data, tmp_path_factory):
+    """A random-weight language model and a classifier checkpoint on it (task.json task classify)."""
+    from test_generate import make_checkpoint
+
+    from llmkit.model.classifier import SequenceClassifier
+    from llmkit.model.io import load_checkpoint, save_weights
+
+    root = tmp_path_factory.mktemp("classifier")
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000]
+    base = make_checkpoint(root / "base", text)
+    torch.manual_seed(0)
+    classifier = SequenceClassifier(load_checkpoint(base).model, 2).eval()
+    ckpt = root / "cls"
+    with artifacts.create(ckpt, "checkpoint") as build:
+        save_weights(classifier, build.dir)
+        (build.dir / "tokenizer").mkdir()
+        for name in ("tokenizer.json", "token_bytes.npy"):
+            (build.dir / "tokenizer" / name).write_bytes((base / "tokenizer" / name).read_bytes())
+        (build.dir / "task.json").write_text(json.dumps({"task": "classify", "labels": ["negative", "positive"]}))
+    mc = root / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "Sky?", "choices": ["blue", "green"], "label": 0}) + "\n"
+                  + json.dumps({"question": "Grass?", "choices": ["blue", "green"], "label": 1}) + "\n")
+    return {"base": base, "cls": ckpt, "mc": mc, "sentiment": shared_data / "sentiment" / "test.jsonl"}
+
+
+@pytest.mark.parametrize("model, data, extra, message", [
+    # a classifier checkpoint classifies the bare text: no template reaches it
+    ("cls", "sentiment", ["--prompt-template", "Review:{text}"], "--prompt-template would change nothing here"),
+    # multiple-choice records bring their own choices: no label names are read
+    ("base", "mc", ["--labels", "yes,no"], "--labels would change nothing here"),
+])
+def test_options_a_checkpoint_never_reads_are_refused(cli, base_and_classifier, tmp_path, model, data, extra, message):
+    """They changed no score but were recorded: another fingerprint for the same numbers. Refused in
+    one line, non-zero exit, nothing written; without the option the same evaluation runs."""
+    paths = base_and_classifier
+    args = [paths[model], "-m", "accuracy", "--data", paths[data], "--limit", "8"]
+    refused = cli("eval", *args, *extra, "-o", tmp_path / "refused")
+    lines = [l for l in refused.output.strip().splitlines() if l.strip()]
+    assert refused.exit_code != 0 and len(lines) == 1 and message in lines[0], refused.output
+    assert not (tmp_path / "refused").exists()
+    plain = cli("eval", *args, "-o", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.output
+
+
+def test_label_and_template_options_still_read_where_they_count(cli, base_and_classifier, tmp_path):
+    """--labels renames a classifier's classes; --prompt-template wraps a language model's multiple-choice
+    contexts (its scores and fingerprint move with it)."""
+    paths = base_and_classifier
+    named = cli("eval", paths["cls"], "-m", "accuracy,f1", "--data", paths["sentiment"], "--limit", "8", "--labels", "neg,pos",
+                "-o", tmp_path / "named")
+    assert named.exit_code == 0, named.output
+    assert {"f1_neg", "f1_pos"} <= set(json.loads((tmp_path / "named" / "metrics.json").read_text()))
+    for name, extra in (("plain", []), ("wrapped", ["--prompt-template", "Q: {question}\nA:"])):
+        result = cli("eval", paths["base"], "-m", "accuracy", "--data", paths["mc"], *extra, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    logliks = [[json.loads(l)["logliks"] for l in (tmp_path / n / "predictions.jsonl").read_text().splitlines()] for n in ("plain", "wrapped")]
+    assert logliks[0] != logliks[1]

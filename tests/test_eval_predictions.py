@@ -150,3 +150,17 @@ def test_predictions_of_a_checkpoint_record_its_lineage(cli, files, tmp_path, sh
     art = artifacts.load(tmp / "ev")
     assert [i["role"] for i in art.manifest.inputs] == ["checkpoint"]
     assert art.input("checkpoint").fingerprint == artifacts.load(ckpt).fingerprint
+
+
+@pytest.mark.parametrize("args, flag", [(["--labels", "foo,bar"], "--labels"), (["--label-field", "xyz"], "--label-field")])
+def test_label_options_with_label_files_are_refused(cli, tmp_path, args, flag):
+    """Label files are compared as written (their labels read from --references): --labels and
+    --label-field were accepted and recorded, another fingerprint for the same scores."""
+    (tmp_path / "p.txt").write_text("a\nb\na\n")
+    (tmp_path / "r.txt").write_text("a\nb\nb\n")
+    base = ["eval", "-m", "accuracy,f1", "--predictions", tmp_path / "p.txt", "-r", tmp_path / "r.txt"]
+    result = cli(*base, *args, "-o", tmp_path / "unused")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and f"{flag} would change nothing here" in lines[0], result.output
+    assert not (tmp_path / "unused").exists()
+    assert cli(*base, "-o", tmp_path / "plain").exit_code == 0  # without it: scored

@@ -59,20 +59,40 @@ def _recorded_config(cfg: EvalConfig) -> dict:
     return data
 
 
+def _task_record(checkpoint: Path):
+    """The checkpoint's `task.json` record (None for a model that was not fine-tuned): what the model is."""
+    from llmkit.model.records import read_task
+
+    return read_task(artifacts.load(checkpoint, kind="checkpoint"))
+
+
+def _is_classifier(checkpoint: Path | None) -> bool:
+    """A classification checkpoint (`task.json` task classify): it classifies the bare text, no template."""
+    if checkpoint is None:
+        return False
+    task = _task_record(checkpoint)
+    return task is not None and task.is_classifier
+
+
 def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: list) -> None:
     """Options that would change nothing in this evaluation are refused (they would still be
     recorded in the config, and change the fingerprint, for the same scores)."""
     scoring_model = cfg.predictions is None
+    # a classifier checkpoint never sees a template (read only when one is given: it loads the checkpoint's manifest)
+    template_read = scoring_model and not cfg.tasks and bool(text or (
+        cls and (cfg.prompt_template is None or not _is_classifier(members[0] if members else None))))
     rouge = any(m.startswith("rouge") for m in text)
     tokens_data = scoring_model and cfg.data is not None and (Path(cfg.data) / artifacts.MANIFEST).is_file()
     uses = {  # option: (whether this evaluation reads it, what reads it)
         "text_field": (not tokens_data, "a JSONL --data or --predictions file (a tokens artifact holds no fields)"),
         "data": (scoring_model, "a checkpoint's inputs; scored predictions read --references"),
-        "prompt_template": (scoring_model and bool(text or cls) and not cfg.tasks,
-                            "text generated for BLEU/chrF/ROUGE and a base model's choices or labels"),
+        "prompt_template": (template_read, "text generated for BLEU/chrF/ROUGE and a language model's choices or labels; "
+                                           "a classifier checkpoint reads the bare text"),
         "max_new_tokens": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
         "stop": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
-        "labels": (bool(cls), "accuracy/F1"), "label_field": (bool(cls), "accuracy/F1"),
+        # scored label files are compared as written, their labels read from --references
+        "labels": (scoring_model and bool(cls), "accuracy/F1 of a checkpoint on labelled --data"),
+        "label_field": (scoring_model and bool(cls), "accuracy/F1 of a checkpoint on labelled --data"),
         # (the char tokenizer has no words to stem; chrF has no tokenizer: sacrebleu ignores them there)
         "stemmer": (rouge and cfg.rouge_tokenize != "char", "ROUGE on words"), "rouge_tokenize": (rouge, "ROUGE"),
         "bleu_tokenize": ("bleu" in text, "BLEU"),
@@ -95,6 +115,19 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         flags = ", ".join(flag for flag, _ in unused)
         raise UserError(f"{flags} would change nothing here ({unused[0][0]} is for {unused[0][1]}); leave "
                         f"{'it' if len(unused) == 1 else 'them'} out")
+
+
+def _check_labels_read(cfg: EvalConfig, checkpoint: Path) -> None:
+    """--labels on multiple-choice records changes nothing (each record brings its own 'choices'): known
+    only from the data, so it is read here, before any model is loaded. (On a classifier, such records
+    are refused later, with their own error.)"""
+    from llmkit.eval.sources import load_records
+
+    if _is_classifier(checkpoint):
+        return
+    if "choices" in load_records(cfg.data, cfg.split, cfg.limit)[0]:
+        raise UserError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with its "
+                        "own 'choices'; --labels names the classes of labelled texts); leave it out")
 
 
 def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, cls: list) -> None:
@@ -130,12 +163,11 @@ def _check_benchmark_plan(checkpoint: Path | None, cfg: EvalConfig) -> None:
 def _load(members: list[Path], device: str, metrics: list[str], cfg: EvalConfig):
     """The checkpoint's model (the members' ensemble): a classifier (with `.classify`) for a classification checkpoint."""
     from llmkit.model.ensemble import load_ensemble
-    from llmkit.model.records import read_task
 
     checkpoint = members[0]
     ensemble = dict(weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
 
-    task = read_task(artifacts.load(checkpoint, kind="checkpoint"))
+    task = _task_record(checkpoint)
     if task is not None and task.is_classifier:
         needs_lm = [m for m in metrics if m not in metric_names.CLASSIFICATION]
         if needs_lm:
@@ -175,6 +207,8 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
     for member in members:
         artifacts.load(member, kind="checkpoint")
+    if cls and cfg.labels and cfg.predictions is None:
+        _check_labels_read(cfg, members[0])
     read = [*members, cfg.data, cfg.predictions, *cfg.references]
     outputs.check_output(out, force, inputs=read)
 
