@@ -164,3 +164,19 @@ def test_label_options_with_label_files_are_refused(cli, tmp_path, args, flag):
     assert result.exit_code != 0 and len(lines) == 1 and f"{flag} would change nothing here" in lines[0], result.output
     assert not (tmp_path / "unused").exists()
     assert cli(*base, "-o", tmp_path / "plain").exit_code == 0  # without it: scored
+
+
+@pytest.mark.parametrize("metric", ["rouge", "bleu", "chrf"])
+@pytest.mark.parametrize("empty_at", [1, 2])
+def test_an_empty_reference_list_is_a_one_line_error(cli, tmp_path, metric, empty_at):
+    """`{"target": []}` passed as a list of references (all() of [] is True) and ended in an
+    IndexError from the scorer, or a misleading count error from sacrebleu."""
+    (tmp_path / "p.txt").write_text("a cat sat\nthe dog ran\n")
+    rows = [{"target": ["a cat sat down"]}, {"target": ["the dog ran off", "a dog ran"]}]
+    rows[empty_at - 1]["target"] = []
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", "-m", metric, "--predictions", tmp_path / "p.txt", "-r", tmp_path / "r.jsonl", "-o", tmp_path / "out")
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert f"r.jsonl: record {empty_at} field 'target' is an empty list; give at least one reference" in lines[0], result.output
+    assert not (tmp_path / "out").exists()

@@ -71,6 +71,8 @@ def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag
     values = []
     for i, record in enumerate(records, 1):
         value = record[name]
+        if isinstance(value, list) and allow_lists and not value:  # all() of [] is True: no reference to score against
+            raise UserError(f"{path}: record {i} field {name!r} is an empty list; give at least one reference")
         if isinstance(value, list) and allow_lists and all(isinstance(v, str) for v in value):
             values.append(value)
         elif isinstance(value, (str, int)) and not isinstance(value, bool):
