@@ -171,3 +171,66 @@ def test_a_run_reports_its_own_peak_memory_not_its_parents(tmp_path):
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert child < 300_000_000, child
     del ballast
+
+
+
+def _random_label_sets(count: int, seed: int = 0):
+    """Label sets of 2-9 classes and 1-80 examples, some classes only predicted or only true."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        classes = int(rng.integers(2, 10))
+        n = int(rng.integers(1, 81))
+        refs = rng.integers(0, classes, n).tolist()
+        skill = rng.random()
+        preds = [r if rng.random() < skill else int(rng.integers(0, classes + 1)) for r in refs]
+        yield classes + 1, refs, preds
+
+
+def _sklearn_scores(refs, preds, labels):
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # zero_division="warn", the default, gives 0
+        return (accuracy_score(refs, preds), precision_recall_fscore_support(refs, preds, average="macro")[:3],
+                f1_score(refs, preds, average="macro"), precision_recall_fscore_support(refs, preds, average=None, labels=labels))
+
+
+def test_classification_equals_sklearn_exactly_on_many_label_sets():
+    """Equal, not approximately: per-class F1 is scikit-learn's 2tp / (2tp + fp + fn). llmkit computed
+    2PR / (P + R), an ulp away in about a quarter of label sets, the macro F1 with it."""
+    from llmkit.eval.metrics import classification_scores
+
+    old_formula_differs = 0
+    for _, refs, preds in _random_label_sets(300):
+        ours = classification_scores(preds, refs)
+        labels = sorted(set(refs) | set(preds))
+        accuracy, macro, macro_f1, per_class = _sklearn_scores(refs, preds, labels)
+        assert ours["accuracy"] == accuracy
+        assert (ours["precision"], ours["recall"], ours["f1"]) == macro and ours["f1"] == macro_f1
+        for i, label in enumerate(labels):
+            got = (ours[f"precision_{label}"], ours[f"recall_{label}"], ours[f"f1_{label}"], ours[f"support_{label}"])
+            assert got == tuple(column[i] for column in per_class), (label, refs, preds)
+            p, r = got[:2]
+            old_formula_differs += (2 * p * r / (p + r) if p + r else 0.0) != got[2]
+    assert old_formula_differs > 0  # the label sets do exercise the rounding difference
+
+
+def test_finetune_val_f1_equals_eval_and_sklearn_exactly():
+    """finetune's val_f1 (from a confusion matrix, in torch) and eval's f1 of the same predictions are
+    one number, scikit-learn's; a class in neither labels nor predictions is left out of the mean."""
+    import torch
+
+    from llmkit.eval.metrics import classification_scores
+    from llmkit.finetune.stage import confusion_scores
+
+    for size, refs, preds in _random_label_sets(300, seed=1):
+        confusion = torch.zeros(size + 1, size + 1, dtype=torch.float64)  # the last class never occurs
+        for p, g in zip(preds, refs):
+            confusion[g, p] += 1
+        scores = confusion_scores(confusion)
+        ours = classification_scores(preds, refs)
+        accuracy, _, macro_f1, _ = _sklearn_scores(refs, preds, sorted(set(refs) | set(preds)))
+        assert scores == {"val_accuracy": ours["accuracy"], "val_f1": ours["f1"]} == {"val_accuracy": accuracy, "val_f1": macro_f1}

@@ -1,9 +1,10 @@
 """Accuracy, precision, recall and F1 (macro and per class) as an `evaluate.Metric`.
 
 Written with numpy rather than calling scikit-learn, which llmkit does not depend on at run
-time; the tests check every number against scikit-learn (`accuracy_score`,
-`precision_recall_fscore_support`, zero_division=0). Classes are the sorted union of the labels
-seen in references and predictions, as scikit-learn does.
+time; the tests check every number against scikit-learn (`accuracy_score`, `f1_score`,
+`precision_recall_fscore_support`, with its default zero_division, which gives 0) for exact
+equality, its formulas included (F1 = 2·tp / (2·tp + fp + fn), not 2PR / (P + R)). Classes are
+the sorted union of the labels seen in references and predictions, as scikit-learn does.
 
 One import per line: `evaluate.load` scans this file's import lines to check its dependencies.
 """
@@ -57,7 +58,10 @@ def classification_scores(predictions, references, label_names=None):
         actual = float(numpy.sum(references == label))
         precision = true_positive / predicted if predicted else 0.0
         recall = true_positive / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        # scikit-learn's F1: 2·tp / (2·tp + fp + fn) = 2·tp / (predicted + actual), 0 when both are 0. The same
+        # number as 2PR / (P + R) in exact arithmetic, but that form rounds an ulp away in about a quarter of label sets
+        # (llmkit.finetune.stage.confusion_scores computes val_f1 the same way, so eval reproduces it exactly).
+        f1 = 2 * true_positive / (predicted + actual) if predicted + actual else 0.0
         name = (label_names or {}).get(label, label)
         results[f"precision_{name}"] = precision
         results[f"recall_{name}"] = recall
