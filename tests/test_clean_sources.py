@@ -120,9 +120,8 @@ def test_dataset_input_from_a_local_file(shared_data):
         docs = list(folder[0].documents(ReadOptions(text_field="summary"), ReadStats()))
         assert len(docs) == len((shared_data / "summarization" / name).read_text(encoding="utf-8").splitlines())
     for dataset, split in ((shared_data / "summarization", "validation"), (shared_data / "sentiment" / "test.jsonl", "test")):
-        source = resolve_inputs([], dataset=str(dataset), split=split)[0]
-        with pytest.raises(UserError, match=f"has no split '{split}'"):
-            list(source.documents(ReadOptions(), ReadStats()))
+        with pytest.raises(UserError, match=f"has no split '{split}'"):  # checked before any work starts
+            resolve_inputs([], dataset=str(dataset), split=split)
 
 
 def test_builtin_python_docs():

@@ -276,6 +276,63 @@ def test_a_resumed_clean_knows_its_files_by_real_path_and_time_not_by_label(tmp_
     assert input_identities(resolve_inputs([str(tmp_path / "a" / "data.txt")], None, None, "train")) != first
 
 
+def test_a_resumed_clean_knows_a_data_set_by_its_path_files_and_configuration(tmp_path):
+    """A --dataset label holds only the folder's last name and the split: another folder of that name,
+    an edited file or another --dataset-config must not continue the interrupted run's partial output."""
+    import os
+
+    from llmkit.corpus.pipeline import input_identities
+    from llmkit.corpus.sources import resolve_inputs
+
+    for folder in ("a", "b"):
+        (tmp_path / folder / "data").mkdir(parents=True)
+        (tmp_path / folder / "data" / "train.jsonl").write_text('{"text": "First Citizen: speak."}\n')
+
+    def identity(folder, config=None, split="train"):
+        return input_identities(resolve_inputs([], str(tmp_path / folder / "data"), config, split))
+
+    first = identity("a")
+    assert first == identity("a") and first != identity("b")
+    assert first != identity("a", config="other")
+    train = tmp_path / "a" / "data" / "train.jsonl"
+    train.write_text('{"text": "Fxrst Citizen: speak."}\n')  # the same size, edited
+    stat = train.stat()
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert identity("a") != first
+    (tmp_path / "a" / "data" / "test.jsonl").write_text('{"text": "Second Citizen."}\n')
+    assert identity("a", split="test") != identity("a")
+    hub = input_identities(resolve_inputs([], "owner/name", None, "train"))
+    assert hub != input_identities(resolve_inputs([], "owner/name", "config", "train"))
+
+
+def test_a_killed_dataset_run_is_not_continued_with_another_data_set(shared_data, tmp_path):
+    """Kill a --dataset run after a shard, then run another data set of the same folder name into the
+    same -o: a fresh run (no "resuming"), whose artifact is the one a straight run on it writes."""
+    import subprocess
+    import sys
+
+    from conftest import kill_at_marker
+
+    paragraphs = [p.strip() for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    for name, tag in (("A", "alpha"), ("B", "beta")):
+        (tmp_path / name / "data").mkdir(parents=True)
+        rows = [f"{tag} {copy} {text}" for copy in range(4) for text in paragraphs]
+        (tmp_path / name / "data" / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows),
+                                                              encoding="utf-8")
+    command = [sys.executable, "-m", "llmkit", "clean", "--shard-mb", "1", "--no-near-dedup", "--dataset"]
+    out = tmp_path / "out"
+    done, _ = kill_at_marker([*command, str(tmp_path / "A" / "data"), "-o", str(out)],
+                             str(tmp_path / ".out.partial-*" / "resume.json"), lambda state: len(state["shards"]), 1)
+    assert done >= 1, "the run ended before it could be interrupted"
+    result = subprocess.run([*command, str(tmp_path / "B" / "data"), "-o", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" not in result.stderr
+    straight = tmp_path / "straight"
+    assert subprocess.run([*command, str(tmp_path / "B" / "data"), "-o", str(straight)], capture_output=True).returncode == 0
+    assert artifacts.load(out).fingerprint == artifacts.load(straight).fingerprint
+    assert all(t.startswith("beta ") for t in _texts(out))
+
+
 def test_a_corpus_cleaned_again_records_it_as_its_input(tmp_path):
     source = tmp_path / "book.txt"
     source.write_text("A first paragraph of the book, long enough to keep.\n\nA second one, also long enough to keep.\n")

@@ -219,5 +219,7 @@ def _progress(enabled: bool):
 
 def input_identities(sources) -> list:
     """What a resumed run must have been reading: each file by its real path, size and modification
-    time (its label may be its name alone), anything else by its label."""
-    return [resume.file_identity(str(s.path or s.label), s.size) for s in sources]
+    time (its label may be its name alone), a data set by its own identity (Source.identity), anything
+    else by its label."""
+    return [s.identity if s.identity is not None else resume.file_identity(str(s.path or s.label), s.size)
+            for s in sources]

@@ -54,6 +54,7 @@ class Source:
     size: Optional[int]  # bytes on disk, for the progress bar
     read: Callable[[ReadOptions, ReadStats], Iterator[tuple[str, str]]]  # yields (where, text)
     path: Optional[Path] = None  # the file itself (its identity for a resumed run: the label may be its name alone)
+    identity: Optional[list] = None  # what a resumed run must have read, where `path` cannot say (a data set)
 
     def documents(self, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         """(id, text) pairs; a file that cannot be read to the end is a one-line error naming it."""
@@ -511,12 +512,32 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     return _BUILDERS.get(fmt, "text"), splits
 
 
+def _dataset_identity(local: Path, name: str, config_name: Optional[str], split: str,
+                      data_files: Optional[dict[str, list[str]]]) -> list:
+    """What a resumed run must have been reading: the label holds only the folder's last name, so
+    another folder of that name, an edited file or another configuration would otherwise continue
+    the partial output of this one. A local data set is its resolved path and every file's size and
+    modification time; a hub data set its name (the revision is whatever the pinned cache holds)."""
+    if data_files is None:
+        return ["dataset", name, config_name, split]
+    files = []
+    for split_name, paths in sorted(data_files.items()):
+        for file in paths:
+            stat = os.stat(file)
+            files.append([split_name, str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns])
+    return ["dataset", str(local.resolve()), config_name, split, files]
+
+
 def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
     local = Path(name)
     label = f"dataset:{local.name if local.exists() else name}/{split}"
     path_like = name.startswith(("./", "../", "/", "~")) or name.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".txt"))
     if path_like and not local.exists():  # not a Hub name (OWNER/NAME): a file that is not there
         raise UserError(f"--dataset {name}: no such file or folder; check the path (a Hub dataset is named OWNER/NAME)")
+    builder, data_files = _local_builder(local) if local.exists() else (None, None)
+    if data_files is not None and split not in data_files:
+        raise UserError(f"{name} has no split {split!r}; its splits are {', '.join(data_files)} "
+                        "(a single file is the train split); choose one with --split")
 
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         import datasets
@@ -527,11 +548,7 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
         datasets.disable_progress_bar()  # its bars would fight with ours
         offline = False
         try:
-            if local.exists():
-                builder, data_files = _local_builder(local)
-                if split not in data_files:
-                    raise UserError(f"{name} has no split {split!r}; its splits are {', '.join(data_files)} "
-                                    "(a single file is the train split); choose one with --split")
+            if data_files is not None:
                 ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(datasets_cache_dir()))
             else:
                 with offline_when_unreachable() as offline:
@@ -562,4 +579,4 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
     size = None
     if local.is_file():
         size = os.path.getsize(local)
-    return Source(label=label, size=size, read=read)
+    return Source(label=label, size=size, read=read, identity=_dataset_identity(local, name, config_name, split, data_files))
