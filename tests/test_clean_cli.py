@@ -126,6 +126,36 @@ def test_a_bad_record_is_named_or_skipped(cli, shared_data, tmp_path, damage):
     assert stats["documents_in"] == 499
 
 
+@pytest.mark.parametrize("name,doc_per", [("book.txt.zst", "file"), ("book.txt.zst", "line"), ("reviews.jsonl.zst", "file"),
+                                          ("reviews.csv.zst", "file"), ("book.txt.gz", "file")])
+def test_a_truncated_compressed_file_is_an_error_not_a_shorter_text(cli, shared_data, tmp_path, name, doc_per):
+    """zstandard's stream reader ends quietly where a cut-off frame ends: half a book must not pass as the book."""
+    import zstandard
+
+    if name.startswith("book"):
+        data = (shared_data / "tinyshakespeare.txt").read_bytes()
+    elif ".jsonl" in name:
+        data = (shared_data / "sentiment" / "test.jsonl").read_bytes()
+    else:
+        data = b"text\n" + b"".join(b'"' + json.loads(line)["text"].replace('"', '""').encode() + b'"\n'
+                                     for line in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8"))
+    packed = gzip.compress(data) if name.endswith(".gz") else zstandard.ZstdCompressor().compress(data)
+    (tmp_path / name).write_bytes(packed[: len(packed) // 2])
+    line = _one_error_line(cli("clean", tmp_path / name, "--doc-per", doc_per, "--skip-bad-lines", "-o", tmp_path / "out"))
+    assert name in line and "is the file complete" in line
+    _nothing_written(tmp_path)
+    # A whole file of two frames (pzstd writes many) is read to the end of the second.
+    extra = b'{"text": "The second frame."}\n' if ".jsonl" in name else b'"The second frame."\n' if ".csv" in name \
+        else b"The second frame.\n"
+    (tmp_path / name).write_bytes(packed + (gzip.compress(extra) if name.endswith(".gz") else
+                                            zstandard.ZstdCompressor().compress(extra)))
+    assert cli("clean", tmp_path / name, "--doc-per", doc_per, "-o", tmp_path / "whole").exit_code == 0
+    import pyarrow.parquet as pq
+
+    texts = pq.read_table(tmp_path / "whole" / "shards").column("text").to_pylist()
+    assert texts[-1].endswith("The second frame.")
+
+
 def test_unknown_text_field(cli, shared_data, tmp_path):
     line = _one_error_line(cli("clean", shared_data / "translation", "--text-field", "english", "-o", tmp_path / "out"))
     assert "no field 'english'" in line and "source, target" in line

@@ -178,10 +178,58 @@ def _open_binary(path: Path, compression: Optional[str]) -> IO[bytes]:
     if compression == ".gz":
         return gzip.open(path, "rb")
     if compression in (".zst", ".zstd"):
+        return _ZstdReader(path)
+    return open(path, "rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """Every frame of a .zst file, and an error where the last one ends early. zstandard's
+    stream_reader returns what it could decode and then end of file, so a truncated file read as a
+    shorter text (and it stopped after the first frame of a file of several, as pzstd writes)."""
+
+    _CHUNK = 1 << 17
+
+    def __init__(self, path: Path):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
+        self._zstd = zstandard
+        self._file = open(path, "rb")
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._mid_frame = False  # bytes went into a frame that has not ended yet
+        self._out = b""
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._at >= len(self._out):
+            chunk = self._file.read(self._CHUNK)
+            if not chunk:
+                if self._mid_frame:
+                    raise self._zstd.ZstdError("the data ends inside a frame")
+                return 0
+            self._out, self._at = self._decompress(chunk), 0
+        count = min(len(buffer), len(self._out) - self._at)
+        buffer[:count] = self._out[self._at : self._at + count]
+        self._at += count
+        return count
+
+    def _decompress(self, data: bytes) -> bytes:
+        parts = []
+        while data:
+            parts.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                self._mid_frame = True
+                break
+            data = self._frame.unused_data  # the next frame's first bytes
+            self._frame = self._zstd.ZstdDecompressor().decompressobj()
+            self._mid_frame = False
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _check_not_binary(head: bytes, label: str) -> None:
