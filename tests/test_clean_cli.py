@@ -109,7 +109,7 @@ def _record_10_without_text(rows: list[str], folder) -> tuple:
     records = [json.loads(r) for r in rows if r.strip()]
     records[9] = {"body": records[9]["text"]}
     (folder / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return "reviews.jsonl", 10, "no field 'text', which the records before it have"
+    return "reviews.jsonl", 10, "no field 'text', which other records have"
 
 
 @pytest.mark.parametrize("damage", [_truncated_line_42, _record_10_without_text], ids=["malformed", "field-missing"])

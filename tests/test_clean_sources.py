@@ -96,14 +96,75 @@ def test_text_field_choice(shared_data, tmp_path):
         _read([translation])
     rows = [json.loads(line) for line in open(translation, encoding="utf-8")]
     assert [t for _, t in _read([translation], text_field="target")] == [r["target"] for r in rows]
-    with pytest.raises(UserError, match=r"test.jsonl:1: no field 'english'"):
+    with pytest.raises(UserError, match=r"test.jsonl: no field 'english' in its first 100 records; pass --text-field "
+                                        "with one of: source, target"):
         _read([translation], text_field="english")
+    with pytest.raises(UserError, match=r"no field 'english'"):  # a wrong name is not a bad line to skip
+        _read([translation], text_field="english", skip_bad_lines=True)
     # "a,b": per file, the first field it has (one run over differently shaped files).
     mixed = _read([translation, shared_data / "sentiment" / "test.jsonl"], text_field="target,text")
     assert len(mixed) == 1000 and mixed[0][1] == rows[0]["target"] and mixed[500][0] == "test.jsonl#2:1"  # same file name twice: told apart
     only_one = tmp_path / "one.jsonl"
     only_one.write_text('{"document": "hello there", "id": 3}\n', encoding="utf-8")
     assert _read([only_one]) == [("one.jsonl:1", "hello there")]
+
+
+def test_the_text_field_is_chosen_from_the_first_records_not_the_first_alone(tmp_path):
+    """A first record lacking "text" is a bad record of a file whose records have it: not a reason to read
+    another field (the titles) for the whole file, nor to tell the user to pass the --text-field they passed."""
+    from llmkit.corpus import sources
+
+    data = tmp_path / "f.jsonl"
+    data.write_text('{"id": "1", "title": "Foo"}\n{"id": "2", "title": "Bar", "text": "real document two"}\n'
+                    '{"id": "3", "title": "Baz", "text": "real document three"}\n', encoding="utf-8")
+    for field in (None, "text", "body,text"):
+        with pytest.raises(UserError, match=r"^f.jsonl:1: no field 'text', which other records have; fix it or pass "
+                                            "--skip-bad-lines$"):
+            _read([data], text_field=field)
+        stats = ReadStats()
+        docs = list(resolve_inputs([str(data)])[0].documents(ReadOptions(text_field=field, skip_bad_lines=True), stats))
+        assert docs == [("f.jsonl:2", "real document two"), ("f.jsonl:3", "real document three")]
+        assert stats.bad_line_examples == ["f.jsonl:1"]
+    # Without "text" in any of them, the guess is the one field holding text in all the first records ...
+    data.write_text("".join(json.dumps({"id": i, "body": f"document {i}"}) + "\n" for i in range(3)), encoding="utf-8")
+    assert [t for _, t in _read([data])] == ["document 0", "document 1", "document 2"]
+    # ... and where they hold several, no guess but a one-line error naming them.
+    data.write_text('{"body": "one"}\n{"body": "two", "title": "Two"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="no 'text' field; pass --text-field with one of: body, title"):
+        _read([data])
+    # A field first seen after the records the choice is made from: those before it are not bad lines.
+    rows = [{"title": f"t{i}"} for i in range(sources._FIELD_LOOKAHEAD)] + [{"title": "t", "text": "late"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(UserError, match=f"no field 'text' in its first {sources._FIELD_LOOKAHEAD} records"):
+        _read([data], text_field="text", skip_bad_lines=True)
+    array = tmp_path / "a.json"  # a JSON array is chosen from the same way
+    array.write_text('[{"title": "Foo"}, {"title": "Bar", "text": "two"}]', encoding="utf-8")
+    with pytest.raises(UserError, match="a.json: item 0: no field 'text', which other records have; fix the file"):
+        _read([array])
+
+
+@pytest.mark.parametrize("body,skip,expected", [
+    # one column: the rest of the file would silently be one document
+    ('text\nrow one\n"broken row two\nrow three\nrow four\n', False, "x.csv:3: malformed CSV (a quote in the record "
+                                                                    "starting on this line is never closed)"),
+    ('text\nrow one\n"broken row two\nrow three\nrow four\n', True, "x.csv:3: malformed CSV (a quote"),
+    ('text,label\nrow one,1\n"broken row two,0\nrow three,1\nrow four,0\n', True, "x.csv:3: malformed CSV (a quote"),
+    ('text,label\nok,1\n"two\nlines",1,9\n', False, "x.csv:3: row has a different number of fields"),
+    ('text\n"two\nlines"\n"a"b\nok\n', False, "x.csv:4: malformed CSV"),
+])
+def test_a_csv_record_is_named_by_its_first_line_and_an_open_quote_is_an_error(tmp_path, body, skip, expected):
+    (tmp_path / "x.csv").write_text(body, encoding="utf-8")
+    with pytest.raises(UserError) as error:
+        _read([tmp_path / "x.csv"], skip_bad_lines=skip)
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+
+def test_csv_ids_name_a_record_by_its_first_line(tmp_path):
+    (tmp_path / "q.csv").write_text('text,n\n"two\nlines",1\n\nthree,2\n"a"b,3\nfour,4\n', encoding="utf-8")
+    stats = ReadStats()
+    docs = list(resolve_inputs([str(tmp_path / "q.csv")])[0].documents(ReadOptions(skip_bad_lines=True), stats))
+    assert docs == [("q.csv:2", "two\nlines"), ("q.csv:5", "three"), ("q.csv:7", "four")]
+    assert stats.bad_line_examples == ["q.csv:6"]
 
 
 def test_dataset_input_from_a_local_file(shared_data):

@@ -336,44 +336,63 @@ def _text_reader(path: Path, label: str, compression: Optional[str]):
     return read
 
 
+# Records the text field of a JSON file is chosen from: a file's first record alone may lack it.
+_FIELD_LOOKAHEAD = 100
+
+
 class _FieldPicker:
-    """Chooses the text field once per file: --text-field, else "text", else the only string field."""
+    """The text field of a JSON file: --text-field (of a,b the first one the file has), else "text",
+    else the only field holding text. Chosen from the first records (up to _FIELD_LOOKAHEAD, fewer
+    once a record settles it), so that a first record lacking "text" neither makes it guess another
+    field nor passes for a wrong --text-field; after that a record lacking the field is a bad record."""
 
     def __init__(self, label: str, wanted: Optional[str]):
         self.label = label
-        self.wanted = wanted
-        self.field: Optional[str] = wanted
-        self.found = False  # an earlier record had the field: one without it is a bad record, not a wrong name
+        self.names = _alternatives(wanted) if wanted is not None else []
+        self.field: Optional[str] = None
+        self.problem: Optional[str] = None  # no field can be chosen: the error at the first record
+        self.seen = False  # some record has the field: one without it is a bad record, not a wrong name
 
-    def choose(self, record: dict[str, Any], where: str) -> str:
-        if self.field is not None and "," in self.field:  # alternatives: the first one this file has
-            self.field = next((f for f in _alternatives(self.field) if f in record), _alternatives(self.field)[0])
-        if self.field is None:
-            strings = [k for k, v in record.items() if isinstance(v, str)]
-            if "text" in record:
-                self.field = "text"
-            elif len(strings) == 1:
-                self.field = strings[0]
-                _note_guessed_field(self.label, self.field)
-            else:
-                raise UserError(
-                    f"{self.label}:{where}: no 'text' field; pass --text-field with one of: "
-                    f"{', '.join(record) or '(no fields)'}"
-                )
-        return self.field
+    def pick(self, items: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        """Passes (where, record) pairs through unchanged, having chosen the field from the first ones."""
+        head = []
+        for where, record in items:
+            head.append((where, record))
+            if len(head) >= _FIELD_LOOKAHEAD or (isinstance(record, dict) and (self.names or ["text"])[0] in record):
+                break
+        self._decide([record for _, record in head], len(head))
+        yield from head
+        yield from items
 
-    def text(self, record: Any, where: str) -> str:
+    def _decide(self, records: list[Any], read: int) -> None:
+        dicts = [r for r in records if isinstance(r, dict)]
+        keys = list(dict.fromkeys(k for r in dicts for k in r))
+        strings = list(dict.fromkeys(k for r in dicts for k, v in r.items() if isinstance(v, str)))
+        offer = ", ".join(strings or keys) or "(no fields)"
+        if self.names:
+            self.field = next((name for name in self.names if name in keys), self.names[0])
+            if dicts and self.field not in keys:
+                first = f" in its first {read} records" if read > 1 else ""
+                self.problem = (f"{self.label}: no field {' or '.join(map(repr, self.names))}{first}; "
+                                f"pass --text-field with one of: {offer}")
+        elif "text" in keys or not dicts:
+            self.field = "text"
+        elif len(strings) == 1:
+            self.field = strings[0]
+            _note_guessed_field(self.label, self.field)
+        else:
+            self.problem = f"{self.label}: no 'text' field; pass --text-field with one of: {offer}"
+        self.seen = self.field in keys
+
+    def text(self, record: Any) -> str:
         if not isinstance(record, dict):
             kind = "a JSON string" if isinstance(record, str) else f"a JSON {type(record).__name__}"
             raise _BadRecord(f"{kind}, not an object; write one {{\"text\": ...}} record per line")
-        name = self.choose(record, where)
-        if name not in record and self.found:
-            raise _BadRecord(f"no field {name!r}, which the records before it have")
+        if self.problem is not None:
+            raise UserError(self.problem)
+        name = self.field
         if name not in record:
-            raise UserError(
-                f"{self.label}:{where}: no field {name!r}; pass --text-field with one of: {', '.join(record)}"
-            )
-        self.found = True
+            raise _BadRecord(f"no field {name!r}" + (", which other records have" if self.seen else ""))
         value = record[name]
         if value is None:
             raise _BadRecord(f"field {name!r} is null")
@@ -401,12 +420,11 @@ def _json_reader(path: Path, label: str, compression: Optional[str], fmt: str):
             return
         if fmt == ".json":
             _refuse_single_object(path, label, compression)
-        for number, line in _lines(path, label, compression, stats, options.skip_bad_lines):
-            if not line.strip():
-                continue
+        for number, record in picker.pick(_json_lines(path, label, compression, stats, options.skip_bad_lines)):
             try:
-                record = json.loads(line)
-                text = picker.text(record, str(number))
+                if isinstance(record, json.JSONDecodeError):
+                    raise record
+                text = picker.text(record)
             except (json.JSONDecodeError, _BadRecord) as exc:
                 if options.skip_bad_lines:
                     stats.skipped(f"{label}:{number}")
@@ -416,6 +434,18 @@ def _json_reader(path: Path, label: str, compression: Optional[str], fmt: str):
             yield str(number), text
 
     return read
+
+
+def _json_lines(path: Path, label: str, compression: Optional[str], stats: ReadStats,
+                skip_bad: bool) -> Iterator[tuple[int, Any]]:
+    """(line number, the record or the JSONDecodeError that makes its line a bad one); blank lines skipped."""
+    for number, line in _lines(path, label, compression, stats, skip_bad):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, exc
 
 
 def _refuse_single_object(path: Path, label: str, compression: Optional[str]) -> None:
@@ -445,41 +475,60 @@ def _json_array(path: Path, label: str, compression: Optional[str], picker: _Fie
         records = json.loads(_decode(data, label))
     except json.JSONDecodeError as exc:
         raise UserError(f"{label}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file") from None
-    for index, record in enumerate(records):
+    for index, record in picker.pick(enumerate(records)):
         try:
-            yield str(index), picker.text(record, f"item {index}")
+            yield str(index), picker.text(record)
         except _BadRecord as exc:
             raise UserError(f"{label}: item {index}: {exc}; fix the file") from None
 
 
 def _csv_reader(path: Path, label: str, compression: Optional[str]):
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
-        picker = _FieldPicker(label, options.text_field)
         with _open_binary(path, compression) as handle:
             head = handle.read(_BINARY_PROBE)
         _check_not_binary(head, label)
         with _open_binary(path, compression) as handle:
             stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")
             csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
-            reader = csv.DictReader(stream)
+            # strict: an unterminated quote is an error, not the rest of the file read as one field
+            reader = csv.reader(stream, strict=True)
+            start = 1
             try:
-                for record in reader:
-                    where = str(reader.line_num)
-                    if None in record or any(v is None for v in record.values()):
+                header = next(reader, None)
+                if header is None:
+                    return
+                column = header.index(_pick_column(label, options.text_field, header, header))
+                while True:
+                    start = reader.line_num + 1  # a quoted field may span lines: a record is named by its first
+                    try:
+                        row = next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as exc:
+                        if "end of data" in str(exc):  # the reader took the rest of the file: nothing left to go on with
+                            raise UserError(f"{label}:{start}: malformed CSV (a quote in the record starting on this line is "
+                                            "never closed); fix it") from None
                         if options.skip_bad_lines:
-                            stats.skipped(f"{label}:{where}")
+                            stats.skipped(f"{label}:{start}")
+                            continue
+                        raise
+                    if not row:  # a blank line
+                        continue
+                    if len(row) != len(header):
+                        if options.skip_bad_lines:
+                            stats.skipped(f"{label}:{start}")
                             continue
                         raise UserError(
-                            f"{label}:{where}: row has a different number of fields than the header; "
+                            f"{label}:{start}: row has a different number of fields than the header; "
                             "fix it or pass --skip-bad-lines"
                         )
-                    yield where, picker.text(dict(record), where)
+                    yield str(start), row[column]
             except UnicodeDecodeError:
                 raise UserError(
                     f"{label}:{reader.line_num + 1}: invalid UTF-8; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
                 ) from None
             except csv.Error as exc:
-                raise UserError(f"{label}:{reader.line_num}: malformed CSV ({exc}); fix it") from None
+                raise UserError(f"{label}:{start}: malformed CSV ({exc}); fix it or pass --skip-bad-lines") from None
 
     return read
 
