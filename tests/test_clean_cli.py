@@ -161,6 +161,9 @@ def test_unknown_text_field(cli, shared_data, tmp_path):
     assert "no field 'english'" in line and "source, target" in line
     line = _one_error_line(cli("clean", shared_data / "translation", "-o", tmp_path / "out"))
     assert "pass --text-field with one of: source, target" in line
+    for blank in (",", " , ", ""):
+        line = _one_error_line(cli("clean", shared_data / "translation", "--text-field", blank, "-o", tmp_path / "out"))
+        assert f"--text-field {blank!r} names no field; pass e.g. --text-field text" in line
     _nothing_written(tmp_path)
 
 

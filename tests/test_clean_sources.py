@@ -167,6 +167,27 @@ def test_csv_ids_name_a_record_by_its_first_line(tmp_path):
     assert stats.bad_line_examples == ["q.csv:6"]
 
 
+def test_a_json_array_may_start_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf[{"text": "hello array with bom"}]')
+    assert _read([tmp_path / "bom.json"]) == [("bom.json:0", "hello array with bom")]
+
+
+def test_parquet_text_in_a_dictionary_column_and_rows_that_are_not_utf8(tmp_path):
+    """A pandas category column is text stored once per value; bytes that are not UTF-8 (from a writer that
+    does not check) are an error naming the file and row, or a bad line skipped, not an "unexpected" crash."""
+    pq.write_table(pa.table({"text": pa.array(["dict one", "dict two", "dict one"]).dictionary_encode()}),
+                   tmp_path / "dict.parquet")
+    assert [t for _, t in _read([tmp_path / "dict.parquet"])] == ["dict one", "dict two", "dict one"]
+    raw = pa.array([b"good text", b"bad \xe9 latin1", b"more good text"], pa.binary())
+    pq.write_table(pa.table({"text": pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())}), tmp_path / "bad.parquet")
+    with pytest.raises(UserError, match=r"^bad.parquet:1: invalid UTF-8 \(byte 0xe9\); .* --skip-bad-lines$"):
+        _read([tmp_path / "bad.parquet"])
+    stats = ReadStats()
+    docs = list(resolve_inputs([str(tmp_path / "bad.parquet")])[0].documents(ReadOptions(skip_bad_lines=True), stats))
+    assert docs == [("bad.parquet:0", "good text"), ("bad.parquet:2", "more good text")]
+    assert stats.bad_line_examples == ["bad.parquet:1"]
+
+
 def test_dataset_input_from_a_local_file(shared_data):
     from llmkit.runtime import datasets_cache_dir
 

@@ -130,6 +130,9 @@ class CleanConfig(Options):
         if isinstance(self.languages, str):  # "en,zh" from the command line or a file
             self.languages = [code.strip() for code in self.languages.split(",") if code.strip()]
         super().__post_init__()
+        if self.text_field is not None and not any(name.strip() for name in self.text_field.split(",")):
+            raise UserError(f"--text-field {self.text_field!r} names no field; pass e.g. --text-field text, or "
+                            "--text-field text,content for the first of several a file has")
         if self.languages:
             from llmkit.corpus.language import known_codes
 

@@ -472,7 +472,8 @@ def _json_array(path: Path, label: str, compression: Optional[str], picker: _Fie
     with _open_binary(path, compression) as handle:
         data = handle.read()
     try:
-        records = json.loads(_decode(data, label))
+        text = _decode(data, label)
+        records = json.loads(text[1:] if text.startswith("\ufeff") else text)  # a byte order mark, as JSONL allows
     except json.JSONDecodeError as exc:
         raise UserError(f"{label}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file") from None
     for index, record in picker.pick(enumerate(records)):
@@ -547,18 +548,59 @@ def _parquet_reader(path: Path, label: str):
         if not _is_string(schema.field(name).type):
             raise UserError(f"{label}: column {name!r} holds {schema.field(name).type}, not text; pass --text-field")
         row = 0
-        for batch in parquet.iter_batches(columns=[name], batch_size=1024):
-            for value in batch.column(0).to_pylist():
-                yield str(row), value or ""
+        for batch in _parquet_batches(parquet, name, label):
+            column = batch.column(0)
+            if pa.types.is_dictionary(column.type):  # a pandas category column: text, stored once per distinct value
+                column = column.dictionary_decode()
+            try:
+                values = column.to_pylist()
+            except UnicodeDecodeError:  # written by a tool that does not check: name the row
+                values = [_parquet_text(value, label, row + offset, options, stats)
+                          for offset, value in enumerate(column.cast(pa.large_binary()).to_pylist())]
+            for value in values:
+                if value is not _BAD_ROW:
+                    yield str(row), value or ""
                 row += 1
 
     return read
 
 
+_BAD_ROW = object()
+
+
+def _parquet_batches(parquet: Any, name: str, label: str) -> Iterator[Any]:
+    import pyarrow as pa
+
+    batches = parquet.iter_batches(columns=[name], batch_size=1024)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as exc:  # e.g. a dictionary of strings that are not UTF-8, checked as it is read
+            raise UserError(f"{label}: column {name!r} cannot be read ({exc}); rewrite the file with its text as UTF-8") \
+                from None
+        yield batch
+
+
+def _parquet_text(value: Optional[bytes], label: str, row: int, options: ReadOptions, stats: ReadStats) -> Any:
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if options.skip_bad_lines:
+            stats.skipped(f"{label}:{row}")
+            return _BAD_ROW
+        raise UserError(f"{label}:{row}: invalid UTF-8 (byte 0x{value[exc.start]:02x}); rewrite the column as "
+                        "UTF-8 or pass --skip-bad-lines") from None
+
+
 def _is_string(arrow_type: Any) -> bool:
     import pyarrow as pa
 
-    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    if pa.types.is_dictionary(arrow_type):
+        return _is_string(arrow_type.value_type)
+    return (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+            or getattr(pa.types, "is_string_view", lambda _: False)(arrow_type))
 
 
 def _alternatives(text_field: str) -> list[str]:
