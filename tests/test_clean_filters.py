@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 import re
 
 import pytest
@@ -102,6 +103,20 @@ def test_binary_and_garbled_documents_are_dropped(shakespeare):
     assert processor("c", "s", replaced).reason == "garbled"
     assert processor("d", "s", " \n\t\u200b ").reason == "empty"
     assert processor("e", "s", shakespeare[:1000]).reason is None
+
+
+def test_garbled_counts_what_its_help_says_and_not_unassigned_characters(shakespeare):
+    """Unassigned code points are not counted: a newer emoji than this Python's Unicode tables know is
+    unassigned here, and prose full of them is not garbled. The help names the set the rule counts."""
+    said = CleanConfig.__dataclass_fields__["max_garbled_ratio"].metadata["llmkit.option"].help
+    assert "private-use or surrogate" in said and "unassigned" not in said
+    processor = DocumentProcessor(CleanConfig())
+    unassigned = "\u0378"  # (a gap of the Greek block: unassigned in every Unicode version so far)
+    assert unicodedata.category(unassigned) == "Cn"
+    sprinkled = "".join(ch + (unassigned if i % 5 == 0 else "") for i, ch in enumerate(shakespeare[:1000]))
+    assert processor("u", "s", sprinkled).reason is None
+    private = "".join(ch if i % 5 else "\ue000" for i, ch in enumerate(shakespeare[:1000]))
+    assert processor("p", "s", private).reason == "garbled"
 
 
 def test_default_preset_drops_nothing_clean(shakespeare, chinese, reviews):

@@ -59,7 +59,7 @@ class CleanConfig(Options):
     # Removal of unusable documents (both presets)
     max_binary_ratio: float = option(0.01, "Drop a document with more than this share of control characters (NUL etc.).", panel=NORMALISE,
                                      range="[0, 1]")
-    max_garbled_ratio: float = option(0.05, "Drop a document with more than this share of U+FFFD, unassigned or private-use "
+    max_garbled_ratio: float = option(0.05, "Drop a document with more than this share of U+FFFD, private-use or surrogate "
                                       "characters.", panel=NORMALISE, range="[0, 1]")
     # Language filter (py3langid); empty list = off
     languages: list[str] = option(default_factory=list, help="Keep only these languages, e.g. en,zh (py3langid). web preset: en.",
