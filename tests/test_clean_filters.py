@@ -84,6 +84,15 @@ def test_html_stripping_keeps_visible_text(reviews):
     assert normalize.strip_html(review) == review  # no markup: untouched
 
 
+def test_html_entities_are_decoded_once_and_pre_keeps_its_indentation():
+    """What a browser shows: "&amp;lt;div&amp;gt;" is the text "&lt;div&gt;" (decoding twice made it a tag),
+    and code in <pre> keeps its indentation while spaces elsewhere collapse."""
+    page = ("<html><body><p>To show a tag, write &amp;lt;div&amp;gt; in the source.</p><p>AT&amp;amp;T  and   Tom &amp; "
+            "Jerry</p><pre>def f():\n    return 1</pre><p>  after   it  </p></body></html>\n")
+    assert normalize.cleanup(normalize.strip_html(page)) == (
+        "To show a tag, write &lt;div&gt; in the source.\n\nAT&amp;T and Tom & Jerry\n\ndef f():\n    return 1\n\nafter it")
+
+
 def test_words_count_characters_of_unspaced_scripts(chinese, shakespeare):
     line = "第一回　甄士隐梦幻识通灵　贾雨村风尘怀闺秀"
     assert len(split_words(line)) == 19  # one word per Han character

@@ -7,7 +7,6 @@ characters stay full-width, because Chinese punctuation (，。！) is full-widt
 
 from __future__ import annotations
 
-import html
 import re
 import unicodedata
 from html.parser import HTMLParser
@@ -57,27 +56,35 @@ _BLOCK_TAGS = frozenset(
 _SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "head"})
 
 
+_PREFORMATTED_TAGS = frozenset({"pre", "textarea"})
+
+
 class _TextExtractor(HTMLParser):
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
+        super().__init__(convert_charrefs=True)  # entities decoded here, once: "&amp;lt;" is the text "&lt;"
+        self.parts: list[tuple[str, bool]] = []  # (text, inside <pre>: its spacing is the content)
         self.skipping = 0
+        self.preformatted = 0
 
     def handle_starttag(self, tag, attrs):
         if tag in _SKIP_TAGS:
             self.skipping += 1
         elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
+            self.parts.append(("\n", False))
+        if tag in _PREFORMATTED_TAGS:
+            self.preformatted += 1
 
     def handle_endtag(self, tag):
         if tag in _SKIP_TAGS:
             self.skipping = max(0, self.skipping - 1)
         elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
+            self.parts.append(("\n", False))
+        if tag in _PREFORMATTED_TAGS:
+            self.preformatted = max(0, self.preformatted - 1)
 
     def handle_data(self, data):
         if not self.skipping:
-            self.parts.append(data)
+            self.parts.append((data, self.preformatted > 0))
 
 
 _LOOKS_LIKE_HTML = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?\s*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
@@ -85,12 +92,21 @@ _SPACE_RUN = re.compile("[ \t]+")
 
 
 def strip_html(text: str) -> str:
-    """Visible text of an HTML fragment (stdlib parser): tags and script/style bodies removed."""
+    """Visible text of an HTML fragment (stdlib parser): tags and script/style bodies removed, spaces
+    collapsed as a browser does, except inside <pre> (code keeps its indentation)."""
     if not _LOOKS_LIKE_HTML.search(text):
         return text
     parser = _TextExtractor()
     parser.feed(text)
     parser.close()
-    joined = html.unescape("".join(parser.parts))
-    lines = (_SPACE_RUN.sub(" ", line).strip() for line in joined.split("\n"))
-    return "\n".join(lines)
+    out: list[str] = []
+    flowing: list[str] = []
+    for part, preformatted in [*parser.parts, ("", True)]:  # (the sentinel flushes the last run of flowing text)
+        if not preformatted:
+            flowing.append(part)
+            continue
+        if flowing:
+            out.append("\n".join(_SPACE_RUN.sub(" ", line).strip() for line in "".join(flowing).split("\n")))
+            flowing = []
+        out.append(part)
+    return "".join(out)
