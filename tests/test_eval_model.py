@@ -237,6 +237,32 @@ def test_perplexity_deterministic_fingerprint(cli, gpt2_ckpt, shakespeare, tmp_p
     assert [art.manifest.runtime["batch_size"] for art in made] == [8, 8, 1, 3]
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "lstm"])
+def test_batch_size_changes_no_bit_of_loglikelihood_scores(cli, gpt2_ckpt, shakespeare, tmp_path, arch):
+    """Requests of many lengths (documents shorter and longer than the context, choices of
+    several lengths): --batch-size 1, 3 and 8 give one metrics.json, one predictions.jsonl and one
+    fingerprint. (Each batch padded to its longest request, a request ran at other widths, and an
+    LSTM's one-row batch at another kernel: other last bits.)"""
+    ckpt = gpt2_ckpt if arch == "gpt2" else make_checkpoint(
+        tmp_path / "lstm", shakespeare[:20_000], arch="lstm", n_layer=1, context_length=CONTEXT)
+    sizes = (7, 19, 33, 48, 60, 95, 140, 230, 12, 400, 51, 1300, 75, 26)
+    docs = [shakespeare[1_000 * i : 1_000 * i + n] for i, n in enumerate(sizes)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    contexts = [shakespeare[3_000 * i + 20_000 : 3_000 * i + 20_000 + n] for i, n in enumerate((9, 40, 120, 23, 70, 300))]
+    choices = [" a", " the king", " what light through yonder window breaks", " speak", " no, my lord, not so", " 12"]
+    rows = [{"query": c, "choices": choices[i % 3 :] + choices[: i % 3], "label": i % 4} for i, c in enumerate(contexts)]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, args in (("ppl", ["-m", "perplexity,bpb", "--data", tmp_path / "docs.jsonl"]),
+                       ("mc", ["-m", "accuracy,accuracy_norm", "--data", tmp_path / "mc.jsonl"])):
+        outs = [tmp_path / f"{name}-{batch}" for batch in ("1", "3", "8")]
+        for out in outs:
+            result = cli("eval", ckpt, *args, "--batch-size", out.name.split("-")[1], "-o", out)
+            assert result.exit_code == 0, result.output
+        assert len({artifacts.load(out).fingerprint for out in outs}) == 1, name
+        for file in ("metrics.json", "predictions.jsonl"):
+            assert len({(out / file).read_bytes() for out in outs}) == 1, (name, file)
+
+
 def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     from sklearn.metrics import accuracy_score
 

@@ -4,6 +4,22 @@ Shared by perplexity (rolling windows) and multiple-choice scoring. A request is
 sequence `seq` and a count `n`: the log-probabilities of the last `n` tokens of `seq`, each
 conditioned on everything before it in `seq`. Requests in a batch are right-padded, which a
 causal model cannot see (a position attends only to earlier ones).
+
+A request's numbers do not depend on its batch (so `eval --batch-size` changes no bit): on a
+CPU the kernels' summation order follows the shapes they are given, so every request runs at
+shapes that depend only on itself.
+- Its width: its length rounded up to a multiple of `WIDTH_STEP` (at most the context), and a
+  batch holds only requests of one width. Scored at the width of its longest batch-mate, as
+  before, a request's log-likelihoods changed in the last bits with that width (measured: at 27
+  of 53 pairs of a request of 5 to 200 tokens and a wider width; docs/eval.md, "Batching").
+- Its rows: a Transformer's products have a row per position, at least WIDTH_STEP per request,
+  where a row's bits do not depend on the rows beside it (measured to the bit at 1 to 8
+  requests a batch). A recurrent model's (an LSTM's) products have one row per sequence, and a
+  single row took another kernel: it runs `MIN_ROWS` sequences a forward (more with a larger
+  batch size), filled with empty rows where fewer requests are left.
+- The head and loss (`llmkit.model.fused_loss.token_nll`) run one request at a time, so their
+  chunks of positions start at the request's first position instead of wherever the batch's
+  flattened positions put them.
 """
 
 from __future__ import annotations
@@ -13,6 +29,10 @@ from typing import Iterable, Iterator
 
 import torch
 
+from llmkit.model.sequence_grads import MIN_ROWS
+
+WIDTH_STEP = 16  # a request's padded width is its length rounded up to this (MIN_ROWS: products of >= 16 rows)
+
 
 @dataclass
 class Request:
@@ -20,18 +40,27 @@ class Request:
     n: int  # score the last n targets
 
 
-def _batches(requests: list[Request], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
-    """Indices of requests, longest first, grouped so a batch stays under max_tokens."""
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].seq))
+def padded_width(length: int, limit: int) -> int:
+    """The width a request of `length` input positions runs at: a function of the request alone."""
+    return max(length, min(-(-length // WIDTH_STEP) * WIDTH_STEP, limit))
+
+
+def _batches(widths: list[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
+    """Indices of requests, widest first, grouped so a batch has one width and stays under max_tokens."""
+    order = sorted(range(len(widths)), key=lambda i: -widths[i])
     batch: list[int] = []
     for i in order:
-        width = len(requests[batch[0]].seq) if batch else len(requests[i].seq)
-        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width > max_tokens):
+        if batch and (widths[i] != widths[batch[0]] or len(batch) >= batch_size or (len(batch) + 1) * widths[i] > max_tokens):
             yield batch
             batch = []
         batch.append(i)
     if batch:
         yield batch
+
+
+def _recurrent(model) -> bool:
+    """Whether the model's products have a row per sequence (an LSTM, or an ensemble with one)."""
+    return any(isinstance(module, torch.nn.RNNBase) for module in model.modules())
 
 
 @torch.inference_mode()
@@ -42,20 +71,25 @@ def token_logprobs(
 
     A batch holds at most `batch_size` requests and about `max_logits` logits (rows x length x
     vocabulary; 2^26 floats = 256 MB), so a large vocabulary shrinks the batch instead of
-    running out of memory; a single request always runs.
+    running out of memory; a single request always runs. The values are the same whatever
+    `batch_size` and the other requests (module docstring).
     """
     results: list[torch.Tensor | None] = [None] * len(requests)
     device = next(model.parameters()).device
     max_tokens = max(1, max_logits // int(model.config.vocab_size))
-    for batch in _batches(requests, batch_size, max_tokens):
-        width = max(len(requests[i].seq) for i in batch) - 1
-        idx = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        tgt = torch.full((len(batch), width), -100, dtype=torch.long)
+    limit = int(model.config.context_length)
+    widths = [padded_width(len(r.seq) - 1, limit) for r in requests]
+    min_rows = MIN_ROWS if _recurrent(model) else 1
+    for batch in _batches(widths, max(batch_size, min_rows), max_tokens):
+        width = widths[batch[0]]
+        rows = max(len(batch), min_rows)
+        idx = torch.full((rows, width), pad_id, dtype=torch.long)
+        tgt = torch.full((rows, width), -100, dtype=torch.long)
         for row, i in enumerate(batch):
             seq = requests[i].seq
             idx[row, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
             tgt[row, : len(seq) - 1] = torch.tensor(seq[1:], dtype=torch.long)
-        nll = _token_nll(model, idx.to(device), tgt.to(device))
+        nll = _token_nll(model, idx.to(device), tgt.to(device), len(batch))
         for row, i in enumerate(batch):
             length, n = len(requests[i].seq) - 1, requests[i].n
             results[i] = -nll[row, length - n : length].double().cpu()
@@ -64,14 +98,19 @@ def token_logprobs(
     return results  # type: ignore[return-value]
 
 
-def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """[B, T] cross-entropy of each position (0 where the target is -100): the model's own
-    scoring where it has one (a GPT's skips the [B, T, V] logits on a CPU)."""
-    from llmkit.model.fused_loss import logits_nll
+def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor, used: int) -> torch.Tensor:
+    """[B, T] cross-entropy of each position (0 where the target is -100) for the first `used`
+    rows: a GPT's own head and loss on a CPU, one row at a time (no [B, T, V] logits, and chunks
+    that start at each request's first position); otherwise from the model's logits."""
+    from llmkit.model import fused_loss
 
     if hasattr(model, "token_nll"):
-        return model.token_nll(idx, tgt)
-    return logits_nll(model(idx)[0], tgt)
+        x = model.hidden_states(idx)
+        weight = model.lm_head.weight
+        if fused_loss.applies(x, weight):
+            return torch.stack([fused_loss.token_nll(x[row], weight, tgt[row]) for row in range(used)])
+        return fused_loss.logits_nll(model.lm_head(x), tgt)
+    return fused_loss.logits_nll(model(idx)[0], tgt)
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:
