@@ -247,7 +247,8 @@ def response_frame(template: dict[str, Any]) -> tuple[str, str]:
     "\\nEnglish: {target}". The lead loses its trailing spaces, which the target's first word
     carries in its token (" A"); either part is "" where another placeholder stands in it."""
     parts = list(string.Formatter().parse(template["response"]))
-    at = next(i for i, (_, name, _, _) in enumerate(parts) if name == template["target_field"])
+    target = template.get("target_field") or _fields(template["response"])[0]  # (a hand-written task.json may leave it out)
+    at = next(i for i, (_, name, _, _) in enumerate(parts) if name == target)
     lead = parts[at][0] if all(name is None for _, name, _, _ in parts[:at]) else ""
     after = parts[at + 1:]
     tail = "".join(literal for literal, _, _, _ in after) if all(name is None for _, name, _, _ in after) else ""

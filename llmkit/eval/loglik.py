@@ -17,9 +17,8 @@ shapes that depend only on itself.
   requests a batch). A recurrent model's (an LSTM's) products have one row per sequence, and a
   single row took another kernel: it runs `MIN_ROWS` sequences a forward (more with a larger
   batch size), filled with empty rows where fewer requests are left.
-- The head and loss (`llmkit.model.fused_loss.token_nll`) run one request at a time, so their
-  chunks of positions start at the request's first position instead of wherever the batch's
-  flattened positions put them.
+- The head and loss (`GPT.token_nll`) run one request at a time, so their chunks of positions
+  start at the request's first position instead of wherever the batch's flattened positions put them.
 """
 
 from __future__ import annotations
@@ -89,7 +88,7 @@ def token_logprobs(
             seq = requests[i].seq
             idx[row, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
             tgt[row, : len(seq) - 1] = torch.tensor(seq[1:], dtype=torch.long)
-        nll = _token_nll(model, idx.to(device), tgt.to(device), len(batch))
+        nll = _token_nll(model, idx.to(device), tgt.to(device))
         for row, i in enumerate(batch):
             length, n = len(requests[i].seq) - 1, requests[i].n
             results[i] = -nll[row, length - n : length].double().cpu()
@@ -98,19 +97,14 @@ def token_logprobs(
     return results  # type: ignore[return-value]
 
 
-def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor, used: int) -> torch.Tensor:
-    """[B, T] cross-entropy of each position (0 where the target is -100) for the first `used`
-    rows: a GPT's own head and loss on a CPU, one row at a time (no [B, T, V] logits, and chunks
-    that start at each request's first position); otherwise from the model's logits."""
-    from llmkit.model import fused_loss
+def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """[B, T] cross-entropy of each position (0 where the target is -100): the model's own
+    scoring where it has one (a GPT's skips the [B, T, V] logits on a CPU, one row at a time)."""
+    from llmkit.model.fused_loss import logits_nll
 
     if hasattr(model, "token_nll"):
-        x = model.hidden_states(idx)
-        weight = model.lm_head.weight
-        if fused_loss.applies(x, weight):
-            return torch.stack([fused_loss.token_nll(x[row], weight, tgt[row]) for row in range(used)])
-        return fused_loss.logits_nll(model.lm_head(x), tgt)
-    return fused_loss.logits_nll(model(idx)[0], tgt)
+        return model.token_nll(idx, tgt)
+    return logits_nll(model(idx)[0], tgt)
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

@@ -493,10 +493,12 @@ class GPT(nn.Module):
     @torch.no_grad()
     def token_nll(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[B, T] cross-entropy of each position against targets (0 where IGNORE_INDEX), for scoring.
-        On a CPU the head and the loss run a chunk of positions at a time: no [B, T, V] logits."""
+        On a CPU the head and the loss run a chunk of positions at a time (no [B, T, V] logits), one
+        sequence at a time: its chunks start at its own first position, so its values do not depend
+        on the other rows (eval's --batch-size changes no bit; llmkit/eval/loglik.py)."""
         x = self._trunk(idx)
         if fused_loss.applies(x, self.lm_head.weight):
-            return fused_loss.token_nll(x.flatten(0, 1), self.lm_head.weight, targets.flatten()).view(targets.shape)
+            return torch.stack([fused_loss.token_nll(row, self.lm_head.weight, row_targets) for row, row_targets in zip(x, targets)])
         return fused_loss.logits_nll(self.lm_head(x), targets)
 
     def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
