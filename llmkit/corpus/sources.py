@@ -342,7 +342,7 @@ _FIELD_LOOKAHEAD = 100
 
 class _FieldPicker:
     """The text field of a JSON file: --text-field (of a,b the first one the file has), else "text",
-    else the only field holding text. Chosen from the first records (up to _FIELD_LOOKAHEAD, fewer
+    else the only field holding text (in every record, or in any). Chosen from the first records (up to _FIELD_LOOKAHEAD, fewer
     once a record settles it), so that a first record lacking "text" neither makes it guess another
     field nor passes for a wrong --text-field; after that a record lacking the field is a bad record."""
 
@@ -377,8 +377,9 @@ class _FieldPicker:
                                 f"pass --text-field with one of: {offer}")
         elif "text" in keys or not dicts:
             self.field = "text"
-        elif len(strings) == 1:
-            self.field = strings[0]
+        elif len(always := [k for k in strings if all(isinstance(r.get(k), str) for r in dicts)]) == 1 or len(strings) == 1:
+            # the one field every record holds text in (a "url" in some records does not make "content" ambiguous)
+            self.field = always[0] if len(always) == 1 else strings[0]
             _note_guessed_field(self.label, self.field)
         else:
             self.problem = f"{self.label}: no 'text' field; pass --text-field with one of: {offer}"
@@ -491,8 +492,16 @@ def _csv_reader(path: Path, label: str, compression: Optional[str]):
         with _open_binary(path, compression) as handle:
             stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")
             csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
-            # strict: an unterminated quote is an error, not the rest of the file read as one field
-            reader = csv.reader(stream, strict=True)
+            # Lenient, as spreadsheets write (`"He said "hi" to me"` is read, not refused), except for a
+            # quote never closed: the reader then asks for lines past the end of the file, and the
+            # record it returns is the rest of the file as one field.
+            past_the_end = [False]
+
+            def lines() -> Iterator[str]:
+                yield from stream
+                past_the_end[0] = True
+
+            reader = csv.reader(lines(), strict=False)
             start = 1
             try:
                 header = next(reader, None)
@@ -505,14 +514,14 @@ def _csv_reader(path: Path, label: str, compression: Optional[str]):
                         row = next(reader)
                     except StopIteration:
                         break
-                    except csv.Error as exc:
-                        if "end of data" in str(exc):  # the reader took the rest of the file: nothing left to go on with
-                            raise UserError(f"{label}:{start}: malformed CSV (a quote in the record starting on this line is "
-                                            "never closed); fix it") from None
+                    except csv.Error:
                         if options.skip_bad_lines:
                             stats.skipped(f"{label}:{start}")
                             continue
                         raise
+                    if past_the_end[0]:  # the reader took the rest of the file: nothing left to go on with
+                        raise UserError(f"{label}:{start}: malformed CSV (a quote in the record starting on this line is "
+                                        "never closed); fix it")
                     if not row:  # a blank line
                         continue
                     if len(row) != len(header):
