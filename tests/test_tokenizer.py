@@ -189,7 +189,7 @@ def test_sample_options_limit_training(corpus, tmp_path):
     by_bytes = train_tokenizer([corpus], tmp_path / "b", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000, seed=1))
     stats = artifacts.load(by_bytes).stats
     assert 50_000 <= stats["training_bytes"] < 60_000
-    # The draw follows the corpus's files, not its manifest's unhashed stats (verify cannot see an edit of them).
+    # The draw's odds follow the corpus's byte count, a stat outside its fingerprint: the tokenizer records it.
     import shutil
 
     edited = tmp_path / "edited-corpus"
@@ -198,7 +198,8 @@ def test_sample_options_limit_training(corpus, tmp_path):
     manifest["stats"]["bytes"] *= 10
     (edited / "manifest.json").write_text(json.dumps(manifest))
     again = train_tokenizer([edited], tmp_path / "b2", TokenizerTrainConfig(vocab_size=500, sample_bytes=50_000, seed=1))
-    assert artifacts.load(again).fingerprint == artifacts.load(by_bytes).fingerprint
+    recorded = [artifacts.load(run).manifest.config["input"]["bytes"] for run in (by_bytes, again)]
+    assert recorded[1] == 10 * recorded[0] and artifacts.load(again).fingerprint != artifacts.load(by_bytes).fingerprint
     with pytest.raises(UserError, match="--sample-bytes 10 drew no document from the input's"):
         train_tokenizer([corpus], tmp_path / "none", TokenizerTrainConfig(vocab_size=500, sample_bytes=10, seed=1))
     assert not (tmp_path / "none").exists()

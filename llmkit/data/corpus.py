@@ -206,9 +206,6 @@ class RowGroup:
     path: str
     index: int
     bytes: int = 0  # uncompressed, all columns (Parquet's own count): how much reading it is
-    # The text column's share of it, from the shard's footer: inside the fingerprinted files, unlike
-    # the manifest's stats, so what is drawn from it follows the fingerprint.
-    text_bytes: int = 0
 
 
 def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGroup]:
@@ -219,11 +216,8 @@ def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGrou
     for path in corpus_shards(artifact):
         with readable_shard(path):
             metadata = pq.ParquetFile(path).metadata
-            for index in range(metadata.num_row_groups):
-                group = metadata.row_group(index)
-                text = sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
-                           if group.column(c).path_in_schema == "text")
-                groups.append(RowGroup(str(Path(path).absolute()), index, group.total_byte_size, text))
+            groups += [RowGroup(str(Path(path).absolute()), index, metadata.row_group(index).total_byte_size)
+                       for index in range(metadata.num_row_groups)]
     return groups
 
 

@@ -249,7 +249,8 @@ def response_frame(template: dict[str, Any]) -> tuple[str, str]:
     parts = list(string.Formatter().parse(template["response"]))
     target = template.get("target_field") or _fields(template["response"])[0]  # (a hand-written task.json may leave it out)
     at = next(i for i, (_, name, _, _) in enumerate(parts) if name == target)
-    lead = parts[at][0] if all(name is None for _, name, _, _ in parts[:at]) else ""
+    # (an escaped "{{" splits the literal text into several parts)
+    lead = "".join(literal for literal, _, _, _ in parts[:at + 1]) if all(name is None for _, name, _, _ in parts[:at]) else ""
     after = parts[at + 1:]
     tail = "".join(literal for literal, _, _, _ in after) if all(name is None for _, name, _, _ in after) else ""
     return lead.rstrip(" "), tail

@@ -133,11 +133,8 @@ def open_source(inputs: Sequence[Path]) -> Source:
             raise UserError(f"{inputs[0]} is a folder, not a corpus artifact; make a corpus of its files first (llmkit clean "
                             f"{inputs[0]} -o CORPUS), then train on CORPUS")
         corpus = artifacts.load(inputs[0], kind="corpus")
-        groups = corpus_row_groups(corpus)
-        # The draw's odds come from the shards themselves, not the manifest's unhashed stats: the same
-        # fingerprint and seed draw the same sample.
-        total = sum(group.text_bytes for group in groups)
-        return Source(groups, total or None, corpus, {"kind": "corpus"})
+        total = corpus.stats.get("bytes")
+        return Source(corpus_row_groups(corpus), int(total) if total else None, corpus, {"kind": "corpus"})
     for path in inputs:
         if path.is_dir():
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")

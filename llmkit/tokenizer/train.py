@@ -109,6 +109,11 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=err.is_terminal,
     )
+    if config.sample_bytes and source.corpus is not None:
+        # The draw's odds follow the corpus's byte count, a manifest stat outside its fingerprint (the
+        # Parquet footers' sizes are no substitute: dictionary pages make them 0.2-1.6x the text): it
+        # is part of what the tokenizer records it was drawn from, and of what a rerun continues.
+        source.described = {**source.described, "bytes": source.total_bytes}
     # a rerun continues only the very run that was interrupted: same config, seed and input
     # format 2: long lines are cut into pieces at spaces (an earlier run's log holds the old pieces: not continued)
     key = resume.digest({"stage": "tokenizer train", "format": 2, "config": config.hashed(), "seed": config.seed,
