@@ -339,6 +339,9 @@ def classification(loaded, cfg):
                             f"{', '.join(map(str, task.labels or []))}): it has no language-model head to score "
                             "multiple-choice records ('choices') with; evaluate its base checkpoint, or give labelled texts")
         pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
+        if cfg.labels:  # known only from the data, read here once (the model is loaded, nothing written yet)
+            raise UserError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with "
+                            "its own 'choices'; --labels names the classes of labelled texts); leave it out")
         context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
         examples, gold = [], []
         for i, r in enumerate(records):

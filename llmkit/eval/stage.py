@@ -117,19 +117,6 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
                         f"{'it' if len(unused) == 1 else 'them'} out")
 
 
-def _check_labels_read(cfg: EvalConfig, checkpoint: Path) -> None:
-    """--labels on multiple-choice records changes nothing (each record brings its own 'choices'): known
-    only from the data, so it is read here, before any model is loaded. (On a classifier, such records
-    are refused later, with their own error.)"""
-    from llmkit.eval.sources import load_records
-
-    if _is_classifier(checkpoint):
-        return
-    if "choices" in load_records(cfg.data, cfg.split, cfg.limit)[0]:
-        raise UserError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with its "
-                        "own 'choices'; --labels names the classes of labelled texts); leave it out")
-
-
 def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, cls: list) -> None:
     """Refuse impossible combinations before loading anything."""
     if cfg.predictions is not None:
@@ -207,8 +194,6 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
     for member in members:
         artifacts.load(member, kind="checkpoint")
-    if cls and cfg.labels and cfg.predictions is None:
-        _check_labels_read(cfg, members[0])
     read = [*members, cfg.data, cfg.predictions, *cfg.references]
     outputs.check_output(out, force, inputs=read)
 
