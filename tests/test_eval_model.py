@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from llmkit import artifacts
 from llmkit.eval.perplexity import rolling_windows
-from test_generate import GPT2_SHAPE, make_checkpoint
+from test_generate import GPT2_SHAPE, make_checkpoint, save_classifier_checkpoint
 
 torch.set_num_threads(1)
 CONTEXT = 64
@@ -410,7 +410,6 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     from llmkit.data.tokenizer import load_tokenizer
-    from llmkit.model.io import save_weights
 
     base = make_checkpoint(tmp_path / "base", shakespeare[:20_000])
     tok = load_tokenizer(base / "tokenizer")
@@ -421,13 +420,7 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     classifier = heads.SequenceClassifier(lm, 2).eval()
     with torch.no_grad():
         classifier.classifier.weight.normal_(std=2.0)  # a head with an opinion, so both classes occur
-    ckpt = tmp_path / "cls"
-    with artifacts.create(ckpt, "checkpoint") as build:
-        save_weights(classifier, build.dir)
-        (build.dir / "tokenizer").mkdir()
-        for name in ("tokenizer.json", "token_bytes.npy"):
-            (build.dir / "tokenizer" / name).write_bytes((base / "tokenizer" / name).read_bytes())
-        (build.dir / "task.json").write_text(json.dumps({"task": "classify", "labels": ["negative", "positive"]}))
+    ckpt = save_classifier_checkpoint(classifier, base, tmp_path / "cls")
     data = shared_data / "sentiment" / "test.jsonl"
     result = cli("eval", ckpt, "-m", "accuracy,precision,recall,f1", "--data", data, "--limit", "40", "-o", tmp_path / "ev")
     assert result.exit_code == 0, result.output

@@ -70,23 +70,17 @@ def test_generate_and_eval_a_pretrained_checkpoint(cli, trained, tmp_path):
 @pytest.fixture(scope="module")
 def base_and_classifier(shared_data, tmp_path_factory):
     """A random-weight language model and a classifier checkpoint on it (task.json task classify)."""
-    from test_generate import make_checkpoint
+    from test_generate import make_checkpoint, save_classifier_checkpoint
 
     from llmkit.model.classifier import SequenceClassifier
-    from llmkit.model.io import load_checkpoint, save_weights
+    from llmkit.model.io import load_checkpoint
 
     root = tmp_path_factory.mktemp("classifier")
     text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000]
     base = make_checkpoint(root / "base", text)
     torch.manual_seed(0)
     classifier = SequenceClassifier(load_checkpoint(base).model, 2).eval()
-    ckpt = root / "cls"
-    with artifacts.create(ckpt, "checkpoint") as build:
-        save_weights(classifier, build.dir)
-        (build.dir / "tokenizer").mkdir()
-        for name in ("tokenizer.json", "token_bytes.npy"):
-            (build.dir / "tokenizer" / name).write_bytes((base / "tokenizer" / name).read_bytes())
-        (build.dir / "task.json").write_text(json.dumps({"task": "classify", "labels": ["negative", "positive"]}))
+    ckpt = save_classifier_checkpoint(classifier, base, root / "cls")
     mc = root / "mc.jsonl"
     mc.write_text(json.dumps({"question": "Sky?", "choices": ["blue", "green"], "label": 0}) + "\n"
                   + json.dumps({"question": "Grass?", "choices": ["blue", "green"], "label": 1}) + "\n")

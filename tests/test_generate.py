@@ -64,6 +64,19 @@ def make_checkpoint(out: Path, text: str, seed: int = 0, task: dict | None = Non
     return out
 
 
+def save_classifier_checkpoint(classifier, base: Path, out: Path, labels=("negative", "positive")) -> Path:
+    """`classifier` (on `base`'s language model) as a classification checkpoint with `base`'s tokenizer."""
+    from llmkit.model.io import save_weights
+
+    with artifacts.create(out, "checkpoint") as build:
+        save_weights(classifier, build.dir)
+        (build.dir / "tokenizer").mkdir()
+        for name in ("tokenizer.json", "token_bytes.npy"):
+            (build.dir / "tokenizer" / name).write_bytes((base / "tokenizer" / name).read_bytes())
+        (build.dir / "task.json").write_text(json.dumps({"task": "classify", "labels": list(labels)}))
+    return out
+
+
 @pytest.fixture(scope="module")
 def shakespeare(shared_data) -> str:
     return (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
