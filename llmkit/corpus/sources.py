@@ -342,9 +342,10 @@ _FIELD_LOOKAHEAD = 100
 
 class _FieldPicker:
     """The text field of a JSON file: --text-field (of a,b the first one the file has), else "text",
-    else the only field holding text (in every record, or in any). Chosen from the first records (up to _FIELD_LOOKAHEAD, fewer
-    once a record settles it), so that a first record lacking "text" neither makes it guess another
-    field nor passes for a wrong --text-field; after that a record lacking the field is a bad record."""
+    else the only field holding text (in every record, or in any). Chosen from the first records
+    (up to _FIELD_LOOKAHEAD, fewer once a record settles it), so that a first record lacking "text"
+    neither makes it guess another field nor passes for a wrong --text-field; after that a record
+    lacking the field is a bad record."""
 
     def __init__(self, label: str, wanted: Optional[str]):
         self.label = label
@@ -377,9 +378,9 @@ class _FieldPicker:
                                 f"pass --text-field with one of: {offer}")
         elif "text" in keys or not dicts:
             self.field = "text"
-        elif len(always := [k for k in strings if all(isinstance(r.get(k), str) for r in dicts)]) == 1 or len(strings) == 1:
-            # the one field every record holds text in (a "url" in some records does not make "content" ambiguous)
-            self.field = always[0] if len(always) == 1 else strings[0]
+        elif len(strings) == 1 or len(always := [k for k in strings if all(isinstance(r.get(k), str) for r in dicts)]) == 1:
+            # else the one field every record holds text in (a "url" in some records does not make "content" ambiguous)
+            self.field = strings[0] if len(strings) == 1 else always[0]
             _note_guessed_field(self.label, self.field)
         else:
             self.problem = f"{self.label}: no 'text' field; pass --text-field with one of: {offer}"
