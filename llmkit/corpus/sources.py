@@ -667,13 +667,11 @@ def _dataset_identity(local: Path, name: str, config_name: Optional[str], split:
     another folder of that name, an edited file or another configuration would otherwise continue
     the partial output of this one. A local data set is its resolved path and every file's size and
     modification time; a hub data set its name (the revision is whatever the pinned cache holds)."""
+    from llmkit.resume import file_identity
+
     if data_files is None:
         return ["dataset", name, config_name, split]
-    files = []
-    for split_name, paths in sorted(data_files.items()):
-        for file in paths:
-            stat = os.stat(file)
-            files.append([split_name, str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns])
+    files = [[split_name, *file_identity(file)] for split_name, paths in sorted(data_files.items()) for file in paths]
     return ["dataset", str(local.resolve()), config_name, split, files]
 
 

@@ -148,7 +148,7 @@ def check_held_out_labels(records: list[dict], labels: "Labels", fraction: float
     """Refuse a class whose every example the --val-fraction draw held out: the head would have no
     training example of it (said as the data's record, not as a position in the held-out share)."""
     for i, record in enumerate(records):
-        if _label_key(record.get("label"), f"record {i + 1}") not in labels._lookup:
+        if not labels.has(record.get("label"), f"record {i + 1}"):
             raise UserError(f"--data record {i + 1}: class {record['label']!r} has no training example once --val-fraction "
                             f"{fraction:g} holds out its examples; add examples of it, give --val-data, or lower --val-fraction")
 
@@ -158,11 +158,13 @@ class Labels:
     names: list[str]
     original: list[Any]  # label values as they appear in the data (ints or strings), id order
 
+    def has(self, value: Any, where: str) -> bool:
+        return _label_key(value, where) in self._lookup
+
     def index(self, value: Any, where: str) -> int:
-        key = _label_key(value, where)
-        if key not in self._lookup:
+        if not self.has(value, where):
             raise UserError(f"{where}: label {value!r} is not one of the training labels {', '.join(self.names)}")
-        return self._lookup[key]
+        return self._lookup[_label_key(value, where)]
 
     def __post_init__(self):
         self._lookup = {_label_key(v, "label"): i for i, v in enumerate(self.original)}
