@@ -140,7 +140,7 @@ def resolve(
         raise UserError(f"{file} sets one option twice, as {' and '.join(twice)}; keep one")
     from_file = {by_key[k]: v for k, v in from_file.items()}
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
-    values.update({k: _coerce(v, known[k].type) for k, v in from_file.items()})
+    values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     try:
         return config_cls.build(**values)
@@ -148,6 +148,16 @@ def resolve(
         raise
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid configuration: {exc}") from exc
+
+
+def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
+    """A list option written in a file as its flag's comma-separated text ("1x16,1x24") reads as on the command line."""
+    if not isinstance(value, str) or opt.spec.parse is None or typing.get_origin(opt.type) not in (list, tuple):
+        return value
+    try:
+        return opt.spec.parse(value)
+    except ValueError as exc:
+        raise UserError(f"{opt.key} {value!r} in {file}: {exc}") from None
 
 
 def explicit_params(ctx: Any) -> dict[str, Any]:

@@ -9,7 +9,8 @@ signatures, encoding), which is where the time goes.
 
 On Ray, each worker is an actor that runs the stage's initializer once, then takes batches in
 turn. A worker that dies (a node lost, a process killed) is restarted and its unfinished
-batches are run again (`max_restarts=-1`, `max_task_retries=-1`); results are still taken in
+batches are run again (`max_restarts=-1`, `max_task_retries=RETRIES`, then one line: a batch
+that kills every worker it meets is the input's fault); results are still taken in
 input order, so nothing is lost or written twice.
 """
 

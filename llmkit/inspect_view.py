@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from rich.table import Table
@@ -27,7 +28,7 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     table.add_row("fingerprint", m.fingerprint)
     table.add_row("format", f"v{m.format_version} (llmkit {m.llmkit_version})")
     table.add_row("seed", str(m.seed))
-    table.add_row("command", Text(" ".join(m.command)))  # whole (it is how to make the artifact again), as typed
+    table.add_row("command", Text(shlex.join(m.command)))  # whole and quoted: it is how to make the artifact again
     table.add_row("files", f"{len(m.files)}: " + _short(", ".join(m.files), 200))
     for key, value in m.config.items():
         table.add_row(f"config.{key}", _short(value))
@@ -143,8 +144,10 @@ def print_checkpoint_summary(path) -> None:
     art = artifacts.load(path, kind="checkpoint")
     stats = CheckpointStats.of(art)
     if stats.task is not None:
-        line = (f" {path}: {stats.task}, step {stats.step}, "
-                f"{stats.trainable_params or 0:,} of {stats.params or 0:,} parameters trained")
+        line = f" {path}: {stats.task}, " + (f"step {stats.step}, " if stats.step is not None else "")
+        # an average trained nothing itself, so it has no trained count to show
+        line += (f"{stats.trainable_params:,} of {stats.params or 0:,} parameters trained" if stats.trainable_params
+                 else f"{stats.params or 0:,} parameters")
     else:
         line = f" {path}: " + (f"step {stats.step}, " if stats.step is not None else "")
         line += f"{(stats.params or 0) / 1e6:.2f}M params"

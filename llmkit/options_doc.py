@@ -62,6 +62,7 @@ def table(path: str) -> str:
         opt: Any = options.get(param.name)
         if opt is not None:
             recorded = "runtime" if opt.spec.runtime else "config" if opt.spec.hashed else opt.spec.recorded_as
+            recorded = getattr(function.config_cls, "RECORDED_AS", {}).get(opt.name, recorded)  # a stage's own rule
         else:
             recorded = "input" if param.name in inputs else "—"
         # (the help is escaped for rich's markup in --help: `\\[` there is a plain `[` here)

@@ -17,7 +17,7 @@ SWEEP=(--flops "$FLOPS" --per-budget "$PER_BUDGET" --tokens-per-param 60 --sizes
        --seq-len 128 --context-length 128 --lr 3e-3 --batch-tokens 2048 --micro-batch 16 --min-steps 100
        --eval-tokens "$EVAL" --parallel 2)
 
-stage clean;           llmkit clean builtin:python-docs --doc-per blank-line -o "$OUT/corpus" --seed "$SEED" --force
+stage clean;           llmkit clean builtin:python-docs -o "$OUT/corpus" --seed "$SEED" --force
 stage tokenizer train; llmkit tokenizer train "$OUT/corpus" -o "$OUT/tokenizer" --vocab-size "$VOCAB" --seed "$SEED" --force
 stage tokenize;        llmkit tokenize "$OUT/corpus" --tokenizer "$OUT/tokenizer" -o "$OUT/tokens" --seed "$SEED" --force
 stage sweep;           llmkit sweep "$OUT/tokens" -o "$OUT/sweep" "${SWEEP[@]}" --seed "$SEED" --force

@@ -193,6 +193,8 @@ def test_checkpoints_tuned_with_different_prompt_templates_do_not_combine(cli, r
         tuned[template] = tmp_path / template
         _ok(cli("finetune", runs / "a", "--data", data, "-o", tuned[template], "--template", template, "--max-steps", "1",
                 "--batch-size", "4", "--eval-every", "0", "--val-fraction", "0", "--truncate"))
+    soup = cli("average", tuned["plain"], tuned["plain"], "-o", tmp_path / "plain-soup")
+    assert soup.exit_code == 0 and "step None" not in soup.output and "0 of" not in soup.output, soup.output
     result = cli("average", tuned["plain"], tuned["chat"], "-o", tmp_path / "soup")
     assert result.exit_code != 0 and "another prompt template" in result.output and not (tmp_path / "soup").exists()
     result = cli("eval", tuned["plain"], tuned["chat"], "--data", data, "-o", tmp_path / "ens")

@@ -252,3 +252,14 @@ def test_list_options_take_the_comma_form_the_option_tables_show(cli, tmp_path):
     result = cli("clean", tmp_path / "book.txt", "-o", tmp_path / "out", "--max-top-ngram-char-frac", "0.9,0.9,0.9")
     assert result.exit_code == 0, result.output
     assert artifacts.load(tmp_path / "out").config["max_top_ngram_char_frac"] == [0.9, 0.9, 0.9]
+
+
+def test_doc_per_on_inputs_that_come_as_documents_is_said_to_change_nothing(cli, tmp_path):
+    (tmp_path / "records.jsonl").write_text('{"text": "one record,\\nwith two lines of text in it"}\n', encoding="utf-8")
+    (tmp_path / "plain.txt").write_text("a first line of text\na second line of text\n", encoding="utf-8")
+    records = cli("clean", tmp_path / "records.jsonl", "--doc-per", "line", "-o", tmp_path / "a")
+    assert records.exit_code == 0 and "--doc-per line splits plain-text files" in " ".join(records.output.split())
+    mixed = cli("clean", tmp_path / "records.jsonl", tmp_path / "plain.txt", "--doc-per", "line",
+                "-o", tmp_path / "b")
+    assert mixed.exit_code == 0 and "splits plain-text files" not in mixed.output
+    assert artifacts.load(tmp_path / "b").stats["documents_in"] == 3  # the record whole, the text file's two lines

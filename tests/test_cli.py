@@ -61,12 +61,15 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
 
 
 def test_inspect_shows_the_whole_command_as_typed(cli, tmp_path, monkeypatch):
-    """The command is how to make the artifact again: never cut short, brackets not read as markup."""
-    typed = ["llmkit", "clean", "data/[draft]/book.txt", *[f"--option-{i} value-{i}" for i in range(30)]]
+    """The command is how to make the artifact again: never cut short, brackets not read as markup,
+    a word with a space quoted so that the line pastes back as it was typed."""
+    import shlex
+
+    typed = ["llmkit", "clean", "data/[draft]/my book.txt", *[f"--option-{i}=value-{i}" for i in range(30)]]
     monkeypatch.setattr(sys, "argv", typed)
     corpus = _corpus(tmp_path / "corpus")
     shown = "".join(cli("inspect", corpus).output.replace("│", " ").split())
-    assert "".join(" ".join(typed).split()) in shown
+    assert "".join(shlex.join(typed).split()) in shown and "'data/[draft]/my" in shown
 
 
 @pytest.mark.parametrize("folder", ["o[/x]", "runs/[v2]", "[bold]"])

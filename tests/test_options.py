@@ -87,6 +87,21 @@ def test_a_config_file_takes_the_flag_names_and_refuses_an_option_given_twice(tm
         resolve(EvalConfig, file=file, section="eval")
 
 
+def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path):
+    from llmkit.config import resolve
+    from llmkit.sweep.config import SweepConfig
+
+    file = tmp_path / "s.toml"
+    file.write_text('[sweep]\nflops = "1e5,1e6"\nsizes = "1x16,1x24"\n')
+    from_text = resolve(SweepConfig, file=file, section="sweep")
+    file.write_text('[sweep]\nflops = [1e5, 1e6]\nsizes = ["1x16", "1x24"]\n')
+    assert from_text == resolve(SweepConfig, file=file, section="sweep")
+    assert from_text.sizes == ["1x16", "1x24"] and from_text.flops == [1e5, 1e6]
+    file.write_text('[sweep]\nflops = "1e5,lots"\n')
+    with pytest.raises(UserError, match="flops '1e5,lots' in .*s.toml"):
+        resolve(SweepConfig, file=file, section="sweep")
+
+
 def test_no_short_flag_means_two_things():
     meanings: dict[str, set[str]] = {}
     for _, command in _all_commands():

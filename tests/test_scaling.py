@@ -227,8 +227,10 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     # An interrupted run (no manifest yet) is resumed; one process gives the same runs as two.
     (out / "runs" / "d2-w64-t24000" / "manifest.json").unlink()
-    resumed = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "1")
+    resumed = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "1", "--threads", "1")
     assert resumed.exit_code == 0 and resumed.output.count("skipped") == 3
+    # --threads caps each run rather than giving way to the sweep's split of the cores
+    assert json.loads((out / "runs" / "d2-w64-t24000" / "manifest.json").read_text())["runtime"]["threads"] == 1
     assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     # Other options for the same folder are refused: the runs there were trained differently.
     configs = {f.name: f.read_text() for f in (out / "configs").iterdir()}

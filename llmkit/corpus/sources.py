@@ -55,6 +55,7 @@ class Source:
     read: Callable[[ReadOptions, ReadStats], Iterator[tuple[str, str]]]  # yields (where, text)
     path: Optional[Path] = None  # the file itself (its identity for a resumed run: the label may be its name alone)
     identity: Optional[list] = None  # what a resumed run must have read, where `path` cannot say (a data set)
+    plain_text: bool = False  # split into documents by --doc-per (records and the built-in corpus come as documents)
 
     def documents(self, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         """(id, text) pairs; a file that cannot be read to the end is a one-line error naming it."""
@@ -297,7 +298,7 @@ def _file_source(path: Path, label: str) -> Source:
             raise UserError(f"{label}: Parquet files are compressed inside; pass the .parquet file itself")
         read = _parquet_reader(path, label)
     else:
-        read = _text_reader(path, label, compression)
+        return Source(label=label, size=size, read=_text_reader(path, label, compression), path=path, plain_text=True)
     return Source(label=label, size=size, read=read, path=path)
 
 

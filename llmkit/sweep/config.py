@@ -4,7 +4,7 @@ and the grid on top. Declared once, here and in llmkit/pretrain/config.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from llmkit.options import Options, comma_floats, comma_list, group, option
 from llmkit.pretrain.config import PretrainConfig
@@ -24,6 +24,9 @@ def _size_list(value: Any) -> list[str]:
 
 @dataclass
 class SweepConfig(Options):
+    # runtime for one run, but the sweep's result (the validation losses the fit reads) depends on them
+    RECORDED_AS: ClassVar[dict[str, str]] = {"eval_every": "config (validation)", "eval_tokens": "config (validation)"}
+
     base: PretrainConfig = group(PretrainConfig, hidden=SET_BY_GRID)
     sizes: list[str] = option(default_factory=list, cli_type=Optional[str], parse=_size_list, panel=GRID,
                               help="Model sizes as LAYERSxWIDTH, comma-separated (e.g. 1x64,2x128,4x256); default: the ladder.")
@@ -50,9 +53,6 @@ class SweepConfig(Options):
                            range="[1, inf)", runtime=True)
 
     def __post_init__(self) -> None:
-        for name in ("token_budgets", "flops"):
-            if isinstance(getattr(self, name), str):  # "2e5,1e6" in a config file
-                setattr(self, name, comma_floats(getattr(self, name)))
         super().__post_init__()
         given = [name for name in SET_BY_GRID if _base_value(self.base, name) is not None]
         if given:
