@@ -86,12 +86,24 @@ def _headline(art: Artifact) -> str:
         parts = [f"alpha {num(s.get('alpha'), 3)}", f"beta {num(s.get('beta'), 3)}"]
         if isinstance(s.get("params_exponent"), float):
             parts.append(f"N_opt ∝ C^{s['params_exponent']:.2f}")
-        return ", ".join(parts) + f" ({s.get('points')} points)"
+        headline = ", ".join(parts) + f" ({s.get('points')} points)"
+        # constants a reader would otherwise take for a law
+        return headline + ("; undetermined: no compute-optimal split" if _undetermined(art) else "")
     if art.kind == "eval":
         metrics_file = art.path / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         return ", ".join(f"{k} {num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
     return ""
+
+
+def _undetermined(art: Artifact) -> bool:
+    from llmkit.errors import UserError
+    from llmkit.scaling_law import Law
+
+    try:
+        return bool(Law.of(art).undetermined)
+    except UserError:  # a damaged fit.json: verify says so; the headline shows what the manifest holds
+        return False
 
 
 def artifacts_in(paths: list[Path]) -> list[Artifact]:

@@ -157,6 +157,8 @@ def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path
     predicted = cli("scaling", "predict", tmp_path / "fit", "--params", "1e9", "--tokens", "1e12")
     assert predicted.exit_code == 0 and "loss " in predicted.output  # a figure still, and a warning beside it
     assert "warning: " in predicted.output and "not a prediction" in " ".join(predicted.output.split())
+    reported = cli("report", tmp_path / "fit")
+    assert reported.exit_code == 0 and "undetermined: no compute-optimal split" in " ".join(reported.output.replace("│", " ").split())
     # A fit made before the check (its fit.json says nothing either way) is checked on its points when read.
     with artifacts.create(tmp_path / "older", "scaling") as build:
         (build.dir / "fit.json").write_text(json.dumps({"approach3": {k: law3[k] for k in ("A", "B", "E", "alpha", "beta")}}))
@@ -368,3 +370,14 @@ def test_plot_reads_a_killed_run_but_names_a_damaged_line(cli, tmp_path):
     (run / "metrics.jsonl").write_text("\n".join([lines[0], "{cut", *lines[1:]]) + "\n", encoding="utf-8")
     result = cli("plot", run, "-o", tmp_path / "again.png")
     assert result.exit_code != 0 and "metrics.jsonl:2 is not valid JSON" in result.output
+
+
+def test_a_run_killed_from_outside_is_named_by_its_signal(tmp_path):
+    from llmkit.sweep.stage import _last_error
+
+    log = tmp_path / "run.log"
+    log.write_text("step 10 ...\n")
+    assert _last_error(log, -9) == "killed by SIGKILL (out of memory?); see the log"
+    assert _last_error(log, 1) == "no error line; see the log"
+    log.write_text("step 10 ...\nerror: the batch does not split\n")
+    assert _last_error(log, -9) == "the batch does not split"

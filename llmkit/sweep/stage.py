@@ -220,7 +220,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     state.seconds = time.perf_counter() - state.started
                     state.state = "done" if code == 0 else "failed"
                     if code:
-                        state.error = _last_error(out / LOGS / f"{state.run.name}.log")
+                        state.error = _last_error(out / LOGS / f"{state.run.name}.log", code)
                     running.remove(state)
                     free.append(state.slot)
                 view.update()
@@ -245,9 +245,19 @@ def gpu_slots(visible: int, asked: int | None, mask: str | None = None) -> list[
     return names[:visible] if len(names) >= visible else [str(index) for index in range(visible)]
 
 
-def _last_error(log: Path) -> str:
+def _last_error(log: Path, code: int) -> str:
     lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.startswith("error:")]
-    return lines[-1][len("error:"):].strip() if lines else "no error line; see the log"
+    if lines:
+        return lines[-1][len("error:"):].strip()
+    if code < 0:  # killed from outside before it could say anything: the signal is the whole story
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "") + "; see the log"
+    return "no error line; see the log"
 
 
 class _ProgressView:
