@@ -679,3 +679,14 @@ def test_a_chat_fine_tune_is_prompted_with_a_records_system_message(ckpt, tmp_pa
     assert encode_prompt(with_system, tokenizer, chat) == encode_chat_prompt(
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}], tokenizer)
     assert encode_prompt(without, tokenizer, chat) == encode_chat_prompt([{"role": "user", "content": "And now?"}], tokenizer)
+
+
+def test_a_txt_prompt_file_is_split_at_newlines_only_without_its_byte_order_mark(tmp_path):
+    """A form feed, a vertical tab, NEL or U+2028 inside a line is part of that prompt (str.splitlines
+    split there); a Windows editor's byte-order mark and CRLF line ends are not part of any prompt."""
+    from llmkit.inference.prompts import read_prompt_file
+
+    (tmp_path / "breaks.txt").write_bytes("first\fsecond\nthird\u2028line\vx\x85y\n".encode("utf-8"))
+    assert [p.text for p in read_prompt_file(tmp_path / "breaks.txt")] == ["first\fsecond", "third\u2028line\vx\x85y"]
+    (tmp_path / "windows.txt").write_bytes(b"\xef\xbb\xbfalpha\r\nbeta\r\n")
+    assert [p.text for p in read_prompt_file(tmp_path / "windows.txt")] == ["alpha", "beta"]

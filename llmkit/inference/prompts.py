@@ -64,13 +64,19 @@ def read_prompt_file(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        lines = read_text(path).splitlines()
-        prompts = [Prompt(text=unescape(line)) for line in lines if line.strip()]
+        prompts = [Prompt(text=unescape(line)) for line in text_file_lines(read_text(path)) if line.strip()]
     else:
         prompts = [_prompt_from_record(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
     if not prompts:
         raise UserError(f"{path} holds no prompts")
     return prompts
+
+
+def text_file_lines(text: str) -> list[str]:
+    """A .txt prompt file's lines: split at newlines only (str.splitlines also splits at a form
+    feed, a vertical tab and Unicode's line separators, which a prompt may hold), a Windows line
+    end and a UTF-8 byte-order mark (which Windows editors write) not being part of any prompt."""
+    return [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
 
 
 def _prompt_from_record(record: Any, where: str) -> Prompt:
