@@ -253,7 +253,14 @@ class Options:
         unknown = sorted(set(values) - {o.name for o in flat_options(cls)})
         if unknown:
             raise TypeError(f"{cls.__name__} has no option(s) {', '.join(unknown)}")
-        return _build(cls, values, None)
+        config = _build(cls, values, None)
+        config.check_given(frozenset(values))
+        return config
+
+    def check_given(self, given: frozenset[str]) -> None:
+        """A check of which options were given, not only of their values (none by default):
+        `given` holds the flat names passed to `build`, for a command the flags typed and the
+        config file's keys, so that a value given equal to its default is still told from it."""
 
     def _items(self) -> Iterator[tuple[FlatOption, Any]]:
         for opt in flat_options(type(self)):

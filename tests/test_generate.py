@@ -449,6 +449,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
         (["-p", "x", "-o", "{tmp}/exists.jsonl"], "already exists"),
         (["-p", "x", "-n", "100", "--context-overflow", "error"], "exceed the model's context length"),
         (["-p", "x", "--greedy", "--temperature", "0.5"], "--greedy takes the most likely token, which --temperature 0.5"),
+        (["-p", "x", "--greedy", "--temperature", "0.8"], "--greedy takes the most likely token, which --temperature 0.8"),
         (["-p", "x", "--stop", ""], "an empty stop string would stop at once"),
     ],
 )
@@ -624,15 +625,30 @@ def test_backslash_n_on_the_command_line_is_a_newline(cli, ckpt, tmp_path):
     assert "\n" not in record["completion"]
 
 
-def test_greedy_is_checked_against_each_stage_own_default_temperature():
-    """chat's default temperature (0.7) is not generate's (0.8): --greedy alone is fine in both,
-    beside another temperature it is refused in both."""
+def test_greedy_agrees_with_temperature_0_and_refuses_any_other_temperature_given(cli, ckpt, tmp_path):
+    """--greedy is temperature 0: the two together agree (they were refused), while a temperature
+    given beside it is refused even when it equals the stage's default (0.8 typed was accepted)."""
     from llmkit.generate.config import ChatConfig, GenerateConfig
 
     for config in (GenerateConfig, ChatConfig):
         assert config.build(greedy=True).sampling.params(0).greedy
-        with pytest.raises(ValueError, match="--greedy takes the most likely token"):
-            config.build(greedy=True, temperature=0.5)
+        assert config.build(greedy=True, temperature=0.0).sampling.params(0).greedy
+        for temperature in (0.5, config.build().sampling.temperature):
+            with pytest.raises(ValueError, match="--greedy takes the most likely token"):
+                config.build(greedy=True, temperature=temperature)
+    assert cli("generate", ckpt, "-p", "x", "--greedy", "--temperature", "0", "-n", "2").exit_code == 0
+    (tmp_path / "g.toml").write_text("temperature = 0.0\ngreedy = true\n")
+    assert cli("generate", ckpt, "-p", "x", "--config", tmp_path / "g.toml", "-n", "2").exit_code == 0
+    (tmp_path / "g.toml").write_text("temperature = 0.8\n")
+    result = cli("generate", ckpt, "-p", "x", "--config", tmp_path / "g.toml", "--greedy", "-n", "2")
+    assert result.exit_code != 0 and "--temperature 0.8 contradicts" in result.output, result.output
+
+
+def test_an_empty_stop_string_in_a_config_file_is_refused_as_on_the_command_line(cli, ckpt, tmp_path):
+    (tmp_path / "s.toml").write_text('stop = [""]\n')
+    result = cli("generate", ckpt, "-p", "x", "--config", tmp_path / "s.toml", "-n", "2")
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and "an empty stop string would stop at once" in lines[0], result.output
 
 
 def test_a_template_prompt_too_long_loses_the_end_of_its_input_not_the_template(cli, shakespeare, tmp_path):

@@ -41,11 +41,11 @@ class Sampling(Options):
             raise UserError(f"invalid generation setting: {exc}") from exc
 
 
-def _refuse_greedy_with_temperature(config: Options) -> None:
-    """--greedy is temperature 0: another temperature beside it (typed, or from a config file)
-    asks for two things. Checked against the stage's own default, which chat sets lower."""
+def _refuse_greedy_with_temperature(config: Options, given: frozenset[str]) -> None:
+    """--greedy is temperature 0: another temperature given beside it (typed, or in a config file)
+    asks for two things, even one equal to the stage's default; temperature 0 agrees with it."""
     sampling = config.sampling
-    if sampling.greedy and sampling.temperature != config.default_of("sampling").temperature:
+    if sampling.greedy and "temperature" in given and sampling.temperature != 0:
         raise ValueError(f"--greedy takes the most likely token, which --temperature {sampling.temperature:g} contradicts; "
                          "give one of the two")
 
@@ -72,7 +72,11 @@ class GenerateConfig(Options):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _refuse_greedy_with_temperature(self)
+        if any(not text for text in self.stop):  # a flag's is refused as it is parsed; a config file's here
+            raise ValueError("--stop: an empty stop string would stop at once; leave it out or give the text to stop at")
+
+    def check_given(self, given: frozenset[str]) -> None:
+        _refuse_greedy_with_temperature(self, given)
 
     def params(self):
         return self.sampling.params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
@@ -87,6 +91,5 @@ class ChatConfig(Options):
     inference: Inference = group(Inference, panel=RUN)
     seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _refuse_greedy_with_temperature(self)
+    def check_given(self, given: frozenset[str]) -> None:
+        _refuse_greedy_with_temperature(self, given)
