@@ -180,3 +180,24 @@ def test_the_transcript_keeps_conversations_as_the_model_saw_them(chat_model, ba
     assert cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / "plain", "--template", "plain",
                "--max-steps", "1", "--batch-size", "8", "--eval-every", "0", "--val-fraction", "0").exit_code == 0
     assert transcript(tmp_path / "plain", "plain.jsonl", "Ein Hund.\nZwei Katzen.\n") == [["user", "assistant"]] * 2
+
+
+def test_a_reply_is_capped_only_where_the_engine_would_need_a_window(shared_data, tmp_path, capsys):
+    """A request needs prompt + n - 1 positions (the last token is never fed): a 32-token prompt
+    beside -n 33 fits a 64-token context whole; it was cut to 32 with a note. One more is capped."""
+    from llmkit.generate.chat import ChatSession
+    from llmkit.inference.engine import GenerationParams
+    from llmkit.model.io import load_checkpoint
+    from test_generate import make_checkpoint
+
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:5000]
+    loaded = load_checkpoint(make_checkpoint(tmp_path / "ck", text))  # context 64
+    for new_tokens, expected in ((33, 33), (34, 33)):
+        session = ChatSession(loaded.model, loaded.tokenizer, None, GenerationParams(max_new_tokens=new_tokens))
+        session.prompt_ids = lambda _text: list(range(10, 42))  # 32 tokens, what the prompt's budget allows
+        asked = []
+        session.generator.complete = lambda prompts, params, **_: asked.append(params.max_new_tokens) or [
+            type("Done", (), {"text": ""})()]
+        session.reply("hi")
+        assert asked == [expected]
+        assert ("replies stop at what is left" in capsys.readouterr().err) == (new_tokens != expected)

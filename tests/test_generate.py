@@ -679,6 +679,29 @@ def test_a_template_prompt_too_long_loses_the_end_of_its_input_not_the_template(
     assert result.exit_code == 0 and "also reads question, left empty" in result.output, result.output
 
 
+@pytest.mark.parametrize("new_tokens", [60, 100])
+def test_a_template_prompt_keeps_its_template_beside_a_reply_near_or_past_the_context(cli, shakespeare, tmp_path, monkeypatch,
+                                                                                       new_tokens):
+    """The input is cut to what the window keeps of a prompt (half the context here), so the first
+    token and the template's wording stay; the budget was context - n + 1, too small for the
+    wording, and the window then cut the whole prompt from the left."""
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.inference import engine
+
+    task = {"task": "sft", "template": {"type": "text", "prompt": "Translate:\n{source}\nTranslation:", "response": " {target}",
+                                        "input_field": "source"}}
+    ckpt = make_checkpoint(tmp_path / "sft", shakespeare[:20_000], task=task)
+    tok = load_tokenizer(ckpt / "tokenizer")
+    prefilled = []
+    real_prefill = engine._Window.prefill
+    monkeypatch.setattr(engine._Window, "prefill", lambda self, rows: prefilled.append(rows[0]) or real_prefill(self, rows))
+    result = cli("generate", ckpt, "-p", shakespeare[1000:3000], "-n", new_tokens, "--greedy", "--ignore-eos")
+    assert result.exit_code == 0 and "keeping the checkpoint's template" in result.output, result.output
+    first = prefilled[0]
+    assert len(first) <= 32 and first[0] == tok.bos_id, first
+    assert tok.decode(first[1:]).startswith("Translate:\n" + shakespeare[1000:1010]) and tok.decode(first).endswith("\nTranslation:")
+
+
 def test_a_chat_fine_tune_is_prompted_with_a_records_system_message(ckpt, tmp_path):
     """{"prompt", "system"} records train as system, user, assistant (templates.record_messages):
     generate --prompts gives the system message too (it was dropped)."""

@@ -113,11 +113,12 @@ class ChatSession:
         import dataclasses
 
         from llmkit.data.templates import ROLES
+        from llmkit.inference.engine import needs_window
 
         ids = self.prompt_ids(user_text)
         params = self.params
-        if self.limit is not None and len(ids) + params.max_new_tokens > self.limit:
-            params = dataclasses.replace(params, max_new_tokens=self.limit - len(ids))
+        if needs_window(len(ids), params.max_new_tokens, self.limit):
+            params = dataclasses.replace(params, max_new_tokens=self.limit - len(ids) + 1)  # the last token is never fed
             self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
                                 f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
         role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]

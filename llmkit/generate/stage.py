@@ -14,7 +14,7 @@ from typing import Callable
 
 from llmkit.errors import UserError
 from llmkit.generate.config import GenerateConfig
-from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window
+from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
 from llmkit.inference.prompts import Prompt, chat_stop_ids, check_unicode, document_start_id, encode_prompt, fit_prompt, read_prompt_file
 
 
@@ -84,8 +84,9 @@ def run_generate(
     limit = context_limit(loaded.model)
     if limit is not None and cfg.context_overflow == "slide":
         # A text-template fine-tune's prompt too long for the context loses the end of its input,
-        # not its start (the window would drop the template's wording and the first token).
-        budget, cut = limit - cfg.sampling.max_new_tokens + 1, 0  # the last new token is never fed
+        # not its start (the window would drop the template's wording and the first token): cut
+        # to what the window keeps, it is kept whole.
+        budget, cut = prompt_keep(limit, cfg.sampling.max_new_tokens), 0
         for i, prompt in enumerate(prompts):
             if len(encoded[i]) > budget and (fitted := fit_prompt(prompt, tokenizer, loaded.task, budget)) is not None:
                 encoded[i], cut = fitted, cut + 1

@@ -142,6 +142,13 @@ def needs_window(longest: int, new: int, limit: int | None) -> bool:
     return limit is not None and longest + new - 1 > limit
 
 
+def prompt_keep(limit: int, new: int) -> int:
+    """How many of a prompt's newest tokens the window keeps beside `new` new tokens: what they
+    leave of the context, but at least half of it, so that a reply longer than the context still
+    starts from some of its prompt (the window slides later on)."""
+    return max(limit - new + 1, limit // 2)
+
+
 @torch.inference_mode()
 def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None:
     """Under --context-overflow error, refuse a prompt that leaves no room for the reply."""
@@ -187,7 +194,7 @@ def generate_ids(
     # many new tokens as possible fit beside them.
     starts = [0] * B
     if needs_window(longest, new, limit):
-        keep = max(limit - new + 1, limit // 2)
+        keep = prompt_keep(limit, new)
         starts = [max(0, len(p) - keep) for p in prompt_ids]
     if new == 0:
         return [RowResult([], "length") for _ in range(B)]
