@@ -40,8 +40,10 @@ def train_tokenizer(directory: Path, text: str, vocab_size: int = 400, specials:
     return directory
 
 
-def make_checkpoint(out: Path, text: str, seed: int = 0, task: dict | None = None, specials: list[str] = SPECIALS, **config) -> Path:
-    """A random-weight checkpoint artifact with a tokenizer trained on `text`."""
+def make_checkpoint(out: Path, text: str, seed: int = 0, task: dict | None = None, specials: list[str] = SPECIALS,
+                    document_start: str | None = None, **config) -> Path:
+    """A random-weight checkpoint artifact with a tokenizer trained on `text`; `document_start`
+    ("eos": as if pretrained on default shards) is recorded in its config as pretrain records it."""
     from llmkit.data.tokenizer import load_tokenizer
     from llmkit.model.io import save_weights
 
@@ -59,7 +61,7 @@ def make_checkpoint(out: Path, text: str, seed: int = 0, task: dict | None = Non
             (build.dir / "tokenizer" / name).write_bytes((tok_dir / name).read_bytes())
         if task is not None:
             (build.dir / "task.json").write_text(json.dumps(task))
-        build.config = {"test": True}
+        build.config = {"test": True, **({"document_start": document_start} if document_start else {})}
         build.seed = seed
     return out
 
@@ -406,6 +408,27 @@ def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):
     h = [json.loads(l) for l in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert g[1]["completion"] == h[0]["completion"]
     assert len(c) == 2
+
+
+def test_the_documented_library_call_gives_the_text_of_the_cli(cli, shakespeare, tmp_path, monkeypatch):
+    """A model pretrained on default shards saw documents start after <|eos|>: Generator.for_checkpoint
+    starts prompts there as llmkit generate does (docs/generate.md's example started them after
+    <|bos|>, which a random-weight model hardly tells apart, so the model's input is compared too)."""
+    from llmkit.inference import engine
+    from llmkit.model.io import load_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "pretrained", shakespeare[:20_000], document_start="eos")
+    fed = []
+    real_prefill = engine._Window.prefill
+    monkeypatch.setattr(engine._Window, "prefill", lambda self, rows: fed.append(rows) or real_prefill(self, rows))
+    sampling = ["-n", "16", "--temperature", "1.0", "--seed", "1", "--ignore-eos"]
+    assert cli("generate", ckpt, "-p", "ROMEO:", "-p", "To be", *sampling, "-o", tmp_path / "cli.jsonl").exit_code == 0
+    expected = [json.loads(line)["completion"] for line in (tmp_path / "cli.jsonl").read_text().splitlines()]
+    cli_fed, fed[:] = list(fed), []
+    loaded = load_checkpoint(ckpt)
+    params = GenerationParams(max_new_tokens=16, temperature=1.0, seed=1, stop_at_eos=False)
+    assert [c.text for c in Generator.for_checkpoint(loaded).complete(["ROMEO:", "To be"], params)] == expected
+    assert fed == cli_fed and cli_fed[0][0][0] == loaded.tokenizer.eos_id
 
 
 def test_cli_streams_single_prompt(cli, ckpt):

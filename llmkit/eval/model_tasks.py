@@ -289,7 +289,7 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
     from llmkit.inference.prompts import chat_stop_ids
 
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
-    generator = Generator(loaded.model, loaded.tokenizer, start_id(loaded), compile=cfg.inference.compile)
+    generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
     stops = chat_stop_ids(loaded.tokenizer) if chat else []
     bar, advance = _progress_bar(len(prompts), "generating")
     completions = []

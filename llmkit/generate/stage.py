@@ -15,7 +15,7 @@ from typing import Callable
 from llmkit.errors import UserError
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
-from llmkit.inference.prompts import Prompt, chat_stop_ids, check_unicode, document_start_id, encode_prompt, fit_prompt, read_prompt_file
+from llmkit.inference.prompts import Prompt, chat_stop_ids, check_unicode, encode_prompt, fit_prompt, read_prompt_file
 
 
 @dataclass
@@ -71,14 +71,14 @@ def run_generate(
     loaded = load_ensemble(members, device=resolve_device(cfg.inference.device), purpose="generation",
                            weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer
-    start_id = document_start_id(tokenizer, loaded.artifact, loaded.task)
+    generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
     _check_prompts_fit_the_template(prompts, loaded.task)
     if any(p.messages is not None for p in prompts):
         from llmkit.data.templates import chat_template, check_tokenizer
 
         check_tokenizer(chat_template(), tokenizer, "so it cannot read {\"messages\": ...} prompts (an imported GPT-2 or Llama "
                         "has none): give text prompts (--prompt, or {\"prompt\": ...} records) to continue text")
-    encoded = [encode_prompt(p, tokenizer, loaded.task, start_id) for p in prompts]
+    encoded = [encode_prompt(p, tokenizer, loaded.task, generator.start_id) for p in prompts]
     chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else []
     limit = context_limit(loaded.model)
@@ -107,7 +107,6 @@ def run_generate(
             f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)",
             soft_wrap=True, markup=False,
         )
-    generator = Generator(loaded.model, tokenizer, start_id, compile=cfg.inference.compile)
     if on_ready is not None:
         on_ready(prompts)
     results: list[Generated] = []

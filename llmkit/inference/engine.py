@@ -2,7 +2,7 @@
 
 Public surface (also used by `llmkit eval`):
 
-    Generator(model, tokenizer).complete(prompts, GenerationParams(...)) -> list[Completion]
+    Generator.for_checkpoint(load_checkpoint(path)).complete(prompts, GenerationParams(...)) -> list[Completion]
     generate_ids(model, prompt_ids, params, ...) -> list[RowResult]   (token level)
 
 How a batch runs. Prompts are LEFT-padded to a common length and the model is told how much
@@ -338,6 +338,17 @@ class Generator:
             self.decoder = CompiledDecoder(model)  # which packs the weights its own way
         else:
             prepare_for_decoding(model)
+
+    @classmethod
+    def for_checkpoint(cls, loaded, compile: bool = False) -> Generator:
+        """The generator of a loaded checkpoint (llmkit.model.io.load_checkpoint, or an ensemble's
+        load_ensemble), as `llmkit generate` and `llmkit eval` make it: text prompts start after the
+        token the checkpoint's documents followed in training, which for a model pretrained on
+        default shards is `<|eos|>`, a token the default start `<|bos|>` is not."""
+        from llmkit.inference.prompts import document_start_id
+
+        start_id = document_start_id(loaded.tokenizer, loaded.artifact, loaded.task)
+        return cls(loaded.model, loaded.tokenizer, start_id, compile=compile)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.start_id] + (self.tokenizer.encode(prompt) if prompt else [])
