@@ -201,3 +201,25 @@ def test_a_reply_is_capped_only_where_the_engine_would_need_a_window(shared_data
         session.reply("hi")
         assert asked == [expected]
         assert ("replies stop at what is left" in capsys.readouterr().err) == (new_tokens != expected)
+
+
+def test_one_session_at_a_time_writes_a_transcript_through_a_temporary_file_of_its_own(shared_data, tmp_path, cli):
+    """Like generate's -o: a second session on one transcript is refused at once (the two rewrote
+    the same `.NAME.tmp`), and another writer's temporary file is left alone."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+    from llmkit.outputs import output_lock
+    from test_generate import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "ck", (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:5000])
+    out = tmp_path / "talk.jsonl"
+    args = ["chat", str(checkpoint), "--greedy", "-n", "2", "-o", str(out)]
+    with output_lock(out):
+        refused = CliRunner().invoke(app, args, input="hello\n")
+    assert refused.exit_code != 0 and "another llmkit run is writing" in refused.output and not out.exists(), refused.output
+    (tmp_path / ".talk.jsonl.tmp").write_text("another session's\n")
+    result = CliRunner().invoke(app, args, input="hello\n")
+    assert result.exit_code == 0, result.output
+    assert [m["role"] for m in __import__("json").loads(out.read_text())["messages"]] == ["user", "assistant"]
+    assert (tmp_path / ".talk.jsonl.tmp").read_text() == "another session's\n"

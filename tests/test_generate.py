@@ -4,6 +4,8 @@ seeds, sampling filters, stop strings, context overflow, LSTM, the CLI and its b
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -451,6 +453,36 @@ def test_printed_completions_piped_are_the_text_as_generated(cli, ckpt, tmp_path
     for line in (tmp_path / "a.jsonl").read_text().splitlines():
         record = json.loads(line)
         assert "\n" + record["prompt"] + record["completion"] + "\n" in printed.output
+
+
+def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its_own(cli, ckpt, tmp_path):
+    """Two runs on one -o used to share the temporary `.NAME.tmp`: the second truncated the first's
+    records and a failed run's landed at -o. Now a run holds the output's lock (a second is refused
+    at once), writes a temporary file no other run has, and checks -o again under the lock."""
+    from llmkit.errors import UserError
+    from llmkit.generate.config import GenerateConfig
+    from llmkit.generate.stage import JsonlOutput
+    from llmkit.outputs import output_lock
+
+    out = tmp_path / "a.jsonl"
+    args = ["generate", ckpt, "-p", "KING:", "-n", "3", "--greedy", "-o", out]
+    with output_lock(out):
+        result = cli(*args)
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and "another llmkit run is writing" in lines[0], result.output
+    assert not out.exists()
+    (tmp_path / ".a.jsonl.tmp").write_text("another run's records\n")
+    (tmp_path / "a.jsonl.partial").write_text("what an earlier run made before it stopped\n")
+    assert cli(*args).exit_code == 0
+    assert (tmp_path / ".a.jsonl.tmp").read_text() == "another run's records\n"
+    assert json.loads(out.read_text())["prompt"] == "KING:" and not (tmp_path / "a.jsonl.partial").exists()  # superseded
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(UserError, match="already exists"):  # made since the command's own check
+        with JsonlOutput(out, GenerateConfig.build(prompts=["x"])):
+            pass
+    assert not list(tmp_path.glob(".a.jsonl.tmp-*"))
 
 
 def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):

@@ -134,12 +134,7 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     """Chat with a fine-tuned checkpoint in the terminal (streaming; /reset, /exit)."""
     import sys
 
-    from llmkit.console import err
     from llmkit.outputs import check_output_file
-    from llmkit.model.io import load_checkpoint
-    from llmkit.runtime import resolve_device
-
-    from llmkit.errors import UserError
     from llmkit.inference.prompts import check_unicode
 
     check_output_file(out, force, inputs=[checkpoint])
@@ -147,10 +142,27 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
         check_unicode(config.system, "--system", "write it in UTF-8")
     if hasattr(sys.stdin, "reconfigure"):  # an undecodable byte typed is refused below, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
+    with Transcript(out, config.system, force) as transcript:
+        _converse(config, checkpoint, transcript)
+    if out is not None and transcript.saved:
+        from llmkit.console import err
+
+        err.print(f"wrote {len(transcript.saved)} conversation(s) to {out}")
+
+
+def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> None:
+    """The session itself: lines read, replies streamed, each exchange added to the transcript."""
+    import sys
+
+    from llmkit.console import err
+    from llmkit.errors import UserError
+    from llmkit.inference.prompts import check_unicode
+    from llmkit.model.io import load_checkpoint
+    from llmkit.runtime import resolve_device
+
     loaded = load_checkpoint(checkpoint, device=resolve_device(config.inference.device), purpose="chat")
     params = config.sampling.params(config.seed)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.inference.compile)
-    transcript = Transcript(out, config.system)
     name = session.template["name"]
     if loaded.task is None:
         err.print(f"note: {checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
@@ -191,19 +203,36 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
         sys.stdout.write("\n")
         sys.stdout.flush()
         turn += 1
-    if out is not None and transcript.saved:
-        err.print(f"wrote {len(transcript.saved)} conversation(s) to {out}")
 
 
 class Transcript:
     """The conversations of a session in FILE.jsonl, one {"messages": [...]} record each (the
     format `llmkit finetune --data` and `llmkit generate --prompts` read); rewritten whole after
-    every reply, so the file is complete whenever the session ends."""
+    every reply, through a temporary sibling of its own renamed into place, so the file is
+    complete whenever the session ends. One session writes FILE at a time: it holds the output's
+    lock from entering to leaving."""
 
-    def __init__(self, path: Path | None, system: str | None):
-        self.path, self.system = path, system
+    def __init__(self, path: Path | None, system: str | None, force: bool = False):
+        self.path, self.system, self.force = path, system, force
         self.conversations: list[list[dict[str, str]]] = []
         self.new_conversation()
+
+    def __enter__(self) -> Transcript:
+        import contextlib
+
+        from llmkit.errors import UserError
+        from llmkit.outputs import output_lock
+
+        with contextlib.ExitStack() as stack:
+            if self.path is not None:
+                stack.enter_context(output_lock(self.path))
+                if self.path.exists() and not self.force:  # written by another run since the command checked
+                    raise UserError(f"output {self.path} already exists; pass --force to replace it or choose another -o path")
+            self.unlock = stack.pop_all()
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.unlock.close()
 
     @property
     def saved(self) -> list[list[dict[str, str]]]:
@@ -220,12 +249,20 @@ class Transcript:
             return
         import json
         import os
+        import tempfile
 
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for messages in self.saved:
-                handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
+        from llmkit.outputs import default_permissions
+
+        handle, name = tempfile.mkstemp(dir=self.path.resolve().parent, prefix=f".{self.path.name}.tmp-")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                for messages in self.saved:
+                    file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            default_permissions(Path(name))  # (mkstemp makes it private)
+            os.replace(name, self.path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
 
 
 chat = stage_command(

@@ -65,7 +65,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     bar = progress()
     bar.disable = bar.disable or stream or out is None  # batch use only: printed completions need the terminal
     task = bar.add_task("generating", total=rows)
-    with JsonlOutput(out, config) if out is not None else nullcontext() as writer, bar:
+    with JsonlOutput(out, config, force) if out is not None else nullcontext() as writer, bar:
         results = run_generate(checkpoints, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
     if out is not None:
         err.print(f"wrote {len(results)} completion(s) to {out}")

@@ -6,8 +6,10 @@ completion with the settings that made it, so a result can be reproduced with th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -130,16 +132,27 @@ def run_generate(
 
 
 class JsonlOutput:
-    """Completion records written as they are made, into a hidden temporary file renamed to `path`
-    at the end. A run that stops early keeps what it made in `PATH.partial` and says so, and
-    leaves nothing at `path` itself."""
+    """Completion records written as they are made, by one run at a time (it holds the output's
+    lock from entering to leaving), into a temporary sibling of `path` of its own, renamed to
+    `path` at the end. A run that stops early keeps what it made in `PATH.partial` (replacing an
+    older one) and says so, and leaves nothing at `path`; a run that completes removes an older
+    `PATH.partial`, which its own records supersede."""
 
-    def __init__(self, path: Path, cfg: GenerateConfig):
-        self.path, self.cfg, self.written = Path(path), cfg, 0
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+    def __init__(self, path: Path, cfg: GenerateConfig, force: bool = False):
+        self.path, self.cfg, self.force, self.written = Path(path), cfg, force, 0
+        self.partial = self.path.with_name(self.path.name + ".partial")
 
     def __enter__(self) -> JsonlOutput:
-        self.handle = open(self.tmp, "w", encoding="utf-8")
+        from llmkit.outputs import output_lock
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(output_lock(self.path))
+            if self.path.exists() and not self.force:  # written by another run since the command checked
+                raise UserError(f"output {self.path} already exists; pass --force to replace it or choose another -o path")
+            handle, name = tempfile.mkstemp(dir=self.path.resolve().parent, prefix=f".{self.path.name}.tmp-")
+            self.tmp = Path(name)
+            self.handle = os.fdopen(handle, "w", encoding="utf-8")
+            self.unlock = stack.pop_all()
         return self
 
     def write(self, batch: list[Generated]) -> None:
@@ -149,17 +162,25 @@ class JsonlOutput:
         self.written += len(batch)
 
     def __exit__(self, kind, error, trace) -> None:
-        self.handle.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        elif self.written:
-            partial = self.path.with_name(self.path.name + ".partial")
-            os.replace(self.tmp, partial)
-            from llmkit.console import err
+        from llmkit.outputs import default_permissions
 
-            err.print(f"note: the {self.written} completion(s) made before stopping are in {partial}", soft_wrap=True, markup=False)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        try:
+            self.handle.close()
+            if kind is None:
+                default_permissions(self.tmp)  # (mkstemp makes it private)
+                os.replace(self.tmp, self.path)
+                self.partial.unlink(missing_ok=True)
+            elif self.written:
+                default_permissions(self.tmp)
+                os.replace(self.tmp, self.partial)
+                from llmkit.console import err
+
+                err.print(f"note: the {self.written} completion(s) made before stopping are in {self.partial}", soft_wrap=True,
+                          markup=False)
+            else:
+                self.tmp.unlink(missing_ok=True)
+        finally:
+            self.unlock.close()
 
 
 def _check_prompts_fit_the_template(prompts: list[Prompt], task) -> None:
