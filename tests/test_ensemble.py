@@ -163,6 +163,45 @@ def test_generate_ensemble_matches_the_mixture_step_by_step(runs):
     assert row.token_ids == sequence[len(prompt):]
 
 
+def test_the_repetition_penalty_means_for_an_ensemble_what_it_means_for_one_model(cli, runs, tmp_path):
+    """The penalty (CTRL / HF) is a rule on a model's logits; it acted on the ensemble's mixed
+    log-probabilities instead (never positive, so always multiplied: far stronger). A weight-0 member
+    is left out, so --weights 1,0 gives the first checkpoint's text, and a checkpoint ensembled with
+    itself gives its own: the penalty acts on each member's logits, then they are mixed."""
+    def greedy(*args):
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}.jsonl"
+        _ok(cli("generate", *args, "-p", "ROMEO:", "-p", "To be", "--greedy", "-n", "24", "--repetition-penalty", "1.5",
+                "--ignore-eos", "-o", out))
+        return [json.loads(line)["completion"] for line in out.read_text().splitlines()]
+
+    alone = greedy(runs / "a")
+    assert greedy(runs / "a", runs / "b", "--weights", "1,0") == alone
+    assert greedy(runs / "a", runs / "a") == alone
+
+
+def test_an_ensemble_penalises_each_members_logits_then_mixes_them(runs):
+    from llmkit.inference.engine import GenerationParams, generate_ids
+    from llmkit.inference.sampling import apply_repetition_penalty
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(runs / "a")
+    a, b = loaded.model, load_checkpoint(runs / "b").model
+    weights = [0.3, 0.7]
+    prompt = [loaded.tokenizer.eos_id] + loaded.tokenizer.encode("ROMEO:")
+    params = GenerationParams(max_new_tokens=10, temperature=0.0, repetition_penalty=1.2, stop_at_eos=False)
+    [row] = generate_ids(Ensemble([a, b], weights), [prompt], params, pad_id=0)
+    sequence = list(prompt)
+    with torch.no_grad():
+        for _ in range(10):
+            idx = torch.tensor([sequence])
+            seen = torch.zeros(1, a.config.vocab_size, dtype=torch.bool)
+            seen[0, sequence] = True
+            parts = [math.log(w) + F.log_softmax(apply_repetition_penalty(m(idx)[0][:, -1], seen, 1.2), -1)
+                     for m, w in zip((a, b), weights)]
+            sequence.append(int(torch.logaddexp(*parts).argmax()))
+    assert row.token_ids == sequence[len(prompt):]
+
+
 def test_classifier_ensembles_average_class_probabilities():
     from llmkit.model.classifier import SequenceClassifier
     from llmkit.model.gpt import GPT, ModelConfig

@@ -29,7 +29,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit.inference.options import OVERFLOW_POLICIES
-from llmkit.inference.sampling import SamplingParams, next_tokens, row_seed
+from llmkit.inference.sampling import SamplingParams, apply_repetition_penalty, next_tokens, row_seed
 
 
 @dataclass
@@ -107,13 +107,20 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 class _Window:
     """Prefill (or re-prefill after a slide) for a batch; returns next-token logits [B, V]."""
 
-    def __init__(self, model, pad_id: int, limit: int | None, budget: int, decoder=None):
+    def __init__(self, model, pad_id: int, limit: int | None, budget: int, decoder=None, adjust_members=None):
         self.model = model
         self.decoder = decoder  # a CompiledDecoder (--compile) or None: the model's own forward
         self.pad_id = pad_id
         self.limit = limit
         self.budget = budget  # how many more tokens may still be fed after the prefill
+        self.adjust_members = adjust_members  # an ensemble's: applied to each member's logits before mixing
         self.cache = None
+
+    def _next_token_scores(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.adjust_members is not None:
+            return self.model.next_token_log_probs(idx, cache=self.cache, adjust=self.adjust_members)
+        logits, _ = self.model(idx, cache=self.cache)
+        return logits[:, -1]
 
     def prefill(self, rows: list[list[int]]) -> torch.Tensor:
         idx, pad_lengths = _left_pad(rows, self.pad_id, next(self.model.parameters()).device)
@@ -123,8 +130,7 @@ class _Window:
         if self.decoder is not None:
             max_len = self.decoder.cache_length(max_len, self.limit)
         self.cache = self.model.new_cache(idx.size(0), max_len, pad_lengths=pad_lengths)
-        logits, _ = self.model(idx, cache=self.cache)
-        return logits[:, -1]
+        return self._next_token_scores(idx)
 
     @property
     def full(self) -> bool:
@@ -133,8 +139,7 @@ class _Window:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.decoder is not None:
             return self.decoder.step(tokens, self.cache)
-        logits, _ = self.model(tokens[:, None], cache=self.cache)
-        return logits[:, -1]
+        return self._next_token_scores(tokens[:, None])
 
 
 def needs_window(longest: int, new: int, limit: int | None) -> bool:
@@ -189,7 +194,18 @@ def generate_ids(
     seeds = list(seeds) if seeds is not None else [row_seed(params.seed, b, 0) for b in range(B)]
     generators = None if params.greedy else [torch.Generator().manual_seed(s) for s in seeds]
 
-    window = _Window(model, pad_id, limit, budget=new, decoder=decoder)
+    device = next(model.parameters()).device
+    seen = None  # the tokens of each row so far, for the repetition penalty
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(B, int(model.config.vocab_size), dtype=torch.bool, device=device)
+        for b, row in enumerate(prompt_ids):
+            seen[b, torch.tensor(row, dtype=torch.long, device=device)] = True
+    adjust_members = None
+    if seen is not None and callable(getattr(model, "next_token_log_probs", None)):
+        # An ensemble's scores are mixed log-probabilities: the penalty acts on its members' logits.
+        def adjust_members(logits: torch.Tensor) -> torch.Tensor:
+            return apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    window = _Window(model, pad_id, limit, budget=new, decoder=decoder, adjust_members=adjust_members)
     # Where each row's window starts, as it would alone. Prompts are cut from the left so that as
     # many new tokens as possible fit beside them.
     starts = [0] * B
@@ -202,13 +218,6 @@ def generate_ids(
     if not bool(torch.isfinite(logits).all()):  # one check a call: sampling would fail on it, greedy print noise
         raise UserError("the model's next-token scores are not finite (NaN or inf): its weights diverged in training; "
                         "use an earlier checkpoint (RUN/checkpoints/) or retrain with a lower --lr")
-    device = logits.device
-
-    seen = None
-    if params.repetition_penalty != 1.0:
-        seen = torch.zeros(B, logits.size(-1), dtype=torch.bool, device=device)
-        for b, row in enumerate(prompt_ids):
-            seen[b, torch.tensor(row, dtype=torch.long, device=device)] = True
 
     outputs: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
@@ -216,7 +225,7 @@ def generate_ids(
     stop_ids = set(eos_ids) if params.stop_at_eos else set()
     alive = [True] * B
     for step in range(new):
-        tokens = next_tokens(logits, params, generators, seen)
+        tokens = next_tokens(logits, params, generators, seen if adjust_members is None else None)
         picked = tokens.tolist()
         was_alive = alive
         reported: list[int | None] = [None] * B

@@ -8,7 +8,8 @@ The ensemble answers the interface every stage uses of a language model (`forwar
 optional cache, `new_cache`, `config`, `classify` for classifiers), so the generation engine,
 rolling-window perplexity and multiple-choice scoring run on it unchanged. What it returns in
 place of logits are log-probabilities: softmax and cross-entropy of normalised log-probabilities
-are the probabilities themselves, so sampling and scoring need no special case.
+are the probabilities themselves, so temperature, top-k, top-p and scoring need no special case.
+The repetition penalty does (`next_token_log_probs`): it is a rule on a model's own logits.
 
 Two ways to mix (`mode`):
   prob     p(x) = sum_k w_k p_k(x)                        the mixture (default; never worse in
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,16 @@ class Ensemble(nn.Module):
             loss = F.nll_loss(log_probs.flatten(0, -2), targets.flatten(), ignore_index=-100)
         return log_probs, loss
 
+    def next_token_log_probs(self, idx: torch.Tensor, *, cache: EnsembleCache,
+                             adjust: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The mixture's log-probabilities [B, V] of the token after each row of `idx`, each member's
+        logits there passed through `adjust` before they are mixed. Generation's repetition penalty
+        (CTRL / HF: a seen token's positive logit divided, its negative one multiplied) is a rule on
+        a model's own logits, not invariant to shifting them, so no rule on the mixed distribution
+        is that rule for one model: it is applied to every member as to that model alone."""
+        outputs = (adjust(m(idx, cache=c)[0][:, -1].float()) for m, c in zip(self.members, cache.caches))
+        return self._mix(outputs)
+
     def new_cache(self, batch_size: int, max_len: int | None = None, pad_lengths=None) -> EnsembleCache:
         max_len = max_len if max_len is not None else int(self.config.context_length)
         return EnsembleCache([m.new_cache(batch_size, max_len, pad_lengths=pad_lengths) for m in self.members])
@@ -144,8 +155,9 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     first.members = [item.artifact for item in loaded]
     # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
     kept = [(item.model, w) for item, w in zip(loaded, normalised_weights) if w > 0]
-    first.model = ensemble_of([m for m, _ in kept], [w for _, w in kept], mode).eval()
-    first.config = first.model.config
+    if len(kept) > 1:  # one member alone is that model, its logits as they are
+        first.model = ensemble_of([m for m, _ in kept], [w for _, w in kept], mode).eval()
+        first.config = first.model.config
     return first
 
 
