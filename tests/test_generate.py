@@ -273,6 +273,37 @@ def test_sampling_filters_match_definitions():
     assert torch.equal(next_tokens(scores, SamplingParams(temperature=1e-40), gens), scores.argmax(-1))
 
 
+def test_sampling_draws_on_the_cpu_and_gives_the_tokens_back_on_the_scores_device():
+    """The rows' generators are CPU ones, which a CUDA multinomial refuses ("Expected a 'cuda' device
+    type for generator"): the draw copies the probabilities to the CPU and returns the tokens on
+    their device (a stand-in for GPU probabilities, on "meta", is all a CPU machine can show). On
+    the CPU the tokens a seed gives are those it gave before (pinned)."""
+    from llmkit.inference.sampling import draw
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, generator=g) * 2
+    seen = torch.zeros(3, 50, dtype=torch.bool)
+    seen[:, :10] = True
+    params = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.3)
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    assert [next_tokens(logits, params, generators, seen).tolist() for _ in range(4)] == [
+        [45, 19, 22], [30, 9, 16], [45, 19, 22], [19, 12, 38]]
+
+    class ProbabilitiesOnAnotherDevice:
+        device = torch.device("meta")
+
+        def __init__(self, probs):
+            self.probs, self.copied_to = probs, []
+
+        def to(self, device, dtype=None):
+            self.copied_to.append(torch.device(device).type)
+            return self.probs.to(device, dtype)
+
+    probs = ProbabilitiesOnAnotherDevice(logits.softmax(-1))
+    tokens = draw(probs, [torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    assert probs.copied_to == ["cpu"] and tokens.device.type == "meta" and tokens.shape == (3,)
+
+
 def test_context_overflow_slide_and_error():
     model = GPT(ModelConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, n_embd=16, **GPT2_SHAPE)).eval()
     long_prompt = list(range(3, 30))  # 27 tokens > context 16

@@ -2,8 +2,9 @@
 
 The order and the meaning of each setting follow Hugging Face `generate()` (repetition penalty,
 then temperature, then top-k, then top-p), so the same flags mean the same thing in both tools.
-Every row draws from its own seeded `torch.Generator`: a row's text depends only on its seed,
-not on which other prompts share its batch.
+Every row draws from its own seeded CPU `torch.Generator` (the draw is made on the CPU whatever
+the model's device): a row's text depends only on its seed, not on which other prompts share
+its batch.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ def next_tokens(
         logits = filter_top_k(logits, params.top_k)
     if params.top_p is not None and params.top_p < 1.0:
         logits = filter_top_p(logits, params.top_p)
-    probs = logits.softmax(dim=-1)
-    picks = [torch.multinomial(probs[b], 1, generator=generators[b]) for b in range(probs.size(0))]
-    return torch.cat(picks)
+    return draw(logits.softmax(dim=-1), generators)
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.LongTensor:
+    """One token per row of `probs` [B, V], row b drawn with `generators[b]`, on the device of `probs`.
+
+    The draw is made on the CPU, where the rows' generators are: a CUDA or MPS multinomial refuses
+    a CPU generator, and a generator of the model's device would draw other numbers from the same
+    seed on each kind of device. One copy of [B, V] probabilities a step, next to the model's work.
+    """
+    on_cpu = probs.to("cpu", torch.float32)
+    picks = [torch.multinomial(on_cpu[b], 1, generator=generators[b]) for b in range(on_cpu.size(0))]
+    return torch.cat(picks).to(probs.device)
