@@ -370,6 +370,23 @@ def test_a_diverged_model_is_named_not_sampled(ckpt, greedy):
         Generator(loaded.model, loaded.tokenizer).complete(["ROMEO:"], GenerationParams(max_new_tokens=4, temperature=0.0 if greedy else 1.0))
 
 
+def test_ignore_eos_keeps_a_chats_role_tokens_as_stops(ckpt):
+    """--ignore-eos goes past the end-of-text token only: a role token still ends a chat's reply
+    (it was dropped as a stop too, and the model went on to write the user's next turn)."""
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    generator = Generator(loaded.model, loaded.tokenizer)
+    free = generator.complete(["ROMEO:"], GenerationParams(max_new_tokens=6, stop_at_eos=False))[0]
+    role = free.token_ids[2]  # stands for a role token the model writes
+    params = GenerationParams(max_new_tokens=6, stop_at_eos=False)
+    stopped = generator.complete(["ROMEO:"], params, extra_stop_ids=[role])[0]
+    assert stopped.token_ids == free.token_ids[:free.token_ids.index(role)] and stopped.finish_reason == "eos"
+    [row] = generate_ids(loaded.model, [[loaded.tokenizer.bos_id] + loaded.tokenizer.encode("ROMEO:")], params, pad_id=0,
+                         eos_ids=[role])
+    assert row.token_ids == free.token_ids  # the end-of-text token(s) alone are gone past
+
+
 def test_generator_text_stop_strings_and_streaming(ckpt):
     from llmkit.model.io import load_checkpoint
 

@@ -174,10 +174,12 @@ def generate_ids(
     seeds: Sequence[int] | None = None,
     on_step: Callable[[list[int | None]], Sequence[int] | None] | None = None,
     decoder=None,
+    stop_ids: Sequence[int] = (),
 ) -> list[RowResult]:
     """Generate for one batch of token prompts (one row each), left-padded together.
 
-    `seeds` gives each row its own sampling seed (default: derived from params.seed and the row).
+    A token of `eos_ids` ends a row unless `params.stop_at_eos` is off; one of `stop_ids` ends it
+    in any case (a chat's role tokens: past one, the model writes the next turn). `seeds` gives each row its own sampling seed (default: derived from params.seed and the row).
     `on_step(tokens)` is called after every step with the token each row produced (None for a
     finished row); it may return the indices of rows to stop now (a stop string appeared).
     `decoder` (llmkit.inference.compiled.CompiledDecoder) runs the decode steps compiled.
@@ -222,7 +224,7 @@ def generate_ids(
     outputs: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
     # Row bookkeeping stays in Python lists: one tolist() per step, no small tensor ops.
-    stop_ids = set(eos_ids) if params.stop_at_eos else set()
+    stop_ids = set(stop_ids) | (set(eos_ids) if params.stop_at_eos else set())
     alive = [True] * B
     for step in range(new):
         tokens = next_tokens(logits, params, generators, seen if adjust_members is None else None)
@@ -386,12 +388,13 @@ class Generator:
         see llmkit.data.templates.encode_chat_prompt). `on_text(row, piece)` streams text as it is decided, `row`
         being the index in the result list. Row seeds derive from (params.seed, prompt_offset +
         prompt index, sample index), so a prompt's text does not depend on how calls are split.
+        `extra_stop_ids` end a completion as the end-of-text token does, even with
+        `params.stop_at_eos` off (a chat's role tokens).
         """
         if num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, got {num_samples}")
         rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
         encoded = [self.encode_prompt(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
-        eos_ids = [self.tokenizer.eos_id, *extra_stop_ids]
         pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
         results: list[Completion] = []
         for start in range(0, len(rows), max(1, batch_size)):
@@ -413,8 +416,8 @@ class Generator:
                 return stopped
 
             row_results = generate_ids(
-                self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=eos_ids, seeds=seeds, on_step=on_step,
-                decoder=self.decoder,
+                self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=[self.tokenizer.eos_id], seeds=seeds,
+                on_step=on_step, decoder=self.decoder, stop_ids=extra_stop_ids,
             )
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):
                 tracker = trackers[b]
