@@ -91,7 +91,8 @@ class ChatConfig(Options):
     sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
                                help={"max_new_tokens": "Longest reply in tokens."})
     inference: Inference = group(Inference, panel=RUN)
-    seed: int = option(0, "Sampling seed (turn k samples with seed + k).", range="[0, 4294967295]")
+    seed: int = option(0, "Sampling seed (turn k of the session samples with seed + k; /reset does not restart the count).",
+                       range="[0, 4294967295]")
 
     def check_given(self, given: frozenset[str]) -> None:
         _refuse_greedy_with_temperature(self, given)
