@@ -86,8 +86,8 @@ def run_generate(
     limit = context_limit(loaded.model)
     if limit is not None and cfg.context_overflow == "slide":
         # A text-template fine-tune's prompt too long for the context loses the end of its input,
-        # not its start (the window would drop the template's wording and the first token): cut
-        # to what the window keeps, it is kept whole.
+        # not its start (the window would drop the template's wording and the first token); cut to
+        # what the window keeps of a prompt, the window then keeps all of it.
         budget, cut = prompt_keep(limit, cfg.sampling.max_new_tokens), 0
         for i, prompt in enumerate(prompts):
             if len(encoded[i]) > budget and (fitted := fit_prompt(prompt, tokenizer, loaded.task, budget)) is not None:

@@ -105,7 +105,8 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 class _Window:
-    """Prefill (or re-prefill after a slide) for a batch; returns next-token logits [B, V]."""
+    """Prefill (or re-prefill after a slide) for a batch; returns next-token scores [B, V] (logits,
+    or an ensemble's log-probabilities)."""
 
     def __init__(self, model, pad_id: int, limit: int | None, budget: int, decoder=None, adjust_members=None):
         self.model = model
@@ -179,7 +180,8 @@ def generate_ids(
     """Generate for one batch of token prompts (one row each), left-padded together.
 
     A token of `eos_ids` ends a row unless `params.stop_at_eos` is off; one of `stop_ids` ends it
-    in any case (a chat's role tokens: past one, the model writes the next turn). `seeds` gives each row its own sampling seed (default: derived from params.seed and the row).
+    in any case (a chat's role tokens: past one, the model writes the next turn). `seeds` gives
+    each row its own sampling seed (default: derived from params.seed and the row).
     `on_step(tokens)` is called after every step with the token each row produced (None for a
     finished row); it may return the indices of rows to stop now (a stop string appeared).
     `decoder` (llmkit.inference.compiled.CompiledDecoder) runs the decode steps compiled.
