@@ -99,12 +99,14 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
 
 
 @contextlib.contextmanager
-def output_lock(out: Path | str) -> Iterator[None]:
+def output_lock(out: Path | str, *, keep_replaced: bool = False) -> Iterator[None]:
     """Be the only llmkit run writing `out` for the length of the block.
 
     The lock is `.NAME.lock` beside the output (flock, released if the process dies). A second
     run is refused at once rather than left to replace the first one's output; stale temporary
     folders of killed runs of the same output are removed, since nobody else can be using them.
+    `keep_replaced`: a training run's directory (llmkit.train.launch.run_directory) decides itself
+    what becomes of a run that a killed --force run had moved aside: it may be the only copy left.
     """
     out = Path(out)
     lock_path = out.resolve().parent / f".{out.name}.lock"
@@ -123,7 +125,7 @@ def output_lock(out: Path | str) -> Iterator[None]:
             same = False
         if not same:
             raise UserError(f"another llmkit run is writing {out} (it holds {lock_path}); wait for it to finish or choose another -o")
-        _remove_stale_temporaries(out)
+        _remove_stale_temporaries(out, keep_replaced)
         try:
             yield
         finally:
@@ -132,10 +134,10 @@ def output_lock(out: Path | str) -> Iterator[None]:
         handle.close()
 
 
-def _remove_stale_temporaries(out: Path) -> None:
+def _remove_stale_temporaries(out: Path, keep_replaced: bool) -> None:
     parent = out.resolve().parent
     name = glob.escape(out.name)  # an -o of "c?" must not match other outputs' temporaries
-    for pattern in (f".{name}.tmp-*", f".{name}.old-*", f".{name}.replaced-*"):
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*") + (() if keep_replaced else (f".{name}.replaced-*",)):
         for stale in parent.glob(pattern):
             shutil.rmtree(stale, ignore_errors=True)
 

@@ -674,3 +674,23 @@ def test_outputs_get_the_umask_modes_not_private_ones(shakespeare, cli, tmp_path
     for path in (run / "model.safetensors", run / "training_state.safetensors", step / "model.safetensors", run / "manifest.json"):
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert step.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_force_run_killed_before_its_first_checkpoint_gives_the_old_run_back(shakespeare, cli, tmp_path):
+    """SIGKILL runs no handler, so the run a --force run moved aside stays aside: the next command on
+    the directory puts it back (the lock used to delete it as a stale temporary, and the --resume the
+    interrupt message asks for then started at step 0)."""
+    run, common = tmp_path / "run", [*FAST, "--eval-every", "0"]
+    assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2").exit_code == 0
+    aside = tmp_path / ".run.replaced-killed"
+    aside.mkdir()
+    os.replace(run, aside / "run")
+    run.mkdir()  # the killed --force run's directory: its mark and a metrics line, no checkpoint
+    (run / ".llmkit-run").touch()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 6.2}\n')
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "the run it replaced is back" in result.output and "resumed from step 2" in result.output
+    assert artifacts.load(run).stats["step"] == 3 and not list(tmp_path.glob(".run.*"))
+    fresh = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "fresh", *common, "--max-steps", "1", "--resume")
+    assert fresh.exit_code == 0 and "holds no checkpoint to resume from: the run starts at step 0" in fresh.output

@@ -170,6 +170,17 @@ def test_resume_after_crash_is_bitwise_exact(tmp_path):
     assert steps == list(range(1, 11))
 
 
+def test_the_run_a_force_run_replaced_goes_with_its_first_checkpoint(tmp_path):
+    """What docs/pretrain.md promises: the replaced run is deleted once the new one has a checkpoint
+    (it used to stay, as big as a whole run, until the new run ended)."""
+    (tmp_path / ".run.replaced-x" / "run").mkdir(parents=True)
+    crash = make_trainer(tmp_path / "run", SyntheticBatches(fail_at=3 * 8), max_steps=10, save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        crash.run()
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000002"
+    assert not (tmp_path / ".run.replaced-x").exists()
+
+
 def test_nonfinite_loss_stops_and_names_step(tmp_path):
     class Poisoned(SyntheticBatches):
         def __call__(self, indices):

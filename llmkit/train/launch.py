@@ -16,6 +16,7 @@ manifest how the run executed. Pretrain, finetune and any later training stage u
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -75,23 +76,25 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     """The run directory, held by this run for the length of the block (llmkit.outputs.output_lock).
 
     It may not be, lie in or contain an input, even with --force; an existing one needs --resume
-    or --force. With --force the old run is moved aside and deleted only once the new one has
-    something to keep. A run that fails before writing anything worth keeping (a checkpoint)
-    leaves no directory behind, and with --force the old run back in its place. It is marked
-    (outputs.RUN_MARK) so that a later --force knows it for llmkit's.
+    or --force. With --force the old run is moved aside (`.RUN.replaced-*`) and deleted once the
+    new one has written a checkpoint (`discard_replaced_runs`, which the loop calls). A run that
+    fails before writing anything worth keeping leaves no directory behind, and with --force the
+    old run back in its place; one killed outright (SIGKILL) gets it put back by the next run on
+    the directory. It is marked (outputs.RUN_MARK) so that a later --force knows it for llmkit's.
     """
     from llmkit import outputs
 
     outputs.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
-    if out.exists() and not resume and not force:
-        raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
-    from llmkit.artifacts import manifest_kind
+    with outputs.output_lock(out, keep_replaced=True):
+        _put_back_replaced_run(out)
+        if out.exists() and not resume and not force:
+            raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
+        from llmkit.artifacts import manifest_kind
 
-    made = manifest_kind(out)
-    if resume and made not in (None, kind):
-        raise UserError(f"{out} is a {made} artifact, not a {'training run' if kind == 'checkpoint' else kind}: there is nothing "
-                        "in it to resume; give the run's own folder as -o")
-    with outputs.output_lock(out):
+        made = manifest_kind(out)
+        if resume and made not in (None, kind):
+            raise UserError(f"{out} is a {made} artifact, not a {'training run' if kind == 'checkpoint' else kind}: there is "
+                            "nothing in it to resume; give the run's own folder as -o")
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
@@ -104,7 +107,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         except BaseException:
             if created and not _worth_keeping(out):
                 shutil.rmtree(out, ignore_errors=True)
-                if replaced is not None:
+                if replaced is not None and replaced.is_dir():
                     os.replace(replaced, out)
                     replaced.parent.rmdir()
                     replaced = None
@@ -112,6 +115,32 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         finally:
             if replaced is not None:
                 shutil.rmtree(replaced.parent, ignore_errors=True)
+
+
+def _replaced_runs(out: Path) -> list[Path]:
+    """The folders `.RUN.replaced-*` that hold a run a --force run moved aside."""
+    return sorted(out.resolve().parent.glob(f".{glob.escape(out.name)}.replaced-*"))
+
+
+def discard_replaced_runs(out: Path) -> None:
+    """Delete the run that a --force run replaced: called once the new run holds a checkpoint."""
+    for folder in _replaced_runs(out):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _put_back_replaced_run(out: Path) -> None:
+    """A --force run killed before its first checkpoint (SIGKILL, the OOM killer: no handler ran)
+    left the run it replaced aside; until the new run holds a checkpoint that old run is the only
+    one worth having, so it goes back to `out` rather than being deleted with the temporaries."""
+    old = next((folder / out.name for folder in _replaced_runs(out) if (folder / out.name).is_dir()), None)
+    if old is not None and not (out.exists() and _worth_keeping(out)):
+        from llmkit.console import err
+
+        shutil.rmtree(out, ignore_errors=True)  # the killed run's mark and metrics: nothing to resume from
+        os.replace(old, out)
+        err.print(f"note: a --force run on {out} was stopped before its first checkpoint; the run it replaced is back in "
+                  f"{out}", soft_wrap=True, markup=False)
+    discard_replaced_runs(out)
 
 
 @contextmanager

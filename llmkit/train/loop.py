@@ -35,6 +35,7 @@ from llmkit.train import distributed as dist_utils
 from llmkit.train.ema import MovingAverage
 from llmkit.train.data_parallel import DataParallelRun
 from llmkit.train.distributed import DistInfo
+from llmkit.train.launch import discard_replaced_runs
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.objectives import targets_in
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
@@ -240,6 +241,11 @@ class Trainer:
                 raise UserError(f"{self.run_dir} holds only its merged final weights (a LoRA run made before runs kept "
                                 "their last step unmerged), which cannot train on; fine-tune from it as a new base, or "
                                 "start over with --force")
+            if self.info.is_main:
+                from llmkit.console import err
+
+                err.print(f"note: {self.run_dir} holds no checkpoint to resume from: the run starts at step 0",
+                          soft_wrap=True, markup=False)
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = MovingAverage.from_saved(extra)
@@ -466,6 +472,7 @@ class Trainer:
             with artifacts.create(target, "checkpoint", force=True, lock=False) as build:  # the run holds the lock
                 self._write_checkpoint_files(build.dir, step)
                 _describe(build, self.spec, self._progress(step))
+            discard_replaced_runs(self.run_dir)
             keep = self.settings.checkpoints.keep_last
             ckpt.prune(self.run_dir, keep + 1 if last and keep else keep)
         else:
@@ -481,6 +488,7 @@ class Trainer:
             build = artifacts.in_place_builder(self.run_dir, "checkpoint")
             _describe(build, self.spec, self._progress(step))
             artifacts.finalize_in_place(build, _state_files(self.spec))
+            discard_replaced_runs(self.run_dir)
             self._write_companions(step)
         dist_utils.barrier(self.info)
 
