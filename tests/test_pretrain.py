@@ -592,6 +592,24 @@ def test_resuming_a_finished_run_changes_nothing_and_cannot_go_back(shakespeare,
     assert artifacts.load(run).stats["step"] == 4
 
 
+def test_resume_refuses_another_moving_average_and_an_extended_run_keeps_no_stale_companion(shakespeare, cli, tmp_path):
+    """The average goes on from the saved one, so --ema is the run's own like --lr: another decay, or
+    none, used to be taken silently. --average-last is made at the end from the checkpoints on disk and
+    may change; a run extended without it used to keep its earlier end's RUN/average inside it."""
+    run = ["pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--eval-every", "0", "--save-every", "2",
+           "--keep-last", "0"]
+    assert cli(*run, "--max-steps", "4", "--ema", "0.9", "--average-last", "2").exit_code == 0
+    assert (tmp_path / "run" / "ema").is_dir() and (tmp_path / "run" / "average").is_dir()
+    line = _error(cli(*run, "--max-steps", "6", "--resume", "--ema", "0.5"))
+    assert "this run differs from it (--ema 0.9 -> 0.5)" in line
+    line = _error(cli(*run, "--max-steps", "6", "--resume"))
+    assert "this run differs from it (--ema 0.9 -> off)" in line
+    result = cli(*run, "--max-steps", "6", "--resume", "--ema", "0.9")
+    assert result.exit_code == 0, result.output
+    assert "removed" in result.output and not (tmp_path / "run" / "average").exists()
+    assert artifacts.load(tmp_path / "run" / "ema").stats["step"] == 6 and artifacts.verify(tmp_path / "run").ok
+
+
 def test_the_fingerprint_tells_runs_by_their_weights_and_schedule(shakespeare, cli, tmp_path):
     """When a run validates and saves changes no weight, so not the fingerprint; a run extended on
     --resume whose early steps followed another length's cosine records that schedule (its weights

@@ -18,6 +18,7 @@ weighs by its share of them, counted before the step over every data-parallel ra
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,6 +112,10 @@ EMA_UNDER_SPLIT_MODEL = ("--ema keeps full weights on every process, which --tp/
 
 class NonFiniteLoss(UserError):
     pass
+
+
+def _ema_flag(decay: float | None) -> str:
+    return "off" if decay is None else repr(decay)
 
 
 def accumulation_steps(settings: LoopSettings, batch_ways: int) -> int:
@@ -249,7 +254,7 @@ class Trainer:
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = MovingAverage.from_saved(extra)
-        self._check_same_run(latest)
+        self._check_same_run(latest, progress)
         for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
             if progress.get(key) != now:
                 raise UserError(
@@ -294,8 +299,9 @@ class Trainer:
         if history:
             self.spec.config[SCHEDULE_HISTORY] = history
 
-    def _check_same_run(self, latest: Path) -> None:
-        """A resume continues the same run: same model, seed and inputs (the data order depends on them)."""
+    def _check_same_run(self, latest: Path, progress: dict[str, Any]) -> None:
+        """A resume continues the same run: same model, seed and inputs (the data order depends on
+        them), options and moving average."""
         from llmkit.model.io import read_model_config
 
         manifest = artifacts.load(latest, kind="checkpoint").manifest
@@ -321,6 +327,14 @@ class Trainer:
         for key in sorted(set(saved_options) | set(options)):
             if key not in RESUMABLE_CHANGES and saved_options.get(key) != options.get(key):
                 changed.append(f"--{key.replace('_', '-')} {saved_options.get(key)!r} -> {options.get(key)!r}")
+        # --ema is outside the config (RUN/ema's records it), yet the average goes on from the saved
+        # one: another decay, or none, would leave a RUN/ema no run made (or a stale one in the run).
+        ema = self.settings.checkpoints.ema
+        if "ema" in progress:
+            if progress["ema"] != ema:
+                changed.append(f"--ema {_ema_flag(progress['ema'])} -> {_ema_flag(ema)}")
+        elif bool(self._saved_ema) != (ema is not None):  # saved before the decay was: only whether there was one
+            changed.append(f"--ema {'on' if self._saved_ema else 'off'} -> {_ema_flag(ema)}")
         if changed:
             raise UserError(
                 f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "
@@ -358,8 +372,6 @@ class Trainer:
             raise UserError("--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp")
         if self.model_parallel:
             raise UserError(EMA_UNDER_SPLIT_MODEL)
-        if self.resumed_from and not self._saved_ema:
-            raise UserError(f"the run was saved without --ema at step {self.resumed_from}; resume it as it was started")
         return MovingAverage(self.raw, decay, self.device, self._saved_ema)
 
     # -- one step ---------------------------------------------------------------------------
@@ -447,6 +459,7 @@ class Trainer:
             "seconds": round(self.seconds_before + time.perf_counter() - self.session_start, 3),
             "loss": self.last_loss,
             "val_loss": self.last_val,
+            "ema": self.settings.checkpoints.ema,  # the decay of the average saved beside (checked on resume)
             "schedule": {
                 "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
                 "max_steps": s.max_steps, "min_lr_ratio": s.optim.min_lr_ratio,
@@ -497,6 +510,7 @@ class Trainer:
         from llmkit.model.averaging import write_average
         from llmkit.model.io import weights_state_dict
 
+        self._remove_stale_companions(ema=self.ema is not None, average=self.settings.checkpoints.average_last > 1)
         run = artifacts.load(self.run_dir, kind="checkpoint")
         stats = replace(self.spec.stats, step=step, tokens_seen=self._progress(step)["tokens_seen"]).to_dict()
         if self.ema is not None:
@@ -519,6 +533,20 @@ class Trainer:
                           config=dict(self.spec.config, weights=f"mean of the last {len(members)} checkpoints",
                                       average_last=count), seed=self.spec.seed, stats=stats, force=True, lock=False,
                           roles=[f"member:{m.path.name}" for m in members[:-1]] + ["member:final"], guard_inputs=False)
+
+    def _remove_stale_companions(self, *, ema: bool, average: bool) -> None:
+        """A finished run extended without --average-last (or from before --ema was checked on
+        resume) would keep the companions of its earlier end inside it, naming a run that is gone."""
+        from llmkit.console import err
+
+        for name, rewritten in (("ema", ema), ("average", average)):
+            stale = self.run_dir / name
+            if not rewritten and stale.is_dir():
+                (stale / artifacts.MANIFEST).unlink(missing_ok=True)  # first: a kill midway leaves no artifact
+                shutil.rmtree(stale, ignore_errors=True)
+                flag = "--ema" if name == "ema" else "--average-last"
+                err.print(f"note: removed {stale}, made when the run ended at an earlier step; this run has no {flag}",
+                          soft_wrap=True, markup=False)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoopResult:
