@@ -467,6 +467,22 @@ def test_bad_inputs(shakespeare, cli, tmp_path):
     assert not any(p.name.startswith("r") for p in tmp_path.iterdir() if (p / "manifest.json").exists())
 
 
+def test_a_val_split_too_short_to_validate_on_is_refused_and_a_missing_one_noted(shared_data, shakespeare, cli, tmp_path):
+    """Both used to turn validation off unsaid, --eval-every or not."""
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    corpus = build_corpus(_documents(text)[:60], tmp_path / "corpus")
+    short_val = build_tokens(corpus, shakespeare["tokenizer"], tmp_path / "short-val", val_fraction=0.02)
+    assert artifacts.load(short_val).stats["val"]["tokens"] < 65
+    line = _error(cli("pretrain", short_val, "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--eval-every", "1"))
+    assert "the val split has" in line and "fewer than" in line and "--eval-every 0" in line
+    assert not (tmp_path / "run").exists()
+    assert cli("pretrain", short_val, "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--eval-every", "0").exit_code == 0
+    no_val = build_tokens(corpus, shakespeare["tokenizer"], tmp_path / "no-val", val_fraction=0.0)
+    result = cli("pretrain", no_val, "-o", tmp_path / "unvalidated", *FAST, "--max-steps", "1", "--eval-every", "1")
+    assert result.exit_code == 0, result.output
+    assert "has no val split" in result.output and "the run does not validate" in result.output
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):
     run = tmp_path / "run"
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "40", "--save-every", "2",

@@ -128,6 +128,15 @@ def _as_tokens(artifact_or_path: artifacts.Artifact | Path | str) -> artifacts.A
     return artifacts.load(artifact_or_path, kind="tokens")
 
 
+def _shard_names(art: artifacts.Artifact, split: str) -> list[str]:
+    return sorted(n for n in art.manifest.files if n.startswith(f"{split}/") and n.endswith(".bin"))
+
+
+def has_split(artifact_or_path: artifacts.Artifact | Path | str, split: str) -> bool:
+    """Whether a tokens artifact holds `split` at all (one made with --val-fraction 0 has no val)."""
+    return bool(_shard_names(_as_tokens(artifact_or_path), split))
+
+
 @functools.lru_cache(maxsize=8)
 def _tokenizer_ids(path: str, fingerprint: str) -> tuple[int, int, int]:
     """(vocabulary, eos, bos) of a tokens artifact's tokenizer copy: read once per artifact, not
@@ -177,7 +186,7 @@ class TokenShards:
             raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         art = _as_tokens(artifact_or_path)
         stats = art.stats
-        names = sorted(n for n in art.manifest.files if n.startswith(f"{split}/") and n.endswith(".bin"))
+        names = _shard_names(art, split)
         if not names:
             raise UserError(
                 f"tokens artifact {art.path} has no {split} split; "

@@ -101,18 +101,29 @@ def _split_global_batch(config: PretrainConfig, seq_len: int, batch_ways: int) -
     )
 
 
-def _open_split(tokens_art, split: str, seq_len: int, seed: int, required: bool):
-    from llmkit.data.shards import TokenShards, WindowSampler
+def _open_data(tokens_art, seq_len: int, config: PretrainConfig):
+    """(train windows, val windows or None). A val split too short for one window is refused when
+    the run validates (every validation would be skipped, unsaid); a tokens artifact made without
+    one (--val-fraction 0) trains without validation, which the run notes (`_note_no_validation`)."""
+    from llmkit.data.shards import TokenShards, WindowSampler, has_split
 
     try:
-        shards = TokenShards.open(tokens_art, split)
-        return shards, WindowSampler(shards, seq_len, seed)
-    except (UserError, FileNotFoundError) as exc:
-        if required:
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(f"tokens artifact {tokens_art.path} has no {split} split; rebuild it with llmkit tokenize") from exc
-        return None, None
+        train = WindowSampler(TokenShards.open(tokens_art, "train"), seq_len, config.seed)
+    except FileNotFoundError as exc:
+        raise UserError(f"tokens artifact {tokens_art.path} has no train split; rebuild it with llmkit tokenize") from exc
+    if config.checkpoints.eval_every == 0 or not has_split(tokens_art, "val"):
+        return train, None
+    try:
+        return train, WindowSampler(TokenShards.open(tokens_art, "val"), seq_len, config.seed)
+    except UserError as exc:
+        raise UserError(f"{exc}, or pass --eval-every 0 to train without validation") from exc
+
+
+def _note_no_validation(tokens_art, config: PretrainConfig) -> None:
+    from llmkit.console import err
+
+    err.print(f"note: {tokens_art.path} has no val split (tokenized with --val-fraction 0): the run does not validate, "
+              f"whatever --eval-every {config.checkpoints.eval_every} says", soft_wrap=True, markup=False)
 
 
 def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | None = None) -> None:
@@ -157,8 +168,9 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else min(100, max_steps // 10)
 
         seed_everything(config.seed)
-        _, train_sampler = _open_split(tokens_art, "train", seq_len, config.seed, required=True)
-        _, val_sampler = _open_split(tokens_art, "val", seq_len, config.seed, required=False)
+        train_sampler, val_sampler = _open_data(tokens_art, seq_len, config)
+        if val_sampler is None and config.checkpoints.eval_every > 0 and info.is_main:
+            _note_no_validation(tokens_art, config)
         special = sorted(set(tokenizer.special_ids.values())) if tokenizer.special_ids else []
         data_options = dict(
             objective=model_config.objective, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
