@@ -78,7 +78,7 @@ def _headline(art: Artifact) -> str:
         for key in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
             if isinstance(getattr(stats, key), (int, float)):
                 parts.append(f"{key} {num(getattr(stats, key))}")
-        return ", ".join(parts)
+        return ", ".join(parts) + _measured_earlier(stats)
     if art.kind == "sweep":
         losses = [r["final_val_loss"] for r in s.get("runs", []) if isinstance(r.get("final_val_loss"), (int, float))]
         return f"{len(s.get('runs', []))} runs" + (f", best val_loss {num(min(losses))}" if losses else "")
@@ -149,6 +149,13 @@ def print_report(arts: list[Artifact]) -> None:
     out.print(table)
 
 
+def _measured_earlier(stats: CheckpointStats) -> str:
+    """Said after the validation figures of a checkpoint saved between validations."""
+    if stats.val_step is not None and stats.val_step != stats.step:
+        return f" (validation at step {stats.val_step})"
+    return ""
+
+
 def print_checkpoint_summary(path) -> None:
     """The line a training stage ends with: progress, losses and the fingerprint of its checkpoint."""
     from llmkit import artifacts
@@ -169,4 +176,5 @@ def print_checkpoint_summary(path) -> None:
         line += f", val loss {stats.val_loss:.4f}" + (f" (ppl {stats.val_ppl:.2f})" if stats.task is None else "")
     if stats.val_accuracy is not None:
         line += f", val accuracy {stats.val_accuracy:.4f}, macro F1 {stats.val_f1:.4f}"
+    line += _measured_earlier(stats)
     out.print(styled("checkpoint", "green", line + f", fingerprint {art.fingerprint[:12]}"), soft_wrap=True)

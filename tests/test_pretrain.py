@@ -483,6 +483,21 @@ def test_a_val_split_too_short_to_validate_on_is_refused_and_a_missing_one_noted
     assert "has no val split" in result.output and "the run does not validate" in result.output
 
 
+def test_a_checkpoint_saved_between_validations_says_when_its_val_loss_was_measured(shakespeare, cli, tmp_path):
+    """Its val_loss is the latest validation's, of earlier weights: a user picking the best checkpoint
+    by it was not told so."""
+    run = tmp_path / "run"
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "4", "--eval-every", "2",
+                 "--save-every", "3", "--keep-last", "0")
+    assert result.exit_code == 0, result.output
+    val = {row["step"]: row["val_loss"] for row in metrics(run) if "val_loss" in row}
+    between = artifacts.load(run / "checkpoints" / "step_0000003").stats
+    assert (between["step"], between["val_step"], between["val_loss"]) == (3, 2, val[2])
+    assert artifacts.load(run).stats["val_step"] == 4
+    shown = cli("report", run / "checkpoints" / "step_0000003")
+    assert shown.exit_code == 0 and "(validation at step 2)" in shown.output, shown.output
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):
     run = tmp_path / "run"
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "40", "--save-every", "2",

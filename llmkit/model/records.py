@@ -139,6 +139,9 @@ class CheckpointStats:
     train_loss: float | None = None
     val_loss: float | None = None
     val_ppl: float | None = None
+    # The step val_loss, val_ppl (and val_accuracy, val_f1) were measured at: a checkpoint saved
+    # between validations carries the latest one, of earlier weights.
+    val_step: int | None = None
     val_accuracy: float | None = None
     val_f1: float | None = None
 

@@ -149,6 +149,7 @@ def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: di
     build.stats = replace(
         spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"], train_loss=progress.get("loss"),
         val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
+        val_step=progress.get("val_step") if val_loss is not None else None,
     ).to_dict()
     build.runtime = dict(spec.runtime, train_seconds=progress["seconds"])
 
@@ -186,6 +187,7 @@ class Trainer:
         self.start_step = 0
         self.last_loss: float | None = None
         self.last_val: float | None = None
+        self.last_val_step: int | None = None  # the step last_val was measured at (a save step need not validate)
         self.last_grad_norm: float | None = None
         self.seconds_before, self.session_start = 0.0, time.perf_counter()
         self.resumed_from: int | None = None
@@ -274,6 +276,7 @@ class Trainer:
         self._record_schedule_history(latest, progress)
         self.last_loss = progress.get("loss")
         self.last_val = progress.get("val_loss")
+        self.last_val_step = progress.get("val_step")
         self.resumed_from = self.start_step
         self._resume_progress = progress
         self.seconds_before = float(progress.get("seconds") or 0.0)
@@ -459,6 +462,7 @@ class Trainer:
             "seconds": round(self.seconds_before + time.perf_counter() - self.session_start, 3),
             "loss": self.last_loss,
             "val_loss": self.last_val,
+            "val_step": self.last_val_step,
             "ema": self.settings.checkpoints.ema,  # the decay of the average saved beside (checked on resume)
             "schedule": {
                 "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
@@ -592,6 +596,7 @@ class Trainer:
                 values["peak_memory_gb"] = peak_memory_gb(self.device)
                 if eval_every > 0 and (step % eval_every == 0 or step == s.max_steps):
                     self.last_val = self.evaluate()
+                    self.last_val_step = step
                     if self.last_val is not None:
                         values["val_loss"] = self.last_val
                         values["val_ppl"] = math.exp(min(self.last_val, 50.0))
