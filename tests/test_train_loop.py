@@ -200,6 +200,22 @@ def test_nonfinite_loss_stops_and_names_step(tmp_path):
     assert artifacts.verify(tmp_path / "checkpoints" / "step_0000002").ok
 
 
+def test_a_nonfinite_loss_whose_weights_were_saved_names_that_checkpoint(tmp_path):
+    """The weights after step 2 give the first NaN loss, and step 2 was a save step: the message used
+    to say that no checkpoint was written and nothing is kept, beside that very checkpoint."""
+    from llmkit.train.loop import NonFiniteLoss
+
+    def nan_from_the_third_step(model, batch):
+        loss = lm_loss(model, batch)
+        return loss * float("nan") if trainer.optimizer.state and next(iter(trainer.optimizer.state.values()))["step"] >= 2 else loss
+
+    trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=10, save_every=2, loss_fn=nan_from_the_third_step)
+    with pytest.raises(NonFiniteLoss, match=r"at step 3; .*step_0000002, holds the weights that failed .*--force") as caught:
+        trainer.run()
+    assert "nothing is kept" not in str(caught.value)
+    assert artifacts.verify(tmp_path / "checkpoints" / "step_0000002").ok
+
+
 def test_a_nonfinite_gradient_under_a_finite_loss_stops_before_the_update(tmp_path):
     """sqrt at 0 has an infinite slope: the loss stays finite, its gradient is not. The step must
     not be taken (clipping a NaN norm would write NaN into every weight)."""

@@ -432,13 +432,17 @@ class Trainer:
         `failed_weights`: the update count of the weights that gave the non-finite value; the good
         checkpoints are the ones before it (a checkpoint of those very weights would fail again)."""
         self.optimizer.zero_grad(set_to_none=True)
-        good = [d for d in ckpt.step_dirs(self.run_dir) if int(d.name.removeprefix("step_")) < failed_weights]
+        saved = ckpt.step_dirs(self.run_dir)
+        good = [d for d in saved if int(d.name.removeprefix("step_")) < failed_weights]
         last = good[-1] if good else None
         fix = "lower --lr, raise --warmup-steps or keep --grad-clip on"
         # (--resume keeps a run's options, so the way on with new ones is a new run from those weights)
         if last:
             raise NonFiniteLoss(f"{what}, the last good checkpoint is {last}; {fix}, then start over with --force or "
                                 "start a new run from that checkpoint's weights (pretrain --init-from, finetune)")
+        if saved:  # the run directory is kept for them, though resuming from one would fail the same way
+            raise NonFiniteLoss(f"{what}, and the only checkpoint written, {saved[-1]}, holds the weights that failed (no good "
+                                f"one is kept); {fix}, then start over with --force")
         raise NonFiniteLoss(f"{what}, no checkpoint was written yet (nothing is kept); {fix} and run it again")
 
     # -- validation -------------------------------------------------------------------------
