@@ -498,6 +498,21 @@ def test_a_checkpoint_saved_between_validations_says_when_its_val_loss_was_measu
     assert shown.exit_code == 0 and "(validation at step 2)" in shown.output, shown.output
 
 
+def test_a_batch_that_does_not_split_over_processes_is_refused_before_they_start(shakespeare, cli, tmp_path, monkeypatch):
+    """Data parallelism was checked only inside the torchrun workers: each try cost their start."""
+    from llmkit.train import distributed
+
+    def relaunch(*args, **kwargs):
+        raise AssertionError("torchrun was started")
+
+    monkeypatch.setattr(distributed, "relaunch", relaunch)
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3"))
+    assert "choose --batch-tokens as a multiple of 1536" in line  # 8 sequences x 3 processes x 64 tokens
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3",
+                      "--batch-tokens", "3840"))
+    assert "or keep it and pass --micro-batch 5" in line and not (tmp_path / "run").exists()
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):
     run = tmp_path / "run"
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "40", "--save-every", "2",

@@ -105,6 +105,35 @@ def test_accumulation_derived_from_global_batch():
         accumulation_steps(loop_settings(max_steps=1, global_batch=10, micro_batch=4, tokens_per_sample=16), 1)
 
 
+def test_a_batch_that_does_not_split_is_given_fixes_that_split_it():
+    """The hint was computed from the micro-batch after it shrank to the batch: multiples of it that
+    reach the micro-batch asked for failed again, with a new hint."""
+    import re
+
+    from llmkit.errors import UserError
+    from llmkit.train.launch import split_batch
+
+    def split(global_batch, micro_batch, world):
+        return split_batch(global_batch, micro_batch, world, what="the batch", fix=lambda m: f"choose a multiple of {m}")
+
+    refused = 0
+    for world in (1, 2, 3, 4, 6):
+        for micro_batch in (1, 3, 4, 8, 16):
+            for global_batch in range(1, 100):
+                try:
+                    split(global_batch, micro_batch, world)
+                except UserError as exc:
+                    refused += 1
+                    multiple = int(re.search(r"multiple of (\d+)", str(exc))[1])
+                    for times in (1, 2, 3, 5, 7):
+                        split(times * multiple, micro_batch, world)
+                    kept = re.search(r"pass --micro-batch (\d+)", str(exc))
+                    assert kept or global_batch % world, str(exc)
+                    if kept:
+                        split(global_batch, int(kept[1]), world)
+    assert refused > 100
+
+
 @pytest.mark.parametrize("arch", ["gpt", "lstm"])
 def test_overfits_one_batch(tmp_path, arch):
     config = model_config(arch=arch, n_head=1, n_embd=64) if arch == "lstm" else None

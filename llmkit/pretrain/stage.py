@@ -19,7 +19,7 @@ from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.layout import check_model
-from llmkit.train.launch import launch, planned_split, runtime_record, split_batch, worker_process
+from llmkit.train.launch import launch, planned_split, planned_world, runtime_record, split_batch, worker_process
 
 
 def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, init_from: Path | str | None = None,
@@ -35,7 +35,7 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
     if init is not None:
         _check_init(init, tokens_art, config)
         inputs["init_from"] = str(init.path.resolve())
-    _check_split_model(config, tokens_art, init)
+    _check_before_launch(config, tokens_art, init)
     tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,
                   reads=[tokenizer.path if tokenizer else None])
@@ -59,17 +59,19 @@ def _check_init(init, tokens_art, config: PretrainConfig) -> None:
                         f"with --tokenizer {init.path} (a checkpoint's tokenizer serves)")
 
 
-def _check_split_model(config: PretrainConfig, tokens_art, init) -> None:
-    """Under --tp/--pp, the model's and the batch's limits, before any process starts (launch.planned_split)."""
+def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
+    """What every process would refuse (the model under --tp/--pp, the batch split, the data),
+    refused once before any starts: under torchrun a mistake cost the start of N processes, 10-15 s
+    on a CPU (launch.planned_split). The processes check again, as they work from what they read."""
     from llmkit.data.tokenizer import load_tokenizer
 
     layout = planned_split(config.devices, config.checkpoints.ema)
-    if layout is None:
-        return
     model_config = _model_config(config, load_tokenizer(tokens_art.path / "tokenizer").vocab_size, init)
     seq_len = _seq_len(config, model_config)
-    check_model(model_config, layout, seq_len)
-    _split_global_batch(config, seq_len, layout.batch_ways)
+    if layout is not None:
+        check_model(model_config, layout, seq_len)
+    _split_global_batch(config, seq_len, layout.batch_ways if layout is not None else planned_world(config.devices))
+    _open_data(tokens_art, seq_len, config)
 
 
 def _model_config(config: PretrainConfig, vocab_size: int, init):
@@ -94,6 +96,8 @@ def _seq_len(config: PretrainConfig, model_config) -> int:
 
 def _split_global_batch(config: PretrainConfig, seq_len: int, batch_ways: int) -> tuple[int, int]:
     global_batch = config.batch_tokens // seq_len
+    if global_batch < 1:
+        raise UserError(f"--batch-tokens {config.batch_tokens} is smaller than one sequence of {seq_len} tokens; raise it")
     return split_batch(
         global_batch, config.devices.micro_batch, batch_ways,
         what=f"the global batch of {global_batch} sequences (--batch-tokens {config.batch_tokens} / seq_len {seq_len})",
@@ -149,18 +153,16 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         seq_len = _seq_len(config, model_config)
         if model_config.objective == "mlm" and tokenizer.mask_id is None:
             raise UserError("--objective mlm needs a <|mask|> token in the tokenizer; retrain it with the default special tokens")
+        world = info.world_size
+        if info.layout is not None:  # the model's own limits first: a batch split cannot mend them
+            check_model(model_config, info.layout, seq_len)
+        micro_batch, accumulation = _split_global_batch(config, seq_len, info.batch_ways)
         global_batch = config.batch_tokens // seq_len
-        if global_batch < 1:
-            raise UserError(f"--batch-tokens {config.batch_tokens} is smaller than one sequence of {seq_len} tokens; raise it")
         if global_batch * seq_len != config.batch_tokens and info.is_main:
             from llmkit.console import err
 
             err.print(f"note: --batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
                       f"trains on {global_batch} sequences, {global_batch * seq_len} tokens", soft_wrap=True, markup=False)
-        world = info.world_size
-        if info.layout is not None:  # the model's own limits first: a batch split cannot mend them
-            check_model(model_config, info.layout, seq_len)
-        micro_batch, accumulation = _split_global_batch(config, seq_len, info.batch_ways)
         if config.max_tokens is not None:
             max_steps = math.ceil(config.max_tokens / (global_batch * seq_len))
         else:

@@ -182,13 +182,12 @@ def planned_split(devices: Devices, ema: float | None):
     """The layout a --tp/--pp run will take (None without one), for a stage to check its model and
     batch against before any process starts (a mistake cost the start of N processes, 10-15 s on a
     CPU; the workers check again, for library callers): the process count and --ema checked here."""
-    from llmkit.train import distributed
     from llmkit.train.layout import Layout, check_world
     from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
 
     if devices.tp == 1 and devices.pp == 1:
         return None
-    world = (distributed.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
+    world = planned_world(devices)
     check_world(world, devices.tp, devices.pp)
     if ema is not None:
         raise UserError(EMA_UNDER_SPLIT_MODEL)
@@ -196,16 +195,31 @@ def planned_split(devices: Devices, ema: float | None):
                   microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
 
 
+def planned_world(devices: Devices) -> int:
+    """The processes a run will have: those of the torchrun it runs under, or those its options ask for."""
+    from llmkit.train import distributed
+
+    if distributed.under_torchrun():
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    return (distributed.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
+
+
 def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, fix: Callable[[int], str]) -> tuple[int, int]:
     """(micro-batch, accumulation steps) for a global batch of samples over `world` processes.
 
     The micro-batch shrinks when the global batch is smaller than one micro-batch per process;
-    a global batch that does not divide is an error naming `what` was asked and `fix(multiple)`.
+    a global batch that does not divide is an error naming `what` was asked, `fix(multiple)` and,
+    where the batch divides over the processes, the --micro-batch that splits it as it is.
     """
     micro = max(1, min(micro_batch, global_batch // world))
     if global_batch % (micro * world):
+        # From the micro-batch asked for, not the shrunk one: every multiple of that splits.
+        keep = ""
+        if global_batch % world == 0:
+            share = global_batch // world
+            keep = f", or keep it and pass --micro-batch {max(d for d in range(1, micro_batch + 1) if share % d == 0)}"
         raise UserError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
-                        f"replica and pipeline micro-batch); {fix(micro * world)}")
+                        f"replica and pipeline micro-batch); {fix(micro_batch * world)}{keep}")
     return micro, global_batch // (micro * world)
 
 
