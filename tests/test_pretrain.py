@@ -513,6 +513,28 @@ def test_a_batch_that_does_not_split_over_processes_is_refused_before_they_start
     assert "or keep it and pass --micro-batch 5" in line and not (tmp_path / "run").exists()
 
 
+def test_the_workers_spec_does_not_stay_in_the_run(shakespeare, cli, tmp_path, monkeypatch):
+    """RUN/.launch was removed only after a multi-process session that ended well: one interrupted
+    and resumed in one process left it inside the finished artifact."""
+    from llmkit.train import distributed
+
+    run, common = tmp_path / "run", [*FAST, "--eval-every", "0"]
+    assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "1").exit_code == 0
+
+    def interrupted(entry, arguments, launch_dir, **kwargs):
+        launch_dir.mkdir()
+        (launch_dir / "launch.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "relaunch", interrupted)
+    assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume", "--nproc", "2").exit_code
+    assert not (run / ".launch").exists()
+    (run / ".launch").mkdir()  # what a killed launcher leaves
+    (run / ".launch" / "launch.json").write_text("{}")
+    assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume").exit_code == 0
+    assert not (run / ".launch").exists() and artifacts.load(run).stats["step"] == 2
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):
     run = tmp_path / "run"
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "40", "--save-every", "2",

@@ -29,6 +29,9 @@ from llmkit.options import Options
 from llmkit.train.options import Devices, resolve_precision
 
 
+LAUNCH_DIR = ".launch"  # in the run directory while torchrun runs: the workers' spec and error file
+
+
 def first_process(devices: Devices) -> bool:
     """True on the process that owns the run directory: rank 0, or node 0 before torchrun starts."""
     from llmkit.train import distributed
@@ -59,14 +62,18 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
     check_world(per_node * devices.nnodes, devices.tp, devices.pp)
     owner = first_process(devices)
     with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else _joined(out):
+        # The workers' spec goes however they end: it is no part of the run (nor of the artifact it becomes).
         if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
-            distributed.relaunch(
-                f"{entry.__module__}:{entry.__name__}", arguments, out / ".launch",
-                nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
-                master_addr=devices.master_addr, master_port=devices.master_port,
-            )
-            shutil.rmtree(out / ".launch", ignore_errors=True)
+            try:
+                distributed.relaunch(
+                    f"{entry.__module__}:{entry.__name__}", arguments, out / LAUNCH_DIR,
+                    nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
+                    master_addr=devices.master_addr, master_port=devices.master_port,
+                )
+            finally:
+                shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)
         else:
+            shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)  # a multi-process session's, killed before its end
             entry(**arguments)
     return out
 
