@@ -711,6 +711,25 @@ def test_the_fingerprint_tells_runs_by_their_weights_and_schedule(shakespeare, c
     assert f"init input {artifacts.load(tmp_path / 'straight').fingerprint[:12]} added" in line, line
 
 
+def test_a_resume_that_gives_an_option_at_its_default_continues_the_same_run(shakespeare, cli, tmp_path):
+    """--seq-len at the context length, --warmup-steps at its default for the length, given on resume
+    to a run started without them, used to be refused ("--seq-len None -> 64"): they train the same."""
+    def pretrain(name: str, *extra: str):
+        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / name, *FAST[:8], "--context-length", "64",
+                     "--batch-tokens", "1024", "--micro-batch", "8", "--eval-every", "0", "--schedule", "constant", *extra)
+        assert result.exit_code == 0, result.output
+        return artifacts.load(tmp_path / name)
+
+    straight = pretrain("straight", "--max-steps", "4")
+    pretrain("grown", "--max-steps", "2")
+    grown = pretrain("grown", "--max-steps", "4", "--seq-len", "64", "--warmup-steps", "0", "--resume")
+    assert grown.fingerprint == straight.fingerprint and grown.config["seq_len"] is None
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "grown", *FAST[:8], "--context-length", "64",
+                      "--batch-tokens", "1024", "--micro-batch", "8", "--eval-every", "0", "--schedule", "constant",
+                      "--max-steps", "5", "--warmup-steps", "1", "--resume"))
+    assert "(--warmup-steps default -> 1)" in line
+
+
 def test_a_run_made_before_the_bookkeeping_options_left_the_config_still_resumes(shakespeare, cli, tmp_path):
     """Runs made before 2026-12-02 record --eval-every, --save-every, --keep-last and --eval-tokens in
     their hashed config, and no document start: a resume compares the options, not those keys."""

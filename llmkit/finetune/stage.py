@@ -333,7 +333,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             check_model(model_config, info.layout, seq_len)
         micro_batch, accumulation = _split_batch(config, info.batch_ways)
         max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_examples) / global_batch))
-        warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else min(50, max_steps // 20)
+        default_warmup = min(50, max_steps // 20)
+        warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else default_warmup
         val_size = min(len(val_examples), config.eval_examples)
         settings = LoopSettings.for_stage(
             config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
@@ -365,6 +366,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             add_files=add_files,
             file_names=["tokenizer", TASK_FILE],
             final_weights_trainable=not adapted,
+            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup},
         )
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
                       val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)

@@ -167,7 +167,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             max_steps = math.ceil(config.max_tokens / (global_batch * seq_len))
         else:
             max_steps = config.max_steps or 1000
-        warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else min(100, max_steps // 10)
+        default_warmup = min(100, max_steps // 10)
+        warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else default_warmup
 
         seed_everything(config.seed)
         train_sampler, val_sampler = _open_data(tokens_art, seq_len, config)
@@ -217,6 +218,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             runtime=runtime_record(config, info, micro_batch, accumulation),
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
+            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup},
         )
         params = model.num_params()  # before the layout splits (and unties) anything
         trainer = Trainer(

@@ -82,6 +82,9 @@ class ArtifactSpec:
     runtime: dict[str, Any] = field(default_factory=dict)
     add_files: Callable[[Path], None] = lambda directory: None
     file_names: list[str] = field(default_factory=list)  # extra top-level names add_files writes
+    # What an option left unset resolves to in this run ({"seq_len": the context length}): a resume
+    # that gives it at that value, or leaves out a value it was given at, continues the same run.
+    unset_means: dict[str, Any] = field(default_factory=dict)
     # False when add_files turns the final weights into a form the model does not train in (LoRA
     # adapters merged): the last step is then also saved as a step checkpoint, which --resume
     # continues from, since the finished run itself cannot be.
@@ -327,9 +330,18 @@ class Trainer:
         # What a run may change on resume: its length, and when it validates and saves. Anything
         # else would leave a config that describes no run (its first steps trained otherwise).
         saved_options, options = recorded_options(manifest.config), recorded_options(self.spec.config)
+        unset = self.spec.unset_means
         for key in sorted(set(saved_options) | set(options)):
-            if key not in RESUMABLE_CHANGES and saved_options.get(key) != options.get(key):
-                changed.append(f"--{key.replace('_', '-')} {saved_options.get(key)!r} -> {options.get(key)!r}")
+            before, now = saved_options.get(key), options.get(key)
+            if key in RESUMABLE_CHANGES or before == now:
+                continue
+            if key in unset and None in (before, now) and unset[key] in (before, now):
+                # The saved record stays: the run is then the one an uninterrupted run would have made.
+                self.spec.config[key] = before
+                continue
+            shown_now = f"default ({unset[key]})" if now is None and key in unset else repr(now)
+            changed.append(f"--{key.replace('_', '-')} {'default' if before is None and key in unset else repr(before)} "
+                           f"-> {shown_now}")
         # --ema is outside the config (RUN/ema's records it), yet the average goes on from the saved
         # one: another decay, or none, would leave a RUN/ema no run made (or a stale one in the run).
         ema = self.settings.checkpoints.ema
