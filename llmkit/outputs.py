@@ -139,7 +139,10 @@ def _remove_stale_temporaries(out: Path, keep_replaced: bool) -> None:
     name = glob.escape(out.name)  # an -o of "c?" must not match other outputs' temporaries
     for pattern in (f".{name}.tmp-*", f".{name}.old-*") + (() if keep_replaced else (f".{name}.replaced-*",)):
         for stale in parent.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:  # a file output's temporary (generate -o, chat's transcript)
+                stale.unlink(missing_ok=True)
 
 
 RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue from it (llmkit.resume)

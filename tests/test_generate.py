@@ -520,8 +520,10 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
     assert result.exit_code != 0 and len(lines) == 1 and "another llmkit run is writing" in lines[0], result.output
     assert not out.exists()
     (tmp_path / ".a.jsonl.tmp").write_text("another run's records\n")
+    (tmp_path / ".a.jsonl.tmp-killed").write_text("the temporary file of a run killed outright\n")
     (tmp_path / "a.jsonl.partial").write_text("what an earlier run made before it stopped\n")
     assert cli(*args).exit_code == 0
+    assert not (tmp_path / ".a.jsonl.tmp-killed").exists()  # nobody else can be using it: the lock was free
     assert (tmp_path / ".a.jsonl.tmp").read_text() == "another run's records\n"
     assert json.loads(out.read_text())["prompt"] == "KING:" and not (tmp_path / "a.jsonl.partial").exists()  # superseded
     umask = os.umask(0)
