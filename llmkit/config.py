@@ -151,11 +151,12 @@ def resolve(
 
 
 def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
-    """A list option written in a file as its flag's comma-separated text ("1x16,1x24") reads as on the command line."""
+    """A list option written in a file as one text reads as that flag typed once: a comma-separated
+    option's items ("1x16,1x24"), a repeatable one's single item (`prompt = "Once upon"`)."""
     if not isinstance(value, str) or opt.spec.parse is None or typing.get_origin(opt.type) not in (list, tuple):
         return value
     try:
-        return opt.spec.parse(value)
+        return opt.spec.parse([value])  # what the command line hands a parser: the values of the flag
     except ValueError as exc:
         raise UserError(f"{opt.key} {value!r} in {file}: {exc}") from None
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 from llmkit.errors import UserError
 
@@ -93,9 +93,34 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
                 raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
     if path.is_dir():
         raise UserError(f"-o {path} is a folder; give a file path")
+    _refuse_existing(path, force)
+    make_parent(path)
+
+
+def _refuse_existing(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
-    make_parent(path)
+
+
+@contextlib.contextmanager
+def file_output_lock(path: Path, force: bool) -> Iterator[None]:
+    """Be the only run writing the file `path` (output_lock), checked again under the lock: another
+    run may have written it since the command's own check."""
+    with output_lock(path):
+        _refuse_existing(path, force)
+        yield
+
+
+def temporary_file(path: Path) -> tuple[IO[str], Path]:
+    """A text file of this run's own beside `path` (`.NAME.tmp-*`: a killed run's is removed by the
+    next run's lock), to be renamed to `path` with `publish_file`."""
+    handle, name = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.tmp-")
+    return os.fdopen(handle, "w", encoding="utf-8"), Path(name)
+
+
+def publish_file(tmp: Path, path: Path) -> None:
+    default_permissions(tmp)  # mkstemp makes it private; the output gets the umask's modes
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -165,8 +190,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
     """
     out = check_output(out, force, inputs=list(inputs))
     with output_lock(out) if lock else contextlib.nullcontext():
-        if out.exists() and not force:  # made by another run since the check above
-            raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+        _refuse_existing(out, force)  # made by another run since the check above
         parent = out.resolve().parent
         if resume_key is None:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))

@@ -100,6 +100,18 @@ def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path):
     file.write_text('[sweep]\nflops = "1e5,lots"\n')
     with pytest.raises(UserError, match="flops '1e5,lots' in .*s.toml"):
         resolve(SweepConfig, file=file, section="sweep")
+    # a repeatable option's text is one item, as the flag typed once: not one per character
+    from llmkit.eval.config import EvalConfig
+    from llmkit.generate.config import GenerateConfig
+
+    file.write_text('[generate]\nprompt = "Once upon"\nstop = "END"\n')
+    generate = resolve(GenerateConfig, file=file, section="generate")
+    assert generate.prompts == ["Once upon"] and generate.stop == ["END"]
+    file.write_text('[eval]\nreferences = "refs.txt"\n')
+    assert resolve(EvalConfig, file=file, section="eval").references == ["refs.txt"]
+    file.write_text('[generate]\nstop = ""\n')
+    with pytest.raises(UserError, match="empty stop string"):
+        resolve(GenerateConfig, file=file, section="generate")
 
 
 def test_no_short_flag_means_two_things():

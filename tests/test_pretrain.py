@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -793,9 +794,19 @@ def test_a_force_run_killed_before_its_first_checkpoint_gives_the_old_run_back(s
     run.mkdir()  # the killed --force run's directory: its mark and a metrics line, no checkpoint
     (run / ".llmkit-run").touch()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 6.2}\n')
+    in_flight = run / "checkpoints" / ".step_0000001.tmp-killed"  # killed as its checkpoint was being renamed
+    in_flight.mkdir(parents=True)
+    shutil.copy(aside / "run" / "manifest.json", in_flight / "manifest.json")
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "3", "--resume")
     assert result.exit_code == 0, result.output
     assert "the run it replaced is back" in result.output and "resumed from step 2" in result.output
     assert artifacts.load(run).stats["step"] == 3 and not list(tmp_path.glob(".run.*"))
+    aside.mkdir()
+    os.replace(run, aside / "run")  # killed again, and this time the user starts over with --force
+    run.mkdir()
+    again = cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "1", "--force")
+    assert again.exit_code == 0 and "kept aside again until this --force run writes its first checkpoint" in \
+        " ".join(again.output.split()), again.output
+    assert artifacts.load(run).stats["step"] == 1 and not list(tmp_path.glob(".run.*"))
     fresh = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "fresh", *common, "--max-steps", "1", "--resume")
     assert fresh.exit_code == 0 and "holds no checkpoint to resume from: the run starts at step 0" in fresh.output

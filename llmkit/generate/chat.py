@@ -220,14 +220,11 @@ class Transcript:
     def __enter__(self) -> Transcript:
         import contextlib
 
-        from llmkit.errors import UserError
-        from llmkit.outputs import output_lock
+        from llmkit.outputs import file_output_lock
 
         with contextlib.ExitStack() as stack:
             if self.path is not None:
-                stack.enter_context(output_lock(self.path))
-                if self.path.exists() and not self.force:  # written by another run since the command checked
-                    raise UserError(f"output {self.path} already exists; pass --force to replace it or choose another -o path")
+                stack.enter_context(file_output_lock(self.path, self.force))
             self.unlock = stack.pop_all()
         return self
 
@@ -248,20 +245,17 @@ class Transcript:
         if self.path is None:
             return
         import json
-        import os
-        import tempfile
 
-        from llmkit.outputs import default_permissions
+        from llmkit.outputs import publish_file, temporary_file
 
-        handle, name = tempfile.mkstemp(dir=self.path.resolve().parent, prefix=f".{self.path.name}.tmp-")
+        file, tmp = temporary_file(self.path)
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
+            with file:
                 for messages in self.saved:
                     file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-            default_permissions(Path(name))  # (mkstemp makes it private)
-            os.replace(name, self.path)
+            publish_file(tmp, self.path)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -143,15 +141,11 @@ class JsonlOutput:
         self.partial = self.path.with_name(self.path.name + ".partial")
 
     def __enter__(self) -> JsonlOutput:
-        from llmkit.outputs import output_lock
+        from llmkit.outputs import file_output_lock, temporary_file
 
         with contextlib.ExitStack() as stack:
-            stack.enter_context(output_lock(self.path))
-            if self.path.exists() and not self.force:  # written by another run since the command checked
-                raise UserError(f"output {self.path} already exists; pass --force to replace it or choose another -o path")
-            handle, name = tempfile.mkstemp(dir=self.path.resolve().parent, prefix=f".{self.path.name}.tmp-")
-            self.tmp = Path(name)
-            self.handle = os.fdopen(handle, "w", encoding="utf-8")
+            stack.enter_context(file_output_lock(self.path, self.force))
+            self.handle, self.tmp = temporary_file(self.path)
             self.unlock = stack.pop_all()
         return self
 
@@ -162,17 +156,15 @@ class JsonlOutput:
         self.written += len(batch)
 
     def __exit__(self, kind, error, trace) -> None:
-        from llmkit.outputs import default_permissions
+        from llmkit.outputs import publish_file
 
         try:
             self.handle.close()
             if kind is None:
-                default_permissions(self.tmp)  # (mkstemp makes it private)
-                os.replace(self.tmp, self.path)
+                publish_file(self.tmp, self.path)
                 self.partial.unlink(missing_ok=True)
             elif self.written:
-                default_permissions(self.tmp)
-                os.replace(self.tmp, self.partial)
+                publish_file(self.tmp, self.partial)
                 from llmkit.console import err
 
                 err.print(f"note: the {self.written} completion(s) made before stopping are in {self.partial}", soft_wrap=True,

@@ -70,8 +70,9 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
                     nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
                     master_addr=devices.master_addr, master_port=devices.master_port,
                 )
-            finally:
-                shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)
+            finally:  # by the owner only: on a shared filesystem another node may still read or write its error file
+                if owner:
+                    shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)
         else:
             shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)  # a multi-process session's, killed before its end
             entry(**arguments)
@@ -93,7 +94,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
 
     outputs.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
     with outputs.output_lock(out, keep_replaced=True):
-        _put_back_replaced_run(out)
+        _put_back_replaced_run(out, force and not resume)
         if out.exists() and not resume and not force:
             raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
         from llmkit.artifacts import manifest_kind
@@ -135,7 +136,7 @@ def discard_replaced_runs(out: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _put_back_replaced_run(out: Path) -> None:
+def _put_back_replaced_run(out: Path, force: bool) -> None:
     """A --force run killed before its first checkpoint (SIGKILL, the OOM killer: no handler ran)
     left the run it replaced aside; until the new run holds a checkpoint that old run is the only
     one worth having, so it goes back to `out` rather than being deleted with the temporaries."""
@@ -145,8 +146,9 @@ def _put_back_replaced_run(out: Path) -> None:
 
         shutil.rmtree(out, ignore_errors=True)  # the killed run's mark and metrics: nothing to resume from
         os.replace(old, out)
-        err.print(f"note: a --force run on {out} was stopped before its first checkpoint; the run it replaced is back in "
-                  f"{out}", soft_wrap=True, markup=False)
+        kept = ("it is kept aside again until this --force run writes its first checkpoint" if force
+                else f"the run it replaced is back in {out}")
+        err.print(f"note: a --force run on {out} was stopped before its first checkpoint; {kept}", soft_wrap=True, markup=False)
     discard_replaced_runs(out)
 
 
@@ -162,7 +164,9 @@ def _worth_keeping(out: Path) -> bool:
     alone are not (a resume would start again at step 0), and never worth the run they replace."""
     from llmkit.artifacts import is_manifest
 
-    return any(is_manifest(path) for path in out.rglob("manifest.json"))
+    # (not one in a checkpoint's temporary folder: a run killed mid-rename has nothing there to resume)
+    return any(is_manifest(path) and not any(part.startswith(".") for part in path.relative_to(out).parts)
+               for path in out.rglob("manifest.json"))
 
 
 @contextmanager
