@@ -194,7 +194,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
     gpus = gpu_slots(torch.cuda.device_count() if torch.cuda.is_available() else 0, config.base.devices.gpus)
     slots = len(gpus) or config.parallel
     # --threads caps each run (a shared machine); by default the cores are split between the runs at once
-    threads = config.base.devices.threads or max(1, worker_count(0) // slots) if not gpus else 0
+    threads = config.base.devices.threads or (max(1, worker_count(0) // slots) if not gpus else 0)
     queue = [s for s in states if s.state == "queued"]
     free = list(range(slots))
     running: list[RunState] = []
