@@ -135,14 +135,17 @@ def test_adamw_sharded_state_activation_checkpointing_and_resume_across_layouts(
 def test_sft_under_tp_and_pp_matches_one_process(shakespeare, cli, tmp_path, shared_data):  # noqa: F811
     """Fine-tuning batches are as long as their longest example; under a split model they are
     right-padded to --seq-len without targets, which changes no loss. Frozen weights stay frozen
-    (tensor parallelism remakes the norms' parameters)."""
+    (tensor parallelism remakes the norms' parameters), and a pipeline stage left nothing to train
+    takes part in the gradient norm with a zero."""
     rows = [json.loads(line) for line in (shared_data / "sentiment" / "train.jsonl").read_text().splitlines()[:120]]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": r["text"][:80], "response": str(r["label"])}) + "\n" for r in rows))
     base = tmp_path / "base"
     assert cli("pretrain", shakespeare["tokens"], "-o", base, *LLAMA, *RUN[:-6], "--max-steps", "2").exit_code == 0
     common = ["--data", data, "--max-steps", "4", "--batch-size", "8", "--micro-batch", "4", "--eval-every", "2",
-              "--save-every", "0", "--truncate", "--val-fraction", "0.2", "--seq-len", "64", "--freeze", "norms", *SGD]
+              "--save-every", "0", "--truncate", "--val-fraction", "0.2", "--seq-len", "64", "--freeze", "norms", *SGD,
+              # the first pipeline stage (embeddings, blocks 0-1) then trains nothing: its norm is a zero of its own
+              "--freeze", "embeddings", "--freeze", "blocks.0.*", "--freeze", "blocks.1.*"]
     runs = {}
     for name, layout in (("one", []), ("tp", ["--nproc", "2", "--tp", "2"]), ("pp", ["--nproc", "2", "--pp", "2"])):
         runs[name] = tmp_path / name
@@ -155,8 +158,9 @@ def test_sft_under_tp_and_pp_matches_one_process(shakespeare, cli, tmp_path, sha
     before = load_file(str(base / "model.safetensors"))
     for run in runs.values():
         after = load_file(str(run / "model.safetensors"))
-        norms = [k for k in before if "norm" in k]
-        assert norms and all(torch.equal(before[k], after[k]) for k in norms), run
+        frozen = [k for k in before if "norm" in k or k.startswith(("blocks.0.", "blocks.1.", "tok_emb"))]
+        assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), run
+        assert not torch.equal(before["blocks.2.attn.q_proj.weight"], after["blocks.2.attn.q_proj.weight"]), run
 
 
 # -- the pieces, without processes ---------------------------------------------------------------------
@@ -201,6 +205,8 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         (["--pp", "2", "--nproc", "2", "--micro-batch", "2", "--pp-microbatches", "3"],
          "does not split into micro-batches of 2, 3 at a time"),
         (["--pp", "2", "--nproc", "2", "--pp-microbatches", "1"], "needs at least as many --pp-microbatches as stages (2)"),
+        (["--nproc", "2", "--pp-schedule", "gpipe"], "--pp-schedule gpipe shapes a pipeline, and there is none without --pp"),
+        (["--pp-microbatches", "4"], "--pp-microbatches shapes a pipeline, and there is none without --pp"),
         # the model's limit first, not a batch split that cannot mend it
         (["--pp", "3", "--nproc", "3", "--n-layer", "2"], "makes 3 stages but the model has 2 layers"),
     ]

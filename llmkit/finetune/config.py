@@ -8,7 +8,8 @@ from typing import Any
 
 from llmkit.model.records import TASKS
 from llmkit.options import Options, group, option
-from llmkit.train.options import DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization
+from llmkit.train.options import (DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization,
+                                  refuse_pipeline_options_without_pp)
 
 TASK_PANEL = "Task and data"
 LORA_PANEL = "LoRA and freezing"
@@ -57,6 +58,7 @@ class FinetuneConfig(Options):
 
     def __post_init__(self):
         super().__post_init__()
+        refuse_pipeline_options_without_pp(self.devices)
         if self.lora_rank and (self.checkpoints.ema is not None or self.checkpoints.average_last > 1):
             raise ValueError("--ema and --average-last average full weights; with --lora-rank the run's checkpoints hold "
                              "adapters: average the finished runs with llmkit average instead")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmkit.options import Options, group, option
-from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, Numerics, Optimization
+from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, Numerics, Optimization, \
+    refuse_pipeline_options_without_pp
 
 
 @dataclass
@@ -28,3 +29,4 @@ class PretrainConfig(Options):
         super().__post_init__()
         if self.optim.lr is None:
             raise ValueError("lr must be given for pretraining")
+        refuse_pipeline_options_without_pp(self.devices)

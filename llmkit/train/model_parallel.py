@@ -197,7 +197,7 @@ class ModelParallelRun:
         skip = set()
         if self.tied and self.pipeline.has_last and not self.pipeline.has_first:
             skip = {id(self._tied_param())}  # the first stage counts the shared matrix
-        return clip_grad_norm(self.params, max_norm, pp_group=self.pp_group, skip=skip)
+        return clip_grad_norm(self.params, max_norm, device=self.device, pp_group=self.pp_group, skip=skip)
 
     def mean_loss(self, local: torch.Tensor) -> torch.Tensor:
         """The step's loss averaged over data-parallel replicas, on every rank."""

@@ -138,6 +138,14 @@ class ModelParallelism(Options):
                                          "sequences.", range="[1, inf)", runtime=True)
 
 
+def refuse_pipeline_options_without_pp(parallelism: ModelParallelism) -> None:
+    """A training run's: a pipeline's schedule given without a pipeline would be ignored without a
+    word (`plan --search` may pick a --pp itself, so it takes them)."""
+    if parallelism.pp == 1 and (parallelism.pp_microbatches is not None or parallelism.pp_schedule != "1f1b"):
+        given = "--pp-microbatches" if parallelism.pp_microbatches is not None else f"--pp-schedule {parallelism.pp_schedule}"
+        raise ValueError(f"{given} shapes a pipeline, and there is none without --pp: give --pp N (N > 1) or leave it out")
+
+
 @dataclass
 class Devices(ModelParallelism, Placement):
     """Where and how a run executes; never changes what it computes, so never hashed."""

@@ -226,17 +226,19 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], group, *, average: bo
             grad.copy_(reduced)
 
 
-def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, *, pp_group=None, skip: set[int] = frozenset()) -> float:
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, *, device: torch.device, pp_group=None,
+                   skip: set[int] = frozenset()) -> float:
     """The global gradient norm over every parameter of the model once (DTensor shards counted by
     placement; pipeline stages summed over `pp_group`; `skip` = ids of parameters another stage
-    already counts, a tied head), then every gradient scaled by min(1, max_norm / norm)."""
+    already counts, a tied head), then every gradient scaled by min(1, max_norm / norm). A stage
+    may train nothing (its layers frozen): it adds a zero on `device`."""
     import math
 
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in params if p.grad is not None and id(p) not in skip]
-    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=params[0].device)
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
     if pp_group is not None:
