@@ -184,7 +184,8 @@ def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli
 
 def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_path):
     for extra, says in ((["--strategy", "fsdp"], "--strategy ddp"), (["--compile"], "drop --compile"),
-                        (["--model", "lstm", "--n-embd", "64"], "not this model")):
+                        (["--model", "lstm", "--n-embd", "64"], "not this model"),
+                        (["--tp", "2", "--nproc", "2"], "sums its gradients itself")):  # (before any process starts)
         result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST, "--max-steps", "1", "--batch-invariant", *extra)
         assert result.exit_code != 0
         line = result.output.strip().splitlines()[-1]

@@ -213,10 +213,6 @@ class Trainer:
         if self.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
 
-            if devices.batch_invariant:
-                raise UserError("--batch-invariant does not apply here: a model split with --tp/--pp sums its gradients "
-                                "itself (or pass --no-batch-invariant)")
-
             self.engine = ModelParallelRun(self.raw, info.layout, self.device, seq_len=settings.tokens_per_sample,
                                            strategy=devices.strategy, activation_checkpointing=devices.activation_checkpointing,
                                            compile=devices.compile, loss_fn=loss_fn, precision=self.precision,

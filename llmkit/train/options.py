@@ -167,3 +167,6 @@ class Devices(ModelParallelism, Placement):
         super().__post_init__()
         if self.node_rank >= self.nnodes:
             raise ValueError(f"--node-rank must be below --nnodes ({self.nnodes}), got {self.node_rank}")
+        if self.batch_invariant and (self.tp > 1 or self.pp > 1):  # said before any process starts
+            raise ValueError("--batch-invariant does not apply here: a model split with --tp/--pp sums its gradients "
+                             "itself (or pass --no-batch-invariant)")
