@@ -772,7 +772,7 @@ def test_a_template_prompt_too_long_loses_the_end_of_its_input_not_the_template(
     assert len(ids) <= 40 and ids[0] == loaded.tokenizer.bos_id
     assert text.startswith("Translate:\n" + long[:10]) and text.endswith("\nTranslation:")
     result = cli("generate", ckpt, "-p", long, "-n", "8", "--greedy")
-    assert result.exit_code == 0 and "keeping the checkpoint's template" in result.output, result.output
+    assert result.exit_code == 0 and "a template's end of input were left out" in " ".join(result.output.split()), result.output
     talk = tmp_path / "talk.jsonl"
     talk.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     refused = cli("generate", ckpt, "--prompts", talk, "-n", "2")
@@ -801,10 +801,32 @@ def test_a_template_prompt_keeps_its_template_beside_a_reply_near_or_past_the_co
     real_prefill = engine._Window.prefill
     monkeypatch.setattr(engine._Window, "prefill", lambda self, rows: prefilled.append(rows[0]) or real_prefill(self, rows))
     result = cli("generate", ckpt, "-p", shakespeare[1000:3000], "-n", new_tokens, "--greedy", "--ignore-eos")
-    assert result.exit_code == 0 and "keeping the checkpoint's template" in result.output, result.output
+    assert result.exit_code == 0 and "a template's end of input were left out" in " ".join(result.output.split()), result.output
     first = prefilled[0]
     assert len(first) <= 32 and first[0] == tok.bos_id, first
     assert tok.decode(first[1:]).startswith("Translate:\n" + shakespeare[1000:1010]) and tok.decode(first).endswith("\nTranslation:")
+
+
+def test_a_conversation_longer_than_the_context_loses_its_oldest_exchanges_as_in_chat_and_eval(cli, shakespeare, tmp_path):
+    """Cut from the left by the window, it lost <|bos|> and its system message first."""
+    from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt
+    from llmkit.inference.engine import prompt_keep
+    from llmkit.model.io import load_checkpoint
+
+    chat = make_checkpoint(tmp_path / "chat", shakespeare[:20000], task={"task": "sft", "template": {"type": "chat"}})
+    messages = [{"role": "system", "content": "Answer as a king."}]
+    for turn in range(6):
+        messages += [{"role": "user", "content": f"What news from the north, turn {turn}?"},
+                     {"role": "assistant", "content": "The army marches south."}]
+    messages.append({"role": "user", "content": "And now?"})
+    (tmp_path / "p.jsonl").write_text(json.dumps({"messages": messages}) + "\n")
+    result = cli("generate", chat, "--prompts", tmp_path / "p.jsonl", "--greedy", "-n", "8", "-o", tmp_path / "c.jsonl")
+    assert result.exit_code == 0 and "oldest exchanges" in " ".join(result.output.split()), result.output
+    loaded = load_checkpoint(chat)
+    limit = loaded.model.config.context_length
+    kept, dropped = drop_oldest_exchanges(messages, loaded.tokenizer, prompt_keep(limit, 8))
+    assert dropped and kept[0] == messages[0] and kept[-1] == messages[-1]
+    assert json.loads((tmp_path / "c.jsonl").read_text())["prompt_tokens"] == len(encode_chat_prompt(kept, loaded.tokenizer))
 
 
 def test_a_chat_fine_tune_is_prompted_with_a_records_system_message(ckpt, tmp_path):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.templates import ROLES, encode_chat_prompt, encode_text_prompt, fit_field, plain_fields, render
+from llmkit.data.templates import ROLES, drop_oldest_exchanges, encode_chat_prompt, encode_text_prompt, fit_field, plain_fields, render
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl, read_text
 from llmkit.options import unescape
@@ -172,11 +172,16 @@ def _template_input(prompt: Prompt, template: dict, tokenizer):
 
 
 def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None:
-    """A text-template checkpoint's prompt cut to `budget` tokens at the end of its input, keeping
-    the template's wording (as finetune --truncate and eval cut); None where that cannot be done
-    (no text template, a chat, or not even an empty input fits)."""
-    template = task.text_template if task is not None and not task.is_chat else None
-    if template is None or prompt.messages is not None or budget < 2:
+    """A prompt cut to `budget` tokens as training and eval cut one: a conversation loses its oldest
+    exchanges (the system message and the last message stay, as in chat and eval), a text-template
+    checkpoint's input its end, keeping the template's wording (as finetune --truncate). None where
+    that cannot be done (a plain prompt, or not even an empty input fits): the window cuts it."""
+    if prompt.messages is not None or (task is not None and task.is_chat):
+        messages = prompt.messages if prompt.messages is not None else chat_turns(prompt.record or {}, prompt.text or "")
+        kept, dropped = drop_oldest_exchanges(messages, tokenizer, budget)
+        return encode_chat_prompt(kept, tokenizer) if dropped else None  # (the window cuts what the last one leaves over)
+    template = task.text_template if task is not None else None
+    if template is None or budget < 2:
         return None
     record, encode = _template_input(prompt, template, tokenizer)
     if not isinstance(record.get(template["input_field"]), str):  # a number is not cut (the window decides)
