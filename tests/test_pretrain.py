@@ -811,3 +811,11 @@ def test_a_force_run_killed_before_its_first_checkpoint_gives_the_old_run_back(s
     assert artifacts.load(run).stats["step"] == 1 and not list(tmp_path.glob(".run.*"))
     fresh = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "fresh", *common, "--max-steps", "1", "--resume")
     assert fresh.exit_code == 0 and "holds no checkpoint to resume from: the run starts at step 0" in fresh.output
+
+
+def test_a_warmup_as_long_as_the_run_is_said_to_leave_no_decay(shakespeare, cli, tmp_path):
+    common = [*FAST, "--max-steps", "2", "--eval-every", "0"]
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "w", *common, "--warmup-steps", "2")
+    assert result.exit_code == 0 and "--warmup-steps 2 is not shorter than the run (2 steps)" in " ".join(result.output.split())
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "d", *common, "--warmup-steps", "1")
+    assert result.exit_code == 0 and "is not shorter than the run" not in result.output

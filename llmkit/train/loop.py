@@ -590,6 +590,10 @@ class Trainer:
         try:
             if self.resumed_from is not None:
                 logger.note(f"resumed from step {self.start_step} ({s.max_steps - self.start_step} steps to go)")
+            elif s.warmup_steps >= s.max_steps:
+                logger.note(f"note: --warmup-steps {s.warmup_steps} is not shorter than the run ({s.max_steps} steps): the "
+                            "learning rate rises all the way (reaching --lr at the last step at most) and never decays; "
+                            "lower --warmup-steps for a decay")
             while step < s.max_steps:
                 began = time.perf_counter()
                 loss, lr = self.train_step(step)
