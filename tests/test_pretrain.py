@@ -327,10 +327,25 @@ def test_workers_end_with_a_killed_torchrun_and_the_run_says_resume(shakespeare,
     assert not _processes_of(run)
 
 
-def _two_processes_past_a_checkpoint(tokens: Path, run: Path) -> subprocess.Popen:
+@pytest.mark.slow
+def test_workers_end_with_a_launcher_killed_outright(shakespeare, tmp_path):
+    """SIGKILL to the llmkit command orphans torchrun's agent, which kept its workers training on
+    into a run whose lock nobody held any more."""
+    run = tmp_path / "run"
+    # silent workers: one that prints would end on the broken pipe anyway (and its agent with it)
+    proc = _two_processes_past_a_checkpoint(shakespeare["tokens"], run, "--log-every", "1000000")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while _processes_of(run) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _processes_of(run)
+
+
+def _two_processes_past_a_checkpoint(tokens: Path, run: Path, *extra: str) -> subprocess.Popen:
     """A long `--nproc 2` run, once its first checkpoint is written."""
     proc = subprocess.Popen(_pretrain_command(tokens, run, "--max-steps", "100000", "--save-every", "4", "--eval-every", "0",
-                                              "--nproc", "2", "--threads", "1"),
+                                              "--nproc", "2", "--threads", "1", *extra),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():

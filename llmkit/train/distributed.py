@@ -218,6 +218,9 @@ def relaunch(
     command += ["-m", "llmkit.train.worker", str(spec)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    from llmkit.train.worker import LAUNCHER_PID
+
+    env[LAUNCHER_PID] = str(os.getpid())  # the workers end if this process is killed outright (worker._end_with_the_agent)
     from llmkit.errors import debug_enabled
 
     if debug_enabled():

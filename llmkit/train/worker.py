@@ -48,18 +48,41 @@ def main(argv: list[str] | None = None) -> int:
 
 def _end_with_the_agent() -> None:
     """A worker whose torchrun agent died (SIGKILL: no chance to stop its workers) would train on
-    alone, unwatched, into a run its launcher has given up: it ends as soon as it is orphaned."""
+    alone, unwatched, into a run its launcher has given up: it ends as soon as it is orphaned. So
+    it does when the llmkit command that started torchrun is killed outright: the agent, orphaned
+    itself, would otherwise keep its workers training into a run nobody holds the lock of."""
     import threading
     import time
 
     agent = os.getppid()
+    launcher = int(os.environ.get(LAUNCHER_PID, "0"))  # absent under a torchrun the user started
 
     def watch() -> None:
-        while os.getppid() == agent:
+        while os.getppid() == agent and (not launcher or _running(launcher)):
             time.sleep(1.0)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="llmkit-agent-watch").start()
+
+
+LAUNCHER_PID = "LLMKIT_LAUNCHER_PID"  # set by llmkit.train.distributed.relaunch
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` is alive: a killed one whose parent has not reaped it yet is a zombie, not alive."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (not Linux): whether a signal could reach it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
 
 
 if __name__ == "__main__":
