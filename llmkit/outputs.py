@@ -60,11 +60,27 @@ def _made_by_llmkit(folder: Path) -> bool:
         return True
     if (folder / RUN_MARK).is_file() or (folder / "llmkit_model_config.json").is_file():  # the last: llmkit export's
         return True
-    # A damaged manifest of ours still names a kind llmkit makes; runs and sweeps from before the
-    # mark hold checkpoints (a sweep's below runs/).
-    return is_manifest(folder / "manifest.json", loosely=True) or any(
-        is_manifest(m) for pattern in ("checkpoints/step_*/manifest.json", "runs/*/manifest.json",
-                                       "runs/*/checkpoints/step_*/manifest.json") for m in folder.glob(pattern))
+    # A damaged manifest of ours still names a kind llmkit makes.
+    return is_manifest(folder / "manifest.json", loosely=True) or _unmarked_run(folder)
+
+
+# What a training run or sweep folder holds (llmkit.train, llmkit.sweep), besides hidden files.
+_RUN_ENTRIES = frozenset({"checkpoints", "metrics.jsonl", "tokenizer", "model.safetensors", "model_config.json", "task.json",
+                          "training_state.json", "training_state.safetensors", "ema", "average", "tensorboard",
+                          "runs", "configs", "logs", "plots", "runs.json"})
+
+
+def _unmarked_run(folder: Path) -> bool:
+    """A run or sweep from before the mark, unfinished: nothing but what llmkit writes there, and a
+    checkpoint (a sweep's below runs/). A project folder that keeps artifacts under runs/ beside
+    its own files is not one, and --force must never empty it."""
+    from llmkit.artifacts import manifest_kind
+
+    if any(not entry.name.startswith(".") and entry.name not in _RUN_ENTRIES for entry in folder.iterdir()):
+        return False
+    return any(manifest_kind(m.parent) == "checkpoint" for pattern in (
+        "checkpoints/step_*/manifest.json", "runs/*/manifest.json", "runs/*/checkpoints/step_*/manifest.json")
+        for m in folder.glob(pattern))
 
 
 def make_parent(out: Path) -> None:

@@ -258,9 +258,23 @@ def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_them
     (run / outputs.RUN_MARK).touch()
     (run / "metrics.jsonl").write_text("{}")
     outputs.check_output(run, force=True)  # a training run llmkit started
+    with artifacts.create(tmp_path / "checkpoint", "checkpoint") as build:
+        (build.dir / "model.safetensors").write_bytes(b"weights")
     old_sweep = tmp_path / "old-sweep"  # from before the mark: a sweep in progress holding a finished run
-    shutil.copytree(tmp_path / "made", old_sweep / "runs" / "d1")
+    shutil.copytree(tmp_path / "checkpoint", old_sweep / "runs" / "d1")
+    (old_sweep / "configs").mkdir()
     outputs.check_output(old_sweep, force=True)
+    # A project that keeps its artifacts under runs/ (the docs' -o runs/NAME) beside its own files is no
+    # run: a typo of -o proj for -o proj/runs/corpus emptied it
+    for name, artifact in (("project", "made"), ("project-with-a-run", "checkpoint")):
+        project = tmp_path / name
+        shutil.copytree(tmp_path / artifact, project / "runs" / "mine")
+        (project / "notes.md").write_text("mine")
+        with pytest.raises(UserError, match="did not write"):
+            outputs.check_output(project, force=True)
+    (tmp_path / "project" / "notes.md").unlink()  # only runs/ left, holding a corpus: still not a run of ours
+    with pytest.raises(UserError, match="did not write"):
+        outputs.check_output(tmp_path / "project", force=True)
     damaged = tmp_path / "damaged"  # an artifact of ours whose manifest was damaged: --force may rebuild it
     shutil.copytree(tmp_path / "made", damaged)
     manifest = json.loads((damaged / "manifest.json").read_text())
