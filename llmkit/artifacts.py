@@ -312,7 +312,8 @@ class Artifact:
 
 def _resolve_input_path(artifact_dir: Path, stored: str) -> Path:
     p = Path(stored)
-    return p if p.is_absolute() else (artifact_dir.parent / p).resolve()
+    # relative to the folder the artifact really lies in (as _input_ref stored it), not to a link's
+    return p if p.is_absolute() else (Path(artifact_dir).resolve().parent / p).resolve()
 
 
 def _input_ref(role: str, art: Artifact | RecordedInput, out: Path) -> dict[str, Any]:

@@ -22,6 +22,10 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     with --force), that exists without --force, or that cannot be written; create its parent
     folders. Called before any work, so a bad -o costs nothing."""
     out = Path(out)
+    if out.is_symlink():  # --force would replace the link, not what it names, and record inputs from the target's folder
+        raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
+    if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work
+        raise UserError(f"-o {out} ends in '..'; give the output's own name ({out.resolve()})")
     target = out.resolve()
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
@@ -30,11 +34,11 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         if item is None or not Path(item).exists():  # a hub name, or missing (the stage says so)
             continue
         source = Path(item).resolve()
-        if source == target:
+        if _same(source, target):
             raise UserError(f"-o {out} is the stage's input {item}; write the output to another path")
-        if source in target.parents:
+        if any(_same(source, parent) for parent in target.parents):
             raise UserError(f"-o {out} lies inside the stage's input {item}; write the output outside it")
-        if target in source.parents:
+        if any(_same(target, parent) for parent in source.parents):
             raise UserError(f"-o {out} contains the stage's input {item}; write the output to another path")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
@@ -45,6 +49,17 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
                         "llmkit's outputs: move it away, or choose another -o path")
     make_parent(out)
     return out
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One folder or file, also by two paths resolve() keeps apart (a bind mount; another letter
+    case on a case-insensitive disk): told by the file system's identity where both exist."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): it cannot be the other
+        return False
 
 
 RUN_MARK = ".llmkit-run"  # written into every training run and sweep folder when it is created
@@ -105,7 +120,7 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
     for item in inputs:
         if item is not None and Path(item).exists():
             source = Path(item).resolve()
-            if source == target or source in target.parents:
+            if _same(source, target) or any(_same(source, parent) for parent in target.parents):
                 raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
     if path.is_dir():
         raise UserError(f"-o {path} is a folder; give a file path")

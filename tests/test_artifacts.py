@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -285,3 +286,37 @@ def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_them
     with outputs.output_lock(tmp_path / "c?"):
         pass
     assert other.is_dir()
+
+
+def test_an_artifact_reached_through_a_link_finds_its_inputs_and_a_link_is_no_output(tmp_path):
+    """Inputs are stored relative to the folder an artifact really lies in: read through a link in
+    another folder they were looked for beside the link ("not found"), and an -o check meant to spare
+    them could be passed by the link. A link as -o would be replaced itself, not what it names."""
+    from llmkit import outputs
+    from llmkit.errors import UserError
+
+    with artifacts.create(tmp_path / "corpus", "corpus") as build:
+        (build.dir / "a.txt").write_text("text")
+    with artifacts.create(tmp_path / "tok", "tokenizer") as build:
+        (build.dir / "t.json").write_text("{}")
+        build.add_input("corpus", artifacts.load(tmp_path / "corpus"))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "tok").symlink_to(tmp_path / "tok")
+    through_link = artifacts.load(tmp_path / "elsewhere" / "tok")
+    assert through_link.input("corpus").path.resolve() == (tmp_path / "corpus").resolve()
+    with pytest.raises(UserError, match="is a symbolic link"):
+        outputs.check_output(tmp_path / "elsewhere" / "tok", force=True)
+    with pytest.raises(UserError, match=r"ends in '\.\.'"):
+        outputs.check_output(tmp_path / "corpus" / "sub" / "..", force=True)
+
+
+def test_an_output_that_is_an_input_by_another_path_is_refused(tmp_path):
+    """resolve() keeps a bind mount's two paths (or two letter cases on a case-insensitive disk) apart;
+    the file system's identity does not: here a hard link, the same file by a second path."""
+    from llmkit import outputs
+    from llmkit.errors import UserError
+
+    (tmp_path / "prompts.txt").write_text("Once\n")
+    os.link(tmp_path / "prompts.txt", tmp_path / "same.txt")
+    with pytest.raises(UserError, match="would overwrite the input"):
+        outputs.check_output_file(tmp_path / "same.txt", force=True, inputs=[tmp_path / "prompts.txt"])
