@@ -193,6 +193,9 @@ def output_lock(out: Path | str, *, keep_replaced: bool = False) -> Iterator[Non
 def _remove_stale_temporaries(out: Path, keep_replaced: bool) -> None:
     parent = out.resolve().parent
     name = glob.escape(out.name)  # an -o of "c?" must not match other outputs' temporaries
+    for old in parent.glob(f".{name}.old-*/{name}"):
+        if not out.exists() and not out.is_symlink():  # killed between _replace_dir's renames: the only copy left
+            os.replace(old, out)
     for pattern in (f".{name}.tmp-*", f".{name}.old-*") + (() if keep_replaced else (f".{name}.replaced-*",)):
         for stale in parent.glob(pattern):
             if stale.is_dir() and not stale.is_symlink():
@@ -248,8 +251,14 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         # Move the old one aside first so that `out` is never a half-replaced mix.
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
+        aside = trash / out.name
+        try:
+            os.replace(out, aside)
+            os.replace(tmp, out)
+        except BaseException:  # a Ctrl-C between the two renames: the old one goes back, not lost with the new
+            if aside.exists() and not out.exists():
+                os.replace(aside, out)
+            raise
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, out)

@@ -320,3 +320,34 @@ def test_an_output_that_is_an_input_by_another_path_is_refused(tmp_path):
     os.link(tmp_path / "prompts.txt", tmp_path / "same.txt")
     with pytest.raises(UserError, match="would overwrite the input"):
         outputs.check_output_file(tmp_path / "same.txt", force=True, inputs=[tmp_path / "prompts.txt"])
+
+
+def test_an_interrupt_between_the_renames_of_a_force_replacement_keeps_the_old_artifact(tmp_path, monkeypatch):
+    """Ctrl-C can land between moving the old artifact aside and renaming the new one in: the old one
+    goes back; and if the process died there, the next run on the output puts it back, not deletes it."""
+    def make(payload, force=False):
+        with artifacts.create(tmp_path / "out", "corpus", force=force) as build:
+            (build.dir / "x.txt").write_text(payload)
+
+    make("old")
+    real = os.replace
+
+    def interrupted_after_moving_aside(src, dst):
+        real(src, dst)
+        if ".old-" in str(dst):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted_after_moving_aside)
+    with pytest.raises(KeyboardInterrupt):
+        make("new", force=True)
+    monkeypatch.setattr(os, "replace", real)
+    assert (tmp_path / "out" / "x.txt").read_text() == "old"
+    # killed outright at that moment: only the copy aside is left, and the next run's lock restores it
+    aside = tmp_path / ".out.old-killed"
+    aside.mkdir()
+    os.replace(tmp_path / "out", aside / "out")
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match="already exists"):
+        make("newer")
+    assert (tmp_path / "out" / "x.txt").read_text() == "old" and not aside.exists()
