@@ -349,7 +349,7 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         )
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # (JSON and UTF-8 errors, and an integer past Python's digit limit)
         raise UserError(f"{manifest_path} is not valid JSON ({type(exc).__name__}); rebuild the artifact") from exc
     if isinstance(data, dict) and isinstance(data.get("format_version"), int) and data["format_version"] > FORMAT_VERSION:
         raise UserError(

@@ -230,6 +230,8 @@ def json_ready(value: Any) -> Any:
         return [json_ready(v) for v in value]
     if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, float) and value == 0.0:
+        return 0.0  # -0.0 computes what 0.0 does, and must not give another fingerprint
     return value
 
 

@@ -351,3 +351,15 @@ def test_an_interrupt_between_the_renames_of_a_force_replacement_keeps_the_old_a
     with pytest.raises(UserError, match="already exists"):
         make("newer")
     assert (tmp_path / "out" / "x.txt").read_text() == "old" and not aside.exists()
+
+
+def test_a_manifest_number_past_pythons_digit_limit_is_not_valid_json_in_one_line(tmp_path):
+    from llmkit.errors import UserError
+
+    with artifacts.create(tmp_path / "a", "corpus") as build:
+        (build.dir / "x.txt").write_text("x")
+    manifest = tmp_path / "a" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"kind": "corpus",', '"kind": "corpus", "x": ' + "9" * 5000 + ",", 1))
+    assert "9" * 5000 in manifest.read_text()
+    with pytest.raises(UserError, match="is not valid JSON"):
+        artifacts.load(tmp_path / "a")

@@ -242,3 +242,10 @@ def test_config_file_tables_are_the_stages():
     from llmkit.config import SECTIONS
 
     assert set(SECTIONS) == {command.section for command in stage_commands().values()}
+
+
+def test_minus_zero_is_recorded_as_zero():
+    """`--val-fraction=-0.0` computed what 0 does under another fingerprint."""
+    from llmkit.tokenizer.config import TokenizeConfig
+
+    assert json.dumps(TokenizeConfig.build(val_fraction=-0.0).hashed()) == json.dumps(TokenizeConfig.build(val_fraction=0.0).hashed())
