@@ -16,7 +16,7 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
             except UnicodeDecodeError:
                 raise UserError(f"{path}:{lineno} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None
             if not line.strip():
@@ -37,11 +37,12 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
 
 
 def read_text(path: Path | str) -> str:
-    """A user's text file as UTF-8; one that is not is a one-line UserError naming its first bad line."""
+    """A user's text file as UTF-8, without a byte-order mark (Windows editors write one); one that is
+    not UTF-8 is a one-line UserError naming its first bad line."""
     path = Path(path)
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None

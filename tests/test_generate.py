@@ -856,3 +856,6 @@ def test_a_txt_prompt_file_is_split_at_newlines_only_without_its_byte_order_mark
     assert [p.text for p in read_prompt_file(tmp_path / "breaks.txt")] == ["first\fsecond", "third\u2028line\vx\x85y"]
     (tmp_path / "windows.txt").write_bytes(b"\xef\xbb\xbfalpha\r\nbeta\r\n")
     assert [p.text for p in read_prompt_file(tmp_path / "windows.txt")] == ["alpha", "beta"]
+    # so in a .jsonl (every stage's JSON Lines reader), where it was refused as not JSON
+    (tmp_path / "windows.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "alpha"}\r\n{"prompt": "beta"}\r\n')
+    assert [p.text for p in read_prompt_file(tmp_path / "windows.jsonl")] == ["alpha", "beta"]

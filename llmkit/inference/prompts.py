@@ -75,8 +75,8 @@ def read_prompt_file(path: Path) -> list[Prompt]:
 def text_file_lines(text: str) -> list[str]:
     """A .txt prompt file's lines: split at newlines only (str.splitlines also splits at a form
     feed, a vertical tab and Unicode's line separators, which a prompt may hold), a Windows line
-    end and a UTF-8 byte-order mark (which Windows editors write) not being part of any prompt."""
-    return [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
+    end not being part of any prompt (nor is a byte-order mark: llmkit.jsonl.read_text drops it)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _prompt_from_record(record: Any, where: str) -> Prompt:
