@@ -40,7 +40,8 @@ def ordered_map(
     `initializer(*initargs)` runs once in every process that does work, this one included when
     workers <= 1 or `threads`. `executor="ray"` runs the same map on a Ray cluster (`ray_address`, or a local
     instance), `workers` actors there (0: one per CPU of the cluster). A worker that cannot start (a script without a `__main__` guard, which spawn
-    needs) is a one-line error instead of a pool restarting it forever.
+    needs) is a one-line error instead of a pool restarting it forever; one that dies once started, even on its first
+    item, is WorkerDied (a rerun continues).
     """
     if workers > (os.cpu_count() or 1) and not executor == "ray":
         # More than the cores only adds start-up, memory and switching (7x slower at 32 on 2 cores)
@@ -72,14 +73,19 @@ def ordered_map(
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")
+    # Set by the workers: [one got past spawn's re-import of __main__, one's initializer raised]. Results alone cannot
+    # tell a worker that never started from one killed on its first item, and only the second may keep a resumed
+    # run's partial output.
+    started = context.RawArray("b", 2)
     done = 0
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(initializer, initargs)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(initializer, initargs, started)) as pool:
             for result in _bounded(pool, function, items, workers):
                 done += 1
                 yield result
     except BrokenProcessPool as exc:
-        if done:  # they had started: one died since (the out-of-memory killer, a kill)
+        if done or (started[0] and not started[1]):  # one died since (the out-of-memory killer, a kill)
             from llmkit.errors import WorkerDied
 
             raise WorkerDied(f"a worker process died after {done} batch(es) (out of memory, or killed); rerun the command to "
@@ -105,9 +111,10 @@ def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], wo
             future.cancel()
 
 
-def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...], started=None) -> None:
     """A worker leaves Ctrl-C to the parent (which stops the pool: one message, not one traceback
-    per worker) and ends as soon as the parent does, killed or not, instead of finishing its queue."""
+    per worker) and ends as soon as the parent does, killed or not, instead of finishing its queue.
+    It marks `started` (see ordered_map) so that its death later is not taken for a failure to start."""
     import multiprocessing
     import os
     import signal
@@ -117,5 +124,12 @@ def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, 
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True, name="llmkit-parent-watch").start()
+    if started is not None:
+        started[0] = 1
     if initializer is not None:
-        initializer(*initargs)
+        try:
+            initializer(*initargs)
+        except BaseException:
+            if started is not None:
+                started[1] = 1  # (a rerun would fail the same way: not a death to continue after)
+            raise

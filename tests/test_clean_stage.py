@@ -341,3 +341,43 @@ def test_a_corpus_cleaned_again_records_it_as_its_input(tmp_path):
     refs = artifacts.load(again).manifest.inputs
     assert [(r["role"], r["fingerprint"]) for r in refs] == [("corpus", artifacts.load(first).fingerprint)]
     assert _texts(again) == _texts(first)
+
+
+def _killed_in_a_worker(batch):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+
+
+def test_a_resumed_clean_whose_worker_is_killed_on_its_first_batch_keeps_its_partial_output(shared_data, tmp_path,
+                                                                                             monkeypatch):
+    """No batch came back from the rerun's workers, but they had started: the work done before is kept for the
+    next rerun, and the message says a worker died (not that a script lacks its __main__ guard)."""
+    from llmkit import resume
+    from llmkit.errors import WorkerDied
+
+    paragraphs = [p.strip() for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(w[::-1] + str(copy) if i % 2 == 0 and copy else w
+                                                          for i, w in enumerate(text.split()))}) + "\n"
+                            for copy in range(2) for text in paragraphs), encoding="utf-8")
+    out = tmp_path / "out"
+    save = resume.save
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        raise RuntimeError("stopped after the first shard")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(resume, "save", save_then_stop)
+        with pytest.raises(RuntimeError, match="stopped after the first shard"):
+            _clean([data], out, CleanConfig(shard_mb=1))
+    [partial] = tmp_path.glob(".out.partial-*")
+    marker = (partial / "resume.json").read_bytes()
+
+    monkeypatch.setattr(pipeline, "process_batch", _killed_in_a_worker)
+    with pytest.raises(WorkerDied, match="a worker process died after 0 batch"):
+        _clean([data], out, CleanConfig(shard_mb=1, workers=2))
+    assert (partial / "resume.json").read_bytes() == marker and list((partial / "shards").iterdir())
+    assert not out.exists()

@@ -163,3 +163,19 @@ def test_a_worker_that_dies_mid_run_is_named_and_keeps_the_partial_output():
             seen.append(value)
     assert seen == list(range(len(seen))) and 0 < len(seen) < 40
     assert caught.value.keeps_partial  # (so a rerun continues: llmkit.outputs keeps .OUT.partial-KEY)
+
+
+def _killed_on_the_first_item(i):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does, before any result
+
+
+def test_a_worker_killed_on_its_first_item_died_and_did_not_fail_to_start():
+    """No result came back, yet the worker had started: a death to rerun after (the partial output kept),
+    not the message for a script without a __main__ guard (the partial output removed)."""
+    from llmkit.errors import WorkerDied
+
+    with pytest.raises(WorkerDied, match="a worker process died after 0 batch") as caught:
+        list(ordered_map(_killed_on_the_first_item, range(4), workers=2))
+    assert caught.value.keeps_partial
