@@ -244,6 +244,11 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
                 not isinstance(exc, UserError) or getattr(exc, "keeps_partial", False))
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
+            else:  # hidden, and as large as the work done: say where it is and what becomes of it
+                from llmkit.console import err
+
+                err.print(f"note: the work done so far is kept in {tmp}; the same command continues it, and any other "
+                          f"run writing {out} removes it", soft_wrap=True, markup=False)
             raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import replace
 
@@ -176,7 +177,6 @@ def test_lone_surrogates_and_mojibake_are_repaired(tmp_path):
 def test_a_killed_clean_resumes_from_its_last_shard_and_writes_the_same_artifact(shared_data, tmp_path):
     """SIGKILL the stage after a few shards; the rerun continues from the completion marker (not from
     the start) and the artifact is the one an uninterrupted run writes, rejects file included."""
-    import glob
     import subprocess
     import sys
 
@@ -251,6 +251,8 @@ def test_sigterm_stops_clean_as_ctrl_c_does_and_the_rerun_continues(shared_data,
     assert code == 143
     said = log.read_text()
     assert "terminated; rerun the command" in said and "Traceback" not in said and "leaked" not in said, said
+    partial = glob.glob(str(tmp_path / ".out.partial-*"))
+    assert len(partial) == 1 and f"the work done so far is kept in {partial[0]}" in " ".join(said.split()), said
     assert not (tmp_path / "out").exists()
     rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 0 and "resuming the interrupted run" in rerun.stderr, rerun.stderr
