@@ -45,7 +45,7 @@ def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
     """From the sweep's runs.json: a hashed file, so `llmkit verify` vouches for the numbers
     (a sweep written before it existed: the table in its stats)."""
     table = sweep.path / "runs.json"
-    if table.is_file():
+    if "runs.json" in sweep.manifest.files:  # (one dropped into an older sweep is no part of it)
         try:
             rows = json.loads(table.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
