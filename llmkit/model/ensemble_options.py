@@ -46,3 +46,10 @@ class Ensembling(Options):
         from llmkit.model.averaging import normalised
 
         return {"members": count, "weights": normalised(self.weights, count), "mode": self.ensemble_mode}
+
+    def single_model_flags(self, count: int) -> list[tuple[str, str]]:
+        """(flag, what it is for) of each ensemble option given for a lone checkpoint, which ignores them."""
+        if count >= 2:
+            return []
+        return [(flag, "an ensemble of several checkpoints") for flag, name in (("--weights", "weights"),
+                ("--ensemble-mode", "ensemble_mode")) if getattr(self, name) != self.default_of(name)]
