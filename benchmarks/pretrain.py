@@ -5,6 +5,8 @@ Sides (each in its own process, so that peak memory is its own):
                    (`--model gpt2-tiny` resized): forward/backward, loss sync, grad-norm clipping,
                    fused AdamW, zero_grad(set_to_none=True); fp32 on CPU, where gradients are per
                    sequence by default (--batch-invariant: the same weights whatever the split).
+  llmkit MKL       the same with LLMKIT_CPU_GEMM=mkl: PyTorch's own fp32 products (MKL) instead of
+                   oneDNN's (llmkit/model/cpu_gemm.py); CPU only.
   llmkit usual sums  the same with --no-batch-invariant (PyTorch's own backward); CPU only.
   nanoGPT-style    the fastest plain-PyTorch GPT-2 we know, written in this file after nanoGPT's
                    model.py + train.py: one fused q/k/v Linear, F.scaled_dot_product_attention,
@@ -348,8 +350,12 @@ def measured_bf16_peak() -> float:
 GPT2_VOCAB = 50304
 GPU_TOKENIZER_VOCAB = 8192
 
-SIDES = {"llmkit": run_llmkit, "llmkit-usual": run_llmkit, "nanogpt": run_nanogpt, "hf": run_hf}
-LABELS = {"llmkit": "llmkit", "llmkit-usual": "llmkit usual sums", "nanogpt": "nanoGPT-style", "hf": "GPT2LMHeadModel"}
+SIDES = {"llmkit": run_llmkit, "llmkit-mkl": run_llmkit, "llmkit-usual": run_llmkit, "nanogpt": run_nanogpt, "hf": run_hf}
+LABELS = {"llmkit": "llmkit", "llmkit-mkl": "llmkit MKL", "llmkit-usual": "llmkit usual sums", "nanogpt": "nanoGPT-style",
+          "hf": "GPT2LMHeadModel"}
+# llmkit's step with PyTorch's own (MKL) fp32 products instead of oneDNN's (llmkit/model/cpu_gemm.py):
+# how much of the lead is the product library and how much the rest of the step
+SIDE_ENV = {"llmkit-mkl": {"LLMKIT_CPU_GEMM": "mkl"}}
 
 
 def side(args) -> None:
@@ -369,7 +375,7 @@ def args_device(extra: list[str]) -> str:
 def run_side(args, name: str, extra: list[str]) -> dict:
     command = [sys.executable, __file__, "--side", name, "--tokens", str(args.tokens), "--threads", str(args.threads), *extra]
     # Every side gets the same OpenMP setting: idle threads sleep, as `llmkit pretrain` arranges.
-    env = dict(os.environ, LLMKIT_PROGRESS="0", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    env = dict(os.environ, LLMKIT_PROGRESS="0", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **SIDE_ENV.get(name, {}))
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -467,7 +473,8 @@ def main() -> None:
     sides = ["llmkit", "nanogpt"] + ([] if args.no_hf else ["hf"])
     if not args.gpu_only:
         args.tokens = prepare_tokens(args.cache, args.vocab)
-        cpu_sides = sides[:1] + ["llmkit-usual"] + sides[1:]  # what --batch-invariant (the CPU default) costs
+        # what oneDNN's products bring, and what --batch-invariant (the CPU default) costs
+        cpu_sides = sides[:1] + ["llmkit-mkl", "llmkit-usual"] + sides[1:]
         compare(args, f"CPU, {args.threads} thread(s), {args.precision}: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape, cpu_sides)
     if torch.cuda.is_available():
         args.tokens = prepare_tokens(args.cache, GPU_TOKENIZER_VOCAB)

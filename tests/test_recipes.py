@@ -46,8 +46,9 @@ GOLDEN = json.loads((REPO / "tests" / "golden" / "quickstart_tiny.json").read_te
 
 
 def _platform() -> dict[str, str]:
-    """What a recorded fingerprint may depend on: the Python version (the embedded corpus), torch and
-    the CPU (the kernels' last bits: two AVX-512 CPUs of different makers differ)."""
+    """What a recorded fingerprint may depend on: the Python version (the embedded corpus), torch,
+    the CPU (the kernels' last bits: two AVX-512 CPUs of different makers differ) and the library
+    of fp32 products (llmkit/model/cpu_gemm.py)."""
     import platform
 
     import torch
@@ -57,7 +58,9 @@ def _platform() -> dict[str, str]:
         key, _, value = line.partition(":")
         if key.strip() in ("vendor_id", "cpu family", "model") and key.strip() not in cpu:
             cpu[key.strip()] = value.strip()
-    return {"python": platform.python_version(), "torch": torch.__version__.split("+")[0],
+    from llmkit.model import cpu_gemm
+
+    return {"python": platform.python_version(), "torch": torch.__version__.split("+")[0], "products": cpu_gemm.library(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu": f"{cpu.get('vendor_id', '?')} family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')}"}
 

@@ -16,9 +16,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from llmkit.errors import UserError
+from llmkit.model.cpu_gemm import linear
 
 # Never adapted: the output head (tied to the embedding in most models) and a classifier head,
 # which trains in full when present.
@@ -42,8 +42,8 @@ class LoRALinear(nn.Linear):
         self.lora_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
-        return F.linear(x, self.weight, self.bias) + self.scaling * update
+        update = linear(linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+        return linear(x, self.weight, self.bias) + self.scaling * update
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
+from llmkit.model import cpu_gemm
 from llmkit.model.sequence_grads import MIN_ROWS
 
 IGNORE_INDEX = -100
@@ -58,14 +59,15 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
 
     Fewer than MIN_ROWS rows (an SFT response of a few tokens) are padded with zero rows for the
     products: MKL picks kernels by thread count below that, so the same run gave other bits on
-    1 and 2 threads (and so under --nproc 2). Zero rows add exact zeros to the head's gradient."""
+    1 and 2 threads (and so under --nproc 2); oneDNN (llmkit/model/cpu_gemm.py) needs 2 rows. Zero rows add exact zeros to the head's gradient."""
     rows = len(t)
     short = rows < MIN_ROWS
     if low is not None:
         h = h.to(low)
     if short:
         h = _with_zero_rows(h)
-    logits = h @ head.t()
+    onednn = low is None and cpu_gemm.takes(h, head)
+    logits = cpu_gemm.matmul(h, head.t()) if onednn else h @ head.t()
     if short:
         logits = logits[:rows]
     if low is not None:
@@ -84,6 +86,13 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
         if grad_rows is not None:
             grad_rows.copy_((probs @ head)[:rows])
             grad_rows = None
+    if onednn:  # (oneDNN writes no `out=` and adds into nothing: the results are copied/added)
+        if grad_rows is not None:
+            grad_rows.copy_(cpu_gemm.matmul(probs, head))
+        if grad_weight is not None:
+            product = cpu_gemm.matmul(probs.t(), h)
+            grad_weight.copy_(product) if fresh else grad_weight.add_(product)
+        return loss
     if grad_rows is not None and low is None:
         torch.mm(probs, head, out=grad_rows)
     elif grad_rows is not None:
@@ -165,7 +174,7 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor)
     with torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]
-            logits = (h if low is None else h.to(low)) @ head.t()
+            logits = cpu_gemm.matmul(h, head.t()) if low is None else h.to(low) @ head.t()
             if low is not None:
                 logits = logits.float()
             valid = t != IGNORE_INDEX

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from llmkit.model import fused_loss, sequence_grads
 from llmkit.model.fused_loss import IGNORE_INDEX
+from llmkit.model.cpu_gemm import Linear
 from llmkit.model.fused_ops import apply_rope, swiglu
 
 
@@ -180,9 +181,9 @@ class Attention(nn.Module):
         super().__init__()
         self.config = config
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.q_proj = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
-        self.kv_proj = nn.Linear(config.n_embd, 2 * config.n_kv_head * config.head_dim, bias=config.bias)
-        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_proj = Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
+        self.kv_proj = Linear(config.n_embd, 2 * config.n_kv_head * config.head_dim, bias=config.bias)
+        self.out_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.out_proj.is_residual_out = True
         self.dropout = config.dropout
 
@@ -223,8 +224,8 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.mlp_hidden
         self.swiglu = config.activation == "swiglu"
-        self.up_proj = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
-        self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.up_proj = Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
+        self.down_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.down_proj.is_residual_out = True
         self.dropout = config.dropout
 
@@ -304,7 +305,7 @@ class GPT(nn.Module):
             self.drop = nn.Dropout(config.dropout)
             self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
             self.final_norm = make_norm(config, config.n_embd)
-            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
             if config.pos == "rope":
                 # Not saved: recomputed from the config, so checkpoints hold only learned weights.
                 self.register_buffer("rope_cos", torch.empty(0), persistent=False)

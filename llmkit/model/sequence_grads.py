@@ -19,7 +19,8 @@ number of processes and the threads, so the trained weights are the same to the 
 
 What else it relies on:
 - The forward pass and the activations' gradients are per row already: a row of a matrix
-  product does not change with the rows beside it (measured on MKL from 16 rows on; a sequence
+  product does not change with the rows beside it (measured: oneDNN, llmkit/model/cpu_gemm.py,
+  from 2 rows on, MKL from 16; a sequence
   has its T rows in every product, and a shorter product, a classifier head's, is padded to
   16). The tests check the end result.
 - The loss's backward is seeded with the micro-batch's target count, so each token's gradient
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from llmkit.model import cpu_gemm
 from llmkit.model.sequence_tree import SequenceTree
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +61,8 @@ class MicroBatch:
 
 
 # A row of a matrix product has the same bits whatever the rows beside it only from this many
-# rows on: MKL takes other kernels for fewer (measured: 16 rows with AVX2, 8 with AVX-512). A
+# rows on: MKL takes other kernels for fewer (measured: 16 rows with AVX2, 8 with AVX-512; the
+# oneDNN products of llmkit/model/cpu_gemm.py, used on x86, from 2). A
 # language model's products have T rows a sequence; a classifier's head has one per example, so a
 # micro-batch of 1 to 15 is padded to 16 rows of zeros.
 MIN_ROWS = 16
@@ -78,7 +81,7 @@ def _at_least_min_rows(product, x: torch.Tensor) -> torch.Tensor:
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, where: MicroBatch):
-        y = _at_least_min_rows(lambda rows: F.linear(rows, weight, bias), x)  # under autocast in its dtype, as the plain layer
+        y = _at_least_min_rows(lambda rows: cpu_gemm.linear(rows, weight, bias), x)  # under autocast in its dtype, as the plain layer
         ctx.save_for_backward(x, weight)
         ctx.where, ctx.weight, ctx.bias = where, weight, bias
         return y
@@ -87,7 +90,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         where, low = ctx.where, grad.dtype
-        grad_x = _at_least_min_rows(lambda rows: rows.matmul(weight.to(low)), grad).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_x = _at_least_min_rows(lambda rows: cpu_gemm.matmul(rows, weight.to(low)), grad).to(x.dtype) if ctx.needs_input_grad[0] else None
         per_seq = grad.reshape(where.sequences, -1, grad.shape[-1]).contiguous()
         if ctx.needs_input_grad[1]:
             inputs = x.to(low).reshape(where.sequences, -1, x.shape[-1]).contiguous()
@@ -215,7 +218,7 @@ def _handlers():
     from llmkit.model import fused_loss  # (imports this module)
     from llmkit.model import sequence_dropout
 
-    return {F.linear: _linear, F.embedding: _embedding, F.layer_norm: _layer_norm, F.rms_norm: _rms_norm,
+    return {F.linear: _linear, cpu_gemm.linear: _linear, F.embedding: _embedding, F.layer_norm: _layer_norm, F.rms_norm: _rms_norm,
             fused_loss.linear_cross_entropy: _head_and_loss, F.dropout: sequence_dropout.dropout,
             F.scaled_dot_product_attention: sequence_dropout.attention}
 

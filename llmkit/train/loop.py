@@ -224,6 +224,10 @@ class Trainer:
                                           sequences_per_rank=self.accum * settings.micro_batch, seed=settings.seed)
         self.model = self.engine.model
         self.spec.runtime["batch_invariant"] = getattr(self.engine, "batch_invariant", False)  # what the option resolved to
+        if self.device.type == "cpu":  # the fp32 products' library: their last bits, so the fingerprint, follow it
+            from llmkit.model import cpu_gemm
+
+            self.spec.runtime["cpu_products"] = cpu_gemm.library()
         why = getattr(self.engine, "not_invariant_because", None)
         # for the run's header line: how gradients are summed, where that decides the CPU fingerprint
         self.gradient_note = (", per-sequence gradients" if self.spec.runtime["batch_invariant"] else

@@ -1,0 +1,103 @@
+"""fp32 matrix products on x86 CPUs through oneDNN, the library PyTorch already ships, not MKL.
+
+PyTorch's CPU `F.linear` and `mm` call MKL's sgemm for fp32. On this project's machine (AMD
+EPYC, Zen 5, AVX-512) oneDNN's product is about twice as fast at the shapes of a training step
+(4,096 × 256 → 768: 4.6 ms against 11.8 ms on 2 threads) and of batched decoding (8 × 768 → 3,072:
+0.26 against 0.51 ms), presumably because MKL picks its code path by CPU vendor and oneDNN by
+instruction set. PyTorch sends fp32 products to oneDNN only when asked to lower their precision
+(`torch.backends.mkldnn.matmul.fp32_precision`), so the op is called here directly:
+`torch.ops.mkldnn._linear_pointwise`, the one inductor's CPU code calls. It sums in fp32 (tested
+against the fp32 rounding bound, which bf16 or tf32 inputs would break by far).
+
+The per-sequence gradients (llmkit/model/sequence_grads.py) need a row of a product to keep its
+bits whatever the rows beside it and the thread count. oneDNN holds both from 2 rows on
+(measured at the presets' product shapes, 2 to 4,096 rows, 1 and 2 threads; tested), MKL from 8
+(AVX-512) or 16 (AVX2); the callers pad to MIN_ROWS (16) anyway. A single row (decoding one
+sequence) stays with PyTorch's own product: oneDNN's matrix-vector kernel was no faster there.
+
+Where: every Linear of the GPT model (`Linear` below), the per-sequence Linear and weight
+gradients, the fused head and loss. Elsewhere it is PyTorch's own: bf16 (under autocast, which
+PyTorch already sends to oneDNN), another CPU architecture, a CUDA tensor, a DTensor (tensor
+parallelism), code being compiled (inductor chooses its own kernels). The choice depends only on
+the platform, the dtypes and the shapes, so a run's bits do not change from one run to the next.
+`LLMKIT_CPU_GEMM=mkl` keeps PyTorch's own everywhere (benchmarks/pretrain.py times both).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import handle_torch_function, has_torch_function_variadic
+
+_ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+_ON = (_ONEDNN is not None and platform.machine().lower() in ("x86_64", "amd64")
+       and os.environ.get("LLMKIT_CPU_GEMM", "onednn") != "mkl")
+_PLAIN = (torch.Tensor, nn.Parameter)  # not a DTensor (tensor parallelism) or another subclass
+
+
+def _takes(*tensors: torch.Tensor | None) -> bool:
+    """Plain fp32 CPU tensors, the first with at least 2 rows, outside autocast and compilation."""
+    return (_ON and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
+                        for t in tensors)
+            and tensors[0].numel() >= 2 * tensors[0].shape[-1]
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
+def library() -> str:
+    """What computes fp32 CPU products here: "onednn", or "pytorch" (its own, MKL on x86)."""
+    return "onednn" if _ON else "pytorch"
+
+
+def takes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether products of these tensors go through oneDNN here (else they are PyTorch's own)."""
+    return _takes(a, b)
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    return _ONEDNN(rows, weight, bias, "none", [], "").reshape(*x.shape[:-1], weight.shape[0])
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _product(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = _product(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_weight = _product(rows.t(), x.reshape(-1, x.shape[-1]).t(), None) if ctx.needs_input_grad[1] else None
+        grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for x [..., I], weight [O, I]. Overridable like a torch function
+    (llmkit/model/sequence_grads.py gives it per-sequence weight gradients)."""
+    if has_torch_function_variadic(x, weight, bias):
+        return handle_torch_function(linear, (x, weight, bias), x, weight, bias)
+    if not _takes(x, weight, bias):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return _Linear.apply(x, weight, bias)
+    return _product(x, weight, bias)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for a [..., K], b [K, N] (no gradient)."""
+    return _product(a, b.t(), None) if _takes(a, b) else a @ b
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose product is `linear` above (the same parameters, state-dict keys and init)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)

@@ -1,0 +1,82 @@
+"""The fp32 CPU products through oneDNN (llmkit/model/cpu_gemm.py): PyTorch's values to fp32
+rounding, the same gradients, and the per-row, per-thread bits the per-sequence gradients need."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmkit.model import cpu_gemm
+from llmkit.model.sequence_grads import MIN_ROWS
+
+onednn = pytest.mark.skipif(not cpu_gemm._ON, reason="oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
+
+SHAPES = [(256, 768), (256, 1024), (1024, 256), (384, 1152), (1536, 384), (128, 4096)]  # presets' (in, out) products
+
+
+@onednn
+def test_products_go_through_onednn_and_equal_pytorchs_to_rounding():
+    torch.manual_seed(0)
+    for inputs, outputs in SHAPES:
+        x, w, b = torch.randn(300, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
+        assert cpu_gemm.takes(x, w)
+        exact = F.linear(x.double(), w.double(), b.double())
+        # fp32 sums' worst-case rounding, (inputs + 1) * 2^-24 * sum |x w| per entry: fp32 throughout
+        # (the reduced-precision modes, bf16 or tf32 inputs, are off by orders of magnitude more)
+        bound = (inputs + 1) * 2.0**-24 * (x.double().abs() @ w.double().abs().t() + b.double().abs())
+        assert ((cpu_gemm.linear(x, w, b) - exact).abs() <= bound).all()
+        assert ((cpu_gemm.matmul(x, w.t()) - exact + b.double()).abs() <= bound + 1e-6).all()
+    x = torch.randn(2, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own (oneDNN bf16) path, its dtype
+        assert not cpu_gemm.takes(x, x) and cpu_gemm.linear(x, torch.randn(3, 8)).dtype == torch.bfloat16
+    assert not cpu_gemm.takes(x.double(), x.double())
+
+
+@onednn
+def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads():
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    try:
+        for inputs, outputs in SHAPES:
+            x, w, b = torch.randn(2048, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
+            torch.set_num_threads(2)
+            full = cpu_gemm.linear(x, w, b)
+            for rows in (MIN_ROWS, 17, 100, 256, 1000):
+                assert torch.equal(cpu_gemm.linear(x[:rows].clone(), w, b), full[:rows]), (inputs, outputs, rows)
+            # a weight gradient's product (left^T right over a run's rows), as the sequence tree makes it
+            grad = torch.randn(1024, outputs)
+            weight_grad = cpu_gemm.matmul(grad.t(), x[:1024])
+            torch.set_num_threads(1)
+            assert torch.equal(cpu_gemm.linear(x, w, b), full)
+            assert torch.equal(cpu_gemm.matmul(grad.t(), x[:1024]), weight_grad)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@onednn
+def test_the_layers_gradients_are_autograds():
+    torch.manual_seed(0)
+    layer = cpu_gemm.Linear(24, 40)
+    reference = torch.nn.Linear(24, 40)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 50, 24, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(3, 50, 40)
+    layer(x).backward(grad)
+    reference(x_ref).backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert not layer(x).requires_grad
+
+
+def test_the_environment_switch_gives_pytorchs_own_products():
+    code = ("import torch, torch.nn.functional as F; from llmkit.model import cpu_gemm; "
+            "x, w = torch.randn(64, 32), torch.randn(16, 32); "
+            "print(cpu_gemm.takes(x, w), torch.equal(cpu_gemm.linear(x, w), F.linear(x, w)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "LLMKIT_CPU_GEMM": "mkl"}).stdout.split()
+    assert out == ["False", "True"]
