@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,11 +26,11 @@ T = TypeVar("T")
 def load_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}; pass an existing .toml or .yaml file")
+        raise UsageError(f"config file not found: {path}; pass an existing .toml or .yaml file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+        raise UsageError(f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -39,15 +39,15 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
         else:
-            raise UserError(f"config file {path} must end in .toml, .yaml or .yml")
+            raise UsageError(f"config file {path} must end in .toml, .yaml or .yml")
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
-        raise UserError(f"config file {path} is not valid: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise UsageError(f"config file {path} is not valid: {type(exc).__name__}: {str(exc)[:200]}") from exc
     except Exception as exc:  # yaml.YAMLError and friends
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"config file {path} is not valid: {exc}") from exc
+        raise UsageError(f"config file {path} is not valid: {exc}") from exc
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a table of options")
+        raise UsageError(f"config file {path} must hold a table of options")
     return data
 
 
@@ -85,12 +85,12 @@ def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
     data = load_config_file(file)
     unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in SECTIONS]
     if unknown:
-        raise UserError(f"unknown table [{unknown[0]}] in {file}; a config file holds options at top level or in a "
+        raise UsageError(f"unknown table [{unknown[0]}] in {file}; a config file holds options at top level or in a "
                         f"table per stage: {', '.join(SECTIONS)}")
     if section and isinstance(data.get(section), dict):
         nested = [k for k, v in data[section].items() if isinstance(v, dict)]
         if nested:
-            raise UserError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
+            raise UsageError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
         data = data[section]
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
@@ -99,7 +99,7 @@ def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
             continue
         name = key.replace("-", "_")
         if name in spelled:
-            raise UserError(f"{file} sets one option twice, as {spelled[name]} and {key}; keep one")
+            raise UsageError(f"{file} sets one option twice, as {spelled[name]} and {key}; keep one")
         values[name], spelled[name] = value, key
     return values
 
@@ -129,7 +129,7 @@ def resolve(
     from_file = file_values(file, section)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
-        raise UserError(
+        raise UsageError(
             f"unknown option(s) in {file}: {', '.join(unknown)}; known options are: {', '.join(sorted(o.key for o in options))}"
         )
     given: dict[str, list[str]] = {}
@@ -137,7 +137,7 @@ def resolve(
         given.setdefault(by_key[key], []).append(key)
     twice = next((keys for keys in given.values() if len(keys) > 1), None)
     if twice:
-        raise UserError(f"{file} sets one option twice, as {' and '.join(twice)}; keep one")
+        raise UsageError(f"{file} sets one option twice, as {' and '.join(twice)}; keep one")
     from_file = {by_key[k]: v for k, v in from_file.items()}
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
@@ -147,7 +147,7 @@ def resolve(
     except UserError:
         raise
     except (TypeError, ValueError) as exc:
-        raise UserError(f"invalid configuration: {exc}") from exc
+        raise UsageError(f"invalid configuration: {exc}") from exc
 
 
 def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
@@ -158,7 +158,7 @@ def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
     try:
         return opt.spec.parse([value])  # what the command line hands a parser: the values of the flag
     except ValueError as exc:
-        raise UserError(f"{opt.key} {value!r} in {file}: {exc}") from None
+        raise UsageError(f"{opt.key} {value!r} in {file}: {exc}") from None
 
 
 def explicit_params(ctx: Any) -> dict[str, Any]:

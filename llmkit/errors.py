@@ -13,7 +13,8 @@ class UserError(Exception):
 
 
 class UsageError(UserError):
-    """Wrong combination of options or arguments."""
+    """Wrong options or arguments: a bad value, a wrong combination, a config file that cannot be
+    read or holds unknown keys (exit status 2, as click gives a flag it cannot parse)."""
 
     exit_code = 2
 

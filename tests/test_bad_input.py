@@ -255,11 +255,14 @@ def test_a_cuda_device_on_a_machine_without_one_is_named(cli, chain, tmp_path, s
     ("table.toml", "[pretrain.optimizer]\nlr = 1\n", "unknown table [pretrain.optimizer]"),
     ("stage.toml", "[pretrian]\nlr = 1\n", "unknown table [pretrian]"),
     ("key.toml", "[pretrain]\nlearning_rate = 1\n", "unknown option(s) in"),
+    ("syntax.toml", "lr = [\n", "is not valid: TOMLDecodeError"),
+    ("twice.toml", "[pretrain]\nlr = 1\nlearning_rate = 2\n", "unknown option(s) in"),
 ])
 def test_config_files_with_wrong_types_or_tables_are_refused(cli, chain, tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
-    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tmp_path / "out", "--config", tmp_path / name))
-    assert message in line
+    result = cli("pretrain", chain / "tokens", "-o", tmp_path / "out", "--config", tmp_path / name)
+    assert message in _one_line_error(result)
+    assert result.exit_code == 2  # a usage error, as the same value typed as a flag
     assert not (tmp_path / "out").exists()
 
 
