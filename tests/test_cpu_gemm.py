@@ -21,7 +21,7 @@ def test_products_go_through_onednn_and_equal_pytorchs_to_rounding():
     torch.manual_seed(0)
     for inputs, outputs in SHAPES:
         x, w, b = torch.randn(300, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
-        assert cpu_gemm.takes(x, w)
+        assert cpu_gemm.takes(x, w.t())
         exact = F.linear(x.double(), w.double(), b.double())
         # fp32 sums' worst-case rounding, (inputs + 1) * 2^-24 * sum |x w| per entry: fp32 throughout
         # (the reduced-precision modes, bf16 or tf32 inputs, are off by orders of magnitude more)
@@ -80,3 +80,32 @@ def test_the_environment_switch_gives_pytorchs_own_products():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "LLMKIT_CPU_GEMM": "mkl"}).stdout.split()
     assert out == ["False", "True"]
+
+
+@onednn
+def test_derivatives_beyond_the_first_and_forward_mode_are_pytorchs():
+    """The oneDNN op has no derivative of its own: a differentiated backward (create_graph), forward
+    mode AD and torch.func transforms get PyTorch's products, not zeros or a dropped tangent."""
+    torch.manual_seed(0)
+    x, w = torch.randn(6, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True)
+    second = []
+    for fn in (cpu_gemm.linear, F.linear):
+        (gx,) = torch.autograd.grad((fn(x, w) ** 2).sum(), x, create_graph=True)
+        second.append(torch.autograd.grad((gx**2).sum(), w)[0])
+    assert second[0].abs().max() > 1 and torch.allclose(second[0], second[1], rtol=1e-5, atol=1e-4)
+    import torch.autograd.forward_ad as fwAD
+
+    tangent = torch.randn(6, 5)
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(cpu_gemm.linear(fwAD.make_dual(x.detach(), tangent), w.detach())).tangent
+    torch.testing.assert_close(out, tangent @ w.detach().t())
+    grad_w = torch.func.grad(lambda w_: cpu_gemm.linear(x.detach(), w_).sum())(w.detach())
+    torch.testing.assert_close(grad_w, torch.ones(6, 4).t() @ x.detach())
+
+
+def test_shapes_that_f_linear_broadcasts_or_refuses_behave_as_there():
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(cpu_gemm.linear(x, torch.ones(4, 3), torch.ones(1)), F.linear(x, torch.ones(4, 3), torch.ones(1)))
+    assert cpu_gemm.linear(torch.randn(5, 0), torch.randn(4, 0)).shape == (5, 4)  # no inputs: zeros, as F.linear
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        cpu_gemm.linear(x, torch.randn(4, 2))

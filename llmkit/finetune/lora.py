@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
-from llmkit.model.cpu_gemm import linear
+from llmkit.model.cpu_gemm import Linear, linear
 
 # Never adapted: the output head (tied to the embedding in most models) and a classifier head,
 # which trains in full when present.
@@ -103,12 +103,13 @@ def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear in a live model by a plain nn.Linear with the merged weight."""
+    """Replace every LoRALinear in a live model by a plain Linear (the model's own, llmkit/model/cpu_gemm.py)
+    with the merged weight."""
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             parent_name, _, leaf = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+            plain = Linear(module.in_features, module.out_features, bias=module.bias is not None,
                               device=module.weight.device, dtype=module.weight.dtype)
             with torch.no_grad():
                 delta = module.lora_B.float() @ module.lora_A.float()

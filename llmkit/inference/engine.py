@@ -69,10 +69,11 @@ class Completion:
 def prepare_for_decoding(model) -> None:
     """Lay every CPU linear weight out transposed in memory: the same shape and values, column-major.
 
-    `F.linear` then hands the CPU BLAS the [in, out] matrix, whose kernel for a few rows is much
-    faster: 8 rows x 768 -> 3072 take 0.45 ms against 1.05 ms on one thread (at 1 row, and at the
-    prefill's hundreds, the two layouts take the same time). Results agree to float rounding, as
-    with any change of kernel. For a model that only generates: training reads the weights the
+    The product's kernel for a few rows is then faster: 8 rows x 768 -> 3072 took 0.45 ms against
+    1.05 ms on one thread with MKL (an Intel machine), 0.27 against 0.36 ms with the oneDNN
+    products of llmkit/model/cpu_gemm.py (an AMD Zen 5, which uses them from 2 rows; one row stays
+    with MKL, whose layouts tie there, as at the prefill's hundreds). Results agree to float
+    rounding, as with any change of kernel (oneDNN's from 2 rows: to the bit). For a model that only generates: training reads the weights the
     other way round, so the training stages never call this.
     """
     # A weight shared with an embedding (a tied output head) stays: the lookup of one row would

@@ -15,10 +15,13 @@ bits whatever the rows beside it and the thread count. oneDNN holds both from 2 
 (AVX-512) or 16 (AVX2); the callers pad to MIN_ROWS (16) anyway. A single row (decoding one
 sequence) stays with PyTorch's own product: oneDNN's matrix-vector kernel was no faster there.
 
-Where: every Linear of the GPT model (`Linear` below), the per-sequence Linear and weight
-gradients, the fused head and loss. Elsewhere it is PyTorch's own: bf16 (under autocast, which
-PyTorch already sends to oneDNN), another CPU architecture, a CUDA tensor, a DTensor (tensor
-parallelism), code being compiled (inductor chooses its own kernels). The choice depends only on
+Where: every Linear of the GPT model (`Linear` below) and of LoRA, the per-sequence Linear and
+weight gradients, the fused head and loss, eval's per-token scoring. Elsewhere it is PyTorch's
+own: bf16 (under autocast, which PyTorch already sends to oneDNN), another CPU architecture, a
+CUDA tensor, a DTensor (tensor parallelism), code being compiled (inductor chooses its own
+kernels), forward-mode AD and torch.func transforms, shapes F.linear would broadcast. A backward
+pass that is itself differentiated (`create_graph=True`) uses PyTorch's products, which have
+derivatives. The choice depends only on
 the platform, the dtypes and the shapes, so a run's bits do not change from one run to the next.
 `LLMKIT_CPU_GEMM=mkl` keeps PyTorch's own everywhere (benchmarks/pretrain.py times both).
 """
@@ -31,6 +34,7 @@ import platform
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
@@ -39,12 +43,21 @@ _ON = (_ONEDNN is not None and platform.machine().lower() in ("x86_64", "amd64")
 _PLAIN = (torch.Tensor, nn.Parameter)  # not a DTensor (tensor parallelism) or another subclass
 
 
-def _takes(*tensors: torch.Tensor | None) -> bool:
-    """Plain fp32 CPU tensors, the first with at least 2 rows, outside autocast and compilation."""
+def _transformed() -> bool:
+    """Inside forward-mode AD or a torch.func transform, which the oneDNN op has no rules for."""
+    return forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """x [..., I] (at least 2 rows) times weight [O, I] plus bias [O]: plain fp32 CPU tensors,
+    outside autocast, compilation and function transforms. Anything else is PyTorch's own, with
+    its broadcasting rules and its messages."""
     return (_ON and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
-                        for t in tensors)
-            and tensors[0].numel() >= 2 * tensors[0].shape[-1]
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+                        for t in (x, weight, bias))
+            and x.dim() >= 1 and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
+            and (bias is None or tuple(bias.shape) == (weight.shape[0],))
+            and x.numel() >= 2 * x.shape[-1]
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and not _transformed())
 
 
 def library() -> str:
@@ -53,8 +66,8 @@ def library() -> str:
 
 
 def takes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether products of these tensors go through oneDNN here (else they are PyTorch's own)."""
-    return _takes(a, b)
+    """Whether a @ b (a [..., K], b [K, N]) goes through oneDNN here (else it is PyTorch's own)."""
+    return b.dim() == 2 and _takes(a, b.t())
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -72,9 +85,13 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad_x = _product(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
-        rows = grad.reshape(-1, grad.shape[-1])
-        grad_weight = _product(rows.t(), x.reshape(-1, x.shape[-1]).t(), None) if ctx.needs_input_grad[1] else None
+        rows, x_rows = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiated (the op has no formula)
+            grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+            grad_weight = rows.t() @ x_rows if ctx.needs_input_grad[1] else None
+        else:
+            grad_x = _product(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
+            grad_weight = _product(rows.t(), x_rows.t(), None) if ctx.needs_input_grad[1] else None
         grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 
@@ -93,7 +110,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b for a [..., K], b [K, N] (no gradient)."""
-    return _product(a, b.t(), None) if _takes(a, b) else a @ b
+    return _product(a, b.t(), None) if takes(a, b) else a @ b
 
 
 class Linear(nn.Linear):

@@ -66,7 +66,7 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
         h = h.to(low)
     if short:
         h = _with_zero_rows(h)
-    onednn = low is None and cpu_gemm.takes(h, head)
+    onednn = low is None and cpu_gemm.takes(h, head.t())
     logits = cpu_gemm.matmul(h, head.t()) if onednn else h @ head.t()
     if short:
         logits = logits[:rows]

@@ -175,7 +175,7 @@ class SequenceTree:
         time moved by under 1%), added up the tree as `push` adds sequences."""
         runs = max(1, left.shape[0] // PRODUCT_RUN)  # (the step's last run may be short)
         left, right = left.reshape(runs, -1, left.shape[-1]).transpose(1, 2), right.reshape(runs, -1, right.shape[-1])
-        if cpu_gemm.takes(left, right):  # oneDNN's products, one per run (they take no batch)
+        if cpu_gemm.takes(left[0], right[0]):  # oneDNN's products, one per run (they take no batch)
             values = torch.stack([cpu_gemm.matmul(a, b) for a, b in zip(left, right)])
         else:
             values = torch.bmm(left, right)
