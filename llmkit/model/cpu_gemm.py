@@ -52,11 +52,12 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x [..., I] (at least 2 rows) times weight [O, I] plus bias [O]: plain fp32 CPU tensors,
     outside autocast, compilation and function transforms. Anything else is PyTorch's own, with
     its broadcasting rules and its messages."""
-    return (_ON and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
-                        for t in (x, weight, bias))
-            and x.dim() >= 1 and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
+    # cheapest refusals first: a decode step of one row asks this for every layer
+    return (_ON and x.dim() >= 1 and x.numel() >= 2 * x.shape[-1]
+            and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
+                    for t in (x, weight, bias))
+            and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
             and (bias is None or tuple(bias.shape) == (weight.shape[0],))
-            and x.numel() >= 2 * x.shape[-1]
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and not _transformed())
 
 
