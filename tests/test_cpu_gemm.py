@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from llmkit.model import cpu_gemm
 from llmkit.model.sequence_grads import MIN_ROWS
 
-onednn = pytest.mark.skipif(not cpu_gemm._ON, reason="oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
+onednn = pytest.mark.skipif(not cpu_gemm._enabled(), reason="oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
 
 SHAPES = [(256, 768), (256, 1024), (1024, 256), (384, 1152), (1536, 384), (128, 4096)]  # presets' (in, out) products
 

@@ -99,7 +99,7 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "lowercase": (any(m.startswith(("bleu", "chrf")) for m in text), "BLEU/chrF"),
         "reference_field": (bool(text) or (not scoring_model and bool(cls)), "the references of text metrics and labels"),
         # a file has no splits; the bundled benchmark data and a datasets name do
-        "split": (scoring_model and (cfg.data is None and bool(cfg.tasks) or cfg.data is not None and not Path(cfg.data).exists()),
+        "split": (scoring_model and ((cfg.data is None and bool(cfg.tasks)) or (cfg.data is not None and not Path(cfg.data).exists())),
                   "a datasets name given as --data, or a --task's bundled data"),
         "rolling_context": (bool(lm) and scoring_model, "perplexity"),
         "shots": (bool(cfg.tasks), "--task benchmarks"),

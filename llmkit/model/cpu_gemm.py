@@ -28,6 +28,7 @@ the platform, the dtypes and the shapes, so a run's bits do not change from one 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -37,9 +38,23 @@ from torch import nn
 from torch.autograd import forward_ad
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
+from llmkit.errors import UsageError
+
 _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-_ON = (_ONEDNN is not None and platform.machine().lower() in ("x86_64", "amd64")
-       and os.environ.get("LLMKIT_CPU_GEMM", "onednn") != "mkl")
+_AVAILABLE = _ONEDNN is not None and platform.machine().lower() in ("x86_64", "amd64")
+_CHOICES = ("onednn", "mkl")
+
+
+@functools.cache
+def _enabled() -> bool:
+    """LLMKIT_CPU_GEMM: onednn (the default) or mkl (PyTorch's own products). Read on first use, so
+    that a wrong value is the running command's one-line error, not an import's traceback."""
+    given = os.environ.get("LLMKIT_CPU_GEMM", "")
+    choice = given.strip().lower() or "onednn"
+    if choice not in _CHOICES:
+        raise UsageError(f"LLMKIT_CPU_GEMM={given!r} is not one of {', '.join(_CHOICES)}; unset it for oneDNN's "
+                         "products or set it to mkl for PyTorch's own")
+    return _AVAILABLE and choice == "onednn"
 _PLAIN = (torch.Tensor, nn.Parameter)  # not a DTensor (tensor parallelism) or another subclass
 
 
@@ -53,7 +68,7 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     outside autocast, compilation and function transforms. Anything else is PyTorch's own, with
     its broadcasting rules and its messages."""
     # cheapest refusals first: a decode step of one row asks this for every layer
-    return (_ON and x.dim() >= 1 and x.numel() >= 2 * x.shape[-1]
+    return (_enabled() and x.dim() >= 1 and x.numel() >= 2 * x.shape[-1]
             and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
                     for t in (x, weight, bias))
             and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
@@ -63,7 +78,7 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def library() -> str:
     """What computes fp32 CPU products here: "onednn", or "pytorch" (its own, MKL on x86)."""
-    return "onednn" if _ON else "pytorch"
+    return "onednn" if _enabled() else "pytorch"
 
 
 def takes(a: torch.Tensor, b: torch.Tensor) -> bool:
