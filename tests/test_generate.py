@@ -623,6 +623,28 @@ def test_prefix_is_never_recomputed():
     assert widths[1:] == [(1, True)] * 9  # then one new token per step, through the cache
 
 
+@pytest.mark.parametrize("name, model", MODELS, ids=[m[0] for m in MODELS])
+def test_generation_records_no_autograd_graph(name, model):
+    # With autograd on, every step's graph hangs off the KV cache written in place, kept to the
+    # end of the call: the tiny preset decoded at 0.74x transformers' speed instead of 1.28x.
+    model.eval()
+    assert all(p.requires_grad for p in model.parameters())  # as a loaded checkpoint's are
+    outputs = []
+    original = model.forward
+
+    def recording(idx, targets=None, *, cache=None):
+        logits, loss = original(idx, targets, cache=cache)
+        outputs.append(logits)
+        return logits, loss
+
+    model.forward = recording
+    try:
+        generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=4, stop_at_eos=False), pad_id=0)
+    finally:
+        del model.forward
+    assert len(outputs) == 4 and not any(o.requires_grad or o.grad_fn for o in outputs)
+
+
 def test_config_file_sets_options(cli, ckpt, tmp_path):
     (tmp_path / "gen.toml").write_text("[generate]\nmax_new_tokens = 5\ntemperature = 0.0\nignore_eos = true\n")
     result = cli("generate", ckpt, "--config", tmp_path / "gen.toml", "-p", "KING:", "-o", tmp_path / "a.jsonl")

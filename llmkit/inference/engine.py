@@ -156,7 +156,6 @@ def prompt_keep(limit: int, new: int) -> int:
     return max(limit - new + 1, limit // 2)
 
 
-@torch.inference_mode()
 def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None:
     """Under --context-overflow error, refuse a prompt that leaves no room for the reply."""
     if limit is not None and needs_window(longest, new, limit) and overflow == "error":
@@ -166,6 +165,7 @@ def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None
         )
 
 
+@torch.inference_mode()
 def generate_ids(
     model,
     prompt_ids: list[list[int]],
