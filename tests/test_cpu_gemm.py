@@ -56,6 +56,33 @@ def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads():
 
 
 @onednn
+def test_one_row_takes_onednn_with_a_row_major_weight_only_and_keeps_its_bits_on_any_thread_count():
+    # decoding one sequence: the tied head is row-major; prepare_for_decoding makes the rest column-major
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    try:
+        for inputs, outputs in SHAPES + [(384, 8192)]:
+            x, w, b = torch.randn(1, 1, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
+            assert cpu_gemm._takes(x, w, b) and not cpu_gemm._takes(x, w.t().contiguous().t(), b)
+            assert cpu_gemm._takes(torch.randn(2, inputs), w.t().contiguous().t(), b)
+            exact = F.linear(x.double(), w.double(), b.double())
+            bound = (inputs + 1) * 2.0**-24 * (x.double().abs() @ w.double().abs().t() + b.double().abs())
+            torch.set_num_threads(1)
+            one = cpu_gemm.linear(x, w, b)
+            assert one.shape == (1, 1, outputs) and ((one - exact).abs() <= bound).all()
+            torch.set_num_threads(2)
+            assert torch.equal(cpu_gemm.linear(x, w, b), one)
+        x, w = torch.randn(1, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+        cpu_gemm.linear(x, w).square().sum().backward()
+        reference_x, reference_w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        F.linear(reference_x, reference_w).square().sum().backward()
+        torch.testing.assert_close(x.grad, reference_x.grad)
+        torch.testing.assert_close(w.grad, reference_w.grad)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@onednn
 def test_the_layers_gradients_are_autograds():
     torch.manual_seed(0)
     layer = cpu_gemm.Linear(24, 40)
