@@ -610,17 +610,20 @@ def test_checkpoint_without_tokenizer(cli, tmp_path, shakespeare):
 
 def test_prefix_is_never_recomputed():
     model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=1, n_head=2, n_embd=16)).eval()
-    widths = []
+    widths, heads = [], []
     original = model.forward
 
-    def recording(idx, targets=None, *, cache=None):
+    def recording(idx, targets=None, *, cache=None, **options):
         widths.append((idx.shape[1], cache is not None))
-        return original(idx, targets, cache=cache)
+        logits, loss = original(idx, targets, cache=cache, **options)
+        heads.append(logits.shape[1])
+        return logits, loss
 
     model.forward = recording
     generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=10, stop_at_eos=False), pad_id=0)
     assert widths[0] == (7, True)  # one prefill over the padded prompts
     assert widths[1:] == [(1, True)] * 9  # then one new token per step, through the cache
+    assert heads == [1] * 10  # the head of the last position only, the prefill's too
 
 
 @pytest.mark.parametrize("name, model", MODELS, ids=[m[0] for m in MODELS])
@@ -632,8 +635,8 @@ def test_generation_records_no_autograd_graph(name, model):
     outputs = []
     original = model.forward
 
-    def recording(idx, targets=None, *, cache=None):
-        logits, loss = original(idx, targets, cache=cache)
+    def recording(idx, targets=None, *, cache=None, **options):
+        logits, loss = original(idx, targets, cache=cache, **options)
         outputs.append(logits)
         return logits, loss
 

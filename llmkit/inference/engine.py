@@ -121,7 +121,7 @@ class _Window:
     def _next_token_scores(self, idx: torch.Tensor) -> torch.Tensor:
         if self.adjust_members is not None:
             return self.model.next_token_log_probs(idx, cache=self.cache, adjust=self.adjust_members)
-        logits, _ = self.model(idx, cache=self.cache)
+        logits, _ = self.model(idx, cache=self.cache, last_only=True)
         return logits[:, -1]
 
     def prefill(self, rows: list[list[int]]) -> torch.Tensor:

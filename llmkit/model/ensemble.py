@@ -90,12 +90,16 @@ class Ensemble(nn.Module):
         return mixed if self.mode == "prob" else F.log_softmax(mixed, dim=-1)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: EnsembleCache | None = None,
-                return_logits: bool = True):  # (return_logits: GPT's contract; logits are always returned)
+                return_logits: bool = True, last_only: bool = False):
+        # (return_logits: GPT's contract; the log-probabilities are always returned)
         caches = cache.caches if cache is not None else [None] * len(self.members)
         # A generator: each member's logits are mixed in as they come, so one [B, T, V] buffer
         # is alive besides the running mixture, not K of them.
-        outputs = ((m(idx, cache=c) if c is not None else m(idx))[0] for m, c in zip(self.members, caches))
+        outputs = ((m(idx, cache=c, last_only=last_only) if c is not None else m(idx, last_only=last_only))[0]
+                   for m, c in zip(self.members, caches))
         log_probs = self._mix(outputs)
+        if last_only:
+            return log_probs, None
         loss = None
         if targets is not None:
             loss = F.nll_loss(log_probs.flatten(0, -2), targets.flatten(), ignore_index=-100)
@@ -108,7 +112,7 @@ class Ensemble(nn.Module):
         (CTRL / HF: a seen token's positive logit divided, its negative one multiplied) is a rule on
         a model's own logits, not invariant to shifting them, so no rule on the mixed distribution
         is that rule for one model: it is applied to every member as to that model alone."""
-        outputs = (adjust(m(idx, cache=c)[0][:, -1].float()) for m, c in zip(self.members, cache.caches))
+        outputs = (adjust(m(idx, cache=c, last_only=True)[0][:, -1].float()) for m, c in zip(self.members, cache.caches))
         return self._mix(outputs)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, pad_lengths=None) -> EnsembleCache:

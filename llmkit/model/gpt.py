@@ -6,6 +6,7 @@ Options cover the GPT-2 family (LayerNorm, learned positions, GELU, bias) and th
 
 Contract with generation and evaluation (docs/pretrain.md):
   model(idx, targets=None, *, cache=None) -> (logits [B,T,V], loss or None)
+  model(idx, cache=cache, last_only=True) -> (logits [B,1,V], None): the last position's only (a prefill)
   model(idx, targets, return_logits=False) -> (None or logits, loss): training's call; on a CPU the
       head and the loss run fused in chunks (fused_loss.py) and no logits are made
   model.new_cache(batch_size, max_len, pad_lengths=None) -> KVCache that forward appends to
@@ -481,8 +482,10 @@ class GPT(nn.Module):
         return self.rope_cos, self.rope_sin
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                return_logits: bool = True):
+                return_logits: bool = True, last_only: bool = False):
         x = self._trunk(idx, cache=cache)
+        if last_only:  # generation's prefill: the head of one position, not of the whole prompt
+            return self.lm_head(x[:, -1:]), None
         if targets is not None and not return_logits and fused_loss.applies(x, self.lm_head.weight):
             return None, fused_loss.linear_cross_entropy(x, self.lm_head.weight, targets)  # no [B,T,V] tensor
         logits = self.lm_head(x)

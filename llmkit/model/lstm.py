@@ -102,8 +102,12 @@ class LSTMLM(nn.Module):
         return self.drop(out)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: LSTMState | None = None,
-                return_logits: bool = True):  # (return_logits: GPT's contract; logits are always returned)
-        logits = self.lm_head(self._trunk(idx, cache=cache))
+                return_logits: bool = True, last_only: bool = False):
+        # (return_logits: GPT's contract; the logits are always returned)
+        x = self._trunk(idx, cache=cache)
+        if last_only:  # generation's prefill: the head of the last position only
+            return self.lm_head(x[:, -1:]), None
+        logits = self.lm_head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
