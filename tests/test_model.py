@@ -264,8 +264,8 @@ def test_training_call_gives_the_loss_and_gradients_of_the_logits_path(variant):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_in_place_rope_and_swiglu_equal_the_plain_formulas_to_the_bit(dtype):
-    """fused_ops writes the halves in place (no torch.cat, forward or backward) with the same
-    operations in the same order: values and gradients equal the plain formulas exactly."""
+    """fused_ops writes the gradients' halves in place (no torch.cat; SwiGLU's forward too) with the
+    same operations in the same order: values and gradients equal the plain formulas exactly."""
     from llmkit.model.fused_ops import apply_rope, rope_reference, swiglu, swiglu_reference
     from llmkit.model.gpt import rope_tables
 
