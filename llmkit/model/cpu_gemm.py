@@ -73,13 +73,14 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     else is PyTorch's own, with its broadcasting rules and its messages."""
     # cheapest refusals first: a decode step of one row asks this for every layer. One row takes
     # oneDNN only with a row-major weight: with a column-major one (prepare_for_decoding) MKL's
-    # matrix-vector kernel is the faster.
-    return (_enabled() and x.dim() >= 1 and x.numel() >= (1 if weight.is_contiguous() else 2) * x.shape[-1]
+    # matrix-vector kernel is the faster. Compilation is asked first: dynamo would trace the cached
+    # _enabled and warn about it.
+    return (not torch.compiler.is_compiling() and _enabled() and x.dim() >= 1 and x.numel() >= (1 if weight.is_contiguous() else 2) * x.shape[-1]
             and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
                     for t in (x, weight, bias))
             and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
             and (bias is None or tuple(bias.shape) == (weight.shape[0],))
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and not _transformed())
+            and not torch.is_autocast_enabled("cpu") and not _transformed())
 
 
 def library() -> str:
