@@ -54,20 +54,26 @@ def test_chat_replies_with_what_the_finetune_taught_and_streams_it(chat_model):
 
 
 def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model):
-    from llmkit.data.templates import encode_chat_prompt
+    from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt
+    from llmkit.inference.engine import prompt_keep
 
     session = _session(chat_model, max_new_tokens=32, system="Answer briefly.")
     for i in range(12):
         session.history += [{"role": "user", "content": f"question number {i} about a long day in the park"},
                             {"role": "assistant", "content": f"answer number {i} about the same long day"}]
+    conversation = [{"role": "system", "content": "Answer briefly."}, *session.history, {"role": "user", "content": "and now?"}]
     ids = session.prompt_ids("and now?")
     limit = session.model.config.context_length
-    assert len(ids) + 32 <= limit
+    assert len(ids) + 32 - 1 <= limit  # the last new token is never fed
     kept = session.history
     assert 0 < len(kept) < 24 and kept[-1]["content"] == "answer number 11 about the same long day"
-    # Exactly what `llmkit generate` renders for the same conversation.
+    # Exactly what `llmkit generate` keeps and renders for the same conversation, by the same budget.
     messages = [{"role": "system", "content": "Answer briefly."}, *kept, {"role": "user", "content": "and now?"}]
     assert ids == encode_chat_prompt(messages, session.tokenizer)
+    assert drop_oldest_exchanges(conversation, session.tokenizer, prompt_keep(limit, 32))[0] == messages
+    for new in (1, 32, limit // 2 - 1, limit // 2, limit // 2 + 1, limit):
+        session.params.max_new_tokens = new
+        assert session.prompt_budget() == prompt_keep(limit, new)
 
 
 def test_a_system_message_longer_than_the_context_allows_is_refused_at_the_start(chat_model):

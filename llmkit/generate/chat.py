@@ -67,10 +67,13 @@ class ChatSession:
             err.print(f"note: {message}", soft_wrap=True, markup=False)
 
     def prompt_budget(self) -> int | None:
-        """Tokens the prompt may take: the context less the reply's room (at most half of it)."""
+        """Tokens the prompt may take: the context less the reply's room (at most half of it), by
+        the rule `llmkit generate` and `eval` keep a prompt with (engine.prompt_keep)."""
+        from llmkit.inference.engine import prompt_keep
+
         if self.limit is None:
             return None
-        return self.limit - min(self.params.max_new_tokens, self.limit // 2)
+        return prompt_keep(self.limit, self.params.max_new_tokens)
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """The prompt for the next reply within prompt_budget(): the oldest exchanges dropped,
