@@ -51,6 +51,9 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
     out = Path(out)
     if resume and force:
         raise UsageError("--resume continues the run in -o and --force replaces it: give one of them")
+    from llmkit.model import cpu_gemm
+
+    cpu_gemm.library()  # a wrong LLMKIT_CPU_GEMM is this command's usage error, not each worker's
     gpus = distributed.resolve_gpus(devices.gpus)
     distributed.check_gpus(gpus)
     if gpus > 0 and devices.nproc > 1:
