@@ -136,3 +136,9 @@ def test_shapes_that_f_linear_broadcasts_or_refuses_behave_as_there():
     assert cpu_gemm.linear(torch.randn(5, 0), torch.randn(4, 0)).shape == (5, 4)  # no inputs: zeros, as F.linear
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         cpu_gemm.linear(x, torch.randn(4, 2))
+    # a bias that is a view: strided, or one value expanded (oneDNN would read it as dense)
+    w = torch.randn(48, 64)
+    for bias in (torch.randn(96)[::2], torch.randn(1).expand(48)):
+        for rows in (1, 2, 300):
+            x = torch.randn(rows, 64)
+            torch.testing.assert_close(cpu_gemm.linear(x, w, bias), F.linear(x, w, bias))

@@ -25,8 +25,8 @@ own: bf16 (under autocast, which PyTorch already sends to oneDNN), another CPU a
 CUDA tensor, a DTensor (tensor parallelism), code being compiled (inductor chooses its own
 kernels), forward-mode AD and torch.func transforms, shapes F.linear would broadcast. A backward
 pass that is itself differentiated (`create_graph=True`) uses PyTorch's products, which have
-derivatives. The choice depends only on
-the platform, the dtypes and the shapes, so a run's bits do not change from one run to the next.
+derivatives. The choice depends only on the platform, the dtypes, the shapes and, for a single
+row, the weight's layout, so a run's bits do not change from one run to the next.
 `LLMKIT_CPU_GEMM=mkl` keeps PyTorch's own everywhere (benchmarks/pretrain.py times both).
 """
 
@@ -72,14 +72,15 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     [O]: plain fp32 CPU tensors, outside autocast, compilation and function transforms. Anything
     else is PyTorch's own, with its broadcasting rules and its messages."""
     # cheapest refusals first: a decode step of one row asks this for every layer. One row takes
-    # oneDNN only with a row-major weight: with a column-major one (prepare_for_decoding) MKL's
-    # matrix-vector kernel is the faster. Compilation is asked first: dynamo would trace the cached
+    # oneDNN only with a row-major (contiguous) weight: with a column-major one
+    # (prepare_for_decoding) MKL's matrix-vector kernel is the faster. oneDNN reads the bias as
+    # dense, so a strided one (a view) is PyTorch's. Compilation is asked first: dynamo would trace the cached
     # _enabled and warn about it.
     return (not torch.compiler.is_compiling() and _enabled() and x.dim() >= 1 and x.numel() >= (1 if weight.is_contiguous() else 2) * x.shape[-1]
             and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
                     for t in (x, weight, bias))
             and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
-            and (bias is None or tuple(bias.shape) == (weight.shape[0],))
+            and (bias is None or (tuple(bias.shape) == (weight.shape[0],) and bias.is_contiguous()))
             and not torch.is_autocast_enabled("cpu") and not _transformed())
 
 

@@ -92,6 +92,8 @@ class Ensemble(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: EnsembleCache | None = None,
                 return_logits: bool = True, last_only: bool = False):
         # (return_logits: GPT's contract; the log-probabilities are always returned)
+        if last_only and targets is not None:
+            raise ValueError("last_only gives the last position's log-probabilities and takes no targets")
         caches = cache.caches if cache is not None else [None] * len(self.members)
         # A generator: each member's logits are mixed in as they come, so one [B, T, V] buffer
         # is alive besides the running mixture, not K of them.

@@ -3,9 +3,9 @@
 Written plainly, both work on the two halves of a tensor (`chunk`), and autograd joins the halves'
 gradients with a `torch.cat` in the backward: one more pass over each activation per call. With
 the halves written straight into one output buffer the copies go: a forward and backward of the
-`mini` preset at 8 x 511 tokens on CPU takes 1.3% less CPU time (median of 12 alternating rounds;
+`mini` preset at 8 x 511 tokens on CPU took 1.3% less CPU time (median of 12 alternating rounds;
 the concatenations were 5% of the profile, and half-width products cost more per element than
-full-width ones). Every value is computed by the same operations in the same order as the plain
+full-width ones; measured when RoPE's forward wrote its halves in place too). Every value is computed by the same operations in the same order as the plain
 formulas (`rope_reference`, `swiglu_reference`), so results are equal to the bit; under
 torch.compile the plain formulas are used, since inductor fuses them without the copies.
 

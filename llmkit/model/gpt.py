@@ -485,6 +485,8 @@ class GPT(nn.Module):
                 return_logits: bool = True, last_only: bool = False):
         x = self._trunk(idx, cache=cache)
         if last_only:  # generation's prefill: the head of one position, not of the whole prompt
+            if targets is not None:
+                raise ValueError("last_only gives the last position's logits and takes no targets")
             return self.lm_head(x[:, -1:]), None
         if targets is not None and not return_logits and fused_loss.applies(x, self.lm_head.weight):
             return None, fused_loss.linear_cross_entropy(x, self.lm_head.weight, targets)  # no [B,T,V] tensor

@@ -106,6 +106,8 @@ class LSTMLM(nn.Module):
         # (return_logits: GPT's contract; the logits are always returned)
         x = self._trunk(idx, cache=cache)
         if last_only:  # generation's prefill: the head of the last position only
+            if targets is not None:
+                raise ValueError("last_only gives the last position's logits and takes no targets")
             return self.lm_head(x[:, -1:]), None
         logits = self.lm_head(x)
         loss = None
