@@ -110,6 +110,21 @@ def test_the_environment_switch_gives_pytorchs_own_products():
 
 
 @onednn
+def test_a_frozen_weights_layer_keeps_no_input_for_its_backward():
+    """LoRA's base layers: the input is needed only for the weight's gradient (18% of a LoRA step's
+    activations were such inputs, kept for nothing)."""
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 32, requires_grad=True), torch.randn(48, 32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = cpu_gemm.linear(x, w)
+    assert not any(t.shape == x.shape for t in saved)
+    y.square().sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    F.linear(reference, w).square().sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+
+
 def test_derivatives_beyond_the_first_and_forward_mode_are_pytorchs():
     """The oneDNN op has no derivative of its own: a differentiated backward (create_graph), forward
     mode AD and torch.func transforms get PyTorch's products, not zeros or a dropped tangent."""

@@ -217,6 +217,23 @@ def test_fused_head_and_loss_skips_the_gradient_of_a_frozen_input(trained):
         assert not learned.grad[:30].any() and learned.grad[30:].abs().sum() > 0  # no target, no gradient
 
 
+def test_fused_head_and_loss_makes_no_gradient_under_no_grad(monkeypatch):
+    """Validation runs under no_grad, which a Function's needs_input_grad does not see: the chunks
+    got gradient buffers to fill (a head-sized product more per chunk, 2x a validation batch)."""
+    from llmkit.model import fused_loss
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(40, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (40,))
+    asked = []
+    chunk = fused_loss._chunk
+    monkeypatch.setattr(fused_loss, "_chunk", lambda *a, **k: asked.append((a[5], a[6])) or chunk(*a, **k))
+    with torch.no_grad():
+        loss = fused_loss.linear_cross_entropy(hidden, weight, targets)
+    assert asked and all(rows is None and weight_grad is None for rows, weight_grad in asked)
+    assert torch.equal(loss, fused_loss.linear_cross_entropy(hidden, weight, targets).detach())
+
+
 def test_fused_head_and_loss_under_bf16_autocast_match_the_autocast_head():
     """--precision bf16 on CPU: the fused path's products run in bf16 like the autocast head's, so
     loss and gradients agree with logits-then-cross-entropy under autocast to bf16 rounding, and

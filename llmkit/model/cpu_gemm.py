@@ -102,14 +102,16 @@ def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
+        # only what the backward reads: a frozen weight's layer (LoRA's base) keeps no input alive
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         ctx.has_bias = bias is not None
         return _product(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        rows, x_rows = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        rows = grad.reshape(-1, grad.shape[-1])
+        x_rows = x.reshape(-1, x.shape[-1]) if x is not None else None
         if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiated (the op has no formula)
             grad_x = grad @ weight if ctx.needs_input_grad[0] else None
             grad_weight = rows.t() @ x_rows if ctx.needs_input_grad[1] else None

@@ -158,6 +158,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     (llmkit/model/sequence_grads.py gives it per-sequence weight gradients)."""
     if has_torch_function_variadic(hidden, weight, targets):
         return handle_torch_function(linear_cross_entropy, (hidden, weight, targets), hidden, weight, targets)
+    if not torch.is_grad_enabled():  # validation: needs_input_grad ignores no_grad, the gradients would be made for nothing
+        hidden, weight = hidden.detach(), weight.detach()
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), _autocast_dtype(hidden))
 
 
@@ -252,6 +254,8 @@ class _PerSequenceLinearCrossEntropy(torch.autograd.Function):
 
 def per_sequence_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, where) -> torch.Tensor:
     """linear_cross_entropy for hidden [B, T, C], targets [B, T], the head's gradient per sequence into `where.tree`."""
+    if not torch.is_grad_enabled():  # no gradients to make (nor to push into the tree)
+        hidden, weight = hidden.detach(), weight.detach()
     return _PerSequenceLinearCrossEntropy.apply(hidden, weight, targets, _autocast_dtype(hidden), where)
 
 
