@@ -203,3 +203,27 @@ def test_checkpoints_tuned_with_different_prompt_templates_do_not_combine(cli, r
     result = cli("average", tuned["plain"], runs / "a", "-o", tmp_path / "soup")
     line = " ".join(result.output.split())
     assert result.exit_code != 0 and f"{runs / 'a'} is not fine-tuned and {tuned['plain']} is fine-tuned for sft" in line, line
+
+
+def test_the_moving_average_holds_the_trained_parameters_only():
+    """A frozen parameter's average is itself: LoRA's base model is not held again (in fp32)."""
+    from llmkit.model.gpt import GPT, ModelConfig
+    from llmkit.train.ema import MovingAverage
+
+    model = GPT(ModelConfig(vocab_size=97, context_length=16, n_layer=2, n_head=2, n_embd=32))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("blocks.1."))
+    ema = MovingAverage(model, 0.9, torch.device("cpu"))
+    assert ema.values and all(name.startswith("blocks.1.") for name in ema.values)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    ema.update(100)
+    state, current = ema.state_dict(), model.state_dict()
+    for name, p in model.named_parameters():
+        assert torch.equal(state[name], current[name]) != p.requires_grad, name  # averaged where trained, else itself
+    # a checkpoint written when every parameter was averaged resumes
+    everything = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+    resumed = MovingAverage(model, 0.9, torch.device("cpu"), saved=everything)
+    assert set(resumed.values) == set(ema.values)

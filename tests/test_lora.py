@@ -32,6 +32,9 @@ def test_adapters_start_at_the_base_train_alone_and_merge_to_the_same_logits(ove
     from llmkit.finetune.lora import LoRALinear, apply_lora, count_parameters, merge_lora, merge_state_dict
 
     model = _tiny_gpt(**overrides)
+    evaluated = _tiny_gpt(**overrides).eval()
+    apply_lora(evaluated, ["all"], rank=2, alpha=4.0, dropout=0.5)
+    assert not any(m.training for m in evaluated.modules())  # an adapter on an eval-mode model drops nothing
     idx = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before, _ = model(idx)
@@ -63,8 +66,10 @@ def test_adapters_start_at_the_base_train_alone_and_merge_to_the_same_logits(ove
     assert set(merged_state) == set(base_state)
     plain = _tiny_gpt(**overrides)
     plain.load_state_dict(merged_state)
+    model.eval()
     merge_lora(model)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert not any(m.training for m in model.modules()) and not any(p.requires_grad for p in model.parameters())
     with torch.no_grad():
         assert torch.allclose(plain(idx)[0], adapted_logits, atol=1e-5, rtol=0)
         assert torch.equal(model(idx)[0], plain(idx)[0])  # merging in memory and on file agree bit for bit

@@ -40,6 +40,7 @@ class LoRALinear(nn.Linear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises a weight
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         self.lora_dropout = nn.Dropout(dropout)
+        self.train(base.training)  # an adapter on a model in eval mode drops nothing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = linear(linear(self.lora_dropout(x), self.lora_A), self.lora_B)
@@ -116,6 +117,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
                 plain.weight.copy_((module.weight.float() + module.scaling * delta).to(module.weight.dtype))
                 if module.bias is not None:
                     plain.bias.copy_(module.bias)
+            plain.train(module.training)
+            plain.requires_grad_(False)  # as the layer it replaces: its base was frozen
             setattr(parent, leaf, plain)
     return model
 
