@@ -376,3 +376,19 @@ def test_flops_count_the_parameters_a_tokens_matrix_products_use(tie):
     total = sum(p.numel() for p in model.parameters())
     products = total - model.pos_emb.weight.numel() - (0 if tie else model.tok_emb.weight.numel())
     assert model.flops_per_token(64) == 6 * products + 12 * 2 * 32 * 64
+
+
+def test_a_classifier_switches_its_language_models_mode_too():
+    """The wrapped model's own flag gates its embedding dropout: wrapped in eval mode (as a loaded
+    checkpoint is) and trained, the classifier must drop there as well."""
+    from llmkit.model.classifier import SequenceClassifier
+    from llmkit.model.gpt import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    lm = GPT(ModelConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, n_embd=32, dropout=0.5)).eval()
+    classifier = SequenceClassifier(lm, 2).train()
+    assert classifier.lm.training and all(m.training for m in classifier.modules())
+    idx = torch.randint(0, 97, (2, 8))
+    assert not torch.equal(classifier.hidden_states(idx), classifier.hidden_states(idx))  # dropout draws
+    classifier.eval()
+    assert not classifier.lm.training and torch.equal(classifier.hidden_states(idx), classifier.hidden_states(idx))

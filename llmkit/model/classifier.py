@@ -36,6 +36,11 @@ class SequenceClassifier(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
 
+    def train(self, mode: bool = True):
+        # Its children are ours and follow; its own flag gates the embedding dropout.
+        self.lm.training = mode
+        return super().train(mode)
+
     def _apply(self, fn, recurse=True):
         # The language model's own buffers (RoPE tables) move with us; its children are ours already.
         self.lm._apply(fn, recurse=False)
