@@ -56,6 +56,21 @@ def cli():
     return invoke
 
 
+@pytest.fixture
+def product_switch(monkeypatch):
+    """product_switch(value): LLMKIT_CPU_GEMM set to `value` for the test (the switch is read once
+    a process, so its cached reading is dropped now and again after the test)."""
+    from llmkit.model import cpu_gemm
+
+    def set_to(value: str) -> None:
+        monkeypatch.setenv("LLMKIT_CPU_GEMM", value)
+        cpu_gemm._enabled.cache_clear()
+
+    yield set_to
+    monkeypatch.undo()
+    cpu_gemm._enabled.cache_clear()
+
+
 def run_killed_and_resumed(command: list[str], tmp_path, progress, minimum: int):
     """A data stage three times: straight through into `straight`; into `killed`, SIGKILLed once its resume
     marker shows progress >= minimum; then again into `killed`, which must resume. Checks what every

@@ -375,18 +375,11 @@ def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
     assert 1 < metrics["perplexity"] < 10_000 and metrics["bpb"] > 0
 
 
-def test_a_wrong_product_switch_is_a_one_line_error_that_writes_nothing(cli, gpt2_ckpt, tmp_path, monkeypatch):
+def test_a_wrong_product_switch_is_a_one_line_error_that_writes_nothing(cli, gpt2_ckpt, tmp_path, product_switch):
     """A typo in LLMKIT_CPU_GEMM (llmkit/model/cpu_gemm.py) would otherwise keep the default silently."""
-    from llmkit.model import cpu_gemm
-
     (tmp_path / "d.txt").write_text("some text here\n")
-    monkeypatch.setenv("LLMKIT_CPU_GEMM", "mlk")
-    cpu_gemm._enabled.cache_clear()
-    try:
-        result = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", tmp_path / "d.txt", "-o", tmp_path / "ev")
-    finally:
-        monkeypatch.undo()
-        cpu_gemm._enabled.cache_clear()
+    product_switch("mlk")
+    result = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", tmp_path / "d.txt", "-o", tmp_path / "ev")
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "LLMKIT_CPU_GEMM='mlk' is not one of onednn, mkl" in lines[0], result.output
     assert not (tmp_path / "ev").exists()

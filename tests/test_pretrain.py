@@ -199,16 +199,9 @@ def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_pat
     assert artifacts.load(tmp_path / "d").manifest.runtime["batch_invariant"] is False
 
 
-def test_a_wrong_product_switch_is_a_usage_error_before_any_worker_starts(shakespeare, cli, tmp_path, monkeypatch):
-    from llmkit.model import cpu_gemm
-
-    monkeypatch.setenv("LLMKIT_CPU_GEMM", "onedn")
-    cpu_gemm._enabled.cache_clear()
-    try:
-        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST, "--max-steps", "1", "--nproc", "2")
-    finally:
-        monkeypatch.undo()
-        cpu_gemm._enabled.cache_clear()
+def test_a_wrong_product_switch_is_a_usage_error_before_any_worker_starts(shakespeare, cli, tmp_path, product_switch):
+    product_switch("onedn")
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST, "--max-steps", "1", "--nproc", "2")
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "LLMKIT_CPU_GEMM='onedn' is not one of" in lines[0], result.output
     assert not (tmp_path / "r").exists()
