@@ -74,9 +74,10 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     # cheapest refusals first: a decode step of one row asks this for every layer. One row takes
     # oneDNN only with a row-major (contiguous) weight: with a column-major one
     # (prepare_for_decoding) MKL's matrix-vector kernel is the faster. oneDNN reads the bias as
-    # dense, so a strided one (a view) is PyTorch's. Compilation is asked first: dynamo would trace the cached
-    # _enabled and warn about it.
-    return (not torch.compiler.is_compiling() and _enabled() and x.dim() >= 1 and x.numel() >= (1 if weight.is_contiguous() else 2) * x.shape[-1]
+    # dense, so a strided one (a view) is PyTorch's. Compilation is asked first: dynamo would
+    # trace the cached _enabled and warn about it.
+    rows_needed = 1 if weight.is_contiguous() else 2
+    return (not torch.compiler.is_compiling() and _enabled() and x.dim() >= 1 and x.numel() >= rows_needed * x.shape[-1]
             and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
                     for t in (x, weight, bias))
             and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0

@@ -5,9 +5,10 @@ gradients with a `torch.cat` in the backward: one more pass over each activation
 the halves written straight into one output buffer the copies go: a forward and backward of the
 `mini` preset at 8 x 511 tokens on CPU took 1.3% less CPU time (median of 12 alternating rounds;
 the concatenations were 5% of the profile, and half-width products cost more per element than
-full-width ones; measured when RoPE's forward wrote its halves in place too). Every value is computed by the same operations in the same order as the plain
-formulas (`rope_reference`, `swiglu_reference`), so results are equal to the bit; under
-torch.compile the plain formulas are used, since inductor fuses them without the copies.
+full-width ones; measured when RoPE's forward wrote its halves in place too). Every value is
+computed by the same operations in the same order as the plain formulas (`rope_reference`,
+`swiglu_reference`), so results are equal to the bit; under torch.compile the plain formulas are
+used, since inductor fuses them without the copies.
 
 RoPE's forward is the plain formula, concatenation and all: writing its halves in place measured
 slower (1 thread, no gradient: 8 x 12 x 512 x 64 4.6 against 4.2 ms; a decode step's 1 x 6 x 1 x 64
