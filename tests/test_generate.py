@@ -648,6 +648,24 @@ def test_generation_records_no_autograd_graph(name, model):
     assert len(outputs) == 4 and not any(o.requires_grad or o.grad_fn for o in outputs)
 
 
+def test_a_model_in_train_mode_generates_and_scores_as_in_eval_mode_and_stays_in_train_mode():
+    """A model handed over straight from training (dropout on) would give noisy, unrepeatable text."""
+    from llmkit.eval.loglik import Request, token_logprobs
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=2, n_embd=32, dropout=0.5))
+    params = GenerationParams(max_new_tokens=12, temperature=1.0, seed=3, stop_at_eos=False)
+    requests = [Request(seq=p + [4, 5], n=2) for p in PROMPTS]
+    model.train()
+    trained = ([r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0)],
+               [s.tolist() for s in token_logprobs(model, requests, pad_id=0)])
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    evaluated = ([r.token_ids for r in generate_ids(model, PROMPTS, params, pad_id=0)],
+                 [s.tolist() for s in token_logprobs(model, requests, pad_id=0)])
+    assert trained == evaluated and not model.training
+
+
 def test_config_file_sets_options(cli, ckpt, tmp_path):
     (tmp_path / "gen.toml").write_text("[generate]\nmax_new_tokens = 5\ntemperature = 0.0\nignore_eos = true\n")
     result = cli("generate", ckpt, "--config", tmp_path / "gen.toml", "-p", "KING:", "-o", tmp_path / "a.jsonl")

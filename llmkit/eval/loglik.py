@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from llmkit.inference.engine import in_eval_mode
 from llmkit.model.sequence_grads import MIN_ROWS
 
 WIDTH_STEP = 16  # a request's padded width is its length rounded up to this (MIN_ROWS: products of >= 16 rows)
@@ -62,6 +63,7 @@ def _recurrent(model) -> bool:
     return any(isinstance(module, torch.nn.RNNBase) for module in model.modules())
 
 
+@in_eval_mode
 @torch.inference_mode()
 def token_logprobs(
     model, requests: list[Request], *, pad_id: int, batch_size: int = 8, max_logits: int = 1 << 26, progress=None

@@ -22,6 +22,7 @@ together, each row from its own window start, so a row slides exactly when it wo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -89,6 +90,22 @@ def prepare_for_decoding(model) -> None:
                     and weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
                     and weight.is_contiguous() and min(weight.shape) > 1):
                 weight.data = weight.data.t().contiguous().t()
+
+
+def in_eval_mode(function: Callable) -> Callable:
+    """`function(model, ...)` run with the model in eval mode (no dropout), each module's own mode
+    put back afterwards: a model handed over straight from training would otherwise generate, or
+    score, with dropout on, noisy and different on every call."""
+    @functools.wraps(function)
+    def run(model, *args, **kwargs):
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            return function(model, *args, **kwargs)
+        finally:
+            for module, training in modes:
+                module.training = training
+    return run
 
 
 def context_limit(model) -> int | None:
@@ -167,6 +184,7 @@ def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None
         )
 
 
+@in_eval_mode
 @torch.inference_mode()
 def generate_ids(
     model,
