@@ -59,6 +59,8 @@ def _enabled() -> bool:
         raise UsageError(f"LLMKIT_CPU_GEMM={given!r} is not one of {', '.join(_CHOICES)}; unset it for oneDNN's "
                          "products or set it to mkl for PyTorch's own")
     return _AVAILABLE and choice == "onednn"
+
+
 _PLAIN = (torch.Tensor, nn.Parameter)  # not a DTensor (tensor parallelism) or another subclass
 
 
@@ -76,8 +78,8 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     # (prepare_for_decoding) MKL's matrix-vector kernel is the faster. oneDNN reads the bias as
     # dense, so a strided one (a view) is PyTorch's. Compilation is asked first: dynamo would
     # trace the cached _enabled and warn about it.
-    rows_needed = 1 if weight.is_contiguous() else 2
-    return (not torch.compiler.is_compiling() and _enabled() and x.dim() >= 1 and x.numel() >= rows_needed * x.shape[-1]
+    return (not torch.compiler.is_compiling() and _enabled() and x.dim() >= 1
+            and x.numel() >= (1 if weight.is_contiguous() else 2) * x.shape[-1]
             and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
                     for t in (x, weight, bias))
             and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0

@@ -59,7 +59,8 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
 
     Fewer than MIN_ROWS rows (an SFT response of a few tokens) are padded with zero rows for the
     products: MKL picks kernels by thread count below that, so the same run gave other bits on
-    1 and 2 threads (and so under --nproc 2); oneDNN (llmkit/model/cpu_gemm.py) needs 2 rows. Zero rows add exact zeros to the head's gradient."""
+    1 and 2 threads (and so under --nproc 2); oneDNN (llmkit/model/cpu_gemm.py) needs 2 rows.
+    Zero rows add exact zeros to the head's gradient."""
     rows = len(t)
     short = rows < MIN_ROWS
     if low is not None:
