@@ -144,6 +144,14 @@ def test_fast_path_identical_on_arbitrary_unicode(tok, text):
     assert tok.fast_encoding.encode_ordinary(text) == tok.encode(text)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=" \t\n\r\u3000\u00a0\x0bab1'.,。字カ👍", max_size=60))
+def test_fast_path_identical_on_space_runs(tok, text):
+    """tiktoken runs a regrouped split pattern: the same pieces, above all at runs of spaces, the one
+    place the pattern needs a lookahead."""
+    assert tok.fast_encoding.encode_ordinary(text) == tok.encode(text)
+
+
 @pytest.mark.parametrize(
     "text",
     ["line\r\nnext\r\n\r\n  indented", "GPT模型の説明カタカナ123４５６", "한국어 텍스트입니다", "ภาษาไทย", "٣٤٥٦ عربى",

@@ -40,16 +40,23 @@ _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
 # The GPT-4 / Llama-3 split: English contractions, words (with one leading non-letter such as
 # a space), CJK runs, numbers in groups of at most 3 digits, punctuation runs, newlines, spaces.
 # The same pattern runs unchanged in Oniguruma (tokenizers) and fancy-regex (tiktoken).
-SPLIT_PATTERN = (
+_PLAIN_PIECES = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
     rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_CJK}]]+"
     rf"|[{_CJK}]+"
     r"|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+"
-    r"|\s+(?!\S)"
-    r"|\s+"
 )
+# A run of spaces leaves its last one to the word that follows, which takes a lookahead.
+_SPACE_PIECES = r"\s+(?!\S)|\s+"
+SPLIT_PATTERN = f"{_PLAIN_PIECES}|{_SPACE_PIECES}"
+# The same split for tiktoken, faster. fancy-regex walks a top-level alternation that holds a
+# lookahead branch by branch, one call into the regex crate per branch tried; grouped, the
+# lookahead-free branches are one automaton and one call. Leftmost-first alternation keeps the
+# branches' order inside the group, so the pieces are the same (tested against tokenizers);
+# encoding is 1.3x faster (0.60 against 0.46 s on 11 MB of English and Chinese).
+TIKTOKEN_SPLIT_PATTERN = f"(?:{_PLAIN_PIECES})|{_SPACE_PIECES}"
 
 
 @lru_cache(maxsize=1)
@@ -367,7 +374,7 @@ def build_tiktoken_encoding(hf: Any) -> Any | None:
         return None
     try:
         return tiktoken.Encoding(
-            name="llmkit-bpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+            name="llmkit-bpe", pat_str=TIKTOKEN_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
         )
     except Exception:  # noqa: BLE001 - any engine error (e.g. the pattern) just means: use the tokenizers path
         return None
