@@ -108,7 +108,8 @@ class _Worker:
 
 
 def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, workers: int, address: str | None,
-                    initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> Iterator[Any]:
+                    initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
+                    on_start: Callable[[int], None] | None = None) -> Iterator[Any]:
     """llmkit.parallel.ordered_map on Ray actors (`workers` of them; 0 = one per CPU of the cluster)."""
     with connected(address) as ray:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -119,6 +120,8 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
             err.print(f"note: --workers {workers} is more than the Ray cluster's {cpus} CPUs; using {cpus}", soft_wrap=True,
                       markup=False)
             count = cpus
+        if on_start is not None:
+            on_start(count)
         # A dead actor restarts and its batch is tried again, but not forever: a batch that kills
         # its worker each time (out of memory) ends the stage.
         actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)

@@ -34,6 +34,7 @@ def ordered_map(
     executor: str = "local",
     ray_address: str | None = None,
     threads: bool = False,
+    on_start: Callable[[int], None] | None = None,
 ) -> Iterator[Result]:
     """`function(item)` for every item, in input order, on `workers` processes (here when workers <= 1).
 
@@ -41,7 +42,8 @@ def ordered_map(
     workers <= 1 or `threads`. `executor="ray"` runs the same map on a Ray cluster (`ray_address`, or a local
     instance), `workers` actors there (0: one per CPU of the cluster). A worker that cannot start (a script without a `__main__` guard, which spawn
     needs) is a one-line error instead of a pool restarting it forever; one that dies once started, even on its first
-    item, is WorkerDied (a rerun continues).
+    item, is WorkerDied (a rerun continues). `on_start(n)`, if given, is told how many workers do the work once
+    that is settled (after the limits below; 1 when everything runs here), for the manifest.
     """
     if workers > (os.cpu_count() or 1) and not executor == "ray":
         # More than the cores only adds start-up, memory and switching (7x slower at 32 on 2 cores)
@@ -54,8 +56,10 @@ def ordered_map(
         from llmkit.executor import ray_ordered_map
 
         yield from ray_ordered_map(function, items, workers=workers, address=ray_address, initializer=initializer,
-                                   initargs=initargs)
+                                   initargs=initargs, on_start=on_start)
         return
+    if on_start is not None:
+        on_start(max(workers, 1))
     if workers <= 1 or threads:
         if initializer is not None:
             initializer(*initargs)

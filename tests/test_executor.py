@@ -56,9 +56,10 @@ def test_clean_and_tokenize_on_ray_equal_the_local_executor(ray_instance, shared
     for name, extra in (("chinese.txt", ["--doc-per", "blank-line"]), ("summarization/train.jsonl", ["--text-field", "document"])):
         a, b = tmp_path / f"{name.replace('/', '-')}-local", tmp_path / f"{name.replace('/', '-')}-ray"
         assert cli("clean", shared_data / name, "-o", a, *extra).exit_code == 0
-        result = cli("clean", shared_data / name, "-o", b, *extra, "--executor", "ray")
+        result = cli("clean", shared_data / name, "-o", b, *extra, "--executor", "ray", "--workers", "0")
         assert result.exit_code == 0, result.output
         assert artifacts.load(b).fingerprint == artifacts.load(a).fingerprint
+        assert artifacts.load(b).manifest.runtime["workers"] == 2  # 0: one per CPU of the (2-CPU) cluster, recorded as run
 
     tokenizer = tmp_path / "tok"
     assert cli("tokenizer", "train", local, "-o", tokenizer, "--vocab-size", "600").exit_code == 0

@@ -58,6 +58,16 @@ def test_threads_keep_input_order_and_bound_the_items_in_flight():
     assert _SEEN == ["once"] and len(names) > 1 and all(name.startswith("llmkit-worker") for name in names)
 
 
+def test_on_start_is_told_how_many_workers_do_the_work(monkeypatch):
+    """What the manifests record as `workers`: the count after the limits, at most one per core,
+    and 1 where everything runs in this process (0 or 1)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    told = []
+    for workers, threads in ((0, False), (1, False), (2, True), (9, True)):
+        assert list(ordered_map(_square, range(5), workers=workers, threads=threads, on_start=told.append)) == [0, 1, 4, 9, 16]
+    assert told == [1, 1, 2, 2]
+
+
 def test_the_initializer_runs_here_with_one_worker():
     _SEEN.clear()
     assert list(ordered_map(_square, [3], workers=1, initializer=_remember, initargs=("here",))) == [9]

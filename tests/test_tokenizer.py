@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -265,7 +266,7 @@ def test_a_byte_sample_spans_every_input_and_any_worker_count_draws_the_same(sha
     one = train_tokenizer([english, chinese], tmp_path / "one", TokenizerTrainConfig(**config))
     two = train_tokenizer([english, chinese], tmp_path / "two", TokenizerTrainConfig(**config, workers=2))
     assert artifacts.load(two).fingerprint == artifacts.load(one).fingerprint
-    assert artifacts.load(two).manifest.runtime["workers"] == 2
+    assert artifacts.load(two).manifest.runtime["workers"] == min(2, os.cpu_count())
     stats = artifacts.load(one).stats
     # the sample stops at the first piece past --sample-bytes (a piece: at most 2 x 8192 characters of 4 bytes)
     assert total // 5 <= stats["training_bytes"] < total // 5 + 4 * 2 * sample.PIECE_CHARS and stats["heldout_pieces"] > 0

@@ -120,8 +120,10 @@ def clean(
                 # Finished batches are read (the input position) but not processed again.
                 batches = islice(batches, done_batches, None)
             run = cfg.execution
-            results = ordered_map(process_batch, batches, workers=workers, initializer=init_worker,
-                                  initargs=(cfg,), executor=run.executor, ray_address=run.ray_address)
+            used = {"workers": workers}  # what ran: --workers 0 on Ray or past the cores settles in ordered_map
+            results = ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,),
+                                  executor=run.executor, ray_address=run.ray_address,
+                                  on_start=lambda n: used.update(workers=n))
             for number, batch in enumerate(results, start=done_batches):
                 # The batch a shard closed in keeps the decisions made for it (the index already holds them).
                 decisions = pending_decisions if pending_decisions is not None else dedup.decide(batch)
@@ -163,7 +165,7 @@ def clean(
         elapsed = time.perf_counter() - started
         build.config = cfg.hashed()
         build.seed = cfg.seed
-        build.runtime = {"workers": workers, **cfg.execution.runtime()}
+        build.runtime = {"workers": used["workers"], **cfg.execution.runtime()}
         build.stats = {
             "documents": kept,
             "bytes": bytes_out,

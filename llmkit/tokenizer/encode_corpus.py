@@ -274,6 +274,7 @@ class _Encoder:
         self.execution = execution or Execution()
         self.init_args = (str(tokenizer_dir), use_fast, add_bos, check_every)
         self.checked = 0
+        self.used_workers = workers  # settled by ordered_map: on Ray 0 means one per CPU of the cluster
         self.name = "tiktoken" if use_fast and tok.fast_encoding is not None else "tokenizers"
         self.state = encoder_state(tok, use_fast, add_bos, check_every) if self.execution.executor == "local" else None
 
@@ -282,7 +283,8 @@ class _Encoder:
         function = partial(_encode_batch, state=self.state) if local else _encode_batch
         for result in ordered_map(function, enumerate(batches), workers=self.workers, threads=local,
                                   initializer=None if local else _init_worker, initargs=self.init_args,
-                                  executor=self.execution.executor, ray_address=self.execution.ray_address):
+                                  executor=self.execution.executor, ray_address=self.execution.ray_address,
+                                  on_start=lambda n: setattr(self, "used_workers", n)):
             yield self._checked(result)
 
     def _checked(self, result):
@@ -445,7 +447,7 @@ def tokenize_corpus(
         build.seed = config.seed
         build.add_input("corpus", corpus)
         build.add_input("tokenizer", tok_art)
-        build.runtime = {"workers": workers, "batch_size": config.batch_size, "encoder": encoder.name,
+        build.runtime = {"workers": encoder.used_workers, "batch_size": config.batch_size, "encoder": encoder.name,
                          **config.execution.runtime()}
         build.stats = {
             "dtype": dtype.name,

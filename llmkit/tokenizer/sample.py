@@ -226,6 +226,7 @@ class Sampler:
         # The first training pieces, to measure on when the input is too small to hold any out.
         self.first_trained: list[str] = []
         self.docs = self.bytes = 0
+        self.workers: int | None = None  # how many read and sampled (None: this run read nothing itself)
 
     def full(self) -> bool:
         c = self.config
@@ -251,7 +252,7 @@ class Sampler:
         jobs = [(index, source.tasks[index], draw) for index in range(done_tasks, len(source.tasks))]
         target = min(GROUP_BYTES, (source.total_bytes or 0) // (4 * max(workers, 1)))
         results = ordered_map(draw_group, group_tasks(jobs, target), workers=workers, executor=execution.executor,
-                              ray_address=execution.ray_address)
+                              ray_address=execution.ray_address, on_start=lambda n: setattr(self, "workers", n))
         number = done_tasks
         try:
             for group in results:

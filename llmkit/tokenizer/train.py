@@ -164,5 +164,5 @@ def train_tokenizer(
             "tokens_per_word": quality.get("tokens_per_word"),
             "train_seconds": round(seconds, 3),
         }
-        build.runtime = config.runtime()
+        build.runtime = {**config.runtime(), "workers": sampler.workers or config.workers}
     return Path(out)
