@@ -56,30 +56,49 @@ def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads():
 
 
 @onednn
-def test_one_row_takes_onednn_with_a_row_major_weight_only_and_keeps_its_bits_on_any_thread_count():
-    # decoding one sequence: the tied head is row-major; prepare_for_decoding makes the rest column-major
+def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_layout():
+    """Decoding one sequence: the tied head is row-major, prepare_for_decoding makes the rest
+    column-major; both take numpy's OpenBLAS, held to one thread, so a row's bits do not depend on
+    the thread count. A row whose gradient is recorded keeps the products with autograd rules."""
+    from threadpoolctl import threadpool_info
+
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     try:
         for inputs, outputs in SHAPES + [(384, 8192)]:
             x, w, b = torch.randn(1, 1, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
-            assert cpu_gemm._takes(x, w, b) and not cpu_gemm._takes(x, w.t().contiguous().t(), b)
-            assert cpu_gemm._takes(torch.randn(2, inputs), w.t().contiguous().t(), b)
             exact = F.linear(x.double(), w.double(), b.double())
             bound = (inputs + 1) * 2.0**-24 * (x.double().abs() @ w.double().abs().t() + b.double().abs())
-            torch.set_num_threads(1)
-            one = cpu_gemm.linear(x, w, b)
-            assert one.shape == (1, 1, outputs) and ((one - exact).abs() <= bound).all()
-            torch.set_num_threads(2)
-            assert torch.equal(cpu_gemm.linear(x, w, b), one)
+            for weight in (w, w.t().contiguous().t()):
+                assert cpu_gemm._one_row_takes(x, weight, b) and not cpu_gemm._one_row_takes(torch.randn(2, inputs), weight, b)
+                torch.set_num_threads(1)
+                one = cpu_gemm.linear(x, weight, b)
+                assert one.shape == (1, 1, outputs) and ((one - exact).abs() <= bound).all()
+                torch.set_num_threads(2)
+                assert torch.equal(cpu_gemm.linear(x, weight, b), one)
+                assert torch.equal(cpu_gemm.linear(x[0, 0], weight, b), one[0, 0])
+                with torch.inference_mode():
+                    assert torch.equal(cpu_gemm.linear(x, weight, b), one)
+            assert torch.equal(cpu_gemm.linear(x, w), torch.from_numpy(w.numpy() @ x.reshape(-1).numpy()).view(1, 1, -1))
+        assert [lib["num_threads"] for lib in threadpool_info() if "numpy" in lib["filepath"]] == [1]
+        # a gradient to record: oneDNN for a row-major weight (the rule of two rows and more otherwise), autograd's gradients
         x, w = torch.randn(1, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+        assert not cpu_gemm._one_row_takes(x, w, None) and cpu_gemm._takes(x, w) and not cpu_gemm._takes(x, w.t().contiguous().t())
         cpu_gemm.linear(x, w).square().sum().backward()
         reference_x, reference_w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         F.linear(reference_x, reference_w).square().sum().backward()
         torch.testing.assert_close(x.grad, reference_x.grad)
         torch.testing.assert_close(w.grad, reference_w.grad)
+        with torch.no_grad():
+            assert cpu_gemm._one_row_takes(x, w, None)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_environment_switch_keeps_one_row_products_pytorchs_too(product_switch):
+    x, w = torch.randn(1, 32), torch.randn(16, 32)
+    product_switch("mkl")
+    assert not cpu_gemm._one_row_takes(x, w, None) and torch.equal(cpu_gemm.linear(x, w), F.linear(x, w))
 
 
 @onednn
