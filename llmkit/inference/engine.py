@@ -72,11 +72,9 @@ def prepare_for_decoding(model) -> None:
 
     The product's kernel for a few rows is then faster: 8 rows x 768 -> 3072 took 0.45 ms against
     1.05 ms on one thread with MKL (an Intel machine), 0.27 against 0.36 ms with the oneDNN
-    products of llmkit/model/cpu_gemm.py (an AMD Zen 5, which uses them from 2 rows). At one row a
-    column-major weight keeps MKL's kernel, the faster there (1 x 384 -> 8,192, weights out of
-    cache: 0.59 ms, against 1.10 ms for MKL with the weight row-major and 0.68 ms for oneDNN, which
-    a row-major weight such as the tied head left here takes). Results agree to float rounding, as
-    with any change of kernel (oneDNN's from 2 rows: to the bit). For a model that only generates:
+    products of llmkit/model/cpu_gemm.py (an AMD Zen 5, which uses them from 2 rows). One row
+    takes numpy's OpenBLAS there, which is as fast with either layout. Results agree to float
+    rounding, as with any change of kernel (oneDNN's from 2 rows: to the bit). For a model that only generates:
     training reads the weights the other way round, so the training stages never call this.
     """
     # A weight shared with an embedding (a tied output head) stays: the lookup of one row would

@@ -12,12 +12,16 @@ against the fp32 rounding bound, which bf16 or tf32 inputs would break by far).
 The per-sequence gradients (llmkit/model/sequence_grads.py) need a row of a product to keep its
 bits whatever the rows beside it and the thread count. oneDNN holds both from 2 rows on
 (measured at the presets' product shapes, 2 to 4,096 rows, 1 and 2 threads; tested), MKL from 8
-(AVX-512) or 16 (AVX2); the callers pad to MIN_ROWS (16) anyway. A single row (decoding one
-sequence) is oneDNN's matrix-vector kernel, whose bits differ from the same row among others
-(thread-invariant too): with a row-major weight (a tied output head) it read the weights from
-memory 1.2-1.8x faster than MKL's, which gets that weight as a transposed operand (1 x 384 -> 8,192:
-0.68 against 1.10 ms, weights out of cache). A column-major weight (`prepare_for_decoding` lays
-decoding's weights out so) keeps MKL's kernel at one row, the faster there (0.59 ms).
+(AVX-512) or 16 (AVX2); the callers pad to MIN_ROWS (16) anyway.
+
+A single row with no gradient to record (decoding one sequence) is a matrix-vector product, which
+reads every weight once: its speed is how fast the weights stream from memory. numpy's OpenBLAS
+does that fastest here, with either layout (a `mini` decode step's products: 2.9 ms, against 4.1
+ms for MKL with column-major weights and oneDNN for the row-major tied head; a plain sum of the
+same bytes takes 1.9 ms), so such a row goes there, on one thread, when the weight holds 1 MB or
+more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). Its bits differ
+from the same row among others, and not with the thread count. A single row whose gradient is
+recorded takes oneDNN with a row-major weight and MKL with a column-major one.
 
 Where: every Linear of the GPT model (`Linear` below) and of LoRA, the per-sequence Linear and
 weight gradients, the fused head and loss, eval's per-token scoring. Elsewhere it is PyTorch's
@@ -26,7 +30,8 @@ CUDA tensor, a DTensor (tensor parallelism), code being compiled (inductor choos
 kernels), forward-mode AD and torch.func transforms, shapes F.linear would broadcast. A backward
 pass that is itself differentiated (`create_graph=True`) uses PyTorch's products, which have
 derivatives. The choice depends only on the platform, the dtypes, the shapes and, for a single
-row, the weight's layout, so a run's bits do not change from one run to the next.
+row, whether its gradient is recorded and the weight's layout, so a run's bits do not change from
+one run to the next.
 `LLMKIT_CPU_GEMM=mkl` keeps PyTorch's own everywhere (benchmarks/pretrain.py times both).
 """
 
@@ -156,9 +161,14 @@ def _numpy_openblas() -> bool:
     return bool(numpys)
 
 
+ONE_ROW_MIN_WEIGHTS = 2**18  # 1 MB of fp32: below it the call's cost outweighs the faster read
+
+
 def _one_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """One row with no gradient to record (decoding one sequence), plain fp32 CPU tensors."""
-    return (x.dim() >= 1 and x.numel() == x.shape[-1] and not torch.compiler.is_compiling() and _enabled()
+    """One row with no gradient to record (decoding one sequence) times a weight of 1 MB or more,
+    plain fp32 CPU tensors."""
+    return (x.dim() >= 1 and x.numel() == x.shape[-1] and weight.numel() >= ONE_ROW_MIN_WEIGHTS
+            and not torch.compiler.is_compiling() and _enabled()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
             and type(x) in _PLAIN and type(weight) in _PLAIN and x.dtype == weight.dtype == torch.float32
@@ -176,7 +186,9 @@ def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     a decode step's products of the `mini` preset (50 MB, out of cache) took 2.9 ms against 4.1 ms
     (MKL with the column-major weights of prepare_for_decoding, oneDNN for the row-major tied head;
     one thread, AMD Zen 5), where reading the same bytes (a sum) takes 1.9 ms. Either layout works:
-    numpy hands BLAS a column-major matrix as the transposed row-major one."""
+    numpy hands BLAS a column-major matrix as the transposed row-major one. The call costs about
+    3.5 µs more than PyTorch's, so a small weight, which the caches hold, stays there (384 x 384:
+    12.0 against 8.2 µs in cache; 2,048 x 384: 43 against 58 µs)."""
     out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32)
     np.matmul(weight.detach().numpy(), x.detach().reshape(-1).numpy(), out=out.view(-1).numpy())
     return out if bias is None else out.add_(bias)
