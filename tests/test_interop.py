@@ -331,6 +331,49 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     (src / "tokenizer.json").write_text(json.dumps(tokenizer_json))
     line = _error(cli("import", src, "-o", tmp_path / "x"))
     assert "names eos '<|eos|>', but its tokenizer.json does not mark that token special" in line, line
+    # a bos named but not special is refused too: falling back to eos would start every prompt with another token
+    for token in tokenizer_json["added_tokens"]:
+        token["special"] = token["content"] != "<|bos|>"
+    (src / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    line = _error(cli("import", src, "-o", tmp_path / "x"))
+    assert "names bos '<|bos|>', but its tokenizer.json does not mark that token special" in line, line
+    assert not (tmp_path / "x").exists()
+
+
+def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tmp_path, tokenizer_dir):
+    """What transformers loads, import loads: a pad_token_id of -1 (early Llama conversions) is no
+    pad, a tokenizer_config.json that is no object is no settings. A malformed index, export
+    record or stray bias is a one-line error, and a missing input makes no folders for -o."""
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["llama-attn-bias-untied"], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(dict(config, pad_token_id=-1)))
+    settings = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps([settings]))
+    result = cli("import", src, "-o", tmp_path / "odd")
+    assert result.exit_code == 0, result.output
+    assert (load_checkpoint(tmp_path / "odd").tokenizer.bos_id, load_checkpoint(tmp_path / "odd").tokenizer.eos_id) == (0, 1)
+
+    (src / "llmkit_model_config.json").write_text(json.dumps({"model_config": [1, 2], "tokenizer_post_processor": {"type": "?"}}))
+    assert "tokenizer_post_processor in llmkit_model_config.json" in _error(cli("import", src, "-o", tmp_path / "a"))
+    (src / "llmkit_model_config.json").write_text(json.dumps({"model_config": [1, 2]}))  # not a config: the imported one stands
+    assert cli("import", src, "-o", tmp_path / "b").exit_code == 0
+
+    weights = load_file(src / "model.safetensors")  # attention_bias true, mlp_bias false: MLP biases are not the model's
+    save_file({**weights, "model.layers.0.mlp.down_proj.bias": torch.ones(48)}, src / "model.safetensors")
+    line = _error(cli("import", src, "-o", tmp_path / "c"))
+    assert "no place for" in line and "model.layers.0.mlp.down_proj.bias" in line, line
+    (src / "model.safetensors").rename(src / "model-00001-of-00001.safetensors")
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": []}))
+    assert "not a valid safetensors index" in _error(cli("import", src, "-o", tmp_path / "d"))
+
+    for command in ("import", "export"):
+        assert "no such" in _error(cli(command, tmp_path / "missing", "-o", tmp_path / command / "deep" / "out")).lower()
+        assert not (tmp_path / command).exists()
 
 
 def _save_hf_model(folder: Path, hf_config, tokenizer_dir: Path, seed: int = 0) -> torch.nn.Module:
@@ -737,6 +780,8 @@ def test_import_with_foreign_special_token_names(cli, tmp_path, style):
     assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "again", local_files_only=True)
     assert (hf_tok.bos_token, hf_tok.eos_token) == (names["bos_token"], eos)
+    if style == "llama":  # its unknown piece too (the BPE model's unk_token)
+        assert hf_tok.unk_token == "<unk>" and hf_tok.convert_tokens_to_ids("never seen") == tok.token_to_id("<unk>")
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == loaded.tokenizer.encode(text)
     # No role tokens: chat says what to do instead (not finetune's "--template", which chat has not)
     line = _error(cli("chat", tmp_path / "ckpt"))

@@ -23,10 +23,10 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     from llmkit.model.io import load_checkpoint, read_model_config
     from llmkit.model.records import read_task
 
-    out = outputs.check_output(out, force, inputs=[checkpoint])
     weight_dtype = torch_dtype(dtype)
-    art = artifacts.load(checkpoint, kind="checkpoint")
+    art = artifacts.load(checkpoint, kind="checkpoint")  # first: a missing or wrong input leaves no folders made for -o
     family = hf_family(read_model_config(art.path))  # refuse before loading any weights
+    out = outputs.check_output(out, force, inputs=[checkpoint])
     task = read_task(art)
     if task is not None and task.is_classifier:
         raise UserError(

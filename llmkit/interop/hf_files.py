@@ -46,7 +46,7 @@ def weight_files(src: Path) -> list[Path]:
     if index.is_file():
         try:
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{index} is not a valid safetensors index ({exc}); re-save the model") from exc
         # Checked as written, not resolved: a Hub cache snapshot's shards are links into ../../blobs
         outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]

@@ -94,6 +94,9 @@ def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_templ
         index = getattr(tok, f"{role}_id", None)
         if index is not None:
             roles[f"{role}_token"] = tok.hf.id_to_token(index)
+    unk = json.loads(tok.hf.to_str()).get("model", {}).get("unk_token")
+    if isinstance(unk, str) and tok.hf.token_to_id(unk) is not None:  # a Llama-style vocabulary's unknown piece
+        roles["unk_token"] = unk
     named = set(roles.values())
     extra = [name for name, _ in sorted(tok.special_ids.items(), key=lambda item: item[1]) if name not in named]
     # A copy: llmkit's loader switches the live object to encode special-token text as text,
@@ -137,7 +140,13 @@ def with_post_processor(tokenizer, post_processor: dict | None):
 
     data = json.loads(tokenizer.to_str())
     data["post_processor"] = post_processor
-    return Tokenizer.from_str(json.dumps(data))
+    try:
+        return Tokenizer.from_str(json.dumps(data))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed component
+        from llmkit.interop.hf_files import LLMKIT_CONFIG_FILE
+
+        raise UserError(f"the tokenizer_post_processor in {LLMKIT_CONFIG_FILE} is not one tokenizers can read "
+                        f"({' '.join(str(exc).split())[:100]}); delete that key from the file") from None
 
 
 def read_hf_tokenizer(src: Path):
@@ -182,6 +191,8 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
     if settings_path.is_file():
         with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
             settings = json.loads(settings_path.read_text(encoding="utf-8"))
+        if not isinstance(settings, dict):  # (as an unreadable file: the ids in config.json decide)
+            settings = {}
     specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
     roles: dict[str, str] = {}
     not_special: dict[str, str] = {}  # named for a role, but not a special token
@@ -193,19 +204,21 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
             index = config_json.get(f"{role}_token_id")
             if isinstance(index, list):
                 index = index[0] if index else None
-            value = tokenizer.id_to_token(index) if isinstance(index, int) else None
+            in_vocabulary = isinstance(index, int) and 0 <= index < tokenizer.get_vocab_size(with_added_tokens=True)
+            value = tokenizer.id_to_token(index) if in_vocabulary else None
         if value is None and LLMKIT_ROLES[role] in specials:
             value = LLMKIT_ROLES[role]
         if value is not None and value in specials:
             roles[role] = value
         elif value is not None:
             not_special[role] = value
-    if "eos" not in roles:
-        if "eos" in not_special:
+    for role in ("eos", "bos"):  # (a named bos must not fall back to eos: every prompt would start otherwise)
+        if role not in roles and role in not_special:
             raise UserError(
-                f"{src} names eos {not_special['eos']!r}, but its tokenizer.json does not mark that token special, so llmkit "
-                "cannot use it as a role; mark it special (tokenizer.add_special_tokens) and save the tokenizer again"
+                f"{src} names {role} {not_special[role]!r}, but its tokenizer.json does not mark that token special, so "
+                "llmkit cannot use it as a role; mark it special (tokenizer.add_special_tokens) and save the tokenizer again"
             )
+    if "eos" not in roles:
         raise UserError(
             f"cannot tell which token of {src}'s tokenizer ends a text (no eos_token in tokenizer_config.json, "
             "no eos_token_id in config.json); add one there"

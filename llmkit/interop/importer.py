@@ -19,7 +19,7 @@ from llmkit.interop.hf_files import (
 )
 from llmkit.interop.hf_tokenizer import hf_special_tokens, read_hf_tokenizer, with_post_processor, write_tokenizer_folder
 from llmkit.model.gpt import ModelConfig
-from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, unsupported_model_type
+from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, hf_bias_groups, unsupported_model_type
 from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
 
 
@@ -29,7 +29,7 @@ def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, t
     GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
     try:
         original = ModelConfig.from_dict(export_provenance(src)["model_config"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):  # absent, or not a config: the imported one stands
         return imported, state
     same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
             "rope_theta", "norm_eps", "n_head")
@@ -67,9 +67,8 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     from llmkit.model.records import CheckpointStats
 
     src = Path(src)
-    out = outputs.check_output(out, force, inputs=[src])
     weight_dtype = torch_dtype(dtype)
-    config_json = read_config_json(src)
+    config_json = read_config_json(src)  # first: a missing or wrong input leaves no folders made for -o
     model_type = config_json.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise unsupported_model_type(model_type, config_json.get("architectures"))
@@ -78,6 +77,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
         raise UserError(f"{src} holds a quantized model ({method}); llmkit trains and runs full-precision weights: "
                         "import the unquantized model (or dequantize it first and save it with save_pretrained)")
+    out = outputs.check_output(out, force, inputs=[src])
     files = weight_files(src)
     tokenizer = read_hf_tokenizer(src)
     try:
@@ -100,7 +100,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     hf_state = normalize_hf_keys(read_hf_state(files), model_type)
     check_float_weights(hf_state)
     config = _untie_a_stored_head(config, hf_state, model_type)
-    state = from_hf_state(hf_state, config, model_type, weight_dtype)
+    state = from_hf_state(hf_state, config, model_type, weight_dtype, bias_groups=hf_bias_groups(hf_config))
     config, state = _prefer_original_config(src, config, state)
     task = None
     if isinstance(provenance.get("task"), dict):  # a fine-tune keeps its prompt format (whatever form the network took)

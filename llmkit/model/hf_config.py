@@ -159,6 +159,13 @@ def _from_gpt2_config(c) -> ModelConfig:
     )
 
 
+def hf_bias_groups(c) -> tuple[str, ...]:
+    """The layer groups of a transformers Llama config whose linear layers have biases
+    (attention_bias, mlp_bias): the weights' other biases are not read (from_hf_state)."""
+    flags = (("self_attn", getattr(c, "attention_bias", False)), ("mlp", getattr(c, "mlp_bias", False)))
+    return tuple(group for group, on in flags if on)
+
+
 def _from_llama_config(c) -> ModelConfig:
     if c.hidden_act not in SILU:
         raise _unsupported("llama", f"hidden_act={c.hidden_act!r}", "llmkit's SwiGLU uses SiLU")

@@ -121,9 +121,13 @@ def normalize_hf_keys(state: dict[str, torch.Tensor], model_type: str) -> dict[s
 
 
 def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_type: str,
-                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+                  dtype: torch.dtype = torch.float32,
+                  bias_groups: tuple[str, ...] = ("self_attn", "mlp")) -> dict[str, torch.Tensor]:
     """transformers state dict (normalized keys) -> llmkit GPT state dict in `dtype`. Every
     transformers weight must be used: an unknown one means a feature llmkit's GPT does not have.
+    `bias_groups`: a Llama's layer groups whose config has biases; the other group's are zeros
+    (llmkit has one bias flag), and a bias the file holds for it anyway is an unknown weight, as
+    transformers ignores it.
     Empties `state` as it goes: each source tensor is converted as it is taken and dropped, so
     memory stays near the larger of the source and the result, not their sum plus a float32 copy."""
     out: dict[str, torch.Tensor] = {}
@@ -171,7 +175,10 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
             out[b + "mlp_norm.weight"] = take(h + "post_attention_layernorm.weight")
             for p in ("weight", "bias") if config.bias else ("weight",):
                 def part(name: str) -> torch.Tensor | None:
-                    return take(h + name + "." + p, zeros=for_bias[name.split(".")[-1]] if p == "bias" else None)
+                    group, layer = name.split(".")
+                    if p == "bias" and group not in bias_groups:
+                        return torch.zeros(for_bias[layer], dtype=dtype)
+                    return take(h + name + "." + p, zeros=for_bias[layer] if p == "bias" else None)
 
                 out[b + f"attn.q_proj.{p}"] = part("self_attn.q_proj")
                 k, v = part("self_attn.k_proj"), part("self_attn.v_proj")
