@@ -59,7 +59,7 @@ def ordered_map(
                                    initargs=initargs, on_start=on_start)
         return
     if on_start is not None:
-        on_start(max(workers, 1))
+        on_start(local_workers(workers))
     if workers <= 1 or threads:
         if initializer is not None:
             initializer(*initargs)
@@ -98,6 +98,12 @@ def ordered_map(
             "the worker processes could not start; a Python script that runs an llmkit stage with several workers "
             "must call it under `if __name__ == \"__main__\":` (workers are spawned), or use one worker"
         ) from exc
+
+
+def local_workers(workers: int) -> int:
+    """How many workers `ordered_map` runs on this machine for `workers`: at most one per core,
+    and 1 (this process) for 0 or 1."""
+    return max(1, min(workers, os.cpu_count() or 1))
 
 
 def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:

@@ -3,6 +3,7 @@ rounding, the same gradients, and the per-row, per-thread bits the per-sequence 
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from llmkit.model import cpu_gemm
 from llmkit.model.sequence_grads import MIN_ROWS
 
 onednn = pytest.mark.skipif(not cpu_gemm._enabled(), reason="oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
+openblas = pytest.mark.skipif(not (cpu_gemm._enabled() and cpu_gemm._numpy_openblas()),
+                              reason="one-row products take numpy's OpenBLAS where its wheel carries one, on x86")
 
 SHAPES = [(256, 768), (256, 1024), (1024, 256), (384, 1152), (1536, 384), (128, 4096)]  # presets' (in, out) products
 
@@ -55,7 +58,7 @@ def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads():
         torch.set_num_threads(threads)
 
 
-@onednn
+@openblas
 def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_layout():
     """Decoding one sequence: the tied head is row-major, prepare_for_decoding makes the rest
     column-major; both take numpy's OpenBLAS, held to one thread, so a row's bits do not depend on
@@ -81,6 +84,9 @@ def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_
                     assert torch.equal(cpu_gemm.linear(x, weight, b), one)
             assert torch.equal(cpu_gemm.linear(x, w), torch.from_numpy(w.numpy() @ x.reshape(-1).numpy()).view(1, 1, -1))
         assert [lib["num_threads"] for lib in threadpool_info() if "numpy" in lib["filepath"]] == [1]
+        with warnings.catch_warnings():  # an overflow is an inf, as from PyTorch's products, not numpy's warning
+            warnings.simplefilter("error")
+            assert torch.isinf(cpu_gemm.linear(torch.full((1, 512), 1e30), torch.full((512, 512), 1e30))).all()
         assert not cpu_gemm._one_row_takes(torch.randn(1, 256), torch.randn(768, 256), None)  # 0.75 MB: PyTorch's call, cheaper
         # a gradient to record: oneDNN for a row-major weight (the rule of two rows and more otherwise), autograd's gradients
         x, w = torch.randn(1, 512, requires_grad=True), torch.randn(512, 512, requires_grad=True)
@@ -99,7 +105,7 @@ def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_
 
 def test_the_environment_switch_keeps_one_row_products_pytorchs_too(product_switch):
     x, w = torch.randn(1, 512), torch.randn(512, 512)
-    assert cpu_gemm._one_row_takes(x, w, None) == cpu_gemm._enabled()
+    assert cpu_gemm._one_row_takes(x, w, None) == (cpu_gemm._enabled() and cpu_gemm._numpy_openblas())
     product_switch("mkl")
     assert not cpu_gemm._one_row_takes(x, w, None) and torch.equal(cpu_gemm.linear(x, w), F.linear(x, w))
 

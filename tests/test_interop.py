@@ -357,6 +357,11 @@ def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tm
     result = cli("import", src, "-o", tmp_path / "odd")
     assert result.exit_code == 0, result.output
     assert (load_checkpoint(tmp_path / "odd").tokenizer.bos_id, load_checkpoint(tmp_path / "odd").tokenizer.eos_id) == (0, 1)
+    # a bos_token_id on an ordinary token (LlamaConfig's default kept with another tokenizer) names no bos: eos serves
+    (src / "config.json").write_text(json.dumps(dict(config, pad_token_id=-1, bos_token_id=100)))
+    assert cli("import", src, "-o", tmp_path / "default-bos").exit_code == 0
+    assert load_checkpoint(tmp_path / "default-bos").tokenizer.bos_id == 1
+    (src / "config.json").write_text(json.dumps(dict(config, pad_token_id=-1)))
 
     (src / "llmkit_model_config.json").write_text(json.dumps({"model_config": [1, 2], "tokenizer_post_processor": {"type": "?"}}))
     assert "tokenizer_post_processor in llmkit_model_config.json" in _error(cli("import", src, "-o", tmp_path / "a"))

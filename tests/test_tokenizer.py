@@ -529,3 +529,4 @@ def test_a_killed_training_run_resumes_from_its_finished_read_tasks(shared_data,
     assert artifacts.load(killed).fingerprint == artifacts.load(straight).fingerprint
     assert (killed / "tokenizer.json").read_bytes() == (straight / "tokenizer.json").read_bytes()
     assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in straight.iterdir())  # no log, no marker
+    assert artifacts.load(killed).manifest.runtime["workers"] == artifacts.load(straight).manifest.runtime["workers"] == 1

@@ -95,6 +95,6 @@ def export_provenance(src: Path) -> dict:
     start, ...); {} for a folder llmkit did not export, or an unreadable file."""
     try:
         data = json.loads((src / LLMKIT_CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}

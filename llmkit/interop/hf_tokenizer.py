@@ -196,11 +196,14 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
     specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
     roles: dict[str, str] = {}
     not_special: dict[str, str] = {}  # named for a role, but not a special token
+    named: set[str] = set()  # the roles tokenizer_config.json names (config.json's ids are often a class default)
     for role in ("bos", "eos", "pad", "mask"):
         value = settings.get(f"{role}_token")
         if isinstance(value, dict):  # an AddedToken written out
             value = value.get("content")
-        if not isinstance(value, str):
+        if isinstance(value, str):
+            named.add(role)
+        else:
             index = config_json.get(f"{role}_token_id")
             if isinstance(index, list):
                 index = index[0] if index else None
@@ -212,8 +215,10 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
             roles[role] = value
         elif value is not None:
             not_special[role] = value
-    for role in ("eos", "bos"):  # (a named bos must not fall back to eos: every prompt would start otherwise)
-        if role not in roles and role in not_special:
+    # A bos tokenizer_config.json names must not fall back to eos: every prompt would start otherwise.
+    # (A config.json bos_token_id on an ordinary token is LlamaConfig's default left in place: transformers adds no bos.)
+    for role in ("eos", "bos"):
+        if role not in roles and role in not_special and (role == "eos" or role in named):
             raise UserError(
                 f"{src} names {role} {not_special[role]!r}, but its tokenizer.json does not mark that token special, so "
                 "llmkit cannot use it as a role; mark it special (tokenizer.add_special_tokens) and save the tokenizer again"

@@ -30,8 +30,9 @@ CUDA tensor, a DTensor (tensor parallelism), code being compiled (inductor choos
 kernels), forward-mode AD and torch.func transforms, shapes F.linear would broadcast. A backward
 pass that is itself differentiated (`create_graph=True`) uses PyTorch's products, which have
 derivatives. The choice depends only on the platform, the dtypes, the shapes and, for a single
-row, whether its gradient is recorded and the weight's layout, so a run's bits do not change from
-one run to the next.
+row, whether its gradient is recorded, the weight's layout and whether numpy carries its own
+OpenBLAS (its wheels do; a numpy built on another BLAS keeps the kernels below), so a run's bits
+do not change from one run to the next.
 `LLMKIT_CPU_GEMM=mkl` keeps PyTorch's own everywhere (benchmarks/pretrain.py times both).
 """
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -155,7 +157,9 @@ def _numpy_openblas() -> bool:
     bound)."""
     from threadpoolctl import ThreadpoolController
 
-    numpys = [lib for lib in ThreadpoolController().lib_controllers if lib.internal_api == "openblas" and "numpy" in lib.filepath]
+    own = Path(np.__file__).resolve().parent.parent / "numpy.libs"  # where numpy's wheels keep their OpenBLAS
+    numpys = [lib for lib in ThreadpoolController().lib_controllers
+              if lib.internal_api == "openblas" and Path(lib.filepath).resolve().parent == own]
     for lib in numpys:
         lib.set_num_threads(1)
     return bool(numpys)
@@ -190,7 +194,8 @@ def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     3.5 µs more than PyTorch's, so a small weight, which the caches hold, stays there (384 x 384:
     12.0 against 8.2 µs in cache; 2,048 x 384: 43 against 58 µs)."""
     out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32)
-    np.matmul(weight.detach().numpy(), x.detach().reshape(-1).numpy(), out=out.view(-1).numpy())
+    with np.errstate(all="ignore"):  # an inf or nan is the result, as from PyTorch's products, not a warning
+        np.matmul(weight.detach().numpy(), x.detach().reshape(-1).numpy(), out=out.view(-1).numpy())
     return out if bias is None else out.add_(bias)
 
 

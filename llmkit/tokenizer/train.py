@@ -20,6 +20,7 @@ from llmkit.data.tokenizer import (
     new_byte_level_bpe,
 )
 from llmkit.errors import UserError
+from llmkit.parallel import local_workers
 
 # A "word" for tokens-per-word: a run of letters/digits, or one CJK character (CJK has no spaces).
 _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -164,5 +165,7 @@ def train_tokenizer(
             "tokens_per_word": quality.get("tokens_per_word"),
             "train_seconds": round(seconds, 3),
         }
-        build.runtime = {**config.runtime(), "workers": sampler.workers or config.workers}
+        # (a resumed run whose sample was read before it stopped read nothing itself: what its workers would be)
+        settled = local_workers(config.workers) if config.execution.executor == "local" else config.workers
+        build.runtime = {**config.runtime(), "workers": sampler.workers or settled}
     return Path(out)
