@@ -45,21 +45,21 @@ def ordered_map(
     item, is WorkerDied (a rerun continues). `on_start(n)`, if given, is told how many workers do the work once
     that is settled (after the limits below; 1 when everything runs here), for the manifest.
     """
-    if workers > (os.cpu_count() or 1) and not executor == "ray":
-        # More than the cores only adds start-up, memory and switching (7x slower at 32 on 2 cores)
-        from llmkit.console import err
-
-        err.print(f"note: --workers {workers} is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}",
-                  soft_wrap=True, markup=False)
-        workers = os.cpu_count() or 1
     if executor == "ray":  # a Ray cluster's actors instead of this machine's processes (llmkit.executor)
         from llmkit.executor import ray_ordered_map
 
         yield from ray_ordered_map(function, items, workers=workers, address=ray_address, initializer=initializer,
                                    initargs=initargs, on_start=on_start)
         return
+    if workers > local_workers(workers):
+        # More than the cores only adds start-up, memory and switching (7x slower at 32 on 2 cores)
+        from llmkit.console import err
+
+        err.print(f"note: --workers {workers} is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}",
+                  soft_wrap=True, markup=False)
+    workers = local_workers(workers)
     if on_start is not None:
-        on_start(local_workers(workers))
+        on_start(workers)
     if workers <= 1 or threads:
         if initializer is not None:
             initializer(*initargs)

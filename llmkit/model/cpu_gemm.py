@@ -77,10 +77,22 @@ def _transformed() -> bool:
     return forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
 
 
+def _plain_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """x [..., I] times weight [O, I] plus bias [O] or None: plain fp32 CPU tensors, outside
+    autocast and function transforms. Anything else is PyTorch's own, with its broadcasting rules
+    and its messages. (The callers ask their cheaper questions first.)"""
+    # written out, not a loop over the three: this runs for every product of a decode step, and the
+    # loop (with `device.type`) cost about 1 us more a call
+    return (type(x) in _PLAIN and type(weight) in _PLAIN and x.is_cpu and weight.is_cpu
+            and x.dtype == weight.dtype == torch.float32
+            and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
+            and (bias is None or (type(bias) in _PLAIN and bias.is_cpu and bias.dtype == torch.float32
+                                  and tuple(bias.shape) == (weight.shape[0],)))
+            and not torch.is_autocast_enabled("cpu") and not _transformed())
+
+
 def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """x [..., I] (2 rows or more, or 1 with a row-major weight) times weight [O, I] plus bias
-    [O]: plain fp32 CPU tensors, outside autocast, compilation and function transforms. Anything
-    else is PyTorch's own, with its broadcasting rules and its messages."""
+    """oneDNN's product: x [..., I] of 2 rows or more, or 1 with a row-major weight (a plain product)."""
     # cheapest refusals first: a decode step of one row asks this for every layer. One row takes
     # oneDNN only with a row-major (contiguous) weight: with a column-major one
     # (prepare_for_decoding) MKL's matrix-vector kernel is the faster. oneDNN reads the bias as
@@ -88,11 +100,7 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     # trace the cached _enabled and warn about it.
     return (not torch.compiler.is_compiling() and _enabled() and x.dim() >= 1
             and x.numel() >= (1 if weight.is_contiguous() else 2) * x.shape[-1]
-            and all(t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32)
-                    for t in (x, weight, bias))
-            and weight.dim() == 2 and 0 < x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
-            and (bias is None or (tuple(bias.shape) == (weight.shape[0],) and bias.is_contiguous()))
-            and not torch.is_autocast_enabled("cpu") and not _transformed())
+            and (bias is None or bias.is_contiguous()) and _plain_product(x, weight, bias))
 
 
 def library() -> str:
@@ -175,12 +183,7 @@ def _one_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
             and not torch.compiler.is_compiling() and _enabled()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
-            and type(x) in _PLAIN and type(weight) in _PLAIN and x.dtype == weight.dtype == torch.float32
-            and x.device.type == weight.device.type == "cpu" and weight.dim() == 2
-            and 0 < x.shape[-1] == weight.shape[1]
-            and (bias is None or (type(bias) in _PLAIN and bias.dtype == torch.float32 and bias.device.type == "cpu"
-                                  and tuple(bias.shape) == (weight.shape[0],)))
-            and not torch.is_autocast_enabled("cpu") and not _transformed() and _numpy_openblas())
+            and _plain_product(x, weight, bias) and _numpy_openblas())
 
 
 def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
