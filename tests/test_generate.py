@@ -872,6 +872,33 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_exchanges_as_in
     assert json.loads((tmp_path / "c.jsonl").read_text())["prompt_tokens"] == len(encode_chat_prompt(kept, loaded.tokenizer))
 
 
+def test_a_conversation_whose_last_message_is_too_long_loses_that_messages_end(cli, shakespeare, tmp_path, monkeypatch):
+    """With no exchange left to drop, the window cut the prompt from the left: <|bos|>, the system
+    message and the role tokens went. The last message loses its end, as chat cuts one."""
+    from llmkit.data.templates import encode_chat_prompt
+    from llmkit.inference import engine
+    from llmkit.inference.engine import prompt_keep
+    from llmkit.model.io import load_checkpoint
+
+    chat = make_checkpoint(tmp_path / "chat", shakespeare[:20000], task={"task": "sft", "template": {"type": "chat"}})
+    loaded = load_checkpoint(chat)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": shakespeare[2000:6000]}]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"messages": messages}) + "\n")
+    prefilled = []
+    real_prefill = engine._Window.prefill
+    monkeypatch.setattr(engine._Window, "prefill", lambda self, rows: prefilled.append(rows[0]) or real_prefill(self, rows))
+    result = cli("generate", chat, "--prompts", tmp_path / "p.jsonl", "--greedy", "-n", "8")
+    assert result.exit_code == 0 and "last message's end" in " ".join(result.output.split()), result.output
+    budget = prompt_keep(loaded.model.config.context_length, 8)
+    first = prefilled[0]
+    head = encode_chat_prompt([messages[0], {"role": "user", "content": ""}], loaded.tokenizer)
+    user_role = len(encode_chat_prompt(messages[:1], loaded.tokenizer)) - 1  # where <|user|> stands, after the system turn
+    assert budget - 8 < len(first) <= budget
+    assert first[:user_role + 1] == head[:user_role + 1] and first[-1] == head[-1]  # <|bos|> system <|user|> ... <|assistant|>
+    cut = loaded.tokenizer.decode(first[user_role + 1:-1])
+    assert shakespeare[2000:6000].startswith(cut.strip()[:200]) and len(cut) < 4000
+
+
 def test_a_chat_fine_tune_is_prompted_with_a_records_system_message(ckpt, tmp_path):
     """{"prompt", "system"} records train as system, user, assistant (templates.record_messages):
     generate --prompts gives the system message too (it was dropped)."""

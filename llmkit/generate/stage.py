@@ -87,8 +87,9 @@ def run_generate(
     if limit is not None and cfg.context_overflow == "slide":
         # A prompt too long for the context is cut as training and eval cut one, not from its start
         # (the window would drop the template's wording, a chat's system message, the first token):
-        # a conversation loses its oldest exchanges, a text-template fine-tune's input its end; cut
-        # to what the window keeps of a prompt, the window then keeps all of it.
+        # a conversation loses its oldest exchanges, then its last message's end, a text-template
+        # fine-tune's input its end; cut to what the window keeps of a prompt, the window then
+        # keeps all of it.
         budget, cut = prompt_keep(limit, cfg.sampling.max_new_tokens), 0
         for i, prompt in enumerate(prompts):
             if len(encoded[i]) > budget and (fitted := fit_prompt(prompt, tokenizer, loaded.task, budget)) is not None:
@@ -97,8 +98,8 @@ def run_generate(
             from llmkit.console import err
 
             err.print(f"note: {cut} of {len(prompts)} prompts did not fit in the context ({limit} tokens) beside "
-                      f"--max-new-tokens {cfg.sampling.max_new_tokens}: a conversation's oldest exchanges or a template's "
-                      "end of input were left out, as eval and finetune --truncate cut", soft_wrap=True, markup=False)
+                      f"--max-new-tokens {cfg.sampling.max_new_tokens}: a conversation's oldest exchanges (or its last message's "
+                      "end) or a template's end of input were left out, as eval and finetune --truncate cut", soft_wrap=True, markup=False)
     longest = max(len(ids) for ids in encoded)
     max_new_tokens = cfg.sampling.max_new_tokens
     check_fits(longest, max_new_tokens, limit, cfg.context_overflow)  # before anything is printed or written

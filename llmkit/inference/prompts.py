@@ -175,11 +175,20 @@ def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None
     """A prompt cut to `budget` tokens as training and eval cut one: a conversation loses its oldest
     exchanges (the system message and the last message stay, as in chat and eval), a text-template
     checkpoint's input its end, keeping the template's wording (as finetune --truncate). None where
-    that cannot be done (a plain prompt, or not even an empty input fits): the window cuts it."""
+    that cannot be done (a plain prompt, or not even an empty input fits): the window cuts it. A
+    conversation still too long loses the end of its last message, as chat cuts a long message."""
     if prompt.messages is not None or (task is not None and task.is_chat):
         messages = prompt.messages if prompt.messages is not None else chat_turns(prompt.record or {}, prompt.text or "")
         kept, dropped = drop_oldest_exchanges(messages, tokenizer, budget)
-        return encode_chat_prompt(kept, tokenizer) if dropped else None  # (the window cuts what the last one leaves over)
+        *head, last = kept
+
+        def encode(record: dict) -> list[int]:
+            return encode_chat_prompt([*head, dict(last, content=record["content"])], tokenizer)
+
+        shorter = fit_field(encode, {"content": last["content"]}, "content", tokenizer, budget)
+        if shorter is not None:
+            return encode(shorter)
+        return encode_chat_prompt(kept, tokenizer) if dropped else None  # (the window cuts what the wording leaves over)
     template = task.text_template if task is not None else None
     if template is None or budget < 2:
         return None
