@@ -4,10 +4,26 @@ text, with errors that name the file and the line."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from llmkit.errors import UserError
+
+
+# Where a line can hold a lone surrogate: JSON's \ud800-\udfff escapes (a pair decodes to one
+# character). Only such lines are checked in full, so reading costs nothing more otherwise.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_text(record: dict[str, Any], where: str) -> None:
+    """A one-line error for a lone surrogate, which no tokenizer or file takes (a TypeError deep down)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = ascii(error.object[error.start])[1:-1]
+        raise UserError(f"{where} is not valid Unicode text (a lone surrogate, {bad}); fix the record "
+                        "(a \\ud800-\\udfff escape must be half of a pair)") from None
 
 
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -29,6 +45,8 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise UserError(f"{path}:{lineno} is JSON nested too deeply to read; flatten the record") from None
             if not isinstance(record, dict):
                 raise UserError(f'{path}:{lineno} is not a JSON object; each line must look like {{"field": ...}}')
+            if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+                _check_text(record, f"{path}:{lineno}")
             yield lineno, record
 
 

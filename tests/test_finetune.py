@@ -450,10 +450,22 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         # 8 records, 2 held out by seed 4: records 3 and 8, the only "neutral" one among them
         ([{"text": "a", "label": ["neg", "pos"][i % 2] if i != 7 else "neutral"} for i in range(8)],
          ["--task", "classify", "--val-fraction", "0.25", "--seed", "4"],
-         "--data record 8: class 'neutral' has no training example once --val-fraction 0.25 holds out its examples"),
+         "data.jsonl:8: class 'neutral' has no training example once --val-fraction 0.25 holds out its examples"),
+        # each target on its own: v_proj (another library's name) beside q_proj trained q_proj alone, unsaid
+        ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "q_proj,v_proj"],
+         "--lora-targets v_proj matches no linear layer"),
+        # a JSON escape of half a surrogate pair reached the tokenizer: an "unexpected TypeError"
+        ([{"prompt": "hi \ud800 there", "response": "ok"}] + [{"prompt": "a", "response": "b"}] * 3, [],
+         "data.jsonl:1 is not valid Unicode text (a lone surrogate, \\ud800)"),
+        ([{"text": "a \udfff", "label": 0}] + [{"text": "b", "label": 1}] * 3, ["--task", "classify"],
+         "data.jsonl:1 is not valid Unicode text"),
+        # named by its line in the file, not by its place among the records the --val-fraction draw kept
+        ([{"prompt": "a", "response": "b"}] * 7 + [{"question": "a", "answer": "b"}], ["--val-fraction", "0.25"],
+         "data.jsonl:8 has neither"),
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze",
-         "null-field", "int-label-alone", "int-label-gap", "lora-rank", "epochs-and-steps", "label-only-held-out"],
+         "null-field", "int-label-alone", "int-label-gap", "lora-rank", "epochs-and-steps", "label-only-held-out",
+         "lora-target-among-good-ones", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     data = write_jsonl(tmp_path / "data.jsonl", rows)
@@ -671,3 +683,57 @@ def test_a_resumed_classifier_rewrites_its_validation_history_from_the_checkpoin
     assert resumed.exit_code == 0, resumed.output
     steps = [json.loads(line)["step"] for line in (run / "val_metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_validation_data_is_never_the_training_data(base, shared_data, cli, tmp_path):
+    """A folder as --val-data validated on its train.jsonl, the training data (loss, accuracy and
+    F1 of the training rows, unsaid): a folder gives its validation.jsonl or val.jsonl, and the
+    training data itself is refused. A validation record without a label is a one-line error."""
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")
+    folder = tmp_path / "sst"
+    folder.mkdir()
+    train = write_jsonl(folder / "train.jsonl", rows[:64])
+    common = ["--task", "classify", "--max-steps", "1", "--batch-size", "8", "--truncate", "--eval-every", "1"]
+    for val, message in ((folder, "is a folder without validation.jsonl or val.jsonl"),
+                         (train, "is the training data itself"),
+                         (write_jsonl(tmp_path / "copy.jsonl", rows[:64]), "is the training data itself")):
+        result = cli("finetune", base["checkpoint"], "--data", folder, "--val-data", val, "-o", tmp_path / "run", *common)
+        assert result.exit_code != 0 and message in result.output and result.output.count("error:") == 1, result.output
+        assert not (tmp_path / "run").exists()
+    validation = write_jsonl(folder / "validation.jsonl", rows[100:116])
+    result = cli("finetune", base["checkpoint"], "--data", folder, "--val-data", folder, "-o", tmp_path / "run", *common)
+    assert result.exit_code == 0, result.output
+    config = artifacts.load(tmp_path / "run").manifest.config
+    assert config["val_data_sha256"] == artifacts.sha256_file(validation) != config["data_sha256"]
+    unlabelled = write_jsonl(tmp_path / "v.jsonl", [{"text": "good", "label": 1}, {"text": "no label here"}])
+    result = cli("finetune", base["checkpoint"], "--data", train, "--val-data", unlabelled, "-o", tmp_path / "run2", *common)
+    assert result.exit_code != 0 and 'v.jsonl:2 has no "label"' in result.output and result.output.count("error:") == 1, result.output
+
+
+def test_a_resume_with_the_template_file_edited_is_refused(base, cli, tmp_path):
+    """Only the file's name was recorded: the run resumed on another template, and task.json named
+    only the second."""
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"prompt": "Q: {prompt}\nA:", "response": " {response}"}))
+    data = write_jsonl(tmp_path / "data.jsonl", [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(32)])
+    args = ["finetune", base["checkpoint"], "--template", template, "--data", data, "-o", tmp_path / "run", "--batch-size", "8",
+            "--eval-every", "0", "--save-every", "2"]
+    assert cli(*args, "--max-steps", "2").exit_code == 0
+    template.write_text(json.dumps({"prompt": "Question: {prompt}\nAnswer:", "response": " {response}"}))
+    result = cli(*args, "--max-steps", "4", "--resume")
+    assert result.exit_code != 0 and "cannot resume" in result.output and "--template-sha256" in result.output, result.output
+
+
+def test_speed_and_tokens_seen_count_each_examples_own_tokens(base, cli, tmp_path):
+    """Every example counted as --seq-len tokens: tok/s and tokens_seen 1.8x too high in the review's run."""
+    from llmkit.data.templates import encode_example, resolve_template
+
+    record = {"prompt": "a short question", "response": "a short answer"}
+    data = write_jsonl(tmp_path / "data.jsonl", [record] * 40)
+    run = tmp_path / "run"
+    result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", data, "-o", run, "--batch-size", "8",
+                 "--max-steps", "3", "--eval-every", "0", "--save-every", "0", "--log-every", "1")
+    assert result.exit_code == 0, result.output
+    inputs = len(encode_example(resolve_template("plain"), record, _tokenizer(base), "record").ids) - 1  # the last is only a target
+    assert inputs < 20
+    assert artifacts.load(run).manifest.stats["tokens_seen"] == 3 * 8 * inputs

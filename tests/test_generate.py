@@ -271,6 +271,14 @@ def test_sampling_filters_match_definitions():
     scores = torch.randn(4, 97, generator=torch.Generator().manual_seed(0)) * 10
     gens = [torch.Generator().manual_seed(i) for i in range(4)]
     assert torch.equal(next_tokens(scores, SamplingParams(temperature=1e-40), gens), scores.argmax(-1))
+    # a penalty near 0 makes a seen token's positive score inf: sampling shifted it by itself (NaN) and failed;
+    # the scores stay in the float range, and the seen tokens (the largest there) are what is drawn
+    seen = torch.tensor([[True, True, False, False, False]])
+    for temperature in (0.0, 1.0):
+        gens = [torch.Generator().manual_seed(1)]
+        picks = {next_tokens(logits, SamplingParams(temperature=temperature, repetition_penalty=1e-39), gens, seen).item()
+                 for _ in range(50)}
+        assert picks <= {0, 1}, picks
 
 
 def test_sampling_draws_on_the_cpu_and_gives_the_tokens_back_on_the_scores_device():

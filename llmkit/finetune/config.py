@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmkit import artifacts
 from llmkit.model.records import TASKS
 from llmkit.options import Options, group, option
 from llmkit.train.options import (DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization,
@@ -91,10 +92,12 @@ class FinetuneConfig(Options):
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
 
     def hashed_with(self, data_digest: str, val_digest: str | None) -> dict[str, Any]:
-        """The recorded config: the options, the data by content, a template file by name."""
+        """The recorded config: the options, the data by content, a template file by name and content
+        (a resume with the file edited is another run)."""
         values = self.hashed()
         values["data_sha256"] = data_digest
         values["val_data_sha256"] = val_digest
         if self.template not in ("chat", "plain", "translate", "summarize"):
             values["template"] = Path(self.template).name  # the template itself is in task.json
+            values["template_sha256"] = artifacts.sha256_file(Path(self.template))
         return values

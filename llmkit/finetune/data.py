@@ -25,33 +25,54 @@ from llmkit.data.templates import Encoded, encode_example, fit_field
 from llmkit.model.gpt import IGNORE_INDEX
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+VALIDATION_FILES = ("validation.jsonl", "val.jsonl")
+
+
+def data_file(path: Path, validation: bool = False) -> Path:
+    """The JSONL file that --data (validation: --val-data) names: the file itself, or a folder's
+    train.jsonl (validation: its validation.jsonl or val.jsonl; never its train.jsonl, the
+    training data)."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "train.jsonl"
+    if not path.is_dir():
+        return path
+    for name in VALIDATION_FILES if validation else ("train.jsonl",):
+        if (path / name).is_file():
+            return path / name
+    if validation:
+        raise UserError(f"--val-data {path} is a folder without {' or '.join(VALIDATION_FILES)}; pass the validation "
+                        "JSONL file itself, or leave --val-data out to hold out --val-fraction of --data")
+    return path / "train.jsonl"
+
+
+def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of a data file and where each stands in it (FILE:LINE, what its messages name)."""
+    path = data_file(path, validation)
     if not path.is_file():
         raise UserError(f"data file not found: {path}; pass a JSONL file (or a folder holding train.jsonl)")
-    records = jsonl.read_jsonl(path)
-    if not records:
+    numbered = list(jsonl.iter_jsonl(path))
+    if not numbered:
         raise UserError(f"{path} holds no records")
-    return records
+    return [record for _, record in numbered], [f"{path}:{line}" for line, _ in numbered]
 
 
-def file_digest(path: Path) -> str:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "train.jsonl"
-    return artifacts.sha256_file(path)
+def file_digest(path: Path, validation: bool = False) -> str:
+    return artifacts.sha256_file(data_file(path, validation))
 
 
-def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out a seeded `fraction` of the records (at least one when fraction > 0)."""
-    if fraction <= 0 or len(records) < 2:
-        return records, []
-    count = min(len(records) - 1, max(1, round(len(records) * fraction)))
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:count])
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The positions of `count` records kept for training and held out for validation: a seeded
+    `fraction` of them (at least one when fraction > 0), each list in file order."""
+    if fraction <= 0 or count < 2:
+        return list(range(count)), []
+    held_count = min(count - 1, max(1, round(count * fraction)))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:held_count])
+    return [i for i in range(count) if i not in held], [i for i in range(count) if i in held]
+
+
+def _places(records: list, name: str, places: Sequence[str] | None) -> Sequence[str]:
+    """What a message calls each record: where it stands in its file, else its place among `records`."""
+    return places if places is not None else [f"{name} record {i + 1}" for i in range(len(records))]
 
 
 # -- SFT ------------------------------------------------------------------------------------------
@@ -64,17 +85,19 @@ def _note(message: str) -> None:
 
 
 def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
-                 verbose: bool = True) -> list[Encoded]:
-    """Encode records; an example longer than max_len tokens is an error unless truncated."""
+                 verbose: bool = True, places: Sequence[str] | None = None) -> list[Encoded]:
+    """Encode records; an example longer than max_len tokens is an error unless truncated.
+    `places`: what the messages call each record (FILE:LINE), default its place among `records`."""
     examples, too_long, longest, dropped = [], 0, 0, 0
+    places = _places(records, name, places)
     for i, record in enumerate(records):
-        example = encode_example(template, record, tokenizer, f"{name} record {i + 1}")
+        example = encode_example(template, record, tokenizer, places[i])
         longest = max(longest, len(example.ids))
         if len(example.ids) > max_len:
             too_long += 1
             if not truncate:
                 continue
-            example = shorten(template, record, example, tokenizer, max_len, f"{name} record {i + 1}")
+            example = shorten(template, record, example, tokenizer, max_len, places[i])
         # The first token is never a target (nothing predicts it): an example needs a learned token after it.
         if not any(example.learn[1:]):
             dropped += 1
@@ -122,6 +145,10 @@ class SFTBatches:
         """The longest input among these samples (a batch of them is padded to it)."""
         return self._width(self.rows(indices))
 
+    def tokens(self, indices: Sequence[int]) -> int:
+        """The input tokens of these samples, padding left out (what speed and tokens_seen count)."""
+        return sum(len(r.ids) - 1 for r in self.rows(indices))
+
     @staticmethod
     def _width(rows: Sequence[Encoded]) -> int:
         return max(len(r.ids) for r in rows) - 1
@@ -144,12 +171,12 @@ class SFTBatches:
 # -- classification -------------------------------------------------------------------------------
 
 
-def check_held_out_labels(records: list[dict], labels: "Labels", fraction: float) -> None:
+def check_held_out_labels(records: list[dict], labels: "Labels", fraction: float, places: Sequence[str]) -> None:
     """Refuse a class whose every example the --val-fraction draw held out: the head would have no
     training example of it (said as the data's record, not as a position in the held-out share)."""
-    for i, record in enumerate(records):
-        if not labels.has(record.get("label"), f"record {i + 1}"):
-            raise UserError(f"--data record {i + 1}: class {record['label']!r} has no training example once --val-fraction "
+    for record, place in zip(records, places):
+        if not labels.has(record.get("label"), place):
+            raise UserError(f"{place}: class {record['label']!r} has no training example once --val-fraction "
                             f"{fraction:g} holds out its examples; add examples of it, give --val-data, or lower --val-fraction")
 
 
@@ -179,14 +206,16 @@ def _label_key(value: Any, where: str):
 MAX_CLASSES = 10_000  # a head beyond this is a mistake in the data, not a task
 
 
-def label_set(records: list[dict], name: str) -> Labels:
+def _label(record: dict, place: str) -> Any:
+    if "label" not in record:
+        raise UserError(f"{place} has no \"label\"; classification data is {{\"text\": ..., \"label\": ...}}")
+    _label_key(record["label"], place)
+    return record["label"]
+
+
+def label_set(records: list[dict], name: str, places: Sequence[str] | None = None) -> Labels:
     """Labels in id order: integers keep their value as id (0..K-1), strings sort by name."""
-    values = []
-    for i, record in enumerate(records):
-        if "label" not in record:
-            raise UserError(f"{name} record {i + 1} has no \"label\"; classification data is {{\"text\": ..., \"label\": ...}}")
-        _label_key(record["label"], f"{name} record {i + 1}")
-        values.append(record["label"])
+    values = [_label(record, place) for record, place in zip(records, _places(records, name, places))]
     kinds = {type(v) for v in values}
     if len(kinds) > 1:
         raise UserError(f"{name} labels mix integers and strings; use one kind")
@@ -216,13 +245,14 @@ class ClassExample:
 
 
 def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str,
-                      verbose: bool = True) -> list[ClassExample]:
+                      verbose: bool = True, places: Sequence[str] | None = None) -> list[ClassExample]:
     """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
     texts = []
-    for i, record in enumerate(records):
+    places = _places(records, name, places)
+    for record, place in zip(records, places):
         text = record.get("text", record.get("sentence"))
         if not isinstance(text, str):
-            raise UserError(f"{name} record {i + 1} has no \"text\" string; classification data is {{\"text\": ..., \"label\": ...}}")
+            raise UserError(f"{place} has no \"text\" string; classification data is {{\"text\": ..., \"label\": ...}}")
         texts.append(text)
     encoded = tokenizer.encode_batch(texts)
     examples, too_long, longest = [], 0, 0
@@ -232,7 +262,7 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
         if len(ids) > max_len:
             too_long += 1
             ids = ids[:max_len]
-        examples.append(ClassExample(ids, labels.index(record["label"], f"{name} record {i + 1}")))
+        examples.append(ClassExample(ids, labels.index(_label(record, places[i]), places[i])))
     if too_long and not truncate:
         raise UserError(
             f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest has {longest}), the "
@@ -259,6 +289,10 @@ class ClassifyBatches:
     def pad_width(self, indices: Sequence[int]) -> int:
         """The longest text among these samples (a batch of them is padded to it)."""
         return max(len(r.ids) for r in self.rows(indices))
+
+    def tokens(self, indices: Sequence[int]) -> int:
+        """The tokens of these samples, padding left out (what speed and tokens_seen count)."""
+        return sum(len(r.ids) for r in self.rows(indices))
 
     def __call__(self, indices: Sequence[int], width: int | None = None):
         """Right-padded to `width` (default: the longest of these samples)."""

@@ -65,17 +65,19 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
         raise UserError(f"--lora-rank must be positive, got {rank}")
     for param in model.parameters():
         param.requires_grad_(False)
-    chosen = [
+    candidates = [
         name for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear)
-        and name.rsplit(".", 1)[-1] not in EXCLUDED and _matches(name, targets)
+        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) and name.rsplit(".", 1)[-1] not in EXCLUDED
     ]
-    if not chosen:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)} - set(EXCLUDED))
+    # each target on its own: a typo (or another library's name, v_proj) beside a good one would
+    # otherwise train fewer adapters than asked, unsaid
+    if unmatched := [t for t in targets if not any(_matches(name, [t]) for name in candidates)]:
+        linear = sorted({n.rsplit(".", 1)[-1] for n in candidates})
         raise UserError(
-            f"--lora-targets {','.join(targets)} matches no linear layer of this model; "
+            f"--lora-targets {','.join(unmatched)} matches no linear layer of this model; "
             f"its linear layers are named {', '.join(linear) or '(none: LoRA needs a Transformer)'}"
         )
+    chosen = [name for name in candidates if _matches(name, targets)]
     smallest = min(min(model.get_submodule(name).in_features, model.get_submodule(name).out_features) for name in chosen)
     if rank > smallest:  # past the layer's own rank an adapter is a larger copy of the layer, not a low-rank update
         raise UserError(f"--lora-rank {rank} exceeds the smallest dimension ({smallest}) of the adapted layers; "

@@ -34,11 +34,25 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     art = artifacts.load(checkpoint, kind="checkpoint")
     if not data.exists():
         raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
+    if config.val_data is not None:
+        from llmkit.finetune import data as ft_data
+
+        _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
     _check_split_model(config, art)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
                   reads=[config.val_data, template_file])
+
+
+def _check_held_apart(train_file: Path, val_file: Path) -> None:
+    """Refuse validation data that is the training data: its loss and scores would measure nothing held out."""
+    if not (train_file.is_file() and val_file.is_file()):
+        return  # (the worker names a missing file)
+    if train_file.samefile(val_file) or (train_file.stat().st_size == val_file.stat().st_size
+                                         and artifacts.sha256_file(train_file) == artifacts.sha256_file(val_file)):
+        raise UserError(f"--val-data {val_file} is the training data itself ({train_file}); give held-out records, "
+                        "or leave --val-data out to hold out --val-fraction of --data")
 
 
 def _check_split_model(config: FinetuneConfig, art) -> None:
@@ -287,12 +301,14 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         tokenizer = load_tokenizer(tokenizer_dir)
         seq_len = _seq_len(config, read_model_config(art.path).context_length)
 
-        records = ft_data.read_jsonl(data)
+        records, places = ft_data.read_records(data)
         if config.val_data:
-            val_records = ft_data.read_jsonl(Path(config.val_data))
+            val_records, val_places = ft_data.read_records(Path(config.val_data), validation=True)
         else:
-            every_record = records
-            records, val_records = ft_data.split_validation(records, config.val_fraction, config.seed)
+            every_record, every_place = records, places
+            kept, held = ft_data.split_validation(len(records), config.val_fraction, config.seed)
+            records, places = [every_record[i] for i in kept], [every_place[i] for i in kept]
+            val_records, val_places = [every_record[i] for i in held], [every_place[i] for i in held]
         template, labels = None, None
         if config.task == "sft":
             template = resolve_template(config.template)
@@ -300,18 +316,22 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
             template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))
                                        for name in ("bos", "eos") if name in template}}
-            train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", info.is_main)
-            val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
+            train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", info.is_main,
+                                                  places)
+            val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation",
+                                                info.is_main, val_places) if val_records else []
             pad_id = tokenizer.pad_id
             train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
             val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
             loss_fn = sft_loss
         else:
-            labels = ft_data.label_set(records, "training")
+            labels = ft_data.label_set(records, "training", places)
             if not config.val_data:
-                ft_data.check_held_out_labels(every_record, labels, config.val_fraction)
-            train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training", info.is_main)
-            val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation", info.is_main) if val_records else []
+                ft_data.check_held_out_labels(every_record, labels, config.val_fraction, every_place)
+            train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training",
+                                                       info.is_main, places)
+            val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
+                                                     info.is_main, val_places) if val_records else []
             train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
             val_batches = ft_data.ClassifyBatches(val_examples, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
             loss_fn = ClassifyLoss()
@@ -351,7 +371,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 _write_final_merged(directory, scaling)
             task_record(config, template, labels, model, adapted, merged=final, seq_len=seq_len).write(directory)
 
-        val_digest = ft_data.file_digest(Path(config.val_data)) if config.val_data else None
+        val_digest = ft_data.file_digest(Path(config.val_data), validation=True) if config.val_data else None
         spec = ArtifactSpec(
             config=config.hashed_with(ft_data.file_digest(data), val_digest),
             seed=config.seed,

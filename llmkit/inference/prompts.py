@@ -19,7 +19,6 @@ JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,6 @@ def text_file_lines(text: str) -> list[str]:
 def _prompt_from_record(record: Any, where: str) -> Prompt:
     if not isinstance(record, dict):
         raise UserError(f"{where} is not a JSON object; write {{\"prompt\": \"...\"}} per line")
-    check_unicode(json.dumps(record, ensure_ascii=False), where, "fix the record (a \\ud800-\\udfff escape must be half of a pair)")
     if "messages" in record:
         messages = record["messages"]
         ok = isinstance(messages, list) and all(

@@ -44,9 +44,12 @@ def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL-style penalty (as in HF): positive logits of seen tokens are divided, negative multiplied."""
+    """CTRL-style penalty (as in HF): positive logits of seen tokens are divided, negative multiplied.
+    Kept within the float range: a penalty near 0 or huge would make inf, and sampling's shift by
+    the largest score then inf - inf = NaN."""
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    limit = torch.finfo(logits.dtype).max
+    return torch.where(seen, penalised.clamp(-limit, limit), logits)
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

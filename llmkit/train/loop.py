@@ -194,6 +194,7 @@ class Trainer:
         self.last_grad_norm: float | None = None
         self.seconds_before, self.session_start = 0.0, time.perf_counter()
         self.resumed_from: int | None = None
+        self.tokens_seen = 0  # over the whole run, resumed sessions included
         self._weights_file: Path | None = weights
 
         saved_rng = None
@@ -281,6 +282,7 @@ class Trainer:
         self.last_val = progress.get("val_loss")
         self.last_val_step = progress.get("val_step")
         self.resumed_from = self.start_step
+        self.tokens_seen = int(progress.get("tokens_seen") or 0)
         self._resume_progress = progress
         self.seconds_before = float(progress.get("seconds") or 0.0)
         return optim_state, rng, latest
@@ -399,6 +401,16 @@ class Trainer:
         start = step * s.global_batch + (info.data_rank * self.accum + micro) * per_call
         return range(start, start + per_call)
 
+    def step_tokens(self, step: int) -> int:
+        """The tokens step `step` (from 0) feeds the model over all ranks: its samples' own lengths
+        where the batches can tell (fine-tuning pads each row to its micro-batch, not to --seq-len),
+        else --seq-len a sample (pretraining's full windows). Every rank counts the same: no messages."""
+        s = self.settings
+        count = getattr(self.batches, "tokens", None)
+        if count is None:
+            return s.global_batch * s.tokens_per_sample
+        return count(range(step * s.global_batch, (step + 1) * s.global_batch))
+
     def train_step(self, step: int) -> tuple[float, float]:
         s = self.settings
         lr = lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, max_steps=s.max_steps, schedule=s.optim.schedule,
@@ -470,7 +482,7 @@ class Trainer:
         return {
             "step": step,
             "samples_seen": step * s.global_batch,
-            "tokens_seen": step * s.global_batch * s.tokens_per_sample,
+            "tokens_seen": self.tokens_seen,
             "global_batch": s.global_batch,
             "tokens_per_sample": s.tokens_per_sample,
             "world_size": self.info.world_size,
@@ -578,18 +590,18 @@ class Trainer:
             self.run_dir, enabled=info.is_main, tensorboard=s.devices.tensorboard, resume_step=self.start_step,
             max_steps=s.max_steps, log_every=log_every,
         )
-        tokens_per_step = s.global_batch * s.tokens_per_sample
+        tokens_before = self.tokens_seen
         started = time.perf_counter()
         # Speed counts the training steps' own time (not validation or checkpoint writes), over the
         # steps since the last log line; the session's first step (allocations, compilation) alone.
-        window_seconds, window_steps, session_first = 0.0, 0, self.start_step + 1
+        window_seconds, window_tokens, session_first = 0.0, 0, self.start_step + 1
         step = self.start_step
         if self.resumed_from == s.max_steps and (self.run_dir / artifacts.MANIFEST).is_file():
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
                         "(give a larger --max-steps to train further)")
             logger.close()
-            return LoopResult(steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=step * tokens_per_step,
+            return LoopResult(steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=self.tokens_seen,
                               seconds=0.0, tokens_per_s=0.0, resumed_from=self.resumed_from)
         try:
             if self.resumed_from is not None:
@@ -602,11 +614,13 @@ class Trainer:
                 began = time.perf_counter()
                 loss, lr = self.train_step(step)
                 window_seconds += time.perf_counter() - began
+                tokens = self.step_tokens(step)
+                self.tokens_seen += tokens
+                window_tokens += tokens
                 step += 1
-                window_steps += 1
                 self.last_loss = loss
                 values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": self.last_grad_norm}
-                tokens_per_s = tokens_per_step * window_steps / max(window_seconds, 1e-9)
+                tokens_per_s = window_tokens / max(window_seconds, 1e-9)
                 values["tokens_per_s"] = tokens_per_s
                 values["tokens_per_s_per_device"] = tokens_per_s / info.world_size
                 if self.peak_flops:
@@ -626,7 +640,7 @@ class Trainer:
                                        "diverged and were not saved", step)
                 logger.log(step, values)
                 if step % log_every == 0 or step == session_first:
-                    window_seconds, window_steps = 0.0, 0
+                    window_seconds, window_tokens = 0.0, 0
                 if save_every > 0 and step % save_every == 0 and step < s.max_steps:
                     self.save_intermediate(step)
             last_is_a_save_step = save_every > 0 and step % save_every == 0
@@ -641,8 +655,8 @@ class Trainer:
         finally:
             logger.close()
         seconds = time.perf_counter() - started
-        trained_tokens = (step - self.start_step) * tokens_per_step
+        trained_tokens = self.tokens_seen - tokens_before
         return LoopResult(
-            steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=step * tokens_per_step, seconds=seconds,
+            steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=self.tokens_seen, seconds=seconds,
             tokens_per_s=trained_tokens / seconds if seconds > 0 else 0.0, resumed_from=self.resumed_from,
         )
