@@ -76,5 +76,23 @@ def attention(where, query, key, value, attn_mask=None, dropout_p: float = 0.0, 
         scores = scores.masked_fill(future, float("-inf"))
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    weights = torch.ops.aten._safe_softmax(scores, -1)  # as the math kernel: a row with every key masked gets zeros
+    weights = _Softmax.apply(scores)
     return (weights * _noise(where, weights.shape[1:], dropout_p, weights)) @ value
+
+
+class _Softmax(torch.autograd.Function):
+    """softmax over the last dimension, a row with every key masked giving zeros (as the math
+    kernel), with its backward written out: PyTorch's CPU softmax backward sums a row in an order
+    that depends on the thread count where the row's length is not a multiple of 16 (95 of the
+    lengths 8 to 129 gave other bits at 1, 2 or 4 threads), and a run's bits must not."""
+
+    @staticmethod
+    def forward(ctx, scores):
+        weights = torch.ops.aten._safe_softmax(scores, -1)
+        ctx.save_for_backward(weights)
+        return weights
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weights,) = ctx.saved_tensors
+        return weights * (grad - (grad * weights).sum(-1, keepdim=True))
