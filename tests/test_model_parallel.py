@@ -89,6 +89,8 @@ def test_layout_trains_the_same_model_as_one_process(references, preset, layout,
     run = tmp_path / "run"
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *(LLAMA if preset == "llama" else GPT2), *RUN, *SGD, *layout)
     assert result.exit_code == 0, result.output
+    # the header says why the CPU run sums gradients as usual (its bits follow the layout)
+    assert "gradients summed as usual" in result.output and "split across processes" in " ".join(result.output.split())
     assert_same_training(references[preset], run)
     manifest = artifacts.load(run, kind="checkpoint").manifest
     tp = int(layout[layout.index("--tp") + 1]) if "--tp" in layout else 1

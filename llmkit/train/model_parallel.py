@@ -56,6 +56,10 @@ class ModelParallelRun:
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
         self.layout, self.device, self.config, self.loss_fn, self.precision = layout, device, model.config, loss_fn, precision
         self.strategy, self.seq_len, self.compiled = strategy, seq_len, compile
+        # for the run's header line, as DataParallelRun says why a CPU run sums gradients as usual
+        self.batch_invariant = False
+        self.not_invariant_because = ("the model is split across processes (--tp/--pp), whose gradients are summed "
+                                      "by the split layers" if device.type == "cpu" else None)
         mesh = layout.mesh
 
         on_meta = unmaterialised(model)  # built on meta (pretrain from scratch, --init-from): each rank makes its part
