@@ -102,12 +102,14 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
     assert val[1] < val[0]
 
     base_state = load_file(str(base["checkpoint"] / "model.safetensors"))
-    # The intermediate checkpoint at the last step keeps the adapters: the base tensors are untouched.
-    intermediate = load_file(str(run / "checkpoints" / "step_0000012" / "model.safetensors"))
+    # The intermediate checkpoint at the last step keeps the adapters alone (the base tensors are
+    # untouched: a resume takes them from the base), a fraction of the model on disk.
+    step_weights = run / "checkpoints" / "step_0000012" / "model.safetensors"
+    intermediate = load_file(str(step_weights))
     adapter_keys = {k for k in intermediate if k.endswith((".lora_A", ".lora_B"))}
-    assert len(adapter_keys) == 12 and set(intermediate) - adapter_keys == set(base_state)
-    for key, value in base_state.items():
-        assert torch.equal(intermediate[key], value), key
+    assert len(adapter_keys) == 12 and set(intermediate) == adapter_keys
+    assert step_weights.stat().st_size < (base["checkpoint"] / "model.safetensors").stat().st_size / 5
+    assert json.loads((step_weights.parent / "training_state.json").read_text())["weights"] == "trainable"
     # The final checkpoint holds merged plain weights: only the adapted layers differ from the base.
     final = load_file(str(run / "model.safetensors"))
     assert set(final) == set(base_state)
@@ -123,7 +125,7 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
     with_adapters = load_checkpoint(base["checkpoint"]).model
     apply_lora(with_adapters, ["q_proj", "kv_proj", "out_proj"], rank=4, alpha=8.0)
     missing, unexpected = with_adapters.load_state_dict(intermediate, strict=False)
-    assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding, stored once
+    assert set(missing) == set(base_state) | {"lm_head.weight"} and not unexpected  # the base's, as built
     idx = torch.tensor([merged.tokenizer.encode("a gripping , funny and moving film")])
     with torch.no_grad():
         assert torch.allclose(merged.model(idx)[0], with_adapters.eval()(idx)[0], atol=1e-5, rtol=0)
@@ -179,3 +181,31 @@ def test_training_steps_match_transformers_and_peft(shared_data, method):
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     first, worst = map(float, re.search(r"first step to (\S+) relative, all \d+ steps to (\S+)", result.stdout).groups())
     assert first < 1e-6 and worst < (1e-5 if method == "lora" else 1e-2), result.stdout
+
+
+def test_a_step_checkpoint_of_adapters_loads_over_the_base_and_refuses_another_set(tmp_path):
+    """Step checkpoints of a LoRA run hold only what trains; a resume copies them over the model
+    built from the base, and a file that is not exactly that set is a one-line error."""
+    from safetensors.torch import save_file
+
+    from llmkit.errors import UserError
+    from llmkit.finetune.lora import apply_lora
+    from llmkit.train.checkpoint import load_trainable_weights
+
+    torch.manual_seed(0)
+    trained, fresh = _tiny_gpt(), _tiny_gpt()
+    fresh.load_state_dict(trained.state_dict())
+    for model in (trained, fresh):
+        apply_lora(model, ["q_proj"], rank=2, alpha=4.0)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if param.requires_grad:
+                param.normal_()
+    adapters = {name: param.detach().clone() for name, param in trained.named_parameters() if param.requires_grad}
+    save_file(adapters, str(tmp_path / "step.safetensors"))
+    load_trainable_weights(fresh, tmp_path / "step.safetensors")
+    for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    save_file(dict(list(adapters.items())[1:]), str(tmp_path / "short.safetensors"))
+    with pytest.raises(UserError, match="does not hold this run's trainable parameters"):
+        load_trainable_weights(fresh, tmp_path / "short.safetensors")

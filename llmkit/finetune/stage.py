@@ -386,6 +386,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             add_files=add_files,
             file_names=["tokenizer", TASK_FILE],
             final_weights_trainable=not adapted,
+            steps_keep_trainable_only=bool(adapted),
             unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup},
         )
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,

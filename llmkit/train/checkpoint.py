@@ -27,6 +27,23 @@ from llmkit.outputs import default_permissions
 STATE_JSON, STATE_TENSORS = artifacts.STATE_FILE_NAMES  # the resume state: outside the fingerprint (artifacts.py)
 CHECKPOINTS = "checkpoints"
 STEP_DIR = "step_{:07d}"
+TRAINABLE_ONLY = "trainable"  # training_state.json's "weights": the step kept only the parameters that train
+
+
+def load_trainable_weights(model: torch.nn.Module, path: Path) -> None:
+    """A step checkpoint's parameters that train, over a model built from the run's base (which
+    holds the rest): every one of them, nothing else."""
+    from llmkit.model.io import read_weights
+
+    state = read_weights(path, device=str(next(model.parameters()).device))
+    trains = {name for name, param in model.named_parameters() if param.requires_grad}
+    if set(state) != trains:
+        raise UserError(f"{path} does not hold this run's trainable parameters (missing {sorted(trains - set(state))[:3]}, "
+                        f"unexpected {sorted(set(state) - trains)[:3]}); the checkpoint is damaged: start over with --force")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name])
 
 
 def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, distributed: bool):

@@ -89,6 +89,10 @@ class ArtifactSpec:
     # adapters merged): the last step is then also saved as a step checkpoint, which --resume
     # continues from, since the finished run itself cannot be.
     final_weights_trainable: bool = True
+    # True when what does not train is the base checkpoint's, unchanged (LoRA): step checkpoints
+    # then keep only the parameters that train (megabytes, not the model), and a resume takes the
+    # rest from the base, whose fingerprint the resume checks.
+    steps_keep_trainable_only: bool = False
 
 
 @dataclass
@@ -269,6 +273,8 @@ class Trainer:
                 )
         if unmaterialised(self.raw):
             self._weights_file = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
+        elif progress.get("weights") == ckpt.TRAINABLE_ONLY:  # the rest is the base's, as the model was built
+            ckpt.load_trainable_weights(self.raw, latest / WEIGHTS)
         else:
             load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
         self.start_step = int(progress["step"])
@@ -498,14 +504,19 @@ class Trainer:
             },
         }
 
-    def _write_checkpoint_files(self, directory: Path, step: int) -> None:
+    def _write_checkpoint_files(self, directory: Path, step: int, *, final: bool = False) -> None:
         """Collective: every rank gathers, rank 0 writes into `directory`."""
         model_state, optim_state = self.engine.full_state(self.optimizer)
         rng = {kind: dist_utils.all_gather_bytes(state, self.info) for kind, state in ckpt.rng_states(self.device).items()}
         if self.info.is_main:
+            progress = self._progress(step)
+            if self.spec.steps_keep_trainable_only and not final:
+                trains = {name for name, param in self.raw.named_parameters() if param.requires_grad}
+                model_state = {name: value for name, value in model_state.items() if name in trains}
+                progress["weights"] = ckpt.TRAINABLE_ONLY
             save_weights(self.raw, directory, model_state)
             extra = self.ema.saved_tensors() if self.ema is not None else None
-            ckpt.write_training_state(directory, optim_state, self._progress(step), rng, extra)
+            ckpt.write_training_state(directory, optim_state, progress, rng, extra)
             self.spec.add_files(directory)
 
     def save_intermediate(self, step: int, *, last: bool = False) -> None:
@@ -528,7 +539,7 @@ class Trainer:
         """RUN itself becomes the checkpoint artifact; its manifest is written last."""
         if self.info.is_main:
             (self.run_dir / artifacts.MANIFEST).unlink(missing_ok=True)
-        self._write_checkpoint_files(self.run_dir, step)
+        self._write_checkpoint_files(self.run_dir, step, final=True)
         if self.info.is_main:
             build = artifacts.in_place_builder(self.run_dir, "checkpoint")
             _describe(build, self.spec, self._progress(step))
