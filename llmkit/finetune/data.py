@@ -44,15 +44,33 @@ def data_file(path: Path, validation: bool = False) -> Path:
     return path / "train.jsonl"
 
 
-def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
-    """The records of a data file and where each stands in it (FILE:LINE, what its messages name)."""
+@dataclass(frozen=True)
+class Places(Sequence[str]):
+    """What the messages call each record: where it stands in its file (`FILE:LINE`), made when a
+    message needs it (a million records keep a million line numbers, not a million strings)."""
+
+    prefix: str
+    numbers: Sequence[int]
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.prefix}{self.numbers[i]}"
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def pick(self, positions: Sequence[int]) -> Places:
+        return Places(self.prefix, [self.numbers[i] for i in positions])
+
+
+def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, Any]], Places]:
+    """The records of a data file and where each stands in it."""
     path = data_file(path, validation)
     if not path.is_file():
         raise UserError(f"data file not found: {path}; pass a JSONL file (or a folder holding train.jsonl)")
     numbered = list(jsonl.iter_jsonl(path))
     if not numbered:
         raise UserError(f"{path} holds no records")
-    return [record for _, record in numbered], [f"{path}:{line}" for line, _ in numbered]
+    return [record for _, record in numbered], Places(f"{path}:", [line for line, _ in numbered])
 
 
 def file_digest(path: Path, validation: bool = False) -> str:
@@ -72,7 +90,7 @@ def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int],
 
 def _places(records: list, name: str, places: Sequence[str] | None) -> Sequence[str]:
     """What a message calls each record: where it stands in its file, else its place among `records`."""
-    return places if places is not None else [f"{name} record {i + 1}" for i in range(len(records))]
+    return places if places is not None else Places(f"{name} record ", range(1, len(records) + 1))
 
 
 # -- SFT ------------------------------------------------------------------------------------------

@@ -307,8 +307,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         else:
             every_record, every_place = records, places
             kept, held = ft_data.split_validation(len(records), config.val_fraction, config.seed)
-            records, places = [every_record[i] for i in kept], [every_place[i] for i in kept]
-            val_records, val_places = [every_record[i] for i in held], [every_place[i] for i in held]
+            records, places = [every_record[i] for i in kept], every_place.pick(kept)
+            val_records, val_places = [every_record[i] for i in held], every_place.pick(held)
         template, labels = None, None
         if config.task == "sft":
             template = resolve_template(config.template)
