@@ -102,6 +102,22 @@ def test_rouge_unicode_tokenizer_matches_default_on_english(summarization, stemm
             "The old cat is dying; birds fly in the skies") == ["the", "old", "cat", "is", "die", "bird", "fly", "in", "the", "sky"]
 
 
+def test_rouge_unicode_and_char_tokenizers_keep_combining_marks():
+    """Python's re counts a combining mark as no letter: किताब ("book") and कातिब ("scribe") both
+    became क त ब (ROUGE-1 1.0), and an accent typed as its own character cut a word in two."""
+    book, scribe = "किताब", "कातिब"
+    for name in ("unicode", "char"):
+        score = Rouge(keep_in_memory=True).compute(predictions=[book], references=[scribe], tokenizer=name)["rouge1"]
+        assert score < 1.0, name
+    assert UnicodeTokenizer().tokenize("मैं किताब पढ़ता हूँ") == ["मैं", "किताब", "पढ़ता", "हूँ"]
+    assert UnicodeTokenizer().tokenize("كَتَبَ الوَلَدُ") == ["كَتَبَ", "الوَلَدُ"]
+    assert CharTokenizer().tokenize("कि का क") == ["कि", "का", "क"]
+    # an accent typed as its own character (NFD) is the same word as the composed one (NFC)
+    assert UnicodeTokenizer().tokenize("nai\u0308ve cafe\u0301") == UnicodeTokenizer().tokenize("naïve café") == ["naïve", "café"]
+    assert Rouge(keep_in_memory=True).compute(predictions=["cafe\u0301 noir"], references=["café noir"],
+                                              tokenizer="unicode")["rouge1"] == 1.0
+
+
 class _Whitespace:
     def tokenize(self, text):
         return text.split()

@@ -5,10 +5,17 @@ with a space, so Chinese, Japanese, Greek, Cyrillic, Arabic... text scores 0 aga
 These tokenizers keep every script:
 
 - `default`: rouge-score's own (Latin letters and digits only; what published English ROUGE uses).
-- `unicode`: words are runs of Unicode letters/digits, lowercased; characters of scripts written
-  without spaces between words (CJK ideographs, kana, Thai, Lao, Khmer, Myanmar, Tibetan) are one
-  token each. English text tokenizes exactly as `default` does, with or without `stemmer`.
-- `char`: every letter or digit is its own token (punctuation and spaces dropped).
+- `unicode`: words are runs of Unicode letters/digits with their combining marks (Devanagari's
+  vowel signs, Arabic's harakat, an accent typed as its own character), lowercased; characters of
+  scripts written without spaces between words (CJK ideographs, kana, Thai, Lao, Khmer, Myanmar,
+  Tibetan) are one token each, with their marks. English text tokenizes exactly as `default`
+  does, with or without `stemmer`.
+- `char`: every letter or digit is its own token, with its combining marks (punctuation and
+  spaces dropped).
+
+Both read the text in Unicode's composed form (NFC), so "café" typed as one character or as "e"
+and an accent is one word. (Python's `re` counts a combining mark as no letter, which split
+"किताब" into क, त, ब: the `regex` module's word characters include marks.)
 
 With `stemmer`, tokens longer than 3 characters are Porter-stemmed, as rouge-score does and with
 the stemmer it builds (NLTK's `PorterStemmer()`, NLTK_EXTENSIONS mode).
@@ -16,8 +23,9 @@ the stemmer it builds (NLTK's `PorterStemmer()`, NLTK_EXTENSIONS mode).
 
 from __future__ import annotations
 
-import re
+import unicodedata
 
+import regex
 from rouge_score import tokenizers
 
 NAMES = ("default", "unicode", "char")
@@ -36,8 +44,12 @@ _UNSPACED = (
     "\uf900-\ufaff"  # CJK compatibility ideographs
     "\U00020000-\U0003134f"  # CJK extensions B-G
 )
-_UNICODE_TOKEN = re.compile(rf"[{_UNSPACED}]|[^\W_{_UNSPACED}]+")
-_CHAR_TOKEN = re.compile(r"[^\W_]")
+_UNICODE_TOKEN = regex.compile(rf"[{_UNSPACED}]\p{{M}}*|[^\W_{_UNSPACED}]+")
+_CHAR_TOKEN = regex.compile(r"[^\W_]\p{M}*")
+
+
+def _composed(text: str) -> str:
+    return unicodedata.normalize("NFC", text.lower())
 
 
 class UnicodeTokenizer(tokenizers.Tokenizer):
@@ -47,7 +59,7 @@ class UnicodeTokenizer(tokenizers.Tokenizer):
         self._stemmer = _porter() if use_stemmer else None
 
     def tokenize(self, text: str) -> list[str]:
-        tokens = _UNICODE_TOKEN.findall(text.lower())
+        tokens = _UNICODE_TOKEN.findall(_composed(text))
         return _stem(tokens, self._stemmer)
 
 
@@ -58,7 +70,7 @@ class CharTokenizer(tokenizers.Tokenizer):
         del use_stemmer  # stemming has no meaning for single characters
 
     def tokenize(self, text: str) -> list[str]:
-        return _CHAR_TOKEN.findall(text.lower())
+        return _CHAR_TOKEN.findall(_composed(text))
 
 
 def _porter():
