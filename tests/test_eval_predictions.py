@@ -114,12 +114,15 @@ def test_label_predictions_accuracy(cli, tmp_path):
         (["-m", "bleu"], "nothing to evaluate"),
         (["-m", "bleu", "--predictions", "{tmp}/missing.txt", "-r", "{tmp}/ref.txt"], "file not found"),
         (["-m", "bleu", "--predictions", "{tmp}/bad.jsonl", "-r", "{tmp}/ref.txt"], "not valid JSON"),
+        # label metrics on empty files: an "unexpected ValueError" before
+        (["-m", "accuracy", "--predictions", "{tmp}/empty.txt", "-r", "{tmp}/empty.txt"], "no predictions to score"),
     ],
 )
 def test_bad_inputs_one_line(cli, files, args, message):
     tmp, _, _ = files
     (tmp / "short.txt").write_text("a\nb\nc\n")
     (tmp / "bad.jsonl").write_text('{"prediction": "x"}\nnot json\n')
+    (tmp / "empty.txt").write_text("")
     result = cli("eval", *[a.format(tmp=tmp) for a in args], "-o", tmp / "out")
     assert result.exit_code != 0
     lines = [l for l in result.output.strip().splitlines() if l.strip()]

@@ -185,6 +185,29 @@ def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exporte
     assert fingerprint(tmp_path / "again") == fingerprint(tmp_path / "bundled") != fingerprint(tmp_path / "shots")
 
 
+def test_multiple_choice_records_in_lm_evals_layout_score_as_the_task_does(cli, exported, bundle, tmp_path):
+    """{"query", "choices", "gold"} records, choices written as lm-eval's doc_to_choice gives them
+    (no leading space): each is scored behind the target delimiter " " and acc_norm divides by the
+    choice without it, as --task does (they were scored glued to the context: "Answer:blue")."""
+    examples = benchmark_run.convert(TASKS["hellaswag"], benchmark_run.load_task_records(TASKS["hellaswag"], None, None), "hellaswag")[:8]
+    assert all(not c[:1].isspace() for e in examples for c in e.choices)
+    rows = [{"query": e.contexts[0], "choices": e.choices, "gold": e.gold} for e in examples]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli("eval", exported / "ckpt", "--task", "hellaswag", "--limit", "8", "-o", tmp_path / "task").exit_code == 0
+    result = cli("eval", exported / "ckpt", "--data", tmp_path / "mc.jsonl", "-m", "accuracy,accuracy_norm", "-o", tmp_path / "data")
+    assert result.exit_code == 0, result.output
+    read = lambda p: [json.loads(line) for line in (tmp_path / p / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
+    for task_record, data_record in zip(read("task"), read("data")):
+        assert data_record["logliks"] == pytest.approx(task_record["logliks"], rel=1e-6)
+    task_metrics, data_metrics = (json.loads((tmp_path / p / "metrics.json").read_text()) for p in ("task", "data"))
+    assert data_metrics["accuracy"] == task_metrics["hellaswag/acc"]
+    assert data_metrics["accuracy_norm"] == task_metrics["hellaswag/acc_norm"]
+    rows[0]["choices"][1] = " "
+    (tmp_path / "blank.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _one_line_error(cli("eval", exported / "ckpt", "--data", tmp_path / "blank.jsonl", "-m", "accuracy", "-o", tmp_path / "blank"),
+                    "record 1: choice 2 is empty")
+
+
 def test_an_ensemble_of_one_checkpoint_twice_scores_as_the_checkpoint(cli, exported, bundle, tmp_path):
     ckpt = exported / "ckpt"
     assert cli("eval", ckpt, "--task", "copa", "--limit", "8", "-o", tmp_path / "one").exit_code == 0

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-TARGET_DELIMITER = " "
+from llmkit.eval.choice import TARGET_DELIMITER
 FEWSHOT_DELIMITER = "\n\n"
 
 

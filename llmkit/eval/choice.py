@@ -1,8 +1,9 @@
 """Multiple-choice scoring by log-likelihood, as lm-evaluation-harness scores such tasks.
 
 Each choice is scored as a continuation of the context: the sum of log p(choice tokens |
-context). `acc` takes the choice with the highest sum; `acc_norm` divides each sum by the
-choice's length in characters first (lm-eval's `acc_norm`), which removes the bias towards short
+context), the choice behind lm-eval's target delimiter " " (`continuation`). `acc` takes the
+choice with the highest sum; `acc_norm` divides each sum by the choice's length in characters
+first, the delimiter not counted (lm-eval's `acc_norm`), which removes the bias towards short
 answers. Trailing spaces of the context move to the continuation and the continuation's tokens
 are the ones the tokenizer gives for context + continuation beyond those of the context alone,
 as in lm-eval's `_encode_pair`.
@@ -17,10 +18,22 @@ import numpy as np
 from llmkit.eval.loglik import Request, token_logprobs
 
 
+TARGET_DELIMITER = " "  # lm-eval's default between a context and each choice
+
+
+def continuation(context: str, choice: str) -> str:
+    """A choice as lm-eval scores it after its context: behind the target delimiter, unless the
+    context already ends in whitespace or the choice starts with it (data written with its own
+    spaces keeps them as they are)."""
+    if not context or context[-1:].isspace() or choice[:1].isspace():
+        return choice
+    return TARGET_DELIMITER + choice
+
+
 @dataclass
 class ChoiceScores:
     logliks: list[float]
-    lengths: list[int]  # characters per choice
+    lengths: list[int]  # characters per choice, without the delimiter before it (what acc_norm divides by)
 
     @property
     def prediction(self) -> int:
@@ -61,4 +74,4 @@ def score_choices(
 ) -> list[ChoiceScores]:
     pairs = [(context, choice) for context, choices in examples for choice in choices]
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size, progress=progress))
-    return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]
+    return [ChoiceScores([next(logliks) for _ in choices], [len(c.lstrip()) for c in choices]) for _, choices in examples]

@@ -326,7 +326,7 @@ def _label_index(value, names: list[str], i: int) -> int:
 
 
 def classification(loaded, cfg):
-    from llmkit.eval.choice import score_choices
+    from llmkit.eval.choice import continuation, score_choices
     from llmkit.eval.metrics import classification_scores
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
@@ -348,8 +348,11 @@ def classification(loaded, cfg):
             choices = r["choices"]
             if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
                 raise UserError(f"record {i + 1}: 'choices' must be a non-empty list of strings")
+            if (blank := next((k for k, c in enumerate(choices) if not c.strip()), None)) is not None:
+                raise UserError(f"record {i + 1}: choice {blank + 1} is empty (no token to score, so it would always win); "
+                                "give every choice its text")
             context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else text_of(r, context_field, i)
-            examples.append((context, choices))
+            examples.append((context, [continuation(context, c) for c in choices]))
             gold.append(_label_index(r[label_field], choices, i))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
         with bar:

@@ -227,6 +227,9 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             if cfg.limit:
                 predictions, references = predictions[: cfg.limit], references[: cfg.limit]
             stats["examples"] = len(predictions)
+            if not predictions:
+                raise UserError(f"no predictions to score in {cfg.predictions}; give a file with one prediction per line "
+                                "(or record)")
             if text:
                 _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records)
             if cls:
