@@ -368,6 +368,31 @@ def test_core_meter_leaves_out_this_process_own_work(monkeypatch):
     assert meter.idle_cores() == 1
 
 
+def test_a_document_split_inside_keeps_its_place_whatever_the_batch_size(tmp_path, tokenizer):
+    """A book too small for whole validation documents (split inside: head to train, tail to
+    validation) beside a folder of notes: its head was written after the rest of its batch, so the
+    training order, and the fingerprint, changed with --batch-size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    book = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
+    notes = [f"note {i}: the weather is fine and the road is long." for i in range(60)]
+    rows = [("notes", t) for t in notes[:30]] + [("book", book)] + [("notes", t) for t in notes[30:]]
+    with artifacts.create(tmp_path / "corpus", "corpus") as build:
+        (build.dir / "shards").mkdir()
+        table = pa.table({"id": [f"d{i}" for i in range(len(rows))], "text": [t for _, t in rows], "source": [s for s, _ in rows]})
+        pq.write_table(table, build.dir / "shards" / "part-00000.parquet")
+        build.stats = {"documents": len(rows)}
+    runs = {size: tokenize_corpus(tmp_path / "corpus", tokenizer, tmp_path / f"t{size}",
+                                  TokenizeConfig(val_fraction=0.05, workers=1, batch_size=size)) for size in (1, 7, 2048)}
+    assert artifacts.load(runs[1]).stats["split"]["documents_split_inside"] == 1
+    assert len({artifacts.load(path).fingerprint for path in runs.values()}) == 1
+    tok = load_tokenizer(tokenizer)
+    train = [tok.decode(doc) for doc in TokenShards.open(runs[2048], "train").iter_documents()]
+    book_at = next(i for i, text in enumerate(train) if text.startswith("First Citizen"))
+    assert 25 <= book_at <= 30  # after the notes before it (some held out for validation), not after all of its batch
+
+
 def test_documents_without_a_source_form_their_own_group(tmp_path):
     """The held-out split is drawn per source; a null source is a group of its own (not the first
     source of its batch), also in a batch where every source is null."""

@@ -295,6 +295,25 @@ class _Encoder:
         return sizes, flat, lengths
 
 
+def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str, int], tokens: np.ndarray, size: int,
+                          val_fraction: float, token_bytes: np.ndarray) -> None:
+    """A document of an input too small for whole validation documents: its head to train (ending
+    as the document does, with its end-of-text token), its last `val_fraction` to validation."""
+    cut = min(len(tokens) - 1, max(1, round(len(tokens) * (1 - val_fraction))))
+    if len(tokens) < 2:
+        cut = len(tokens)
+    tail_bytes = int(token_bytes[tokens[cut:]].sum())
+    if cut < len(tokens):
+        head = np.concatenate([tokens[:cut], tokens[-1:]])
+        writers["train"].write(head, np.array([len(head)]))
+    else:
+        writers["train"].write(tokens, np.array([len(tokens)]))
+    split_bytes["train"] += size - tail_bytes
+    if cut < len(tokens) - 1:  # (a tail of the end-of-text alone is no text to validate on)
+        writers["val"].write(tokens[cut:], np.array([len(tokens) - cut]))
+        split_bytes["val"] += tail_bytes
+
+
 def _encode_into(
     build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, plan: np.ndarray,
     config: TokenizeConfig, total_bytes: int | None, token_bytes: np.ndarray,
@@ -338,26 +357,23 @@ def _encode_into(
             batch_plan = plan[doc_index : doc_index + len(sizes)]
             doc_index += len(sizes)
             present = sizes > 0  # empty documents hold no tokens and are skipped
-            for split, chosen in (("train", present & (batch_plan == TRAIN)), ("val", present & (batch_plan == VAL))):
-                if chosen.any():
-                    writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
-                split_bytes[split] += int(sizes[chosen].sum())
             ends = np.cumsum(lengths)
-            for i in np.flatnonzero(present & (batch_plan == TAIL)):
-                tokens = flat[ends[i] - lengths[i] : ends[i]]
-                cut = min(len(tokens) - 1, max(1, round(len(tokens) * (1 - config.val_fraction))))
-                if len(tokens) < 2:
-                    cut = len(tokens)
-                tail_bytes = int(token_bytes[tokens[cut:]].sum())
-                if cut < len(tokens):  # the head ends as the document does, with its end-of-text token
-                    head = np.concatenate([tokens[:cut], tokens[-1:]])
-                    writers["train"].write(head, np.array([len(head)]))
-                else:
-                    writers["train"].write(tokens, np.array([len(tokens)]))
-                split_bytes["train"] += int(sizes[i]) - tail_bytes
-                if cut < len(tokens) - 1:  # (a tail of the end-of-text alone is no text to validate on)
-                    writers["val"].write(tokens[cut:], np.array([len(tokens) - cut]))
-                    split_bytes["val"] += tail_bytes
+            # Each split keeps the corpus order: the documents up to a split one (TAIL) are written,
+            # then its head and tail, then the next run (a batch without one is a single run).
+            tails = np.flatnonzero(present & (batch_plan == TAIL))
+            start = 0
+            for stop in (*tails.tolist(), len(sizes)):
+                run = np.zeros(len(sizes), dtype=bool)
+                run[start:stop] = True
+                for split, kind in (("train", TRAIN), ("val", VAL)):
+                    chosen = run & present & (batch_plan == kind)
+                    if chosen.any():
+                        writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
+                    split_bytes[split] += int(sizes[chosen].sum())
+                if stop < len(sizes):
+                    _write_split_document(writers, split_bytes, flat[ends[stop] - lengths[stop] : ends[stop]], int(sizes[stop]),
+                                          config.val_fraction, token_bytes)
+                start = stop + 1
             total_tokens += len(flat)
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.update(task, advance=int(sizes.sum()), rate=f"{(total_tokens - resumed_tokens) / elapsed / 1e6:.2f}M tok/s")
