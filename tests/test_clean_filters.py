@@ -84,6 +84,17 @@ def test_html_stripping_keeps_visible_text(reviews):
     assert normalize.strip_html(review) == review  # no markup: untouched
 
 
+def test_a_page_without_its_closing_head_tag_keeps_its_body_and_br_is_one_break():
+    """HTML5 may leave out </head>: the head was skipped to the end, the page dropped as empty.
+    <br/> gave two breaks (a paragraph) where <br> gives one."""
+    page = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>News</title>\n<body>\n<h1>Headline</h1>\n'
+            "<p>The visible article text is here.</p>\n</body></html>\n")
+    assert normalize.cleanup(normalize.strip_html(page)) == "Headline\n\nThe visible article text is here."
+    no_body_tag = "<html><head><title>T</title><script>var x;</script><p>First paragraph.</p></html>"
+    assert normalize.cleanup(normalize.strip_html(no_body_tag)) == "First paragraph."
+    assert normalize.cleanup(normalize.strip_html("x<br>y<br/>z<br />w")) == "x\ny\nz\nw"
+
+
 def test_html_entities_are_decoded_once_and_pre_keeps_its_indentation():
     """What a browser shows: "&amp;lt;div&amp;gt;" is the text "&lt;div&gt;" (decoding twice made it a tag),
     and code in <pre> keeps its indentation while spaces elsewhere collapse."""
@@ -259,15 +270,16 @@ def test_config_rejects_bad_values():
         CleanConfig(threshold=1.5)
 
 
-def _reference_top_chars(words, n):
-    """Gopher's statistic written the plain way (tuples and a Counter), to check the NumPy version."""
+def _reference_top_chars(words, n, separator=" "):
+    """Gopher's statistic written the plain way, as datatrove's find_top_duplicate (the n-grams
+    joined by spaces, a Counter), to check the NumPy version; text without spaces joins by ""."""
     from collections import Counter
 
-    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(separator.join(words[i : i + n]) for i in range(len(words) - n + 1))
     if not grams:
         return 0
     gram, count = grams.most_common(1)[0]
-    return sum(map(len, gram)) * count if count > 1 else 0
+    return len(gram) * count if count > 1 else 0
 
 
 def _reference_duplicate_chars(words, n):
@@ -292,5 +304,15 @@ def test_ngram_statistics_match_the_plain_computation(shakespeare, chinese):
         grams = filters._Grams(words)
         for n in (1, 2, 3, 4, 8):
             assert grams.top_chars(n) == _reference_top_chars(words, n)
+            assert grams.top_chars(n, separators=False) == _reference_top_chars(words, n, separator="")
         for n in (5, 6, 10, 20):
             assert grams.duplicate_chars(n) == _reference_duplicate_chars(words, n)
+
+
+def test_c4_removing_every_line_drops_the_document_as_empty():
+    """With --c4-min-sentences 0 and FineWeb off, a document C4 emptied was kept with no text."""
+    cfg = resolve(explicit={"c4": True, "c4_min_sentences": 0})
+    processor = DocumentProcessor(cfg)
+    assert processor("a", "s", "hi\nok").reason == "empty"
+    kept = processor("b", "s", "Some real sentence here with words. Another one here.")
+    assert kept.reason is None and kept.text

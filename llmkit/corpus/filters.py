@@ -143,8 +143,10 @@ class _Grams:
     def gram_chars(self, start: int, n: int) -> int:
         return int(self.chars[start + n] - self.chars[start])
 
-    def top_chars(self, n: int) -> int:
-        """Characters in the most frequent n-gram times its count (0 unless it repeats)."""
+    def top_chars(self, n: int, separators: bool = True) -> int:
+        """Characters in the most frequent n-gram times its count (0 unless it repeats); with
+        `separators`, the n - 1 spaces between its words too, as datatrove counts the n-gram joined
+        by spaces (text written without spaces between words has none to count)."""
         hashes = self.hashes(n)
         if len(hashes) == 0:
             return 0
@@ -154,7 +156,7 @@ class _Grams:
         if top < 2:
             return 0
         start = int(first[counts == top].min())  # ties: the earliest n-gram, as Counter.most_common does
-        return self.gram_chars(start, n) * top
+        return (self.gram_chars(start, n) + (n - 1 if separators else 0)) * top
 
     def duplicate_chars(self, n: int) -> int:
         """Characters covered by n-grams seen before, not double-counting overlaps (as in datatrove)."""
@@ -193,7 +195,7 @@ def gopher_repetition(doc: DocView, cfg: CleanConfig) -> Reason:
     # A Chinese word is about two characters: n words of the rule are 2n characters there.
     scale = 2 if doc.unspaced else 1
     for n, limit in zip((2, 3, 4), cfg.max_top_ngram_char_frac):
-        if grams.top_chars(n * scale) / length > limit:
+        if grams.top_chars(n * scale, separators=not doc.unspaced) / length > limit:
             return f"gopher_top_{n}gram"
     for n, limit in zip(range(5, 11), cfg.max_dup_ngram_char_frac):
         duplicated = grams.duplicate_chars(n * scale)

@@ -53,7 +53,10 @@ _BLOCK_TAGS = frozenset(
     "address article aside blockquote br dd div dl dt figcaption figure footer form h1 h2 h3 h4 h5 h6 "
     "header hr li main nav ol p pre section table td th tr ul".split()
 )
-_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "head"})
+_SKIP_TAGS = frozenset({"script", "style", "noscript", "template"})
+# What <head> may hold: any other start tag (or <body>) ends it, as in a browser, so a page that
+# leaves out </head> (valid HTML5) keeps its body.
+_HEAD_CONTENT = frozenset({"title", "meta", "link", "base", "style", "script", "noscript", "template"})
 
 
 _PREFORMATTED_TAGS = frozenset({"pre", "textarea"})
@@ -64,9 +67,15 @@ class _TextExtractor(HTMLParser):
         super().__init__(convert_charrefs=True)  # entities decoded here, once: "&amp;lt;" is the text "&lt;"
         self.parts: list[tuple[str, bool]] = []  # (text, inside <pre>: its spacing is the content)
         self.skipping = 0
+        self.in_head = False
         self.preformatted = 0
 
     def handle_starttag(self, tag, attrs):
+        if tag == "head":
+            self.in_head = True
+            return
+        if self.in_head and tag not in _HEAD_CONTENT:
+            self.in_head = False
         if tag in _SKIP_TAGS:
             self.skipping += 1
         elif tag in _BLOCK_TAGS:
@@ -74,7 +83,16 @@ class _TextExtractor(HTMLParser):
         if tag in _PREFORMATTED_TAGS:
             self.preformatted += 1
 
+    def handle_startendtag(self, tag, attrs):
+        # <br/> is one break as <br> is (the parser's default runs the start and the end handler:
+        # two breaks, a paragraph); a self-closed <script/> holds nothing to skip
+        if tag not in _SKIP_TAGS:
+            self.handle_starttag(tag, attrs)
+
     def handle_endtag(self, tag):
+        if tag == "head":
+            self.in_head = False
+            return
         if tag in _SKIP_TAGS:
             self.skipping = max(0, self.skipping - 1)
         elif tag in _BLOCK_TAGS:
@@ -83,7 +101,7 @@ class _TextExtractor(HTMLParser):
             self.preformatted = max(0, self.preformatted - 1)
 
     def handle_data(self, data):
-        if not self.skipping:
+        if not self.skipping and not self.in_head:
             self.parts.append((data, self.preformatted > 0))
 
 

@@ -94,6 +94,8 @@ class DocumentProcessor:
             text, reason = filters.c4(doc, cfg)
             if reason:
                 return text, reason
+            if not text:  # every line was one C4 removes (with --c4-min-sentences 0 nothing else says so)
+                return doc.text, "empty"
             doc = filters.DocView(text, language)
         if cfg.fineweb and (reason := filters.fineweb(doc, cfg)):
             return text, reason
