@@ -39,9 +39,6 @@ from llmkit.parallel import ordered_map
 
 PIECE_CHARS = 8192
 SAMPLE_LOG = "sample.jsonl"  # in the partial output only: the finished tasks' candidates
-# Read well past --sample-bytes' share of each task, so that the sample spans the input to its end
-# rather than filling up before it.
-OVERSAMPLE = 1.1
 
 
 def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
@@ -212,15 +209,21 @@ class Sampler:
     """Walks the tasks' candidates in order into the training sample and the held-out slice.
 
     A held-out candidate is held out while the slice is under --heldout-max-bytes; a training
-    candidate is trained on until --sample-bytes or --max-docs is reached. Once the sample is
+    candidate is trained on until --max-docs is reached. With --sample-bytes every piece is a
+    training candidate with probability --sample-bytes / input bytes and the whole input is read,
+    so every part of it is sampled at the same rate (stopping once the sample held --sample-bytes
+    left the end of the input out: drawn at 1.1 times the rate, the last 9 % went unread). Only
+    where the input's size is unknown does the sample stop at --sample-bytes. Once the sample is
     complete, reading goes on only until the slice holds 1/--heldout-every of the sample's bytes.
     """
 
     def __init__(self, config, total_bytes: int | None):
         self.config = config
         self.keep = 1.0
+        self.stop_bytes = config.sample_bytes  # where the draw's rate cannot follow the input's size
         if config.sample_bytes and total_bytes:
-            self.keep = min(1.0, OVERSAMPLE * config.sample_bytes / total_bytes)
+            self.keep = min(1.0, config.sample_bytes / total_bytes)
+            self.stop_bytes = None
         self.heldout: list[str] = []
         self.heldout_bytes = 0
         # The first training pieces, to measure on when the input is too small to hold any out.
@@ -230,7 +233,7 @@ class Sampler:
 
     def full(self) -> bool:
         c = self.config
-        return bool((c.max_docs and self.docs >= c.max_docs) or (c.sample_bytes and self.bytes >= c.sample_bytes))
+        return bool((c.max_docs and self.docs >= c.max_docs) or (self.stop_bytes and self.bytes >= self.stop_bytes))
 
     def heldout_target(self) -> int:
         return min(self.config.heldout_max_bytes, max(1, self.bytes // self.config.heldout_every))

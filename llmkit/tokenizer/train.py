@@ -116,8 +116,9 @@ def train_tokenizer(
         # is part of what the tokenizer records it was drawn from, and of what a rerun continues.
         source.described = {**source.described, "bytes": source.total_bytes}
     # a rerun continues only the very run that was interrupted: same config, seed and input
-    # format 2: long lines are cut into pieces at spaces (an earlier run's log holds the old pieces: not continued)
-    key = resume.digest({"stage": "tokenizer train", "format": 2, "config": config.hashed(), "seed": config.seed,
+    # format 2: long lines are cut into pieces at spaces (an earlier run's log holds the old pieces: not continued);
+    # format 3: --sample-bytes draws at its own rate over the whole input (an earlier log drew at 1.1 times it)
+    key = resume.digest({"stage": "tokenizer train", "format": 3, "config": config.hashed(), "seed": config.seed,
                          "input": source.described, "corpus": source.corpus.fingerprint if source.corpus else None})
     with artifacts.create(out, "tokenizer", force=force, inputs=inputs, resume_key=key) as build:
         started = time.perf_counter()
