@@ -263,3 +263,16 @@ def test_doc_per_on_inputs_that_come_as_documents_is_said_to_change_nothing(cli,
                 "-o", tmp_path / "b")
     assert mixed.exit_code == 0 and "splits plain-text files" not in mixed.output
     assert artifacts.load(tmp_path / "b").stats["documents_in"] == 3  # the record whole, the text file's two lines
+
+
+def test_a_folder_holding_an_artifact_reads_around_it(cli, shared_data, tmp_path):
+    """A corpus made inside a data folder: its manifest was read as data (a misleading error), and
+    its shards would have been read again as more text. It is left out, with a note."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    assert cli("clean", data / "book.txt", "-o", data / "corpus").exit_code == 0
+    result = cli("clean", data, "-o", tmp_path / "again")
+    assert result.exit_code == 0, result.output
+    assert "holds 1 llmkit artifact folder(s) (corpus), left out" in " ".join(result.output.split())
+    assert artifacts.load(tmp_path / "again").stats["documents"] == artifacts.load(data / "corpus").stats["documents"]

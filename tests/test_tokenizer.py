@@ -377,6 +377,11 @@ def test_cli_bad_inputs(cli, corpus, tmp_path):
     (tmp_path / "records.jsonl").write_text('{"text": "a"}\n')
     records = cli("tokenizer", "train", tmp_path / "records.jsonl", "-o", tmp_path / "g")
     assert records.exit_code == 1 and "holds records, not plain text" in records.output  # its JSON would be learnt
+    import gzip
+
+    (tmp_path / "book.txt.gz").write_bytes(gzip.compress(b"some text\n"))
+    packed = cli("tokenizer", "train", tmp_path / "book.txt.gz", "-o", tmp_path / "gz")
+    assert packed.exit_code == 1 and "is compressed; tokenizer train reads plain text files" in " ".join(packed.output.split())
     (tmp_path / "plainfolder").mkdir()
     (tmp_path / "plainfolder" / "a.txt").write_text("some text")
     folder = cli("tokenizer", "train", tmp_path / "plainfolder", "-o", tmp_path / "h")

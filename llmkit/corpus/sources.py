@@ -130,6 +130,7 @@ def resolve_inputs(
             )
             if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
+            files = _outside_artifacts(files, path, arg)
             if any(file_format(p)[0] in RECORD_SUFFIXES for p in files):
                 # A data folder's README describes the data; it is not part of it (other .md files are read).
                 files = [p for p in files if not (file_format(p)[0] in (".md", ".rst") and p.name.upper().startswith("README"))]
@@ -145,6 +146,23 @@ def resolve_inputs(
         sources.append(_dataset_source(dataset, dataset_config, split))
     _make_labels_unique(sources)
     return sources
+
+
+def _outside_artifacts(files: list[Path], root: Path, arg: str) -> list[Path]:
+    """A folder's files without those of the llmkit artifacts inside it (a corpus made there
+    earlier): their manifest is no data and their shards would be read again as more of it. A note
+    names what was left out; an artifact is read as an input of its own."""
+    from llmkit import artifacts
+
+    inside = sorted({p.parent for p in files if p.name == artifacts.MANIFEST and artifacts.manifest_kind(p.parent)})
+    if not inside:
+        return files
+    from llmkit.console import err
+
+    shown = ", ".join(str(folder.relative_to(root)) for folder in inside[:3]) + (", ..." if len(inside) > 3 else "")
+    err.print(f"note: {arg} holds {len(inside)} llmkit artifact folder(s) ({shown}), left out; give an artifact as an input "
+              "of its own to read it", soft_wrap=True, markup=False)
+    return [p for p in files if not any(p.is_relative_to(folder) for folder in inside)]
 
 
 def _hidden(path: Path, root: Path) -> bool:

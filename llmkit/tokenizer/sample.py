@@ -137,6 +137,9 @@ def open_source(inputs: Sequence[Path]) -> Source:
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
         if not path.is_file():
             raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
+        if file_format(path)[1] is not None:  # read as text, its compressed bytes are "not UTF-8"
+            raise UserError(f"{path} is compressed; tokenizer train reads plain text files: make a corpus of it first "
+                            f"(llmkit clean {path} -o CORPUS, which reads .gz and .zst), then train on CORPUS")
         if file_format(path)[0] in RECORD_SUFFIXES:  # read as plain text, its JSON or CSV syntax would be learnt
             raise UserError(f"{path} holds records, not plain text; make a corpus of it first (llmkit clean {path} -o CORPUS), "
                             "then train on CORPUS")
