@@ -276,3 +276,22 @@ def test_a_folder_holding_an_artifact_reads_around_it(cli, shared_data, tmp_path
     assert result.exit_code == 0, result.output
     assert "holds 1 llmkit artifact folder(s) (corpus), left out" in " ".join(result.output.split())
     assert artifacts.load(tmp_path / "again").stats["documents"] == artifacts.load(data / "corpus").stats["documents"]
+
+
+def test_cleaning_a_corpus_again_keeps_each_documents_id_and_source(cli, shared_data, tmp_path):
+    """They became the shard's path and row (every document's source its shard), so provenance
+    was lost and tokenize drew its validation documents per shard, not per original input."""
+    import pyarrow.parquet as pq
+
+    first = tmp_path / "first"
+    assert cli("clean", shared_data / "tinyshakespeare.txt", shared_data / "sentiment" / "train.jsonl", "-o", first).exit_code == 0
+    again = tmp_path / "again"
+    result = cli("clean", first, "-o", again)
+    assert result.exit_code == 0, result.output
+
+    def columns(corpus):
+        tables = [pq.read_table(p, columns=["id", "source"]) for p in sorted((corpus / "shards").glob("*.parquet"))]
+        return [row for t in tables for row in zip(t.column("id").to_pylist(), t.column("source").to_pylist())]
+
+    assert columns(again) == columns(first)
+    assert {source for _, source in columns(again)} == {"tinyshakespeare.txt", "train.jsonl"}

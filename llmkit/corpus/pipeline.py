@@ -35,8 +35,8 @@ def _batches(sources: list[Source], options: ReadOptions, read_stats: ReadStats)
     batch: list[tuple[str, str, str]] = []
     chars = 0
     for source in sources:
-        for doc_id, text in source.documents(options, read_stats):
-            batch.append((doc_id, source.label, text))
+        for doc_id, label, text in source.labelled(options, read_stats):
+            batch.append((doc_id, label, text))
             chars += len(text)
             if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
                 yield batch

@@ -56,14 +56,25 @@ class Source:
     path: Optional[Path] = None  # the file itself (its identity for a resumed run: the label may be its name alone)
     identity: Optional[list] = None  # what a resumed run must have read, where `path` cannot say (a data set)
     plain_text: bool = False  # split into documents by --doc-per (records and the built-in corpus come as documents)
+    # A corpus artifact's shard: `read` yields (id, source, text), each document keeping the id and
+    # source an earlier clean gave it (its provenance, and tokenize's per-input validation draw).
+    carries_ids: bool = False
 
     def documents(self, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         """(id, text) pairs; a file that cannot be read to the end is a one-line error naming it."""
+        for doc_id, _, text in self.labelled(options, stats):
+            yield doc_id, text
+
+    def labelled(self, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str, str]]:
+        """(id, source, text): the source is this one's label, or a carried document's own."""
         import zlib
 
         try:
+            if self.carries_ids:
+                yield from self.read(options, stats)
+                return
             for where, text in self.read(options, stats):
-                yield (f"{self.label}:{where}" if where else self.label), text
+                yield (f"{self.label}:{where}" if where else self.label), self.label, text
         except (FileNotFoundError, PermissionError):
             raise
         except (OSError, EOFError, zlib.error, *_zstd_errors()) as exc:
@@ -121,7 +132,7 @@ def resolve_inputs(
                 raise UserError(f"{arg} is a {kind} artifact; clean reads text: files, folders or a corpus artifact")
             from llmkit.data.corpus import corpus_shards
 
-            sources.extend(_file_source(p, _label_for(p, path)) for p in corpus_shards(path))
+            sources.extend(_corpus_shard_source(p, _label_for(p, path)) for p in corpus_shards(path))
             continue
         if path.is_dir():
             files = sorted(
@@ -299,6 +310,28 @@ def _zstd_errors() -> tuple[type[BaseException], ...]:
         return (zstandard.ZstdError,)
     except ImportError:  # pragma: no cover
         return ()
+
+
+def _corpus_shard_source(path: Path, label: str) -> Source:
+    """A shard of a corpus artifact: its documents with the id and source they carry (a shard
+    without those columns, not written by llmkit, is read as any Parquet file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(path).names)
+    except Exception:  # (the Parquet reader names what is wrong with it)
+        names = set()
+    if not {"id", "text", "source"} <= names:
+        return _file_source(path, label)
+
+    def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str, str]]:
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(columns=["id", "text", "source"], batch_size=1024):
+            for doc_id, text, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
+                yield (doc_id if doc_id is not None else f"{label}:{row}"), source or label, text or ""
+                row += 1
+
+    return Source(label=label, size=path.stat().st_size, read=read, path=path, carries_ids=True)
 
 
 def _file_source(path: Path, label: str) -> Source:
