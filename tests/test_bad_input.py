@@ -444,6 +444,7 @@ def test_eval_prompt_templates_take_plain_fields_only(cli, chain, tmp_path):
     ("strings.jsonl", '"just a string"\n"another"\n', "a JSON string, not an object"),
     ("nulls.jsonl", '{"text": null}\n{"text": "fine"}\n', "field 'text' is null"),
     ("object.json", '{"text": "one object"}', "holds a single JSON object"),
+    ("pretty.json", '\n{\n  "text": "one object"\n}\n', "holds a single JSON object"),  # (its first line is no whole value)
     ("nofield.jsonl", '{"title": "a", "body": "b"}\n', "no 'text' field; pass --text-field with one of: title, body"),
 ])
 def test_clean_refuses_records_it_would_misread(cli, tmp_path, name, content, message):

@@ -503,9 +503,27 @@ def _json_lines(path: Path, label: str, compression: Optional[str], stats: ReadS
 
 
 def _refuse_single_object(path: Path, label: str, compression: Optional[str]) -> None:
-    """A .json file holding one object is not a list of documents: say so rather than guess."""
+    """A .json file holding one object is not a list of documents: say so rather than guess. A
+    first line that is a whole JSON value followed by another line is JSON Lines: the rest is not
+    read here (the whole of a 200 MB file was, before it was streamed: 469 against 183 MB peak)."""
     with _open_binary(path, compression) as handle:
-        data = handle.read()
+        first = b""
+        while not first.strip():
+            first = handle.readline()
+            if not first:
+                return  # empty: the line reader says so
+        try:
+            json.loads(first)
+            whole_line = True
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            whole_line = False
+        if whole_line:
+            following = handle.readline()
+            while following and not following.strip():
+                following = handle.readline()
+            if following:
+                return  # JSON Lines
+        data = first + handle.read()
     try:
         json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
