@@ -93,6 +93,9 @@ def test_a_page_without_its_closing_head_tag_keeps_its_body_and_br_is_one_break(
     no_body_tag = "<html><head><title>T</title><script>var x;</script><p>First paragraph.</p></html>"
     assert normalize.cleanup(normalize.strip_html(no_body_tag)) == "First paragraph."
     assert normalize.cleanup(normalize.strip_html("x<br>y<br/>z<br />w")) == "x\ny\nz\nw"
+    # nor <body>: the first text outside the title starts the body
+    assert normalize.cleanup(normalize.strip_html("<head><meta charset=utf-8>Plain page text.")) == "Plain page text."
+    assert normalize.cleanup(normalize.strip_html("<head><title>T</title>\nHello <b>world</b>.")) == "Hello world."
 
 
 def test_html_entities_are_decoded_once_and_pre_keeps_its_indentation():

@@ -112,6 +112,7 @@ def test_rouge_unicode_and_char_tokenizers_keep_combining_marks():
     assert UnicodeTokenizer().tokenize("मैं किताब पढ़ता हूँ") == ["मैं", "किताब", "पढ़ता", "हूँ"]
     assert UnicodeTokenizer().tokenize("كَتَبَ الوَلَدُ") == ["كَتَبَ", "الوَلَدُ"]
     assert CharTokenizer().tokenize("कि का क") == ["कि", "का", "क"]
+    assert CharTokenizer().tokenize("می\u200cخواهم a\u200db") == ["م", "ی", "خ", "و", "ا", "ه", "م", "a", "b"]  # ZWNJ/ZWJ: no token
     # an accent typed as its own character (NFD) is the same word as the composed one (NFC)
     assert UnicodeTokenizer().tokenize("nai\u0308ve cafe\u0301") == UnicodeTokenizer().tokenize("naïve café") == ["naïve", "café"]
     assert Rouge(keep_in_memory=True).compute(predictions=["cafe\u0301 noir"], references=["café noir"],

@@ -68,6 +68,7 @@ class _TextExtractor(HTMLParser):
         self.parts: list[tuple[str, bool]] = []  # (text, inside <pre>: its spacing is the content)
         self.skipping = 0
         self.in_head = False
+        self.in_title = False
         self.preformatted = 0
 
     def handle_starttag(self, tag, attrs):
@@ -76,6 +77,8 @@ class _TextExtractor(HTMLParser):
             return
         if self.in_head and tag not in _HEAD_CONTENT:
             self.in_head = False
+        if tag == "title":
+            self.in_title = True
         if tag in _SKIP_TAGS:
             self.skipping += 1
         elif tag in _BLOCK_TAGS:
@@ -93,6 +96,8 @@ class _TextExtractor(HTMLParser):
         if tag == "head":
             self.in_head = False
             return
+        if tag == "title":
+            self.in_title = False
         if tag in _SKIP_TAGS:
             self.skipping = max(0, self.skipping - 1)
         elif tag in _BLOCK_TAGS:
@@ -101,6 +106,8 @@ class _TextExtractor(HTMLParser):
             self.preformatted = max(0, self.preformatted - 1)
 
     def handle_data(self, data):
+        if self.in_head and not self.in_title and not self.skipping and data.strip():
+            self.in_head = False  # text outside the title starts the body, as in a browser
         if not self.skipping and not self.in_head:
             self.parts.append((data, self.preformatted > 0))
 

@@ -72,7 +72,8 @@ def clean(
     started = time.perf_counter()
 
     # format 2: markers append the index's changes (a partial folder of format 1 is started over, not misread)
-    key = resume.digest({"stage": "clean", "format": 2, "config": cfg.hashed(), "inputs": input_identities(sources)})
+    # format 3 (2026-12-03): HTML heads, C4's emptied documents, Gopher's top n-gram and a corpus's carried ids changed
+    key = resume.digest({"stage": "clean", "format": 3, "config": cfg.hashed(), "inputs": input_identities(sources)})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)

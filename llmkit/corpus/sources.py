@@ -325,11 +325,17 @@ def _corpus_shard_source(path: Path, label: str) -> Source:
         return _file_source(path, label)
 
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str, str]]:
+        import pyarrow as pa
+
         row = 0
-        for batch in pq.ParquetFile(path).iter_batches(columns=["id", "text", "source"], batch_size=1024):
-            for doc_id, text, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
-                yield (doc_id if doc_id is not None else f"{label}:{row}"), source or label, text or ""
-                row += 1
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(columns=["id", "text", "source"], batch_size=1024):
+                for doc_id, text, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
+                    yield (doc_id if doc_id is not None else f"{label}:{row}"), source or label, text or ""
+                    row += 1
+        except (pa.ArrowException, UnicodeDecodeError) as exc:
+            raise UserError(f"{label} cannot be read ({' '.join(str(exc).split())[:120]}); the corpus is damaged, "
+                            "rebuild it with llmkit clean") from None
 
     return Source(label=label, size=path.stat().st_size, read=read, path=path, carries_ids=True)
 

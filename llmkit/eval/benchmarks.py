@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from llmkit.eval.choice import TARGET_DELIMITER
+TARGET_DELIMITER = " "  # lm-eval's default between a context and each choice (also for --data records: eval/choice.py)
 FEWSHOT_DELIMITER = "\n\n"
 
 

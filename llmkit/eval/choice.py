@@ -18,13 +18,12 @@ import numpy as np
 from llmkit.eval.loglik import Request, token_logprobs
 
 
-TARGET_DELIMITER = " "  # lm-eval's default between a context and each choice
-
-
 def continuation(context: str, choice: str) -> str:
     """A choice as lm-eval scores it after its context: behind the target delimiter, unless the
     context already ends in whitespace or the choice starts with it (data written with its own
     spaces keeps them as they are)."""
+    from llmkit.eval.benchmarks import TARGET_DELIMITER
+
     if not context or context[-1:].isspace() or choice[:1].isspace():
         return choice
     return TARGET_DELIMITER + choice
@@ -33,7 +32,7 @@ def continuation(context: str, choice: str) -> str:
 @dataclass
 class ChoiceScores:
     logliks: list[float]
-    lengths: list[int]  # characters per choice, without the delimiter before it (what acc_norm divides by)
+    lengths: list[int]  # characters per choice as given, the delimiter before it not counted (what acc_norm divides by)
 
     @property
     def prediction(self) -> int:
@@ -72,6 +71,8 @@ def score_pairs(
 def score_choices(
     model, tokenizer, examples: list[tuple[str, list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None
 ) -> list[ChoiceScores]:
-    pairs = [(context, choice) for context, choices in examples for choice in choices]
+    """Each (context, choices) scored, each choice as written behind its context's delimiter
+    (`continuation`); acc_norm's lengths are the choices' own."""
+    pairs = [(context, continuation(context, choice)) for context, choices in examples for choice in choices]
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size, progress=progress))
-    return [ChoiceScores([next(logliks) for _ in choices], [len(c.lstrip()) for c in choices]) for _, choices in examples]
+    return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]

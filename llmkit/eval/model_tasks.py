@@ -326,7 +326,7 @@ def _label_index(value, names: list[str], i: int) -> int:
 
 
 def classification(loaded, cfg):
-    from llmkit.eval.choice import continuation, score_choices
+    from llmkit.eval.choice import score_choices
     from llmkit.eval.metrics import classification_scores
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
@@ -352,7 +352,7 @@ def classification(loaded, cfg):
                 raise UserError(f"record {i + 1}: choice {blank + 1} is empty (no token to score, so it would always win); "
                                 "give every choice its text")
             context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else text_of(r, context_field, i)
-            examples.append((context, [continuation(context, c) for c in choices]))
+            examples.append((context, choices))
             gold.append(_label_index(r[label_field], choices, i))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
         with bar:
@@ -400,7 +400,7 @@ def classification(loaded, cfg):
         # A language model without a classification head: pick the label whose name is most likely
         # after the (templated) text, zero-shot.
         template = cfg.prompt_template or _trained_prompt(task) or "{" + text_field + "}\n"
-        examples = [(render_template(template, r, text_field), [" " + n if not template.endswith((" ", "\n")) else n for n in names]) for r in records]
+        examples = [(render_template(template, r, text_field), names) for r in records]  # each behind the delimiter (score_choices)
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
         with bar:
             scores = score_choices(

@@ -66,7 +66,9 @@ def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, A
     """The records of a data file and where each stands in it."""
     path = data_file(path, validation)
     if not path.is_file():
-        raise UserError(f"data file not found: {path}; pass a JSONL file (or a folder holding train.jsonl)")
+        folder = f"{' or '.join(VALIDATION_FILES)}" if validation else "train.jsonl"
+        raise UserError(f"{'--val-data' if validation else 'data'} file not found: {path}; pass a JSONL file (or a folder "
+                        f"holding {folder})")
     numbered = list(jsonl.iter_jsonl(path))
     if not numbered:
         raise UserError(f"{path} holds no records")

@@ -78,6 +78,8 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
             f"its linear layers are named {', '.join(linear) or '(none: LoRA needs a Transformer)'}"
         )
     chosen = [name for name in candidates if _matches(name, targets)]
+    if not chosen:  # (no target given at all: --lora-targets ",")
+        raise UserError(f"--lora-targets names no layer; name some of {', '.join(sorted({n.rsplit('.', 1)[-1] for n in candidates}))}")
     smallest = min(min(model.get_submodule(name).in_features, model.get_submodule(name).out_features) for name in chosen)
     if rank > smallest:  # past the layer's own rank an adapter is a larger copy of the layer, not a low-rank update
         raise UserError(f"--lora-rank {rank} exceeds the smallest dimension ({smallest}) of the adapted layers; "

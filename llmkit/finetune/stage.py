@@ -37,6 +37,10 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     if config.val_data is not None:
         from llmkit.finetune import data as ft_data
 
+        if not Path(config.val_data).exists():
+            raise UserError(f"--val-data not found: {config.val_data}; pass a JSONL file (or a folder holding "
+                            f"{' or '.join(ft_data.VALIDATION_FILES)})")
+
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
     _check_split_model(config, art)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None

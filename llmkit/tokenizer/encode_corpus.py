@@ -434,7 +434,8 @@ def tokenize_corpus(
     dtype = token_dtype(tok.vocab_size)
 
     # The seed draws the validation split; it is recorded beside the config, not in it.
-    key = resume.digest({"stage": "tokenize", "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
+    # format 2 (2026-12-03): a document split inside is written in its place, not after its batch
+    key = resume.digest({"stage": "tokenize", "format": 2, "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
                          "inputs": [corpus.fingerprint, tok_art.fingerprint]})
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)

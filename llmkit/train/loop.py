@@ -278,6 +278,9 @@ class Trainer:
         else:
             load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
         self.start_step = int(progress["step"])
+        # counted again, not read: a checkpoint written before the count was each example's own
+        # holds --seq-len a sample (the batches are a pure function of the step: no messages)
+        self.tokens_seen = sum(self.step_tokens(step) for step in range(self.start_step))
         if self.start_step > self.settings.max_steps:
             raise UserError(
                 f"cannot resume from {latest}: it has trained {self.start_step} steps, more than this run's "
@@ -288,7 +291,6 @@ class Trainer:
         self.last_val = progress.get("val_loss")
         self.last_val_step = progress.get("val_step")
         self.resumed_from = self.start_step
-        self.tokens_seen = int(progress.get("tokens_seen") or 0)
         self._resume_progress = progress
         self.seconds_before = float(progress.get("seconds") or 0.0)
         return optim_state, rng, latest
@@ -346,6 +348,9 @@ class Trainer:
             if key in unset and None in (before, now) and unset[key] in (before, now):
                 # The saved record stays: the run is then the one an uninterrupted run would have made.
                 self.spec.config[key] = before
+                continue
+            if key.endswith("_sha256"):  # an input recorded by content: no option to name
+                changed.append(f"the {key.removesuffix('_sha256').replace('_', ' ')} file's content changed")
                 continue
             shown_now = f"default ({unset[key]})" if now is None and key in unset else repr(now)
             changed.append(f"--{key.replace('_', '-')} {'default' if before is None and key in unset else repr(before)} "

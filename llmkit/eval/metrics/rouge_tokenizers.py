@@ -45,7 +45,7 @@ _UNSPACED = (
     "\U00020000-\U0003134f"  # CJK extensions B-G
 )
 _UNICODE_TOKEN = regex.compile(rf"[{_UNSPACED}]\p{{M}}*|[^\W_{_UNSPACED}]+")
-_CHAR_TOKEN = regex.compile(r"[^\W_]\p{M}*")
+_CHAR_TOKEN = regex.compile(r"[^\W_\p{Join_Control}]\p{M}*")  # (regex counts ZWJ/ZWNJ as word characters: no token)
 
 
 def _composed(text: str) -> str:
