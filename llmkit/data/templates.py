@@ -183,6 +183,24 @@ def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[in
     return ids
 
 
+def fit_conversation(messages: list[dict[str, str]], tokenizer, budget: int) -> tuple[list[dict[str, str]] | None, int, bool]:
+    """A conversation cut to `budget` tokens of prompt, as chat and generate cut one: its oldest
+    exchanges left out (drop_oldest_exchanges), then the end of its last message. Returns (the
+    messages, or None where even an empty last message leaves no room; how many messages were left
+    out; whether the last one was cut)."""
+    kept, dropped = drop_oldest_exchanges(messages, tokenizer, budget)
+    *head, last = kept
+
+    def encode(record: dict[str, Any]) -> list[int]:
+        return encode_chat_prompt([*head, dict(last, content=record["content"])], tokenizer)
+
+    record = {"content": last["content"]}
+    fitted = fit_field(encode, record, "content", tokenizer, budget)
+    if fitted is None:
+        return None, dropped, False
+    return [*head, dict(last, content=fitted["content"])], dropped, fitted is not record
+
+
 def drop_oldest_exchanges(messages: list[dict[str, str]], tokenizer, budget: int | None) -> tuple[list[dict[str, str]], int]:
     """The conversation with its oldest exchanges (a message and the one after it) left out until
     its prompt fits in `budget` tokens, a first system message kept, the last message always: the

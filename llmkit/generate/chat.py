@@ -78,39 +78,50 @@ class ChatSession:
     def prompt_ids(self, user_text: str) -> list[int]:
         """The prompt for the next reply within prompt_budget(): the oldest exchanges dropped,
         then the end of the message cut (never the template's wording or the start token)."""
-        from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt, encode_text_prompt, fit_field
-
         budget = self.prompt_budget()
-        if self.template["type"] != "chat":
-            field = self.template["input_field"]
-
-            def encode(record: dict) -> list[int]:
-                return encode_text_prompt(self.template, record[field], self.tokenizer)
+        if self.template["type"] == "chat":
+            ids, cut = self._chat_prompt(user_text, budget)
         else:
-            head = [{"role": "system", "content": self.system}] if self.system else []
-            kept, dropped = drop_oldest_exchanges(head + self.history + [{"role": "user", "content": user_text}],
-                                                  self.tokenizer, budget)
-            if dropped:
-                self._note("history", f"the oldest exchanges are left out of the prompt to fit the context ({self.limit} tokens "
-                                      f"with room for a reply); /reset starts afresh")
-            history = kept[len(head):-1]
-            self.history, field = history, "content"
+            ids, cut = self._text_prompt(user_text, budget)
+        if cut:
+            self._note("cut", f"a message longer than the context ({self.limit} tokens, with room for a reply) "
+                              "loses its end, as finetune --truncate cuts a training input")
+        return ids
 
-            def encode(record: dict) -> list[int]:
-                return encode_chat_prompt(head + history + [{"role": "user", "content": record[field]}], self.tokenizer)
+    def _chat_prompt(self, user_text: str, budget: int | None) -> tuple[list[int], bool]:
+        from llmkit.data.templates import encode_chat_prompt, fit_conversation
+
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        messages = head + self.history + [{"role": "user", "content": user_text}]
+        if budget is None:
+            return encode_chat_prompt(messages, self.tokenizer), False
+        fitted, dropped, cut = fit_conversation(messages, self.tokenizer, budget)
+        if dropped:
+            self._note("history", f"the oldest exchanges are left out of the prompt to fit the context ({self.limit} tokens "
+                                  f"with room for a reply); /reset starts afresh")
+        if fitted is None:
+            self._wording_too_long(budget)
+        self.history = fitted[len(head):-1]
+        return encode_chat_prompt(fitted, self.tokenizer), cut
+
+    def _text_prompt(self, user_text: str, budget: int | None) -> tuple[list[int], bool]:
+        from llmkit.data.templates import encode_text_prompt, fit_field
+
+        if budget is None:
+            return encode_text_prompt(self.template, user_text, self.tokenizer), False
+        field = self.template["input_field"]
         record = {field: user_text}
-        if budget is not None:
-            fitted = fit_field(encode, record, field, self.tokenizer, budget)
-            if fitted is None:
-                from llmkit.errors import UserError
+        fitted = fit_field(lambda r: encode_text_prompt(self.template, r[field], self.tokenizer), record, field,
+                           self.tokenizer, budget)
+        if fitted is None:
+            self._wording_too_long(budget)
+        return encode_text_prompt(self.template, fitted[field], self.tokenizer), fitted is not record
 
-                raise UserError(f"the prompt's own wording takes more than the {budget} tokens the context ({self.limit}) "
-                                "leaves beside a reply; lower --max-new-tokens")
-            if fitted is not record:
-                self._note("cut", f"a message longer than the context ({self.limit} tokens, with room for a reply) "
-                                  "loses its end, as finetune --truncate cuts a training input")
-            record = fitted
-        return encode(record)
+    def _wording_too_long(self, budget: int) -> None:
+        from llmkit.errors import UserError
+
+        raise UserError(f"the prompt's own wording takes more than the {budget} tokens the context ({self.limit}) "
+                        "leaves beside a reply; lower --max-new-tokens")
 
     def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
         import dataclasses

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.templates import ROLES, drop_oldest_exchanges, encode_chat_prompt, encode_text_prompt, fit_field, plain_fields, render
+from llmkit.data.templates import (ROLES, drop_oldest_exchanges, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_field,
+                                   plain_fields, render)
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl, read_text
 from llmkit.options import unescape
@@ -177,16 +178,12 @@ def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None
     conversation still too long loses the end of its last message, as chat cuts a long message."""
     if prompt.messages is not None or (task is not None and task.is_chat):
         messages = prompt.messages if prompt.messages is not None else chat_turns(prompt.record or {}, prompt.text or "")
-        kept, dropped = drop_oldest_exchanges(messages, tokenizer, budget)
-        *head, last = kept
-
-        def encode(record: dict) -> list[int]:
-            return encode_chat_prompt([*head, dict(last, content=record["content"])], tokenizer)
-
-        shorter = fit_field(encode, {"content": last["content"]}, "content", tokenizer, budget)
-        if shorter is not None:
-            return encode(shorter)
-        return encode_chat_prompt(kept, tokenizer) if dropped else None  # (the window cuts what the wording leaves over)
+        fitted, dropped, _ = fit_conversation(messages, tokenizer, budget)
+        if fitted is not None:
+            return encode_chat_prompt(fitted, tokenizer)
+        if dropped:  # (the window cuts what the wording leaves over)
+            return encode_chat_prompt(drop_oldest_exchanges(messages, tokenizer, budget)[0], tokenizer)
+        return None
     template = task.text_template if task is not None else None
     if template is None or budget < 2:
         return None
