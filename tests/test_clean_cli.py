@@ -295,3 +295,18 @@ def test_cleaning_a_corpus_again_keeps_each_documents_id_and_source(cli, shared_
 
     assert columns(again) == columns(first)
     assert {source for _, source in columns(again)} == {"tinyshakespeare.txt", "train.jsonl"}
+
+
+def test_two_corpora_made_from_files_of_one_name_stay_apart_when_cleaned_together(cli, shared_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    for name, rows in (("a", slice(0, 50)), ("b", slice(50, 100))):
+        (tmp_path / name).mkdir()
+        lines = (shared_data / "sentiment" / "train.jsonl").read_text(encoding="utf-8").splitlines()[rows]
+        (tmp_path / name / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        assert cli("clean", tmp_path / name / "train.jsonl", "-o", tmp_path / f"corpus-{name}").exit_code == 0
+    result = cli("clean", tmp_path / "corpus-a", tmp_path / "corpus-b", "-o", tmp_path / "both")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(sorted((tmp_path / "both" / "shards").glob("*.parquet"))[0], columns=["id", "source"])
+    assert set(table.column("source").to_pylist()) == {"corpus-a/train.jsonl", "corpus-b/train.jsonl"}
+    assert len(set(table.column("id").to_pylist())) == table.num_rows

@@ -132,7 +132,10 @@ def resolve_inputs(
                 raise UserError(f"{arg} is a {kind} artifact; clean reads text: files, folders or a corpus artifact")
             from llmkit.data.corpus import corpus_shards
 
-            sources.extend(_corpus_shard_source(p, _label_for(p, path)) for p in corpus_shards(path))
+            # beside other inputs, its documents' ids and sources are prefixed with its name: two
+            # corpora made from files of the same name (or a file of that name) stay apart
+            prefix = f"{path.name}/" if len(inputs) > 1 or dataset else ""
+            sources.extend(_corpus_shard_source(p, _label_for(p, path), prefix) for p in corpus_shards(path))
             continue
         if path.is_dir():
             files = sorted(
@@ -312,9 +315,9 @@ def _zstd_errors() -> tuple[type[BaseException], ...]:
         return ()
 
 
-def _corpus_shard_source(path: Path, label: str) -> Source:
-    """A shard of a corpus artifact: its documents with the id and source they carry (a shard
-    without those columns, not written by llmkit, is read as any Parquet file)."""
+def _corpus_shard_source(path: Path, label: str, prefix: str = "") -> Source:
+    """A shard of a corpus artifact: its documents with the id and source they carry, after
+    `prefix` (a shard without those columns, not written by llmkit, is read as any Parquet file)."""
     import pyarrow.parquet as pq
 
     try:
@@ -331,7 +334,7 @@ def _corpus_shard_source(path: Path, label: str) -> Source:
         try:
             for batch in pq.ParquetFile(path).iter_batches(columns=["id", "text", "source"], batch_size=1024):
                 for doc_id, text, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
-                    yield (doc_id if doc_id is not None else f"{label}:{row}"), source or label, text or ""
+                    yield (prefix + doc_id if doc_id is not None else f"{label}:{row}"), prefix + (source or label), text or ""
                     row += 1
         except (pa.ArrowException, UnicodeDecodeError) as exc:
             raise UserError(f"{label} cannot be read ({' '.join(str(exc).split())[:120]}); the corpus is damaged, "
