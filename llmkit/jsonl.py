@@ -16,14 +16,14 @@ from llmkit.errors import UserError
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _check_text(record: dict[str, Any], where: str) -> None:
-    """A one-line error for a lone surrogate, which no tokenizer or file takes (a TypeError deep down)."""
+def check_unicode(text: str, what: str, fix: str) -> None:
+    """A one-line error for text no tokenizer takes: a lone surrogate, which is what an undecodable
+    byte of an argument or of standard input becomes in Python, or a JSON \\ud800 escape."""
     try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError as error:
-        bad = ascii(error.object[error.start])[1:-1]
-        raise UserError(f"{where} is not valid Unicode text (a lone surrogate, {bad}); fix the record "
-                        "(a \\ud800-\\udfff escape must be half of a pair)") from None
+        bad = ascii(text[error.start])[1:-1]
+        raise UserError(f"{what} is not valid Unicode text (an undecodable byte or a lone surrogate, {bad}); {fix}") from None
 
 
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -46,7 +46,8 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(record, dict):
                 raise UserError(f'{path}:{lineno} is not a JSON object; each line must look like {{"field": ...}}')
             if "\\u" in line and _SURROGATE_ESCAPE.search(line):
-                _check_text(record, f"{path}:{lineno}")
+                check_unicode(json.dumps(record, ensure_ascii=False), f"{path}:{lineno}",
+                              "fix the record (a \\ud800-\\udfff escape must be half of a pair)")
             yield lineno, record
 
 

@@ -183,11 +183,11 @@ def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[in
     return ids
 
 
-def fit_conversation(messages: list[dict[str, str]], tokenizer, budget: int) -> tuple[list[dict[str, str]] | None, int, bool]:
+def fit_conversation(messages: list[dict[str, str]], tokenizer, budget: int) -> tuple[list[dict[str, str]], int, bool | None]:
     """A conversation cut to `budget` tokens of prompt, as chat and generate cut one: its oldest
     exchanges left out (drop_oldest_exchanges), then the end of its last message. Returns (the
-    messages, or None where even an empty last message leaves no room; how many messages were left
-    out; whether the last one was cut)."""
+    messages; how many were left out; whether the last one was cut, None where even an empty last
+    message leaves no room: the messages are then those kept, uncut)."""
     kept, dropped = drop_oldest_exchanges(messages, tokenizer, budget)
     *head, last = kept
 
@@ -197,7 +197,7 @@ def fit_conversation(messages: list[dict[str, str]], tokenizer, budget: int) -> 
     record = {"content": last["content"]}
     fitted = fit_field(encode, record, "content", tokenizer, budget)
     if fitted is None:
-        return None, dropped, False
+        return kept, dropped, None
     return [*head, dict(last, content=fitted["content"])], dropped, fitted is not record
 
 

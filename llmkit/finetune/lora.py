@@ -71,15 +71,13 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
     ]
     # each target on its own: a typo (or another library's name, v_proj) beside a good one would
     # otherwise train fewer adapters than asked, unsaid
+    layers = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in candidates})) or "(none: LoRA needs a Transformer)"
     if unmatched := [t for t in targets if not any(_matches(name, [t]) for name in candidates)]:
-        linear = sorted({n.rsplit(".", 1)[-1] for n in candidates})
-        raise UserError(
-            f"--lora-targets {','.join(unmatched)} matches no linear layer of this model; "
-            f"its linear layers are named {', '.join(linear) or '(none: LoRA needs a Transformer)'}"
-        )
+        raise UserError(f"--lora-targets {','.join(unmatched)} matches no linear layer of this model; "
+                        f"its linear layers are named {layers}")
     chosen = [name for name in candidates if _matches(name, targets)]
     if not chosen:  # (no target given at all: --lora-targets ",")
-        raise UserError(f"--lora-targets names no layer; name some of {', '.join(sorted({n.rsplit('.', 1)[-1] for n in candidates}))}")
+        raise UserError(f"--lora-targets names no layer; name some of {layers}")
     smallest = min(min(model.get_submodule(name).in_features, model.get_submodule(name).out_features) for name in chosen)
     if rank > smallest:  # past the layer's own rank an adapter is a larger copy of the layer, not a low-rank update
         raise UserError(f"--lora-rank {rank} exceeds the smallest dimension ({smallest}) of the adapted layers; "

@@ -99,7 +99,7 @@ class ChatSession:
         if dropped:
             self._note("history", f"the oldest exchanges are left out of the prompt to fit the context ({self.limit} tokens "
                                   f"with room for a reply); /reset starts afresh")
-        if fitted is None:
+        if cut is None:
             self._wording_too_long(budget)
         self.history = fitted[len(head):-1]
         return encode_chat_prompt(fitted, self.tokenizer), cut
@@ -149,7 +149,7 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     import sys
 
     from llmkit.outputs import check_output_file
-    from llmkit.inference.prompts import check_unicode
+    from llmkit.jsonl import check_unicode
 
     check_output_file(out, force, inputs=[checkpoint])
     if config.system is not None:
@@ -170,7 +170,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
 
     from llmkit.console import err
     from llmkit.errors import UserError
-    from llmkit.inference.prompts import check_unicode
+    from llmkit.jsonl import check_unicode
     from llmkit.model.io import load_checkpoint
     from llmkit.runtime import resolve_device
 

@@ -15,7 +15,8 @@ from typing import Callable
 from llmkit.errors import UserError, unused_options
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
-from llmkit.inference.prompts import Prompt, chat_stop_ids, check_unicode, encode_prompt, fit_prompt, read_prompt_file
+from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file
+from llmkit.jsonl import check_unicode
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.templates import (ROLES, drop_oldest_exchanges, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_field,
+from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_field,
                                    plain_fields, render)
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl, read_text
@@ -47,16 +47,6 @@ class Prompt:
         if self.messages is None:
             return self.text or ""
         return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
-
-
-def check_unicode(text: str, what: str, fix: str) -> None:
-    """A one-line error for text no tokenizer takes: a lone surrogate, which is what an undecodable
-    byte of an argument or of standard input becomes in Python, or a JSON \\ud800 escape."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        bad = ascii(text[error.start])[1:-1]
-        raise UserError(f"{what} is not valid Unicode text (an undecodable byte or a lone surrogate, {bad}); {fix}") from None
 
 
 def read_prompt_file(path: Path) -> list[Prompt]:
@@ -178,12 +168,9 @@ def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None
     conversation still too long loses the end of its last message, as chat cuts a long message."""
     if prompt.messages is not None or (task is not None and task.is_chat):
         messages = prompt.messages if prompt.messages is not None else chat_turns(prompt.record or {}, prompt.text or "")
-        fitted, dropped, _ = fit_conversation(messages, tokenizer, budget)
-        if fitted is not None:
-            return encode_chat_prompt(fitted, tokenizer)
-        if dropped:  # (the window cuts what the wording leaves over)
-            return encode_chat_prompt(drop_oldest_exchanges(messages, tokenizer, budget)[0], tokenizer)
-        return None
+        fitted, dropped, cut = fit_conversation(messages, tokenizer, budget)
+        # (where the wording leaves no room the window cuts what is left over)
+        return encode_chat_prompt(fitted, tokenizer) if cut is not None or dropped else None
     template = task.text_template if task is not None else None
     if template is None or budget < 2:
         return None

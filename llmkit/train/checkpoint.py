@@ -30,20 +30,25 @@ STEP_DIR = "step_{:07d}"
 TRAINABLE_ONLY = "trainable"  # training_state.json's "weights": the step kept only the parameters that train
 
 
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    """The parameters that train: what a step checkpoint of TRAINABLE_ONLY holds."""
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
 def load_trainable_weights(model: torch.nn.Module, path: Path) -> None:
     """A step checkpoint's parameters that train, over a model built from the run's base (which
     holds the rest): every one of them, nothing else."""
     from llmkit.model.io import read_weights
 
     state = read_weights(path, device=str(next(model.parameters()).device))
-    trains = {name for name, param in model.named_parameters() if param.requires_grad}
+    trains = trainable_names(model)
     if set(state) != trains:
         raise UserError(f"{path} does not hold this run's trainable parameters (missing {sorted(trains - set(state))[:3]}, "
                         f"unexpected {sorted(set(state) - trains)[:3]}); the checkpoint is damaged: start over with --force")
+    parameters = dict(model.named_parameters())
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in state:
-                param.copy_(state[name])
+        for name, value in state.items():
+            parameters[name].copy_(value)
 
 
 def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, distributed: bool):

@@ -516,7 +516,7 @@ class Trainer:
         if self.info.is_main:
             progress = self._progress(step)
             if self.spec.steps_keep_trainable_only and not final:
-                trains = {name for name, param in self.raw.named_parameters() if param.requires_grad}
+                trains = ckpt.trainable_names(self.raw)
                 model_state = {name: value for name, value in model_state.items() if name in trains}
                 progress["weights"] = ckpt.TRAINABLE_ONLY
             save_weights(self.raw, directory, model_state)
