@@ -297,7 +297,9 @@ def test_a_search_proposes_only_layouts_that_plan_and_pretrain_accept(cli):
     fixes = _plan(cli, *tight)["fixes"]
     assert "--micro-batch 16" in fixes, fixes
     for fix in fixes:
-        assert _plan(cli, *tight, *fix.split(" (")[0].split())["memory"]["fits"], fix
+        flags, _, devices = fix.partition(" (on ")
+        more = ["--gpus", devices.split()[0]] if devices else []  # "--pp 2 (on 2 devices)"
+        assert _plan(cli, *tight, *flags.split(), *more)["memory"]["fits"], fix
 
 
 def test_hf_config_takes_vocab_size_and_names_its_context_field(cli, tmp_path):
@@ -359,3 +361,60 @@ def test_the_default_batch_is_a_micro_batch_per_rank_and_pipeline_micro_batch(cl
     given = _plan(cli, "--model", "gpt2", "--gpus", "4", "--pp", "2", "--pp-microbatches", "4", "--micro-batch", "16",
                   "--batch-tokens", str(four["batch_tokens"]))
     assert given["layout"]["micro_batch"] == 16 and given["layout"]["accumulation"] == 1
+
+
+def test_a_pipeline_counts_its_busier_stage_and_one_recomputed_block():
+    """With --pp the busiest device is the first stage (the embedding, the most micro-batches in
+    flight) or the last (the head and its logits), never the sum of the two; activation
+    checkpointing keeps each in-flight micro-batch's block inputs and recomputes one block at a time."""
+    from llmkit.model.presets import resolve_model_config
+    from llmkit.plan.estimate import Device, Layout, ModelShape, block_activation_bytes, estimate_memory, stage_memory
+
+    shape = ModelShape.of(resolve_model_config("gpt2", 50304))
+    h100 = Device(memory_gb=80, on_gpu=True, bf16=True)
+    c, tokens = shape.config, 8 * 1024
+    gpipe = Layout(gpus=2, pp=2, pp_schedule="gpipe", pp_microbatches=8, micro_batch=8, activation_checkpointing=True)
+    first = stage_memory(shape, gpipe, h100, "first")
+    block = block_activation_bytes(c, tokens, gpipe, 2)
+    inputs = 4 * c.n_embd * tokens  # a block's fp32 input, and the embedding output
+    assert first.activations == pytest.approx(8 * (c.n_layer // 2 + 1) * inputs + 2 * block)
+    assert first.logits == 0
+    last = stage_memory(shape, gpipe, h100, "last")  # GPipe: every micro-batch's log-softmax waits for its backward
+    per_entry = tokens * c.vocab_size
+    assert last.logits == pytest.approx(per_entry * 10 + 7 * per_entry * 4)
+    assert estimate_memory(shape, gpipe, h100).total == max(first.total, last.total)
+
+    l4 = Device(memory_gb=24, on_gpu=True, bf16=True)
+    one_f_one_b = Layout(gpus=2, pp=2, micro_batch=8)  # 1F1B: 2 micro-batches on the first stage, 1 on the last
+    first, last = (stage_memory(shape, one_f_one_b, l4, s) for s in ("first", "last"))
+    assert first.activations == pytest.approx(2 * (6 * block_activation_bytes(c, tokens, one_f_one_b, 2) + inputs)
+                                              + block_activation_bytes(c, tokens, one_f_one_b, 2))
+    assert last.logits == pytest.approx(per_entry * 10)
+    busiest = estimate_memory(shape, one_f_one_b, l4)
+    assert busiest.total == last.total < first.total + last.logits * 1.1
+    assert any("the first stage's needs" in note for note in busiest.notes)
+    # the tied head's copy on the last stage is the token embedding, not the position table
+    assert stage_memory(shape, one_f_one_b, l4, "last").weights == pytest.approx(
+        4 * (shape.per_block * 6 + c.vocab_size * c.n_embd + shape.final_norm))
+
+
+def test_hf_config_biases_flags_and_sizes_are_read_as_written(cli, tmp_path):
+    """A Llama's mlp_bias switches llmkit's one bias switch on as attention_bias does, and the note
+    gives the count's excess (transformers counts 6,739,251,200 for this mlp_bias-only shape); a
+    flag written as a string and an impossible size are refused by name."""
+    llama2 = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "vocab_size": 32000}
+    mlp_only = _plan(cli, "--hf-config", _config(tmp_path, {**llama2, "mlp_bias": True}), "--seq-len", "128")
+    excess = 32 * (2 * 4096 + 2 * 4096)  # the q, k, v and o biases it lacks
+    assert mlp_only["model"]["parameters"] == 6_739_251_200 + excess
+    assert any(f"{excess:,} high" in note for note in mlp_only["notes"]), mlp_only["notes"]
+    attention_only = _plan(cli, "--hf-config", _config(tmp_path, {**llama2, "attention_bias": True}), "--seq-len", "128")
+    excess = 32 * (2 * 11008 + 4096)  # gate, up and down
+    assert attention_only["model"]["parameters"] == 6_738_939_904 + excess  # transformers' count plus the MLP's biases
+    assert any(f"{excess:,} high" in note for note in attention_only["notes"])
+    assert not _plan(cli, "--hf-config", _config(tmp_path, llama2), "--seq-len", "128")["notes"]
+    for values, named in (({**llama2, "tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
+                          ({**llama2, "hidden_size": 1e30}, "hidden_size 1e+30 is larger than llmkit plans for"),
+                          ({**llama2, "num_hidden_layers": 100_000}, "num_hidden_layers 100000 is larger")):
+        result = cli("plan", "--hf-config", _config(tmp_path, values), "--seq-len", "128")
+        assert result.exit_code == 1 and named in result.output and len(result.output.strip().splitlines()) == 1, result.output

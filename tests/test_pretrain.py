@@ -535,6 +535,10 @@ def test_a_batch_that_does_not_split_over_processes_is_refused_before_they_start
 
     monkeypatch.setattr(distributed, "relaunch", relaunch)
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3"))
+    # 16 sequences are under a micro-batch of 8 for each of 3 processes: any 3 x 64 tokens split
+    assert "choose --batch-tokens as a multiple of 192" in line
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3",
+                      "--batch-tokens", str(40 * 64)))
     assert "choose --batch-tokens as a multiple of 1536" in line  # 8 sequences x 3 processes x 64 tokens
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3",
                       "--batch-tokens", "3840"))

@@ -237,14 +237,29 @@ def config_with_mlp_width(values: dict, mlp_hidden: int, model_type: str) -> Mod
 
 GPT2_SHAPED = ("gpt2",)
 LLAMA_SHAPED = ("llama", "mistral", "qwen2", "qwen3")
+LARGEST_SIZE = 2**26  # any width, vocabulary or context: 64M (Llama 4's context is 10M)
+LARGEST_LAYERS = 4096
 
 
 def planning_approximations(data: dict) -> list[str]:
     """What shapes_from_config_json cannot express, said in words (for plan's notes)."""
     notes = []
-    if data.get("model_type") == "qwen2" and data.get("attention_bias", True):
+    kind = data.get("model_type")
+    if kind == "qwen2" and data.get("attention_bias", True):
         notes.append("qwen2 has biases on q, k and v only; llmkit's one bias switch gives every linear layer one, so the "
                      "parameter count is slightly high (Qwen2-0.5B: 276,480 of 494M)")
+    elif kind in LLAMA_SHAPED and bool(data.get("attention_bias")) != bool(data.get("mlp_bias")):
+        # llmkit's one bias switch: on where either is, so the layers without biases are counted with them
+        width, layers = data.get("hidden_size") or 0, data.get("num_hidden_layers") or 0
+        heads = data.get("num_attention_heads") or 1
+        kv_width = (data.get("num_key_value_heads") or heads) * (width // heads)
+        extra = (2 * (data.get("intermediate_size") or 0) + width if data.get("attention_bias")
+                 else 2 * width + 2 * kv_width)
+        has, lacks = ("attention", "MLP") if data.get("attention_bias") else ("MLP", "attention")
+        notes.append(f"{kind} has biases in its {has} layers only; llmkit's one bias switch gives the {lacks} layers "
+                     f"biases too, so the parameter count is {extra * layers:,} high")
+    if kind == "qwen3":
+        notes.append("qwen3's q and k norms (2 x head_dim weights a layer) are not counted")
     window = data.get("sliding_window")
     if window and data.get("use_sliding_window", True) and data.get("model_type") in ("mistral", "qwen2", "qwen3"):
         notes.append(f"sliding_window {window}: attention reads at most {window} tokens back, but its FLOPs and memory are "
@@ -263,7 +278,21 @@ def _whole(data: dict, key: str, where: str, default: int | None = None) -> int:
     whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
     if not whole or value < 1:
         raise UserError(f"{where}: {key} must be a positive whole number, got {value!r}")
+    # the model is built (on the meta device) to count it: a typo's size would overflow or never finish
+    largest = LARGEST_LAYERS if key in ("n_layer", "num_hidden_layers") else LARGEST_SIZE
+    if value > largest:
+        raise UserError(f"{where}: {key} {value:g} is larger than llmkit plans for ({largest:,}); check the value")
     return int(value)
+
+
+def _flag(data: dict, key: str, where: str, default: bool) -> bool:
+    """`data[key]` as a JSON true or false (null: `default`); a string such as "false" is named, not read as true."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise UserError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def shapes_from_config_json(data: dict, where: str) -> ModelConfig:
@@ -277,19 +306,21 @@ def shapes_from_config_json(data: dict, where: str) -> ModelConfig:
             heads, width = _whole(data, "n_head", where), _whole(data, "n_embd", where)
             values = dict(GPT2_STYLE, bias=True, vocab_size=_whole(data, "vocab_size", where),
                           context_length=_whole(data, "n_positions", where, 1024), n_layer=_whole(data, "n_layer", where),
-                          n_head=heads, n_kv_head=heads, n_embd=width, tie_embeddings=bool(data.get("tie_word_embeddings", True)))
+                          n_head=heads, n_kv_head=heads, n_embd=width,
+                          tie_embeddings=_flag(data, "tie_word_embeddings", where, True))
             return config_with_mlp_width(values, _whole(data, "n_inner", where, 4 * width), kind)
         if kind in LLAMA_SHAPED:
             heads, width = _whole(data, "num_attention_heads", where), _whole(data, "hidden_size", where)
             if _whole(data, "head_dim", where, width // heads) != width // heads:
                 raise UserError(f"{where}: head_dim {data['head_dim']} is not hidden_size / num_attention_heads; "
-                                "llmkit's attention derives the head size from the width")
+                                "llmkit's attention derives the head size from the width, so it cannot plan this model "
+                                "(many Qwen3 and Mistral-Nemo configs)")
             values = dict(LLAMA_STYLE, vocab_size=_whole(data, "vocab_size", where),
                           context_length=_whole(data, "max_position_embeddings", where, 2048),
                           n_layer=_whole(data, "num_hidden_layers", where), n_head=heads,
                           n_kv_head=_whole(data, "num_key_value_heads", where, heads), n_embd=width,
-                          bias=bool(data.get("attention_bias", kind == "qwen2")),
-                          tie_embeddings=bool(data.get("tie_word_embeddings", False)))
+                          bias=_flag(data, "attention_bias", where, kind == "qwen2") or _flag(data, "mlp_bias", where, False),
+                          tie_embeddings=_flag(data, "tie_word_embeddings", where, False))
             return config_with_mlp_width(values, _whole(data, "intermediate_size", where), kind)
     except KeyError as exc:
         raise UserError(f"{where}: a {kind} config needs {exc.args[0]!r}") from None

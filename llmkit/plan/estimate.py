@@ -102,10 +102,19 @@ class Layout:
 
     @property
     def in_flight(self) -> int:
-        """Micro-batches whose activations the busiest (first) pipeline stage holds at once."""
+        """Micro-batches whose activations the first pipeline stage holds at once."""
         if self.pp == 1:
             return 1
         return self.microbatches if self.pp_schedule == "gpipe" else min(self.microbatches, self.pp)
+
+    @property
+    def in_flight_last(self) -> int:
+        """Micro-batches whose activations (and log-probabilities) the last stage holds at once: under
+        1F1B it runs each micro-batch's backward right after its forward; an interleaved schedule's
+        last rank also holds a middle stage, counted here as the first stage's (an upper bound)."""
+        if self.pp == 1 or self.pp_schedule == "gpipe":
+            return self.in_flight
+        return 1 if self.pp_schedule == "1f1b" else self.in_flight
 
     @property
     def pipeline_bubble(self) -> float:
@@ -164,20 +173,21 @@ class Memory:
                 "available_gb": self.available / GB, "fits": self.fits}
 
 
-def stage_parameters(shape: ModelShape, layout: Layout) -> float:
-    """Parameters held by the busiest device before data-parallel sharding."""
+STAGES = ("only", "first", "last")  # the whole model on each device, or a pipeline's first or last stage
+
+
+def stage_parameters(shape: ModelShape, layout: Layout, stage: str = "only") -> float:
+    """Parameters a device of `stage` holds before data-parallel sharding (the middle stages hold
+    fewer than the first and the last)."""
     c = shape.config
     tp = layout.tp
     block = shape.block_matrices / tp + (shape.per_block - shape.block_matrices)
-    layers = math.ceil(c.n_layer / layout.pp)
-    embedding = shape.embedding / tp
-    head = shape.head / tp
-    if layout.pp == 1:
-        return layers * block + embedding + head + shape.final_norm
-    first = layers * block + embedding
-    # The last stage holds the head, or a copy of the tied embedding it shares with the first.
-    last = layers * block + (head if head else embedding) + shape.final_norm
-    return max(first, last)
+    layers = math.ceil(c.n_layer / layout.pp) * block
+    if stage == "first":
+        return layers + shape.embedding / tp
+    # the last stage holds the head, or a copy of the tied token embedding (not the position table)
+    head = (shape.head or c.vocab_size * c.n_embd) / tp + shape.final_norm
+    return layers + head if stage == "last" else layers + shape.embedding / tp + shape.head / tp + shape.final_norm
 
 
 # Attention with dropout on a CPU: SDPA has no fused kernel for it, so PyTorch's math kernel (and
@@ -220,6 +230,20 @@ class Device:
 
 
 def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory:
+    """The busiest device's memory: with a pipeline, the larger of its first stage (the embedding,
+    the most micro-batches in flight) and its last (the head and the logits)."""
+    if layout.pp == 1:
+        return stage_memory(shape, layout, device, "only")
+    first, last = (stage_memory(shape, layout, device, stage) for stage in ("first", "last"))
+    (busiest, stage), (other, other_stage) = sorted(((first, "first"), (last, "last")), key=lambda m: -m[0].total)
+    in_flight = layout.in_flight if stage == "first" else layout.in_flight_last
+    busiest.notes.append(f"pipeline: the busiest device holds the {stage} stage, {in_flight} micro-batch(es) in flight "
+                         f"({layout.pp_schedule}); the {other_stage} stage's needs {other.total / GB:.2f} GB")
+    return busiest
+
+
+def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) -> Memory:
+    """Memory of a device holding the whole model (`stage` "only") or a pipeline's "first" or "last" stage."""
     c = shape.config
     on_gpu = device.on_gpu
     # Saved activations: bf16 under autocast, the residual stream aside (fp32 in either precision).
@@ -227,7 +251,7 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
     # backward (llmkit/model/fused_ops.py; before, a bf16 `mini` run peaked 9 % below fp32's, now
     # 17 %); CPU autocast also keeps bf16 copies of the weights for backward (below).
     half = 2 if device.bf16 else 4
-    params = stage_parameters(shape, layout)
+    params = stage_parameters(shape, layout, stage)
     shard = layout.dp if layout.strategy == "fsdp" else 1
     weights = 4 * params / shard
     gradients = 4 * params / shard
@@ -240,16 +264,20 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
     if math_attention:
         notes.append("attention with dropout on a CPU keeps each head's T x T weights for the backward pass "
                      "(no fused kernel takes dropout there)")
+    # what a micro-batch leaves for its backward pass: with checkpointing, each block's fp32 input only
+    saved = layers * (4 * c.n_embd * tokens / layout.tp if layout.activation_checkpointing else block)
+    if stage != "last":
+        saved += 4 * c.n_embd * tokens / layout.tp  # the embedding output (sequence-sharded under tp)
+    in_flight = layout.in_flight_last if stage == "last" else layout.in_flight
+    activations = saved * in_flight
     if layout.activation_checkpointing:
-        # each block keeps its fp32 input; one block at a time is recomputed in full
-        activations = layers * 4 * c.n_embd * tokens / layout.tp + block
-    else:
-        activations = layers * block
-    activations += 4 * c.n_embd * tokens / layout.tp  # the embedding output (sequence-sharded under tp)
-    activations *= layout.in_flight
+        activations += block  # the one block being recomputed, whatever is in flight
     # backward differentiates one block at a time: its activations' gradients live beside what is saved
     activations += block
-    if not on_gpu and layout.tp == 1 and layout.pp == 1:
+    logits = 0.0
+    if stage == "first":
+        pass  # the head and the loss are the last stage's
+    elif not on_gpu and layout.tp == 1 and layout.pp == 1:
         # the CPU's fused head and loss (llmkit/model/fused_loss.py): one chunk of logits, and the head's
         # gradients made in the forward pass (hidden states' and the weight's) until backward takes them
         from llmkit.model.fused_loss import CHUNK_ELEMENTS  # (here: importing it imports torch)
@@ -258,8 +286,10 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
         if device.bf16:  # the chunk's bf16 products beside its fp32 logits, and the head's bf16 copy
             logits += 2 * (CHUNK_ELEMENTS + c.vocab_size * c.n_embd)
     else:
-        # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient
-        logits = tokens * c.vocab_size / layout.tp * (half + 4 + 4)
+        # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient;
+        # each other micro-batch in flight keeps its fp32 log-softmax for its backward pass
+        per_entry = tokens * c.vocab_size / layout.tp
+        logits = per_entry * (half + 4 + 4) + per_entry * 4 * (in_flight - 1)
     transient = 0.0
     if not on_gpu and layout.tp == 1 and layout.pp == 1 and layout.strategy == "ddp" and layout.accumulation > 1:
         # per-sequence gradients (the CPU default, llmkit/model/sequence_tree.py): while a step
@@ -273,12 +303,12 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
     if layout.strategy == "fsdp" and layout.dp > 1:
         # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next
         transient += 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
-        # the root's parameters (embedding, head, final norm) stay gathered from forward to backward
-        transient += half * (shape.embedding + shape.head) / layout.tp
+        # the root's parameters (the stage's embedding or head) stay gathered from forward to backward
+        root = {"only": shape.embedding + shape.head, "first": shape.embedding,
+                "last": shape.head or c.vocab_size * c.n_embd}[stage]
+        transient += half * root / layout.tp
     allowance = FRAGMENTATION * (weights + gradients + optimizer + activations + logits + transient)
     allowance += CUDA_CONTEXT if on_gpu else CPU_PROCESS
-    if layout.pp > 1:
-        notes.append(f"pipeline: the first stage holds {layout.in_flight} micro-batch(es) of activations ({layout.pp_schedule})")
     return Memory(weights, gradients, optimizer, activations, logits, transient, allowance,
                   device.memory_per_process(layout) * GB, notes)
 
@@ -338,7 +368,8 @@ def runnable(shape: ModelShape, layout: Layout, sequences: int | None) -> Layout
 
 def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None,
                     per_node: int = 8, max_nodes: int = 256) -> Layout | None:
-    """The layout with the fewest devices (then the least model parallelism, then no recomputation)
+    """The layout with the fewest devices (then the least model parallelism, then no recomputation,
+    then no FSDP, then tensor before pipeline parallelism: no bubble)
     that fits the model at the given micro-batch and sequence length, and that pretrain runs: the
     model splits that way and the global batch of `sequences` (if given) splits over its ranks."""
     tps = [t for t in (1, 2, 4, 8) if t <= per_node]  # tensor parallelism stays within a node
@@ -356,9 +387,9 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequen
                         option = runnable(shape, replace(layout, gpus=gpus, nnodes=nnodes, tp=tp, pp=pp, strategy=strategy,
                                                          activation_checkpointing=recompute), sequences)
                         if option is not None and estimate_memory(shape, option, device).fits:
-                            candidates.append((tp * pp, recompute, strategy == "fsdp", option))
+                            candidates.append((tp * pp, recompute, strategy == "fsdp", pp, option))
         if candidates:
-            return min(candidates, key=lambda x: x[:3])[3]
+            return min(candidates, key=lambda x: x[:4])[4]
     return None
 
 
