@@ -112,7 +112,7 @@ def test_window_sampler_is_deterministic_resumable_and_covers_each_epoch(tmp_pat
 
 def test_sampler_rejects_too_little_data(tmp_path):
     path = make_tokens(tmp_path / "tokens", {"train": [np.array([5, 6, 7, 1])]})
-    with pytest.raises(UserError, match=r"4 tokens, fewer than context length 8"):
+    with pytest.raises(UserError, match=r"4 tokens, fewer than one sequence of 8 \+ 1; lower --seq-len"):
         WindowSampler(TokenShards.open(path, "train"), 8, seed=0)
     assert len(WindowSampler(TokenShards.open(path, "train"), 3, seed=0)) == 1
 

@@ -742,3 +742,22 @@ def test_speed_and_tokens_seen_count_each_examples_own_tokens(base, cli, tmp_pat
     # a resumed run counts the steps before it as the uninterrupted one did
     assert cli(*args, "--max-steps", "5", "--resume").exit_code == 0
     assert artifacts.load(run).manifest.stats["tokens_seen"] == 5 * 8 * inputs
+
+
+def test_a_resume_that_leaves_out_the_length_keeps_the_runs(base, cli, tmp_path):
+    """Without --max-steps or --epochs a resume re-planned the run at one epoch: a 3-epoch run
+    resumed that way ended at a third of its length."""
+    data = write_jsonl(tmp_path / "data.jsonl", [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(16)])
+    run = tmp_path / "run"
+    args = ["finetune", base["checkpoint"], "--template", "plain", "--data", data, "-o", run, "--batch-size", "8",
+            "--eval-every", "0", "--save-every", "1", "--keep-last", "0", "--val-fraction", "0"]
+    assert cli(*args, "--epochs", "3").exit_code == 0
+    finished = artifacts.load(run)
+    assert finished.stats["step"] == 6
+    shutil.rmtree(run / "checkpoints" / "step_0000006")  # as if killed after step 5's save
+    (run / "manifest.json").unlink()
+    result = cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "the run's length is kept as it was started" in result.output
+    again = artifacts.load(run)
+    assert again.stats["step"] == 6 and again.fingerprint == finished.fingerprint

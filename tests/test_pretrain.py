@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 # A small but real setup: BPE with 512 tokens, windows of 64, 16 windows per step.
 FAST = ["--model", "tiny", "--n-layer", "2", "--n-embd", "64", "--n-head", "4", "--seq-len", "64",
         "--batch-tokens", "1024", "--micro-batch", "8", "--eval-tokens", "2048", "--log-every", "50"]
+LSTM_FAST = [*FAST[:6], *FAST[8:], "--model", "lstm"]  # without --n-head: the LSTM has none
 
 
 def _documents(text: str) -> list[str]:
@@ -189,14 +190,14 @@ def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_pat
     for extra, says in ((["--strategy", "fsdp"], "--strategy ddp"), (["--compile"], "drop --compile"),
                         (["--model", "lstm", "--n-embd", "64"], "not this model"),
                         (["--tp", "2", "--nproc", "2"], "sums its gradients itself")):  # (before any process starts)
-        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST, "--max-steps", "1", "--batch-invariant", *extra)
+        fast = LSTM_FAST if "lstm" in extra else FAST
+        result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *fast, "--max-steps", "1", "--batch-invariant", *extra)
         assert result.exit_code != 0
         line = result.output.strip().splitlines()[-1]
         assert "--batch-invariant does not apply here" in line and says in line, result.output
         assert not (tmp_path / "r").exists()
     # not asked for: the run goes ahead with the usual sums, and its header line says why
-    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "d", *FAST, "--max-steps", "1", "--model", "lstm",
-                 "--n-embd", "64")
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "d", *LSTM_FAST, "--max-steps", "1", "--n-embd", "64")
     assert result.exit_code == 0, result.output
     assert "gradients summed as usual" in result.output and "not this model" in result.output
     assert artifacts.load(tmp_path / "d").manifest.runtime["batch_invariant"] is False
@@ -266,8 +267,8 @@ def test_bf16_precision_on_cpu_trains_like_fp32(shakespeare, cli, tmp_path):
                          ids=["mlm", "lstm", "sgd"])
 def test_variants_train(shakespeare, cli, tmp_path, variant):
     run = tmp_path / "run"
-    result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "100", "--eval-every", "100",
-                 "--lr", "3e-3", *variant)
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *(LSTM_FAST if "lstm" in variant else FAST), "--max-steps", "100",
+                 "--eval-every", "100", "--lr", "3e-3", *variant)
     assert result.exit_code == 0, result.output
     rows = metrics(run)
     first = np.mean([r["loss"] for r in rows[:5]])
@@ -849,3 +850,41 @@ def test_a_warmup_as_long_as_the_run_is_said_to_leave_no_decay(shakespeare, cli,
     assert result.exit_code == 0 and "--warmup-steps 2 is not shorter than the run (2 steps)" in " ".join(result.output.split())
     result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "d", *common, "--warmup-steps", "1")
     assert result.exit_code == 0 and "is not shorter than the run" not in result.output
+
+
+def test_a_resume_that_leaves_out_the_length_keeps_the_runs(shakespeare, cli, tmp_path):
+    """--resume without --max-steps used to re-plan the run to the default 1000 steps (and its
+    schedule); a step checkpoint given as -o was trained on in place, its step's weights lost."""
+    run = tmp_path / "run"
+    args = [shakespeare["tokens"], "-o", run, *FAST, "--eval-every", "0", "--save-every", "1", "--keep-last", "0"]
+    assert cli("pretrain", *args, "--max-steps", "3").exit_code == 0
+    before = artifacts.load(run)
+    result = cli("pretrain", *args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "the run's length is kept as it was started (--max-steps 3)" in result.output
+    after = artifacts.load(run)
+    assert after.stats["step"] == 3 and after.fingerprint == before.fingerprint
+    step = run / "checkpoints" / "step_0000002"
+    weights = (step / "model.safetensors").read_bytes()
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", step, *FAST, "--max-steps", "3", "--resume"))
+    assert f"is a step checkpoint of the run {run.resolve()}" in line and "--init-from" in line
+    assert (step / "model.safetensors").read_bytes() == weights and not (step / "checkpoints").exists()
+
+
+def test_flags_a_model_would_not_use_are_refused(shakespeare, cli, tmp_path):
+    """The LSTM took every Transformer flag, --mlm-probability a causal run, and --model an
+    --init-from run: each was recorded, changed the fingerprint and trained nothing differently."""
+    base = tmp_path / "base"
+    assert cli("pretrain", shakespeare["tokens"], "-o", base, *FAST, "--context-length", "64", "--max-steps", "1",
+               "--eval-every", "0").exit_code == 0
+    for extra, says in ((["--model", "lstm", "--n-head", "4", "--pos", "learned"], "the LSTM has no --n-head, --pos"),
+                        (["--model", "lstm", "--objective", "mlm"], "--objective mlm needs a Transformer"),
+                        (["--mlm-probability", "0.3"], "--mlm-probability is the share masked for --objective mlm"),
+                        (["--init-from", base, "--model", "tiny"], "leave out --model"),
+                        (["--init-from", base, "--seq-len", "128"], f"longer than {base}'s context length 64; lower --seq-len")):
+        line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST[8:], "--max-steps", "1", *extra))
+        assert says in line and "unexpected" not in line, line
+        assert not (tmp_path / "r").exists()
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST[8:], "--max-steps", "1", "--eval-every", "0",
+                 "--init-from", base)
+    assert result.exit_code == 0 and f"pretrain from {base} (gpt/clm" in result.output, result.output

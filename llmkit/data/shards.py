@@ -267,8 +267,8 @@ class WindowSampler:
             raise UserError(f"context length must be at least 1, got {seq_len}")
         if shards.num_tokens < seq_len + 1:
             raise UserError(
-                f"the {shards.split} split has {shards.num_tokens} tokens, fewer than context length {seq_len} + 1; "
-                "use a shorter --context-length or more data"
+                f"the {shards.split} split has {shards.num_tokens} tokens, fewer than one sequence of {seq_len} + 1; "
+                "lower --seq-len (or the --context-length it defaults to), or give more data"
             )
         self.shards = shards
         self.seq_len = seq_len

@@ -24,7 +24,7 @@ from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import check_model
-from llmkit.train.launch import launch, planned_split, runtime_record, split_batch, worker_process
+from llmkit.train.launch import keep_recorded_length, launch, planned_split, runtime_record, split_batch, worker_process
 from llmkit.train.loop import Trainer
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
@@ -43,6 +43,8 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
     _check_split_model(config, art)
+    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "epochs"),
+                                  left_out=config.max_steps is None and config.epochs == config.default_of("epochs"))
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},

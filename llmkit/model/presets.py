@@ -38,6 +38,10 @@ def model_config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(ModelConfig)]
 
 
+# Model fields the LSTM baseline has no use for: given, they would only change its fingerprint.
+TRANSFORMER_ONLY = ("n_head", "n_kv_head", "mlp_ratio", "norm", "pos", "activation", "bias", "rope_theta")
+
+
 def resolve_model_config(preset: str, vocab_size: int, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """Preset < overrides (fields left None are ignored); vocab_size from the tokenizer."""
     if preset not in PRESETS:
@@ -49,6 +53,13 @@ def resolve_model_config(preset: str, vocab_size: int, overrides: dict[str, Any]
                 raise UserError(f"unknown model field {key!r}; known: {', '.join(model_config_fields())}")
             values[key] = value
     if values.get("arch") == "lstm":
+        unused = [key for key in TRANSFORMER_ONLY if (overrides or {}).get(key) is not None]
+        if unused:
+            raise UserError(f"the LSTM has no {', '.join('--' + key.replace('_', '-') for key in unused)} (attention, positions, "
+                            "norms and MLP are the Transformer's); leave them out, or choose a Transformer preset")
+        if (overrides or {}).get("objective") == "mlm":
+            raise UserError("--objective mlm needs a Transformer: the LSTM reads left to right; leave out --objective or "
+                            "choose a Transformer preset")
         values.setdefault("n_head", 1)
         values["n_kv_head"] = values.get("n_kv_head") or values["n_head"]
     elif "n_head" in (overrides or {}) and overrides.get("n_head") and not (overrides or {}).get("n_kv_head"):

@@ -19,7 +19,7 @@ from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.layout import check_model
-from llmkit.train.launch import launch, planned_split, planned_world, runtime_record, split_batch, worker_process
+from llmkit.train.launch import keep_recorded_length, launch, planned_split, planned_world, runtime_record, split_batch, worker_process
 
 
 def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, init_from: Path | str | None = None,
@@ -36,6 +36,8 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
         _check_init(init, tokens_art, config)
         inputs["init_from"] = str(init.path.resolve())
     _check_before_launch(config, tokens_art, init)
+    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "max_tokens"),
+                                  left_out=config.max_steps is None and config.max_tokens is None)
     tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,
                   reads=[tokenizer.path if tokenizer else None])
@@ -45,7 +47,8 @@ def _check_init(init, tokens_art, config: PretrainConfig) -> None:
     """Continued pretraining keeps the checkpoint's model and needs the tokenizer the tokens were made with."""
     from llmkit.model.records import read_task
 
-    given = [name for name, value in config.architecture.overrides().items() if value is not None and name != "dropout"]
+    given = ["model"] if getattr(config, "model_given", False) else []
+    given += [name for name, value in config.architecture.overrides().items() if value is not None and name != "dropout"]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"--init-from takes the model from {init.path}; leave out {flags}")
@@ -67,11 +70,14 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
 
     layout = planned_split(config.devices, config.checkpoints.ema)
     model_config = _model_config(config, load_tokenizer(tokens_art.path / "tokenizer").vocab_size, init)
-    seq_len = _seq_len(config, model_config)
+    seq_len = _seq_len(config, model_config, init)
     if layout is not None:
         check_model(model_config, layout, seq_len)
     _split_global_batch(config, seq_len, layout.batch_ways if layout is not None else planned_world(config.devices))
     _open_data(tokens_art, seq_len, config)
+    if model_config.objective != "mlm" and config.mlm_probability != config.default_of("mlm_probability"):
+        raise UsageError("--mlm-probability is the share masked for --objective mlm; this model predicts the next token "
+                         "(clm), so leave it out")
 
 
 def _model_config(config: PretrainConfig, vocab_size: int, init):
@@ -86,11 +92,11 @@ def _model_config(config: PretrainConfig, vocab_size: int, init):
     return model_config
 
 
-def _seq_len(config: PretrainConfig, model_config) -> int:
+def _seq_len(config: PretrainConfig, model_config, init=None) -> int:
     seq_len = config.seq_len or model_config.context_length
     if seq_len > model_config.context_length:
-        raise UserError(f"--seq-len {seq_len} is longer than the model's context length {model_config.context_length}; "
-                        "lower --seq-len or raise --context-length")
+        whose, fix = (f"{init.path}'s", "lower --seq-len") if init is not None else ("the model's", "lower --seq-len or raise --context-length")
+        raise UserError(f"--seq-len {seq_len} is longer than {whose} context length {model_config.context_length}; {fix}")
     return seq_len
 
 
@@ -150,7 +156,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         tokenizer = load_tokenizer(tokenizer_dir)
         init = artifacts.load(init_from, kind="checkpoint") if init_from else None
         model_config = _model_config(config, tokenizer.vocab_size, init)
-        seq_len = _seq_len(config, model_config)
+        seq_len = _seq_len(config, model_config, init)
         if model_config.objective == "mlm" and tokenizer.mask_id is None:
             raise UserError("--objective mlm needs a <|mask|> token in the tokenizer; retrain it with the default special tokens")
         world = info.world_size
@@ -230,8 +236,9 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             from llmkit.console import err
 
             layout_note = f" ({info.layout.describe()})" if info.layout.model_parallel else ""
+            named = f"from {init_from}" if init_from else config.architecture.model
             err.print(
-                f"pretrain {config.architecture.model} ({model_config.arch}/{model_config.objective}, {params / 1e6:.2f}M params) "
+                f"pretrain {named} ({model_config.arch}/{model_config.objective}, {params / 1e6:.2f}M params) "
                 f"on {world} {'GPU' if info.device.type == 'cuda' else 'CPU process'}(es){layout_note}: {max_steps} steps x "
                 f"{global_batch} x {seq_len} tokens, micro-batch {micro_batch}, accumulation {accumulation}"
                 f"{trainer.gradient_note}",

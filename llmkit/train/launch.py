@@ -106,6 +106,13 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         if resume and made not in (None, kind):
             raise UserError(f"{out} is a {made} artifact, not a {'training run' if kind == 'checkpoint' else kind}: there is "
                             "nothing in it to resume; give the run's own folder as -o")
+        from llmkit.train.checkpoint import CHECKPOINTS
+
+        run = out.resolve().parent.parent
+        if resume and out.resolve().parent.name == CHECKPOINTS and (run / outputs.RUN_MARK).exists():
+            # it resumes (it holds a training state), but would turn that step's weights into a later step's
+            raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
+                            f"start a new run from it (--init-from {out})")
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
@@ -216,6 +223,32 @@ def planned_world(devices: Devices) -> int:
     if distributed.under_torchrun():
         return int(os.environ.get("WORLD_SIZE", "1"))
     return (distributed.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
+
+
+def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: bool, lengths: tuple[str, ...]) -> Options:
+    """`config` with the length options (`lengths`) of the run in `out` when a --resume leaves them
+    out (`left_out`), as the run recorded them: their defaults would re-plan the run (and its
+    schedule) to another length. Unchanged when there is nothing to resume."""
+    if not (resume and left_out and out.is_dir()):
+        return config
+    import dataclasses
+
+    from llmkit import artifacts
+    from llmkit.train.checkpoint import resume_point
+    from llmkit.train.options import recorded_options
+
+    try:
+        point = resume_point(out)
+        recorded = recorded_options(artifacts.load(point, kind="checkpoint").config) if point is not None else {}
+    except UserError:
+        return config  # the run directory's checks say what is wrong with it
+    kept = {key: recorded[key] for key in lengths if key in recorded}
+    if kept and any(kept[key] != getattr(config, key) for key in kept):
+        from llmkit.console import err
+
+        shown = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in kept.items() if value is not None)
+        err.print(f"note: the run's length is kept as it was started ({shown}); give it to change it", markup=False)
+    return dataclasses.replace(config, **kept)
 
 
 def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, fix: Callable[[int], str]) -> tuple[int, int]:

@@ -343,7 +343,7 @@ class Trainer:
         unset = self.spec.unset_means
         for key in sorted(set(saved_options) | set(options)):
             before, now = saved_options.get(key), options.get(key)
-            if key in RESUMABLE_CHANGES or before == now:
+            if key in RESUMABLE_CHANGES or before == now or key == "seed":  # (the seed: named above)
                 continue
             if key in unset and None in (before, now) and unset[key] in (before, now):
                 # The saved record stays: the run is then the one an uninterrupted run would have made.
