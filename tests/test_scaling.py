@@ -317,6 +317,21 @@ def test_budgets_plan_one_run_each_and_name_it_alone():
     assert {r.name.split("-")[0] for r in close} == {"c1.5e08", "c2e08"} and len({r.name for r in close}) == 6
 
 
+def test_the_micro_batch_changes_no_runs_batch():
+    """--micro-batch is runtime: the grid rounded each batch to whole micro-batches, so another
+    --micro-batch planned other runs (and a finished sweep refused to go on under it)."""
+    from llmkit.sweep.config import SweepConfig
+    from llmkit.sweep.grid import plan
+
+    base = dict(sizes=["1x16", "1x32", "2x32"], token_budgets=[5e4], context_length=64, batch_tokens=16384, head_dim=16)
+    plans = {micro: plan(SweepConfig.build(micro_batch=micro, **base), vocab_size=512) for micro in (4, 5, 16)}
+    assert len({tuple(run.config.hashed().items()) for runs in plans.values() for run in runs}) == 3
+    for micro, runs in plans.items():
+        for run in runs:
+            sequences = run.config.batch_tokens // 64
+            assert run.config.devices.micro_batch <= micro and sequences % run.config.devices.micro_batch == 0
+
+
 def test_a_sweep_started_under_one_digit_budget_names_goes_on_under_todays(tmp_path):
     from llmkit.sweep.config import SweepConfig
     from llmkit.sweep.grid import legacy_name, plan

@@ -111,13 +111,13 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
             raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, less than one sequence of {seq_len}; "
                             "raise the budget or lower --seq-len")
         sequences = max(1, min(config.base.batch_tokens, tokens // config.min_steps) // seq_len)
-        micro = config.base.devices.micro_batch
-        if sequences > micro:  # whole micro-batches, so that accumulation divides
-            sequences = sequences // micro * micro
+        # --micro-batch is how a run computes, not what: the batch stays, and the run takes the
+        # largest micro-batch up to it that divides the batch (accumulation makes up the rest)
+        micro = max(d for d in range(1, min(sequences, config.base.devices.micro_batch) + 1) if sequences % d == 0)
         batch = sequences * seq_len
         lr = config.base.optim.lr * (config.lr_reference_width / width if config.lr_rule == "width" else 1.0)
         values = dict(config.base.flat(), n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads, max_tokens=tokens,
-                      max_steps=None, batch_tokens=batch, lr=lr)
+                      max_steps=None, batch_tokens=batch, lr=lr, micro_batch=micro)
         name = (f"c{budget_label(budget)}-" if budget is not None else "") + f"d{layers}-w{width}-t{tokens}"
         runs.append(PlannedRun(name, layers, width, heads, total, non_embedding, tokens, budget, PretrainConfig.build(**values)))
     assert len({run.name for run in runs}) == len(runs), "two planned runs share a name"
