@@ -30,6 +30,7 @@ _USAGE_ERRORS = tuple({getattr(module, "UsageError") for module in (click.except
 
 from llmkit import __version__
 from llmkit.errors import Terminated, UserError, debug_enabled, one_line, set_debug
+from llmkit.outputs import made_parents_removed_on_failure
 from llmkit.runtime import let_idle_threads_sleep
 from llmkit.stage_command import LlmkitCommand, LlmkitGroup
 
@@ -47,7 +48,7 @@ class _ErrorsAsOneLine(LlmkitGroup):
     def invoke(self, ctx: click.Context):
         _stop_cleanly_on_sigterm()
         try:
-            with _usage_error_as_one_line():
+            with _usage_error_as_one_line(), made_parents_removed_on_failure():
                 return super().invoke(ctx)
         except _PASS_THROUGH:  # --help, exits: click/typer finish them
             raise

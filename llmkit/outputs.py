@@ -98,9 +98,29 @@ def _unmarked_run(folder: Path) -> bool:
         for m in folder.glob(pattern))
 
 
+_made_parents: list[Path] = []  # folders make_parent created in this process, outermost first
+
+
+@contextlib.contextmanager
+def made_parents_removed_on_failure() -> Iterator[None]:
+    """A command that fails leaves none of the folders it made above its output where nothing
+    was put in them (a stage checks its output, which makes them, before its other inputs)."""
+    _made_parents.clear()
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(_made_parents):
+            with contextlib.suppress(OSError):  # not empty: something of the run's is there, or another's
+                folder.rmdir()
+        raise
+    finally:
+        _made_parents.clear()
+
+
 def make_parent(out: Path) -> None:
     """Create the folders above an output path, or say in one line why they cannot be."""
     parent = Path(out).resolve().parent
+    missing = [folder for folder in (parent, *parent.parents) if not folder.exists()]
     existing = next(folder for folder in (parent, *parent.parents) if folder.exists())
     if not existing.is_dir():
         raise UserError(f"cannot create {out}: {existing} is a file, not a folder; choose another -o path")
@@ -110,6 +130,7 @@ def make_parent(out: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the folder {parent} for {out} ({exc.strerror}); choose another -o path") from exc
+    _made_parents.extend(reversed(missing))
 
 
 def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = ()) -> None:

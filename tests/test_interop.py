@@ -324,8 +324,11 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     tokenizer_json = json.loads((src / "tokenizer.json").read_text())
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (src / name).rename(tmp_path / name)
-    assert "has no tokenizer files" in _error(cli("import", src, "-o", tmp_path / "x"))
+    assert "has no tokenizer vocabulary" in _error(cli("import", src, "-o", tmp_path / "x"))
     (tmp_path / "tokenizer_config.json").rename(src / "tokenizer_config.json")
+    # from tokenizer_config.json alone transformers builds a tokenizer of its special tokens, which
+    # encoded every text to nothing: it was imported as the checkpoint's
+    assert "has no tokenizer vocabulary" in _error(cli("import", src, "-o", tmp_path / "x"))
     for token in tokenizer_json["added_tokens"]:
         token["special"] = False
     (src / "tokenizer.json").write_text(json.dumps(tokenizer_json))
@@ -676,6 +679,41 @@ def test_import_refuses_llama_features_llmkit_cannot_express(cli, tmp_path, toke
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "llama" in message and named in message
     assert not (tmp_path / "out").exists()
+
+
+def test_import_names_what_is_wrong_with_a_folder_and_leaves_no_folder_made_for_it(cli, tmp_path, tokenizer_dir):
+    """A classifier was called an incomplete folder; a missing bias became zeros; a rope_theta that
+    is no number, and heads that do not divide, were 'not supported' by llmkit or no one-line error;
+    and each failure left the folders made above -o."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+
+    def refused(change: dict) -> str:
+        (src / "config.json").write_text(json.dumps({**config, **change}))
+        line = _error(cli("import", src, "-o", tmp_path / "made" / "deeper" / "out"))
+        assert not (tmp_path / "made").exists()
+        return line
+
+    assert "architectures is LlamaForSequenceClassification, a model with a task head" in refused(
+        {"architectures": ["LlamaForSequenceClassification"]})
+    assert "rope_theta must be a positive number, got 'abc'" in refused(
+        {"rope_parameters": {"rope_type": "default", "rope_theta": "abc"}})
+    line = refused({"num_key_value_heads": 3})
+    assert "the llama config.json is invalid: n_head (4) must be divisible by n_kv_head (3)" in line
+    assert "not supported" not in line
+
+    from safetensors.torch import load_file, save_file
+
+    _save_hf_model(src, _hf_configs(vocab)["llama-attn-bias-untied"], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    state = load_file(str(src / "model.safetensors"))
+    del state["model.layers.1.self_attn.o_proj.bias"]
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    assert "model.layers.1.self_attn.o_proj.bias" in refused({})
 
 
 def test_export_refuses_styles_transformers_cannot_run(cli, tmp_path, tokenizer_dir):

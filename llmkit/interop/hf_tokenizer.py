@@ -5,6 +5,7 @@ tokenizer folder (special tokens by role, token byte lengths)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -160,21 +161,46 @@ def read_hf_tokenizer(src: Path):
             return Tokenizer.from_file(str(path))
         except Exception as exc:
             raise UserError(f"{path} is not a valid tokenizers file ({exc}); re-save the tokenizer") from exc
-    slow_files = ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "tokenizer_config.json")
+    # the files holding a vocabulary (tokenizer_config.json holds none: from it alone transformers
+    # builds a tokenizer of its special tokens, which encodes every text to nothing)
+    slow_files = ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
     if not any((src / name).is_file() for name in slow_files):
-        raise UserError(f"{src} has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt); copy the "
-                        "model's tokenizer there, or save it with AutoTokenizer(...).save_pretrained")
+        raise UserError(f"{src} has no tokenizer vocabulary (tokenizer.json, tokenizer.model, vocab.json + merges.txt); copy "
+                        "the model's tokenizer there, or save it with AutoTokenizer(...).save_pretrained")
     try:
         from transformers import AutoTokenizer
 
-        fast = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-        return fast.backend_tokenizer
+        with quiet_transformers():
+            backend = AutoTokenizer.from_pretrained(str(src), local_files_only=True).backend_tokenizer
     except Exception as exc:
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        sentencepiece = (src / "tokenizer.model").is_file() and importlib.util.find_spec("sentencepiece") is None
         raise UserError(
             f"{src} has no tokenizer.json and transformers could not convert its tokenizer files ({reason}); "
-            "save the tokenizer there with AutoTokenizer(...).save_pretrained"
+            f"save the tokenizer there with AutoTokenizer(...).save_pretrained{' or install sentencepiece' if sentencepiece else ''}"
         ) from exc
+    size = backend.get_vocab_size(with_added_tokens=False)
+    if size < SMALLEST_VOCABULARY:
+        raise UserError(f"{src}'s tokenizer files convert to a vocabulary of {size} token(s); copy the model's full tokenizer "
+                        "there (tokenizer.json), or save it with AutoTokenizer(...).save_pretrained")
+    return backend
+
+
+SMALLEST_VOCABULARY = 32  # below this, conversion kept special tokens only (a byte-level vocabulary has 256)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' own warnings (on stderr, several lines) would come before llmkit's one-line
+    error or note; llmkit says what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
 
 
 def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]:

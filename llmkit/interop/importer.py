@@ -17,9 +17,9 @@ from llmkit.interop.hf_files import (
     torch_dtype,
     weight_files,
 )
-from llmkit.interop.hf_tokenizer import hf_special_tokens, read_hf_tokenizer, with_post_processor, write_tokenizer_folder
+from llmkit.interop.hf_tokenizer import hf_special_tokens, quiet_transformers, read_hf_tokenizer, with_post_processor, write_tokenizer_folder
 from llmkit.model.gpt import ModelConfig
-from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, hf_bias_groups, unsupported_model_type
+from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, hf_bias_groups, refuse_other_heads, unsupported_model_type
 from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
 
 
@@ -72,6 +72,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     model_type = config_json.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise unsupported_model_type(model_type, config_json.get("architectures"))
+    refuse_other_heads(config_json.get("architectures"))
     quantized = config_json.get("quantization_config")
     if quantized is not None:
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
@@ -83,7 +84,8 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
     try:
         from transformers import AutoConfig
 
-        hf_config = AutoConfig.from_pretrained(str(src), local_files_only=True)
+        with quiet_transformers():
+            hf_config = AutoConfig.from_pretrained(str(src), local_files_only=True)
     except Exception as exc:
         raise UserError(f"{src}/config.json is not a valid {model_type} config ({exc}); re-save the model") from exc
     config = from_hf_config(hf_config)

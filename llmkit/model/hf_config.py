@@ -125,6 +125,20 @@ def from_hf_config(hf_config) -> ModelConfig:
     raise unsupported_model_type(model_type, getattr(hf_config, "architectures", None))
 
 
+# transformers classes with another head than a language model's: their weights have no lm_head
+NOT_A_LANGUAGE_MODEL = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
+
+def refuse_other_heads(architectures) -> None:
+    """A classifier or tagger saved by transformers, refused by its class (its missing lm_head
+    would otherwise be reported as an incomplete folder)."""
+    for name in architectures or []:
+        if isinstance(name, str) and name.endswith(NOT_A_LANGUAGE_MODEL):
+            raise UserError(f"config.json's architectures is {name}, a model with a task head; llmkit imports causal language "
+                            "models (*ForCausalLM, GPT2LMHeadModel) or their base model: import the language model, then "
+                            "`llmkit finetune --task classify` for a classifier")
+
+
 def unsupported_model_type(model_type, architectures=None) -> UserError:
     named = f"model_type {model_type!r}" + (f" ({', '.join(architectures)})" if architectures else "")
     return UserError(
@@ -182,6 +196,8 @@ def _from_llama_config(c) -> ModelConfig:
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise _unsupported("llama", f"partial_rotary_factor={rope['partial_rotary_factor']}", "llmkit rotates the whole head")
     theta = rope.get("rope_theta", getattr(c, "rope_theta", None)) or 10000.0
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
+        raise UserError(f"config.json: rope_theta must be a positive number, got {theta!r}; correct it or re-save the model")
     return config_with_mlp_width(
         dict(
             LLAMA_STYLE,
@@ -221,8 +237,8 @@ def config_with_mlp_width(values: dict, mlp_hidden: int, model_type: str) -> Mod
     for ratio in candidates:
         try:
             config = ModelConfig(**values, mlp_ratio=ratio)
-        except ValueError as exc:
-            raise _unsupported(model_type, str(exc)) from exc
+        except ValueError as exc:  # the config contradicts itself (heads that do not divide): no model has it
+            raise UserError(f"the {model_type} config.json is invalid: {exc}; correct it or re-save the model") from exc
         if config.mlp_hidden == mlp_hidden:
             return config
     raise _unsupported(

@@ -133,11 +133,9 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
     out: dict[str, torch.Tensor] = {}
     missing: list[str] = []
 
-    def take(name: str, zeros: int | None = None) -> torch.Tensor | None:
+    def take(name: str) -> torch.Tensor | None:
         if name in state:
             return _t(state.pop(name), dtype)
-        if zeros is not None:
-            return torch.zeros(zeros, dtype=dtype)
         missing.append(name)
         return None
 
@@ -178,7 +176,7 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
                     group, layer = name.split(".")
                     if p == "bias" and group not in bias_groups:
                         return torch.zeros(for_bias[layer], dtype=dtype)
-                    return take(h + name + "." + p, zeros=for_bias[layer] if p == "bias" else None)
+                    return take(h + name + "." + p)  # a bias the config says is there: missing is an error
 
                 out[b + f"attn.q_proj.{p}"] = part("self_attn.q_proj")
                 k, v = part("self_attn.k_proj"), part("self_attn.v_proj")
