@@ -216,7 +216,11 @@ def report_command(
     from llmkit.inspect_view import artifacts_in, print_report
 
     with _damage_named(*paths):
-        print_report(artifacts_in(paths))
+        found, damaged = artifacts_in(paths)
+        print_report(found)
+    if damaged:
+        raise UserError(f"{len(damaged)} artifact(s) damaged: {', '.join(map(str, damaged))}; llmkit verify shows what changed, "
+                        "rebuild them with the stage that made them")
 
 
 @contextlib.contextmanager

@@ -106,30 +106,34 @@ def _undetermined(art: Artifact) -> bool:
         return False
 
 
-def artifacts_in(paths: list[Path]) -> list[Artifact]:
-    """The artifacts `llmkit report` shows: each path an artifact, or a folder of them (a recipe's
-    runs/NAME); a folder without any (a glob's stray match) is skipped with a note, and nothing
-    at all to show is an error."""
+def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
+    """The artifacts `llmkit report` shows, and the damaged ones in the folders given: each path an
+    artifact, or a folder of them (a recipe's runs/NAME); a folder without any (a glob's stray
+    match) is skipped with a note, a damaged artifact in one is named, and nothing to show is an error."""
     from llmkit import artifacts
     from llmkit.console import err
     from llmkit.errors import UserError
 
-    found, skipped = [], []
+    found, skipped, damaged = [], [], []
     for path in paths:
         if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
             found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
             continue
         inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())
-        if inside:
-            found.extend(artifacts.load(child) for child in inside)
-        else:
+        for child in inside:  # one damaged artifact among a folder's is named, the rest still shown
+            try:
+                found.append(artifacts.load(child))
+            except UserError as exc:
+                damaged.append(child)
+                err.print(f"note: {child} is damaged: {exc}", soft_wrap=True, markup=False, highlight=False)
+        if not inside:
             skipped.append(path)
     if skipped:
         err.print(f"note: skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)", soft_wrap=True,
                   markup=False, highlight=False)
     if not found:
-        raise UserError(f"no artifact among {', '.join(map(str, paths))}; pass artifact directories or folders of them")
-    return found
+        raise UserError(f"no readable artifact among {', '.join(map(str, paths))}; pass artifact directories or folders of them")
+    return found, damaged
 
 
 def print_report(arts: list[Artifact]) -> None:

@@ -218,7 +218,12 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
         assert result.exit_code == 0, result.output
         assert "bleu 31.25" in result.output and "1 docs" in result.output
     assert "skipped" in result.output and "notes" in result.output
-    assert "no artifact among" in cli("report", tmp_path / "notes").output
+    assert "no readable artifact among" in cli("report", tmp_path / "notes").output
+    # one damaged artifact in a folder is named, the others still shown (the report stopped at it)
+    (corpus / "manifest.json").write_text("{")
+    result = cli("report", tmp_path)
+    assert result.exit_code == 1 and "bleu 31.25" in result.output, result.output
+    assert f"1 artifact(s) damaged: {corpus}" in result.output.strip().splitlines()[-1]
 
 
 def test_help_shows_brackets_as_typed():
