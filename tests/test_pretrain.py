@@ -480,7 +480,7 @@ def test_bad_inputs(shakespeare, cli, tmp_path):
     line = _error(cli("pretrain", shakespeare["tokenizer"], "-o", tmp_path / "r2", *FAST))
     assert "expected a tokens artifact, got tokenizer" in line
     line = _error(cli("pretrain", shakespeare["short"], "-o", tmp_path / "r3", *FAST, "--max-steps", "2"))
-    assert "context length 64" in line and "tokens" in line
+    assert "fewer than one sequence of 64 + 1; lower --seq-len" in line and "tokens" in line
     line = _error(cli("pretrain", tokens, "-o", tmp_path / "r4", *FAST, "--seq-len", "512"))
     assert "longer than the model's context length" in line
     line = _error(cli("pretrain", tokens, "-o", tmp_path / "r5", *FAST, "--max-steps", "3", "--max-tokens", "10"))
@@ -536,8 +536,8 @@ def test_a_batch_that_does_not_split_over_processes_is_refused_before_they_start
 
     monkeypatch.setattr(distributed, "relaunch", relaunch)
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3"))
-    # 16 sequences are under a micro-batch of 8 for each of 3 processes: any 3 x 64 tokens split
-    assert "choose --batch-tokens as a multiple of 192" in line
+    # 16 sequences are under a micro-batch of 8 for each of 3 processes: a multiple of 3 sequences splits too
+    assert "choose --batch-tokens as a multiple of 1536 (a batch under that splits too when its sequences are a multiple of 3)" in line
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3",
                       "--batch-tokens", str(40 * 64)))
     assert "choose --batch-tokens as a multiple of 1536" in line  # 8 sequences x 3 processes x 64 tokens

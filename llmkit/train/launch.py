@@ -255,8 +255,8 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
     """(micro-batch, accumulation steps) for a global batch of samples over `world` processes.
 
     The micro-batch shrinks when the global batch is smaller than one micro-batch per process;
-    a global batch that does not divide is an error naming `what` was asked, `fix(multiple)` (a
-    multiple that splits: of the processes when the batch is under a micro-batch each) and,
+    a global batch that does not divide is an error naming `what` was asked, `fix(multiple)` (every
+    multiple of it splits; a batch under it, a multiple of the processes, too) and,
     where the batch divides over the processes, the --micro-batch that splits it as it is.
     """
     micro = max(1, min(micro_batch, global_batch // world))
@@ -266,10 +266,11 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
         if global_batch % world == 0:
             share = global_batch // world
             keep = f", or keep it and pass --micro-batch {max(d for d in range(1, micro_batch + 1) if share % d == 0)}"
-        # a batch under one micro-batch per process splits whenever each process gets as many samples
-        multiple = world if global_batch < micro_batch * world else micro_batch * world
+        # every multiple of micro_batch x world splits; under it, so does one that gives each process as many samples
+        smaller = (f" (a batch under that splits too when its sequences are a multiple of {world})"
+                   if global_batch < micro_batch * world and world < micro_batch * world else "")
         raise UserError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
-                        f"replica and pipeline micro-batch); {fix(multiple)}{keep}")
+                        f"replica and pipeline micro-batch); {fix(micro_batch * world)}{smaller}{keep}")
     return micro, global_batch // (micro * world)
 
 
