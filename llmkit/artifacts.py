@@ -337,7 +337,8 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
     if not path.exists():
         raise UserError(f"no such artifact: {path}; expected {_article(wanted_text)} artifact directory")
     if not path.is_dir():
-        raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory")
+        hint = f"; make a corpus of it first (llmkit clean {path} -o CORPUS)" if "corpus" in wanted else ""
+        raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory{hint}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():

@@ -36,6 +36,11 @@ class Execution(Options):
     ray_address: str | None = option(None, "Ray cluster to join (e.g. auto, or ray://HEAD:10001); default: start a local "
                                      "Ray instance for this run.", runtime=True)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ray_address is not None and self.executor != "ray":  # it would run here, and record a cluster it never used
+            raise UserError(f"--ray-address {self.ray_address} is for --executor ray; add --executor ray, or leave the address out")
+
 
 def require_ray():
     try:
@@ -62,10 +67,15 @@ def connected(address: str | None) -> Iterator[Any]:
 
     main_thread = threading.current_thread() is threading.main_thread()
     on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    import warnings
+
     try:
-        ray.init(address=address, **options) if address else ray.init(**options)
+        with warnings.catch_warnings():  # (Ray's own warnings about the client would come before the one line)
+            warnings.simplefilter("ignore")
+            ray.init(address=address, **options) if address else ray.init(**options)
     except ConnectionError as exc:
-        raise UserError(f"cannot reach the Ray cluster at {address} ({' '.join(str(exc).split())[:120]}); start one with "
+        reason = " ".join(str(exc).split()).split(". ")[0]  # its first sentence, whole
+        raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); start one with "
                         "`ray start --head` there, or check --ray-address") from None
     if main_thread and on_sigterm is not None:  # ray.init takes SIGTERM over: a kill stops the stage as Ctrl-C does again
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -76,14 +86,17 @@ def connected(address: str | None) -> Iterator[Any]:
 
 
 def _check_reachable(address: str, seconds: float = 5.0) -> None:
-    """A HOST:PORT address answers a TCP connect, or the user hears so at once: ray.init keeps
-    retrying an address with no cluster behind it for many minutes ("auto" and ray:// addresses
-    fail fast on their own)."""
+    """A HOST:PORT (or ray://HOST:PORT) address answers a TCP connect, or the user hears so at once:
+    ray.init keeps retrying an address with no cluster behind it for many minutes, and a ray://
+    client for half a minute ("auto" fails fast on its own)."""
     import socket
 
-    if address in ("auto", "local") or "://" in address:
+    if address in ("auto", "local"):
         return
-    host, colon, port = address.rpartition(":")
+    scheme, _, rest = address.rpartition("://")
+    if scheme and scheme != "ray":
+        raise UserError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
+    host, colon, port = rest.rpartition(":")
     if not colon or not host or not port.isdigit():
         raise UserError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
     try:
@@ -97,10 +110,20 @@ class _Worker:
     """One Ray actor: the stage's initializer once, then batches in turn."""
 
     def __init__(self, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]):
+        # A failed set-up is kept and told with the first batch: raised here, it would kill the
+        # actor, which Ray restarts and finally reports as a death (out of memory, it would say).
+        self.setup_error = None
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+                self.setup_error = f"a Ray worker could not set up ({' '.join(reason.split())[:300]}); every node needs " \
+                                   "the stage's inputs at the same path (shared storage) and llmkit installed"
 
     def run(self, function: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
+        if self.setup_error is not None:
+            return "error", self.setup_error
         try:
             return "ok", function(item)
         except UserError as exc:  # the stage's own one-line error: passed back as is, not retried
@@ -152,7 +175,7 @@ def _get(ray, ref) -> tuple[str, Any]:
         return ray.get(ref)
     except ray.exceptions.RayActorError:
         raise UserError(f"a Ray worker died {RETRIES + 1} times on the same batch (out of memory, or killed); give the workers "
-                        "more memory, or a smaller --batch-size / --shard-mb") from None
+                        "more memory (fewer of them a node: --workers)") from None
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None) or exc
         text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(cause).__name__}: {cause}")

@@ -102,7 +102,7 @@ def _truncated_line_42(rows: list[str], folder) -> tuple:
     rows[41] = rows[41][:-5]
     with gzip.open(folder / "reviews.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.write("\n".join(rows))
-    return "reviews.jsonl.gz", 42, "malformed JSON line"
+    return "reviews.jsonl.gz", 42, "malformed JSON line (Unterminated string starting at: column "
 
 
 def _record_10_without_text(rows: list[str], folder) -> tuple:

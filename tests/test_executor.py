@@ -174,3 +174,26 @@ def test_an_address_with_no_cluster_behind_it_is_a_one_line_error_at_once(monkey
     with pytest.raises(UserError, match="is not HOST:PORT, auto or ray://HOST:PORT"):
         with connected("head-node"):
             pass
+    # a Ray client address waited half a minute behind a warning
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"cannot reach the Ray cluster at ray://127.0.0.1:1 \(.*\); start one"):
+        with connected("ray://127.0.0.1:1"):
+            pass
+    assert time.perf_counter() - started < 10
+
+
+def test_a_worker_that_cannot_set_up_says_why_and_an_address_needs_the_ray_executor(ray_instance, shared_data, cli, tmp_path):
+    """A failing initializer killed the actor: Ray restarted it four times, then the stage blamed
+    memory. --ray-address without --executor ray ran here and recorded the cluster."""
+    from llmkit.errors import UserError
+    from llmkit.executor import ray_ordered_map
+
+    def missing_tokenizer(path):
+        raise UserError(f"no tokenizer at {path}")
+
+    with pytest.raises(UserError, match=r"a Ray worker could not set up \(no tokenizer at /elsewhere\); every node needs"):
+        list(ray_ordered_map(lambda x: x, range(3), workers=1, address=None, initializer=missing_tokenizer,
+                             initargs=("/elsewhere",)))
+    result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", tmp_path / "out", "--ray-address", "auto")
+    assert result.exit_code != 0 and "--ray-address auto is for --executor ray" in result.output
+    assert not (tmp_path / "out").exists()

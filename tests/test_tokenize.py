@@ -413,3 +413,11 @@ def test_documents_without_a_source_form_their_own_group(tmp_path):
     assert len(groups) == 7
     a, null, b = groups[0], groups[1], groups[2]
     assert len({a, null, b}) == 3 and groups[3] == a and groups[4] == groups[5] == groups[6] == null
+
+
+def test_a_text_file_given_to_tokenize_points_at_clean(cli, tmp_path):
+    (tmp_path / "book.txt").write_text("To be, or not to be.\n", encoding="utf-8")
+    result = cli("tokenize", tmp_path / "book.txt", "-t", tmp_path / "tok", "-o", tmp_path / "tokens")
+    assert result.exit_code != 0
+    assert f"make a corpus of it first (llmkit clean {tmp_path / 'book.txt'} -o CORPUS)" in result.output
+    assert not (tmp_path / "tokens").exists()

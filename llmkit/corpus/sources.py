@@ -486,7 +486,8 @@ def _json_reader(path: Path, label: str, compression: Optional[str], fmt: str):
                 if options.skip_bad_lines:
                     stats.skipped(f"{label}:{number}")
                     continue
-                problem = f"malformed JSON line ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                problem = (f"malformed JSON line ({exc.msg}: column {exc.colno})" if isinstance(exc, json.JSONDecodeError)
+                           else str(exc))
                 raise UserError(f"{label}:{number}: {problem}; fix it or pass --skip-bad-lines") from None
             yield str(number), text
 

@@ -272,7 +272,7 @@ class _Encoder:
                  check_every: int = 128, execution: Execution | None = None):
         self.workers = workers
         self.execution = execution or Execution()
-        self.init_args = (str(tokenizer_dir), use_fast, add_bos, check_every)
+        self.init_args = (str(Path(tokenizer_dir).absolute()), use_fast, add_bos, check_every)  # (Ray workers run elsewhere)
         self.checked = 0
         self.used_workers = workers  # settled by ordered_map: on Ray 0 means one per CPU of the cluster
         self.name = "tiktoken" if use_fast and tok.fast_encoding is not None else "tokenizers"
