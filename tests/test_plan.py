@@ -208,6 +208,14 @@ def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli
     plan = _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--nnodes", "4", "--gpu",
                  "h100", "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1", "--seq-len", "8192")
     assert not plan["memory"]["fits"] and plan["fixes"][0] == "--tp 2"  # the 32 GPUs regrouped, not 64 asked for
+    # FSDP shards over every node: the fewest nodes (of 8 GPUs) that fit at tp 8 are a fix too
+    one_node = _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--gpu", "h100", "--tp", "8",
+                     "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1", "--seq-len", "8192")
+    more = [fix for fix in one_node["fixes"] if fix.startswith("--nnodes")]
+    assert more == ["--nnodes 4 (on 32 devices)"], one_node["fixes"]
+    assert not _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--nnodes", "2", "--gpu",
+                     "h100", "--tp", "8", "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1",
+                     "--seq-len", "8192")["memory"]["fits"]
 
 
 def test_plan_splits_the_batch_as_pretrain_does_and_names_its_approximations(cli, tmp_path):
@@ -298,7 +306,7 @@ def test_a_search_proposes_only_layouts_that_plan_and_pretrain_accept(cli):
     assert "--micro-batch 16" in fixes, fixes
     for fix in fixes:
         flags, _, devices = fix.partition(" (on ")
-        more = ["--gpus", devices.split()[0]] if devices else []  # "--pp 2 (on 2 devices)"
+        more = ["--gpus", devices.split()[0]] if devices and not flags.startswith("--nnodes") else []  # "--pp 2 (on 2 devices)"
         assert _plan(cli, *tight, *flags.split(), *more)["memory"]["fits"], fix
 
 

@@ -419,6 +419,12 @@ def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int |
             tried.append((f"--pp {pp} (on {layout.world * pp // layout.pp} devices)",
                           replace(layout, pp=pp, gpus=layout.gpus * pp // layout.pp)))
             break
+    if layout.strategy == "fsdp":  # FSDP shards over every data-parallel rank: more nodes, less a device
+        for nodes in (layout.nnodes * 2 ** k for k in range(1, 9)):
+            option = runnable(shape, replace(layout, nnodes=nodes), sequences)
+            if option is not None and estimate_memory(shape, option, device).fits:
+                tried.append((f"--nnodes {nodes} (on {nodes * layout.gpus} devices)", replace(layout, nnodes=nodes)))
+                break
     fitting = []
     for label, option in tried:
         option = runnable(shape, option, sequences)
