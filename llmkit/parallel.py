@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from llmkit.errors import UserError
@@ -107,18 +108,61 @@ def local_workers(workers: int) -> int:
 
 
 def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
-    """The pool's results in input order, with at most 2 x workers items submitted and not yet taken."""
+    """The pool's results in input order, with at most 2 x workers items submitted and not yet taken.
+
+    Every call into the pool runs with Ctrl-C held back (`_ctrl_c_deferred`): a KeyboardInterrupt raised inside
+    concurrent.futures, between one of its locks' acquire and the `with` that releases it (threading.Condition's
+    __enter__ is Python code, checked for signals after the acquire), leaves that lock held forever; the pool's
+    manager thread then blocks on it, and shutdown (the `with` around the pool, or the exit of the interpreter)
+    waits for that thread forever."""
     pending: deque = deque()
     try:
         for item in items:
-            pending.append(pool.submit(function, item))
+            with _ctrl_c_deferred():
+                pending.append(pool.submit(function, item))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft())
     finally:  # the consumer stopped early (an error, a fallback, Ctrl-C): queued items are not started
-        for future in pending:
-            future.cancel()
+        with _ctrl_c_deferred():
+            for future in pending:
+                future.cancel()
+
+
+def _result(future):
+    """`future.result()`, waited for in short steps so that a Ctrl-C held back during a step ends the wait."""
+    from concurrent.futures import wait
+
+    while True:
+        with _ctrl_c_deferred():
+            if wait((future,), timeout=0.1).done:
+                return future.result()
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C (and a SIGTERM, which the CLI turns into the same stop) during the block is delivered
+    when it ends, at this line instead of inside the pool's locks. In the main thread only (the
+    only one a signal's exception can land in), and only for handlers set from Python."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {number: handler for number, handler in previous.items() if handler is not None}
+    for number in previous:
+        signal.signal(number, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(held):
+            signal.raise_signal(number)  # to the handler of before: its exception raised here
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...], started=None) -> None:
