@@ -219,8 +219,8 @@ def report_command(
         found, damaged = artifacts_in(paths)
         print_report(found)
     if damaged:
-        raise UserError(f"{len(damaged)} artifact(s) damaged: {', '.join(map(str, damaged))}; llmkit verify shows what changed, "
-                        "rebuild them with the stage that made them")
+        raise UserError(f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))} (the notes above say "
+                        "why); llmkit verify shows what changed in one")
 
 
 @contextlib.contextmanager

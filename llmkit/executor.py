@@ -64,11 +64,10 @@ def connected(address: str | None) -> Iterator[Any]:
         _check_reachable(address)
     import signal
     import threading
+    import warnings
 
     main_thread = threading.current_thread() is threading.main_thread()
     on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
-    import warnings
-
     try:
         with warnings.catch_warnings():  # (Ray's own warnings about the client would come before the one line)
             warnings.simplefilter("ignore")
@@ -117,9 +116,10 @@ class _Worker:
             try:
                 initializer(*initargs)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-                self.setup_error = f"a Ray worker could not set up ({' '.join(reason.split())[:300]}); every node needs " \
-                                   "the stage's inputs at the same path (shared storage) and llmkit installed"
+                reason = " ".join((str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}").split())[:300]
+                missing = isinstance(exc, OSError) or any(word in reason.lower() for word in ("no such", "not found", "missing"))
+                hint = "; every node needs the stage's inputs at the same path (shared storage)" if missing else ""
+                self.setup_error = f"a Ray worker could not set up: {reason}{hint}"
 
     def run(self, function: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
         if self.setup_error is not None:

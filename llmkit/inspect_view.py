@@ -109,7 +109,7 @@ def _undetermined(art: Artifact) -> bool:
 def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     """The artifacts `llmkit report` shows, and the damaged ones in the folders given: each path an
     artifact, or a folder of them (a recipe's runs/NAME); a folder without any (a glob's stray
-    match) is skipped with a note, a damaged artifact in one is named, and nothing to show is an error."""
+    match) is skipped with a note, an unreadable artifact in one is named, and nothing to show is an error."""
     from llmkit import artifacts
     from llmkit.console import err
     from llmkit.errors import UserError
@@ -125,7 +125,7 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
                 found.append(artifacts.load(child))
             except UserError as exc:
                 damaged.append(child)
-                err.print(f"note: {child} is damaged: {exc}", soft_wrap=True, markup=False, highlight=False)
+                err.print(f"note: {child} cannot be read: {exc}", soft_wrap=True, markup=False, highlight=False)
         if not inside:
             skipped.append(path)
     if skipped:

@@ -104,7 +104,7 @@ _made_parents: list[Path] = []  # folders make_parent created in this process, o
 @contextlib.contextmanager
 def made_parents_removed_on_failure() -> Iterator[None]:
     """A command that fails leaves none of the folders it made above its output where nothing
-    was put in them (a stage checks its output, which makes them, before its other inputs)."""
+    was put in them (most stages check their output, which makes them, before their other inputs)."""
     _made_parents.clear()
     try:
         yield
@@ -120,17 +120,21 @@ def made_parents_removed_on_failure() -> Iterator[None]:
 def make_parent(out: Path) -> None:
     """Create the folders above an output path, or say in one line why they cannot be."""
     parent = Path(out).resolve().parent
-    missing = [folder for folder in (parent, *parent.parents) if not folder.exists()]
     existing = next(folder for folder in (parent, *parent.parents) if folder.exists())
     if not existing.is_dir():
         raise UserError(f"cannot create {out}: {existing} is a file, not a folder; choose another -o path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {out}: the folder {existing} is read-only for you; choose another -o path")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        missing = [folder for folder in (parent, *parent.parents) if existing in folder.parents]  # innermost first
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+                _made_parents.append(folder)  # made here: only those are removed if the command fails
+            except FileExistsError:  # (made meanwhile by another command: not this one's to remove)
+                pass
     except OSError as exc:
         raise UserError(f"cannot create the folder {parent} for {out} ({exc.strerror}); choose another -o path") from exc
-    _made_parents.extend(reversed(missing))
 
 
 def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = ()) -> None:

@@ -152,14 +152,16 @@ def _ctrl_c_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    previous = {number: handler for number, handler in previous.items() if handler is not None}
-    for number in previous:
-        signal.signal(number, lambda signum, frame: held.append(signum))
+    installed: dict[int, Any] = {}  # (restored whatever stops the installing: a signal between the two)
     try:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(number)
+            if handler is not None:
+                installed[number] = handler
+                signal.signal(number, lambda signum, frame: held.append(signum))
         yield
     finally:
-        for number, handler in previous.items():
+        for number, handler in installed.items():
             signal.signal(number, handler)
         for number in dict.fromkeys(held):
             signal.raise_signal(number)  # to the handler of before: its exception raised here

@@ -223,7 +223,7 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     (corpus / "manifest.json").write_text("{")
     result = cli("report", tmp_path)
     assert result.exit_code == 1 and "bleu 31.25" in result.output, result.output
-    assert f"1 artifact(s) damaged: {corpus}" in result.output.strip().splitlines()[-1]
+    assert f"1 artifact(s) could not be read: {corpus}" in result.output.strip().splitlines()[-1]
 
 
 def test_help_shows_brackets_as_typed():

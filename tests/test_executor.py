@@ -189,9 +189,9 @@ def test_a_worker_that_cannot_set_up_says_why_and_an_address_needs_the_ray_execu
     from llmkit.executor import ray_ordered_map
 
     def missing_tokenizer(path):
-        raise UserError(f"no tokenizer at {path}")
+        raise UserError(f"tokenizer not found at {path}")
 
-    with pytest.raises(UserError, match=r"a Ray worker could not set up \(no tokenizer at /elsewhere\); every node needs"):
+    with pytest.raises(UserError, match=r"a Ray worker could not set up: tokenizer not found at /elsewhere; every node needs"):
         list(ray_ordered_map(lambda x: x, range(3), workers=1, address=None, initializer=missing_tokenizer,
                              initargs=("/elsewhere",)))
     result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", tmp_path / "out", "--ray-address", "auto")

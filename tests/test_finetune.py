@@ -756,8 +756,10 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(base, cli, tmp_path)
     assert finished.stats["step"] == 6
     shutil.rmtree(run / "checkpoints" / "step_0000006")  # as if killed after step 5's save
     (run / "manifest.json").unlink()
+    typed = cli(*args, "--resume", "--epochs", "1")  # typed at its default: a length given, 2 steps, below step 5
+    assert typed.exit_code != 0 and "more than this run's 2" in typed.output, typed.output
     result = cli(*args, "--resume")
     assert result.exit_code == 0, result.output
-    assert "the run's length is kept as it was started" in result.output
+    assert "the run's length is kept as the run recorded it (--epochs 3.0)" in result.output
     again = artifacts.load(run)
     assert again.stats["step"] == 6 and again.fingerprint == finished.fingerprint

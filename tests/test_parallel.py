@@ -110,13 +110,16 @@ if __name__ == "__main__":
 
 
 def _start(tmp_path):
+    import signal
     import subprocess
 
     script = tmp_path / "slow_map.py"
     script.write_text(_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # Ctrl-C must reach the script: a suite started in the background by a shell without job control
+    # (nohup, `cmd &` in a script) has SIGINT ignored, which a child inherits (the test then hung 60 s)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pids = set()
     while len(pids) < 2:
         pids.add(int(proc.stdout.readline()))

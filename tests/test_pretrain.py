@@ -537,7 +537,7 @@ def test_a_batch_that_does_not_split_over_processes_is_refused_before_they_start
     monkeypatch.setattr(distributed, "relaunch", relaunch)
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3"))
     # 16 sequences are under a micro-batch of 8 for each of 3 processes: a multiple of 3 sequences splits too
-    assert "choose --batch-tokens as a multiple of 1536 (a batch under that splits too when its sequences are a multiple of 3)" in line
+    assert "choose --batch-tokens as a multiple of 1536 (a batch under that splits too when it is a multiple of 3 sequences)" in line
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--max-steps", "1", "--nproc", "3",
                       "--batch-tokens", str(40 * 64)))
     assert "choose --batch-tokens as a multiple of 1536" in line  # 8 sequences x 3 processes x 64 tokens
@@ -861,7 +861,7 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(shakespeare, cli, tm
     before = artifacts.load(run)
     result = cli("pretrain", *args, "--resume")
     assert result.exit_code == 0, result.output
-    assert "the run's length is kept as it was started (--max-steps 3)" in result.output
+    assert "the run's length is kept as the run recorded it (--max-steps 3)" in result.output
     after = artifacts.load(run)
     assert after.stats["step"] == 3 and after.fingerprint == before.fingerprint
     step = run / "checkpoints" / "step_0000002"
@@ -869,6 +869,8 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(shakespeare, cli, tm
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", step, *FAST, "--max-steps", "3", "--resume"))
     assert f"is a step checkpoint of the run {run.resolve()}" in line and "--init-from" in line
     assert (step / "model.safetensors").read_bytes() == weights and not (step / "checkpoints").exists()
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", step, *FAST, "--max-steps", "3", "--force"))
+    assert "is a step checkpoint of the run" in line and (step / "model.safetensors").read_bytes() == weights
 
 
 def test_flags_a_model_would_not_use_are_refused(shakespeare, cli, tmp_path):

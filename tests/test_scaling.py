@@ -330,6 +330,12 @@ def test_the_micro_batch_changes_no_runs_batch():
         for run in runs:
             sequences = run.config.batch_tokens // 64
             assert run.config.devices.micro_batch <= micro and sequences % run.config.devices.micro_batch == 0
+            # past 16 sequences, whole sixteens: the batches sweeps planned at the default --micro-batch before
+            assert sequences <= 16 or sequences % 16 == 0
+    assert {run.config.devices.micro_batch for run in plans[16]} == {16}
+    # an LSTM has no heads: the grid set --n-head for it, which the LSTM now refuses
+    lstm = plan(SweepConfig.build(model="lstm", **{k: v for k, v in base.items() if k != "head_dim"}), vocab_size=512)
+    assert [run.config.architecture.n_head for run in lstm] == [None] * 3 and lstm[0].config.architecture.model == "lstm"
 
 
 def test_a_sweep_started_under_one_digit_budget_names_goes_on_under_todays(tmp_path):

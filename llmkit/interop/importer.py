@@ -17,7 +17,8 @@ from llmkit.interop.hf_files import (
     torch_dtype,
     weight_files,
 )
-from llmkit.interop.hf_tokenizer import hf_special_tokens, quiet_transformers, read_hf_tokenizer, with_post_processor, write_tokenizer_folder
+from llmkit.interop.hf_tokenizer import (hf_special_tokens, quiet_transformers, read_hf_tokenizer, with_post_processor,
+                                         write_tokenizer_folder)
 from llmkit.model.gpt import ModelConfig
 from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, hf_bias_groups, refuse_other_heads, unsupported_model_type
 from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys

@@ -297,7 +297,8 @@ def _whole(data: dict, key: str, where: str, default: int | None = None) -> int:
     # the model is built (on the meta device) to count it: a typo's size would overflow or never finish
     largest = LARGEST_LAYERS if key in ("n_layer", "num_hidden_layers") else LARGEST_SIZE
     if value > largest:
-        raise UserError(f"{where}: {key} {value:g} is larger than llmkit plans for ({largest:,}); check the value")
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+        raise UserError(f"{where}: {key} {shown} is larger than llmkit plans for ({largest:,}); check the value")
     return int(value)
 
 
@@ -335,7 +336,8 @@ def shapes_from_config_json(data: dict, where: str) -> ModelConfig:
                           context_length=_whole(data, "max_position_embeddings", where, 2048),
                           n_layer=_whole(data, "num_hidden_layers", where), n_head=heads,
                           n_kv_head=_whole(data, "num_key_value_heads", where, heads), n_embd=width,
-                          bias=_flag(data, "attention_bias", where, kind == "qwen2") or _flag(data, "mlp_bias", where, False),
+                          bias=any([_flag(data, "attention_bias", where, kind == "qwen2"),
+                                    _flag(data, "mlp_bias", where, False)]),
                           tie_embeddings=_flag(data, "tie_word_embeddings", where, False))
             return config_with_mlp_width(values, _whole(data, "intermediate_size", where), kind)
     except KeyError as exc:

@@ -102,19 +102,33 @@ class Layout:
 
     @property
     def in_flight(self) -> int:
-        """Micro-batches whose activations the first pipeline stage holds at once."""
+        """Micro-batches whose activations the first pipeline stage holds at once. Interleaved 1F1B
+        (two chunks a rank, each half its layers) runs (v-1) pp + 2 (pp-1) chunk forwards before
+        rank 0's first backward, torch's warm-up, and one more in its steady state."""
         if self.pp == 1:
             return 1
-        return self.microbatches if self.pp_schedule == "gpipe" else min(self.microbatches, self.pp)
+        if self.pp_schedule == "gpipe":
+            return self.microbatches
+        if self.pp_schedule == "1f1b":
+            return min(self.microbatches, self.pp)
+        return math.ceil(min(2 * self.microbatches, 3 * self.pp - 1) / 2)
 
     @property
     def in_flight_last(self) -> int:
-        """Micro-batches whose activations (and log-probabilities) the last stage holds at once: under
-        1F1B it runs each micro-batch's backward right after its forward; an interleaved schedule's
-        last rank also holds a middle stage, counted here as the first stage's (an upper bound)."""
+        """Micro-batches whose activations the last stage holds at once: under 1F1B it runs each
+        micro-batch's backward right after its forward; an interleaved schedule's last rank runs pp
+        chunk forwards of its middle stage first (torch's warm-up: (v-1) pp)."""
         if self.pp == 1 or self.pp_schedule == "gpipe":
             return self.in_flight
-        return 1 if self.pp_schedule == "1f1b" else self.in_flight
+        if self.pp_schedule == "1f1b":
+            return 1
+        return math.ceil(min(2 * self.microbatches, self.pp + 1) / 2)
+
+    @property
+    def logits_in_flight(self) -> int:
+        """Micro-batches whose log-probabilities the last stage keeps for their backward: all under
+        GPipe, one under either 1F1B (the head is on the last chunk, whose backward follows its forward)."""
+        return self.microbatches if self.pp > 1 and self.pp_schedule == "gpipe" else 1
 
     @property
     def pipeline_bubble(self) -> float:
@@ -173,12 +187,9 @@ class Memory:
                 "available_gb": self.available / GB, "fits": self.fits}
 
 
-STAGES = ("only", "first", "last")  # the whole model on each device, or a pipeline's first or last stage
-
-
 def stage_parameters(shape: ModelShape, layout: Layout, stage: str = "only") -> float:
-    """Parameters a device of `stage` holds before data-parallel sharding (the middle stages hold
-    fewer than the first and the last)."""
+    """Parameters a device of `stage` ("only": the whole model; a pipeline's "first" or "last")
+    holds before data-parallel sharding (the middle stages hold fewer than the first and the last)."""
     c = shape.config
     tp = layout.tp
     block = shape.block_matrices / tp + (shape.per_block - shape.block_matrices)
@@ -289,7 +300,7 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
         # the head's output (bf16 on GPU), its fp32 copy and log-softmax for the loss, the gradient;
         # each other micro-batch in flight keeps its fp32 log-softmax for its backward pass
         per_entry = tokens * c.vocab_size / layout.tp
-        logits = per_entry * (half + 4 + 4) + per_entry * 4 * (in_flight - 1)
+        logits = per_entry * (half + 4 + 4) + per_entry * 4 * (layout.logits_in_flight - 1)
     transient = 0.0
     if not on_gpu and layout.tp == 1 and layout.pp == 1 and layout.strategy == "ddp" and layout.accumulation > 1:
         # per-sequence gradients (the CPU default, llmkit/model/sequence_tree.py): while a step

@@ -19,7 +19,8 @@ from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.layout import check_model
-from llmkit.train.launch import keep_recorded_length, launch, planned_split, planned_world, runtime_record, split_batch, worker_process
+from llmkit.train.launch import (keep_recorded_length, launch, planned_split, planned_world, runtime_record, split_batch,
+                                 worker_process)
 
 
 def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, init_from: Path | str | None = None,
@@ -95,7 +96,8 @@ def _model_config(config: PretrainConfig, vocab_size: int, init):
 def _seq_len(config: PretrainConfig, model_config, init=None) -> int:
     seq_len = config.seq_len or model_config.context_length
     if seq_len > model_config.context_length:
-        whose, fix = (f"{init.path}'s", "lower --seq-len") if init is not None else ("the model's", "lower --seq-len or raise --context-length")
+        whose, fix = ((f"{init.path}'s", "lower --seq-len") if init is not None
+                      else ("the model's", "lower --seq-len or raise --context-length"))
         raise UserError(f"--seq-len {seq_len} is longer than {whose} context length {model_config.context_length}; {fix}")
     return seq_len
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmkit.errors import UserError
+from llmkit.train.launch import largest_divisor
 from llmkit.sweep.config import SweepConfig, parse_size
 from llmkit.pretrain.config import PretrainConfig
 
@@ -58,30 +59,48 @@ def _count(config: SweepConfig, layers: int, width: int, heads: int, vocab_size:
 
     from llmkit.model.presets import build_model, non_embedding_params, resolve_model_config
 
-    overrides = dict(config.base.architecture.overrides(), n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads)
+    overrides = dict(config.base.architecture.overrides(), n_layer=layers, n_embd=width, **_head_overrides(heads))
     model_config = resolve_model_config(config.base.architecture.model, vocab_size=vocab_size, overrides=overrides)
     with torch.device("meta"):
         model = build_model(model_config)
     return model.num_params(), non_embedding_params(model), model_config.context_length
 
 
+# A batch past this many sequences is rounded down to a multiple of it. It is --micro-batch's default:
+# sweeps before 2026-12-03 rounded to whole micro-batches, which this keeps for the default.
+WHOLE_SEQUENCES = 16
+
+
+def _head_overrides(heads: int | None) -> dict[str, int]:
+    return {} if heads is None else {"n_head": heads, "n_kv_head": heads}
+
+
+def _is_lstm(config: SweepConfig) -> bool:
+    from llmkit.model.presets import PRESETS
+
+    choice = config.base.architecture
+    return (choice.arch or PRESETS.get(choice.model, {}).get("arch")) == "lstm"
+
+
 def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
     """Every run of the sweep, in a fixed order (by budget, then size)."""
     sizes = []
+    lstm = _is_lstm(config)  # (no attention heads: --head-dim does not apply)
     for layers, width in model_sizes(config):
-        heads = max(1, width // config.head_dim)
-        if width % config.head_dim:
+        heads = None if lstm else max(1, width // config.head_dim)
+        if heads is not None and width % config.head_dim:
             from llmkit.console import err
 
             err.print(f"note: size {layers}x{width}: {heads} head(s) of {width // heads}, as {width} is not a multiple of "
                       f"--head-dim {config.head_dim}", soft_wrap=True, markup=False)
-        if width % heads:
+        if heads is not None and width % heads:
             raise UserError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
                             f"that are multiples of {config.head_dim}")
         try:
             total, non_embedding, context = _count(config, layers, width, heads, vocab_size)
         except UserError as exc:  # the size, not a model flag, is what to change
-            raise UserError(f"size {layers}x{width} ({heads} head(s) of {width // heads}): "
+            shape = f" ({heads} head(s) of {width // heads})" if heads else ""
+            raise UserError(f"size {layers}x{width}{shape}: "
                             f"{str(exc).split('; change the model flags')[0]}; choose other --sizes or --head-dim") from exc
         sizes.append((layers, width, heads, total, non_embedding, context))
     grid: list[tuple[tuple, int, float | None]] = []
@@ -111,12 +130,14 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
             raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, less than one sequence of {seq_len}; "
                             "raise the budget or lower --seq-len")
         sequences = max(1, min(config.base.batch_tokens, tokens // config.min_steps) // seq_len)
+        if sequences > WHOLE_SEQUENCES:  # a batch with many divisors (a prime one would run one sequence at a time)
+            sequences = sequences // WHOLE_SEQUENCES * WHOLE_SEQUENCES
         # --micro-batch is how a run computes, not what: the batch stays, and the run takes the
         # largest micro-batch up to it that divides the batch (accumulation makes up the rest)
-        micro = max(d for d in range(1, min(sequences, config.base.devices.micro_batch) + 1) if sequences % d == 0)
+        micro = largest_divisor(sequences, config.base.devices.micro_batch)
         batch = sequences * seq_len
         lr = config.base.optim.lr * (config.lr_reference_width / width if config.lr_rule == "width" else 1.0)
-        values = dict(config.base.flat(), n_layer=layers, n_embd=width, n_head=heads, n_kv_head=heads, max_tokens=tokens,
+        values = dict(config.base.flat(), n_layer=layers, n_embd=width, **_head_overrides(heads), max_tokens=tokens,
                       max_steps=None, batch_tokens=batch, lr=lr, micro_batch=micro)
         name = (f"c{budget_label(budget)}-" if budget is not None else "") + f"d{layers}-w{width}-t{tokens}"
         runs.append(PlannedRun(name, layers, width, heads, total, non_embedding, tokens, budget, PretrainConfig.build(**values)))

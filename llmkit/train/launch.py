@@ -106,13 +106,12 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         if resume and made not in (None, kind):
             raise UserError(f"{out} is a {made} artifact, not a {'training run' if kind == 'checkpoint' else kind}: there is "
                             "nothing in it to resume; give the run's own folder as -o")
-        from llmkit.train.checkpoint import CHECKPOINTS
-
-        run = out.resolve().parent.parent
-        if resume and out.resolve().parent.name == CHECKPOINTS and (run / outputs.RUN_MARK).exists():
-            # it resumes (it holds a training state), but would turn that step's weights into a later step's
+        run = run_of_step_checkpoint(out)
+        if run is not None:
+            # it resumes (it holds a training state), but that step's weights would become a later step's, or
+            # (--force) another run's, inside the run's own checkpoints/
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
-                            f"start a new run from it (--init-from {out})")
+                            f"write a new run elsewhere (--init-from {out} to start from it)")
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
@@ -225,12 +224,21 @@ def planned_world(devices: Devices) -> int:
     return (distributed.resolve_gpus(devices.gpus) or devices.nproc) * devices.nnodes
 
 
+def run_of_step_checkpoint(out: Path) -> Path | None:
+    """The training run whose checkpoints/ folder `out` is in (None: it is in none)."""
+    from llmkit import outputs
+    from llmkit.train.checkpoint import CHECKPOINTS
+
+    folder = out.resolve().parent
+    return folder.parent if folder.name == CHECKPOINTS and (folder.parent / outputs.RUN_MARK).exists() else None
+
+
 def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: bool, lengths: tuple[str, ...]) -> Options:
     """`config` with the length options (`lengths`) of the run in `out` when a --resume leaves them
     out (`left_out`), as the run recorded them: their defaults would re-plan the run (and its
     schedule) to another length. Unchanged when there is nothing to resume."""
-    if not (resume and left_out and out.is_dir()):
-        return config
+    if not (resume and left_out and out.is_dir()) or run_of_step_checkpoint(out) is not None:
+        return config  # (a step checkpoint as -o is refused as such)
     import dataclasses
 
     from llmkit import artifacts
@@ -246,9 +254,16 @@ def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: 
     if kept and any(kept[key] != getattr(config, key) for key in kept):
         from llmkit.console import err
 
-        shown = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in kept.items() if value is not None)
-        err.print(f"note: the run's length is kept as it was started ({shown}); give it to change it", markup=False)
+        shown = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in kept.items()
+                          if value is not None and value != config.default_of(key))
+        err.print(f"note: the run's length is kept as the run recorded it ({shown or 'the default'}); give it to change it",
+                  markup=False)
     return dataclasses.replace(config, **kept)
+
+
+def largest_divisor(number: int, limit: int) -> int:
+    """The largest divisor of `number` up to `limit`: the micro-batch that splits a batch of `number` exactly."""
+    return max(d for d in range(1, min(number, limit) + 1) if number % d == 0)
 
 
 def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, fix: Callable[[int], str]) -> tuple[int, int]:
@@ -265,9 +280,9 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
         keep = ""
         if global_batch % world == 0:
             share = global_batch // world
-            keep = f", or keep it and pass --micro-batch {max(d for d in range(1, micro_batch + 1) if share % d == 0)}"
+            keep = f", or keep it and pass --micro-batch {largest_divisor(share, micro_batch)}"
         # every multiple of micro_batch x world splits; under it, so does one that gives each process as many samples
-        smaller = (f" (a batch under that splits too when its sequences are a multiple of {world})"
+        smaller = (f" (a batch under that splits too when it is a multiple of {world} sequences)"
                    if global_batch < micro_batch * world and world < micro_batch * world else "")
         raise UserError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
                         f"replica and pipeline micro-batch); {fix(micro_batch * world)}{smaller}{keep}")
