@@ -1,6 +1,7 @@
 """Training layouts side by side: one process against data, tensor and pipeline parallelism.
 
     python benchmarks/parallel.py                                  # CPU, gloo: 1 process vs dp 2, tp 2, pp 2
+    python benchmarks/parallel.py --layouts one,tp                 # only some of them
     python benchmarks/parallel.py --gpus 2 --model small --seq-len 1024 --batch-tokens 65536
 
 Runs `llmkit pretrain` once per layout per round, alternating the layouts within each round so
@@ -59,17 +60,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--gpus", type=int, default=0, help="GPUs per layout (0: CPU processes with gloo)")
+    parser.add_argument("--layouts", default="one,dp,tp,pp", help="Layouts to run, comma-separated: one (the reference "
+                        "the ratios divide by), dp, tp, pp")
     args = parser.parse_args()
     data = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
     ways = max(args.gpus, 2)
     device = ["--gpus", str(ways)] if args.gpus else ["--nproc", str(ways)]
-    layouts = {
-        "1 process": ["--gpus", "1"] if args.gpus else [],
-        f"dp {ways}": device,
-        f"tp {ways}": [*device, "--tp", str(ways)],
-        f"pp {ways} (1f1b)": [*device, "--pp", str(ways), "--micro-batch", str(max(1, args.micro_batch // ways)),
-                              "--pp-microbatches", str(ways)],
+    every = {
+        "one": ("1 process", ["--gpus", "1"] if args.gpus else []),
+        "dp": (f"dp {ways}", device),
+        "tp": (f"tp {ways}", [*device, "--tp", str(ways)]),
+        "pp": (f"pp {ways} (1f1b)", [*device, "--pp", str(ways), "--micro-batch", str(max(1, args.micro_batch // ways)),
+                                     "--pp-microbatches", str(ways)]),
     }
+    asked = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    if "one" not in asked or set(asked) - set(every):
+        parser.error(f"--layouts takes one,dp,tp,pp (one among them: the ratios' reference), got {args.layouts!r}")
+    layouts = dict(every[name] for name in every if name in asked)
     common = ["--model", args.model, "--seq-len", str(args.seq_len), "--batch-tokens", str(args.batch_tokens),
               "--micro-batch", str(args.micro_batch), "--max-steps", str(args.steps), "--eval-every", "0",
               "--save-every", "0", "--log-every", "1", "--optimizer", "sgd", "--lr", "0.1"]
