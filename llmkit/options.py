@@ -256,8 +256,15 @@ class Options:
         if unknown:
             raise TypeError(f"{cls.__name__} has no option(s) {', '.join(unknown)}")
         config = _build(cls, values, None)
-        config.check_given(frozenset(values))
+        config.given = frozenset(values)  # (not a field: kept only on the config `build` made)
+        config.check_given(config.given)
         return config
+
+    def was_given(self, *names: str) -> bool | None:
+        """Whether any of the flat options `names` was given to `build` (typed, or in a config file),
+        even at its default; None for a config not made by `build`, where only values tell."""
+        given = getattr(self, "given", None)
+        return None if given is None else bool(given & set(names))
 
     def check_given(self, given: frozenset[str]) -> None:
         """A check of which options were given, not only of their values (none by default):

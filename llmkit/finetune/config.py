@@ -83,10 +83,6 @@ class FinetuneConfig(Options):
         if self.task == "classify" and self.template != self.default_of("template"):
             raise ValueError("--template renders SFT examples; a classifier reads each text as it is: leave it out")
 
-    def check_given(self, given: frozenset[str]) -> None:
-        # a resume keeps the run's length unless one is typed: --epochs 1 is given though it is the default
-        self.length_given = bool({"max_steps", "epochs"} & given)
-
     @property
     def peak_lr(self) -> float:
         return self.optim.lr if self.optim.lr is not None else (1e-3 if self.lora_rank else 1e-4)

@@ -43,9 +43,10 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
     _check_split_model(config, art)
-    by_value = config.max_steps is not None or config.epochs != config.default_of("epochs")  # (a config not built from flags)
-    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "epochs"),
-                                  left_out=not getattr(config, "length_given", by_value))
+    given = config.was_given("max_steps", "epochs")  # (a typed --epochs 1 is a length given, though the default)
+    if given is None:
+        given = config.max_steps is not None or config.epochs != config.default_of("epochs")
+    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), left_out=not given)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},

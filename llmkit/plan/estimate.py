@@ -124,6 +124,10 @@ class Layout:
             return 1
         return math.ceil(min(2 * self.microbatches, self.pp + 1) / 2)
 
+    def in_flight_on(self, stage: str) -> int:
+        """Micro-batches in flight on a device of `stage` ("only", "first" or "last")."""
+        return self.in_flight_last if stage == "last" else self.in_flight
+
     @property
     def logits_in_flight(self) -> int:
         """Micro-batches whose log-probabilities the last stage keeps for their backward: all under
@@ -247,9 +251,8 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
         return stage_memory(shape, layout, device, "only")
     first, last = (stage_memory(shape, layout, device, stage) for stage in ("first", "last"))
     (busiest, stage), (other, other_stage) = sorted(((first, "first"), (last, "last")), key=lambda m: -m[0].total)
-    in_flight = layout.in_flight if stage == "first" else layout.in_flight_last
-    busiest.notes.append(f"pipeline: the busiest device holds the {stage} stage, {in_flight} micro-batch(es) in flight "
-                         f"({layout.pp_schedule}); the {other_stage} stage's needs {other.total / GB:.2f} GB")
+    busiest.notes.append(f"pipeline: the busiest device holds the {stage} stage, {layout.in_flight_on(stage)} micro-batch(es) "
+                         f"in flight ({layout.pp_schedule}); the {other_stage} stage's needs {other.total / GB:.2f} GB")
     return busiest
 
 
@@ -279,15 +282,13 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
     saved = layers * (4 * c.n_embd * tokens / layout.tp if layout.activation_checkpointing else block)
     if stage != "last":
         saved += 4 * c.n_embd * tokens / layout.tp  # the embedding output (sequence-sharded under tp)
-    in_flight = layout.in_flight_last if stage == "last" else layout.in_flight
-    activations = saved * in_flight
+    activations = saved * layout.in_flight_on(stage)
     if layout.activation_checkpointing:
         activations += block  # the one block being recomputed, whatever is in flight
     # backward differentiates one block at a time: its activations' gradients live beside what is saved
     activations += block
-    logits = 0.0
     if stage == "first":
-        pass  # the head and the loss are the last stage's
+        logits = 0.0  # the head and the loss are the last stage's
     elif not on_gpu and layout.tp == 1 and layout.pp == 1:
         # the CPU's fused head and loss (llmkit/model/fused_loss.py): one chunk of logits, and the head's
         # gradients made in the forward pass (hidden states' and the weight's) until backward takes them

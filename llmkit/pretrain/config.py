@@ -30,8 +30,3 @@ class PretrainConfig(Options):
         if self.optim.lr is None:
             raise ValueError("lr must be given for pretraining")
         refuse_pipeline_options_without_pp(self.devices)
-
-    def check_given(self, given: frozenset[str]) -> None:
-        # --init-from takes the model from its checkpoint: a --model given beside it must be refused,
-        # though "tiny" (the default) cannot be told from a typed --model tiny by value
-        self.model_given = "model" in given

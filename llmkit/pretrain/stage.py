@@ -48,7 +48,7 @@ def _check_init(init, tokens_art, config: PretrainConfig) -> None:
     """Continued pretraining keeps the checkpoint's model and needs the tokenizer the tokens were made with."""
     from llmkit.model.records import read_task
 
-    given = ["model"] if getattr(config, "model_given", False) else []
+    given = ["model"] if config.was_given("model") else []  # (a typed --model tiny is the default by value)
     given += [name for name, value in config.architecture.overrides().items() if value is not None and name != "dropout"]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)

@@ -75,17 +75,13 @@ def _head_overrides(heads: int | None) -> dict[str, int]:
     return {} if heads is None else {"n_head": heads, "n_kv_head": heads}
 
 
-def _is_lstm(config: SweepConfig) -> bool:
-    from llmkit.model.presets import PRESETS
-
-    choice = config.base.architecture
-    return (choice.arch or PRESETS.get(choice.model, {}).get("arch")) == "lstm"
-
-
 def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
     """Every run of the sweep, in a fixed order (by budget, then size)."""
     sizes = []
-    lstm = _is_lstm(config)  # (no attention heads: --head-dim does not apply)
+    from llmkit.model.presets import resolve_model_config
+
+    choice = config.base.architecture  # an LSTM has no attention heads: --head-dim does not apply
+    lstm = resolve_model_config(choice.model, vocab_size=vocab_size, overrides=choice.overrides()).arch == "lstm"
     for layers, width in model_sizes(config):
         heads = None if lstm else max(1, width // config.head_dim)
         if heads is not None and width % config.head_dim:
