@@ -796,6 +796,25 @@ def test_resume_notes_when_dropout_masks_cannot_continue(shakespeare, cli, tmp_p
     assert again.exit_code == 0 and "dropout masks" not in again.output, again.output
 
 
+def test_a_resume_on_a_device_where_precision_auto_means_otherwise_says_so(shakespeare, cli, tmp_path):
+    """--precision auto is bf16 on a GPU and fp32 on a CPU: a run moved between them resumes under the
+    same config and says that its arithmetic changed. (The GPU half is written into the manifest's
+    runtime record, which is not hashed: CI has no GPU.)"""
+    run = ["pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--eval-every", "0"]
+    assert cli(*run, "--max-steps", "2").exit_code == 0
+    manifest_path = tmp_path / "run" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["runtime"]["precision"] == "fp32"
+    manifest["runtime"].update(precision="bf16", device="cuda:0")
+    manifest_path.write_text(json.dumps(manifest))
+    assert artifacts.verify(tmp_path / "run").ok
+    result = cli(*run, "--max-steps", "3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "computed in bf16 on cuda:0, this run computes in fp32 on cpu (--precision auto)" in " ".join(result.output.split())
+    again = cli(*run, "--max-steps", "4", "--resume")  # fp32 on a CPU both times: nothing to say
+    assert again.exit_code == 0 and "computed in" not in again.output, again.output
+
+
 def test_outputs_get_the_umask_modes_not_private_ones(shakespeare, cli, tmp_path):
     """Temporary folders (0700) and files safetensors writes through a temporary file (0600) used
     to keep those private modes: on a shared machine others could read a run's manifest but not

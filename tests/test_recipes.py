@@ -67,23 +67,27 @@ def _platform() -> dict[str, str]:
 
 def test_quickstart_runs_every_stage_and_reproduces_exactly(tmp_path):
     first = run_recipe("quickstart", tmp_path / "a")
-    second = run_recipe("quickstart", tmp_path / "b")
     prints = fingerprints(tmp_path / "a")
     assert set(prints) == {"corpus", "tokenizer", "tokens", "pretrain", "sft", "eval-lm", "eval-sft"}
-    assert prints == fingerprints(tmp_path / "b")
     # Golden configs, taken before the options renovation: configs flatten to the same dicts, on any
     # machine. Golden fingerprints hold on the platform they were recorded on (see _platform).
     for name, golden in GOLDEN["artifacts"].items():
         manifest = json.loads((tmp_path / "a" / name / "manifest.json").read_text())
         assert (manifest["config"], manifest["seed"]) == (golden["config"], golden["seed"]), name
     here = _platform()
+    recorded = set()
     for record in GOLDEN["fingerprints"]:
         if record["platform"].items() <= here.items():
             assert {name: prints[name] for name in record["artifacts"]} == record["artifacts"], record["platform"]
+            recorded |= set(record["artifacts"])
+    if recorded != set(prints):
+        # A platform without golden fingerprints for every artifact: reproduce against a second run instead
+        # (where they are all recorded, the earlier run they came from is that second run).
+        run_recipe("quickstart", tmp_path / "b")
+        assert prints == fingerprints(tmp_path / "b")
     assert "artifacts" in first.stdout and prints["eval-lm"][:16] in first.stdout  # the closing table
     metrics = json.loads((tmp_path / "a" / "eval-lm" / "metrics.json").read_text())
     assert metrics["bpb"] > 0 and metrics["perplexity"] > 1
-    assert second.returncode == 0
 
 
 @pytest.mark.parametrize("name", TASK_RECIPES)

@@ -165,9 +165,10 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     if not memory.fits:
         plan["fixes"] = fixes(shape, asked, device, sequences=sequences)
     if cfg.search:
-        # a CPU's processes share a machine's memory: more machines, one process each
-        found = layout if memory.fits else smallest_layout(shape, asked, device, sequences=sequences,
-                                                           per_node=1 if device.shared else 8)
+        # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
+        # nodes of 8, or of --gpus where --nnodes says the layout spans nodes of that size.
+        per_node = 1 if device.shared else asked.gpus if asked.nnodes > 1 else 8
+        found = layout if memory.fits else smallest_layout(shape, asked, device, sequences=sequences, per_node=per_node)
         plan["search"] = None if found is None else {
             "layout": {k: v for k, v in asdict(found).items() if k not in ("pp_schedule", "pp_microbatches")},
             "largest_micro_batch": largest_micro_batch(shape, found, device, sequences=sequences),

@@ -75,11 +75,16 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
 
 def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) -> None:
     """Refused before anything trains: runs that cannot record the validation loss the fit reads,
-    and a run split over several GPUs or processes (the sweep runs one per GPU, several at once)."""
+    and a run split over several GPUs or processes (the sweep runs one per GPU or share of the CPU
+    cores, several at once)."""
     devices = config.base.devices
     if devices.tp > 1 or devices.pp > 1:
         raise UserError("--tp/--pp split one run over several processes, and a sweep trains one run per GPU (or share of the "
                         "CPU cores); leave them out")
+    if devices.nproc > 1:
+        # (a sweep's smallest runs take one sequence a step, which does not split between processes)
+        raise UserError(f"--nproc {devices.nproc} splits one run over several processes, and a sweep trains each run in one; "
+                        "use --parallel N to train N runs at once (the CPU cores are split between them)")
     if (devices.gpus or 0) > 1:
         raise UserError(f"--gpus {devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
                         "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")

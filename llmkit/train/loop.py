@@ -389,6 +389,18 @@ class Trainer:
                 "carry over exactly; the dropout masks from here on differ from the saved run's",
                 soft_wrap=True,
             )
+        # --precision auto is the same option on a GPU (bf16) and a CPU (fp32): the same config,
+        # other arithmetic from here on, which a resume moved between devices is told.
+        saved_precision = self._saved_runtime.get("precision")
+        if saved_precision and saved_precision != self.precision and self.info.is_main:
+            from llmkit.console import err
+
+            err.print(
+                f"note: {latest.name} computed in {saved_precision} on {self._saved_runtime.get('device', 'another device')}, "
+                f"this run computes in {self.precision} on {self.device} (--precision {self.settings.numerics.precision}): "
+                "weights and optimizer carry over exactly; the products from here on round otherwise",
+                soft_wrap=True,
+            )
 
     # -- the moving average of the weights (--ema) -------------------------------------------
     def _start_ema(self) -> MovingAverage | None:
