@@ -217,10 +217,10 @@ def report_command(
 
     with _damage_named(*paths):
         found, damaged = artifacts_in(paths)
-        print_report(found)
+    damaged += print_report(found)
     if damaged:
-        raise UserError(f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))} (the notes above say "
-                        "why); llmkit verify shows what changed in one")
+        raise UserError(f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))} (the notes and rows "
+                        "above say why); llmkit verify shows what changed in one")
 
 
 @contextlib.contextmanager

@@ -136,9 +136,11 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     return found, damaged
 
 
-def print_report(arts: list[Artifact]) -> None:
+def print_report(arts: list[Artifact]) -> list[Path]:
     """One row per artifact, named relative to the folder they share (in the title), so that long
-    absolute paths do not crowd out the names on a narrow terminal."""
+    absolute paths do not crowd out the names on a narrow terminal. An artifact whose headline
+    cannot be read (a stats table or metrics.json edited by hand) keeps its row, says so there, and
+    is returned, so that the others are still shown."""
     import os
 
     folders = [str(art.path.resolve().parent) for art in arts]
@@ -148,9 +150,16 @@ def print_report(arts: list[Artifact]) -> None:
     table.add_column("kind")
     table.add_column("fingerprint", no_wrap=True)
     table.add_column("headline", overflow="fold")
+    damaged = []
     for art in arts:
-        table.add_row(os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], _headline(art))
+        try:
+            headline = _headline(art)
+        except (KeyError, TypeError, AttributeError, ValueError, OSError) as exc:
+            damaged.append(art.path)
+            headline = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
+        table.add_row(os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], headline)
     out.print(table)
+    return damaged
 
 
 def _measured_earlier(stats: CheckpointStats) -> str:

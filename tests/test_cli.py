@@ -224,6 +224,13 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     result = cli("report", tmp_path)
     assert result.exit_code == 1 and "bleu 31.25" in result.output, result.output
     assert f"1 artifact(s) could not be read: {corpus}" in result.output.strip().splitlines()[-1]
+    # damage that only the row's headline finds (metrics.json edited to a list of its size): that row says so, the
+    # rest is shown
+    (tmp_path / "eval" / "metrics.json").write_text("[1, 2, 3, 4, 5]")
+    other = _corpus(tmp_path / "other")
+    result = cli("report", other, tmp_path / "eval")
+    assert result.exit_code == 1 and "1 docs" in result.output and "cannot be read" in result.output, result.output
+    assert f"1 artifact(s) could not be read: {tmp_path / 'eval'}" in result.output.strip().splitlines()[-1]
 
 
 def test_help_shows_brackets_as_typed():
