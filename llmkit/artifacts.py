@@ -44,6 +44,13 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def storable_name(name: str) -> str:
+    """A file name as manifests, configs and corpus columns can hold it: a name that is not UTF-8
+    (a latin-1 archive's 'caf\\xe9.txt', which Python reads with surrogates no encoder takes)
+    keeps its bytes as backslash escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
@@ -442,7 +449,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _command_line() -> list[str]:
-    argv = list(sys.argv)
+    argv = [storable_name(arg) for arg in sys.argv]
     if argv:
         argv[0] = Path(argv[0]).name
     return argv

@@ -92,6 +92,12 @@ def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
         if nested:
             raise UsageError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
         data = data[section]
+    elif section and data and all(isinstance(v, dict) for v in data.values()):
+        # Only other stages' tables ([tokenizer] given to tokenize, one letter apart): the file sets nothing here.
+        from llmkit.console import err
+
+        err.print(f"note: {file} sets nothing for this stage: it has no [{section}] table (its tables: "
+                  f"{', '.join(data)}) and no options at top level", soft_wrap=True, markup=False, highlight=False)
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in data.items():

@@ -289,3 +289,67 @@ def test_a_corpus_artifact_is_read_by_its_shards_and_other_artifacts_are_refused
         (build.dir / "x").write_text("x")
     with pytest.raises(UserError, match="is a tokenizer artifact"):
         resolve_inputs([str(tmp_path / "tok")])
+
+
+def test_a_file_name_that_is_not_utf8_is_stored_with_its_bytes_escaped(cli, tmp_path):
+    """A latin-1 name (an old archive's) read as a source crashed clean when it wrote the shard,
+    and tokenizer train when it hashed its config, after all the work."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "plain.txt").write_text("another document\n", encoding="utf-8")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "wb") as handle:
+        handle.write(b"hello world text\n")
+    odd = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.txt"))
+    result = cli("clean", folder, "-o", tmp_path / "corpus")
+    assert result.exit_code == 0, result.output
+    sources = set(pq.read_table(next((tmp_path / "corpus").rglob("*.parquet"))).column("source").to_pylist())
+    assert sources == {"in/caf\\xe9.txt", "in/plain.txt"}
+    result = cli("tokenizer", "train", odd, "-o", tmp_path / "tok", "--vocab-size", "270")
+    assert result.exit_code == 0, result.output
+    from llmkit import artifacts
+
+    assert artifacts.load(tmp_path / "tok").config["input"]["files"][0]["name"] == "caf\\xe9.txt"
+    refused = cli("clean", folder, "-o", os.fsdecode(os.path.join(os.fsencode(tmp_path), b"out\xe9")))
+    assert refused.exit_code == 1 and "the name is not UTF-8" in refused.output, refused.output
+
+
+def test_a_dataset_folder_of_two_formats_is_refused_and_json_goes_with_jsonl(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "from jsonl one"}\n{"text": "from jsonl two"}\n', encoding="utf-8")
+    (folder / "c.json").write_text('[{"text": "from a json array"}]', encoding="utf-8")
+    sources = resolve_inputs([], dataset=str(folder), split="train")
+    assert sorted(t for _, t in sources[0].documents(ReadOptions(), ReadStats())) == [
+        "from a json array", "from jsonl one", "from jsonl two"]  # one builder (json): both read
+    (folder / "b.csv").write_text("text\nfrom csv\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"mixes \.csv, \.json, \.jsonl files.*pass the folder as an input instead"):
+        resolve_inputs([], dataset=str(folder), split="train")
+
+
+def test_a_dataset_column_that_holds_no_text_is_refused_as_the_file_readers_refuse_it(shared_data):
+    sources = resolve_inputs([], dataset=str(shared_data / "sentiment" / "test.jsonl"), split="train")
+    with pytest.raises(UserError, match="column 'label' holds int64, not text; pass --text-field with a text column"):
+        list(sources[0].documents(ReadOptions(text_field="label"), ReadStats()))
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_invalid_utf8_in_a_csv_names_its_line_and_byte(tmp_path, newline):
+    """The CSV reader decodes in blocks: the error named the block's first line (1459 for 1501)."""
+    lines = [b"text"] + [b"row %d ok" % i for i in range(1, 2000)]
+    lines[1500] = b"caf\xe9 bad"
+    (tmp_path / "latin.csv").write_bytes(newline.join(lines) + newline)
+    with pytest.raises(UserError, match=r"latin\.csv:1501: invalid UTF-8 \(byte 0xe9\)"):
+        _read([tmp_path / "latin.csv"])
+
+
+def test_a_lone_carriage_return_ends_a_line_as_cleanup_reads_it(tmp_path):
+    """Old Mac text: each CR-ended line a document (`--doc-per line`), blank ones separating
+    paragraphs; a CRLF file keeps its line numbers."""
+    (tmp_path / "mac.txt").write_bytes(b"mac one\rmac two\r\rmac three\r")
+    assert _read([tmp_path / "mac.txt"], doc_per="line") == [("mac.txt:1", "mac one"), ("mac.txt:2", "mac two"),
+                                                              ("mac.txt:4", "mac three")]
+    assert [t for _, t in _read([tmp_path / "mac.txt"], doc_per="blank-line")] == ["mac one\nmac two", "mac three"]
+    (tmp_path / "dos.txt").write_bytes(b"one\r\ntwo\r\n")
+    assert _read([tmp_path / "dos.txt"], doc_per="line") == [("dos.txt:1", "one"), ("dos.txt:2", "two")]

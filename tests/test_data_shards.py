@@ -33,8 +33,13 @@ def random_docs(n, seed=0, vocab_size=1000, max_len=40):
 
 
 def test_token_dtype_follows_vocab_size():
-    assert token_dtype(65535) == np.dtype("<u2")
-    assert token_dtype(65536) == np.dtype("<u4")
+    assert token_dtype(65536) == np.dtype("<u2")  # ids 0..65535
+    assert token_dtype(65537) == np.dtype("<u4")
+    # tokens of a 65536-entry vocabulary written as uint32 (before 2026-12-03) are still read as such
+    from llmkit.data.shards import _stored_dtype
+
+    assert _stored_dtype(65536, "uint32") == np.dtype("<u4") and _stored_dtype(65536, "uint16") == np.dtype("<u2")
+    assert _stored_dtype(1000, "uint32") is None and _stored_dtype(70_000, "uint16") is None
 
 
 def test_shards_round_trip_documents_and_windows_cross_shards(tmp_path):

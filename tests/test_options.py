@@ -244,6 +244,18 @@ def test_config_file_tables_are_the_stages():
     assert set(SECTIONS) == {command.section for command in stage_commands().values()}
 
 
+def test_a_config_file_with_only_other_stages_tables_says_it_sets_nothing_here(tmp_path, capsys):
+    """[tokenize] given to `tokenizer train` (one letter apart) was ignored without a word."""
+    from llmkit.config import file_values
+
+    (tmp_path / "only.toml").write_text("[tokenize]\nval_fraction = 0.5\n", encoding="utf-8")
+    assert file_values(tmp_path / "only.toml", "tokenizer") == {}
+    said = " ".join(capsys.readouterr().err.split())
+    assert "sets nothing for this stage: it has no [tokenizer] table (its tables: tokenize)" in said, said
+    assert file_values(tmp_path / "only.toml", "tokenize") == {"val_fraction": 0.5}
+    assert capsys.readouterr().err == ""
+
+
 def test_minus_zero_is_recorded_as_zero():
     """`--val-fraction=-0.0` computed what 0 does under another fingerprint."""
     from llmkit.tokenizer.config import TokenizeConfig

@@ -171,13 +171,13 @@ def test_bos_and_sampler_on_real_tokens(corpus, tokenizer, tmp_path):
 
 @pytest.mark.slow
 def test_uint32_for_large_vocab(tmp_path, shared_data):
-    # A vocabulary above 65535 entries needs a corpus with that many distinct merges: use
+    # A vocabulary above 65536 entries needs a corpus with that many distinct merges: use
     # every Chinese character pair in the shared book plus English, with min_frequency 1.
     text = (shared_data / "chinese.txt").read_text(encoding="utf-8") + (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
     corpus = write_corpus_artifact(tmp_path / "corpus", text.split("\n")).path
     tok = train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=70_000, min_frequency=1, seed=0))
-    if load_tokenizer(tok).vocab_size <= 65535:
-        pytest.skip("the shared data holds too few distinct merges for a vocabulary above 65535")
+    if load_tokenizer(tok).vocab_size <= 65536:
+        pytest.skip("the shared data holds too few distinct merges for a vocabulary above 65536")
     out = tokenize_corpus(corpus, tok, tmp_path / "tokens", TokenizeConfig(val_fraction=0.01, seed=0, workers=1))
     shards = TokenShards.open(out, "train")
     assert artifacts.load(out).stats["dtype"] == "uint32" and shards.dtype == np.dtype("<u4")
@@ -286,6 +286,12 @@ def test_lopsided_split_warns(cli, tokenizer, tmp_path):
     share = artifacts.load(tmp_path / "tokens").stats["val_byte_fraction"]
     assert share < 0.05 or share > 0.2
     assert "warning: the validation split holds" in result.output and "--doc-per blank-line" in result.output
+    # One document too short for any tail: the warning names that, not whole documents
+    one = write_corpus_artifact(tmp_path / "one", ["a"]).path
+    result = cli("tokenize", one, "-t", tokenizer, "-o", tmp_path / "one-tokens", "--val-fraction", "0.5")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "its documents are too short to give a validation tail" in said and "whole documents" not in said, said
 
 
 def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):

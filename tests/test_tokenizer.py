@@ -319,6 +319,13 @@ def test_text_files_as_input(shared_data, tmp_path):
     assert art.config["input"]["files"][0]["name"] == "small.txt"
     assert art.manifest.inputs == []
     assert load_tokenizer(out).decode(load_tokenizer(out).encode("Citizen")) == "Citizen"
+    # a byte order mark opening a file is no text to learn (clean drops it too)
+    marked = tmp_path / "marked.txt"
+    marked.write_bytes(b"\xef\xbb\xbfHello world with a mark\n")
+    trained = train_tokenizer([marked], tmp_path / "tok-bom", TokenizerTrainConfig(vocab_size=300, min_frequency=1, seed=0))
+    vocab = json.loads((trained / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    assert "Hello" in vocab or "ĠHello" in vocab  # (the merges reached the first word)
+    assert not any("ï»¿" in piece for piece in vocab), [piece for piece in vocab if "ï»¿" in piece]
 
 
 def test_cli_train_encode_decode(cli, corpus, tmp_path):

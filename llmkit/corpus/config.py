@@ -36,6 +36,9 @@ OUTPUT = "Output and run"
 _READ = "input (the documents read, stats.sources)"
 
 
+_THRESHOLD_PICKS = "--threshold picks bands x rows itself ({} x {} here); give --threshold or --bands/--rows, not both"
+
+
 @dataclass
 class CleanConfig(Options):
     preset: str = option("default", "default: your own text (normalise, clean up, dedup). web: + Gopher/C4/FineWeb rules and "
@@ -126,6 +129,12 @@ class CleanConfig(Options):
     seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
     execution: Execution = group(Execution, panel=OUTPUT)
 
+    def check_given(self, given: frozenset[str]) -> None:
+        # --bands 14 --rows 8 typed beside --threshold are the defaults __post_init__ cannot tell from none
+        asked = getattr(self, "_asked_bands_rows", None)
+        if asked is not None and given & {"bands", "rows"} and asked != (self.bands, self.rows):
+            raise UserError(_THRESHOLD_PICKS.format(self.bands, self.rows))
+
     def __post_init__(self) -> None:
         if isinstance(self.languages, str):  # "en,zh" from the command line or a file
             self.languages = [code.strip() for code in self.languages.split(",") if code.strip()]
@@ -152,8 +161,8 @@ class CleanConfig(Options):
             picked = optimal_bands_rows(self.threshold, self.num_perm)
             defaults = (self.default_of("bands"), self.default_of("rows"))
             if (self.bands, self.rows) not in {defaults, picked}:  # (picked: a config this built before, rebuilt)
-                raise UserError(f"--threshold picks bands x rows itself ({picked[0]} x {picked[1]} here); "
-                                "give --threshold or --bands/--rows, not both")
+                raise UserError(_THRESHOLD_PICKS.format(*picked))
+            self._asked_bands_rows = (self.bands, self.rows)  # (not a field: for check_given, typed at the defaults)
             self.bands, self.rows = picked
         if self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm:
             raise UserError(

@@ -7,6 +7,8 @@ decisions (exact and near duplicates) are made afterwards, in input order, by th
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +19,9 @@ from llmkit.corpus import filters, normalize
 from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.dedup import ProcessedBatch
 from llmkit.corpus.minhash import MinHasher
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -41,8 +46,8 @@ class DocumentProcessor:
         text, reason = self._clean_and_filter(raw)
         try:
             encoded = text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates (from JSON escapes) cannot be stored as UTF-8
-            text = text.encode("utf-8", "replace").decode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (from JSON escapes) cannot be stored as UTF-8: U+FFFD, as ftfy gives
+            text = _LONE_SURROGATE.sub("\ufffd", text)
             encoded = text.encode("utf-8")
         result = Processed(doc_id, source, text, reason, bytes_in, len(encoded))
         if reason is None and cfg.exact_dedup:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
 
+from llmkit.artifacts import storable_name
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
 from llmkit.runtime import offline_when_unreachable
@@ -104,8 +105,8 @@ def _label_for(path: Path, root: Optional[Path] = None) -> str:
     command ran in and however the path was typed: a file's name, or a folder's name and the path
     below it (a name two inputs share gets #2, #3, ... in input order: _make_labels_unique)."""
     if root is not None:
-        return f"{Path(os.path.abspath(root)).name}/{path.relative_to(root).as_posix()}"
-    return path.name
+        return storable_name(f"{Path(os.path.abspath(root)).name}/{path.relative_to(root).as_posix()}")
+    return storable_name(path.name)
 
 
 def resolve_inputs(
@@ -134,7 +135,7 @@ def resolve_inputs(
 
             # beside other inputs, its documents' ids and sources are prefixed with its name: two
             # corpora made from files of the same name (or a file of that name) stay apart
-            prefix = f"{path.name}/" if len(inputs) > 1 or dataset else ""
+            prefix = f"{storable_name(path.name)}/" if len(inputs) > 1 or dataset else ""
             sources.extend(_corpus_shard_source(p, _label_for(p, path), prefix) for p in corpus_shards(path))
             continue
         if path.is_dir():
@@ -281,13 +282,18 @@ def _decode(data: bytes, label: str, line: Optional[int] = None) -> str:
         ) from None
 
 
-def _lines(path: Path, label: str, compression: Optional[str], stats: ReadStats, skip_bad: bool) -> Iterator[tuple[int, str]]:
-    """(line number, decoded line without its newline), streaming; bad UTF-8 fails or is skipped."""
+def _lines(path: Path, label: str, compression: Optional[str], stats: ReadStats, skip_bad: bool, *,
+           lone_cr_breaks: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line without its newline), streaming; bad UTF-8 fails or is skipped.
+    `lone_cr_breaks`: a lone CR ends a line too (old Mac text files), as cleanup and tokenizer
+    train read it; JSON Lines are lines by LF alone."""
+    number = 0
     try:
         with _open_binary(path, compression) as handle:
             reader = io.BufferedReader(handle) if compression else handle
             _check_not_binary(reader.peek(_BINARY_PROBE)[:_BINARY_PROBE], label)
-            for number, raw in enumerate(reader, start=1):
+            for raw in reader:
+                number += 1
                 if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
                     raw = raw[3:]
                 try:
@@ -297,6 +303,14 @@ def _lines(path: Path, label: str, compression: Optional[str], stats: ReadStats,
                         stats.skipped(f"{label}:{number}")
                         continue
                     _decode(raw, label, number)
+                body = text.removesuffix("\n").removesuffix("\r")
+                if lone_cr_breaks and "\r" in body:
+                    *pieces, last = body.split("\r")
+                    for piece in pieces:
+                        yield number, piece
+                        number += 1
+                    yield number, last
+                    continue
                 yield number, text.rstrip("\r\n")
     except (OSError, EOFError) as exc:
         if isinstance(exc, (FileNotFoundError, PermissionError)):
@@ -371,13 +385,13 @@ def _text_reader(path: Path, label: str, compression: Optional[str]):
             _check_not_binary(data, label)
             yield "", _decode(data, label)
         elif options.doc_per == "line":
-            for number, line in _lines(path, label, compression, stats, options.skip_bad_lines):
+            for number, line in _lines(path, label, compression, stats, options.skip_bad_lines, lone_cr_breaks=True):
                 if line.strip():
                     yield str(number), line
         else:  # blank-line: paragraphs separated by empty lines
             block: list[str] = []
             start = 0
-            for number, line in _lines(path, label, compression, stats, options.skip_bad_lines):
+            for number, line in _lines(path, label, compression, stats, options.skip_bad_lines, lone_cr_breaks=True):
                 if line.strip():
                     if not block:
                         start = number
@@ -607,14 +621,28 @@ def _csv_reader(path: Path, label: str, compression: Optional[str]):
                             "fix it or pass --skip-bad-lines"
                         )
                     yield str(start), row[column]
-            except UnicodeDecodeError:
-                raise UserError(
-                    f"{label}:{reader.line_num + 1}: invalid UTF-8; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
+            except UnicodeDecodeError:  # decoded a block at a time: the line is found again, in bytes
+                line, byte = _first_invalid_utf8(path, compression)
+                raise UserError(f"{label}:{line}: invalid UTF-8 (byte 0x{byte:02x}); convert the file to UTF-8 "
+                                "(e.g. iconv -f latin1 -t utf-8)") from None
             except csv.Error as exc:
                 raise UserError(f"{label}:{start}: malformed CSV ({exc}); fix it or pass --skip-bad-lines") from None
 
     return read
+
+
+def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, int]:
+    """The line (as the CSV reader counts lines: LF, CRLF or a lone CR ends one) and the value of
+    the first byte that is not UTF-8. (Split at LF, a line never cuts a UTF-8 character.)"""
+    line = 1
+    with _open_binary(path, compression) as handle:
+        for raw in io.BufferedReader(handle) if compression else handle:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return line + raw[: exc.start].count(b"\r"), raw[exc.start]
+            line += 1 + raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r")
+    return line, 0
 
 
 def _parquet_reader(path: Path, label: str):
@@ -724,15 +752,19 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
     if not files:
         raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
-    formats = [file_format(p)[0] for p in files]
     # Record files (a data set) win over loose text files (a README beside them).
-    fmt = next((f for f in formats if f in _BUILDERS), formats[0])
+    builders = {_BUILDERS[file_format(p)[0]] for p in files if file_format(p)[0] in _BUILDERS}
+    if len(builders) > 1:  # `datasets` builds a data set from files of one format
+        suffixes = sorted({file_format(p)[0] for p in files if file_format(p)[0] in _BUILDERS})
+        raise UserError(f"dataset folder {path} mixes {', '.join(suffixes)} files, and a data set is read in one format; "
+                        f"pass the folder as an input instead (llmkit clean {path}: it reads every file), or keep one format there")
+    builder = builders.pop() if builders else "text"
     splits: dict[str, list[str]] = {}
-    for file in (p for p in files if file_format(p)[0] == fmt):
+    for file in (p for p in files if _BUILDERS.get(file_format(p)[0], "text") == builder):
         words = set(re.split(r"[^a-z0-9]+", file.name.lower()))
         name = next((split for split, names in _SPLIT_WORDS.items() if words & set(names)), "train")
         splits.setdefault(name, []).append(str(file))
-    return _BUILDERS.get(fmt, "text"), splits
+    return builder, splits
 
 
 def _dataset_identity(local: Path, name: str, config_name: Optional[str], split: str,
@@ -792,6 +824,10 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                 datasets.enable_progress_bar()
         string_columns = [k for k, v in ds.features.items() if getattr(v, "dtype", None) in ("string", "large_string")]
         column = _pick_column(label, options.text_field, list(ds.column_names), string_columns)
+        if column not in string_columns:  # (the file readers refuse such a field too, rather than str() its numbers)
+            holds = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
+            raise UserError(f"{label}: column {column!r} holds {holds}, not text; pass --text-field with a text column"
+                            + (f" ({', '.join(string_columns)})" if string_columns else ""))
         for start in range(0, len(ds), 1000):
             batch = ds[start : start + 1000][column]
             for offset, value in enumerate(batch):

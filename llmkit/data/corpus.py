@@ -182,10 +182,12 @@ def read_text_range(text_range: TextRange) -> list[str]:
     with open(text_range.path, "rb") as handle:
         handle.seek(text_range.start)
         raw = handle.read(text_range.end - text_range.start)
+    mark = 3 if text_range.start == 0 and raw.startswith(b"\xef\xbb\xbf") else 0  # a byte order mark is no text
+    raw = raw[mark:]  # (clean drops it too)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + exc.start}); "
+        raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + mark + exc.start}); "
                         "convert it or run llmkit clean") from None
     documents, paragraph = [], []
     for line in io.StringIO(text, newline=None):

@@ -2,7 +2,7 @@
 
 A tokens artifact holds, per split (`train`, `val`):
 
-    <split>/shard-00000.bin        raw little-endian uint16 (vocab <= 65535) or uint32 token ids
+    <split>/shard-00000.bin        raw little-endian uint16 (vocab <= 65536) or uint32 token ids
     <split>/shard-00000.docs.npy   int64 start offset of each document within that shard
 
 Documents are stored as `[<|bos|>] tokens <|eos|>` and never straddle a shard; windows do.
@@ -26,12 +26,20 @@ from llmkit import artifacts
 from llmkit.errors import UserError
 
 SPLITS = ("train", "val")
-UINT16_MAX_VOCAB = 65535
+UINT16_MAX_VOCAB = 65536  # ids 0..65535
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits, else uint32; always little-endian on disk."""
     return np.dtype("<u2") if vocab_size <= UINT16_MAX_VOCAB else np.dtype("<u4")
+
+
+def _stored_dtype(vocab_size: int, recorded: str) -> np.dtype | None:
+    """The dtype a tokens artifact's shards hold, if `recorded` is one llmkit writes for the vocabulary:
+    token_dtype's, or uint32 for a vocabulary of exactly 65536 (written so before 2026-12-03)."""
+    if recorded == token_dtype(vocab_size).name:
+        return token_dtype(vocab_size)
+    return np.dtype("<u4") if vocab_size == UINT16_MAX_VOCAB and recorded == "uint32" else None
 
 
 def shard_name(index: int) -> str:
@@ -196,7 +204,7 @@ class TokenShards:
             if key not in stats:
                 raise UserError(f"tokens artifact {art.path} lacks stats[{key!r}]; rebuild it with llmkit tokenize")
         vocab = stats["vocab_size"]
-        if not isinstance(vocab, int) or vocab < 1 or str(stats["dtype"]) != token_dtype(vocab).name:
+        if not isinstance(vocab, int) or vocab < 1 or _stored_dtype(vocab, str(stats["dtype"])) is None:
             # stats are not hashed: a dtype that disagrees with the vocabulary would misread every token
             raise UserError(f"tokens artifact {art.path}: stats say dtype {stats['dtype']!r} for a vocabulary of {vocab!r}, "
                             f"which llmkit stores as {token_dtype(vocab if isinstance(vocab, int) else 0).name}; rebuild it")
@@ -206,7 +214,7 @@ class TokenShards:
             if said != real:
                 raise UserError(f"tokens artifact {art.path}: its stats say vocabulary, eos and bos {said}, its tokenizer "
                                 f"{real}; the manifest was edited, rebuild it with llmkit tokenize")
-        dtype = token_dtype(vocab)
+        dtype = _stored_dtype(vocab, str(stats["dtype"]))
         paths = [art.file(n) for n in names]
         for path in paths:
             if path.stat().st_size % dtype.itemsize:

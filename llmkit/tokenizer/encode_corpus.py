@@ -454,11 +454,13 @@ def tokenize_corpus(
         total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
         val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
         if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
-            err.print(
-                styled("warning:", "yellow", f" the validation split holds {100 * val_share:.1f}% of the text (asked "
-                       f"{100 * config.val_fraction:g}%) because it takes whole documents, of which the corpus has {num_docs}; "
-                       "for a finer split make more documents (llmkit clean --doc-per blank-line)"), soft_wrap=True
-            )
+            # (a corpus too small for whole validation documents gives each document's tail instead: split_plan)
+            why = ("its documents are too short to give a validation tail of that share; give more text"
+                   if split_summary["documents_split_inside"] else
+                   f"it takes whole documents, of which the corpus has {num_docs}; for a finer split make more documents "
+                   "(llmkit clean --doc-per blank-line)")
+            err.print(styled("warning:", "yellow", f" the validation split holds {100 * val_share:.1f}% of the text (asked "
+                             f"{100 * config.val_fraction:g}%) because {why}"), soft_wrap=True)
         copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
         build.config = config.hashed()
         build.seed = config.seed

@@ -144,7 +144,8 @@ def open_source(inputs: Sequence[Path]) -> Source:
             raise UserError(f"{path} holds records, not plain text; make a corpus of it first (llmkit clean {path} -o CORPUS), "
                             "then train on CORPUS")
     # Files are identified by name and content hash, never by absolute path (fingerprints move).
-    described = {"kind": "text_files", "files": [{"name": p.name, "sha256": artifacts.sha256_file(p)} for p in inputs]}
+    described = {"kind": "text_files", "files": [{"name": artifacts.storable_name(p.name), "sha256": artifacts.sha256_file(p)}
+                                               for p in inputs]}
     return Source(text_file_ranges(inputs), sum(p.stat().st_size for p in inputs), None, described)
 
 
