@@ -443,6 +443,13 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "nothing_here"], "matches no linear layer"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--freeze", "nothing_here"], "matches no parameter"),
         ([{"prompt": "a", "response": None}] * 4, ["--template", "plain"], "field 'response' is null, not text"),
+        # without a template the hint was --template plain, which then refused the same record
+        ([{"prompt": "a", "response": None}] * 4, [], "field 'response' is null, not text; fix the record or leave it out"),
+        # options at their defaults that would do nothing, typed: refused as other values are
+        ([{"text": "a", "label": i % 2} for i in range(4)], ["--task", "classify", "--template", "chat"],
+         "--template renders SFT examples"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--lora-targets", "q_proj,kv_proj,out_proj"],
+         "--lora-targets shapes LoRA adapters, which only --lora-rank N adds"),
         ([{"text": "a", "label": 1}] * 4, ["--task", "classify"], "single label 1"),
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "100000"], "--lora-rank 100000 exceeds the smallest dimension"),
@@ -451,6 +458,10 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"text": "a", "label": ["neg", "pos"][i % 2] if i != 7 else "neutral"} for i in range(8)],
          ["--task", "classify", "--val-fraction", "0.25", "--seed", "4"],
          "data.jsonl:8: class 'neutral' has no training example once --val-fraction 0.25 holds out its examples"),
+        # two classes, the one "pos" held out: the training share's single label is the draw's doing, not the data's
+        ([{"text": "a", "label": "neg" if i != 7 else "pos"} for i in range(8)],
+         ["--task", "classify", "--val-fraction", "0.25", "--seed", "4"],
+         "data.jsonl:8: class 'pos' has no training example once --val-fraction 0.25 holds out its examples"),
         # each target on its own: v_proj (another library's name) beside q_proj trained q_proj alone, unsaid
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "q_proj,v_proj"],
          "--lora-targets v_proj matches no linear layer"),
@@ -465,7 +476,8 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
          "data.jsonl:8 has neither"),
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze",
-         "null-field", "int-label-alone", "int-label-gap", "lora-rank", "epochs-and-steps", "label-only-held-out",
+         "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
+         "int-label-gap", "lora-rank", "epochs-and-steps", "label-only-held-out", "second-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
@@ -580,6 +592,11 @@ def test_same_seed_same_fingerprint_config_file_and_freeze(base, shared_data, cl
         frozen = key.startswith(("tok_emb.", "blocks.0."))
         assert torch.equal(after[key], value) == frozen, key
     assert a.stats["trainable_params"] < a.stats["params"]
+    # --lr left out means 1e-4 here (no LoRA): a resume typing it is the same run; another is named by that default
+    common = ["--data", data, "-o", tmp_path / "a", "--config", tmp_path / "ft.toml", "--resume"]
+    assert cli("finetune", base["checkpoint"], *common, "--lr", "1e-4").exit_code == 0
+    refused = cli("finetune", base["checkpoint"], *common, "--lr", "0.01")
+    assert refused.exit_code == 1 and "--lr default (0.0001) -> 0.01" in refused.output, refused.output
 
 
 def test_validation_scores_equal_scikit_learn():
@@ -763,3 +780,16 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(base, cli, tmp_path)
     assert "the run's length is kept as the run recorded it (--epochs 3.0)" in result.output
     again = artifacts.load(run)
     assert again.stats["step"] == 6 and again.fingerprint == finished.fingerprint
+
+
+def test_the_batch_invariance_refusal_names_the_option_that_sizes_the_step():
+    """finetune's steps are --batch-size examples: the message named pretrain's --batch-tokens."""
+    from llmkit.errors import UserError
+    from llmkit.finetune.stage import sft_loss
+    from llmkit.model.gpt import GPT, ModelConfig
+    from llmkit.train.data_parallel import use_batch_invariance
+
+    model = GPT(ModelConfig(vocab_size=64, context_length=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(UserError, match=r"\(3 sequences\) must be a multiple of 4; change --batch-size or the process count"):
+        use_batch_invariance(True, model, torch.device("cpu"), strategy="ddp", compile=False, loss_fn=sft_loss, world_size=2,
+                             sequences_per_rank=3, batch_flag="--batch-size")

@@ -756,7 +756,7 @@ def test_a_resume_that_gives_an_option_at_its_default_continues_the_same_run(sha
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "grown", *FAST[:8], "--context-length", "64",
                       "--batch-tokens", "1024", "--micro-batch", "8", "--eval-every", "0", "--schedule", "constant",
                       "--max-steps", "5", "--warmup-steps", "1", "--resume"))
-    assert "(--warmup-steps default -> 1)" in line
+    assert "(--warmup-steps default (0) -> 1)" in line
 
 
 def test_a_run_made_before_the_bookkeeping_options_left_the_config_still_resumes(shakespeare, cli, tmp_path):

@@ -150,6 +150,10 @@ def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
         if isinstance(record.get("system"), str):
             messages.insert(0, {"role": "system", "content": record["system"]})
         return messages
+    # the fields are there and one holds no text (null, a list): no template would take it (a number, --template plain)
+    bad = next((name for name in ("prompt", "response") if name in record and _not_text(record[name])), None)
+    if bad and {"prompt", "response"} <= set(record):
+        raise UserError(f"{where} field {bad!r} is {_not_text(record[bad])}, not text; fix the record or leave it out")
     fits = [name for name, spec in TEXT_TEMPLATES.items()
             if {f for part in spec.values() for f in plain_fields(part, name)} <= set(record)]
     hint = f"; its fields fit --template {fits[0]}" if fits else ("; for other fields give --template FILE.json "
@@ -216,13 +220,20 @@ def drop_oldest_exchanges(messages: list[dict[str, str]], tokenizer, budget: int
 # -- text templates ------------------------------------------------------------------------------
 
 
+def _not_text(value: Any) -> str | None:
+    """What a field holds where text belongs (null, true, a list ...), or None for text or a number."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return None
+    return "null" if value is None else {"list": "a list", "dict": "an object", "bool": "true/false"}.get(
+        type(value).__name__, type(value).__name__)
+
+
 def render(part: str, record: dict[str, Any], where: str) -> str:
     for name in plain_fields(part, "the template"):
         # null, true or a list would be written out as "None", "True" or "[1, 2]" and trained on (a number is text enough)
         value = record[name] if name in record else ""  # (a missing field is named below)
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            shown = "null" if value is None else {"list": "a list", "dict": "an object", "bool": "true/false"}.get(
-                type(value).__name__, type(value).__name__)
+        shown = _not_text(value)
+        if shown:
             raise UserError(f"{where} field {name!r} is {shown}, not text; the template needs text there: fix the record "
                             "or leave it out")
     try:

@@ -85,7 +85,12 @@ class FinetuneConfig(Options):
 
     @property
     def peak_lr(self) -> float:
-        return self.optim.lr if self.optim.lr is not None else (1e-3 if self.lora_rank else 1e-4)
+        return self.optim.lr if self.optim.lr is not None else self.default_lr
+
+    @property
+    def default_lr(self) -> float:
+        """What --lr left out means: 1e-4, or 1e-3 with LoRA."""
+        return 1e-3 if self.lora_rank else 1e-4
 
     @property
     def lora_scale_alpha(self) -> float:

@@ -191,11 +191,14 @@ class SFTBatches:
 # -- classification -------------------------------------------------------------------------------
 
 
-def check_held_out_labels(records: list[dict], labels: "Labels", fraction: float, places: Sequence[str]) -> None:
+def check_held_out_labels(records: list[dict], training: list[dict], fraction: float, places: Sequence[str],
+                          training_places: Sequence[str]) -> None:
     """Refuse a class whose every example the --val-fraction draw held out: the head would have no
-    training example of it (said as the data's record, not as a position in the held-out share)."""
+    training example of it (said as the data's record, not as a position in the held-out share).
+    Called before the training share's own label checks, which would blame the data instead."""
+    taught = {_label_key(_label(record, place), place) for record, place in zip(training, training_places)}
     for record, place in zip(records, places):
-        if not labels.has(record.get("label"), place):
+        if _label_key(_label(record, place), place) not in taught:
             raise UserError(f"{place}: class {record['label']!r} has no training example once --val-fraction "
                             f"{fraction:g} holds out its examples; add examples of it, give --val-data, or lower --val-fraction")
 

@@ -42,6 +42,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
                             f"{' or '.join(ft_data.VALIDATION_FILES)})")
 
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
+    _refuse_given_options_that_do_nothing(config)
     _check_split_model(config, art)
     given = config.was_given("max_steps", "epochs")  # (a typed --epochs 1 is a length given, though the default)
     if given is None:
@@ -51,6 +52,21 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
                   reads=[config.val_data, template_file])
+
+
+def _refuse_given_options_that_do_nothing(config: FinetuneConfig) -> None:
+    """FinetuneConfig refuses these by value; typed at their defaults (`--template chat` for a
+    classifier) they are told apart here, once, on the command's own config (the workers rebuild it
+    from every option)."""
+    lora = "shapes LoRA adapters, which only --lora-rank N adds; give a rank or leave it out (full fine-tuning)"
+    checks = (("template", config.task == "classify", "renders SFT examples; a classifier reads each text as it is: leave it out"),
+              ("lora_alpha", not config.lora_rank, lora), ("lora_dropout", not config.lora_rank, lora),
+              ("lora_targets", not config.lora_rank, lora),
+              ("val_fraction", config.val_data is not None, "holds out part of --data when no --val-data is given; give one "
+                                                            "of the two"))
+    for name, applies, why in checks:
+        if applies and config.was_given(name):
+            raise UserError(f"--{name.replace('_', '-')} {why}")
 
 
 def _check_held_apart(train_file: Path, val_file: Path) -> None:
@@ -333,9 +349,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
             loss_fn = sft_loss
         else:
+            if not config.val_data:  # the data's own faults first, then what the held-out draw left to train on
+                ft_data.label_set(every_record, "the data", every_place)
+                ft_data.check_held_out_labels(every_record, records, config.val_fraction, every_place, places)
             labels = ft_data.label_set(records, "training", places)
-            if not config.val_data:
-                ft_data.check_held_out_labels(every_record, labels, config.val_fraction, every_place)
             train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training",
                                                        info.is_main, places)
             val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
@@ -366,7 +383,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         val_size = min(len(val_examples), config.eval_examples)
         settings = LoopSettings.for_stage(
             config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
-            tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.peak_lr,
+            tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.peak_lr, batch_flag="--batch-size",
         )
         scaling = config.lora_scale_alpha / config.lora_rank if adapted else None
         run_dir = out.resolve()
@@ -395,7 +412,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             file_names=["tokenizer", TASK_FILE],
             final_weights_trainable=not adapted,
             steps_keep_trainable_only=bool(adapted),
-            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup},
+            # (--lr's default depends on --lora-rank, recorded beside it)
+            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup, "lr": config.default_lr},
         )
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
                       val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)

@@ -31,13 +31,14 @@ from llmkit.train.precision import autocast
 
 
 def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch.device, *, strategy: str,
-                         compile: bool, loss_fn: Callable, world_size: int = 1, sequences_per_rank: int = 0) -> tuple[bool, str | None]:
+                         compile: bool, loss_fn: Callable, world_size: int = 1, sequences_per_rank: int = 0,
+                         batch_flag: str = "--batch-tokens") -> tuple[bool, str | None]:
     """--batch-invariant: on by default where it is supported, refused (one line, the reason) where
     asked and not. Returns whether it is on, and why not where a CPU run left it off by default."""
     reasons = []
     if world_size > 1 and sequences_per_rank % sequence_tree.PRODUCT_RUN:
         reasons.append(f"each process's share of a step ({sequences_per_rank} sequences) must be a multiple of "
-                       f"{sequence_tree.PRODUCT_RUN}; change --batch-tokens or the process count")
+                       f"{sequence_tree.PRODUCT_RUN}; change {batch_flag} or the process count")
     if device.type != "cpu":
         reasons.append("it is for CPU runs (GPU kernels do not promise the same bits anyway)")
     network = model.lm if isinstance(model, SequenceClassifier) else model
@@ -59,12 +60,12 @@ class DataParallelRun:
 
     def __init__(self, model: nn.Module, info, device: torch.device, *, strategy: str, activation_checkpointing: bool,
                  compile: bool, loss_fn: Callable, precision: str, batch_invariant: bool | None = False,
-                 sequences_per_rank: int = 0, seed: int = 0):
+                 sequences_per_rank: int = 0, seed: int = 0, batch_flag: str = "--batch-tokens"):
         self.raw, self.info, self.device, self.loss_fn, self.precision = model, info, device, loss_fn, precision
         self.seed = seed  # with the step and a sequence's position, seeds its dropout masks (per-sequence mode)
         self.batch_invariant, self.not_invariant_because = use_batch_invariance(
             batch_invariant, model, device, strategy=strategy, compile=compile, loss_fn=loss_fn,
-            world_size=info.world_size, sequences_per_rank=sequences_per_rank)
+            world_size=info.world_size, sequences_per_rank=sequences_per_rank, batch_flag=batch_flag)
         self.tree = sequence_tree.SequenceTree() if self.batch_invariant else None  # the step's per-sequence gradients
         self.targets_this_step, self.step_sequences = 0.0, 0
         if activation_checkpointing:

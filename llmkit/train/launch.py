@@ -111,7 +111,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             # it resumes (it holds a training state), but that step's weights would become a later step's, or
             # (--force) another run's, inside the run's own checkpoints/
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
-                            f"write a new run elsewhere (--init-from {out} to start from it)")
+                            f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
@@ -257,7 +257,7 @@ def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: 
         shown = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in kept.items()
                           if value is not None and value != config.default_of(key))
         err.print(f"note: the run's length is kept as the run recorded it ({shown or 'the default'}); give it to change it",
-                  markup=False)
+                  markup=False, soft_wrap=True)
     return dataclasses.replace(config, **kept)
 
 

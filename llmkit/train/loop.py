@@ -63,6 +63,7 @@ class LoopSettings:
     tokens_per_sample: int
     warmup_steps: int
     lr: float
+    batch_flag: str = "--batch-tokens"  # the option that sizes a step, for messages (finetune's is --batch-size)
 
     @classmethod
     def for_stage(cls, config: Any, **derived: Any) -> LoopSettings:
@@ -133,7 +134,7 @@ def accumulation_steps(settings: LoopSettings, batch_ways: int) -> int:
     if settings.global_batch % per_step:
         raise UserError(
             f"the global batch of {settings.global_batch} sequences does not split into micro-batches of "
-            f"{settings.micro_batch}, {batch_ways} at a time; change --batch-tokens or --micro-batch so that it divides"
+            f"{settings.micro_batch}, {batch_ways} at a time; change {settings.batch_flag} or --micro-batch so that it divides"
         )
     return settings.global_batch // per_step
 
@@ -226,7 +227,8 @@ class Trainer:
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
                                           loss_fn=loss_fn, precision=self.precision, batch_invariant=devices.batch_invariant,
-                                          sequences_per_rank=self.accum * settings.micro_batch, seed=settings.seed)
+                                          sequences_per_rank=self.accum * settings.micro_batch, seed=settings.seed,
+                                          batch_flag=settings.batch_flag)
         self.model = self.engine.model
         self.spec.runtime["batch_invariant"] = getattr(self.engine, "batch_invariant", False)  # what the option resolved to
         if self.device.type == "cpu":  # the fp32 products' library: their last bits, so the fingerprint, follow it
@@ -353,8 +355,8 @@ class Trainer:
                 changed.append(f"the {key.removesuffix('_sha256').replace('_', ' ')} file's content changed")
                 continue
             shown_now = f"default ({unset[key]})" if now is None and key in unset else repr(now)
-            changed.append(f"--{key.replace('_', '-')} {'default' if before is None and key in unset else repr(before)} "
-                           f"-> {shown_now}")
+            shown_before = f"default ({unset[key]})" if before is None and key in unset else repr(before)
+            changed.append(f"--{key.replace('_', '-')} {shown_before} -> {shown_now}")
         # --ema is outside the config (RUN/ema's records it), yet the average goes on from the saved
         # one: another decay, or none, would leave a RUN/ema no run made (or a stale one in the run).
         ema = self.settings.checkpoints.ema
