@@ -880,6 +880,27 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_exchanges_as_in
     assert json.loads((tmp_path / "c.jsonl").read_text())["prompt_tokens"] == len(encode_chat_prompt(kept, loaded.tokenizer))
 
 
+def test_a_conversation_that_ends_with_a_reply_has_that_reply_made_again(cli, shakespeare, tmp_path):
+    """finetune's data and `chat -o` transcripts end with the assistant's reply: generate answers the
+    history before it (as eval scores it), keeping the old reply as the reference; it used to append a
+    second assistant turn after it, a layout no fine-tune trains on."""
+    from llmkit.data.templates import encode_chat_prompt
+    from llmkit.model.io import load_checkpoint
+
+    chat = make_checkpoint(tmp_path / "chat", shakespeare[:20000], task={"task": "sft", "template": {"type": "chat"}})
+    history = [{"role": "user", "content": "What news?"}]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"messages": [*history, {"role": "assistant", "content": "None."}]}) + "\n"
+                                      + json.dumps({"messages": [{"role": "assistant", "content": "Alone."}]}) + "\n")
+    result = cli("generate", chat, "--prompts", tmp_path / "p.jsonl", "--greedy", "-n", "4", "-o", tmp_path / "c.jsonl")
+    assert result.exit_code == 1 and "p.jsonl:2: its messages hold no user message" in result.output, result.output
+    (tmp_path / "p.jsonl").write_text((tmp_path / "p.jsonl").read_text().splitlines()[0] + "\n")
+    result = cli("generate", chat, "--prompts", tmp_path / "p.jsonl", "--greedy", "-n", "4", "-o", tmp_path / "c.jsonl")
+    assert result.exit_code == 0, result.output
+    made = json.loads((tmp_path / "c.jsonl").read_text())
+    assert made["reference"] == "None." and made["messages"] == history
+    assert made["prompt_tokens"] == len(encode_chat_prompt(history, load_checkpoint(chat).tokenizer))
+
+
 def test_a_conversation_whose_last_message_is_too_long_loses_that_messages_end(cli, shakespeare, tmp_path, monkeypatch):
     """With no exchange left to drop, the window cut the prompt from the left: <|bos|>, the system
     message and the role tokens went. The last message loses its end, as chat cuts one."""

@@ -79,7 +79,14 @@ def _prompt_from_record(record: Any, where: str) -> Prompt:
         )
         if not ok or not messages:
             raise UserError(f"{where}: 'messages' must be a list of {{\"role\": system|user|assistant, \"content\": text}}")
-        return Prompt(messages=messages, meta={k: v for k, v in record.items() if k != "messages"})
+        meta = {k: v for k, v in record.items() if k != "messages"}
+        if messages[-1]["role"] == "assistant":
+            # A conversation that ends with a reply (finetune's data, a `chat -o` transcript): that reply is made
+            # again, as eval scores it, and kept beside the new one; a second reply in a row is no turn chat trains.
+            if not any(m["role"] == "user" for m in messages[:-1]):
+                raise UserError(f"{where}: its messages hold no user message before the assistant's reply; add the question")
+            messages, meta = messages[:-1], {**meta, "reference": messages[-1]["content"]}
+        return Prompt(messages=messages, meta=meta)
     if isinstance(record.get("instruction"), str) and isinstance(record.get("input"), str) and "prompt" not in record:
         # Alpaca-style: the instruction, then its input
         text = record["instruction"] + ("\n\n" + record["input"] if record["input"] else "")
