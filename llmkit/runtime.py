@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 from pathlib import Path
+from typing import Iterator
 
 
 def seed_everything(seed: int) -> None:
@@ -37,6 +38,21 @@ def datasets_cache_dir() -> Path:
     path = cache_dir() / "datasets"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def local_files_cache() -> Iterator[Path]:
+    """A `datasets` cache for local files, used once and removed: `datasets` keys a local file by its
+    path and modification time, so an edited file that kept its time (cp -p, rsync -a, an archive
+    unpacked) would be read as its cached old content."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="datasets-local-", dir=cache_dir()))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def worker_count(requested: int | None) -> int:

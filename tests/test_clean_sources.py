@@ -211,7 +211,18 @@ def test_dataset_input_from_a_local_file(shared_data):
     expected = [json.loads(line)["text"] for line in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8")]
     assert [t for _, t in docs] == expected
     assert sources[0].label == "dataset:test.jsonl/train" and docs[0][0] == "dataset:test.jsonl/train:0"
-    assert any(datasets_cache_dir().iterdir())  # prepared into the pinned cache, not ~/.cache
+    # prepared afresh in llmkit's cache, then removed: an edited file that kept its time is read as it is now
+    assert not any(datasets_cache_dir().iterdir()) and not list(datasets_cache_dir().parent.glob("datasets-local-*"))
+    import os
+
+    edited = write_records = datasets_cache_dir().parent / "edited.jsonl"
+    write_records.write_text('{"text": "the old words"}\n', encoding="utf-8")
+    first = [t for _, t in resolve_inputs([], dataset=str(edited))[0].documents(ReadOptions(), ReadStats())]
+    stamp = edited.stat().st_mtime_ns
+    edited.write_text('{"text": "the new words"}\n', encoding="utf-8")
+    os.utime(edited, ns=(stamp, stamp))
+    again = [t for _, t in resolve_inputs([], dataset=str(edited))[0].documents(ReadOptions(), ReadStats())]
+    assert (first, again) == (["the old words"], ["the new words"])
     for split, name in (("train", "train.jsonl"), ("test", "test.jsonl")):  # a folder's files split by name
         folder = resolve_inputs([], dataset=str(shared_data / "summarization"), split=split)
         docs = list(folder[0].documents(ReadOptions(text_field="summary"), ReadStats()))

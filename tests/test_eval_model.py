@@ -294,6 +294,20 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     assert [r["prediction"] for r in _records(tmp_path / "ev")] == preds
     assert metrics["accuracy"] == accuracy_score(gold, preds)
     assert metrics["accuracy_norm"] == accuracy_score(gold, preds_norm)
+    # a damaged checkpoint whose outputs are NaN: each choice "loses" to choice 0 and the accuracy looked plausible
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(gpt2_ckpt, damaged)
+    weights = load_file(str(damaged / "model.safetensors"))
+    norm = next(name for name in weights if "norm" in name and name.endswith("weight") and not name.startswith("blocks"))
+    weights[norm][:] = float("nan")
+    save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
+    result = cli("eval", damaged, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "ev-nan")
+    assert result.exit_code == 1 and "outputs are not finite" in result.output, result.output
+    assert not (tmp_path / "ev-nan").exists()
 
 
 def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_data, tmp_path):
@@ -558,3 +572,17 @@ def test_word_perplexity_left_out_when_text_has_almost_no_whitespace_words():
     assert math.isclose(metrics["bpb"], 18000.0 / (9000 * math.log(2)))
     spaced = PerplexityResult(nll=300.0, tokens=100, words=60, bytes=400, documents=1).metrics
     assert math.isclose(spaced["word_perplexity"], math.exp(5.0))
+
+
+def test_integer_labels_name_classes_whose_names_are_numbers():
+    """--labels 1,2 with records labelled 1 and 2: a 1 was the index of "2" (and 2 out of range)."""
+    from llmkit.errors import UserError
+    from llmkit.eval.model_tasks import _label_index
+
+    assert [_label_index(v, ["1", "2"], 0) for v in (1, 2, "1", "2")] == [0, 1, 0, 1]
+    assert [_label_index(v, ["1", "0"], 0) for v in (0, 1)] == [1, 0]
+    assert [_label_index(v, ["neg", "pos"], 0) for v in (0, 1, "pos", "1")] == [0, 1, 1, 1]  # other names: an index
+    for value, names, message in ((0, ["1", "2"], "label 0 is not one of 1, 2"), (None, ["neg", "pos"], "label null"),
+                                  (2, ["neg", "pos"], "out of range for 2 classes")):
+        with pytest.raises(UserError, match=message):
+            _label_index(value, names, 0)

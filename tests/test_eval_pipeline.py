@@ -119,3 +119,30 @@ def test_label_and_template_options_still_read_where_they_count(cli, base_and_cl
         assert result.exit_code == 0, result.output
     logliks = [[json.loads(l)["logliks"] for l in (tmp_path / n / "predictions.jsonl").read_text().splitlines()] for n in ("plain", "wrapped")]
     assert logliks[0] != logliks[1]
+
+
+def test_csv_and_parquet_data_are_read_as_they_are_now(tmp_path):
+    """`datasets` keys a local file's prepared copy by its path and time: an edited file that kept
+    its time (cp -p, rsync -a) was scored as its old content, under the new content's sha256."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llmkit.errors import UserError
+    from llmkit.eval.sources import load_records
+    from llmkit.runtime import cache_dir
+
+    csv = tmp_path / "p.csv"
+    csv.write_text("text,label\nthe king is dead,a\n", encoding="utf-8")
+    assert load_records(str(csv), "train") == [{"text": "the king is dead", "label": "a"}]
+    stamp = csv.stat().st_mtime_ns
+    csv.write_text("text,label\nlong live the king,b\n", encoding="utf-8")
+    os.utime(csv, ns=(stamp, stamp))
+    assert load_records(str(csv), "train") == [{"text": "long live the king", "label": "b"}]
+    pq.write_table(pa.table({"text": ["one", "two"]}), tmp_path / "p.parquet")
+    assert load_records(str(tmp_path / "p.parquet"), "train", limit=1) == [{"text": "one"}]
+    assert not list(cache_dir().glob("datasets-local-*")) and not list((cache_dir() / "datasets").glob("*"))
+    (tmp_path / "header.csv").write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"--data .*header\.csv holds no records"):
+        load_records(str(tmp_path / "header.csv"), "train")

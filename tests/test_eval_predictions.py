@@ -110,10 +110,17 @@ def test_label_predictions_accuracy(cli, tmp_path):
         (["-m", "bleu", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--bleu-tokenize", "nope"], "unknown --bleu-tokenize"),
         (["-m", "rouge", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--rouge-tokenize", "nope"], "unknown --rouge-tokenize"),
         (["-m", "blue", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "unknown metric 'blue'"),
-        (["-m", "perplexity", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "need a model"),
+        (["-m", "perplexity", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "perplexity needs a model"),
+        # -m left out: perplexity is the default, which the user never asked for
+        (["--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "scoring --predictions needs --metric (bleu, chrf"),
+        # fields of lines of text: read by nothing, recorded all the same (another fingerprint for the same scores)
+        (["-m", "bleu", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--reference-field", "target"],
+         "--reference-field"),
+        (["-m", "bleu", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--field", "text"], "--field"),
         (["-m", "bleu"], "nothing to evaluate"),
         (["-m", "bleu", "--predictions", "{tmp}/missing.txt", "-r", "{tmp}/ref.txt"], "file not found"),
         (["-m", "bleu", "--predictions", "{tmp}/bad.jsonl", "-r", "{tmp}/ref.txt"], "not valid JSON"),
+        (["-m", "bleu", "--predictions", "{tmp}/null.jsonl", "-r", "{tmp}/short.txt"], "field 'prediction' is null, expected text"),
         # label metrics on empty files: an "unexpected ValueError" before
         (["-m", "accuracy", "--predictions", "{tmp}/empty.txt", "-r", "{tmp}/empty.txt"], "no predictions to score"),
     ],
@@ -122,6 +129,7 @@ def test_bad_inputs_one_line(cli, files, args, message):
     tmp, _, _ = files
     (tmp / "short.txt").write_text("a\nb\nc\n")
     (tmp / "bad.jsonl").write_text('{"prediction": "x"}\nnot json\n')
+    (tmp / "null.jsonl").write_text('{"prediction": null}\n{"prediction": "b"}\n{"prediction": "c"}\n')
     (tmp / "empty.txt").write_text("")
     result = cli("eval", *[a.format(tmp=tmp) for a in args], "-o", tmp / "out")
     assert result.exit_code != 0

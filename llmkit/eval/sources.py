@@ -74,12 +74,23 @@ def _looks_like_path(data: str) -> bool:
 def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
     import datasets
 
-    from llmkit.runtime import datasets_cache_dir, offline_when_unreachable
+    from llmkit.runtime import datasets_cache_dir, local_files_cache, offline_when_unreachable
 
+    if data_files is not None:  # a local file: read as it is now, not as a cache keyed by its time holds it
+        with local_files_cache() as cache:
+            try:
+                with _quiet_datasets():
+                    ds = datasets.load_dataset(name, config, split=split, data_files=data_files, cache_dir=str(cache))
+            except Exception as exc:
+                if "corresponds to no data" in str(exc):  # a CSV of a header alone
+                    return []
+                raise UserError(f"--data {data_files} cannot be read as {name.upper()}: "
+                                f"{' '.join(str(exc).split())[:200]}; check the file") from exc
+            return [dict(r) for r in ds]
     offline = False
     try:
-        with offline_when_unreachable() if data_files is None else contextlib.nullcontext() as offline:
-            ds = datasets.load_dataset(name, config, split=split, data_files=data_files, cache_dir=str(datasets_cache_dir()))
+        with offline_when_unreachable() as offline:
+            ds = datasets.load_dataset(name, config, split=split, cache_dir=str(datasets_cache_dir()))
     except Exception as exc:  # offline misses, unknown names and splits all land here
         where = " (no file or folder of that name here, and the Hub is unreachable)" if offline else ""
         raise UserError(
@@ -87,3 +98,17 @@ def _datasets_records(name: str, config: str | None, split: str, data_files: str
             f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
         ) from exc
     return [dict(r) for r in ds]
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """`datasets`' progress bars ("Generating train split") are its own business, not eval's output."""
+    import datasets
+
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bar()

@@ -27,7 +27,7 @@ from llmkit import artifacts, outputs
 from llmkit.eval.config import EvalConfig
 from llmkit.errors import UserError, unused_options
 from llmkit.eval import names as metric_names
-from llmkit.eval.textio import read_predictions, read_references
+from llmkit.eval.textio import is_jsonl, read_predictions, read_references
 
 
 @dataclass
@@ -83,8 +83,12 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         cls and (cfg.prompt_template is None or not _is_classifier(members[0] if members else None))))
     rouge = any(m.startswith("rouge") for m in text)
     tokens_data = scoring_model and cfg.data is not None and (Path(cfg.data) / artifacts.MANIFEST).is_file()
+    # records with fields: a JSONL/CSV/Parquet file, a corpus, a datasets name; not lines of text nor a tokens artifact
+    data_fields = scoring_model and not cfg.tasks and not tokens_data and _has_fields(cfg.data)
     uses = {  # option: (whether this evaluation reads it, what reads it)
-        "text_field": (not tokens_data, "a JSONL --data or --predictions file (a tokens artifact holds no fields)"),
+        "text_field": (data_fields or (not scoring_model and is_jsonl(Path(cfg.predictions))),
+                       "records of a JSONL --data or --predictions file (a .txt holds lines, a tokens artifact no fields, "
+                       "and --task its benchmark's own)"),
         "data": (scoring_model, "a checkpoint's inputs; scored predictions read --references"),
         "prompt_template": (template_read, "text generated for BLEU/chrF/ROUGE and a language model's choices or labels; "
                                            "a classifier checkpoint reads the bare text"),
@@ -97,7 +101,9 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "stemmer": (rouge and cfg.rouge_tokenize != "char", "ROUGE on words"), "rouge_tokenize": (rouge, "ROUGE"),
         "bleu_tokenize": ("bleu" in text, "BLEU"),
         "lowercase": (any(m.startswith(("bleu", "chrf")) for m in text), "BLEU/chrF"),
-        "reference_field": (bool(text) or (not scoring_model and bool(cls)), "the references of text metrics and labels"),
+        "reference_field": ((bool(text) or (not scoring_model and bool(cls)))
+                            and (data_fields or (not scoring_model and any(is_jsonl(Path(r)) for r in cfg.references))),
+                            "the references of text metrics and labels, in records (a .txt holds one per line)"),
         # a file has no splits; the bundled benchmark data and a datasets name do
         "split": (scoring_model and ((cfg.data is None and bool(cfg.tasks)) or (cfg.data is not None and not Path(cfg.data).exists())),
                   "a datasets name given as --data, or a --task's bundled data"),
@@ -113,11 +119,23 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         raise unused_options(unused)
 
 
+def _has_fields(data: str | None) -> bool:
+    """Whether --data holds records whose fields an option names: not a .txt (text, or lines of it)."""
+    if data is None:
+        return False
+    path = Path(data)
+    return not path.is_file() or path.suffix.lower() not in (".txt", ".md", "")
+
+
 def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, cls: list) -> None:
     """Refuse impossible combinations before loading anything."""
     if cfg.predictions is not None:
+        if lm and cfg.was_given("metrics") is False:  # perplexity by default, not asked for
+            raise UserError("scoring --predictions needs --metric (bleu, chrf, rouge, accuracy, f1, ...); the default, "
+                            "perplexity, needs a model")
         if lm:
-            raise UserError(f"{', '.join(lm)} need a model: pass a checkpoint and --data, not --predictions")
+            raise UserError(f"{', '.join(lm)} {'needs' if len(lm) == 1 else 'need'} a model: pass a checkpoint and --data, "
+                            "not --predictions")
         if "accuracy_norm" in cls:
             raise UserError(metric_names.NORM_NEEDS_CHOICES)
         if not cfg.references:
@@ -279,8 +297,13 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 raise UserError(f"{name} came out as {value}; the model's outputs are not finite (a damaged checkpoint?)")
         (build.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         with open(build.dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for number, record in enumerate(records, 1):
+                try:  # a NaN log-likelihood loses every comparison: its accuracy would look plausible
+                    line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+                except ValueError:
+                    raise UserError(f"prediction {number} holds a number that is not finite (NaN or infinity): the model's "
+                                    "outputs are not finite (a damaged checkpoint?)") from None
+                handle.write(line + "\n")
         build.config = _recorded_config(cfg)
         if cfg.tasks:
             build.config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}

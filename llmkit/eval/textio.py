@@ -78,7 +78,10 @@ def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag
         elif isinstance(value, (str, int)) and not isinstance(value, bool):
             values.append(value if isinstance(value, str) else str(value))
         else:
-            raise UserError(f"{path}: record {i} field {name!r} is {type(value).__name__}, expected text")
+            shown = ("null" if value is None else "true/false" if isinstance(value, bool) else
+                     "a list that holds other things than text" if isinstance(value, list) and allow_lists else
+                     {"list": "a list", "dict": "an object", "float": "a number"}.get(type(value).__name__, type(value).__name__))
+            raise UserError(f"{path}: record {i} field {name!r} is {shown}, expected text")
     return values
 
 
