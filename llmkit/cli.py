@@ -215,9 +215,9 @@ def report_command(
     """One table row per artifact: kind, fingerprint and headline numbers (recipes end with it)."""
     from llmkit.inspect_view import artifacts_in, print_report
 
-    with _damage_named(*paths):
+    with _damage_named(*paths):  # (a single artifact's damage, or any outside a row's headline: one line)
         found, damaged = artifacts_in(paths)
-    damaged += print_report(found)
+        damaged += print_report(found)
     if damaged:
         raise UserError(f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))} (the notes and rows "
                         "above say why); llmkit verify shows what changed in one")

@@ -74,7 +74,7 @@ SECTIONS = ("clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate"
             "scaling", "plot", "average", "plan")
 
 
-def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
+def file_values(file: Path | str | None, section: str | None, *, note: bool = True) -> dict[str, Any]:
     """A config file's options for one stage: its `[section]` table, else the top-level keys.
 
     Tables other than the stages' are refused, as is a table inside a stage's: a misspelt or
@@ -92,7 +92,7 @@ def file_values(file: Path | str | None, section: str | None) -> dict[str, Any]:
         if nested:
             raise UsageError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
         data = data[section]
-    elif section and data and all(isinstance(v, dict) for v in data.values()):
+    elif note and section and data and all(isinstance(v, dict) for v in data.values()):
         # Only other stages' tables ([tokenizer] given to tokenize, one letter apart): the file sets nothing here.
         from llmkit.console import err
 

@@ -140,24 +140,32 @@ def print_report(arts: list[Artifact]) -> list[Path]:
     """One row per artifact, named relative to the folder they share (in the title), so that long
     absolute paths do not crowd out the names on a narrow terminal. An artifact whose headline
     cannot be read (a stats table or metrics.json edited by hand) keeps its row, says so there, and
-    is returned, so that the others are still shown."""
+    is returned, so that the others are still shown; with none readable, that is the one-line error."""
     import os
+
+    from llmkit.errors import UserError
 
     folders = [str(art.path.resolve().parent) for art in arts]
     common = os.path.commonpath(folders) if folders else "."
+    rows, damaged = [], []
+    for art in arts:
+        try:
+            headline = _headline(art)
+        except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, OSError) as exc:
+            if len(arts) == 1:
+                raise
+            damaged.append(art.path)
+            headline = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
+        rows.append((os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], headline))
+    if len(damaged) == len(arts):
+        raise UserError(f"no artifact could be read: {', '.join(map(str, damaged))}; llmkit verify shows what changed in one")
     table = Table(title=f"artifacts in {common}", title_justify="left")
     table.add_column("artifact", overflow="fold")
     table.add_column("kind")
     table.add_column("fingerprint", no_wrap=True)
     table.add_column("headline", overflow="fold")
-    damaged = []
-    for art in arts:
-        try:
-            headline = _headline(art)
-        except (KeyError, TypeError, AttributeError, ValueError, OSError) as exc:
-            damaged.append(art.path)
-            headline = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
-        table.add_row(os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], headline)
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
     return damaged
 

@@ -24,8 +24,10 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     out = Path(out)
     from llmkit.artifacts import storable_name
 
-    if storable_name(out.name) != out.name:  # later stages record this path in their manifests, which are UTF-8
-        raise UserError(f"-o {storable_name(str(out))}: the name is not UTF-8; give the output a UTF-8 name")
+    where = os.path.abspath(out)
+    if storable_name(where) != where:  # manifests, shards and later stages' records hold this path, in UTF-8
+        raise UserError(f"-o {storable_name(str(out))}: the path is not UTF-8 ({storable_name(where)}); give the output a "
+                        "path in UTF-8")
     if out.is_symlink():  # --force would replace the link, not what it names, and record inputs from the target's folder
         raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
     if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work

@@ -48,11 +48,25 @@ def local_files_cache() -> Iterator[Path]:
     import shutil
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="datasets-local-", dir=cache_dir()))
+    for left in cache_dir().glob("datasets-local-*-*"):  # a killed run's: its process is gone
+        pid = left.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"datasets-local-{os.getpid()}-", dir=cache_dir()))
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def worker_count(requested: int | None) -> int:

@@ -323,7 +323,9 @@ def test_a_file_name_that_is_not_utf8_is_stored_with_its_bytes_escaped(cli, tmp_
 
     assert artifacts.load(tmp_path / "tok").config["input"]["files"][0]["name"] == "caf\\xe9.txt"
     refused = cli("clean", folder, "-o", os.fsdecode(os.path.join(os.fsencode(tmp_path), b"out\xe9")))
-    assert refused.exit_code == 1 and "the name is not UTF-8" in refused.output, refused.output
+    assert refused.exit_code == 1 and "the path is not UTF-8" in refused.output, refused.output
+    inside = cli("clean", folder, "-o", os.path.join(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"dir\xe9")), "corpus"))
+    assert inside.exit_code == 1 and "the path is not UTF-8" in inside.output, inside.output  # a folder above it too
 
 
 def test_a_dataset_folder_of_two_formats_is_refused_and_json_goes_with_jsonl(tmp_path):
@@ -364,3 +366,12 @@ def test_a_lone_carriage_return_ends_a_line_as_cleanup_reads_it(tmp_path):
     assert [t for _, t in _read([tmp_path / "mac.txt"], doc_per="blank-line")] == ["mac one\nmac two", "mac three"]
     (tmp_path / "dos.txt").write_bytes(b"one\r\ntwo\r\n")
     assert _read([tmp_path / "dos.txt"], doc_per="line") == [("dos.txt:1", "one"), ("dos.txt:2", "two")]
+    # CR CR LF (a CRLF file converted again): a lone CR, then CRLF, as Python's universal newlines read it
+    (tmp_path / "twice.txt").write_bytes(b"a\r\r\nb\r\r\n")
+    assert _read([tmp_path / "twice.txt"], doc_per="line") == [("twice.txt:1", "a"), ("twice.txt:3", "b")]
+    assert [t for _, t in _read([tmp_path / "twice.txt"], doc_per="blank-line")] == ["a", "b"]
+    # a bad byte is named by its CR-ended line, and a skipped one keeps the count of the lines after it
+    (tmp_path / "bad.txt").write_bytes(b"one\rtwo \xe9\rthree\nfour\n")
+    with pytest.raises(UserError, match=r"bad\.txt:2: invalid UTF-8 \(byte 0xe9\)"):
+        _read([tmp_path / "bad.txt"], doc_per="line")
+    assert _read([tmp_path / "bad.txt"], doc_per="line", skip_bad_lines=True) == [("bad.txt:4", "four")]

@@ -266,13 +266,14 @@ def test_batch_size_changes_no_bit_of_loglikelihood_scores(cli, gpt2_ckpt, shake
 def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     from sklearn.metrics import accuracy_score
 
-    from llmkit.eval.choice import encode_pair
+    from llmkit.eval.choice import continuation, encode_pair
 
     rows = [
         {"query": "First Citizen: Before we proceed any further, hear me", "choices": [" speak.", " xq zz.", " the king"], "label": 0},
         {"query": "ROMEO: What light through yonder", "choices": [" window breaks", " a", " running fast today"], "label": 0},
         {"query": "To be, or not to be:", "choices": [" that is the question", " no", " 12345"], "label": 2},
         {"query": "KING RICHARD III: Now is the winter of our", "choices": [" discontent", " content", " tent"], "label": 1},
+        {"query": "Two and two make", "choices": ["1", "2", "3", "4"], "label": 3},  # choices that are numbers: an index
     ]
     (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = cli("eval", gpt2_ckpt, "-m", "accuracy,accuracy_norm,f1", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "ev")
@@ -283,7 +284,7 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
         for r in rows:
             scores = []
             for choice in r["choices"]:
-                ctx, cont = encode_pair(tok, r["query"], choice)
+                ctx, cont = encode_pair(tok, r["query"], continuation(r["query"], choice))  # (behind a space)
                 seq = [tok.bos_id] + ctx + cont
                 logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].double(), -1)
                 scores.append(sum(float(logp[len(ctx) + i, t]) for i, t in enumerate(cont)))
@@ -292,6 +293,7 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     metrics = _metrics(tmp_path / "ev")
     gold = [r["label"] for r in rows]
     assert [r["prediction"] for r in _records(tmp_path / "ev")] == preds
+    assert [r["label"] for r in _records(tmp_path / "ev")] == [r["label"] for r in rows]  # (the numbers' row: 3, not "3"'s 2)
     assert metrics["accuracy"] == accuracy_score(gold, preds)
     assert metrics["accuracy_norm"] == accuracy_score(gold, preds_norm)
     # a damaged checkpoint whose outputs are NaN: each choice "loses" to choice 0 and the accuracy looked plausible
@@ -308,6 +310,12 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     result = cli("eval", damaged, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "ev-nan")
     assert result.exit_code == 1 and "outputs are not finite" in result.output, result.output
     assert not (tmp_path / "ev-nan").exists()
+    # zero-shot labels: the predictions hold names only, yet the scores behind them are NaN
+    (tmp_path / "labelled.jsonl").write_text("".join(json.dumps({"text": r["query"], "label": i % 2}) + "\n"
+                                                     for i, r in enumerate(rows)))
+    result = cli("eval", damaged, "-m", "accuracy", "--labels", "no,yes", "--data", tmp_path / "labelled.jsonl", "-o",
+                 tmp_path / "ev-nan")
+    assert result.exit_code == 1 and "outputs are not finite" in result.output, result.output
 
 
 def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_data, tmp_path):
@@ -582,6 +590,8 @@ def test_integer_labels_name_classes_whose_names_are_numbers():
     assert [_label_index(v, ["1", "2"], 0) for v in (1, 2, "1", "2")] == [0, 1, 0, 1]
     assert [_label_index(v, ["1", "0"], 0) for v in (0, 1)] == [1, 0]
     assert [_label_index(v, ["neg", "pos"], 0) for v in (0, 1, "pos", "1")] == [0, 1, 1, 1]  # other names: an index
+    # a multiple-choice record's label is the right choice's index, whatever the choices say (arithmetic: numbers)
+    assert [_label_index(v, ["1", "2", "3", "4"], 0, class_names=False) for v in (1, 3)] == [1, 3]
     for value, names, message in ((0, ["1", "2"], "label 0 is not one of 1, 2"), (None, ["neg", "pos"], "label null"),
                                   (2, ["neg", "pos"], "out of range for 2 classes")):
         with pytest.raises(UserError, match=message):

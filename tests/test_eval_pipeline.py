@@ -133,6 +133,8 @@ def test_csv_and_parquet_data_are_read_as_they_are_now(tmp_path):
     from llmkit.eval.sources import load_records
     from llmkit.runtime import cache_dir
 
+    stale = cache_dir() / "datasets-local-999999999-x"  # a killed run's (no such process): removed by the next
+    stale.mkdir(parents=True)
     csv = tmp_path / "p.csv"
     csv.write_text("text,label\nthe king is dead,a\n", encoding="utf-8")
     assert load_records(str(csv), "train") == [{"text": "the king is dead", "label": "a"}]

@@ -138,6 +138,17 @@ def test_bad_inputs_one_line(cli, files, args, message):
     assert not (tmp / "out").exists()
 
 
+def test_field_names_the_text_of_jsonl_references_beside_a_txt_of_predictions(cli, files):
+    """--field is the references' field too, without --reference-field: used, so not refused."""
+    tmp, _, _ = files
+    (tmp / "p.txt").write_text("the cat sat on the mat\na dog ran in the park\n")
+    (tmp / "r.jsonl").write_text(json.dumps({"answer": "the cat sat on the mat"}) + "\n"
+                                 + json.dumps({"answer": "a dog ran in the park"}) + "\n")
+    result = cli("eval", "-m", "bleu", "--predictions", tmp / "p.txt", "-r", tmp / "r.jsonl", "--field", "answer", "-o", tmp / "o")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp / "o" / "metrics.json").read_text())["bleu"] == pytest.approx(100.0)
+
+
 def test_config_file_options(cli, files):
     tmp, hyps, refs = files
     (tmp / "eval.toml").write_text('[eval]\nmetrics = ["bleu"]\nbleu_tokenize = "char"\nlowercase = true\n')

@@ -567,6 +567,11 @@ def test_gloo_two_processes_match_one(base, shared_data, cli, tmp_path):
     # Per-sequence gradients (4 examples a process, the CPU default): the same classifier to the bit.
     assert artifacts.load(two).manifest.runtime["batch_invariant"] is True
     assert artifacts.load(one).fingerprint == artifacts.load(two).fingerprint
+    # 3 examples a process do not cut into runs of 4: refused when asked for, naming finetune's own option
+    refused = cli("finetune", base["checkpoint"], "-o", tmp_path / "three", *common, "--batch-size", "6", "--nproc", "2",
+                  "--batch-invariant")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code != 0 and "(3 sequences) must be a multiple of 4; change --batch-size" in said, refused.output
 
 
 # -- determinism, config files, freezing ------------------------------------------------------------------
@@ -780,16 +785,3 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(base, cli, tmp_path)
     assert "the run's length is kept as the run recorded it (--epochs 3.0)" in result.output
     again = artifacts.load(run)
     assert again.stats["step"] == 6 and again.fingerprint == finished.fingerprint
-
-
-def test_the_batch_invariance_refusal_names_the_option_that_sizes_the_step():
-    """finetune's steps are --batch-size examples: the message named pretrain's --batch-tokens."""
-    from llmkit.errors import UserError
-    from llmkit.finetune.stage import sft_loss
-    from llmkit.model.gpt import GPT, ModelConfig
-    from llmkit.train.data_parallel import use_batch_invariance
-
-    model = GPT(ModelConfig(vocab_size=64, context_length=16, n_layer=1, n_head=2, n_embd=16))
-    with pytest.raises(UserError, match=r"\(3 sequences\) must be a multiple of 4; change --batch-size or the process count"):
-        use_batch_invariance(True, model, torch.device("cpu"), strategy="ddp", compile=False, loss_fn=sft_loss, world_size=2,
-                             sequences_per_rank=3, batch_flag="--batch-size")

@@ -254,6 +254,10 @@ def test_a_config_file_with_only_other_stages_tables_says_it_sets_nothing_here(t
     assert "sets nothing for this stage: it has no [tokenizer] table (its tables: tokenize)" in said, said
     assert file_values(tmp_path / "only.toml", "tokenize") == {"val_fraction": 0.5}
     assert capsys.readouterr().err == ""
+    from llmkit.corpus.config import resolve
+
+    resolve(tmp_path / "only.toml")  # (clean reads the file twice, for its preset first: the note once)
+    assert capsys.readouterr().err.count("sets nothing for this stage") == 1
 
 
 def test_minus_zero_is_recorded_as_zero():

@@ -188,7 +188,8 @@ WEB_PRESET: dict[str, Any] = {
 def resolve(file: Path | str | None = None, explicit: dict[str, Any] | None = None) -> CleanConfig:
     """Defaults < preset < config file < explicit flags (the preset fills what the file leaves open)."""
     explicit = explicit or {}
-    preset = explicit.get("preset", config_lib.file_values(file, "clean").get("preset", "default"))
+    preset = (explicit["preset"] if "preset" in explicit
+              else config_lib.file_values(file, "clean", note=False).get("preset", "default"))
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     return config_lib.resolve(CleanConfig, file=file, section="clean", explicit=explicit,

@@ -299,11 +299,14 @@ def _lines(path: Path, label: str, compression: Optional[str], stats: ReadStats,
                     raw = raw[3:]
                 try:
                     text = raw.decode("utf-8")
-                except UnicodeDecodeError:
+                except UnicodeDecodeError as exc:
+                    lone_crs = raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r") if lone_cr_breaks else 0
+                    where = number + (raw[: exc.start].count(b"\r") if lone_crs else 0)  # the CR-ended line of the byte
                     if skip_bad:
-                        stats.skipped(f"{label}:{number}")
+                        stats.skipped(f"{label}:{where}")
+                        number += lone_crs  # (the lines it holds go with it, and the count goes on after them)
                         continue
-                    _decode(raw, label, number)
+                    _decode(raw, label, where)
                 body = text.removesuffix("\n").removesuffix("\r")
                 if lone_cr_breaks and "\r" in body:
                     *pieces, last = body.split("\r")

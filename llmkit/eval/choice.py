@@ -11,10 +11,12 @@ as in lm-eval's `_encode_pair`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from llmkit.errors import UserError
 from llmkit.eval.loglik import Request, token_logprobs
 
 
@@ -65,7 +67,10 @@ def score_pairs(
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
         seq = ([prefix_token] + context_ids + continuation_ids)[-(limit + 1) :]
         requests.append(Request(seq, min(len(continuation_ids), limit)))
-    return [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
+    scored = [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
+    if not all(math.isfinite(x) for x in scored):  # NaN loses every comparison: each answer would fall to the first choice
+        raise UserError(NOT_FINITE)
+    return scored
 
 
 def score_choices(
@@ -74,5 +79,9 @@ def score_choices(
     """Each (context, choices) scored, each choice as written behind its context's delimiter
     (`continuation`); acc_norm's lengths are the choices' own."""
     pairs = [(context, continuation(context, choice)) for context, choices in examples for choice in choices]
-    logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size, progress=progress))
+    logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size,
+                               progress=progress))
     return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]
+
+
+NOT_FINITE = "the model's outputs are not finite (NaN or infinity): a damaged checkpoint? (llmkit verify checks its files)"

@@ -312,10 +312,12 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
 
 
 
-def _label_index(value, names: list[str], i: int) -> int:
+def _label_index(value, names: list[str], i: int, *, class_names: bool = True) -> int:
+    """The index a record's gold label names: a class's name, or its index. `class_names` False for a
+    multiple-choice record's choices, where the label is the right choice's index whatever they say."""
     if isinstance(value, bool) or value is None:
         raise UserError(f"record {i + 1}: label {json.dumps(value)} is not a class index or name")
-    if all(name.isdigit() for name in names) and isinstance(value, (int, str)):
+    if class_names and all(name.isdigit() for name in names) and isinstance(value, (int, str)):
         # names that are numbers (--labels 1,2): a label 1 is the class named 1, never the index of "2"
         if str(value) in names:
             return names.index(str(value))
@@ -359,7 +361,7 @@ def classification(loaded, cfg):
                                 "give every choice its text")
             context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else text_of(r, context_field, i)
             examples.append((context, choices))
-            gold.append(_label_index(r[label_field], choices, i))
+            gold.append(_label_index(r[label_field], choices, i, class_names=False))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
         with bar:
             scores = score_choices(
@@ -443,5 +445,9 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
                 mask[b, : len(row)] = 1
             device = next(loaded.model.parameters()).device
             logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))
+            if not torch.isfinite(logits).all():  # argmax of NaN picks a class all the same
+                from llmkit.eval.choice import NOT_FINITE
+
+                raise UserError(NOT_FINITE)
             predicted.extend(int(i) for i in logits.argmax(dim=-1).tolist())
     return predicted

@@ -86,9 +86,11 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
     # records with fields: a JSONL/CSV/Parquet file, a corpus, a datasets name; not lines of text nor a tokens artifact
     data_fields = scoring_model and not cfg.tasks and not tokens_data and _has_fields(cfg.data)
     uses = {  # option: (whether this evaluation reads it, what reads it)
-        "text_field": (data_fields or (not scoring_model and is_jsonl(Path(cfg.predictions))),
-                       "records of a JSONL --data or --predictions file (a .txt holds lines, a tokens artifact no fields, "
-                       "and --task its benchmark's own)"),
+        # (JSONL references fall back on --field without --reference-field)
+        "text_field": (data_fields or (not scoring_model and (is_jsonl(Path(cfg.predictions)) or (
+                           cfg.reference_field is None and any(is_jsonl(Path(r)) for r in cfg.references)))),
+                       "records of a JSONL --data, --predictions or --references file (a .txt holds lines, a tokens "
+                       "artifact no fields, and --task its benchmark's own)"),
         "data": (scoring_model, "a checkpoint's inputs; scored predictions read --references"),
         "prompt_template": (template_read, "text generated for BLEU/chrF/ROUGE and a language model's choices or labels; "
                                            "a classifier checkpoint reads the bare text"),

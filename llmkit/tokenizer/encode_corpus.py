@@ -434,9 +434,10 @@ def tokenize_corpus(
     dtype = token_dtype(tok.vocab_size)
 
     # The seed draws the validation split; it is recorded beside the config, not in it.
-    # format 2 (2026-12-03): a document split inside is written in its place, not after its batch
+    # format 2 (2026-12-03): a document split inside is written in its place, not after its batch. The dtype: a
+    # 65536-entry vocabulary's shards were uint32 before that day, and a resume must not append uint16 ids to them.
     key = resume.digest({"stage": "tokenize", "format": 2, "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
-                         "inputs": [corpus.fingerprint, tok_art.fingerprint]})
+                         "inputs": [corpus.fingerprint, tok_art.fingerprint], "dtype": dtype.name})
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)
         try:

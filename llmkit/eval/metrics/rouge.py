@@ -66,7 +66,7 @@ class Rouge(evaluate.Metric):
         for prediction, refs in zip(predictions, as_reference_lists(references)):
             scores = scorer.score_multi(refs, prediction) if len(refs) > 1 else scorer.score(refs[0], prediction)
             for t in rouge_types:
-                per_segment[t].append(float(scores[t].fmeasure))  # (rouge-score's LCS gives an int 0 for no match)
+                per_segment[t].append(scores[t].fmeasure)
         if not use_aggregator:
             return per_segment
         return {t: float(numpy.mean(v)) if v else 0.0 for t, v in per_segment.items()}
