@@ -59,6 +59,21 @@ def local_files_cache() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def datasets_progress_off() -> Iterator[None]:
+    """`datasets`' own progress bars ("Generating train split") off for the block: they would fight
+    with a stage's bars, and are not its output."""
+    import datasets
+
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bar()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

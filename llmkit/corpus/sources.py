@@ -627,15 +627,15 @@ def _csv_reader(path: Path, label: str, compression: Optional[str]):
                     yield str(start), row[column]
             except UnicodeDecodeError:  # decoded a block at a time: the line is found again, in bytes
                 line, byte = _first_invalid_utf8(path, compression)
-                raise UserError(f"{label}:{line}: invalid UTF-8 (byte 0x{byte:02x}); convert the file to UTF-8 "
-                                "(e.g. iconv -f latin1 -t utf-8)") from None
+                where = f"{label}:{line}: invalid UTF-8 (byte 0x{byte:02x})" if byte is not None else f"{label}: invalid UTF-8"
+                raise UserError(f"{where}; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
             except csv.Error as exc:
                 raise UserError(f"{label}:{start}: malformed CSV ({exc}); fix it or pass --skip-bad-lines") from None
 
     return read
 
 
-def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, int]:
+def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, int | None]:
     """The line (as the CSV reader counts lines: LF, CRLF or a lone CR ends one) and the value of
     the first byte that is not UTF-8. (Split at LF, a line never cuts a UTF-8 character.)"""
     line = 1
@@ -646,7 +646,7 @@ def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, in
             except UnicodeDecodeError as exc:
                 return line + raw[: exc.start].count(b"\r"), raw[exc.start]
             line += 1 + raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r")
-    return line, 0
+    return line, None  # (decoded whole this time: the file changed between the reads)
 
 
 def _parquet_reader(path: Path, label: str):
@@ -807,17 +807,16 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
     def read_prepared(options: ReadOptions, fresh: Optional[Path]) -> Iterator[tuple[str, str]]:
         import datasets
 
-        from llmkit.runtime import datasets_cache_dir
+        from llmkit.runtime import datasets_cache_dir, datasets_progress_off
 
-        quiet = not datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bar()  # its bars would fight with ours
         offline = False
         try:
-            if data_files is not None:
-                ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(fresh))
-            else:
-                with offline_when_unreachable() as offline:
-                    ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
+            with datasets_progress_off():
+                if data_files is not None:
+                    ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(fresh))
+                else:
+                    with offline_when_unreachable() as offline:
+                        ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
         except UserError:
             raise
         except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad files
@@ -831,9 +830,6 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                 f"could not load dataset {name!r} (split {split!r}): {type(exc).__name__}: {detail}; "
                 "check the name, --dataset-config and --split (hub datasets need a network connection)"
             ) from None
-        finally:
-            if not quiet:
-                datasets.enable_progress_bar()
         string_columns = [k for k, v in ds.features.items() if getattr(v, "dtype", None) in ("string", "large_string")]
         column = _pick_column(label, options.text_field, list(ds.column_names), string_columns)
         if column not in string_columns:  # (the file readers refuse such a field too, rather than str() its numbers)

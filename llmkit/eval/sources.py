@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +73,12 @@ def _looks_like_path(data: str) -> bool:
 def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
     import datasets
 
-    from llmkit.runtime import datasets_cache_dir, local_files_cache, offline_when_unreachable
+    from llmkit.runtime import datasets_cache_dir, datasets_progress_off, local_files_cache, offline_when_unreachable
 
     if data_files is not None:  # a local file: read as it is now, not as a cache keyed by its time holds it
         with local_files_cache() as cache:
             try:
-                with _quiet_datasets():
+                with datasets_progress_off():
                     ds = datasets.load_dataset(name, config, split=split, data_files=data_files, cache_dir=str(cache))
             except Exception as exc:
                 if "corresponds to no data" in str(exc):  # a CSV of a header alone
@@ -99,16 +98,3 @@ def _datasets_records(name: str, config: str | None, split: str, data_files: str
         ) from exc
     return [dict(r) for r in ds]
 
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    """`datasets`' progress bars ("Generating train split") are its own business, not eval's output."""
-    import datasets
-
-    shown = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            datasets.enable_progress_bar()

@@ -83,7 +83,8 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         cls and (cfg.prompt_template is None or not _is_classifier(members[0] if members else None))))
     rouge = any(m.startswith("rouge") for m in text)
     tokens_data = scoring_model and cfg.data is not None and (Path(cfg.data) / artifacts.MANIFEST).is_file()
-    # records with fields: a JSONL/CSV/Parquet file, a corpus, a datasets name; not lines of text nor a tokens artifact
+    # records with fields: a JSONL/CSV/Parquet file, a datasets name; not lines of text, nor an artifact (a corpus has
+    # its text alone, a tokens artifact no fields)
     data_fields = scoring_model and not cfg.tasks and not tokens_data and _has_fields(cfg.data)
     uses = {  # option: (whether this evaluation reads it, what reads it)
         # (JSONL references fall back on --field without --reference-field)

@@ -85,7 +85,7 @@ def _prompt_from_record(record: Any, where: str) -> Prompt:
             # again, as eval scores it, and kept beside the new one; a second reply in a row is no turn chat trains.
             if not any(m["role"] == "user" for m in messages[:-1]):
                 raise UserError(f"{where}: its messages hold no user message before the assistant's reply; add the question")
-            messages, meta = messages[:-1], {**meta, "reference": messages[-1]["content"]}
+            messages, meta = messages[:-1], {"reference": messages[-1]["content"], **meta}  # (a record's own stays)
         return Prompt(messages=messages, meta=meta)
     if isinstance(record.get("instruction"), str) and isinstance(record.get("input"), str) and "prompt" not in record:
         # Alpaca-style: the instruction, then its input
