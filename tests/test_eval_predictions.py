@@ -160,6 +160,11 @@ def test_config_file_options(cli, files):
     # a flag given on the command line wins over the file
     result = cli("eval", "--config", tmp / "eval.toml", "--bleu-tokenize", "13a", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev2")
     assert json.loads((tmp / "ev2" / "metrics.json").read_text())["bleu"] == sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score
+    # a string, as the command line takes it ("bleu,chrf"), as --labels and --task take one in a file
+    (tmp / "string.toml").write_text('[eval]\nmetrics = "bleu,chrf"\n')
+    result = cli("eval", "--config", tmp / "string.toml", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "-o", tmp / "ev3")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tmp / "ev3").manifest.config["metrics"] == ["bleu", "chrf"]
 
 
 def test_predictions_of_a_checkpoint_record_its_lineage(cli, files, tmp_path, shared_data):

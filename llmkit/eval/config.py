@@ -34,7 +34,7 @@ def _label_names(value) -> list[str]:
 
 @dataclass
 class EvalConfig(Options):
-    metrics: list[str] = option(default_factory=lambda: ["perplexity"], help=METRIC_HELP, flags=("--metric", "-m"))
+    metrics: list[str] = option(default_factory=lambda: ["perplexity"], help=METRIC_HELP, flags=("--metric", "-m"), parse=comma_list)
     data: str | None = option(None, "Tokens artifact (val split), corpus, .txt/.jsonl/.parquet/.csv file, or datasets NAME[:CONFIG].",
                               flags=("--data", "-d"), panel=DATA)
     split: str = option("validation", "Split of a datasets source (a tokens artifact is read at its val split).", panel=DATA)
