@@ -26,6 +26,17 @@ def check_unicode(text: str, what: str, fix: str) -> None:
         raise UserError(f"{what} is not valid Unicode text (an undecodable byte or a lone surrogate, {bad}); {fix}") from None
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in the words an error about a field uses: null, true/false, a number, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {"str": "text", "list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)
+
+
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
     path = Path(path)

@@ -260,6 +260,12 @@ class Options:
         config.check_given(config.given)
         return config
 
+    @classmethod
+    def rebuild(cls: type[T], **values: Any) -> T:
+        """The config of a run from every option it recorded (a worker's launch.json): nothing was
+        given there, so no check of what was (`was_given` is None, as for a config not built)."""
+        return _build(cls, values, None)
+
     def was_given(self, *names: str) -> bool | None:
         """Whether any of the flat options `names` was given to `build` (typed, or in a config file),
         even at its default; None for a config not made by `build`, where only values tell."""

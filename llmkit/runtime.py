@@ -50,7 +50,7 @@ def local_files_cache() -> Iterator[Path]:
 
     for left in cache_dir().glob("datasets-local-*-*"):  # a killed run's: its process is gone
         pid = left.name.split("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             shutil.rmtree(left, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=f"datasets-local-{os.getpid()}-", dir=cache_dir()))
     try:
@@ -74,14 +74,21 @@ def datasets_progress_off() -> Iterator[None]:
             datasets.enable_progress_bar()
 
 
-def _alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process `pid` is alive: a killed one whose parent has not reaped it yet is a zombie, not alive."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    except PermissionError:  # another user's
+    except OSError:  # no /proc (not Linux): whether a signal could reach it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
-    return True
 
 
 def worker_count(requested: int | None) -> int:

@@ -449,7 +449,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"text": "a", "label": i % 2} for i in range(4)], ["--task", "classify", "--template", "chat"],
          "--template renders SFT examples"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-targets", "q_proj,kv_proj,out_proj"],
-         "--lora-targets shapes LoRA adapters, which only --lora-rank N adds"),
+         "--lora-targets shape(s) LoRA adapters, which only --lora-rank N adds"),
         ([{"text": "a", "label": 1}] * 4, ["--task", "classify"], "single label 1"),
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "100000"], "--lora-rank 100000 exceeds the smallest dimension"),

@@ -307,8 +307,8 @@ def _lines(path: Path, label: str, compression: Optional[str], stats: ReadStats,
                         number += lone_crs  # (the lines it holds go with it, and the count goes on after them)
                         continue
                     _decode(raw, label, where)
-                body = text.removesuffix("\n").removesuffix("\r")
-                if lone_cr_breaks and "\r" in body:
+                body = text.removesuffix("\n").removesuffix("\r") if lone_cr_breaks else ""
+                if "\r" in body:
                     *pieces, last = body.split("\r")
                     for piece in pieces:
                         yield number, piece

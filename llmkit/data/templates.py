@@ -222,10 +222,9 @@ def drop_oldest_exchanges(messages: list[dict[str, str]], tokenizer, budget: int
 
 def _not_text(value: Any) -> str | None:
     """What a field holds where text belongs (null, true, a list ...), or None for text or a number."""
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return None
-    return "null" if value is None else {"list": "a list", "dict": "an object", "bool": "true/false"}.get(
-        type(value).__name__, type(value).__name__)
+    from llmkit.jsonl import json_kind
+
+    return None if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json_kind(value)
 
 
 def render(part: str, record: dict[str, Any], where: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmkit.errors import UserError
+from llmkit.eval import names as metric_names
 from llmkit.eval.loglik import Request, token_logprobs
 
 
@@ -69,7 +70,7 @@ def score_pairs(
         requests.append(Request(seq, min(len(continuation_ids), limit)))
     scored = [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
     if not all(math.isfinite(x) for x in scored):  # NaN loses every comparison: each answer would fall to the first choice
-        raise UserError(NOT_FINITE)
+        raise UserError(metric_names.NOT_FINITE)
     return scored
 
 
@@ -82,6 +83,3 @@ def score_choices(
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size,
                                progress=progress))
     return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]
-
-
-NOT_FINITE = "the model's outputs are not finite (NaN or infinity): a damaged checkpoint? (llmkit verify checks its files)"

@@ -85,8 +85,10 @@ def text_of(record: dict, field: str, index: int) -> str:
     """A record's text field, which must be text: a null or a number is an error, never "None"."""
     value = record[field]
     if not isinstance(value, str):
-        shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:60]
-        raise UserError(f"record {index + 1} field {field!r} is {shown}, not text; fix the data or choose another --field")
+        from llmkit.jsonl import json_kind
+
+        raise UserError(f"record {index + 1} field {field!r} is {json_kind(value)}, not text; fix the data or choose another "
+                        "--field")
     return value
 
 
@@ -446,8 +448,6 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
             device = next(loaded.model.parameters()).device
             logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))
             if not torch.isfinite(logits).all():  # argmax of NaN picks a class all the same
-                from llmkit.eval.choice import NOT_FINITE
-
-                raise UserError(NOT_FINITE)
+                raise UserError(metric_names.NOT_FINITE)
             predicted.extend(int(i) for i in logits.argmax(dim=-1).tolist())
     return predicted

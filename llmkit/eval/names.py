@@ -35,3 +35,5 @@ def parse_metrics(values: list[str]) -> list[str]:
 
 def family(names: list[str], members: tuple[str, ...]) -> list[str]:
     return [n for n in names if n in members]
+
+NOT_FINITE = "the model's outputs are not finite (NaN or infinity): a damaged checkpoint? (llmkit verify checks its files)"

@@ -297,15 +297,14 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 stats["classification_examples"] = len(cls_records)
         for name, value in metrics.items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{name} came out as {value}; the model's outputs are not finite (a damaged checkpoint?)")
+                raise UserError(f"{name} came out as {value}; {metric_names.NOT_FINITE}")
         (build.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         with open(build.dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
             for number, record in enumerate(records, 1):
                 try:  # a NaN log-likelihood loses every comparison: its accuracy would look plausible
                     line = json.dumps(record, ensure_ascii=False, allow_nan=False)
                 except ValueError:
-                    raise UserError(f"prediction {number} holds a number that is not finite (NaN or infinity): the model's "
-                                    "outputs are not finite (a damaged checkpoint?)") from None
+                    raise UserError(f"prediction {number}: {metric_names.NOT_FINITE}") from None
                 handle.write(line + "\n")
         build.config = _recorded_config(cfg)
         if cfg.tasks:

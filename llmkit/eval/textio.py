@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from llmkit.errors import UserError
 from llmkit import jsonl
-from llmkit.jsonl import read_text
+from llmkit.jsonl import json_kind, read_text
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PREDICTION_FIELDS = ("prediction", "completion", "text", "output", "hypothesis")
@@ -78,9 +78,7 @@ def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag
         elif isinstance(value, (str, int)) and not isinstance(value, bool):
             values.append(value if isinstance(value, str) else str(value))
         else:
-            shown = ("null" if value is None else "true/false" if isinstance(value, bool) else
-                     "a list that holds other things than text" if isinstance(value, list) and allow_lists else
-                     {"list": "a list", "dict": "an object", "float": "a number"}.get(type(value).__name__, type(value).__name__))
+            shown = "a list that holds other things than text" if isinstance(value, list) and allow_lists else json_kind(value)
             raise UserError(f"{path}: record {i} field {name!r} is {shown}, expected text")
     return values
 

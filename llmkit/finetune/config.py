@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llmkit import artifacts
 from llmkit.model.records import TASKS
@@ -66,22 +66,30 @@ class FinetuneConfig(Options):
         # Comma-separated lists from the command line become lists.
         self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
         self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]
-        if not self.lora_rank:
-            given = [flag for flag, value, default in (
-                ("--lora-alpha", self.lora_alpha, None), ("--lora-dropout", self.lora_dropout, 0.0),
-                ("--lora-targets", self.lora_targets, self.default_of("lora_targets"))) if value != default]
-            if given:
-                raise ValueError(f"{', '.join(given)} shape(s) LoRA adapters, which only --lora-rank N adds; give a rank "
-                                 "or leave them out (full fine-tuning)")
-        elif self.freeze:
+        if self.lora_rank and self.freeze:
             raise ValueError("--freeze picks what full fine-tuning trains; with --lora-rank only the adapters train "
                              "(--lora-targets picks them): give one of the two")
-        if self.val_data is not None and self.val_fraction != self.default_of("val_fraction"):
-            raise ValueError("--val-fraction holds out part of --data when no --val-data is given; give one of the two")
         if self.max_steps is not None and self.epochs != self.default_of("epochs"):
             raise ValueError("--epochs sets the run's length when --max-steps is not given; give one of the two")
-        if self.task == "classify" and self.template != self.default_of("template"):
-            raise ValueError("--template renders SFT examples; a classifier reads each text as it is: leave it out")
+        self._refuse_idle(lambda name: getattr(self, name) != self.default_of(name))
+
+    def check_given(self, given: frozenset[str]) -> None:
+        self._refuse_idle(given.__contains__)  # the same, typed (or in the config file) at the default value
+
+    def _refuse_idle(self, given: Callable[[str], bool]) -> None:
+        """Options that would do nothing in this run, refused (they would be recorded, and change the
+        fingerprint, for the same run): by value when built, and as given at all (check_given)."""
+        lora = "shape(s) LoRA adapters, which only --lora-rank N adds; give a rank or leave them out (full fine-tuning)"
+        idle = (("lora_alpha", not self.lora_rank, lora), ("lora_dropout", not self.lora_rank, lora),
+                ("lora_targets", not self.lora_rank, lora),
+                ("val_fraction", self.val_data is not None, "holds out part of --data when no --val-data is given; give "
+                                                           "one of the two"),
+                ("template", self.task == "classify", "renders SFT examples; a classifier reads each text as it is: leave "
+                                                      "it out"))
+        refused = [(name, why) for name, applies, why in idle if applies and given(name)]
+        if refused:
+            why = refused[0][1]
+            raise ValueError(f"{', '.join('--' + name.replace('_', '-') for name, said in refused if said == why)} {why}")
 
     @property
     def peak_lr(self) -> float:

@@ -42,7 +42,6 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
                             f"{' or '.join(ft_data.VALIDATION_FILES)})")
 
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
-    _refuse_given_options_that_do_nothing(config)
     _check_split_model(config, art)
     given = config.was_given("max_steps", "epochs")  # (a typed --epochs 1 is a length given, though the default)
     if given is None:
@@ -52,21 +51,6 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
                   reads=[config.val_data, template_file])
-
-
-def _refuse_given_options_that_do_nothing(config: FinetuneConfig) -> None:
-    """FinetuneConfig refuses these by value; typed at their defaults (`--template chat` for a
-    classifier) they are told apart here, once, on the command's own config (the workers rebuild it
-    from every option)."""
-    lora = "shapes LoRA adapters, which only --lora-rank N adds; give a rank or leave it out (full fine-tuning)"
-    checks = (("template", config.task == "classify", "renders SFT examples; a classifier reads each text as it is: leave it out"),
-              ("lora_alpha", not config.lora_rank, lora), ("lora_dropout", not config.lora_rank, lora),
-              ("lora_targets", not config.lora_rank, lora),
-              ("val_fraction", config.val_data is not None, "holds out part of --data when no --val-data is given; give one "
-                                                            "of the two"))
-    for name, applies, why in checks:
-        if applies and config.was_given(name):
-            raise UserError(f"--{name.replace('_', '-')} {why}")
 
 
 def _check_held_apart(train_file: Path, val_file: Path) -> None:
@@ -316,7 +300,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     from llmkit.runtime import seed_everything
     from llmkit.train.loop import ArtifactSpec, LoopSettings
 
-    config = FinetuneConfig.build(**config)
+    config = FinetuneConfig.rebuild(**config)  # (every option, from launch.json)
     art = artifacts.load(checkpoint, kind="checkpoint")
     out, data = Path(out), Path(data)
     with worker_process(config.devices) as info:

@@ -150,7 +150,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
     from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
     from llmkit.train.objectives import WindowBatches, lm_loss
 
-    config = PretrainConfig.build(**config)
+    config = PretrainConfig.rebuild(**config)  # (every option, from launch.json)
     tokens_art = artifacts.load(tokens, kind="tokens")
     out = Path(out)
     with worker_process(config.devices) as info:

@@ -54,11 +54,13 @@ def _end_with_the_agent() -> None:
     import threading
     import time
 
+    from llmkit.runtime import process_running
+
     agent = os.getppid()
     launcher = int(os.environ.get(LAUNCHER_PID, "0"))  # absent under a torchrun the user started
 
     def watch() -> None:
-        while os.getppid() == agent and (not launcher or _running(launcher)):
+        while os.getppid() == agent and (not launcher or process_running(launcher)):
             time.sleep(1.0)
         os._exit(1)
 
@@ -66,23 +68,6 @@ def _end_with_the_agent() -> None:
 
 
 LAUNCHER_PID = "LLMKIT_LAUNCHER_PID"  # set by llmkit.train.distributed.relaunch
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` is alive: a killed one whose parent has not reaped it yet is a zombie, not alive."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (not Linux): whether a signal could reach it
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
 
 
 if __name__ == "__main__":
