@@ -203,8 +203,10 @@ def test_parquet_text_in_a_dictionary_column_and_rows_that_are_not_utf8(tmp_path
     assert stats.bad_line_examples == ["bad.parquet:1"]
 
 
-def test_dataset_input_from_a_local_file(shared_data):
+def test_dataset_input_from_a_local_file(shared_data, tmp_path, monkeypatch):
     from llmkit.runtime import datasets_cache_dir
+
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))  # its own: other tests fill the worker's pinned cache
 
     sources = resolve_inputs([], dataset=str(shared_data / "sentiment" / "test.jsonl"), split="train")
     docs = list(sources[0].documents(ReadOptions(), ReadStats()))

@@ -121,7 +121,7 @@ def test_label_and_template_options_still_read_where_they_count(cli, base_and_cl
     assert logliks[0] != logliks[1]
 
 
-def test_csv_and_parquet_data_are_read_as_they_are_now(tmp_path):
+def test_csv_and_parquet_data_are_read_as_they_are_now(tmp_path, monkeypatch):
     """`datasets` keys a local file's prepared copy by its path and time: an edited file that kept
     its time (cp -p, rsync -a) was scored as its old content, under the new content's sha256."""
     import os
@@ -133,6 +133,7 @@ def test_csv_and_parquet_data_are_read_as_they_are_now(tmp_path):
     from llmkit.eval.sources import load_records
     from llmkit.runtime import cache_dir
 
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))  # its own: other tests fill the worker's pinned cache
     stale = cache_dir() / "datasets-local-999999999-x"  # a killed run's (no such process): removed by the next
     stale.mkdir(parents=True)
     csv = tmp_path / "p.csv"
