@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,6 +95,58 @@ def test_weight_decay_groups_and_optimizers():
     total = sum(p.numel() for p in decay["params"] + no_decay["params"])
     assert total == model.num_params()  # the tied embedding is counted once
     assert isinstance(build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0), torch.optim.SGD)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_optimizers_step_and_checkpoint_as_torchs_own(name):
+    """llmkit's optimizers skip torch's `torch._dynamo` decorators (2 s of a process's start): the
+    steps must be torch's to the bit, and the named state the one torch.distributed.checkpoint gives."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    from llmkit.train.checkpoint import named_optimizer_state
+
+    torch.manual_seed(0)
+    ours_model = build_model(model_config(norm="layernorm", bias=True))  # tied head: one state, first name
+    stock_model = build_model(model_config(norm="layernorm", bias=True))
+    stock_model.load_state_dict(ours_model.state_dict())
+    ours = build_optimizer(ours_model, name, lr=0.01, weight_decay=0.1)
+    groups = param_groups(stock_model, 0.1)
+    stock = (torch.optim.AdamW(groups, lr=0.01, betas=(0.9, 0.95), eps=1e-8, fused=True) if name == "adamw"
+             else torch.optim.SGD(groups, lr=0.01, momentum=0.9, nesterov=True))
+    assert type(ours) is not type(stock) and isinstance(ours, type(stock))
+    tokens = torch.randint(0, VOCAB, (4, SEQ + 1))
+    for _ in range(3):
+        for model, optimizer in ((ours_model, ours), (stock_model, stock)):
+            optimizer.zero_grad(set_to_none=True)
+            model(tokens[:, :-1], tokens[:, 1:], return_logits=False)[1].backward()
+            optimizer.step()
+            assert torch.is_grad_enabled()  # the step's no-grad mode ends with it
+    for (key, a), b in zip(ours_model.state_dict().items(), stock_model.state_dict().values()):
+        assert torch.equal(a, b), key
+    named, reference = named_optimizer_state(ours_model, ours), get_optimizer_state_dict(ours_model, ours)
+    assert named["param_groups"] == reference["param_groups"] and list(named["state"]) == list(reference["state"])
+    for key, values in reference["state"].items():
+        assert values.keys() == named["state"][key].keys()
+        assert all(torch.equal(named["state"][key][k], v) for k, v in values.items())
+    ours.load_state_dict(ours.state_dict())  # the undecorated load round-trips
+
+
+def test_a_one_process_run_never_loads_torch_dynamo(tmp_path):
+    """About 2 s of every training process's start: torch's optimizers and its checkpoint helpers
+    load `torch._dynamo` on their first call; a plain run keeps clear of both."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from pathlib import Path
+from test_train_loop import SyntheticBatches, make_trainer
+make_trainer(Path({str(tmp_path)!r}), SyntheticBatches(), max_steps=2, save_every=1).run()
+print("torch._dynamo" in sys.modules, "torch.distributed.tensor" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["False", "False"], result.stdout
 
 
 def test_accumulation_derived_from_global_batch():

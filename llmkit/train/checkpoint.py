@@ -5,8 +5,8 @@
   training_state.json          step, samples seen, world size, optimizer param groups and
                                scalar state, the schedule's settings; nothing wall-clock
 
-State is gathered as full (unsharded) tensors keyed by parameter name, through
-torch.distributed.checkpoint.state_dict, so a checkpoint written by 8 FSDP ranks loads into 1
+State is gathered as full (unsharded) tensors keyed by parameter name (through
+torch.distributed.checkpoint.state_dict where parameters are sharded), so a checkpoint written by 8 FSDP ranks loads into 1
 process and the other way round. The data position is the number of samples seen: batches
 are a pure function of (seed, global sample index), so it is also world-size independent.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,32 @@ def load_trainable_weights(model: torch.nn.Module, path: Path) -> None:
 
 def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, distributed: bool):
     """Full model and optimizer state dicts on CPU (a collective call when distributed)."""
+    if optimizer.state and not _sharded(model):
+        return model.state_dict(), named_optimizer_state(model, optimizer)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=distributed)
     model_state = get_model_state_dict(model, options=options)
     optim_state = get_optimizer_state_dict(model, optimizer, options=options)
     return model_state, optim_state
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    """FSDP2 holds each parameter as a DTensor shard (none is one before torch.distributed.tensor is loaded)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and any(isinstance(p, dtensor.DTensor) for p in model.parameters())
+
+
+def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state dict keyed by parameter name, as torch's `get_optimizer_state_dict`
+    writes it for whole (unsharded) parameters. Not that function itself: it imports
+    `torch._dynamo`, about 2 s of every process's start, to recognise compiled modules, and the
+    models here are never wrapped in one."""
+    name_of = {param: name for name, param in model.named_parameters()}  # a tied tensor once, under its first name
+    names = [name_of[param] for group in optimizer.param_groups for param in group["params"]]
+    numbered = optimizer.state_dict()
+    return {"state": {names[index]: value for index, value in numbered["state"].items()},
+            "param_groups": [dict(group, params=[names[index] for index in group["params"]]) for group in numbered["param_groups"]]}
 
 
 def write_training_state(directory: Path, optim_state: dict, progress: dict[str, Any], rng: dict[str, list[torch.Tensor]],

@@ -28,6 +28,35 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _undecorated(method):
+    """The method under torch's `_disable_dynamo` decorator (itself where a torch release has none)."""
+    return getattr(method, "__wrapped__", method)
+
+
+class _Untraced:
+    """torch's optimizers import `torch._dynamo` on their first call (about 2 s of a run's start, in
+    every process) only to keep `torch.compile` from tracing into them. llmkit compiles blocks, never
+    the optimizer, so its optimizers call the methods underneath; the step keeps the no-grad mode
+    the decorator would have set."""
+
+    add_param_group = _undecorated(torch.optim.Optimizer.add_param_group)
+    zero_grad = _undecorated(torch.optim.Optimizer.zero_grad)
+    state_dict = _undecorated(torch.optim.Optimizer.state_dict)
+    load_state_dict = _undecorated(torch.optim.Optimizer.load_state_dict)
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            return _undecorated(super().step)(self, closure)
+
+
+class AdamW(_Untraced, torch.optim.AdamW):
+    pass
+
+
+class SGD(_Untraced, torch.optim.SGD):
+    pass
+
+
 def build_optimizer(
     model: torch.nn.Module,
     name: str,
@@ -42,9 +71,9 @@ def build_optimizer(
     if name == "adamw":
         # The fused kernel: one launch per step on CUDA, and on CPU about 7x faster than the
         # per-tensor loop PyTorch picks by default there.
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=device_type in ("cuda", "cpu"))
+        return AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=device_type in ("cuda", "cpu"))
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        return SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     raise UserError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
