@@ -141,7 +141,7 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
     def problems(measured: list[float]) -> list[str]:
         # Each run reports its own peak (VmHWM): getrusage's ru_maxrss survives exec, and gave the pytest worker's own
         # 1.12 GB for a 'tiny' run on CI. Totals within 20 %; so is the growth from 'tiny' to 'mini', what the estimate
-        # computes from the model beyond the process's fixed 0.45 GB; activation checkpointing lowers both; and a
+        # computes from the model beyond the process's fixed 0.41 GB; activation checkpointing lowers both; and a
         # --precision bf16 run (CPU autocast) is within 20 % too.
         # The fifth run accumulates 8 micro-batches: per-sequence gradients hold partial sums of the
         # gradients meanwhile (a 16-micro-batch 'mini' run peaked 177 MB above its --no-batch-invariant twin).

@@ -14,7 +14,7 @@ checkpointing keeps only each block's input and recomputes one block at a time. 
 keeps the logits in fp32 (log-softmax and its gradient); on a CPU, without tensor or pipeline
 parallelism, the head and loss run fused over chunks of tokens and hold one chunk. An allowance covers the allocator's
 fragmentation and workspaces (10 % of the tensors) and the CUDA context (0.5 GB) or, on a CPU,
-the process itself (Python, PyTorch, data: 0.45 GB, measured). Docs: docs/parallel.md.
+the process itself (Python, PyTorch, data: 0.41 GB, measured). Docs: docs/parallel.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ GB = 1e9
 ADAM_BYTES = 8  # two fp32 moments
 FRAGMENTATION = 0.10
 CUDA_CONTEXT = 0.5 * GB
-CPU_PROCESS = 0.45 * GB
+CPU_PROCESS = 0.41 * GB
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 
 
