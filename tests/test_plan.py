@@ -123,7 +123,7 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
     import subprocess
     import sys
 
-    runs = (("tiny", 16, 256, 1, []), ("mini", 8, 512, 1, []), ("mini", 8, 512, 1, ["--activation-checkpointing"]),
+    runs = (("tiny", 16, 256, 1, []), ("mini", 8, 512, 1, []), ("tiny", 16, 256, 1, ["--activation-checkpointing"]),
             # (bf16 at 'tiny': on a CPU without bf16 units, AVX2 only, a 'mini' bf16 step took 100 s)
             ("tiny", 16, 256, 1, ["--precision", "bf16"]), ("mini", 2, 256, 8, []), ("mini", 4, 512, 1, ["--dropout", "0.1"]))
     estimated = [_plan(cli, "--model", model, "--vocab-size", "4096", "--micro-batch", str(micro), "--seq-len", str(seq),
@@ -151,7 +151,7 @@ def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, 
                  if abs(est / got - 1) >= 0.2]
         if abs((est_mini - est_tiny) / (got_mini - got_tiny) - 1) >= 0.2:
             found.append(f"growth from tiny to mini: estimated {est_mini - est_tiny:.3f} GB, measured {got_mini - got_tiny:.3f} GB")
-        if not (est_recompute < est_mini and got_recompute < got_mini):
+        if not (est_recompute < est_tiny and got_recompute < got_tiny):
             found.append("activation checkpointing does not lower the peak")
         return found
 
