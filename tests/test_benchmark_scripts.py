@@ -34,7 +34,7 @@ SCRIPTS = {
                   [r"average: both sides wrote the same tensors", r"paired median"]),
     "tokenizer": (["--vocab-size", "1024", "--scale", "1", "--rounds", "1", "--repeat", "1"], [r"llmkit / tiktoken, paired median"]),
     "parallel": (["--model", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "4", "--steps", "2",
-                  "--rounds", "1", "--layouts", "one,tp,pp"], [r"^1 process ", r"^tp 2 ", r"^pp 2 "]),  # (dp: the suite's own)
+                  "--rounds", "1", "--layouts", "one,pp"], [r"^1 process ", r"^pp 2 "]),  # (dp, tp: flags alone, the suite's own)
 }
 
 

@@ -133,7 +133,7 @@ def test_adamw_sharded_state_activation_checkpointing_and_resume_across_layouts(
     assert_same_training(one, resume_from(one, "to-pp", "--nproc", "2", "--pp", "2"), weights=False)
 
 
-def test_sft_under_tp_and_pp_matches_one_process(shakespeare, cli, tmp_path, shared_data):  # noqa: F811
+def test_sft_under_tp_and_pp_matches_one_process(references, shakespeare, cli, tmp_path, shared_data):  # noqa: F811
     """Fine-tuning batches are as long as their longest example; under a split model they are
     right-padded to --seq-len without targets, which changes no loss. Frozen weights stay frozen
     (tensor parallelism remakes the norms' parameters), and a pipeline stage left nothing to train
@@ -141,8 +141,7 @@ def test_sft_under_tp_and_pp_matches_one_process(shakespeare, cli, tmp_path, sha
     rows = [json.loads(line) for line in (shared_data / "sentiment" / "train.jsonl").read_text().splitlines()[:120]]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": r["text"][:80], "response": str(r["label"])}) + "\n" for r in rows))
-    base = tmp_path / "base"
-    assert cli("pretrain", shakespeare["tokens"], "-o", base, *LLAMA, *RUN[:-6], "--max-steps", "2").exit_code == 0
+    base = references["llama"]
     common = ["--data", data, "--max-steps", "4", "--batch-size", "8", "--micro-batch", "4", "--eval-every", "2",
               "--save-every", "0", "--truncate", "--val-fraction", "0.2", "--seq-len", "64", "--freeze", "norms", *SGD,
               # the first pipeline stage (embeddings, blocks 0-1) then trains nothing: its norm is a zero of its own
