@@ -6,8 +6,8 @@
                                scalar state, the schedule's settings; nothing wall-clock
 
 State is gathered as full (unsharded) tensors keyed by parameter name (through
-torch.distributed.checkpoint.state_dict where parameters are sharded), so a checkpoint written by 8 FSDP ranks loads into 1
-process and the other way round. The data position is the number of samples seen: batches
+torch.distributed.checkpoint.state_dict where parameters are sharded), so a checkpoint written
+by 8 FSDP ranks loads into 1 process and the other way round. The data position is the number of samples seen: batches
 are a pure function of (seed, global sample index), so it is also world-size independent.
 """
 
