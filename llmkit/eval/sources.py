@@ -97,4 +97,3 @@ def _datasets_records(name: str, config: str | None, split: str, data_files: str
             f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
         ) from exc
     return [dict(r) for r in ds]
-
