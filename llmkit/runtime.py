@@ -6,7 +6,7 @@ import contextlib
 import os
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 def seed_everything(seed: int) -> None:
@@ -57,6 +57,18 @@ def local_files_cache() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_dataset(builder: str, data_files: Any, split: str) -> Iterator[Any]:
+    """Local files read by `datasets` (`builder`: csv, json, parquet, text) into a fresh cache
+    (`local_files_cache`), which lasts while the block reads the data set."""
+    import datasets
+
+    with local_files_cache() as cache:
+        with datasets_progress_off():
+            data = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(cache))
+        yield data
 
 
 @contextlib.contextmanager

@@ -797,26 +797,21 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                         "(a single file is the train split); choose one with --split")
 
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
-        from llmkit.runtime import local_files_cache
+        with contextlib.ExitStack() as held:  # a local file's fresh cache lasts while its rows are read
+            yield from read_loaded(options, held)
 
-        # local files are prepared afresh: `datasets` keys them by path and time, so an edited file that kept its
-        # time would be read as the cache's old copy
-        with local_files_cache() if data_files is not None else contextlib.nullcontext() as fresh:
-            yield from read_prepared(options, fresh)
-
-    def read_prepared(options: ReadOptions, fresh: Optional[Path]) -> Iterator[tuple[str, str]]:
+    def read_loaded(options: ReadOptions, held: contextlib.ExitStack) -> Iterator[tuple[str, str]]:
         import datasets
 
-        from llmkit.runtime import datasets_cache_dir, datasets_progress_off
+        from llmkit.runtime import datasets_cache_dir, datasets_progress_off, local_dataset
 
         offline = False
         try:
-            with datasets_progress_off():
-                if data_files is not None:
-                    ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(fresh))
-                else:
-                    with offline_when_unreachable() as offline:
-                        ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
+            if data_files is not None:  # prepared afresh: `datasets` keys a local file by path and time
+                ds = held.enter_context(local_dataset(builder, data_files, split))
+            else:
+                with offline_when_unreachable() as offline, datasets_progress_off():
+                    ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
         except UserError:
             raise
         except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad files

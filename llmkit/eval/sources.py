@@ -73,19 +73,17 @@ def _looks_like_path(data: str) -> bool:
 def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
     import datasets
 
-    from llmkit.runtime import datasets_cache_dir, datasets_progress_off, local_files_cache, offline_when_unreachable
+    from llmkit.runtime import datasets_cache_dir, local_dataset, offline_when_unreachable
 
     if data_files is not None:  # a local file: read as it is now, not as a cache keyed by its time holds it
-        with local_files_cache() as cache:
-            try:
-                with datasets_progress_off():
-                    ds = datasets.load_dataset(name, config, split=split, data_files=data_files, cache_dir=str(cache))
-            except Exception as exc:
-                if "corresponds to no data" in str(exc):  # a CSV of a header alone
-                    return []
-                raise UserError(f"--data {data_files} cannot be read as {name.upper()}: "
-                                f"{' '.join(str(exc).split())[:200]}; check the file") from exc
-            return [dict(r) for r in ds]
+        try:
+            with local_dataset(name, data_files, split) as ds:
+                return [dict(r) for r in ds]
+        except Exception as exc:
+            if "corresponds to no data" in str(exc):  # a CSV of a header alone
+                return []
+            raise UserError(f"--data {data_files} cannot be read as {name.upper()}: "
+                            f"{' '.join(str(exc).split())[:200]}; check the file") from exc
     offline = False
     try:
         with offline_when_unreachable() as offline:
