@@ -276,6 +276,18 @@ def test_a_cpu_plan_counts_the_partial_sums_of_per_sequence_gradients(cli):
         assert any("partial sum" in note for note in many.get("notes", [])) == (gpu == "cpu")
 
 
+def test_a_cpu_plan_measures_the_cpu_in_the_runs_precision_and_names_emulated_bf16(cli):
+    """Where oneDNN has no bf16 kernels (an AVX2 CPU) PyTorch emulates bf16 products, tens of times
+    slower than fp32's: the plan's speed says so (measured, in a fraction of a second), and so does a note."""
+    from llmkit.train.options import cpu_has_bf16_products
+
+    plans = {precision: _plan(cli, "--model", "tiny", "--gpu", "cpu", "--precision", precision) for precision in ("fp32", "bf16")}
+    emulated = not cpu_has_bf16_products()
+    assert [any("no bf16 kernels" in note for note in plans[p]["notes"]) for p in ("fp32", "bf16")] == [False, emulated]
+    if emulated:
+        assert plans["bf16"]["compute"]["tokens_per_s"] < plans["fp32"]["compute"]["tokens_per_s"] / 5
+
+
 def _layout_flags(found: dict) -> list[str]:
     return ["--gpus", str(found["gpus"]), "--nnodes", str(found["nnodes"]), "--tp", str(found["tp"]), "--pp", str(found["pp"]),
             "--strategy", found["strategy"], *(["--activation-checkpointing"] if found["activation_checkpointing"] else [])]

@@ -241,12 +241,16 @@ def test_same_seed_same_fingerprint_and_other_seed_differs(shakespeare, tmp_path
 def test_bf16_precision_on_cpu_trains_like_fp32(shakespeare, cli, tmp_path):
     """--precision bf16 autocasts on a CPU too: it learns, starts where fp32 starts (to bf16
     rounding), computes something else than fp32 (different weights), and says so in the manifest."""
+    from llmkit.train.options import cpu_has_bf16_products
+
     runs = {}
     for precision in ("bf16", "fp32"):
         runs[precision] = run = tmp_path / precision
         result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "60", "--eval-every", "60",
                      "--lr", "3e-3", "--precision", precision)
         assert result.exit_code == 0, result.output
+        # a CPU that emulates bf16 products (AVX2: 67x slower than fp32) is named before the run starts
+        assert ("no bf16 kernels for this CPU" in result.output) == (precision == "bf16" and not cpu_has_bf16_products())
     bf16, fp32 = metrics(runs["bf16"]), metrics(runs["fp32"])
     assert bf16[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=1e-2)
     assert np.mean([r["loss"] for r in bf16[-5:]]) < min(unigram_entropy(shakespeare["tokens"]), bf16[0]["loss"] - 1.0)

@@ -73,12 +73,21 @@ def _cpu_flops(bf16: bool) -> float:
 
     import torch
 
-    a = torch.randn(1024, 1024, dtype=torch.bfloat16 if bf16 else torch.float32)
-    a @ a
-    start = time.perf_counter()
-    for _ in range(4):
+    # Sizes grow until one product takes a measurable time: where bf16 is emulated (no AVX-512 or AMX) a
+    # 256-wide product already does, and a 1024-wide one took seconds.
+    size, seconds = 128, 0.0
+    while size < 1024 and seconds < 0.02:
+        size *= 2
+        a = torch.randn(size, size, dtype=torch.bfloat16 if bf16 else torch.float32)
+        a @ a  # the first product allocates and picks its kernel
+        start = time.perf_counter()
         a @ a
-    return 4 * 2 * 1024**3 / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+    repeats = max(1, min(4, int(0.1 / seconds)))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
 def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
@@ -162,6 +171,11 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                              f"({json.dumps(hf_data.get('vocab_size'))})")
     if device.on_gpu and not device.bf16:
         plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")
+    if not device.on_gpu and device.bf16:
+        from llmkit.train.options import CPU_WITHOUT_BF16, cpu_has_bf16_products
+
+        if not cpu_has_bf16_products():
+            plan["notes"].append(f"speed: {CPU_WITHOUT_BF16}")
     if not memory.fits:
         plan["fixes"] = fixes(shape, asked, device, sequences=sequences)
     if cfg.search:

@@ -40,7 +40,8 @@ from llmkit.train.launch import discard_replaced_runs
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.objectives import targets_in
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
-from llmkit.train.options import Checkpointing, Devices, Numerics, Optimization, recorded_options, resolve_precision
+from llmkit.train.options import (CPU_WITHOUT_BF16, Checkpointing, Devices, Numerics, Optimization, cpu_has_bf16_products,
+                                  recorded_options, resolve_precision)
 
 Batch = tuple[torch.Tensor, ...]
 BatchProvider = Callable[[Sequence[int]], Batch]
@@ -215,6 +216,10 @@ class Trainer:
         optim = settings.optim
         devices = settings.devices
         self.precision = resolve_precision(settings.numerics.precision, self.device.type)
+        if self.precision == "bf16" and self.device.type == "cpu" and info.is_main and not cpu_has_bf16_products():
+            from llmkit.console import err
+
+            err.print(f"note: {CPU_WITHOUT_BF16}", soft_wrap=True)
         # The engine applies the layout and runs the steps: the model split (--tp/--pp) or whole on every rank.
         if self.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
