@@ -20,9 +20,11 @@ from test_pretrain import metrics, shakespeare  # noqa: F401  (the session fixtu
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("model_parallel")]
 
+# Two accumulated micro-batches a step, a checkpoint and a validation half-way: each split layer's
+# collectives cost gloo about a millisecond, so every micro-batch saved is a second or so of a run.
 RUN = ["--n-layer", "4", "--n-embd", "64", "--n-head", "4", "--seq-len", "64", "--batch-tokens", "1024",
-       "--micro-batch", "4", "--eval-tokens", "2048", "--log-every", "50", "--max-steps", "6", "--eval-every", "3",
-       "--save-every", "3"]
+       "--micro-batch", "8", "--eval-tokens", "1024", "--log-every", "50", "--max-steps", "4", "--eval-every", "2",
+       "--save-every", "2"]
 SGD = ["--optimizer", "sgd", "--lr", "0.5"]
 LLAMA = ["--model", "tiny", "--n-kv-head", "2"]  # RMSNorm, RoPE, SwiGLU, grouped-query attention, tied
 GPT2 = ["--model", "gpt2-tiny"]  # LayerNorm, learned positions, GELU, biases, tied
@@ -118,11 +120,11 @@ def test_adamw_sharded_state_activation_checkpointing_and_resume_across_layouts(
     def resume_from(source, name, *layout):
         run = tmp_path / name
         (run / "checkpoints").mkdir(parents=True)
-        shutil.copytree(source / "checkpoints" / "step_0000003", run / "checkpoints" / "step_0000003")
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics(source)[:3]))
+        shutil.copytree(source / "checkpoints" / "step_0000002", run / "checkpoints" / "step_0000002")
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics(source)[:2]))
         result = cli("pretrain", shakespeare["tokens"], "-o", run, *LLAMA, *RUN, "--resume", *layout)
         assert result.exit_code == 0, result.output
-        assert "resumed from step 3" in result.output
+        assert "resumed from step 2" in result.output
         return run
 
     # The same layout resumes exactly: the same artifact as the run that never stopped.
@@ -248,7 +250,7 @@ def test_init_from_under_tp_reads_each_part_from_the_checkpoint(references, shak
     the checkpoint's file, one tensor at a time, and trains what one process trains from it."""
     training = RUN[6:]  # RUN without the model flags, which --init-from takes from the checkpoint
     base = tmp_path / "base"
-    assert cli("pretrain", shakespeare["tokens"], "-o", base, *LLAMA, *RUN[:6], *training[:-6], "--max-steps", "3").exit_code == 0
+    assert cli("pretrain", shakespeare["tokens"], "-o", base, *LLAMA, *RUN[:6], *training[:-6], "--max-steps", "2").exit_code == 0
     runs = {}
     for name, layout in (("one", []), ("tp", ["--nproc", "2", "--tp", "2"])):
         runs[name] = tmp_path / name
