@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -253,6 +254,53 @@ def test_builtin_python_docs():
     assert detect(dict(docs)["builtin:python-docs:module/json"])[0] == "en"
     with pytest.raises(UserError, match="unknown built-in corpus builtin:wiki"):
         resolve_inputs(["builtin:wiki"])
+
+
+def test_builtin_python_docs_finds_the_definitions_ast_walk_finds_in_its_order():
+    """The docstrings come in ast.walk's order though only statements are walked: definitions nested in
+    every kind of block, in a pure-Python module and in this file (the corpus's fingerprint depends on it)."""
+    import ast
+    import textwrap
+
+    from llmkit.corpus import builtin
+
+    nested = textwrap.dedent("""
+        @decorate(lambda: None)
+        class A:
+            def f(self):
+                class B:
+                    async def g(self): ...
+                return [lambda: 0 for _ in ()]
+        def h():
+            try:
+                def in_try(): ...
+            except ValueError:
+                def in_handler(): ...
+            else:
+                def in_else(): ...
+            finally:
+                def in_finally(): ...
+            for _ in ():
+                def in_for(): ...
+            else:
+                def in_for_else(): ...
+            with open("x") as f:
+                def in_with(): ...
+            match f:
+                case 1:
+                    def in_case(): ...
+            while False:
+                if True:
+                    def in_if(): ...
+                else:
+                    def in_if_else(): ...
+        """)
+    sources = [nested, Path(json.__file__).read_text(encoding="utf-8"), Path(__file__).read_text(encoding="utf-8")]
+    for source in sources:
+        tree = ast.parse(source)
+        walked = [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        assert list(builtin._definitions(tree)) == walked and walked
+    assert [n.name for n in builtin._definitions(ast.parse(nested))][:3] == ["A", "h", "f"]
 
 
 def test_byte_order_marks_and_binary_detection_in_line_mode(reviews, tmp_path):

@@ -9,8 +9,10 @@ classes and functions, read with `ast` so nothing is imported or executed. Order
 from __future__ import annotations
 
 import ast
+import os
 import sysconfig
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +27,10 @@ def _stdlib_root() -> Path:
 
 def module_files() -> list[Path]:
     root = _stdlib_root()
-    files = [p for p in root.rglob("*.py") if not _SKIP_PARTS.intersection(p.relative_to(root).parts)]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in _SKIP_PARTS]  # not walked at all (site-packages)
+        files += [Path(folder, name) for name in names if name.endswith(".py")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -40,12 +45,29 @@ def _module_text(path: Path) -> str:
     module_doc = ast.get_docstring(tree)
     if module_doc:
         parts.append(module_doc)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            doc = ast.get_docstring(node)
-            if doc:
-                parts.append(f"{node.name}\n\n{doc}")
+    for node in _definitions(tree):
+        doc = ast.get_docstring(node)
+        if doc:
+            parts.append(f"{node.name}\n\n{doc}")
     return "\n\n".join(parts)
+
+
+# The fields that hold statements (or except handlers and match cases, which hold statements), so the
+# only places a class or function can be (a lambda is an expression).
+_STATEMENT_FIELDS = frozenset({"body", "orelse", "finalbody", "handlers", "cases"})
+
+
+def _definitions(tree: ast.AST) -> Iterator[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The classes and functions in ast.walk's order (breadth first, fields in their order), without
+    walking the expressions, which are most of a module's nodes and hold none."""
+    todo = deque([tree])
+    while todo:
+        node = todo.popleft()
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+        for name in node._fields:
+            if name in _STATEMENT_FIELDS and isinstance(children := getattr(node, name), list):
+                todo.extend(children)
 
 
 def python_docs() -> Iterator[tuple[str, str]]:
