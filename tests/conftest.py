@@ -6,7 +6,9 @@ Under CI=true a missing data folder is a failure, not a skip.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -16,6 +18,37 @@ SHARED_DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" /
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_runtest_setup(item):
+    """Under `--dist loadgroup` a pytest-xdist worker names each grouped test's group in its node id
+    (`...@model_parallel`), which is how a group reaches one worker. A pytest that ignores that renaming
+    (9.2, with pytest-xdist 3.8) spreads the groups silently: fixtures built twice, several multi-process
+    tests at once. Their tests fail instead, saying why."""
+    if (os.environ.get("PYTEST_XDIST_WORKER") and getattr(item.config.option, "loadgroup", False)
+            and item.get_closest_marker("xdist_group") and "@" not in item.nodeid):
+        pytest.fail("pytest-xdist's --dist loadgroup does not group tests under this pytest (no @group in the node id); "
+                    "install the pytest that constraints.txt pins", pytrace=False)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder of test inputs that `build(folder)` makes once per test run, for every pytest-xdist
+    worker: the first to need it builds it while the others wait on its lock. Session fixtures alone
+    are made once per worker, and again after xdist tears them down (a worker that runs out of queued
+    tests between groups finishes its session fixtures). Tests only read it."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, which holds each worker's own
+    folder = shared / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")

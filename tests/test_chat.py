@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import built_once
 from test_finetune import build_base, write_jsonl
 
 torch.set_num_threads(1)
-# One worker runs them all: the session fixtures (a base model and its chat fine-tune, about a minute)
-# are then made once, not by each pytest-xdist worker that a test lands on.
+# One worker runs them all: the fixtures (a base model and its chat fine-tune, about half a minute) are
+# made once in any case (conftest.built_once), and no other worker then waits for them.
 pytestmark = pytest.mark.xdist_group("chat")
 
 
@@ -21,9 +22,12 @@ def base(shared_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def chat_model(base, tmp_path_factory):
     """A chat fine-tune that learned to answer every question with the same sentence."""
+    return built_once(tmp_path_factory, "chat", lambda root: _chat_finetune(base, root)) / "run"
+
+
+def _chat_finetune(base, root):
     from llmkit.finetune.stage import FinetuneConfig, finetune
 
-    root = tmp_path_factory.mktemp("chat")
     questions = ["what is this", "tell me a story", "who are you", "is it raining", "how old are you", "where is the dog",
                  "what time is it", "do you like films", "say something", "which way is north"]
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Two dogs play in the snow."}]}
@@ -31,7 +35,7 @@ def chat_model(base, tmp_path_factory):
     data = write_jsonl(root / "chat.jsonl", rows)
     config = FinetuneConfig.build(task="sft", template="chat", batch_size=10, micro_batch=10, max_steps=40, lr=3e-3,
                             val_fraction=0.0, eval_every=0, save_every=0, log_every=40)
-    return finetune(base["checkpoint"], data, root / "run", config)
+    finetune(base["checkpoint"], data, root / "run", config)
 
 
 def _session(path, max_new_tokens=24, system=None):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import built_once
 from llmkit import artifacts
 
 torch.set_num_threads(1)
@@ -42,16 +43,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def build_base(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
-    """The tiny base checkpoint, built once per session (and shared by test_lora / test_chat)."""
+    """The tiny base checkpoint, built once per test run (and shared by test_lora / test_chat)."""
+    root = built_once(tmp_path_factory, "finetune-base", lambda folder: _build_base(shared_data, folder))
+    return {"checkpoint": root / "ckpt", "root": root}
+
+
+def _build_base(shared_data: Path, root: Path) -> None:
     from llmkit.tokenizer.encode_corpus import TokenizeConfig, tokenize_corpus
     from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
     from llmkit.pretrain.stage import PretrainConfig, pretrain
 
-    root = tmp_path_factory.getbasetemp() / "finetune-base"
-    if (root / "ckpt" / "manifest.json").is_file():
-        return {"checkpoint": root / "ckpt", "root": root}
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir()
     texts = [r["text"] + "\n" for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")]
     texts += [r["source"] + "\n" + r["target"] + "\n" for r in read_jsonl(shared_data / "translation" / "train.jsonl")]
     texts += [r["document"] + "\n" + r["summary"] + "\n" for r in read_jsonl(shared_data / "summarization" / "train.jsonl")]
@@ -60,8 +61,7 @@ def build_base(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     tokens = tokenize_corpus(corpus, tokenizer, root / "tokens", TokenizeConfig(val_fraction=0.05, workers=1))
     config = PretrainConfig.build(model="tiny", n_layer=2, n_embd=64, n_head=4, context_length=256, seq_len=64, batch_tokens=1024,
                             micro_batch=16, max_steps=300, lr=3e-3, eval_every=0, save_every=0, log_every=100)
-    checkpoint = pretrain(tokens, root / "ckpt", config)
-    return {"checkpoint": checkpoint, "root": root}
+    pretrain(tokens, root / "ckpt", config)
 
 
 @pytest.fixture(scope="session")
