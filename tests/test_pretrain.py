@@ -377,13 +377,17 @@ def _cmdline(process: Path) -> bytes:
 
 
 @pytest.mark.slow
-def test_gloo_two_processes_match_one(shakespeare, cli, tmp_path):
+def test_gloo_two_processes_match_one(shakespeare, cli, tmp_path, monkeypatch):
     common = [*FAST, "--max-steps", "12", "--eval-every", "6", "--save-every", "6"]
     one = tmp_path / "one"
     assert cli("pretrain", shakespeare["tokens"], "-o", one, *common).exit_code == 0
     two = tmp_path / "two"
+    temporary = tmp_path / "tmp"  # torchrun's and the workers' temporary folder
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     result = cli("pretrain", shakespeare["tokens"], "-o", two, *common, "--nproc", "2", "--micro-batch", "2")
     assert result.exit_code == 0, result.output
+    assert not list(temporary.iterdir())  # (torchrun left a torchelastic_* folder per run before --log-dir)
     a, b = metrics(one), metrics(two)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):

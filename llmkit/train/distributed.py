@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +217,10 @@ def relaunch(
         command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port or 29500}"]
     else:
         command += ["--standalone"]
-    command += ["-m", "llmkit.train.worker", str(spec)]
+    # torchrun's per-worker folders (error files, logs): without --log-dir it makes one in the temporary
+    # folder for every run and leaves it there, a torchelastic_* for each run ever launched.
+    logs = Path(tempfile.mkdtemp(prefix="llmkit-torchrun-"))
+    command += [f"--log-dir={logs}", "-m", "llmkit.train.worker", str(spec)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     from llmkit.train.worker import LAUNCHER_PID
@@ -225,7 +230,10 @@ def relaunch(
 
     if debug_enabled():
         env["LLMKIT_DEBUG"] = "1"
-    returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
+    try:
+        returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
     if returncode != 0:
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
             import signal
