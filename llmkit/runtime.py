@@ -1,10 +1,11 @@
-"""Process-wide helpers shared by every stage: seeding, cache folders, threads."""
+"""Process-wide helpers shared by every stage: seeding, cache folders, threads, devices."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,12 +19,17 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed % (2**32))
     except ImportError:  # pragma: no cover
         pass
-    import sys
-
     if "torch" in sys.modules:
         import torch
 
         torch.manual_seed(seed)
+
+
+def is_dtensor(tensor: Any) -> bool:
+    """Whether a tensor is a torch DTensor (a shard under FSDP2 or tensor parallelism), without loading
+    torch.distributed.tensor, which costs a one-process run 0.6 s: no tensor is one before it is loaded."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
 
 
 def cache_dir() -> Path:

@@ -25,13 +25,13 @@ pair itself). `token_nll` is the per-token form, without gradients, that eval sc
 
 from __future__ import annotations
 
-import sys
 
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from llmkit.model import cpu_gemm
 from llmkit.model.sequence_grads import MIN_ROWS
+from llmkit.runtime import is_dtensor
 
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in fp32, so a chunk stays in cache-sized, reused memory
@@ -264,8 +264,4 @@ def per_sequence_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor
 
 def applies(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
     """Where the fused path is used: a plain CPU tensor (fp32 or under bf16 autocast), eager."""
-    # No tensor is a DTensor before torch.distributed.tensor is loaded, and loading it costs a
-    # one-process run 0.6 s.
-    dtensor = sys.modules.get("torch.distributed.tensor")
-    sharded = dtensor is not None and isinstance(weight, dtensor.DTensor)
-    return hidden.device.type == "cpu" and not sharded and not torch.compiler.is_compiling()
+    return hidden.device.type == "cpu" and not is_dtensor(weight) and not torch.compiler.is_compiling()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from llmkit import artifacts
 from llmkit.errors import UserError
 from llmkit.outputs import default_permissions
+from llmkit.runtime import is_dtensor
 
 STATE_JSON, STATE_TENSORS = artifacts.STATE_FILE_NAMES  # the resume state: outside the fingerprint (artifacts.py)
 CHECKPOINTS = "checkpoints"
@@ -65,9 +65,8 @@ def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def _sharded(model: torch.nn.Module) -> bool:
-    """FSDP2 holds each parameter as a DTensor shard (none is one before torch.distributed.tensor is loaded)."""
-    dtensor = sys.modules.get("torch.distributed.tensor")
-    return dtensor is not None and any(isinstance(p, dtensor.DTensor) for p in model.parameters())
+    """FSDP2 holds each parameter as a DTensor shard."""
+    return any(is_dtensor(p) for p in model.parameters())
 
 
 def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
