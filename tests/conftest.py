@@ -33,9 +33,8 @@ def pytest_runtest_setup(item):
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
     """A folder of test inputs that `build(folder)` makes once per test run, for every pytest-xdist
-    worker: the first to need it builds it while the others wait on its lock. Session fixtures alone
-    are made once per worker, and again after xdist tears them down (a worker that runs out of queued
-    tests between groups finishes its session fixtures). Tests only read it."""
+    worker: the first to need it builds it while the others wait on its lock (a session fixture alone is
+    made by each worker that needs it). Tests only read it."""
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp()
