@@ -277,7 +277,7 @@ def test_a_cpu_plan_counts_the_partial_sums_of_per_sequence_gradients(cli):
 
 
 def test_a_cpu_plan_measures_the_cpu_in_the_runs_precision_and_names_emulated_bf16(cli):
-    """Where oneDNN has no bf16 kernels (an AVX2 CPU) PyTorch emulates bf16 products, tens of times
+    """Where oneDNN has no bf16 kernels (an AVX2 CPU) PyTorch emulates bf16 products, several to tens of times
     slower than fp32's: the plan's speed says so (measured, in a fraction of a second), and so does a note."""
     from llmkit.train.options import cpu_has_bf16_products
 
