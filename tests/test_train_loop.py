@@ -149,6 +149,41 @@ print("torch._dynamo" in sys.modules, "torch.distributed.tensor" in sys.modules)
     assert result.stdout.split()[-2:] == ["False", "False"], result.stdout
 
 
+def test_a_resumed_run_loads_the_optimizer_as_torch_does_without_torch_dynamo(tmp_path):
+    """Resuming reads the optimizer state by parameter name; torch's set_optimizer_state_dict would
+    import torch._dynamo (about 2 s). Both give the optimizer the same state, and the run continues."""
+    import subprocess
+    import sys
+
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    from llmkit.train import checkpoint as ckpt
+    from llmkit.train.optim import build_optimizer
+
+    make_trainer(tmp_path, SyntheticBatches(), max_steps=2, save_every=1, weight_decay=0.1).run()
+    _, named, _, _ = ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path))
+    loaded = []
+    for load in (lambda m, o: ckpt.load_optimizer_state(m, o, named, distributed=False),
+                 lambda m, o: set_optimizer_state_dict(m, o, named)):
+        model = build_model(model_config())
+        optimizer = build_optimizer(model, "adamw", lr=3e-3, weight_decay=0.1)
+        load(model, optimizer)
+        loaded.append(optimizer.state_dict())
+    ours, torchs = loaded
+    assert ours["param_groups"] == torchs["param_groups"] and ours["state"].keys() == torchs["state"].keys()
+    assert ours["state"] and all(torch.equal(ours["state"][i][k], torchs["state"][i][k]) for i in ours["state"] for k in ours["state"][i])
+    script = f"""
+import sys
+from pathlib import Path
+from test_train_loop import SyntheticBatches, make_trainer
+make_trainer(Path({str(tmp_path)!r}), SyntheticBatches(), max_steps=3, save_every=1, weight_decay=0.1, resume=True).run()
+print("torch._dynamo" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "False", result.stdout
+
+
 def test_accumulation_derived_from_global_batch():
     s = loop_settings(max_steps=1, global_batch=64, micro_batch=8, tokens_per_sample=16)
     assert accumulation_steps(s, 1) == 8 and accumulation_steps(s, 2) == 4

@@ -81,6 +81,21 @@ def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimiz
             "param_groups": [dict(group, params=[names[index] for index in group["params"]]) for group in numbered["param_groups"]]}
 
 
+def _numbered_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, named: dict) -> dict | None:
+    """`named_optimizer_state`'s inverse for this optimizer, whose groups must hold the saved groups'
+    parameters in the saved order; None otherwise, for torch's `set_optimizer_state_dict`, which
+    matches groups by name (and imports `torch._dynamo`, as its getter does)."""
+    name_of = {param: name for name, param in model.named_parameters()}
+    groups = [[name_of.get(param) for param in group["params"]] for group in optimizer.param_groups]
+    if groups != [list(group["params"]) for group in named["param_groups"]]:
+        return None
+    index = {name: number for number, name in enumerate(name for group in groups for name in group)}
+    if not set(named["state"]) <= set(index):
+        return None
+    return {"state": {index[name]: value for name, value in named["state"].items()},
+            "param_groups": [dict(group, params=[index[name] for name in group["params"]]) for group in named["param_groups"]]}
+
+
 def write_training_state(directory: Path, optim_state: dict, progress: dict[str, Any], rng: dict[str, list[torch.Tensor]],
                          extra: dict[str, torch.Tensor] | None = None) -> None:
     from safetensors.torch import save_file
@@ -146,6 +161,10 @@ def read_training_state(directory: Path) -> tuple[dict[str, Any], dict, dict[str
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, optim_state: dict, distributed: bool) -> None:
+    numbered = None if _sharded(model) else _numbered_optimizer_state(model, optimizer, optim_state)
+    if numbered is not None:
+        optimizer.load_state_dict(numbered)
+        return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     # Every rank holds the full state; when sharded (FSDP) each keeps its own slice.
