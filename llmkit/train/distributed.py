@@ -217,10 +217,6 @@ def relaunch(
         command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port or 29500}"]
     else:
         command += ["--standalone"]
-    # torchrun's per-worker folders (error files, logs): without --log-dir it makes one in the temporary
-    # folder for every run and leaves it there, a torchelastic_* for each run ever launched.
-    logs = Path(tempfile.mkdtemp(prefix="llmkit-torchrun-"))
-    command += [f"--log-dir={logs}", "-m", "llmkit.train.worker", str(spec)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     from llmkit.train.worker import LAUNCHER_PID
@@ -230,6 +226,10 @@ def relaunch(
 
     if debug_enabled():
         env["LLMKIT_DEBUG"] = "1"
+    # torchrun's per-worker folders (error files, logs): without --log-dir it makes one in the temporary
+    # folder for every run and leaves it there, a torchelastic_* for each run ever launched.
+    logs = Path(tempfile.mkdtemp(prefix="llmkit-torchrun-"))
+    command += [f"--log-dir={logs}", "-m", "llmkit.train.worker", str(spec)]
     try:
         returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
     finally:
