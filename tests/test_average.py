@@ -82,6 +82,10 @@ def test_averaging_a_checkpoint_with_itself_gives_it_back_bit_for_bit(cli, runs,
     _ok(cli("average", runs / "a", runs / "a", runs / "a", "-o", tmp_path / "same"))
     ours, theirs = _weights(tmp_path / "same"), _weights(runs / "a")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # averaging draws nothing: another --seed is the same artifact, and the manifest records no seed
+    _ok(cli("average", runs / "a", runs / "a", runs / "a", "--seed", "4", "-o", tmp_path / "reseeded"))
+    same, reseeded = (artifacts.load(tmp_path / name) for name in ("same", "reseeded"))
+    assert same.fingerprint == reseeded.fingerprint and same.manifest.seed is None
 
 
 def test_a_weighted_soup_is_the_weighted_mean_with_every_member_in_its_lineage(cli, runs, tmp_path):

@@ -226,13 +226,14 @@ def test_perplexity_records_are_numbered_by_input_record_past_empty_ones(cli, gp
 
 
 def test_perplexity_deterministic_fingerprint(cli, gpt2_ckpt, shakespeare, tmp_path):
-    """Same inputs and seed, same fingerprint, whatever --batch-size (it changes no number: runtime)."""
+    """Same inputs, same fingerprint, whatever --batch-size (it changes no number: runtime) and
+    --seed (perplexity draws nothing: the manifest's seed is null)."""
     (tmp_path / "d.txt").write_text(shakespeare[:3000])
-    for name, batch in (("a", "8"), ("b", "8"), ("c", "1"), ("d", "3")):
+    for name, batch, seed in (("a", "8", "0"), ("b", "8", "0"), ("c", "1", "0"), ("d", "3", "5")):
         assert cli("eval", gpt2_ckpt, "--data", tmp_path / "d.txt", "--rolling-context", "16", "--batch-size", batch,
-                   "-o", tmp_path / name).exit_code == 0
+                   "--seed", seed, "-o", tmp_path / name).exit_code == 0
     made = [artifacts.load(tmp_path / name) for name in "abcd"]
-    assert len({art.fingerprint for art in made}) == 1
+    assert len({art.fingerprint for art in made}) == 1 and made[0].manifest.seed is None
     assert len({(tmp_path / name / "metrics.json").read_bytes() for name in "abcd"}) == 1
     assert [art.manifest.runtime["batch_size"] for art in made] == [8, 8, 1, 3]
 

@@ -178,11 +178,16 @@ def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exporte
     assert cli("eval", exported / "ckpt", "--task", "piqa", "--data", tmp_path / "piqa.jsonl", "-o", tmp_path / "local").exit_code == 0
     read = lambda p: json.loads((p / "metrics.json").read_text())  # noqa: E731
     assert read(tmp_path / "bundled") == read(tmp_path / "local")
-    # the same run twice is the same artifact; other shots another one
-    assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "-o", tmp_path / "again").exit_code == 0
+    # the same run twice is the same artifact, under any --seed while nothing is drawn; other shots,
+    # or the same shots drawn with another seed, another one
+    assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "--seed", "9", "-o", tmp_path / "again").exit_code == 0
     assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "--shots", "2", "-o", tmp_path / "shots").exit_code == 0
+    assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "--shots", "2", "--seed", "9",
+               "-o", tmp_path / "reseeded").exit_code == 0
     fingerprint = lambda p: artifacts.load(p).fingerprint  # noqa: E731
     assert fingerprint(tmp_path / "again") == fingerprint(tmp_path / "bundled") != fingerprint(tmp_path / "shots")
+    assert fingerprint(tmp_path / "reseeded") != fingerprint(tmp_path / "shots")
+    assert [artifacts.load(tmp_path / name).manifest.seed for name in ("again", "shots", "reseeded")] == [None, 0, 9]
 
 
 def test_multiple_choice_records_in_lm_evals_layout_score_as_the_task_does(cli, exported, bundle, tmp_path):

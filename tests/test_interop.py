@@ -201,6 +201,10 @@ def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_p
     back = load_checkpoint(tmp_path / "back")
     assert back.task is not None and back.task.template == template
     assert back.task.to_json() == load_checkpoint(tuned).task.to_json()
+    # an import draws nothing: another --seed is the same artifact, and the manifest records no seed
+    assert cli("import", tmp_path / "tr-hf", "--seed", "3", "-o", tmp_path / "reseeded").exit_code == 0
+    imported = [artifacts.load(tmp_path / name) for name in ("back", "reseeded")]
+    assert imported[0].fingerprint == imported[1].fingerprint and imported[0].manifest.seed is None
 
 
 def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_seam():

@@ -12,8 +12,8 @@ from llmkit.options import Options, comma_floats, option
 class AverageConfig(Options):
     weights: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, range="[0, inf)",
                                   help="Weight of each checkpoint, comma-separated, in order (default: equal); normalised to sum 1.")
-    seed: int = option(0, "Recorded in the manifest (averaging is deterministic).", range="[0, 4294967295]", hashed=False,
-                       recorded_as="manifest seed")
+    seed: int = option(0, "Accepted as by every stage; averaging draws nothing, so the manifest's seed is null.",
+                       range="[0, 4294967295]", hashed=False, recorded_as="not recorded (nothing drawn)")
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, str):

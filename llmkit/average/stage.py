@@ -29,7 +29,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     start = _shared_document_start(members)
     stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels).to_dict()
     write_average(out, members, weights, config={"method": "weighted mean", "weights": weights,
-                                                 **({"document_start": start} if start else {})}, seed=config.seed,
+                                                 **({"document_start": start} if start else {})}, seed=None,
                   stats=dict(stats, averaged=len(members)), force=force)
     return Path(out)
 

@@ -70,7 +70,13 @@ class EvalConfig(Options):
     inference: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
                                                            "(BLEU, chrF, ROUGE): faster per token after a compilation of seconds."})
     ensembling: Ensembling = group(Ensembling)
-    seed: int = option(0, "Seed for every random choice.", range="[0, 4294967295]")
+    seed: int = option(0, "Seed of the few-shot draw (--shots); recorded only where something is drawn.", range="[0, 4294967295]",
+                       hashed=False, recorded_as="manifest seed (null when nothing is drawn)")
+
+    @property
+    def draws(self) -> bool:
+        """Whether the seed picks anything: only few-shot demonstrations are drawn (generation is greedy)."""
+        return bool(self.tasks) and self.shots > 0
 
     def __post_init__(self):
         from llmkit.eval.names import parse_metrics

@@ -311,7 +311,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             build.config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
         if cfg.ensembling.recorded(len(members)):
             build.config["ensemble"] = cfg.ensembling.recorded(len(members))
-        build.seed = cfg.seed
+        build.seed = cfg.seed if cfg.draws else None  # the same scores under any --seed are the same artifact
         stats["signatures"] = signatures
         stats["metrics"] = list(metrics)
         build.stats = stats

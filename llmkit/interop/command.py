@@ -32,7 +32,7 @@ def _import(config: ImportConfig, *, source: Path, out: Path, force: bool) -> No
     from llmkit.interop.importer import import_hf
     from llmkit.model.records import CheckpointStats
 
-    path = import_hf(source, out, force=force, seed=config.seed, dtype=config.dtype)
+    path = import_hf(source, out, force=force, dtype=config.dtype)
     art = artifacts.load(path, kind="checkpoint")
     console.print(
         styled("imported", "green", f" {source} ({art.config['model_type']}, {CheckpointStats.of(art).params:,} parameters) -> {path}"),

@@ -18,5 +18,6 @@ class ExportConfig(Options):
 @dataclass
 class ImportConfig(Options):
     dtype: str = option("float32", "Stored weight dtype: float32, bfloat16 or float16.", choices=DTYPES)
-    seed: int = option(0, "Recorded in the manifest (import itself is deterministic).", hashed=False, recorded_as="manifest seed",
+    seed: int = option(0, "Accepted as by every stage; import draws nothing, so the manifest's seed is null.", hashed=False,
+                       recorded_as="not recorded (nothing drawn)",
                        range="[0, 4294967295]")

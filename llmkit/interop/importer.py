@@ -60,7 +60,7 @@ def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], mo
     return dataclasses.replace(config, tie_embeddings=False)
 
 
-def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: int = 0, dtype: str = "float32") -> Path:
+def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: str = "float32") -> Path:
     """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
     from llmkit import artifacts, outputs
     from llmkit.model.gpt import GPT
@@ -132,6 +132,6 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, seed: in
             "special_tokens": special,
             **({"document_start": provenance["document_start"]} if provenance.get("document_start") in ("bos", "eos") else {}),
         }
-        build.seed = seed
+        build.seed = None  # nothing is drawn: an import is the same work whatever --seed says
         build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab).to_dict()
     return out
