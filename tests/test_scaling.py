@@ -40,6 +40,82 @@ def test_known_constants_are_recovered_within_tolerances():
     assert 6 * n_opt * d_opt == pytest.approx(1e21)
 
 
+def _scipy_objective(theta, log_n, log_d, log_l, delta):
+    """The fit's objective written out for scipy, one problem at a time (scipy's own logsumexp and
+    Huber loss), with its gradient."""
+    from scipy.special import huber, logsumexp, softmax
+
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    residual = logsumexp(terms, axis=0) - log_l
+    weights = softmax(terms, axis=0)
+    slope = np.clip(residual, -delta, delta)
+    grad = [(slope * weights[0]).sum(), (slope * weights[1]).sum(), (slope * weights[2]).sum(),
+            -(slope * weights[0] * log_n).sum(), -(slope * weights[1] * log_d).sum()]
+    return huber(delta, residual).sum(), np.array(grad)
+
+
+def _scipy_best(points, starts, delta=1e-3):
+    from scipy.optimize import minimize
+
+    data = tuple(np.log(x) for x in points)
+    results = [minimize(_scipy_objective, start, args=(*data, delta), jac=True, method="L-BFGS-B",
+                        bounds=[(None, None)] * 3 + [(0.0, 5.0)] * 2, options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15})
+               for start in starts]
+    best = min(results, key=lambda r: r.fun)
+    return best.x, best.fun
+
+
+@pytest.mark.parametrize("points", ["noisy", "degenerate"])
+def test_the_batched_fit_finds_the_optimum_scipys_lbfgsb_finds(points):
+    """Every start of the coarse grid through scipy's L-BFGS-B one at a time (Hoffmann et al.'s method)
+    and through the batch: the same best objective (the batch's no worse) at the same constants."""
+    import itertools
+
+    from llmkit.scaling import fit as fit_module
+    from llmkit.scaling.gauss_newton import objective
+
+    n, d, loss = _points() if points == "noisy" else (np.array(column, dtype=float) for column in zip(*DEGENERATE))
+    axes = fit_module.COARSE_GRID
+    starts = [np.array([a, b, e, alpha, beta]) for alpha, beta, e, a, b in
+              itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"])]
+    theta, value = _scipy_best((n, d, loss), starts)
+    fit = fit_chinchilla(n, d, loss, grid="coarse", bootstrap=0)
+    if points == "noisy":  # (the two formulas round differently in the last bits)
+        assert fit.objective <= value * (1 + 1e-12)
+    else:  # E drifts towards 0 along a valley where the objective creeps down: each method stops somewhere in it
+        assert fit.objective == pytest.approx(value, rel=1e-10)
+    ours = np.array([math.log(fit.law.A), math.log(fit.law.B), math.log(fit.law.E), fit.law.alpha, fit.law.beta])
+    if points == "noisy":  # a determined law: one optimum, reached by both
+        assert np.allclose(ours, theta, rtol=1e-5, atol=1e-6), (ours, theta)
+    # the batch's objective is scipy's formula's, and its gradient that formula's central differences
+    data = tuple(np.log(x)[None, :] for x in (n, d, loss))
+    for at in (starts[5], 0.5 * (starts[5] + theta)):
+        value_here, grad_here, _ = objective(at[None, :], *data, 1e-3)
+        assert value_here[0] == pytest.approx(_scipy_objective(at, *(x[0] for x in data), 1e-3)[0], rel=1e-12)
+        step = 1e-6 * np.eye(5)
+        differences = [(_scipy_objective(at + h, *(x[0] for x in data), 1e-3)[0]
+                        - _scipy_objective(at - h, *(x[0] for x in data), 1e-3)[0]) / 2e-6 for h in step]
+        assert np.allclose(grad_here[0], differences, rtol=1e-5, atol=1e-9 * np.abs(differences).max())
+
+
+def test_the_batch_solves_each_row_against_its_own_points():
+    """Rows with points of their own (the bootstrap's resamples) reach what each reaches alone."""
+    from llmkit.scaling.gauss_newton import minimise
+
+    n, d, loss = _points()
+    rng = np.random.default_rng(3)
+    picks = [rng.integers(0, len(n), len(n)) for _ in range(4)]
+    data = [np.log(x) for x in (n, d, loss)]
+    start = np.array([6.0, 6.0, 0.5, 0.35, 0.3])
+    lower, upper = np.array([-np.inf] * 3 + [0.0, 0.0]), np.array([np.inf] * 3 + [5.0, 5.0])
+    together, values = minimise(np.tile(start, (4, 1)), *(x[np.stack(picks)] for x in data), 1e-3, lower, upper)
+    for row, pick in enumerate(picks):
+        alone, value = minimise(start[None, :], *(x[pick][None, :] for x in data), 1e-3, lower, upper)
+        assert np.allclose(together[row], alone[0], rtol=1e-9) and values[row] == pytest.approx(value[0], rel=1e-12)
+    assert len({round(float(v), 12) for v in values}) == 4  # four resamples, four different fits
+
+
 def test_isoflop_parabolas_find_the_exponent():
     budgets = [1e15, 1e16, 1e17, 1e18]
     rows = []

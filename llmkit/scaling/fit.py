@@ -4,12 +4,14 @@ Approach 3 (their eq. 2): L(N, D) = E + A / N^alpha + B / D^beta, fitted in log 
 
     min over (a, b, e, alpha, beta) of  sum_i Huber_delta( LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i )
 
-with A = exp(a), B = exp(b), E = exp(e), delta = 1e-3, by L-BFGS from every point of a grid of
-starting values, keeping the best. Confidence intervals come from a seeded bootstrap: the points
-resampled with replacement and refitted (from the full fit's BOOTSTRAP_STARTS best distinct
-optima: from the best alone, a term the fit drove to 0 has no gradient to leave 0 by), so the
-same points and seed give the same intervals. The fit runs with one BLAS thread: its products are
-5-vectors, and a thread pool's hand-offs inside L-BFGS-B cost 25x on a busy machine.
+with A = exp(a), B = exp(b), E = exp(e), delta = 1e-3, from every point of a grid of starting
+values, keeping the best. Hoffmann et al. minimised with L-BFGS one start at a time; here every
+start is one row of a batch minimised together by a damped Gauss-Newton method (llmkit/scaling/gauss_newton.py
+says why; a test checks its optima against scipy's L-BFGS-B). Confidence intervals come from a
+seeded bootstrap: the points resampled with replacement and refitted (from the full fit's
+BOOTSTRAP_STARTS best distinct optima: from the best alone, a term the fit drove to 0 has no
+gradient to leave 0 by), so the same points and seed give the same intervals. The fit runs with
+one BLAS thread: its products are 5 x 5, and a thread pool's hand-offs cost more than they save.
 
 Approach 2: for each FLOP budget, a parabola in log N through that budget's losses; its minimum
 (kept only inside the sizes measured) is the budget's optimal N, its tokens read off the budget's
@@ -31,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from llmkit.errors import UserError
+from llmkit.scaling import gauss_newton
 from llmkit.scaling_law import NAMES, Law
 
 # Exponents are kept in [0, 5] (L-BFGS-B bounds): a negative one would say loss grows with size or data.
@@ -56,35 +59,12 @@ class ChinchillaFit:
         return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float):
-    """Huber loss of the log-sum-exp residuals, and its gradient in (a, b, e, alpha, beta)."""
-    a, b, e, alpha, beta = theta
-    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
-    top = terms.max(axis=0)
-    weights = np.exp(terms - top)
-    total = weights.sum(axis=0)
-    residual = top + np.log(total) - log_l
-    weights /= total
-    small = np.abs(residual) <= delta
-    value = np.where(small, 0.5 * residual**2, delta * (np.abs(residual) - 0.5 * delta)).sum()
-    slope = np.where(small, residual, delta * np.sign(residual))
-    grad = np.array([
-        (slope * weights[0]).sum(), (slope * weights[1]).sum(), (slope * weights[2]).sum(),
-        -(slope * weights[0] * log_n).sum(), -(slope * weights[1] * log_d).sum(),
-    ])
-    return value, grad
-
-
-def _minimise(start: np.ndarray, data: tuple[np.ndarray, ...], delta: float) -> tuple[np.ndarray, float]:
-    try:
-        from scipy.optimize import minimize
-    except ImportError:
-        raise UserError("fitting a scaling law needs scipy: pip install 'llmkit[scaling]'") from None
-
-    bounds = [(None, None)] * 3 + [EXPONENT_BOUNDS] * 2
-    result = minimize(_objective, start, args=(*data, delta), jac=True, method="L-BFGS-B", bounds=bounds,
-                      options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15})
-    return result.x, float(result.fun)
+def _minimise(starts: np.ndarray, data: tuple[np.ndarray, ...], delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each start's optimum and value: `data` is (log N, log D, log L), each [1, n] for one set of
+    points or [len(starts), n] for a set per start."""
+    lower = np.array([-np.inf] * 3 + [EXPONENT_BOUNDS[0]] * 2)
+    upper = np.array([np.inf] * 3 + [EXPONENT_BOUNDS[1]] * 2)
+    return gauss_newton.minimise(starts, *data, delta, lower, upper)
 
 
 def _law(theta: np.ndarray) -> Law:
@@ -95,11 +75,7 @@ def _law(theta: np.ndarray) -> Law:
 def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], losses: Sequence[float], *, delta: float = 1e-3,
                    grid: str = "full", bootstrap: int = 100, seed: int = 0) -> ChinchillaFit:
     """Approach 3 with a bootstrap; raises a UserError when the points cannot determine the law."""
-    try:
-        import scipy.optimize  # noqa: F401  (loaded first: threadpoolctl limits only the BLAS libraries already loaded)
-        from threadpoolctl import threadpool_limits
-    except ImportError as exc:
-        raise UserError(f"fitting a scaling law needs {exc.name}: pip install 'llmkit[scaling]'") from None
+    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
         return _fit_chinchilla(params, tokens, losses, delta, grid, bootstrap, seed)
@@ -111,33 +87,39 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
         raise UserError(f"{len(n)} points cannot determine the 5 constants of L(N, D); give at least {len(NAMES) + 1}")
     if len(set(zip(n.tolist(), d.tolist()))) < len(NAMES) or len(set(n.tolist())) < 2 or len(set(d.tolist())) < 2:
         raise UserError("the points need at least two model sizes and two token counts (and 5 distinct pairs) to fit a law")
-    data = (np.log(n), np.log(d), np.log(loss))
+    data = tuple(np.log(x)[None, :] for x in (n, d, loss))
     axes = FULL_GRID if grid == "full" else COARSE_GRID
-    optima: list[tuple[float, np.ndarray]] = []
-    best, best_value = None, math.inf
-    for alpha, beta, e, a, b in itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"]):
-        theta, value = _minimise(np.array([a, b, e, alpha, beta]), data, delta)
-        optima.append((value, theta))
-        if value < best_value - 1e-15:  # many starts end within rounding of the best: the first in grid order wins
-            best, best_value = theta, value
-    fit = ChinchillaFit(law=_law(best), objective=best_value, starts=len(optima))
+    grid_starts = np.array([[a, b, e, alpha, beta] for alpha, beta, e, a, b in
+                            itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"])])
+    thetas, values = _minimise(grid_starts, data, delta)
+    best = _first_best(values)
+    fit = ChinchillaFit(law=_law(thetas[best]), objective=float(values[best]), starts=len(values))
     if bootstrap > 0:
-        starts = _distinct(best, sorted(optima, key=lambda o: o[0]), BOOTSTRAP_STARTS)
+        order = np.argsort(values, kind="stable")
+        starts = _distinct(thetas[best], [(values[i], thetas[i]) for i in order], BOOTSTRAP_STARTS)
         rng = np.random.Generator(np.random.PCG64(seed))
+        picks = np.stack([rng.integers(0, len(n), len(n)) for _ in range(bootstrap)])  # the draws of one refit at a time
+        per_refit = tuple(np.repeat(x[0][picks], len(starts), axis=0) for x in data)  # row r * len(starts) + s
+        refit_thetas, refit_values = _minimise(np.tile(np.asarray(starts), (bootstrap, 1)), per_refit, delta)
         samples = []
-        for _ in range(bootstrap):
-            pick = rng.integers(0, len(n), len(n))
-            refits = [_minimise(start.copy(), tuple(x[pick] for x in data), delta) for start in starts]
-            theta, value = refits[0]
-            for other, other_value in refits[1:]:  # the same rule: another start must do better than rounding
-                if other_value < value - 1e-15:
-                    theta, value = other, other_value
-            law = _law(theta)
+        for refit in range(bootstrap):
+            rows = slice(refit * len(starts), (refit + 1) * len(starts))
+            law = _law(refit_thetas[rows][_first_best(refit_values[rows])])
             samples.append([law.A, law.B, law.E, law.alpha, law.beta])
         fit.samples = np.asarray(samples)
         fit.bootstrap = bootstrap
         fit.intervals = {name: fit.interval_of(fit.samples[:, i]) for i, name in enumerate(NAMES)}
     return fit
+
+
+def _first_best(values: np.ndarray) -> int:
+    """The index of the lowest value, the first in order among those within rounding (1e-15) of each
+    other: many starts end at one optimum, and the grid's order decides which of them is reported."""
+    best = 0
+    for index in range(1, len(values)):
+        if values[index] < values[best] - 1e-15:
+            best = index
+    return best
 
 
 def _distinct(best: np.ndarray, optima: list[tuple[float, np.ndarray]], count: int) -> list[np.ndarray]:
