@@ -70,18 +70,27 @@ def _looks_like_path(data: str) -> bool:
             or ("/" in data and Path(first).is_dir()))
 
 
+def _has_rows_below_header(path: Path) -> bool:
+    """Whether a CSV holds a row below its header (blank lines are not rows)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        rows = (row for row in csv.reader(handle) if any(cell.strip() for cell in row))
+        return next(rows, None) is not None and next(rows, None) is not None
+
+
 def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
     import datasets
 
     from llmkit.runtime import datasets_cache_dir, local_dataset, offline_when_unreachable
 
     if data_files is not None:  # a local file: read as it is now, not as a cache keyed by its time holds it
+        if name == "csv" and not _has_rows_below_header(Path(data_files)):
+            return []  # (datasets refuses a header alone with an error of its own wording)
         try:
             with local_dataset(name, data_files, split) as ds:
                 return [dict(r) for r in ds]
         except Exception as exc:
-            if "corresponds to no data" in str(exc):  # a CSV of a header alone
-                return []
             raise UserError(f"--data {data_files} cannot be read as {name.upper()}: "
                             f"{' '.join(str(exc).split())[:200]}; check the file") from exc
     offline = False
