@@ -94,13 +94,17 @@ def product_switch(monkeypatch):
     a process, so its cached reading is dropped now and again after the test)."""
     from llmkit.model import cpu_gemm
 
+    def forget() -> None:
+        cpu_gemm._choice.cache_clear()
+        cpu_gemm._enabled.cache_clear()
+
     def set_to(value: str) -> None:
         monkeypatch.setenv("LLMKIT_CPU_GEMM", value)
-        cpu_gemm._enabled.cache_clear()
+        forget()
 
     yield set_to
     monkeypatch.undo()
-    cpu_gemm._enabled.cache_clear()
+    forget()
 
 
 def run_killed_and_resumed(command: list[str], tmp_path, progress, minimum: int):

@@ -12,9 +12,20 @@ import torch.nn.functional as F
 from llmkit.model import cpu_gemm
 from llmkit.model.sequence_grads import MIN_ROWS
 
-onednn = pytest.mark.skipif(not cpu_gemm._enabled(), reason="oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
-openblas = pytest.mark.skipif(not (cpu_gemm._enabled() and cpu_gemm._numpy_openblas()),
+openblas = pytest.mark.skipif(not (cpu_gemm._X86 and cpu_gemm._numpy_openblas()),
                               reason="one-row products take numpy's OpenBLAS where its wheel carries one, on x86")
+
+
+@pytest.fixture
+def onednn_products(product_switch):
+    """oneDNN's products for the test, whichever the platform's default (auto: oneDNN with AVX-512)."""
+    product_switch("onednn")
+
+
+def onednn(test):
+    """A test of oneDNN's products: run with them on wherever PyTorch has them (x86)."""
+    return pytest.mark.skipif(not cpu_gemm._AVAILABLE, reason="oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")(
+        pytest.mark.usefixtures("onednn_products")(test))
 
 SHAPES = [(256, 768), (256, 1024), (1024, 256), (384, 1152), (1536, 384), (128, 4096)]  # presets' (in, out) products
 
@@ -37,8 +48,14 @@ def test_products_go_through_onednn_and_equal_pytorchs_to_rounding():
     assert not cpu_gemm.takes(x.double(), x.double())
 
 
-@onednn
-def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads():
+@pytest.mark.parametrize("products", ["onednn", "mkl"])
+def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads(products, product_switch):
+    """From MIN_ROWS rows on, for both libraries (auto picks oneDNN with AVX-512, PyTorch's own
+    with AVX2 only): the per-sequence gradients rest on it."""
+    if products == "onednn" and not cpu_gemm._AVAILABLE:
+        pytest.skip("oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
+    product_switch(products)
+    assert cpu_gemm.library() == ("onednn" if products == "onednn" else "pytorch")
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     try:
@@ -88,9 +105,11 @@ def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_
             warnings.simplefilter("error")
             assert torch.isinf(cpu_gemm.linear(torch.full((1, 512), 1e30), torch.full((512, 512), 1e30))).all()
         assert not cpu_gemm._one_row_takes(torch.randn(1, 256), torch.randn(768, 256), None)  # 0.75 MB: PyTorch's call, cheaper
-        # a gradient to record: oneDNN for a row-major weight (the rule of two rows and more otherwise), autograd's gradients
+        # a gradient to record: the rule of two rows and more (oneDNN, where it takes them, for a row-major
+        # weight), autograd's gradients
         x, w = torch.randn(1, 512, requires_grad=True), torch.randn(512, 512, requires_grad=True)
-        assert not cpu_gemm._one_row_takes(x, w, None) and cpu_gemm._takes(x, w) and not cpu_gemm._takes(x, w.t().contiguous().t())
+        assert not cpu_gemm._one_row_takes(x, w, None) and not cpu_gemm._takes(x, w.t().contiguous().t())
+        assert cpu_gemm._takes(x, w) == cpu_gemm._enabled()
         grad = torch.randn(1, 512)
         cpu_gemm.linear(x, w).backward(grad)
         reference_x, reference_w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
@@ -105,7 +124,9 @@ def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_
 
 def test_the_environment_switch_keeps_one_row_products_pytorchs_too(product_switch):
     x, w = torch.randn(1, 512), torch.randn(512, 512)
-    assert cpu_gemm._one_row_takes(x, w, None) == (cpu_gemm._enabled() and cpu_gemm._numpy_openblas())
+    for choice in ("auto", "onednn"):  # one row takes OpenBLAS whichever library takes more rows
+        product_switch(choice)
+        assert cpu_gemm._one_row_takes(x, w, None) == (cpu_gemm._X86 and cpu_gemm._numpy_openblas())
     product_switch("mkl")
     assert not cpu_gemm._one_row_takes(x, w, None) and torch.equal(cpu_gemm.linear(x, w), F.linear(x, w))
 
@@ -126,6 +147,14 @@ def test_the_layers_gradients_are_autograds():
     torch.testing.assert_close(layer.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         assert not layer(x).requires_grad
+
+
+def test_auto_takes_onednn_with_avx512_and_pytorchs_own_products_without(product_switch):
+    product_switch("auto")
+    assert cpu_gemm._enabled() == (cpu_gemm._AVAILABLE and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+    assert cpu_gemm.library() == ("onednn" if cpu_gemm._enabled() else "pytorch")
+    product_switch("")  # unset reads as auto
+    assert cpu_gemm._choice() == "auto"
 
 
 def test_the_environment_switch_gives_pytorchs_own_products():

@@ -404,7 +404,7 @@ def test_a_wrong_product_switch_is_a_one_line_error_that_writes_nothing(cli, gpt
     product_switch("mlk")
     result = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", tmp_path / "d.txt", "-o", tmp_path / "ev")
     lines = result.output.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1 and "LLMKIT_CPU_GEMM='mlk' is not one of onednn, mkl" in lines[0], result.output
+    assert result.exit_code == 2 and len(lines) == 1 and "LLMKIT_CPU_GEMM='mlk' is not one of auto, onednn, mkl" in lines[0], result.output
     assert not (tmp_path / "ev").exists()
 
 

@@ -1,13 +1,18 @@
-"""fp32 matrix products on x86 CPUs through oneDNN, the library PyTorch already ships, not MKL.
+"""fp32 matrix products on x86 CPUs: oneDNN's where the CPU has AVX-512, PyTorch's own (MKL) on
+AVX2, and numpy's OpenBLAS for one row.
 
-PyTorch's CPU `F.linear` and `mm` call MKL's sgemm for fp32. On this project's machine (AMD
-EPYC, Zen 5, AVX-512) oneDNN's product is about twice as fast at the shapes of a training step
-(4,096 × 256 → 768: 4.6 ms against 11.8 ms on 2 threads) and of batched decoding (8 × 768 → 3,072:
-0.26 against 0.51 ms), presumably because MKL picks its code path by CPU vendor and oneDNN by
-instruction set. PyTorch sends fp32 products to oneDNN only when asked to lower their precision
-(`torch.backends.mkldnn.matmul.fp32_precision`), so the op is called here directly:
-`torch.ops.mkldnn._linear_pointwise`, the one inductor's CPU code calls. It sums in fp32 (tested
-against the fp32 rounding bound, which bf16 or tf32 inputs would break by far).
+PyTorch's CPU `F.linear` and `mm` call MKL's sgemm for fp32. On an AMD EPYC Zen 5 (AVX-512) oneDNN's
+product is about twice as fast at the shapes of a training step (4,096 × 256 → 768: 4.6 ms against
+11.8 ms on 2 threads) and of batched decoding (8 × 768 → 3,072: 0.26 against 0.51 ms), presumably
+because MKL picks its code path by CPU vendor (no AVX-512 on AMD) and oneDNN by instruction set.
+On an AMD Zen 3 (AVX2 only) the two are close shape by shape (MKL's time 0.66x to 1.34x oneDNN's)
+and a whole training step is MKL's: 1.10x the tokens per CPU-second (benchmarks/pretrain.py,
+paired median of 4 rounds, 2026-12-04). So `auto` (the default of `LLMKIT_CPU_GEMM`) takes oneDNN
+where PyTorch dispatches AVX-512 kernels and PyTorch's own otherwise; an Intel CPU with AVX-512 was
+not measured and takes oneDNN. PyTorch sends fp32 products to oneDNN only when asked to lower
+their precision (`torch.backends.mkldnn.matmul.fp32_precision`), so the op is called here
+directly: `torch.ops.mkldnn._linear_pointwise`, the one inductor's CPU code calls. It sums in fp32
+(tested against the fp32 rounding bound, which bf16 or tf32 inputs would break by far).
 
 The per-sequence gradients (llmkit/model/sequence_grads.py) need a row of a product to keep its
 bits whatever the rows beside it and the thread count. oneDNN holds both from 2 rows on
@@ -21,7 +26,7 @@ ms for MKL with column-major weights and oneDNN for the row-major tied head; a p
 same bytes takes 1.9 ms), so such a row goes there, on one thread, when the weight holds 1 MB or
 more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). Its bits differ
 from the same row among others, and not with the thread count. A single row whose gradient is
-recorded takes oneDNN with a row-major weight and MKL with a column-major one.
+recorded takes oneDNN with a row-major weight (where oneDNN takes products) and MKL with a column-major one.
 
 Where: every Linear of the GPT model (`Linear` below) and of LoRA, the per-sequence Linear and
 weight gradients, the fused head and loss, eval's per-token scoring. Elsewhere it is PyTorch's
@@ -33,7 +38,8 @@ derivatives. The choice depends only on the platform, the dtypes, the shapes and
 row, whether its gradient is recorded, the weight's layout and whether numpy carries its own
 OpenBLAS (its wheels do; a numpy built on another BLAS keeps the kernels below), so a run's bits
 do not change from one run to the next.
-`LLMKIT_CPU_GEMM=mkl` keeps PyTorch's own everywhere (benchmarks/pretrain.py times both).
+`LLMKIT_CPU_GEMM=onednn` takes oneDNN for two rows and more on any x86 CPU, `mkl` keeps PyTorch's
+own everywhere, one row included (benchmarks/pretrain.py times both).
 """
 
 from __future__ import annotations
@@ -53,20 +59,36 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from llmkit.errors import UsageError
 
 _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-_AVAILABLE = _ONEDNN is not None and platform.machine().lower() in ("x86_64", "amd64")
-_CHOICES = ("onednn", "mkl")
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+_AVAILABLE = _ONEDNN is not None and _X86
+_CHOICES = ("auto", "onednn", "mkl")
+
+
+@functools.cache
+def _choice() -> str:
+    """LLMKIT_CPU_GEMM: auto (the default), onednn or mkl (PyTorch's own products everywhere). Read
+    on first use, so that a wrong value is the running command's one-line error, not an import's
+    traceback."""
+    given = os.environ.get("LLMKIT_CPU_GEMM", "")
+    choice = given.strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise UsageError(f"LLMKIT_CPU_GEMM={given!r} is not one of {', '.join(_CHOICES)}; unset it for the platform's "
+                         "faster products, or set onednn or mkl (PyTorch's own) to choose")
+    return choice
+
+
+def _avx512() -> bool:
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 @functools.cache
 def _enabled() -> bool:
-    """LLMKIT_CPU_GEMM: onednn (the default) or mkl (PyTorch's own products). Read on first use, so
-    that a wrong value is the running command's one-line error, not an import's traceback."""
-    given = os.environ.get("LLMKIT_CPU_GEMM", "")
-    choice = given.strip().lower() or "onednn"
-    if choice not in _CHOICES:
-        raise UsageError(f"LLMKIT_CPU_GEMM={given!r} is not one of {', '.join(_CHOICES)}; unset it for oneDNN's "
-                         "products or set it to mkl for PyTorch's own")
-    return _AVAILABLE and choice == "onednn"
+    """Whether products of two rows and more go through oneDNN: asked for, or (auto) on a CPU with
+    AVX-512. There oneDNN measured twice MKL's speed (AMD Zen 5: MKL does not use AVX-512 on AMD);
+    on an AVX2 CPU (AMD Zen 3) MKL was the faster: a training step 1.10x the tokens per CPU-second
+    (benchmarks/pretrain.py, paired median of 4 rounds), products from 0.66x to 1.34x shape by shape."""
+    choice = _choice()
+    return _AVAILABLE and (choice == "onednn" or (choice == "auto" and _avx512()))
 
 
 _PLAIN = (torch.Tensor, nn.Parameter)  # not a DTensor (tensor parallelism) or another subclass
@@ -180,7 +202,7 @@ def _one_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """One row with no gradient to record (decoding one sequence) times a weight of 1 MB or more,
     plain fp32 CPU tensors."""
     return (x.dim() >= 1 and x.numel() == x.shape[-1] and weight.numel() >= ONE_ROW_MIN_WEIGHTS
-            and not torch.compiler.is_compiling() and _enabled()
+            and not torch.compiler.is_compiling() and _X86 and _choice() != "mkl"
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
             and _plain_product(x, weight, bias) and _numpy_openblas())
