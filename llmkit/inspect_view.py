@@ -27,7 +27,7 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     table.add_column("value", overflow="fold")
     table.add_row("fingerprint", m.fingerprint)
     table.add_row("format", f"v{m.format_version} (llmkit {m.llmkit_version})")
-    table.add_row("seed", str(m.seed))
+    table.add_row("seed", "none (nothing drawn)" if m.seed is None else str(m.seed))
     table.add_row("command", Text(shlex.join(m.command)))  # whole and quoted: it is how to make the artifact again
     table.add_row("files", f"{len(m.files)}: " + _short(", ".join(m.files), 200))
     for key, value in m.config.items():

@@ -38,7 +38,8 @@ def run_recipe(name: str, out: Path, data: Path | None = None) -> subprocess.Com
 def replay(command: list[str], out: Path) -> str:
     """Run a manifest's recorded command again with its output at `out`; the new artifact's fingerprint."""
     command = list(command)
-    command[command.index("-o") + 1] = str(out)
+    flag = next(i for i, word in enumerate(command) if word in ("-o", "--out", "--output"))
+    command[flag + 1] = str(out)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "llmkit", *command[1:]], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=600)

@@ -230,7 +230,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
 
             from llmkit.runtime import seed_everything
 
-            seed_everything(cfg.seed)
+            seed_everything(cfg.seed)  # (only the few-shot draw uses it: cfg.draws, which decides the recorded seed)
             loaded = _load(members, device, text + lm + cls or ["benchmarks"], cfg)
             if cfg.inference.compile and text:  # refused before any scoring, not after perplexity has run
                 from llmkit.inference.compiled import check_compilable

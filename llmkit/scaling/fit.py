@@ -36,8 +36,9 @@ from llmkit.errors import UserError
 from llmkit.scaling import gauss_newton
 from llmkit.scaling_law import NAMES, Law
 
-# Exponents are kept in [0, 5] (L-BFGS-B bounds): a negative one would say loss grows with size or data.
+# Exponents are kept in [0, 5] (bounds of the minimisation): a negative one would say loss grows with size or data.
 EXPONENT_BOUNDS = (0.0, 5.0)
+CHUNK_ROWS = 8192  # starts minimised together: about 40 MB at 100 points
 # Hoffmann et al.'s grid of initialisations (Appendix D.2), and a coarser one for quick fits.
 FULL_GRID = dict(alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),
                  a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0))
@@ -61,10 +62,18 @@ class ChinchillaFit:
 
 def _minimise(starts: np.ndarray, data: tuple[np.ndarray, ...], delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Each start's optimum and value: `data` is (log N, log D, log L), each [1, n] for one set of
-    points or [len(starts), n] for a set per start."""
+    points or [len(starts), n] for a set per start. In batches of CHUNK_ROWS rows, so that memory
+    stays bounded whatever --bootstrap asks (a row's result does not depend on the rows beside it)."""
     lower = np.array([-np.inf] * 3 + [EXPONENT_BOUNDS[0]] * 2)
     upper = np.array([np.inf] * 3 + [EXPONENT_BOUNDS[1]] * 2)
-    return gauss_newton.minimise(starts, *data, delta, lower, upper)
+    thetas, values = [], []
+    for first in range(0, len(starts), CHUNK_ROWS):
+        rows = slice(first, first + CHUNK_ROWS)
+        chunk = data if data[0].shape[0] == 1 else tuple(x[rows] for x in data)
+        theta, value = gauss_newton.minimise(starts[rows], *chunk, delta, lower, upper)
+        thetas.append(theta)
+        values.append(value)
+    return np.concatenate(thetas), np.concatenate(values)
 
 
 def _law(theta: np.ndarray) -> Law:
@@ -88,10 +97,7 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
     if len(set(zip(n.tolist(), d.tolist()))) < len(NAMES) or len(set(n.tolist())) < 2 or len(set(d.tolist())) < 2:
         raise UserError("the points need at least two model sizes and two token counts (and 5 distinct pairs) to fit a law")
     data = tuple(np.log(x)[None, :] for x in (n, d, loss))
-    axes = FULL_GRID if grid == "full" else COARSE_GRID
-    grid_starts = np.array([[a, b, e, alpha, beta] for alpha, beta, e, a, b in
-                            itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"])])
-    thetas, values = _minimise(grid_starts, data, delta)
+    thetas, values = _minimise(_grid_starts(grid), data, delta)
     best = _first_best(values)
     fit = ChinchillaFit(law=_law(thetas[best]), objective=float(values[best]), starts=len(values))
     if bootstrap > 0:
@@ -112,9 +118,17 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
     return fit
 
 
+def _grid_starts(grid: str) -> np.ndarray:
+    """The grid's starting points as rows (a, b, e, alpha, beta), in Hoffmann et al.'s loop order."""
+    axes = FULL_GRID if grid == "full" else COARSE_GRID
+    return np.array([[a, b, e, alpha, beta] for alpha, beta, e, a, b in
+                     itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"])])
+
+
 def _first_best(values: np.ndarray) -> int:
-    """The index of the lowest value, the first in order among those within rounding (1e-15) of each
-    other: many starts end at one optimum, and the grid's order decides which of them is reported."""
+    """The reported optimum: in order, a start replaces the best so far only when it is lower by more
+    than rounding (1e-15). Many starts end at one optimum, so the grid's order decides which of them
+    is reported, the same one on every run."""
     best = 0
     for index in range(1, len(values)):
         if values[index] < values[best] - 1e-15:

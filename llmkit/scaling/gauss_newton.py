@@ -51,6 +51,23 @@ def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np
     return value, grad, (jacobian * weight[:, :, None]).transpose(0, 2, 1) @ jacobian
 
 
+def _solve(systems: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Each system's solution; NaN for one that is singular (the damping's floor is absolute, so a
+    rank-deficient problem with large entries can leave one exactly singular), which rejects that
+    row's step and raises its damping, instead of numpy's error for the whole batch."""
+    with np.errstate(all="ignore"):
+        try:
+            return np.linalg.solve(systems, right[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            out = np.full_like(right, np.nan)
+            for row in range(len(systems)):
+                try:
+                    out[row] = np.linalg.solve(systems[row], right[row])
+                except np.linalg.LinAlgError:
+                    pass
+            return out
+
+
 def minimise(start: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float,
              lower: np.ndarray, upper: np.ndarray, *, max_steps: int = 1000, ftol: float = 1e-15) -> tuple[np.ndarray, np.ndarray]:
     """Minimise each row's objective from its start within [lower, upper] (-inf/inf where free).
@@ -76,8 +93,7 @@ def minimise(start: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.
         held = ((th <= lower) & (g > 0)) | ((th >= upper) & (g < 0))
         g = np.where(held, 0.0, g)
         h = np.where(~held[:, :, None] & ~held[:, None, :], h, 0.0)
-        with np.errstate(all="ignore"):
-            step = np.linalg.solve(h + (damping[index, None, None] + held[:, :, None]) * identity, -g[:, :, None])[:, :, 0]
+        step = _solve(h + (damping[index, None, None] + held[:, :, None]) * identity, -g)
         usable = np.isfinite(step).all(axis=1)
         step = np.where(usable[:, None], step, 0.0)
         scale = ftol * np.abs(f)
