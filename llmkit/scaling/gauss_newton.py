@@ -73,7 +73,8 @@ def minimise(start: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.
     """Minimise each row's objective from its start within [lower, upper] (-inf/inf where free).
     Returns the optima [P, 5] and their values [P]. A problem stops when the step's own model
     promises, or an accepted step brings, a decrease of no more than `ftol` relative to the
-    objective (L-BFGS-B's test), when no damping finds a lower point, or after `max_steps`."""
+    objective (L-BFGS-B's test without its floor of 1, which would stop a fit whose objective is
+    1e-4 at 1e-11 relative), when no damping finds a lower point, or after `max_steps`."""
     theta = np.clip(np.array(start, dtype=np.float64), lower, upper)
     rows = theta.shape[0]
     shared = log_n.shape[0] == 1
