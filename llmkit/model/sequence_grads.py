@@ -62,7 +62,7 @@ class MicroBatch:
 
 # A row of a matrix product has the same bits whatever the rows beside it only from this many
 # rows on: MKL takes other kernels for fewer (measured: 16 rows with AVX2, 8 with AVX-512; the
-# oneDNN products of llmkit/model/cpu_gemm.py, used on x86, from 2). A
+# oneDNN products of llmkit/model/cpu_gemm.py, used on x86 CPUs with AVX-512, from 2). A
 # language model's products have T rows a sequence; a classifier's head has one per example, so a
 # micro-batch of 1 to 15 is padded to 16 rows of zeros.
 MIN_ROWS = 16
