@@ -38,7 +38,7 @@ from llmkit.scaling_law import NAMES, Law
 
 # Exponents are kept in [0, 5] (bounds of the minimisation): a negative one would say loss grows with size or data.
 EXPONENT_BOUNDS = (0.0, 5.0)
-CHUNK_ROWS = 8192  # starts minimised together: about 40 MB at 100 points
+CHUNK_VALUES = 2**21  # starts x points minimised together: about 80 MB per [rows, points, 5] array
 # Hoffmann et al.'s grid of initialisations (Appendix D.2), and a coarser one for quick fits.
 FULL_GRID = dict(alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),
                  a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0))
@@ -62,13 +62,15 @@ class ChinchillaFit:
 
 def _minimise(starts: np.ndarray, data: tuple[np.ndarray, ...], delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Each start's optimum and value: `data` is (log N, log D, log L), each [1, n] for one set of
-    points or [len(starts), n] for a set per start. In batches of CHUNK_ROWS rows, so that memory
-    stays bounded whatever --bootstrap asks (a row's result does not depend on the rows beside it)."""
+    points or [len(starts), n] for a set per start. In batches of about CHUNK_VALUES rows x points,
+    so that memory stays bounded whatever --bootstrap and the points ask (a row's result does not
+    depend on the rows beside it)."""
     lower = np.array([-np.inf] * 3 + [EXPONENT_BOUNDS[0]] * 2)
     upper = np.array([np.inf] * 3 + [EXPONENT_BOUNDS[1]] * 2)
+    chunk_rows = max(1, CHUNK_VALUES // data[0].shape[1])
     thetas, values = [], []
-    for first in range(0, len(starts), CHUNK_ROWS):
-        rows = slice(first, first + CHUNK_ROWS)
+    for first in range(0, len(starts), chunk_rows):
+        rows = slice(first, first + chunk_rows)
         chunk = data if data[0].shape[0] == 1 else tuple(x[rows] for x in data)
         theta, value = gauss_newton.minimise(starts[rows], *chunk, delta, lower, upper)
         thetas.append(theta)
