@@ -73,20 +73,25 @@ def _cpu_flops(bf16: bool) -> float:
 
     import torch
 
+    from llmkit.model import cpu_gemm
+
+    # fp32 through the products training uses (oneDNN's where the CPU has AVX-512: twice MKL's there);
+    # bf16 runs under autocast, which PyTorch sends to oneDNN itself.
+    product = (lambda x: x @ x) if bf16 else (lambda x: cpu_gemm.matmul(x, x))
     # Sizes grow until one product takes a measurable time: where bf16 is emulated (no AVX-512 or AMX) a
     # 256-wide product already does, and a 1024-wide one took seconds.
     size, seconds = 128, 0.0
     while size < 1024 and seconds < 0.02:
         size *= 2
         a = torch.randn(size, size, dtype=torch.bfloat16 if bf16 else torch.float32)
-        a @ a  # the first product allocates and picks its kernel
+        product(a)  # the first product allocates and picks its kernel
         start = time.perf_counter()
-        a @ a
+        product(a)
         seconds = time.perf_counter() - start
     repeats = max(1, min(4, int(0.1 / seconds)))
     start = time.perf_counter()
     for _ in range(repeats):
-        a @ a
+        product(a)
     return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
