@@ -33,6 +33,8 @@ SCRIPTS = {
     "artifacts": (["--preset", "tiny", "--rounds", "1", "--vocab-size", "512"],
                   [r"average: both sides wrote the same tensors", r"paired median"]),
     "tokenizer": (["--vocab-size", "1024", "--scale", "1", "--rounds", "1", "--repeat", "1"], [r"llmkit / tiktoken, paired median"]),
+    "scaling": (["--grid", "coarse", "--bootstrap", "2", "--rounds", "1"],
+                [r"speed ratio llmkit / scipy, paired median", r"relative difference"]),
     "parallel": (["--model", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "4", "--steps", "2",
                   "--rounds", "1", "--layouts", "one,pp"], [r"^1 process ", r"^pp 2 "]),  # (dp, tp: flags alone, the suite's own)
 }

@@ -1,0 +1,133 @@
+"""Benchmark: `llmkit scaling fit`'s Chinchilla fit (approach 3) against the script a user would write.
+
+    .venv/bin/python benchmarks/scaling.py                      # full grid, 100 bootstrap refits, 36 points
+    .venv/bin/python benchmarks/scaling.py --grid coarse --bootstrap 20 --rounds 3
+
+Sides, in one process, alternating over --rounds rounds (benchmarks/paired.py):
+  llmkit     `llmkit.scaling.fit.fit_chinchilla`: every start of Hoffmann et al.'s grid, and every
+             bootstrap refit from the fit's 3 best distinct optima, minimised together as rows of
+             numpy arrays (llmkit/scaling/gauss_newton.py).
+  scipy      the reference written here as Hoffmann et al. describe it and public replications do
+             it: `scipy.optimize.minimize(method="L-BFGS-B")` from each start of the same grid, with
+             the objective's analytic gradient (scipy's `logsumexp` and `huber`), exponents bounded
+             to [0, 5], the best kept; the same bootstrap (the same seeded draws, 3 starts each).
+Both run on one BLAS thread (threadpoolctl), as llmkit's fit does. The points are a known law
+(Hoffmann et al.'s constants) on a 6 x 6 grid of sizes and token counts with 0.5 % noise; printed:
+each side's wall and CPU time, the paired median ratio, and both optima (the objective and the
+constants), which must agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from paired import alternate, median  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
+TRUE = dict(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)  # Hoffmann et al.'s constants
+
+
+def points(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e5, 3e7, 6), np.geomspace(1e6, 3e8, 6)))
+    loss = TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
+    return n, d, loss * np.exp(rng.normal(0.0, noise, n.size))
+
+
+def scipy_fit(n, d, loss, grid: str, bootstrap: int, seed: int, delta: float = 1e-3) -> tuple[np.ndarray, float, np.ndarray]:
+    """The per-start L-BFGS-B fit: (a, b, e, alpha, beta) of the best start, its objective, the bootstrap's thetas."""
+    from scipy.optimize import minimize
+    from scipy.special import huber, logsumexp, softmax
+
+    from llmkit.scaling.fit import BOOTSTRAP_STARTS, COARSE_GRID, FULL_GRID
+
+    def objective(theta, log_n, log_d, log_l):
+        a, b, e, alpha, beta = theta
+        terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+        residual = logsumexp(terms, axis=0) - log_l
+        weights = softmax(terms, axis=0)
+        slope = np.clip(residual, -delta, delta)
+        grad = [(slope * weights[0]).sum(), (slope * weights[1]).sum(), (slope * weights[2]).sum(),
+                -(slope * weights[0] * log_n).sum(), -(slope * weights[1] * log_d).sum()]
+        return huber(delta, residual).sum(), np.array(grad)
+
+    def solve(start, data):
+        result = minimize(objective, start, args=data, jac=True, method="L-BFGS-B",
+                          bounds=[(None, None)] * 3 + [(0.0, 5.0)] * 2, options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15})
+        return result.x, float(result.fun)
+
+    data = (np.log(n), np.log(d), np.log(loss))
+    axes = FULL_GRID if grid == "full" else COARSE_GRID
+    optima = [solve(np.array([a, b, e, alpha, beta]), data)
+              for alpha, beta, e, a, b in itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"])]
+    ranked = sorted(optima, key=lambda o: o[1])
+    best, value = ranked[0]
+    starts = [best]
+    for theta, _ in ranked:
+        if len(starts) == BOOTSTRAP_STARTS:
+            break
+        if all(np.max(np.abs(theta - other)) > 1e-3 for other in starts):
+            starts.append(theta)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    samples = []
+    for _ in range(bootstrap):
+        pick = rng.integers(0, len(n), len(n))
+        samples.append(min((solve(start.copy(), tuple(x[pick] for x in data)) for start in starts), key=lambda o: o[1])[0])
+    return best, value, np.asarray(samples)
+
+
+def llmkit_fit(n, d, loss, grid: str, bootstrap: int, seed: int):
+    from llmkit.scaling.fit import fit_chinchilla
+
+    return fit_chinchilla(n, d, loss, grid=grid, bootstrap=bootstrap, seed=seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=("full", "coarse"), default="full")
+    parser.add_argument("--bootstrap", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--noise", type=float, default=0.005)
+    args = parser.parse_args()
+
+    from threadpoolctl import threadpool_limits
+
+    import scipy.optimize  # noqa: F401  (loaded before the limit: threadpoolctl limits only loaded BLAS libraries)
+
+    n, d, loss = points(args.noise)
+    with threadpool_limits(limits=1):
+        runs = alternate({
+            "llmkit": lambda _: llmkit_fit(n, d, loss, args.grid, args.bootstrap, 0),
+            "scipy": lambda _: scipy_fit(n, d, loss, args.grid, args.bootstrap, 0),
+        }, args.rounds)
+    ours, (theta, value, samples) = runs["llmkit"][-1].result, runs["scipy"][-1].result
+    print(f"Chinchilla fit, {len(n)} points, {args.grid} grid ({ours.starts} starts), {args.bootstrap} bootstrap refits, "
+          f"{args.rounds} rounds alternating, one BLAS thread")
+    for side, label in (("llmkit", "llmkit (batched Gauss-Newton)"), ("scipy", "scipy L-BFGS-B, start by start")):
+        walls, cpus = [t.wall for t in runs[side]], [t.cpu for t in runs[side]]
+        print(f"  {label:32s} wall {min(walls):8.2f} s best, CPU {min(cpus):8.2f} s best")
+    wall = median([s.wall / o.wall for o, s in zip(runs["llmkit"], runs["scipy"])])
+    cpu = median([s.cpu / o.cpu for o, s in zip(runs["llmkit"], runs["scipy"])])
+    print(f"  speed ratio llmkit / scipy, paired median: wall {wall:.1f}x   CPU {cpu:.1f}x")
+    law = ours.law
+    print(f"  objective: llmkit {ours.objective:.15g}, scipy {value:.15g} (relative difference {ours.objective / value - 1:+.1e})")
+    print(f"  llmkit A {law.A:.6g} B {law.B:.6g} E {law.E:.6g} alpha {law.alpha:.6g} beta {law.beta:.6g}")
+    print(f"  scipy  A {math.exp(theta[0]):.6g} B {math.exp(theta[1]):.6g} E {math.exp(theta[2]):.6g} "
+          f"alpha {theta[3]:.6g} beta {theta[4]:.6g}")
+    if args.bootstrap:
+        theirs = np.percentile(samples[:, 3], [2.5, 97.5])
+        print(f"  alpha's 95% interval: llmkit {ours.intervals['alpha'][0]:.6g} .. {ours.intervals['alpha'][1]:.6g}, "
+              f"scipy {theirs[0]:.6g} .. {theirs[1]:.6g}")
+    if not ours.objective <= value * (1 + 1e-9):
+        raise SystemExit("llmkit's optimum is worse than scipy's")
+
+
+if __name__ == "__main__":
+    main()
