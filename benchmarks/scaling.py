@@ -29,7 +29,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from paired import alternate, median  # noqa: E402  (benchmarks/ is on the path when run as a script)
 
 TRUE = dict(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)  # Hoffmann et al.'s constants
 
@@ -41,27 +40,35 @@ def points(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
     return n, d, loss * np.exp(rng.normal(0.0, noise, n.size))
 
 
-def scipy_fit(n, d, loss, grid: str, bootstrap: int, seed: int, delta: float = 1e-3) -> tuple[np.ndarray, float, np.ndarray]:
-    """The per-start L-BFGS-B fit: (a, b, e, alpha, beta) of the best start, its objective, the bootstrap's thetas."""
-    from scipy.optimize import minimize
+def reference_objective(theta, log_n, log_d, log_l, delta: float = 1e-3):
+    """The objective of one start, written with scipy's `logsumexp`, `softmax` and `huber`, and its gradient."""
     from scipy.special import huber, logsumexp, softmax
 
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    residual = logsumexp(terms, axis=0) - log_l
+    weights = softmax(terms, axis=0)
+    slope = np.clip(residual, -delta, delta)
+    grad = [(slope * weights[0]).sum(), (slope * weights[1]).sum(), (slope * weights[2]).sum(),
+            -(slope * weights[0] * log_n).sum(), -(slope * weights[1] * log_d).sum()]
+    return huber(delta, residual).sum(), np.array(grad)
+
+
+def reference_minimise(start, data, delta: float = 1e-3) -> tuple[np.ndarray, float]:
+    """One start through scipy's L-BFGS-B, exponents bounded to [0, 5]: (a, b, e, alpha, beta), objective."""
+    from scipy.optimize import minimize
+
+    result = minimize(reference_objective, start, args=(*data, delta), jac=True, method="L-BFGS-B",
+                      bounds=[(None, None)] * 3 + [(0.0, 5.0)] * 2, options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15})
+    return result.x, float(result.fun)
+
+
+def scipy_fit(n, d, loss, grid: str, bootstrap: int, seed: int, delta: float = 1e-3) -> tuple[np.ndarray, float, np.ndarray]:
+    """The per-start L-BFGS-B fit: (a, b, e, alpha, beta) of the best start, its objective, the bootstrap's thetas."""
     from llmkit.scaling.fit import BOOTSTRAP_STARTS, COARSE_GRID, FULL_GRID
 
-    def objective(theta, log_n, log_d, log_l):
-        a, b, e, alpha, beta = theta
-        terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
-        residual = logsumexp(terms, axis=0) - log_l
-        weights = softmax(terms, axis=0)
-        slope = np.clip(residual, -delta, delta)
-        grad = [(slope * weights[0]).sum(), (slope * weights[1]).sum(), (slope * weights[2]).sum(),
-                -(slope * weights[0] * log_n).sum(), -(slope * weights[1] * log_d).sum()]
-        return huber(delta, residual).sum(), np.array(grad)
-
     def solve(start, data):
-        result = minimize(objective, start, args=data, jac=True, method="L-BFGS-B",
-                          bounds=[(None, None)] * 3 + [(0.0, 5.0)] * 2, options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15})
-        return result.x, float(result.fun)
+        return reference_minimise(start, data, delta)
 
     data = (np.log(n), np.log(d), np.log(loss))
     axes = FULL_GRID if grid == "full" else COARSE_GRID
@@ -97,6 +104,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.005)
     args = parser.parse_args()
 
+    from paired import alternate, median  # (benchmarks/ is on the path when run as a script; tests load this file for its reference)
     from threadpoolctl import threadpool_limits
 
     import scipy.optimize  # noqa: F401  (loaded before the limit: threadpoolctl limits only loaded BLAS libraries)

@@ -40,32 +40,27 @@ def test_known_constants_are_recovered_within_tolerances():
     assert 6 * n_opt * d_opt == pytest.approx(1e21)
 
 
-def _scipy_objective(theta, log_n, log_d, log_l, delta):
-    """The fit's objective written out for scipy, one problem at a time (scipy's own logsumexp and
-    Huber loss), with its gradient."""
-    pytest.importorskip("scipy")  # (in the dev extra: the product's fit does not use it)
-    from scipy.special import huber, logsumexp, softmax
+def _reference():
+    """benchmarks/scaling.py's scipy reference (L-BFGS-B one start at a time), loaded from its file."""
+    import importlib.util
 
-    a, b, e, alpha, beta = theta
-    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
-    residual = logsumexp(terms, axis=0) - log_l
-    weights = softmax(terms, axis=0)
-    slope = np.clip(residual, -delta, delta)
-    grad = [(slope * weights[0]).sum(), (slope * weights[1]).sum(), (slope * weights[2]).sum(),
-            -(slope * weights[0] * log_n).sum(), -(slope * weights[1] * log_d).sum()]
-    return huber(delta, residual).sum(), np.array(grad)
+    from conftest import REPO
+
+    pytest.importorskip("scipy")  # (in the dev extra: the product's fit does not use it)
+    spec = importlib.util.spec_from_file_location("scaling_benchmark", REPO / "benchmarks" / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scipy_objective(theta, log_n, log_d, log_l, delta):
+    return _reference().reference_objective(theta, log_n, log_d, log_l, delta)
 
 
 def _scipy_best(points, starts, delta=1e-3):
-    optimize = pytest.importorskip("scipy.optimize")
-    minimize = optimize.minimize
-
+    reference = _reference()
     data = tuple(np.log(x) for x in points)
-    results = [minimize(_scipy_objective, start, args=(*data, delta), jac=True, method="L-BFGS-B",
-                        bounds=[(None, None)] * 3 + [(0.0, 5.0)] * 2, options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15})
-               for start in starts]
-    best = min(results, key=lambda r: r.fun)
-    return best.x, best.fun
+    return min((reference.reference_minimise(start, data, delta) for start in starts), key=lambda r: r[1])
 
 
 @pytest.mark.parametrize("points", ["noisy", "degenerate"])
