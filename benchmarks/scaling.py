@@ -67,12 +67,9 @@ def scipy_fit(n, d, loss, grid: str, bootstrap: int, seed: int, delta: float = 1
     """The per-start L-BFGS-B fit: (a, b, e, alpha, beta) of the best start, its objective, the bootstrap's thetas."""
     from llmkit.scaling.fit import BOOTSTRAP_STARTS, COARSE_GRID, FULL_GRID
 
-    def solve(start, data):
-        return reference_minimise(start, data, delta)
-
     data = (np.log(n), np.log(d), np.log(loss))
     axes = FULL_GRID if grid == "full" else COARSE_GRID
-    optima = [solve(np.array([a, b, e, alpha, beta]), data)
+    optima = [reference_minimise(np.array([a, b, e, alpha, beta]), data, delta)
               for alpha, beta, e, a, b in itertools.product(axes["alpha"], axes["beta"], axes["e"], axes["a"], axes["b"])]
     ranked = sorted(optima, key=lambda o: o[1])
     best, value = ranked[0]
@@ -86,7 +83,7 @@ def scipy_fit(n, d, loss, grid: str, bootstrap: int, seed: int, delta: float = 1
     samples = []
     for _ in range(bootstrap):
         pick = rng.integers(0, len(n), len(n))
-        samples.append(min((solve(start.copy(), tuple(x[pick] for x in data)) for start in starts), key=lambda o: o[1])[0])
+        samples.append(min((reference_minimise(start.copy(), tuple(x[pick] for x in data), delta) for start in starts), key=lambda o: o[1])[0])
     return best, value, np.asarray(samples)
 
 

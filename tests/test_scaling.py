@@ -3,6 +3,7 @@ runs a grid as ordinary runs, resumes, and feeds the fit; plots are written."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -40,6 +41,7 @@ def test_known_constants_are_recovered_within_tolerances():
     assert 6 * n_opt * d_opt == pytest.approx(1e21)
 
 
+@functools.cache
 def _reference():
     """benchmarks/scaling.py's scipy reference (L-BFGS-B one start at a time), loaded from its file."""
     import importlib.util
