@@ -217,6 +217,22 @@ def test_fused_head_and_loss_skips_the_gradient_of_a_frozen_input(trained):
         assert not learned.grad[:30].any() and learned.grad[30:].abs().sum() > 0  # no target, no gradient
 
 
+def test_loss_alone_returns_no_logits_off_the_fused_path(monkeypatch):
+    """Where the fused head does not apply (GPU, torch.compile, tensor parallelism) the logits are
+    still made, but not returned when only the loss is asked for: a compiled graph keeps each of its
+    outputs whole, and [B, T, V] logits held for nothing cost a step two such tensors."""
+    from llmkit.model import fused_loss
+
+    model = make("gpt2")
+    idx, targets = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    monkeypatch.setattr(fused_loss, "applies", lambda hidden, weight: False)
+    logits, loss = model(idx, targets)
+    none, loss_alone = model(idx, targets, return_logits=False)
+    assert logits.shape == (3, 16, 97) and none is None
+    assert torch.equal(loss_alone, loss)
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+
+
 def test_fused_head_and_loss_makes_no_gradient_under_no_grad(monkeypatch):
     """Validation runs under no_grad, which a Function's needs_input_grad does not see: the chunks
     got gradient buffers to fill (a head-sized product more per chunk, 2x a validation batch)."""

@@ -79,6 +79,8 @@ class DataParallelRun:
 
     def step_total(self, local: int) -> float:
         """Collective: the step's targets (tokens, or examples) over every data-parallel rank."""
+        if not self.info.distributed:  # a GPU tensor read back would wait for the last step's kernels
+            return float(local)
         # on the run's device: NCCL reduces only CUDA tensors
         return float(dist_utils.all_reduce_sum(torch.tensor(float(local), dtype=torch.float64, device=self.device), self.info))
 
