@@ -15,7 +15,8 @@
 #   env       [45]  preflight: the GPU, torch and CUDA, llmkit importable, gpu-work/ prepared; stops the script if not
 #   flash     [60]  one bf16 training step profiled: attention must run a flash kernel
 #   bench     [240] benchmarks/pretrain.py --gpu-only: llmkit vs nanoGPT-style vs GPT2LMHeadModel, GPT-2 124M
-#                   shape (vocabulary 50,304), seq 1024, bf16, torch.compile on every side; tokens/s, MFU, memory
+#                   shape (vocabulary 50,304), seq 1024, bf16, torch.compile on every side; tokens/s, MFU, memory,
+#                   and each side's step profiled (its wall time against its kernels' time, the heaviest kernels)
 #   pretrain  [180] `llmkit pretrain` at the GPT-2-small shape: --compile (with --ema, --average-last), then
 #                   eager; tokens/s and MFU from metrics.jsonl; `llmkit plan`'s memory beside the measured peak
 # STEPS=more:
@@ -158,8 +159,8 @@ EOF
 }
 
 step_bench() {
-  local flags=(--gpu-only --rounds 1 --cache "$WORK/bench-cache" $BENCH_SHAPE)
-  [ "$DEVICE" = cpu ] && flags=(--rounds 1 --cache "$WORK/bench-cache" $BENCH_SHAPE)
+  local flags=(--gpu-only --rounds 1 --profile --cache "$WORK/bench-cache" $BENCH_SHAPE)
+  [ "$DEVICE" = cpu ] && flags=(--rounds 1 --profile --cache "$WORK/bench-cache" $BENCH_SHAPE)
   "$PY" benchmarks/pretrain.py "${flags[@]}"
 }
 

@@ -107,7 +107,42 @@ def timed_steps(args, step) -> dict:
     tokens = args.batch * args.seq
     wall = sorted(walls[args.warmup :])[len(walls[args.warmup :]) // 2]
     cpu = sorted(cpus[args.warmup :])[len(cpus[args.warmup :]) // 2]
-    return {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / max(cpu, 1e-9), "final_loss": loss}
+    result = {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / max(cpu, 1e-9), "final_loss": loss}
+    if args.profile:
+        result["profile"] = profile_steps(args, step, first=args.steps, wall_ms=wall * 1e3)
+    return result
+
+
+PROFILED_STEPS = 3
+
+
+def profile_steps(args, step, first: int, wall_ms: float) -> str:
+    """--profile: a few more steps under torch.profiler. Where a side's step goes: its wall time
+    beside the time its kernels ran (on a GPU the gap is the device waiting for the host), and
+    the kernels (on a CPU, the operators) that took the most."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = args.device == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+        for i in range(first, first + PROFILED_STEPS):
+            step(i)
+        if gpu:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    if gpu:
+        top = [e for e in events if e.device_type == DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in top) / PROFILED_STEPS / 1e3
+        head = f"{wall_ms:.2f} ms a step (timed), kernels {busy:.2f} ms, {sum(e.count for e in top) / PROFILED_STEPS:.0f} kernels a step"
+        timed = lambda e: e.self_device_time_total  # noqa: E731
+    else:
+        top = [e for e in events if e.device_type == DeviceType.CPU]
+        head = f"{wall_ms:.2f} ms a step (timed); operators by their own CPU time"
+        timed = lambda e: e.self_cpu_time_total  # noqa: E731
+    lines = [head] + [f"  {timed(e) / PROFILED_STEPS / 1e3:9.3f} ms  x{e.count // PROFILED_STEPS:<5d} {e.key[:100]}"
+                      for e in sorted(top, key=lambda e: -timed(e))[:15]]
+    return "\n".join(lines)
 
 
 def model_vocab(args, shards) -> int:
@@ -428,6 +463,9 @@ def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
     if "bf16_peak" in a:
         mfu = "".join(f"{100 * a['flops_per_token'] * best[n]['tokens_per_s'] / a['bf16_peak']:>17.1f}%" for n in sides)
         print(f"{'MFU (measured peak)':26s}{mfu}   peak {a['bf16_peak'] / 1e12:.0f} TFLOP/s")
+    for n in sides:
+        if "profile" in last[n]:
+            print(f"\n{LABELS[n]}, profiled ({PROFILED_STEPS} steps after the timed ones): {last[n]['profile']}")
     return best
 
 
@@ -443,6 +481,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="Untimed first steps.")
     parser.add_argument("--rounds", type=int, default=4, help="Rounds; each runs every side once, in alternating order.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Also profile a few steps of each side after its timed ones (the last round's are printed): wall time against kernel time, and the heaviest kernels.")
     parser.add_argument("--no-hf", action="store_true", help="Leave out transformers' GPT2LMHeadModel (llmkit vs nanoGPT-style only).")
     parser.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--n-layer", type=int, default=4)
@@ -469,7 +509,7 @@ def main() -> None:
             print(prepare_tokens(args.cache, vocab))
         return
     shape = ["--precision", args.precision, "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head), "--seq", str(args.seq),
-             "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+             "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--profile"] if args.profile else [])
     sides = ["llmkit", "nanogpt"] + ([] if args.no_hf else ["hf"])
     if not args.gpu_only:
         args.tokens = prepare_tokens(args.cache, args.vocab)
@@ -479,7 +519,7 @@ def main() -> None:
     if torch.cuda.is_available():
         args.tokens = prepare_tokens(args.cache, GPU_TOKENIZER_VOCAB)
         gpu = ["--device", "cuda", "--compile", "--n-layer", "12", "--n-embd", "768", "--n-head", "12", "--seq", "1024",
-               "--batch", "16", "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-vocab", str(GPT2_VOCAB)]
+               "--batch", "16", "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-vocab", str(GPT2_VOCAB)] + (["--profile"] if args.profile else [])
         compare(args, f"GPU {torch.cuda.get_device_name()}: GPT-2 124M shape (12 x 768, vocabulary {GPT2_VOCAB:,}), seq 1024, "
                       "batch 16, bf16, torch.compile", gpu, sides)
     else:

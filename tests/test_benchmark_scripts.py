@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 SCRIPTS = {
     "pretrain": (["--steps", "3", "--warmup", "1", "--rounds", "1", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-                  "--seq", "32", "--batch", "4", "--vocab", "512", "--no-hf", "--threads", "1"],
-                 [r"paired ratio, median", r"llmkit MKL"]),
+                  "--seq", "32", "--batch", "4", "--vocab", "512", "--no-hf", "--threads", "1", "--profile"],
+                 [r"paired ratio, median", r"llmkit MKL", r"^nanoGPT-style, profiled \(3 steps", r"^\s+[\d.]+ ms\s+x\d+\s+aten::mm"]),
     "generate": (["--preset", "tiny", "--new-tokens", "8", "--repeats", "2", "--batches", "1,3"],
                  [r"^\s+1\s.*rows", r"^\s+3\s.*3/3 rows", r"paired median"]),
     "clean": (["--mb", "1", "--rounds", "1", "--skip-scaling"], [r"speed ratio llmkit / datatrove, paired median"]),
