@@ -233,6 +233,27 @@ def test_loss_alone_returns_no_logits_off_the_fused_path(monkeypatch):
     assert torch.equal(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()))
 
 
+@pytest.mark.parametrize("variant", ["gpt2", "llama"])
+def test_one_product_for_q_and_kv_computes_the_two(variant, monkeypatch):
+    """The GPU's q/k/v path (one product over both weights), forced on a CPU: the same logits and
+    the same gradients for q_proj and kv_proj as their two products, GQA included."""
+    import llmkit.model.gpt as gpt
+
+    idx, targets = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    results = []
+    for fused in (False, True):
+        model = make(variant).train()
+        calls = []
+        monkeypatch.setattr(gpt, "fuse_qkv", lambda x: calls.append(x.shape) or fused)
+        logits, loss = model(idx, targets)
+        loss.backward()
+        attn = model.blocks[0].attn
+        results.append((logits, attn.q_proj.weight.grad, attn.kv_proj.weight.grad, model.blocks[1].attn.kv_proj.weight.grad))
+        assert len(calls) == 2  # asked once a layer
+    for split, one in zip(*results):
+        assert torch.allclose(split, one, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_head_and_loss_makes_no_gradient_under_no_grad(monkeypatch):
     """Validation runs under no_grad, which a Function's needs_input_grad does not see: the chunks
     got gradient buffers to fill (a head-sized product more per chunk, 2x a validation batch)."""
