@@ -7,8 +7,8 @@ Options cover the GPT-2 family (LayerNorm, learned positions, GELU, bias) and th
 Contract with generation and evaluation (docs/pretrain.md):
   model(idx, targets=None, *, cache=None) -> (logits [B,T,V], loss or None)
   model(idx, cache=cache, last_only=True) -> (logits [B,1,V], None): the last position's only (a prefill)
-  model(idx, targets, return_logits=False) -> (None or logits, loss): training's call; on a CPU the
-      head and the loss run fused in chunks (fused_loss.py) and no logits are made
+  model(idx, targets, return_logits=False) -> (None, loss): training's call; on a CPU the head and
+      the loss run fused in chunks (fused_loss.py) and no logits are made
   model.new_cache(batch_size, max_len, pad_lengths=None) -> KVCache that forward appends to
   model.hidden_states(idx, attention_mask=None) -> [B,T,C] final-norm states
 With `pad_lengths` (LEFT padding per row) padded keys are invisible and positions count from
@@ -178,8 +178,11 @@ class SlotWrite(NamedTuple):
 
 
 def fuse_qkv(x: torch.Tensor) -> bool:
-    """Whether Attention.projections takes one product for q and k/v (see there)."""
-    return x.is_cuda
+    """Whether Attention.projections takes one product for q and k/v (see there): GPU training
+    under autocast (bf16, the GPU's default). Not for decoding, where the weights' concatenation
+    would triple a memory-bound step's reads of them, nor in fp32, where the concatenated weight,
+    not the parameter, would be kept for the backward (under autocast both paths keep bf16 copies)."""
+    return x.is_cuda and torch.is_grad_enabled() and torch.is_autocast_enabled("cuda")
 
 
 class Attention(nn.Module):
@@ -194,10 +197,10 @@ class Attention(nn.Module):
         self.dropout = config.dropout
 
     def projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [..., H * D] and k/v [..., 2 * KV * D] of x. On a GPU, one product over both weights,
-        as a fused q/k/v layer computes them: two cost a compiled training step 3 more GEMMs and 3
-        more kernels a layer (inductor's code, counted), where nanoGPT's step, 11 % faster on an
-        H200, has one (the gain of this alone is not measured yet). On a CPU two stay: one over
+        """q [..., H * D] and k/v [..., 2 * KV * D] of x. In GPU training, one product over both
+        weights, as a fused q/k/v layer computes them: two cost a compiled training step 3 more
+        GEMMs and 3 more kernels a layer (inductor's code, counted), where nanoGPT's step, 11 %
+        faster on an H200, has one (the gain of this alone is not measured yet). On a CPU two stay: one over
         torch.cat of the weights measured no faster (within 0.5 % per training step at 4 x 256 and
         6 x 384), and CPU runs keep their bits. Plain layers only: LoRA's, tensor-parallel and
         per-sequence-gradient ones keep their own calls."""
@@ -513,8 +516,8 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         # Not returned when not asked for: a compiled graph keeps each output whole, and [B, T, V]
-        # logits that the loss alone never needs cost two such tensors (the H200's GPT-2-small
-        # step held 3.2 GB more than nanoGPT's; on a CPU under --compile, 0.5 GB of 1.3 at 16 x 256).
+        # logits that the loss alone never needs cost two such tensors (the H200's GPT-2-small step
+        # held 3.2 GB more than nanoGPT's; on a CPU under --compile, 0.27 GB of 1.05 at 16 x 256 x 8192).
         return (logits if return_logits else None), loss
 
     @torch.no_grad()

@@ -144,9 +144,10 @@ class ModelParallelRun:
     def step_total(self, local: int) -> float:
         """Collective: the step's target tokens over the data-parallel replicas (the ranks of one
         replica read the same samples)."""
+        if self.dp_group is None:  # a GPU tensor read back would wait for the last step's kernels
+            return float(local)
         total = torch.tensor(float(local), dtype=torch.float64, device=self.device)  # NCCL reduces only CUDA tensors
-        if self.dp_group is not None:
-            self._dist.all_reduce(total, group=self.dp_group)
+        self._dist.all_reduce(total, group=self.dp_group)
         return float(total)
 
     def forward_backward(self, batch: Sequence[torch.Tensor], targets: int, step_total: float, last: bool,
