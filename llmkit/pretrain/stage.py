@@ -239,9 +239,10 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
 
             layout_note = f" ({info.layout.describe()})" if info.layout.model_parallel else ""
             named = f"from {init_from}" if init_from else config.architecture.model
+            units = ("GPU" if world == 1 else "GPUs") if info.device.type == "cuda" else ("CPU process" if world == 1 else "CPU processes")
             err.print(
                 f"pretrain {named} ({model_config.arch}/{model_config.objective}, {params / 1e6:.2f}M params) "
-                f"on {world} {'GPU' if info.device.type == 'cuda' else 'CPU process'}(es){layout_note}: {max_steps} steps x "
+                f"on {world} {units}{layout_note}: {max_steps} step{'' if max_steps == 1 else 's'} x "
                 f"{global_batch} x {seq_len} tokens, micro-batch {micro_batch}, accumulation {accumulation}"
                 f"{trainer.gradient_note}",
                 soft_wrap=True,
