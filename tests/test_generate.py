@@ -170,6 +170,24 @@ def test_compiled_generation_equals_eager():
         assert compiled == eager
 
 
+def test_the_cuda_graph_settings_keep_the_tokens(monkeypatch):
+    """What a GPU's compiled step adds for CUDA graphs (inductor's reduce-overhead mode, cache buffers
+    marked as static addresses, each step's logits copied out of the graph's buffer), taken on a
+    CPU, where inductor makes no graphs: the same greedy tokens as the eager engine, over two caches
+    (two batches) in a row. Whether the graphs replay and how fast: benchmarks/gpu_check.sh."""
+    from llmkit.inference import compiled
+
+    monkeypatch.setattr(compiled, "replays_cuda_graphs", lambda device: True)
+    model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    decoder = compiled.CompiledDecoder(model)
+    assert decoder.cuda_graphs
+    params = GenerationParams(max_new_tokens=12, stop_at_eos=False)
+    for prompts in (PROMPTS, PROMPTS[::-1]):
+        eager = [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0)]
+        assert [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0, decoder=decoder)] == eager
+    assert decoder._step is not None  # compiled to the end, not fallen back to the eager step
+
+
 def test_the_compiled_step_folds_the_weights_in():
     """--compile freezes the weights into its graph (what lets inductor prepack them for the CPU
     matrix products; torch.compile's `options` alone did not turn it on): a weight changed after the

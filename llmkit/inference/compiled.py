@@ -3,8 +3,8 @@
 A decode step of a small model is many small operations (norms, RoPE, cache writes, the
 attention of one query) around a few matrix-vector products; eagerly each is a dispatch through
 PyTorch's Python and C++ layers. Compiled (inductor: fused C++/OpenMP kernels on CPU, Triton on
-GPU; freezing folds the weights into the graph so the CPU matmuls get prepacked weights), the
-step costs little more than its matrix products. The step is `GPT.decode_step`, whose shapes do
+GPU, replayed there as a CUDA graph; freezing folds the weights into the graph so the CPU matmuls
+get prepacked weights), the step costs little more than its matrix products. The step is `GPT.decode_step`, whose shapes do
 not change between steps: the cache buffers are attended whole, through a mask, and the slot is a
 tensor. The cache length is marked dynamic and the batch size is not, so one compilation serves
 every batch of the same size, whatever its prompt and output lengths; the prefill (many tokens,
@@ -36,6 +36,13 @@ CACHE_LENGTH_STEP = 128
 RECOMPILE_LIMIT = 64
 
 
+def replays_cuda_graphs(device: torch.device) -> bool:
+    """Whether the compiled step is replayed as a CUDA graph: on a GPU, where a decode step's kernels
+    take less time than launching them one by one from Python (transformers' compiled static-cache
+    decoding does the same; measured against it on an H200 without graphs: 0.74x at batch 1)."""
+    return device.type == "cuda"
+
+
 def check_compilable(model) -> None:
     """A one-line error for a model or machine the compiled step does not serve."""
     if not hasattr(model, "decode_step"):
@@ -59,6 +66,9 @@ class CompiledDecoder:
         # Static shapes but for the cache length, marked dynamic on every new cache (see step): one
         # graph per batch size, whatever the prompt and output lengths.
         settings = dict(dynamic=None, fullgraph=True)
+        self.cuda_graphs = replays_cuda_graphs(next(model.parameters()).device)
+        if self.cuda_graphs:
+            settings["mode"] = "reduce-overhead"  # CUDA graphs; the cache buffers they write: see step
         if "recompile_limit" in inspect.signature(torch.compile).parameters:
             settings["recompile_limit"] = RECOMPILE_LIMIT
         try:
@@ -93,12 +103,20 @@ class CompiledDecoder:
                     self._cache_seen = cache
                     for buffer in (*cache.k, *cache.v):
                         torch._dynamo.mark_dynamic(buffer, 2)
+                        if self.cuda_graphs:
+                            # A graph may write in place only into buffers at fixed addresses. Unguarded:
+                            # a new cache (a new batch, a new turn) re-records the graph, not recompiles.
+                            torch._dynamo.mark_static_address(buffer, guard=False)
                 batch = (tuple(tokens.shape), cache.k[0].dtype)
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are no longer read
                 if batch in self._compiled_batches:
                     logits = self._step(*args)
                 else:
                     logits = self._compile_and_step(args)
                     self._compiled_batches.add(batch)
+                if self.cuda_graphs:
+                    logits = logits.clone()  # a graph's output buffer is overwritten by its next replay
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager step computes the same
                 self._step = None
                 from llmkit.console import err
