@@ -3,6 +3,8 @@ seeds, sampling filters, stop strings, context overflow, LSTM, the CLI and its b
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import stat
@@ -172,15 +174,29 @@ def test_compiled_generation_equals_eager():
 
 def test_the_cuda_graph_settings_keep_the_tokens(monkeypatch):
     """What a GPU's compiled step adds for CUDA graphs (inductor's reduce-overhead mode, cache buffers
-    marked as static addresses, each step's logits copied out of the graph's buffer), taken on a
-    CPU, where inductor makes no graphs: the same greedy tokens as the eager engine, over two caches
-    (two batches) in a row. Whether the graphs replay and how fast: benchmarks/gpu_check.sh."""
+    marked as static addresses, no freezing, each step's logits copied out of the graph's buffer),
+    taken on a CPU, where inductor makes no graphs: each new cache (the same shape, then longer) is
+    the one the step reads and writes (under freezing the first cache's buffers were baked into
+    the graph: later ones were neither read nor written, and nothing raised), and generation gives
+    the eager tokens. Whether the graphs replay and how fast: benchmarks/gpu_check.sh."""
     from llmkit.inference import compiled
 
     monkeypatch.setattr(compiled, "replays_cuda_graphs", lambda device: True)
+    torch.manual_seed(1)
     model = GPT(ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
     decoder = compiled.CompiledDecoder(model)
     assert decoder.cuda_graphs
+    tokens = torch.tensor([4, 5, 6])
+    for length, pos in ((128, 10), (128, 10), (256, 20)):
+        cache = model.new_cache(3, length, pad_lengths=torch.zeros(3, dtype=torch.long))
+        for buffer in (*cache.k, *cache.v):
+            buffer.normal_()  # a random model's next token barely depends on the cache: random contents do
+        cache.pos = pos
+        reference = copy.deepcopy(cache)
+        with torch.inference_mode():  # as generation runs
+            expected = model.decode_step(tokens[:, None], torch.tensor([pos]), reference.pad_lengths, reference.k, reference.v)
+            torch.testing.assert_close(decoder.step(tokens, cache), expected)
+        torch.testing.assert_close(cache.k[0], reference.k[0])  # the new key written into this cache
     params = GenerationParams(max_new_tokens=12, stop_at_eos=False)
     for prompts in (PROMPTS, PROMPTS[::-1]):
         eager = [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0)]

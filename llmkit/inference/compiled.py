@@ -3,8 +3,8 @@
 A decode step of a small model is many small operations (norms, RoPE, cache writes, the
 attention of one query) around a few matrix-vector products; eagerly each is a dispatch through
 PyTorch's Python and C++ layers. Compiled (inductor: fused C++/OpenMP kernels on CPU, Triton on
-GPU, replayed there as a CUDA graph; freezing folds the weights into the graph so the CPU matmuls
-get prepacked weights), the step costs little more than its matrix products. The step is `GPT.decode_step`, whose shapes do
+GPU, replayed there as a CUDA graph; on CPU freezing folds the weights into the graph so the
+matmuls get prepacked weights), the step costs little more than its matrix products. The step is `GPT.decode_step`, whose shapes do
 not change between steps: the cache buffers are attended whole, through a mask, and the slot is a
 tensor. The cache length is marked dynamic and the batch size is not, so one compilation serves
 every batch of the same size, whatever its prompt and output lengths; the prefill (many tokens,
@@ -133,8 +133,12 @@ class CompiledDecoder:
         inductor's global config when a graph is compiled (torch.compile's `options` do not reach
         that check), so it is set for this call only, not for the rest of the process. And a new
         batch size gets a graph of its own rather than one with the batch size dynamic, whose
-        products cannot be packed (18 % slower at batch 8)."""
+        products cannot be packed (18 % slower at batch 8).
+
+        Not with CUDA graphs: under freezing (and inference mode) dynamo bakes every input marked as
+        a static address into the graph as a constant, so the cache buffers would be the first
+        cache's for good, and a later cache would be neither written nor read (nothing raises)."""
         from torch._inductor import config as inductor_config
 
-        with inductor_config.patch(freezing=True), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+        with inductor_config.patch(freezing=not self.cuda_graphs), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
             return self._step(*args)
