@@ -4,9 +4,9 @@ A decode step of a small model is many small operations (norms, RoPE, cache writ
 attention of one query) around a few matrix-vector products; eagerly each is a dispatch through
 PyTorch's Python and C++ layers. Compiled (inductor: fused C++/OpenMP kernels on CPU, Triton on
 GPU, replayed there as a CUDA graph; on CPU freezing folds the weights into the graph so the
-matmuls get prepacked weights), the step costs little more than its matrix products. The step is `GPT.decode_step`, whose shapes do
-not change between steps: the cache buffers are attended whole, through a mask, and the slot is a
-tensor. The cache length is marked dynamic and the batch size is not, so one compilation serves
+matmuls get prepacked weights), the step costs little more than its matrix products. The step
+is `GPT.decode_step`, whose shapes do not change between steps: the cache buffers are attended
+whole, through a mask, and the slot is a tensor. The cache length is marked dynamic and the batch size is not, so one compilation serves
 every batch of the same size, whatever its prompt and output lengths; the prefill (many tokens,
 run once) stays eager. Each graph holds its own copy of the weights, packed for its batch size.
 

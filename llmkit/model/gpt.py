@@ -200,10 +200,10 @@ class Attention(nn.Module):
         """q [..., H * D] and k/v [..., 2 * KV * D] of x. In GPU training, one product over both
         weights, as a fused q/k/v layer computes them: two cost a compiled training step 3 more
         GEMMs and 3 more kernels a layer (inductor's code, counted), where nanoGPT's step, 11 %
-        faster on an H200, has one (the gain of this alone is not measured yet). On a CPU two stay: one over
-        torch.cat of the weights measured no faster (within 0.5 % per training step at 4 x 256 and
-        6 x 384), and CPU runs keep their bits. Plain layers only: LoRA's, tensor-parallel and
-        per-sequence-gradient ones keep their own calls."""
+        faster on an H200, has one (the gain of this alone is not measured yet). On a CPU two
+        stay: one over torch.cat of the weights measured no faster (within 0.5 % per training step
+        at 4 x 256 and 6 x 384), and CPU runs keep their bits. Plain layers only: LoRA's,
+        tensor-parallel and per-sequence-gradient ones keep their own calls."""
         if fuse_qkv(x) and _plain(self.q_proj) and _plain(self.kv_proj) and type(self.q_proj) is type(self.kv_proj) is Linear:
             weight = torch.cat([self.q_proj.weight, self.kv_proj.weight])
             bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.kv_proj.bias])
