@@ -122,6 +122,8 @@ def profile_steps(args, step, first: int, wall_ms: float) -> str:
     """--profile: a few more steps under torch.profiler. Where a side's step goes: its wall time
     beside the time its kernels ran (on a GPU the gap is the device waiting for the host), and
     the kernels (on a CPU, the operators) that took the most."""
+    from operator import attrgetter
+
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -139,11 +141,11 @@ def profile_steps(args, step, first: int, wall_ms: float) -> str:
         top = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
         busy = sum(e.self_device_time_total for e in top) / PROFILED_STEPS / 1e3
         head = f"{wall_ms:.2f} ms a step (timed), kernels {busy:.2f} ms, {sum(e.count for e in top) / PROFILED_STEPS:.0f} kernels a step"
-        timed = lambda e: e.self_device_time_total  # noqa: E731
+        timed = attrgetter("self_device_time_total")
     else:
         top = [e for e in events if e.device_type == DeviceType.CPU]
         head = f"{wall_ms:.2f} ms a step (timed); operators by their own CPU time"
-        timed = lambda e: e.self_cpu_time_total  # noqa: E731
+        timed = attrgetter("self_cpu_time_total")
     lines = [head] + [f"  {timed(e) / PROFILED_STEPS / 1e3:9.3f} ms  x{e.count // PROFILED_STEPS:<5d} {e.key[:100]}"
                       for e in sorted(top, key=lambda e: -timed(e))[:15]]
     return "\n".join(lines)

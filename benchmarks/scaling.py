@@ -87,12 +87,6 @@ def scipy_fit(n, d, loss, grid: str, bootstrap: int, seed: int, delta: float = 1
     return best, value, np.asarray(samples)
 
 
-def llmkit_fit(n, d, loss, grid: str, bootstrap: int, seed: int):
-    from llmkit.scaling.fit import fit_chinchilla
-
-    return fit_chinchilla(n, d, loss, grid=grid, bootstrap=bootstrap, seed=seed)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=("full", "coarse"), default="full")
@@ -106,10 +100,12 @@ def main() -> None:
 
     import scipy.optimize  # noqa: F401  (loaded before the limit: threadpoolctl limits only loaded BLAS libraries)
 
+    from llmkit.scaling.fit import fit_chinchilla
+
     n, d, loss = points(args.noise)
     with threadpool_limits(limits=1):
         runs = alternate({
-            "llmkit": lambda _: llmkit_fit(n, d, loss, args.grid, args.bootstrap, 0),
+            "llmkit": lambda _: fit_chinchilla(n, d, loss, grid=args.grid, bootstrap=args.bootstrap, seed=0),
             "scipy": lambda _: scipy_fit(n, d, loss, args.grid, args.bootstrap, 0),
         }, args.rounds)
     ours, (theta, value, samples) = runs["llmkit"][-1].result, runs["scipy"][-1].result

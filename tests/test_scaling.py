@@ -55,10 +55,6 @@ def _reference():
     return module
 
 
-def _scipy_objective(theta, log_n, log_d, log_l, delta):
-    return _reference().reference_objective(theta, log_n, log_d, log_l, delta)
-
-
 def _scipy_best(points, starts, delta=1e-3):
     reference = _reference()
     data = tuple(np.log(x) for x in points)
@@ -90,12 +86,13 @@ def test_the_batched_fit_finds_the_optimum_scipys_lbfgsb_finds(points):
         assert np.allclose(ours, theta, rtol=1e-5, atol=1e-6), (ours, theta)
     # the batch's objective is scipy's formula's, and its gradient that formula's central differences
     data = tuple(np.log(x)[None, :] for x in (n, d, loss))
+    scipy_objective = _reference().reference_objective
     for at in (starts[5], 0.5 * (starts[5] + theta)):
         value_here, grad_here, _ = objective(at[None, :], *data, 1e-3)
-        assert value_here[0] == pytest.approx(_scipy_objective(at, *(x[0] for x in data), 1e-3)[0], rel=1e-12)
+        assert value_here[0] == pytest.approx(scipy_objective(at, *(x[0] for x in data), 1e-3)[0], rel=1e-12)
         step = 1e-6 * np.eye(5)
-        differences = [(_scipy_objective(at + h, *(x[0] for x in data), 1e-3)[0]
-                        - _scipy_objective(at - h, *(x[0] for x in data), 1e-3)[0]) / 2e-6 for h in step]
+        differences = [(scipy_objective(at + h, *(x[0] for x in data), 1e-3)[0]
+                        - scipy_objective(at - h, *(x[0] for x in data), 1e-3)[0]) / 2e-6 for h in step]
         assert np.allclose(grad_here[0], differences, rtol=1e-5, atol=1e-9 * np.abs(differences).max())
 
 
