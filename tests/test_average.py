@@ -145,6 +145,23 @@ def test_ema_resumes_exactly(cli, runs, tmp_path):
     assert json.loads((runs / "a" / "ema" / "manifest.json").read_text())["config"]["ema"] == 0.9
 
 
+def test_a_finished_run_resumed_writes_companions_that_are_missing_or_not_of_it(cli, runs, tmp_path):
+    """Killed after the run's manifest and before its companions (written after, as they name it),
+    or with companions from another end of the run: --resume writes them, as the run would have."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "a", run)
+    shutil.rmtree(run / "ema")
+    shutil.rmtree(run / "average")
+    shutil.copytree(runs / "a" / "ema", run / "average")  # a checkpoint, but not the mean of the run's last three
+    flags = [*MODEL, *RUN, "--ema", "0.9", "--average-last", "3", "--resume"]
+    result = _ok(cli("pretrain", runs / "tokens", "-o", run, *flags))
+    assert "finished at step 8 already" in result.output and "companions" in result.output
+    for name in ("ema", "average"):
+        assert artifacts.load(run / name).fingerprint == artifacts.load(runs / "a" / name).fingerprint
+    assert artifacts.load(run).fingerprint == artifacts.load(runs / "a").fingerprint
+    assert "companions" not in _ok(cli("pretrain", runs / "tokens", "-o", run, *flags)).output
+
+
 def test_the_run_itself_is_the_same_with_or_without_companions(cli, runs, tmp_path):
     _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "plain", *MODEL, *RUN))
     assert artifacts.load(tmp_path / "plain").fingerprint == artifacts.load(runs / "a").fingerprint

@@ -638,6 +638,23 @@ def test_truncate_shortens_the_document_and_keeps_the_template_and_response(base
     assert prompt.startswith("Summarize:\n#Person1#: We met them") and prompt.endswith("\nSummary:")
 
 
+def test_truncate_empties_the_document_when_only_that_fits_and_then_keeps_the_responses_start(base):
+    """An empty input field is the last thing tried before cutting from the end; and what is cut
+    from the end is the example without its input, so the wording and the response's start stay."""
+    from llmkit.data.templates import encode_example, resolve_template
+    from llmkit.finetune.data import sft_examples
+
+    tok = _tokenizer(base)
+    template = resolve_template("summarize")
+    record = {"document": "The dogs were there. " * 30, "summary": "They met in May, in Bermuda, with the dogs."}
+    emptied = encode_example(template, dict(record, document=""), tok, "test")
+    (example,) = sft_examples([record], template, tok, len(emptied.ids), truncate=True, name="training", verbose=False)
+    assert example.ids == emptied.ids and example.learn == emptied.learn
+    budget = emptied.prompt_length + 4  # the response alone does not fit
+    (cut,) = sft_examples([record], template, tok, budget, truncate=True, name="training", verbose=False)
+    assert cut.ids == emptied.ids[:budget] and cut.learn == emptied.learn[:budget] and sum(cut.learn) == 4
+
+
 # -- options shared with pretrain, and the one launcher -----------------------------------------------
 
 
@@ -706,6 +723,25 @@ def test_a_resumed_classifier_rewrites_its_validation_history_from_the_checkpoin
     assert resumed.exit_code == 0, resumed.output
     steps = [json.loads(line)["step"] for line in (run / "val_metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_a_resumed_classifier_keeps_its_scores_and_its_companions_report_none(base, shared_data, cli, tmp_path):
+    """A checkpoint saved between validations carries the latest accuracy and F1, resumed or not;
+    RUN/ema and RUN/average carry none (the run's were measured on other weights)."""
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64])
+    common = ["--task", "classify", "--data", data, "--max-steps", "7", "--eval-every", "4", "--save-every", "2",
+              "--keep-last", "0", "--batch-size", "8", "--truncate", "--ema", "0.5", "--average-last", "2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli("finetune", base["checkpoint"], "-o", straight, *common).exit_code == 0
+    shutil.copytree(straight / "checkpoints" / "step_0000004", resumed / "checkpoints" / "step_0000004")
+    result = cli("finetune", base["checkpoint"], "-o", resumed, *common, "--resume")
+    assert result.exit_code == 0, result.output
+    step6 = [artifacts.load(run / "checkpoints" / "step_0000006").stats for run in (straight, resumed)]
+    assert step6[0]["val_step"] == 4 and step6[0]["val_f1"] is not None
+    assert all(step6[1][key] == step6[0][key] for key in ("val_step", "val_loss", "val_accuracy", "val_f1"))
+    for name in ("ema", "average"):
+        stats = artifacts.load(straight / name).stats
+        assert stats["step"] == 7 and not {"val_loss", "val_accuracy", "val_f1"} & set(stats)
 
 
 def test_validation_data_is_never_the_training_data(base, shared_data, cli, tmp_path):

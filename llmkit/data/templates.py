@@ -253,15 +253,16 @@ def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[st
     if over <= 0:
         return record
     pieces = tokenizer.encode(record[field])
-    keep = len(pieces) - over
-    while keep > 0:
+    keep = max(0, len(pieces) - over)
+    while True:
         # Decoding a cut token list and encoding it again may merge differently: retry shorter.
         shorter = dict(record, **{field: tokenizer.decode(pieces[:keep])})
         length = len(encode(shorter))
         if length <= budget:
             return shorter
-        keep -= max(1, length - budget)
-    return None
+        if keep == 0:  # the empty field tried last
+            return None
+        keep = max(0, keep - max(1, length - budget))
 
 
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:

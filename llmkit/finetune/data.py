@@ -139,12 +139,13 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
 def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> Encoded:
     """Fit an example into max_len tokens. A text template gives up the end of its input field
     (the document, the source) so that the prompt's wording and the whole response stay
-    (llmkit.data.templates.fit_field); what still does not fit (or a chat) is cut from the end."""
+    (llmkit.data.templates.fit_field); where even an empty input field leaves the response too long,
+    the example without its input is cut from its end, keeping the wording and the response's
+    start. A chat is cut from its end."""
     field = template.get("input_field")
     if template["type"] == "text" and isinstance(record.get(field), str):
         fitted = fit_field(lambda r: encode_example(template, r, tokenizer, where).ids, record, field, tokenizer, max_len)
-        if fitted is not None:
-            return encode_example(template, fitted, tokenizer, where)
+        example = encode_example(template, fitted or dict(record, **{field: ""}), tokenizer, where)
     return Encoded(example.ids[:max_len], example.learn[:max_len])
 
 

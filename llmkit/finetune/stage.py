@@ -249,8 +249,7 @@ class ClassifyTrainer(Trainer):
                 confusion[g, p] += 1
         confusion = dist_utils.all_reduce_sum(confusion, self.info)
         scores = confusion_scores(confusion.cpu())
-        # the manifest's stats carry the latest figures
-        self.spec.stats.val_accuracy, self.spec.stats.val_f1 = scores["val_accuracy"], scores["val_f1"]
+        self.last_val_scores = scores  # the manifest's stats carry the latest figures (and a resumed run's)
         if self.info.is_main:
             from llmkit.console import err
 

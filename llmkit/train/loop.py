@@ -158,7 +158,7 @@ def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: di
     build.stats = replace(
         spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"], train_loss=progress.get("loss"),
         val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
-        val_step=progress.get("val_step") if val_loss is not None else None,
+        val_step=progress.get("val_step") if val_loss is not None else None, **(progress.get("val_scores") or {}),
     ).to_dict()
     build.runtime = dict(spec.runtime, train_seconds=progress["seconds"])
 
@@ -197,6 +197,8 @@ class Trainer:
         self.last_loss: float | None = None
         self.last_val: float | None = None
         self.last_val_step: int | None = None  # the step last_val was measured at (a save step need not validate)
+        # a task's own validation figures beside the loss (classification: val_accuracy, val_f1), same step
+        self.last_val_scores: dict[str, float] = {}
         self.last_grad_norm: float | None = None
         self.seconds_before, self.session_start = 0.0, time.perf_counter()
         self.resumed_from: int | None = None
@@ -297,6 +299,7 @@ class Trainer:
         self.last_loss = progress.get("loss")
         self.last_val = progress.get("val_loss")
         self.last_val_step = progress.get("val_step")
+        self.last_val_scores = dict(progress.get("val_scores") or {})
         self.resumed_from = self.start_step
         self._resume_progress = progress
         self.seconds_before = float(progress.get("seconds") or 0.0)
@@ -521,6 +524,7 @@ class Trainer:
             "loss": self.last_loss,
             "val_loss": self.last_val,
             "val_step": self.last_val_step,
+            "val_scores": self.last_val_scores,
             "ema": self.settings.checkpoints.ema,  # the decay of the average saved beside (checked on resume)
             "schedule": {
                 "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
@@ -579,6 +583,7 @@ class Trainer:
 
         self._remove_stale_companions(ema=self.ema is not None, average=self.settings.checkpoints.average_last > 1)
         run = artifacts.load(self.run_dir, kind="checkpoint")
+        # without the run's validation figures (_describe adds them to its own): not these weights'
         stats = replace(self.spec.stats, step=step, tokens_seen=self._progress(step)["tokens_seen"]).to_dict()
         if self.ema is not None:
             decay = self.settings.checkpoints.ema
@@ -600,6 +605,25 @@ class Trainer:
                           config=dict(self.spec.config, weights=f"mean of the last {len(members)} checkpoints",
                                       average_last=count), seed=self.spec.seed, stats=stats, force=True, lock=False,
                           roles=[f"member:{m.path.name}" for m in members[:-1]] + ["member:final"], guard_inputs=False)
+
+    def _companions_current(self) -> bool:
+        """Whether RUN/ema and RUN/average are there, as this run's settings ask, and were made
+        from the run as it is now (not from an end it had before it was extended)."""
+        run = artifacts.load(self.run_dir, kind="checkpoint", check=False).fingerprint
+        wanted = {"ema": ("run", self.ema is not None),
+                  "average": ("member:final", self.settings.checkpoints.average_last > 1)}
+        for name, (role, expected) in wanted.items():
+            folder = self.run_dir / name
+            if not expected:
+                if folder.exists():
+                    return False  # stale: _write_companions removes it
+                continue
+            if artifacts.manifest_kind(folder) != "checkpoint":
+                return False
+            recorded = artifacts.load(folder, check=False).recorded_input(role)
+            if recorded is None or recorded.fingerprint != run:
+                return False
+        return True
 
     def _remove_stale_companions(self, *, ema: bool, average: bool) -> None:
         """A finished run extended without --average-last (or from before --ema was checked on
@@ -635,6 +659,11 @@ class Trainer:
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
                         "(give a larger --max-steps to train further)")
+            if info.is_main and not self._companions_current():
+                # killed between the run's manifest and its companions (written after, as they name it)
+                logger.note("writing its --ema / --average-last companions, missing or from an earlier end of the run")
+                self._write_companions(step)
+            dist_utils.barrier(info)
             logger.close()
             return LoopResult(steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=self.tokens_seen,
                               seconds=0.0, tokens_per_s=0.0, resumed_from=self.resumed_from)

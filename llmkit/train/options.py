@@ -72,7 +72,8 @@ class ModelChoice(Options):
 class Optimization(Options):
     optimizer: str = option("adamw", "adamw or sgd (with momentum).", choices=("adamw", "sgd"))
     lr: float | None = option(1e-3, "Peak learning rate.", range="(0, inf)")
-    min_lr_ratio: float = option(0.1, "Final learning rate / peak.", range="[0, 1]")
+    min_lr_ratio: float = option(0.1, "Where the decay heads, as a fraction of the peak learning rate (reached the step "
+                                  "after the last).", range="[0, 1]")
     warmup_steps: int | None = option(None, "Linear warmup steps (default min(100, steps/10)).", range="[0, inf)")
     schedule: str = option("cosine", "Decay after warmup: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
     weight_decay: float = option(0.1, "AdamW weight decay (matrices and embeddings only).", range="[0, inf)")
