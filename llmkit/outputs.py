@@ -93,15 +93,35 @@ _RUN_ENTRIES = frozenset({"checkpoints", "metrics.jsonl", "tokenizer", "model.sa
 
 def _unmarked_run(folder: Path) -> bool:
     """A run or sweep from before the mark, unfinished: nothing but what llmkit writes there, and a
-    checkpoint (a sweep's below runs/). A project folder that keeps artifacts under runs/ beside
-    its own files is not one, and --force must never empty it."""
+    checkpoint (a sweep's below runs/). A project folder that keeps artifacts under runs/, or its
+    own files under configs/, logs/ or plots/, is not one, and --force must never empty it."""
     from llmkit.artifacts import manifest_kind
 
     if any(not entry.name.startswith(".") and entry.name not in _RUN_ENTRIES for entry in folder.iterdir()):
         return False
+    runs = set()
+    if (folder / "runs").exists():
+        for run in _visible(folder / "runs"):
+            if not (run.is_dir() and ((run / RUN_MARK).is_file() or manifest_kind(run) == "checkpoint"
+                                      or (run / "checkpoints").is_dir())):
+                return False  # a sweep's runs are training runs, and nothing else
+            runs.add(run.name)
+    # A sweep's configs/NAME.yaml and logs/NAME.log name its runs; it draws plots/ when it finishes,
+    # and then it has a manifest.
+    for sub, suffix in (("configs", ".yaml"), ("logs", ".log")):
+        if (folder / sub).exists() and not all(f.is_file() and f.suffix == suffix and f.stem in runs
+                                                for f in _visible(folder / sub)):
+            return False
+    if (folder / "plots").exists():
+        return False
     return any(manifest_kind(m.parent) == "checkpoint" for pattern in (
         "checkpoints/step_*/manifest.json", "runs/*/manifest.json", "runs/*/checkpoints/step_*/manifest.json")
         for m in folder.glob(pattern))
+
+
+def _visible(folder: Path) -> list[Path]:
+    """What a folder holds, hidden entries (locks, temporaries) left out; a file holds nothing."""
+    return [entry for entry in folder.iterdir() if not entry.name.startswith(".")] if folder.is_dir() else [folder]
 
 
 _made_parents: list[Path] = []  # folders make_parent created in this process, outermost first

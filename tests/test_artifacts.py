@@ -264,7 +264,21 @@ def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_them
     old_sweep = tmp_path / "old-sweep"  # from before the mark: a sweep in progress holding a finished run
     shutil.copytree(tmp_path / "checkpoint", old_sweep / "runs" / "d1")
     (old_sweep / "configs").mkdir()
+    (old_sweep / "configs" / "d1.yaml").write_text("lr: 0.001")
+    (old_sweep / "logs").mkdir()
+    (old_sweep / "logs" / "d1.log").write_text("step 1")
     outputs.check_output(old_sweep, force=True)
+    # Nor is a project of those folder names holding its own files, or other artifacts under runs/
+    for extra in ("configs/my_experiment.yaml", "logs/notes.log", "logs/d1.txt", "plots/figure.png", "runs/corpus"):
+        project = tmp_path / "look-alike" / extra.replace("/", "-")
+        shutil.copytree(old_sweep, project)
+        if extra == "runs/corpus":
+            shutil.copytree(tmp_path / "made", project / extra)
+        else:
+            (project / extra).parent.mkdir(exist_ok=True)
+            (project / extra).write_text("mine")
+        with pytest.raises(UserError, match="did not write"):
+            outputs.check_output(project, force=True)
     # A project that keeps its artifacts under runs/ (the docs' -o runs/NAME) beside its own files is no
     # run: a typo of -o proj for -o proj/runs/corpus emptied it
     for name, artifact in (("project", "made"), ("project-with-a-run", "checkpoint")):
