@@ -32,7 +32,8 @@ def pyplot():
 def save(figure, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    # PNG whatever the name says (a temporary's ends in .tmp-*)
+    figure.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:

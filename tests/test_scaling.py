@@ -497,6 +497,31 @@ def test_plot_reads_a_killed_run_but_names_a_damaged_line(cli, tmp_path):
     assert result.exit_code != 0 and "metrics.jsonl:2 is not valid JSON" in result.output
 
 
+def test_plot_replaces_its_output_by_a_rename_never_writing_through_a_link_or_leaving_a_cut_file(cli, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 5.0 - s / 10}) for s in range(1, 6)) + "\n")
+    (tmp_path / "someone-elses.png").write_bytes(b"not to be touched")
+    (tmp_path / "link.png").symlink_to(tmp_path / "someone-elses.png")
+    result = cli("plot", run, "-o", tmp_path / "link.png", "--force")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "someone-elses.png").read_bytes() == b"not to be touched"
+    assert not (tmp_path / "link.png").is_symlink() and (tmp_path / "link.png").read_bytes()[:4] == b"\x89PNG"
+    from llmkit import charts
+
+    def disk_full(figure, path):
+        with open(path, "wb") as handle:
+            handle.write(b"\x89PNG cut")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(charts, "save", disk_full)
+    before = (tmp_path / "link.png").read_bytes()
+    result = cli("plot", run, "-o", tmp_path / "link.png", "--force")
+    assert result.exit_code != 0 and "no space left" in result.output.lower()
+    assert (tmp_path / "link.png").read_bytes() == before
+    assert not any(".tmp-" in p.name for p in tmp_path.iterdir())
+
+
 def test_a_run_killed_from_outside_is_named_by_its_signal(tmp_path):
     from llmkit.sweep.stage import _last_error
 

@@ -164,7 +164,11 @@ class JsonlOutput:
         from llmkit.outputs import publish_file
 
         try:
-            self.handle.close()
+            try:
+                self.handle.close()  # may fail itself (a full disk): the temporary goes all the same
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)
+                raise
             if kind is None:
                 publish_file(self.tmp, self.path)
                 self.partial.unlink(missing_ok=True)
