@@ -23,6 +23,23 @@ else:  # pragma: no cover
 T = TypeVar("T")
 
 
+def _unique_key_loader():
+    """yaml's safe loader, refusing a key set twice in one mapping (TOML does; YAML keeps the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def load_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -37,7 +54,7 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         elif path.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_unique_key_loader()) or {}
         else:
             raise UsageError(f"config file {path} must end in .toml, .yaml or .yml")
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
@@ -45,7 +62,7 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     except Exception as exc:  # yaml.YAMLError and friends
         if isinstance(exc, UserError):
             raise
-        raise UsageError(f"config file {path} is not valid: {exc}") from exc
+        raise UsageError(f"config file {path} is not valid: {' '.join(str(exc).split())[:300]}") from exc
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a table of options")
     return data
@@ -91,6 +108,10 @@ def file_values(file: Path | str | None, section: str | None, *, note: bool = Tr
         nested = [k for k, v in data[section].items() if isinstance(v, dict)]
         if nested:
             raise UsageError(f"unknown table [{section}.{nested[0]}] in {file}; options of [{section}] are plain keys")
+        loose = [k for k, v in data.items() if not isinstance(v, dict)]
+        if loose:  # they would be left out without a word: top-level keys serve a file without the stage's table
+            raise UsageError(f"{file} sets {loose[0]} at top level beside a [{section}] table, which this stage reads "
+                             f"instead; move it into [{section}]")
         data = data[section]
     elif note and section and data and all(isinstance(v, dict) for v in data.values()):
         # Only other stages' tables ([tokenizer] given to tokenize, one letter apart): the file sets nothing here.

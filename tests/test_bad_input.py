@@ -257,6 +257,8 @@ def test_a_cuda_device_on_a_machine_without_one_is_named(cli, chain, tmp_path, s
     ("key.toml", "[pretrain]\nlearning_rate = 1\n", "unknown option(s) in"),
     ("syntax.toml", "lr = [\n", "is not valid: TOMLDecodeError"),
     ("twice.toml", "[pretrain]\nlr = 1\nlearning_rate = 2\n", "unknown option(s) in"),
+    ("twice.yaml", "pretrain:\n  lr: 1\n  lr: 2\n", "'lr' is set twice"),
+    ("both.toml", "max_steps = 5\n[pretrain]\nlr = 1\n", "sets max_steps at top level beside a [pretrain] table"),
 ])
 def test_config_files_with_wrong_types_or_tables_are_refused(cli, chain, tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
