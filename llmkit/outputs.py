@@ -17,7 +17,7 @@ from typing import IO, Iterable, Iterator
 from llmkit.errors import UserError
 
 
-def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = ()) -> Path:
+def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False) -> Path:
     """Refuse an output that would replace, lie inside or contain one of the stage's inputs (even
     with --force), that exists without --force, or that cannot be written; create its parent
     folders. Called before any work, so a bad -o costs nothing."""
@@ -51,8 +51,9 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if out.exists() and not force:
         raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
     if out.exists() and not _made_by_llmkit(out):
-        raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); --force replaces only "
-                        "llmkit's outputs: move it away, or choose another -o path")
+        what = "llmkit continues only its own runs" if resume else "--force replaces only llmkit's outputs"
+        raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); {what}: move it "
+                        "away, or choose another -o path")
     make_parent(out)
     return out
 

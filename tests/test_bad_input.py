@@ -300,6 +300,23 @@ def test_resume_into_an_artifact_of_another_kind_is_refused(cli, chain, tmp_path
     line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tokenizer, *TINY_MODEL, *TINY_RUN, "--resume"))
     assert "is a tokenizer artifact, not a training run" in line
     assert _digest(tokenizer) == before
+    imported = tmp_path / "imported"  # a checkpoint, but no training run's: nothing to resume, nothing written into it
+    _ok(cli("import", chain / "hf", "-o", imported))
+    before = _digest(imported)
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", imported, *TINY_MODEL, *TINY_RUN, "--resume"))
+    assert "no training run wrote" in line and f"--init-from {imported}" in line
+    assert _digest(imported) == before and not (imported / ".llmkit-run").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", mine, *TINY_MODEL, *TINY_RUN, "--resume"))
+    assert "llmkit continues only its own runs" in line and "--force" not in line
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".llmkit-run").touch()
+    (run / "checkpoints").write_text("x")
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN, "--resume"))
+    assert "is a file where the run keeps its checkpoints folder" in line
 
 
 def _tamper(artifact: Path, tmp_path: Path, change) -> Path:

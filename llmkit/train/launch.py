@@ -95,7 +95,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     """
     from llmkit import outputs
 
-    outputs.check_output(out, force=True, inputs=inputs)  # not an input, not a file; its folder exists
+    outputs.check_output(out, force=True, inputs=inputs, resume=resume)  # not an input, not a file; its folder exists
     with outputs.output_lock(out, keep_replaced=True):
         _put_back_replaced_run(out, force and not resume)
         if out.exists() and not resume and not force:
@@ -106,6 +106,14 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         if resume and made not in (None, kind):
             raise UserError(f"{out} is a {made} artifact, not a {'training run' if kind == 'checkpoint' else kind}: there is "
                             "nothing in it to resume; give the run's own folder as -o")
+        from llmkit.train.checkpoint import CHECKPOINTS, STATE_JSON, step_dirs
+
+        if resume and made == "checkpoint" and not (out / STATE_JSON).is_file() and not step_dirs(out):
+            raise UserError(f"{out} is a checkpoint no training run wrote (an average, an import): it has no training state "
+                            f"to resume; train from its weights instead (llmkit pretrain --init-from {out}, or llmkit "
+                            f"finetune {out})")
+        if (out / CHECKPOINTS).exists() and not (out / CHECKPOINTS).is_dir():
+            raise UserError(f"{out / CHECKPOINTS} is a file where the run keeps its checkpoints folder; move it away")
         run = run_of_step_checkpoint(out)
         if run is not None:
             # it resumes (it holds a training state), but that step's weights would become a later step's, or
