@@ -73,6 +73,12 @@ def debug_enabled() -> bool:
     return _debug
 
 
+def _disk_full_in_library(exc: BaseException) -> bool:
+    """A full disk reported by a library in its own exception type, not as an OSError: safetensors'
+    SafetensorError ("I/O error: No space left on device (os error 28)")."""
+    return type(exc).__name__ == "SafetensorError" and f"(os error {errno.ENOSPC})" in str(exc)
+
+
 def one_line(exc: BaseException) -> str:
     """Render an exception as the single line a user sees."""
     if isinstance(exc, UserError):
@@ -81,8 +87,8 @@ def one_line(exc: BaseException) -> str:
         text = f"file not found: {exc.filename or exc}; check the path"
     elif isinstance(exc, PermissionError):
         text = f"permission denied: {exc.filename or exc}; check the file's permissions"
-    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" while writing {exc.filename}" if exc.filename else ""
+    elif (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or _disk_full_in_library(exc):
+        where = f" while writing {exc.filename}" if getattr(exc, "filename", None) else ""
         text = f"no space left on the device{where}; free some space or write the output elsewhere"
     elif isinstance(exc, MemoryError):
         text = "out of memory; use a smaller batch, model or input"

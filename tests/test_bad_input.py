@@ -417,6 +417,20 @@ def test_a_full_disk_is_named(cli, chain, tmp_path, monkeypatch):
     assert not (tmp_path / "corpus").exists() and not list(tmp_path.glob(".corpus*"))
 
 
+def test_a_full_disk_under_safetensors_is_named_too(cli, chain, tmp_path, monkeypatch):
+    """safetensors reports it in its own exception type, not as an OSError."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    line = _one_line_error(cli("export", chain / "ckpt", "-o", tmp_path / "hf"))
+    assert line.startswith("error: no space left on the device; free some space") and "unexpected" not in line
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.mark.slow
 def test_a_worker_error_under_two_processes_is_one_line(cli, chain, tmp_path):
     """Token ids outside the vocabulary (a damaged shard whose manifest was redone): the workers
