@@ -169,12 +169,31 @@ def resolve(
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
+    for name, value in values.items():
+        _refuse_non_utf8(known[name].flag, value)
     try:
         return config_cls.build(**values)
     except UserError:
         raise
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid configuration: {exc}") from exc
+
+
+def _refuse_non_utf8(flag: str, value: Any) -> None:
+    """Text the manifest will hold must be UTF-8: a value typed in another encoding (or a file name
+    that is not UTF-8) reaches Python with surrogates no encoder takes, and failed the stage only
+    when it wrote its manifest, after all the work."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, (str, Path)):
+            text = str(item)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                from llmkit.artifacts import storable_name
+
+                raise UsageError(f"{flag} {storable_name(text)}: not UTF-8; give it in UTF-8 (rename a file whose name "
+                                 "is not)") from None
 
 
 def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:

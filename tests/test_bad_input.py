@@ -403,6 +403,25 @@ def test_damage_that_loading_cannot_see_is_named_in_one_line(cli, chain, tmp_pat
     assert not (tmp_path / "tokens").exists()
 
 
+def test_text_that_is_not_utf8_is_refused_before_any_work(cli, chain, tmp_path):
+    """An option's value, a file named by an option, or an input artifact's path that is not UTF-8
+    (typed in latin-1, say) failed when the manifest was written, after all the work."""
+    latin = os.fsdecode(b"\xff")
+    line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus", "--text-field", latin))
+    assert "--text-field \\xff: not UTF-8" in line and not (tmp_path / "corpus").exists()
+    (tmp_path / "c.yaml").write_bytes(b'text_field: "\\udcff"\n')  # the same from a config file
+    line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus", "--config", tmp_path / "c.yaml"))
+    assert "--text-field" in line and "not UTF-8" in line
+    data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"tr\xe9.jsonl"))
+    Path(data).write_text('{"text": "x", "label": 0}\n')
+    line = _one_line_error(cli("eval", chain / "ckpt", "--data", data, "-o", tmp_path / "ev"))
+    assert "--data" in line and "tr\\xe9.jsonl: not UTF-8" in line and not (tmp_path / "ev").exists()
+    moved = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"tok\xe9"))
+    shutil.copytree(chain / "tokens", moved)
+    line = _one_line_error(cli("pretrain", moved, "-o", tmp_path / "run", *TINY_MODEL, *TINY_RUN))
+    assert "the artifact's path is not UTF-8" in line and "tok\\xe9" in line and not (tmp_path / "run").exists()
+
+
 def test_a_full_disk_is_named(cli, chain, tmp_path, monkeypatch):
     import errno
 
