@@ -7,6 +7,7 @@ The resolved dataclass is what the artifact manifest stores.
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 import typing
@@ -183,8 +184,8 @@ def _refuse_non_utf8(flag: str, value: Any) -> None:
     """Text the manifest will hold must be UTF-8: a value typed in another encoding (or a file name
     that is not UTF-8) reaches Python with surrogates no encoder takes, and failed the stage only
     when it wrote its manifest, after all the work."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    for item in items:
+    several = isinstance(value, (list, tuple))
+    for number, item in enumerate(value if several else [value], 1):
         if isinstance(item, (str, Path)):
             text = str(item)
             try:
@@ -192,8 +193,10 @@ def _refuse_non_utf8(flag: str, value: Any) -> None:
             except UnicodeEncodeError:
                 from llmkit.artifacts import storable_name
 
-                raise UsageError(f"{flag} {storable_name(text)}: not UTF-8; give it in UTF-8 (rename a file whose name "
-                                 "is not)") from None
+                which = f"{flag} value {number} ({storable_name(text)})" if several else f"{flag} {storable_name(text)}"
+                named_file = isinstance(item, Path) or os.path.lexists(text)
+                fix = "rename the file to a name in UTF-8" if named_file else "give it in UTF-8"
+                raise UsageError(f"{which} is not valid Unicode text (not UTF-8); {fix}") from None
 
 
 def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:

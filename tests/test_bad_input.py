@@ -408,14 +408,14 @@ def test_text_that_is_not_utf8_is_refused_before_any_work(cli, chain, tmp_path):
     (typed in latin-1, say) failed when the manifest was written, after all the work."""
     latin = os.fsdecode(b"\xff")
     line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus", "--text-field", latin))
-    assert "--text-field \\xff: not UTF-8" in line and not (tmp_path / "corpus").exists()
+    assert "--text-field \\xff is not valid Unicode text (not UTF-8); give it in UTF-8" in line and not (tmp_path / "corpus").exists()
     (tmp_path / "c.yaml").write_bytes(b'text_field: "\\udcff"\n')  # the same from a config file
     line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus", "--config", tmp_path / "c.yaml"))
-    assert "--text-field" in line and "not UTF-8" in line
+    assert "--text-field" in line and "(not UTF-8)" in line
     data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"tr\xe9.jsonl"))
     Path(data).write_text('{"text": "x", "label": 0}\n')
     line = _one_line_error(cli("eval", chain / "ckpt", "--data", data, "-o", tmp_path / "ev"))
-    assert "--data" in line and "tr\\xe9.jsonl: not UTF-8" in line and not (tmp_path / "ev").exists()
+    assert "--data" in line and "tr\\xe9.jsonl is not valid Unicode text" in line and "rename the file" in line and not (tmp_path / "ev").exists()
     moved = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"tok\xe9"))
     shutil.copytree(chain / "tokens", moved)
     line = _one_line_error(cli("pretrain", moved, "-o", tmp_path / "run", *TINY_MODEL, *TINY_RUN))

@@ -389,6 +389,39 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     assert not (tmp_path / "wordy").exists()
 
 
+def test_a_prompt_is_cut_only_past_what_generation_attends_to(loaded):
+    """The last new token is never fed back, so a prompt of context - new + 1 tokens fits whole,
+    as `llmkit generate` keeps it; one token more is cut."""
+    from llmkit.eval.model_tasks import _fit_prompts
+    from llmkit.inference.engine import needs_window
+
+    template = "German: {source}\nEnglish:"
+    record = {"source": "Ein Mann geht mit seinem Hund durch den Park und ruft laut nach ihm."}
+    length = 1 + len(loaded.tokenizer.encode(template.format(**record)))
+    new = CONTEXT - length + 1
+    assert not needs_window(length, new, CONTEXT) and needs_window(length, new + 1, CONTEXT)
+    assert _fit_prompts([record], template, "source", loaded, False, new)[0] is record
+    (cut,) = _fit_prompts([record], template, "source", loaded, False, new + 1)
+    assert cut is not record and record["source"].startswith(cut["source"])
+
+
+def test_a_cut_input_never_ends_inside_a_character(loaded):
+    """A byte-level cut may fall inside a character; its decoding ends in U+FFFD, which the model
+    would then read. The cut goes before that character instead, at every budget."""
+    from llmkit.data.templates import fit_field
+
+    tokenizer = loaded.tokenizer
+    record = {"source": "满纸荒唐言，一把辛酸泪！都云作者痴，谁解其中味？" * 3}
+    encode = lambda r: tokenizer.encode("Translate: " + r["source"])  # noqa: E731
+    full = len(encode(record))
+    endings = set()
+    for budget in range(len(encode({"source": ""})), full):
+        cut = fit_field(encode, record, "source", tokenizer, budget)["source"]
+        assert "\ufffd" not in cut and record["source"].startswith(cut) and len(encode({"source": cut})) <= budget
+        endings.add(len(cut))
+    assert len(endings) > 10  # cuts at many places, each whole characters
+
+
 def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
     ckpt = make_checkpoint(tmp_path / "lstm", shakespeare[:20_000], arch="lstm", n_layer=1, context_length=32)
     (tmp_path / "d.txt").write_text(shakespeare[50_000:51_000])

@@ -626,7 +626,7 @@ def test_prompts_that_are_not_unicode_are_one_line(cli, ckpt, tmp_path):
     surrogate escaped in JSON: named, with the prompt it is in, before the checkpoint loads."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": "bad \\ud800 surrogate"}\n')
-    for args, where in ((["-p", "ok", "-p", "ab\udcffcd"], "prompt 2 (--prompt)"), (["--prompts", bad], f"{bad}:2")):
+    for args, where in ((["-p", "ok", "-p", "ab\udcffcd"], "--prompt value 2 (ab\\xffcd)"), (["--prompts", bad], f"{bad}:2")):
         result = cli("generate", ckpt, *args, "-n", "3")
         lines = [l for l in result.output.strip().splitlines() if l.strip()]
         assert result.exit_code != 0 and len(lines) == 1, result.output

@@ -252,11 +252,17 @@ def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[st
     over = len(encode(record)) - budget
     if over <= 0:
         return record
-    pieces = tokenizer.encode(record[field])
+    text = record[field]
+    pieces = tokenizer.encode(text)
     keep = max(0, len(pieces) - over)
     while True:
+        cut = tokenizer.decode(pieces[:keep])
+        while keep and cut.endswith("\ufffd") and "\ufffd" not in text:
+            # a byte-level cut inside a character decodes to U+FFFD, which the model would read: cut before it
+            keep -= 1
+            cut = tokenizer.decode(pieces[:keep])
         # Decoding a cut token list and encoding it again may merge differently: retry shorter.
-        shorter = dict(record, **{field: tokenizer.decode(pieces[:keep])})
+        shorter = dict(record, **{field: cut})
         length = len(encode(shorter))
         if length <= budget:
             return shorter

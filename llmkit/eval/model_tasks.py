@@ -164,7 +164,8 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     limit = context_limit(loaded.model)
     if limit is None:
         return records
-    if limit - max_new_tokens < 2:
+    room = limit - max_new_tokens + 1  # the last new token is never fed back (engine.needs_window)
+    if room < 2:
         raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of {limit} "
                         "tokens; lower it")
     tokenizer = loaded.tokenizer
@@ -177,11 +178,11 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
 
     fitted, cut = [], 0
     for i, record in enumerate(records):
-        shorter = fit_field(encode, record, input_field, tokenizer, limit - max_new_tokens)
+        shorter = fit_field(encode, record, input_field, tokenizer, room)
         if shorter is None:  # the wording alone is too long: the engine would cut the instruction off
             wording = len(encode({**record, input_field: ""}))
             raise UserError(f"record {i + 1}: even with its {input_field!r} cut, the prompt does not fit in the "
-                            f"{limit - max_new_tokens} tokens the context ({limit}) leaves beside --max-new-tokens "
+                            f"{room} tokens the context ({limit}) leaves beside --max-new-tokens "
                             f"{max_new_tokens} (the template's wording alone takes {wording}); lower --max-new-tokens or "
                             "shorten --prompt-template")
         cut += shorter is not record
@@ -259,7 +260,7 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
     """Records of {"messages": [...]} (what finetune trains on and `chat -o` writes): the history
     before the last assistant turn is the prompt, that turn the reference."""
     from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt, record_messages
-    from llmkit.inference.engine import context_limit
+    from llmkit.inference.engine import context_limit, needs_window
 
     if not chat:
         raise UserError("the data holds conversations (\"messages\"), which only a chat fine-tune reads; evaluate a chat "
@@ -271,9 +272,9 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             raise UserError(f"record {i + 1}: its messages must end with the assistant's reply, the reference")
         history, dropped = drop_oldest_exchanges(messages[:-1], loaded.tokenizer,
-                                                 None if limit is None else limit - max_new_tokens)
+                                                 None if limit is None else limit - max_new_tokens + 1)
         ids, trimmed = encode_chat_prompt(history, loaded.tokenizer), trimmed + dropped
-        if limit is not None and len(ids) + max_new_tokens > limit:
+        if limit is not None and needs_window(len(ids), max_new_tokens, limit):
             raise UserError(f"record {i + 1}: its last message takes {len(ids)} tokens with the chat's wording, and with "
                             f"--max-new-tokens {max_new_tokens} exceeds the context of {limit}; shorten it or lower "
                             "--max-new-tokens")
