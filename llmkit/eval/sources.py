@@ -2,7 +2,7 @@
 
   tokens artifact   its `val` split, document by document (perplexity / bpb)
   corpus artifact   its documents' text
-  .txt              the whole file as one document (perplexity), or one example per line
+  .txt              the whole file as one document (perplexity)
   .jsonl / .json    one record per line
   .parquet / .csv   records, read with `datasets`
   NAME[:CONFIG]     a `datasets` data set, `--split`: from the Hub, or from llmkit's datasets cache
