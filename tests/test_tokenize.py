@@ -397,6 +397,14 @@ def test_a_document_split_inside_keeps_its_place_whatever_the_batch_size(tmp_pat
     train = [tok.decode(doc) for doc in TokenShards.open(runs[2048], "train").iter_documents()]
     book_at = next(i for i, text in enumerate(train) if text.startswith("First Citizen"))
     assert 25 <= book_at <= 30  # after the notes before it (some held out for validation), not after all of its batch
+    # --add-bos: the held-out tail starts with the start token too, as every stored document does
+    bos = tokenize_corpus(tmp_path / "corpus", tokenizer, tmp_path / "bos", TokenizeConfig(val_fraction=0.05, workers=1,
+                                                                                          add_bos=True))
+    for split in ("train", "val"):
+        docs = list(TokenShards.open(bos, split).iter_documents())
+        assert docs and all(doc[0] == tok.bos_id and doc[-1] == tok.eos_id for doc in docs), split
+    tail = next(doc for doc in TokenShards.open(bos, "val").iter_documents() if "First Citizen" in tok.decode(doc))
+    assert tok.decode(tail[1:]).strip() and not tok.decode(tail[1:]).startswith("First Citizen")
 
 
 def test_documents_without_a_source_form_their_own_group(tmp_path):

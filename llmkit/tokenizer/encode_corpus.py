@@ -296,11 +296,13 @@ class _Encoder:
 
 
 def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str, int], tokens: np.ndarray, size: int,
-                          val_fraction: float, token_bytes: np.ndarray) -> None:
+                          val_fraction: float, token_bytes: np.ndarray, bos: bool) -> None:
     """A document of an input too small for whole validation documents: its head to train (ending
-    as the document does, with its end-of-text token), its last `val_fraction` to validation."""
-    cut = min(len(tokens) - 1, max(1, round(len(tokens) * (1 - val_fraction))))
-    if len(tokens) < 2:
+    as the document does, with its end-of-text token), its last `val_fraction` to validation
+    (starting as the document does, with its start token under --add-bos)."""
+    first = 1 if bos else 0  # the start token stays with the head; the tail gets its own copy
+    cut = min(len(tokens) - 1, max(first + 1, round(len(tokens) * (1 - val_fraction))))
+    if len(tokens) < first + 2:
         cut = len(tokens)
     tail_bytes = int(token_bytes[tokens[cut:]].sum())
     if cut < len(tokens):
@@ -310,7 +312,8 @@ def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str
         writers["train"].write(tokens, np.array([len(tokens)]))
     split_bytes["train"] += size - tail_bytes
     if cut < len(tokens) - 1:  # (a tail of the end-of-text alone is no text to validate on)
-        writers["val"].write(tokens[cut:], np.array([len(tokens) - cut]))
+        tail = np.concatenate([tokens[:1], tokens[cut:]]) if bos else tokens[cut:]
+        writers["val"].write(tail, np.array([len(tail)]))
         split_bytes["val"] += tail_bytes
 
 
@@ -372,7 +375,7 @@ def _encode_into(
                     split_bytes[split] += int(sizes[chosen].sum())
                 if stop < len(sizes):
                     _write_split_document(writers, split_bytes, flat[ends[stop] - lengths[stop] : ends[stop]], int(sizes[stop]),
-                                          config.val_fraction, token_bytes)
+                                          config.val_fraction, token_bytes, config.add_bos)
                 start = stop + 1
             total_tokens += len(flat)
             elapsed = max(time.perf_counter() - started, 1e-9)
