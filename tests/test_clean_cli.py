@@ -312,3 +312,12 @@ def test_two_corpora_made_from_files_of_one_name_stay_apart_when_cleaned_togethe
     table = pq.read_table(sorted((tmp_path / "both" / "shards").glob("*.parquet"))[0], columns=["id", "source"])
     assert set(table.column("source").to_pylist()) == {"corpus-a/train.jsonl", "corpus-b/train.jsonl"}
     assert len(set(table.column("id").to_pylist())) == table.num_rows
+    # corpora of one name, in other folders: told apart by the folders above them
+    for name in ("a", "b"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / f"corpus-{name}").rename(tmp_path / "runs" / name / "corpus")
+    result = cli("clean", tmp_path / "runs" / "a" / "corpus", tmp_path / "runs" / "b" / "corpus", "-o", tmp_path / "same")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(sorted((tmp_path / "same" / "shards").glob("*.parquet"))[0], columns=["id", "source"])
+    assert set(table.column("source").to_pylist()) == {"a/corpus/train.jsonl", "b/corpus/train.jsonl"}
+    assert len(set(table.column("id").to_pylist())) == table.num_rows

@@ -110,6 +110,17 @@ def _label_for(path: Path, root: Optional[Path] = None) -> str:
     return storable_name(path.name)
 
 
+def _distinct_name(path: Path, inputs: list[str]) -> str:
+    """`path`'s name, with as many folders above it as it takes to tell it from the other inputs'."""
+    others = [Path(os.path.abspath(arg)).parts for arg in inputs if not arg.startswith(BUILTIN_PREFIX)]
+    others = [parts for parts in others if parts != path.parts]
+    for depth in range(1, len(path.parts)):
+        tail = path.parts[-depth:]
+        if all(parts[-depth:] != tail for parts in others):
+            return "/".join(tail)
+    return path.as_posix().lstrip("/")
+
+
 def resolve_inputs(
     inputs: list[str],
     dataset: Optional[str] = None,
@@ -135,8 +146,9 @@ def resolve_inputs(
             from llmkit.data.corpus import corpus_shards
 
             # beside other inputs, its documents' ids and sources are prefixed with its name: two
-            # corpora made from files of the same name (or a file of that name) stay apart
-            prefix = f"{storable_name(path.name)}/" if len(inputs) > 1 or dataset else ""
+            # corpora made from files of the same name (or a file of that name) stay apart; two
+            # corpora of one name (runs/a/corpus, runs/b/corpus) by the folders above it
+            prefix = f"{storable_name(_distinct_name(path, inputs))}/" if len(inputs) > 1 or dataset else ""
             sources.extend(_corpus_shard_source(p, _label_for(p, path), prefix) for p in corpus_shards(path))
             continue
         if path.is_dir():
