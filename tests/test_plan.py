@@ -218,10 +218,15 @@ def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli
     one_node = _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--gpu", "h100", "--tp", "8",
                      "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1", "--seq-len", "8192")
     more = [fix for fix in one_node["fixes"] if fix.startswith("--nnodes")]
-    assert more == ["--nnodes 4 (on 32 devices)"], one_node["fixes"]
+    assert more == ["--nnodes 3 (on 24 devices)"], one_node["fixes"]  # (not only doubled: 4 was offered)
     assert not _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--nnodes", "2", "--gpu",
                      "h100", "--tp", "8", "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1",
                      "--seq-len", "8192")["memory"]["fits"]
+    # nodes of 6 GPUs: one whole node is tried before two (only 1, 2 and 4 of it were)
+    wide = ["--model", "gpt2", "--n-layer", "1", "--n-head", "5", "--n-embd", "5120", "--micro-batch", "1", "--memory-gb", "5.5"]
+    found = _plan(cli, *wide, "--gpus", "6", "--nnodes", "2", "--search")["search"]["layout"]
+    assert (found["gpus"], found["nnodes"], found["strategy"]) == (6, 1, "fsdp"), found
+    assert _plan(cli, *wide, "--gpus", "6", "--strategy", "fsdp")["memory"]["fits"]
 
 
 def test_plan_splits_the_batch_as_pretrain_does_and_names_its_approximations(cli, tmp_path):

@@ -386,7 +386,9 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequen
     model splits that way and the global batch of `sequences` (if given) splits over its ranks."""
     tps = [t for t in (1, 2, 4, 8) if t <= per_node]  # tensor parallelism stays within a node
     pps = (1, 2, 4, 8, 16, 32)
-    worlds = [w for w in (1, 2, 4, 8) if w <= per_node] + [per_node * n for n in range(2, max_nodes + 1)]
+    # within a node, powers of two and the whole node (of 6, say); past it, whole nodes
+    within = sorted({w for w in (1, 2, 4, 8) if w <= per_node} | {per_node})
+    worlds = within + [per_node * n for n in range(2, max_nodes + 1)]
     for world in worlds:
         gpus, nnodes = (world, 1) if world <= per_node else (per_node, world // per_node)
         candidates = []
@@ -432,7 +434,7 @@ def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int |
                           replace(layout, pp=pp, gpus=layout.gpus * pp // layout.pp)))
             break
     if layout.strategy == "fsdp":  # FSDP shards over every data-parallel rank: more nodes, less a device
-        for nodes in (layout.nnodes * 2 ** k for k in range(1, 9)):
+        for nodes in range(layout.nnodes + 1, layout.nnodes * 2 ** 8 + 1):  # the fewest that fit
             option = runnable(shape, replace(layout, nnodes=nodes), sequences)
             if option is not None and estimate_memory(shape, option, device).fits:
                 tried.append((f"--nnodes {nodes} (on {nodes * layout.gpus} devices)", replace(layout, nnodes=nodes)))
