@@ -450,3 +450,34 @@ def test_hf_config_biases_flags_and_sizes_are_read_as_written(cli, tmp_path):
                           ({**llama2, "attention_bias": True, "mlp_bias": "yes"}, "mlp_bias must be true or false")):
         result = cli("plan", "--hf-config", _config(tmp_path, values), "--seq-len", "128")
         assert result.exit_code == 1 and named in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "interleaved-1f1b"])
+def test_a_pipeline_stage_holds_the_blocks_pretrain_gives_it(schedule):
+    """The plan counted ceil(L / pp) blocks on the last stage too, where the earlier stages take
+    the remainder (gpt2 on 5 stages: 3, 3, 2, 2, 2)."""
+    from llmkit.plan.estimate import Layout
+    from llmkit.train.layout import STAGES_PER_RANK
+    from llmkit.train.pipeline import stage_layers
+
+    for n_layer in (4, 7, 12, 13, 32):
+        for pp in (2, 3, 4, 5):
+            per_rank = STAGES_PER_RANK[schedule]
+            if pp * per_rank > n_layer:
+                continue
+            ranges = stage_layers(n_layer, pp * per_rank)
+            layout = Layout(gpus=pp, pp=pp, pp_schedule=schedule)
+            for stage, rank in (("first", 0), ("last", pp - 1)):
+                held = sum(len(ranges[rank + k * pp]) for k in range(per_rank))
+                assert layout.layers_on(stage, n_layer) == held, (n_layer, pp, stage)
+
+
+def test_fsdp_on_a_cpu_gathers_fp32_blocks_whatever_the_precision(cli):
+    """FSDP2's bf16 gathering is a GPU policy; on a CPU a bf16 run gathers fp32 blocks, and holds
+    autocast's bf16 weight copies beside."""
+    args = ["--model", "mini", "--vocab-size", "4096", "--gpu", "cpu", "--memory-gb", "64", "--gpus", "2", "--micro-batch", "2",
+            "--seq-len", "256"]
+    fp32 = {s: _plan(cli, *args, "--strategy", s)["memory"]["transient_gb"] for s in ("ddp", "fsdp")}
+    bf16 = {s: _plan(cli, *args, "--strategy", s, "--precision", "bf16")["memory"]["transient_gb"] for s in ("ddp", "fsdp")}
+    assert fp32["ddp"] == 0 and fp32["fsdp"] > 0
+    assert bf16["fsdp"] - bf16["ddp"] == pytest.approx(fp32["fsdp"], rel=1e-6)

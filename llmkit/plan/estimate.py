@@ -134,6 +134,17 @@ class Layout:
         GPipe, one under either 1F1B (the head is on the last chunk, whose backward follows its forward)."""
         return self.microbatches if self.pp > 1 and self.pp_schedule == "gpipe" else 1
 
+    def layers_on(self, stage: str, n_layer: int) -> int:
+        """The blocks a device of `stage` holds, as llmkit/train/pipeline.py splits them: stages as
+        even as possible, the earlier ones taking the remainder; a rank holds every pp-th stage
+        (two under interleaved 1F1B)."""
+        if self.pp == 1 or stage == "only":
+            return n_layer
+        per_rank = 2 if self.pp_schedule == "interleaved-1f1b" else 1
+        base, extra = divmod(n_layer, self.pp * per_rank)
+        rank = 0 if stage == "first" else self.pp - 1
+        return sum(base + (1 if index < extra else 0) for index in range(rank, self.pp * per_rank, self.pp))
+
     @property
     def pipeline_bubble(self) -> float:
         """The idle share of a pipeline step: (pp-1) / (micro-batches x stages per rank + pp-1)."""
@@ -197,7 +208,7 @@ def stage_parameters(shape: ModelShape, layout: Layout, stage: str = "only") -> 
     c = shape.config
     tp = layout.tp
     block = shape.block_matrices / tp + (shape.per_block - shape.block_matrices)
-    layers = math.ceil(c.n_layer / layout.pp) * block
+    layers = layout.layers_on(stage, c.n_layer) * block
     if stage == "first":
         return layers + shape.embedding / tp
     # the last stage holds the head, or a copy of the tied token embedding (not the position table)
@@ -271,7 +282,7 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
     gradients = 4 * params / shard
     optimizer = ADAM_BYTES * params / shard
     tokens = layout.micro_batch * layout.seq_len
-    layers = math.ceil(c.n_layer / layout.pp)
+    layers = layout.layers_on(stage, c.n_layer)
     math_attention = not on_gpu and c.dropout > 0
     block = block_activation_bytes(c, tokens, layout, half, math_attention)
     notes = []
@@ -313,12 +324,14 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
         # autocast's bf16 copies of the (gathered) weights, kept from forward to backward
         transient = 2 * params
     if layout.strategy == "fsdp" and layout.dp > 1:
-        # FSDP2 gathers one block's parameters at a time (bf16 on GPU) and prefetches the next
-        transient += 2 * half * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
+        # FSDP2 gathers one block's parameters at a time and prefetches the next: in bf16 on a GPU
+        # (its mixed-precision policy), in fp32 on a CPU, which has none (autocast's copies are above)
+        gathered = half if on_gpu else 4
+        transient += 2 * gathered * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
         # the root's parameters (the stage's embedding or head) stay gathered from forward to backward
         root = {"only": shape.embedding + shape.head, "first": shape.embedding,
                 "last": shape.head or c.vocab_size * c.n_embd}[stage]
-        transient += half * root / layout.tp
+        transient += gathered * root / layout.tp
     allowance = FRAGMENTATION * (weights + gradients + optimizer + activations + logits + transient)
     allowance += CUDA_CONTEXT if on_gpu else CPU_PROCESS
     return Memory(weights, gradients, optimizer, activations, logits, transient, allowance,
