@@ -419,6 +419,15 @@ def test_budgets_plan_one_run_each_and_name_it_alone():
     assert [r.tokens for r in twice] == [2048] * 3 + [4096] * 3  # a budget given twice is one budget, run once
     close = plan(SweepConfig.build(flops=[1.5e8, 2e8], per_budget=3, **base), vocab_size=300)
     assert {r.name.split("-")[0] for r in close} == {"c1.5e08", "c2e08"} and len({r.name for r in close}) == 6
+    # every run takes --min-steps steps: a budget that leaves a size fewer, even one sequence a step, is refused
+    # (it trained 2 steps at --min-steps 20, 37 % past its FLOP budget)
+    from llmkit.errors import UserError
+
+    small = dict(sizes=["1x16", "1x32", "1x64"], head_dim=16, seq_len=128, context_length=128, min_steps=20)
+    with pytest.raises(UserError, match="fewer than --min-steps 20 steps of one sequence of 128"):
+        plan(SweepConfig.build(flops=[6e7], per_budget=3, **small), vocab_size=300)
+    for run in plan(SweepConfig.build(flops=[3e9], per_budget=3, **small), vocab_size=300):
+        assert run.tokens // run.config.batch_tokens >= 20
 
 
 def test_the_micro_batch_changes_no_runs_batch():

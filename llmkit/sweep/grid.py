@@ -122,9 +122,10 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
             raise UserError(f"--seq-len {config.base.seq_len} is longer than the {layers}x{width} model's context length "
                             f"{context}; lower --seq-len or raise --context-length")
         seq_len = config.base.seq_len or context
-        if tokens < seq_len:
-            raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, less than one sequence of {seq_len}; "
-                            "raise the budget or lower --seq-len")
+        if tokens < seq_len * config.min_steps:  # even a batch of one sequence would take fewer steps (and overshoot the budget)
+            raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, fewer than --min-steps "
+                            f"{config.min_steps} steps of one sequence of {seq_len}; raise the budget, or lower --seq-len or "
+                            "--min-steps")
         sequences = max(1, min(config.base.batch_tokens, tokens // config.min_steps) // seq_len)
         if sequences > WHOLE_SEQUENCES:  # a batch with many divisors (a prime one would run one sequence at a time)
             sequences = sequences // WHOLE_SEQUENCES * WHOLE_SEQUENCES
