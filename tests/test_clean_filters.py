@@ -70,6 +70,8 @@ def test_nfc_normalisation():
 def test_cleanup_removes_controls_and_extra_whitespace(shakespeare):
     messy = "First line \t\r\nsecond\x00 line\u00a0here\u200b\n\n\n\n\nthird\x1b\n   "
     assert normalize.cleanup(messy) == "First line\nsecond line here\n\nthird"
+    # a form feed or vertical tab breaks the line (it was removed, gluing "page" to "two")
+    assert normalize.cleanup("end of page\x0ctwo\x0bthree") == "end of page\ntwo\nthree"
     # Real text changes only where it had trailing blanks on a line.
     expected = re.sub("\n{3,}", "\n\n", "\n".join(line.rstrip() for line in shakespeare.split("\n")).strip())
     assert normalize.cleanup(shakespeare) == expected

@@ -25,7 +25,8 @@ _FTFY = ftfy.TextFixerConfig(
 # C0/C1 controls except tab and newline, plus DEL; and invisible characters that only get in the way.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
 _ODD_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f]")
-_LINE_BREAK = re.compile("\r\n?|[\u2028\u2029\x85]")
+# (form feed and vertical tab break lines or pages: removed as controls, they glued words together)
+_LINE_BREAK = re.compile("\r\n?|[\u2028\u2029\x85\x0b\x0c]")
 _TRAILING_SPACE = re.compile("[ \t]+\n")
 _EXTRA_BLANK_LINES = re.compile("\n{3,}")
 
