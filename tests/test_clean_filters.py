@@ -178,6 +178,25 @@ def test_gopher_quality_keeps_real_prose_and_chinese(shakespeare, chinese):
     # A short but real Chinese paragraph has far more than 50 "words" once characters count.
     paragraph = next(p for p in _paragraphs_of(chinese, 60) if len(p) < 120)
     assert filters.gopher_quality(DocView(paragraph, "zh"), WEB) is None
+    # Every Chinese line of the shared text with 50 characters and more: punctuation marks, one
+    # "word" each, took 3 of them below the 0.8 share of words with a letter
+    lines = [line for line in chinese.splitlines() if len(line) >= 50]
+    assert lines and [line for line in lines if filters.gopher_quality(DocView(line, "zh"), WEB) == "gopher_alpha_words"] == []
+
+
+def test_sentences_of_other_scripts_end_where_their_marks_say():
+    """Devanagari's danda, Myanmar's and Khmer's full stops end sentences and lines, as in
+    datatrove's list: a clean Hindi text had no sentence at all for C4, nor a line ending in
+    punctuation for FineWeb."""
+    hindi = "\n".join(["भारत दक्षिण एशिया में स्थित एक विशाल देश है। इसकी राजधानी नई दिल्ली है। यहाँ बहुत सी भाषाएँ बोली जाती हैं।"] * 2)
+    myanmar = "မြန်မာနိုင်ငံသည် အရှေ့တောင်အာရှတွင် ရှိသည်။ မြို့တော်မှာ နေပြည်တော် ဖြစ်သည်။ လူဦးရေ များသည်။"
+    khmer = "ប្រទេសកម្ពុជា ស្ថិតនៅអាស៊ីអាគ្នេយ៍។ រាជធានីគឺភ្នំពេញ។ ប្រជាជនច្រើន។"
+    for text, sentences in ((hindi.splitlines()[0], 3), (myanmar, 3), (khmer, 3)):
+        assert filters._sentences(text) == sentences, text
+    kept, reason = filters.c4(DocView(hindi, "hi"), WEB)
+    assert reason is None and kept == hindi
+    assert filters.fineweb(DocView(hindi, "hi"), WEB) in (None, "fineweb_char_dup")  # (its two lines are one line twice)
+    assert all(line.endswith(filters._TERMINAL) for line in (hindi, myanmar, khmer))
 
 
 def test_gopher_quality_crafted_failures(shakespeare, reviews):

@@ -91,7 +91,10 @@ def gopher_quality(doc: DocView, cfg: CleanConfig) -> Reason:
         return "gopher_bullet_lines"
     if sum(line.rstrip().endswith(("...", "…")) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "gopher_ellipsis_lines"
-    if sum(1 for w in words if _HAS_LETTER.search(w)) / len(words) < cfg.min_alpha_words_ratio:
+    # Over whitespace tokens for an unspaced script, as Gopher counts: one character a word made each
+    # punctuation mark and vowel sign a "word" without a letter (clean Chinese prose fell below 0.8).
+    tokens = text.split() if doc.unspaced else words
+    if sum(1 for w in tokens if _HAS_LETTER.search(w)) / max(len(tokens), 1) < cfg.min_alpha_words_ratio:
         return "gopher_alpha_words"
     # The stop words are English: apply them to English or unidentified spaced text only.
     if cfg.min_stop_words and not doc.unspaced and doc.language in (None, "en"):
@@ -208,8 +211,12 @@ def gopher_repetition(doc: DocView, cfg: CleanConfig) -> Reason:
 
 # ---------------------------------------------------------------- C4 (Raffel et al. 2020, §2.2)
 _CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
-_TERMINAL = (".", "?", "!", '"', "'", "。", "？", "！", "”", "」", "』")
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
+# Sentence ends of other scripts too: Devanagari's danda, Arabic's question mark, Urdu's full stop,
+# Armenian, Ethiopic, Myanmar, Khmer, Tibetan, Syriac, and full- and half-width stops (datatrove's
+# TERMINAL_PUNCTUATION has them; without them a clean Hindi or Khmer text had no sentence at all).
+_OTHER_ENDS = "।॥؟۔։።፧။។៕།܂．｡"
+_TERMINAL = (".", "?", "!", '"', "'", "。", "？", "！", "”", "」", "』", *_OTHER_ENDS)
+_SENTENCE_END = re.compile(f"[.!?]+(?=\\s|$)|[。！？{_OTHER_ENDS}]+")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 
 
