@@ -313,6 +313,16 @@ def test_byte_order_marks_and_binary_detection_in_line_mode(reviews, tmp_path):
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
     with pytest.raises(UserError, match="looks like a binary file"):
         _read([tmp_path / "image.txt"], doc_per="line")
+    # a compression or archive clean does not read is named by its first bytes, whatever the file's name
+    import bz2
+    import lzma
+
+    (tmp_path / "book.txt.bz2").write_bytes(bz2.compress(b"a line of text\n" * 100))
+    (tmp_path / "book.xz").write_bytes(lzma.compress(b"a line of text\n" * 100))
+    with pytest.raises(UserError, match=r"^book.txt.bz2 is bzip2-compressed, which clean does not read; .* \.gz or \.zst$"):
+        _read([tmp_path / "book.txt.bz2"])
+    with pytest.raises(UserError, match="is xz-compressed"):
+        _read([tmp_path / "book.xz"])
 
 
 def test_a_data_folder_skips_its_readme_but_reads_its_other_markdown(tmp_path):
@@ -325,8 +335,10 @@ def test_a_data_folder_skips_its_readme_but_reads_its_other_markdown(tmp_path):
     (folder / "records.jsonl").write_text(json.dumps({"text": "a record"}) + "\n")
     (folder / "README.md").write_text("what the data is")
     (folder / "notes" / "chapter.md").write_text("a chapter of the book")
+    (folder / "notes" / "README.md").write_text("the notes' own readme, in a folder of no data files: text")
     labels = [s.label for s in resolve_inputs([str(folder)])]
-    assert any(label.endswith("chapter.md") for label in labels) and not any("README" in label for label in labels)
+    assert any(label.endswith("chapter.md") for label in labels) and "data/notes/README.md" in labels
+    assert "data/README.md" not in labels
 
 
 def test_a_corpus_artifact_is_read_by_its_shards_and_other_artifacts_are_refused(tmp_path):

@@ -159,9 +159,11 @@ def resolve_inputs(
             if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             files = _outside_artifacts(files, path, arg)
-            if any(file_format(p)[0] in RECORD_SUFFIXES for p in files):
-                # A data folder's README describes the data; it is not part of it (other .md files are read).
-                files = [p for p in files if not (file_format(p)[0] in (".md", ".rst") and p.name.upper().startswith("README"))]
+            # A data folder's README describes the data beside it; it is not part of it (other .md files
+            # are read, and so is a README in a folder of no data files)
+            data_folders = {p.parent for p in files if file_format(p)[0] in RECORD_SUFFIXES}
+            files = [p for p in files if not (file_format(p)[0] in (".md", ".rst") and p.name.upper().startswith("README")
+                                              and p.parent in data_folders)]
             if not files:
                 raise UserError(
                     f"folder {arg} holds no readable files; expected .txt, .md, .jsonl, .json, .csv or .parquet "
@@ -279,7 +281,15 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
+# Compressions and archives that are not read, told by their first bytes (.gz and .zst are read)
+_UNREAD_FORMATS = ((b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\x00", "xz-compressed"), (b"PK\x03\x04", "a zip archive"),
+                   (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"))
+
+
 def _check_not_binary(head: bytes, label: str) -> None:
+    for magic, what in _UNREAD_FORMATS:
+        if head.startswith(magic):
+            raise UserError(f"{label} is {what}, which clean does not read; extract it, or compress it as .gz or .zst")
     if b"\x00" in head[:_BINARY_PROBE]:
         raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
 
