@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # llmkit itself, where it is not installed (the GPU machine)
 from paired import alternate, median  # noqa: E402
 
 from llmkit.inference.engine import GenerationParams, generate_ids, prepare_for_decoding

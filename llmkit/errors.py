@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 
 class UserError(Exception):
@@ -92,6 +93,11 @@ def one_line(exc: BaseException) -> str:
         text = f"no space left on the device{where}; free some space or write the output elsewhere"
     elif isinstance(exc, MemoryError):
         text = "out of memory; use a smaller batch, model or input"
+    elif type(exc).__name__ == "OutOfMemoryError":  # torch's, for a GPU: a RuntimeError, not a MemoryError
+        asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(exc))
+        what = f" (it asked for {asked.group(1)} more)" if asked else ""
+        text = (f"out of GPU memory{what}; use a smaller --batch-size or --micro-batch, a shorter input, or a smaller "
+                "model")
     else:
         text = f"{type(exc).__name__}: {exc} (unexpected; rerun with --debug for the traceback)"
     return " ".join(text.split())

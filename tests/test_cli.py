@@ -133,6 +133,18 @@ def test_errors_are_one_line_without_traceback(cli, tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_running_out_of_gpu_memory_is_one_line_with_the_fix():
+    """torch's OutOfMemoryError is a RuntimeError, not a MemoryError: it read "(unexpected)"."""
+    import torch
+
+    from llmkit.errors import one_line
+
+    line = one_line(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.60 GiB. GPU 0 has a total capacity of "
+                                           "139.81 GiB of which 2.1 GiB is free."))
+    assert line == ("out of GPU memory (it asked for 9.60 GiB more); use a smaller --batch-size or --micro-batch, a "
+                    "shorter input, or a smaller model")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "llmkit.cli", "--debug", "inspect", str(tmp_path / "nope")],

@@ -197,6 +197,14 @@ def test_the_cuda_graph_settings_keep_the_tokens(monkeypatch):
             expected = model.decode_step(tokens[:, None], torch.tensor([pos]), reference.pad_lengths, reference.k, reference.v)
             torch.testing.assert_close(decoder.step(tokens, cache), expected)
         torch.testing.assert_close(cache.k[0], reference.k[0])  # the new key written into this cache
+    # the decoder does not keep the last cache alive (on a GPU, GBs beside the next batch's)
+    import gc
+    import weakref
+
+    last = weakref.ref(cache)
+    del cache, reference
+    gc.collect()
+    assert last() is None
     params = GenerationParams(max_new_tokens=12, stop_at_eos=False)
     for prompts in (PROMPTS, PROMPTS[::-1]):
         eager = [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0)]

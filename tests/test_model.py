@@ -252,6 +252,15 @@ def test_one_product_for_q_and_kv_computes_the_two(variant, monkeypatch):
         assert len(calls) == 2  # asked once a layer
     for split, one in zip(*results):
         assert torch.allclose(split, one, rtol=1e-5, atol=1e-6)
+    # bf16 weights (FSDP2's gathered ones under its mixed precision) keep two products: the
+    # concatenation would be a copy kept to the backward that FSDP never frees
+    model = make(variant).train().to(torch.bfloat16)
+    concatenated = []
+    cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda tensors, *a, **k: concatenated.append(
+        any(t is model.blocks[0].attn.q_proj.weight for t in tensors)) or cat(tensors, *a, **k))
+    model(idx, targets)[1].backward()
+    assert not any(concatenated)
 
 
 def test_fused_head_and_loss_makes_no_gradient_under_no_grad(monkeypatch):

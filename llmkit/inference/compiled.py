@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import weakref
 
 import torch
 
@@ -77,7 +78,7 @@ class CompiledDecoder:
             raise UserError(f"--compile is not available here ({str(exc).splitlines()[0]}); leave out --compile") from exc
         self._slot = torch.zeros(1, dtype=torch.long, device=next(model.parameters()).device)
         self._compiled_batches: set[tuple] = set()
-        self._cache_seen = None
+        self._cache_seen: weakref.ref | None = None  # the cache the step last saw, not kept alive
         from llmkit.console import err
 
         # said once, up front: a message at the compilation itself would land inside streamed text
@@ -99,8 +100,9 @@ class CompiledDecoder:
             logits = self.model.decode_step(*args)
         else:
             try:
-                if cache is not self._cache_seen:
-                    self._cache_seen = cache
+                if self._cache_seen is None or self._cache_seen() is not cache:
+                    # a weak reference: holding the last cache kept it (GBs on a GPU) alive beside the next
+                    self._cache_seen = weakref.ref(cache)
                     for buffer in (*cache.k, *cache.v):
                         torch._dynamo.mark_dynamic(buffer, 2)
                         if self.cuda_graphs:

@@ -204,7 +204,10 @@ class Attention(nn.Module):
         stay: one over torch.cat of the weights measured no faster (within 0.5 % per training step
         at 4 x 256 and 6 x 384), and CPU runs keep their bits. Plain layers only: LoRA's,
         tensor-parallel and per-sequence-gradient ones keep their own calls."""
-        if fuse_qkv(x) and _plain(self.q_proj) and _plain(self.kv_proj) and type(self.q_proj) is type(self.kv_proj) is Linear:
+        # fp32 weights only: FSDP2's bf16 gathered ones would be concatenated into a copy that
+        # autograd keeps to the backward and FSDP never frees (the parameters themselves it does)
+        if (fuse_qkv(x) and _plain(self.q_proj) and _plain(self.kv_proj) and type(self.q_proj) is type(self.kv_proj) is Linear
+                and self.q_proj.weight.dtype == torch.float32):
             weight = torch.cat([self.q_proj.weight, self.kv_proj.weight])
             bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.kv_proj.bias])
             return F.linear(x, weight, bias).split([self.q_proj.out_features, self.kv_proj.out_features], dim=-1)
@@ -356,7 +359,7 @@ class GPT(nn.Module):
         module_name, _, kind = name.rpartition(".")
         module = self.get_submodule(module_name)
         shape = getattr(module, kind).shape
-        value = out if out is not None else torch.empty(shape)
+        value = out if out is not None else torch.empty(shape, device="cpu")  # (not the default device: the generators are CPU ones)
         if isinstance(module, (nn.Linear, nn.Embedding)) and kind == "weight":
             std = 0.02 / (math.sqrt(2 * self.config.n_layer) if getattr(module, "is_residual_out", False) else 1.0)
             digest = hashlib.blake2b(f"{self.init_seed}:{name}".encode(), digest_size=8).digest()
