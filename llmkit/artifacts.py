@@ -341,9 +341,10 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
     path = Path(path)
     wanted = (kind,) if isinstance(kind, str) else tuple(kind) if kind else ()
     wanted_text = " or ".join(wanted) if wanted else "llmkit"
-    if storable_name(os.path.abspath(path)) != os.path.abspath(path):  # later stages record it, in UTF-8
-        raise UserError(f"{storable_name(str(path))}: the artifact's path is not UTF-8 "
-                        f"({storable_name(os.path.abspath(path))}); move it to a path in UTF-8")
+    where = os.path.abspath(path)
+    if storable_name(where) != where:  # later stages record it, in UTF-8
+        raise UserError(f"{storable_name(str(path))}: the artifact's path is not UTF-8 ({storable_name(where)}); move it to "
+                        "a path in UTF-8")
     if not path.exists():
         raise UserError(f"no such artifact: {path}; expected {_article(wanted_text)} artifact directory")
     if not path.is_dir():

@@ -207,6 +207,19 @@ def publish_file(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
+def replaced_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write the whole output to; renamed to `path` when the
+    block ends, removed if it fails (the old file, if any, stays as it was)."""
+    handle, tmp = temporary_file(path)
+    handle.close()
+    try:
+        yield tmp
+        publish_file(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def output_lock(out: Path | str, *, keep_replaced: bool = False) -> Iterator[None]:
     """Be the only llmkit run writing `out` for the length of the block.
 

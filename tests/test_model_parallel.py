@@ -182,7 +182,7 @@ def test_fused_rows_reorder_for_column_sharding_and_back():
 
 def test_layers_split_evenly_and_ranks_map_onto_the_mesh():
     from llmkit.train.layout import coordinates, rank_at
-    from llmkit.train.pipeline import stage_layers
+    from llmkit.train.layout import stage_layers
 
     assert stage_layers(4, 2) == [range(0, 2), range(2, 4)]
     assert stage_layers(5, 2) == [range(0, 3), range(3, 5)]

@@ -260,17 +260,11 @@ class Transcript:
             return
         import json
 
-        from llmkit.outputs import publish_file, temporary_file
+        from llmkit.outputs import replaced_file
 
-        file, tmp = temporary_file(self.path)
-        try:
-            with file:
-                for messages in self.saved:
-                    file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-            publish_file(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with replaced_file(self.path) as tmp, tmp.open("w", encoding="utf-8") as file:
+            for messages in self.saved:
+                file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
 chat = stage_command(

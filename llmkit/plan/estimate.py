@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from llmkit.train.layout import STAGES_PER_RANK, stage_layers
+
 GB = 1e9
 ADAM_BYTES = 8  # two fp32 moments
 FRAGMENTATION = 0.10
@@ -135,24 +137,20 @@ class Layout:
         return self.microbatches if self.pp > 1 and self.pp_schedule == "gpipe" else 1
 
     def layers_on(self, stage: str, n_layer: int) -> int:
-        """The blocks a device of `stage` holds, as llmkit/train/pipeline.py splits them: stages as
-        even as possible, the earlier ones taking the remainder; a rank holds every pp-th stage
-        (two under interleaved 1F1B)."""
+        """The blocks a device of `stage` holds, as pretrain splits them (`stage_layers`)."""
         if self.pp == 1 or stage == "only":
             return n_layer
-        per_rank = 2 if self.pp_schedule == "interleaved-1f1b" else 1
-        base, extra = divmod(n_layer, self.pp * per_rank)
+        stages = self.pp * STAGES_PER_RANK[self.pp_schedule]
+        ranges = stage_layers(n_layer, stages)
         rank = 0 if stage == "first" else self.pp - 1
-        return sum(base + (1 if index < extra else 0) for index in range(rank, self.pp * per_rank, self.pp))
+        return sum(len(ranges[index]) for index in range(rank, stages, self.pp))
 
     @property
     def pipeline_bubble(self) -> float:
         """The idle share of a pipeline step: (pp-1) / (micro-batches x stages per rank + pp-1)."""
         if self.pp == 1:
             return 0.0
-        chunks = self.microbatches
-        per_rank = 2 if self.pp_schedule == "interleaved-1f1b" else 1
-        return (self.pp - 1) / (chunks * per_rank + self.pp - 1)
+        return (self.pp - 1) / (self.microbatches * STAGES_PER_RANK[self.pp_schedule] + self.pp - 1)
 
     @property
     def recompute_factor(self) -> float:

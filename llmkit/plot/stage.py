@@ -27,7 +27,7 @@ def tokens_per_step(run: Path) -> float | None:
 
 def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool = False) -> Path:
     """Plot the loss curves of training runs (finished or still running), one line per run."""
-    from llmkit.outputs import check_output_file, file_output_lock, publish_file, temporary_file
+    from llmkit.outputs import check_output_file, file_output_lock, replaced_file
     from llmkit.charts import loss_curves, read_metrics
 
     out = Path(out)
@@ -45,12 +45,6 @@ def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool =
             if per_step[name] is None:
                 raise UserError(f"{run} does not say how many tokens a step holds (a fine-tune counts examples); use --x step")
     metrics = [(name, read_metrics(run)) for name, run in zip(names, runs)]
-    with file_output_lock(out, force):  # drawn beside it and renamed into place, as every output
-        handle, tmp = temporary_file(out)
-        try:
-            handle.close()
-            loss_curves(metrics, tmp, curves=curves, x=config.x, tokens_per_step=per_step, title=config.title)
-            publish_file(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with file_output_lock(out, force), replaced_file(out) as tmp:  # drawn beside it and renamed into place
+        loss_curves(metrics, tmp, curves=curves, x=config.x, tokens_per_step=per_step, title=config.title)
     return out

@@ -18,6 +18,18 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 STAGES_PER_RANK = {"gpipe": 1, "1f1b": 1, "interleaved-1f1b": 2}
 
 
+def stage_layers(n_layer: int, stages: int) -> list[range]:
+    """Consecutive layer ranges, as even as possible (earlier stages take the remainder); rank r of
+    a pipeline holds stages r, r + pp, ... (llmkit/train/pipeline.py). Torch-free: the plan uses it."""
+    base, extra = divmod(n_layer, stages)
+    ranges, start = [], 0
+    for s in range(stages):
+        size = base + (1 if s < extra else 0)
+        ranges.append(range(start, start + size))
+        start += size
+    return ranges
+
+
 @dataclass
 class Layout:
     dp: int = 1

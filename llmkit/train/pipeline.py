@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmkit.model.gpt import GPT, IGNORE_INDEX, embed_tokens, rope_tables, unmaterialised
-from llmkit.train.layout import STAGES_PER_RANK, Layout
+from llmkit.train.layout import STAGES_PER_RANK, Layout, stage_layers
 
 
 class StageModule(nn.Module):
@@ -60,17 +60,6 @@ class StageModule(nn.Module):
         if self.lm_head is not None:
             x = self.lm_head(self.final_norm(x))
         return x
-
-
-def stage_layers(n_layer: int, stages: int) -> list[range]:
-    """Consecutive layer ranges, as even as possible (earlier stages take the remainder)."""
-    base, extra = divmod(n_layer, stages)
-    ranges, start = [], 0
-    for s in range(stages):
-        size = base + (1 if s < extra else 0)
-        ranges.append(range(start, start + size))
-        start += size
-    return ranges
 
 
 def lm_loss_on_logits(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
