@@ -44,6 +44,8 @@ def runs(tmp_path_factory, shared_data):
     cli("tokenize", root / "corpus", "-t", root / "tok2", "-o", root / "tokens2")
     cli("pretrain", root / "tokens2", "-o", root / "other_tokenizer", *MODEL, "--max-steps", "1", "--batch-tokens", "512",
         "--micro-batch", "8", "--eval-every", "0")
+    cli("pretrain", root / "tokens", "-o", root / "other_context", *MODEL[:-1], "32", "--max-steps", "1", "--batch-tokens",
+        "512", "--micro-batch", "8", "--eval-every", "0")
     cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens_bos", "--add-bos")
     cli("pretrain", root / "tokens_bos", "-o", root / "after_bos", *MODEL, "--max-steps", "1", "--batch-tokens", "512",
         "--micro-batch", "8", "--eval-every", "0")
@@ -218,6 +220,74 @@ def test_classifier_ensembles_average_class_probabilities():
         got = ensemble.classify(idx, attention_mask=mask).exp()
     assert torch.allclose(got, expected, atol=1e-6)
     assert not hasattr(ensemble_of([GPT(config)], [1.0]), "classify")  # a language-model ensemble does not classify
+
+
+def test_a_classifier_ensemble_reads_each_text_as_each_member_was_fine_tuned(cli, runs, tmp_path, shared_data):
+    """Each member cuts a text where its fine-tuning cut them (--seq-len): the first member's cut
+    used to be every member's, so the predictions changed with the members' order."""
+    lines = (shared_data / "sentiment" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:64]) + "\n", encoding="utf-8")
+    (tmp_path / "test.jsonl").write_text("\n".join(lines[-24:]) + "\n", encoding="utf-8")
+    tune = ["--task", "classify", "--data", tmp_path / "train.jsonl", "--val-fraction", "0", "--truncate",
+            "--max-steps", "3", "--batch-size", "16", "--lr", "3e-3"]
+    _ok(cli("finetune", runs / "a", *tune, "--seq-len", "8", "-o", tmp_path / "short"))
+    _ok(cli("finetune", runs / "b", *tune, "-o", tmp_path / "long"))
+    scores = {}
+    for name, members in (("short-long", ("short", "long")), ("long-short", ("long", "short"))):
+        _ok(cli("eval", *(tmp_path / m for m in members), "--data", tmp_path / "test.jsonl", "-m", "accuracy", "-o", tmp_path / name))
+        scores[name] = [json.loads(line)["prediction"] for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+    assert scores["short-long"] == scores["long-short"]
+
+    from llmkit.eval.model_tasks import _classifier_predictions
+    from llmkit.model.ensemble import load_ensemble
+
+    texts = [json.loads(line)["text"] for line in lines[-24:]]
+    loaded = [load_ensemble([tmp_path / m], device="cpu", purpose=None) for m in ("short", "long")]
+    both = load_ensemble([tmp_path / "short", tmp_path / "long"], device="cpu", purpose=None)
+    assert both.model.input_limits == [8, 64]
+
+    def probabilities(item, rows: int) -> torch.Tensor:  # each member alone, its own cut of each text
+        from llmkit.eval.model_tasks import start_id
+
+        ids = [([start_id(item)] + item.tokenizer.encode(t))[:rows] for t in texts]
+        width = max(map(len, ids))
+        idx = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+        with torch.no_grad():
+            return item.model.classify(idx, attention_mask=mask).softmax(-1)
+
+    mixed = 0.5 * probabilities(loaded[0], 8) + 0.5 * probabilities(loaded[1], 64)
+    assert _classifier_predictions(both, texts, batch_size=5) == mixed.argmax(-1).tolist()
+
+
+def test_checkpoints_of_one_tokenizer_and_different_output_sizes_are_a_one_line_error(cli, runs, tmp_path):
+    """An import may pad its embeddings to a round size: one tokenizer, more output rows."""
+    from safetensors.torch import load_file, save_file
+
+    source = artifacts.load(runs / "a", kind="checkpoint")
+    with artifacts.create(tmp_path / "padded", "checkpoint") as build:
+        for name in source.manifest.files:
+            (build.dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (build.dir / name).write_bytes((runs / "a" / name).read_bytes())
+        config = json.loads((build.dir / "model_config.json").read_text())
+        weights = load_file(str(build.dir / "model.safetensors"))
+        for key, tensor in weights.items():
+            if tensor.shape[0] == config["vocab_size"]:
+                weights[key] = torch.cat([tensor, torch.zeros(20, *tensor.shape[1:], dtype=tensor.dtype)])
+        save_file(weights, str(build.dir / "model.safetensors"))
+        (build.dir / "model_config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 20}))
+    _ok(cli("eval", tmp_path / "padded", "--data", runs / "short.txt", "-m", "perplexity", "-o", tmp_path / "alone"))
+    result = cli("eval", runs / "a", tmp_path / "padded", "--data", runs / "short.txt", "-m", "perplexity", "-o", tmp_path / "e")
+    message = result.output.strip()
+    assert result.exit_code != 0 and len(message.splitlines()) == 1, message
+    assert "different numbers of tokens" in message and f"{runs / 'a'} 300" in message, message
+    assert not (tmp_path / "e").exists()
+
+
+def test_members_of_different_contexts_say_the_ensemble_reads_the_shortest(cli, runs, tmp_path):
+    result = _ok(cli("eval", runs / "a", runs / "other_context", "--data", runs / "short.txt", "-m", "perplexity",
+                     "-o", tmp_path / "e"))
+    assert "the members' contexts differ (32, 64 tokens)" in result.output, result.output
 
 
 def test_checkpoints_with_different_tokenizers_are_a_one_line_error(cli, runs, tmp_path):

@@ -169,6 +169,11 @@ def test_logliks_acc_and_acc_norm_equal_a_direct_transformers_computation(cli, e
     art = artifacts.load(tmp_path / "ev", kind="eval")
     assert art.config["benchmarks"] == {"tasks": tasks, "shots": 1}
     assert art.manifest.stats["benchmarks"]["copa"]["lm_eval"].startswith("copa")
+    # lm-eval scores ARC on its test split, which the bundle lacks: said in the stats and the table
+    assert {k: art.manifest.stats["benchmarks"][k]["split"] for k in ("arc_easy", "copa")} == {"arc_easy": "validation",
+                                                                                              "copa": "validation"}
+    assert [art.manifest.stats["benchmarks"][k]["lm_eval_split"] for k in ("arc_easy", "copa")] == ["test", "validation"]
+    assert "note: arc_easy scored on the validation split; lm-eval scores it on its test split" in " ".join(result.output.split())
 
 
 def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exported, bundle, tmp_path):

@@ -242,6 +242,54 @@ def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_se
     assert prefixed_tok.encode_continuation("speak") == gpt2_style.encode("speak") != prefixed_tok.encode("speak")
 
 
+@pytest.mark.parametrize("stripping", [False, True])
+def test_templates_encode_as_transformers_renders_them_with_a_first_only_marker(stripping):
+    """Current Llama and Mistral tokenizer.json files mark only the start of the whole string with
+    "▁" (Metaspace, prepend_scheme "first"), and Phi-3's role tokens take the whitespace beside
+    them (rstrip, lstrip). apply_chat_template renders the exported template into one string, so
+    the text after a special token has no marker there and no stripped space: llmkit's chat and
+    text templates encode the same ids, for training and for prompts."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmkit.data.templates import (
+        encode_chat_example, encode_chat_prompt, encode_text_example, encode_text_prompt, resolve_template,
+    )
+    from llmkit.data.tokenizer import TextTokenizer, token_byte_lengths
+    from llmkit.interop.hf_tokenizer import CHAT_TEMPLATE, chat_template_for
+
+    hf = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    hf.train_from_iterator(TEXT.splitlines() * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                                       show_progress=False))
+    hf.add_special_tokens([AddedToken(f"<|{role}|>", special=True, rstrip=stripping, lstrip=stripping)
+                           for role in ("system", "user", "assistant")])
+    tok = TextTokenizer(hf, np.asarray(token_byte_lengths(hf)), roles={"bos": "<s>", "eos": "</s>", "pad": "</s>"})
+    assert hf.id_to_token(tok.encode("speak")[0]).startswith("▁")
+    assert not hf.id_to_token(tok.encode_after_special("speak")[0]).startswith("▁")
+
+    def render(template: str, messages: list[dict], **kw) -> list[int]:
+        hf_tok = PreTrainedTokenizerFast(tokenizer_object=hf, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+        hf_tok.chat_template = template
+        return list(hf_tok.apply_chat_template(messages, tokenize=True, return_dict=False, **kw))
+
+    history = [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": " Speak, speak! "}]
+    finished = history + [{"role": "assistant", "content": " First Citizen."}]
+    assert render(CHAT_TEMPLATE, history, add_generation_prompt=True) == encode_chat_prompt(history, tok)
+    assert render(CHAT_TEMPLATE, finished) == encode_chat_example(finished, tok).ids
+
+    template = resolve_template("translate")
+    text_template = chat_template_for(type("Task", (), {"template": template})())
+    user = [{"role": "user", "content": "Speak, speak!"}]
+    assert render(text_template, user, add_generation_prompt=True) == encode_text_prompt(template, "Speak, speak!", tok)
+    record = {"source": "Speak, speak!", "target": "Parlez."}
+    # (one string merges across the prompt/response seam, which training keeps: the same pieces' text)
+    spelled = lambda ids: "".join(hf.id_to_token(i) for i in ids)  # noqa: E731
+    assert spelled(render(text_template, user + [{"role": "assistant", "content": "Parlez."}])) == \
+        spelled(encode_text_example(template, record, tok, "test").ids)
+
+
 def test_a_completion_after_text_keeps_the_space_sentencepiece_drops_at_the_start(tokenizer_dir):
     """A Llama-style decoder drops the space of a text's first "▁word" token; a completion goes on
     mid-text, so it keeps it: prompt + completion reads as the ids decoded together. Byte-level BPE

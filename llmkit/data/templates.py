@@ -163,12 +163,14 @@ def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
 
 def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
     special = tokenizer.special_ids
+    roles = [special[f"<|{m['role']}|>"] for m in messages]
     ids, learn = [tokenizer.bos_id], [False]
     for i, message in enumerate(messages):
-        ids.append(special[f"<|{message['role']}|>"])
+        ids.append(roles[i])
         # The role token ends the previous turn: learned when that turn was the assistant's.
         learn.append(i > 0 and messages[i - 1]["role"] == "assistant")
-        content = tokenizer.encode(message["content"])
+        content = message_ids(message["content"], roles[i], roles[i + 1] if i + 1 < len(messages) else tokenizer.eos_id,
+                              tokenizer)
         ids.extend(content)
         learn.extend([message["role"] == "assistant"] * len(content))
     ids.append(tokenizer.eos_id)
@@ -179,12 +181,25 @@ def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encode
 def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
     """The generation prompt: the history, then <|assistant|>; the one chat renderer of every stage."""
     special = tokenizer.special_ids
+    roles = [special[f"<|{m['role']}|>"] for m in messages] + [special["<|assistant|>"]]
     ids = [tokenizer.bos_id]
-    for message in messages:
-        ids.append(special[f"<|{message['role']}|>"])
-        ids.extend(tokenizer.encode(message["content"]))
-    ids.append(special["<|assistant|>"])
+    for i, message in enumerate(messages):
+        ids.append(roles[i])
+        ids.extend(message_ids(message["content"], roles[i], roles[i + 1], tokenizer))
+    ids.append(roles[-1])
     return ids
+
+
+def message_ids(content: str, before: int, after: int, tokenizer) -> list[int]:
+    """A message's text as it encodes between two special tokens in one rendered string, which is
+    how transformers' `apply_chat_template` encodes the exported template: a token that strips the
+    whitespace beside it takes it, and no word-start marker where the tokenizer marks only the
+    string's start (`encode_after_special`)."""
+    if tokenizer.strips_beside(before)[1]:
+        content = content.lstrip()
+    if tokenizer.strips_beside(after)[0]:
+        content = content.rstrip()
+    return tokenizer.encode_after_special(content)
 
 
 def fit_conversation(messages: list[dict[str, str]], tokenizer, budget: int) -> tuple[list[dict[str, str]], int, bool | None]:
@@ -272,7 +287,7 @@ def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[st
 
 
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
-    prompt = [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], record, where))
+    prompt = [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], record, where))
     response = tokenizer.encode_continuation(render(template["response"], record, where)) + [tokenizer.eos_id]
     return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))
 
@@ -294,7 +309,7 @@ def response_frame(template: dict[str, Any]) -> tuple[str, str]:
 def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[int]:
     """A generation prompt from one input text (the template's input field)."""
     prompt = render(template["prompt"], _OneField(template["input_field"], text), "input")
-    return [tokenizer.bos_id] + tokenizer.encode(prompt)
+    return [tokenizer.bos_id] + tokenizer.encode_after_special(prompt)
 
 
 class _OneField(dict):

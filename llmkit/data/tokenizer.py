@@ -268,6 +268,33 @@ class TextTokenizer:
             self._continuation = _without_start_marker(self.hf)
         return self._continuation.encode(text, add_special_tokens=False).ids
 
+    def encode_after_special(self, text: str) -> list[int]:
+        """`text` as it encodes inside one rendered string right after a special token (a template's
+        text after the start token or a role token: how `apply_chat_template` encodes the exported
+        template). Each stretch of text between special tokens is pre-tokenized on its own, so a
+        Prepend normalizer or Metaspace's "always" marks it as `encode` does; Metaspace's "first"
+        (current Llama and Mistral tokenizer.json files) marks only the stretch at the string's very
+        start, so none here. For every other tokenizer, llmkit's own included, this is `encode`."""
+        if not hasattr(self, "_after_special"):
+            def first_only(component: dict) -> dict:
+                if component.get("type") == "Metaspace" and component.get("prepend_scheme") == "first":
+                    return {**component, "prepend_scheme": "never"}
+                return component
+
+            self._after_special = _rewritten(self.hf, ("pre_tokenizer",), first_only)
+        return self._after_special.encode(text, add_special_tokens=False).ids
+
+    def strips_beside(self, token_id: int) -> tuple[bool, bool]:
+        """(lstrip, rstrip) of an added token: whether, inside one string, it takes in the
+        whitespace before it and after it (Phi-3's role tokens do), so that the text beside it
+        encodes without that whitespace."""
+        return self._stripping.get(int(token_id), (False, False))
+
+    @cached_property
+    def _stripping(self) -> dict[int, tuple[bool, bool]]:
+        return {idx: (bool(t.lstrip), bool(t.rstrip)) for idx, t in self.hf.get_added_tokens_decoder().items()
+                if t.lstrip or t.rstrip}
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode many texts on all cores (the tokenizers library's own thread pool)."""
         # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, which no caller uses: 25% less CPU

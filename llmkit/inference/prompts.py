@@ -162,7 +162,7 @@ def _template_input(prompt: Prompt, template: dict, tokenizer):
     template names fills them all; else the prompt's text is the template's input field."""
     fields = plain_fields(template["prompt"], "the checkpoint's template")
     if prompt.record is not None and all(name in prompt.record for name in fields):
-        return prompt.record, lambda r: [tokenizer.bos_id] + tokenizer.encode(render(template["prompt"], r, "prompt record"))
+        return prompt.record, lambda r: [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], r, "prompt record"))
     field = template["input_field"]
     return {field: prompt.text or ""}, lambda r: encode_text_prompt(template, r[field], tokenizer)
 

@@ -123,11 +123,24 @@ class Ensemble(nn.Module):
 
 
 class ClassifierEnsemble(Ensemble):
-    """An ensemble of classifiers: `classify` averages their class probabilities."""
+    """An ensemble of classifiers: `classify` averages their class probabilities. `input_limits`
+    (set by `load_ensemble`): how many tokens of a text each member reads, as it was fine-tuned
+    (`classifier_input_limit`); rows are right-padded, so a member's cut is a slice."""
+
+    input_limits: list[int] | None = None
 
     def classify(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mixed class log-probabilities [B, labels]."""
-        return self._mix(m.classify(idx, attention_mask=attention_mask) for m in self.members)
+        limits = self.input_limits or [idx.shape[1]] * len(self.members)
+        return self._mix(m.classify(idx[:, :limit], attention_mask=None if attention_mask is None else attention_mask[:, :limit])
+                         for m, limit in zip(self.members, limits))
+
+
+def classifier_input_limit(config, task) -> int:
+    """How many tokens of a text a classifier reads: its context, or fewer where fine-tuning cut
+    its texts (`--seq-len`), so that it reads a text as it learned to."""
+    limit = int(config.context_length)
+    return min(limit, task.max_tokens) if task is not None and task.max_tokens else limit
 
 
 def ensemble_of(members: Sequence[nn.Module], weights: Sequence[float], mode: str = "prob") -> Ensemble:
@@ -155,15 +168,28 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     if len(loaded) == 1:
         loaded[0].members = [loaded[0].artifact]
         return loaded[0]
+    sizes = {int(item.config.vocab_size) for item in loaded}
+    if len(sizes) > 1:  # one tokenizer, but an import with its embeddings padded to a round size
+        shown = ", ".join(f"{item.artifact.path} {int(item.config.vocab_size)}" for item in loaded)
+        raise UserError(f"the checkpoints share a tokenizer but give scores over different numbers of tokens ({shown}); "
+                        "an ensemble mixes distributions over one vocabulary: ensemble checkpoints of one vocabulary size")
     _check_same_document_start(loaded)
     # the first member that takes part speaks for the ensemble (a weight-0 member is left out)
     first = next(item for item, w in zip(loaded, normalised_weights) if w > 0)
     first.members = [item.artifact for item in loaded]
     # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
-    kept = [(item.model, w) for item, w in zip(loaded, normalised_weights) if w > 0]
+    kept = [(item, w) for item, w in zip(loaded, normalised_weights) if w > 0]
     if len(kept) > 1:  # one member alone is that model, its logits as they are
-        first.model = ensemble_of([m for m, _ in kept], [w for _, w in kept], mode).eval()
+        contexts = {int(item.config.context_length) for item, _ in kept if getattr(item.config, "arch", "gpt") != "lstm"}
+        first.model = ensemble_of([item.model for item, _ in kept], [w for _, w in kept], mode).eval()
+        if isinstance(first.model, ClassifierEnsemble):
+            first.model.input_limits = [classifier_input_limit(item.config, item.task) for item, _ in kept]
         first.config = first.model.config
+        if len(contexts) > 1 and not isinstance(first.model, ClassifierEnsemble):
+            from llmkit.console import err
+
+            err.print(f"note: the members' contexts differ ({', '.join(map(str, sorted(contexts)))} tokens); the ensemble reads "
+                      f"{min(contexts)} at a time, every member with it (a member alone may score differently)")
     return first
 
 
