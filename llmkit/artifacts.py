@@ -455,7 +455,9 @@ def _json_default(value: Any) -> Any:
 def _command_line() -> list[str]:
     argv = [storable_name(arg) for arg in sys.argv]
     if argv:
-        argv[0] = Path(argv[0]).name
+        # `python -m llmkit` (or llmkit.cli, as sweep runs its pretraining runs) is the command a user types as `llmkit`
+        inside = Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent
+        argv[0] = "llmkit" if inside else Path(argv[0]).name
     return argv
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 import types
 import typing
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -172,6 +173,9 @@ def resolve(
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     for name, value in values.items():
         _refuse_non_utf8(known[name].flag, value)
+    missing = [opt for opt in options if opt.default is MISSING and opt.name not in values]
+    if missing:
+        raise UsageError(f"missing option {missing[0].flag}: type it, or set {missing[0].key} in a --config file")
     try:
         return config_cls.build(**values)
     except UserError:

@@ -53,7 +53,7 @@ def table(path: str) -> str:
 
     function = stage_commands()[path]
     options = {opt.name: opt for opt in flat_options(function.config_cls)}
-    inputs = {arg.name for arg in function.arguments}
+    inputs = {arg.name: arg.recorded for arg in function.arguments}
     panels: dict[str, list[list[str]]] = {}
     for param in click_command(path).params:
         if param.name == "help" or param.param_type_name == "argument" or getattr(param, "hidden", False):
@@ -64,7 +64,7 @@ def table(path: str) -> str:
             recorded = "runtime" if opt.spec.runtime else "config" if opt.spec.hashed else opt.spec.recorded_as
             recorded = getattr(function.config_cls, "RECORDED_AS", {}).get(opt.name, recorded)  # a stage's own rule
         else:
-            recorded = "input" if param.name in inputs else "—"
+            recorded = inputs.get(param.name, "—")
         # (the help is escaped for rich's markup in --help: `\\[` there is a plain `[` here)
         help_text = (param.help or "").replace("\\[", "[").replace("|", "\\|").replace("\\\\n", "\\n")
         allowed = (str(opt.spec.range) if opt.spec.range else ", ".join(opt.spec.choices) if opt.spec.choices else "") if opt else ""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 from rich.markup import escape
@@ -75,6 +75,7 @@ class Argument:
     default: Any = ...  # ... = required
     flags: tuple[str, ...] = ()  # given as an option (`--data FILE`) rather than positionally
     panel: str | None = None
+    recorded: str = "input"  # how the manifest records it (docs' tables): an input artifact, or a file's content hash
 
     def parameter(self) -> inspect.Parameter:
         info = (typer.Option(*self.flags, help=escape(self.help), rich_help_panel=self.panel) if self.flags
@@ -83,8 +84,8 @@ class Argument:
 
 
 def argument(name: str, help: str, type: Any = Path, default: Any = ..., *, flags: tuple[str, ...] = (),
-             panel: str | None = None) -> Argument:
-    return Argument(name, help, type, default, tuple(flags), panel)
+             panel: str | None = None, recorded: str = "input") -> Argument:
+    return Argument(name, help, type, default, tuple(flags), panel, recorded)
 
 
 STANDARD = ("out", "config", "force", "resume")
@@ -95,13 +96,14 @@ def option_parameter(opt: FlatOption) -> inspect.Parameter:
     spec = opt.spec
     cli_type = spec.cli_type if spec.cli_type is not None else opt.type
     default = None if spec.cli_type is not None else opt.default
-    if default is MISSING:
-        default = ...
+    help_text = opt.help
+    if default is MISSING:  # required, but a --config file may give it: llmkit.config.resolve says when neither does
+        default, help_text = None, f"{help_text} Required: typed, or set in --config."
     extra: dict[str, Any] = {}
     if spec.choices:
         extra["metavar"] = "<" + "|".join(spec.choices) + ">"
     # (help is rich markup in --help: brackets such as llmkit[ray] or a [a, b] default must show as typed)
-    annotation = Annotated[cli_type, typer.Option(*spec.flags, help=escape(opt.help), rich_help_panel=opt.panel, hidden=opt.hidden,
+    annotation = Annotated[cli_type, typer.Option(*spec.flags, help=escape(help_text), rich_help_panel=opt.panel, hidden=opt.hidden,
                                                   **extra)]
     return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
@@ -123,13 +125,15 @@ def _config_file_outside_output(config: Path | None, out: Path | None, force: bo
         raise UsageError(f"--config {config} lies inside -o {out}, which --force replaces; move the file out of it first")
 
 
-def standard_parameters(section: str, *, resume: str | None, force: str | None) -> list[inspect.Parameter]:
-    """`--resume` (where it applies), `--config`, `--force`: the same in every stage."""
+def standard_parameters(section: str, *, resume: str | None, force: str | None, typed_inputs: Sequence[str] = ()) -> list[inspect.Parameter]:
+    """`--resume` (where it applies), `--config`, `--force`: the same in every stage. `typed_inputs`:
+    the inputs given as options (`--data`), which a config file does not hold (it holds settings)."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = []
     if resume is not None:
         params.append(inspect.Parameter("resume", keyword, default=False, annotation=Annotated[bool, typer.Option("--resume", help=resume)]))
-    config_help = f"TOML/YAML file with any option below (a {escape(f'[{section}]')} table, or keys at top level)."
+    but = f" but the input{'s' if len(typed_inputs) > 1 else ''} {', '.join(typed_inputs)}" if typed_inputs else ""
+    config_help = f"TOML/YAML file with any option below{but} (a {escape(f'[{section}]')} table, or keys at top level)."
     params.append(inspect.Parameter("config", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help=config_help)]))
     if force is not None:
         params.append(inspect.Parameter("force", keyword, default=False, annotation=Annotated[bool, typer.Option("--force", help=force)]))
@@ -171,7 +175,7 @@ def stage_command(
     if out is not None:
         params.append(out_parameter(out, out_type))
     params.extend(option_parameter(opt) for opt in options.values())
-    params.extend(standard_parameters(section, resume=resume, force=force))
+    params.extend(standard_parameters(section, resume=resume, force=force, typed_inputs=[a.flags[0] for a in arguments if a.flags]))
 
     def command(ctx: typer.Context, **values: Any) -> None:
         from llmkit.config import explicit_params, resolve

@@ -210,7 +210,11 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     value = float(predicted.output.split("loss ")[1].split()[0])
     assert value == pytest.approx(Law(**{k: fit["approach3"][k] for k in ("A", "B", "E", "alpha", "beta")}).loss(1e8, 2e9), abs=1e-4)
     unasked = cli("scaling", "predict", a.path, "--tokens", "2e9")  # no N: nothing to answer (it used to assume 1e8)
-    assert unasked.exit_code != 0 and "Missing option '--params'" in unasked.output
+    assert unasked.exit_code == 2 and "missing option --params: type it, or set params in a --config file" in unasked.output
+    # the required options from a config file (Typer used to ask for them before the file was read)
+    (tmp_path / "ask.toml").write_text("[scaling]\nparams = 1e8\ntokens = 2e9\n")
+    from_file = cli("scaling", "predict", a.path, "--config", tmp_path / "ask.toml")
+    assert from_file.exit_code == 0 and from_file.output == predicted.output, from_file.output
     # params,flops,loss: tokens are flops / (6 params)
     flops = _csv(tmp_path / "flops.csv", zip(n, 6 * n * d, loss), header="params,flops,loss")
     assert cli("scaling", "fit", flops, "-o", tmp_path / "c", *args).exit_code == 0
@@ -335,7 +339,9 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     resumed = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "1", "--threads", "1")
     assert resumed.exit_code == 0 and resumed.output.count("skipped") == 3
     # --threads caps each run rather than giving way to the sweep's split of the cores
-    assert json.loads((out / "runs" / "d2-w64-t24000" / "manifest.json").read_text())["runtime"]["threads"] == 1
+    run_manifest = json.loads((out / "runs" / "d2-w64-t24000" / "manifest.json").read_text())
+    assert run_manifest["runtime"]["threads"] == 1
+    assert run_manifest["command"][:2] == ["llmkit", "pretrain"]  # a command a user can type (it said cli.py)
     assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     # Other options for the same folder are refused: the runs there were trained differently.
     configs = {f.name: f.read_text() for f in (out / "configs").iterdir()}

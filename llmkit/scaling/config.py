@@ -17,7 +17,7 @@ class ScalingFitConfig(Options):
     budget: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, range="(0, inf)",
                                  help="FLOP budgets to recommend a model size and token count for, comma-separated (e.g. 1e18,1e20).")
     bootstrap: int = option(100, "Bootstrap refits for the confidence intervals (0 = none).", range="[0, inf)")
-    grid: str = option("full", "Starting points of L-BFGS: full (Hoffmann et al.'s 4,500) or coarse (108, quicker).",
+    grid: str = option("full", "Starting points of the fit: full (Hoffmann et al.'s 4,500) or coarse (108, quicker).",
                        choices=("full", "coarse"))
     huber_delta: float = option(1e-3, "Huber loss threshold on log-loss residuals (Hoffmann et al.: 1e-3).", range="(0, inf)")
     seed: int = option(0, "Seed of the bootstrap resampling.", range="[0, 4294967295]")
