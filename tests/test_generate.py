@@ -970,6 +970,25 @@ def test_a_conversation_whose_last_message_is_too_long_loses_that_messages_end(c
     assert shakespeare[2000:6000].startswith(cut.strip()[:200]) and len(cut) < 4000
 
 
+def test_a_system_message_or_template_wording_longer_than_the_room_is_refused_not_cut_from_its_start(cli, shakespeare, tmp_path):
+    """Where even an empty last message (or input) does not fit, the window cut the prompt from its
+    start, <|bos|> and the system message (or the template's instruction) with it; chat and eval refuse
+    it, and so does generate now, in one line, writing nothing."""
+    chat = make_checkpoint(tmp_path / "chat", shakespeare[:20000], task={"task": "sft", "template": {"type": "chat"}})
+    messages = [{"role": "system", "content": shakespeare[:3000]}, {"role": "user", "content": "Hi"}]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "fits"}) + "\n" + json.dumps({"messages": messages}) + "\n")
+    result = cli("generate", chat, "--prompts", tmp_path / "p.jsonl", "--greedy", "-n", "8", "-o", tmp_path / "out.jsonl")
+    message = result.output.strip()
+    assert result.exit_code != 0 and len(message.splitlines()) == 1, message
+    assert "prompt 2: the conversation takes" in message and "with its last message empty" in message, message
+    assert not (tmp_path / "out.jsonl").exists()
+    task = {"task": "sft", "template": {"type": "text", "prompt": shakespeare[:3000] + "\n{source}\nTranslation:",
+                                        "response": " {target}", "input_field": "source"}}
+    wordy = make_checkpoint(tmp_path / "wordy", shakespeare[:20000], task=task)
+    result = cli("generate", wordy, "-p", "short", "--greedy", "-n", "8")
+    assert result.exit_code != 0 and "prompt 1: the template's wording alone takes" in result.output, result.output
+
+
 def test_a_chat_fine_tune_is_prompted_with_a_records_system_message(ckpt, tmp_path):
     """{"prompt", "system"} records train as system, user, assistant (templates.record_messages):
     generate --prompts gives the system message too (it was dropped)."""

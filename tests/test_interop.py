@@ -393,6 +393,23 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     line = _error(cli("import", src, "-o", tmp_path / "x"))
     assert "names bos '<|bos|>', but its tokenizer.json does not mark that token special" in line, line
     assert not (tmp_path / "x").exists()
+    # half of a vocab.json + merges.txt pair: the missing one named (transformers' own message named neither,
+    # and was cut mid-word)
+    (src / "tokenizer.json").unlink()
+    (src / "vocab.json").write_text(json.dumps(tokenizer_json["model"]["vocab"]))
+    line = _error(cli("import", src, "-o", tmp_path / "x"))
+    assert "has vocab.json but no merges.txt" in line, line
+    (src / "vocab.json").unlink()
+    # WordPiece (BERT's): its "##" pieces decode wrongly one at a time and are not bytes of text
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "<|bos|>": 1, "<|eos|>": 2, "<|pad|>": 3, "hel": 4, "##lo": 5},
+                                           unk_token="[UNK]"))
+    wordpiece.pre_tokenizer, wordpiece.decoder = pre_tokenizers.Whitespace(), decoders.WordPiece()
+    wordpiece.save(str(src / "tokenizer.json"))
+    line = _error(cli("import", src, "-o", tmp_path / "x"))
+    assert "is a WordPiece tokenizer (BERT's kind), which llmkit does not import" in line, line
+    assert not (tmp_path / "x").exists()
 
 
 def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tmp_path, tokenizer_dir):

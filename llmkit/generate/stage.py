@@ -93,7 +93,13 @@ def run_generate(
         # keeps all of it.
         budget, cut = prompt_keep(limit, cfg.sampling.max_new_tokens), 0
         for i, prompt in enumerate(prompts):
-            if len(encoded[i]) > budget and (fitted := fit_prompt(prompt, tokenizer, loaded.task, budget)) is not None:
+            if len(encoded[i]) <= budget:
+                continue
+            try:
+                fitted = fit_prompt(prompt, tokenizer, loaded.task, budget)
+            except UserError as exc:
+                raise UserError(f"prompt {i + 1}: {exc}") from None
+            if fitted is not None:
                 encoded[i], cut = fitted, cut + 1
         if cut:
             from llmkit.console import err

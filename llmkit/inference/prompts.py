@@ -170,22 +170,32 @@ def _template_input(prompt: Prompt, template: dict, tokenizer):
 def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None:
     """A prompt cut to `budget` tokens as training and eval cut one: a conversation loses its oldest
     exchanges (the system message and the last message stay, as in chat and eval), a text-template
-    checkpoint's input its end, keeping the template's wording (as finetune --truncate). None where
-    that cannot be done (a plain prompt, or not even an empty input fits): the window cuts it. A
-    conversation still too long loses the end of its last message, as chat cuts a long message."""
+    checkpoint's input its end, keeping the template's wording (as finetune --truncate). None for a
+    plain prompt: the window cuts it. A conversation still too long loses the end of its last
+    message, as chat cuts a long message. Where even that leaves no room (a long system message, a
+    template's wording), a UserError, as chat and eval refuse it: the window would cut the start
+    token and the system message or the instruction off."""
     if prompt.messages is not None or (task is not None and task.is_chat):
         messages = prompt.messages if prompt.messages is not None else chat_turns(prompt.record or {}, prompt.text or "")
         fitted, dropped, cut = fit_conversation(messages, tokenizer, budget)
-        # (where the wording leaves no room the window cuts what is left over)
-        return encode_chat_prompt(fitted, tokenizer) if cut is not None or dropped else None
+        if cut is None:
+            wording = len(encode_chat_prompt([*fitted[:-1], dict(fitted[-1], content="")], tokenizer))
+            raise UserError(f"the conversation takes {wording} tokens with its last message empty (its system message and "
+                            f"wording), more than the {budget} the context leaves beside the reply; shorten it or lower "
+                            "--max-new-tokens")
+        return encode_chat_prompt(fitted, tokenizer)
     template = task.text_template if task is not None else None
-    if template is None or budget < 2:
+    if template is None:
         return None
     record, encode = _template_input(prompt, template, tokenizer)
     if not isinstance(record.get(template["input_field"]), str):  # a number is not cut (the window decides)
         return None
     shorter = fit_field(encode, record, template["input_field"], tokenizer, budget)
-    return None if shorter is None else encode(shorter)
+    if shorter is None:
+        wording = len(encode(dict(record, **{template["input_field"]: ""})))
+        raise UserError(f"the template's wording alone takes {wording} tokens, more than the {budget} the context leaves "
+                        "beside the reply; lower --max-new-tokens")
+    return encode(shorter)
 
 
 def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = None) -> list[int]:

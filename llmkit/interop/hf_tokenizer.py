@@ -158,9 +158,16 @@ def read_hf_tokenizer(src: Path):
     path = src / "tokenizer.json"
     if path.is_file():
         try:
-            return Tokenizer.from_file(str(path))
+            return _supported(Tokenizer.from_file(str(path)), path)
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"{path} is not a valid tokenizers file ({exc}); re-save the tokenizer") from exc
+    # a pair of files, one of them missing: said as such (transformers' own error names neither)
+    for have, need in (("vocab.json", "merges.txt"), ("merges.txt", "vocab.json")):
+        if (src / have).is_file() and not (src / need).is_file() and not (src / "tokenizer.model").is_file():
+            raise UserError(f"{src} has {have} but no {need}, which a GPT-2-style (BPE) tokenizer needs beside it; copy the "
+                            "model's tokenizer files there (or its tokenizer.json)")
     # the files holding a vocabulary (tokenizer_config.json holds none: from it alone transformers
     # builds a tokenizer of its special tokens, which encodes every text to nothing)
     slow_files = ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
@@ -173,12 +180,13 @@ def read_hf_tokenizer(src: Path):
         with quiet_transformers():
             backend = AutoTokenizer.from_pretrained(str(src), local_files_only=True).backend_tokenizer
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        reason = _shortened(" ".join(str(exc).split())) or type(exc).__name__
         sentencepiece = (src / "tokenizer.model").is_file() and importlib.util.find_spec("sentencepiece") is None
         raise UserError(
             f"{src} has no tokenizer.json and transformers could not convert its tokenizer files ({reason}); "
             f"save the tokenizer there with AutoTokenizer(...).save_pretrained{' or install sentencepiece' if sentencepiece else ''}"
         ) from exc
+    _supported(backend, src)
     size = backend.get_vocab_size(with_added_tokens=False)
     if size < SMALLEST_VOCABULARY:
         raise UserError(f"{src}'s tokenizer files convert to a vocabulary of {size} token(s); copy the model's full tokenizer "
@@ -187,6 +195,22 @@ def read_hf_tokenizer(src: Path):
 
 
 SMALLEST_VOCABULARY = 32  # below this, conversion kept special tokens only (a byte-level vocabulary has 256)
+
+
+def _shortened(text: str, limit: int = 160) -> str:
+    """`text` cut at a word boundary to about `limit` characters (a cut mid-word read as a typo)."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _supported(tokenizer, where: Path):
+    """The tokenizer, unless it is WordPiece: its "##" continuation pieces are glued by its decoder
+    only when the ids are decoded together, and count as bytes of text, so streamed text and bits
+    per byte came out wrong (BERT-style models are not the causal LMs llmkit imports anyway)."""
+    kind = json.loads(tokenizer.to_str()).get("model", {}).get("type")
+    if kind == "WordPiece":
+        raise UserError(f"{where} is a WordPiece tokenizer (BERT's kind), which llmkit does not import: its \"##\" pieces "
+                        "decode wrongly one at a time (streaming) and would count as bytes of text (bits per byte)")
+    return tokenizer
 
 
 @contextlib.contextmanager
