@@ -13,6 +13,7 @@ import torch
 
 from llmkit import artifacts
 from llmkit.model.gpt import GPT, ModelConfig
+from llmkit.data.tokenizer import load_tokenizer
 from llmkit.model.io import TOKENIZER_DIR, load_checkpoint, save_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -290,6 +291,43 @@ def test_templates_encode_as_transformers_renders_them_with_a_first_only_marker(
         spelled(encode_text_example(template, record, tok, "test").ids)
 
 
+def test_byte_fallback_runs_decode_as_utf8_so_a_cut_character_costs_only_itself():
+    """SentencePiece-style tokenizers spell characters outside their vocabulary as byte tokens
+    (<0xE4>...). tokenizers' ByteFallback decoder makes a whole run one U+FFFD per byte as soon as
+    any of it is not UTF-8: a completion stopped inside a character lost the characters before it,
+    and streamed text was not the start of the final text. Runs now decode as Python decodes bytes."""
+    from tokenizers import Tokenizer
+
+    from llmkit.data.tokenizer import TextTokenizer, token_byte_lengths
+    from llmkit.inference.engine import _TextTracker
+
+    hf, names = _llama_style_tokenizer()
+    data = json.loads(hf.to_str())
+    vocab = data["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    hf = Tokenizer.from_str(json.dumps(data))
+    tok = TextTokenizer(hf, np.asarray(token_byte_lengths(hf)), roles={"bos": names["bos_token"], "eos": names["eos_token"],
+                                                                        "pad": names["eos_token"]})
+    text = "Speak 你界 x"
+    ids = tok.encode(text)
+    assert sum(hf.id_to_token(i).startswith("<0x") for i in ids) >= 6  # both characters spelled in bytes
+    assert tok.decode(ids) == hf.decode(ids) == text  # whole characters: as tokenizers decodes them
+    inside = next(k for k in range(len(ids)) if hf.decode(ids[:k]).endswith("\ufffd" * 4))  # 你 and a byte of 界
+    assert hf.decode(ids[:inside]) == "Speak " + "\ufffd" * 4  # (what it was)
+    assert tok.decode(ids[:inside]) == "Speak 你\ufffd"
+    # streaming, token by token: what is shown is always the start of the final text, and all of it at the end
+    tracker = _TextTracker(tok.decode_continuation, stop=[], streaming=True)
+    shown = ""
+    for token in ids:
+        tracker.add(token)
+        shown += tracker.pop_stream()
+        assert tok.decode_continuation(ids).startswith(shown)
+    assert shown + tracker.pop_stream(finished=True) == tok.decode_continuation(ids)
+    assert tok.decode([ids[0], *ids[-3:]], skip_special_tokens=True) == hf.decode([ids[0], *ids[-3:]])
+    assert tok.decode([tok.bos_id, *ids], skip_special_tokens=True) == text
+
+
 def test_a_completion_after_text_keeps_the_space_sentencepiece_drops_at_the_start(tokenizer_dir):
     """A Llama-style decoder drops the space of a text's first "▁word" token; a completion goes on
     mid-text, so it keeps it: prompt + completion reads as the ids decoded together. Byte-level BPE
@@ -410,6 +448,31 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     line = _error(cli("import", src, "-o", tmp_path / "x"))
     assert "is a WordPiece tokenizer (BERT's kind), which llmkit does not import" in line, line
     assert not (tmp_path / "x").exists()
+
+
+def test_import_says_which_chat_template_and_end_of_turn_ids_it_leaves_behind(cli, tmp_path, tokenizer_dir):
+    """A chat model's own template and the end-of-turn ids its generation_config.json adds to eos are
+    not carried over: a note says so at import, with the --stop that ends a reply there, which works."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+    settings = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**settings, "chat_template": "{{ messages[0]['content'] }}"}))
+    tok = load_tokenizer(tokenizer_dir)
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_id, tok.special_ids["<|user|>"]]}))
+    result = cli("import", src, "-o", tmp_path / "ckpt")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "note: not imported: its chat template" in said, said
+    assert "the end-of-turn token(s) its generation_config.json stops at, <|user|> (generate stops at <|eos|>; add --stop " \
+        "'<|user|>')" in said, said
+    (src / "chat_template.jinja").unlink(missing_ok=True)
+    (src / "tokenizer_config.json").write_text(json.dumps(settings))
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": tok.eos_id}))
+    quiet = cli("import", src, "-o", tmp_path / "plain")
+    assert quiet.exit_code == 0 and "not imported" not in quiet.output, quiet.output
 
 
 def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tmp_path, tokenizer_dir):

@@ -302,7 +302,51 @@ class TextTokenizer:
         return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        return self._decode(self.hf, ids, skip_special_tokens)
+
+    def _decode(self, hf: Any, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """`hf.decode`, but for byte-fallback tokens (`<0xE4>`, SentencePiece's bytes of characters
+        out of its vocabulary) each run of them is UTF-8 decoded as Python decodes bytes: an
+        incomplete or invalid sequence is one U+FFFD and the characters around it stay. tokenizers'
+        ByteFallback turns a whole run into one U+FFFD per byte when any of it is not UTF-8, so a
+        completion that stopped inside a character lost the whole characters before it, and the text
+        streamed so far was not the start of the final text."""
+        ids = [int(i) for i in ids]
+        if not self._byte_fallback or not any(self._is_byte_token(i) for i in ids):
+            return hf.decode(ids, skip_special_tokens=skip_special_tokens)
+        special = set(self.special_ids.values()) if skip_special_tokens else set()
+        pieces, run = [], bytearray()
+        for idx in ids:
+            if idx in special:
+                continue
+            piece = hf.id_to_token(idx)
+            if self._is_byte_token(idx):
+                run.append(int(piece[3:5], 16))
+                continue
+            if run:
+                pieces.append(run.decode("utf-8", errors="replace"))
+                run.clear()
+            pieces.append(piece)
+        if run:
+            pieces.append(run.decode("utf-8", errors="replace"))
+        return hf.decoder.decode(pieces)
+
+    @cached_property
+    def _byte_fallback(self) -> bool:
+        """Whether the tokenizer decodes byte tokens `<0xNN>` (a ByteFallback decoder)."""
+        decoder = json.loads(self.hf.to_str()).get("decoder") or {}
+        parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+        return any(isinstance(part, dict) and part.get("type") == "ByteFallback" for part in parts)
+
+    def _is_byte_token(self, idx: int) -> bool:
+        return idx in self._byte_token_ids
+
+    @cached_property
+    def _byte_token_ids(self) -> frozenset[int]:
+        vocab = self.hf.get_vocab(with_added_tokens=False)
+        return frozenset(idx for piece, idx in vocab.items()
+                         if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+                         and all(c in "0123456789ABCDEFabcdef" for c in piece[3:5]))
 
     def decode_continuation(self, ids: Iterable[int]) -> str:
         """The text of `ids` as they decode right after other text (a completion after its prompt):
@@ -312,7 +356,7 @@ class TextTokenizer:
         Byte-level BPE drops nothing: the same as `decode`."""
         if not hasattr(self, "_continuation_decoder"):
             self._continuation_decoder = _keeping_the_first_space(self.hf)
-        return self._continuation_decoder.decode([int(i) for i in ids], skip_special_tokens=False)
+        return self._decode(self._continuation_decoder, ids)
 
     def id_to_bytes(self, idx: int) -> bytes:
         """The raw bytes of a token; a special token's bytes are its name in UTF-8."""

@@ -46,6 +46,36 @@ def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, t
     return original, state
 
 
+def _note_what_is_left_behind(src: Path, tokenizer, eos: str) -> None:
+    """A chat model's own template and the end-of-turn ids its generation_config.json adds to eos
+    are not carried over (llmkit's chat renders its own format; generate stops at eos): said at
+    import, with the way to stop at those tokens, rather than found out by a reply that never ends."""
+    import json
+
+    left = []
+    config = {}
+    try:
+        config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    if (src / "chat_template.jinja").is_file() or (isinstance(config, dict) and config.get("chat_template")):
+        left.append("its chat template (llmkit's chat and finetune --template chat use llmkit's own format)")
+    ids = []
+    try:
+        ids = json.loads((src / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id") or []
+    except (OSError, ValueError, AttributeError):
+        pass
+    ends = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)]
+    ends = [t for t in dict.fromkeys(ends) if t is not None and t != eos]
+    if ends:
+        left.append("the end-of-turn token(s) its generation_config.json stops at, " + ", ".join(ends)
+                    + f" (generate stops at {eos}; add " + " ".join(f"--stop {t!r}" for t in ends) + ")")
+    if left:
+        from llmkit.console import err
+
+        err.print("note: not imported: " + "; ".join(left), soft_wrap=True, markup=False)
+
+
 def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], model_type: str) -> ModelConfig:
     """A config that says tied, with an lm_head in the file that is not the embedding: the head
     is what the model computes with (transformers 5 keeps it, and says so), so it is kept untied."""
@@ -97,6 +127,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
             "the directory mixes a model and a tokenizer that do not belong together"
         )
     special = hf_special_tokens(src, config_json, tokenizer)
+    _note_what_is_left_behind(src, tokenizer, special["eos"])
     provenance = export_provenance(src)
     if "tokenizer_post_processor" in provenance:  # export added one for transformers; llmkit's own had this
         tokenizer = with_post_processor(tokenizer, provenance["tokenizer_post_processor"])
