@@ -450,29 +450,47 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     assert not (tmp_path / "x").exists()
 
 
-def test_import_says_which_chat_template_and_end_of_turn_ids_it_leaves_behind(cli, tmp_path, tokenizer_dir):
-    """A chat model's own template and the end-of-turn ids its generation_config.json adds to eos are
-    not carried over: a note says so at import, with the --stop that ends a reply there, which works."""
+def test_import_stops_at_the_end_of_turn_ids_of_generation_config_and_exports_them_back(cli, tmp_path, tokenizer_dir):
+    """A chat fine-tune's generation_config.json adds its end-of-turn token to eos (Llama 3's
+    <|eot_id|>, ChatML's <|im_end|>): generate stopped only at eos, so a reply ran on through the
+    next turn. The tokens are kept in tokenizer/special_tokens.json, generation stops at them, and
+    export writes them back. The model's own chat template is not imported: a note says so."""
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
     src = tmp_path / "hf"
-    _save_hf_model(src, _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+    model = _save_hf_model(src, _hf_configs(vocab)["llama-attn-bias-untied"], tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
+    end = tok.special_ids["<|user|>"]
+    with torch.no_grad():  # a model whose every next token is <|user|>: the blocks add nothing, the head picks it
+        for layer in model.model.layers:
+            for added in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                added.weight.zero_()
+                if added.bias is not None:
+                    added.bias.zero_()
+        model.model.embed_tokens.weight.fill_(0.5)
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[end] = 1.0
+    model.save_pretrained(src)
     settings = json.loads((src / "tokenizer_config.json").read_text())
     (src / "tokenizer_config.json").write_text(json.dumps({**settings, "chat_template": "{{ messages[0]['content'] }}"}))
-    tok = load_tokenizer(tokenizer_dir)
-    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_id, tok.special_ids["<|user|>"]]}))
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_id, end]}))
     result = cli("import", src, "-o", tmp_path / "ckpt")
     assert result.exit_code == 0, result.output
-    said = " ".join(result.output.split())
-    assert "note: not imported: its chat template" in said, said
-    assert "the end-of-turn token(s) its generation_config.json stops at, <|user|> (generate stops at <|eos|>; add --stop " \
-        "'<|user|>')" in said, said
-    (src / "chat_template.jinja").unlink(missing_ok=True)
-    (src / "tokenizer_config.json").write_text(json.dumps(settings))
-    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": tok.eos_id}))
-    quiet = cli("import", src, "-o", tmp_path / "plain")
-    assert quiet.exit_code == 0 and "not imported" not in quiet.output, quiet.output
+    assert "note: the model's chat template is not imported" in " ".join(result.output.split()), result.output
+    roles = json.loads((tmp_path / "ckpt" / TOKENIZER_DIR / "special_tokens.json").read_text())
+    assert roles["end_of_turn"] == ["<|user|>"]
+    assert load_checkpoint(tmp_path / "ckpt").tokenizer.end_ids == [tok.eos_id, end]
+    made = cli("generate", tmp_path / "ckpt", "-p", "Speak", "--greedy", "-n", "6", "-o", tmp_path / "out.jsonl")
+    assert made.exit_code == 0, made.output
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert row["finish_reason"] == "eos" and row["completion"] == "", row  # it ran on for all 6 tokens
+    assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
+    assert json.loads((tmp_path / "again" / "generation_config.json").read_text())["eos_token_id"] == [tok.eos_id, end]
+    assert cli("import", tmp_path / "again", "-o", tmp_path / "back").exit_code == 0
+    assert (tmp_path / "back" / TOKENIZER_DIR / "special_tokens.json").read_text() == \
+        (tmp_path / "ckpt" / TOKENIZER_DIR / "special_tokens.json").read_text()
 
 
 def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tmp_path, tokenizer_dir):

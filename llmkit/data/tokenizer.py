@@ -215,7 +215,8 @@ def _keeping_the_first_space(hf: Any) -> Any:
 class TextTokenizer:
     """What the training, generation and evaluation stages need from a tokenizer."""
 
-    def __init__(self, hf: Any, token_bytes: np.ndarray, path: Path | None = None, roles: dict[str, str] | None = None):
+    def __init__(self, hf: Any, token_bytes: np.ndarray, path: Path | None = None, roles: dict[str, str] | None = None,
+                 end_of_turn: Sequence[str] = ()):
         self.hf = hf
         # Special tokens typed into text stay text: only ids inserted on purpose are special.
         self.hf.encode_special_tokens = True
@@ -225,6 +226,8 @@ class TextTokenizer:
             t.content: idx for idx, t in sorted(hf.get_added_tokens_decoder().items()) if t.special
         }
         self.roles = {**LLMKIT_ROLES, **(roles or {})}
+        # tokens besides eos that end a reply (an imported chat model's generation_config.json lists them)
+        self.end_of_turn = tuple(end_of_turn)
         missing = [self.roles[r] for r in ("bos", "eos", "pad") if self.roles[r] not in self.special_ids]
         if missing:
             raise UserError(f"tokenizer {path} lacks special token(s) {', '.join(missing)}; retrain it with llmkit tokenizer train")
@@ -245,6 +248,12 @@ class TextTokenizer:
     @property
     def eos_id(self) -> int:
         return self.special_ids[self.roles["eos"]]
+
+    @property
+    def end_ids(self) -> list[int]:
+        """eos, then the end-of-turn tokens: what ends a generated reply."""
+        ids = [self.eos_id] + [self.hf.token_to_id(token) for token in self.end_of_turn]
+        return list(dict.fromkeys(i for i in ids if i is not None))
 
     @property
     def pad_id(self) -> int:
@@ -469,12 +478,17 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
         token_bytes = np.load(dir / TOKEN_BYTES_FILE, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{dir / TOKEN_BYTES_FILE} is damaged ({' '.join(str(exc).split())[:100]}); retrain the tokenizer") from None
-    return TextTokenizer(hf, token_bytes, path=dir, roles=special_roles(dir))
+    roles = special_roles(dir)
+    end_of_turn = roles.pop(END_OF_TURN, []) if roles is not None else []
+    return TextTokenizer(hf, token_bytes, path=dir, roles=roles, end_of_turn=end_of_turn)
 
 
-def special_roles(dir: Path) -> dict[str, str] | None:
-    """A tokenizer folder's special-token roles (special_tokens.json: role -> token text); None
-    without the file (llmkit's own <|bos|>, <|eos|>, ...)."""
+END_OF_TURN = "end_of_turn"  # special_tokens.json: the token texts besides eos that end a reply
+
+
+def special_roles(dir: Path) -> dict[str, Any] | None:
+    """A tokenizer folder's special-token roles (special_tokens.json: role -> token text, and
+    "end_of_turn": a list of token texts); None without the file (llmkit's own <|bos|>, <|eos|>, ...)."""
     path = Path(dir) / SPECIAL_ROLES_FILE
     if not path.is_file():
         return None
@@ -482,8 +496,11 @@ def special_roles(dir: Path) -> dict[str, str] | None:
         roles = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
-    if not isinstance(roles, dict) or not all(isinstance(v, str) for v in roles.values()) or set(roles) - set(LLMKIT_ROLES):
-        raise UserError(f"{path} must map bos/eos/pad/mask to token texts; fix or delete it")
+    ends = roles.get(END_OF_TURN, []) if isinstance(roles, dict) else None
+    named = {k: v for k, v in roles.items() if k != END_OF_TURN} if isinstance(roles, dict) else None
+    if (named is None or not all(isinstance(v, str) for v in named.values()) or set(named) - set(LLMKIT_ROLES)
+            or not isinstance(ends, list) or not all(isinstance(t, str) for t in ends)):
+        raise UserError(f"{path} must map bos/eos/pad/mask to token texts (and {END_OF_TURN} to a list of them); fix or delete it")
     return roles
 
 
@@ -501,7 +518,13 @@ def same_tokenizer(a: Path | str, b: Path | str) -> bool:
     first, second = folder_of(a), folder_of(b)
     return (first / TOKENIZER_FILE).is_file() and (second / TOKENIZER_FILE).is_file() and \
         sha256_file(first / TOKENIZER_FILE) == sha256_file(second / TOKENIZER_FILE) and \
-        special_roles(first) == special_roles(second)
+        _scoring_roles(first) == _scoring_roles(second)
+
+
+def _scoring_roles(folder: Path) -> dict[str, Any] | None:
+    """The roles that change what a model is fed and scored on (not where a reply ends)."""
+    roles = special_roles(folder)
+    return None if roles is None else {k: v for k, v in roles.items() if k != END_OF_TURN}
 
 
 def copy_tokenizer_files(src_dir: Path | str, dst_dir: Path | str) -> Path:

@@ -438,7 +438,7 @@ class Generator:
                 return stopped
 
             row_results = generate_ids(
-                self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=[self.tokenizer.eos_id], seeds=seeds,
+                self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids, seeds=seeds,
                 on_step=on_step, decoder=self.decoder, stop_ids=extra_stop_ids,
             )
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):

@@ -54,6 +54,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint,
                       "tokenizer_post_processor": post_processor_of(tok.hf),
                       "task": json.loads(task.to_json()) if task is not None else None,
+                      "end_of_turn": list(tok.end_of_turn),
                       "document_start": "eos" if start_id == tok.eos_id and start_id != tok.bos_id else "bos"}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out

@@ -71,7 +71,7 @@ def chat_template_for(task) -> str | None:
 
 def stop_token_ids(tok, chat: bool) -> list[int]:
     """End of text, and for chat models the role tokens that end a turn (llmkit's chat stops on them)."""
-    ids = [tok.eos_id]
+    ids = list(tok.end_ids)
     if chat:
         ids += [tok.special_ids[t] for t in CHAT_ROLE_TOKENS if t in tok.special_ids]
     return list(dict.fromkeys(ids))
@@ -283,16 +283,20 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
     return roles
 
 
-def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: Path) -> None:
+def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: Path, end_of_turn: list[str] = ()) -> None:
     """tokenizer.json + token_bytes.npy, and special_tokens.json when the roles are not llmkit's
-    names (the shared loader reads it); then load the folder the way every stage will."""
-    from llmkit.data.tokenizer import LLMKIT_ROLES, SPECIAL_ROLES_FILE, TOKEN_BYTES_FILE, load_tokenizer, token_byte_lengths
+    names or tokens besides eos end a reply (the shared loader reads it); then load the folder the
+    way every stage will."""
+    from llmkit.data.tokenizer import (
+        END_OF_TURN, LLMKIT_ROLES, SPECIAL_ROLES_FILE, TOKEN_BYTES_FILE, load_tokenizer, token_byte_lengths,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
     np.save(folder / TOKEN_BYTES_FILE, token_byte_lengths(tokenizer), allow_pickle=False)
-    if any(token != LLMKIT_ROLES[role] for role, token in roles.items()):
-        (folder / SPECIAL_ROLES_FILE).write_text(json.dumps(roles, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if end_of_turn or any(token != LLMKIT_ROLES[role] for role, token in roles.items()):
+        written = {**roles, **({END_OF_TURN: list(end_of_turn)} if end_of_turn else {})}
+        (folder / SPECIAL_ROLES_FILE).write_text(json.dumps(written, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     loaded = load_tokenizer(folder)
     if (loaded.bos_id, loaded.eos_id, loaded.pad_id) != tuple(tokenizer.token_to_id(roles[r]) for r in ("bos", "eos", "pad")):
         raise AssertionError(f"the tokenizer loader misreads the special-token roles {roles} of {src}")

@@ -46,34 +46,34 @@ def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, t
     return original, state
 
 
-def _note_what_is_left_behind(src: Path, tokenizer, eos: str) -> None:
-    """A chat model's own template and the end-of-turn ids its generation_config.json adds to eos
-    are not carried over (llmkit's chat renders its own format; generate stops at eos): said at
-    import, with the way to stop at those tokens, rather than found out by a reply that never ends."""
+def _end_of_turn(src: Path, tokenizer, eos: str) -> list[str]:
+    """The tokens besides eos that generation_config.json stops at (a chat fine-tune's end of
+    turn: Llama 3's <|eot_id|>, ChatML's <|im_end|>): generate, chat and eval stop there too, and
+    export writes them back."""
     import json
 
-    left = []
-    config = {}
-    try:
-        config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    if (src / "chat_template.jinja").is_file() or (isinstance(config, dict) and config.get("chat_template")):
-        left.append("its chat template (llmkit's chat and finetune --template chat use llmkit's own format)")
-    ids = []
     try:
         ids = json.loads((src / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id") or []
     except (OSError, ValueError, AttributeError):
-        pass
-    ends = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)]
-    ends = [t for t in dict.fromkeys(ends) if t is not None and t != eos]
-    if ends:
-        left.append("the end-of-turn token(s) its generation_config.json stops at, " + ", ".join(ends)
-                    + f" (generate stops at {eos}; add " + " ".join(f"--stop {t!r}" for t in ends) + ")")
-    if left:
+        return []
+    tokens = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)]
+    return [t for t in dict.fromkeys(tokens) if t is not None and t != eos]
+
+
+def _note_a_chat_template(src: Path) -> None:
+    """A chat model's own template is not carried over (llmkit's chat renders its own format):
+    said at import rather than found out from replies to a format the model never saw."""
+    import json
+
+    try:
+        settings = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = {}
+    if (src / "chat_template.jinja").is_file() or (isinstance(settings, dict) and settings.get("chat_template")):
         from llmkit.console import err
 
-        err.print("note: not imported: " + "; ".join(left), soft_wrap=True, markup=False)
+        err.print("note: the model's chat template is not imported: llmkit's chat and finetune --template chat use "
+                  "llmkit's own format (docs/interop.md)", soft_wrap=True, markup=False)
 
 
 def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], model_type: str) -> ModelConfig:
@@ -127,8 +127,13 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
             "the directory mixes a model and a tokenizer that do not belong together"
         )
     special = hf_special_tokens(src, config_json, tokenizer)
-    _note_what_is_left_behind(src, tokenizer, special["eos"])
     provenance = export_provenance(src)
+    if "end_of_turn" in provenance:  # llmkit's own export: its generation_config.json also lists a chat's role tokens
+        listed = provenance["end_of_turn"]
+        end_of_turn = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
+    else:
+        end_of_turn = _end_of_turn(src, tokenizer, special["eos"])
+        _note_a_chat_template(src)
     if "tokenizer_post_processor" in provenance:  # export added one for transformers; llmkit's own had this
         tokenizer = with_post_processor(tokenizer, provenance["tokenizer_post_processor"])
     hf_state = normalize_hf_keys(read_hf_state(files), model_type)
@@ -151,7 +156,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
     check_shapes(model, state, src, config_file="config.json", fix="re-save the model")
     with artifacts.create(out, "checkpoint", force=force, inputs=[src]) as build:
         save_weights(model, build.dir, {k: state[k] for k in expected if k in state})
-        write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src)
+        write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src, end_of_turn)
         if task is not None:
             task.write(build.dir)
         build.config = {
