@@ -135,7 +135,7 @@ class Manifest:
 
 # Optional files a stage reads wherever they exist (llmkit/data/tokenizer.py: the special-token
 # roles): one not in the manifest is refused, not read.
-READ_IF_PRESENT = ("special_tokens.json",)
+READ_IF_PRESENT = ("special_tokens.json", "chat_template.jinja")
 # The only files a manifest may list as `state_files` (a training run's resume state, outside the
 # fingerprint): any other name there would let a file be added that changes what a stage does,
 # the fingerprint unchanged and verify content (llmkit/train/checkpoint.py names them).

@@ -9,9 +9,11 @@ signatures, encoding), which is where the time goes.
 
 On Ray, each worker is an actor that runs the stage's initializer once, then takes batches in
 turn. A worker that dies (a node lost, a process killed) is restarted and its unfinished
-batches are run again (`max_restarts=-1`, `max_task_retries=RETRIES`, then one line: a batch
-that kills every worker it meets is the input's fault); results are still taken in
-input order, so nothing is lost or written twice.
+batches are run again (`max_task_retries=RETRIES`, then one line: a batch that kills every
+worker it meets is the input's fault; the actors restart at most RESTARTS times each, so one
+that dies while it sets up, again and again, ends the stage instead of hanging it); results are
+still taken in input order, so nothing is lost or written twice. A death ends the stage as a
+`WorkerDied`: its partial output is kept, and a rerun continues it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Execution(Options):
     executor: str = option("local", "local (this machine: processes, threads for tokenize) or ray (a Ray cluster's workers; "
                            f"{INSTALL}).", choices=("local", "ray"), runtime=True)
     ray_address: str | None = option(None, "Ray cluster to join (e.g. auto, or ray://HEAD:10001); default: start a local "
-                                     "Ray instance for this run.", runtime=True)
+                                     "Ray instance for this run (even where a cluster runs on this machine).", runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,7 +73,9 @@ def connected(address: str | None) -> Iterator[Any]:
     try:
         with warnings.catch_warnings():  # (Ray's own warnings about the client would come before the one line)
             warnings.simplefilter("ignore")
-            ray.init(address=address, **options) if address else ray.init(**options)
+            # "local": a new instance for this run, as the option says (with no address Ray joins any cluster
+            # already running on this machine, or RAY_ADDRESS's)
+            ray.init(address=address or "local", **options)
     except ConnectionError as exc:
         reason = " ".join(str(exc).split()).split(". ")[0]  # its first sentence, whole
         raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); start one with "
@@ -117,9 +121,7 @@ class _Worker:
                 initializer(*initargs)
             except Exception as exc:
                 reason = " ".join((str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}").split())[:300]
-                missing = isinstance(exc, OSError) or any(word in reason.lower() for word in ("no such", "not found", "missing"))
-                hint = "; every node needs the stage's inputs at the same path (shared storage)" if missing else ""
-                self.setup_error = f"a Ray worker could not set up: {reason}{hint}"
+                self.setup_error = f"a Ray worker could not set up: {reason}{_path_hint(exc, reason)}"
 
     def run(self, function: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
         if self.setup_error is not None:
@@ -128,6 +130,16 @@ class _Worker:
             return "ok", function(item)
         except UserError as exc:  # the stage's own one-line error: passed back as is, not retried
             return "error", str(exc)
+        except OSError as exc:  # an input the driver read, not found (or another file) on this worker's node
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            return "error", f"a Ray worker failed: {reason}{_path_hint(exc, reason)}"
+
+
+def _path_hint(exc: BaseException, reason: str) -> str:
+    """Where a worker missed a file: the driver had checked it, so the node does not see that path."""
+    missing = isinstance(exc, OSError) or any(word in reason.lower() for word in ("no such", "not found", "missing", "differs"))
+    return ("; every node needs the stage's inputs at the same path, with the same contents (shared storage), "
+            "as the driver sees them") if missing else ""
 
 
 def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, workers: int, address: str | None,
@@ -147,7 +159,7 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
             on_start(count)
         # A dead actor restarts and its batch is tried again, but not forever: a batch that kills
         # its worker each time (out of memory) ends the stage.
-        actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)
+        actor_class = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RETRIES)(_Worker)
         actors = [actor_class.remote(initializer, initargs) for _ in range(count)]
         pending: deque = deque()
         try:
@@ -164,6 +176,7 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
 
 
 RETRIES = 3
+RESTARTS = 8  # per actor: a batch's retries, and deaths while it sets up or between batches
 
 
 def _get(ray, ref) -> tuple[str, Any]:
@@ -174,8 +187,11 @@ def _get(ray, ref) -> tuple[str, Any]:
     try:
         return ray.get(ref)
     except ray.exceptions.RayActorError:
-        raise UserError(f"a Ray worker died {RETRIES + 1} times on the same batch (out of memory, or killed); give the workers "
-                        "more memory (fewer of them a node: --workers)") from None
+        from llmkit.errors import WorkerDied
+
+        raise WorkerDied(f"a Ray worker died {RETRIES + 1} times on the same batch, or too often to go on (out of memory, or "
+                         "killed); give the workers more memory (fewer of them a node: --workers), then rerun the command to "
+                         "continue where it stopped") from None
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None) or exc
         text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(cause).__name__}: {cause}")

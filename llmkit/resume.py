@@ -33,12 +33,14 @@ def digest(document: Any) -> str:
 
 
 def file_identity(label: str, size: int | None = None) -> list:
-    """An input's identity without reading it: resolved path, size and modification time for a
-    file; its label (a dataset name, a built-in corpus) otherwise."""
+    """An input's identity without reading it: resolved path, size, modification and change times
+    and inode for a file; its label (a dataset name, a built-in corpus) otherwise. (`cp -p`, `rsync
+    -a` and `tar x` set a rewritten file's modification time back; its change time, which no user
+    sets, and a replaced file's inode tell it apart.)"""
     path = Path(label)
     if path.is_file():
         stat = path.stat()
-        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
     return [label, size]
 
 

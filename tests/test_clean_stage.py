@@ -277,7 +277,14 @@ def test_a_resumed_clean_knows_its_files_by_real_path_and_time_not_by_label(tmp_
     (tmp_path / "a" / "data.txt").write_text("Fxrst Citizen: speak.\n")  # the same size, edited
     stat = (tmp_path / "a" / "data.txt").stat()
     os.utime(tmp_path / "a" / "data.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    assert input_identities(resolve_inputs([str(tmp_path / "a" / "data.txt")], None, None, "train")) != first
+    edited = input_identities(resolve_inputs([str(tmp_path / "a" / "data.txt")], None, None, "train"))
+    assert edited != first
+    # replaced with its modification time set back, as rsync -a and tar x do: the new file's inode tells
+    # (an in-place edit, as cp -p makes, changes the change time, which no user sets)
+    (tmp_path / "a" / "new.txt").write_text("Fyrst Citizen: speak.\n")
+    os.utime(tmp_path / "a" / "new.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    os.replace(tmp_path / "a" / "new.txt", tmp_path / "a" / "data.txt")
+    assert input_identities(resolve_inputs([str(tmp_path / "a" / "data.txt")], None, None, "train")) != edited
 
 
 def test_a_resumed_clean_knows_a_data_set_by_its_path_files_and_configuration(tmp_path):

@@ -135,8 +135,26 @@ def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_i
 
         os._exit(1)
 
-    with pytest.raises(UserError, match="a Ray worker died 4 times on the same batch"):
+    from llmkit.errors import WorkerDied
+
+    with pytest.raises(WorkerDied, match="a Ray worker died 4 times on the same batch") as died:
         list(ray_ordered_map(always_dies, range(2), workers=1, address=None))
+    assert died.value.keeps_partial and "rerun the command to continue" in str(died.value)  # (the partial is kept)
+
+    def dies_at_set_up():
+        import os
+
+        os._exit(1)
+
+    # an actor that dies while it sets up, every time, used to be restarted forever: the stage hung
+    with pytest.raises(WorkerDied):
+        list(ray_ordered_map(lambda x: x, range(2), workers=1, address=None, initializer=dies_at_set_up))
+
+    def reads_a_file(x):
+        return (tmp_path / "only-on-the-driver.txt").read_text()
+
+    with pytest.raises(UserError, match="FileNotFoundError.*every node needs the stage's inputs at the same path"):
+        list(ray_ordered_map(reads_a_file, range(1), workers=1, address=None))
 
     def fails(x):
         return {}["missing"]
@@ -197,3 +215,24 @@ def test_a_worker_that_cannot_set_up_says_why_and_an_address_needs_the_ray_execu
     result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", tmp_path / "out", "--ray-address", "auto")
     assert result.exit_code != 0 and "--ray-address auto is for --executor ray" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_ray_worker_refuses_a_tokenizer_other_than_the_drivers(shared_data, tmp_path):
+    """On another node the tokenizer's path may hold other files (a node-local copy, a stale cache):
+    its ids would be written under the driver's tokenizer's fingerprint. Each worker checks the
+    driver's digest of the files as it sets up."""
+    from llmkit.executor import _Worker
+    from llmkit.tokenizer.encode_corpus import _init_worker, tokenizer_digest
+
+    (tmp_path / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000])
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    assert CliRunner().invoke(app, ["tokenizer", "train", str(tmp_path / "book.txt"), "--vocab-size", "300", "-o",
+                                    str(tmp_path / "tok")]).exit_code == 0
+    digest = tokenizer_digest(tmp_path / "tok")
+    assert _Worker(_init_worker, (str(tmp_path / "tok"), True, False, 128, digest)).setup_error is None
+    other = _Worker(_init_worker, (str(tmp_path / "tok"), True, False, 128, "0" * 64))
+    assert "differs from the one the driver read there" in other.setup_error
+    assert "every node needs the stage's inputs at the same path, with the same contents" in other.setup_error

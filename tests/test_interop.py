@@ -454,7 +454,7 @@ def test_import_stops_at_the_end_of_turn_ids_of_generation_config_and_exports_th
     """A chat fine-tune's generation_config.json adds its end-of-turn token to eos (Llama 3's
     <|eot_id|>, ChatML's <|im_end|>): generate stopped only at eos, so a reply ran on through the
     next turn. The tokens are kept in tokenizer/special_tokens.json, generation stops at them, and
-    export writes them back. The model's own chat template is not imported: a note says so."""
+    export writes them back."""
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
@@ -478,7 +478,7 @@ def test_import_stops_at_the_end_of_turn_ids_of_generation_config_and_exports_th
     (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_id, end]}))
     result = cli("import", src, "-o", tmp_path / "ckpt")
     assert result.exit_code == 0, result.output
-    assert "note: the model's chat template is not imported" in " ".join(result.output.split()), result.output
+    assert (tmp_path / "ckpt" / TOKENIZER_DIR / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }}"
     roles = json.loads((tmp_path / "ckpt" / TOKENIZER_DIR / "special_tokens.json").read_text())
     assert roles["end_of_turn"] == ["<|user|>"]
     assert load_checkpoint(tmp_path / "ckpt").tokenizer.end_ids == [tok.eos_id, end]
@@ -491,6 +491,61 @@ def test_import_stops_at_the_end_of_turn_ids_of_generation_config_and_exports_th
     assert cli("import", tmp_path / "again", "-o", tmp_path / "back").exit_code == 0
     assert (tmp_path / "back" / TOKENIZER_DIR / "special_tokens.json").read_text() == \
         (tmp_path / "ckpt" / TOKENIZER_DIR / "special_tokens.json").read_text()
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned(cli, tmp_path, tokenizer_dir):
+    """An imported chat model (ChatML here) keeps its Jinja template: chat and generate's
+    {"messages"} prompts render it as transformers' apply_chat_template does, and export writes it
+    back. A checkpoint fine-tuned in llmkit is prompted in the format it learned instead."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    hf_tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    hf_tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    src = tmp_path / "hf"
+    hf_config = _hf_configs(hf_tok.get_vocab_size())["gpt2"]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(hf_config).save_pretrained(src)
+    PreTrainedTokenizerFast(tokenizer_object=hf_tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
+                            chat_template=CHATML).save_pretrained(src)
+    assert cli("import", src, "-o", tmp_path / "ckpt").exit_code == 0
+    assert (tmp_path / "ckpt" / TOKENIZER_DIR / "chat_template.jinja").read_text() == CHATML
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    theirs = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    talk = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Speak, <|im_end|> speak!"}]
+    from llmkit.data.templates import encode_chat_prompt
+
+    expected = list(theirs.apply_chat_template(talk, add_generation_prompt=True, tokenize=True, return_dict=False))
+    assert encode_chat_prompt(talk, loaded.tokenizer) == expected
+    (tmp_path / "talk.jsonl").write_text(json.dumps({"messages": talk}) + "\n")
+    made = cli("generate", tmp_path / "ckpt", "--prompts", tmp_path / "talk.jsonl", "-n", "2", "--greedy", "-o", tmp_path / "g.jsonl")
+    assert made.exit_code == 0, made.output
+    assert json.loads((tmp_path / "g.jsonl").read_text())["prompt_tokens"] == len(expected)
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    chatted = CliRunner().invoke(app, ["chat", str(tmp_path / "ckpt"), "--greedy", "-n", "2"], input="Hello\n/exit\n")
+    assert chatted.exit_code == 0 and "the model's own" in chatted.output and "never fine-tuned" not in chatted.output, \
+        chatted.output
+    assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "again", local_files_only=True).chat_template == CHATML
+    # a template that refuses a conversation (here: a role it has no place for) is one line
+    refusing = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}{% endfor %}"
+    loaded.tokenizer.own_chat_template = refusing
+    del loaded.tokenizer._own_chat
+    with pytest.raises(Exception, match="the model's chat template refused the conversation .*no system role"):
+        encode_chat_prompt(talk, loaded.tokenizer)
+    # fine-tuned in llmkit: its task.json's format, not the import's template
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": w}) + "\n" for w in ("a", "b") * 4))
+    assert cli("finetune", tmp_path / "ckpt", "--template", "plain", "--data", tmp_path / "sft.jsonl", "--max-steps", "1",
+               "--batch-size", "4", "--val-fraction", "0", "-o", tmp_path / "sft").exit_code == 0
+    assert (tmp_path / "sft" / TOKENIZER_DIR / "chat_template.jinja").is_file()
+    assert load_checkpoint(tmp_path / "sft").tokenizer.own_chat_template is None
 
 
 def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tmp_path, tokenizer_dir):

@@ -179,7 +179,10 @@ def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encode
 
 
 def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
-    """The generation prompt: the history, then <|assistant|>; the one chat renderer of every stage."""
+    """The generation prompt: the history, then <|assistant|>; the one chat renderer of every stage.
+    An imported chat model (not fine-tuned in llmkit) is prompted in its own template instead."""
+    if getattr(tokenizer, "own_chat_template", None):
+        return tokenizer.encode_own_chat(messages)
     special = tokenizer.special_ids
     roles = [special[f"<|{m['role']}|>"] for m in messages] + [special["<|assistant|>"]]
     ids = [tokenizer.bos_id]

@@ -29,6 +29,7 @@ TOKENIZER_FILES = (TOKENIZER_FILE, TOKEN_BYTES_FILE)
 # Optional: {"bos": ..., "eos": ..., "pad": ..., "mask": ...} -> token text, for tokenizers whose
 # special tokens are not named like llmkit's (an imported GPT-2 has one <|endoftext|> for all).
 SPECIAL_ROLES_FILE = "special_tokens.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # an imported chat model's own template (transformers' Jinja)
 LLMKIT_ROLES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>", "mask": "<|mask|>"}
 
 # Ids 0..6 of every llmkit vocabulary, in this order (the chat roles serve fine-tuning templates).
@@ -216,7 +217,7 @@ class TextTokenizer:
     """What the training, generation and evaluation stages need from a tokenizer."""
 
     def __init__(self, hf: Any, token_bytes: np.ndarray, path: Path | None = None, roles: dict[str, str] | None = None,
-                 end_of_turn: Sequence[str] = ()):
+                 end_of_turn: Sequence[str] = (), own_chat_template: str | None = None):
         self.hf = hf
         # Special tokens typed into text stay text: only ids inserted on purpose are special.
         self.hf.encode_special_tokens = True
@@ -228,6 +229,9 @@ class TextTokenizer:
         self.roles = {**LLMKIT_ROLES, **(roles or {})}
         # tokens besides eos that end a reply (an imported chat model's generation_config.json lists them)
         self.end_of_turn = tuple(end_of_turn)
+        # an imported chat model's Jinja template: chat prompts are rendered with it (encode_own_chat);
+        # llmkit.model.io.load_checkpoint drops it for a checkpoint fine-tuned in llmkit, which has its own format
+        self.own_chat_template = own_chat_template
         missing = [self.roles[r] for r in ("bos", "eos", "pad") if self.roles[r] not in self.special_ids]
         if missing:
             raise UserError(f"tokenizer {path} lacks special token(s) {', '.join(missing)}; retrain it with llmkit tokenizer train")
@@ -248,6 +252,26 @@ class TextTokenizer:
     @property
     def eos_id(self) -> int:
         return self.special_ids[self.roles["eos"]]
+
+    def encode_own_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """A conversation and the assistant's turn to answer, rendered with the model's own chat
+        template as transformers renders it (`apply_chat_template`, add_generation_prompt) and
+        encoded as it encodes the result: special tokens written in the text are those tokens."""
+        if not hasattr(self, "_own_chat"):
+            from tokenizers import Tokenizer
+            from transformers import PreTrainedTokenizerFast
+
+            wrapper = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(self.hf.to_str()),
+                                              bos_token=self.roles["bos"], eos_token=self.roles["eos"])
+            wrapper.chat_template = self.own_chat_template
+            self._own_chat = wrapper
+        try:
+            text = self._own_chat.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # noqa: BLE001 - jinja2's errors, and the template's own raise_exception
+            reason = " ".join(str(exc).split())[:200]
+            raise UserError(f"the model's chat template refused the conversation ({reason}); check the roles and their "
+                            "order it takes") from None
+        return self._own_chat.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
     @property
     def end_ids(self) -> list[int]:
@@ -480,7 +504,13 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
         raise UserError(f"{dir / TOKEN_BYTES_FILE} is damaged ({' '.join(str(exc).split())[:100]}); retrain the tokenizer") from None
     roles = special_roles(dir)
     end_of_turn = roles.pop(END_OF_TURN, []) if roles is not None else []
-    return TextTokenizer(hf, token_bytes, path=dir, roles=roles, end_of_turn=end_of_turn)
+    template = None
+    if (dir / CHAT_TEMPLATE_FILE).is_file():
+        try:
+            template = (dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{dir / CHAT_TEMPLATE_FILE} is not UTF-8 text ({exc}); fix or delete it") from None
+    return TextTokenizer(hf, token_bytes, path=dir, roles=roles, end_of_turn=end_of_turn, own_chat_template=template)
 
 
 END_OF_TURN = "end_of_turn"  # special_tokens.json: the token texts besides eos that end a reply
@@ -538,6 +568,7 @@ def copy_tokenizer_files(src_dir: Path | str, dst_dir: Path | str) -> Path:
             raise UserError(f"no {name} in {src_dir}: the tokenizer is missing or incomplete there; rebuild that artifact, "
                             "or copy the tokenizer artifact's files into it")
         shutil.copyfile(src_dir / name, dst_dir / name)
-    if (src_dir / SPECIAL_ROLES_FILE).is_file():
-        shutil.copyfile(src_dir / SPECIAL_ROLES_FILE, dst_dir / SPECIAL_ROLES_FILE)
+    for name in (SPECIAL_ROLES_FILE, CHAT_TEMPLATE_FILE):
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, dst_dir / name)
     return dst_dir

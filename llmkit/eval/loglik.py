@@ -90,10 +90,11 @@ def token_logprobs(
             seq = requests[i].seq
             idx[row, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
             tgt[row, : len(seq) - 1] = torch.tensor(seq[1:], dtype=torch.long)
-        nll = _token_nll(model, idx.to(device), tgt.to(device))
+        # one copy to the host per batch (a copy per row was a device sync per row on a GPU)
+        nll = _token_nll(model, idx.to(device), tgt.to(device)).double().cpu()
         for row, i in enumerate(batch):
             length, n = len(requests[i].seq) - 1, requests[i].n
-            results[i] = -nll[row, length - n : length].double().cpu()
+            results[i] = -nll[row, length - n : length]  # (a new tensor: not a view that keeps the batch alive)
         if progress is not None:
             progress(len(batch))
     return results  # type: ignore[return-value]

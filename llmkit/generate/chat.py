@@ -3,7 +3,8 @@
 The prompt is rendered with the checkpoint's own template (task.json, written by
 `llmkit finetune`; docs/finetune.md): a chat checkpoint sees the whole conversation through
 its role tokens, a text-template checkpoint (translate, summarize, ...) one input at a time.
-A checkpoint without task.json is treated as a chat model when its vocabulary has role tokens.
+A checkpoint without task.json is treated as a chat model when its vocabulary has role tokens,
+or in its own template when it is an imported chat model (tokenizer/chat_template.jinja).
 
 Within the context length a reply gets --max-new-tokens, but at most half the context; the
 prompt gets the rest: the oldest exchanges are dropped first (the system message stays), then
@@ -32,7 +33,8 @@ class ChatSession:
 
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.template = (task.template if task is not None else None) or chat_template()
-        if self.template["type"] == "chat":
+        # (an imported chat model not fine-tuned in llmkit is prompted in its own template: encode_chat_prompt)
+        if self.template["type"] == "chat" and not tokenizer.own_chat_template:
             check_tokenizer(self.template, tokenizer,
                             "so it cannot chat (an imported GPT-2 or Llama has none): continue text with llmkit generate "
                             "--prompt, or fine-tune it on prompt/response pairs (llmkit finetune --template plain) and generate")
@@ -177,8 +179,9 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     loaded = load_checkpoint(checkpoint, device=resolve_device(config.inference.device), purpose="chat")
     params = config.sampling.params(config.seed)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.inference.compile)
-    name = session.template["name"]
-    if loaded.task is None:
+    own = loaded.task is None and loaded.tokenizer.own_chat_template
+    name = "the model's own, from its import" if own else session.template["name"]
+    if loaded.task is None and not own:
         err.print(f"note: {checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
                   "as text; fine-tune it with llmkit finetune --template chat for replies", soft_wrap=True, markup=False)
     err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D to leave", soft_wrap=True)

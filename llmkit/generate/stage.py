@@ -76,7 +76,7 @@ def run_generate(
     tokenizer = loaded.tokenizer
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
     _check_prompts_fit_the_template(prompts, loaded.task)
-    if any(p.messages is not None for p in prompts):
+    if any(p.messages is not None for p in prompts) and not tokenizer.own_chat_template:
         from llmkit.data.templates import chat_template, check_tokenizer
 
         check_tokenizer(chat_template(), tokenizer, "so it cannot read {\"messages\": ...} prompts (an imported GPT-2 or Llama "

@@ -35,7 +35,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         )
     loaded = load_checkpoint(art.path)
     config, tok = loaded.config, loaded.tokenizer
-    template = chat_template_for(task)
+    template = chat_template_for(task) or tok.own_chat_template  # (load_checkpoint drops the latter for a fine-tune)
     special = SpecialIds(bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id)
     hf_config = to_hf_config(config, special)
     hf_config.dtype = dtype

@@ -283,12 +283,13 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
     return roles
 
 
-def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: Path, end_of_turn: list[str] = ()) -> None:
+def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: Path, end_of_turn: list[str] = (),
+                           chat_template: str | None = None) -> None:
     """tokenizer.json + token_bytes.npy, and special_tokens.json when the roles are not llmkit's
     names or tokens besides eos end a reply (the shared loader reads it); then load the folder the
     way every stage will."""
     from llmkit.data.tokenizer import (
-        END_OF_TURN, LLMKIT_ROLES, SPECIAL_ROLES_FILE, TOKEN_BYTES_FILE, load_tokenizer, token_byte_lengths,
+        CHAT_TEMPLATE_FILE, END_OF_TURN, LLMKIT_ROLES, SPECIAL_ROLES_FILE, TOKEN_BYTES_FILE, load_tokenizer, token_byte_lengths,
     )
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -297,6 +298,8 @@ def write_tokenizer_folder(tokenizer, roles: dict[str, str], folder: Path, src: 
     if end_of_turn or any(token != LLMKIT_ROLES[role] for role, token in roles.items()):
         written = {**roles, **({END_OF_TURN: list(end_of_turn)} if end_of_turn else {})}
         (folder / SPECIAL_ROLES_FILE).write_text(json.dumps(written, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if chat_template:
+        (folder / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
     loaded = load_tokenizer(folder)
     if (loaded.bos_id, loaded.eos_id, loaded.pad_id) != tuple(tokenizer.token_to_id(roles[r]) for r in ("bos", "eos", "pad")):
         raise AssertionError(f"the tokenizer loader misreads the special-token roles {roles} of {src}")

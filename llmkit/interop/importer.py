@@ -60,20 +60,25 @@ def _end_of_turn(src: Path, tokenizer, eos: str) -> list[str]:
     return [t for t in dict.fromkeys(tokens) if t is not None and t != eos]
 
 
-def _note_a_chat_template(src: Path) -> None:
-    """A chat model's own template is not carried over (llmkit's chat renders its own format):
-    said at import rather than found out from replies to a format the model never saw."""
+def _source_chat_template(src: Path) -> str | None:
+    """A chat model's own Jinja template: chat_template.jinja, or tokenizer_config.json's
+    "chat_template" (a text, or named templates, of which "default")."""
     import json
 
+    if (src / "chat_template.jinja").is_file():
+        try:
+            return (src / "chat_template.jinja").read_text(encoding="utf-8") or None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{src}/chat_template.jinja is not UTF-8 text ({exc}); re-save the tokenizer") from None
     try:
         settings = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        settings = {}
-    if (src / "chat_template.jinja").is_file() or (isinstance(settings, dict) and settings.get("chat_template")):
-        from llmkit.console import err
-
-        err.print("note: the model's chat template is not imported: llmkit's chat and finetune --template chat use "
-                  "llmkit's own format (docs/interop.md)", soft_wrap=True, markup=False)
+        return None
+    template = settings.get("chat_template") if isinstance(settings, dict) else None
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], model_type: str) -> ModelConfig:
@@ -133,7 +138,8 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
         end_of_turn = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
     else:
         end_of_turn = _end_of_turn(src, tokenizer, special["eos"])
-        _note_a_chat_template(src)
+    # a fine-tune exported by llmkit comes back with its task.json: its template is that task's format
+    chat_template = _source_chat_template(src) if not isinstance(provenance.get("task"), dict) else None
     if "tokenizer_post_processor" in provenance:  # export added one for transformers; llmkit's own had this
         tokenizer = with_post_processor(tokenizer, provenance["tokenizer_post_processor"])
     hf_state = normalize_hf_keys(read_hf_state(files), model_type)
@@ -156,7 +162,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
     check_shapes(model, state, src, config_file="config.json", fix="re-save the model")
     with artifacts.create(out, "checkpoint", force=force, inputs=[src]) as build:
         save_weights(model, build.dir, {k: state[k] for k in expected if k in state})
-        write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src, end_of_turn)
+        write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src, end_of_turn, chat_template)
         if task is not None:
             task.write(build.dir)
         build.config = {

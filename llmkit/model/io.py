@@ -169,4 +169,6 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
             model = SequenceClassifier(model, len(task.labels or []))
     load_weights(model, art.path / WEIGHTS)
     tokenizer = load_tokenizer(art.path / TOKENIZER_DIR)
+    if task is not None:  # fine-tuned in llmkit: prompted in the format it learned (task.json), not the import's template
+        tokenizer.own_chat_template = None
     return LoadedCheckpoint(model=model.eval(), config=config, tokenizer=tokenizer, task=task, artifact=art)

@@ -126,14 +126,35 @@ FIRST_CHECKS = 256  # documents of the first batch checked against tokenizers
 _STATE: dict[str, Any] = {}  # a Ray actor's encoder state (_init_worker); local runs pass their own (_Encoder.state)
 
 
-def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int) -> None:
-    """Sets a Ray actor's encoder state."""
+def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every: int, digest: str | None = None) -> None:
+    """Sets a Ray actor's encoder state, from the tokenizer files the driver checked: on another
+    node the same path may hold another tokenizer (a node-local copy, a stale cache), whose ids
+    would be written under the driver's tokenizer's fingerprint."""
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:
         # One encoding thread per worker process: the processes are the parallelism.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if digest is not None and tokenizer_digest(tokenizer_dir) != digest:
+        raise UserError(f"the tokenizer at {tokenizer_dir} differs from the one the driver read there")
     _STATE.update(encoder_state(load_tokenizer(tokenizer_dir), use_fast, add_bos, check_every))
+
+
+def tokenizer_digest(tokenizer_dir: str | Path) -> str:
+    """SHA-256 over the files that decide the ids (tokenizer.json, and special_tokens.json where there is one)."""
+    import hashlib
+
+    from llmkit.data.tokenizer import SPECIAL_ROLES_FILE, TOKENIZER_FILE
+
+    folder = Path(tokenizer_dir)
+    if not (folder / TOKENIZER_FILE).is_file() and (folder / "tokenizer" / TOKENIZER_FILE).is_file():
+        folder = folder / "tokenizer"  # an artifact's copy, as load_tokenizer finds it
+    digest = hashlib.sha256()
+    for name in (TOKENIZER_FILE, SPECIAL_ROLES_FILE):
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def encoder_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every: int) -> dict[str, Any]:
@@ -272,7 +293,8 @@ class _Encoder:
                  check_every: int = 128, execution: Execution | None = None):
         self.workers = workers
         self.execution = execution or Execution()
-        self.init_args = (str(Path(tokenizer_dir).absolute()), use_fast, add_bos, check_every)  # (Ray workers run elsewhere)
+        self.init_args = (str(Path(tokenizer_dir).absolute()), use_fast, add_bos, check_every,  # (Ray workers run elsewhere)
+                          tokenizer_digest(tokenizer_dir) if self.execution.executor == "ray" else None)
         self.checked = 0
         self.used_workers = workers  # settled by ordered_map: on Ray 0 means one per CPU of the cluster
         self.name = "tiktoken" if use_fast and tok.fast_encoding is not None else "tokenizers"
