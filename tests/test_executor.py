@@ -147,7 +147,11 @@ def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_i
         os._exit(1)
 
     # an actor that dies while it sets up, every time, used to be restarted forever: the stage hung
-    with pytest.raises(WorkerDied):
+    # (a cap of 1 restart here: the stage's 8 take a few seconds each)
+    from llmkit import executor
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(WorkerDied):
+        patch.setattr(executor, "RESTARTS", 1)
         list(ray_ordered_map(lambda x: x, range(2), workers=1, address=None, initializer=dies_at_set_up))
 
     def reads_a_file(x):
