@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -50,21 +51,18 @@ def _end_of_turn(src: Path, tokenizer, eos: str) -> list[str]:
     """The tokens besides eos that generation_config.json stops at (a chat fine-tune's end of
     turn: Llama 3's <|eot_id|>, ChatML's <|im_end|>): generate, chat and eval stop there too, and
     export writes them back."""
-    import json
-
     try:
         ids = json.loads((src / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id") or []
     except (OSError, ValueError, AttributeError):
         return []
-    tokens = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)]
+    tokens = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids])
+              if isinstance(i, int) and not isinstance(i, bool)]
     return [t for t in dict.fromkeys(tokens) if t is not None and t != eos]
 
 
 def _source_chat_template(src: Path) -> str | None:
     """A chat model's own Jinja template: chat_template.jinja, or tokenizer_config.json's
     "chat_template" (a text, or named templates, of which "default")."""
-    import json
-
     if (src / "chat_template.jinja").is_file():
         try:
             return (src / "chat_template.jinja").read_text(encoding="utf-8") or None
