@@ -98,3 +98,25 @@ def test_text_ranges_cut_between_paragraphs_whatever_their_size(tmp_path, shared
         assert [d for r in ranges for d in read_text_range(r)] == _paragraphs_as_open_reads_them(path), name
     if max_bytes == 1000:
         assert len(text_file_ranges([tmp_path / "book.txt"], max_bytes=max_bytes)) > 40
+
+
+def test_a_read_task_refuses_a_file_other_than_the_one_the_driver_planned_it_on(tmp_path, shared_data):
+    """On a Ray node the same path may hold another file (a node-local copy, a stale cache): its
+    text would be drawn into the sample under the input's fingerprint. A task carries its file's
+    size from the driver and checks it where it is read."""
+    from llmkit.data.corpus import corpus_row_groups, read_row_group_texts, read_text_range, text_file_ranges, write_corpus_artifact
+
+    path = tmp_path / "book.txt"
+    path.write_bytes((shared_data / "tinyshakespeare.txt").read_bytes()[:20_000])
+    (text_range,) = text_file_ranges([path])
+    assert read_text_range(text_range)
+    path.write_bytes((shared_data / "tinyshakespeare.txt").read_bytes()[:19_000])
+    with pytest.raises(UserError, match="holds 19,000 bytes here where the driver planned its reading on 20,000"):
+        read_text_range(text_range)
+    write_corpus_artifact(tmp_path / "corpus", ["First Citizen: speak.", "All: speak, speak."])
+    (group,) = corpus_row_groups(tmp_path / "corpus")
+    assert read_row_group_texts(group) == ["First Citizen: speak.", "All: speak, speak."]
+    with open(group.path, "ab") as shard:
+        shard.write(b"\0")
+    with pytest.raises(UserError, match="another file than the driver's; every node needs the stage's inputs at the same path"):
+        read_row_group_texts(group)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ class TextRange:
     path: str
     start: int
     end: int
+    file_size: int | None = None  # the whole file's, when the driver planned the range (checked where it is read)
 
 
 RANGE_BYTES = 64 << 20
@@ -155,9 +157,9 @@ def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> lis
                 cut = _next_paragraph(handle, start + max_bytes)
                 if cut is None or cut >= size:
                     break
-                ranges.append(TextRange(str(path.absolute()), start, cut))  # (absolute: Ray workers run elsewhere)
+                ranges.append(TextRange(str(path.absolute()), start, cut, size))  # (absolute: Ray workers run elsewhere)
                 start = cut
-        ranges.append(TextRange(str(path.absolute()), start, size))
+        ranges.append(TextRange(str(path.absolute()), start, size, size))
     return ranges
 
 
@@ -179,6 +181,7 @@ def _next_paragraph(handle, position: int, block: int = 1 << 20) -> int | None:
 
 def read_text_range(text_range: TextRange) -> list[str]:
     """The paragraphs of one range, read as `open(path, encoding="utf-8")` reads lines (universal newlines)."""
+    same_file(text_range.path, text_range.file_size)
     with open(text_range.path, "rb") as handle:
         handle.seek(text_range.start)
         raw = handle.read(text_range.end - text_range.start)
@@ -208,6 +211,19 @@ class RowGroup:
     path: str
     index: int
     bytes: int = 0  # uncompressed, all columns (Parquet's own count): how much reading it is
+    file_size: int | None = None  # the shard's, when the driver planned the task (checked where it is read)
+
+
+def same_file(path: str, size: int | None) -> None:
+    """A task's file is the one the driver planned it on: on a Ray node the same path may hold
+    another file (a node-local copy, a stale cache), whose text would be drawn under the input's
+    fingerprint. Its size is compared (cheap, and what a copy of other contents nearly always changes)."""
+    if size is None:
+        return
+    found = os.stat(path).st_size
+    if found != size:
+        raise UserError(f"{path} holds {found:,} bytes here where the driver planned its reading on {size:,}: another file "
+                        "than the driver's; every node needs the stage's inputs at the same path, with the same contents")
 
 
 def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGroup]:
@@ -218,7 +234,8 @@ def corpus_row_groups(artifact: artifacts.Artifact | Path | str) -> list[RowGrou
     for path in corpus_shards(artifact):
         with readable_shard(path):
             metadata = pq.ParquetFile(path).metadata
-            groups += [RowGroup(str(Path(path).absolute()), index, metadata.row_group(index).total_byte_size)
+            size = Path(path).stat().st_size
+            groups += [RowGroup(str(Path(path).absolute()), index, metadata.row_group(index).total_byte_size, size)
                        for index in range(metadata.num_row_groups)]
     return groups
 
@@ -227,6 +244,7 @@ def read_row_group_texts(row_group: RowGroup) -> list[str]:
     """The document texts of one row group (null texts read as "")."""
     import pyarrow.parquet as pq
 
+    same_file(row_group.path, row_group.file_size)
     with readable_shard(row_group.path):
         table = pq.ParquetFile(row_group.path).read_row_group(row_group.index, columns=["text"])
     return [t if t is not None else "" for t in table.column("text").to_pylist()]
