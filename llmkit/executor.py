@@ -137,7 +137,7 @@ class _Worker:
 
 def _path_hint(exc: BaseException, reason: str) -> str:
     """Where a worker missed a file: the driver had checked it, so the node does not see that path."""
-    missing = isinstance(exc, OSError) or any(word in reason.lower() for word in ("no such", "not found", "missing", "differs"))
+    missing = isinstance(exc, OSError) or any(word in reason.lower() for word in ("no such", "not found", "missing"))
     return ("; every node needs the stage's inputs at the same path, with the same contents (shared storage), "
             "as the driver sees them") if missing else ""
 

@@ -308,14 +308,16 @@ class TextTokenizer:
         Prepend normalizer or Metaspace's "always" marks it as `encode` does; Metaspace's "first"
         (current Llama and Mistral tokenizer.json files) marks only the stretch at the string's very
         start, so none here. For every other tokenizer, llmkit's own included, this is `encode`."""
-        if not hasattr(self, "_after_special"):
-            def first_only(component: dict) -> dict:
-                if component.get("type") == "Metaspace" and component.get("prepend_scheme") == "first":
-                    return {**component, "prepend_scheme": "never"}
-                return component
-
-            self._after_special = _rewritten(self.hf, ("pre_tokenizer",), first_only)
         return self._after_special.encode(text, add_special_tokens=False).ids
+
+    @cached_property
+    def _after_special(self) -> Any:
+        def first_only(component: dict) -> dict:
+            if component.get("type") == "Metaspace" and component.get("prepend_scheme") == "first":
+                return {**component, "prepend_scheme": "never"}
+            return component
+
+        return _rewritten(self.hf, ("pre_tokenizer",), first_only)
 
     def strips_beside(self, token_id: int) -> tuple[bool, bool]:
         """(lstrip, rstrip) of an added token: whether, inside one string, it takes in the
@@ -345,7 +347,7 @@ class TextTokenizer:
         completion that stopped inside a character lost the whole characters before it, and the text
         streamed so far was not the start of the final text."""
         ids = [int(i) for i in ids]
-        if not self._byte_fallback or not any(self._is_byte_token(i) for i in ids):
+        if not self._byte_fallback or not any(i in self._byte_token_ids for i in ids):
             return hf.decode(ids, skip_special_tokens=skip_special_tokens)
         special = set(self.special_ids.values()) if skip_special_tokens else set()
         pieces, run = [], bytearray()
@@ -353,7 +355,7 @@ class TextTokenizer:
             if idx in special:
                 continue
             piece = hf.id_to_token(idx)
-            if self._is_byte_token(idx):
+            if idx in self._byte_token_ids:
                 run.append(int(piece[3:5], 16))
                 continue
             if run:
@@ -370,9 +372,6 @@ class TextTokenizer:
         decoder = json.loads(self.hf.to_str()).get("decoder") or {}
         parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
         return any(isinstance(part, dict) and part.get("type") == "ByteFallback" for part in parts)
-
-    def _is_byte_token(self, idx: int) -> bool:
-        return idx in self._byte_token_ids
 
     @cached_property
     def _byte_token_ids(self) -> frozenset[int]:

@@ -123,11 +123,14 @@ class Ensemble(nn.Module):
 
 
 class ClassifierEnsemble(Ensemble):
-    """An ensemble of classifiers: `classify` averages their class probabilities. `input_limits`
-    (set by `load_ensemble`): how many tokens of a text each member reads, as it was fine-tuned
-    (`classifier_input_limit`); rows are right-padded, so a member's cut is a slice."""
+    """An ensemble of classifiers: `classify` averages their class probabilities. `input_limits`:
+    how many tokens of a text each member reads, as it was fine-tuned (`classifier_input_limit`;
+    None: all of them); rows are right-padded, so a member's cut is a slice."""
 
-    input_limits: list[int] | None = None
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], mode: str = "prob",
+                 input_limits: Sequence[int] | None = None):
+        super().__init__(members, weights, mode)
+        self.input_limits = list(input_limits) if input_limits is not None else None
 
     def classify(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mixed class log-probabilities [B, labels]."""
@@ -143,10 +146,13 @@ def classifier_input_limit(config, task) -> int:
     return min(limit, task.max_tokens) if task is not None and task.max_tokens else limit
 
 
-def ensemble_of(members: Sequence[nn.Module], weights: Sequence[float], mode: str = "prob") -> Ensemble:
-    """A classifier ensemble when every member classifies, else a language-model ensemble."""
-    classifiers = all(callable(getattr(m, "classify", None)) for m in members)
-    return (ClassifierEnsemble if classifiers else Ensemble)(members, weights, mode)
+def ensemble_of(members: Sequence[nn.Module], weights: Sequence[float], mode: str = "prob",
+                input_limits: Sequence[int] | None = None) -> Ensemble:
+    """A classifier ensemble when every member classifies (each reading `input_limits` tokens), else
+    a language-model ensemble."""
+    if all(callable(getattr(m, "classify", None)) for m in members):
+        return ClassifierEnsemble(members, weights, mode, input_limits)
+    return Ensemble(members, weights, mode)
 
 
 def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequence[float] | None = None, mode: str = "prob"):
@@ -181,9 +187,8 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     kept = [(item, w) for item, w in zip(loaded, normalised_weights) if w > 0]
     if len(kept) > 1:  # one member alone is that model, its logits as they are
         contexts = {int(item.config.context_length) for item, _ in kept if getattr(item.config, "arch", "gpt") != "lstm"}
-        first.model = ensemble_of([item.model for item, _ in kept], [w for _, w in kept], mode).eval()
-        if isinstance(first.model, ClassifierEnsemble):
-            first.model.input_limits = [classifier_input_limit(item.config, item.task) for item, _ in kept]
+        first.model = ensemble_of([item.model for item, _ in kept], [w for _, w in kept], mode,
+                                  [classifier_input_limit(item.config, item.task) for item, _ in kept]).eval()
         first.config = first.model.config
         if len(contexts) > 1 and not isinstance(first.model, ClassifierEnsemble):
             from llmkit.console import err

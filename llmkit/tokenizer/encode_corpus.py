@@ -136,25 +136,20 @@ def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every:
         # One encoding thread per worker process: the processes are the parallelism.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if digest is not None and tokenizer_digest(tokenizer_dir) != digest:
-        raise UserError(f"the tokenizer at {tokenizer_dir} differs from the one the driver read there")
+        raise UserError(f"the tokenizer at {tokenizer_dir} differs from the one the driver read there; every node needs the "
+                        "stage's inputs at the same path, with the same contents")
     _STATE.update(encoder_state(load_tokenizer(tokenizer_dir), use_fast, add_bos, check_every))
 
 
 def tokenizer_digest(tokenizer_dir: str | Path) -> str:
-    """SHA-256 over the files that decide the ids (tokenizer.json, and special_tokens.json where there is one)."""
-    import hashlib
-
+    """The SHA-256s of the files that decide the ids (tokenizer.json, and special_tokens.json where there is one)."""
+    from llmkit.artifacts import sha256_file
     from llmkit.data.tokenizer import SPECIAL_ROLES_FILE, TOKENIZER_FILE
 
     folder = Path(tokenizer_dir)
     if not (folder / TOKENIZER_FILE).is_file() and (folder / "tokenizer" / TOKENIZER_FILE).is_file():
         folder = folder / "tokenizer"  # an artifact's copy, as load_tokenizer finds it
-    digest = hashlib.sha256()
-    for name in (TOKENIZER_FILE, SPECIAL_ROLES_FILE):
-        path = folder / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    return " ".join(sha256_file(folder / name) for name in (TOKENIZER_FILE, SPECIAL_ROLES_FILE) if (folder / name).is_file())
 
 
 def encoder_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every: int) -> dict[str, Any]:
