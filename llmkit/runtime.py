@@ -72,22 +72,25 @@ def local_dataset(builder: str, data_files: Any, split: str) -> Iterator[Any]:
     import datasets
 
     with local_files_cache() as cache:
-        with datasets_progress_off():
+        with datasets_quiet():
             data = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(cache))
         yield data
 
 
 @contextlib.contextmanager
-def datasets_progress_off() -> Iterator[None]:
-    """`datasets`' own progress bars ("Generating train split") off for the block: they would fight
-    with a stage's bars, and are not its output."""
+def datasets_quiet() -> Iterator[None]:
+    """`datasets`' own progress bars ("Generating train split") and its log lines off for the block:
+    the bars would fight with a stage's, and a file it fails to read is logged (as an error) before the
+    exception that a stage turns into its one-line error."""
     import datasets
 
-    shown = datasets.is_progress_bar_enabled()
+    shown, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bar()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if shown:
             datasets.enable_progress_bar()
 

@@ -339,6 +339,11 @@ def test_a_data_folder_skips_its_readme_but_reads_its_other_markdown(tmp_path):
     labels = [s.label for s in resolve_inputs([str(folder)])]
     assert any(label.endswith("chapter.md") for label in labels) and "data/notes/README.md" in labels
     assert "data/README.md" not in labels
+    hub = tmp_path / "repo"  # a Hub data set's layout: the card above its data/ folder is no document either
+    (hub / "data").mkdir(parents=True)
+    (hub / "README.md").write_text("---\nlicense: mit\n---\nthe card")
+    (hub / "data" / "train-00000-of-00001.jsonl").write_text(json.dumps({"text": "a record"}) + "\n")
+    assert [s.label for s in resolve_inputs([str(hub)])] == ["repo/data/train-00000-of-00001.jsonl"]
 
 
 def test_a_corpus_artifact_is_read_by_its_shards_and_other_artifacts_are_refused(tmp_path):
@@ -401,6 +406,60 @@ def test_a_dataset_folder_of_two_formats_is_refused_and_json_goes_with_jsonl(tmp
     (folder / "b.csv").write_text("text\nfrom csv\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"mixes \.csv, \.json, \.jsonl files.*pass the folder as an input instead"):
         resolve_inputs([], dataset=str(folder), split="train")
+
+
+def test_a_dataset_folder_splits_as_datasets_splits_it(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    layouts = {  # split names in folder names win over file names; the Hub's shard names; a dataset card is no data
+        "by-folder": {"train/data.jsonl": "a", "test/data.jsonl": "b", "test/more-train.jsonl": "c"},
+        "by-file": {"train.jsonl": "a", "dev.jsonl": "b", "notes.jsonl": "c"},
+        "hub-shards": {"README.md": "---\nlicense: mit\n---", "data/train-00000-of-00001.jsonl": "a",
+                       "data/test-00000-of-00001.jsonl": "b"},
+    }
+    for name, files in layouts.items():
+        folder = tmp_path / name
+        for relative, text in files.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_text(text if relative.endswith(".md") else json.dumps({"text": text}) + "\n", encoding="utf-8")
+        expected = {split: sorted(rows["text"]) for split, rows in datasets.load_dataset(str(folder)).items()}
+        got = {split: sorted(t for _, t in resolve_inputs([], dataset=str(folder), split=split)[0].documents(ReadOptions(), ReadStats()))
+               for split in expected}
+        assert got == expected, name
+    assert set(expected) == {"train", "test"}
+
+
+def test_a_saved_data_set_is_read_with_load_from_disk(tmp_path):
+    import datasets
+
+    rows = {"train": ["one", "two", "three"], "test": ["four"]}
+    whole = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": texts}) for split, texts in rows.items()})
+    whole.save_to_disk(str(tmp_path / "dict"))
+    whole["test"].save_to_disk(str(tmp_path / "one"))
+    for folder, split, expected in (("dict", "train", rows["train"]), ("dict", "test", rows["test"]), ("one", "train", rows["test"])):
+        source = resolve_inputs([], dataset=str(tmp_path / folder), split=split)[0]
+        assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == expected
+    with pytest.raises(UserError, match="has no split 'validation'; its splits are train, test"):
+        resolve_inputs([], dataset=str(tmp_path / "dict"), split="validation")
+
+
+def test_a_local_data_set_that_does_not_read_names_the_reason_in_one_line(cli, tmp_path, capfd):
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": broken\n', encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    (tmp_path / "holes.jsonl").write_text('{"text": "kept"}\n{"id": 2}\n{"text": null}\n', encoding="utf-8")
+    for name, reason in (("broken.jsonl", "JSON parse error"), ("latin1.txt", "UnicodeDecodeError: 'utf-8' codec can't decode"),
+                         ("holes.jsonl", "dataset:holes.jsonl/train:1: column 'text' is null")):
+        capfd.readouterr()
+        result = cli("clean", "--dataset", tmp_path / name, "-o", tmp_path / "out")
+        printed = result.output + "".join(capfd.readouterr())  # (datasets logs to the process's own stderr)
+        assert result.exit_code == 1 and reason in printed and len(printed.strip().splitlines()) == 1, printed
+        assert not (tmp_path / "out").exists()
+    kept = cli("clean", "--dataset", tmp_path / "holes.jsonl", "--skip-bad-lines", "-o", tmp_path / "out")
+    assert kept.exit_code == 0, kept.output
+    from llmkit import artifacts
+
+    assert artifacts.load(tmp_path / "out").stats["bad_lines_skipped"] == 2
 
 
 def test_a_dataset_column_that_holds_no_text_is_refused_as_the_file_readers_refuse_it(shared_data):

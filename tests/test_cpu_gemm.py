@@ -48,14 +48,17 @@ def test_products_go_through_onednn_and_equal_pytorchs_to_rounding():
     assert not cpu_gemm.takes(x.double(), x.double())
 
 
-@pytest.mark.parametrize("products", ["onednn", "mkl"])
+@pytest.mark.parametrize("products", ["auto", "onednn", "mkl"])
 def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads(products, product_switch):
-    """From MIN_ROWS rows on, for both libraries (auto picks oneDNN with AVX-512, PyTorch's own
-    with AVX2 only): the per-sequence gradients rest on it."""
+    """From MIN_ROWS rows on, for the library auto picks here and for both where auto may pick either
+    (AMD: oneDNN with AVX-512, MKL with AVX2 only): the per-sequence gradients rest on it."""
     if products == "onednn" and not cpu_gemm._AVAILABLE:
         pytest.skip("oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
+    if products == "mkl" and cpu_gemm._X86 and not cpu_gemm._amd():
+        pytest.skip("on Intel CPUs MKL's row bits depend on the rows beside it, and auto never picks it there")
     product_switch(products)
-    assert cpu_gemm.library() == ("onednn" if products == "onednn" else "pytorch")
+    if products != "auto":
+        assert cpu_gemm.library() == ("onednn" if products == "onednn" else "pytorch")
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     try:
@@ -73,6 +76,17 @@ def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads(produ
             assert torch.equal(cpu_gemm.matmul(grad.t(), x[:1024]), weight_grad)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("amd, avx512, expected", [(True, True, "onednn"), (True, False, "pytorch"),
+                                                   (False, True, "onednn"), (False, False, "onednn")])
+def test_auto_takes_mkl_only_on_amds_avx2_cpus(amd, avx512, expected, product_switch, monkeypatch):
+    if not cpu_gemm._AVAILABLE:
+        pytest.skip("oneDNN's products are used on x86 CPUs with PyTorch's oneDNN only")
+    monkeypatch.setattr(cpu_gemm, "_amd", lambda: amd)
+    monkeypatch.setattr(cpu_gemm, "_avx512", lambda: avx512)
+    product_switch("auto")
+    assert cpu_gemm.library() == expected
 
 
 @openblas

@@ -222,6 +222,22 @@ def test_a_single_document_corpus_splits_its_tail(tmp_path, tokenizer):
     assert int(train[-1]) == int(val[-1]) == stats["eos_id"]
 
 
+def test_short_documents_split_inside_give_each_a_token_of_validation(tmp_path, tokenizer):
+    """Five short lines (one input, too few for a whole validation document): each gives its last
+    word, where a 5% tail rounded to the end-of-text alone, and validation was empty."""
+    lines = ["The first line is here.", "A second line follows it.", "Then there is a third.", "Four lines now.", "And a fifth."]
+    corpus = write_corpus_artifact(tmp_path / "five", lines).path
+    out = tokenize_corpus(corpus, tokenizer, tmp_path / "tokens", TokenizeConfig(workers=1))
+    stats = artifacts.load(out).stats
+    assert stats["val"]["documents"] == stats["split"]["documents_split_inside"] == 5
+    val = TokenShards.open(out, "val").window(0, stats["val"]["tokens"])
+    assert (val == stats["eos_id"]).sum() == 5 and stats["val"]["tokens"] > 5  # text and its end in each
+    one_word = write_corpus_artifact(tmp_path / "one-word", ["a"]).path  # one token: too short for two parts, no validation
+    shards = tokenize_corpus(one_word, tokenizer, tmp_path / "short", TokenizeConfig(workers=1))
+    with pytest.raises(UserError, match="no val split; its documents were too short to give one"):
+        TokenShards.open(shards, "val")
+
+
 def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
     out = tmp_path / "tokens"
     result = cli("tokenize", corpus, "--tokenizer", tokenizer, "-o", out, "--val-fraction", "0.2", "--seed", "5", "--workers", "1")

@@ -16,7 +16,6 @@ import gzip
 import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional
@@ -159,9 +158,10 @@ def resolve_inputs(
             if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             files = _outside_artifacts(files, path, arg)
-            # A data folder's README describes the data beside it; it is not part of it (other .md files
-            # are read, and so is a README in a folder of no data files)
-            data_folders = {p.parent for p in files if file_format(p)[0] in RECORD_SUFFIXES}
+            # A data folder's README describes the data beside or below it (a Hub repository's card above its
+            # data/ folder); it is not part of it (other .md files are read, and so is a README over no data files)
+            data_folders = {folder for p in files if file_format(p)[0] in RECORD_SUFFIXES
+                            for folder in (p.parent, *p.parent.parents) if folder.is_relative_to(path)}
             files = [p for p in files if not (file_format(p)[0] in (".md", ".rst") and p.name.upper().startswith("README")
                                               and p.parent in data_folders)]
             if not files:
@@ -764,18 +764,23 @@ def _pick_column(label: str, wanted: Optional[str], names: list[str], string_nam
 _BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-# File-name words that name a split, as `datasets` recognises them.
-_SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
-                "test": ("test", "testing", "eval", "evaluation")}
-
-
 def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     """A local path goes to `datasets` as builder name + data_files per split, never as a
-    repository id. A folder's files are split by their names (train*, validation*/dev*, test*),
-    as `datasets` does; files that name no split, and a single file, are the train split."""
+    repository id. A folder's files are split as `datasets` splits them (its own resolver: split
+    names in folder names first, then in file names, then `data/{split}-00000-of-00001` shards;
+    with none of these every file is train); a single file is the train split."""
     if not path.is_dir():
         return _BUILDERS.get(file_format(path)[0], "text"), {"train": [str(path)]}
-    files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
+    from datasets.data_files import DataFilesDict, get_data_patterns
+    from datasets.exceptions import DataFilesNotFoundError
+
+    try:
+        resolved = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except (DataFilesNotFoundError, FileNotFoundError):
+        resolved = {}
+    by_split = {str(split): sorted(p for p in map(Path, files) if _readable_in_folder(p))  # (hidden files: left out there)
+                for split, files in resolved.items()}
+    files = sorted(p for split_files in by_split.values() for p in split_files)
     if not files:
         raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
     # Record files (a data set) win over loose text files (a README beside them).
@@ -785,12 +790,25 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
         raise UserError(f"dataset folder {path} mixes {', '.join(suffixes)} files, and a data set is read in one format; "
                         f"pass the folder as an input instead (llmkit clean {path}: it reads every file), or keep one format there")
     builder = builders.pop() if builders else "text"
-    splits: dict[str, list[str]] = {}
-    for file in (p for p in files if _BUILDERS.get(file_format(p)[0], "text") == builder):
-        words = set(re.split(r"[^a-z0-9]+", file.name.lower()))
-        name = next((split for split, names in _SPLIT_WORDS.items() if words & set(names)), "train")
-        splits.setdefault(name, []).append(str(file))
-    return builder, splits
+    splits = {split: [str(p) for p in split_files if _BUILDERS.get(file_format(p)[0], "text") == builder]
+              for split, split_files in by_split.items()}
+    return builder, {split: split_files for split, split_files in splits.items() if split_files}
+
+
+def _saved_dataset(path: Path) -> Optional[dict[str, list[str]]]:
+    """The files per split of a folder written by `save_to_disk`: a `DatasetDict`'s (a folder per
+    split) or a `Dataset`'s (the train split, as a single file is); None for any other folder."""
+    if (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{path / 'dataset_dict.json'} is not a data set's split list; write it again with "
+                            "DatasetDict.save_to_disk") from None
+        return {split: sorted(str(p) for p in (path / split).iterdir() if p.is_file()) if (path / split).is_dir() else []
+                for split in splits}
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return {"train": sorted(str(p) for p in path.iterdir() if p.is_file())}
+    return None
 
 
 def _dataset_identity(local: Path, name: str, config_name: Optional[str], split: str,
@@ -813,32 +831,46 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
     path_like = name.startswith(("./", "../", "/", "~")) or name.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".txt"))
     if path_like and not local.exists():  # not a Hub name (OWNER/NAME): a file that is not there
         raise UserError(f"--dataset {name}: no such file or folder; check the path (a Hub dataset is named OWNER/NAME)")
-    builder, data_files = _local_builder(local) if local.exists() else (None, None)
+    saved = _saved_dataset(local) if local.is_dir() else None
+    if saved is not None:  # read with load_from_disk: its Arrow files are memory-mapped where they are
+        builder, data_files = "saved", saved
+    else:
+        builder, data_files = _local_builder(local) if local.exists() else (None, None)
     if data_files is not None and split not in data_files:
         raise UserError(f"{name} has no split {split!r}; its splits are {', '.join(data_files)} "
                         "(a single file is the train split); choose one with --split")
 
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         with contextlib.ExitStack() as held:  # a local file's fresh cache lasts while its rows are read
-            yield from read_loaded(options, held)
+            yield from read_loaded(options, stats, held)
 
-    def read_loaded(options: ReadOptions, held: contextlib.ExitStack) -> Iterator[tuple[str, str]]:
+    def read_loaded(options: ReadOptions, stats: ReadStats, held: contextlib.ExitStack) -> Iterator[tuple[str, str]]:
         import datasets
 
-        from llmkit.runtime import datasets_cache_dir, datasets_progress_off, local_dataset
+        from llmkit.runtime import datasets_cache_dir, datasets_quiet, local_dataset
 
         offline = False
         try:
-            if data_files is not None:  # prepared afresh: `datasets` keys a local file by path and time
+            if builder == "saved":
+                ds = datasets.load_from_disk(str(local))
+                ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+            elif data_files is not None:  # prepared afresh: `datasets` keys a local file by path and time
                 ds = held.enter_context(local_dataset(builder, data_files, split))
             else:
-                with offline_when_unreachable() as offline, datasets_progress_off():
+                with offline_when_unreachable() as offline, datasets_quiet():
                     ds = datasets.load_dataset(name, config_name, split=split, cache_dir=str(datasets_cache_dir()))
         except UserError:
             raise
         except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad files
+            if data_files is not None:  # the reader's own reason (a JSON parse error, a bad byte), not the wrapper's
+                while exc.__cause__ is not None or (type(exc).__module__.startswith("datasets") and exc.__context__):
+                    exc = exc.__cause__ or exc.__context__
+                detail = " ".join(str(exc).split())[:300]
+                raise UserError(f"could not read dataset {name!r}: {type(exc).__name__}: {detail}; fix the file, "
+                                f"or pass it as an input (llmkit clean {name}), whose readers name the line and skip "
+                                "bad ones with --skip-bad-lines") from None
             detail = " ".join(str(exc).split())[:300]
-            if not local.exists() and offline:
+            if offline:
                 raise UserError(
                     f"dataset {name!r} is not in the local cache and the Hugging Face Hub cannot be reached; connect to "
                     "the network, or pass a local file or folder with --dataset PATH"
@@ -856,7 +888,13 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
         for start in range(0, len(ds), 1000):
             batch = ds[start : start + 1000][column]
             for offset, value in enumerate(batch):
-                yield str(start + offset), value if isinstance(value, str) else ("" if value is None else str(value))
+                if value is None:  # (a record without the field reads as null too) a bad record, as in a JSONL input
+                    if options.skip_bad_lines:
+                        stats.skipped(f"{label}:{start + offset}")
+                        continue
+                    raise UserError(f"{label}:{start + offset}: column {column!r} is null (a record without text); "
+                                    "fix it or pass --skip-bad-lines")
+                yield str(start + offset), value
 
     size = None
     if local.is_file():

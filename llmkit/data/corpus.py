@@ -87,8 +87,10 @@ def iter_corpus_columns(
 
 @contextlib.contextmanager
 def readable_shard(path: Path | str) -> Iterator[None]:
-    """Reading a corpus shard: one whose bytes changed but not its size (which loading checks)
-    fails in pyarrow; said in one line, naming the shard and `llmkit verify`."""
+    """Reading a corpus shard that pyarrow cannot read (its bytes changed, not its size, which loading
+    checks), said in one line, naming the shard and `llmkit verify`. Bytes changed inside a compressed
+    page's values may still read, as other values: loading does not hash the shards (it would read
+    the corpus twice); `llmkit verify` does."""
     import pyarrow as pa
 
     try:

@@ -198,7 +198,8 @@ class TokenShards:
         if not names:
             raise UserError(
                 f"tokens artifact {art.path} has no {split} split; "
-                + ("rerun llmkit tokenize with --val-fraction above 0" if split == "val" else "rerun llmkit tokenize")
+                + ("rerun llmkit tokenize" if split != "val" else "rerun llmkit tokenize with --val-fraction above 0"
+                   if not art.config.get("val_fraction") else "its documents were too short to give one; tokenize more text")
             )
         for key in ("dtype", "vocab_size", "eos_id", "bos_id"):
             if key not in stats:

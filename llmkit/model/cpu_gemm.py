@@ -1,5 +1,5 @@
-"""fp32 matrix products on x86 CPUs: oneDNN's where the CPU has AVX-512, PyTorch's own (MKL) on
-AVX2, and numpy's OpenBLAS for one row.
+"""fp32 matrix products on x86 CPUs: oneDNN's where the CPU has AVX-512 (and on any Intel CPU),
+PyTorch's own (MKL) on AMD's AVX2 CPUs, and numpy's OpenBLAS for one row.
 
 PyTorch's CPU `F.linear` and `mm` call MKL's sgemm for fp32. On an AMD EPYC Zen 5 (AVX-512) oneDNN's
 product is about twice as fast at the shapes of a training step (4,096 × 256 → 768: 4.6 ms against
@@ -8,16 +8,20 @@ because MKL picks its code path by CPU vendor (no AVX-512 on AMD) and oneDNN by 
 On an AMD Zen 3 (AVX2 only) the two are close shape by shape (MKL's time 0.66x to 1.34x oneDNN's)
 and a whole training step is MKL's: 1.10x the tokens per CPU-second (benchmarks/pretrain.py,
 paired median of 4 rounds, 2026-12-04). So `auto` (the default of `LLMKIT_CPU_GEMM`) takes oneDNN
-where PyTorch dispatches AVX-512 kernels and PyTorch's own otherwise; an Intel CPU with AVX-512 was
-not measured and takes oneDNN. PyTorch sends fp32 products to oneDNN only when asked to lower
+where PyTorch dispatches AVX-512 kernels and PyTorch's own otherwise, on AMD CPUs. On Intel CPUs
+it is oneDNN's whatever the instruction set: MKL's row bits depend on the rows beside it there
+(below); their speeds were not compared. PyTorch sends fp32 products to oneDNN only when asked to lower
 their precision (`torch.backends.mkldnn.matmul.fp32_precision`), so the op is called here
 directly: `torch.ops.mkldnn._linear_pointwise`, the one inductor's CPU code calls. It sums in fp32
 (tested against the fp32 rounding bound, which bf16 or tf32 inputs would break by far).
 
 The per-sequence gradients (llmkit/model/sequence_grads.py) need a row of a product to keep its
 bits whatever the rows beside it and the thread count. oneDNN holds both from 2 rows on
-(measured at the presets' product shapes, 2 to 4,096 rows, 1 and 2 threads; tested), MKL from 8
-(AVX-512) or 16 (AVX2); the callers pad to MIN_ROWS (16) anyway.
+(measured at the presets' product shapes, 2 to 4,096 rows, 1 and 2 threads, on AMD and Intel;
+tested), MKL on AMD CPUs from 8 (AVX-512) or 16 (AVX2) rows; the callers pad to MIN_ROWS (16)
+anyway. On an Intel Xeon (AVX-512, MKL 2024.2) MKL's row differed from the same row among 4,096 at
+up to 128 rows (1,024 -> 256) and 256 rows (3,072 -> 768) on 2 threads, presumably its threads
+splitting the sum of short products; on 1 thread it held from 16 rows.
 
 A single row with no gradient to record (decoding one sequence) is a matrix-vector product, which
 reads every weight once: its speed is how fast the weights stream from memory. numpy's OpenBLAS
@@ -39,7 +43,8 @@ row, whether its gradient is recorded, the weight's layout and whether numpy car
 OpenBLAS (its wheels do; a numpy built on another BLAS keeps the kernels below), so a run's bits
 do not change from one run to the next.
 `LLMKIT_CPU_GEMM=onednn` takes oneDNN for two rows and more on any x86 CPU, `mkl` keeps PyTorch's
-own everywhere, one row included (benchmarks/pretrain.py times both).
+own everywhere, one row included (benchmarks/pretrain.py times both); on an Intel CPU a row's bits
+then depend on the rows beside it (see `_enabled`).
 """
 
 from __future__ import annotations
@@ -81,14 +86,25 @@ def _avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+def _amd() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
 @functools.cache
 def _enabled() -> bool:
     """Whether products of two rows and more go through oneDNN: asked for, or (auto) on a CPU with
-    AVX-512. There oneDNN measured twice MKL's speed (AMD Zen 5: MKL does not use AVX-512 on AMD);
-    on an AVX2 CPU (AMD Zen 3) MKL was the faster: a training step 1.10x the tokens per CPU-second
-    (benchmarks/pretrain.py, paired median of 4 rounds), products from 0.66x to 1.34x shape by shape."""
+    AVX-512 or not made by AMD. With AVX-512 oneDNN measured twice MKL's speed (AMD Zen 5: MKL does
+    not use AVX-512 on AMD); on an AMD AVX2 CPU (Zen 3) MKL was the faster: a training step 1.10x the
+    tokens per CPU-second (benchmarks/pretrain.py, paired median of 4 rounds), products from 0.66x to
+    1.34x shape by shape. On Intel CPUs MKL takes its own code paths, and on 2 threads their bits
+    per row depend on the rows beside it (an Intel Xeon with AVX-512: up to 256 rows at 3,072 -> 768),
+    which the per-sequence gradients cannot have; oneDNN's do not."""
     choice = _choice()
-    return _AVAILABLE and (choice == "onednn" or (choice == "auto" and _avx512()))
+    return _AVAILABLE and (choice == "onednn" or (choice == "auto" and (_avx512() or not _amd())))
 
 
 _PLAIN = (torch.Tensor, nn.Parameter)  # not a DTensor (tensor parallelism) or another subclass

@@ -318,8 +318,10 @@ def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str
     as the document does, with its end-of-text token), its last `val_fraction` to validation
     (starting as the document does, with its start token under --add-bos)."""
     first = 1 if bos else 0  # the start token stays with the head; the tail gets its own copy
-    cut = min(len(tokens) - 1, max(first + 1, round(len(tokens) * (1 - val_fraction))))
-    if len(tokens) < first + 2:
+    # Each part holds a token of text at least (a tail of the end-of-text alone is nothing to validate on):
+    # a document shorter than 1/val_fraction tokens gives one, and one too short for two parts trains whole.
+    cut = min(len(tokens) - 2, max(first + 1, round(len(tokens) * (1 - val_fraction))))
+    if cut < first + 1:
         cut = len(tokens)
     tail_bytes = int(token_bytes[tokens[cut:]].sum())
     if cut < len(tokens):
@@ -328,7 +330,7 @@ def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str
     else:
         writers["train"].write(tokens, np.array([len(tokens)]))
     split_bytes["train"] += size - tail_bytes
-    if cut < len(tokens) - 1:  # (a tail of the end-of-text alone is no text to validate on)
+    if cut < len(tokens):
         tail = np.concatenate([tokens[:1], tokens[cut:]]) if bos else tokens[cut:]
         writers["val"].write(tail, np.array([len(tail)]))
         split_bytes["val"] += tail_bytes
