@@ -189,6 +189,7 @@ BAD_VALUES = [
     (["pretrain", "{tokens}", "--lr", "0"], "--lr must be positive"),
     (["pretrain", "{tokens}", "--log-every", "0"], "--log-every must be at least 1"),
     (["pretrain", "{tokens}", "--dropout", "2"], "--dropout must be in [0, 1)"),
+    (["pretrain", "{tokens}", "--model", "tiny", "--mlp-ratio", "0.01"], "mlp_ratio 0.01 gives the MLP no hidden units"),
     (["pretrain", "{tokens}", "--node-rank", "1"], "--node-rank must be below --nnodes (1)"),
     (["finetune", "{ckpt}", "--data", "{sft}", "--epochs", "0"], "--epochs must be positive"),
     (["finetune", "{ckpt}", "--data", "{sft}", "--lora-rank", "-2"], "--lora-rank must be at least 0"),

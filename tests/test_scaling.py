@@ -215,6 +215,13 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     (tmp_path / "ask.toml").write_text("[scaling]\nparams = 1e8\ntokens = 2e9\n")
     from_file = cli("scaling", "predict", a.path, "--config", tmp_path / "ask.toml")
     assert from_file.exit_code == 0 and from_file.output == predicted.output, from_file.output
+    import shutil
+
+    shutil.copytree(a.path, tmp_path / "damaged")
+    damaged = (tmp_path / "damaged" / "fit.json").read_bytes()
+    (tmp_path / "damaged" / "fit.json").write_bytes(b"x" + damaged[1:])  # same size: loading does not see it
+    refused = cli("scaling", "predict", tmp_path / "damaged", "--params", "1e8", "--tokens", "2e9")
+    assert refused.exit_code == 1 and "does not hold a fitted law" in refused.output and "unexpected" not in refused.output
     # params,flops,loss: tokens are flops / (6 params)
     flops = _csv(tmp_path / "flops.csv", zip(n, 6 * n * d, loss), header="params,flops,loss")
     assert cli("scaling", "fit", flops, "-o", tmp_path / "c", *args).exit_code == 0
@@ -546,3 +553,7 @@ def test_a_run_killed_from_outside_is_named_by_its_signal(tmp_path):
     assert _last_error(log, 1) == "no error line; see the log"
     log.write_text("step 10 ...\nerror: the batch does not split\n")
     assert _last_error(log, -9) == "the batch does not split"
+    rerun = log.stat().st_size  # a rerun appends to the log: an earlier attempt's reason is not this one's
+    with open(log, "a") as more:
+        more.write("resuming from step 10\n")
+    assert _last_error(log, -9, rerun) == "killed by SIGKILL (out of memory?); see the log"

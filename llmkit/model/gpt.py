@@ -73,6 +73,10 @@ class ModelConfig:
                 raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
             if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
                 raise ValueError("RoPE needs an even head size (n_embd / n_head)")
+            if self.n_embd > 0 and self.mlp_hidden < 1:
+                raise ValueError(f"mlp_ratio {self.mlp_ratio:g} gives the MLP no hidden units at width {self.n_embd} "
+                                 f"({self.activation}: {'2/3 of ' if self.activation == 'swiglu' else ''}ratio x width, "
+                                 "rounded down); raise --mlp-ratio")
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

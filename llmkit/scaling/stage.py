@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from llmkit import artifacts, outputs
+from llmkit.errors import UserError
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop
 from llmkit.scaling_law import FIT_FILE, Law, unmeasured_term
@@ -91,7 +92,11 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
 
 def read_fit(path: Path | str) -> dict[str, Any]:
     art = artifacts.load(path, kind="scaling")
-    return json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
+    try:
+        return json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{art.path / FIT_FILE} does not hold a fitted law (it changed since it was written: llmkit verify "
+                        f"{art.path} says how); run llmkit scaling fit again") from None
 
 
 def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:

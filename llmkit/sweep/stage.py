@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import artifacts
-from llmkit.errors import Terminated, UserError
+from llmkit.errors import Terminated, UserError, debug_enabled
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
@@ -44,6 +44,7 @@ class RunState:
     seconds: float | None = None
     error: str | None = None
     slot: int | None = None  # the GPU (or CPU slot) it runs on
+    log_start: int = 0  # where this attempt's lines begin in its log (earlier attempts' come before)
 
 
 def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bool = False) -> Path:
@@ -66,6 +67,11 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
         failed = [s for s in states if s.state == "failed"]
         if failed:
             kept = any((out / RUNS / s.run.name).exists() for s in states)  # else the whole folder goes, logs too
+            if debug_enabled():  # the run's own traceback (its --debug), which goes with its log where nothing is kept
+                from llmkit.console import err
+
+                err.print(f"--- {failed[0].run.name}'s log:\n{_attempt_log(out / LOGS / (failed[0].run.name + '.log'), failed[0].log_start)}",
+                          markup=False, highlight=False, soft_wrap=True)
             raise UserError(f"{len(failed)} of {len(states)} runs failed ({failed[0].run.name}: {failed[0].error})"
                             + (f"; its log is {out / LOGS / (failed[0].run.name + '.log')}; fix the cause, then rerun the "
                                "same command: finished runs are kept" if kept else "; fix the cause and rerun"))
@@ -183,8 +189,8 @@ def _prepare(run: PlannedRun, out: Path, done: bool) -> RunState:
 
 def _command(state: RunState, tokens: Path, out: Path, threads: int) -> list[str]:
     target = out / RUNS / state.run.name
-    command = [sys.executable, "-m", "llmkit.cli", "pretrain", str(tokens), "-o", str(target),
-               "--config", str(out / CONFIGS / f"{state.run.name}.yaml"), "--threads", str(threads)]
+    command = [sys.executable, "-m", "llmkit.cli", *(["--debug"] if debug_enabled() else []), "pretrain", str(tokens),
+               "-o", str(target), "--config", str(out / CONFIGS / f"{state.run.name}.yaml"), "--threads", str(threads)]
     if target.exists():
         command.append("--resume")  # an interrupted run goes on from its newest checkpoint
     return command
@@ -213,6 +219,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     slot = free.pop(0)
                     env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[slot]) if gpus else dict(os.environ)
                     log = open(out / LOGS / f"{state.run.name}.log", "a", encoding="utf-8")
+                    state.log_start = log.tell()
                     state.process = subprocess.Popen(_command(state, tokens, out, threads), stdout=log, stderr=subprocess.STDOUT,
                                                      env=env)
                     log.close()
@@ -225,7 +232,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     state.seconds = time.perf_counter() - state.started
                     state.state = "done" if code == 0 else "failed"
                     if code:
-                        state.error = _last_error(out / LOGS / f"{state.run.name}.log", code)
+                        state.error = _last_error(out / LOGS / f"{state.run.name}.log", code, state.log_start)
                     running.remove(state)
                     free.append(state.slot)
                 view.update()
@@ -250,8 +257,15 @@ def gpu_slots(visible: int, asked: int | None, mask: str | None = None) -> list[
     return names[:visible] if len(names) >= visible else [str(index) for index in range(visible)]
 
 
-def _last_error(log: Path, code: int) -> str:
-    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.startswith("error:")]
+def _attempt_log(log: Path, start: int = 0) -> str:
+    """What one attempt of a run wrote to its log (a rerun appends to it)."""
+    with open(log, "rb") as file:
+        file.seek(start)
+        return file.read().decode("utf-8", errors="replace")
+
+
+def _last_error(log: Path, code: int, start: int = 0) -> str:
+    lines = [line for line in _attempt_log(log, start).splitlines() if line.startswith("error:")]
     if lines:
         return lines[-1][len("error:"):].strip()
     if code < 0:  # killed from outside before it could say anything: the signal is the whole story
