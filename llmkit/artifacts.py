@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 
 from llmkit import __version__
 from llmkit.errors import UserError
-from llmkit.outputs import atomic_directory
+from llmkit.outputs import RUN_MARK, atomic_directory
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -173,6 +173,8 @@ def _manifest_problem(data: Any) -> str | None:
         if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("role", "path", "fingerprint")) \
                 or not isinstance(ref.get("kind", ""), str):
             return "an input is not {role, kind, path, fingerprint}"
+        if ref.get("within") is True and (ref["path"].startswith("/") or ".." in ref["path"].split("/")):
+            return f"its input {ref['role']!r} inside it is at {ref['path']!r}, a path outside it"
     if not all(isinstance(part, str) for part in data.get("command", [])):
         return "its 'command' is not a list of words"
     if any(not isinstance(v, int) or isinstance(v, bool) for v in data.get("sizes", {}).values()):
@@ -299,14 +301,15 @@ class Artifact:
         """This artifact's input `role` as its manifest records it, whether or not it is still there."""
         for ref in self.manifest.inputs:
             if ref["role"] == role:
-                return RecordedInput(_resolve_input_path(self.path, ref["path"]), ref.get("kind", ""), ref["fingerprint"])
+                return RecordedInput(_resolve_input_path(self.path, ref["path"], ref.get("within") is True), ref.get("kind", ""),
+                                     ref["fingerprint"])
         return None
 
     def input(self, role: str) -> Artifact:
         """Load one of this artifact's inputs by role (resolved relative to this artifact)."""
         for ref in self.manifest.inputs:
             if ref["role"] == role:
-                path = _resolve_input_path(self.path, ref["path"])
+                path = _resolve_input_path(self.path, ref["path"], ref.get("within") is True)
                 art = load(path, kind=ref.get("kind"))
                 if art.fingerprint != ref["fingerprint"]:
                     raise UserError(
@@ -317,19 +320,26 @@ class Artifact:
         raise UserError(f"{self.kind} artifact at {self.path} has no input {role!r}")
 
 
-def _resolve_input_path(artifact_dir: Path, stored: str) -> Path:
+def _resolve_input_path(artifact_dir: Path, stored: str, within: bool = False) -> Path:
     p = Path(stored)
     # relative to the folder the artifact really lies in (as _input_ref stored it), not to a link's
+    if within:
+        return Path(artifact_dir).resolve() / p
     return p if p.is_absolute() else (Path(artifact_dir).resolve().parent / p).resolve()
 
 
 def _input_ref(role: str, art: Artifact | RecordedInput, out: Path) -> dict[str, Any]:
-    # Stored relative to the output's parent so a project folder can be moved as a whole.
-    # Never hashed: only the fingerprint is.
+    # Stored relative to the output's parent so a project folder can be moved as a whole; an input
+    # inside the output (a sweep's runs) relative to the output ("within"), so that it is found there
+    # after the output is renamed or copied. Never hashed: only the fingerprint is.
+    source, target = art.path.resolve(), out.resolve()
+    if source != target and source.is_relative_to(target):
+        return {"role": role, "kind": art.kind, "path": source.relative_to(target).as_posix(), "within": True,
+                "fingerprint": art.fingerprint}
     try:
-        stored = os.path.relpath(art.path.resolve(), out.resolve().parent)
+        stored = os.path.relpath(source, target.parent)
     except ValueError:  # different drives on Windows
-        stored = str(art.path.resolve())
+        stored = str(source)
     return {"role": role, "kind": art.kind, "path": stored, "fingerprint": art.fingerprint}
 
 
@@ -352,6 +362,9 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory{hint}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
+        if (path / RUN_MARK).is_file() and (path / "runs").is_dir() and (path / "configs").is_dir():
+            raise UserError(f"{path} is a sweep that has not finished (no {MANIFEST} yet): finish it by rerunning its "
+                            "llmkit sweep command; its finished runs are artifacts (runs/NAME)")
         if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
             raise UserError(f"{path} is a training run that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "command with --resume, or use one of its checkpoints/step_N")
@@ -519,7 +532,8 @@ class VerifyReport:
 
 
 def verify(path: Path | str) -> VerifyReport:
-    """Re-hash every listed file and recompute the fingerprint."""
+    """Re-hash every listed file and recompute the fingerprint; the same for each input that lies
+    inside the artifact (a sweep's runs), whose fingerprint must also be the one recorded."""
     art = load(path, check=False)
     problems = []
     root = art.path.resolve()
@@ -531,9 +545,27 @@ def verify(path: Path | str) -> VerifyReport:
             problems.append(f"missing file: {name}")
         elif sha256_file(file) != digest:
             problems.append(f"changed file: {name} (sha256 differs from the manifest)")
+        elif file.stat().st_size != art.manifest.sizes.get(name, file.stat().st_size):
+            problems.append(f"edited manifest: its size of {name} ({art.manifest.sizes[name]} bytes) is not the file's "
+                            f"({file.stat().st_size}), whose sha256 matches")
     problems += [f"unlisted file: {name} (added after the artifact was made)" for name in art.unlisted_files()]
     if art.manifest.expected_fingerprint() != art.fingerprint:
         problems.append("fingerprint does not match the manifest's contents (the manifest was edited)")
+    for ref in art.manifest.inputs:
+        if ref.get("within") is not True:
+            continue
+        inner = _resolve_input_path(art.path, ref["path"], within=True)
+        if not (inner / MANIFEST).is_file():
+            problems.append(f"missing input {ref['role']}: {ref['path']} (inside the artifact)")
+            continue
+        try:
+            report = verify(inner)
+        except UserError as exc:
+            problems.append(f"input {ref['role']} ({ref['path']}): {exc}")
+            continue
+        problems += [f"input {ref['role']} ({ref['path']}): {problem}" for problem in report.problems]
+        if not report.problems and load(inner, check=False).fingerprint != ref["fingerprint"]:
+            problems.append(f"input {ref['role']} ({ref['path']}) is another artifact than the one recorded (fingerprint differs)")
     return VerifyReport(art.path, problems)
 
 
@@ -555,7 +587,7 @@ def lineage(path: Path | str, role: str = "output", _seen: frozenset = frozenset
     art = load(path)
     children = []
     for ref in art.manifest.inputs:
-        child_path = _resolve_input_path(art.path, ref["path"])
+        child_path = _resolve_input_path(art.path, ref["path"], ref.get("within") is True)
         recorded = LineageNode(ref["role"], str(child_path), ref.get("kind", "?"), ref["fingerprint"], False, [])
         if not (child_path / MANIFEST).is_file() or str(child_path) in _seen:
             children.append(recorded)

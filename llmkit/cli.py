@@ -245,8 +245,10 @@ def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory
 
     report = artifacts.verify(path)
     if report.ok:
-        out.print(styled("ok", "green", f" {path}: {len(artifacts.load(path).manifest.all_files)} files match, fingerprint matches"),
-                  soft_wrap=True)
+        art = artifacts.load(path, check=False)
+        inside = sum(1 for ref in art.manifest.inputs if ref.get("within") is True)
+        out.print(styled("ok", "green", f" {path}: {len(art.manifest.all_files)} files match, fingerprint matches"
+                                        + (f"; so do the {inside} artifacts inside it" if inside else "")), soft_wrap=True)
         return
     for problem in report.problems:
         out.print(styled("mismatch", "red", f" {path}: {problem}"), soft_wrap=True)

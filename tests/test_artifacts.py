@@ -110,6 +110,12 @@ def test_verify_catches_changed_missing_and_edited(tmp_path):
     manifest["config"]["threshold"] = 0.1
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert any("fingerprint" in p for p in artifacts.verify(out).problems)
+    make(out, force=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["sizes"]["b.bin"] = 12  # (sizes are not hashed: loading checks them, verify says which side changed)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert artifacts.verify(out).problems == [
+        f"edited manifest: its size of b.bin (12 bytes) is not the file's ({(out / 'b.bin').stat().st_size}), whose sha256 matches"]
 
 
 def test_load_refuses_a_missing_listed_file_and_an_added_one_a_stage_could_read(tmp_path):

@@ -373,8 +373,21 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     shutil.copytree(out, tampered)
     (tampered / "runs.json").write_text(json.dumps([dict(table[0], final_val_loss=1.0), *table[1:]]))
     assert not artifacts.verify(tampered).ok
+    # Its runs are recorded inside it: a renamed or copied sweep finds its own, and verify checks them.
+    copied = tmp_path / "copied"
+    shutil.copytree(out, copied)
+    assert artifacts.load(copied).recorded_input(f"run:{rows[0]['name']}").path == (copied / "runs" / rows[0]["name"]).resolve()
+    weights = copied / "runs" / rows[0]["name"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    shutil.rmtree(copied / "runs" / rows[1]["name"])
+    assert sorted(artifacts.verify(copied).problems) == [
+        f"input run:{rows[0]['name']} (runs/{rows[0]['name']}): changed file: model.safetensors (sha256 differs from the manifest)",
+        f"missing input run:{rows[1]['name']}: runs/{rows[1]['name']} (inside the artifact)"]
+    assert "so do the 4 artifacts inside it" in cli("verify", out).output
     # Unfinished, a folder of another grid's runs is refused too, and so is a run trained differently.
     (tampered / "manifest.json").unlink()
+    unfinished = cli("inspect", tampered)
+    assert unfinished.exit_code == 1 and "is a sweep that has not finished" in unfinished.output, unfinished.output
     other = cli("sweep", tokens, "-o", tampered, "--sizes", "1x32", "--head-dim", "16", "--tokens", "8e3", *SWEEP[6:])
     assert other.exit_code != 0 and "holds runs this sweep does not plan" in other.output, other.output
     changed = cli("sweep", tokens, "-o", tampered, *SWEEP[:-2], "--min-steps", "2")
