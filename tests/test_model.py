@@ -438,3 +438,26 @@ def test_a_classifier_switches_its_language_models_mode_too():
     assert not torch.equal(classifier.hidden_states(idx), classifier.hidden_states(idx))  # dropout draws
     classifier.eval()
     assert not classifier.lm.training and torch.equal(classifier.hidden_states(idx), classifier.hidden_states(idx))
+
+
+def test_a_few_targets_give_the_same_gradients_on_one_thread_and_two():
+    """An MLM sequence or a short SFT response has fewer than 16 targets: the head's products are
+    padded to 16 rows, and each goes where a row's bits do not follow the thread count (the rows'
+    gradient went to MKL, whose bits did on an Intel CPU, at the tiny preset's 1,024 x 128 head)."""
+    from llmkit.model import fused_loss
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(64, 128, requires_grad=True), torch.randn(1024, 128, requires_grad=True)
+    targets = torch.full((64,), fused_loss.IGNORE_INDEX)
+    targets[::7] = torch.randint(0, 1024, (10,))  # 10 of 64 positions scored
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            hidden.grad = weight.grad = None
+            fused_loss.linear_cross_entropy(hidden, weight, targets).backward()
+            grads.append((hidden.grad.clone(), weight.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -244,7 +244,9 @@ class Trainer:
             self.spec.runtime["cpu_products"] = cpu_gemm.library()
         why = getattr(self.engine, "not_invariant_because", None)
         # for the run's header line: how gradients are summed, where that decides the CPU fingerprint
-        self.gradient_note = (", per-sequence gradients" if self.spec.runtime["batch_invariant"] else
+        bf16_cpu = self.device.type == "cpu" and self.precision == "bf16"  # PyTorch's bf16 products: bits by thread count
+        self.gradient_note = (", per-sequence gradients" + (" (bf16: the same bits at the same threads a process)" if bf16_cpu else "")
+                              if self.spec.runtime["batch_invariant"] else
                               f", gradients summed as usual, so the split can change the weights' bits ({why})" if why else "")
         self.optimizer = build_optimizer(
             self.engine.optimizer_target, optim.optimizer, lr=settings.lr,

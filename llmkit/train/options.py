@@ -169,7 +169,7 @@ class Devices(ModelParallelism, Placement):
     compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
     batch_invariant: bool | None = option(None, "Compute each sequence's weight gradient on its own and sum them in one fixed "
                                           "order, so --micro-batch, --nproc and threads leave the weights the same to the bit "
-                                          "(default: on for a CPU run of a GPT model without --tp/--pp, FSDP or "
+                                          "(in fp32; under bf16 at one thread count a process) (default: on for a CPU run of a GPT model without --tp/--pp, FSDP or "
                                           "--compile).", flags=("--batch-invariant/--no-batch-invariant",), runtime=True)
     tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
     nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True, range="[1, inf)")
