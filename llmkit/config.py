@@ -8,6 +8,7 @@ The resolved dataclass is what the artifact manifest stores.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 import typing
@@ -15,7 +16,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import OptionError, UsageError, UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +40,10 @@ def _unique_key_loader():
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    # YAML 1.2's floats: PyYAML reads YAML 1.1, where `3e-4` (no dot) is a string, and `lr: 3e-4` is
+    # how learning rates are written. Tried after the int resolver, which such a word never matches.
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789."))
     return Loader
 
 
@@ -147,7 +152,7 @@ def resolve(
     flag left at its default never overrides the config file; `preset` fills only what the
     file leaves open.
     """
-    from llmkit.options import flat_options
+    from llmkit.options import flat_options, value_problem
 
     options = flat_options(config_cls)
     known = {opt.name: opt for opt in options}
@@ -170,6 +175,10 @@ def resolve(
     from_file = {by_key[k]: v for k, v in from_file.items()}
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
+    for name in set(from_file) & set(explicit or {}):  # a flag typed over it: the file's value is still checked
+        problem = value_problem(known[name], values[name])
+        if problem:
+            raise OptionError(f"{file}: {problem} (a typed {known[name].flag} overrides it here, not in other commands)")
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     for name, value in values.items():
         _refuse_non_utf8(known[name].flag, value)

@@ -300,17 +300,25 @@ class Options:
         """Every value against its declaration: type, finite, range, choices. An OptionError names
         the flag, what it must be and what it got, for values from flags, files and Python alike."""
         for opt, value in self._items():
-            flag = opt.flag
-            problem = _type_problem(value, opt.type)
+            problem = value_problem(opt, value)
             if problem:
-                raise OptionError(f"{flag} must be {problem}, got {value!r}")
-            for number in _numbers(value):
-                if isinstance(number, float) and not math.isfinite(number):
-                    raise OptionError(f"{flag} must be a finite number, got {value!r}")
-                if opt.spec.range is not None and number not in opt.spec.range:
-                    raise OptionError(f"{flag} must be {opt.spec.range.describe()}, got {number!r}")
-            if opt.spec.choices and value is not None and value not in opt.spec.choices:
-                raise OptionError(f"{flag} must be one of {', '.join(opt.spec.choices)}, got {value!r}")
+                raise OptionError(problem)
+
+
+def value_problem(opt: Any, value: Any) -> str | None:
+    """What is wrong with `value` for option `opt` (its type, finiteness, range, choices), or None."""
+    flag = opt.flag
+    problem = _type_problem(value, opt.type)
+    if problem:
+        return f"{flag} must be {problem}, got {value!r}"
+    for number in _numbers(value):
+        if isinstance(number, float) and not math.isfinite(number):
+            return f"{flag} must be a finite number, got {value!r}"
+        if opt.spec.range is not None and number not in opt.spec.range:
+            return f"{flag} must be {opt.spec.range.describe()}, got {number!r}"
+    if opt.spec.choices and value is not None and value not in opt.spec.choices:
+        return f"{flag} must be one of {', '.join(opt.spec.choices)}, got {value!r}"
+    return None
 
 
 def _numbers(value: Any) -> list[float]:

@@ -135,7 +135,10 @@ def test_a_training_stage_that_fails_leaves_nothing_and_restores_what_it_replace
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
     _ok(cli(*base, *settings))  # the corrected run needs no --force
     made = artifacts.load(tmp_path / "run").fingerprint
-    assert message in _one_line_error(cli(*base, *settings, *extra, "--force"), after_progress=True)
+    forced = cli(*base, *settings, *extra, "--force")
+    assert message in _one_line_error(forced, after_progress=True)
+    if "no checkpoint" in message:  # it failed while training, after the old run was moved aside: that run is back
+        assert f"the run --force replaced is back in {tmp_path / 'run'}; rerun with --force to start over" in forced.output
     assert artifacts.load(tmp_path / "run").fingerprint == made and artifacts.verify(tmp_path / "run").ok
     assert not list(tmp_path.glob(".run*"))
 
@@ -191,6 +194,7 @@ BAD_VALUES = [
     (["pretrain", "{tokens}", "--dropout", "2"], "--dropout must be in [0, 1)"),
     (["pretrain", "{tokens}", "--model", "tiny", "--mlp-ratio", "0.01"], "mlp_ratio 0.01 gives the MLP no hidden units"),
     (["pretrain", "{tokens}", "--node-rank", "1"], "--node-rank must be below --nnodes (1)"),
+    (["pretrain", "{tokens}", "--threads", "100000"], "--threads 100000 is far more than this machine's"),
     (["finetune", "{ckpt}", "--data", "{sft}", "--epochs", "0"], "--epochs must be positive"),
     (["finetune", "{ckpt}", "--data", "{sft}", "--lora-rank", "-2"], "--lora-rank must be at least 0"),
     (["eval", "{ckpt}", "--data", "{tokens}", "--batch-size", "0"], "--batch-size must be at least 1"),
@@ -260,10 +264,12 @@ def test_a_cuda_device_on_a_machine_without_one_is_named(cli, chain, tmp_path, s
     ("twice.toml", "[pretrain]\nlr = 1\nlearning_rate = 2\n", "unknown option(s) in"),
     ("twice.yaml", "pretrain:\n  lr: 1\n  lr: 2\n", "'lr' is set twice"),
     ("both.toml", "max_steps = 5\n[pretrain]\nlr = 1\n", "sets max_steps at top level beside a [pretrain] table"),
+    ("typed-over.toml", "[pretrain]\nmax_steps = \"two\"\n", "--max-steps must be a whole number, got 'two' (a typed --max-steps"),
 ])
 def test_config_files_with_wrong_types_or_tables_are_refused(cli, chain, tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
-    result = cli("pretrain", chain / "tokens", "-o", tmp_path / "out", "--config", tmp_path / name)
+    typed = ["--max-steps", "1"] if name.startswith("typed-over") else []  # a bad value is refused even where a flag wins
+    result = cli("pretrain", chain / "tokens", "-o", tmp_path / "out", "--config", tmp_path / name, *typed)
     assert message in _one_line_error(result)
     assert result.exit_code == 2  # a usage error, as the same value typed as a flag
     assert not (tmp_path / "out").exists()

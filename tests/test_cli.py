@@ -175,6 +175,8 @@ def test_config_resolution_order(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("name: y\n")
     assert config.resolve(_StageConfig, file=yaml_file).name == "y"
+    yaml_file.write_text("lr: 3e-4\nname: 1e5x\n")  # YAML 1.2's exponent floats (PyYAML's 1.1 reads 3e-4 as text)
+    assert config.resolve(_StageConfig, file=yaml_file) == _StageConfig(lr=3e-4, name="1e5x")
     bad = tmp_path / "bad.toml"
     bad.write_text("vocab_sise = 3\n")
     with pytest.raises(UserError, match="unknown option.*vocab_sise"):

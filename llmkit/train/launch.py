@@ -136,6 +136,12 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                     os.replace(replaced, out)
                     replaced.parent.rmdir()
                     replaced = None
+                    from llmkit.console import err
+
+                    # (the error's own advice, --resume, would continue that old run, not start the new one)
+                    err.print(f"note: the new run stopped before its first checkpoint, so the run --force replaced is back "
+                              f"in {out}; rerun with --force to start over (--resume would continue the old run)",
+                              soft_wrap=True, markup=False)
             raise
         finally:
             if replaced is not None:
