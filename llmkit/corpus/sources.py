@@ -863,8 +863,11 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
             raise
         except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad files
             if data_files is not None:  # the reader's own reason (a JSON parse error, a bad byte), not the wrapper's
-                while exc.__cause__ is not None or (type(exc).__module__.startswith("datasets") and exc.__context__):
-                    exc = exc.__cause__ or exc.__context__
+                for _ in range(16):  # (a chain is short; the bound only guards against a cycle)
+                    inner = exc.__cause__ or (exc.__context__ if type(exc).__module__.startswith("datasets") else None)
+                    if inner is None:
+                        break
+                    exc = inner
                 detail = " ".join(str(exc).split())[:300]
                 raise UserError(f"could not read dataset {name!r}: {type(exc).__name__}: {detail}; fix the file, "
                                 f"or pass it as an input (llmkit clean {name}), whose readers name the line and skip "
