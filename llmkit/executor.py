@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from llmkit.errors import UserError
@@ -82,10 +83,26 @@ def connected(address: str | None) -> Iterator[Any]:
                         "`ray start --head` there, or check --ray-address") from None
     if main_thread and on_sigterm is not None:  # ray.init takes SIGTERM over: a kill stops the stage as Ctrl-C does again
         signal.signal(signal.SIGTERM, on_sigterm)
+    session = None if address not in (None, "", "local") else _session_folder(ray)
     try:
         yield ray
     finally:
         ray.shutdown()
+        if session is not None:  # the local instance's logs and sockets (/tmp/ray/session_*): one a run, never reused
+            import shutil
+
+            shutil.rmtree(session, ignore_errors=True)
+            latest = session.parent / "session_latest"
+            if latest.is_symlink() and not latest.exists():
+                latest.unlink(missing_ok=True)
+
+
+def _session_folder(ray) -> Path | None:
+    """The folder of the Ray instance this process started (Ray has no public call that names it)."""
+    try:
+        return Path(ray._private.worker._global_node.get_session_dir_path())
+    except (AttributeError, TypeError):
+        return None
 
 
 def _check_reachable(address: str, seconds: float = 5.0) -> None:

@@ -240,3 +240,25 @@ def test_a_ray_worker_refuses_a_tokenizer_other_than_the_drivers(shared_data, tm
     other = _Worker(_init_worker, (str(tmp_path / "tok"), True, False, 128, "0" * 64))
     assert "differs from the one the driver read there" in other.setup_error
     assert "every node needs the stage's inputs at the same path, with the same contents" in other.setup_error
+
+
+def test_a_stage_without_an_address_starts_its_own_instance_and_removes_its_folder(tmp_path):
+    """No --ray-address: a new local instance for the run (not a cluster already running here), whose
+    session folder (logs, sockets) goes with it; in a fresh process, as a user's command runs."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    (tmp_path / "notes.txt").write_text("one line of text\n\nand another paragraph here\n", encoding="utf-8")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
+    try:
+        result = subprocess.run([sys.executable, "-m", "llmkit", "clean", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "out"),
+                                 "--executor", "ray", "--workers", "1"], capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))  # (not joined)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runtime = artifacts.load(tmp_path / "out").manifest.runtime
+        assert runtime["executor"] == "ray" and runtime["ray_address"] is None
+        used = os.path.join(ray_tmp, "ray")  # (Ray's folder under RAY_TMPDIR: the instance was started there)
+        assert os.path.isdir(used) and not [p.name for p in os.scandir(used) if p.name.startswith("session_")], os.listdir(used)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
