@@ -29,8 +29,12 @@ does that fastest here, with either layout (a `mini` decode step's products: 2.9
 ms for MKL with column-major weights and oneDNN for the row-major tied head; a plain sum of the
 same bytes takes 1.9 ms), so such a row goes there, on one thread, when the weight holds 1 MB or
 more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). Its bits differ
-from the same row among others, and not with the thread count. A single row whose gradient is
-recorded takes oneDNN with a row-major weight (where oneDNN takes products) and MKL with a column-major one.
+from the same row among others, and not with the thread count. Any other single row takes oneDNN
+with a row-major weight (where oneDNN takes products) and MKL with a column-major one. On an Intel
+CPU MKL's one-row bits follow the thread count (the column-major weights of `prepare_for_decoding`
+under 1 MB: a `tiny` decode step's logits differed by up to 5e-7 between 1 and 2 threads), which
+generation allows (a token may change where rounding flips a near-tie, as with the batch size);
+oneDNN would hold them but took 25-34 us a product there against MKL's 5-11 (384 x 384 and like).
 
 Where: every Linear of the GPT model (`Linear` below) and of LoRA, the per-sequence Linear and
 weight gradients, the fused head and loss, eval's per-token scoring. Elsewhere it is PyTorch's
