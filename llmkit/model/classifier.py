@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmkit.model import cpu_gemm
+
 HEAD_PREFIX = "classifier."
 
 
@@ -32,7 +34,7 @@ class SequenceClassifier(nn.Module):
         self.config = lm.config
         self.num_labels = num_labels
         self.pooling = "first" if lm.config.objective == "mlm" else "last"
-        self.classifier = nn.Linear(lm.config.n_embd, num_labels)
+        self.classifier = cpu_gemm.Linear(lm.config.n_embd, num_labels)  # (a row's bits whatever the batch beside it)
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
 

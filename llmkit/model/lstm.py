@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmkit.model import cpu_gemm
 from llmkit.model.gpt import IGNORE_INDEX, ModelConfig
 
 
@@ -48,7 +49,7 @@ class LSTMLM(nn.Module):
             config.n_embd, config.n_embd, num_layers=config.n_layer, batch_first=True,
             dropout=config.dropout if config.n_layer > 1 else 0.0,
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = cpu_gemm.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         nn.init.normal_(self.tok_emb.weight, std=0.1)
