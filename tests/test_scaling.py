@@ -388,6 +388,8 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     (tampered / "manifest.json").unlink()
     unfinished = cli("inspect", tampered)
     assert unfinished.exit_code == 1 and "is a sweep that has not finished" in unfinished.output, unfinished.output
+    reported = cli("report", tampered)  # its finished runs, one row each
+    assert reported.exit_code == 0 and all(row["name"] in reported.output for row in rows), reported.output
     other = cli("sweep", tokens, "-o", tampered, "--sizes", "1x32", "--head-dim", "16", "--tokens", "8e3", *SWEEP[6:])
     assert other.exit_code != 0 and "holds runs this sweep does not plan" in other.output, other.output
     changed = cli("sweep", tokens, "-o", tampered, *SWEEP[:-2], "--min-steps", "2")
