@@ -120,10 +120,30 @@ def _check_reachable(address: str, seconds: float = 5.0) -> None:
     if not colon or not host or not port.isdigit():
         raise UserError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds) as probe:
+            answer = _first_answer(probe, seconds)
     except OSError as exc:
         raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one with `ray start --head` "
                         "there, or check --ray-address") from None
+    # Ray's ports speak gRPC (HTTP/2): its SETTINGS frame, or a TLS record where TLS is on, or silence (not known: Ray
+    # tries). Anything else (a web server, an SSH banner: a wrong port) ray.init would wait minutes on.
+    if answer and not (len(answer) >= 4 and answer[3] == 4) and answer[0] not in (0x15, 0x16):
+        said = " ".join(answer.decode("ascii", "replace").split())[:40]
+        raise UserError(f"{address} answers, but not as a Ray cluster does (it said {said!r}); give the head node's Ray "
+                        "port (6379 unless `ray start --port` chose another)")
+
+
+def _first_answer(connection, seconds: float) -> bytes:
+    """What a server sends back to an HTTP/2 connection preface (gRPC's, which Ray's ports speak):
+    a gRPC server its SETTINGS frame, an HTTP/1 server "HTTP/1.1 400 ...", a silent one nothing."""
+    import socket
+
+    connection.settimeout(min(seconds, 2.0))
+    try:
+        connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        return connection.recv(64)
+    except (socket.timeout, OSError):
+        return b""
 
 
 class _Worker:

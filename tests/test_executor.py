@@ -196,6 +196,23 @@ def test_an_address_with_no_cluster_behind_it_is_a_one_line_error_at_once(monkey
     with pytest.raises(UserError, match="is not HOST:PORT, auto or ray://HOST:PORT"):
         with connected("head-node"):
             pass
+    # a wrong port with a web server behind it: ray.init waited for minutes there
+    import http.server
+    import socketserver
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Quiet) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        started = time.perf_counter()
+        with pytest.raises(UserError, match=r"answers, but not as a Ray cluster does \(it said '<!DOCTYPE"):
+            with connected(f"127.0.0.1:{web.server_address[1]}"):
+                pass
+        assert time.perf_counter() - started < 10
+        web.shutdown()
     # a Ray client address waited half a minute behind a warning
     started = time.perf_counter()
     with pytest.raises(UserError, match=r"cannot reach the Ray cluster at ray://127.0.0.1:1 \(.*\); start one"):
