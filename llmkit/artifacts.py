@@ -173,8 +173,9 @@ def _manifest_problem(data: Any) -> str | None:
         if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("role", "path", "fingerprint")) \
                 or not isinstance(ref.get("kind", ""), str):
             return "an input is not {role, kind, path, fingerprint}"
-        if ref.get("within") is True and (ref["path"].startswith("/") or ".." in ref["path"].split("/")):
-            return f"its input {ref['role']!r} inside it is at {ref['path']!r}, a path outside it"
+        if ref.get("within") is True and (ref["path"].startswith("/") or not set(ref["path"].split("/")) - {"", "."}
+                                          or ".." in ref["path"].split("/")):
+            return f"its input {ref['role']!r} inside it is at {ref['path']!r}, which is not a folder inside it"
     if not all(isinstance(part, str) for part in data.get("command", [])):
         return "its 'command' is not a list of words"
     if any(not isinstance(v, int) or isinstance(v, bool) for v in data.get("sizes", {}).values()):
@@ -343,6 +344,11 @@ def _input_ref(role: str, art: Artifact | RecordedInput, out: Path) -> dict[str,
     return {"role": role, "kind": art.kind, "path": stored, "fingerprint": art.fingerprint}
 
 
+def unfinished_sweep(path: Path) -> bool:
+    """A sweep's folder before its manifest: its run mark, runs/ and configs/ (llmkit/sweep/stage.py's layout)."""
+    return (path / RUN_MARK).is_file() and (path / "runs").is_dir() and (path / "configs").is_dir()
+
+
 def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bool = True) -> Artifact:
     """Read an artifact, checking that it exists, is complete, and is of the expected kind; and,
     cheaply (no file is hashed), that its manifest is well formed and unedited and its files are
@@ -362,7 +368,7 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory{hint}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        if (path / RUN_MARK).is_file() and (path / "runs").is_dir() and (path / "configs").is_dir():
+        if unfinished_sweep(path):
             raise UserError(f"{path} is a sweep that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "llmkit sweep command; its finished runs are artifacts (runs/NAME)")
         if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
@@ -531,10 +537,11 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(path: Path | str) -> VerifyReport:
+def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
     """Re-hash every listed file and recompute the fingerprint; the same for each input that lies
     inside the artifact (a sweep's runs), whose fingerprint must also be the one recorded."""
     art = load(path, check=False)
+    _seen = _seen | {art.path.resolve()}
     problems = []
     root = art.path.resolve()
     for name, digest in art.manifest.all_files.items():
@@ -558,8 +565,11 @@ def verify(path: Path | str) -> VerifyReport:
         if not (inner / MANIFEST).is_file():
             problems.append(f"missing input {ref['role']}: {ref['path']} (inside the artifact)")
             continue
+        if inner.resolve() in _seen or root not in inner.resolve().parents:  # (a link back up, or out)
+            problems.append(f"input {ref['role']} ({ref['path']}) leads back to an artifact being verified, or out of it (a link?)")
+            continue
         try:
-            report = verify(inner)
+            report = verify(inner, _seen)
         except UserError as exc:
             problems.append(f"input {ref['role']} ({ref['path']}): {exc}")
             continue

@@ -57,8 +57,10 @@ class _ErrorsAsOneLine(LlmkitGroup):
             raise typer.Exit(0)
         except KeyboardInterrupt as exc:
             stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            _print_error(f"{stopped}; rerun the command to finish (clean, tokenizer train and tokenize continue where they stopped, a "
-                         "training run with --resume)")
+            advice = "; ".join(getattr(exc, "__notes__", ())) or (  # (a stage's own, where the usual one would mislead)
+                "rerun the command to finish (clean, tokenizer train and tokenize continue where they stopped, a training run "
+                "with --resume)")
+            _print_error(f"{stopped}; {advice}")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
         except Exception as exc:
             if debug_enabled():

@@ -175,7 +175,8 @@ def resolve(
     from_file = {by_key[k]: v for k, v in from_file.items()}
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
-    for name in set(from_file) & set(explicit or {}):  # a flag typed over it: the file's value is still checked
+    for name in [opt.name for opt in options if opt.name in from_file and opt.name in (explicit or {})]:
+        # a flag typed over it: the file's value is still checked (its type, range, choices)
         problem = value_problem(known[name], values[name])
         if problem:
             raise OptionError(f"{file}: {problem} (a typed {known[name].flag} overrides it here, not in other commands)")
@@ -214,8 +215,13 @@ def _refuse_non_utf8(flag: str, value: Any) -> None:
 
 def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
     """A list option written in a file as one text reads as that flag typed once: a comma-separated
-    option's items ("1x16,1x24"), a repeatable one's single item (`prompt = "Once upon"`)."""
-    if not isinstance(value, str) or opt.spec.parse is None or typing.get_origin(opt.type) not in (list, tuple):
+    option's items ("1x16,1x24"), a repeatable one's single item (`prompt = "Once upon"`); so does
+    one number (`tokens: 8e3`, `flops = 1e15`)."""
+    if opt.spec.parse is None or typing.get_origin(opt.type) not in (list, tuple):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = repr(value)
+    if not isinstance(value, str):
         return value
     try:
         return opt.spec.parse([value])  # what the command line hands a parser: the values of the flag

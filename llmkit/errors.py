@@ -100,4 +100,6 @@ def one_line(exc: BaseException) -> str:
                 "model")
     else:
         text = f"{type(exc).__name__}: {exc} (unexpected; rerun with --debug for the traceback)"
+    for note in getattr(exc, "__notes__", ()):  # what the code it passed through added (exc.add_note): the same line
+        text += f"; {note}"
     return " ".join(text.split())

@@ -120,7 +120,7 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
             found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
             continue
         inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())
-        if not inside and (path / "runs").is_dir():  # a sweep not finished yet: its finished runs
+        if not inside and artifacts.unfinished_sweep(path):  # its finished runs
             inside = sorted(child for child in (path / "runs").iterdir() if (child / artifacts.MANIFEST).is_file())
         for child in inside:  # one damaged artifact among a folder's is named, the rest still shown
             try:

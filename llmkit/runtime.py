@@ -69,11 +69,15 @@ def local_files_cache() -> Iterator[Path]:
 def local_dataset(builder: str, data_files: Any, split: str) -> Iterator[Any]:
     """Local files read by `datasets` (`builder`: csv, json, parquet, text) into a fresh cache
     (`local_files_cache`), which lasts while the block reads the data set."""
+    import glob
+
     import datasets
 
+    # `datasets` reads each data file as a glob pattern: a path holding [ or * must be escaped
+    patterns = {name: [glob.escape(file) for file in files] for name, files in data_files.items()}
     with local_files_cache() as cache:
         with datasets_quiet():
-            data = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=str(cache))
+            data = datasets.load_dataset(builder, data_files=patterns, split=split, cache_dir=str(cache))
         yield data
 
 

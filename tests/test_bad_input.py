@@ -136,9 +136,10 @@ def test_a_training_stage_that_fails_leaves_nothing_and_restores_what_it_replace
     _ok(cli(*base, *settings))  # the corrected run needs no --force
     made = artifacts.load(tmp_path / "run").fingerprint
     forced = cli(*base, *settings, *extra, "--force")
-    assert message in _one_line_error(forced, after_progress=True)
+    line = _one_line_error(forced, after_progress=True)
+    assert message in line
     if "no checkpoint" in message:  # it failed while training, after the old run was moved aside: that run is back
-        assert f"the run --force replaced is back in {tmp_path / 'run'}; rerun with --force to start over" in forced.output
+        assert f"the run --force replaced is back in {tmp_path / 'run'}; rerun with --force to start over" in line
     assert artifacts.load(tmp_path / "run").fingerprint == made and artifacts.verify(tmp_path / "run").ok
     assert not list(tmp_path.glob(".run*"))
 

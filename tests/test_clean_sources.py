@@ -417,17 +417,30 @@ def test_a_dataset_folder_splits_as_datasets_splits_it(tmp_path, monkeypatch):
         "by-file": {"train.jsonl": "a", "dev.jsonl": "b", "notes.jsonl": "c"},
         "hub-shards": {"README.md": "---\nlicense: mit\n---", "data/train-00000-of-00001.jsonl": "a",
                        "data/test-00000-of-00001.jsonl": "b"},
+        "runs[1]": {"train.jsonl": "a", "test.jsonl": "b"},  # (datasets reads paths as glob patterns)
     }
     for name, files in layouts.items():
         folder = tmp_path / name
         for relative, text in files.items():
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (folder / relative).write_text(text if relative.endswith(".md") else json.dumps({"text": text}) + "\n", encoding="utf-8")
-        expected = {split: sorted(rows["text"]) for split, rows in datasets.load_dataset(str(folder)).items()}
+        if "[" in name:  # datasets reads a folder's path as a glob pattern, and finds nothing there
+            expected = {"train": ["a"], "test": ["b"]}
+        else:
+            expected = {split: sorted(rows["text"]) for split, rows in datasets.load_dataset(str(folder)).items()}
         got = {split: sorted(t for _, t in resolve_inputs([], dataset=str(folder), split=split)[0].documents(ReadOptions(), ReadStats()))
                for split in expected}
         assert got == expected, name
     assert set(expected) == {"train", "test"}
+    # files that are not the data set's name no split for it (`datasets` alone would split on them)
+    for name, files in {"stray-log": {"train.log": None, "data.jsonl": "a", "more.jsonl": "b"},
+                        "stray-notes": {"data.jsonl": "a", "test_notes.md": None}}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for relative, text in files.items():
+            (folder / relative).write_text("not data\n" if text is None else json.dumps({"text": text}) + "\n", encoding="utf-8")
+        docs = resolve_inputs([], dataset=str(folder), split="train")[0].documents(ReadOptions(), ReadStats())
+        assert sorted(t for _, t in docs) == sorted(t for t in files.values() if t), name
 
 
 def test_a_saved_data_set_is_read_with_load_from_disk(tmp_path):
@@ -449,7 +462,7 @@ def test_a_local_data_set_that_does_not_read_names_the_reason_in_one_line(cli, t
     (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
     (tmp_path / "holes.jsonl").write_text('{"text": "kept"}\n{"id": 2}\n{"text": null}\n', encoding="utf-8")
     for name, reason in (("broken.jsonl", "JSON parse error"), ("latin1.txt", "UnicodeDecodeError: 'utf-8' codec can't decode"),
-                         ("holes.jsonl", "dataset:holes.jsonl/train:1: column 'text' is null")):
+                         ("holes.jsonl", "dataset:holes.jsonl/train: row 1 (counting from 0, over the split's files in order): column 'text' is null")):
         capfd.readouterr()
         result = cli("clean", "--dataset", tmp_path / name, "-o", tmp_path / "out")
         printed = result.output + "".join(capfd.readouterr())  # (datasets logs to the process's own stderr)

@@ -177,6 +177,12 @@ def test_config_resolution_order(tmp_path):
     assert config.resolve(_StageConfig, file=yaml_file).name == "y"
     yaml_file.write_text("lr: 3e-4\nname: 1e5x\n")  # YAML 1.2's exponent floats (PyYAML's 1.1 reads 3e-4 as text)
     assert config.resolve(_StageConfig, file=yaml_file) == _StageConfig(lr=3e-4, name="1e5x")
+    from llmkit.sweep.config import SweepConfig  # a list option given one number reads as the flag typed once
+
+    for name, text in (("s.yaml", "sweep:\n  tokens: 8e3\n  sizes: 1x16\n"), ("s.toml", "[sweep]\ntokens = 8e3\nsizes = '1x16'\n"),
+                       ("t.yaml", "tokens: '8e3,2e4'\nsizes: 1x16\n")):
+        (tmp_path / name).write_text(text)
+        assert config.resolve(SweepConfig, file=tmp_path / name, section="sweep").token_budgets[0] == 8e3, name
     bad = tmp_path / "bad.toml"
     bad.write_text("vocab_sise = 3\n")
     with pytest.raises(UserError, match="unknown option.*vocab_sise"):

@@ -771,16 +771,7 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     with none of these every file is train); a single file is the train split."""
     if not path.is_dir():
         return _BUILDERS.get(file_format(path)[0], "text"), {"train": [str(path)]}
-    from datasets.data_files import DataFilesDict, get_data_patterns
-    from datasets.exceptions import DataFilesNotFoundError
-
-    try:
-        resolved = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
-    except (DataFilesNotFoundError, FileNotFoundError):
-        resolved = {}
-    by_split = {str(split): sorted(p for p in map(Path, files) if _readable_in_folder(p))  # (hidden files: left out there)
-                for split, files in resolved.items()}
-    files = sorted(p for split_files in by_split.values() for p in split_files)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _readable_in_folder(p) and not _hidden(p, path))
     if not files:
         raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
     # Record files (a data set) win over loose text files (a README beside them).
@@ -790,9 +781,38 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
         raise UserError(f"dataset folder {path} mixes {', '.join(suffixes)} files, and a data set is read in one format; "
                         f"pass the folder as an input instead (llmkit clean {path}: it reads every file), or keep one format there")
     builder = builders.pop() if builders else "text"
-    splits = {split: [str(p) for p in split_files if _BUILDERS.get(file_format(p)[0], "text") == builder]
-              for split, split_files in by_split.items()}
-    return builder, {split: split_files for split, split_files in splits.items() if split_files}
+    return builder, _splits_as_datasets_finds_them(path, [p for p in files if _BUILDERS.get(file_format(p)[0], "text") == builder])
+
+
+def _splits_as_datasets_finds_them(folder: Path, files: list[Path]) -> dict[str, list[str]]:
+    """`files` (the data set's, inside `folder`) by split, with `datasets`' own rules for a folder:
+    split names in folder names first, then in file names, then the Hub's `data/{split}-NNNNN-of-NNNNN`
+    shards; where none names a split, every file is train. Its resolver sees only these files, so a
+    stray `train.log` or `test_notes.md` decides nothing; the folder's name is escaped, since
+    `datasets` reads it as a glob pattern (`runs[1]`)."""
+    import glob
+
+    from datasets.data_files import _get_data_files_patterns, resolve_pattern
+
+    ours = {p.resolve() for p in files}
+
+    def found(pattern: str) -> list[str]:
+        try:
+            matches = resolve_pattern(pattern, base_path=glob.escape(str(folder)))
+        except FileNotFoundError:
+            return []
+        return sorted(match for match in matches if Path(match).resolve() in ours)
+
+    def resolver(pattern: str) -> list[str]:
+        matches = found(pattern)
+        if not matches:
+            raise FileNotFoundError(pattern)
+        return matches
+
+    patterns = _get_data_files_patterns(resolver)
+    splits = {str(split): sorted({match for pattern in split_patterns for match in found(pattern)})
+              for split, split_patterns in patterns.items()}
+    return {split: matches for split, matches in splits.items() if matches}
 
 
 def _saved_dataset(path: Path) -> Optional[dict[str, list[str]]]:
@@ -863,15 +883,18 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
             raise
         except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad files
             if data_files is not None:  # the reader's own reason (a JSON parse error, a bad byte), not the wrapper's
+                reason = exc
                 for _ in range(16):  # (a chain is short; the bound only guards against a cycle)
-                    inner = exc.__cause__ or (exc.__context__ if type(exc).__module__.startswith("datasets") else None)
-                    if inner is None:
+                    exc = exc.__cause__ or (exc.__context__ if type(exc).__module__.startswith("datasets") else None)
+                    if exc is None:
                         break
-                    exc = inner
-                detail = " ".join(str(exc).split())[:300]
-                raise UserError(f"could not read dataset {name!r}: {type(exc).__name__}: {detail}; fix the file, "
-                                f"or pass it as an input (llmkit clean {name}), whose readers name the line and skip "
-                                "bad ones with --skip-bad-lines") from None
+                    if str(exc).strip():  # (a bare StopIteration says nothing)
+                        reason = exc
+                detail = " ".join(str(reason).split())[:300]
+                advice = ("write it again with save_to_disk" if builder == "saved" else
+                          f"fix the file, or pass it as an input (llmkit clean {name}), whose readers name the line "
+                          "and skip bad ones with --skip-bad-lines")
+                raise UserError(f"could not read dataset {name!r}: {type(reason).__name__}: {detail}; {advice}") from None
             detail = " ".join(str(exc).split())[:300]
             if offline:
                 raise UserError(
@@ -895,8 +918,8 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                     if options.skip_bad_lines:
                         stats.skipped(f"{label}:{start + offset}")
                         continue
-                    raise UserError(f"{label}:{start + offset}: column {column!r} is null (a record without text); "
-                                    "fix it or pass --skip-bad-lines")
+                    raise UserError(f"{label}: row {start + offset} (counting from 0, over the split's files in order): "
+                                    f"column {column!r} is null (a record without text); fix it or pass --skip-bad-lines")
                 yield str(start + offset), value
 
     size = None

@@ -1,4 +1,4 @@
-"""fp32 matrix products on x86 CPUs: oneDNN's where the CPU has AVX-512 (and on any Intel CPU),
+"""fp32 matrix products on x86 CPUs: oneDNN's where the CPU has AVX-512 (and on any CPU not known to be AMD's),
 PyTorch's own (MKL) on AMD's AVX2 CPUs, and numpy's OpenBLAS for one row.
 
 PyTorch's CPU `F.linear` and `mm` call MKL's sgemm for fp32. On an AMD EPYC Zen 5 (AVX-512) oneDNN's
@@ -91,9 +91,11 @@ def _avx512() -> bool:
 
 
 def _amd() -> bool:
+    """An AMD CPU (or Hygon's, a Zen design, on which MKL takes the same paths); False where it
+    cannot be told (no /proc/cpuinfo), which keeps oneDNN's bits."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)
+            return any(line.startswith("vendor_id") and ("AuthenticAMD" in line or "HygonGenuine" in line) for line in cpuinfo)
     except OSError:
         return False
 

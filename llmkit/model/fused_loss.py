@@ -87,7 +87,7 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
     if short:
         probs = _with_zero_rows(probs)
         if grad_rows is not None:
-            grad_rows.copy_((cpu_gemm.matmul(probs, head) if onednn else probs @ head)[:rows])
+            grad_rows.copy_(cpu_gemm.matmul(probs, head)[:rows])  # (oneDNN's where it takes products: bits by row)
             grad_rows = None
     if onednn:  # (oneDNN writes no `out=` and adds into nothing: the results are copied/added)
         if grad_rows is not None:

@@ -94,7 +94,7 @@ def read_fit(path: Path | str) -> dict[str, Any]:
     art = artifacts.load(path, kind="scaling")
     try:
         return json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # (a UnicodeDecodeError is one)
         raise UserError(f"{art.path / FIT_FILE} does not hold a fitted law (it changed since it was written: llmkit verify "
                         f"{art.path} says how); run llmkit scaling fit again") from None
 

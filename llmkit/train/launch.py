@@ -129,19 +129,16 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         (out / outputs.RUN_MARK).touch()
         try:
             yield
-        except BaseException:
+        except BaseException as stopped:
             if created and not _worth_keeping(out):
                 shutil.rmtree(out, ignore_errors=True)
                 if replaced is not None and replaced.is_dir():
                     os.replace(replaced, out)
                     replaced.parent.rmdir()
                     replaced = None
-                    from llmkit.console import err
-
-                    # (the error's own advice, --resume, would continue that old run, not start the new one)
-                    err.print(f"note: the new run stopped before its first checkpoint, so the run --force replaced is back "
-                              f"in {out}; rerun with --force to start over (--resume would continue the old run)",
-                              soft_wrap=True, markup=False)
+                    # said on the error's line, instead of an interruption's usual advice (--resume: the old run)
+                    stopped.add_note(f"the new run stopped before its first checkpoint, so the run --force replaced is back "
+                                     f"in {out}; rerun with --force to start over (--resume would continue the old run)")
             raise
         finally:
             if replaced is not None:
