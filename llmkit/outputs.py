@@ -136,12 +136,18 @@ def made_parents_removed_on_failure() -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for folder in reversed(_made_parents):
-            with contextlib.suppress(OSError):  # not empty: something of the run's is there, or another's
-                folder.rmdir()
+        remove_made_parents()
         raise
     finally:
         _made_parents.clear()
+
+
+def remove_made_parents() -> None:
+    """The folders this command made above its output, where nothing was put in them (a command
+    that fails, or one that ends with nothing to write)."""
+    for folder in reversed(_made_parents):
+        with contextlib.suppress(OSError):  # not empty: something of the run's is there, or another's
+            folder.rmdir()
 
 
 def make_parent(out: Path) -> None:
@@ -236,7 +242,11 @@ def output_lock(out: Path | str, *, keep_replaced: bool = False) -> Iterator[Non
     except ImportError:  # pragma: no cover - not POSIX: no locking
         yield
         return
-    handle = open(lock_path, "a+", encoding="utf-8")
+    try:
+        handle = open(lock_path, "a+", encoding="utf-8")
+    except OSError as exc:  # (the lock is the first thing written there: its name would mislead)
+        raise UserError(f"cannot write in {lock_path.parent} ({exc.strerror}), where {out} would go; choose another -o "
+                        "path") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

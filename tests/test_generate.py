@@ -313,6 +313,8 @@ def test_sampling_filters_match_definitions():
     scores = torch.randn(4, 97, generator=torch.Generator().manual_seed(0)) * 10
     gens = [torch.Generator().manual_seed(i) for i in range(4)]
     assert torch.equal(next_tokens(scores, SamplingParams(temperature=1e-40), gens), scores.argmax(-1))
+    for below_float32 in (1e-46, 1e-300):  # 0 to the fp32 scores: 0/0 was NaN and multinomial raised
+        assert torch.equal(next_tokens(scores, SamplingParams(temperature=below_float32), gens), scores.argmax(-1))
     # a penalty near 0 makes a seen token's positive score inf: sampling shifted it by itself (NaN) and failed;
     # the scores stay in the float range, and the seen tokens (the largest there) are what is drawn
     seen = torch.tensor([[True, True, False, False, False]])
@@ -583,6 +585,19 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
         with JsonlOutput(out, GenerateConfig.build(prompts=["x"])):
             pass
     assert not list(tmp_path.glob(".a.jsonl.tmp-*"))
+    # stopped after some records: they are kept in .partial, said on the error's own line (generate does not resume)
+    from llmkit.errors import one_line
+    from llmkit.generate.stage import Generated
+    from llmkit.inference.engine import Completion
+    from llmkit.inference.prompts import Prompt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with JsonlOutput(tmp_path / "b.jsonl", GenerateConfig.build(prompts=["x"])) as output:
+            output.write([Generated(Prompt(text="x"), Completion(prompt="x", text="y", token_ids=[1], finish_reason="length"))])
+            raise KeyboardInterrupt
+    assert json.loads((tmp_path / "b.jsonl.partial").read_text())["completion"] == "y" and not (tmp_path / "b.jsonl").exists()
+    assert one_line(stopped.value).endswith(f"the 1 completion(s) made before stopping are in {tmp_path / 'b.jsonl.partial'}; "
+                                            "a rerun makes them all again")
 
 
 def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):

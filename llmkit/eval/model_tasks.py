@@ -151,11 +151,13 @@ def _trained_prompt(task) -> str | None:
 
 
 def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, chat: bool, max_new_tokens: int,
-                 lead: list[int] | None = None) -> list[dict]:
+                 lead: list[int] | None = None, shown_field: str | None = None) -> list[dict]:
     """Prompts that do not fit in the context beside the reply lose the end of their input, as
     `finetune --truncate` cuts training examples (llmkit.data.templates.fit_field); a note says how many.
     `lead`: for a fine-tune's own text template, the tokens after the prompt (the response's wording
-    before its target), the prompt then encoded as the template encodes it; None for other prompts."""
+    before its target), the prompt then encoded as the template encodes it; None for other prompts.
+    `shown_field`: the input's name in the user's records, where it was copied to the template's."""
+    shown_field = shown_field or input_field
     from llmkit.data.templates import encode_chat_prompt, fit_field
     from llmkit.inference.engine import context_limit
     from llmkit.inference.prompts import chat_turns
@@ -182,7 +184,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         shorter = fit_field(encode, record, input_field, tokenizer, room)
         if shorter is None:  # the wording alone is too long: the engine would cut the instruction off
             wording = len(encode({**record, input_field: ""}))
-            raise UserError(f"record {i + 1}: even with its {input_field!r} cut, the prompt does not fit in the "
+            raise UserError(f"record {i + 1}: even with its {shown_field!r} cut, the prompt does not fit in the "
                             f"{room} tokens the context ({limit}) leaves beside --max-new-tokens "
                             f"{max_new_tokens} (the template's wording alone takes {wording}); lower --max-new-tokens or "
                             "shorten --prompt-template")
@@ -192,7 +194,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         from llmkit.console import err
 
         err.print(f"note: {cut} of {len(records)} prompts did not fit in the context ({limit} tokens) "
-                  f"beside --max-new-tokens {max_new_tokens}: the end of their {input_field!r} was left out, as "
+                  f"beside --max-new-tokens {max_new_tokens}: the end of their {shown_field!r} was left out, as "
                   "finetune --truncate does", soft_wrap=True, markup=False)
     return fitted
 
@@ -227,6 +229,7 @@ def generate_predictions(loaded, cfg):
         text_of(r, input_field, i)  # a null input would be rendered as "None"
     lead, tail = "", ""
     templated = trained is not None and not chat and cfg.prompt_template is None
+    shown_field = input_field  # (what the user's records call it, for the notes)
     if templated:
         if input_field != trained["input_field"]:  # --field picks the text the trained prompt's field holds
             records = [{**r, trained["input_field"]: r[input_field]} for r in records]
@@ -235,7 +238,8 @@ def generate_predictions(loaded, cfg):
         # write, not the prediction: the lead is given with the prompt, as in training, the tail cut off.
         lead, tail = response_frame(trained)
     lead_ids = loaded.tokenizer.encode_continuation(lead) if lead else []
-    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids if templated else None)
+    records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids if templated else None,
+                           shown_field)
     prompts = [render_template(template, r, input_field) for r in records]
     if chat:
         prompts = [encode_chat_prompt(chat_turns(r, p), loaded.tokenizer) for r, p in zip(records, prompts)]

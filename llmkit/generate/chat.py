@@ -193,7 +193,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
         if not line:
             sys.stdout.write("\n")
             break
-        text = line.rstrip("\n")
+        text = line.rstrip("\n").removesuffix("\r")  # (a Windows line end, as generate's prompt files drop it)
         if not text.strip():
             continue
         if text.strip() in ("/exit", "/quit"):
@@ -247,6 +247,14 @@ class Transcript:
 
     def __exit__(self, kind, error, trace) -> None:
         self.unlock.close()
+        if self.path is not None and not self.saved:  # no exchange: nothing written, nothing replaced
+            from llmkit.outputs import remove_made_parents
+
+            remove_made_parents()
+            if self.path.exists() and kind is None:
+                from llmkit.console import err
+
+                err.print(f"note: no exchange to save, so {self.path} is left as it was", soft_wrap=True, markup=False)
 
     @property
     def saved(self) -> list[list[dict[str, str]]]:

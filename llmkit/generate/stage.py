@@ -180,10 +180,9 @@ class JsonlOutput:
                 self.partial.unlink(missing_ok=True)
             elif self.written:
                 publish_file(self.tmp, self.partial)
-                from llmkit.console import err
-
-                err.print(f"note: the {self.written} completion(s) made before stopping are in {self.partial}", soft_wrap=True,
-                          markup=False)
+                if error is not None:  # on the error's line (a rerun makes them all again: generate does not resume)
+                    error.add_note(f"the {self.written} completion(s) made before stopping are in {self.partial}; a rerun "
+                                   "makes them all again")
             else:
                 self.tmp.unlink(missing_ok=True)
         finally:

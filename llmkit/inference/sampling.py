@@ -34,7 +34,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # a temperature below float32's smallest number is 0 to the fp32 scores (0/0 made NaN): its limit, greedy
+        return np.float32(self.temperature) == 0
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
