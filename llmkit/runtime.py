@@ -74,7 +74,10 @@ def local_dataset(builder: str, data_files: Any, split: str) -> Iterator[Any]:
     import datasets
 
     # `datasets` reads each data file as a glob pattern: a path holding [ or * must be escaped
-    patterns = {name: [glob.escape(file) for file in files] for name, files in data_files.items()}
+    def escaped(files: Any) -> Any:
+        return glob.escape(str(files)) if isinstance(files, (str, Path)) else [glob.escape(str(file)) for file in files]
+
+    patterns = {name: escaped(files) for name, files in data_files.items()} if isinstance(data_files, dict) else escaped(data_files)
     with local_files_cache() as cache:
         with datasets_quiet():
             data = datasets.load_dataset(builder, data_files=patterns, split=split, cache_dir=str(cache))
