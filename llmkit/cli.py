@@ -29,7 +29,7 @@ _PASS_THROUGH = tuple(
 _USAGE_ERRORS = tuple({getattr(module, "UsageError") for module in (click.exceptions, _typer_click_exceptions)})
 
 from llmkit import __version__
-from llmkit.errors import Terminated, UserError, debug_enabled, one_line, set_debug
+from llmkit.errors import Terminated, UserError, advice_of, debug_enabled, one_line, set_debug
 from llmkit.outputs import made_parents_removed_on_failure
 from llmkit.runtime import let_idle_threads_sleep
 from llmkit.stage_command import LlmkitCommand, LlmkitGroup
@@ -52,12 +52,14 @@ class _ErrorsAsOneLine(LlmkitGroup):
                 return super().invoke(ctx)
         except _PASS_THROUGH:  # --help, exits: click/typer finish them
             raise
-        except BrokenPipeError:  # `llmkit ... | head`: the reader has all it wanted
+        except BrokenPipeError as exc:  # `llmkit ... | head`: the reader has all it wanted
             _stop_writing_stdout()
+            if advice_of(exc):  # (what became of the output: no error line carries it here)
+                _print_note(advice_of(exc))
             raise typer.Exit(0)
         except KeyboardInterrupt as exc:
             stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            advice = "; ".join(getattr(exc, "__notes__", ())) or (  # (a stage's own, where the usual one would mislead)
+            advice = advice_of(exc) or (  # (a stage's own, where the usual one would mislead)
                 "rerun the command to finish (clean, tokenizer train and tokenize continue where they stopped, a training run "
                 "with --resume)")
             _print_error(f"{stopped}; {advice}")
@@ -99,6 +101,12 @@ def _print_error(message: str) -> None:
     from rich.markup import escape
 
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
+
+
+def _print_note(message: str) -> None:
+    from llmkit.console import err
+
+    err.print(f"note: {message}", soft_wrap=True, markup=False, highlight=False)
 
 
 # Each command by its path, as (module, function): a command line that names one imports only

@@ -219,8 +219,9 @@ def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
     one number (`tokens: 8e3`, `flops = 1e15`)."""
     if opt.spec.parse is None or typing.get_origin(opt.type) not in (list, tuple):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = repr(value)
+    items = typing.get_args(opt.type)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and items and items[0] in (int, float):
+        value = repr(value)  # (a number for a list of text stays refused: "1000.0" is not what was written)
     if not isinstance(value, str):
         return value
     try:

@@ -80,6 +80,17 @@ def _disk_full_in_library(exc: BaseException) -> bool:
     return type(exc).__name__ == "SafetensorError" and f"(os error {errno.ENOSPC})" in str(exc)
 
 
+def add_advice(exc: BaseException, text: str) -> None:
+    """Advice for the one line `exc` becomes (what became of the output, what a rerun does), added by
+    the code it passes through. Kept apart from Python's exception notes, which libraries add too."""
+    exc.__dict__.setdefault("llmkit_advice", []).append(text)
+
+
+def advice_of(exc: BaseException) -> str:
+    """The advice added to `exc`, as one line ("" if none)."""
+    return " ".join("; ".join(getattr(exc, "llmkit_advice", ())).split())
+
+
 def one_line(exc: BaseException) -> str:
     """Render an exception as the single line a user sees."""
     if isinstance(exc, UserError):
@@ -100,6 +111,6 @@ def one_line(exc: BaseException) -> str:
                 "model")
     else:
         text = f"{type(exc).__name__}: {exc} (unexpected; rerun with --debug for the traceback)"
-    for note in getattr(exc, "__notes__", ()):  # what the code it passed through added (exc.add_note): the same line
-        text += f"; {note}"
+    if advice_of(exc):
+        text += f"; {advice_of(exc)}"
     return " ".join(text.split())

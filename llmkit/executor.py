@@ -139,11 +139,17 @@ def _first_answer(connection, seconds: float) -> bytes:
     import socket
 
     connection.settimeout(min(seconds, 2.0))
+    answer = b""
     try:
         connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
-        return connection.recv(64)
+        while len(answer) < 9:  # a frame's header (TCP may split it)
+            more = connection.recv(64)
+            if not more:
+                break
+            answer += more
     except (socket.timeout, OSError):
-        return b""
+        pass
+    return answer
 
 
 class _Worker:

@@ -244,8 +244,12 @@ def output_lock(out: Path | str, *, keep_replaced: bool = False) -> Iterator[Non
         return
     try:
         handle = open(lock_path, "a+", encoding="utf-8")
-    except OSError as exc:  # (the lock is the first thing written there: its name would mislead)
-        raise UserError(f"cannot write in {lock_path.parent} ({exc.strerror}), where {out} would go; choose another -o "
+    except OSError as exc:
+        if lock_path.exists():  # another user's killed run left it, say
+            raise UserError(f"cannot open the lock file {lock_path} ({exc.strerror}), which a run of another user may have "
+                            "left; remove it, or choose another -o path") from None
+        # (the lock is the first file made there: its own name would mislead)
+        raise UserError(f"cannot create files in {lock_path.parent} ({exc.strerror}), where {out} would go; choose another -o "
                         "path") from None
     try:
         try:

@@ -109,7 +109,7 @@ def test_output_folders_are_created_and_impossible_outputs_named(cli, chain, tmp
     assert (tmp_path / "afile").read_text() == "x"
     if Path("/proc/self").is_dir():  # a folder nobody can write in, named as the output's (not its hidden lock file)
         line = _one_line_error(cli("generate", chain / "ckpt", "-p", "hi", "-n", "2", "-o", "/proc/x.jsonl"))
-        assert "cannot write in /proc" in line and "where /proc/x.jsonl would go" in line, line
+        assert "cannot create files in /proc" in line and "where /proc/x.jsonl would go" in line, line
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write in any folder")

@@ -190,10 +190,15 @@ def test_the_transcript_keeps_conversations_as_the_model_saw_them(chat_model, ba
     assert cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / "plain", "--template", "plain",
                "--max-steps", "1", "--batch-size", "8", "--eval-every", "0", "--val-fraction", "0").exit_code == 0
     assert transcript(tmp_path / "plain", "plain.jsonl", "Ein Hund.\nZwei Katzen.\n") == [["user", "assistant"]] * 2
-    # a Windows line end is not part of the message (generate's prompt files drop it too)
-    crlf = CliRunner().invoke(app, ["chat", str(chat_model), "--greedy", "-n", "2", "-o", str(tmp_path / "crlf.jsonl")],
-                              input="hello\r\n")
-    assert crlf.exit_code == 0 and json.loads((tmp_path / "crlf.jsonl").read_text())["messages"][0]["content"] == "hello"
+    # a Windows line end is not part of the message (generate's prompt files drop it too); in a process of its own,
+    # since the test runner's input reads "\r\n" as a newline, as a terminal's does not
+    import subprocess
+    import sys
+
+    crlf = subprocess.run([sys.executable, "-m", "llmkit", "chat", str(chat_model), "--greedy", "-n", "2", "-o",
+                           str(tmp_path / "crlf.jsonl")], input=b"hello\r\n", capture_output=True, timeout=300)
+    assert crlf.returncode == 0, crlf.stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "crlf.jsonl").read_text())["messages"][0]["content"] == "hello"
     # no exchange: nothing written, no folder made for it, an old transcript left as it was (with a note)
     quiet = CliRunner().invoke(app, ["chat", str(chat_model), "-o", str(tmp_path / "new" / "deeper" / "t.jsonl")], input="")
     assert quiet.exit_code == 0 and not (tmp_path / "new").exists()

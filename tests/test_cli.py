@@ -183,6 +183,11 @@ def test_config_resolution_order(tmp_path):
                        ("t.yaml", "tokens: '8e3,2e4'\nsizes: 1x16\n")):
         (tmp_path / name).write_text(text)
         assert config.resolve(SweepConfig, file=tmp_path / name, section="sweep").token_budgets[0] == 8e3, name
+    from llmkit.generate.config import GenerateConfig  # a number for a list of text is not turned into other text
+
+    (tmp_path / "p.toml").write_text("prompt = 1e3\n")
+    with pytest.raises(UserError, match="--prompt must be a list of text, got 1000.0"):
+        config.resolve(GenerateConfig, file=tmp_path / "p.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("vocab_sise = 3\n")
     with pytest.raises(UserError, match="unknown option.*vocab_sise"):
@@ -262,3 +267,27 @@ def test_help_shows_brackets_as_typed():
 
     shown = " ".join(CliRunner().invoke(app, ["clean", "--help"], terminal_width=200).output.split())
     assert "pip install 'llmkit[ray]'" in shown
+
+
+def test_advice_added_on_the_way_ends_the_one_line_and_replaces_an_interruptions(monkeypatch):
+    """What a stage adds to an exception (add_advice) is said on the error's own line, whitespace and
+    all made one line; Python's own exception notes, which libraries add too, are not."""
+    from typer.testing import CliRunner
+
+    from llmkit import cli
+    from llmkit.errors import add_advice, one_line
+
+    failed = UserError("the work failed")
+    add_advice(failed, "your old output\nis back")
+    failed.add_note("a library's own note")
+    assert one_line(failed) == "the work failed; your old output is back"
+
+    def interrupted(*_, **__):
+        stop = KeyboardInterrupt()
+        add_advice(stop, "the 2 records made are in\nout.partial")
+        raise stop
+
+    monkeypatch.setattr("llmkit.inspect_view.print_report", interrupted)
+    monkeypatch.setattr("llmkit.inspect_view.artifacts_in", lambda paths: ([], []))
+    result = CliRunner().invoke(cli.app, ["report", "anything"])
+    assert result.exit_code == 130 and "error: interrupted; the 2 records made are in out.partial" in result.output, result.output

@@ -809,7 +809,11 @@ def _splits_as_datasets_finds_them(folder: Path, files: list[Path]) -> dict[str,
             raise FileNotFoundError(pattern)
         return matches
 
-    patterns = _get_data_files_patterns(resolver)
+    try:
+        patterns = _get_data_files_patterns(resolver)
+    except ValueError as exc:  # a Hub-style shard name whose split `datasets` refuses ("my-split-00000-of-00001")
+        raise UserError(f"dataset folder {folder}: {' '.join(str(exc).split())[:200]}; rename its files, or pass the folder "
+                        "as an input (llmkit clean FOLDER reads every file)") from None
     splits = {str(split): sorted({match for pattern in split_patterns for match in found(pattern)})
               for split, split_patterns in patterns.items()}
     return {split: matches for split, matches in splits.items() if matches}

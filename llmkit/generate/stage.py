@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llmkit.errors import UserError, unused_options
+from llmkit.errors import UserError, add_advice, unused_options
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
 from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file
@@ -181,7 +181,7 @@ class JsonlOutput:
             elif self.written:
                 publish_file(self.tmp, self.partial)
                 if error is not None:  # on the error's line (a rerun makes them all again: generate does not resume)
-                    error.add_note(f"the {self.written} completion(s) made before stopping are in {self.partial}; a rerun "
+                    add_advice(error, f"the {self.written} completion(s) made before stopping are in {self.partial}; a rerun "
                                    "makes them all again")
             else:
                 self.tmp.unlink(missing_ok=True)

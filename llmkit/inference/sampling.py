@@ -34,8 +34,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        # a temperature below float32's smallest number is 0 to the fp32 scores (0/0 made NaN): its limit, greedy
-        return np.float32(self.temperature) == 0
+        # a temperature that rounds to 0 in float32 (2^-150 and below) is 0 to the fp32 scores (0/0 made NaN): its
+        # limit, greedy
+        return self.temperature <= 2.0**-150
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import UsageError, UserError, add_advice
 from llmkit.options import Options
 from llmkit.train.options import Devices, resolve_precision
 
@@ -137,7 +137,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                     replaced.parent.rmdir()
                     replaced = None
                     # said on the error's line, instead of an interruption's usual advice (--resume: the old run)
-                    stopped.add_note(f"the new run stopped before its first checkpoint, so the run --force replaced is back "
+                    add_advice(stopped, f"the new run stopped before its first checkpoint, so the run --force replaced is back "
                                      f"in {out}; rerun with --force to start over (--resume would continue the old run)")
             raise
         finally:
