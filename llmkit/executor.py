@@ -84,11 +84,14 @@ def connected(address: str | None) -> Iterator[Any]:
     if main_thread and on_sigterm is not None:  # ray.init takes SIGTERM over: a kill stops the stage as Ctrl-C does again
         signal.signal(signal.SIGTERM, on_sigterm)
     session = None if address not in (None, "", "local") else _session_folder(ray)
+    finished = False
     try:
         yield ray
+        finished = True
     finally:
         ray.shutdown()
-        if session is not None:  # the local instance's logs and sockets (/tmp/ray/session_*): one a run, never reused
+        # the local instance's logs and sockets (/tmp/ray/session_*): one a run, never reused; a failed run's stay
+        if session is not None and finished:
             import shutil
 
             shutil.rmtree(session, ignore_errors=True)
