@@ -531,6 +531,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
 class VerifyReport:
     path: Path
     problems: list[str]
+    files: int = 0  # listed files checked
+    inside: int = 0  # artifacts inside it checked (a sweep's runs)
 
     @property
     def ok(self) -> bool:
@@ -576,7 +578,8 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
         problems += [f"input {ref['role']} ({ref['path']}): {problem}" for problem in report.problems]
         if not report.problems and load(inner, check=False).fingerprint != ref["fingerprint"]:
             problems.append(f"input {ref['role']} ({ref['path']}) is another artifact than the one recorded (fingerprint differs)")
-    return VerifyReport(art.path, problems)
+    inside = sum(1 for ref in art.manifest.inputs if ref.get("within") is True)
+    return VerifyReport(art.path, problems, len(art.manifest.all_files), inside)
 
 
 @dataclass

@@ -255,10 +255,9 @@ def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory
 
     report = artifacts.verify(path)
     if report.ok:
-        art = artifacts.load(path, check=False)
-        inside = sum(1 for ref in art.manifest.inputs if ref.get("within") is True)
-        out.print(styled("ok", "green", f" {path}: {len(art.manifest.all_files)} files match, fingerprint matches"
-                                        + (f"; so do the {inside} artifacts inside it" if inside else "")), soft_wrap=True)
+        out.print(styled("ok", "green", f" {path}: {report.files} files match, fingerprint matches"
+                                        + (f"; so do the {report.inside} artifacts inside it" if report.inside else "")),
+                  soft_wrap=True)
         return
     for problem in report.problems:
         out.print(styled("mismatch", "red", f" {path}: {problem}"), soft_wrap=True)

@@ -790,12 +790,14 @@ def _splits_as_datasets_finds_them(folder: Path, files: list[Path]) -> dict[str,
     shards; where none names a split, every file is train. Its resolver sees only these files, so a
     stray `train.log` or `test_notes.md` decides nothing; the folder's name is escaped, since
     `datasets` reads it as a glob pattern (`runs[1]`)."""
+    import functools
     import glob
 
     from datasets.data_files import _get_data_files_patterns, resolve_pattern
 
     ours = {p.resolve() for p in files}
 
+    @functools.cache  # (each pattern is tried while the rules are chosen, then read for the chosen ones)
     def found(pattern: str) -> list[str]:
         try:
             matches = resolve_pattern(pattern, base_path=glob.escape(str(folder)))

@@ -257,14 +257,6 @@ class TextTokenizer:
         """A conversation and the assistant's turn to answer, rendered with the model's own chat
         template as transformers renders it (`apply_chat_template`, add_generation_prompt) and
         encoded as it encodes the result: special tokens written in the text are those tokens."""
-        if not hasattr(self, "_own_chat"):
-            from tokenizers import Tokenizer
-            from transformers import PreTrainedTokenizerFast
-
-            wrapper = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(self.hf.to_str()),
-                                              bos_token=self.roles["bos"], eos_token=self.roles["eos"])
-            wrapper.chat_template = self.own_chat_template
-            self._own_chat = wrapper
         try:
             text = self._own_chat.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # noqa: BLE001 - jinja2's errors, and the template's own raise_exception
@@ -272,6 +264,17 @@ class TextTokenizer:
             raise UserError(f"the model's chat template refused the conversation ({reason}); check the roles and their "
                             "order it takes") from None
         return self._own_chat.backend_tokenizer.encode(text, add_special_tokens=False).ids
+
+    @cached_property
+    def _own_chat(self) -> Any:
+        """transformers' tokenizer around this one, holding the model's template (its renderer)."""
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        wrapper = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(self.hf.to_str()),
+                                          bos_token=self.roles["bos"], eos_token=self.roles["eos"])
+        wrapper.chat_template = self.own_chat_template
+        return wrapper
 
     @property
     def end_ids(self) -> list[int]:

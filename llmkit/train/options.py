@@ -185,10 +185,10 @@ class Devices(ModelParallelism, Placement):
             raise ValueError(f"--node-rank must be below --nnodes ({self.nnodes}), got {self.node_rank}")
         from llmkit.runtime import worker_count
 
-        cap = max(64, 8 * worker_count(0))
-        if self.threads > cap:  # (PyTorch's thread pool crashed at 2,048 threads on 2 cores, without a word)
-            raise ValueError(f"--threads {self.threads} is far more than this machine's {worker_count(0)} cores can run; "
-                             f"give at most {cap} (0 takes one per core)")
+        cores = worker_count(0)
+        if self.threads > max(64, 8 * cores):  # (PyTorch's thread pool crashed at 2,048 threads on 2 cores, without a word)
+            raise ValueError(f"--threads {self.threads} is far more than this machine's {cores} cores can run; "
+                             f"give at most {max(64, 8 * cores)} (0 takes one per core)")
         if self.batch_invariant and (self.tp > 1 or self.pp > 1):  # said before any process starts
             raise ValueError("--batch-invariant does not apply here: a model split with --tp/--pp sums its gradients "
                              "itself (or pass --no-batch-invariant)")
