@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test clean-venv
 
 # Byte-compiling the ~19,000 installed modules is most of the install's time, and pip does it on one core:
 # compileall does it on every core. (Its status is ignored: torch ships a test file in Python 3.12
