@@ -247,3 +247,23 @@ def test_one_session_at_a_time_writes_a_transcript_through_a_temporary_file_of_i
     assert result.exit_code == 0, result.output
     assert [m["role"] for m in __import__("json").loads(out.read_text())["messages"]] == ["user", "assistant"]
     assert (tmp_path / ".talk.jsonl.tmp").read_text() == "another session's\n"
+
+
+def test_a_reply_cut_inside_a_character_leaves_no_replacement_character(chat_model, monkeypatch):
+    """A byte-level reply stopped by --max-new-tokens may end inside a multi-byte character, which
+    decodes to U+FFFD: the reply and the history (the transcript) leave it out; a reply that ends
+    by itself keeps what it decoded to."""
+    import dataclasses
+
+    session = _session(chat_model)
+    real = session.generator.complete
+
+    def ending(text, reason):
+        def complete(*args, **kwargs):
+            return [dataclasses.replace(real(*args, **kwargs)[0], text=text, finish_reason=reason)]
+        return complete
+
+    monkeypatch.setattr(session.generator, "complete", ending("Two dogs \u5927\ufffd", "length"))
+    assert session.reply("hello") == "Two dogs \u5927" and session.history[-1]["content"] == "Two dogs \u5927"
+    monkeypatch.setattr(session.generator, "complete", ending("a \ufffd", "eos"))
+    assert session.reply("hello") == "a \ufffd"

@@ -382,6 +382,8 @@ def test_a_classifier_trained_on_short_cuts_is_evaluated_on_the_same_cuts(base, 
     assert cli("eval", run, "-m", "accuracy,f1", "--data", val, "-o", tmp_path / "ev").exit_code == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert (metrics["accuracy"], metrics["f1"]) == pytest.approx((stats["val_accuracy"], stats["val_f1"]), abs=1e-9)
+    assert "val_loss" in stats and "val_ppl" not in stats  # exp of a loss over labels names nothing
+    assert not any("val_ppl" in line for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
 def test_labels_renaming_a_classifiers_own_classes_out_of_order_is_refused(base, shared_data, cli, tmp_path):
@@ -454,6 +456,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "100000"], "--lora-rank 100000 exceeds the smallest dimension"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--epochs", "2"], "--epochs sets the run's length when --max-steps"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--epochs", "1"], "--epochs sets the run's length when --max-steps"),
         # 8 records, 2 held out by seed 4: records 3 and 8, the only "neutral" one among them
         ([{"text": "a", "label": ["neg", "pos"][i % 2] if i != 7 else "neutral"} for i in range(8)],
          ["--task", "classify", "--val-fraction", "0.25", "--seed", "4"],
@@ -477,7 +480,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
-         "int-label-gap", "lora-rank", "epochs-and-steps", "label-only-held-out", "second-class-held-out",
+         "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
@@ -653,6 +656,65 @@ def test_truncate_empties_the_document_when_only_that_fits_and_then_keeps_the_re
     budget = emptied.prompt_length + 4  # the response alone does not fit
     (cut,) = sft_examples([record], template, tok, budget, truncate=True, name="training", verbose=False)
     assert cut.ids == emptied.ids[:budget] and cut.learn == emptied.learn[:budget] and sum(cut.learn) == 4
+
+
+def test_freezing_a_tied_head_names_the_embedding_it_freezes_too(base, cli, tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "a", "response": "b"}] * 4)
+    result = cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / "run", "--max-steps", "1",
+                 "--freeze", "lm_head", "--eval-every", "0")
+    assert result.exit_code == 0, result.output
+    assert "--freeze lm_head also freezes tok_emb.weight: the model ties them" in " ".join(result.output.split())
+
+
+def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes_them():
+    """Training labels "0"/"1" (strings) and a validation file's 0/1 (integers), or the other way
+    round, are the same classes, as `llmkit eval` reads them; a label of neither is refused with the
+    training labels written as the data writes them."""
+    from llmkit.errors import UserError
+    from llmkit.finetune.data import label_set
+
+    strings = label_set([{"label": "1"}, {"label": "0"}], "training")
+    integers = label_set([{"label": 1}, {"label": 0}], "training")
+    assert [strings.index(v, "val") for v in (0, 1, "0", "1")] == [0, 1, 0, 1]
+    assert [integers.index(v, "val") for v in (0, 1, "0", "1")] == [0, 1, 0, 1]
+    names = label_set([{"label": "pos"}, {"label": "neg"}], "training")
+    with pytest.raises(UserError, match="label 0 is not one of the training labels 'neg', 'pos'"):
+        names.index(0, "val.jsonl:1")
+    with pytest.raises(UserError, match="label '2' is not one of the training labels 0, 1"):
+        integers.index("2", "val.jsonl:1")
+
+
+def test_truncate_cuts_the_longest_prompt_field_first(base, tmp_path, capsys):
+    """An Alpaca-style template (instruction, input): the long input gives up its end and the short
+    instruction stays whole; where the response alone takes the tokens, the note counts the examples
+    kept without their prompt's text."""
+    from llmkit.data.templates import encode_example, resolve_template
+    from llmkit.finetune.data import sft_examples
+
+    tok = _tokenizer(base)
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps({"prompt": "Instruction: {instruction}\nInput: {input}\nAnswer:", "response": " {output}"}))
+    template = resolve_template(str(path))
+    record = {"instruction": "Summarize this text please", "input": "the dogs were there " * 40, "output": "short answer here"}
+    (example,) = sft_examples([record], template, tok, 64, truncate=True, name="training", verbose=False)
+    prompt = tok.decode(example.ids[1 : example.prompt_length])
+    assert prompt.startswith("Instruction: Summarize this text please\nInput: the dogs were there") and prompt.endswith("\nAnswer:")
+    assert 60 <= len(example.ids) <= 64 and sum(example.learn) == len(tok.encode_continuation(" short answer here")) + 1
+    # where the instruction is the longer text, it gives way first; where even its absence is not
+    # enough, the input gives way next
+    record = {"instruction": "Summarize the text below in your own words " * 8, "input": "the dogs were there " * 3,
+              "output": "short answer here"}
+    no_instruction = len(encode_example(template, dict(record, instruction=""), tok, "test").ids)
+    (example,) = sft_examples([record], template, tok, no_instruction + 4, truncate=True, name="training", verbose=False)
+    prompt = tok.decode(example.ids[1 : example.prompt_length])
+    assert prompt.startswith("Instruction: Summ") and prompt.endswith("\nInput: " + record["input"] + "\nAnswer:")
+    emptied = encode_example(template, dict(record, instruction="", input=""), tok, "test")
+    (example,) = sft_examples([record], template, tok, len(emptied.ids) + 3, truncate=True, name="training", verbose=False)
+    prompt = tok.decode(example.ids[1 : example.prompt_length])
+    assert prompt.startswith("Instruction: \nInput: the") and len(example.ids) <= len(emptied.ids) + 3
+    assert example.learn[-sum(emptied.learn):] == emptied.learn[-sum(emptied.learn):]
+    sft_examples([record], template, tok, emptied.prompt_length + 2, truncate=True, name="training")
+    assert "1 kept without their prompt's text" in capsys.readouterr().err
 
 
 # -- options shared with pretrain, and the one launcher -----------------------------------------------

@@ -289,6 +289,28 @@ def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[st
         keep = max(0, keep - max(1, length - budget))
 
 
+def fit_fields(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[str, Any], fields: Sequence[str], tokenizer,
+               budget: int) -> dict[str, Any] | None:
+    """`fit_field` over several text fields (an instruction, an input): the longest gives up its end
+    first, since a prompt's length is mostly its long field (an Alpaca record's input, not its
+    instruction); where even emptying it is not enough, it stays empty and the next longest is cut.
+    None when every field empty does not fit."""
+    fields = sorted((f for f in dict.fromkeys(fields) if isinstance(record.get(f), str)), key=lambda f: -len(record[f]))
+    if not fields:
+        return record if len(encode(record)) <= budget else None
+    for field in fields:
+        fitted = fit_field(encode, record, field, tokenizer, budget)
+        if fitted is not None:
+            return fitted
+        record = dict(record, **{field: ""})
+    return None
+
+
+def prompt_fields(template: dict[str, Any]) -> list[str]:
+    """A text template's prompt placeholders, its input field first."""
+    return list(dict.fromkeys([template["input_field"], *_fields(template["prompt"])]))
+
+
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
     prompt = [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], record, where))
     response = tokenizer.encode_continuation(render(template["response"], record, where)) + [tokenizer.eos_id]

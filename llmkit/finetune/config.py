@@ -69,8 +69,6 @@ class FinetuneConfig(Options):
         if self.lora_rank and self.freeze:
             raise ValueError("--freeze picks what full fine-tuning trains; with --lora-rank only the adapters train "
                              "(--lora-targets picks them): give one of the two")
-        if self.max_steps is not None and self.epochs != self.default_of("epochs"):
-            raise ValueError("--epochs sets the run's length when --max-steps is not given; give one of the two")
         self._refuse_idle(lambda name: getattr(self, name) != self.default_of(name))
 
     def check_given(self, given: frozenset[str]) -> None:
@@ -80,7 +78,9 @@ class FinetuneConfig(Options):
         """Options that would do nothing in this run, refused (they would be recorded, and change the
         fingerprint, for the same run): by value when built, and as given at all (check_given)."""
         lora = "shape(s) LoRA adapters, which only --lora-rank N adds; give a rank or leave them out (full fine-tuning)"
-        idle = (("lora_alpha", not self.lora_rank, lora), ("lora_dropout", not self.lora_rank, lora),
+        idle = (("epochs", self.max_steps is not None, "sets the run's length when --max-steps is not given; give one of "
+                                                       "the two"),
+                ("lora_alpha", not self.lora_rank, lora), ("lora_dropout", not self.lora_rank, lora),
                 ("lora_targets", not self.lora_rank, lora),
                 ("val_fraction", self.val_data is not None, "holds out part of --data when no --val-data is given; give "
                                                            "one of the two"),

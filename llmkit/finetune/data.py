@@ -21,7 +21,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit import artifacts, jsonl
-from llmkit.data.templates import Encoded, encode_example, fit_field
+from llmkit.data.templates import Encoded, encode_example, fit_fields, prompt_fields
 from llmkit.model.gpt import IGNORE_INDEX
 
 
@@ -108,20 +108,21 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
                  verbose: bool = True, places: Sequence[str] | None = None) -> list[Encoded]:
     """Encode records; an example longer than max_len tokens is an error unless truncated.
     `places`: what the messages call each record (FILE:LINE), default its place among `records`."""
-    examples, too_long, longest, dropped = [], 0, 0, 0
+    examples, too_long, longest, dropped, emptied = [], 0, 0, 0, 0
     places = _places(records, name, places)
     for i, record in enumerate(records):
-        example = encode_example(template, record, tokenizer, places[i])
+        example, without_prompt = encode_example(template, record, tokenizer, places[i]), False
         longest = max(longest, len(example.ids))
         if len(example.ids) > max_len:
             too_long += 1
             if not truncate:
                 continue
-            example = shorten(template, record, example, tokenizer, max_len, places[i])
+            example, without_prompt = shorten(template, record, example, tokenizer, max_len, places[i])
         # The first token is never a target (nothing predicts it): an example needs a learned token after it.
         if not any(example.learn[1:]):
             dropped += 1
             continue
+        emptied += without_prompt
         examples.append(example)
     if too_long and not truncate:
         raise UserError(
@@ -129,24 +130,32 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
             "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
         )
     if not examples and name == "training":
-        raise UserError(f"no {name} example has a response token within {max_len} tokens; shorten the prompts or raise --seq-len")
+        raise UserError(f"no {name} example has a response token within {max_len} tokens (the context length or "
+                        "--seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
+                        "length, or use a checkpoint with a longer context")
     if too_long and verbose:
         _note(f"{too_long} of {len(records)} {name} examples were cut to {max_len} tokens (--truncate); {dropped} left out, "
-              "their response not fitting")
+              "their response not fitting" + (f"; {emptied} kept without their prompt's text, their response alone "
+                                               "taking the tokens (leave such examples out of the data if the response "
+                                               "means nothing without it)" if emptied else ""))
     return examples  # validation may end up empty: the run then has no validation loss
 
 
-def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> Encoded:
-    """Fit an example into max_len tokens. A text template gives up the end of its input field
-    (the document, the source) so that the prompt's wording and the whole response stay
-    (llmkit.data.templates.fit_field); where even an empty input field leaves the response too long,
-    the example without its input is cut from its end, keeping the wording and the response's
-    start. A chat is cut from its end."""
-    field = template.get("input_field")
-    if template["type"] == "text" and isinstance(record.get(field), str):
-        fitted = fit_field(lambda r: encode_example(template, r, tokenizer, where).ids, record, field, tokenizer, max_len)
-        example = encode_example(template, fitted or dict(record, **{field: ""}), tokenizer, where)
-    return Encoded(example.ids[:max_len], example.learn[:max_len])
+def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> tuple[Encoded, bool]:
+    """Fit an example into max_len tokens, and whether its prompt's text is gone (the response
+    alone too long). A text template gives up the end of its prompt's text, the longest field
+    first (the document, the source; an Alpaca record's input before its instruction), so that the
+    prompt's wording and the whole response stay (llmkit.data.templates.fit_fields); where even
+    empty fields leave the response too long, the example without them is cut from its end,
+    keeping the wording and the response's start. A chat is cut from its end."""
+    emptied = False
+    if template["type"] == "text":
+        fields = [f for f in prompt_fields(template) if isinstance(record.get(f), str)]
+        if fields:
+            fitted = fit_fields(lambda r: encode_example(template, r, tokenizer, where).ids, record, fields, tokenizer, max_len)
+            emptied = fitted is None
+            example = encode_example(template, fitted or dict(record, **dict.fromkeys(fields, "")), tokenizer, where)
+    return Encoded(example.ids[:max_len], example.learn[:max_len]), emptied
 
 
 class SFTBatches:
@@ -210,15 +219,25 @@ class Labels:
     original: list[Any]  # label values as they appear in the data (ints or strings), id order
 
     def has(self, value: Any, where: str) -> bool:
-        return _label_key(value, where) in self._lookup
+        return self._find(value, where) is not None
 
     def index(self, value: Any, where: str) -> int:
-        if not self.has(value, where):
-            raise UserError(f"{where}: label {value!r} is not one of the training labels {', '.join(self.names)}")
-        return self._lookup[_label_key(value, where)]
+        found = self._find(value, where)
+        if found is None:
+            raise UserError(f"{where}: label {value!r} is not one of the training labels "
+                            f"{', '.join(map(repr, self.original))}")
+        return found
+
+    def _find(self, value: Any, where: str) -> int | None:
+        """The class of a label: the training label of the same kind and value, else the one that
+        reads the same (an integer 0 where the training labels are the strings "0", "1", as
+        `llmkit eval` takes them)."""
+        found = self._lookup.get(_label_key(value, where))
+        return found if found is not None else self._by_name.get(str(value))
 
     def __post_init__(self):
         self._lookup = {_label_key(v, "label"): i for i, v in enumerate(self.original)}
+        self._by_name = {name: i for i, name in enumerate(self.names)}
 
 
 def _label_key(value: Any, where: str):

@@ -155,6 +155,13 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     return sorted(set(frozen))
 
 
+def tied_to(model: nn.Module, names: list[str]) -> list[str]:
+    """The other names of these parameters (a tied head is the token embedding's tensor)."""
+    chosen = {id(param) for name, param in model.named_parameters(remove_duplicate=False) if name in names}
+    return sorted(name for name, param in model.named_parameters(remove_duplicate=False)
+                  if id(param) in chosen and name not in names)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total), each tied tensor once."""
     params = list(model.parameters())

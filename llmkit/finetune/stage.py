@@ -292,7 +292,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     """One process's work (the only one, or one torchrun worker)."""
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
-    from llmkit.finetune.lora import count_parameters
+    from llmkit.finetune.lora import count_parameters, tied_to
     from llmkit.data.templates import check_tokenizer, resolve_template
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE
@@ -350,6 +350,11 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         if top_id >= model_config.vocab_size:
             raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
         trainable, total = count_parameters(model)
+        if frozen and tied_to(model, frozen) and info.is_main:
+            from llmkit.console import err
+
+            err.print(f"note: --freeze {','.join(config.freeze)} also freezes {', '.join(tied_to(model, frozen))}: the model "
+                      "ties them (one tensor)", soft_wrap=True, markup=False)
         # The artifact holds the merged model: its parameters are the base's (adapters fold into them).
         adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
         if trainable == 0:

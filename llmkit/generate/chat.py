@@ -140,7 +140,10 @@ class ChatSession:
         role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]
         stream = (lambda _row, piece: on_text(piece)) if on_text else None
         completion = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=role_ids)[0]
-        text = completion.text.strip()
+        text = completion.text
+        if completion.finish_reason == "length":  # cut off, perhaps inside a character: not U+FFFD in the transcript
+            text = text.rstrip("\ufffd")
+        text = text.strip()
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text

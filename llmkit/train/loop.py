@@ -157,10 +157,16 @@ def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: di
     val_loss = progress.get("val_loss")
     build.stats = replace(
         spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"], train_loss=progress.get("loss"),
-        val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
+        val_loss=val_loss, val_ppl=_perplexity(val_loss, spec.stats),
         val_step=progress.get("val_step") if val_loss is not None else None, **(progress.get("val_scores") or {}),
     ).to_dict()
     build.runtime = dict(spec.runtime, train_seconds=progress["seconds"])
+
+
+def _perplexity(val_loss: float | None, stats: CheckpointStats) -> float | None:
+    """exp of the validation loss, for a loss over tokens; a classifier's loss is over its labels,
+    whose exp names nothing (its accuracy and F1 say how it does)."""
+    return math.exp(min(val_loss, 50.0)) if val_loss is not None and stats.task != "classify" else None
 
 
 class Trainer:
@@ -699,7 +705,8 @@ class Trainer:
                     self.last_val_step = step
                     if self.last_val is not None:
                         values["val_loss"] = self.last_val
-                        values["val_ppl"] = math.exp(min(self.last_val, 50.0))
+                        if _perplexity(self.last_val, self.spec.stats) is not None:
+                            values["val_ppl"] = _perplexity(self.last_val, self.spec.stats)
                         if not math.isfinite(self.last_val):
                             logger.log(step, values)
                             self._stop(f"the validation loss became {self.last_val} after step {step}: the weights "
