@@ -162,18 +162,66 @@ def test_a_finished_run_resumed_writes_companions_that_are_missing_or_not_of_it(
     assert "companions" not in _ok(cli("pretrain", runs / "tokens", "-o", run, *flags)).output
 
 
+def test_a_finished_run_resumed_with_another_average_last_averages_that_many(cli, runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "a", run)
+    _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *RUN, "--ema", "0.9", "--average-last", "2", "--resume"))
+    art = artifacts.load(run / "average", kind="checkpoint")
+    assert art.config["average_last"] == 2
+    assert sorted(i["role"] for i in art.manifest.inputs) == ["member:final", "member:step_0000006"]
+    _ok(cli("average", runs / "a" / "checkpoints" / "step_0000006", runs / "a", "-o", tmp_path / "by-hand"))
+    ours, theirs = _weights(run / "average"), _weights(tmp_path / "by-hand")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    result = _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *RUN, "--ema", "0.9", "--resume"))
+    assert not (run / "average").exists() and "which an earlier command made" in " ".join(result.output.split())
+
+
+def test_a_member_of_weight_zero_is_left_out_and_a_soup_that_is_not_finite_is_refused(cli, runs, tmp_path):
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs / "b", broken)
+    state = _weights(broken)
+    name = sorted(state)[0]
+    state[name][0] = float("nan")
+    save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    # (the file's size is unchanged: loading checks sizes and passes; verify would name the edit)
+    _ok(cli("average", runs / "a", broken, "--weights", "1,0", "-o", tmp_path / "soup"))
+    ours, theirs = _weights(tmp_path / "soup"), _weights(runs / "a")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    refused = cli("average", runs / "a", broken, "-o", tmp_path / "nan")
+    assert refused.exit_code != 0 and f"the average's {name} is not finite: {broken} holds nan" in " ".join(refused.output.split())
+    assert not (tmp_path / "nan").exists()
+
+
+def test_classifiers_that_cut_their_texts_at_different_lengths_do_not_average(cli, runs, tmp_path):
+    """The soup keeps one task.json: with members cut at --seq-len 16 and 32 it would be the first's."""
+    rows = [{"text": word * 3, "label": i % 2} for i, word in enumerate(["to be ", "or not ", "thou art ", "my lord "] * 4)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for length in (16, 32):
+        _ok(cli("finetune", runs / "a", "--task", "classify", "--data", tmp_path / "data.jsonl", "--seq-len", length,
+                "--truncate", "--max-steps", "1", "--batch-size", "4", "--eval-every", "0", "--save-every", "0",
+                "-o", tmp_path / f"c{length}"))
+    for order in ((tmp_path / "c16", tmp_path / "c32"), (tmp_path / "c32", tmp_path / "c16")):
+        refused = cli("average", *order, "-o", tmp_path / "soup")
+        assert refused.exit_code != 0 and "cut their texts at different lengths" in refused.output
+        assert not (tmp_path / "soup").exists()
+
+
 def test_the_run_itself_is_the_same_with_or_without_companions(cli, runs, tmp_path):
     _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "plain", *MODEL, *RUN))
     assert artifacts.load(tmp_path / "plain").fingerprint == artifacts.load(runs / "a").fingerprint
 
 
 @pytest.mark.parametrize("change,message", [
-    (["--n-embd", "64"], "is another network"),
+    (["--n-embd", "64"], "is another network than"),
+    (["--context-length", "32"], "(context_length 32 against 64)"),
+    # another tokenizer of another size: the tokenizer is named, not the vocabulary size it brings
     (["--vocab"], "has another tokenizer"),
 ])
 def test_averaging_refuses_what_does_not_belong_together(cli, runs, tmp_path, change, message):
     if change == ["--vocab"]:
-        _ok(cli("tokenizer", "train", runs / "corpus", "-o", tmp_path / "tok", "--vocab-size", "300", "--max-docs", "20"))
+        _ok(cli("tokenizer", "train", runs / "corpus", "-o", tmp_path / "tok", "--vocab-size", "290", "--max-docs", "20"))
         _ok(cli("tokenize", runs / "corpus", "-t", tmp_path / "tok", "-o", tmp_path / "tokens"))
         _ok(cli("pretrain", tmp_path / "tokens", "-o", tmp_path / "other", *MODEL, *RUN))
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,7 +47,7 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
 CHUNK = 1 << 15
 
 
-def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+def mean_state(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """The weighted mean of state dicts with the same keys and shapes, in float64, stored in the members' widest dtype.
 
     Each tensor goes through two reused float64 buffers a chunk at a time: the arithmetic of
@@ -59,11 +60,12 @@ def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[floa
     out = {}
     total = torch.empty(CHUNK, dtype=torch.float64)
     term = torch.empty(CHUNK, dtype=torch.float64)
-    for name, tensor in first.items():
+    for name in first:
+        tensor = first[name]
         if not tensor.is_floating_point():
             out[name] = tensor.clone()
             continue
-        members = [state[name].reshape(-1) for state in states]
+        members = [tensor.reshape(-1)] + [state[name].reshape(-1) for state in states[1:]]
         # the widest of the members' dtypes (bf16 and fp32 give fp32): the soup does not depend on their order
         result = torch.empty(tensor.shape, dtype=functools.reduce(torch.promote_types, (m.dtype for m in members)))
         flat = result.view(-1)
@@ -77,6 +79,40 @@ def mean_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[floa
     return out
 
 
+class StoredWeights(Mapping):
+    """A safetensors file's tensors, each read when asked for: an average holds one tensor of each
+    member at a time, not every member whole."""
+
+    def __init__(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = path
+        try:
+            self._file = safe_open(str(path), framework="pt")
+            self._names = list(self._file.keys())
+        except (SafetensorError, OSError, ValueError):
+            read_weights(path)  # its one-line error
+            raise
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._file.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], chosen, states) -> None:
+    """A soup with nan or inf in it came from a member that has them: named, not written."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            holders = [str(art.path) for (art, _), member in zip(chosen, states) if not torch.isfinite(member[name]).all()]
+            raise UserError(f"the average's {name} is not finite: {', '.join(holders) or 'the weighted sum'} holds nan or "
+                            "inf there; leave that checkpoint out (or give it --weights 0)")
+
+
 def _task_of(art: artifacts.Artifact) -> dict | None:
     """What members must share of their task record (read through its one reader)."""
     record = read_task(art)
@@ -87,14 +123,20 @@ def _tuned_for(task: dict, path) -> str:
     return f"{path} is fine-tuned for {task.get('task')}" if task else f"{path} is not fine-tuned"
 
 
-def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
-    """Refuse members with different tokenizers or tasks; `combined` says how they are used ("averaged")."""
+def check_same_tokenizer(members: Sequence[artifacts.Artifact], combined: str) -> None:
     first = members[0]
-    task = _task_of(first) or {}
     for art in members[1:]:
         if not same_tokenizer(first.path, art.path):
             raise UserError(f"{art.path} has another tokenizer than {first.path}; {combined} checkpoints share one "
                             "(train them from one tokens artifact)")
+
+
+def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
+    """Refuse members with different tokenizers or tasks; `combined` says how they are used ("averaged")."""
+    check_same_tokenizer(members, combined)
+    first = members[0]
+    task = _task_of(first) or {}
+    for art in members[1:]:
         theirs = _task_of(art) or {}
         if theirs.get("labels") != task.get("labels") or theirs.get("task") != task.get("task"):
             raise UserError(f"{_tuned_for(theirs, art.path)} and {_tuned_for(task, first.path)}"
@@ -106,7 +148,9 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> Non
 
 
 def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
-    """Refuse members that are not one architecture with one tokenizer and one task."""
+    """Refuse members that are not one architecture with one tokenizer and one task (the tokenizer
+    first: another one usually means another vocabulary size too, which is not the problem to name)."""
+    check_same_tokenizer(members, "averaged")
     first = members[0]
 
     def config_of(art):
@@ -116,10 +160,19 @@ def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
 
     reference = config_of(first)
     for art in members[1:]:
-        if config_of(art) != reference:
-            raise UserError(f"{art.path} is another network than {first.path} (model_config.json differs); only checkpoints "
+        theirs = config_of(art)
+        if theirs != reference:
+            differ = [f"{key} {theirs.get(key)} against {reference.get(key)}"
+                      for key in sorted(set(theirs) | set(reference)) if theirs.get(key) != reference.get(key)]
+            raise UserError(f"{art.path} is another network than {first.path} ({', '.join(differ[:3])}); only checkpoints "
                             "of one architecture can be averaged")
     check_same_task(members, "averaged")
+    cut = {art.path: getattr(read_task(art), "max_tokens", None) for art in members}
+    if len(set(cut.values())) > 1:
+        # the soup's task.json keeps one cut, so it would depend on the members' order
+        shown = ", ".join(f"{path} {tokens}" for path, tokens in cut.items())
+        raise UserError(f"the classifiers cut their texts at different lengths (--seq-len: {shown}); averaged "
+                        "checkpoints share one (fine-tune them with the same --seq-len)")
 
 
 def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Sequence[float], *, config: dict[str, Any],
@@ -133,11 +186,14 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
     check_same_network(members)
     first = members[0]
     if state is None:
-        states = [read_weights(art.file(WEIGHTS)) for art in members]
-        for art, member in zip(members, states):
+        # a member of weight 0 is left out, as an ensemble leaves it out (0 * nan would be nan)
+        chosen = [(art, weight) for art, weight in zip(members, weights) if weight > 0]
+        states = [StoredWeights(art.file(WEIGHTS)) for art, _ in chosen]
+        for (art, _), member in zip(chosen, states):
             if any(k.endswith((".lora_A", ".lora_B")) for k in member):
                 raise UserError(f"{art.path} holds unmerged LoRA adapters (an intermediate checkpoint); average finished runs")
-        state = mean_state(states, weights)
+        state = mean_state(states, [weight for _, weight in chosen])
+        _refuse_non_finite(state, chosen, states)
     from safetensors.torch import save_file
 
     # A training run writes its companions inside itself (RUN/ema): its listed files are untouched.

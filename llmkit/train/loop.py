@@ -628,9 +628,12 @@ class Trainer:
                 continue
             if artifacts.manifest_kind(folder) != "checkpoint":
                 return False
-            recorded = artifacts.load(folder, check=False).recorded_input(role)
+            companion = artifacts.load(folder, check=False)
+            recorded = companion.recorded_input(role)
             if recorded is None or recorded.fingerprint != run:
                 return False
+            if name == "average" and companion.config.get("average_last") != self.settings.checkpoints.average_last:
+                return False  # another --average-last K on resume: the mean of the last K, rebuilt
         return True
 
     def _remove_stale_companions(self, *, ema: bool, average: bool) -> None:
@@ -644,7 +647,7 @@ class Trainer:
                 (stale / artifacts.MANIFEST).unlink(missing_ok=True)  # first: a kill midway leaves no artifact
                 shutil.rmtree(stale, ignore_errors=True)
                 flag = "--ema" if name == "ema" else "--average-last"
-                err.print(f"note: removed {stale}, made when the run ended at an earlier step; this run has no {flag}",
+                err.print(f"note: removed {stale}, which an earlier command made; this run has no {flag}",
                           soft_wrap=True, markup=False)
 
     # -- the run ----------------------------------------------------------------------------
