@@ -374,6 +374,9 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
             raise UserError(f"{path} is a training run that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "command with --resume, or use one of its checkpoints/step_N")
+        if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+            raise UserError(f"{path} is a transformers model folder, not an llmkit artifact (no {MANIFEST}): make it a "
+                            "checkpoint with llmkit import first")
         raise UserError(
             f"{path} is not an llmkit artifact (no {MANIFEST}): it is incomplete or was not made by llmkit; "
             "rerun the stage that makes it"

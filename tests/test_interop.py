@@ -5,6 +5,7 @@ every model here is built and saved locally."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,19 @@ def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_p
     assert cli("import", tmp_path / "tr-hf", "--seed", "3", "-o", tmp_path / "reseeded").exit_code == 0
     imported = [artifacts.load(tmp_path / name) for name in ("back", "reseeded")]
     assert imported[0].fingerprint == imported[1].fingerprint and imported[0].manifest.seed is None
+    # given a chat template in transformers and saved back into the folder: the export's record no
+    # longer speaks for it, and the folder is read as any transformers folder
+    from transformers import AutoTokenizer
+
+    edited = tmp_path / "edited-hf"
+    shutil.copytree(tmp_path / "tr-hf", edited)
+    theirs = AutoTokenizer.from_pretrained(edited, local_files_only=True)
+    theirs.chat_template = CHATML
+    theirs.save_pretrained(edited)
+    result = cli("import", edited, "-o", tmp_path / "edited")
+    assert result.exit_code == 0 and "changed since: the folder is read as any transformers folder" in " ".join(result.output.split())
+    again = load_checkpoint(tmp_path / "edited")
+    assert again.task is None and again.tokenizer.own_chat_template == CHATML
 
 
 def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_seam():
@@ -431,6 +445,12 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     line = _error(cli("import", src, "-o", tmp_path / "x"))
     assert "names bos '<|bos|>', but its tokenizer.json does not mark that token special" in line, line
     assert not (tmp_path / "x").exists()
+    # a token the vocabulary does not have at all: marking it special would add a token without an embedding
+    settings = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps(dict(settings, eos_token="<|end|>")))
+    line = _error(cli("import", src, "-o", tmp_path / "x"))
+    assert "names eos '<|end|>', which its tokenizer's vocabulary does not have" in line, line
+    (src / "tokenizer_config.json").write_text(json.dumps(settings))
     # half of a vocab.json + merges.txt pair: the missing one named (transformers' own message named neither,
     # and was cut mid-word)
     (src / "tokenizer.json").unlink()
@@ -814,9 +834,15 @@ def test_import_missing_directory(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_import_directory_without_config(cli, tmp_path):
+def test_import_directory_without_config(cli, tmp_path, tokenizer_dir):
     (tmp_path / "empty").mkdir()
     assert "no config.json" in _error(cli("import", tmp_path / "empty", "-o", tmp_path / "out"))
+    # each of the two commands given the other's folder names the other
+    checkpoint = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
+    assert "is an llmkit artifact, not a Hugging Face model directory" in _error(cli("import", checkpoint, "-o", tmp_path / "o"))
+    assert cli("export", checkpoint, "-o", tmp_path / "hf").exit_code == 0
+    assert "a transformers model folder, not an llmkit artifact (no manifest.json): make it a checkpoint with llmkit import" \
+        in " ".join(_error(cli("export", tmp_path / "hf", "-o", tmp_path / "hf2")).split())
 
 
 def test_import_unsupported_model_type_names_it(cli, tmp_path):
@@ -849,6 +875,9 @@ def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, token
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "has shape" in message and "config.json" in message and "do not belong together" in message
     assert not (tmp_path / "out").exists()
+    (src / "config.json").write_text(json.dumps(dict(config, n_inner=0)))  # (pretrain's --mlp-ratio was named)
+    message = _error(cli("import", src, "-o", tmp_path / "out"))
+    assert "config.json gives the MLP 0 hidden units (n_inner or intermediate_size); correct it" in message, message
 
 
 def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):

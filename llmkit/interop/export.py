@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from llmkit.errors import UserError
-from llmkit.interop.hf_files import HF_WEIGHTS, LLMKIT_CONFIG_FILE, torch_dtype
+from llmkit.interop.hf_files import HF_WEIGHTS, LLMKIT_CONFIG_FILE, exported_files, torch_dtype
 from llmkit.interop.hf_tokenizer import CHAT_TEMPLATE, chat_template_for, post_processor_of, save_hf_tokenizer, stop_token_ids
 from llmkit.model.hf_config import SpecialIds, hf_family, to_hf_config
 from llmkit.model.hf_weights import to_hf_state
@@ -55,7 +55,8 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
                       "tokenizer_post_processor": post_processor_of(tok.hf),
                       "task": json.loads(task.to_json()) if task is not None else None,
                       "end_of_turn": list(tok.end_of_turn),
-                      "document_start": "eos" if start_id == tok.eos_id and start_id != tok.bos_id else "bos"}
+                      "document_start": "eos" if start_id == tok.eos_id and start_id != tok.bos_id else "bos",
+                      "files": exported_files(tmp)}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 

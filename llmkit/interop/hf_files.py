@@ -30,6 +30,9 @@ def read_config_json(src: Path) -> dict:
         raise UserError(f"{src} is a file; pass a local Hugging Face model directory (config.json + *.safetensors)")
     path = src / "config.json"
     if not path.is_file():
+        if (src / "manifest.json").is_file():
+            raise UserError(f"{src} is an llmkit artifact, not a Hugging Face model directory: llmkit reads it as it is "
+                            "(llmkit export writes a Hugging Face folder from a checkpoint)")
         raise UserError(f"{src} has no config.json; it is not a Hugging Face model directory (save one with save_pretrained)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -90,11 +93,38 @@ def check_float_weights(state: dict[str, torch.Tensor]) -> None:
 
 
 
-def export_provenance(src: Path) -> dict:
-    """What llmkit's export wrote beside the HF files (the original ModelConfig, the document
-    start, ...); {} for a folder llmkit did not export, or an unreadable file."""
+def _read_provenance(src: Path) -> dict:
     try:
         data = json.loads((src / LLMKIT_CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def exported_files(folder: Path) -> dict[str, str]:
+    """sha256 of the files beside the weights that the provenance speaks for (tokenizer, configs,
+    chat template): export records them, import compares them."""
+    from llmkit.artifacts import sha256_file
+
+    return {path.name: sha256_file(path) for path in sorted(folder.iterdir())
+            if path.is_file() and path.name != LLMKIT_CONFIG_FILE and not path.name.endswith((".safetensors", HF_INDEX))
+            and not any(path.match(pattern) for pattern in PICKLE_WEIGHTS)}
+
+
+def provenance_changes(src: Path) -> list[str]:
+    """The files an llmkit export recorded that differ now (edited or re-saved in transformers,
+    added or removed): its provenance no longer speaks for the folder. [] where it does, or where
+    an export from before 2026-12-05 recorded none."""
+    recorded = _read_provenance(src).get("files")
+    if not isinstance(recorded, dict):
+        return []
+    now = exported_files(src)
+    return sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+
+
+def export_provenance(src: Path) -> dict:
+    """What llmkit's export wrote beside the HF files (the original ModelConfig, the document
+    start, the task, ...); {} for a folder llmkit did not export, an unreadable file, or a folder
+    whose files changed since the export (the folder is then read as any transformers folder)."""
+    data = _read_provenance(src)
+    return {} if provenance_changes(src) else data

@@ -269,6 +269,9 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
     # (A config.json bos_token_id on an ordinary token is LlamaConfig's default left in place: transformers adds no bos.)
     for role in ("eos", "bos"):
         if role not in roles and role in not_special and (role == "eos" or role in named):
+            if tokenizer.token_to_id(not_special[role]) is None:
+                raise UserError(f"{src}/tokenizer_config.json names {role} {not_special[role]!r}, which its tokenizer's "
+                                f"vocabulary does not have; name the token the model was trained with as {role}_token there")
             raise UserError(
                 f"{src} names {role} {not_special[role]!r}, but its tokenizer.json does not mark that token special, so "
                 "llmkit cannot use it as a role; mark it special (tokenizer.add_special_tokens) and save the tokenizer again"

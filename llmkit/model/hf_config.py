@@ -225,6 +225,9 @@ def config_with_mlp_width(values: dict, mlp_hidden: int, model_type: str) -> Mod
     ModelConfig derives the width from `mlp_ratio` (SwiGLU: 2/3 of it, rounded up to a multiple
     of 64 from 64 on), so find a ratio that lands on the wanted width and check it does.
     """
+    if mlp_hidden < 1:  # (ModelConfig's own message would name pretrain's --mlp-ratio)
+        raise UserError(f"the {model_type} config.json gives the MLP {mlp_hidden} hidden units (n_inner or "
+                        "intermediate_size); correct it or re-save the model")
     known = {f.name for f in fields(ModelConfig)}
     if "mlp_hidden_size" in known:  # an explicit width, when ModelConfig has one
         values["mlp_hidden_size"] = mlp_hidden
