@@ -78,6 +78,20 @@ def test_a_rows_bits_do_not_depend_on_the_rows_beside_it_or_on_the_threads(produ
         torch.set_num_threads(threads)
 
 
+@onednn
+def test_a_weight_gradient_made_transposed_has_the_same_bits():
+    """sequence_tree and fused_loss make a weight gradient left^T right as (right^T left)^T where
+    that lets oneDNN copy the smaller operand into rows: each element must be the same sum, in the
+    same order, whichever operand it is (the presets' products over a run of 4 x 256 tokens, and a
+    short sequence's 16 padded rows against the head)."""
+    torch.manual_seed(0)
+    for inputs, outputs in [*SHAPES, (256, 4096), (768, 50304)]:
+        for tokens in (1024, 256, MIN_ROWS):
+            left, right = torch.randn(tokens, outputs), torch.randn(tokens, inputs)
+            direct = cpu_gemm.matmul(left.t(), right)
+            assert torch.equal(cpu_gemm.matmul(right.t(), left).t(), direct), (inputs, outputs, tokens)
+
+
 @pytest.mark.parametrize("amd, avx512, expected", [(True, True, "onednn"), (True, False, "pytorch"),
                                                    (False, True, "onednn"), (False, False, "onednn")])
 def test_auto_takes_mkl_only_on_amds_avx2_cpus(amd, avx512, expected, product_switch, monkeypatch):

@@ -92,7 +92,13 @@ def _chunk(h: torch.Tensor, t: torch.Tensor, r: torch.Tensor, head: torch.Tensor
     if onednn:  # (oneDNN writes no `out=` and adds into nothing: the results are copied/added)
         if grad_rows is not None:
             grad_rows.copy_(cpu_gemm.matmul(probs, head))
-        if grad_weight is not None:
+        if grad_weight is not None and grad_weight.t().is_contiguous():
+            # a buffer laid out [C, V] (run_accumulator's transposed): the product made transposed,
+            # so that oneDNN copies h^T [C, rows] into rows, not probs^T [V, rows] (the same bits, tested)
+            target = grad_weight.t()
+            product = cpu_gemm.matmul(h.t(), probs)
+            target.copy_(product) if fresh else target.add_(product)
+        elif grad_weight is not None:
             product = cpu_gemm.matmul(probs.t(), h)
             grad_weight.copy_(product) if fresh else grad_weight.add_(product)
         return loss
@@ -222,13 +228,16 @@ class _PerSequenceLinearCrossEntropy(torch.autograd.Function):
             total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
             head = weight if low is None else weight.to(low)
             chunk = chunk_tokens(weight.shape[0])
+            # the head's gradient accumulates [C, V] where oneDNN makes its products (see _chunk)
+            transposed = low is None and cpu_gemm.takes(hidden[0, :MIN_ROWS], head.t())
             for b in range(hidden.shape[0]):
                 every = bool(valid[b].all())
                 kept = None if every else valid[b].nonzero().squeeze(1)
                 h, t = (hidden[b], targets[b]) if every else (hidden[b].index_select(0, kept), targets[b].index_select(0, kept))
                 rows = torch.arange(min(chunk, len(t)), device=hidden.device)
                 grad_rows = None if not need_hidden else grad_hidden[b] if every else torch.empty_like(h)
-                grad_weight, fresh = where.tree.run_accumulator(weight, "head", where.first + b) if need_weight else (None, False)
+                grad_weight, fresh = (where.tree.run_accumulator(weight, "head", where.first + b, transposed=transposed)
+                                      if need_weight else (None, False))
                 if fresh and not len(t):  # a sequence without targets adds nothing, and a new run starts from zero
                     grad_weight.zero_()
                 for start in range(0, len(t), chunk):

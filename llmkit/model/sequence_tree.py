@@ -176,7 +176,13 @@ class SequenceTree:
         runs = max(1, left.shape[0] // PRODUCT_RUN)  # (the step's last run may be short)
         left, right = left.reshape(runs, -1, left.shape[-1]).transpose(1, 2), right.reshape(runs, -1, right.shape[-1])
         if cpu_gemm.takes(left[0], right[0]):  # oneDNN's products, one per run (they take no batch)
-            values = torch.stack([cpu_gemm.matmul(a, b) for a, b in zip(left, right)])
+            if left.shape[1] > right.shape[2]:
+                # oneDNN copies its transposed left operand into rows first: the smaller one goes
+                # there, and the product comes out transposed (the same bits, tested: each element
+                # is the same sum in the same order)
+                values = torch.stack([cpu_gemm.matmul(b.t(), a.t()).t() for a, b in zip(left, right)])
+            else:
+                values = torch.stack([cpu_gemm.matmul(a, b) for a, b in zip(left, right)])
         else:
             values = torch.bmm(left, right)
         if values.dtype != param.dtype:  # autocast's low precision: the product in it, the sums in the parameter's
@@ -187,15 +193,19 @@ class SequenceTree:
         param, run, lefts, rights = self.pending.pop(key)
         self._push_runs(param, key[1], run, torch.cat(lefts), torch.cat(rights))
 
-    def run_accumulator(self, param: torch.Tensor, role: str, position: int) -> tuple[torch.Tensor, bool]:
+    def run_accumulator(self, param: torch.Tensor, role: str, position: int,
+                        transposed: bool = False) -> tuple[torch.Tensor, bool]:
         """For gradients added product by product (the fused head's chunks): the buffer that
         `position`'s run of PRODUCT_RUN sequences accumulates into, in position order, and
-        whether it is new (to be written, not added to). end_sequence closes it."""
+        whether it is new (to be written, not added to). end_sequence closes it. `transposed`: a
+        matrix laid out column-major (the view of a contiguous [I, O]), for products made
+        transposed (fused_loss: oneDNN then copies the smaller operand)."""
         key = (id(param), role)
         self.units[key] = PRODUCT_RUN
         run, offset = divmod(position, PRODUCT_RUN)
         if offset == 0:
-            self.open_runs[key] = (run, torch.empty_like(param))
+            buffer = param.new_empty(param.shape[::-1]).t() if transposed and param.dim() == 2 else torch.empty_like(param)
+            self.open_runs[key] = (run, buffer)
             return self.open_runs[key][1], True
         if key not in self.open_runs or self.open_runs[key][0] != run:
             raise RuntimeError("per-sequence gradients arrived out of position order")
@@ -243,6 +253,9 @@ class SequenceTree:
                 sums[id(p)].add_(total)
             else:
                 sums[id(p)] = total
+        for key, total in sums.items():  # (a run accumulated transposed: the gradient in the parameter's layout)
+            if not total.is_contiguous():
+                sums[key] = total.contiguous()
         self.stacks.clear()
         self.entries.clear()
         self.units.clear()
