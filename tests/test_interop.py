@@ -217,9 +217,13 @@ def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_p
     theirs.chat_template = CHATML
     theirs.save_pretrained(edited)
     result = cli("import", edited, "-o", tmp_path / "edited")
-    assert result.exit_code == 0 and "changed since: the folder is read as any transformers folder" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "tokenizer_config.json changed since llmkit exported" in said and "(task)" in said, said
     again = load_checkpoint(tmp_path / "edited")
     assert again.task is None and again.tokenizer.own_chat_template == CHATML
+    # the parts of the record those files do not bear on still hold: the document start, the model config
+    assert artifacts.load(tmp_path / "edited").config["document_start"] == artifacts.load(tmp_path / "back").config["document_start"]
+    assert again.config == back.config
 
 
 def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_seam():

@@ -122,9 +122,28 @@ def provenance_changes(src: Path) -> list[str]:
     return sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
 
 
+# What each part of the export's record speaks for: a part whose files changed since the export
+# (a chat template set in transformers, a tokenizer or config re-saved) is read from the folder
+# instead. The document start is the weights' (the tokens they were trained after), not a file's.
+PROVENANCE_FILES = {
+    "model_config": {"config.json"},
+    "task": {"tokenizer_config.json", "chat_template.jinja", "tokenizer.json"},
+    "tokenizer_post_processor": {"tokenizer.json"},
+    "end_of_turn": {"generation_config.json"},
+}
+
+
+def stale_provenance(src: Path) -> list[str]:
+    """The parts of the export's record whose files changed since."""
+    changed = set(provenance_changes(src))
+    return [part for part, files in PROVENANCE_FILES.items() if files & changed]
+
+
 def export_provenance(src: Path) -> dict:
     """What llmkit's export wrote beside the HF files (the original ModelConfig, the document
-    start, the task, ...); {} for a folder llmkit did not export, an unreadable file, or a folder
-    whose files changed since the export (the folder is then read as any transformers folder)."""
+    start, the task, ...), less the parts whose files changed since the export; {} for a folder
+    llmkit did not export, or an unreadable file."""
     data = _read_provenance(src)
-    return {} if provenance_changes(src) else data
+    for part in stale_provenance(src):
+        data.pop(part, None)
+    return data

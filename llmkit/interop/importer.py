@@ -15,6 +15,7 @@ from llmkit.interop.hf_files import (
     export_provenance,
     provenance_changes,
     read_config_json,
+    stale_provenance,
     read_hf_state,
     torch_dtype,
     weight_files,
@@ -132,13 +133,13 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
         )
     special = hf_special_tokens(src, config_json, tokenizer)
     provenance = export_provenance(src)
-    changed = provenance_changes(src)
-    if changed:
+    changed, stale = provenance_changes(src), stale_provenance(src)
+    if stale:
         from llmkit.console import err
 
-        err.print(f"note: {src}/{LLMKIT_CONFIG_FILE} speaks for the files llmkit exported, and {', '.join(changed[:3])} "
-                  "changed since: the folder is read as any transformers folder (its own chat template, special tokens "
-                  "and configs), not as llmkit's export", soft_wrap=True, markup=False)
+        err.print(f"note: {', '.join(changed[:3])} changed since llmkit exported {src}: what {LLMKIT_CONFIG_FILE} "
+                  f"recorded of them ({', '.join(stale)}) is read from the folder instead, as from any transformers "
+                  "folder", soft_wrap=True, markup=False)
     if "end_of_turn" in provenance:  # llmkit's own export: its generation_config.json also lists a chat's role tokens
         listed = provenance["end_of_turn"]
         end_of_turn = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
