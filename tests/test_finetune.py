@@ -878,6 +878,7 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(base, cli, tmp_path)
     (run / "manifest.json").unlink()
     typed = cli(*args, "--resume", "--epochs", "1")  # typed at its default: a length given, 2 steps, below step 5
     assert typed.exit_code != 0 and "more than this run's 2" in typed.output, typed.output
+    assert "give more --epochs (or --max-steps above 5)" in " ".join(typed.output.split())  # the length it counts in
     result = cli(*args, "--resume")
     assert result.exit_code == 0, result.output
     assert "the run's length is kept as the run recorded it (--epochs 3.0)" in result.output

@@ -372,6 +372,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         settings = LoopSettings.for_stage(
             config, max_steps=max_steps, global_batch=global_batch, micro_batch=micro_batch,
             tokens_per_sample=seq_len, warmup_steps=warmup, lr=config.peak_lr, batch_flag="--batch-size",
+            longer="--max-steps above {step}" if config.max_steps is not None else "more --epochs (or --max-steps above {step})",
         )
         scaling = config.lora_scale_alpha / config.lora_rank if adapted else None
         run_dir = out.resolve()

@@ -65,6 +65,7 @@ class LoopSettings:
     warmup_steps: int
     lr: float
     batch_flag: str = "--batch-tokens"  # the option that sizes a step, for messages (finetune's is --batch-size)
+    longer: str = "--max-steps above {step}"  # how to lengthen the run past {step} steps, for messages
 
     @classmethod
     def for_stage(cls, config: Any, **derived: Any) -> LoopSettings:
@@ -301,7 +302,7 @@ class Trainer:
         if self.start_step > self.settings.max_steps:
             raise UserError(
                 f"cannot resume from {latest}: it has trained {self.start_step} steps, more than this run's "
-                f"{self.settings.max_steps}; give --max-steps above {self.start_step} to train further"
+                f"{self.settings.max_steps}; give {self.settings.longer.format(step=self.start_step)} to train further"
             )
         self._record_schedule_history(latest, progress)
         self.last_loss = progress.get("loss")
