@@ -189,9 +189,25 @@ def test_a_member_of_weight_zero_is_left_out_and_a_soup_that_is_not_finite_is_re
     _ok(cli("average", runs / "a", broken, "--weights", "1,0", "-o", tmp_path / "soup"))
     ours, theirs = _weights(tmp_path / "soup"), _weights(runs / "a")
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _ok(cli("average", broken, runs / "a", "--weights", "0,1", "-o", tmp_path / "soup2"))  # first, and left out
+    ours = _weights(tmp_path / "soup2")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     refused = cli("average", runs / "a", broken, "-o", tmp_path / "nan")
     assert refused.exit_code != 0 and f"the average's {name} is not finite: {broken} holds nan" in " ".join(refused.output.split())
     assert not (tmp_path / "nan").exists()
+
+
+def test_stored_weights_read_a_tensor_at_a_time_as_a_mapping(runs):
+    from llmkit.errors import UserError
+    from llmkit.model.averaging import StoredWeights
+
+    whole = _weights(runs / "a")
+    with StoredWeights(runs / "a" / "model.safetensors") as stored:
+        assert sorted(stored) == sorted(whole) and len(stored) == len(whole) and "nothing" not in stored
+        assert all(torch.equal(stored[name], whole[name]) for name in whole)
+        assert stored.get("nothing") is None
+    with pytest.raises(UserError, match="is not a readable safetensors file"):
+        StoredWeights(runs / "a" / "model_config.json")
 
 
 def test_classifiers_that_cut_their_texts_at_different_lengths_do_not_average(cli, runs, tmp_path):

@@ -221,7 +221,7 @@ def test_a_reply_is_capped_only_where_the_engine_would_need_a_window(shared_data
         session.prompt_ids = lambda _text: list(range(10, 42))  # 32 tokens, what the prompt's budget allows
         asked = []
         session.generator.complete = lambda prompts, params, **_: asked.append(params.max_new_tokens) or [
-            type("Done", (), {"text": ""})()]
+            type("Done", (), {"text": "", "finish_reason": "length"})()]
         session.reply("hi")
         assert asked == [expected]
         assert ("replies stop at what is left" in capsys.readouterr().err) == (new_tokens != expected)
@@ -258,12 +258,17 @@ def test_a_reply_cut_inside_a_character_leaves_no_replacement_character(chat_mod
     session = _session(chat_model)
     real = session.generator.complete
 
-    def ending(text, reason):
-        def complete(*args, **kwargs):
-            return [dataclasses.replace(real(*args, **kwargs)[0], text=text, finish_reason=reason)]
+    def ending(pieces, reason):
+        def complete(*args, on_text=None, **kwargs):
+            for piece in pieces:
+                on_text(0, piece)
+            return [dataclasses.replace(real(*args, **kwargs)[0], text="".join(pieces), finish_reason=reason)]
         return complete
 
-    monkeypatch.setattr(session.generator, "complete", ending("Two dogs \u5927\ufffd", "length"))
-    assert session.reply("hello") == "Two dogs \u5927" and session.history[-1]["content"] == "Two dogs \u5927"
-    monkeypatch.setattr(session.generator, "complete", ending("a \ufffd", "eos"))
-    assert session.reply("hello") == "a \ufffd"
+    shown = []
+    monkeypatch.setattr(session.generator, "complete", ending(["Two dogs ", "\u5927", "\ufffd"], "length"))
+    assert session.reply("hello", on_text=shown.append) == "Two dogs \u5927" == "".join(shown)
+    assert session.history[-1]["content"] == "Two dogs \u5927"
+    shown.clear()  # a U+FFFD inside the reply, or at its end where it stopped by itself, is the model's text
+    monkeypatch.setattr(session.generator, "complete", ending(["a \ufffd", "b \ufffd"], "eos"))
+    assert session.reply("hello", on_text=shown.append) == "a \ufffdb \ufffd" == "".join(shown)

@@ -85,11 +85,18 @@ def test_a_weight_gradient_made_transposed_has_the_same_bits():
     same order, whichever operand it is (the presets' products over a run of 4 x 256 tokens, and a
     short sequence's 16 padded rows against the head)."""
     torch.manual_seed(0)
-    for inputs, outputs in [*SHAPES, (256, 4096), (768, 50304)]:
-        for tokens in (1024, 256, MIN_ROWS):
-            left, right = torch.randn(tokens, outputs), torch.randn(tokens, inputs)
-            direct = cpu_gemm.matmul(left.t(), right)
-            assert torch.equal(cpu_gemm.matmul(right.t(), left).t(), direct), (inputs, outputs, tokens)
+    threads = torch.get_num_threads()
+    try:
+        for inputs, outputs in [*SHAPES, (256, 4096), (768, 50304)]:
+            for tokens in (1024, 256, MIN_ROWS):
+                left, right = torch.randn(tokens, outputs), torch.randn(tokens, inputs)
+                torch.set_num_threads(2)
+                direct = cpu_gemm.matmul(left.t(), right)
+                for count in (2, 1):  # (one thread a process under --nproc)
+                    torch.set_num_threads(count)
+                    assert torch.equal(cpu_gemm.matmul(right.t(), left).t(), direct), (inputs, outputs, tokens, count)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("amd, avx512, expected", [(True, True, "onednn"), (True, False, "pytorch"),

@@ -405,6 +405,20 @@ def test_a_prompt_is_cut_only_past_what_generation_attends_to(loaded):
     assert cut is not record and record["source"].startswith(cut["source"])
 
 
+def test_a_prompt_of_several_fields_loses_the_end_of_its_longest_as_training_cut_it(loaded):
+    """An Alpaca-style prompt: the long input gives way, the instruction stays whole (as finetune
+    --truncate cuts), where the first field alone was cut before and the record then refused."""
+    from llmkit.eval.model_tasks import _fit_prompts
+
+    template = "Instruction: {instruction}\nInput: {input}\nAnswer:"
+    record = {"instruction": "Say what the text is about.", "input": "Ein Mann geht mit seinem Hund durch den Park. " * 6}
+    wording = 1 + len(loaded.tokenizer.encode(template.format(instruction=record["instruction"], input="")))
+    new = CONTEXT - (wording + 8) + 1  # room for the instruction and 8 tokens of the input
+    (cut,) = _fit_prompts([record], template, "instruction", loaded, False, new)
+    assert cut["instruction"] == record["instruction"] and record["input"].startswith(cut["input"])
+    assert 0 < len(cut["input"]) < len(record["input"])
+
+
 def test_a_cut_input_never_ends_inside_a_character(loaded):
     """A byte-level cut may fall inside a character; its decoding ends in U+FFFD, which the model
     would then read. The cut goes before that character instead, at every budget."""

@@ -890,6 +890,12 @@ def test_a_template_prompt_too_long_loses_the_end_of_its_input_not_the_template(
     ckpt2 = make_checkpoint(tmp_path / "two", shakespeare[:20_000], task=two)
     result = cli("generate", ckpt2, "-p", "some context", "-n", "2", "--greedy")
     assert result.exit_code == 0 and "also reads question, left empty" in result.output, result.output
+    # a record filling both fields: the longer (the context) loses its end, the question stays whole
+    loaded2 = load_checkpoint(ckpt2)
+    record = {"context": long, "question": "Who speaks first?"}
+    ids = fit_prompt(Prompt(record=record), loaded2.tokenizer, loaded2.task, 40)
+    text = loaded2.tokenizer.decode(ids[1:])
+    assert len(ids) <= 40 and text.startswith("Context: " + long[:5]) and text.endswith("\nQ: Who speaks first?\nA:")
 
 
 @pytest.mark.parametrize("new_tokens", [60, 100])

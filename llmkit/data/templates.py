@@ -264,9 +264,10 @@ def render(part: str, record: dict[str, Any], where: str) -> str:
 def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[str, Any], field: str, tokenizer,
               budget: int) -> dict[str, Any] | None:
     """The record, with the end of its text `field` given up until `encode(record)` fits in
-    `budget` tokens: the one rule for inputs that are too long (fine-tuning with --truncate, eval's
-    generation prompts), which keeps a template's wording and what follows the input. The record
-    itself when it fits; None when even an empty field would not."""
+    `budget` tokens, which keeps a template's wording and what follows the input: the step of the
+    one rule for prompts that are too long (`fit_fields`: fine-tuning with --truncate, eval's and
+    generate's template prompts; chat's message). The record itself when it fits; None when even an
+    empty field would not."""
     over = len(encode(record)) - budget
     if over <= 0:
         return record

@@ -158,7 +158,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     before its target), the prompt then encoded as the template encodes it; None for other prompts.
     `shown_field`: the input's name in the user's records, where it was copied to the template's."""
     shown_field = shown_field or input_field
-    from llmkit.data.templates import encode_chat_prompt, fit_field
+    from llmkit.data.templates import encode_chat_prompt, fit_fields, plain_fields
     from llmkit.inference.engine import context_limit
     from llmkit.inference.prompts import chat_turns
 
@@ -179,12 +179,17 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
             return [0] + tokenizer.encode(text)  # the document-start token, the prompt
         return [0] + tokenizer.encode_after_special(text) + lead
 
+    # the prompt's text fields, longest cut first, as finetune --truncate cuts them (an "{input}" the records
+    # lack stands for the input field, and is cut as that)
+    fields = [input_field, *plain_fields(template, "--prompt-template")]
     fitted, cut = [], 0
     for i, record in enumerate(records):
-        shorter = fit_field(encode, record, input_field, tokenizer, room)
+        shorter = fit_fields(encode, record, fields, tokenizer, room)
         if shorter is None:  # the wording alone is too long: the engine would cut the instruction off
-            wording = len(encode({**record, input_field: ""}))
-            raise UserError(f"record {i + 1}: even with its {shown_field!r} cut, the prompt does not fit in the "
+            texts = [f for f in dict.fromkeys(fields) if isinstance(record.get(f), str)]
+            wording = len(encode({**record, **dict.fromkeys(texts, "")}))
+            cut_what = repr(shown_field) if texts == [input_field] else "text fields"
+            raise UserError(f"record {i + 1}: even with its {cut_what} cut, the prompt does not fit in the "
                             f"{room} tokens the context ({limit}) leaves beside --max-new-tokens "
                             f"{max_new_tokens} (the template's wording alone takes {wording}); lower --max-new-tokens or "
                             "shorten --prompt-template")
@@ -194,8 +199,8 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         from llmkit.console import err
 
         err.print(f"note: {cut} of {len(records)} prompts did not fit in the context ({limit} tokens) "
-                  f"beside --max-new-tokens {max_new_tokens}: the end of their {shown_field!r} was left out, as "
-                  "finetune --truncate does", soft_wrap=True, markup=False)
+                  f"beside --max-new-tokens {max_new_tokens}: the end of their {shown_field!r} (of their longest text "
+                  "field, where the prompt has several) was left out, as finetune --truncate does", soft_wrap=True, markup=False)
     return fitted
 
 

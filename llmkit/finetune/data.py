@@ -151,7 +151,7 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
     emptied = False
     if template["type"] == "text":
         fields = [f for f in prompt_fields(template) if isinstance(record.get(f), str)]
-        if fields:
+        if fields:  # (numbers are not cut: the example is cut from its end)
             fitted = fit_fields(lambda r: encode_example(template, r, tokenizer, where).ids, record, fields, tokenizer, max_len)
             emptied = fitted is None
             example = encode_example(template, fitted or dict(record, **dict.fromkeys(fields, "")), tokenizer, where)

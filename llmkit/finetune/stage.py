@@ -350,10 +350,11 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         if top_id >= model_config.vocab_size:
             raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
         trainable, total = count_parameters(model)
-        if frozen and tied_to(model, frozen) and info.is_main:
+        also_frozen = tied_to(model, frozen) if frozen else []
+        if also_frozen and info.is_main:
             from llmkit.console import err
 
-            err.print(f"note: --freeze {','.join(config.freeze)} also freezes {', '.join(tied_to(model, frozen))}: the model "
+            err.print(f"note: --freeze {','.join(config.freeze)} also freezes {', '.join(also_frozen)}: the model "
                       "ties them (one tensor)", soft_wrap=True, markup=False)
         # The artifact holds the merged model: its parameters are the base's (adapters fold into them).
         adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)

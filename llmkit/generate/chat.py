@@ -138,11 +138,21 @@ class ChatSession:
             self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
                                 f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
         role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]
-        stream = (lambda _row, piece: on_text(piece)) if on_text else None
-        completion = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=role_ids)[0]
+        pending = ""  # a trailing U+FFFD waits for what follows it: a reply cut off inside a character drops it
+
+        def stream(_row, piece):
+            nonlocal pending
+            shown = (pending + piece).rstrip("\ufffd")
+            pending = (pending + piece)[len(shown):]
+            if shown:
+                on_text(shown)
+
+        completion = self.generator.complete([ids], params, on_text=stream if on_text else None, extra_stop_ids=role_ids)[0]
         text = completion.text
-        if completion.finish_reason == "length":  # cut off, perhaps inside a character: not U+FFFD in the transcript
+        if completion.finish_reason == "length":  # cut off, perhaps inside a character: not U+FFFD on screen or in the transcript
             text = text.rstrip("\ufffd")
+        elif pending and on_text:
+            on_text(pending)
         text = text.strip()
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]

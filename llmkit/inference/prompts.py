@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_field,
-                                   plain_fields, render)
+from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_fields,
+                                   plain_fields, prompt_fields, render)
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl, read_text
 from llmkit.options import unescape
@@ -158,13 +158,15 @@ def traced_document_start(artifact) -> str | None:
 
 
 def _template_input(prompt: Prompt, template: dict, tokenizer):
-    """(the record that fills a text template, its encoder): a prompt record with every field the
-    template names fills them all; else the prompt's text is the template's input field."""
+    """(the record that fills a text template, its encoder, the fields that may be cut): a prompt
+    record with every field the template names fills them all; else the prompt's text is the
+    template's input field."""
     fields = plain_fields(template["prompt"], "the checkpoint's template")
     if prompt.record is not None and all(name in prompt.record for name in fields):
-        return prompt.record, lambda r: [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], r, "prompt record"))
+        return (prompt.record, lambda r: [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], r, "prompt record")),
+                prompt_fields(template))
     field = template["input_field"]
-    return {field: prompt.text or ""}, lambda r: encode_text_prompt(template, r[field], tokenizer)
+    return {field: prompt.text or ""}, lambda r: encode_text_prompt(template, r[field], tokenizer), [field]
 
 
 def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None:
@@ -187,12 +189,13 @@ def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None
     template = task.text_template if task is not None else None
     if template is None:
         return None
-    record, encode = _template_input(prompt, template, tokenizer)
-    if not isinstance(record.get(template["input_field"]), str):  # a number is not cut (the window decides)
+    record, encode, fields = _template_input(prompt, template, tokenizer)
+    texts = [f for f in fields if isinstance(record.get(f), str)]
+    if not texts:  # numbers are not cut (the window decides)
         return None
-    shorter = fit_field(encode, record, template["input_field"], tokenizer, budget)
+    shorter = fit_fields(encode, record, texts, tokenizer, budget)  # the longest text first, as finetune --truncate
     if shorter is None:
-        wording = len(encode(dict(record, **{template["input_field"]: ""})))
+        wording = len(encode(dict(record, **dict.fromkeys(texts, ""))))
         raise UserError(f"the template's wording alone takes {wording} tokens, more than the {budget} the context leaves "
                         "beside the reply; lower --max-new-tokens")
     return encode(shorter)
@@ -207,7 +210,7 @@ def encode_prompt(prompt: Prompt, tokenizer, task=None, start_id: int | None = N
         return encode_chat_prompt(chat_turns(prompt.record or {}, prompt.text or ""), tokenizer)
     template = task.text_template if task is not None else None
     if template is not None:
-        record, encode = _template_input(prompt, template, tokenizer)
+        record, encode, _ = _template_input(prompt, template, tokenizer)
         return encode(record)
     ids = tokenizer.encode(prompt.text) if prompt.text else []
     return [tokenizer.bos_id if start_id is None else start_id] + ids

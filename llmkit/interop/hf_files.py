@@ -4,7 +4,9 @@ weights, never pickle) and what llmkit's export writes beside the HF files."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -111,15 +113,13 @@ def exported_files(folder: Path) -> dict[str, str]:
             and not any(path.match(pattern) for pattern in PICKLE_WEIGHTS)}
 
 
-def provenance_changes(src: Path) -> list[str]:
+def _changed_files(src: Path, recorded: Any) -> set[str]:
     """The files an llmkit export recorded that differ now (edited or re-saved in transformers,
-    added or removed): its provenance no longer speaks for the folder. [] where it does, or where
-    an export from before 2026-12-05 recorded none."""
-    recorded = _read_provenance(src).get("files")
+    added or removed); none where an export from before 2026-12-05 recorded no files."""
     if not isinstance(recorded, dict):
-        return []
+        return set()
     now = exported_files(src)
-    return sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+    return {name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name)}
 
 
 # What each part of the export's record speaks for: a part whose files changed since the export
@@ -133,17 +133,20 @@ PROVENANCE_FILES = {
 }
 
 
-def stale_provenance(src: Path) -> list[str]:
-    """The parts of the export's record whose files changed since."""
-    changed = set(provenance_changes(src))
-    return [part for part, files in PROVENANCE_FILES.items() if files & changed]
+@dataclass
+class ExportRecord:
+    """What llmkit's export wrote beside the HF files (`parts`: the original ModelConfig, the
+    document start, the task, ...), less the parts whose files changed since the export (`stale`,
+    changed in `files`); no parts for a folder llmkit did not export, or an unreadable record."""
+
+    parts: dict[str, Any]
+    stale: list[str]
+    files: list[str]
 
 
-def export_provenance(src: Path) -> dict:
-    """What llmkit's export wrote beside the HF files (the original ModelConfig, the document
-    start, the task, ...), less the parts whose files changed since the export; {} for a folder
-    llmkit did not export, or an unreadable file."""
-    data = _read_provenance(src)
-    for part in stale_provenance(src):
-        data.pop(part, None)
-    return data
+def export_record(src: Path) -> ExportRecord:
+    parts = _read_provenance(src)
+    changed = _changed_files(src, parts.get("files"))
+    stale = [part for part, files in PROVENANCE_FILES.items() if files & changed and part in parts]
+    behind = sorted(changed & set().union(*(PROVENANCE_FILES[part] for part in stale))) if stale else []
+    return ExportRecord({k: v for k, v in parts.items() if k not in stale}, stale, behind)

@@ -12,10 +12,8 @@ from llmkit.errors import UserError
 from llmkit.interop.hf_files import (
     LLMKIT_CONFIG_FILE,
     check_float_weights,
-    export_provenance,
-    provenance_changes,
+    export_record,
     read_config_json,
-    stale_provenance,
     read_hf_state,
     torch_dtype,
     weight_files,
@@ -27,12 +25,12 @@ from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, hf_bia
 from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
 
 
-def _prefer_original_config(src: Path, imported: ModelConfig, state: dict[str, torch.Tensor]):
+def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict[str, torch.Tensor]):
     """A directory llmkit exported carries the original ModelConfig: use it when it describes
     the same network, so export -> import gives back the config field for field. A bias-free
     GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
     try:
-        original = ModelConfig.from_dict(export_provenance(src)["model_config"])
+        original = ModelConfig.from_dict(provenance["model_config"])
     except (KeyError, TypeError, ValueError, AttributeError):  # absent, or not a config: the imported one stands
         return imported, state
     same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
@@ -132,13 +130,13 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
             "the directory mixes a model and a tokenizer that do not belong together"
         )
     special = hf_special_tokens(src, config_json, tokenizer)
-    provenance = export_provenance(src)
-    changed, stale = provenance_changes(src), stale_provenance(src)
-    if stale:
+    record = export_record(src)
+    provenance = record.parts
+    if record.stale:
         from llmkit.console import err
 
-        err.print(f"note: {', '.join(changed[:3])} changed since llmkit exported {src}: what {LLMKIT_CONFIG_FILE} "
-                  f"recorded of them ({', '.join(stale)}) is read from the folder instead, as from any transformers "
+        err.print(f"note: {', '.join(record.files)} changed since llmkit exported {src}: what {LLMKIT_CONFIG_FILE} "
+                  f"recorded of them ({', '.join(record.stale)}) is read from the folder instead, as from any transformers "
                   "folder", soft_wrap=True, markup=False)
     if "end_of_turn" in provenance:  # llmkit's own export: its generation_config.json also lists a chat's role tokens
         listed = provenance["end_of_turn"]
@@ -153,7 +151,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
     check_float_weights(hf_state)
     config = _untie_a_stored_head(config, hf_state, model_type)
     state = from_hf_state(hf_state, config, model_type, weight_dtype, bias_groups=hf_bias_groups(hf_config))
-    config, state = _prefer_original_config(src, config, state)
+    config, state = _prefer_original_config(provenance, config, state)
     task = None
     if isinstance(provenance.get("task"), dict):  # a fine-tune keeps its prompt format (whatever form the network took)
         from llmkit.model.records import TaskRecord

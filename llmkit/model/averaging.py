@@ -3,13 +3,15 @@
     write_average(out, [ckpt_a, ckpt_b], weights=[0.5, 0.5], config={...})
 
 Members must be the same network (model_config.json equal but for dropout) with the same
-tokenizer and task; the mean is taken in float64 and stored in the members' dtype, so averaging
-a checkpoint with itself gives back its weights bit for bit. Used by `llmkit average` and by
+tokenizer and task; the mean is taken in float64 over the members of a weight above 0 and stored
+in their dtype (the widest where they differ), so averaging a checkpoint with itself gives back its
+weights bit for bit. Used by `llmkit average` and by
 the training loop's `--average-last K` and `--ema DECAY` outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -22,7 +24,7 @@ import torch
 from llmkit import artifacts
 from llmkit.data.tokenizer import same_tokenizer
 from llmkit.errors import UserError
-from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, read_weights
+from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config
 from llmkit.model.records import TASK_FILE, read_task
 
 
@@ -81,21 +83,29 @@ def mean_state(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[f
 
 class StoredWeights(Mapping):
     """A safetensors file's tensors, each read when asked for: an average holds one tensor of each
-    member at a time, not every member whole."""
+    member at a time, not every member whole. A context manager: the file stays mapped until it
+    closes."""
 
     def __init__(self, path: Path):
         from safetensors import SafetensorError, safe_open
 
         self.path = path
         try:
-            self._file = safe_open(str(path), framework="pt")
+            self._opened = safe_open(str(path), framework="pt")
+            self._file = self._opened.__enter__()
             self._names = list(self._file.keys())
-        except (SafetensorError, OSError, ValueError):
-            read_weights(path)  # its one-line error
-            raise
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise _unreadable(path, exc) from None
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._file.get_tensor(name)
+        from safetensors import SafetensorError
+
+        if name not in self._names:
+            raise KeyError(name)
+        try:
+            return self._file.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise _unreadable(self.path, exc) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -103,14 +113,39 @@ class StoredWeights(Mapping):
     def __len__(self) -> int:
         return len(self._names)
 
+    def close(self) -> None:
+        self._opened.__exit__(None, None, None)
 
-def _refuse_non_finite(state: dict[str, torch.Tensor], chosen, states) -> None:
-    """A soup with nan or inf in it came from a member that has them: named, not written."""
+    def __enter__(self) -> StoredWeights:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); "
+                     "the checkpoint is damaged, rebuild it")
+
+
+def _refuse_other_tensors(members: Sequence[artifacts.Artifact], states: Sequence[StoredWeights]) -> None:
+    """Members of one model config hold the same tensors, unless a file was damaged or replaced."""
+    for art, state in zip(members[1:], states[1:]):
+        if set(state) != set(states[0]):
+            differ = sorted(set(state) ^ set(states[0]))
+            raise UserError(f"{art.path} holds other tensors than {members[0].path} ({', '.join(differ[:3])}) under the same "
+                            "model_config.json; the checkpoint is damaged, rebuild it")
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], members: Sequence[artifacts.Artifact],
+                       states: Sequence[StoredWeights]) -> None:
+    """A soup with nan or inf in it came from a member that has them (a mean of finite numbers is
+    finite): named, not written."""
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            holders = [str(art.path) for (art, _), member in zip(chosen, states) if not torch.isfinite(member[name]).all()]
-            raise UserError(f"the average's {name} is not finite: {', '.join(holders) or 'the weighted sum'} holds nan or "
-                            "inf there; leave that checkpoint out (or give it --weights 0)")
+            holders = [str(art.path) for art, member in zip(members, states) if not torch.isfinite(member[name]).all()]
+            raise UserError(f"the average's {name} is not finite: {', '.join(holders)} holds nan or inf there; leave that "
+                            "checkpoint out (or give it --weights 0)")
 
 
 def _task_of(art: artifacts.Artifact) -> dict | None:
@@ -131,9 +166,10 @@ def check_same_tokenizer(members: Sequence[artifacts.Artifact], combined: str) -
                             "(train them from one tokens artifact)")
 
 
-def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
+def check_same_task(members: Sequence[artifacts.Artifact], combined: str, tokenizers_checked: bool = False) -> None:
     """Refuse members with different tokenizers or tasks; `combined` says how they are used ("averaged")."""
-    check_same_tokenizer(members, combined)
+    if not tokenizers_checked:
+        check_same_tokenizer(members, combined)
     first = members[0]
     task = _task_of(first) or {}
     for art in members[1:]:
@@ -166,8 +202,13 @@ def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
                       for key in sorted(set(theirs) | set(reference)) if theirs.get(key) != reference.get(key)]
             raise UserError(f"{art.path} is another network than {first.path} ({', '.join(differ[:3])}); only checkpoints "
                             "of one architecture can be averaged")
-    check_same_task(members, "averaged")
-    cut = {art.path: getattr(read_task(art), "max_tokens", None) for art in members}
+    check_same_task(members, "averaged", tokenizers_checked=True)
+    from llmkit.model.ensemble import classifier_input_limit
+
+    tasks = {art.path: read_task(art) for art in members}
+    if not any(task is not None and task.is_classifier for task in tasks.values()):
+        return
+    cut = {path: classifier_input_limit(read_model_config(path), task) for path, task in tasks.items()}
     if len(set(cut.values())) > 1:
         # the soup's task.json keeps one cut, so it would depend on the members' order
         shown = ", ".join(f"{path} {tokens}" for path, tokens in cut.items())
@@ -186,14 +227,18 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
     check_same_network(members)
     first = members[0]
     if state is None:
-        # a member of weight 0 is left out, as an ensemble leaves it out (0 * nan would be nan)
+        # a member of weight 0 is left out, as an ensemble leaves it out (0 * nan would be nan), and
+        # the soup's files (model config, tokenizer, task) are the first member's that takes part
         chosen = [(art, weight) for art, weight in zip(members, weights) if weight > 0]
-        states = [StoredWeights(art.file(WEIGHTS)) for art, _ in chosen]
-        for (art, _), member in zip(chosen, states):
-            if any(k.endswith((".lora_A", ".lora_B")) for k in member):
-                raise UserError(f"{art.path} holds unmerged LoRA adapters (an intermediate checkpoint); average finished runs")
-        state = mean_state(states, [weight for _, weight in chosen])
-        _refuse_non_finite(state, chosen, states)
+        first = chosen[0][0]
+        with contextlib.ExitStack() as files:
+            states = [files.enter_context(StoredWeights(art.file(WEIGHTS))) for art, _ in chosen]
+            for (art, _), member in zip(chosen, states):
+                if any(k.endswith((".lora_A", ".lora_B")) for k in member):
+                    raise UserError(f"{art.path} holds unmerged LoRA adapters (an intermediate checkpoint); average finished runs")
+            _refuse_other_tensors([art for art, _ in chosen], states)
+            state = mean_state(states, [weight for _, weight in chosen])
+            _refuse_non_finite(state, [art for art, _ in chosen], states)
     from safetensors.torch import save_file
 
     # A training run writes its companions inside itself (RUN/ema): its listed files are untouched.

@@ -709,8 +709,9 @@ class Trainer:
                     self.last_val_step = step
                     if self.last_val is not None:
                         values["val_loss"] = self.last_val
-                        if _perplexity(self.last_val, self.spec.stats) is not None:
-                            values["val_ppl"] = _perplexity(self.last_val, self.spec.stats)
+                        perplexity = _perplexity(self.last_val, self.spec.stats)
+                        if perplexity is not None:
+                            values["val_ppl"] = perplexity
                         if not math.isfinite(self.last_val):
                             logger.log(step, values)
                             self._stop(f"the validation loss became {self.last_val} after step {step}: the weights "
