@@ -160,6 +160,29 @@ def test_debug_shows_the_traceback(tmp_path):
     assert plain.stderr.strip().startswith("error:")
 
 
+def _closed_reader(args, stream: str, tmp_path) -> subprocess.CompletedProcess:
+    """The command with its stdout or stderr a pipe whose reader has gone (`llmkit ... | head`)."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    pipe = {stream: write}
+    proc = subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], cwd=tmp_path, capture_output=False,
+                          stdout=pipe.get("stdout", subprocess.PIPE), stderr=pipe.get("stderr", subprocess.PIPE))
+    os.close(write)
+    return proc
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_results_not_the_work(tmp_path):
+    """A closed stdout: the reader has all it wanted, exit 0 (rich would exit 1 itself). A closed
+    stderr carried only progress and notes: the stage goes on and makes its artifact."""
+    corpus = _corpus(tmp_path / "corpus")
+    assert _closed_reader(["inspect", corpus], "stdout", tmp_path).returncode == 0
+    (tmp_path / "book.txt").write_text("To be, or not to be, that is the question.\n\nWhether tis nobler in the mind.\n")
+    done = _closed_reader(["clean", tmp_path / "book.txt", "-o", tmp_path / "clean"], "stderr", tmp_path)
+    assert done.returncode == 0 and artifacts.load(tmp_path / "clean").kind == "corpus"
+
+
 @dataclasses.dataclass
 class _StageConfig(Options):
     vocab_size: int = option(100, "Vocabulary size.")
