@@ -14,19 +14,15 @@ from typing import Annotated, Callable, Optional
 import click
 import typer
 
-try:  # typer >= 0.22 bundles its own click; its exceptions are not the `click` package's classes
-    from typer._click import exceptions as _typer_click_exceptions
-except ImportError:  # pragma: no cover - older typer uses click itself
-    _typer_click_exceptions = click.exceptions
+from llmkit.stage_command import USAGE_ERRORS as _USAGE_ERRORS
+from llmkit.stage_command import click_exceptions
 
 _PASS_THROUGH = tuple(
     cls
-    for module in (click.exceptions, _typer_click_exceptions, typer)
+    for module in (*click_exceptions(), typer)
     for cls in (getattr(module, name, None) for name in ("Exit", "Abort", "ClickException"))
     if isinstance(cls, type)
 )
-
-_USAGE_ERRORS = tuple({getattr(module, "UsageError") for module in (click.exceptions, _typer_click_exceptions)})
 
 from llmkit import __version__
 from llmkit.errors import Terminated, UserError, advice_of, debug_enabled, one_line, set_debug

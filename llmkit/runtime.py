@@ -208,7 +208,7 @@ def resolve_device(name: str) -> str:
     this machine has them."""
     import torch
 
-    from llmkit.errors import UserError
+    from llmkit.errors import UsageError, UserError
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -226,7 +226,7 @@ def resolve_device(name: str) -> str:
         if not torch.backends.mps.is_available():
             raise UserError("--device mps: this machine has no Apple GPU; use --device cpu or auto")
         return name
-    raise UserError(f"--device {name}: unknown device; use cpu, cuda, cuda:N, mps or auto")
+    raise UsageError(f"--device {name}: unknown device; use cpu, cuda, cuda:N, mps or auto")
 
 
 class _Offline:

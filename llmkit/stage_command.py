@@ -22,11 +22,26 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, Sequence
 
+import click
 import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from llmkit.options import FlatOption, flat_options
+
+try:  # typer >= 0.22 bundles its own click; its exceptions are not the `click` package's classes
+    from typer._click import exceptions as _typer_click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click_exceptions = click.exceptions
+
+
+def click_exceptions() -> tuple:
+    """The modules whose exception classes a command line may raise: click's and typer's own click."""
+    return click.exceptions, _typer_click_exceptions
+
+
+USAGE_ERRORS = tuple({module.UsageError for module in click_exceptions()})
+
 
 # Spellings kept working for scripts written before `-o/--out` was the one name everywhere.
 HIDDEN_ALIASES = {"--output": "--out"}
@@ -62,7 +77,14 @@ class LlmkitCommand(_FlagsShowNoType, TyperCommand):
             if name in HIDDEN_ALIASES and name not in names and HIDDEN_ALIASES[name] in names:
                 arg = HIDDEN_ALIASES[name] + sep + value
             rewritten.append(arg)
-        return super().parse_args(ctx, rewritten)
+        try:
+            return super().parse_args(ctx, rewritten)
+        except USAGE_ERRORS as exc:  # click's parser raises some without the command ("-o" given no value)
+            if exc.ctx is None:
+                exc.ctx = ctx
+            if "--debug" in args and "No such option: --debug" in exc.format_message():  # (the parser empties `rewritten`)
+                exc.message = f"--debug is llmkit's own option: put it before the command (llmkit --debug {ctx.command_path.partition(' ')[2]})"
+            raise
 
 
 @dataclass(frozen=True)
@@ -188,7 +210,9 @@ def stage_command(
                 try:
                     typed[name] = parse(value) if parse is not None and value is not None else value
                 except ValueError as exc:  # one line naming the flag, whichever option's parser refused
-                    from llmkit.errors import UsageError  # a bad value, as a range check's: exit status 2
+                    from llmkit.errors import (
+                        UsageError,  # a bad value, as a range check's: exit status 2
+                    )
 
                     raise UsageError(f"{options[name].flag} {value!r}: {exc}") from None
         _config_file_outside_output(values.get("config"), values.get("out"), values.get("force"))

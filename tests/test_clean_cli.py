@@ -170,7 +170,7 @@ def test_unknown_text_field(cli, shared_data, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--preset", "fast"], "unknown preset 'fast'"),
+        (["--preset", "fast"], "--preset 'fast' is not a preset"),
         (["--doc-per", "page"], "--doc-per must be one of"),
         (["--threshold", "2"], "--threshold must be in (0, 1)"),
         (["--bands", "30"], "must fit in num_perm"),

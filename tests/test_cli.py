@@ -225,6 +225,11 @@ def test_config_resolution_order(tmp_path):
     (["pretrain"], "Missing argument 'tokens' (see llmkit pretrain --help)"),
     (["tokenizer", "trian"], "Did you mean 'train'? (see llmkit tokenizer --help)"),
     (["--no-such-option"], "No such option: --no-such-option (see llmkit --help)"),
+    (["tokenize", "corpus", "-o"], "Option '-o' requires an argument (see llmkit tokenize --help)"),
+    (["inspect", "x", "--debug"], "--debug is llmkit's own option: put it before the command (llmkit --debug inspect)"),
+    # a bad value that the stage, not the parser, finds is a usage error too
+    (["plan", "--model", "foo"], "--model 'foo' is not a model preset; choose one of"),
+    (["average", "a", "-o", "b"], "give at least two checkpoints to average"),
 ])
 def test_usage_errors_are_one_line_naming_the_help(cli, args, says):
     """A missing or unknown option is bad input like any other: one line, exit 2 (click's code

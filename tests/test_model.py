@@ -128,7 +128,7 @@ def test_presets_build_and_overrides():
     assert config.n_layer == 2 and config.norm == "layernorm" and config.n_embd == PRESETS["tiny"]["n_embd"]
     from llmkit.errors import UserError
 
-    with pytest.raises(UserError, match="unknown model preset"):
+    with pytest.raises(UserError, match="is not a model preset"):
         resolve_model_config("huge", vocab_size=10)
     with pytest.raises(UserError, match="divisible"):
         resolve_model_config("tiny", vocab_size=10, overrides={"n_embd": 100, "n_head": 3})

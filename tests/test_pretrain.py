@@ -492,7 +492,7 @@ def test_bad_inputs(shakespeare, cli, tmp_path):
     line = _error(cli("pretrain", tokens, "-o", tmp_path / "r6", *FAST, "--batch-tokens", "1088", "--micro-batch", "8"))
     assert "micro-batches" in line
     line = _error(cli("pretrain", tokens, "-o", tmp_path / "r7", *FAST, "--model", "huge"))
-    assert "unknown model preset" in line
+    assert "is not a model preset" in line
     existing = tmp_path / "exists"
     existing.mkdir()
     line = _error(cli("pretrain", tokens, "-o", existing, *FAST))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llmkit import artifacts, outputs
 from llmkit.average.config import AverageConfig
-from llmkit.errors import UserError
+from llmkit.errors import UsageError
 
 
 def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, force: bool = False) -> Path:
@@ -21,7 +21,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     from llmkit.model.records import CheckpointStats
 
     if len(checkpoints) < 2:
-        raise UserError("give at least two checkpoints to average")
+        raise UsageError("give at least two checkpoints to average")
     members = [artifacts.load(path, kind="checkpoint") for path in checkpoints]
     weights = normalised(config.weights, len(members))
     outputs.check_output(out, force, inputs=checkpoints)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llmkit import config as config_lib
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.executor import Execution
 from llmkit.options import Options, comma_floats, group, option
 
@@ -191,6 +191,6 @@ def resolve(file: Path | str | None = None, explicit: dict[str, Any] | None = No
     preset = (explicit["preset"] if "preset" in explicit
               else config_lib.file_values(file, "clean", note=False).get("preset", "default"))
     if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise UsageError(f"--preset {preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
     return config_lib.resolve(CleanConfig, file=file, section="clean", explicit=explicit,
                               preset=WEB_PRESET if preset == "web" else None)

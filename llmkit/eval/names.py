@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 
 TEXT = ("bleu", "chrf", "chrf++", "rouge", "rouge1", "rouge2", "rougeL", "rougeLsum")
 LM = ("perplexity", "word_perplexity", "byte_perplexity", "bpb")
@@ -24,7 +24,7 @@ def parse_metrics(values: list[str]) -> list[str]:
             if part not in ALL:
                 close = lower.get(part.lower())
                 hint = f"did you mean {close!r}? " if close else ""
-                raise UserError(f"unknown metric {part!r}; {hint}choose from: {', '.join(ALL)}")
+                raise UsageError(f"unknown metric {part!r}; {hint}choose from: {', '.join(ALL)}")
             name = part
             if name not in names:
                 names.append(name)

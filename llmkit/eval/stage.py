@@ -25,7 +25,7 @@ from typing import Any
 
 from llmkit import artifacts, outputs
 from llmkit.eval.config import EvalConfig
-from llmkit.errors import UserError, unused_options
+from llmkit.errors import UsageError, UserError, unused_options
 from llmkit.eval import names as metric_names
 from llmkit.eval.textio import is_jsonl, read_predictions, read_references
 
@@ -192,7 +192,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     if len(members) > 1 and cfg.predictions is not None:
         raise UserError("an ensemble makes its own predictions: pass --data, not --predictions")
     if cfg.ensembling.weights and len(cfg.ensembling.weights) != max(1, len(members)):
-        raise UserError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
+        raise UsageError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
 
     device = resolve_device(cfg.inference.device)
     names = metric_names.parse_metrics(cfg.metrics)

@@ -23,7 +23,7 @@ import torch
 
 from llmkit import artifacts
 from llmkit.data.tokenizer import same_tokenizer
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config
 from llmkit.model.records import TASK_FILE, read_task
 
@@ -32,10 +32,10 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
     if not weights:
         return [1.0 / count] * count
     if len(weights) != count:
-        raise UserError(f"--weights has {len(weights)} values for {count} checkpoints; give one per checkpoint")
+        raise UsageError(f"--weights has {len(weights)} values for {count} checkpoints; give one per checkpoint")
     total = sum(float(w) for w in weights)  # inf when it overflows, refused below
     if not math.isfinite(total) or total <= 0 or any(w < 0 for w in weights):
-        raise UserError(f"--weights must be finite and non-negative with a positive sum, got {list(weights)}; "
+        raise UsageError(f"--weights must be finite and non-negative with a positive sum, got {list(weights)}; "
                         "they are relative (1,3 is a quarter and three quarters)")
     return [float(w) / total for w in weights]
 
