@@ -38,8 +38,11 @@ class _ErrorsAsOneLine(LlmkitGroup):
     so does a usage error (a missing or unknown option), which Typer would draw as a box."""
 
     def make_context(self, info_name, args, parent=None, **extra):
+        given = list(args)  # (the parser consumes `args`)
         with _usage_error_as_one_line():
-            return super().make_context(info_name, args, parent=parent, **extra)
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["llmkit args"] = given  # the command line, for what a stopped command says (invoke)
+        return ctx
 
     def invoke(self, ctx: click.Context):
         _stop_cleanly_on_sigterm()
@@ -55,9 +58,8 @@ class _ErrorsAsOneLine(LlmkitGroup):
             raise typer.Exit(0)
         except KeyboardInterrupt as exc:
             stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            advice = advice_of(exc) or (  # (a stage's own, where the usual one would mislead)
-                "rerun the command to finish (clean, tokenizer train and tokenize continue where they stopped, a training run "
-                "with --resume)")
+            # a stage's own advice, where it has one; else what rerunning this command does
+            advice = advice_of(exc) or _rerun_advice(named_command(ctx.meta.get("llmkit args", [])))
             _print_error(f"{stopped}; {advice}")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
         except Exception as exc:
@@ -65,6 +67,17 @@ class _ErrorsAsOneLine(LlmkitGroup):
                 raise
             _print_error(one_line(exc))
             raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
+
+
+def _rerun_advice(command: set[str] | None) -> str:
+    name = next(iter(command), "") if command else ""
+    if name in ("clean", "tokenizer train", "tokenize"):
+        return "rerun the command to continue where it stopped"
+    if name in ("pretrain", "finetune"):
+        return "rerun it with --resume to continue from its last checkpoint (one saved before the stop)"
+    if name == "sweep":
+        return "rerun the same command to continue: the finished runs are kept"
+    return "nothing was written; rerun the command"
 
 
 def _stop_cleanly_on_sigterm() -> None:
@@ -251,7 +264,7 @@ def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory
 
     report = artifacts.verify(path)
     if report.ok:
-        out.print(styled("ok", "green", f" {path}: {report.files} files match, fingerprint matches"
+        out.print(styled("ok", "green", f" {path}: {report.files} file{'s' if report.files != 1 else ''} match{'es' if report.files == 1 else ''}, fingerprint matches"
                                         + (f"; so do the {report.inside} artifacts inside it" if report.inside else "")),
                   soft_wrap=True)
         return

@@ -35,15 +35,28 @@ def is_dtensor(tensor: Any) -> bool:
 def cache_dir() -> Path:
     """llmkit's cache folder (LLMKIT_CACHE, default ~/.cache/llmkit)."""
     path = Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
-    path.mkdir(parents=True, exist_ok=True)
+    _writable_folder(path)
     return path
 
 
 def datasets_cache_dir() -> Path:
     """The pinned `datasets` cache, so recipes read the same prepared data every time."""
     path = cache_dir() / "datasets"
-    path.mkdir(parents=True, exist_ok=True)
+    _writable_folder(path)
     return path
+
+
+def _writable_folder(path: Path) -> None:
+    """A cache folder made where missing; one that cannot be is the cache's problem, said as such
+    (not the data being read's)."""
+    from llmkit.errors import UserError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        setting = f"LLMKIT_CACHE={path}" if "LLMKIT_CACHE" in os.environ else f"llmkit's cache folder {path}"
+        raise UserError(f"{setting} is not a folder llmkit can write ({exc.strerror or exc}); point LLMKIT_CACHE "
+                        "at a writable folder") from None
 
 
 @contextlib.contextmanager

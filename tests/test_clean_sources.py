@@ -204,6 +204,15 @@ def test_parquet_text_in_a_dictionary_column_and_rows_that_are_not_utf8(tmp_path
     assert stats.bad_line_examples == ["bad.parquet:1"]
 
 
+def test_a_cache_folder_that_cannot_be_made_is_named_not_the_data(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "afile"))
+    (tmp_path / "d.jsonl").write_text('{"text": "hello there"}\n')
+    sources = resolve_inputs([], dataset=str(tmp_path / "d.jsonl"))
+    with pytest.raises(UserError, match=r"LLMKIT_CACHE=.*afile is not a folder llmkit can write \(File exists\); point"):
+        list(sources[0].documents(ReadOptions(), ReadStats()))
+
+
 def test_dataset_input_from_a_local_file(shared_data, tmp_path, monkeypatch):
     from llmkit.runtime import datasets_cache_dir
 

@@ -319,3 +319,24 @@ def test_advice_added_on_the_way_ends_the_one_line_and_replaces_an_interruptions
     monkeypatch.setattr("llmkit.inspect_view.artifacts_in", lambda paths: ([], []))
     result = CliRunner().invoke(cli.app, ["report", "anything"])
     assert result.exit_code == 130 and "error: interrupted; the 2 records made are in out.partial" in result.output, result.output
+
+
+@pytest.mark.parametrize("command, says", [
+    (["tokenize", "corpus", "-t", "tok", "-o", "out"], "rerun the command to continue where it stopped"),
+    (["pretrain", "tokens", "-o", "run"], "rerun it with --resume to continue from its last checkpoint"),
+    (["sweep", "tokens", "--flops", "1e12", "-o", "sweep"], "rerun the same command to continue: the finished runs are kept"),
+    (["eval", "ckpt", "--metric", "perplexity", "--data", "tokens", "-o", "out"], "nothing was written; rerun the command"),
+])
+def test_a_stopped_command_says_what_rerunning_it_does(monkeypatch, command, says):
+    """Without a stage's own advice, the interruption line says what a rerun of this command does
+    (it said clean, tokenize and --resume for every command, a sweep and an eval included)."""
+    from typer.testing import CliRunner
+
+    from llmkit import cli
+
+    def stopped(*_, **__):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr("llmkit.artifacts.load", stopped)
+    result = CliRunner().invoke(cli.build_app(cli.named_command(command)), command)
+    assert result.exit_code == 130 and f"error: interrupted; {says}" in " ".join(result.output.split()), result.output

@@ -46,7 +46,8 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     given = config.was_given("max_steps", "epochs")  # (a typed --epochs 1 is a length given, though the default)
     if given is None:
         given = config.max_steps is not None or config.epochs != config.default_of("epochs")
-    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), left_out=not given)
+    config = keep_recorded_length(config, Path(out), resume=resume and not force, lengths=("max_steps", "epochs"),
+                                  left_out=not given)  # (with --force: launch refuses the pair, no note first)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},

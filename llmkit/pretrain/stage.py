@@ -37,7 +37,8 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
         _check_init(init, tokens_art, config)
         inputs["init_from"] = str(init.path.resolve())
     _check_before_launch(config, tokens_art, init)
-    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "max_tokens"),
+    # (--force beside --resume resumes nothing: launch refuses the pair, with no note on a length first)
+    config = keep_recorded_length(config, Path(out), resume=resume and not force, lengths=("max_steps", "max_tokens"),
                                   left_out=config.max_steps is None and config.max_tokens is None)
     tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,
