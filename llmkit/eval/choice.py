@@ -57,17 +57,21 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 def score_pairs(
-    model, tokenizer, pairs: list[tuple[str, str]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None
+    model, tokenizer, pairs: list[tuple[str, str]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None,
+    cut: list[int] | None = None,
 ) -> list[float]:
     """log p(continuation | context) for each (context, continuation), conditioned on the
     document-start token before the context; cut from the left to the model's context length
-    (as lm-eval does)."""
+    (as lm-eval does). A continuation longer than the context alone is scored on its last tokens
+    only; `cut`, where given, gets the indices of such pairs (lm-eval leaves the case undefined)."""
     limit = int(model.config.context_length)
     requests: list[Request] = []
-    for context, continuation in pairs:
+    for index, (context, continuation) in enumerate(pairs):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
         seq = ([prefix_token] + context_ids + continuation_ids)[-(limit + 1) :]
         requests.append(Request(seq, min(len(continuation_ids), limit)))
+        if cut is not None and len(continuation_ids) > limit:
+            cut.append(index)
     scored = [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
     if not all(math.isfinite(x) for x in scored):  # NaN loses every comparison: each answer would fall to the first choice
         raise UserError(metric_names.NOT_FINITE)

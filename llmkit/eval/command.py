@@ -73,6 +73,9 @@ def print_benchmarks(result) -> None:
         table.add_row(name, str(info["examples"]), str(info["shots"]), cell(name, "acc"), cell(name, "acc_norm"))
     out.print(table)
     for name, info in result.stats["benchmarks"].items():  # scores of other questions than lm-eval's published ones
-        if info.get("lm_eval_split", info.get("split")) != info.get("split"):
+        if info.get("choices_cut"):
+            out.print(f"note: {name}: {info['choices_cut']} choice(s) longer than the model's context were scored on their "
+                      "last tokens only (acc_norm still divides by the whole choice's length)")
+        if info.get("split") is not None and info.get("lm_eval_split", info.get("split")) != info.get("split"):
             out.print(f"note: {name} scored on the {info['split']} split; lm-eval scores it on its {info['lm_eval_split']} "
                       "split (docs/eval.md, Data)")

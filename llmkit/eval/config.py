@@ -19,6 +19,16 @@ RUN = "Run"
 BENCHMARKS = "Benchmarks"
 
 
+def _task_list(value) -> list[str]:
+    """--task a,b or repeated; an empty name (`--task ''`, `a,,b`) is a slip, refused rather than
+    dropped (`--task ''` fell through to a perplexity run's error)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    names = [part.strip() for item in items for part in str(item).split(",")]
+    if any(not name for name in names):
+        raise ValueError(f"a task name is empty in {','.join(names)!r}; name the benchmarks, or all")
+    return names
+
+
 def _label_names(value) -> list[str]:
     """--labels a,b,c: every name kept, so an empty or repeated one is refused rather than dropped
     or merged (two classes under one name would be scored as one)."""
@@ -50,7 +60,7 @@ class EvalConfig(Options):
     limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task).", panel=DATA, range="[1, inf)")
     tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
                               "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, or all.",
-                              flags=("--task",), cli_type=str | None, parse=comma_list, panel=BENCHMARKS,
+                              flags=("--task",), parse=_task_list, panel=BENCHMARKS,
                               hashed=False, recorded_as="config benchmarks (with --task)")
     shots: int = option(0, "Few-shot demonstrations before each benchmark question, drawn with --seed from the task's pool.",
                         range="[0, inf)", panel=BENCHMARKS, hashed=False, recorded_as="config benchmarks (with --task)")

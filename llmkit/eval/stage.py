@@ -309,6 +309,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         build.config = _recorded_config(cfg)
         if cfg.tasks:
             build.config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
+            build.config.pop("metrics", None)  # (the default perplexity: a benchmark run scores acc and acc_norm)
         if cfg.ensembling.recorded(len(members)):
             build.config["ensemble"] = cfg.ensembling.recorded(len(members))
         build.seed = cfg.seed if cfg.draws else None  # the same scores under any --seed are the same artifact
