@@ -41,7 +41,7 @@ class _ErrorsAsOneLine(LlmkitGroup):
         given = list(args)  # (the parser consumes `args`)
         with _usage_error_as_one_line():
             ctx = super().make_context(info_name, args, parent=parent, **extra)
-        ctx.meta["llmkit args"] = given  # the command line, for what a stopped command says (invoke)
+        ctx.meta["llmkit.args"] = given  # the command line, for what a stopped command says (invoke)
         return ctx
 
     def invoke(self, ctx: click.Context):
@@ -59,7 +59,7 @@ class _ErrorsAsOneLine(LlmkitGroup):
         except KeyboardInterrupt as exc:
             stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
             # a stage's own advice, where it has one; else what rerunning this command does
-            advice = advice_of(exc) or _rerun_advice(named_command(ctx.meta.get("llmkit args", [])))
+            advice = advice_of(exc) or _rerun_advice(ctx.meta.get("llmkit.args", []))
             _print_error(f"{stopped}; {advice}")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
         except Exception as exc:
@@ -69,12 +69,15 @@ class _ErrorsAsOneLine(LlmkitGroup):
             raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
 
 
-def _rerun_advice(command: set[str] | None) -> str:
-    name = next(iter(command), "") if command else ""
+def _rerun_advice(args: list[str]) -> str:
+    """What rerunning a stopped command does, from its command line (`args`)."""
+    name = next(iter(named_command(args) or ()), "")
+    if "--force" in args and name in ("pretrain", "finetune", "sweep"):
+        return "rerun the command to start it again (--force replaces the output)"
     if name in ("clean", "tokenizer train", "tokenize"):
         return "rerun the command to continue where it stopped"
     if name in ("pretrain", "finetune"):
-        return "rerun it with --resume to continue from its last checkpoint (one saved before the stop)"
+        return "rerun it with --resume to continue from its last checkpoint, or as it was if it saved none"
     if name == "sweep":
         return "rerun the same command to continue: the finished runs are kept"
     return "nothing was written; rerun the command"

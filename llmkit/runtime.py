@@ -47,16 +47,20 @@ def datasets_cache_dir() -> Path:
 
 
 def _writable_folder(path: Path) -> None:
-    """A cache folder made where missing; one that cannot be is the cache's problem, said as such
-    (not the data being read's)."""
+    """A cache folder made where missing; one that cannot be made or written is the cache's
+    problem, said as such (not the data being read's)."""
     from llmkit.errors import UserError
 
     try:
         path.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(path, os.W_OK) else "not writable"
     except OSError as exc:
-        setting = f"LLMKIT_CACHE={path}" if "LLMKIT_CACHE" in os.environ else f"llmkit's cache folder {path}"
-        raise UserError(f"{setting} is not a folder llmkit can write ({exc.strerror or exc}); point LLMKIT_CACHE "
-                        "at a writable folder") from None
+        problem = exc.strerror or str(exc)
+    if problem:
+        setting = (f"LLMKIT_CACHE={os.environ['LLMKIT_CACHE']}" if "LLMKIT_CACHE" in os.environ
+                   else "llmkit's cache folder (LLMKIT_CACHE, default ~/.cache/llmkit)")
+        raise UserError(f"{path} cannot be used as a cache folder ({problem}); {setting}: point LLMKIT_CACHE at a "
+                        "writable folder") from None
 
 
 @contextlib.contextmanager

@@ -211,11 +211,10 @@ def stage_command(
                 try:
                     typed[name] = parse(value) if parse is not None and value is not None else value
                 except ValueError as exc:  # one line naming the flag, whichever option's parser refused
-                    from llmkit.errors import (
-                        UsageError,  # a bad value, as a range check's: exit status 2
-                    )
+                    from llmkit.errors import UsageError  # a bad value, as a range check's: exit status 2
 
-                    raise UsageError(f"{options[name].flag} {value!r}: {exc}") from None
+                    shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value  # (a repeated flag)
+                    raise UsageError(f"{options[name].flag} {shown!r}: {exc}") from None
         _config_file_outside_output(values.get("config"), values.get("out"), values.get("force"))
         if resolver is not None:
             config = resolver(file=values.get("config"), explicit=typed)

@@ -209,7 +209,7 @@ def test_a_cache_folder_that_cannot_be_made_is_named_not_the_data(tmp_path, monk
     monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "afile"))
     (tmp_path / "d.jsonl").write_text('{"text": "hello there"}\n')
     sources = resolve_inputs([], dataset=str(tmp_path / "d.jsonl"))
-    with pytest.raises(UserError, match=r"LLMKIT_CACHE=.*afile is not a folder llmkit can write \(File exists\); point"):
+    with pytest.raises(UserError, match=r"afile cannot be used as a cache folder \(File exists\); LLMKIT_CACHE=.*afile: point"):
         list(sources[0].documents(ReadOptions(), ReadStats()))
 
 

@@ -324,6 +324,7 @@ def test_advice_added_on_the_way_ends_the_one_line_and_replaces_an_interruptions
 @pytest.mark.parametrize("command, says", [
     (["tokenize", "corpus", "-t", "tok", "-o", "out"], "rerun the command to continue where it stopped"),
     (["pretrain", "tokens", "-o", "run"], "rerun it with --resume to continue from its last checkpoint"),
+    (["sweep", "tokens", "--flops", "1e12", "-o", "sweep", "--force"], "rerun the command to start it again"),
     (["sweep", "tokens", "--flops", "1e12", "-o", "sweep"], "rerun the same command to continue: the finished runs are kept"),
     (["eval", "ckpt", "--metric", "perplexity", "--data", "tokens", "-o", "out"], "nothing was written; rerun the command"),
 ])

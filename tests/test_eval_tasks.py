@@ -266,11 +266,11 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "copa: --shots 500")
     # refused before any task is scored: copa's pool (100) cannot give 100 shots, hellaswag's could
     scored = []
-    monkeypatch.setattr("llmkit.eval.choice.token_logprobs", lambda *a, **k: scored.append(1) or [])
-    _one_line_error(cli("eval", ckpt, "--task", "hellaswag,copa", "--shots", "100", "--limit", "2", "-o", tmp_path / "e"),
-                    "copa: --shots 100")
+    with monkeypatch.context() as patched:
+        patched.setattr("llmkit.eval.choice.token_logprobs", lambda *a, **k: scored.append(1) or [])
+        _one_line_error(cli("eval", ckpt, "--task", "hellaswag,copa", "--shots", "100", "--limit", "2", "-o", tmp_path / "e"),
+                        "copa: --shots 100")
     assert not scored
-    monkeypatch.undo()
     _one_line_error(cli("eval", ckpt, "--task", "", "-o", tmp_path / "e"), "a task name is empty")
     _one_line_error(cli("eval", ckpt, "--task", "copa,,piqa", "-o", tmp_path / "e"), "a task name is empty")
     # a file has no splits: --split with --task --data FILE would be recorded for nothing

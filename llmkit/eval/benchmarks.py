@@ -132,13 +132,13 @@ TASKS: dict[str, Task] = {
 
 def task_names(values: list[str]) -> list[str]:
     """`--task hellaswag,arc_easy` (or `all`): known names, in order, once each."""
-    from llmkit.errors import UserError
+    from llmkit.errors import UsageError
 
     names: list[str] = []
     for value in values:
         for name in (TASKS if value == "all" else [value]):
             if name not in TASKS:
-                raise UserError(f"unknown benchmark {name!r}; choose from: {', '.join(TASKS)} (or all)")
+                raise UsageError(f"unknown benchmark {name!r}; choose from: {', '.join(TASKS)} (or all)")
             if name not in names:
                 names.append(name)
     return names

@@ -254,6 +254,16 @@ def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
     closing traceback are held back and shown only when no worker explained the failure."""
     from llmkit.errors import Terminated
 
+    def _forward(line: str) -> None:
+        """A worker's line onto stderr; a closed stderr (`2>&1 | head`) is silenced, not the run's end
+        (as llmkit's own console does, llmkit/console.py)."""
+        try:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
     held: list[str] = []
     in_traceback = False
@@ -265,8 +275,7 @@ def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
             elif _AGENT_LOG.match(line):
                 held.append(line)
             else:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+                _forward(line)
     except KeyboardInterrupt as stop:
         # A terminal's Ctrl-C reached torchrun too; a SIGTERM only this process: pass it on. Then
         # wait, so that no worker goes on writing into a run the caller cleans up or unlocks.
