@@ -286,7 +286,7 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     assert not any((tmp_path / name).exists() for name in "abcdefgh")
 
 
-def test_a_choice_longer_than_the_context_is_counted_as_cut(exported):
+def test_a_choice_longer_than_the_context_is_counted_as_cut(exported, cli, tmp_path):
     """Only its last context-length tokens are scored (acc_norm still divides by its whole length):
     said in the stats and a note, not passed over."""
     from llmkit.eval.choice import score_pairs
@@ -298,3 +298,6 @@ def test_a_choice_longer_than_the_context_is_counted_as_cut(exported):
     scores = score_pairs(loaded.model, loaded.tokenizer, [("The dog", " barks."), ("The dog", long)], prefix_token=0,
                          pad_id=0, cut=cut)
     assert cut == [1] and len(scores) == 2
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "The dog", "choices": ["barks.", long.strip()], "label": 0}) + "\n")
+    result = cli("eval", exported / "ckpt", "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "mc")
+    assert result.exit_code == 0 and "1 choice(s) longer than the model's context" in " ".join(result.output.split())

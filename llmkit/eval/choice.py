@@ -79,11 +79,13 @@ def score_pairs(
 
 
 def score_choices(
-    model, tokenizer, examples: list[tuple[str, list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None
+    model, tokenizer, examples: list[tuple[str, list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None,
+    cut: list[int] | None = None,
 ) -> list[ChoiceScores]:
     """Each (context, choices) scored, each choice as written behind its context's delimiter
-    (`continuation`); acc_norm's lengths are the choices' own."""
+    (`continuation`); acc_norm's lengths are the choices' own. `cut`: as score_pairs', over the
+    choices in order."""
     pairs = [(context, continuation(context, choice)) for context, choices in examples for choice in choices]
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size,
-                               progress=progress))
+                               progress=progress, cut=cut))
     return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]

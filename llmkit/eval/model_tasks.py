@@ -377,10 +377,17 @@ def classification(loaded, cfg):
             examples.append((context, choices))
             gold.append(_label_index(r[label_field], choices, i, class_names=False))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
+        cut: list[int] = []
         with bar:
             scores = score_choices(
-                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size,
+                progress=advance, cut=cut
             )
+        if cut:  # as eval --task says it
+            from llmkit.console import err
+
+            err.print(f"note: {len(cut)} choice(s) longer than the model's context were scored on their last tokens only "
+                      "(accuracy_norm still divides by the whole choice's length)", soft_wrap=True, markup=False)
         predicted = [s.prediction for s in scores]
         metrics = classification_scores(predicted, gold)
         metrics["accuracy_norm"] = sum(int(s.prediction_norm == g) for s, g in zip(scores, gold)) / len(gold)
