@@ -21,6 +21,10 @@ EXPONENT_FLOOR = 1e-4
 # A term that moves the loss by less than this share of it across the measured points was not
 # measured: L-BFGS can shrink A (or B) towards 0 where a sweep's points cannot tell the two apart.
 TERM_FLOOR = 1e-3
+# The fit keeps the exponents at or below this (llmkit/scaling/fit.py). One that ends there was
+# stopped by the bound, not by the points: a term the points do not show (measured: a sweep whose
+# loss does not depend on N gave alpha 5 with A 3e32, and a split below the smallest size).
+EXPONENT_MAX = 5.0
 
 
 @dataclass
@@ -106,6 +110,10 @@ def unmeasured_term(law: Law, params: np.ndarray, tokens: np.ndarray, losses: np
     """Why the points do not determine `law`'s split ("" when they do): the model-size or the data
     term changes the fitted loss by less than TERM_FLOOR of the loss across the measured points, so
     its constants (and every split computed from them) are whatever the optimizer left there."""
+    for exponent, value in (("alpha", law.alpha), ("beta", law.beta)):
+        if value >= EXPONENT_MAX * (1 - 1e-6):
+            return (f"the fitted {exponent} sits at its bound {EXPONENT_MAX:g} (A {law.A:.3g}, alpha {law.alpha:.3g}, "
+                    f"B {law.B:.3g}, beta {law.beta:.3g}): the points do not show what that term does")
     floor = TERM_FLOOR * float(np.min(losses))
     for term, what in ((law.A / np.power(params, law.alpha), "model sizes"), (law.B / np.power(tokens, law.beta), "token counts")):
         if float(np.ptp(term)) < floor:

@@ -252,6 +252,19 @@ DEGENERATE = [(3088, 8095, 4.650332927703857), (16480, 1516, 5.3196868896484375)
               (3088, 10794, 4.468575954437256), (16480, 2022, 5.3032554388046265), (32928, 1012, 5.278572618961334)]
 
 
+def test_an_exponent_stopped_by_its_bound_is_no_measurement():
+    """A sweep whose loss does not depend on N was fitted with alpha 5 (the bound) and A 3e32, which
+    moves the smallest size's loss by 3e-3, past the term floor: the split it gave lay below the
+    smallest size measured. An exponent at its bound is the bound's, not the points'."""
+    from llmkit.scaling_law import EXPONENT_MAX, Law, unmeasured_term
+
+    params, tokens = np.array([1e7, 3e7, 1e8, 3e8]), np.array([2e8, 8e8, 2e9, 8e9])
+    losses = np.array([3.6, 3.0, 2.6, 2.3])
+    at_bound = Law(A=3.2e32, B=473.0, E=1.69, alpha=EXPONENT_MAX, beta=0.288)
+    assert "alpha sits at its bound 5" in unmeasured_term(at_bound, params, tokens, losses)
+    assert not unmeasured_term(Law(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28), params, tokens, losses)
+
+
 def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path):
     from llmkit.scaling_law import Law as RecordedLaw
 

@@ -40,8 +40,15 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
                              "widen the sweep (more sizes, more tokens)"), soft_wrap=True)
     for row in (r for r in fit["budgets"] if "undetermined" not in r):
         console.print(f"C = {row['flops']:.3g} FLOPs: N = {row['params']:.3g} parameters, D = {row['tokens']:.3g} tokens "
-                      f"({row['tokens_per_param']:.1f} tokens per parameter), predicted loss {row['loss']:.4f}", soft_wrap=True)
+                      f"({_figure(row['tokens_per_param'], 1)} tokens per parameter), predicted loss {_figure(row['loss'], 4)}",
+                      soft_wrap=True)
     console.print(f"plots: {', '.join(str(art.path / p) for p in art.stats['plots'])}", soft_wrap=True)
+
+
+def _figure(value: float, decimals: int) -> str:
+    """A loss or a ratio with fixed decimals; one far out of range (a budget far past the measured
+    points) in exponent form, not as a hundred digits."""
+    return f"{value:.{decimals}f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
@@ -50,8 +57,9 @@ def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
     from llmkit.scaling.stage import predict
 
     result = predict(fit, config.params, config.tokens)
-    interval = f" (95% interval {result['interval'][0]:.4f} .. {result['interval'][1]:.4f})" if "interval" in result else ""
-    console.print(f"N = {config.params:.4g}, D = {config.tokens:.4g}: loss {result['loss']:.4f}{interval}", soft_wrap=True)
+    interval = (f" (95% interval {_figure(result['interval'][0], 4)} .. {_figure(result['interval'][1], 4)})"
+                if "interval" in result else "")
+    console.print(f"N = {config.params:.4g}, D = {config.tokens:.4g}: loss {_figure(result['loss'], 4)}{interval}", soft_wrap=True)
     if "undetermined" in result:
         from llmkit.console import err, styled
 

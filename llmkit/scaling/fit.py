@@ -34,10 +34,10 @@ import numpy as np
 
 from llmkit.errors import UserError
 from llmkit.scaling import gauss_newton
-from llmkit.scaling_law import NAMES, Law
+from llmkit.scaling_law import EXPONENT_MAX, NAMES, Law
 
 # Exponents are kept in [0, 5] (bounds of the minimisation): a negative one would say loss grows with size or data.
-EXPONENT_BOUNDS = (0.0, 5.0)
+EXPONENT_BOUNDS = (0.0, EXPONENT_MAX)
 CHUNK_VALUES = 2**21  # starts x points minimised together: about 80 MB per [rows, points, 5] array
 # Hoffmann et al.'s grid of initialisations (Appendix D.2), and a coarser one for quick fits.
 FULL_GRID = dict(alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),

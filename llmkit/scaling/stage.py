@@ -36,6 +36,7 @@ def _budget_row(fit, isoflop, budget: float, measured: tuple[np.ndarray, ...]) -
         if len(draws):
             row["params_interval"] = [float(np.percentile(draws[:, 0], 2.5)), float(np.percentile(draws[:, 0], 97.5))]
             row["tokens_interval"] = [float(np.percentile(draws[:, 1], 2.5)), float(np.percentile(draws[:, 1], 97.5))]
+        row["interval_refits"] = len(draws)  # of the bootstrap's: those whose points determine a split
     if isoflop is not None:
         row["params_approach2"], row["tokens_approach2"] = isoflop.optimal(budget)
     return row
