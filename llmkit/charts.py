@@ -78,6 +78,8 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
                 style = dict(color=colours[index % len(colours)], linewidth=1.2)
                 if curve == "val_loss":
                     style.update(linestyle="--", marker="o", markersize=3)
+                elif len(points) == 1:  # (a line through one point draws nothing)
+                    style.update(marker="o", markersize=3)
                 label = name if len(panel) == 1 or curve == "loss" else f"{name} (validation)"
                 ax.plot(*zip(*points), label=label if len(runs) > 1 or len(panel) > 1 else None, **style)
         ax.set_ylabel(" / ".join(LABELS[c] for c in panel if c in curves))

@@ -547,6 +547,20 @@ def test_plot_reads_a_killed_run_but_names_a_damaged_line(cli, tmp_path):
     assert result.exit_code != 0 and "metrics.jsonl:2 is not valid JSON" in result.output
 
 
+def test_plot_says_which_curves_it_has_nothing_or_not_all_to_draw_for(cli, tmp_path):
+    diverged, quiet = tmp_path / "diverged", tmp_path / "quiet"
+    for run in (diverged, quiet):
+        run.mkdir()
+    records = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": float("nan"), "val_loss": float("inf")}]
+    (diverged / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    (quiet / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 4.0}) + "\n", encoding="utf-8")
+    result = cli("plot", diverged, quiet, "--lr", "-o", tmp_path / "curves.png")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "diverged: 1 loss value(s) are not finite" in said and "note: diverged has no val_loss to draw" in said
+    assert "note: quiet has no lr to draw" in said and "quiet has no val_loss" not in said  # never validated: not news
+
+
 def test_plot_replaces_its_output_by_a_rename_never_writing_through_a_link_or_leaving_a_cut_file(cli, tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()

@@ -25,6 +25,26 @@ def tokens_per_step(run: Path) -> float | None:
     return None
 
 
+def _say_what_is_not_drawn(metrics: list[tuple[str, list[dict]]], curves: list[str]) -> None:
+    """A run with no point of an asked-for curve, or whose values stop being numbers (a diverged
+    run logs nan and inf, which a line leaves out): a note, not an empty panel said nothing of."""
+    import math
+
+    from llmkit.console import err
+
+    for name, records in metrics:
+        for curve in curves:
+            if curve == "val_loss" and not any(curve in r for r in records):
+                continue  # (a run that never validated: its absence is not news)
+            values = [r[curve] for r in records if curve in r]
+            finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+            if not finite:
+                err.print(f"note: {name} has no {curve} to draw", soft_wrap=True, markup=False)
+            elif len(finite) < len(values):
+                err.print(f"note: {name}: {len(values) - len(finite)} {curve} value(s) are not finite (the run diverged?) "
+                          "and are not drawn", soft_wrap=True, markup=False)
+
+
 def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool = False) -> Path:
     """Plot the loss curves of training runs (finished or still running), one line per run."""
     from llmkit.outputs import check_output_file, file_output_lock, replaced_file
@@ -45,6 +65,7 @@ def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool =
             if per_step[name] is None:
                 raise UserError(f"{run} does not say how many tokens a step holds (a fine-tune counts examples); use --x step")
     metrics = [(name, read_metrics(run)) for name, run in zip(names, runs)]
+    _say_what_is_not_drawn(metrics, curves)
     with file_output_lock(out, force), replaced_file(out) as tmp:  # drawn beside it and renamed into place
         loss_curves(metrics, tmp, curves=curves, x=config.x, tokens_per_step=per_step, title=config.title)
     return out
