@@ -198,6 +198,9 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     assert cli("scaling", "fit", data, "-o", tmp_path / "b", *args).exit_code == 0
     a, b = artifacts.load(tmp_path / "a", kind="scaling"), artifacts.load(tmp_path / "b", kind="scaling")
     assert a.fingerprint == b.fingerprint and artifacts.verify(a.path).ok
+    counted = cli("scaling", "fit", data, "-o", tmp_path / "counted", *args, "--count", "total")
+    assert counted.exit_code == 0 and json.loads((tmp_path / "counted" / "fit.json").read_text())["parameters_counted"] == \
+        "total (the CSV's, as --count says)"
     fit = json.loads((a.path / "fit.json").read_text())
     assert [row["flops"] for row in fit["budgets"]] == [1e20, 1e22]
     assert all(row["params_interval"][0] <= row["params"] <= row["params_interval"][1] for row in fit["budgets"])

@@ -68,7 +68,8 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
                                                    "unbracketed_budgets": isoflop.unbracketed},
         "budgets": [_budget_row(fit, isoflop, b, measured) for b in config.budget],
         "points": len(points),
-        "parameters_counted": config.count if source.is_dir() else "as given in the CSV",
+        # a sweep's runs counted so; a CSV's numbers as given, which --count says they count
+        "parameters_counted": config.count if source.is_dir() else f"{config.count} (the CSV's, as --count says)",
     }
     with artifacts.create(out, "scaling", force=force, inputs=[source]) as build:
         (build.dir / FIT_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
