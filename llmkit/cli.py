@@ -279,12 +279,11 @@ def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory
 
 
 def _stop_writing_stdout() -> None:
-    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
-    import os
     import sys
 
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    from llmkit.console import write_nowhere
+
+    write_nowhere(sys.stdout)
 
 
 def main() -> None:

@@ -16,17 +16,23 @@ from rich.progress import (
 # What is printed holds paths, prompts and recorded values: "[/x]" in one would be a markup tag (a
 # crash, or text silently dropped), ":x:" an emoji. So neither is read; styled words are
 # rich.text.Text (`styled`), and the rare line that needs markup says markup=True and escapes.
+def write_nowhere(stream) -> None:
+    """Point a stream whose reader closed the pipe at /dev/null: later writes (and the flush at
+    exit) then raise no second BrokenPipeError."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         """The reader closed the pipe (`llmkit ... | head`); rich would exit 1 here itself. This
         stream then writes nowhere. A closed stdout held results the reader has all it wanted of:
         BrokenPipeError stops the command, which exits 0 (cli.py). A closed stderr held progress
         and log lines only: the work goes on (a training run is not lost to `2>&1 | head`)."""
-        import os
-
         self.quiet = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.file.fileno())
+        write_nowhere(self.file)
         if not self.stderr:
             raise BrokenPipeError
 

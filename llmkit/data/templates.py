@@ -296,7 +296,7 @@ def fit_fields(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[s
     first, since a prompt's length is mostly its long field (an Alpaca record's input, not its
     instruction); where even emptying it is not enough, it stays empty and the next longest is cut.
     None when every field empty does not fit."""
-    fields = sorted((f for f in dict.fromkeys(fields) if isinstance(record.get(f), str)), key=lambda f: -len(record[f]))
+    fields = sorted(text_fields(record, fields), key=lambda f: -len(record[f]))
     if not fields:
         return record if len(encode(record)) <= budget else None
     for field in fields:
@@ -305,6 +305,12 @@ def fit_fields(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[s
             return fitted
         record = dict(record, **{field: ""})
     return None
+
+
+def text_fields(record: dict[str, Any], fields: Sequence[str]) -> list[str]:
+    """Those of `fields` (once each) whose value in `record` is text: what a prompt's cut may shorten
+    (a number is left as it is)."""
+    return [f for f in dict.fromkeys(fields) if isinstance(record.get(f), str)]
 
 
 def prompt_fields(template: dict[str, Any]) -> list[str]:

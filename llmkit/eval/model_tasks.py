@@ -158,7 +158,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     before its target), the prompt then encoded as the template encodes it; None for other prompts.
     `shown_field`: the input's name in the user's records, where it was copied to the template's."""
     shown_field = shown_field or input_field
-    from llmkit.data.templates import encode_chat_prompt, fit_fields, plain_fields
+    from llmkit.data.templates import encode_chat_prompt, fit_fields, plain_fields, text_fields
     from llmkit.inference.engine import context_limit
     from llmkit.inference.prompts import chat_turns
 
@@ -186,7 +186,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     for i, record in enumerate(records):
         shorter = fit_fields(encode, record, fields, tokenizer, room)
         if shorter is None:  # the wording alone is too long: the engine would cut the instruction off
-            texts = [f for f in dict.fromkeys(fields) if isinstance(record.get(f), str)]
+            texts = text_fields(record, fields)
             wording = len(encode({**record, **dict.fromkeys(texts, "")}))
             cut_what = repr(shown_field) if texts == [input_field] else "text fields"
             raise UserError(f"record {i + 1}: even with its {cut_what} cut, the prompt does not fit in the "

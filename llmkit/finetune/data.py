@@ -21,7 +21,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit import artifacts, jsonl
-from llmkit.data.templates import Encoded, encode_example, fit_fields, prompt_fields
+from llmkit.data.templates import Encoded, encode_example, fit_fields, prompt_fields, text_fields
 from llmkit.model.gpt import IGNORE_INDEX
 
 
@@ -150,7 +150,7 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
     keeping the wording and the response's start. A chat is cut from its end."""
     emptied = False
     if template["type"] == "text":
-        fields = [f for f in prompt_fields(template) if isinstance(record.get(f), str)]
+        fields = text_fields(record, prompt_fields(template))
         if fields:  # (numbers are not cut: the example is cut from its end)
             fitted = fit_fields(lambda r: encode_example(template, r, tokenizer, where).ids, record, fields, tokenizer, max_len)
             emptied = fitted is None

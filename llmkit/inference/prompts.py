@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_fields,
-                                   plain_fields, prompt_fields, render)
+                                   plain_fields, prompt_fields, render, text_fields)
 from llmkit.errors import UserError
 from llmkit.jsonl import iter_jsonl, read_text
 from llmkit.options import unescape
@@ -190,7 +190,7 @@ def fit_prompt(prompt: Prompt, tokenizer, task, budget: int) -> list[int] | None
     if template is None:
         return None
     record, encode, fields = _template_input(prompt, template, tokenizer)
-    texts = [f for f in fields if isinstance(record.get(f), str)]
+    texts = text_fields(record, fields)
     if not texts:  # numbers are not cut (the window decides)
         return None
     shorter = fit_fields(encode, record, texts, tokenizer, budget)  # the longest text first, as finetune --truncate

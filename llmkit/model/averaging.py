@@ -24,7 +24,7 @@ import torch
 from llmkit import artifacts
 from llmkit.data.tokenizer import same_tokenizer
 from llmkit.errors import UsageError, UserError
-from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config
+from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, unreadable_weights
 from llmkit.model.records import TASK_FILE, read_task
 
 
@@ -95,7 +95,7 @@ class StoredWeights(Mapping):
             self._file = self._opened.__enter__()
             self._names = list(self._file.keys())
         except (SafetensorError, OSError, ValueError) as exc:
-            raise _unreadable(path, exc) from None
+            raise unreadable_weights(path, exc) from None
 
     def __getitem__(self, name: str) -> torch.Tensor:
         from safetensors import SafetensorError
@@ -105,7 +105,7 @@ class StoredWeights(Mapping):
         try:
             return self._file.get_tensor(name)
         except (SafetensorError, OSError, ValueError) as exc:
-            raise _unreadable(self.path, exc) from None
+            raise unreadable_weights(self.path, exc) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -121,11 +121,6 @@ class StoredWeights(Mapping):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _unreadable(path: Path, exc: Exception) -> UserError:
-    return UserError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); "
-                     "the checkpoint is damaged, rebuild it")
 
 
 def _refuse_other_tensors(members: Sequence[artifacts.Artifact], states: Sequence[StoredWeights]) -> None:
@@ -166,10 +161,9 @@ def check_same_tokenizer(members: Sequence[artifacts.Artifact], combined: str) -
                             "(train them from one tokens artifact)")
 
 
-def check_same_task(members: Sequence[artifacts.Artifact], combined: str, tokenizers_checked: bool = False) -> None:
+def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
     """Refuse members with different tokenizers or tasks; `combined` says how they are used ("averaged")."""
-    if not tokenizers_checked:
-        check_same_tokenizer(members, combined)
+    check_same_tokenizer(members, combined)
     first = members[0]
     task = _task_of(first) or {}
     for art in members[1:]:
@@ -185,8 +179,9 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str, tokeni
 
 def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
     """Refuse members that are not one architecture with one tokenizer and one task (the tokenizer
-    first: another one usually means another vocabulary size too, which is not the problem to name)."""
-    check_same_tokenizer(members, "averaged")
+    and task first: another tokenizer usually means another vocabulary size too, which is not the
+    problem to name)."""
+    check_same_task(members, "averaged")
     first = members[0]
 
     def config_of(art):
@@ -202,7 +197,6 @@ def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
                       for key in sorted(set(theirs) | set(reference)) if theirs.get(key) != reference.get(key)]
             raise UserError(f"{art.path} is another network than {first.path} ({', '.join(differ[:3])}); only checkpoints "
                             "of one architecture can be averaged")
-    check_same_task(members, "averaged", tokenizers_checked=True)
     from llmkit.model.ensemble import classifier_input_limit
 
     tasks = {art.path: read_task(art) for art in members}

@@ -65,8 +65,12 @@ def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); "
-                        "the checkpoint is damaged, rebuild it") from None
+        raise unreadable_weights(path, exc) from None
+
+
+def unreadable_weights(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); "
+                     "the checkpoint is damaged, rebuild it")
 
 
 def check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, *, config_file: str = MODEL_CONFIG,

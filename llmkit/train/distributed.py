@@ -261,8 +261,9 @@ def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
             sys.stderr.write(line)
             sys.stderr.flush()
         except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stderr.fileno())
+            from llmkit.console import write_nowhere
+
+            write_nowhere(sys.stderr)
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
     held: list[str] = []
