@@ -57,7 +57,7 @@ def test_text_files_become_paragraph_documents(tmp_path):
     b = tmp_path / "b.txt"
     b.write_text("中文段落\n", encoding="utf-8")
     docs = [d for batch in iter_text_files([a, b], batch_size=2) for d in batch]
-    assert docs == ["first para\nstill first\n", "second\n", "中文段落\n"]
+    assert docs == ["first para\nstill first\n\n\n", "second\n", "中文段落\n"]  # the paragraph break stays text
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(UserError, match="not UTF-8"):
@@ -65,16 +65,16 @@ def test_text_files_become_paragraph_documents(tmp_path):
 
 
 def _paragraphs_as_open_reads_them(path):
-    """The reference: a text file read line by line (universal newlines), a blank line ending a paragraph."""
-    documents, paragraph = [], []
+    """The reference: a text file read line by line (universal newlines), a paragraph ending where
+    a line follows blank lines, which it keeps; blank lines before the first are no document."""
+    documents = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            if line.strip():
-                paragraph.append(line)
-            elif paragraph:
-                documents.append("".join(paragraph))
-                paragraph = []
-    return documents + (["".join(paragraph)] if paragraph else [])
+            if line.strip() and (not documents or not documents[-1][-1].strip()):
+                documents.append([line])
+            elif documents:
+                documents[-1].append(line)
+    return ["".join(lines) for lines in documents]
 
 
 @pytest.mark.parametrize("max_bytes", [7, 64, 1000, 1 << 20])
@@ -84,6 +84,7 @@ def test_text_ranges_cut_between_paragraphs_whatever_their_size(tmp_path, shared
     files = {
         "book.txt": (shared_data / "tinyshakespeare.txt").read_bytes()[:60_000],
         "windows.txt": b"one\r\ntwo\r\n\r\nthree\r\n \t\r\n\r\nfour\r\n",
+        "blank-runs.txt": b"\n\n" + b"a\n" + b"\n" * 9 + b"b\n \n\t\n" * 40 + b"c\n\n\n",
         "old-mac.txt": b"a\rb\r\rc\n\nd",
         "unicode-blank.txt": "x\n\u3000\ny\n\n\n\nz 红楼梦\n\n梦".encode(),
         "one-paragraph.txt": b"no blank line here\n" * 50,
@@ -95,7 +96,10 @@ def test_text_ranges_cut_between_paragraphs_whatever_their_size(tmp_path, shared
         ranges = text_file_ranges([path], max_bytes=max_bytes)
         assert [(r.start, r.end) for r in ranges][:1] == [(0, ranges[0].end)] and ranges[-1].end == len(data)
         assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
-        assert [d for r in ranges for d in read_text_range(r)] == _paragraphs_as_open_reads_them(path), name
+        documents = [d for r in ranges for d in read_text_range(r)]
+        assert documents == _paragraphs_as_open_reads_them(path), name
+        with open(path, encoding="utf-8") as handle:  # nothing but the blank lines before the first paragraph is lost
+            assert "".join(documents) == handle.read().lstrip(" \t\n\x0b\x0c\u3000"), name
     if max_bytes == 1000:
         assert len(text_file_ranges([tmp_path / "book.txt"], max_bytes=max_bytes)) > 40
 

@@ -282,6 +282,16 @@ def test_fast_path_falls_back_when_it_disagrees(corpus, tokenizer, tokens, tmp_p
     assert art.fingerprint == artifacts.load(tokens).fingerprint
 
 
+def test_the_first_batch_is_checked_past_its_first_documents_too(documents, tokenizer):
+    from llmkit.tokenizer.encode_corpus import FIRST_CHECKS, _encode_batch, encoder_state
+
+    state = encoder_state(load_tokenizer(tokenizer), True, False, 128)
+    texts = [d for d in documents if d][:1000]
+    assert len(texts) == 1000
+    *_, checked, mismatch = _encode_batch((0, texts), state)
+    assert (checked, mismatch) == (FIRST_CHECKS + len(range(FIRST_CHECKS, 1000, 128)), None)
+
+
 def test_lopsided_split_warns(cli, tokenizer, tmp_path):
     # Two documents: too few to give whole ones, so each gives its tail and validation is 5%.
     corpus = write_corpus_artifact(tmp_path / "two", ["short one\n", "a much longer document\n" * 200]).path

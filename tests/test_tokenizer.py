@@ -132,6 +132,32 @@ def test_special_ids_decode_whole(tok):
     assert tok.id_to_piece(tok.eos_id) == "<|eos|>"
 
 
+def test_stats_count_special_token_text_as_the_text_tokenize_makes_of_it(trained, tok):
+    from tokenizers import Tokenizer
+
+    from llmkit.tokenizer.train import measure
+
+    text = "a <|eos|> b"
+    assert measure(Tokenizer.from_file(str(trained / "tokenizer.json")), [text])["tokens"] == len(tok.encode(text)) > 3
+
+
+def test_a_tokenizer_with_a_non_special_added_token_keeps_the_tokenizers_path(trained, tmp_path):
+    """tokenizers matches an added token before BPE; tiktoken has no such step and would spell it in bytes."""
+    from tokenizers import Tokenizer
+
+    from llmkit.data.tokenizer import compute_token_bytes
+
+    hf = Tokenizer.from_file(str(trained / "tokenizer.json"))
+    hf.add_tokens(["<|far|>"])
+    with artifacts.create(tmp_path / "added", "tokenizer") as build:
+        hf.save(str(build.dir / "tokenizer.json"))
+        np.save(build.dir / "token_bytes.npy", compute_token_bytes(hf), allow_pickle=False)
+    added = load_tokenizer(tmp_path / "added")
+    assert added.fast_encoding is None
+    assert added.encode("x <|far|> y") == hf.encode("x <|far|> y", add_special_tokens=False).ids
+    assert hf.token_to_id("<|far|>") in added.encode("x <|far|> y")
+
+
 def test_fast_path_gives_identical_ids(shared_data, tok):
     fast = tok.fast_encoding
     assert fast is not None
@@ -319,6 +345,8 @@ def test_text_files_as_input(shared_data, tmp_path):
     assert art.config["input"]["files"][0]["name"] == "small.txt"
     assert art.manifest.inputs == []
     assert load_tokenizer(out).decode(load_tokenizer(out).encode("Citizen")) == "Citizen"
+    # a paragraph's document keeps the blank line after it: the paragraph break is learnt, as from a corpus
+    assert "ĊĊ" in json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
     # a byte order mark opening a file is no text to learn (clean drops it too)
     marked = tmp_path / "marked.txt"
     marked.write_bytes(b"\xef\xbb\xbfHello world with a mark\n")

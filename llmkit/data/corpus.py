@@ -110,7 +110,7 @@ def iter_corpus_texts(artifact: artifacts.Artifact | Path | str, batch_size: int
 
 
 def iter_text_files(paths: Sequence[Path], batch_size: int = 1000) -> Iterator[list[str]]:
-    """Plain UTF-8 text files as documents: each paragraph (text between blank lines) is one document.
+    """Plain UTF-8 text files as documents: each paragraph (text between blank lines), with the blank lines after it, is one document.
 
     A convenience input for `llmkit tokenizer train`; paragraphs keep the held-out slice and
     `--max-docs` meaningful for a single big file.
@@ -137,9 +137,9 @@ class TextRange:
 
 
 RANGE_BYTES = 64 << 20
-# A blank line between two newlines, in bytes: a paragraph starts right after it. (Lines of other Unicode
+# A run of blank lines after a newline, in bytes: a paragraph starts right after it. (Lines of other Unicode
 # whitespace are blank too, but need not be found: a cut only has to fall between paragraphs, not at every gap.)
-_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+_BLANK_LINES = re.compile(rb"\n(?:[ \t\r\x0b\x0c]*\n)+")
 
 
 def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> list[TextRange]:
@@ -166,23 +166,26 @@ def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> lis
 
 
 def _next_paragraph(handle, position: int, block: int = 1 << 20) -> int | None:
-    """The first offset at or after `position` that follows a blank line, or None."""
+    """The first offset at or after `position` that follows a run of blank lines (the run whole:
+    a paragraph's document holds the blank lines after it), or None."""
     handle.seek(position)
     carried, offset = b"", position
     while chunk := handle.read(block):
         window = carried + chunk
-        match = _BLANK_LINE.search(window)
-        if match:
+        match = _BLANK_LINES.search(window)
+        if match and match.end() < len(window):
             return offset - len(carried) + match.end()
-        # keep the tail: a blank line may straddle two blocks (a newline and trailing whitespace)
-        tail = window.rfind(b"\n")
+        # keep the tail: a blank line may straddle two blocks (a newline and trailing whitespace),
+        # a run of them go on in the next (kept up to 4 KB of it)
+        tail = match.start() if match else window.rfind(b"\n")
         carried = window[tail:] if tail >= 0 and len(window) - tail < 4096 else b""
         offset += len(chunk)
     return None
 
 
 def read_text_range(text_range: TextRange) -> list[str]:
-    """The paragraphs of one range, read as `open(path, encoding="utf-8")` reads lines (universal newlines)."""
+    """The paragraphs of one range, each with the blank lines after it (so that a tokenizer learns
+    the paragraph break), read as `open(path, encoding="utf-8")` reads lines (universal newlines)."""
     same_file(text_range.path, text_range.file_size)
     with open(text_range.path, "rb") as handle:
         handle.seek(text_range.start)
@@ -194,13 +197,17 @@ def read_text_range(text_range: TextRange) -> list[str]:
     except UnicodeDecodeError as exc:
         raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + mark + exc.start}); "
                         "convert it or run llmkit clean") from None
-    documents, paragraph = [], []
+    documents, paragraph, ended = [], [], False
     for line in io.StringIO(text, newline=None):
-        if line.strip():
-            paragraph.append(line)
-        elif paragraph:
+        if not line.strip():
+            ended = bool(paragraph)  # (blank lines before the first paragraph are dropped)
+            if ended:
+                paragraph.append(line)
+            continue
+        if ended:
             documents.append("".join(paragraph))
-            paragraph = []
+            paragraph, ended = [], False
+        paragraph.append(line)
     if paragraph:
         documents.append("".join(paragraph))
     return documents

@@ -458,8 +458,8 @@ def build_tiktoken_encoding(hf: Any) -> Any | None:
         return None
     vocab: dict[str, int] = config["model"]["vocab"]
     specials = {t["content"]: t["id"] for t in config.get("added_tokens", []) if t.get("special")}
-    if any(t["content"] in vocab and not t.get("special") for t in config.get("added_tokens", [])):
-        return None  # non-special added tokens would be matched before BPE; tiktoken has no such step
+    if any(not t.get("special") for t in config.get("added_tokens", [])):
+        return None  # non-special added tokens are matched before BPE (tokenizers); tiktoken has no such step
     alphabet = set(bytes_to_unicode().values())
     ranks: dict[bytes, int] = {}
     for piece, idx in vocab.items():

@@ -247,7 +247,9 @@ def _spot_check(state: dict[str, Any], index: int, present: list[str], flat: np.
                 lengths: np.ndarray) -> tuple[int, str | None]:
     """Some documents encoded again by tokenizers -> (how many, the first that differs or None)."""
     every = state["check_every"]
-    picked = list(range(min(len(present), FIRST_CHECKS))) if index == 0 else list(range(index % every, len(present), every))
+    # batch 0: its first FIRST_CHECKS documents, then every `every`-th as in the other batches
+    picked = ([*range(min(len(present), FIRST_CHECKS)), *range(FIRST_CHECKS, len(present), every)] if index == 0
+              else list(range(index % every, len(present), every)))
     # tokenizers is slow on very long strings: a long document is checked on its first CHECK_CHARS.
     samples = [present[i][:CHECK_CHARS] for i in picked]
     ends, skip = np.cumsum(lengths), len(state["prefix"])

@@ -28,7 +28,9 @@ _WORD = re.compile(rf"[{_CJK_CHARS}]|[^\W{_CJK_CHARS}]+")
 
 
 def measure(tokenizer, texts: Sequence[str]) -> dict[str, float]:
-    """Bytes per token and tokens per word of `texts` under a trained tokenizer."""
+    """Bytes per token and tokens per word of `texts` under a trained tokenizer, encoded as tokenize
+    encodes them: a special token's text in them is text (one token each otherwise)."""
+    tokenizer.encode_special_tokens = True  # (a setting of this object: tokenizer.json does not hold it)
     encoded = tokenizer.encode_batch(list(texts), add_special_tokens=False)
     tokens = sum(len(e.ids) for e in encoded)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
