@@ -164,6 +164,21 @@ def _reference_keys(text: str, hasher: MinHasher) -> list[int] | None:
     return [xxhash.xxh64_intdigest(row.astype("<u4").tobytes(), seed=band) for band, row in enumerate(signature)]
 
 
+def test_words_of_one_length_past_a_hashing_chunk_hash_as_the_package_hashes_them():
+    """_hash_spans gathers a few million bytes at a time: a long document's words span several chunks."""
+    import xxhash
+
+    from llmkit.corpus.minhash import _hash_spans, _spans
+
+    rng = np.random.default_rng(0)
+    words = ["".join(chr(97 + c) for c in rng.integers(0, 26, size=5)) for _ in range(900_000)]  # 5.4 MB at one length
+    buffer = np.frombuffer(" ".join(words).encode(), dtype=np.uint8)
+    hashes = _hash_spans(buffer, *_spans(buffer))
+    assert len(hashes) == len(words)
+    for i in (0, 1, 838_859, 838_860, len(words) - 1):  # either side of the first chunk's end (4 MiB / 5 bytes)
+        assert int(hashes[i]) == xxhash.xxh64_intdigest(words[i].encode()), i
+
+
 def test_vectorised_xxh64_matches_the_package():
     import xxhash
 

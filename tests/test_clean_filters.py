@@ -72,6 +72,12 @@ def test_cleanup_removes_controls_and_extra_whitespace(shakespeare):
     assert normalize.cleanup(messy) == "First line\nsecond line here\n\nthird"
     # a form feed or vertical tab breaks the line (it was removed, gluing "page" to "two")
     assert normalize.cleanup("end of page\x0ctwo\x0bthree") == "end of page\ntwo\nthree"
+    # a terminal's escape sequences go whole, ASCII or not (ftfy removes them from the text it repairs)
+    coloured = "\x1b[1;31merror\x1b[0m: disk \x1b[2Kfull"
+    assert normalize.cleanup(coloured) == normalize.cleanup(normalize.fix_unicode(coloured + " é"))[:-2] == "error: disk full"
+    from llmkit.corpus.filters import binary_reason
+
+    assert binary_reason(coloured, CleanConfig()) is None and binary_reason("a\x1bb" * 3, CleanConfig()) == "binary"
     # Real text changes only where it had trailing blanks on a line.
     expected = re.sub("\n{3,}", "\n\n", "\n".join(line.rstrip() for line in shakespeare.split("\n")).strip())
     assert normalize.cleanup(shakespeare) == expected
@@ -84,6 +90,9 @@ def test_html_stripping_keeps_visible_text(reviews):
     stripped = normalize.cleanup(normalize.strip_html(page))
     assert stripped == f"Review\n\n{review}\n\nTom & Jerry"
     assert normalize.strip_html(review) == review  # no markup: untouched
+    # a comment, a declaration or a processing instruction is markup too, with or without a tag beside it
+    for head in ("<!-- nav menu -->", "<!DOCTYPE html>", '<?xml version="1.0"?>'):
+        assert normalize.cleanup(normalize.strip_html(f"{head}\nHello world")) == "Hello world", head
 
 
 def test_a_page_without_its_closing_head_tag_keeps_its_body_and_br_is_one_break():
@@ -155,6 +164,9 @@ def test_default_preset_drops_nothing_clean(shakespeare, chinese, reviews):
 
 def test_language_filter(shakespeare, chinese, reviews):
     assert detect(_english_article(shakespeare))[0] == "en"
+    # a code detect() reports under its macro-language would match nothing: named, with the code to pass
+    with pytest.raises(UserError, match=r"^--languages yue is counted as zh; pass --languages en,zh$"):
+        CleanConfig(languages=["en", "yue"])
     lang, score = detect(chinese[:3000])
     assert lang == "zh" and score > 0.9
     # Short Chinese lines: zh, wuu and yue share the mass; merged, zh clears FineWeb's 0.65.

@@ -58,6 +58,14 @@ def test_ids_and_labels_hold_no_absolute_path(shared_data, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path / "data" / "sub")
     assert [s.label for s in resolve_inputs(["..", "../b.txt", "./a.txt"])] == ["data/b.txt", "data/sub/a.txt", "b.txt", "a.txt"]
     assert [s.label for s in resolve_inputs([str(tmp_path / "data" / "b.txt"), "../b.txt"])] == ["b.txt", "b.txt#2"]
+    # a number another input is already called by is skipped: two documents never share a label
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.txt").write_text(name, encoding="utf-8")
+    (tmp_path / "data.txt#2").write_text("two", encoding="utf-8")
+    labels = [s.label for s in resolve_inputs([str(tmp_path / "data.txt#2"), str(tmp_path / "a" / "data.txt"),
+                                               str(tmp_path / "b" / "data.txt"), str(tmp_path / "b" / "data.txt")])]
+    assert labels == ["data.txt#2", "data.txt", "data.txt#3", "data.txt#4"]
 
 
 def test_jsonl_json_csv_parquet_give_the_same_documents(reviews, tmp_path):
@@ -318,6 +326,8 @@ def test_byte_order_marks_and_binary_detection_in_line_mode(reviews, tmp_path):
     assert [t for _, t in _read([tmp_path / "r.jsonl"])] == [r["text"] for r in reviews[:3]]
     (tmp_path / "r.csv").write_bytes(bom + b"text,label\nhello there,1\n")
     assert _read([tmp_path / "r.csv"]) == [("r.csv:2", "hello there")]
+    (tmp_path / "whole.txt").write_bytes(bom + b"a whole file\n")  # one document a file: its mark goes as every line's does
+    assert [t for _, t in _read([tmp_path / "whole.txt"], doc_per="file")] == ["a whole file\n"]
     # A PNG's first line holds no NUL byte; the check looks at the first 8 KB, not the first line.
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
     with pytest.raises(UserError, match="looks like a binary file"):

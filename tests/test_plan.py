@@ -104,7 +104,10 @@ def test_a_layout_that_does_not_fit_names_the_fix_and_search_finds_one(cli, tmp_
 @pytest.mark.parametrize("args, message", [
     (["--model", "gpt2", "--tp", "5", "--gpus", "5"], "--tp 5 does not divide"),
     (["--model", "gpt2", "--pp", "16", "--gpus", "16"], "--pp 16 with --pp-schedule 1f1b makes 16 stages but the model has 12 layers"),
-    (["--model", "gpt2", "--tp", "2", "--gpus", "3"], "not a multiple of tp 2"),
+    (["--model", "gpt2", "--tp", "2", "--gpus", "3"], "--tp 2 needs a multiple of 2 processes, this run has 3; pass --gpus 2"),
+    (["--model", "tiny", "--gpu", "cpu", "--tp", "2"], "this run has 1; pass --gpus 2 (or --nproc 2 on CPU)"),
+    (["--model", "tiny", "--nproc", "2"], "--nproc counts CPU processes and the plan is for --gpu h100: add --gpu cpu"),
+    (["--model", "tiny", "--gpu", "cpu", "--nproc", "2", "--gpus", "4"], "give one of them"),
     (["--model", "gpt2", "--seq-len", "4096"], "exceeds the model's context length"),
     (["--model", "lstm"], "LSTM"),
     (["--hf-config", "missing.json"], "not a readable JSON file"),
@@ -113,6 +116,28 @@ def test_impossible_layouts_are_one_line_errors(cli, args, message):
     result = cli("plan", *args)
     assert result.exit_code != 0
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_plan_takes_pretrains_placement_flags_and_defaults(cli):
+    """The same flags plan the run pretrain makes: its micro-batch by default, --nproc for CPU processes."""
+    from llmkit.train.options import Placement
+
+    cpu = ["--model", "mini", "--vocab-size", "4096", "--gpu", "cpu", "--memory-gb", "64"]
+    default = _plan(cli, *cpu)
+    assert default["layout"]["micro_batch"] == Placement().micro_batch == 16
+    nproc, gpus = _plan(cli, *cpu, "--nproc", "2", "--tp", "2"), _plan(cli, *cpu, "--gpus", "2", "--tp", "2")
+    assert (nproc["layout"], nproc["memory"]) == (gpus["layout"], gpus["memory"]) and nproc["layout"]["world"] == 2
+    # compiled, a CPU run has the usual head and loss: the whole [tokens, vocabulary] logits, not one fused chunk
+    compiled = _plan(cli, *cpu, "--compile")
+    tokens_by_vocab = 16 * 512 * 4096 * 4 / 1e9
+    assert compiled["memory"]["logits_gb"] == pytest.approx(3 * tokens_by_vocab) and default["memory"]["logits_gb"] < tokens_by_vocab / 2
+    # on a GPU in bf16, eager and not FSDP, autocast keeps bf16 copies of the weights for backward
+    gpu = ["--model", "gpt2", "--gpu", "h100", "--micro-batch", "4"]
+    eager, fsdp = _plan(cli, *gpu)["memory"], _plan(cli, *gpu, "--gpus", "2", "--strategy", "fsdp")["memory"]
+    parameters = _plan(cli, *gpu)["model"]["parameters"]
+    assert eager["transient_gb"] == pytest.approx(2 * parameters / 1e9, rel=1e-3)
+    assert _plan(cli, *gpu, "--compile")["memory"]["transient_gb"] == 0
+    assert fsdp["transient_gb"] < eager["transient_gb"]
 
 
 def test_estimate_is_close_to_the_measured_peak_of_real_cpu_runs(cli, tmp_path, shared_data):

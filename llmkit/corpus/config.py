@@ -36,6 +36,7 @@ OUTPUT = "Output and run"
 _READ = "input (the documents read, stats.sources)"
 
 
+_MINHASH_SETTINGS = ("ngram", "num_perm", "bands", "rows", "threshold", "seed")
 _THRESHOLD_PICKS = "--threshold picks bands x rows itself ({} x {} here); give --threshold or --bands/--rows, not both"
 
 
@@ -129,6 +130,15 @@ class CleanConfig(Options):
     seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
     execution: Execution = group(Execution, panel=OUTPUT)
 
+    def hashed(self) -> dict:
+        """Without near-dedup nothing is drawn and no MinHash is made: its settings and the seed are
+        left out, so that another --seed (or --num-perm) is not another corpus (the manifest's seed is null)."""
+        recorded = super().hashed()
+        if not self.near_dedup:
+            for name in _MINHASH_SETTINGS:
+                recorded.pop(name)
+        return recorded
+
     def check_given(self, given: frozenset[str]) -> None:
         # --bands 14 --rows 8 typed beside --threshold are the defaults __post_init__ cannot tell from none
         asked = getattr(self, "_asked_bands_rows", None)
@@ -143,8 +153,12 @@ class CleanConfig(Options):
             raise UserError(f"--text-field {self.text_field!r} names no field; pass e.g. --text-field text, or "
                             "--text-field text,content for the first of several a file has")
         if self.languages:
-            from llmkit.corpus.language import known_codes
+            from llmkit.corpus.language import MACRO_LANGUAGES, known_codes
 
+            merged = [code for code in self.languages if code in MACRO_LANGUAGES]
+            if merged:  # detect() reports these as their macro-language: asked for, they would match nothing
+                raise UserError(", ".join(f"--languages {code} is counted as {MACRO_LANGUAGES[code]}" for code in merged)
+                                + f"; pass --languages {','.join(MACRO_LANGUAGES[c] if c in MACRO_LANGUAGES else c for c in self.languages)}")
             known = known_codes()
             unknown = [code for code in self.languages if code not in known]
             if unknown:  # "EN" or a typo would drop every document of that language without a word

@@ -20,8 +20,9 @@ from llmkit.corpus.words import split_words, unspaced_share
 
 Reason = Optional[str]
 
-# Control characters that never occur in text (tab, newline, CR, FF, VT excluded).
-_BINARY_CHARS = re.compile("[\x00-\x08\x0e-\x1f]")
+# Control characters that never occur in text (tab, newline, CR, FF, VT excluded; and the ESC that
+# opens a terminal escape sequence, which cleanup removes: a coloured log line is text).
+_BINARY_CHARS = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f]|\x1b(?!\\[)")
 _GARBLED_CHARS = re.compile("[\ufffd\ue000-\uf8ff\U000f0000-\U0010ffff\ud800-\udfff]")
 
 

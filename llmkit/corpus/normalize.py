@@ -22,6 +22,9 @@ _FTFY = ftfy.TextFixerConfig(
     normalization=None,  # done below with the configured form
 )
 
+# A terminal's escape sequences (colours, cursor moves: "\x1b[31m"): removed whole, as ftfy removes
+# them from the text it repairs (non-ASCII), not just their ESC (which left "[31m" in ASCII text).
+_TERMINAL_ESCAPE = re.compile("\x1b\\[[0-?]*[ -/]*[@-~]")
 # C0/C1 controls except tab and newline, plus DEL; and invisible characters that only get in the way.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
 _ODD_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f]")
@@ -44,6 +47,8 @@ def cleanup(text: str) -> str:
     text = _LINE_BREAK.sub("\n", text)
     if not text.isascii():
         text = _ODD_SPACE.sub(" ", text)
+    if "\x1b" in text:
+        text = _TERMINAL_ESCAPE.sub("", text)
     text = _CONTROL.sub("", text)
     text = _TRAILING_SPACE.sub("\n", text)
     text = _EXTRA_BLANK_LINES.sub("\n\n", text)
@@ -113,7 +118,9 @@ class _TextExtractor(HTMLParser):
             self.parts.append((data, self.preformatted > 0))
 
 
-_LOOKS_LIKE_HTML = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?\s*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
+# a tag, an entity, a comment, a declaration (<!DOCTYPE html>) or a processing instruction (<?xml ...?>)
+_LOOKS_LIKE_HTML = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?\s*>|&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);"
+                              r"|<!--|<![a-zA-Z]|<\?[a-zA-Z]")
 _SPACE_RUN = re.compile("[ \t]+")
 
 

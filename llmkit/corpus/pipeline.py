@@ -165,7 +165,7 @@ def clean(
             )
         elapsed = time.perf_counter() - started
         build.config = cfg.hashed()
-        build.seed = cfg.seed
+        build.seed = cfg.seed if cfg.near_dedup else None  # (only MinHash's permutations are drawn)
         build.runtime = {"workers": used["workers"], **cfg.execution.runtime()}
         build.stats = {
             "documents": kept,

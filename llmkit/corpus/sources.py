@@ -200,12 +200,16 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def _make_labels_unique(sources: list[Source]) -> None:
-    seen: dict[str, int] = {}
+    """The second `data.txt` becomes `data.txt#2` (#3, ...: the first number no input is labelled with)."""
+    given = {source.label for source in sources}
+    taken: set[str] = set()
     for source in sources:
-        count = seen.get(source.label, 0)
-        seen[source.label] = count + 1
-        if count:
-            source.label = f"{source.label}#{count + 1}"
+        if source.label in taken:
+            number = 2
+            while f"{source.label}#{number}" in given | taken:
+                number += 1
+            source.label = f"{source.label}#{number}"
+        taken.add(source.label)
 
 
 def _builtin_source(name: str) -> Source:
@@ -409,7 +413,8 @@ def _text_reader(path: Path, label: str, compression: Optional[str]):
             except _zstd_errors() as exc:
                 raise UserError(f"{label} cannot be decompressed ({exc}); is the file complete?") from None
             _check_not_binary(data, label)
-            yield "", _decode(data, label)
+            text = _decode(data, label)
+            yield "", text[1:] if text.startswith("\ufeff") else text  # a byte order mark is no text (as per line)
         elif options.doc_per == "line":
             for number, line in _lines(path, label, compression, stats, options.skip_bad_lines, lone_cr_breaks=True):
                 if line.strip():

@@ -24,8 +24,12 @@ class PlanConfig(Options):
     vocab_size: int | None = option(None, f"Vocabulary size (default: {DEFAULT_VOCAB}, or the --hf-config's; pretrain takes it from the "
                                     "tokenizer, so give your tokenizer's to plan a config.json's shape with it).",
                                     range="[1, inf)", panel=MODEL_PANEL)
-    placement: Placement = group(Placement, panel=DEVICES_PANEL, gpus=1, micro_batch=8,
-                                 help={"gpus": "Devices per node (GPUs, or CPU processes with --gpu cpu)."})
+    placement: Placement = group(Placement, panel=DEVICES_PANEL, gpus=1,
+                                 help={"gpus": "Devices per node (GPUs, or CPU processes with --gpu cpu).",
+                                       "compile": "Plan a torch.compile run (on a CPU it has the usual head and loss, whose "
+                                                  "logits are whole, not the fused head's chunks)."})
+    nproc: int | None = option(None, "CPU processes, as pretrain's --nproc (the same as --gpus N with --gpu cpu).",
+                               range="[1, inf)", panel=DEVICES_PANEL)
     parallelism: ModelParallelism = group(ModelParallelism, panel=DEVICES_PANEL)
     seq_len: int | None = option(None, "Training sequence length (default: the context length).", range="[1, inf)", panel=DEVICES_PANEL)
     batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank and "
@@ -52,5 +56,12 @@ class PlanConfig(Options):
                 "--" + name.replace("_", "-") for name, value in self.model.overrides().items() if value is not None]
             if typed:
                 raise UserError(f"--hf-config describes the model; leave out {', '.join(typed)} (or --hf-config)")
+        if self.nproc is not None:
+            if self.gpu != "cpu":
+                raise UserError(f"--nproc counts CPU processes and the plan is for --gpu {self.gpu}: add --gpu cpu, "
+                                "or give --gpus N for GPUs")
+            if self.placement.gpus not in (1, self.nproc):
+                raise UserError("--gpus and --nproc both count the processes here: give one of them")
+            self.placement.gpus = self.nproc
         if self.placement.gpus == 0 and self.gpu != "cpu":
             raise UserError(f"--gpus 0 plans no {self.gpu}: give --gpus N (devices per node), or --gpu cpu for CPU processes")

@@ -83,6 +83,7 @@ class Layout:
     pp_schedule: str = "1f1b"
     pp_microbatches: int | None = None  # default: pp (the fewest that fill the pipeline)
     accumulation: int = 1  # micro-batches per step on each rank
+    compiled: bool = False  # torch.compile: on a CPU the usual head and loss, not the fused one
 
     @property
     def world(self) -> int:
@@ -159,11 +160,10 @@ class Layout:
 
     def problem(self, config) -> str | None:
         """Why this layout cannot run this model (None: it can), with the fix."""
-        if self.world % (self.tp * self.pp):
-            return (f"{self.world} devices is not a multiple of tp {self.tp} x pp {self.pp}; choose tp and pp whose product "
-                    f"divides the device count")
-        from llmkit.train.layout import model_layout_problem
+        from llmkit.train.layout import model_layout_problem, world_problem
 
+        if world_problem(self.world, self.tp, self.pp):
+            return world_problem(self.world, self.tp, self.pp)
         return model_layout_problem(config, tp=self.tp, pp=self.pp, schedule=self.pp_schedule, microbatches=self.microbatches,
                                     seq_len=self.seq_len)
 
@@ -298,7 +298,7 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
     activations += block
     if stage == "first":
         logits = 0.0  # the head and the loss are the last stage's
-    elif not on_gpu and layout.tp == 1 and layout.pp == 1:
+    elif not on_gpu and layout.tp == 1 and layout.pp == 1 and not layout.compiled:
         # the CPU's fused head and loss (llmkit/model/fused_loss.py): one chunk of logits, and the head's
         # gradients made in the forward pass (hidden states' and the weight's) until backward takes them
         from llmkit.model.fused_loss import CHUNK_ELEMENTS  # (here: importing it imports torch)
@@ -318,8 +318,9 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
         partial_sums = (layout.accumulation - 1).bit_length()
         gradients += 4 * params * partial_sums
         notes.append(f"per-sequence gradients: up to {partial_sums} partial sum(s) of the gradients while a step accumulates")
-    if device.bf16 and not on_gpu:
-        # autocast's bf16 copies of the (gathered) weights, kept from forward to backward
+    if device.bf16 and not (on_gpu and (layout.compiled or layout.strategy == "fsdp")):
+        # autocast's bf16 copies of the (gathered) weights, kept from forward to backward (on a GPU
+        # FSDP2 gathers them in bf16 itself, and a compiled graph casts them where it uses them)
         transient = 2 * params
     if layout.strategy == "fsdp" and layout.dp > 1:
         # FSDP2 gathers one block's parameters at a time and prefetches the next: in bf16 on a GPU

@@ -128,7 +128,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     place, par = cfg.placement, cfg.parallelism
     layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
                     micro_batch=place.micro_batch, seq_len=seq, activation_checkpointing=place.activation_checkpointing,
-                    pp_schedule=par.pp_schedule, pp_microbatches=par.pp_microbatches)
+                    pp_schedule=par.pp_schedule, pp_microbatches=par.pp_microbatches, compiled=place.compile)
     problem = layout.problem(config)
     if problem:
         raise UserError(problem)

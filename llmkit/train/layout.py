@@ -56,17 +56,21 @@ class Layout:
         return " x ".join(parts)
 
 
+def world_problem(world: int, tp: int, pp: int) -> str | None:
+    """Why `world` processes cannot hold tp x pp (None: they can), with the fix."""
+    ways = tp * pp
+    if ways == 1 or (world >= ways and world % ways == 0):
+        return None
+    asked = " x ".join(f"--{name} {n}" for name, n in (("tp", tp), ("pp", pp)) if n > 1)
+    return (f"{asked} needs a multiple of {ways} processes, this run has {world}; pass --gpus {ways} "
+            f"(or --nproc {ways} on CPU), or a multiple of it for data parallelism beside")
+
+
 def check_world(world: int, tp: int, pp: int) -> None:
     """Before any process starts: the world must be a multiple of tp x pp."""
-    ways = tp * pp
-    if ways == 1:
-        return
-    if world < ways or world % ways:
-        asked = " x ".join(f"--{name} {n}" for name, n in (("tp", tp), ("pp", pp)) if n > 1)
-        raise UsageError(
-            f"{asked} needs a multiple of {ways} processes, this run has {world}; pass --gpus {ways} "
-            f"(or --nproc {ways} on CPU), or a multiple of it for data parallelism beside"
-        )
+    problem = world_problem(world, tp, pp)
+    if problem:
+        raise UsageError(problem)
 
 
 SPLIT_NEEDS_A_LANGUAGE_MODEL = ("--tp/--pp split a language model's own layers; this run trains a classifier head or LoRA "

@@ -130,7 +130,8 @@ class Checkpointing(Options):
 
 @dataclass
 class Placement(Options):
-    """How many devices a run uses and how each step is split over them (shared with `llmkit plan`)."""
+    """How many devices a run uses, how each step is split over them and whether the model is
+    compiled (shared with `llmkit plan`: each changes what a device holds)."""
 
     micro_batch: int = option(16, "Sequences per forward/backward on one device; accumulation makes up the rest.", runtime=True,
                               range="[1, inf)")
@@ -141,6 +142,7 @@ class Placement(Options):
     activation_checkpointing: bool = option(False, "Keep only each block's input and recompute the rest in the backward pass "
                                             "(less memory, about a third more compute).", flags=("--activation-checkpointing",),
                                             runtime=True)
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
 
 
 @dataclass
@@ -166,7 +168,6 @@ def refuse_pipeline_options_without_pp(parallelism: ModelParallelism) -> None:
 class Devices(ModelParallelism, Placement):
     """Where and how a run executes; never changes what it computes, so never hashed."""
 
-    compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
     batch_invariant: bool | None = option(None, "Compute each sequence's weight gradient on its own and sum them in one fixed "
                                           "order, so --micro-batch, --nproc and threads leave the weights the same to the bit "
                                           "(in fp32; under bf16 at one thread count a process) (default: on for a CPU run of a GPT model without --tp/--pp, FSDP or "
