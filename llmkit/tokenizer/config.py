@@ -21,7 +21,8 @@ class TokenizerTrainConfig(Options):
         default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), cli_type=Optional[str], parse=comma_list,
         help="Comma-separated special tokens, given ids 0, 1, ... in order [default: " + ",".join(DEFAULT_SPECIAL_TOKENS) + "].",
     )
-    max_docs: int | None = option(None, "Train on at most this many documents.", range="[1, inf)")
+    max_docs: int | None = option(None, "Train on at most this many documents: the first N pieces in input order "
+                                         "(--sample-bytes draws across the whole input).", range="[1, inf)")
     sample_bytes: int | None = option(None, "Train on about this many bytes, drawn uniformly across the corpus with --seed.",
                                       range="[1, inf)")
     heldout_every: int = option(100, "Hold out about one piece in N (a document or ~8K characters of one; a seeded random draw) for the stats.", range="[2, inf)")
