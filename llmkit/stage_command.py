@@ -58,11 +58,32 @@ class _FlagsShowNoType:
         return params
 
 
-class LlmkitGroup(_FlagsShowNoType, TyperGroup):
+class _HelpIntoAClosedPipe:
+    """`llmkit CMD --help | head`: typer prints help through a rich Console of its own, whose
+    on_broken_pipe exits 1. The reader closing the pipe is no failure here either: while help is
+    printed, that console raises BrokenPipeError, which `cli.main` ends with exit 0 (our own
+    consoles do the same, llmkit/console.py)."""
+
+    def format_help(self, ctx, formatter):
+        from rich.console import Console
+
+        def closed(console: Console) -> None:
+            console.quiet = True
+            raise BrokenPipeError
+
+        exits = Console.on_broken_pipe
+        Console.on_broken_pipe = closed
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            Console.on_broken_pipe = exits
+
+
+class LlmkitGroup(_HelpIntoAClosedPipe, _FlagsShowNoType, TyperGroup):
     """The class of every llmkit command group."""
 
 
-class LlmkitCommand(_FlagsShowNoType, TyperCommand):
+class LlmkitCommand(_HelpIntoAClosedPipe, _FlagsShowNoType, TyperCommand):
     """The class of every llmkit command: also accepts the hidden aliases of renamed options
     (`--output` for `--out`)."""
 
