@@ -497,6 +497,10 @@ def test_bad_inputs(shakespeare, cli, tmp_path):
     existing.mkdir()
     line = _error(cli("pretrain", tokens, "-o", existing, *FAST))
     assert "--resume" in line and "--force" in line
+    # the pair is a usage error, said before any input is read (a missing one, here) or any length noted
+    for command in (["pretrain", tmp_path / "missing"], ["finetune", tmp_path / "missing", "--data", tmp_path / "none.jsonl"]):
+        both = cli(*command, "-o", existing, "--resume", "--force")
+        assert both.exit_code == 2 and _error(both).endswith("--resume continues the run in -o and --force replaces it: give one of them")
     assert not any(p.name.startswith("r") for p in tmp_path.iterdir() if (p / "manifest.json").exists())
 
 

@@ -24,12 +24,13 @@ from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import check_model
-from llmkit.train.launch import keep_recorded_length, launch, planned_split, runtime_record, split_batch, worker_process
+from llmkit.train.launch import keep_recorded_length, launch, refuse_resume_with_force, planned_split, runtime_record, split_batch, worker_process
 from llmkit.train.loop import Trainer
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
              resume: bool = False, force: bool = False) -> Path:
     """Fine-tune and return the run directory, which is then a checkpoint artifact."""
+    refuse_resume_with_force(resume, force)
     checkpoint, data = Path(checkpoint), Path(data)
     art = artifacts.load(checkpoint, kind="checkpoint")
     if not data.exists():
@@ -46,8 +47,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     given = config.was_given("max_steps", "epochs")  # (a typed --epochs 1 is a length given, though the default)
     if given is None:
         given = config.max_steps is not None or config.epochs != config.default_of("epochs")
-    config = keep_recorded_length(config, Path(out), resume=resume and not force, lengths=("max_steps", "epochs"),
-                                  left_out=not given)  # (with --force: launch refuses the pair, no note first)
+    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), left_out=not given)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},

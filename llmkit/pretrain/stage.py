@@ -19,7 +19,7 @@ from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.layout import check_model
-from llmkit.train.launch import (keep_recorded_length, launch, planned_split, planned_world, runtime_record, split_batch,
+from llmkit.train.launch import (keep_recorded_length, launch, refuse_resume_with_force, planned_split, planned_world, runtime_record, split_batch,
                                  worker_process)
 
 
@@ -27,6 +27,7 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
              resume: bool = False, force: bool = False) -> Path:
     """Train and return the run directory, which is then a checkpoint artifact. With `init_from`
     (a checkpoint) training continues from its weights and model: continued pretraining."""
+    refuse_resume_with_force(resume, force)
     tokens = Path(tokens)
     if config.max_steps is not None and config.max_tokens is not None:
         raise UsageError("give --max-steps or --max-tokens, not both")
@@ -37,8 +38,7 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
         _check_init(init, tokens_art, config)
         inputs["init_from"] = str(init.path.resolve())
     _check_before_launch(config, tokens_art, init)
-    # (--force beside --resume resumes nothing: launch refuses the pair, with no note on a length first)
-    config = keep_recorded_length(config, Path(out), resume=resume and not force, lengths=("max_steps", "max_tokens"),
+    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "max_tokens"),
                                   left_out=config.max_steps is None and config.max_tokens is None)
     tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,

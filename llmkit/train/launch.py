@@ -41,6 +41,12 @@ def first_process(devices: Devices) -> bool:
     return devices.node_rank == 0
 
 
+def refuse_resume_with_force(resume: bool, force: bool) -> None:
+    """A training stage's first check (a usage error comes before its inputs are read), and launch's."""
+    if resume and force:
+        raise UsageError("--resume continues the run in -o and --force replaces it: give one of them")
+
+
 def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: Devices, resume: bool, force: bool,
            inputs: dict[str, str], reads: list[Path | str | None] = ()) -> Path:
     """Run a training stage's `entry(config=, out=, resume=, **inputs)` on the devices asked for;
@@ -49,8 +55,7 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
     from llmkit.train import distributed
 
     out = Path(out)
-    if resume and force:
-        raise UsageError("--resume continues the run in -o and --force replaces it: give one of them")
+    refuse_resume_with_force(resume, force)
     from llmkit.model import cpu_gemm
 
     cpu_gemm.library()  # a wrong LLMKIT_CPU_GEMM is this command's usage error, not each worker's
