@@ -84,6 +84,33 @@ def test_pre_tokenizer_splits_numbers_words_and_cjk(tok):
     pieces = [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str("GPT模型 costs 1234567 dollars")]
     raw = [piece_to_bytes(p).decode("utf-8") for p in pieces]
     assert raw == ["GPT", "模型", " costs", " ", "123", "456", "7", " dollars"]
+    # katakana words hold their prolonged sound and half-width voicing marks (script Common, not Katakana)
+    for text, expected in (("データベース", ["データベース"]), ("カレーrice", ["カレー", "rice"]), ("ｶﾞｲﾄﾞ GPT", ["ｶﾞｲﾄﾞ", " GPT"])):
+        pieces = [piece_to_bytes(p).decode("utf-8") for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str(text)]
+        assert pieces == expected, text
+    assert tok.fast_encoding.encode_ordinary("コーヒーとカレーrice、ｶｰﾄﾞ") == tok.encode("コーヒーとカレーrice、ｶｰﾄﾞ")
+
+
+def test_a_tokenizer_trained_with_the_earlier_split_keeps_it_and_its_fast_path(trained, tmp_path):
+    """Until 2026-12-05 the split left ー out of CJK runs: such a tokenizer splits as it was trained
+    to, and tiktoken, given that split too, gives its ids."""
+    from tokenizers import Tokenizer
+
+    from llmkit.data.tokenizer import _CJK, _CJK_BEFORE_2026_12_05
+
+    data = json.loads((trained / "tokenizer.json").read_text(encoding="utf-8"))
+    split = data["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    split["Regex"] = split["Regex"].replace(_CJK, _CJK_BEFORE_2026_12_05)
+    with artifacts.create(tmp_path / "earlier", "tokenizer") as build:
+        (build.dir / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+        (build.dir / "token_bytes.npy").write_bytes((trained / "token_bytes.npy").read_bytes())
+    earlier = load_tokenizer(tmp_path / "earlier")
+    pieces = [p for p, _ in earlier.hf.pre_tokenizer.pre_tokenize_str("コーヒー")]
+    assert [piece_to_bytes(p).decode("utf-8") for p in pieces] == ["コ", "ー", "ヒ", "ー"]
+    assert earlier.fast_encoding is not None
+    text = "コーヒーとカレーrice、ｶｰﾄﾞ: the end"
+    assert earlier.fast_encoding.encode_ordinary(text) == earlier.encode(text) == \
+        Tokenizer.from_str(json.dumps(data)).encode(text, add_special_tokens=False).ids
 
 
 @settings(max_examples=300, deadline=None)

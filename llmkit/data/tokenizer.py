@@ -37,27 +37,42 @@ from llmkit.data.special_tokens import DEFAULT_SPECIAL_TOKENS, REQUIRED_SPECIAL_
 
 # Han, Hiragana and Katakana have no spaces between words: they form pre-tokens of their own so
 # that a CJK run never glues onto neighbouring Latin letters, and BPE learns merges inside it.
-_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
-# The GPT-4 / Llama-3 split: English contractions, words (with one leading non-letter such as
-# a space), CJK runs, numbers in groups of at most 3 digits, punctuation runs, newlines, spaces.
-# The same pattern runs unchanged in Oniguruma (tokenizers) and fancy-regex (tiktoken).
-_PLAIN_PIECES = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
-    rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_CJK}]]+"
-    rf"|[{_CJK}]+"
-    r"|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+"
-)
-# A run of spaces leaves its last one to the word that follows, which takes a lookahead.
-_SPACE_PIECES = r"\s+(?!\S)|\s+"
-SPLIT_PATTERN = f"{_PLAIN_PIECES}|{_SPACE_PIECES}"
-# The same split for tiktoken, faster. fancy-regex walks a top-level alternation that holds a
-# lookahead branch by branch, one call into the regex crate per branch tried; grouped, the
-# lookahead-free branches are one automaton and one call. Leftmost-first alternation keeps the
-# branches' order inside the group, so the pieces are the same (tested against tokenizers);
-# encoding is 1.3x faster (0.60 against 0.46 s on 11 MB of English and Chinese).
-TIKTOKEN_SPLIT_PATTERN = f"(?:{_PLAIN_PIECES})|{_SPACE_PIECES}"
+# The prolonged sound mark ー (and its half-width ｰ) lengthens a katakana vowel, and the half-width
+# voicing marks ﾞ ﾟ voice one (ｶﾞ), but they are of the
+# Common script: outside the class, コーヒー split at every ー and the mark glued onto a Latin word
+# after it (カレーrice: カレ | ーrice).
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\x{FF9E}\x{FF9F}"
+_CJK_BEFORE_2026_12_05 = r"\p{Han}\p{Hiragana}\p{Katakana}"
+
+
+def _split_patterns(cjk: str) -> tuple[str, str]:
+    """The pre-tokenizer's pattern (tokenizers) and the same split for tiktoken, with `cjk` the
+    characters of CJK runs.
+
+    The GPT-4 / Llama-3 split: English contractions, words (with one leading non-letter such as
+    a space), CJK runs, numbers in groups of at most 3 digits, punctuation runs, newlines, spaces;
+    a run of spaces leaves its last one to the word that follows, which takes a lookahead. The
+    same pattern runs unchanged in Oniguruma (tokenizers) and fancy-regex (tiktoken). tiktoken's
+    is faster grouped: fancy-regex walks a top-level alternation that holds a lookahead branch by
+    branch, one call into the regex crate per branch tried; grouped, the lookahead-free branches
+    are one automaton and one call. Leftmost-first alternation keeps the branches' order inside
+    the group, so the pieces are the same (tested against tokenizers); encoding is 1.3x faster
+    (0.60 against 0.46 s on 11 MB of English and Chinese)."""
+    plain = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+        rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{cjk}]]+"
+        rf"|[{cjk}]+"
+        r"|\p{N}{1,3}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+"
+    )
+    spaces = r"\s+(?!\S)|\s+"
+    return f"{plain}|{spaces}", f"(?:{plain})|{spaces}"
+
+
+SPLIT_PATTERN, TIKTOKEN_SPLIT_PATTERN = _split_patterns(_CJK)
+# Each split llmkit has trained tokenizers with -> tiktoken's form of it (the fast path of older ones too).
+FAST_SPLITS = dict([_split_patterns(_CJK), _split_patterns(_CJK_BEFORE_2026_12_05)])
 
 
 @lru_cache(maxsize=1)
@@ -438,7 +453,7 @@ def _is_llmkit_shape(config: dict) -> bool:
     split, byte_level = steps
     return (
         split.get("type") == "Split"
-        and split.get("pattern", {}).get("Regex") == SPLIT_PATTERN
+        and split.get("pattern", {}).get("Regex") in FAST_SPLITS
         and split.get("behavior") == "Isolated"
         and not split.get("invert")
         and byte_level.get("type") == "ByteLevel"
@@ -480,7 +495,8 @@ def build_tiktoken_encoding(hf: Any) -> Any | None:
         return None
     try:
         return tiktoken.Encoding(
-            name="llmkit-bpe", pat_str=TIKTOKEN_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+            name="llmkit-bpe", pat_str=FAST_SPLITS[config["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]],
+            mergeable_ranks=ranks, special_tokens=specials
         )
     except Exception:  # noqa: BLE001 - any engine error (e.g. the pattern) just means: use the tokenizers path
         return None
