@@ -564,9 +564,9 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
     if art.manifest.expected_fingerprint() != art.fingerprint:
         problems.append("fingerprint does not match the manifest's contents (the manifest was edited)")
     for ref in art.manifest.inputs:
-        if ref.get("within") is not True:
+        if not _made_inside(art, ref):
             continue
-        inner = _resolve_input_path(art.path, ref["path"], within=True)
+        inner = _resolve_input_path(art.path, ref["path"], within=ref.get("within") is True)
         if not (inner / MANIFEST).is_file():
             problems.append(f"missing input {ref['role']}: {ref['path']} (inside the artifact)")
             continue
@@ -581,8 +581,17 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
         problems += [f"input {ref['role']} ({ref['path']}): {problem}" for problem in report.problems]
         if not report.problems and load(inner, check=False).fingerprint != ref["fingerprint"]:
             problems.append(f"input {ref['role']} ({ref['path']}) is another artifact than the one recorded (fingerprint differs)")
-    inside = sum(1 for ref in art.manifest.inputs if ref.get("within") is True)
+    inside = sum(1 for ref in art.manifest.inputs if _made_inside(art, ref))
     return VerifyReport(art.path, problems, len(art.manifest.all_files), inside)
+
+
+def _made_inside(art: Artifact, ref: dict[str, Any]) -> bool:
+    """Whether an input lies inside the artifact: recorded so ("within", which is not hashed), or a
+    sweep's run, which a sweep makes inside itself (one made before the flag was, or whose flag was
+    removed, is verified all the same; its path is then the one the sweep recorded, inside it)."""
+    if ref.get("within") is True:
+        return True
+    return art.kind == "sweep" and str(ref.get("role", "")).startswith("run:")
 
 
 @dataclass

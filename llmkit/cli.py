@@ -289,6 +289,9 @@ def _stop_writing_stdout() -> None:
 def main() -> None:
     import sys
 
+    from llmkit.runtime import end_with_parent
+
+    end_with_parent()  # (a sweep's run)
     try:
         build_app(named_command(sys.argv[1:]))()
     except BrokenPipeError:  # while printing --help into a closed pipe

@@ -79,14 +79,20 @@ def _headline(art: Artifact) -> str:
             if isinstance(getattr(stats, key), (int, float)):
                 parts.append(f"{key} {num(getattr(stats, key))}")
         return ", ".join(parts) + _measured_earlier(stats)
+    # a sweep's and a fit's figures from their hashed files (verify vouches for those, not for stats);
+    # an artifact made before the file was: from its stats
     if art.kind == "sweep":
-        losses = [r["final_val_loss"] for r in s.get("runs", []) if isinstance(r.get("final_val_loss"), (int, float))]
-        return f"{len(s.get('runs', []))} runs" + (f", best val_loss {num(min(losses))}" if losses else "")
+        runs = _hashed_json(art, "runs.json", list)
+        runs = s.get("runs", []) if runs is None else runs
+        losses = [r["final_val_loss"] for r in runs if isinstance(r, dict) and isinstance(r.get("final_val_loss"), (int, float))]
+        return f"{len(runs)} runs" + (f", best val_loss {num(min(losses))}" if losses else "")
     if art.kind == "scaling":
-        parts = [f"alpha {num(s.get('alpha'), 3)}", f"beta {num(s.get('beta'), 3)}"]
-        if isinstance(s.get("params_exponent"), float):
-            parts.append(f"N_opt ∝ C^{s['params_exponent']:.2f}")
-        headline = ", ".join(parts) + f" ({s.get('points')} points)"
+        fit = _hashed_json(art, "fit.json", dict)
+        figures = {**fit["approach3"], "points": fit.get("points")} if isinstance((fit or {}).get("approach3"), dict) else s
+        parts = [f"alpha {num(figures.get('alpha'), 3)}", f"beta {num(figures.get('beta'), 3)}"]
+        if isinstance(figures.get("params_exponent"), float):
+            parts.append(f"N_opt ∝ C^{figures['params_exponent']:.2f}")
+        headline = ", ".join(parts) + f" ({figures.get('points')} points)"
         # constants a reader would otherwise take for a law
         return headline + ("; undetermined: no compute-optimal split" if _undetermined(art) else "")
     if art.kind == "eval":
@@ -94,6 +100,18 @@ def _headline(art: Artifact) -> str:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         return ", ".join(f"{k} {num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
     return ""
+
+
+def _hashed_json(art: Artifact, name: str, shape: type):
+    """The JSON of one of the artifact's hashed files, if it lists it and it reads as `shape`; else None
+    (a damaged file: load's size check or verify names it)."""
+    if name not in art.manifest.files:
+        return None
+    try:
+        value = json.loads((art.path / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, shape) else None
 
 
 def _undetermined(art: Artifact) -> bool:

@@ -211,6 +211,28 @@ def idle_cores() -> int:
     return CoreMeter().idle_cores()
 
 
+# Set by a command that starts llmkit commands and waits for them (a sweep's runs) to its own pid.
+END_WITH_PARENT = "LLMKIT_END_WITH_PARENT"
+
+
+def end_with_parent() -> None:
+    """In a child started with END_WITH_PARENT: when that parent dies, even by SIGKILL, this process
+    gets SIGTERM (Linux's PR_SET_PDEATHSIG) and stops as after Ctrl-C, keeping its checkpoints,
+    instead of training on with nobody waiting for it (and racing the parent's rerun)."""
+    parent = os.environ.pop(END_WITH_PARENT, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl to call: the child outlives a killed parent, as before
+        return
+    if str(os.getppid()) != parent:  # the parent died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def let_idle_threads_sleep() -> None:
     """Make idle OpenMP threads sleep instead of spin; must run before torch is imported.
 

@@ -344,3 +344,28 @@ def test_a_stopped_command_says_what_rerunning_it_does(monkeypatch, command, say
     monkeypatch.setattr("llmkit.artifacts.load", stopped)
     result = CliRunner().invoke(cli.build_app(cli.named_command(command)), command)
     assert result.exit_code == 130 and f"error: interrupted; {says}" in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_started_to_end_with_its_parent_is_stopped_when_the_parent_is_killed(tmp_path):
+    """A sweep's runs: SIGKILL of the sweep left them training with nobody to wait for them."""
+    import signal
+    import time
+
+    marker = tmp_path / "terminated"
+    child = ("import signal, sys, time\n"
+             "from llmkit.runtime import end_with_parent\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(143)))\n"
+             "end_with_parent()\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    parent = ("import os, subprocess, sys, time\n"
+              "from llmkit.runtime import END_WITH_PARENT\n"
+              f"subprocess.Popen([sys.executable, '-c', {child!r}], env=dict(os.environ, **{{END_WITH_PARENT: str(os.getpid())}}))\n"
+              "time.sleep(60)\n")
+    started = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert started.stdout.readline().strip() == "ready"  # (the child's line: the parent prints none)
+    started.send_signal(signal.SIGKILL)
+    started.wait()
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()

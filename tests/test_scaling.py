@@ -203,6 +203,14 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
         "total (the CSV's, as --count says)"
     fit = json.loads((a.path / "fit.json").read_text())
     assert [row["flops"] for row in fit["budgets"]] == [1e20, 1e22]
+    # report's headline is the hashed fit.json's, whatever the (unhashed) stats beside it say
+    from llmkit.inspect_view import _headline
+
+    manifest = json.loads((b.path / "manifest.json").read_text())
+    manifest["stats"].update(alpha=0.34, beta=0.28, params_exponent=0.5)
+    (b.path / "manifest.json").write_text(json.dumps(manifest))
+    assert artifacts.verify(b.path).ok and _headline(artifacts.load(b.path)) == _headline(a)
+    assert _headline(a).startswith(f"alpha {fit['approach3']['alpha']:.3g}, beta {fit['approach3']['beta']:.3g}")
     assert all(row["params_interval"][0] <= row["params"] <= row["params_interval"][1] for row in fit["budgets"])
     assert sorted(p.name for p in (a.path / "plots").iterdir()) == ["frontier.png", "isoflop.png", "loss_vs_params.png",
                                                                     "loss_vs_tokens.png"]
@@ -400,6 +408,36 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
         f"input run:{rows[0]['name']} (runs/{rows[0]['name']}): changed file: model.safetensors (sha256 differs from the manifest)",
         f"missing input run:{rows[1]['name']}: runs/{rows[1]['name']} (inside the artifact)"]
     assert "so do the 4 artifacts inside it" in cli("verify", out).output
+    # "within" is not hashed: a manifest without it (a sweep made before it was, or an edited one) has its runs verified all the same
+    manifest = json.loads((copied / "manifest.json").read_text())
+    for ref in manifest["inputs"]:
+        if ref.pop("within", None):
+            ref["path"] = f"copied/{ref['path']}"  # (as sweeps recorded them: from the sweep's parent)
+    (copied / "manifest.json").write_text(json.dumps(manifest))
+    problems = artifacts.verify(copied).problems
+    assert len(problems) == 2 and "changed file: model.safetensors" in problems[0] + problems[1]
+    # The report's headline reads the hashed table, not the stats beside it
+    forged = json.loads((out / "manifest.json").read_text())
+    forged["stats"]["runs"] = forged["stats"]["runs"][:1]
+    from llmkit.inspect_view import _headline
+
+    shutil.copytree(out, tmp_path / "forged")
+    (tmp_path / "forged" / "manifest.json").write_text(json.dumps(forged))
+    assert _headline(artifacts.load(tmp_path / "forged")) == _headline(sweep) and _headline(sweep).startswith("4 runs, best val_loss")
+    # A rerun with other options is refused before anything trains when a run was only interrupted (a checkpoint, no manifest)
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(out, interrupted)
+    first = interrupted / "runs" / rows[0]["name"]
+    shutil.copytree(first, tmp_path / "step")
+    (first / "manifest.json").unlink()
+    (interrupted / "manifest.json").unlink()  # (the sweep unfinished too, as it is while a run is)
+    (first / "checkpoints").mkdir(exist_ok=True)
+    shutil.move(tmp_path / "step", first / "checkpoints" / "step_00000004")
+    before = {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*") if p.is_file()}
+    relr = cli("sweep", tokens, "-o", interrupted, *SWEEP[:12], "--lr", "1e-3", *SWEEP[14:])
+    assert relr.exit_code != 0 and f"{rows[0]['name']} was interrupted (step_00000004 saved) after training with other options" \
+        in " ".join(relr.output.split()), relr.output
+    assert {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*") if p.is_file()} == before
     # Unfinished, a folder of another grid's runs is refused too, and so is a run trained differently.
     (tampered / "manifest.json").unlink()
     unfinished = cli("inspect", tampered)

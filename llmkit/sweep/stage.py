@@ -27,6 +27,7 @@ from typing import Any
 
 from llmkit import artifacts
 from llmkit.errors import Terminated, UserError, debug_enabled
+from llmkit.runtime import END_WITH_PARENT
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
@@ -159,22 +160,28 @@ def _sweep_config(config: SweepConfig) -> dict:
 
 
 def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifacts.Artifact) -> bool:
-    """Whether the run is already done; one done with other options or on other tokens is refused
-    (a finished sweep rerun with another --lr, say), before the sweep changes anything on disk.
-    (An interrupted run is checked by pretrain --resume itself.)"""
+    """Whether the run is already done; one done, or interrupted after a checkpoint, with other
+    options or on other tokens is refused (a sweep rerun with another --lr, say), before the sweep
+    changes anything on disk: else the other runs would train with the new options first, and the
+    interrupted one's pretrain --resume refuse them after."""
+    from llmkit.train.checkpoint import latest_checkpoint
+
     target = out / RUNS / run.name
-    if not (target / artifacts.MANIFEST).is_file():
+    finished = (target / artifacts.MANIFEST).is_file()
+    saved = target if finished else latest_checkpoint(target)
+    if saved is None:
         return False
-    done = artifacts.load(target, kind="checkpoint")
+    done = artifacts.load(saved, kind="checkpoint")
+    trained = "was trained" if finished else f"was interrupted ({saved.name} saved) after training"
     if _tokens_of(done) != tokens_art.fingerprint:
-        raise UserError(f"{target} was trained on other tokens than {tokens_art.path}; rerun with --force to start the sweep "
+        raise UserError(f"{target} {trained} on other tokens than {tokens_art.path}; rerun with --force to start the sweep "
                         "over, or write it to another -o")
     validated = {key: done.manifest.runtime.get(key, done.config.get(key)) for key in _validation(run.config)}  # (config: before 2026-12-02)
     if recorded_options(done.config) != json.loads(artifacts.canonical_json(run.config.hashed())) or \
-            validated != _validation(run.config):
-        raise UserError(f"{target} was trained with other options than this sweep plans; rerun with --force to start the "
-                        "sweep over, or write it to another -o")
-    return True
+            (finished and validated != _validation(run.config)):  # (an interrupted run may validate otherwise when resumed)
+        raise UserError(f"{target} {trained} with other options than this sweep plans; rerun with the options it was started "
+                        "with, with --force to start the sweep over, or write it to another -o")
+    return finished
 
 
 def _prepare(run: PlannedRun, out: Path, done: bool) -> RunState:
@@ -218,6 +225,7 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     state = queue.pop(0)
                     slot = free.pop(0)
                     env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[slot]) if gpus else dict(os.environ)
+                    env[END_WITH_PARENT] = str(os.getpid())  # a killed sweep takes its runs with it (runtime.end_with_parent)
                     log = open(out / LOGS / f"{state.run.name}.log", "a", encoding="utf-8")
                     state.log_start = log.tell()
                     state.process = subprocess.Popen(_command(state, tokens, out, threads), stdout=log, stderr=subprocess.STDOUT,
