@@ -594,6 +594,29 @@ def _made_inside(art: Artifact, ref: dict[str, Any]) -> bool:
     return art.kind == "sweep" and str(ref.get("role", "")).startswith("run:")
 
 
+def input_problems(art: Artifact) -> list[tuple[str, bool]]:
+    """What became of the inputs an artifact recorded, as (problem, damage): one made inside it
+    that is gone (damage: the artifact is incomplete), and one replaced since (another artifact at
+    its path now: the numbers shown came from the one that was there) or damaged. Its direct inputs
+    only; one elsewhere that is gone is no problem (a project folder moved, a data set deleted)."""
+    problems = []
+    for ref in art.manifest.inputs:
+        where = _resolve_input_path(art.path, ref["path"], within=ref.get("within") is True)
+        if not (where / MANIFEST).is_file():
+            if _made_inside(art, ref):
+                problems.append((f"its input {ref['role']} ({ref['path']}) is missing inside it", True))
+            continue
+        try:
+            there = load(where, check=False).fingerprint
+        except UserError:
+            problems.append((f"its input {ref['role']} at {where} is damaged", _made_inside(art, ref)))
+            continue
+        if there != ref["fingerprint"]:
+            problems.append((f"its input {ref['role']} at {where} was replaced since (another artifact there now, "
+                             f"{there[:12]})", _made_inside(art, ref)))
+    return problems
+
+
 @dataclass
 class LineageNode:
     role: str

@@ -217,15 +217,15 @@ def _root(
 
 def inspect_command(
     path: Annotated[Path, typer.Argument(help="Artifact directory.")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print the raw manifest as JSON.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the raw manifest (manifest.json as it is on disk).")] = False,
 ) -> None:
     """Show an artifact's manifest and its lineage (inputs of inputs)."""
     from llmkit import artifacts
     from llmkit.inspect_view import print_artifact
 
     art = artifacts.load(path)
-    if json_output:
-        typer.echo(art.manifest.to_json(), nl=False)
+    if json_output:  # (what the file holds, fields this version does not know included)
+        typer.echo((art.path / artifacts.MANIFEST).read_text(encoding="utf-8"), nl=False)
         return
     with _damage_named(path):
         print_artifact(art, artifacts.lineage(path))

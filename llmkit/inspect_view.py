@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from llmkit.artifacts import Artifact, LineageNode
-from llmkit.console import out, styled
+from llmkit.artifacts import Artifact, LineageNode, input_problems
+from llmkit.console import err, out, styled
 from llmkit.model.records import CheckpointStats
 
 
@@ -167,7 +167,7 @@ def print_report(arts: list[Artifact]) -> list[Path]:
 
     folders = [str(art.path.resolve().parent) for art in arts]
     common = os.path.commonpath(folders) if folders else "."
-    rows, damaged = [], []
+    rows, damaged, notes, incomplete = [], [], [], []
     for art in arts:
         try:
             headline = _headline(art)
@@ -177,6 +177,10 @@ def print_report(arts: list[Artifact]) -> list[Path]:
             damaged.append(art.path)
             headline = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
         rows.append((os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], headline))
+        problems = input_problems(art)
+        notes += [f"{rows[-1][0]}: {problem}" for problem, _ in problems]
+        if any(damage for _, damage in problems):
+            incomplete.append(art.path)
     if len(damaged) == len(arts):
         raise UserError(f"no artifact could be read: {', '.join(map(str, damaged))}; llmkit verify shows what changed in one")
     table = Table(title=f"artifacts in {common}", title_justify="left")
@@ -187,7 +191,9 @@ def print_report(arts: list[Artifact]) -> list[Path]:
     for row in rows:
         table.add_row(*row)
     out.print(table)
-    return damaged
+    for note in notes:  # (a recipe rerun that stopped part way: its later stages' rows are of the earlier run)
+        err.print(styled("note:", "yellow", f" {note}"), soft_wrap=True)
+    return damaged + [path for path in incomplete if path not in damaged]
 
 
 def _measured_earlier(stats: CheckpointStats) -> str:

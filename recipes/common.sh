@@ -15,7 +15,8 @@ case "$SIZE" in
   default|tiny) ;;
   *) echo "error: SIZE must be default or tiny, got '$SIZE'" >&2; exit 2 ;;
 esac
-mkdir -p "$OUT"  # (relative to where you run the recipe; the data folder is found from the repository)
+# OUT is relative to where you run the recipe (the data folder is found from the repository); each
+# stage makes it, so a recipe that stops at a missing data set leaves no empty folder behind
 
 need_data() {  # need_data FILE...: fail early, naming the variable to set
   for f in "$@"; do

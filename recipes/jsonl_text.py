@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 
 def main() -> None:
     if len(sys.argv) < 4:
         sys.exit(__doc__)
     out, source, fields = sys.argv[1], sys.argv[2], sys.argv[3:]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(source, encoding="utf-8") as rows, open(out, "w", encoding="utf-8") as handle:
         for line in rows:
             record = json.loads(line)

@@ -19,7 +19,7 @@ stage tokenizer train; llmkit tokenizer train "$OUT/corpus" -o "$OUT/tokenizer" 
 stage tokenize;        llmkit tokenize "$OUT/corpus" --tokenizer "$OUT/tokenizer" -o "$OUT/tokens" --seed "$SEED" --force
 stage pretrain;        llmkit pretrain "$OUT/tokens" -o "$OUT/pretrain" "${MODEL[@]}" "${PRETRAIN[@]}" --seed "$SEED" --force
 stage "instruction data from the corpus"
-"$PYTHON" "$REPO/recipes/docs_qa.py" "$OUT/corpus" "$OUT/qa" "${QA[@]}"
+"$PYTHON" "$REPO/recipes/docs_qa.py" "$OUT/corpus" "$OUT/qa" ${QA[@]+"${QA[@]}"}
 stage finetune;        llmkit finetune "$OUT/pretrain" --task sft --template plain --data "$OUT/qa/train.jsonl" --truncate \
                          -o "$OUT/sft" "${FINETUNE[@]}" --seed "$SEED" --force
 stage "generate: the pretrained model continues a text"

@@ -21,5 +21,5 @@ stage clean;           llmkit clean builtin:python-docs -o "$OUT/corpus" --seed 
 stage tokenizer train; llmkit tokenizer train "$OUT/corpus" -o "$OUT/tokenizer" --vocab-size "$VOCAB" --seed "$SEED" --force
 stage tokenize;        llmkit tokenize "$OUT/corpus" --tokenizer "$OUT/tokenizer" -o "$OUT/tokens" --seed "$SEED" --force
 stage sweep;           llmkit sweep "$OUT/tokens" -o "$OUT/sweep" "${SWEEP[@]}" --seed "$SEED" --force
-stage scaling fit;     llmkit scaling fit "$OUT/sweep" -o "$OUT/fit" --budget 1e13,1e14 "${FIT[@]}" --seed "$SEED" --force
+stage scaling fit;     llmkit scaling fit "$OUT/sweep" -o "$OUT/fit" --budget 1e13,1e14 ${FIT[@]+"${FIT[@]}"} --seed "$SEED" --force
 stage results;         llmkit report "$OUT"/{corpus,tokenizer,tokens,sweep,fit}

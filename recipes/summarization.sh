@@ -25,5 +25,5 @@ stage pretrain;        llmkit pretrain "$OUT/tokens" -o "$OUT/pretrain" "${MODEL
 stage finetune;        llmkit finetune "$OUT/pretrain" --task sft --template summarize --data "$DATA/summarization/train.jsonl" \
                          --truncate -o "$OUT/sft" "${FINETUNE[@]}" --seed "$SEED" --force
 stage eval;            llmkit eval "$OUT/sft" --metric rouge --data "$DATA/summarization/test.jsonl" \
-                         --max-new-tokens "$NEW" "${EVAL[@]}" -o "$OUT/eval" --seed "$SEED" --force
+                         --max-new-tokens "$NEW" ${EVAL[@]+"${EVAL[@]}"} -o "$OUT/eval" --seed "$SEED" --force
 stage results;         llmkit report "$OUT"/{corpus,tokenizer,tokens,pretrain,sft,eval}

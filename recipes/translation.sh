@@ -25,5 +25,5 @@ stage finetune;        llmkit finetune "$OUT/pretrain" --task sft --template tra
                          --truncate -o "$OUT/sft" "${FINETUNE[@]}" --seed "$SEED" --force
 stage generate;        llmkit generate "$OUT/sft" --prompt "Ein Hund läuft über eine Wiese." --max-new-tokens "$NEW" --greedy --seed "$SEED"
 stage eval;            llmkit eval "$OUT/sft" --metric bleu --metric chrf --data "$DATA/translation/test.jsonl" \
-                         --max-new-tokens "$NEW" "${EVAL[@]}" -o "$OUT/eval" --seed "$SEED" --force
+                         --max-new-tokens "$NEW" ${EVAL[@]+"${EVAL[@]}"} -o "$OUT/eval" --seed "$SEED" --force
 stage results;         llmkit report "$OUT"/{corpus,tokenizer,tokens,pretrain,sft,eval}

@@ -82,6 +82,10 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     assert "corpus artifact" in result.output and artifacts.load(corpus).fingerprint[:12] in result.output
     as_json = cli("inspect", corpus, "--json")
     assert json.loads(as_json.output)["kind"] == "corpus"
+    # the raw manifest: a field this version does not know is shown too (it was dropped)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    (corpus / "manifest.json").write_text(json.dumps({**manifest, "extra": {"by": "a later version"}}))
+    assert json.loads(cli("inspect", corpus, "--json").output)["extra"] == {"by": "a later version"}
 
 
 def test_inspect_shows_the_whole_command_as_typed(cli, tmp_path, monkeypatch):
@@ -287,6 +291,21 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     result = cli("report", other, tmp_path / "eval")
     assert result.exit_code == 1 and "1 docs" in result.output and "cannot be read" in result.output, result.output
     assert f"1 artifact(s) could not be read: {tmp_path / 'eval'}" in result.output.strip().splitlines()[-1]
+
+
+def test_report_notes_an_input_replaced_since(cli, tmp_path):
+    """A recipe rerun that stopped part way leaves later stages' artifacts of the earlier run beside
+    the new ones: their rows say so (not damage: exit 0)."""
+    corpus = _corpus(tmp_path / "corpus")
+    with artifacts.create(tmp_path / "eval", "eval", inputs=[corpus]) as build:
+        (build.dir / "metrics.json").write_text(json.dumps({"bleu": 31.25}))
+        build.add_input("corpus", artifacts.load(corpus))
+    assert "note:" not in cli("report", tmp_path).output
+    with artifacts.create(corpus, "corpus", force=True) as build:  # rebuilt with another seed
+        (build.dir / "a.txt").write_text("text")
+        build.seed = 4
+    result = cli("report", tmp_path)
+    assert result.exit_code == 0 and f"note: eval: its input corpus at {corpus} was replaced since" in " ".join(result.output.split())
 
 
 def test_help_shows_brackets_as_typed():

@@ -133,6 +133,7 @@ def test_recipe_names_a_missing_data_folder(tmp_path):
     )
     assert proc.returncode == 1
     assert "LLMKIT_SHARED_DATA" in proc.stderr
+    assert not (tmp_path / "out").exists()  # (nothing left behind: an empty output folder was)
 
 
 def test_scaling_recipe_sweeps_fits_and_plots_at_tiny_size(tmp_path):

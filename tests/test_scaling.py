@@ -416,6 +416,9 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     (copied / "manifest.json").write_text(json.dumps(manifest))
     problems = artifacts.verify(copied).problems
     assert len(problems) == 2 and "changed file: model.safetensors" in problems[0] + problems[1]
+    reported = cli("report", copied)  # a run gone from inside the sweep: the sweep is incomplete, not only stale
+    assert reported.exit_code == 1 and f"run:{rows[1]['name']} (copied/runs/{rows[1]['name']}) is missing inside it" in \
+        " ".join(reported.output.split()), reported.output
     # The report's headline reads the hashed table, not the stats beside it
     forged = json.loads((out / "manifest.json").read_text())
     forged["stats"]["runs"] = forged["stats"]["runs"][:1]
