@@ -387,6 +387,17 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and "even with its 'source' cut, the prompt does not fit" in lines[0], result.output
     assert not (tmp_path / "wordy").exists()
+    # --stop '' is none (the end token ends a prediction); a reference holding the stop string is counted in a note
+    multiline = tmp_path / "multiline.jsonl"
+    multiline.write_text("".join(json.dumps({"source": r["source"], "target": r["target"] + "\nSecond line."}) + "\n" for r in rows))
+    noted = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", multiline, "--max-new-tokens", "12",
+                "--prompt-template", "German: {source}\nEnglish:", "-o", tmp_path / "multiline")
+    assert noted.exit_code == 0 and "note: 6 of 6 references hold the stop string '\\n' (--stop)" in noted.output, noted.output
+    unstopped = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", data, "--limit", "2", "--max-new-tokens", "12", "--stop", "",
+                    "--prompt-template", "German: {source}\nEnglish:", "-o", tmp_path / "unstopped")
+    assert unstopped.exit_code == 0 and artifacts.load(tmp_path / "unstopped").config["stop"] == [], unstopped.output
+    free = Generator(loaded.model, loaded.tokenizer).complete(prompts[:2], GenerationParams(max_new_tokens=12))
+    assert [r["prediction"] for r in _records(tmp_path / "unstopped")] == [g.text.strip() for g in free]
 
 
 def test_a_prompt_is_cut_only_past_what_generation_attends_to(loaded):
@@ -628,6 +639,14 @@ def test_word_perplexity_left_out_when_text_has_almost_no_whitespace_words():
     assert math.isclose(metrics["bpb"], 18000.0 / (9000 * math.log(2)))
     spaced = PerplexityResult(nll=300.0, tokens=100, words=60, bytes=400, documents=1).metrics
     assert math.isclose(spaced["word_perplexity"], math.exp(5.0))
+
+
+def test_word_perplexity_asked_for_and_left_out_is_said(cli, gpt2_ckpt, shared_data, tmp_path):
+    text = tmp_path / "zh.txt"
+    text.write_text((shared_data / "chinese.txt").read_text(encoding="utf-8")[:1500].replace(" ", "").replace("\n", ""), encoding="utf-8")
+    result = cli("eval", gpt2_ckpt, "-m", "word_perplexity", "--data", text, "-o", tmp_path / "zh")
+    assert result.exit_code == 0 and "word_perplexity" not in _metrics(tmp_path / "zh"), result.output
+    assert "note: word_perplexity left out: 3 whitespace-separated words for 4,392 tokens" in " ".join(result.output.split()), result.output
 
 
 def test_integer_labels_name_classes_whose_names_are_numbers():

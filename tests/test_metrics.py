@@ -147,6 +147,26 @@ def test_chinese_rouge_per_character(shared_data):
     assert unicode["rouge1"] == pytest.approx(ours["rouge1"])  # Chinese: one token per character either way
 
 
+def test_rouge_notes_references_its_default_tokenizer_cannot_read_and_label_is_no_text_reference(cli, shared_data, tmp_path):
+    lines = [l.strip() for l in (shared_data / "chinese.txt").read_text(encoding="utf-8").splitlines() if l.strip()][:20]
+    (tmp_path / "hyp.txt").write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")
+    (tmp_path / "ref.txt").write_text("\n".join(lines[10:19] + ["an English line"]) + "\n", encoding="utf-8")
+    result = cli("eval", "-m", "rouge", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "ref.txt", "-o", tmp_path / "r")
+    assert result.exit_code == 0 and "note: 9 of 10 references have no token ROUGE's default tokenizer keeps" in \
+        " ".join(result.output.split()), result.output
+    quiet = cli("eval", "-m", "rouge", "--rouge-tokenize", "char", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "ref.txt",
+                "-o", tmp_path / "c")
+    assert quiet.exit_code == 0 and "note:" not in quiet.output
+    # a labelled file's `label` is a reference for classification metrics only
+    rows = [json.loads(l) for l in (shared_data / "sentiment" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:5]]
+    (tmp_path / "sst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "sst-hyp.txt").write_text("".join(f"{r['label']}\n" for r in rows), encoding="utf-8")
+    bleu = cli("eval", "-m", "bleu", "--predictions", tmp_path / "sst-hyp.txt", "-r", tmp_path / "sst.jsonl", "-o", tmp_path / "b")
+    assert bleu.exit_code != 0 and "--reference-field" in bleu.output and not (tmp_path / "b").exists(), bleu.output
+    accuracy = cli("eval", "-m", "accuracy", "--predictions", tmp_path / "sst-hyp.txt", "-r", tmp_path / "sst.jsonl", "-o", tmp_path / "a")
+    assert accuracy.exit_code == 0 and json.loads((tmp_path / "a" / "metrics.json").read_text())["accuracy"] == 1.0
+
+
 def test_classification_equals_sklearn():
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 

@@ -304,6 +304,13 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
     from llmkit.inference.prompts import chat_stop_ids
 
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
+    broken = sum(1 for refs in references if any(stop in r.strip() for r in refs for stop in cfg.stop))
+    if broken:  # (a multi-line reply or summary, and predictions cut at their first line: scores that measure the cut)
+        from llmkit.console import err
+
+        shown = ", ".join(repr(stop) for stop in cfg.stop)
+        err.print(f"note: {broken} of {len(references)} references hold the stop string {shown} (--stop), where predictions "
+                  "end; --stop '' lets a fine-tuned model end with its end token instead", soft_wrap=True, markup=False)
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
     stops = chat_stop_ids(loaded.tokenizer) if chat else []
     bar, advance = _progress_bar(len(prompts), "generating")

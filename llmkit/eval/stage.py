@@ -244,7 +244,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             # (each prediction would be scored against itself)
             own_file = any(Path(r).resolve() == Path(cfg.predictions).resolve() for r in cfg.references)
             references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions),
-                                         also=None if own_file else cfg.text_field)
+                                         also=None if own_file else cfg.text_field, labels=not text)
             if cfg.limit:
                 predictions, references = predictions[: cfg.limit], references[: cfg.limit]
             stats["examples"] = len(predictions)
@@ -278,6 +278,12 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             if lm:
                 result = model_tasks.perplexity(loaded, cfg)
                 metrics.update(result.metrics)
+                if "word_perplexity" in lm and "word_perplexity" not in result.metrics:  # (asked for by name)
+                    from llmkit.console import err
+
+                    err.print(f"note: word_perplexity left out: {result.words:,} whitespace-separated words for "
+                              f"{result.tokens:,} tokens, so exp(NLL / words) overflows (text written without spaces, as "
+                              "Chinese is); bpb and byte_perplexity compare across tokenizers", soft_wrap=True, markup=False)
                 stats.update(
                     {"tokens": result.tokens, "words": result.words, "bytes": result.bytes, "documents": result.documents, "nll": result.nll}
                 )
@@ -320,6 +326,21 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     return EvalResult(Path(out), metrics, signatures, formatted, stats)
 
 
+def _note_references_rouge_cannot_read(references: list[list[str]]) -> None:
+    """rouge-score's default tokenizer keeps a-z and 0-9 only: a reference in another script has no
+    token, and every ROUGE score of it is 0, which reads like a model that got nothing right."""
+    from llmkit.eval.metrics.rouge_tokenizers import make_tokenizer
+
+    tokenize = make_tokenizer("default").tokenize
+    unread = sum(1 for refs in references if any(r.strip() for r in refs) and not any(tokenize(r) for r in refs))
+    if unread:
+        from llmkit.console import err
+
+        err.print(f"note: {unread} of {len(references)} references have no token ROUGE's default tokenizer keeps (a-z and "
+                  "0-9 only), so they score 0 whatever was predicted; --rouge-tokenize unicode (or char, for Chinese and "
+                  "Japanese) reads other scripts", soft_wrap=True, markup=False)
+
+
 def _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records) -> None:
     from llmkit.eval.text_scores import score_text
 
@@ -334,6 +355,8 @@ def _text_metrics(text, predictions, references, cfg, metrics, signatures, forma
     )
     metrics.update(scores.metrics)
     signatures.update(scores.signatures)
+    if cfg.rouge_tokenize == "default" and any(name.startswith("rouge") for name in text):
+        _note_references_rouge_cannot_read(references)
     formatted.update(scores.formatted)
     for i, (prediction, refs) in enumerate(zip(predictions, references)):
         record = {"task": "text", "index": i, "prediction": prediction, "references": refs}

@@ -16,7 +16,8 @@ from llmkit.jsonl import json_kind, read_text
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PREDICTION_FIELDS = ("prediction", "completion", "text", "output", "hypothesis")
-REFERENCE_FIELDS = ("reference", "references", "target", "summary", "label")
+REFERENCE_FIELDS = ("reference", "references", "target", "summary")
+LABEL_FIELD = "label"  # a reference for classification metrics only (BLEU against "0"/"1" measures nothing)
 
 
 def is_jsonl(path: Path) -> bool:
@@ -87,10 +88,13 @@ def read_predictions(path: Path, field: str | None) -> list[str]:
     return read_segments(path, field, PREDICTION_FIELDS, "--field", allow_lists=False)
 
 
-def read_references(paths: Sequence[Path], field: str | None, count: int, also: str | None = None) -> list[list[str]]:
+def read_references(paths: Sequence[Path], field: str | None, count: int, also: str | None = None,
+                    labels: bool = False) -> list[list[str]]:
     """References per prediction: several files (sacrebleu style) and/or lists inside JSONL. Without
-    `field`, the first of the usual reference names a file has, else `also` (the predictions' --field)."""
-    candidates = tuple(REFERENCE_FIELDS) + ((also,) if also and also not in REFERENCE_FIELDS else ())
+    `field`, the first of the usual reference names a file has (`label` too where `labels`: only
+    classification metrics are asked), else `also` (the predictions' --field)."""
+    candidates = tuple(REFERENCE_FIELDS) + ((LABEL_FIELD,) if labels else ())
+    candidates += (also,) if also and also not in candidates else ()
     streams = [read_segments(p, field, candidates, "--reference-field", allow_lists=True) for p in paths]
     for path, stream in zip(paths, streams):
         if len(stream) != count:

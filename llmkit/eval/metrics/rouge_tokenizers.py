@@ -8,8 +8,8 @@ These tokenizers keep every script:
 - `unicode`: words are runs of Unicode letters/digits with their combining marks (Devanagari's
   vowel signs, Arabic's harakat, an accent typed as its own character), lowercased; characters of
   scripts written without spaces between words (CJK ideographs, kana, Thai, Lao, Khmer, Myanmar,
-  Tibetan) are one token each, with their marks. English text tokenizes exactly as `default`
-  does, with or without `stemmer`.
+  Tibetan) are one token each, with their marks. ASCII English text tokenizes exactly as
+  `default` does, with or without `stemmer` (accented letters, which `default` drops, are kept).
 - `char`: every letter or digit is its own token, with its combining marks (punctuation and
   spaces dropped).
 
