@@ -302,16 +302,14 @@ class Artifact:
         """This artifact's input `role` as its manifest records it, whether or not it is still there."""
         for ref in self.manifest.inputs:
             if ref["role"] == role:
-                return RecordedInput(_resolve_input_path(self.path, ref["path"], ref.get("within") is True), ref.get("kind", ""),
-                                     ref["fingerprint"])
+                return RecordedInput(_input_path(self, ref), ref.get("kind", ""), ref["fingerprint"])
         return None
 
     def input(self, role: str) -> Artifact:
         """Load one of this artifact's inputs by role (resolved relative to this artifact)."""
         for ref in self.manifest.inputs:
             if ref["role"] == role:
-                path = _resolve_input_path(self.path, ref["path"], ref.get("within") is True)
-                art = load(path, kind=ref.get("kind"))
+                art = load(_input_path(self, ref), kind=ref.get("kind"))
                 if art.fingerprint != ref["fingerprint"]:
                     raise UserError(
                         f"input {role!r} of {self.path} changed since it was used "
@@ -321,12 +319,30 @@ class Artifact:
         raise UserError(f"{self.kind} artifact at {self.path} has no input {role!r}")
 
 
-def _resolve_input_path(artifact_dir: Path, stored: str, within: bool = False) -> Path:
-    p = Path(stored)
-    # relative to the folder the artifact really lies in (as _input_ref stored it), not to a link's
-    if within:
-        return Path(artifact_dir).resolve() / p
-    return p if p.is_absolute() else (Path(artifact_dir).resolve().parent / p).resolve()
+SWEEP_RUNS = "runs"  # a sweep's runs lie in SWEEP/runs/NAME, each its input "run:NAME"
+
+
+def _made_inside(art: Artifact, ref: dict[str, Any]) -> bool:
+    """Whether an input lies inside the artifact: recorded so ("within", which is not hashed), or a
+    sweep's run, which a sweep makes inside itself (one made before the flag was, or whose flag
+    was removed, is checked all the same)."""
+    if ref.get("within") is True:
+        return True
+    return art.kind == "sweep" and str(ref.get("role", "")).startswith("run:")
+
+
+def _input_path(art: Artifact, ref: dict[str, Any]) -> Path:
+    """Where an input the manifest records is: one made inside the artifact relative to it (a
+    sweep's run at runs/NAME whatever its record says, so that a sweep made before "within", then
+    renamed or copied, finds its own runs), any other relative to the folder the artifact really
+    lies in (as _input_ref stored it), not to a link's."""
+    root = art.path.resolve()
+    if ref.get("within") is True:
+        return root / ref["path"]
+    if _made_inside(art, ref):
+        return root / SWEEP_RUNS / ref["role"].removeprefix("run:")
+    stored = Path(ref["path"])
+    return stored if stored.is_absolute() else (root.parent / stored).resolve()
 
 
 def _input_ref(role: str, art: Artifact | RecordedInput, out: Path) -> dict[str, Any]:
@@ -566,32 +582,24 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
     for ref in art.manifest.inputs:
         if not _made_inside(art, ref):
             continue
-        inner = _resolve_input_path(art.path, ref["path"], within=ref.get("within") is True)
+        inner = _input_path(art, ref)
+        shown = inner.relative_to(root).as_posix()  # (where it is looked for: a sweep's runs whatever their record says)
         if not (inner / MANIFEST).is_file():
-            problems.append(f"missing input {ref['role']}: {ref['path']} (inside the artifact)")
+            problems.append(f"missing input {ref['role']}: {shown} (inside the artifact)")
             continue
         if inner.resolve() in _seen or root not in inner.resolve().parents:  # (a link back up, or out)
-            problems.append(f"input {ref['role']} ({ref['path']}) leads back to an artifact being verified, or out of it (a link?)")
+            problems.append(f"input {ref['role']} ({shown}) leads back to an artifact being verified, or out of it (a link?)")
             continue
         try:
             report = verify(inner, _seen)
         except UserError as exc:
-            problems.append(f"input {ref['role']} ({ref['path']}): {exc}")
+            problems.append(f"input {ref['role']} ({shown}): {exc}")
             continue
-        problems += [f"input {ref['role']} ({ref['path']}): {problem}" for problem in report.problems]
+        problems += [f"input {ref['role']} ({shown}): {problem}" for problem in report.problems]
         if not report.problems and load(inner, check=False).fingerprint != ref["fingerprint"]:
-            problems.append(f"input {ref['role']} ({ref['path']}) is another artifact than the one recorded (fingerprint differs)")
+            problems.append(f"input {ref['role']} ({shown}) is another artifact than the one recorded (fingerprint differs)")
     inside = sum(1 for ref in art.manifest.inputs if _made_inside(art, ref))
     return VerifyReport(art.path, problems, len(art.manifest.all_files), inside)
-
-
-def _made_inside(art: Artifact, ref: dict[str, Any]) -> bool:
-    """Whether an input lies inside the artifact: recorded so ("within", which is not hashed), or a
-    sweep's run, which a sweep makes inside itself (one made before the flag was, or whose flag was
-    removed, is verified all the same; its path is then the one the sweep recorded, inside it)."""
-    if ref.get("within") is True:
-        return True
-    return art.kind == "sweep" and str(ref.get("role", "")).startswith("run:")
 
 
 def input_problems(art: Artifact) -> list[tuple[str, bool]]:
@@ -601,15 +609,15 @@ def input_problems(art: Artifact) -> list[tuple[str, bool]]:
     only; one elsewhere that is gone is no problem (a project folder moved, a data set deleted)."""
     problems = []
     for ref in art.manifest.inputs:
-        where = _resolve_input_path(art.path, ref["path"], within=ref.get("within") is True)
-        if not (where / MANIFEST).is_file():
-            if _made_inside(art, ref):
-                problems.append((f"its input {ref['role']} ({ref['path']}) is missing inside it", True))
-            continue
+        where = _input_path(art, ref)
         try:
+            if not (where / MANIFEST).is_file():
+                if _made_inside(art, ref):
+                    problems.append((f"its input {ref['role']} ({where.relative_to(art.path.resolve())}) is missing inside it", True))
+                continue
             there = load(where, check=False).fingerprint
-        except UserError:
-            problems.append((f"its input {ref['role']} at {where} is damaged", _made_inside(art, ref)))
+        except (UserError, OSError):  # (a folder this user may not read: is_file raises there)
+            problems.append((f"its input {ref['role']} at {where} cannot be read", _made_inside(art, ref)))
             continue
         if there != ref["fingerprint"]:
             problems.append((f"its input {ref['role']} at {where} was replaced since (another artifact there now, "
@@ -635,7 +643,7 @@ def lineage(path: Path | str, role: str = "output", _seen: frozenset = frozenset
     art = load(path)
     children = []
     for ref in art.manifest.inputs:
-        child_path = _resolve_input_path(art.path, ref["path"], ref.get("within") is True)
+        child_path = _input_path(art, ref)
         recorded = LineageNode(ref["role"], str(child_path), ref.get("kind", "?"), ref["fingerprint"], False, [])
         if not (child_path / MANIFEST).is_file() or str(child_path) in _seen:
             children.append(recorded)

@@ -239,10 +239,12 @@ def report_command(
 
     with _damage_named(*paths):  # (a single artifact's damage, or any outside a row's headline: one line)
         found, damaged = artifacts_in(paths)
-        damaged += print_report(found)
-    if damaged:
-        raise UserError(f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))} (the notes and rows "
-                        "above say why); llmkit verify shows what changed in one")
+        unreadable, incomplete = print_report(found)
+    damaged += unreadable
+    problems = [f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))}"] if damaged else []
+    problems += [f"{len(incomplete)} artifact(s) miss or changed one made inside them: {', '.join(map(str, incomplete))}"] if incomplete else []
+    if problems:
+        raise UserError(f"{'; '.join(problems)} (the notes and rows above say why); llmkit verify shows what changed in one")
 
 
 @contextlib.contextmanager

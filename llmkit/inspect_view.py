@@ -156,11 +156,12 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     return found, damaged
 
 
-def print_report(arts: list[Artifact]) -> list[Path]:
+def print_report(arts: list[Artifact]) -> tuple[list[Path], list[Path]]:
     """One row per artifact, named relative to the folder they share (in the title), so that long
     absolute paths do not crowd out the names on a narrow terminal. An artifact whose headline
     cannot be read (a stats table or metrics.json edited by hand) keeps its row, says so there, and
-    is returned, so that the others are still shown; with none readable, that is the one-line error."""
+    is returned, so that the others are still shown; with none readable, that is the one-line error.
+    Returns those, and the artifacts an artifact made inside them is gone from or changed in."""
     import os
 
     from llmkit.errors import UserError
@@ -193,7 +194,7 @@ def print_report(arts: list[Artifact]) -> list[Path]:
     out.print(table)
     for note in notes:  # (a recipe rerun that stopped part way: its later stages' rows are of the earlier run)
         err.print(styled("note:", "yellow", f" {note}"), soft_wrap=True)
-    return damaged + [path for path in incomplete if path not in damaged]
+    return damaged, [path for path in incomplete if path not in damaged]
 
 
 def _measured_earlier(stats: CheckpointStats) -> str:

@@ -413,9 +413,3 @@ def stop_strings(values: Any) -> list[str]:
     if any(not s for s in strings):
         raise ValueError("an empty stop string would stop at once; leave it out or give the text to stop at")
     return strings
-
-
-def stop_strings_or_none(values: Any) -> list[str]:
-    """--stop where it has a default (eval's newline): `--stop ''` is none, generation then ends at
-    the end token (a stop string that matched before anything could only stop at once)."""
-    return [s for s in unescape_each(values) if s]

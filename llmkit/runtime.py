@@ -226,10 +226,13 @@ def end_with_parent() -> None:
     import signal
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # no prctl to call: the child outlives a killed parent, as before
+        if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+            return  # refused (a sandbox): the child outlives a killed parent, as before
+    except (OSError, AttributeError):  # no prctl to call: likewise
         return
-    if str(os.getppid()) != parent:  # the parent died before the signal was asked for
+    # the parent died before the signal was asked for (its pid is gone: a launcher between the two,
+    # which is this process's parent instead, is no such case)
+    if not process_running(int(parent)):
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -167,6 +167,8 @@ def test_language_filter(shakespeare, chinese, reviews):
     # a code detect() reports under its macro-language would match nothing: named, with the code to pass
     with pytest.raises(UserError, match=r"^--languages yue is counted as zh; pass --languages en,zh$"):
         CleanConfig(languages=["en", "yue"])
+    with pytest.raises(UserError, match=r"^--languages yue is counted as zh, --languages wuu is counted as zh; pass --languages zh$"):
+        CleanConfig(languages=["yue", "wuu"])
     lang, score = detect(chinese[:3000])
     assert lang == "zh" and score > 0.9
     # Short Chinese lines: zh, wuu and yue share the mass; merged, zh clears FineWeb's 0.65.

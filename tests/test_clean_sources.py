@@ -66,6 +66,11 @@ def test_ids_and_labels_hold_no_absolute_path(shared_data, tmp_path, monkeypatch
     labels = [s.label for s in resolve_inputs([str(tmp_path / "data.txt#2"), str(tmp_path / "a" / "data.txt"),
                                                str(tmp_path / "b" / "data.txt"), str(tmp_path / "b" / "data.txt")])]
     assert labels == ["data.txt#2", "data.txt", "data.txt#3", "data.txt#4"]
+    from llmkit.corpus.sources import Source, _make_labels_unique
+
+    many = [Source(label="data.jsonl", size=None, read=None) for _ in range(20_000)]  # shards/*/data.jsonl: at once
+    _make_labels_unique(many)
+    assert len({s.label for s in many}) == 20_000 and many[-1].label == "data.jsonl#20000"
 
 
 def test_jsonl_json_csv_parquet_give_the_same_documents(reviews, tmp_path):

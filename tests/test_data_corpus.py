@@ -85,6 +85,8 @@ def test_text_ranges_cut_between_paragraphs_whatever_their_size(tmp_path, shared
         "book.txt": (shared_data / "tinyshakespeare.txt").read_bytes()[:60_000],
         "windows.txt": b"one\r\ntwo\r\n\r\nthree\r\n \t\r\n\r\nfour\r\n",
         "blank-runs.txt": b"\n\n" + b"a\n" + b"\n" * 9 + b"b\n \n\t\n" * 40 + b"c\n\n\n",
+        # runs that go on with lines the bytes do not call blank, but Python does (U+3000, a lone \r, NEL, \x1c)
+        "other-blanks.txt": "aaaa\n\n\u3000\nbbbb\n\n\x85\ncccc\n\n\x1c\ndddd\n".encode() + b"eeee\n\n\rffff\n\r\n\r\n  \r\ngggg\n",
         "old-mac.txt": b"a\rb\r\rc\n\nd",
         "unicode-blank.txt": "x\n\u3000\ny\n\n\n\nz 红楼梦\n\n梦".encode(),
         "one-paragraph.txt": b"no blank line here\n" * 50,
@@ -102,6 +104,14 @@ def test_text_ranges_cut_between_paragraphs_whatever_their_size(tmp_path, shared
             assert "".join(documents) == handle.read().lstrip(" \t\n\x0b\x0c\u3000"), name
     if max_bytes == 1000:
         assert len(text_file_ranges([tmp_path / "book.txt"], max_bytes=max_bytes)) > 40
+    # a blank line cut by the end of a read block: the run goes on in the next block
+    from llmkit.data.corpus import _next_paragraph
+
+    for block in range(1, 20):
+        with open(tmp_path / "edge.txt", "wb") as handle:
+            handle.write(b"a" * 10 + b"\r\n\r\n  \r\n\r\nbbbb\n")
+        with open(tmp_path / "edge.txt", "rb") as handle:
+            assert _next_paragraph(handle, 0, block=block) == 20, block
 
 
 def test_a_read_task_refuses_a_file_other_than_the_one_the_driver_planned_it_on(tmp_path, shared_data):

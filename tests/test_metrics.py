@@ -163,6 +163,7 @@ def test_rouge_notes_references_its_default_tokenizer_cannot_read_and_label_is_n
     (tmp_path / "sst-hyp.txt").write_text("".join(f"{r['label']}\n" for r in rows), encoding="utf-8")
     bleu = cli("eval", "-m", "bleu", "--predictions", tmp_path / "sst-hyp.txt", "-r", tmp_path / "sst.jsonl", "-o", tmp_path / "b")
     assert bleu.exit_code != 0 and "--reference-field" in bleu.output and not (tmp_path / "b").exists(), bleu.output
+    assert "its 'label' is a reference for classification metrics alone" in " ".join(bleu.output.split())
     accuracy = cli("eval", "-m", "accuracy", "--predictions", tmp_path / "sst-hyp.txt", "-r", tmp_path / "sst.jsonl", "-o", tmp_path / "a")
     assert accuracy.exit_code == 0 and json.loads((tmp_path / "a" / "metrics.json").read_text())["accuracy"] == 1.0
 

@@ -408,17 +408,20 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
         f"input run:{rows[0]['name']} (runs/{rows[0]['name']}): changed file: model.safetensors (sha256 differs from the manifest)",
         f"missing input run:{rows[1]['name']}: runs/{rows[1]['name']} (inside the artifact)"]
     assert "so do the 4 artifacts inside it" in cli("verify", out).output
-    # "within" is not hashed: a manifest without it (a sweep made before it was, or an edited one) has its runs verified all the same
+    # "within" is not hashed: a manifest without it (a sweep made before it was, then copied: its paths name the
+    # folder it was made in) has its own runs verified all the same, at runs/NAME
     manifest = json.loads((copied / "manifest.json").read_text())
     for ref in manifest["inputs"]:
         if ref.pop("within", None):
-            ref["path"] = f"copied/{ref['path']}"  # (as sweeps recorded them: from the sweep's parent)
+            ref["path"] = f"sweep/{ref['path']}"  # (as sweeps recorded them: from the sweep's parent)
     (copied / "manifest.json").write_text(json.dumps(manifest))
-    problems = artifacts.verify(copied).problems
-    assert len(problems) == 2 and "changed file: model.safetensors" in problems[0] + problems[1]
+    assert sorted(artifacts.verify(copied).problems) == [
+        f"input run:{rows[0]['name']} (runs/{rows[0]['name']}): changed file: model.safetensors (sha256 differs from the manifest)",
+        f"missing input run:{rows[1]['name']}: runs/{rows[1]['name']} (inside the artifact)"]
     reported = cli("report", copied)  # a run gone from inside the sweep: the sweep is incomplete, not only stale
-    assert reported.exit_code == 1 and f"run:{rows[1]['name']} (copied/runs/{rows[1]['name']}) is missing inside it" in \
+    assert reported.exit_code == 1 and f"run:{rows[1]['name']} (runs/{rows[1]['name']}) is missing inside it" in \
         " ".join(reported.output.split()), reported.output
+    assert f"1 artifact(s) miss or changed one made inside them: {copied}" in " ".join(reported.output.split())
     # The report's headline reads the hashed table, not the stats beside it
     forged = json.loads((out / "manifest.json").read_text())
     forged["stats"]["runs"] = forged["stats"]["runs"][:1]
@@ -434,13 +437,21 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     shutil.copytree(first, tmp_path / "step")
     (first / "manifest.json").unlink()
     (interrupted / "manifest.json").unlink()  # (the sweep unfinished too, as it is while a run is)
+    for row in rows[1:]:  # the other runs not started: they would have trained with the other options first
+        shutil.rmtree(interrupted / "runs" / row["name"])
     (first / "checkpoints").mkdir(exist_ok=True)
     shutil.move(tmp_path / "step", first / "checkpoints" / "step_00000004")
-    before = {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*") if p.is_file()}
-    relr = cli("sweep", tokens, "-o", interrupted, *SWEEP[:12], "--lr", "1e-3", *SWEEP[14:])
+    before = {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*")}
+    other_lr = ["1e-3" if before_it == "--lr" else arg for before_it, arg in zip([None, *SWEEP], SWEEP)]
+    assert other_lr != SWEEP and len(other_lr) == len(SWEEP)
+    relr = cli("sweep", tokens, "-o", interrupted, *other_lr)
     assert relr.exit_code != 0 and f"{rows[0]['name']} was interrupted (step_00000004 saved) after training with other options" \
         in " ".join(relr.output.split()), relr.output
-    assert {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*")} == before  # no run started
+    # with its own options it resumes from that checkpoint (done: it holds the whole run), and the others train
+    same = cli("sweep", tokens, "-o", interrupted, *SWEEP)
+    assert same.exit_code == 0, same.output
+    assert artifacts.load(interrupted, kind="sweep").fingerprint == sweep.fingerprint
     # Unfinished, a folder of another grid's runs is refused too, and so is a run trained differently.
     (tampered / "manifest.json").unlink()
     unfinished = cli("inspect", tampered)

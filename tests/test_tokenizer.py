@@ -96,7 +96,7 @@ def test_a_tokenizer_trained_with_the_earlier_split_keeps_it_and_its_fast_path(t
     to, and tiktoken, given that split too, gives its ids."""
     from tokenizers import Tokenizer
 
-    from llmkit.data.tokenizer import _CJK, _CJK_BEFORE_2026_12_05
+    from llmkit.data.tokenizer import _CJK, _CJK_BEFORE_2026_12_05, FAST_SPLITS
 
     data = json.loads((trained / "tokenizer.json").read_text(encoding="utf-8"))
     split = data["pre_tokenizer"]["pretokenizers"][0]["pattern"]
@@ -107,7 +107,8 @@ def test_a_tokenizer_trained_with_the_earlier_split_keeps_it_and_its_fast_path(t
     earlier = load_tokenizer(tmp_path / "earlier")
     pieces = [p for p, _ in earlier.hf.pre_tokenizer.pre_tokenize_str("コーヒー")]
     assert [piece_to_bytes(p).decode("utf-8") for p in pieces] == ["コ", "ー", "ヒ", "ー"]
-    assert earlier.fast_encoding is not None
+    assert earlier.fast_encoding is not None and earlier.fast_encoding._pat_str == FAST_SPLITS[split["Regex"]] != \
+        FAST_SPLITS[json.loads((trained / "tokenizer.json").read_text(encoding="utf-8"))["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]]
     text = "コーヒーとカレーrice、ｶｰﾄﾞ: the end"
     assert earlier.fast_encoding.encode_ordinary(text) == earlier.encode(text) == \
         Tokenizer.from_str(json.dumps(data)).encode(text, add_special_tokens=False).ids

@@ -157,8 +157,9 @@ class CleanConfig(Options):
 
             merged = [code for code in self.languages if code in MACRO_LANGUAGES]
             if merged:  # detect() reports these as their macro-language: asked for, they would match nothing
+                codes = dict.fromkeys(MACRO_LANGUAGES.get(code, code) for code in self.languages)  # (order kept, once each)
                 raise UserError(", ".join(f"--languages {code} is counted as {MACRO_LANGUAGES[code]}" for code in merged)
-                                + f"; pass --languages {','.join(MACRO_LANGUAGES[c] if c in MACRO_LANGUAGES else c for c in self.languages)}")
+                                + f"; pass --languages {','.join(codes)}")
             known = known_codes()
             unknown = [code for code in self.languages if code not in known]
             if unknown:  # "EN" or a typo would drop every document of that language without a word

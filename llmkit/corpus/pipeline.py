@@ -73,7 +73,8 @@ def clean(
 
     # format 2: markers append the index's changes (a partial folder of format 1 is started over, not misread)
     # format 3 (2026-12-03): HTML heads, C4's emptied documents, Gopher's top n-gram and a corpus's carried ids changed
-    key = resume.digest({"stage": "clean", "format": 3, "config": cfg.hashed(), "inputs": input_identities(sources)})
+    # format 4 (2026-12-05): terminal escapes, the HTML gate, a whole file's BOM and repeated names' labels changed
+    key = resume.digest({"stage": "clean", "format": 4, "config": cfg.hashed(), "inputs": input_identities(sources)})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)

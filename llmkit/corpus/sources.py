@@ -201,15 +201,18 @@ def _hidden(path: Path, root: Path) -> bool:
 
 def _make_labels_unique(sources: list[Source]) -> None:
     """The second `data.txt` becomes `data.txt#2` (#3, ...: the first number no input is labelled with)."""
-    given = {source.label for source in sources}
-    taken: set[str] = set()
+    used = {source.label for source in sources}
+    seen: set[str] = set()
+    numbers: dict[str, int] = {}  # a label -> the number its next copy tries first
     for source in sources:
-        if source.label in taken:
-            number = 2
-            while f"{source.label}#{number}" in given | taken:
+        if source.label in seen:
+            label, number = source.label, numbers.get(source.label, 2)
+            while f"{label}#{number}" in used:
                 number += 1
-            source.label = f"{source.label}#{number}"
-        taken.add(source.label)
+            numbers[label] = number + 1
+            source.label = f"{label}#{number}"
+            used.add(source.label)
+        seen.add(source.label)
 
 
 def _builtin_source(name: str) -> Source:

@@ -137,9 +137,12 @@ class TextRange:
 
 
 RANGE_BYTES = 64 << 20
-# A run of blank lines after a newline, in bytes: a paragraph starts right after it. (Lines of other Unicode
-# whitespace are blank too, but need not be found: a cut only has to fall between paragraphs, not at every gap.)
-_BLANK_LINES = re.compile(rb"\n(?:[ \t\r\x0b\x0c]*\n)+")
+# A blank line between two newlines, in bytes: a run of blank lines starts there, and goes on to the
+# first line Python reads as text (not blank to `str.strip`: a line of U+3000, or a lone "\r" under
+# universal newlines, is blank too), where the next paragraph starts. (Blank lines that are not
+# found in bytes lose nothing: a cut only has to fall between paragraphs, not at every gap.)
+_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+_LINE_BREAK = re.compile(rb"[\r\n]")  # (universal newlines: "\r\n" is a "\r" break and an empty line)
 
 
 def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> list[TextRange]:
@@ -172,14 +175,25 @@ def _next_paragraph(handle, position: int, block: int = 1 << 20) -> int | None:
     carried, offset = b"", position
     while chunk := handle.read(block):
         window = carried + chunk
-        match = _BLANK_LINES.search(window)
-        if match and match.end() < len(window):
-            return offset - len(carried) + match.end()
+        match = _BLANK_LINE.search(window)
+        start = _first_text_line(window, match.end()) if match else None
+        if start is not None:
+            return offset - len(carried) + start
         # keep the tail: a blank line may straddle two blocks (a newline and trailing whitespace),
         # a run of them go on in the next (kept up to 4 KB of it)
         tail = match.start() if match else window.rfind(b"\n")
         carried = window[tail:] if tail >= 0 and len(window) - tail < 4096 else b""
         offset += len(chunk)
+    return None
+
+
+def _first_text_line(window: bytes, at: int) -> int | None:
+    """Where the first line from `at` on that is not blank starts, or None where the window ends
+    before one is whole (the next block decides)."""
+    while (end := _LINE_BREAK.search(window, at)) is not None:
+        if window[at : end.start()].decode("utf-8", "replace").strip():
+            return at
+        at = end.end()
     return None
 
 

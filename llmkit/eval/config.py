@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmkit.model.ensemble_options import Ensembling
 from llmkit.inference.options import Inference
-from llmkit.options import Options, comma_list, group, option, path_strings, stop_strings_or_none, unescape
+from llmkit.options import Options, comma_list, group, option, path_strings, unescape, unescape_each
 
 METRIC_HELP = (
     "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
@@ -74,7 +74,7 @@ class EvalConfig(Options):
     max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT, range="[1, inf)")
     stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a "
                              "newline; '' for none: a fine-tuned model then ends at its end token).",
-                             parse=stop_strings_or_none, panel=TEXT)
+                             parse=unescape_each, panel=TEXT)
     rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
                                   range="[1, inf)")
     batch_size: int = option(8, "Sequences per forward pass. Does not change the result.", panel=RUN, range="[1, inf)", runtime=True)
@@ -94,7 +94,9 @@ class EvalConfig(Options):
 
         super().__post_init__()
         self.metrics = parse_metrics(self.metrics)  # one spelling recorded, however they were typed
-        self.stop = [s for s in self.stop if s]  # a config file's "" as the flag's: none
+        # `--stop ''` (or a config file's "") is none: a fine-tuned model then ends at its end token (a
+        # stop string that matched before anything could only stop at once)
+        self.stop = [s for s in self.stop if s]
         if isinstance(self.tasks, str):
             self.tasks = comma_list(self.tasks)
         if self.tasks:

@@ -38,7 +38,7 @@ def _check_bleu_tokenizer_runs(name: str) -> None:
     except (ImportError, RuntimeError, OSError, ValueError) as exc:
         needs = {"flores101": "sentencepiece and a download of its model", "flores200": "sentencepiece and a download of "
                  "its model", "ja-mecab": "pip install 'sacrebleu[ja]'", "ko-mecab": "pip install 'sacrebleu[ko]'"}
-        raise UserError(f"--bleu-tokenize {name} cannot run here ({type(exc).__name__}); it needs "
+        raise UserError(f"--bleu-tokenize {name} cannot run here ({' '.join(str(exc).split())}); it needs "
                         f"{needs.get(name, 'more than sacrebleu')}, or pick another tokenizer (13a, intl, zh, char)") from exc
 
 

@@ -95,7 +95,14 @@ def read_references(paths: Sequence[Path], field: str | None, count: int, also: 
     classification metrics are asked), else `also` (the predictions' --field)."""
     candidates = tuple(REFERENCE_FIELDS) + ((LABEL_FIELD,) if labels else ())
     candidates += (also,) if also and also not in candidates else ()
-    streams = [read_segments(p, field, candidates, "--reference-field", allow_lists=True) for p in paths]
+    try:
+        streams = [read_segments(p, field, candidates, "--reference-field", allow_lists=True) for p in paths]
+    except UserError as exc:
+        labelled = not labels and field is None and any(is_jsonl(p) and LABEL_FIELD in (jsonl.read_jsonl(p) or [{}])[0] for p in paths)
+        if not labelled:
+            raise
+        raise UserError(f"{exc} (its {LABEL_FIELD!r} is a reference for classification metrics alone, and text metrics "
+                        "are asked)") from None
     for path, stream in zip(paths, streams):
         if len(stream) != count:
             raise UserError(

@@ -312,7 +312,8 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
         per_entry = tokens * c.vocab_size / layout.tp
         logits = per_entry * (half + 4 + 4) + per_entry * 4 * (layout.logits_in_flight - 1)
     transient = 0.0
-    if not on_gpu and layout.tp == 1 and layout.pp == 1 and layout.strategy == "ddp" and layout.accumulation > 1:
+    if (not on_gpu and layout.tp == 1 and layout.pp == 1 and layout.strategy == "ddp" and layout.accumulation > 1
+            and not layout.compiled):  # (--compile turns per-sequence gradients off by default)
         # per-sequence gradients (the CPU default, llmkit/model/sequence_tree.py): while a step
         # accumulates, the pairwise tree holds partial sums of the gradients beside the newest
         partial_sums = (layout.accumulation - 1).bit_length()

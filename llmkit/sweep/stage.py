@@ -32,7 +32,7 @@ from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
 
-RUNS, CONFIGS, LOGS, PLOTS = "runs", "configs", "logs", "plots"
+RUNS, CONFIGS, LOGS, PLOTS = artifacts.SWEEP_RUNS, "configs", "logs", "plots"
 TABLE = "runs.json"  # the table of finished runs, hashed (stats add each run's wall time)
 
 

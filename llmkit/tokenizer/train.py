@@ -120,7 +120,8 @@ def train_tokenizer(
     # a rerun continues only the very run that was interrupted: same config, seed and input
     # format 2: long lines are cut into pieces at spaces (an earlier run's log holds the old pieces: not continued);
     # format 3: --sample-bytes draws at its own rate over the whole input (an earlier log drew at 1.1 times it)
-    key = resume.digest({"stage": "tokenizer train", "format": 3, "config": config.hashed(), "seed": config.seed,
+    # format 4 (2026-12-05): a text file's paragraphs keep their blank lines, and its ranges are cut after the whole run
+    key = resume.digest({"stage": "tokenizer train", "format": 4, "config": config.hashed(), "seed": config.seed,
                          "input": source.described, "corpus": source.corpus.fingerprint if source.corpus else None})
     with artifacts.create(out, "tokenizer", force=force, inputs=inputs, resume_key=key) as build:
         started = time.perf_counter()
