@@ -57,11 +57,14 @@ class _ErrorsAsOneLine(LlmkitGroup):
                 _print_note(advice_of(exc))
             raise typer.Exit(0)
         except KeyboardInterrupt as exc:
-            stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            import signal
+
+            terminated = isinstance(exc, Terminated) or signal.SIGTERM in _signals_received
+            stopped = "terminated" if terminated else "interrupted"
             # a stage's own advice, where it has one; else what rerunning this command does
             advice = advice_of(exc) or _rerun_advice(ctx.meta.get("llmkit.args", []))
             _print_error(f"{stopped}; {advice}")
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
+            raise typer.Exit(143 if terminated else 130)
         except Exception as exc:
             if debug_enabled():
                 raise
@@ -83,11 +86,15 @@ def _rerun_advice(args: list[str]) -> str:
     return "nothing was written; rerun the command"
 
 
+_signals_received: set[int] = set()
+
+
 def _stop_cleanly_on_sigterm() -> None:
     import signal
     import threading
 
     def terminated(signum, frame):
+        _signals_received.add(signum)  # (Ray's ray.get turns the exception into a plain KeyboardInterrupt)
         raise Terminated()
 
     if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)

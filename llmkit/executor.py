@@ -88,6 +88,9 @@ def connected(address: str | None) -> Iterator[Any]:
     try:
         yield ray
         finished = True
+    except GeneratorExit:  # the caller stopped reading (a sample that is full): no failure, its logs go too
+        finished = True
+        raise
     finally:
         ray.shutdown()
         # the local instance's logs and sockets (/tmp/ray/session_*): one a run, never reused; a failed run's stay
@@ -169,6 +172,9 @@ class _Worker:
                 reason = " ".join((str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}").split())[:300]
                 self.setup_error = f"a Ray worker could not set up: {reason}{_path_hint(exc, reason)}"
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, function: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
         if self.setup_error is not None:
             return "error", self.setup_error
@@ -201,12 +207,13 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
             err.print(f"note: --workers {workers} is more than the Ray cluster's {cpus} CPUs; using {cpus}", soft_wrap=True,
                       markup=False)
             count = cpus
-        if on_start is not None:
-            on_start(count)
         # A dead actor restarts and its batch is tried again, but not forever: a batch that kills
         # its worker each time (out of memory) ends the stage.
         actor_class = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RETRIES)(_Worker)
-        actors = [actor_class.remote(initializer, initargs) for _ in range(count)]
+        actors = _started(ray, [actor_class.remote(initializer, initargs) for _ in range(count)])
+        count = len(actors)
+        if on_start is not None:
+            on_start(count)
         pending: deque = deque()
         try:
             for index, item in enumerate(items):
@@ -223,6 +230,29 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
 
 RETRIES = 3
 RESTARTS = 8  # per actor: a batch's retries, and deaths while it sets up or between batches
+START_WAIT = 10.0  # seconds for every actor to start before the stage goes on with those that did
+
+
+def _started(ray, actors: list) -> list:
+    """The actors that start: on a cluster other jobs share, CPUs it has may not be free, and an
+    actor waiting for one would hold its batches (and, taken in order, every later result)
+    forever. Those that have not started within START_WAIT are left out, with a note; with none
+    started, the first one to start is waited for (an autoscaling cluster brings one up)."""
+    pings = [actor.ready.remote() for actor in actors]
+    ready, _ = ray.wait(pings, num_returns=len(pings), timeout=START_WAIT)
+    if not ready:
+        ready, _ = ray.wait(pings, num_returns=1)
+    if len(ready) == len(actors):
+        return actors
+    from llmkit.console import err
+
+    err.print(f"note: {len(ready)} of {len(actors)} Ray workers started within {START_WAIT:.0f} s (the cluster's other "
+              f"CPUs are busy); going on with {len(ready)}", soft_wrap=True, markup=False)
+    started = {pings.index(ref) for ref in ready}
+    for index, actor in enumerate(actors):
+        if index not in started:
+            ray.kill(actor)
+    return [actor for index, actor in enumerate(actors) if index in started]
 
 
 def _get(ray, ref) -> tuple[str, Any]:

@@ -388,3 +388,23 @@ def test_a_child_started_to_end_with_its_parent_is_stopped_when_the_parent_is_ki
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists()
+
+
+def test_sigterm_that_a_library_turns_into_keyboardinterrupt_still_exits_as_terminated(cli, tmp_path, monkeypatch):
+    """Ray's ray.get catches the SIGTERM handler's exception and raises a plain KeyboardInterrupt:
+    the run said "interrupted" and exited 130, which a scheduler reads as Ctrl-C, not preemption."""
+    import signal
+
+    from llmkit import cli as cli_module, inspect_view
+    from llmkit.errors import Terminated
+
+    def swallowed(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except Terminated:
+            raise KeyboardInterrupt from None  # (as Ray's signal check does)
+
+    monkeypatch.setattr(inspect_view, "print_artifact", swallowed)
+    monkeypatch.setattr(cli_module, "_signals_received", set())
+    result = cli("inspect", _corpus(tmp_path / "corpus"))
+    assert result.exit_code == 143 and "error: terminated" in result.output, result.output

@@ -129,6 +129,25 @@ def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_i
 
     assert list(ray_ordered_map(lambda x: x + 1, range(10), workers=8, address=None)) == list(range(1, 11))
     assert "more than the Ray cluster's 2 CPUs" in capsys.readouterr().err
+    # a CPU another job holds: the actor that cannot start is left out (its batches waited forever, the stage hung)
+    from llmkit import executor
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(executor, "START_WAIT", 2.0)
+            started = []
+            assert list(ray_ordered_map(lambda x: x * 2, range(10), workers=2, address=None, on_start=started.append)) == \
+                [x * 2 for x in range(10)]
+        assert started == [1] and "1 of 2 Ray workers started within 2 s" in capsys.readouterr().err
+    finally:
+        ray.kill(holder)
 
     def always_dies(x):
         import os
@@ -148,7 +167,6 @@ def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_i
 
     # an actor that dies while it sets up, every time, used to be restarted forever: the stage hung
     # (a cap of 1 restart here: the stage's 8 take a few seconds each)
-    from llmkit import executor
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(WorkerDied):
         patch.setattr(executor, "RESTARTS", 1)
