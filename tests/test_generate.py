@@ -940,7 +940,10 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_exchanges_as_in
     limit = loaded.model.config.context_length
     kept, dropped = drop_oldest_exchanges(messages, loaded.tokenizer, prompt_keep(limit, 8))
     assert dropped and kept[0] == messages[0] and kept[-1] == messages[-1]
-    assert json.loads((tmp_path / "c.jsonl").read_text())["prompt_tokens"] == len(encode_chat_prompt(kept, loaded.tokenizer))
+    record = json.loads((tmp_path / "c.jsonl").read_text())
+    assert record["prompt_tokens"] == len(encode_chat_prompt(kept, loaded.tokenizer))
+    # its prompt is the fitted text the model saw (it was null, the messages whole beside it)
+    assert record["prompt"] == loaded.tokenizer.decode(encode_chat_prompt(kept, loaded.tokenizer)) and record["messages"] == messages
 
 
 def test_a_conversation_that_ends_with_a_reply_has_that_reply_made_again(cli, shakespeare, tmp_path):
@@ -1040,3 +1043,50 @@ def test_a_txt_prompt_file_is_split_at_newlines_only_without_its_byte_order_mark
     # so in a .jsonl (every stage's JSON Lines reader), where it was refused as not JSON
     (tmp_path / "windows.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "alpha"}\r\n{"prompt": "beta"}\r\n')
     assert [p.text for p in read_prompt_file(tmp_path / "windows.jsonl")] == ["alpha", "beta"]
+
+
+def test_a_completion_cut_by_the_length_inside_a_character_keeps_the_whole_characters_before_it(ckpt, monkeypatch):
+    """Byte-level tokens: --max-new-tokens may stop two bytes into a three-byte character, which
+    decoded to U+FFFD in the completion and on screen (chat dropped it; generate did not)."""
+    from llmkit.inference import engine
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    tok = loaded.tokenizer
+    byte_ids = {bytes(tok.id_to_bytes(i)): i for i in range(tok.vocab_size) if len(tok.id_to_bytes(i)) == 1}
+    written = [*tok.encode("Two dogs "), byte_ids[b"\xe5"], byte_ids[b"\xa4"]]  # 大 is e5 a4 a7: cut before its last byte
+
+    def writes(model, prompts, params, *, on_step=None, **kwargs):
+        for token in written:
+            on_step([token])
+        return [engine.RowResult(list(written), "length")]
+
+    monkeypatch.setattr(engine, "generate_ids", writes)
+    streamed = []
+    [cut] = Generator(loaded.model, tok).complete(["x"], GenerationParams(max_new_tokens=len(written)),
+                                                  on_text=lambda row, piece: streamed.append(piece))
+    assert cut.text == "Two dogs " == "".join(streamed) and cut.finish_reason == "length"
+
+
+def test_the_repetition_penalty_leaves_the_prompts_framing_tokens_alone(ckpt):
+    """The document start (<|eos|> for a model pretrained on default shards) was marked as seen, so
+    the penalty pushed the end-of-text token down from the first step."""
+    import llmkit.inference.engine as engine
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    tok = loaded.tokenizer
+    prompt = [tok.eos_id, *tok.encode("ROMEO:")]
+    seen_rows = []
+    real = engine.next_tokens
+
+    def spy(logits, params, generators, seen):
+        seen_rows.append(seen.clone())
+        return real(logits, params, generators, seen)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "next_tokens", spy)
+        generate_ids(loaded.model, [prompt], GenerationParams(max_new_tokens=1, repetition_penalty=1.3), pad_id=tok.pad_id,
+                     eos_ids=[tok.eos_id], framing_ids=list(tok.special_ids.values()))
+    first = seen_rows[0][0]
+    assert not first[tok.eos_id] and all(first[t] for t in prompt[1:])

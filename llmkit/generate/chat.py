@@ -148,10 +148,8 @@ class ChatSession:
                 on_text(shown)
 
         completion = self.generator.complete([ids], params, on_text=stream if on_text else None, extra_stop_ids=role_ids)[0]
-        text = completion.text
-        if completion.finish_reason == "length":  # cut off, perhaps inside a character: not U+FFFD on screen or in the transcript
-            text = text.rstrip("\ufffd")
-        elif pending and on_text:
+        text = completion.text  # (cut off by the length inside a character: without the U+FFFD, Generator.complete)
+        if completion.finish_reason != "length" and pending and on_text:
             on_text(pending)
         text = text.strip()
         if self.template["type"] == "chat":

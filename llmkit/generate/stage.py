@@ -23,11 +23,12 @@ from llmkit.jsonl import check_unicode
 class Generated:
     prompt: Prompt
     completion: Completion
+    fitted: bool = False  # cut to fit the context: the record's prompt is the text the model saw
 
     def record(self, cfg: GenerateConfig) -> dict:
         c = self.completion
         record = {
-            "prompt": self.prompt.text if self.prompt.messages is None else None,
+            "prompt": c.prompt if self.fitted else self.prompt.text if self.prompt.messages is None else None,
             "completion": c.text,
             "prompt_index": c.prompt_index,
             "sample_index": c.sample_index,
@@ -85,6 +86,7 @@ def run_generate(
     chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else []
     limit = context_limit(loaded.model)
+    fitted_at: set[int] = set()  # prompts cut to fit
     if limit is not None and cfg.context_overflow == "slide":
         # A prompt too long for the context is cut as training and eval cut one, not from its start
         # (the window would drop the template's wording, a chat's system message, the first token):
@@ -101,6 +103,7 @@ def run_generate(
                 raise UserError(f"prompt {i + 1}: {exc}") from None
             if fitted is not None:
                 encoded[i], cut = fitted, cut + 1
+                fitted_at.add(i)
         if cut:
             from llmkit.console import err
 
@@ -133,7 +136,7 @@ def run_generate(
             extra_stop_ids=extra_stops,
             prompt_offset=start,
         )
-        batch = [Generated(prompts[c.prompt_index], c) for c in completions]
+        batch = [Generated(prompts[c.prompt_index], c, fitted=c.prompt_index in fitted_at) for c in completions]
         results.extend(batch)
         if on_batch is not None:
             on_batch(batch)

@@ -196,6 +196,7 @@ def generate_ids(
     on_step: Callable[[list[int | None]], Sequence[int] | None] | None = None,
     decoder=None,
     stop_ids: Sequence[int] = (),
+    framing_ids: Sequence[int] = (),
 ) -> list[RowResult]:
     """Generate for one batch of token prompts (one row each), left-padded together.
 
@@ -205,6 +206,9 @@ def generate_ids(
     `on_step(tokens)` is called after every step with the token each row produced (None for a
     finished row); it may return the indices of rows to stop now (a stop string appeared).
     `decoder` (llmkit.inference.compiled.CompiledDecoder) runs the decode steps compiled.
+    `framing_ids` (the tokenizer's special tokens: a document start, a chat's roles) are the prompt's
+    framing, not its text: the repetition penalty leaves them alone (the document start is often
+    <|eos|>, which penalised from the first step made every completion run longer).
     """
     if not prompt_ids:
         return []
@@ -222,8 +226,9 @@ def generate_ids(
     seen = None  # the tokens of each row so far, for the repetition penalty
     if params.repetition_penalty != 1.0:
         seen = torch.zeros(B, int(model.config.vocab_size), dtype=torch.bool, device=device)
+        framing = set(framing_ids)
         for b, row in enumerate(prompt_ids):
-            seen[b, torch.tensor(row, dtype=torch.long, device=device)] = True
+            seen[b, torch.tensor([t for t in row if t not in framing], dtype=torch.long, device=device)] = True
     adjust_members = None
     if seen is not None and callable(getattr(model, "next_token_log_probs", None)):
         # An ensemble's scores are mixed log-probabilities: the penalty acts on its members' logits.
@@ -440,11 +445,15 @@ class Generator:
             row_results = generate_ids(
                 self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids, seeds=seeds,
                 on_step=on_step, decoder=self.decoder, stop_ids=extra_stop_ids,
+                framing_ids=tuple(self.tokenizer.special_ids.values()),
             )
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):
                 tracker = trackers[b]
+                # cut by the length inside a character: its bytes so far are no character the model wrote
+                cut_inside = res.finish_reason == "length"
                 if on_text is not None:
                     piece = tracker.pop_stream(finished=True)
+                    piece = piece.rstrip("\ufffd") if cut_inside else piece
                     if piece:
                         on_text(start + b, piece)
                 ids = res.token_ids
@@ -454,7 +463,7 @@ class Generator:
                 results.append(
                     Completion(
                         prompt=prompts[p] if isinstance(prompts[p], str) else self.tokenizer.decode(encoded[p]),
-                        text=tracker.final_text,
+                        text=tracker.final_text.rstrip("\ufffd") if cut_inside else tracker.final_text,
                         token_ids=ids,
                         finish_reason=res.finish_reason,
                         prompt_index=prompt_offset + p,
