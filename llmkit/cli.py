@@ -97,6 +97,7 @@ def _stop_cleanly_on_sigterm() -> None:
         _signals_received.add(signum)  # (Ray's ray.get turns the exception into a plain KeyboardInterrupt)
         raise Terminated()
 
+    _signals_received.clear()  # (this command's: another run in this process may have had one)
     if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)
         signal.signal(signal.SIGTERM, terminated)
 

@@ -88,8 +88,8 @@ def connected(address: str | None) -> Iterator[Any]:
     try:
         yield ray
         finished = True
-    except GeneratorExit:  # the caller stopped reading (a sample that is full): no failure, its logs go too
-        finished = True
+    except GeneratorExit as closed:  # the caller stopped reading: a full sample (its logs go too), or its own failure
+        finished = closed.__context__ is None  # (closed while an error of the caller's unwinds: the logs stay)
         raise
     finally:
         ray.shutdown()
@@ -230,24 +230,26 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
 
 RETRIES = 3
 RESTARTS = 8  # per actor: a batch's retries, and deaths while it sets up or between batches
-START_WAIT = 10.0  # seconds for every actor to start before the stage goes on with those that did
+START_WAIT = 10.0  # seconds for every actor to start (again after the first, if none had) before going on with those that did
 
 
 def _started(ray, actors: list) -> list:
     """The actors that start: on a cluster other jobs share, CPUs it has may not be free, and an
     actor waiting for one would hold its batches (and, taken in order, every later result)
     forever. Those that have not started within START_WAIT are left out, with a note; with none
-    started, the first one to start is waited for (an autoscaling cluster brings one up)."""
+    started by then (a slow set-up everywhere, an autoscaling cluster bringing a node up), the first
+    to start is waited for, and the others get START_WAIT more (they start about together)."""
     pings = [actor.ready.remote() for actor in actors]
     ready, _ = ray.wait(pings, num_returns=len(pings), timeout=START_WAIT)
     if not ready:
-        ready, _ = ray.wait(pings, num_returns=1)
+        ray.wait(pings, num_returns=1)
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=START_WAIT)
     if len(ready) == len(actors):
         return actors
     from llmkit.console import err
 
-    err.print(f"note: {len(ready)} of {len(actors)} Ray workers started within {START_WAIT:.0f} s (the cluster's other "
-              f"CPUs are busy); going on with {len(ready)}", soft_wrap=True, markup=False)
+    err.print(f"note: {len(ready)} of {len(actors)} Ray workers started in time (the cluster's other CPUs are busy, or "
+              f"they set up slowly); going on with {len(ready)}", soft_wrap=True, markup=False)
     started = {pings.index(ref) for ref in ready}
     for index, actor in enumerate(actors):
         if index not in started:

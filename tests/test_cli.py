@@ -405,6 +405,12 @@ def test_sigterm_that_a_library_turns_into_keyboardinterrupt_still_exits_as_term
             raise KeyboardInterrupt from None  # (as Ray's signal check does)
 
     monkeypatch.setattr(inspect_view, "print_artifact", swallowed)
-    monkeypatch.setattr(cli_module, "_signals_received", set())
     result = cli("inspect", _corpus(tmp_path / "corpus"))
     assert result.exit_code == 143 and "error: terminated" in result.output, result.output
+    # the next command of this process, stopped by Ctrl-C, is interrupted, not terminated (the flag is one command's)
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect_view, "print_artifact", ctrl_c)
+    again = cli("inspect", tmp_path / "corpus")
+    assert again.exit_code == 130 and "error: interrupted" in again.output and not cli_module._signals_received

@@ -145,9 +145,22 @@ def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_i
             started = []
             assert list(ray_ordered_map(lambda x: x * 2, range(10), workers=2, address=None, on_start=started.append)) == \
                 [x * 2 for x in range(10)]
-        assert started == [1] and "1 of 2 Ray workers started within 2 s" in capsys.readouterr().err
+        assert started == [1] and "1 of 2 Ray workers started in time" in capsys.readouterr().err
     finally:
         ray.kill(holder)
+
+    # workers that all set up slowly start about together: past the first, the others are waited for
+    def slow_set_up():
+        import time
+
+        time.sleep(2.0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(executor, "START_WAIT", 1.0)
+        started = []
+        assert list(ray_ordered_map(lambda x: x, range(6), workers=2, address=None, initializer=slow_set_up,
+                                    on_start=started.append)) == list(range(6))
+    assert started == [2] and "started in time" not in capsys.readouterr().err
 
     def always_dies(x):
         import os
@@ -297,3 +310,32 @@ def test_a_stage_without_an_address_starts_its_own_instance_and_removes_its_fold
         assert os.path.isdir(used) and not [p.name for p in os.scandir(used) if p.name.startswith("session_")], os.listdir(used)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_caller_that_stops_reading_removes_the_session_folder_and_one_that_fails_keeps_its_logs(tmp_path):
+    """A full tokenizer sample closes the workers' results early: no failure, the folder goes (it
+    stayed). The caller's own error closes them too: that run's logs stay, as a failed stage's do."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    script = (
+        "import os, sys\n"
+        "from llmkit.executor import ray_ordered_map\n"
+        "results = ray_ordered_map(abs, range(40), workers=1, address=None)\n"
+        "try:\n"
+        "    next(results)\n"
+        "    if sys.argv[1] == 'fails':\n"
+        "        raise OSError(28, 'No space left on device')\n"
+        "finally:\n"
+        "    results.close()\n"
+    )
+    for case, sessions_left in (("stops", 0), ("fails", 1)):
+        ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
+        try:
+            subprocess.run([sys.executable, "-c", script, case], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
+            used = os.path.join(ray_tmp, "ray")
+            assert len([p for p in os.scandir(used) if p.name.startswith("session_2")]) == sessions_left, case
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)

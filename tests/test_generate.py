@@ -942,8 +942,9 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_exchanges_as_in
     assert dropped and kept[0] == messages[0] and kept[-1] == messages[-1]
     record = json.loads((tmp_path / "c.jsonl").read_text())
     assert record["prompt_tokens"] == len(encode_chat_prompt(kept, loaded.tokenizer))
-    # its prompt is the fitted text the model saw (it was null, the messages whole beside it)
-    assert record["prompt"] == loaded.tokenizer.decode(encode_chat_prompt(kept, loaded.tokenizer)) and record["messages"] == messages
+    # beside the messages as given, the fitted text the model saw (it was not in the record)
+    assert record["fitted_prompt"] == loaded.tokenizer.decode(encode_chat_prompt(kept, loaded.tokenizer))
+    assert record["messages"] == messages and record["prompt"] is None
 
 
 def test_a_conversation_that_ends_with_a_reply_has_that_reply_made_again(cli, shakespeare, tmp_path):
@@ -1066,6 +1067,12 @@ def test_a_completion_cut_by_the_length_inside_a_character_keeps_the_whole_chara
     [cut] = Generator(loaded.model, tok).complete(["x"], GenerationParams(max_new_tokens=len(written)),
                                                   on_text=lambda row, piece: streamed.append(piece))
     assert cut.text == "Two dogs " == "".join(streamed) and cut.finish_reason == "length"
+    # a whole U+FFFD the model wrote (web text holds them) is a character: it stays
+    written[-2:] = [byte_ids[b"\xef"], byte_ids[b"\xbf"], byte_ids[b"\xbd"]]
+    streamed.clear()
+    [whole] = Generator(loaded.model, tok).complete(["x"], GenerationParams(max_new_tokens=len(written)),
+                                                    on_text=lambda row, piece: streamed.append(piece))
+    assert whole.text == "Two dogs \ufffd" == "".join(streamed)
 
 
 def test_the_repetition_penalty_leaves_the_prompts_framing_tokens_alone(ckpt):
@@ -1086,7 +1093,6 @@ def test_the_repetition_penalty_leaves_the_prompts_framing_tokens_alone(ckpt):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "next_tokens", spy)
-        generate_ids(loaded.model, [prompt], GenerationParams(max_new_tokens=1, repetition_penalty=1.3), pad_id=tok.pad_id,
-                     eos_ids=[tok.eos_id], framing_ids=list(tok.special_ids.values()))
+        Generator(loaded.model, tok).complete([prompt], GenerationParams(max_new_tokens=1, repetition_penalty=1.3))
     first = seen_rows[0][0]
     assert not first[tok.eos_id] and all(first[t] for t in prompt[1:])

@@ -23,12 +23,12 @@ from llmkit.jsonl import check_unicode
 class Generated:
     prompt: Prompt
     completion: Completion
-    fitted: bool = False  # cut to fit the context: the record's prompt is the text the model saw
+    fitted: bool = False  # cut to fit the context: the record also holds the text the model saw
 
     def record(self, cfg: GenerateConfig) -> dict:
         c = self.completion
         record = {
-            "prompt": c.prompt if self.fitted else self.prompt.text if self.prompt.messages is None else None,
+            "prompt": self.prompt.text if self.prompt.messages is None else None,
             "completion": c.text,
             "prompt_index": c.prompt_index,
             "sample_index": c.sample_index,
@@ -39,6 +39,8 @@ class Generated:
         }
         if self.prompt.messages is not None:
             record["messages"] = self.prompt.messages
+        if self.fitted:  # what the model saw, its template and special tokens written out
+            record["fitted_prompt"] = c.prompt
         record.update({k: v for k, v in self.prompt.meta.items() if k not in record})
         return record
 

@@ -183,6 +183,16 @@ def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None
         )
 
 
+def _ends_inside_a_character(tokenizer, ids: list[int]) -> bool:
+    """Whether the tokens' bytes end part way into a UTF-8 character (decoded, one U+FFFD); a whole
+    U+FFFD the model wrote is no such end."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(b"".join(bytes(tokenizer.id_to_bytes(i)) for i in ids[-4:]))  # (a character is at most 4 bytes)
+    return bool(decoder.getstate()[0])
+
+
 @in_eval_mode
 @torch.inference_mode()
 def generate_ids(
@@ -450,10 +460,10 @@ class Generator:
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):
                 tracker = trackers[b]
                 # cut by the length inside a character: its bytes so far are no character the model wrote
-                cut_inside = res.finish_reason == "length"
+                cut_inside = res.finish_reason == "length" and _ends_inside_a_character(self.tokenizer, res.token_ids)
                 if on_text is not None:
                     piece = tracker.pop_stream(finished=True)
-                    piece = piece.rstrip("\ufffd") if cut_inside else piece
+                    piece = piece.removesuffix("\ufffd") if cut_inside else piece
                     if piece:
                         on_text(start + b, piece)
                 ids = res.token_ids
@@ -463,7 +473,7 @@ class Generator:
                 results.append(
                     Completion(
                         prompt=prompts[p] if isinstance(prompts[p], str) else self.tokenizer.decode(encoded[p]),
-                        text=tracker.final_text.rstrip("\ufffd") if cut_inside else tracker.final_text,
+                        text=tracker.final_text.removesuffix("\ufffd") if cut_inside else tracker.final_text,
                         token_ids=ids,
                         finish_reason=res.finish_reason,
                         prompt_index=prompt_offset + p,
