@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError
 from llmkit.hardware import BY_KEY
 from llmkit.options import Options, group, option
 from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Numerics, Placement
@@ -55,13 +55,13 @@ class PlanConfig(Options):
             typed = (["--model"] if self.model.model != "gpt2" else []) + [
                 "--" + name.replace("_", "-") for name, value in self.model.overrides().items() if value is not None]
             if typed:
-                raise UserError(f"--hf-config describes the model; leave out {', '.join(typed)} (or --hf-config)")
+                raise UsageError(f"--hf-config describes the model; leave out {', '.join(typed)} (or --hf-config)")
         if self.nproc is not None:
             if self.gpu != "cpu":
-                raise UserError(f"--nproc counts CPU processes and the plan is for --gpu {self.gpu}: add --gpu cpu, "
+                raise UsageError(f"--nproc counts CPU processes and the plan is for --gpu {self.gpu}: add --gpu cpu, "
                                 "or give --gpus N for GPUs")
             if self.placement.gpus not in (1, self.nproc):
-                raise UserError("--gpus and --nproc both count the processes here: give one of them")
+                raise UsageError("--gpus and --nproc both count the processes here: give one of them")
             self.placement.gpus = self.nproc
         if self.placement.gpus == 0 and self.gpu != "cpu":
-            raise UserError(f"--gpus 0 plans no {self.gpu}: give --gpus N (devices per node), or --gpu cpu for CPU processes")
+            raise UsageError(f"--gpus 0 plans no {self.gpu}: give --gpus N (devices per node), or --gpu cpu for CPU processes")
