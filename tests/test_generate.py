@@ -389,6 +389,52 @@ def test_each_row_slides_as_it_would_alone():
         assert batched == alone
 
 
+def _encoded_tokens(model, prompts, params, **kwargs):
+    """The completions, and how many tokens the re-encodes after the first prefill fed (calls of more than one token)."""
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    try:
+        rows = [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0, **kwargs)]
+    finally:
+        hook.remove()
+    return rows, sum(b * t for b, t in calls[1:] if t > 1)
+
+
+def test_a_batch_re_encodes_only_the_rows_whose_window_slides():
+    """Rows whose windows fill at different steps: the batch re-encodes what its rows alone would,
+    no more (it re-encoded the whole batch at each row's slide, and the rows that had not slid,
+    re-fed whole, filled the cache again: 8 prompts made a context-long prefill nearly every step)."""
+    torch.manual_seed(2)
+    model = GPT(ModelConfig(vocab_size=97, context_length=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.mul_(8)  # decisive scores: float rounding cannot flip a choice
+    prompts = [list(range(3, 3 + n)) for n in (1, 3, 6, 9, 12, 15, 20, 26)]
+    params = GenerationParams(max_new_tokens=90, stop_at_eos=False)
+    batched, batched_cost = _encoded_tokens(model, prompts, params)
+    alone = [_encoded_tokens(model, [p], params) for p in prompts]
+    assert batched == [rows[0] for rows, _ in alone]
+    assert batched_cost == sum(cost for _, cost in alone) > 0
+
+
+def test_an_ensemble_with_a_recurrent_member_slides_each_row_as_alone():
+    """A Transformer's window slides; the LSTM beside it in an ensemble is re-read from the window
+    start by the rows that slide and carries its state in the others, as for each row alone."""
+    from llmkit.model.ensemble import Ensemble
+
+    torch.manual_seed(3)
+    gpt = GPT(ModelConfig(vocab_size=97, context_length=24, n_layer=1, n_head=2, n_embd=32)).eval()
+    lstm = LSTMLM(ModelConfig(arch="lstm", vocab_size=97, context_length=24, n_layer=1, n_embd=32)).eval()
+    with torch.no_grad():
+        for weight in (*gpt.parameters(), *lstm.parameters()):
+            weight.mul_(6)
+    model = Ensemble([gpt, lstm], [0.6, 0.4])
+    prompts = [[4, 5], list(range(10, 30)), [7] * 9]
+    params = GenerationParams(max_new_tokens=50, stop_at_eos=False)
+    batched = [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0)]
+    assert batched == [generate_ids(model, [p], params, pad_id=0)[0].token_ids for p in prompts]
+
+
 def test_a_prompt_that_fits_but_for_the_last_token_runs_whole(cli, ckpt, tmp_path):
     """The last new token is never fed: prompt + max_new_tokens - 1 positions are needed. Such a
     prompt is neither cut (its first token stays) nor refused, and no window note is printed."""

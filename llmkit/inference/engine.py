@@ -15,9 +15,11 @@ Context length (Transformers only; an LSTM has no limit). A prompt plus its cont
 fit in `config.context_length` positions. With `context_overflow="slide"` (the default) the
 engine keeps a sliding window per row: prompts are cut from the left to leave room for the new
 tokens, and when a row's window is full its oldest tokens are dropped and its newest half of the
-context is re-encoded once, after which cached decoding continues. The batch is re-encoded
-together, each row from its own window start, so a row slides exactly when it would alone. With
-"error" such a request fails with a message naming the lengths.
+context is re-encoded once, after which cached decoding continues. A row slides exactly when it
+would alone: when the batch's cache is full, the rows whose own window is full are re-encoded
+(together, one prefill), and the others keep their cached keys and values, moved into a new cache
+that ends where the next token goes. With "error" such a request fails with a message naming the
+lengths.
 """
 
 from __future__ import annotations
@@ -151,6 +153,40 @@ class _Window:
             max_len = self.decoder.cache_length(max_len, self.limit)
         self.cache = self.model.new_cache(idx.size(0), max_len, pad_lengths=pad_lengths)
         return self._next_token_scores(idx)
+
+    def slide(self, windows: list[list[int]], sliding: list[bool]) -> torch.Tensor:
+        """Scores after the cache filled: the rows in `sliding` encode their new window (rows of
+        one length in one prefill, without padding, as alone), the others keep what they have
+        cached. Both go into a new cache, each row's slots ending where the next token goes, so
+        only a row whose own window is full is re-encoded: re-encoding the whole batch made a
+        batch whose rows fill at different steps re-encode it once per row. `windows[b]` is row
+        b's window; its newest token is not fed yet (the step this ends with feeds it)."""
+        fed = [len(w) - 1 for w in windows]
+        width, B = max(fed), len(windows)
+        device = next(self.model.parameters()).device
+        max_len = min(width + 1 + self.budget, self.limit)
+        if self.decoder is not None:
+            max_len = self.decoder.cache_length(max_len, self.limit)
+        old = self.cache
+        self.cache = self.model.new_cache(B, max_len, pad_lengths=torch.tensor([width - n for n in fed], device=device))
+        by_length: dict[int, list[int]] = {}
+        for b in range(B):
+            if sliding[b] and fed[b]:
+                by_length.setdefault(fed[b], []).append(b)
+        for n, rows in by_length.items():
+            idx = torch.tensor([windows[b][:-1] for b in rows], dtype=torch.long, device=device)
+            if len(rows) == B:  # every row slides: encode straight into the new cache (no padding)
+                self.model(idx, cache=self.cache, last_only=True)
+                continue
+            encoded = self.model.new_cache(len(rows), n)
+            self.model(idx, cache=encoded, last_only=True)
+            for i, b in enumerate(rows):
+                self.cache.adopt(b, encoded, i, n, end=width)
+        for b in range(B):
+            if not sliding[b] and fed[b]:
+                self.cache.adopt(b, old, b, fed[b], end=width)
+        self.cache.pos = width
+        return self.step(torch.tensor([w[-1] for w in windows], dtype=torch.long, device=device))
 
     @property
     def full(self) -> bool:
@@ -291,19 +327,19 @@ def generate_ids(
         if not any(alive) or step == new - 1:
             break
         if window.full:
-            # Re-encode the batch, each row from its own window start: only a row whose own window
-            # is full slides (keeps its newest half), the others go on as they would alone.
-            rows = []
+            # Only a row whose own window is full slides (keeps its newest half); the others go on
+            # from what they have cached, as they would alone.
+            windows, sliding = [], []
             for b in range(B):
                 row = prompt_ids[b] + outputs[b]
-                if not alive[b]:
-                    rows.append(row[-1:])  # a placeholder: a finished row is only fed padding now
-                    continue
-                if len(row) - starts[b] > limit:
+                slides = alive[b] and len(row) - starts[b] > limit
+                if slides:
                     starts[b] = len(row) - limit // 2
-                rows.append(row[starts[b] :])
+                # (a finished row's placeholder: it is only fed padding now)
+                windows.append(row[starts[b] :] if alive[b] else row[-1:])
+                sliding.append(slides)
             window.budget = new - step - 1
-            logits = window.prefill(rows)
+            logits = window.slide(windows, sliding)
         else:
             logits = window.step(tokens)
     return [RowResult(o, r) for o, r in zip(outputs, reasons)]

@@ -42,6 +42,11 @@ class EnsembleCache:
     def pos(self) -> int:
         return self.caches[0].pos
 
+    @pos.setter
+    def pos(self, value: int) -> None:
+        for cache in self.caches:
+            cache.pos = value
+
     @property
     def max_len(self) -> int:
         return self.caches[0].max_len
@@ -49,6 +54,10 @@ class EnsembleCache:
     def reset(self) -> None:
         for cache in self.caches:
             cache.reset()
+
+    def adopt(self, row: int, source: EnsembleCache, source_row: int, n: int, end: int) -> None:
+        for mine, theirs in zip(self.caches, source.caches):
+            mine.adopt(row, theirs, source_row, n, end)
 
 
 def _context_config(members: Sequence[nn.Module]):

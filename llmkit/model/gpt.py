@@ -170,6 +170,13 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    def adopt(self, row: int, source: KVCache, source_row: int, n: int, end: int) -> None:
+        """Row `row` takes the newest `n` keys and values of `source`'s row `source_row`, in its
+        slots up to `end` (generation's sliding window: a row that did not slide keeps its cache)."""
+        for mine, theirs in ((self.k, source.k), (self.v, source.v)):
+            for layer in range(len(mine)):
+                mine[layer][row, :, end - n : end] = theirs[layer][source_row, :, source.pos - n : source.pos]
+
 
 class SlotWrite(NamedTuple):
     """A KV cache as the static-shape decode step sees it (GPT.decode_step): every layer's full

@@ -34,6 +34,12 @@ class LSTMState:
         self.h.zero_()
         self.c.zero_()
 
+    def adopt(self, row: int, source: LSTMState, source_row: int, n: int, end: int) -> None:
+        """Row `row` takes `source`'s state of row `source_row` (KVCache.adopt's interface: the
+        state holds no slots, so `n` and `end` do not matter)."""
+        self.h[:, row] = source.h[:, source_row]
+        self.c[:, row] = source.c[:, source_row]
+
 
 class LSTMLM(nn.Module):
     def __init__(self, config: ModelConfig):
