@@ -8,7 +8,7 @@ the same weights (an llmkit GPT copied into the matching transformers class, `ll
 over the same rolling windows (lm-evaluation-harness's `loglikelihood_rolling`, which
 `llmkit.eval.perplexity.rolling_windows` reproduces), in batches of the same size:
 
-  llmkit       `llmkit.eval.perplexity.score_documents` (what `llmkit eval --metrics perplexity` runs)
+  llmkit       `llmkit.eval.perplexity.score_documents` (what `llmkit eval --metric perplexity` runs)
   transformers each batch of windows right-padded with an attention mask through the model,
                log-softmax over the vocabulary, the targets' log-probabilities gathered: the loop of
                lm-evaluation-harness's HFLM, without its caching and its sorting by length, and with

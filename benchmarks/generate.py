@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/generate.py                      # GPT-2-shaped model, CPU
     .venv/bin/python benchmarks/generate.py --family llama       # Llama-shaped (RoPE, SwiGLU, GQA)
     .venv/bin/python benchmarks/generate.py --device cuda        # where a GPU is available
-    .venv/bin/python benchmarks/generate.py --checkpoint runs/quickstart/model
+    .venv/bin/python benchmarks/generate.py --checkpoint runs/quickstart/pretrain
 
 One process builds (or loads) an llmkit GPT, copies its weights into the matching transformers
 class (`llmkit.model.hf_weights`), and times greedy generation of --new-tokens tokens after prompts of

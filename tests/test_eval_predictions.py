@@ -102,13 +102,27 @@ def test_label_predictions_accuracy(cli, tmp_path):
     assert metrics["f1_neu"] == 1.0
 
 
+def test_an_unknown_tokenizer_is_a_usage_error(cli, files):
+    """A bad value of either tokenizer option exits 2 as every bad option value does; ROUGE's names are the
+    option's choices (in --help and the docs' table), the same as the metric module's."""
+    from llmkit.eval.config import ROUGE_TOKENIZERS
+    from llmkit.eval.metrics.rouge_tokenizers import NAMES
+
+    assert ROUGE_TOKENIZERS == NAMES
+    tmp, _, _ = files
+    for flag in ("--bleu-tokenize", "--rouge-tokenize"):
+        result = cli("eval", "-m", "bleu,rouge", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", flag, "nope", "-o", tmp / "out")
+        assert result.exit_code == 2 and flag in result.output, result.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["-m", "bleu", "--predictions", "{tmp}/src.txt"], "needs references"),
         (["-m", "rouge", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/short.txt"], "500 predictions but 3 references"),
         (["-m", "bleu", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--bleu-tokenize", "nope"], "unknown --bleu-tokenize"),
-        (["-m", "rouge", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--rouge-tokenize", "nope"], "unknown --rouge-tokenize"),
+        (["-m", "rouge", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt", "--rouge-tokenize", "nope"],
+         "--rouge-tokenize must be one of default, unicode, char"),
         (["-m", "blue", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "unknown metric 'blue'"),
         (["-m", "perplexity", "--predictions", "{tmp}/src.txt", "-r", "{tmp}/ref.txt"], "perplexity needs a model"),
         # -m left out: perplexity is the default, which the user never asked for

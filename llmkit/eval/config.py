@@ -9,6 +9,10 @@ from llmkit.model.ensemble_options import Ensembling
 from llmkit.inference.options import Inference
 from llmkit.options import Options, comma_list, group, option, path_strings, unescape, unescape_each
 
+# (the metric module's own list, llmkit.eval.metrics.rouge_tokenizers.NAMES, is not imported here:
+# the metrics package loads evaluate, which `--help` need not; a test keeps the two equal)
+ROUGE_TOKENIZERS = ("default", "unicode", "char")
+
 METRIC_HELP = (
     "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
     "perplexity (also word_perplexity, byte_perplexity, bpb), accuracy, accuracy_norm, precision, recall, f1."
@@ -67,7 +71,7 @@ class EvalConfig(Options):
     bleu_tokenize: str = option("13a", "sacrebleu tokenizer: 13a, zh, intl, char, none, flores101, flores200, ...", panel=TEXT)
     lowercase: bool = option(False, "Case-insensitive BLEU/chrF.", flags=("--lowercase",), panel=TEXT)
     rouge_tokenize: str = option("default", "ROUGE tokenizer: default (rouge-score, Latin only), unicode (keeps every script), "
-                                 "char (per character).", panel=TEXT)
+                                 "char (per character).", choices=ROUGE_TOKENIZERS, panel=TEXT)
     stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer",), panel=TEXT)
     prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n is a newline).",
                                          parse=unescape, panel=TEXT)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.eval.metrics import ROUGE_TYPES, instance
 from llmkit.eval.metrics.bleu import TOKENIZERS as BLEU_TOKENIZERS
 from llmkit.eval.metrics.rouge_tokenizers import NAMES as ROUGE_TOKENIZERS
@@ -21,10 +21,11 @@ class TextScores:
 
 
 def check_options(bleu_tokenize: str, rouge_tokenize: str) -> None:
+    # (--bleu-tokenize's names are sacrebleu's, known once it is imported: checked here, not as the option's choices)
     if bleu_tokenize not in BLEU_TOKENIZERS:
-        raise UserError(f"unknown --bleu-tokenize {bleu_tokenize!r}; choose one of {', '.join(BLEU_TOKENIZERS)}")
+        raise UsageError(f"unknown --bleu-tokenize {bleu_tokenize!r}; choose one of {', '.join(BLEU_TOKENIZERS)}")
     if rouge_tokenize not in ROUGE_TOKENIZERS:
-        raise UserError(f"unknown --rouge-tokenize {rouge_tokenize!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
+        raise UsageError(f"unknown --rouge-tokenize {rouge_tokenize!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
     _check_bleu_tokenizer_runs(bleu_tokenize)
 
 
