@@ -311,14 +311,23 @@ def test_sigkill_then_resume_is_bitwise_equal(shakespeare, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_process_of_a_two_process_run(shakespeare, tmp_path):
-    """SIGTERM reaches the command's process only (a scheduler's kill, `timeout`): it passes it on to
-    torchrun and waits, so no worker goes on writing checkpoints into the run after it exits."""
+@pytest.mark.parametrize("signum, code, word, to_group", [(signal.SIGTERM, 143, "terminated", False),
+                                                         (signal.SIGINT, 130, "interrupted", False),
+                                                         (signal.SIGINT, 130, "interrupted", True)])
+def test_a_stop_stops_every_process_of_a_two_process_run(shakespeare, tmp_path, signum, code, word, to_group):
+    """SIGTERM, or a SIGINT sent to the command's process only (a scheduler's kill, `timeout`,
+    `kill -INT`), is passed on to torchrun, and the command waits, so no worker goes on writing
+    checkpoints into the run after it exits (a SIGINT was not passed on: the workers trained on to
+    the end of the run, and the command said "interrupted"). A terminal's Ctrl-C reaches the whole
+    process group, torchrun with it, and the second SIGINT torchrun then gets does no harm."""
     run = tmp_path / "run"
     proc = _two_processes_past_a_checkpoint(shakespeare["tokens"], run)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "terminated" in stderr and "Traceback" not in stderr, stderr
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=45)  # (torchrun's workers stop within seconds; it waited 60 s before killing them)
+    assert proc.returncode == code and word in stderr and "Traceback" not in stderr, stderr
     saved = sorted(p.name for p in (run / "checkpoints").iterdir())
     time.sleep(2)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved  # nobody writes any more
@@ -357,7 +366,8 @@ def _two_processes_past_a_checkpoint(tokens: Path, run: Path, *extra: str) -> su
     """A long `--nproc 2` run, once its first checkpoint is written."""
     proc = subprocess.Popen(_pretrain_command(tokens, run, "--max-steps", "100000", "--save-every", "4", "--eval-every", "0",
                                               "--nproc", "2", "--threads", "1", *extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a runner may have Ctrl-C ignored)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -236,8 +237,6 @@ def relaunch(
         shutil.rmtree(logs, ignore_errors=True)
     if returncode != 0:
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
-            import signal
-
             raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
                             "the command with --resume to continue from the last checkpoint")
         if error_file.is_file():
@@ -278,10 +277,10 @@ def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
             else:
                 _forward(line)
     except KeyboardInterrupt as stop:
-        # A terminal's Ctrl-C reached torchrun too; a SIGTERM only this process: pass it on. Then
-        # wait, so that no worker goes on writing into a run the caller cleans up or unlocks.
-        if isinstance(stop, Terminated):
-            process.terminate()
+        # Pass the stop on: a terminal's Ctrl-C reached torchrun too, but a SIGINT sent to this
+        # process alone (`kill -INT`, a supervisor) did not, and its workers trained on to the end.
+        # Then wait, so that no worker goes on writing into a run the caller cleans up or unlocks.
+        process.send_signal(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
