@@ -129,6 +129,19 @@ def test_average_last_k_with_keep_last_k_minus_one_averages_k_and_ignores_the_ru
     assert refused.exit_code != 0 and "--average-last 1" in refused.output and not (tmp_path / "one").exists()
 
 
+def test_average_last_writes_no_average_of_the_final_checkpoint_alone(cli, runs, tmp_path):
+    """A run that saved nothing before its final checkpoint (--save-every past its end) has nothing
+    to average: no RUN/average (it was the final weights again, under another fingerprint), a note
+    says why, and resuming the finished run does not take it for a missing companion."""
+    flags = [*MODEL, "--max-steps", "2", "--batch-tokens", "512", "--micro-batch", "8", "--eval-every", "0",
+             "--save-every", "500", "--average-last", "3"]
+    result = _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "run", *flags))
+    assert "no checkpoint before its final one" in " ".join(result.output.split())
+    assert not (tmp_path / "run" / "average").exists()
+    resumed = _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "run", *flags, "--resume"))
+    assert "companions" not in resumed.output and not (tmp_path / "run" / "average").exists()
+
+
 def test_ema_resumes_exactly(cli, runs, tmp_path):
     """Stopped after step 4 and resumed: the moving average (kept in the resume state) ends the same."""
     resumed = tmp_path / "resumed"

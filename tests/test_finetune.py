@@ -434,7 +434,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
 @pytest.mark.parametrize(
     "rows, extra, message",
     [
-        ([{"prompt": "x " * 600, "response": "y"}] * 4, [], "longer than 256 tokens"),
+        ([{"prompt": "x " * 600, "response": "y"}] * 4, [], "longer than 257 tokens"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--seq-len", "4096"], "longer than the checkpoint's context length 256"),
         ([{"text": "a", "label": 0}] * 4, ["--task", "classify"], "single label"),
         ([{"question": "a", "answer": "b"}] * 4, [], "neither a \"messages\" list nor \"prompt\" and \"response\" strings; for "
@@ -546,7 +546,7 @@ def test_finetune_from_imported_hugging_face_weights(base, cli, tmp_path):
     # A context mismatch names both lengths.
     long_rows = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 70, "response": "x"}] * 4)
     result = cli("finetune", tmp_path / "imported", "--data", long_rows, "-o", tmp_path / "long", "--max-steps", "1")
-    assert result.exit_code != 0 and "longer than 64 tokens" in result.output
+    assert result.exit_code != 0 and "longer than 65 tokens" in result.output and "reads 64" in result.output
 
 
 @pytest.mark.slow
@@ -624,6 +624,28 @@ def test_validation_scores_equal_scikit_learn():
         assert scores["val_f1"] == pytest.approx(f1_score(gold, predicted, average="macro", zero_division=0), abs=1e-12)
 
 
+def test_an_sft_example_may_hold_one_token_more_than_the_positions_it_takes(base):
+    """The model reads all of an example's tokens but its last, which is only predicted: at max_len
+    positions an example of max_len + 1 tokens trains whole, its end token with it (it was refused,
+    or cut by that end token under --truncate, though `chat` writes replies that long)."""
+    from llmkit.data.templates import encode_example, resolve_template
+    from llmkit.errors import UserError
+    from llmkit.finetune.data import SFTBatches, sft_examples
+
+    tok = _tokenizer(base)
+    template = resolve_template("plain")
+    record = {"prompt": "a b c", "response": " d e f g"}
+    n = len(encode_example(template, record, tok, "test").ids)
+    (whole,) = sft_examples([record], template, tok, n - 1, truncate=False, name="training", verbose=False)
+    assert len(whole.ids) == n and whole.ids[-1] == tok.eos_id and whole.learn[-1]
+    (kept,) = sft_examples([record], template, tok, n - 1, truncate=True, name="training", verbose=False)
+    assert kept.ids == whole.ids
+    with pytest.raises(UserError, match=f"longer than {n - 1} tokens"):
+        sft_examples([record], template, tok, n - 2, truncate=False, name="training", verbose=False)
+    inputs, targets = SFTBatches([whole], pad_id=0, seed=0, shuffle=False)([0])
+    assert inputs.shape == (1, n - 1) and int(targets[0, -1]) == tok.eos_id
+
+
 def test_truncate_shortens_the_document_and_keeps_the_template_and_response(base):
     from llmkit.finetune.data import sft_examples
     from llmkit.data.templates import resolve_template
@@ -631,10 +653,10 @@ def test_truncate_shortens_the_document_and_keeps_the_template_and_response(base
     tok = _tokenizer(base)
     template = resolve_template("summarize")
     record = {"document": "#Person1#: " + "We met them in Bermuda last May and the dogs were there. " * 20, "summary": "They met in May."}
-    with pytest.raises(Exception, match="longer than 64 tokens"):
+    with pytest.raises(Exception, match="longer than 65 tokens"):
         sft_examples([record], template, tok, 64, truncate=False, name="training", verbose=False)
     (example,) = sft_examples([record], template, tok, 64, truncate=True, name="training", verbose=False)
-    assert len(example.ids) <= 64 and len(example.ids) >= 60
+    assert 61 <= len(example.ids) <= 65  # 64 inputs, and the last token, only predicted
     response = tok.encode(" They met in May.") + [tok.eos_id]
     assert example.ids[-len(response):] == response and example.learn[-len(response):] == [True] * len(response)
     prompt = tok.decode(example.ids[1 : example.prompt_length])
@@ -651,10 +673,11 @@ def test_truncate_empties_the_document_when_only_that_fits_and_then_keeps_the_re
     template = resolve_template("summarize")
     record = {"document": "The dogs were there. " * 30, "summary": "They met in May, in Bermuda, with the dogs."}
     emptied = encode_example(template, dict(record, document=""), tok, "test")
-    (example,) = sft_examples([record], template, tok, len(emptied.ids), truncate=True, name="training", verbose=False)
+    # (max_len counts the positions the model reads: all of an example's tokens but its last)
+    (example,) = sft_examples([record], template, tok, len(emptied.ids) - 1, truncate=True, name="training", verbose=False)
     assert example.ids == emptied.ids and example.learn == emptied.learn
     budget = emptied.prompt_length + 4  # the response alone does not fit
-    (cut,) = sft_examples([record], template, tok, budget, truncate=True, name="training", verbose=False)
+    (cut,) = sft_examples([record], template, tok, budget - 1, truncate=True, name="training", verbose=False)
     assert cut.ids == emptied.ids[:budget] and cut.learn == emptied.learn[:budget] and sum(cut.learn) == 4
 
 
@@ -699,21 +722,21 @@ def test_truncate_cuts_the_longest_prompt_field_first(base, tmp_path, capsys):
     (example,) = sft_examples([record], template, tok, 64, truncate=True, name="training", verbose=False)
     prompt = tok.decode(example.ids[1 : example.prompt_length])
     assert prompt.startswith("Instruction: Summarize this text please\nInput: the dogs were there") and prompt.endswith("\nAnswer:")
-    assert 60 <= len(example.ids) <= 64 and sum(example.learn) == len(tok.encode_continuation(" short answer here")) + 1
+    assert 61 <= len(example.ids) <= 65 and sum(example.learn) == len(tok.encode_continuation(" short answer here")) + 1
     # where the instruction is the longer text, it gives way first; where even its absence is not
     # enough, the input gives way next
     record = {"instruction": "Summarize the text below in your own words " * 8, "input": "the dogs were there " * 3,
               "output": "short answer here"}
     no_instruction = len(encode_example(template, dict(record, instruction=""), tok, "test").ids)
-    (example,) = sft_examples([record], template, tok, no_instruction + 4, truncate=True, name="training", verbose=False)
+    (example,) = sft_examples([record], template, tok, no_instruction + 3, truncate=True, name="training", verbose=False)
     prompt = tok.decode(example.ids[1 : example.prompt_length])
     assert prompt.startswith("Instruction: Summ") and prompt.endswith("\nInput: " + record["input"] + "\nAnswer:")
     emptied = encode_example(template, dict(record, instruction="", input=""), tok, "test")
-    (example,) = sft_examples([record], template, tok, len(emptied.ids) + 3, truncate=True, name="training", verbose=False)
+    (example,) = sft_examples([record], template, tok, len(emptied.ids) + 2, truncate=True, name="training", verbose=False)
     prompt = tok.decode(example.ids[1 : example.prompt_length])
     assert prompt.startswith("Instruction: \nInput: the") and len(example.ids) <= len(emptied.ids) + 3
     assert example.learn[-sum(emptied.learn):] == emptied.learn[-sum(emptied.learn):]
-    sft_examples([record], template, tok, emptied.prompt_length + 2, truncate=True, name="training")
+    sft_examples([record], template, tok, emptied.prompt_length + 1, truncate=True, name="training")
     assert "1 kept without their prompt's text" in capsys.readouterr().err
 
 

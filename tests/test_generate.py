@@ -417,6 +417,22 @@ def test_a_batch_re_encodes_only_the_rows_whose_window_slides():
     assert batched_cost == sum(cost for _, cost in alone) > 0
 
 
+def test_a_context_of_one_token_continues_from_the_last_token_alone():
+    """The window keeps at least one token (a context of 1 kept none: an IndexError)."""
+    torch.manual_seed(4)
+    for shape in (GPT2_SHAPE, {}):
+        model = GPT(ModelConfig(vocab_size=50, context_length=1, n_layer=1, n_head=2, n_embd=16, **shape)).eval()
+        prompts = [[3, 4, 5], [7]]
+        rows = generate_ids(model, prompts, GenerationParams(max_new_tokens=6, stop_at_eos=False), pad_id=0)
+        for prompt, row in zip(prompts, rows):
+            expected, last = [], prompt[-1]
+            with torch.no_grad():
+                for _ in range(6):
+                    last = int(model(torch.tensor([[last]]))[0][0, -1].argmax())
+                    expected.append(last)
+            assert row.token_ids == expected
+
+
 def test_an_ensemble_with_a_recurrent_member_slides_each_row_as_alone():
     """A Transformer's window slides; the LSTM beside it in an ensemble is re-read from the window
     start by the rows that slide and carries its state in the others, as for each row alone."""

@@ -664,6 +664,8 @@ def test_import_gives_equal_logits(cli, tmp_path, tokenizer_dir, case):
     loaded = load_checkpoint(out)
     assert loaded.config.vocab_size == hf_config.vocab_size
     assert loaded.config.mlp_hidden == (hf_config.n_inner or 4 * hf_config.n_embd if case.startswith("gpt2") else hf_config.intermediate_size)
+    # the dropout a fine-tune of it trains with (it was 0 whatever the config said)
+    assert loaded.config.dropout == (hf_config.resid_pdrop if case.startswith("gpt2") else hf_config.attention_dropout)
     idx = _tokens(vocab, seed=1, shape=(3, 30))
     with torch.no_grad():
         theirs = hf_model(idx).logits
@@ -882,6 +884,10 @@ def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, token
     (src / "config.json").write_text(json.dumps(dict(config, n_inner=0)))  # (pretrain's --mlp-ratio was named)
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "config.json gives the MLP 0 hidden units (n_inner or intermediate_size); correct it" in message, message
+    # a key of the shape left out: transformers filled in GPT-2 small's 12 layers, and the weights were blamed
+    (src / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "n_layer"}))
+    message = _error(cli("import", src, "-o", tmp_path / "out"))
+    assert "config.json lacks n_layer, part of the model's shape" in message, message
 
 
 def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):

@@ -25,7 +25,8 @@ class FinetuneConfig(Options):
                                    hashed=False, recorded_as="content hash (val_data_sha256)")
     val_fraction: float = option(0.05, "Share of --data held out for validation when --val-data is not given.", panel=TASK_PANEL,
                                  range="[0, 1)")
-    seq_len: int | None = option(None, "Longest example in tokens (default: the model's context length).", panel=TASK_PANEL,
+    seq_len: int | None = option(None, "Positions the model reads of an example (default: the model's context length); an SFT "
+                                 "example's last token is only predicted, so it may hold one token more.", panel=TASK_PANEL,
                                  range="[1, inf)")
     truncate: bool = option(False, "Cut examples longer than --seq-len instead of failing.", flags=("--truncate",), panel=TASK_PANEL)
     batch_size: int = option(32, "Examples per optimizer step, over all devices.", panel=TRAINING_PANEL, range="[1, inf)")

@@ -106,18 +106,22 @@ def _note(message: str) -> None:
 
 def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
                  verbose: bool = True, places: Sequence[str] | None = None) -> list[Encoded]:
-    """Encode records; an example longer than max_len tokens is an error unless truncated.
+    """Encode records; an example the model cannot read in max_len positions is an error unless
+    truncated. Its last token is only a target, never an input (as pretraining's windows of
+    context + 1 tokens, and as generation, which never feeds its last token), so an example may
+    hold max_len + 1 tokens.
     `places`: what the messages call each record (FILE:LINE), default its place among `records`."""
     examples, too_long, longest, dropped, emptied = [], 0, 0, 0, 0
     places = _places(records, name, places)
+    fits = max_len + 1
     for i, record in enumerate(records):
         example, without_prompt = encode_example(template, record, tokenizer, places[i]), False
         longest = max(longest, len(example.ids))
-        if len(example.ids) > max_len:
+        if len(example.ids) > fits:
             too_long += 1
             if not truncate:
                 continue
-            example, without_prompt = shorten(template, record, example, tokenizer, max_len, places[i])
+            example, without_prompt = shorten(template, record, example, tokenizer, fits, places[i])
         # The first token is never a target (nothing predicts it): an example needs a learned token after it.
         if not any(example.learn[1:]):
             dropped += 1
@@ -126,15 +130,16 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
         examples.append(example)
     if too_long and not truncate:
         raise UserError(
-            f"{too_long} of {len(records)} {name} examples are longer than {max_len} tokens (the longest has {longest}), the "
-            "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
+            f"{too_long} of {len(records)} {name} examples are longer than {fits} tokens (the longest has {longest}): the "
+            f"model reads {max_len} of them (the context length or --seq-len), the last being only predicted; pass "
+            "--truncate to cut them, or use a checkpoint with a longer context"
         )
     if not examples and name == "training":
-        raise UserError(f"no {name} example has a response token within {max_len} tokens (the context length or "
-                        "--seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
+        raise UserError(f"no {name} example has a response token within {fits} tokens ({max_len} positions: the "
+                        "context length or --seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
                         "length, or use a checkpoint with a longer context")
     if too_long and verbose:
-        _note(f"{too_long} of {len(records)} {name} examples were cut to {max_len} tokens (--truncate); {dropped} left out, "
+        _note(f"{too_long} of {len(records)} {name} examples were cut to {fits} tokens (--truncate); {dropped} left out, "
               "their response not fitting" + (f"; {emptied} kept without their prompt's text, their response alone "
                                                "taking the tokens (leave such examples out of the data if the response "
                                                "means nothing without it)" if emptied else ""))

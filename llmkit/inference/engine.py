@@ -169,6 +169,10 @@ class _Window:
             max_len = self.decoder.cache_length(max_len, self.limit)
         old = self.cache
         self.cache = self.model.new_cache(B, max_len, pad_lengths=torch.tensor([width - n for n in fed], device=device))
+        for b in range(B):
+            if not sliding[b] and fed[b]:
+                self.cache.adopt(b, old, b, fed[b], end=width)
+        old = None  # (let go before the prefills: two caches at most, as the whole batch's re-encoding held)
         by_length: dict[int, list[int]] = {}
         for b in range(B):
             if sliding[b] and fed[b]:
@@ -182,9 +186,6 @@ class _Window:
             self.model(idx, cache=encoded, last_only=True)
             for i, b in enumerate(rows):
                 self.cache.adopt(b, encoded, i, n, end=width)
-        for b in range(B):
-            if not sliding[b] and fed[b]:
-                self.cache.adopt(b, old, b, fed[b], end=width)
         self.cache.pos = width
         return self.step(torch.tensor([w[-1] for w in windows], dtype=torch.long, device=device))
 
@@ -207,7 +208,7 @@ def prompt_keep(limit: int, new: int) -> int:
     """How many of a prompt's newest tokens the window keeps beside `new` new tokens: what they
     leave of the context, but at least half of it, so that a reply longer than the context still
     starts from some of its prompt (the window slides later on)."""
-    return max(limit - new + 1, limit // 2)
+    return max(limit - new + 1, limit // 2, 1)
 
 
 def check_fits(longest: int, new: int, limit: int | None, overflow: str) -> None:
@@ -334,7 +335,7 @@ def generate_ids(
                 row = prompt_ids[b] + outputs[b]
                 slides = alive[b] and len(row) - starts[b] > limit
                 if slides:
-                    starts[b] = len(row) - limit // 2
+                    starts[b] = len(row) - max(limit // 2, 1)  # (a context of 1 keeps its newest token)
                 # (a finished row's placeholder: it is only fed padding now)
                 windows.append(row[starts[b] :] if alive[b] else row[-1:])
                 sliding.append(slides)

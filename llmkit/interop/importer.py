@@ -21,7 +21,8 @@ from llmkit.interop.hf_files import (
 from llmkit.interop.hf_tokenizer import (hf_special_tokens, quiet_transformers, read_hf_tokenizer, with_post_processor,
                                          write_tokenizer_folder)
 from llmkit.model.gpt import ModelConfig
-from llmkit.model.hf_config import SUPPORTED_MODEL_TYPES, from_hf_config, hf_bias_groups, refuse_other_heads, unsupported_model_type
+from llmkit.model.hf_config import (SHAPE_KEYS, SUPPORTED_MODEL_TYPES, from_hf_config, hf_bias_groups, refuse_other_heads,
+                                    unsupported_model_type)
 from llmkit.model.hf_weights import from_hf_state, normalize_hf_keys
 
 
@@ -107,6 +108,10 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise unsupported_model_type(model_type, config_json.get("architectures"))
     refuse_other_heads(config_json.get("architectures"))
+    missing = [key for key in SHAPE_KEYS[model_type] if key not in config_json]
+    if missing:
+        raise UserError(f"{src}/config.json lacks {', '.join(missing)}, part of the model's shape (transformers would "
+                        "fill in another model's defaults); re-save the model with save_pretrained")
     quantized = config_json.get("quantization_config")
     if quantized is not None:
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"

@@ -147,6 +147,20 @@ def unsupported_model_type(model_type, architectures=None) -> UserError:
     )
 
 
+# The keys of a config.json that give a model's shape. transformers fills a missing one with its
+# default (a 7B Llama's 32 layers), so a config without them read as another model and import
+# blamed the weights for it.
+SHAPE_KEYS = {"gpt2": ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"),
+              "llama": ("vocab_size", "max_position_embeddings", "num_hidden_layers", "num_attention_heads", "hidden_size",
+                        "intermediate_size")}
+
+
+def _gpt2_dropout(c) -> float:
+    """llmkit's one dropout rate (attention, residual and embedding, as GPT-2's three) from GPT-2's
+    three: where they differ, the residual one, which most of llmkit's dropout sites are."""
+    return float(getattr(c, "resid_pdrop", 0.0) or 0.0)
+
+
 def _from_gpt2_config(c) -> ModelConfig:
     if c.activation_function not in GELU_TANH:
         raise _unsupported("gpt2", f"activation_function={c.activation_function!r}", "llmkit's GPT uses tanh-approximated GELU")
@@ -167,6 +181,7 @@ def _from_gpt2_config(c) -> ModelConfig:
             bias=True,
             tie_embeddings=bool(c.tie_word_embeddings),
             norm_eps=float(c.layer_norm_epsilon),
+            dropout=_gpt2_dropout(c),
         ),
         hidden,
         "gpt2",
@@ -213,6 +228,8 @@ def _from_llama_config(c) -> ModelConfig:
             tie_embeddings=bool(c.tie_word_embeddings),
             norm_eps=float(c.rms_norm_eps),
             rope_theta=float(theta),
+            # (Llama's dropout is attention's alone; llmkit's one rate drops residuals and embeddings too)
+            dropout=float(getattr(c, "attention_dropout", 0.0) or 0.0),
         ),
         c.intermediate_size,
         "llama",

@@ -590,7 +590,8 @@ class Trainer:
         from llmkit.model.averaging import write_average
         from llmkit.model.io import weights_state_dict
 
-        self._remove_stale_companions(ema=self.ema is not None, average=self.settings.checkpoints.average_last > 1)
+        earlier = self._checkpoints_to_average(step)
+        self._remove_stale_companions(ema=self.ema is not None, average=bool(earlier))
         run = artifacts.load(self.run_dir, kind="checkpoint")
         # without the run's validation figures (_describe adds them to its own): not these weights'
         stats = replace(self.spec.stats, step=step, tokens_seen=self._progress(step)["tokens_seen"]).to_dict()
@@ -600,27 +601,37 @@ class Trainer:
                           config=dict(self.spec.config, weights=f"exponential moving average, decay min({decay}, (1+t)/(10+t)) "
                                       "after update t", ema=decay),
                           seed=self.spec.seed, stats=stats, force=True, lock=False, roles=["run"], guard_inputs=False)
-        count = self.settings.checkpoints.average_last
-        if count > 1:
-            earlier = [d for d in ckpt.step_dirs(self.run_dir) if ckpt.saved_step(d) < step][-(count - 1):]
-            members = [artifacts.load(d, kind="checkpoint") for d in earlier] + [run]
-            if len(members) < count:
-                from llmkit.console import err
+        count, save_every = self.settings.checkpoints.average_last, self.settings.checkpoints.save_every
+        if count > 1 and len(earlier) < count - 1:
+            from llmkit.console import err
 
-                err.print(f"note: --average-last {count}: the run saved only {len(members)} checkpoint(s) (--save-every "
-                          f"{self.settings.checkpoints.save_every}, {step} steps), so RUN/average is the mean of those",
-                          soft_wrap=True, markup=False)
+            if earlier:
+                err.print(f"note: --average-last {count}: the run saved only {len(earlier) + 1} checkpoint(s) (--save-every "
+                          f"{save_every}, {step} steps), so RUN/average is the mean of those", soft_wrap=True, markup=False)
+            else:
+                err.print(f"note: --average-last {count}: the run saved no checkpoint before its final one (--save-every "
+                          f"{save_every}, {step} steps), so there is nothing to average: no RUN/average (it would be the "
+                          "final weights again)", soft_wrap=True, markup=False)
+        if earlier:
+            members = [artifacts.load(d, kind="checkpoint") for d in earlier] + [run]
             write_average(self.run_dir / "average", members, [1.0 / len(members)] * len(members),
                           config=dict(self.spec.config, weights=f"mean of the last {len(members)} checkpoints",
                                       average_last=count), seed=self.spec.seed, stats=stats, force=True, lock=False,
                           roles=[f"member:{m.path.name}" for m in members[:-1]] + ["member:final"], guard_inputs=False)
 
-    def _companions_current(self) -> bool:
+    def _checkpoints_to_average(self, step: int) -> list[Path]:
+        """The saved checkpoints --average-last averages with the final one (none: no RUN/average)."""
+        count = self.settings.checkpoints.average_last
+        if count < 2:
+            return []
+        return [d for d in ckpt.step_dirs(self.run_dir) if ckpt.saved_step(d) < step][-(count - 1):]
+
+    def _companions_current(self, step: int) -> bool:
         """Whether RUN/ema and RUN/average are there, as this run's settings ask, and were made
         from the run as it is now (not from an end it had before it was extended)."""
         run = artifacts.load(self.run_dir, kind="checkpoint", check=False).fingerprint
         wanted = {"ema": ("run", self.ema is not None),
-                  "average": ("member:final", self.settings.checkpoints.average_last > 1)}
+                  "average": ("member:final", bool(self._checkpoints_to_average(step)))}
         for name, (role, expected) in wanted.items():
             folder = self.run_dir / name
             if not expected:
@@ -648,8 +659,10 @@ class Trainer:
                 (stale / artifacts.MANIFEST).unlink(missing_ok=True)  # first: a kill midway leaves no artifact
                 shutil.rmtree(stale, ignore_errors=True)
                 flag = "--ema" if name == "ema" else "--average-last"
-                err.print(f"note: removed {stale}, which an earlier command made; this run has no {flag}",
-                          soft_wrap=True, markup=False)
+                has_none = f"this run has no {flag}"
+                if name == "average" and self.settings.checkpoints.average_last > 1:
+                    has_none = "this run saved no checkpoint to average with its final one"
+                err.print(f"note: removed {stale}, which an earlier command made; {has_none}", soft_wrap=True, markup=False)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoopResult:
@@ -671,7 +684,7 @@ class Trainer:
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
                         "(give a larger --max-steps to train further)")
-            if info.is_main and not self._companions_current():
+            if info.is_main and not self._companions_current(step):
                 # killed between the run's manifest and its companions (written after, as they name it)
                 logger.note("writing its --ema / --average-last companions, missing or from an earlier end of the run")
                 self._write_companions(step)
