@@ -663,6 +663,41 @@ def test_truncate_shortens_the_document_and_keeps_the_template_and_response(base
     assert prompt.startswith("Summarize:\n#Person1#: We met them") and prompt.endswith("\nSummary:")
 
 
+def test_truncate_cuts_a_chat_as_chat_cuts_a_conversation_and_keeps_the_last_reply(base):
+    """A chat too long gives up its oldest exchanges (the system message stays), then the end of
+    the message the reply answers, as `chat` and `generate` fit a conversation into the context: the
+    last reply and its end token stay whole and learned (it was cut from its end: the reply went
+    first, and the example was left out). Where even that message emptied leaves the reply too
+    long, the example with it empty is cut from its end."""
+    from llmkit.data.templates import encode_chat_example, fit_conversation, resolve_template
+    from llmkit.finetune.data import sft_examples
+
+    tok = _tokenizer(base)
+    template = resolve_template("chat")
+    reply = {"role": "assistant", "content": "They met in May."}
+    system = {"role": "system", "content": "Answer briefly."}
+    old = [{"role": "user", "content": "the dogs were there " * 6}, {"role": "assistant", "content": "Yes, they were."}]
+    question = {"role": "user", "content": "When did they meet? " + "Tell me about the dogs and the beach. " * 4}
+    record = {"messages": [system, *old, question, reply]}
+    reply_ids = encode_chat_example([system, reply], tok)
+    reply_tokens = reply_ids.ids[-sum(reply_ids.learn):]  # the reply, then <|eos|>
+    without_old = len(encode_chat_example([system, question, reply], tok).ids)
+    max_len = without_old - 1  # the oldest exchange must go, and no more: the question fits whole
+    (example,) = sft_examples([record], template, tok, max_len, truncate=True, name="training", verbose=False)
+    assert example.ids == encode_chat_example([system, question, reply], tok).ids
+    assert example.ids[-len(reply_tokens):] == reply_tokens and all(example.learn[-len(reply_tokens):])
+    (shorter,) = sft_examples([record], template, tok, max_len - 8, truncate=True, name="training", verbose=False)
+    kept, dropped, cut = fit_conversation([system, *old, question], tok, max_len - 7,
+                                          encode=lambda m: encode_chat_example([*m, reply], tok).ids)
+    assert dropped == 2 and cut and kept[0] == system and kept[-1]["content"] != question["content"]
+    assert shorter.ids == encode_chat_example([*kept, reply], tok).ids and len(shorter.ids) <= max_len - 7
+    assert shorter.ids[-len(reply_tokens):] == reply_tokens and all(shorter.learn[-len(reply_tokens):])
+    budget = len(encode_chat_example([system, dict(question, content=""), reply], tok).ids) - 3
+    (emptied,) = sft_examples([record], template, tok, budget - 1, truncate=True, name="training", verbose=False)
+    assert emptied.ids == encode_chat_example([system, dict(question, content=""), reply], tok).ids[:budget]
+    assert 0 < sum(emptied.learn) < len(reply_tokens)
+
+
 def test_truncate_empties_the_document_when_only_that_fits_and_then_keeps_the_responses_start(base):
     """An empty input field is the last thing tried before cutting from the end; and what is cut
     from the end is the example without its input, so the wording and the response's start stay."""

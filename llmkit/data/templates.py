@@ -205,32 +205,41 @@ def message_ids(content: str, before: int, after: int, tokenizer) -> list[int]:
     return tokenizer.encode_after_special(content)
 
 
-def fit_conversation(messages: list[dict[str, str]], tokenizer, budget: int) -> tuple[list[dict[str, str]], int, bool | None]:
+def fit_conversation(messages: list[dict[str, str]], tokenizer, budget: int,
+                     encode: Callable[[list[dict[str, str]]], Sequence[int]] | None = None,
+                     ) -> tuple[list[dict[str, str]], int, bool | None]:
     """A conversation cut to `budget` tokens of prompt, as chat and generate cut one: its oldest
     exchanges left out (drop_oldest_exchanges), then the end of its last message. Returns (the
     messages; how many were left out; whether the last one was cut, None where even an empty last
-    message leaves no room: the messages are then those kept, uncut)."""
-    kept, dropped = drop_oldest_exchanges(messages, tokenizer, budget)
+    message leaves no room: the messages are then those kept, uncut). `encode`: what is measured
+    against the budget (default the generation prompt; fine-tuning's --truncate measures the
+    training example, the reply after these messages included)."""
+    encode = encode or (lambda kept: encode_chat_prompt(kept, tokenizer))
+    kept, dropped = drop_oldest_exchanges(messages, tokenizer, budget, encode)
     *head, last = kept
 
-    def encode(record: dict[str, Any]) -> list[int]:
-        return encode_chat_prompt([*head, dict(last, content=record["content"])], tokenizer)
+    def encode_record(record: dict[str, Any]) -> Sequence[int]:
+        return encode([*head, dict(last, content=record["content"])])
 
     record = {"content": last["content"]}
-    fitted = fit_field(encode, record, "content", tokenizer, budget)
+    fitted = fit_field(encode_record, record, "content", tokenizer, budget)
     if fitted is None:
         return kept, dropped, None
     return [*head, dict(last, content=fitted["content"])], dropped, fitted is not record
 
 
-def drop_oldest_exchanges(messages: list[dict[str, str]], tokenizer, budget: int | None) -> tuple[list[dict[str, str]], int]:
+def drop_oldest_exchanges(messages: list[dict[str, str]], tokenizer, budget: int | None,
+                          encode: Callable[[list[dict[str, str]]], Sequence[int]] | None = None,
+                          ) -> tuple[list[dict[str, str]], int]:
     """The conversation with its oldest exchanges (a message and the one after it) left out until
-    its prompt fits in `budget` tokens, a first system message kept, the last message always: the
-    one rule of chat and eval. Returns it and how many messages were left out."""
+    its prompt (`encode`, default the generation prompt) fits in `budget` tokens, a first system
+    message kept, the last message always: the one rule of chat, eval and fine-tuning's --truncate.
+    Returns it and how many messages were left out."""
+    encode = encode or (lambda kept: encode_chat_prompt(kept, tokenizer))
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
     rest = list(messages[len(head):])
     dropped = 0
-    while budget is not None and len(rest) > 2 and len(encode_chat_prompt(head + rest, tokenizer)) > budget:
+    while budget is not None and len(rest) > 2 and len(encode(head + rest)) > budget:
         rest, dropped = rest[2:], dropped + 2
     return head + rest, dropped
 

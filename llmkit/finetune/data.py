@@ -21,7 +21,8 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit import artifacts, jsonl
-from llmkit.data.templates import Encoded, encode_example, fit_fields, prompt_fields, text_fields
+from llmkit.data.templates import (Encoded, encode_chat_example, encode_example, fit_conversation, fit_fields, prompt_fields,
+                                   record_messages, text_fields)
 from llmkit.model.gpt import IGNORE_INDEX
 
 
@@ -152,8 +153,24 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
     first (the document, the source; an Alpaca record's input before its instruction), so that the
     prompt's wording and the whole response stay (llmkit.data.templates.fit_fields); where even
     empty fields leave the response too long, the example without them is cut from its end,
-    keeping the wording and the response's start. A chat is cut from its end."""
+    keeping the wording and the response's start. A chat gives up what chat and generate give up
+    of a conversation too long for the context (fit_conversation), so that the model learns its
+    last reply from what it will read at inference: its oldest exchanges, then the end of the
+    message the reply answers; where even that message emptied leaves the reply too long, the
+    example with it empty is cut from its end (it was always cut from its end, which took the
+    reply first)."""
     emptied = False
+    if template["type"] == "chat":
+        *history, reply = record_messages(record, where)
+        if history:
+            def encode(messages: list[dict[str, str]]) -> list[int]:
+                return encode_chat_example([*messages, reply], tokenizer).ids
+
+            kept, _, cut = fit_conversation(history, tokenizer, max_len, encode=encode)
+            emptied = cut is None
+            if emptied:
+                kept = [*kept[:-1], dict(kept[-1], content="")]
+            example = encode_chat_example([*kept, reply], tokenizer)
     if template["type"] == "text":
         fields = text_fields(record, prompt_fields(template))
         if fields:  # (numbers are not cut: the example is cut from its end)
