@@ -40,10 +40,23 @@ def _unique_key_loader():
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
-    # YAML 1.2's floats: PyYAML reads YAML 1.1, where `3e-4` (no dot) is a string, and `lr: 3e-4` is
-    # how learning rates are written. Tried after the int resolver, which such a word never matches.
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-                                 list("-+0123456789."))
+    # YAML 1.2's core schema for numbers and booleans. PyYAML reads YAML 1.1, where `3e-4` (no dot)
+    # is a string (and `lr: 3e-4` is how learning rates are written), `seed: 010` is octal 8,
+    # `1:30` is 90 (base 60) and `no`, `on`, `y` are booleans: values that changed without a word.
+    int_tag, float_tag, bool_tag = (f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool"))
+    Loader.yaml_implicit_resolvers = {first: [(tag, regexp) for tag, regexp in resolvers if tag not in (int_tag, float_tag, bool_tag)]
+                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    Loader.add_implicit_resolver(int_tag, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        float_tag, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+0123456789."))
+
+    def construct_int(loader, node):
+        text = loader.construct_scalar(node)
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)  # (010 is ten)
+
+    Loader.add_constructor(int_tag, construct_int)
     return Loader
 
 
@@ -89,13 +102,17 @@ def _coerce(value: Any, annotation: Any) -> Any:
     if annotation is Path and isinstance(value, str):
         return Path(value)
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        return list(value) if origin is list else tuple(value)
+        # each item as its type says: a file's [1, 1, 1] for a list of floats is [1.0, 1.0, 1.0], as the flag's
+        # 1,1,1 is (the recorded config, and so the fingerprint, was another)
+        item = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else None
+        items = [_coerce(v, item) for v in value] if item is not None else list(value)
+        return items if origin is list else tuple(items)
     return value
 
 
 # The tables a config file may hold: one per stage, so that one file can serve a whole recipe.
 SECTIONS = ("clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate", "chat", "eval", "export", "import", "sweep",
-            "scaling", "plot", "average", "plan")
+            "scaling", "scaling-predict", "plot", "average", "plan")
 
 
 def file_values(file: Path | str | None, section: str | None, *, note: bool = True) -> dict[str, Any]:
@@ -107,6 +124,8 @@ def file_values(file: Path | str | None, section: str | None, *, note: bool = Tr
     if file is None:
         return {}
     data = load_config_file(file)
+    # a YAML stage table with every key commented out (`clean:`) reads as null: an empty table
+    data = {k: {} if v is None and k in SECTIONS else v for k, v in data.items()}
     unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in SECTIONS]
     if unknown:
         raise UsageError(f"unknown table [{unknown[0]}] in {file}; a config file holds options at top level or in a "
@@ -175,11 +194,13 @@ def resolve(
     from_file = {by_key[k]: v for k, v in from_file.items()}
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
-    for name in [opt.name for opt in options if opt.name in from_file and opt.name in (explicit or {})]:
-        # a flag typed over it: the file's value is still checked (its type, range, choices)
+    for name in [opt.name for opt in options if opt.name in from_file]:
+        # the file's value checked here, to name the file (and where a flag typed over it: still checked)
         problem = value_problem(known[name], values[name])
-        if problem:
+        if problem and name in (explicit or {}):
             raise OptionError(f"{file}: {problem} (a typed {known[name].flag} overrides it here, not in other commands)")
+        if problem:
+            raise OptionError(f"{file}: {problem}")
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     for name, value in values.items():
         _refuse_non_utf8(known[name].flag, value)
@@ -188,8 +209,10 @@ def resolve(
         raise UsageError(f"missing option {missing[0].flag}: type it, or set {missing[0].key} in a --config file")
     try:
         return config_cls.build(**values)
-    except UserError:
+    except UsageError:
         raise
+    except UserError as exc:  # a stage's own check of its options' values (a vocabulary too small): a usage error
+        raise UsageError(str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid configuration: {exc}") from exc
 

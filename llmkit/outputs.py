@@ -9,12 +9,26 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from llmkit.errors import UserError
+
+
+# The longest name an output may have: its lock and temporaries beside it add to it, at most
+# 26 characters (`.NAME.partial-` and a 16-digit key), and a file system takes 255 bytes a name.
+MAX_NAME_BYTES = 255 - len("..partial-") - 16
+
+
+def _refuse_a_long_name(out: Path) -> None:
+    # (such a name failed after the checks, as an "unexpected" error naming a temporary's name)
+    length = len(os.fsencode(out.name))
+    if length > MAX_NAME_BYTES:
+        raise UserError(f"-o {out}: its name is {length} bytes long, and llmkit takes names of up to {MAX_NAME_BYTES} "
+                        "(the lock and temporary folders it keeps beside the output add to the name); give a shorter name")
 
 
 def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False) -> Path:
@@ -32,6 +46,7 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
     if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work
         raise UserError(f"-o {out} ends in '..'; give the output's own name ({out.resolve()})")
+    _refuse_a_long_name(out)
     target = out.resolve()
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
@@ -174,6 +189,7 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
     """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
     if path is None:
         return
+    _refuse_a_long_name(path)
     target = path.resolve()
     for item in inputs:
         if item is not None and Path(item).exists():
@@ -269,14 +285,25 @@ def output_lock(out: Path | str, *, keep_replaced: bool = False) -> Iterator[Non
         handle.close()
 
 
-def _remove_stale_temporaries(out: Path, keep_replaced: bool) -> None:
+def temporaries(out: Path, kind: str) -> list[Path]:
+    """llmkit's own temporaries of output `out`, `.NAME.KIND-SUFFIX` beside it: tempfile's 8
+    characters, or a test's stand-in (KIND tmp, old, replaced; no dot), or a resume key's 16 hex
+    digits (partial). Matched whole,
+    so that another output's never is: an -o of `x.tmp-a` beside `x` has `.x.tmp-a.lock` and
+    `.x.tmp-a.partial-...`, which a glob of `.x.tmp-*` took for x's and removed while that run
+    wrote them."""
+    suffix = "[0-9a-f]{16}" if kind == "partial" else "[a-z0-9_]+"
+    whole = re.compile(rf"\.{re.escape(out.name)}\.{kind}-{suffix}")
     parent = out.resolve().parent
-    name = glob.escape(out.name)  # an -o of "c?" must not match other outputs' temporaries
-    for old in parent.glob(f".{name}.old-*/{name}"):
-        if not out.exists() and not out.is_symlink():  # killed between _replace_dir's renames: the only copy left
-            os.replace(old, out)
-    for pattern in (f".{name}.tmp-*", f".{name}.old-*") + (() if keep_replaced else (f".{name}.replaced-*",)):
-        for stale in parent.glob(pattern):
+    return sorted(p for p in parent.glob(f".{glob.escape(out.name)}.{kind}-*") if whole.fullmatch(p.name))
+
+
+def _remove_stale_temporaries(out: Path, keep_replaced: bool) -> None:
+    for old in temporaries(out, "old"):
+        if (old / out.name).exists() and not out.exists() and not out.is_symlink():
+            os.replace(old / out.name, out)  # killed between _replace_dir's renames: the only copy left
+    for kind in ("tmp", "old") + (() if keep_replaced else ("replaced",)):
+        for stale in temporaries(out, kind):
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
             else:  # a file output's temporary (generate -o, chat's transcript)
@@ -309,7 +336,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
         else:
             tmp = parent / f".{out.name}.partial-{resume_key[:16]}"
-            for stale in parent.glob(f".{glob.escape(out.name)}.partial-*"):
+            for stale in temporaries(out, "partial"):
                 if stale != tmp:
                     shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(exist_ok=True)

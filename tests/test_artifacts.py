@@ -306,6 +306,16 @@ def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_them
     with outputs.output_lock(tmp_path / "c?"):
         pass
     assert other.is_dir()
+    # an output named like a temporary of another (`cA.tmp-a` beside `cA`): its lock and its work in
+    # progress are its own, which a run on cA removed (a glob of .cA.tmp-*) while that run wrote them
+    (tmp_path / ".cA.tmp-a.lock").write_text("")
+    (tmp_path / ".cA.tmp-a.partial-0123456789abcdef").mkdir()
+    (tmp_path / ".cA.old-x.tmp-b").mkdir()
+    with outputs.output_lock(tmp_path / "cA"):
+        pass
+    assert not other.exists()  # cA's own killed run's
+    assert (tmp_path / ".cA.tmp-a.lock").is_file() and (tmp_path / ".cA.tmp-a.partial-0123456789abcdef").is_dir()
+    assert (tmp_path / ".cA.old-x.tmp-b").is_dir()
 
 
 def test_an_artifact_reached_through_a_link_finds_its_inputs_and_a_link_is_no_output(tmp_path):

@@ -99,6 +99,58 @@ def test_chat_command_in_the_terminal(chat_model, cli):
         assert result.output.count("bot> Two dogs play in the snow.") == 2
 
 
+def test_ctrl_c_stops_a_reply_or_leaves_at_the_prompt_and_the_transcript_is_said(chat_model, tmp_path, monkeypatch):
+    """Ctrl-C ended the whole session with "nothing was written", though the transcript held every
+    finished exchange: in a reply it stops that reply (left out of the conversation), at the prompt
+    it leaves as Ctrl-D does; a SIGTERM ends the command and names what the transcript holds."""
+    import io
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+    from llmkit.errors import Terminated
+    from llmkit.generate.chat import ChatSession
+
+    class CtrlCAfterTheLines(io.RawIOBase):  # a terminal whose user typed these lines, then pressed Ctrl-C
+        def __init__(self, data: bytes):
+            self.data = data
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            if not self.data:
+                raise KeyboardInterrupt
+            n = min(len(buffer), len(self.data))
+            buffer[:n], self.data = self.data[:n], self.data[n:]
+            return n
+
+    real_reply = ChatSession.reply
+
+    def reply(self, text, on_text=None):
+        if text == "stop":
+            raise KeyboardInterrupt
+        if text == "end":
+            raise Terminated
+        return real_reply(self, text, on_text)
+
+    monkeypatch.setattr(ChatSession, "reply", reply)
+    import typer.testing
+
+    made = typer.testing.make_input_stream  # (typer's runner takes text or bytes only: a stream as it is)
+    monkeypatch.setattr(typer.testing, "make_input_stream", lambda given, charset: given if hasattr(given, "read") else made(given, charset))
+    out = tmp_path / "t.jsonl"
+    args = ["chat", str(chat_model), "--temperature", "0", "-n", "4", "-o", str(out)]
+    result = CliRunner().invoke(app, args, input=CtrlCAfterTheLines(b"hello\nstop\nwho is there\n"))
+    assert result.exit_code == 0 and "(reply stopped" in result.output and "wrote 1 conversation(s)" in result.output, result.output
+    assert [m["content"] for m in json.loads(out.read_text())["messages"]][::2] == ["hello", "who is there"]
+    result = CliRunner().invoke(app, [*args, "--force"], input="hello\nend\n")
+    assert result.exit_code == 143, result.output
+    assert f"terminated; the 1 conversation(s) before it are in {out}" in " ".join(result.output.split()), result.output
+    assert [m["content"] for m in json.loads(out.read_text())["messages"]][::2] == ["hello"]
+
+
 def test_a_line_that_is_not_unicode_is_refused_and_the_chat_goes_on(chat_model):
     from typer.testing import CliRunner
 

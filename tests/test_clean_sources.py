@@ -481,11 +481,34 @@ def test_a_saved_data_set_is_read_with_load_from_disk(tmp_path):
         resolve_inputs([], dataset=str(tmp_path / "dict"), split="validation")
 
 
+def test_a_csv_data_set_reads_its_cells_as_written_and_text_files_go_as_inputs(cli, tmp_path):
+    """pandas' defaults made NA, None, null and an empty cell missing (a document lost or refused)
+    and a column of numbers floats ("007" read as 7.0), where the same file given as an input kept
+    them; `datasets`' text builder made a document of every line whatever --doc-per said; a folder
+    save_to_disk wrote, given as an input, was refused for its metadata JSON."""
+    import datasets
+
+    (tmp_path / "cells.csv").write_text("text\nhello world\nNA\nNone\nnull\n007\n", encoding="utf-8")
+    source = resolve_inputs([], dataset=str(tmp_path / "cells.csv"))[0]
+    assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == ["hello world", "NA", "None", "null", "007"]
+    as_input = resolve_inputs([str(tmp_path / "cells.csv")])[0]
+    assert [t for _, t in as_input.documents(ReadOptions(), ReadStats())] == ["hello world", "NA", "None", "null", "007"]
+    (tmp_path / "lines.txt").write_text("a\nb\n\nc\n", encoding="utf-8")
+    with pytest.raises(UserError, match="text files are read as inputs, where --doc-per says what a document is"):
+        resolve_inputs([], dataset=str(tmp_path / "lines.txt"))
+    datasets.Dataset.from_dict({"text": ["one", "two"]}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(UserError, match="is a data set written by save_to_disk; read it with --dataset"):
+        resolve_inputs([str(tmp_path / "saved")])
+    [arrow] = (tmp_path / "saved").glob("*.arrow")  # one of its Arrow files alone: the arrow builder
+    source = resolve_inputs([], dataset=str(arrow))[0]
+    assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == ["one", "two"]
+
+
 def test_a_local_data_set_that_does_not_read_names_the_reason_in_one_line(cli, tmp_path, capfd):
     (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": broken\n', encoding="utf-8")
-    (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    (tmp_path / "latin1.csv").write_bytes("text\ncafé\n".encode("latin-1"))
     (tmp_path / "holes.jsonl").write_text('{"text": "kept"}\n{"id": 2}\n{"text": null}\n', encoding="utf-8")
-    for name, reason in (("broken.jsonl", "JSON parse error"), ("latin1.txt", "UnicodeDecodeError: 'utf-8' codec can't decode"),
+    for name, reason in (("broken.jsonl", "JSON parse error"), ("latin1.csv", "can't decode"),
                          ("holes.jsonl", "dataset:holes.jsonl/train: row 1 (counting from 0, over the split's files in order): column 'text' is null")):
         capfd.readouterr()
         result = cli("clean", "--dataset", tmp_path / name, "-o", tmp_path / "out")

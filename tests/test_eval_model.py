@@ -195,6 +195,18 @@ def test_tokens_artifact_val_split_equals_raw_text(cli, gpt2_ckpt, loaded, shake
     assert roles == {"checkpoint", "data"}
 
 
+def test_a_damaged_shard_with_an_id_outside_the_vocabulary_is_one_line(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):
+    """A flipped bit made an id past the vocabulary: an IndexError, "unexpected", where pretrain says it."""
+    tokens = _write_tokens_artifact(tmp_path / "tokens", loaded.tokenizer, [shakespeare[:600]])
+    shard = sorted((tokens / "val").glob("*.bin"))[0]
+    data = np.fromfile(shard, dtype=np.dtype(artifacts.load(tokens).stats["dtype"]))
+    data[3] = np.iinfo(data.dtype).max
+    data.tofile(shard)
+    result = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", tokens, "-o", tmp_path / "ev")
+    assert result.exit_code == 1 and "outside the vocabulary" in result.output and "unexpected" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "ev").exists()
+
+
 def test_tokens_made_with_another_tokenizer_are_refused(cli, gpt2_ckpt, loaded, shakespeare, tmp_path):
     """The same vocabulary size is not the same tokenizer: other ids for the same text."""
     from llmkit.data.tokenizer import load_tokenizer
@@ -333,6 +345,13 @@ def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_dat
     metrics = _metrics(tmp_path / "ev")
     assert metrics["accuracy"] == accuracy_score(gold, pred)
     assert metrics["f1"] == pytest.approx(f1_score(gold, pred, average="macro", labels=sorted(set(gold) | set(pred)), zero_division=0))
+    # each label name's log-likelihood behind the prediction, as docs/eval.md says the records hold
+    assert all(len(r["logliks"]) == 2 and ["negative", "positive"][int(np.argmax(r["logliks"]))] == r["prediction"]
+               for r in records)
+    # choices in a later record but not the first: they were ignored (the first record decided the kind)
+    (tmp_path / "mixed.jsonl").write_text('{"text": "hello", "label": 0}\n{"text": "bye", "label": 1, "choices": ["a", "b"]}\n')
+    mixed = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", tmp_path / "mixed.jsonl", "--labels", "a,b", "-o", tmp_path / "m")
+    assert mixed.exit_code == 1 and "record 2 has 'choices' and record 1 has none" in mixed.output, mixed.output
     missing = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", shared_data / "sentiment" / "test.jsonl", "-o", tmp_path / "x")
     assert missing.exit_code != 0 and "needs label names" in missing.output
     # a base model's labels read through a prompt template: it is used (and changes the scores)
@@ -659,6 +678,11 @@ def test_integer_labels_name_classes_whose_names_are_numbers():
     assert [_label_index(v, ["neg", "pos"], 0) for v in (0, 1, "pos", "1")] == [0, 1, 1, 1]  # other names: an index
     # a multiple-choice record's label is the right choice's index, whatever the choices say (arithmetic: numbers)
     assert [_label_index(v, ["1", "2", "3", "4"], 0, class_names=False) for v in (1, 3)] == [1, 3]
+    # digits as text are an index too (they were read as a choice's text first: "1" was "1"'s index 2); where they are
+    # another choice's text as well, the label is refused, not guessed; a choice's text still names it
+    assert [_label_index(v, ["4", "2", "9"], 0, class_names=False) for v in ("1", "0", "9")] == [1, 0, 2]
+    with pytest.raises(UserError, match="label '1' is the index of choice 2 .'2'. and the text of choice 3"):
+        _label_index("1", ["4", "2", "1"], 0, class_names=False)
     for value, names, message in ((0, ["1", "2"], "label 0 is not one of 1, 2"), (None, ["neg", "pos"], "label null"),
                                   (2, ["neg", "pos"], "out of range for 2 classes")):
         with pytest.raises(UserError, match=message):

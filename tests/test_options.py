@@ -265,3 +265,53 @@ def test_minus_zero_is_recorded_as_zero():
     from llmkit.tokenizer.config import TokenizeConfig
 
     assert json.dumps(TokenizeConfig.build(val_fraction=-0.0).hashed()) == json.dumps(TokenizeConfig.build(val_fraction=0.0).hashed())
+
+
+def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_item(tmp_path):
+    """YAML 1.1's readings changed values without a word (`seed: 010` was 8, `1:30` was 90, `no` was
+    false); a file's [1, 1, 1] for a list of floats was recorded as integers (another fingerprint than
+    the flag's 1,1,1); an empty YAML stage table (`clean:`, its keys commented out) was an unknown option."""
+    from llmkit.config import resolve
+    from llmkit.corpus.config import CleanConfig
+    from llmkit.errors import UsageError
+
+    file = tmp_path / "c.yaml"
+    file.write_text("clean:\n  seed: 010\n  min_words: 0x10\n")
+    config = resolve(CleanConfig, file=file, section="clean")
+    assert (config.seed, config.min_words) == (10, 16)
+    for text, flag in (("min_words: 1:30", "--min-words"), ("cleanup: no", "--cleanup"), ("cleanup: on", "--cleanup")):
+        file.write_text(f"clean:\n  {text}\n")
+        with pytest.raises(UsageError, match=f"c.yaml: {flag} must be"):  # the file named, though no flag was typed
+            resolve(CleanConfig, file=file, section="clean")
+    file.write_text("clean:\n  cleanup: false\n  max_top_ngram_char_frac: [1, 1, 1]\n  min_language_score: 1e-1\n")
+    config = resolve(CleanConfig, file=file, section="clean")
+    assert config.cleanup is False and config.min_language_score == 0.1
+    typed = resolve(CleanConfig, explicit={"max_top_ngram_char_frac": [1.0, 1.0, 1.0]})
+    assert json.dumps(config.max_top_ngram_char_frac) == json.dumps(typed.max_top_ngram_char_frac) == "[1.0, 1.0, 1.0]"
+    file.write_text("clean:\n")
+    assert resolve(CleanConfig, file=file, section="clean") == resolve(CleanConfig)
+
+
+def test_a_repeated_list_flag_adds_to_the_list_and_a_stages_own_check_is_a_usage_error(cli, tmp_path):
+    """`--languages fr --languages en` kept only en (the repeat said nothing); a value a stage's own
+    check refuses (a vocabulary too small for its bytes) exited 1 where every bad value exits 2."""
+    (tmp_path / "en.txt").write_text("To be, or not to be, that is the question of the day.\n" * 4)
+    result = cli("clean", tmp_path / "en.txt", "--languages", "fr", "--languages", "de,en", "--min-language-score", "0",
+                 "-o", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["config"]["languages"] == ["fr", "de", "en"]
+    result = cli("tokenizer", "train", tmp_path / "en.txt", "--vocab-size", "10", "-o", tmp_path / "t")
+    assert result.exit_code == 2 and "--vocab-size 10 is too small" in result.output, result.output
+    # scaling predict reads its own table: [scaling] holds fit's options, which predict refused as unknown
+    (tmp_path / "s.toml").write_text("[scaling]\nbootstrap = 0\n[scaling-predict]\nparams = 1e8\ntokens = 1e9\n")
+    result = cli("scaling", "predict", tmp_path / "nothing", "--config", tmp_path / "s.toml")
+    assert "no such artifact" in result.output, result.output
+
+
+def test_an_output_name_too_long_for_its_temporaries_is_refused_first(cli, tmp_path):
+    """A name the file system takes (255 bytes) but its lock or `.NAME.partial-KEY` beside it does not
+    failed after the checks as an unexpected error naming the temporary."""
+    (tmp_path / "en.txt").write_text("a line of text\n")
+    result = cli("clean", tmp_path / "en.txt", "-o", tmp_path / ("n" * 240))
+    assert result.exit_code == 1 and "is 240 bytes long, and llmkit takes names of up to 229" in " ".join(result.output.split())
+    assert cli("clean", tmp_path / "en.txt", "-o", tmp_path / ("n" * 229)).exit_code == 0

@@ -223,7 +223,8 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     unasked = cli("scaling", "predict", a.path, "--tokens", "2e9")  # no N: nothing to answer (it used to assume 1e8)
     assert unasked.exit_code == 2 and "missing option --params: type it, or set params in a --config file" in unasked.output
     # the required options from a config file (Typer used to ask for them before the file was read)
-    (tmp_path / "ask.toml").write_text("[scaling]\nparams = 1e8\ntokens = 2e9\n")
+    # (in predict's own table: [scaling] holds fit's options, which predict refused as unknown)
+    (tmp_path / "ask.toml").write_text("[scaling]\nbootstrap = 0\n[scaling-predict]\nparams = 1e8\ntokens = 2e9\n")
     from_file = cli("scaling", "predict", a.path, "--config", tmp_path / "ask.toml")
     assert from_file.exit_code == 0 and from_file.output == predicted.output, from_file.output
     import shutil

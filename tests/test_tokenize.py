@@ -433,6 +433,26 @@ def test_a_document_split_inside_keeps_its_place_whatever_the_batch_size(tmp_pat
     assert tok.decode(tail[1:]).strip() and not tok.decode(tail[1:]).startswith("First Citizen")
 
 
+def test_a_document_split_inside_is_cut_between_whole_characters(tmp_path, tokenizer):
+    """Chinese text in byte tokens (3 a character): the cut by token count fell inside a character,
+    and the head ended, the tail began, with half of it (U+FFFD, trained on before <|eos|>)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tok = load_tokenizer(tokenizer)
+    for repeats in (40, 41, 42):
+        book = "满纸荒唐言，一把辛酸泪。" * repeats
+        with artifacts.create(tmp_path / f"corpus{repeats}", "corpus") as build:
+            (build.dir / "shards").mkdir()
+            pq.write_table(pa.table({"id": ["book"], "text": [book], "source": ["book"]}), build.dir / "shards" / "part-00000.parquet")
+            build.stats = {"documents": 1}
+        out = tokenize_corpus(tmp_path / f"corpus{repeats}", tokenizer, tmp_path / f"t{repeats}",
+                              TokenizeConfig(val_fraction=0.05, workers=1))
+        [head] = [tok.decode(doc[:-1]) for doc in TokenShards.open(out, "train").iter_documents()]
+        [tail] = [tok.decode(doc[:-1]) for doc in TokenShards.open(out, "val").iter_documents()]
+        assert "\ufffd" not in head + tail and head + tail == book, repeats
+
+
 def test_documents_without_a_source_form_their_own_group(tmp_path):
     """The held-out split is drawn per source; a null source is a group of its own (not the first
     source of its batch), also in a batch where every source is null."""

@@ -415,7 +415,7 @@ def test_cli_config_file_and_special_tokens(cli, corpus, tmp_path):
 
 def test_cli_bad_inputs(cli, corpus, tmp_path):
     small = cli("tokenizer", "train", corpus, "-o", tmp_path / "a", "--vocab-size", "200")
-    assert small.exit_code == 1 and "--vocab-size 200 is too small" in small.output and "263" in small.output
+    assert small.exit_code == 2 and "--vocab-size 200 is too small" in small.output and "263" in small.output
     assert not (tmp_path / "a").exists()
 
     empty = write_corpus_artifact(tmp_path / "empty", ["", ""]).path
@@ -432,10 +432,10 @@ def test_cli_bad_inputs(cli, corpus, tmp_path):
     assert missing.exit_code == 1 and "no such file or artifact" in missing.output
 
     no_eos = cli("tokenizer", "train", corpus, "-o", tmp_path / "e", "--special-tokens", "<|bos|>,<|pad|>")
-    assert no_eos.exit_code == 1 and "must include <|eos|>" in no_eos.output
+    assert no_eos.exit_code == 2 and "must include <|eos|>" in no_eos.output
 
     plain = cli("tokenizer", "train", corpus, "-o", tmp_path / "f", "--special-tokens", "a,<|bos|>,<|eos|>,<|pad|>")
-    assert plain.exit_code == 1 and "write a special token as <|name|>" in plain.output  # every "a" in text would become it
+    assert plain.exit_code == 2 and "write a special token as <|name|>" in plain.output  # every "a" in text would become it
 
     (tmp_path / "records.jsonl").write_text('{"text": "a"}\n')
     records = cli("tokenizer", "train", tmp_path / "records.jsonl", "-o", tmp_path / "g")

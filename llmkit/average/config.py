@@ -10,7 +10,7 @@ from llmkit.options import Options, comma_floats, option
 
 @dataclass
 class AverageConfig(Options):
-    weights: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, range="[0, inf)",
+    weights: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, range="[0, inf)",
                                   help="Weight of each checkpoint, comma-separated, in order (default: equal); normalised to sum 1.")
     seed: int = option(0, "Accepted as by every stage; averaging draws nothing, so the manifest's seed is null.",
                        range="[0, 4294967295]", hashed=False, recorded_as="not recorded (nothing drawn)")

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from llmkit import config as config_lib
 from llmkit.errors import UsageError, UserError
 from llmkit.executor import Execution
-from llmkit.options import Options, comma_floats, group, option
+from llmkit.options import Options, comma_floats, comma_list, group, option
 
 PRESETS = ("default", "web")
 DOC_PER = ("file", "line", "blank-line")
@@ -67,7 +67,7 @@ class CleanConfig(Options):
                                       "characters.", panel=NORMALISE, range="[0, 1]")
     # Language filter (py3langid); empty list = off
     languages: list[str] = option(default_factory=list, help="Keep only these languages, e.g. en,zh (py3langid). web preset: en.",
-                                  panel=LANGUAGE, cli_type=Optional[str])
+                                  panel=LANGUAGE, cli_type=Optional[list[str]], parse=comma_list)
     min_language_score: float = option(0.65, "Minimum language probability (FineWeb's threshold).", panel=LANGUAGE, range="[0, 1]")
     # Gopher quality (Rae et al. 2021, App. A)
     gopher_quality: bool = option(False, "Gopher quality rules (web preset).", panel=GOPHER)
@@ -87,11 +87,11 @@ class CleanConfig(Options):
     max_dup_line_char_frac: float = option(0.20, "Maximum share of characters in duplicated lines.", panel=REPETITION, range="[0, 1]")
     max_dup_para_char_frac: float = option(0.20, "Maximum share of characters in duplicated paragraphs.", panel=REPETITION, range="[0, 1]")
     max_top_ngram_char_frac: list[float] = option(
-        default_factory=lambda: [0.20, 0.18, 0.16], panel=REPETITION, range="[0, 1]", cli_type=Optional[str], parse=comma_floats,
+        default_factory=lambda: [0.20, 0.18, 0.16], panel=REPETITION, range="[0, 1]", cli_type=Optional[list[str]], parse=comma_floats,
         help="Maximum share of characters in the most frequent 2-, 3-, 4-gram (3 values, comma-separated).",
     )
     max_dup_ngram_char_frac: list[float] = option(
-        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10], panel=REPETITION, range="[0, 1]", cli_type=Optional[str],
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10], panel=REPETITION, range="[0, 1]", cli_type=Optional[list[str]],
         parse=comma_floats, help="Maximum share of characters in duplicated 5- .. 10-grams (6 values, comma-separated).",
     )
     # C4 line rules (Raffel et al. 2020); terminal punctuation off, as FineWeb runs it

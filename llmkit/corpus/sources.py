@@ -150,6 +150,8 @@ def resolve_inputs(
             prefix = f"{storable_name(_distinct_name(path, inputs))}/" if len(inputs) > 1 or dataset else ""
             sources.extend(_corpus_shard_source(p, _label_for(p, path), prefix) for p in corpus_shards(path))
             continue
+        if path.is_dir() and _saved_dataset(path) is not None:  # its JSON files are metadata, its data Arrow files
+            raise UserError(f"{arg} is a data set written by save_to_disk; read it with --dataset {arg}")
         if path.is_dir():
             files = sorted(
                 (p for p in path.rglob("*") if p.is_file() and not _hidden(p, path) and _readable_in_folder(p)),
@@ -769,7 +771,7 @@ def _pick_column(label: str, wanted: Optional[str], names: list[str], string_nam
 
 # ----------------------------------------------------------------------------- datasets
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
+_BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 
 
 def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
@@ -862,7 +864,8 @@ def _dataset_identity(local: Path, name: str, config_name: Optional[str], split:
 def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
     local = Path(name)
     label = f"dataset:{local.name if local.exists() else name}/{split}"
-    path_like = name.startswith(("./", "../", "/", "~")) or name.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".txt"))
+    path_like = name.startswith(("./", "../", "/", "~")) or name.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".arrow",
+                                                                                     ".txt"))
     if path_like and not local.exists():  # not a Hub name (OWNER/NAME): a file that is not there
         raise UserError(f"--dataset {name}: no such file or folder; check the path (a Hub dataset is named OWNER/NAME)")
     saved = _saved_dataset(local) if local.is_dir() else None
@@ -870,6 +873,10 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
         builder, data_files = "saved", saved
     else:
         builder, data_files = _local_builder(local) if local.exists() else (None, None)
+    if builder == "text":  # `datasets`' text builder makes a document of every line, whatever --doc-per says
+        raise UserError(f"--dataset {name}: text files are read as inputs, where --doc-per says what a document is "
+                        f"(llmkit clean {name}); --dataset reads data sets: .jsonl/.json, .csv, .parquet or .arrow files, a "
+                        "folder save_to_disk wrote, or a Hub name")
     if data_files is not None and split not in data_files:
         raise UserError(f"{name} has no split {split!r}; its splits are {', '.join(data_files)} "
                         "(a single file is the train split); choose one with --split")

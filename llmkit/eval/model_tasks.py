@@ -65,6 +65,10 @@ def perplexity_documents(loaded, cfg):
             if cfg.limit is not None and i >= cfg.limit:
                 break
             tokens = [int(t) for t in doc]
+            if tokens and max(tokens) >= len(special):  # (an IndexError, "unexpected", before)
+                raise UserError(f"the token shards of {cfg.data} hold id {max(tokens)}, outside the vocabulary of "
+                                f"{len(special)}; the tokens artifact is damaged (llmkit verify {cfg.data} names the file), "
+                                "rebuild it with llmkit tokenize")
             if tokens and tokens[0] == tokenizer.bos_id:
                 tokens = tokens[1:]  # a stored BOS is the document start, the prefix every document is scored after
             while tokens and special[tokens[-1]]:
@@ -347,6 +351,12 @@ def _label_index(value, names: list[str], i: int, *, class_names: bool = True) -
         if not 0 <= value < len(names):
             raise UserError(f"record {i + 1}: label {value} is out of range for {len(names)} classes")
         return value
+    if not class_names and isinstance(value, str) and value.isascii() and value.isdigit() and int(value) < len(names):
+        # a choice's index, as a multiple-choice label is: unless it is another choice's text too, which it was read as
+        if value in names and names.index(value) != int(value):
+            raise UserError(f"record {i + 1}: label {value!r} is the index of choice {int(value) + 1} ({names[int(value)]!r}) "
+                            f"and the text of choice {names.index(value) + 1}; write the right choice's index as a number")
+        return int(value)
     if isinstance(value, str) and value in names:
         return names.index(value)
     if isinstance(value, str) and value.isdigit() and int(value) < len(names):
@@ -362,6 +372,10 @@ def classification(loaded, cfg):
     label_field = pick_field(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
     task = loaded.task
     pad_id = _pad_id(loaded.tokenizer)
+    with_choices = next((i for i, r in enumerate(records) if "choices" in r), None)
+    if with_choices not in (None, 0):  # (the first record decides the kind: this one's choices were ignored)
+        raise UserError(f"record {with_choices + 1} has 'choices' and record 1 has none; multiple-choice data gives every "
+                        "record its choices, labelled texts none")
     if "choices" in records[0]:  # multiple choice, lm-eval style
         if callable(getattr(loaded.model, "classify", None)):
             raise UserError(f"{loaded.artifact.path} is a classifier (labels: "
@@ -443,12 +457,16 @@ def classification(loaded, cfg):
                 loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
             )
         predicted = [s.prediction for s in scores]
+        logliks = [s.logliks for s in scores]
         how = "label likelihood"
     metrics = classification_scores([names[p] for p in predicted], [names[g] for g in gold])
     records_out = [
         {"task": "classification", "method": how, "index": i, "text": t, "label": names[g], "prediction": names[p]}
         for i, (t, g, p) in enumerate(zip(texts, gold, predicted))
     ]
+    if how == "label likelihood":  # each label name's log-likelihood after the text, as docs/eval.md says
+        for record, scored in zip(records_out, logliks):
+            record["logliks"] = scored
     return metrics, records_out
 
 

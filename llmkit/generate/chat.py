@@ -170,7 +170,15 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     if hasattr(sys.stdin, "reconfigure"):  # an undecodable byte typed is refused below, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
     with Transcript(out, config.system, force) as transcript:
-        _converse(config, checkpoint, transcript)
+        try:
+            _converse(config, checkpoint, transcript)
+        except KeyboardInterrupt as stop:  # a SIGTERM: what was said so far is saved (it was "nothing was written")
+            if out is not None:
+                from llmkit.errors import add_advice
+
+                add_advice(stop, f"the {len(transcript.saved)} conversation(s) before it are in {out}" if transcript.saved
+                           else f"no exchange was finished, so nothing was written to {out}")
+            raise
     if out is not None and transcript.saved:
         from llmkit.console import err
 
@@ -195,12 +203,19 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     if loaded.task is None and not own:
         err.print(f"note: {checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
                   "as text; fine-tune it with llmkit finetune --template chat for replies", soft_wrap=True, markup=False)
-    err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D to leave", soft_wrap=True)
+    err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D or Ctrl-C to leave", soft_wrap=True)
+    from llmkit.errors import Terminated
+
     turn = 0
     while True:
         sys.stdout.write("you> ")
         sys.stdout.flush()
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt as stop:  # Ctrl-C at the prompt leaves, as Ctrl-D does (a SIGTERM ends the command)
+            if isinstance(stop, Terminated):
+                raise
+            line = ""
         if not line:
             sys.stdout.write("\n")
             break
@@ -224,7 +239,16 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
             continue
         sys.stdout.write("bot> ")
         session.params.seed = config.seed + turn  # a fresh but reproducible draw every turn
-        reply = session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        try:
+            reply = session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        except KeyboardInterrupt as stop:  # Ctrl-C in a reply stops that reply, not the session
+            if isinstance(stop, Terminated):
+                raise
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            err.print("(reply stopped: that exchange is left out of the conversation and the transcript)")
+            turn += 1
+            continue
         transcript.add(text, reply)
         if session.template["type"] != "chat":
             transcript.new_conversation()  # each input stood alone: one exchange per record, as the model saw it

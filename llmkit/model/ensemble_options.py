@@ -22,7 +22,7 @@ class Ensembling(Options):
     ensemble: list[str] = option(default_factory=list, help="Another checkpoint to ensemble with the first; repeat for more "
                                  "(the same as giving several checkpoints).", cli_type=list[Path], parse=path_strings,
                                  hashed=False, recorded_as="inputs checkpoint:K", panel=PANEL)
-    weights: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, range="[0, inf)",
+    weights: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, range="[0, inf)",
                                   help="Weight of each ensemble member, comma-separated, in order (default: equal); normalised to sum 1.",
                                   hashed=False, recorded_as="config ensemble.weights", panel=PANEL)
     ensemble_mode: str = option("prob", "Mix next-token distributions in probability space (prob: the mixture) or "

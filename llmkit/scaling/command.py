@@ -74,6 +74,6 @@ fit = stage_command(
     out="Output scaling artifact directory.",
 )
 predict = stage_command(
-    "scaling", ScalingPredictConfig, _predict,
+    "scaling-predict", ScalingPredictConfig, _predict,  # (its own table: [scaling] holds fit's options)
     arguments=[argument("fit", "A scaling artifact (llmkit scaling fit).")], force=None,
 )

@@ -14,7 +14,7 @@ class ScalingFitConfig(Options):
                         "(Hoffmann et al.); at small sizes the choice changes the exponents. For a CSV: what its params "
                         "column counts (recorded, so llmkit plan --scaling counts a model the same way).",
                         choices=("non-embedding", "total"))
-    budget: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, range="(0, inf)",
+    budget: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, range="(0, inf)",
                                  help="FLOP budgets to recommend a model size and token count for, comma-separated (e.g. 1e18,1e20).")
     bootstrap: int = option(100, "Bootstrap refits for the confidence intervals (0 = none).", range="[0, inf)")
     grid: str = option("full", "Starting points of the fit: full (Hoffmann et al.'s 4,500) or coarse (108, quicker).",

@@ -28,17 +28,17 @@ class SweepConfig(Options):
     RECORDED_AS: ClassVar[dict[str, str]] = {"eval_every": "config (validation)", "eval_tokens": "config (validation)"}
 
     base: PretrainConfig = group(PretrainConfig, hidden=SET_BY_GRID)
-    sizes: list[str] = option(default_factory=list, cli_type=Optional[str], parse=_size_list, panel=GRID,
+    sizes: list[str] = option(default_factory=list, cli_type=Optional[list[str]], parse=_size_list, panel=GRID,
                               help="Model sizes as LAYERSxWIDTH, comma-separated (e.g. 1x64,2x128,4x256); default: the ladder.")
     ladder: int = option(5, "Sizes on the ladder when --sizes is not given: depth 1..K, each as wide as --width-per-layer x depth.",
                          panel=GRID, range="[2, inf)")
     width_per_layer: int = option(64, "Width per layer on the ladder (depth and width grow together).", panel=GRID, range="[1, inf)")
     head_dim: int = option(64, "Width of one attention head: a size of width W has W / head_dim heads.", panel=GRID,
                            range="[1, inf)")
-    token_budgets: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, panel=GRID,
+    token_budgets: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, panel=GRID,
                                         range="[1, 1e15]", flags=("--tokens",),
                                         help="Token budgets, comma-separated (e.g. 2e5,1e6): every size is trained on each.")
-    flops: list[float] = option(default_factory=list, cli_type=Optional[str], parse=comma_floats, panel=GRID, range="[1, inf)",
+    flops: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, panel=GRID, range="[1, inf)",
                                 help="IsoFLOP budgets C instead of --tokens: per budget the --per-budget sizes nearest the expected "
                                      "optimum, each trained on C / (6 N) tokens (N: non-embedding parameters).")
     per_budget: int = option(4, "Sizes per FLOP budget.", panel=GRID, range="[3, inf)")

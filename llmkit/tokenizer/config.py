@@ -18,7 +18,7 @@ class TokenizerTrainConfig(Options):
     vocab_size: int = option(8192, "Vocabulary size, special and byte tokens included.", range="[1, 4194304]")
     min_frequency: int = option(2, "Merge only pairs seen at least this often.", range="[1, 4294967295]")
     special_tokens: list[str] = option(
-        default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), cli_type=Optional[str], parse=comma_list,
+        default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), cli_type=Optional[list[str]], parse=comma_list,
         help="Comma-separated special tokens, given ids 0, 1, ... in order [default: " + ",".join(DEFAULT_SPECIAL_TOKENS) + "].",
     )
     max_docs: int | None = option(None, "Train on at most this many documents: the first N pieces in input order "

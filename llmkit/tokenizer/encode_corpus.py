@@ -8,13 +8,14 @@ round(n * val_fraction) of them for validation, so the split depends only on (co
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
 from functools import partial
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -314,8 +315,18 @@ class _Encoder:
         return sizes, flat, lengths
 
 
+def _continues_character(tok) -> Callable[[int], bool]:
+    """Whether a token's bytes begin inside a UTF-8 character (a byte 10xxxxxx), which a byte-level
+    BPE token of CJK text or an emoji may: a cut before such a token splits a character in two."""
+    @functools.cache
+    def continues(token: int) -> bool:
+        return bool(tok.token_bytes[token]) and 0x80 <= tok.id_to_bytes(token)[0] < 0xC0
+
+    return continues
+
+
 def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str, int], tokens: np.ndarray, size: int,
-                          val_fraction: float, token_bytes: np.ndarray, bos: bool) -> None:
+                          val_fraction: float, token_bytes: np.ndarray, bos: bool, continues: Callable[[int], bool]) -> None:
     """A document of an input too small for whole validation documents: its head to train (ending
     as the document does, with its end-of-text token), its last `val_fraction` to validation
     (starting as the document does, with its start token under --add-bos)."""
@@ -323,6 +334,8 @@ def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str
     # Each part holds a token of text at least (a tail of the end-of-text alone is nothing to validate on):
     # a document shorter than 1/val_fraction tokens gives one, and one too short for two parts trains whole.
     cut = min(len(tokens) - 2, max(first + 1, round(len(tokens) * (1 - val_fraction))))
+    while first + 1 < cut < len(tokens) and continues(int(tokens[cut])):
+        cut -= 1  # between whole characters: a cut inside one decoded to U+FFFD at the head's end and the tail's start
     if cut < first + 1:
         cut = len(tokens)
     tail_bytes = int(token_bytes[tokens[cut:]].sum())
@@ -340,7 +353,7 @@ def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str
 
 def _encode_into(
     build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, plan: np.ndarray,
-    config: TokenizeConfig, total_bytes: int | None, token_bytes: np.ndarray,
+    config: TokenizeConfig, total_bytes: int | None, tok,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     from rich.progress import DownloadColumn, TextColumn, TransferSpeedColumn
 
@@ -348,6 +361,7 @@ def _encode_into(
 
     writers = {split: ShardWriter(build_dir / split, dtype, config.shard_tokens) for split in SPLITS}
     split_bytes = {split: 0 for split in SPLITS}
+    token_bytes, continues = tok.token_bytes, _continues_character(tok)
     doc_index = 0
     total_tokens = 0
     done_batches = 0
@@ -396,7 +410,7 @@ def _encode_into(
                     split_bytes[split] += int(sizes[chosen].sum())
                 if stop < len(sizes):
                     _write_split_document(writers, split_bytes, flat[ends[stop] - lengths[stop] : ends[stop]], int(sizes[stop]),
-                                          config.val_fraction, token_bytes, config.add_bos)
+                                          config.val_fraction, token_bytes, config.add_bos, continues)
                 start = stop + 1
             total_tokens += len(flat)
             elapsed = max(time.perf_counter() - started, 1e-9)
@@ -460,12 +474,13 @@ def tokenize_corpus(
     # The seed draws the validation split; it is recorded beside the config, not in it.
     # format 2 (2026-12-03): a document split inside is written in its place, not after its batch. The dtype: a
     # 65536-entry vocabulary's shards were uint32 before that day, and a resume must not append uint16 ids to them.
-    key = resume.digest({"stage": "tokenize", "format": 2, "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
+    # format 3 (2026-12-05): a document split between train and val is cut between whole characters
+    key = resume.digest({"stage": "tokenize", "format": 3, "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
                          "inputs": [corpus.fingerprint, tok_art.fingerprint], "dtype": dtype.name})
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)
         try:
-            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok)
         except _FastPathMismatch as exc:
             err.print(styled("warning:", "yellow", f" tiktoken fast path disagreed with tokenizers on {str(exc)!r}; re-encoding "
                              "with tokenizers"), soft_wrap=True)
@@ -473,7 +488,7 @@ def tokenize_corpus(
                 shutil.rmtree(build.dir / split, ignore_errors=True)
             resume.remove(build.dir)
             encoder = _Encoder(tok, tok_dir, workers, use_fast=False, add_bos=config.add_bos, execution=config.execution)
-            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok.token_bytes)
+            per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok)
         if per_split["train"]["tokens"] == 0:
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
         total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]

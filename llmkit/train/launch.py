@@ -16,7 +16,6 @@ manifest how the run executed. Pretrain, finetune and any later training stage u
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import tempfile
@@ -152,7 +151,9 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
 
 def _replaced_runs(out: Path) -> list[Path]:
     """The folders `.RUN.replaced-*` that hold a run a --force run moved aside."""
-    return sorted(out.resolve().parent.glob(f".{glob.escape(out.name)}.replaced-*"))
+    from llmkit.outputs import temporaries
+
+    return temporaries(out, "replaced")
 
 
 def discard_replaced_runs(out: Path) -> None:
