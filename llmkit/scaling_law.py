@@ -25,6 +25,11 @@ TERM_FLOOR = 1e-3
 # stopped by the bound, not by the points: a term the points do not show (measured: a sweep whose
 # loss does not depend on N gave alpha 5 with A 3e32, and a split below the smallest size).
 EXPONENT_MAX = 5.0
+# Nor was a term measured that moves the loss by no more than this many times the points' scatter
+# about the fit (the root mean square of the residuals): noise alone can be fitted as such a term
+# (measured: points whose loss ignores N, with 0.2 % noise, fitted alpha 5e-4 with A taking E's
+# place, A/N^alpha moving the loss 3e-3, past the term floor, and a "split" of 2 parameters).
+SCATTER_MULTIPLE = 2.0
 
 
 @dataclass
@@ -108,15 +113,20 @@ def _fitted_points(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def unmeasured_term(law: Law, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray) -> str:
     """Why the points do not determine `law`'s split ("" when they do): the model-size or the data
-    term changes the fitted loss by less than TERM_FLOOR of the loss across the measured points, so
-    its constants (and every split computed from them) are whatever the optimizer left there."""
+    term changes the fitted loss by less than TERM_FLOOR of the loss, or than SCATTER_MULTIPLE
+    times the points' scatter about the fit, across the measured points, so its constants (and
+    every split computed from them) are whatever the optimizer or the noise left there."""
     for exponent, value in (("alpha", law.alpha), ("beta", law.beta)):
         if value >= EXPONENT_MAX * (1 - 1e-6):
             return (f"the fitted {exponent} sits at its bound {EXPONENT_MAX:g} (A {law.A:.3g}, alpha {law.alpha:.3g}, "
                     f"B {law.B:.3g}, beta {law.beta:.3g}): the points do not show what that term does")
     floor = TERM_FLOOR * float(np.min(losses))
+    scatter = float(np.sqrt(np.mean((losses - law.loss(params, tokens)) ** 2)))
     for term, what in ((law.A / np.power(params, law.alpha), "model sizes"), (law.B / np.power(tokens, law.beta), "token counts")):
-        if float(np.ptp(term)) < floor:
-            return (f"the fitted law changes the loss by {float(np.ptp(term)):.2g} across the measured {what} (A {law.A:.3g}, "
+        spread = float(np.ptp(term))
+        if spread < max(floor, SCATTER_MULTIPLE * scatter):
+            within = (f", within the points' scatter about it ({scatter:.2g} root mean square)"
+                      if spread >= floor else "")
+            return (f"the fitted law changes the loss by {spread:.2g} across the measured {what}{within} (A {law.A:.3g}, "
                     f"alpha {law.alpha:.3g}, B {law.B:.3g}, beta {law.beta:.3g}): the points do not show what that term does")
     return ""

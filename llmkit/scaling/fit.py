@@ -166,7 +166,18 @@ class IsoFlopFit:
 def fit_isoflop(params: Sequence[float], tokens: Sequence[float], budgets: Sequence[float],
                 losses: Sequence[float]) -> IsoFlopFit | None:
     """Approach 2 over points grouped by FLOP budget; None when fewer than two budgets have a minimum
-    inside three or more sizes."""
+    inside three or more sizes (isoflop_minima says which budgets had one)."""
+    minima, unbracketed = isoflop_minima(params, tokens, budgets, losses)
+    if len(minima) < 2:
+        return None
+    exponent, intercept = np.polyfit(np.log([m["flops"] for m in minima]), np.log([m["params"] for m in minima]), 1)
+    return IsoFlopFit(minima=minima, exponent=float(exponent), coefficient=float(math.exp(intercept)), unbracketed=unbracketed)
+
+
+def isoflop_minima(params: Sequence[float], tokens: Sequence[float], budgets: Sequence[float],
+                   losses: Sequence[float]) -> tuple[list[dict[str, float]], list[float]]:
+    """Per FLOP budget of three sizes or more, its parabola's minimum where the sizes surround it;
+    and the budgets whose vertex lies outside them (unbracketed)."""
     groups: dict[float, list[tuple[float, float, float]]] = {}
     for n, d, c, loss in zip(params, tokens, budgets, losses):
         groups.setdefault(float(c), []).append((math.log(n), math.log(d), float(loss)))
@@ -184,7 +195,4 @@ def fit_isoflop(params: Sequence[float], tokens: Sequence[float], budgets: Seque
         n_opt, d_opt = math.exp(best), math.exp(tokens_level + tokens_slope * best)
         minima.append({"budget": budget, "flops": 6.0 * n_opt * d_opt, "params": n_opt, "tokens": d_opt,
                        "loss": float(level - slope**2 / (4 * curve))})
-    if len(minima) < 2:
-        return None
-    exponent, intercept = np.polyfit(np.log([m["flops"] for m in minima]), np.log([m["params"] for m in minima]), 1)
-    return IsoFlopFit(minima=minima, exponent=float(exponent), coefficient=float(math.exp(intercept)), unbracketed=unbracketed)
+    return minima, unbracketed

@@ -18,7 +18,7 @@ import numpy as np
 from llmkit import artifacts, outputs
 from llmkit.errors import UserError
 from llmkit.scaling.config import ScalingFitConfig
-from llmkit.scaling.fit import fit_chinchilla, fit_isoflop
+from llmkit.scaling.fit import fit_chinchilla, fit_isoflop, isoflop_minima
 from llmkit.scaling_law import FIT_FILE, Law, unmeasured_term
 from llmkit.scaling.points import read_points
 
@@ -40,6 +40,16 @@ def _budget_row(fit, isoflop, budget: float, measured: tuple[np.ndarray, ...]) -
     if isoflop is not None:
         row["params_approach2"], row["tokens_approach2"] = isoflop.optimal(budget)
     return row
+
+
+def _why_no_isoflop(budgeted: list) -> dict:
+    """Why approach 2 was not fitted (its record was only null): no FLOP budgets, or fewer than two
+    with a minimum inside their sizes, and which budgets' vertices fell outside them."""
+    if not budgeted:
+        return {"reason": "the points carry no FLOP budgets (a --flops sweep gives them)", "unbracketed_budgets": []}
+    minima, unbracketed = isoflop_minima(*zip(*[(p.params, p.tokens, p.budget, p.loss) for p in budgeted]))
+    return {"reason": f"{len(minima)} budget(s) with a minimum inside their sizes (three sizes or more); the line through "
+                      "the minima needs two", "minima": minima, "unbracketed_budgets": unbracketed}
 
 
 def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *, force: bool = False) -> Path:
@@ -67,6 +77,7 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
                                                    "coefficient": isoflop.coefficient, "minima": isoflop.minima,
                                                    "unbracketed_budgets": isoflop.unbracketed},
         "budgets": [_budget_row(fit, isoflop, b, measured) for b in config.budget],
+        "approach2_not_fitted": None if isoflop is not None else _why_no_isoflop(budgeted),
         "points": len(points),
         # a sweep's runs counted so; a CSV's numbers as given, which --count says they count
         "parameters_counted": config.count if source.is_dir() else f"{config.count} (the CSV's, as --count says)",
