@@ -54,7 +54,9 @@ class _ErrorsAsOneLine(LlmkitGroup):
         except BrokenPipeError as exc:  # `llmkit ... | head`: the reader has all it wanted
             _stop_writing_stdout()
             if advice_of(exc):  # (what became of the output: no error line carries it here)
-                _print_note(advice_of(exc))
+                from llmkit.console import note
+
+                note(advice_of(exc))
             raise typer.Exit(0)
         except KeyboardInterrupt as exc:
             import signal
@@ -121,12 +123,6 @@ def _print_error(message: str) -> None:
     from rich.markup import escape
 
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
-
-
-def _print_note(message: str) -> None:
-    from llmkit.console import err
-
-    err.print(f"note: {message}", soft_wrap=True, markup=False, highlight=False)
 
 
 # Each command by its path, as (module, function): a command line that names one imports only

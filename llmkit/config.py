@@ -141,10 +141,10 @@ def file_values(file: Path | str | None, section: str | None, *, note: bool = Tr
         data = data[section]
     elif note and section and data and all(isinstance(v, dict) for v in data.values()):
         # Only other stages' tables ([tokenizer] given to tokenize, one letter apart): the file sets nothing here.
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: {file} sets nothing for this stage: it has no [{section}] table (its tables: "
-                  f"{', '.join(data)}) and no options at top level", soft_wrap=True, markup=False, highlight=False)
+        note(f"{file} sets nothing for this stage: it has no [{section}] table (its tables: "
+             f"{', '.join(data)}) and no options at top level")
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in data.items():

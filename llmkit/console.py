@@ -41,6 +41,12 @@ err = _Console(stderr=True, highlight=False, emoji=False, markup=False)
 out = _Console(highlight=False, emoji=False, markup=False)
 
 
+def note(message: str) -> None:
+    """`note: MESSAGE` on stderr, one logical line (a terminal wraps it; no markup is read): what a
+    stage tells about its inputs or choices that is no error. The one form of every stage's notes."""
+    err.print(f"note: {message}", soft_wrap=True)
+
+
 def styled(word: str, style: str, rest: str = ""):
     """`word` in `style`, then `rest` as typed: a line with one styled word ("ok", "warning:")."""
     from rich.text import Text

@@ -202,10 +202,9 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         count = workers if workers > 0 else cpus
         if count > cpus:  # an actor takes a CPU: the ones past the cluster's would never start, and their batches wait forever
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(f"note: --workers {workers} is more than the Ray cluster's {cpus} CPUs; using {cpus}", soft_wrap=True,
-                      markup=False)
+            note(f"--workers {workers} is more than the Ray cluster's {cpus} CPUs; using {cpus}")
             count = cpus
         # A dead actor restarts and its batch is tried again, but not forever: a batch that kills
         # its worker each time (out of memory) ends the stage.
@@ -246,10 +245,10 @@ def _started(ray, actors: list) -> list:
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=START_WAIT)
     if len(ready) == len(actors):
         return actors
-    from llmkit.console import err
+    from llmkit.console import note
 
-    err.print(f"note: {len(ready)} of {len(actors)} Ray workers started in time (the cluster's other CPUs are busy, or "
-              f"they set up slowly); going on with {len(ready)}", soft_wrap=True, markup=False)
+    note(f"{len(ready)} of {len(actors)} Ray workers started in time (the cluster's other CPUs are busy, or "
+         f"they set up slowly); going on with {len(ready)}")
     started = {pings.index(ref) for ref in ready}
     for index, actor in enumerate(actors):
         if index not in started:

@@ -129,7 +129,7 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     artifact, or a folder of them (a recipe's runs/NAME); a folder without any (a glob's stray
     match) is skipped with a note, an unreadable artifact in one is named, and nothing to show is an error."""
     from llmkit import artifacts
-    from llmkit.console import err
+    from llmkit.console import note
     from llmkit.errors import UserError
 
     found, skipped, damaged = [], [], []
@@ -145,12 +145,11 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
                 found.append(artifacts.load(child))
             except UserError as exc:
                 damaged.append(child)
-                err.print(f"note: {child} cannot be read: {exc}", soft_wrap=True, markup=False, highlight=False)
+                note(f"{child} cannot be read: {exc}")
         if not inside:
             skipped.append(path)
     if skipped:
-        err.print(f"note: skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)", soft_wrap=True,
-                  markup=False, highlight=False)
+        note(f"skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)")
     if not found:
         raise UserError(f"no readable artifact among {', '.join(map(str, paths))}; pass artifact directories or folders of them")
     return found, damaged

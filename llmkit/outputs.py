@@ -351,10 +351,10 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:  # hidden, and as large as the work done: say where it is and what becomes of it
-                from llmkit.console import err
+                from llmkit.console import note
 
-                err.print(f"note: the work done so far is kept in {tmp}; the same command continues it, and any other "
-                          f"run writing {out} removes it", soft_wrap=True, markup=False)
+                note(f"the work done so far is kept in {tmp}; the same command continues it, and any other "
+                     f"run writing {out} removes it")
             raise
 
 

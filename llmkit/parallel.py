@@ -54,10 +54,9 @@ def ordered_map(
         return
     if workers > local_workers(workers):
         # More than the cores only adds start-up, memory and switching (7x slower at 32 on 2 cores)
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: --workers {workers} is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}",
-                  soft_wrap=True, markup=False)
+        note(f"--workers {workers} is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}")
     workers = local_workers(workers)
     if on_start is not None:
         on_start(workers)

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from llmkit import artifacts, outputs
-from llmkit.console import err
+from llmkit.console import err, note
 from llmkit.corpus.config import CleanConfig
 from llmkit.corpus.dedup import Deduplicator
 from llmkit.corpus.process import init_worker, process_batch
@@ -65,8 +65,8 @@ def clean(
     outputs.check_output(out, force, inputs=read)  # first: `-o` naming an input is the problem to report
     sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
     if cfg.doc_per != "file" and not any(source.plain_text for source in sources):
-        err.print(f"note: --doc-per {cfg.doc_per} splits plain-text files; these inputs come as documents already, so it "
-                  "changes nothing here (it is still recorded)", soft_wrap=True)
+        note(f"--doc-per {cfg.doc_per} splits plain-text files; these inputs come as documents already, so it "
+             "changes nothing here (it is still recorded)")
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()
     started = time.perf_counter()

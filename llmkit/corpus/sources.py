@@ -189,11 +189,11 @@ def _outside_artifacts(files: list[Path], root: Path, arg: str) -> list[Path]:
     inside = sorted({p.parent for p in files if p.name == artifacts.MANIFEST and artifacts.manifest_kind(p.parent)})
     if not inside:
         return files
-    from llmkit.console import err
+    from llmkit.console import note
 
     shown = ", ".join(str(folder.relative_to(root)) for folder in inside[:3]) + (", ..." if len(inside) > 3 else "")
-    err.print(f"note: {arg} holds {len(inside)} llmkit artifact folder(s) ({shown}), left out; give an artifact as an input "
-              "of its own to read it", soft_wrap=True, markup=False)
+    note(f"{arg} holds {len(inside)} llmkit artifact folder(s) ({shown}), left out; give an artifact as an input "
+         "of its own to read it")
     return [p for p in files if not any(p.is_relative_to(folder) for folder in inside)]
 
 
@@ -513,10 +513,9 @@ class _BadRecord(Exception):
 
 
 def _note_guessed_field(label: str, name: str) -> None:
-    from llmkit.console import err
+    from llmkit.console import note
 
-    err.print(f"note: {label} has no 'text' field; reading {name!r}, its only text field (--text-field chooses another)",
-              soft_wrap=True, markup=False)
+    note(f"{label} has no 'text' field; reading {name!r}, its only text field (--text-field chooses another)")
 
 
 def _json_reader(path: Path, label: str, compression: Optional[str], fmt: str):

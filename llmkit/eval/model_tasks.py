@@ -200,11 +200,11 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         cut += shorter is not record
         fitted.append(shorter)
     if cut:
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: {cut} of {len(records)} prompts did not fit in the context ({limit} tokens) "
-                  f"beside --max-new-tokens {max_new_tokens}: the end of their {shown_field!r} (of their longest text "
-                  "field, where the prompt has several) was left out, as finetune --truncate does", soft_wrap=True, markup=False)
+        note(f"{cut} of {len(records)} prompts did not fit in the context ({limit} tokens) "
+             f"beside --max-new-tokens {max_new_tokens}: the end of their {shown_field!r} (of their longest text "
+             "field, where the prompt has several) was left out, as finetune --truncate does")
     return fitted
 
 
@@ -296,10 +296,10 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
         prompts.append(ids)
         references.append([messages[-1]["content"]])
     if trimmed:
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: {trimmed} earlier message(s) were left out of conversations too long for the context ({limit} "
-                  "tokens with room for a reply), oldest first, as llmkit chat does", soft_wrap=True, markup=False)
+        note(f"{trimmed} earlier message(s) were left out of conversations too long for the context ({limit} "
+             "tokens with room for a reply), oldest first, as llmkit chat does")
     return prompts, references
 
 
@@ -310,11 +310,11 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
     broken = sum(1 for refs in references if any(stop in r.strip() for r in refs for stop in cfg.stop))
     if broken:  # (a multi-line reply or summary, and predictions cut at their first line: scores that measure the cut)
-        from llmkit.console import err
+        from llmkit.console import note
 
         shown = ", ".join(repr(stop) for stop in cfg.stop)
-        err.print(f"note: {broken} of {len(references)} references hold the stop string {shown} (--stop), where predictions "
-                  "end; --stop '' lets a fine-tuned model end with its end token instead", soft_wrap=True, markup=False)
+        note(f"{broken} of {len(references)} references hold the stop string {shown} (--stop), where predictions "
+             "end; --stop '' lets a fine-tuned model end with its end token instead")
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
     stops = chat_stop_ids(loaded.tokenizer) if chat else []
     bar, advance = _progress_bar(len(prompts), "generating")
@@ -405,10 +405,10 @@ def classification(loaded, cfg):
                 progress=advance, cut=cut
             )
         if cut:  # as eval --task says it
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(f"note: {len(cut)} choice(s) longer than the model's context were scored on their last tokens only "
-                      "(accuracy_norm still divides by the whole choice's length)", soft_wrap=True, markup=False)
+            note(f"{len(cut)} choice(s) longer than the model's context were scored on their last tokens only "
+                 "(accuracy_norm still divides by the whole choice's length)")
         predicted = [s.prediction for s in scores]
         metrics = classification_scores(predicted, gold)
         metrics["accuracy_norm"] = sum(int(s.prediction_norm == g) for s, g in zip(scores, gold)) / len(gold)

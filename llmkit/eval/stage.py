@@ -279,11 +279,11 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 result = model_tasks.perplexity(loaded, cfg)
                 metrics.update(result.metrics)
                 if "word_perplexity" in lm and "word_perplexity" not in result.metrics:  # (asked for by name)
-                    from llmkit.console import err
+                    from llmkit.console import note
 
-                    err.print(f"note: word_perplexity left out: {result.words:,} whitespace-separated words for "
-                              f"{result.tokens:,} tokens, so exp(NLL / words) overflows (text written without spaces, as "
-                              "Chinese is); bpb and byte_perplexity compare across tokenizers", soft_wrap=True, markup=False)
+                    note(f"word_perplexity left out: {result.words:,} whitespace-separated words for "
+                         f"{result.tokens:,} tokens, so exp(NLL / words) overflows (text written without spaces, as "
+                         "Chinese is); bpb and byte_perplexity compare across tokenizers")
                 stats.update(
                     {"tokens": result.tokens, "words": result.words, "bytes": result.bytes, "documents": result.documents, "nll": result.nll}
                 )
@@ -334,11 +334,11 @@ def _note_references_rouge_cannot_read(references: list[list[str]]) -> None:
     tokenize = make_tokenizer("default").tokenize
     unread = sum(1 for refs in references if any(r.strip() for r in refs) and not any(tokenize(r) for r in refs))
     if unread:
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: {unread} of {len(references)} references have no token ROUGE's default tokenizer keeps (a-z and "
-                  "0-9 only), so they score 0 whatever was predicted; --rouge-tokenize unicode (or char, for Chinese and "
-                  "Japanese) reads other scripts", soft_wrap=True, markup=False)
+        note(f"{unread} of {len(references)} references have no token ROUGE's default tokenizer keeps (a-z and "
+             "0-9 only), so they score 0 whatever was predicted; --rouge-tokenize unicode (or char, for Chinese and "
+             "Japanese) reads other scripts")
 
 
 def _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from llmkit.errors import UserError
 from llmkit import artifacts, jsonl
+from llmkit.console import note
 from llmkit.data.templates import (Encoded, encode_chat_example, encode_example, fit_conversation, fit_fields, prompt_fields,
                                    record_messages, text_fields)
 from llmkit.model.gpt import IGNORE_INDEX
@@ -99,12 +100,6 @@ def _places(records: list, name: str, places: Sequence[str] | None) -> Sequence[
 # -- SFT ------------------------------------------------------------------------------------------
 
 
-def _note(message: str) -> None:
-    from llmkit.console import err
-
-    err.print(f"note: {message}", soft_wrap=True)
-
-
 def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
                  verbose: bool = True, places: Sequence[str] | None = None) -> list[Encoded]:
     """Encode records; an example the model cannot read in max_len positions is an error unless
@@ -140,7 +135,7 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
                         "context length or --seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
                         "length, or use a checkpoint with a longer context")
     if too_long and verbose:
-        _note(f"{too_long} of {len(records)} {name} examples were cut to {fits} tokens (--truncate); {dropped} left out, "
+        note(f"{too_long} of {len(records)} {name} examples were cut to {fits} tokens (--truncate); {dropped} left out, "
               "their response not fitting" + (f"; {emptied} kept without their prompt's text, their response alone "
                                                "taking the tokens (leave such examples out of the data if the response "
                                                "means nothing without it)" if emptied else ""))
@@ -334,7 +329,7 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
             "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
         )
     if too_long and verbose:
-        _note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} tokens (--truncate)")
+        note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} tokens (--truncate)")
     return examples
 
 

@@ -353,10 +353,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         trainable, total = count_parameters(model)
         also_frozen = tied_to(model, frozen) if frozen else []
         if also_frozen and info.is_main:
-            from llmkit.console import err
+            from llmkit.console import err, note
 
-            err.print(f"note: --freeze {','.join(config.freeze)} also freezes {', '.join(also_frozen)}: the model "
-                      "ties them (one tensor)", soft_wrap=True, markup=False)
+            note(f"--freeze {','.join(config.freeze)} also freezes {', '.join(also_frozen)}: the model "
+                 "ties them (one tensor)")
         # The artifact holds the merged model: its parameters are the base's (adapters fold into them).
         adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
         if trainable == 0:
@@ -413,7 +413,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         else:
             trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
-            from llmkit.console import err
+            from llmkit.console import err, note
 
             how = f"LoRA rank {config.lora_rank} on {len(adapted)} layers" if adapted else "full fine-tuning"
             err.print(

@@ -63,10 +63,10 @@ class ChatSession:
 
     def _note(self, key: str, message: str) -> None:
         if key not in self.noted:
-            from llmkit.console import err
+            from llmkit.console import note
 
             self.noted.add(key)
-            err.print(f"note: {message}", soft_wrap=True, markup=False)
+            note(message)
 
     def prompt_budget(self) -> int | None:
         """Tokens the prompt may take: the context less the reply's room (at most half of it), by
@@ -189,7 +189,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     """The session itself: lines read, replies streamed, each exchange added to the transcript."""
     import sys
 
-    from llmkit.console import err
+    from llmkit.console import err, note
     from llmkit.errors import UserError
     from llmkit.jsonl import check_unicode
     from llmkit.model.io import load_checkpoint
@@ -201,8 +201,8 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     own = loaded.task is None and loaded.tokenizer.own_chat_template
     name = "the model's own, from its import" if own else session.template["name"]
     if loaded.task is None and not own:
-        err.print(f"note: {checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
-                  "as text; fine-tune it with llmkit finetune --template chat for replies", soft_wrap=True, markup=False)
+        note(f"{checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
+             "as text; fine-tune it with llmkit finetune --template chat for replies")
     err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D or Ctrl-C to leave", soft_wrap=True)
     from llmkit.errors import Terminated
 
@@ -287,9 +287,9 @@ class Transcript:
 
             remove_made_parents()
             if self.path.exists() and kind is None:
-                from llmkit.console import err
+                from llmkit.console import note
 
-                err.print(f"note: no exchange to save, so {self.path} is left as it was", soft_wrap=True, markup=False)
+                note(f"no exchange to save, so {self.path} is left as it was")
 
     @property
     def saved(self) -> list[list[dict[str, str]]]:

@@ -107,22 +107,19 @@ def run_generate(
                 encoded[i], cut = fitted, cut + 1
                 fitted_at.add(i)
         if cut:
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(f"note: {cut} of {len(prompts)} prompts did not fit in the context ({limit} tokens) beside "
-                      f"--max-new-tokens {cfg.sampling.max_new_tokens}: a conversation's oldest exchanges (or its last message's "
-                      "end) or a template's end of input were left out, as eval and finetune --truncate cut", soft_wrap=True, markup=False)
+            note(f"{cut} of {len(prompts)} prompts did not fit in the context ({limit} tokens) beside "
+                 f"--max-new-tokens {cfg.sampling.max_new_tokens}: a conversation's oldest exchanges (or its last message's "
+                 "end) or a template's end of input were left out, as eval and finetune --truncate cut")
     longest = max(len(ids) for ids in encoded)
     max_new_tokens = cfg.sampling.max_new_tokens
     check_fits(longest, max_new_tokens, limit, cfg.context_overflow)  # before anything is printed or written
     if needs_window(longest, max_new_tokens, limit) and cfg.context_overflow == "slide":
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(
-            f"note: prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the context length "
-            f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)",
-            soft_wrap=True, markup=False,
-        )
+        note(f"prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the context length "
+             f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)")
     if on_ready is not None:
         on_ready(prompts)
     results: list[Generated] = []
@@ -207,7 +204,7 @@ def _check_prompts_fit_the_template(prompts: list[Prompt], task) -> None:
                         "on conversations: give text prompts (or records with its fields), not messages")
     others = [f for f in plain_fields(template["prompt"], "the checkpoint's template") if f != template["input_field"]]
     if others and any(p.record is None or not all(f in p.record for f in others) for p in prompts):
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: the checkpoint's template also reads {', '.join(others)}, left empty for a plain prompt (the prompt "
-                  f"fills {template['input_field']}); give --prompts records with every field", soft_wrap=True, markup=False)
+        note(f"the checkpoint's template also reads {', '.join(others)}, left empty for a plain prompt (the prompt "
+             f"fills {template['input_field']}); give --prompts records with every field")

@@ -121,10 +121,9 @@ class CompiledDecoder:
                     logits = logits.clone()  # a graph's output buffer is overwritten by its next replay
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager step computes the same
                 self._step = None
-                from llmkit.console import err
+                from llmkit.console import note
 
-                err.print(f"note: --compile stopped ({type(exc).__name__}); decoding continues without it",
-                          soft_wrap=True, markup=False)
+                note(f"--compile stopped ({type(exc).__name__}); decoding continues without it")
                 logits = self.model.decode_step(*args)
         cache.pos += 1
         return logits

@@ -87,10 +87,10 @@ def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], mo
     embedding = state.get("transformer.wte.weight" if model_type == "gpt2" else "model.embed_tokens.weight")
     if not config.tie_embeddings or head is None or embedding is None or torch.equal(head, embedding):
         return config
-    from llmkit.console import err
+    from llmkit.console import note
 
-    err.print("note: config.json says tie_word_embeddings, but the weights hold an lm_head that differs from the embedding; "
-              "imported untied, as transformers runs it", soft_wrap=True, markup=False)
+    note("config.json says tie_word_embeddings, but the weights hold an lm_head that differs from the embedding; "
+         "imported untied, as transformers runs it")
     return dataclasses.replace(config, tie_embeddings=False)
 
 
@@ -138,11 +138,11 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
     record = export_record(src)
     provenance = record.parts
     if record.stale:
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: {', '.join(record.files)} changed since llmkit exported {src}: what {LLMKIT_CONFIG_FILE} "
-                  f"recorded of them ({', '.join(record.stale)}) is read from the folder instead, as from any transformers "
-                  "folder", soft_wrap=True, markup=False)
+        note(f"{', '.join(record.files)} changed since llmkit exported {src}: what {LLMKIT_CONFIG_FILE} "
+             f"recorded of them ({', '.join(record.stale)}) is read from the folder instead, as from any transformers "
+             "folder")
     if "end_of_turn" in provenance:  # llmkit's own export: its generation_config.json also lists a chat's role tokens
         listed = provenance["end_of_turn"]
         end_of_turn = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []

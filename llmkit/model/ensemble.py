@@ -200,10 +200,10 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
                                   [classifier_input_limit(item.config, item.task) for item, _ in kept]).eval()
         first.config = first.model.config
         if len(contexts) > 1 and not isinstance(first.model, ClassifierEnsemble):
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(f"note: the members' contexts differ ({', '.join(map(str, sorted(contexts)))} tokens); the ensemble reads "
-                      f"{min(contexts)} at a time, every member with it (a member alone may score differently)")
+            note(f"the members' contexts differ ({', '.join(map(str, sorted(contexts)))} tokens); the ensemble reads "
+                 f"{min(contexts)} at a time, every member with it (a member alone may score differently)")
     return first
 
 

@@ -30,7 +30,7 @@ def _say_what_is_not_drawn(metrics: list[tuple[str, list[dict]]], curves: list[s
     run logs nan and inf, which a line leaves out): a note, not an empty panel said nothing of."""
     import math
 
-    from llmkit.console import err
+    from llmkit.console import note
 
     for name, records in metrics:
         for curve in curves:
@@ -39,10 +39,10 @@ def _say_what_is_not_drawn(metrics: list[tuple[str, list[dict]]], curves: list[s
             values = [r[curve] for r in records if curve in r]
             finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
             if not finite:
-                err.print(f"note: {name} has no {curve} to draw", soft_wrap=True, markup=False)
+                note(f"{name} has no {curve} to draw")
             elif len(finite) < len(values):
-                err.print(f"note: {name}: {len(values) - len(finite)} {curve} value(s) are not finite (the run diverged?) "
-                          "and are not drawn", soft_wrap=True, markup=False)
+                note(f"{name}: {len(values) - len(finite)} {curve} value(s) are not finite (the run diverged?) "
+                     "and are not drawn")
 
 
 def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool = False) -> Path:

@@ -133,10 +133,10 @@ def _open_data(tokens_art, seq_len: int, config: PretrainConfig):
 
 
 def _note_no_validation(tokens_art, config: PretrainConfig) -> None:
-    from llmkit.console import err
+    from llmkit.console import note
 
-    err.print(f"note: {tokens_art.path} has no val split (tokenized with --val-fraction 0): the run does not validate, "
-              f"whatever --eval-every {config.checkpoints.eval_every} says", soft_wrap=True, markup=False)
+    note(f"{tokens_art.path} has no val split (tokenized with --val-fraction 0): the run does not validate, "
+         f"whatever --eval-every {config.checkpoints.eval_every} says")
 
 
 def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | None = None) -> None:
@@ -168,10 +168,10 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         micro_batch, accumulation = _split_global_batch(config, seq_len, info.batch_ways)
         global_batch = config.batch_tokens // seq_len
         if global_batch * seq_len != config.batch_tokens and info.is_main:
-            from llmkit.console import err
+            from llmkit.console import err, note
 
-            err.print(f"note: --batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
-                      f"trains on {global_batch} sequences, {global_batch * seq_len} tokens", soft_wrap=True, markup=False)
+            note(f"--batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
+                 f"trains on {global_batch} sequences, {global_batch * seq_len} tokens")
         if config.max_tokens is not None:
             max_steps = math.ceil(config.max_tokens / (global_batch * seq_len))
         else:
@@ -236,7 +236,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             weights=init.file(WEIGHTS) if init is not None and split else None,
         )
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
-            from llmkit.console import err
+            from llmkit.console import err, note
 
             layout_note = f" ({info.layout.describe()})" if info.layout.model_parallel else ""
             named = f"from {init_from}" if init_from else config.architecture.model

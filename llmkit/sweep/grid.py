@@ -85,10 +85,10 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
     for layers, width in model_sizes(config):
         heads = None if lstm else max(1, width // config.head_dim)
         if heads is not None and width % config.head_dim:
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(f"note: size {layers}x{width}: {heads} head(s) of {width // heads}, as {width} is not a multiple of "
-                      f"--head-dim {config.head_dim}", soft_wrap=True, markup=False)
+            note(f"size {layers}x{width}: {heads} head(s) of {width // heads}, as {width} is not a multiple of "
+                 f"--head-dim {config.head_dim}")
         if heads is not None and width % heads:
             raise UserError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
                             f"that are multiples of {config.head_dim}")
@@ -105,10 +105,9 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
         raise UserError(f"a FLOP budget's minimum is fitted over at least 3 sizes, and {source} {len(sizes)}; give more "
                         "sizes (or use --tokens budgets)")
     if config.flops and len(sizes) < config.per_budget:
-        from llmkit.console import err
+        from llmkit.console import note
 
-        err.print(f"note: --per-budget {config.per_budget}, but there are {len(sizes)} sizes: each budget trains all of them",
-                  soft_wrap=True, markup=False)
+        note(f"--per-budget {config.per_budget}, but there are {len(sizes)} sizes: each budget trains all of them")
     if config.token_budgets:  # (a budget given twice would be one run, counted twice by the fit)
         grid = [(size, tokens, None) for tokens in sorted({int(t) for t in config.token_budgets}) for size in sizes]
     else:

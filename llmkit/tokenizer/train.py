@@ -100,7 +100,7 @@ def train_tokenizer(
     from rich.progress import DownloadColumn, TransferSpeedColumn
     from tokenizers import pre_tokenizers, trainers
 
-    from llmkit.console import err, progress
+    from llmkit.console import err, progress, note
 
     source = open_source([Path(p) for p in inputs])
     sampler = Sampler(config, source.total_bytes)
@@ -144,9 +144,8 @@ def train_tokenizer(
                 "check the corpus with llmkit inspect or pass other files"
             )
         if tokenizer.get_vocab_size() < config.vocab_size:
-            err.print(f"note: the input held only {tokenizer.get_vocab_size():,} tokens' worth of merges, fewer than "
-                      f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} (more text gives more)",
-                      soft_wrap=True, markup=False)
+            note(f"the input held only {tokenizer.get_vocab_size():,} tokens' worth of merges, fewer than "
+                 f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} (more text gives more)")
         tokenizer.save(str(build.dir / TOKENIZER_FILE))
         np.save(build.dir / TOKEN_BYTES_FILE, compute_token_bytes(tokenizer), allow_pickle=False)
 

@@ -168,13 +168,13 @@ def _put_back_replaced_run(out: Path, force: bool) -> None:
     one worth having, so it goes back to `out` rather than being deleted with the temporaries."""
     old = next((folder / out.name for folder in _replaced_runs(out) if (folder / out.name).is_dir()), None)
     if old is not None and not (out.exists() and _worth_keeping(out)):
-        from llmkit.console import err
+        from llmkit.console import note
 
         shutil.rmtree(out, ignore_errors=True)  # the killed run's mark and metrics: nothing to resume from
         os.replace(old, out)
         kept = ("it is kept aside again until this --force run writes its first checkpoint" if force
                 else f"the run it replaced is back in {out}")
-        err.print(f"note: a --force run on {out} was stopped before its first checkpoint; {kept}", soft_wrap=True, markup=False)
+        note(f"a --force run on {out} was stopped before its first checkpoint; {kept}")
     discard_replaced_runs(out)
 
 
@@ -269,12 +269,11 @@ def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: 
         return config  # the run directory's checks say what is wrong with it
     kept = {key: recorded[key] for key in lengths if key in recorded}
     if kept and any(kept[key] != getattr(config, key) for key in kept):
-        from llmkit.console import err
+        from llmkit.console import note
 
         shown = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in kept.items()
                           if value is not None and value != config.default_of(key))
-        err.print(f"note: the run's length is kept as the run recorded it ({shown or 'the default'}); give it to change it",
-                  markup=False, soft_wrap=True)
+        note(f"the run's length is kept as the run recorded it ({shown or 'the default'}); give it to change it")
     return dataclasses.replace(config, **kept)
 
 

@@ -226,9 +226,9 @@ class Trainer:
         devices = settings.devices
         self.precision = resolve_precision(settings.numerics.precision, self.device.type)
         if self.precision == "bf16" and self.device.type == "cpu" and info.is_main and not cpu_has_bf16_products():
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(f"note: {CPU_WITHOUT_BF16}", soft_wrap=True)
+            note(CPU_WITHOUT_BF16)
         # The engine applies the layout and runs the steps: the model split (--tp/--pp) or whole on every rank.
         if self.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
@@ -275,10 +275,9 @@ class Trainer:
                                 "their last step unmerged), which cannot train on; fine-tune from it as a new base, or "
                                 "start over with --force")
             if self.info.is_main:
-                from llmkit.console import err
+                from llmkit.console import note
 
-                err.print(f"note: {self.run_dir} holds no checkpoint to resume from: the run starts at step 0",
-                          soft_wrap=True, markup=False)
+                note(f"{self.run_dir} holds no checkpoint to resume from: the run starts at step 0")
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = MovingAverage.from_saved(extra)
@@ -399,27 +398,21 @@ class Trainer:
         per_sequence = bool(getattr(self.engine, "batch_invariant", False))
         continues = per_sequence and saved_per_sequence or not per_sequence and not saved_per_sequence and same_world
         if not continues and getattr(self.raw.config, "dropout", 0) > 0 and self.info.is_main:
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(
-                f"note: {latest.name} was written by {self._resume_progress.get('world_size')} process(es) drawing dropout "
-                f"masks {'per sequence' if saved_per_sequence else 'per process'}, this run has {self.info.world_size} "
-                f"drawing them {'per sequence' if per_sequence else 'per process'}: weights, optimizer and data position "
-                "carry over exactly; the dropout masks from here on differ from the saved run's",
-                soft_wrap=True,
-            )
+            note(f"{latest.name} was written by {self._resume_progress.get('world_size')} process(es) drawing dropout "
+                 f"masks {'per sequence' if saved_per_sequence else 'per process'}, this run has {self.info.world_size} "
+                 f"drawing them {'per sequence' if per_sequence else 'per process'}: weights, optimizer and data position "
+                 "carry over exactly; the dropout masks from here on differ from the saved run's")
         # --precision auto is the same option on a GPU (bf16) and a CPU (fp32): the same config,
         # other arithmetic from here on, which a resume moved between devices is told.
         saved_precision = self._saved_runtime.get("precision")
         if saved_precision and saved_precision != self.precision and self.info.is_main:
-            from llmkit.console import err
+            from llmkit.console import note
 
-            err.print(
-                f"note: {latest.name} computed in {saved_precision} on {self._saved_runtime.get('device', 'another device')}, "
-                f"this run computes in {self.precision} on {self.device} (--precision {self.settings.numerics.precision}): "
-                "weights and optimizer carry over exactly; the products from here on round otherwise",
-                soft_wrap=True,
-            )
+            note(f"{latest.name} computed in {saved_precision} on {self._saved_runtime.get('device', 'another device')}, "
+                 f"this run computes in {self.precision} on {self.device} (--precision {self.settings.numerics.precision}): "
+                 "weights and optimizer carry over exactly; the products from here on round otherwise")
 
     # -- the moving average of the weights (--ema) -------------------------------------------
     def _start_ema(self) -> MovingAverage | None:
@@ -603,15 +596,15 @@ class Trainer:
                           seed=self.spec.seed, stats=stats, force=True, lock=False, roles=["run"], guard_inputs=False)
         count, save_every = self.settings.checkpoints.average_last, self.settings.checkpoints.save_every
         if count > 1 and len(earlier) < count - 1:
-            from llmkit.console import err
+            from llmkit.console import note
 
             if earlier:
-                err.print(f"note: --average-last {count}: the run saved only {len(earlier) + 1} checkpoint(s) (--save-every "
-                          f"{save_every}, {step} steps), so RUN/average is the mean of those", soft_wrap=True, markup=False)
+                note(f"--average-last {count}: the run saved only {len(earlier) + 1} checkpoint(s) (--save-every "
+                     f"{save_every}, {step} steps), so RUN/average is the mean of those")
             else:
-                err.print(f"note: --average-last {count}: the run saved no checkpoint before its final one (--save-every "
-                          f"{save_every}, {step} steps), so there is nothing to average: no RUN/average (it would be the "
-                          "final weights again)", soft_wrap=True, markup=False)
+                note(f"--average-last {count}: the run saved no checkpoint before its final one (--save-every "
+                     f"{save_every}, {step} steps), so there is nothing to average: no RUN/average (it would be the "
+                     "final weights again)")
         if earlier:
             members = [artifacts.load(d, kind="checkpoint") for d in earlier] + [run]
             write_average(self.run_dir / "average", members, [1.0 / len(members)] * len(members),
@@ -651,7 +644,7 @@ class Trainer:
     def _remove_stale_companions(self, *, ema: bool, average: bool) -> None:
         """A finished run extended without --average-last (or from before --ema was checked on
         resume) would keep the companions of its earlier end inside it, naming a run that is gone."""
-        from llmkit.console import err
+        from llmkit.console import note
 
         for name, rewritten in (("ema", ema), ("average", average)):
             stale = self.run_dir / name
@@ -662,7 +655,7 @@ class Trainer:
                 has_none = f"this run has no {flag}"
                 if name == "average" and self.settings.checkpoints.average_last > 1:
                     has_none = "this run saved no checkpoint to average with its final one"
-                err.print(f"note: removed {stale}, which an earlier command made; {has_none}", soft_wrap=True, markup=False)
+                note(f"removed {stale}, which an earlier command made; {has_none}")
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> LoopResult:
