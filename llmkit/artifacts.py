@@ -365,6 +365,32 @@ def unfinished_sweep(path: Path) -> bool:
     return (path / RUN_MARK).is_file() and (path / "runs").is_dir() and (path / "configs").is_dir()
 
 
+# How to get the artifact a stage wanted from what it was given: the usual slips of a first run
+# (text or a corpus given to pretrain, tokens to generate), then what makes each kind.
+_NEXT_STEPS = {
+    ("file", "corpus"): "make a corpus of it first: llmkit clean {path} -o CORPUS",
+    ("file", "tokens"): "make tokens of it first: llmkit clean {path} -o CORPUS, llmkit tokenizer train CORPUS -o TOK, "
+                        "llmkit tokenize CORPUS -t TOK -o TOKENS",
+    ("corpus", "tokens"): "tokenize it first: llmkit tokenizer train {path} -o TOK, then llmkit tokenize {path} -t TOK -o TOKENS",
+    ("tokenizer", "tokens"): "tokenize a corpus with it first: llmkit tokenize CORPUS -t {path} -o TOKENS",
+    ("corpus", "tokenizer"): "train one on it: llmkit tokenizer train {path} -o TOK",
+    ("tokens", "checkpoint"): "train a model on them first: llmkit pretrain {path} -o RUN",
+}
+_MAKERS = {"corpus": "llmkit clean", "tokenizer": "llmkit tokenizer train", "tokens": "llmkit tokenize",
+           "checkpoint": "llmkit pretrain, finetune, import or average (recipes/quickstart.sh runs the chain from text)",
+           "sweep": "llmkit sweep", "scaling": "llmkit scaling fit", "eval": "llmkit eval"}
+
+
+def _how_to_make(wanted: tuple[str, ...], found: str, path: Path) -> str:
+    """The fix of a wrong input, as "; ..." (nothing where no single kind was wanted)."""
+    if len(wanted) != 1:
+        return ""
+    step = _NEXT_STEPS.get((found, wanted[0]))
+    if step:
+        return "; " + step.format(path=path)
+    return f"; {_article(wanted[0])} artifact comes from {_MAKERS[wanted[0]]}" if wanted[0] in _MAKERS else ""
+
+
 def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bool = True) -> Artifact:
     """Read an artifact, checking that it exists, is complete, and is of the expected kind; and,
     cheaply (no file is hashed), that its manifest is well formed and unedited and its files are
@@ -380,8 +406,7 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
     if not path.exists():
         raise UserError(f"no such artifact: {path}; expected {_article(wanted_text)} artifact directory")
     if not path.is_dir():
-        hint = f"; make a corpus of it first (llmkit clean {path} -o CORPUS)" if "corpus" in wanted else ""
-        raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory{hint}")
+        raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory{_how_to_make(wanted, 'file', path)}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         if unfinished_sweep(path):
@@ -410,7 +435,8 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         raise UserError(f"{manifest_path} is not a valid manifest: {problem}; rebuild the artifact")
     manifest = Manifest.from_dict(data)
     if wanted and manifest.kind not in wanted:
-        raise UserError(f"expected {_article(wanted_text)} artifact, got {manifest.kind} at {path}")
+        raise UserError(f"expected {_article(wanted_text)} artifact, got {manifest.kind} at {path}"
+                        f"{_how_to_make(wanted, manifest.kind, path)}")
     art = Artifact(path=path, manifest=manifest)
     if check:
         if manifest.expected_fingerprint() != manifest.fingerprint:

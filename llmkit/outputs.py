@@ -205,6 +205,25 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
 def _refuse_existing(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
+    if force and path.is_file() and not _llmkit_records(path):  # (a folder output's own check is check_output's)
+        raise UserError(f"output {path} exists and is not a file llmkit wrote (JSONL records of completions or "
+                        "conversations); --force replaces only llmkit's outputs: move it away, or choose another -o path")
+
+
+def _llmkit_records(path: Path) -> bool:
+    """Whether a file is one that generate or chat writes (or empty): its first line a JSON record
+    of a completion or a conversation. --force replaced any file, a user's notes included."""
+    import json
+
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+        if not first.strip():
+            return not first or handle.read(1) == b""  # an empty file; not a file that begins with a blank line
+        record = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and ("completion" in record or "messages" in record)
 
 
 @contextlib.contextmanager

@@ -162,6 +162,14 @@ def test_load_checks_kind_presence_and_version(tmp_path):
     make(tmp_path / "corpus")
     with pytest.raises(UserError, match=r"expected a tokenizer artifact, got corpus at"):
         artifacts.load(tmp_path / "corpus", kind="tokenizer")
+    # a wrong input says what makes the artifact wanted from it (a first run's usual slips said nothing more)
+    with pytest.raises(UserError, match=rf"got corpus at {tmp_path / 'corpus'}; tokenize it first: llmkit tokenizer train"):
+        artifacts.load(tmp_path / "corpus", kind="tokens")
+    with pytest.raises(UserError, match="a checkpoint artifact comes from llmkit pretrain, finetune, import or average"):
+        artifacts.load(tmp_path / "corpus", kind="checkpoint")
+    (tmp_path / "book.txt").write_text("text")
+    with pytest.raises(UserError, match="is a file, expected a tokens artifact directory; make tokens of it first: llmkit clean"):
+        artifacts.load(tmp_path / "book.txt", kind="tokens")
     assert artifacts.load(tmp_path / "corpus", kind=("tokens", "corpus")).kind == "corpus"
     with pytest.raises(UserError, match="no such artifact"):
         artifacts.load(tmp_path / "missing")

@@ -437,7 +437,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"prompt": "x " * 600, "response": "y"}] * 4, [], "longer than 257 tokens"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--seq-len", "4096"], "longer than the checkpoint's context length 256"),
         ([{"text": "a", "label": 0}] * 4, ["--task", "classify"], "single label"),
-        ([{"question": "a", "answer": "b"}] * 4, [], "neither a \"messages\" list nor \"prompt\" and \"response\" strings; for "
+        ([{"question": "a", "answer": "b"}] * 4, ["--val-fraction", "0.5"], ":1 has neither a \"messages\" list nor \"prompt\" and \"response\" strings; for "
                                                      "other fields give --template FILE.json"),
         ([{"source": "ein Hund", "target": "a dog"}] * 4, [], "its fields fit --template translate"),
         ([{"source": "a"}] * 4, ["--template", "translate"], "no field 'target'"),

@@ -640,6 +640,12 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
     assert not (tmp_path / ".a.jsonl.tmp-killed").exists()  # nobody else can be using it: the lock was free
     assert (tmp_path / ".a.jsonl.tmp").read_text() == "another run's records\n"
     assert json.loads(out.read_text())["prompt"] == "KING:" and not (tmp_path / "a.jsonl.partial").exists()  # superseded
+    # --force replaces a file generate or chat wrote, not a user's: it replaced any file (notes included)
+    assert cli(*args, "--force").exit_code == 0
+    (tmp_path / "notes.txt").write_text("precious\n")
+    refused = cli(*args[:-1], tmp_path / "notes.txt", "--force")
+    assert refused.exit_code == 1 and "is not a file llmkit wrote" in refused.output, refused.output
+    assert (tmp_path / "notes.txt").read_text() == "precious\n"
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask

@@ -79,6 +79,11 @@ def perplexity_documents(loaded, cfg):
             raise UserError(f"tokens artifact {cfg.data} has an empty val split; tokenize with a validation fraction > 0")
         return documents
     records = load_records(cfg.data, cfg.split, cfg.limit)
+    if records and isinstance(records[0].get("messages"), list) and (cfg.text_field or "messages") == "messages" and not any(
+            field in records[0] for field in TEXT_FIELDS):  # (the two errors that pick_field and text_of gave sent one round)
+        raise UserError(f"{cfg.data} holds conversations ('messages'), and perplexity scores plain text: give a .txt file or "
+                        "records with a text field; a chat fine-tune's replies to these conversations are scored with "
+                        "-m rouge or -m bleu")
     name = pick_field(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
     texts = [text_of(r, name, i) for i, r in enumerate(records)]
     # (numbered by record, so that predictions.jsonl joins back to the data past an empty record)

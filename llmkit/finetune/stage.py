@@ -294,7 +294,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
     from llmkit.finetune.lora import count_parameters, tied_to
-    from llmkit.data.templates import check_tokenizer, resolve_template
+    from llmkit.data.templates import check_tokenizer, encode_example, resolve_template
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE
     from llmkit.runtime import seed_everything
@@ -310,6 +310,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         seq_len = _seq_len(config, read_model_config(art.path).context_length)
 
         records, places = ft_data.read_records(data)
+        first = (records[0], places[0]) if records else None  # (the split may hold it out: its error named a later line)
         if config.val_data:
             val_records, val_places = ft_data.read_records(Path(config.val_data), validation=True)
         else:
@@ -324,6 +325,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
             template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))
                                        for name in ("bos", "eos") if name in template}}
+            if first is not None:  # a file whose every record is wrong the same way is named at its first line
+                encode_example(template, first[0], tokenizer, first[1])
             train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", info.is_main,
                                                   places)
             val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation",
