@@ -95,28 +95,13 @@ def local_dataset(builder: str, data_files: Any, split: str) -> Iterator[Any]:
         return glob.escape(str(files)) if isinstance(files, (str, Path)) else [glob.escape(str(file)) for file in files]
 
     patterns = {name: escaped(files) for name, files in data_files.items()} if isinstance(data_files, dict) else escaped(data_files)
-    settings = _csv_as_written(data_files) if builder == "csv" else {}
+    # A CSV's `NA`, `None`, `null`, `nan` and empty cells as written: pandas' defaults made them missing
+    # values (a document lost, or its row refused), where the same file given to clean as an input keeps them.
+    settings = {"keep_default_na": False} if builder == "csv" else {}
     with local_files_cache() as cache:
         with datasets_quiet():
             data = datasets.load_dataset(builder, data_files=patterns, split=split, cache_dir=str(cache), **settings)
         yield data
-
-
-def _csv_as_written(data_files: Any) -> dict[str, Any]:
-    """A CSV's cells as the file writes them, text: pandas' defaults made `NA`, `None`, `null`,
-    `nan` and an empty cell a missing value (a document lost, or the row refused) and a column of
-    numbers floats (`007` read as 7.0), where the same file given to clean as an input keeps them."""
-    import csv
-
-    import datasets
-
-    files = data_files if isinstance(data_files, dict) else {"train": data_files}
-    first = next(iter(files.values()))
-    first = first if isinstance(first, (str, Path)) else first[0]
-    with open(first, encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle), [])
-    features = datasets.Features({column: datasets.Value("string") for column in header}) if header else None
-    return {"keep_default_na": False, **({"features": features} if features is not None else {})}
 
 
 @contextlib.contextmanager

@@ -493,6 +493,19 @@ def test_a_csv_data_set_reads_its_cells_as_written_and_text_files_go_as_inputs(c
     assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == ["hello world", "NA", "None", "null", "007"]
     as_input = resolve_inputs([str(tmp_path / "cells.csv")])[0]
     assert [t for _, t in as_input.documents(ReadOptions(), ReadStats())] == ["hello world", "NA", "None", "null", "007"]
+    # what pandas writes (an unnamed index column), compressed, and splits of other columns all still read
+    import pandas
+
+    pandas.DataFrame({"text": ["one doc", "NA"], "label": [0, 1]}).to_csv(tmp_path / "indexed.csv")
+    with gzip.open(tmp_path / "packed.csv.gz", "wt", encoding="utf-8") as handle:
+        handle.write("text\nnull\nplain\n")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.csv").write_text("text,label\nhello train,1\n", encoding="utf-8")
+    (tmp_path / "splits" / "test.csv").write_text("text\nhello test\n", encoding="utf-8")
+    for name, split, texts in (("indexed.csv", "train", ["one doc", "NA"]), ("packed.csv.gz", "train", ["null", "plain"]),
+                               ("splits", "test", ["hello test"]), ("splits", "train", ["hello train"])):
+        source = resolve_inputs([], dataset=str(tmp_path / name), split=split)[0]
+        assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == texts, name
     (tmp_path / "lines.txt").write_text("a\nb\n\nc\n", encoding="utf-8")
     with pytest.raises(UserError, match="text files are read as inputs, where --doc-per says what a document is"):
         resolve_inputs([], dataset=str(tmp_path / "lines.txt"))

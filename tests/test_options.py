@@ -290,6 +290,9 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
     assert json.dumps(config.max_top_ngram_char_frac) == json.dumps(typed.max_top_ngram_char_frac) == "[1.0, 1.0, 1.0]"
     file.write_text("clean:\n")
     assert resolve(CleanConfig, file=file, section="clean") == resolve(CleanConfig)
+    file.write_text("1: x\n")  # a key YAML reads as a number: an AttributeError, "unexpected"
+    with pytest.raises(UsageError, match="has the key 1, which is not an option name"):
+        resolve(CleanConfig, file=file, section="clean")
 
 
 def test_a_repeated_list_flag_adds_to_the_list_and_a_stages_own_check_is_a_usage_error(cli, tmp_path):

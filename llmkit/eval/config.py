@@ -60,7 +60,7 @@ class EvalConfig(Options):
     reference_field: str | None = option(None, "JSONL field of the references (default: --field or target/summary/...).", panel=DATA)
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
     labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",
-                               cli_type=str | None, parse=_label_names, panel=DATA)
+                               cli_type=list[str] | None, parse=_label_names, panel=DATA)
     limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task).", panel=DATA, range="[1, inf)")
     tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
                               "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, or all.",
