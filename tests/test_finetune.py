@@ -696,6 +696,14 @@ def test_truncate_cuts_a_chat_as_chat_cuts_a_conversation_and_keeps_the_last_rep
     (emptied,) = sft_examples([record], template, tok, budget - 1, truncate=True, name="training", verbose=False)
     assert emptied.ids == encode_chat_example([system, dict(question, content=""), reply], tok).ids[:budget]
     assert 0 < sum(emptied.learn) < len(reply_tokens)
+    # an assistant's message cut at its end (the one the last reply follows) is not learned, nor the role token
+    # ending it: the model learnt to end a turn mid-sentence
+    said = {"role": "assistant", "content": "the king is dead and long live the king " * 6}
+    record = {"messages": [{"role": "user", "content": "q"}, said, reply]}
+    whole = encode_chat_example([*record["messages"]], tok)
+    (cut,) = sft_examples([record], template, tok, len(whole.ids) - 9, truncate=True, name="training", verbose=False)
+    assert cut.ids[-len(reply_tokens):] == reply_tokens and all(cut.learn[-len(reply_tokens):])
+    assert not any(cut.learn[:-len(reply_tokens)]) and len(cut.ids) < len(whole.ids)
 
 
 def test_truncate_empties_the_document_when_only_that_fits_and_then_keeps_the_responses_start(base):
@@ -901,6 +909,32 @@ def test_a_resume_with_the_template_file_edited_is_refused(base, cli, tmp_path):
     template.write_text(json.dumps({"prompt": "Question: {prompt}\nAnswer:", "response": " {response}"}))
     result = cli(*args, "--max-steps", "4", "--resume")
     assert result.exit_code != 0 and "cannot resume" in result.output and "the template file's content changed" in result.output, result.output
+
+
+def test_a_resume_of_examples_encoded_otherwise_is_refused(base, cli, tmp_path):
+    """The same data and options are other examples where an llmkit version encodes them otherwise
+    (--truncate's cut changed): the resumed steps trained on another data order without a word. A
+    run's checkpoints record a digest of its encoded examples; one saved before it, with --truncate,
+    or with another digest, is refused; without --truncate (encoded as before) it resumes."""
+    data = write_jsonl(tmp_path / "data.jsonl", [{"prompt": f"question {i} " * 30, "response": f"answer {i}"} for i in range(32)])
+    for truncate in ([], ["--truncate"]):
+        run = tmp_path / f"run{len(truncate)}"
+        args = ["finetune", base["checkpoint"], "--data", data, "-o", run, "--batch-size", "8", "--eval-every", "0",
+                "--save-every", "2", "--seq-len", "48", "--template", "plain", *truncate]
+        if not truncate:
+            data = write_jsonl(tmp_path / "short.jsonl", [{"prompt": f"q {i}", "response": f"a {i}"} for i in range(32)])
+            args[args.index(tmp_path / "data.jsonl")] = data
+        assert cli(*args, "--max-steps", "2").exit_code == 0
+        manifest_path = run / "checkpoints" / "step_0000002" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        assert len(manifest["runtime"]["examples_sha256"]) == 64
+        del manifest["runtime"]["examples_sha256"]  # as an earlier llmkit saved it
+        manifest_path.write_text(json.dumps(manifest))
+        result = cli(*args, "--max-steps", "4", "--resume")
+        if truncate:
+            assert result.exit_code != 0 and "the training examples as encoded" in result.output, result.output
+        else:
+            assert result.exit_code == 0, result.output
 
 
 def test_speed_and_tokens_seen_count_each_examples_own_tokens(base, cli, tmp_path):

@@ -451,6 +451,20 @@ def test_a_document_split_inside_is_cut_between_whole_characters(tmp_path, token
         [head] = [tok.decode(doc[:-1]) for doc in TokenShards.open(out, "train").iter_documents()]
         [tail] = [tok.decode(doc[:-1]) for doc in TokenShards.open(out, "val").iter_documents()]
         assert "\ufffd" not in head + tail and head + tail == book, repeats
+    # a character that starts the document: past it (the walk back stopped at the first token, inside it), also under
+    # --add-bos; a document of that character alone trains whole
+    for book, add_bos in (("😀 the king", False), ("😀 the king", True), ("😀", False), ("😀", True)):
+        name = f"emoji{len(book)}{add_bos}"
+        with artifacts.create(tmp_path / name, "corpus") as build:
+            (build.dir / "shards").mkdir()
+            pq.write_table(pa.table({"id": ["book"], "text": [book], "source": ["book"]}), build.dir / "shards" / "part-00000.parquet")
+            build.stats = {"documents": 1}
+        out = tokenize_corpus(tmp_path / name, tokenizer, tmp_path / f"t{name}", TokenizeConfig(val_fraction=0.5, workers=1,
+                                                                                              add_bos=add_bos))
+        skip = 1 if add_bos else 0
+        splits = ("train", "val") if len(book) > 1 else ("train",)  # (one character: no val split, said on opening it)
+        parts = [tok.decode(doc[skip:-1]) for split in splits for doc in TokenShards.open(out, split).iter_documents()]
+        assert "\ufffd" not in "".join(parts) and "".join(parts) == book, (book, add_bos, parts)
 
 
 def test_documents_without_a_source_form_their_own_group(tmp_path):
@@ -479,5 +493,5 @@ def test_a_text_file_given_to_tokenize_points_at_clean(cli, tmp_path):
     (tmp_path / "book.txt").write_text("To be, or not to be.\n", encoding="utf-8")
     result = cli("tokenize", tmp_path / "book.txt", "-t", tmp_path / "tok", "-o", tmp_path / "tokens")
     assert result.exit_code != 0
-    assert f"make a corpus of it first (llmkit clean {tmp_path / 'book.txt'} -o CORPUS)" in result.output
+    assert f"make a corpus of it first: llmkit clean {tmp_path / 'book.txt'} -o CORPUS" in result.output
     assert not (tmp_path / "tokens").exists()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from llmkit.errors import UserError
@@ -166,6 +167,8 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
             if emptied:
                 kept = [*kept[:-1], dict(kept[-1], content="")]
             example = encode_chat_example([*kept, reply], tokenizer)
+            if cut is not False and kept[-1]["role"] == "assistant":
+                example = _not_learned_where_cut(example, kept[-1], reply, tokenizer)
     if template["type"] == "text":
         fields = text_fields(record, prompt_fields(template))
         if fields:  # (numbers are not cut: the example is cut from its end)
@@ -173,6 +176,32 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
             emptied = fitted is None
             example = encode_example(template, fitted or dict(record, **dict.fromkeys(fields, "")), tokenizer, where)
     return Encoded(example.ids[:max_len], example.learn[:max_len]), emptied
+
+
+def _not_learned_where_cut(example: Encoded, cut: dict[str, str], reply: dict[str, str], tokenizer) -> Encoded:
+    """An assistant's message cut at its end (the one before the reply) taught the model to end a
+    turn mid-sentence: its text and the role token that ends it are not learned."""
+    from llmkit.data.templates import message_ids
+
+    special = tokenizer.special_ids
+    cut_role, reply_role = special[f"<|{cut['role']}|>"], special[f"<|{reply['role']}|>"]
+    reply_role_at = len(example.ids) - 2 - len(message_ids(reply["content"], reply_role, tokenizer.eos_id, tokenizer))
+    start = reply_role_at - len(message_ids(cut["content"], cut_role, reply_role, tokenizer))
+    learn = list(example.learn)
+    learn[start : reply_role_at + 1] = [False] * (reply_role_at + 1 - start)
+    return Encoded(example.ids, learn)
+
+
+def examples_digest(examples: Sequence[Encoded]) -> str:
+    """A digest of encoded examples (ids and what is learned): a resume checks that the run's
+    examples are still encoded as the saved steps were trained on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for example in examples:
+        ids = np.asarray(example.ids, dtype=np.int64)
+        digest.update(np.int64(len(ids)).tobytes() + ids.tobytes() + np.asarray(example.learn, dtype=np.bool_).tobytes())
+    return digest.hexdigest()
 
 
 class SFTBatches:

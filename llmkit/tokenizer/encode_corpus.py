@@ -334,8 +334,19 @@ def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str
     # Each part holds a token of text at least (a tail of the end-of-text alone is nothing to validate on):
     # a document shorter than 1/val_fraction tokens gives one, and one too short for two parts trains whole.
     cut = min(len(tokens) - 2, max(first + 1, round(len(tokens) * (1 - val_fraction))))
-    while first + 1 < cut < len(tokens) and continues(int(tokens[cut])):
-        cut -= 1  # between whole characters: a cut inside one decoded to U+FFFD at the head's end and the tail's start
+    if first + 1 <= cut <= len(tokens) - 2 and continues(int(tokens[cut])):
+        # Between whole characters (a cut inside one decoded to U+FFFD at the head's end and the tail's
+        # start): back to the start of the character it fell in, else (the document's first character)
+        # forward past it; a document of one character trains whole.
+        back = cut
+        while back > first + 1 and continues(int(tokens[back])):
+            back -= 1
+        if continues(int(tokens[back])):
+            back = cut
+            while back < len(tokens) - 2 and continues(int(tokens[back])):
+                back += 1
+            back = back if not continues(int(tokens[back])) else len(tokens)
+        cut = back
     if cut < first + 1:
         cut = len(tokens)
     tail_bytes = int(token_bytes[tokens[cut:]].sum())

@@ -373,6 +373,13 @@ class Trainer:
             shown_now = f"default ({unset[key]})" if now is None and key in unset else repr(now)
             shown_before = f"default ({unset[key]})" if before is None and key in unset else repr(before)
             changed.append(f"--{key.replace('_', '-')} {shown_before} -> {shown_now}")
+        # The examples as encoded (fine-tuning's, runtime["examples_sha256"]): the same data and options
+        # are other examples where an llmkit version encodes them otherwise (--truncate's cut changed on
+        # 2026-12-05), and the resumed steps then trained on another data order without a word.
+        saved_examples, examples = self._saved_runtime.get("examples_sha256"), self.spec.runtime.get("examples_sha256")
+        if examples and saved_examples != examples and (saved_examples or options.get("truncate")):
+            changed.append("the training examples as encoded (this llmkit version encodes the data otherwise than the "
+                           "one that saved the run)")
         # --ema is outside the config (RUN/ema's records it), yet the average goes on from the saved
         # one: another decay, or none, would leave a RUN/ema no run made (or a stale one in the run).
         ema = self.settings.checkpoints.ema
