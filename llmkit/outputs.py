@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from llmkit.errors import UserError
 
@@ -185,7 +185,8 @@ def make_parent(out: Path) -> None:
         raise UserError(f"cannot create the folder {parent} for {out} ({exc.strerror}); choose another -o path") from exc
 
 
-def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = ()) -> None:
+def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = (),
+                      ours: Callable[[Path], bool] | None = None) -> None:
     """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
     if path is None:
         return
@@ -198,40 +199,41 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
                 raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
     if path.is_dir():
         raise UserError(f"-o {path} is a folder; give a file path")
-    _refuse_existing(path, force)
+    _refuse_existing(path, force, ours)
     make_parent(path)
 
 
-def _refuse_existing(path: Path, force: bool) -> None:
+def _refuse_existing(path: Path, force: bool, ours: Callable[[Path], bool] | None = None) -> None:
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
-    if force and path.is_file() and not _llmkit_records(path):  # (a folder output's own check is check_output's)
-        raise UserError(f"output {path} exists and is not a file llmkit wrote (JSONL records of completions or "
-                        "conversations); --force replaces only llmkit's outputs: move it away, or choose another -o path")
+    if force and ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
+        raise UserError(f"output {path} exists and is not a file this command writes; --force replaces only llmkit's "
+                        "outputs: move it away, or choose another -o path")
 
 
-def _llmkit_records(path: Path) -> bool:
-    """Whether a file is one that generate or chat writes (or empty): its first line a JSON record
-    of a completion or a conversation. --force replaced any file, a user's notes included."""
-    import json
+def starts_with(*prefixes: bytes) -> Callable[[Path], bool]:
+    """Whether a file is one a command writes, by its first bytes (after a UTF-8 BOM), or empty:
+    --force replaced any file at -o, a user's notes included. (Its start, not its first line parsed:
+    a record may be megabytes long.)"""
+    def ours(path: Path) -> bool:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(64)
+        except OSError:
+            return False
+        head = head.removeprefix(b"\xef\xbb\xbf")
+        return not head or any(head.startswith(prefix) for prefix in prefixes)
 
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline(1 << 20)
-        if not first.strip():
-            return not first or handle.read(1) == b""  # an empty file; not a file that begins with a blank line
-        record = json.loads(first)
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and ("completion" in record or "messages" in record)
+    return ours
 
 
 @contextlib.contextmanager
-def file_output_lock(path: Path, force: bool) -> Iterator[None]:
+def file_output_lock(path: Path, force: bool, ours: Callable[[Path], bool] | None = None) -> Iterator[None]:
     """Be the only run writing the file `path` (output_lock), checked again under the lock: another
-    run may have written it since the command's own check."""
+    run may have written it since the command's own check. `ours`: what --force may replace
+    (`starts_with`)."""
     with output_lock(path):
-        _refuse_existing(path, force)
+        _refuse_existing(path, force, ours)
         yield
 
 

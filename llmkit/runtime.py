@@ -94,14 +94,34 @@ def local_dataset(builder: str, data_files: Any, split: str) -> Iterator[Any]:
     def escaped(files: Any) -> Any:
         return glob.escape(str(files)) if isinstance(files, (str, Path)) else [glob.escape(str(file)) for file in files]
 
+    settings = {}
+    if builder == "csv":
+        # Only the split asked for is read (each split its own columns: a test.csv without labels), its
+        # cells as written, text: pandas' defaults made `NA`, `None`, `null`, `nan` and empty cells
+        # missing values (a document lost, or its row refused) and a column of numbers numbers per
+        # 10,000-row chunk (`007` read as 7; a later chunk's empty cell then failed the whole file).
+        files = data_files.get(split, []) if isinstance(data_files, dict) else data_files
+        files = [files] if isinstance(files, (str, Path)) else list(files)
+        data_files = {split: files}
+        settings = {"keep_default_na": False, **_csv_columns_as_text(files)}
     patterns = {name: escaped(files) for name, files in data_files.items()} if isinstance(data_files, dict) else escaped(data_files)
-    # A CSV's `NA`, `None`, `null`, `nan` and empty cells as written: pandas' defaults made them missing
-    # values (a document lost, or its row refused), where the same file given to clean as an input keeps them.
-    settings = {"keep_default_na": False} if builder == "csv" else {}
     with local_files_cache() as cache:
         with datasets_quiet():
             data = datasets.load_dataset(builder, data_files=patterns, split=split, cache_dir=str(cache), **settings)
         yield data
+
+
+def _csv_columns_as_text(files: list) -> dict[str, Any]:
+    """`features` reading every column of a CSV as text, its columns named as pandas names them
+    (the reader `datasets` uses: an unnamed index column is `Unnamed: 0`, a repeated name `text.1`),
+    from the first file's header (compressed or not); nothing for no file."""
+    if not files:
+        return {}
+    import datasets
+    import pandas
+
+    columns = pandas.read_csv(files[0], nrows=0, compression="infer").columns
+    return {"features": datasets.Features({str(name): datasets.Value("string") for name in columns})}
 
 
 @contextlib.contextmanager

@@ -502,10 +502,16 @@ def test_a_csv_data_set_reads_its_cells_as_written_and_text_files_go_as_inputs(c
     (tmp_path / "splits").mkdir()
     (tmp_path / "splits" / "train.csv").write_text("text,label\nhello train,1\n", encoding="utf-8")
     (tmp_path / "splits" / "test.csv").write_text("text\nhello test\n", encoding="utf-8")
+    # past pandas' 10,000-row chunk, a column typed by the first chunk (numbers) refused the whole file at an empty cell
+    (tmp_path / "long.csv").write_text("text,label\n" + "".join(f"doc {i},1\n" for i in range(12000)) + "unlabelled,\n")
+    (tmp_path / "numbers.csv").write_text("text\n007\n0042\n")
     for name, split, texts in (("indexed.csv", "train", ["one doc", "NA"]), ("packed.csv.gz", "train", ["null", "plain"]),
+                               ("numbers.csv", "train", ["007", "0042"]),
                                ("splits", "test", ["hello test"]), ("splits", "train", ["hello train"])):
         source = resolve_inputs([], dataset=str(tmp_path / name), split=split)[0]
         assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == texts, name
+    rows = list(resolve_inputs([], dataset=str(tmp_path / "long.csv"))[0].documents(ReadOptions(), ReadStats()))
+    assert len(rows) == 12001 and rows[-1][1] == "unlabelled"
     (tmp_path / "lines.txt").write_text("a\nb\n\nc\n", encoding="utf-8")
     with pytest.raises(UserError, match="text files are read as inputs, where --doc-per says what a document is"):
         resolve_inputs([], dataset=str(tmp_path / "lines.txt"))

@@ -645,11 +645,15 @@ def test_plot_replaces_its_output_by_a_rename_never_writing_through_a_link_or_le
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 5.0 - s / 10}) for s in range(1, 6)) + "\n")
-    (tmp_path / "someone-elses.png").write_bytes(b"not to be touched")
+    chart = b"\x89PNG\r\n\x1a\n someone else's chart, not to be touched"
+    (tmp_path / "someone-elses.png").write_bytes(chart)
     (tmp_path / "link.png").symlink_to(tmp_path / "someone-elses.png")
     result = cli("plot", run, "-o", tmp_path / "link.png", "--force")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "someone-elses.png").read_bytes() == b"not to be touched"
+    assert (tmp_path / "someone-elses.png").read_bytes() == chart
+    (tmp_path / "notes.png").write_bytes(b"not a chart")  # --force replaces a chart, not any file
+    refused = cli("plot", run, "-o", tmp_path / "notes.png", "--force")
+    assert refused.exit_code == 1 and "is not a file this command writes" in refused.output, refused.output
     assert not (tmp_path / "link.png").is_symlink() and (tmp_path / "link.png").read_bytes()[:4] == b"\x89PNG"
     from llmkit import charts
 

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from llmkit.generate.config import ChatConfig
+from llmkit.outputs import starts_with
 from llmkit.stage_command import argument, stage_command
 
 COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversation", "/help": "show the commands"}
+TRANSCRIPTS = starts_with(b'{"messages": ')  # what --force may replace: a transcript chat wrote
 
 
 class ChatSession:
@@ -164,7 +166,7 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     from llmkit.outputs import check_output_file
     from llmkit.jsonl import check_unicode
 
-    check_output_file(out, force, inputs=[checkpoint])
+    check_output_file(out, force, inputs=[checkpoint], ours=TRANSCRIPTS)
     if config.system is not None:
         check_unicode(config.system, "--system", "write it in UTF-8")
     if hasattr(sys.stdin, "reconfigure"):  # an undecodable byte typed is refused below, not a traceback
@@ -276,7 +278,7 @@ class Transcript:
 
         with contextlib.ExitStack() as stack:
             if self.path is not None:
-                stack.enter_context(file_output_lock(self.path, self.force))
+                stack.enter_context(file_output_lock(self.path, self.force, TRANSCRIPTS))
             self.unlock = stack.pop_all()
         return self
 

@@ -17,6 +17,9 @@ from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
 from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file
 from llmkit.jsonl import check_unicode
+from llmkit.outputs import starts_with
+
+COMPLETIONS = starts_with(b'{"prompt": ')  # what --force may replace: a file of generate's records
 
 
 @dataclass
@@ -157,7 +160,7 @@ class JsonlOutput:
         from llmkit.outputs import file_output_lock, temporary_file
 
         with contextlib.ExitStack() as stack:
-            stack.enter_context(file_output_lock(self.path, self.force))
+            stack.enter_context(file_output_lock(self.path, self.force, COMPLETIONS))
             self.handle, self.tmp = temporary_file(self.path)
             self.unlock = stack.pop_all()
         return self

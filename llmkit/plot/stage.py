@@ -9,6 +9,9 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 from llmkit.plot.config import EXTRA_CURVES, PlotConfig
+from llmkit.outputs import starts_with
+
+PNG = starts_with(b"\x89PNG\r\n\x1a\n")  # what --force may replace: a chart
 
 
 def tokens_per_step(run: Path) -> float | None:
@@ -53,7 +56,7 @@ def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool =
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserError(f"-o {out} must be a .png file")
-    check_output_file(out, force, inputs=list(runs))
+    check_output_file(out, force, inputs=list(runs), ours=PNG)
     names = [run.name for run in runs]
     if len(set(names)) < len(names):
         names = [str(run) for run in runs]
@@ -66,6 +69,6 @@ def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool =
                 raise UserError(f"{run} does not say how many tokens a step holds (a fine-tune counts examples); use --x step")
     metrics = [(name, read_metrics(run)) for name, run in zip(names, runs)]
     _say_what_is_not_drawn(metrics, curves)
-    with file_output_lock(out, force), replaced_file(out) as tmp:  # drawn beside it and renamed into place
+    with file_output_lock(out, force, PNG), replaced_file(out) as tmp:  # drawn beside it and renamed into place
         loss_curves(metrics, tmp, curves=curves, x=config.x, tokens_per_step=per_step, title=config.title)
     return out
