@@ -20,9 +20,8 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     from llmkit.console import out as console
     from contextlib import nullcontext
 
-    from llmkit.generate.stage import COMPLETIONS
+    from llmkit.generate.stage import COMPLETIONS, JsonlOutput, load_prompts, run_generate
     from llmkit.outputs import check_output_file
-    from llmkit.generate.stage import JsonlOutput, load_prompts, run_generate
 
     check_output_file(out, force, inputs=[*config.ensembling.members(checkpoints), config.prompts_file], ours=COMPLETIONS)
     prompts = load_prompts(config)
