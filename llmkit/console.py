@@ -47,6 +47,12 @@ def note(message: str) -> None:
     err.print(f"note: {message}", soft_wrap=True)
 
 
+def next_step(*commands: str) -> None:
+    """`next: COMMAND` on stderr after a stage's output: the stage a first run goes on with (each
+    stage's output is a folder only the next stage reads, which a stage's own page does not say)."""
+    err.print(styled("next:", "dim", " " + "; or ".join(commands)), soft_wrap=True)
+
+
 def styled(word: str, style: str, rest: str = ""):
     """`word` in `style`, then `rest` as typed: a line with one styled word ("ok", "warning:")."""
     from rich.text import Text

@@ -48,6 +48,8 @@ def test_dataset_option(cli, shared_data, tmp_path):
     result = cli("clean", "--dataset", shared_data / "translation" / "test.jsonl", "--text-field", "target", "-o", tmp_path / "c")
     assert result.exit_code == 0, result.output
     assert artifacts.load(tmp_path / "c").stats["documents_in"] == 500
+    # the stage a first run goes on with (a corpus is a folder only tokenizer train and tokenize read)
+    assert f"next: llmkit tokenizer train {tmp_path / 'c'} -o TOKENIZER" in " ".join(result.output.split())
 
 
 def test_missing_path(cli, tmp_path):
