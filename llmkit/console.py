@@ -47,6 +47,14 @@ def note(message: str) -> None:
     err.print(f"note: {message}", soft_wrap=True)
 
 
+def shell_word(path) -> str:
+    """A path as a shell command line takes it: quoted, and never read as an option (`./-toks`)."""
+    import shlex
+
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
 def next_step(*commands: str) -> None:
     """`next: COMMAND` on stderr after a stage's output: the stage a first run goes on with (each
     stage's output is a folder only the next stage reads, which a stage's own page does not say)."""

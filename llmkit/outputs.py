@@ -207,14 +207,14 @@ def _refuse_existing(path: Path, force: bool, ours: Callable[[Path], bool] | Non
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
     if force and ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
-        raise UserError(f"output {path} exists and is not a file this command writes; --force replaces only llmkit's "
-                        "outputs: move it away, or choose another -o path")
+        raise UserError(f"output {path} exists and is not {ours.what}, which is all --force replaces here: move it "
+                        "away, or choose another -o path")
 
 
-def starts_with(*prefixes: bytes) -> Callable[[Path], bool]:
-    """Whether a file is one a command writes, by its first bytes (after a UTF-8 BOM), or empty:
-    --force replaced any file at -o, a user's notes included. (Its start, not its first line parsed:
-    a record may be megabytes long.)"""
+def starts_with(what: str, *prefixes: bytes) -> Callable[[Path], bool]:
+    """Whether a file is one a command writes (`what` it is, for the refusal), by its first bytes
+    (after a UTF-8 BOM), or empty: --force replaced any file at -o, a user's notes included. (Its
+    start, not its first line parsed: a record may be megabytes long.)"""
     def ours(path: Path) -> bool:
         try:
             with open(path, "rb") as handle:
@@ -224,6 +224,7 @@ def starts_with(*prefixes: bytes) -> Callable[[Path], bool]:
         head = head.removeprefix(b"\xef\xbb\xbf")
         return not head or any(head.startswith(prefix) for prefix in prefixes)
 
+    ours.what = what
     return ours
 
 

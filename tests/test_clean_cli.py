@@ -50,6 +50,9 @@ def test_dataset_option(cli, shared_data, tmp_path):
     assert artifacts.load(tmp_path / "c").stats["documents_in"] == 500
     # the stage a first run goes on with (a corpus is a folder only tokenizer train and tokenize read)
     assert f"next: llmkit tokenizer train {tmp_path / 'c'} -o TOKENIZER" in " ".join(result.output.split())
+    from llmkit.console import shell_word
+
+    assert shell_word("-toks") == "./-toks" and shell_word("my corpus") == "'my corpus'"  # never read as an option
 
 
 def test_missing_path(cli, tmp_path):

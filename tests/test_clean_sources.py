@@ -510,6 +510,11 @@ def test_a_csv_data_set_reads_its_cells_as_written_and_text_files_go_as_inputs(c
                                ("splits", "test", ["hello test"]), ("splits", "train", ["hello train"])):
         source = resolve_inputs([], dataset=str(tmp_path / name), split=split)[0]
         assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == texts, name
+    # a text column beside a label column, neither named text: the one with words is the text (as before every
+    # column was read as text)
+    (tmp_path / "sentences.csv").write_text("sentence,label\ngreat fun,1\ndull film,0\n")
+    source = resolve_inputs([], dataset=str(tmp_path / "sentences.csv"))[0]
+    assert [t for _, t in source.documents(ReadOptions(), ReadStats())] == ["great fun", "dull film"]
     rows = list(resolve_inputs([], dataset=str(tmp_path / "long.csv"))[0].documents(ReadOptions(), ReadStats()))
     assert len(rows) == 12001 and rows[-1][1] == "unlabelled"
     (tmp_path / "lines.txt").write_text("a\nb\n\nc\n", encoding="utf-8")

@@ -686,6 +686,8 @@ def test_integer_labels_name_classes_whose_names_are_numbers():
     # digits as text are an index too (they were read as a choice's text first: "1" was "1"'s index 2); where they are
     # another choice's text as well, the label is refused, not guessed; a choice's text still names it
     assert [_label_index(v, ["4", "2", "9"], 0, class_names=False) for v in ("1", "0", "9")] == [1, 0, 2]
+    # a CSV's ` 1` (a space after the comma; its cells are read as text): the label 1
+    assert [_label_index(v, ["0", "1"], 0) for v in (" 1", "0 ")] == [1, 0]
     with pytest.raises(UserError, match="label '1' is the index of choice 2 .'2'. and the text of choice 3"):
         _label_index("1", ["4", "2", "1"], 0, class_names=False)
     for value, names, message in ((0, ["1", "2"], "label 0 is not one of 1, 2"), (None, ["neg", "pos"], "label null"),

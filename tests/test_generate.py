@@ -644,7 +644,7 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
     assert cli(*args, "--force").exit_code == 0
     (tmp_path / "notes.txt").write_text("precious\n")
     refused = cli(*args[:-1], tmp_path / "notes.txt", "--force")
-    assert refused.exit_code == 1 and "is not a file this command writes" in refused.output, refused.output
+    assert refused.exit_code == 1 and "is not a file of completions generate wrote" in refused.output, refused.output
     assert (tmp_path / "notes.txt").read_text() == "precious\n"
     umask = os.umask(0)
     os.umask(umask)

@@ -653,7 +653,7 @@ def test_plot_replaces_its_output_by_a_rename_never_writing_through_a_link_or_le
     assert (tmp_path / "someone-elses.png").read_bytes() == chart
     (tmp_path / "notes.png").write_bytes(b"not a chart")  # --force replaces a chart, not any file
     refused = cli("plot", run, "-o", tmp_path / "notes.png", "--force")
-    assert refused.exit_code == 1 and "is not a file this command writes" in refused.output, refused.output
+    assert refused.exit_code == 1 and "is not a PNG chart, which is all --force replaces here" in refused.output, refused.output
     assert not (tmp_path / "link.png").is_symlink() and (tmp_path / "link.png").read_bytes()[:4] == b"\x89PNG"
     from llmkit import charts
 

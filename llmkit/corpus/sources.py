@@ -750,6 +750,14 @@ def _is_string(arrow_type: Any) -> bool:
             or getattr(pa.types, "is_string_view", lambda _: False)(arrow_type))
 
 
+def _a_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _alternatives(text_field: str) -> list[str]:
     return [f.strip() for f in text_field.split(",") if f.strip()]
 
@@ -926,7 +934,9 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                 "check the name, --dataset-config and --split (hub datasets need a network connection)"
             ) from None
         string_columns = [k for k, v in ds.features.items() if getattr(v, "dtype", None) in ("string", "large_string")]
-        column = _pick_column(label, options.text_field, list(ds.column_names), string_columns)
+        # (a CSV's columns are all read as text: a column of numbers in text, a label, is no text to guess)
+        worded = [k for k in string_columns if any(isinstance(v, str) and not _a_number(v) for v in ds[:100][k])]
+        column = _pick_column(label, options.text_field, list(ds.column_names), worded)
         if column not in string_columns:  # (the file readers refuse such a field too, rather than str() its numbers)
             holds = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
             raise UserError(f"{label}: column {column!r} holds {holds}, not text; pass --text-field with a text column"

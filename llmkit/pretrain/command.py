@@ -13,15 +13,13 @@ from llmkit.train.options import MODEL_PANEL
 def _pretrain(config: PretrainConfig, *, tokens: Path, init_from: Optional[Path], out: Path, force: bool, resume: bool) -> None:
     """Pretrain a model from scratch on token shards (one CPU, --gpus N, or many nodes), or go on
     from a checkpoint's weights (--init-from)."""
-    import shlex
-
-    from llmkit.console import next_step
+    from llmkit.console import next_step, shell_word
     from llmkit.inspect_view import print_checkpoint_summary
     from llmkit.pretrain.stage import pretrain as run_pretrain
 
     path = run_pretrain(tokens, out, config, init_from=init_from, resume=resume, force=force)
     print_checkpoint_summary(path)
-    run = shlex.quote(str(path))
+    run = shell_word(path)
     next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data HELD_OUT.txt -o EVAL",
               f"llmkit finetune {run} --data DATA.jsonl -o SFT")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -16,12 +15,15 @@ def _train(config: TokenizerTrainConfig, *, inputs: list[Path], out: Path, force
     """Train a byte-level BPE tokenizer on a corpus."""
     from llmkit.tokenizer.train import train_tokenizer
 
-    from llmkit.console import next_step
+    from llmkit.console import next_step, shell_word
 
     path = train_tokenizer(inputs, out, config, force=force)
     _print_summary(path, ["vocab_size", "training_pieces", "training_bytes", "bytes_per_token", "tokens_per_word", "train_seconds"])
-    corpus = shlex.quote(str(inputs[0])) if len(inputs) == 1 and Path(inputs[0]).is_dir() else "CORPUS"
-    next_step(f"llmkit tokenize {corpus} -t {shlex.quote(str(path))} -o TOKENS")
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():  # a corpus artifact
+        next_step(f"llmkit tokenize {shell_word(inputs[0])} -t {shell_word(path)} -o TOKENS")
+    else:  # text files: tokenize reads a corpus of them
+        files = " ".join(shell_word(p) for p in inputs)
+        next_step(f"llmkit clean {files} -o CORPUS, then llmkit tokenize CORPUS -t {shell_word(path)} -o TOKENS")
 
 
 train = stage_command(
@@ -79,11 +81,11 @@ def _tokenize(config: TokenizeConfig, *, corpus: Path, tokenizer: Path, out: Pat
     """Encode a corpus into train/validation token shards."""
     from llmkit.tokenizer.encode_corpus import tokenize_corpus
 
-    from llmkit.console import next_step
+    from llmkit.console import next_step, shell_word
 
     path = tokenize_corpus(corpus, tokenizer, out, config, force=force)
     _print_tokens_summary(path)
-    next_step(f"llmkit pretrain {shlex.quote(str(path))} -o RUN")
+    next_step(f"llmkit pretrain {shell_word(path)} -o RUN")
 
 
 tokenize = stage_command(
