@@ -310,10 +310,9 @@ def output_lock(out: Path | str, *, keep_replaced: bool = False) -> Iterator[Non
 def temporaries(out: Path, kind: str) -> list[Path]:
     """llmkit's own temporaries of output `out`, `.NAME.KIND-SUFFIX` beside it: tempfile's 8
     characters, or a test's stand-in (KIND tmp, old, replaced; no dot), or a resume key's 16 hex
-    digits (partial). Matched whole,
-    so that another output's never is: an -o of `x.tmp-a` beside `x` has `.x.tmp-a.lock` and
-    `.x.tmp-a.partial-...`, which a glob of `.x.tmp-*` took for x's and removed while that run
-    wrote them."""
+    digits (partial). Matched whole, so that another output's never is: an -o of `x.tmp-a` beside
+    `x` has `.x.tmp-a.lock` and `.x.tmp-a.partial-...`, which a glob of `.x.tmp-*` took for x's and
+    removed while that run wrote them."""
     suffix = "[0-9a-f]{16}" if kind == "partial" else "[a-z0-9_]+"
     whole = re.compile(rf"\.{re.escape(out.name)}\.{kind}-{suffix}")
     parent = out.resolve().parent

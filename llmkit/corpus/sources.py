@@ -934,9 +934,11 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                 "check the name, --dataset-config and --split (hub datasets need a network connection)"
             ) from None
         string_columns = [k for k, v in ds.features.items() if getattr(v, "dtype", None) in ("string", "large_string")]
-        # (a CSV's columns are all read as text: a column of numbers in text, a label, is no text to guess)
-        worded = [k for k in string_columns if any(isinstance(v, str) and not _a_number(v) for v in ds[:100][k])]
-        column = _pick_column(label, options.text_field, list(ds.column_names), worded)
+        guessable = string_columns
+        if options.text_field is None:  # (a CSV's columns are all read as text: a column of digits, a label, is no text)
+            head = ds[:100]
+            guessable = [k for k in string_columns if any(isinstance(v, str) and not _a_number(v) for v in head[k])]
+        column = _pick_column(label, options.text_field, list(ds.column_names), guessable)
         if column not in string_columns:  # (the file readers refuse such a field too, rather than str() its numbers)
             holds = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
             raise UserError(f"{label}: column {column!r} holds {holds}, not text; pass --text-field with a text column"

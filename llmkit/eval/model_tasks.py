@@ -347,7 +347,7 @@ def _label_index(value, names: list[str], i: int, *, class_names: bool = True) -
     multiple-choice record's choices, where the label is the right choice's index whatever they say."""
     if isinstance(value, bool) or value is None:
         raise UserError(f"record {i + 1}: label {json.dumps(value)} is not a class index or name")
-    if isinstance(value, str) and value.strip() != value and value.strip():
+    if isinstance(value, str) and value.strip():
         value = value.strip()  # (a CSV's ` 1`, written after a comma and a space: read as text, as every CSV cell is)
     if class_names and all(name.isascii() and name.isdigit() for name in names) and isinstance(value, (int, str)):
         # names that are numbers (--labels 1,2): a label 1 is the class named 1, never the index of "2"

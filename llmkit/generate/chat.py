@@ -22,7 +22,7 @@ from llmkit.outputs import starts_with
 from llmkit.stage_command import argument, stage_command
 
 COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversation", "/help": "show the commands"}
-TRANSCRIPTS = starts_with("a transcript chat wrote", b'{"messages": ')  # what --force may replace: a transcript chat wrote
+TRANSCRIPTS = starts_with("a transcript chat wrote", b'{"messages": ')  # (what --force may replace)
 
 
 class ChatSession:

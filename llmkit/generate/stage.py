@@ -19,7 +19,7 @@ from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_p
 from llmkit.jsonl import check_unicode
 from llmkit.outputs import starts_with
 
-COMPLETIONS = starts_with("a file of completions generate wrote", b'{"prompt": ')  # what --force may replace: a file of generate's records
+COMPLETIONS = starts_with("a file of completions generate wrote", b'{"prompt": ')  # (what --force may replace)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from llmkit.errors import UserError
 from llmkit.plot.config import EXTRA_CURVES, PlotConfig
 from llmkit.outputs import starts_with
 
-PNG = starts_with("a PNG chart", b"\x89PNG\r\n\x1a\n")  # what --force may replace: a chart
+PNG = starts_with("a PNG chart", b"\x89PNG\r\n\x1a\n")  # (what --force may replace)
 
 
 def tokens_per_step(run: Path) -> float | None:
