@@ -83,9 +83,14 @@ class LlmkitGroup(_HelpIntoAClosedPipe, _FlagsShowNoType, TyperGroup):
     """The class of every llmkit command group."""
 
 
-class LlmkitCommand(_HelpIntoAClosedPipe, _FlagsShowNoType, TyperCommand):
-    """The class of every llmkit command: also accepts the hidden aliases of renamed options
-    (`--output` for `--out`)."""
+class LlmkitCommand(_FlagsShowNoType, TyperCommand):
+    """The class of every llmkit command: its help readable at 80 columns (llmkit.help_format);
+    also accepts the hidden aliases of renamed options (`--output` for `--out`)."""
+
+    def format_help(self, ctx, formatter):
+        from llmkit.help_format import print_command_help
+
+        print_command_help(self, ctx)
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         names = {opt for param in self.params for opt in getattr(param, "opts", ())}

@@ -148,6 +148,31 @@ def test_help_of_every_command_renders_without_lost_text(path):
             assert opt.help.split()[0] in result.output, (path, opt.name)
 
 
+def test_help_at_80_columns_shows_every_option_whole_with_its_description_across_the_width():
+    """typer's six-column rows (a --x/--no-x pair widening them) cut names at 80 columns
+    (`--no-tie-embedd…`) and wrapped descriptions every ~20 characters: a 260-line pretrain help."""
+    from llmkit.help_format import option_names
+
+    command = click_command("pretrain")
+    narrow = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"}).output
+    lines = narrow.splitlines()
+    assert "…" not in narrow and max(map(len, lines)) <= 80
+    assert "Usage: llmkit pretrain [OPTIONS] TOKENS" in narrow
+    assert "│ --[no-]tie-embeddings" in narrow and "--no-tie-embeddings" not in narrow
+    for param in command.params:
+        if getattr(param, "hidden", False):
+            continue
+        names = option_names(param)
+        row = next(i for i, line in enumerate(lines) if line.startswith(f"│ {names}"))
+        first_words = " ".join(param.help.split()[:6])
+        assert first_words in lines[row + 1], (names, lines[row + 1])  # on the line below, whole
+    wide = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "160", "TERMINAL_WIDTH": "160"}).output
+    assert len(wide.splitlines()) < len(lines) * 0.7
+    assert any("--[no-]bias" in line and "Biases in linear layers" in line for line in wide.splitlines())  # beside it
+    assert any("--[no-]strip-html" in line and "[default: off]" in line
+               for line in CliRunner().invoke(app, ["clean", "--help"], env={"TERMINAL_WIDTH": "200"}).output.splitlines())
+
+
 def test_option_tables_in_docs_are_generated_from_the_declarations():
     assert stale_pages() == [], "option tables in docs/ are stale; run python -m llmkit.options_doc"
 
