@@ -151,7 +151,8 @@ def file_values(file: Path | str | None, section: str | None, *, note: bool = Tr
         if isinstance(value, dict):
             continue
         if not isinstance(key, str):  # a YAML key read as a number, a boolean or a date (`1: x`)
-            raise UsageError(f"{file} has the key {key!r}, which is not an option name; keys are option names such as seed")
+            read_as = "a boolean" if isinstance(key, bool) else "a number" if isinstance(key, (int, float)) else f"a {type(key).__name__}"
+            raise UsageError(f"{file} has the key {key} (read as {read_as}), which is not an option name; keys are option names such as seed")
         name = key.replace("-", "_")
         if name in spelled:
             raise UsageError(f"{file} sets one option twice, as {spelled[name]} and {key}; keep one")

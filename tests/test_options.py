@@ -316,7 +316,10 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
     file.write_text("clean:\n")
     assert resolve(CleanConfig, file=file, section="clean") == resolve(CleanConfig)
     file.write_text("1: x\n")  # a key YAML reads as a number: an AttributeError, "unexpected"
-    with pytest.raises(UsageError, match="has the key 1, which is not an option name"):
+    with pytest.raises(UsageError, match=r"has the key 1 \(read as a number\), which is not an option name"):
+        resolve(CleanConfig, file=file, section="clean")
+    file.write_text("2024-01-01: x\n")  # a date, shown as typed rather than as datetime.date(2024, 1, 1)
+    with pytest.raises(UsageError, match=r"has the key 2024-01-01 \(read as a date\)"):
         resolve(CleanConfig, file=file, section="clean")
 
 
