@@ -43,6 +43,17 @@ def test_text_files_several_metrics_one_run(cli, files):
     assert str(tmp) not in json.dumps(art.manifest.config)
 
 
+def test_an_empty_prediction_scores_a_float_zero_in_every_rouge(cli, tmp_path):
+    """rouge_score's LCS gives the int 0 for an empty text: its records said 0 where the others say 0.0."""
+    preds, refs = tmp_path / "p.jsonl", tmp_path / "r.txt"
+    preds.write_text(json.dumps({"prediction": ""}) + "\n" + json.dumps({"prediction": "a cat sat"}) + "\n")
+    refs.write_text("a dog ran\na cat sat\n")
+    result = cli("eval", "-m", "rouge", "--predictions", preds, "-r", refs, "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()[0])
+    assert all(type(first[name]) is float and first[name] == 0.0 for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")), first
+
+
 def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
     tmp, hyps, refs = files
     preds = tmp / "preds.jsonl"

@@ -88,7 +88,7 @@ def score_text(
             use_aggregator=False,
         )
         for rouge_type in rouge_types:
-            values = per_segment[rouge_type]
+            values = [float(value) for value in per_segment[rouge_type]]  # (rouge_score gives an int 0 for an empty text)
             scores.metrics[rouge_type] = float(numpy.mean(values))
             scores.per_example[rouge_type] = values
         scores.signatures["rouge"] = f"tokenizer:{rouge_tokenize}|stemmer:{'yes' if stemmer else 'no'}|agg:mean-f"
