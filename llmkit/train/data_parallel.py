@@ -136,6 +136,8 @@ class DataParallelRun:
     @torch.no_grad()
     def evaluate(self, val_batches: Callable, val_size: int, micro_batch: int) -> float:
         """Mean loss over samples 0..val_size-1, whatever the world size."""
+        if self.batch_invariant:
+            return self._evaluate_sample_by_sample(val_batches, val_size)
         info = self.info
         chunks = [range(i, min(i + micro_batch, val_size)) for i in range(0, val_size, micro_batch)]
         per_rank = math.ceil(len(chunks) / info.world_size)
@@ -155,6 +157,26 @@ class DataParallelRun:
                 total[1] += weight
         total = dist_utils.all_reduce_sum(total, info)
         return float(total[0] / total[1]) if total[1] else math.nan
+
+    def _evaluate_sample_by_sample(self, val_batches: Callable, val_size: int) -> float:
+        """--batch-invariant: each sample's loss on its own, the samples' sums added in their order
+        (exactly: math.fsum), so neither --micro-batch nor the process count moves a bit of the mean.
+        The mean of each micro-batch's chunk, weighed, did (the float sums ran in another order): a
+        sweep's runs.json, which holds the runs' final validation loss, changed fingerprint."""
+        info = self.info
+        self.model.eval()
+        sums = torch.zeros(val_size, 2, dtype=torch.float64)  # per sample: its loss summed over its targets; their count
+        for index in range(info.rank, val_size, info.world_size):  # no collective inside: ranks may run fewer
+            batch = val_batches([index])
+            targets = targets_in(self.loss_fn, batch)
+            with autocast(self.device, self.precision):
+                loss = self.loss_fn(self.model, dist_utils.to_device(batch, self.device))
+            if targets:
+                sums[index, 0], sums[index, 1] = float(loss) * targets, targets
+        if info.distributed:  # every sample's row comes from one rank, zeros from the others: an exact sum
+            sums = dist_utils.all_reduce_sum(sums.to(self.device), info).cpu()
+        count = math.fsum(sums[:, 1].tolist())
+        return math.fsum(sums[:, 0].tolist()) / count if count else math.nan
 
     def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
         """Collective: the full model and optimizer state dicts (on rank 0)."""
