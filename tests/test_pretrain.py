@@ -930,3 +930,19 @@ def test_flags_a_model_would_not_use_are_refused(shakespeare, cli, tmp_path):
     result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST[8:], "--max-steps", "1", "--eval-every", "0",
                  "--init-from", base)
     assert result.exit_code == 0 and f"pretrain from {base} (gpt/clm" in result.output, result.output
+
+
+def test_mlm_without_a_mask_token_is_refused_before_any_process_starts(shakespeare, cli, tmp_path, monkeypatch):
+    """The workers refused it, each after torchrun started them (11.5 s at --nproc 2 against 1.9 s)."""
+    from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer
+    from llmkit.train import distributed
+
+    corpus = build_corpus(["To be, or not to be, that is the question.\n"] * 40, tmp_path / "corpus")
+    tokenizer = train_tokenizer([corpus], tmp_path / "tok", TokenizerTrainConfig(vocab_size=300, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"]))
+    tokens = build_tokens(corpus, tokenizer, tmp_path / "tokens", val_fraction=0.0)
+    monkeypatch.setattr(distributed, "relaunch", lambda *a, **k: pytest.fail("launched the workers"))
+    out = tmp_path / "sub" / "run"
+    result = cli("pretrain", tokens, "-o", out, "--objective", "mlm", "--nproc", "2", "--context-length", "16", "--n-layer", "1",
+                 "--batch-tokens", "64", "--micro-batch", "2")
+    assert result.exit_code == 1 and "--objective mlm needs a <|mask|> token in the tokenizer" in result.output, result.output
+    assert not out.exists() and not out.parent.exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from llmkit import artifacts
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
@@ -73,7 +73,7 @@ def _check_split_model(config: FinetuneConfig, art) -> None:
     if layout is None:
         return
     if config.task != "sft" or config.lora_rank:
-        raise UserError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
+        raise UsageError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
     model_config = read_model_config(art.path)
     check_model(model_config, layout, _seq_len(config, model_config.context_length))
     _split_batch(config, layout.batch_ways)

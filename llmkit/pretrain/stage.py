@@ -71,7 +71,9 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
     from llmkit.data.tokenizer import load_tokenizer
 
     layout = planned_split(config.devices, config.checkpoints.ema)
-    model_config = _model_config(config, load_tokenizer(tokens_art.path / "tokenizer").vocab_size, init)
+    tokenizer = load_tokenizer(tokens_art.path / "tokenizer")
+    model_config = _model_config(config, tokenizer.vocab_size, init)
+    _check_mask_token(model_config, tokenizer)
     seq_len = _seq_len(config, model_config, init)
     if layout is not None:
         check_model(model_config, layout, seq_len)
@@ -80,6 +82,11 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
     if model_config.objective != "mlm" and config.mlm_probability != config.default_of("mlm_probability"):
         raise UsageError("--mlm-probability is the share masked for --objective mlm; this model predicts the next token "
                          "(clm), so leave it out")
+
+
+def _check_mask_token(model_config, tokenizer) -> None:
+    if model_config.objective == "mlm" and tokenizer.mask_id is None:
+        raise UserError("--objective mlm needs a <|mask|> token in the tokenizer; retrain it with the default special tokens")
 
 
 def _model_config(config: PretrainConfig, vocab_size: int, init):
@@ -160,8 +167,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         init = artifacts.load(init_from, kind="checkpoint") if init_from else None
         model_config = _model_config(config, tokenizer.vocab_size, init)
         seq_len = _seq_len(config, model_config, init)
-        if model_config.objective == "mlm" and tokenizer.mask_id is None:
-            raise UserError("--objective mlm needs a <|mask|> token in the tokenizer; retrain it with the default special tokens")
+        _check_mask_token(model_config, tokenizer)
         world = info.world_size
         if info.layout is not None:  # the model's own limits first: a batch split cannot mend them
             check_model(model_config, info.layout, seq_len)

@@ -227,7 +227,7 @@ def planned_split(devices: Devices, ema: float | None):
     world = planned_world(devices)
     check_world(world, devices.tp, devices.pp)
     if ema is not None:
-        raise UserError(EMA_UNDER_SPLIT_MODEL)
+        raise UsageError(EMA_UNDER_SPLIT_MODEL)
     return Layout(dp=world // (devices.tp * devices.pp), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
                   microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
 
@@ -300,7 +300,7 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
         # every multiple of micro_batch x world splits; under it, so does one that gives each process as many samples
         smaller = (f" (a batch under that splits too when it is a multiple of {world} sequences)"
                    if global_batch < micro_batch * world and world < micro_batch * world else "")
-        raise UserError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
+        raise UsageError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
                         f"replica and pipeline micro-batch); {fix(micro_batch * world)}{smaller}{keep}")
     return micro, global_batch // (micro * world)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import UsageError
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 STAGES_PER_RANK = {"gpipe": 1, "1f1b": 1, "interleaved-1f1b": 2}
@@ -90,7 +90,7 @@ def build_layout(world: int, rank: int, device_type: str, *, tp: int, pp: int, s
     """This rank's coordinates, and the mesh when the model itself is split (a collective call)."""
     check_world(world, tp, pp)
     if schedule not in SCHEDULES:
-        raise UserError(f"unknown --pp-schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        raise UsageError(f"unknown --pp-schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     dp = world // (tp * pp)
     pp_rank, dp_rank, tp_rank = coordinates(rank, dp, tp)
     layout = Layout(dp=dp, tp=tp, pp=pp, dp_rank=dp_rank, tp_rank=tp_rank, pp_rank=pp_rank, schedule=schedule, microbatches=(microbatches or pp) if pp > 1 else 1)
@@ -102,13 +102,13 @@ def build_layout(world: int, rank: int, device_type: str, *, tp: int, pp: int, s
 
 
 def check_model(config, layout: Layout, seq_len: int) -> None:
-    """A layout the model can take; each failure names the fix."""
+    """A layout the model can take; each failure names the fix (an option to change: exit 2)."""
     if not layout.model_parallel:
         return
     problem = model_layout_problem(config, tp=layout.tp, pp=layout.pp, schedule=layout.schedule,
                                    microbatches=layout.microbatches, seq_len=seq_len)
     if problem:
-        raise UserError(problem)
+        raise UsageError(problem)
 
 
 def model_layout_problem(config, *, tp: int, pp: int, schedule: str, microbatches: int, seq_len: int) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.model.gpt import GPT, IGNORE_INDEX, unmaterialised
 from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import SPLIT_NEEDS_A_LANGUAGE_MODEL, Layout, check_model, rank_at
@@ -49,7 +49,7 @@ class ModelParallelRun:
 
         check_model(model.config, layout, seq_len)
         if not isinstance(model, GPT) or any("lora" in name for name, _ in model.named_parameters()):
-            raise UserError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
+            raise UsageError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
         import logging
 
         # Gathering FSDP x TP shards for a checkpoint takes two all-gathers; torch warns on every rank, every save.
