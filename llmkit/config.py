@@ -242,16 +242,17 @@ def _refuse_non_utf8(flag: str, value: Any) -> None:
 def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
     """A list option written in a file as one text reads as that flag typed once: a comma-separated
     option's items ("1x16,1x24"), a repeatable one's single item (`prompt = "Once upon"`); so does
-    one number (`tokens: 8e3`, `flops = 1e15`)."""
+    one number (`tokens: 8e3`, `flops = 1e15`); an empty list reads as the flag given nothing."""
     if opt.spec.parse is None or typing.get_origin(opt.type) not in (list, tuple):
         return value
     items = typing.get_args(opt.type)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and items and items[0] in (int, float):
         value = repr(value)  # (a number for a list of text stays refused: "1000.0" is not what was written)
-    if not isinstance(value, str):
+    empty = isinstance(value, (list, tuple)) and not value  # the flag given nothing (`--sizes ''`), which a parser may refuse
+    if not isinstance(value, str) and not empty:
         return value
     try:
-        return opt.spec.parse([value])  # what the command line hands a parser: the values of the flag
+        return opt.spec.parse([] if empty else [value])  # what the command line hands a parser: the values of the flag
     except ValueError as exc:
         raise UsageError(f"{opt.key} {value!r} in {file}: {exc}") from None
 

@@ -390,6 +390,12 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     again = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "2")
     assert again.exit_code == 0 and again.output.count("skipped") == 4
     assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
+    # ... and so does the same grid typed in another order, a budget twice (it was "another grid")
+    respelled = [*SWEEP]
+    respelled[1], respelled[5] = "2x64,1X32", "2.4e4,8000,8e3"
+    again = cli("sweep", tokens, "-o", out, *respelled)
+    assert again.exit_code == 0 and again.output.count("skipped") == 4, again.output
+    assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     # An interrupted run (no manifest yet) is resumed; one process gives the same runs as two.
     (out / "runs" / "d2-w64-t24000" / "manifest.json").unlink()
     resumed = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "1", "--threads", "1")
@@ -520,6 +526,18 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
         assert not (tmp_path / "s").exists()
         if "1x15" in extra:
             assert "choose other --sizes or --head-dim" in " ".join(result.output.split())
+    # a config file's empty list is the flag given nothing (it ran the default ladder), not the default
+    (tmp_path / "grid.yaml").write_text("sweep:\n  sizes: []\n  tokens: [2000]\n")
+    result = cli("sweep", tokens, "-o", tmp_path / "s", "--config", tmp_path / "grid.yaml")
+    assert result.exit_code == 2 and "sizes [] in" in result.output and "no size given" in result.output, result.output
+    assert not (tmp_path / "s").exists()
+    # --tensorboard without its package: said once, before any run starts (each run started, then failed)
+    import sys
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "torch.utils.tensorboard", None)
+        result = cli("sweep", tokens, "-o", tmp_path / "s", "--tokens", "1e4", "--sizes", "1x16", "--tensorboard")
+    assert result.exit_code == 1 and "pip install 'llmkit[tensorboard]'" in result.output and not (tmp_path / "s").exists()
     unvalidated = tmp_path / "unvalidated"
     made = cli("tokenize", tokens.parent / "corpus", "-t", tokens.parent / "tok", "-o", unvalidated, "--val-fraction", "0")
     assert made.exit_code == 0, made.output
@@ -683,3 +701,44 @@ def test_a_run_killed_from_outside_is_named_by_its_signal(tmp_path):
     with open(log, "a") as more:
         more.write("resuming from step 10\n")
     assert _last_error(log, -9, rerun) == "killed by SIGKILL (out of memory?); see the log"
+
+
+@pytest.mark.slow
+def test_a_sigint_sent_to_the_sweep_alone_stops_its_runs(tokens, tmp_path):
+    """`kill -INT` of the sweep (a supervisor, a notebook's stop button) left its runs training to
+    the end while it waited for them; they run in sessions of their own, and it passes the SIGINT on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "llmkit.cli", "sweep", str(tokens), "-o", str(out), "--sizes", "1x16", "--head-dim", "16",
+               "--tokens", "3e6", "--seq-len", "32", "--context-length", "64", "--eval-tokens", "512", "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics_file = out / "runs" / "d1-w16-t3000000" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while not (metrics_file.is_file() and metrics_file.read_text().count("\n") >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        process.kill()  # (its runs end with it: runtime.end_with_parent)
+    assert process.returncode != 0 and "interrupted" in output, output
+    assert not (metrics_file.parent / "manifest.json").exists()  # stopped (before its first checkpoint: gone), not finished
+
+
+def test_a_forced_sweep_that_fails_puts_the_old_one_back_and_says_how_to_go_on(cli, tokens, tmp_path):
+    """It advised --resume, an option `llmkit sweep` does not have (the same command goes on with a sweep)."""
+    out = tmp_path / "sweep"
+    grid = ["--sizes", "1x16", "--head-dim", "16", "--tokens", "4e3", "--seq-len", "32", "--context-length", "64",
+            "--eval-tokens", "512", "--min-steps", "2"]
+    assert cli("sweep", tokens, "-o", out, *grid).exit_code == 0
+    made = artifacts.load(out, kind="sweep").fingerprint
+    failed = cli("sweep", tokens, "-o", out, *grid, "--lr", "1e9", "--grad-clip", "0", "--force")
+    said = " ".join(failed.output.split())
+    assert failed.exit_code == 1 and f"the sweep --force replaced is back in {out}" in said, said
+    assert "without it, the old sweep goes on" in said and "--resume" not in said
+    assert artifacts.load(out, kind="sweep").fingerprint == made and artifacts.verify(out).ok

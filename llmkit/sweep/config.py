@@ -59,8 +59,10 @@ class SweepConfig(Options):
             raise ValueError(f"the sweep sets {', '.join('--' + n.replace('_', '-') for n in given)} for every run; leave it out")
         if bool(self.token_budgets) == bool(self.flops):
             raise ValueError("give token budgets (--tokens 2e5,1e6) or FLOP budgets (--flops 1e12,1e13), one of them")
-        for size in self.sizes:
-            parse_size(size)
+        # One grid however it is typed (`1x32,1x16`, a budget twice): the same runs, so the same
+        # recorded config and fingerprint, and a rerun of the other spelling goes on with the sweep.
+        self.sizes = [f"{layers}x{width}" for layers, width in sorted({parse_size(size) for size in self.sizes})]
+        self.token_budgets, self.flops = sorted(set(self.token_budgets)), sorted(set(self.flops))
 
 
 def _base_value(base: PretrainConfig, name: str) -> Any:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import artifacts
-from llmkit.errors import Terminated, UserError, debug_enabled
+from llmkit.errors import Terminated, UsageError, UserError, debug_enabled
 from llmkit.runtime import END_WITH_PARENT
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig
@@ -85,18 +86,22 @@ def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) 
     and a run split over several GPUs or processes (the sweep runs one per GPU or share of the CPU
     cores, several at once)."""
     devices = config.base.devices
+    if devices.tensorboard:  # (each run would start, then fail)
+        from llmkit.train.metrics import summary_writer_class
+
+        summary_writer_class()
     if devices.tp > 1 or devices.pp > 1:
-        raise UserError("--tp/--pp split one run over several processes, and a sweep trains one run per GPU (or share of the "
+        raise UsageError("--tp/--pp split one run over several processes, and a sweep trains one run per GPU (or share of the "
                         "CPU cores); leave them out")
     if devices.nproc > 1:
         # (a sweep's smallest runs take one sequence a step, which does not split between processes)
-        raise UserError(f"--nproc {devices.nproc} splits one run over several processes, and a sweep trains each run in one; "
+        raise UsageError(f"--nproc {devices.nproc} splits one run over several processes, and a sweep trains each run in one; "
                         "use --parallel N to train N runs at once (the CPU cores are split between them)")
     if (devices.gpus or 0) > 1:
-        raise UserError(f"--gpus {devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
+        raise UsageError(f"--gpus {devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
                         "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")
     if not config.base.checkpoints.eval_every:
-        raise UserError("--eval-every 0 leaves the runs without the validation loss the scaling fit reads; leave --eval-every "
+        raise UsageError("--eval-every 0 leaves the runs without the validation loss the scaling fit reads; leave --eval-every "
                         "on (the runs validate at their end whatever its value)")
     if not (tokens_art.stats.get("val") or {}).get("tokens"):
         raise UserError(f"{tokens_art.path} has no validation split, and the scaling fit reads each run's validation loss; "
@@ -228,8 +233,10 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                     env[END_WITH_PARENT] = str(os.getpid())  # a killed sweep takes its runs with it (runtime.end_with_parent)
                     log = open(out / LOGS / f"{state.run.name}.log", "a", encoding="utf-8")
                     state.log_start = log.tell()
+                    # In a session of its own: a terminal's Ctrl-C reaches this process alone, which passes it on
+                    # once (below), as it does a SIGINT sent to it alone (`kill -INT`, a supervisor).
                     state.process = subprocess.Popen(_command(state, tokens, out, threads), stdout=log, stderr=subprocess.STDOUT,
-                                                     env=env)
+                                                     env=env, start_new_session=True)
                     log.close()
                     state.state, state.started, state.slot = "running", time.perf_counter(), slot
                     running.append(state)
@@ -247,9 +254,9 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
                 if queue or running:
                     time.sleep(0.5)
     except KeyboardInterrupt as stop:
-        for state in running:  # a terminal's Ctrl-C reached them too, a SIGTERM only this process; wait for them to stop cleanly
-            if isinstance(stop, Terminated):
-                state.process.terminate()
+        for state in running:  # each run stops as this process was asked to, then is waited for (it saves nothing half-written)
+            state.process.send_signal(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+        for state in running:
             state.process.wait()
         raise
 

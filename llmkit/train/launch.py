@@ -141,8 +141,13 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                     replaced.parent.rmdir()
                     replaced = None
                     # said on the error's line, instead of an interruption's usual advice (--resume: the old run)
-                    add_advice(stopped, f"the new run stopped before its first checkpoint, so the run --force replaced is back "
-                                     f"in {out}; rerun with --force to start over (--resume would continue the old run)")
+                    if kind == "sweep":  # (no --resume: the same command goes on with a sweep)
+                        add_advice(stopped, f"the new sweep stopped before any run saved a checkpoint, so the sweep --force "
+                                            f"replaced is back in {out}; rerun with --force to start over (without it, the "
+                                            "old sweep goes on)")
+                    else:
+                        add_advice(stopped, f"the new run stopped before its first checkpoint, so the run --force replaced is "
+                                            f"back in {out}; rerun with --force to start over (--resume would continue the old run)")
             raise
         finally:
             if replaced is not None:

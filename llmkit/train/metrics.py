@@ -70,6 +70,17 @@ def keep_steps_up_to(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
+
+def summary_writer_class():
+    """torch's TensorBoard writer, or a one-line error naming the extra that installs it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        from llmkit.errors import UserError
+
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'llmkit[tensorboard]'") from exc
+    return SummaryWriter
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int, max_steps: int, log_every: int):
         self.enabled = enabled
@@ -85,12 +96,7 @@ class MetricsLogger:
             return
         keep_steps_up_to(self.path, resume_step)
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:  # pragma: no cover - tensorboard is a dev extra
-                from llmkit.errors import UserError
-
-                raise UserError("--tensorboard needs the tensorboard package; pip install tensorboard") from exc
+            SummaryWriter = summary_writer_class()
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step + 1)
         from llmkit.console import err
 
