@@ -132,6 +132,12 @@ def test_presets_build_and_overrides():
         resolve_model_config("huge", vocab_size=10)
     with pytest.raises(UserError, match="divisible"):
         resolve_model_config("tiny", vocab_size=10, overrides={"n_embd": 100, "n_head": 3})
+    # an LSTM is one config whichever preset it came from: a Transformer preset's heads, norm and
+    # MLP are no part of it (`--model tiny --arch lstm` could not be averaged with `--model lstm`)
+    shape = {"n_layer": 1, "n_embd": 32, "context_length": 64}
+    lstm = resolve_model_config("lstm", vocab_size=300, overrides=shape)
+    for preset in ("tiny", "gpt2-tiny", "mini"):
+        assert resolve_model_config(preset, vocab_size=300, overrides={**shape, "arch": "lstm"}) == lstm, preset
 
 
 @pytest.mark.parametrize("vocab_size", [97, 70_000])  # one chunk; several chunks with a short last one

@@ -155,6 +155,9 @@ def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path
         assert result.exit_code == 0, result.output
         mlm.add(artifacts.load(out).fingerprint)
     assert len(mlm) == 1
+    # what a masked LM goes on with: a classifier (generate, eval and SFT refuse it)
+    said = " ".join(result.output.split())
+    assert f"next: llmkit finetune {out} --task classify" in said and "llmkit generate" not in said, said
 
 
 @pytest.mark.slow

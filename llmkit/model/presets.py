@@ -60,8 +60,11 @@ def resolve_model_config(preset: str, vocab_size: int, overrides: dict[str, Any]
         if (overrides or {}).get("objective") == "mlm":
             raise UserError("--objective mlm needs a Transformer: the LSTM reads left to right; leave out --objective or "
                             "choose a Transformer preset")
-        values.setdefault("n_head", 1)
-        values["n_kv_head"] = values.get("n_kv_head") or values["n_head"]
+        # A Transformer preset's values of them (`--model tiny --arch lstm`) would give one LSTM
+        # another config and fingerprint than `--model lstm` (average refused the pair): the lstm
+        # preset's values, whatever the preset.
+        unused_defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig) if field.name in TRANSFORMER_ONLY}
+        values.update(unused_defaults, n_head=1, n_kv_head=1)
     elif "n_head" in (overrides or {}) and overrides.get("n_head") and not (overrides or {}).get("n_kv_head"):
         # Changing the head count without naming KV heads keeps the preset's GQA ratio when it divides.
         kv = values.get("n_kv_head") or values["n_head"]

@@ -17,11 +17,16 @@ def _pretrain(config: PretrainConfig, *, tokens: Path, init_from: Optional[Path]
     from llmkit.inspect_view import print_checkpoint_summary
     from llmkit.pretrain.stage import pretrain as run_pretrain
 
+    from llmkit.model.io import read_model_config
+
     path = run_pretrain(tokens, out, config, init_from=init_from, resume=resume, force=force)
     print_checkpoint_summary(path)
     run = shell_word(path)
-    next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data HELD_OUT.txt -o EVAL",
-              f"llmkit finetune {run} --data DATA.jsonl -o SFT")
+    if read_model_config(path).objective == "mlm":  # it neither generates nor scores text: it classifies, fine-tuned
+        next_step(f"llmkit finetune {run} --task classify --data DATA.jsonl -o CLASSIFIER")
+    else:
+        next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data HELD_OUT.txt -o EVAL",
+                  f"llmkit finetune {run} --data DATA.jsonl -o SFT")
 
 
 pretrain = stage_command(
