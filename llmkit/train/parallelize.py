@@ -188,6 +188,12 @@ def shard_data_parallel(modules: list[torch.nn.Module], dp_mesh, device: torch.d
     gathers on a GPU when the run's resolved --precision is bf16."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    import warnings
+
+    # A pipeline stage's output (a block's, or the head's logits) is a view of a tensor the stage
+    # made, and the schedule changes it nowhere in place: torch 2.13 warns at every forward that an
+    # in-place op on such a view could break the backward (twice a step, on every rank).
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
     options = {"mesh": dp_mesh}
     if device.type == "cuda" and precision == "bf16":
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
