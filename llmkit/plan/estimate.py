@@ -43,7 +43,7 @@ class ModelShape:
     embedding: int  # token embedding (and position table)
     head: int  # a separate output head (0 when tied)
     per_block: int
-    block_matrices: int  # the part of a block that tensor parallelism splits
+    block_split: int  # the part of a block that tensor parallelism splits
     final_norm: int
 
     @classmethod
@@ -60,9 +60,11 @@ class ModelShape:
         head = 0 if config.tie_embeddings else sum(p.numel() for n, p in model.named_parameters() if n.startswith("lm_head"))
         block = next(iter(model.blocks))
         per_block = sum(p.numel() for p in block.parameters())
-        matrices = sum(p.numel() for p in block.parameters() if p.dim() == 2)
+        from llmkit.train.parallelize import COLUMN_PARALLEL
+
+        split = sum(p.numel() for name, p in block.named_parameters() if p.dim() == 2 or name.rpartition(".")[0] in COLUMN_PARALLEL)
         final_norm = total - embedding - head - per_block * config.n_layer
-        return cls(config, total, non_embedding, flop_params, embedding, head, per_block, matrices, final_norm)
+        return cls(config, total, non_embedding, flop_params, embedding, head, per_block, split, final_norm)
 
     def flops_per_token(self, seq_len: int) -> float:
         from llmkit.model.gpt import training_flops_per_token
@@ -205,7 +207,7 @@ def stage_parameters(shape: ModelShape, layout: Layout, stage: str = "only") -> 
     holds before data-parallel sharding (the middle stages hold fewer than the first and the last)."""
     c = shape.config
     tp = layout.tp
-    block = shape.block_matrices / tp + (shape.per_block - shape.block_matrices)
+    block = shape.block_split / tp + (shape.per_block - shape.block_split)
     layers = layout.layers_on(stage, c.n_layer) * block
     if stage == "first":
         return layers + shape.embedding / tp
@@ -327,7 +329,7 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
         # FSDP2 gathers one block's parameters at a time and prefetches the next: in bf16 on a GPU
         # (its mixed-precision policy), in fp32 on a CPU, which has none (autocast's copies are above)
         gathered = half if on_gpu else 4
-        transient += 2 * gathered * (shape.block_matrices / layout.tp + shape.per_block - shape.block_matrices)
+        transient += 2 * gathered * (shape.block_split / layout.tp + shape.per_block - shape.block_split)
         # the root's parameters (the stage's embedding or head) stay gathered from forward to backward
         root = {"only": shape.embedding + shape.head, "first": shape.embedding,
                 "last": shape.head or c.vocab_size * c.n_embd}[stage]

@@ -77,6 +77,11 @@ def reorder_fused(state: dict[str, torch.Tensor], config, tp: int, *, to_rank_ma
     return out
 
 
+# A block's layers split by output column (weights and biases sharded); out_proj and down_proj are
+# split by input row (their biases replicated). llmkit plan counts a rank's share from these.
+COLUMN_PARALLEL = ("attn.q_proj", "attn.kv_proj", "mlp.up_proj")
+
+
 def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> None:
     """Split `model` (a GPT, or a pipeline stage of one) over `tp_mesh` in place.
 
@@ -120,12 +125,10 @@ def tensor_parallel(model: torch.nn.Module, tp_mesh, *, sharded_loss: bool) -> N
         "attn_norm": SequenceParallel(),
         "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
                                    desired_input_layouts=(Replicate(), None, None, None, None)),
-        "attn.q_proj": ColwiseParallel(),
-        "attn.kv_proj": ColwiseParallel(),
+        **{name: ColwiseParallel() for name in COLUMN_PARALLEL},
         "attn.out_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=local),
         "mlp_norm": SequenceParallel(),
         "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-        "mlp.up_proj": ColwiseParallel(),
         "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=local),
     }
     for block in model.blocks.children():
