@@ -201,6 +201,39 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
     assert any(k.startswith(metric) for k in metrics), metrics
 
 
+@pytest.mark.parametrize("template", ["chat", "translate"])
+def test_eval_perplexity_of_a_fine_tunes_own_examples_is_its_validation_loss(base, shared_data, cli, tmp_path, template):
+    """Held-out conversations (or a template's records) are scored on what the fine-tune learned to
+    write, each reply and its end, after the rest: exp(the validation loss) on the same examples.
+    eval refused conversations before (perplexity scored plain text only)."""
+    rows = [r for r in read_jsonl(shared_data / "translation" / "train.jsonl") if len(r["source"]) < 100]
+    if template == "chat":
+        def example(r, i):
+            turns = [{"role": "user", "content": r["source"]}, {"role": "assistant", "content": r["target"]}]
+            return {"messages": ([{"role": "system", "content": "Translate."}] if i % 3 == 0 else []) + turns + turns}
+        rows = [example(r, i) for i, r in enumerate(rows)]
+    train, val = write_jsonl(tmp_path / "train.jsonl", rows[:64]), write_jsonl(tmp_path / "val.jsonl", rows[64:80])
+    run = tmp_path / "run"
+    result = cli("finetune", base["checkpoint"], "--data", train, "--val-data", val, "-o", run, "--template", template,
+                 "--max-steps", "4", "--batch-size", "8", "--micro-batch", "8", "--eval-every", "100")
+    assert result.exit_code == 0, result.output
+    stats = artifacts.load(run, kind="checkpoint").stats
+    assert stats["val_step"] == 4
+    result = cli("eval", run, "-m", "perplexity", "--data", val, "-o", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert math.log(metrics["perplexity"]) == pytest.approx(stats["val_loss"], rel=1e-5)
+    records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
+    replies = [m["content"] for r in read_jsonl(val) for m in r["messages"] if m["role"] == "assistant"] if template == "chat" \
+        else [r["target"] for r in read_jsonl(val)]
+    assert len(records) == 16 and sum(r["words"] for r in records) == sum(len(reply.split()) for reply in replies)
+    # a base model has no replies of its own: said, not scored as text
+    refused = cli("eval", base["checkpoint"], "-m", "perplexity", "--data", val, "-o", tmp_path / "eval2")
+    assert refused.exit_code == 1 and not (tmp_path / "eval2").exists()
+    if template == "chat":
+        assert "which a chat fine-tune's perplexity scores" in " ".join(refused.output.split()), refused.output
+
+
 def test_eval_gives_a_custom_templates_response_wording_with_the_prompt(base, shared_data, cli, tmp_path, monkeypatch):
     """A response "\\nEnglish: {target}." is the model's to write around the target: eval prompts with
     its lead as training encoded it (a "\\n" lead once stopped every prediction at once, and "English:"

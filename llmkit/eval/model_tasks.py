@@ -79,15 +79,52 @@ def perplexity_documents(loaded, cfg):
             raise UserError(f"tokens artifact {cfg.data} has an empty val split; tokenize with a validation fraction > 0")
         return documents
     records = load_records(cfg.data, cfg.split, cfg.limit)
+    template = loaded.task.template if loaded.task is not None else None
+    if records and cfg.text_field is None and template is not None and _fine_tune_examples(records[0], template):
+        return _learned_documents(records, template, loaded)
     if records and isinstance(records[0].get("messages"), list) and (cfg.text_field or "messages") == "messages" and not any(
             field in records[0] for field in TEXT_FIELDS):  # (the two errors that pick_field and text_of gave sent one round)
-        raise UserError(f"{cfg.data} holds conversations ('messages'), and perplexity scores plain text: give a .txt file or "
-                        "records with a text field; a chat fine-tune's replies to these conversations are scored with "
-                        "-m rouge or -m bleu")
+        raise UserError(f"{cfg.data} holds conversations ('messages'), which a chat fine-tune's perplexity scores (its "
+                        f"replies) and {loaded.artifact.path} is not one: give a .txt file or records with a text field, "
+                        "or evaluate a chat fine-tune")
     name = pick_field(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
     texts = [text_of(r, name, i) for i, r in enumerate(records)]
     # (numbered by record, so that predictions.jsonl joins back to the data past an empty record)
     return [dataclasses.replace(document_from_text(text, tokenizer), index=i) for i, text in enumerate(texts) if text]
+
+
+def _fine_tune_examples(record: dict, template: dict) -> bool:
+    """Records shaped as the fine-tune's own data: conversations for a chat model, its template's
+    fields (and no text field) for a text-template one."""
+    if template["type"] == "chat":
+        return isinstance(record.get("messages"), list)
+    return {template["input_field"], template["target_field"]} <= set(record) and not any(f in record for f in TEXT_FIELDS)
+
+
+def _learned_documents(records: list[dict], template: dict, loaded) -> list:
+    """A fine-tune's examples, encoded as finetune encodes them: scored are the tokens it learned to
+    write (each reply, and the token that ends it), after everything before them. Perplexity is
+    then exp(the fine-tune's validation loss) on the same examples; words and bytes are the replies'."""
+    from itertools import groupby
+
+    from llmkit.data.templates import check_tokenizer, encode_example
+    from llmkit.eval.perplexity import Document
+
+    tokenizer = loaded.tokenizer
+    check_tokenizer(template, tokenizer, fix="evaluate another checkpoint")
+    documents = []
+    for i, record in enumerate(records):
+        example = encode_example(template, record, tokenizer, f"record {i + 1}")
+        if example.ids[0] != start_id(loaded):  # (what the windows put first: the fine-tune's start token)
+            raise UserError(f"record {i + 1} does not start with the token {loaded.artifact.path} was fine-tuned to start with")
+        ids, learned = example.ids[1:], example.learn[1:]
+        replies = [[token for token, _ in run] for flag, run in groupby(zip(ids, learned), key=lambda pair: pair[1]) if flag]
+        words = sum(len(tokenizer.decode(reply, skip_special_tokens=True).split()) for reply in replies)
+        if any(learned):
+            documents.append(Document(ids, words=words, bytes=None, index=i, learned=learned))
+    if not documents:
+        raise UserError("no record has a reply to score (conversations ending with a user message?)")
+    return documents
 
 
 def text_of(record: dict, field: str, index: int) -> str:

@@ -54,6 +54,8 @@ class Document:
     words: int | None = None  # None: not known (a tokens artifact without decoding)
     bytes: int | None = None  # None: sum of token_bytes over the scored tokens
     index: int | None = None  # its record's place in the input (empty records are not scored); None: its place here
+    # Which tokens are scored (a fine-tune's examples: what it learned to write); None: every token but the special ones
+    learned: list[bool] | None = None
 
 
 _MAX_EXPONENT = math.log(1e300)
@@ -111,10 +113,13 @@ def score_documents(
     nll = [0.0] * len(documents)
     counted = [0] * len(documents)
     scored_bytes = [0] * len(documents)
+    predicted = [0] * len(documents)  # a document's windows predict its tokens in order, each once
     scored = token_bytes > 0
     for request, lp, d in zip(requests, logprobs, owners):
         targets = np.asarray(request.seq[-request.n :], dtype=np.int64)
-        keep = scored[targets]
+        learned = documents[d].learned
+        keep = scored[targets] if learned is None else np.asarray(learned[predicted[d] : predicted[d] + request.n], dtype=bool)
+        predicted[d] += request.n
         nll[d] -= float(lp.numpy()[keep].sum())
         counted[d] += int(keep.sum())
         scored_bytes[d] += int(token_bytes[targets][keep].sum())
