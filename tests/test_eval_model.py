@@ -352,7 +352,8 @@ def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_dat
     (tmp_path / "chat.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
     for extra in ([], ["--field", "messages"]):
         chat = cli("eval", gpt2_ckpt, "-m", "perplexity", "--data", tmp_path / "chat.jsonl", *extra, "-o", tmp_path / "c")
-        assert chat.exit_code == 1 and "holds conversations ('messages'), and perplexity scores plain text" in chat.output
+        said = " ".join(chat.output.split())
+        assert chat.exit_code == 1 and "holds conversations ('messages'), which a chat fine-tune's perplexity scores" in said, said
     # choices in a later record but not the first: they were ignored (the first record decided the kind)
     (tmp_path / "mixed.jsonl").write_text('{"text": "hello", "label": 0}\n{"text": "bye", "label": 1, "choices": ["a", "b"]}\n')
     mixed = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", tmp_path / "mixed.jsonl", "--labels", "a,b", "-o", tmp_path / "m")
