@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi30k German -> English: pretrain on both sides, fine-tune with the translate template, BLEU/chrF.
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune --template translate -> generate -> eval
-# With a network: the hub's `wmt16` (de-en) gives the same {source, target} pairs after a rename.
+# With a network: the hub's `bentrevett/multi30k` is the same data, fields de/en (docs/recipes.md).
 source "$(dirname "$0")/common.sh"
 need_data translation/train.jsonl translation/test.jsonl
 

@@ -126,14 +126,24 @@ def test_task_recipe_runs_at_tiny_size(name, tmp_path, shared_data):
     assert "artifacts" in proc.stdout  # each recipe ends with its results table
 
 
-def test_recipe_names_a_missing_data_folder(tmp_path):
-    env = dict(os.environ, SIZE="tiny", OUT=str(tmp_path / "out"), LLMKIT_SHARED_DATA=str(tmp_path / "nowhere"))
+def test_recipe_names_a_missing_data_folder_or_llmkit_off_path(tmp_path):
+    venv = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = dict(os.environ, SIZE="tiny", OUT=str(tmp_path / "out"), LLMKIT_SHARED_DATA=str(tmp_path / "nowhere"), PATH=venv)
+    env.pop("PYTHON", None)
     proc = subprocess.run(
         ["bash", str(REPO / "recipes" / "shakespeare.sh")], env=env, cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 1
     assert "LLMKIT_SHARED_DATA" in proc.stderr
     assert not (tmp_path / "out").exists()  # (nothing left behind: an empty output folder was)
+    # bash's "llmkit: command not found" came after the first data file was written
+    for path, python, said in (("/usr/bin:/bin", None, "llmkit is not on PATH; activate the project's environment"),
+                               (venv, "no-such-python", "PYTHON=no-such-python is not a command")):
+        env = dict(os.environ, SIZE="tiny", OUT=str(tmp_path / "out"), PATH=path)
+        env.pop("PYTHON", None) if python is None else env.update(PYTHON=python)
+        proc = subprocess.run(["bash", str(REPO / "recipes" / "translation.sh")], env=env, cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 1 and said in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert not (tmp_path / "out").exists()
 
 
 def test_scaling_recipe_sweeps_fits_and_plots_at_tiny_size(tmp_path):
