@@ -599,6 +599,9 @@ def test_gloo_two_processes_match_one(base, shared_data, cli, tmp_path):
         assert abs(ra["loss"] - rb["loss"]) < 1e-5, (ra, rb)
     sa, sb = artifacts.load(one).stats, artifacts.load(two).stats
     assert sa["val_accuracy"] == sb["val_accuracy"] and abs(sa["val_loss"] - sb["val_loss"]) < 1e-5
+    # every validation's scores, each sample counted once on the rank that scored it (the per-sample
+    # validation gave rank r the samples r, r+2, ...: counted by micro-batch chunks, half were left out)
+    assert (one / "val_metrics.jsonl").read_text() == (two / "val_metrics.jsonl").read_text()
     assert artifacts.load(two).manifest.runtime["world_size"] == 2
     # Per-sequence gradients (4 examples a process, the CPU default): the same classifier to the bit.
     assert artifacts.load(two).manifest.runtime["batch_invariant"] is True

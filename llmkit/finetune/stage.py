@@ -243,10 +243,9 @@ class ClassifyTrainer(Trainer):
         loss = super().evaluate()
         if loss is None:
             return None
-        micro, world, rank = self.settings.micro_batch, self.info.world_size, self.info.rank
         confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64, device=self.device)
         for k, (p, g) in self.collector.predictions.items():
-            if (k // micro) % world == rank:  # this rank's own chunk, not a padding forward of another's
+            if self.engine.validates(k, self.settings.micro_batch):  # this rank's own, not a spare forward's repeat
                 confusion[g, p] += 1
         confusion = dist_utils.all_reduce_sum(confusion, self.info)
         scores = confusion_scores(confusion.cpu())

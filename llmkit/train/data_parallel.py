@@ -158,6 +158,13 @@ class DataParallelRun:
         total = dist_utils.all_reduce_sum(total, info)
         return float(total[0] / total[1]) if total[1] else math.nan
 
+    def validates(self, index: int, micro_batch: int) -> bool:
+        """Whether this rank's validation scored sample `index` as its own (not in a spare forward
+        that repeats the first chunk): what a caller counting per-sample results adds up."""
+        if self.batch_invariant:
+            return index % self.info.world_size == self.info.rank
+        return (index // micro_batch) % self.info.world_size == self.info.rank
+
     def _evaluate_sample_by_sample(self, val_batches: Callable, val_size: int) -> float:
         """--batch-invariant: each sample's loss on its own, the samples' sums added in their order
         (exactly: math.fsum), so neither --micro-batch nor the process count moves a bit of the mean.
@@ -166,7 +173,7 @@ class DataParallelRun:
         info = self.info
         self.model.eval()
         sums = torch.zeros(val_size, 2, dtype=torch.float64)  # per sample: its loss summed over its targets; their count
-        for index in range(info.rank, val_size, info.world_size):  # no collective inside: ranks may run fewer
+        for index in range(info.rank, val_size, info.world_size):  # (`validates`) no collective inside: ranks may run fewer
             batch = val_batches([index])
             targets = targets_in(self.loss_fn, batch)
             with autocast(self.device, self.precision):
