@@ -396,6 +396,14 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     again = cli("sweep", tokens, "-o", out, *respelled)
     assert again.exit_code == 0 and again.output.count("skipped") == 4, again.output
     assert artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
+    # a sweep recorded before the grid was put in order holds it as typed: still this sweep
+    manifest = json.loads((out / "manifest.json").read_text())
+    saved = json.dumps(manifest)
+    manifest["config"]["sizes"], manifest["config"]["token_budgets"] = ["2x64", "1x32", "1x32"], [24000.0, 8000.0]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again = cli("sweep", tokens, "-o", out, *respelled)
+    assert again.exit_code == 0 and again.output.count("skipped") == 4, again.output
+    (out / "manifest.json").write_text(saved)
     # An interrupted run (no manifest yet) is resumed; one process gives the same runs as two.
     (out / "runs" / "d2-w64-t24000" / "manifest.json").unlink()
     resumed = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "1", "--threads", "1")

@@ -61,8 +61,15 @@ class SweepConfig(Options):
             raise ValueError("give token budgets (--tokens 2e5,1e6) or FLOP budgets (--flops 1e12,1e13), one of them")
         # One grid however it is typed (`1x32,1x16`, a budget twice): the same runs, so the same
         # recorded config and fingerprint, and a rerun of the other spelling goes on with the sweep.
-        self.sizes = [f"{layers}x{width}" for layers, width in sorted({parse_size(size) for size in self.sizes})]
-        self.token_budgets, self.flops = sorted(set(self.token_budgets)), sorted(set(self.flops))
+        grid = one_grid({"sizes": self.sizes, "token_budgets": self.token_budgets, "flops": self.flops})
+        self.sizes, self.token_budgets, self.flops = grid["sizes"], grid["token_budgets"], grid["flops"]
+
+
+def one_grid(config: dict[str, Any]) -> dict[str, Any]:
+    """A sweep config's grid in order, each size and budget once (a config recorded before
+    2026-12-05 holds it as typed)."""
+    sizes = [f"{layers}x{width}" for layers, width in sorted({parse_size(size) for size in config.get("sizes") or []})]
+    return {**config, "sizes": sizes, **{key: sorted(set(config.get(key) or [])) for key in ("token_budgets", "flops")}}
 
 
 def _base_value(base: PretrainConfig, name: str) -> Any:

@@ -30,7 +30,7 @@ from llmkit import artifacts
 from llmkit.errors import Terminated, UsageError, UserError, debug_enabled
 from llmkit.runtime import END_WITH_PARENT
 from llmkit.train.options import recorded_options
-from llmkit.sweep.config import SweepConfig
+from llmkit.sweep.config import SweepConfig, one_grid
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
 
 RUNS, CONFIGS, LOGS, PLOTS = artifacts.SWEEP_RUNS, "configs", "logs", "plots"
@@ -136,7 +136,7 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_a
         if _tokens_of(finished) != tokens_art.fingerprint:
             raise UserError(f"{out} is a finished sweep on other tokens than {tokens_art.path}; pass --force to replace it, "
                             "or write this one to another -o")
-        recorded, now = finished.config, _sweep_config(config)
+        recorded, now = one_grid(finished.config), _sweep_config(config)
         validation = recorded.get("validation") or {key: recorded.get(key) for key in now["validation"]}  # (before 2026-12-02)
         if recorded_options({**recorded, "validation": None}) != recorded_options({**now, "validation": None}) or \
                 validation != now["validation"]:
