@@ -949,3 +949,23 @@ def test_mlm_without_a_mask_token_is_refused_before_any_process_starts(shakespea
                  "--batch-tokens", "64", "--micro-batch", "2")
     assert result.exit_code == 1 and "--objective mlm needs a <|mask|> token in the tokenizer" in result.output, result.output
     assert not out.exists() and not out.parent.exists()
+
+
+def test_an_lstm_from_a_transformer_preset_begun_before_its_config_reset_resumes(shakespeare, cli, tmp_path):
+    """`--model tiny --arch lstm` recorded tiny's heads and MLP until 2026-12-05 (none of them the
+    LSTM's): such a run resumes, its network unchanged, where the resume compared them and refused."""
+    import dataclasses
+
+    from llmkit.model import presets
+
+    run = tmp_path / "run"
+    lstm = ["--model", "tiny", "--arch", "lstm", *FAST[2:6], *FAST[8:], "--save-every", "1", "--eval-every", "0"]
+    resolve = presets.resolve_model_config
+    with pytest.MonkeyPatch.context() as patch:  # the run as recorded before the reset
+        patch.setattr(presets, "resolve_model_config", lambda *a, **k: dataclasses.replace(
+            resolve(*a, **k), n_head=4, n_kv_head=4, norm="layernorm", mlp_ratio=2.0))
+        assert cli("pretrain", shakespeare["tokens"], "-o", run, *lstm, "--max-steps", "2").exit_code == 0
+    assert json.loads((run / "model_config.json").read_text())["n_head"] == 4
+    result = cli("pretrain", shakespeare["tokens"], "-o", run, *lstm, "--max-steps", "3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "model_config.json").read_text())["n_head"] == 1

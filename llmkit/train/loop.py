@@ -350,9 +350,14 @@ class Trainer:
                 changed.append(f"{role} input {given[role][:12]} added")
             elif saved_inputs[role] != given[role]:
                 changed.append(f"{role} input {saved_inputs[role][:12]} -> {given[role][:12]}")
+        from llmkit.model.presets import TRANSFORMER_ONLY
+
         saved = read_model_config(latest).to_dict()
         now = self.raw.config.to_dict()
-        changed += [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if saved.get(k) != now.get(k)]
+        # (an LSTM's Transformer fields are none of its network; one begun before 2026-12-05 from a
+        # Transformer preset recorded that preset's)
+        unused = TRANSFORMER_ONLY if now.get("arch") == "lstm" else ()
+        changed += [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if k not in unused and saved.get(k) != now.get(k)]
         if manifest.seed != self.spec.seed:
             changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
         # What a run may change on resume: its length, and when it validates and saves. Anything
