@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 WIDE_LAYOUT = 100  # columns from which an option's description sits beside it
+TYPE_WIDTH = 26  # at most, beside it
 
 NAME_STYLE, TYPE_STYLE, DIM, REQUIRED_STYLE = "bold cyan", "bold yellow", "dim", "red"
 
@@ -114,8 +115,8 @@ def _beside(rows) -> Table:
     marked = any(required for required, *_ in rows)
     if marked:
         table.add_column(width=1)
-    table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)  # names whole
+    table.add_column(max_width=TYPE_WIDTH, overflow="fold")  # a long choice list (plan's --gpu) folds, the help keeps its room
     table.add_column(ratio=1)
     for required, names, metavar, help_text in rows:
         cells = (Text("*", style=REQUIRED_STYLE) if required else "",) if marked else ()
