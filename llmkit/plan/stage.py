@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.plan.config import DEFAULT_VOCAB, PlanConfig
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def model_config(cfg: PlanConfig, hf_data: dict | None = None):
     else:
         config = resolve_model_config(cfg.model.model, cfg.vocab_size or DEFAULT_VOCAB, cfg.model.overrides())
     if config.arch == "lstm":
-        raise UserError("llmkit plan sizes Transformers; the LSTM baseline has no layout to plan")
+        raise UsageError("llmkit plan sizes Transformers; the LSTM baseline has no layout to plan")
     return config
 
 
@@ -123,7 +123,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         # --hf-config refuses --context-length: its config.json says how long the context is
         longer = ("--context-length" if hf_data is None else
                   f"{'n_positions' if hf_data.get('model_type') == 'gpt2' else 'max_position_embeddings'} in {cfg.hf_config}")
-        raise UserError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; lower --seq-len, "
+        raise UsageError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; lower --seq-len, "
                         f"or raise {longer}")
     place, par = cfg.placement, cfg.parallelism
     layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
@@ -131,7 +131,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                     pp_schedule=par.pp_schedule, pp_microbatches=par.pp_microbatches, compiled=place.compile)
     problem = layout.problem(config)
     if problem:
-        raise UserError(problem)
+        raise UsageError(problem)
     asked = layout  # the micro-batch given, before the global batch is split: what fixes and the search change
     sequences = None
     if cfg.batch_tokens:  # the split `llmkit pretrain` makes of it, refused where it refuses
@@ -139,7 +139,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
 
         sequences = cfg.batch_tokens // seq
         if sequences < 1:
-            raise UserError(f"--batch-tokens {cfg.batch_tokens} is smaller than one sequence of {seq} tokens; raise it")
+            raise UsageError(f"--batch-tokens {cfg.batch_tokens} is smaller than one sequence of {seq} tokens; raise it")
         micro, accumulation = split_batch(
             sequences, layout.micro_batch, layout.batch_ways, what=f"the global batch of {sequences} sequences (--batch-tokens "
             f"{cfg.batch_tokens} / seq_len {seq})", fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq}")

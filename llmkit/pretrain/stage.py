@@ -106,14 +106,14 @@ def _seq_len(config: PretrainConfig, model_config, init=None) -> int:
     if seq_len > model_config.context_length:
         whose, fix = ((f"{init.path}'s", "lower --seq-len") if init is not None
                       else ("the model's", "lower --seq-len or raise --context-length"))
-        raise UserError(f"--seq-len {seq_len} is longer than {whose} context length {model_config.context_length}; {fix}")
+        raise UsageError(f"--seq-len {seq_len} is longer than {whose} context length {model_config.context_length}; {fix}")
     return seq_len
 
 
 def _split_global_batch(config: PretrainConfig, seq_len: int, batch_ways: int) -> tuple[int, int]:
     global_batch = config.batch_tokens // seq_len
     if global_batch < 1:
-        raise UserError(f"--batch-tokens {config.batch_tokens} is smaller than one sequence of {seq_len} tokens; raise it")
+        raise UsageError(f"--batch-tokens {config.batch_tokens} is smaller than one sequence of {seq_len} tokens; raise it")
     return split_batch(
         global_batch, config.devices.micro_batch, batch_ways,
         what=f"the global batch of {global_batch} sequences (--batch-tokens {config.batch_tokens} / seq_len {seq_len})",
