@@ -136,8 +136,10 @@ def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path
         runs[micro] = artifacts.load(tmp_path / micro)
     assert len({run.fingerprint for run in runs.values()}) == 1
     assert runs["1"].manifest.runtime["batch_invariant"] is True  # the default, resolved to on
-    # and the validation loss to the bit (each sample's loss on its own): a sweep's hashed runs.json holds it
+    # and the validation loss to the bit (each sample's loss on its own): a sweep's hashed runs.json holds it;
+    # and every step's training loss (each sequence's sum, added in one order): a sweep draws them
     assert len({run.stats["val_loss"] for run in runs.values()}) == 1
+    assert len({json.dumps([r["loss"] for r in metrics(tmp_path / micro)]) for micro in runs}) == 1
     usual = {}
     for micro in ("3", "12"):
         out = tmp_path / f"usual-{micro}"
@@ -174,6 +176,7 @@ def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli
     assert artifacts.load(two, kind="checkpoint").manifest.runtime["grad_accumulation"] == 2
     assert artifacts.load(one).fingerprint == artifacts.load(two).fingerprint
     assert artifacts.load(one).stats["val_loss"] == artifacts.load(two).stats["val_loss"]
+    assert [r["loss"] for r in metrics(one)] == [r["loss"] for r in metrics(two)]
     # the manifest records the command typed here, not the workers' `worker.py .launch/launch.json`
     assert artifacts.load(two).manifest.command == artifacts.load(one).manifest.command == artifacts._command_line()
     # 6 sequences per process (12 a step) do not cut into runs of 4: refused when asked for, off by default

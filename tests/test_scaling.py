@@ -750,3 +750,15 @@ def test_a_forced_sweep_that_fails_puts_the_old_one_back_and_says_how_to_go_on(c
     assert failed.exit_code == 1 and f"the sweep --force replaced is back in {out}" in said, said
     assert "without it, the old sweep goes on" in said and "--resume" not in said
     assert artifacts.load(out, kind="sweep").fingerprint == made and artifacts.verify(out).ok
+
+
+def test_the_micro_batch_leaves_a_sweeps_fingerprint(cli, tokens, tmp_path):
+    """The runs were the same to the bit, but their logged training losses (each step's micro-batch
+    means, weighed) were not: the loss curves the sweep draws, hashed, gave it another fingerprint."""
+    grid = ["--sizes", "1x16,1x32", "--head-dim", "16", "--tokens", "8e3", "--seq-len", "32", "--context-length", "64",
+            "--eval-tokens", "512", "--min-steps", "4", "--batch-tokens", "512"]
+    prints = set()
+    for micro in ("16", "4"):
+        assert cli("sweep", tokens, "-o", tmp_path / micro, *grid, "--micro-batch", micro).exit_code == 0
+        prints.add(artifacts.load(tmp_path / micro, kind="sweep").fingerprint)
+    assert len(prints) == 1

@@ -240,11 +240,14 @@ class _PerSequenceLinearCrossEntropy(torch.autograd.Function):
                                       if need_weight else (None, False))
                 if fresh and not len(t):  # a sequence without targets adds nothing, and a new run starts from zero
                     grad_weight.zero_()
+                sequence_total = torch.zeros_like(total)
                 for start in range(0, len(t), chunk):
                     stop = min(start + chunk, len(t))
                     part = grad_rows[start:stop] if need_hidden else None
-                    total += _chunk(h[start:stop], t[start:stop], rows[: stop - start], head, low, part, grad_weight,
-                                    fresh=fresh and start == 0)
+                    sequence_total += _chunk(h[start:stop], t[start:stop], rows[: stop - start], head, low, part, grad_weight,
+                                             fresh=fresh and start == 0)
+                total += sequence_total
+                where.sequence_losses[where.first + b] = float(sequence_total)
                 if need_hidden and not every:
                     grad_hidden[b].index_copy_(0, kept, grad_rows)
                 if need_weight:

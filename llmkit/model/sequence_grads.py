@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from functools import lru_cache
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,9 @@ class MicroBatch:
     sequences: int
     dropout_key: int = 0  # the run's seed and the step, mixed
     dropout_calls: int = 0  # dropout calls so far in this forward pass (a mask's seed includes it)
+    # Each sequence's loss summed over its targets, by its position in the step (the fused head's):
+    # the step's loss added from these in one order is the same whatever the split (train_step).
+    sequence_losses: dict[int, float] = field(default_factory=dict)
 
 
 # A row of a matrix product has the same bits whatever the rows beside it only from this many

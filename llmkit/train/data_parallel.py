@@ -68,6 +68,7 @@ class DataParallelRun:
             world_size=info.world_size, sequences_per_rank=sequences_per_rank, batch_flag=batch_flag)
         self.tree = sequence_tree.SequenceTree() if self.batch_invariant else None  # the step's per-sequence gradients
         self.targets_this_step, self.step_sequences = 0.0, 0
+        self.sequence_losses: dict[int, float] = {}  # this step's, by position (step_loss)
         if activation_checkpointing:
             from llmkit.train.parallelize import checkpoint_activations
 
@@ -103,14 +104,34 @@ class DataParallelRun:
         sequences = batch[0].shape[0]
         masks = sequence_dropout.step_key(self.seed, step)
         # The backward inside too: activation checkpointing recomputes blocks there.
-        with sequence_grads.per_sequence_gradients(self.tree, position, sequences, masks), autocast(self.device, self.precision):
+        mode = sequence_grads.per_sequence_gradients(self.tree, position, sequences, masks)
+        with mode, autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)
             # Seeded with the target count, every token's gradient is its own (the mean's 1/count
             # cancels exactly); the step's sum is divided by the step's count once, in finish_gradients.
             loss.backward(torch.tensor(float(targets), dtype=loss.dtype))
         self.targets_this_step = step_total
         self.step_sequences += sequences
+        self.sequence_losses.update(mode.where.sequence_losses)
         return loss.detach().float()
+
+    def step_loss(self, step_total: float, global_batch: int) -> float | None:
+        """Collective. --batch-invariant: the step's mean loss from each sequence's own sum, added
+        in the step's order across ranks (exactly: math.fsum), so neither --micro-batch nor the
+        process count moves its bits (the micro-batches' means, weighed, did: the loss curves a
+        sweep draws, and so its fingerprint, followed --micro-batch). None where the loss keeps no
+        sums per sequence (a classifier's mean over examples) or the run sums as usual."""
+        losses, self.sequence_losses = self.sequence_losses, {}
+        if not self.batch_invariant:
+            return None
+        sums = torch.zeros(global_batch, 2, dtype=torch.float64)  # per position: its loss sum; 1 where it has one
+        for position, value in losses.items():
+            sums[position] = torch.tensor([value, 1.0], dtype=torch.float64)
+        if self.info.distributed:  # each position's row from one rank, zeros from the others: an exact sum
+            sums = dist_utils.all_reduce_sum(sums.to(self.device), self.info).cpu()
+        if int(sums[:, 1].sum()) != global_batch:
+            return None
+        return math.fsum(sums[:, 0].tolist()) / step_total if step_total else math.nan
 
     def finish_gradients(self) -> None:
         """DDP and FSDP2 reduce the gradients inside the last backward: nothing is left to do,

@@ -482,8 +482,10 @@ class Trainer:
                                                 position=indices.start - step * s.global_batch, step=step)
             loss_sum += loss * count  # each micro-batch's mean weighs by its targets: the step's mean whatever the split
         self.engine.finish_gradients()
-        # mean_loss averages over the data-parallel replicas: their sum over the step's target count
-        loss_value = float(self.engine.mean_loss(loss_sum * (self.info.data_parallel / total if total else math.nan)))
+        loss_value = self.engine.step_loss(total, s.global_batch) if getattr(self.engine, "batch_invariant", False) else None
+        if loss_value is None:
+            # mean_loss averages over the data-parallel replicas: their sum over the step's target count
+            loss_value = float(self.engine.mean_loss(loss_sum * (self.info.data_parallel / total if total else math.nan)))
         if not math.isfinite(loss_value):
             self._stop(f"loss became {loss_value} at step {step + 1}; stopped before updating the weights", step)
         # The norm before clipping goes to metrics.jsonl; with --grad-clip 0 the factor is exactly 1.
