@@ -33,7 +33,8 @@ def save(figure, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # PNG whatever the name says (a temporary's ends in .tmp-*)
-    figure.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    # "llmkit", without matplotlib's version (the same bytes under another one): what plot's --force knows its charts by
+    figure.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": "llmkit"})
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:

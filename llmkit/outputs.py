@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
@@ -186,7 +187,7 @@ def make_parent(out: Path) -> None:
 
 
 def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = (),
-                      ours: Callable[[Path], bool] | None = None) -> None:
+                      ours: WrittenBy | None = None) -> None:
     """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
     if path is None:
         return
@@ -203,7 +204,7 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
     make_parent(path)
 
 
-def _refuse_existing(path: Path, force: bool, ours: Callable[[Path], bool] | None = None) -> None:
+def _refuse_existing(path: Path, force: bool, ours: WrittenBy | None = None) -> None:
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
     if force and ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
@@ -211,28 +212,48 @@ def _refuse_existing(path: Path, force: bool, ours: Callable[[Path], bool] | Non
                         "away, or choose another -o path")
 
 
-def starts_with(what: str, *prefixes: bytes) -> Callable[[Path], bool]:
-    """Whether a file is one a command writes (`what` it is, for the refusal), by its first bytes
-    (after a UTF-8 BOM), or empty: --force replaced any file at -o, a user's notes included. (Its
-    start, not its first line parsed: a record may be megabytes long.)"""
-    def ours(path: Path) -> bool:
+# The key of every JSONL record generate and chat write, naming the command (what --force reads).
+MARK = "llmkit"
+_LONGEST_RECORD = 1 << 24  # a first line longer than this is no record a command wrote (a prompt fits a context)
+# What plot's PNGs carry (a tEXt chunk, near the start), as every llmkit chart does (llmkit/charts.py).
+PNG_MARK = b"tEXtSoftware\x00llmkit"
+
+
+@dataclass(frozen=True)
+class WrittenBy:
+    """What --force may replace at a command's file output (`what` it is, for the refusal): an empty
+    file, or one the command wrote, told by the mark it writes: JSONL whose first record says
+    `"llmkit": COMMAND`, or a PNG chart with llmkit's Software chunk. --force replaced any file at
+    -o, then any file that began as the command's do: a fine-tuning data set of {"prompt": ...}
+    or {"messages": ...} records (what generate's and chat's began with), a photo (a PNG)."""
+
+    what: str
+    command: str  # the JSONL mark's value; "" for a PNG chart
+
+    def __call__(self, path: Path) -> bool:
         try:
             with open(path, "rb") as handle:
-                head = handle.read(64)
+                head = handle.readline(_LONGEST_RECORD) if self.command else handle.read(4096)
         except OSError:
             return False
-        head = head.removeprefix(b"\xef\xbb\xbf")
-        return not head or any(head.startswith(prefix) for prefix in prefixes)
+        if not head:
+            return True
+        if not self.command:
+            return head.startswith(b"\x89PNG\r\n\x1a\n") and PNG_MARK in head
+        import json
 
-    ours.what = what
-    return ours
+        try:
+            record = json.loads(head.removeprefix(b"\xef\xbb\xbf"))
+        except ValueError:
+            return False
+        return isinstance(record, dict) and record.get(MARK) == self.command
 
 
 @contextlib.contextmanager
-def file_output_lock(path: Path, force: bool, ours: Callable[[Path], bool] | None = None) -> Iterator[None]:
+def file_output_lock(path: Path, force: bool, ours: WrittenBy | None = None) -> Iterator[None]:
     """Be the only run writing the file `path` (output_lock), checked again under the lock: another
     run may have written it since the command's own check. `ours`: what --force may replace
-    (`starts_with`)."""
+    (`WrittenBy`)."""
     with output_lock(path):
         _refuse_existing(path, force, ours)
         yield

@@ -149,6 +149,13 @@ def test_ctrl_c_stops_a_reply_or_leaves_at_the_prompt_and_the_transcript_is_said
     assert result.exit_code == 143, result.output
     assert f"terminated; the 1 conversation(s) before it are in {out}" in " ".join(result.output.split()), result.output
     assert [m["content"] for m in json.loads(out.read_text())["messages"]][::2] == ["hello"]
+    # --force replaces a transcript chat wrote (marked), never a fine-tuning set of the same records (it did)
+    assert json.loads(out.read_text())["llmkit"] == "chat"
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
+    before = data.read_text()
+    refused = CliRunner().invoke(app, [*args[:-1], str(data), "--force"], input="hello\n/exit\n")
+    assert refused.exit_code == 1 and "is not a transcript chat wrote" in refused.output and data.read_text() == before
 
 
 def test_a_line_that_is_not_unicode_is_refused_and_the_chat_goes_on(chat_model):

@@ -646,6 +646,15 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
     refused = cli(*args[:-1], tmp_path / "notes.txt", "--force")
     assert refused.exit_code == 1 and "is not a file of completions generate wrote" in refused.output, refused.output
     assert (tmp_path / "notes.txt").read_text() == "precious\n"
+    # nor a data set whose records begin as generate's do (an SFT set of {"prompt": ..., "response": ...}: it
+    # was replaced), nor a chat transcript
+    for name, record in (("sft.jsonl", {"prompt": "What is a list?", "response": "A sequence."}),
+                         ("chat.jsonl", {"messages": [{"role": "user", "content": "hi"}], "llmkit": "chat"})):
+        (tmp_path / name).write_text(json.dumps(record) + "\n")
+        refused = cli(*args[:-1], tmp_path / name, "--force")
+        assert refused.exit_code == 1 and "is not a file of completions generate wrote" in refused.output, refused.output
+        assert json.loads((tmp_path / name).read_text()) == record
+    assert json.loads(out.read_text())["llmkit"] == "generate"  # the mark of its own
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask

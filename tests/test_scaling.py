@@ -671,15 +671,18 @@ def test_plot_replaces_its_output_by_a_rename_never_writing_through_a_link_or_le
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 5.0 - s / 10}) for s in range(1, 6)) + "\n")
-    chart = b"\x89PNG\r\n\x1a\n someone else's chart, not to be touched"
+    chart = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0ftEXtSoftware\x00llmkit a chart llmkit drew, not to be written through"
     (tmp_path / "someone-elses.png").write_bytes(chart)
     (tmp_path / "link.png").symlink_to(tmp_path / "someone-elses.png")
     result = cli("plot", run, "-o", tmp_path / "link.png", "--force")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "someone-elses.png").read_bytes() == chart
-    (tmp_path / "notes.png").write_bytes(b"not a chart")  # --force replaces a chart, not any file
-    refused = cli("plot", run, "-o", tmp_path / "notes.png", "--force")
-    assert refused.exit_code == 1 and "is not a PNG chart, which is all --force replaces here" in refused.output, refused.output
+    # --force replaces a chart llmkit drew, not any file, nor any PNG (a photo: it replaced both)
+    for name, content in (("notes.png", b"not a chart"), ("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR a photo")):
+        (tmp_path / name).write_bytes(content)
+        refused = cli("plot", run, "-o", tmp_path / name, "--force")
+        assert refused.exit_code == 1 and "is not a chart llmkit drew, which is all --force replaces" in refused.output, refused.output
+        assert (tmp_path / name).read_bytes() == content
     assert not (tmp_path / "link.png").is_symlink() and (tmp_path / "link.png").read_bytes()[:4] == b"\x89PNG"
     from llmkit import charts
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from llmkit.generate.config import ChatConfig
-from llmkit.outputs import starts_with
+from llmkit.outputs import MARK, WrittenBy
 from llmkit.stage_command import argument, stage_command
 
 COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversation", "/help": "show the commands"}
-TRANSCRIPTS = starts_with("a transcript chat wrote", b'{"messages": ')  # (what --force may replace)
+TRANSCRIPTS = WrittenBy("a transcript chat wrote", "chat")  # (what --force may replace)
 
 
 class ChatSession:
@@ -312,7 +312,8 @@ class Transcript:
 
         with replaced_file(self.path) as tmp, tmp.open("w", encoding="utf-8") as file:
             for messages in self.saved:
-                file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+                # marked: a fine-tuning data set is {"messages": ...} records too, which --force must not replace
+                file.write(json.dumps({"messages": messages, MARK: "chat"}, ensure_ascii=False) + "\n")
 
 
 chat = stage_command(

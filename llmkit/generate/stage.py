@@ -17,9 +17,9 @@ from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
 from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file
 from llmkit.jsonl import check_unicode
-from llmkit.outputs import starts_with
+from llmkit.outputs import MARK, WrittenBy
 
-COMPLETIONS = starts_with("a file of completions generate wrote", b'{"prompt": ')  # (what --force may replace)
+COMPLETIONS = WrittenBy("a file of completions generate wrote", "generate")  # (what --force may replace)
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Generated:
             "completion_tokens": len(c.token_ids),
             "finish_reason": c.finish_reason,
             "seed": cfg.seed,
+            MARK: "generate",  # (what --force knows its own file by: a data set of {"prompt": ...} records began as these)
         }
         if self.prompt.messages is not None:
             record["messages"] = self.prompt.messages

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 from llmkit.plot.config import EXTRA_CURVES, PlotConfig
-from llmkit.outputs import starts_with
+from llmkit.outputs import WrittenBy
 
-PNG = starts_with("a PNG chart", b"\x89PNG\r\n\x1a\n")  # (what --force may replace)
+PNG = WrittenBy("a chart llmkit drew", "")  # (what --force may replace)
 
 
 def tokens_per_step(run: Path) -> float | None:
