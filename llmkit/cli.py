@@ -258,7 +258,7 @@ def _damage_named(*paths: Path):
     Python error of the first reader that tripped over it."""
     try:
         yield
-    except (UserError, BrokenPipeError):  # (a closed reader is not damage: the command ends there, cli.py)
+    except (UserError, BrokenPipeError, PermissionError):  # (a closed reader or a file's permissions are no damage)
         raise
     except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, OSError) as exc:
         where = " ".join(str(p) for p in paths)

@@ -74,10 +74,16 @@ def debug_enabled() -> bool:
     return _debug
 
 
-def _disk_full_in_library(exc: BaseException) -> bool:
-    """A full disk reported by a library in its own exception type, not as an OSError: safetensors'
-    SafetensorError ("I/O error: No space left on device (os error 28)")."""
-    return type(exc).__name__ == "SafetensorError" and f"(os error {errno.ENOSPC})" in str(exc)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit (ulimit -f)
+
+
+def _no_room_in_library(exc: BaseException) -> int | None:
+    """The errno of a write that found no room, reported by a library in its own exception type,
+    not as an OSError: safetensors' SafetensorError ("I/O error: No space left on device (os error
+    28)"), pyarrow's OSError text ("[errno 27] File too large")."""
+    found = re.search(r"\((?:os error) (\d+)\)|\[errno (\d+)\]", str(exc))
+    number = int(next(group for group in found.groups() if group)) if found else None
+    return number if number in _NO_ROOM and (type(exc).__name__ == "SafetensorError" or isinstance(exc, OSError)) else None
 
 
 def add_advice(exc: BaseException, text: str) -> None:
@@ -99,9 +105,14 @@ def one_line(exc: BaseException) -> str:
         text = f"file not found: {exc.filename or exc}; check the path"
     elif isinstance(exc, PermissionError):
         text = f"permission denied: {exc.filename or exc}; check the file's permissions"
-    elif (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or _disk_full_in_library(exc):
+    elif (isinstance(exc, OSError) and exc.errno in _NO_ROOM) or _no_room_in_library(exc):
+        number = exc.errno if isinstance(exc, OSError) and exc.errno in _NO_ROOM else _no_room_in_library(exc)
         where = f" while writing {exc.filename}" if getattr(exc, "filename", None) else ""
-        text = f"no space left on the device{where}; free some space or write the output elsewhere"
+        if number == errno.EFBIG:
+            text = (f"a file grew past this file system's or your file-size limit (ulimit -f){where}; raise the limit or "
+                    "write the output elsewhere")
+        else:
+            text = f"no space left on the device{where}; free some space or write the output elsewhere"
     elif isinstance(exc, MemoryError):
         text = "out of memory; use a smaller batch, model or input"
     elif type(exc).__name__ == "OutOfMemoryError":  # torch's, for a GPU: a RuntimeError, not a MemoryError

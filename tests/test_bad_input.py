@@ -461,6 +461,58 @@ def test_a_full_disk_under_safetensors_is_named_too(cli, chain, tmp_path, monkey
     assert not (tmp_path / "hf").exists()
 
 
+def test_an_unreadable_file_is_a_permission_error_not_damage(chain, tmp_path):
+    """safetensors calls a file it may not read "No such file", which read as a damaged checkpoint
+    ("rebuild it"); tokenizers' "Permission denied" read as a bad tokenizer ("retrain it"); report
+    called an unreadable shard folder damage. (As root, read permission is dropped with setpriv.)"""
+    import shutil
+    import subprocess
+    import sys
+
+    drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("root reads any file, and setpriv is not here to drop that")
+    prefix = drop if os.geteuid() == 0 else []
+    ckpt, corpus = tmp_path / "ckpt", tmp_path / "corpus"
+    shutil.copytree(chain / "ckpt", ckpt)
+    shutil.copytree(chain / "corpus", corpus)
+    cases = [(ckpt / "model.safetensors", ["generate", str(ckpt), "-p", "hi", "-n", "2"]),
+             (ckpt / "tokenizer" / "tokenizer.json", ["tokenize", str(corpus), "-t", str(ckpt), "-o", str(tmp_path / "t")]),
+             (corpus / "shards", ["report", str(corpus)])]
+    for locked, command in cases:
+        locked.chmod(0)
+        try:
+            result = subprocess.run([*prefix, sys.executable, "-m", "llmkit", *command], capture_output=True, text=True)
+        finally:
+            locked.chmod(0o755 if locked.is_dir() else 0o644)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, (command, result.stderr)
+        assert f"permission denied: {locked}" in lines[0] and "rebuild" not in lines[0] and "retrain" not in lines[0], lines
+
+
+def test_a_file_size_limit_and_a_quota_are_named_not_unexpected(cli, chain, tmp_path):
+    """`ulimit -f`: writes fail with EFBIG (Python ignores SIGXFSZ), which was "unexpected", from
+    pyarrow as from safetensors; a quota's (os error 122) under safetensors was too."""
+    import errno
+    import subprocess
+    import sys
+
+    from safetensors import SafetensorError
+
+    from llmkit.errors import one_line
+
+    for exc, says in ((OSError(errno.EFBIG, "File too large"), "a file grew past this file system's or your file-size limit"),
+                      (SafetensorError("Error while serializing: I/O error: File too large (os error 27)"), "file-size limit"),
+                      (SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)"), "no space left"),
+                      (SafetensorError("Error while serializing: invalid header (os error 2)"), "unexpected")):
+        assert says in one_line(exc), (exc, one_line(exc))
+    export = [sys.executable, "-m", "llmkit", "export", str(chain / "ckpt"), "-o", str(tmp_path / "hf")]
+    result = subprocess.run(["bash", "-c", 'ulimit -f 40; exec "$@"', "limited", *export], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "(ulimit -f)" in lines[0], result.stderr
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.mark.slow
 def test_a_worker_error_under_two_processes_is_one_line(cli, chain, tmp_path):
     """Token ids outside the vocabulary (a damaged shard whose manifest was redone): the workers

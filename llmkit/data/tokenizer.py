@@ -512,6 +512,7 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
     for name in TOKENIZER_FILES:
         if not (dir / name).is_file():
             raise UserError(f"no {name} in {dir}; pass a tokenizer artifact (llmkit tokenizer train) or its tokenizer/ copy")
+    open(dir / TOKENIZER_FILE, "rb").close()  # (an unreadable file is a PermissionError, not "not a valid tokenizers file")
     try:
         hf = Tokenizer.from_file(str(dir / TOKENIZER_FILE))
     except Exception as exc:

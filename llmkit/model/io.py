@@ -62,6 +62,7 @@ def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    open(path, "rb").close()  # (safetensors calls a file it may not read "No such file": a PermissionError says it)
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
