@@ -79,8 +79,6 @@ def _rerun_advice(args: list[str]) -> str:
     name = next(iter(named_command(args) or ()), "")
     if "--force" in args and name in ("pretrain", "finetune", "sweep"):
         return "rerun the command to start it again (--force replaces the output)"
-    if name in ("clean", "tokenizer train", "tokenize"):
-        return "rerun the command to continue where it stopped"
     if name in ("pretrain", "finetune"):
         return "rerun it with --resume to continue from its last checkpoint, or as it was if it saved none"
     if name == "sweep":

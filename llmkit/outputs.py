@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from llmkit.errors import UserError
+from llmkit.errors import UserError, add_advice
 
 
 # The longest name an output may have: its lock and temporaries beside it add to it, at most
@@ -397,6 +397,9 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
 
                 note(f"the work done so far is kept in {tmp}; the same command continues it, and any other "
                      f"run writing {out} removes it")
+            if isinstance(exc, KeyboardInterrupt) and resume_key is not None:  # what a rerun does, on the error's line
+                add_advice(exc, "rerun the command to continue where it stopped" if resumable
+                           else "nothing was kept (it stopped before its first finished part); rerun the command")
             raise
 
 

@@ -257,7 +257,8 @@ def test_sigterm_stops_clean_as_ctrl_c_does_and_the_rerun_continues(shared_data,
     assert done >= 1, "the run ended before it could be stopped"
     assert code == 143
     said = log.read_text()
-    assert "terminated; rerun the command" in said and "Traceback" not in said and "leaked" not in said, said
+    assert "terminated; rerun the command to continue where it stopped" in said, said
+    assert "Traceback" not in said and "leaked" not in said, said
     partial = glob.glob(str(tmp_path / ".out.partial-*"))
     assert len(partial) == 1 and f"the work done so far is kept in {partial[0]}" in " ".join(said.split()), said
     assert not (tmp_path / "out").exists()

@@ -343,8 +343,24 @@ def test_advice_added_on_the_way_ends_the_one_line_and_replaces_an_interruptions
     assert result.exit_code == 130 and "error: interrupted; the 2 records made are in out.partial" in result.output, result.output
 
 
+def test_a_data_stage_stopped_before_its_first_finished_part_says_nothing_was_kept(tmp_path):
+    """It said "continue where it stopped", with nothing kept to continue from (no resume marker yet)."""
+    from llmkit.errors import advice_of
+    from llmkit.outputs import RESUME_MARKER, atomic_directory
+
+    for marked, says in ((False, "nothing was kept (it stopped before its first finished part); rerun the command"),
+                         (True, "rerun the command to continue where it stopped")):
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            with atomic_directory(tmp_path / f"out-{marked}", resume_key="0" * 64) as tmp:
+                if marked:
+                    (tmp / RESUME_MARKER).write_text("{}")
+                raise KeyboardInterrupt
+        assert advice_of(stopped.value) == says
+        assert any(p.name.startswith(f".out-{marked}.partial-") for p in tmp_path.iterdir()) == marked
+
+
 @pytest.mark.parametrize("command, says", [
-    (["tokenize", "corpus", "-t", "tok", "-o", "out"], "rerun the command to continue where it stopped"),
+    (["tokenize", "corpus", "-t", "tok", "-o", "out"], "nothing was written; rerun the command"),  # (before its output)
     (["pretrain", "tokens", "-o", "run"], "rerun it with --resume to continue from its last checkpoint"),
     (["sweep", "tokens", "--flops", "1e12", "-o", "sweep", "--force"], "rerun the command to start it again"),
     (["sweep", "tokens", "--flops", "1e12", "-o", "sweep"], "rerun the same command to continue: the finished runs are kept"),
