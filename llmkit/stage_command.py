@@ -87,6 +87,15 @@ class LlmkitCommand(_FlagsShowNoType, TyperCommand):
     """The class of every llmkit command: its help readable at 80 columns (llmkit.help_format);
     also accepts the hidden aliases of renamed options (`--output` for `--out`)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            # click's Path refuses a path the user may not read as a usage error (exit 2, "Invalid
+            # value"); the stages read their inputs themselves and name an unreadable one as every
+            # other read failure is named: "permission denied: PATH; check the file's permissions", exit 1.
+            if getattr(param.type, "name", "") == "path":
+                param.type.readable = False
+
     def format_help(self, ctx, formatter):
         from llmkit.help_format import print_command_help
 
