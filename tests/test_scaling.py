@@ -726,7 +726,9 @@ def test_a_sigint_sent_to_the_sweep_alone_stops_its_runs(tokens, tmp_path):
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "llmkit.cli", "sweep", str(tokens), "-o", str(out), "--sizes", "1x16", "--head-dim", "16",
                "--tokens", "3e6", "--seq-len", "32", "--context-length", "64", "--eval-tokens", "512", "--threads", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # (a pytest-xdist worker ignores SIGINT, and a child inherits that: Python then keeps it ignored)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics_file = out / "runs" / "d1-w16-t3000000" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     try:
