@@ -52,6 +52,10 @@ class _ErrorsAsOneLine(LlmkitGroup):
         except _PASS_THROUGH:  # --help, exits: click/typer finish them
             raise
         except BrokenPipeError as exc:  # `llmkit ... | head`: the reader has all it wanted
+            from llmkit.console import stdout_reader_gone
+
+            if not stdout_reader_gone():  # another pipe broke (a socket's, a worker's): a failure as any other
+                _fail(exc)
             _stop_writing_stdout()
             if advice_of(exc):  # (what became of the output: no error line carries it here)
                 from llmkit.console import note
@@ -68,10 +72,15 @@ class _ErrorsAsOneLine(LlmkitGroup):
             _print_error(f"{stopped}; {advice}")
             raise typer.Exit(143 if terminated else 130)
         except Exception as exc:
-            if debug_enabled():
-                raise
-            _print_error(one_line(exc))
-            raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
+            _fail(exc)
+
+
+def _fail(exc: Exception) -> None:
+    """The one red line and the exit status of a failure (the traceback under --debug)."""
+    if debug_enabled():
+        raise exc
+    _print_error(one_line(exc))
+    raise typer.Exit(getattr(exc, "exit_code", 1) if isinstance(exc, UserError) else 1)
 
 
 def _rerun_advice(args: list[str]) -> str:

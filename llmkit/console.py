@@ -22,7 +22,29 @@ def write_nowhere(stream) -> None:
     import os
 
     devnull = os.open(os.devnull, os.O_WRONLY)
+    _silenced.add(stream.fileno())
     os.dup2(devnull, stream.fileno())
+
+
+_silenced: set[int] = set()  # the descriptors write_nowhere pointed at /dev/null
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout's reader closed the pipe (`llmkit ... | head`): then a BrokenPipeError is the
+    reader having all it wanted, not a failure. Any other one (a socket's, a worker's pipe) is an
+    error like any other: it ended the command with exit 0 and no word."""
+    import select
+    import sys
+
+    try:
+        descriptor = sys.__stdout__.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stdout (an embedding host): take it as the pipe
+        return True
+    if descriptor in _silenced or not hasattr(select, "poll"):  # (no poll: Windows; the old rule, any broken pipe)
+        return True
+    poller = select.poll()
+    poller.register(descriptor, 0)  # (POLLERR and POLLHUP are reported whatever is asked)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 class _Console(Console):

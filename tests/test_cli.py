@@ -190,6 +190,21 @@ def test_a_reader_that_closes_the_pipe_ends_the_results_not_the_work(tmp_path):
     assert done.returncode == 0 and artifacts.load(tmp_path / "clean").kind == "corpus"
 
 
+def test_a_broken_pipe_that_is_not_stdouts_is_a_failure(monkeypatch, tmp_path):
+    """Any BrokenPipeError ended the command with exit 0 and no word, as if the reader of stdout
+    had gone: a socket's or a worker's pipe breaking is a failure like any other."""
+    from typer.testing import CliRunner
+
+    from llmkit import cli
+
+    def broken(*_, **__):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("llmkit.artifacts.load", broken)
+    result = CliRunner().invoke(cli.app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 1 and "error: BrokenPipeError" in result.output, result.output
+
+
 @dataclasses.dataclass
 class _StageConfig(Options):
     vocab_size: int = option(100, "Vocabulary size.")
