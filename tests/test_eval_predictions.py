@@ -113,6 +113,47 @@ def test_label_predictions_accuracy(cli, tmp_path):
     assert metrics["f1_neu"] == 1.0
 
 
+def test_bootstrap_intervals_are_sacrebleus_own_and_sized_as_theory_says(cli, files, tmp_path, monkeypatch):
+    """--bootstrap N: BLEU's and chrF's 95% intervals are sacrebleu's (its bootstrap, its seed, as
+    `sacrebleu --confidence` prints); ROUGE's and accuracy's come from the same draws of the
+    examples, and accuracy's is about 1.96 sqrt(p (1 - p) / n), the normal approximation."""
+    tmp, hyps, refs = files
+    result = cli("eval", "-m", "bleu,chrf,rouge1", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "--bootstrap", "300",
+                 "-o", tmp / "e")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp / "e" / "metrics.json").read_text())
+    monkeypatch.setenv("SACREBLEU_SEED", "12345")
+    for name, metric in (("bleu", sacrebleu.metrics.BLEU()), ("chrf", sacrebleu.metrics.CHRF())):
+        expected = json.loads(metric.corpus_score(hyps, [refs], n_bootstrap=300).format(
+            width=6, signature=str(metric.get_signature()), is_json=True))
+        assert metrics[name] == pytest.approx(expected["score"], abs=1e-6) and metrics[f"{name}_ci95"] == expected["confidence_var"]
+    assert 0 < metrics["rouge1_ci95"] < metrics["rouge1"]
+    art = artifacts.load(tmp / "e")
+    assert art.config["bootstrap"] == 300 and "bs:300|seed:12345" in art.stats["signatures"]["bleu"]
+    again = cli("eval", "-m", "bleu,chrf,rouge1", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "--bootstrap", "300",
+                "-o", tmp / "e2")
+    assert again.exit_code == 0 and artifacts.load(tmp / "e2").fingerprint == art.fingerprint
+    # labels: 400 examples, 70% right
+    gold = ["a", "b"] * 200
+    guess = [g if i % 10 < 7 else ("b" if g == "a" else "a") for i, g in enumerate(gold)]
+    (tmp_path / "p.txt").write_text("\n".join(guess) + "\n")
+    (tmp_path / "r.txt").write_text("\n".join(gold) + "\n")
+    result = cli("eval", "-m", "accuracy,f1", "--predictions", tmp_path / "p.txt", "-r", tmp_path / "r.txt", "--bootstrap", "1000",
+                 "-o", tmp_path / "labels")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "labels" / "metrics.json").read_text())
+    theory = 1.96 * (0.7 * 0.3 / 400) ** 0.5
+    assert metrics["accuracy"] == 0.7 and abs(metrics["accuracy_ci95"] - theory) < 0.15 * theory, (metrics, theory)
+    assert 0 < metrics["f1_ci95"] < 0.1
+    # without a bootstrap the config and the metrics are as before it existed; too few resamples, or nothing to resample
+    plain = cli("eval", "-m", "accuracy", "--predictions", tmp_path / "p.txt", "-r", tmp_path / "r.txt", "-o", tmp_path / "plain")
+    assert plain.exit_code == 0 and "bootstrap" not in artifacts.load(tmp_path / "plain").config
+    assert not any(k.endswith("_ci95") for k in json.loads((tmp_path / "plain" / "metrics.json").read_text()))
+    few = cli("eval", "-m", "accuracy", "--predictions", tmp_path / "p.txt", "-r", tmp_path / "r.txt", "--bootstrap", "20",
+              "-o", tmp_path / "few")
+    assert few.exit_code == 2 and "--bootstrap 20 is too few resamples" in few.output
+
+
 def test_an_unknown_tokenizer_is_a_usage_error(cli, files):
     """A bad value of either tokenizer option exits 2 as every bad option value does; ROUGE's names are the
     option's choices (in --help and the docs' table), the same as the metric module's."""

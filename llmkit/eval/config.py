@@ -79,6 +79,9 @@ class EvalConfig(Options):
     stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a "
                              "newline; '' for none: a fine-tuned model then ends at its end token).",
                              parse=unescape_each, panel=TEXT)
+    bootstrap: int = option(0, "Resamples for 95% confidence intervals of BLEU, chrF, ROUGE, accuracy and F1, as NAME_ci95 "
+                            "(sacrebleu's bootstrap, its seed; 1000 is usual; 0 = none).", panel=RUN, range="[0, 100000]",
+                            hashed=False, recorded_as="config bootstrap (when above 0)")
     rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
                                   range="[1, inf)")
     batch_size: int = option(8, "Sequences per forward pass. Does not change the result.", panel=RUN, range="[1, inf)", runtime=True)
@@ -101,6 +104,9 @@ class EvalConfig(Options):
         # `--stop ''` (or a config file's "") is none: a fine-tuned model then ends at its end token (a
         # stop string that matched before anything could only stop at once)
         self.stop = [s for s in self.stop if s]
+        if 0 < self.bootstrap < 100:
+            raise ValueError(f"--bootstrap {self.bootstrap} is too few resamples for a 95% interval; give 100 or more "
+                             "(1000 is usual), or 0 for none")
         if isinstance(self.tasks, str):
             self.tasks = comma_list(self.tasks)
         if self.tasks:

@@ -112,6 +112,7 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
                   "a datasets name given as --data, or a --task's bundled data"),
         "rolling_context": (bool(lm) and scoring_model, "perplexity"),
         "shots": (bool(cfg.tasks), "--task benchmarks"),
+        "bootstrap": (not cfg.tasks and bool(text or cls), "BLEU, chrF, ROUGE, accuracy and F1 (a --task benchmark has its stderr)"),
     }
     from llmkit.options import flat_options
 
@@ -301,6 +302,12 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 metrics.update(cls_metrics)
                 records.extend(cls_records)
                 stats["classification_examples"] = len(cls_records)
+        if cfg.bootstrap and "accuracy" in metrics:
+            from llmkit.eval.metrics.classification import classification_intervals
+
+            labelled = [r for r in records if r["task"] in ("classification", "multiple_choice")]
+            metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
+                                                    cfg.bootstrap))
         for name, value in metrics.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{name} came out as {value}; {metric_names.NOT_FINITE}")
@@ -313,6 +320,8 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                     raise UserError(f"prediction {number}: {metric_names.NOT_FINITE}") from None
                 handle.write(line + "\n")
         build.config = _recorded_config(cfg)
+        if cfg.bootstrap:  # (recorded where asked: the configs of evals before it stay the same)
+            build.config["bootstrap"] = cfg.bootstrap
         if cfg.tasks:
             build.config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
             build.config.pop("metrics", None)  # (the default perplexity: a benchmark run scores acc and acc_norm)
@@ -352,6 +361,7 @@ def _text_metrics(text, predictions, references, cfg, metrics, signatures, forma
         lowercase=cfg.lowercase,
         rouge_tokenize=cfg.rouge_tokenize,
         stemmer=cfg.stemmer,
+        bootstrap=cfg.bootstrap,
     )
     metrics.update(scores.metrics)
     signatures.update(scores.signatures)

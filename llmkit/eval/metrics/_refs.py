@@ -22,3 +22,52 @@ def transpose_references(references: Sequence) -> list[list[str]]:
         raise ValueError("sacrebleu needs the same number of references for every prediction")
     width = counts.pop() if counts else 1
     return [[refs[i] for refs in per_segment] for i in range(width)]
+
+
+# The seed of every bootstrap (sacrebleu's own default, SACREBLEU_SEED): the same resamples on every
+# run, so an eval with --bootstrap is one artifact, whatever the machine.
+BOOTSTRAP_SEED = 12345
+
+
+def corpus_score_with_interval(metric, predictions: Sequence[str], references: Sequence, n_bootstrap: int):
+    """sacrebleu's corpus score; with n_bootstrap > 1, also its 95% interval, from sacrebleu's own
+    bootstrap over the segments (it reads its seed from the environment: set here, then restored)."""
+    import os
+
+    if n_bootstrap <= 1:
+        return metric.corpus_score(list(predictions), transpose_references(references))
+    saved = os.environ.get("SACREBLEU_SEED")
+    os.environ["SACREBLEU_SEED"] = str(BOOTSTRAP_SEED)
+    try:
+        return metric.corpus_score(list(predictions), transpose_references(references), n_bootstrap=n_bootstrap)
+    finally:
+        if saved is None:
+            os.environ.pop("SACREBLEU_SEED", None)
+        else:
+            os.environ["SACREBLEU_SEED"] = saved
+
+
+def result_interval(result, metric, n_bootstrap: int) -> float | None:
+    """The half-width of the 95% interval sacrebleu estimated (None without a bootstrap; 0 where
+    every resample scored 0, which sacrebleu leaves unsaid)."""
+    import json
+
+    if n_bootstrap <= 1:
+        return None
+    shown = result.format(width=6, signature=str(metric.get_signature()), is_json=True)
+    return json.loads(shown).get("confidence_var", 0.0)
+
+
+def half_width(samples: Sequence[float]) -> float:
+    """Half the width of the 95% interval of bootstrap samples, as sacrebleu measures it (its
+    Score.estimate_ci: the 1/40 and 39/40 order statistics)."""
+    ordered = sorted(samples)
+    low = len(ordered) // 40
+    return 0.5 * (ordered[len(ordered) - low - 1] - ordered[low])
+
+
+def resamples(count: int, n_bootstrap: int):
+    """The bootstrap's resampled indices [n_bootstrap, count], drawn as sacrebleu draws them."""
+    import numpy
+
+    return numpy.random.default_rng(BOOTSTRAP_SEED).choice(count, size=(n_bootstrap, count), replace=True)

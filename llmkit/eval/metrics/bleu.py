@@ -12,7 +12,7 @@ import evaluate
 import sacrebleu
 from sacrebleu.metrics.bleu import _TOKENIZERS
 
-from llmkit.eval.metrics._refs import transpose_references
+from llmkit.eval.metrics._refs import corpus_score_with_interval, result_interval, transpose_references
 
 TOKENIZERS = tuple(_TOKENIZERS)
 
@@ -65,6 +65,7 @@ class Bleu(evaluate.Metric):
         smooth_value=None,
         force=False,
         use_effective_order=False,
+        n_bootstrap=1,
     ):
         if tokenize not in TOKENIZERS:
             raise ValueError(f"unknown BLEU tokenizer {tokenize!r}; choose one of {', '.join(TOKENIZERS)}")
@@ -76,7 +77,7 @@ class Bleu(evaluate.Metric):
             force=force,
             effective_order=use_effective_order,
         )
-        result = bleu.corpus_score(list(predictions), transpose_references(references))
+        result = corpus_score_with_interval(bleu, predictions, references, n_bootstrap)
         return {
             "score": result.score,
             "counts": result.counts,
@@ -85,6 +86,7 @@ class Bleu(evaluate.Metric):
             "bp": result.bp,
             "sys_len": result.sys_len,
             "ref_len": result.ref_len,
+            "ci95": result_interval(result, bleu, n_bootstrap),
             "signature": str(bleu.get_signature()),
             "formatted": str(result),
         }

@@ -7,7 +7,7 @@ import datasets
 import evaluate
 import sacrebleu
 
-from llmkit.eval.metrics._refs import transpose_references
+from llmkit.eval.metrics._refs import corpus_score_with_interval, result_interval, transpose_references
 
 _DESCRIPTION = "Character n-gram F-score (Popovic 2015; chrF++ with word_order=2) as computed by sacrebleu."
 
@@ -55,6 +55,7 @@ class Chrf(evaluate.Metric):
         lowercase=False,
         whitespace=False,
         eps_smoothing=False,
+        n_bootstrap=1,
     ):
         chrf = sacrebleu.metrics.CHRF(
             char_order=char_order,
@@ -64,12 +65,13 @@ class Chrf(evaluate.Metric):
             whitespace=whitespace,
             eps_smoothing=eps_smoothing,
         )
-        result = chrf.corpus_score(list(predictions), transpose_references(references))
+        result = corpus_score_with_interval(chrf, predictions, references, n_bootstrap)
         return {
             "score": result.score,
             "char_order": char_order,
             "word_order": word_order,
             "beta": beta,
+            "ci95": result_interval(result, chrf, n_bootstrap),
             "signature": str(chrf.get_signature()),
             "formatted": str(result),
         }

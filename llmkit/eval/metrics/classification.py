@@ -74,3 +74,13 @@ def classification_scores(predictions, references, label_names=None):
     results["recall"] = float(numpy.mean(recalls))
     results["f1"] = float(numpy.mean(f1s))
     return results
+
+
+def classification_intervals(predictions, references, n_bootstrap):
+    """95% intervals of accuracy and macro F1 (`accuracy_ci95`, `f1_ci95`: half-widths), the
+    examples resampled as sacrebleu resamples segments, with its seed."""
+    from llmkit.eval.metrics._refs import half_width, resamples
+
+    predictions, references = numpy.asarray(list(predictions)), numpy.asarray(list(references))
+    scored = [classification_scores(predictions[draw], references[draw]) for draw in resamples(len(references), n_bootstrap)]
+    return {"accuracy_ci95": half_width([s["accuracy"] for s in scored]), "f1_ci95": half_width([s["f1"] for s in scored])}
