@@ -12,7 +12,7 @@ import evaluate
 import sacrebleu
 from sacrebleu.metrics.bleu import _TOKENIZERS
 
-from llmkit.eval.metrics._refs import corpus_score_with_interval, result_interval, transpose_references
+from llmkit.eval.metrics._refs import corpus_score_with_interval, result_interval
 
 TOKENIZERS = tuple(_TOKENIZERS)
 

@@ -7,7 +7,7 @@ import datasets
 import evaluate
 import sacrebleu
 
-from llmkit.eval.metrics._refs import corpus_score_with_interval, result_interval, transpose_references
+from llmkit.eval.metrics._refs import corpus_score_with_interval, result_interval
 
 _DESCRIPTION = "Character n-gram F-score (Popovic 2015; chrF++ with word_order=2) as computed by sacrebleu."
 
