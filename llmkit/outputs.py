@@ -208,13 +208,13 @@ def _refuse_existing(path: Path, force: bool, ours: WrittenBy | None = None) -> 
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
     if force and ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
-        raise UserError(f"output {path} exists and is not {ours.what}, which is all --force replaces here: move it "
-                        "away, or choose another -o path")
+        raise UserError(f"output {path} exists and is not {ours.what}, which is all --force replaces here (one written "
+                        "before 2026-12-05 carries no mark of it): move it away, or choose another -o path")
 
 
-# The key of every JSONL record generate and chat write, naming the command (what --force reads).
+# The first key of every JSONL record generate and chat write, naming the command (what --force
+# reads: the start of the file, never a whole record, which holds a prompt of any length).
 MARK = "llmkit"
-_LONGEST_RECORD = 1 << 24  # a first line longer than this is no record a command wrote (a prompt fits a context)
 # What plot's PNGs carry (a tEXt chunk, near the start), as every llmkit chart does (llmkit/charts.py).
 PNG_MARK = b"tEXtSoftware\x00llmkit"
 
@@ -233,20 +233,20 @@ class WrittenBy:
     def __call__(self, path: Path) -> bool:
         try:
             with open(path, "rb") as handle:
-                head = handle.readline(_LONGEST_RECORD) if self.command else handle.read(4096)
+                head = handle.read(4096)
         except OSError:
             return False
-        if not head:
-            return True
         if not self.command:
-            return head.startswith(b"\x89PNG\r\n\x1a\n") and PNG_MARK in head
-        import json
+            return not head or (head.startswith(b"\x89PNG\r\n\x1a\n") and PNG_MARK in head)
+        head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+        return not head or head.startswith(record_start(self.command).encode())
 
-        try:
-            record = json.loads(head.removeprefix(b"\xef\xbb\xbf"))
-        except ValueError:
-            return False
-        return isinstance(record, dict) and record.get(MARK) == self.command
+
+def record_start(command: str) -> str:
+    """How every JSONL record `command` writes begins (its mark, the first key)."""
+    import json
+
+    return "{" + json.dumps(MARK) + ": " + json.dumps(command)
 
 
 @contextlib.contextmanager

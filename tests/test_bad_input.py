@@ -478,6 +478,7 @@ def test_an_unreadable_file_is_a_permission_error_not_damage(chain, tmp_path):
     shutil.copytree(chain / "corpus", corpus)
     cases = [(ckpt / "model.safetensors", ["generate", str(ckpt), "-p", "hi", "-n", "2"]),
              (ckpt / "tokenizer" / "tokenizer.json", ["tokenize", str(corpus), "-t", str(ckpt), "-o", str(tmp_path / "t")]),
+             (ckpt / "tokenizer" / "token_bytes.npy", ["generate", str(ckpt), "-p", "hi", "-n", "2"]),
              (corpus / "shards", ["report", str(corpus)]),
              # click's Path check made this one a usage error (exit 2, "Invalid value"), unlike clean's or eval's
              (tmp_path / "book.txt", ["tokenizer", "train", str(tmp_path / "book.txt"), "-o", str(tmp_path / "tok")])]

@@ -201,12 +201,14 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
     assert any(k.startswith(metric) for k in metrics), metrics
 
 
-@pytest.mark.parametrize("template", ["chat", "translate"])
+@pytest.mark.parametrize("template", ["chat", "translate", "summarize"])
 def test_eval_perplexity_of_a_fine_tunes_own_examples_is_its_validation_loss(base, shared_data, cli, tmp_path, template):
     """Held-out conversations (or a template's records) are scored on what the fine-tune learned to
     write, each reply and its end, after the rest: exp(the validation loss) on the same examples.
     eval refused conversations before (perplexity scored plain text only)."""
     rows = [r for r in read_jsonl(shared_data / "translation" / "train.jsonl") if len(r["source"]) < 100]
+    if template == "summarize":  # (its input field is `document`, a text field plain perplexity reads: it scored that)
+        rows = [{"document": r["source"], "summary": r["target"]} for r in rows]
     if template == "chat":
         def example(r, i):
             turns = [{"role": "user", "content": r["source"]}, {"role": "assistant", "content": r["target"]}]
@@ -225,13 +227,20 @@ def test_eval_perplexity_of_a_fine_tunes_own_examples_is_its_validation_loss(bas
     assert math.log(metrics["perplexity"]) == pytest.approx(stats["val_loss"], rel=1e-5)
     records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     replies = [m["content"] for r in read_jsonl(val) for m in r["messages"] if m["role"] == "assistant"] if template == "chat" \
-        else [r["target"] for r in read_jsonl(val)]
+        else [r["summary" if template == "summarize" else "target"] for r in read_jsonl(val)]
     assert len(records) == 16 and sum(r["words"] for r in records) == sum(len(reply.split()) for reply in replies)
-    # a base model has no replies of its own: said, not scored as text
+    # a base model has no replies of its own: said, not scored as text (a summarize set's documents are text it scores)
     refused = cli("eval", base["checkpoint"], "-m", "perplexity", "--data", val, "-o", tmp_path / "eval2")
-    assert refused.exit_code == 1 and not (tmp_path / "eval2").exists()
+    assert (refused.exit_code == 0) == (template == "summarize"), refused.output
     if template == "chat":
         assert "which a chat fine-tune's perplexity scores" in " ".join(refused.output.split()), refused.output
+        # prompt/response records, which chat fine-tunes train on too; a conversation ending with a user message
+        pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Hello there.", "response": "Hi."}])
+        scored = cli("eval", run, "-m", "perplexity", "--data", pairs, "-o", tmp_path / "pairs-eval")
+        assert scored.exit_code == 0 and read_jsonl(tmp_path / "pairs-eval" / "predictions.jsonl")[0]["words"] == 1, scored.output
+        open_ended = write_jsonl(tmp_path / "open.jsonl", [{"messages": [{"role": "user", "content": "Hello."}]}])
+        refused = cli("eval", run, "-m", "perplexity", "--data", open_ended, "-o", tmp_path / "open-eval")
+        assert refused.exit_code == 1 and "record 1: its conversation ends with a user message" in refused.output
 
 
 def test_eval_gives_a_custom_templates_response_wording_with_the_prompt(base, shared_data, cli, tmp_path, monkeypatch):

@@ -654,7 +654,15 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
         refused = cli(*args[:-1], tmp_path / name, "--force")
         assert refused.exit_code == 1 and "is not a file of completions generate wrote" in refused.output, refused.output
         assert json.loads((tmp_path / name).read_text()) == record
-    assert json.loads(out.read_text())["llmkit"] == "generate"  # the mark of its own
+    assert out.read_text().startswith('{"llmkit": "generate"')  # the mark of its own, first: read from the file's start
+    from llmkit.generate.stage import COMPLETIONS
+
+    huge = tmp_path / "huge.jsonl"  # a prompt past the context is kept whole: a first record of any length is known
+    huge.write_text(json.dumps({"llmkit": "generate", "prompt": "x" * (20 << 20)}) + "\n")
+    assert COMPLETIONS(huge)
+    huge.write_text(json.dumps({"prompt": "x", "completion": "y"}) + "\n")  # written before the mark: refused, and said so
+    refused = cli(*args[:-1], huge, "--force")
+    assert refused.exit_code == 1 and "one written before 2026-12-05 carries no mark of it" in " ".join(refused.output.split())
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask

@@ -519,6 +519,8 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
         raise UserError(f"{dir / TOKENIZER_FILE} is not a valid tokenizers file ({exc}); retrain the tokenizer") from exc
     try:
         token_bytes = np.load(dir / TOKEN_BYTES_FILE, allow_pickle=False)
+    except PermissionError:
+        raise
     except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{dir / TOKEN_BYTES_FILE} is damaged ({' '.join(str(exc).split())[:100]}); retrain the tokenizer") from None
     roles = special_roles(dir)

@@ -94,11 +94,13 @@ def perplexity_documents(loaded, cfg):
 
 
 def _fine_tune_examples(record: dict, template: dict) -> bool:
-    """Records shaped as the fine-tune's own data: conversations for a chat model, its template's
-    fields (and no text field) for a text-template one."""
+    """Records shaped as the fine-tune's own data: what its template trains on (conversations, or a
+    prompt and a response, for a chat model; its fields for a text-template one, `document` for
+    summarize), and no other text field."""
     if template["type"] == "chat":
-        return isinstance(record.get("messages"), list)
-    return {template["input_field"], template["target_field"]} <= set(record) and not any(f in record for f in TEXT_FIELDS)
+        return isinstance(record.get("messages"), list) or all(isinstance(record.get(f), str) for f in ("prompt", "response"))
+    fields = {template["input_field"], template["target_field"]}
+    return fields <= set(record) and not any(f in record for f in TEXT_FIELDS if f not in fields)
 
 
 def _learned_documents(records: list[dict], template: dict, loaded) -> list:
@@ -114,16 +116,18 @@ def _learned_documents(records: list[dict], template: dict, loaded) -> list:
     check_tokenizer(template, tokenizer, fix="evaluate another checkpoint")
     documents = []
     for i, record in enumerate(records):
+        if template["type"] == "chat" and isinstance(record.get("messages"), list) and record["messages"] and \
+                isinstance(record["messages"][-1], dict) and record["messages"][-1].get("role") != "assistant":
+            raise UserError(f"record {i + 1}: its conversation ends with a {record['messages'][-1].get('role')} message; "
+                            "perplexity scores the replies as the fine-tune learned them, each up to the turn after it, "
+                            "so a conversation ends with the assistant's: drop the messages after the last reply")
         example = encode_example(template, record, tokenizer, f"record {i + 1}")
         if example.ids[0] != start_id(loaded):  # (what the windows put first: the fine-tune's start token)
             raise UserError(f"record {i + 1} does not start with the token {loaded.artifact.path} was fine-tuned to start with")
         ids, learned = example.ids[1:], example.learn[1:]
         replies = [[token for token, _ in run] for flag, run in groupby(zip(ids, learned), key=lambda pair: pair[1]) if flag]
         words = sum(len(tokenizer.decode(reply, skip_special_tokens=True).split()) for reply in replies)
-        if any(learned):
-            documents.append(Document(ids, words=words, bytes=None, index=i, learned=learned))
-    if not documents:
-        raise UserError("no record has a reply to score (conversations ending with a user message?)")
+        documents.append(Document(ids, words=words, bytes=None, index=i, learned=learned))
     return documents
 
 

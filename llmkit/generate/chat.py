@@ -313,7 +313,7 @@ class Transcript:
         with replaced_file(self.path) as tmp, tmp.open("w", encoding="utf-8") as file:
             for messages in self.saved:
                 # marked: a fine-tuning data set is {"messages": ...} records too, which --force must not replace
-                file.write(json.dumps({"messages": messages, MARK: "chat"}, ensure_ascii=False) + "\n")
+                file.write(json.dumps({MARK: "chat", "messages": messages}, ensure_ascii=False) + "\n")
 
 
 chat = stage_command(

@@ -31,6 +31,7 @@ class Generated:
     def record(self, cfg: GenerateConfig) -> dict:
         c = self.completion
         record = {
+            MARK: "generate",  # first: what --force knows its own file by (a data set of {"prompt": ...} records began as these)
             "prompt": self.prompt.text if self.prompt.messages is None else None,
             "completion": c.text,
             "prompt_index": c.prompt_index,
@@ -39,7 +40,6 @@ class Generated:
             "completion_tokens": len(c.token_ids),
             "finish_reason": c.finish_reason,
             "seed": cfg.seed,
-            MARK: "generate",  # (what --force knows its own file by: a data set of {"prompt": ...} records began as these)
         }
         if self.prompt.messages is not None:
             record["messages"] = self.prompt.messages
