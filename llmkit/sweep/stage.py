@@ -92,17 +92,17 @@ def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) 
         summary_writer_class()
     if devices.tp > 1 or devices.pp > 1:
         raise UsageError("--tp/--pp split one run over several processes, and a sweep trains one run per GPU (or share of the "
-                        "CPU cores); leave them out")
+                         "CPU cores); leave them out")
     if devices.nproc > 1:
         # (a sweep's smallest runs take one sequence a step, which does not split between processes)
         raise UsageError(f"--nproc {devices.nproc} splits one run over several processes, and a sweep trains each run in one; "
-                        "use --parallel N to train N runs at once (the CPU cores are split between them)")
+                         "use --parallel N to train N runs at once (the CPU cores are split between them)")
     if (devices.gpus or 0) > 1:
         raise UsageError(f"--gpus {devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
-                        "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")
+                         "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")
     if not config.base.checkpoints.eval_every:
         raise UsageError("--eval-every 0 leaves the runs without the validation loss the scaling fit reads; leave --eval-every "
-                        "on (the runs validate at their end whatever its value)")
+                         "on (the runs validate at their end whatever its value)")
     if not (tokens_art.stats.get("val") or {}).get("tokens"):
         raise UserError(f"{tokens_art.path} has no validation split, and the scaling fit reads each run's validation loss; "
                         "tokenize again with --val-fraction above 0")
