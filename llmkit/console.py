@@ -44,7 +44,8 @@ def stdout_reader_gone() -> bool:
         return True
     poller = select.poll()
     poller.register(descriptor, 0)  # (POLLERR and POLLHUP are reported whatever is asked)
-    return any(events & select.POLLERR for _, events in poller.poll(0))
+    # a pipe whose reader closed says POLLERR; a socket (stdout under Node's child_process, many runners) POLLHUP
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 class _Console(Console):

@@ -190,6 +190,21 @@ def test_a_reader_that_closes_the_pipe_ends_the_results_not_the_work(tmp_path):
     assert done.returncode == 0 and artifacts.load(tmp_path / "clean").kind == "corpus"
 
 
+def test_a_socket_whose_reader_left_is_a_reader_gone_too(tmp_path):
+    """Node's child_process and many runners give a child a socket as stdout: its reader leaving
+    says POLLHUP where a pipe's says POLLERR (the first version read only POLLERR: exit 1)."""
+    import socket
+
+    mine, theirs = socket.socketpair()
+    theirs.close()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "llmkit.cli", "plan", "--model", "tiny", "--json"], stdout=mine.fileno(),
+                              stderr=subprocess.PIPE, text=True)
+    finally:
+        mine.close()
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+
+
 def test_a_broken_pipe_that_is_not_stdouts_is_a_failure(monkeypatch, tmp_path):
     """Any BrokenPipeError ended the command with exit 0 and no word, as if the reader of stdout
     had gone: a socket's or a worker's pipe breaking is a failure like any other."""

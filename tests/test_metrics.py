@@ -272,3 +272,21 @@ def test_finetune_val_f1_equals_eval_and_sklearn_exactly():
         ours = classification_scores(preds, refs)
         accuracy, _, macro_f1, _ = _sklearn_scores(refs, preds, sorted(set(refs) | set(preds)))
         assert scores == {"val_accuracy": ours["accuracy"], "val_f1": ours["f1"]} == {"val_accuracy": accuracy, "val_f1": macro_f1}
+
+
+@pytest.mark.parametrize("classes", [4, 300])
+def test_the_label_intervals_score_each_resample_as_classification_scores_does(classes):
+    """eval --bootstrap: every resample's confusion counts at once, the same accuracy and macro F1
+    (its classes, its F1 formula, its mean) as classification_scores on that resample."""
+    import numpy
+
+    from llmkit.eval.metrics._refs import half_width, resamples
+    from llmkit.eval.metrics.classification import classification_intervals, classification_scores
+
+    rng = numpy.random.default_rng(classes)
+    labels = [f"c{i}" for i in range(classes)]
+    gold = rng.choice(labels, 1500)
+    guess = numpy.where(rng.random(1500) < 0.6, gold, rng.choice(labels + ["only-predicted"], 1500))
+    each = [classification_scores(guess[draw], gold[draw]) for draw in resamples(1500, 200)]
+    assert classification_intervals(guess, gold, 200) == {"accuracy_ci95": half_width([s["accuracy"] for s in each]),
+                                                          "f1_ci95": half_width([s["f1"] for s in each])}

@@ -166,6 +166,10 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     from llmkit.outputs import check_output_file
     from llmkit.jsonl import check_unicode
 
+    if sys.stdout is None:  # (started with its standard output closed, `>&-`: Python then has none)
+        from llmkit.errors import UserError
+
+        raise UserError("the standard output is closed, and chat prints its replies there; give it a terminal, a file or a pipe")
     check_output_file(out, force, inputs=[checkpoint], ours=TRANSCRIPTS)
     if config.system is not None:
         check_unicode(config.system, "--system", "write it in UTF-8")

@@ -81,6 +81,24 @@ def classification_intervals(predictions, references, n_bootstrap):
     examples resampled as sacrebleu resamples segments, with its seed."""
     from llmkit.eval.metrics._refs import half_width, resamples
 
-    predictions, references = numpy.asarray(list(predictions)), numpy.asarray(list(references))
-    scored = [classification_scores(predictions[draw], references[draw]) for draw in resamples(len(references), n_bootstrap)]
-    return {"accuracy_ci95": half_width([s["accuracy"] for s in scored]), "f1_ci95": half_width([s["f1"] for s in scored])}
+    # the labels as codes, and every resample's confusion counts at once (classification_scores per
+    # resample took 11-15 s for 10,000 examples and 1,000 resamples): the same scores, its conventions
+    # (macro F1 over the classes a resample's labels or predictions hold; F1 = 2 tp / (predicted + actual))
+    classes, codes = numpy.unique(numpy.concatenate([numpy.asarray(list(predictions)), numpy.asarray(list(references))]),
+                                  return_inverse=True)
+    k, n = len(classes), len(codes) // 2
+    predicted_codes, gold_codes = codes[:n], codes[n:]
+    draws = resamples(n, n_bootstrap)
+    accuracy, macro_f1 = [], []
+    step = max(1, 10_000_000 // (k * k))  # resamples a time: their confusion counts within ~80 MB, however many classes
+    for start in range(0, n_bootstrap, step):
+        part = draws[start : start + step]
+        cells = (gold_codes[part] * k + predicted_codes[part]) + (numpy.arange(len(part)) * k * k)[:, None]
+        confusion = numpy.bincount(cells.ravel(), minlength=len(part) * k * k).reshape(len(part), k, k).astype(float)
+        true_positive = confusion.diagonal(axis1=1, axis2=2)
+        both = confusion.sum(axis=1) + confusion.sum(axis=2)  # predicted + actual, per class
+        seen = both > 0
+        f1 = numpy.where(seen, 2 * true_positive / numpy.where(seen, both, 1), 0.0)
+        macro_f1 += [float(numpy.mean(row[mask])) for row, mask in zip(f1, seen)]  # (numpy's mean, as classification_scores')
+        accuracy += (true_positive.sum(axis=1) / n).tolist()
+    return {"accuracy_ci95": half_width(accuracy), "f1_ci95": half_width(macro_f1)}
