@@ -124,7 +124,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         longer = ("--context-length" if hf_data is None else
                   f"{'n_positions' if hf_data.get('model_type') == 'gpt2' else 'max_position_embeddings'} in {cfg.hf_config}")
         raise UsageError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; lower --seq-len, "
-                        f"or raise {longer}")
+                         f"or raise {longer}")
     place, par = cfg.placement, cfg.parallelism
     layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
                     micro_batch=place.micro_batch, seq_len=seq, activation_checkpointing=place.activation_checkpointing,
