@@ -25,12 +25,13 @@ class OptionError(UsageError, ValueError):
     or Python, which may catch it as the ValueError it also is."""
 
 
-def unused_options(unused: list[tuple[str, str]]) -> UserError:
+def unused_options(unused: list[tuple[str, str]]) -> UsageError:
     """The refusal of options that would change nothing in this run: [(flag, what it is for)].
-    Refused rather than ignored because they would still be recorded, and change the fingerprint."""
+    Refused rather than ignored because they would still be recorded, and change the fingerprint.
+    Options that do not go together: a usage error (exit 2)."""
     flags = ", ".join(flag for flag, _ in unused)
-    return UserError(f"{flags} would change nothing here ({unused[0][0]} is for {unused[0][1]}); leave "
-                     f"{'it' if len(unused) == 1 else 'them'} out")
+    return UsageError(f"{flags} would change nothing here ({unused[0][0]} is for {unused[0][1]}); leave "
+                      f"{'it' if len(unused) == 1 else 'them'} out")
 
 
 class WorkerDied(UserError):
