@@ -234,10 +234,12 @@ def inspect_command(
     from llmkit import artifacts
     from llmkit.inspect_view import print_artifact
 
-    art = artifacts.load(path)
-    if json_output:  # (what the file holds, fields this version does not know included)
-        typer.echo((art.path / artifacts.MANIFEST).read_text(encoding="utf-8"), nl=False)
+    if json_output and (path / artifacts.MANIFEST).is_file():
+        # what the file holds, fields this version does not know included, and of a damaged artifact
+        # too (when a user wants to see it; its checks refused it)
+        typer.echo((path / artifacts.MANIFEST).read_text(encoding="utf-8"), nl=False)
         return
+    art = artifacts.load(path)
     with _damage_named(path):
         print_artifact(art, artifacts.lineage(path))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 
 import numpy as np
@@ -397,7 +398,23 @@ def test_cli_train_encode_decode(cli, corpus, tmp_path):
     assert " ".join(map(str, ids)) in result.output and "␣" in result.output and f"{len(ids)} tokens" in result.output
     result = cli("tokenizer", "decode", out, *ids)
     assert result.exit_code == 0 and "the king 王" in result.output
-    assert "outside the vocabulary" in cli("tokenizer", "decode", out, "99999").output
+    refused = cli("tokenizer", "decode", out, "99999")
+    assert refused.exit_code == 2 and "outside the vocabulary" in refused.output
+    # decoded text printed as it is (a console expanded tabs and dropped carriage returns)
+    text = "a\tb\r\nc  d"
+    result = cli("tokenizer", "decode", out, *tok.encode(text))
+    assert result.exit_code == 0 and result.stdout_bytes == (text + "\n").encode(), repr(result.stdout_bytes)
+    # text that is not UTF-8 (a shell passes it as surrogates): one line, not "unexpected"
+    refused = cli("tokenizer", "encode", out, "a\udcffb")
+    assert refused.exit_code == 2 and "is not valid Unicode text" in refused.output
+    # a tokenizer.json cut or replaced is refused, as every stage refuses it (it gave other ids without a word)
+    shutil.copytree(out, tmp_path / "cut")
+    (tmp_path / "cut" / "tokenizer.json").write_text((out / "tokenizer.json").read_text()[:-40] + "}" * 4)
+    refused = cli("tokenizer", "encode", tmp_path / "cut", "the king")
+    assert refused.exit_code == 1 and "tokenizer.json has" in refused.output and "the manifest says" in refused.output
+    # inspect --json shows such an artifact's manifest as it is (its checks refused it, when a user wants to see it)
+    shown = cli("inspect", tmp_path / "cut", "--json")
+    assert shown.exit_code == 0 and shown.output == (tmp_path / "cut" / "manifest.json").read_text()
 
 
 def test_cli_config_file_and_special_tokens(cli, corpus, tmp_path):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError
 from llmkit.stage_command import argument, stage_command
 from llmkit.tokenizer.config import TokenizeConfig, TokenizerTrainConfig
 
@@ -42,9 +42,12 @@ def encode(
     from rich.text import Text
 
     from llmkit.console import out
-    from llmkit.data.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(tokenizer)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # (bytes a shell passed that are not UTF-8: the library's TypeError said "unexpected")
+        raise UsageError("TEXT is not valid Unicode text (not UTF-8); give it in UTF-8") from None
+    tok = _checked_tokenizer(tokenizer)
     ids = tok.encode(text)
     table = Table(title=f"{len(ids)} tokens, {len(text.encode('utf-8'))} bytes")
     for column in ("#", "id", "piece", "bytes"):
@@ -64,17 +67,28 @@ def decode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
     ids: Annotated[list[int], typer.Argument(help="Token ids, separated by spaces.")],
 ) -> None:
-    """Turn token ids back into text."""
-    from rich.text import Text
+    """Turn token ids back into text (negative ids after `--`)."""
+    import sys
 
-    from llmkit.console import out
-    from llmkit.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer)
+    tok = _checked_tokenizer(tokenizer)
     bad = [i for i in ids if not 0 <= i < tok.vocab_size]
     if bad:
-        raise UserError(f"token id(s) {', '.join(map(str, bad))} outside the vocabulary 0..{tok.vocab_size - 1}")
-    out.print(Text(tok.decode(ids)), soft_wrap=True)
+        raise UsageError(f"token id(s) {', '.join(map(str, bad))} outside the vocabulary 0..{tok.vocab_size - 1}")
+    # as decoded: a rich console expands tabs and drops carriage returns and other control characters
+    sys.stdout.write(tok.decode(ids) + "\n")
+    sys.stdout.flush()
+
+
+def _checked_tokenizer(path: Path):
+    """The tokenizer of a tokenizer, tokens or checkpoint artifact, after the cheap checks every stage
+    makes of its inputs (a tokenizer.json cut or replaced gave other ids without a word); a bare
+    `tokenizer/` folder as it is."""
+    from llmkit import artifacts
+    from llmkit.data.tokenizer import load_tokenizer
+
+    if (Path(path) / artifacts.MANIFEST).is_file():
+        artifacts.load(path, ("tokenizer", "tokens", "checkpoint"))
+    return load_tokenizer(path)
 
 
 def _tokenize(config: TokenizeConfig, *, corpus: Path, tokenizer: Path, out: Path, force: bool) -> None:
