@@ -74,9 +74,16 @@ def decode(
     bad = [i for i in ids if not 0 <= i < tok.vocab_size]
     if bad:
         raise UsageError(f"token id(s) {', '.join(map(str, bad))} outside the vocabulary 0..{tok.vocab_size - 1}")
-    # as decoded: a rich console expands tabs and drops carriage returns and other control characters
-    sys.stdout.write(tok.decode(ids) + "\n")
-    sys.stdout.flush()
+    from llmkit.console import out
+
+    text = tok.decode(ids)
+    if out.is_terminal:  # rich leaves out control characters, which a terminal would act on
+        from rich.text import Text
+
+        out.print(Text(text), soft_wrap=True)
+    else:  # piped or to a file: the text as decoded (rich would expand tabs and drop carriage returns), as generate's
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def _checked_tokenizer(path: Path):
