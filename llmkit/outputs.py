@@ -399,7 +399,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
                      f"run writing {out} removes it")
             if isinstance(exc, KeyboardInterrupt) and resume_key is not None:  # what a rerun does, on the error's line
                 add_advice(exc, "rerun the command to continue where it stopped" if resumable
-                           else "nothing was kept (it stopped before its first finished part); rerun the command")
+                           else "nothing was kept to continue from; rerun the command")
             raise
 
 

@@ -167,8 +167,10 @@ def _ctrl_c_deferred() -> Iterator[None]:
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...], started=None) -> None:
-    """A worker leaves Ctrl-C to the parent (which stops the pool: one message, not one traceback
-    per worker) and ends as soon as the parent does, killed or not, instead of finishing its queue.
+    """A worker leaves Ctrl-C and SIGTERM to the parent (which stops the pool: one message, not one
+    traceback per worker; a worker a group's SIGTERM killed mid-result left the pool's reader waiting
+    forever, the command hung after its error line) and ends as soon as the parent does, killed or
+    not, instead of finishing its queue.
     It marks `started` (see ordered_map) so that its death later is not taken for a failure to start."""
     import multiprocessing
     import os
@@ -176,6 +178,7 @@ def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, 
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True, name="llmkit-parent-watch").start()

@@ -378,7 +378,7 @@ def test_a_data_stage_stopped_before_its_first_finished_part_says_nothing_was_ke
     from llmkit.errors import advice_of
     from llmkit.outputs import RESUME_MARKER, atomic_directory
 
-    for marked, says in ((False, "nothing was kept (it stopped before its first finished part); rerun the command"),
+    for marked, says in ((False, "nothing was kept to continue from; rerun the command"),
                          (True, "rerun the command to continue where it stopped")):
         with pytest.raises(KeyboardInterrupt) as stopped:
             with atomic_directory(tmp_path / f"out-{marked}", resume_key="0" * 64) as tmp:
