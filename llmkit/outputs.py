@@ -380,6 +380,11 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             tmp = parent / f".{out.name}.partial-{resume_key[:16]}"
             for stale in temporaries(out, "partial"):
                 if stale != tmp:
+                    from llmkit.console import note
+
+                    # (said: on a large job a rerun from zero was silent)
+                    note(f"{stale}, the work an interrupted run kept, was for other inputs or options: removed, and "
+                         "this run starts over")
                     shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(exist_ok=True)
         try:

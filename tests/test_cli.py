@@ -387,6 +387,18 @@ def test_a_data_stage_stopped_before_its_first_finished_part_says_nothing_was_ke
                 raise KeyboardInterrupt
         assert advice_of(stopped.value) == says
         assert any(p.name.startswith(f".out-{marked}.partial-") for p in tmp_path.iterdir()) == marked
+    # a rerun with other inputs or options removes the kept work, and says so (it was silent)
+    from llmkit import console
+
+    said = []
+    original, console.note = console.note, said.append
+    try:
+        with atomic_directory(tmp_path / "out-True", resume_key="1" * 64):
+            pass
+    finally:
+        console.note = original
+    assert len(said) == 1 and "was for other inputs or options: removed, and this run starts over" in said[0], said
+    assert not any(p.name.startswith(".out-True.partial-") for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("command, says", [
