@@ -125,8 +125,8 @@ class DataParallelRun:
         if not self.batch_invariant:
             return None
         sums = torch.zeros(global_batch, 2, dtype=torch.float64)  # per position: its loss sum; 1 where it has one
-        for position, value in losses.items():
-            sums[position] = torch.tensor([value, 1.0], dtype=torch.float64)
+        if losses:  # (one indexed write for the step's sequences: this runs every step)
+            sums[list(losses)] = torch.tensor([[value, 1.0] for value in losses.values()], dtype=torch.float64)
         if self.info.distributed:  # each position's row from one rank, zeros from the others: an exact sum
             sums = dist_utils.all_reduce_sum(sums.to(self.device), self.info).cpu()
         if int(sums[:, 1].sum()) != global_batch:
