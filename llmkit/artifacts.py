@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 
 from llmkit import __version__
 from llmkit.errors import UserError
-from llmkit.outputs import RUN_MARK, atomic_directory
+from llmkit.outputs import RESUME_FILES, RUN_MARK, atomic_directory
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -482,13 +482,20 @@ class ArtifactBuilder:
         self.runtime: dict[str, Any] = {}
         self.file_filter: Iterable[str] | None = None
         self.state_names: set[str] = set()  # files listed as state_files (see Manifest)
+        # top-level name patterns of the stage's working files (a resume marker): never listed, removed
+        # only once the manifest is ready (an interruption while the files are hashed keeps them)
+        self.scratch: list[str] = []
+
+    def scratch_files(self) -> list[Path]:
+        return sorted({path for pattern in self.scratch for path in self.dir.glob(pattern)})
 
     def add_input(self, role: str, art: Artifact | RecordedInput) -> None:
         self.inputs.append(_input_ref(role, art, self.out))
 
     def manifest(self, root: Path | None = None) -> Manifest:
         root = root or self.dir
-        listed = list_files(root, self.file_filter)
+        scratch = {path.relative_to(self.dir).as_posix() for path in self.scratch_files()} if root == self.dir else set()
+        listed = {name: digest for name, digest in list_files(root, self.file_filter).items() if name not in scratch}
         manifest = Manifest(
             kind=self.kind,
             config=json.loads(canonical_json(self.config)),
@@ -536,12 +543,20 @@ def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[
     On success the manifest is written and the temporary directory renamed to `out`; on any
     exception the temporary directory is removed and `out` is left as it was. `inputs` are the
     paths the stage reads, which `out` may neither be, lie in nor contain (see check_output).
+
+    With `resume_key` (see atomic_directory) the stage's resume marker stays in the folder until
+    the manifest is ready: a stage interrupted while it finishes still leaves its work to continue.
     """
     out = Path(out)
     with atomic_directory(out, force=force, inputs=inputs, lock=lock, resume_key=resume_key) as tmp:
         builder = ArtifactBuilder(kind, tmp, out)
+        if resume_key is not None:
+            builder.scratch = list(RESUME_FILES)
         yield builder
-        _write_text_atomic(tmp / MANIFEST, builder.manifest().to_json())
+        manifest = builder.manifest()
+        for path in builder.scratch_files():
+            path.unlink()
+        _write_text_atomic(tmp / MANIFEST, manifest.to_json())
 
 
 def finalize_in_place(builder: ArtifactBuilder, files: Iterable[str]) -> Manifest:

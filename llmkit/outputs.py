@@ -353,6 +353,8 @@ def _remove_stale_temporaries(out: Path, keep_replaced: bool) -> None:
 
 
 RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue from it (llmkit.resume)
+# the marker and the arrays it names, dotted ones being writes a kill cut short
+RESUME_FILES = (RESUME_MARKER, f".{RESUME_MARKER}", "resume-*.npz", ".resume-*.npz")
 
 
 @contextlib.contextmanager

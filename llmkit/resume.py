@@ -7,7 +7,9 @@ runs' outputs. At points where everything written so far is on disk, the stage r
 completion marker there (`save`): its position in the input and the state it needs to go on
 (counters, an index, its writers' positions). A rerun `load`s it, skips the finished part of
 the input without processing it, and continues: the artifact is the same, byte for byte, as a
-run that never stopped. `remove` drops the marker before the folder becomes the artifact.
+run that never stopped. The marker stays while the stage finishes (its last files written, every
+file hashed for the manifest, which takes a while on a large output): `artifacts.create` drops it
+only once the manifest is ready, so an interruption then still leaves the work to continue from.
 
 Used by `llmkit clean` (a marker per closed shard) and `llmkit tokenize` (every few batches).
 """
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.outputs import RESUME_MARKER
+from llmkit.outputs import RESUME_FILES, RESUME_MARKER
 
 STATE = RESUME_MARKER
 
@@ -97,7 +99,7 @@ def load(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None
 
 
 def remove(directory: Path) -> None:
-    """Drop the marker before the folder becomes the artifact."""
-    for pattern in (STATE, f".{STATE}", "resume-*.npz", ".resume-*.npz"):  # dotted: a write a kill cut short
+    """Drop the marker: the run starts over (`artifacts.create` drops it itself once the manifest is ready)."""
+    for pattern in RESUME_FILES:
         for path in directory.glob(pattern):
             path.unlink()

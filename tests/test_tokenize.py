@@ -333,6 +333,54 @@ def test_tokenizer_of_a_checkpoint(corpus, tokenizer, tokens, tmp_path):
     assert {i["role"]: i["kind"] for i in art.manifest.inputs} == {"corpus": "corpus", "tokenizer": "checkpoint"}
 
 
+@pytest.mark.parametrize("stage", ["clean", "tokenizer train", "tokenize"])
+def test_a_data_stage_interrupted_while_it_finishes_keeps_its_work(stage, shared_data, corpus, tokenizer, tmp_path,
+                                                                    monkeypatch):
+    """Ctrl-C while the finished files are hashed for the manifest (minutes on a large output): the resume
+    marker is still there, and the rerun continues from it to the artifact a straight run writes. (The stages
+    dropped their markers before they finished: the whole run was lost.)"""
+    import json
+
+    from llmkit import resume
+    from llmkit.corpus import pipeline
+    from llmkit.corpus.config import CleanConfig
+
+    if stage == "clean":  # two shards of a MiB, a marker at the first
+        paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        data = tmp_path / "data.jsonl"
+        data.write_text("".join(json.dumps({"text": t if copy == 0 else t[::-1]}) + "\n" for copy in range(2) for t in paragraphs),
+                        encoding="utf-8")
+
+        def make(out):
+            pipeline.clean([str(data)], out, CleanConfig(shard_mb=1, workers=1), show_progress=False)
+    elif stage == "tokenizer train":
+        def make(out):
+            train_tokenizer([corpus], out, TokenizerTrainConfig(vocab_size=1500, seed=0, workers=1))
+    else:
+        def make(out):
+            tokenize_corpus(corpus, tokenizer, out, TokenizeConfig(batch_size=32, shard_tokens=20_000, workers=1))
+
+    make(tmp_path / "straight")
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "sub" / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(artifacts, "sha256_file", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            make(out)
+    [partial] = out.parent.glob(".out.partial-*")
+    assert (partial / "resume.json").is_file() and not out.exists()
+    loaded = []
+    load = resume.load
+    monkeypatch.setattr(resume, "load", lambda folder: loaded.append(load(folder)) or loaded[-1])
+    make(out)
+    assert loaded and loaded[0] is not None  # continued from the marker, not started over
+    assert not partial.exists() and artifacts.verify(out).ok
+    assert artifacts.load(out).fingerprint == artifacts.load(tmp_path / "straight").fingerprint
+
+
 def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_artifact(corpus, tokenizer, tmp_path):
     import subprocess
     import sys

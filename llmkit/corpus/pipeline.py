@@ -153,7 +153,6 @@ def clean(
         shards.close()
         if rejects is not None:
             rejects.close()
-        resume.remove(build.dir)
         docs_in, bytes_in, kept, bytes_out = counts["docs_in"], counts["bytes_in"], counts["kept"], counts["bytes_out"]
 
         if docs_in == 0 or bytes_in == 0:  # (an empty file is one empty document)

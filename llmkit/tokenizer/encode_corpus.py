@@ -430,7 +430,6 @@ def _encode_into(
                 checkpoint(number)
     for writer in writers.values():
         writer.close()
-    resume.remove(build_dir)
     seconds = time.perf_counter() - started
     total = sum(split_bytes.values())
     per_split = {

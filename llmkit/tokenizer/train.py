@@ -131,8 +131,7 @@ def train_tokenizer(
                                            folder=build.dir)
             train_interruptibly(tokenizer, cut_long_runs(texts), trainer)
         seconds = time.perf_counter() - started
-        resume.remove(build.dir)
-        (build.dir / SAMPLE_LOG).unlink(missing_ok=True)
+        build.scratch.append(SAMPLE_LOG)  # (with the marker, what a rerun skips the reading with)
         if sampler.docs == 0 and config.sample_bytes is not None and source.total_bytes > 0:
             raise UserError(
                 f"--sample-bytes {config.sample_bytes} drew no document from the input's {source.total_bytes:,} bytes; "
