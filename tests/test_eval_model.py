@@ -425,6 +425,41 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     assert [r["prediction"] for r in _records(tmp_path / "unstopped")] == [g.text.strip() for g in free]
 
 
+def test_nested_fields_are_reached_by_dotted_names(cli, gpt2_ckpt, loaded, shared_data, tmp_path):
+    """Hub translation sets nest each pair (`{"translation": {"de": ..., "en": ...}}`): `--field translation.de
+    --reference-field translation.en` scores the same predictions as the flattened records; a field name that
+    is no placeholder name gets the default prompt too (it was refused as a bad --prompt-template, never given)."""
+    flat = _short_rows(shared_data / "translation" / "test.jsonl", tmp_path, 4, loaded.tokenizer, "{source}\n", 12)
+    rows = [json.loads(line) for line in flat.read_text().splitlines()]
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text("".join(json.dumps({"translation": {"de": r["source"], "en": r["target"]}}) + "\n" for r in rows))
+    hyphen = tmp_path / "hyphen.jsonl"
+    hyphen.write_text("".join(json.dumps({"de-text": r["source"], "en-text": r["target"]}) + "\n" for r in rows))
+    runs = {"flat": (flat, []), "nested": (nested, ["--field", "translation.de", "--reference-field", "translation.en"]),
+            "hyphen": (hyphen, ["--field", "de-text", "--reference-field", "en-text"])}
+    for name, (data, flags) in runs.items():
+        result = cli("eval", gpt2_ckpt, "-m", "bleu,chrf", "--data", data, "--max-new-tokens", "12", *flags, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    expected = _records(tmp_path / "flat")
+    assert [r["prompt"] for r in expected] == [r["source"] + "\n" for r in rows]
+    for name in ("nested", "hyphen"):
+        assert _records(tmp_path / name) == expected and _metrics(tmp_path / name) == _metrics(tmp_path / "flat")
+    # a path that leads nowhere names the record's fields
+    result = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", nested, "--field", "translation.fr", "--reference-field",
+                 "translation.en", "-o", tmp_path / "nowhere")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "no field 'translation.fr'" in lines[0], result.output
+    # predictions scored without a model reach into their records the same way
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"out": {"text": r["prediction"]}, "ref": {"en": row["target"]}}) + "\n"
+                                   for r, row in zip(expected, rows)))
+    result = cli("eval", "--predictions", predictions, "--references", predictions, "--field", "out.text",
+                 "--reference-field", "ref.en", "-m", "bleu,chrf", "-o", tmp_path / "scored")
+    assert result.exit_code == 0, result.output
+    assert {k: v for k, v in _metrics(tmp_path / "scored").items() if k in ("bleu", "chrf")} == \
+        {k: v for k, v in _metrics(tmp_path / "flat").items() if k in ("bleu", "chrf")}
+
+
 def test_a_prompt_is_cut_only_past_what_generation_attends_to(loaded):
     """The last new token is never fed back, so a prompt of context - new + 1 tokens fits whole,
     as `llmkit generate` keeps it; one token more is cut."""

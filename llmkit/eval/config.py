@@ -56,7 +56,7 @@ class EvalConfig(Options):
                                      flags=("--predictions",), cli_type=Path | None, parse=str, panel=DATA)
     references: list[str] = option(default_factory=list, help="Reference file(s) for --predictions; repeat for more reference sets.",
                                    flags=("--references", "-r"), cli_type=list[Path], parse=path_strings, panel=DATA)
-    text_field: str | None = option(None, "JSONL field of the predictions / of the model input in --data.", flags=("--field",), panel=DATA)
+    text_field: str | None = option(None, "JSONL field of the predictions / of the model input in --data (a.b: a nested one).", flags=("--field",), panel=DATA)
     reference_field: str | None = option(None, "JSONL field of the references (default: --field or target/summary/...).", panel=DATA)
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
     labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",

@@ -275,7 +275,9 @@ def generate_predictions(loaded, cfg):
     reference_field = pick_field(records, cfg.reference_field, targets, "references (target/summary)", "--reference-field")
     # A chat checkpoint gets the (templated) input as a user message; a text-template checkpoint
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
-    default = "{" + input_field + "}" if chat else _trained_prompt(task) or "{" + input_field + "}\n"
+    # ({input} where the field's name is no placeholder name: "translation.de", "de-en")
+    placeholder = "{" + (input_field if input_field.isidentifier() else "input") + "}"
+    default = placeholder if chat else _trained_prompt(task) or placeholder + "\n"
     template = cfg.prompt_template or default
     from llmkit.data.templates import plain_fields, response_frame
 

@@ -44,10 +44,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def pick_field(records: list[dict], given: str | None, candidates: Sequence[str], what: str, flag: str,
                where: str = "the data") -> str:
     """The field holding `what`: the one given, else the first candidate the first record has;
-    every record must have it. `where` names the file or data in errors."""
+    every record must have it. `where` names the file or data in errors. A given `a.b` that is no
+    field of its own reaches into a nested one (`translation.de`, as hub translation sets hold
+    their pairs): its value is copied to each record under that name."""
     if not records:
         raise UserError(f"{where} holds no records")
     name = given
+    if name is not None and "." in name and name not in records[0] and _nested(records[0], name) is not _ABSENT:
+        for record in records:
+            value = _nested(record, name)
+            if value is not _ABSENT:
+                record[name] = value
     if name is None:
         name = next((c for c in candidates if c in records[0]), None)
         if name is None:
@@ -60,6 +67,17 @@ def pick_field(records: list[dict], given: str | None, candidates: Sequence[str]
         raise UserError(f"the records mix field names: record 1 has {name!r}, record {missing + 1} has only {fields}; "
                         f"use one name in every record (or {flag} NAME)")
     return name
+
+
+_ABSENT = object()
+
+
+def _nested(record: Any, name: str) -> Any:
+    for part in name.split("."):
+        if not isinstance(record, dict) or part not in record:
+            return _ABSENT
+        record = record[part]
+    return record
 
 
 def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag: str, allow_lists: bool) -> list:
