@@ -388,6 +388,11 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
                     note(f"{stale}, the work an interrupted run kept, was for other inputs or options: removed, and "
                          "this run starts over")
                     shutil.rmtree(stale, ignore_errors=True)
+            if tmp.is_dir() and not (tmp / RESUME_MARKER).is_file():  # (killed before its first marker: silent before)
+                from llmkit.console import note
+
+                note(f"{tmp}, left by an interrupted run of this command, holds no finished part to continue from: "
+                     "this run starts over")
             tmp.mkdir(exist_ok=True)
         try:
             yield tmp

@@ -399,6 +399,17 @@ def test_a_data_stage_stopped_before_its_first_finished_part_says_nothing_was_ke
         console.note = original
     assert len(said) == 1 and "was for other inputs or options: removed, and this run starts over" in said[0], said
     assert not any(p.name.startswith(".out-True.partial-") for p in tmp_path.iterdir())
+    # the same run's folder without a marker (SIGKILLed before its first): starting over is said too
+    partial = tmp_path / f".out-killed.partial-{'2' * 16}"
+    (partial / "shards").mkdir(parents=True)
+    said.clear()
+    console.note = said.append
+    try:
+        with atomic_directory(tmp_path / "out-killed", resume_key="2" * 64) as tmp:
+            assert tmp == partial
+    finally:
+        console.note = original
+    assert len(said) == 1 and "holds no finished part to continue from: this run starts over" in said[0], said
 
 
 @pytest.mark.parametrize("command, says", [
