@@ -263,7 +263,12 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     _one_line_error(cli("eval", "-m", "bleu", "--bleu-tokenize", "ko-mecab", "--predictions", tmp_path / "h.txt", "-r",
                         tmp_path / "h.txt", "-o", tmp_path / "h"), "--bleu-tokenize ko-mecab cannot run here")
     _one_line_error(cli("eval", ckpt, "--task", "copa", "-m", "bleu", "-o", tmp_path / "d"), "--task")
-    _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "copa: --shots 500")
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "--shots", "500", "-o", tmp_path / "e"), "copa: --shots 500",
+                    "use --shots 99 or fewer")
+    # the default metric asked for by name was ignored (every other unused option is refused)
+    refused = cli("eval", ckpt, "--task", "copa", "-m", "perplexity", "-o", tmp_path / "e")
+    _one_line_error(refused, "--task reports each benchmark's own metrics")
+    assert refused.exit_code == 2
     # refused before any task is scored: copa's pool (100) cannot give 100 shots, hellaswag's could
     scored = []
     with monkeypatch.context() as patched:
@@ -301,3 +306,29 @@ def test_a_choice_longer_than_the_context_is_counted_as_cut(exported, cli, tmp_p
     (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "The dog", "choices": ["barks.", long.strip()], "label": 0}) + "\n")
     result = cli("eval", exported / "ckpt", "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "mc")
     assert result.exit_code == 0 and "1 choice(s) longer than the model's context" in " ".join(result.output.split())
+
+
+def test_prompts_that_lose_their_start_to_the_context_are_counted_and_said(exported, cli, tmp_path):
+    """lm-eval's rule cuts a prompt from the left to the context: at 10 shots in a context of 128 every COPA
+    question loses its first demonstrations, which the run said nothing of (only of a choice cut)."""
+    from llmkit.eval.choice import score_pairs
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(exported / "ckpt")
+    context_cut: list[int] = []
+    long = "The dog barks at the moon. " * loaded.config.context_length
+    score_pairs(loaded.model, loaded.tokenizer, [("The dog", " barks."), (long, " barks.")], prefix_token=0, pad_id=0,
+                context_cut=context_cut)
+    assert context_cut == [1]
+    whole = cli("eval", exported / "ckpt", "--task", "copa", "--limit", "4", "-o", tmp_path / "whole")
+    assert whole.exit_code == 0 and "did not fit" not in whole.output
+    assert "prompts_cut" not in artifacts.load(tmp_path / "whole").stats["benchmarks"]["copa"]
+    cut = cli("eval", exported / "ckpt", "--task", "copa", "--limit", "4", "--shots", "10", "-o", tmp_path / "cut")
+    said = " ".join(cut.output.split())
+    assert cut.exit_code == 0 and "copa: 4 of 4 questions did not fit in the model's context (128 tokens)" in said, said
+    assert artifacts.load(tmp_path / "cut").stats["benchmarks"]["copa"]["prompts_cut"] == 4
+    # multiple-choice records say it too
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"question": long, "choices": ["barks.", "sings."], "label": 0}) + "\n"
+                                       + json.dumps({"question": "The dog", "choices": ["barks.", "sings."], "label": 0}) + "\n")
+    result = cli("eval", exported / "ckpt", "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "mc")
+    assert result.exit_code == 0 and "1 of 2 records did not fit" in " ".join(result.output.split()), result.output

@@ -77,7 +77,8 @@ def fewshot_prefixes(examples: list[Example], pool: list[Example], shots: int, s
     if shots == 0:
         return [""] * count
     if shots >= len(pool):
-        raise UserError(f"--shots {shots} needs more than {shots} examples in the task's pool, which has {len(pool)}")
+        raise UserError(f"--shots {shots} needs more than {shots} examples in the task's pool, which has {len(pool)}; "
+                        f"use --shots {len(pool) - 1} or fewer, or give a larger pool with --data")
     rng = random.Random(seed)
     prefixes = []
     for example in examples[:count]:
@@ -133,9 +134,12 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
                 owners.append(index)
         bar, advance = _progress_bar(len(pairs), f"{name} ({count} examples)")
         cut: list[int] = []
+        context_cut: list[int] = []
         with bar:
             logliks = score_pairs(loaded.model, loaded.tokenizer, pairs, prefix_token=start_id(loaded),
-                                  pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance, cut=cut)
+                                  pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance, cut=cut,
+                                  context_cut=context_cut)
+        prompts_cut = len({owners[i] for i in context_cut})
         per_example: list[list[float]] = [[] for _ in range(count)]
         for owner, value in zip(owners, logliks):
             per_example[owner].append(value)
@@ -155,6 +159,8 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
                 metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])
         stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs),
                                      "split": split, "lm_eval_split": task.lm_eval_split,
-                                     **({"choices_cut": len(cut)} if cut else {})}
+                                     **({"choices_cut": len(cut)} if cut else {}),
+                                     **({"prompts_cut": prompts_cut, "context_length": int(loaded.model.config.context_length)}
+                                        if prompts_cut else {})}
     stats["examples"] = sum(b["examples"] for b in stats["benchmarks"].values())
     return metrics, records, stats

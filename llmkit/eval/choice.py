@@ -46,6 +46,14 @@ class ChoiceScores:
         return int(np.argmax(np.asarray(self.logliks) / np.maximum(np.asarray(self.lengths), 1)))
 
 
+def context_cut_note(count: int, total: int, limit: int, items: str = "questions", shots: bool = True) -> str:
+    """What a run says of the prompts that lost their start to the model's context (a score of
+    other questions than the whole ones: silent before)."""
+    return (f"{count} of {total} {items} did not fit in the model's context ({limit} tokens) with an answer: the start of "
+            f"their prompt{' (the first demonstrations first)' if shots else ''} was left out, as lm-eval cuts them; a model "
+            f"with a longer context{', or fewer --shots,' if shots else ''} scores them whole")
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     spaces = len(context) - len(context.rstrip())
     if spaces:
@@ -58,20 +66,24 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 def score_pairs(
     model, tokenizer, pairs: list[tuple[str, str]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None,
-    cut: list[int] | None = None,
+    cut: list[int] | None = None, context_cut: list[int] | None = None,
 ) -> list[float]:
     """log p(continuation | context) for each (context, continuation), conditioned on the
     document-start token before the context; cut from the left to the model's context length
     (as lm-eval does). A continuation longer than the context alone is scored on its last tokens
-    only; `cut`, where given, gets the indices of such pairs (lm-eval leaves the case undefined)."""
+    only; `cut`, where given, gets the indices of such pairs (lm-eval leaves the case undefined),
+    and `context_cut` those of the others whose context lost its start (to say so)."""
     limit = int(model.config.context_length)
     requests: list[Request] = []
     for index, (context, continuation) in enumerate(pairs):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
-        seq = ([prefix_token] + context_ids + continuation_ids)[-(limit + 1) :]
+        whole = [prefix_token] + context_ids + continuation_ids
+        seq = whole[-(limit + 1) :]
         requests.append(Request(seq, min(len(continuation_ids), limit)))
         if cut is not None and len(continuation_ids) > limit:
             cut.append(index)
+        elif context_cut is not None and len(whole) > limit + 1:
+            context_cut.append(index)
     scored = [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
     if not all(math.isfinite(x) for x in scored):  # NaN loses every comparison: each answer would fall to the first choice
         raise UserError(metric_names.NOT_FINITE)
@@ -80,12 +92,16 @@ def score_pairs(
 
 def score_choices(
     model, tokenizer, examples: list[tuple[str, list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None,
-    cut: list[int] | None = None,
+    cut: list[int] | None = None, context_cut: set[int] | None = None,
 ) -> list[ChoiceScores]:
     """Each (context, choices) scored, each choice as written behind its context's delimiter
     (`continuation`); acc_norm's lengths are the choices' own. `cut`: as score_pairs', over the
-    choices in order."""
+    choices in order; `context_cut` gets the examples whose context lost its start for a choice."""
     pairs = [(context, continuation(context, choice)) for context, choices in examples for choice in choices]
+    owners = [index for index, (_, choices) in enumerate(examples) for _ in choices]
+    cut_pairs: list[int] = []
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size,
-                               progress=progress, cut=cut))
+                               progress=progress, cut=cut, context_cut=cut_pairs))
+    if context_cut is not None:
+        context_cut.update(owners[i] for i in cut_pairs)
     return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]

@@ -73,6 +73,10 @@ def print_benchmarks(result) -> None:
         table.add_row(name, str(info["examples"]), str(info["shots"]), cell(name, "acc"), cell(name, "acc_norm"))
     out.print(table)
     for name, info in result.stats["benchmarks"].items():  # scores of other questions than lm-eval's published ones
+        if info.get("prompts_cut"):
+            from llmkit.eval.choice import context_cut_note
+
+            out.print(f"note: {name}: " + context_cut_note(info["prompts_cut"], info["examples"], info["context_length"]))
         if info.get("choices_cut"):
             out.print(f"note: {name}: {info['choices_cut']} choice(s) longer than the model's context were scored on their "
                       "last tokens only (acc_norm still divides by the whole choice's length)")

@@ -415,7 +415,7 @@ def _label_index(value, names: list[str], i: int, *, class_names: bool = True) -
 
 
 def classification(loaded, cfg):
-    from llmkit.eval.choice import score_choices
+    from llmkit.eval.choice import context_cut_note, score_choices
     from llmkit.eval.metrics import classification_scores
 
     records = load_records(cfg.data, cfg.split, cfg.limit)
@@ -449,14 +449,18 @@ def classification(loaded, cfg):
             gold.append(_label_index(r[label_field], choices, i, class_names=False))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
         cut: list[int] = []
+        context_cut: set[int] = set()
         with bar:
             scores = score_choices(
                 loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size,
-                progress=advance, cut=cut
+                progress=advance, cut=cut, context_cut=context_cut
             )
-        if cut:  # as eval --task says it
-            from llmkit.console import note
+        from llmkit.console import note
 
+        if context_cut:  # as eval --task says it
+            note(context_cut_note(len(context_cut), len(examples), int(loaded.model.config.context_length), "records",
+                                  shots=False))
+        if cut:
             note(f"{len(cut)} choice(s) longer than the model's context were scored on their last tokens only "
                  "(accuracy_norm still divides by the whole choice's length)")
         predicted = [s.prediction for s in scores]
@@ -502,10 +506,17 @@ def classification(loaded, cfg):
         template = cfg.prompt_template or _trained_prompt(task) or "{" + text_field + "}\n"
         examples = [(render_template(template, r, text_field), names) for r in records]  # each behind the delimiter (score_choices)
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
+        context_cut: set[int] = set()
         with bar:
             scores = score_choices(
-                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size, progress=advance
+                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size,
+                progress=advance, context_cut=context_cut
             )
+        if context_cut:
+            from llmkit.console import note
+
+            note(context_cut_note(len(context_cut), len(examples), int(loaded.model.config.context_length), "texts",
+                                  shots=False))
         predicted = [s.prediction for s in scores]
         logliks = [s.logliks for s in scores]
         how = "label likelihood"

@@ -157,9 +157,9 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
 def _check_benchmark_plan(checkpoint: Path | None, cfg: EvalConfig) -> None:
     if checkpoint is None or cfg.predictions is not None:
         raise UserError("--task scores a checkpoint: pass one (llmkit eval CKPT --task hellaswag), not --predictions")
-    if cfg.metrics != ["perplexity"]:
-        raise UserError(f"--task reports each benchmark's own metrics (acc, acc_norm); run --metric {','.join(cfg.metrics)} "
-                        "in another llmkit eval")
+    if cfg.metrics != ["perplexity"] or cfg.was_given("metrics"):  # (the default asked for by name: ignored before)
+        raise UsageError(f"--task reports each benchmark's own metrics (acc, acc_norm); run --metric {','.join(cfg.metrics)} "
+                         "in another llmkit eval")
     if cfg.data is not None and (Path(cfg.data) / artifacts.MANIFEST).is_file():
         raise UserError(f"--data {cfg.data} is an artifact; with --task it gives the benchmark's records (.jsonl, .parquet, "
                         "or a datasets name)")
