@@ -331,6 +331,46 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     assert result.exit_code == 1 and "outputs are not finite" in result.output, result.output
 
 
+def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory_says(cli, gpt2_ckpt, shakespeare, tmp_path):
+    """--bootstrap gives perplexity, byte_perplexity and bpb (the scored windows resampled) and multiple choice's
+    accuracy_norm their intervals too: within 15% of the delta method's (perplexity: a ratio of sums) and of
+    1.96·√(p(1−p)/n) on 400 one-window documents and 300 questions."""
+    import math
+
+    lines = [line for line in shakespeare[100_000:].splitlines() if len(line.split()) >= 6][:400]
+    (tmp_path / "lines.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    result = cli("eval", gpt2_ckpt, "--data", tmp_path / "lines.jsonl", "--bootstrap", "1000", "-o", tmp_path / "ppl")
+    assert result.exit_code == 0, result.output
+    metrics, documents = _metrics(tmp_path / "ppl"), _records(tmp_path / "ppl")
+    assert len(documents) == 400 and all(d["tokens"] < CONTEXT for d in documents)  # one window each
+    nll, tokens, n_bytes = (np.array([d[key] for d in documents], dtype=float) for key in ("nll", "tokens", "bytes"))
+    rate = nll.sum() / tokens.sum()
+    theory = {"perplexity_ci95": 1.96 * math.exp(rate) * math.sqrt(((nll - rate * tokens) ** 2).sum()) / tokens.sum()}
+    bpb = nll.sum() / (n_bytes.sum() * math.log(2))
+    theory["bpb_ci95"] = 1.96 * math.sqrt(((nll / math.log(2) - bpb * n_bytes) ** 2).sum()) / n_bytes.sum()
+    for name, expected in theory.items():
+        assert abs(metrics[name] - expected) < 0.15 * expected, (name, metrics[name], expected)
+    assert metrics["byte_perplexity_ci95"] > 0 and "word_perplexity_ci95" not in metrics
+    # one long text: its windows are resampled
+    (tmp_path / "book.txt").write_text(shakespeare[100_000:130_000])
+    result = cli("eval", gpt2_ckpt, "--data", tmp_path / "book.txt", "--bootstrap", "200", "-o", tmp_path / "book")
+    assert result.exit_code == 0 and 0 < _metrics(tmp_path / "book")["perplexity_ci95"] < 0.2 * _metrics(tmp_path / "book")["perplexity"]
+    # multiple choice: a line's end against another line's
+    rows = []
+    for i in range(300):
+        words, other = lines[i].split(), lines[(i + 7) % 400].split()
+        half = len(words) // 2
+        choices = [" ".join(words[half:]), " ".join(other[len(other) // 2 :])]
+        rows.append({"query": " ".join(words[:half]), "choices": choices[:: 1 if i % 2 else -1], "label": 0 if i % 2 else 1})
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "--bootstrap", "1000", "-o", tmp_path / "mc")
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(tmp_path / "mc")
+    p = metrics["accuracy_norm"]
+    expected = 1.96 * math.sqrt(p * (1 - p) / 300)
+    assert 0.2 < p < 0.9 and abs(metrics["accuracy_norm_ci95"] - expected) < 0.15 * expected, (metrics, expected)
+
+
 def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_data, tmp_path):
     from sklearn.metrics import accuracy_score, f1_score
 

@@ -73,6 +73,8 @@ class PerplexityResult:
     bytes: int = 0
     documents: int = 0
     per_document: list[dict] = field(default_factory=list)
+    # (nll, tokens, bytes) of each scored window: the units --bootstrap resamples
+    windows: list[tuple[float, int, float]] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -84,6 +86,20 @@ class PerplexityResult:
         out["byte_perplexity"] = _exp(self.nll / self.bytes)
         out["bpb"] = self.nll / (self.bytes * math.log(2))
         return out
+
+    def intervals(self, n_bootstrap: int) -> dict[str, float]:
+        """95% intervals (half-widths) of perplexity, byte_perplexity and bpb: the scored windows
+        resampled (a block bootstrap: a long text's windows are blocks of up to the context's
+        length of tokens, a short document's its one window), with sacrebleu's seed. A word count
+        is a document's, not a window's: word_perplexity gets none."""
+        from llmkit.eval.metrics._refs import half_width, resampled_sums
+
+        nll, tokens, n_bytes = resampled_sums(list(zip(*self.windows)), n_bootstrap)
+        tokens, n_bytes = np.maximum(tokens, 1), np.maximum(n_bytes, 1)  # (a resample of windows without a scored token)
+        exponent = np.minimum(nll / tokens, _MAX_EXPONENT)
+        return {"perplexity_ci95": half_width(np.exp(exponent).tolist()),
+                "byte_perplexity_ci95": half_width(np.exp(np.minimum(nll / n_bytes, _MAX_EXPONENT)).tolist()),
+                "bpb_ci95": half_width((nll / (n_bytes * math.log(2))).tolist())}
 
 
 def document_from_text(text: str, tokenizer) -> Document:
@@ -115,15 +131,22 @@ def score_documents(
     scored_bytes = [0] * len(documents)
     predicted = [0] * len(documents)  # a document's windows predict its tokens in order, each once
     scored = token_bytes > 0
+    windows = []
     for request, lp, d in zip(requests, logprobs, owners):
         targets = np.asarray(request.seq[-request.n :], dtype=np.int64)
         learned = documents[d].learned
         keep = scored[targets] if learned is None else np.asarray(learned[predicted[d] : predicted[d] + request.n], dtype=bool)
         predicted[d] += request.n
-        nll[d] -= float(lp.numpy()[keep].sum())
-        counted[d] += int(keep.sum())
-        scored_bytes[d] += int(token_bytes[targets][keep].sum())
+        window = (-float(lp.numpy()[keep].sum()), int(keep.sum()), int(token_bytes[targets][keep].sum()))
+        windows.append(window)
+        nll[d] += window[0]
+        counted[d] += window[1]
+        scored_bytes[d] += window[2]
     result = PerplexityResult()
+    # a window's bytes in the document's own count (its text's, where known: what bpb divides by)
+    result.windows = [(nll_w, tokens_w, bytes_w * documents[d].bytes / scored_bytes[d]
+                       if documents[d].bytes is not None and scored_bytes[d] else bytes_w)
+                      for (nll_w, tokens_w, bytes_w), d in zip(windows, owners)]
     for d, doc in enumerate(documents):
         n_bytes = doc.bytes if doc.bytes is not None else scored_bytes[d]
         record = {"document": d if doc.index is None else doc.index, "tokens": counted[d], "bytes": n_bytes, "nll": nll[d]}

@@ -112,7 +112,8 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
                   "a datasets name given as --data, or a --task's bundled data"),
         "rolling_context": (bool(lm) and scoring_model, "perplexity"),
         "shots": (bool(cfg.tasks), "--task benchmarks"),
-        "bootstrap": (not cfg.tasks and bool(text or cls), "BLEU, chrF, ROUGE, accuracy and F1 (a --task benchmark has its stderr)"),
+        "bootstrap": (not cfg.tasks and bool(text or cls or lm), "confidence intervals of the scores (a --task benchmark has "
+                      "its stderr)"),
     }
     from llmkit.options import flat_options
 
@@ -279,6 +280,8 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             if lm:
                 result = model_tasks.perplexity(loaded, cfg)
                 metrics.update(result.metrics)
+                if cfg.bootstrap:
+                    metrics.update(result.intervals(cfg.bootstrap))
                 if "word_perplexity" in lm and "word_perplexity" not in result.metrics:  # (asked for by name)
                     from llmkit.console import note
 
@@ -308,6 +311,11 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             labelled = [r for r in records if r["task"] in ("classification", "multiple_choice")]
             metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
                                                     cfg.bootstrap))
+            if "accuracy_norm" in metrics:  # (multiple choice: the same resamples)
+                from llmkit.eval.metrics._refs import half_width, resampled_sums
+
+                [correct] = resampled_sums([[float(r["prediction_norm"] == r["label"]) for r in labelled]], cfg.bootstrap)
+                metrics["accuracy_norm_ci95"] = half_width((correct / len(labelled)).tolist())
         for name, value in metrics.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{name} came out as {value}; {metric_names.NOT_FINITE}")

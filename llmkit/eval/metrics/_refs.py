@@ -71,3 +71,22 @@ def resamples(count: int, n_bootstrap: int):
     import numpy
 
     return numpy.random.default_rng(BOOTSTRAP_SEED).choice(count, size=(n_bootstrap, count), replace=True)
+
+
+def resampled_sums(columns: Sequence[Sequence[float]], n_bootstrap: int) -> list:
+    """Each column (a value per unit: an example, a scored window) summed over each of `n_bootstrap`
+    resamples of the units: arrays [n_bootstrap]. Drawn as `resamples` draws them, a slice of the
+    resamples at a time, whose indices stay within ~80 MB however many units (the same draws as
+    `resamples` gives while they fit in one slice)."""
+    import numpy
+
+    values = [numpy.asarray(column, dtype=numpy.float64) for column in columns]
+    count = len(values[0])
+    rng = numpy.random.default_rng(BOOTSTRAP_SEED)
+    step = max(1, 10_000_000 // max(count, 1))
+    sums: list[list] = [[] for _ in values]
+    for start in range(0, n_bootstrap, step):
+        draws = rng.choice(count, size=(min(step, n_bootstrap - start), count), replace=True)
+        for parts, column in zip(sums, values):
+            parts.append(column[draws].sum(axis=1))
+    return [numpy.concatenate(parts) for parts in sums]
