@@ -66,23 +66,42 @@ def connected(address: str | None) -> Iterator[Any]:
     if address:
         _check_reachable(address)
     import signal
-    import threading
     import warnings
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    from llmkit.parallel import _ctrl_c_deferred
+
+    # ray.init takes SIGTERM over: in Python (sys.exit(15)) on the main thread, and in C (its core worker's
+    # handler, then the default action after ray.shutdown) from any thread, as tokenizer train's reading
+    # thread starts it. Both are put back, so that a kill stops the stage as Ctrl-C does; Ctrl-C and SIGTERM
+    # during the start are held to its end (one landing in a fork hook of the start was lost: the run went on).
+    sigterm_action = _c_signal_action(signal.SIGTERM)
+    stopped = False
     try:
-        with warnings.catch_warnings():  # (Ray's own warnings about the client would come before the one line)
-            warnings.simplefilter("ignore")
-            # "local": a new instance for this run, as the option says (with no address Ray joins any cluster
-            # already running on this machine, or RAY_ADDRESS's)
-            ray.init(address=address or "local", **options)
+        with _ctrl_c_deferred():
+            try:
+                with warnings.catch_warnings():  # (Ray's own warnings about the client would come before the one line)
+                    warnings.simplefilter("ignore")
+                    # "local": a new instance for this run, as the option says (with no address Ray joins any cluster
+                    # already running on this machine, or RAY_ADDRESS's)
+                    ray.init(address=address or "local", **options)
+            except SystemExit as exc:  # Ray's own SIGTERM handler met one, late in the start
+                if exc.code != signal.SIGTERM:
+                    raise
+                stopped = True
+            finally:
+                _put_back(signal.SIGTERM, sigterm_action)
     except ConnectionError as exc:
         reason = " ".join(str(exc).split()).split(". ")[0]  # its first sentence, whole
         raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); start one with "
                         "`ray start --head` there, or check --ray-address") from None
-    if main_thread and on_sigterm is not None:  # ray.init takes SIGTERM over: a kill stops the stage as Ctrl-C does again
-        signal.signal(signal.SIGTERM, on_sigterm)
+    except BaseException:
+        ray.shutdown()  # (a Ctrl-C held to the end of the start)
+        _put_back(signal.SIGTERM, sigterm_action)
+        raise
+    if stopped:
+        ray.shutdown()
+        _put_back(signal.SIGTERM, sigterm_action)
+        signal.raise_signal(signal.SIGTERM)  # to the handler put back: the stage's stop, on this line
     session = None if address not in (None, "", "local") else _session_folder(ray)
     finished = False
     try:
@@ -93,6 +112,7 @@ def connected(address: str | None) -> Iterator[Any]:
         raise
     finally:
         ray.shutdown()
+        _put_back(signal.SIGTERM, sigterm_action)
         # the local instance's logs and sockets (/tmp/ray/session_*): one a run, never reused; a failed run's stay
         if session is not None and finished:
             import shutil
@@ -101,6 +121,25 @@ def connected(address: str | None) -> Iterator[Any]:
             latest = session.parent / "session_latest"
             if latest.is_symlink() and not latest.exists():
                 latest.unlink(missing_ok=True)
+
+
+def _c_signal_action(number: int):
+    """A signal's action as the C library holds it (a `struct sigaction`, kept opaque), or None. Python's
+    own `signal.signal` cannot put a handler back from a thread other than the main one."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        action = ctypes.create_string_buffer(512)  # (larger than any libc's struct sigaction)
+        return (libc, action) if libc.sigaction(number, None, action) == 0 else None
+    except (OSError, AttributeError):  # (no sigaction: not POSIX)
+        return None
+
+
+def _put_back(number: int, saved) -> None:
+    if saved is not None:
+        libc, action = saved
+        libc.sigaction(number, action, None)
 
 
 def _session_folder(ray) -> Path | None:
@@ -223,6 +262,8 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
             while pending:
                 yield _unwrap(_get(ray, pending.popleft()))
         finally:
+            for ref in pending:  # (killed with batches in flight, the actors' retries were announced on stdout)
+                ray.cancel(ref)
             for actor in actors:
                 ray.kill(actor)
 

@@ -339,3 +339,109 @@ def test_a_caller_that_stops_reading_removes_the_session_folder_and_one_that_fai
             assert len([p for p in os.scandir(used) if p.name.startswith("session_2")]) == sessions_left, case
         finally:
             shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_sigterm_reaches_the_stage_after_ray_starts_in_another_thread(tmp_path):
+    """tokenizer train starts Ray from its reading thread: Ray's C handler then took SIGTERM over (a kill
+    aborted the process with a C++ stack dump) and left the default action after ray.shutdown (a kill ended it
+    without a word). The process's own handler is put back: it runs for a kill during the run and after it."""
+    import subprocess
+    import tempfile
+
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "from llmkit.executor import ray_ordered_map\n"
+        "got = []\n"
+        "signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))\n"
+        "started, go_on = threading.Event(), threading.Event()\n"
+        "def work():\n"
+        "    results = ray_ordered_map(abs, range(8), workers=1, address=None)\n"
+        "    next(results)\n"
+        "    started.set()\n"
+        "    go_on.wait()\n"
+        "    list(results)\n"
+        "thread = threading.Thread(target=work)\n"
+        "thread.start()\n"
+        "started.wait()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.5)\n"
+        "print('during', got, flush=True)\n"
+        "go_on.set()\n"
+        "thread.join()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.5)\n"
+        "print('after', got, flush=True)\n"
+    )
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.split("\n")[:2] == ["during [15]", "after [15, 15]"], result.stdout
+
+
+def test_a_signal_while_ray_starts_stops_the_stage_after_the_start(tmp_path):
+    """SIGTERM late in ray.init met Ray's own handler (sys.exit(15): exit 15, no line); Ctrl-C early in it
+    could land in a fork hook and be lost (the run went on). Both are held to the start's end, then raised
+    as the stage's stop, with the process's handler back in place."""
+    import subprocess
+
+    script = (
+        "import os, signal, sys\n"
+        "import ray\n"
+        "from llmkit.errors import Terminated\n"
+        "from llmkit.executor import connected\n"
+        "def ours(signum, frame):\n"
+        "    raise Terminated()\n"
+        "signal.signal(signal.SIGTERM, ours)\n"
+        "finished = []\n"
+        "def init(**options):\n"
+        "    if sys.argv[1] == 'SIGTERM':\n"
+        "        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as Ray's start does\n"
+        "    os.kill(os.getpid(), getattr(signal, sys.argv[1]))\n"
+        "    sum(range(100000))\n"
+        "    finished.append(True)\n"
+        "ray.init = init\n"
+        "try:\n"
+        "    with connected(None):\n"
+        "        print('went on')\n"
+        "except Terminated:\n"
+        "    print('terminated', finished, signal.getsignal(signal.SIGTERM) is ours)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', finished, signal.getsignal(signal.SIGTERM) is ours)\n"
+    )
+    for signal_name, said in (("SIGTERM", "terminated [] True"), ("SIGINT", "interrupted [True] True")):
+        result = subprocess.run([sys.executable, "-c", script, signal_name], capture_output=True, text=True, timeout=120)
+        assert result.stdout.strip() == said, (signal_name, result.stdout, result.stderr[-2000:])
+
+
+def test_a_run_stopped_with_batches_in_flight_prints_nothing_of_rays(tmp_path):
+    """The workers were killed with batches in flight, whose retries Ray announced on stdout ("(raylet) Task
+    _Worker.run failed. There are 3 retries remaining", in colour even when piped): cancelled first."""
+    import subprocess
+    import tempfile
+
+    script = (
+        "import time\n"
+        "from llmkit.executor import ray_ordered_map\n"
+        "def slow(x):\n"
+        "    time.sleep(1.5)\n"
+        "    return x\n"
+        "results = ray_ordered_map(slow, range(20), workers=2, address=None)\n"
+        "print('first', next(results), flush=True)\n"
+        "results.close()\n"
+        "time.sleep(2)\n"
+    )
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0 and result.stdout == "first 0\n", (result.stdout, result.stderr[-2000:])
