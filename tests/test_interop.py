@@ -218,12 +218,35 @@ def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_p
     theirs.save_pretrained(edited)
     result = cli("import", edited, "-o", tmp_path / "edited")
     said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "tokenizer_config.json changed since llmkit exported" in said and "(task)" in said, said
+    assert result.exit_code == 0 and "tokenizer_config.json changed since llmkit exported" in said and "(task, end_of_turn)" in said, said
     again = load_checkpoint(tmp_path / "edited")
     assert again.task is None and again.tokenizer.own_chat_template == CHATML
     # the parts of the record those files do not bear on still hold: the document start, the model config
     assert artifacts.load(tmp_path / "edited").config["document_start"] == artifacts.load(tmp_path / "back").config["document_start"]
     assert again.config == back.config
+
+
+def test_a_chat_finetune_whose_template_was_edited_in_transformers_keeps_its_stops(cli, tmp_path, tokenizer_dir):
+    """Its export records no end-of-turn tokens (the task's role tokens stop it) and lists them in
+    generation_config.json; with the template edited, import dropped the task but still trusted the empty
+    record: the checkpoint had no stops but eos, and its next export let transformers run past the turn."""
+    from transformers import AutoTokenizer
+
+    from llmkit.data.templates import resolve_template
+
+    base = make_checkpoint(tmp_path, "base", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
+    tuned = _with_task(base, {"task": "sft", "template": resolve_template("chat"), "format_version": 1}, tmp_path / "chat")
+    assert cli("export", tuned, "-o", tmp_path / "chat-hf").exit_code == 0
+    stops = json.loads((tmp_path / "chat-hf" / "generation_config.json").read_text())["eos_token_id"]
+    assert isinstance(stops, list) and len(stops) > 1
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "chat-hf", local_files_only=True)
+    theirs.chat_template = CHATML
+    theirs.save_pretrained(tmp_path / "chat-hf")
+    assert cli("import", tmp_path / "chat-hf", "-o", tmp_path / "back").exit_code == 0
+    back = load_checkpoint(tmp_path / "back")
+    assert back.task is None and sorted(back.tokenizer.end_ids) == sorted(stops)
+    assert cli("export", tmp_path / "back", "-o", tmp_path / "again-hf").exit_code == 0
+    assert sorted(json.loads((tmp_path / "again-hf" / "generation_config.json").read_text())["eos_token_id"]) == sorted(stops)
 
 
 def test_sentencepiece_style_tokenizers_have_no_marker_at_the_prompt_response_seam():

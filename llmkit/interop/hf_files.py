@@ -129,7 +129,8 @@ PROVENANCE_FILES = {
     "model_config": {"config.json"},
     "task": {"tokenizer_config.json", "chat_template.jinja", "tokenizer.json"},
     "tokenizer_post_processor": {"tokenizer.json"},
-    "end_of_turn": {"generation_config.json"},
+    # (an export of a chat fine-tune records none: its task's role tokens are the stops, and go stale with it)
+    "end_of_turn": {"generation_config.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.json"},
 }
 
 

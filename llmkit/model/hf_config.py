@@ -34,10 +34,12 @@ SILU = ("silu", "swish")
 def hf_family(config: ModelConfig) -> str:
     """"gpt2" or "llama" for a config transformers can run exactly; UserError otherwise."""
     if config.arch != "gpt":
-        raise UserError(f"only Transformer checkpoints export to transformers, this one is arch={config.arch!r}")
+        raise UserError(f"only Transformer checkpoints export to transformers, this one is arch={config.arch!r}; use it with "
+                        "llmkit generate and eval, or pretrain a Transformer (--arch gpt) to export")
     if config.objective != "clm":
         raise UserError(
-            f"only causal LMs export as transformers CausalLM models, this one has objective={config.objective!r}"
+            f"only causal LMs export as transformers CausalLM models, this one has objective={config.objective!r}; fine-tune "
+            "a classifier from it with llmkit finetune --task classify, or pretrain with --objective clm to export"
         )
     style = dict(norm=config.norm, pos=config.pos, activation=config.activation)
     if style == GPT2_STYLE:
