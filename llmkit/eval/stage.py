@@ -136,7 +136,7 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
     """Refuse impossible combinations before loading anything."""
     if cfg.predictions is not None:
         if lm and cfg.was_given("metrics") is False:  # perplexity by default, not asked for
-            raise UserError("scoring --predictions needs --metric (bleu, chrf, rouge, accuracy, f1, ...); the default, "
+            raise UsageError("scoring --predictions needs --metric (bleu, chrf, rouge, accuracy, f1, ...); the default, "
                             "perplexity, needs a model")
         if lm:
             raise UserError(f"{', '.join(lm)} {'needs' if len(lm) == 1 else 'need'} a model: pass a checkpoint and --data, "
@@ -148,7 +148,7 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
             raise UserError(f"{needing}: scoring predictions needs references; pass --references FILE")
         return
     if cfg.references:
-        raise UserError("--references goes with --predictions; to evaluate a checkpoint pass --data instead")
+        raise UsageError("--references goes with --predictions; to evaluate a checkpoint pass --data instead")
     if checkpoint is None:
         raise UserError("nothing to evaluate: pass a checkpoint (llmkit eval CKPT --data D) or --predictions P --references R")
     if cfg.data is None:

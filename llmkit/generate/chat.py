@@ -41,9 +41,9 @@ class ChatSession:
                             "so it cannot chat (an imported GPT-2 or Llama has none): continue text with llmkit generate "
                             "--prompt, or fine-tune it on prompt/response pairs (llmkit finetune --template plain) and generate")
         elif system:
-            from llmkit.errors import UserError
+            from llmkit.errors import UsageError
 
-            raise UserError(f"this checkpoint uses the text template {self.template['name']!r}, which has no system message; leave out --system")
+            raise UsageError(f"this checkpoint uses the text template {self.template['name']!r}, which has no system message; leave out --system")
         self.system = system
         self.history: list[dict[str, str]] = []
         self.generator = Generator(model, tokenizer, compile=compile)

@@ -27,7 +27,7 @@ import weakref
 
 import torch
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 
 # Cache lengths are rounded up to a multiple of this (the attention reads the whole cache: rounding
 # costs up to 127 slots). The compiled step takes any cache length, so this no longer decides how
@@ -53,7 +53,7 @@ def check_compilable(model) -> None:
         raise UserError(f"--compile needs a single Transformer checkpoint; this is {what}: leave out --compile")
     device = next(model.parameters()).device.type
     if device not in ("cpu", "cuda"):
-        raise UserError(f"--compile works on cpu and cuda, not {device}; leave out --compile or pick --device cpu")
+        raise UsageError(f"--compile works on cpu and cuda, not {device}; leave out --compile or pick --device cpu")
     if device == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
         raise UserError("--compile on CPU needs a C++ compiler (g++ or clang++) on PATH; install one or leave out --compile")
 

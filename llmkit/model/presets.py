@@ -55,10 +55,10 @@ def resolve_model_config(preset: str, vocab_size: int, overrides: dict[str, Any]
     if values.get("arch") == "lstm":
         unused = [key for key in TRANSFORMER_ONLY if (overrides or {}).get(key) is not None]
         if unused:
-            raise UserError(f"the LSTM has no {', '.join('--' + key.replace('_', '-') for key in unused)} (attention, positions, "
+            raise UsageError(f"the LSTM has no {', '.join('--' + key.replace('_', '-') for key in unused)} (attention, positions, "
                             "norms and MLP are the Transformer's); leave them out, or choose a Transformer preset")
         if (overrides or {}).get("objective") == "mlm":
-            raise UserError("--objective mlm needs a Transformer: the LSTM reads left to right; leave out --objective or "
+            raise UsageError("--objective mlm needs a Transformer: the LSTM reads left to right; leave out --objective or "
                             "choose a Transformer preset")
         # A Transformer preset's values of them (`--model tiny --arch lstm`) would give one LSTM
         # another config and fingerprint than `--model lstm` (average refused the pair): the lstm

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 
 ERROR_FILE = "error.txt"
 
@@ -214,7 +214,7 @@ def relaunch(
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nnodes > 1:
         if not master_addr:
-            raise UserError("multi-node training needs --master-addr (the address of node 0) and --master-port")
+            raise UsageError("multi-node training needs --master-addr (the address of node 0) and --master-port")
         command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port or 29500}"]
     else:
         command += ["--standalone"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError
 from llmkit.model import sequence_grads
 
 
@@ -20,7 +20,7 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
 
     blocks = getattr(model, "blocks", None)
     if not blocks:
-        raise UserError("--activation-checkpointing recomputes Transformer blocks; this model (an LSTM) has none: leave it out")
+        raise UsageError("--activation-checkpointing recomputes Transformer blocks; this model (an LSTM) has none: leave it out")
     for block in blocks.children():  # a ModuleList, or a pipeline stage's ModuleDict (whose iteration gives names)
         forward = block.forward
 
