@@ -20,7 +20,8 @@ Inputs, from ${LLMKIT_SHARED_DATA:-../shared/data}, written once:
 
 Measured:
   clean        `pipeline.clean` with the default preset (exact + near dedup on), one worker: wall and
-               CPU MB/s, CPU seconds per MB, peak RSS of the process
+               CPU MB/s, CPU seconds per MB, peak RSS of the process; with --baseline both trees must
+               write the same artifact (fingerprint) on every input, or the script fails at the end
   minhash      band keys alone (MinHasher, batches of 256 documents as the stage makes them): MB/s
   index        the LSH index alone for --index-docs kept documents of random keys: bytes per million
                documents (growth of the resident memory of a fresh process) and seconds; the old index is the per-band
@@ -261,6 +262,7 @@ def main() -> None:
         def median(rows: list[dict], key: str) -> float:
             return statistics.median(r[key] for r in rows)
 
+        differ = []  # inputs whose output changed between the trees: their speed-up compares unlike work
         print("\nmedians over rounds (MB/s of input text; CPU = user + system of the process)")
         for mode, name in jobs:
             mb = inputs[name]["mb"]
@@ -279,8 +281,10 @@ def main() -> None:
                 walls = [o["wall"] / n["wall"] for o, n in zip(old_rows, new_rows)]
                 same = ""
                 if mode == "clean":
-                    same = ", same fingerprint" if all(o["fingerprint"] == n["fingerprint"] for o, n in zip(old_rows, new_rows)) \
-                        else ", FINGERPRINTS DIFFER"
+                    alike = all(o["fingerprint"] == n["fingerprint"] for o, n in zip(old_rows, new_rows))
+                    same = ", same fingerprint" if alike else ", FINGERPRINTS DIFFER"
+                    if not alike:
+                        differ.append(name)
                     rss = median(old_rows, "peak_rss_mb") / median(new_rows, "peak_rss_mb")
                     same += f", peak RSS old/new {rss:.2f}x"
                 print(f"{'':19s} speed-up new/old: cpu {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}), "
@@ -294,6 +298,8 @@ def main() -> None:
                   f"{median(rows, 'cpu') / million:5.2f} cpu s per million")
         kept_lines = results[("clean", "lines", "new")][0]["kept"]
         print(f"\n(the lines input keeps {kept_lines} of {inputs['lines']['documents']} documents)")
+        if differ:
+            raise SystemExit(f"clean's output differs between {args.baseline} and this tree on: {', '.join(differ)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

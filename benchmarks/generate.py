@@ -10,7 +10,8 @@ class (`llmkit.model.hf_weights`), and times greedy generation of --new-tokens t
 --prompt-len tokens at batch 1 and batch 8 (left-padded, prompts of different lengths) on both
 sides, after a warm-up. The sides alternate over --repeats rounds, each going first in every
 other round (benchmarks/paired.py), so load from other processes hits both alike; printed:
-tokens/s = rows x new tokens / seconds (best round), and the median over rounds of each round's
+tokens/s = rows x new tokens / seconds (best round), tokens per CPU-second (all threads, best
+round) per side, and the median over rounds of each round's
 llmkit / transformers ratio, of wall time and of CPU time (all threads). EOS is ignored on both
 sides so every row generates the same number of tokens: both do the same work. The greedy tokens
 must agree: a row may differ only late, where float rounding flips a near-tie (the run fails if a
@@ -172,7 +173,8 @@ def main() -> None:
         from llmkit.inference.compiled import CompiledDecoder
 
         decoder = CompiledDecoder(model)
-    print(f"{'batch':>5}  {'llmkit tok/s':>13}  {'transformers tok/s':>19}  {'wall ratio':>10}  {'CPU ratio':>9}  same tokens")
+    print(f"{'batch':>5}  {'llmkit tok/s':>13}  {'transformers tok/s':>19}  {'llmkit tok/CPU-s':>16}  "
+          f"{'transformers tok/CPU-s':>22}  {'wall ratio':>10}  {'CPU ratio':>9}  same tokens")
     failures = []
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = prompts_for(batch, args.prompt_len, c.vocab_size)
@@ -195,6 +197,7 @@ def main() -> None:
         # float reordering may flip a near-tie argmax late in a sequence: reported; an early difference is a bug
         agree, shortest = agreement(ours[-1].result, theirs[-1].result)
         print(f"{batch:>5}  {tokens / min(t.wall for t in ours):>13.1f}  {tokens / min(t.wall for t in theirs):>19.1f}  "
+              f"{tokens / min(t.cpu for t in ours):>16.1f}  {tokens / min(t.cpu for t in theirs):>22.1f}  "
               f"{wall:>9.2f}x  {cpu:>8.2f}x  {agree}/{batch} rows (all rows equal for the first {shortest} tokens)")
         if shortest < min(8, args.new_tokens) or 2 * agree < batch:
             failures.append(f"batch {batch}: the two sides generated other tokens ({agree}/{batch} rows equal, "

@@ -45,6 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from paired import median  # (benchmarks/ is on the path when run as a script)
 SHARED = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -105,8 +106,7 @@ def timed_steps(args, step) -> dict:
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     tokens = args.batch * args.seq
-    wall = sorted(walls[args.warmup :])[len(walls[args.warmup :]) // 2]
-    cpu = sorted(cpus[args.warmup :])[len(cpus[args.warmup :]) // 2]
+    wall, cpu = median(walls[args.warmup :]), median(cpus[args.warmup :])
     # the peak before any profiling, whose buffers would count on a CPU
     result = {"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / max(cpu, 1e-9), "final_loss": loss,
               "peak_mb": peak_memory_mb(args.device)}
@@ -422,12 +422,6 @@ def run_side(args, name: str, extra: list[str]) -> dict:
     if proc.returncode != 0 or not lines:
         sys.exit(f"{name} side failed:\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])
-
-
-def median(values: list[float]) -> float:
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
 
 
 def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:

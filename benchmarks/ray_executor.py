@@ -8,7 +8,8 @@
 Measures, in one run, alternating the sides each round (the machine is shared): MB/s of clean
 (the web preset's rules and MinHash dedup, as benchmarks/clean.py runs them), of tokenizer train
 (a 4 MB sample drawn from the whole input as text files, vocabulary 4096) and of tokenize,
-with 1 and 2 workers, on the local executor (spawned processes) and on a local Ray instance
+with 1 and 2 workers, on the local executor (1 worker: the work runs in this process itself;
+2: spawned worker processes, or threads of this process for tokenize) and on a local Ray instance
 (actors). Each Ray run starts and stops its own Ray instance, as a user's command does without
 --ray-address; that fixed cost is measured on its own and printed. CPU time is printed for the
 local side only: Ray's workers are not this process's children, so their CPU time is not visible

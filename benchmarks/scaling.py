@@ -13,7 +13,8 @@ Sides, in one process, alternating over --rounds rounds (benchmarks/paired.py):
              to [0, 5], the best kept; the same bootstrap (the same seeded draws, 3 starts each).
 Both run on one BLAS thread (threadpoolctl), as llmkit's fit does. The points are a known law
 (Hoffmann et al.'s constants) on a 6 x 6 grid of sizes and token counts with 0.5 % noise; printed:
-each side's wall and CPU time, the paired median ratio, and both optima (the objective and the
+each side's wall and CPU time (and CPU time per fit: the grid's and each bootstrap refit), the
+paired median ratio, and both optima (the objective and the
 constants), which must agree.
 """
 
@@ -111,9 +112,11 @@ def main() -> None:
     ours, (theta, value, samples) = runs["llmkit"][-1].result, runs["scipy"][-1].result
     print(f"Chinchilla fit, {len(n)} points, {args.grid} grid ({ours.starts} starts), {args.bootstrap} bootstrap refits, "
           f"{args.rounds} rounds alternating, one BLAS thread")
+    fits = 1 + args.bootstrap  # the grid's fit and the refits: the same on both sides
     for side, label in (("llmkit", "llmkit (batched Gauss-Newton)"), ("scipy", "scipy L-BFGS-B, start by start")):
         walls, cpus = [t.wall for t in runs[side]], [t.cpu for t in runs[side]]
-        print(f"  {label:32s} wall {min(walls):8.2f} s best, CPU {min(cpus):8.2f} s best")
+        print(f"  {label:32s} wall {min(walls):8.2f} s best, CPU {min(cpus):8.2f} s best, "
+              f"{min(cpus) / fits:8.4f} CPU-s per fit ({fits} fits: the grid's and {args.bootstrap} bootstrap refits)")
     wall = median([s.wall / o.wall for o, s in zip(runs["llmkit"], runs["scipy"])])
     cpu = median([s.cpu / o.cpu for o, s in zip(runs["llmkit"], runs["scipy"])])
     print(f"  speed ratio llmkit / scipy, paired median: wall {wall:.1f}x   CPU {cpu:.1f}x")

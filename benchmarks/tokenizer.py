@@ -12,7 +12,9 @@
 (b) Encoding, 10x corpus, whole processes alternating over --rounds rounds (wall and CPU time of
     each process, children included): `llmkit tokenize` (Parquet in, shards out, --workers 0 = its
     own choice of threads) against the script a user would write around tiktoken (with our merges:
-    the same ids): read the same Parquet in record batches, encode, append EOS, write one uint16
+    the same ids, checked: llmkit's train and validation shards, read back in corpus order without
+    the BOS llmkit adds per document under --add-bos, must hold the script's ids, or the script
+    fails): read the same Parquet in record batches, encode, append EOS, write one uint16
     file; in four variants, the fastest of each round taken: documents one by one
     (`encode_ordinary` on one thread, `encode_ordinary_batch` on as many threads as idle cores) or
     joined per batch by the EOS text and encoded in one call each (as llmkit does), on one thread
@@ -43,7 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from paired import timed_process  # noqa: E402  (benchmarks/ is on the path when run as a script)
+from paired import median, timed_process  # noqa: E402  (benchmarks/ is on the path when run as a script)
 DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -141,6 +143,43 @@ def tiktoken_side(corpus: Path, tokenizer: Path, out: Path, threads: int, joined
                 handle.write(encode_each(texts).tobytes())
 
 
+def mismatch(tokens: Path, corpus: Path, reference) -> str | None:
+    """None if llmkit's tokens artifact holds the reference's ids, else where they first differ.
+
+    The reference is every document's ids and EOS, in corpus order; llmkit writes each document as
+    `[<|bos|>] ids <|eos|>` to train or val by its split plan (split_plan: the same corpus, fraction
+    and seed give the same plan), skipping empty ones (documents() keeps none). So the reference is
+    cut at its EOS tokens, dealt to the two splits by that plan, given the BOS if the artifact adds
+    one, and compared id for id with each split's shards."""
+    import numpy as np
+
+    from llmkit import artifacts
+    from llmkit.data.shards import SPLITS, TokenShards, has_split
+    from llmkit.tokenizer.encode_corpus import TRAIN, VAL, document_groups, split_plan
+
+    art = artifacts.load(tokens, kind="tokens")
+    plan, _ = split_plan(document_groups(artifacts.load(corpus, kind="corpus")), art.config["val_fraction"], art.manifest.seed)
+    eos, bos = art.stats["eos_id"], art.stats["bos_id"]
+    ends = np.flatnonzero(reference == eos) + 1
+    if len(ends) != len(plan) or (len(ends) and ends[-1] != len(reference)):
+        return f"the reference holds {len(ends)} EOS-ended documents, the corpus {len(plan)}"
+    if not np.isin(plan, (TRAIN, VAL)).all():  # a tail split off inside a document: only for corpora of a few documents
+        return "the split plan cuts documents inside, which this comparison does not rebuild"
+    lengths = np.diff(ends, prepend=0)
+    for split, kind in zip(SPLITS, (TRAIN, VAL)):
+        chosen = plan == kind
+        expected = reference[np.repeat(chosen, lengths)]
+        if art.config["add_bos"]:
+            expected = np.insert(expected, np.cumsum(lengths[chosen]) - lengths[chosen], bos)
+        stored = TokenShards.open(art, split) if has_split(art, split) else None
+        got = stored.window(0, len(stored)) if stored else np.zeros(0, dtype=np.int64)
+        if not np.array_equal(got, expected):
+            common = min(len(got), len(expected))
+            first = int(np.argmax(got[:common] != expected[:common])) if (got[:common] != expected[:common]).any() else common
+            return f"{split}: {len(got):,} ids stored, {len(expected):,} expected, first difference at id {first:,}"
+    return None
+
+
 def tiktoken_reference(our_encoding):
     """tiktoken's GPT-2 encoding if it is cached; else tiktoken built from our merges."""
     import tiktoken
@@ -179,6 +218,7 @@ def main() -> None:
         tiktoken_side(args.corpus, args.tokenizer, args.out, args.threads, args.joined, args.regrouped)
         return
 
+    import numpy as np
     from tokenizers import pre_tokenizers, trainers
 
     from llmkit import artifacts
@@ -221,10 +261,10 @@ def main() -> None:
           "trains on ~99% of the text, holding out every 100th piece for its stats)")
     for side, label in (("raw", "raw tokenizers BpeTrainer"), ("llmkit", "llmkit tokenizer train")):
         print(f"  {label:26s} best {min(w for w, _ in trained[side]):6.2f} s wall {min(c for _, c in trained[side]):6.2f} CPU-s")
-    overheads = sorted(o[0] / r[0] - 1 for o, r in zip(trained["llmkit"], trained["raw"]))
-    cpu_overheads = sorted(o[1] / r[1] - 1 for o, r in zip(trained["llmkit"], trained["raw"]))
-    print(f"  llmkit overhead, paired median: wall {100 * overheads[len(overheads) // 2]:+.1f}%   "
-          f"CPU {100 * cpu_overheads[len(cpu_overheads) // 2]:+.1f}%   (per round, wall: "
+    overheads = [o[0] / r[0] - 1 for o, r in zip(trained["llmkit"], trained["raw"])]
+    cpu_overheads = [o[1] / r[1] - 1 for o, r in zip(trained["llmkit"], trained["raw"])]
+    print(f"  llmkit overhead, paired median: wall {100 * median(overheads):+.1f}%   "
+          f"CPU {100 * median(cpu_overheads):+.1f}%   (per round, wall: "
           f"{', '.join(f'{100 * v:+.1f}%' for v in overheads)})")
 
     if args.train_only:
@@ -272,23 +312,28 @@ def main() -> None:
         assert len(outputs) == 1, "the tiktoken variants wrote different ids"
         stats = artifacts.load(work / "tokens10").stats
         used_workers = artifacts.load(work / "tokens10").manifest.runtime["workers"]
-        ref_tokens = len(outputs.pop()) // 2
+        reference_ids = np.frombuffer(outputs.pop(), dtype=np.uint16)
+        ref_tokens = len(reference_ids)
         ours_tokens = stats["train"]["tokens"] + stats["val"]["tokens"]
         print(f"\n(b) encoding {big_mb:.1f} MB, whole processes, {args.rounds} rounds alternating"
               f"{', one core kept busy' if busy else ''} (load {os.getloadavg()[0]:.1f}):")
         print(f"  llmkit tokenize --workers 0 ({used_workers} worker(s), encoder {stats['encoder']}): {ours_tokens:,} tokens")
         print(f"  tiktoken script (documents one by one or joined; {' and '.join(map(str, thread_counts))} thread(s)): "
-              f"{ref_tokens:,} tokens, the same from every variant"
-              + ("" if ref_tokens == ours_tokens else " (differs: llmkit adds BOS per document when the tokenizer asks)"))
+              f"{ref_tokens:,} tokens, the same from every variant")
+        differs = mismatch(work / "tokens10", corpus10, reference_ids)
+        if differs:
+            raise SystemExit(f"llmkit's shards do not hold the tiktoken script's ids: {differs}")
+        bos_note = ", less the BOS it adds per document" if artifacts.load(work / "tokens10").config["add_bos"] else ""
+        print(f"  the same ids: llmkit's train and val shards, read back in corpus order{bos_note}, equal the script's")
         labels = {"tiktoken": "tiktoken (fastest of each round)", "tiktoken, regrouped": "regrouped (fastest of each round)"}
         for side in [*commands, *labels]:
             wall, cpu = min(w for w, _ in runs[side]), min(c for _, c in runs[side])
             print(f"  {labels.get(side, side):36s} best wall {wall:6.2f} s ({big_mb / wall:5.1f} MB/s)   best CPU {cpu:6.2f} s ({big_mb / cpu:5.1f} MB per CPU-s)")
         for reference, what in (("tiktoken", "the script as a user writes it (the stored pattern)"),
                                 ("tiktoken, regrouped", "the joined script given llmkit's regrouped pattern")):
-            walls = sorted(t[0] / o[0] for o, t in zip(runs["llmkit"], runs[reference]))
-            cpus = sorted(t[1] / o[1] for o, t in zip(runs["llmkit"], runs[reference]))
-            print(f"  llmkit / {reference}, paired median: wall {walls[len(walls) // 2]:.2f}x   CPU {cpus[len(cpus) // 2]:.2f}x"
+            walls = [t[0] / o[0] for o, t in zip(runs["llmkit"], runs[reference])]
+            cpus = [t[1] / o[1] for o, t in zip(runs["llmkit"], runs[reference])]
+            print(f"  llmkit / {reference}, paired median: wall {median(walls):.2f}x   CPU {median(cpus):.2f}x"
                   f"   (per round, wall: {', '.join(f'{v:.2f}' for v in walls)}; against {what})")
     finally:
         if busy:
@@ -309,10 +354,13 @@ def main() -> None:
     # (c) peak memory, 1x vs 10x
     print("\n(c) peak memory of `llmkit tokenize` (process tree RSS)")
     llmkit = [sys.executable, "-m", "llmkit.cli"]
-    for label, corpus in (("1x", corpus1), (f"{args.scale}x", corpus10)):
-        peak, seconds = peak_memory_mb(llmkit + ["tokenize", str(corpus), "-t", str(tok_path), "-o", str(work / f"mem-{label}"),
+    # at --scale 1 the second input is the same text, written in larger shards: not a second "1x"
+    large = f"{args.scale}x" if args.scale > 1 else "1x, the --scale input"
+    for label, corpus in (("1x", corpus1), (large, corpus10)):
+        label = label.ljust(len(large))
+        peak, seconds = peak_memory_mb(llmkit + ["tokenize", str(corpus), "-t", str(tok_path), "-o", str(work / f"mem-{corpus.name}"),
                                                  "--workers", str(args.workers), "--force"])
-        print(f"  {label:4s} {peak:7.0f} MB peak   {seconds:6.1f} s wall (with start-up)")
+        print(f"  {label} {peak:7.0f} MB peak   {seconds:6.1f} s wall (with start-up)")
     shutil.rmtree(work, ignore_errors=True)
     if args.ray:
         from ray_executor import ray_columns

@@ -26,17 +26,22 @@ SCRIPTS = {
                  [r"paired ratio, median", r"llmkit MKL", r"^nanoGPT-style, profiled \(3 steps", r"^\s+[\d.]+ ms\s+x\d+\s+aten::mm"]),
     "generate": (["--preset", "tiny", "--new-tokens", "8", "--repeats", "2", "--batches", "1,3"],
                  [r"^\s+1\s.*rows", r"^\s+3\s.*3/3 rows", r"paired median"]),
-    "clean": (["--mb", "1", "--rounds", "1", "--skip-scaling"], [r"speed ratio llmkit / datatrove, paired median"]),
-    "dedup": (["--mb", "0.5", "--docs", "2000", "--index-docs", "2560", "--rounds", "1"], [r"MB per million documents"]),
+    "clean": (["--mb", "1", "--rounds", "1", "--skip-scaling"],
+              [r"speed ratio llmkit / datatrove, paired median", r"^kept documents: llmkit \d+, datatrove \d+"]),
+    # (the baseline is HEAD's llmkit/: the same clean output as this tree's unless llmkit/ has uncommitted changes to it)
+    "dedup": (["--mb", "0.5", "--docs", "2000", "--index-docs", "2560", "--rounds", "1", "--baseline", "HEAD"],
+              [r"MB per million documents", r"speed-up new/old: .*same fingerprint"]),
     "eval": (["--preset", "tiny", "--docs", "2", "--doc-chars", "2000", "--rounds", "1", "--context", "64"],
              [r"paired median", r"log-likelihoods agree"]),
     "artifacts": (["--preset", "tiny", "--rounds", "1", "--vocab-size", "512"],
                   [r"average: both sides wrote the same tensors", r"paired median"]),
-    "tokenizer": (["--vocab-size", "1024", "--scale", "1", "--rounds", "1", "--repeat", "1"], [r"llmkit / tiktoken, paired median"]),
+    "tokenizer": (["--vocab-size", "1024", "--scale", "1", "--rounds", "1", "--repeat", "1"],
+                  [r"llmkit / tiktoken, paired median", r"^  the same ids: llmkit's train and val shards"]),
     "scaling": (["--grid", "coarse", "--bootstrap", "2", "--rounds", "1"],
                 [r"speed ratio llmkit / scipy, paired median", r"relative difference"]),
     "parallel": (["--model", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "4", "--steps", "2",
-                  "--rounds", "1", "--layouts", "one,pp"], [r"^1 process ", r"^pp 2 "]),  # (dp, tp: flags alone, the suite's own)
+                  "--rounds", "1", "--layouts", "one,pp"],  # (dp, tp: flags alone, the suite's own)
+                 [r"^1 process ", r"^pp 2 ", r"^last losses agree with one process's within 1e-05 relative"]),
 }
 
 
@@ -57,6 +62,11 @@ def test_benchmark_script_runs_and_compares(name, shared_data, tmp_path):
     if name == "pretrain":  # the same initial weights and batches: every side ends at the same loss
         losses = [float(v) for v in re.search(r"^final loss\s+(.*)$", result.stdout, re.MULTILINE).group(1).split()]
         assert len(losses) == 4 and max(losses) - min(losses) < 1e-3, losses  # llmkit, its MKL side, usual sums, nanoGPT
+    if name == "clean":  # the ratio compares like work only while both sides keep about the same documents
+        ours, theirs = map(int, re.search(r"^kept documents: llmkit (\d+), datatrove (\d+)", result.stdout, re.MULTILINE).groups())
+        assert abs(ours - theirs) <= 0.05 * theirs, (ours, theirs)
+    if name == "dedup":  # every input's clean run, old and new trees alike
+        assert result.stdout.count("same fingerprint") == 3 and "FINGERPRINTS DIFFER" not in result.stdout, result.stdout[-3000:]
 
 
 def test_gpu_check_refuses_an_unknown_step(tmp_path):
