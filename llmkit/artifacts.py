@@ -449,18 +449,22 @@ def _article(word: str) -> str:
     return ("an " if word[:1] in "aeiou" or word == "llmkit" else "a ") + word
 
 
-def list_files(root: Path, only: Iterable[str] | None = None) -> dict[str, str]:
+def list_files(root: Path, only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> dict[str, str]:
     """sha256 of every file below root except the manifest, keyed by POSIX relative path, sorted.
 
     `only` keeps names or top-level folders; everything else is never read (a training run's
-    directory also holds intermediate checkpoints that must not be hashed again).
+    directory also holds intermediate checkpoints that must not be hashed again); nor are the
+    names in `skip`.
     """
     keep = set(only) if only is not None else None
+    skip = set(skip)
     files = {}
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.name == MANIFEST or path.name.startswith(".tmp-"):
             continue
         name = path.relative_to(root).as_posix()
+        if name in skip:
+            continue
         if keep is None or name in keep or name.split("/", 1)[0] in keep:
             files[name] = sha256_file(path)
     return files
@@ -495,7 +499,7 @@ class ArtifactBuilder:
     def manifest(self, root: Path | None = None) -> Manifest:
         root = root or self.dir
         scratch = {path.relative_to(self.dir).as_posix() for path in self.scratch_files()} if root == self.dir else set()
-        listed = {name: digest for name, digest in list_files(root, self.file_filter).items() if name not in scratch}
+        listed = list_files(root, self.file_filter, skip=scratch)  # (a sample log, a de-duplication index: never read)
         manifest = Manifest(
             kind=self.kind,
             config=json.loads(canonical_json(self.config)),

@@ -351,6 +351,11 @@ def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory
     for name, expected in theory.items():
         assert abs(metrics[name] - expected) < 0.15 * expected, (name, metrics[name], expected)
     assert metrics["byte_perplexity_ci95"] > 0 and "word_perplexity_ci95" not in metrics
+    # one window: no interval, said (every resample would be that window: 0 would look exact)
+    (tmp_path / "short.txt").write_text(lines[0])
+    result = cli("eval", gpt2_ckpt, "--data", tmp_path / "short.txt", "--bootstrap", "100", "-o", tmp_path / "short")
+    assert result.exit_code == 0 and "no interval for perplexity" in " ".join(result.output.split()), result.output
+    assert not any(name.endswith("_ci95") for name in _metrics(tmp_path / "short"))
     # one long text: its windows are resampled
     (tmp_path / "book.txt").write_text(shakespeare[100_000:130_000])
     result = cli("eval", gpt2_ckpt, "--data", tmp_path / "book.txt", "--bootstrap", "200", "-o", tmp_path / "book")
@@ -475,15 +480,35 @@ def test_nested_fields_are_reached_by_dotted_names(cli, gpt2_ckpt, loaded, share
     nested.write_text("".join(json.dumps({"translation": {"de": r["source"], "en": r["target"]}}) + "\n" for r in rows))
     hyphen = tmp_path / "hyphen.jsonl"
     hyphen.write_text("".join(json.dumps({"de-text": r["source"], "en-text": r["target"]}) + "\n" for r in rows))
+    beside = tmp_path / "beside.jsonl"  # a record's own "input" is not what --field names (the default prompt's {input})
+    beside.write_text("".join(json.dumps({"input": "other text", "translation": {"de": r["source"], "en": r["target"]}}) + "\n"
+                              for r in rows))
     runs = {"flat": (flat, []), "nested": (nested, ["--field", "translation.de", "--reference-field", "translation.en"]),
-            "hyphen": (hyphen, ["--field", "de-text", "--reference-field", "en-text"])}
+            "hyphen": (hyphen, ["--field", "de-text", "--reference-field", "en-text"]),
+            "beside": (beside, ["--field", "translation.de", "--reference-field", "translation.en"])}
     for name, (data, flags) in runs.items():
         result = cli("eval", gpt2_ckpt, "-m", "bleu,chrf", "--data", data, "--max-new-tokens", "12", *flags, "-o", tmp_path / name)
         assert result.exit_code == 0, result.output
     expected = _records(tmp_path / "flat")
     assert [r["prompt"] for r in expected] == [r["source"] + "\n" for r in rows]
-    for name in ("nested", "hyphen"):
+    for name in ("nested", "hyphen", "beside"):
         assert _records(tmp_path / name) == expected and _metrics(tmp_path / name) == _metrics(tmp_path / "flat")
+    # labelled texts: the label-likelihood prompt of a nested or hyphenated field (refused as a bad template before)
+    labelled = {"nested": {"meta": {"sentence": "a fine day"}, "gold": {"y": 1}}, "hyphen": {"the-text": "a fine day", "y": 1}}
+    scores = []
+    for name, record in labelled.items():
+        (tmp_path / f"{name}-labels.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
+        field, label = ("meta.sentence", "gold.y") if name == "nested" else ("the-text", "y")
+        result = cli("eval", gpt2_ckpt, "-m", "accuracy", "--labels", "no,yes", "--data", tmp_path / f"{name}-labels.jsonl",
+                     "--field", field, "--label-field", label, "-o", tmp_path / f"{name}-labels")
+        assert result.exit_code == 0, result.output
+        scores.append([r["logliks"] for r in _records(tmp_path / f"{name}-labels")])
+    assert scores[0] == scores[1]
+    # a field of that very name in some record is the field (never overwritten by a nested value)
+    from llmkit.eval.textio import pick_field
+
+    records = [{"a": {"b": "nested"}, "a.b": "own"}, {"a": {"b": "nested too"}, "a.b": "own too"}]
+    assert pick_field(records, "a.b", (), "text", "--field") == "a.b" and [r["a.b"] for r in records] == ["own", "own too"]
     # a path that leads nowhere names the record's fields
     result = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", nested, "--field", "translation.fr", "--reference-field",
                  "translation.en", "-o", tmp_path / "nowhere")

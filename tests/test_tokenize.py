@@ -372,11 +372,14 @@ def test_a_data_stage_interrupted_while_it_finishes_keeps_its_work(stage, shared
             make(out)
     [partial] = out.parent.glob(".out.partial-*")
     assert (partial / "resume.json").is_file() and not out.exists()
-    loaded = []
-    load = resume.load
+    loaded, hashed = [], []
+    load, sha256_file = resume.load, artifacts.sha256_file
     monkeypatch.setattr(resume, "load", lambda folder: loaded.append(load(folder)) or loaded[-1])
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path, *args: hashed.append(path.name) or sha256_file(path, *args))
     make(out)
     assert loaded and loaded[0] is not None  # continued from the marker, not started over
+    # the marker's files (a de-duplication index, a sample log) are never read for the manifest
+    assert hashed and not [name for name in hashed if name.startswith("resume") or name == "sample.jsonl"], hashed
     assert not partial.exists() and artifacts.verify(out).ok
     assert artifacts.load(out).fingerprint == artifacts.load(tmp_path / "straight").fingerprint
 

@@ -187,11 +187,20 @@ def render_template(template: str, record: dict, input_field: str) -> str:
 
     plain_fields(template, "--prompt-template")
     values = _Fields(record)
-    values.setdefault("input", record[input_field])
+    if input_field.isidentifier():
+        values.setdefault("input", record[input_field])
+    else:  # {input} stands in for a name no placeholder can hold (`placeholder`): a record's own "input" is not it
+        values["input"] = record[input_field]
     try:
         return template.format_map(values)
     except (ValueError, IndexError) as exc:
         raise UserError(f"--prompt-template {template!r} is not a valid template ({exc}); use {{field}} placeholders") from exc
+
+
+def placeholder(field: str) -> str:
+    """The default prompt's placeholder of a field: {input} for a name that is no placeholder name
+    ("translation.de", "de-en"), which render_template fills with that field."""
+    return "{" + (field if field.isidentifier() else "input") + "}"
 
 
 def _trained_prompt(task) -> str | None:
@@ -275,9 +284,7 @@ def generate_predictions(loaded, cfg):
     reference_field = pick_field(records, cfg.reference_field, targets, "references (target/summary)", "--reference-field")
     # A chat checkpoint gets the (templated) input as a user message; a text-template checkpoint
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
-    # ({input} where the field's name is no placeholder name: "translation.de", "de-en")
-    placeholder = "{" + (input_field if input_field.isidentifier() else "input") + "}"
-    default = placeholder if chat else _trained_prompt(task) or placeholder + "\n"
+    default = placeholder(input_field) if chat else _trained_prompt(task) or placeholder(input_field) + "\n"
     template = cfg.prompt_template or default
     from llmkit.data.templates import plain_fields, response_frame
 
@@ -503,7 +510,7 @@ def classification(loaded, cfg):
     else:
         # A language model without a classification head: pick the label whose name is most likely
         # after the (templated) text, zero-shot.
-        template = cfg.prompt_template or _trained_prompt(task) or "{" + text_field + "}\n"
+        template = cfg.prompt_template or _trained_prompt(task) or placeholder(text_field) + "\n"
         examples = [(render_template(template, r, text_field), names) for r in records]  # each behind the delimiter (score_choices)
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
         context_cut: set[int] = set()

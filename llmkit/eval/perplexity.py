@@ -94,6 +94,12 @@ class PerplexityResult:
         is a document's, not a window's: word_perplexity gets none."""
         from llmkit.eval.metrics._refs import half_width, resampled_sums
 
+        if len(self.windows) < 2:  # every resample the same window: an interval of 0 would look exact
+            from llmkit.console import note
+
+            note("no interval for perplexity: the text was scored in one window, and the bootstrap resamples windows; "
+                 "give more text (or more documents)")
+            return {}
         nll, tokens, n_bytes = resampled_sums(list(zip(*self.windows)), n_bootstrap)
         tokens, n_bytes = np.maximum(tokens, 1), np.maximum(n_bytes, 1)  # (a resample of windows without a scored token)
         exponent = np.minimum(nll / tokens, _MAX_EXPONENT)

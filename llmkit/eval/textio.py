@@ -44,13 +44,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def pick_field(records: list[dict], given: str | None, candidates: Sequence[str], what: str, flag: str,
                where: str = "the data") -> str:
     """The field holding `what`: the one given, else the first candidate the first record has;
-    every record must have it. `where` names the file or data in errors. A given `a.b` that is no
-    field of its own reaches into a nested one (`translation.de`, as hub translation sets hold
-    their pairs): its value is copied to each record under that name."""
+    every record must have it. `where` names the file or data in errors. A given `a.b` that no
+    record has as a field of its own reaches into a nested one (`translation.de`, as hub
+    translation sets hold their pairs): its value is copied to each record under that name."""
     if not records:
         raise UserError(f"{where} holds no records")
     name = given
-    if name is not None and "." in name and name not in records[0] and _nested(records[0], name) is not _ABSENT:
+    if name is not None and "." in name and not any(name in record for record in records):  # (a key of that name wins)
         for record in records:
             value = _nested(record, name)
             if value is not _ABSENT:
