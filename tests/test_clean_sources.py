@@ -580,3 +580,26 @@ def test_a_lone_carriage_return_ends_a_line_as_cleanup_reads_it(tmp_path):
     with pytest.raises(UserError, match=r"bad\.txt:2: invalid UTF-8 \(byte 0xe9\)"):
         _read([tmp_path / "bad.txt"], doc_per="line")
     assert _read([tmp_path / "bad.txt"], doc_per="line", skip_bad_lines=True) == [("bad.txt:4", "four")]
+
+
+def test_a_nested_text_field_is_reached_by_its_dotted_name_in_every_format(tmp_path, monkeypatch):
+    """Hub translation sets nest each pair ({"translation": {"de": ..., "en": ...}}): `--text-field translation.de`
+    reads the German side from JSON Lines, a JSON array, Parquet (a struct column) and a `datasets` input alike;
+    a field of that very name wins; a missing nested field offers the dotted names there are."""
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    pairs = [{"translation": {"de": f"Ein Satz {i}.", "en": f"A sentence {i}."}, "id": i} for i in range(5)]
+    german = [p["translation"]["de"] for p in pairs]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    (tmp_path / "p.json").write_text(json.dumps(pairs), encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "p.parquet")
+    for name in ("p.jsonl", "p.json", "p.parquet"):
+        assert [t for _, t in _read([tmp_path / name], text_field="translation.de")] == german, name
+        assert [t for _, t in _read([tmp_path / name], text_field="nope,translation.en")][0] == "A sentence 0.", name
+    dataset = resolve_inputs([], dataset=str(tmp_path / "p.jsonl"), split="train")
+    assert [t for _, t in dataset[0].documents(ReadOptions(text_field="translation.de"), ReadStats())] == german
+    # a record's own key "translation.de" is its field
+    (tmp_path / "own.jsonl").write_text(json.dumps({"translation.de": "eigener", "translation": {"de": "verschachtelt"}}) + "\n")
+    assert [t for _, t in _read([tmp_path / "own.jsonl"], text_field="translation.de")] == ["eigener"]
+    for name in ("p.jsonl", "p.parquet"):
+        with pytest.raises(UserError, match=r"translation\.de, translation\.en"):
+            _read([tmp_path / name], text_field="translation.fr")

@@ -45,8 +45,8 @@ class CleanConfig(Options):
     preset: str = option("default", "default: your own text (normalise, clean up, dedup). web: + Gopher/C4/FineWeb rules and "
                          "English only.", choices=PRESETS)
     # Reading
-    text_field: Optional[str] = option(None, "Field/column holding the text; a,b = the first one a file has (default: 'text', "
-                                       "or the only text field).", panel=INPUT)
+    text_field: Optional[str] = option(None, "Field/column holding the text; a,b = the first one a file has; a.b = a nested one "
+                                       "(default: 'text', or the only text field).", panel=INPUT)
     doc_per: str = option("file", "Plain text: one document per file, line, or blank-line-separated block.", panel=INPUT,
                           choices=DOC_PER)
     dataset: Optional[str] = option(None, "Read a `datasets` data set: a local file/folder or a hub name.", panel=INPUT,

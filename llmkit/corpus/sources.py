@@ -474,8 +474,10 @@ class _FieldPicker:
         dicts = [r for r in records if isinstance(r, dict)]
         keys = list(dict.fromkeys(k for r in dicts for k in r))
         strings = list(dict.fromkeys(k for r in dicts for k, v in r.items() if isinstance(v, str)))
-        offer = ", ".join(strings or keys) or "(no fields)"
+        nested = list(dict.fromkeys(name for r in dicts for name in _nested_text_fields(r)))  # (offered, and reachable)
+        offer = ", ".join(strings + nested or keys) or "(no fields)"
         if self.names:
+            keys += [name for name in self.names if name not in keys and any(_field_value(r, name) is not _ABSENT for r in dicts)]
             self.field = next((name for name in self.names if name in keys), self.names[0])
             if dicts and self.field not in keys:
                 first = f" in its first {read} records" if read > 1 else ""
@@ -498,9 +500,9 @@ class _FieldPicker:
         if self.problem is not None:
             raise UserError(self.problem)
         name = self.field
-        if name not in record:
+        value = record[name] if name in record else _field_value(record, name)
+        if value is _ABSENT:
             raise _BadRecord(f"no field {name!r}" + (", which other records have" if self.seen else ""))
-        value = record[name]
         if value is None:
             raise _BadRecord(f"field {name!r} is null")
         if not isinstance(value, str):
@@ -510,6 +512,32 @@ class _FieldPicker:
 
 class _BadRecord(Exception):
     pass
+
+
+_ABSENT = object()
+
+
+def _field_value(record: dict, name: str) -> Any:
+    """A record's field: its own key of that name, else `a.b` reaching into a nested object (hub
+    translation sets hold each pair as {"translation": {"de": ..., "en": ...}}); _ABSENT if neither."""
+    if name in record:
+        return record[name]
+    value: Any = record
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _nested_text_fields(record: dict, prefix: str = "") -> Iterator[str]:
+    """The dotted names of the text inside a record's nested objects (for the message that offers fields)."""
+    for key, value in record.items():
+        if isinstance(value, dict) and isinstance(key, str):
+            for inner, leaf in value.items():
+                if isinstance(leaf, str):
+                    yield f"{prefix}{key}.{inner}"
+            yield from _nested_text_fields(value, f"{prefix}{key}.")
 
 
 def _note_guessed_field(label: str, name: str) -> None:
@@ -690,12 +718,18 @@ def _parquet_reader(path: Path, label: str):
         except (pa.ArrowInvalid, OSError) as exc:
             raise UserError(f"{label} is not a valid Parquet file ({exc})") from None
         schema = parquet.schema_arrow
-        name = _pick_column(label, options.text_field, schema.names, [f.name for f in schema if _is_string(f.type)])
-        if not _is_string(schema.field(name).type):
-            raise UserError(f"{label}: column {name!r} holds {schema.field(name).type}, not text; pass --text-field")
+        types = {f.name: f.type for f in schema}
+        types.update(_struct_leaves(schema))  # a struct column's fields, as `a.b`
+        name = _pick_column(label, options.text_field, list(types), [f.name for f in schema if _is_string(f.type)])
+        if not _is_string(types[name]):
+            raise UserError(f"{label}: column {name!r} holds {types[name]}, not text; pass --text-field")
         row = 0
         for batch in _parquet_batches(parquet, [name], label):
             column = batch.column(0)
+            if name not in schema.names:  # read as the struct around it: its field, null where the struct is
+                import pyarrow.compute as pc
+
+                column = pc.struct_field(column, name.split(".")[1:])
             if pa.types.is_dictionary(column.type):  # a pandas category column: text, stored once per distinct value
                 column = column.dictionary_decode()
             try:
@@ -712,6 +746,19 @@ def _parquet_reader(path: Path, label: str):
 
 
 _BAD_ROW = object()
+
+
+def _struct_leaves(fields: Any, prefix: str = "") -> dict[str, Any]:
+    """`a.b` -> type for the fields inside struct columns (any depth)."""
+    import pyarrow as pa
+
+    found = {}
+    for column in fields:
+        if pa.types.is_struct(column.type):
+            inner = [column.type.field(i) for i in range(column.type.num_fields)]
+            found.update({f"{prefix}{column.name}.{f.name}": f.type for f in inner})
+            found.update(_struct_leaves(inner, f"{prefix}{column.name}."))
+    return found
 
 
 def _parquet_batches(parquet: Any, columns: list[str], label: str) -> Iterator[Any]:
@@ -933,6 +980,9 @@ def _dataset_source(name: str, config_name: Optional[str], split: str) -> Source
                 f"could not load dataset {name!r} (split {split!r}): {type(exc).__name__}: {detail}; "
                 "check the name, --dataset-config and --split (hub datasets need a network connection)"
             ) from None
+        wanted = _alternatives(options.text_field) if options.text_field is not None else []
+        if any("." in name and name not in ds.column_names for name in wanted):
+            ds = ds.flatten()  # a nested column's fields become columns named `a.b` (wmt's `translation.de`)
         string_columns = [k for k, v in ds.features.items() if getattr(v, "dtype", None) in ("string", "large_string")]
         guessable = string_columns
         if options.text_field is None:  # (a CSV's columns are all read as text: a column of digits, a label, is no text)
