@@ -581,18 +581,73 @@ def test_the_workers_spec_does_not_stay_in_the_run(shakespeare, cli, tmp_path, m
     run, common = tmp_path / "run", [*FAST, "--eval-every", "0"]
     assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "1").exit_code == 0
 
+    folders = []
+
     def interrupted(entry, arguments, launch_dir, **kwargs):
-        launch_dir.mkdir()
+        folders.append(launch_dir)
         (launch_dir / "launch.json").write_text("{}")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(distributed, "relaunch", interrupted)
     assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume", "--nproc", "2").exit_code
-    assert not (run / ".launch").exists()
+    # this node's own folder, outside the run (on a shared filesystem every node wrote RUN/.launch), gone however it ended
+    assert not (run / ".launch").exists() and run not in folders[0].parents and not folders[0].exists()
     (run / ".launch").mkdir()  # what a killed launcher leaves
     (run / ".launch" / "launch.json").write_text("{}")
     assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume").exit_code == 0
     assert not (run / ".launch").exists() and artifacts.load(run).stats["step"] == 2
+
+
+def test_a_lost_connection_to_another_process_is_named_with_what_to_do():
+    from llmkit.train.worker import _lost_connection
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:1234: Connection reset by "
+                        "peer. This may indicate a possible application crash on rank 0 or a network set up issue. GLHF!")
+    said = _lost_connection(gloo)
+    assert said is not None and "rerun the command on every node with --resume" in said and "GLHF" not in said
+    assert _lost_connection(ValueError("a bad value")) is None
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_filesystem_train_what_one_process_trains_and_must_be_given_the_same_options(shakespeare, tmp_path):
+    """Two nodes simulated here (gloo over 127.0.0.1), node 1 started first, both writing the run to one shared
+    path: the run is the one a single process trains, and node 1 says node 0 wrote it. Every node wrote its
+    options to the same RUN/.launch (the last one's ran everywhere), a node started before node 0 made the run
+    directory node 0 then refused, and a node given another --max-steps hung the run at its end."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    common = [*FAST, "--max-steps", "2", "--eval-every", "0", "--save-every", "0"]
+    one = tmp_path / "one"
+    assert subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(one), *common],
+                          capture_output=True).returncode == 0
+
+    def two_nodes(run, node_1_extra=()):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+
+        def node(rank, extra):
+            return subprocess.Popen([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(run),
+                                     *common, "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+                                     "--master-port", port, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        second = node(1, node_1_extra)
+        time.sleep(1.0)
+        first = node(0, ())
+        return [process.communicate(timeout=240) + (process.returncode,) for process in (first, second)]
+
+    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "two")
+    assert code_0 == 0 and code_1 == 0, (err_0[-2000:], err_1[-2000:])
+    assert "node 1 of 2 finished its part; node 0 wrote the run" in " ".join(err_1.split())
+    assert artifacts.load(tmp_path / "two").fingerprint == artifacts.load(one).fingerprint
+    assert not (tmp_path / "two" / ".launch").exists()
+    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "mismatch", ["--max-steps", "3"])
+    for code, err in ((code_0, err_0), (code_1, err_1)):
+        assert code != 0 and "the nodes of this run were given different options (node 1" in " ".join(err.split()), err[-2000:]
+    assert not (tmp_path / "mismatch").exists()
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):

@@ -13,7 +13,11 @@ def _finetune(config: FinetuneConfig, *, checkpoint: Path, data: Path, out: Path
     from llmkit.finetune.stage import finetune as run_finetune
     from llmkit.inspect_view import print_checkpoint_summary
 
-    print_checkpoint_summary(run_finetune(checkpoint, data, out, config, resume=resume, force=force))
+    from llmkit.train.launch import written_elsewhere
+
+    path = run_finetune(checkpoint, data, out, config, resume=resume, force=force)
+    if not written_elsewhere(path, config.devices):
+        print_checkpoint_summary(path)
 
 
 finetune = stage_command(

@@ -19,7 +19,11 @@ def _pretrain(config: PretrainConfig, *, tokens: Path, init_from: Optional[Path]
 
     from llmkit.model.io import read_model_config
 
+    from llmkit.train.launch import written_elsewhere
+
     path = run_pretrain(tokens, out, config, init_from=init_from, resume=resume, force=force)
+    if written_elsewhere(path, config.devices):
+        return
     print_checkpoint_summary(path)
     run = shell_word(path)
     if read_model_config(path).objective == "mlm":  # it neither generates nor scores text: it classifies, fine-tuned

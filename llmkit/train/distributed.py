@@ -92,7 +92,28 @@ def init(gpus: int) -> DistInfo:
     else:
         device = torch.device("cpu")
         dist.init_process_group("gloo")
+    _check_same_options(rank, world)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+OPTIONS_DIGEST = "LLMKIT_OPTIONS_DIGEST"  # set by llmkit.train.worker: a digest of the options this process was given
+
+
+def _check_same_options(rank: int, world: int) -> None:
+    """Every process of a run must have been given the same options (nodes start with their own
+    command lines): a node with another --max-steps hung the run at the end, another --seed trained
+    from other weights under rank 0's seed, another --nproc failed on a batch that was fine."""
+    digest = os.environ.get(OPTIONS_DIGEST)
+    if world == 1 or digest is None:
+        return
+    import torch.distributed as dist
+
+    given: list[Any] = [None] * world
+    dist.all_gather_object(given, (digest, os.environ.get("GROUP_RANK", "0")))
+    nodes = sorted({node for d, node in given if d != given[0][0]}, key=int)
+    if nodes:
+        raise UsageError(f"the nodes of this run were given different options (node {', '.join(nodes)} other than node "
+                         f"{given[0][1]}'s): run the same command on every node; only --node-rank (and --threads) may differ")
 
 
 def shutdown() -> None:
@@ -215,7 +236,15 @@ def relaunch(
     if nnodes > 1:
         if not master_addr:
             raise UsageError("multi-node training needs --master-addr (the address of node 0) and --master-port")
-        command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port or 29500}"]
+        port = master_port or 29500
+        if node_rank == 0:
+            _check_port_free(port)
+        from llmkit.console import note
+
+        # (node 0 alone waited in silence for as long as the others took, or forever)
+        note(f"node {node_rank} of {nnodes}: waiting for all {nnodes} nodes to join at {master_addr}:{port} (each runs "
+             "the same command with its own --node-rank); Ctrl-C stops")
+        command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={port}"]
     else:
         command += ["--standalone"]
     env = dict(os.environ)
@@ -242,6 +271,18 @@ def relaunch(
         if error_file.is_file():
             raise UserError(error_file.read_text(encoding="utf-8").strip())
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
+
+
+def _check_port_free(port: int) -> None:
+    """Node 0 serves the rendezvous on --master-port: one in use ended in torchrun's 42-line traceback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError as exc:
+            raise UsageError(f"--master-port {port} cannot be served on this machine (node 0): {exc.strerror or exc}; pass "
+                             "another --master-port, the same on every node") from None
 
 
 # torchrun's own agent log lines ("W1124 16:04:13.384000 25985 torch/distributed/elastic/...").

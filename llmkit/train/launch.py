@@ -28,7 +28,7 @@ from llmkit.options import Options
 from llmkit.train.options import Devices, resolve_precision
 
 
-LAUNCH_DIR = ".launch"  # in the run directory while torchrun runs: the workers' spec and error file
+LAUNCH_DIR = ".launch"  # where runs before 2026-12-05 kept the workers' spec and error file, in the run directory
 
 
 def first_process(devices: Devices) -> bool:
@@ -69,19 +69,23 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
     check_world(per_node * devices.nnodes, devices.tp, devices.pp)
     owner = first_process(devices)
     with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else _joined(out):
-        # The workers' spec goes however they end: it is no part of the run (nor of the artifact it becomes).
+        if owner:
+            shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)  # an earlier version's multi-process session, killed
         if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
+            # The workers' spec and error file in a folder of this node's own, not the run directory: on a
+            # shared filesystem every node wrote the same RUN/.launch (the last node's options ran everywhere),
+            # a node started before node 0 made the run directory node 0 then refused, and one that failed
+            # left its spec behind to block every later run there. It goes however the workers end.
+            launch_dir = Path(tempfile.mkdtemp(prefix="llmkit-launch-"))
             try:
                 distributed.relaunch(
-                    f"{entry.__module__}:{entry.__name__}", arguments, out / LAUNCH_DIR,
+                    f"{entry.__module__}:{entry.__name__}", arguments, launch_dir,
                     nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
                     master_addr=devices.master_addr, master_port=devices.master_port,
                 )
-            finally:  # by the owner only: on a shared filesystem another node may still read or write its error file
-                if owner:
-                    shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)
+            finally:
+                shutil.rmtree(launch_dir, ignore_errors=True)
         else:
-            shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)  # a multi-process session's, killed before its end
             entry(**arguments)
     return out
 
@@ -185,9 +189,21 @@ def _put_back_replaced_run(out: Path, force: bool) -> None:
 
 @contextmanager
 def _joined(out: Path) -> Iterator[None]:
-    """Another node's (or rank's) view of the run directory the first process prepares."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Another node's (or rank's) view of the run directory the first process prepares: left to it
+    (made here, it was an existing folder to node 0 when this node started first)."""
     yield
+
+
+def written_elsewhere(out: Path, devices: Devices) -> bool:
+    """On a node other than node 0, which writes the run: said, for the stage to print in place of
+    the checkpoint (a node-local -o holds nothing here)."""
+    if first_process(devices) or devices.nnodes == 1:
+        return False
+    from llmkit.console import err
+
+    err.print(f"node {devices.node_rank} of {devices.nnodes} finished its part; node 0 wrote the run to its {out}",
+              soft_wrap=True, markup=False)
+    return True
 
 
 def _worth_keeping(out: Path) -> bool:

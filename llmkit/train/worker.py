@@ -23,12 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = spec.get("argv") or sys.argv  # manifests record the command the user typed (llmkit.artifacts)
     module_name, function_name = spec["entry"].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
+    from llmkit.train.distributed import OPTIONS_DIGEST
+
+    os.environ[OPTIONS_DIGEST] = _options_digest(spec["arguments"])  # compared across the run's processes (distributed.init)
     try:
         function(**spec["arguments"])
     except Exception as exc:
         if debug_enabled():
             raise
-        message = one_line(exc)
+        message = _lost_connection(exc) or one_line(exc)
         if spec.get("error_file"):
             # The launching process prints it, once, however many ranks failed (and torchrun's
             # traceback stays hidden). A UserError explains the failure best; otherwise the first
@@ -44,6 +47,29 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"[bold red]error:[/] (rank {os.environ.get('RANK', '0')}) {escape(message)}", soft_wrap=True, markup=True)
         return 1
     return 0
+
+
+# Options that may differ between nodes: where each node is, its own threads and logging
+_NODE_OWN = ("node_rank", "threads", "log_every", "tensorboard")
+
+
+def _options_digest(arguments: dict) -> str:
+    import hashlib
+
+    options = {key: value for key, value in arguments.get("config", {}).items() if key not in _NODE_OWN}
+    resumed = arguments.get("resume")
+    return hashlib.sha256(json.dumps([options, resumed], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _lost_connection(exc: BaseException) -> str | None:
+    """The error a process sees when another one of the run stops (a node killed, its machine gone):
+    gloo's own words ("Connection reset by peer ... GLHF!") said nothing of what happened or what to do."""
+    text = str(exc)
+    if not any(words in text for words in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                                           "Connection refused")):
+        return None
+    return ("the connection to another process of the run was lost (a node or process stopped, or its machine went away); "
+            "rerun the command on every node with --resume to continue from the last checkpoint")
 
 
 def _end_with_the_agent() -> None:
