@@ -398,6 +398,7 @@ def test_a_signal_while_ray_starts_stops_the_stage_after_the_start(tmp_path):
         "def ours(signum, frame):\n"
         "    raise Terminated()\n"
         "signal.signal(signal.SIGTERM, ours)\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # (a pytest-xdist worker's children inherit it ignored)\n"
         "finished = []\n"
         "def init(**options):\n"
         "    if sys.argv[1] == 'SIGTERM':\n"
