@@ -341,12 +341,25 @@ def test_a_caller_that_stops_reading_removes_the_session_folder_and_one_that_fai
             shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def _python_with_its_own_ray(script: str):
+    """`script` run by a fresh Python whose Ray instance is its own (never one already running here), in a
+    folder removed after it."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
+    try:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def test_sigterm_reaches_the_stage_after_ray_starts_in_another_thread(tmp_path):
     """tokenizer train starts Ray from its reading thread: Ray's C handler then took SIGTERM over (a kill
     aborted the process with a C++ stack dump) and left the default action after ray.shutdown (a kill ended it
     without a word). The process's own handler is put back: it runs for a kill during the run and after it."""
-    import subprocess
-    import tempfile
 
     script = (
         "import os, signal, sys, threading, time\n"
@@ -372,14 +385,7 @@ def test_sigterm_reaches_the_stage_after_ray_starts_in_another_thread(tmp_path):
         "time.sleep(0.5)\n"
         "print('after', got, flush=True)\n"
     )
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
-    try:
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                                env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
-    finally:
-        import shutil
-
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    result = _python_with_its_own_ray(script)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert result.stdout.split("\n")[:2] == ["during [15]", "after [15, 15]"], result.stdout
 
@@ -423,8 +429,6 @@ def test_a_signal_while_ray_starts_stops_the_stage_after_the_start(tmp_path):
 def test_a_run_stopped_with_batches_in_flight_prints_nothing_of_rays(tmp_path):
     """The workers were killed with batches in flight, whose retries Ray announced on stdout ("(raylet) Task
     _Worker.run failed. There are 3 retries remaining", in colour even when piped): cancelled first."""
-    import subprocess
-    import tempfile
 
     script = (
         "import time\n"
@@ -437,12 +441,5 @@ def test_a_run_stopped_with_batches_in_flight_prints_nothing_of_rays(tmp_path):
         "results.close()\n"
         "time.sleep(2)\n"
     )
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
-    try:
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                                env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
-    finally:
-        import shutil
-
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    result = _python_with_its_own_ray(script)
     assert result.returncode == 0 and result.stdout == "first 0\n", (result.stdout, result.stderr[-2000:])
