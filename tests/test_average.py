@@ -94,8 +94,13 @@ def test_a_weighted_soup_is_the_weighted_mean_with_every_member_in_its_lineage(c
     for key in soup:
         assert torch.allclose(soup[key], 0.25 * a[key] + 0.75 * b[key], atol=1e-7)
     art = artifacts.load(tmp_path / "soup", kind="checkpoint")
-    assert {i["fingerprint"] for i in art.manifest.inputs} == {artifacts.load(runs / p).fingerprint for p in "ab"}
-    assert art.config["weights"] == [0.25, 0.75]
+    prints = {p: artifacts.load(runs / p).fingerprint for p in "ab"}
+    assert {i["fingerprint"] for i in art.manifest.inputs} == set(prints.values())
+    members = [i["fingerprint"] for i in sorted(art.manifest.inputs, key=lambda i: int(i["role"].split(":")[1]))]
+    assert dict(zip(members, art.config["weights"])) == {prints["a"]: 0.25, prints["b"]: 0.75}
+    # a soup is a set: typed in the other order it is the same artifact (the order ran the sum and named the roles)
+    _ok(cli("average", runs / "b", runs / "a", "--weights", "3,1", "-o", tmp_path / "soup-ba"))
+    assert artifacts.load(tmp_path / "soup-ba").fingerprint == art.fingerprint
     # the token the members' documents started after, recorded by pretrain, is the soup's too
     assert art.config["document_start"] == artifacts.load(runs / "a").config["document_start"] == "eos"
     generated = cli("generate", tmp_path / "soup", "-p", "ROMEO:", "-n", "4", "--greedy")
@@ -187,6 +192,32 @@ def test_a_finished_run_resumed_with_another_average_last_averages_that_many(cli
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     result = _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *RUN, "--ema", "0.9", "--resume"))
     assert not (run / "average").exists() and "which an earlier command made" in " ".join(result.output.split())
+
+
+def test_a_soup_of_a_lora_run_and_a_full_one_records_no_lora_whatever_the_order(cli, runs, tmp_path):
+    """The first member's task.json was copied whole: a LoRA member typed first made the soup "a LoRA run of
+    rank 2", typed second not (two artifacts of the same weights). How one member was trained is no record of
+    the soup; members trained alike keep it."""
+    task = {"task": "sft", "template": {"name": "plain", "type": "text", "prompt": "{prompt}\n", "response": "{response}",
+                                        "input_field": "prompt", "target_field": "response"}, "format_version": 1}
+    lora = {"rank": 2, "alpha": 4.0, "targets": ["attn"], "layers": 2, "merged": True}
+
+    def tuned(source, name, record):
+        with artifacts.create(tmp_path / name, "checkpoint") as build:
+            for file in artifacts.load(runs / source).manifest.files:
+                (build.dir / file).parent.mkdir(parents=True, exist_ok=True)
+                (build.dir / file).write_bytes((runs / source / file).read_bytes())
+            (build.dir / "task.json").write_text(json.dumps(record))
+        return tmp_path / name
+
+    adapted, full = tuned("a", "adapted", {**task, "lora": lora}), tuned("b", "full", task)
+    _ok(cli("average", adapted, full, "-o", tmp_path / "soup-1"))
+    _ok(cli("average", full, adapted, "-o", tmp_path / "soup-2"))
+    assert artifacts.load(tmp_path / "soup-1").fingerprint == artifacts.load(tmp_path / "soup-2").fingerprint
+    assert "lora" not in json.loads((tmp_path / "soup-1" / "task.json").read_text())
+    both = tuned("b", "adapted-too", {**task, "lora": lora})
+    _ok(cli("average", adapted, both, "-o", tmp_path / "soup-3"))
+    assert json.loads((tmp_path / "soup-3" / "task.json").read_text())["lora"]["rank"] == 2
 
 
 def test_a_member_of_weight_zero_is_left_out_and_a_soup_that_is_not_finite_is_refused(cli, runs, tmp_path):

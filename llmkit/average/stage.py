@@ -17,7 +17,7 @@ from llmkit.errors import UsageError
 
 def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, force: bool = False) -> Path:
     """Average the weights of `checkpoints` (weighted by config.weights) into a checkpoint at `out`."""
-    from llmkit.model.averaging import normalised, write_average
+    from llmkit.model.averaging import check_same_network, normalised, write_average
     from llmkit.model.records import CheckpointStats
 
     if len(checkpoints) < 2:
@@ -25,6 +25,10 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     members = [artifacts.load(path, kind="checkpoint") for path in checkpoints]
     weights = normalised(config.weights, len(members))
     outputs.check_output(out, force, inputs=checkpoints)
+    check_same_network(members)  # (in the order typed: what its messages name first)
+    # A soup is a set: its members in one order whatever the order typed (in which the float64 sum ran,
+    # the roles member:N were given and the first member's files were taken: `average b a` was another artifact)
+    members, weights = map(list, zip(*sorted(zip(members, weights), key=lambda pair: (pair[0].fingerprint, pair[1]))))
     first = CheckpointStats.of(members[0])
     start = _shared_document_start(members)
     stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels).to_dict()

@@ -12,6 +12,7 @@ the training loop's `--average-last K` and `--ema DECAY` outputs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 
@@ -223,7 +224,10 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
     if state is None:
         # a member of weight 0 is left out, as an ensemble leaves it out (0 * nan would be nan), and
         # the soup's files (model config, tokenizer, task) are the first member's that takes part
-        chosen = [(art, weight) for art, weight in zip(members, weights) if weight > 0]
+        # summed in the members' fingerprint order: the soup's bits are the same whatever order they come in
+        # (llmkit average's, as typed; --average-last's, by step)
+        chosen = sorted(((art, weight) for art, weight in zip(members, weights) if weight > 0),
+                        key=lambda pair: (pair[0].fingerprint, pair[1]))
         first = chosen[0][0]
         with contextlib.ExitStack() as files:
             states = [files.enter_context(StoredWeights(art.file(WEIGHTS))) for art, _ in chosen]
@@ -242,7 +246,13 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
         shutil.copy2(first.file(MODEL_CONFIG), build.dir / MODEL_CONFIG)
         shutil.copytree(first.path / TOKENIZER_DIR, build.dir / TOKENIZER_DIR)
         if TASK_FILE in first.manifest.files:
-            shutil.copy2(first.file(TASK_FILE), build.dir / TASK_FILE)
+            from llmkit.model.records import read_task
+
+            loras = [task.lora if task is not None else None for task in map(read_task, members)]
+            if all(lora == loras[0] for lora in loras):
+                shutil.copy2(first.file(TASK_FILE), build.dir / TASK_FILE)
+            else:  # how one member was trained (LoRA of rank r, or none) is no record of the soup's
+                dataclasses.replace(read_task(first), lora=None).write(build.dir)
         for index, art in enumerate(members):
             build.add_input(roles[index] if roles else f"member:{index}", art)
         for role, art in extra_inputs:
