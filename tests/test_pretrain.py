@@ -588,10 +588,16 @@ def test_the_workers_spec_does_not_stay_in_the_run(shakespeare, cli, tmp_path, m
         (launch_dir / "launch.json").write_text("{}")
         raise KeyboardInterrupt
 
+    import tempfile
+
+    stale = Path(tempfile.gettempdir()) / "llmkit-launch-4194305-killed"  # (above Linux's largest PID: no such process)
+    stale.mkdir(exist_ok=True)
     monkeypatch.setattr(distributed, "relaunch", interrupted)
     assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume", "--nproc", "2").exit_code
-    # this node's own folder, outside the run (on a shared filesystem every node wrote RUN/.launch), gone however it ended
+    # this node's own folder, outside the run (on a shared filesystem every node wrote RUN/.launch), gone however it ended;
+    # one a launcher killed outright left is removed by the next launch
     assert not (run / ".launch").exists() and run not in folders[0].parents and not folders[0].exists()
+    assert not stale.exists()
     (run / ".launch").mkdir()  # what a killed launcher leaves
     (run / ".launch" / "launch.json").write_text("{}")
     assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume").exit_code == 0
@@ -624,19 +630,20 @@ def test_two_nodes_on_one_filesystem_train_what_one_process_trains_and_must_be_g
     assert subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(one), *common],
                           capture_output=True).returncode == 0
 
-    def two_nodes(run, node_1_extra=()):
+    def two_nodes(run, node_1_extra=(), extra=(), node_1_run=None):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = str(probe.getsockname()[1])
 
-        def node(rank, extra):
-            return subprocess.Popen([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(run),
+        def node(rank, out, node_extra):
+            return subprocess.Popen([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(out),
                                      *common, "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
-                                     "--master-port", port, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     "--master-port", port, *extra, *node_extra], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
 
-        second = node(1, node_1_extra)
+        second = node(1, node_1_run or run, node_1_extra)
         time.sleep(1.0)
-        first = node(0, ())
+        first = node(0, run, ())
         return [process.communicate(timeout=240) + (process.returncode,) for process in (first, second)]
 
     (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "two")
@@ -644,6 +651,12 @@ def test_two_nodes_on_one_filesystem_train_what_one_process_trains_and_must_be_g
     assert "node 1 of 2 finished its part; node 0 wrote the run" in " ".join(err_1.split())
     assert artifacts.load(tmp_path / "two").fingerprint == artifacts.load(one).fingerprint
     assert not (tmp_path / "two" / ".launch").exists()
+    # --resume where node 1's -o is its own (empty) folder: it started at step 0 beside node 0 at step 2, then hung
+    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "two", extra=["--resume", "--max-steps", "3"],
+                                                       node_1_run=tmp_path / "node-1-own")
+    for code, err in ((code_0, err_0), (code_1, err_1)):
+        said = " ".join(err.split())
+        assert code != 0 and "found different checkpoints to resume from (node 0: its final weights, node 1: no checkpoint)" in said, said
     (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "mismatch", ["--max-steps", "3"])
     for code, err in ((code_0, err_0), (code_1, err_1)):
         assert code != 0 and "the nodes of this run were given different options (node 1" in " ".join(err.split()), err[-2000:]

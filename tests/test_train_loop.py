@@ -424,13 +424,22 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--master-addr"):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2, nnodes=2)
 
-    def fail(command, env, show_noise):
-        (tmp_path / "launch" / "error.txt").write_text("the worker's one-line message\n")
-        assert not show_noise()  # a worker explained the failure: torchrun's traceback stays hidden
-        return 1
+    def fail(exit_code):
+        def torchrun(command, env, show_noise):
+            message = {"message": "the worker's one-line message", "exit_code": exit_code}
+            (tmp_path / "launch" / "error.txt").write_text(json.dumps(message) + "\n")
+            assert not show_noise()  # a worker explained the failure: torchrun's traceback stays hidden
+            return 1
+        return torchrun
 
-    monkeypatch.setattr(distributed, "_run_torchrun", fail)
-    with pytest.raises(UserError, match="^the worker's one-line message$"):
+    from llmkit.errors import UsageError
+
+    monkeypatch.setattr(distributed, "_run_torchrun", fail(1))
+    with pytest.raises(UserError, match="^the worker's one-line message$") as raised:
+        distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    assert raised.value.exit_code == 1
+    monkeypatch.setattr(distributed, "_run_torchrun", fail(2))  # a worker's usage error exits 2 here too
+    with pytest.raises(UsageError, match="^the worker's one-line message$"):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
 
 

@@ -112,8 +112,11 @@ def _check_same_options(rank: int, world: int) -> None:
     dist.all_gather_object(given, (digest, os.environ.get("GROUP_RANK", "0")))
     nodes = sorted({node for d, node in given if d != given[0][0]}, key=int)
     if nodes:
+        dist.destroy_process_group()  # (left to the interpreter's exit, gloo's threads died "without an active exception")
         raise UsageError(f"the nodes of this run were given different options (node {', '.join(nodes)} other than node "
-                         f"{given[0][1]}'s): run the same command on every node; only --node-rank (and --threads) may differ")
+                         f"{given[0][1]}'s): run the same command on every node; only --node-rank (and --threads) may "
+                         "differ (with --resume, -o must be on a filesystem every node shares: a node without the run "
+                         "takes other defaults)")
 
 
 def shutdown() -> None:
@@ -258,7 +261,7 @@ def relaunch(
         env["LLMKIT_DEBUG"] = "1"
     # torchrun's per-worker folders (error files, logs): without --log-dir it makes one in the temporary
     # folder for every run and leaves it there, a torchelastic_* for each run ever launched.
-    logs = Path(tempfile.mkdtemp(prefix="llmkit-torchrun-"))
+    logs = temporary_folder("torchrun")
     command += [f"--log-dir={logs}", "-m", "llmkit.train.worker", str(spec)]
     try:
         returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
@@ -269,8 +272,21 @@ def relaunch(
             raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
                             "the command with --resume to continue from the last checkpoint")
         if error_file.is_file():
-            raise UserError(error_file.read_text(encoding="utf-8").strip())
+            failure = json.loads(error_file.read_text(encoding="utf-8"))
+            raise (UsageError if failure["exit_code"] == 2 else UserError)(failure["message"])
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
+
+
+def temporary_folder(kind: str) -> Path:
+    """A new folder `llmkit-KIND-PID-*` in the temporary folder, for this process to remove when it is
+    done; those of processes no longer running (killed outright: nothing removed them) go first."""
+    from llmkit.runtime import process_running
+
+    for stale in Path(tempfile.gettempdir()).glob(f"llmkit-{kind}-*-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and not process_running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"llmkit-{kind}-{os.getpid()}-"))
 
 
 def _check_port_free(port: int) -> None:
@@ -278,6 +294,7 @@ def _check_port_free(port: int) -> None:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torchrun's store binds: a port in TIME_WAIT serves
         try:
             probe.bind(("", port))
         except OSError as exc:

@@ -76,7 +76,7 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
             # shared filesystem every node wrote the same RUN/.launch (the last node's options ran everywhere),
             # a node started before node 0 made the run directory node 0 then refused, and one that failed
             # left its spec behind to block every later run there. It goes however the workers end.
-            launch_dir = Path(tempfile.mkdtemp(prefix="llmkit-launch-"))
+            launch_dir = distributed.temporary_folder("launch")
             try:
                 distributed.relaunch(
                     f"{entry.__module__}:{entry.__name__}", arguments, launch_dir,

@@ -265,10 +265,29 @@ class Trainer:
         self.peak_flops = gpu_peak_flops(self.device)
 
     # -- resume -----------------------------------------------------------------------------
+    def _check_one_resume_point(self, latest) -> None:
+        """Collective: every process resumes from the same checkpoint. A node whose -o is its own folder
+        (not shared) found none, started at step 0 beside ranks at step N, and the run hung at its end."""
+        if not self.info.distributed:
+            return
+        import os
+
+        import torch.distributed as dist
+
+        point = None if latest is None else "its final weights" if latest == self.run_dir else latest.name
+        found: list = [None] * self.info.world_size
+        dist.all_gather_object(found, (point, os.environ.get("GROUP_RANK", "0")))
+        if len({point for point, _ in found}) > 1:
+            seen = {node: point or "no checkpoint" for point, node in reversed(found)}
+            raise UserError(f"the nodes of this run found different checkpoints to resume from ("
+                            f"{', '.join(f'node {node}: {point}' for node, point in sorted(seen.items()))}): --resume needs "
+                            "-o on a filesystem every node shares")
+
     def _load_weights_for_resume(self):
         from llmkit.model.io import WEIGHTS, load_weights
 
         latest = ckpt.resume_point(self.run_dir, finished_run_resumable=self.spec.final_weights_trainable)
+        self._check_one_resume_point(latest)
         if latest is None:
             if (self.run_dir / artifacts.MANIFEST).is_file():  # finished before its last step was kept unmerged
                 raise UserError(f"{self.run_dir} holds only its merged final weights (a LoRA run made before runs kept "

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(spec["error_file"])
             if isinstance(exc, UserError) or not path.exists():
                 tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
-                tmp.write_text(message + "\n", encoding="utf-8")
+                # (its exit status too: a usage error exits 2 from the launching process as from here)
+                tmp.write_text(json.dumps({"message": message, "exit_code": getattr(exc, "exit_code", 1)}) + "\n",
+                               encoding="utf-8")
                 os.replace(tmp, path)
         else:
             from rich.markup import escape
