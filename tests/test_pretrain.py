@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -330,30 +332,29 @@ def test_a_stop_stops_every_process_of_a_two_process_run(shakespeare, tmp_path, 
     the end of the run, and the command said "interrupted"). A terminal's Ctrl-C reaches the whole
     process group, torchrun with it, and the second SIGINT torchrun then gets does no harm."""
     run = tmp_path / "run"
-    proc = _two_processes_past_a_checkpoint(shakespeare["tokens"], run)
-    if to_group:
-        os.killpg(proc.pid, signum)
-    else:
-        proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=45)  # (torchrun's workers stop within seconds; it waited 60 s before killing them)
-    assert proc.returncode == code and word in stderr and "Traceback" not in stderr, stderr
-    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
-    time.sleep(2)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved  # nobody writes any more
-    assert not _processes_of(run)
+    with _two_processes_past_a_checkpoint(shakespeare["tokens"], run) as proc:
+        if to_group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=45)  # (torchrun's workers stop within seconds; it waited 60 s before killing them)
+        assert proc.returncode == code and word in stderr and "Traceback" not in stderr, stderr
+        saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+        time.sleep(2)
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == saved  # nobody writes any more
+        assert not _processes_of(run, proc)
 
 
 @pytest.mark.slow
 def test_workers_end_with_a_killed_torchrun_and_the_run_says_resume(shakespeare, tmp_path):
     run = tmp_path / "run"
-    proc = _two_processes_past_a_checkpoint(shakespeare["tokens"], run)
-    agent = next(int(p.name) for p in Path("/proc").iterdir()
-                 if p.name.isdigit() and b"torch.distributed.run" in _cmdline(p) and str(run).encode() in _cmdline(p))
-    os.kill(agent, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "torchrun was killed (SIGKILL)" in stderr and "--resume" in stderr, stderr
-    time.sleep(3)  # the orphaned workers notice within a second
-    assert not _processes_of(run)
+    with _two_processes_past_a_checkpoint(shakespeare["tokens"], run) as proc:
+        agent = next(int(p.name) for p in _processes_of(run, proc) if b"torch.distributed.run" in _cmdline(p))
+        os.kill(agent, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and "torchrun was killed (SIGKILL)" in stderr and "--resume" in stderr, stderr
+        time.sleep(3)  # the orphaned workers notice within a second
+        assert not _processes_of(run, proc)
 
 
 @pytest.mark.slow
@@ -362,30 +363,42 @@ def test_workers_end_with_a_launcher_killed_outright(shakespeare, tmp_path):
     into a run whose lock nobody held any more."""
     run = tmp_path / "run"
     # silent workers: one that prints would end on the broken pipe anyway (and its agent with it)
-    proc = _two_processes_past_a_checkpoint(shakespeare["tokens"], run, "--log-every", "1000000")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 30
-    while _processes_of(run) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not _processes_of(run)
+    with _two_processes_past_a_checkpoint(shakespeare["tokens"], run, "--log-every", "1000000") as proc:
+        assert len(_processes_of(run, proc)) == 4  # the command, torchrun's agent, two workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while _processes_of(run, proc) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _processes_of(run, proc)
 
 
-def _two_processes_past_a_checkpoint(tokens: Path, run: Path, *extra: str) -> subprocess.Popen:
-    """A long `--nproc 2` run, once its first checkpoint is written."""
+@contextlib.contextmanager
+def _two_processes_past_a_checkpoint(tokens: Path, run: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """A long `--nproc 2` run, once its first checkpoint is written; what is left of it is killed at the end
+    (a failed test left it training for minutes beside the rest of the suite)."""
     proc = subprocess.Popen(_pretrain_command(tokens, run, "--max-steps", "100000", "--save-every", "4", "--eval-every", "0",
                                               "--nproc", "2", "--threads", "1", *extra),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a runner may have Ctrl-C ignored)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
-        time.sleep(0.05)
-    return proc
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        for process in _processes_of(run, proc):
+            try:
+                os.kill(int(process.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
-def _processes_of(run: Path) -> list[Path]:
-    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(run).encode() in _cmdline(p)]
+def _processes_of(run: Path, launcher: subprocess.Popen) -> list[Path]:
+    """The command (its -o in its command line), torchrun's agent and the workers (its launch folder in theirs)."""
+    marks = (str(run).encode(), f"llmkit-launch-{launcher.pid}-".encode())
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and any(mark in _cmdline(p) for mark in marks)]
 
 
 def _cmdline(process: Path) -> bytes:
