@@ -317,19 +317,22 @@ def test_a_reply_cut_inside_a_character_leaves_no_replacement_character(chat_mod
     session = _session(chat_model)
     real = session.generator.complete
 
-    def ending(pieces, reason):
-        def complete(*args, on_text=None, **kwargs):
-            for piece in pieces:
-                on_text(0, piece)
-            text = "".join(pieces)  # (as Generator.complete gives it: a length cut inside a character without its U+FFFD)
-            text = text.rstrip("\ufffd") if reason == "length" else text
-            return [dataclasses.replace(real(*args, **kwargs)[0], text=text, finish_reason=reason)]
+    def ending(pieces, reason, cut_inside=False):
+        def complete(*args, on_text=None, **kwargs):  # as Generator.complete streams and returns a reply
+            written = "".join(pieces).removesuffix("\ufffd") if cut_inside else "".join(pieces)
+            on_text(0, written)
+            return [dataclasses.replace(real(*args, **kwargs)[0], text=written, finish_reason=reason)]
         return complete
 
     shown = []
-    monkeypatch.setattr(session.generator, "complete", ending(["Two dogs ", "\u5927", "\ufffd"], "length"))
+    monkeypatch.setattr(session.generator, "complete", ending(["Two dogs ", "\u5927", "\ufffd"], "length", cut_inside=True))
     assert session.reply("hello", on_text=shown.append) == "Two dogs \u5927" == "".join(shown)
     assert session.history[-1]["content"] == "Two dogs \u5927"
     shown.clear()  # a U+FFFD inside the reply, or at its end where it stopped by itself, is the model's text
     monkeypatch.setattr(session.generator, "complete", ending(["a \ufffd", "b \ufffd"], "eos"))
     assert session.reply("hello", on_text=shown.append) == "a \ufffdb \ufffd" == "".join(shown)
+    # ... and where the length stopped it after a U+FFFD the model wrote (a lone continuation byte): shown as saved
+    shown.clear()
+    monkeypatch.setattr(session.generator, "complete", ending(["\u5bb6\u559c", "\ufffd"], "length"))
+    assert session.reply("hello", on_text=shown.append) == "\u5bb6\u559c\ufffd" == "".join(shown)
+    assert session.history[-1]["content"] == "\u5bb6\u559c\ufffd"

@@ -140,20 +140,10 @@ class ChatSession:
             self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
                                 f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
         role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]
-        pending = ""  # a trailing U+FFFD waits for what follows it: a reply cut off inside a character drops it
-
-        def stream(_row, piece):
-            nonlocal pending
-            shown = (pending + piece).rstrip("\ufffd")
-            pending = (pending + piece)[len(shown):]
-            if shown:
-                on_text(shown)
-
-        completion = self.generator.complete([ids], params, on_text=stream if on_text else None, extra_stop_ids=role_ids)[0]
-        text = completion.text  # (cut off by the length inside a character: without the U+FFFD, Generator.complete)
-        if completion.finish_reason != "length" and pending and on_text:
-            on_text(pending)
-        text = text.strip()
+        # The engine streams the final text: a character cut by the length is left out of both, a U+FFFD the
+        # model wrote kept in both (a second filter here dropped the latter from the screen, not the transcript).
+        stream = (lambda _row, piece: on_text(piece)) if on_text else None
+        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=role_ids)[0].text.strip()
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text
