@@ -685,6 +685,30 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
                                             "a rerun makes them all again")
 
 
+def test_a_streamed_completion_stopped_by_ctrl_c_ends_its_line_on_a_terminal(monkeypatch, tmp_path):
+    """The error line began after the cut-off text, mid-line."""
+    import io
+
+    from llmkit import console
+    from llmkit.generate import stage
+    from llmkit.generate.command import _generate
+    from llmkit.generate.config import GenerateConfig
+    from llmkit.inference.prompts import Prompt
+
+    screen = io.StringIO()
+    monkeypatch.setattr(console, "out", console._Console(file=screen, force_terminal=True, width=80, highlight=False))
+
+    def stopped(checkpoints, config, on_text=None, on_ready=None, **kwargs):
+        on_ready([Prompt(text="ROMEO:")])
+        on_text(0, " What light")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "run_generate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _generate(GenerateConfig.build(prompts=["ROMEO:"]), checkpoints=[tmp_path / "ckpt"], out=None, force=False)
+    assert screen.getvalue().endswith(" What light\n"), repr(screen.getvalue())
+
+
 def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
     ckpt = make_checkpoint(tmp_path / "lstm", shakespeare[:20000], arch="lstm", n_layer=1)
     result = cli("generate", ckpt, "-p", "A", "-p", "Be it so", "-n", "100", "--greedy", "-o", tmp_path / "o.jsonl")

@@ -29,8 +29,11 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     stream = config.stream if config.stream is not None else rows == 1 and out is None
     # Streaming shows the first completion as it is made; any others print when their batch ends.
 
+    open_line = []  # a streamed completion printed and not yet ended
+
     def on_text(row: int, piece: str) -> None:
         if row == 0:
+            open_line[:] = [True]
             if console.is_terminal:  # rich leaves out control characters, which a terminal would act on
                 console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
             else:  # piped: the text as generated, byte for byte what -o records
@@ -45,6 +48,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             c = item.completion
             if stream and c.prompt_index == 0 and c.sample_index == 0:
                 console.print()  # the streamed completion is complete
+                open_line.clear()
                 continue
             if out is not None and not stream:
                 continue  # batch use: the records go to the file
@@ -65,8 +69,14 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     bar = progress()
     bar.disable = bar.disable or stream or out is None  # batch use only: printed completions need the terminal
     task = bar.add_task("generating", total=rows)
-    with JsonlOutput(out, config, force) if out is not None else nullcontext() as writer, bar:
-        results = run_generate(checkpoints, config, on_text=on_text if stream else None, on_batch=on_batch, on_ready=on_ready)
+    try:
+        with JsonlOutput(out, config, force) if out is not None else nullcontext() as writer, bar:
+            results = run_generate(checkpoints, config, on_text=on_text if stream else None, on_batch=on_batch,
+                                   on_ready=on_ready)
+    except KeyboardInterrupt:
+        if open_line and console.is_terminal:  # (the error line began after the cut-off text)
+            console.print()
+        raise
     if out is not None:
         err.print(f"wrote {len(results)} completion(s) to {out}")
 
