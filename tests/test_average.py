@@ -215,6 +215,8 @@ def test_a_soup_of_a_lora_run_and_a_full_one_records_no_lora_whatever_the_order(
     _ok(cli("average", full, adapted, "-o", tmp_path / "soup-2"))
     assert artifacts.load(tmp_path / "soup-1").fingerprint == artifacts.load(tmp_path / "soup-2").fingerprint
     assert "lora" not in json.loads((tmp_path / "soup-1" / "task.json").read_text())
+    _ok(cli("average", adapted, full, "--weights", "1,0", "-o", tmp_path / "soup-0"))  # a member of weight 0 takes no part
+    assert json.loads((tmp_path / "soup-0" / "task.json").read_text())["lora"]["rank"] == 2
     both = tuned("b", "adapted-too", {**task, "lora": lora})
     _ok(cli("average", adapted, both, "-o", tmp_path / "soup-3"))
     assert json.loads((tmp_path / "soup-3" / "task.json").read_text())["lora"]["rank"] == 2

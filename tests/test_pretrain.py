@@ -397,7 +397,9 @@ def _two_processes_past_a_checkpoint(tokens: Path, run: Path, *extra: str) -> It
 
 def _processes_of(run: Path, launcher: subprocess.Popen) -> list[Path]:
     """The command (its -o in its command line), torchrun's agent and the workers (its launch folder in theirs)."""
-    marks = (str(run).encode(), f"llmkit-launch-{launcher.pid}-".encode())
+    from llmkit.train.distributed import _process_namespace
+
+    marks = (str(run).encode(), f"llmkit-launch-{_process_namespace()}-{launcher.pid}-".encode())
     return [p for p in Path("/proc").iterdir() if p.name.isdigit() and any(mark in _cmdline(p) for mark in marks)]
 
 
@@ -603,14 +605,20 @@ def test_the_workers_spec_does_not_stay_in_the_run(shakespeare, cli, tmp_path, m
 
     import tempfile
 
-    stale = Path(tempfile.gettempdir()) / "llmkit-launch-4194305-killed"  # (above Linux's largest PID: no such process)
+    from llmkit.train.distributed import _process_namespace
+
+    # (4194305: above Linux's largest PID, no such process; another machine's or container's are not this one's to judge)
+    stale = Path(tempfile.gettempdir()) / f"llmkit-launch-{_process_namespace()}-4194305-killed"
+    elsewhere = Path(tempfile.gettempdir()) / "llmkit-launch-0000abcd-4194305-theirs"
     stale.mkdir(exist_ok=True)
+    elsewhere.mkdir(exist_ok=True)
     monkeypatch.setattr(distributed, "relaunch", interrupted)
     assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume", "--nproc", "2").exit_code
     # this node's own folder, outside the run (on a shared filesystem every node wrote RUN/.launch), gone however it ended;
     # one a launcher killed outright left is removed by the next launch
     assert not (run / ".launch").exists() and run not in folders[0].parents and not folders[0].exists()
-    assert not stale.exists()
+    assert not stale.exists() and elsewhere.exists()
+    elsewhere.rmdir()
     (run / ".launch").mkdir()  # what a killed launcher leaves
     (run / ".launch" / "launch.json").write_text("{}")
     assert cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "2", "--resume").exit_code == 0
@@ -664,12 +672,17 @@ def test_two_nodes_on_one_filesystem_train_what_one_process_trains_and_must_be_g
     assert "node 1 of 2 finished its part; node 0 wrote the run" in " ".join(err_1.split())
     assert artifacts.load(tmp_path / "two").fingerprint == artifacts.load(one).fingerprint
     assert not (tmp_path / "two" / ".launch").exists()
-    # --resume where node 1's -o is its own (empty) folder: it started at step 0 beside node 0 at step 2, then hung
-    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "two", extra=["--resume", "--max-steps", "3"],
+    # --resume where node 1's -o is its own copy of the run at another step: it resumed from step 2 beside node 0
+    # at step 3, then the run hung at its end (an empty folder of its own started it at step 0)
+    shutil.copytree(tmp_path / "two", tmp_path / "node-1-own")
+    assert subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(tmp_path / "two"),
+                           *common[:-6], "--max-steps", "3", "--eval-every", "0", "--save-every", "0", "--resume"],
+                          capture_output=True).returncode == 0
+    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "two", extra=["--resume", "--max-steps", "4"],
                                                        node_1_run=tmp_path / "node-1-own")
     for code, err in ((code_0, err_0), (code_1, err_1)):
         said = " ".join(err.split())
-        assert code != 0 and "found different checkpoints to resume from (node 0: its final weights, node 1: no checkpoint)" in said, said
+        assert code != 0 and "found different checkpoints to resume from (node 0: its final weights (" in said, said
     (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "mismatch", ["--max-steps", "3"])
     for code, err in ((code_0, err_0), (code_1, err_1)):
         assert code != 0 and "the nodes of this run were given different options (node 1" in " ".join(err.split()), err[-2000:]

@@ -221,6 +221,7 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
 
     check_same_network(members)
     first = members[0]
+    taking_part = members  # (those of weight above 0: their files and records are the soup's)
     if state is None:
         # a member of weight 0 is left out, as an ensemble leaves it out (0 * nan would be nan), and
         # the soup's files (model config, tokenizer, task) are the first member's that takes part
@@ -229,6 +230,7 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
         chosen = sorted(((art, weight) for art, weight in zip(members, weights) if weight > 0),
                         key=lambda pair: (pair[0].fingerprint, pair[1]))
         first = chosen[0][0]
+        taking_part = [art for art, _ in chosen]
         with contextlib.ExitStack() as files:
             states = [files.enter_context(StoredWeights(art.file(WEIGHTS))) for art, _ in chosen]
             for (art, _), member in zip(chosen, states):
@@ -248,7 +250,7 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
         if TASK_FILE in first.manifest.files:
             from llmkit.model.records import read_task
 
-            loras = [task.lora if task is not None else None for task in map(read_task, members)]
+            loras = [task.lora if task is not None else None for task in map(read_task, taking_part)]
             if all(lora == loras[0] for lora in loras):
                 shutil.copy2(first.file(TASK_FILE), build.dir / TASK_FILE)
             else:  # how one member was trained (LoRA of rank r, or none) is no record of the soup's

@@ -278,15 +278,30 @@ def relaunch(
 
 
 def temporary_folder(kind: str) -> Path:
-    """A new folder `llmkit-KIND-PID-*` in the temporary folder, for this process to remove when it is
-    done; those of processes no longer running (killed outright: nothing removed them) go first."""
+    """A new folder `llmkit-KIND-HERE-PID-*` in the temporary folder, for this process to remove when
+    it is done; those of processes no longer running (killed outright: nothing removed them) go first.
+    HERE names this machine and process namespace: a temporary folder shared with other machines or
+    containers holds live folders of processes this one cannot see, which are never swept."""
     from llmkit.runtime import process_running
 
-    for stale in Path(tempfile.gettempdir()).glob(f"llmkit-{kind}-*-*"):
-        pid = stale.name.split("-")[2]
+    here = _process_namespace()
+    for stale in Path(tempfile.gettempdir()).glob(f"llmkit-{kind}-{here}-*-*"):
+        pid = stale.name.split("-")[3]
         if pid.isdigit() and not process_running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"llmkit-{kind}-{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(prefix=f"llmkit-{kind}-{here}-{os.getpid()}-"))
+
+
+def _process_namespace() -> str:
+    """8 hex digits for this machine and PID namespace (where a PID names one process)."""
+    import hashlib
+    import socket
+
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
 
 
 def _check_port_free(port: int) -> None:

@@ -17,6 +17,7 @@ weighs by its share of them, counted before the step over every data-parallel ra
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -274,11 +275,14 @@ class Trainer:
 
         import torch.distributed as dist
 
-        point = None if latest is None else "its final weights" if latest == self.run_dir else latest.name
+        point = None
+        if latest is not None:  # named for the message, told apart by its fingerprint (copies of a run at other steps)
+            name = "its final weights" if latest == self.run_dir else latest.name
+            point = (name, json.loads((latest / artifacts.MANIFEST).read_text(encoding="utf-8")).get("fingerprint"))
         found: list = [None] * self.info.world_size
         dist.all_gather_object(found, (point, os.environ.get("GROUP_RANK", "0")))
         if len({point for point, _ in found}) > 1:
-            seen = {node: point or "no checkpoint" for point, node in reversed(found)}
+            seen = {node: f"{point[0]} ({str(point[1])[:12]})" if point else "no checkpoint" for point, node in reversed(found)}
             raise UserError(f"the nodes of this run found different checkpoints to resume from ("
                             f"{', '.join(f'node {node}: {point}' for node, point in sorted(seen.items()))}): --resume needs "
                             "-o on a filesystem every node shares")
