@@ -633,6 +633,7 @@ def test_a_lost_connection_to_another_process_is_named_with_what_to_do():
     said = _lost_connection(gloo)
     assert said is not None and "rerun the command on every node with --resume" in said and "GLHF" not in said
     assert _lost_connection(ValueError("a bad value")) is None
+    assert _lost_connection(BrokenPipeError(32, "Broken pipe")) is None  # its own stdout, closed
 
 
 @pytest.mark.slow

@@ -67,6 +67,8 @@ def _lost_connection(exc: BaseException) -> str | None:
     """The error a process sees when another one of the run stops (a node killed, its machine gone):
     gloo's own words ("Connection reset by peer ... GLHF!") said nothing of what happened or what to do."""
     text = str(exc)
+    if isinstance(exc, OSError):  # (this process's own pipe or file: a worker's stdout closed is no other process's end)
+        return None
     if not any(words in text for words in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
                                            "Connection refused")):
         return None
