@@ -75,6 +75,11 @@ def connected(address: str | None) -> Iterator[Any]:
     # thread starts it. Both are put back, so that a kill stops the stage as Ctrl-C does; Ctrl-C and SIGTERM
     # during the start are held to its end (one landing in a fork hook of the start was lost: the run went on).
     sigterm_action = _c_signal_action(signal.SIGTERM)
+
+    def stop() -> None:
+        ray.shutdown()
+        _put_back(signal.SIGTERM, sigterm_action)
+
     stopped = False
     try:
         with _ctrl_c_deferred():
@@ -95,12 +100,10 @@ def connected(address: str | None) -> Iterator[Any]:
         raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); start one with "
                         "`ray start --head` there, or check --ray-address") from None
     except BaseException:
-        ray.shutdown()  # (a Ctrl-C held to the end of the start)
-        _put_back(signal.SIGTERM, sigterm_action)
+        stop()  # (a Ctrl-C held to the end of the start)
         raise
     if stopped:
-        ray.shutdown()
-        _put_back(signal.SIGTERM, sigterm_action)
+        stop()
         signal.raise_signal(signal.SIGTERM)  # to the handler put back: the stage's stop, on this line
     session = None if address not in (None, "", "local") else _session_folder(ray)
     finished = False
@@ -111,8 +114,7 @@ def connected(address: str | None) -> Iterator[Any]:
         finished = closed.__context__ is None  # (closed while an error of the caller's unwinds: the logs stay)
         raise
     finally:
-        ray.shutdown()
-        _put_back(signal.SIGTERM, sigterm_action)
+        stop()
         # the local instance's logs and sockets (/tmp/ray/session_*): one a run, never reused; a failed run's stay
         if session is not None and finished:
             import shutil

@@ -26,6 +26,22 @@ def check_unicode(text: str, what: str, fix: str) -> None:
         raise UserError(f"{what} is not valid Unicode text (an undecodable byte or a lone surrogate, {bad}); {fix}") from None
 
 
+ABSENT = object()  # field_value's answer for a field a record does not have
+
+
+def field_value(record: dict, name: str) -> Any:
+    """A record's field: its own key of that name, else `a.b` reaching into a nested object (hub
+    translation sets hold each pair as {"translation": {"de": ..., "en": ...}}); ABSENT if neither."""
+    if name in record:
+        return record[name]
+    value: Any = record
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return ABSENT
+        value = value[part]
+    return value
+
+
 def json_kind(value: Any) -> str:
     """What a JSON value is, in the words an error about a field uses: null, true/false, a number, ..."""
     if value is None:

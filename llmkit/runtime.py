@@ -69,17 +69,40 @@ def local_files_cache() -> Iterator[Path]:
     path and modification time, so an edited file that kept its time (cp -p, rsync -a, an archive
     unpacked) would be read as its cached old content."""
     import shutil
-    import tempfile
 
-    for left in cache_dir().glob("datasets-local-*-*"):  # a killed run's: its process is gone
-        pid = left.name.split("-")[2]
-        if pid.isdigit() and not process_running(int(pid)):
-            shutil.rmtree(left, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"datasets-local-{os.getpid()}-", dir=cache_dir()))
+    folder = own_folder(cache_dir(), "datasets-local")
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def own_folder(parent: Path, prefix: str) -> Path:
+    """A new folder `PREFIX-HERE-PID-*` in `parent`, for this process to remove when it is done;
+    those of processes no longer running (killed outright: nothing removed them) go first. HERE
+    names this machine and process namespace: a folder shared with other machines or containers (a
+    temporary folder, a home on NFS) holds live folders of processes this one cannot see, never swept."""
+    import shutil
+    import tempfile
+
+    here = process_namespace()
+    for stale in Path(parent).glob(f"{prefix}-{here}-*-*"):
+        pid = stale.name[len(prefix) + len(here) + 2 :].split("-")[0]
+        if pid.isdigit() and not process_running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-{here}-{os.getpid()}-", dir=parent))
+
+
+def process_namespace() -> str:
+    """8 hex digits for this machine and PID namespace (where a PID names one process)."""
+    import hashlib
+    import socket
+
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
 
 
 @contextlib.contextmanager

@@ -397,9 +397,9 @@ def _two_processes_past_a_checkpoint(tokens: Path, run: Path, *extra: str) -> It
 
 def _processes_of(run: Path, launcher: subprocess.Popen) -> list[Path]:
     """The command (its -o in its command line), torchrun's agent and the workers (its launch folder in theirs)."""
-    from llmkit.train.distributed import _process_namespace
+    from llmkit.runtime import process_namespace
 
-    marks = (str(run).encode(), f"llmkit-launch-{_process_namespace()}-{launcher.pid}-".encode())
+    marks = (str(run).encode(), f"llmkit-launch-{process_namespace()}-{launcher.pid}-".encode())
     return [p for p in Path("/proc").iterdir() if p.name.isdigit() and any(mark in _cmdline(p) for mark in marks)]
 
 
@@ -605,10 +605,10 @@ def test_the_workers_spec_does_not_stay_in_the_run(shakespeare, cli, tmp_path, m
 
     import tempfile
 
-    from llmkit.train.distributed import _process_namespace
+    from llmkit.runtime import process_namespace
 
     # (4194305: above Linux's largest PID, no such process; another machine's or container's are not this one's to judge)
-    stale = Path(tempfile.gettempdir()) / f"llmkit-launch-{_process_namespace()}-4194305-killed"
+    stale = Path(tempfile.gettempdir()) / f"llmkit-launch-{process_namespace()}-4194305-killed"
     elsewhere = Path(tempfile.gettempdir()) / "llmkit-launch-0000abcd-4194305-theirs"
     stale.mkdir(exist_ok=True)
     elsewhere.mkdir(exist_ok=True)

@@ -23,6 +23,7 @@ from typing import IO, Any, Callable, Iterator, Optional
 from llmkit.artifacts import storable_name
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
+from llmkit.jsonl import ABSENT, field_value
 from llmkit.runtime import offline_when_unreachable
 
 BUILTIN_PREFIX = "builtin:"
@@ -477,7 +478,7 @@ class _FieldPicker:
         nested = list(dict.fromkeys(name for r in dicts for name in _nested_text_fields(r)))  # (offered, and reachable)
         offer = ", ".join(strings + nested or keys) or "(no fields)"
         if self.names:
-            keys += [name for name in self.names if name not in keys and any(_field_value(r, name) is not _ABSENT for r in dicts)]
+            keys += [name for name in self.names if name not in keys and any(field_value(r, name) is not ABSENT for r in dicts)]
             self.field = next((name for name in self.names if name in keys), self.names[0])
             if dicts and self.field not in keys:
                 first = f" in its first {read} records" if read > 1 else ""
@@ -500,8 +501,8 @@ class _FieldPicker:
         if self.problem is not None:
             raise UserError(self.problem)
         name = self.field
-        value = record[name] if name in record else _field_value(record, name)
-        if value is _ABSENT:
+        value = field_value(record, name)
+        if value is ABSENT:
             raise _BadRecord(f"no field {name!r}" + (", which other records have" if self.seen else ""))
         if value is None:
             raise _BadRecord(f"field {name!r} is null")
@@ -512,22 +513,6 @@ class _FieldPicker:
 
 class _BadRecord(Exception):
     pass
-
-
-_ABSENT = object()
-
-
-def _field_value(record: dict, name: str) -> Any:
-    """A record's field: its own key of that name, else `a.b` reaching into a nested object (hub
-    translation sets hold each pair as {"translation": {"de": ..., "en": ...}}); _ABSENT if neither."""
-    if name in record:
-        return record[name]
-    value: Any = record
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return _ABSENT
-        value = value[part]
-    return value
 
 
 def _nested_text_fields(record: dict, prefix: str = "") -> Iterator[str]:

@@ -52,8 +52,8 @@ def pick_field(records: list[dict], given: str | None, candidates: Sequence[str]
     name = given
     if name is not None and "." in name and not any(name in record for record in records):  # (a key of that name wins)
         for record in records:
-            value = _nested(record, name)
-            if value is not _ABSENT:
+            value = jsonl.field_value(record, name)
+            if value is not jsonl.ABSENT:
                 record[name] = value
     if name is None:
         name = next((c for c in candidates if c in records[0]), None)
@@ -67,17 +67,6 @@ def pick_field(records: list[dict], given: str | None, candidates: Sequence[str]
         raise UserError(f"the records mix field names: record 1 has {name!r}, record {missing + 1} has only {fields}; "
                         f"use one name in every record (or {flag} NAME)")
     return name
-
-
-_ABSENT = object()
-
-
-def _nested(record: Any, name: str) -> Any:
-    for part in name.split("."):
-        if not isinstance(record, dict) or part not in record:
-            return _ABSENT
-        record = record[part]
-    return record
 
 
 def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag: str, allow_lists: bool) -> list:

@@ -29,11 +29,12 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     stream = config.stream if config.stream is not None else rows == 1 and out is None
     # Streaming shows the first completion as it is made; any others print when their batch ends.
 
-    open_line = []  # a streamed completion printed and not yet ended
+    open_line = False  # a streamed completion printed and not yet ended
 
     def on_text(row: int, piece: str) -> None:
+        nonlocal open_line
         if row == 0:
-            open_line[:] = [True]
+            open_line = True
             if console.is_terminal:  # rich leaves out control characters, which a terminal would act on
                 console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
             else:  # piped: the text as generated, byte for byte what -o records
@@ -41,6 +42,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             console.file.flush()
 
     def on_batch(batch) -> None:
+        nonlocal open_line
         if writer is not None:
             writer.write(batch)
             bar.advance(task, len(batch))
@@ -48,7 +50,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             c = item.completion
             if stream and c.prompt_index == 0 and c.sample_index == 0:
                 console.print()  # the streamed completion is complete
-                open_line.clear()
+                open_line = False
                 continue
             if out is not None and not stream:
                 continue  # batch use: the records go to the file

@@ -248,8 +248,6 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
         shutil.copy2(first.file(MODEL_CONFIG), build.dir / MODEL_CONFIG)
         shutil.copytree(first.path / TOKENIZER_DIR, build.dir / TOKENIZER_DIR)
         if TASK_FILE in first.manifest.files:
-            from llmkit.model.records import read_task
-
             loras = [task.lora if task is not None else None for task in map(read_task, taking_part)]
             if all(lora == loras[0] for lora in loras):
                 shutil.copy2(first.file(TASK_FILE), build.dir / TASK_FILE)

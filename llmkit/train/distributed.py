@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,7 +229,6 @@ def relaunch(
     launch_dir.mkdir(parents=True, exist_ok=True)
     spec = launch_dir / "launch.json"
     error_file = launch_dir / ERROR_FILE
-    error_file.unlink(missing_ok=True)
     # argv: the user's command, which the workers' artifacts record (not the worker's own command line)
     spec.write_text(json.dumps({"entry": entry, "arguments": arguments, "error_file": str(error_file), "argv": sys.argv},
                                indent=2))
@@ -259,14 +256,10 @@ def relaunch(
 
     if debug_enabled():
         env["LLMKIT_DEBUG"] = "1"
-    # torchrun's per-worker folders (error files, logs): without --log-dir it makes one in the temporary
-    # folder for every run and leaves it there, a torchelastic_* for each run ever launched.
-    logs = temporary_folder("torchrun")
-    command += [f"--log-dir={logs}", "-m", "llmkit.train.worker", str(spec)]
-    try:
-        returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
-    finally:
-        shutil.rmtree(logs, ignore_errors=True)
+    # torchrun's per-worker folders (error files, logs), in the launch folder, which goes with them: without
+    # --log-dir it makes one in the temporary folder for every run and leaves it there, a torchelastic_* each.
+    command += [f"--log-dir={launch_dir / 'torchrun'}", "-m", "llmkit.train.worker", str(spec)]
+    returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
     if returncode != 0:
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
             raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
@@ -275,33 +268,6 @@ def relaunch(
             failure = json.loads(error_file.read_text(encoding="utf-8"))
             raise (UsageError if failure["exit_code"] == 2 else UserError)(failure["message"])
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
-
-
-def temporary_folder(kind: str) -> Path:
-    """A new folder `llmkit-KIND-HERE-PID-*` in the temporary folder, for this process to remove when
-    it is done; those of processes no longer running (killed outright: nothing removed them) go first.
-    HERE names this machine and process namespace: a temporary folder shared with other machines or
-    containers holds live folders of processes this one cannot see, which are never swept."""
-    from llmkit.runtime import process_running
-
-    here = _process_namespace()
-    for stale in Path(tempfile.gettempdir()).glob(f"llmkit-{kind}-{here}-*-*"):
-        pid = stale.name.split("-")[3]
-        if pid.isdigit() and not process_running(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"llmkit-{kind}-{here}-{os.getpid()}-"))
-
-
-def _process_namespace() -> str:
-    """8 hex digits for this machine and PID namespace (where a PID names one process)."""
-    import hashlib
-    import socket
-
-    try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        namespace = 0
-    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
 
 
 def _check_port_free(port: int) -> None:

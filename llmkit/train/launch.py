@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -68,7 +68,9 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
 
     check_world(per_node * devices.nnodes, devices.tp, devices.pp)
     owner = first_process(devices)
-    with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else _joined(out):
+    # (another node's, or rank's, view of the run directory the first process prepares: left to it; made here, it
+    # was an existing folder to node 0 when this node started first)
+    with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else nullcontext():
         if owner:
             shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)  # an earlier version's multi-process session, killed
         if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
@@ -76,7 +78,9 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
             # shared filesystem every node wrote the same RUN/.launch (the last node's options ran everywhere),
             # a node started before node 0 made the run directory node 0 then refused, and one that failed
             # left its spec behind to block every later run there. It goes however the workers end.
-            launch_dir = distributed.temporary_folder("launch")
+            from llmkit.runtime import own_folder
+
+            launch_dir = own_folder(Path(tempfile.gettempdir()), "llmkit-launch")
             try:
                 distributed.relaunch(
                     f"{entry.__module__}:{entry.__name__}", arguments, launch_dir,
@@ -185,13 +189,6 @@ def _put_back_replaced_run(out: Path, force: bool) -> None:
                 else f"the run it replaced is back in {out}")
         note(f"a --force run on {out} was stopped before its first checkpoint; {kept}")
     discard_replaced_runs(out)
-
-
-@contextmanager
-def _joined(out: Path) -> Iterator[None]:
-    """Another node's (or rank's) view of the run directory the first process prepares: left to it
-    (made here, it was an existing folder to node 0 when this node started first)."""
-    yield
 
 
 def written_elsewhere(out: Path, devices: Devices) -> bool:

@@ -17,7 +17,6 @@ weighs by its share of them, counted before the step over every data-parallel ra
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -278,7 +277,7 @@ class Trainer:
         point = None
         if latest is not None:  # named for the message, told apart by its fingerprint (copies of a run at other steps)
             name = "its final weights" if latest == self.run_dir else latest.name
-            point = (name, json.loads((latest / artifacts.MANIFEST).read_text(encoding="utf-8")).get("fingerprint"))
+            point = (name, (artifacts._manifest_json(latest / artifacts.MANIFEST) or {}).get("fingerprint"))
         found: list = [None] * self.info.world_size
         dist.all_gather_object(found, (point, os.environ.get("GROUP_RANK", "0")))
         if len({point for point, _ in found}) > 1:
