@@ -131,10 +131,11 @@ def test_csv_and_parquet_data_are_read_as_they_are_now(tmp_path, monkeypatch):
 
     from llmkit.errors import UserError
     from llmkit.eval.sources import load_records
-    from llmkit.runtime import cache_dir
+    from llmkit.runtime import cache_dir, process_namespace
 
     monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))  # its own: other tests fill the worker's pinned cache
-    stale = cache_dir() / "datasets-local-999999999-x"  # a killed run's (no such process): removed by the next
+    # a killed run's on this machine (no such process): removed by the next
+    stale = cache_dir() / f"datasets-local-{process_namespace()}-999999999-x"
     stale.mkdir(parents=True)
     csv = tmp_path / "p.csv"
     csv.write_text("text,label\nthe king is dead,a\n", encoding="utf-8")
