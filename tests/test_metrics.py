@@ -280,13 +280,33 @@ def test_the_label_intervals_score_each_resample_as_classification_scores_does(c
     (its classes, its F1 formula, its mean) as classification_scores on that resample."""
     import numpy
 
-    from llmkit.eval.metrics._refs import half_width, resamples
+    from llmkit.eval.metrics._refs import BOOTSTRAP_SEED, half_width
     from llmkit.eval.metrics.classification import classification_intervals, classification_scores
 
     rng = numpy.random.default_rng(classes)
     labels = [f"c{i}" for i in range(classes)]
     gold = rng.choice(labels, 1500)
     guess = numpy.where(rng.random(1500) < 0.6, gold, rng.choice(labels + ["only-predicted"], 1500))
-    each = [classification_scores(guess[draw], gold[draw]) for draw in resamples(1500, 200)]
-    assert classification_intervals(guess, gold, 200) == {"accuracy_ci95": half_width([s["accuracy"] for s in each]),
-                                                          "f1_ci95": half_width([s["f1"] for s in each])}
+    guess_norm = numpy.where(rng.random(1500) < 0.7, gold, guess)
+    draws = numpy.random.default_rng(BOOTSTRAP_SEED).choice(1500, size=(200, 1500), replace=True)  # sacrebleu's
+    each = [classification_scores(guess[draw], gold[draw]) for draw in draws]
+    assert classification_intervals(guess, gold, 200, guess_norm) == {
+        "accuracy_ci95": half_width([s["accuracy"] for s in each]), "f1_ci95": half_width([s["f1"] for s in each]),
+        "accuracy_norm_ci95": half_width([(guess_norm[draw] == gold[draw]).mean() for draw in draws])}
+
+
+def test_the_bootstrap_draws_in_slices_are_sacrebleus_one_draw(monkeypatch):
+    """Resamples drawn a slice at a time (memory bounded) are the rows of sacrebleu's one draw, in order,
+    and a slice holds no more than the budget of indices or of a caller's cells per resample."""
+    import numpy
+
+    from llmkit.eval.metrics import _refs
+
+    monkeypatch.setattr(_refs, "SLICE_CELLS", 1000)
+    whole = numpy.random.default_rng(_refs.BOOTSTRAP_SEED).choice(301, size=(50, 301), replace=True)
+    slices = list(_refs.resample_slices(301, 50))
+    assert len(slices) == 17 and max(len(part) for part in slices) == 3
+    assert (numpy.concatenate(slices) == whole).all()
+    assert max(len(part) for part in _refs.resample_slices(301, 50, cells_per_resample=500)) == 2
+    values = numpy.random.default_rng(0).random(301)
+    assert numpy.allclose(_refs.resampled_sums([values], 50)[0], values[whole].sum(axis=1), rtol=1e-12)

@@ -309,13 +309,9 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             from llmkit.eval.metrics.classification import classification_intervals
 
             labelled = [r for r in records if r["task"] in ("classification", "multiple_choice")]
+            normalized = [r["prediction_norm"] for r in labelled] if "accuracy_norm" in metrics else None
             metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
-                                                    cfg.bootstrap))
-            if "accuracy_norm" in metrics:  # (multiple choice: the same resamples)
-                from llmkit.eval.metrics._refs import half_width, resampled_sums
-
-                [correct] = resampled_sums([[float(r["prediction_norm"] == r["label"]) for r in labelled]], cfg.bootstrap)
-                metrics["accuracy_norm_ci95"] = half_width((correct / len(labelled)).tolist())
+                                                    cfg.bootstrap, normalized))
         for name, value in metrics.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{name} came out as {value}; {metric_names.NOT_FINITE}")

@@ -8,7 +8,7 @@ import numpy
 
 from llmkit.errors import UsageError, UserError
 from llmkit.eval.metrics import ROUGE_TYPES, instance
-from llmkit.eval.metrics._refs import half_width, resamples
+from llmkit.eval.metrics._refs import half_width, resampled_sums
 from llmkit.eval.metrics.bleu import TOKENIZERS as BLEU_TOKENIZERS
 from llmkit.eval.metrics.rouge_tokenizers import NAMES as ROUGE_TOKENIZERS
 
@@ -101,7 +101,7 @@ def score_text(
             scores.metrics[rouge_type] = float(numpy.mean(values))
             scores.per_example[rouge_type] = values
             if bootstrap:
-                draws = resamples(len(values), bootstrap)
-                scores.metrics[f"{rouge_type}_ci95"] = half_width(numpy.asarray(values)[draws].mean(axis=1).tolist())
+                [sums] = resampled_sums([values], bootstrap)
+                scores.metrics[f"{rouge_type}_ci95"] = half_width((sums / len(values)).tolist())
         scores.signatures["rouge"] = f"tokenizer:{rouge_tokenize}|stemmer:{'yes' if stemmer else 'no'}|agg:mean-f"
     return scores

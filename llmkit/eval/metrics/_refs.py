@@ -27,6 +27,7 @@ def transpose_references(references: Sequence) -> list[list[str]]:
 # The seed of every bootstrap (sacrebleu's own default, SACREBLEU_SEED): the same resamples on every
 # run, so an eval with --bootstrap is one artifact, whatever the machine.
 BOOTSTRAP_SEED = 12345
+SLICE_CELLS = 10_000_000  # indices (or per-resample cells) held at once: ~80 MB
 
 
 def corpus_score_with_interval(metric, predictions: Sequence[str], references: Sequence, n_bootstrap: int):
@@ -66,27 +67,28 @@ def half_width(samples: Sequence[float]) -> float:
     return 0.5 * (ordered[len(ordered) - low - 1] - ordered[low])
 
 
-def resamples(count: int, n_bootstrap: int):
-    """The bootstrap's resampled indices [n_bootstrap, count], drawn as sacrebleu draws them."""
+def resample_slices(count: int, n_bootstrap: int, cells_per_resample: int = 0):
+    """The bootstrap's resampled indices, drawn as sacrebleu draws them (`default_rng(seed).choice(count,
+    size=(n_bootstrap, count))`), yielded a slice of rows at a time: arrays [rows, count] whose
+    concatenation is exactly that draw (numpy draws the rows in order), each slice within ~80 MB of
+    indices or of the `cells_per_resample` a caller builds per row, however many units and resamples
+    (100,000 resamples of 10,000 units at once would be 8 GB)."""
     import numpy
 
-    return numpy.random.default_rng(BOOTSTRAP_SEED).choice(count, size=(n_bootstrap, count), replace=True)
+    rng = numpy.random.default_rng(BOOTSTRAP_SEED)
+    step = max(1, SLICE_CELLS // max(count, cells_per_resample, 1))
+    for start in range(0, n_bootstrap, step):
+        yield rng.choice(count, size=(min(step, n_bootstrap - start), count), replace=True)
 
 
 def resampled_sums(columns: Sequence[Sequence[float]], n_bootstrap: int) -> list:
     """Each column (a value per unit: an example, a scored window) summed over each of `n_bootstrap`
-    resamples of the units: arrays [n_bootstrap]. Drawn as `resamples` draws them, a slice of the
-    resamples at a time, whose indices stay within ~80 MB however many units (the same draws as
-    `resamples` gives while they fit in one slice)."""
+    resamples of the units: arrays [n_bootstrap]."""
     import numpy
 
     values = [numpy.asarray(column, dtype=numpy.float64) for column in columns]
-    count = len(values[0])
-    rng = numpy.random.default_rng(BOOTSTRAP_SEED)
-    step = max(1, 10_000_000 // max(count, 1))
     sums: list[list] = [[] for _ in values]
-    for start in range(0, n_bootstrap, step):
-        draws = rng.choice(count, size=(min(step, n_bootstrap - start), count), replace=True)
+    for draws in resample_slices(len(values[0]), n_bootstrap):
         for parts, column in zip(sums, values):
             parts.append(column[draws].sum(axis=1))
     return [numpy.concatenate(parts) for parts in sums]

@@ -76,10 +76,11 @@ def classification_scores(predictions, references, label_names=None):
     return results
 
 
-def classification_intervals(predictions, references, n_bootstrap):
+def classification_intervals(predictions, references, n_bootstrap, normalized_predictions=None):
     """95% intervals of accuracy and macro F1 (`accuracy_ci95`, `f1_ci95`: half-widths), the
-    examples resampled as sacrebleu resamples segments, with its seed."""
-    from llmkit.eval.metrics._refs import half_width, resamples
+    examples resampled as sacrebleu resamples segments, with its seed; with `normalized_predictions`
+    (multiple choice's length-normalised picks) `accuracy_norm_ci95` too, from the same resamples."""
+    from llmkit.eval.metrics._refs import half_width, resample_slices
 
     # the labels as codes, and every resample's confusion counts at once (classification_scores per
     # resample took 11-15 s for 10,000 examples and 1,000 resamples): the same scores, its conventions
@@ -88,11 +89,11 @@ def classification_intervals(predictions, references, n_bootstrap):
                                   return_inverse=True)
     k, n = len(classes), len(codes) // 2
     predicted_codes, gold_codes = codes[:n], codes[n:]
-    draws = resamples(n, n_bootstrap)
-    accuracy, macro_f1 = [], []
-    step = max(1, 10_000_000 // (k * k))  # resamples a time: their confusion counts within ~80 MB, however many classes
-    for start in range(0, n_bootstrap, step):
-        part = draws[start : start + step]
+    norm_correct = None
+    if normalized_predictions is not None:
+        norm_correct = numpy.array([pick == gold for pick, gold in zip(normalized_predictions, references)])
+    accuracy, macro_f1, accuracy_norm = [], [], []
+    for part in resample_slices(n, n_bootstrap, cells_per_resample=k * k):  # (confusion counts: k² a resample)
         cells = (gold_codes[part] * k + predicted_codes[part]) + (numpy.arange(len(part)) * k * k)[:, None]
         confusion = numpy.bincount(cells.ravel(), minlength=len(part) * k * k).reshape(len(part), k, k).astype(float)
         true_positive = confusion.diagonal(axis1=1, axis2=2)
@@ -101,4 +102,9 @@ def classification_intervals(predictions, references, n_bootstrap):
         f1 = numpy.where(seen, 2 * true_positive / numpy.where(seen, both, 1), 0.0)
         macro_f1 += [float(numpy.mean(row[mask])) for row, mask in zip(f1, seen)]  # (numpy's mean, as classification_scores')
         accuracy += (true_positive.sum(axis=1) / n).tolist()
-    return {"accuracy_ci95": half_width(accuracy), "f1_ci95": half_width(macro_f1)}
+        if norm_correct is not None:
+            accuracy_norm += (norm_correct[part].sum(axis=1) / n).tolist()
+    intervals = {"accuracy_ci95": half_width(accuracy), "f1_ci95": half_width(macro_f1)}
+    if norm_correct is not None:
+        intervals["accuracy_norm_ci95"] = half_width(accuracy_norm)
+    return intervals
