@@ -540,10 +540,13 @@ def test_a_worker_error_under_two_processes_is_one_line(cli, chain, tmp_path):
 
 @pytest.mark.parametrize("rows,extra,message", [
     ([{"text": "good film", "label": 1}, {"text": "bad film", "label": 10**9}], ["--task", "classify"], "beyond 10,000"),
-    ([{"source": "a", "target": "b"}], ["--template", "{tmp}/attr.json"], "only plain {field} names"),
+    ([{"source": "a", "target": "b"}], ["--template", "{tmp}/index.json"], "only {field} names are allowed"),
+    # a dotted name is looked up in the record's objects, never as a Python attribute
+    ([{"source": "a", "target": "b"}], ["--template", "{tmp}/attr.json"], "has no field 'source.__class__'"),
 ])
 def test_finetune_data_that_would_misbehave_is_refused(cli, chain, tmp_path, rows, extra, message):
     (tmp_path / "attr.json").write_text(json.dumps({"prompt": "{source.__class__}", "response": "{target}"}))
+    (tmp_path / "index.json").write_text(json.dumps({"prompt": "{source[0]}", "response": "{target}"}))
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows * 8))
     line = _one_line_error(cli("finetune", chain / "ckpt", "--data", data, "-o", tmp_path / "run", "--max-steps", "1",
@@ -551,12 +554,17 @@ def test_finetune_data_that_would_misbehave_is_refused(cli, chain, tmp_path, row
     assert message in line and not (tmp_path / "run").exists()
 
 
-def test_eval_prompt_templates_take_plain_fields_only(cli, chain, tmp_path):
+@pytest.mark.parametrize("template,message", [
+    ("{source[0]}", "only {field} names are allowed"),
+    ("{source!r}", "only {field} names are allowed"),
+    ("{source.__init__.__globals__}", "has no field 'source.__init__.__globals__'"),  # (a key path, not attributes)
+])
+def test_eval_prompt_templates_take_plain_fields_only(cli, chain, tmp_path, template, message):
     data = tmp_path / "mt.jsonl"
     data.write_text(json.dumps({"source": "Hallo", "target": "Hello"}) + "\n")
-    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--prompt-template",
-                               "{source.__init__.__globals__}", "-o", tmp_path / "ev"))
-    assert "only plain {field} names" in line and not (tmp_path / "ev").exists()
+    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--prompt-template", template,
+                               "--max-new-tokens", "8", "-o", tmp_path / "ev"))
+    assert message in line and not (tmp_path / "ev").exists()
 
 
 @pytest.mark.parametrize("name,content,message", [

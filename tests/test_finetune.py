@@ -282,6 +282,58 @@ def test_eval_gives_a_custom_templates_response_wording_with_the_prompt(base, sh
     assert generate_predictions(loaded, two)[0] == ["A dog runs", "No end"]
 
 
+def test_a_template_reaches_into_nested_records_by_dotted_names(base, shared_data, cli, tmp_path):
+    """Hub translation sets nest each pair ({"translation": {"de": ..., "en": ...}}): a template file's
+    {translation.de} trains on them as {de} trains on flat records (the same tokens, cuts included),
+    and eval, perplexity and generate then find the fine-tune's nested fields in such records."""
+    from llmkit.data.templates import resolve_template
+    from llmkit.finetune.data import sft_examples
+
+    rows = [r for r in read_jsonl(shared_data / "translation" / "train.jsonl") if len(r["source"]) < 200][:48]
+    flat = [{"de": r["source"], "en": r["target"]} for r in rows]
+    nested = [{"translation": {"de": r["source"], "en": r["target"]}} for r in rows]
+    (tmp_path / "flat.json").write_text(json.dumps({"prompt": "German: {de}\nEnglish:", "response": " {en}"}))
+    (tmp_path / "nested.json").write_text(json.dumps({"prompt": "German: {translation.de}\nEnglish:",
+                                                      "response": " {translation.en}"}))
+    tok = _tokenizer(base)
+    for max_len in (256, 32):  # (32: German sentences cut to fit, a dotted field cut as a flat one)
+        expected = sft_examples(flat, resolve_template(str(tmp_path / "flat.json")), tok, max_len, truncate=True,
+                                name="training", verbose=False)
+        assert max_len > 32 or sum(len(e.ids) < len(tok.encode(r["de"])) for e, r in zip(expected, flat)) > 10
+        assert sft_examples(nested, resolve_template(str(tmp_path / "nested.json")), tok, max_len, truncate=True,
+                            name="training", verbose=False) == expected
+    run = tmp_path / "run"
+    result = cli("finetune", base["checkpoint"], "--data", write_jsonl(tmp_path / "nested.jsonl", nested), "-o", run,
+                 "--template", tmp_path / "nested.json", "--max-steps", "2", "--batch-size", "16", "--eval-every", "0")
+    assert result.exit_code == 0, result.output
+    template = json.loads((run / "task.json").read_text())["template"]
+    assert (template["input_field"], template["target_field"]) == ("translation.de", "translation.en")
+    test = write_jsonl(tmp_path / "test.jsonl", nested[:3])
+    result = cli("eval", run, "-m", "bleu", "--data", test, "--max-new-tokens", "6", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    predictions = read_jsonl(tmp_path / "ev" / "predictions.jsonl")
+    assert [p["prompt"] for p in predictions] == [f"German: {r['de']}\nEnglish:" for r in flat[:3]]
+    assert [p["references"] for p in predictions] == [[r["en"]] for r in flat[:3]]
+    result = cli("eval", run, "--data", test, "-o", tmp_path / "ppl")  # the fine-tune's own examples: its replies scored
+    assert result.exit_code == 0, result.output
+    stats = artifacts.load(tmp_path / "ppl").manifest.stats
+    assert stats["bytes"] == sum(len((" " + r["en"]).encode()) for r in flat[:3]), stats
+    result = cli("generate", run, "--prompts", test, "--max-new-tokens", "4", "--seed", "1", "-o", tmp_path / "gen.jsonl")
+    assert result.exit_code == 0 and "left empty" not in result.output, result.output
+    typed = cli("generate", run, "--prompt", flat[0]["de"], "--max-new-tokens", "4", "--seed", "1", "-o", tmp_path / "typed.jsonl")
+    assert typed.exit_code == 0, typed.output
+    assert read_jsonl(tmp_path / "gen.jsonl")[0]["completion"] == read_jsonl(tmp_path / "typed.jsonl")[0]["completion"]
+    assert read_jsonl(tmp_path / "gen.jsonl")[0]["prompt"] == flat[0]["de"]
+    # a record with neither a prompt field nor the template's: refused in one line, the template's fields named
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"fr": "Bonjour"}])
+    for model in (run, base["checkpoint"]):
+        result = cli("generate", model, "--prompts", wrong, "-o", tmp_path / "wrong-out.jsonl")
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and "wrong.jsonl:1 has no prompt" in lines[0], result.output
+        assert ("template: translation.de)" in lines[0]) == (model == run), lines
+    assert not (tmp_path / "wrong-out.jsonl").exists()
+
+
 # -- classification -----------------------------------------------------------------------------------
 
 

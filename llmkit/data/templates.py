@@ -7,7 +7,7 @@ Two kinds, both stored in the checkpoint's task.json under "template" so that `g
          Assistant content is learned, followed by the token that ends the turn: the next
          message's role token, or EOS after the last message. A generation prompt is the history
          followed by <|assistant|> (`encode_chat_prompt`, which generate, eval and chat use).
-  text   [BOS] prompt.format(**record) response.format(**record) [EOS], with only the response
+  text   [BOS] prompt(record) response(record) [EOS] ({field}s filled, `render`), with only the response
          and the EOS learned. Built in: plain ({prompt} -> {response}), translate ({source} ->
          {target}), summarize ({document} -> {summary}); or a JSON file with the same keys.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from llmkit.errors import UserError
-from llmkit.jsonl import read_text
+from llmkit.jsonl import ABSENT, field_value, read_text
 
 ROLES = ("system", "user", "assistant")
 CHAT = "chat"
@@ -54,9 +54,16 @@ def _fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
+def is_field_name(name: str) -> bool:
+    """A placeholder's name: a field, or fields joined by dots reaching into nested objects
+    (`{translation.de}`, as the hub's translation sets hold their pairs)."""
+    return all(part.isidentifier() for part in name.split("."))
+
+
 def plain_fields(template: str, what: str) -> list[str]:
-    """The placeholders of a template, which must be plain `{name}`s: no attribute or index
-    access (`{source.__class__}`), conversion or format spec, which would run code on the data."""
+    """The placeholders of a template, which must be plain `{name}`s or `{name.nested}`s (looked up
+    in the record's objects, never as Python attributes): no index access, conversion or format
+    spec, which would run code on the data."""
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
@@ -65,9 +72,10 @@ def plain_fields(template: str, what: str) -> list[str]:
     for _, name, spec, conversion in parts:
         if name is None:
             continue
-        if not name.isidentifier() or spec or conversion:
+        if not is_field_name(name) or spec or conversion:
             shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise UserError(f"{what} {template!r} has the placeholder {shown}; only plain {{field}} names are allowed")
+            raise UserError(f"{what} {template!r} has the placeholder {shown}; only {{field}} names are allowed "
+                            "({field.subfield} for a nested one)")
         names.append(name)
     return names
 
@@ -254,20 +262,23 @@ def _not_text(value: Any) -> str | None:
     return None if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json_kind(value)
 
 
-def render(part: str, record: dict[str, Any], where: str) -> str:
+def render(part: str, record: dict[str, Any], where: str, absent: str | None = None) -> str:
+    """The template's text with each placeholder filled from the record (`{a.b}`: its own key "a.b",
+    else b within its object a). `absent`: what a field the record lacks becomes; None: an error."""
+    values = {}
     for name in plain_fields(part, "the template"):
+        value = field_value(record, name)
+        if value is ABSENT:
+            if absent is None:
+                raise UserError(f"{where} has no field {name!r} that the template needs; fields: {', '.join(record)}")
+            value = absent
         # null, true or a list would be written out as "None", "True" or "[1, 2]" and trained on (a number is text enough)
-        value = record[name] if name in record else ""  # (a missing field is named below)
         shown = _not_text(value)
         if shown:
             raise UserError(f"{where} field {name!r} is {shown}, not text; the template needs text there: fix the record "
                             "or leave it out")
-    try:
-        return part.format_map(record)
-    except KeyError as exc:
-        raise UserError(f"{where} has no field {exc.args[0]!r} that the template needs; fields: {', '.join(record)}") from exc
-    except (ValueError, IndexError) as exc:
-        raise UserError(f"the template {part!r} is not a valid format string ({exc})") from exc
+        values[name] = value
+    return "".join(literal + ("" if name is None else str(values[name])) for literal, name, _, _ in string.Formatter().parse(part))
 
 
 def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[str, Any], field: str, tokenizer,
@@ -280,7 +291,7 @@ def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[st
     over = len(encode(record)) - budget
     if over <= 0:
         return record
-    text = record[field]
+    text = field_value(record, field)  # (the cut is kept under the field's own name, which field_value reads first)
     pieces = tokenizer.encode(text)
     keep = max(0, len(pieces) - over)
     while True:
@@ -305,7 +316,7 @@ def fit_fields(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[s
     first, since a prompt's length is mostly its long field (an Alpaca record's input, not its
     instruction); where even emptying it is not enough, it stays empty and the next longest is cut.
     None when every field empty does not fit."""
-    fields = sorted(text_fields(record, fields), key=lambda f: -len(record[f]))
+    fields = sorted(text_fields(record, fields), key=lambda f: -len(field_value(record, f)))
     if not fields:
         return record if len(encode(record)) <= budget else None
     for field in fields:
@@ -319,7 +330,7 @@ def fit_fields(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[s
 def text_fields(record: dict[str, Any], fields: Sequence[str]) -> list[str]:
     """Those of `fields` (once each) whose value in `record` is text: what a prompt's cut may shorten
     (a number is left as it is)."""
-    return [f for f in dict.fromkeys(fields) if isinstance(record.get(f), str)]
+    return [f for f in dict.fromkeys(fields) if isinstance(field_value(record, f), str)]
 
 
 def prompt_fields(template: dict[str, Any]) -> list[str]:
@@ -349,18 +360,8 @@ def response_frame(template: dict[str, Any]) -> tuple[str, str]:
 
 def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[int]:
     """A generation prompt from one input text (the template's input field)."""
-    prompt = render(template["prompt"], _OneField(template["input_field"], text), "input")
+    prompt = render(template["prompt"], {template["input_field"]: text}, "input", absent="")  # (other fields: nothing)
     return [tokenizer.bos_id] + tokenizer.encode_after_special(prompt)
-
-
-class _OneField(dict):
-    """Fills the input field with the text and any other placeholder with nothing."""
-
-    def __init__(self, name: str, text: str):
-        super().__init__({name: text})
-
-    def __missing__(self, key):
-        return ""
 
 
 def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:

@@ -99,8 +99,10 @@ def _fine_tune_examples(record: dict, template: dict) -> bool:
     summarize), and no other text field."""
     if template["type"] == "chat":
         return isinstance(record.get("messages"), list) or all(isinstance(record.get(f), str) for f in ("prompt", "response"))
+    from llmkit.jsonl import ABSENT, field_value
+
     fields = {template["input_field"], template["target_field"]}
-    return fields <= set(record) and not any(f in record for f in TEXT_FIELDS if f not in fields)
+    return all(field_value(record, f) is not ABSENT for f in fields) and not any(f in record for f in TEXT_FIELDS if f not in fields)
 
 
 def _learned_documents(records: list[dict], template: dict, loaded) -> list:
@@ -172,35 +174,32 @@ def perplexity(loaded, cfg):
 # generation for BLEU / chrF / ROUGE
 
 
-class _Fields(dict):
-    def __init__(self, record: dict):
-        super().__init__(record)
-        self.fields = list(record)  # the data's own, for the message (not the {input} added below)
-
-    def __missing__(self, key):
-        raise UserError(f"the prompt template (--prompt-template, or the checkpoint's task.json) names {{{key}}} but the data "
-                        f"has no field {key!r}; fields: {', '.join(self.fields)} (rename the field, or pass --prompt-template)")
-
-
 def render_template(template: str, record: dict, input_field: str) -> str:
-    from llmkit.data.templates import plain_fields
+    """A prompt from a record: its fields fill the template's ({a.b} reaching into objects); {input}
+    is the input field where the record has no "input" of its own."""
+    from llmkit.data.templates import is_field_name, plain_fields, render
+    from llmkit.jsonl import ABSENT, field_value
 
-    plain_fields(template, "--prompt-template")
-    values = _Fields(record)
-    if input_field.isidentifier():
+    names = plain_fields(template, "--prompt-template")
+    values = dict(record)
+    if is_field_name(input_field):
         values.setdefault("input", record[input_field])
     else:  # {input} stands in for a name no placeholder can hold (`placeholder`): a record's own "input" is not it
         values["input"] = record[input_field]
-    try:
-        return template.format_map(values)
-    except (ValueError, IndexError) as exc:
-        raise UserError(f"--prompt-template {template!r} is not a valid template ({exc}); use {{field}} placeholders") from exc
+    missing = next((name for name in names if field_value(values, name) is ABSENT), None)
+    if missing is not None:
+        raise UserError(f"the prompt template (--prompt-template, or the checkpoint's task.json) names {{{missing}}} but the "
+                        f"data has no field {missing!r}; fields: {', '.join(record)} (rename the field, or pass "
+                        "--prompt-template)")
+    return render(template, values, "a record")
 
 
 def placeholder(field: str) -> str:
     """The default prompt's placeholder of a field: {input} for a name that is no placeholder name
-    ("translation.de", "de-en"), which render_template fills with that field."""
-    return "{" + (field if field.isidentifier() else "input") + "}"
+    ("de-en"), which render_template fills with that field."""
+    from llmkit.data.templates import is_field_name
+
+    return "{" + (field if is_field_name(field) else "input") + "}"
 
 
 def _trained_prompt(task) -> str | None:

@@ -44,21 +44,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def pick_field(records: list[dict], given: str | None, candidates: Sequence[str], what: str, flag: str,
                where: str = "the data") -> str:
     """The field holding `what`: the one given, else the first candidate the first record has;
-    every record must have it. `where` names the file or data in errors. A given `a.b` that no
-    record has as a field of its own reaches into a nested one (`translation.de`, as hub
-    translation sets hold their pairs): its value is copied to each record under that name."""
+    every record must have it. `where` names the file or data in errors. An `a.b` (given, or a
+    fine-tune's template field) that no record has as a field of its own reaches into a nested one
+    (`translation.de`, as hub translation sets hold their pairs): its value is copied to each
+    record under that name."""
     if not records:
         raise UserError(f"{where} holds no records")
     name = given
-    if name is not None and "." in name and not any(name in record for record in records):  # (a key of that name wins)
+    if name is None:
+        name = next((c for c in candidates if jsonl.field_value(records[0], c) is not jsonl.ABSENT), None)
+        if name is None:
+            raise UserError(f"cannot find the {what} in {where} (fields: {', '.join(records[0])}); pass {flag} NAME")
+    if "." in name and not any(name in record for record in records):  # (a key of that name wins)
         for record in records:
             value = jsonl.field_value(record, name)
             if value is not jsonl.ABSENT:
                 record[name] = value
-    if name is None:
-        name = next((c for c in candidates if c in records[0]), None)
-        if name is None:
-            raise UserError(f"cannot find the {what} in {where} (fields: {', '.join(records[0])}); pass {flag} NAME")
     missing = next((i for i, r in enumerate(records) if name not in r), None)
     if missing is not None:
         fields = ", ".join(records[missing])

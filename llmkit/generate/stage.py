@@ -15,7 +15,7 @@ from typing import Callable
 from llmkit.errors import UserError, add_advice, unused_options
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
-from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file
+from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file, read_template_records
 from llmkit.jsonl import check_unicode
 from llmkit.outputs import MARK, WrittenBy
 
@@ -82,6 +82,7 @@ def run_generate(
                            weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
+    read_template_records(prompts, loaded.task)
     _check_prompts_fit_the_template(prompts, loaded.task)
     if any(p.messages is not None for p in prompts) and not tokenizer.own_chat_template:
         from llmkit.data.templates import chat_template, check_tokenizer
@@ -202,12 +203,13 @@ def _check_prompts_fit_the_template(prompts: list[Prompt], task) -> None:
     if template is None:
         return
     from llmkit.data.templates import plain_fields
+    from llmkit.jsonl import ABSENT, field_value
 
     if any(p.messages is not None for p in prompts):
         raise UserError(f"this checkpoint was fine-tuned on the text template {template.get('name', 'of its task.json')!r}, not "
                         "on conversations: give text prompts (or records with its fields), not messages")
     others = [f for f in plain_fields(template["prompt"], "the checkpoint's template") if f != template["input_field"]]
-    if others and any(p.record is None or not all(f in p.record for f in others) for p in prompts):
+    if others and any(p.record is None or any(field_value(p.record, f) is ABSENT for f in others) for p in prompts):
         from llmkit.console import note
 
         note(f"the checkpoint's template also reads {', '.join(others)}, left empty for a plain prompt (the prompt "

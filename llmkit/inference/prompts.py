@@ -26,7 +26,7 @@ from typing import Any
 from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_fields,
                                    plain_fields, prompt_fields, render, text_fields)
 from llmkit.errors import UserError
-from llmkit.jsonl import iter_jsonl, read_text
+from llmkit.jsonl import ABSENT, field_value, iter_jsonl, read_text
 from llmkit.options import unescape
 
 
@@ -41,6 +41,7 @@ class Prompt:
     messages: list[dict[str, str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # other JSONL fields, copied to the output
     record: dict[str, Any] | None = None  # the whole JSONL record: fills every field of a text template
+    unread: str | None = None  # a record with no prompt field: the error, unless a fine-tune's template reads it
 
     @property
     def display(self) -> str:
@@ -94,7 +95,25 @@ def _prompt_from_record(record: Any, where: str) -> Prompt:
     for key in PROMPT_FIELDS:
         if isinstance(record.get(key), str):
             return Prompt(text=record[key], meta={k: v for k, v in record.items() if k != key}, record=record)
-    raise UserError(f"{where} has no prompt: a string in one of {', '.join(PROMPT_FIELDS)}, or a \"messages\" list")
+    # (a fine-tune's own fields, {"de": ...} for a template "German: {de}", are read once its template is known)
+    return Prompt(meta=dict(record), record=record,
+                  unread=f"{where} has no prompt: a string in one of {', '.join(PROMPT_FIELDS)}, or a \"messages\" list")
+
+
+def read_template_records(prompts: list[Prompt], task) -> None:
+    """Records without a prompt field are read by the fine-tune's text template when they hold its
+    fields (its own training data's shape): the input field is the prompt. Any other is refused."""
+    template = task.text_template if task is not None and not task.is_chat else None
+    for prompt in prompts:
+        if prompt.unread is None:
+            continue
+        fields = plain_fields(template["prompt"], "the checkpoint's template") if template is not None else []
+        text = field_value(prompt.record, template["input_field"]) if template is not None else ABSENT
+        if not isinstance(text, str) or any(field_value(prompt.record, name) is ABSENT for name in fields):
+            hint = f" (or the fields of this fine-tune's template: {', '.join(fields)})" if fields else ""
+            raise UserError(prompt.unread + hint)
+        prompt.text, prompt.unread = text, None
+        prompt.meta = {k: v for k, v in prompt.record.items() if k != template["input_field"]}
 
 
 def chat_turns(record: dict[str, Any], text: str) -> list[dict[str, str]]:
@@ -162,7 +181,7 @@ def _template_input(prompt: Prompt, template: dict, tokenizer):
     record with every field the template names fills them all; else the prompt's text is the
     template's input field."""
     fields = plain_fields(template["prompt"], "the checkpoint's template")
-    if prompt.record is not None and all(name in prompt.record for name in fields):
+    if prompt.record is not None and all(field_value(prompt.record, name) is not ABSENT for name in fields):
         return (prompt.record, lambda r: [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], r, "prompt record")),
                 prompt_fields(template))
     field = template["input_field"]
