@@ -194,6 +194,9 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     first.members = [item.artifact for item in loaded]
     # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
     kept = [(item, w) for item, w in zip(loaded, normalised_weights) if w > 0]
+    # mixed in the members' fingerprint order: the float32 running mixture of three or more rounds by
+    # its order, so the order they were typed in changed scores in their last digits
+    kept.sort(key=lambda pair: (pair[0].artifact.fingerprint, pair[1]))
     if len(kept) > 1:  # one member alone is that model, its logits as they are
         contexts = {int(item.config.context_length) for item, _ in kept if getattr(item.config, "arch", "gpt") != "lstm"}
         first.model = ensemble_of([item.model for item, _ in kept], [w for _, w in kept], mode,
