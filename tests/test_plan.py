@@ -360,6 +360,33 @@ def test_a_search_proposes_only_layouts_that_plan_and_pretrain_accept(cli):
         assert _plan(cli, *tight, *flags.split(), *more)["memory"]["fits"], fix
 
 
+def test_without_batch_tokens_a_proposed_micro_batch_comes_with_a_batch_pretrain_splits(cli):
+    """plan's step without --batch-tokens is one micro-batch per rank; pretrain's default is 16,384
+    tokens, which a proposed --micro-batch 9 or 30 does not split into (pretrain refused the fix): the
+    proposal names the --batch-tokens that does, and the plan with both flags fits and splits."""
+    from llmkit.train.launch import split_batch
+
+    args = ["--model", "mini", "--vocab-size", "1024", "--gpu", "cpu", "--nproc", "2", "--memory-gb", "2.2", "--seq-len", "256",
+            "--micro-batch", "16"]
+    plan = _plan(cli, *args, "--search")
+    [fix] = [f for f in plan["fixes"] if f.startswith("--micro-batch")]
+    micro, tokens = int(fix.split()[1]), int(fix.split()[3])
+    assert fix.split()[2] == "--batch-tokens" and micro not in (1, 2, 4, 8, 16, 32) and tokens == micro * 2 * 256
+    assert split_batch(tokens // 256, micro, 2, what="", fix=str) == (micro, 1)  # the step the plan counted
+    fixed = _plan(cli, *args, "--micro-batch", str(micro), "--batch-tokens", str(tokens))
+    assert fixed["memory"]["fits"] and fixed["layout"]["micro_batch"] == micro
+    largest, tokens = plan["search"]["largest_micro_batch"], plan["search"]["batch_tokens"]
+    found = plan["search"]["layout"]  # (one process each on more machines: a machine's memory is shared by its processes)
+    ways = found["gpus"] * found["nnodes"] // (found["tp"] * found["pp"])
+    assert tokens == largest * ways * 256
+    machine = [a for a in args if a not in ("--nproc", "2")]
+    assert _plan(cli, *machine, *_layout_flags(found), "--micro-batch", str(largest), "--batch-tokens", str(tokens))["memory"]["fits"]
+    # a micro-batch the default splits needs nothing more
+    from llmkit.plan.stage import pretrain_batch_tokens
+
+    assert pretrain_batch_tokens(8, 2, 256) is None and pretrain_batch_tokens(16, 8, 1024) is None  # (16 sequences: shrunk to 2)
+
+
 def test_hf_config_takes_vocab_size_and_names_its_context_field(cli, tmp_path):
     """--vocab-size replaces a config.json's vocabulary (as pretrain's tokenizer would) and says so;
     a --seq-len beyond the config's context points at the config's own field, not --context-length."""

@@ -89,4 +89,6 @@ def print_plan(plan: dict[str, Any]) -> None:
             lay2 = found["layout"]
             out.print(f"search: {lay2['gpus'] * lay2['nnodes']} device(s) ({lay2['nnodes']} node(s)), tp {lay2['tp']}, pp {lay2['pp']}, "
                       f"{lay2['strategy']}" + (", activation checkpointing" if lay2["activation_checkpointing"] else "")
-                      + f"; largest micro-batch {found['largest_micro_batch']}", markup=False)
+                      + f"; largest micro-batch {found['largest_micro_batch']}"
+                      + (f" (with --batch-tokens {found['batch_tokens']}: pretrain's default does not split into it)"
+                         if found.get("batch_tokens") else ""), markup=False)

@@ -183,6 +183,10 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             plan["notes"].append(f"speed: {CPU_WITHOUT_BF16}")
     if not memory.fits:
         plan["fixes"] = fixes(shape, asked, device, sequences=sequences)
+        if sequences is None:  # a --micro-batch that pretrain's default batch does not split comes with one that does
+            for i, label in enumerate(plan["fixes"]):
+                if label.startswith("--micro-batch ") and (tokens := pretrain_batch_tokens(int(label.split()[1]), asked.batch_ways, seq)):
+                    plan["fixes"][i] = f"{label} --batch-tokens {tokens}"
     if cfg.search:
         # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
         # nodes of 8, or of --gpus where --nnodes says the layout spans nodes of that size.
@@ -192,4 +196,21 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "layout": {k: v for k, v in asdict(found).items() if k not in ("pp_schedule", "pp_microbatches")},
             "largest_micro_batch": largest_micro_batch(shape, found, device, sequences=sequences),
         }
+        if found is not None and sequences is None:
+            plan["search"]["batch_tokens"] = pretrain_batch_tokens(plan["search"]["largest_micro_batch"], found.batch_ways, seq)
     return plan
+
+
+def pretrain_batch_tokens(micro_batch: int, ways: int, seq: int) -> int | None:
+    """The --batch-tokens that `llmkit pretrain` needs beside --micro-batch `micro_batch` on `ways`
+    micro-batches at a time: None where its default splits into them (as it is, or shrunk to fit a
+    small batch), else the step the plan counted: one micro-batch a rank, no accumulation (which
+    holds more memory on a CPU: a larger batch is not what was found to fit)."""
+    from llmkit.train.launch import split_batch
+    from llmkit.train.options import DEFAULT_BATCH_TOKENS
+
+    try:
+        split_batch(DEFAULT_BATCH_TOKENS // seq, micro_batch, ways, what="", fix=str)
+        return None
+    except UsageError:
+        return micro_batch * ways * seq

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmkit.options import Options, group, option
-from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, Numerics, Optimization, \
-    refuse_pipeline_options_without_pp
+from llmkit.train.options import DEFAULT_BATCH_TOKENS, DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, \
+    Numerics, Optimization, refuse_pipeline_options_without_pp
 
 
 @dataclass
 class PretrainConfig(Options):
     architecture: ModelChoice = group(ModelChoice, panel=MODEL_PANEL)
     seq_len: int | None = option(None, "Training sequence length (default: the context length).", panel=TRAINING_PANEL, range="[1, inf)")
-    batch_tokens: int = option(16384, "Global batch per optimizer step in tokens, over all devices.", panel=TRAINING_PANEL,
+    batch_tokens: int = option(DEFAULT_BATCH_TOKENS, "Global batch per optimizer step in tokens, over all devices.", panel=TRAINING_PANEL,
                                range="[1, inf)")
     max_steps: int | None = option(None, "Optimizer steps (default 1000).", panel=TRAINING_PANEL, range="[1, inf)")
     max_tokens: int | None = option(None, "Train on this many tokens instead of --max-steps.", panel=TRAINING_PANEL, range="[1, inf)")

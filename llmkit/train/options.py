@@ -17,6 +17,7 @@ MODEL_PANEL = "Model"
 TRAINING_PANEL = "Training"
 DEVICES_PANEL = "Devices and run"
 PRECISIONS = ("auto", "bf16", "fp32")
+DEFAULT_BATCH_TOKENS = 16384  # pretrain's global batch (`llmkit plan` names it where a micro-batch it proposes needs another)
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
