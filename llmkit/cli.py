@@ -290,6 +290,9 @@ def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory
         return
     for problem in report.problems:
         out.print(styled("mismatch", "red", f" {path}: {problem}"), soft_wrap=True)
+    if all(problem.startswith("unlisted file:") for problem in report.problems):  # the artifact itself is whole
+        raise UserError(f"{path} failed verification ({len(report.problems)} problem(s)): files were added to it; remove "
+                        "them, or rebuild it with the stage that made it")
     raise UserError(f"{path} failed verification ({len(report.problems)} problem(s)); rebuild it with the stage that made it")
 
 

@@ -30,6 +30,8 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     table.add_row("seed", "none (nothing drawn)" if m.seed is None else str(m.seed))
     table.add_row("command", Text(shlex.join(m.command)))  # whole and quoted: it is how to make the artifact again
     table.add_row("files", f"{len(m.files)}: " + _short(", ".join(m.files), 200))
+    if m.state_files:  # (hashed and verified too: what --resume reads)
+        table.add_row("state files", f"{len(m.state_files)}: " + _short(", ".join(m.state_files), 200))
     for key, value in m.config.items():
         table.add_row(f"config.{key}", _short(value))
     for key, value in m.stats.items():
@@ -140,6 +142,14 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
         inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())
         if not inside and artifacts.unfinished_sweep(path):  # its finished runs
             inside = sorted(child for child in (path / "runs").iterdir() if (child / artifacts.MANIFEST).is_file())
+        from llmkit.outputs import RUN_MARK
+
+        for child in sorted(path.iterdir()):  # a run stopped before its manifest: a recipe's stage killed part way is said
+            if (child / RUN_MARK).is_file() and not (child / artifacts.MANIFEST).is_file():
+                try:
+                    artifacts.load(child)
+                except UserError as exc:
+                    note(str(exc))
         for child in inside:  # one damaged artifact among a folder's is named, the rest still shown
             try:
                 found.append(artifacts.load(child))

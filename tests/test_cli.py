@@ -80,6 +80,15 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     result = cli("inspect", corpus)
     assert result.exit_code == 0, result.output
     assert "corpus artifact" in result.output and artifacts.load(corpus).fingerprint[:12] in result.output
+    assert "state files" not in result.output
+    # a checkpoint's resume state: hashed and verified, so counted where inspect counts files (verify said 2 more)
+    with artifacts.create(tmp_path / "ckpt", "checkpoint") as build:
+        (build.dir / "model.safetensors").write_bytes(b"weights")
+        (build.dir / "training_state.json").write_text("{}")
+        build.state_names.add("training_state.json")
+    shown = " ".join(cli("inspect", tmp_path / "ckpt").output.replace("│", " ").split())
+    assert "files 1: model.safetensors" in shown and "state files 1: training_state.json" in shown, shown
+    assert "2 files match" in " ".join(cli("verify", tmp_path / "ckpt").output.split())
     as_json = cli("inspect", corpus, "--json")
     assert json.loads(as_json.output)["kind"] == "corpus"
     # the raw manifest: a field this version does not know is shown too (it was dropped)
@@ -127,6 +136,23 @@ def test_verify_exit_codes(cli, tmp_path):
     result = cli("verify", corpus)
     assert result.exit_code == 1
     assert "changed file: a.txt" in result.output
+    assert "rebuild it with the stage that made it" in result.output.strip().splitlines()[-1]
+
+
+def test_verify_says_to_remove_files_added_to_a_whole_artifact(cli, tmp_path):
+    """A file added beside the listed ones (which a stage could read) fails verification; when that is
+    all, the fix is to remove it, not to rebuild the artifact."""
+    tokenizer = tmp_path / "tok"
+    with artifacts.create(tokenizer, "tokenizer") as build:
+        (build.dir / "tokenizer").mkdir()
+        (build.dir / "tokenizer" / "tokenizer.json").write_text("{}")
+    (tokenizer / "tokenizer" / "extra.json").write_text("{}")
+    result = cli("verify", tokenizer)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and "unlisted file: tokenizer/extra.json" in result.output, result.output
+    assert "files were added to it; remove them" in lines[-1]
+    (tokenizer / "tokenizer" / "tokenizer.json").write_text("{ }")  # and damage too: rebuild
+    assert "rebuild it with the stage that made it" in cli("verify", tokenizer).output.strip().splitlines()[-1]
 
 
 def test_errors_are_one_line_without_traceback(cli, tmp_path):
@@ -321,6 +347,21 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     result = cli("report", other, tmp_path / "eval")
     assert result.exit_code == 1 and "1 docs" in result.output and "cannot be read" in result.output, result.output
     assert f"1 artifact(s) could not be read: {tmp_path / 'eval'}" in result.output.strip().splitlines()[-1]
+
+
+def test_report_notes_a_run_inside_that_stopped_before_its_manifest(cli, tmp_path):
+    """A recipe's folder with one training run killed part way: the report says so, with what to rerun
+    (it showed the finished artifacts alone, as if that stage had never run)."""
+    from llmkit.outputs import RUN_MARK
+
+    _corpus(tmp_path / "recipe" / "corpus")
+    run = tmp_path / "recipe" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / RUN_MARK).write_text("")
+    result = cli("report", tmp_path / "recipe")
+    assert result.exit_code == 0 and "1 docs" in result.output, result.output
+    flat = " ".join(result.output.split())
+    assert "is a training run that has not finished" in flat and "--resume" in flat, result.output
 
 
 def test_report_notes_an_input_replaced_since(cli, tmp_path):
