@@ -554,6 +554,15 @@ def test_finetune_data_that_would_misbehave_is_refused(cli, chain, tmp_path, row
     assert message in line and not (tmp_path / "run").exists()
 
 
+def test_eval_names_the_record_whose_template_field_is_not_text(cli, chain, tmp_path):
+    data = tmp_path / "mt.jsonl"
+    data.write_text(json.dumps({"source": "Hallo", "note": "x", "target": "Hello"}) + "\n"
+                    + json.dumps({"source": "Hallo", "note": None, "target": "Hello"}) + "\n")
+    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--prompt-template", "{note}: {source}",
+                               "--max-new-tokens", "8", "-o", tmp_path / "ev"))
+    assert "record 2 field 'note' is null, not text" in line and not (tmp_path / "ev").exists()
+
+
 @pytest.mark.parametrize("template,message", [
     ("{source[0]}", "only {field} names are allowed"),
     ("{source!r}", "only {field} names are allowed"),

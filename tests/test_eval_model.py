@@ -485,13 +485,15 @@ def test_nested_fields_are_reached_by_dotted_names(cli, gpt2_ckpt, loaded, share
                               for r in rows))
     runs = {"flat": (flat, []), "nested": (nested, ["--field", "translation.de", "--reference-field", "translation.en"]),
             "hyphen": (hyphen, ["--field", "de-text", "--reference-field", "en-text"]),
-            "beside": (beside, ["--field", "translation.de", "--reference-field", "translation.en"])}
+            "beside": (beside, ["--field", "translation.de", "--reference-field", "translation.en"]),
+            # {input} typed is the dotted input field too, not the record's own "input" (as for a hyphenated name)
+            "typed": (beside, ["--field", "translation.de", "--reference-field", "translation.en", "--prompt-template", "{input}\n"])}
     for name, (data, flags) in runs.items():
         result = cli("eval", gpt2_ckpt, "-m", "bleu,chrf", "--data", data, "--max-new-tokens", "12", *flags, "-o", tmp_path / name)
         assert result.exit_code == 0, result.output
     expected = _records(tmp_path / "flat")
     assert [r["prompt"] for r in expected] == [r["source"] + "\n" for r in rows]
-    for name in ("nested", "hyphen", "beside"):
+    for name in ("nested", "hyphen", "beside", "typed"):
         assert _records(tmp_path / name) == expected and _metrics(tmp_path / name) == _metrics(tmp_path / "flat")
     # labelled texts: the label-likelihood prompt of a nested or hyphenated field (refused as a bad template before)
     labelled = {"nested": {"meta": {"sentence": "a fine day"}, "gold": {"y": 1}}, "hyphen": {"the-text": "a fine day", "y": 1}}

@@ -385,6 +385,7 @@ def test_without_batch_tokens_a_proposed_micro_batch_comes_with_a_batch_pretrain
     from llmkit.plan.stage import pretrain_batch_tokens
 
     assert pretrain_batch_tokens(8, 2, 256) is None and pretrain_batch_tokens(16, 8, 1024) is None  # (16 sequences: shrunk to 2)
+    assert pretrain_batch_tokens(1, 1, 32768) == 32768  # a sequence longer than the default batch, which pretrain refuses
 
 
 def test_hf_config_takes_vocab_size_and_names_its_context_field(cli, tmp_path):

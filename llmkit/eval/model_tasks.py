@@ -174,15 +174,16 @@ def perplexity(loaded, cfg):
 # generation for BLEU / chrF / ROUGE
 
 
-def render_template(template: str, record: dict, input_field: str) -> str:
+def render_template(template: str, record: dict, input_field: str, where: str = "a record") -> str:
     """A prompt from a record: its fields fill the template's ({a.b} reaching into objects); {input}
-    is the input field where the record has no "input" of its own."""
-    from llmkit.data.templates import is_field_name, plain_fields, render
+    is the input field where the record has no "input" of its own (or the field has a name no
+    placeholder could hold, "de-en", or a dotted one: then it is that field whatever the record holds)."""
+    from llmkit.data.templates import plain_fields, render
     from llmkit.jsonl import ABSENT, field_value
 
     names = plain_fields(template, "--prompt-template")
     values = dict(record)
-    if is_field_name(input_field):
+    if input_field.isidentifier():
         values.setdefault("input", record[input_field])
     else:  # {input} stands in for a name no placeholder can hold (`placeholder`): a record's own "input" is not it
         values["input"] = record[input_field]
@@ -191,7 +192,7 @@ def render_template(template: str, record: dict, input_field: str) -> str:
         raise UserError(f"the prompt template (--prompt-template, or the checkpoint's task.json) names {{{missing}}} but the "
                         f"data has no field {missing!r}; fields: {', '.join(record)} (rename the field, or pass "
                         "--prompt-template)")
-    return render(template, values, "a record")
+    return render(template, values, where)
 
 
 def placeholder(field: str) -> str:
@@ -229,8 +230,8 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
                         "tokens; lower it")
     tokenizer = loaded.tokenizer
 
-    def encode(record: dict) -> list[int]:
-        text = render_template(template, record, input_field)
+    def encode(record: dict, where: str = "a record") -> list[int]:
+        text = render_template(template, record, input_field, where)
         if chat:
             return encode_chat_prompt(chat_turns(record, text), tokenizer)
         if lead is None:
@@ -242,7 +243,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     fields = [input_field, *plain_fields(template, "--prompt-template")]
     fitted, cut = [], 0
     for i, record in enumerate(records):
-        shorter = fit_fields(encode, record, fields, tokenizer, room)
+        shorter = fit_fields(lambda r: encode(r, f"record {i + 1}"), record, fields, tokenizer, room)
         if shorter is None:  # the wording alone is too long: the engine would cut the instruction off
             texts = text_fields(record, fields)
             wording = len(encode({**record, **dict.fromkeys(texts, "")}))
@@ -303,7 +304,7 @@ def generate_predictions(loaded, cfg):
     lead_ids = loaded.tokenizer.encode_continuation(lead) if lead else []
     records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids if templated else None,
                            shown_field)
-    prompts = [render_template(template, r, input_field) for r in records]
+    prompts = [render_template(template, r, input_field, f"record {i + 1}") for i, r in enumerate(records)]
     if chat:
         prompts = [encode_chat_prompt(chat_turns(r, p), loaded.tokenizer) for r, p in zip(records, prompts)]
     elif templated:
@@ -450,7 +451,8 @@ def classification(loaded, cfg):
             if (blank := next((k for k, c in enumerate(choices) if not c.strip()), None)) is not None:
                 raise UserError(f"record {i + 1}: choice {blank + 1} is empty (no token to score, so it would always win); "
                                 "give every choice its text")
-            context = render_template(cfg.prompt_template, r, context_field) if cfg.prompt_template else text_of(r, context_field, i)
+            context = (render_template(cfg.prompt_template, r, context_field, f"record {i + 1}") if cfg.prompt_template
+                       else text_of(r, context_field, i))
             examples.append((context, choices))
             gold.append(_label_index(r[label_field], choices, i, class_names=False))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
@@ -510,7 +512,8 @@ def classification(loaded, cfg):
         # A language model without a classification head: pick the label whose name is most likely
         # after the (templated) text, zero-shot.
         template = cfg.prompt_template or _trained_prompt(task) or placeholder(text_field) + "\n"
-        examples = [(render_template(template, r, text_field), names) for r in records]  # each behind the delimiter (score_choices)
+        # each behind the delimiter (score_choices)
+        examples = [(render_template(template, r, text_field, f"record {i + 1}"), names) for i, r in enumerate(records)]
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
         context_cut: set[int] = set()
         with bar:

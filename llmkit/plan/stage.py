@@ -210,7 +210,9 @@ def pretrain_batch_tokens(micro_batch: int, ways: int, seq: int) -> int | None:
     from llmkit.train.options import DEFAULT_BATCH_TOKENS
 
     try:
-        split_batch(DEFAULT_BATCH_TOKENS // seq, micro_batch, ways, what="", fix=str)
-        return None
+        if DEFAULT_BATCH_TOKENS // seq >= 1:  # (a sequence longer than the default batch: pretrain refuses it)
+            split_batch(DEFAULT_BATCH_TOKENS // seq, micro_batch, ways, what="", fix=str)
+            return None
     except UsageError:
-        return micro_batch * ways * seq
+        pass
+    return micro_batch * ways * seq
