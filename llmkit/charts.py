@@ -69,11 +69,17 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
     for row, panel in enumerate(panels):
         ax = axes[row][0]
         for index, (name, records) in enumerate(runs):
-            scale = (tokens_per_step or {}).get(name, 1.0) if x == "tokens" else 1.0
+            scale = (tokens_per_step or {}).get(name) or 1.0
+
+            def x_of(record: dict[str, Any]) -> float:  # a run's own count of tokens; a log from before it, step x batch
+                if x != "tokens":
+                    return record["step"]
+                return record["tokens"] if isinstance(record.get("tokens"), (int, float)) else record["step"] * scale
+
             for curve in panel:
                 if curve not in curves:
                     continue
-                points = [(r["step"] * scale, r[curve]) for r in records if isinstance(r.get(curve), (int, float))]
+                points = [(x_of(r), r[curve]) for r in records if isinstance(r.get(curve), (int, float))]
                 if not points:
                     continue
                 style = dict(color=colours[index % len(colours)], linewidth=1.2)

@@ -210,6 +210,9 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
         "total (the CSV's, as --count says)"
     fit = json.loads((a.path / "fit.json").read_text())
     assert [row["flops"] for row in fit["budgets"]] == [1e20, 1e22]
+    # the budgets are a set: their order and repeats as typed change nothing
+    again = cli("scaling", "fit", data, "-o", tmp_path / "unordered", *args[:-1], "1e22,1e20,1e22")
+    assert again.exit_code == 0 and artifacts.load(tmp_path / "unordered").fingerprint == a.fingerprint, again.output
     # report's headline is the hashed fit.json's, whatever the (unhashed) stats beside it say
     from llmkit.inspect_view import _headline
 
@@ -651,6 +654,36 @@ def test_plot_reads_a_killed_run_but_names_a_damaged_line(cli, tmp_path):
     (run / "metrics.jsonl").write_text("\n".join([lines[0], "{cut", *lines[1:]]) + "\n", encoding="utf-8")
     result = cli("plot", run, "-o", tmp_path / "again.png")
     assert result.exit_code != 0 and "metrics.jsonl:2 is not valid JSON" in result.output
+
+
+def test_plot_against_tokens_reads_a_live_runs_own_count(cli, tmp_path, monkeypatch, tokens):
+    """A run still training has no checkpoint to say its batch before its first save (most of a sweep's
+    runs: --save-every 500): each metrics line's `tokens` says how many it trained on. An older log
+    without them is plotted at step x batch where a manifest says the batch, else refused in one line."""
+    from llmkit import charts
+
+    run = tmp_path / "run"
+    result = cli("pretrain", tokens, "-o", run, "--model", "tiny", "--n-layer", "1", "--n-embd", "16", "--n-head", "1",
+                 "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "8", "--max-steps", "3", "--eval-every", "0")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == [256, 512, 768]
+    drawn = []
+    monkeypatch.setattr(charts, "save", lambda figure, path: drawn.append(figure))
+    live = tmp_path / "live"  # the same log, no manifest and no checkpoint yet
+    live.mkdir()
+    shutil.copy(run / "metrics.jsonl", live / "metrics.jsonl")
+    for source in (live, run):
+        result = cli("plot", source, "-o", tmp_path / f"{source.name}.png", "--x", "tokens")
+        assert result.exit_code == 0, result.output
+        assert list(drawn[-1].axes[0].lines[0].get_xdata()) == [256, 512, 768]
+    older = "".join(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n" for r in rows)
+    (live / "metrics.jsonl").write_text(older)
+    shutil.copy(live / "metrics.jsonl", run / "metrics.jsonl")
+    result = cli("plot", run, "-o", tmp_path / "older.png", "--x", "tokens")  # step x the manifest's batch
+    assert result.exit_code == 0 and list(drawn[-1].axes[0].lines[0].get_xdata()) == [256, 512, 768], result.output
+    result = cli("plot", live, "-o", tmp_path / "none.png", "--x", "tokens")
+    assert result.exit_code == 1 and "use --x step" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_plot_says_which_curves_it_has_nothing_or_not_all_to_draw_for(cli, tmp_path):

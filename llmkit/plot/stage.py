@@ -61,13 +61,16 @@ def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool =
     if len(set(names)) < len(names):
         names = [str(run) for run in runs]
     curves = ["loss", "val_loss"] + [name for name in EXTRA_CURVES if getattr(config, name)]
+    metrics = [(name, read_metrics(run)) for name, run in zip(names, runs)]
     per_step = {}
-    if config.x == "tokens":
-        for name, run in zip(names, runs):
+    if config.x == "tokens":  # each line's tokens trained so far; a log written before llmkit recorded them: step x batch
+        for (name, records), run in zip(metrics, runs):
+            if all("tokens" in r for r in records):
+                continue
             per_step[name] = tokens_per_step(run)
             if per_step[name] is None:
-                raise UserError(f"{run} does not say how many tokens a step holds (a fine-tune counts examples); use --x step")
-    metrics = [(name, read_metrics(run)) for name, run in zip(names, runs)]
+                raise UserError(f"{run} does not say how many tokens a step holds (its metrics.jsonl is older than its "
+                                "tokens column, and a fine-tune counts examples); use --x step")
     _say_what_is_not_drawn(metrics, curves)
     with file_output_lock(out, force, PNG), replaced_file(out) as tmp:  # drawn beside it and renamed into place
         loss_curves(metrics, tmp, curves=curves, x=config.x, tokens_per_step=per_step, title=config.title)

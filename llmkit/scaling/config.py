@@ -26,6 +26,7 @@ class ScalingFitConfig(Options):
         if isinstance(self.budget, str):
             self.budget = comma_floats(self.budget)
         super().__post_init__()
+        self.budget = sorted(set(self.budget))  # a set of budgets: one artifact whatever their order, each answered once
 
 
 @dataclass

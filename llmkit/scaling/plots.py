@@ -99,10 +99,12 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
     span = [min(flops + budgets), max(flops + budgets)]
     grid_c = np.geomspace(span[0] / 10, span[1] * 10, 100)
     optimal = np.array([law.optimal(c) for c in grid_c])
-    ax.plot(grid_c, optimal[:, 0], label="N_opt (approach 3)")
-    ax.plot(grid_c, optimal[:, 1], label="D_opt (approach 3)")
-    if isoflop is not None:
-        ax.plot(grid_c, [isoflop.optimal(c)[0] for c in grid_c], linestyle="--", label="N_opt (approach 2)")
+    ax.plot(grid_c, optimal[:, 0], color="C0", label="N_opt (approach 3)")
+    ax.plot(grid_c, optimal[:, 1], color="C1", label="D_opt (approach 3)")
+    if isoflop is not None:  # (dashed, in the colour of the same quantity)
+        parabola = np.array([isoflop.optimal(c) for c in grid_c])
+        ax.plot(grid_c, parabola[:, 0], color="C0", linestyle="--", label="N_opt (approach 2)")
+        ax.plot(grid_c, parabola[:, 1], color="C1", linestyle="--", label="D_opt (approach 2)")
     for budget in budgets:
         best_n, best_d = law.optimal(budget)
         ax.scatter([budget, budget], [best_n, best_d], color="black", s=18, zorder=3)
