@@ -115,7 +115,15 @@ def unmeasured_term(law: Law, params: np.ndarray, tokens: np.ndarray, losses: np
     """Why the points do not determine `law`'s split ("" when they do): the model-size or the data
     term changes the fitted loss by less than TERM_FLOOR of the loss, or than SCATTER_MULTIPLE
     times the points' scatter about the fit, across the measured points, so its constants (and
-    every split computed from them) are whatever the optimizer or the noise left there."""
+    every split computed from them) are whatever the optimizer or the noise left there. Or the
+    points hold fewer than 3 model sizes (token counts): a term and E, a constant, coefficient and
+    exponent, from 2 values is any of a family of curves through them (6 exact points of 3 sizes
+    and 2 token counts fitted to 1e-31 with the wrong E, B and beta)."""
+    for values, what in ((params, "model sizes"), (tokens, "token counts")):
+        distinct = len(np.unique(np.asarray(values, dtype=float)))
+        if distinct < 3:
+            return (f"the points hold {distinct} {what}: E and a power law's coefficient and exponent need 3 or more, so "
+                    "the fit cannot tell them apart")
     for exponent, value in (("alpha", law.alpha), ("beta", law.beta)):
         if value >= EXPONENT_MAX * (1 - 1e-6):
             return (f"the fitted {exponent} sits at its bound {EXPONENT_MAX:g} (A {law.A:.3g}, alpha {law.alpha:.3g}, "

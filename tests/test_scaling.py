@@ -304,6 +304,21 @@ def test_noise_fitted_as_a_size_term_is_no_measurement(cli, tmp_path, seed):
     assert cli("plan", "--model", "tiny", "--scaling", tmp_path / "fit").exit_code != 0
 
 
+def test_two_token_counts_cannot_determine_the_data_term(cli, tmp_path):
+    """Six exact points of 3 sizes and 2 token counts were fitted to 1e-31 with the wrong E, B and beta
+    (E and B/D^beta at 2 values of D: any of a family of curves), and a split was recommended from them."""
+    rows = [(n, d, float(TRUE.loss(n, d))) for n in (1e6, 1e7, 1e8) for d in (1e9, 1e10)]
+    result = cli("scaling", "fit", _csv(tmp_path / "points.csv", rows), "-o", tmp_path / "fit", "--grid", "coarse",
+                 "--bootstrap", "0", "--budget", "1e20")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "the points hold 2 token counts" in flat and "parameters, D =" not in flat, flat
+    rows += [(n, 1e11, float(TRUE.loss(n, 1e11))) for n in (1e6, 1e7, 1e8)]  # a third: determined
+    result = cli("scaling", "fit", _csv(tmp_path / "more.csv", rows), "-o", tmp_path / "more", "--grid", "coarse",
+                 "--bootstrap", "0", "--budget", "1e20")
+    assert result.exit_code == 0 and "parameters, D =" in " ".join(result.output.split()), result.output
+
+
 def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path):
     from llmkit.scaling_law import Law as RecordedLaw
 
