@@ -332,7 +332,7 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
 
 
 def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory_says(cli, gpt2_ckpt, shakespeare, tmp_path):
-    """--bootstrap gives perplexity, byte_perplexity and bpb (the scored windows resampled) and multiple choice's
+    """--bootstrap gives perplexity, word_perplexity, byte_perplexity and bpb (the scored windows resampled) and multiple choice's
     accuracy_norm their intervals too: within 15% of the delta method's (perplexity: a ratio of sums) and of
     1.96·√(p(1−p)/n) on 400 one-window documents and 300 questions."""
     import math
@@ -343,14 +343,16 @@ def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory
     assert result.exit_code == 0, result.output
     metrics, documents = _metrics(tmp_path / "ppl"), _records(tmp_path / "ppl")
     assert len(documents) == 400 and all(d["tokens"] < CONTEXT for d in documents)  # one window each
-    nll, tokens, n_bytes = (np.array([d[key] for d in documents], dtype=float) for key in ("nll", "tokens", "bytes"))
-    rate = nll.sum() / tokens.sum()
-    theory = {"perplexity_ci95": 1.96 * math.exp(rate) * math.sqrt(((nll - rate * tokens) ** 2).sum()) / tokens.sum()}
+    nll, tokens, n_bytes, words = (np.array([d[key] for d in documents], dtype=float) for key in ("nll", "tokens", "bytes", "words"))
+    theory = {}
+    for name, units in (("perplexity_ci95", tokens), ("word_perplexity_ci95", words)):  # exp(a ratio of sums)
+        rate = nll.sum() / units.sum()
+        theory[name] = 1.96 * math.exp(rate) * math.sqrt(((nll - rate * units) ** 2).sum()) / units.sum()
     bpb = nll.sum() / (n_bytes.sum() * math.log(2))
     theory["bpb_ci95"] = 1.96 * math.sqrt(((nll / math.log(2) - bpb * n_bytes) ** 2).sum()) / n_bytes.sum()
     for name, expected in theory.items():
         assert abs(metrics[name] - expected) < 0.15 * expected, (name, metrics[name], expected)
-    assert metrics["byte_perplexity_ci95"] > 0 and "word_perplexity_ci95" not in metrics
+    assert metrics["byte_perplexity_ci95"] > 0
     # one window: no interval, said (every resample would be that window: 0 would look exact)
     (tmp_path / "short.txt").write_text(lines[0])
     result = cli("eval", gpt2_ckpt, "--data", tmp_path / "short.txt", "--bootstrap", "100", "-o", tmp_path / "short")
@@ -359,7 +361,9 @@ def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory
     # one long text: its windows are resampled
     (tmp_path / "book.txt").write_text(shakespeare[100_000:130_000])
     result = cli("eval", gpt2_ckpt, "--data", tmp_path / "book.txt", "--bootstrap", "200", "-o", tmp_path / "book")
-    assert result.exit_code == 0 and 0 < _metrics(tmp_path / "book")["perplexity_ci95"] < 0.2 * _metrics(tmp_path / "book")["perplexity"]
+    book = _metrics(tmp_path / "book")
+    assert result.exit_code == 0 and 0 < book["perplexity_ci95"] < 0.2 * book["perplexity"]
+    assert 0 < book["word_perplexity_ci95"] < 0.2 * book["word_perplexity"]  # (a window's words: its share of the book's)
     # multiple choice: a line's end against another line's
     rows = []
     for i in range(300):

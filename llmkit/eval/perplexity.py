@@ -73,8 +73,8 @@ class PerplexityResult:
     bytes: int = 0
     documents: int = 0
     per_document: list[dict] = field(default_factory=list)
-    # (nll, tokens, bytes) of each scored window: the units --bootstrap resamples
-    windows: list[tuple[float, int, float]] = field(default_factory=list)
+    # (nll, tokens, bytes, words) of each scored window: the units --bootstrap resamples
+    windows: list[tuple[float, int, float, float]] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -88,10 +88,10 @@ class PerplexityResult:
         return out
 
     def intervals(self, n_bootstrap: int) -> dict[str, float]:
-        """95% intervals (half-widths) of perplexity, byte_perplexity and bpb: the scored windows
-        resampled (a block bootstrap: a long text's windows are blocks of up to the context's
-        length of tokens, a short document's its one window), with sacrebleu's seed. A word count
-        is a document's, not a window's: word_perplexity gets none."""
+        """95% intervals (half-widths) of perplexity, word_perplexity, byte_perplexity and bpb: the
+        scored windows resampled (a block bootstrap: a long text's windows are blocks of up to the
+        context's length of tokens, a short document's its one window), with sacrebleu's seed. A
+        window's words (and bytes) are its document's in proportion to the bytes it scored."""
         from llmkit.eval.metrics._refs import half_width, resampled_sums
 
         if len(self.windows) < 2:  # every resample the same window: an interval of 0 would look exact
@@ -100,12 +100,16 @@ class PerplexityResult:
             note("no interval for perplexity: the text was scored in one window, and the bootstrap resamples windows; "
                  "give more text (or more documents)")
             return {}
-        nll, tokens, n_bytes = resampled_sums(list(zip(*self.windows)), n_bootstrap)
+        nll, tokens, n_bytes, words = resampled_sums(list(zip(*self.windows)), n_bootstrap)
         tokens, n_bytes = np.maximum(tokens, 1), np.maximum(n_bytes, 1)  # (a resample of windows without a scored token)
         exponent = np.minimum(nll / tokens, _MAX_EXPONENT)
-        return {"perplexity_ci95": half_width(np.exp(exponent).tolist()),
-                "byte_perplexity_ci95": half_width(np.exp(np.minimum(nll / n_bytes, _MAX_EXPONENT)).tolist()),
-                "bpb_ci95": half_width((nll / (n_bytes * math.log(2))).tolist())}
+        intervals = {"perplexity_ci95": half_width(np.exp(exponent).tolist())}
+        if "word_perplexity" in self.metrics:  # (left out where it overflows: text without spaces)
+            per_word = np.minimum(nll / np.maximum(words, 1e-12), _MAX_EXPONENT)
+            intervals["word_perplexity_ci95"] = half_width(np.exp(per_word).tolist())
+        intervals["byte_perplexity_ci95"] = half_width(np.exp(np.minimum(nll / n_bytes, _MAX_EXPONENT)).tolist())
+        intervals["bpb_ci95"] = half_width((nll / (n_bytes * math.log(2))).tolist())
+        return intervals
 
 
 def document_from_text(text: str, tokenizer) -> Document:
@@ -149,10 +153,13 @@ def score_documents(
         counted[d] += window[1]
         scored_bytes[d] += window[2]
     result = PerplexityResult()
-    # a window's bytes in the document's own count (its text's, where known: what bpb divides by)
-    result.windows = [(nll_w, tokens_w, bytes_w * documents[d].bytes / scored_bytes[d]
-                       if documents[d].bytes is not None and scored_bytes[d] else bytes_w)
-                      for (nll_w, tokens_w, bytes_w), d in zip(windows, owners)]
+    # a window's bytes in the document's own count (its text's, where known: what bpb divides by), and
+    # its words the document's in the same proportion (a word count is a document's: words span windows)
+    result.windows = []
+    for (nll_w, tokens_w, bytes_w), d in zip(windows, owners):
+        share = bytes_w / scored_bytes[d] if scored_bytes[d] else 0.0
+        result.windows.append((nll_w, tokens_w, documents[d].bytes * share if documents[d].bytes is not None and scored_bytes[d]
+                               else bytes_w, (documents[d].words or 0) * share))
     for d, doc in enumerate(documents):
         n_bytes = doc.bytes if doc.bytes is not None else scored_bytes[d]
         record = {"document": d if doc.index is None else doc.index, "tokens": counted[d], "bytes": n_bytes, "nll": nll[d]}
