@@ -637,6 +637,29 @@ def test_a_lost_connection_to_another_process_is_named_with_what_to_do():
 
 
 @pytest.mark.slow
+def test_a_node_that_never_comes_is_named_after_the_join_timeout(shakespeare, tmp_path):
+    """Node 0 alone, then node 1 alone: each gives up after --join-timeout with one line saying who did not
+    come (torchrun's 30-line traceback after 600 s before), and leaves no run directory."""
+    import socket
+    import subprocess
+    import sys
+
+    for rank, said in ((0, "only 1 of 2 nodes joined at 127.0.0.1:"), (1, "node 1: node 0 did not answer at 127.0.0.1:")):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        run = tmp_path / f"run{rank}"
+        result = subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(run), *FAST,
+                                 "--max-steps", "2", "--eval-every", "0", "--nnodes", "2", "--node-rank", str(rank),
+                                 "--master-addr", "127.0.0.1", "--master-port", port, "--join-timeout", "3"],
+                                capture_output=True, text=True, timeout=120)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1 and last.startswith("error: ") and said in last, result.stderr[-3000:]
+        assert "within --join-timeout 3 s" in last and "Traceback" not in result.stderr and not run.exists()
+        assert "up to --join-timeout 3 s" in " ".join(result.stderr.split())  # the waiting note says how long
+
+
+@pytest.mark.slow
 def test_two_nodes_on_one_filesystem_train_what_one_process_trains_and_must_be_given_the_same_options(shakespeare, tmp_path):
     """Two nodes simulated here (gloo over 127.0.0.1), node 1 started first, both writing the run to one shared
     path: the run is the one a single process trains, and node 1 says node 0 wrote it. Every node wrote its

@@ -404,18 +404,19 @@ def test_tensorboard_events_are_written_and_left_out_of_the_artifact(tmp_path):
     assert not any(name.startswith("tensorboard") for name in artifacts.load(tmp_path).manifest.files)
 
 
-def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
+def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch, capsys):
     from llmkit.errors import UserError
     from llmkit.train import distributed
 
     calls = []
 
-    monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, show_noise: calls.append(command) or 0)
+    monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, held: calls.append(command) or 0)
     distributed.relaunch("mod:fn", {"a": 1}, tmp_path / "launch", nproc=8, nnodes=2, node_rank=1,
                          master_addr="10.0.0.1", master_port=1234)
     command = calls[-1]
     assert command[1:3] == ["-m", "torch.distributed.run"]
-    assert {"--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=1234"} <= set(command)
+    assert {"--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=1234",
+            "--rdzv-conf=timeout=600"} <= set(command)
     assert command[-3:] == ["-m", "llmkit.train.worker", str(tmp_path / "launch" / "launch.json")]
     spec = json.loads((tmp_path / "launch" / "launch.json").read_text())
     assert spec["entry"] == "mod:fn" and spec["arguments"] == {"a": 1}
@@ -425,10 +426,10 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2, nnodes=2)
 
     def fail(exit_code):
-        def torchrun(command, env, show_noise):
+        def torchrun(command, env, held):
             message = {"message": "the worker's one-line message", "exit_code": exit_code}
             (tmp_path / "launch" / "error.txt").write_text(json.dumps(message) + "\n")
-            assert not show_noise()  # a worker explained the failure: torchrun's traceback stays hidden
+            held.append("Traceback (most recent call last):\n  torchrun's own\n")
             return 1
         return torchrun
 
@@ -438,6 +439,7 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="^the worker's one-line message$") as raised:
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
     assert raised.value.exit_code == 1
+    assert "torchrun's own" not in capsys.readouterr().err  # a worker explained the failure: torchrun's traceback stays hidden
     monkeypatch.setattr(distributed, "_run_torchrun", fail(2))  # a worker's usage error exits 2 here too
     with pytest.raises(UsageError, match="^the worker's one-line message$"):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)

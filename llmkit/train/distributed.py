@@ -220,6 +220,7 @@ def relaunch(
     node_rank: int = 0,
     master_addr: str | None = None,
     master_port: int | None = None,
+    join_timeout: int = 600,
 ) -> None:
     """Run `entry(**arguments)` in `nproc` processes per node under torchrun; wait for it.
 
@@ -243,8 +244,9 @@ def relaunch(
 
         # (node 0 alone waited in silence for as long as the others took, or forever)
         note(f"node {node_rank} of {nnodes}: waiting for all {nnodes} nodes to join at {master_addr}:{port} (each runs "
-             "the same command with its own --node-rank); Ctrl-C stops")
-        command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={port}"]
+             f"the same command with its own --node-rank), up to --join-timeout {join_timeout} s; Ctrl-C stops")
+        command += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={port}",
+                    f"--rdzv-conf=timeout={join_timeout}"]
     else:
         command += ["--standalone"]
     env = dict(os.environ)
@@ -259,8 +261,13 @@ def relaunch(
     # torchrun's per-worker folders (error files, logs), in the launch folder, which goes with them: without
     # --log-dir it makes one in the temporary folder for every run and leaves it there, a torchelastic_* each.
     command += [f"--log-dir={launch_dir / 'torchrun'}", "-m", "llmkit.train.worker", str(spec)]
-    returncode = _run_torchrun(command, env, show_noise=lambda: not error_file.is_file())
+    held: list[str] = []
+    returncode = _run_torchrun(command, env, held)
     if returncode != 0:
+        if nnodes > 1 and not error_file.is_file():
+            _refuse_nodes_that_did_not_join("".join(held), node_rank, nnodes, f"{master_addr}:{port}", join_timeout)
+        if not error_file.is_file():  # no worker explained the failure: torchrun's own lines and traceback
+            sys.stderr.write("".join(held))
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
             raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
                             "the command with --resume to continue from the last checkpoint")
@@ -268,6 +275,18 @@ def relaunch(
             failure = json.loads(error_file.read_text(encoding="utf-8"))
             raise (UsageError if failure["exit_code"] == 2 else UserError)(failure["message"])
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
+
+
+def _refuse_nodes_that_did_not_join(noise: str, node_rank: int, nnodes: int, where: str, timeout: int) -> None:
+    """The rendezvous timed out (torchrun's 30-line traceback): one line saying who did not come."""
+    joined = re.search(r"Timed out after \d+ seconds waiting for clients\. (\d+)/(\d+) clients joined", noise)
+    if joined:
+        raise UserError(f"only {joined.group(1)} of {nnodes} nodes joined at {where} within --join-timeout {timeout} s; start "
+                        "the same command on every node (each with its own --node-rank), or raise --join-timeout")
+    if "DistNetworkError" in noise and "timed out" in noise and "trying to connect" in noise:
+        raise UserError(f"node {node_rank}: node 0 did not answer at {where} within --join-timeout {timeout} s; start node 0 "
+                        "(--node-rank 0) with the same command, check --master-addr and --master-port, or raise "
+                        "--join-timeout")
 
 
 def _check_port_free(port: int) -> None:
@@ -287,9 +306,10 @@ def _check_port_free(port: int) -> None:
 _AGENT_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*torch/distributed/")
 
 
-def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
+def _run_torchrun(command: list[str], env: dict, held: list[str]) -> int:
     """Run torchrun, passing the workers' output through live. torchrun's agent logs and its
-    closing traceback are held back and shown only when no worker explained the failure."""
+    closing traceback are held back in `held`, for the caller to show where no worker explained
+    a failure."""
     from llmkit.errors import Terminated
 
     def _forward(line: str) -> None:
@@ -304,7 +324,6 @@ def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
             write_nowhere(sys.stderr)
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
-    held: list[str] = []
     in_traceback = False
     try:
         for line in process.stderr:
@@ -326,10 +345,7 @@ def _run_torchrun(command: list[str], env: dict, show_noise) -> int:
             process.kill()
             process.wait()
         raise
-    returncode = process.wait()
-    if returncode != 0 and show_noise():
-        sys.stderr.write("".join(held))
-    return returncode
+    return process.wait()
 
 
 def resolve_gpus(requested: int | None) -> int:

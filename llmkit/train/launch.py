@@ -85,7 +85,7 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
                 distributed.relaunch(
                     f"{entry.__module__}:{entry.__name__}", arguments, launch_dir,
                     nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
-                    master_addr=devices.master_addr, master_port=devices.master_port,
+                    master_addr=devices.master_addr, master_port=devices.master_port, join_timeout=devices.join_timeout,
                 )
             finally:
                 shutil.rmtree(launch_dir, ignore_errors=True)

@@ -178,6 +178,8 @@ class Devices(ModelParallelism, Placement):
     node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True, range="[0, inf)")
     master_addr: str | None = option(None, "Address of node 0 (multi-node).", runtime=True)
     master_port: int = option(29500, "Port on node 0 (multi-node).", runtime=True, range="[1, 65535]")
+    join_timeout: int = option(600, "Seconds the nodes wait for all of them to join (multi-node) before giving up.",
+                               runtime=True, range="[1, inf)")
     threads: int = option(0, "CPU threads per process (0 = PyTorch's default, one per core).", runtime=True, range="[0, inf)")
     log_every: int = option(10, "Print a progress line every N steps when not on a terminal.", runtime=True, range="[1, inf)")
 

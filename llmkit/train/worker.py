@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Options that may differ between nodes: where each node is, its own threads and logging
-_NODE_OWN = ("node_rank", "threads", "log_every", "tensorboard")
+_NODE_OWN = ("node_rank", "threads", "log_every", "tensorboard", "join_timeout")
 
 
 def _options_digest(arguments: dict) -> str:
