@@ -675,23 +675,24 @@ def test_two_nodes_on_one_filesystem_train_what_one_process_trains_and_must_be_g
     assert subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(one), *common],
                           capture_output=True).returncode == 0
 
-    def two_nodes(run, node_1_extra=(), extra=(), node_1_run=None):
+    def two_nodes(run, node_1_extra=(), extra=(), node_1_run=None, node_1_tokens=None):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = str(probe.getsockname()[1])
 
-        def node(rank, out, node_extra):
-            return subprocess.Popen([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(out),
+        def node(rank, out, node_extra, tokens=shakespeare["tokens"]):
+            return subprocess.Popen([sys.executable, "-m", "llmkit", "pretrain", str(tokens), "-o", str(out),
                                      *common, "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
                                      "--master-port", port, *extra, *node_extra], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
 
-        second = node(1, node_1_run or run, node_1_extra)
+        second = node(1, node_1_run or run, node_1_extra, node_1_tokens or shakespeare["tokens"])
         time.sleep(1.0)
         first = node(0, run, ())
         return [process.communicate(timeout=240) + (process.returncode,) for process in (first, second)]
 
-    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "two")
+    shutil.copytree(shakespeare["tokens"], tmp_path / "node-1-tokens")  # its own copy, at another path: the same tokens
+    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "two", node_1_tokens=tmp_path / "node-1-tokens")
     assert code_0 == 0 and code_1 == 0, (err_0[-2000:], err_1[-2000:])
     assert "node 1 of 2 finished its part; node 0 wrote the run" in " ".join(err_1.split())
     assert artifacts.load(tmp_path / "two").fingerprint == artifacts.load(one).fingerprint
@@ -711,6 +712,12 @@ def test_two_nodes_on_one_filesystem_train_what_one_process_trains_and_must_be_g
     for code, err in ((code_0, err_0), (code_1, err_1)):
         assert code != 0 and "the nodes of this run were given different options (node 1" in " ".join(err.split()), err[-2000:]
     assert not (tmp_path / "mismatch").exists()
+    # other tokens on node 1 (its own -o path the same): they trained other data under node 0's name
+    other = build_tokens(shakespeare["root"] / "corpus", shakespeare["tokenizer"], tmp_path / "other-tokens", val_fraction=0.2)
+    (_, err_0, code_0), (_, err_1, code_1) = two_nodes(tmp_path / "other-data", node_1_tokens=other)
+    for code, err in ((code_0, err_0), (code_1, err_1)):
+        said = " ".join(err.split())
+        assert code == 2 and "given different options (node 1" in said and "other tokens are not" in said, err[-2000:]
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shakespeare, cli, tmp_path):

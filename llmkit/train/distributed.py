@@ -113,7 +113,8 @@ def _check_same_options(rank: int, world: int) -> None:
         dist.destroy_process_group()  # (left to the interpreter's exit, gloo's threads died "without an active exception")
         raise UsageError(f"the nodes of this run were given different options (node {', '.join(nodes)} other than node "
                          f"{given[0][1]}'s): run the same command on every node; only --node-rank (and --threads) may "
-                         "differ (with --resume, -o must be on a filesystem every node shares: a node without the run "
+                         "differ, and the inputs must be the same artifacts (a copy at another path is; other tokens are "
+                         "not) (with --resume, -o must be on a filesystem every node shares: a node without the run "
                          "takes other defaults)")
 
 

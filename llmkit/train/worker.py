@@ -56,11 +56,25 @@ _NODE_OWN = ("node_rank", "threads", "log_every", "tensorboard", "join_timeout")
 
 
 def _options_digest(arguments: dict) -> str:
+    """What every process of a run must be given alike: its options, --resume, and its input artifacts
+    by fingerprint (a node may hold its own copy of the tokens at another path, not other tokens)."""
     import hashlib
 
     options = {key: value for key, value in arguments.get("config", {}).items() if key not in _NODE_OWN}
     resumed = arguments.get("resume")
-    return hashlib.sha256(json.dumps([options, resumed], sort_keys=True, default=str).encode()).hexdigest()
+    inputs = {role: _fingerprint_or_path(value) for role, value in arguments.items() if role not in ("config", "out", "resume")}
+    return hashlib.sha256(json.dumps([options, resumed, inputs], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fingerprint_or_path(value) -> str:
+    """An input artifact's recorded fingerprint (its manifest read, nothing hashed); else the value as given
+    (a missing one is the stage's own error to give)."""
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(value) / "manifest.json").read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return str(value)
 
 
 def _lost_connection(exc: BaseException) -> str | None:
