@@ -98,6 +98,11 @@ def advice_of(exc: BaseException) -> str:
     return " ".join("; ".join(getattr(exc, "llmkit_advice", ())).split())
 
 
+def _short_path(name) -> str:
+    text = str(name or "")
+    return text if len(text) <= 80 else f"{text[:40]}...{text[-30:]}"
+
+
 def one_line(exc: BaseException) -> str:
     """Render an exception as the single line a user sees."""
     if isinstance(exc, UserError):
@@ -114,6 +119,9 @@ def one_line(exc: BaseException) -> str:
                     "write the output elsewhere")
         else:
             text = f"no space left on the device{where}; free some space or write the output elsewhere"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        text = (f"a path is too long for the file system ({_short_path(exc.filename)}): a name takes up to 255 bytes and a "
+                "whole path 4,096; give a shorter path")
     elif isinstance(exc, MemoryError):
         text = "out of memory; use a smaller batch, model or input"
     elif type(exc).__name__ == "OutOfMemoryError":  # torch's, for a GPU: a RuntimeError, not a MemoryError

@@ -22,14 +22,27 @@ from llmkit.errors import UserError, add_advice
 # The longest name an output may have: its lock and temporaries beside it add to it, at most
 # 26 characters (`.NAME.partial-` and a 16-digit key), and a file system takes 255 bytes a name.
 MAX_NAME_BYTES = 255 - len("..partial-") - 16
+NAME_BYTES = 255  # a folder's or file's name, on the usual file systems
+# The longest whole path an output may have: a path takes 4,096 bytes (Linux's PATH_MAX), and the
+# files inside an output add to it (`checkpoints/step_00001000/training_state.safetensors` is 54).
+MAX_PATH_BYTES = 4096 - 1 - 200
 
 
 def _refuse_a_long_name(out: Path) -> None:
-    # (such a name failed after the checks, as an "unexpected" error naming a temporary's name)
+    # (such a name failed after the checks, as an "unexpected" error naming a temporary's name; a path past
+    # the limit did too, and left its temporary and the parent folders it had made behind, blocking reruns)
     length = len(os.fsencode(out.name))
     if length > MAX_NAME_BYTES:
         raise UserError(f"-o {out}: its name is {length} bytes long, and llmkit takes names of up to {MAX_NAME_BYTES} "
                         "(the lock and temporary folders it keeps beside the output add to the name); give a shorter name")
+    whole = os.fsencode(os.path.abspath(out))
+    long = next((part for part in whole.split(b"/") if len(part) > NAME_BYTES), None)
+    if long is not None:
+        raise UserError(f"-o {out}: a folder in it has a name of {len(long)} bytes ({os.fsdecode(long[:24])}...), longer than "
+                        f"a file system takes ({NAME_BYTES}); give a shorter path")
+    if len(whole) > MAX_PATH_BYTES:
+        raise UserError(f"-o {out}: the path is {len(whole):,} bytes long, and llmkit takes paths of up to {MAX_PATH_BYTES:,} "
+                        "(a path holds 4,096 bytes, and the files inside the output add to it); give a shorter path")
 
 
 def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False) -> Path:
@@ -43,11 +56,11 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if storable_name(where) != where:  # manifests, shards and later stages' records hold this path, in UTF-8
         raise UserError(f"-o {storable_name(str(out))}: the path is not UTF-8 ({storable_name(where)}); give the output a "
                         "path in UTF-8")
+    _refuse_a_long_name(out)  # (first: the questions below fail on a name the file system refuses)
     if out.is_symlink():  # --force would replace the link, not what it names, and record inputs from the target's folder
         raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
     if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work
         raise UserError(f"-o {out} ends in '..'; give the output's own name ({out.resolve()})")
-    _refuse_a_long_name(out)
     target = out.resolve()
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
@@ -205,7 +218,7 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
 
 
 def _refuse_existing(path: Path, force: bool, ours: WrittenBy | None = None) -> None:
-    if path.exists() and not force:
+    if (path.exists() or path.is_symlink()) and not force:  # (a link to nothing is something there, too)
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
     if force and ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
         raise UserError(f"output {path} exists and is not {ours.what}, which is all --force replaces here (one written "
@@ -388,7 +401,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
                     note(f"{stale}, the work an interrupted run kept, was for other inputs or options: removed, and "
                          "this run starts over")
                     shutil.rmtree(stale, ignore_errors=True)
-            if tmp.is_dir() and not (tmp / RESUME_MARKER).is_file():  # (killed before its first marker: silent before)
+            if tmp.is_dir() and not _is_file(tmp / RESUME_MARKER):  # (killed before its first marker: silent before)
                 from llmkit.console import note
 
                 note(f"{tmp}, left by an interrupted run of this command, holds no finished part to continue from: "
@@ -400,7 +413,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             _replace_dir(tmp, out)
         except BaseException as exc:
             # (a UserError is the input's problem, which a rerun would meet again: unless it says otherwise)
-            resumable = resume_key is not None and (tmp / RESUME_MARKER).is_file() and (
+            resumable = resume_key is not None and _is_file(tmp / RESUME_MARKER) and (
                 not isinstance(exc, UserError) or getattr(exc, "keeps_partial", False))
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -415,6 +428,15 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
             raise
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file that answers False where the question itself fails (a name too long): the clean-up
+    it decides must still run."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         # Move the old one aside first so that `out` is never a half-replaced mix.
@@ -426,6 +448,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         except BaseException:  # a Ctrl-C between the two renames: the old one goes back, not lost with the new
             if aside.exists() and not out.exists():
                 os.replace(aside, out)
+            if not aside.exists():  # (the old one in place: the empty folder it was to go to is no one's)
+                shutil.rmtree(trash, ignore_errors=True)
             raise
         shutil.rmtree(trash, ignore_errors=True)
     else:

@@ -447,6 +447,55 @@ def test_a_full_disk_is_named(cli, chain, tmp_path, monkeypatch):
     assert not (tmp_path / "corpus").exists() and not list(tmp_path.glob(".corpus*"))
 
 
+def test_a_full_disk_mid_run_keeps_the_run_and_says_to_resume(cli, chain, tmp_path, monkeypatch):
+    """A training run that saved a checkpoint before the disk filled is kept: the line says how to go on
+    from it (it said only to free space or write elsewhere, and the kept run went on filling the disk)."""
+    import errno
+
+    from llmkit.train.loop import Trainer
+
+    saved = Trainer.save_intermediate
+
+    def fill_after_the_first(self, step, **kwargs):
+        if step > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "checkpoints"))
+        saved(self, step, **kwargs)
+
+    monkeypatch.setattr(Trainer, "save_intermediate", fill_after_the_first)
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tmp_path / "run", *TINY_MODEL, "--seq-len", "32",
+                               "--batch-tokens", "256", "--micro-batch", "8", "--max-steps", "6", "--save-every", "2",
+                               "--eval-every", "0"), after_progress=True)
+    assert "no space left on the device" in line and "rerun the command with --resume" in line, line
+    assert (tmp_path / "run" / "checkpoints" / "step_0000002" / "manifest.json").is_file()
+
+
+def test_a_replacement_that_cannot_move_the_old_output_leaves_no_empty_folder_beside_it(tmp_path, monkeypatch):
+    """--force over an output one may not move (its folder read-only): refused, and the empty `.NAME.old-*`
+    made to hold it was left beside it; a file output that is a link to nothing is something there too."""
+    from llmkit import outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / ".new").mkdir()
+    real = os.replace
+
+    def refused(source, target):
+        if Path(source) == out:
+            raise PermissionError(13, "Permission denied", str(out))
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(PermissionError):
+        outputs._replace_dir(tmp_path / ".new", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".new", "out"]
+    monkeypatch.undo()
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "nothing.jsonl")
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        outputs.check_output_file(tmp_path / "gone.jsonl", force=False)
+
+
 def test_a_full_disk_under_safetensors_is_named_too(cli, chain, tmp_path, monkeypatch):
     """safetensors reports it in its own exception type, not as an OSError."""
     import safetensors.torch

@@ -349,3 +349,22 @@ def test_an_output_name_too_long_for_its_temporaries_is_refused_first(cli, tmp_p
     result = cli("clean", tmp_path / "en.txt", "-o", tmp_path / ("n" * 240))
     assert result.exit_code == 1 and "is 240 bytes long, and llmkit takes names of up to 229" in " ".join(result.output.split())
     assert cli("clean", tmp_path / "en.txt", "-o", tmp_path / ("n" * 229)).exit_code == 0
+
+
+def test_an_output_path_too_long_is_refused_first_and_leaves_nothing(cli, tmp_path):
+    """A folder name past 255 bytes anywhere in -o, or a whole path near the 4,096 a path holds: the
+    first check of the path failed as an "unexpected" OSError, and a long path left its temporary and
+    every parent folder it had made (its clean-up asked a question the file system refused), so that
+    every rerun failed the same way. Refused before anything is made; an input path too long is named."""
+    (tmp_path / "en.txt").write_text("a line of text\n")
+    deep = tmp_path.joinpath(*["d" * 200] * 20) / "corpus"
+    result = cli("clean", tmp_path / "en.txt", "-o", deep)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "bytes long, and llmkit takes paths of up to 3,895" in said, said
+    assert not (tmp_path / ("d" * 200)).exists()
+    result = cli("clean", tmp_path / "en.txt", "-o", tmp_path / ("z" * 256) / "corpus")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "a folder in it has a name of 256 bytes" in said and "unexpected" not in said, said
+    result = cli("tokenize", tmp_path / ("z" * 256) / "corpus", "-t", tmp_path / "tok", "-o", tmp_path / "tokens")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "a path is too long for the file system" in said and "unexpected" not in said, said

@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from llmkit.errors import UsageError, UserError, add_advice
+from llmkit.errors import UsageError, UserError, add_advice, advice_of
 from llmkit.options import Options
 from llmkit.train.options import Devices, resolve_precision
 
@@ -135,13 +135,20 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
-            os.replace(out, replaced)
+            try:
+                os.replace(out, replaced)
+            except OSError:  # (a run folder one may not move: its empty holder was left beside it)
+                replaced.parent.rmdir()
+                raise
         created = not out.exists()
         out.mkdir(exist_ok=True)
         (out / outputs.RUN_MARK).touch()
         try:
             yield
         except BaseException as stopped:
+            if isinstance(stopped, OSError) and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
+                add_advice(stopped, f"the run is kept in {out} with its checkpoints: once that is fixed, rerun the command "
+                                    "with --resume to continue from the last one")
             if created and not _worth_keeping(out):
                 shutil.rmtree(out, ignore_errors=True)
                 if replaced is not None and replaced.is_dir():
