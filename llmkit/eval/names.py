@@ -13,7 +13,8 @@ NORM_NEEDS_CHOICES = ("accuracy_norm scores multiple-choice records ('choices': 
 
 
 def parse_metrics(values: list[str]) -> list[str]:
-    """`--metric bleu --metric rouge` or `--metric bleu,rouge`; order kept, duplicates dropped."""
+    """`--metric bleu --metric rouge` or `--metric bleu,rouge`, in one order whatever the order typed
+    (ALL's: a set of metrics, recorded in the config, is one artifact), duplicates dropped."""
     names: list[str] = []
     lower = {n.lower(): n for n in ALL}
     for value in values:
@@ -30,7 +31,7 @@ def parse_metrics(values: list[str]) -> list[str]:
                 names.append(name)
     if not names:
         raise UserError(f"no metric given; pass --metric NAME (one of: {', '.join(ALL)})")
-    return names
+    return sorted(names, key=ALL.index)
 
 
 def family(names: list[str], members: tuple[str, ...]) -> list[str]:
