@@ -34,6 +34,8 @@ def _unique_key_loader():
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be set again here, by design
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice", key_node.start_mark)
@@ -185,9 +187,14 @@ def resolve(
     from_file = file_values(file, section)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
-        raise UsageError(
-            f"unknown option(s) in {file}: {', '.join(unknown)}; known options are: {', '.join(sorted(o.key for o in options))}"
-        )
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(by_key), n=1, cutoff=0.7)
+        hint = (f"did you mean {close[0]}? " if close else
+                "the input and -o are given on the command line; " if unknown[0] in ("input", "inputs", "out", "output", "force")
+                else "")
+        raise UsageError(f"unknown option(s) in {file}: {', '.join(unknown)}; {hint}known options are: "
+                         f"{', '.join(sorted(o.key for o in options))}")
     given: dict[str, list[str]] = {}
     for key in from_file:
         given.setdefault(by_key[key], []).append(key)
@@ -210,14 +217,18 @@ def resolve(
     missing = [opt for opt in options if opt.default is MISSING and opt.name not in values]
     if missing:
         raise UsageError(f"missing option {missing[0].flag}: type it, or set {missing[0].key} in a --config file")
+    # a check across options names flags; where a file gave some of them, say so (not typed, they were not to be found)
+    read_from = f" (options read from {file} and the command line)" if from_file else ""
     try:
         return config_cls.build(**values)
-    except UsageError:
+    except UsageError as exc:
+        if read_from and read_from not in str(exc):
+            raise UsageError(f"{exc}{read_from}") from exc
         raise
     except UserError as exc:  # a stage's own check of its options' values (a vocabulary too small): a usage error
-        raise UsageError(str(exc)) from exc
+        raise UsageError(f"{exc}{read_from}") from exc
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"invalid configuration: {exc}") from exc
+        raise UsageError(f"invalid configuration: {exc}{read_from}") from exc
 
 
 def _refuse_non_utf8(flag: str, value: Any) -> None:
@@ -245,6 +256,12 @@ def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:
     one number (`tokens: 8e3`, `flops = 1e15`); an empty list reads as the flag given nothing."""
     if opt.spec.parse is None or typing.get_origin(opt.type) not in (list, tuple):
         return value
+    from llmkit.options import stop_strings, unescape_each
+
+    if isinstance(value, str) and opt.spec.parse in (unescape_each, stop_strings):
+        # text taken as the file writes it, as a list's items and a text option's value are (a newline is TOML's or
+        # YAML's double-quoted "\n"): `stop: '\n'` became a newline where `stop: ['\n']` stayed a backslash and n
+        return [value]
     items = typing.get_args(opt.type)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and items and items[0] in (int, float):
         value = repr(value)  # (a number for a list of text stays refused: "1000.0" is not what was written)

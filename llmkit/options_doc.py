@@ -42,8 +42,8 @@ def _default(param) -> str:
     if isinstance(value, bool):
         return f"`--{param.name.replace('_', '-')}`" if value else f"`--no-{param.name.replace('_', '-')}`"
     if isinstance(value, (list, tuple)):
-        return "`" + ",".join(map(str, value)).replace("\n", "\\n") + "`"
-    return "`" + str(value).replace("\n", "\\n") + "`"
+        value = ",".join(map(str, value))
+    return "`" + str(value).replace("\n", "\\n").replace("|", "\\|") + "`"  # (a bare | ends a table's cell)
 
 
 def table(path: str) -> str:

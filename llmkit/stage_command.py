@@ -152,7 +152,9 @@ def option_parameter(opt: FlatOption) -> inspect.Parameter:
     """The Typer option for one config field."""
     spec = opt.spec
     cli_type = spec.cli_type if spec.cli_type is not None else opt.type
-    default = None if spec.cli_type is not None else opt.default
+    default = opt.default
+    if spec.cli_type is not None:  # (typed as text: its default shown as text, never handed to the stage, which has its own)
+        default = [str(value) for value in opt.default] if isinstance(opt.default, (list, tuple)) and opt.default else None
     help_text = opt.help
     if default is MISSING:  # required, but a --config file may give it: llmkit.config.resolve says when neither does
         default, help_text = None, f"{help_text} Required: typed, or set in --config."

@@ -112,6 +112,22 @@ def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path):
     file.write_text('[generate]\nstop = ""\n')
     with pytest.raises(UserError, match="empty stop string"):
         resolve(GenerateConfig, file=file, section="generate")
+    # text as the file writes it, one string or a list's items alike (`stop: '\n'` became a newline where
+    # `stop: ['\n']` stayed a backslash and n): a newline is the file's own "\n"
+    for written in ("'\\n'", "['\\n']"):
+        file.write_text(f"[eval]\nstop = {written}\nprompt_template = '{{source}}\\n'\n")
+        literal = resolve(EvalConfig, file=file, section="eval")
+        assert literal.stop == ["\\n"] and literal.prompt_template == "{source}\\n", written
+    file.write_text('[eval]\nstop = "\\n"\n[generate]\nstop = ["\\n", "END"]\n')
+    assert resolve(EvalConfig, file=file, section="eval").stop == ["\n"]
+    assert resolve(GenerateConfig, file=file, section="generate").stop == ["\n", "END"]
+    # finetune's comma-separated lists read as their flags do (a text was refused as "must be a list of text")
+    from llmkit.finetune.config import FinetuneConfig
+
+    file.write_text('[finetune]\nlora_rank = 4\nlora_targets = "q_proj, kv_proj"\n')
+    assert resolve(FinetuneConfig, file=file, section="finetune").lora_targets == ["q_proj", "kv_proj"]
+    file.write_text('[finetune]\nfreeze = "embeddings,norms"\n')
+    assert resolve(FinetuneConfig, file=file, section="finetune").freeze == ["embeddings", "norms"]
 
 
 def test_no_short_flag_means_two_things():
@@ -324,6 +340,24 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
     file.write_text("2024-01-01: x\n")  # a date, shown as typed rather than as datetime.date(2024, 1, 1)
     with pytest.raises(UsageError, match=r"has the key 2024-01-01 \(read as a date\)"):
         resolve(CleanConfig, file=file, section="clean")
+    # YAML's merge key: shared values set once and one set again (refused as "no constructor" before); a key set
+    # twice in one mapping is still refused
+    file.write_text("clean:\n  <<: {seed: 7, min_words: 3}\n  min_words: 5\n")
+    config = resolve(CleanConfig, file=file, section="clean")
+    assert (config.seed, config.min_words) == (7, 5)
+    file.write_text("clean:\n  seed: 1\n  seed: 2\n")
+    with pytest.raises(UsageError, match="set twice"):
+        resolve(CleanConfig, file=file, section="clean")
+    # a misspelt key is offered the right one; a check across options says the file gave options too (it
+    # named flags the user never typed)
+    file.write_text("clean:\n  min_word: 3\n")
+    with pytest.raises(UsageError, match="unknown option.*min_word; did you mean min_words\\?"):
+        resolve(CleanConfig, file=file, section="clean")
+    from llmkit.sweep.config import SweepConfig
+
+    file.write_text("sweep:\n  n_layer: 3\n  tokens: [10000]\n")
+    with pytest.raises(UsageError, match=r"the sweep sets --n-layer.*\(options read from .*c.yaml and the command line\)"):
+        resolve(SweepConfig, file=file, section="sweep")
 
 
 def test_a_repeated_list_flag_adds_to_the_list_and_a_stages_own_check_is_a_usage_error(cli, tmp_path):

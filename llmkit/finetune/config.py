@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from llmkit import artifacts
 from llmkit.model.records import TASKS
-from llmkit.options import Options, group, option
+from llmkit.options import Options, comma_list, group, option
 from llmkit.train.options import (DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization,
                                   refuse_pipeline_options_without_pp)
 
@@ -47,12 +47,12 @@ class FinetuneConfig(Options):
                                       range="(0, inf)")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.", panel=LORA_PANEL, range="[0, 1)")
     lora_targets: list[str] = option(
-        default_factory=lambda: ["q_proj", "kv_proj", "out_proj"], panel=LORA_PANEL,
+        default_factory=lambda: ["q_proj", "kv_proj", "out_proj"], panel=LORA_PANEL, parse=comma_list,
         help="Linear layers to adapt, comma-separated: names (q_proj, kv_proj, out_proj, up_proj, down_proj), globs over "
              "full names, or all.",
     )
     freeze: list[str] = option(
-        default_factory=list, panel=LORA_PANEL,
+        default_factory=list, panel=LORA_PANEL, parse=comma_list,
         help="Parameter groups to keep fixed, comma-separated: embeddings, attention, mlp, norms, lm_head, or a name glob (blocks.0.*).",
     )
     seed: int = option(0, "Seed for the head/adapter initialisation, data order, validation split and dropout.", range="[0, 4294967295]")

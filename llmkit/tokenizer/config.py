@@ -19,7 +19,7 @@ class TokenizerTrainConfig(Options):
     min_frequency: int = option(2, "Merge only pairs seen at least this often.", range="[1, 4294967295]")
     special_tokens: list[str] = option(
         default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), cli_type=Optional[list[str]], parse=comma_list,
-        help="Comma-separated special tokens, given ids 0, 1, ... in order [default: " + ",".join(DEFAULT_SPECIAL_TOKENS) + "].",
+        help="Comma-separated special tokens, given ids 0, 1, ... in order.",
     )
     max_docs: int | None = option(None, "Train on at most this many documents: the first N pieces in input order "
                                          "(--sample-bytes draws across the whole input).", range="[1, inf)")
