@@ -60,7 +60,7 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if out.is_symlink():  # --force would replace the link, not what it names, and record inputs from the target's folder
         raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
     if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work
-        raise UserError(f"-o {out} ends in '..'; give the output's own name ({out.resolve()})")
+        raise UserError(f"-o {out} ends in '..'; give the output a name of its own (such as {out / 'NAME'})")
     target = out.resolve()
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
@@ -205,6 +205,12 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
     if path is None:
         return
     _refuse_a_long_name(path)
+    from llmkit.artifacts import storable_name
+
+    where = os.path.abspath(path)
+    if storable_name(where) != where:  # (its records and notes name it, in UTF-8, as a folder output's do)
+        raise UserError(f"-o {storable_name(str(path))}: the path is not UTF-8 ({storable_name(where)}); give the output a "
+                        "path in UTF-8")
     target = path.resolve()
     for item in inputs:
         if item is not None and Path(item).exists():

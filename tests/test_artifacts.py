@@ -344,8 +344,11 @@ def test_an_artifact_reached_through_a_link_finds_its_inputs_and_a_link_is_no_ou
     assert through_link.input("corpus").path.resolve() == (tmp_path / "corpus").resolve()
     with pytest.raises(UserError, match="is a symbolic link"):
         outputs.check_output(tmp_path / "elsewhere" / "tok", force=True)
-    with pytest.raises(UserError, match=r"ends in '\.\.'"):
+    with pytest.raises(UserError, match=r"ends in '\.\.'; give the output a name of its own \(such as .*/\.\./NAME\)"):
         outputs.check_output(tmp_path / "corpus" / "sub" / "..", force=True)
+    # a file output's path in UTF-8 too, as a folder output's (its records and notes name it)
+    with pytest.raises(UserError, match="the path is not UTF-8"):
+        outputs.check_output_file(Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"out\xe9.jsonl"))), force=False)
 
 
 def test_an_output_that_is_an_input_by_another_path_is_refused(tmp_path):
