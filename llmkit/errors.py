@@ -118,7 +118,8 @@ def one_line(exc: BaseException) -> str:
             text = (f"a file grew past this file system's or your file-size limit (ulimit -f){where}; raise the limit or "
                     "write the output elsewhere")
         else:
-            text = f"no space left on the device{where}; free some space or write the output elsewhere"
+            # (the same error where a file system has no room left for another file: its inodes, `df -i`)
+            text = f"no space left on the device{where}; free some space (or files: `df -i`) or write the output elsewhere"
     elif isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
         text = (f"a path is too long for the file system ({_short_path(exc.filename)}): a name takes up to 255 bytes and a "
                 "whole path 4,096; give a shorter path")
