@@ -87,7 +87,7 @@ def test_a_config_file_takes_the_flag_names_and_refuses_an_option_given_twice(tm
         resolve(EvalConfig, file=file, section="eval")
 
 
-def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path):
+def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path, capsys):
     from llmkit.config import resolve
     from llmkit.sweep.config import SweepConfig
 
@@ -118,6 +118,7 @@ def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path):
         file.write_text(f"[eval]\nstop = {written}\nprompt_template = '{{source}}\\n'\n")
         literal = resolve(EvalConfig, file=file, section="eval")
         assert literal.stop == ["\\n"] and literal.prompt_template == "{source}\\n", written
+        assert "stop in" in capsys.readouterr().err  # said: such a stop string never matches
     file.write_text('[eval]\nstop = "\\n"\n[generate]\nstop = ["\\n", "END"]\n')
     assert resolve(EvalConfig, file=file, section="eval").stop == ["\n"]
     assert resolve(GenerateConfig, file=file, section="generate").stop == ["\n", "END"]

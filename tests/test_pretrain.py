@@ -656,6 +656,7 @@ def test_a_node_that_never_comes_is_named_after_the_join_timeout(shakespeare, tm
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 1 and last.startswith("error: ") and said in last, result.stderr[-3000:]
         assert "within --join-timeout 3 s" in last and "Traceback" not in result.stderr and not run.exists()
+        assert "frame #" not in result.stderr and "[c10d]" not in result.stderr, result.stderr[-3000:]  # (c10d's C++ stack)
         assert "up to --join-timeout 3 s" in " ".join(result.stderr.split())  # the waiting note says how long
 
 

@@ -319,6 +319,17 @@ def test_two_token_counts_cannot_determine_the_data_term(cli, tmp_path):
     assert result.exit_code == 0 and "parameters, D =" in " ".join(result.output.split()), result.output
 
 
+def test_bootstrap_refits_of_too_few_sizes_or_token_counts_are_left_out():
+    """A 3 x 3 grid: about a fifth of its resamples hold 2 sizes or 2 token counts, whose refits cannot tell E
+    from that term; they were inside the constants' and the budgets' intervals."""
+    n, d = (x.ravel() for x in np.meshgrid([1e6, 1e7, 1e8], [1e9, 1e10, 1e11]))
+    loss = TRUE.loss(n, d) * np.exp(np.random.default_rng(0).normal(0.0, 0.002, n.size))
+    fit = fit_chinchilla(n, d, loss, grid="coarse", bootstrap=100, seed=0)
+    assert 60 < fit.bootstrap < 100 and len(fit.samples) == fit.bootstrap
+    many = fit_chinchilla(*_points()[:2], _points()[2], grid="coarse", bootstrap=20, seed=0)
+    assert many.bootstrap == 20  # (36 points: every resample holds 3 or more of each)
+
+
 def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path):
     from llmkit.scaling_law import Law as RecordedLaw
 

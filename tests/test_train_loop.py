@@ -404,6 +404,30 @@ def test_tensorboard_events_are_written_and_left_out_of_the_artifact(tmp_path):
     assert not any(name.startswith("tensorboard") for name in artifacts.load(tmp_path).manifest.files)
 
 
+def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, monkeypatch):
+    """A kept run's full disk says --resume; a worker's comes back as its one line (not an OSError) and
+    got no advice; a sweep has no --resume (the same command goes on)."""
+    from llmkit import artifacts
+    from llmkit.errors import UserError, advice_of
+    from llmkit.train import distributed
+    from llmkit.train.launch import run_directory
+
+    def torchrun(command, env, held):
+        failure = {"message": "no space left on the device", "exit_code": 1, "os_error": True}
+        (tmp_path / "launch" / "error.txt").write_text(json.dumps(failure) + "\n")
+        return 1
+
+    monkeypatch.setattr(distributed, "_run_torchrun", torchrun)
+    for kind, said in (("checkpoint", "rerun the command with --resume"), ("sweep", "rerun the same command to continue")):
+        out = tmp_path / kind
+        with pytest.raises(UserError) as raised:
+            with run_directory(out, resume=False, force=False, inputs=[], kind=kind):
+                with artifacts.create(out / "checkpoints" / "step_0000001", "checkpoint") as build:
+                    (build.dir / "model.safetensors").write_bytes(b"x")
+                distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+        assert raised.value.os_error and said in advice_of(raised.value) and out.is_dir(), advice_of(raised.value)
+
+
 def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch, capsys):
     from llmkit.errors import UserError
     from llmkit.train import distributed
@@ -443,6 +467,22 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(distributed, "_run_torchrun", fail(2))  # a worker's usage error exits 2 here too
     with pytest.raises(UsageError, match="^the worker's one-line message$"):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+
+
+def test_the_nodes_compare_their_inputs_by_content_not_path(tmp_path):
+    """An artifact by fingerprint, a data file (finetune --data) or folder by its bytes: a node's own copy
+    at another path is the same input (a copy of the data was refused as "different options"), other
+    data is not."""
+    from llmkit.train.worker import _options_digest
+
+    for folder, text in (("a", "one"), ("b", "one"), ("c", "two")):
+        (tmp_path / folder / "data").mkdir(parents=True)
+        (tmp_path / folder / "train.jsonl").write_text(text)
+        (tmp_path / folder / "data" / "train.jsonl").write_text(text)
+    for name in ("train.jsonl", "data"):
+        same, copy, other = (_options_digest({"config": {"seed": 0}, "data": str(tmp_path / f / name)}) for f in "abc")
+        assert same == copy != other, name
+    assert _options_digest({"config": {}, "data": "org/hub-name"}) != _options_digest({"config": {}, "data": "org/other"})
 
 
 def test_finished_run_continues_with_more_steps_and_survives_a_cut_metrics_line(tmp_path):

@@ -73,7 +73,7 @@ class EvalConfig(Options):
     rouge_tokenize: str = option("default", "ROUGE tokenizer: default (rouge-score, Latin only), unicode (keeps every script), "
                                  "char (per character).", choices=ROUGE_TOKENIZERS, panel=TEXT)
     stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer",), panel=TEXT)
-    prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n is a newline).",
+    prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n typed is a newline).",
                                          parse=unescape, panel=TEXT)
     max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT, range="[1, inf)")
     stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a "

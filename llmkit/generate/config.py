@@ -52,13 +52,13 @@ def _refuse_greedy_with_temperature(config: Options, given: frozenset[str]) -> N
 
 @dataclass
 class GenerateConfig(Options):
-    prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n is a newline.",
+    prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n typed is a newline.",
                                 flags=("--prompt", "-p"), parse=unescape_each)
     prompts_file: Path | None = option(None, "File of prompts: .txt (one per line) or .jsonl ({\"prompt\": ...} or "
                                        "{\"messages\": [...]}).", flags=("--prompts",))
     sampling: Sampling = group(Sampling, panel=SAMPLING, help={
         "repetition_penalty": "> 1 discourages repeating tokens (1 = off); an ensemble applies it to each member's logits, then mixes them."})
-    stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n is a newline); it is not printed.",
+    stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n typed is a newline); it is not printed.",
                              parse=stop_strings, panel=SAMPLING)
     ignore_eos: bool = option(False, "Keep going past the end-of-text token (a chat's role tokens still end a reply).",
                               flags=("--ignore-eos",), panel=SAMPLING)

@@ -107,6 +107,13 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
         starts = _distinct(thetas[best], [(values[i], thetas[i]) for i in order], BOOTSTRAP_STARTS)
         rng = np.random.Generator(np.random.PCG64(seed))
         picks = np.stack([rng.integers(0, len(n), len(n)) for _ in range(bootstrap)])  # the draws of one refit at a time
+        # a resample of fewer than 3 model sizes or token counts (where the points hold 3) cannot tell E from that
+        # term (scaling_law.unmeasured_term): its refit's constants are any of a family, so it is left out
+        needed = [min(3, len(np.unique(x))) for x in (n, d)]
+        usable = np.array([len(np.unique(n[p])) >= needed[0] and len(np.unique(d[p])) >= needed[1] for p in picks])
+        if usable.any():
+            picks = picks[usable]
+        bootstrap = len(picks)
         per_refit = tuple(np.repeat(x[0][picks], len(starts), axis=0) for x in data)  # row r * len(starts) + s
         refit_thetas, refit_values = _minimise(np.tile(np.asarray(starts), (bootstrap, 1)), per_refit, delta)
         samples = []

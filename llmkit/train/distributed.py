@@ -274,7 +274,9 @@ def relaunch(
                             "the command with --resume to continue from the last checkpoint")
         if error_file.is_file():
             failure = json.loads(error_file.read_text(encoding="utf-8"))
-            raise (UsageError if failure["exit_code"] == 2 else UserError)(failure["message"])
+            error = (UsageError if failure["exit_code"] == 2 else UserError)(failure["message"])
+            error.os_error = bool(failure.get("os_error"))  # (a worker's full disk: llmkit.train.launch's advice)
+            raise error
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
 
 
@@ -303,8 +305,11 @@ def _check_port_free(port: int) -> None:
                              "another --master-port, the same on every node") from None
 
 
-# torchrun's own agent log lines ("W1124 16:04:13.384000 25985 torch/distributed/elastic/...").
-_AGENT_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*torch/distributed/")
+# torchrun's own agent log lines ("W1124 16:04:13.384000 25985 torch/distributed/elastic/..."), c10d's C++
+# log lines ("[E1205 15:00:28.856169192 socket.cpp:1028] [c10d] The client socket has timed out ...") and the
+# C++ stack c10d prints after one ("Exception raised from ...", "frame #0: ...", "<omitting python frames>")
+_AGENT_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*torch/distributed/|^\[[IWE]\d{4} [\d:.]+ [^\]]*\] \[c10d\]")
+_CPP_STACK = re.compile(r"^(Exception raised from |frame #\d+: |<omitting python frames>|\s*$)")
 
 
 def _run_torchrun(command: list[str], env: dict, held: list[str]) -> int:
@@ -325,13 +330,14 @@ def _run_torchrun(command: list[str], env: dict, held: list[str]) -> int:
             write_nowhere(sys.stderr)
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
-    in_traceback = False
+    in_traceback = in_stack = False
     try:
         for line in process.stderr:
+            in_stack = line.startswith("Exception raised from ") or (in_stack and bool(_CPP_STACK.match(line)))
             if line.startswith("Traceback (most recent call last)") or in_traceback:
                 in_traceback = True
                 held.append(line)
-            elif _AGENT_LOG.match(line):
+            elif _AGENT_LOG.match(line) or in_stack:
                 held.append(line)
             else:
                 _forward(line)

@@ -146,8 +146,11 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         try:
             yield
         except BaseException as stopped:
-            if isinstance(stopped, OSError) and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
-                add_advice(stopped, f"the run is kept in {out} with its checkpoints: once that is fixed, rerun the command "
+            failed_writing = isinstance(stopped, OSError) or getattr(stopped, "os_error", False)  # (a worker's, too)
+            if failed_writing and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
+                add_advice(stopped, f"the sweep is kept in {out} with its finished runs: once that is fixed, rerun the same "
+                                    "command to continue" if kind == "sweep" else
+                                    f"the run is kept in {out} with its checkpoints: once that is fixed, rerun the command "
                                     "with --resume to continue from the last one")
             if created and not _worth_keeping(out):
                 shutil.rmtree(out, ignore_errors=True)

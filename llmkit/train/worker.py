@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(exc, UserError) or not path.exists():
                 tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
                 # (its exit status too: a usage error exits 2 from the launching process as from here)
-                tmp.write_text(json.dumps({"message": message, "exit_code": getattr(exc, "exit_code", 1)}) + "\n",
-                               encoding="utf-8")
+                # (and whether the file system failed it, a full disk: the launcher says to --resume a kept run)
+                tmp.write_text(json.dumps({"message": message, "exit_code": getattr(exc, "exit_code", 1),
+                                           "os_error": isinstance(exc, OSError)}) + "\n", encoding="utf-8")
                 os.replace(tmp, path)
         else:
             from rich.markup import escape
@@ -56,8 +57,9 @@ _NODE_OWN = ("node_rank", "threads", "log_every", "tensorboard", "join_timeout")
 
 
 def _options_digest(arguments: dict) -> str:
-    """What every process of a run must be given alike: its options, --resume, and its input artifacts
-    by fingerprint (a node may hold its own copy of the tokens at another path, not other tokens)."""
+    """What every process of a run must be given alike: its options, --resume, and its inputs by content:
+    an artifact by fingerprint, a data file or folder by hash (a node may hold its own copy at another
+    path, not other data)."""
     import hashlib
 
     options = {key: value for key, value in arguments.get("config", {}).items() if key not in _NODE_OWN}
@@ -67,12 +69,25 @@ def _options_digest(arguments: dict) -> str:
 
 
 def _fingerprint_or_path(value) -> str:
-    """An input artifact's recorded fingerprint (its manifest read, nothing hashed); else the value as given
-    (a missing one is the stage's own error to give)."""
+    """An input artifact's recorded fingerprint (its manifest read, nothing hashed); a data file's (or a
+    folder's files') sha256 (finetune --data: a node's own copy, at another path, is the same data);
+    else the value as given (a hub name; a missing path is the stage's own error to give)."""
+    import hashlib
     from pathlib import Path
 
+    path = Path(str(value))
     try:
-        return json.loads((Path(value) / "manifest.json").read_text(encoding="utf-8"))["fingerprint"]
+        if (path / "manifest.json").is_file():
+            return json.loads((path / "manifest.json").read_text(encoding="utf-8"))["fingerprint"]
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        if not files:
+            return str(value)
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(str(file.relative_to(path) if file != path else "").encode())
+            with open(file, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+        return "sha256:" + digest.hexdigest()
     except (OSError, ValueError, TypeError, KeyError):
         return str(value)
 
