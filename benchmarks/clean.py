@@ -13,8 +13,9 @@ Not the same work: llmkit also runs what both its presets do by default (ftfy mo
 normalisation, cleanup of control characters and odd spaces, the binary and garbled-text filters),
 which this datatrove pipeline does not, so the ratio understates llmkit's speed on equal work.
 The two sides must keep document counts within 5% of each other, or the script fails.
-datatrove's English word tokenizer needs NLTK data that is not installed, so it gets a regex
-tokenizer with the same splitting rule llmkit uses.
+datatrove's English word tokenizer needs spaCy, which is not installed, so it gets a regex
+tokenizer with the same splitting rule llmkit uses (the same rules on the same words: how the two
+tokenizers' words change the decisions is measured in docs/clean.md, not here).
 
 Each side runs as a whole process of its own (imports and start-up included), the two alternating
 over --rounds rounds so that load from other jobs hits both alike; printed per side: best wall and
@@ -148,7 +149,7 @@ def run_datatrove(source: Path, work: Path) -> tuple[float, int]:
     from llmkit.corpus.words import split_words
 
     class RegexTokenizer(WordTokenizer):
-        """Stands in for NLTK (whose punkt data is not installed): the splitting llmkit uses."""
+        """Stands in for spaCy (not installed): the splitting llmkit uses."""
 
         _sentence = re.compile(r"[^.!?]+[.!?]*")
 

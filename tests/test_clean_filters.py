@@ -232,6 +232,10 @@ def test_gopher_quality_crafted_failures(shakespeare, reviews):
     # The stop-word rule is English-only: German without English stop words is not dropped for it.
     german = "Ein kleiner Junge geht mit zufriedenem Gesicht durch flaches Wasser am Strand. " * 8
     assert filters.gopher_quality(DocView(german, "de"), WEB) is None
+    # punctuation alone under --min-words 0 has no word to measure: dropped as short (a ZeroDivisionError before)
+    import dataclasses
+
+    assert filters.gopher_quality(DocView("... !!! --- ???", "en"), dataclasses.replace(WEB, min_words=0)) == "gopher_short_doc"
 
 
 # ------------------------------------------------------------------------------- Gopher repetition

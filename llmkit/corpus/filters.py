@@ -74,7 +74,7 @@ def gopher_quality(doc: DocView, cfg: CleanConfig) -> Reason:
         return "gopher_short_doc"
     content_words = [w for w in words if not _PUNCT_ONLY.match(w)]
     n = len(content_words)
-    if n < cfg.min_words:
+    if n < cfg.min_words or n == 0:  # (punctuation alone: no word to measure, whatever --min-words 0 allows)
         return "gopher_short_doc"
     if n > cfg.max_words:
         return "gopher_long_doc"
