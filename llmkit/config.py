@@ -204,7 +204,7 @@ def resolve(
     from_file = {by_key[k]: v for k, v in from_file.items()}
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
-    _note_written_escapes(file, {k: values[k] for k in from_file}, known)
+    _note_written_escapes(file, {k: values[k] for k in from_file if k not in (explicit or {})}, known)
     for name in [opt.name for opt in options if opt.name in from_file]:
         # the file's value checked here, to name the file (and where a flag typed over it: still checked)
         problem = value_problem(known[name], values[name])
@@ -253,11 +253,10 @@ def _refuse_non_utf8(flag: str, value: Any) -> None:
 
 def _note_written_escapes(file: Path | str | None, values: dict[str, Any], known: dict[str, Any]) -> None:
     """A file's text is taken as written, where a typed `\\n` is a newline: a `\\n` left in a file's stop
-    string or prompt (TOML's and YAML's single quotes) is said, as such a stop string never matches."""
-    from llmkit.options import stop_strings, unescape, unescape_each
-
+    string (TOML's and YAML's single quotes) is said, as such a stop string never matches. (Not a prompt's:
+    a Windows path, C:\\new, is text; a flag typed over the file's value is what runs.)"""
     for name, value in values.items():
-        if known[name].spec.parse not in (unescape, unescape_each, stop_strings):
+        if name != "stop":
             continue
         if any("\\n" in str(item) for item in (value if isinstance(value, (list, tuple)) else [value])):
             from llmkit.console import note

@@ -924,8 +924,10 @@ def test_finetune_on_another_node_leaves_the_shared_run_directory_to_node_0(base
     config = FinetuneConfig.build(task="classify", nnodes=2, node_rank=1, master_addr="10.0.0.1", max_steps=1)
     finetune(base["checkpoint"], data, run, config, force=True)
     assert (run / "metrics.jsonl").read_text() == "written by node 0\n"  # neither emptied nor refused
+    from llmkit.finetune.data import file_digest
+
     assert launched == [("llmkit.finetune.stage:_train", dict(nproc=1, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500,
-                                                              join_timeout=600))]
+                                                              join_timeout=600, compared={"data": file_digest(data)}))]
     with pytest.raises(UserError, match="already exists"):  # node 0 owns it, as in a one-node run
         finetune(base["checkpoint"], data, run, FinetuneConfig.build(task="classify", nnodes=2, master_addr="10.0.0.1"))
     # Started by an outside torchrun, only global rank 0 prepares it.

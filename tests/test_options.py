@@ -118,7 +118,10 @@ def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path, c
         file.write_text(f"[eval]\nstop = {written}\nprompt_template = '{{source}}\\n'\n")
         literal = resolve(EvalConfig, file=file, section="eval")
         assert literal.stop == ["\\n"] and literal.prompt_template == "{source}\\n", written
-        assert "stop in" in capsys.readouterr().err  # said: such a stop string never matches
+        said = capsys.readouterr().err
+        assert "stop in" in said and "prompt_template in" not in said  # said: such a stop string never matches
+    resolve(EvalConfig, file=file, section="eval", explicit={"stop": ["END"]})  # a typed --stop runs instead: nothing said
+    assert "stop in" not in capsys.readouterr().err
     file.write_text('[eval]\nstop = "\\n"\n[generate]\nstop = ["\\n", "END"]\n')
     assert resolve(EvalConfig, file=file, section="eval").stop == ["\n"]
     assert resolve(GenerateConfig, file=file, section="generate").stop == ["\n", "END"]

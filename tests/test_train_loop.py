@@ -418,10 +418,13 @@ def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, 
         return 1
 
     monkeypatch.setattr(distributed, "_run_torchrun", torchrun)
-    for kind, said in (("checkpoint", "rerun the command with --resume"), ("sweep", "rerun the same command to continue")):
-        out = tmp_path / kind
+    for kind, force, said in (("checkpoint", False, "rerun the command with --resume to"),
+                              ("checkpoint", True, "rerun the command with --resume in place of --force"),
+                              ("sweep", False, "rerun the same command to continue"),
+                              ("sweep", True, "rerun the command without --force to continue")):
+        out = tmp_path / f"{kind}-{force}"
         with pytest.raises(UserError) as raised:
-            with run_directory(out, resume=False, force=False, inputs=[], kind=kind):
+            with run_directory(out, resume=False, force=force, inputs=[], kind=kind):
                 with artifacts.create(out / "checkpoints" / "step_0000001", "checkpoint") as build:
                     (build.dir / "model.safetensors").write_bytes(b"x")
                 distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
@@ -470,18 +473,27 @@ def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch, capsys):
 
 
 def test_the_nodes_compare_their_inputs_by_content_not_path(tmp_path):
-    """An artifact by fingerprint, a data file (finetune --data) or folder by its bytes: a node's own copy
-    at another path is the same input (a copy of the data was refused as "different options"), other
-    data is not."""
+    """An artifact by fingerprint; a plain file the stage reads (finetune's data, --val-data, template) by the
+    digest its launcher computed once for the node, in place of its path: a node's own copy at another path
+    is the same input (a copy of the data was refused as "different options"), other data is not."""
+    import shutil
+
+    from llmkit import artifacts
     from llmkit.train.worker import _options_digest
 
-    for folder, text in (("a", "one"), ("b", "one"), ("c", "two")):
-        (tmp_path / folder / "data").mkdir(parents=True)
-        (tmp_path / folder / "train.jsonl").write_text(text)
-        (tmp_path / folder / "data" / "train.jsonl").write_text(text)
-    for name in ("train.jsonl", "data"):
-        same, copy, other = (_options_digest({"config": {"seed": 0}, "data": str(tmp_path / f / name)}) for f in "abc")
-        assert same == copy != other, name
+    for name in ("a", "b"):
+        with artifacts.create(tmp_path / name, "tokens") as build:
+            (build.dir / "ids.bin").write_bytes(name.encode())
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    digest = {name: _options_digest({"config": {"seed": 0}, "tokens": str(tmp_path / name)}) for name in ("a", "b", "copy")}
+    assert digest["a"] == digest["copy"] != digest["b"]  # (a copy at another path: the same fingerprint)
+
+    def finetune(val_path, data_sha, val_sha):
+        return _options_digest({"config": {"seed": 0, "val_data": val_path}, "data": f"/node/{val_path}/train.jsonl"},
+                               {"data": data_sha, "val_data": val_sha})
+
+    assert finetune("/n0/val.jsonl", "d", "v") == finetune("/n1/elsewhere.jsonl", "d", "v")
+    assert finetune("/n0/val.jsonl", "d", "v") != finetune("/n0/val.jsonl", "d", "other")
     assert _options_digest({"config": {}, "data": "org/hub-name"}) != _options_digest({"config": {}, "data": "org/other"})
 
 

@@ -214,7 +214,8 @@ def gopher_repetition(doc: DocView, cfg: CleanConfig) -> Reason:
 _CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 # Sentence ends of other scripts too: Devanagari's danda, Arabic's question mark, Urdu's full stop,
 # Armenian, Ethiopic, Myanmar, Khmer, Tibetan, Syriac, and full- and half-width stops (datatrove's
-# TERMINAL_PUNCTUATION has them; without them a clean Hindi or Khmer text had no sentence at all).
+# TERMINAL_PUNCTUATION has all but Tibetan's shad; without them a clean Hindi or Khmer text had no
+# sentence at all).
 _OTHER_ENDS = "।॥؟۔։።፧။។៕།܂．｡"
 _TERMINAL = (".", "?", "!", '"', "'", "。", "？", "！", "”", "」", "』", *_OTHER_ENDS)
 _SENTENCE_END = re.compile(f"[.!?]+(?=\\s|$)|[。！？{_OTHER_ENDS}]+")

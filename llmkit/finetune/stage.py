@@ -49,9 +49,19 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
         given = config.max_steps is not None or config.epochs != config.default_of("epochs")
     config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), left_out=not given)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
+    def compared() -> dict[str, str]:  # (a node's own copies of the files, at other paths, are the same run)
+        from llmkit.finetune import data as ft_data
+
+        contents = {"data": ft_data.file_digest(data)}
+        if config.val_data:
+            contents["val_data"] = ft_data.file_digest(Path(config.val_data), validation=True)
+        if template_file is not None:
+            contents["template"] = artifacts.sha256_file(template_file)
+        return contents
+
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
-                  reads=[config.val_data, template_file])
+                  reads=[config.val_data, template_file], compared=compared)
 
 
 def _check_held_apart(train_file: Path, val_file: Path) -> None:

@@ -222,6 +222,7 @@ def relaunch(
     master_addr: str | None = None,
     master_port: int | None = None,
     join_timeout: int = 600,
+    compared: dict[str, str] | None = None,
 ) -> None:
     """Run `entry(**arguments)` in `nproc` processes per node under torchrun; wait for it.
 
@@ -232,8 +233,9 @@ def relaunch(
     spec = launch_dir / "launch.json"
     error_file = launch_dir / ERROR_FILE
     # argv: the user's command, which the workers' artifacts record (not the worker's own command line)
-    spec.write_text(json.dumps({"entry": entry, "arguments": arguments, "error_file": str(error_file), "argv": sys.argv},
-                               indent=2))
+    # `compared`: what the nodes' processes compare by content in place of paths (llmkit.train.worker._options_digest)
+    spec.write_text(json.dumps({"entry": entry, "arguments": arguments, "error_file": str(error_file), "argv": sys.argv,
+                                "compared": compared or {}}, indent=2))
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nnodes > 1:
         if not master_addr:

@@ -47,10 +47,13 @@ def refuse_resume_with_force(resume: bool, force: bool) -> None:
 
 
 def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: Devices, resume: bool, force: bool,
-           inputs: dict[str, str], reads: list[Path | str | None] = ()) -> Path:
+           inputs: dict[str, str], reads: list[Path | str | None] = (),
+           compared: Callable[[], dict[str, str]] | None = None) -> Path:
     """Run a training stage's `entry(config=, out=, resume=, **inputs)` on the devices asked for;
     returns the run directory. `reads` are further paths the stage reads (data files) that the
-    run directory must stay clear of, besides `inputs`."""
+    run directory must stay clear of, besides `inputs`. `compared`: the digests of the plain files
+    the stage reads, by input role or option name, which the nodes of a multi-node run compare in
+    place of their paths (computed here, once a node, and only then)."""
     from llmkit.train import distributed
 
     out = Path(out)
@@ -86,6 +89,7 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
                     f"{entry.__module__}:{entry.__name__}", arguments, launch_dir,
                     nproc=per_node, nnodes=devices.nnodes, node_rank=devices.node_rank,
                     master_addr=devices.master_addr, master_port=devices.master_port, join_timeout=devices.join_timeout,
+                    compared=compared() if compared is not None and devices.nnodes > 1 else None,
                 )
             finally:
                 shutil.rmtree(launch_dir, ignore_errors=True)
@@ -148,10 +152,12 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         except BaseException as stopped:
             failed_writing = isinstance(stopped, OSError) or getattr(stopped, "os_error", False)  # (a worker's, too)
             if failed_writing and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
-                add_advice(stopped, f"the sweep is kept in {out} with its finished runs: once that is fixed, rerun the same "
-                                    "command to continue" if kind == "sweep" else
-                                    f"the run is kept in {out} with its checkpoints: once that is fixed, rerun the command "
-                                    "with --resume to continue from the last one")
+                rerun = ("rerun the command without --force to continue (with it, the sweep starts over)" if force else
+                         "rerun the same command to continue") if kind == "sweep" else (
+                        "rerun the command with --resume in place of --force to continue from the last one" if force else
+                        "rerun the command with --resume to continue from the last one")
+                kept = "the sweep is kept in {} with its finished runs" if kind == "sweep" else "the run is kept in {} with its checkpoints"
+                add_advice(stopped, f"{kept.format(out)}: once that is fixed, {rerun}")
             if created and not _worth_keeping(out):
                 shutil.rmtree(out, ignore_errors=True)
                 if replaced is not None and replaced.is_dir():

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     function = getattr(importlib.import_module(module_name), function_name)
     from llmkit.train.distributed import OPTIONS_DIGEST
 
-    os.environ[OPTIONS_DIGEST] = _options_digest(spec["arguments"])  # compared across the run's processes (distributed.init)
+    # compared across the run's processes (distributed.init)
+    os.environ[OPTIONS_DIGEST] = _options_digest(spec["arguments"], spec.get("compared"))
     try:
         function(**spec["arguments"])
     except Exception as exc:
@@ -56,38 +57,28 @@ def main(argv: list[str] | None = None) -> int:
 _NODE_OWN = ("node_rank", "threads", "log_every", "tensorboard", "join_timeout")
 
 
-def _options_digest(arguments: dict) -> str:
-    """What every process of a run must be given alike: its options, --resume, and its inputs by content:
-    an artifact by fingerprint, a data file or folder by hash (a node may hold its own copy at another
-    path, not other data)."""
+def _options_digest(arguments: dict, compared: dict[str, str] | None = None) -> str:
+    """What every process of a run must be given alike: its options, --resume, and its inputs by content,
+    so that a node may hold its own copy at another path, not other data: an artifact by fingerprint,
+    and what the stage named in `compared` (an input role or an option holding a path: finetune's data,
+    --val-data, template file), hashed once per node by its launcher (llmkit.train.launch)."""
     import hashlib
 
-    options = {key: value for key, value in arguments.get("config", {}).items() if key not in _NODE_OWN}
+    compared = compared or {}
+    options = {key: value for key, value in arguments.get("config", {}).items() if key not in _NODE_OWN and key not in compared}
     resumed = arguments.get("resume")
-    inputs = {role: _fingerprint_or_path(value) for role, value in arguments.items() if role not in ("config", "out", "resume")}
-    return hashlib.sha256(json.dumps([options, resumed, inputs], sort_keys=True, default=str).encode()).hexdigest()
+    inputs = {role: _fingerprint_or_path(value) for role, value in arguments.items()
+              if role not in ("config", "out", "resume") and role not in compared}
+    return hashlib.sha256(json.dumps([options, resumed, inputs, compared], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _fingerprint_or_path(value) -> str:
-    """An input artifact's recorded fingerprint (its manifest read, nothing hashed); a data file's (or a
-    folder's files') sha256 (finetune --data: a node's own copy, at another path, is the same data);
-    else the value as given (a hub name; a missing path is the stage's own error to give)."""
-    import hashlib
+    """An input artifact's recorded fingerprint (its manifest read, nothing hashed); else the value as
+    given (a hub name; a missing path is the stage's own error to give)."""
     from pathlib import Path
 
-    path = Path(str(value))
     try:
-        if (path / "manifest.json").is_file():
-            return json.loads((path / "manifest.json").read_text(encoding="utf-8"))["fingerprint"]
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
-        if not files:
-            return str(value)
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(str(file.relative_to(path) if file != path else "").encode())
-            with open(file, "rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
-        return "sha256:" + digest.hexdigest()
+        return json.loads((Path(str(value)) / "manifest.json").read_text(encoding="utf-8"))["fingerprint"]
     except (OSError, ValueError, TypeError, KeyError):
         return str(value)
 
