@@ -326,7 +326,13 @@ def test_prompts_that_lose_their_start_to_the_context_are_counted_and_said(expor
     cut = cli("eval", exported / "ckpt", "--task", "copa", "--limit", "4", "--shots", "10", "-o", tmp_path / "cut")
     said = " ".join(cut.output.split())
     assert cut.exit_code == 0 and "copa: 4 of 4 questions did not fit in the model's context (128 tokens)" in said, said
+    assert "(the first demonstrations first)" in said and "or fewer --shots" in said
     assert artifacts.load(tmp_path / "cut").stats["benchmarks"]["copa"]["prompts_cut"] == 4
+    # at 0 shots the note speaks of no demonstrations and no --shots (it always did)
+    zero = cli("eval", exported / "ckpt", "--task", "boolq", "--limit", "3", "-o", tmp_path / "zero")
+    said = " ".join(zero.output.split())
+    assert zero.exit_code == 0 and "boolq: " in said and "did not fit" in said, said
+    assert "demonstrations" not in said and "--shots" not in said, said
     # multiple-choice records say it too
     (tmp_path / "mc.jsonl").write_text(json.dumps({"question": long, "choices": ["barks.", "sings."], "label": 0}) + "\n"
                                        + json.dumps({"question": "The dog", "choices": ["barks.", "sings."], "label": 0}) + "\n")

@@ -95,6 +95,7 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
                    if k.endswith((".lora_A", ".lora_B")))
     # printed at the start, as peft counts (adapters included); the artifact's `params` are its merged model's
     assert f"{stats['trainable_params']:,} of {stats['params'] + adapters:,} parameters trainable" in result.output
+    assert f"the adapters fold into the {stats['params']:,} of the model" in " ".join(result.output.split())  # (its end line's)
     assert stats["params"] == sum(t.numel() for t in load_file(str(run / "model.safetensors")).values())
     assert stats["frozen_params"] == stats["params"] + adapters - stats["trainable_params"] > 0  # the whole base
     assert 0 < stats["trainable_params"] < stats["params"] / 5 and stats["lora_layers"] == 6

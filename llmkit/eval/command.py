@@ -76,7 +76,8 @@ def print_benchmarks(result) -> None:
         if info.get("prompts_cut"):
             from llmkit.eval.choice import context_cut_note
 
-            out.print(f"note: {name}: " + context_cut_note(info["prompts_cut"], info["examples"], info["context_length"]))
+            out.print(f"note: {name}: " + context_cut_note(info["prompts_cut"], info["examples"], info["context_length"],
+                                                           shots=bool(info.get("shots"))))
         if info.get("choices_cut"):
             out.print(f"note: {name}: {info['choices_cut']} choice(s) longer than the model's context were scored on their "
                       "last tokens only (acc_norm still divides by the whole choice's length)")

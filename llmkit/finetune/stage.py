@@ -431,7 +431,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             how = f"LoRA rank {config.lora_rank} on {len(adapted)} layers" if adapted else "full fine-tuning"
             err.print(
                 f"finetune {config.task} ({how}): {trainable:,} of {total:,} parameters trainable "
-                f"({100 * trainable / total:.2f}%); {len(train_examples)} examples, {max_steps} step{'' if max_steps == 1 else 's'} x {global_batch}, "
+                f"({100 * trainable / total:.2f}%{f'; the adapters fold into the {total - adapters:,} of the model' if adapters else ''}); {len(train_examples)} examples, {max_steps} step{'' if max_steps == 1 else 's'} x {global_batch}, "
                 f"lr {config.peak_lr:g}, micro-batch {micro_batch} on {world} process{'' if world == 1 else 'es'}"
                 f"{trainer.gradient_note}",
                 soft_wrap=True,
