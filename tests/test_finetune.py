@@ -323,7 +323,9 @@ def test_a_template_reaches_into_nested_records_by_dotted_names(base, shared_dat
     typed = cli("generate", run, "--prompt", flat[0]["de"], "--max-new-tokens", "4", "--seed", "1", "-o", tmp_path / "typed.jsonl")
     assert typed.exit_code == 0, typed.output
     assert read_jsonl(tmp_path / "gen.jsonl")[0]["completion"] == read_jsonl(tmp_path / "typed.jsonl")[0]["completion"]
-    assert read_jsonl(tmp_path / "gen.jsonl")[0]["prompt"] == flat[0]["de"]
+    generated = read_jsonl(tmp_path / "gen.jsonl")[0]
+    # the input shown once, as `prompt`; the rest of the record copied as a flat record's is
+    assert generated["prompt"] == flat[0]["de"] and generated["translation"] == {"en": flat[0]["en"]}, generated
     # a record with neither a prompt field nor the template's: refused in one line, the template's fields named
     wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"fr": "Bonjour"}])
     for model in (run, base["checkpoint"]):

@@ -113,7 +113,21 @@ def read_template_records(prompts: list[Prompt], task) -> None:
             hint = f" (or the fields of this fine-tune's template: {', '.join(fields)})" if fields else ""
             raise UserError(prompt.unread + hint)
         prompt.text, prompt.unread = text, None
-        prompt.meta = {k: v for k, v in prompt.record.items() if k != template["input_field"]}
+        prompt.meta = _without(prompt.record, template["input_field"])  # (the prompt is shown once, as `prompt`)
+
+
+def _without(record: dict[str, Any], name: str) -> dict[str, Any]:
+    """The record without the field `name` (its own key, else `a.b` within its object a, that object
+    left out where nothing else is in it), the rest as it is: what an output record copies beside the prompt."""
+    if name in record or "." not in name:
+        return {k: v for k, v in record.items() if k != name}
+    head, _, rest = name.partition(".")
+    kept = dict(record)
+    if isinstance(record.get(head), dict):
+        kept[head] = _without(record[head], rest)
+        if not kept[head]:
+            del kept[head]
+    return kept
 
 
 def chat_turns(record: dict[str, Any], text: str) -> list[dict[str, str]]:
