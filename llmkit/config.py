@@ -255,14 +255,12 @@ def _note_written_escapes(file: Path | str | None, values: dict[str, Any], known
     """A file's text is taken as written, where a typed `\\n` is a newline: a `\\n` left in a file's stop
     string (TOML's and YAML's single quotes) is said, as such a stop string never matches. (Not a prompt's:
     a Windows path, C:\\new, is text; a flag typed over the file's value is what runs.)"""
-    for name, value in values.items():
-        if name != "stop":
-            continue
-        if any("\\n" in str(item) for item in (value if isinstance(value, (list, tuple)) else [value])):
-            from llmkit.console import note
+    stops = values.get("stop") or []
+    if any("\\n" in str(item) for item in (stops if isinstance(stops, (list, tuple)) else [stops])):
+        from llmkit.console import note
 
-            note(f"{known[name].key} in {file} holds a backslash and n, taken as written (a newline in a file is the "
-                 "file's own \"\\n\", in double quotes)")
+        note(f"{known['stop'].key} in {file} holds a backslash and n, taken as written (a newline in a file is the "
+             "file's own \"\\n\", in double quotes)")
 
 
 def _parse_list_text(value: Any, opt: Any, file: Path | str | None) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from llmkit.train.layout import STAGES_PER_RANK, stage_layers
 
@@ -422,10 +423,12 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequen
     return None
 
 
-def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None) -> list[str]:
+def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None,
+          batch_for: Callable[[int], int | None] | None = None) -> list[str]:
     """The single changes that make a layout that does not fit, fit; `layout` as asked (its
     micro-batch the one given, before the global batch of `sequences` is split), so that each
-    change is split as pretrain would split it with that flag added."""
+    change is split as pretrain would split it with that flag added. `batch_for(micro_batch)`: the
+    --batch-tokens a proposed micro-batch needs beside it (None: none), where no batch was given."""
     tried = []
     if not layout.activation_checkpointing:
         tried.append(("--activation-checkpointing", replace(layout, activation_checkpointing=True)))
@@ -433,7 +436,8 @@ def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int |
         tried.append(("--strategy fsdp", replace(layout, strategy="fsdp")))
     best = largest_micro_batch(shape, layout, device, sequences=sequences)
     if 0 < best < (split(layout, sequences) or layout).micro_batch:  # below the micro-batch it runs at
-        tried.append((f"--micro-batch {best}", replace(layout, micro_batch=best)))
+        tokens = batch_for(best) if batch_for is not None and sequences is None else None
+        tried.append((f"--micro-batch {best}" + (f" --batch-tokens {tokens}" if tokens else ""), replace(layout, micro_batch=best)))
     for tp in (2, 4, 8):
         if tp > layout.tp:  # the same devices regrouped (less data parallelism), else more of them
             if layout.world % (tp * layout.pp) == 0:

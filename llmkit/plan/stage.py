@@ -182,11 +182,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         if not cpu_has_bf16_products():
             plan["notes"].append(f"speed: {CPU_WITHOUT_BF16}")
     if not memory.fits:
-        plan["fixes"] = fixes(shape, asked, device, sequences=sequences)
-        if sequences is None:  # a --micro-batch that pretrain's default batch does not split comes with one that does
-            for i, label in enumerate(plan["fixes"]):
-                if label.startswith("--micro-batch ") and (tokens := pretrain_batch_tokens(int(label.split()[1]), asked.batch_ways, seq)):
-                    plan["fixes"][i] = f"{label} --batch-tokens {tokens}"
+        # (a --micro-batch that pretrain's default batch does not split comes with one that does)
+        plan["fixes"] = fixes(shape, asked, device, sequences=sequences,
+                              batch_for=lambda micro: pretrain_batch_tokens(micro, asked.batch_ways, seq))
     if cfg.search:
         # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
         # nodes of 8, or of --gpus where --nnodes says the layout spans nodes of that size.

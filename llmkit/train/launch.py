@@ -152,11 +152,14 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         except BaseException as stopped:
             failed_writing = isinstance(stopped, OSError) or getattr(stopped, "os_error", False)  # (a worker's, too)
             if failed_writing and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
-                rerun = ("rerun the command without --force to continue (with it, the sweep starts over)" if force else
-                         "rerun the same command to continue") if kind == "sweep" else (
-                        "rerun the command with --resume in place of --force to continue from the last one" if force else
-                        "rerun the command with --resume to continue from the last one")
-                kept = "the sweep is kept in {} with its finished runs" if kind == "sweep" else "the run is kept in {} with its checkpoints"
+                if kind == "sweep":
+                    kept, rerun = "the sweep is kept in {} with its finished runs", (
+                        "rerun the command without --force to continue (with it, the sweep starts over)" if force
+                        else "rerun the same command to continue")
+                else:
+                    kept, rerun = "the run is kept in {} with its checkpoints", (
+                        f"rerun the command with --resume{' in place of --force' if force else ''} to continue from the "
+                        "last one")
                 add_advice(stopped, f"{kept.format(out)}: once that is fixed, {rerun}")
             if created and not _worth_keeping(out):
                 shutil.rmtree(out, ignore_errors=True)
