@@ -126,7 +126,7 @@ def test_text_field_choice(shared_data, tmp_path):
 def test_the_text_field_is_chosen_from_the_first_records_not_the_first_alone(tmp_path):
     """A first record lacking "text" is a bad record of a file whose records have it: not a reason to read
     another field (the titles) for the whole file, nor to tell the user to pass the --text-field they passed."""
-    from llmkit.corpus import sources
+    from llmkit.corpus import record_files
 
     data = tmp_path / "f.jsonl"
     data.write_text('{"id": "1", "title": "Foo"}\n{"id": "2", "title": "Bar", "text": "real document two"}\n'
@@ -147,9 +147,9 @@ def test_the_text_field_is_chosen_from_the_first_records_not_the_first_alone(tmp
     with pytest.raises(UserError, match="no 'text' field; pass --text-field with one of: body, title"):
         _read([data])
     # A field first seen after the records the choice is made from: those before it are not bad lines.
-    rows = [{"title": f"t{i}"} for i in range(sources._FIELD_LOOKAHEAD)] + [{"title": "t", "text": "late"}]
+    rows = [{"title": f"t{i}"} for i in range(record_files.FIELD_LOOKAHEAD)] + [{"title": "t", "text": "late"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    with pytest.raises(UserError, match=f"no field 'text' in its first {sources._FIELD_LOOKAHEAD} records"):
+    with pytest.raises(UserError, match=f"no field 'text' in its first {record_files.FIELD_LOOKAHEAD} records"):
         _read([data], text_field="text", skip_bad_lines=True)
     array = tmp_path / "a.json"  # a JSON array is chosen from the same way
     array.write_text('[{"title": "Foo"}, {"title": "Bar", "text": "two"}]', encoding="utf-8")
