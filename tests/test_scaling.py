@@ -328,6 +328,10 @@ def test_bootstrap_refits_of_too_few_sizes_or_token_counts_are_left_out():
     assert 60 < fit.bootstrap < 100 and len(fit.samples) == fit.bootstrap
     many = fit_chinchilla(*_points()[:2], _points()[2], grid="coarse", bootstrap=20, seed=0)
     assert many.bootstrap == 20  # (36 points: every resample holds 3 or more of each)
+    seeds = [seed for seed in range(40) if fit_chinchilla(n, d, loss, grid="coarse", bootstrap=1, seed=seed).bootstrap == 0]
+    assert seeds  # (some single draws hold 2 sizes or token counts: about one in five)
+    lone = fit_chinchilla(n, d, loss, grid="coarse", bootstrap=1, seed=seeds[0])
+    assert lone.samples is None and lone.intervals == {} and lone.law == fit.law  # no interval from unusable refits
 
 
 def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path):

@@ -111,8 +111,13 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
         # term (scaling_law.unmeasured_term): its refit's constants are any of a family, so it is left out
         needed = [min(3, len(np.unique(x))) for x in (n, d)]
         usable = np.array([len(np.unique(n[p])) >= needed[0] and len(np.unique(d[p])) >= needed[1] for p in picks])
-        if usable.any():
-            picks = picks[usable]
+        if not usable.any():  # (a few points and a small --bootstrap): no interval rather than a wrong one
+            from llmkit.console import note
+
+            note(f"none of the {bootstrap} bootstrap resamples holds {needed[0]} model sizes and {needed[1]} token "
+                 "counts, so the fit has no intervals; raise --bootstrap")
+            return fit
+        picks = picks[usable]
         bootstrap = len(picks)
         per_refit = tuple(np.repeat(x[0][picks], len(starts), axis=0) for x in data)  # row r * len(starts) + s
         refit_thetas, refit_values = _minimise(np.tile(np.asarray(starts), (bootstrap, 1)), per_refit, delta)
