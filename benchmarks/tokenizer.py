@@ -147,7 +147,7 @@ def mismatch(tokens: Path, corpus: Path, reference) -> str | None:
     """None if llmkit's tokens artifact holds the reference's ids, else where they first differ.
 
     The reference is every document's ids and EOS, in corpus order; llmkit writes each document as
-    `[<|bos|>] ids <|eos|>` to train or val by its split plan (split_plan: the same corpus, fraction
+    `[<|bos|>] ids <|eos|>` to train or val by its split plan (corpus_split_plan: the same corpus, fraction
     and seed give the same plan), skipping empty ones (documents() keeps none). So the reference is
     cut at its EOS tokens, dealt to the two splits by that plan, given the BOS if the artifact adds
     one, and compared id for id with each split's shards."""
@@ -155,10 +155,10 @@ def mismatch(tokens: Path, corpus: Path, reference) -> str | None:
 
     from llmkit import artifacts
     from llmkit.data.shards import SPLITS, TokenShards, has_split
-    from llmkit.tokenizer.encode_corpus import TRAIN, VAL, document_groups, split_plan
+    from llmkit.tokenizer.encode_corpus import TRAIN, VAL, corpus_split_plan
 
     art = artifacts.load(tokens, kind="tokens")
-    plan, _ = split_plan(document_groups(artifacts.load(corpus, kind="corpus")), art.config["val_fraction"], art.manifest.seed)
+    plan, _ = corpus_split_plan(artifacts.load(corpus, kind="corpus"), art.config["val_fraction"], art.manifest.seed)
     eos, bos = art.stats["eos_id"], art.stats["bos_id"]
     ends = np.flatnonzero(reference == eos) + 1
     if len(ends) != len(plan) or (len(ends) and ends[-1] != len(reference)):

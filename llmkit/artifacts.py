@@ -391,6 +391,19 @@ def _how_to_make(wanted: tuple[str, ...], found: str, path: Path) -> str:
     return f"; {_article(wanted[0])} artifact comes from {_MAKERS[wanted[0]]}" if wanted[0] in _MAKERS else ""
 
 
+def _holds_data_files(folder: Path, look_at: int = 1000) -> bool:
+    """Whether a folder (below it too; its first `look_at` entries) holds text or record files clean reads."""
+    from itertools import islice
+
+    from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
+
+    try:
+        return any(entry.is_file() and file_format(entry)[0] in TEXT_SUFFIXES | RECORD_SUFFIXES
+                   for entry in islice(folder.rglob("*"), look_at))
+    except OSError:
+        return False
+
+
 def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bool = True) -> Artifact:
     """Read an artifact, checking that it exists, is complete, and is of the expected kind; and,
     cheaply (no file is hashed), that its manifest is well formed and unedited and its files are
@@ -418,6 +431,12 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
             raise UserError(f"{path} is a transformers model folder, not an llmkit artifact (no {MANIFEST}): make it a "
                             "checkpoint with llmkit import first")
+        if (path / "tokenizer.json").is_file() and manifest_kind(path.parent):
+            raise UserError(f"{path} is the tokenizer inside the {manifest_kind(path.parent)} artifact {path.parent}, not an "
+                            f"artifact itself; pass {path.parent}")
+        fix = _how_to_make(wanted, "file", path) if _holds_data_files(path) else ""
+        if fix:
+            raise UserError(f"{path} is a folder of data files, not an llmkit artifact (no {MANIFEST}){fix}")
         raise UserError(
             f"{path} is not an llmkit artifact (no {MANIFEST}): it is incomplete or was not made by llmkit; "
             "rerun the stage that makes it"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +206,12 @@ def test_split_plan_draws_validation_from_every_input():
     # Too few documents in all for one whole: the tail of each (one book, two files).
     plan, summary = split_plan(np.zeros(2, np.int32), 0.05, 0)
     assert (plan == TAIL).all() and summary["documents_split_inside"] == 2
+    # ... unless their tails would be a token or two: 1,405 paragraphs of 160 bytes at F = 0.0003 gave
+    # 1,405 one-token tails (0.6 % of the text, each document's last word); one whole paragraph instead
+    plan, summary = split_plan(np.repeat([0, 1], [1300, 105]).astype(np.int32), 0.0003, 0, document_bytes=160)
+    assert (plan == VAL).sum() == 1 and (plan == TAIL).sum() == 0 and summary["val_documents"] == 1
+    assert (split_plan(np.zeros(2, np.int32), 0.05, 0, document_bytes=2000)[0] == TAIL).all()  # (tails of 100 bytes)
+    assert (split_plan(np.zeros(1, np.int32), 0.05, 0, document_bytes=20)[0] == TAIL).all()  # (one document: its tail)
     assert (split_plan(np.zeros(5, np.int32), 0.0, 0)[0] == TRAIN).all()
 
 
@@ -223,15 +232,21 @@ def test_a_single_document_corpus_splits_its_tail(tmp_path, tokenizer):
 
 
 def test_short_documents_split_inside_give_each_a_token_of_validation(tmp_path, tokenizer):
-    """Five short lines (one input, too few for a whole validation document): each gives its last
-    word, where a 5% tail rounded to the end-of-text alone, and validation was empty."""
-    lines = ["The first line is here.", "A second line follows it.", "Then there is a third.", "Four lines now.", "And a fifth."]
-    corpus = write_corpus_artifact(tmp_path / "five", lines).path
+    """Four short lines beside a long text (one input, too few for a whole validation document, long
+    enough on average for tails): each gives its last word, where a 5% tail rounded to the end-of-text
+    alone, and validation was empty. Five short lines alone give one of them whole instead (tails of a
+    word each)."""
+    lines = ["The first line is here.", "A second line follows it.", "Then there is a third.", "Four lines now."]
+    corpus = write_corpus_artifact(tmp_path / "five", lines + ["the long text goes on " * 300]).path
     out = tokenize_corpus(corpus, tokenizer, tmp_path / "tokens", TokenizeConfig(workers=1))
     stats = artifacts.load(out).stats
     assert stats["val"]["documents"] == stats["split"]["documents_split_inside"] == 5
     val = TokenShards.open(out, "val").window(0, stats["val"]["tokens"])
-    assert (val == stats["eos_id"]).sum() == 5 and stats["val"]["tokens"] > 5  # text and its end in each
+    assert (val == stats["eos_id"]).sum() == 5 and stats["val"]["tokens"] > 10  # text and its end in each
+    short = write_corpus_artifact(tmp_path / "short-lines", lines + ["And a fifth."]).path
+    whole = artifacts.load(tokenize_corpus(short, tokenizer, tmp_path / "whole", TokenizeConfig(workers=1))).stats
+    assert whole["split"] == {"inputs": 1, "val_documents": 1, "documents_split_inside": 0}
+    assert whole["val"]["documents"] == 1 and whole["train"]["documents"] == 4
     one_word = write_corpus_artifact(tmp_path / "one-word", ["a"]).path  # one token: too short for two parts, no validation
     shards = tokenize_corpus(one_word, tokenizer, tmp_path / "short", TokenizeConfig(workers=1))
     with pytest.raises(UserError, match="no val split; its documents were too short to give one"):
@@ -545,4 +560,49 @@ def test_a_text_file_given_to_tokenize_points_at_clean(cli, tmp_path):
     result = cli("tokenize", tmp_path / "book.txt", "-t", tmp_path / "tok", "-o", tmp_path / "tokens")
     assert result.exit_code != 0
     assert f"make a corpus of it first: llmkit clean {tmp_path / 'book.txt'} -o CORPUS" in result.output
+    assert not (tmp_path / "tokens").exists()
+    (tmp_path / "books").mkdir()  # a folder of them: the same advice (it said to rerun the stage that made it)
+    (tmp_path / "books" / "book.txt").write_text("To be, or not to be.\n", encoding="utf-8")
+    result = cli("tokenize", tmp_path / "books", "-t", tmp_path / "tok", "-o", tmp_path / "tokens")
+    assert result.exit_code == 1 and not (tmp_path / "tokens").exists()
+    assert f"folder of data files, not an llmkit artifact (no manifest.json); make a corpus of it first: llmkit clean " \
+           f"{tmp_path / 'books'} -o CORPUS" in " ".join(result.output.split())
+
+
+def test_a_checkpoints_tokenizer_folder_points_at_the_checkpoint(cli, tmp_path, corpus, tokenizer):
+    """encode and decode read a checkpoint's tokenizer/ copy; tokenize said it was no artifact, to be rebuilt."""
+    checkpoint = tmp_path / "ckpt"
+    with artifacts.create(checkpoint, "checkpoint") as build:
+        shutil.copytree(tokenizer, build.dir / "tokenizer", ignore=shutil.ignore_patterns("manifest.json"))
+    result = cli("tokenize", corpus, "-t", checkpoint / "tokenizer", "-o", tmp_path / "tokens")
+    assert result.exit_code == 1 and not (tmp_path / "tokens").exists()
+    assert f"is the tokenizer inside the checkpoint artifact {checkpoint}, not an artifact itself; pass {checkpoint}" \
+           in " ".join(result.output.split())
+
+
+def test_a_vocabulary_with_gaps_in_its_ids_is_refused(tmp_path, corpus, tokenizer):
+    """A hand-made tokenizer.json whose ids skip some (600 tokens, one of them id 70000) gave uint16 shards,
+    id 70000 stored as 4464; importing such a tokenizer made a token_bytes.npy without that token."""
+    from tokenizers import Tokenizer
+
+    from llmkit.data.tokenizer import token_byte_lengths
+
+    data = json.loads((Path(tokenizer) / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    renumbered = max(vocab, key=vocab.get)  # the last merge's token: common in text
+    vocab[renumbered] = 70000
+    holes = tmp_path / "holes"
+    with artifacts.create(holes, "tokenizer") as build:
+        for name in os.listdir(tokenizer):
+            if name != "manifest.json" and (Path(tokenizer) / name).is_file():
+                shutil.copy(Path(tokenizer) / name, build.dir / name)
+        (build.dir / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    hf = Tokenizer.from_file(str(holes / "tokenizer.json"))
+    with pytest.raises(UserError, match="ids are not 0..1499: it has 1,500 tokens and id 70,000; renumber"):
+        token_byte_lengths(hf)
+    text = hf.decode([70000])
+    lines = [f"{text} and {text} again"] * 20
+    small = write_corpus_artifact(tmp_path / "small", lines).path
+    with pytest.raises(UserError, match="the tokenizer gave id 70,000, past its 1,500 tokens"):
+        tokenize_corpus(small, holes, tmp_path / "tokens", TokenizeConfig(workers=1))
     assert not (tmp_path / "tokens").exists()

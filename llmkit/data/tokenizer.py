@@ -158,8 +158,13 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
     lengths = np.zeros(vocab_size, dtype=np.int32)
-    for piece, index in tokenizer.get_vocab(with_added_tokens=True).items():
-        if piece not in specials and index < vocab_size:
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    past = max(vocab.values(), default=-1)
+    if past >= vocab_size:  # (ids with gaps: the model's embedding rows and the shards' dtype follow the count)
+        raise UserError(f"the tokenizer's ids are not 0..{vocab_size - 1}: it has {vocab_size:,} tokens and id {past:,}; "
+                        "renumber its vocabulary without gaps")
+    for piece, index in vocab.items():
+        if piece not in specials:
             lengths[index] = len(piece_to_bytes(piece))
     return lengths
 

@@ -36,9 +36,14 @@ class _FastPathMismatch(Exception):
 
 CHECKPOINT_EVERY = 8  # batches between completion markers (a resumed run redoes at most this many)
 TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its tail to validation
+# A pool's documents are split inside only where their tails would hold this much text on average:
+# shorter tails (a token or two each) validate nothing, and made 1,405 paragraphs at F = 0.0003
+# give 0.6 % of the text as 1,405 one-token fragments, each taken from its document's end.
+MIN_TAIL_BYTES = 64
 
 
-def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
+               document_bytes: float = float("inf")) -> tuple[np.ndarray, dict[str, Any]]:
     """Where each document goes, drawn per input so that validation looks like training.
 
     `groups[i]` is document i's input (the corpus's `source`). From each input, round(n * F) whole
@@ -46,8 +51,10 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.n
     generator); the documents of inputs too small for that are pooled and give round(n * F) of
     theirs; too few of them for one whole (one book as one document, two files) instead give the
     last F of each document's tokens, a contiguous tail as nanoGPT splits (each part keeping the
-    document's end-of-text token, so training keeps its document boundaries).
-    The plan depends only on (corpus, F, seed).
+    document's end-of-text token, so training keeps its document boundaries), unless such tails
+    would be too short to hold text (`document_bytes`, the corpus's mean, times F under
+    MIN_TAIL_BYTES): then one whole document of the pool. The plan depends only on
+    (corpus, F, seed).
     """
     plan = np.full(len(groups), TRAIN, dtype=np.int8)
     summary: dict[str, Any] = {"inputs": 0, "val_documents": 0, "documents_split_inside": 0}
@@ -70,6 +77,8 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.n
         # too few documents in all for one whole (one book, two files) are split inside each.
         members = np.sort(np.concatenate(pooled))
         count = min(len(members) - 1, round(len(members) * val_fraction))
+        if count < 1 and len(members) > 1 and document_bytes * val_fraction < MIN_TAIL_BYTES:
+            count = 1  # (short documents: one whole is nearer the share than a token from each)
         if count >= 1:
             plan[members[rng.permutation(len(members))[:count]]] = VAL
             summary["val_documents"] += count
@@ -77,6 +86,13 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.n
             plan[members] = TAIL
             summary["documents_split_inside"] += len(members)
     return plan, summary
+
+
+def corpus_split_plan(corpus: artifacts.Artifact, val_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """split_plan of a corpus artifact: its documents' inputs and their mean size from its stats."""
+    documents, size = corpus.stats.get("documents"), corpus.stats.get("bytes")
+    mean_bytes = size / documents if documents and size is not None else float("inf")
+    return split_plan(document_groups(corpus), val_fraction, seed, mean_bytes)
 
 
 def document_groups(corpus: artifacts.Artifact) -> np.ndarray:
@@ -166,6 +182,7 @@ def encoder_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every
         tail=eos,
         allowed=frozenset({bos, eos} if add_bos else {eos}),
         dtype=token_dtype(tok.vocab_size),
+        vocab_size=tok.vocab_size,
         check_every=check_every,
     )
 
@@ -189,6 +206,9 @@ def _encode_batch(job: tuple[int, list[str]], state: dict[str, Any] | None = Non
     else:
         flat, lengths[sizes > 0] = _encode_with_tiktoken(state, present)
         checked, mismatch = _spot_check(state, index, present, flat, lengths[sizes > 0])
+    if len(flat) and int(flat.max()) >= state["vocab_size"]:  # (ids with gaps, made by hand: the dtype would wrap them)
+        raise UserError(f"the tokenizer gave id {int(flat.max()):,}, past its {state['vocab_size']:,} tokens: its ids "
+                        "are not 0..N-1; renumber its vocabulary without gaps")
     return sizes, flat.astype(state["dtype"], copy=False), lengths, checked, mismatch
 
 
@@ -471,7 +491,7 @@ def tokenize_corpus(
     num_docs = count_documents(corpus)
     if num_docs == 0:
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
-    plan, split_summary = split_plan(document_groups(corpus), config.val_fraction, config.seed)
+    plan, split_summary = corpus_split_plan(corpus, config.val_fraction, config.seed)
     if config.execution.executor == "ray":
         workers = config.workers  # actors on the cluster; 0 = one per CPU there
     elif config.workers > 0:
@@ -505,7 +525,8 @@ def tokenize_corpus(
         val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
         if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
             # (a corpus too small for whole validation documents gives each document's tail instead: split_plan)
-            why = ("its documents are too short to give a validation tail of that share; give more text"
+            why = ("its documents are too short to give a validation tail of that share; give longer documents or "
+                   "raise --val-fraction"
                    if split_summary["documents_split_inside"] else
                    f"it takes whole documents, of which the corpus has {num_docs}; for a finer split make more documents "
                    "(llmkit clean --doc-per blank-line)")
