@@ -482,6 +482,30 @@ def test_a_classifier_trained_on_short_cuts_is_evaluated_on_the_same_cuts(base, 
     assert not any("val_ppl" in line for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
+def test_eval_reads_a_classifiers_labels_as_its_fine_tune_read_its_validation_data(base, shared_data, cli, tmp_path):
+    """Classes "1", "2" and "neg" (strings), validation labels the integers 1 and 2: the fine-tune read 2 as
+    the class "2", eval (its names not all digits) as the index of "neg", and the two accuracies differed
+    (0.35 against 0.45 in a review). One reader now: the same figures, and a label of no class is one line
+    naming the file and the way out."""
+    texts = [r["text"] for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:150]]
+    data = write_jsonl(tmp_path / "data.jsonl", [{"text": t, "label": ("1", "2", "neg")[i % 3]} for i, t in enumerate(texts)])
+    val = write_jsonl(tmp_path / "val.jsonl", [{"text": t, "label": 1 + i % 2} for i, t in enumerate(texts[:40])])
+    run = tmp_path / "cls"
+    result = cli("finetune", base["checkpoint"], "-o", run, "--task", "classify", "--data", data, "--val-data", val,
+                 "--truncate", "--max-steps", "4", "--batch-size", "16", "--eval-every", "4", "--lr", "3e-3")
+    assert result.exit_code == 0, result.output
+    stats = artifacts.load(run).stats
+    assert cli("eval", run, "-m", "accuracy,f1", "--data", val, "-o", tmp_path / "ev").exit_code == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert (metrics["accuracy"], metrics["f1"]) == pytest.approx((stats["val_accuracy"], stats["val_f1"]), abs=1e-9)
+    assert metrics["support_neg"] == 0 and metrics["support_2"] == 20  # (2 is the class "2", never "neg")
+    unseen = write_jsonl(tmp_path / "unseen.jsonl", [{"text": "fine", "label": "1"}, {"text": "bad", "label": 3}])
+    result = cli("eval", run, "-m", "accuracy", "--data", unseen, "-o", tmp_path / "ev3")
+    assert result.exit_code == 1 and not (tmp_path / "ev3").exists()
+    assert f"{unseen} record 2: label 3 is not one of the training labels '1', '2', 'neg'; fix or drop the record, or " \
+           "name the classes with --labels" in " ".join(result.output.split())
+
+
 def test_labels_renaming_a_classifiers_own_classes_out_of_order_is_refused(base, shared_data, cli, tmp_path):
     """--labels renames a classifier's classes by position: its own names in another order swapped them silently."""
     rows = [{"text": r["text"], "label": ["neg", "pos"][r["label"]]} for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:32]]

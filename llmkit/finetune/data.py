@@ -26,6 +26,7 @@ from llmkit.console import note
 from llmkit.data.templates import (Encoded, encode_chat_example, encode_example, fit_conversation, fit_fields, prompt_fields,
                                    record_messages, text_fields)
 from llmkit.model.gpt import IGNORE_INDEX
+from llmkit.model.records import Labels, label_key
 
 
 VALIDATION_FILES = ("validation.jsonl", "val.jsonl")
@@ -252,44 +253,11 @@ def check_held_out_labels(records: list[dict], training: list[dict], fraction: f
     """Refuse a class whose every example the --val-fraction draw held out: the head would have no
     training example of it (said as the data's record, not as a position in the held-out share).
     Called before the training share's own label checks, which would blame the data instead."""
-    taught = {_label_key(_label(record, place), place) for record, place in zip(training, training_places)}
+    taught = {label_key(_label(record, place), place) for record, place in zip(training, training_places)}
     for record, place in zip(records, places):
-        if _label_key(_label(record, place), place) not in taught:
+        if label_key(_label(record, place), place) not in taught:
             raise UserError(f"{place}: class {record['label']!r} has no training example once --val-fraction "
                             f"{fraction:g} holds out its examples; add examples of it, give --val-data, or lower --val-fraction")
-
-
-@dataclass
-class Labels:
-    names: list[str]
-    original: list[Any]  # label values as they appear in the data (ints or strings), id order
-
-    def has(self, value: Any, where: str) -> bool:
-        return self._find(value, where) is not None
-
-    def index(self, value: Any, where: str) -> int:
-        found = self._find(value, where)
-        if found is None:
-            raise UserError(f"{where}: label {value!r} is not one of the training labels "
-                            f"{', '.join(map(repr, self.original))}")
-        return found
-
-    def _find(self, value: Any, where: str) -> int | None:
-        """The class of a label: the training label of the same kind and value, else the one that
-        reads the same (an integer 0 where the training labels are the strings "0", "1", as
-        `llmkit eval` takes them)."""
-        found = self._lookup.get(_label_key(value, where))
-        return found if found is not None else self._by_name.get(str(value))
-
-    def __post_init__(self):
-        self._lookup = {_label_key(v, "label"): i for i, v in enumerate(self.original)}
-        self._by_name = {name: i for i, name in enumerate(self.names)}
-
-
-def _label_key(value: Any, where: str):
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UserError(f"{where}: label {value!r} must be an integer or a string")
-    return (type(value).__name__, value)
 
 
 MAX_CLASSES = 10_000  # a head beyond this is a mistake in the data, not a task
@@ -298,7 +266,7 @@ MAX_CLASSES = 10_000  # a head beyond this is a mistake in the data, not a task
 def _label(record: dict, place: str) -> Any:
     if "label" not in record:
         raise UserError(f"{place} has no \"label\"; classification data is {{\"text\": ..., \"label\": ...}}")
-    _label_key(record["label"], place)
+    label_key(record["label"], place)
     return record["label"]
 
 

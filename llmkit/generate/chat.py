@@ -202,9 +202,12 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D or Ctrl-C to leave", soft_wrap=True)
     from llmkit.errors import Terminated
 
+    # Typed at a terminal, the prompts mark the turns; piped in (a script's questions), stdout holds
+    # the replies alone, one a line (the prompts came out mixed into them, one more for each blank line).
+    you, bot = ("you> ", "bot> ") if _at_a_terminal() else ("", "")
     turn = 0
     while True:
-        sys.stdout.write("you> ")
+        sys.stdout.write(you)
         sys.stdout.flush()
         try:
             line = sys.stdin.readline()
@@ -213,7 +216,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
                 raise
             line = ""
         if not line:
-            sys.stdout.write("\n")
+            sys.stdout.write("\n" if you else "")
             break
         text = line.rstrip("\n").removesuffix("\r")  # (a Windows line end, as generate's prompt files drop it)
         if not text.strip():
@@ -233,7 +236,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
         except UserError as error:
             err.print(f"error: {error}", soft_wrap=True, markup=False)
             continue
-        sys.stdout.write("bot> ")
+        sys.stdout.write(bot)
         session.params.seed = config.seed + turn  # a fresh but reproducible draw every turn
         try:
             reply = session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
@@ -251,6 +254,12 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
         sys.stdout.write("\n")
         sys.stdout.flush()
         turn += 1
+
+
+def _at_a_terminal() -> bool:
+    import sys
+
+    return sys.stdin.isatty()
 
 
 class Transcript:

@@ -2,6 +2,8 @@
 
   TaskRecord       task.json of a fine-tuned checkpoint: the task, its prompt template
                    (llmkit.data.templates), the class labels and head of a classifier, LoRA
+  Labels           a classifier's classes, and the one reading of a data file's label as one of
+                   them (finetune's training and validation data, eval's data)
   CheckpointStats  the `stats` of a checkpoint manifest: parameters, progress, losses
 
 Each has one reader and one writer here; no stage reads the JSON on its own. The format is in
@@ -32,6 +34,41 @@ class LoraRecord:
 
 
 @dataclass
+class Labels:
+    names: list[str]
+    original: list[Any]  # label values as they appear in the training data (ints or strings), id order
+
+    def index(self, value: Any, where: str, fix: str = "") -> int:
+        found = self._find(value, where)
+        if found is None:
+            raise UserError(f"{where}: label {value!r} is not one of the training labels "
+                            f"{', '.join(map(repr, self.original))}{fix}")
+        return found
+
+    def _find(self, value: Any, where: str) -> int | None:
+        """The class of a label: the training label of the same kind and value, else the one that
+        reads the same (an integer 0 where the training labels are the strings "0", "1"), else the
+        one a text label names without the spaces around it (a CSV's ` 1`, after a comma and a space)."""
+        found = self._lookup.get(label_key(value, where))
+        if found is None:
+            found = self._by_name.get(str(value))
+        if found is None and isinstance(value, str) and value.strip() != value:
+            found = self._by_name.get(value.strip())
+        return found
+
+    def __post_init__(self):
+        self._lookup = {label_key(v, "label"): i for i, v in enumerate(self.original)}
+        self._by_name = {name: i for i, name in enumerate(self.names)}
+
+
+def label_key(value: Any, where: str) -> tuple[str, Any]:
+    """A label as a class is told by: its kind and value (the integer 1 and the text "1" are two classes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UserError(f"{where}: label {value!r} must be an integer or a string")
+    return (type(value).__name__, value)
+
+
+@dataclass
 class TaskRecord:
     task: str  # "sft" | "classify"
     template: dict[str, Any] | None = None  # sft: the prompt template the model was trained with
@@ -45,6 +82,13 @@ class TaskRecord:
     @property
     def is_classifier(self) -> bool:
         return self.task == "classify"
+
+    @property
+    def trained_labels(self) -> Labels | None:
+        """A classifier's classes as its training data spelled them (None before label_values were recorded)."""
+        if not self.is_classifier or not self.labels or self.label_values is None:
+            return None
+        return Labels(names=list(self.labels), original=list(self.label_values))
 
     @property
     def is_chat(self) -> bool:
