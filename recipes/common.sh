@@ -10,17 +10,29 @@ SEED=${SEED:-0}
 OUT=${OUT:-runs/$RECIPE}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=${LLMKIT_SHARED_DATA:-$REPO/../shared/data}
-# Every stage is an llmkit command; three recipes also run a small Python script, with the
-# interpreter beside llmkit by default (its environment's, which has pyarrow for docs_qa.py).
 if ! command -v llmkit >/dev/null 2>&1; then
   echo "error: llmkit is not on PATH; activate the project's environment (source .venv/bin/activate) or run make demo" >&2
   exit 1
 fi
-PYTHON=${PYTHON:-$(dirname "$(command -v llmkit)")/python}
-if ! command -v "$PYTHON" >/dev/null 2>&1; then
-  echo "error: PYTHON=$PYTHON is not a command; set PYTHON to the interpreter llmkit is installed in (e.g. PYTHON=.venv/bin/python)" >&2
-  exit 1
-fi
+
+# Every stage is an llmkit command; three recipes also run a small Python script (need_python first),
+# by default with the interpreter llmkit runs in, which has pyarrow for docs_qa.py: the `python` beside
+# the llmkit script (found through a link, as pipx and ~/.local/bin make), else the one its #! line names.
+need_python() {
+  if [ -z "${PYTHON:-}" ]; then
+    local script first
+    script=$(readlink -f "$(command -v llmkit)")
+    PYTHON=$(dirname "$script")/python
+    first=$(head -n 1 "$script")
+    if [ ! -x "$PYTHON" ] && [ "${first#\#!}" != "$first" ]; then
+      PYTHON=${first#\#!}
+    fi
+  fi
+  if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "error: PYTHON=$PYTHON is not a command; set PYTHON to the interpreter llmkit is installed in (e.g. PYTHON=.venv/bin/python)" >&2
+    exit 1
+  fi
+}
 case "$SIZE" in
   default|tiny) ;;
   *) echo "error: SIZE must be default or tiny, got '$SIZE'" >&2; exit 2 ;;

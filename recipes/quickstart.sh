@@ -3,6 +3,7 @@
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune (SFT) -> generate -> eval
 # Needs no network and no data set: the corpus is `builtin:python-docs`.
 source "$(dirname "$0")/common.sh"
+need_python  # (its data-preparation script, checked before any stage runs)
 
 if [ "$SIZE" = tiny ]; then
   VOCAB=512; MODEL=(--model tiny --n-layer 1 --n-embd 32 --n-head 2 --context-length 64)

@@ -4,6 +4,7 @@
 # With a network: the hub's `knkarthick/dialogsum` has the same {dialogue, summary} fields (rename
 # dialogue to document, or pass --field dialogue to eval).
 source "$(dirname "$0")/common.sh"
+need_python  # (its data-preparation script, checked before any stage runs)
 need_data summarization/train.jsonl summarization/test.jsonl
 
 if [ "$SIZE" = tiny ]; then

@@ -3,6 +3,7 @@
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune --template translate -> generate -> eval
 # With a network: the hub's `bentrevett/multi30k` is the same data, fields de/en (docs/recipes.md).
 source "$(dirname "$0")/common.sh"
+need_python  # (its data-preparation script, checked before any stage runs)
 need_data translation/train.jsonl translation/test.jsonl
 
 if [ "$SIZE" = tiny ]; then

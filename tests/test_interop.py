@@ -892,6 +892,30 @@ def test_import_refuses_a_tokenizer_larger_than_the_model(cli, tmp_path, tokeniz
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_with_more_rows_than_its_tokenizer_generates_only_tokens(cli, tmp_path, tokenizer_dir):
+    """A padded vocabulary (1,001 output rows, 320 tokens), as many real checkpoints have: generation picked
+    rows no text stands for, and crashed decoding them or dropped them from the text unsaid."""
+    from transformers import GPT2Config
+
+    from llmkit.inference.engine import GenerationParams, Generator
+    from llmkit.model.io import load_checkpoint
+
+    src = tmp_path / "padded"
+    hf = _save_hf_model(src, GPT2Config(vocab_size=1001, n_positions=64, n_embd=32, n_layer=1, n_head=2), tokenizer_dir)
+    with torch.no_grad():
+        hf.lm_head.weight[320:] *= 50  # (the padded rows win every step unless they are left out)
+    hf.save_pretrained(src)
+    assert cli("import", src, "-o", tmp_path / "ckpt").exit_code == 0
+    generator = Generator.for_checkpoint(load_checkpoint(tmp_path / "ckpt"))
+    for params in (GenerationParams(max_new_tokens=30, temperature=0.0), GenerationParams(max_new_tokens=30, temperature=1.0, seed=3),
+                   GenerationParams(max_new_tokens=30, temperature=1.0, seed=3, repetition_penalty=1.3)):
+        out = generator.complete(["hello there"], params)[0]
+        assert out.token_ids and max(out.token_ids) < 320, params
+        assert out.text == generator.tokenizer.decode(out.token_ids).removesuffix("\ufffd")
+    result = cli("generate", tmp_path / "ckpt", "-p", "hello", "-n", "15", "--greedy")
+    assert result.exit_code == 0, result.output
+
+
 def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, tokenizer_dir):
     import json
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,27 @@ def test_recipe_names_a_missing_data_folder_or_llmkit_off_path(tmp_path):
         proc = subprocess.run(["bash", str(REPO / "recipes" / "translation.sh")], env=env, cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 1 and said in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_recipes_find_the_interpreter_of_an_llmkit_reached_through_a_link(tmp_path):
+    """A pipx or ~/.local/bin install puts a link to llmkit on PATH, with no python beside the link: every
+    recipe stopped ("PYTHON=... is not a command"), those that run no Python script too. The link is
+    followed; a copied script gives its #! line's interpreter."""
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    linked.mkdir(), copied.mkdir()
+    llmkit = Path(shutil.which("llmkit", path=f"{Path(sys.executable).parent}"))
+    (linked / "llmkit").symlink_to(llmkit)
+    shutil.copy(llmkit, copied / "llmkit")
+    probe = 'source recipes/common.sh; need_python; echo "$PYTHON"'
+    for folder, expected in ((linked, llmkit.parent / "python"), (copied, llmkit.read_text().splitlines()[0][2:])):
+        env = dict(os.environ, PATH=f"{folder}{os.pathsep}/usr/bin{os.pathsep}/bin")
+        env.pop("PYTHON", None)
+        proc = subprocess.run(["bash", "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.strip() == str(expected), proc.stderr
+    env = dict(os.environ, PATH=f"{tmp_path / 'nothing'}{os.pathsep}{linked}{os.pathsep}/usr/bin{os.pathsep}/bin", PYTHON="")
+    proc = subprocess.run(["bash", "-c", "source recipes/common.sh; echo sourced"], env=env, cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "sourced"  # (a recipe that runs no Python is not stopped)
 
 
 def test_scaling_recipe_sweeps_fits_and_plots_at_tiny_size(tmp_path):

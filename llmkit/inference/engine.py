@@ -244,6 +244,7 @@ def generate_ids(
     decoder=None,
     stop_ids: Sequence[int] = (),
     framing_ids: Sequence[int] = (),
+    vocab_size: int | None = None,
 ) -> list[RowResult]:
     """Generate for one batch of token prompts (one row each), left-padded together.
 
@@ -256,6 +257,8 @@ def generate_ids(
     `framing_ids` (the tokenizer's special tokens: a document start, a chat's roles) are the prompt's
     framing, not its text: the repetition penalty leaves them alone (the document start is often
     <|eos|>, which penalised from the first step made every completion run longer).
+    `vocab_size` (the tokenizer's): a model with more output rows than that (an imported, padded
+    vocabulary) never picks the rows past it, which no text stands for.
     """
     if not prompt_ids:
         return []
@@ -300,8 +303,13 @@ def generate_ids(
     # Row bookkeeping stays in Python lists: one tolist() per step, no small tensor ops.
     stop_ids = set(stop_ids) | (set(eos_ids) if params.stop_at_eos else set())
     alive = [True] * B
+    words = vocab_size if vocab_size is not None and vocab_size < int(model.config.vocab_size) else None
     for step in range(new):
-        tokens = next_tokens(logits, params, generators, seen if adjust_members is None else None)
+        if words is not None:
+            logits, penalised = logits[:, :words], (seen[:, :words] if seen is not None else None)
+        else:
+            penalised = seen
+        tokens = next_tokens(logits, params, generators, penalised if adjust_members is None else None)
         picked = tokens.tolist()
         was_alive = alive
         reported: list[int | None] = [None] * B
@@ -492,7 +500,7 @@ class Generator:
             row_results = generate_ids(
                 self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids, seeds=seeds,
                 on_step=on_step, decoder=self.decoder, stop_ids=extra_stop_ids,
-                framing_ids=tuple(self.tokenizer.special_ids.values()),
+                framing_ids=tuple(self.tokenizer.special_ids.values()), vocab_size=self.tokenizer.vocab_size,
             )
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):
                 tracker = trackers[b]
