@@ -206,12 +206,22 @@ def test_split_plan_draws_validation_from_every_input():
     # Too few documents in all for one whole: the tail of each (one book, two files).
     plan, summary = split_plan(np.zeros(2, np.int32), 0.05, 0)
     assert (plan == TAIL).all() and summary["documents_split_inside"] == 2
-    # ... unless their tails would be a token or two: 1,405 paragraphs of 160 bytes at F = 0.0003 gave
-    # 1,405 one-token tails (0.6 % of the text, each document's last word); one whole paragraph instead
-    plan, summary = split_plan(np.repeat([0, 1], [1300, 105]).astype(np.int32), 0.0003, 0, document_bytes=160)
+    # ... those long enough for a tail of text: 1,405 paragraphs of 160 bytes at F = 0.0003 gave 1,405
+    # one-token tails (0.6 % of the text, each document's last word); one whole short paragraph instead
+    sizes = np.random.default_rng(0).integers(100, 220, 1405)
+    plan, summary = split_plan(np.repeat([0, 1], [1300, 105]).astype(np.int32), 0.0003, 0, sizes=lambda at: sizes[at])
     assert (plan == VAL).sum() == 1 and (plan == TAIL).sum() == 0 and summary["val_documents"] == 1
-    assert (split_plan(np.zeros(2, np.int32), 0.05, 0, document_bytes=2000)[0] == TAIL).all()  # (tails of 100 bytes)
-    assert (split_plan(np.zeros(1, np.int32), 0.05, 0, document_bytes=20)[0] == TAIL).all()  # (one document: its tail)
+    assert sizes[plan == VAL][0] <= 2 * 0.0003 * sizes.sum()
+    # three files of 100, 200 and 3,000 bytes: the long one's tail, the short ones train whole (a rule by the
+    # corpus's mean sent the 3,000-byte file whole to validation, 91 % of the text)
+    three = np.array([100, 200, 3000])
+    for seed in range(4):
+        plan, summary = split_plan(np.arange(3, dtype=np.int32), 0.05, seed, sizes=lambda at: three[at])
+        assert plan.tolist() == [TRAIN, TRAIN, TAIL] and summary["documents_split_inside"] == 1
+    # only short documents, none as small as 2F of the pool: the smallest whole
+    plan, _ = split_plan(np.arange(3, dtype=np.int32), 0.05, 0, sizes=lambda at: np.array([40, 30, 50])[at])
+    assert plan.tolist() == [TRAIN, VAL, TRAIN]
+    assert (split_plan(np.zeros(1, np.int32), 0.05, 0, sizes=lambda at: np.array([20]))[0] == TAIL).all()  # (alone: its tail)
     assert (split_plan(np.zeros(5, np.int32), 0.0, 0)[0] == TRAIN).all()
 
 
@@ -231,18 +241,18 @@ def test_a_single_document_corpus_splits_its_tail(tmp_path, tokenizer):
     assert int(train[-1]) == int(val[-1]) == stats["eos_id"]
 
 
-def test_short_documents_split_inside_give_each_a_token_of_validation(tmp_path, tokenizer):
-    """Four short lines beside a long text (one input, too few for a whole validation document, long
-    enough on average for tails): each gives its last word, where a 5% tail rounded to the end-of-text
-    alone, and validation was empty. Five short lines alone give one of them whole instead (tails of a
-    word each)."""
+def test_short_documents_train_whole_beside_a_long_ones_tail(tmp_path, tokenizer):
+    """Four short lines beside a long text (one input, too few for a whole validation document): the long
+    text gives its tail, the lines train whole (each gave its last word, a tail of a token). Five short
+    lines alone give one of them whole (a 5% tail rounded to the end-of-text alone, and validation was
+    empty, until 2026-12-04; then one word of each, until 2026-12-05)."""
     lines = ["The first line is here.", "A second line follows it.", "Then there is a third.", "Four lines now."]
     corpus = write_corpus_artifact(tmp_path / "five", lines + ["the long text goes on " * 300]).path
     out = tokenize_corpus(corpus, tokenizer, tmp_path / "tokens", TokenizeConfig(workers=1))
     stats = artifacts.load(out).stats
-    assert stats["val"]["documents"] == stats["split"]["documents_split_inside"] == 5
-    val = TokenShards.open(out, "val").window(0, stats["val"]["tokens"])
-    assert (val == stats["eos_id"]).sum() == 5 and stats["val"]["tokens"] > 10  # text and its end in each
+    assert stats["val"]["documents"] == stats["split"]["documents_split_inside"] == 1
+    assert stats["train"]["documents"] == 5 and 0.03 < stats["val_byte_fraction"] < 0.07
+    assert decoded_documents(out, "train")[:4] == [line + "<|eos|>" for line in lines]
     short = write_corpus_artifact(tmp_path / "short-lines", lines + ["And a fifth."]).path
     whole = artifacts.load(tokenize_corpus(short, tokenizer, tmp_path / "whole", TokenizeConfig(workers=1))).stats
     assert whole["split"] == {"inputs": 1, "val_documents": 1, "documents_split_inside": 0}

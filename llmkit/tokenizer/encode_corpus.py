@@ -36,25 +36,26 @@ class _FastPathMismatch(Exception):
 
 CHECKPOINT_EVERY = 8  # batches between completion markers (a resumed run redoes at most this many)
 TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its tail to validation
-# A pool's documents are split inside only where their tails would hold this much text on average:
-# shorter tails (a token or two each) validate nothing, and made 1,405 paragraphs at F = 0.0003
-# give 0.6 % of the text as 1,405 one-token fragments, each taken from its document's end.
+# A pooled document gives a tail only where it would hold this much text: shorter tails (a token or
+# two each) validate nothing; 1,405 paragraphs at F = 0.0003 gave 1,405 one-token fragments, 0.6 % of
+# the text, each taken from its document's end.
 MIN_TAIL_BYTES = 64
 
 
 def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
-               document_bytes: float = float("inf")) -> tuple[np.ndarray, dict[str, Any]]:
+               sizes: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Where each document goes, drawn per input so that validation looks like training.
 
     `groups[i]` is document i's input (the corpus's `source`). From each input, round(n * F) whole
     documents go to validation, picked by a seeded permutation (inputs in order of appearance, one
     generator); the documents of inputs too small for that are pooled and give round(n * F) of
-    theirs; too few of them for one whole (one book as one document, two files) instead give the
-    last F of each document's tokens, a contiguous tail as nanoGPT splits (each part keeping the
-    document's end-of-text token, so training keeps its document boundaries), unless such tails
-    would be too short to hold text (`document_bytes`, the corpus's mean, times F under
-    MIN_TAIL_BYTES): then one whole document of the pool. The plan depends only on
-    (corpus, F, seed).
+    theirs. Too few of them for one whole (one book as one document, a few files) instead give the
+    last F of their tokens, a contiguous tail as nanoGPT splits (each part keeping the document's
+    end-of-text token, so training keeps its document boundaries): each pooled document long
+    enough for a tail of MIN_TAIL_BYTES (by `sizes`, the UTF-8 bytes of the documents at the
+    given indices; every one is long enough without it), the others training whole. A pool of
+    only short documents gives one whole document instead, drawn among those no larger than 2F
+    of the pool (the smallest where none is). The plan depends only on (corpus, F, seed).
     """
     plan = np.full(len(groups), TRAIN, dtype=np.int8)
     summary: dict[str, Any] = {"inputs": 0, "val_documents": 0, "documents_split_inside": 0}
@@ -72,27 +73,53 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
         else:
             pooled.append(members)
         summary["inputs"] += 1
-    if pooled:
-        # Small inputs (a folder of notes, one document each) give whole documents together; only
-        # too few documents in all for one whole (one book, two files) are split inside each.
-        members = np.sort(np.concatenate(pooled))
-        count = min(len(members) - 1, round(len(members) * val_fraction))
-        if count < 1 and len(members) > 1 and document_bytes * val_fraction < MIN_TAIL_BYTES:
-            count = 1  # (short documents: one whole is nearer the share than a token from each)
-        if count >= 1:
-            plan[members[rng.permutation(len(members))[:count]]] = VAL
-            summary["val_documents"] += count
-        else:
-            plan[members] = TAIL
-            summary["documents_split_inside"] += len(members)
+    if not pooled:
+        return plan, summary
+    # Small inputs (a folder of notes, one document each) give whole documents together; only
+    # too few documents in all for one whole (one book, a few files) are split inside.
+    members = np.sort(np.concatenate(pooled))
+    count = min(len(members) - 1, round(len(members) * val_fraction))
+    if count >= 1:
+        plan[members[rng.permutation(len(members))[:count]]] = VAL
+        summary["val_documents"] += count
+        return plan, summary
+    size = sizes(members).astype(np.float64) if sizes is not None and len(members) > 1 else None
+    long = members if size is None else members[size * val_fraction >= MIN_TAIL_BYTES]
+    if len(long):
+        plan[long] = TAIL
+        summary["documents_split_inside"] += len(long)
+        return plan, summary
+    fitting = members[size <= 2 * val_fraction * size.sum()]
+    chosen = fitting[rng.integers(len(fitting))] if len(fitting) else members[np.argmin(size)]
+    plan[chosen] = VAL
+    summary["val_documents"] += 1
     return plan, summary
 
 
 def corpus_split_plan(corpus: artifacts.Artifact, val_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """split_plan of a corpus artifact: its documents' inputs and their mean size from its stats."""
-    documents, size = corpus.stats.get("documents"), corpus.stats.get("bytes")
-    mean_bytes = size / documents if documents and size is not None else float("inf")
-    return split_plan(document_groups(corpus), val_fraction, seed, mean_bytes)
+    """split_plan of a corpus artifact, its documents' sizes read only if a pool needs them."""
+    return split_plan(document_groups(corpus), val_fraction, seed, sizes=partial(document_sizes, corpus))
+
+
+def document_sizes(corpus: artifacts.Artifact, indices: np.ndarray) -> np.ndarray:
+    """The UTF-8 bytes of the documents at `indices` (sorted, in corpus order), from the text column
+    of the shards that hold them (a null text counts 0)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from llmkit.data.corpus import corpus_shards, readable_shard
+
+    sizes, start = [], 0
+    for path in corpus_shards(corpus):
+        with readable_shard(path):
+            parquet = pq.ParquetFile(path)
+            rows = parquet.metadata.num_rows
+            wanted = indices[(indices >= start) & (indices < start + rows)] - start
+            if len(wanted):
+                lengths = pc.binary_length(parquet.read(columns=["text"]).column("text")).fill_null(0)
+                sizes.append(lengths.to_numpy()[wanted])
+        start += rows
+    return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
 
 
 def document_groups(corpus: artifacts.Artifact) -> np.ndarray:
