@@ -90,7 +90,7 @@ def test_window_sampler_is_deterministic_resumable_and_covers_each_epoch(tmp_pat
     seq_len = 16
     sampler = WindowSampler(TokenShards.open(path, "train"), seq_len, seed=7)
     n = len(sampler)
-    assert n == (len(flat) - 1) // seq_len
+    assert n == (len(flat) - seq_len) // seq_len  # one window's tokens kept for the grid to shift in
 
     x, y = sampler.get(range(8))
     assert x.shape == (8, seq_len) and str(x.dtype) == "torch.int64"
@@ -113,6 +113,21 @@ def test_window_sampler_is_deterministic_resumable_and_covers_each_epoch(tmp_pat
     # Another seed gives another order.
     other = WindowSampler(TokenShards.open(path, "train"), seq_len, seed=8)
     assert [other.start_of(i) for i in range(n)] != [sampler.start_of(i) for i in range(n)]
+
+
+@pytest.mark.parametrize("extra", [0, 1, 9])
+def test_every_epoch_cuts_the_text_anywhere_in_a_window(tmp_path, extra):
+    """The grid's shift was drawn within the split's remainder past whole windows: by at most a few tokens,
+    and by none where the split was a whole number of windows (every epoch then had the same windows). It
+    takes any offset in [0, seq_len) now, whatever the remainder."""
+    seq_len = 16
+    path = make_tokens(tmp_path / "tokens", {"train": [np.arange(1, 20 * seq_len + 1 + extra) % 300]})
+    sampler = WindowSampler(TokenShards.open(path, "train"), seq_len, seed=3)
+    n = len(sampler)
+    shifts = {min(sampler.start_of(epoch * n + i) for i in range(n)) for epoch in range(200)}
+    assert shifts == set(range(seq_len))
+    last = max(sampler.start_of(epoch * n + i) for epoch in range(200) for i in range(n))
+    assert last + seq_len + 1 <= 20 * seq_len + 1 + extra  # every window inside the split
 
 
 def test_sampler_rejects_too_little_data(tmp_path):

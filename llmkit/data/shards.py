@@ -266,9 +266,14 @@ class WindowSampler:
     """Deterministic, resumable windows of `seq_len + 1` tokens: sample k depends only on (seed, k).
 
     An epoch covers the data once in windows that start on a grid `shift + i * seq_len`; each
-    epoch draws a fresh permutation of the grid and a fresh shift (within the tokens left over
-    by the grid) from `(seed, epoch)`, so every epoch sees new window boundaries too.
+    epoch draws a fresh permutation of the grid and a fresh shift in [0, seq_len) from
+    `(seed, epoch)`, so every epoch cuts the text at other places, anywhere in a window. The grid
+    leaves one window's tokens out for that: until 2026-12-05 it left out only the remainder of
+    the split, and the shift moved within it (none where the split was a whole number of windows,
+    which then gave every epoch the same windows).
     """
+
+    GRID = 2  # the version of how windows are cut (a resumed run must continue the one it began)
 
     def __init__(self, shards: TokenShards, seq_len: int, seed: int = 0):
         seq_len = int(seq_len)
@@ -282,8 +287,9 @@ class WindowSampler:
         self.shards = shards
         self.seq_len = seq_len
         self.seed = int(seed)
-        self.windows_per_epoch = (shards.num_tokens - 1) // seq_len
-        self._slack = (shards.num_tokens - 1) - self.windows_per_epoch * seq_len
+        # one window's tokens kept beside the grid (but the first window), so that it may shift by any offset
+        self.windows_per_epoch = max(1, (shards.num_tokens - 1 - (seq_len - 1)) // seq_len)
+        self._slack = min(seq_len - 1, (shards.num_tokens - 1) - self.windows_per_epoch * seq_len)
         self._epochs: dict[int, tuple[np.ndarray, int]] = {}
 
     def __len__(self) -> int:

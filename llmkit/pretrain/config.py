@@ -16,7 +16,7 @@ class PretrainConfig(Options):
     batch_tokens: int = option(DEFAULT_BATCH_TOKENS, "Global batch per optimizer step in tokens, over all devices.", panel=TRAINING_PANEL,
                                range="[1, inf)")
     max_steps: int | None = option(None, "Optimizer steps (default 1000).", panel=TRAINING_PANEL, range="[1, inf)")
-    max_tokens: int | None = option(None, "Train on this many tokens instead of --max-steps.", panel=TRAINING_PANEL, range="[1, inf)")
+    max_tokens: int | None = option(None, "Train on this many tokens instead of --max-steps (rounded up to whole steps).", panel=TRAINING_PANEL, range="[1, inf)")
     mlm_probability: float = option(0.15, "Share of tokens masked for --objective mlm.", panel=TRAINING_PANEL, range="(0, 1)")
     optim: Optimization = group(Optimization, panel=TRAINING_PANEL)
     numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)

@@ -22,6 +22,8 @@ from llmkit.train.layout import check_model
 from llmkit.train.launch import (keep_recorded_length, launch, refuse_resume_with_force, planned_split, planned_world, runtime_record, split_batch,
                                  worker_process)
 
+VAL_WINDOWS_SEED = 0  # the validation windows' draw: one set (and for an MLM one draw of masks) for every --seed (_open_data)
+
 
 def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, init_from: Path | str | None = None,
              resume: bool = False, force: bool = False) -> Path:
@@ -134,7 +136,9 @@ def _open_data(tokens_art, seq_len: int, config: PretrainConfig):
     if config.checkpoints.eval_every == 0 or not has_split(tokens_art, "val"):
         return train, None
     try:
-        return train, WindowSampler(TokenShards.open(tokens_art, "val"), seq_len, config.seed)
+        # the same windows whatever --seed: runs of other seeds validate alike (each seed scored other windows,
+        # which moved the loss by as much as the seed did)
+        return train, WindowSampler(TokenShards.open(tokens_art, "val"), seq_len, VAL_WINDOWS_SEED)
     except UserError as exc:
         raise UserError(f"{exc}, or pass --eval-every 0 to train without validation") from exc
 
@@ -180,6 +184,11 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                  f"trains on {global_batch} sequences, {global_batch * seq_len} tokens")
         if config.max_tokens is not None:
             max_steps = math.ceil(config.max_tokens / (global_batch * seq_len))
+            if max_steps * global_batch * seq_len != config.max_tokens and info.is_main and not resume:
+                from llmkit.console import note
+
+                note(f"--max-tokens {config.max_tokens} is not a whole number of steps of {global_batch * seq_len} tokens: "
+                     f"the run trains {max_steps} steps, {max_steps * global_batch * seq_len} tokens")
         else:
             max_steps = config.max_steps or 1000
         default_warmup = min(100, max_steps // 10)
@@ -195,7 +204,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             special_ids=special, mlm_probability=config.mlm_probability,
         )
         train_batches = WindowBatches(train_sampler, seed=config.seed, **data_options)
-        val_batches = WindowBatches(val_sampler, seed=config.seed + 1, **data_options) if val_sampler is not None else None
+        val_batches = WindowBatches(val_sampler, seed=VAL_WINDOWS_SEED + 1, **data_options) if val_sampler is not None else None
         val_size = min(max(1, config.eval_tokens // seq_len), len(val_sampler)) if val_sampler is not None else 0
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
@@ -230,7 +239,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 max_steps=max_steps,
                 tokenizer_fingerprint=next((i["fingerprint"] for i in tokens_art.manifest.inputs if i["role"] == "tokenizer"), None),
             ),
-            runtime=runtime_record(config, info, micro_batch, accumulation),
+            # (how the text is cut into windows: a resumed run must go on cutting it so)
+            runtime={**runtime_record(config, info, micro_batch, accumulation), "windows": train_sampler.GRID},
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
             unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup},

@@ -77,7 +77,8 @@ class Optimization(Options):
                                   "after the last).", range="[0, 1]")
     warmup_steps: int | None = option(None, "Linear warmup steps (default min(100, steps/10)).", range="[0, inf)")
     schedule: str = option("cosine", "Decay after warmup: cosine, linear or constant.", choices=("cosine", "linear", "constant"))
-    weight_decay: float = option(0.1, "AdamW weight decay (matrices and embeddings only).", range="[0, inf)")
+    weight_decay: float = option(0.1, "Weight decay of the matrices and embeddings (AdamW's decoupled; SGD's added to the "
+                                 "gradient, as L2).", range="[0, inf)")
     beta1: float = option(0.9, "AdamW beta1.", range="[0, 1)")
     beta2: float = option(0.95, "AdamW beta2.", range="[0, 1)")
     momentum: float = option(0.9, "SGD momentum.", range="[0, 1)")

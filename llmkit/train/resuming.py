@@ -177,6 +177,10 @@ class Resuming:
         if examples and saved_examples != examples and (saved_examples or options.get("truncate")):
             changed.append("the training examples as encoded (this llmkit version encodes the data otherwise than the "
                            "one that saved the run)")
+        windows = self.spec.runtime.get("windows")  # (pretraining's: how its text is cut into windows)
+        if windows is not None and self._saved_runtime.get("windows") != windows:
+            changed.append("the training windows (this llmkit version cuts the text into windows otherwise than the one "
+                           "that saved the run)")
         # --ema is outside the config (RUN/ema's records it), yet the average goes on from the saved
         # one: another decay, or none, would leave a RUN/ema no run made (or a stale one in the run).
         ema = self.settings.checkpoints.ema
