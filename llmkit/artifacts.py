@@ -391,15 +391,24 @@ def _how_to_make(wanted: tuple[str, ...], found: str, path: Path) -> str:
     return f"; {_article(wanted[0])} artifact comes from {_MAKERS[wanted[0]]}" if wanted[0] in _MAKERS else ""
 
 
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"}
+
+
 def _holds_data_files(folder: Path, look_at: int = 1000) -> bool:
-    """Whether a folder (below it too; its first `look_at` entries) holds text or record files clean reads."""
+    """Whether a folder (below it too; its first `look_at` entries) holds text or record files clean
+    reads, a model's configuration files (config.json, tokenizer.json, ...) not counted."""
     from itertools import islice
 
     from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 
+    def data(entry: Path) -> bool:
+        if entry.suffix == ".json" and (entry.name == "config.json" or entry.name.endswith("_config.json")
+                                        or entry.name.startswith(("tokenizer", "special_tokens"))):
+            return False
+        return entry.is_file() and file_format(entry)[0] in TEXT_SUFFIXES | RECORD_SUFFIXES
+
     try:
-        return any(entry.is_file() and file_format(entry)[0] in TEXT_SUFFIXES | RECORD_SUFFIXES
-                   for entry in islice(folder.rglob("*"), look_at))
+        return any(data(entry) for entry in islice(folder.rglob("*"), look_at))
     except OSError:
         return False
 
@@ -428,12 +437,16 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
             raise UserError(f"{path} is a training run that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "command with --resume, or use one of its checkpoints/step_N")
-        if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        if (path / "config.json").is_file() and any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir()):
             raise UserError(f"{path} is a transformers model folder, not an llmkit artifact (no {MANIFEST}): make it a "
                             "checkpoint with llmkit import first")
-        if (path / "tokenizer.json").is_file() and manifest_kind(path.parent):
-            raise UserError(f"{path} is the tokenizer inside the {manifest_kind(path.parent)} artifact {path.parent}, not an "
-                            f"artifact itself; pass {path.parent}")
+        holder = manifest_kind(path.parent) if (path / "tokenizer.json").is_file() else None
+        if holder and (not wanted or holder in wanted):
+            raise UserError(f"{path} is the tokenizer inside the {holder} artifact {path.parent}, not an artifact itself; "
+                            f"pass {path.parent}")
+        if holder:
+            raise UserError(f"{path} is the tokenizer inside the {holder} artifact {path.parent}, not "
+                            f"{_article(wanted_text)} artifact{_how_to_make(wanted, 'tokenizer', path)}")
         fix = _how_to_make(wanted, "file", path) if _holds_data_files(path) else ""
         if fix:
             raise UserError(f"{path} is a folder of data files, not an llmkit artifact (no {MANIFEST}){fix}")

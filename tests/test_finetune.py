@@ -867,8 +867,13 @@ def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes
     assert [strings.index(v, "val") for v in (0, 1, "0", "1")] == [0, 1, 0, 1]
     assert [integers.index(v, "val") for v in (0, 1, "0", "1")] == [0, 1, 0, 1]
     names = label_set([{"label": "pos"}, {"label": "neg"}], "training")
-    with pytest.raises(UserError, match="label 0 is not one of the training labels 'neg', 'pos'"):
-        names.index(0, "val.jsonl:1")
+    assert [names.index(v, "val") for v in (0, 1, "0", " 1", "neg", "pos ")] == [0, 1, 0, 1, 0, 1]  # (no class a number)
+    with pytest.raises(UserError, match="label 2 is not one of the training labels 'neg', 'pos'"):
+        names.index(2, "val.jsonl:1")
+    mixed = label_set([{"label": "1"}, {"label": "2"}, {"label": "neg"}], "training")
+    assert [mixed.index(v, "val") for v in (1, 2, "neg")] == [0, 1, 2]  # (numbers name classes, never index them)
+    with pytest.raises(UserError, match="label 0 is not one of the training labels '1', '2', 'neg'"):
+        mixed.index(0, "val.jsonl:1")
     with pytest.raises(UserError, match="label '2' is not one of the training labels 0, 1"):
         integers.index("2", "val.jsonl:1")
 

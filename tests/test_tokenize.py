@@ -588,6 +588,16 @@ def test_a_checkpoints_tokenizer_folder_points_at_the_checkpoint(cli, tmp_path, 
     assert result.exit_code == 1 and not (tmp_path / "tokens").exists()
     assert f"is the tokenizer inside the checkpoint artifact {checkpoint}, not an artifact itself; pass {checkpoint}" \
            in " ".join(result.output.split())
+    # where a checkpoint is not what is asked for (the corpus), it is not offered
+    result = cli("tokenize", checkpoint / "tokenizer", "-t", tokenizer, "-o", tmp_path / "tokens")
+    assert result.exit_code == 1 and "inside the checkpoint artifact" in result.output
+    assert "not a corpus artifact; a corpus artifact comes from llmkit clean" in " ".join(result.output.split())
+    # a transformers folder whose weights are pickled holds config.json (JSON): still named a model folder
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    (tmp_path / "hf" / "pytorch_model.bin").write_bytes(b"")
+    result = cli("tokenize", tmp_path / "hf", "-t", tokenizer, "-o", tmp_path / "tokens")
+    assert result.exit_code == 1 and "is a transformers model folder, not an llmkit artifact" in result.output
 
 
 def test_a_vocabulary_with_gaps_in_its_ids_is_refused(tmp_path, corpus, tokenizer):
@@ -610,9 +620,7 @@ def test_a_vocabulary_with_gaps_in_its_ids_is_refused(tmp_path, corpus, tokenize
     hf = Tokenizer.from_file(str(holes / "tokenizer.json"))
     with pytest.raises(UserError, match="ids are not 0..1499: it has 1,500 tokens and id 70,000; renumber"):
         token_byte_lengths(hf)
-    text = hf.decode([70000])
-    lines = [f"{text} and {text} again"] * 20
-    small = write_corpus_artifact(tmp_path / "small", lines).path
-    with pytest.raises(UserError, match="the tokenizer gave id 70,000, past its 1,500 tokens"):
-        tokenize_corpus(small, holes, tmp_path / "tokens", TokenizeConfig(workers=1))
+    small = write_corpus_artifact(tmp_path / "small", ["a text without the renumbered token"] * 20).path
+    with pytest.raises(UserError, match="ids are not 0..1499: it has 1,500 tokens and id 70,000; renumber"):
+        tokenize_corpus(small, holes, tmp_path / "tokens", TokenizeConfig(workers=1))  # (refused before any is encoded)
     assert not (tmp_path / "tokens").exists()

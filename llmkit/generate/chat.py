@@ -203,7 +203,8 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     from llmkit.errors import Terminated
 
     # Typed at a terminal, the prompts mark the turns; piped in (a script's questions), stdout holds
-    # the replies alone, one a line (the prompts came out mixed into them, one more for each blank line).
+    # the replies alone, each ended by a newline (the prompts came out mixed into them, one more for
+    # each blank line); -o's transcript keeps each reply whole.
     you, bot = ("you> ", "bot> ") if _at_a_terminal() else ("", "")
     turn = 0
     while True:

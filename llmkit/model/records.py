@@ -48,12 +48,19 @@ class Labels:
     def _find(self, value: Any, where: str) -> int | None:
         """The class of a label: the training label of the same kind and value, else the one that
         reads the same (an integer 0 where the training labels are the strings "0", "1"), else the
-        one a text label names without the spaces around it (a CSV's ` 1`, after a comma and a space)."""
+        one a text label names without the spaces around it (a CSV's ` 1`, after a comma and a space);
+        else, where no class is named by a number, the class a number indexes (SST-2's 0 and 1
+        beside classes named neg and pos)."""
         found = self._lookup.get(label_key(value, where))
         if found is None:
             found = self._by_name.get(str(value))
-        if found is None and isinstance(value, str) and value.strip() != value:
-            found = self._by_name.get(value.strip())
+        text = value.strip() if isinstance(value, str) else None
+        if found is None and text is not None and text != value:
+            found = self._by_name.get(text)
+        if found is None and not any(name.isascii() and name.isdigit() for name in self.names):
+            index = value if isinstance(value, int) else int(text) if text and text.isascii() and text.isdigit() else None
+            if index is not None and 0 <= index < len(self.names):
+                found = index
         return found
 
     def __post_init__(self):

@@ -23,7 +23,7 @@ from llmkit import artifacts, resume
 from llmkit.console import err, styled
 from llmkit.data.corpus import count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
-from llmkit.data.tokenizer import TextTokenizer, copy_tokenizer_files, load_tokenizer
+from llmkit.data.tokenizer import TextTokenizer, copy_tokenizer_files, load_tokenizer, refuse_gapped_ids
 from llmkit.errors import UserError
 from llmkit.executor import Execution
 from llmkit.parallel import ordered_map
@@ -209,7 +209,6 @@ def encoder_state(tok: TextTokenizer, use_fast: bool, add_bos: bool, check_every
         tail=eos,
         allowed=frozenset({bos, eos} if add_bos else {eos}),
         dtype=token_dtype(tok.vocab_size),
-        vocab_size=tok.vocab_size,
         check_every=check_every,
     )
 
@@ -233,9 +232,6 @@ def _encode_batch(job: tuple[int, list[str]], state: dict[str, Any] | None = Non
     else:
         flat, lengths[sizes > 0] = _encode_with_tiktoken(state, present)
         checked, mismatch = _spot_check(state, index, present, flat, lengths[sizes > 0])
-    if len(flat) and int(flat.max()) >= state["vocab_size"]:  # (ids with gaps, made by hand: the dtype would wrap them)
-        raise UserError(f"the tokenizer gave id {int(flat.max()):,}, past its {state['vocab_size']:,} tokens: its ids "
-                        "are not 0..N-1; renumber its vocabulary without gaps")
     return sizes, flat.astype(state["dtype"], copy=False), lengths, checked, mismatch
 
 
@@ -515,6 +511,7 @@ def tokenize_corpus(
     tok_art = artifacts.load(tokenizer_path, kind=("tokenizer", "checkpoint"))
     tok_dir = tok_art.path if tok_art.kind == "tokenizer" else tok_art.path / "tokenizer"
     tok = load_tokenizer(tok_dir)
+    refuse_gapped_ids(tok.hf)  # (before any work: a gapped id the corpus never produced would crash generation later)
     num_docs = count_documents(corpus)
     if num_docs == 0:
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
