@@ -202,6 +202,29 @@ def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exporte
     assert [artifacts.load(tmp_path / name).manifest.seed for name in ("again", "shots", "reseeded")] == [None, 0, 9]
 
 
+def test_records_from_a_csv_whose_lists_became_text_are_refused_and_booleans_read(cli, exported, bundle, tmp_path):
+    """A .csv cell holds HellaSwag's endings as one text: each character was scored as a choice, exit 0
+    and 0 accuracy; ARC's choices failed with "string indices must be integers". BoolQ's answers come
+    from a .csv as the texts True and False."""
+    import pandas
+
+    for task, field in (("hellaswag", "'endings' is str, not a list of texts"), ("arc_easy", "'choices' is str, not an object")):
+        frame = pandas.DataFrame(benchmark_run.load_task_records(TASKS[task], None, None)[:3])
+        frame.to_csv(tmp_path / f"{task}.csv", index=False)
+        result = cli("eval", exported / "ckpt", "--task", task, "--data", tmp_path / f"{task}.csv", "-o", tmp_path / task)
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 1 and f"record 1 does not fit the {task} layout ({field}" in flat, result.output
+        assert "give the records as .jsonl or .parquet" in flat and not (tmp_path / task).exists()
+    records = benchmark_run.load_task_records(TASKS["boolq"], None, None)[:4]
+    pandas.DataFrame(records).to_csv(tmp_path / "boolq.csv", index=False)
+    (tmp_path / "boolq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for name in ("boolq.csv", "boolq.jsonl"):
+        result = cli("eval", exported / "ckpt", "--task", "boolq", "--data", tmp_path / name, "-o", tmp_path / f"ev-{name}")
+        assert result.exit_code == 0, result.output
+    read = lambda p: json.loads((p / "metrics.json").read_text())  # noqa: E731
+    assert read(tmp_path / "ev-boolq.csv") == read(tmp_path / "ev-boolq.jsonl")
+
+
 def test_multiple_choice_records_in_lm_evals_layout_score_as_the_task_does(cli, exported, bundle, tmp_path):
     """{"query", "choices", "gold"} records, choices written as lm-eval's doc_to_choice gives them
     (no leading space): each is scored behind the target delimiter " " and acc_norm divides by the

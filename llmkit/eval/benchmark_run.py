@@ -65,7 +65,7 @@ def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Exam
             raise UserError(f"{source}: record {i + 1} has no field {exc.args[0]!r} that {task.name} records have "
                             f"(it has {', '.join(map(str, record))}); every record needs the {task.name} layout") from None
         except (ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise UserError(f"{source}: record {i + 1} does not fit the {task.name} layout ({exc})") from None
+            raise UserError(f"{source}: record {i + 1} does not fit the {task.name} layout ({exc}); fix the record") from None
         if not 0 <= example.gold < len(example.choices):
             raise UserError(f"{source}: record {i + 1} has answer {example.gold} for {len(example.choices)} choices")
         examples.append(example)

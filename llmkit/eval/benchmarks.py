@@ -61,13 +61,31 @@ def _hellaswag_text(text: str) -> str:
     return text.replace("  ", " ")
 
 
+def _texts(value: Any, name: str) -> list[str]:
+    """A field that holds a list of texts; a CSV cell holds the list as one text, whose characters were
+    each taken for a choice (every HellaSwag record from a .csv scored 0, unsaid)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"'{name}' is {type(value).__name__}, not a list of texts (a .csv cannot hold one: give the "
+                         "records as .jsonl or .parquet)")
+    return list(value)
+
+
+def _choices(r: dict) -> tuple[list[str], list[str]]:
+    """ARC's and OpenBookQA's {"text": [...], "label": [...]}."""
+    if not isinstance(r["choices"], dict):
+        raise ValueError(f"'choices' is {type(r['choices']).__name__}, not an object of 'text' and 'label' lists (a .csv "
+                         "cannot hold one: give the records as .jsonl or .parquet)")
+    return _texts(r["choices"]["text"], "choices.text"), _texts(r["choices"]["label"], "choices.label")
+
+
 def hellaswag(r: dict) -> Example:
     query = _hellaswag_text(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize())
-    return _options(query, [_hellaswag_text(e) for e in r["endings"]], int(r["label"]))
+    return _options(query, [_hellaswag_text(e) for e in _texts(r["endings"], "endings")], int(r["label"]))
 
 
 def arc(r: dict) -> Example:
-    return _options(f"Question: {r['question']}\nAnswer:", list(r["choices"]["text"]), list(r["choices"]["label"]).index(r["answerKey"]))
+    texts, labels = _choices(r)
+    return _options(f"Question: {r['question']}\nAnswer:", texts, labels.index(r["answerKey"]))
 
 
 def piqa(r: dict) -> Example:
@@ -76,11 +94,14 @@ def piqa(r: dict) -> Example:
 
 def boolq(r: dict) -> Example:
     gold = r["label"] if "label" in r else r["answer"]  # super_glue's 0/1 label, or the boolq set's true/false answer
+    if isinstance(gold, str) and gold.strip().lower() in ("true", "false"):  # (as a .csv writes a boolean)
+        gold = gold.strip().lower() == "true"
     return _options(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(gold)) if isinstance(gold, bool) else int(gold))
 
 
 def openbookqa(r: dict) -> Example:
-    return _options(r["question_stem"], list(r["choices"]["text"]), list(r["choices"]["label"]).index(r["answerKey"].lstrip()))
+    texts, labels = _choices(r)
+    return _options(r["question_stem"], texts, labels.index(r["answerKey"].lstrip()))
 
 
 def sciq(r: dict) -> Example:
