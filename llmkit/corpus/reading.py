@@ -8,6 +8,7 @@ dataset_source.py; sources.py turns the command's inputs into sources.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 from dataclasses import dataclass, field
@@ -172,36 +173,43 @@ def numbered_lines(path: Path, label: str, compression: Optional[str], stats: Re
     `lone_cr_breaks`: a lone CR ends a line too (old Mac text files), as cleanup and tokenizer
     train read it; JSON Lines are lines by LF alone."""
     number = 0
-    try:
-        with open_binary(path, compression) as handle:
-            reader = io.BufferedReader(handle) if compression else handle
-            check_not_binary(reader.peek(BINARY_PROBE)[:BINARY_PROBE], label)
-            for raw in reader:
-                number += 1
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
-                    raw = raw[3:]
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    lone_crs = raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r") if lone_cr_breaks else 0
-                    where = number + (raw[: exc.start].count(b"\r") if lone_crs else 0)  # the CR-ended line of the byte
-                    if skip_bad:
-                        stats.skipped(f"{label}:{where}")
-                        number += lone_crs  # (the lines it holds go with it, and the count goes on after them)
-                        continue
-                    decode_utf8(raw, label, where)
-                body = text.removesuffix("\n").removesuffix("\r") if lone_cr_breaks else ""
-                if "\r" in body:
-                    *pieces, last = body.split("\r")
-                    for piece in pieces:
-                        yield number, piece
-                        number += 1
-                    yield number, last
+    with read_errors(label), open_binary(path, compression) as handle:
+        reader = io.BufferedReader(handle) if compression else handle
+        check_not_binary(reader.peek(BINARY_PROBE)[:BINARY_PROBE], label)
+        for raw in reader:
+            number += 1
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                lone_crs = raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r") if lone_cr_breaks else 0
+                where = number + (raw[: exc.start].count(b"\r") if lone_crs else 0)  # the CR-ended line of the byte
+                if skip_bad:
+                    stats.skipped(f"{label}:{where}")
+                    number += lone_crs  # (the lines it holds go with it, and the count goes on after them)
                     continue
-                yield number, text.rstrip("\r\n")
+                decode_utf8(raw, label, where)
+            body = text.removesuffix("\n").removesuffix("\r") if lone_cr_breaks else ""
+            if "\r" in body:
+                *pieces, last = body.split("\r")
+                for piece in pieces:
+                    yield number, piece
+                    number += 1
+                yield number, last
+                continue
+            yield number, text.rstrip("\r\n")
+
+
+@contextlib.contextmanager
+def read_errors(label: str) -> Iterator[None]:
+    """A file that cannot be read to its end (cut short, its compression broken) as one line naming it;
+    a missing or unreadable file as itself (the stage names those)."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError):
+        raise
     except (OSError, EOFError) as exc:
-        if isinstance(exc, (FileNotFoundError, PermissionError)):
-            raise
         raise UserError(f"{label} cannot be read ({exc}); is the file complete and its compression right?") from None
     except zstd_errors() as exc:
         raise UserError(f"{label} cannot be decompressed ({exc}); is the file complete?") from None
@@ -219,15 +227,8 @@ def zstd_errors() -> tuple[type[BaseException], ...]:
 def text_reader(path: Path, label: str, compression: Optional[str]):
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         if options.doc_per == "file":
-            try:
-                with open_binary(path, compression) as handle:
-                    data = handle.read()
-            except (OSError, EOFError) as exc:
-                if isinstance(exc, (FileNotFoundError, PermissionError)):
-                    raise
-                raise UserError(f"{label} cannot be read ({exc}); is the file complete and its compression right?") from None
-            except zstd_errors() as exc:
-                raise UserError(f"{label} cannot be decompressed ({exc}); is the file complete?") from None
+            with read_errors(label), open_binary(path, compression) as handle:
+                data = handle.read()
             check_not_binary(data, label)
             text = decode_utf8(data, label)
             yield "", text[1:] if text.startswith("\ufeff") else text  # a byte order mark is no text (as per line)
