@@ -392,23 +392,22 @@ def _how_to_make(wanted: tuple[str, ...], found: str, path: Path) -> str:
 
 
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"}
+_MODEL_FOLDER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _holds_data_files(folder: Path, look_at: int = 1000) -> bool:
     """Whether a folder (below it too; its first `look_at` entries) holds text or record files clean
-    reads, a model's configuration files (config.json, tokenizer.json, ...) not counted."""
+    reads; not a transformers model or tokenizer folder, whose vocab.json, merges.txt and README.md
+    are no data."""
     from itertools import islice
 
     from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 
-    def data(entry: Path) -> bool:
-        if entry.suffix == ".json" and (entry.name == "config.json" or entry.name.endswith("_config.json")
-                                        or entry.name.startswith(("tokenizer", "special_tokens"))):
-            return False
-        return entry.is_file() and file_format(entry)[0] in TEXT_SUFFIXES | RECORD_SUFFIXES
-
+    if any((folder / name).is_file() for name in _MODEL_FOLDER_FILES):  # (its vocab.json, merges.txt, README.md)
+        return False
     try:
-        return any(data(entry) for entry in islice(folder.rglob("*"), look_at))
+        return any(entry.is_file() and file_format(entry)[0] in TEXT_SUFFIXES | RECORD_SUFFIXES
+                   for entry in islice(folder.rglob("*"), look_at))
     except OSError:
         return False
 

@@ -121,13 +121,18 @@ def test_every_epoch_cuts_the_text_anywhere_in_a_window(tmp_path, extra):
     and by none where the split was a whole number of windows (every epoch then had the same windows). It
     takes any offset in [0, seq_len) now, whatever the remainder."""
     seq_len = 16
-    path = make_tokens(tmp_path / "tokens", {"train": [np.arange(1, 20 * seq_len + 1 + extra) % 300]})
+    tokens = 20 * seq_len + extra
+    path = make_tokens(tmp_path / "tokens", {"train": [np.arange(1, tokens + 1) % 300]})
     sampler = WindowSampler(TokenShards.open(path, "train"), seq_len, seed=3)
     n = len(sampler)
     shifts = {min(sampler.start_of(epoch * n + i) for i in range(n)) for epoch in range(200)}
     assert shifts == set(range(seq_len))
     last = max(sampler.start_of(epoch * n + i) for epoch in range(200) for i in range(n))
-    assert last + seq_len + 1 <= 20 * seq_len + 1 + extra  # every window inside the split
+    assert last + seq_len + 1 <= tokens  # every window inside the split
+    # validation's grid does not shift, and keeps every whole window (each needs seq_len + 1 tokens)
+    fixed = WindowSampler(TokenShards.open(path, "train"), seq_len, seed=3, shifting=False)
+    whole = (tokens - 1) // seq_len
+    assert len(fixed) == whole and sorted(fixed.start_of(i) for i in range(whole)) == [i * seq_len for i in range(whole)]
 
 
 def test_sampler_rejects_too_little_data(tmp_path):

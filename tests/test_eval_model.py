@@ -782,23 +782,36 @@ def test_word_perplexity_asked_for_and_left_out_is_said(cli, gpt2_ckpt, shared_d
 
 
 def test_integer_labels_name_classes_whose_names_are_numbers():
-    """--labels 1,2 with records labelled 1 and 2: a 1 was the index of "2" (and 2 out of range)."""
+    """--labels 1,2 with records labelled 1 and 2: a 1 was the index of "2" (and 2 out of range). Classes
+    are read by the fine-tune's reader (Labels): with --labels, on a classifier's own classes, and where
+    some names are numbers and some not (1, 2, neg: 2 is the class "2"), or signed (+1, -1: 1 is "+1"'s
+    reading, never the index of "-1")."""
     from llmkit.errors import UserError
-    from llmkit.eval.model_tasks import _label_index
+    from llmkit.eval.model_tasks import _choice_index
+    from llmkit.model.records import Labels
 
-    assert [_label_index(v, ["1", "2"], 0) for v in (1, 2, "1", "2")] == [0, 1, 0, 1]
-    assert [_label_index(v, ["1", "0"], 0) for v in (0, 1)] == [1, 0]
-    assert [_label_index(v, ["neg", "pos"], 0) for v in (0, 1, "pos", "1")] == [0, 1, 1, 1]  # other names: an index
+    def read(names, values):
+        return [Labels(names=names, original=list(names), called="the classes").index(v, "record 1") for v in values]
+
+    assert read(["1", "2"], (1, 2, "1", "2")) == [0, 1, 0, 1]
+    assert read(["1", "0"], (0, 1)) == [1, 0]
+    assert read(["neg", "pos"], (0, 1, "pos", "1")) == [0, 1, 1, 1]  # other names: an index
+    assert read(["1", "2", "neg"], (1, 2, "1", " 2", "neg")) == [0, 1, 0, 1, 2]
+    assert read(["+1", "-1"], (-1, "-1", "+1", " +1")) == [1, 1, 0, 0]
+    # a CSV's ` 1` (a space after the comma; its cells are read as text): the label 1
+    assert read(["0", "1"], (" 1", "0 ")) == [1, 0]
+    for value, names, message in ((0, ["1", "2"], "label 0 is not one of the classes '1', '2'"),
+                                  (None, ["neg", "pos"], "label None must be an integer or a string"),
+                                  (2, ["neg", "pos"], "label 2 is not one of the classes 'neg', 'pos'"),
+                                  (1, ["+1", "-1"], "label 1 is not one of the classes '[+]1', '-1'")):
+        with pytest.raises(UserError, match=message):
+            read(names, [value])
     # a multiple-choice record's label is the right choice's index, whatever the choices say (arithmetic: numbers)
-    assert [_label_index(v, ["1", "2", "3", "4"], 0, class_names=False) for v in (1, 3)] == [1, 3]
+    assert [_choice_index(v, ["1", "2", "3", "4"], "record 1") for v in (1, 3)] == [1, 3]
     # digits as text are an index too (they were read as a choice's text first: "1" was "1"'s index 2); where they are
     # another choice's text as well, the label is refused, not guessed; a choice's text still names it
-    assert [_label_index(v, ["4", "2", "9"], 0, class_names=False) for v in ("1", "0", "9")] == [1, 0, 2]
-    # a CSV's ` 1` (a space after the comma; its cells are read as text): the label 1
-    assert [_label_index(v, ["0", "1"], 0) for v in (" 1", "0 ")] == [1, 0]
+    assert [_choice_index(v, ["4", "2", "9"], "record 1") for v in ("1", "0", "9")] == [1, 0, 2]
     with pytest.raises(UserError, match="label '1' is the index of choice 2 .'2'. and the text of choice 3"):
-        _label_index("1", ["4", "2", "1"], 0, class_names=False)
-    for value, names, message in ((0, ["1", "2"], "label 0 is not one of 1, 2"), (None, ["neg", "pos"], "label null"),
-                                  (2, ["neg", "pos"], "out of range for 2 classes")):
-        with pytest.raises(UserError, match=message):
-            _label_index(value, names, 0)
+        _choice_index("1", ["4", "2", "1"], "record 1")
+    with pytest.raises(UserError, match="label null is not a choice's index or text"):
+        _choice_index(None, ["a", "b"], "record 1")

@@ -944,7 +944,8 @@ def test_a_run_whose_windows_were_cut_otherwise_is_not_resumed(shakespeare, cli,
     (run / "manifest.json").write_text(json.dumps(manifest))
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "4", "--eval-every", "0",
                       "--resume"))
-    assert "this run differs from it (the training windows (this llmkit version cuts the text into windows otherwise" in line
+    assert "it trained on windows of the text that this llmkit version cuts otherwise (a run saved before 2026-12-05); " \
+           f"start a new run, or train on from its weights in a new one with --init-from {run}" in line
 
 
 def test_a_run_made_before_the_bookkeeping_options_left_the_config_still_resumes(shakespeare, cli, tmp_path):

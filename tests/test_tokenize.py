@@ -222,6 +222,19 @@ def test_split_plan_draws_validation_from_every_input():
     plan, _ = split_plan(np.arange(3, dtype=np.int32), 0.05, 0, sizes=lambda at: np.array([40, 30, 50])[at])
     assert plan.tolist() == [TRAIN, VAL, TRAIN]
     assert (split_plan(np.zeros(1, np.int32), 0.05, 0, sizes=lambda at: np.array([20]))[0] == TAIL).all()  # (alone: its tail)
+    # nine files of 1,000 to 1,400 bytes: a tail of each (50-70 bytes), not of the longest alone (67 bytes in all,
+    # fewer tokens than one training window, which pretraining then refused)
+    nine = np.array([1000] * 8 + [1400])
+    assert (split_plan(np.arange(9, dtype=np.int32), 0.05, 0, sizes=lambda at: nine[at])[0] == TAIL).all()
+    # tails of less than half the share: one whole short document besides (never an empty one)
+    mixed = np.array([400] + [100] * 8)
+    plan, summary = split_plan(np.arange(9, dtype=np.int32), 0.05, 0, sizes=lambda at: mixed[at])
+    assert plan[0] == TAIL and (plan[1:] == VAL).sum() == 1 and summary == {"inputs": 9, "val_documents": 1,
+                                                                          "documents_split_inside": 1}
+    empties = np.array([0, 2, 0, 20])
+    for seed in range(8):
+        plan, _ = split_plan(np.arange(4, dtype=np.int32), 0.05, seed, sizes=lambda at: empties[at])
+        assert plan.tolist() == [TRAIN, VAL, TRAIN, TRAIN]  # (the non-empty one within 2F of the pool)
     assert (split_plan(np.zeros(5, np.int32), 0.0, 0)[0] == TRAIN).all()
 
 
@@ -598,6 +611,11 @@ def test_a_checkpoints_tokenizer_folder_points_at_the_checkpoint(cli, tmp_path, 
     (tmp_path / "hf" / "pytorch_model.bin").write_bytes(b"")
     result = cli("tokenize", tmp_path / "hf", "-t", tokenizer, "-o", tmp_path / "tokens")
     assert result.exit_code == 1 and "is a transformers model folder, not an llmkit artifact" in result.output
+    (tmp_path / "hf-tokenizer").mkdir()  # what a tokenizer's save_pretrained writes: no data to clean
+    for name, text in (("vocab.json", "{}"), ("merges.txt", "#version: 0.2\n"), ("tokenizer_config.json", "{}")):
+        (tmp_path / "hf-tokenizer" / name).write_text(text)
+    result = cli("tokenize", tmp_path / "hf-tokenizer", "-t", tokenizer, "-o", tmp_path / "tokens")
+    assert result.exit_code == 1 and "folder of data files" not in result.output and "llmkit clean" not in result.output
 
 
 def test_a_vocabulary_with_gaps_in_its_ids_is_refused(tmp_path, corpus, tokenizer):

@@ -275,7 +275,9 @@ class WindowSampler:
 
     GRID = 2  # the version of how windows are cut (a resumed run must continue the one it began)
 
-    def __init__(self, shards: TokenShards, seq_len: int, seed: int = 0):
+    def __init__(self, shards: TokenShards, seq_len: int, seed: int = 0, *, shifting: bool = True):
+        """`shifting` False: a grid from the split's first token, every whole window in it (validation's,
+        which scores the same windows every time and needs no shift)."""
         seq_len = int(seq_len)
         if seq_len < 1:
             raise UserError(f"context length must be at least 1, got {seq_len}")
@@ -287,9 +289,11 @@ class WindowSampler:
         self.shards = shards
         self.seq_len = seq_len
         self.seed = int(seed)
-        # one window's tokens kept beside the grid (but the first window), so that it may shift by any offset
-        self.windows_per_epoch = max(1, (shards.num_tokens - 1 - (seq_len - 1)) // seq_len)
-        self._slack = min(seq_len - 1, (shards.num_tokens - 1) - self.windows_per_epoch * seq_len)
+        if shifting:  # one window's tokens kept beside the grid (but the first window), so that it may shift by any offset
+            self.windows_per_epoch = max(1, (shards.num_tokens - 1 - (seq_len - 1)) // seq_len)
+            self._slack = min(seq_len - 1, (shards.num_tokens - 1) - self.windows_per_epoch * seq_len)
+        else:
+            self.windows_per_epoch, self._slack = (shards.num_tokens - 1) // seq_len, 0
         self._epochs: dict[int, tuple[np.ndarray, int]] = {}
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ from llmkit.errors import UsageError, UserError
 from llmkit.eval import names as metric_names
 from llmkit.eval.sources import artifact_kind, load_records
 from llmkit.eval.textio import pick_field
+from llmkit.model.records import Labels
 
 # Fields looked for in --data records, in order, when no --field / --reference-field / --label-field is given.
 TEXT_FIELDS = ("text", "document", "content")
@@ -395,34 +396,27 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
 LABEL_FIX = "; fix or drop the record, or name the classes with --labels"
 
 
-def _label_index(value, names: list[str], where: str, *, class_names: bool = True) -> int:
-    """The index a record's gold label names: a class's name, or its index. `class_names` False for a
-    multiple-choice record's choices, where the label is the right choice's index whatever they say."""
-    fix = LABEL_FIX if class_names else "; fix or drop the record"
+def _choice_index(value, choices: list[str], where: str) -> int:
+    """The index of a multiple-choice record's right choice: its label is that index (a number, or
+    digits), or the choice's text."""
+    fix = "; fix or drop the record"
     if isinstance(value, bool) or value is None:
-        raise UserError(f"{where}: label {json.dumps(value)} is not a class index or name")
+        raise UserError(f"{where}: label {json.dumps(value)} is not a choice's index or text")
     if isinstance(value, str) and value.strip():
         value = value.strip()  # (a CSV's ` 1`, written after a comma and a space: read as text, as every CSV cell is)
-    if class_names and all(name.isascii() and name.isdigit() for name in names) and isinstance(value, (int, str)):
-        # names that are numbers (--labels 1,2): a label 1 is the class named 1, never the index of "2"
-        if str(value) in names:
-            return names.index(str(value))
-        raise UserError(f"{where}: label {value!r} is not one of {', '.join(names)}{fix}")
     if isinstance(value, int):
-        if not 0 <= value < len(names):
-            raise UserError(f"{where}: label {value} is out of range for {len(names)} classes{fix}")
+        if not 0 <= value < len(choices):
+            raise UserError(f"{where}: label {value} is out of range for {len(choices)} choices{fix}")
         return value
-    if not class_names and isinstance(value, str) and value.isascii() and value.isdigit() and int(value) < len(names):
+    if isinstance(value, str) and value.isascii() and value.isdigit() and int(value) < len(choices):
         # a choice's index, as a multiple-choice label is: unless it is another choice's text too, which it was read as
-        if value in names and names.index(value) != int(value):
-            raise UserError(f"{where}: label {value!r} is the index of choice {int(value) + 1} ({names[int(value)]!r}) "
-                            f"and the text of choice {names.index(value) + 1}; write the right choice's index as a number")
+        if value in choices and choices.index(value) != int(value):
+            raise UserError(f"{where}: label {value!r} is the index of choice {int(value) + 1} ({choices[int(value)]!r}) "
+                            f"and the text of choice {choices.index(value) + 1}; write the right choice's index as a number")
         return int(value)
-    if isinstance(value, str) and value in names:
-        return names.index(value)
-    if isinstance(value, str) and value.isdigit() and int(value) < len(names):
-        return int(value)
-    raise UserError(f"{where}: label {value!r} is not one of {', '.join(names)}{fix}")
+    if isinstance(value, str) and value in choices:
+        return choices.index(value)
+    raise UserError(f"{where}: label {value!r} is not one of {', '.join(choices)}{fix}")
 
 
 def classification(loaded, cfg):
@@ -458,7 +452,7 @@ def classification(loaded, cfg):
             context = (render_template(cfg.prompt_template, r, context_field, f"record {i + 1}") if cfg.prompt_template
                        else text_of(r, context_field, i))
             examples.append((context, choices))
-            gold.append(_label_index(r[label_field], choices, f"{cfg.data} record {i + 1}", class_names=False))
+            gold.append(_choice_index(r[label_field], choices, f"{cfg.data} record {i + 1}"))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
         cut: list[int] = []
         context_cut: set[int] = set()
@@ -506,10 +500,11 @@ def classification(loaded, cfg):
             "--labels NAME,NAME, or multiple-choice data with a 'choices' field"
         )
     text_field = pick_field(records, cfg.text_field, TEXT_FIELDS + ("sentence",), "text to classify", "--field")
-    # a classifier's own classes read a label as its fine-tune read its --val-data (the figures it recorded)
+    # one reader of labels, the fine-tune's: a classifier's own classes read a label as its fine-tune read its
+    # --val-data (the figures it recorded); other names (--labels) alike
     own = task.trained_labels if trained and not cfg.labels else None
-    gold = [own.index(r[label_field], f"{cfg.data} record {i + 1}", LABEL_FIX) if own is not None
-            else _label_index(r[label_field], names, f"{cfg.data} record {i + 1}") for i, r in enumerate(records)]
+    reader = own or Labels(names=names, original=list(names), called="the classes")
+    gold = [reader.index(r[label_field], f"{cfg.data} record {i + 1}", LABEL_FIX) for i, r in enumerate(records)]
     texts = [text_of(r, text_field, i) for i, r in enumerate(records)]
     classify = getattr(loaded.model, "classify", None)
     if callable(classify):

@@ -37,11 +37,12 @@ class LoraRecord:
 class Labels:
     names: list[str]
     original: list[Any]  # label values as they appear in the training data (ints or strings), id order
+    called: str = "the training labels"  # (eval's --labels: "the classes")
 
     def index(self, value: Any, where: str, fix: str = "") -> int:
         found = self._find(value, where)
         if found is None:
-            raise UserError(f"{where}: label {value!r} is not one of the training labels "
+            raise UserError(f"{where}: label {value!r} is not one of {self.called} "
                             f"{', '.join(map(repr, self.original))}{fix}")
         return found
 
@@ -57,7 +58,7 @@ class Labels:
         text = value.strip() if isinstance(value, str) else None
         if found is None and text is not None and text != value:
             found = self._by_name.get(text)
-        if found is None and not any(name.isascii() and name.isdigit() for name in self.names):
+        if found is None and not any(_a_number(name) for name in self.names):
             index = value if isinstance(value, int) else int(text) if text and text.isascii() and text.isdigit() else None
             if index is not None and 0 <= index < len(self.names):
                 found = index
@@ -66,6 +67,15 @@ class Labels:
     def __post_init__(self):
         self._lookup = {label_key(v, "label"): i for i, v in enumerate(self.original)}
         self._by_name = {name: i for i, name in enumerate(self.names)}
+
+
+def _a_number(name: str) -> bool:
+    """A class name that a number could mean: `1`, `-1`, `+1`, `0.5` (then numbers name classes, never index them)."""
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True
 
 
 def label_key(value: Any, where: str) -> tuple[str, Any]:

@@ -138,7 +138,7 @@ def _open_data(tokens_art, seq_len: int, config: PretrainConfig):
     try:
         # the same windows whatever --seed: runs of other seeds validate alike (each seed scored other windows,
         # which moved the loss by as much as the seed did)
-        return train, WindowSampler(TokenShards.open(tokens_art, "val"), seq_len, VAL_WINDOWS_SEED)
+        return train, WindowSampler(TokenShards.open(tokens_art, "val"), seq_len, VAL_WINDOWS_SEED, shifting=False)
     except UserError as exc:
         raise UserError(f"{exc}, or pass --eval-every 0 to train without validation") from exc
 

@@ -36,10 +36,10 @@ class _FastPathMismatch(Exception):
 
 CHECKPOINT_EVERY = 8  # batches between completion markers (a resumed run redoes at most this many)
 TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its tail to validation
-# A pooled document gives a tail only where it would hold this much text: shorter tails (a token or
-# two each) validate nothing; 1,405 paragraphs at F = 0.0003 gave 1,405 one-token fragments, 0.6 % of
+# A pooled document gives a tail only where it would hold this much text (a few tokens): shorter
+# tails validate nothing; 1,405 paragraphs at F = 0.0003 gave 1,405 one-token fragments, 0.6 % of
 # the text, each taken from its document's end.
-MIN_TAIL_BYTES = 64
+MIN_TAIL_BYTES = 16
 
 
 def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
@@ -53,9 +53,10 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
     last F of their tokens, a contiguous tail as nanoGPT splits (each part keeping the document's
     end-of-text token, so training keeps its document boundaries): each pooled document long
     enough for a tail of MIN_TAIL_BYTES (by `sizes`, the UTF-8 bytes of the documents at the
-    given indices; every one is long enough without it), the others training whole. A pool of
-    only short documents gives one whole document instead, drawn among those no larger than 2F
-    of the pool (the smallest where none is). The plan depends only on (corpus, F, seed).
+    given indices; every one is long enough without it), the others training whole. Where those
+    tails come to less than half of F of the pool's text (or there are none), one whole short
+    document goes to validation too, drawn among the non-empty ones no larger than 2F of the
+    pool (the smallest non-empty one where none is). The plan depends only on (corpus, F, seed).
     """
     plan = np.full(len(groups), TRAIN, dtype=np.int8)
     summary: dict[str, Any] = {"inputs": 0, "val_documents": 0, "documents_split_inside": 0}
@@ -84,15 +85,17 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
         summary["val_documents"] += count
         return plan, summary
     size = sizes(members).astype(np.float64) if sizes is not None and len(members) > 1 else None
-    long = members if size is None else members[size * val_fraction >= MIN_TAIL_BYTES]
-    if len(long):
-        plan[long] = TAIL
-        summary["documents_split_inside"] += len(long)
+    is_long = np.ones(len(members), bool) if size is None else size * val_fraction >= MIN_TAIL_BYTES
+    plan[members[is_long]] = TAIL
+    summary["documents_split_inside"] += int(is_long.sum())
+    if size is None or val_fraction * size[is_long].sum() >= val_fraction * size.sum() / 2:
         return plan, summary
-    fitting = members[size <= 2 * val_fraction * size.sum()]
-    chosen = fitting[rng.integers(len(fitting))] if len(fitting) else members[np.argmin(size)]
-    plan[chosen] = VAL
-    summary["val_documents"] += 1
+    short = (~is_long) & (size > 0)  # (an empty document validates nothing)
+    if short.any():
+        fitting = np.flatnonzero(short & (size <= 2 * val_fraction * size.sum()))
+        smallest = np.flatnonzero(short)[np.argmin(size[short])]
+        plan[members[fitting[rng.integers(len(fitting))] if len(fitting) else smallest]] = VAL
+        summary["val_documents"] += 1
     return plan, summary
 
 
