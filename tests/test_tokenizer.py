@@ -291,6 +291,13 @@ def test_a_long_run_without_spaces_is_cut_for_training_and_encodes_whole(cli, sh
     parts = list(cut_long_runs([text]))
     assert "".join(parts) == text and max(len(w) for part in parts for w in part.split()) == LONGEST_RUN
     assert list(cut_long_runs(["no long run here"])) == ["no long run here"]
+    # Chinese prose: runs of thousands of characters without a space, pre-tokens of a few: not cut (it was, every
+    # 1,024 characters, and trained otherwise than raw tokenizers)
+    zh = next(line.strip() for line in (shared_data / "chinese.txt").read_text(encoding="utf-8").splitlines()
+              if len(line.strip()) > LONGEST_RUN + 500 and not any(c.isspace() for c in line.strip()))
+    assert list(cut_long_runs([zh])) == [zh]
+    mixed = zh[:100] + "x" * 2000 + zh[:100]  # (a letter run inside it is one pre-token: cut)
+    assert "".join(cut_long_runs([mixed])) == mixed and len(list(cut_long_runs([mixed]))) == 2
     random.seed(0)
     dna = "".join(random.choice("ACGT") for _ in range(300_000))
     book = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]
@@ -453,6 +460,10 @@ def test_cli_bad_inputs(cli, corpus, tmp_path):
 
     plain = cli("tokenizer", "train", corpus, "-o", tmp_path / "f", "--special-tokens", "a,<|bos|>,<|eos|>,<|pad|>")
     assert plain.exit_code == 2 and "write a special token as <|name|>" in plain.output  # every "a" in text would become it
+    # <|-|>: one pre-token of punctuation, learnt from text that holds it as a merge with the special's id
+    marks = cli("tokenizer", "train", corpus, "-o", tmp_path / "f", "--special-tokens", "<|bos|>,<|eos|>,<|pad|>,<|-|>")
+    assert marks.exit_code == 2 and "<|-|>: give each special token's name a letter or digit" in " ".join(marks.output.split())
+    assert not (tmp_path / "f").exists()
 
     (tmp_path / "records.jsonl").write_text('{"text": "a"}\n')
     records = cli("tokenizer", "train", tmp_path / "records.jsonl", "-o", tmp_path / "g")

@@ -42,6 +42,12 @@ class TokenizerTrainConfig(Options):
         if plain:  # "a" or "Ġthe" as a special token would capture every one of them in text
             raise UserError(f"--special-tokens {', '.join(plain)}: write a special token as <|name|>, so that ordinary text "
                             "never contains it")
+        # <|-|> is one pre-token of punctuation, which BPE may learn from text as a merge with the special's id:
+        # the text "<|-|>" then encoded as the special token. A letter or digit splits the name from its brackets.
+        marks = [s for s in specials if not any(c.isalnum() for c in s[2:-2])]
+        if marks:
+            raise UserError(f"--special-tokens {', '.join(marks)}: give each special token's name a letter or digit "
+                            "(<|sep|>), so that text can never be learnt into it")
         missing = [s for s in REQUIRED_SPECIAL_TOKENS if s not in specials]
         if missing:
             raise UserError(f"--special-tokens must include {', '.join(missing)} (the stages rely on them)")
