@@ -392,21 +392,21 @@ def _how_to_make(wanted: tuple[str, ...], found: str, path: Path) -> str:
 
 
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"}
-_MODEL_FOLDER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_TOKENIZER_FOLDER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what a tokenizer's save_pretrained writes
+# A model's or tokenizer's files that are JSON or text, but no data to clean
+_MODEL_FILES = ("config.json", "generation_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                "added_tokens.json", *_TOKENIZER_FOLDER_FILES)
 
 
 def _holds_data_files(folder: Path, look_at: int = 1000) -> bool:
     """Whether a folder (below it too; its first `look_at` entries) holds text or record files clean
-    reads; not a transformers model or tokenizer folder, whose vocab.json, merges.txt and README.md
-    are no data."""
+    reads, a model's configuration and vocabulary files not counted."""
     from itertools import islice
 
     from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 
-    if any((folder / name).is_file() for name in _MODEL_FOLDER_FILES):  # (its vocab.json, merges.txt, README.md)
-        return False
     try:
-        return any(entry.is_file() and file_format(entry)[0] in TEXT_SUFFIXES | RECORD_SUFFIXES
+        return any(entry.is_file() and entry.name not in _MODEL_FILES and file_format(entry)[0] in TEXT_SUFFIXES | RECORD_SUFFIXES
                    for entry in islice(folder.rglob("*"), look_at))
     except OSError:
         return False
@@ -440,6 +440,10 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
             raise UserError(f"{path} is a transformers model folder, not an llmkit artifact (no {MANIFEST}): make it a "
                             "checkpoint with llmkit import first")
         holder = manifest_kind(path.parent) if (path / "tokenizer.json").is_file() else None
+        if not holder and any((path / name).is_file() for name in _TOKENIZER_FOLDER_FILES):
+            raise UserError(f"{path} is a transformers tokenizer folder, not an llmkit artifact (no {MANIFEST}): llmkit "
+                            "import reads a tokenizer with its model, from a folder holding both; or train one with "
+                            "llmkit tokenizer train")
         if holder and (not wanted or holder in wanted):
             raise UserError(f"{path} is the tokenizer inside the {holder} artifact {path.parent}, not an artifact itself; "
                             f"pass {path.parent}")

@@ -798,6 +798,7 @@ def test_integer_labels_name_classes_whose_names_are_numbers():
     assert read(["neg", "pos"], (0, 1, "pos", "1")) == [0, 1, 1, 1]  # other names: an index
     assert read(["1", "2", "neg"], (1, 2, "1", " 2", "neg")) == [0, 1, 0, 1, 2]
     assert read(["+1", "-1"], (-1, "-1", "+1", " +1")) == [1, 1, 0, 0]
+    assert read(["neg", "nan"], (0, 1, "1")) == [0, 1, 1]  # (nan, inf, 1e3 are words here, not numbers)
     # a CSV's ` 1` (a space after the comma; its cells are read as text): the label 1
     assert read(["0", "1"], (" 1", "0 ")) == [1, 0]
     for value, names, message in ((0, ["1", "2"], "label 0 is not one of the classes '1', '2'"),

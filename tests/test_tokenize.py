@@ -615,7 +615,12 @@ def test_a_checkpoints_tokenizer_folder_points_at_the_checkpoint(cli, tmp_path, 
     for name, text in (("vocab.json", "{}"), ("merges.txt", "#version: 0.2\n"), ("tokenizer_config.json", "{}")):
         (tmp_path / "hf-tokenizer" / name).write_text(text)
     result = cli("tokenize", tmp_path / "hf-tokenizer", "-t", tokenizer, "-o", tmp_path / "tokens")
-    assert result.exit_code == 1 and "folder of data files" not in result.output and "llmkit clean" not in result.output
+    assert result.exit_code == 1 and "is a transformers tokenizer folder, not an llmkit artifact" in result.output
+    (tmp_path / "notes").mkdir()  # a data folder that holds a config.json beside its text: still data
+    (tmp_path / "notes" / "config.json").write_text("{}")
+    (tmp_path / "notes" / "notes.txt").write_text("To be, or not to be.\n")
+    result = cli("tokenize", tmp_path / "notes", "-t", tokenizer, "-o", tmp_path / "tokens")
+    assert result.exit_code == 1 and "make a corpus of it first" in result.output
 
 
 def test_a_vocabulary_with_gaps_in_its_ids_is_refused(tmp_path, corpus, tokenizer):

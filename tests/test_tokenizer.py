@@ -298,6 +298,12 @@ def test_a_long_run_without_spaces_is_cut_for_training_and_encodes_whole(cli, sh
     assert list(cut_long_runs([zh])) == [zh]
     mixed = zh[:100] + "x" * 2000 + zh[:100]  # (a letter run inside it is one pre-token: cut)
     assert "".join(cut_long_runs([mixed])) == mixed and len(list(cut_long_runs([mixed]))) == 2
+    # a run of blank lines is one pre-token too (200,000 newlines took 21 s to train): cut; minified code, a run of
+    # short pre-tokens without a space, is not
+    blank = "a\n" + "\n" * 3000 + "b"
+    assert "".join(cut_long_runs([blank])) == blank and len(list(cut_long_runs([blank]))) == 3
+    minified = "var a=1;(x){y.b+1234}" * 200
+    assert list(cut_long_runs([minified])) == [minified]
     random.seed(0)
     dna = "".join(random.choice("ACGT") for _ in range(300_000))
     book = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]

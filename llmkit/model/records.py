@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,9 @@ class Labels:
 
 
 def _a_number(name: str) -> bool:
-    """A class name that a number could mean: `1`, `-1`, `+1`, `0.5` (then numbers name classes, never index them)."""
-    try:
-        float(name)
-    except ValueError:
-        return False
-    return True
+    """A class name that a number could mean: `1`, `-1`, `+1`, `0.5` (then numbers name classes, never index
+    them); not `nan`, `inf` or `1e3`, which float() reads too."""
+    return re.fullmatch(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)", name.strip()) is not None
 
 
 def label_key(value: Any, where: str) -> tuple[str, Any]:
