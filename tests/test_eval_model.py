@@ -779,6 +779,10 @@ def test_word_perplexity_asked_for_and_left_out_is_said(cli, gpt2_ckpt, shared_d
     result = cli("eval", gpt2_ckpt, "-m", "word_perplexity", "--data", text, "-o", tmp_path / "zh")
     assert result.exit_code == 0 and "word_perplexity" not in _metrics(tmp_path / "zh"), result.output
     assert "note: word_perplexity left out: 3 whitespace-separated words for 4,392 tokens" in " ".join(result.output.split()), result.output
+    (tmp_path / "blank.txt").write_text("   \n\t \n", encoding="utf-8")  # (no word: said so, not "written without spaces")
+    result = cli("eval", gpt2_ckpt, "-m", "perplexity,word_perplexity", "--data", tmp_path / "blank.txt", "-o", tmp_path / "blank")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and "word_perplexity left out: the text holds no word (only whitespace)" in flat, flat
 
 
 def test_integer_labels_name_classes_whose_names_are_numbers():

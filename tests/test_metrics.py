@@ -152,8 +152,22 @@ def test_rouge_notes_references_its_default_tokenizer_cannot_read_and_label_is_n
     (tmp_path / "hyp.txt").write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")
     (tmp_path / "ref.txt").write_text("\n".join(lines[10:19] + ["an English line"]) + "\n", encoding="utf-8")
     result = cli("eval", "-m", "rouge", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "ref.txt", "-o", tmp_path / "r")
-    assert result.exit_code == 0 and "note: 9 of 10 references have no token ROUGE's default tokenizer keeps" in \
-        " ".join(result.output.split()), result.output
+    assert result.exit_code == 0 and "note: 9 of 10 references hold letters ROUGE's default tokenizer drops (it keeps " \
+        "a-z and 0-9 only: über is scored as ber), 9 of them with none it keeps" in " ".join(result.output.split()), result.output
+    # a reference that keeps a few tokens (a number, a Latin name) is scored on them alone: two unrelated Chinese
+    # sentences with the same year scored 1.0, unsaid
+    (tmp_path / "h2.txt").write_text("林黛玉2019年没去上海\n", encoding="utf-8")
+    (tmp_path / "r2.txt").write_text("贾宝玉2019年去了北京\n", encoding="utf-8")
+    result = cli("eval", "-m", "rouge1", "--predictions", tmp_path / "h2.txt", "-r", tmp_path / "r2.txt", "-o", tmp_path / "r2")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and "note: 1 of 1 references hold letters ROUGE's default tokenizer drops" in flat, flat
+    assert "with none it keeps" not in flat
+    # BLEU's 13a on Chinese counts whole clauses as words: noted, as sacrebleu does only when told the language
+    bleu = cli("eval", "-m", "bleu", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "ref.txt", "-o", tmp_path / "bleu-13a")
+    assert bleu.exit_code == 0 and "--bleu-tokenize zh scores Chinese" in " ".join(bleu.output.split()), bleu.output
+    zh = cli("eval", "-m", "bleu", "--bleu-tokenize", "zh", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "ref.txt",
+             "-o", tmp_path / "bleu-zh")
+    assert zh.exit_code == 0 and "note:" not in zh.output
     quiet = cli("eval", "-m", "rouge", "--rouge-tokenize", "char", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "ref.txt",
                 "-o", tmp_path / "c")
     assert quiet.exit_code == 0 and "note:" not in quiet.output

@@ -285,9 +285,10 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 if "word_perplexity" in lm and "word_perplexity" not in result.metrics:  # (asked for by name)
                     from llmkit.console import note
 
-                    note(f"word_perplexity left out: {result.words:,} whitespace-separated words for "
-                         f"{result.tokens:,} tokens, so exp(NLL / words) overflows (text written without spaces, as "
-                         "Chinese is); bpb and byte_perplexity compare across tokenizers")
+                    why = ("the text holds no word (only whitespace)" if result.words == 0 else
+                           f"{result.words:,} whitespace-separated words for {result.tokens:,} tokens, so exp(NLL / words) "
+                           "overflows (text written without spaces, as Chinese is)")
+                    note(f"word_perplexity left out: {why}; bpb and byte_perplexity compare across tokenizers")
                 stats.update(
                     {"tokens": result.tokens, "words": result.words, "bytes": result.bytes, "documents": result.documents, "nll": result.nll}
                 )
@@ -341,17 +342,35 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
 
 def _note_references_rouge_cannot_read(references: list[list[str]]) -> None:
     """rouge-score's default tokenizer keeps a-z and 0-9 only: a reference in another script has no
-    token, and every ROUGE score of it is 0, which reads like a model that got nothing right."""
+    token, and every ROUGE score of it is 0, which reads like a model that got nothing right; one
+    with some such letters is scored on the rest alone (über as ber, a Chinese sentence by its
+    numbers and Latin names: two unrelated ones scored 1.0), which reads like anything."""
     from llmkit.eval.metrics.rouge_tokenizers import make_tokenizer
 
     tokenize = make_tokenizer("default").tokenize
     unread = sum(1 for refs in references if any(r.strip() for r in refs) and not any(tokenize(r) for r in refs))
-    if unread:
+    dropped = sum(1 for refs in references if any(c.isalpha() and not c.isascii() for r in refs for c in r))
+    if dropped:
         from llmkit.console import note
 
-        note(f"{unread} of {len(references)} references have no token ROUGE's default tokenizer keeps (a-z and "
-             "0-9 only), so they score 0 whatever was predicted; --rouge-tokenize unicode (or char, for Chinese and "
-             "Japanese) reads other scripts")
+        none = f", {unread} of them with none it keeps (they score 0 whatever was predicted)" if unread else ""
+        note(f"{dropped} of {len(references)} references hold letters ROUGE's default tokenizer drops (it keeps a-z and "
+             f"0-9 only: über is scored as ber){none}; --rouge-tokenize unicode (or char, for Chinese and Japanese) "
+             "reads other scripts")
+
+
+def _note_bleu_on_unspaced_text(references: list[list[str]]) -> None:
+    """sacrebleu's 13a tokenizer splits at spaces and punctuation: Chinese or Japanese, written without
+    spaces, is a sentence of a few long "words", and BLEU then counts whole clauses (10.7 where zh gave
+    66.4 on the same 300 lines). sacrebleu warns only when told the target language."""
+    letters = [c for refs in references for r in refs for c in r if c.isalpha()]
+    unspaced = sum(1 for c in letters if "\u3040" <= c <= "\u30ff" or "\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff")
+    if letters and unspaced > len(letters) / 2:
+        from llmkit.console import note
+
+        note("most of the references' letters are Chinese or Japanese, which BLEU's default 13a tokenizer splits only at "
+             "spaces and punctuation; --bleu-tokenize zh scores Chinese as sacrebleu's users do (ja-mecab, with "
+             "MeCab installed, Japanese)")
 
 
 def _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records) -> None:
@@ -371,6 +390,8 @@ def _text_metrics(text, predictions, references, cfg, metrics, signatures, forma
     signatures.update(scores.signatures)
     if cfg.rouge_tokenize == "default" and any(name.startswith("rouge") for name in text):
         _note_references_rouge_cannot_read(references)
+    if cfg.bleu_tokenize == "13a" and "bleu" in text:
+        _note_bleu_on_unspaced_text(references)
     formatted.update(scores.formatted)
     for i, (prediction, refs) in enumerate(zip(predictions, references)):
         record = {"task": "text", "index": i, "prediction": prediction, "references": refs}

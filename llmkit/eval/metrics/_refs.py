@@ -55,7 +55,9 @@ def result_interval(result, metric, n_bootstrap: int) -> float | None:
 
     if n_bootstrap <= 1:
         return None
-    shown = result.format(width=6, signature=str(metric.get_signature()), is_json=True)
+    # (at 17 decimals the JSON holds the double itself: at width 6, the intervals of BLEU and chrF alone were
+    # rounded, 1.922662 for 1.9226616725720334)
+    shown = result.format(width=17, signature=str(metric.get_signature()), is_json=True)
     return json.loads(shown).get("confidence_var", 0.0)
 
 
