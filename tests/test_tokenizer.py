@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import os
 
@@ -284,26 +285,38 @@ def test_a_long_run_without_spaces_is_cut_for_training_and_encodes_whole(cli, sh
     import random
     import time
 
-    from llmkit.data.tokenizer import load_tokenizer
-    from llmkit.tokenizer.sample import LONGEST_RUN, cut_long_runs
+    from tokenizers import Regex, pre_tokenizers
 
-    text = "ab " + "x" * 2500 + " cd\n" + "y" * LONGEST_RUN + " z"
-    parts = list(cut_long_runs([text]))
-    assert "".join(parts) == text and max(len(w) for part in parts for w in part.split()) == LONGEST_RUN
-    assert list(cut_long_runs(["no long run here"])) == ["no long run here"]
+    from llmkit.data.tokenizer import SPLIT_PATTERN, load_tokenizer
+    from llmkit.tokenizer.long_pretokens import LONGEST_RUN, cut_long_pretokens
+
+    split = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False)
+
+    def cut(text: str) -> list[str]:
+        """The pieces, checked to join back to the text and to hold no pre-token past LONGEST_RUN."""
+        parts = list(cut_long_pretokens([text]))
+        assert "".join(parts) == text and all(parts)
+        assert max(len(piece) for part in parts for piece, _ in split.pre_tokenize_str(part)) <= LONGEST_RUN
+        return parts
+
+    assert len(cut("ab " + "x" * 2500 + " cd\n" + "y" * LONGEST_RUN + " z")) == 3  # (the x's, not the y's)
+    assert cut("no long run here") == ["no long run here"]
     # Chinese prose: runs of thousands of characters without a space, pre-tokens of a few: not cut (it was, every
     # 1,024 characters, and trained otherwise than raw tokenizers)
     zh = next(line.strip() for line in (shared_data / "chinese.txt").read_text(encoding="utf-8").splitlines()
               if len(line.strip()) > LONGEST_RUN + 500 and not any(c.isspace() for c in line.strip()))
-    assert list(cut_long_runs([zh])) == [zh]
-    mixed = zh[:100] + "x" * 2000 + zh[:100]  # (a letter run inside it is one pre-token: cut)
-    assert "".join(cut_long_runs([mixed])) == mixed and len(list(cut_long_runs([mixed]))) == 2
-    # a run of blank lines is one pre-token too (200,000 newlines took 21 s to train): cut; minified code, a run of
-    # short pre-tokens without a space, is not
-    blank = "a\n" + "\n" * 3000 + "b"
-    assert "".join(cut_long_runs([blank])) == blank and len(list(cut_long_runs([blank]))) == 3
-    minified = "var a=1;(x){y.b+1234}" * 200
-    assert list(cut_long_runs([minified])) == [minified]
+    assert cut(zh) == [zh]
+    assert len(cut(zh[:100] + "x" * 2000 + zh[:100])) == 2  # (a letter run inside it is one pre-token: cut)
+    # each of these is one pre-token past LONGEST_RUN (or holds one), cut: Kangxi radicals among Han (symbols that
+    # Python's \w leaves out), a word after a quote, blank lines (200,000 took 21 s to train), ideographic spaces,
+    # dashes then newlines (one pre-token)
+    for long in ("一⼀" * 700, "x'" + "a" * 3000, "a\n" + "\n" * 3000 + "b", "中" + "\u3000" * 3000 + "文",
+                 "--" + "_" * 512 + "\n" * 1024):
+        assert len(cut(long)) >= 2, long[:8]
+    # no pre-token that long: given whole (1,001 newlines then 599 spaces are two pre-tokens; minified code without
+    # a space is many short ones)
+    for whole in ("Title\n" + "\n" * 1000 + " " * 600 + "Body text.", "a=1;(x){y.b+1234};" * 1000):
+        assert cut(whole) == [whole]
     random.seed(0)
     dna = "".join(random.choice("ACGT") for _ in range(300_000))
     book = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]
@@ -652,3 +665,32 @@ def test_a_killed_training_run_resumes_from_its_finished_read_tasks(shared_data,
     assert (killed / "tokenizer.json").read_bytes() == (straight / "tokenizer.json").read_bytes()
     assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in straight.iterdir())  # no log, no marker
     assert artifacts.load(killed).manifest.runtime["workers"] == artifacts.load(straight).manifest.runtime["workers"] == 1
+
+
+def test_chinese_prose_trains_as_raw_tokenizers_trains_it(cli, shared_data, tmp_path):
+    """Chinese runs for thousands of characters between spaces, in pre-tokens of a few: nothing is cut for
+    training, so the merges are raw tokenizers' own (every 1,024 characters were cut, and the merges' order
+    moved from the 316th on)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from llmkit.data.special_tokens import DEFAULT_SPECIAL_TOKENS
+    from llmkit.data.tokenizer import SPLIT_PATTERN
+    from llmkit.tokenizer.long_pretokens import LONGEST_RUN
+
+    book = (shared_data / "chinese.txt").read_text(encoding="utf-8")
+    first_long = re.search(rf"\S{{{LONGEST_RUN + 1},}}", book).start()
+    text = book[first_long : first_long + 150_000]
+    assert sum(len(run) > LONGEST_RUN for run in text.split()) > 5  # (runs that the old cut cut)
+    (tmp_path / "zh.txt").write_text(text, encoding="utf-8")
+    result = cli("tokenizer", "train", tmp_path / "zh.txt", "-o", tmp_path / "tok", "--vocab-size", "1500",
+                 "--heldout-every", "1000000000")
+    assert result.exit_code == 0, result.output
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=1500, min_frequency=2, special_tokens=list(DEFAULT_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    ours = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
+    assert ours == json.loads(raw.to_str())["model"]["merges"]

@@ -12,6 +12,7 @@ the bytes `<`, `|`, `eos`, ... . Special ids are only ever inserted on purpose, 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from functools import cached_property, lru_cache
@@ -43,6 +44,8 @@ from llmkit.data.special_tokens import DEFAULT_SPECIAL_TOKENS, REQUIRED_SPECIAL_
 # after it (カレーrice: カレ | ーrice).
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\x{FF9E}\x{FF9F}"
 _CJK_BEFORE_2026_12_05 = r"\p{Han}\p{Hiragana}\p{Katakana}"
+# The same class for Python's `regex` module (which spells code points as the characters themselves)
+CJK_CHARACTERS = re.sub(r"\\x\{([0-9A-F]+)\}", lambda m: chr(int(m.group(1), 16)), _CJK)
 
 
 def _split_patterns(cjk: str) -> tuple[str, str]:

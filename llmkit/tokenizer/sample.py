@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,58 +83,6 @@ _WHITESPACE_RUN = re.compile(r"\s*")
 # A space with a non-space on each side: in GPT-2's pre-tokenizer pattern the word after it starts
 # with it (" word"), so cutting there leaves every pre-token as in the whole text.
 _LONE_SPACE = re.compile(r"(?<=\S) (?=\S)")
-
-
-# BPE training time grows with the square of a pre-token's length (each merge rewrites every word
-# that holds the pair, whole): one 300,000-letter run without a space took 127 s, a 3 MB one did
-# not finish in 11 minutes. Cut into pieces of this many characters it trains in seconds, and no
-# real word is that long.
-LONGEST_RUN = 1024
-# Where a pre-token that long can be (llmkit's split keeps each within one of these): inside a run
-# without a space (found first: the fast search, 17 ms a MB), a stretch of letters (CJK runs among
-# them) or of punctuation and marks; or a run of whitespace, looked for only where a text holds
-# half such a run of one character (a text of blank lines or padding; a run mixing " \n" pairs
-# escapes). Each search is anchored at its stretch's start, so it is linear; a run of short
-# pre-tokens (minified code, base64, Chinese prose between its punctuation) is not pre-tokenized.
-_LONG_RUN = re.compile(rf"(?<!\S)\S{{{LONGEST_RUN + 1},}}")
-_LONG_STRETCH = re.compile(rf"(?<![^\W\d_])[^\W\d_]{{{LONGEST_RUN + 1},}}"
-                           rf"|(?<![^\w\s])(?<!_)(?:[^\w\s]|_){{{LONGEST_RUN + 1},}}")
-_LONG_WHITESPACE = re.compile(rf"(?<!\s)\s{{{LONGEST_RUN + 1},}}")
-_HALF_WHITESPACE_RUNS = tuple(c * (LONGEST_RUN // 2) for c in " \n\t")
-
-
-def cut_long_runs(texts: Iterable[str]) -> Iterator[str]:
-    """The training texts, with every pre-token of over LONGEST_RUN characters (a DNA string, a
-    wall of one letter, of dashes or of blank lines) cut into such pieces, each its own text. Only
-    a stretch that long of letters or punctuation is split into pre-tokens to look (Chinese prose
-    runs for thousands of characters between spaces, in pre-tokens of a few: it is not cut, and
-    trains as raw `tokenizers` trains it; until 2026-12-05 every run of 1,024 characters without a
-    space was cut, and whitespace runs never were)."""
-    from tokenizers import Regex, pre_tokenizers
-
-    from llmkit.data.tokenizer import SPLIT_PATTERN
-
-    split = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False)
-    try:
-        for text in texts:
-            if len(text) <= LONGEST_RUN:
-                yield text
-                continue
-            long_pieces = []  # (start, end) in the text
-            for run in _LONG_RUN.finditer(text):
-                for stretch in _LONG_STRETCH.finditer(run.group()):  # (pre_tokenize_str's offsets count characters)
-                    at = run.start() + stretch.start()
-                    long_pieces += [(at + first, at + end) for _, (first, end) in split.pre_tokenize_str(stretch.group())]
-            if any(half in text for half in _HALF_WHITESPACE_RUNS):
-                long_pieces += [whitespace.span() for whitespace in _LONG_WHITESPACE.finditer(text)]
-            start = 0
-            for first, end in sorted(long_pieces):
-                for cut in range(first + LONGEST_RUN, end, LONGEST_RUN):
-                    yield text[start:cut]
-                    start = cut
-            yield text[start:] if start else text
-    finally:  # closed early (a stop): the reader closes too, whoever else holds it (its workers stop now)
-        getattr(texts, "close", lambda: None)()
 
 
 @dataclass

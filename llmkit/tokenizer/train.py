@@ -12,7 +12,8 @@ import numpy as np
 
 from llmkit import artifacts, errors, resume
 from llmkit.tokenizer.config import TokenizerTrainConfig
-from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, cut_long_runs, open_source
+from llmkit.tokenizer.long_pretokens import cut_long_pretokens
+from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, open_source
 from llmkit.data.tokenizer import (
     TOKEN_BYTES_FILE,
     TOKENIZER_FILE,
@@ -129,7 +130,7 @@ def train_tokenizer(
             task = bar.add_task("reading + counting", total=source.total_bytes)
             texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size),
                                            folder=build.dir)
-            train_interruptibly(tokenizer, cut_long_runs(texts), trainer)
+            train_interruptibly(tokenizer, cut_long_pretokens(texts), trainer)
         seconds = time.perf_counter() - started
         build.scratch.append(SAMPLE_LOG)  # (with the marker, what a rerun skips the reading with)
         if sampler.docs == 0 and config.sample_bytes is not None and source.total_bytes > 0:
