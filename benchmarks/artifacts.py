@@ -157,6 +157,40 @@ def main() -> None:
             ratios[name] = report(runs, weights_mb, "MB")
         if "average" in ratios:
             check_average(root, a, b, c)
+        if "export" in ratios:
+            check_export(root)
+        if "import" in ratios:
+            check_import(root)
+
+
+def check_export(root: Path) -> None:
+    """Both sides of `export` wrote the same transformers weights, to the bit (the same tensors, renamed)."""
+    import torch
+    from safetensors.torch import load_file
+
+    ours, theirs = (load_file(str(root / side / "model.safetensors")) for side in ("out-export", "ref-export"))
+    assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), [k for k in theirs if not torch.equal(ours[k], theirs[k])]
+    print(f"  export: both sides wrote the same {len(theirs)} tensors")
+
+
+def check_import(root: Path) -> None:
+    """Both sides of `import` read the same weights: llmkit's checkpoint, named back as transformers
+    names it (llmkit.model.hf_weights.to_hf_state), equals the reference's state dict."""
+    import torch
+    from safetensors.torch import load_file
+
+    from llmkit.model.gpt import ModelConfig
+    from llmkit.model.hf_weights import to_hf_state
+
+    imported = root / "out-import"
+    config = ModelConfig(**json.loads((imported / "model_config.json").read_text()))
+    ours = to_hf_state(load_file(str(imported / "model.safetensors")), config)
+    theirs = load_file(str(root / "ref-import" / "model.safetensors"))
+    shared = set(ours) & set(theirs)
+    assert shared and set(theirs) <= set(ours), sorted(set(theirs) - set(ours))
+    assert all(torch.equal(ours[k], theirs[k]) for k in shared), [k for k in shared if not torch.equal(ours[k], theirs[k])]
+    print(f"  import: both sides read the same {len(shared)} tensors")
 
 
 def check_average(root: Path, *sources: Path) -> None:

@@ -33,7 +33,14 @@
 # logs.tar.gz (each step's log), both rewritten after every step so a cut run still returns them.
 # SMOKE=1 runs every step with a tiny model, to try the script on a CPU before spending GPU time.
 set -u
-PY=${PY:-python3}
+# The project's environment where there is one (a CPU checkout after `make`); on the device, its python3
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if ! "$PY" -c "import llmkit.cli" 2>/dev/null; then
+  echo "gpu_check: $PY cannot import llmkit.cli (its packages); set PY=.venv/bin/python, or run make first" >&2
+  exit 2
+fi
 OUT=${OUT:-gpu-out}
 WORK=${WORK:-gpu-work}
 DATA=${LLMKIT_SHARED_DATA:-../shared/data}

@@ -424,6 +424,23 @@ def run_side(args, name: str, extra: list[str]) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def _check_same_work(rounds: list[dict[str, dict]], sides: list[str], *, bf16: bool) -> None:
+    """llmkit's sides and the nanoGPT-style one start from the same weights and train on the same
+    windows: their final losses agree (to float rounding; bf16 rounds more), or the ratio compares
+    unlike work and the run stops. transformers' GPT-2 has weights of its own, and is not checked."""
+    if "nanogpt" not in sides:
+        return
+    tolerance = 1e-2 if bf16 else 1e-4
+    for number, results in enumerate(rounds, start=1):
+        reference = results["nanogpt"]["final_loss"]
+        for name in (n for n in sides if n.startswith("llmkit")):
+            loss = results[name]["final_loss"]
+            if abs(loss - reference) > tolerance * abs(reference):
+                raise SystemExit(f"round {number}: {LABELS[name]}'s final loss {loss:.6f} differs from the nanoGPT-style "
+                                 f"{reference:.6f} by more than {tolerance:g} relative: the sides did not do the same work")
+    print(f"{'  same work':26s}  the llmkit and nanoGPT-style losses agree within {tolerance:g} relative, every round")
+
+
 def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
     # Rounds pair the sides, alternating who goes first (llmkit first in odd rounds, last in even
     # ones), each side in its own process. Per side: the best per-round median of wall and of CPU
@@ -460,6 +477,7 @@ def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
         grow = {n: last[n]["peak_mb"] - last[n]["baseline_mb"] for n in sides}
         print(f"{'  of it for training':26s}" + "".join(f"{grow[n]:>18,.0f}" for n in sides) + "   (peak minus RSS before training)")
     print(f"{'final loss':26s}" + "".join(f"{last[n]['final_loss']:>18.4f}" for n in sides))
+    _check_same_work(rounds, sides, bf16="bf16_peak" in a or args.precision == "bf16")
     if "bf16_peak" in a:
         mfu = "".join(f"{100 * a['flops_per_token'] * best[n]['tokens_per_s'] / a['bf16_peak']:>17.1f}%" for n in sides)
         print(f"{'MFU (measured peak)':26s}{mfu}   peak {a['bf16_peak'] / 1e12:.0f} TFLOP/s")
