@@ -98,6 +98,7 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+RUN_CHECKPOINTS = "checkpoints"  # where a training run keeps its step checkpoints (llmkit.train.checkpoint)
 RUN_MARK = ".llmkit-run"  # written into every training run and sweep folder when it is created
 
 
@@ -376,6 +377,17 @@ RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue fro
 RESUME_FILES = (RESUME_MARKER, f".{RESUME_MARKER}", "resume-*.npz", ".resume-*.npz")
 
 
+def _refuse_a_place_of_a_run(out: Path) -> None:
+    """A training run's own outputs inside its folder (checkpoints/step_N, ema, average) are the run's
+    to write: `llmkit average -o RUN/checkpoints/step_N --force` replaced a step the run then could not
+    resume from, and `-o RUN/ema` its moving average by a soup."""
+    folder = out.resolve().parent
+    run = folder.parent if folder.name == RUN_CHECKPOINTS else folder if out.name in ("ema", "average") else None
+    if run is not None and (run / RUN_MARK).exists():
+        raise UserError(f"-o {out} is a place the training run {run} keeps its own checkpoints in; write the output "
+                        "elsewhere")
+
+
 @contextlib.contextmanager
 def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
                      lock: bool = True, resume_key: str | None = None) -> Iterator[Path]:
@@ -392,6 +404,8 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
     a marker, or on a one-line UserError (a rerun would fail the same way), it is removed.
     """
     out = check_output(out, force, inputs=list(inputs))
+    if lock:  # (a training run writes its own places with lock=False: it holds the run's lock)
+        _refuse_a_place_of_a_run(out)
     with output_lock(out) if lock else contextlib.nullcontext():
         _refuse_existing(out, force)  # made by another run since the check above
         parent = out.resolve().parent

@@ -178,6 +178,25 @@ def test_a_finished_run_resumed_writes_companions_that_are_missing_or_not_of_it(
         assert artifacts.load(run / name).fingerprint == artifacts.load(runs / "a" / name).fingerprint
     assert artifacts.load(run).fingerprint == artifacts.load(runs / "a").fingerprint
     assert "companions" not in _ok(cli("pretrain", runs / "tokens", "-o", run, *flags)).output
+    # killed while a companion was being replaced (its manifest goes first): the rest is the run's own to rewrite
+    # (the write refused a folder without a manifest, and said --force, which --resume refuses)
+    (run / "average" / "manifest.json").unlink()
+    _ok(cli("pretrain", runs / "tokens", "-o", run, *flags))
+    assert artifacts.load(run / "average").fingerprint == artifacts.load(runs / "a" / "average").fingerprint
+
+
+def test_a_soup_is_never_written_where_a_run_keeps_its_own_checkpoints(cli, runs, tmp_path):
+    """`average -o RUN/checkpoints/step_N --force` replaced a step the run then could not resume from; `-o
+    RUN/ema --force`, the run's moving average by a soup."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "a", run)
+    step = sorted((run / "checkpoints").iterdir())[0]
+    for place in (step, run / "ema"):
+        before = artifacts.load(place).fingerprint
+        result = cli("average", runs / "a", runs / "b", "-o", place, "--force")
+        assert result.exit_code == 1 and f"is a place the training run {run.resolve()} keeps its own checkpoints in" in \
+            " ".join(result.output.split()), result.output
+        assert artifacts.load(place).fingerprint == before
 
 
 def test_a_finished_run_resumed_with_another_average_last_averages_that_many(cli, runs, tmp_path):
@@ -238,6 +257,7 @@ def test_a_member_of_weight_zero_is_left_out_and_a_soup_that_is_not_finite_is_re
     _ok(cli("average", broken, runs / "a", "--weights", "0,1", "-o", tmp_path / "soup2"))  # first, and left out
     ours = _weights(tmp_path / "soup2")
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert artifacts.load(tmp_path / "soup2").stats["averaged"] == 1  # (it counted the member left out)
     refused = cli("average", runs / "a", broken, "-o", tmp_path / "nan")
     assert refused.exit_code != 0 and f"the average's {name} is not finite: {broken} holds nan" in " ".join(refused.output.split())
     assert not (tmp_path / "nan").exists()

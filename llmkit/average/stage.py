@@ -34,7 +34,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels).to_dict()
     write_average(out, members, weights, config={"method": "weighted mean", "weights": weights,
                                                  **({"document_start": start} if start else {})}, seed=None,
-                  stats=dict(stats, averaged=len(members)), force=force)
+                  stats=dict(stats, averaged=sum(1 for w in weights if w > 0)), force=force)  # (a weight of 0 leaves one out)
     return Path(out)
 
 

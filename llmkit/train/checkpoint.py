@@ -22,11 +22,11 @@ import torch
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.outputs import default_permissions
+from llmkit.outputs import RUN_CHECKPOINTS, default_permissions
 from llmkit.runtime import is_dtensor
 
 STATE_JSON, STATE_TENSORS = artifacts.STATE_FILE_NAMES  # the resume state: outside the fingerprint (artifacts.py)
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = RUN_CHECKPOINTS
 STEP_DIR = "step_{:07d}"
 TRAINABLE_ONLY = "trainable"  # training_state.json's "weights": the step kept only the parameters that train
 

@@ -442,7 +442,11 @@ class Trainer(Resuming):
         if count > 1 and len(earlier) < count - 1:
             from llmkit.console import note
 
-            if earlier:
+            saved = (step - 1) // save_every + 1 if save_every else 1  # (the steps saved before the last, and the final)
+            if earlier and len(earlier) + 1 < saved:
+                note(f"--average-last {count}: only {len(earlier) + 1} of the run's checkpoints are left (an earlier "
+                     "--keep-last removed the older ones), so RUN/average is the mean of those")
+            elif earlier:
                 note(f"--average-last {count}: the run saved only {len(earlier) + 1} checkpoint(s) (--save-every "
                      f"{save_every}, {step} steps), so RUN/average is the mean of those")
             else:
@@ -492,6 +496,11 @@ class Trainer(Resuming):
 
         for name, rewritten in (("ema", ema), ("average", average)):
             stale = self.run_dir / name
+            if rewritten and stale.is_dir() and artifacts.manifest_kind(stale) is None:
+                # the rest of one this method was removing when the run was killed (its manifest goes first):
+                # the run's own, to write again (the write refused a folder with no manifest, saying --force)
+                shutil.rmtree(stale, ignore_errors=True)
+                continue
             if not rewritten and stale.is_dir():
                 (stale / artifacts.MANIFEST).unlink(missing_ok=True)  # first: a kill midway leaves no artifact
                 shutil.rmtree(stale, ignore_errors=True)
