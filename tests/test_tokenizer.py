@@ -679,18 +679,48 @@ def test_chinese_prose_trains_as_raw_tokenizers_trains_it(cli, shared_data, tmp_
 
     book = (shared_data / "chinese.txt").read_text(encoding="utf-8")
     first_long = re.search(rf"\S{{{LONGEST_RUN + 1},}}", book).start()
-    text = book[first_long : first_long + 150_000]
-    assert sum(len(run) > LONGEST_RUN for run in text.split()) > 5  # (runs that the old cut cut)
-    (tmp_path / "zh.txt").write_text(text, encoding="utf-8")
-    result = cli("tokenizer", "train", tmp_path / "zh.txt", "-o", tmp_path / "tok", "--vocab-size", "1500",
-                 "--heldout-every", "1000000000")
-    assert result.exit_code == 0, result.output
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=1500, min_frequency=2, special_tokens=list(DEFAULT_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    ours = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
-    assert ours == json.loads(raw.to_str())["model"]["merges"]
+    chinese = book[first_long : first_long + 150_000]
+    assert sum(len(run) > LONGEST_RUN for run in chinese.split()) > 5  # (runs that the old cut cut)
+    english = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:150_000]
+    for name, text in (("zh", chinese), ("en", english)):
+        (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
+        result = cli("tokenizer", "train", tmp_path / f"{name}.txt", "-o", tmp_path / name, "--vocab-size", "1500",
+                     "--heldout-every", "1000000000")
+        assert result.exit_code == 0, result.output
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        raw.decoder = decoders.ByteLevel()
+        raw.train_from_iterator([text], trainers.BpeTrainer(
+            vocab_size=1500, min_frequency=2, special_tokens=list(DEFAULT_SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        ours = json.loads((tmp_path / name / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
+        assert ours == json.loads(raw.to_str())["model"]["merges"], name
+
+
+def test_every_pre_token_past_the_limit_is_cut_at_its_own_steps_and_nothing_else():
+    """Against the whole text's own pre-tokens, on random texts of long and short runs of letters, CJK (and the
+    Kangxi radicals among it, symbols to Python), punctuation, separators (whitespace to Python, punctuation to
+    the split), blank lines of either line end, indented or not, and padding: the cuts are exactly every 1,024
+    characters of each pre-token longer than that (a first version missed runs of !⼀ and of CRLF, and cut a run of
+    newlines then spaces that was two pre-tokens, neither long)."""
+    import random
+
+    from tokenizers import Regex, pre_tokenizers
+
+    from llmkit.data.tokenizer import SPLIT_PATTERN
+    from llmkit.tokenizer.long_pretokens import LONGEST_RUN, cut_long_pretokens
+
+    split = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False)
+    units = ["a", "xy", "一", "一\u2f00", "!\u2f00", "-", "!?", "\x1c", "7", "\U00011f04a", " ", "\n", "\r\n", "    \n",
+             "\u3000", "\t", "é", "a b", "中文，"]
+    rng = random.Random(0)
+    for _ in range(150):
+        text = "".join(rng.choice(units) * rng.choice((1, 3, 40, 300, 700, 1500)) for _ in range(rng.randint(1, 6)))
+        expected = sorted(start + step for _, (start, end) in split.pre_tokenize_str(text) if end - start > LONGEST_RUN
+                          for step in range(LONGEST_RUN, end - start, LONGEST_RUN))
+        parts = list(cut_long_pretokens([text]))
+        assert "".join(parts) == text and all(parts)
+        cuts = [sum(map(len, parts[: i + 1])) for i in range(len(parts) - 1)]
+        assert cuts == expected, (text[:40], cuts, expected)

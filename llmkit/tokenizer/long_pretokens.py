@@ -11,11 +11,15 @@ space was cut, which moved the merges' order from the 316th on).
 
 Finding them without pre-tokenizing every text (a Python list of every pre-token: 11 s for 3 MB of
 minified code): a pre-token that long holds a stretch of CANDIDATE characters of one class, letters
-(CJK runs among them), punctuation or whitespace. Such stretches are looked for only inside runs
-without a space of CANDIDATE characters (the fast search, anchored at a run's start: about 20 ms a
-MB) and in whitespace runs where a text holds 64 of one whitespace character (a run mixing " \\n"
-pairs escapes); around each, LONGEST_RUN characters on each side are pre-tokenized with the
-tokenizer's own split, and the pre-tokens past LONGEST_RUN in them are cut.
+(CJK runs among them), punctuation or whitespace. Such stretches are looked for only in a text that
+holds a run of CANDIDATE characters without whitespace (found anchored at a run's start: linear),
+inside those runs, and whitespace runs where a text holds 64 characters of blank lines or padding
+(random whitespace escapes); around each, LONGEST_RUN characters on each
+side are pre-tokenized with the tokenizer's own split, and the pre-tokens past LONGEST_RUN in them
+are cut. The classes are supersets of the split's, so a stretch can be missed only where Python's
+and the split's Unicode tables disagree beyond what `_stretches` adds (tested against the whole
+text's pre-tokens on random texts of letters, CJK symbols, punctuation, control characters and
+whitespace).
 """
 
 from __future__ import annotations
@@ -26,24 +30,37 @@ from collections.abc import Iterable, Iterator
 
 LONGEST_RUN = 1024
 CANDIDATE = LONGEST_RUN // 2
+# The split's whitespace is Oniguruma's \s (the White_Space characters); Python's \s adds the
+# separators \x1c-\x1f, which the split takes as punctuation. Python's own \s is several times faster
+# than a class spelled out, so a text without those separators (nearly every one) is searched with it.
+_SEPARATORS = "\x1c\x1d\x1e\x1f"
+_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _LONG_RUN = re.compile(rf"(?<!\S)\S{{{CANDIDATE},}}")
-_LONG_WHITESPACE = re.compile(rf"(?<!\s)\s{{{CANDIDATE},}}")
-_WHITESPACE_HINTS = tuple(c * 64 for c in " \n\t\r\u3000\xa0")
+_LONG_RUN_BESIDE_SEPARATORS = re.compile(rf"(?<![^{_SPACE}])[^{_SPACE}]{{{CANDIDATE},}}")
+_LONG_WHITESPACE = re.compile(rf"(?<![{_SPACE}])[{_SPACE}]{{{CANDIDATE},}}")
+# A whitespace run that long holds one of these (blank lines and padding, of either line end, indented
+# or not); one that does not (whitespace drawn at random) is not looked for: the search costs more than
+# all the rest (24 ms a MB), and only runs of tens of thousands cost training time
+_WHITESPACE_HINTS = tuple(unit * (64 // len(unit) + 1) for unit in (
+    " ", "\n", "\t", "\r\n", "\u3000", "\xa0", "\x0c", "\x0b", "\u2028",
+    *(indent + end for indent in (" ", "  ", "   ", "    ", "\t", "\t\t") for end in ("\n", "\r\n"))))
 
 
 @functools.cache
-def _stretches() -> re.Pattern:
-    """Stretches of CANDIDATE letters or of CANDIDATE punctuation marks, as the split's classes draw
-    them: its CJK class (Han, Hiragana, Katakana) also holds symbols (Kangxi radicals, circled
-    katakana) and characters newer than Python's Unicode tables, which `re`'s \\w leaves out; they
-    are found once with the `regex` module and added to the letters."""
+def _stretches() -> tuple[re.Pattern, re.Pattern]:
+    r"""Stretches of CANDIDATE letters or of CANDIDATE punctuation marks, as the split's classes draw
+    them, each a superset: the letters are `re`'s (\w but digits and _) and every character the
+    split takes as a letter that `re` does not know as one (its CJK class's symbols, Kangxi radicals
+    and circled katakana; letters newer than Python's Unicode tables), found once with the `regex`
+    module; the marks, everything but \w and the split's whitespace (those symbols and newer letters
+    among them, as \W)."""
     import regex
 
     from llmkit.data.tokenizer import CJK_CHARACTERS
 
-    every = "".join(chr(c) for c in range(0x2000, 0x40000) if not 0xD800 <= c < 0xE000)
+    every = "".join(chr(c) for c in range(0x80, 0x40000) if not 0xD800 <= c < 0xE000)
     letter = re.compile(r"[^\W\d_]")
-    extra = [c for c in regex.findall(f"[{CJK_CHARACTERS}]", every) if not letter.match(c)]
+    extra = [c for c in regex.findall(rf"[\p{{L}}{CJK_CHARACTERS}]", every) if not letter.match(c)]
     ranges, start = [], None
     for previous, c in zip([None, *extra], [*extra, None]):
         if start is None:
@@ -51,19 +68,23 @@ def _stretches() -> re.Pattern:
         elif c is None or ord(c) != ord(previous) + 1:
             ranges.append(re.escape(start) if start == previous else f"{re.escape(start)}-{re.escape(previous)}")
             start = c
-    cjk = "".join(ranges)
-    letters = rf"(?<![^\W\d_])(?<![{cjk}])(?:[^\W\d_]|[{cjk}]){{{CANDIDATE},}}" if cjk else \
+    known = "".join(ranges)
+    letters = rf"(?<![^\W\d_])(?<![{known}])(?:[^\W\d_]|[{known}]){{{CANDIDATE},}}" if known else \
         rf"(?<![^\W\d_])[^\W\d_]{{{CANDIDATE},}}"
-    marks = rf"(?<![^\w\s{cjk}])(?<!_)(?:[^\w\s{cjk}]|_){{{CANDIDATE},}}"
-    return re.compile(f"{letters}|{marks}")
+    marks = rf"(?<![^\w{_SPACE}])(?<!_)(?:[^\w{_SPACE}]|_){{{CANDIDATE},}}"
+    # (two searches: a Kangxi radical is both, and one alternation's match would hide the other's stretch)
+    return re.compile(letters), re.compile(marks)
 
 
 def _long_pretokens(text: str, split) -> list[tuple[int, int]]:
     """(start, end) of every pre-token of `text` longer than LONGEST_RUN characters."""
-    candidates = [stretch.span() for run in _LONG_RUN.finditer(text)
-                  for stretch in _stretches().finditer(text, run.start(), run.end())]
+    runs = _LONG_RUN_BESIDE_SEPARATORS if any(c in text for c in _SEPARATORS) else _LONG_RUN
+    candidates = [stretch.span() for run in runs.finditer(text) for kind in _stretches()
+                  for stretch in kind.finditer(text, run.start(), run.end())]
     if any(hint in text for hint in _WHITESPACE_HINTS):
         candidates += [run.span() for run in _LONG_WHITESPACE.finditer(text)]
+    if not candidates:
+        return []
     regions: list[list[int]] = []  # the candidates widened by LONGEST_RUN on each side, merged
     for first, end in sorted(candidates):
         first, end = max(0, first - LONGEST_RUN), min(len(text), end + LONGEST_RUN)
