@@ -164,14 +164,16 @@ def main() -> None:
 
 
 def check_export(root: Path) -> None:
-    """Both sides of `export` wrote the same transformers weights, to the bit (the same tensors, renamed)."""
+    """Both sides of `export` wrote the same transformers weights, to the bit. The reference names them with
+    llmkit's own mapping (to_hf_state), so this checks the writing, not the mapping (tests/test_interop.py
+    checks that against transformers' own forward pass)."""
     import torch
     from safetensors.torch import load_file
 
     ours, theirs = (load_file(str(root / side / "model.safetensors")) for side in ("out-export", "ref-export"))
     assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), [k for k in theirs if not torch.equal(ours[k], theirs[k])]
-    print(f"  export: both sides wrote the same {len(theirs)} tensors")
+    print(f"  export: both sides wrote the same {len(theirs)} tensors (named by llmkit's mapping on both sides)")
 
 
 def check_import(root: Path) -> None:

@@ -377,15 +377,18 @@ RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue fro
 RESUME_FILES = (RESUME_MARKER, f".{RESUME_MARKER}", "resume-*.npz", ".resume-*.npz")
 
 
-def _refuse_a_place_of_a_run(out: Path) -> None:
-    """A training run's own outputs inside its folder (checkpoints/step_N, ema, average) are the run's
-    to write: `llmkit average -o RUN/checkpoints/step_N --force` replaced a step the run then could not
-    resume from, and `-o RUN/ema` its moving average by a soup."""
-    folder = out.resolve().parent
-    run = folder.parent if folder.name == RUN_CHECKPOINTS else folder if out.name in ("ema", "average") else None
-    if run is not None and (run / RUN_MARK).exists():
-        raise UserError(f"-o {out} is a place the training run {run} keeps its own checkpoints in; write the output "
-                        "elsewhere")
+def refuse_a_place_of_a_run(out: Path) -> None:
+    """A training run's own outputs inside its folder (checkpoints/, ema, average, and anything in
+    them) are the run's to write: `llmkit average -o RUN/checkpoints/step_N --force` replaced a step
+    the run then could not resume from, `-o RUN/ema` its moving average by a soup, and `pretrain -o
+    RUN/ema` by a whole run, which the run's next --resume replaced unsaid. (A sweep's folder holds
+    the run mark too, and no such places.)"""
+    target = out.resolve()
+    for place in (target, *target.parents):
+        run = place.parent
+        if place.name in (RUN_CHECKPOINTS, "ema", "average") and (run / RUN_MARK).exists() and not (run / "runs").is_dir():
+            raise UserError(f"-o {out} is inside {place}, where the training run {run} keeps its own checkpoints; write "
+                            "the output elsewhere")
 
 
 @contextlib.contextmanager
@@ -405,7 +408,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
     """
     out = check_output(out, force, inputs=list(inputs))
     if lock:  # (a training run writes its own places with lock=False: it holds the run's lock)
-        _refuse_a_place_of_a_run(out)
+        refuse_a_place_of_a_run(out)
     with output_lock(out) if lock else contextlib.nullcontext():
         _refuse_existing(out, force)  # made by another run since the check above
         parent = out.resolve().parent

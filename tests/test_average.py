@@ -191,12 +191,21 @@ def test_a_soup_is_never_written_where_a_run_keeps_its_own_checkpoints(cli, runs
     run = tmp_path / "run"
     shutil.copytree(runs / "a", run)
     step = sorted((run / "checkpoints").iterdir())[0]
-    for place in (step, run / "ema"):
-        before = artifacts.load(place).fingerprint
+    for place, inside in ((step, run / "checkpoints"), (run / "ema", run / "ema"), (run / "average" / "x", run / "average")):
+        before = artifacts.load(inside if place.name == "x" else place).fingerprint
         result = cli("average", runs / "a", runs / "b", "-o", place, "--force")
-        assert result.exit_code == 1 and f"is a place the training run {run.resolve()} keeps its own checkpoints in" in \
-            " ".join(result.output.split()), result.output
-        assert artifacts.load(place).fingerprint == before
+        assert result.exit_code == 1 and f"is inside {inside.resolve()}, where the training run {run.resolve()} keeps its " \
+            "own checkpoints" in " ".join(result.output.split()), result.output
+        assert artifacts.load(inside if place.name == "x" else place).fingerprint == before
+    # nor a training run (the run's next --resume replaced it unsaid)
+    result = cli("pretrain", runs / "tokens", "-o", run / "ema", *MODEL, *RUN, "--force")
+    assert result.exit_code == 1 and "where the training run" in " ".join(result.output.split())
+    assert (run / "ema" / "manifest.json").is_file() and not (run / "ema" / "metrics.jsonl").exists()
+    # a sweep's folder holds the run mark, and no such places
+    sweep = tmp_path / "sweep"
+    (sweep / "runs").mkdir(parents=True)
+    (sweep / ".llmkit-run").touch()
+    _ok(cli("average", runs / "a", runs / "b", "-o", sweep / "average"))
 
 
 def test_a_finished_run_resumed_with_another_average_last_averages_that_many(cli, runs, tmp_path):
@@ -378,3 +387,14 @@ def test_the_moving_average_holds_the_trained_parameters_only():
     everything = {name: p.detach().float().clone() for name, p in model.named_parameters()}
     resumed = MovingAverage(model, 0.9, torch.device("cpu"), saved=everything)
     assert set(resumed.values) == set(ema.values)
+
+
+def test_average_last_says_when_keep_last_removed_the_older_checkpoints(cli, runs, tmp_path):
+    """A run kept one checkpoint (--keep-last 1), then resumed asking the mean of the last 4: the note blamed
+    --save-every ("the run saved only 2") where --keep-last had removed the older ones."""
+    flags = [*MODEL, *RUN[:-2]]
+    _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "run", *flags, "--keep-last", "1", "--average-last", "2"))
+    result = _ok(cli("pretrain", runs / "tokens", "-o", tmp_path / "run", *flags, "--keep-last", "3", "--average-last", "4",
+                     "--resume"))
+    flat = " ".join(result.output.split())
+    assert "--average-last 4: only 2 of the run's checkpoints are left (an earlier --keep-last removed the older ones)" in flat

@@ -136,6 +136,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             # (--force) another run's, inside the run's own checkpoints/
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
                             f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
+        outputs.refuse_a_place_of_a_run(out)  # (RUN/ema, RUN/average: a run there is replaced by the run's next resume)
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
