@@ -45,9 +45,11 @@ def _refuse_a_long_name(out: Path) -> None:
                         "(a path holds 4,096 bytes, and the files inside the output add to it); give a shorter path")
 
 
-def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False) -> Path:
+def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False,
+                 a_runs_own: bool = False) -> Path:
     """Refuse an output that would replace, lie inside or contain one of the stage's inputs (even
-    with --force), that exists without --force, or that cannot be written; create its parent
+    with --force), that lies where a training run keeps its own checkpoints (unless `a_runs_own`:
+    the run writing them), that exists without --force, or that cannot be written; create its parent
     folders. Called before any work, so a bad -o costs nothing."""
     out = Path(out)
     from llmkit.artifacts import storable_name
@@ -61,6 +63,8 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
     if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work
         raise UserError(f"-o {out} ends in '..'; give the output a name of its own (such as {out / 'NAME'})")
+    if not a_runs_own:
+        refuse_a_place_of_a_run(out)
     target = out.resolve()
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
@@ -202,9 +206,11 @@ def make_parent(out: Path) -> None:
 
 def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] = (),
                       ours: WrittenBy | None = None) -> None:
-    """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force."""
+    """A file output: never one of the inputs nor inside one (a checkpoint's weights), even with --force,
+    nor where a training run keeps its own checkpoints."""
     if path is None:
         return
+    refuse_a_place_of_a_run(path)
     _refuse_a_long_name(path)
     from llmkit.artifacts import storable_name
 
@@ -386,9 +392,22 @@ def refuse_a_place_of_a_run(out: Path) -> None:
     target = out.resolve()
     for place in (target, *target.parents):
         run = place.parent
-        if place.name in (RUN_CHECKPOINTS, "ema", "average") and (run / RUN_MARK).exists() and not (run / "runs").is_dir():
-            raise UserError(f"-o {out} is inside {place}, where the training run {run} keeps its own checkpoints; write "
+        if place.name in (RUN_CHECKPOINTS, "ema", "average") and _a_training_run(run):
+            where = "is" if place == target else "lies inside"
+            raise UserError(f"-o {out} {where} {place}, where the training run {run} keeps its own checkpoints; write "
                             "the output elsewhere")
+
+
+def _a_training_run(folder: Path) -> bool:
+    """A training run's folder: its mark (a sweep's holds one too, beside its runs/ and configs/), or,
+    from before the mark (2026-12-02), a checkpoint manifest beside a checkpoints/ folder or a
+    training state."""
+    from llmkit.artifacts import manifest_kind, unfinished_sweep
+
+    if (folder / RUN_MARK).exists():
+        return not unfinished_sweep(folder) and manifest_kind(folder) != "sweep"
+    return manifest_kind(folder) == "checkpoint" and ((folder / RUN_CHECKPOINTS).is_dir()
+                                                      or (folder / "training_state.json").is_file())
 
 
 @contextlib.contextmanager
@@ -406,9 +425,8 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
     partial outputs of other keys (another input or config) are removed, never continued. Without
     a marker, or on a one-line UserError (a rerun would fail the same way), it is removed.
     """
-    out = check_output(out, force, inputs=list(inputs))
-    if lock:  # (a training run writes its own places with lock=False: it holds the run's lock)
-        refuse_a_place_of_a_run(out)
+    # (a training run writes its own places with lock=False: it holds the run's lock)
+    out = check_output(out, force, inputs=list(inputs), a_runs_own=not lock)
     with output_lock(out) if lock else contextlib.nullcontext():
         _refuse_existing(out, force)  # made by another run since the check above
         parent = out.resolve().parent

@@ -191,12 +191,22 @@ def test_a_soup_is_never_written_where_a_run_keeps_its_own_checkpoints(cli, runs
     run = tmp_path / "run"
     shutil.copytree(runs / "a", run)
     step = sorted((run / "checkpoints").iterdir())[0]
-    for place, inside in ((step, run / "checkpoints"), (run / "ema", run / "ema"), (run / "average" / "x", run / "average")):
+    (run / "runs").mkdir()  # (an empty runs/ folder does not make a run a sweep, whose places are not guarded)
+    for place, inside, where in ((step, run / "checkpoints", "lies inside"), (run / "ema", run / "ema", "is"),
+                                 (run / "average" / "x", run / "average", "lies inside")):
         before = artifacts.load(inside if place.name == "x" else place).fingerprint
-        result = cli("average", runs / "a", runs / "b", "-o", place, "--force")
-        assert result.exit_code == 1 and f"is inside {inside.resolve()}, where the training run {run.resolve()} keeps its " \
-            "own checkpoints" in " ".join(result.output.split()), result.output
+        for force in ([], ["--force"]):  # (first: "pass --force" was the advice without it)
+            result = cli("average", runs / "a", runs / "b", "-o", place, *force)
+            assert result.exit_code == 1 and f"{where} {inside.resolve()}, where the training run {run.resolve()} keeps " \
+                "its own checkpoints" in " ".join(result.output.split()), result.output
         assert artifacts.load(inside if place.name == "x" else place).fingerprint == before
+    # a file output too (generate's wrote into checkpoints/, and the run then failed on resume)
+    result = cli("generate", run, "-p", "To be", "-n", "2", "-o", run / "checkpoints" / "step_0000010")
+    assert result.exit_code == 1 and "where the training run" in result.output and not (run / "checkpoints" / "step_0000010").exists()
+    # a run from before the run mark (2026-12-02): known by its checkpoint manifest and checkpoints/
+    (run / ".llmkit-run").unlink()
+    assert cli("average", runs / "a", runs / "b", "-o", run / "ema", "--force").exit_code == 1
+    (run / ".llmkit-run").touch()
     # nor a training run (the run's next --resume replaced it unsaid)
     result = cli("pretrain", runs / "tokens", "-o", run / "ema", *MODEL, *RUN, "--force")
     assert result.exit_code == 1 and "where the training run" in " ".join(result.output.split())
@@ -204,6 +214,7 @@ def test_a_soup_is_never_written_where_a_run_keeps_its_own_checkpoints(cli, runs
     # a sweep's folder holds the run mark, and no such places
     sweep = tmp_path / "sweep"
     (sweep / "runs").mkdir(parents=True)
+    (sweep / "configs").mkdir()
     (sweep / ".llmkit-run").touch()
     _ok(cli("average", runs / "a", runs / "b", "-o", sweep / "average"))
 

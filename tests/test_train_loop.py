@@ -425,7 +425,8 @@ def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, 
         out = tmp_path / f"{kind}-{force}"
         with pytest.raises(UserError) as raised:
             with run_directory(out, resume=False, force=force, inputs=[], kind=kind):
-                with artifacts.create(out / "checkpoints" / "step_0000001", "checkpoint") as build:
+                # (as the run writes its own checkpoints: holding the run's lock, not taking one)
+                with artifacts.create(out / "checkpoints" / "step_0000001", "checkpoint", lock=False) as build:
                     (build.dir / "model.safetensors").write_bytes(b"x")
                 distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
         assert raised.value.os_error and said in advice_of(raised.value) and out.is_dir(), advice_of(raised.value)

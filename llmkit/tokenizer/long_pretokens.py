@@ -13,8 +13,8 @@ Finding them without pre-tokenizing every text (a Python list of every pre-token
 minified code): a pre-token that long holds a stretch of CANDIDATE characters of one class, letters
 (CJK runs among them), punctuation or whitespace. Such stretches are looked for only in a text that
 holds a run of CANDIDATE characters without whitespace (found anchored at a run's start: linear),
-inside those runs, and whitespace runs where a text holds 64 characters of blank lines or padding
-(random whitespace escapes); around each, LONGEST_RUN characters on each
+inside those runs, and whitespace runs of CANDIDATE characters (a quick search first: whitespace
+runs are short); around each, LONGEST_RUN characters on each
 side are pre-tokenized with the tokenizer's own split, and the pre-tokens past LONGEST_RUN in them
 are cut. The classes are supersets of the split's, so a stretch can be missed only where Python's
 and the split's Unicode tables disagree beyond what `_stretches` adds (tested against the whole
@@ -38,12 +38,7 @@ _SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u30
 _LONG_RUN = re.compile(rf"(?<!\S)\S{{{CANDIDATE},}}")
 _LONG_RUN_BESIDE_SEPARATORS = re.compile(rf"(?<![^{_SPACE}])[^{_SPACE}]{{{CANDIDATE},}}")
 _LONG_WHITESPACE = re.compile(rf"(?<![{_SPACE}])[{_SPACE}]{{{CANDIDATE},}}")
-# A whitespace run that long holds one of these (blank lines and padding, of either line end, indented
-# or not); one that does not (whitespace drawn at random) is not looked for: the search costs more than
-# all the rest (24 ms a MB), and only runs of tens of thousands cost training time
-_WHITESPACE_HINTS = tuple(unit * (64 // len(unit) + 1) for unit in (
-    " ", "\n", "\t", "\r\n", "\u3000", "\xa0", "\x0c", "\x0b", "\u2028",
-    *(indent + end for indent in (" ", "  ", "   ", "    ", "\t", "\t\t") for end in ("\n", "\r\n"))))
+_ANY_LONG_WHITESPACE = re.compile(rf"\s{{{CANDIDATE}}}")  # (unanchored: whitespace runs are short, so it is quick)
 
 
 @functools.cache
@@ -81,13 +76,15 @@ def _long_pretokens(text: str, split) -> list[tuple[int, int]]:
     runs = _LONG_RUN_BESIDE_SEPARATORS if any(c in text for c in _SEPARATORS) else _LONG_RUN
     candidates = [stretch.span() for run in runs.finditer(text) for kind in _stretches()
                   for stretch in kind.finditer(text, run.start(), run.end())]
-    if any(hint in text for hint in _WHITESPACE_HINTS):
+    if _ANY_LONG_WHITESPACE.search(text):
         candidates += [run.span() for run in _LONG_WHITESPACE.finditer(text)]
     if not candidates:
         return []
     regions: list[list[int]] = []  # the candidates widened by LONGEST_RUN on each side, merged
     for first, end in sorted(candidates):
         first, end = max(0, first - LONGEST_RUN), min(len(text), end + LONGEST_RUN)
+        while first and text[first - 1].isnumeric():  # (numbers split 3 at a time from their run's start, as in the text)
+            first -= 1
         if regions and first <= regions[-1][1]:
             regions[-1][1] = max(regions[-1][1], end)
         else:

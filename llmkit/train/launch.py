@@ -111,7 +111,9 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     """
     from llmkit import outputs
 
-    outputs.check_output(out, force=True, inputs=inputs, resume=resume)  # not an input, not a file; its folder exists
+    # not an input, not a file; its folder exists; not RUN/ema or RUN/average (a run there, the run's next resume
+    # replaced), but a step checkpoint as -o is refused below, saying how to resume its run
+    outputs.check_output(out, force=True, inputs=inputs, resume=resume, a_runs_own=run_of_step_checkpoint(out) is not None)
     with outputs.output_lock(out, keep_replaced=True):
         _put_back_replaced_run(out, force and not resume)
         if out.exists() and not resume and not force:
@@ -136,7 +138,6 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             # (--force) another run's, inside the run's own checkpoints/
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
                             f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
-        outputs.refuse_a_place_of_a_run(out)  # (RUN/ema, RUN/average: a run there is replaced by the run's next resume)
         replaced = None
         if out.exists() and not resume:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
