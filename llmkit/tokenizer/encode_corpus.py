@@ -532,7 +532,8 @@ def tokenize_corpus(
     # format 2 (2026-12-03): a document split inside is written in its place, not after its batch. The dtype: a
     # 65536-entry vocabulary's shards were uint32 before that day, and a resume must not append uint16 ids to them.
     # format 3 (2026-12-05): a document split between train and val is cut between whole characters
-    key = resume.digest({"stage": "tokenize", "format": 3, "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
+    # format 4 (2026-12-05): a pool of small inputs gives tails of its long documents only (split_plan)
+    key = resume.digest({"stage": "tokenize", "format": 4, "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
                          "inputs": [corpus.fingerprint, tok_art.fingerprint], "dtype": dtype.name})
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)
