@@ -210,8 +210,8 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
     nor where a training run keeps its own checkpoints."""
     if path is None:
         return
+    _refuse_a_long_name(path)  # (first, as check_output does: the questions below fail on a name that long)
     refuse_a_place_of_a_run(path)
-    _refuse_a_long_name(path)
     from llmkit.artifacts import storable_name
 
     where = os.path.abspath(path)
@@ -401,13 +401,15 @@ def refuse_a_place_of_a_run(out: Path) -> None:
 def _a_training_run(folder: Path) -> bool:
     """A training run's folder: its mark (a sweep's holds one too, beside its runs/ and configs/), or,
     from before the mark (2026-12-02), a checkpoint manifest beside a checkpoints/ folder or a
-    training state."""
+    training state, or (unfinished) step checkpoints in checkpoints/."""
     from llmkit.artifacts import manifest_kind, unfinished_sweep
 
     if (folder / RUN_MARK).exists():
         return not unfinished_sweep(folder) and manifest_kind(folder) != "sweep"
-    return manifest_kind(folder) == "checkpoint" and ((folder / RUN_CHECKPOINTS).is_dir()
-                                                      or (folder / "training_state.json").is_file())
+    steps = folder / RUN_CHECKPOINTS
+    if manifest_kind(folder) == "checkpoint":
+        return steps.is_dir() or (folder / "training_state.json").is_file()
+    return steps.is_dir() and any(manifest_kind(step) == "checkpoint" for step in steps.iterdir() if step.is_dir())
 
 
 @contextlib.contextmanager

@@ -203,9 +203,13 @@ def test_a_soup_is_never_written_where_a_run_keeps_its_own_checkpoints(cli, runs
     # a file output too (generate's wrote into checkpoints/, and the run then failed on resume)
     result = cli("generate", run, "-p", "To be", "-n", "2", "-o", run / "checkpoints" / "step_0000010")
     assert result.exit_code == 1 and "where the training run" in result.output and not (run / "checkpoints" / "step_0000010").exists()
-    # a run from before the run mark (2026-12-02): known by its checkpoint manifest and checkpoints/
+    # a run from before the run mark (2026-12-02): known by its checkpoint manifest and checkpoints/, or, unfinished
+    # (no manifest of its own), by its step checkpoints
     (run / ".llmkit-run").unlink()
     assert cli("average", runs / "a", runs / "b", "-o", run / "ema", "--force").exit_code == 1
+    (run / "manifest.json").rename(tmp_path / "manifest.json")
+    assert cli("average", runs / "a", runs / "b", "-o", step, "--force").exit_code == 1
+    (tmp_path / "manifest.json").rename(run / "manifest.json")
     (run / ".llmkit-run").touch()
     # nor a training run (the run's next --resume replaced it unsaid)
     result = cli("pretrain", runs / "tokens", "-o", run / "ema", *MODEL, *RUN, "--force")

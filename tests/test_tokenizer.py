@@ -714,7 +714,8 @@ def test_every_pre_token_past_the_limit_is_cut_at_its_own_steps_and_nothing_else
 
     split = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False)
     units = ["a", "xy", "一", "一\u2f00", "!\u2f00", "-", "!?", "\x1c", "7", "\U00011f04a", " ", "\n", "\r\n", "    \n",
-             "\u3000", "\t", "é", "a b", "中文，", "        \n", " \t\n", "\r", "\u2029", "\x85", "〇", "\u2003"]
+             "\u3000", "\t", "é", "a b", "中文，", "        \n", " \t\n", "\r", "\u2029", "\x85", "〇", "\u2003",
+             "1\U00011f50"]
     rng = random.Random(0)
     for _ in range(150):
         text = "".join(rng.choice(units) * rng.choice((1, 3, 40, 300, 700, 1500)) for _ in range(rng.randint(1, 6)))

@@ -38,7 +38,8 @@ _SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u30
 _LONG_RUN = re.compile(rf"(?<!\S)\S{{{CANDIDATE},}}")
 _LONG_RUN_BESIDE_SEPARATORS = re.compile(rf"(?<![^{_SPACE}])[^{_SPACE}]{{{CANDIDATE},}}")
 _LONG_WHITESPACE = re.compile(rf"(?<![{_SPACE}])[{_SPACE}]{{{CANDIDATE},}}")
-_ANY_LONG_WHITESPACE = re.compile(rf"\s{{{CANDIDATE}}}")  # (unanchored: whitespace runs are short, so it is quick)
+# (tried at a run's start only: unanchored, a run of k spaces cost k²/2 steps, 591 ms a MB of runs of 511)
+_ANY_LONG_WHITESPACE = re.compile(rf"\s(?<!\s\s)\s{{{CANDIDATE - 1}}}")
 
 
 @functools.cache
@@ -71,6 +72,20 @@ def _stretches() -> tuple[re.Pattern, re.Pattern]:
     return re.compile(letters), re.compile(marks)
 
 
+@functools.cache
+def _numbers_newer_than_python() -> frozenset[str]:
+    """Characters the split takes as numbers (\\p{N}) that Python's tables do not (Kawi and Nag Mundari
+    digits), found once with the `regex` module."""
+    import regex
+
+    every = "".join(chr(c) for c in range(0x80, 0x40000) if not 0xD800 <= c < 0xE000)
+    return frozenset(c for c in regex.findall(r"\p{N}", every) if not c.isnumeric())
+
+
+def _a_number(character: str) -> bool:
+    return character.isnumeric() or character in _numbers_newer_than_python()
+
+
 def _long_pretokens(text: str, split) -> list[tuple[int, int]]:
     """(start, end) of every pre-token of `text` longer than LONGEST_RUN characters."""
     runs = _LONG_RUN_BESIDE_SEPARATORS if any(c in text for c in _SEPARATORS) else _LONG_RUN
@@ -83,7 +98,7 @@ def _long_pretokens(text: str, split) -> list[tuple[int, int]]:
     regions: list[list[int]] = []  # the candidates widened by LONGEST_RUN on each side, merged
     for first, end in sorted(candidates):
         first, end = max(0, first - LONGEST_RUN), min(len(text), end + LONGEST_RUN)
-        while first and text[first - 1].isnumeric():  # (numbers split 3 at a time from their run's start, as in the text)
+        while first and _a_number(text[first - 1]):  # (numbers split 3 at a time from their run's start, as in the text)
             first -= 1
         if regions and first <= regions[-1][1]:
             regions[-1][1] = max(regions[-1][1], end)
