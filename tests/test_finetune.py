@@ -1107,3 +1107,20 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(base, cli, tmp_path)
     assert "the run's length is kept as the run recorded it (--epochs 3.0)" in result.output
     again = artifacts.load(run)
     assert again.stats["step"] == 6 and again.fingerprint == finished.fingerprint
+
+
+def test_examples_with_an_empty_response_are_left_out_and_said(base, cli, tmp_path):
+    """An empty or blank response trained the end-of-text alone ("stop at once"), with no word; every record
+    blank is an error naming the field."""
+    records = [{"prompt": f"What is {i} plus one?", "response": str(i + 1)} for i in range(12)]
+    records[2]["response"], records[5]["response"] = "", "   "
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    run = tmp_path / "run"
+    result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", data, "--max-steps", "1", "--batch-size", "4",
+                 "--val-fraction", "0", "-o", run)
+    assert result.exit_code == 0, result.output
+    assert "2 of 12 training examples left out: their response is empty (or only whitespace)" in " ".join(result.output.split())
+    blank = write_jsonl(tmp_path / "blank.jsonl", [dict(r, response=" ") for r in records])
+    result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", blank, "--max-steps", "1", "-o", tmp_path / "b")
+    assert result.exit_code == 1 and "every training example's response is empty" in " ".join(result.output.split())
+    assert not (tmp_path / "b").exists()

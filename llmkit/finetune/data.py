@@ -109,11 +109,17 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
     context + 1 tokens, and as generation, which never feeds its last token), so an example may
     hold max_len + 1 tokens.
     `places`: what the messages call each record (FILE:LINE), default its place among `records`."""
-    examples, too_long, longest, dropped, emptied = [], 0, 0, 0, 0
+    examples, too_long, longest, dropped, emptied, blank = [], 0, 0, 0, 0, 0
     places = _places(records, name, places)
     fits = max_len + 1
+    specials = set(tokenizer.special_ids.values())
     for i, record in enumerate(records):
         example, without_prompt = encode_example(template, record, tokenizer, places[i]), False
+        # An empty (or blank) response trained the end-of-text alone: "stop at once", unsaid. Left out, and counted.
+        text = [token for token, learned in zip(example.ids[1:], example.learn[1:]) if learned and token not in specials]
+        if not tokenizer.decode(text).strip():
+            blank += 1
+            continue
         longest = max(longest, len(example.ids))
         if len(example.ids) > fits:
             too_long += 1
@@ -132,6 +138,11 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
             f"model reads {max_len} of them (the context length or --seq-len), the last being only predicted; pass "
             "--truncate to cut them, or use a checkpoint with a longer context"
         )
+    if blank and verbose:
+        note(f"{blank} of {len(records)} {name} examples left out: their response is empty (or only whitespace), "
+             "which would teach the model to stop at once; fill them in, or leave them out of the data")
+    if not examples and name == "training" and blank == len(records):
+        raise UserError(f"every {name} example's response is empty (or only whitespace); fill in the response field")
     if not examples and name == "training":
         raise UserError(f"no {name} example has a response token within {fits} tokens ({max_len} positions: the "
                         "context length or --seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
