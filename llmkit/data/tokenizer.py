@@ -124,16 +124,20 @@ def piece_to_bytes(piece: str) -> bytes:
     return piece.replace("\u2581", " ").encode("utf-8")
 
 
+def split_pre_tokenizer() -> Any:
+    """llmkit's split of text into pre-tokens (before the byte-level mapping): offsets in characters."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False)
+
+
 def new_byte_level_bpe() -> Any:
     """An untrained byte-level BPE tokenizer with llmkit's pre-tokenizer and decoder."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
+        [split_pre_tokenizer(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tok.decoder = decoders.ByteLevel()
     return tok

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,6 +341,9 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     return EvalResult(Path(out), metrics, signatures, formatted, stats)
 
 
+_NON_ASCII_LETTER = re.compile(r"(?![a-zA-Z])[^\W\d_]")
+
+
 def _note_references_rouge_cannot_read(references: list[list[str]]) -> None:
     """rouge-score's default tokenizer keeps a-z and 0-9 only: a reference in another script has no
     token, and every ROUGE score of it is 0, which reads like a model that got nothing right; one
@@ -349,7 +353,7 @@ def _note_references_rouge_cannot_read(references: list[list[str]]) -> None:
 
     tokenize = make_tokenizer("default").tokenize
     unread = sum(1 for refs in references if any(r.strip() for r in refs) and not any(tokenize(r) for r in refs))
-    dropped = sum(1 for refs in references if any(c.isalpha() and not c.isascii() for r in refs for c in r))
+    dropped = sum(1 for refs in references if any(not r.isascii() and _NON_ASCII_LETTER.search(r) for r in refs))
     if dropped:
         from llmkit.console import note
 
@@ -363,9 +367,10 @@ def _note_bleu_on_unspaced_text(references: list[list[str]]) -> None:
     """sacrebleu's 13a tokenizer splits at spaces and punctuation: Chinese or Japanese, written without
     spaces, is a sentence of a few long "words", and BLEU then counts whole clauses (10.7 where zh gave
     66.4 on the same 300 lines). sacrebleu warns only when told the target language."""
-    letters = [c for refs in references for r in refs for c in r if c.isalpha()]
-    unspaced = sum(1 for c in letters if "\u3040" <= c <= "\u30ff" or "\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff")
-    if letters and unspaced > len(letters) / 2:
+    text = "\n".join(r for refs in references for r in refs)
+    letters = len(text) - len(re.sub(r"[^\W\d_]", "", text))  # (counted in C: no list of every character)
+    unspaced = len(text) - len(re.sub("[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]", "", text))
+    if letters and unspaced > letters / 2:
         from llmkit.console import note
 
         note("most of the references' letters are Chinese or Japanese, which BLEU's default 13a tokenizer splits only at "

@@ -88,7 +88,7 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
     is_long = np.ones(len(members), bool) if size is None else size * val_fraction >= MIN_TAIL_BYTES
     plan[members[is_long]] = TAIL
     summary["documents_split_inside"] += int(is_long.sum())
-    if size is None or val_fraction * size[is_long].sum() >= val_fraction * size.sum() / 2:
+    if size is None or size[is_long].sum() >= size.sum() / 2:  # (the tails: F of the long ones, against F of all)
         return plan, summary
     short = (~is_long) & (size > 0)  # (an empty document validates nothing)
     if short.any():

@@ -50,13 +50,10 @@ def _stretches() -> tuple[re.Pattern, re.Pattern]:
     and circled katakana; letters newer than Python's Unicode tables), found once with the `regex`
     module; the marks, everything but \w and the split's whitespace (those symbols and newer letters
     among them, as \W)."""
-    import regex
-
     from llmkit.data.tokenizer import CJK_CHARACTERS
 
-    every = "".join(chr(c) for c in range(0x80, 0x40000) if not 0xD800 <= c < 0xE000)
     letter = re.compile(r"[^\W\d_]")
-    extra = [c for c in regex.findall(rf"[\p{{L}}{CJK_CHARACTERS}]", every) if not letter.match(c)]
+    extra = [c for c in _split_characters(rf"[\p{{L}}{CJK_CHARACTERS}]") if not letter.match(c)]
     ranges, start = [], None
     for previous, c in zip([None, *extra], [*extra, None]):
         if start is None:
@@ -74,12 +71,21 @@ def _stretches() -> tuple[re.Pattern, re.Pattern]:
 
 @functools.cache
 def _numbers_newer_than_python() -> frozenset[str]:
-    """Characters the split takes as numbers (\\p{N}) that Python's tables do not (Kawi and Nag Mundari
-    digits), found once with the `regex` module."""
+    """Characters the split takes as numbers (\\p{N}) that Python's tables do not (Kawi and Nag Mundari digits)."""
+    return frozenset(c for c in _split_characters(r"\p{N}") if not c.isnumeric())
+
+
+def _split_characters(character_class: str) -> list[str]:
+    """The characters past ASCII in a class of the split's (Oniguruma's Unicode tables), in order, read
+    with the `regex` module, whose tables are as recent (Python's `re` knows Unicode 14 only)."""
     import regex
 
-    every = "".join(chr(c) for c in range(0x80, 0x40000) if not 0xD800 <= c < 0xE000)
-    return frozenset(c for c in regex.findall(r"\p{N}", every) if not c.isnumeric())
+    return regex.findall(character_class, _every_character())
+
+
+@functools.cache
+def _every_character() -> str:
+    return "".join(chr(c) for c in range(0x80, 0x40000) if not 0xD800 <= c < 0xE000)
 
 
 def _a_number(character: str) -> bool:
@@ -98,7 +104,8 @@ def _long_pretokens(text: str, split) -> list[tuple[int, int]]:
     regions: list[list[int]] = []  # the candidates widened by LONGEST_RUN on each side, merged
     for first, end in sorted(candidates):
         first, end = max(0, first - LONGEST_RUN), min(len(text), end + LONGEST_RUN)
-        while first and _a_number(text[first - 1]):  # (numbers split 3 at a time from their run's start, as in the text)
+        # numbers split 3 at a time from their run's start, as in the text (back to the previous region at most)
+        while first > (regions[-1][1] if regions else 0) and _a_number(text[first - 1]):
             first -= 1
         if regions and first <= regions[-1][1]:
             regions[-1][1] = max(regions[-1][1], end)
@@ -116,11 +123,9 @@ def _long_pretokens(text: str, split) -> list[tuple[int, int]]:
 
 def cut_long_pretokens(texts: Iterable[str]) -> Iterator[str]:
     """The training texts, every pre-token of over LONGEST_RUN characters cut into such pieces."""
-    from tokenizers import Regex, pre_tokenizers
+    from llmkit.data.tokenizer import split_pre_tokenizer
 
-    from llmkit.data.tokenizer import SPLIT_PATTERN
-
-    split = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False)
+    split = split_pre_tokenizer()
     try:
         for text in texts:
             long = _long_pretokens(text, split) if len(text) > LONGEST_RUN else []
