@@ -612,6 +612,7 @@ def test_a_wrong_product_switch_is_a_one_line_error_that_writes_nothing(cli, gpt
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--split", "test"], "--split would change nothing here"),
         (["-m", "perplexity", "--data", "{tmp}/d.txt", "--reference-field", "x"], "--reference-field would change nothing"),
         (["-m", "perplexity", "--data", "{tmp}/tokens", "--field", "text"], "--field would change nothing here"),
+        (["-m", "perplexity", "--data", "{tmp}/d.txt", "--compile"], "--compile would change nothing here"),
     ],
 )
 def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):

@@ -121,6 +121,8 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
     flags = {option.name: option.flag for option in flat_options(type(cfg))}
     unused = [(flags[name], what) for name, (used, what) in uses.items() if not used and getattr(cfg, name) != cfg.default_of(name)]
     unused += cfg.ensembling.single_model_flags(len(members))
+    if cfg.inference.compile and not (scoring_model and text):  # (a runtime option, nested: it would promise speed unsaid)
+        unused.append(("--compile", "the decode step of text generated for BLEU/chrF/ROUGE"))
     if unused:
         raise unused_options(unused)
 
