@@ -72,6 +72,8 @@ def test_cleanup_removes_controls_and_extra_whitespace(shakespeare):
     assert normalize.cleanup(messy) == "First line\nsecond line here\n\nthird"
     # a form feed or vertical tab breaks the line (it was removed, gluing "page" to "two")
     assert normalize.cleanup("end of page\x0ctwo\x0bthree") == "end of page\ntwo\nthree"
+    # so too in text that goes through ftfy first (non-ASCII), which deletes a vertical tab as a control
+    assert normalize.cleanup(normalize.fix_unicode("end of café\x0ctwo\x0bthree")) == "end of café\ntwo\nthree"
     # a terminal's escape sequences go whole, ASCII or not (ftfy removes them from the text it repairs)
     coloured = "\x1b[1;31merror\x1b[0m: disk \x1b[2Kfull"
     assert normalize.cleanup(coloured) == normalize.cleanup(normalize.fix_unicode(coloured + " é"))[:-2] == "error: disk full"
@@ -272,7 +274,7 @@ def test_c4_line_rules(shakespeare):
     assert filters.c4(DocView(article + "\nLorem ipsum dolor sit amet."), WEB)[1] == "c4_lorem_ipsum"
     assert filters.c4(DocView(article + "\nfunction f() { return 1; }"), WEB)[1] == "c4_curly_bracket"
     assert filters.c4(DocView("One short line here.\nAnother line that is here."), WEB)[1] == "c4_too_few_sentences"
-    strict = CleanConfig(c4_terminal_punct=True)
+    strict = CleanConfig(c4=True, c4_terminal_punct=True)
     text, _ = filters.c4(DocView(article + "\nA line without an end mark"), strict)
     assert "without an end mark" not in text
 

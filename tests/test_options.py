@@ -324,17 +324,18 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
     from llmkit.errors import UsageError
 
     file = tmp_path / "c.yaml"
-    file.write_text("clean:\n  seed: 010\n  min_words: 0x10\n")
+    file.write_text("clean:\n  seed: 010\n  min_words: 0x10\n  gopher_quality: true\n")
     config = resolve(CleanConfig, file=file, section="clean")
     assert (config.seed, config.min_words) == (10, 16)
     for text, flag in (("min_words: 1:30", "--min-words"), ("cleanup: no", "--cleanup"), ("cleanup: on", "--cleanup")):
         file.write_text(f"clean:\n  {text}\n")
         with pytest.raises(UsageError, match=f"c.yaml: {flag} must be"):  # the file named, though no flag was typed
             resolve(CleanConfig, file=file, section="clean")
-    file.write_text("clean:\n  cleanup: false\n  max_top_ngram_char_frac: [1, 1, 1]\n  min_language_score: 1e-1\n")
+    file.write_text("clean:\n  cleanup: false\n  max_top_ngram_char_frac: [1, 1, 1]\n  min_language_score: 1e-1\n"
+                    "  gopher_repetition: true\n  languages: [en]\n")
     config = resolve(CleanConfig, file=file, section="clean")
     assert config.cleanup is False and config.min_language_score == 0.1
-    typed = resolve(CleanConfig, explicit={"max_top_ngram_char_frac": [1.0, 1.0, 1.0]})
+    typed = resolve(CleanConfig, explicit={"max_top_ngram_char_frac": [1.0, 1.0, 1.0], "gopher_repetition": True})
     assert json.dumps(config.max_top_ngram_char_frac) == json.dumps(typed.max_top_ngram_char_frac) == "[1.0, 1.0, 1.0]"
     file.write_text("clean:\n")
     assert resolve(CleanConfig, file=file, section="clean") == resolve(CleanConfig)
@@ -346,7 +347,7 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
         resolve(CleanConfig, file=file, section="clean")
     # YAML's merge key: shared values set once and one set again (refused as "no constructor" before); a key set
     # twice in one mapping is still refused
-    file.write_text("clean:\n  <<: {seed: 7, min_words: 3}\n  min_words: 5\n")
+    file.write_text("clean:\n  <<: {seed: 7, min_words: 3}\n  min_words: 5\n  gopher_quality: true\n")
     config = resolve(CleanConfig, file=file, section="clean")
     assert (config.seed, config.min_words) == (7, 5)
     file.write_text("clean:\n  seed: 1\n  seed: 2\n")

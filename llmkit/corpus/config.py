@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llmkit import config as config_lib
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import UsageError, UserError, unused_options
 from llmkit.executor import Execution
 from llmkit.options import Options, comma_floats, comma_list, group, option
 
@@ -37,6 +37,11 @@ _READ = "input (the documents read, stats.sources)"
 
 
 _MINHASH_SETTINGS = ("ngram", "num_perm", "bands", "rows", "threshold", "seed")
+# A rule group's settings, by the switch that turns the group on, and what to tell a user who set them with it off
+_RULE_GROUPS = {GOPHER: ("gopher_quality", "the Gopher quality rules, which --gopher-quality or --preset web turns on"),
+                REPETITION: ("gopher_repetition", "the Gopher repetition rules, which --gopher-repetition or --preset web turns on"),
+                C4: ("c4", "the C4 line rules, which --c4 or --preset web turns on"),
+                FINEWEB: ("fineweb", "the FineWeb rules, which --fineweb or --preset web turns on")}
 _THRESHOLD_PICKS = "--threshold picks bands x rows itself ({} x {} here); give --threshold or --bands/--rows, not both"
 
 
@@ -139,6 +144,23 @@ class CleanConfig(Options):
                 recorded.pop(name)
         return recorded
 
+    def _refuse_idle_settings(self) -> None:
+        """A threshold set for rules that are off is refused, not ignored: `--min-words 20` alone
+        filtered nothing, unsaid, and made another fingerprint of the same corpus."""
+        from llmkit.options import flat_options
+
+        idle = {"min_language_score": (not self.languages, "the language filter, which --languages or --preset web turns on"),
+                "normalization": (not self.fix_unicode, "--fix-unicode's normalisation")}
+        for opt in flat_options(type(self)):
+            switch, what = _RULE_GROUPS.get(opt.panel, (None, ""))
+            if switch is not None and opt.name != switch:
+                idle[opt.name] = (not getattr(self, switch), what)
+        flags = {opt.name: opt.flag for opt in flat_options(type(self))}
+        unused = [(flags[name], what) for name, (off, what) in idle.items()
+                  if off and getattr(self, name) != self.default_of(name)]
+        if unused:
+            raise unused_options(unused)
+
     def check_given(self, given: frozenset[str]) -> None:
         # --bands 14 --rows 8 typed beside --threshold are the defaults __post_init__ cannot tell from none
         asked = getattr(self, "_asked_bands_rows", None)
@@ -165,6 +187,7 @@ class CleanConfig(Options):
             if unknown:  # "EN" or a typo would drop every document of that language without a word
                 raise UserError(f"--languages {', '.join(unknown)}: not a language code py3langid knows; use lowercase ISO "
                                 "639-1 codes such as en, de, zh")
+        self._refuse_idle_settings()
         if self.min_words > self.max_words:
             raise UserError(f"--min-words ({self.min_words}) is above --max-words ({self.max_words}); every document would go")
         if self.min_mean_word_length > self.max_mean_word_length:

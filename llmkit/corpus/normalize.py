@@ -38,7 +38,10 @@ def fix_unicode(text: str, normalization: str = "NFC") -> str:
     """ftfy repair followed by Unicode normalisation; ASCII text can hold neither problem."""
     if text.isascii():
         return text
-    fixed = ftfy.fix_text(text, _FTFY)
+    # ftfy unifies line breaks but deletes a vertical tab as a control character, gluing the words
+    # it parted ("one\vtwo" -> "onetwo"); here it breaks the line, as cleanup has it in ASCII text.
+    # (U+0085 stays ftfy's: in text that needs repair it is the windows-1252 ellipsis, mojibake.)
+    fixed = ftfy.fix_text(text.replace("\x0b", "\n"), _FTFY)
     return unicodedata.normalize(normalization, fixed)
 
 

@@ -157,6 +157,8 @@ def clean(
 
         if docs_in == 0 or bytes_in == 0:  # (an empty file is one empty document)
             raise UserError(f"no text found in {_describe(sources)}: the input is empty; check the files")
+        if kept == 0 and set(dropped) == {"empty"}:
+            raise UserError(f"no text found in {_describe(sources)}: every document is empty or blank; check the files")
         if kept == 0:
             top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
             raise UserError(
