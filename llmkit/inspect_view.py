@@ -133,23 +133,28 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     from llmkit import artifacts
     from llmkit.console import note
     from llmkit.errors import UserError
+    from llmkit.outputs import RUN_MARK
+
+    def said_unfinished(folder: Path) -> None:
+        try:
+            artifacts.load(folder)  # (its one line says what it is and what to rerun)
+        except UserError as exc:
+            note(str(exc))
 
     found, skipped, damaged = [], [], []
     for path in paths:
-        if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
-            found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
+        unfinished_sweep = not (path / artifacts.MANIFEST).is_file() and path.is_dir() and artifacts.unfinished_sweep(path)
+        if (path / artifacts.MANIFEST).is_file() or not path.is_dir() or ((path / RUN_MARK).is_file() and not unfinished_sweep):
+            # a missing path, a damaged artifact, a run given that stopped before its manifest: the usual one-line error
+            found.append(artifacts.load(path))
             continue
+        if unfinished_sweep:  # its finished runs, and the sweep said to be unfinished (the report looked whole)
+            said_unfinished(path)
+            path = path / "runs"
         inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())
-        if not inside and artifacts.unfinished_sweep(path):  # its finished runs
-            inside = sorted(child for child in (path / "runs").iterdir() if (child / artifacts.MANIFEST).is_file())
-        from llmkit.outputs import RUN_MARK
-
         for child in sorted(path.iterdir()):  # a run stopped before its manifest: a recipe's stage killed part way is said
             if (child / RUN_MARK).is_file() and not (child / artifacts.MANIFEST).is_file():
-                try:
-                    artifacts.load(child)
-                except UserError as exc:
-                    note(str(exc))
+                said_unfinished(child)
         for child in inside:  # one damaged artifact among a folder's is named, the rest still shown
             try:
                 found.append(artifacts.load(child))

@@ -214,6 +214,7 @@ BAD_VALUES = [
     (["pretrain", "{tokens}", "--resume", "--force"], "--resume continues the run in -o and --force replaces it"),
     (["average", "{ckpt}", "{ckpt}", "--weights", "1,,2"], "--weights '1,,2': an empty entry between commas"),
     (["plan", "--hf-config", "{hf}/config.json", "--model", "tiny"], "--hf-config describes the model; leave out --model"),
+    (["plan", "--hf-config", "{hf}/config.json", "--model", "gpt2"], "--hf-config describes the model; leave out --model"),
     (["plan", "--model", "tiny", "--gpus", "0"], "--gpus 0 plans no h100"),
     (["finetune", "{ckpt}", "--data", "{sft}", "--lora-alpha", "4"], "--lora-alpha shape(s) LoRA adapters, which only --lora-rank N adds"),
     (["finetune", "{ckpt}", "--data", "{sft}", "--lora-targets", "up_proj"], "--lora-targets shape(s) LoRA adapters"),

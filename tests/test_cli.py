@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -362,6 +363,30 @@ def test_report_notes_a_run_inside_that_stopped_before_its_manifest(cli, tmp_pat
     assert result.exit_code == 0 and "1 docs" in result.output, result.output
     flat = " ".join(result.output.split())
     assert "is a training run that has not finished" in flat and "--resume" in flat, result.output
+
+
+def test_report_says_a_run_or_sweep_given_that_has_not_finished(cli, tmp_path):
+    """A run given by name that stopped before its manifest is the one line verify gives (it said the
+    folder held no artifact, in two lines); an unfinished sweep shows its finished runs and says it is
+    unfinished, with a run stopped inside it (it showed them as if the sweep were whole)."""
+    from llmkit.outputs import RUN_MARK
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / RUN_MARK).write_text("")
+    result = cli("report", run)
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "is a training run that has not finished" in lines[0] and "--resume" in lines[0], result.output
+    sweep = tmp_path / "sweep"
+    (sweep / "configs").mkdir(parents=True)
+    (sweep / RUN_MARK).write_text("")
+    _corpus(sweep / "runs" / "done")
+    shutil.copytree(run, sweep / "runs" / "stopped")
+    result = cli("report", sweep)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and "1 docs" in flat, result.output
+    assert "is a sweep that has not finished" in flat and "stopped is a training run that has not finished" in flat, result.output
 
 
 def test_report_notes_an_input_replaced_since(cli, tmp_path):

@@ -49,6 +49,11 @@ class PlanConfig(Options):
                           flags=("--search",), panel=HARDWARE)
     json: bool = option(False, "Print JSON instead of tables.", flags=("--json",), panel=HARDWARE)
 
+    def check_given(self, given: frozenset[str]) -> None:
+        # --model gpt2 typed beside --hf-config is the default, which __post_init__ cannot tell from none
+        if self.hf_config is not None and "model" in given:
+            raise UsageError("--hf-config describes the model; leave out --model (or --hf-config)")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.hf_config is not None:
