@@ -149,6 +149,8 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
             found.append(artifacts.load(path))
             continue
         if unfinished_sweep:  # its finished runs, and the sweep said to be unfinished (the report looked whole)
+            if not any((run / artifacts.MANIFEST).is_file() for run in (path / "runs").iterdir()):
+                artifacts.load(path)  # none yet: the sweep's own one line
             said_unfinished(path)
             path = path / "runs"
         inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())

@@ -26,6 +26,33 @@ def check_unicode(text: str, what: str, fix: str) -> None:
         raise UserError(f"{what} is not valid Unicode text (an undecodable byte or a lone surrogate, {bad}); {fix}") from None
 
 
+def wide_encoding(head: bytes) -> str | None:
+    """"UTF-32", "UTF-16" (or UTF-16LE/BE) where a file's first bytes say it is one (Windows' "Unicode" text): a
+    byte-order mark, or text of ASCII characters with every other byte NUL. Read as UTF-8, such text
+    is NUL bytes between letters, which decode without an error."""
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    pairs = len(head) // 2
+    for side in (0, 1):  # NUL the high byte: the second of each pair (little-endian) or the first
+        high, low = head[1 - side::2][:pairs], head[side::2][:pairs]
+        if pairs >= 8 and high.count(0) >= 0.9 * pairs and 0 not in low \
+                and sum(byte in _ASCII_TEXT for byte in low) >= 0.9 * pairs:  # (not an array of small numbers)
+            return ("UTF-16LE", "UTF-16BE")[side]  # (iconv's "utf-16" reads text without a mark as big-endian)
+    return None
+
+
+_ASCII_TEXT = frozenset(b"\t\n\r" + bytes(range(32, 127)))
+
+
+def check_not_wide(head: bytes, label: str) -> None:
+    """A one-line error for a UTF-16 or UTF-32 file, with the conversion to run."""
+    encoding = wide_encoding(head)
+    if encoding:
+        raise UserError(f"{label} is {encoding} text; convert it to UTF-8 (e.g. iconv -f {encoding.lower()} -t utf-8)")
+
+
 ABSENT = object()  # field_value's answer for a field a record does not have
 
 
@@ -57,6 +84,8 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
     path = Path(path)
     with open(path, "rb") as handle:
+        check_not_wide(handle.read(8192), str(path))
+        handle.seek(0)
         for lineno, raw in enumerate(handle, 1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
@@ -87,6 +116,7 @@ def read_text(path: Path | str) -> str:
     not UTF-8 is a one-line UserError naming its first bad line."""
     path = Path(path)
     data = path.read_bytes()
+    check_not_wide(data[:8192], str(path))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -420,6 +420,27 @@ def test_damage_that_loading_cannot_see_is_named_in_one_line(cli, chain, tmp_pat
     assert not (tmp_path / "tokens").exists()
 
 
+@pytest.mark.parametrize("encoding,named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"), ("utf-32", "UTF-32")])
+def test_utf16_and_utf32_files_are_named_by_every_reader(cli, chain, tmp_path, encoding, named):
+    """Windows' "Unicode" text: NUL bytes between ASCII letters decode as UTF-8 without an error, so
+    tokenizer train learnt NULs and eval scored BLEU 100 on two such files; with a byte-order mark
+    the advice was latin-1's. Each reader names the encoding and the conversion."""
+    text = "".join(line + "\n" for line in chain.joinpath("book.txt").read_text(encoding="utf-8").splitlines()[:40])
+    (tmp_path / "wide.txt").write_bytes(text.encode(encoding))
+    (tmp_path / "wide.jsonl").write_bytes('{"prompt": "ROMEO:", "response": "Ay."}\n'.encode(encoding) * 20)
+    (tmp_path / "p.txt").write_text("a line\n" * 40, encoding="utf-8")
+    commands = [("clean", tmp_path / "wide.txt"), ("tokenizer", "train", tmp_path / "wide.txt", "--vocab-size", "300"),
+                ("eval", "--predictions", tmp_path / "p.txt", "--references", tmp_path / "wide.txt", "-m", "bleu"),
+                ("finetune", chain / "ckpt", "--data", tmp_path / "wide.jsonl")]
+    for command in commands:
+        line = _one_line_error(cli(*command, "-o", tmp_path / "out"))
+        assert f"wide.{'jsonl' if command[0] == 'finetune' else 'txt'} is {named} text; convert it to UTF-8 (e.g. iconv -f " \
+               f"{named.lower()} -t utf-8)" in line, (command[0], line)
+        assert not (tmp_path / "out").exists()
+    line = _one_line_error(cli("generate", chain / "ckpt", "--prompts", tmp_path / "wide.jsonl"))
+    assert f"is {named} text" in line, line
+
+
 def test_text_that_is_not_utf8_is_refused_before_any_work(cli, chain, tmp_path):
     """An option's value, a file named by an option, or an input artifact's path that is not UTF-8
     (typed in latin-1, say) failed when the manifest was written, after all the work."""

@@ -75,6 +75,9 @@ def test_empty_corpus(cli, tmp_path):
     assert "the input is empty" in line
     line = _one_error_line(cli("clean", tmp_path / "blank.txt", "-o", tmp_path / "out"))
     assert "no text found" in line and "every document is empty or blank" in line  # no rule to loosen
+    (tmp_path / "short.txt").write_text("hi there\nok go\nyes\n", encoding="utf-8")  # C4 removes each line: a rule's doing
+    line = _one_error_line(cli("clean", tmp_path / "short.txt", "--c4", "--c4-min-sentences", "0", "-o", tmp_path / "out"))
+    assert "all 1 documents were dropped (empty: 1); loosen those rules" in line, line
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "photo.png").write_bytes(b"\x89PNG")
     assert "holds no readable files" in _one_error_line(cli("clean", tmp_path / "folder", "-o", tmp_path / "out"))
@@ -90,9 +93,13 @@ def test_binary_file(cli, tmp_path):
     # Windows' "Unicode" text, with and without its byte-order mark: named, with the conversion
     (tmp_path / "notes.txt").write_bytes("a note to self\n".encode("utf-16"))
     (tmp_path / "notes_le.txt").write_bytes("a note to self, with no mark\n".encode("utf-16-le"))
-    for name in ("notes.txt", "notes_le.txt"):
+    (tmp_path / "notes32.txt").write_bytes("a note to self\n".encode("utf-32"))
+    for name, encoding in (("notes.txt", "UTF-16"), ("notes_le.txt", "UTF-16LE"), ("notes32.txt", "UTF-32")):
         line = _one_error_line(cli("clean", tmp_path / name, "-o", tmp_path / "out"))
-        assert f"{name} is UTF-16 text" in line and "iconv -f utf-16" in line, line
+        assert f"{name} is {encoding} text" in line and f"iconv -f {encoding.lower()} -t utf-8" in line, line
+    # an array of small 16-bit numbers has a NUL every other byte too, but is no text
+    (tmp_path / "numbers.txt").write_bytes(b"".join(n.to_bytes(2, "little") for n in range(1, 256)) * 20)
+    assert "looks like a binary file" in _one_error_line(cli("clean", tmp_path / "numbers.txt", "-o", tmp_path / "out"))
     _nothing_written(tmp_path)
 
 
@@ -152,7 +159,8 @@ def test_a_truncated_compressed_file_is_an_error_not_a_shorter_text(cli, shared_
                                      for line in open(shared_data / "sentiment" / "test.jsonl", encoding="utf-8"))
     packed = gzip.compress(data) if name.endswith(".gz") else zstandard.ZstdCompressor().compress(data)
     (tmp_path / name).write_bytes(packed[: len(packed) // 2])
-    line = _one_error_line(cli("clean", tmp_path / name, "--doc-per", doc_per, "--skip-bad-lines", "-o", tmp_path / "out"))
+    skipping = [] if name.startswith("book") and doc_per == "file" else ["--skip-bad-lines"]  # (not skippable either way)
+    line = _one_error_line(cli("clean", tmp_path / name, "--doc-per", doc_per, *skipping, "-o", tmp_path / "out"))
     assert name in line and "is the file complete" in line
     _nothing_written(tmp_path)
     # A whole file of two frames (pzstd writes many) is read to the end of the second.
@@ -278,6 +286,14 @@ def test_doc_per_on_inputs_that_come_as_documents_is_said_to_change_nothing(cli,
                 "-o", tmp_path / "b")
     assert mixed.exit_code == 0 and "splits plain-text files" not in mixed.output
     assert artifacts.load(tmp_path / "b").stats["documents_in"] == 3  # the record whole, the text file's two lines
+    # so too --text-field with only plain text, and --skip-bad-lines with only whole plain-text files
+    plain = cli("clean", tmp_path / "plain.txt", "--text-field", "body", "--skip-bad-lines", "-o", tmp_path / "c")
+    flat = " ".join(plain.output.split())
+    assert plain.exit_code == 0 and "--text-field body names a field of JSONL, CSV or Parquet records" in flat, plain.output
+    assert "these inputs are whole plain-text files, so it changes nothing here" in flat
+    both = cli("clean", tmp_path / "records.jsonl", tmp_path / "plain.txt", "--text-field", "text", "--doc-per", "line",
+               "--skip-bad-lines", "-o", tmp_path / "d")
+    assert both.exit_code == 0 and "changes nothing" not in both.output, both.output
 
 
 def test_a_folder_holding_an_artifact_reads_around_it(cli, shared_data, tmp_path):

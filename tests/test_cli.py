@@ -387,6 +387,10 @@ def test_report_says_a_run_or_sweep_given_that_has_not_finished(cli, tmp_path):
     flat = " ".join(result.output.split())
     assert result.exit_code == 0 and "1 docs" in flat, result.output
     assert "is a sweep that has not finished" in flat and "stopped is a training run that has not finished" in flat, result.output
+    shutil.rmtree(sweep / "runs" / "done")  # no run finished yet: the sweep's own one line
+    result = cli("report", sweep)
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "is a sweep that has not finished" in lines[0], result.output
 
 
 def test_report_notes_an_input_replaced_since(cli, tmp_path):

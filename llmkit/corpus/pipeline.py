@@ -67,6 +67,13 @@ def clean(
     if cfg.doc_per != "file" and not any(source.plain_text for source in sources):
         note(f"--doc-per {cfg.doc_per} splits plain-text files; these inputs come as documents already, so it "
              "changes nothing here (it is still recorded)")
+    if all(source.plain_text for source in sources):
+        if cfg.text_field is not None:
+            note(f"--text-field {cfg.text_field} names a field of JSONL, CSV or Parquet records; these inputs are plain "
+                 "text, so it changes nothing here (it is still recorded)")
+        if cfg.skip_bad_lines and cfg.doc_per == "file":
+            note("--skip-bad-lines skips records, and lines under --doc-per line or blank-line; these inputs are whole "
+                 "plain-text files, so it changes nothing here (it is still recorded)")
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()
     started = time.perf_counter()
@@ -157,7 +164,7 @@ def clean(
 
         if docs_in == 0 or bytes_in == 0:  # (an empty file is one empty document)
             raise UserError(f"no text found in {_describe(sources)}: the input is empty; check the files")
-        if kept == 0 and set(dropped) == {"empty"}:
+        if kept == 0 and set(dropped) == {"empty"} and not (cfg.c4 or cfg.strip_html):  # (those can empty one)
             raise UserError(f"no text found in {_describe(sources)}: every document is empty or blank; check the files")
         if kept == 0:
             top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))

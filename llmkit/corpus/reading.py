@@ -17,6 +17,7 @@ from typing import IO, Callable, Iterator, Optional
 
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
+from llmkit.jsonl import check_not_wide
 
 BINARY_PROBE = 8192
 
@@ -148,21 +149,11 @@ _UNREAD_FORMATS = ((b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\x00", "xz-compresse
                    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"))
 
 
-def _utf16(head: bytes) -> bool:
-    """Windows' "Unicode" text: a UTF-16 byte-order mark, or mostly ASCII with every other byte NUL."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return True
-    pairs = len(head) // 2
-    return pairs >= 8 and any(head[side::2][:pairs].count(0) >= 0.9 * pairs and b"\x00" not in head[1 - side::2]
-                              for side in (0, 1))
-
-
 def check_not_binary(head: bytes, label: str) -> None:
     for magic, what in _UNREAD_FORMATS:
         if head.startswith(magic):
             raise UserError(f"{label} is {what}, which clean does not read; extract it, or compress it as .gz or .zst")
-    if _utf16(head[:BINARY_PROBE]):
-        raise UserError(f"{label} is UTF-16 text; convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8 {label} > out.txt)")
+    check_not_wide(head[:BINARY_PROBE], label)
     if b"\x00" in head[:BINARY_PROBE]:
         raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
 
