@@ -45,7 +45,10 @@ class Generated:
             record["messages"] = self.prompt.messages
         if self.fitted:  # what the model saw, its template and special tokens written out
             record["fitted_prompt"] = c.prompt
-        record.update({k: v for k, v in self.prompt.meta.items() if k not in record})
+        for name, value in self.prompt.meta.items():  # (a field named as one of ours, e.g. a data set's reference
+            while name in record:                   # "completion", kept as input_completion: it was dropped unsaid)
+                name = f"input_{name}"
+            record[name] = value
         return record
 
 
