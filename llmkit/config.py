@@ -66,6 +66,10 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}; pass an existing .toml or .yaml file")
+    from llmkit.jsonl import wide_encoding
+
+    if encoding := wide_encoding(path.read_bytes()[:8192]):
+        raise UsageError(f"config file {path} is {encoding} text; save it as UTF-8 (e.g. iconv -f {encoding.lower()} -t utf-8)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

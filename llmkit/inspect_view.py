@@ -144,13 +144,16 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     found, skipped, damaged = [], [], []
     for path in paths:
         unfinished_sweep = not (path / artifacts.MANIFEST).is_file() and path.is_dir() and artifacts.unfinished_sweep(path)
-        if (path / artifacts.MANIFEST).is_file() or not path.is_dir() or ((path / RUN_MARK).is_file() and not unfinished_sweep):
-            # a missing path, a damaged artifact, a run given that stopped before its manifest: the usual one-line error
-            found.append(artifacts.load(path))
+        unfinished_run = (path / RUN_MARK).is_file() and not (path / artifacts.MANIFEST).is_file() and not unfinished_sweep
+        if unfinished_run or (unfinished_sweep and not any((run / artifacts.MANIFEST).is_file() for run in (path / "runs").iterdir())):
+            if len(paths) == 1:  # the one thing asked for: verify's one line (it said the folder held no artifact)
+                artifacts.load(path)
+            said_unfinished(path)  # one among a glob's (a run still training): said, the others shown
+            continue
+        if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
+            found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
             continue
         if unfinished_sweep:  # its finished runs, and the sweep said to be unfinished (the report looked whole)
-            if not any((run / artifacts.MANIFEST).is_file() for run in (path / "runs").iterdir()):
-                artifacts.load(path)  # none yet: the sweep's own one line
             said_unfinished(path)
             path = path / "runs"
         inside = sorted(child for child in path.iterdir() if (child / artifacts.MANIFEST).is_file())

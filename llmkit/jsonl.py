@@ -27,23 +27,27 @@ def check_unicode(text: str, what: str, fix: str) -> None:
 
 
 def wide_encoding(head: bytes) -> str | None:
-    """"UTF-32", "UTF-16" (or UTF-16LE/BE) where a file's first bytes say it is one (Windows' "Unicode" text): a
-    byte-order mark, or text of ASCII characters with every other byte NUL. Read as UTF-8, such text
-    is NUL bytes between letters, which decode without an error."""
+    """"UTF-32" or "UTF-16" (with LE/BE where there is no mark) where a file's first bytes say it is
+    one (Windows' "Unicode" text): a byte-order mark, or units of one Latin character each, the other
+    bytes NUL. Read as UTF-8, such text is NUL bytes between letters, which decode without an error."""
     if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         return "UTF-32"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "UTF-16"
-    pairs = len(head) // 2
-    for side in (0, 1):  # NUL the high byte: the second of each pair (little-endian) or the first
-        high, low = head[1 - side::2][:pairs], head[side::2][:pairs]
-        if pairs >= 8 and high.count(0) >= 0.9 * pairs and 0 not in low \
-                and sum(byte in _ASCII_TEXT for byte in low) >= 0.9 * pairs:  # (not an array of small numbers)
-            return ("UTF-16LE", "UTF-16BE")[side]  # (iconv's "utf-16" reads text without a mark as big-endian)
+    for width, name in ((4, "UTF-32"), (2, "UTF-16")):
+        units = len(head) // width
+        for at, order in ((0, "LE"), (width - 1, "BE")):  # where a unit's character byte is
+            letters = head[at::width][:units]
+            zeros = [head[i::width][:units].count(0) for i in range(width) if i != at]
+            if units >= 2 and 0 not in letters and all(count >= 0.9 * units for count in zeros) \
+                    and sum(byte in _LATIN_TEXT for byte in letters) >= 0.9 * units:  # (not an array of small numbers)
+                return name + order  # (iconv's "utf-16" reads text without a mark as big-endian)
     return None
 
 
-_ASCII_TEXT = frozenset(b"\t\n\r" + bytes(range(32, 127)))
+# Bytes that are text as the low byte of a Latin-1 character: printable ASCII, tab and line ends, and
+# U+00A0-U+00FF (accented letters: French prose in UTF-16 has them in one unit in ten)
+_LATIN_TEXT = frozenset(b"\t\n\r" + bytes(range(32, 127)) + bytes(range(0xA0, 0x100)))
 
 
 def check_not_wide(head: bytes, label: str) -> None:

@@ -420,7 +420,8 @@ def test_damage_that_loading_cannot_see_is_named_in_one_line(cli, chain, tmp_pat
     assert not (tmp_path / "tokens").exists()
 
 
-@pytest.mark.parametrize("encoding,named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"), ("utf-32", "UTF-32")])
+@pytest.mark.parametrize("encoding,named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE"),
+                                            ("utf-32", "UTF-32"), ("utf-32-le", "UTF-32LE")])
 def test_utf16_and_utf32_files_are_named_by_every_reader(cli, chain, tmp_path, encoding, named):
     """Windows' "Unicode" text: NUL bytes between ASCII letters decode as UTF-8 without an error, so
     tokenizer train learnt NULs and eval scored BLEU 100 on two such files; with a byte-order mark
@@ -429,16 +430,35 @@ def test_utf16_and_utf32_files_are_named_by_every_reader(cli, chain, tmp_path, e
     (tmp_path / "wide.txt").write_bytes(text.encode(encoding))
     (tmp_path / "wide.jsonl").write_bytes('{"prompt": "ROMEO:", "response": "Ay."}\n'.encode(encoding) * 20)
     (tmp_path / "p.txt").write_text("a line\n" * 40, encoding="utf-8")
-    commands = [("clean", tmp_path / "wide.txt"), ("tokenizer", "train", tmp_path / "wide.txt", "--vocab-size", "300"),
+    (tmp_path / "wide.csv").write_bytes("text,label\nCafé crème brûlée à Noël,1\n".encode(encoding) * 20)
+    (tmp_path / "wide.json").write_bytes('[{"text": "Ça va très bien"}]\n'.encode(encoding))
+    (tmp_path / "wide.toml").write_bytes("[clean]\nexact_dedup = false\n".encode(encoding))
+    commands = [("clean", tmp_path / "wide.json"), ("clean", chain / "book.txt", "--config", tmp_path / "wide.toml"),
+                ("eval", chain / "ckpt", "--data", tmp_path / "wide.csv", "-m", "accuracy"),
+                ("scaling", "fit", tmp_path / "wide.csv"), ("clean", tmp_path / "wide.csv"),("clean", tmp_path / "wide.txt"), ("tokenizer", "train", tmp_path / "wide.txt", "--vocab-size", "300"),
                 ("eval", "--predictions", tmp_path / "p.txt", "--references", tmp_path / "wide.txt", "-m", "bleu"),
                 ("finetune", chain / "ckpt", "--data", tmp_path / "wide.jsonl")]
     for command in commands:
         line = _one_line_error(cli(*command, "-o", tmp_path / "out"))
-        assert f"wide.{'jsonl' if command[0] == 'finetune' else 'txt'} is {named} text; convert it to UTF-8 (e.g. iconv -f " \
-               f"{named.lower()} -t utf-8)" in line, (command[0], line)
+        file = next(Path(str(part)).name for part in command if str(part).startswith(str(tmp_path / "wide")))
+        assert f"{file} is {named} text" in line and f"(e.g. iconv -f {named.lower()} -t utf-8)" in line, (command, line)
         assert not (tmp_path / "out").exists()
     line = _one_line_error(cli("generate", chain / "ckpt", "--prompts", tmp_path / "wide.jsonl"))
     assert f"is {named} text" in line, line
+
+
+def test_wide_encodings_are_told_from_utf8_and_from_binary(shared_data):
+    from llmkit.jsonl import wide_encoding
+
+    french = "Café crème brûlée, naïve façade. Ça va très bien à Noël!\n" * 20  # one unit in ten accented
+    for encoding, named in (("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE"), ("utf-32-le", "UTF-32LE"),
+                            ("utf-32-be", "UTF-32BE"), ("utf-16", "UTF-16"), ("utf-32", "UTF-32")):
+        assert wide_encoding(french.encode(encoding)[:8192]) == wide_encoding("ok\n".encode(encoding)) == named, encoding
+    chinese = (shared_data / "chinese.txt").read_bytes()[:8192]
+    for text in (chinese, french.encode(), "emoji 🎉 text\n".encode(), b"", b"a", bytes(10_000)):
+        assert wide_encoding(text) is None
+    numbers = b"".join(n.to_bytes(2, "little") for n in range(1, 256)) * 20  # small 16-bit numbers: binary
+    assert wide_encoding(numbers[:8192]) is None
 
 
 def test_text_that_is_not_utf8_is_refused_before_any_work(cli, chain, tmp_path):

@@ -77,7 +77,13 @@ def test_empty_corpus(cli, tmp_path):
     assert "no text found" in line and "every document is empty or blank" in line  # no rule to loosen
     (tmp_path / "short.txt").write_text("hi there\nok go\nyes\n", encoding="utf-8")  # C4 removes each line: a rule's doing
     line = _one_error_line(cli("clean", tmp_path / "short.txt", "--c4", "--c4-min-sentences", "0", "-o", tmp_path / "out"))
-    assert "all 1 documents were dropped (empty: 1); loosen those rules" in line, line
+    assert "all 1 documents were dropped (c4_no_lines_left: 1); loosen those rules" in line, line
+    (tmp_path / "page.html").write_text("<html><script>var x = 1;</script></html>", encoding="utf-8")
+    line = _one_error_line(cli("clean", tmp_path / "page.html", "--strip-html", "-o", tmp_path / "out"))
+    assert "every document is empty or blank once its HTML is stripped" in line, line
+    for blank_with_rules in (["--c4"], ["--strip-html"]):  # blank input is blank, whatever rules are on
+        line = _one_error_line(cli("clean", tmp_path / "blank.txt", *blank_with_rules, "-o", tmp_path / "out"))
+        assert "every document is empty or blank" in line, line
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "photo.png").write_bytes(b"\x89PNG")
     assert "holds no readable files" in _one_error_line(cli("clean", tmp_path / "folder", "-o", tmp_path / "out"))

@@ -354,9 +354,11 @@ def test_ngram_statistics_match_the_plain_computation(shakespeare, chinese):
 
 
 def test_c4_removing_every_line_drops_the_document_as_empty():
-    """With --c4-min-sentences 0 and FineWeb off, a document C4 emptied was kept with no text."""
+    """With --c4-min-sentences 0 and FineWeb off, a document C4 emptied was kept with no text (and then
+    dropped as "empty", which clean's error took for blank input)."""
     cfg = resolve(explicit={"c4": True, "c4_min_sentences": 0})
     processor = DocumentProcessor(cfg)
-    assert processor("a", "s", "hi\nok").reason == "empty"
+    assert processor("a", "s", "hi\nok").reason == "c4_no_lines_left"
+    assert processor("b", "s", " \n ").reason == "empty"
     kept = processor("b", "s", "Some real sentence here with words. Another one here.")
     assert kept.reason is None and kept.text

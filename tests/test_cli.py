@@ -378,6 +378,10 @@ def test_report_says_a_run_or_sweep_given_that_has_not_finished(cli, tmp_path):
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert "is a training run that has not finished" in lines[0] and "--resume" in lines[0], result.output
+    _corpus(tmp_path / "corpus")  # one among several paths (report runs/* while a run trains): said, the others shown
+    result = cli("report", tmp_path / "corpus", run)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and "1 docs" in flat and "is a training run that has not finished" in flat, result.output
     sweep = tmp_path / "sweep"
     (sweep / "configs").mkdir(parents=True)
     (sweep / RUN_MARK).write_text("")

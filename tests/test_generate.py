@@ -550,7 +550,7 @@ def test_streaming_holds_back_a_stop_string_before_a_half_character(ckpt):
 def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     # a data set's reference "completion" and a "seed" of its own are kept beside ours (they were dropped unsaid)
-    prompts.write_text(json.dumps({"prompt": "KING:", "id": "a", "completion": "gold", "seed": 99, "input_seed": 1}) + "\n"
+    prompts.write_text(json.dumps({"prompt": "KING:", "id": "a", "seed": 99, "input_seed": 1, "completion": "gold"}) + "\n"
                        + json.dumps({"prompt": "To be"}) + "\n")
     args = ["generate", ckpt, "--prompts", prompts, "-p", "First Citizen:", "--num-samples", "2", "-n", "12", "--seed", "5", "--batch-size", "4"]
     first = cli(*args, "-o", tmp_path / "a.jsonl")
@@ -561,7 +561,7 @@ def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):
     assert len(a) == 6 and [r["completion"] for r in a] == [r["completion"] for r in b]
     assert [r["prompt"] for r in a] == ["First Citizen:"] * 2 + ["KING:"] * 2 + ["To be"] * 2
     assert a[2]["id"] == "a" and a[0]["completion"] != a[1]["completion"]  # samples differ
-    assert (a[2]["input_completion"], a[2]["input_seed"], a[2]["input_input_seed"], a[2]["seed"]) == ("gold", 99, 1, 5), a[2]
+    assert (a[2]["input_completion"], a[2]["input_input_seed"], a[2]["input_seed"], a[2]["seed"]) == ("gold", 99, 1, 5), a[2]
     assert a[2]["completion"] != "gold" and "input_completion" not in a[4]
     assert all(r["completion_tokens"] <= 12 for r in a)
     # one prompt alone gives the same text as inside the batch (same seed)

@@ -81,7 +81,8 @@ def clean(
     # format 2: markers append the index's changes (a partial folder of format 1 is started over, not misread)
     # format 3 (2026-12-03): HTML heads, C4's emptied documents, Gopher's top n-gram and a corpus's carried ids changed
     # format 4 (2026-12-05): terminal escapes, the HTML gate, a whole file's BOM and repeated names' labels changed
-    key = resume.digest({"stage": "clean", "format": 4, "config": cfg.hashed(), "inputs": input_identities(sources)})
+    # format 5 (2026-12-05): a document C4 empties is c4_no_lines_left (it was "empty")
+    key = resume.digest({"stage": "clean", "format": 5, "config": cfg.hashed(), "inputs": input_identities(sources)})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)
@@ -164,8 +165,9 @@ def clean(
 
         if docs_in == 0 or bytes_in == 0:  # (an empty file is one empty document)
             raise UserError(f"no text found in {_describe(sources)}: the input is empty; check the files")
-        if kept == 0 and set(dropped) == {"empty"} and not (cfg.c4 or cfg.strip_html):  # (those can empty one)
-            raise UserError(f"no text found in {_describe(sources)}: every document is empty or blank; check the files")
+        if kept == 0 and set(dropped) == {"empty"}:
+            raise UserError(f"no text found in {_describe(sources)}: every document is empty or blank"
+                            f"{' once its HTML is stripped' if cfg.strip_html else ''}; check the files")
         if kept == 0:
             top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
             raise UserError(

@@ -100,7 +100,7 @@ class DocumentProcessor:
             if reason:
                 return text, reason
             if not text:  # every line was one C4 removes (with --c4-min-sentences 0 nothing else says so)
-                return doc.text, "empty"
+                return doc.text, "c4_no_lines_left"
             doc = filters.DocView(text, language)
         if cfg.fineweb and (reason := filters.fineweb(doc, cfg)):
             return text, reason

@@ -182,6 +182,7 @@ def _json_array(path: Path, label: str, compression: Optional[str], picker: _Fie
     # A .json array has to be parsed whole; JSON Lines is the streaming format.
     with open_binary(path, compression) as handle:
         data = handle.read()
+    check_not_binary(data[:BINARY_PROBE], label)
     try:
         text = decode_utf8(data, label)
         records = json.loads(text[1:] if text.startswith("\ufeff") else text)  # a byte order mark, as JSONL allows

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.eval.textio import is_jsonl, read_jsonl
-from llmkit.jsonl import read_text
+from llmkit.jsonl import check_not_wide, read_text
 
 
 def artifact_kind(data: str) -> str | None:
@@ -44,6 +44,9 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
     elif path.is_file() and path.suffix.lower() in (".txt", ".md", ""):
         records = [{"text": read_text(path)}]
     elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
+        if path.suffix.lower() == ".csv":
+            with open(path, "rb") as handle:
+                check_not_wide(handle.read(8192), f"--data {data}")
         records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
     elif path.is_dir():
         raise UserError(f"--data {data} is a folder, not an artifact; pass one of its files (.jsonl, .txt, .parquet, .csv)")

@@ -45,10 +45,13 @@ class Generated:
             record["messages"] = self.prompt.messages
         if self.fitted:  # what the model saw, its template and special tokens written out
             record["fitted_prompt"] = c.prompt
-        for name, value in self.prompt.meta.items():  # (a field named as one of ours, e.g. a data set's reference
-            while name in record:                   # "completion", kept as input_completion: it was dropped unsaid)
-                name = f"input_{name}"
-            record[name] = value
+        ours = set(record)
+        record.update({name: value for name, value in self.prompt.meta.items() if name not in ours})
+        for name, value in self.prompt.meta.items():  # a field named as one of ours (a data set's reference
+            if name in ours:                          # "completion"): kept as input_completion (it was dropped unsaid)
+                while name in record:
+                    name = f"input_{name}"
+                record[name] = value
         return record
 
 

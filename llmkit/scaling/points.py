@@ -76,6 +76,10 @@ def _number(text: str, column: str, row: int, where: Path) -> float:
 
 
 def _csv_points(path: Path) -> list[Point]:
+    from llmkit.jsonl import check_not_wide
+
+    with open(path, "rb") as handle:
+        check_not_wide(handle.read(8192), str(path))
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
