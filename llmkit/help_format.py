@@ -105,8 +105,13 @@ def _default(param: click.Parameter) -> str | None:
     if getattr(param, "is_flag", False):
         return None
     if isinstance(param.default, (list, tuple)):
-        return ", ".join(str(value) for value in param.default) or None
-    return str(param.default)
+        return ", ".join(_shown(value) for value in param.default) or None
+    return _shown(param.default)
+
+
+def _shown(value) -> str:
+    """A default as typed: eval's --stop default, a newline, is `\\n` (it broke the help's line)."""
+    return str(value).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def _beside(rows) -> Table:

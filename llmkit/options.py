@@ -175,6 +175,7 @@ class FlatOption:
         return self.flag[2:].replace("-", "_")
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -243,6 +244,13 @@ class Options:
     """
 
     def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # (a group's own __post_init__ does its fields)
+            if _OPTION in f.metadata:
+                value = getattr(self, f.name)
+                declared = _as_declared_number(value, hints[f.name])
+                if declared is not value:
+                    setattr(self, f.name, declared)
         self.check()
 
     @classmethod
@@ -353,6 +361,23 @@ def _type_problem(value: Any, annotation: Any) -> str | None:
     if annotation is Path:
         return None if isinstance(value, (str, Path)) else _TYPE_NAMES[Path]
     return None
+
+
+def _as_declared_number(value: Any, annotation: Any) -> Any:
+    """A whole number given for a float option is that float, as a flag's and a file's are:
+    `build(val_fraction=0)` from Python recorded 0, where the command line's --val-fraction 0 records
+    0.0, another fingerprint for the same work."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return _as_declared_number(value, non_none[0]) if value is not None and len(non_none) == 1 else value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list and args and args[0] is float and isinstance(value, list) \
+            and any(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [_as_declared_number(v, float) for v in value]
+    return value
 
 
 def _build(cls: type, values: dict[str, Any], spec: GroupSpec | None) -> Any:

@@ -189,6 +189,12 @@ BAD_VALUES = [
     (["pretrain", "{tokens}", "--weight-decay", "-0.1"], "--weight-decay must be at least 0"),
     (["pretrain", "{tokens}", "--eval-every", "-1"], "--eval-every must be at least 0"),
     (["pretrain", "{tokens}", "--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1]"),
+    # settings the run's optimizer, schedule or model never read: the same weights under another fingerprint
+    (["pretrain", "{tokens}", "--momentum", "0.5"], "--momentum would change nothing here (--momentum is for SGD (--optimizer sgd))"),
+    (["pretrain", "{tokens}", "--optimizer", "sgd", "--beta1", "0.8", "--beta2", "0.9"], "--beta1, --beta2 would change nothing"),
+    (["pretrain", "{tokens}", "--schedule", "constant", "--min-lr-ratio", "0.5"], "--min-lr-ratio would change nothing here"),
+    (["pretrain", "{tokens}", "--pos", "learned", "--rope-theta", "500"], "--rope-theta is the base of rotary positions"),
+    (["finetune", "{ckpt}", "--data", "{sft}", "--momentum", "0.5"], "--momentum would change nothing here"),
     (["pretrain", "{tokens}", "--mlm-probability", "2"], "--mlm-probability must be in (0, 1)"),
     (["pretrain", "{tokens}", "--gpus", "-1"], "--gpus must be at least 0"),
     (["pretrain", "{tokens}", "--grad-clip", "nan"], "--grad-clip must be a finite number"),

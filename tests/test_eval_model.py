@@ -228,6 +228,13 @@ def test_label_names_must_be_distinct_and_non_empty(cli, gpt2_ckpt, shared_data,
     result = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", shared_data / "sentiment" / "test.jsonl", "--labels", labels,
                  "--limit", "4", "-o", tmp_path / "ev")
     assert result.exit_code != 0 and message in result.output and not (tmp_path / "ev").exists()
+    # a config file's list, which no parser reads, is held to the same (`[same, same]` scored two classes as one)
+    names = labels.split(",")
+    (tmp_path / "c.yaml").write_text("labels: [" + ", ".join(json.dumps(n) for n in names) + "]\n")
+    result = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", shared_data / "sentiment" / "test.jsonl", "--config",
+                 tmp_path / "c.yaml", "--limit", "4", "-o", tmp_path / "ev")
+    assert result.exit_code == 2 and message in result.output and "c.yaml" in result.output, result.output
+    assert not (tmp_path / "ev").exists()
 
 
 def test_perplexity_records_are_numbered_by_input_record_past_empty_ones(cli, gpt2_ckpt, tmp_path):

@@ -54,6 +54,24 @@ def test_every_config_field_is_exactly_one_flag_and_every_flag_a_field(path):
 
 
 @pytest.mark.parametrize("path", list(stage_commands()))
+def test_every_switch_has_an_off_flag_so_a_typed_flag_beats_a_config_files_on(path):
+    """`greedy = true` in a config file could not be turned off from the command line (there was no
+    --no-greedy), though typed flags beat the file."""
+    params = {p.name: p for p in click_command(path).params}
+    for opt in flat_options(stage_commands()[path].config_cls):
+        if opt.type is bool or opt.type == (bool | None):
+            assert params[opt.name].secondary_opts, f"{path}: {opt.flag} has no --no- form"
+
+
+def test_a_typed_off_flag_beats_a_config_files_on(cli, tmp_path):
+    (tmp_path / "c.toml").write_text("[clean]\nkeep_rejects = true\n")
+    (tmp_path / "book.txt").write_text("A line of text to keep here.\n", encoding="utf-8")
+    assert cli("clean", tmp_path / "book.txt", "--config", tmp_path / "c.toml", "-o", tmp_path / "on").exit_code == 0
+    assert cli("clean", tmp_path / "book.txt", "--config", tmp_path / "c.toml", "--no-keep-rejects", "-o", tmp_path / "off").exit_code == 0
+    assert (tmp_path / "on" / "rejects.jsonl").exists() and not (tmp_path / "off" / "rejects.jsonl").exists()
+
+
+@pytest.mark.parametrize("path", list(stage_commands()))
 def test_every_option_has_one_config_file_key_its_flag_names(path):
     options = flat_options(stage_commands()[path].config_cls)
     keys = [opt.key for opt in options]
@@ -169,6 +187,8 @@ def test_help_of_every_command_renders_without_lost_text(path, width):
         assert "…" not in text, path  # no name, type or description cut short
         for opt in shown:
             assert " ".join(opt.help.split()[:3]) in text, (path, opt.name)
+    if path == "eval":  # a default holding a newline is shown as typed (it broke the line: "[default:" then "]")
+        assert "[default: \\n]" in " ".join(result.output.replace("│", " ").split()), result.output
 
 
 def test_help_at_80_columns_shows_every_option_whole_with_its_description_across_the_width():
@@ -229,7 +249,8 @@ def test_groups_take_stage_defaults_and_flat_names_from_flags_and_files(tmp_path
     assert (plain_pt.optim.weight_decay, plain_pt.optim.beta2, plain_pt.devices.micro_batch) == (0.1, 0.95, 16)
     file = tmp_path / "run.toml"
     file.write_text("[finetune]\nlr = 3e-4\nmicro-batch = 4\nlora_rank = 8\n[pretrain]\nlr = 1\n")
-    config = resolve(FinetuneConfig, file=file, section="finetune", explicit={"micro_batch": 2, "momentum": 0.5})
+    config = resolve(FinetuneConfig, file=file, section="finetune", explicit={"micro_batch": 2, "momentum": 0.5,
+                                                                                   "optimizer": "sgd"})
     assert (config.optim.lr, config.devices.micro_batch, config.lora_rank, config.optim.momentum) == (3e-4, 2, 8, 0.5)
     assert config.optim.weight_decay == 0.0  # the group keeps finetune's default for what is not given
     assert FinetuneConfig.build(**config.flat()) == config  # the round trip a torchrun worker makes
@@ -313,6 +334,23 @@ def test_minus_zero_is_recorded_as_zero():
     from llmkit.tokenizer.config import TokenizeConfig
 
     assert json.dumps(TokenizeConfig.build(val_fraction=-0.0).hashed()) == json.dumps(TokenizeConfig.build(val_fraction=0.0).hashed())
+
+
+def test_a_whole_number_from_python_for_a_float_option_is_recorded_as_the_flag_records_it(cli, tmp_path):
+    """`build(val_fraction=0)` recorded 0 where `--val-fraction 0` records 0.0: another fingerprint for
+    the same work, for every test and script that builds configs in Python."""
+    from llmkit.config import resolve
+    from llmkit.corpus.config import CleanConfig
+    from llmkit.pretrain.config import PretrainConfig
+    from llmkit.tokenizer.config import TokenizeConfig
+
+    assert json.dumps(TokenizeConfig.build(val_fraction=0).hashed()) == json.dumps(
+        resolve(TokenizeConfig, explicit={"val_fraction": 0.0}).hashed()) and '"val_fraction": 0.0' in json.dumps(
+        TokenizeConfig(val_fraction=0).hashed())
+    built = PretrainConfig.build(lr=1, weight_decay=0, min_lr_ratio=0)
+    assert (repr(built.optim.lr), repr(built.optim.weight_decay), repr(built.optim.min_lr_ratio)) == ("1.0", "0.0", "0.0")
+    listed = CleanConfig.build(gopher_repetition=True, max_top_ngram_char_frac=[1, 1, 0.5])
+    assert json.dumps(listed.max_top_ngram_char_frac) == "[1.0, 1.0, 0.5]"
 
 
 def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_item(tmp_path):

@@ -59,7 +59,7 @@ class CleanConfig(Options):
     dataset_config: Optional[str] = option(None, "The data set's configuration (subset) name.", panel=INPUT, hashed=False,
                                            recorded_as=_READ)
     split: str = option("train", "The data set's split.", panel=INPUT, hashed=False, recorded_as=_READ)
-    skip_bad_lines: bool = option(False, "Skip malformed JSONL/CSV lines instead of stopping.", flags=("--skip-bad-lines",), panel=INPUT)
+    skip_bad_lines: bool = option(False, "Skip malformed JSONL/CSV lines instead of stopping.", flags=("--skip-bad-lines/--no-skip-bad-lines",), panel=INPUT)
     # Normalisation and cleanup (both presets)
     fix_unicode: bool = option(True, "Repair mojibake (ftfy) and Unicode-normalise.", panel=NORMALISE)
     normalization: str = option("NFC", "Unicode normal form.", choices=("NFC", "NFKC", "NFD", "NFKD"), panel=NORMALISE)
@@ -127,7 +127,7 @@ class CleanConfig(Options):
     threshold: Optional[float] = option(None, "Jaccard similarity to treat as duplicate; picks bands x rows minimising FP+FN.",
                                         panel=DEDUP, range="(0, 1)")
     # Output
-    keep_rejects: bool = option(False, "Write dropped documents and their reasons to OUT/rejects.jsonl.", flags=("--keep-rejects",),
+    keep_rejects: bool = option(False, "Write dropped documents and their reasons to OUT/rejects.jsonl.", flags=("--keep-rejects/--no-keep-rejects",),
                                 panel=OUTPUT)
     shard_mb: int = option(256, "Uncompressed text per Parquet shard, in MB.", panel=OUTPUT, range="[1, inf)")
     workers: int = option(1, "Worker processes (0: one per idle core). Output is the same for any value.", panel=OUTPUT, runtime=True,

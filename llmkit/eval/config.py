@@ -38,12 +38,18 @@ def _label_names(value) -> list[str]:
     or merged (two classes under one name would be scored as one)."""
     items = value if isinstance(value, (list, tuple)) else [value]
     names = [part.strip() for item in items for part in str(item).split(",")]
-    if any(not name for name in names):
-        raise ValueError(f"a label name is empty in {','.join(names)!r}; give one name per class, in index order")
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    _check_label_names(names)
+    return names
+
+
+def _check_label_names(names: list[str]) -> None:
+    """(Also where a config file's list or Python gave them, which no parser reads: `labels: [neg, neg]`
+    scored two classes as one, accuracy 1.0.)"""
+    if any(not str(name).strip() for name in names):
+        raise ValueError(f"a label name is empty in {','.join(map(str, names))!r}; give one name per class, in index order")
+    repeated = sorted({str(name).strip() for name in names if [str(n).strip() for n in names].count(str(name).strip()) > 1})
     if repeated:
         raise ValueError(f"label names must differ, and {', '.join(repeated)} is given more than once")
-    return names
 
 
 @dataclass
@@ -69,10 +75,10 @@ class EvalConfig(Options):
     shots: int = option(0, "Few-shot demonstrations before each benchmark question, drawn with --seed from the task's pool.",
                         range="[0, inf)", panel=BENCHMARKS, hashed=False, recorded_as="config benchmarks (with --task)")
     bleu_tokenize: str = option("13a", "sacrebleu tokenizer: 13a, zh, intl, char, none, flores101, flores200, ...", panel=TEXT)
-    lowercase: bool = option(False, "Case-insensitive BLEU/chrF.", flags=("--lowercase",), panel=TEXT)
+    lowercase: bool = option(False, "Case-insensitive BLEU/chrF.", flags=("--lowercase/--no-lowercase",), panel=TEXT)
     rouge_tokenize: str = option("default", "ROUGE tokenizer: default (rouge-score, Latin only), unicode (keeps every script), "
                                  "char (per character).", choices=ROUGE_TOKENIZERS, panel=TEXT)
-    stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer",), panel=TEXT)
+    stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer/--no-stemmer",), panel=TEXT)
     prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n typed is a newline).",
                                          parse=unescape, panel=TEXT)
     max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT, range="[1, inf)")
@@ -101,6 +107,10 @@ class EvalConfig(Options):
 
         super().__post_init__()
         self.metrics = parse_metrics(self.metrics)  # one spelling recorded, however they were typed
+        try:
+            _check_label_names(self.labels)
+        except ValueError as exc:
+            raise ValueError(f"--labels: {exc}") from None
         # `--stop ''` (or a config file's "") is none: a fine-tuned model then ends at its end token (a
         # stop string that matched before anything could only stop at once)
         self.stop = [s for s in self.stop if s]

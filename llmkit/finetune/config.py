@@ -10,7 +10,7 @@ from llmkit import artifacts
 from llmkit.model.records import TASKS
 from llmkit.options import Options, comma_list, group, option
 from llmkit.train.options import (DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization,
-                                  refuse_pipeline_options_without_pp)
+                                  refuse_idle_optimizer_settings, refuse_pipeline_options_without_pp)
 
 TASK_PANEL = "Task and data"
 LORA_PANEL = "LoRA and freezing"
@@ -28,7 +28,7 @@ class FinetuneConfig(Options):
     seq_len: int | None = option(None, "Positions the model reads of an example (default: the model's context length); an SFT "
                                  "example's last token is only predicted, so it may hold one token more.", panel=TASK_PANEL,
                                  range="[1, inf)")
-    truncate: bool = option(False, "Cut examples longer than --seq-len instead of failing.", flags=("--truncate",), panel=TASK_PANEL)
+    truncate: bool = option(False, "Cut examples longer than --seq-len instead of failing.", flags=("--truncate/--no-truncate",), panel=TASK_PANEL)
     batch_size: int = option(32, "Examples per optimizer step, over all devices.", panel=TRAINING_PANEL, range="[1, inf)")
     max_steps: int | None = option(None, "Optimizer steps (default: --epochs over the data).", panel=TRAINING_PANEL, range="[1, inf)")
     epochs: float = option(1.0, "Passes over the training data when --max-steps is not given.", panel=TRAINING_PANEL, range="(0, inf)")
@@ -61,6 +61,7 @@ class FinetuneConfig(Options):
     def __post_init__(self):
         super().__post_init__()
         refuse_pipeline_options_without_pp(self.devices)
+        refuse_idle_optimizer_settings(self)
         if self.lora_rank and (self.checkpoints.ema is not None or self.checkpoints.average_last > 1):
             raise ValueError("--ema and --average-last average full weights; with --lora-rank the run's checkpoints hold "
                              "adapters: average the finished runs with llmkit average instead")

@@ -23,7 +23,7 @@ RUN = "Run"
 class Sampling(Options):
     max_new_tokens: int = option(128, "Tokens to generate per completion.", flags=("--max-new-tokens", "-n"), range="[1, inf)")
     temperature: float = option(0.8, "Sampling temperature; 0 = greedy.", range="[0, inf)")
-    greedy: bool = option(False, "Always take the most likely token (same as --temperature 0).", flags=("--greedy",))
+    greedy: bool = option(False, "Always take the most likely token (same as --temperature 0).", flags=("--greedy/--no-greedy",))
     top_k: int | None = option(None, "Sample only among the k most likely tokens.", range="[1, inf)")
     top_p: float | None = option(None, "Nucleus sampling: the smallest set of tokens with this much probability.", range="(0, 1]")
     repetition_penalty: float = option(1.0, "> 1 discourages repeating tokens (1 = off).", range="(0, inf)")
@@ -61,7 +61,7 @@ class GenerateConfig(Options):
     stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n typed is a newline); it is not printed.",
                              parse=stop_strings, panel=SAMPLING)
     ignore_eos: bool = option(False, "Keep going past the end-of-text token (a chat's role tokens still end a reply).",
-                              flags=("--ignore-eos",), panel=SAMPLING)
+                              flags=("--ignore-eos/--no-ignore-eos",), panel=SAMPLING)
     num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING, range="[1, inf)")
     batch_size: int = option(8, "Rows generated together (left-padded).", panel=RUN, range="[1, inf)")
     context_overflow: str = option("slide", "When prompt + output exceed the context: slide (keep the newest tokens) or error.",

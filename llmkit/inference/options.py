@@ -16,4 +16,4 @@ OVERFLOW_POLICIES = ("slide", "error")
 class Inference(Options):
     device: str = option("auto", "cpu, cuda, mps or auto.", runtime=True)
     compile: bool = option(False, "torch.compile the decode step of generation: faster per token after a compilation of seconds "
-                           "(pays off on long outputs and many prompts; docs/generate.md).", flags=("--compile",), runtime=True)
+                           "(pays off on long outputs and many prompts; docs/generate.md).", flags=("--compile/--no-compile",), runtime=True)

@@ -46,8 +46,8 @@ class PlanConfig(Options):
     scaling: Path | None = option(None, "A scaling artifact (llmkit scaling fit): its law gives the compute-optimal tokens instead.",
                                   panel=HARDWARE)
     search: bool = option(False, "Also find the largest micro-batch that fits, or (when it does not fit) the smallest layout that does.",
-                          flags=("--search",), panel=HARDWARE)
-    json: bool = option(False, "Print JSON instead of tables.", flags=("--json",), panel=HARDWARE)
+                          flags=("--search/--no-search",), panel=HARDWARE)
+    json: bool = option(False, "Print JSON instead of tables.", flags=("--json/--no-json",), panel=HARDWARE)
 
     def check_given(self, given: frozenset[str]) -> None:
         # --model gpt2 typed beside --hf-config is the default, which __post_init__ cannot tell from none

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from llmkit.options import Options, group, option
 from llmkit.train.options import DEFAULT_BATCH_TOKENS, DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, \
-    Numerics, Optimization, refuse_pipeline_options_without_pp
+    Numerics, Optimization, refuse_idle_optimizer_settings, refuse_pipeline_options_without_pp
 
 
 @dataclass
@@ -30,3 +30,4 @@ class PretrainConfig(Options):
         if self.optim.lr is None:
             raise ValueError("lr must be given for pretraining")
         refuse_pipeline_options_without_pp(self.devices)
+        refuse_idle_optimizer_settings(self)

@@ -84,6 +84,9 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
     if model_config.objective != "mlm" and config.mlm_probability != config.default_of("mlm_probability"):
         raise UsageError("--mlm-probability is the share masked for --objective mlm; this model predicts the next token "
                          "(clm), so leave it out")
+    if config.architecture.rope_theta is not None and model_config.pos != "rope":  # (the LSTM's is refused with its others)
+        raise UsageError("--rope-theta is the base of rotary positions; this model has learned positions (--pos learned), "
+                         "so leave it out")
 
 
 def _check_mask_token(model_config, tokenizer) -> None:

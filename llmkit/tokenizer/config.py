@@ -62,7 +62,7 @@ class TokenizerTrainConfig(Options):
 @dataclass
 class TokenizeConfig(Options):
     val_fraction: float = option(0.05, "Share of documents held out for validation.", range="[0, 1)")
-    add_bos: bool = option(False, "Start every document with <|bos|>.", flags=("--add-bos",))
+    add_bos: bool = option(False, "Start every document with <|bos|>.", flags=("--add-bos/--no-add-bos",))
     shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).", range="[1, inf)")
     seed: int = option(0, "Seed of the train/validation split.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
     workers: int = option(0, "Encoding threads (Ray actors with --executor ray); 0 = one per 8 MB of text, at most one per idle core. Does not change the result.", runtime=True, range="[0, 1024]")

@@ -85,6 +85,24 @@ class Optimization(Options):
     grad_clip: float = option(1.0, "Clip the gradient norm to this (0 = off).", range="[0, inf)")
 
 
+def refuse_idle_optimizer_settings(config: Options) -> None:
+    """Settings of the optimizer or schedule the run does not use, refused (a stage config holding an
+    `optim` group): `--momentum 0.5` under AdamW trained the same weights under another fingerprint."""
+    from llmkit.errors import unused_options
+    from llmkit.options import flat_options
+
+    optim = config.optim
+    read = {"momentum": (optim.optimizer == "sgd", "SGD (--optimizer sgd)"),
+            "beta1": (optim.optimizer == "adamw", "AdamW (--optimizer adamw)"),
+            "beta2": (optim.optimizer == "adamw", "AdamW (--optimizer adamw)"),
+            "min_lr_ratio": (optim.schedule != "constant", "the decay of --schedule cosine or linear")}
+    unused = [(opt.flag, read[opt.name][1]) for opt in flat_options(type(config))
+              if opt.path[-1:] == ("optim",) and opt.name in read and not read[opt.name][0]
+              and getattr(optim, opt.name) != opt.default]
+    if unused:
+        raise unused_options(unused)
+
+
 @dataclass
 class Numerics(Options):
     """How a run computes: part of what it computes, so recorded (unlike Devices); shared with `llmkit plan`."""
@@ -142,9 +160,9 @@ class Placement(Options):
                               range="[0, inf)")
     nnodes: int = option(1, "Nodes taking part (multi-node).", runtime=True, range="[1, inf)")
     activation_checkpointing: bool = option(False, "Keep only each block's input and recompute the rest in the backward pass "
-                                            "(less memory, about a third more compute).", flags=("--activation-checkpointing",),
+                                            "(less memory, about a third more compute).", flags=("--activation-checkpointing/--no-activation-checkpointing",),
                                             runtime=True)
-    compile: bool = option(False, "torch.compile the model.", flags=("--compile",), runtime=True)
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile/--no-compile",), runtime=True)
 
 
 @dataclass
@@ -174,7 +192,7 @@ class Devices(ModelParallelism, Placement):
                                           "order, so --micro-batch, --nproc and threads leave the weights the same to the bit "
                                           "(in fp32; under bf16 at one thread count a process) (default: on for a CPU run of a GPT model without --tp/--pp, FSDP or "
                                           "--compile).", flags=("--batch-invariant/--no-batch-invariant",), runtime=True)
-    tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard",), runtime=True)
+    tensorboard: bool = option(False, "Also write TensorBoard event files to RUN/tensorboard.", flags=("--tensorboard/--no-tensorboard",), runtime=True)
     nproc: int = option(1, "CPU processes (gloo backend) when training without GPUs.", runtime=True, range="[1, inf)")
     node_rank: int = option(0, "This node's rank, 0..nnodes-1.", runtime=True, range="[0, inf)")
     master_addr: str | None = option(None, "Address of node 0 (multi-node).", runtime=True)
