@@ -30,8 +30,11 @@ def unused_options(unused: list[tuple[str, str]]) -> UsageError:
     Refused rather than ignored because they would still be recorded, and change the fingerprint.
     Options that do not go together: a usage error (exit 2)."""
     flags = ", ".join(flag for flag, _ in unused)
-    return UsageError(f"{flags} would change nothing here ({unused[0][0]} is for {unused[0][1]}); leave "
-                      f"{'it' if len(unused) == 1 else 'them'} out")
+    by_use: dict[str, list[str]] = {}
+    for flag, what in unused:
+        by_use.setdefault(what, []).append(flag)
+    uses = "; ".join(f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for {what}" for what, named in by_use.items())
+    return UsageError(f"{flags} would change nothing here ({uses}); leave {'it' if len(unused) == 1 else 'them'} out")
 
 
 class WorkerDied(UserError):

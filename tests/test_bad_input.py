@@ -193,7 +193,11 @@ BAD_VALUES = [
     (["pretrain", "{tokens}", "--momentum", "0.5"], "--momentum would change nothing here (--momentum is for SGD (--optimizer sgd))"),
     (["pretrain", "{tokens}", "--optimizer", "sgd", "--beta1", "0.8", "--beta2", "0.9"], "--beta1, --beta2 would change nothing"),
     (["pretrain", "{tokens}", "--schedule", "constant", "--min-lr-ratio", "0.5"], "--min-lr-ratio would change nothing here"),
-    (["pretrain", "{tokens}", "--pos", "learned", "--rope-theta", "500"], "--rope-theta is the base of rotary positions"),
+    (["pretrain", "{tokens}", "--pos", "learned", "--rope-theta", "500"], "--rope-theta would change nothing here (--rope-theta is "
+                                                                           "for rotary positions (--pos rope))"),
+    (["pretrain", "{tokens}", "--model", "gpt2-tiny", "--rope-theta", "500"], "--rope-theta is the base of rotary positions"),
+    (["pretrain", "{tokens}", "--schedule", "constant", "--min-lr-ratio", "0.5", "--momentum", "0.5"],
+     "(--min-lr-ratio is for the decay of --schedule cosine or linear; --momentum is for SGD (--optimizer sgd))"),
     (["finetune", "{ckpt}", "--data", "{sft}", "--momentum", "0.5"], "--momentum would change nothing here"),
     (["pretrain", "{tokens}", "--mlm-probability", "2"], "--mlm-probability must be in (0, 1)"),
     (["pretrain", "{tokens}", "--gpus", "-1"], "--gpus must be at least 0"),

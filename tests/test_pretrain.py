@@ -1130,3 +1130,27 @@ def test_an_lstm_from_a_transformer_preset_begun_before_its_config_reset_resumes
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *lstm, "--max-steps", "3", "--resume")
     assert result.exit_code == 0, result.output
     assert json.loads((run / "model_config.json").read_text())["n_head"] == 1
+
+
+def test_a_run_that_recorded_a_setting_it_never_read_resumes(shakespeare, cli, tmp_path):
+    """`--momentum 0.5` under AdamW and `--min-lr-ratio` with a constant schedule were recorded until
+    2026-12-05 and are refused since: such a run, which cannot be given them again, resumes with them
+    left out, its record kept (the fingerprint an uninterrupted run would have)."""
+    from llmkit import artifacts
+    from llmkit.pretrain import config as pretrain_config
+
+    idle = ["--momentum", "0.5", "--schedule", "constant", "--min-lr-ratio", "0.2"]
+    base = [*FAST, "--save-every", "1", "--eval-every", "0"]
+    runs = {}
+    for name, steps in (("whole", "3"), ("cut", "2")):
+        with pytest.MonkeyPatch.context() as patch:  # the runs as recorded before the refusal
+            patch.setattr(pretrain_config, "refuse_idle_optimizer_settings", lambda config: None)
+            result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / name, *base, *idle, "--max-steps", steps)
+            assert result.exit_code == 0, result.output
+        runs[name] = tmp_path / name
+    assert "would change nothing" in cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "new", *base, *idle).output
+    result = cli("pretrain", shakespeare["tokens"], "-o", runs["cut"], *base, "--schedule", "constant", "--max-steps", "3",
+                 "--resume")
+    assert result.exit_code == 0, result.output
+    resumed, whole = artifacts.load(runs["cut"]), artifacts.load(runs["whole"])
+    assert resumed.config["momentum"] == 0.5 and resumed.fingerprint == whole.fingerprint

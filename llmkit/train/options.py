@@ -85,20 +85,38 @@ class Optimization(Options):
     grad_clip: float = option(1.0, "Clip the gradient norm to this (0 = off).", range="[0, inf)")
 
 
+# What reads each setting that only some runs read: refused where the run would not (below), and left
+# out of the comparison of a run recorded before that (resuming, a sweep's rerun), which holds one
+_READ_BY = {"momentum": "SGD (--optimizer sgd)", "beta1": "AdamW (--optimizer adamw)", "beta2": "AdamW (--optimizer adamw)",
+            "min_lr_ratio": "the decay of --schedule cosine or linear", "rope_theta": "rotary positions (--pos rope)"}
+
+
+def unread_settings(config: dict[str, Any]) -> frozenset[str]:
+    """The settings a run of this (flat, recorded) config never reads: its optimizer's and schedule's
+    others, and the RoPE base of learned positions (where the config names them)."""
+    unread = set()
+    if config.get("optimizer", "adamw") != "sgd":
+        unread.add("momentum")
+    if config.get("optimizer", "adamw") != "adamw":
+        unread |= {"beta1", "beta2"}
+    if config.get("schedule", "cosine") == "constant":
+        unread.add("min_lr_ratio")
+    if config.get("pos") == "learned":
+        unread.add("rope_theta")
+    return frozenset(unread)
+
+
 def refuse_idle_optimizer_settings(config: Options) -> None:
-    """Settings of the optimizer or schedule the run does not use, refused (a stage config holding an
-    `optim` group): `--momentum 0.5` under AdamW trained the same weights under another fingerprint."""
+    """Settings the run does not read, refused (a stage config holding an `optim` group): `--momentum
+    0.5` under AdamW trained the same weights under another fingerprint. By value: the group's
+    default (finetune's beta2 0.999) is what leaving it out gives."""
     from llmkit.errors import unused_options
     from llmkit.options import flat_options
 
-    optim = config.optim
-    read = {"momentum": (optim.optimizer == "sgd", "SGD (--optimizer sgd)"),
-            "beta1": (optim.optimizer == "adamw", "AdamW (--optimizer adamw)"),
-            "beta2": (optim.optimizer == "adamw", "AdamW (--optimizer adamw)"),
-            "min_lr_ratio": (optim.schedule != "constant", "the decay of --schedule cosine or linear")}
-    unused = [(opt.flag, read[opt.name][1]) for opt in flat_options(type(config))
-              if opt.path[-1:] == ("optim",) and opt.name in read and not read[opt.name][0]
-              and getattr(optim, opt.name) != opt.default]
+    flat = config.flat()
+    unread = unread_settings(flat)
+    unused = [(opt.flag, _READ_BY[opt.name]) for opt in flat_options(type(config))
+              if opt.name in unread and flat[opt.name] != opt.default]
     if unused:
         raise unused_options(unused)
 

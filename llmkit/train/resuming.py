@@ -19,7 +19,7 @@ from llmkit.model.gpt import unmaterialised
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.ema import MovingAverage
 from llmkit.train.optim import lr_at
-from llmkit.train.options import recorded_options
+from llmkit.train.options import recorded_options, unread_settings
 
 # Hashed options a resume may change: the run's length (when it validates and saves is runtime,
 # not hashed). Where the learning-rate schedule depends on the length, the steps trained under
@@ -148,7 +148,7 @@ class Resuming:
         now = self.raw.config.to_dict()
         # (an LSTM's Transformer fields are none of its network; one begun before 2026-12-05 from a
         # Transformer preset recorded that preset's)
-        unused = TRANSFORMER_ONLY if now.get("arch") == "lstm" else ()
+        unused = TRANSFORMER_ONLY if now.get("arch") == "lstm" else ("rope_theta",) if now.get("pos") == "learned" else ()
         changed += [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if k not in unused and saved.get(k) != now.get(k)]
         if manifest.seed != self.spec.seed:
             changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
@@ -156,9 +156,16 @@ class Resuming:
         # else would leave a config that describes no run (its first steps trained otherwise).
         saved_options, options = recorded_options(manifest.config), recorded_options(self.spec.config)
         unset = self.spec.unset_means
+        # a setting neither run reads, which one made before 2026-12-05 may hold (`--momentum 0.5` under AdamW,
+        # refused since), can no longer be given again: the saved record stays, as for the defaults below
+        pos = self.raw.config.to_dict().get("pos")
+        unread = unread_settings({**saved_options, "pos": pos}) & unread_settings({**options, "pos": pos})
         for key in sorted(set(saved_options) | set(options)):
             before, now = saved_options.get(key), options.get(key)
             if key in RESUMABLE_CHANGES or before == now or key == "seed":  # (the seed: named above)
+                continue
+            if key in unread and key in saved_options:
+                self.spec.config[key] = before
                 continue
             if key in unset and None in (before, now) and unset[key] in (before, now):
                 # The saved record stays: the run is then the one an uninterrupted run would have made.
