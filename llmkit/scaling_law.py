@@ -26,10 +26,13 @@ TERM_FLOOR = 1e-3
 # loss does not depend on N gave alpha 5 with A 3e32, and a split below the smallest size).
 EXPONENT_MAX = 5.0
 # Nor was a term measured that moves the loss by no more than this many times the points' scatter
-# about the fit (the root mean square of the residuals): noise alone can be fitted as such a term
+# about the fit (the residuals' standard error, over the points less the 5 constants fitted: with 6
+# points, 1 left, their plain root mean square is about 0.4 of the noise, and a law of points whose
+# loss ignores N passed as determined in 1 of 20 draws): noise alone can be fitted as such a term
 # (measured: points whose loss ignores N, with 0.2 % noise, fitted alpha 5e-4 with A taking E's
 # place, A/N^alpha moving the loss 3e-3, past the term floor, and a "split" of 2 parameters).
 SCATTER_MULTIPLE = 2.0
+FITTED_CONSTANTS = 5  # E, A, alpha, B, beta
 
 
 @dataclass
@@ -129,11 +132,12 @@ def unmeasured_term(law: Law, params: np.ndarray, tokens: np.ndarray, losses: np
             return (f"the fitted {exponent} sits at its bound {EXPONENT_MAX:g} (A {law.A:.3g}, alpha {law.alpha:.3g}, "
                     f"B {law.B:.3g}, beta {law.beta:.3g}): the points do not show what that term does")
     floor = TERM_FLOOR * float(np.min(losses))
-    scatter = float(np.sqrt(np.mean((losses - law.loss(params, tokens)) ** 2)))
+    free = max(1, len(losses) - FITTED_CONSTANTS)  # (the fit refuses fewer than 6 points)
+    scatter = float(np.sqrt(np.sum((losses - law.loss(params, tokens)) ** 2) / free))
     for term, what in ((law.A / np.power(params, law.alpha), "model sizes"), (law.B / np.power(tokens, law.beta), "token counts")):
         spread = float(np.ptp(term))
         if spread < max(floor, SCATTER_MULTIPLE * scatter):
-            within = (f", within the points' scatter about it ({scatter:.2g} root mean square)"
+            within = (f", within the points' scatter about it ({scatter:.2g}, the residuals' standard error)"
                       if spread >= floor else "")
             return (f"the fitted law changes the loss by {spread:.2g} across the measured {what}{within} (A {law.A:.3g}, "
                     f"alpha {law.alpha:.3g}, B {law.B:.3g}, beta {law.beta:.3g}): the points do not show what that term does")

@@ -830,3 +830,19 @@ def test_the_micro_batch_leaves_a_sweeps_fingerprint(cli, tokens, tmp_path):
         assert cli("sweep", tokens, "-o", tmp_path / micro, *grid, "--micro-batch", micro).exit_code == 0
         prints.add(artifacts.load(tmp_path / micro, kind="sweep").fingerprint)
     assert len(prints) == 1
+
+
+def test_six_points_are_judged_by_their_scatter_less_the_constants_fitted():
+    """With 6 points and 5 constants, the residuals' plain root mean square is well under the noise:
+    points whose loss ignores N had a model-size term twice that (a "split" computed from noise), and
+    passed as determined. Their standard error over the one point left says undetermined."""
+    from llmkit.scaling_law import unmeasured_term
+
+    sizes = np.array([3e3, 7e3, 1.6e4])
+    params, tokens = np.tile(sizes, 2), np.concatenate([1e9 / (6 * sizes), 3e9 / (6 * sizes)])
+    losses = (1.8 + 400 / tokens**0.3) * np.exp(np.random.default_rng(7).normal(0, 0.005, params.size))
+    law = fit_chinchilla(params, tokens, losses, grid="coarse", bootstrap=0).law
+    residuals = losses - law.loss(params, tokens)
+    spread = float(np.ptp(law.A / params**law.alpha))
+    assert spread >= 2 * np.sqrt(np.mean(residuals**2))  # what the plain scatter let pass
+    assert "across the measured model sizes, within the points' scatter" in unmeasured_term(law, params, tokens, losses)

@@ -75,6 +75,9 @@ def _head_overrides(heads: int | None) -> dict[str, int]:
     return {} if heads is None else {"n_head": heads, "n_kv_head": heads}
 
 
+MAX_RUN_TOKENS = 10**15  # (--tokens' range)
+
+
 def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
     """Every run of the sweep, in a fixed order (by budget, then size)."""
     sizes = []
@@ -121,6 +124,9 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
             raise UserError(f"--seq-len {config.base.seq_len} is longer than the {layers}x{width} model's context length "
                             f"{context}; lower --seq-len or raise --context-length")
         seq_len = config.base.seq_len or context
+        if tokens > MAX_RUN_TOKENS:  # (--tokens' own bound: a FLOP budget's typo, 1e30, planned runs that never end)
+            raise UserError(f"the FLOP budget {budget:g} leaves the {layers}x{width} model {tokens:.3g} tokens, more than "
+                            f"{MAX_RUN_TOKENS:.0e} a run may take; lower --flops, or give larger --sizes")
         if tokens < seq_len * config.min_steps:  # even a batch of one sequence would take fewer steps (and overshoot the budget)
             raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, fewer than --min-steps "
                             f"{config.min_steps} steps of one sequence of {seq_len}; raise the budget, or lower --seq-len or "
