@@ -59,7 +59,7 @@ def test_text_files_become_paragraph_documents(tmp_path):
     docs = [d for batch in iter_text_files([a, b], batch_size=2) for d in batch]
     assert docs == ["first para\nstill first\n\n\n", "second\n", "中文段落\n"]  # the paragraph break stays text
     bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"\xff\xfe not utf-8")
+    bad.write_bytes(b"caf\xe9 not utf-8")
     with pytest.raises(UserError, match="not UTF-8"):
         list(iter_text_files([bad]))
 

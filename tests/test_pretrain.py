@@ -1137,20 +1137,22 @@ def test_a_run_that_recorded_a_setting_it_never_read_resumes(shakespeare, cli, t
     2026-12-05 and are refused since: such a run, which cannot be given them again, resumes with them
     left out, its record kept (the fingerprint an uninterrupted run would have)."""
     from llmkit import artifacts
-    from llmkit.pretrain import config as pretrain_config
+    from llmkit.pretrain import config as pretrain_config, stage as pretrain_stage
 
-    idle = ["--momentum", "0.5", "--schedule", "constant", "--min-lr-ratio", "0.2"]
+    idle = ["--momentum", "0.5", "--schedule", "constant", "--min-lr-ratio", "0.2", "--pos", "learned", "--rope-theta", "500"]
     base = [*FAST, "--save-every", "1", "--eval-every", "0"]
     runs = {}
     for name, steps in (("whole", "3"), ("cut", "2")):
         with pytest.MonkeyPatch.context() as patch:  # the runs as recorded before the refusal
             patch.setattr(pretrain_config, "refuse_idle_optimizer_settings", lambda config: None)
+            patch.setattr(pretrain_stage, "_refuse_unread_rope_theta", lambda config, model_config: None)
             result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / name, *base, *idle, "--max-steps", steps)
             assert result.exit_code == 0, result.output
         runs[name] = tmp_path / name
     assert "would change nothing" in cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "new", *base, *idle).output
-    result = cli("pretrain", shakespeare["tokens"], "-o", runs["cut"], *base, "--schedule", "constant", "--max-steps", "3",
-                 "--resume")
+    result = cli("pretrain", shakespeare["tokens"], "-o", runs["cut"], *base, "--schedule", "constant", "--pos", "learned",
+                 "--max-steps", "3", "--resume")
     assert result.exit_code == 0, result.output
     resumed, whole = artifacts.load(runs["cut"]), artifacts.load(runs["whole"])
     assert resumed.config["momentum"] == 0.5 and resumed.fingerprint == whole.fingerprint
+    assert json.loads((runs["cut"] / "model_config.json").read_text())["rope_theta"] == 500  # (the model's record too)

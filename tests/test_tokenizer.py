@@ -272,7 +272,7 @@ def test_sample_options_limit_training(corpus, tmp_path):
 
 def test_a_vocabulary_larger_than_the_input_holds_is_said(cli, tmp_path):
     (tmp_path / "tiny.txt").write_text("the cat sat on the mat\n" * 50, encoding="utf-8")
-    assert cli("clean", tmp_path / "tiny.txt", "-o", tmp_path / "corpus", "--min-words", "1").exit_code == 0
+    assert cli("clean", tmp_path / "tiny.txt", "-o", tmp_path / "corpus").exit_code == 0
     result = cli("tokenizer", "train", tmp_path / "corpus", "-o", tmp_path / "tok", "--vocab-size", "5000")
     assert result.exit_code == 0, result.output
     size = artifacts.load(tmp_path / "tok").stats["vocab_size"]

@@ -84,7 +84,12 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
     if model_config.objective != "mlm" and config.mlm_probability != config.default_of("mlm_probability"):
         raise UsageError("--mlm-probability is the share masked for --objective mlm; this model predicts the next token "
                          "(clm), so leave it out")
-    if config.architecture.rope_theta is not None and model_config.pos != "rope":  # (the LSTM's is refused with its others)
+    _refuse_unread_rope_theta(config, model_config)
+
+
+def _refuse_unread_rope_theta(config: PretrainConfig, model_config) -> None:
+    """(A preset's learned positions: --pos learned typed is refused with the optimizer's settings; the LSTM's with its others.)"""
+    if config.architecture.rope_theta is not None and model_config.pos != "rope":
         raise UsageError("--rope-theta is the base of rotary positions; this model has learned positions (--pos learned), "
                          "so leave it out")
 

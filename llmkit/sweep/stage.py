@@ -29,7 +29,7 @@ from typing import Any
 from llmkit import artifacts
 from llmkit.errors import Terminated, UsageError, UserError, debug_enabled
 from llmkit.runtime import END_WITH_PARENT
-from llmkit.train.options import recorded_options, unread_settings
+from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig, one_grid
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
 
@@ -128,14 +128,6 @@ def _tokens_of(art: artifacts.Artifact) -> str | None:
     return next((ref["fingerprint"] for ref in art.manifest.inputs if ref["role"] == "tokens"), None)
 
 
-def _comparable(config: dict) -> dict:
-    """A recorded config as a rerun compares it: without validation (compared apart), and without the
-    settings its runs never read (a sweep made before 2026-12-05 may hold `--momentum 0.5` under
-    AdamW, which cannot be given again)."""
-    options = recorded_options({**config, "validation": None})
-    return {key: value for key, value in options.items() if key not in unread_settings(options)}
-
-
 def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_art: artifacts.Artifact) -> None:
     """A rerun continues the very sweep in OUT: a finished sweep of other options or other tokens, or
     runs this grid does not plan, are refused (they would be replaced, or left lying in the artifact)."""
@@ -146,7 +138,8 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_a
                             "or write this one to another -o")
         recorded, now = one_grid(finished.config), _sweep_config(config)
         validation = recorded.get("validation") or {key: recorded.get(key) for key in now["validation"]}  # (before 2026-12-02)
-        if _comparable(recorded) != _comparable(now) or validation != now["validation"]:
+        if recorded_options({**recorded, "validation": None}) != recorded_options({**now, "validation": None}) or \
+                validation != now["validation"]:
             raise UserError(f"{out} is a finished sweep of another grid or other options; pass --force to replace it, "
                             "or write this one to another -o")
     planned = {run.name for run in runs}
@@ -189,7 +182,7 @@ def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifac
         raise UserError(f"{target} {trained} on other tokens than {tokens_art.path}; rerun with --force to start the sweep "
                         "over, or write it to another -o")
     validated = {key: done.manifest.runtime.get(key, done.config.get(key)) for key in _validation(run.config)}  # (config: before 2026-12-02)
-    if _comparable(done.config) != _comparable(json.loads(artifacts.canonical_json(run.config.hashed()))) or \
+    if recorded_options(done.config) != json.loads(artifacts.canonical_json(run.config.hashed())) or \
             (finished and validated != _validation(run.config)):  # (an interrupted run may validate otherwise when resumed)
         raise UserError(f"{target} {trained} with other options than this sweep plans; rerun with the options it was started "
                         "with, with --force to start the sweep over, or write it to another -o")

@@ -269,8 +269,9 @@ def relaunch(
     if returncode != 0:
         if nnodes > 1 and not error_file.is_file():
             _refuse_nodes_that_did_not_join("".join(held), node_rank, nnodes, f"{master_addr}:{port}", join_timeout)
-        if not error_file.is_file():  # no worker explained the failure: torchrun's own lines and traceback
-            sys.stderr.write("".join(held))
+        if not error_file.is_file():
+            _refuse_a_stopped_process("".join(held))
+            sys.stderr.write("".join(held))  # no worker explained the failure: torchrun's own lines and traceback
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
             raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
                             "the command with --resume to continue from the last checkpoint")
@@ -280,6 +281,24 @@ def relaunch(
             error.os_error = bool(failure.get("os_error"))  # (a worker's full disk: llmkit.train.launch's advice)
             raise error
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
+
+
+def _refuse_a_stopped_process(noise: str) -> None:
+    """A worker killed by a signal (the out-of-memory killer's SIGKILL, a `kill`) says nothing itself,
+    nor do the others torchrun then stops; nor does torchrun stopped by a signal of its own: one line
+    from torchrun's account of it (it was 34 to 90 lines of torchrun's traceback and failure table)."""
+    killed = re.search(r"failed \(exitcode: -(\d+)\) local_rank: (\d+)", noise)
+    stopped = re.search(r"SignalException: Process \d+ got signal: (\d+)", noise)
+    if not (killed or stopped):
+        return
+    number = int((killed or stopped).group(1))
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    what = (f"process {killed.group(2)} of the run was killed ({name}{': out of memory?' if name == 'SIGKILL' else ''}) "
+            "and torchrun stopped the others" if killed else f"torchrun was stopped ({name}) and its workers with it")
+    raise UserError(f"{what}; rerun the command with --resume to continue from the last checkpoint (where the run saved one)")
 
 
 def _refuse_nodes_that_did_not_join(noise: str, node_rank: int, nnodes: int, where: str, timeout: int) -> None:
@@ -311,6 +330,8 @@ def _check_port_free(port: int) -> None:
 # log lines ("[E1205 15:00:28.856169192 socket.cpp:1028] [c10d] The client socket has timed out ...") and the
 # C++ stack c10d prints after one ("Exception raised from ...", "frame #0: ...", "<omitting python frames>")
 _AGENT_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ .*torch/distributed/|^\[[IWE]\d{4} [\d:.]+ [^\]]*\] \[c10d\]")
+_RANK_TRACEBACK = re.compile(r"^\[rank\d+\]: Traceback \(most recent call last\)")
+_RANK_LINE = re.compile(r"^\[rank\d+\]:")
 _CPP_STACK = re.compile(r"^(Exception raised from |frame #\d+: |<omitting python frames>|\s*$)")
 
 
@@ -332,11 +353,16 @@ def _run_torchrun(command: list[str], env: dict, held: list[str]) -> int:
             write_nowhere(sys.stderr)
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
-    in_traceback = in_stack = False
+    in_traceback = in_stack = in_rank_traceback = False
     try:
         for line in process.stderr:
             in_stack = line.startswith("Exception raised from ") or (in_stack and bool(_CPP_STACK.match(line)))
-            if line.startswith("Traceback (most recent call last)") or in_traceback:
+            # a worker's own traceback as torchrun prefixes it ("[rank1]: Traceback ...", a KeyboardInterrupt from
+            # the SIGINT torchrun passes on): the one line above says what happened
+            in_rank_traceback = bool(_RANK_TRACEBACK.match(line)) or (in_rank_traceback and bool(_RANK_LINE.match(line)))
+            if in_rank_traceback:
+                held.append(line)
+            elif line.startswith("Traceback (most recent call last)") or in_traceback:
                 in_traceback = True
                 held.append(line)
             elif _AGENT_LOG.match(line) or in_stack:

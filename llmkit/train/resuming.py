@@ -150,6 +150,8 @@ class Resuming:
         # Transformer preset recorded that preset's)
         unused = TRANSFORMER_ONLY if now.get("arch") == "lstm" else ("rope_theta",) if now.get("pos") == "learned" else ()
         changed += [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now if k not in unused and saved.get(k) != now.get(k)]
+        if "rope_theta" in unused and "rope_theta" in saved:  # (a learned-position run's, unread: its record kept, as below)
+            self.raw.config.rope_theta = saved["rope_theta"]
         if manifest.seed != self.spec.seed:
             changed.append(f"seed {manifest.seed} -> {self.spec.seed}")
         # What a run may change on resume: its length, and when it validates and saves. Anything
