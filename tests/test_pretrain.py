@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -358,6 +359,48 @@ def test_workers_end_with_a_killed_torchrun_and_the_run_says_resume(shakespeare,
 
 
 @pytest.mark.slow
+def test_a_worker_killed_outright_is_one_line_that_says_resume(shakespeare, tmp_path):
+    """The out-of-memory killer's SIGKILL to one worker: torchrun stops the other, and neither says
+    anything; the command printed torchrun's 43-line traceback and failure table."""
+    run = tmp_path / "run"
+    with _two_processes_past_a_checkpoint(shakespeare["tokens"], run) as proc:
+        worker = next(int(p.name) for p in _processes_of(run, proc)
+                      if b"llmkit.train.worker" in _cmdline(p) and b"torch.distributed.run" not in _cmdline(p))
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+        lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 1 and "Traceback" not in stderr and "ChildFailedError" not in stderr, stderr[-3000:]
+        # (the other worker says the connection was lost, or, stopped by torchrun mid-step first, nothing: then torchrun's account)
+        assert len(lines) == 1 and "--resume" in lines[0] and ("of the run was killed (SIGKILL: out of memory?)" in lines[0]
+                                                               or "the connection to another process" in lines[0]), stderr
+        time.sleep(3)
+        assert not _processes_of(run, proc)
+    assert (run / "checkpoints").is_dir()  # kept, to resume
+
+
+def test_torchruns_account_of_a_killed_worker_or_of_its_own_stop_is_one_line(tmp_path, monkeypatch):
+    """Where no worker wrote an error (one killed, the other stopped by torchrun mid-step), torchrun's own
+    lines say what happened; they were shown whole, with a line that said to read them."""
+    from llmkit.errors import UserError
+    from llmkit.train import distributed
+
+    accounts = {
+        "E1205 20:09:30.102000 31636 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) local_rank: 1 "
+        "(pid: 31649) of binary: /usr/bin/python3\nTraceback (most recent call last):\n  ...\n  exitcode  : -9 (pid: 31649)\n":
+            "process 1 of the run was killed (SIGKILL: out of memory?) and torchrun stopped the others; rerun the command with --resume",
+        "Traceback (most recent call last):\ntorch.distributed.elastic.multiprocessing.api.SignalException: Process 4242 got "
+        "signal: 15\n": "torchrun was stopped (SIGTERM) and its workers with it; rerun the command with --resume",
+    }
+    for held, said in accounts.items():
+        monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out, held=held: out.append(held) or 1)
+        with pytest.raises(UserError, match=re.escape(said)):
+            distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out: out.append("Traceback ...\nValueError\n") or 1)
+    with pytest.raises(UserError, match="distributed training failed"):  # anything else: shown, as before
+        distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+
+
+@pytest.mark.slow
 def test_workers_end_with_a_launcher_killed_outright(shakespeare, tmp_path):
     """SIGKILL to the llmkit command orphans torchrun's agent, which kept its workers training on
     into a run whose lock nobody held any more."""
@@ -658,6 +701,25 @@ def test_a_node_that_never_comes_is_named_after_the_join_timeout(shakespeare, tm
         assert "within --join-timeout 3 s" in last and "Traceback" not in result.stderr and not run.exists()
         assert "frame #" not in result.stderr and "[c10d]" not in result.stderr, result.stderr[-3000:]  # (c10d's C++ stack)
         assert "up to --join-timeout 3 s" in " ".join(result.stderr.split())  # the waiting note says how long
+
+
+def test_a_busy_master_port_is_refused_before_the_run_directory_is_touched(shakespeare, cli, tmp_path):
+    """Checked inside the launch, it came after --force had moved the old run aside, and its line
+    ended in advice to rerun with --force, which failed the same way."""
+    import socket
+
+    run = tmp_path / "run"
+    assert cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "1", "--eval-every", "0").exit_code == 0
+    before = sorted(p.name for p in run.rglob("*"))
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "1", "--force", "--nnodes", "2",
+                     "--master-addr", "127.0.0.1", "--master-port", port)
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and f"--master-port {port} cannot be served" in lines[0], result.output
+    assert "--force replaced" not in result.output and sorted(p.name for p in run.rglob("*")) == before
 
 
 @pytest.mark.slow

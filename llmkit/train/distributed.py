@@ -240,9 +240,7 @@ def relaunch(
     if nnodes > 1:
         if not master_addr:
             raise UsageError("multi-node training needs --master-addr (the address of node 0) and --master-port")
-        port = master_port or 29500
-        if node_rank == 0:
-            _check_port_free(port)
+        port = master_port or 29500  # (node 0's port was checked before the run directory was touched: launch.py)
         from llmkit.console import note
 
         # (node 0 alone waited in silence for as long as the others took, or forever)
@@ -313,7 +311,7 @@ def _refuse_nodes_that_did_not_join(noise: str, node_rank: int, nnodes: int, whe
                         "--join-timeout")
 
 
-def _check_port_free(port: int) -> None:
+def check_port_free(port: int) -> None:
     """Node 0 serves the rendezvous on --master-port: one in use ended in torchrun's 42-line traceback."""
     import socket
 

@@ -70,6 +70,8 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
     from llmkit.train.layout import check_world
 
     check_world(per_node * devices.nnodes, devices.tp, devices.pp)
+    if devices.nnodes > 1 and devices.node_rank == 0 and not distributed.under_torchrun():
+        distributed.check_port_free(devices.master_port)  # (before the run directory: --force's advice followed it)
     owner = first_process(devices)
     # (another node's, or rank's, view of the run directory the first process prepares: left to it; made here, it
     # was an existing folder to node 0 when this node started first)

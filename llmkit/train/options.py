@@ -224,6 +224,16 @@ class Devices(ModelParallelism, Placement):
         super().__post_init__()
         if self.node_rank >= self.nnodes:
             raise ValueError(f"--node-rank must be below --nnodes ({self.nnodes}), got {self.node_rank}")
+        if self.nnodes > 1 and not self.master_addr:  # (said before the run directory is touched: with --force it was after)
+            raise ValueError("multi-node training needs --master-addr, the address of node 0; give it, the same on every node")
+        if self.nnodes == 1:  # (one node rendezvous with none: they changed nothing, unsaid)
+            from llmkit.errors import unused_options
+
+            unused = [(flag, "multi-node training (--nnodes 2 or more)")
+                      for flag, name in (("--master-addr", "master_addr"), ("--master-port", "master_port"),
+                                         ("--join-timeout", "join_timeout")) if getattr(self, name) != self.default_of(name)]
+            if unused:
+                raise unused_options(unused)
         from llmkit.runtime import worker_count
 
         cores = worker_count(0)

@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[OPTIONS_DIGEST] = _options_digest(spec["arguments"], spec.get("compared"))
     try:
         function(**spec["arguments"])
+    except KeyboardInterrupt:  # torchrun passing on a stop: the launching process says what happened, in one line
+        if debug_enabled():
+            raise
+        return 130
     except Exception as exc:
         if debug_enabled():
             raise
