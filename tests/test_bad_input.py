@@ -196,6 +196,8 @@ BAD_VALUES = [
     (["pretrain", "{tokens}", "--pos", "learned", "--rope-theta", "500"], "--rope-theta would change nothing here (--rope-theta is "
                                                                            "for rotary positions (--pos rope))"),
     (["pretrain", "{tokens}", "--model", "gpt2-tiny", "--rope-theta", "500"], "--rope-theta is the base of rotary positions"),
+    (["sweep", "{tokens}", "--model", "gpt2-tiny", "--rope-theta", "500", "--sizes", "1x32,2x32", "--head-dim", "16",
+      "--tokens", "2e4", "--seq-len", "32"], "--rope-theta is the base of rotary positions"),  # (before any run starts)
     (["sweep", "{tokens}", "--sizes", "1x16,1x32,1x48", "--head-dim", "16", "--per-budget", "3", "--flops", "1e30"],
      "the FLOP budget 1e+30 leaves the 1x16 model"),
     (["pretrain", "{tokens}", "--schedule", "constant", "--min-lr-ratio", "0.5", "--momentum", "0.5"],

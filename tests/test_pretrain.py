@@ -1207,7 +1207,7 @@ def test_a_run_that_recorded_a_setting_it_never_read_resumes(shakespeare, cli, t
     for name, steps in (("whole", "3"), ("cut", "2")):
         with pytest.MonkeyPatch.context() as patch:  # the runs as recorded before the refusal
             patch.setattr(pretrain_config, "refuse_idle_optimizer_settings", lambda config: None)
-            patch.setattr(pretrain_stage, "_refuse_unread_rope_theta", lambda config, model_config: None)
+            patch.setattr(pretrain_stage, "refuse_unread_model_settings", lambda config, model_config: None)
             result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / name, *base, *idle, "--max-steps", steps)
             assert result.exit_code == 0, result.output
         runs[name] = tmp_path / name

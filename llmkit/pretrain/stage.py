@@ -18,6 +18,7 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
+from llmkit.train.options import refuse_unread_model_settings
 from llmkit.train.layout import check_model
 from llmkit.train.launch import (keep_recorded_length, launch, refuse_resume_with_force, planned_split, planned_world, runtime_record, split_batch,
                                  worker_process)
@@ -81,17 +82,7 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
         check_model(model_config, layout, seq_len)
     _split_global_batch(config, seq_len, layout.batch_ways if layout is not None else planned_world(config.devices))
     _open_data(tokens_art, seq_len, config)
-    if model_config.objective != "mlm" and config.mlm_probability != config.default_of("mlm_probability"):
-        raise UsageError("--mlm-probability is the share masked for --objective mlm; this model predicts the next token "
-                         "(clm), so leave it out")
-    _refuse_unread_rope_theta(config, model_config)
-
-
-def _refuse_unread_rope_theta(config: PretrainConfig, model_config) -> None:
-    """(A preset's learned positions: --pos learned typed is refused with the optimizer's settings; the LSTM's with its others.)"""
-    if config.architecture.rope_theta is not None and model_config.pos != "rope":
-        raise UsageError("--rope-theta is the base of rotary positions; this model has learned positions (--pos learned), "
-                         "so leave it out")
+    refuse_unread_model_settings(config, model_config)
 
 
 def _check_mask_token(model_config, tokenizer) -> None:

@@ -57,6 +57,7 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
     out = Path(out)
     _check_runs_can_finish(tokens_art, config)
     runs = plan(config, int(tokens_art.stats["vocab_size"]))
+    _check_models_read_their_settings(runs, int(tokens_art.stats["vocab_size"]))
     with run_directory(out, resume=not force, force=force, inputs=[tokens_art.path], kind="sweep"):
         if not force:  # each refuses before anything changes on disk
             _rename_legacy_runs(out, runs)
@@ -106,6 +107,16 @@ def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) 
     if not (tokens_art.stats.get("val") or {}).get("tokens"):
         raise UserError(f"{tokens_art.path} has no validation split, and the scaling fit reads each run's validation loss; "
                         "tokenize again with --val-fraction above 0")
+
+
+def _check_models_read_their_settings(runs: list, vocab_size: int) -> None:
+    """Refused before any run starts (each started, then failed: `--model gpt2-tiny --rope-theta 500`)."""
+    from llmkit.model.presets import resolve_model_config
+    from llmkit.train.options import refuse_unread_model_settings
+
+    first = runs[0].config
+    refuse_unread_model_settings(first, resolve_model_config(first.architecture.model, vocab_size=vocab_size,
+                                                             overrides=first.architecture.overrides()))
 
 
 def _rename_legacy_runs(out: Path, runs: list[PlannedRun]) -> None:

@@ -121,6 +121,20 @@ def refuse_idle_optimizer_settings(config: Options) -> None:
         raise unused_options(unused)
 
 
+def refuse_unread_model_settings(config: Options, model_config: Any) -> None:
+    """Pretraining's settings the model it builds (its preset resolved) does not read: --mlm-probability
+    for a next-token model, --rope-theta for learned positions (--pos learned typed is refused with
+    the optimizer's settings, the LSTM's with its other fields). Pretrain and a sweep's plan call it."""
+    from llmkit.errors import UsageError
+
+    if model_config.objective != "mlm" and config.mlm_probability != config.default_of("mlm_probability"):
+        raise UsageError("--mlm-probability is the share masked for --objective mlm; this model predicts the next token "
+                         "(clm), so leave it out")
+    if config.architecture.rope_theta is not None and model_config.arch == "gpt" and model_config.pos != "rope":
+        raise UsageError("--rope-theta is the base of rotary positions; this model has learned positions (--pos learned), "
+                         "so leave it out")
+
+
 @dataclass
 class Numerics(Options):
     """How a run computes: part of what it computes, so recorded (unlike Devices); shared with `llmkit plan`."""
