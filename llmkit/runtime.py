@@ -354,3 +354,8 @@ def offline_when_unreachable():
         yield state
     finally:
         hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def under_torchrun() -> bool:
+    """Whether this process is a worker of a torchrun (llmkit's own, or one a scheduler started)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)

@@ -391,10 +391,15 @@ def test_torchruns_account_of_a_killed_worker_or_of_its_own_stop_is_one_line(tmp
         "Traceback (most recent call last):\ntorch.distributed.elastic.multiprocessing.api.SignalException: Process 4242 got "
         "signal: 15\n": "torchrun was stopped (SIGTERM) and its workers with it; rerun the command with --resume",
     }
+    failed = "E1205 20:09:30.102000 31636 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: {}) local_rank: 1\n"
+    accounts[failed.format(-11)] = "process 1 of the run crashed (SIGSEGV): a fault in native code"  # no --resume: it would crash again
+    accounts[failed.format(130)] = "process 1 of the run was interrupted (SIGINT)"  # (a worker ends quietly on a SIGINT of its own)
     for held, said in accounts.items():
         monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out, held=held: out.append(held) or 1)
         with pytest.raises(UserError, match=re.escape(said)):
             distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    with pytest.raises(UserError, match=re.escape("process 9 of the run (local 1 on node 1) was killed (SIGKILL")):
+        distributed._refuse_a_stopped_process(failed.format(-9), node_rank=1, nproc=8, nnodes=2)
     monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out: out.append("Traceback ...\nValueError\n") or 1)
     with pytest.raises(UserError, match="distributed training failed"):  # anything else: shown, as before
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)

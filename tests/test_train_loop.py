@@ -432,6 +432,22 @@ def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, 
         assert raised.value.os_error and said in advice_of(raised.value) and out.is_dir(), advice_of(raised.value)
 
 
+def test_multi_node_addresses_are_asked_for_only_where_llmkit_meets_the_nodes(monkeypatch):
+    """--nnodes 2 needs --master-addr where llmkit starts torchrun; under a scheduler's torchrun, torchrun
+    meets the nodes and --nnodes only counts them (for --tp over nodes): it was refused there too."""
+    from llmkit.errors import UsageError
+    from llmkit.pretrain.config import PretrainConfig
+
+    for name in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="multi-node training needs --master-addr"):
+        PretrainConfig.build(nnodes=2)
+    with pytest.raises(UsageError, match="--master-port would change nothing here"):
+        PretrainConfig.build(master_port=1234)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    assert PretrainConfig.build(nnodes=2).devices.nnodes == 2
+
+
 def test_relaunch_builds_torchrun_command(tmp_path, monkeypatch, capsys):
     from llmkit.errors import UserError
     from llmkit.train import distributed

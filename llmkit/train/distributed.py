@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from llmkit.errors import UsageError, UserError
+from llmkit.runtime import under_torchrun  # noqa: F401  (called as distributed.under_torchrun; torch-free there, for the options)
 
 ERROR_FILE = "error.txt"
 
@@ -55,10 +56,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def under_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)
 
 
 def check_gpus(gpus: int) -> None:
@@ -267,8 +264,8 @@ def relaunch(
     if returncode != 0:
         if nnodes > 1 and not error_file.is_file():
             _refuse_nodes_that_did_not_join("".join(held), node_rank, nnodes, f"{master_addr}:{port}", join_timeout)
-        if not error_file.is_file():
-            _refuse_a_stopped_process("".join(held))
+        if not error_file.is_file() and not debug_enabled():  # (--debug: torchrun's whole account)
+            _refuse_a_stopped_process("".join(held), node_rank=node_rank, nproc=nproc, nnodes=nnodes)
             sys.stderr.write("".join(held))  # no worker explained the failure: torchrun's own lines and traceback
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
             raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
@@ -281,22 +278,35 @@ def relaunch(
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
 
 
-def _refuse_a_stopped_process(noise: str) -> None:
-    """A worker killed by a signal (the out-of-memory killer's SIGKILL, a `kill`) says nothing itself,
+def _refuse_a_stopped_process(noise: str, *, node_rank: int = 0, nproc: int = 1, nnodes: int = 1) -> None:
+    """A worker stopped by a signal (the out-of-memory killer's SIGKILL, a `kill`) says nothing itself,
     nor do the others torchrun then stops; nor does torchrun stopped by a signal of its own: one line
-    from torchrun's account of it (it was 34 to 90 lines of torchrun's traceback and failure table)."""
-    killed = re.search(r"failed \(exitcode: -(\d+)\) local_rank: (\d+)", noise)
+    from torchrun's account of it (it was 34 to 90 lines of torchrun's traceback and failure table).
+    A fault signal is a crash in native code, which --resume would meet again: said as one."""
+    failed = re.search(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", noise)
     stopped = re.search(r"SignalException: Process \d+ got signal: (\d+)", noise)
-    if not (killed or stopped):
+    code = int(failed.group(1)) if failed else None
+    # a worker exits 130 (143) where it ends quietly on the SIGINT (SIGTERM) torchrun or a user sent it alone
+    number = -code if code is not None and code < 0 else {130: 2, 143: 15}.get(code) if failed else None
+    if stopped:
+        number = int(stopped.group(1))
+    elif number is None:
         return
-    number = int((killed or stopped).group(1))
     try:
         name = signal.Signals(number).name
     except ValueError:
         name = f"signal {number}"
-    what = (f"process {killed.group(2)} of the run was killed ({name}{': out of memory?' if name == 'SIGKILL' else ''}) "
-            "and torchrun stopped the others" if killed else f"torchrun was stopped ({name}) and its workers with it")
-    raise UserError(f"{what}; rerun the command with --resume to continue from the last checkpoint (where the run saved one)")
+    resume = "rerun the command with --resume to continue from the last checkpoint (where the run saved one)"
+    if stopped:
+        raise UserError(f"torchrun was stopped ({name}) and its workers with it; {resume}")
+    local = int(failed.group(2))
+    process = (f"process {node_rank * nproc + local} of the run (local {local} on node {node_rank})" if nnodes > 1
+               else f"process {local} of the run")
+    if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"):
+        raise UserError(f"{process} crashed ({name}): a fault in native code (PyTorch, a driver or a library), which "
+                        "--resume would likely meet again; rerun with --debug to see where")
+    raise UserError(f"{process} was {'interrupted' if name == 'SIGINT' else 'killed'} "
+                    f"({name}{': out of memory?' if name == 'SIGKILL' else ''}) and torchrun stopped the others; {resume}")
 
 
 def _refuse_nodes_that_did_not_join(noise: str, node_rank: int, nnodes: int, where: str, timeout: int) -> None:
@@ -357,7 +367,8 @@ def _run_torchrun(command: list[str], env: dict, held: list[str]) -> int:
             in_stack = line.startswith("Exception raised from ") or (in_stack and bool(_CPP_STACK.match(line)))
             # a worker's own traceback as torchrun prefixes it ("[rank1]: Traceback ...", a KeyboardInterrupt from
             # the SIGINT torchrun passes on): the one line above says what happened
-            in_rank_traceback = bool(_RANK_TRACEBACK.match(line)) or (in_rank_traceback and bool(_RANK_LINE.match(line)))
+            in_rank_traceback = bool(_RANK_TRACEBACK.match(line)) or (
+                in_rank_traceback and (bool(_RANK_LINE.match(line)) or not line.strip()))  # (its blank lines unprefixed)
             if in_rank_traceback:
                 held.append(line)
             elif line.startswith("Traceback (most recent call last)") or in_traceback:

@@ -238,9 +238,12 @@ class Devices(ModelParallelism, Placement):
         super().__post_init__()
         if self.node_rank >= self.nnodes:
             raise ValueError(f"--node-rank must be below --nnodes ({self.nnodes}), got {self.node_rank}")
-        if self.nnodes > 1 and not self.master_addr:  # (said before the run directory is touched: with --force it was after)
+        from llmkit.runtime import under_torchrun
+
+        own_launch = not under_torchrun()  # (under a scheduler's torchrun, torchrun meets the nodes: --nnodes counts them)
+        if own_launch and self.nnodes > 1 and not self.master_addr:  # (said before the run directory is touched)
             raise ValueError("multi-node training needs --master-addr, the address of node 0; give it, the same on every node")
-        if self.nnodes == 1:  # (one node rendezvous with none: they changed nothing, unsaid)
+        if own_launch and self.nnodes == 1:  # (one node meets no other: they changed nothing, unsaid)
             from llmkit.errors import unused_options
 
             unused = [(flag, "multi-node training (--nnodes 2 or more)")
