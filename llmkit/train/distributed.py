@@ -256,6 +256,7 @@ def relaunch(
 
     if debug_enabled():
         env["LLMKIT_DEBUG"] = "1"
+        env["PYTHONFAULTHANDLER"] = "1"  # (a worker's crash in native code then prints its Python stack)
     # torchrun's per-worker folders (error files, logs), in the launch folder, which goes with them: without
     # --log-dir it makes one in the temporary folder for every run and leaves it there, a torchelastic_* each.
     command += [f"--log-dir={launch_dir / 'torchrun'}", "-m", "llmkit.train.worker", str(spec)]
@@ -264,14 +265,16 @@ def relaunch(
     if returncode != 0:
         if nnodes > 1 and not error_file.is_file():
             _refuse_nodes_that_did_not_join("".join(held), node_rank, nnodes, f"{master_addr}:{port}", join_timeout)
-        if not error_file.is_file() and not debug_enabled():  # (--debug: torchrun's whole account)
+        failure = json.loads(error_file.read_text(encoding="utf-8")) if error_file.is_file() else None
+        if (failure is None or failure.get("lost")) and not debug_enabled():  # (--debug: torchrun's whole account)
+            # a process stopped by a signal says nothing, and one torchrun stops next may have seen only the connection go
             _refuse_a_stopped_process("".join(held), node_rank=node_rank, nproc=nproc, nnodes=nnodes)
+        if failure is None:
             sys.stderr.write("".join(held))  # no worker explained the failure: torchrun's own lines and traceback
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
             raise UserError(f"torchrun was killed ({signal.Signals(-returncode).name}) and its workers stopped with it; rerun "
                             "the command with --resume to continue from the last checkpoint")
-        if error_file.is_file():
-            failure = json.loads(error_file.read_text(encoding="utf-8"))
+        if failure is not None:
             error = (UsageError if failure["exit_code"] == 2 else UserError)(failure["message"])
             error.os_error = bool(failure.get("os_error"))  # (a worker's full disk: llmkit.train.launch's advice)
             raise error
@@ -283,11 +286,15 @@ def _refuse_a_stopped_process(noise: str, *, node_rank: int = 0, nproc: int = 1,
     nor do the others torchrun then stops; nor does torchrun stopped by a signal of its own: one line
     from torchrun's account of it (it was 34 to 90 lines of torchrun's traceback and failure table).
     A fault signal is a crash in native code, which --resume would meet again: said as one."""
-    failed = re.search(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", noise)
+    # The first process stopped by a signal (a worker exits 130 where it ends quietly on a SIGINT sent to it alone), in
+    # torchrun's log lines, then in its failure table's root cause, the first failure it observed (the table lists
+    # first the others, which torchrun itself then stopped with SIGTERM)
+    failures = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", noise)]
+    root = noise[noise.find("Root Cause"):] if "Root Cause" in noise else ""
+    failures += [(int(m.group(2)), int(m.group(1))) for m in re.finditer(r"local_rank: (\d+)\)\s*\n\s*exitcode\s*: (-?\d+)", root)]
+    code, local = next(((code, local) for code, local in failures if code < 0 or code == 130), (None, None))
     stopped = re.search(r"SignalException: Process \d+ got signal: (\d+)", noise)
-    code = int(failed.group(1)) if failed else None
-    # a worker exits 130 (143) where it ends quietly on the SIGINT (SIGTERM) torchrun or a user sent it alone
-    number = -code if code is not None and code < 0 else {130: 2, 143: 15}.get(code) if failed else None
+    number = (-code if code < 0 else 2) if code is not None else None
     if stopped:
         number = int(stopped.group(1))
     elif number is None:
@@ -299,7 +306,6 @@ def _refuse_a_stopped_process(noise: str, *, node_rank: int = 0, nproc: int = 1,
     resume = "rerun the command with --resume to continue from the last checkpoint (where the run saved one)"
     if stopped:
         raise UserError(f"torchrun was stopped ({name}) and its workers with it; {resume}")
-    local = int(failed.group(2))
     process = (f"process {node_rank * nproc + local} of the run (local {local} on node {node_rank})" if nnodes > 1
                else f"process {local} of the run")
     if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"):

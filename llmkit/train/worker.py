@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug_enabled():
             raise
-        message = _lost_connection(exc) or one_line(exc)
+        lost = _lost_connection(exc)
+        message = lost or one_line(exc)
         if spec.get("error_file"):
             # The launching process prints it, once, however many ranks failed (and torchrun's
             # traceback stays hidden). A UserError explains the failure best; otherwise the first
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                 tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
                 # (its exit status too: a usage error exits 2 from the launching process as from here)
                 # (and whether the file system failed it, a full disk: the launcher says to --resume a kept run)
+                # (and whether it only saw another process go: the launcher then looks for what stopped that one)
                 tmp.write_text(json.dumps({"message": message, "exit_code": getattr(exc, "exit_code", 1),
-                                           "os_error": isinstance(exc, OSError)}) + "\n", encoding="utf-8")
+                                           "os_error": isinstance(exc, OSError),
+                                           "lost": lost is not None}) + "\n", encoding="utf-8")
                 os.replace(tmp, path)
         else:
             from rich.markup import escape
