@@ -412,6 +412,15 @@ def test_torchruns_account_of_a_killed_worker_or_of_its_own_stop_is_one_line(tmp
     monkeypatch.setattr(distributed, "_run_torchrun", lost_and_killed)
     with pytest.raises(UserError, match=re.escape("process 1 of the run crashed (SIGSEGV)")):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    # both failures seen in one poll: torchrun makes the other the root cause, the killed one among the "Failures"
+    table = ("E1205 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) local_rank: 0 (pid: 11)\n"
+             "Failures:\n[1]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 12)\n"
+             "Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 11)\n")
+    with pytest.raises(UserError, match=re.escape("process 1 of the run was killed (SIGKILL")):
+        distributed._refuse_a_stopped_process(table)
+    # ...but not one torchrun stopped itself once the other had failed
+    stopped_by_torchrun = "W1205 api.py:1028] Sending process 12 closing signal SIGTERM\n" + table.replace("-9 (pid: 12)", "-15 (pid: 12)")
+    assert distributed._refuse_a_stopped_process(stopped_by_torchrun) is None
     # --debug: torchrun's whole account, not the one line (it printed neither)
     from llmkit.errors import set_debug
 
@@ -427,6 +436,18 @@ def test_torchruns_account_of_a_killed_worker_or_of_its_own_stop_is_one_line(tmp
     monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out: out.append("Traceback ...\nValueError\n") or 1)
     with pytest.raises(UserError, match="distributed training failed"):  # anything else: shown, as before
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+
+
+@pytest.mark.slow
+def test_a_workers_own_error_is_shown_not_the_lost_connection_the_other_then_sees(tmp_path, monkeypatch):
+    """A plain Python error on one rank: the other rank saw the connection go ~10 ms later and wrote that
+    first, so the line said to --resume, and the error (which a resume meets again) was never shown."""
+    from llmkit.errors import UserError
+    from llmkit.train import distributed
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
+    with pytest.raises(UserError, match="an injected failure on rank 1"):
+        distributed.relaunch("distributed_probe:fail_on_rank_one", {}, tmp_path / "launch", nproc=2)
 
 
 @pytest.mark.slow

@@ -287,11 +287,15 @@ def _refuse_a_stopped_process(noise: str, *, node_rank: int = 0, nproc: int = 1,
     from torchrun's account of it (it was 34 to 90 lines of torchrun's traceback and failure table).
     A fault signal is a crash in native code, which --resume would meet again: said as one."""
     # The first process stopped by a signal (a worker exits 130 where it ends quietly on a SIGINT sent to it alone), in
-    # torchrun's log lines, then in its failure table's root cause, the first failure it observed (the table lists
-    # first the others, which torchrun itself then stopped with SIGTERM)
+    # torchrun's log line, then in its failure table: its root cause first, then the others, less the processes
+    # torchrun itself stopped ("Sending process P closing signal"); a failure seen in the same poll as another's may
+    # be listed among the others, the other made the root
     failures = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", noise)]
-    root = noise[noise.find("Root Cause"):] if "Root Cause" in noise else ""
-    failures += [(int(m.group(2)), int(m.group(1))) for m in re.finditer(r"local_rank: (\d+)\)\s*\n\s*exitcode\s*: (-?\d+)", root)]
+    closed = set(re.findall(r"Sending process (\d+) closing signal", noise))
+    root = noise.find("Root Cause")
+    for table in ((noise[root:], noise[:root]) if root >= 0 else (noise,)):
+        failures += [(int(m.group(2)), int(m.group(1))) for m in re.finditer(
+            r"local_rank: (\d+)\)\s*\n\s*exitcode\s*: (-?\d+) \(pid: (\d+)\)", table) if m.group(3) not in closed]
     code, local = next(((code, local) for code, local in failures if code < 0 or code == 130), (None, None))
     stopped = re.search(r"SignalException: Process \d+ got signal: (\d+)", noise)
     number = (-code if code < 0 else 2) if code is not None else None

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -38,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         lost = _lost_connection(exc)
         message = lost or one_line(exc)
+        if lost is not None:  # another process went first: give it time to say why (it shuts down before it writes)
+            time.sleep(LOST_GRACE_S)
         if spec.get("error_file"):
             # The launching process prints it, once, however many ranks failed (and torchrun's
             # traceback stays hidden). A UserError explains the failure best; otherwise the first
             # rank's error stands, not the broken connection the others then see.
             path = Path(spec["error_file"])
-            if isinstance(exc, UserError) or not path.exists():
+            if isinstance(exc, UserError) or not path.exists() or (lost is None and _only_lost(path)):
                 tmp = path.with_name(f".{path.name}.{os.environ.get('RANK', '0')}")
                 # (its exit status too: a usage error exits 2 from the launching process as from here)
                 # (and whether the file system failed it, a full disk: the launcher says to --resume a kept run)
@@ -88,6 +91,17 @@ def _fingerprint_or_path(value) -> str:
         return json.loads((Path(str(value)) / "manifest.json").read_text(encoding="utf-8"))["fingerprint"]
     except (OSError, ValueError, TypeError, KeyError):
         return str(value)
+
+
+LOST_GRACE_S = 1.0
+
+
+def _only_lost(error_file: Path) -> bool:
+    """Whether the error written so far is only another process's view of this one going away."""
+    try:
+        return bool(json.loads(error_file.read_text(encoding="utf-8")).get("lost"))
+    except (OSError, ValueError):
+        return False
 
 
 def _lost_connection(exc: BaseException) -> str | None:
