@@ -85,9 +85,13 @@ def ordered_map(
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                  initargs=(initializer, initargs, started)) as pool:
-            for result in _bounded(pool, function, items, workers):
-                done += 1
-                yield result
+            try:
+                for result in _bounded(pool, function, items, workers):
+                    done += 1
+                    yield result
+            except BrokenProcessPool:
+                _kill_the_rest(pool)
+                raise
     except BrokenProcessPool as exc:
         if done or (started[0] and not started[1]):  # one died since (the out-of-memory killer, a kill)
             from llmkit.errors import WorkerDied
@@ -98,6 +102,18 @@ def ordered_map(
             "the worker processes could not start; a Python script that runs an llmkit stage with several workers "
             "must call it under `if __name__ == \"__main__\":` (workers are spawned), or use one worker"
         ) from exc
+
+
+def _kill_the_rest(pool) -> None:
+    """The pool broke (a worker died): its shutdown stops the others with SIGTERM, which they ignore
+    (`_start_worker`), and waits for them; one blocked writing a result larger than a pipe, which no
+    one reads any more, never ended, and the command hung. (`_processes` is the pool's own record:
+    private, read only here, where nothing public names a pool's processes.)"""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, ValueError):  # (gone already, or closed)
+            pass
 
 
 def local_workers(workers: int) -> int:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -189,6 +190,17 @@ def test_a_worker_that_dies_mid_run_is_named_and_keeps_the_partial_output():
             seen.append(value)
     assert seen == list(range(len(seen))) and 0 < len(seen) < 40
     assert caught.value.keeps_partial  # (so a rerun continues: llmkit.outputs keeps .OUT.partial-KEY)
+
+
+def test_a_worker_death_while_another_writes_a_large_result_ends_the_stage():
+    """The pool's shutdown stops the other workers with SIGTERM, which they ignore (the parent stops the
+    pool), and joins them: one blocked writing a result larger than a pipe, which nobody read any more,
+    never ended, and the command hung (2 of 3 tries of clean --workers 2 with a worker killed)."""
+    script = "import sys; sys.path.insert(0, sys.argv[1]); import worker_probes; worker_probes.run_until_a_worker_dies()"
+    for _ in range(3):
+        ended = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
+                               timeout=120)
+        assert ended.returncode == 0 and "died: a worker process died after" in ended.stdout, ended.stdout + ended.stderr
 
 
 def _killed_on_the_first_item(i):

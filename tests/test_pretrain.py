@@ -447,7 +447,7 @@ def test_a_workers_own_error_is_shown_not_the_lost_connection_the_other_then_see
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
     with pytest.raises(UserError, match="an injected failure on rank 1"):
-        distributed.relaunch("distributed_probe:fail_on_rank_one", {}, tmp_path / "launch", nproc=2)
+        distributed.relaunch("worker_probes:fail_on_rank_one", {}, tmp_path / "launch", nproc=2)
 
 
 @pytest.mark.slow

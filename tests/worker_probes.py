@@ -1,0 +1,43 @@
+"""Functions that tests run in worker processes (torchrun's, imported by name from llmkit.train.worker; a
+spawned pool's, which must import them), kept out of the test modules the workers would otherwise import."""
+
+from __future__ import annotations
+
+
+def fail_on_rank_one(**_) -> None:
+    """Rank 1 fails with a plain Python error after leaving the group (as a run's own shutdown does before the
+    error reaches the worker's entry point); rank 0 then sees only the connection go."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    if dist.get_rank() == 1:
+        dist.destroy_process_group()
+        raise RuntimeError("an injected failure on rank 1")
+    value = torch.zeros(1)
+    for _ in range(1000):
+        dist.all_reduce(value)
+
+
+def large_result_or_death(i: int) -> bytes:
+    """16 MB per item (far more than a pipe holds: its worker blocks writing it until the parent reads), but
+    item 5, whose worker dies a moment in, as the out-of-memory killer ends a process."""
+    import os
+    import time
+
+    if i == 5:
+        time.sleep(0.05)
+        os._exit(1)
+    return bytes(16 << 20)
+
+
+def run_until_a_worker_dies() -> None:
+    """ordered_map over large_result_or_death: prints how it ended."""
+    from llmkit.errors import WorkerDied
+    from llmkit.parallel import ordered_map
+
+    try:
+        for _ in ordered_map(large_result_or_death, range(400), workers=2):
+            pass
+    except WorkerDied as exc:
+        print("died:", exc)
