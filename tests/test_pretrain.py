@@ -436,6 +436,41 @@ def test_torchruns_account_of_a_killed_worker_or_of_its_own_stop_is_one_line(tmp
     monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out: out.append("Traceback ...\nValueError\n") or 1)
     with pytest.raises(UserError, match="distributed training failed"):  # anything else: shown, as before
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    # a status of the worker's own, with no error written (sys.exit(3)): named in one line
+    monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out: out.append(
+        "W1205 api.py:1028] Sending process 11 closing signal SIGTERM\n" + failed.format(3)) or 1)
+    with pytest.raises(UserError, match=re.escape("process 1 of the run exited with status 3 without saying why")):
+        distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+
+
+def test_a_workers_error_file_keeps_the_best_account(tmp_path, monkeypatch):
+    """One error file for the run: a UserError beats a plain error, which beats a lost connection; the
+    first of equals stays; a lost connection waits before it writes (the failing process writes after
+    its shutdown), and replaces nothing."""
+    from llmkit.train import worker
+
+    waited = []
+    monkeypatch.setattr(worker, "_let_the_first_say_why", lambda: waited.append(1))
+    monkeypatch.setattr(worker, "_end_with_the_agent", lambda: None)  # (this process is no torchrun's)
+    from llmkit.train.distributed import OPTIONS_DIGEST
+
+    monkeypatch.setenv(OPTIONS_DIGEST, "")  # (main sets it: restored after)
+    error = tmp_path / "error.txt"
+    user = {"message": "a user error", "exit_code": 1, "os_error": False, "lost": False}
+    plain = {"message": "a plain error", "exit_code": 1, "os_error": False, "lost": False}
+    lost = {"message": "the connection to another process of the run was lost", "exit_code": 1, "os_error": False, "lost": True}
+    for entry, before, after in (("raise_plain", user, user), ("raise_plain", lost, plain), ("raise_plain", plain, plain),
+                                 ("lose_the_connection", plain, plain), ("lose_the_connection", None, lost),
+                                 ("raise_user_error", lost, user), ("raise_user_error", plain, user)):
+        error.unlink(missing_ok=True)
+        if before is not None:
+            error.write_text(json.dumps(before))
+        spec = tmp_path / "launch.json"
+        spec.write_text(json.dumps({"entry": f"worker_probes:{entry}", "arguments": {}, "error_file": str(error)}))
+        assert worker.main([str(spec)]) == 1
+        written = json.loads(error.read_text())
+        assert after["message"] in written["message"] and written["lost"] == after["lost"], (entry, before, written)
+    assert waited == [1, 1]  # the two lost connections waited, the others not
 
 
 @pytest.mark.slow

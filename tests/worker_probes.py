@@ -41,3 +41,17 @@ def run_until_a_worker_dies() -> None:
             pass
     except WorkerDied as exc:
         print("died:", exc)
+
+
+def raise_plain(**_) -> None:
+    raise RuntimeError("a plain error")
+
+
+def raise_user_error(**_) -> None:
+    from llmkit.errors import UserError
+
+    raise UserError("a user error")
+
+
+def lose_the_connection(**_) -> None:
+    raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")

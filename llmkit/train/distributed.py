@@ -269,6 +269,8 @@ def relaunch(
         if (failure is None or failure.get("lost")) and not debug_enabled():  # (--debug: torchrun's whole account)
             # a process stopped by a signal says nothing, and one torchrun stops next may have seen only the connection go
             _refuse_a_stopped_process("".join(held), node_rank=node_rank, nproc=nproc, nnodes=nnodes)
+        if failure is None and not debug_enabled():
+            _refuse_a_silent_exit("".join(held), node_rank=node_rank, nproc=nproc, nnodes=nnodes)
         if failure is None:
             sys.stderr.write("".join(held))  # no worker explained the failure: torchrun's own lines and traceback
         if returncode < 0:  # torchrun itself was killed: what its workers then report is only the broken connection
@@ -317,6 +319,21 @@ def _refuse_a_stopped_process(noise: str, *, node_rank: int = 0, nproc: int = 1,
                         "--resume would likely meet again; rerun with --debug to see where")
     raise UserError(f"{process} was {'interrupted' if name == 'SIGINT' else 'killed'} "
                     f"({name}{': out of memory?' if name == 'SIGKILL' else ''}) and torchrun stopped the others; {resume}")
+
+
+def _refuse_a_silent_exit(noise: str, *, node_rank: int = 0, nproc: int = 1, nnodes: int = 1) -> None:
+    """A worker that exited with a status of its own and wrote no error (a `sys.exit`, a library's
+    `exit()`): one line naming it, from torchrun's root cause (it was torchrun's 40-line account)."""
+    failed = re.search(r"failed \(exitcode: (\d+)\) local_rank: (\d+)", noise)
+    root = noise.find("Root Cause")
+    entry = re.search(r"local_rank: (\d+)\)\s*\n\s*exitcode\s*: (\d+)", noise[root:]) if root >= 0 else None
+    if not (failed or entry):
+        return
+    status, local = (int(failed.group(1)), int(failed.group(2))) if failed else (int(entry.group(2)), int(entry.group(1)))
+    process = (f"process {node_rank * nproc + local} of the run (local {local} on node {node_rank})" if nnodes > 1
+               else f"process {local} of the run")
+    raise UserError(f"{process} exited with status {status} without saying why (a sys.exit, or a library's exit); rerun "
+                    "with --debug for torchrun's account")
 
 
 def _refuse_nodes_that_did_not_join(noise: str, node_rank: int, nnodes: int, where: str, timeout: int) -> None:

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         lost = _lost_connection(exc)
         message = lost or one_line(exc)
-        if lost is not None:  # another process went first: give it time to say why (it shuts down before it writes)
-            time.sleep(LOST_GRACE_S)
+        if lost is not None:
+            _let_the_first_say_why()
         if spec.get("error_file"):
             # The launching process prints it, once, however many ranks failed (and torchrun's
             # traceback stays hidden). A UserError explains the failure best; otherwise the first
@@ -94,6 +94,12 @@ def _fingerprint_or_path(value) -> str:
 
 
 LOST_GRACE_S = 1.0
+
+
+def _let_the_first_say_why() -> None:
+    """Another process went first: its error file comes after its shutdown, a few ms after this one saw
+    the connection go (a second is far more; torchrun's SIGTERM may end this wait, which says nothing)."""
+    time.sleep(LOST_GRACE_S)
 
 
 def _only_lost(error_file: Path) -> bool:
