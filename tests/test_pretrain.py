@@ -441,6 +441,13 @@ def test_torchruns_account_of_a_killed_worker_or_of_its_own_stop_is_one_line(tmp
         "W1205 api.py:1028] Sending process 11 closing signal SIGTERM\n" + failed.format(3)) or 1)
     with pytest.raises(UserError, match=re.escape("process 1 of the run exited with status 3 without saying why")):
         distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    # ...but where the worker's own traceback says why (its stage failed to import), that is shown
+    monkeypatch.setattr(distributed, "_run_torchrun", lambda command, env, out: out.append(
+        "Traceback (most recent call last):\nImportError: libcudnn_graph.so.9\n" + failed.format(1)
+        + "Traceback (most recent call last):\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n") or 1)
+    with pytest.raises(UserError, match="distributed training failed"):
+        distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
+    assert "ImportError: libcudnn_graph.so.9" in capsys.readouterr().err
 
 
 def test_a_workers_error_file_keeps_the_best_account(tmp_path, monkeypatch):

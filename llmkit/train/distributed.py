@@ -324,6 +324,9 @@ def _refuse_a_stopped_process(noise: str, *, node_rank: int = 0, nproc: int = 1,
 def _refuse_a_silent_exit(noise: str, *, node_rank: int = 0, nproc: int = 1, nnodes: int = 1) -> None:
     """A worker that exited with a status of its own and wrote no error (a `sys.exit`, a library's
     `exit()`): one line naming it, from torchrun's root cause (it was torchrun's 40-line account)."""
+    own = noise.count("Traceback (most recent call last)") - ("ChildFailedError" in noise) + noise.count("]: Traceback (most")
+    if own > 0:  # a worker's traceback (its stage failed to import, its error file could not be written): shown, as it says why
+        return
     failed = re.search(r"failed \(exitcode: (\d+)\) local_rank: (\d+)", noise)
     root = noise.find("Root Cause")
     entry = re.search(r"local_rank: (\d+)\)\s*\n\s*exitcode\s*: (\d+)", noise[root:]) if root >= 0 else None
