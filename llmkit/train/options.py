@@ -86,7 +86,7 @@ class Optimization(Options):
 
 
 # What reads each setting that only some runs read: refused where the run would not (below), and left
-# out of the comparison of a run recorded before that (resuming, a sweep's rerun), which holds one
+# out of a resume's comparison with a run recorded before that, which may hold one (train/resuming.py)
 _READ_BY = {"momentum": "SGD (--optimizer sgd)", "beta1": "AdamW (--optimizer adamw)", "beta2": "AdamW (--optimizer adamw)",
             "min_lr_ratio": "the decay of --schedule cosine or linear", "rope_theta": "rotary positions (--pos rope)"}
 
