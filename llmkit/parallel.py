@@ -136,23 +136,45 @@ def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], wo
             with _ctrl_c_deferred():
                 pending.append(pool.submit(function, item))
             if len(pending) >= 2 * workers:
-                yield _result(pending.popleft())
+                yield _result(pending.popleft(), pool)
         while pending:
-            yield _result(pending.popleft())
+            yield _result(pending.popleft(), pool)
     finally:  # the consumer stopped early (an error, a fallback, Ctrl-C): queued items are not started
         with _ctrl_c_deferred():
             for future in pending:
                 future.cancel()
 
 
-def _result(future):
-    """`future.result()`, waited for in short steps so that a Ctrl-C held back during a step ends the wait."""
+def _result(future, pool=None):
+    """`future.result()`, waited for in short steps so that a Ctrl-C held back during a step ends the wait.
+    A process pool whose worker died while it was sending a result never learns it (its reader waits
+    for the rest of the message, which the pool's own copy of the pipe's write end keeps open):
+    once a dead worker has gone unnoticed for STUCK_AFTER_S, the pool is broken from here."""
+    import time
     from concurrent.futures import wait
 
+    dead_since = None
     while True:
         with _ctrl_c_deferred():
             if wait((future,), timeout=0.1).done:
                 return future.result()
+        if dead_since is None and _a_worker_died(pool):
+            dead_since = time.monotonic()
+        elif dead_since is not None and time.monotonic() - dead_since > STUCK_AFTER_S:
+            _kill_the_rest(pool)
+            writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+            if writer is not None:
+                writer.close()  # the last write end: the reader gets EOF, and the pool breaks (BrokenProcessPool)
+            dead_since = float("inf")  # (once)
+
+
+STUCK_AFTER_S = 2.0  # (a pool notices a dead worker within its next wait, milliseconds)
+
+
+def _a_worker_died(pool) -> bool:
+    """Whether a process of the pool (a process pool's: `_processes`, its own private record) has died."""
+    processes = getattr(pool, "_processes", None) or {}
+    return any(process.exitcode not in (None, 0) for process in list(processes.values()))
 
 
 @contextmanager

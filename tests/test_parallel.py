@@ -203,6 +203,15 @@ def test_a_worker_death_while_another_writes_a_large_result_ends_the_stage():
         assert ended.returncode == 0 and "died: a worker process died after" in ended.stdout, ended.stdout + ended.stderr
 
 
+def test_a_worker_that_dies_while_sending_its_own_result_ends_the_stage():
+    """The pool's reader waited for the rest of the half-sent message forever (its own copy of the pipe's
+    write end kept it open): the stage hung, 3 of 3 tries on Python 3.11 and 3.13."""
+    script = "import sys; sys.path.insert(0, sys.argv[1]); import worker_probes; worker_probes.run_until_a_worker_dies_mid_send()"
+    ended = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
+                           timeout=120)
+    assert ended.returncode == 0 and "died: a worker process died after" in ended.stdout, ended.stdout + ended.stderr
+
+
 def _killed_on_the_first_item(i):
     import signal
 

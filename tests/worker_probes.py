@@ -55,3 +55,40 @@ def raise_user_error(**_) -> None:
 
 def lose_the_connection(**_) -> None:
     raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+
+
+def large_result_dying_mid_send(i: int) -> bytes:
+    """64 MB per item; item 3's worker dies while it is sending its result (as the out-of-memory killer
+    may, the result and its pickled copy held): a watcher thread ends it inside the pipe's write."""
+    import os
+    import sys
+    import threading
+    import time
+
+    if i == 3:
+        main = threading.main_thread().ident
+
+        def watch() -> None:
+            while True:
+                frame, names = sys._current_frames().get(main), []
+                while frame is not None:
+                    names.append(frame.f_code.co_name)
+                    frame = frame.f_back
+                if "_send_bytes" in names:
+                    time.sleep(0.002)
+                    os._exit(1)
+                time.sleep(0.0005)
+
+        threading.Thread(target=watch, daemon=True).start()
+    return bytes(64 << 20)
+
+
+def run_until_a_worker_dies_mid_send() -> None:
+    from llmkit.errors import WorkerDied
+    from llmkit.parallel import ordered_map
+
+    try:
+        for _ in ordered_map(large_result_dying_mid_send, range(12), workers=2):
+            pass
+    except WorkerDied as exc:
+        print("died:", exc)
