@@ -89,8 +89,9 @@ def ordered_map(
                 for result in _bounded(pool, function, items, workers):
                     done += 1
                     yield result
-            except BrokenProcessPool:
-                _kill_the_rest(pool)
+            except BaseException as stop:  # (a Ctrl-C or the consumer's error too: the pool's shutdown waits on the same)
+                if isinstance(stop, BrokenProcessPool) or _a_worker_died(pool):
+                    _unstick(pool)
                 raise
     except BrokenProcessPool as exc:
         if done or (started[0] and not started[1]):  # one died since (the out-of-memory killer, a kill)
@@ -102,6 +103,16 @@ def ordered_map(
             "the worker processes could not start; a Python script that runs an llmkit stage with several workers "
             "must call it under `if __name__ == \"__main__\":` (workers are spawned), or use one worker"
         ) from exc
+
+
+def _unstick(pool) -> None:
+    """A pool a worker died in: the others killed, and the pool's own write end of the result pipe
+    closed, the last one, so that a reader waiting for the rest of a dead worker's message gets EOF
+    and the pool breaks (its shutdown, which waits for its reader, then ends)."""
+    _kill_the_rest(pool)
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if writer is not None:
+        writer.close()  # (closing twice does nothing: the pool's shutdown closes it again)
 
 
 def _kill_the_rest(pool) -> None:
@@ -140,9 +151,10 @@ def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], wo
         while pending:
             yield _result(pending.popleft(), pool)
     finally:  # the consumer stopped early (an error, a fallback, Ctrl-C): queued items are not started
-        with _ctrl_c_deferred():
-            for future in pending:
-                future.cancel()
+        if not _a_worker_died(pool):  # (a pool a worker died in fails them all itself; cancelled first, its manager
+            with _ctrl_c_deferred():  # thread raised InvalidStateError setting their exception, a traceback on stderr)
+                for future in pending:
+                    future.cancel()
 
 
 def _result(future, pool=None):
@@ -161,10 +173,7 @@ def _result(future, pool=None):
         if dead_since is None and _a_worker_died(pool):
             dead_since = time.monotonic()
         elif dead_since is not None and time.monotonic() - dead_since > STUCK_AFTER_S:
-            _kill_the_rest(pool)
-            writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
-            if writer is not None:
-                writer.close()  # the last write end: the reader gets EOF, and the pool breaks (BrokenProcessPool)
+            _unstick(pool)
             dead_since = float("inf")  # (once)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -210,6 +211,16 @@ def test_a_worker_that_dies_while_sending_its_own_result_ends_the_stage():
     ended = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
                            timeout=120)
     assert ended.returncode == 0 and "died: a worker process died after" in ended.stdout, ended.stdout + ended.stderr
+
+
+def test_a_ctrl_c_after_such_a_death_ends_the_command_without_a_thread_traceback():
+    """A Ctrl-C before the wait gave up on the pool left the pool's shutdown waiting on the stuck reader; and
+    futures cancelled before the pool broke made its manager thread print an InvalidStateError traceback."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import worker_probes; "
+              "worker_probes.interrupt_after_a_worker_dies_mid_send()")
+    ended = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
+                           timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a runner may ignore it)
+    assert "ended:" in ended.stdout and "Exception in thread" not in ended.stderr, ended.stdout + ended.stderr
 
 
 def _killed_on_the_first_item(i):

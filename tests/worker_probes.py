@@ -92,3 +92,36 @@ def run_until_a_worker_dies_mid_send() -> None:
             pass
     except WorkerDied as exc:
         print("died:", exc)
+
+
+def interrupt_after_a_worker_dies_mid_send() -> None:
+    """As run_until_a_worker_dies_mid_send, with a Ctrl-C half a second after the death (before the wait
+    gives up on the pool): prints how it ended."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from llmkit.errors import WorkerDied
+    from llmkit.parallel import ordered_map
+
+    def watch() -> None:  # a zombie child is the dead worker
+        me = os.getpid()
+        while True:
+            for task in os.listdir(f"/proc/{me}/task"):
+                try:
+                    children = open(f"/proc/{me}/task/{task}/children").read().split()
+                    if any(open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z" for child in children):
+                        time.sleep(0.5)
+                        os.kill(me, signal.SIGINT)
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        for _ in ordered_map(large_result_dying_mid_send, range(12), workers=2):
+            pass
+    except (KeyboardInterrupt, WorkerDied) as exc:
+        print("ended:", type(exc).__name__)
