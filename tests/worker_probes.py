@@ -31,13 +31,13 @@ def large_result_or_death(i: int) -> bytes:
     return bytes(16 << 20)
 
 
-def run_until_a_worker_dies() -> None:
-    """ordered_map over large_result_or_death: prints how it ended."""
+def run_until_a_worker_dies(function=None, items: int = 400) -> None:
+    """ordered_map over large_result_or_death (or `function`) on two workers: prints how it ended."""
     from llmkit.errors import WorkerDied
     from llmkit.parallel import ordered_map
 
     try:
-        for _ in ordered_map(large_result_or_death, range(400), workers=2):
+        for _ in ordered_map(function or large_result_or_death, range(items), workers=2):
             pass
     except WorkerDied as exc:
         print("died:", exc)
@@ -84,14 +84,7 @@ def large_result_dying_mid_send(i: int) -> bytes:
 
 
 def run_until_a_worker_dies_mid_send() -> None:
-    from llmkit.errors import WorkerDied
-    from llmkit.parallel import ordered_map
-
-    try:
-        for _ in ordered_map(large_result_dying_mid_send, range(12), workers=2):
-            pass
-    except WorkerDied as exc:
-        print("died:", exc)
+    run_until_a_worker_dies(large_result_dying_mid_send, 12)
 
 
 def interrupt_after_a_worker_dies_mid_send() -> None:
