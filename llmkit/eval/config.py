@@ -45,9 +45,10 @@ def _label_names(value) -> list[str]:
 def _check_label_names(names: list[str]) -> None:
     """(Also where a config file's list or Python gave them, which no parser reads: `labels: [neg, neg]`
     scored two classes as one, accuracy 1.0.)"""
-    if any(not str(name).strip() for name in names):
+    stripped = [str(name).strip() for name in names]
+    if not all(stripped):
         raise ValueError(f"a label name is empty in {','.join(map(str, names))!r}; give one name per class, in index order")
-    repeated = sorted({str(name).strip() for name in names if [str(n).strip() for n in names].count(str(name).strip()) > 1})
+    repeated = sorted({name for name in stripped if stripped.count(name) > 1})
     if repeated:
         raise ValueError(f"label names must differ, and {', '.join(repeated)} is given more than once")
 

@@ -115,14 +115,16 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "shots": (bool(cfg.tasks), "--task benchmarks"),
         "bootstrap": (not cfg.tasks and bool(text or cls or lm), "confidence intervals of the scores (a --task benchmark has "
                       "its stderr)"),
+        # (runtime, so no fingerprint: but it would promise a speed-up that never comes)
+        "compile": (scoring_model and bool(text), "the decode step of text generated for BLEU/chrF/ROUGE"),
     }
-    from llmkit.options import flat_options
+    from llmkit.options import flat_options, json_ready
 
-    flags = {option.name: option.flag for option in flat_options(type(cfg))}
-    unused = [(flags[name], what) for name, (used, what) in uses.items() if not used and getattr(cfg, name) != cfg.default_of(name)]
+    options = {option.name: option for option in flat_options(type(cfg))}  # (nested groups' too: --compile)
+    values = cfg.flat()
+    unused = [(options[name].flag, what) for name, (used, what) in uses.items()
+              if not used and values[name] != json_ready(options[name].default)]
     unused += cfg.ensembling.single_model_flags(len(members))
-    if cfg.inference.compile and not (scoring_model and text):  # (a runtime option, nested: it would promise speed unsaid)
-        unused.append(("--compile", "the decode step of text generated for BLEU/chrF/ROUGE"))
     if unused:
         raise unused_options(unused)
 

@@ -312,13 +312,19 @@ def _refuse_a_stopped_process(noise: str, *, node_rank: int = 0, nproc: int = 1,
     resume = "rerun the command with --resume to continue from the last checkpoint (where the run saved one)"
     if stopped:
         raise UserError(f"torchrun was stopped ({name}) and its workers with it; {resume}")
-    process = (f"process {node_rank * nproc + local} of the run (local {local} on node {node_rank})" if nnodes > 1
-               else f"process {local} of the run")
+    process = _process_named(local, node_rank, nproc, nnodes)
     if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"):
         raise UserError(f"{process} crashed ({name}): a fault in native code (PyTorch, a driver or a library), which "
                         "--resume would likely meet again; rerun with --debug to see where")
     raise UserError(f"{process} was {'interrupted' if name == 'SIGINT' else 'killed'} "
                     f"({name}{': out of memory?' if name == 'SIGKILL' else ''}) and torchrun stopped the others; {resume}")
+
+
+def _process_named(local: int, node_rank: int, nproc: int, nnodes: int) -> str:
+    """A worker as torchrun's account names it (its local rank), as the user knows it: by global rank."""
+    if nnodes > 1:
+        return f"process {node_rank * nproc + local} of the run (local {local} on node {node_rank})"
+    return f"process {local} of the run"
 
 
 def _refuse_a_silent_exit(noise: str, *, node_rank: int = 0, nproc: int = 1, nnodes: int = 1) -> None:
@@ -333,8 +339,7 @@ def _refuse_a_silent_exit(noise: str, *, node_rank: int = 0, nproc: int = 1, nno
     if not (failed or entry):
         return
     status, local = (int(failed.group(1)), int(failed.group(2))) if failed else (int(entry.group(2)), int(entry.group(1)))
-    process = (f"process {node_rank * nproc + local} of the run (local {local} on node {node_rank})" if nnodes > 1
-               else f"process {local} of the run")
+    process = _process_named(local, node_rank, nproc, nnodes)
     raise UserError(f"{process} exited with status {status} without saying why (a sys.exit, or a library's exit); rerun "
                     "with --debug for torchrun's account")
 
