@@ -16,7 +16,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llmkit.errors import OptionError, UsageError, UserError
+from llmkit.errors import OptionError, UnusedOptions, UsageError, UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,10 +184,7 @@ def resolve(
 
     options = flat_options(config_cls)
     known = {opt.name: opt for opt in options}
-    # A file's key is the flag's name (`prompt`, `metric`); the field's name is also taken
-    # unless it is another option's flag (`prompts` is --prompts FILE, not --prompt's field).
-    by_key = {opt.key: opt.name for opt in options}
-    by_key.update({opt.name: opt.name for opt in options if opt.name not in by_key})
+    by_key = _names_by_key(options)
     from_file = file_values(file, section)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
@@ -226,6 +223,8 @@ def resolve(
     read_from = f" (options read from {file} and the command line)" if from_file else ""
     try:
         return config_cls.build(**values)
+    except UnusedOptions as exc:
+        raise exc.naming(file, {known[name].flag for name in from_file if name not in (explicit or {})}) from exc
     except UsageError as exc:
         if read_from and read_from not in str(exc):
             raise UsageError(f"{exc}{read_from}") from exc
@@ -234,6 +233,23 @@ def resolve(
         raise UsageError(f"{exc}{read_from}") from exc
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid configuration: {exc}{read_from}") from exc
+
+
+def _names_by_key(options: list[Any]) -> dict[str, str]:
+    """A file's key is the flag's name (`prompt`, `metric`); the field's name is also taken unless
+    it is another option's flag (`prompts` is --prompts FILE, not --prompt's field)."""
+    by_key = {opt.key: opt.name for opt in options}
+    by_key.update({opt.name: opt.name for opt in options if opt.name not in by_key})
+    return by_key
+
+
+def flags_from_file(config_cls: type, file: Path | str | None, section: str | None, typed: dict[str, Any]) -> set[str]:
+    """The flags of the options whose value came from `file` (set there and not typed over)."""
+    from llmkit.options import flat_options
+
+    options = flat_options(config_cls)
+    by_key, flags = _names_by_key(options), {opt.name: opt.flag for opt in options}
+    return {flags[by_key[key]] for key in file_values(file, section, note=False) if key in by_key and by_key[key] not in typed}
 
 
 def _refuse_non_utf8(flag: str, value: Any) -> None:

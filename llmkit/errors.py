@@ -25,7 +25,23 @@ class OptionError(UsageError, ValueError):
     or Python, which may catch it as the ValueError it also is."""
 
 
-def unused_options(unused: list[tuple[str, str]]) -> UsageError:
+class UnusedOptions(UsageError):
+    """Options that would change nothing here, refused (see `unused_options`). It keeps their flags,
+    so that the command can say which of them a --config file gave: checked as the stage runs,
+    after the file's name is out of sight."""
+
+    def __init__(self, message: str, flags: list[str]) -> None:
+        super().__init__(message)
+        self.flags = tuple(flags)
+
+    def naming(self, file: object, file_flags: set[str]) -> "UnusedOptions":
+        named = [flag for flag in self.flags if flag in file_flags]
+        if not named or str(file) in str(self):
+            return self
+        return UnusedOptions(f"{self} ({', '.join(named)} set in {file})", list(self.flags))
+
+
+def unused_options(unused: list[tuple[str, str]]) -> UnusedOptions:
     """The refusal of options that would change nothing in this run: [(flag, what it is for)].
     Refused rather than ignored because they would still be recorded, and change the fingerprint.
     Options that do not go together: a usage error (exit 2)."""
@@ -34,7 +50,8 @@ def unused_options(unused: list[tuple[str, str]]) -> UsageError:
     for flag, what in unused:
         by_use.setdefault(what, []).append(flag)
     uses = "; ".join(f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for {what}" for what, named in by_use.items())
-    return UsageError(f"{flags} would change nothing here ({uses}); leave {'it' if len(unused) == 1 else 'them'} out")
+    return UnusedOptions(f"{flags} would change nothing here ({uses}); leave {'it' if len(unused) == 1 else 'them'} out",
+                         [flag for flag, _ in unused])
 
 
 class WorkerDied(UserError):

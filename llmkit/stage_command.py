@@ -27,6 +27,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from llmkit.errors import UnusedOptions
 from llmkit.options import FlatOption, flat_options
 
 try:  # typer >= 0.22 bundles its own click; its exceptions are not the `click` package's classes
@@ -258,7 +259,14 @@ def stage_command(
         else:
             config = resolve(config_cls, file=values.get("config"), section=section, explicit=typed)
         given = {name: values[name] for name in (*(a.name for a in arguments), "out", "force", "resume") if name in values}
-        run(config, **given)
+        try:
+            run(config, **given)
+        except UnusedOptions as exc:  # checked as the stage runs: say which of them the file set
+            if values.get("config") is None:
+                raise
+            from llmkit.config import flags_from_file
+
+            raise exc.naming(values["config"], flags_from_file(config_cls, values["config"], section, typed)) from exc
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = section.replace(" ", "_")

@@ -253,6 +253,23 @@ def test_bad_option_values_are_one_line_errors_before_any_work(cli, chain, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args,text,message", [
+    (["pretrain", "{tokens}"], "[pretrain]\nmomentum = 0.5\n", "leave it out (--momentum set in {file})"),
+    (["pretrain", "{tokens}", "--min-lr-ratio", "0.5"], "[pretrain]\nschedule = \"constant\"\nmomentum = 0.5\n",
+     "leave them out (--momentum set in {file})"),
+    (["eval", "{ckpt}", "--data", "{tokens}"], "[eval]\ncompile = true\n", "leave it out (--compile set in {file})"),
+    (["clean", "{book}"], "[clean]\nmin_words = 20\n", "leave it out (--min-words set in {file})"),
+])
+def test_an_idle_setting_from_a_config_file_is_said_to_come_from_it(cli, chain, tmp_path, args, text, message):
+    """Checked as the stage runs, or as its options are built: either way the line names the file
+    (it named only the flag, which the user had not typed), and only the settings the file gave."""
+    paths = {p.stem: p for p in chain.iterdir()}
+    (tmp_path / "run.toml").write_text(text)
+    result = cli(*[a.format(**paths) for a in args], "--config", tmp_path / "run.toml", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and message.format(file=tmp_path / "run.toml") in _one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]
+
+
 def test_an_unparsable_value_and_an_out_of_range_one_exit_alike(cli, chain, tmp_path):
     """Both are usage errors (status 2, as Typer's own for `--lr abc`), whichever check refused the value."""
     for weights in ("abc", "-1,2"):
