@@ -64,6 +64,17 @@ err = _Console(stderr=True, highlight=False, emoji=False, markup=False)
 out = _Console(highlight=False, emoji=False, markup=False)
 
 
+# C0 controls but tab and newline, DEL, C1 controls: rich drops only BEL, BS, VT, FF and CR, and an
+# ESC it passes begins a sequence the terminal acts on (ESC Z asks it to answer as if typed).
+_ACTED_ON = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)])
+
+
+def for_a_terminal(text: str) -> str:
+    """Model-made text as a terminal may be given it: the control characters it would act on left
+    out (piped or written to a file, text goes out as it is)."""
+    return text.translate(_ACTED_ON)
+
+
 def note(message: str) -> None:
     """`note: MESSAGE` on stderr, one logical line (a terminal wraps it; no markup is read): what a
     stage tells about its inputs or choices that is no error. The one form of every stage's notes."""

@@ -222,8 +222,10 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
     for item in inputs:
         if item is not None and Path(item).exists():
             source = Path(item).resolve()
-            if _same(source, target) or any(_same(source, parent) for parent in target.parents):
+            if _same(source, target):
                 raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
+            if any(_same(source, parent) for parent in target.parents):
+                raise UserError(f"-o {path} lies inside the input {item}; write the output outside it")
     if path.is_dir():
         raise UserError(f"-o {path} is a folder; give a file path")
     _refuse_existing(path, force, ours)

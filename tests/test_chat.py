@@ -134,12 +134,12 @@ def test_ctrl_c_stops_a_reply_or_leaves_at_the_prompt_and_the_transcript_is_said
 
     real_reply = ChatSession.reply
 
-    def reply(self, text, on_text=None):
+    def reply(self, text, on_text=None, on_start=None):
         if text == "stop":
             raise KeyboardInterrupt
         if text == "end":
             raise Terminated
-        return real_reply(self, text, on_text)
+        return real_reply(self, text, on_text, on_start)
 
     monkeypatch.setattr(ChatSession, "reply", reply)
     import typer.testing
@@ -164,16 +164,98 @@ def test_ctrl_c_stops_a_reply_or_leaves_at_the_prompt_and_the_transcript_is_said
     assert refused.exit_code == 1 and "is not a transcript chat wrote" in refused.output and data.read_text() == before
 
 
-def test_a_line_that_is_not_unicode_is_refused_and_the_chat_goes_on(chat_model):
+def test_a_line_that_is_not_unicode_is_refused_and_the_chat_goes_on_at_a_terminal(chat_model, tmp_path, monkeypatch):
+    """Typed, the line is refused and the user types it again; piped (a script's questions), the
+    session ends with exit 1 and the line's number, what was said before it saved: skipped, it
+    paired every later reply with the wrong question, and the command exited 0."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+    from llmkit.generate import chat
+
+    args = ["chat", str(chat_model), "--temperature", "0", "-n", "4"]
+    piped = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "t.jsonl")], input=b"hello\nab\xffcd\nwho is there\n")
+    assert piped.exit_code == 1 and piped.stdout.count("\n") == 1, piped.output
+    assert ("error: line 2 of the standard input is not valid Unicode text (an undecodable byte or a lone surrogate, "
+            "\\udcff); convert the input to UTF-8") in piped.stderr
+    assert [m["content"] for m in json.loads((tmp_path / "t.jsonl").read_text())["messages"]][::2] == ["hello"]
+    monkeypatch.setattr(chat, "_at_a_terminal", lambda: True)
+    result = CliRunner().invoke(app, args, input=b"ab\xffcd\nhello\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "error: that line is not valid Unicode text (an undecodable byte or a lone surrogate, \\udcff)" in result.stderr
+    assert result.stdout.count("bot> ") == 1
+
+
+def test_commands_unknown_ones_and_a_message_that_starts_with_a_slash(chat_model, tmp_path):
+    """A line that is one /word and no command is refused (a mistyped /rest went to the model as a
+    message); `//` sends a line that starts with a slash."""
+    import json
+
     from typer.testing import CliRunner
 
     from llmkit.cli import app
 
-    result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "-n", "4"],
-                                                input=b"ab\xffcd\nhello\n/exit\n")
+    out = tmp_path / "t.jsonl"
+    result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "-n", "4", "-o", str(out)],
+                                input="/rest\n/help\n//usr/bin is where\n")
     assert result.exit_code == 0, result.output
-    assert "error: that line is not valid Unicode text (an undecodable byte or a lone surrogate, \\udcff)" in result.stderr
-    assert result.stdout.count("\n") == 1 and result.stdout.strip()  # one reply
+    assert "unknown command /rest: the commands are /exit, /quit, /reset, /help" in " ".join(result.stderr.split())
+    assert "/help: show the commands; a line starting // is sent with one /\n" in result.stderr  # one line, unwrapped
+    assert result.stdout.count("\n") == 1
+    assert [m["content"] for m in json.loads(out.read_text())["messages"]][::2] == ["/usr/bin is where"]
+
+
+def test_what_is_shown_is_what_is_recorded_and_a_terminal_gets_no_control_characters(chat_model, tmp_path, monkeypatch):
+    """The reply printed is the one recorded (a piped reply kept the whitespace around it); at a
+    terminal the model's control characters are left out, as generate leaves them (ESC Z asks a
+    terminal to answer); every special token ends a reply (<|bos|> was printed, recorded and fed
+    back as text); the prompt is fitted and its note printed before `bot> `, not inside that line."""
+    import json
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from llmkit import console
+    from llmkit.cli import app
+    from llmkit.generate import chat
+    from llmkit.inference.engine import Generator
+
+    stops = []
+
+    def complete(self, prompts, params, *, on_text=None, extra_stop_ids=(), **_):
+        stops.append(set(extra_stop_ids))
+        pieces = ["\n ", " Two\x1bZ", " dogs\x07 ", "\n", ""]
+        for piece in pieces:
+            on_text(0, piece)
+        return [SimpleNamespace(text="".join(pieces), finish_reason="eos")]
+
+    monkeypatch.setattr(Generator, "complete", complete)
+    out = tmp_path / "t.jsonl"
+    args = ["chat", str(chat_model), "-o", str(out), "--force"]
+    piped = CliRunner().invoke(app, args, input="hello\n")
+    assert piped.exit_code == 0 and piped.stdout == "Two\x1bZ dogs\x07\n", piped.output
+    assert json.loads(out.read_text())["messages"][1]["content"] == "Two\x1bZ dogs\x07"
+    tokenizer = __import__("llmkit.model.io", fromlist=["x"]).load_checkpoint(chat_model).tokenizer
+    assert stops[0] == set(tokenizer.special_ids.values()) and tokenizer.special_ids["<|bos|>"] in stops[0]
+    monkeypatch.setattr(chat, "_at_a_terminal", lambda: True)
+    monkeypatch.setattr(console.out, "_force_terminal", True)
+    shown = CliRunner().invoke(app, [*args, "-n", "100000"], input="hello\n")
+    assert shown.exit_code == 0, shown.output
+    assert "bot> TwoZ dogs\n" in shown.stdout and "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert shown.output.index("replies stop at what is left") < shown.output.index("bot> ")
+
+
+def test_the_stream_without_the_whitespace_around_it_is_the_stored_reply():
+    from llmkit.generate.chat import _Stripped
+
+    for pieces in ([" ", " a", " ", "b ", "\n", ""], ["a b"], ["  ", "\t"], ["\n\u3000x", "\u3000"], [" a", "", " \n\n", "b"]):
+        written = []
+        stream = _Stripped(written.append)
+        for piece in pieces:
+            stream(piece)
+        assert "".join(written) == "".join(pieces).strip(), pieces
 
 
 def test_chat_refuses_a_classifier(base, tmp_path, cli):
@@ -207,8 +289,8 @@ def test_a_text_template_checkpoint_takes_one_input_per_turn(base):
 
 def test_a_long_reply_budget_keeps_the_message_and_its_template(base, capsys):
     """--max-new-tokens at or past the context used to leave the prompt one token ('\\n' or ':'):
-    what was typed was thrown away. The reply now gets at most half the context, the prompt keeps
-    its start token and wording, a long message loses only its end, and a note says so."""
+    what was typed was thrown away. The prompt now keeps at least half the context, its start token
+    and wording, a long message loses only its end, and a note says so."""
     from llmkit.data.templates import encode_chat_prompt, resolve_template
     from llmkit.generate.chat import ChatSession
     from llmkit.inference.engine import GenerationParams

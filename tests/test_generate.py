@@ -690,7 +690,8 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
 
 
 def test_a_streamed_completion_stopped_by_ctrl_c_ends_its_line_on_a_terminal(monkeypatch, tmp_path):
-    """The error line began after the cut-off text, mid-line."""
+    """The error line began after the cut-off text, mid-line. The control characters a terminal
+    would act on are not shown."""
     import io
 
     from llmkit import console
@@ -704,13 +705,13 @@ def test_a_streamed_completion_stopped_by_ctrl_c_ends_its_line_on_a_terminal(mon
 
     def stopped(checkpoints, config, on_text=None, on_ready=None, **kwargs):
         on_ready([Prompt(text="ROMEO:")])
-        on_text(0, " What light")
+        on_text(0, " What\x1bZ light\x07\x9b")  # (ESC Z asks a terminal to answer as if typed: rich passed ESC on)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stage, "run_generate", stopped)
     with pytest.raises(KeyboardInterrupt):
         _generate(GenerateConfig.build(prompts=["ROMEO:"]), checkpoints=[tmp_path / "ckpt"], out=None, force=False)
-    assert screen.getvalue().endswith(" What light\n"), repr(screen.getvalue())
+    assert screen.getvalue().endswith(" WhatZ light\n"), repr(screen.getvalue())
 
 
 def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):

@@ -430,6 +430,15 @@ def test_cli_train_encode_decode(cli, corpus, tmp_path):
     text = "a\tb\r\nc  d"
     result = cli("tokenizer", "decode", out, *tok.encode(text))
     assert result.exit_code == 0 and result.stdout_bytes == (text + "\n").encode(), repr(result.stdout_bytes)
+    import io
+
+    from llmkit import console
+
+    screen = io.StringIO()  # a terminal is not given the control characters it would act on (rich passed ESC on)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(console, "out", console._Console(file=screen, force_terminal=True, width=80, highlight=False))
+        assert cli("tokenizer", "decode", out, *tok.encode("a\x1bZb\x07c")).exit_code == 0
+    assert screen.getvalue() == "aZbc\n", repr(screen.getvalue())
     # text that is not UTF-8 (a shell passes it as surrogates): one line, not "unexpected"
     refused = cli("tokenizer", "encode", out, "a\udcffb")
     assert refused.exit_code == 2 and "is not valid Unicode text" in refused.output

@@ -6,14 +6,19 @@ its role tokens, a text-template checkpoint (translate, summarize, ...) one inpu
 A checkpoint without task.json is treated as a chat model when its vocabulary has role tokens,
 or in its own template when it is an imported chat model (tokenizer/chat_template.jinja).
 
-Within the context length a reply gets --max-new-tokens, but at most half the context; the
-prompt gets the rest: the oldest exchanges are dropped first (the system message stays), then
-the end of the message itself is cut, as `finetune --truncate` cuts a training input. A note
-says so the first time each happens.
+Within the context length the prompt keeps at least half of it, and a reply gets
+--max-new-tokens up to what the prompt leaves: past that budget the oldest exchanges are dropped
+first (the system message stays), then the end of the message itself is cut, as `finetune
+--truncate` cuts a training input. A note says so the first time each happens.
+
+A reply ends at the end-of-text token or at any other special token (a role token starts the next
+turn; the start, padding and mask tokens have no place inside a reply, and decoded they would be
+their literal names, fed back as ordinary text on the next turn).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,6 +27,7 @@ from llmkit.outputs import MARK, WrittenBy
 from llmkit.stage_command import argument, stage_command
 
 COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "forget the conversation", "/help": "show the commands"}
+ESCAPE = "//"  # a line starting with it is sent with one slash: a message that begins with a /word
 TRANSCRIPTS = WrittenBy("a transcript chat wrote", "chat")  # (what --force may replace)
 
 
@@ -71,8 +77,8 @@ class ChatSession:
             note(message)
 
     def prompt_budget(self) -> int | None:
-        """Tokens the prompt may take: the context less the reply's room (at most half of it), by
-        the rule `llmkit generate` and `eval` keep a prompt with (engine.prompt_keep)."""
+        """Tokens the prompt may take: the context less the reply's room, but at least half of it,
+        by the rule `llmkit generate` and `eval` keep a prompt with (engine.prompt_keep)."""
         from llmkit.inference.engine import prompt_keep
 
         if self.limit is None:
@@ -127,10 +133,13 @@ class ChatSession:
         raise UserError(f"the prompt's own wording takes more than the {budget} tokens the context ({self.limit}) "
                         "leaves beside a reply; lower --max-new-tokens")
 
-    def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
+    def reply(self, user_text: str, on_text: Callable[[str], None] | None = None,
+              on_start: Callable[[], None] | None = None) -> str:
+        """The model's reply, stripped of the whitespace around it, streamed to `on_text` as it is
+        made (the same text: whitespace is held back until text follows it). `on_start` is called
+        once the prompt is fitted and any note about it printed, just before the first token."""
         import dataclasses
 
-        from llmkit.data.templates import ROLES
         from llmkit.inference.engine import needs_window
 
         ids = self.prompt_ids(user_text)
@@ -139,14 +148,35 @@ class ChatSession:
             params = dataclasses.replace(params, max_new_tokens=self.limit - len(ids) + 1)  # the last token is never fed
             self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
                                 f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
-        role_ids = [self.tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in self.tokenizer.special_ids]
+        special_ids = sorted(set(self.tokenizer.special_ids.values()))  # (the module docstring says why each stops)
+        if on_start is not None:
+            on_start()
         # The engine streams the final text: a character cut by the length is left out of both, a U+FFFD the
         # model wrote kept in both (a second filter here dropped the latter from the screen, not the transcript).
-        stream = (lambda _row, piece: on_text(piece)) if on_text else None
-        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=role_ids)[0].text.strip()
+        stripped = _Stripped(on_text) if on_text else None
+        stream = (lambda _row, piece: stripped(piece)) if stripped else None
+        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=special_ids)[0].text.strip()
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text
+
+
+class _Stripped:
+    """A stream of pieces with the whitespace around the whole left out, as the reply is stored:
+    leading whitespace dropped, trailing whitespace held back until text follows it."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write, self.started, self.held = write, False, ""
+
+    def __call__(self, piece: str) -> None:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        text = self.held + piece
+        body = text.rstrip()
+        self.held = text[len(body):]
+        if body:
+            self.write(body)
 
 
 def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: bool) -> None:
@@ -185,7 +215,8 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     """The session itself: lines read, replies streamed, each exchange added to the transcript."""
     import sys
 
-    from llmkit.console import err, note
+    from llmkit.console import err, for_a_terminal, note
+    from llmkit.console import out as console
     from llmkit.errors import UserError
     from llmkit.jsonl import check_unicode
     from llmkit.model.io import load_checkpoint
@@ -201,12 +232,23 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
              "as text; fine-tune it with llmkit finetune --template chat for replies")
     err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D or Ctrl-C to leave", soft_wrap=True)
     from llmkit.errors import Terminated
+    from llmkit.inference.sampling import row_seed
 
     # Typed at a terminal, the prompts mark the turns; piped in (a script's questions), stdout holds
     # the replies alone, each ended by a newline (the prompts came out mixed into them, one more for
     # each blank line); -o's transcript keeps each reply whole.
-    you, bot = ("you> ", "bot> ") if _at_a_terminal() else ("", "")
+    typed = _at_a_terminal()
+    you, bot = ("you> ", "bot> ") if typed else ("", "")
+
+    def show(piece: str) -> None:
+        if console.is_terminal:  # without the control characters a terminal would act on (as generate)
+            console.print(for_a_terminal(piece), end="", markup=False, highlight=False, soft_wrap=True)
+        else:  # piped or to a file: the reply as generated, as -o records it
+            sys.stdout.write(piece)
+        sys.stdout.flush()
+
     turn = 0
+    line_number = 0
     while True:
         sys.stdout.write(you)
         sys.stdout.flush()
@@ -219,28 +261,39 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
         if not line:
             sys.stdout.write("\n" if you else "")
             break
+        line_number += 1
         text = line.rstrip("\n").removesuffix("\r")  # (a Windows line end, as generate's prompt files drop it)
         if not text.strip():
             continue
-        if text.strip() in ("/exit", "/quit"):
+        command = text.strip()
+        if command in ("/exit", "/quit"):
             break
-        if text.strip() == "/reset":
+        if command == "/reset":
             session.reset()
             transcript.new_conversation()
             err.print("(conversation forgotten)")
             continue
-        if text.strip() == "/help":
-            err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items()))
+        if command == "/help":
+            err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items())
+                      + f"; a line starting {ESCAPE} is sent with one /", soft_wrap=True, markup=False)
             continue
+        if re.fullmatch(r"/\w+", command):  # (a mistyped /rest went to the model as a message)
+            err.print(f"unknown command {command}: the commands are {', '.join(COMMANDS)}; start the line with {ESCAPE} to "
+                      "send it as a message", soft_wrap=True, markup=False)
+            continue
+        if text.lstrip().startswith(ESCAPE):
+            text = text.replace(ESCAPE, "/", 1)
         try:
-            check_unicode(text, "that line", "type it again in UTF-8")
+            check_unicode(text, "that line" if typed else f"line {line_number} of the standard input",
+                          "type it again in UTF-8" if typed else "convert the input to UTF-8 (iconv -t UTF-8)")
         except UserError as error:
+            if not typed:  # a script's questions: one skipped would pair every later reply with the wrong one
+                raise
             err.print(f"error: {error}", soft_wrap=True, markup=False)
             continue
-        sys.stdout.write(bot)
-        session.params.seed = config.seed + turn  # a fresh but reproducible draw every turn
+        session.params.seed = row_seed(config.seed, turn, 0)  # a fresh but reproducible draw every turn
         try:
-            reply = session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+            reply = session.reply(text, on_text=show, on_start=lambda: (sys.stdout.write(bot), sys.stdout.flush()))
         except KeyboardInterrupt as stop:  # Ctrl-C in a reply stops that reply, not the session
             if isinstance(stop, Terminated):
                 raise

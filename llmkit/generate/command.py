@@ -14,7 +14,7 @@ from llmkit.stage_command import argument, stage_command
 
 def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[Path], force: bool) -> None:
     """Generate text from a checkpoint (several: their ensemble): sampling or greedy, batched, streamed, KV-cached."""
-    from llmkit.console import err
+    from llmkit.console import err, for_a_terminal
     from rich.text import Text
 
     from llmkit.console import out as console
@@ -35,8 +35,8 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
         nonlocal open_line
         if row == 0:
             open_line = True
-            if console.is_terminal:  # rich leaves out control characters, which a terminal would act on
-                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            if console.is_terminal:  # without the control characters a terminal would act on
+                console.print(for_a_terminal(piece), end="", markup=False, highlight=False, soft_wrap=True)
             else:  # piped: the text as generated, byte for byte what -o records
                 console.file.write(piece)
             console.file.flush()
@@ -57,14 +57,15 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             label = f"prompt {c.prompt_index + 1}" + (f", sample {c.sample_index + 1}" if config.num_samples > 1 else "")
             console.rule(label, style="dim")
             if console.is_terminal:
-                console.print(Text.assemble((item.prompt.display, "dim"), c.text), soft_wrap=True)
+                console.print(Text.assemble((for_a_terminal(item.prompt.display), "dim"), for_a_terminal(c.text)), soft_wrap=True)
             else:  # piped: the text as generated (rich would expand tabs and drop control characters)
                 console.file.write(item.prompt.display + c.text + "\n")
                 console.file.flush()
 
     def on_ready(prompts) -> None:  # the prompt is shown only once the checkpoint has loaded
         if stream:
-            console.print(prompts[0].display, style="dim", end="", soft_wrap=True)
+            console.print(for_a_terminal(prompts[0].display) if console.is_terminal else prompts[0].display, style="dim",
+                          end="", soft_wrap=True)
 
     from llmkit.console import progress
 

@@ -91,7 +91,7 @@ class ChatConfig(Options):
     sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
                                help={"max_new_tokens": "Longest reply in tokens."})
     inference: Inference = group(Inference, panel=RUN)
-    seed: int = option(0, "Sampling seed (turn k of the session samples with seed + k; /reset does not restart the count).",
+    seed: int = option(0, "Sampling seed (turn k of the session draws from a seed mixed from it and k, so sessions of other seeds share no turn's draws; /reset does not restart the count).",
                        range="[0, 4294967295]")
 
     def check_given(self, given: frozenset[str]) -> None:

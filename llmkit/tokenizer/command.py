@@ -74,13 +74,13 @@ def decode(
     bad = [i for i in ids if not 0 <= i < tok.vocab_size]
     if bad:
         raise UsageError(f"token id(s) {', '.join(map(str, bad))} outside the vocabulary 0..{tok.vocab_size - 1}")
-    from llmkit.console import out
+    from llmkit.console import for_a_terminal, out
 
     text = tok.decode(ids)
-    if out.is_terminal:  # rich leaves out control characters, which a terminal would act on
+    if out.is_terminal:  # without the control characters a terminal would act on
         from rich.text import Text
 
-        out.print(Text(text), soft_wrap=True)
+        out.print(Text(for_a_terminal(text)), soft_wrap=True)
     else:  # piped or to a file: the text as decoded (rich would expand tabs and drop carriage returns), as generate's
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
