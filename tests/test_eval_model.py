@@ -636,6 +636,44 @@ def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_classifiers_logits_keep_their_bits_whatever_the_batch_size(shakespeare, shared_data, tmp_path, monkeypatch):
+    """--batch-size changes no bit (its help says so): each text runs at a width of its own and the
+    head at one row count. Padded to its batch's longest text, and with the head's product at the
+    batch's rows, 20-60 of 64 texts' logits differed in the last bits between batch 1 and 3 or 8."""
+    from types import SimpleNamespace
+
+    from llmkit.eval.model_tasks import _classifier_predictions
+    from llmkit.model.classifier import SequenceClassifier
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(make_checkpoint(tmp_path / "base", shakespeare[:20_000]))
+    torch.manual_seed(1)
+    classifier = SequenceClassifier(loaded.model, 2).eval()
+    with torch.no_grad():
+        classifier.classifier.weight.normal_(std=2.0)
+    texts = [json.loads(line)["text"] for line in (shared_data / "sentiment" / "test.jsonl").read_text().splitlines()[:48]]
+    seen: dict[int, dict[tuple, torch.Tensor]] = {}
+    real = classifier.classify
+
+    def logits_of(batch_size):
+        seen[batch_size] = {}
+
+        def classify(idx, attention_mask=None):
+            logits = real(idx, attention_mask=attention_mask)
+            for row, ids, mask in zip(logits, idx, attention_mask):
+                seen[batch_size][tuple(ids[: int(mask.sum())].tolist())] = row.clone()
+            return logits
+
+        monkeypatch.setattr(classifier, "classify", classify)
+        return _classifier_predictions(SimpleNamespace(**{**vars(loaded), "model": classifier}), texts, batch_size)
+
+    predictions = {b: logits_of(b) for b in (1, 3, 8, 48)}
+    assert len(seen[1]) == len(set(texts)) and {len(v) for v in seen.values()} == {len(seen[1])}
+    for batch_size in (3, 8, 48):
+        assert predictions[batch_size] == predictions[1]
+        assert all(torch.equal(seen[batch_size][key], row) for key, row in seen[1].items()), batch_size
+
+
 def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tmp_path):
     heads = pytest.importorskip("llmkit.model.classifier")
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support

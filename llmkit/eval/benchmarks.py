@@ -152,14 +152,20 @@ TASKS: dict[str, Task] = {
 
 
 def task_names(values: list[str]) -> list[str]:
-    """`--task hellaswag,arc_easy` (or `all`): known names, in order, once each."""
+    """`--task hellaswag,arc_easy` (or `all`): known names, once each, in TASKS' order whatever the
+    order typed (as metrics: a set of benchmarks, recorded in the config, is one artifact)."""
     from llmkit.errors import UsageError
 
     names: list[str] = []
     for value in values:
         for name in (TASKS if value == "all" else [value]):
             if name not in TASKS:
-                raise UsageError(f"unknown benchmark {name!r}; choose from: {', '.join(TASKS)} (or all)")
+                import difflib
+
+                spelled = name.lower().replace("-", "_")
+                close = spelled if spelled in TASKS or spelled == "all" else next(iter(difflib.get_close_matches(spelled, [*TASKS, "all"], n=1)), None)
+                hint = f"did you mean {close!r}? " if close else ""
+                raise UsageError(f"unknown benchmark {name!r}; {hint}choose from: {', '.join(TASKS)} (or all)")
             if name not in names:
                 names.append(name)
-    return names
+    return sorted(names, key=list(TASKS).index)

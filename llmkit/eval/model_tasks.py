@@ -543,28 +543,33 @@ def classification(loaded, cfg):
 
 
 def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[int]:
-    """Batched `model.classify(idx, attention_mask) -> logits [B, n_labels]` (right padding)."""
+    """Batched `model.classify(idx, attention_mask) -> logits [B, n_labels]` (right padding), each
+    text at a width of its own (its length rounded up, as llmkit.eval.loglik runs a request), so
+    that --batch-size changes no bit: padded to its batch's longest row, a text's logits changed in
+    the last bits with the batch (15 of 16 texts at batch 1 against 8), which flips a near-tie."""
     import torch
 
+    from llmkit.eval.loglik import _batches, padded_width
     from llmkit.model.ensemble import classifier_input_limit
 
     tokenizer = loaded.tokenizer
     # an ensemble's members each cut the rows to their own limit: the rows are as long as the longest
     limit = max(getattr(loaded.model, "input_limits", None) or [classifier_input_limit(loaded.config, loaded.task)])
-    predicted = []
+    first = start_id(loaded)
+    rows = [([first] + tokenizer.encode(t))[:limit] for t in texts]
+    widths = [padded_width(len(row), limit) for row in rows]
+    predicted: list[int] = [0] * len(rows)
+    device = next(loaded.model.parameters()).device
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            first = start_id(loaded)
-            rows = [([first] + tokenizer.encode(t))[:limit] for t in texts[start : start + batch_size]]
-            width = max(len(r) for r in rows)
-            idx = torch.full((len(rows), width), _pad_id(tokenizer), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for b, row in enumerate(rows):
-                idx[b, : len(row)] = torch.tensor(row)
-                mask[b, : len(row)] = 1
-            device = next(loaded.model.parameters()).device
+        for batch in _batches(widths, batch_size, max_tokens=len(rows) * limit):
+            idx = torch.full((len(batch), widths[batch[0]]), _pad_id(tokenizer), dtype=torch.long)
+            mask = torch.zeros_like(idx)
+            for b, i in enumerate(batch):
+                idx[b, : len(rows[i])] = torch.tensor(rows[i])
+                mask[b, : len(rows[i])] = 1
             logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))
             if not torch.isfinite(logits).all():  # argmax of NaN picks a class all the same
                 raise UserError(metric_names.NOT_FINITE)
-            predicted.extend(int(i) for i in logits.argmax(dim=-1).tolist())
+            for i, label in zip(batch, logits.argmax(dim=-1).tolist()):
+                predicted[i] = int(label)
     return predicted

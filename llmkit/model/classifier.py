@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmkit.model import cpu_gemm
+from llmkit.model.sequence_grads import MIN_ROWS
 
 HEAD_PREFIX = "classifier."
 
@@ -61,7 +62,14 @@ class SequenceClassifier(nn.Module):
         return hidden[torch.arange(idx.shape[0], device=idx.device), last]
 
     def classify(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.pooled(idx, attention_mask))
+        pooled = self.pooled(idx, attention_mask)
+        rows = pooled.shape[0]
+        if not torch.is_grad_enabled() and 0 < rows < MIN_ROWS:
+            # the head's product at one row count whatever the batch (zero rows below): at 1 to 8 rows a
+            # text's logits changed in the last bits with the texts beside it, so eval --batch-size moved them
+            padded = torch.cat([pooled, pooled.new_zeros(MIN_ROWS - rows, pooled.shape[1])])
+            return self.classifier(padded)[:rows]
+        return self.classifier(pooled)
 
     def forward(self, idx: torch.Tensor, labels: torch.Tensor | None = None, *, attention_mask: torch.Tensor | None = None):
         logits = self.classify(idx, attention_mask)
