@@ -79,9 +79,15 @@ def test_weights_whose_sum_overflows_are_refused(cli, runs, tmp_path):
 
 
 def test_averaging_a_checkpoint_with_itself_gives_it_back_bit_for_bit(cli, runs, tmp_path):
-    _ok(cli("average", runs / "a", runs / "a", runs / "a", "-o", tmp_path / "same"))
+    result = _ok(cli("average", runs / "a", runs / "a", runs / "a", "-o", tmp_path / "same"))
     ours, theirs = _weights(tmp_path / "same"), _weights(runs / "a")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # said, and counted once (the stats said a soup of 3); beside another one it counts as often as given
+    assert "are one checkpoint (the same fingerprint), so the average is that checkpoint itself" in " ".join(result.output.split())
+    assert artifacts.load(tmp_path / "same").manifest.stats["averaged"] == 1
+    twice = _ok(cli("average", runs / "a", runs / "b", runs / "a", "-o", tmp_path / "twice"))
+    assert "so it counts 2 times in the mean, as a weight of 2 would" in " ".join(twice.output.split())
+    assert artifacts.load(tmp_path / "twice").manifest.stats["averaged"] == 2
     # averaging draws nothing: another --seed is the same artifact, and the manifest records no seed
     _ok(cli("average", runs / "a", runs / "a", runs / "a", "--seed", "4", "-o", tmp_path / "reseeded"))
     same, reseeded = (artifacts.load(tmp_path / name) for name in ("same", "reseeded"))

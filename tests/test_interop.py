@@ -834,13 +834,16 @@ def test_export_then_import_round_trips_weights_and_config(cli, tmp_path, tokeni
 
 def test_gpt2_style_gqa_exports_with_repeated_kv_heads(cli, tmp_path, tokenizer_dir):
     """GPT-2 has no grouped-query attention: the exported model repeats KV heads and the
-    re-imported one is plain multi-head, computing the same logits."""
+    re-imported one is plain multi-head, computing the same logits, and bias-free as the original
+    (the zero biases GPT-2's layout gave it were kept as parameters when the heads differed)."""
     ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, **EXPORT_CASES["gpt2-untied-gqa-nobias"])
     assert cli("export", ckpt, "-o", tmp_path / "hf").exit_code == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_head"] == 4
     assert cli("import", tmp_path / "hf", "-o", tmp_path / "back").exit_code == 0
     a, b = load_checkpoint(ckpt), load_checkpoint(tmp_path / "back")
     assert (a.config.n_kv_head, b.config.n_kv_head) == (2, 4)
+    assert (a.config.bias, b.config.bias) == (False, False)
+    assert not any(name.endswith(".bias") for name in b.model.state_dict())
     idx = _tokens(a.config.vocab_size, seed=4)
     with torch.no_grad():
         assert torch.allclose(a.model(idx)[0], b.model(idx)[0], atol=TOL, rtol=0)
@@ -935,6 +938,13 @@ def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, token
     (src / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "n_layer"}))
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "config.json lacks n_layer, part of the model's shape" in message, message
+    # fewer layers in config.json than in the weights: the config is named (it said "not supported", a variant)
+    deeper = tmp_path / "deeper"
+    _save_hf_model(deeper, GPT2Config(vocab_size=320, n_positions=16, n_embd=32, n_layer=3, n_head=2, n_inner=64), tokenizer_dir)
+    (deeper / "config.json").write_text(json.dumps(dict(json.loads((deeper / "config.json").read_text()), n_layer=1)))
+    message = _error(cli("import", deeper, "-o", tmp_path / "out"))
+    assert "config.json says 1 layer(s), but the gpt2 weights hold 3 (e.g. 'transformer.h.1." in message, message
+    assert not (tmp_path / "out").exists()
 
 
 def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):
@@ -943,10 +953,21 @@ def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):
     src = tmp_path / "pickled"
     src.mkdir()
     GPT2Config(vocab_size=320, n_embd=32, n_layer=1, n_head=2).save_pretrained(src)
-    (src / "pytorch_model.bin").write_bytes(b"never unpickled")
+    # a pickle that, once loaded, would leave a file behind (what an untrusted one could do instead)
+    import pickle
+
+    marker = tmp_path / "unpickled"
+
+    class LeavesAMark:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (src / "pytorch_model.bin").write_bytes(pickle.dumps({"transformer.wte.weight": LeavesAMark()}))
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "pytorch_model.bin" in message and "safetensors" in message
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not marker.exists()
+    pickle.loads((src / "pytorch_model.bin").read_bytes())  # (the file does what it says when unpickled)
+    assert marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -1272,6 +1293,18 @@ def test_the_document_start_token_survives_export_and_import(cli, tmp_path, toke
         expected = loaded.tokenizer.eos_id if start == "eos" else loaded.tokenizer.bos_id
         assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == expected
     assert artifacts.load(tmp_path / "back").config["document_start"] == start
+    # re-saved by transformers (`save_pretrained` keeps no file of llmkit's): the post-processor export wrote
+    # still puts the start before a text, and the import reads it from there (it fell back to <|bos|>)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).save_pretrained(tmp_path / "resaved")
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    theirs.save_pretrained(tmp_path / "resaved")
+    assert not (tmp_path / "resaved" / "llmkit_model_config.json").exists()
+    assert cli("import", tmp_path / "resaved", "-o", tmp_path / "resaved-back").exit_code == 0
+    loaded = load_checkpoint(tmp_path / "resaved-back")
+    assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == theirs("x")["input_ids"][0]
+    assert artifacts.load(tmp_path / "resaved-back").config.get("document_start") == ("eos" if start == "eos" else None)
     # Stats are not hashed: a start written there (as before 2026-12-02) is not read, or an edit would
     # change every prompt while verify says ok.
     unrecorded = make_checkpoint(tmp_path, "unrecorded", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])

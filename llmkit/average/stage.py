@@ -23,6 +23,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     if len(checkpoints) < 2:
         raise UsageError("give at least two checkpoints to average")
     members = [artifacts.load(path, kind="checkpoint") for path in checkpoints]
+    _note_a_checkpoint_given_twice(members, checkpoints)
     weights = normalised(config.weights, len(members))
     outputs.check_output(out, force, inputs=checkpoints)
     check_same_network(members)  # (in the order typed: what its messages name first)
@@ -34,8 +35,23 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     stats = CheckpointStats(params=first.params, model=first.model, task=first.task, labels=first.labels).to_dict()
     write_average(out, members, weights, config={"method": "weighted mean", "weights": weights,
                                                  **({"document_start": start} if start else {})}, seed=None,
-                  stats=dict(stats, averaged=sum(1 for w in weights if w > 0)), force=force)  # (a weight of 0 leaves one out)
+                  stats=dict(stats, averaged=len({m.fingerprint for m, w in zip(members, weights) if w > 0})),
+                  force=force)  # (a weight of 0 leaves one out; one given twice is one checkpoint)
     return Path(out)
+
+
+def _note_a_checkpoint_given_twice(members: list[artifacts.Artifact], paths: list[Path]) -> None:
+    """A checkpoint given twice (`average A A`, or a copy of it beside it) was taken for a soup of
+    two without a word: said, and the stats count it once (`averaged`)."""
+    from llmkit.console import note
+
+    given: dict[str, list[str]] = {}
+    for member, path in zip(members, paths):
+        given.setdefault(member.fingerprint, []).append(str(path))
+    for same in (p for p in given.values() if len(p) > 1):
+        effect = ("so the average is that checkpoint itself" if len(given) == 1
+                  else f"so it counts {len(same)} times in the mean, as a weight of {len(same)} would")
+        note(f"{' and '.join(same)} are one checkpoint (the same fingerprint), {effect}")
 
 
 def _shared_document_start(members: list[artifacts.Artifact]) -> str | None:

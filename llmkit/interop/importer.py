@@ -38,14 +38,17 @@ def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict
             "rope_theta", "norm_eps", "n_head")
     if original.mlp_hidden != imported.mlp_hidden or any(getattr(original, f) != getattr(imported, f) for f in same):
         return imported, state
-    if original.n_kv_head != imported.n_kv_head or original.bias and not imported.bias:
-        return imported, state  # GPT-2 export repeated the KV heads: keep the multi-head form
+    if original.bias and not imported.bias:
+        return imported, state
+    # GPT-2 export repeated the KV heads: the multi-head form is kept (the same function)
+    config = original if original.n_kv_head == imported.n_kv_head else imported
     if not original.bias and imported.bias:  # every bias (linear and LayerNorm) follows `bias`
         biases = [k for k in state if k.endswith(".bias")]
         if any(bool(state[k].any()) for k in biases):
             return imported, state  # trained biases since: they are part of the model now
         state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    return original, state
+        config = dataclasses.replace(config, bias=False)  # (multi-head too: the zero biases were parameters of nothing)
+    return config, state
 
 
 def _end_of_turn(src: Path, tokenizer, eos: str) -> list[str]:
@@ -78,6 +81,37 @@ def _source_chat_template(src: Path) -> str | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     return template if isinstance(template, str) and template else None
+
+
+def _document_start(provenance: dict, tokenizer, special: dict[str, str]) -> str | None:
+    """"bos" or "eos": the token the weights saw documents start after. llmkit's export records it;
+    a folder without that record (one transformers re-saved: `save_pretrained` keeps no file of
+    ours) still has the post-processor export wrote, which puts that token before a text. Its eos
+    there (distinct from the bos) is recorded as such: taken for the bos, the import conditioned
+    prompts on a token the weights never saw in that place, while transformers, on the same folder,
+    used the eos. None: the bos, as for any model."""
+    if provenance.get("document_start") in ("bos", "eos"):
+        return provenance["document_start"]
+    first = _prepended_token(json.loads(tokenizer.to_str()).get("post_processor"))
+    return "eos" if first is not None and first == special.get("eos") != special.get("bos") else None
+
+
+def _prepended_token(processor) -> str | None:
+    """The one special token a tokenizer.json post-processor puts before a single text (a
+    TemplateProcessing, alone or in a Sequence), else None."""
+    if not isinstance(processor, dict):
+        return None
+    if processor.get("type") == "Sequence":
+        found = [t for t in map(_prepended_token, processor.get("processors") or []) if t is not None]
+        return found[0] if len(found) == 1 else None
+    if processor.get("type") != "TemplateProcessing":
+        return None
+    before = []
+    for item in processor.get("single") or []:
+        if isinstance(item, dict) and "Sequence" in item:
+            break
+        before.append(item.get("SpecialToken", {}).get("id") if isinstance(item, dict) else None)
+    return before[0] if len(before) == 1 and isinstance(before[0], str) else None
 
 
 def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], model_type: str) -> ModelConfig:
@@ -182,7 +216,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
             "dtype": dtype,
             "model": config.to_dict(),
             "special_tokens": special,
-            **({"document_start": provenance["document_start"]} if provenance.get("document_start") in ("bos", "eos") else {}),
+            **({"document_start": start} if (start := _document_start(provenance, tokenizer, special)) else {}),
         }
         build.seed = None  # nothing is drawn: an import is the same work whatever --seed says
         build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab).to_dict()

@@ -197,6 +197,13 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
         )
     if state:
         extra = sorted(state)
+        import re
+
+        layers = {int(m.group(1)) for name in extra if (m := re.match(r"(?:transformer\.h|model\.layers)\.(\d+)\.", name))}
+        if layers and min(layers) >= config.n_layer:  # more layers than config.json says: the config is the odd one
+            raise UserError(f"config.json says {config.n_layer} layer(s), but the {model_type} weights hold "
+                            f"{max(layers) + 1} (e.g. {extra[0]!r}); correct config.json, or re-save the model with "
+                            "save_pretrained")
         raise UserError(
             f"the {model_type} weights hold {len(extra)} tensor(s) llmkit's GPT has no place for (e.g. {extra[0]!r}); "
             "this variant is not supported"
