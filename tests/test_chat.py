@@ -188,23 +188,28 @@ def test_a_line_that_is_not_unicode_is_refused_and_the_chat_goes_on_at_a_termina
     assert result.stdout.count("bot> ") == 1
 
 
-def test_commands_unknown_ones_and_a_message_that_starts_with_a_slash(chat_model, tmp_path):
+def test_commands_unknown_ones_and_a_message_that_starts_with_a_slash(chat_model, tmp_path, monkeypatch):
     """A line that is one /word and no command is refused (a mistyped /rest went to the model as a
-    message); `//` sends a line that starts with a slash."""
+    message): typed, the chat goes on; piped, the session ends, as for a line that is not UTF-8.
+    `//` sends a line that starts with a slash."""
     import json
 
     from typer.testing import CliRunner
 
     from llmkit.cli import app
+    from llmkit.generate import chat
 
+    args = ["chat", str(chat_model), "--temperature", "0", "-n", "4"]
     out = tmp_path / "t.jsonl"
-    result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "-n", "4", "-o", str(out)],
-                                input="/rest\n/help\n//usr/bin is where\n")
-    assert result.exit_code == 0, result.output
-    assert "unknown command /rest: the commands are /exit, /quit, /reset, /help" in " ".join(result.stderr.split())
-    assert "/help: show the commands; a line starting // is sent with one /\n" in result.stderr  # one line, unwrapped
-    assert result.stdout.count("\n") == 1
+    piped = CliRunner().invoke(app, [*args, "-o", str(out)], input="//usr/bin is where\n/help\n/usr\nwho is there\n")
+    assert piped.exit_code == 1 and piped.stdout.count("\n") == 1, piped.output
+    assert "error: line 3 of the standard input: unknown command /usr" in piped.stderr
+    assert "/help: show the commands; a line starting // is sent with one /\n" in piped.stderr  # one line, unwrapped
     assert [m["content"] for m in json.loads(out.read_text())["messages"]][::2] == ["/usr/bin is where"]
+    monkeypatch.setattr(chat, "_at_a_terminal", lambda: True)
+    typed = CliRunner().invoke(app, args, input="/rest\nhello\n")
+    assert typed.exit_code == 0 and typed.stdout.count("bot> ") == 1, typed.output
+    assert "unknown command /rest: the commands are /exit, /quit, /reset, /help" in " ".join(typed.stderr.split())
 
 
 def test_what_is_shown_is_what_is_recorded_and_a_terminal_gets_no_control_characters(chat_model, tmp_path, monkeypatch):

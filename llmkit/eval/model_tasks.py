@@ -549,8 +549,9 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     the last bits with the batch (15 of 16 texts at batch 1 against 8), which flips a near-tie."""
     import torch
 
-    from llmkit.eval.loglik import _batches, padded_width
+    from llmkit.eval.loglik import _batches, _recurrent, padded_width
     from llmkit.model.ensemble import classifier_input_limit
+    from llmkit.model.sequence_grads import MIN_ROWS
 
     tokenizer = loaded.tokenizer
     # an ensemble's members each cut the rows to their own limit: the rows are as long as the longest
@@ -560,14 +561,17 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     widths = [padded_width(len(row), limit) for row in rows]
     predicted: list[int] = [0] * len(rows)
     device = next(loaded.model.parameters()).device
+    # an LSTM's products have a row per sequence, and one row took another kernel: at least MIN_ROWS a forward
+    min_rows = MIN_ROWS if _recurrent(loaded.model) else 1
     with torch.inference_mode():
-        for batch in _batches(widths, batch_size, max_tokens=len(rows) * limit):
-            idx = torch.full((len(batch), widths[batch[0]]), _pad_id(tokenizer), dtype=torch.long)
+        for batch in _batches(widths, max(batch_size, min_rows), max_tokens=len(rows) * limit):
+            idx = torch.full((max(len(batch), min_rows), widths[batch[0]]), _pad_id(tokenizer), dtype=torch.long)
             mask = torch.zeros_like(idx)
+            mask[:, 0] = 1  # (the filler rows: one position each, so that none is empty)
             for b, i in enumerate(batch):
                 idx[b, : len(rows[i])] = torch.tensor(rows[i])
                 mask[b, : len(rows[i])] = 1
-            logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))
+            logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))[: len(batch)]
             if not torch.isfinite(logits).all():  # argmax of NaN picks a class all the same
                 raise UserError(metric_names.NOT_FINITE)
             for i, label in zip(batch, logits.argmax(dim=-1).tolist()):

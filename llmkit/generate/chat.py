@@ -278,8 +278,11 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
                       + f"; a line starting {ESCAPE} is sent with one /", soft_wrap=True, markup=False)
             continue
         if re.fullmatch(r"/\w+", command):  # (a mistyped /rest went to the model as a message)
-            err.print(f"unknown command {command}: the commands are {', '.join(COMMANDS)}; start the line with {ESCAPE} to "
-                      "send it as a message", soft_wrap=True, markup=False)
+            unknown = (f"unknown command {command}: the commands are {', '.join(COMMANDS)}; start the line with {ESCAPE} to "
+                       "send it as a message")
+            if not typed:  # a script's questions: one skipped would pair every later reply with the wrong one
+                raise UserError(f"line {line_number} of the standard input: {unknown}")
+            err.print(unknown, soft_wrap=True, markup=False)
             continue
         if text.lstrip().startswith(ESCAPE):
             text = text.replace(ESCAPE, "/", 1)
@@ -292,12 +295,19 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
             err.print(f"error: {error}", soft_wrap=True, markup=False)
             continue
         session.params.seed = row_seed(config.seed, turn, 0)  # a fresh but reproducible draw every turn
+        started = []
+
+        def start() -> None:
+            started.append(True)
+            sys.stdout.write(bot)
+            sys.stdout.flush()
+
         try:
-            reply = session.reply(text, on_text=show, on_start=lambda: (sys.stdout.write(bot), sys.stdout.flush()))
+            reply = session.reply(text, on_text=show, on_start=start)
         except KeyboardInterrupt as stop:  # Ctrl-C in a reply stops that reply, not the session
             if isinstance(stop, Terminated):
                 raise
-            sys.stdout.write("\n")
+            sys.stdout.write("\n" if started else "")
             sys.stdout.flush()
             err.print("(reply stopped: that exchange is left out of the conversation and the transcript)")
             turn += 1
