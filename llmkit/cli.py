@@ -44,6 +44,23 @@ class _ErrorsAsOneLine(LlmkitGroup):
         ctx.meta["llmkit.args"] = given  # the command line, for what a stopped command says (invoke)
         return ctx
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except _USAGE_ERRORS as exc:  # a group's command typed alone (`llmkit encode`) is named with its group
+            import difflib
+
+            nested = {f"{name} {sub}": sub for name, group in self.commands.items() for sub in getattr(group, "commands", {})}
+            if args and "No such command" in exc.message:
+                close = ([path for path, sub in nested.items() if sub == args[0]]
+                         or [path for path, sub in nested.items() if difflib.get_close_matches(args[0], [sub], cutoff=0.8)])
+                joined = " or ".join(repr(f"llmkit {path}") for path in close)
+                if close and "Did you mean" in exc.message:
+                    exc.message = f"{exc.message.rstrip('?')} or {joined}?"
+                elif close:
+                    exc.message = f"{exc.message.rstrip('.')}. Did you mean {joined}?"
+            raise
+
     def invoke(self, ctx: click.Context):
         _stop_cleanly_on_sigterm()
         try:
@@ -269,8 +286,8 @@ def _damage_named(*paths: Path):
     Python error of the first reader that tripped over it."""
     try:
         yield
-    except (UserError, BrokenPipeError, PermissionError):  # (a closed reader or a file's permissions are no damage)
-        raise
+    except (UserError, BrokenPipeError, PermissionError, UnicodeEncodeError):  # (a closed reader, a file's permissions
+        raise  # or text the output's encoding cannot hold are no damage)
     except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, OSError) as exc:
         where = " ".join(str(p) for p in paths)
         raise UserError(f"{where}: an artifact there looks damaged ({type(exc).__name__}: {' '.join(str(exc).split())[:100]}); "
@@ -311,6 +328,7 @@ def main() -> None:
 
     from llmkit.runtime import end_with_parent
 
+    _in_utf8_mode()
     end_with_parent()  # (a sweep's run)
     try:
         build_app(named_command(sys.argv[1:]))()
@@ -322,6 +340,22 @@ def main() -> None:
         if exit_without_shutdown_requested():  # stopped with native threads still about: leave without unwinding them
             _exit_now(exit_.code if isinstance(exit_.code, int) else 1)
         raise
+
+
+def _in_utf8_mode() -> None:
+    """Run in Python's UTF-8 mode: llmkit's paths, records and text are UTF-8. Under a locale of
+    another encoding (en_US.ISO-8859-1; `LANG=C` already gets UTF-8 mode) Python decodes file names
+    and the standard streams in that one: pyarrow, which takes a path as UTF-8, then looked for other
+    bytes than the file's name (clean, tokenize and tokenizer train failed on a Chinese path), and
+    printing Chinese text failed (generate, tokenizer decode, inspect). The command starts again once
+    in UTF-8 mode (`-X utf8`, as PYTHONUTF8=1 asks), its arguments passed as the bytes typed."""
+    import os
+    import sys
+
+    if sys.flags.utf8_mode or os.name != "posix" or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return
+    os.execve(sys.executable, [sys.executable, "-X", "utf8", "-m", "llmkit", *sys.argv[1:]],
+              dict(os.environ, PYTHONUTF8="1"))
 
 
 def _exit_now(code: int) -> None:

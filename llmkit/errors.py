@@ -145,6 +145,10 @@ def one_line(exc: BaseException) -> str:
                 "whole path 4,096; give a shorter path")
     elif isinstance(exc, MemoryError):
         text = "out of memory; use a smaller batch, model or input"
+    elif isinstance(exc, UnicodeEncodeError) and exc.encoding.replace("-", "").lower() != "utf8":
+        # (printing to a stream of another encoding: PYTHONIOENCODING=latin-1; a locale's is UTF-8 mode's, llmkit.cli)
+        text = (f"this text cannot be written in the output's encoding, {exc.encoding} ({ascii(exc.object[exc.start:exc.end])}); "
+                "set PYTHONIOENCODING=utf-8, or write the output to a file with -o where the stage has one")
     elif type(exc).__name__ == "OutOfMemoryError":  # torch's, for a GPU: a RuntimeError, not a MemoryError
         asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(exc))
         what = f" (it asked for {asked.group(1)} more)" if asked else ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections import defaultdict
 
 import click
@@ -88,6 +89,12 @@ def _row(param: click.Parameter, ctx: click.Context) -> tuple[bool, Text, Text, 
     if _is_argument(param):
         metavar = f"<{param.type.name}>"
     help_text = Text.from_markup(" ".join((getattr(param, "help", None) or "").split()))
+    if len(metavar) > TYPE_WIDTH and metavar.startswith("<") and "|" in metavar:
+        # a choice list longer than its column folded there, cutting a choice mid-word (interleaved-1f / 1b)
+        choices = metavar[1:-1].split("|")
+        metavar = "<choice>"
+        if not all(re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", help_text.plain) for choice in choices):
+            help_text.append(f" One of: {', '.join(choices)}.")
     default = _default(param)
     if default is not None:
         help_text.append(f" [default: {default}]", style=DIM)
@@ -121,7 +128,7 @@ def _beside(rows) -> Table:
     if marked:
         table.add_column(width=1)
     table.add_column(no_wrap=True)  # names whole
-    table.add_column(max_width=TYPE_WIDTH, overflow="fold")  # a long choice list (plan's --gpu) folds, the help keeps its room
+    table.add_column(max_width=TYPE_WIDTH, overflow="fold")  # (a choice list past it is shown as <choice>: _row)
     table.add_column(ratio=1)
     for required, names, metavar, help_text in rows:
         cells = (Text("*", style=REQUIRED_STYLE) if required else "",) if marked else ()

@@ -80,8 +80,23 @@ class _HelpIntoAClosedPipe:
             Console.on_broken_pipe = exits
 
 
+def _debug_goes_first(exc: click.UsageError, args: list[str], ctx: click.Context) -> None:
+    """`--debug` typed after a command (or a group: `llmkit tokenizer --debug encode`) is told where
+    it goes, not only that the command has no such option."""
+    if "--debug" in args and "No such option: --debug" in exc.format_message():
+        rest = " ..." if hasattr(ctx.command, "commands") else ""  # (a group: its command and arguments follow)
+        exc.message = f"--debug is llmkit's own option: put it before the command (llmkit --debug {ctx.command_path.partition(' ')[2]}{rest})"
+
+
 class LlmkitGroup(_HelpIntoAClosedPipe, _FlagsShowNoType, TyperGroup):
     """The class of every llmkit command group."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, list(args))
+        except USAGE_ERRORS as exc:
+            _debug_goes_first(exc, args, ctx)
+            raise
 
 
 class LlmkitCommand(_FlagsShowNoType, TyperCommand):
@@ -118,8 +133,7 @@ class LlmkitCommand(_FlagsShowNoType, TyperCommand):
         except USAGE_ERRORS as exc:  # click's parser raises some without the command ("-o" given no value)
             if exc.ctx is None:
                 exc.ctx = ctx
-            if "--debug" in args and "No such option: --debug" in exc.format_message():  # (the parser empties `rewritten`)
-                exc.message = f"--debug is llmkit's own option: put it before the command (llmkit --debug {ctx.command_path.partition(' ')[2]})"
+            _debug_goes_first(exc, args, ctx)  # (args: the parser empties `rewritten`)
             raise
 
 

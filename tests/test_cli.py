@@ -291,6 +291,10 @@ def test_config_resolution_order(tmp_path):
     (["--no-such-option"], "No such option: --no-such-option (see llmkit --help)"),
     (["tokenize", "corpus", "-o"], "Option '-o' requires an argument (see llmkit tokenize --help)"),
     (["inspect", "x", "--debug"], "--debug is llmkit's own option: put it before the command (llmkit --debug inspect)"),
+    (["tokenizer", "--debug", "encode", "x"], "put it before the command (llmkit --debug tokenizer ...)"),
+    # a group's command typed without its group is named with it
+    (["encode", "x"], "No such command 'encode'. Did you mean 'llmkit tokenizer encode'?"),
+    (["trian"], "Did you mean 'pretrain' or 'llmkit tokenizer train'?"),
     # a bad value that the stage, not the parser, finds is a usage error too
     (["plan", "--model", "foo"], "--model 'foo' is not a model preset; choose one of"),
     (["average", "a", "-o", "b"], "give at least two checkpoints to average"),
@@ -559,3 +563,30 @@ def test_sigterm_that_a_library_turns_into_keyboardinterrupt_still_exits_as_term
     monkeypatch.setattr(inspect_view, "print_artifact", ctrl_c)
     again = cli("inspect", tmp_path / "corpus")
     assert again.exit_code == 130 and "error: interrupted" in again.output and not cli_module._signals_received
+
+
+def test_a_locale_of_another_encoding_runs_in_utf8_mode(shared_data, tmp_path):
+    """Under an ASCII or Latin-1 locale (LC_ALL=C without Python's UTF-8 coercion) Python decoded
+    file names in that encoding: pyarrow, which takes a path as UTF-8, looked for other bytes, and
+    the guard for paths that are not UTF-8 blamed a Chinese one; printing Chinese failed. The command
+    starts again in Python's UTF-8 mode."""
+    import os
+
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"], env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert probe.replace("-", "").lower() != "utf8"  # (the locale this test is about: else it shows nothing)
+    lines = (shared_data / "chinese.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:40]
+    (tmp_path / "红楼梦.txt").write_text("".join(lines), encoding="utf-8")
+    run = [sys.executable, "-m", "llmkit", "clean", "红楼梦.txt", "-o", "语料"]
+    proc = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
+    shown = subprocess.run([sys.executable, "-m", "llmkit", "inspect", "语料"], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    assert shown.returncode == 0 and "语料" in shown.stdout.decode("utf-8"), shown.stderr.decode("utf-8", "replace")
+    assert artifacts.load(tmp_path / "语料").manifest.command[:3] == ["llmkit", "clean", "红楼梦.txt"]
+    # an output stream set to another encoding is named as such (inspect said the artifact looked damaged)
+    latin = subprocess.run([sys.executable, "-m", "llmkit", "inspect", "语料"], cwd=tmp_path, capture_output=True, timeout=120,
+                           env=dict(os.environ, PYTHONIOENCODING="latin-1"))
+    said = latin.stderr.decode("utf-8", "replace").strip()
+    assert latin.returncode == 1 and len(said.splitlines()) == 1, said
+    assert "cannot be written in the output's encoding, latin-1" in said and "PYTHONIOENCODING=utf-8" in said
