@@ -343,19 +343,22 @@ def main() -> None:
 
 
 def _in_utf8_mode() -> None:
-    """Run in Python's UTF-8 mode: llmkit's paths, records and text are UTF-8. Under a locale of
-    another encoding (en_US.ISO-8859-1; `LANG=C` already gets UTF-8 mode) Python decodes file names
-    and the standard streams in that one: pyarrow, which takes a path as UTF-8, then looked for other
-    bytes than the file's name (clean, tokenize and tokenizer train failed on a Chinese path), and
-    printing Chinese text failed (generate, tokenizer decode, inspect). The command starts again once
-    in UTF-8 mode (`-X utf8`, as PYTHONUTF8=1 asks), its arguments passed as the bytes typed."""
+    """Run in Python's UTF-8 mode where the locale says ASCII (`LC_ALL=C` with Python's own switch
+    to UTF-8 turned off, PYTHONCOERCECLOCALE=0 PYTHONUTF8=0): Python then decodes file names and the
+    standard streams as ASCII, so pyarrow, which takes a path as UTF-8, looked for other bytes than a
+    Chinese file's name (clean, tokenize and tokenizer train failed), and printing Chinese failed
+    (generate, tokenizer decode, inspect). The command starts again once in UTF-8 mode (`-X utf8`),
+    with the interpreter's own options and its arguments as typed. A locale of a real legacy
+    encoding (GB18030, Latin-1) is left as it is: its terminal reads and shows that encoding, which
+    UTF-8 mode would garble (docs/architecture.md says what then holds)."""
+    import codecs
     import os
     import sys
 
-    if sys.flags.utf8_mode or os.name != "posix" or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+    if (sys.flags.utf8_mode or os.name != "posix" or not sys.executable or not getattr(sys, "orig_argv", None)
+            or codecs.lookup(sys.getfilesystemencoding()).name != "ascii"):
         return
-    os.execve(sys.executable, [sys.executable, "-X", "utf8", "-m", "llmkit", *sys.argv[1:]],
-              dict(os.environ, PYTHONUTF8="1"))
+    os.execve(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]], dict(os.environ, PYTHONUTF8="1"))
 
 
 def _exit_now(code: int) -> None:

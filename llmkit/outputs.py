@@ -28,9 +28,12 @@ NAME_BYTES = 255  # a folder's or file's name, on the usual file systems
 MAX_PATH_BYTES = 4096 - 1 - 200
 
 
-def _refuse_a_long_name(out: Path) -> None:
+def _refuse_a_long_name(out: Path, *, inside_a_checked_output: bool = False) -> None:
     # (such a name failed after the checks, as an "unexpected" error naming a temporary's name; a path past
     # the limit did too, and left its temporary and the parent folders it had made behind, blocking reruns)
+    # `inside_a_checked_output`: a run's own place (checkpoints/step_N), which the room kept for its run's
+    # files holds; held to the run's limit, an -o a few bytes under it failed at the first checkpoint, after
+    # the training it had paid for
     length = len(os.fsencode(out.name))
     if length > MAX_NAME_BYTES:
         raise UserError(f"-o {out}: its name is {length} bytes long, and llmkit takes names of up to {MAX_NAME_BYTES} "
@@ -40,13 +43,13 @@ def _refuse_a_long_name(out: Path) -> None:
     if long is not None:
         raise UserError(f"-o {out}: a folder in it has a name of {len(long)} bytes ({os.fsdecode(long[:24])}...), longer than "
                         f"a file system takes ({NAME_BYTES}); give a shorter path")
-    if len(whole) > MAX_PATH_BYTES:
+    if len(whole) > MAX_PATH_BYTES and not inside_a_checked_output:
         raise UserError(f"-o {out}: the path is {len(whole):,} bytes long, and llmkit takes paths of up to {MAX_PATH_BYTES:,} "
                         "(a path holds 4,096 bytes, and the files inside the output add to it); give a shorter path")
 
 
 def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False,
-                 a_runs_own: bool = False) -> Path:
+                 a_runs_own: bool = False, inside_a_checked_output: bool = False) -> Path:
     """Refuse an output that would replace, lie inside or contain one of the stage's inputs (even
     with --force), that lies where a training run keeps its own checkpoints (unless `a_runs_own`:
     the run writing them), that exists without --force, or that cannot be written; create its parent
@@ -58,7 +61,8 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if storable_name(where) != where:  # manifests, shards and later stages' records hold this path, in UTF-8
         raise UserError(f"-o {storable_name(str(out))}: the path is not UTF-8 ({storable_name(where)}); give the output a "
                         "path in UTF-8")
-    _refuse_a_long_name(out)  # (first: the questions below fail on a name the file system refuses)
+    _refuse_a_long_name(out, inside_a_checked_output=inside_a_checked_output)  # (first: the questions below fail on
+    # a name the file system refuses)
     if out.is_symlink():  # --force would replace the link, not what it names, and record inputs from the target's folder
         raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
     if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work
@@ -430,7 +434,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
     a marker, or on a one-line UserError (a rerun would fail the same way), it is removed.
     """
     # (a training run writes its own places with lock=False: it holds the run's lock)
-    out = check_output(out, force, inputs=list(inputs), a_runs_own=not lock)
+    out = check_output(out, force, inputs=list(inputs), a_runs_own=not lock, inside_a_checked_output=not lock)
     with output_lock(out) if lock else contextlib.nullcontext():
         _refuse_existing(out, force)  # made by another run since the check above
         parent = out.resolve().parent

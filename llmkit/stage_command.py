@@ -83,7 +83,7 @@ class _HelpIntoAClosedPipe:
 def _debug_goes_first(exc: click.UsageError, args: list[str], ctx: click.Context) -> None:
     """`--debug` typed after a command (or a group: `llmkit tokenizer --debug encode`) is told where
     it goes, not only that the command has no such option."""
-    if "--debug" in args and "No such option: --debug" in exc.format_message():
+    if "--debug" in args and getattr(exc, "option_name", None) == "--debug":
         rest = " ..." if hasattr(ctx.command, "commands") else ""  # (a group: its command and arguments follow)
         exc.message = f"--debug is llmkit's own option: put it before the command (llmkit --debug {ctx.command_path.partition(' ')[2]}{rest})"
 

@@ -85,9 +85,13 @@ def test_averaging_a_checkpoint_with_itself_gives_it_back_bit_for_bit(cli, runs,
     # said, and counted once (the stats said a soup of 3); beside another one it counts as often as given
     assert "are one checkpoint (the same fingerprint), so the average is that checkpoint itself" in " ".join(result.output.split())
     assert artifacts.load(tmp_path / "same").manifest.stats["averaged"] == 1
-    twice = _ok(cli("average", runs / "a", runs / "b", runs / "a", "-o", tmp_path / "twice"))
-    assert "so it counts 2 times in the mean, as a weight of 2 would" in " ".join(twice.output.split())
+    twice = _ok(cli("average", runs / "a", runs / "b", runs / "a", "--weights", "1,1,2", "-o", tmp_path / "twice"))
+    assert "so it takes 0.75 of the mean, its copies' weights together" in " ".join(twice.output.split())
     assert artifacts.load(tmp_path / "twice").manifest.stats["averaged"] == 2
+    left_out = _ok(cli("average", runs / "a", runs / "b", runs / "a", "--weights", "1,1,0", "-o", tmp_path / "left-out"))
+    assert "one checkpoint" not in left_out.output  # (a copy of weight 0 is no copy in the mean)
+    refused = cli("average", runs / "a", runs / "a", "-o", tmp_path / "twice")  # nothing said before a refusal
+    assert refused.exit_code == 1 and "one checkpoint" not in refused.output
     # averaging draws nothing: another --seed is the same artifact, and the manifest records no seed
     _ok(cli("average", runs / "a", runs / "a", runs / "a", "--seed", "4", "-o", tmp_path / "reseeded"))
     same, reseeded = (artifacts.load(tmp_path / name) for name in ("same", "reseeded"))

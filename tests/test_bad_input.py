@@ -914,3 +914,22 @@ def test_a_text_file_that_is_not_utf8_is_named_with_its_line(cli, chain, tmp_pat
                  ["finetune", chain / "ckpt", "--data", chain / "sft.jsonl", "--template", template, "-o", tmp_path / "f"]):
         line = _one_line_error(cli(*args))
         assert "is not UTF-8; convert the file" in line and ("latin.txt:2" in line or "latin.json:1" in line), (args, line)
+
+
+def test_a_run_at_the_longest_output_path_writes_its_step_checkpoints(cli, chain, tmp_path):
+    """A run's own folders (checkpoints/step_N) lie in the room kept for the files inside an output:
+    held to the run's own limit, an -o within 25 bytes of it failed at the first checkpoint, after
+    the training."""
+    import os
+
+    from llmkit.outputs import MAX_PATH_BYTES
+
+    left = MAX_PATH_BYTES - len(os.fsencode(os.path.abspath(tmp_path))) - 1
+    parts = [("d" * 200) for _ in range(left // 201)]
+    parts.append("r" * (left - 201 * len(parts)))
+    out = tmp_path.joinpath(*parts)
+    assert len(os.fsencode(os.path.abspath(out))) == MAX_PATH_BYTES
+    result = cli("pretrain", chain / "tokens", "-o", out, *TINY_MODEL, "--max-steps", "1", "--batch-tokens", "512",
+                 "--micro-batch", "8", "--save-every", "1")
+    assert result.exit_code == 0, result.output
+    assert (out / "checkpoints").is_dir() and (out / "manifest.json").is_file()

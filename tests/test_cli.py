@@ -292,6 +292,7 @@ def test_config_resolution_order(tmp_path):
     (["tokenize", "corpus", "-o"], "Option '-o' requires an argument (see llmkit tokenize --help)"),
     (["inspect", "x", "--debug"], "--debug is llmkit's own option: put it before the command (llmkit --debug inspect)"),
     (["tokenizer", "--debug", "encode", "x"], "put it before the command (llmkit --debug tokenizer ...)"),
+    (["inspect", "x", "--debugging", "--debug"], "No such option: --debugging"),  # (not taken for --debug)
     # a group's command typed without its group is named with it
     (["encode", "x"], "No such command 'encode'. Did you mean 'llmkit tokenizer encode'?"),
     (["trian"], "Did you mean 'pretrain' or 'llmkit tokenizer train'?"),
@@ -565,11 +566,11 @@ def test_sigterm_that_a_library_turns_into_keyboardinterrupt_still_exits_as_term
     assert again.exit_code == 130 and "error: interrupted" in again.output and not cli_module._signals_received
 
 
-def test_a_locale_of_another_encoding_runs_in_utf8_mode(shared_data, tmp_path):
-    """Under an ASCII or Latin-1 locale (LC_ALL=C without Python's UTF-8 coercion) Python decoded
-    file names in that encoding: pyarrow, which takes a path as UTF-8, looked for other bytes, and
-    the guard for paths that are not UTF-8 blamed a Chinese one; printing Chinese failed. The command
-    starts again in Python's UTF-8 mode."""
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an ASCII locale is a Linux (glibc) setting")
+def test_an_ascii_locale_runs_in_utf8_mode(shared_data, tmp_path):
+    """Under an ASCII locale (LC_ALL=C without Python's own switch to UTF-8) Python decoded file
+    names as ASCII: the guard for paths that are not UTF-8 blamed a Chinese one, and printing
+    Chinese failed. The command starts again in Python's UTF-8 mode (a legacy locale's is kept)."""
     import os
 
     env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")

@@ -23,10 +23,10 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     if len(checkpoints) < 2:
         raise UsageError("give at least two checkpoints to average")
     members = [artifacts.load(path, kind="checkpoint") for path in checkpoints]
-    _note_a_checkpoint_given_twice(members, checkpoints)
     weights = normalised(config.weights, len(members))
     outputs.check_output(out, force, inputs=checkpoints)
     check_same_network(members)  # (in the order typed: what its messages name first)
+    _note_a_checkpoint_given_twice(members, checkpoints, weights)
     # A soup is a set: its members in one order whatever the order typed (in which the float64 sum ran,
     # the roles member:N were given and the first member's files were taken: `average b a` was another artifact)
     members, weights = map(list, zip(*sorted(zip(members, weights), key=lambda pair: (pair[0].fingerprint, pair[1]))))
@@ -40,18 +40,20 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     return Path(out)
 
 
-def _note_a_checkpoint_given_twice(members: list[artifacts.Artifact], paths: list[Path]) -> None:
+def _note_a_checkpoint_given_twice(members: list[artifacts.Artifact], paths: list[Path], weights: list[float]) -> None:
     """A checkpoint given twice (`average A A`, or a copy of it beside it) was taken for a soup of
-    two without a word: said, and the stats count it once (`averaged`)."""
+    two without a word: said, with its whole share of the mean, and the stats count it once
+    (`averaged`). Copies of weight 0 are left out, as the mean leaves them out."""
     from llmkit.console import note
 
-    given: dict[str, list[str]] = {}
-    for member, path in zip(members, paths):
-        given.setdefault(member.fingerprint, []).append(str(path))
-    for same in (p for p in given.values() if len(p) > 1):
+    given: dict[str, list[tuple[str, float]]] = {}
+    for member, path, weight in zip(members, paths, weights):
+        if weight > 0:
+            given.setdefault(member.fingerprint, []).append((str(path), weight))
+    for copies in (c for c in given.values() if len(c) > 1):
         effect = ("so the average is that checkpoint itself" if len(given) == 1
-                  else f"so it counts {len(same)} times in the mean, as a weight of {len(same)} would")
-        note(f"{' and '.join(same)} are one checkpoint (the same fingerprint), {effect}")
+                  else f"so it takes {sum(w for _, w in copies):.4g} of the mean, its copies' weights together")
+        note(f"{' and '.join(path for path, _ in copies)} are one checkpoint (the same fingerprint), {effect}")
 
 
 def _shared_document_start(members: list[artifacts.Artifact]) -> str | None:
