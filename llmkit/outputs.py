@@ -91,6 +91,10 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         what = "llmkit continues only its own runs" if resume else "--force replaces only llmkit's outputs"
         raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); {what}: move it "
                         "away, or choose another -o path")
+    if out.exists() and not os.access(out, os.W_OK | os.X_OK):  # (moving it aside failed after the work)
+        what = "continue in it" if resume else "replace it"
+        raise UserError(f"output {out} exists and is read-only for you, so llmkit cannot {what}; make it writable "
+                        "(chmod u+w) or choose another -o path")
     make_parent(out)
     return out
 

@@ -85,7 +85,7 @@ OVERLAPS = [
     (["clean", "{book}", "-o", "{book}", "--force"], ["book"], "is the stage's input"),
     (["clean", "{corpus}", "-o", "{corpus}"], ["corpus"], "is the stage's input"),  # a folder of readable files
     (["generate", "{ckpt}", "--prompts", "{prompts}", "-o", "{prompts}", "--force"], ["prompts"], "would overwrite the input"),
-    (["generate", "{ckpt}", "-p", "x", "-o", "{ckpt}/model.safetensors", "--force"], ["ckpt"], "would overwrite the input"),
+    (["generate", "{ckpt}", "-p", "x", "-o", "{ckpt}/model.safetensors", "--force"], ["ckpt"], "lies inside the input"),
 ]
 
 
@@ -933,3 +933,18 @@ def test_a_run_at_the_longest_output_path_writes_its_step_checkpoints(cli, chain
                  "--micro-batch", "8", "--save-every", "1")
     assert result.exit_code == 0, result.output
     assert (out / "checkpoints").is_dir() and (out / "manifest.json").is_file()
+
+
+def test_force_over_an_output_that_is_read_only_for_the_user_is_refused_first(cli, chain, tmp_path, monkeypatch):
+    """Moving it aside failed only after the work ("permission denied", the training spent). The
+    check asks os.access, which the tests' root user passes: it is made to say what a user gets."""
+    from llmkit import outputs
+
+    out = tmp_path / "tok"
+    assert cli("tokenizer", "train", chain / "corpus", "-o", out, "--vocab-size", "300").exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    real = os.access
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode, **kw: False if Path(path) == out else real(path, mode, **kw))
+    line = _one_line_error(cli("tokenizer", "train", chain / "corpus", "-o", out, "--vocab-size", "300", "--force"))
+    assert f"output {out} exists and is read-only for you, so llmkit cannot replace it" in line
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

@@ -166,6 +166,26 @@ def test_exception_mid_write_leaves_no_output(shared_data, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_input_cut_while_it_is_read_is_refused(shared_data, tmp_path, monkeypatch):
+    """A file truncated while clean read it gave a corpus of half the data, exit 0: nothing
+    records a raw file's hash, so no later stage could tell. Told by the file's identity."""
+    from llmkit.corpus import writer
+
+    book = tmp_path / "book.txt"
+    book.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    real_close = writer.ShardWriter.close
+
+    def cut_then_close(self, *args, **kwargs):  # the input cut after it was read, before the output is published
+        with book.open("r+b") as handle:
+            handle.truncate(1000)
+        return real_close(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer.ShardWriter, "close", cut_then_close)
+    with pytest.raises(UserError, match="book.txt changed while clean read it"):
+        _clean([book], tmp_path / "out", resolve(explicit={"doc_per": "line"}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["book.txt"]
+
+
 def test_lone_surrogates_and_mojibake_are_repaired(tmp_path):
     rows = [
         '{"text": "a sentence long enough to hold half a surrogate pair \\ud83d without looking garbled"}',

@@ -82,7 +82,8 @@ def clean(
     # format 3 (2026-12-03): HTML heads, C4's emptied documents, Gopher's top n-gram and a corpus's carried ids changed
     # format 4 (2026-12-05): terminal escapes, the HTML gate, a whole file's BOM and repeated names' labels changed
     # format 5 (2026-12-05): a document C4 empties is c4_no_lines_left (it was "empty")
-    key = resume.digest({"stage": "clean", "format": 5, "config": cfg.hashed(), "inputs": input_identities(sources)})
+    identities = input_identities(sources)
+    key = resume.digest({"stage": "clean", "format": 5, "config": cfg.hashed(), "inputs": identities})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)
@@ -161,6 +162,7 @@ def clean(
         shards.close()
         if rejects is not None:
             rejects.close()
+        _refuse_inputs_changed_while_read(sources, identities)
         docs_in, bytes_in, kept, bytes_out = counts["docs_in"], counts["bytes_in"], counts["kept"], counts["bytes_out"]
 
         if docs_in == 0 or bytes_in == 0:  # (an empty file is one empty document)
@@ -232,6 +234,17 @@ def _progress(enabled: bool):
     if not enabled:
         bar.disable = True
     return bar
+
+
+def _refuse_inputs_changed_while_read(sources, identities: list) -> None:
+    """An input file written to, cut or replaced while the stage read it: the corpus holds part of
+    one version and part of another (a file truncated mid-read gave half the data, exit 0, and no
+    manifest records a raw file's hash to tell). Told by its size, times and inode, as a resumed
+    run tells its inputs (resume.file_identity)."""
+    for source, before, now in zip(sources, identities, input_identities(sources)):
+        if before != now:
+            raise UserError(f"{source.label} changed while clean read it (its size, time or file is not what it was "
+                            "at the start); run clean again once it is written")
 
 
 def input_identities(sources) -> list:
