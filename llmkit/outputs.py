@@ -49,7 +49,7 @@ def _refuse_a_long_name(out: Path, *, inside_a_checked_output: bool = False) -> 
 
 
 def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False,
-                 a_runs_own: bool = False, inside_a_checked_output: bool = False) -> Path:
+                 a_runs_own: bool = False, inside_a_checked_output: bool = False, replacing: bool | None = None) -> Path:
     """Refuse an output that would replace, lie inside or contain one of the stage's inputs (even
     with --force), that lies where a training run keeps its own checkpoints (unless `a_runs_own`:
     the run writing them), that exists without --force, or that cannot be written; create its parent
@@ -91,12 +91,28 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         what = "llmkit continues only its own runs" if resume else "--force replaces only llmkit's outputs"
         raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); {what}: move it "
                         "away, or choose another -o path")
-    if out.exists() and not os.access(out, os.W_OK | os.X_OK):  # (moving it aside failed after the work)
-        what = "continue in it" if resume else "replace it"
-        raise UserError(f"output {out} exists and is read-only for you, so llmkit cannot {what}; make it writable "
-                        "(chmod u+w) or choose another -o path")
+    # (moving it aside failed after the work; `replacing`: whether this run would replace or continue it, where
+    # `force` says less: a training run's directory is checked with force=True and asks --resume/--force itself)
+    if out.exists() and replacing is not False and not os.access(out, os.W_OK | os.X_OK):
+        _refuse_a_read_only_output(out, resume)
     make_parent(out)
     return out
+
+
+def _refuse_a_read_only_output(out: Path, resume: bool) -> None:
+    what = "continue in it" if resume else "replace it"
+    try:
+        read_only_mount = bool(os.statvfs(out).f_flag & os.ST_RDONLY)
+        owner = out.stat().st_uid
+    except OSError:
+        read_only_mount, owner = False, None
+    if read_only_mount:
+        why, fix = "is on a file system mounted read-only", "write the output to another file system"
+    elif owner is not None and hasattr(os, "getuid") and owner != os.getuid():
+        why, fix = "belongs to another user and is read-only for you", "ask its owner, or choose another -o path"
+    else:
+        why, fix = "is read-only for you", "make it writable (chmod u+w) or choose another -o path"
+    raise UserError(f"output {out} exists and {why}, so llmkit cannot {what}; {fix}")
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -948,3 +948,11 @@ def test_force_over_an_output_that_is_read_only_for_the_user_is_refused_first(cl
     line = _one_line_error(cli("tokenizer", "train", chain / "corpus", "-o", out, "--vocab-size", "300", "--force"))
     assert f"output {out} exists and is read-only for you, so llmkit cannot replace it" in line
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # a run's folder typed again without --force or --resume is told about those, not about replacing it
+    run = tmp_path / "run"
+    assert cli("pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN).exit_code == 0
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode, **kw: False if Path(path) == run else real(path, mode, **kw))
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN))
+    assert "already exists; pass --resume to continue it or --force to start over" in line, line
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN, "--resume"))
+    assert "is read-only for you, so llmkit cannot continue in it" in line, line

@@ -181,9 +181,20 @@ def test_an_input_cut_while_it_is_read_is_refused(shared_data, tmp_path, monkeyp
         return real_close(self, *args, **kwargs)
 
     monkeypatch.setattr(writer.ShardWriter, "close", cut_then_close)
-    with pytest.raises(UserError, match="book.txt changed while clean read it"):
+    with pytest.raises(UserError, match=r"book.txt changed while clean read it \(its size"):
         _clean([book], tmp_path / "out", resolve(explicit={"doc_per": "line"}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["book.txt"]
+    # its metadata alone changed (a chmod, a hard link a backup made): no byte was, and the run stands
+    book.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+
+    def chmod_then_close(self, *args, **kwargs):
+        book.chmod(0o600)
+        os.link(book, tmp_path / "snapshot.txt")
+        return real_close(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer.ShardWriter, "close", chmod_then_close)
+    _clean([book], tmp_path / "out", resolve(explicit={"doc_per": "line"}))
+    assert artifacts.load(tmp_path / "out", kind="corpus").manifest.stats["documents_in"] > 1000
 
 
 def test_lone_surrogates_and_mojibake_are_repaired(tmp_path):

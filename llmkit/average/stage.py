@@ -26,7 +26,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
     weights = normalised(config.weights, len(members))
     outputs.check_output(out, force, inputs=checkpoints)
     check_same_network(members)  # (in the order typed: what its messages name first)
-    _note_a_checkpoint_given_twice(members, checkpoints, weights)
+    said_once = (members, checkpoints, weights)  # (noted once the soup is written: nothing said before a refusal)
     # A soup is a set: its members in one order whatever the order typed (in which the float64 sum ran,
     # the roles member:N were given and the first member's files were taken: `average b a` was another artifact)
     members, weights = map(list, zip(*sorted(zip(members, weights), key=lambda pair: (pair[0].fingerprint, pair[1]))))
@@ -37,6 +37,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
                                                  **({"document_start": start} if start else {})}, seed=None,
                   stats=dict(stats, averaged=len({m.fingerprint for m, w in zip(members, weights) if w > 0})),
                   force=force)  # (a weight of 0 leaves one out; one given twice is one checkpoint)
+    _note_a_checkpoint_given_twice(*said_once)
     return Path(out)
 
 

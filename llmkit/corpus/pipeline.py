@@ -239,12 +239,17 @@ def _progress(enabled: bool):
 def _refuse_inputs_changed_while_read(sources, identities: list) -> None:
     """An input file written to, cut or replaced while the stage read it: the corpus holds part of
     one version and part of another (a file truncated mid-read gave half the data, exit 0, and no
-    manifest records a raw file's hash to tell). Told by its size, times and inode, as a resumed
-    run tells its inputs (resume.file_identity)."""
+    manifest records a raw file's hash to tell). Told by its size, modification time and inode
+    (resume.file_identity's, less the change time, which a chmod, a hard link or a restored access
+    time moves without touching a byte). A `--dataset`'s files are not asked again."""
+    fields = {1: "size", 2: "modification time", 4: "file (another inode: replaced)"}
     for source, before, now in zip(sources, identities, input_identities(sources)):
-        if before != now:
-            raise UserError(f"{source.label} changed while clean read it (its size, time or file is not what it was "
-                            "at the start); run clean again once it is written")
+        if source.identity is not None or len(before) != 5 or len(now) != 5:
+            continue
+        changed = [what for index, what in fields.items() if before[index] != now[index]]
+        if changed:
+            raise UserError(f"{source.label} changed while clean read it (its {' and '.join(changed)}); run clean again "
+                            "once it is written")
 
 
 def input_identities(sources) -> list:
