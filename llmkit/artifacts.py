@@ -33,7 +33,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("corpus", "tokenizer", "tokens", "checkpoint", "eval", "sweep", "scaling")
 # Packages whose versions are recorded in every manifest (informational, not hashed).
-_RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score")
+_RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score",
+                      "matplotlib")  # (the charts a sweep or a fit holds are its bytes)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -1,8 +1,10 @@
 """Charts as PNG files (matplotlib, the `plots` extra): loss curves of runs, and the figures of a
 scaling-law fit. Shared by `llmkit plot`, `llmkit sweep` and `llmkit scaling fit`.
 
-Figures are drawn off-screen (Agg) and saved without the software version in their metadata,
-so the same data gives the same bytes with the same matplotlib.
+Figures are drawn off-screen (Agg) under matplotlib's own defaults (a matplotlibrc in the folder,
+MPLCONFIGDIR or ~/.config changed the bytes, and with them the fingerprints of the sweep and
+scaling artifacts that hold the charts) and saved stamped `Software: llmkit` without the version,
+so the same data gives the same bytes with the same matplotlib (recorded in the manifests).
 """
 
 from __future__ import annotations
@@ -17,31 +19,72 @@ LABELS = {"loss": "training loss", "val_loss": "validation loss", "lr": "learnin
           "tokens_per_s": "tokens/s"}
 
 
+def require_matplotlib() -> None:
+    """A one-line error naming the extra to install, before any work (a sweep trained every run and
+    then failed to draw)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("plots need matplotlib: pip install 'llmkit[plots]'")
+
+
 def pyplot():
-    """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra to install."""
+    """matplotlib's pyplot on the Agg backend under its built-in defaults, or a one-line error naming
+    the extra to install."""
+    import os
+
+    if "matplotlib" not in __import__("sys").modules:
+        os.environ.pop("MPLBACKEND", None)  # (Agg is taken below: a bad value failed matplotlib's import itself)
     try:
         import matplotlib
     except ImportError:
         raise UserError("plots need matplotlib: pip install 'llmkit[plots]'") from None
     matplotlib.use("Agg", force=True)
+    matplotlib.rcdefaults()  # the built-in style, whatever a matplotlibrc says (the backend stays Agg)
     import matplotlib.pyplot as plt
 
     return plt
 
 
+def label(text: str) -> str:
+    """A run's name as a legend or title shows it: `$` read as maths (`lr$\\foo$` failed to draw),
+    and a leading `_` hides a legend entry."""
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
 def save(figure, path: Path) -> None:
+    import warnings
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # PNG whatever the name says (a temporary's ends in .tmp-*)
     # "llmkit", without matplotlib's version (the same bytes under another one): what plot's --force knows its charts by
-    figure.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": "llmkit"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": "llmkit"})
+    missing = sorted({str(w.message).split("(")[1].split(")")[0] for w in caught if "missing from font" in str(w.message)
+                      and "(" in str(w.message)})
+    if missing:  # two warnings a character, with the savefig line: one note instead
+        from llmkit.console import note
+
+        note(f"{path.name}: some characters of the names are drawn as boxes, as the font ({', '.join(missing)}) has no "
+             "glyph for them; rename the runs, or install a font that has them (e.g. Noto Sans CJK)")
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     """A run's metrics.jsonl records (a finished run, or one still training)."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
-        raise UserError(f"{run} has no metrics.jsonl; pass a training run directory (llmkit pretrain or finetune -o)")
+        from llmkit.artifacts import SWEEP_RUNS, manifest_kind
+
+        if not Path(run).exists():
+            raise UserError(f"{run}: no such run folder; check the path")
+        kind = manifest_kind(Path(run)) if Path(run).is_dir() else None
+        if (Path(run) / SWEEP_RUNS).is_dir():
+            raise UserError(f"{run} is a sweep; plot its runs: {Path(run) / SWEEP_RUNS}/*")
+        what = f" (it is a {kind} artifact)" if kind and kind != "checkpoint" else ""
+        raise UserError(f"{run} has no metrics.jsonl{what}; pass a training run directory (llmkit pretrain or finetune -o)")
     records = []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, 1):
@@ -66,6 +109,11 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
     panels += [[c] for c in curves if c not in ("loss", "val_loss")]
     figure, axes = plt.subplots(len(panels), 1, figsize=(7.5, 3.2 * len(panels)), squeeze=False, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(runs) > len(colours):  # (the cycle repeated: the 11th run drawn as the first)
+        import matplotlib
+
+        colours = [matplotlib.colormaps["tab20" if len(runs) <= 20 else "turbo"](i / max(1, len(runs) - 1) if len(runs) > 20
+                                                                                  else i) for i in range(len(runs))]
     for row, panel in enumerate(panels):
         ax = axes[row][0]
         for index, (name, records) in enumerate(runs):
@@ -87,17 +135,37 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
                     style.update(linestyle="--", marker="o", markersize=3)
                 elif len(points) == 1:  # (a line through one point draws nothing)
                     style.update(marker="o", markersize=3)
-                label = name if len(panel) == 1 or curve == "loss" else f"{name} (validation)"
-                ax.plot(*zip(*points), label=label if len(runs) > 1 or len(panel) > 1 else None, **style)
+                shown = label(name) if len(panel) == 1 or curve == "loss" else f"{label(name)} (validation)"
+                ax.plot(*zip(*points), label=shown if len(runs) > 1 or len(panel) > 1 else None, **style)
+                alone = _without_finite_neighbours([y for _, y in points])
+                if alone and "marker" not in style:  # (a line leaves out a finite point between non-finite ones)
+                    ax.plot(*zip(*[points[i] for i in alone]), linestyle="none", marker="o", markersize=3,
+                            color=style["color"])
         ax.set_ylabel(" / ".join(LABELS[c] for c in panel if c in curves))
         if panel == ["lr"]:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            entries = len(ax.get_legend_handles_labels()[0])
+            if entries > 8:  # beside the axes, in columns: over them it hid the curves and the labels
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + entries // 16)
+            else:
+                ax.legend(fontsize=8)
     axes[-1][0].set_xlabel("tokens" if x == "tokens" else "step")
     if title:
-        axes[0][0].set_title(title)
+        axes[0][0].set_title(label(title))
     save(figure, out)
     plt.close(figure)
     return Path(out)
+
+
+def _without_finite_neighbours(values: Sequence[float]) -> list[int]:
+    """Positions of the finite values whose neighbours are not finite (or absent): a line draws
+    nothing there, so such a point is drawn as a marker."""
+    import math
+
+    finite = [isinstance(v, (int, float)) and math.isfinite(v) for v in values]
+    if len(values) < 2:
+        return []
+    return [i for i, ok in enumerate(finite)
+            if ok and not (i > 0 and finite[i - 1]) and not (i + 1 < len(values) and finite[i + 1])]

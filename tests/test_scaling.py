@@ -671,6 +671,42 @@ def test_plot_needs_run_directories(cli, tmp_path):
     shutil.rmtree(tmp_path / "empty")
 
 
+def test_plot_draws_names_as_typed_under_matplotlibs_own_style(cli, tmp_path, monkeypatch):
+    """A matplotlibrc where the command runs changed the chart's bytes (and with them a sweep's or a
+    fit's fingerprint); a bad MPLBACKEND failed matplotlib's import; `$` in a run's name was read as
+    maths (`lr$\\foo$` failed) and a leading `_` hid it from the legend; a finite point between
+    values that are not was not drawn; past ten runs the colours repeated. Wrong inputs say what they are."""
+    from llmkit import charts
+
+    runs = []
+    for name in ("lr$\\foo$", "_base", *[f"r{i:02d}" for i in range(11)]):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        losses = [5.0, float("nan"), 4.0, float("nan")] if name == "_base" else [5.0 - i / 10 for i in range(4)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "loss": v}) + "\n" for s, v in enumerate(losses)))
+        runs.append(run)
+    monkeypatch.chdir(tmp_path)
+    assert cli("plot", *runs[:2], "-o", tmp_path / "plain.png").exit_code == 0
+    (tmp_path / "matplotlibrc").write_text("font.size: 13\naxes.grid: False\n")
+    monkeypatch.setenv("MPLBACKEND", "bogus")
+    styled = cli("plot", *runs[:2], "-o", tmp_path / "styled.png")
+    assert styled.exit_code == 0, styled.output
+    assert (tmp_path / "styled.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+    drawn = []
+    monkeypatch.setattr(charts, "save", lambda figure, path: drawn.append(figure))
+    assert cli("plot", *runs, "-o", tmp_path / "all.png").exit_code == 0
+    ax = drawn[-1].axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:2] == ["lr\\$\\foo\\$", "\u200b_base"] and len(labels) == 13
+    colours = [line.get_color() for line in ax.lines if line.get_label() in labels]
+    assert len({str(c) for c in colours}) == 13  # (a ten-colour cycle gave the 11th run the first's)
+    markers = [line for line in ax.lines if line.get_linestyle() == "None"]
+    assert [list(line.get_ydata()) for line in markers] == [[5.0, 4.0]]  # _base's lone finite points
+    for path, said in ((tmp_path / "nowhere", "no such run folder"), (tmp_path / "runs", "has no metrics.jsonl")):
+        result = cli("plot", path, "-o", tmp_path / "x.png")
+        assert result.exit_code == 1 and said in result.output, result.output
+
+
 def test_plot_reads_a_killed_run_but_names_a_damaged_line(cli, tmp_path):
     """A run killed mid-write leaves its last metrics line cut short: the steps before it plot;
     a bad line anywhere else is damage, named with its line number."""

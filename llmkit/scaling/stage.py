@@ -53,8 +53,10 @@ def _why_no_isoflop(budgeted: list) -> dict:
 
 
 def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *, force: bool = False) -> Path:
+    from llmkit.charts import require_matplotlib
     from llmkit.scaling.plots import write_plots
 
+    require_matplotlib()
     source = Path(source)
     points = read_points(source, "total" if config.count == "total" else "non_embedding")
     out = outputs.check_output(out, force, inputs=[source])

@@ -53,6 +53,9 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
     """Run (or finish) every run of the grid and write the sweep artifact; returns `out`."""
     from llmkit.train.launch import run_directory
 
+    from llmkit.charts import require_matplotlib
+
+    require_matplotlib()  # (the plots come last: without it, every run trained and then the sweep failed)
     tokens_art = artifacts.load(tokens, kind="tokens")
     out = Path(out)
     _check_runs_can_finish(tokens_art, config)
