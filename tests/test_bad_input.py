@@ -112,15 +112,17 @@ def test_output_folders_are_created_and_impossible_outputs_named(cli, chain, tmp
         assert "cannot create files in /proc" in line and "where /proc/x.jsonl would go" in line, line
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write in any folder")
-def test_a_read_only_folder_is_named(cli, chain, tmp_path):
+def test_a_read_only_folder_is_named(chain, tmp_path):
+    """(Run as a user is: as root, with its permission overrides dropped; it was skipped as root.)"""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        assert "read-only" in _one_line_error(cli("clean", chain / "book.txt", "-o", locked / "corpus"))
+        line = _one_line_error_of(_as_a_user(["clean", chain / "book.txt", "-o", locked / "corpus"], tmp_path))
     finally:
         locked.chmod(0o755)
+    assert "read-only" in line, line
+    assert list(locked.iterdir()) == []
 
 
 @pytest.mark.parametrize("stage,extra,message", [
@@ -935,24 +937,53 @@ def test_a_run_at_the_longest_output_path_writes_its_step_checkpoints(cli, chain
     assert (out / "checkpoints").is_dir() and (out / "manifest.json").is_file()
 
 
-def test_force_over_an_output_that_is_read_only_for_the_user_is_refused_first(cli, chain, tmp_path, monkeypatch):
-    """Moving it aside failed only after the work ("permission denied", the training spent). The
-    check asks os.access, which the tests' root user passes: it is made to say what a user gets."""
-    from llmkit import outputs
-
+def test_force_over_an_output_that_is_read_only_for_the_user_is_refused_first(cli, chain, tmp_path):
+    """Moving it aside failed only after the work ("permission denied", the training spent). Run as
+    a user is (root's overrides dropped with setpriv), the folders really read-only."""
     out = tmp_path / "tok"
     assert cli("tokenizer", "train", chain / "corpus", "-o", out, "--vocab-size", "300").exit_code == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    real = os.access
-    monkeypatch.setattr(outputs.os, "access", lambda path, mode, **kw: False if Path(path) == out else real(path, mode, **kw))
-    line = _one_line_error(cli("tokenizer", "train", chain / "corpus", "-o", out, "--vocab-size", "300", "--force"))
-    assert f"output {out} exists and is read-only for you, so llmkit cannot replace it" in line
+    out.chmod(0o555)
+    try:
+        line = _one_line_error_of(_as_a_user(["tokenizer", "train", chain / "corpus", "-o", out, "--vocab-size", "300",
+                                             "--force"], tmp_path))
+    finally:
+        out.chmod(0o755)
+    assert f"output {out} exists and is read-only for you, so llmkit cannot replace it" in line, line
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     # a run's folder typed again without --force or --resume is told about those, not about replacing it
     run = tmp_path / "run"
     assert cli("pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN).exit_code == 0
-    monkeypatch.setattr(outputs.os, "access", lambda path, mode, **kw: False if Path(path) == run else real(path, mode, **kw))
-    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN))
-    assert "already exists; pass --resume to continue it or --force to start over" in line, line
-    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN, "--resume"))
-    assert "is read-only for you, so llmkit cannot continue in it" in line, line
+    run.chmod(0o555)
+    try:
+        again = _one_line_error_of(_as_a_user(["pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN], tmp_path))
+        resumed = _one_line_error_of(_as_a_user(["pretrain", chain / "tokens", "-o", run, *TINY_MODEL, *TINY_RUN, "--resume"],
+                                                tmp_path))
+    finally:
+        run.chmod(0o755)
+    assert "already exists; pass --resume to continue it or --force to start over" in again, again
+    assert "is read-only for you, so llmkit cannot continue in it" in resumed, resumed
+
+
+def _as_a_user(args: list, cwd: Path):
+    """`python -m llmkit ARGS` as a user without root's permission overrides (root's dropped with
+    setpriv), so that a read-only folder is one."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import in_ci
+
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            (pytest.fail if in_ci() else pytest.skip)("root writes in any folder, and setpriv is not here to drop that")
+        prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    return subprocess.run([*prefix, sys.executable, "-m", "llmkit", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _one_line_error_of(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]

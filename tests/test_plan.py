@@ -518,7 +518,17 @@ def test_a_pipeline_stage_holds_the_blocks_pretrain_gives_it(cli):
         layout = Layout(gpus=pp, pp=pp, pp_schedule=schedule)
         assert (layout.layers_on("first", n_layer), layout.layers_on("last", n_layer)) == (first, last), (n_layer, pp, schedule)
     plan = _plan(cli, "--model", "gpt2", "--gpus", "5", "--pp", "5", "--micro-batch", "4")
-    assert plan["memory"]["weights_gb"] == pytest.approx(0.2111, abs=1e-3)  # 2 blocks and the head, as pretrain splits it
+    # 2 blocks and the head (the last stage's, as pretrain splits it), counted on the meta device
+    import torch
+
+    from llmkit.model.gpt import GPT
+    from llmkit.model.presets import resolve_model_config
+
+    with torch.device("meta"):
+        model = GPT(resolve_model_config("gpt2", plan["model"]["vocab_size"]))
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    head = sum(p.numel() for p in model.final_norm.parameters()) + model.tok_emb.weight.numel()  # (tied: the head's copy)
+    assert plan["memory"]["weights_gb"] == pytest.approx((2 * block + head) * 4 / 1e9, rel=1e-3)
 
 
 def test_fsdp_on_a_cpu_gathers_fp32_blocks_whatever_the_precision(cli):
