@@ -22,10 +22,10 @@ LABELS = {"loss": "training loss", "val_loss": "validation loss", "lr": "learnin
 def require_matplotlib() -> None:
     """A one-line error naming the extra to install, before any work (a sweep trained every run and
     then failed to draw)."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UserError("plots need matplotlib: pip install 'llmkit[plots]'")
+    try:
+        import matplotlib  # noqa: F401  (imported, not only found: a broken install fails here too)
+    except ImportError as exc:
+        raise UserError(f"plots need matplotlib ({exc}): pip install 'llmkit[plots]'") from None
 
 
 def pyplot():
@@ -53,7 +53,9 @@ def label(text: str) -> str:
     return "\u200b" + text if text.startswith("_") else text
 
 
-def save(figure, path: Path) -> None:
+def save(figure, path: Path, shown_as: str | None = None) -> None:
+    """`shown_as`: the output's name in what is said (the file drawn may be a temporary beside it)."""
+    import re
     import warnings
 
     path = Path(path)
@@ -63,13 +65,18 @@ def save(figure, path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         figure.savefig(path, format="png", dpi=110, bbox_inches="tight", metadata={"Software": "llmkit"})
-    missing = sorted({str(w.message).split("(")[1].split(")")[0] for w in caught if "missing from font" in str(w.message)
-                      and "(" in str(w.message)})
+    glyphs = [re.match(r"Glyph (\d+) \(.*\) missing from font\(s\) (.+?)\.?$", str(w.message)) for w in caught]
+    for w, glyph in zip(caught, glyphs):
+        if glyph is None:  # (others are passed on as they came)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    missing = [glyph for glyph in glyphs if glyph is not None]
     if missing:  # two warnings a character, with the savefig line: one note instead
         from llmkit.console import note
 
-        note(f"{path.name}: some characters of the names are drawn as boxes, as the font ({', '.join(missing)}) has no "
-             "glyph for them; rename the runs, or install a font that has them (e.g. Noto Sans CJK)")
+        characters = "".join(dict.fromkeys(chr(int(glyph.group(1))) for glyph in missing))
+        fonts = ", ".join(dict.fromkeys(glyph.group(2) for glyph in missing))
+        note(f"{shown_as or path.name}: {characters} drawn as boxes, as the font ({fonts}) has no glyph for them; rename "
+             "the runs, or install a font that has them (e.g. Noto Sans CJK)")
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -80,8 +87,10 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
         if not Path(run).exists():
             raise UserError(f"{run}: no such run folder; check the path")
+        if Path(run).is_file() and Path(run).name == "metrics.jsonl":
+            raise UserError(f"{run} is the metrics file itself; pass its run's folder: {Path(run).parent}")
         kind = manifest_kind(Path(run)) if Path(run).is_dir() else None
-        if (Path(run) / SWEEP_RUNS).is_dir():
+        if (Path(run) / SWEEP_RUNS).is_dir() and (kind == "sweep" or (Path(run) / "configs").is_dir()):
             raise UserError(f"{run} is a sweep; plot its runs: {Path(run) / SWEEP_RUNS}/*")
         what = f" (it is a {kind} artifact)" if kind and kind != "checkpoint" else ""
         raise UserError(f"{run} has no metrics.jsonl{what}; pass a training run directory (llmkit pretrain or finetune -o)")
@@ -102,7 +111,8 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, curves: Sequence[str] = ("loss", "val_loss"),
-                x: str = "step", tokens_per_step: dict[str, float] | None = None, title: str | None = None) -> Path:
+                x: str = "step", tokens_per_step: dict[str, float] | None = None, title: str | None = None,
+                shown_as: str | None = None) -> Path:
     """One panel per kind of curve (the losses share one), every run overlaid with its name."""
     plt = pyplot()
     panels = [["loss", "val_loss"]] if {"loss", "val_loss"} & set(curves) else []
@@ -154,7 +164,7 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
     axes[-1][0].set_xlabel("tokens" if x == "tokens" else "step")
     if title:
         axes[0][0].set_title(label(title))
-    save(figure, out)
+    save(figure, out, shown_as)
     plt.close(figure)
     return Path(out)
 

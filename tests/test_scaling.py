@@ -685,15 +685,23 @@ def test_plot_draws_names_as_typed_under_matplotlibs_own_style(cli, tmp_path, mo
         losses = [5.0, float("nan"), 4.0, float("nan")] if name == "_base" else [5.0 - i / 10 for i in range(4)]
         (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "loss": v}) + "\n" for s, v in enumerate(losses)))
         runs.append(run)
-    monkeypatch.chdir(tmp_path)
-    assert cli("plot", *runs[:2], "-o", tmp_path / "plain.png").exit_code == 0
-    (tmp_path / "matplotlibrc").write_text("font.size: 13\naxes.grid: False\n")
-    monkeypatch.setenv("MPLBACKEND", "bogus")
-    styled = cli("plot", *runs[:2], "-o", tmp_path / "styled.png")
-    assert styled.exit_code == 0, styled.output
-    assert (tmp_path / "styled.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+    # (in processes of their own: matplotlib reads its rc files and MPLBACKEND once, at its import)
+    import os
+    import subprocess
+    import sys
+
+    def plot_in_a_process(out, folder, **env):
+        proc = subprocess.run([sys.executable, "-m", "llmkit", "plot", *map(str, runs[:2]), "-o", str(out)], cwd=folder,
+                              env=dict(os.environ, **env), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return out.read_bytes()
+
+    (tmp_path / "styled").mkdir()
+    (tmp_path / "styled" / "matplotlibrc").write_text("font.size: 13\naxes.grid: False\n")
+    plain = plot_in_a_process(tmp_path / "plain.png", tmp_path)
+    assert plot_in_a_process(tmp_path / "styled.png", tmp_path / "styled", MPLBACKEND="bogus") == plain
     drawn = []
-    monkeypatch.setattr(charts, "save", lambda figure, path: drawn.append(figure))
+    monkeypatch.setattr(charts, "save", lambda figure, path, shown_as=None: drawn.append(figure))
     assert cli("plot", *runs, "-o", tmp_path / "all.png").exit_code == 0
     ax = drawn[-1].axes[0]
     labels = ax.get_legend_handles_labels()[1]
@@ -702,9 +710,41 @@ def test_plot_draws_names_as_typed_under_matplotlibs_own_style(cli, tmp_path, mo
     assert len({str(c) for c in colours}) == 13  # (a ten-colour cycle gave the 11th run the first's)
     markers = [line for line in ax.lines if line.get_linestyle() == "None"]
     assert [list(line.get_ydata()) for line in markers] == [[5.0, 4.0]]  # _base's lone finite points
-    for path, said in ((tmp_path / "nowhere", "no such run folder"), (tmp_path / "runs", "has no metrics.jsonl")):
+    for path, said in ((tmp_path / "nowhere", "no such run folder"), (tmp_path / "runs", "has no metrics.jsonl"),
+                       (runs[2] / "metrics.jsonl", f"is the metrics file itself; pass its run's folder: {runs[2]}")):
         result = cli("plot", path, "-o", tmp_path / "x.png")
         assert result.exit_code == 1 and said in result.output, result.output
+
+
+def test_plot_says_once_which_characters_its_font_lacks(cli, tmp_path):
+    """Eight warnings with the savefig line for a two-character name: one note, naming the output
+    (not the temporary it is drawn in), the characters and the font."""
+    import matplotlib.font_manager as fonts
+
+    if any("CJK" in font.name or "WenQuanYi" in font.name for font in fonts.fontManager.ttflist):
+        pytest.skip("a font with CJK glyphs is installed here")
+    run = tmp_path / "中文"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0 - s}) + "\n" for s in (1, 2)))
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    result = cli("plot", run, other, "-o", tmp_path / "cjk.png")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "UserWarning" not in result.output, result.output
+    assert "note: cjk.png: 中文 drawn as boxes, as the font (DejaVu Sans) has no glyph for them" in said, said
+
+
+def test_a_sweep_or_fit_without_matplotlib_stops_before_any_work(cli, tmp_path, tokens, monkeypatch):
+    """A sweep trained every run, then failed to draw its charts."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (an import of it then fails, as where it is not installed)
+    rows = [(n, d, 2.0 + 400 / n**0.3 + 400 / d**0.3) for n in (1e6, 3e6, 1e7) for d in (1e8, 3e8)]
+    result = cli("scaling", "fit", _csv(tmp_path / "points.csv", rows), "-o", tmp_path / "fit")
+    assert result.exit_code == 1 and "plots need matplotlib" in result.output and not (tmp_path / "fit").exists()
+    result = cli("sweep", tokens, "-o", tmp_path / "sweep", "--tokens", "2e4", "--sizes", "1x16", "--context-length", "32")
+    assert result.exit_code == 1 and "plots need matplotlib" in result.output, result.output
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_plot_reads_a_killed_run_but_names_a_damaged_line(cli, tmp_path):
@@ -735,7 +775,7 @@ def test_plot_against_tokens_reads_a_live_runs_own_count(cli, tmp_path, monkeypa
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["tokens"] for r in rows] == [256, 512, 768]
     drawn = []
-    monkeypatch.setattr(charts, "save", lambda figure, path: drawn.append(figure))
+    monkeypatch.setattr(charts, "save", lambda figure, path, shown_as=None: drawn.append(figure))
     live = tmp_path / "live"  # the same log, no manifest and no checkpoint yet
     live.mkdir()
     shutil.copy(run / "metrics.jsonl", live / "metrics.jsonl")
@@ -785,7 +825,7 @@ def test_plot_replaces_its_output_by_a_rename_never_writing_through_a_link_or_le
     assert not (tmp_path / "link.png").is_symlink() and (tmp_path / "link.png").read_bytes()[:4] == b"\x89PNG"
     from llmkit import charts
 
-    def disk_full(figure, path):
+    def disk_full(figure, path, shown_as=None):
         with open(path, "wb") as handle:
             handle.write(b"\x89PNG cut")
         raise OSError(28, "No space left on device")

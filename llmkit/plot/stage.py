@@ -73,5 +73,5 @@ def plot(runs: list[Path], out: Path | str, config: PlotConfig, *, force: bool =
                                 "tokens column, and a fine-tune counts examples); use --x step")
     _say_what_is_not_drawn(metrics, curves)
     with file_output_lock(out, force, PNG), replaced_file(out) as tmp:  # drawn beside it and renamed into place
-        loss_curves(metrics, tmp, curves=curves, x=config.x, tokens_per_step=per_step, title=config.title)
+        loss_curves(metrics, tmp, curves=curves, x=config.x, tokens_per_step=per_step, title=config.title, shown_as=out.name)
     return out
