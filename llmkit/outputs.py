@@ -64,7 +64,8 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     _refuse_a_long_name(out, inside_a_checked_output=inside_a_checked_output)  # (first: the questions below fail on
     # a name the file system refuses)
     if out.is_symlink():  # --force would replace the link, not what it names, and record inputs from the target's folder
-        raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); give the folder it names, or another path")
+        fix = "give the folder it names, or another path" if out.is_dir() else "give another path"
+        raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); {fix}")
     if out.name == "..":  # the output's name names its lock and temporaries: `-o q/shards/..` failed after the work
         raise UserError(f"-o {out} ends in '..'; give the output a name of its own (such as {out / 'NAME'})")
     if not a_runs_own:

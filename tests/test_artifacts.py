@@ -342,8 +342,12 @@ def test_an_artifact_reached_through_a_link_finds_its_inputs_and_a_link_is_no_ou
     (tmp_path / "elsewhere" / "tok").symlink_to(tmp_path / "tok")
     through_link = artifacts.load(tmp_path / "elsewhere" / "tok")
     assert through_link.input("corpus").path.resolve() == (tmp_path / "corpus").resolve()
-    with pytest.raises(UserError, match="is a symbolic link"):
+    with pytest.raises(UserError, match="is a symbolic link .*; give the folder it names, or another path"):
         outputs.check_output(tmp_path / "elsewhere" / "tok", force=True)
+    (tmp_path / "a-file").write_text("x")  # (a link to a file names no folder to give)
+    (tmp_path / "link-to-a-file").symlink_to(tmp_path / "a-file")
+    with pytest.raises(UserError, match=r"is a symbolic link \(to .*a-file\); give another path$"):
+        outputs.check_output(tmp_path / "link-to-a-file", force=True)
     with pytest.raises(UserError, match=r"ends in '\.\.'; give the output a name of its own \(such as .*/\.\./NAME\)"):
         outputs.check_output(tmp_path / "corpus" / "sub" / "..", force=True)
     # a file output's path in UTF-8 too, as a folder output's (its records and notes name it)
