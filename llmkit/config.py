@@ -213,6 +213,11 @@ def resolve(
             raise OptionError(f"{file}: {problem} (a typed {known[name].flag} overrides it here, not in other commands)")
         if problem:
             raise OptionError(f"{file}: {problem}")
+    for pair in getattr(config_cls, "EITHER_OR", ()):  # options that stand for one another: the typed one wins
+        if any(name in (explicit or {}) for name in pair):
+            for name in pair:
+                if name not in (explicit or {}):
+                    values.pop(name, None)
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     for name, value in values.items():
         _refuse_non_utf8(known[name].flag, value)

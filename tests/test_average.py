@@ -193,6 +193,12 @@ def test_a_finished_run_resumed_writes_companions_that_are_missing_or_not_of_it(
     (run / "average" / "manifest.json").unlink()
     _ok(cli("pretrain", runs / "tokens", "-o", run, *flags))
     assert artifacts.load(run / "average").fingerprint == artifacts.load(runs / "a" / "average").fingerprint
+    # resumed with nothing to train and without the flags: the run stays as it was, companions of it included
+    # (its average was removed, unsaid but for a note, though the run and its checkpoints were unchanged)
+    quiet = _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *RUN, "--ema", "0.9", "--resume"))
+    assert "removed" not in quiet.output and "companions" not in quiet.output, quiet.output
+    for name in ("ema", "average"):
+        assert artifacts.load(run / name).fingerprint == artifacts.load(runs / "a" / name).fingerprint
 
 
 def test_a_soup_is_never_written_where_a_run_keeps_its_own_checkpoints(cli, runs, tmp_path):
@@ -243,8 +249,29 @@ def test_a_finished_run_resumed_with_another_average_last_averages_that_many(cli
     _ok(cli("average", runs / "a" / "checkpoints" / "step_0000006", runs / "a", "-o", tmp_path / "by-hand"))
     ours, theirs = _weights(run / "average"), _weights(tmp_path / "by-hand")
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # without --average-last, a finished run with nothing to train stays as it was: its average of 2 with it
+    # (it was removed, the run otherwise unchanged); extended, the run leaves the average of its earlier end behind
     result = _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *RUN, "--ema", "0.9", "--resume"))
+    assert artifacts.load(run / "average").config["average_last"] == 2 and "removed" not in result.output
+    longer = [*RUN[:RUN.index("--max-steps")], "--max-steps", "10", *RUN[RUN.index("--max-steps") + 2:]]
+    result = _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *longer, "--ema", "0.9", "--resume"))
     assert not (run / "average").exists() and "which an earlier command made" in " ".join(result.output.split())
+
+
+def test_a_run_extended_past_a_final_save_step_keeps_the_last_k_checkpoints(cli, runs, tmp_path):
+    """The final step's copy is kept beside the --keep-last newer ones; extended with no save step after
+    it, the run kept one checkpoint more than --keep-last asked (pruning ran only at a save)."""
+    from llmkit.train.checkpoint import step_dirs
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "a", run)
+    before = [d.name for d in step_dirs(run)]
+    assert before[-1] == "step_0000008" and len(before) == 4  # --keep-last 3, and the final step's copy
+    longer = [*RUN[:RUN.index("--max-steps")], "--max-steps", "9", *RUN[RUN.index("--max-steps") + 2:]]
+    _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *longer, "--ema", "0.9", "--average-last", "3", "--resume"))
+    assert [d.name for d in step_dirs(run)] == before[-3:]
+    assert sorted(i["role"] for i in artifacts.load(run / "average").manifest.inputs) == [
+        "member:final", "member:step_0000006", "member:step_0000008"]
 
 
 def test_a_soup_of_a_lora_run_and_a_full_one_records_no_lora_whatever_the_order(cli, runs, tmp_path):

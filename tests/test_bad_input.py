@@ -987,3 +987,16 @@ def _one_line_error_of(proc) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     return lines[0]
+
+
+def test_a_typed_run_length_beats_the_other_length_from_a_config_file(cli, chain, tmp_path):
+    """`max_tokens` in the file and `--max-steps` typed: "give --max-steps or --max-tokens, not
+    both", though a typed flag beats the file everywhere else. Typed both: still refused."""
+    (tmp_path / "run.toml").write_text("[pretrain]\nmax_tokens = 100000\n")
+    base = [*TINY_MODEL, "--batch-tokens", "256", "--micro-batch", "4", "--eval-every", "0", "--save-every", "0"]
+    result = cli("pretrain", chain / "tokens", "-o", tmp_path / "run", *base, "--config", tmp_path / "run.toml", "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    config = artifacts.load(tmp_path / "run").config
+    assert (config["max_steps"], config["max_tokens"]) == (2, None)
+    both = cli("pretrain", chain / "tokens", "-o", tmp_path / "both", *base, "--max-steps", "2", "--max-tokens", "512")
+    assert "give --max-steps or --max-tokens, not both" in _one_line_error(both)

@@ -11,6 +11,8 @@ from llmkit.train.options import DEFAULT_BATCH_TOKENS, DEVICES_PANEL, MODEL_PANE
 
 @dataclass
 class PretrainConfig(Options):
+    # one run length or the other: the one typed beats the other from a --config file (llmkit.config.resolve)
+    EITHER_OR = (("max_steps", "max_tokens"),)
     architecture: ModelChoice = group(ModelChoice, panel=MODEL_PANEL)
     seq_len: int | None = option(None, "Training sequence length (default: the context length).", panel=TRAINING_PANEL, range="[1, inf)")
     batch_tokens: int = option(DEFAULT_BATCH_TOKENS, "Global batch per optimizer step in tokens, over all devices.", panel=TRAINING_PANEL,

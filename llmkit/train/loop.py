@@ -419,6 +419,10 @@ class Trainer(Resuming):
             _describe(build, self.spec, self._progress(step))
             artifacts.finalize_in_place(build, _state_files(self.spec))
             discard_replaced_runs(self.run_dir)
+            # --keep-last again: a run extended past a final save step kept that copy beside the newer ones
+            keep = self.settings.checkpoints.keep_last
+            final_copy = (self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)).is_dir()
+            ckpt.prune(self.run_dir, keep + 1 if final_copy and keep else keep)
             self._write_companions(step)
         dist_utils.barrier(self.info)
 
@@ -476,9 +480,9 @@ class Trainer(Resuming):
         for name, (role, expected) in wanted.items():
             folder = self.run_dir / name
             if not expected:
-                if folder.exists():
+                if folder.exists() and not self._of_this_run(name):
                     return False  # stale: _write_companions removes it
-                continue
+                continue  # (one of the run as it is, though not asked for now: a finished run stays as it was)
             if artifacts.manifest_kind(folder) != "checkpoint":
                 return False
             companion = artifacts.load(folder, check=False)
@@ -488,6 +492,16 @@ class Trainer(Resuming):
             if name == "average" and companion.config.get("average_last") != self.settings.checkpoints.average_last:
                 return False  # another --average-last K on resume: the mean of the last K, rebuilt
         return True
+
+    def _of_this_run(self, name: str) -> bool:
+        """Whether RUN/NAME is a companion made from the run as it is now (its recorded run input's
+        fingerprint is the run's)."""
+        folder = self.run_dir / name
+        if artifacts.manifest_kind(folder) != "checkpoint":
+            return False
+        recorded = artifacts.load(folder, check=False).recorded_input("run" if name == "ema" else "member:final")
+        return recorded is not None and recorded.fingerprint == artifacts.load(self.run_dir, kind="checkpoint",
+                                                                               check=False).fingerprint
 
     def _remove_stale_companions(self, *, ema: bool, average: bool) -> None:
         """A finished run extended without --average-last (or from before --ema was checked on
@@ -502,6 +516,8 @@ class Trainer(Resuming):
                 shutil.rmtree(stale, ignore_errors=True)
                 continue
             if not rewritten and stale.is_dir():
+                if self._of_this_run(name):  # (a finished run resumed with nothing to train, without the flag: kept)
+                    continue
                 (stale / artifacts.MANIFEST).unlink(missing_ok=True)  # first: a kill midway leaves no artifact
                 shutil.rmtree(stale, ignore_errors=True)
                 flag = "--ema" if name == "ema" else "--average-last"
@@ -529,7 +545,7 @@ class Trainer(Resuming):
         if self.resumed_from == s.max_steps and (self.run_dir / artifacts.MANIFEST).is_file():
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
-                        "(give a larger --max-steps to train further)")
+                        f"(give {s.longer.format(step=step)} to train further)")
             if info.is_main and not self._companions_current(step):
                 # killed between the run's manifest and its companions (written after, as they name it)
                 logger.note("writing its --ema / --average-last companions, missing or from an earlier end of the run")
@@ -540,7 +556,8 @@ class Trainer(Resuming):
                               seconds=0.0, tokens_per_s=0.0, resumed_from=self.resumed_from)
         try:
             if self.resumed_from is not None:
-                logger.note(f"resumed from step {self.start_step} ({s.max_steps - self.start_step} steps to go)")
+                left = s.max_steps - self.start_step
+                logger.note(f"resumed from step {self.start_step} ({left} step{'' if left == 1 else 's'} to go)")
             elif s.warmup_steps >= s.max_steps:
                 logger.note(f"note: --warmup-steps {s.warmup_steps} is not shorter than the run ({s.max_steps} steps): the "
                             "learning rate rises all the way (reaching --lr at the last step at most) and never decays; "
