@@ -118,12 +118,7 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
     panels = [["loss", "val_loss"]] if {"loss", "val_loss"} & set(curves) else []
     panels += [[c] for c in curves if c not in ("loss", "val_loss")]
     figure, axes = plt.subplots(len(panels), 1, figsize=(7.5, 3.2 * len(panels)), squeeze=False, sharex=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if len(runs) > len(colours):  # (the cycle repeated: the 11th run drawn as the first)
-        import matplotlib
-
-        colours = [matplotlib.colormaps["tab20" if len(runs) <= 20 else "turbo"](i / max(1, len(runs) - 1) if len(runs) > 20
-                                                                                  else i) for i in range(len(runs))]
+    colours = _colours(plt, len(runs))
     for row, panel in enumerate(panels):
         ax = axes[row][0]
         for index, (name, records) in enumerate(runs):
@@ -167,6 +162,19 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
     save(figure, out, shown_as)
     plt.close(figure)
     return Path(out)
+
+
+def _colours(plt, count: int) -> list:
+    """A colour per run: the style's cycle of ten, past that tab20's twenty (by index), past that
+    points spread along turbo (the cycle repeated: the 11th run was drawn as the first)."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if count <= len(cycle):
+        return cycle
+    import matplotlib
+
+    if count <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(count)]
+    return [matplotlib.colormaps["turbo"](i / (count - 1)) for i in range(count)]
 
 
 def _without_finite_neighbours(values: Sequence[float]) -> list[int]:

@@ -61,8 +61,8 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if storable_name(where) != where:  # manifests, shards and later stages' records hold this path, in UTF-8
         raise UserError(f"-o {storable_name(str(out))}: the path is not UTF-8 ({storable_name(where)}); give the output a "
                         "path in UTF-8")
-    _refuse_a_long_name(out, inside_a_checked_output=inside_a_checked_output)  # (first: the questions below fail on
-    # a name the file system refuses)
+    # (first: the questions below fail on a name the file system refuses)
+    _refuse_a_long_name(out, inside_a_checked_output=inside_a_checked_output)
     if out.is_symlink():  # --force would replace the link, not what it names, and record inputs from the target's folder
         fix = "give the folder it names, or another path" if out.is_dir() else "give another path"
         raise UserError(f"-o {out} is a symbolic link (to {os.readlink(out)}); {fix}")

@@ -163,7 +163,8 @@ def task_names(values: list[str]) -> list[str]:
                 import difflib
 
                 spelled = name.lower().replace("-", "_")
-                close = spelled if spelled in TASKS or spelled == "all" else next(iter(difflib.get_close_matches(spelled, [*TASKS, "all"], n=1)), None)
+                known = [*TASKS, "all"]
+                close = spelled if spelled in known else next(iter(difflib.get_close_matches(spelled, known, n=1)), None)
                 hint = f"did you mean {close!r}? " if close else ""
                 raise UsageError(f"unknown benchmark {name!r}; {hint}choose from: {', '.join(TASKS)} (or all)")
             if name not in names:
