@@ -1000,3 +1000,21 @@ def test_a_typed_run_length_beats_the_other_length_from_a_config_file(cli, chain
     assert (config["max_steps"], config["max_tokens"]) == (2, None)
     both = cli("pretrain", chain / "tokens", "-o", tmp_path / "both", *base, "--max-steps", "2", "--max-tokens", "512")
     assert "give --max-steps or --max-tokens, not both" in _one_line_error(both)
+
+
+def test_a_typed_length_or_validation_of_a_finetune_beats_the_other_from_a_config_file(cli, chain, tmp_path):
+    """finetune's --epochs and --max-steps, --val-fraction and --val-data: one set in the file and
+    the other typed was refused as both (and the hint a finished run gives, more --epochs or
+    --max-steps, ran into it). Both set in one file are named with it."""
+    base = ["--batch-size", "4", "--micro-batch", "4", "--eval-every", "0", "--save-every", "0"]
+    (tmp_path / "ft.toml").write_text("[finetune]\nepochs = 3\nval_fraction = 0.2\n")
+    (tmp_path / "held-out.jsonl").write_text("".join((chain / "sft.jsonl").read_text(encoding="utf-8").splitlines(True)[:4]),
+                                             encoding="utf-8")
+    result = cli("finetune", chain / "ckpt", "--data", chain / "sft.jsonl", "-o", tmp_path / "ft", *base,
+                 "--config", tmp_path / "ft.toml", "--max-steps", "2", "--val-data", tmp_path / "held-out.jsonl")
+    assert result.exit_code == 0, result.output
+    config = artifacts.load(tmp_path / "ft").config
+    assert config["max_steps"] == 2 and config["epochs"] != 3 and config["val_fraction"] != 0.2  # (the file's gave way)
+    (tmp_path / "both.toml").write_text("[pretrain]\nmax_steps = 2\nmax_tokens = 512\n")
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tmp_path / "pt", *TINY_MODEL, "--config", tmp_path / "both.toml"))
+    assert "give --max-steps or --max-tokens, not both" in line and str(tmp_path / "both.toml") in line, line

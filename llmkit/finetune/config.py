@@ -18,6 +18,8 @@ LORA_PANEL = "LoRA and freezing"
 
 @dataclass
 class FinetuneConfig(Options):
+    # one of each pair stands for the other: the one typed beats the other from a --config file (config.resolve)
+    EITHER_OR = (("max_steps", "epochs"), ("val_fraction", "val_data"))
     task: str = option("sft", "sft ({prompt,response} or {messages}) or classify ({text,label}).", panel=TASK_PANEL, choices=TASKS)
     template: str = option("chat", "SFT prompt template: chat, plain, translate (source->target), summarize (document->summary) "
                            "or a JSON file.", panel=TASK_PANEL)

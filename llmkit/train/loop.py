@@ -419,12 +419,16 @@ class Trainer(Resuming):
             _describe(build, self.spec, self._progress(step))
             artifacts.finalize_in_place(build, _state_files(self.spec))
             discard_replaced_runs(self.run_dir)
-            # --keep-last again: a run extended past a final save step kept that copy beside the newer ones
-            keep = self.settings.checkpoints.keep_last
-            final_copy = (self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)).is_dir()
-            ckpt.prune(self.run_dir, keep + 1 if final_copy and keep else keep)
+            self._keep_the_last_checkpoints(step)
             self._write_companions(step)
         dist_utils.barrier(self.info)
+
+    def _keep_the_last_checkpoints(self, step: int) -> None:
+        """--keep-last at the run's end (a save prunes too): a run extended past a final save step kept
+        that copy beside the newer ones; the final step's own copy, where it has one, is kept beside them."""
+        keep = self.settings.checkpoints.keep_last
+        final_copy = (self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)).is_dir()
+        ckpt.prune(self.run_dir, keep + 1 if final_copy and keep else keep)
 
     def _write_companions(self, step: int) -> None:
         """RUN/ema and RUN/average: checkpoints beside the run's, with the run as an input."""
@@ -546,6 +550,8 @@ class Trainer(Resuming):
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
                         f"(give {s.longer.format(step=step)} to train further)")
+            if info.is_main:  # (killed between the run's manifest and save_final's pruning)
+                self._keep_the_last_checkpoints(step)
             if info.is_main and not self._companions_current(step):
                 # killed between the run's manifest and its companions (written after, as they name it)
                 logger.note("writing its --ema / --average-last companions, missing or from an earlier end of the run")
