@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.jsonl import ABSENT, field_value, read_text
 
 ROLES = ("system", "user", "assistant")
@@ -116,7 +116,9 @@ def resolve_template(spec: str) -> dict[str, Any]:
         return text_template(spec, **TEXT_TEMPLATES[spec])
     path = Path(spec)
     if not path.is_file():
-        raise UserError(f"unknown template {spec!r}; choose one of {', '.join(BUILTIN)} or pass a JSON file")
+        if path.suffix.lower() == ".json":
+            raise UsageError(f"template file not found: {spec}; check the path, or choose one of {', '.join(BUILTIN)}")
+        raise UsageError(f"unknown template {spec!r}; choose one of {', '.join(BUILTIN)} or pass a JSON file")
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:

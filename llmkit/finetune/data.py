@@ -334,7 +334,8 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
     if too_long and not truncate:
         raise UserError(
             f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest has {longest}), the "
-            "model's context length or --seq-len; pass --truncate to cut them, or use a checkpoint with a longer context"
+            "model's context length or --seq-len; pass --truncate to cut them, raise --seq-len if it is below the model's "
+            "context length, or use a checkpoint with a longer context"
         )
     if too_long and verbose:
         note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} tokens (--truncate)")

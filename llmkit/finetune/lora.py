@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn as nn
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError
 from llmkit.model.cpu_gemm import Linear, linear
 
 # Never adapted: the output head (tied to the embedding in most models) and a classifier head,
@@ -62,7 +62,7 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
     Returns the adapted layer names.
     """
     if rank <= 0:
-        raise UserError(f"--lora-rank must be positive, got {rank}")
+        raise UsageError(f"--lora-rank must be positive, got {rank}")
     for param in model.parameters():
         param.requires_grad_(False)
     candidates = [
@@ -73,14 +73,14 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
     # otherwise train fewer adapters than asked, unsaid
     layers = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in candidates})) or "(none: LoRA needs a Transformer)"
     if unmatched := [t for t in targets if not any(_matches(name, [t]) for name in candidates)]:
-        raise UserError(f"--lora-targets {','.join(unmatched)} matches no linear layer of this model; "
+        raise UsageError(f"--lora-targets {','.join(unmatched)} matches no linear layer of this model; "
                         f"its linear layers are named {layers}")
     chosen = [name for name in candidates if _matches(name, targets)]
     if not chosen:  # (no target given at all: --lora-targets ",")
-        raise UserError(f"--lora-targets names no layer; name some of {layers}")
+        raise UsageError(f"--lora-targets names no layer; name some of {layers}")
     smallest = min(min(model.get_submodule(name).in_features, model.get_submodule(name).out_features) for name in chosen)
     if rank > smallest:  # past the layer's own rank an adapter is a larger copy of the layer, not a low-rank update
-        raise UserError(f"--lora-rank {rank} exceeds the smallest dimension ({smallest}) of the adapted layers; "
+        raise UsageError(f"--lora-rank {rank} exceeds the smallest dimension ({smallest}) of the adapted layers; "
                         f"use a rank of at most {smallest} (typically 4 to 64)")
     for name in chosen:
         parent_name, _, leaf = name.rpartition(".")
@@ -145,7 +145,7 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
         globs = GROUPS.get(pattern, (pattern, f"{pattern}.*"))
         hits = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
         if not hits:
-            raise UserError(
+            raise UsageError(
                 f"--freeze {pattern} matches no parameter; use a group ({', '.join(GROUPS)}) or a name glob such as blocks.0.*"
             )
         frozen.extend(hits)

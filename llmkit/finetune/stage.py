@@ -92,7 +92,7 @@ def _check_split_model(config: FinetuneConfig, art) -> None:
 def _seq_len(config: FinetuneConfig, context: int) -> int:
     seq_len = config.seq_len or context
     if seq_len > context:
-        raise UserError(f"--seq-len {seq_len} is longer than the checkpoint's context length {context}; lower --seq-len")
+        raise UsageError(f"--seq-len {seq_len} is longer than the checkpoint's context length {context}; lower --seq-len")
     return seq_len
 
 
@@ -340,6 +340,11 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                                                   places)
             val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation",
                                                 info.is_main, val_places) if val_records else []
+            if val_records and not val_examples and info.is_main:
+                from llmkit.console import note
+
+                note(f"none of the {len(val_records)} validation example(s) is left (each left out above): the run has no "
+                     "validation loss; give more held-out records (--val-data, or a larger --val-fraction)")
             pad_id = tokenizer.pad_id
             train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
             val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
@@ -417,7 +422,9 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             final_weights_trainable=not adapted,
             steps_keep_trainable_only=bool(adapted),
             # (--lr's default depends on --lora-rank, recorded beside it)
-            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup, "lr": config.default_lr},
+            # (what a default means: the same as typing it, and shown as such in a resume's refusal)
+            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup, "lr": config.default_lr,
+                         **({"lora_alpha": 2.0 * config.lora_rank} if config.lora_rank else {})},
         )
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
                       val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError
 from llmkit.model import sequence_dropout, sequence_grads, sequence_tree
 from llmkit.model.classifier import SequenceClassifier
 from llmkit.model.gpt import GPT
@@ -49,7 +49,7 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
     if compile:
         reasons.append("compiled kernels sum in their own order; drop --compile")
     if requested and reasons:
-        raise UserError(f"--batch-invariant does not apply here: {reasons[0]} (or pass --no-batch-invariant)")
+        raise UsageError(f"--batch-invariant does not apply here: {reasons[0]} (or pass --no-batch-invariant)")
     if requested is None:
         return not reasons, reasons[0] if reasons and device.type == "cpu" else None
     return bool(requested), None

@@ -202,8 +202,8 @@ class Resuming:
         if changed:
             raise UserError(
                 f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "
-                "resume with the same options (only the length, validation and saving may change), seed and inputs, "
-                "or start a new run with another -o"
+                "resume with the same options (only the length, how often it validates and saves may change), seed and "
+                "inputs, or start a new run with another -o"
             )
 
     def _restore_optimizer_and_rng(self, optim_state, rng, latest) -> None:
