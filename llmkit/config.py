@@ -218,6 +218,9 @@ def resolve(
             for name in pair:
                 if name not in (explicit or {}):
                     values.pop(name, None)
+        elif all(name in from_file for name in pair):
+            raise UsageError(f"{file} sets both {' and '.join(known[name].flag for name in pair)}, which stand for one "
+                             "another; keep one")
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     for name, value in values.items():
         _refuse_non_utf8(known[name].flag, value)

@@ -267,6 +267,10 @@ def test_a_run_extended_past_a_final_save_step_keeps_the_last_k_checkpoints(cli,
     shutil.copytree(runs / "a", run)
     before = [d.name for d in step_dirs(run)]
     assert before[-1] == "step_0000008" and len(before) == 4  # --keep-last 3, and the final step's copy
+    # resumed as finished, without --keep-last (its default 2): the run keeps what it kept (the count it ran with)
+    plain = [*RUN[:RUN.index("--keep-last")]]
+    _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *plain, "--ema", "0.9", "--resume"))
+    assert [d.name for d in step_dirs(run)] == before
     longer = [*RUN[:RUN.index("--max-steps")], "--max-steps", "9", *RUN[RUN.index("--max-steps") + 2:]]
     _ok(cli("pretrain", runs / "tokens", "-o", run, *MODEL, *longer, "--ema", "0.9", "--average-last", "3", "--resume"))
     assert [d.name for d in step_dirs(run)] == before[-3:]

@@ -343,8 +343,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             if val_records and not val_examples and info.is_main:
                 from llmkit.console import note
 
+                fix = ("give --val-data records that keep a response" if config.val_data is not None
+                       else "hold out more of --data (a larger --val-fraction), or give --val-data")
                 note(f"none of the {len(val_records)} validation example(s) is left (each left out above): the run has no "
-                     "validation loss; give more held-out records (--val-data, or a larger --val-fraction)")
+                     f"validation loss; {fix}")
             pad_id = tokenizer.pad_id
             train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
             val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None

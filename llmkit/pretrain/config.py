@@ -31,9 +31,5 @@ class PretrainConfig(Options):
         super().__post_init__()
         if self.optim.lr is None:
             raise ValueError("lr must be given for pretraining")
-        if self.max_steps is not None and self.max_tokens is not None:  # (as options are read: a file's are named)
-            from llmkit.errors import UsageError
-
-            raise UsageError("give --max-steps or --max-tokens, not both")
         refuse_pipeline_options_without_pp(self.devices)
         refuse_idle_optimizer_settings(self)

@@ -32,6 +32,8 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
     (a checkpoint) training continues from its weights and model: continued pretraining."""
     refuse_resume_with_force(resume, force)
     tokens = Path(tokens)
+    if config.max_steps is not None and config.max_tokens is not None:  # (a --config file's pair: config.resolve)
+        raise UsageError("give --max-steps or --max-tokens, not both")
     tokens_art = artifacts.load(tokens, kind="tokens")
     inputs = {"tokens": str(tokens.resolve())}
     init = artifacts.load(init_from, kind="checkpoint") if init_from is not None else None

@@ -423,10 +423,11 @@ class Trainer(Resuming):
             self._write_companions(step)
         dist_utils.barrier(self.info)
 
-    def _keep_the_last_checkpoints(self, step: int) -> None:
+    def _keep_the_last_checkpoints(self, step: int, keep: int | None = None) -> None:
         """--keep-last at the run's end (a save prunes too): a run extended past a final save step kept
-        that copy beside the newer ones; the final step's own copy, where it has one, is kept beside them."""
-        keep = self.settings.checkpoints.keep_last
+        that copy beside the newer ones; the final step's own copy, where it has one, is kept beside them.
+        `keep`: another count than this command's (a finished run resumed keeps to the one it ran with)."""
+        keep = self.settings.checkpoints.keep_last if keep is None else keep
         final_copy = (self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(step)).is_dir()
         ckpt.prune(self.run_dir, keep + 1 if final_copy and keep else keep)
 
@@ -550,8 +551,9 @@ class Trainer(Resuming):
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
                         f"(give {s.longer.format(step=step)} to train further)")
-            if info.is_main:  # (killed between the run's manifest and save_final's pruning)
-                self._keep_the_last_checkpoints(step)
+            if info.is_main:  # (killed between the run's manifest and save_final's pruning: the run's own --keep-last)
+                recorded = artifacts.load(self.run_dir, kind="checkpoint", check=False).manifest.runtime.get("keep_last")
+                self._keep_the_last_checkpoints(step, recorded if isinstance(recorded, int) else 0)
             if info.is_main and not self._companions_current(step):
                 # killed between the run's manifest and its companions (written after, as they name it)
                 logger.note("writing its --ema / --average-last companions, missing or from an earlier end of the run")
