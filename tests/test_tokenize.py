@@ -647,3 +647,18 @@ def test_a_vocabulary_with_gaps_in_its_ids_is_refused(tmp_path, corpus, tokenize
     with pytest.raises(UserError, match="ids are not 0..1499: it has 1,500 tokens and id 70,000; renumber"):
         tokenize_corpus(small, holes, tmp_path / "tokens", TokenizeConfig(workers=1))  # (refused before any is encoded)
     assert not (tmp_path / "tokens").exists()
+
+
+def test_a_training_split_left_only_empty_documents_names_val_fraction(tokenizer, tmp_path):
+    """One document is kept for training whatever --val-fraction asks; an empty one drawn for it was
+    "the corpus has only empty documents", of a corpus with three that are not."""
+    from llmkit.errors import UserError
+
+    corpus = write_corpus_artifact(tmp_path / "corpus", ["", "hello world one", "hello world two", "hello world three"]).path
+    said = []
+    for seed in range(12):  # (the seeds whose draw leaves training the empty document)
+        try:
+            tokenize_corpus(corpus, tokenizer, tmp_path / f"t{seed}", TokenizeConfig(val_fraction=0.9, seed=seed, workers=1))
+        except UserError as error:
+            said.append(str(error))
+    assert said and all("--val-fraction 0.9 left the training split" in s and "lower --val-fraction" in s for s in said), said

@@ -439,6 +439,9 @@ def test_cli_train_encode_decode(cli, corpus, tmp_path):
         patch.setattr(console, "out", console._Console(file=screen, force_terminal=True, width=80, highlight=False))
         assert cli("tokenizer", "decode", out, *tok.encode("a\x1bZb\x07c")).exit_code == 0
     assert screen.getvalue() == "aZbc\n", repr(screen.getvalue())
+    # encode's piece column shows them as \xNN (a raw ESC reached the terminal there too)
+    shown = cli("tokenizer", "encode", out, "a\x1bZb")
+    assert shown.exit_code == 0 and "\x1b" not in shown.output and "\\x1b" in shown.output, repr(shown.output)
     # text that is not UTF-8 (a shell passes it as surrogates): one line, not "unexpected"
     refused = cli("tokenizer", "encode", out, "a\udcffb")
     assert refused.exit_code == 2 and "is not valid Unicode text" in refused.output

@@ -59,8 +59,10 @@ def encode(
 
 
 def _visible(piece: str) -> str:
-    """Whitespace made visible, so that ' the' and 'the' differ on screen."""
-    return piece.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+    """Whitespace made visible, so that ' the' and 'the' differ on screen; other control characters
+    as `\\xNN` (a raw ESC in a piece reached the terminal, which acts on it)."""
+    shown = piece.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in shown)
 
 
 def decode(

@@ -548,6 +548,9 @@ def tokenize_corpus(
             encoder = _Encoder(tok, tok_dir, workers, use_fast=False, add_bos=config.add_bos, execution=config.execution)
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok)
         if per_split["train"]["tokens"] == 0:
+            if per_split["val"]["tokens"]:  # (the one document --val-fraction left to training was an empty one)
+                raise UserError(f"--val-fraction {config.val_fraction:g} left the training split of {corpus.path} only empty "
+                                "documents; lower --val-fraction")
             raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
         total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
         val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0

@@ -144,8 +144,10 @@ def train_tokenizer(
                 "check the corpus with llmkit inspect or pass other files"
             )
         if tokenizer.get_vocab_size() < config.vocab_size:
+            more = (f"a lower --min-frequency than {config.min_frequency:,} or more text gives more" if config.min_frequency > 1
+                    else "more text gives more")
             note(f"the input held only {tokenizer.get_vocab_size():,} tokens' worth of merges, fewer than "
-                 f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} (more text gives more)")
+                 f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} ({more})")
         tokenizer.save(str(build.dir / TOKENIZER_FILE))
         np.save(build.dir / TOKEN_BYTES_FILE, compute_token_bytes(tokenizer), allow_pickle=False)
 
