@@ -1037,3 +1037,12 @@ def test_a_config_file_that_sets_both_of_a_pair_is_named(cli, chain, tmp_path):
     line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tmp_path / "pt", *TINY_MODEL, "--config", tmp_path / "both.toml"))
     assert f"{tmp_path / 'both.toml'} sets both --max-steps and --max-tokens, which stand for one another; keep one" in line
     assert not (tmp_path / "pt").exists()
+
+
+def test_a_null_in_a_config_file_leaves_its_option_unset_beside_its_pair(cli, chain, tmp_path):
+    """A sweep writes every option into each run's configs/RUN.yaml, `max_steps: null` beside
+    `max_tokens`: taken for both set, every sweep's runs were refused."""
+    (tmp_path / "run.yaml").write_text("pretrain:\n  max_steps: 2\n  max_tokens: null\n")
+    result = cli("pretrain", chain / "tokens", "-o", tmp_path / "pt", *TINY_MODEL, *TINY_RUN[2:], "--config", tmp_path / "run.yaml")
+    assert result.exit_code == 0, result.output
+    assert artifacts.load(tmp_path / "pt").config["max_steps"] == 2

@@ -144,8 +144,8 @@ def train_tokenizer(
                 "check the corpus with llmkit inspect or pass other files"
             )
         if tokenizer.get_vocab_size() < config.vocab_size:
-            more = (f"a lower --min-frequency than {config.min_frequency:,} or more text gives more" if config.min_frequency > 1
-                    else "more text gives more")
+            more = (f"more text gives more, and a lower --min-frequency than {config.min_frequency:,} may"
+                    if config.min_frequency > 1 else "more text gives more")
             note(f"the input held only {tokenizer.get_vocab_size():,} tokens' worth of merges, fewer than "
                  f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} ({more})")
         tokenizer.save(str(build.dir / TOKENIZER_FILE))

@@ -552,7 +552,8 @@ class Trainer(Resuming):
             logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
                         f"(give {s.longer.format(step=step)} to train further)")
             if info.is_main:  # (killed between the run's manifest and save_final's pruning: the run's own --keep-last)
-                recorded = artifacts.load(self.run_dir, kind="checkpoint", check=False).manifest.runtime.get("keep_last")
+                manifest = artifacts.load(self.run_dir, kind="checkpoint", check=False).manifest
+                recorded = manifest.runtime.get("keep_last", manifest.config.get("keep_last"))  # (in its config before 12-02)
                 self._keep_the_last_checkpoints(step, recorded if isinstance(recorded, int) else 0)
             if info.is_main and not self._companions_current(step):
                 # killed between the run's manifest and its companions (written after, as they name it)
