@@ -391,8 +391,14 @@ def test_prompts_that_lose_their_start_to_the_context_are_counted_and_said(expor
     cut = cli("eval", exported / "ckpt", "--task", "copa", "--limit", "4", "--shots", "10", "-o", tmp_path / "cut")
     said = " ".join(cut.output.split())
     assert cut.exit_code == 0 and "copa: 4 of 4 questions did not fit in the model's context (128 tokens)" in said, said
+    assert "did not fit" in cut.stderr and "did not fit" not in cut.stdout  # (a note: stderr, as every stage's)
     assert "(the first demonstrations first)" in said and "or fewer --shots" in said
     assert artifacts.load(tmp_path / "cut").stats["benchmarks"]["copa"]["prompts_cut"] == 4
+    # several tasks: one note of each kind for them all (the same words were printed once a task)
+    both = cli("eval", exported / "ckpt", "--task", "arc_challenge,arc_easy", "--limit", "2", "-o", tmp_path / "both")
+    said = " ".join(both.stderr.split())
+    assert both.exit_code == 0 and said.count("scored on the validation split") == 1, said
+    assert "arc_easy, arc_challenge scored on the validation split; lm-eval scores them on their test split" in said
     # at 0 shots the note speaks of no demonstrations and no --shots (it always did)
     zero = cli("eval", exported / "ckpt", "--task", "boolq", "--limit", "3", "-o", tmp_path / "zero")
     said = " ".join(zero.output.split())

@@ -872,6 +872,15 @@ def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):
     result = cli("generate", ckpt, "-p", "Guten Tag", "--greedy", "-n", "6", "--ignore-eos", "-o", tmp_path / "a.jsonl")
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "a.jsonl").read_text())
+    # printed, the answer to a framed prompt goes on a line of its own (it was glued to the prompt, as a
+    # continuation of it, where no terminal's dim style marked the seam); a base model's continues it
+    for args in (["-p", "Guten Tag"], ["-p", "Guten Tag", "-p", "Hallo"]):  # (streamed; printed per batch)
+        printed = cli("generate", ckpt, *args, "--greedy", "-n", "6", "--ignore-eos")
+        assert printed.exit_code == 0 and "Guten Tag\n" + record["completion"] + "\n" in printed.stdout, printed.stdout
+    base = make_checkpoint(tmp_path / "base", shakespeare[:20000])
+    assert cli("generate", base, "-p", "Guten Tag", "--greedy", "-n", "6", "--ignore-eos", "-o", tmp_path / "b.jsonl").exit_code == 0
+    continued = json.loads((tmp_path / "b.jsonl").read_text())["completion"]
+    assert cli("generate", base, "-p", "Guten Tag", "--greedy", "-n", "6", "--ignore-eos").stdout == f"Guten Tag{continued}\n"
     loaded = load_checkpoint(ckpt)
     tok = loaded.tokenizer
     ids = [tok.bos_id] + tok.encode("Translate:\nGuten Tag\nTranslation:")

@@ -72,15 +72,32 @@ def print_benchmarks(result) -> None:
     for name, info in result.stats["benchmarks"].items():
         table.add_row(name, str(info["examples"]), str(info["shots"]), cell(name, "acc"), cell(name, "acc_norm"))
     out.print(table)
-    for name, info in result.stats["benchmarks"].items():  # scores of other questions than lm-eval's published ones
-        if info.get("prompts_cut"):
-            from llmkit.eval.choice import context_cut_note
+    _say_what_differs_from_lm_eval(result.stats["benchmarks"])
 
-            out.print(f"note: {name}: " + context_cut_note(info["prompts_cut"], info["examples"], info["context_length"],
-                                                           shots=bool(info.get("shots"))))
-        if info.get("choices_cut"):
-            out.print(f"note: {name}: {info['choices_cut']} choice(s) longer than the model's context were scored on their "
-                      "last tokens only (acc_norm still divides by the whole choice's length)")
+
+def _say_what_differs_from_lm_eval(benchmarks: dict) -> None:
+    """Scores of other questions than lm-eval's published ones, one note of each kind for all the
+    tasks (on stderr, as every note: they were printed with the table, cut at 80 columns and once a
+    task, nine times the same words for `--task all`)."""
+    from llmkit.console import note
+    from llmkit.eval.choice import context_cut_note
+
+    cut = {name: info for name, info in benchmarks.items() if info.get("prompts_cut")}
+    if cut:
+        first = next(iter(cut.values()))
+        counts = (next(iter(cut)) if len(cut) == 1
+                  else ", ".join(f"{name} {info['prompts_cut']} of {info['examples']}" for name, info in cut.items()))
+        note(f"{counts}: " + context_cut_note(sum(i["prompts_cut"] for i in cut.values()), sum(i["examples"] for i in cut.values()),
+                                              first["context_length"], shots=any(i.get("shots") for i in cut.values())))
+    choices = {name: info["choices_cut"] for name, info in benchmarks.items() if info.get("choices_cut")}
+    if choices:
+        note(f"{', '.join(f'{name} {count}' for name, count in choices.items())} choice(s) longer than the model's context "
+             "were scored on their last tokens only (acc_norm still divides by the whole choice's length)")
+    other_split: dict[tuple[str, str], list[str]] = {}
+    for name, info in benchmarks.items():
         if info.get("split") is not None and info.get("lm_eval_split", info.get("split")) != info.get("split"):
-            out.print(f"note: {name} scored on the {info['split']} split; lm-eval scores it on its {info['lm_eval_split']} "
-                      "split (docs/eval.md, Data)")
+            other_split.setdefault((info["split"], info["lm_eval_split"]), []).append(name)
+    for (split, theirs), names in other_split.items():
+        one = len(names) == 1
+        note(f"{', '.join(names)} scored on the {split} split; lm-eval scores {'it' if one else 'them'} on {'its' if one else 'their'} "
+             f"{theirs} split (docs/eval.md, Data)")

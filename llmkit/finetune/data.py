@@ -148,10 +148,14 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
                         "context length or --seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
                         "length, or use a checkpoint with a longer context")
     if too_long and verbose:
-        note(f"{too_long} of {len(records)} {name} examples were cut to {fits} tokens (--truncate); {dropped} left out, "
-              "their response not fitting" + (f"; {emptied} kept without their prompt's text, their response alone "
-                                               "taking the tokens (leave such examples out of the data if the response "
-                                               "means nothing without it)" if emptied else ""))
+        parts = [f"{too_long} of {len(records)} {name} examples were cut to fit {max_len} positions (--truncate; "
+                 f"{fits} tokens, the last one only predicted)"]
+        if dropped:
+            parts.append(f"{dropped} left out, their response not fitting")
+        if emptied:
+            parts.append(f"{emptied} kept without their prompt's text, their response alone taking the tokens (leave such "
+                         "examples out of the data if the response means nothing without it)")
+        note("; ".join(parts))
     return examples  # validation may end up empty: the run then has no validation loss
 
 

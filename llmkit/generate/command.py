@@ -56,16 +56,18 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
                 continue  # batch use: the records go to the file
             label = f"prompt {c.prompt_index + 1}" + (f", sample {c.sample_index + 1}" if config.num_samples > 1 else "")
             console.rule(label, style="dim")
+            between = "\n" if item.framed else ""  # (an answer to a framed prompt, not its continuation)
             if console.is_terminal:
-                console.print(Text.assemble((for_a_terminal(item.prompt.display), "dim"), for_a_terminal(c.text)), soft_wrap=True)
+                console.print(Text.assemble((for_a_terminal(item.prompt.display) + between, "dim"), for_a_terminal(c.text)),
+                              soft_wrap=True)
             else:  # piped: the text as generated (rich would expand tabs and drop control characters)
-                console.file.write(item.prompt.display + c.text + "\n")
+                console.file.write(item.prompt.display + between + c.text + "\n")
                 console.file.flush()
 
-    def on_ready(prompts) -> None:  # the prompt is shown only once the checkpoint has loaded
+    def on_ready(prompts, framed=None) -> None:  # the prompt is shown only once the checkpoint has loaded
         if stream:
-            console.print(for_a_terminal(prompts[0].display) if console.is_terminal else prompts[0].display, style="dim",
-                          end="", soft_wrap=True)
+            shown = prompts[0].display + ("\n" if framed and framed[0] else "")  # (an answer goes on a line of its own)
+            console.print(for_a_terminal(shown) if console.is_terminal else shown, style="dim", end="", soft_wrap=True)
 
     from llmkit.console import progress
 

@@ -27,6 +27,7 @@ class Generated:
     prompt: Prompt
     completion: Completion
     fitted: bool = False  # cut to fit the context: the record also holds the text the model saw
+    framed: bool = False  # put in a fine-tune's template or the chat's roles: its completion is no continuation of it
 
     def record(self, cfg: GenerateConfig) -> dict:
         c = self.completion
@@ -131,8 +132,10 @@ def run_generate(
 
         note(f"prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the context length "
              f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)")
+    # (a fine-tune's template or a chat frames the prompt: printed, the answer goes on a line of its own)
+    framed = [p.messages is not None or loaded.task is not None for p in prompts]
     if on_ready is not None:
-        on_ready(prompts)
+        on_ready(prompts, framed)
     results: list[Generated] = []
     # One call per group of prompts so finished batches can be printed while later ones run.
     per_call = max(1, cfg.batch_size // cfg.num_samples)
@@ -146,7 +149,8 @@ def run_generate(
             extra_stop_ids=extra_stops,
             prompt_offset=start,
         )
-        batch = [Generated(prompts[c.prompt_index], c, fitted=c.prompt_index in fitted_at) for c in completions]
+        batch = [Generated(prompts[c.prompt_index], c, fitted=c.prompt_index in fitted_at, framed=framed[c.prompt_index])
+                 for c in completions]
         results.extend(batch)
         if on_batch is not None:
             on_batch(batch)
