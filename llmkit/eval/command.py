@@ -39,17 +39,27 @@ def print_results(result) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(name, _figure(value))
     out.print(table)
     stats = result.stats
     if "tokens" in stats:
-        out.print(f"scored {stats['documents']} documents: {stats['tokens']} tokens, {stats['words']} words, {stats['bytes']} bytes", markup=False)
+        documents = stats["documents"]
+        out.print(f"scored {documents:,} document{'' if documents == 1 else 's'}: {stats['tokens']:,} tokens, "
+                  f"{stats['words']:,} words, {stats['bytes']:,} bytes", markup=False)
     elif "examples" in stats:
-        out.print(f"scored {stats['examples']} examples", markup=False)
+        out.print(f"scored {stats['examples']:,} example{'' if stats['examples'] == 1 else 's'}", markup=False)
     for line in result.formatted.values():
         out.print(line, soft_wrap=True, markup=False)
     for name, signature in result.signatures.items():
         out.print(f"{name} signature: {signature}", soft_wrap=True, markup=False)
+
+
+def _figure(value) -> str:
+    """A metric as the table shows it: four decimals, or four significant digits for a large one
+    (word perplexity's 3.357e+10, as report shows it: 33567184408.3949 was no reading)."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4g}" if abs(value) >= 1e6 else f"{value:.4f}"
 
 
 def print_benchmarks(result) -> None:
