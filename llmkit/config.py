@@ -218,7 +218,7 @@ def resolve(
             for name in pair:
                 if name not in (explicit or {}):
                     values.pop(name, None)
-        elif all(from_file.get(name) is not None for name in pair):  # (a null leaves its option unset: a sweep's files)
+        elif all(from_file.get(name) is not None for name in pair):  # (a sweep's configs/RUN.yaml holds max_steps: null)
             raise UsageError(f"{file} sets both {' and '.join(known[name].flag for name in pair)}, which stand for one "
                              "another; keep one")
     values.update({k: v for k, v in (explicit or {}).items() if k in known})

@@ -881,6 +881,8 @@ def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):
     assert cli("generate", base, "-p", "Guten Tag", "--greedy", "-n", "6", "--ignore-eos", "-o", tmp_path / "b.jsonl").exit_code == 0
     continued = json.loads((tmp_path / "b.jsonl").read_text())["completion"]
     assert cli("generate", base, "-p", "Guten Tag", "--greedy", "-n", "6", "--ignore-eos").stdout == f"Guten Tag{continued}\n"
+    # the streamed prompt piped byte for byte too (rich expanded its tab), as one printed per batch is
+    assert cli("generate", base, "-p", "Guten\tTag", "--greedy", "-n", "2").stdout.startswith("Guten\tTag")
     loaded = load_checkpoint(ckpt)
     tok = loaded.tokenizer
     ids = [tok.bos_id] + tok.encode("Translate:\nGuten Tag\nTranslation:")

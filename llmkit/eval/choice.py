@@ -49,9 +49,11 @@ class ChoiceScores:
 def context_cut_note(count: int, total: int, limit: int, items: str = "questions", shots: bool = True) -> str:
     """What a run says of the prompts that lost their start to the model's context (a score of
     other questions than the whole ones: silent before)."""
+    one = count == 1
     return (f"{count} of {total} {items} did not fit in the model's context ({limit} tokens) with an answer: the start of "
-            f"their prompt{' (the first demonstrations first)' if shots else ''} was left out, as lm-eval cuts them; a model "
-            f"with a longer context{', or fewer --shots,' if shots else ''} scores them whole")
+            f"{'its' if one else 'their'} prompt{' (the first demonstrations first)' if shots else ''} was left out, as "
+            f"lm-eval cuts {'it' if one else 'them'}; a model with a longer context{', or fewer --shots,' if shots else ''} "
+            f"scores {'it' if one else 'them'} whole")
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:

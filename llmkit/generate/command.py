@@ -67,7 +67,11 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     def on_ready(prompts, framed=None) -> None:  # the prompt is shown only once the checkpoint has loaded
         if stream:
             shown = prompts[0].display + ("\n" if framed and framed[0] else "")  # (an answer goes on a line of its own)
-            console.print(for_a_terminal(shown) if console.is_terminal else shown, style="dim", end="", soft_wrap=True)
+            if console.is_terminal:
+                console.print(for_a_terminal(shown), style="dim", end="", soft_wrap=True)
+            else:  # piped: as typed, byte for byte (rich expanded a tab), as the completions printed per batch
+                console.file.write(shown)
+                console.file.flush()
 
     from llmkit.console import progress
 

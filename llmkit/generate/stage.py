@@ -73,10 +73,11 @@ def run_generate(
     *,
     on_text: Callable[[int, str], None] | None = None,
     on_batch: Callable[[list[Generated]], None] | None = None,
-    on_ready: Callable[[list[Prompt]], None] | None = None,
+    on_ready: Callable[[list[Prompt], list[bool]], None] | None = None,
 ) -> list[Generated]:
-    """Load the checkpoint and complete every prompt `num_samples` times. `on_ready(prompts)` is
-    called once everything is checked and loaded, just before the first token."""
+    """Load the checkpoint and complete every prompt `num_samples` times. `on_ready(prompts, framed)`
+    is called once everything is checked and loaded, just before the first token (`framed`: which
+    prompts a template or chat roles frame, as `encode_prompt` encodes them)."""
     from llmkit.model.ensemble import load_ensemble
     from llmkit.runtime import resolve_device
 
@@ -133,7 +134,9 @@ def run_generate(
         note(f"prompt ({longest} tokens) + --max-new-tokens ({max_new_tokens}) exceed the context length "
              f"({limit}); generating with a sliding window (--context-overflow error to refuse instead)")
     # (a fine-tune's template or a chat frames the prompt: printed, the answer goes on a line of its own)
-    framed = [p.messages is not None or loaded.task is not None for p in prompts]
+    task = loaded.task
+    framed = [p.messages is not None or (task is not None and (task.is_chat or task.text_template is not None))
+              for p in prompts]
     if on_ready is not None:
         on_ready(prompts, framed)
     results: list[Generated] = []
