@@ -97,12 +97,13 @@ def test_chat_command_in_the_terminal(chat_model, cli, monkeypatch):
                                                input="hello\n\n\nwho is there\n")
     assert piped.exit_code == 0, piped.output  # questions piped in: the replies alone, one a line (no prompts)
     assert piped.stdout == "Two dogs play in the snow.\n" * 2
+    assert "chatting with" in piped.stderr and "Ctrl-D" not in piped.stderr  # (piped: no commands to type)
     monkeypatch.setattr(chat, "_at_a_terminal", lambda: True)
     for compiled in ([], ["--compile"]):  # the compiled decode step replies alike
         result = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "--device", "cpu", *compiled],
                                     input="hello\n/reset\nwho is there\n/exit\n")
         assert result.exit_code == 0, result.output
-        assert result.output.count("bot> Two dogs play in the snow.") == 2
+        assert result.output.count("bot> Two dogs play in the snow.") == 2 and "Ctrl-D or Ctrl-C to leave" in result.output
 
 
 def test_ctrl_c_stops_a_reply_or_leaves_at_the_prompt_and_the_transcript_is_said(chat_model, tmp_path, monkeypatch):

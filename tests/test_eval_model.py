@@ -468,6 +468,12 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and "even with its 'source' cut, the prompt does not fit" in lines[0], result.output
     assert not (tmp_path / "wordy").exists()
+    # --max-new-tokens past the context: the refusal gives a value to type (the flag may be its default, untyped)
+    result = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", data, "--limit", "2", "--max-new-tokens", "100000",
+                 "--prompt-template", "German: {source}\nEnglish:", "-o", tmp_path / "roomless")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"leaves no room for a prompt in the model's context of {CONTEXT} tokens; give a lower " \
+        f"one, such as --max-new-tokens {CONTEXT // 4}" in said, said
     # --stop '' is none (the end token ends a prediction); a reference holding the stop string is counted in a note
     multiline = tmp_path / "multiline.jsonl"
     multiline.write_text("".join(json.dumps({"source": r["source"], "target": r["target"] + "\nSecond line."}) + "\n" for r in rows))

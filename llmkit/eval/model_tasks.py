@@ -227,8 +227,9 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
         return records
     room = limit - max_new_tokens + 1  # the last new token is never fed back (engine.needs_window)
     if room < 2:
+        # (said with a value to give: the flag may not have been typed, its default being 64)
         raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of {limit} "
-                        "tokens; lower it")
+                        f"tokens; give a lower one, such as --max-new-tokens {max(1, limit // 4)}")
     tokenizer = loaded.tokenizer
 
     def encode(record: dict, where: str = "a record") -> list[int]:

@@ -230,7 +230,8 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     if loaded.task is None and not own:
         note(f"{checkpoint} was never fine-tuned to chat (it has no task.json): it will continue the conversation "
              "as text; fine-tune it with llmkit finetune --template chat for replies")
-    err.print(f"chatting with {checkpoint} (template {name}); {', '.join(COMMANDS)}; Ctrl-D or Ctrl-C to leave", soft_wrap=True)
+    commands = f"; {', '.join(COMMANDS)}; Ctrl-D or Ctrl-C to leave" if _at_a_terminal() else ""  # (piped: none to type)
+    err.print(f"chatting with {checkpoint} (template {name}){commands}", soft_wrap=True)
     from llmkit.errors import Terminated
     from llmkit.inference.sampling import row_seed
 
