@@ -44,6 +44,15 @@ class _ErrorsAsOneLine(LlmkitGroup):
         ctx.meta["llmkit.args"] = given  # the command line, for what a stopped command says (invoke)
         return ctx
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """In the order a first run takes them: `tokenizer` (train) between clean and tokenize (the
+        groups, added after the commands, came last, after verify)."""
+        names = super().list_commands(ctx)
+        if "tokenizer" in names and "clean" in names:
+            names.remove("tokenizer")
+            names.insert(names.index("clean") + 1, "tokenizer")
+        return names
+
     def resolve_command(self, ctx: click.Context, args: list[str]):
         try:
             return super().resolve_command(ctx, args)

@@ -32,6 +32,9 @@ def test_help_lists_every_stage_and_version(cli):
     assert result.exit_code == 0
     for stage in STAGES:
         assert stage in result.output
+    # in the order a first run takes them: tokenizer (train) between clean and tokenize (it came last)
+    listed = [line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and line[2:3].isalpha()]
+    assert listed.index("clean") + 1 == listed.index("tokenizer") == listed.index("tokenize") - 1, listed
     version = cli("--version")
     assert version.exit_code == 0 and __version__ in version.output
 
