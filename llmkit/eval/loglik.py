@@ -45,7 +45,7 @@ def padded_width(length: int, limit: int) -> int:
     return max(length, min(-(-length // WIDTH_STEP) * WIDTH_STEP, limit))
 
 
-def _batches(widths: list[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
+def batches_by_width(widths: list[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
     """Indices of requests, widest first, grouped so a batch has one width and stays under max_tokens."""
     order = sorted(range(len(widths)), key=lambda i: -widths[i])
     batch: list[int] = []
@@ -58,7 +58,7 @@ def _batches(widths: list[int], batch_size: int, max_tokens: int) -> Iterator[li
         yield batch
 
 
-def _recurrent(model) -> bool:
+def recurrent(model) -> bool:
     """Whether the model's products have a row per sequence (an LSTM, or an ensemble with one)."""
     return any(isinstance(module, torch.nn.RNNBase) for module in model.modules())
 
@@ -80,8 +80,8 @@ def token_logprobs(
     max_tokens = max(1, max_logits // int(model.config.vocab_size))
     limit = int(model.config.context_length)
     widths = [padded_width(len(r.seq) - 1, limit) for r in requests]
-    min_rows = MIN_ROWS if _recurrent(model) else 1
-    for batch in _batches(widths, max(batch_size, min_rows), max_tokens):
+    min_rows = MIN_ROWS if recurrent(model) else 1
+    for batch in batches_by_width(widths, max(batch_size, min_rows), max_tokens):
         width = widths[batch[0]]
         rows = max(len(batch), min_rows)
         idx = torch.full((rows, width), pad_id, dtype=torch.long)

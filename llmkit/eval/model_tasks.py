@@ -550,7 +550,7 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     the last bits with the batch (15 of 16 texts at batch 1 against 8), which flips a near-tie."""
     import torch
 
-    from llmkit.eval.loglik import _batches, _recurrent, padded_width
+    from llmkit.eval.loglik import batches_by_width, recurrent, padded_width
     from llmkit.model.ensemble import classifier_input_limit
     from llmkit.model.sequence_grads import MIN_ROWS
 
@@ -563,9 +563,9 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     predicted: list[int] = [0] * len(rows)
     device = next(loaded.model.parameters()).device
     # an LSTM's products have a row per sequence, and one row took another kernel: at least MIN_ROWS a forward
-    min_rows = MIN_ROWS if _recurrent(loaded.model) else 1
+    min_rows = MIN_ROWS if recurrent(loaded.model) else 1
     with torch.inference_mode():
-        for batch in _batches(widths, max(batch_size, min_rows), max_tokens=len(rows) * limit):
+        for batch in batches_by_width(widths, max(batch_size, min_rows), max_tokens=len(rows) * limit):
             idx = torch.full((max(len(batch), min_rows), widths[batch[0]]), _pad_id(tokenizer), dtype=torch.long)
             mask = torch.zeros_like(idx)
             mask[:, 0] = 1  # (the filler rows: one position each, so that none is empty)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmkit.model import cpu_gemm
-from llmkit.model.sequence_grads import MIN_ROWS
+from llmkit.model.sequence_grads import at_least_min_rows
 
 HEAD_PREFIX = "classifier."
 
@@ -63,12 +63,10 @@ class SequenceClassifier(nn.Module):
 
     def classify(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         pooled = self.pooled(idx, attention_mask)
-        rows = pooled.shape[0]
-        if not torch.is_grad_enabled() and 0 < rows < MIN_ROWS:
-            # the head's product at one row count whatever the batch (zero rows below): at 1 to 8 rows a
-            # text's logits changed in the last bits with the texts beside it, so eval --batch-size moved them
-            padded = torch.cat([pooled, pooled.new_zeros(MIN_ROWS - rows, pooled.shape[1])])
-            return self.classifier(padded)[:rows]
+        if not torch.is_grad_enabled():
+            # the head's product at 16 rows or more whatever the batch, as training's (sequence_grads): at 1 to 8
+            # rows a text's logits changed in the last bits with the texts beside it, so eval --batch-size moved them
+            return at_least_min_rows(self.classifier, pooled)
         return self.classifier(pooled)
 
     def forward(self, idx: torch.Tensor, labels: torch.Tensor | None = None, *, attention_mask: torch.Tensor | None = None):

@@ -71,7 +71,7 @@ class MicroBatch:
 MIN_ROWS = 16
 
 
-def _at_least_min_rows(product, x: torch.Tensor) -> torch.Tensor:
+def at_least_min_rows(product, x: torch.Tensor) -> torch.Tensor:
     """product(x) for x [..., C], computed over at least MIN_ROWS rows."""
     rows = x.numel() // x.shape[-1]
     if rows >= MIN_ROWS:
@@ -84,7 +84,7 @@ def _at_least_min_rows(product, x: torch.Tensor) -> torch.Tensor:
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, where: MicroBatch):
-        y = _at_least_min_rows(lambda rows: cpu_gemm.linear(rows, weight, bias), x)  # under autocast in its dtype, as the plain layer
+        y = at_least_min_rows(lambda rows: cpu_gemm.linear(rows, weight, bias), x)  # under autocast in its dtype, as the plain layer
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)  # a frozen weight's layer keeps no input
         ctx.where, ctx.weight, ctx.bias, ctx.x_dtype = where, weight, bias, x.dtype
         return y
@@ -93,7 +93,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         where, low = ctx.where, grad.dtype
-        grad_x = (_at_least_min_rows(lambda rows: cpu_gemm.matmul(rows, weight.to(low)), grad).to(ctx.x_dtype)
+        grad_x = (at_least_min_rows(lambda rows: cpu_gemm.matmul(rows, weight.to(low)), grad).to(ctx.x_dtype)
                   if ctx.needs_input_grad[0] else None)
         per_seq = grad.reshape(where.sequences, -1, grad.shape[-1]).contiguous()
         if ctx.needs_input_grad[1]:

@@ -485,7 +485,7 @@ class Trainer(Resuming):
         for name, (role, expected) in wanted.items():
             folder = self.run_dir / name
             if not expected:
-                if folder.exists() and not self._of_this_run(name):
+                if folder.exists() and not self._of_this_run(name, run):
                     return False  # stale: _write_companions removes it
                 continue  # (one of the run as it is, though not asked for now: a finished run stays as it was)
             if artifacts.manifest_kind(folder) != "checkpoint":
@@ -498,15 +498,15 @@ class Trainer(Resuming):
                 return False  # another --average-last K on resume: the mean of the last K, rebuilt
         return True
 
-    def _of_this_run(self, name: str) -> bool:
+    def _of_this_run(self, name: str, run: str | None = None) -> bool:
         """Whether RUN/NAME is a companion made from the run as it is now (its recorded run input's
-        fingerprint is the run's)."""
+        fingerprint is the run's, `run` where the caller has read it)."""
         folder = self.run_dir / name
         if artifacts.manifest_kind(folder) != "checkpoint":
             return False
         recorded = artifacts.load(folder, check=False).recorded_input("run" if name == "ema" else "member:final")
-        return recorded is not None and recorded.fingerprint == artifacts.load(self.run_dir, kind="checkpoint",
-                                                                               check=False).fingerprint
+        run = run or artifacts.load(self.run_dir, kind="checkpoint", check=False).fingerprint
+        return recorded is not None and recorded.fingerprint == run
 
     def _remove_stale_companions(self, *, ema: bool, average: bool) -> None:
         """A finished run extended without --average-last (or from before --ema was checked on
