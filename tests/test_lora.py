@@ -146,6 +146,10 @@ def test_a_finished_lora_run_resumes_and_extends_as_a_straight_run(base, shared_
     assert (run / "checkpoints" / "step_0000003").is_dir()  # (the default --save-every is 200)
     again = cli("finetune", base["checkpoint"], *flags, "--max-steps", "3", "-o", run, "--resume")
     assert again.exit_code == 0 and "finished at step 3 already" in again.output, again.output
+    # the saved run's defaults are its own: --lora-alpha 8 is what rank 4 trained at, not a change from rank 8's 16
+    other = [*flags[:flags.index("--lora-rank")], "--lora-rank", "8", "--lora-alpha", "8", *flags[flags.index("--lora-rank") + 2:]]
+    refused = cli("finetune", base["checkpoint"], *other, "--max-steps", "5", "-o", run, "--resume")
+    assert refused.exit_code == 1 and "(--lora-rank 4 -> 8)" in refused.output, refused.output
     longer = cli("finetune", base["checkpoint"], *flags, "--max-steps", "5", "-o", run, "--resume")
     assert longer.exit_code == 0 and "resumed from step 3" in longer.output, longer.output
     assert cli("finetune", base["checkpoint"], *flags, "--max-steps", "5", "-o", straight).exit_code == 0

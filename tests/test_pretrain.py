@@ -1072,6 +1072,17 @@ def test_a_resume_that_gives_an_option_at_its_default_continues_the_same_run(sha
                       "--max-steps", "5", "--warmup-steps", "1", "--resume"))
     assert "(--warmup-steps default (0) -> 1)" in line
 
+    # The default warmup follows the length: a run of 20 steps warmed up for 2, which a longer resume
+    # may give as typed (it was refused, naming the longer run's default 3 as the saved run's).
+    straight = pretrain("straight-warm", "--max-steps", "30", "--warmup-steps", "2")
+    pretrain("grown-warm", "--max-steps", "20")
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "grown-warm", *FAST[:8], "--context-length", "64",
+                      "--batch-tokens", "1024", "--micro-batch", "8", "--eval-every", "0", "--schedule", "constant",
+                      "--max-steps", "30", "--warmup-steps", "1", "--resume"))
+    assert "(--warmup-steps default (2) -> 1)" in line, line
+    grown = pretrain("grown-warm", "--max-steps", "30", "--warmup-steps", "2", "--resume")
+    assert grown.fingerprint == straight.fingerprint and grown.config["warmup_steps"] == 2
+
 
 def test_every_seed_validates_on_the_same_windows(shakespeare):
     """The validation windows were drawn with the run's --seed: runs of seeds 0 and 1 shared none of 32

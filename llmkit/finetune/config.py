@@ -101,8 +101,12 @@ class FinetuneConfig(Options):
 
     @property
     def default_lr(self) -> float:
+        return self.default_lr_for(self.lora_rank)
+
+    @staticmethod
+    def default_lr_for(lora_rank: int | None) -> float:
         """What --lr left out means: 1e-4, or 1e-3 with LoRA."""
-        return 1e-3 if self.lora_rank else 1e-4
+        return 1e-3 if lora_rank else 1e-4
 
     @property
     def lora_scale_alpha(self) -> float:

@@ -423,10 +423,11 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             file_names=["tokenizer", TASK_FILE],
             final_weights_trainable=not adapted,
             steps_keep_trainable_only=bool(adapted),
-            # (--lr's default depends on --lora-rank, recorded beside it)
-            # (what a default means: the same as typing it, and shown as such in a resume's refusal)
-            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup, "lr": config.default_lr,
-                         **({"lora_alpha": 2.0 * config.lora_rank} if config.lora_rank else {})},
+            # (what a default means: the same as typing it, and shown as such in a resume's refusal;
+            # --lr's and --lora-alpha's follow --lora-rank, which a saved run may have had otherwise)
+            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup,
+                         "lr": lambda options: FinetuneConfig.default_lr_for(options.get("lora_rank")),
+                         "lora_alpha": lambda options: 2.0 * (options.get("lora_rank") or 0)},
         )
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
                       val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)

@@ -87,6 +87,7 @@ class ArtifactSpec:
     file_names: list[str] = field(default_factory=list)  # extra top-level names add_files writes
     # What an option left unset resolves to in this run ({"seq_len": the context length}): a resume
     # that gives it at that value, or leaves out a value it was given at, continues the same run.
+    # A value may be a function of a run's recorded options (one default follows another option).
     unset_means: dict[str, Any] = field(default_factory=dict)
     # False when add_files turns the final weights into a form the model does not train in (LoRA
     # adapters merged): the last step is then also saved as a step checkpoint, which --resume
@@ -96,6 +97,10 @@ class ArtifactSpec:
     # then keep only the parameters that train (megabytes, not the model), and a resume takes the
     # rest from the base, whose fingerprint the resume checks.
     steps_keep_trainable_only: bool = False
+
+    def defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        """What each option left unset means for a run recorded with these options."""
+        return {key: value(options) if callable(value) else value for key, value in self.unset_means.items()}
 
 
 @dataclass

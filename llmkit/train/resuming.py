@@ -157,7 +157,10 @@ class Resuming:
         # What a run may change on resume: its length, and when it validates and saves. Anything
         # else would leave a config that describes no run (its first steps trained otherwise).
         saved_options, options = recorded_options(manifest.config), recorded_options(self.spec.config)
-        unset = self.spec.unset_means
+        unset, unset_before = self.spec.defaults(options), self.spec.defaults(saved_options)
+        if (progress.get("schedule") or {}).get("warmup_steps") is not None and "warmup_steps" in unset:
+            # (the default warmup follows the run's length, which a resume may change: the saved run's is its own)
+            unset_before["warmup_steps"] = progress["schedule"]["warmup_steps"]
         # a setting neither run reads, which one made before 2026-12-05 may hold (`--momentum 0.5` under AdamW,
         # refused since), can no longer be given again: the saved record stays, as for the defaults below
         pos = self.raw.config.to_dict().get("pos")
@@ -169,15 +172,19 @@ class Resuming:
             if key in unread and key in saved_options:
                 self.spec.config[key] = before
                 continue
-            if key in unset and None in (before, now) and unset[key] in (before, now):
+            if key in unset and now is None and before == unset[key]:
                 # The saved record stays: the run is then the one an uninterrupted run would have made.
                 self.spec.config[key] = before
+                continue
+            if key in unset and before is None and now == unset_before[key]:
+                # (and stays unset where it still means that value; typed, where this run's default is another)
+                self.spec.config[key] = None if unset[key] == now else now
                 continue
             if key.endswith("_sha256"):  # an input recorded by content: no option to name
                 changed.append(f"the {key.removesuffix('_sha256').replace('_', ' ')} file's content changed")
                 continue
             shown_now = f"default ({unset[key]})" if now is None and key in unset else repr(now)
-            shown_before = f"default ({unset[key]})" if before is None and key in unset else repr(before)
+            shown_before = f"default ({unset_before[key]})" if before is None and key in unset else repr(before)
             changed.append(f"--{key.replace('_', '-')} {shown_before} -> {shown_now}")
         # The examples as encoded (fine-tuning's, runtime["examples_sha256"]): the same data and options
         # are other examples where an llmkit version encodes them otherwise (--truncate's cut changed on
