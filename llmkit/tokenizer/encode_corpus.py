@@ -42,6 +42,11 @@ TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its t
 MIN_TAIL_BYTES = 16
 
 
+def _percent(share: float) -> str:
+    """A share as a percentage with two significant figures below 1% (0.04%, not 0.0%)."""
+    return f"{100 * share:.2g}%" if 0 < share < 0.01 else f"{100 * share:.1f}%"
+
+
 def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
                sizes: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Where each document goes, drawn per input so that validation looks like training.
@@ -556,12 +561,16 @@ def tokenize_corpus(
         val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
         if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
             # (a corpus too small for whole validation documents gives each document's tail instead: split_plan)
-            why = ("its documents are too short to give a validation tail of that share; give longer documents or "
-                   "raise --val-fraction"
-                   if split_summary["documents_split_inside"] else
-                   f"it takes whole documents, of which the corpus has {num_docs}; for a finer split make more documents "
-                   "(llmkit clean --doc-per blank-line)")
-            err.print(styled("warning:", "yellow", f" the validation split holds {100 * val_share:.1f}% of the text (asked "
+            drawn = split_summary["val_documents"]
+            if split_summary["documents_split_inside"]:
+                why = ("its documents are too short to give a validation tail of that share; give longer documents or "
+                       "raise --val-fraction")
+            else:
+                # (round(n * F) of n documents is within a factor 2 of F wherever it is one or more: split_plan; so
+                # the share is off because the documents drawn are far from the average size: one book among notes)
+                why = (f"it takes whole documents ({drawn:,} of {num_docs:,}) and theirs are far from the average size; "
+                       "split the largest documents (llmkit clean --doc-per blank-line) for a share closer to the one asked")
+            err.print(styled("warning:", "yellow", f" the validation split holds {_percent(val_share)} of the text (asked "
                              f"{100 * config.val_fraction:g}%) because {why}"), soft_wrap=True)
         copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
         build.config = config.hashed()
