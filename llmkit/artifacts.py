@@ -420,7 +420,7 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
     reports every difference instead of the first."""
     path = Path(path)
     wanted = (kind,) if isinstance(kind, str) else tuple(kind) if kind else ()
-    wanted_text = " or ".join(wanted) if wanted else "llmkit"
+    wanted_text = (", ".join(wanted[:-1]) + " or " + wanted[-1] if len(wanted) > 2 else " or ".join(wanted)) if wanted else "llmkit"
     where = os.path.abspath(path)
     if storable_name(where) != where:  # later stages record it, in UTF-8
         raise UserError(f"{storable_name(str(path))}: the artifact's path is not UTF-8 ({storable_name(where)}); move it to "

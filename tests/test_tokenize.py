@@ -284,13 +284,18 @@ def test_cli_tokenize_and_bad_inputs(cli, corpus, tokenizer, tmp_path):
     assert art.config["val_fraction"] == 0.2 and art.manifest.seed == 5 and art.manifest.runtime["workers"] == 1
     assert "train" in result.output and "tokens/s" in result.output
     assert cli("tokenize", corpus, "-t", tokenizer, "-o", out).exit_code == 1  # exists, no --force
-    # encode/decode accept a tokens artifact too (its tokenizer/ copy).
+    # encode/decode accept a tokens artifact too (its tokenizer/ copy), and so does tokenize (it was refused)
     ids = load_tokenizer(tokenizer).encode("hello")
     assert " ".join(map(str, ids)) in cli("tokenizer", "encode", out, "hello").output
+    again = cli("tokenize", corpus, "-t", out, "-o", tmp_path / "again", "--val-fraction", "0.2", "--seed", "5")
+    assert again.exit_code == 0, again.output
+    for split in ("train", "val"):
+        assert np.array_equal(np.concatenate(list(TokenShards.open(tmp_path / "again", split).iter_documents())),
+                              np.concatenate(list(TokenShards.open(out, split).iter_documents()))), split
 
     bad = [
         (cli("tokenize", tokenizer, "-t", tokenizer, "-o", tmp_path / "a"), "expected a corpus artifact, got tokenizer"),
-        (cli("tokenize", corpus, "-t", corpus, "-o", tmp_path / "b"), "expected a tokenizer or checkpoint artifact, got corpus"),
+        (cli("tokenize", corpus, "-t", corpus, "-o", tmp_path / "b"), "expected a tokenizer, tokens or checkpoint artifact, got corpus"),
         (cli("tokenize", corpus, "-t", tokenizer, "-o", tmp_path / "c", "--val-fraction", "1.5"), "--val-fraction must be in [0, 1)"),
         (cli("tokenize", write_corpus_artifact(tmp_path / "empty", ["", ""]).path, "-t", tokenizer, "-o", tmp_path / "d"),
          "only empty documents"),

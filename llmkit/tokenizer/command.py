@@ -115,7 +115,8 @@ tokenize = stage_command(
     "tokenize", TokenizeConfig, _tokenize,
     arguments=[
         argument("corpus", "Corpus artifact (llmkit clean)."),
-        argument("tokenizer", "Tokenizer artifact (llmkit tokenizer train), or a checkpoint to use its tokenizer.",
+        argument("tokenizer", "Tokenizer artifact (llmkit tokenizer train), or a tokens artifact or checkpoint to use "
+                 "its tokenizer.",
                  flags=("--tokenizer", "-t")),
     ],
     out="Output tokens artifact directory.",

@@ -515,8 +515,9 @@ def tokenize_corpus(
     # /proc/stat on two cores), and only where the corpus is large enough for a second thread.
     local_auto = config.workers == 0 and config.execution.executor == "local"
     meter = CoreMeter() if local_auto and (total_bytes or 0) >= 2 * WORKER_BYTES else None
-    # A checkpoint's tokenizer/ copy serves too: new data for a (possibly imported) model.
-    tok_art = artifacts.load(tokenizer_path, kind=("tokenizer", "checkpoint"))
+    # A checkpoint's tokenizer/ copy serves too (new data for a, possibly imported, model), and a tokens
+    # artifact's (more data encoded as some already was).
+    tok_art = artifacts.load(tokenizer_path, kind=("tokenizer", "tokens", "checkpoint"))
     tok_dir = tok_art.path if tok_art.kind == "tokenizer" else tok_art.path / "tokenizer"
     tok = load_tokenizer(tok_dir)
     refuse_gapped_ids(tok.hf)  # (before any work: a gapped id the corpus never produced would crash generation later)
