@@ -110,6 +110,10 @@ def main() -> None:
             "scipy": lambda _: scipy_fit(n, d, loss, args.grid, args.bootstrap, 0),
         }, args.rounds)
     ours, (theta, value, samples) = runs["llmkit"][-1].result, runs["scipy"][-1].result
+    # The same work on both sides: llmkit drops a resample of fewer than 3 sizes or token counts (fit.py),
+    # which scipy's side refits; the grid of points() gives none, and a change to it must not give any either.
+    if ours.bootstrap != args.bootstrap or len(samples) != args.bootstrap:
+        raise SystemExit(f"unequal work: llmkit refitted {ours.bootstrap} resamples, scipy {len(samples)}, of {args.bootstrap}")
     print(f"Chinchilla fit, {len(n)} points, {args.grid} grid ({ours.starts} starts), {args.bootstrap} bootstrap refits, "
           f"{args.rounds} rounds alternating, one BLAS thread")
     fits = 1 + args.bootstrap  # the grid's fit and the refits: the same on both sides
@@ -131,6 +135,10 @@ def main() -> None:
               f"scipy {theirs[0]:.6g} .. {theirs[1]:.6g}")
     if not ours.objective <= value * (1 + 1e-9):
         raise SystemExit("llmkit's optimum is worse than scipy's")
+    if not value <= ours.objective * (1 + 1e-6):  # (a scipy side that stopped short would flatter the ratio)
+        raise SystemExit("scipy's optimum is worse than llmkit's by more than 1e-6: its fit did not converge")
+    if args.bootstrap and not np.allclose(np.percentile(samples[:, 3], [2.5, 97.5]), ours.intervals["alpha"], rtol=1e-3):
+        raise SystemExit("alpha's 95% intervals differ between the two sides")
 
 
 if __name__ == "__main__":
