@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scaling.py                      # full grid, 100 bootstrap refits, 36 points
     .venv/bin/python benchmarks/scaling.py --grid coarse --bootstrap 20 --rounds 3
+    .venv/bin/python benchmarks/scaling.py --write-points POINTS.csv   # the points, for `llmkit scaling fit POINTS.csv`
 
 Sides, in one process, alternating over --rounds rounds (benchmarks/paired.py):
   llmkit     `llmkit.scaling.fit.fit_chinchilla`: every start of Hoffmann et al.'s grid, and every
@@ -94,7 +95,12 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--noise", type=float, default=0.005)
+    parser.add_argument("--write-points", type=Path, help="write the points as params,tokens,loss CSV and stop")
     args = parser.parse_args()
+    if args.write_points:
+        n, d, loss = points(args.noise)
+        args.write_points.write_text("params,tokens,loss\n" + "".join(f"{a:.17g},{b:.17g},{c:.17g}\n" for a, b, c in zip(n, d, loss)))
+        return
 
     from paired import alternate, median  # (benchmarks/ is on the path when run as a script; tests load this file for its reference)
     from threadpoolctl import threadpool_limits
