@@ -111,6 +111,9 @@ def test_a_layout_that_does_not_fit_names_the_fix_and_search_finds_one(cli, tmp_
     (["--model", "gpt2", "--seq-len", "4096"], "exceeds the model's context length"),
     (["--model", "lstm"], "LSTM"),
     (["--hf-config", "missing.json"], "not a readable JSON file"),
+    # a pipeline's shape without one (and no --search to pick one) was planned as if unsaid, echoed in the JSON
+    (["--model", "tiny", "--gpu", "cpu", "--pp-microbatches", "3"], "--pp-microbatches shapes a pipeline, and there is none"),
+    (["--model", "tiny", "--pp-schedule", "gpipe"], "--pp N (N > 1), --search to find a layout, or leave it out"),
 ])
 def test_impossible_layouts_are_one_line_errors(cli, args, message):
     result = cli("plan", *args)

@@ -9,7 +9,8 @@ from pathlib import Path
 from llmkit.errors import UsageError
 from llmkit.hardware import BY_KEY
 from llmkit.options import Options, group, option
-from llmkit.train.options import DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Numerics, Placement
+from llmkit.train.options import (DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Numerics, Placement,
+                                  refuse_pipeline_options_without_pp)
 
 HARDWARE = "Hardware and estimate"
 GPU_CHOICES = tuple(BY_KEY) + ("cpu",)
@@ -68,5 +69,7 @@ class PlanConfig(Options):
             if self.placement.gpus not in (1, self.nproc):
                 raise UsageError("--gpus and --nproc both count the processes here: give one of them")
             self.placement.gpus = self.nproc
+        if not self.search:  # (a search may pick a pipeline, which they then shape)
+            refuse_pipeline_options_without_pp(self.parallelism, or_instead=", --search to find a layout,")
         if self.placement.gpus == 0 and self.gpu != "cpu":
             raise UsageError(f"--gpus 0 plans no {self.gpu}: give --gpus N (devices per node), or --gpu cpu for CPU processes")

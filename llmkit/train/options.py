@@ -208,12 +208,13 @@ class ModelParallelism(Options):
                                          "sequences.", range="[1, inf)", runtime=True)
 
 
-def refuse_pipeline_options_without_pp(parallelism: ModelParallelism) -> None:
-    """A training run's: a pipeline's schedule given without a pipeline would be ignored without a
-    word (`plan --search` may pick a --pp itself, so it takes them)."""
+def refuse_pipeline_options_without_pp(parallelism: ModelParallelism, *, or_instead: str = "") -> None:
+    """A pipeline's schedule given without a pipeline would be ignored without a word (`plan --search`
+    may pick a --pp itself, so it takes them: `or_instead` names such a way)."""
     if parallelism.pp == 1 and (parallelism.pp_microbatches is not None or parallelism.pp_schedule != "1f1b"):
         given = "--pp-microbatches" if parallelism.pp_microbatches is not None else f"--pp-schedule {parallelism.pp_schedule}"
-        raise ValueError(f"{given} shapes a pipeline, and there is none without --pp: give --pp N (N > 1) or leave it out")
+        raise ValueError(f"{given} shapes a pipeline, and there is none without --pp: give --pp N (N > 1){or_instead} "
+                         "or leave it out")
 
 
 @dataclass
