@@ -433,7 +433,7 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
     import subprocess
     import sys
 
-    from conftest import run_killed_and_resumed
+    from conftest import kill_at_marker, run_killed_and_resumed
 
     command = [sys.executable, "-m", "llmkit", "tokenize", str(corpus), "-t", str(tokenizer), "--batch-size", "32",
                "--workers", "1", "--shard-tokens", "20000"]
@@ -443,8 +443,18 @@ def test_a_killed_tokenize_resumes_from_its_last_marker_and_writes_the_same_arti
     stats = artifacts.load(killed).stats
     total = stats["train"]["tokens"] + stats["val"]["tokens"]
     assert stats["tokens_per_s"] * stats["seconds"] < 0.99 * total, stats
+    # ... and the fast path's checks count on from the marker
+    assert artifacts.load(killed).manifest.runtime["encoder"] == "tiktoken"
+    assert stats["fast_path_checked_documents"] == artifacts.load(straight).stats["fast_path_checked_documents"]
+    # Another --batch-size (which changes no output) continues the same run: it started over
+    rebatched = tmp_path / "rebatched"
+    kill_at_marker([*command, "-o", str(rebatched)], str(tmp_path / ".rebatched.partial-*" / "resume.json"),
+                   lambda state: state["batches"], 16)
+    result = subprocess.run([*command[:command.index("--batch-size") + 1], "7", *command[command.index("--batch-size") + 2:],
+                             "-o", str(rebatched)], capture_output=True, text=True)
+    assert result.returncode == 0 and "resuming the interrupted run" in result.stderr, result.stderr
+    assert artifacts.load(rebatched).fingerprint == artifacts.load(straight).fingerprint
     # Rerun with another seed (another validation draw): a new run, not the killed one's documents under a new name.
-    from conftest import kill_at_marker
 
     other = tmp_path / "other-seed"
     kill_at_marker([*command, "-o", str(other)], str(tmp_path / ".other-seed.partial-*" / "resume.json"), lambda state: state["batches"], 16)

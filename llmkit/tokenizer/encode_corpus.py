@@ -12,8 +12,9 @@ import functools
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from functools import partial
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable
 
@@ -349,10 +350,11 @@ class _Encoder:
         self.name = "tiktoken" if use_fast and tok.fast_encoding is not None else "tokenizers"
         self.state = encoder_state(tok, use_fast, add_bos, check_every) if self.execution.executor == "local" else None
 
-    def map(self, batches):
+    def map(self, batches, start: int = 0):
+        """`start`: the first batch's number (a resumed run's: the fast path's checks go on as they were)."""
         local = self.execution.executor == "local"
         function = partial(_encode_batch, state=self.state) if local else _encode_batch
-        for result in ordered_map(function, enumerate(batches), workers=self.workers, threads=local,
+        for result in ordered_map(function, enumerate(batches, start), workers=self.workers, threads=local,
                                   initializer=None if local else _init_worker, initargs=self.init_args,
                                   executor=self.execution.executor, ray_address=self.execution.ray_address,
                                   on_start=lambda n: setattr(self, "used_workers", n)):
@@ -413,6 +415,16 @@ def _write_split_document(writers: dict[str, ShardWriter], split_bytes: dict[str
         split_bytes["val"] += tail_bytes
 
 
+def _after_documents(batches: Iterator[list[str]], count: int) -> Iterator[list[str]]:
+    """The batches of documents past the first `count`."""
+    for batch in batches:
+        if count < len(batch):
+            yield batch[count:]
+            yield from batches
+            return
+        count -= len(batch)
+
+
 def _encode_into(
     build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, plan: np.ndarray,
     config: TokenizeConfig, total_bytes: int | None, tok,
@@ -435,6 +447,7 @@ def _encode_into(
         state, arrays = marker
         done_batches, doc_index, total_tokens, split_bytes = (state["batches"], state["doc_index"], state["tokens"],
                                                               state["split_bytes"])
+        encoder.checked = state.get("checked", 0)
         for split, writer in writers.items():
             writer.restore(state["writers"][split], arrays[f"{split}_starts"])
         err.print(f"resuming the interrupted run: {doc_index:,} documents done", soft_wrap=True, markup=False)
@@ -444,16 +457,16 @@ def _encode_into(
         for split, writer in writers.items():
             metas[split], arrays[f"{split}_starts"] = writer.state()
         resume.save(build_dir, {"batches": batches, "doc_index": doc_index, "tokens": total_tokens,
-                                "split_bytes": split_bytes, "writers": metas}, arrays)
+                                "split_bytes": split_bytes, "writers": metas, "checked": encoder.checked}, arrays)
 
     started = time.perf_counter()
     resumed_tokens, resumed_bytes = total_tokens, sum(split_bytes.values())  # (speed: what this run encoded itself)
     texts = iter_corpus_texts(corpus, config.batch_size)
-    if done_batches:
-        texts = islice(texts, done_batches, None)  # read (the input position) but not encoded again
+    if doc_index:  # (by documents, not batches: a resume may give another --batch-size)
+        texts = _after_documents(texts, doc_index)  # read (the input position) but not encoded again
     with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
         task = bar.add_task("tokenizing", total=total_bytes, rate="", completed=sum(split_bytes.values()))
-        for number, (sizes, flat, lengths) in enumerate(encoder.map(texts), start=done_batches + 1):
+        for number, (sizes, flat, lengths) in enumerate(encoder.map(texts, start=done_batches), start=done_batches + 1):
             batch_plan = plan[doc_index : doc_index + len(sizes)]
             doc_index += len(sizes)
             present = sizes > 0  # empty documents hold no tokens and are skipped
@@ -539,7 +552,8 @@ def tokenize_corpus(
     # 65536-entry vocabulary's shards were uint32 before that day, and a resume must not append uint16 ids to them.
     # format 3 (2026-12-05): a document split between train and val is cut between whole characters
     # format 4 (2026-12-05): a pool of small inputs gives tails of its long documents only (split_plan)
-    key = resume.digest({"stage": "tokenize", "format": 4, "config": config.hashed(), "seed": config.seed, "batch_size": config.batch_size,
+    # (--batch-size, in the key until 2026-12-06, changes no output: a resume skips whole documents)
+    key = resume.digest({"stage": "tokenize", "format": 4, "config": config.hashed(), "seed": config.seed,
                          "inputs": [corpus.fingerprint, tok_art.fingerprint], "dtype": dtype.name})
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)
