@@ -235,6 +235,11 @@ class Artifact:
         return self.manifest.fingerprint
 
     @property
+    def short_fingerprint(self) -> str:
+        """The fingerprint as every command prints it (its first 12 hex digits: 48 bits)."""
+        return self.manifest.fingerprint[:12]
+
+    @property
     def config(self) -> dict[str, Any]:
         return self.manifest.config
 

@@ -89,6 +89,11 @@ def shell_word(path) -> str:
     return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
+def wrote(art) -> None:
+    """`wrote OUT (fingerprint F)` on stderr: the line a stage whose results table names no output ends with."""
+    err.print(styled("wrote", "green", f" {art.path} (fingerprint {art.short_fingerprint})"), soft_wrap=True)
+
+
 def next_step(*commands: str) -> None:
     """`next: COMMAND` on stderr after a stage's output: the stage a first run goes on with (each
     stage's output is a folder only the next stage reads, which a stage's own page does not say)."""

@@ -196,7 +196,7 @@ def print_report(arts: list[Artifact]) -> tuple[list[Path], list[Path]]:
                 raise
             damaged.append(art.path)
             headline = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
-        rows.append((os.path.relpath(art.path.resolve(), common), art.kind, art.fingerprint[:16], headline))
+        rows.append((os.path.relpath(art.path.resolve(), common), art.kind, art.short_fingerprint, headline))
         problems = input_problems(art)
         notes += [f"{rows[-1][0]}: {problem}" for problem, _ in problems]
         if any(damage for _, damage in problems):
@@ -229,14 +229,11 @@ def print_checkpoint_summary(path) -> None:
 
     art = artifacts.load(path, kind="checkpoint")
     stats = CheckpointStats.of(art)
-    if stats.task is not None:
-        line = f" {path}: {stats.task}, " + (f"step {stats.step}, " if stats.step is not None else "")
-        # an average trained nothing itself, so it has no trained count to show
-        line += (f"{stats.trainable_params:,} of {stats.params or 0:,} parameters trained" if stats.trainable_params
-                 else f"{stats.params or 0:,} parameters")
-    else:
-        line = f" {path}: " + (f"step {stats.step}, " if stats.step is not None else "")
-        line += f"{(stats.params or 0) / 1e6:.2f}M params"
+    line = f" {path}: " + (f"{stats.task}, " if stats.task is not None else "")
+    line += f"step {stats.step}, " if stats.step is not None else ""
+    # (an average or an import trained nothing itself, so it has no trained count to show)
+    line += (f"{stats.trainable_params:,} of {stats.params or 0:,} parameters trained"
+             if stats.trainable_params and stats.trainable_params != stats.params else f"{stats.params or 0:,} parameters")
     if stats.train_loss is not None:
         line += f", train loss {stats.train_loss:.4f}"
     if stats.val_loss is not None:
@@ -244,4 +241,22 @@ def print_checkpoint_summary(path) -> None:
     if stats.val_accuracy is not None:
         line += f", val accuracy {stats.val_accuracy:.4f}, macro F1 {stats.val_f1:.4f}"
     line += _measured_earlier(stats)
-    out.print(styled("checkpoint", "green", line + f", fingerprint {art.fingerprint[:12]}"), soft_wrap=True)
+    out.print(styled("checkpoint", "green", line + f", fingerprint {art.short_fingerprint}"), soft_wrap=True)
+    next_after_checkpoint(art)
+
+
+def next_after_checkpoint(art) -> None:
+    """The `next:` of a stage that wrote a checkpoint: what this kind of model goes on with."""
+    from llmkit.console import next_step, shell_word
+    from llmkit.model.io import read_model_config
+
+    run, task = shell_word(art.path), CheckpointStats.of(art).task
+    if task == "classify":
+        next_step(f"llmkit eval {run} --data TEST.jsonl -o EVAL")
+    elif read_model_config(art.path).objective == "mlm":  # it neither generates nor scores text: it classifies, fine-tuned
+        next_step(f"llmkit finetune {run} --task classify --data DATA.jsonl -o CLASSIFIER")
+    elif task == "sft":
+        next_step(f"llmkit chat {run}", f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data TEST.jsonl -o EVAL")
+    else:
+        next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data HELD_OUT.txt -o EVAL",
+                  f"llmkit finetune {run} --data DATA.jsonl -o SFT")

@@ -332,7 +332,7 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
         (build.dir / "metrics.json").write_text(json.dumps({"bleu": 31.25}))
     result = cli("report", corpus, tmp_path / "eval")
     assert result.exit_code == 0, result.output
-    assert artifacts.load(corpus).fingerprint[:16] in result.output
+    assert artifacts.load(corpus).short_fingerprint in result.output
     assert "bleu 31.25" in result.output and "1 docs" in result.output
     assert cli("report", tmp_path / "missing").exit_code == 1
     # A recipe's output folder (or a glob over it) holds other things too: folders are expanded,

@@ -182,6 +182,8 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
     result = cli("finetune", base["checkpoint"], "--data", train, "-o", run, "--template", name, "--max-steps", "30",
                  "--batch-size", "16", "--micro-batch", "16", "--lr", "2e-3", "--eval-every", "15", "--truncate", "--log-every", "15")
     assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # (what a fine-tuned chat model goes on with)
+    assert f"next: llmkit chat {run}; or llmkit generate {run} -p TEXT; or llmkit eval {run} --data TEST.jsonl" in said, said
     metric_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in metric_rows if "val_loss" in r]
     assert len(val) == 2 and val[1] < val[0]
@@ -194,6 +196,7 @@ def test_template_finetune_then_eval_uses_the_stored_template(base, shared_data,
     test = write_jsonl(tmp_path / "test.jsonl", rows("test", 8))
     result = cli("eval", run, "--metric", metric, "--data", test, "-o", tmp_path / "eval", "--max-new-tokens", "16", "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'eval'} (fingerprint {artifacts.load(tmp_path / 'eval').short_fingerprint})" in result.output
     predictions = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     first = read_jsonl(test)[0]
     assert predictions[0]["prompt"] == task["template"]["prompt"].format_map(first)  # the training template, not eval's default
@@ -713,7 +716,11 @@ def test_same_seed_same_fingerprint_config_file_and_freeze(base, shared_data, cl
     def run(name, *extra):
         result = cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / name, "--config", tmp_path / "ft.toml", *extra)
         assert result.exit_code == 0, result.output
-        return artifacts.load(tmp_path / name, kind="checkpoint")
+        art = artifacts.load(tmp_path / name, kind="checkpoint")
+        said = " ".join(result.output.split())  # (a classifier is evaluated on labelled examples; it does not generate)
+        assert f"fingerprint {art.short_fingerprint}" in said and "parameters trained" in said, said
+        assert f"next: llmkit eval {tmp_path / name} --data TEST.jsonl -o EVAL" in said and "generate" not in said, said
+        return art
 
     a, b, c = run("a"), run("b"), run("c", "--seed", "1")
     assert a.fingerprint == b.fingerprint != c.fingerprint

@@ -12,7 +12,7 @@ from llmkit.stage_command import argument, stage_command
 def _clean(config: CleanConfig, *, inputs: Optional[List[str]], out: Path, force: bool) -> None:
     """Clean and de-duplicate text into a corpus artifact (Parquet shards + manifest)."""
     from llmkit import artifacts
-    from llmkit.console import err, next_step, shell_word, styled
+    from llmkit.console import next_step, shell_word, wrote
     from llmkit.console import out as console_out
     from llmkit.corpus import pipeline
     from llmkit.corpus.report import stats_table
@@ -20,7 +20,7 @@ def _clean(config: CleanConfig, *, inputs: Optional[List[str]], out: Path, force
     path = pipeline.clean(inputs or [], out, config, force=force)
     art = artifacts.load(path, kind="corpus")
     console_out.print(stats_table(art.stats, str(path)))
-    err.print(styled("wrote", "green", f" {path} (fingerprint {art.fingerprint[:12]})"), soft_wrap=True)
+    wrote(art)
     next_step(f"llmkit tokenizer train {shell_word(path)} -o TOKENIZER")
 
 

@@ -15,9 +15,13 @@ from llmkit.stage_command import argument, stage_command
 def _evaluate(config: EvalConfig, *, checkpoints: Optional[list[Path]], out: Path, force: bool) -> None:
     """Evaluate a checkpoint (several: their ensemble) or a predictions file: perplexity, bpb,
     accuracy/F1, BLEU, chrF, ROUGE."""
+    from llmkit import artifacts
+    from llmkit.console import wrote
     from llmkit.eval.stage import run_eval
 
-    print_results(run_eval(checkpoints, config, out, force=force))
+    result = run_eval(checkpoints, config, out, force=force)
+    print_results(result)
+    wrote(artifacts.load(result.path, kind="eval"))
 
 
 evaluate = stage_command(

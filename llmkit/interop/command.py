@@ -29,16 +29,19 @@ def _import(config: ImportConfig, *, source: Path, out: Path, force: bool) -> No
     """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint artifact."""
     from llmkit import artifacts
     from llmkit.console import out as console, styled
+    from llmkit.inspect_view import next_after_checkpoint
     from llmkit.interop.importer import import_hf
     from llmkit.model.records import CheckpointStats
 
     path = import_hf(source, out, force=force, dtype=config.dtype)
     art = artifacts.load(path, kind="checkpoint")
     console.print(
-        styled("imported", "green", f" {source} ({art.config['model_type']}, {CheckpointStats.of(art).params:,} parameters) -> {path}"),
+        styled("imported", "green", f" {source} ({art.config['model_type']}, {CheckpointStats.of(art).params:,} parameters) -> {path}, "
+                                    f"fingerprint {art.short_fingerprint}"),
         soft_wrap=True,
         highlight=False,
     )
+    next_after_checkpoint(art)
 
 
 export_model = stage_command(

@@ -13,24 +13,14 @@ from llmkit.train.options import MODEL_PANEL
 def _pretrain(config: PretrainConfig, *, tokens: Path, init_from: Optional[Path], out: Path, force: bool, resume: bool) -> None:
     """Pretrain a model from scratch on token shards (one CPU, --gpus N, or many nodes), or go on
     from a checkpoint's weights (--init-from)."""
-    from llmkit.console import next_step, shell_word
     from llmkit.inspect_view import print_checkpoint_summary
     from llmkit.pretrain.stage import pretrain as run_pretrain
-
-    from llmkit.model.io import read_model_config
-
     from llmkit.train.launch import written_elsewhere
 
     path = run_pretrain(tokens, out, config, init_from=init_from, resume=resume, force=force)
     if written_elsewhere(path, config.devices):
         return
     print_checkpoint_summary(path)
-    run = shell_word(path)
-    if read_model_config(path).objective == "mlm":  # it neither generates nor scores text: it classifies, fine-tuned
-        next_step(f"llmkit finetune {run} --task classify --data DATA.jsonl -o CLASSIFIER")
-    else:
-        next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data HELD_OUT.txt -o EVAL",
-                  f"llmkit finetune {run} --data DATA.jsonl -o SFT")
 
 
 pretrain = stage_command(

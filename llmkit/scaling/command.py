@@ -20,7 +20,7 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
     art = artifacts.load(fit_scaling(source, out, config, force=force), kind="scaling")
     fit = read_fit(art.path)
     law = fit["approach3"]
-    table = Table(title=f"scaling law from {fit['points']} points ({art.path}, {art.fingerprint[:12]})", title_justify="left")
+    table = Table(title=f"scaling law from {fit['points']} points ({art.path}, {art.short_fingerprint})", title_justify="left")
     for column in ("constant", "value", "95% interval"):
         table.add_column(column, justify="left" if column == "constant" else "right")
     for name in ("E", "A", "B", "alpha", "beta"):

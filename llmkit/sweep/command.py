@@ -17,7 +17,7 @@ def _sweep(config: SweepConfig, *, tokens: Path, out: Path, force: bool) -> None
     from llmkit.sweep.stage import sweep
 
     art = artifacts.load(sweep(tokens, out, config, force=force), kind="sweep")
-    table = Table(title=f"sweep {out} ({art.fingerprint[:12]})", title_justify="left")
+    table = Table(title=f"sweep {out} ({art.short_fingerprint})", title_justify="left")
     for column in ("run", "params", "non-emb.", "tokens", "FLOPs", "val loss", "bpb", "seconds"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in art.stats["runs"]:

@@ -132,8 +132,9 @@ def _print_summary(path: Path, keys: list[str]) -> None:
     art = artifacts.load(path)
     table = Table(title=f"{art.kind} artifact {path}", show_header=False)
     for key in keys:
-        table.add_row(key, str(art.stats.get(key)))
-    table.add_row("fingerprint", art.fingerprint[:16])
+        value = art.stats.get(key)
+        table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    table.add_row("fingerprint", art.short_fingerprint)
     out.print(table)
 
 
@@ -155,4 +156,4 @@ def _print_tokens_summary(path: Path) -> None:
         ratio = f"{s['bytes'] / s['tokens']:.3f}" if s["tokens"] else "-"
         table.add_row(split, f"{s['documents']:,}", f"{s['tokens']:,}", f"{s['bytes']:,}", ratio, str(len(s["shards"])))
     out.print(table)
-    out.print(f"{stats['mb_per_s']} MB/s, {stats['tokens_per_s']:,} tokens/s; fingerprint {art.fingerprint[:16]}", soft_wrap=True)
+    out.print(f"{stats['mb_per_s']} MB/s, {stats['tokens_per_s']:,} tokens/s; fingerprint {art.short_fingerprint}", soft_wrap=True)
