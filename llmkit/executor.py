@@ -225,7 +225,7 @@ class _Worker:
             return "error", str(exc)
         except OSError as exc:  # an input the driver read, not found (or another file) on this worker's node
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            return "error", f"a Ray worker failed: {reason}{_path_hint(exc, reason)}"
+            return "node error", f"a Ray worker failed: {reason}{_path_hint(exc, reason)}"
 
 
 def _path_hint(exc: BaseException, reason: str) -> str:
@@ -313,13 +313,26 @@ def _get(ray, ref) -> tuple[str, Any]:
                          "killed); give the workers more memory (fewer of them a node: --workers), then rerun the command to "
                          "continue where it stopped") from None
     except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None) or exc
-        text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(cause).__name__}: {cause}")
-        raise UserError(f"a Ray worker failed: {' '.join(text.split())[:300]}") from None
+        # A bug or out of memory in a worker, told and kept as the same in a local worker would be (the
+        # partial output kept, "unexpected", --debug's traceback: Ray's, of the worker, chained)
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from exc
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        raise RuntimeError(f"a Ray worker failed: {' '.join(text.split())[:300]}") from exc
+
+
+class NodeFailed(UserError):
+    """A worker's node could not read or write a file: not the input's fault (the driver read it), so
+    the work done is kept for a rerun once the node sees it."""
+
+    keeps_partial = True
 
 
 def _unwrap(outcome: tuple[str, Any]) -> Any:
     status, value = outcome
     if status == "error":
         raise UserError(value)
+    if status == "node error":
+        raise NodeFailed(value)
     return value
