@@ -17,19 +17,29 @@ fi
 
 # Every stage is an llmkit command; three recipes also run a small Python script (need_python first),
 # by default with the interpreter llmkit runs in, which has pyarrow for docs_qa.py: the `python` beside
-# the llmkit script (found through a link, as pipx and ~/.local/bin make), else the one its #! line names.
+# the llmkit script (found through a link, as pipx and ~/.local/bin make), else the one its launcher
+# names: its #! line, pip's `'''exec' "PYTHON"` second line under `#!/bin/sh` (an interpreter path too
+# long for a #! line, or with spaces), or the command after `#!/usr/bin/env`.
 need_python() {
   if [ -z "${PYTHON:-}" ]; then
     local script first
     script=$(readlink -f "$(command -v llmkit)")
     PYTHON=$(dirname "$script")/python
     first=$(head -n 1 "$script")
-    if [ ! -x "$PYTHON" ] && [ "${first#\#!}" != "$first" ]; then
-      PYTHON=${first#\#!}
+    if [ ! -x "$PYTHON" ]; then
+      case "$first" in
+        '#!/bin/sh'*) PYTHON=$(sed -n "2s/^'''exec' \"\([^\"]*\)\".*/\1/p" "$script") ;;
+        '#!'*/env\ *) PYTHON=${first#*/env } PYTHON=${PYTHON%% *} ;;
+        '#!'*) PYTHON=${first#\#!} PYTHON=${PYTHON%% *} ;;
+      esac
     fi
   fi
   if ! command -v "$PYTHON" >/dev/null 2>&1; then
     echo "error: PYTHON=$PYTHON is not a command; set PYTHON to the interpreter llmkit is installed in (e.g. PYTHON=.venv/bin/python)" >&2
+    exit 1
+  fi
+  if ! "$PYTHON" -c 'import llmkit' >/dev/null 2>&1; then  # (a shell or another Python would run the script as garbage)
+    echo "error: PYTHON=$PYTHON cannot import llmkit; set PYTHON to the interpreter llmkit is installed in (e.g. PYTHON=.venv/bin/python)" >&2
     exit 1
   fi
 }

@@ -151,17 +151,31 @@ def test_recipes_find_the_interpreter_of_an_llmkit_reached_through_a_link(tmp_pa
     """A pipx or ~/.local/bin install puts a link to llmkit on PATH, with no python beside the link: every
     recipe stopped ("PYTHON=... is not a command"), those that run no Python script too. The link is
     followed; a copied script gives its #! line's interpreter."""
-    linked, copied = tmp_path / "linked", tmp_path / "copied"
-    linked.mkdir(), copied.mkdir()
+    linked, copied, long, by_env = (tmp_path / name for name in ("linked", "copied", "long", "env"))
+    for folder in (linked, copied, long, by_env):
+        folder.mkdir()
     llmkit = Path(shutil.which("llmkit", path=f"{Path(sys.executable).parent}"))
     (linked / "llmkit").symlink_to(llmkit)
     shutil.copy(llmkit, copied / "llmkit")
+    body = llmkit.read_text().split("\n", 1)[1]
+    # pip's launcher where the interpreter's path is too long for a #! line (or has spaces): PYTHON was /bin/sh,
+    # which ran the recipe's Python script as shell commands
+    (long / "llmkit").write_text(f"#!/bin/sh\n'''exec' \"{sys.executable}\" \"$0\" \"$@\"\n' '''\n{body}")
+    (by_env / "llmkit").write_text(f"#!/usr/bin/env python-of-llmkit\n{body}")  # (PYTHON was "/usr/bin/env python-of-llmkit")
+    (by_env / "python-of-llmkit").symlink_to(sys.executable)
+    for script in (long / "llmkit", by_env / "llmkit"):
+        script.chmod(0o755)
     probe = 'source recipes/common.sh; need_python; echo "$PYTHON"'
-    for folder, expected in ((linked, llmkit.parent / "python"), (copied, llmkit.read_text().splitlines()[0][2:])):
+    for folder, expected in ((linked, llmkit.parent / "python"), (copied, llmkit.read_text().splitlines()[0][2:]),
+                             (long, sys.executable), (by_env, "python-of-llmkit")):
         env = dict(os.environ, PATH=f"{folder}{os.pathsep}/usr/bin{os.pathsep}/bin")
         env.pop("PYTHON", None)
         proc = subprocess.run(["bash", "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0 and proc.stdout.strip() == str(expected), proc.stderr
+    # an interpreter that is a command but not llmkit's (a shell, another Python) is named before any stage runs
+    env = dict(os.environ, PATH=f"{linked}{os.pathsep}/usr/bin{os.pathsep}/bin", PYTHON="/bin/sh")
+    proc = subprocess.run(["bash", "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "PYTHON=/bin/sh cannot import llmkit" in proc.stderr, proc.stderr
     env = dict(os.environ, PATH=f"{tmp_path / 'nothing'}{os.pathsep}{linked}{os.pathsep}/usr/bin{os.pathsep}/bin", PYTHON="")
     proc = subprocess.run(["bash", "-c", "source recipes/common.sh; echo sourced"], env=env, cwd=REPO, capture_output=True,
                           text=True)
