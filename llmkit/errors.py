@@ -107,6 +107,14 @@ def _no_room_in_library(exc: BaseException) -> int | None:
     return number if number in _NO_ROOM and (type(exc).__name__ == "SafetensorError" or isinstance(exc, OSError)) else None
 
 
+def kept_run_can_go_on(exc: BaseException) -> bool:
+    """Whether a training run stopped by `exc` is worth keeping for --resume: the file system failed
+    it (a full disk, which safetensors reports in its own type) or memory ran out (--micro-batch may
+    change on resume), not its options or inputs. A worker's, read back by the launcher: `resumable`."""
+    return (isinstance(exc, (OSError, MemoryError)) or _no_room_in_library(exc) is not None
+            or getattr(exc, "resumable", False))
+
+
 def add_advice(exc: BaseException, text: str) -> None:
     """Advice for the one line `exc` becomes (what became of the output, what a rerun does), added by
     the code it passes through. Kept apart from Python's exception notes, which libraries add too."""

@@ -460,9 +460,9 @@ def test_a_workers_error_file_keeps_the_best_account(tmp_path, monkeypatch):
 
     monkeypatch.setenv(OPTIONS_DIGEST, "")  # (main sets it: restored after)
     error = tmp_path / "error.txt"
-    user = {"message": "a user error", "exit_code": 1, "os_error": False, "lost": False}
-    plain = {"message": "a plain error", "exit_code": 1, "os_error": False, "lost": False}
-    lost = {"message": "the connection to another process of the run was lost", "exit_code": 1, "os_error": False, "lost": True}
+    user = {"message": "a user error", "exit_code": 1, "resumable": False, "lost": False}
+    plain = {"message": "a plain error", "exit_code": 1, "resumable": False, "lost": False}
+    lost = {"message": "the connection to another process of the run was lost", "exit_code": 1, "resumable": False, "lost": True}
     for entry, before, after in (("raise_plain", user, user), ("raise_plain", lost, plain), ("raise_plain", plain, plain),
                                  ("lose_the_connection", plain, plain), ("lose_the_connection", None, lost),
                                  ("raise_user_error", lost, user), ("raise_user_error", plain, user)):
@@ -485,7 +485,7 @@ def test_a_workers_own_error_is_shown_not_the_lost_connection_the_other_then_see
     from llmkit.train import distributed
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
-    with pytest.raises(UserError, match="an injected failure on rank 1"):
+    with pytest.raises(UserError, match="^process 1 of the run: .*an injected failure on rank 1"):  # (which process: said)
         distributed.relaunch("worker_probes:fail_on_rank_one", {}, tmp_path / "launch", nproc=2)
 
 

@@ -413,7 +413,7 @@ def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, 
     from llmkit.train.launch import run_directory
 
     def torchrun(command, env, held):
-        failure = {"message": "no space left on the device", "exit_code": 1, "os_error": True}
+        failure = {"message": "no space left on the device", "exit_code": 1, "resumable": True}
         (tmp_path / "launch" / "error.txt").write_text(json.dumps(failure) + "\n")
         return 1
 
@@ -429,7 +429,24 @@ def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, 
                 with artifacts.create(out / "checkpoints" / "step_0000001", "checkpoint", lock=False) as build:
                     (build.dir / "model.safetensors").write_bytes(b"x")
                 distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
-        assert raised.value.os_error and said in advice_of(raised.value) and out.is_dir(), advice_of(raised.value)
+        assert raised.value.resumable and said in advice_of(raised.value) and out.is_dir(), advice_of(raised.value)
+
+    # safetensors reports a full disk in its own type, not an OSError: the run kept was not said, nor --resume
+    from safetensors import SafetensorError
+
+    from llmkit.errors import kept_run_can_go_on, one_line
+
+    full = SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on "
+                           "device\" }) (os error 28)")
+    assert kept_run_can_go_on(full) and kept_run_can_go_on(MemoryError())
+    assert not kept_run_can_go_on(ValueError("a bug")) and not kept_run_can_go_on(UserError("bad input"))
+    out = tmp_path / "in-process"
+    with pytest.raises(SafetensorError) as raised:
+        with run_directory(out, resume=False, force=False, inputs=[], kind="checkpoint"):
+            with artifacts.create(out / "checkpoints" / "step_0000001", "checkpoint", lock=False) as build:
+                (build.dir / "model.safetensors").write_bytes(b"x")
+            raise full
+    assert "rerun the command with --resume to" in advice_of(raised.value) and "no space left" in one_line(raised.value)
 
 
 def test_multi_node_addresses_are_asked_for_only_where_llmkit_meets_the_nodes(monkeypatch):

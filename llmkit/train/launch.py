@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from llmkit.errors import UsageError, UserError, add_advice, advice_of
+from llmkit.errors import UsageError, UserError, add_advice, advice_of, kept_run_can_go_on
 from llmkit.options import Options
 from llmkit.train.options import Devices, resolve_precision
 
@@ -155,8 +155,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         try:
             yield
         except BaseException as stopped:
-            failed_writing = isinstance(stopped, OSError) or getattr(stopped, "os_error", False)  # (a worker's, too)
-            if failed_writing and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
+            if kept_run_can_go_on(stopped) and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
                 if kind == "sweep":
                     kept, rerun = "the sweep is kept in {} with its finished runs", (
                         "rerun the command without --force to continue (with it, the sweep starts over)" if force

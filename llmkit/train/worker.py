@@ -16,7 +16,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from llmkit.console import err
-    from llmkit.errors import UserError, debug_enabled, one_line
+    from llmkit.errors import UserError, debug_enabled, kept_run_can_go_on, one_line
 
     argv = sys.argv[1:] if argv is None else argv
     _end_with_the_agent()
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         lost = _lost_connection(exc)
         message = lost or one_line(exc)
+        if lost is None and not isinstance(exc, UserError) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            message = f"process {os.environ.get('RANK', '0')} of the run: {message}"  # (a bug or out of memory: where)
         if lost is not None:
             _let_the_first_say_why()
         if spec.get("error_file"):
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 # (and whether the file system failed it, a full disk: the launcher says to --resume a kept run)
                 # (and whether it only saw another process go: the launcher then looks for what stopped that one)
                 tmp.write_text(json.dumps({"message": message, "exit_code": getattr(exc, "exit_code", 1),
-                                           "os_error": isinstance(exc, OSError),
+                                           "resumable": kept_run_can_go_on(exc),
                                            "lost": lost is not None}) + "\n", encoding="utf-8")
                 os.replace(tmp, path)
         else:
