@@ -20,6 +20,16 @@ def _short(value: object, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _flattened(values: dict, prefix: str):
+    """(dotted key, value) rows, a record within a record as rows of its own (stats.model.n_layer: the
+    model's shape was one cut-off line of JSON)."""
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield from _flattened(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}", value
+
+
 def print_artifact(art: Artifact, tree: LineageNode) -> None:
     m = art.manifest
     table = Table(title=f"{m.kind} artifact: {art.path}", show_header=False, title_justify="left")
@@ -33,11 +43,11 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     if m.state_files:  # (hashed and verified too: what --resume reads)
         table.add_row("state files", f"{len(m.state_files)}: " + _short(", ".join(m.state_files), 200))
     for key, value in m.config.items():
-        table.add_row(f"config.{key}", _short(value))
-    for key, value in m.stats.items():
-        table.add_row(f"stats.{key}", _short(value))
-    for key, value in m.runtime.items():
-        table.add_row(f"runtime.{key}", _short(value))
+        # (null: the option left out, whose default the stage resolved: the preset's, the context length's...)
+        table.add_row(f"config.{key}", Text("null (default)", style="dim") if value is None else _short(value))
+    for section, values in (("stats", m.stats), ("runtime", m.runtime)):
+        for key, value in _flattened(values, section):
+            table.add_row(key, _short(value))
     table.add_row("versions", _short(", ".join(f"{k} {v}" for k, v in m.versions.items()), 200))
     out.print(table)
     out.print(_tree(tree))

@@ -90,8 +90,15 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
         (build.dir / "model.safetensors").write_bytes(b"weights")
         (build.dir / "training_state.json").write_text("{}")
         build.state_names.add("training_state.json")
+        build.config = {"n_layer": None, "lr": 0.001}
+        build.stats = {"model": {"arch": "gpt", "n_layer": 4, "rope": {"theta": 10000.0}}, "shards": ["a", "b"]}
     shown = " ".join(cli("inspect", tmp_path / "ckpt").output.replace("│", " ").split())
     assert "files 1: model.safetensors" in shown and "state files 1: training_state.json" in shown, shown
+    # a record within a record: a row each (the model's shape was one line of JSON, cut at 100 characters);
+    # an option left out says what null means
+    for row in ("stats.model.arch gpt", "stats.model.n_layer 4", "stats.model.rope.theta 10000.0", 'stats.shards ["a", "b"]',
+                "config.n_layer null (default)", "config.lr 0.001"):
+        assert row in shown, (row, shown)
     assert "2 files match" in " ".join(cli("verify", tmp_path / "ckpt").output.split())
     as_json = cli("inspect", corpus, "--json")
     assert json.loads(as_json.output)["kind"] == "corpus"
