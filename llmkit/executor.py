@@ -266,11 +266,14 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
         finally:
             for ref in pending:  # (killed with batches in flight, the actors' retries were announced on stdout)
                 ray.cancel(ref)
+            if pending:  # a batch already running is not cancelled: killed under it, Ray announced its retry too
+                ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT)
             for actor in actors:
                 ray.kill(actor)
 
 
 RETRIES = 3
+CANCEL_WAIT = 2.0  # seconds for the batches running at a stop to end before their workers are killed
 RESTARTS = 8  # per actor: a batch's retries, and deaths while it sets up or between batches
 START_WAIT = 10.0  # seconds for every actor to start (again after the first, if none had) before going on with those that did
 
