@@ -419,6 +419,7 @@ def test_checkpoints_tuned_with_different_prompt_templates_do_not_combine(cli, r
     result = cli("average", tuned["plain"], runs / "a", "-o", tmp_path / "soup")
     line = " ".join(result.output.split())
     assert result.exit_code != 0 and f"{runs / 'a'} is not fine-tuned and {tuned['plain']} is fine-tuned for sft" in line, line
+    assert "give checkpoints fine-tuned alike, or base models only" in line, line
 
 
 def test_the_moving_average_holds_the_trained_parameters_only():

@@ -724,7 +724,7 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     assert gen.exit_code != 0 and "classification checkpoint" in gen.output
     # multiple-choice records need a language-model head; accuracy_norm needs multiple choice (it was left out silently)
     (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "Sky?", "choices": ["blue", "green"], "label": 0}) + "\n")
-    for args, said in ((["-m", "accuracy", "--data", tmp_path / "mc.jsonl"], "is a classifier"),
+    for args, said in ((["-m", "accuracy", "--data", tmp_path / "mc.jsonl"], "evaluate its base checkpoint, or give labelled"),
                        (["-m", "accuracy_norm", "--data", data], "accuracy_norm scores multiple-choice records")):
         refused = cli("eval", ckpt, *args, "-o", tmp_path / "refused")
         lines = refused.output.strip().splitlines()

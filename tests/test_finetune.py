@@ -724,6 +724,10 @@ def test_same_seed_same_fingerprint_config_file_and_freeze(base, shared_data, cl
 
     a, b, c = run("a"), run("b"), run("c", "--seed", "1")
     assert a.fingerprint == b.fingerprint != c.fingerprint
+    # a classifier to pretrain on from: refused, naming the checkpoint it was fine-tuned from (no way on was said)
+    refused = cli("pretrain", base["root"] / "tokens", "--init-from", a.path, "-o", tmp_path / "on", "--max-steps", "1")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and f"give the one it was fine-tuned from ({base['checkpoint']})" in said, said
     assert a.config["task"] == "classify" and a.config["freeze"] == ["embeddings", "blocks.0.*"]
     before, after = load_file(str(base["checkpoint"] / "model.safetensors")), load_file(str(a.path / "model.safetensors"))
     for key, value in before.items():

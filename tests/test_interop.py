@@ -140,13 +140,17 @@ def test_export_loads_in_transformers_with_equal_logits_and_tokens(cli, tmp_path
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
 
 
-def _with_task(ckpt: Path, task: dict, out: Path) -> Path:
-    """A copy of a checkpoint artifact with a fine-tuning task.json (as `llmkit finetune` writes)."""
+def _with_task(ckpt: Path, task: dict, out: Path, **model: str) -> Path:
+    """A copy of a checkpoint artifact with a fine-tuning task.json (as `llmkit finetune` writes); `model`:
+    model_config.json's fields changed (a kind of model no weights here are, for what is read before them)."""
     with artifacts.create(out, "checkpoint") as build:
         for name in artifacts.load(ckpt).manifest.files:
             (build.dir / name).parent.mkdir(parents=True, exist_ok=True)
             (build.dir / name).write_bytes((ckpt / name).read_bytes())
         (build.dir / "task.json").write_text(json.dumps(task))
+        if model:
+            config = json.loads((build.dir / "model_config.json").read_text())
+            (build.dir / "model_config.json").write_text(json.dumps({**config, **model}))
     return out
 
 
@@ -187,8 +191,15 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     assert json.loads((tmp_path / "tr-hf" / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
 
     classifier = _with_task(base, {"task": "classify", "labels": ["neg", "pos"]}, tmp_path / "cls")
-    assert "classification" in _error(cli("export", classifier, "-o", tmp_path / "cls-hf"))
+    line = _error(cli("export", classifier, "-o", tmp_path / "cls-hf"))
+    assert "classification" in line and "export the checkpoint it was fine-tuned from" in line, line
     assert not (tmp_path / "cls-hf").exists()
+    # an LSTM's or a masked LM's classifier: not sent to generate, nor to make a classifier of it (both refused)
+    for model, said in (({"arch": "lstm"}, "nor does the LSTM it was fine-tuned from; use it with llmkit eval"),
+                        ({"objective": "mlm"}, "nor does the masked LM it was fine-tuned from; use it with llmkit eval")):
+        other = _with_task(base, {"task": "classify", "labels": ["neg", "pos"]}, tmp_path / f"cls-{model}", **model)
+        line = _error(cli("export", other, "-o", tmp_path / "other-hf"))
+        assert "classification checkpoint" in line and said in line and "generate" not in line, line
 
 
 @pytest.mark.parametrize("case", ["llama-tied-gqa", "gpt2-untied-gqa-nobias"])  # (the second comes back multi-head)

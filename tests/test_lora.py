@@ -78,6 +78,18 @@ def test_adapters_start_at_the_base_train_alone_and_merge_to_the_same_logits(ove
         assert changed == any(key == f"{a}.weight" for a in adapted), key
 
 
+def test_lora_on_an_lstm_says_to_fine_tune_it_in_full():
+    """Its gates are no linear layers: the refusal listed the layers as "(none: LoRA needs a Transformer)"."""
+    from llmkit.errors import UsageError
+    from llmkit.finetune.lora import apply_lora
+    from llmkit.model.gpt import ModelConfig
+    from llmkit.model.lstm import LSTMLM
+
+    lstm = LSTMLM(ModelConfig(arch="lstm", vocab_size=64, context_length=32, n_layer=1, n_embd=32))
+    with pytest.raises(UsageError, match="this model has none \\(an LSTM\\); leave out --lora-rank to fine-tune it in full"):
+        apply_lora(lstm, ["all"], rank=2, alpha=4.0)
+
+
 def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_data, cli, tmp_path):
     from llmkit.finetune.lora import apply_lora
     from llmkit.model.io import load_checkpoint

@@ -34,6 +34,13 @@ def test_parameter_counts_equal_public_figures(cli, tmp_path):
     # Kaplan et al.'s N, which scaling laws (sweep, scaling fit, plan --scaling) count: GPT-2 small's "85M"
     assert gpt2_small["non_embedding_parameters"] == 124_439_808 - 50257 * 768 - 1024 * 768 == 85_056_000
     llama = _plan(cli, "--hf-config", _config(tmp_path, LLAMA3_8B))["model"]
+    # a model's folder, as a user has it (or llmkit export writes it), reads its config.json (it was [Errno 21])
+    assert _plan(cli, "--hf-config", tmp_path)["model"] == llama
+    empty = cli("plan", "--hf-config", tmp_path / "nothing-here")
+    assert empty.exit_code == 1 and "not a readable JSON file" in empty.output
+    (tmp_path / "folder").mkdir()
+    no_config = cli("plan", "--hf-config", tmp_path / "folder")
+    assert no_config.exit_code == 1 and "a folder without a config.json" in no_config.output, no_config.output
     assert llama["parameters"] == 8_030_261_248 and llama["mlp_hidden"] == 14336 and not llama["tied_embeddings"]
     assert llama["non_embedding_parameters"] == 8_030_261_248 - 128256 * 4096  # the untied head counts
     assert _plan(cli, "--hf-config", _config(tmp_path, MISTRAL_7B, "m.json"))["model"]["parameters"] == 7_241_732_096

@@ -434,9 +434,11 @@ def classification(loaded, cfg):
                         "record its choices, labelled texts none")
     if "choices" in records[0]:  # multiple choice, lm-eval style
         if callable(getattr(loaded.model, "classify", None)):
+            # (a masked LM's classifier has no causal base to send the user to: that is refused too)
+            base = "evaluate its base checkpoint, or " if loaded.config.objective == "clm" else ""
             raise UserError(f"{loaded.artifact.path} is a classifier (labels: "
                             f"{', '.join(map(str, task.labels or []))}): it has no language-model head to score "
-                            "multiple-choice records ('choices') with; evaluate its base checkpoint, or give labelled texts")
+                            f"multiple-choice records ('choices') with; {base}give labelled texts")
         pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
         if cfg.labels:  # known only from the data, read here once (the model is loaded, nothing written yet)
             raise UsageError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with "

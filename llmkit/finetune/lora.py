@@ -71,7 +71,10 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
     ]
     # each target on its own: a typo (or another library's name, v_proj) beside a good one would
     # otherwise train fewer adapters than asked, unsaid
-    layers = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in candidates})) or "(none: LoRA needs a Transformer)"
+    if not candidates:  # (an LSTM: its gates are no nn.Linear an adapter could wrap)
+        raise UsageError("LoRA adapts a Transformer's linear layers and this model has none (an LSTM); leave out --lora-rank "
+                         "to fine-tune it in full")
+    layers = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in candidates}))
     if unmatched := [t for t in targets if not any(_matches(name, [t]) for name in candidates)]:
         raise UsageError(f"--lora-targets {','.join(unmatched)} matches no linear layer of this model; "
                         f"its linear layers are named {layers}")

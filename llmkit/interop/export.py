@@ -25,14 +25,17 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
 
     weight_dtype = torch_dtype(dtype)
     art = artifacts.load(checkpoint, kind="checkpoint")  # first: a missing or wrong input leaves no folders made for -o
-    family = hf_family(read_model_config(art.path))  # refuse before loading any weights
-    out = outputs.check_output(out, force, inputs=[checkpoint])
-    task = read_task(art)
-    if task is not None and task.is_classifier:
+    task, model_config = read_task(art), read_model_config(art.path)
+    if task is not None and task.is_classifier:  # (before the model's kind: its advice, generate or a classifier, is no use here)
+        base = ("export the checkpoint it was fine-tuned from" if model_config.arch == "gpt" and model_config.objective == "clm"
+                else f"nor does the {'masked LM' if model_config.objective == 'mlm' else model_config.arch.upper()} it was "
+                     "fine-tuned from; use it with llmkit eval")
         raise UserError(
             f"{art.path} is a classification checkpoint; its head has a bias that transformers' "
-            "*ForSequenceClassification `score` layer lacks, so it does not export; export the checkpoint it was fine-tuned from"
+            f"*ForSequenceClassification `score` layer lacks, so it does not export; {base}"
         )
+    family = hf_family(model_config)  # refuse before loading any weights
+    out = outputs.check_output(out, force, inputs=[checkpoint])
     loaded = load_checkpoint(art.path)
     config, tok = loaded.config, loaded.tokenizer
     template = chat_template_for(task) or tok.own_chat_template  # (load_checkpoint drops the latter for a fine-tune)

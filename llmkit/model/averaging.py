@@ -171,7 +171,8 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> Non
         theirs = _task_of(art) or {}
         if theirs.get("labels") != task.get("labels") or theirs.get("task") != task.get("task"):
             raise UserError(f"{_tuned_for(theirs, art.path)} and {_tuned_for(task, first.path)}"
-                            f"{' (other labels)' if theirs.get('task') == task.get('task') else ''}; {combined} checkpoints share one task")
+                            f"{' (other labels)' if theirs.get('task') == task.get('task') else ''}; {combined} checkpoints share one task: "
+                            "give checkpoints fine-tuned alike, or base models only")
         if theirs.get("template") != task.get("template"):
             # the prompt a member was trained on is the one it is given; two templates cannot both hold
             raise UserError(f"{art.path} was fine-tuned with another prompt template than {first.path}; {combined} "

@@ -20,7 +20,8 @@ DEFAULT_VOCAB = 50257  # GPT-2's tokenizer, as the default --model gpt2 has
 @dataclass
 class PlanConfig(Options):
     model: ModelChoice = group(ModelChoice, panel=MODEL_PANEL, model="gpt2")
-    hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style) instead of --model.",
+    hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style), or a model folder holding one, "
+                                    "instead of --model.",
                                     panel=MODEL_PANEL)
     vocab_size: int | None = option(None, f"Vocabulary size (default: {DEFAULT_VOCAB}, or the --hf-config's; pretrain takes it from the "
                                     "tokenizer, so give your tokenizer's to plan a config.json's shape with it).",

@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 
 def read_hf_config(path: Path) -> dict:
-    """A transformers config.json as plain JSON (no transformers needed)."""
+    """A transformers config.json as plain JSON (no transformers needed); a model's folder gives its own."""
+    if Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"--hf-config {path}: a folder without a config.json; give a transformers model's folder or its "
+                            "config.json")
+        path = Path(path) / "config.json"
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -59,7 +59,9 @@ def _check_init(init, tokens_art, config: PretrainConfig) -> None:
         raise UsageError(f"--init-from takes the model from {init.path}; leave out {flags}")
     task = read_task(init)
     if task is not None and task.is_classifier:
-        raise UserError(f"{init.path} is a classifier; --init-from needs a language-model checkpoint")
+        base = init.recorded_input("base")
+        raise UserError(f"{init.path} is a classifier; --init-from needs a language-model checkpoint"
+                        + (f": give the one it was fine-tuned from ({base.path})" if base else ""))
     from llmkit.data.tokenizer import same_tokenizer
 
     if not same_tokenizer(init.path, tokens_art.path):
