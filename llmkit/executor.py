@@ -206,19 +206,22 @@ class _Worker:
         # A failed set-up is kept and told with the first batch: raised here, it would kill the
         # actor, which Ray restarts and finally reports as a death (out of memory, it would say).
         self.setup_error = None
+        self.setup_status = "error"
         if initializer is not None:
             try:
                 initializer(*initargs)
             except Exception as exc:
                 reason = " ".join((str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}").split())[:300]
                 self.setup_error = f"a Ray worker could not set up: {reason}{_path_hint(exc, reason)}"
+                if isinstance(exc, OSError) or _path_hint(exc, reason):  # (its node does not see a file: the work done is kept)
+                    self.setup_status = "node error"
 
     def ready(self) -> bool:
         return True
 
     def run(self, function: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
         if self.setup_error is not None:
-            return "error", self.setup_error
+            return self.setup_status, self.setup_error
         try:
             return "ok", function(item)
         except UserError as exc:  # the stage's own one-line error: passed back as is, not retried

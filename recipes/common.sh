@@ -28,7 +28,8 @@ need_python() {
     first=$(head -n 1 "$script")
     if [ ! -x "$PYTHON" ]; then
       case "$first" in
-        '#!/bin/sh'*) PYTHON=$(sed -n "2s/^'''exec' \"\([^\"]*\)\".*/\1/p" "$script") ;;
+        # (pip quotes the path only where it has a space)
+        '#!/bin/sh'*) PYTHON=$(sed -n "2s/^'''exec' \(\"\([^\"]*\)\"\|\([^ ]*\)\) .*/\2\3/p" "$script") ;;
         '#!'*/env\ *) PYTHON=${first#*/env } PYTHON=${PYTHON%% *} ;;
         '#!'*) PYTHON=${first#\#!} PYTHON=${PYTHON%% *} ;;
       esac

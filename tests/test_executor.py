@@ -270,9 +270,10 @@ def test_a_worker_that_cannot_set_up_says_why_and_an_address_needs_the_ray_execu
     def missing_tokenizer(path):
         raise UserError(f"tokenizer not found at {path}")
 
-    with pytest.raises(UserError, match=r"a Ray worker could not set up: tokenizer not found at /elsewhere; every node needs"):
+    with pytest.raises(UserError, match=r"a Ray worker could not set up: tokenizer not found at /elsewhere; every node needs") as caught:
         list(ray_ordered_map(lambda x: x, range(3), workers=1, address=None, initializer=missing_tokenizer,
                              initargs=("/elsewhere",)))
+    assert caught.value.keeps_partial  # (once the node sees it, a rerun goes on: the work done was removed)
     result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", tmp_path / "out", "--ray-address", "auto")
     assert result.exit_code != 0 and "--ray-address auto is for --executor ray" in result.output
     assert not (tmp_path / "out").exists()

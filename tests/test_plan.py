@@ -108,6 +108,12 @@ def test_a_layout_that_does_not_fit_names_the_fix_and_search_finds_one(cli, tmp_
     assert not _plan(cli, "--model", "gpt2", "--gpu", "h100", "--micro-batch", str(largest + 1))["memory"]["fits"]
 
 
+def test_a_search_that_picks_no_pipeline_says_its_options_shape_nothing(cli):
+    notes = _plan(cli, "--model", "tiny", "--gpu", "cpu", "--pp-schedule", "gpipe", "--search")["notes"]
+    assert any("--pp-schedule and --pp-microbatches shape nothing" in note for note in notes), notes
+    assert not any("shape nothing" in note for note in _plan(cli, "--model", "tiny", "--gpu", "cpu", "--search")["notes"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "gpt2", "--tp", "5", "--gpus", "5"], "--tp 5 does not divide"),
     (["--model", "gpt2", "--pp", "16", "--gpus", "16"], "--pp 16 with --pp-schedule 1f1b makes 16 stages but the model has 12 layers"),

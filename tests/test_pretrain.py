@@ -1082,6 +1082,12 @@ def test_a_resume_that_gives_an_option_at_its_default_continues_the_same_run(sha
     assert "(--warmup-steps default (2) -> 1)" in line, line
     grown = pretrain("grown-warm", "--max-steps", "30", "--warmup-steps", "2", "--resume")
     assert grown.fingerprint == straight.fingerprint and grown.config["warmup_steps"] == 2
+    # ... and the longer run's own default typed is that default left out, as before (a review of the change: refused)
+    pretrain("grown-left-out", "--max-steps", "20")
+    left_out = pretrain("grown-left-out", "--max-steps", "30", "--resume")
+    pretrain("grown-typed", "--max-steps", "20")
+    typed = pretrain("grown-typed", "--max-steps", "30", "--warmup-steps", "3", "--resume")
+    assert typed.fingerprint == left_out.fingerprint and typed.config["warmup_steps"] is None
 
 
 def test_every_seed_validates_on_the_same_windows(shakespeare):

@@ -151,8 +151,8 @@ def test_recipes_find_the_interpreter_of_an_llmkit_reached_through_a_link(tmp_pa
     """A pipx or ~/.local/bin install puts a link to llmkit on PATH, with no python beside the link: every
     recipe stopped ("PYTHON=... is not a command"), those that run no Python script too. The link is
     followed; a copied script gives its #! line's interpreter."""
-    linked, copied, long, by_env = (tmp_path / name for name in ("linked", "copied", "long", "env"))
-    for folder in (linked, copied, long, by_env):
+    linked, copied, long, spaced, by_env = (tmp_path / name for name in ("linked", "copied", "long", "spaced", "env"))
+    for folder in (linked, copied, long, spaced, by_env):
         folder.mkdir()
     llmkit = Path(shutil.which("llmkit", path=f"{Path(sys.executable).parent}"))
     (linked / "llmkit").symlink_to(llmkit)
@@ -160,14 +160,17 @@ def test_recipes_find_the_interpreter_of_an_llmkit_reached_through_a_link(tmp_pa
     body = llmkit.read_text().split("\n", 1)[1]
     # pip's launcher where the interpreter's path is too long for a #! line (or has spaces): PYTHON was /bin/sh,
     # which ran the recipe's Python script as shell commands
-    (long / "llmkit").write_text(f"#!/bin/sh\n'''exec' \"{sys.executable}\" \"$0\" \"$@\"\n' '''\n{body}")
+    # (quoted only where the path has a space)
+    (long / "llmkit").write_text(f"#!/bin/sh\n'''exec' {sys.executable} \"$0\" \"$@\"\n' '''\n{body}")
+    (spaced / "my python").symlink_to(sys.executable)
+    (spaced / "llmkit").write_text(f"#!/bin/sh\n'''exec' \"{spaced / 'my python'}\" \"$0\" \"$@\"\n' '''\n{body}")
     (by_env / "llmkit").write_text(f"#!/usr/bin/env python-of-llmkit\n{body}")  # (PYTHON was "/usr/bin/env python-of-llmkit")
     (by_env / "python-of-llmkit").symlink_to(sys.executable)
-    for script in (long / "llmkit", by_env / "llmkit"):
+    for script in (long / "llmkit", spaced / "llmkit", by_env / "llmkit"):
         script.chmod(0o755)
     probe = 'source recipes/common.sh; need_python; echo "$PYTHON"'
     for folder, expected in ((linked, llmkit.parent / "python"), (copied, llmkit.read_text().splitlines()[0][2:]),
-                             (long, sys.executable), (by_env, "python-of-llmkit")):
+                             (long, sys.executable), (spaced, spaced / "my python"), (by_env, "python-of-llmkit")):
         env = dict(os.environ, PATH=f"{folder}{os.pathsep}/usr/bin{os.pathsep}/bin")
         env.pop("PYTHON", None)
         proc = subprocess.run(["bash", "-c", probe], env=env, cwd=REPO, capture_output=True, text=True)

@@ -335,6 +335,13 @@ def test_the_first_batch_is_checked_past_its_first_documents_too(documents, toke
     assert (checked, mismatch) == (FIRST_CHECKS + len(range(FIRST_CHECKS, 1000, 128)), None)
 
 
+def test_a_share_prints_in_figures_a_reader_can_compare():
+    from llmkit.tokenizer.encode_corpus import _percent
+
+    shown = [_percent(x) for x in (0, 3e-7, 4.1e-5, 0.0032, 0.00999, 0.05)]
+    assert shown == ["0.0%", "<0.0001%", "0.0041%", "0.32%", "1.0%", "5.0%"]  # (1e-06% and 1% were printed)
+
+
 def test_lopsided_split_warns(cli, tokenizer, tmp_path):
     # Two documents: too few to give whole ones, so each gives its tail and validation is 5%.
     corpus = write_corpus_artifact(tmp_path / "two", ["short one\n", "a much longer document\n" * 200]).path

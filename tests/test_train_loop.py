@@ -392,9 +392,12 @@ def test_cuda_oom_names_the_knob(tmp_path):
     trainer = make_trainer(tmp_path, SyntheticBatches(), max_steps=3, loss_fn=out_of_memory)
     from llmkit.errors import UserError
 
-    with pytest.raises(UserError, match=r"out of memory at step 1 with --micro-batch 4: lower --micro-batch"):
+    with pytest.raises(UserError, match=r"out of memory at step 1 with --micro-batch 4: lower --micro-batch") as raised:
         trainer.run()
     assert not (tmp_path / "manifest.json").exists()
+    from llmkit.errors import kept_run_can_go_on
+
+    assert kept_run_can_go_on(raised.value)  # (a run is kept for --resume under a smaller --micro-batch)
 
 
 def test_tensorboard_events_are_written_and_left_out_of_the_artifact(tmp_path):

@@ -201,6 +201,11 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         }
         if found is not None and sequences is None:
             plan["search"]["batch_tokens"] = pretrain_batch_tokens(plan["search"]["largest_micro_batch"], found.batch_ways, seq)
+        par = cfg.parallelism
+        if found is not None and found.pp == 1 and (par.pp_microbatches is not None or par.pp_schedule != "1f1b"):
+            # (taken for a pipeline the search might pick: it picked none, so they shape nothing)
+            plan["notes"].append("search: the layout found has no pipeline, so --pp-schedule and --pp-microbatches shape "
+                                 "nothing; leave them out of the pretrain command")
     return plan
 
 

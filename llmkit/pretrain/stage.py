@@ -259,7 +259,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             named = f"from {init_from}" if init_from else config.architecture.model
             units = ("GPU" if world == 1 else "GPUs") if info.device.type == "cuda" else ("CPU process" if world == 1 else "CPU processes")
             err.print(
-                f"pretrain {named} ({model_config.arch}/{model_config.objective}, {params / 1e6:.2f}M params) "
+                f"pretrain {named} ({model_config.arch}/{model_config.objective}, {params:,} parameters) "
                 f"on {world} {units}{layout_note}: {max_steps} step{'' if max_steps == 1 else 's'} x "
                 f"{global_batch} x {seq_len} tokens, micro-batch {micro_batch}, accumulation {accumulation}"
                 f"{trainer.gradient_note}",

@@ -44,8 +44,10 @@ MIN_TAIL_BYTES = 16
 
 
 def _percent(share: float) -> str:
-    """A share as a percentage with two significant figures below 1% (0.04%, not 0.0%)."""
-    return f"{100 * share:.2g}%" if 0 < share < 0.01 else f"{100 * share:.1f}%"
+    """A share as a percentage with two significant figures below 1% (0.04%, not 0.0%), never in exponent form."""
+    if share <= 0 or float(f"{100 * share:.2g}") >= 1:
+        return f"{100 * share:.1f}%"
+    return "<0.0001%" if share < 1e-6 else f"{float(f'{100 * share:.2g}'):g}%"
 
 
 def split_plan(groups: np.ndarray, val_fraction: float, seed: int,

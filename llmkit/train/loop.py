@@ -617,10 +617,12 @@ class Trainer(Resuming):
                 self.save_intermediate(step, last=True)
             self.save_final(step)
         except torch.cuda.OutOfMemoryError as exc:
-            raise UserError(
+            error = UserError(
                 f"CUDA out of memory at step {step + 1} with --micro-batch {s.micro_batch}: lower --micro-batch "
                 "(gradient accumulation keeps the global batch), use --strategy fsdp with several GPUs, or a smaller --model"
-            ) from exc
+            )
+            error.resumable = True  # (--micro-batch may change on resume: the run is kept, llmkit.train.launch)
+            raise error from exc
         finally:
             logger.close()
         seconds = time.perf_counter() - started

@@ -176,8 +176,9 @@ class Resuming:
                 # The saved record stays: the run is then the one an uninterrupted run would have made.
                 self.spec.config[key] = before
                 continue
-            if key in unset and before is None and now == unset_before[key]:
-                # (and stays unset where it still means that value; typed, where this run's default is another)
+            if key in unset and before is None and now in (unset_before[key], unset[key]):
+                # (the saved run's default typed, or this run's, which leaving it out gives: the same run; and
+                # stays unset where it means that value now, typed where this run's default is another)
                 self.spec.config[key] = None if unset[key] == now else now
                 continue
             if key.endswith("_sha256"):  # an input recorded by content: no option to name

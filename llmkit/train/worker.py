@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         lost = _lost_connection(exc)
         message = lost or one_line(exc)
-        if lost is None and not isinstance(exc, UserError) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if lost is None and (not isinstance(exc, UserError) or kept_run_can_go_on(exc)) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             message = f"process {os.environ.get('RANK', '0')} of the run: {message}"  # (a bug or out of memory: where)
         if lost is not None:
             _let_the_first_say_why()
