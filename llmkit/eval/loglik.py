@@ -63,6 +63,15 @@ def recurrent(model) -> bool:
     return any(isinstance(module, torch.nn.RNNBase) for module in model.modules())
 
 
+def forward_batches(model, widths: list[int], batch_size: int, max_tokens: int) -> Iterator[tuple[list[int], int]]:
+    """(indices, rows): batches_by_width's, each run as a forward of `rows` sequences, the batch's and
+    filler rows after them: an LSTM's products have a row per sequence, and a single row took another
+    kernel, so it runs MIN_ROWS sequences a forward at least."""
+    min_rows = MIN_ROWS if recurrent(model) else 1
+    for batch in batches_by_width(widths, max(batch_size, min_rows), max_tokens):
+        yield batch, max(len(batch), min_rows)
+
+
 @in_eval_mode
 @torch.inference_mode()
 def token_logprobs(
@@ -80,10 +89,8 @@ def token_logprobs(
     max_tokens = max(1, max_logits // int(model.config.vocab_size))
     limit = int(model.config.context_length)
     widths = [padded_width(len(r.seq) - 1, limit) for r in requests]
-    min_rows = MIN_ROWS if recurrent(model) else 1
-    for batch in batches_by_width(widths, max(batch_size, min_rows), max_tokens):
+    for batch, rows in forward_batches(model, widths, batch_size, max_tokens):
         width = widths[batch[0]]
-        rows = max(len(batch), min_rows)
         idx = torch.full((rows, width), pad_id, dtype=torch.long)
         tgt = torch.full((rows, width), -100, dtype=torch.long)
         for row, i in enumerate(batch):

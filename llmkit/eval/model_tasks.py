@@ -552,9 +552,8 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     the last bits with the batch (15 of 16 texts at batch 1 against 8), which flips a near-tie."""
     import torch
 
-    from llmkit.eval.loglik import batches_by_width, recurrent, padded_width
+    from llmkit.eval.loglik import forward_batches, padded_width
     from llmkit.model.ensemble import classifier_input_limit
-    from llmkit.model.sequence_grads import MIN_ROWS
 
     tokenizer = loaded.tokenizer
     # an ensemble's members each cut the rows to their own limit: the rows are as long as the longest
@@ -564,11 +563,9 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
     widths = [padded_width(len(row), limit) for row in rows]
     predicted: list[int] = [0] * len(rows)
     device = next(loaded.model.parameters()).device
-    # an LSTM's products have a row per sequence, and one row took another kernel: at least MIN_ROWS a forward
-    min_rows = MIN_ROWS if recurrent(loaded.model) else 1
     with torch.inference_mode():
-        for batch in batches_by_width(widths, max(batch_size, min_rows), max_tokens=len(rows) * limit):
-            idx = torch.full((max(len(batch), min_rows), widths[batch[0]]), _pad_id(tokenizer), dtype=torch.long)
+        for batch, forward_rows in forward_batches(loaded.model, widths, batch_size, max_tokens=len(rows) * limit):
+            idx = torch.full((forward_rows, widths[batch[0]]), _pad_id(tokenizer), dtype=torch.long)
             mask = torch.zeros_like(idx)
             mask[:, 0] = 1  # (the filler rows: one position each, so that none is empty)
             for b, i in enumerate(batch):
