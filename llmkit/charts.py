@@ -118,7 +118,7 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
     panels = [["loss", "val_loss"]] if {"loss", "val_loss"} & set(curves) else []
     panels += [[c] for c in curves if c not in ("loss", "val_loss")]
     figure, axes = plt.subplots(len(panels), 1, figsize=(7.5, 3.2 * len(panels)), squeeze=False, sharex=True)
-    colours = _colours(plt, len(runs))
+    palette = colours(plt, len(runs))
     for row, panel in enumerate(panels):
         ax = axes[row][0]
         for index, (name, records) in enumerate(runs):
@@ -135,7 +135,7 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
                 points = [(x_of(r), r[curve]) for r in records if isinstance(r.get(curve), (int, float))]
                 if not points:
                     continue
-                style = dict(color=colours[index % len(colours)], linewidth=1.2)
+                style = dict(color=palette[index], linewidth=1.2)
                 if curve == "val_loss":
                     style.update(linestyle="--", marker="o", markersize=3)
                 elif len(points) == 1:  # (a line through one point draws nothing)
@@ -164,7 +164,7 @@ def loss_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, *, 
     return Path(out)
 
 
-def _colours(plt, count: int) -> list:
+def colours(plt, count: int) -> list:
     """A colour per run: the style's cycle of ten, past that tab20's twenty (by index), past that
     points spread along turbo (the cycle repeated: the 11th run was drawn as the first)."""
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]

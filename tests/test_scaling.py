@@ -922,3 +922,25 @@ def test_six_points_are_judged_by_their_scatter_less_the_constants_fitted():
     spread = float(np.ptp(law.A / params**law.alpha))
     assert spread >= 2 * np.sqrt(np.mean(residuals**2))  # what the plain scatter let pass
     assert "across the measured model sizes, within the points' scatter" in unmeasured_term(law, params, tokens, losses)
+
+
+def test_isoflop_curves_past_ten_budgets_have_a_colour_each(tmp_path, monkeypatch):
+    """The IsoFLOP chart took the style's cycle of ten: the 11th budget was drawn in the first's colour."""
+    from llmkit.scaling import plots
+    from llmkit.scaling.fit import fit_chinchilla
+    from llmkit.scaling.points import Point
+
+    budgets = np.geomspace(1e15, 1e18, 12)
+    points = []
+    for budget in budgets:
+        for params in (1e6, 3e6, 1e7):
+            tokens = budget / (6 * params)
+            points.append(Point(params, tokens, 1.7 + 400 / params ** 0.34 + 410 / tokens ** 0.28, budget=float(budget)))
+    fit = fit_chinchilla([p.params for p in points], [p.tokens for p in points], [p.loss for p in points], grid="coarse",
+                         bootstrap=0)
+    drawn = {}
+    monkeypatch.setattr(plots, "save", lambda figure, path, shown_as=None: drawn.setdefault(path.name, figure))
+    plots.write_plots(points, fit, None, [], tmp_path)
+    ax = drawn["isoflop.png"].axes[0]
+    curves = [line for line in ax.lines if line.get_label().startswith("C = ")]
+    assert len(curves) == 12 and len({str(line.get_color()) for line in curves}) == 12

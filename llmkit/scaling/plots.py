@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.charts import pyplot, save
+from llmkit.charts import colours, pyplot, save
 from llmkit.scaling.fit import ChinchillaFit, IsoFlopFit
 from llmkit.scaling.points import Point
 
@@ -62,9 +62,9 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
     # IsoFLOP curves: at a fixed C = 6ND, loss against N, with the fitted law's minimum.
     flops = sorted({p.budget for p in points if p.budget}) or list(np.geomspace((6 * n * d).min(), (6 * n * d).max(), 4))
     figure, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = colours(plt, len(flops))  # (past ten budgets the style's cycle of ten repeated: two budgets, one colour)
     for index, budget in enumerate(flops):
-        colour = colours[index % len(colours)]
+        colour = palette[index]
         curve_n = np.geomspace(n.min() / 2, n.max() * 2, 200)
         members = [p for p in points if p.budget == budget]
         curve_d, compute = budget / (6 * curve_n), budget
