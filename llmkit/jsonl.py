@@ -84,11 +84,20 @@ def json_kind(value: Any) -> str:
     return {"str": "text", "list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)
 
 
+# Files a user may give for JSONL, told by their first bytes (iconv was the advice for either)
+_NOT_TEXT = {b"\x1f\x8b": "a gzip file; decompress it (gunzip) to JSONL", b"PAR1": "a Parquet file; convert it to JSONL",
+             b"PK\x03\x04": "a zip archive; unpack it to JSONL"}
+
+
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
     path = Path(path)
     with open(path, "rb") as handle:
-        check_not_wide(handle.read(8192), str(path))
+        head = handle.read(8192)
+        for magic, what in _NOT_TEXT.items():
+            if head.startswith(magic):
+                raise UserError(f"{path} is {what} (one JSON object per line)")
+        check_not_wide(head, str(path))
         handle.seek(0)
         for lineno, raw in enumerate(handle, 1):
             try:
@@ -100,6 +109,9 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
+                if line.strip() == "[":  # (a .json file's array, an object a line: the advice was one object per line)
+                    raise UserError(f"{path} holds a JSON array; write one object per line (e.g. jq -c '.[]' {path} > "
+                                    f"{path.with_suffix('.jsonl').name})") from None
                 raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
             except RecursionError:
                 raise UserError(f"{path}:{lineno} is JSON nested too deeply to read; flatten the record") from None

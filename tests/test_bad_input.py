@@ -918,6 +918,25 @@ def test_a_text_file_that_is_not_utf8_is_named_with_its_line(cli, chain, tmp_pat
         assert "is not UTF-8; convert the file" in line and ("latin.txt:2" in line or "latin.json:1" in line), (args, line)
 
 
+def test_a_compressed_binary_or_array_file_given_as_jsonl_says_what_it_is(cli, chain, tmp_path):
+    """A gzip or Parquet file was "not UTF-8; convert the file (e.g. iconv ...)", whose output is garbage; a
+    .json file's multi-line array was "not valid JSON; one JSON object per line" at its first line."""
+    import gzip
+
+    records = (chain / "sft.jsonl").read_bytes()
+    (tmp_path / "data.jsonl.gz").write_bytes(gzip.compress(records))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["a"], "response": ["b"]}), tmp_path / "data.parquet")
+    (tmp_path / "data.json").write_text("[\n" + ",\n".join(records.decode().splitlines()) + "\n]\n")
+    for name, said in (("data.jsonl.gz", "is a gzip file; decompress it (gunzip) to JSONL"),
+                       ("data.parquet", "is a Parquet file; convert it to JSONL"),
+                       ("data.json", "holds a JSON array; write one object per line (e.g. jq -c '.[]'")):
+        line = _one_line_error(cli("finetune", chain / "ckpt", "--data", tmp_path / name, "-o", tmp_path / "f"))
+        assert said in line and "iconv" not in line, (name, line)
+
+
 def test_a_run_at_the_longest_output_path_writes_its_step_checkpoints(cli, chain, tmp_path):
     """A run's own folders (checkpoints/step_N) lie in the room kept for the files inside an output:
     held to the run's own limit, an -o within 25 bytes of it failed at the first checkpoint, after

@@ -718,6 +718,13 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     p, r, f, _ = precision_recall_fscore_support(gold, expected, average="macro", zero_division=0)
     assert (metrics["precision"], metrics["recall"], metrics["f1"]) == pytest.approx((p, r, f))
     assert "f1_positive" in metrics and "f1_negative" in metrics
+    # records with a `document` and a `sentence`: the classifier reads the sentence, as its fine-tune does (it read
+    # the document, the first of eval's own text fields)
+    both = tmp_path / "both.jsonl"
+    both.write_text("".join(json.dumps({"document": "nothing like it", "sentence": r["text"], "label": r["label"]}) + "\n"
+                            for r in rows))
+    assert cli("eval", ckpt, "-m", "accuracy", "--data", both, "-o", tmp_path / "ev-both").exit_code == 0
+    assert [r["prediction"] for r in _records(tmp_path / "ev-both")] == expected
     wrong = cli("eval", ckpt, "-m", "perplexity", "--data", data, "-o", tmp_path / "x")
     assert wrong.exit_code != 0 and "classification checkpoint" in wrong.output
     gen = cli("generate", ckpt, "-p", "hello")

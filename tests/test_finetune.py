@@ -557,7 +557,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
 @pytest.mark.parametrize(
     "rows, extra, message",
     [
-        ([{"prompt": "x " * 600, "response": "y"}] * 4, [], "longer than 257 tokens"),
+        ([{"prompt": "x " * 600, "response": "y"}] * 4, [], "longer than 257 tokens (the longest, "),
         ([{"prompt": "a", "response": "b"}] * 4, ["--seq-len", "4096"], "longer than the checkpoint's context length 256"),
         ([{"text": "a", "label": 0}] * 4, ["--task", "classify"], "single label"),
         ([{"question": "a", "answer": "b"}] * 4, ["--val-fraction", "0.5"], ":1 has neither a \"messages\" list nor \"prompt\" and \"response\" strings; for "
@@ -600,11 +600,21 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         # named by its line in the file, not by its place among the records the --val-fraction draw kept
         ([{"prompt": "a", "response": "b"}] * 7 + [{"question": "a", "answer": "b"}], ["--val-fraction", "0.25"],
          "data.jsonl:8 has neither"),
+        # label errors name a record (they named none), and one field for the text (eval read another than training)
+        ([{"text": "a", "label": 0}, {"text": "b", "label": "pos"}] * 2, ["--task", "classify", "--val-fraction", "0"],
+         "data.jsonl:2 'pos'); use one kind"),
+        ([{"text": "a", "label": 0}, {"text": "b", "label": -1}] * 2, ["--task", "classify", "--val-fraction", "0"],
+         "data.jsonl:2); integer labels are class ids"),
+        ([{"text": "a", "label": 0}, {"sentence": "b", "label": 1}] * 2, ["--task", "classify", "--val-fraction", "0"],
+         "data.jsonl:1 has 'text': use one name in every record)"),
+        # Python's JSON reader takes NaN: it trained as the text "nan"
+        ([{"prompt": "a", "response": float("nan")}] * 4, ["--template", "plain"], "field 'response' is nan (which is no JSON number)"),
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
          "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out",
-         "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line"],
+         "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",
+         "labels-mixed", "label-negative", "text-fields-mixed", "nan-response"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     data = write_jsonl(tmp_path / "data.jsonl", rows)

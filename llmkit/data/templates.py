@@ -259,8 +259,12 @@ def drop_oldest_exchanges(messages: list[dict[str, str]], tokenizer, budget: int
 
 def _not_text(value: Any) -> str | None:
     """What a field holds where text belongs (null, true, a list ...), or None for text or a number."""
+    import math
+
     from llmkit.jsonl import json_kind
 
+    if isinstance(value, float) and not math.isfinite(value):  # (Python's JSON reader takes NaN: it trained as "nan")
+        return f"{value} (which is no JSON number)"
     return None if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json_kind(value)
 
 

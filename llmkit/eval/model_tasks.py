@@ -10,7 +10,7 @@ from llmkit.errors import UsageError, UserError
 from llmkit.eval import names as metric_names
 from llmkit.eval.sources import artifact_kind, load_records
 from llmkit.eval.textio import pick_field
-from llmkit.model.records import Labels
+from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels
 
 # Fields looked for in --data records, in order, when no --field / --reference-field / --label-field is given.
 TEXT_FIELDS = ("text", "document", "content")
@@ -502,14 +502,17 @@ def classification(loaded, cfg):
             "classification needs label names: a classification checkpoint (task.json 'labels'), "
             "--labels NAME,NAME, or multiple-choice data with a 'choices' field"
         )
-    text_field = pick_field(records, cfg.text_field, TEXT_FIELDS + ("sentence",), "text to classify", "--field")
+    classify = getattr(loaded.model, "classify", None)
+    # (a classifier reads the field its fine-tune did: eval took `document` where that took `sentence`)
+    fields = CLASSIFY_TEXT_FIELDS + tuple(f for f in TEXT_FIELDS if f not in CLASSIFY_TEXT_FIELDS) if callable(classify) \
+        else TEXT_FIELDS + ("sentence",)
+    text_field = pick_field(records, cfg.text_field, fields, "text to classify", "--field")
     # one reader of labels, the fine-tune's: a classifier's own classes read a label as its fine-tune read its
     # --val-data (the figures it recorded); other names (--labels) alike
     own = task.trained_labels if trained and not cfg.labels else None
     reader = own or Labels(names=names, original=list(names), called="the classes")
     gold = [reader.index(r[label_field], f"{cfg.data} record {i + 1}", LABEL_FIX) for i, r in enumerate(records)]
     texts = [text_of(r, text_field, i) for i, r in enumerate(records)]
-    classify = getattr(loaded.model, "classify", None)
     if callable(classify):
         predicted = _classifier_predictions(loaded, texts, cfg.batch_size)
         how = "classifier"

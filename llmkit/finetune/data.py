@@ -26,7 +26,7 @@ from llmkit.console import note
 from llmkit.data.templates import (Encoded, encode_chat_example, encode_example, fit_conversation, fit_fields, prompt_fields,
                                    record_messages, text_fields)
 from llmkit.model.gpt import IGNORE_INDEX
-from llmkit.model.records import Labels, label_key
+from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels, label_key
 
 
 VALIDATION_FILES = ("validation.jsonl", "val.jsonl")
@@ -109,7 +109,7 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
     context + 1 tokens, and as generation, which never feeds its last token), so an example may
     hold max_len + 1 tokens.
     `places`: what the messages call each record (FILE:LINE), default its place among `records`."""
-    examples, too_long, longest, dropped, emptied, blank = [], 0, 0, 0, 0, 0
+    examples, too_long, longest, longest_at, dropped, emptied, blank = [], 0, 0, 0, 0, 0, 0
     places = _places(records, name, places)
     fits = max_len + 1
     specials = set(tokenizer.special_ids.values())
@@ -120,7 +120,8 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
         if not tokenizer.decode(text).strip():
             blank += 1
             continue
-        longest = max(longest, len(example.ids))
+        if len(example.ids) > longest:
+            longest, longest_at = len(example.ids), i
         if len(example.ids) > fits:
             too_long += 1
             if not truncate:
@@ -134,7 +135,8 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
         examples.append(example)
     if too_long and not truncate:
         raise UserError(
-            f"{too_long} of {len(records)} {name} examples are longer than {fits} tokens (the longest has {longest}): the "
+            f"{too_long} of {len(records)} {name} examples are longer than {fits} tokens (the longest, {places[longest_at]}, "
+            f"has {longest}): the "
             f"model reads {max_len} of them (the context length or --seq-len), the last being only predicted; pass "
             "--truncate to cut them, or use a checkpoint with a longer context"
         )
@@ -287,14 +289,18 @@ def _label(record: dict, place: str) -> Any:
 
 def label_set(records: list[dict], name: str, places: Sequence[str] | None = None) -> Labels:
     """Labels in id order: integers keep their value as id (0..K-1), strings sort by name."""
-    values = [_label(record, place) for record, place in zip(records, _places(records, name, places))]
+    places = _places(records, name, places)
+    values = [_label(record, place) for record, place in zip(records, places)]
     kinds = {type(v) for v in values}
     if len(kinds) > 1:
-        raise UserError(f"{name} labels mix integers and strings; use one kind")
+        first = next(place for place, v in zip(places, values) if type(v) is not type(values[0]))
+        raise UserError(f"{name} labels mix integers and strings ({places[0]} has {values[0]!r}, {first} "
+                        f"{next(v for v in values if type(v) is not type(values[0]))!r}); use one kind")
     distinct = sorted(set(values))
     if kinds == {int}:
         if distinct[0] < 0:
-            raise UserError(f"{name} has a negative label {distinct[0]}; integer labels are class ids 0..K-1")
+            raise UserError(f"{name} has a negative label {distinct[0]} ({places[values.index(distinct[0])]}); integer "
+                            "labels are class ids 0..K-1")
         if distinct[-1] >= MAX_CLASSES:
             raise UserError(f"{name} has the label {distinct[-1]}: integer labels are class ids 0..K-1 and a head of "
                             f"{distinct[-1] + 1:,} classes is beyond {MAX_CLASSES:,}; write the labels as names (strings)")
@@ -321,23 +327,28 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
     """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
     texts = []
     places = _places(records, name, places)
+    field = next((f for f in CLASSIFY_TEXT_FIELDS if f in records[0]), CLASSIFY_TEXT_FIELDS[0]) if records else ""
     for record, place in zip(records, places):
-        text = record.get("text", record.get("sentence"))
+        text = record.get(field)
         if not isinstance(text, str):
-            raise UserError(f"{place} has no \"text\" string; classification data is {{\"text\": ..., \"label\": ...}}")
+            other = next((f for f in CLASSIFY_TEXT_FIELDS if f != field and f in record), None)
+            mixed = f" (it has {other!r} where {places[0]} has {field!r}: use one name in every record)" if other else ""
+            raise UserError(f"{place} has no {field!r} string{mixed}; classification data is {{\"text\": ..., \"label\": ...}}")
         texts.append(text)
     encoded = tokenizer.encode_batch(texts)
-    examples, too_long, longest = [], 0, 0
+    examples, too_long, longest, longest_at = [], 0, 0, 0
     for i, (ids, record) in enumerate(zip(encoded, records)):
         ids = [tokenizer.bos_id] + ids
-        longest = max(longest, len(ids))
+        if len(ids) > longest:
+            longest, longest_at = len(ids), i
         if len(ids) > max_len:
             too_long += 1
             ids = ids[:max_len]
         examples.append(ClassExample(ids, labels.index(_label(record, places[i]), places[i])))
     if too_long and not truncate:
         raise UserError(
-            f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest has {longest}), the "
+            f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest, {places[longest_at]}, "
+            f"has {longest}), the "
             "model's context length or --seq-len; pass --truncate to cut them, raise --seq-len if it is below the model's "
             "context length, or use a checkpoint with a longer context"
         )

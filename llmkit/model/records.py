@@ -34,6 +34,11 @@ class LoraRecord:
     merged: bool
 
 
+# The fields a classifier's text is read from, in order: the first the first record has, in every
+# record (fine-tuning's and eval's one rule: eval read `document` of records a fine-tune read `sentence` of).
+CLASSIFY_TEXT_FIELDS = ("text", "sentence")
+
+
 @dataclass
 class Labels:
     names: list[str]
