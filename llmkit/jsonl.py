@@ -85,8 +85,23 @@ def json_kind(value: Any) -> str:
 
 
 # Files a user may give for JSONL, told by their first bytes (iconv was the advice for either)
-_NOT_TEXT = {b"\x1f\x8b": "a gzip file; decompress it (gunzip) to JSONL", b"PAR1": "a Parquet file; convert it to JSONL",
-             b"PK\x03\x04": "a zip archive; unpack it to JSONL"}
+_NOT_TEXT = {b"\x1f\x8b": "a gzip file, not text; decompress it (gunzip)", b"PAR1": "a Parquet file, not text; convert it "
+             "to JSONL (one JSON object per line)", b"PK\x03\x04": "a zip archive, not text; unpack it"}
+
+
+def check_not_packed(head: bytes, path: Path | str) -> None:
+    """Refuse a compressed or binary file given where text belongs, naming what it is."""
+    for magic, what in _NOT_TEXT.items():
+        if head.startswith(magic):
+            raise UserError(f"{path} is {what}")
+
+
+def _an_array(path: Path) -> UserError:
+    import shlex
+
+    lines = path.with_name(f"{path.stem}.lines.jsonl")  # (beside it, never its own name: `> data.jsonl` empties the input)
+    return UserError(f"{path} holds a JSON array; write one object per line (e.g. jq -c '.[]' {shlex.quote(str(path))} > "
+                     f"{shlex.quote(str(lines))})")
 
 
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -94,11 +109,10 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     with open(path, "rb") as handle:
         head = handle.read(8192)
-        for magic, what in _NOT_TEXT.items():
-            if head.startswith(magic):
-                raise UserError(f"{path} is {what} (one JSON object per line)")
+        check_not_packed(head, path)
         check_not_wide(head, str(path))
         handle.seek(0)
+        first = True
         for lineno, raw in enumerate(handle, 1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
@@ -106,16 +120,19 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise UserError(f"{path}:{lineno} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None
             if not line.strip():
                 continue
+            # (a .json file's array, however laid out, as its first line begins: the advice was one object per line)
+            array, first = first and line.lstrip().startswith("["), False
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                if line.strip() == "[":  # (a .json file's array, an object a line: the advice was one object per line)
-                    raise UserError(f"{path} holds a JSON array; write one object per line (e.g. jq -c '.[]' {path} > "
-                                    f"{path.with_suffix('.jsonl').name})") from None
+                if array:
+                    raise _an_array(path) from None
                 raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); one JSON object per line") from exc
             except RecursionError:
                 raise UserError(f"{path}:{lineno} is JSON nested too deeply to read; flatten the record") from None
             if not isinstance(record, dict):
+                if array:
+                    raise _an_array(path)
                 raise UserError(f'{path}:{lineno} is not a JSON object; each line must look like {{"field": ...}}')
             if "\\u" in line and _SURROGATE_ESCAPE.search(line):
                 check_unicode(json.dumps(record, ensure_ascii=False), f"{path}:{lineno}",
@@ -132,6 +149,7 @@ def read_text(path: Path | str) -> str:
     not UTF-8 is a one-line UserError naming its first bad line."""
     path = Path(path)
     data = path.read_bytes()
+    check_not_packed(data[:8], path)
     check_not_wide(data[:8192], str(path))
     try:
         return data.decode("utf-8-sig")

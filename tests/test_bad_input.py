@@ -929,12 +929,31 @@ def test_a_compressed_binary_or_array_file_given_as_jsonl_says_what_it_is(cli, c
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"prompt": ["a"], "response": ["b"]}), tmp_path / "data.parquet")
-    (tmp_path / "data.json").write_text("[\n" + ",\n".join(records.decode().splitlines()) + "\n]\n")
-    for name, said in (("data.jsonl.gz", "is a gzip file; decompress it (gunzip) to JSONL"),
-                       ("data.parquet", "is a Parquet file; convert it to JSONL"),
-                       ("data.json", "holds a JSON array; write one object per line (e.g. jq -c '.[]'")):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        archive.writestr("data.jsonl", records)
+    objects = records.decode().splitlines()
+    (tmp_path / "data.json").write_text("[\n" + ",\n".join(objects) + "\n]\n")
+    (tmp_path / "one-line.json").write_text("[" + ", ".join(objects) + "]\n")
+    (tmp_path / "stray.jsonl").write_text(objects[0] + "\n[\n")  # (JSONL with a bad line 2, not an array)
+    (tmp_path / "array.jsonl").write_text("[" + objects[0] + ",\n" + objects[1] + "]\n")
+    for name, said in (("data.jsonl.gz", "is a gzip file, not text; decompress it (gunzip)"),
+                       ("data.parquet", "is a Parquet file, not text; convert it to JSONL"),
+                       ("data.zip", "is a zip archive, not text; unpack it"),
+                       ("data.json", f"holds a JSON array; write one object per line (e.g. jq -c '.[]' {tmp_path / 'data.json'} > "
+                                     f"{tmp_path / 'data.lines.jsonl'})"),
+                       ("one-line.json", "holds a JSON array"), ("stray.jsonl", "stray.jsonl:2 is not valid JSON"),
+                       # (the advice's output was the input's own name: run as given, it emptied the data)
+                       ("array.jsonl", f"> {tmp_path / 'array.lines.jsonl'})")):
         line = _one_line_error(cli("finetune", chain / "ckpt", "--data", tmp_path / name, "-o", tmp_path / "f"))
         assert said in line and "iconv" not in line, (name, line)
+    # and where text is read (prompts, a text file for a tokenizer)
+    (tmp_path / "prompts.txt").write_bytes(gzip.compress(b"hello\n"))
+    line = _one_line_error(cli("generate", chain / "ckpt", "--prompts", tmp_path / "prompts.txt"))
+    assert "is a gzip file, not text" in line, line
+    line = _one_line_error(cli("tokenizer", "train", tmp_path / "prompts.txt", "-o", tmp_path / "tok"))
+    assert "is a gzip file, not text" in line, line
 
 
 def test_a_run_at_the_longest_output_path_writes_its_step_checkpoints(cli, chain, tmp_path):

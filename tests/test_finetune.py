@@ -607,6 +607,9 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
          "data.jsonl:2); integer labels are class ids"),
         ([{"text": "a", "label": 0}, {"sentence": "b", "label": 1}] * 2, ["--task", "classify", "--val-fraction", "0"],
          "data.jsonl:1 has 'text': use one name in every record)"),
+        # a null text beside a sentence is a null text, not two names
+        ([{"text": None, "sentence": "a", "label": 0}, {"text": "b", "label": 1}] * 2, ["--task", "classify", "--val-fraction", "0"],
+         "data.jsonl:1 has no 'text' string; classification data is"),
         # Python's JSON reader takes NaN: it trained as the text "nan"
         ([{"prompt": "a", "response": float("nan")}] * 4, ["--template", "plain"], "field 'response' is nan (which is no JSON number)"),
     ],
@@ -614,7 +617,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
          "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",
-         "labels-mixed", "label-negative", "text-fields-mixed", "nan-response"],
+         "labels-mixed", "label-negative", "text-fields-mixed", "null-text-beside-sentence", "nan-response"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     data = write_jsonl(tmp_path / "data.jsonl", rows)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.jsonl import check_not_wide
+from llmkit.jsonl import check_not_packed, check_not_wide
 
 # The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
 # write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
@@ -159,7 +159,9 @@ def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> lis
             raise UserError(f"no such file: {path}; pass a corpus artifact or UTF-8 text files")
         size, start = path.stat().st_size, 0
         with open(path, "rb") as handle:
-            check_not_wide(handle.read(8192), str(path))  # (as UTF-8, NULs between letters, which decode)
+            head = handle.read(8192)
+            check_not_packed(head, path)
+            check_not_wide(head, str(path))  # (as UTF-8, NULs between letters, which decode)
             while size - start > max_bytes:
                 cut = _next_paragraph(handle, start + max_bytes)
                 if cut is None or cut >= size:

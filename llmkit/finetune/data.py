@@ -331,7 +331,7 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
     for record, place in zip(records, places):
         text = record.get(field)
         if not isinstance(text, str):
-            other = next((f for f in CLASSIFY_TEXT_FIELDS if f != field and f in record), None)
+            other = field not in record and next((f for f in CLASSIFY_TEXT_FIELDS if f != field and f in record), None)
             mixed = f" (it has {other!r} where {places[0]} has {field!r}: use one name in every record)" if other else ""
             raise UserError(f"{place} has no {field!r} string{mixed}; classification data is {{\"text\": ..., \"label\": ...}}")
         texts.append(text)
