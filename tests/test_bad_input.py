@@ -688,11 +688,11 @@ def test_finetune_data_that_would_misbehave_is_refused(cli, chain, tmp_path, row
 
 def test_eval_names_the_record_whose_template_field_is_not_text(cli, chain, tmp_path):
     data = tmp_path / "mt.jsonl"
-    data.write_text(json.dumps({"source": "Hallo", "note": "x", "target": "Hello"}) + "\n"
+    data.write_text(json.dumps({"source": "Hallo", "note": "x", "target": "Hello"}) + "\n\n"  # (named by its line: 3)
                     + json.dumps({"source": "Hallo", "note": None, "target": "Hello"}) + "\n")
     line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--prompt-template", "{note}: {source}",
                                "--max-new-tokens", "8", "-o", tmp_path / "ev"))
-    assert "record 2 field 'note' is null, not text" in line and not (tmp_path / "ev").exists()
+    assert f"{data}:3 field 'note' is null, not text" in line and not (tmp_path / "ev").exists()
 
 
 @pytest.mark.parametrize("template,message", [
@@ -730,8 +730,8 @@ def test_clean_refuses_a_split_the_local_data_set_lacks(cli, shared_data, tmp_pa
 
 @pytest.mark.parametrize("metric,rows,extra,message", [
     ("Perplexity", [{"text": "To be or not"}], [], "unknown metric 'Perplexity'; did you mean 'perplexity'?"),
-    ("perplexity", [{"text": None}, {"text": "To be"}], [], "record 1 field 'text' is null, not text"),
-    ("rouge", [{"source": None, "target": "x"}], [], "record 1 field 'source' is null"),
+    ("perplexity", [{"text": None}, {"text": "To be"}], [], "data.jsonl:1 field 'text' is null, not text"),
+    ("rouge", [{"source": None, "target": "x"}], [], "data.jsonl:1 field 'source' is null"),
     ("accuracy", [{"text": "good", "label": "pos"}], ["--labels", "pos"], "at least two labels"),
 ])
 def test_eval_refuses_what_it_would_score_wrongly(cli, chain, tmp_path, metric, rows, extra, message):

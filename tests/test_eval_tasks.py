@@ -286,7 +286,7 @@ def test_multiple_choice_records_in_lm_evals_layout_score_as_the_task_does(cli, 
     rows[0]["choices"][1] = " "
     (tmp_path / "blank.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     _one_line_error(cli("eval", exported / "ckpt", "--data", tmp_path / "blank.jsonl", "-m", "accuracy", "-o", tmp_path / "blank"),
-                    "record 1: choice 2 is empty")
+                    "blank.jsonl:1: choice 2 is empty")
 
 
 def test_an_ensemble_of_one_checkpoint_twice_scores_as_the_checkpoint(cli, exported, bundle, tmp_path):

@@ -8,7 +8,7 @@ import json
 from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.eval import names as metric_names
-from llmkit.eval.sources import artifact_kind, load_records
+from llmkit.eval.sources import artifact_kind, load_records, place
 from llmkit.eval.textio import pick_field
 from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels
 
@@ -89,7 +89,7 @@ def perplexity_documents(loaded, cfg):
                         f"replies) and {loaded.artifact.path} is not one: give a .txt file or records with a text field, "
                         "or evaluate a chat fine-tune")
     name = pick_field(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
-    texts = [text_of(r, name, i) for i, r in enumerate(records)]
+    texts = [text_of(r, name, place(records, i)) for i, r in enumerate(records)]
     # (numbered by record, so that predictions.jsonl joins back to the data past an empty record)
     return [dataclasses.replace(document_from_text(text, tokenizer), index=i) for i, text in enumerate(texts) if text]
 
@@ -121,12 +121,12 @@ def _learned_documents(records: list[dict], template: dict, loaded) -> list:
     for i, record in enumerate(records):
         if template["type"] == "chat" and isinstance(record.get("messages"), list) and record["messages"] and \
                 isinstance(record["messages"][-1], dict) and record["messages"][-1].get("role") != "assistant":
-            raise UserError(f"record {i + 1}: its conversation ends with a {record['messages'][-1].get('role')} message; "
+            raise UserError(f"{place(records, i)}: its conversation ends with a {record['messages'][-1].get('role')} message; "
                             "perplexity scores the replies as the fine-tune learned them, each up to the turn after it, "
                             "so a conversation ends with the assistant's: drop the messages after the last reply")
-        example = encode_example(template, record, tokenizer, f"record {i + 1}")
+        example = encode_example(template, record, tokenizer, place(records, i))
         if example.ids[0] != start_id(loaded):  # (what the windows put first: the fine-tune's start token)
-            raise UserError(f"record {i + 1} does not start with the token {loaded.artifact.path} was fine-tuned to start with")
+            raise UserError(f"{place(records, i)} does not start with the token {loaded.artifact.path} was fine-tuned to start with")
         ids, learned = example.ids[1:], example.learn[1:]
         replies = [[token for token, _ in run] for flag, run in groupby(zip(ids, learned), key=lambda pair: pair[1]) if flag]
         words = sum(len(tokenizer.decode(reply, skip_special_tokens=True).split()) for reply in replies)
@@ -134,13 +134,13 @@ def _learned_documents(records: list[dict], template: dict, loaded) -> list:
     return documents
 
 
-def text_of(record: dict, field: str, index: int) -> str:
+def text_of(record: dict, field: str, where: str) -> str:
     """A record's text field, which must be text: a null or a number is an error, never "None"."""
     value = record[field]
     if not isinstance(value, str):
         from llmkit.jsonl import json_kind
 
-        raise UserError(f"record {index + 1} field {field!r} is {json_kind(value)}, not text; fix the data or choose another "
+        raise UserError(f"{where} field {field!r} is {json_kind(value)}, not text; fix the data or choose another "
                         "--field")
     return value
 
@@ -245,12 +245,12 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     fields = [input_field, *plain_fields(template, "--prompt-template")]
     fitted, cut = [], 0
     for i, record in enumerate(records):
-        shorter = fit_fields(lambda r: encode(r, f"record {i + 1}"), record, fields, tokenizer, room)
+        shorter = fit_fields(lambda r: encode(r, place(records, i)), record, fields, tokenizer, room)
         if shorter is None:  # the wording alone is too long: the engine would cut the instruction off
             texts = text_fields(record, fields)
             wording = len(encode({**record, **dict.fromkeys(texts, "")}))
             cut_what = repr(shown_field) if texts == [input_field] else "text fields"
-            raise UserError(f"record {i + 1}: even with its {cut_what} cut, the prompt does not fit in the "
+            raise UserError(f"{place(records, i)}: even with its {cut_what} cut, the prompt does not fit in the "
                             f"{room} tokens the context ({limit}) leaves beside --max-new-tokens "
                             f"{max_new_tokens} (the template's wording alone takes {wording}); lower --max-new-tokens or "
                             "shorten --prompt-template")
@@ -292,7 +292,7 @@ def generate_predictions(loaded, cfg):
 
     plain_fields(template, "--prompt-template")  # a bad template is named before anything else
     for i, r in enumerate(records):
-        text_of(r, input_field, i)  # a null input would be rendered as "None"
+        text_of(r, input_field, place(records, i))  # a null input would be rendered as "None"
     lead, tail = "", ""
     templated = trained is not None and not chat and cfg.prompt_template is None
     shown_field = input_field  # (what the user's records call it, for the notes)
@@ -306,7 +306,7 @@ def generate_predictions(loaded, cfg):
     lead_ids = loaded.tokenizer.encode_continuation(lead) if lead else []
     records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids if templated else None,
                            shown_field)
-    prompts = [render_template(template, r, input_field, f"record {i + 1}") for i, r in enumerate(records)]
+    prompts = [render_template(template, r, input_field, place(records, i)) for i, r in enumerate(records)]
     if chat:
         prompts = [encode_chat_prompt(chat_turns(r, p), loaded.tokenizer) for r, p in zip(records, prompts)]
     elif templated:
@@ -317,7 +317,7 @@ def generate_predictions(loaded, cfg):
         value = r[reference_field]
         refs = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else None
         if not refs or not all(isinstance(x, str) for x in refs):
-            raise UserError(f"record {i + 1} field {reference_field!r} is not text (or a list of texts)")
+            raise UserError(f"{place(records, i)} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
     predictions, references, extras = _generate(loaded, cfg, prompts, references, chat)
     if templated:
@@ -340,14 +340,14 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
     limit = context_limit(loaded.model)
     prompts, references, trimmed = [], [], 0
     for i, record in enumerate(records):
-        messages = record_messages(record, f"record {i + 1}")
+        messages = record_messages(record, place(records, i))
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
-            raise UserError(f"record {i + 1}: its messages must end with the assistant's reply, the reference")
+            raise UserError(f"{place(records, i)}: its messages must end with the assistant's reply, the reference")
         history, dropped = drop_oldest_exchanges(messages[:-1], loaded.tokenizer,
                                                  None if limit is None else limit - max_new_tokens + 1)
         ids, trimmed = encode_chat_prompt(history, loaded.tokenizer), trimmed + dropped
         if limit is not None and needs_window(len(ids), max_new_tokens, limit):
-            raise UserError(f"record {i + 1}: its last message takes {len(ids)} tokens with the chat's wording, and with "
+            raise UserError(f"{place(records, i)}: its last message takes {len(ids)} tokens with the chat's wording, and with "
                             f"--max-new-tokens {max_new_tokens} exceeds the context of {limit}; shorten it or lower "
                             "--max-new-tokens")
         prompts.append(ids)
@@ -430,7 +430,7 @@ def classification(loaded, cfg):
     pad_id = _pad_id(loaded.tokenizer)
     with_choices = next((i for i, r in enumerate(records) if "choices" in r), None)
     if with_choices not in (None, 0):  # (the first record decides the kind: this one's choices were ignored)
-        raise UserError(f"record {with_choices + 1} has 'choices' and record 1 has none; multiple-choice data gives every "
+        raise UserError(f"{place(records, with_choices)} has 'choices' and {place(records, 0)} has none; multiple-choice data gives every "
                         "record its choices, labelled texts none")
     if "choices" in records[0]:  # multiple choice, lm-eval style
         if callable(getattr(loaded.model, "classify", None)):
@@ -448,14 +448,14 @@ def classification(loaded, cfg):
         for i, r in enumerate(records):
             choices = r["choices"]
             if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-                raise UserError(f"record {i + 1}: 'choices' must be a non-empty list of strings")
+                raise UserError(f"{place(records, i)}: 'choices' must be a non-empty list of strings")
             if (blank := next((k for k, c in enumerate(choices) if not c.strip()), None)) is not None:
-                raise UserError(f"record {i + 1}: choice {blank + 1} is empty (no token to score, so it would always win); "
+                raise UserError(f"{place(records, i)}: choice {blank + 1} is empty (no token to score, so it would always win); "
                                 "give every choice its text")
-            context = (render_template(cfg.prompt_template, r, context_field, f"record {i + 1}") if cfg.prompt_template
-                       else text_of(r, context_field, i))
+            context = (render_template(cfg.prompt_template, r, context_field, place(records, i)) if cfg.prompt_template
+                       else text_of(r, context_field, place(records, i)))
             examples.append((context, choices))
-            gold.append(_choice_index(r[label_field], choices, f"{cfg.data} record {i + 1}"))
+            gold.append(_choice_index(r[label_field], choices, place(records, i)))
         bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
         cut: list[int] = []
         context_cut: set[int] = set()
@@ -511,8 +511,8 @@ def classification(loaded, cfg):
     # --val-data (the figures it recorded); other names (--labels) alike
     own = task.trained_labels if trained and not cfg.labels else None
     reader = own or Labels(names=names, original=list(names), called="the classes")
-    gold = [reader.index(r[label_field], f"{cfg.data} record {i + 1}", LABEL_FIX) for i, r in enumerate(records)]
-    texts = [text_of(r, text_field, i) for i, r in enumerate(records)]
+    gold = [reader.index(r[label_field], place(records, i), LABEL_FIX) for i, r in enumerate(records)]
+    texts = [text_of(r, text_field, place(records, i)) for i, r in enumerate(records)]
     if callable(classify):
         predicted = _classifier_predictions(loaded, texts, cfg.batch_size)
         how = "classifier"
@@ -521,7 +521,7 @@ def classification(loaded, cfg):
         # after the (templated) text, zero-shot.
         template = cfg.prompt_template or _trained_prompt(task) or placeholder(text_field) + "\n"
         # each behind the delimiter (score_choices)
-        examples = [(render_template(template, r, text_field, f"record {i + 1}"), names) for i, r in enumerate(records)]
+        examples = [(render_template(template, r, text_field, place(records, i)), names) for i, r in enumerate(records)]
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
         context_cut: set[int] = set()
         with bar:

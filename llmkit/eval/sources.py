@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from llmkit.errors import UserError
-from llmkit.eval.textio import is_jsonl, read_jsonl
+from llmkit.eval.textio import is_jsonl
 from llmkit.jsonl import check_not_wide, read_text
 
 
@@ -28,10 +27,24 @@ def artifact_kind(data: str) -> str | None:
     return None
 
 
-def load_records(data: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+class Records(list):
+    """Records with what a message calls each one: FILE:LINE for a JSONL file's (as fine-tuning names
+    them; "record 5" was line 7 of a file with blank lines), else DATA record N."""
+
+    places: list[str] = []
+
+
+def place(records: list, index: int) -> str:
+    """What a message calls `records[index]`."""
+    places = getattr(records, "places", None)
+    return places[index] if places and index < len(places) else f"record {index + 1}"
+
+
+def load_records(data: str, split: str, limit: int | None = None) -> Records:
     """Records (dicts) from a file or data set; .txt gives {"text": whole file}."""
     path = Path(data)
     kind = artifact_kind(data)
+    lines = None
     if kind == "corpus":
         from llmkit.data.corpus import iter_corpus_texts
         from llmkit import artifacts
@@ -40,7 +53,10 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
     elif kind is not None:
         raise UserError(f"--data {data} is a {kind} artifact; this metric reads records (a corpus, .jsonl, .txt, .parquet, .csv)")
     elif path.is_file() and is_jsonl(path):
-        records = read_jsonl(path)
+        from llmkit.jsonl import iter_jsonl
+
+        numbered = list(iter_jsonl(path))
+        lines, records = [line for line, _ in numbered], [record for _, record in numbered]
     elif path.is_file() and path.suffix.lower() in (".txt", ".md", ""):
         records = [{"text": read_text(path)}]
     elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
@@ -57,11 +73,11 @@ def load_records(data: str, split: str, limit: int | None = None) -> list[dict[s
     else:
         name, _, config = data.partition(":")
         records = _datasets_records(name, config or None, split)
-    if limit is not None:
-        records = records[:limit]
-    if not records:
+    found = Records(records[:limit] if limit is not None else records)
+    found.places = [f"{data}:{line}" for line in lines] if lines is not None else [f"{data} record {i + 1}" for i in range(len(found))]
+    if not found:
         raise UserError(f"--data {data} holds no records")
-    return records
+    return found
 
 
 def _looks_like_path(data: str) -> bool:
