@@ -545,6 +545,11 @@ def test_streaming_holds_back_a_stop_string_before_a_half_character(ckpt):
             break
     streamed += tracker.pop_stream(finished=True)
     assert tracker.final_text == "情" and streamed == "情"
+    # the completion's tokens are all three of 情's bytes (its first two, one U+FFFD, passed for it by length: the
+    # tokens of "本" before a stop string were counted as 1 of its 2, and decoded to U+FFFD)
+    from llmkit.inference.engine import tokens_of_text
+
+    assert tokens_of_text(tok.decode, ids, "情") == ids[:3] and tok.decode(ids[:3]) == "情"
 
 
 def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):

@@ -354,6 +354,15 @@ def generate_ids(
     return [RowResult(o, r) for o, r in zip(outputs, reasons)]
 
 
+def tokens_of_text(decode: Callable[[list[int]], str], ids: list[int], text: str) -> list[int]:
+    """The fewest leading `ids` whose decoding holds all of `text` (a stopped completion's tokens: those
+    past its stop string dropped). Counted by length, a character's first bytes (one U+FFFD) passed
+    for the character, and its tokens went; a token across the stop string's start stays, as it must."""
+    while ids and decode(ids[:-1]).startswith(text):
+        ids = ids[:-1]
+    return ids
+
+
 class _TextTracker:
     """One row's decoded output: stop-string search and streaming of text as it becomes final."""
 
@@ -513,8 +522,7 @@ class Generator:
                         on_text(start + b, piece)
                 ids = res.token_ids
                 if tracker.cut is not None:  # drop the tokens past the stop string
-                    while ids and len(tracker.decode(ids[:-1])) >= tracker.cut:
-                        ids = ids[:-1]
+                    ids = tokens_of_text(tracker.decode, ids, tracker.final_text)
                 results.append(
                     Completion(
                         prompt=prompts[p] if isinstance(prompts[p], str) else self.tokenizer.decode(encoded[p]),
