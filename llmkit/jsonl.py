@@ -89,6 +89,57 @@ _NOT_TEXT = {b"\x1f\x8b": "a gzip file, not text; decompress it (gunzip)", b"PAR
              "to JSONL (one JSON object per line)", b"PK\x03\x04": "a zip archive, not text; unpack it"}
 
 
+def _cjk_punctuation(ch: str) -> bool:
+    return "\u3000" <= ch <= "\u303f" or "\uff01" <= ch <= "\uff60"
+
+
+def _in_gb2312(ch: str) -> bool:
+    try:
+        ch.encode("gb2312")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+# Legacy encodings of CJK text, tried where a file is not UTF-8 and its non-ASCII bytes come in
+# runs, each with what its text is mostly made of (another encoding's bytes decode in several, as
+# rarer characters: Shift-JIS's kana as GBK's extension hanzi, GBK's hanzi as half-width katakana)
+_MULTIBYTE = (
+    ("gb18030", "Chinese", _in_gb2312),
+    ("big5", "Chinese", lambda ch: "\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch)),
+    ("shift_jis", "Japanese", lambda ch: "\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch)),
+    ("euc_kr", "Korean", lambda ch: "\uac00" <= ch <= "\ud7a3" or _cjk_punctuation(ch)),
+)
+
+
+def conversion_advice(sample: bytes) -> str:
+    """How to convert a file that is not UTF-8, from a sample of it: iconv from Latin-1 for accented
+    letters among ASCII, else from the legacy CJK encodings its text reads as (Latin-1 made a corpus of
+    mojibake that no rule caught)."""
+    high = [i for i, byte in enumerate(sample) if byte >= 0x80]
+    paired = sum(1 for i in high if (i + 1 < len(sample) and sample[i + 1] >= 0x80) or (i and sample[i - 1] >= 0x80))
+    if not high or paired < 0.8 * len(high):
+        return "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    import codecs
+
+    readings = []
+    for encoding, language, typical in _MULTIBYTE:
+        try:
+            text = codecs.getincrementaldecoder(encoding)().decode(sample, final=False)  # (a character cut at the end: fine)
+        except UnicodeDecodeError:
+            continue
+        wide = [ch for ch in text if ord(ch) >= 0x80]
+        if wide and sum(map(typical, wide)) >= 0.9 * len(wide):
+            readings.append(f"{language} {encoding}")
+    if not readings:
+        return "convert the file to UTF-8 (find its encoding with file -i, then iconv -f THAT -t utf-8)"
+    if "Korean euc_kr" in readings and sample.count(b" ") >= 0.05 * len(high):  # (Korean spaces its words; Chinese does not)
+        readings.insert(0, readings.pop(readings.index("Korean euc_kr")))
+    first = readings[0].split()[1]
+    return (f"convert the file to UTF-8 (it reads as {' or '.join(readings)}: iconv -f {first} -t utf-8; check its encoding "
+            "with file -i)")
+
+
 def check_not_packed(head: bytes, path: Path | str) -> None:
     """Refuse a compressed or binary file given where text belongs, naming what it is."""
     for magic, what in _NOT_TEXT.items():
@@ -117,7 +168,7 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
             except UnicodeDecodeError:
-                raise UserError(f"{path}:{lineno} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None
+                raise UserError(f"{path}:{lineno} is not UTF-8; {conversion_advice(raw)}") from None
             if not line.strip():
                 continue
             # (a .json file's array, however laid out, as its first line begins: the advice was one object per line)
@@ -155,4 +206,4 @@ def read_text(path: Path | str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line} is not UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8)") from None
+        raise UserError(f"{path}:{line} is not UTF-8; {conversion_advice(data[exc.start:exc.start + 4096])}") from None

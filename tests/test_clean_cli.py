@@ -115,7 +115,18 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
     lines[7] = lines[7] + " caf\xe9"
     (tmp_path / "latin1.txt").write_bytes("\n".join(lines).encode("latin-1"))
     line = _one_error_line(cli("clean", tmp_path / "latin1.txt", "-o", tmp_path / "out"))
-    assert "latin1.txt:8: invalid UTF-8" in line and "iconv" in line
+    assert "latin1.txt:8: invalid UTF-8" in line and "iconv -f latin1 -t utf-8" in line
+    # Chinese, Japanese and Korean in a legacy encoding: iconv from Latin-1 made a corpus of mojibake that no rule caught
+    chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8")[:3000]
+    for name, text, encoding, said in (("gbk.txt", chinese, "gb18030", "it reads as Chinese gb18030: iconv -f gb18030"),
+                                       ("big5.txt", "這是繁體中文的文字，紅樓夢。\n" * 20, "big5", "it reads as Chinese big5"),
+                                       ("sjis.txt", "これは日本語のテキストです。\n" * 20, "shift_jis",
+                                        "it reads as Japanese shift_jis: iconv -f shift_jis"),
+                                       ("kr.txt", "한국어 텍스트입니다. 안녕하세요.\n" * 20, "euc_kr", "it reads as Korean euc_kr")):
+        (tmp_path / name).write_bytes(text.encode(encoding))
+        for command in (["clean", tmp_path / name, "-o", tmp_path / "out"], ["tokenizer", "train", tmp_path / name, "-o", tmp_path / "t"]):
+            line = _one_error_line(cli(*command))
+            assert said in line and "latin1" not in line and "run llmkit clean" not in line, (name, command[0], line)
     line = _one_error_line(cli("clean", tmp_path / "latin1.txt", "--doc-per", "line", "-o", tmp_path / "out"))
     assert "latin1.txt:8: invalid UTF-8" in line
     skipped = cli("clean", tmp_path / "latin1.txt", "--doc-per", "line", "--skip-bad-lines", "-o", tmp_path / "out")

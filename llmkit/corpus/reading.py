@@ -17,7 +17,7 @@ from typing import IO, Callable, Iterator, Optional
 
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
-from llmkit.jsonl import check_not_wide
+from llmkit.jsonl import check_not_wide, conversion_advice
 
 BINARY_PROBE = 8192
 
@@ -164,8 +164,8 @@ def decode_utf8(data: bytes, label: str, line: Optional[int] = None) -> str:
     except UnicodeDecodeError as exc:
         where = line if line is not None else data[: exc.start].count(b"\n") + 1
         raise UserError(
-            f"{label}:{where}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); convert the file to UTF-8 "
-            "(e.g. iconv -f latin1 -t utf-8)"
+            f"{label}:{where}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); "
+            f"{conversion_advice(data[exc.start:exc.start + 4096])}"
         ) from None
 
 

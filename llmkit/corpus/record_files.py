@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional
 
 from llmkit.corpus.reading import BINARY_PROBE, ReadOptions, ReadStats, check_not_binary, decode_utf8, numbered_lines, open_binary
 from llmkit.errors import UserError
-from llmkit.jsonl import ABSENT, field_value
+from llmkit.jsonl import ABSENT, conversion_advice, field_value
 
 
 # Records the text field of a JSON file is chosen from: a file's first record alone may lack it.
@@ -245,27 +245,28 @@ def csv_reader(path: Path, label: str, compression: Optional[str]):
                         )
                     yield str(start), row[column]
             except UnicodeDecodeError:  # decoded a block at a time: the line is found again, in bytes
-                line, byte = _first_invalid_utf8(path, compression)
-                where = f"{label}:{line}: invalid UTF-8 (byte 0x{byte:02x})" if byte is not None else f"{label}: invalid UTF-8"
-                raise UserError(f"{where}; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+                line, rest = _first_invalid_utf8(path, compression)
+                where = f"{label}:{line}: invalid UTF-8 (byte 0x{rest[0]:02x})" if rest else f"{label}: invalid UTF-8"
+                raise UserError(f"{where}; {conversion_advice(rest)}") from None
             except csv.Error as exc:
                 raise UserError(f"{label}:{start}: malformed CSV ({exc}); fix it or pass --skip-bad-lines") from None
 
     return read
 
 
-def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, int | None]:
-    """The line (as the CSV reader counts lines: LF, CRLF or a lone CR ends one) and the value of
-    the first byte that is not UTF-8. (Split at LF, a line never cuts a UTF-8 character.)"""
+def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, bytes]:
+    """The line (as the CSV reader counts lines: LF, CRLF or a lone CR ends one) and the bytes from
+    the first that is not UTF-8 to its line's end (none: decoded whole this time). (Split at LF, a
+    line never cuts a UTF-8 character.)"""
     line = 1
     with open_binary(path, compression) as handle:
         for raw in io.BufferedReader(handle) if compression else handle:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return line + raw[: exc.start].count(b"\r"), raw[exc.start]
+                return line + raw[: exc.start].count(b"\r"), raw[exc.start:]
             line += 1 + raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r")
-    return line, None  # (decoded whole this time: the file changed between the reads)
+    return line, b""  # (decoded whole this time: the file changed between the reads)
 
 
 def parquet_reader(path: Path, label: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.jsonl import check_not_packed, check_not_wide
+from llmkit.jsonl import check_not_packed, check_not_wide, conversion_advice
 
 # The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
 # write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
@@ -213,8 +213,9 @@ def read_text_range(text_range: TextRange) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        # (not "or run llmkit clean": clean refuses it alike)
         raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + mark + exc.start}); "
-                        "convert it or run llmkit clean") from None
+                        f"{conversion_advice(raw[exc.start:exc.start + 4096])}") from None
     documents, paragraph, ended = [], [], False
     for line in io.StringIO(text, newline=None):
         if not line.strip():
