@@ -599,6 +599,10 @@ def test_lstm_checkpoint_perplexity(cli, tmp_path, shakespeare):
     assert result.exit_code == 0, result.output
     metrics = _metrics(tmp_path / "ev")
     assert 1 < metrics["perplexity"] < 10_000 and metrics["bpb"] > 0
+    # the same text with Windows line ends scores the same: read as clean reads it (the \r were scored, bpb +1.2%)
+    (tmp_path / "crlf.txt").write_bytes(shakespeare[50_000:51_000].replace("\n", "\r\n").encode())
+    assert cli("eval", ckpt, "-m", "perplexity", "--data", tmp_path / "crlf.txt", "-o", tmp_path / "ev-crlf").exit_code == 0
+    assert _metrics(tmp_path / "ev-crlf") == metrics
 
 
 def test_a_wrong_product_switch_is_a_one_line_error_that_writes_nothing(cli, gpt2_ckpt, tmp_path, product_switch):
