@@ -101,43 +101,81 @@ def _in_gb2312(ch: str) -> bool:
         return False
 
 
-# Legacy encodings of CJK text, tried where a file is not UTF-8 and its non-ASCII bytes come in
-# runs, each with what its text is mostly made of (another encoding's bytes decode in several, as
-# rarer characters: Shift-JIS's kana as GBK's extension hanzi, GBK's hanzi as half-width katakana)
+def _kana(ch: str) -> bool:
+    return "\u3040" <= ch <= "\u30ff"
+
+
+def _japanese(text: list[str]) -> list[bool]:
+    # (the kanji of EUC-JP and the hanzi of GB2312 sit at the same codes: Japanese is told by its kana)
+    if sum(map(_kana, text)) < 0.05 * len(text):
+        return [False] * len(text)
+    return [_kana(ch) or "\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch) for ch in text]
+
+
+# Legacy encodings of CJK text, tried where a file is not UTF-8 (Python's codec, iconv's name, the
+# language), each with what its reading of the bytes is mostly made of: another encoding's bytes
+# decode in several, as rarer characters (Shift-JIS's kana as GBK's extension hanzi, GBK's hanzi as
+# half-width katakana or hanja). The Windows supersets, which files are written in: CP949 holds
+# syllables EUC-KR lacks, and one of them made the whole reading fail.
 _MULTIBYTE = (
-    ("gb18030", "Chinese", _in_gb2312),
-    ("big5", "Chinese", lambda ch: "\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch)),
-    ("shift_jis", "Japanese", lambda ch: "\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch)),
-    ("euc_kr", "Korean", lambda ch: "\uac00" <= ch <= "\ud7a3" or _cjk_punctuation(ch)),
+    ("gb18030", "GB18030", "Chinese", lambda text: [_in_gb2312(ch) for ch in text]),
+    ("cp950", "CP950", "Chinese Big5", lambda text: ["\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch) for ch in text]),
+    ("cp932", "CP932", "Japanese Shift-JIS", _japanese),
+    ("euc_jp", "EUC-JP", "Japanese", _japanese),
+    ("cp949", "CP949", "Korean", lambda text: ["\uac00" <= ch <= "\ud7a3" or _cjk_punctuation(ch) for ch in text]),
 )
 
 
 def conversion_advice(sample: bytes) -> str:
-    """How to convert a file that is not UTF-8, from a sample of it: iconv from Latin-1 for accented
-    letters among ASCII, else from the legacy CJK encodings its text reads as (Latin-1 made a corpus of
+    """What to do with a file that is not UTF-8, from a sample of it from its first bad byte: a binary
+    file named as one; a UTF-8 file with a stray byte told to fix that line (iconv would garble all its
+    other characters); else iconv from the legacy CJK encodings its text reads as, or from CP1252 or
+    Latin-1 for accented letters among ASCII (Latin-1 advice for GB18030 text made a corpus of
     mojibake that no rule caught)."""
-    high = [i for i, byte in enumerate(sample) if byte >= 0x80]
-    paired = sum(1 for i in high if (i + 1 < len(sample) and sample[i + 1] >= 0x80) or (i and sample[i - 1] >= 0x80))
-    if not high or paired < 0.8 * len(high):
-        return "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
     import codecs
 
+    if b"\x00" in sample or sum(byte < 0x20 and byte not in b"\t\n\r\x0c" for byte in sample) > 0.05 * len(sample):
+        return "it looks like a binary file, not text; give a text file"
+    as_utf8 = codecs.getincrementaldecoder("utf-8")("replace").decode(sample, final=False)
+    bad = as_utf8.count("\ufffd")
+    if sum(ord(ch) >= 0x80 for ch in as_utf8) - bad >= 2 * bad:
+        return ("the rest of the file reads as UTF-8: fix or remove the bytes that do not on that line (converting the "
+                "whole file would garble its other characters)")
     readings = []
-    for encoding, language, typical in _MULTIBYTE:
+    for codec, name, language, typical in _MULTIBYTE:
         try:
-            text = codecs.getincrementaldecoder(encoding)().decode(sample, final=False)  # (a character cut at the end: fine)
+            text = codecs.getincrementaldecoder(codec)().decode(sample, final=False)  # (a character cut at the end: fine)
         except UnicodeDecodeError:
             continue
         wide = [ch for ch in text if ord(ch) >= 0x80]
-        if wide and sum(map(typical, wide)) >= 0.9 * len(wide):
-            readings.append(f"{language} {encoding}")
-    if not readings:
-        return "convert the file to UTF-8 (find its encoding with file -i, then iconv -f THAT -t utf-8)"
-    if "Korean euc_kr" in readings and sample.count(b" ") >= 0.05 * len(high):  # (Korean spaces its words; Chinese does not)
-        readings.insert(0, readings.pop(readings.index("Korean euc_kr")))
-    first = readings[0].split()[1]
-    return (f"convert the file to UTF-8 (it reads as {' or '.join(readings)}: iconv -f {first} -t utf-8; check its encoding "
-            "with file -i)")
+        if wide and sum(typical(wide)) >= 0.9 * len(wide):
+            readings.append((language, name))
+    high = sum(byte >= 0x80 for byte in sample)
+    if readings:
+        if any(language == "Korean" for language, _ in readings) and sample.count(b" ") >= 0.05 * high:
+            readings.sort(key=lambda reading: reading[0] != "Korean")  # (Korean spaces its words; Chinese does not)
+        if any(language.startswith("Japanese") for language, _ in readings):
+            readings.sort(key=lambda reading: not reading[0].startswith("Japanese"))  # (its kana read as such)
+        shown = " or ".join(f"{language} {name}" if not language.endswith(name.split("-")[0]) else language
+                            for language, name in readings)
+        return (f"convert the file to UTF-8 (it reads as {shown}: iconv -f {readings[0][1]} -t utf-8; check its encoding "
+                "with file -i)")
+    paired = sum(1 for i, byte in enumerate(sample) if byte >= 0x80 and (
+        (i + 1 < len(sample) and sample[i + 1] >= 0x80) or (i and sample[i - 1] >= 0x80)))
+    if high and paired < 0.8 * high:  # accented letters among ASCII: Windows' CP1252 where it has its quotes and dashes
+        encoding = "cp1252" if any(0x80 <= byte <= 0x9F for byte in sample) else "latin1"
+        return f"convert the file to UTF-8 (e.g. iconv -f {encoding} -t utf-8)"
+    return "convert the file to UTF-8 (find its encoding with file -i, then iconv -f THAT -t utf-8)"
+
+
+def _from_bad_byte(handle, line: bytes) -> bytes:
+    """Up to 4 KB of a file from its line's first byte that is not UTF-8 (the advice's sample)."""
+    try:
+        line.decode("utf-8")
+        start = len(line)
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    return (line[start:] + handle.read(4096))[:4096]
 
 
 def check_not_packed(head: bytes, path: Path | str) -> None:
@@ -168,7 +206,7 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
             except UnicodeDecodeError:
-                raise UserError(f"{path}:{lineno} is not UTF-8; {conversion_advice(raw)}") from None
+                raise UserError(f"{path}:{lineno} is not UTF-8; {conversion_advice(_from_bad_byte(handle, raw))}") from None
             if not line.strip():
                 continue
             # (a .json file's array, however laid out, as its first line begins: the advice was one object per line)

@@ -693,6 +693,10 @@ def test_eval_names_the_record_whose_template_field_is_not_text(cli, chain, tmp_
     line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--prompt-template", "{note}: {source}",
                                "--max-new-tokens", "8", "-o", tmp_path / "ev"))
     assert f"{data}:3 field 'note' is null, not text" in line and not (tmp_path / "ev").exists()
+    # ... after the prompts were fitted to the context too (they were a new list: "record 2")
+    data.write_text(json.dumps({"source": "Hallo", "target": "Hello"}) + "\n\n\n" + json.dumps({"source": "Hi", "target": 5}) + "\n")
+    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--max-new-tokens", "8", "-o", tmp_path / "ev"))
+    assert f"{data}:4 field 'target' is not text" in line, line
 
 
 @pytest.mark.parametrize("template,message", [
@@ -822,9 +826,9 @@ def test_unreadable_files_are_named_not_unexpected(cli, chain, tmp_path):
 def test_multiple_choice_records_that_mix_field_names_are_named(cli, chain, tmp_path):
     rows = [{"query": "2+2?", "choices": ["3", "4"], "label": 1}, {"question": "1+1?", "choices": ["2", "5"], "label": 0}]
     data = tmp_path / "mc.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data.write_text("\n".join(json.dumps(r) + "\n" for r in rows))  # (a blank line between: named by line, 3)
     line = _one_line_error(cli("eval", chain / "ckpt", "-m", "accuracy", "--data", data, "-o", tmp_path / "ev"))
-    assert "the records mix field names: record 1 has 'query', record 2 has only question, choices, label" in line
+    assert f"the records mix field names: {data}:1 has 'query', {data}:3 has only question, choices, label" in line, line
 
 
 def test_hf_greedy_generation_from_the_exported_folder_equals_llmkit_generate(cli, chain, tmp_path):

@@ -118,15 +118,36 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
     assert "latin1.txt:8: invalid UTF-8" in line and "iconv -f latin1 -t utf-8" in line
     # Chinese, Japanese and Korean in a legacy encoding: iconv from Latin-1 made a corpus of mojibake that no rule caught
     chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8")[:3000]
-    for name, text, encoding, said in (("gbk.txt", chinese, "gb18030", "it reads as Chinese gb18030: iconv -f gb18030"),
-                                       ("big5.txt", "這是繁體中文的文字，紅樓夢。\n" * 20, "big5", "it reads as Chinese big5"),
-                                       ("sjis.txt", "これは日本語のテキストです。\n" * 20, "shift_jis",
-                                        "it reads as Japanese shift_jis: iconv -f shift_jis"),
-                                       ("kr.txt", "한국어 텍스트입니다. 안녕하세요.\n" * 20, "euc_kr", "it reads as Korean euc_kr")):
-        (tmp_path / name).write_bytes(text.encode(encoding))
+    cases = (("gbk.txt", chinese, "gb18030", "it reads as Chinese GB18030: iconv -f GB18030"),
+             ("big5.txt", "這是繁體中文的文字，紅樓夢。\n" * 20, "big5", "it reads as Chinese Big5 CP950: iconv -f CP950"),
+             # katakana's second bytes are ASCII's: a news sentence's were not "in runs" enough, and got Latin-1
+             ("sjis.txt", "これは日本語のテキストです。カタカナとひらがな、ニュース記事のサンプル。\n" * 20, "shift_jis",
+              "it reads as Japanese Shift-JIS CP932: iconv -f CP932"),
+             # (its kanji sit at GB2312's codes: it read as Chinese, whose iconv garbled them)
+             ("eucjp.txt", "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n" * 20, "euc_jp",
+              "it reads as Japanese EUC-JP or Chinese GB18030: iconv -f EUC-JP"),
+             ("kr.txt", "한국어 텍스트입니다. 안녕하세요.\n" * 20, "euc_kr", "it reads as Korean CP949"),
+             # (Windows' superset: one syllable EUC-KR lacks made it read as Chinese)
+             ("cp949.txt", "대한민국은 민주공화국이다. 똠방각하 햏햏.\n" * 10, "cp949", "it reads as Korean CP949: iconv -f CP949"),
+             ("cp1252.txt", "“smart quotes” — dash, café\n" * 20, "cp1252", "(e.g. iconv -f cp1252 -t utf-8)"),
+             # a UTF-8 file but for one stray byte: iconv from anything garbles the rest
+             ("stray.txt", "ok line\nUn caf\udce9s en ligne\n" + "Le café est très bon et le thé aussi.\n" * 20,
+              "utf-8", "the rest of the file reads as UTF-8: fix or remove the bytes that do not on that line"))
+    for name, text, encoding, said in cases:
+        (tmp_path / name).write_bytes(text.encode(encoding, errors="surrogateescape"))
         for command in (["clean", tmp_path / name, "-o", tmp_path / "out"], ["tokenizer", "train", tmp_path / name, "-o", tmp_path / "t"]):
             line = _one_error_line(cli(*command))
             assert said in line and "latin1" not in line and "run llmkit clean" not in line, (name, command[0], line)
+    # binary junk where eval reads text: not converted into "text"
+    import random
+
+    rng = random.Random(0)
+    (tmp_path / "junk.txt").write_bytes(bytes(rng.randrange(256) for _ in range(4000)))
+    from llmkit.errors import UserError
+    from llmkit.jsonl import read_text
+
+    with pytest.raises(UserError, match="looks like a binary file, not text"):
+        read_text(tmp_path / "junk.txt")
     line = _one_error_line(cli("clean", tmp_path / "latin1.txt", "--doc-per", "line", "-o", tmp_path / "out"))
     assert "latin1.txt:8: invalid UTF-8" in line
     skipped = cli("clean", tmp_path / "latin1.txt", "--doc-per", "line", "--skip-bad-lines", "-o", tmp_path / "out")

@@ -264,7 +264,7 @@ def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, by
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return line + raw[: exc.start].count(b"\r"), raw[exc.start:]
+                return line + raw[: exc.start].count(b"\r"), raw[exc.start:exc.start + 4096]
             line += 1 + raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r")
     return line, b""  # (decoded whole this time: the file changed between the reads)
 

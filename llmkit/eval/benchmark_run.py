@@ -68,17 +68,20 @@ def load_task_records(task: Task, data: str | None, split: str | None) -> list[d
 
 def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Example]:
     """Records in the task's layout -> examples; a record that does not fit is a one-line error."""
+    from llmkit.eval.textio import place
+
     examples = []
     for i, record in enumerate(records):
+        where = place(records, i) if getattr(records, "places", None) else f"{source}: record {i + 1}"  # (FILE:LINE)
         try:
             example = task.convert(record)
         except KeyError as exc:
-            raise UserError(f"{source}: record {i + 1} has no field {exc.args[0]!r} that {task.name} records have "
+            raise UserError(f"{where} has no field {exc.args[0]!r} that {task.name} records have "
                             f"(it has {', '.join(map(str, record))}); every record needs the {task.name} layout") from None
         except (ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise UserError(f"{source}: record {i + 1} does not fit the {task.name} layout ({exc}); fix the record") from None
+            raise UserError(f"{where} does not fit the {task.name} layout ({exc}); fix the record") from None
         if not 0 <= example.gold < len(example.choices):
-            raise UserError(f"{source}: record {i + 1} has answer {example.gold} for {len(example.choices)} choices")
+            raise UserError(f"{where} has answer {example.gold} for {len(example.choices)} choices")
         examples.append(example)
     return examples
 

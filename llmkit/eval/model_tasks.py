@@ -8,7 +8,8 @@ import json
 from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
 from llmkit.eval import names as metric_names
-from llmkit.eval.sources import artifact_kind, load_records, place
+from llmkit.eval.sources import artifact_kind, load_records
+from llmkit.eval.textio import keeping_places, place
 from llmkit.eval.textio import pick_field
 from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels
 
@@ -256,6 +257,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
                             "shorten --prompt-template")
         cut += shorter is not record
         fitted.append(shorter)
+    fitted = keeping_places(records, fitted)
     if cut:
         from llmkit.console import note
 
@@ -298,7 +300,7 @@ def generate_predictions(loaded, cfg):
     shown_field = input_field  # (what the user's records call it, for the notes)
     if templated:
         if input_field != trained["input_field"]:  # --field picks the text the trained prompt's field holds
-            records = [{**r, trained["input_field"]: r[input_field]} for r in records]
+            records = keeping_places(records, [{**r, trained["input_field"]: r[input_field]} for r in records])
             input_field = trained["input_field"]
         # The response's own wording around the target ("\nEnglish: {target}") is the model's to
         # write, not the prediction: the lead is given with the prompt, as in training, the tail cut off.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmkit.errors import UserError
-from llmkit.eval.textio import is_jsonl
+from llmkit.eval.textio import Records, is_jsonl
 from llmkit.jsonl import check_not_wide, read_text
 
 
@@ -25,19 +25,6 @@ def artifact_kind(data: str) -> str | None:
 
         return artifacts.load(path).kind
     return None
-
-
-class Records(list):
-    """Records with what a message calls each one: FILE:LINE for a JSONL file's (as fine-tuning names
-    them; "record 5" was line 7 of a file with blank lines), else DATA record N."""
-
-    places: list[str] = []
-
-
-def place(records: list, index: int) -> str:
-    """What a message calls `records[index]`."""
-    places = getattr(records, "places", None)
-    return places[index] if places and index < len(places) else f"record {index + 1}"
 
 
 def load_records(data: str, split: str, limit: int | None = None) -> Records:

@@ -24,6 +24,26 @@ def is_jsonl(path: Path) -> bool:
     return Path(path).suffix.lower() in JSONL_SUFFIXES
 
 
+class Records(list):
+    """Records with what a message calls each one: FILE:LINE for a JSONL file's (as fine-tuning names
+    them; "record 5" was line 7 of a file with blank lines), else DATA record N."""
+
+    places: list[str] = []
+
+
+def place(records: list, index: int) -> str:
+    """What a message calls `records[index]`."""
+    places = getattr(records, "places", None)
+    return places[index] if places and index < len(places) else f"record {index + 1}"
+
+
+def keeping_places(records: list, items: list) -> list:
+    """`items`, one for each of `records` (each rewritten), called as those are."""
+    kept = Records(items)
+    kept.places = getattr(records, "places", [])
+    return kept
+
+
 def read_lines(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
@@ -65,7 +85,7 @@ def pick_field(records: list[dict], given: str | None, candidates: Sequence[str]
         fields = ", ".join(records[missing])
         if missing == 0:
             raise UserError(f"{where} has no field {name!r} ({what}); fields: {fields}")
-        raise UserError(f"the records mix field names: record 1 has {name!r}, record {missing + 1} has only {fields}; "
+        raise UserError(f"the records mix field names: {place(records, 0)} has {name!r}, {place(records, missing)} has only {fields}; "
                         f"use one name in every record (or {flag} NAME)")
     return name
 
