@@ -313,7 +313,7 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
              {"ctx": "A b", "activity_label": "x", "endings": ["c", "d"], "label": 1}]
     (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
     _one_line_error(cli("eval", ckpt, "--task", "hellaswag", "--data", tmp_path / "mixed.jsonl", "-o", tmp_path / "b"),
-                    "record 2", "'ctx_a'")
+                    "mixed.jsonl:2 has no field", "'ctx_a'")
     # generic multiple-choice files: a record without the field the first ones have
     (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b"], "label": 0}) + "\n"
                                        + json.dumps({"question": "q", "options": ["a", "b"], "label": 0}) + "\n")

@@ -243,7 +243,7 @@ def test_eval_perplexity_of_a_fine_tunes_own_examples_is_its_validation_loss(bas
         assert scored.exit_code == 0 and read_jsonl(tmp_path / "pairs-eval" / "predictions.jsonl")[0]["words"] == 1, scored.output
         open_ended = write_jsonl(tmp_path / "open.jsonl", [{"messages": [{"role": "user", "content": "Hello."}]}])
         refused = cli("eval", run, "-m", "perplexity", "--data", open_ended, "-o", tmp_path / "open-eval")
-        assert refused.exit_code == 1 and "record 1: its conversation ends with a user message" in refused.output
+        assert refused.exit_code == 1 and "open.jsonl:1: its conversation ends with a user message" in refused.output
 
 
 def test_eval_gives_a_custom_templates_response_wording_with_the_prompt(base, shared_data, cli, tmp_path, monkeypatch):
@@ -505,7 +505,7 @@ def test_eval_reads_a_classifiers_labels_as_its_fine_tune_read_its_validation_da
     unseen = write_jsonl(tmp_path / "unseen.jsonl", [{"text": "fine", "label": "1"}, {"text": "bad", "label": 3}])
     result = cli("eval", run, "-m", "accuracy", "--data", unseen, "-o", tmp_path / "ev3")
     assert result.exit_code == 1 and not (tmp_path / "ev3").exists()
-    assert f"{unseen} record 2: label 3 is not one of the training labels '1', '2', 'neg'; fix or drop the record, or " \
+    assert f"{unseen}:2: label 3 is not one of the training labels '1', '2', 'neg'; fix or drop the record, or " \
            "name the classes with --labels" in " ".join(result.output.split())
 
 
