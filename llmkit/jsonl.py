@@ -93,79 +93,117 @@ def _cjk_punctuation(ch: str) -> bool:
     return "\u3000" <= ch <= "\u303f" or "\uff01" <= ch <= "\uff60"
 
 
-def _in_gb2312(ch: str) -> bool:
-    try:
-        ch.encode("gb2312")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def _kana(ch: str) -> bool:
     return "\u3040" <= ch <= "\u30ff"
 
 
-def _japanese(text: list[str]) -> list[bool]:
-    # (the kanji of EUC-JP and the hanzi of GB2312 sit at the same codes: Japanese is told by its kana)
-    if sum(map(_kana, text)) < 0.05 * len(text):
-        return [False] * len(text)
-    return [_kana(ch) or "\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch) for ch in text]
+def _lead_byte(ch: str, codec: str) -> int:
+    try:
+        return ch.encode(codec)[0]
+    except UnicodeEncodeError:
+        return 0
+
+
+def _common_hanzi(codec: str, first: int, last: int):
+    """A reading's characters as typical of the encoding's text: CJK punctuation, or a character of its
+    first, most used, level (lead bytes first..last): another text's bytes read as rare characters
+    (Latin-1's ä ö ü before a letter as Big5's level 2, Thai's as GB2312's symbols and level 2)."""
+    return lambda text: [_cjk_punctuation(ch) or first <= _lead_byte(ch, codec) <= last for ch in text]
+
+
+def _japanese(codec: str):
+    common = _common_hanzi(codec, 0x82, 0x98) if codec == "cp932" else _common_hanzi(codec, 0xA4, 0xCF)
+
+    def typical(text: list[str]) -> list[bool]:
+        # (the kanji of EUC-JP and the hanzi of GB2312 sit at the same codes: Japanese is told by its kana)
+        if sum(map(_kana, text)) < 0.05 * len(text):
+            return [False] * len(text)
+        return common(text)
+    return typical
 
 
 # Legacy encodings of CJK text, tried where a file is not UTF-8 (Python's codec, iconv's name, the
-# language), each with what its reading of the bytes is mostly made of: another encoding's bytes
-# decode in several, as rarer characters (Shift-JIS's kana as GBK's extension hanzi, GBK's hanzi as
-# half-width katakana or hanja). The Windows supersets, which files are written in: CP949 holds
-# syllables EUC-KR lacks, and one of them made the whole reading fail.
+# language, what its text is mostly made of): another encoding's bytes decode in several, as rarer
+# characters. The Windows supersets, which files are written in: CP949 holds syllables EUC-KR
+# lacks, and one of them made the whole reading fail.
 _MULTIBYTE = (
-    ("gb18030", "GB18030", "Chinese", lambda text: [_in_gb2312(ch) for ch in text]),
-    ("cp950", "CP950", "Chinese Big5", lambda text: ["\u4e00" <= ch <= "\u9fff" or _cjk_punctuation(ch) for ch in text]),
-    ("cp932", "CP932", "Japanese Shift-JIS", _japanese),
-    ("euc_jp", "EUC-JP", "Japanese", _japanese),
+    ("gb18030", "GB18030", "Chinese", _common_hanzi("gb2312", 0xB0, 0xD7)),
+    ("cp950", "CP950", "Chinese Big5", _common_hanzi("cp950", 0xA4, 0xC6)),
+    ("cp932", "CP932", "Japanese Shift-JIS", _japanese("cp932")),
+    ("euc_jp", "EUC-JP", "Japanese", _japanese("euc_jp")),
     ("cp949", "CP949", "Korean", lambda text: ["\uac00" <= ch <= "\ud7a3" or _cjk_punctuation(ch) for ch in text]),
 )
+# Single-byte scripts (tried where the non-ASCII bytes come in runs, as their words do: Thai read as
+# GB18030 mostly): a reading's letters in the script's block and not glued to a Latin letter (a CJK
+# character's second byte read alone is often one)
+_SINGLE_BYTE = (("cp874", "Thai", "\u0e00", "\u0e7f"), ("cp1251", "Cyrillic", "\u0400", "\u04ff"),
+                ("cp1253", "Greek", "\u0370", "\u03ff"), ("cp1256", "Arabic", "\u0600", "\u06ff"),
+                ("cp1255", "Hebrew", "\u0590", "\u05ff"))
 
 
-def conversion_advice(sample: bytes) -> str:
-    """What to do with a file that is not UTF-8, from a sample of it from its first bad byte: a binary
-    file named as one; a UTF-8 file with a stray byte told to fix that line (iconv would garble all its
-    other characters); else iconv from the legacy CJK encodings its text reads as, or from CP1252 or
-    Latin-1 for accented letters among ASCII (Latin-1 advice for GB18030 text made a corpus of
-    mojibake that no rule caught)."""
+def _single_byte_share(text: str, low: str, high: str) -> float:
+    wide = [i for i, ch in enumerate(text) if ord(ch) >= 0x80]
+    glued = lambda i: any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha() for j in (i - 1, i + 1))
+    return sum(low <= text[i] <= high and not glued(i) or text[i] in "«»“”‘’–—…€" for i in wide) / len(wide) if wide else 0.0
+_DETECT = "find its encoding (uchardet FILE, or chardetect FILE), then iconv -f THAT -t utf-8"
+
+
+def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
+    """What to do with a file that is not UTF-8, from up to 4 KB of it from its first bad byte
+    (`utf8_before`: the text before that byte held UTF-8 characters): a binary file or UTF-16 named as
+    such; a UTF-8 file with stray bytes told to fix them (converting the whole would garble its other
+    characters); else iconv from the legacy CJK encodings its text reads as, or from CP1252 for
+    accented letters among ASCII (the Latin-1 advice for GB18030 text made a corpus of mojibake that
+    no rule caught). Never an encoding its bytes would decode in as garbage, where it can be told."""
     import codecs
 
-    if b"\x00" in sample or sum(byte < 0x20 and byte not in b"\t\n\r\x0c" for byte in sample) > 0.05 * len(sample):
+    nuls = [i for i, byte in enumerate(sample) if byte == 0]
+    if nuls and max(sum(i % 2 == 0 for i in nuls), sum(i % 2 for i in nuls)) >= 0.9 * len(nuls) >= 2:
+        return "it looks like UTF-16 text without a byte-order mark: iconv -f UTF-16LE -t utf-8 (or UTF-16BE, whichever reads)"
+    if nuls or sum(byte < 0x20 and byte not in b"\t\n\r\x0c\x1b" for byte in sample) > 0.05 * len(sample):
         return "it looks like a binary file, not text; give a text file"
-    as_utf8 = codecs.getincrementaldecoder("utf-8")("replace").decode(sample, final=False)
+    # (final where the sample is the file's end: a character cut there is a bad byte too)
+    as_utf8 = codecs.getincrementaldecoder("utf-8")("replace").decode(sample, final=len(sample) < 4096)
     bad = as_utf8.count("\ufffd")
-    if sum(ord(ch) >= 0x80 for ch in as_utf8) - bad >= 2 * bad:
-        return ("the rest of the file reads as UTF-8: fix or remove the bytes that do not on that line (converting the "
+    if utf8_before or (bad and sum(ord(ch) >= 0x80 for ch in as_utf8) - bad >= 2 * bad):
+        return ("the rest of the file reads as UTF-8: fix or remove the bytes that do not, on that line (converting the "
                 "whole file would garble its other characters)")
-    readings = []
-    for codec, name, language, typical in _MULTIBYTE:
-        try:
-            text = codecs.getincrementaldecoder(codec)().decode(sample, final=False)  # (a character cut at the end: fine)
-        except UnicodeDecodeError:
-            continue
-        wide = [ch for ch in text if ord(ch) >= 0x80]
-        if wide and sum(typical(wide)) >= 0.9 * len(wide):
-            readings.append((language, name))
     high = sum(byte >= 0x80 for byte in sample)
-    if readings:
-        if any(language == "Korean" for language, _ in readings) and sample.count(b" ") >= 0.05 * high:
-            readings.sort(key=lambda reading: reading[0] != "Korean")  # (Korean spaces its words; Chinese does not)
-        if any(language.startswith("Japanese") for language, _ in readings):
-            readings.sort(key=lambda reading: not reading[0].startswith("Japanese"))  # (its kana read as such)
-        shown = " or ".join(f"{language} {name}" if not language.endswith(name.split("-")[0]) else language
-                            for language, name in readings)
-        return (f"convert the file to UTF-8 (it reads as {shown}: iconv -f {readings[0][1]} -t utf-8; check its encoding "
-                "with file -i)")
     paired = sum(1 for i, byte in enumerate(sample) if byte >= 0x80 and (
         (i + 1 < len(sample) and sample[i + 1] >= 0x80) or (i and sample[i - 1] >= 0x80)))
-    if high and paired < 0.8 * high:  # accented letters among ASCII: Windows' CP1252 where it has its quotes and dashes
-        encoding = "cp1252" if any(0x80 <= byte <= 0x9F for byte in sample) else "latin1"
-        return f"convert the file to UTF-8 (e.g. iconv -f {encoding} -t utf-8)"
-    return "convert the file to UTF-8 (find its encoding with file -i, then iconv -f THAT -t utf-8)"
+
+    def read(codec: str) -> str | None:
+        try:
+            return codecs.getincrementaldecoder(codec)().decode(sample, final=False)  # (a character cut at the end: fine)
+        except UnicodeDecodeError:
+            return None
+
+    readings = []
+    for codec, name, language, typical in _MULTIBYTE:
+        wide = [ch for ch in read(codec) or "" if ord(ch) >= 0x80]
+        readings.append((sum(typical(wide)) / len(wide) if wide else 0.0, language, name))
+    if paired >= 0.8 * high:
+        readings += [(_single_byte_share(read(codec) or "", low, top), language, codec.upper())
+                     for codec, language, low, top in _SINGLE_BYTE]
+    # the closest reading first (a Thai text reads as Thai wholly, as GB18030 mostly), ties in the table's order
+    readings = [(share, language, name) for share, language, name in sorted(readings, key=lambda r: -r[0]) if share >= 0.9]
+    if readings:
+        decided = len(readings) == 1 or readings[0][0] > readings[1][0] + 0.01
+        if any(language == "Korean" for _, language, _ in readings) and sample.count(b" ") >= 0.05 * high:
+            readings.sort(key=lambda reading: reading[1] != "Korean")  # (Korean spaces its words; Chinese does not)
+            decided = True
+        if any(language.startswith("Japanese") for _, language, _ in readings):
+            readings.sort(key=lambda reading: not reading[1].startswith("Japanese"))  # (its kana read as such)
+            decided = True
+        shown = " or ".join(f"{language} {name}" for _, language, name in readings)
+        if not decided:  # (Greek reads as Cyrillic as well: which, only a detector's statistics tell)
+            return f"convert the file to UTF-8 (it reads as {shown}: {_DETECT})"
+        return f"convert the file to UTF-8 (it reads as {shown}: iconv -f {readings[0][2]} -t utf-8)"
+    if high and paired < 0.5 * high:
+        # accented letters among ASCII: CP1252, which is Latin-1 on every printable character and has Windows'
+        # quotes and dashes where Latin-1 has invisible controls (quotes past the sample were made those)
+        return "convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8, for Western European text; else " + _DETECT + ")"
+    return "convert the file to UTF-8 (" + _DETECT + ")"
 
 
 def _from_bad_byte(handle, line: bytes) -> bytes:
@@ -201,12 +239,15 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
         check_not_packed(head, path)
         check_not_wide(head, str(path))
         handle.seek(0)
-        first = True
+        first, utf8_before = True, False
         for lineno, raw in enumerate(handle, 1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
-            except UnicodeDecodeError:
-                raise UserError(f"{path}:{lineno} is not UTF-8; {conversion_advice(_from_bad_byte(handle, raw))}") from None
+            except UnicodeDecodeError as exc:
+                utf8_before = utf8_before or not raw[: exc.start].isascii()
+                raise UserError(f"{path}:{lineno} is not UTF-8; "
+                                f"{conversion_advice(_from_bad_byte(handle, raw), utf8_before)}") from None
+            utf8_before = utf8_before or not raw.isascii()
             if not line.strip():
                 continue
             # (a .json file's array, however laid out, as its first line begins: the advice was one object per line)
@@ -244,4 +285,5 @@ def read_text(path: Path | str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line} is not UTF-8; {conversion_advice(data[exc.start:exc.start + 4096])}") from None
+        utf8_before = not data[: exc.start].removeprefix(b"\xef\xbb\xbf").isascii()
+        raise UserError(f"{path}:{line} is not UTF-8; {conversion_advice(data[exc.start:exc.start + 4096], utf8_before)}") from None

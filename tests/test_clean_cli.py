@@ -115,7 +115,8 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
     lines[7] = lines[7] + " caf\xe9"
     (tmp_path / "latin1.txt").write_bytes("\n".join(lines).encode("latin-1"))
     line = _one_error_line(cli("clean", tmp_path / "latin1.txt", "-o", tmp_path / "out"))
-    assert "latin1.txt:8: invalid UTF-8" in line and "iconv -f latin1 -t utf-8" in line
+    # (CP1252: Latin-1 on every printable character, and Windows' quotes where Latin-1 has invisible controls)
+    assert "latin1.txt:8: invalid UTF-8" in line and "iconv -f cp1252 -t utf-8" in line
     # Chinese, Japanese and Korean in a legacy encoding: iconv from Latin-1 made a corpus of mojibake that no rule caught
     chinese = (shared_data / "chinese.txt").read_text(encoding="utf-8")[:3000]
     cases = (("gbk.txt", chinese, "gb18030", "it reads as Chinese GB18030: iconv -f GB18030"),
@@ -125,14 +126,22 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
               "it reads as Japanese Shift-JIS CP932: iconv -f CP932"),
              # (its kanji sit at GB2312's codes: it read as Chinese, whose iconv garbled them)
              ("eucjp.txt", "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n" * 20, "euc_jp",
-              "it reads as Japanese EUC-JP or Chinese GB18030: iconv -f EUC-JP"),
+              "it reads as Japanese EUC-JP: iconv -f EUC-JP"),
              ("kr.txt", "한국어 텍스트입니다. 안녕하세요.\n" * 20, "euc_kr", "it reads as Korean CP949"),
              # (Windows' superset: one syllable EUC-KR lacks made it read as Chinese)
              ("cp949.txt", "대한민국은 민주공화국이다. 똠방각하 햏햏.\n" * 10, "cp949", "it reads as Korean CP949: iconv -f CP949"),
-             ("cp1252.txt", "“smart quotes” — dash, café\n" * 20, "cp1252", "(e.g. iconv -f cp1252 -t utf-8)"),
+             ("cp1252.txt", "“smart quotes” — dash, café\n" * 20, "cp1252", "(e.g. iconv -f cp1252 -t utf-8"),
+             # Latin-1 German: its ö before a letter read as Big5's rare characters, and CP950 was the advice
+             ("de.txt", "Die Straße in Köln ist schön.\n" * 100, "latin-1", "(e.g. iconv -f cp1252 -t utf-8"),
+             # Thai: words of high bytes, read as GB18030 mostly
+             ("thai.txt", "ภาษาไทยเป็นภาษาที่สวยงาม และมีประวัติศาสตร์ยาวนาน\n" * 30, "tis-620", "it reads as Thai CP874 or Chinese GB18030: iconv -f CP874"),
+             # Greek reads as Cyrillic as well: no command that may garble it, a detector instead
+             ("greek.txt", "Καλημέρα κόσμε, αυτό είναι ελληνικό κείμενο.\n" * 20, "cp1253", "then iconv -f THAT -t utf-8"),
+             # a stray byte after UTF-8 text: converting the whole from Latin-1 garbled the UTF-8 before it
+             ("late.txt", "Le café … Ελλάδα\n" * 40 + "caf\udce9\n", "utf-8", "the rest of the file reads as UTF-8"),
              # a UTF-8 file but for one stray byte: iconv from anything garbles the rest
              ("stray.txt", "ok line\nUn caf\udce9s en ligne\n" + "Le café est très bon et le thé aussi.\n" * 20,
-              "utf-8", "the rest of the file reads as UTF-8: fix or remove the bytes that do not on that line"))
+              "utf-8", "the rest of the file reads as UTF-8: fix or remove the bytes that do not, on that line"))
     for name, text, encoding, said in cases:
         (tmp_path / name).write_bytes(text.encode(encoding, errors="surrogateescape"))
         for command in (["clean", tmp_path / name, "-o", tmp_path / "out"], ["tokenizer", "train", tmp_path / name, "-o", tmp_path / "t"]):

@@ -158,14 +158,17 @@ def check_not_binary(head: bytes, label: str) -> None:
         raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
 
 
-def decode_utf8(data: bytes, label: str, line: Optional[int] = None) -> str:
+def decode_utf8(data: bytes, label: str, line: Optional[int] = None, *, after: bytes = b"", utf8_before: bool = False) -> str:
+    """`data` (a line, or a whole file) as UTF-8; else a one-line error with advice from the bytes from the
+    bad one on (`after`: the file's bytes past a line) and whether UTF-8 text came before it."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = line if line is not None else data[: exc.start].count(b"\n") + 1
+        sample = (data[exc.start:] + after)[:4096]
         raise UserError(
             f"{label}:{where}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); "
-            f"{conversion_advice(data[exc.start:exc.start + 4096])}"
+            f"{conversion_advice(sample, utf8_before or not data[:exc.start].isascii())}"
         ) from None
 
 
@@ -178,6 +181,7 @@ def numbered_lines(path: Path, label: str, compression: Optional[str], stats: Re
     with read_errors(label), open_binary(path, compression) as handle:
         reader = io.BufferedReader(handle) if compression else handle
         check_not_binary(reader.peek(BINARY_PROBE)[:BINARY_PROBE], label)
+        utf8_before = False  # (a stray byte in a UTF-8 file: the advice is to fix it, not to convert the file)
         for raw in reader:
             number += 1
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
@@ -191,7 +195,8 @@ def numbered_lines(path: Path, label: str, compression: Optional[str], stats: Re
                     stats.skipped(f"{label}:{where}")
                     number += lone_crs  # (the lines it holds go with it, and the count goes on after them)
                     continue
-                decode_utf8(raw, label, where)
+                decode_utf8(raw, label, where, after=reader.read(4096), utf8_before=utf8_before)
+            utf8_before = utf8_before or not raw.isascii()
             body = text.removesuffix("\n").removesuffix("\r") if lone_cr_breaks else ""
             if "\r" in body:
                 *pieces, last = body.split("\r")

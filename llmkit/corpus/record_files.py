@@ -245,28 +245,31 @@ def csv_reader(path: Path, label: str, compression: Optional[str]):
                         )
                     yield str(start), row[column]
             except UnicodeDecodeError:  # decoded a block at a time: the line is found again, in bytes
-                line, rest = _first_invalid_utf8(path, compression)
+                line, rest, utf8_before = _first_invalid_utf8(path, compression)
                 where = f"{label}:{line}: invalid UTF-8 (byte 0x{rest[0]:02x})" if rest else f"{label}: invalid UTF-8"
-                raise UserError(f"{where}; {conversion_advice(rest)}") from None
+                raise UserError(f"{where}; {conversion_advice(rest, utf8_before)}") from None
             except csv.Error as exc:
                 raise UserError(f"{label}:{start}: malformed CSV ({exc}); fix it or pass --skip-bad-lines") from None
 
     return read
 
 
-def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, bytes]:
-    """The line (as the CSV reader counts lines: LF, CRLF or a lone CR ends one) and the bytes from
-    the first that is not UTF-8 to its line's end (none: decoded whole this time). (Split at LF, a
-    line never cuts a UTF-8 character.)"""
-    line = 1
+def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, bytes, bool]:
+    """The line (as the CSV reader counts lines: LF, CRLF or a lone CR ends one) of the first byte
+    that is not UTF-8, 4 KB of the file from it (none: decoded whole this time), and whether UTF-8
+    characters came before it (conversion_advice). (Split at LF, a line never cuts a UTF-8 character.)"""
+    line, utf8_before = 1, False
     with open_binary(path, compression) as handle:
-        for raw in io.BufferedReader(handle) if compression else handle:
+        lines = io.BufferedReader(handle) if compression else handle
+        for raw in lines:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return line + raw[: exc.start].count(b"\r"), raw[exc.start:exc.start + 4096]
+                return (line + raw[: exc.start].count(b"\r"), (raw[exc.start:] + lines.read(4096))[:4096],
+                        utf8_before or not raw[: exc.start].isascii())
+            utf8_before = utf8_before or not raw.isascii()
             line += 1 + raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r")
-    return line, b""  # (decoded whole this time: the file changed between the reads)
+    return line, b"", utf8_before  # (decoded whole this time: the file changed between the reads)
 
 
 def parquet_reader(path: Path, label: str):

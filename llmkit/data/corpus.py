@@ -215,7 +215,7 @@ def read_text_range(text_range: TextRange) -> list[str]:
     except UnicodeDecodeError as exc:
         # (not "or run llmkit clean": clean refuses it alike)
         raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + mark + exc.start}); "
-                        f"{conversion_advice(raw[exc.start:exc.start + 4096])}") from None
+                        f"{conversion_advice(raw[exc.start:exc.start + 4096], not raw[:exc.start].isascii())}") from None
     documents, paragraph, ended = [], [], False
     for line in io.StringIO(text, newline=None):
         if not line.strip():
