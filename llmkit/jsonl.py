@@ -118,7 +118,7 @@ def _japanese(codec: str):
         # (the kanji of EUC-JP and the hanzi of GB2312 sit at the same codes: Japanese is told by its kana)
         if sum(map(_kana, text)) < 0.05 * len(text):
             return [False] * len(text)
-        return common(text)
+        return [_kana(ch) or typical_ch for ch, typical_ch in zip(text, common(text))]  # (ー and ・ lead with punctuation's byte)
     return typical
 
 
@@ -131,12 +131,12 @@ _MULTIBYTE = (
     ("cp950", "CP950", "Chinese Big5", _common_hanzi("cp950", 0xA4, 0xC6)),
     ("cp932", "CP932", "Japanese Shift-JIS", _japanese("cp932")),
     ("euc_jp", "EUC-JP", "Japanese", _japanese("euc_jp")),
-    ("cp949", "CP949", "Korean", lambda text: ["\uac00" <= ch <= "\ud7a3" or _cjk_punctuation(ch) for ch in text]),
+    ("cp949", "CP949", "Korean", _common_hanzi("cp949", 0xB0, 0xC8)),  # (KS X 1001's syllables: CP949's extension is rare)
 )
 # Single-byte scripts (tried where the non-ASCII bytes come in runs, as their words do: Thai read as
 # GB18030 mostly): a reading's letters in the script's block and not glued to a Latin letter (a CJK
 # character's second byte read alone is often one)
-_SINGLE_BYTE = (("cp874", "Thai", "\u0e00", "\u0e7f"), ("cp1251", "Cyrillic", "\u0400", "\u04ff"),
+_SINGLE_BYTE = (("cp874", "Thai", "\u0e00", "\u0e7f"), ("cp1251", "Cyrillic", "\u0400", "\u04ff"), ("koi8_r", "Cyrillic", "\u0400", "\u04ff"),
                 ("cp1253", "Greek", "\u0370", "\u03ff"), ("cp1256", "Arabic", "\u0600", "\u06ff"),
                 ("cp1255", "Hebrew", "\u0590", "\u05ff"))
 
@@ -152,23 +152,28 @@ def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
     """What to do with a file that is not UTF-8, from up to 4 KB of it from its first bad byte
     (`utf8_before`: the text before that byte held UTF-8 characters): a binary file or UTF-16 named as
     such; a UTF-8 file with stray bytes told to fix them (converting the whole would garble its other
-    characters); else iconv from the legacy CJK encodings its text reads as, or from CP1252 for
-    accented letters among ASCII (the Latin-1 advice for GB18030 text made a corpus of mojibake that
-    no rule caught). Never an encoding its bytes would decode in as garbage, where it can be told."""
+    characters); else iconv from the legacy encoding its text reads as: the readings whose characters
+    are 90% the script's common ones (Japanese told by its kana), charset-normalizer's choice where
+    several are (Thai reads as GB18030 mostly, short Chinese as Thai), a detector where it makes none;
+    CP1252 for accented letters among ASCII unless they look Central European or Turkish. (The one
+    advice until 2026-12-06, iconv from Latin-1, made a GB18030 novel a corpus of mojibake that no
+    clean rule caught.) A guess is named as the reading it is, never a command where two tie."""
     import codecs
 
     nuls = [i for i, byte in enumerate(sample) if byte == 0]
     if nuls and max(sum(i % 2 == 0 for i in nuls), sum(i % 2 for i in nuls)) >= 0.9 * len(nuls) >= 2:
         return "it looks like UTF-16 text without a byte-order mark: iconv -f UTF-16LE -t utf-8 (or UTF-16BE, whichever reads)"
-    if nuls or sum(byte < 0x20 and byte not in b"\t\n\r\x0c\x1b" for byte in sample) > 0.05 * len(sample):
+    if nuls or sum(byte < 0x20 and byte not in b"\t\n\r\x0c" for byte in sample) > 0.05 * len(sample):
         return "it looks like a binary file, not text; give a text file"
+    high = sum(byte >= 0x80 for byte in sample)
     # (final where the sample is the file's end: a character cut there is a bad byte too)
     as_utf8 = codecs.getincrementaldecoder("utf-8")("replace").decode(sample, final=len(sample) < 4096)
     bad = as_utf8.count("\ufffd")
-    if utf8_before or (bad and sum(ord(ch) >= 0x80 for ch in as_utf8) - bad >= 2 * bad):
+    # a few bad bytes among UTF-8 (before them, or in the sample): a GB18030 file's first hanzi may be valid UTF-8, so
+    # the sample must hold few bad bytes too (a file UTF-8 up to a line and another encoding after: converted, that part)
+    if bad and (utf8_before and (bad <= 2 or bad <= high / 3) or sum(ord(ch) >= 0x80 for ch in as_utf8) - bad >= 2 * bad):
         return ("the rest of the file reads as UTF-8: fix or remove the bytes that do not, on that line (converting the "
                 "whole file would garble its other characters)")
-    high = sum(byte >= 0x80 for byte in sample)
     paired = sum(1 for i, byte in enumerate(sample) if byte >= 0x80 and (
         (i + 1 < len(sample) and sample[i + 1] >= 0x80) or (i and sample[i - 1] >= 0x80)))
 
@@ -178,31 +183,39 @@ def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
         except UnicodeDecodeError:
             return None
 
-    readings = []
+    readings, clear = [], False  # (codec, iconv's name, language); whether a CJK reading is all but whole
     for codec, name, language, typical in _MULTIBYTE:
         wide = [ch for ch in read(codec) or "" if ord(ch) >= 0x80]
-        readings.append((sum(typical(wide)) / len(wide) if wide else 0.0, language, name))
-    if paired >= 0.8 * high:
-        readings += [(_single_byte_share(read(codec) or "", low, top), language, codec.upper())
-                     for codec, language, low, top in _SINGLE_BYTE]
-    # the closest reading first (a Thai text reads as Thai wholly, as GB18030 mostly), ties in the table's order
-    readings = [(share, language, name) for share, language, name in sorted(readings, key=lambda r: -r[0]) if share >= 0.9]
-    if readings:
-        decided = len(readings) == 1 or readings[0][0] > readings[1][0] + 0.01
-        if any(language == "Korean" for _, language, _ in readings) and sample.count(b" ") >= 0.05 * high:
-            readings.sort(key=lambda reading: reading[1] != "Korean")  # (Korean spaces its words; Chinese does not)
-            decided = True
-        if any(language.startswith("Japanese") for _, language, _ in readings):
-            readings.sort(key=lambda reading: not reading[1].startswith("Japanese"))  # (its kana read as such)
-            decided = True
-        shown = " or ".join(f"{language} {name}" for _, language, name in readings)
-        if not decided:  # (Greek reads as Cyrillic as well: which, only a detector's statistics tell)
+        if wide and sum(typical(wide)) >= 0.9 * len(wide):
+            readings.append((codec, name, language))
+            clear = clear or sum(typical(wide)) >= 0.95 * len(wide)
+    # (a short Chinese line's bytes read as Thai or Cyrillic letters as well: the statistics of a few words misled)
+    if paired >= 0.8 * high and not clear:
+        readings += [(codec, codec.upper().replace("_", "-"), language) for codec, language, low, top in _SINGLE_BYTE
+                     if _single_byte_share(read(codec) or "", low, top) >= 0.9]
+    if len(readings) > 1:  # which, a library's statistics of the languages tell (or none: a detector, no command)
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(sample, cp_isolation=[codec for codec, _, _ in readings]).best()
+        chosen = [reading for reading in readings if best is not None and codecs.lookup(reading[0]).name ==
+                  codecs.lookup(best.encoding).name]
+        single_byte = {codec for codec, *_ in _SINGLE_BYTE}
+        if chosen and chosen[0][0] in single_byte and best.percent_coherence < 20:
+            chosen = []  # (a single-byte script told by the letters' language, not found: short Greek chosen as CP1251)
+        if not chosen:
+            shown = " or ".join(f"{language} {name}" for _, name, language in readings)
             return f"convert the file to UTF-8 (it reads as {shown}: {_DETECT})"
-        return f"convert the file to UTF-8 (it reads as {shown}: iconv -f {readings[0][2]} -t utf-8)"
+        readings = chosen + [reading for reading in readings if reading not in chosen]
+    if readings:
+        shown = " or ".join(f"{language} {name}" for _, name, language in readings)
+        return f"convert the file to UTF-8 (it reads as {shown}: iconv -f {readings[0][1]} -t utf-8)"
     if high and paired < 0.5 * high:
         # accented letters among ASCII: CP1252, which is Latin-1 on every printable character and has Windows'
-        # quotes and dashes where Latin-1 has invisible controls (quotes past the sample were made those)
-        return "convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8, for Western European text; else " + _DETECT + ")"
+        # quotes and dashes where Latin-1 has invisible controls (quotes past the sample were made those); not
+        # where its reading holds what Central European or Turkish text would be in it (Ý Þ ð ¹ ³ ...)
+        western = read("cp1252")
+        if western is not None and not any(ch in western for ch in "ÐÝÞðýþ¹³¿¾¥ŠšŽž"):
+            return "convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8, for Western European text; else " + _DETECT + ")"
     return "convert the file to UTF-8 (" + _DETECT + ")"
 
 

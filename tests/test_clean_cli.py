@@ -135,18 +135,40 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
              ("de.txt", "Die Straße in Köln ist schön.\n" * 100, "latin-1", "(e.g. iconv -f cp1252 -t utf-8"),
              # Thai: words of high bytes, read as GB18030 mostly
              ("thai.txt", "ภาษาไทยเป็นภาษาที่สวยงาม และมีประวัติศาสตร์ยาวนาน\n" * 30, "tis-620", "it reads as Thai CP874 or Chinese GB18030: iconv -f CP874"),
-             # Greek reads as Cyrillic as well: no command that may garble it, a detector instead
-             ("greek.txt", "Καλημέρα κόσμε, αυτό είναι ελληνικό κείμενο.\n" * 20, "cp1253", "then iconv -f THAT -t utf-8"),
+             # Greek reads as Cyrillic as well: charset-normalizer's statistics of the words choose; a few words, a detector
+             ("greek.txt", "Καλημέρα κόσμε, αυτό είναι ελληνικό κείμενο.\n" * 20, "cp1253", "it reads as Greek CP1253 or"),
+             ("greek-short.txt", "Καλημέρα\n", "cp1253", "then iconv -f THAT -t utf-8"),
+             # a file UTF-8 up to a line and CP1252 after: that part converted, not "fix that line"
+             ("joined.txt", "Ελλάδα\n" * 10 + "“quoted” café crème\n" * 200, "surrogate-cp1252", "iconv -f cp1252 -t utf-8"),
              # a stray byte after UTF-8 text: converting the whole from Latin-1 garbled the UTF-8 before it
              ("late.txt", "Le café … Ελλάδα\n" * 40 + "caf\udce9\n", "utf-8", "the rest of the file reads as UTF-8"),
              # a UTF-8 file but for one stray byte: iconv from anything garbles the rest
              ("stray.txt", "ok line\nUn caf\udce9s en ligne\n" + "Le café est très bon et le thé aussi.\n" * 20,
               "utf-8", "the rest of the file reads as UTF-8: fix or remove the bytes that do not, on that line"))
     for name, text, encoding, said in cases:
-        (tmp_path / name).write_bytes(text.encode(encoding, errors="surrogateescape"))
+        if encoding == "surrogate-cp1252":
+            head, tail = text.split("“", 1)
+            (tmp_path / name).write_bytes(head.encode() + ("“" + tail).encode("cp1252"))
+        else:
+            (tmp_path / name).write_bytes(text.encode(encoding, errors="surrogateescape"))
         for command in (["clean", tmp_path / name, "-o", tmp_path / "out"], ["tokenizer", "train", tmp_path / name, "-o", tmp_path / "t"]):
             line = _one_error_line(cli(*command))
             assert said in line and "latin1" not in line and "run llmkit clean" not in line, (name, command[0], line)
+    # one-line files, the hardest: most of a novel's paragraphs in GB18030 alone are told GB18030, and none Latin-1
+    import re
+
+    from llmkit.jsonl import conversion_advice
+
+    told = []
+    for paragraph in [p for p in (shared_data / "chinese.txt").read_text(encoding="utf-8").split("\n") if p.strip()][:100]:
+        data = (paragraph + "\n").encode("gb18030")
+        try:
+            data.decode("utf-8")
+            continue
+        except UnicodeDecodeError as exc:
+            advice = conversion_advice(data[exc.start:exc.start + 4096], not data[:exc.start].isascii())
+        told.append((re.search(r"iconv -f (\S+) -t", advice) or [None, None])[1])
+    assert told.count("GB18030") >= 0.9 * len(told) and not {"cp1252", "latin1"} & set(told), told
     # binary junk where eval reads text: not converted into "text"
     import random
 
