@@ -214,7 +214,7 @@ def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
         # quotes and dashes where Latin-1 has invisible controls (quotes past the sample were made those); not
         # where its reading holds what Central European or Turkish text would be in it (Ý Þ ð ¹ ³ ...)
         western = read("cp1252")
-        if western is not None and not any(ch in western for ch in "ÐÝÞðýþ¹³¿¾¥ŠšŽž"):
+        if western is not None and not any(ch in western for ch in "ÐÝÞðýþ¹³¾¥"):
             return "convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8, for Western European text; else " + _DETECT + ")"
     return "convert the file to UTF-8 (" + _DETECT + ")"
 
