@@ -1072,21 +1072,21 @@ def test_a_resume_that_gives_an_option_at_its_default_continues_the_same_run(sha
                       "--max-steps", "5", "--warmup-steps", "1", "--resume"))
     assert "(--warmup-steps default (0) -> 1)" in line
 
-    # The default warmup follows the length: a run of 20 steps warmed up for 2, which a longer resume
-    # may give as typed (it was refused, naming the longer run's default 3 as the saved run's).
-    straight = pretrain("straight-warm", "--max-steps", "30", "--warmup-steps", "2")
-    pretrain("grown-warm", "--max-steps", "20")
+    # The default warmup follows the length: a run of 10 steps warmed up for 1, which a longer resume
+    # may give as typed (it was refused, naming the longer run's default 2 as the saved run's).
+    straight = pretrain("straight-warm", "--max-steps", "20", "--warmup-steps", "1")
+    pretrain("grown-warm", "--max-steps", "10")
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "grown-warm", *FAST[:8], "--context-length", "64",
                       "--batch-tokens", "1024", "--micro-batch", "8", "--eval-every", "0", "--schedule", "constant",
-                      "--max-steps", "30", "--warmup-steps", "1", "--resume"))
-    assert "(--warmup-steps default (2) -> 1)" in line, line
-    grown = pretrain("grown-warm", "--max-steps", "30", "--warmup-steps", "2", "--resume")
-    assert grown.fingerprint == straight.fingerprint and grown.config["warmup_steps"] == 2
+                      "--max-steps", "20", "--warmup-steps", "3", "--resume"))
+    assert "(--warmup-steps default (1) -> 3)" in line, line
+    grown = pretrain("grown-warm", "--max-steps", "20", "--warmup-steps", "1", "--resume")
+    assert grown.fingerprint == straight.fingerprint and grown.config["warmup_steps"] == 1
     # ... and the longer run's own default typed is that default left out, as before (a review of the change: refused)
-    pretrain("grown-left-out", "--max-steps", "20")
-    left_out = pretrain("grown-left-out", "--max-steps", "30", "--resume")
-    pretrain("grown-typed", "--max-steps", "20")
-    typed = pretrain("grown-typed", "--max-steps", "30", "--warmup-steps", "3", "--resume")
+    pretrain("grown-left-out", "--max-steps", "10")
+    left_out = pretrain("grown-left-out", "--max-steps", "20", "--resume")
+    pretrain("grown-typed", "--max-steps", "10")
+    typed = pretrain("grown-typed", "--max-steps", "20", "--warmup-steps", "2", "--resume")
     assert typed.fingerprint == left_out.fingerprint and typed.config["warmup_steps"] is None
 
 
