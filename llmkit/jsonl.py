@@ -186,9 +186,10 @@ def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
     readings, clear = [], False  # (codec, iconv's name, language); whether a CJK reading is all but whole
     for codec, name, language, typical in _MULTIBYTE:
         wide = [ch for ch in read(codec) or "" if ord(ch) >= 0x80]
-        if wide and sum(typical(wide)) >= 0.9 * len(wide):
+        share = sum(typical(wide)) / len(wide) if wide else 0.0
+        if share >= 0.9:
             readings.append((codec, name, language))
-            clear = clear or sum(typical(wide)) >= 0.95 * len(wide)
+            clear = clear or share >= 0.95
     # (a short Chinese line's bytes read as Thai or Cyrillic letters as well: the statistics of a few words misled)
     if paired >= 0.8 * high and not clear:
         readings += [(codec, codec.upper().replace("_", "-"), language) for codec, language, low, top in _SINGLE_BYTE

@@ -28,7 +28,7 @@ class Records(list):
     """Records with what a message calls each one: FILE:LINE for a JSONL file's (as fine-tuning names
     them; "record 5" was line 7 of a file with blank lines), else DATA record N."""
 
-    places: list[str] = []
+    places: list[str]  # (set by whoever makes it: load_records, keeping_places)
 
 
 def place(records: list, index: int) -> str:
