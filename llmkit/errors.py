@@ -8,9 +8,14 @@ import re
 
 
 class UserError(Exception):
-    """A problem the user can fix. The message says what is wrong and what to do."""
+    """A problem the user can fix. The message says what is wrong and what to do.
+
+    `keeps_work`: the stop is not the input's fault (a worker killed, a node that cannot see a file,
+    memory that ran out), so the work done stays for a rerun to continue: a data stage's partial
+    output (llmkit.outputs), a training run with its checkpoints (kept_run_can_go_on)."""
 
     exit_code = 1
+    keeps_work = False
 
 
 class UsageError(UserError):
@@ -58,7 +63,7 @@ class WorkerDied(UserError):
     """A worker process died under a data stage (the out-of-memory killer, a kill): not a problem
     with the input, so the stage's partial output is kept for the rerun to continue."""
 
-    keeps_partial = True
+    keeps_work = True
 
 
 class Terminated(KeyboardInterrupt):
@@ -110,9 +115,10 @@ def _no_room_in_library(exc: BaseException) -> int | None:
 def kept_run_can_go_on(exc: BaseException) -> bool:
     """Whether a training run stopped by `exc` is worth keeping for --resume: the file system failed
     it (a full disk, which safetensors reports in its own type) or memory ran out (--micro-batch may
-    change on resume), not its options or inputs. A worker's, read back by the launcher: `resumable`."""
+    change on resume), not its options or inputs; or a UserError that `keeps_work` (a worker's, read back
+    by the launcher)."""
     return (isinstance(exc, (OSError, MemoryError)) or _no_room_in_library(exc) is not None
-            or getattr(exc, "resumable", False))
+            or isinstance(exc, UserError) and exc.keeps_work)
 
 
 def add_advice(exc: BaseException, text: str) -> None:

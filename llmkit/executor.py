@@ -332,7 +332,7 @@ class NodeFailed(UserError):
     """A worker's node could not read or write a file: not the input's fault (the driver read it), so
     the work done is kept for a rerun once the node sees it."""
 
-    keeps_partial = True
+    keeps_work = True
 
 
 def _unwrap(outcome: tuple[str, Any]) -> Any:

@@ -148,9 +148,25 @@ def _single_byte_share(text: str, low: str, high: str) -> float:
 _DETECT = "find its encoding (uchardet FILE, or chardetect FILE), then iconv -f THAT -t utf-8"
 
 
-def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
+ADVICE_SAMPLE = 4096  # bytes of a file, from its first one that is not UTF-8, that the advice reads
+
+
+def advice_at(raw: bytes, start: int, *, utf8_before: bool = False, rest=None, to_end: bool = True) -> str:
+    """conversion_advice for `raw` (a line, a range or a whole file) whose byte `start` is the first one
+    that is not UTF-8, read from that byte on, topped up from `rest` (the open file past a line); UTF-8
+    came before it where `raw` held some before it (a leading byte-order mark is none) or earlier lines
+    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end."""
+    sample = raw[start:start + ADVICE_SAMPLE]
+    if rest is not None and len(sample) < ADVICE_SAMPLE:
+        sample += rest.read(ADVICE_SAMPLE - len(sample))
+    utf8_before = utf8_before or not raw[:start].removeprefix(b"\xef\xbb\xbf").isascii()
+    return conversion_advice(sample, utf8_before, ends_file=to_end and len(sample) < ADVICE_SAMPLE)
+
+
+def conversion_advice(sample: bytes, utf8_before: bool = False, *, ends_file: bool = False) -> str:
     """What to do with a file that is not UTF-8, from up to 4 KB of it from its first bad byte
-    (`utf8_before`: the text before that byte held UTF-8 characters): a binary file or UTF-16 named as
+    (`utf8_before`: the text before that byte held UTF-8 characters; `ends_file`: the sample is the
+    rest of the file, so a character cut at its end is a bad byte too): a binary file or UTF-16 named as
     such; a UTF-8 file with stray bytes told to fix them (converting the whole would garble its other
     characters); else iconv from the legacy encoding its text reads as: the readings whose characters
     are 90% the script's common ones (Japanese told by its kana), charset-normalizer's choice where
@@ -166,8 +182,7 @@ def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
     if nuls or sum(byte < 0x20 and byte not in b"\t\n\r\x0c" for byte in sample) > 0.05 * len(sample):
         return "it looks like a binary file, not text; give a text file"
     high = sum(byte >= 0x80 for byte in sample)
-    # (final where the sample is the file's end: a character cut there is a bad byte too)
-    as_utf8 = codecs.getincrementaldecoder("utf-8")("replace").decode(sample, final=len(sample) < 4096)
+    as_utf8 = codecs.getincrementaldecoder("utf-8")("replace").decode(sample, final=ends_file)
     bad = as_utf8.count("\ufffd")
     # a few bad bytes among UTF-8 (before them, or in the sample): a GB18030 file's first hanzi may be valid UTF-8, so
     # the sample must hold few bad bytes too (a file UTF-8 up to a line and another encoding after: converted, that part)
@@ -220,16 +235,6 @@ def conversion_advice(sample: bytes, utf8_before: bool = False) -> str:
     return "convert the file to UTF-8 (" + _DETECT + ")"
 
 
-def _from_bad_byte(handle, line: bytes) -> bytes:
-    """Up to 4 KB of a file from its line's first byte that is not UTF-8 (the advice's sample)."""
-    try:
-        line.decode("utf-8")
-        start = len(line)
-    except UnicodeDecodeError as exc:
-        start = exc.start
-    return (line[start:] + handle.read(4096))[:4096]
-
-
 def check_not_packed(head: bytes, path: Path | str) -> None:
     """Refuse a compressed or binary file given where text belongs, naming what it is."""
     for magic, what in _NOT_TEXT.items():
@@ -258,9 +263,8 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
             except UnicodeDecodeError as exc:
-                utf8_before = utf8_before or not raw[: exc.start].isascii()
                 raise UserError(f"{path}:{lineno} is not UTF-8; "
-                                f"{conversion_advice(_from_bad_byte(handle, raw), utf8_before)}") from None
+                                f"{advice_at(raw, exc.start, utf8_before=utf8_before, rest=handle)}") from None
             utf8_before = utf8_before or not raw.isascii()
             if not line.strip():
                 continue
@@ -299,5 +303,4 @@ def read_text(path: Path | str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        utf8_before = not data[: exc.start].removeprefix(b"\xef\xbb\xbf").isascii()
-        raise UserError(f"{path}:{line} is not UTF-8; {conversion_advice(data[exc.start:exc.start + 4096], utf8_before)}") from None
+        raise UserError(f"{path}:{line} is not UTF-8; {advice_at(data, exc.start)}") from None

@@ -484,7 +484,7 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
         except BaseException as exc:
             # (a UserError is the input's problem, which a rerun would meet again: unless it says otherwise)
             resumable = resume_key is not None and _is_file(tmp / RESUME_MARKER) and (
-                not isinstance(exc, UserError) or getattr(exc, "keeps_partial", False))
+                not isinstance(exc, UserError) or exc.keeps_work)
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:  # hidden, and as large as the work done: say where it is and what becomes of it

@@ -157,7 +157,7 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
     # one-line files, the hardest: most of a novel's paragraphs in GB18030 alone are told GB18030, and none Latin-1
     import re
 
-    from llmkit.jsonl import conversion_advice
+    from llmkit.jsonl import advice_at
 
     told = []
     for paragraph in [p for p in (shared_data / "chinese.txt").read_text(encoding="utf-8").split("\n") if p.strip()][:100]:
@@ -166,7 +166,7 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
             data.decode("utf-8")
             continue
         except UnicodeDecodeError as exc:
-            advice = conversion_advice(data[exc.start:exc.start + 4096], not data[:exc.start].isascii())
+            advice = advice_at(data, exc.start)
         told.append((re.search(r"iconv -f (\S+) -t", advice) or [None, None])[1])
     assert told.count("GB18030") >= 0.9 * len(told) and not {"cp1252", "latin1"} & set(told), told
     # binary junk where eval reads text: not converted into "text"

@@ -172,7 +172,7 @@ def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_i
 
     with pytest.raises(WorkerDied, match="a Ray worker died 4 times on the same batch") as died:
         list(ray_ordered_map(always_dies, range(2), workers=1, address=None))
-    assert died.value.keeps_partial and "rerun the command to continue" in str(died.value)  # (the partial is kept)
+    assert died.value.keeps_work and "rerun the command to continue" in str(died.value)  # (the partial is kept)
 
     def dies_at_set_up():
         import os
@@ -192,7 +192,7 @@ def test_more_workers_than_cpus_a_worker_that_always_dies_and_other_errors_end_i
     # (the work done is kept for a rerun once the node sees the file: it was removed)
     with pytest.raises(UserError, match="FileNotFoundError.*every node needs the stage's inputs at the same path") as caught:
         list(ray_ordered_map(reads_a_file, range(1), workers=1, address=None))
-    assert caught.value.keeps_partial
+    assert caught.value.keeps_work
 
     # A bug or out of memory in a worker is what it would be in a local one (it was a UserError: the partial
     # output removed, no "unexpected", no out-of-memory advice), Ray's account of the worker chained for --debug
@@ -273,7 +273,7 @@ def test_a_worker_that_cannot_set_up_says_why_and_an_address_needs_the_ray_execu
     with pytest.raises(UserError, match=r"a Ray worker could not set up: tokenizer not found at /elsewhere; every node needs") as caught:
         list(ray_ordered_map(lambda x: x, range(3), workers=1, address=None, initializer=missing_tokenizer,
                              initargs=("/elsewhere",)))
-    assert caught.value.keeps_partial  # (once the node sees it, a rerun goes on: the work done was removed)
+    assert caught.value.keeps_work  # (once the node sees it, a rerun goes on: the work done was removed)
     result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", tmp_path / "out", "--ray-address", "auto")
     assert result.exit_code != 0 and "--ray-address auto is for --executor ray" in result.output
     assert not (tmp_path / "out").exists()

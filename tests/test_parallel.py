@@ -190,7 +190,7 @@ def test_a_worker_that_dies_mid_run_is_named_and_keeps_the_partial_output():
         for value in ordered_map(_dies_on_five, range(40), workers=2):
             seen.append(value)
     assert seen == list(range(len(seen))) and 0 < len(seen) < 40
-    assert caught.value.keeps_partial  # (so a rerun continues: llmkit.outputs keeps .OUT.partial-KEY)
+    assert caught.value.keeps_work  # (so a rerun continues: llmkit.outputs keeps .OUT.partial-KEY)
 
 
 def test_a_worker_death_while_another_writes_a_large_result_ends_the_stage():
@@ -236,7 +236,7 @@ def test_a_worker_killed_on_its_first_item_died_and_did_not_fail_to_start():
 
     with pytest.raises(WorkerDied, match="a worker process died after 0 batch") as caught:
         list(ordered_map(_killed_on_the_first_item, range(4), workers=2))
-    assert caught.value.keeps_partial
+    assert caught.value.keeps_work
 
 
 def test_ctrl_c_waits_until_the_pool_call_ends():

@@ -460,9 +460,9 @@ def test_a_workers_error_file_keeps_the_best_account(tmp_path, monkeypatch):
 
     monkeypatch.setenv(OPTIONS_DIGEST, "")  # (main sets it: restored after)
     error = tmp_path / "error.txt"
-    user = {"message": "a user error", "exit_code": 1, "resumable": False, "lost": False}
-    plain = {"message": "a plain error", "exit_code": 1, "resumable": False, "lost": False}
-    lost = {"message": "the connection to another process of the run was lost", "exit_code": 1, "resumable": False, "lost": True}
+    user = {"message": "a user error", "exit_code": 1, "keeps_work": False, "lost": False}
+    plain = {"message": "a plain error", "exit_code": 1, "keeps_work": False, "lost": False}
+    lost = {"message": "the connection to another process of the run was lost", "exit_code": 1, "keeps_work": False, "lost": True}
     for entry, before, after in (("raise_plain", user, user), ("raise_plain", lost, plain), ("raise_plain", plain, plain),
                                  ("lose_the_connection", plain, plain), ("lose_the_connection", None, lost),
                                  ("raise_user_error", lost, user), ("raise_user_error", plain, user)):

@@ -416,7 +416,7 @@ def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, 
     from llmkit.train.launch import run_directory
 
     def torchrun(command, env, held):
-        failure = {"message": "no space left on the device", "exit_code": 1, "resumable": True}
+        failure = {"message": "no space left on the device", "exit_code": 1, "keeps_work": True}
         (tmp_path / "launch" / "error.txt").write_text(json.dumps(failure) + "\n")
         return 1
 
@@ -432,7 +432,7 @@ def test_a_full_disk_in_a_worker_or_a_sweep_gets_the_advice_that_fits(tmp_path, 
                 with artifacts.create(out / "checkpoints" / "step_0000001", "checkpoint", lock=False) as build:
                     (build.dir / "model.safetensors").write_bytes(b"x")
                 distributed.relaunch("mod:fn", {}, tmp_path / "launch", nproc=2)
-        assert raised.value.resumable and said in advice_of(raised.value) and out.is_dir(), advice_of(raised.value)
+        assert raised.value.keeps_work and said in advice_of(raised.value) and out.is_dir(), advice_of(raised.value)
 
     # safetensors reports a full disk in its own type, not an OSError: the run kept was not said, nor --resume
     from safetensors import SafetensorError

@@ -17,7 +17,7 @@ from typing import IO, Callable, Iterator, Optional
 
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
-from llmkit.jsonl import check_not_wide, conversion_advice
+from llmkit.jsonl import advice_at, check_not_wide
 
 BINARY_PROBE = 8192
 
@@ -158,17 +158,16 @@ def check_not_binary(head: bytes, label: str) -> None:
         raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
 
 
-def decode_utf8(data: bytes, label: str, line: Optional[int] = None, *, after: bytes = b"", utf8_before: bool = False) -> str:
-    """`data` (a line, or a whole file) as UTF-8; else a one-line error with advice from the bytes from the
-    bad one on (`after`: the file's bytes past a line) and whether UTF-8 text came before it."""
+def decode_utf8(data: bytes, label: str, line: Optional[int] = None, *, rest=None, utf8_before: bool = False) -> str:
+    """`data` (a line, or a whole file) as UTF-8; else a one-line error with advice_at's advice (`rest`:
+    the open file past a line; `utf8_before`: earlier lines held UTF-8 characters)."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = line if line is not None else data[: exc.start].count(b"\n") + 1
-        sample = (data[exc.start:] + after)[:4096]
         raise UserError(
             f"{label}:{where}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); "
-            f"{conversion_advice(sample, utf8_before or not data[:exc.start].isascii())}"
+            f"{advice_at(data, exc.start, utf8_before=utf8_before, rest=rest)}"
         ) from None
 
 
@@ -195,7 +194,7 @@ def numbered_lines(path: Path, label: str, compression: Optional[str], stats: Re
                     stats.skipped(f"{label}:{where}")
                     number += lone_crs  # (the lines it holds go with it, and the count goes on after them)
                     continue
-                decode_utf8(raw, label, where, after=reader.read(4096), utf8_before=utf8_before)
+                decode_utf8(raw, label, where, rest=reader, utf8_before=utf8_before)
             utf8_before = utf8_before or not raw.isascii()
             body = text.removesuffix("\n").removesuffix("\r") if lone_cr_breaks else ""
             if "\r" in body:

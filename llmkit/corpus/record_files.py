@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional
 
 from llmkit.corpus.reading import BINARY_PROBE, ReadOptions, ReadStats, check_not_binary, decode_utf8, numbered_lines, open_binary
 from llmkit.errors import UserError
-from llmkit.jsonl import ABSENT, conversion_advice, field_value
+from llmkit.jsonl import ABSENT, advice_at, field_value
 
 
 # Records the text field of a JSON file is chosen from: a file's first record alone may lack it.
@@ -245,19 +245,16 @@ def csv_reader(path: Path, label: str, compression: Optional[str]):
                         )
                     yield str(start), row[column]
             except UnicodeDecodeError:  # decoded a block at a time: the line is found again, in bytes
-                line, rest, utf8_before = _first_invalid_utf8(path, compression)
-                where = f"{label}:{line}: invalid UTF-8 (byte 0x{rest[0]:02x})" if rest else f"{label}: invalid UTF-8"
-                raise UserError(f"{where}; {conversion_advice(rest, utf8_before)}") from None
+                raise UserError(_first_invalid_utf8(path, compression, label)) from None
             except csv.Error as exc:
                 raise UserError(f"{label}:{start}: malformed CSV ({exc}); fix it or pass --skip-bad-lines") from None
 
     return read
 
 
-def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, bytes, bool]:
-    """The line (as the CSV reader counts lines: LF, CRLF or a lone CR ends one) of the first byte
-    that is not UTF-8, 4 KB of the file from it (none: decoded whole this time), and whether UTF-8
-    characters came before it (conversion_advice). (Split at LF, a line never cuts a UTF-8 character.)"""
+def _first_invalid_utf8(path: Path, compression: Optional[str], label: str) -> str:
+    """The error for a CSV file's first byte that is not UTF-8, on its line as the CSV reader counts
+    lines (LF, CRLF or a lone CR ends one). (Split at LF, a line never cuts a UTF-8 character.)"""
     line, utf8_before = 1, False
     with open_binary(path, compression) as handle:
         lines = io.BufferedReader(handle) if compression else handle
@@ -265,11 +262,12 @@ def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, by
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return (line + raw[: exc.start].count(b"\r"), (raw[exc.start:] + lines.read(4096))[:4096],
-                        utf8_before or not raw[: exc.start].isascii())
+                line += raw[: exc.start].count(b"\r")  # (the CR-ended line of the byte)
+                return (f"{label}:{line}: invalid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+                        f"{advice_at(raw, exc.start, utf8_before=utf8_before, rest=lines)}")
             utf8_before = utf8_before or not raw.isascii()
             line += 1 + raw.removesuffix(b"\n").removesuffix(b"\r").count(b"\r")
-    return line, b"", utf8_before  # (decoded whole this time: the file changed between the reads)
+    return f"{label} changed while it was read (it was not UTF-8, then it was); run again"
 
 
 def parquet_reader(path: Path, label: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.jsonl import check_not_packed, check_not_wide, conversion_advice
+from llmkit.jsonl import advice_at, check_not_packed, check_not_wide
 
 # The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
 # write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
@@ -215,7 +215,7 @@ def read_text_range(text_range: TextRange) -> list[str]:
     except UnicodeDecodeError as exc:
         # (not "or run llmkit clean": clean refuses it alike)
         raise UserError(f"{text_range.path} is not UTF-8 text ({exc.reason} at byte {text_range.start + mark + exc.start}); "
-                        f"{conversion_advice(raw[exc.start:exc.start + 4096], not raw[:exc.start].isascii())}") from None
+                        f"{advice_at(raw, exc.start, to_end=text_range.end == text_range.file_size)}") from None
     documents, paragraph, ended = [], [], False
     for line in io.StringIO(text, newline=None):
         if not line.strip():

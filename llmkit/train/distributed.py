@@ -278,7 +278,7 @@ def relaunch(
                             "the command with --resume to continue from the last checkpoint")
         if failure is not None:
             error = (UsageError if failure["exit_code"] == 2 else UserError)(failure["message"])
-            error.resumable = bool(failure.get("resumable"))  # (a worker's full disk: llmkit.train.launch's advice)
+            error.keeps_work = bool(failure.get("keeps_work"))  # (a worker's full disk: llmkit.train.launch's advice)
             raise error
         raise UserError(f"distributed training failed (torchrun exit code {returncode}); see the messages above")
 

@@ -621,7 +621,7 @@ class Trainer(Resuming):
                 f"CUDA out of memory at step {step + 1} with --micro-batch {s.micro_batch}: lower --micro-batch "
                 "(gradient accumulation keeps the global batch), use --strategy fsdp with several GPUs, or a smaller --model"
             )
-            error.resumable = True  # (--micro-batch may change on resume: the run is kept, llmkit.train.launch)
+            error.keeps_work = True  # (--micro-batch may change on resume: the run is kept, llmkit.train.launch)
             raise error from exc
         finally:
             logger.close()

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 # (and whether the file system failed it, a full disk: the launcher says to --resume a kept run)
                 # (and whether it only saw another process go: the launcher then looks for what stopped that one)
                 tmp.write_text(json.dumps({"message": message, "exit_code": getattr(exc, "exit_code", 1),
-                                           "resumable": kept_run_can_go_on(exc),
+                                           "keeps_work": kept_run_can_go_on(exc),
                                            "lost": lost is not None}) + "\n", encoding="utf-8")
                 os.replace(tmp, path)
         else:
