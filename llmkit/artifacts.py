@@ -170,6 +170,8 @@ def _manifest_problem(data: Any) -> str | None:
             return f"the hash of file {name!r} is not a sha256"
         if name.startswith("/") or ".." in name.split("/"):
             return f"it lists {name!r}, a path outside the artifact"
+        if "\x00" in name or any(part in ("", ".") for part in name.split("/")):  # ('./x', '', 'a//b': no file's name)
+            return f"it lists {name!r}, which is not the path of a file inside it"
     for ref in data.get("inputs", []):
         if not isinstance(ref, dict) or not all(isinstance(ref.get(k), str) for k in ("role", "path", "fingerprint")) \
                 or not isinstance(ref.get("kind", ""), str):
@@ -181,6 +183,11 @@ def _manifest_problem(data: Any) -> str | None:
         return "its 'command' is not a list of words"
     if any(not isinstance(v, int) or isinstance(v, bool) for v in data.get("sizes", {}).values()):
         return "its 'sizes' are not whole numbers"
+    unsized = sorted((set(data.get("files", {})) | set(data.get("state_files", {}))) - set(data.get("sizes", {})))
+    if "sizes" in data and unsized:  # (an entry left out turned the load's size check off for that file)
+        return f"its 'sizes' leave out {unsized[0]!r}"
+    if isinstance(data.get("format_version"), int) and data["format_version"] < 1:
+        return f"its format_version {data['format_version']} is none llmkit wrote"
     return None
 
 
@@ -207,6 +214,42 @@ def _manifest_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
+
+
+def recorded_digest(path: Path) -> tuple[Path, str] | None:
+    """(the artifact, the sha256 its manifest records for `path`) where the folder of `path` or the one
+    above it is an artifact listing it (a checkpoint's tokenizer/ is the one above); else None."""
+    path = Path(path)
+    for root in (path.parent, path.parent.parent):
+        data = _manifest_json(root / MANIFEST)
+        if _manifest_problem(data) is None:
+            name = path.relative_to(root).as_posix()
+            digest = {**data.get("files", {}), **data.get("state_files", {})}.get(name)
+            return (root, digest) if isinstance(digest, str) else None
+    return None
+
+
+@contextlib.contextmanager
+def checked_as_read(*paths: Path) -> Iterator[None]:
+    """Hash the files the body reads whole (weights, a training state, a tokenizer) beside it, in a thread
+    (hashlib lets go of the GIL: on two cores the cost hides behind the read), and refuse one that differs
+    from its artifact's manifest: load checks only sizes, so a change that kept the size was used, and
+    the stage's output recorded the input's fingerprint for files it never had. (Token shards, mapped and
+    read in part, are checked by size only; `llmkit verify` hashes every file.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def unchanged(path: Path) -> None:
+        found = recorded_digest(path)
+        if found is not None and sha256_file(path) != found[1]:
+            raise UserError(f"{path} was changed after the artifact {found[0]} was written (its sha256 is not the one the "
+                            f"manifest records, its size is); restore it or rebuild the artifact (llmkit verify {found[0]} "
+                            "lists every change)")
+
+    with ThreadPoolExecutor(1) as pool:
+        checks = [pool.submit(unchanged, Path(path)) for path in paths]
+        yield
+        for check in checks:
+            check.result()
 
 
 @dataclass(frozen=True)
@@ -433,6 +476,13 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
     if not path.exists():
         raise UserError(f"no such artifact: {path}; expected {_article(wanted_text)} artifact directory")
     if not path.is_dir():
+        # a file of an artifact (its weights, its tokenizer.json): the artifact is its folder, or one above
+        holder = next((folder for folder in list(path.parents)[:3] if manifest_kind(folder)), None)
+        if holder is not None and (not wanted or manifest_kind(holder) in wanted):
+            raise UserError(f"{path} is a file of the {manifest_kind(holder)} artifact {holder}; pass {holder}")
+        if holder is not None:
+            raise UserError(f"{path} is a file of the {manifest_kind(holder)} artifact {holder}, not {_article(wanted_text)} "
+                            f"artifact{_how_to_make(wanted, manifest_kind(holder), holder)}")
         raise UserError(f"{path} is a file, expected {_article(wanted_text)} artifact directory{_how_to_make(wanted, 'file', path)}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -475,13 +525,14 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
     if problem:
         raise UserError(f"{manifest_path} is not a valid manifest: {problem}; rebuild the artifact")
     manifest = Manifest.from_dict(data)
+    # (an edit first: a kind edited was told "got tokens", with the way to make a checkpoint of them)
+    if check and manifest.expected_fingerprint() != manifest.fingerprint:
+        raise UserError(f"{manifest_path} was edited: its fingerprint does not match its contents; rebuild the artifact")
     if wanted and manifest.kind not in wanted:
         raise UserError(f"expected {_article(wanted_text)} artifact, got {manifest.kind} at {path}"
                         f"{_how_to_make(wanted, manifest.kind, path)}")
     art = Artifact(path=path, manifest=manifest)
     if check:
-        if manifest.expected_fingerprint() != manifest.fingerprint:
-            raise UserError(f"{manifest_path} was edited: its fingerprint does not match its contents; rebuild the artifact")
         art.check_files()
     return art
 

@@ -89,6 +89,18 @@ def shell_word(path) -> str:
     return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
+def figure(value, decimals: int = 4) -> str:
+    """A number as every stage prints one: a count with separators (891,520); a measurement with fixed
+    decimals, one too large or too small for them (word perplexity's 3.357e+10, a rate of 2.1e-05) in
+    four significant digits rather than a hundred digits or 0.0000; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if not isinstance(value, float):
+        return str(value)
+    fixed = value == 0 or 10 ** (1 - decimals) <= abs(value) < 1e6 or value != value or abs(value) == float("inf")
+    return f"{value:.{decimals}f}" if fixed else f"{value:.4g}"
+
+
 def wrote(art) -> None:
     """`wrote OUT (fingerprint F)` on stderr: the line a stage whose results table names no output ends with."""
     err.print(styled("wrote", "green", f" {art.path} (fingerprint {art.short_fingerprint})"), soft_wrap=True)

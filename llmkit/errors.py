@@ -121,6 +121,17 @@ def kept_run_can_go_on(exc: BaseException) -> bool:
             or isinstance(exc, UserError) and exc.keeps_work)
 
 
+def did_you_mean(typed: str, known) -> str:
+    """ "did you mean 'NAME'? " for a name typed with another case, "-" for "_" or a slip of a letter or
+    two (one rule for every name a user types: presets, metrics, benchmarks, templates, options); else "". """
+    import difflib
+
+    known = list(known)
+    spelled = {name.lower().replace("-", "_"): name for name in known}
+    close = spelled.get(typed.lower().replace("-", "_")) or next(iter(difflib.get_close_matches(typed, known, n=1, cutoff=0.75)), None)
+    return f"did you mean {close!r}? " if close else ""
+
+
 def add_advice(exc: BaseException, text: str) -> None:
     """Advice for the one line `exc` becomes (what became of the output, what a rerun does), added by
     the code it passes through. Kept apart from Python's exception notes, which libraries add too."""

@@ -34,7 +34,7 @@ INSTALL = "pip install 'llmkit[ray]'"
 class Execution(Options):
     """The executor of a data stage; never changes what it computes, so never hashed."""
 
-    executor: str = option("local", "local (this machine: processes, threads for tokenize) or ray (a Ray cluster's workers; "
+    executor: str = option("local", "local (this machine's cores, as --workers says) or ray (a Ray cluster's workers; "
                            f"{INSTALL}).", choices=("local", "ray"), runtime=True)
     ray_address: str | None = option(None, "Ray cluster to join (e.g. auto, or ray://HEAD:10001); default: start a local "
                                      "Ray instance for this run (even where a cluster runs on this machine).", runtime=True)

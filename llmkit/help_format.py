@@ -88,7 +88,8 @@ def _row(param: click.Parameter, ctx: click.Context) -> tuple[bool, Text, Text, 
     metavar = "" if is_flag else (param.metavar or param.make_metavar(ctx=ctx))
     if _is_argument(param):
         metavar = f"<{param.type.name}>"
-    help_text = Text.from_markup(" ".join((getattr(param, "help", None) or "").split()))
+    help_text = " ".join((getattr(param, "help", None) or "").split())
+    help_text = Text.from_markup(computed_default(help_text)[0] if param.default is None else help_text)
     if len(metavar) > TYPE_WIDTH and metavar.startswith("<") and "|" in metavar:
         # a choice list longer than its column folded there, cutting a choice mid-word (interleaved-1f / 1b)
         choices = metavar[1:-1].split("|")
@@ -103,9 +104,22 @@ def _row(param: click.Parameter, ctx: click.Context) -> tuple[bool, Text, Text, 
     return param.required, Text(option_names(param), style=NAME_STYLE), Text(metavar, style=TYPE_STYLE), help_text
 
 
+# A default the stage computes, said at the end of the help ("Optimizer steps (default 1000).", where
+# --max-tokens may set the length instead): shown where a fixed default is, as "[default: 1000]"
+_COMPUTED_DEFAULT = re.compile(r"\s*\(default:? ((?:[^()]|\([^()]*\))+)\)\.?$")
+
+
+def computed_default(help_text: str) -> tuple[str, str | None]:
+    """(the help without its closing "(default X).", X), or (the help, None)."""
+    found = _COMPUTED_DEFAULT.search(help_text)
+    return (help_text[: found.start()] + ".", found.group(1)) if found else (help_text, None)
+
+
 def _default(param: click.Parameter) -> str | None:
     """The default as typer shows it: none for a flag that is off, or a value left to the stage."""
-    if getattr(param, "show_default", True) is False or param.default is None or callable(param.default):
+    if param.default is None and not _is_argument(param):
+        return computed_default(" ".join((getattr(param, "help", None) or "").split()))[1]
+    if getattr(param, "show_default", True) is False or callable(param.default):
         return None
     if getattr(param, "secondary_opts", None):
         return "on" if param.default else "off"

@@ -11,7 +11,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from llmkit.artifacts import Artifact, LineageNode, input_problems
-from llmkit.console import err, out, styled
+from llmkit.console import err, figure, out, styled
 from llmkit.model.records import CheckpointStats
 
 
@@ -70,26 +70,21 @@ def _headline(art: Artifact) -> str:
     """The few numbers that tell one artifact of a kind from another."""
     s = art.stats
 
-    def num(value, digits=4):
-        if isinstance(value, float):
-            return f"{value:.{digits}g}"
-        return f"{value:,}" if isinstance(value, int) else str(value)
-
     if art.kind == "corpus":
-        return f"{num(s.get('documents'))} docs, {num(s.get('bytes'))} bytes"
+        return f"{figure(s.get('documents'))} docs, {figure(s.get('bytes'))} bytes"
     if art.kind == "tokenizer":
-        return f"vocab {num(s.get('vocab_size'))}, {num(s.get('bytes_per_token'))} bytes/token"
+        return f"vocab {figure(s.get('vocab_size'))}, {figure(s.get('bytes_per_token'))} bytes/token"
     if art.kind == "tokens":
         train, val = s.get("train", {}), s.get("val", {})
-        return f"train {num(train.get('tokens'))} / val {num(val.get('tokens'))} tokens ({s.get('dtype')})"
+        return f"train {figure(train.get('tokens'))} / val {figure(val.get('tokens'))} tokens ({s.get('dtype')})"
     if art.kind == "checkpoint":
         stats = CheckpointStats.of(art)
-        parts = [f"{num(stats.params)} params"]
+        parts = [f"{figure(stats.params)} params"]
         if stats.step is not None:
-            parts.append(f"step {num(stats.step)}")
+            parts.append(f"step {figure(stats.step)}")
         for key in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
             if isinstance(getattr(stats, key), (int, float)):
-                parts.append(f"{key} {num(getattr(stats, key))}")
+                parts.append(f"{key} {figure(getattr(stats, key))}")
         return ", ".join(parts) + _measured_earlier(stats)
     # a sweep's and a fit's figures from their hashed files (verify vouches for those, not for stats);
     # an artifact made before the file was: from its stats
@@ -97,11 +92,11 @@ def _headline(art: Artifact) -> str:
         runs = _hashed_json(art, "runs.json", list)
         runs = s.get("runs", []) if runs is None else runs
         losses = [r["final_val_loss"] for r in runs if isinstance(r, dict) and isinstance(r.get("final_val_loss"), (int, float))]
-        return f"{len(runs)} runs" + (f", best val_loss {num(min(losses))}" if losses else "")
+        return f"{len(runs)} runs" + (f", best val_loss {figure(min(losses))}" if losses else "")
     if art.kind == "scaling":
         fit = _hashed_json(art, "fit.json", dict)
         figures = {**fit["approach3"], "points": fit.get("points")} if isinstance((fit or {}).get("approach3"), dict) else s
-        parts = [f"alpha {num(figures.get('alpha'), 3)}", f"beta {num(figures.get('beta'), 3)}"]
+        parts = [f"alpha {figure(figures.get('alpha'), 3)}", f"beta {figure(figures.get('beta'), 3)}"]
         if isinstance(figures.get("params_exponent"), float):
             parts.append(f"N_opt ∝ C^{figures['params_exponent']:.2f}")
         headline = ", ".join(parts) + f" ({figures.get('points')} points)"
@@ -110,7 +105,7 @@ def _headline(art: Artifact) -> str:
     if art.kind == "eval":
         metrics_file = art.path / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        return ", ".join(f"{k} {num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        return ", ".join(f"{k} {figure(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
     return ""
 
 
@@ -268,5 +263,22 @@ def next_after_checkpoint(art) -> None:
     elif task == "sft":
         next_step(f"llmkit chat {run}", f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data TEST.jsonl -o EVAL")
     else:
-        next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data HELD_OUT.txt -o EVAL",
-                  f"llmkit finetune {run} --data DATA.jsonl -o SFT")
+        next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data {_held_out(art)} -o EVAL",
+                  f"llmkit finetune {run} --data DATA.jsonl -o SFT",
+                  f"llmkit finetune {run} --task classify --data LABELLED.jsonl -o CLASSIFIER")
+
+
+def _held_out(art) -> str:
+    """What a freshly pretrained model is evaluated on: the validation split of the tokens it trained
+    on, where they are still there (eval reads it), else a held-out text file."""
+    import os
+
+    from llmkit.artifacts import manifest_kind
+    from llmkit.console import shell_word
+
+    for item in art.manifest.inputs:
+        if item.get("role") == "tokens" and not item.get("within") and isinstance(item.get("path"), str):
+            tokens = Path(os.path.normpath(art.path / ".." / item["path"]))
+            if manifest_kind(tokens) == "tokens":
+                return shell_word(tokens)
+    return "HELD_OUT.txt"

@@ -34,7 +34,11 @@ def click_command(path: str):
 
 
 def _default(param) -> str:
+    from llmkit.help_format import computed_default
+
     value = param.default
+    if value is None and computed_default(param.help or "")[1]:
+        return computed_default(param.help or "")[1].replace("|", "\\|")
     if getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
         return "on" if value else "off"
     if value is None or value == [] or value is Ellipsis or callable(value):
@@ -49,6 +53,7 @@ def _default(param) -> str:
 def table(path: str) -> str:
     """The markdown tables of one command's options, one per help panel."""
     from llmkit.cli import stage_commands
+    from llmkit.help_format import computed_default
     from llmkit.options import flat_options
 
     function = stage_commands()[path]
@@ -66,7 +71,8 @@ def table(path: str) -> str:
         else:
             recorded = inputs.get(param.name, "—")
         # (the help is escaped for rich's markup in --help: `\\[` there is a plain `[` here)
-        help_text = (param.help or "").replace("\\[", "[").replace("|", "\\|").replace("\\\\n", "\\n")
+        help_text = computed_default(param.help or "")[0] if param.default is None else (param.help or "")
+        help_text = help_text.replace("\\[", "[").replace("|", "\\|").replace("\\\\n", "\\n")
         allowed = (str(opt.spec.range) if opt.spec.range else ", ".join(opt.spec.choices) if opt.spec.choices else "") if opt else ""
         row = [flags, _default(param), allowed, recorded, help_text] if function.writes_artifact else [flags, _default(param), allowed, help_text]
         panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(row)

@@ -86,12 +86,12 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
             raise UserError(f"-o {out} contains the stage's input {item}; write the output to another path")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
-    if out.exists() and not force:
-        raise UserError(f"output {out} already exists; pass --force to replace it or choose another -o path")
+    # (whether it is llmkit's first: --force was advised for a folder it then refused)
     if out.exists() and not _made_by_llmkit(out):
-        what = "llmkit continues only its own runs" if resume else "--force replaces only llmkit's outputs"
+        what = "llmkit continues only its own runs" if resume else "llmkit replaces only its own outputs"
         raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); {what}: move it "
                         "away, or choose another -o path")
+    _refuse_existing(out, force)
     # (moving it aside failed after the work; `replacing`: whether this run would replace or continue it, where
     # `force` says less: a training run's directory is checked with force=True and asks --resume/--force itself)
     if out.exists() and replacing is not False and not os.access(out, os.W_OK | os.X_OK):
@@ -258,11 +258,13 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
 
 
 def _refuse_existing(path: Path, force: bool, ours: WrittenBy | None = None) -> None:
-    if (path.exists() or path.is_symlink()) and not force:  # (a link to nothing is something there, too)
+    # (whether it is the command's own first: --force was advised for a file it then refused)
+    if ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
+        raise UserError(f"output {path} exists and is not {ours.what}, which is all llmkit replaces here: move it away, "
+                        "or choose another -o path")
+    # (a link to nothing is something there, too; an empty folder, made with mkdir for it, holds nothing to lose)
+    if (path.is_symlink() or path.exists() and not (path.is_dir() and not any(path.iterdir()))) and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
-    if force and ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
-        raise UserError(f"output {path} exists and is not {ours.what}, which is all --force replaces here (one written "
-                        "before 2026-12-05 carries no mark of it): move it away, or choose another -o path")
 
 
 # The first key of every JSONL record generate and chat write, naming the command (what --force

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -93,6 +94,15 @@ def test_existing_output_needs_force(tmp_path):
     new = make(out, payload="replaced", force=True)
     assert (out / "data" / "a.txt").read_text() == "replaced"
     assert artifacts.verify(out).ok and new.fingerprint == artifacts.load(out).fingerprint
+    # a folder of the user's: refused as such, --force not advised (it was, then refused); an empty one is taken
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="holds files llmkit did not write") as refused:
+        make(mine)
+    assert "--force" not in str(refused.value) and (mine / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    assert artifacts.verify(make(tmp_path / "empty").path).ok
 
 
 def test_verify_catches_changed_missing_and_edited(tmp_path):
@@ -181,6 +191,28 @@ def test_load_checks_kind_presence_and_version(tmp_path):
     (tmp_path / "corpus" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="upgrade llmkit"):
         artifacts.load(tmp_path / "corpus")
+
+
+def test_an_edited_kind_is_named_an_edit_and_a_file_changed_in_place_is_refused_as_read(tmp_path):
+    """load checks sizes only; a stage reading a file whole hashes it beside the read (the weights a
+    byte changed in were used, and the eval of them recorded the checkpoint's fingerprint)."""
+    corpus = make(tmp_path / "corpus")
+    manifest = json.loads((corpus.path / "manifest.json").read_text())
+    (corpus.path / "manifest.json").write_text(json.dumps({**manifest, "kind": "tokenizer"}))
+    with pytest.raises(UserError, match="manifest.json was edited") as edited:  # (it said "got tokenizer", and how to make one)
+        artifacts.load(corpus.path, kind="corpus")
+    assert "got" not in str(edited.value)
+    (corpus.path / "manifest.json").write_text(json.dumps(manifest))
+    with artifacts.checked_as_read(corpus.path / "b.bin", corpus.path / "data" / "a.txt"):  # (data/: the artifact one above)
+        pass
+    (corpus.path / "data" / "a.txt").write_text("HELLO")  # the same size
+    artifacts.load(corpus.path)  # (the cheap check does not see it)
+    with pytest.raises(UserError, match=rf"{re.escape(str(corpus.path / 'data' / 'a.txt'))} was changed after the artifact "
+                                        rf"{re.escape(str(corpus.path))} was written"):
+        with artifacts.checked_as_read(corpus.path / "data" / "a.txt"):
+            (corpus.path / "data" / "a.txt").read_text()
+    with artifacts.checked_as_read(tmp_path / "elsewhere.txt"):  # a file of no artifact: nothing to compare with
+        pass
 
 
 def test_input_that_changed_since_use_is_refused(tmp_path):
@@ -408,3 +440,21 @@ def test_a_manifest_number_past_pythons_digit_limit_is_not_valid_json_in_one_lin
     assert "9" * 5000 in manifest.read_text()
     with pytest.raises(UserError, match="is not valid JSON"):
         artifacts.load(tmp_path / "a")
+
+
+def test_a_manifest_that_would_switch_the_load_checks_off_is_refused(tmp_path):
+    """An entry left out of `sizes` (unhashed) turned the size check off for its file; a name such as
+    './b.bin' or one with a NUL, and format version 0, passed as well."""
+    corpus = make(tmp_path / "corpus")
+    manifest = json.loads((corpus.path / "manifest.json").read_text())
+    for change, said in ((lambda m: m["sizes"].pop("b.bin"), "its 'sizes' leave out 'b.bin'"),
+                         (lambda m: m["files"].__setitem__("./b.bin", m["files"].pop("b.bin")), "'./b.bin', which is not the path"),
+                         (lambda m: m["files"].__setitem__("a\x00b", m["files"]["b.bin"]), "which is not the path of a file"),
+                         (lambda m: m.__setitem__("format_version", 0), "format_version 0 is none llmkit wrote")):
+        edited = json.loads(json.dumps(manifest))
+        change(edited)
+        (corpus.path / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(UserError, match=re.escape(said)):
+            artifacts.load(corpus.path)
+    (corpus.path / "manifest.json").write_text(json.dumps(manifest))
+    assert artifacts.verify(corpus.path).ok

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -1088,3 +1089,22 @@ def test_a_null_in_a_config_file_leaves_its_option_unset_beside_its_pair(cli, ch
     result = cli("pretrain", chain / "tokens", "-o", tmp_path / "pt", *TINY_MODEL, *TINY_RUN[2:], "--config", tmp_path / "run.yaml")
     assert result.exit_code == 0, result.output
     assert artifacts.load(tmp_path / "pt").config["max_steps"] == 2
+
+
+def test_a_misspelt_name_is_offered_the_one_meant():
+    """Presets, metrics and templates say "did you mean" as options, config keys and benchmarks did
+    (`--model tinny` listed the presets only); a name nothing is close to gets the list alone."""
+    from llmkit.data.templates import resolve_template
+    from llmkit.errors import UsageError
+    from llmkit.eval.names import parse_metrics
+    from llmkit.model.presets import resolve_model_config
+
+    for call, said in ((lambda: resolve_model_config("tinny", 256), "did you mean 'tiny'?"),
+                       (lambda: resolve_model_config("gpt2_medium", 256), "did you mean 'gpt2-medium'?"),
+                       (lambda: parse_metrics(["perplexty"]), "did you mean 'perplexity'?"),
+                       (lambda: resolve_template("chatml"), "did you mean 'chat'?")):
+        with pytest.raises(UsageError, match=re.escape(said)):
+            call()
+    with pytest.raises(UsageError) as far:
+        resolve_model_config("gpt2-small", 256)  # (not gpt2-xl, the nearest by letters)
+    assert "did you mean" not in str(far.value) and "gpt2" in str(far.value)

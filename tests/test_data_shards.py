@@ -190,3 +190,20 @@ def test_writer_and_windows_property(tmp_path_factory):
         np.testing.assert_array_equal(shards.window(start, length), flat[start : start + length])
 
     check()
+
+
+def test_damaged_document_offsets_are_named_not_an_unexpected_error(tmp_path):
+    """docs.npy whose header says object (numpy: "cannot be loaded when allow_pickle=False", an
+    unexpected error), or offsets out of order: one line naming the file and verify."""
+    path = make_tokens(tmp_path / "tokens", {"train": random_docs(20), "val": random_docs(4, seed=1)})
+    shards = TokenShards.open(path, "train")
+    assert shards.num_documents == 20
+    docs = sorted((path / "train").glob("*.docs.npy"))[0]
+    starts = np.load(docs)
+    data = docs.read_bytes()
+    docs.write_bytes(data.replace(b"'<i8'", b"'|O8'", 1) if b"'<i8'" in data else data.replace(b"<i8", b"|O8", 1))
+    with pytest.raises(UserError, match=rf"{docs.name} is damaged \(not the increasing document offsets"):
+        TokenShards.open(path, "train").doc_starts(0)
+    np.save(docs, starts[::-1], allow_pickle=False)  # (the size kept: load's check passes)
+    with pytest.raises(UserError, match="is damaged"):
+        TokenShards.open(path, "train").doc_starts(0)

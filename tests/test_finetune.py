@@ -563,6 +563,8 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"question": "a", "answer": "b"}] * 4, ["--val-fraction", "0.5"], ":1 has neither a \"messages\" list nor \"prompt\" and \"response\" strings; for "
                                                      "other fields give --template FILE.json"),
         ([{"source": "ein Hund", "target": "a dog"}] * 4, [], "its fields fit --template translate"),
+        # a classifier's data without --task classify (pretrain's next: names no task): that task named
+        ([{"sentence": "good", "label": i % 2} for i in range(4)], [], "a text and its label: fine-tune a classifier with --task classify"),
         ([{"source": "a"}] * 4, ["--template", "translate"], "no field 'target'"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--template", "nonesuch"], "unknown template"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "nothing_here"], "matches no linear layer"),
@@ -613,7 +615,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         # Python's JSON reader takes NaN: it trained as the text "nan"
         ([{"prompt": "a", "response": float("nan")}] * 4, ["--template", "plain"], "field 'response' is nan (which is no JSON number)"),
     ],
-    ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "template-field", "template-name", "lora-targets", "freeze",
+    ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "classify-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
          "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",

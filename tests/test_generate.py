@@ -7,6 +7,7 @@ import copy
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -670,8 +671,10 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
     huge.write_text(json.dumps({"llmkit": "generate", "prompt": "x" * (20 << 20)}) + "\n")
     assert COMPLETIONS(huge)
     huge.write_text(json.dumps({"prompt": "x", "completion": "y"}) + "\n")  # written before the mark: refused, and said so
-    refused = cli(*args[:-1], huge, "--force")
-    assert refused.exit_code == 1 and "one written before 2026-12-05 carries no mark of it" in " ".join(refused.output.split())
+    for force in (("--force",), ()):  # (without --force too: it was advised, then refused)
+        refused = cli(*args[:-1], huge, *force)
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 1 and "is not a file of completions generate wrote" in said and "--force" not in said, said
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
@@ -731,6 +734,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
     "args, message",
     [
         ([], "no prompt given"),
+        (["--prompts", "{tmp}/exists.jsonl"], "exists.jsonl holds no prompt"),
         (["--prompts", "{tmp}/missing.txt"], "prompts file not found"),
         (["-p", "x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["-p", "x", "--temperature", "-1"], "temperature must be"),
@@ -745,7 +749,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
 def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):
     (tmp_path / "exists.jsonl").write_text("")
     result = cli("generate", ckpt, *[a.format(tmp=tmp_path) for a in args])
-    assert result.exit_code != 0
+    assert result.exit_code == 2 if not args else result.exit_code != 0  # (no prompt: a usage error, as a missing argument)
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     # the error alone: not after a streamed prompt ("xerror: ...")
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
@@ -1226,3 +1230,28 @@ def test_the_repetition_penalty_leaves_the_prompts_framing_tokens_alone(ckpt):
         Generator(loaded.model, tok).complete([prompt], GenerationParams(max_new_tokens=1, repetition_penalty=1.3))
     first = seen_rows[0][0]
     assert not first[tok.eos_id] and all(first[t] for t in prompt[1:])
+
+
+def test_weights_or_a_tokenizer_changed_in_place_are_refused(cli, ckpt, tmp_path):
+    """A byte of the weights or of token_bytes.npy changed, the size kept: load's size check passes, the
+    hash beside the read does not (generate used such weights, and eval recorded the fingerprint of others)."""
+    for name in ("model.safetensors", "tokenizer/token_bytes.npy"):
+        folder = tmp_path / name.replace("/", "-")
+        shutil.copytree(ckpt, folder)
+        data = bytearray((folder / name).read_bytes())
+        data[-1] ^= 1
+        (folder / name).write_bytes(bytes(data))
+        result = cli("generate", folder, "-p", "To be", "-n", "4")
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and f"{folder / name} was changed after the artifact {folder} was written" in said, said
+    # numpy's own words about a damaged file advise loading it unsafely: not quoted
+    folder = tmp_path / "zeroed"
+    shutil.copytree(ckpt, folder)
+    size = (folder / "tokenizer" / "token_bytes.npy").stat().st_size
+    (folder / "tokenizer" / "token_bytes.npy").write_bytes(bytes(size))
+    from llmkit.data.tokenizer import _token_bytes
+    from llmkit.errors import UserError
+
+    with pytest.raises(UserError, match="is damaged \\(not an integer array numpy reads\\)") as damaged:
+        _token_bytes(folder / "tokenizer" / "token_bytes.npy")
+    assert "unsafely" not in str(damaged.value)

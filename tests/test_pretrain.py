@@ -149,6 +149,10 @@ def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path
         result = cli("pretrain", shakespeare["tokens"], "-o", out, *common, "--micro-batch", micro, "--no-batch-invariant")
         assert result.exit_code == 0, result.output
         usual[micro] = artifacts.load(out)
+    # what a language model goes on with: eval on its own tokens' validation split (it said HELD_OUT.txt), SFT or a classifier
+    said = " ".join(result.output.split())
+    assert (f"llmkit eval {out} --data {shakespeare['tokens']} -o EVAL" in said and "--task classify" in said
+            and f"llmkit generate {out}" in said), said
     assert usual["3"].fingerprint != usual["12"].fingerprint != runs["12"].fingerprint
     for a, b in zip(metrics(tmp_path / "12"), metrics(tmp_path / "usual-12")):
         assert abs(a["loss"] - b["loss"]) < 1e-5 * abs(a["loss"])
@@ -1118,7 +1122,7 @@ def test_a_run_whose_windows_were_cut_otherwise_is_not_resumed(shakespeare, cli,
     (run / "manifest.json").write_text(json.dumps(manifest))
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "4", "--eval-every", "0",
                       "--resume"))
-    assert "it trained on windows of the text that this llmkit version cuts otherwise (a run saved before 2026-12-05); " \
+    assert "it trained on windows of the text that this llmkit version cuts otherwise (a run saved by an earlier version); " \
            f"start a new run, or train on from its weights in a new one with --init-from {run}" in line
 
 

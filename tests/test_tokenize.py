@@ -629,6 +629,13 @@ def test_a_checkpoints_tokenizer_folder_points_at_the_checkpoint(cli, tmp_path, 
     result = cli("tokenize", checkpoint / "tokenizer", "-t", tokenizer, "-o", tmp_path / "tokens")
     assert result.exit_code == 1 and "inside the checkpoint artifact" in result.output
     assert "not a corpus artifact; a corpus artifact comes from llmkit clean" in " ".join(result.output.split())
+    # a file of an artifact (its tokenizer.json, its checkpoint's): the artifact named (it said "make one" or nothing)
+    for given, holder in ((tokenizer / "tokenizer.json", tokenizer), (checkpoint / "tokenizer" / "tokenizer.json", checkpoint)):
+        result = cli("tokenize", corpus, "-t", given, "-o", tmp_path / "tokens")
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and f"{given} is a file of the {artifacts.manifest_kind(holder)} artifact {holder}; pass {holder}" in said, said
+    result = cli("tokenize", checkpoint / "manifest.json", "-t", tokenizer, "-o", tmp_path / "tokens")
+    assert "is a file of the checkpoint artifact" in result.output and "not a corpus artifact" in " ".join(result.output.split())
     # a transformers folder whose weights are pickled holds config.json (JSON): still named a model folder
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")

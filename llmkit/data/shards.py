@@ -246,8 +246,20 @@ class TokenShards:
         return out
 
     def doc_starts(self, shard: int) -> np.ndarray:
+        """Where each document of a shard starts: offsets into it, from 0, never decreasing."""
         path = self.paths[shard]
-        return np.load(path.with_name(path.name[: -len(".bin")] + ".docs.npy"), allow_pickle=False)
+        docs = path.with_name(path.name[: -len(".bin")] + ".docs.npy")
+        try:
+            starts = np.load(docs, allow_pickle=False)
+        except PermissionError:
+            raise
+        except (OSError, ValueError, EOFError):  # (numpy's own words advise loading it unsafely: not quoted)
+            starts = None
+        if (starts is None or starts.ndim != 1 or starts.dtype.kind not in "iu"
+                or len(starts) and (starts[0] != 0 or starts[-1] > len(self._arrays[shard]) or np.any(np.diff(starts) < 0))):
+            raise UserError(f"{docs} is damaged (not the increasing document offsets of its shard); llmkit verify on the "
+                            "tokens artifact names every change: tokenize the corpus again")
+        return starts
 
     @property
     def num_documents(self) -> int:

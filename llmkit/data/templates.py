@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import UsageError, UserError, did_you_mean
 from llmkit.jsonl import ABSENT, field_value, read_text
 
 ROLES = ("system", "user", "assistant")
@@ -118,7 +118,8 @@ def resolve_template(spec: str) -> dict[str, Any]:
     if not path.is_file():
         if path.suffix.lower() == ".json":
             raise UsageError(f"template file not found: {spec}; check the path, or choose one of {', '.join(BUILTIN)}")
-        raise UsageError(f"unknown template {spec!r}; choose one of {', '.join(BUILTIN)} or pass a JSON file")
+        raise UsageError(f"unknown template {spec!r}; {did_you_mean(spec, BUILTIN)}choose one of {', '.join(BUILTIN)} or pass "
+                         "a JSON file")
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
@@ -166,8 +167,12 @@ def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
         raise UserError(f"{where} field {bad!r} is {_not_text(record[bad])}, not text; fix the record or leave it out")
     fits = [name for name, spec in TEXT_TEMPLATES.items()
             if {f for part in spec.values() for f in plain_fields(part, name)} <= set(record)]
-    hint = f"; its fields fit --template {fits[0]}" if fits else ("; for other fields give --template FILE.json "
-                                                                 "(a prompt and a response with {field} slots)")
+    from llmkit.model.records import CLASSIFY_TEXT_FIELDS
+
+    classify = "label" in record and any(name in record for name in CLASSIFY_TEXT_FIELDS)  # (pretrain's next: names no task)
+    hint = ("; a text and its label: fine-tune a classifier with --task classify" if classify and not fits
+            else f"; its fields fit --template {fits[0]}" if fits
+            else "; for other fields give --template FILE.json (a prompt and a response with {field} slots)")
     raise UserError(f"{where} has neither a \"messages\" list nor \"prompt\" and \"response\" strings{hint}")
 
 

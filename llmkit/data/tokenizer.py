@@ -534,17 +534,15 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
     for name in TOKENIZER_FILES:
         if not (dir / name).is_file():
             raise UserError(f"no {name} in {dir}; pass a tokenizer artifact (llmkit tokenizer train) or its tokenizer/ copy")
+    from llmkit.artifacts import checked_as_read
+
     open(dir / TOKENIZER_FILE, "rb").close()  # (an unreadable file is a PermissionError, not "not a valid tokenizers file")
-    try:
-        hf = Tokenizer.from_file(str(dir / TOKENIZER_FILE))
-    except Exception as exc:
-        raise UserError(f"{dir / TOKENIZER_FILE} is not a valid tokenizers file ({exc}); retrain the tokenizer") from exc
-    try:
-        token_bytes = np.load(dir / TOKEN_BYTES_FILE, allow_pickle=False)
-    except PermissionError:
-        raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{dir / TOKEN_BYTES_FILE} is damaged ({' '.join(str(exc).split())[:100]}); retrain the tokenizer") from None
+    with checked_as_read(dir / TOKENIZER_FILE, dir / TOKEN_BYTES_FILE):
+        try:
+            hf = Tokenizer.from_file(str(dir / TOKENIZER_FILE))
+        except Exception as exc:
+            raise UserError(f"{dir / TOKENIZER_FILE} is not a valid tokenizers file ({exc}); retrain the tokenizer") from exc
+        token_bytes = _token_bytes(dir / TOKEN_BYTES_FILE)
     roles = special_roles(dir)
     end_of_turn = roles.pop(END_OF_TURN, []) if roles is not None else []
     template = None
@@ -554,6 +552,19 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
         except UnicodeDecodeError as exc:
             raise UserError(f"{dir / CHAT_TEMPLATE_FILE} is not UTF-8 text ({exc}); fix or delete it") from None
     return TextTokenizer(hf, token_bytes, path=dir, roles=roles, end_of_turn=end_of_turn, own_chat_template=template)
+
+
+def _token_bytes(path: Path) -> np.ndarray:
+    """token_bytes.npy: each token's length in bytes, an integer array (never unpickled)."""
+    try:
+        found = np.load(path, allow_pickle=False)
+    except PermissionError:
+        raise
+    except (OSError, ValueError, EOFError):  # (numpy's own words advise loading it unsafely: not quoted)
+        raise UserError(f"{path} is damaged (not an integer array numpy reads); retrain the tokenizer") from None
+    if found.ndim != 1 or found.dtype.kind not in "iu":
+        raise UserError(f"{path} is damaged (a {found.dtype} array of shape {found.shape}, not integers); retrain the tokenizer")
+    return found
 
 
 END_OF_TURN = "end_of_turn"  # special_tokens.json: the token texts besides eos that end a reply

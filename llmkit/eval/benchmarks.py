@@ -154,19 +154,14 @@ TASKS: dict[str, Task] = {
 def task_names(values: list[str]) -> list[str]:
     """`--task hellaswag,arc_easy` (or `all`): known names, once each, in TASKS' order whatever the
     order typed (as metrics: a set of benchmarks, recorded in the config, is one artifact)."""
-    from llmkit.errors import UsageError
+    from llmkit.errors import UsageError, did_you_mean
 
     names: list[str] = []
     for value in values:
         for name in (TASKS if value == "all" else [value]):
             if name not in TASKS:
-                import difflib
-
-                spelled = name.lower().replace("-", "_")
-                known = [*TASKS, "all"]
-                close = spelled if spelled in known else next(iter(difflib.get_close_matches(spelled, known, n=1)), None)
-                hint = f"did you mean {close!r}? " if close else ""
-                raise UsageError(f"unknown benchmark {name!r}; {hint}choose from: {', '.join(TASKS)} (or all)")
+                raise UsageError(f"unknown benchmark {name!r}; {did_you_mean(name, [*TASKS, 'all'])}choose from: "
+                                 f"{', '.join(TASKS)} (or all)")
             if name not in names:
                 names.append(name)
     return sorted(names, key=list(TASKS).index)

@@ -35,7 +35,7 @@ evaluate = stage_command(
 def print_results(result) -> None:
     from rich.table import Table
 
-    from llmkit.console import out
+    from llmkit.console import figure, out
 
     if result.stats.get("benchmarks"):
         return print_benchmarks(result)
@@ -43,7 +43,7 @@ def print_results(result) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
-        table.add_row(name, _figure(value))
+        table.add_row(name, figure(value))
     out.print(table)
     stats = result.stats
     if "tokens" in stats:
@@ -56,14 +56,6 @@ def print_results(result) -> None:
         out.print(line, soft_wrap=True, markup=False)
     for name, signature in result.signatures.items():
         out.print(f"{name} signature: {signature}", soft_wrap=True, markup=False)
-
-
-def _figure(value) -> str:
-    """A metric as the table shows it: four decimals, or four significant digits for a large one
-    (word perplexity's 3.357e+10, as report shows it: 33567184408.3949 was no reading)."""
-    if not isinstance(value, float):
-        return str(value)
-    return f"{value:.4g}" if abs(value) >= 1e6 else f"{value:.4f}"
 
 
 def print_benchmarks(result) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import UsageError, UserError, did_you_mean
 
 TEXT = ("bleu", "chrf", "chrf++", "rouge", "rouge1", "rouge2", "rougeL", "rougeLsum")
 LM = ("perplexity", "word_perplexity", "byte_perplexity", "bpb")
@@ -16,16 +16,13 @@ def parse_metrics(values: list[str]) -> list[str]:
     """`--metric bleu --metric rouge` or `--metric bleu,rouge`, in one order whatever the order typed
     (ALL's: a set of metrics, recorded in the config, is one artifact), duplicates dropped."""
     names: list[str] = []
-    lower = {n.lower(): n for n in ALL}
     for value in values:
         for part in value.split(","):
             part = part.strip()
             if not part:
                 continue
             if part not in ALL:
-                close = lower.get(part.lower())
-                hint = f"did you mean {close!r}? " if close else ""
-                raise UsageError(f"unknown metric {part!r}; {hint}choose from: {', '.join(ALL)}")
+                raise UsageError(f"unknown metric {part!r}; {did_you_mean(part, ALL)}choose from: {', '.join(ALL)}")
             name = part
             if name not in names:
                 names.append(name)

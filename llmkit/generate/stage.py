@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llmkit.errors import UserError, add_advice, unused_options
+from llmkit.errors import UsageError, UserError, add_advice, unused_options
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
 from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file, read_template_records
@@ -62,8 +62,10 @@ def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
     prompts = [Prompt(text=p) for p in cfg.prompts]
     if cfg.prompts_file:
         prompts.extend(read_prompt_file(cfg.prompts_file))
-    if not prompts:
-        raise UserError("no prompt given; pass --prompt TEXT (repeatable) or --prompts FILE (.txt lines or .jsonl)")
+    if not prompts and cfg.prompts_file:
+        raise UserError(f"{cfg.prompts_file} holds no prompt; write one per line (.txt), or one record per line (.jsonl)")
+    if not prompts:  # (an option left out: a usage error, exit 2, as a missing argument is)
+        raise UsageError("no prompt given; pass --prompt TEXT (repeatable) or --prompts FILE (.txt lines or .jsonl)")
     return prompts
 
 

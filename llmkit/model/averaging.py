@@ -90,7 +90,11 @@ class StoredWeights(Mapping):
     def __init__(self, path: Path):
         from safetensors import SafetensorError, safe_open
 
+        from llmkit.artifacts import checked_as_read
+
         self.path = path
+        with checked_as_read(path):  # (read tensor by tensor below: checked whole first)
+            pass
         try:
             self._opened = safe_open(str(path), framework="pt")
             self._file = self._opened.__enter__()

@@ -62,9 +62,12 @@ def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from llmkit.artifacts import checked_as_read
+
     open(path, "rb").close()  # (safetensors calls a file it may not read "No such file": a PermissionError says it)
     try:
-        return load_file(str(path), device=device)
+        with checked_as_read(path):
+            return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
         raise unreadable_weights(path, exc) from None
 

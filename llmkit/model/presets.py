@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import UsageError, UserError, did_you_mean
 from llmkit.model.gpt import GPT, ModelConfig
 
 _GPT2 = dict(norm="layernorm", pos="learned", activation="gelu", bias=True, tie_embeddings=True)
@@ -45,7 +45,8 @@ TRANSFORMER_ONLY = ("n_head", "n_kv_head", "mlp_ratio", "norm", "pos", "activati
 def resolve_model_config(preset: str, vocab_size: int, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """Preset < overrides (fields left None are ignored); vocab_size from the tokenizer."""
     if preset not in PRESETS:
-        raise UsageError(f"--model {preset!r} is not a model preset; choose one of: {', '.join(PRESETS)}")
+        raise UsageError(f"--model {preset!r} is not a model preset; {did_you_mean(preset, PRESETS)}choose one of: "
+                         f"{', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
     for key, value in (overrides or {}).items():
         if value is not None:

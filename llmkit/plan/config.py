@@ -23,8 +23,8 @@ class PlanConfig(Options):
     hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style), or a model folder holding one, "
                                     "instead of --model.",
                                     panel=MODEL_PANEL)
-    vocab_size: int | None = option(None, f"Vocabulary size (default: {DEFAULT_VOCAB}, or the --hf-config's; pretrain takes it from the "
-                                    "tokenizer, so give your tokenizer's to plan a config.json's shape with it).",
+    vocab_size: int | None = option(None, f"Vocabulary size; pretrain takes it from the tokenizer, so give your tokenizer's to plan a "
+                                    f"config.json's shape with it (default: {DEFAULT_VOCAB}, or the --hf-config's).",
                                     range="[1, inf)", panel=MODEL_PANEL)
     placement: Placement = group(Placement, panel=DEVICES_PANEL, gpus=1,
                                  help={"gpus": "Devices per node (GPUs, or CPU processes with --gpu cpu).",
@@ -39,8 +39,8 @@ class PlanConfig(Options):
                                       range="[1, inf)", panel=DEVICES_PANEL)
     numerics: Numerics = group(Numerics, panel=HARDWARE)
     gpu: str = option("h100", "Device type: " + ", ".join(GPU_CHOICES) + ".", choices=GPU_CHOICES, panel=HARDWARE)
-    memory_gb: float | None = option(None, "Memory per device in GB (default: the --gpu's); for cpu, the machine's RAM, "
-                                     "shared by its --gpus processes (default: this machine's).",
+    memory_gb: float | None = option(None, "Memory per device in GB; for cpu, the machine's RAM, shared by its --gpus "
+                                     "processes (default: the --gpu's; for cpu, this machine's).",
                                      range="(0, inf)", panel=HARDWARE)
     mfu: float = option(0.4, "Model FLOPs utilisation assumed for step time and tokens/s.", range="(0, 1]", panel=HARDWARE)
     tokens_per_param: float = option(20.0, "Compute-optimal training tokens per parameter (Chinchilla's 20) when no --scaling fit is given.",

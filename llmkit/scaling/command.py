@@ -14,13 +14,13 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
     from rich.table import Table
 
     from llmkit import artifacts
-    from llmkit.console import out as console, styled
+    from llmkit.console import figure, out as console, styled, wrote
     from llmkit.scaling.stage import fit_scaling, read_fit
 
     art = artifacts.load(fit_scaling(source, out, config, force=force), kind="scaling")
     fit = read_fit(art.path)
     law = fit["approach3"]
-    table = Table(title=f"scaling law from {fit['points']} points ({art.path}, {art.short_fingerprint})", title_justify="left")
+    table = Table(title=f"scaling law from {fit['points']} points", title_justify="left")
     for column in ("constant", "value", "95% interval"):
         table.add_column(column, justify="left" if column == "constant" else "right")
     for name in ("E", "A", "B", "alpha", "beta"):
@@ -40,26 +40,21 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
                              "widen the sweep (more sizes, more tokens)"), soft_wrap=True)
     for row in (r for r in fit["budgets"] if "undetermined" not in r):
         console.print(f"C = {row['flops']:.3g} FLOPs: N = {row['params']:.3g} parameters, D = {row['tokens']:.3g} tokens "
-                      f"({_figure(row['tokens_per_param'], 1)} tokens per parameter), predicted loss {_figure(row['loss'], 4)}",
+                      f"({figure(row['tokens_per_param'], 1)} tokens per parameter), predicted loss {figure(row['loss'], 4)}",
                       soft_wrap=True)
     console.print(f"plots: {', '.join(str(art.path / p) for p in art.stats['plots'])}", soft_wrap=True)
-
-
-def _figure(value: float, decimals: int) -> str:
-    """A loss or a ratio with fixed decimals; one far out of range (a budget far past the measured
-    points) in exponent form, not as a hundred digits."""
-    return f"{value:.{decimals}f}" if abs(value) < 1e6 else f"{value:.4g}"
+    wrote(art)
 
 
 def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
     """The loss a fitted law predicts for N parameters trained on D tokens."""
-    from llmkit.console import out as console
+    from llmkit.console import figure, out as console
     from llmkit.scaling.stage import predict
 
     result = predict(fit, config.params, config.tokens)
-    interval = (f" (95% interval {_figure(result['interval'][0], 4)} .. {_figure(result['interval'][1], 4)})"
+    interval = (f" (95% interval {figure(result['interval'][0], 4)} .. {figure(result['interval'][1], 4)})"
                 if "interval" in result else "")
-    console.print(f"N = {config.params:.4g}, D = {config.tokens:.4g}: loss {_figure(result['loss'], 4)}{interval}", soft_wrap=True)
+    console.print(f"N = {config.params:.4g}, D = {config.tokens:.4g}: loss {figure(result['loss'], 4)}{interval}", soft_wrap=True)
     if "undetermined" in result:
         from llmkit.console import err, styled
 

@@ -85,7 +85,9 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
                    s=50, zorder=4, label="parabola minima (approach 2)")
     # The law climbs steeply where a budget leaves few tokens: keep the view on the measured losses.
     ax.set_ylim(loss.min() - 0.1 * np.ptp(loss), loss.max() + 0.25 * np.ptp(loss) + 1e-9)
-    ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss", title="IsoFLOP curves (stars: compute-optimal)")
+    # (stars only where the law has an optimum: the title named stars that an undetermined fit did not draw)
+    title = "IsoFLOP curves (stars: compute-optimal)" if law.determined else "IsoFLOP curves (the fit has no compute-optimal point)"
+    ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss", title=title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     written.append(folder / "isoflop.png")

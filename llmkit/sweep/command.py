@@ -13,17 +13,18 @@ def _sweep(config: SweepConfig, *, tokens: Path, out: Path, force: bool) -> None
     from rich.table import Table
 
     from llmkit import artifacts
-    from llmkit.console import out as console
+    from llmkit.console import out as console, wrote
     from llmkit.sweep.stage import sweep
 
     art = artifacts.load(sweep(tokens, out, config, force=force), kind="sweep")
-    table = Table(title=f"sweep {out} ({art.short_fingerprint})", title_justify="left")
+    table = Table(title=f"sweep of {len(art.stats['runs'])} runs", title_justify="left")
     for column in ("run", "params", "non-emb.", "tokens", "FLOPs", "val loss", "bpb", "seconds"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in art.stats["runs"]:
         table.add_row(row["name"], f"{row['params']:,}", f"{row['non_embedding_params']:,}", f"{row['tokens']:,}",
                       f"{row['flops']:.2e}", _fmt(row["final_val_loss"]), _fmt(row["bits_per_byte"]), _fmt(row["seconds"], 1))
     console.print(table)
+    wrote(art)
 
 
 def _fmt(value, digits: int = 4) -> str:

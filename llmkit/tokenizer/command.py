@@ -15,10 +15,10 @@ def _train(config: TokenizerTrainConfig, *, inputs: list[Path], out: Path, force
     """Train a byte-level BPE tokenizer on a corpus."""
     from llmkit.tokenizer.train import train_tokenizer
 
-    from llmkit.console import next_step, shell_word
+    from llmkit.console import next_step, shell_word, wrote
 
     path = train_tokenizer(inputs, out, config, force=force)
-    _print_summary(path, ["vocab_size", "training_pieces", "training_bytes", "bytes_per_token", "tokens_per_word", "train_seconds"])
+    wrote(_print_summary(path, ["vocab_size", "training_pieces", "training_bytes", "bytes_per_token", "tokens_per_word", "train_seconds"]))
     if len(inputs) == 1 and Path(inputs[0]).is_dir():  # a corpus artifact
         next_step(f"llmkit tokenize {shell_word(inputs[0])} -t {shell_word(path)} -o TOKENS")
     else:  # text files: tokenize reads a corpus of them
@@ -104,10 +104,10 @@ def _tokenize(config: TokenizeConfig, *, corpus: Path, tokenizer: Path, out: Pat
     """Encode a corpus into train/validation token shards."""
     from llmkit.tokenizer.encode_corpus import tokenize_corpus
 
-    from llmkit.console import next_step, shell_word
+    from llmkit.console import next_step, shell_word, wrote
 
     path = tokenize_corpus(corpus, tokenizer, out, config, force=force)
-    _print_tokens_summary(path)
+    wrote(_print_tokens_summary(path))
     next_step(f"llmkit pretrain {shell_word(path)} -o RUN")
 
 
@@ -123,22 +123,21 @@ tokenize = stage_command(
 )
 
 
-def _print_summary(path: Path, keys: list[str]) -> None:
+def _print_summary(path: Path, keys: list[str]):
     from rich.table import Table
 
     from llmkit import artifacts
-    from llmkit.console import out
+    from llmkit.console import figure, out
 
     art = artifacts.load(path)
-    table = Table(title=f"{art.kind} artifact {path}", show_header=False)
+    table = Table(title=f"{art.kind} artifact", show_header=False)
     for key in keys:
-        value = art.stats.get(key)
-        table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
-    table.add_row("fingerprint", art.short_fingerprint)
+        table.add_row(key, figure(art.stats.get(key), 3))
     out.print(table)
+    return art
 
 
-def _print_tokens_summary(path: Path) -> None:
+def _print_tokens_summary(path: Path):
     from rich.table import Table
 
     from llmkit import artifacts
@@ -146,7 +145,7 @@ def _print_tokens_summary(path: Path) -> None:
 
     art = artifacts.load(path)
     stats = art.stats
-    table = Table(title=f"tokens artifact {path} ({stats['dtype']}, vocab {stats['vocab_size']}, {stats['encoder']})")
+    table = Table(title=f"tokens ({stats['dtype']}, vocab {stats['vocab_size']:,}, {stats['encoder']})")
     for column in ("split", "documents", "tokens", "bytes", "bytes/token", "shards"):
         table.add_column(column, justify="left" if column == "split" else "right")
     from llmkit.data.shards import SPLITS
@@ -156,4 +155,5 @@ def _print_tokens_summary(path: Path) -> None:
         ratio = f"{s['bytes'] / s['tokens']:.3f}" if s["tokens"] else "-"
         table.add_row(split, f"{s['documents']:,}", f"{s['tokens']:,}", f"{s['bytes']:,}", ratio, str(len(s["shards"])))
     out.print(table)
-    out.print(f"{stats['mb_per_s']} MB/s, {stats['tokens_per_s']:,} tokens/s; fingerprint {art.short_fingerprint}", soft_wrap=True)
+    out.print(f"{stats['mb_per_s']} MB/s, {stats['tokens_per_s']:,} tokens/s", soft_wrap=True)
+    return art

@@ -28,8 +28,8 @@ class TokenizerTrainConfig(Options):
     heldout_every: int = option(100, "Hold out about one piece in N (a document or ~8K characters of one; a seeded random draw) for the stats.", range="[2, inf)")
     heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.", range="[1, inf)")
     seed: int = option(0, "Seed for sampling the training text and the held-out pieces.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
-    workers: int = option(0, "Processes (or Ray actors) that read and sample the input; 0 = this process locally (the "
-                          "trainer uses every core), one per CPU of a Ray cluster. Does not change the result.",
+    workers: int = option(0, "Processes (or Ray actors) that read and sample the input. 0: locally, this process alone "
+                          "(the trainer itself uses every core); under Ray, one per CPU of the cluster. Does not change the result.",
                           runtime=True, range="[0, 1024]")
     execution: Execution = group(Execution)
 

@@ -129,9 +129,14 @@ def read_training_state(directory: Path) -> tuple[dict[str, Any], dict, dict[str
     json_path, tensor_path = directory / STATE_JSON, directory / STATE_TENSORS
     if not json_path.is_file() or not tensor_path.is_file():
         raise UserError(f"checkpoint {directory} has no training state ({STATE_JSON}); it cannot be resumed from")
+    from llmkit.artifacts import checked_as_read
+
     try:
-        document = json.loads(json_path.read_text(encoding="utf-8"))
-        tensors = load_file(str(tensor_path))
+        with checked_as_read(json_path, tensor_path):
+            document = json.loads(json_path.read_text(encoding="utf-8"))
+            tensors = load_file(str(tensor_path))
+    except UserError:  # (changed since it was saved: said so, by checked_as_read)
+        raise
     except Exception as exc:  # JSON, UTF-8 or safetensors' own errors: all mean a damaged file
         raise UserError(f"cannot resume from {directory}: its training state is damaged ({type(exc).__name__}); "
                         f"restore it, or move {directory} away to resume from an older checkpoint") from exc

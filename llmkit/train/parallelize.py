@@ -152,6 +152,10 @@ def materialize(module: torch.nn.Module, model, device: torch.device, tp: int, w
     if weights is not None:
         from safetensors import safe_open
 
+        from llmkit.artifacts import checked_as_read
+
+        with checked_as_read(weights):  # (read a tensor at a time below: checked whole first)
+            pass
         stored = safe_open(str(weights), framework="pt")  # one tensor read at a time
 
     # to_empty gives each module its own new tensor, so a tied pair (embedding and head) is

@@ -197,7 +197,7 @@ class Resuming:
         windows = self.spec.runtime.get("windows")  # (pretraining's: how its text is cut into windows)
         if windows is not None and self._saved_runtime.get("windows") != windows:  # (no option brings them back)
             raise UserError(f"cannot resume from {latest}: it trained on windows of the text that this llmkit version "
-                            "cuts otherwise (a run saved before 2026-12-05); start a new run, or train on from its weights "
+                            "cuts otherwise (a run saved by an earlier version); start a new run, or train on from its weights "
                             f"in a new one with --init-from {latest}")
         # --ema is outside the config (RUN/ema's records it), yet the average goes on from the saved
         # one: another decay, or none, would leave a RUN/ema no run made (or a stale one in the run).
