@@ -453,3 +453,19 @@ def test_a_run_stopped_with_batches_in_flight_prints_nothing_of_rays(tmp_path):
     )
     result = _python_with_its_own_ray(script)
     assert result.returncode == 0 and result.stdout == "first 0\n", (result.stdout, result.stderr[-2000:])
+
+
+def test_a_wrong_text_field_is_told_before_ray_starts(cli, tmp_path, monkeypatch):
+    """The first batch is read before any worker starts: on Ray a wrong --text-field was told after the
+    instance's ~10 s start (1 s locally)."""
+    import llmkit.executor
+
+    def no_ray():
+        raise AssertionError("Ray was started before the input was read")
+
+    monkeypatch.setattr(llmkit.executor, "require_ray", no_ray)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"document": f"text number {i}"}) + "\n" for i in range(10)), encoding="utf-8")
+    result = cli("clean", data, "-o", tmp_path / "c", "--text-field", "body", "--executor", "ray")
+    assert result.exit_code == 1 and "no field 'body'" in result.output and "Ray was started" not in result.output, result.output
+    assert not (tmp_path / "c").exists()

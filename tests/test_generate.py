@@ -1255,3 +1255,29 @@ def test_weights_or_a_tokenizer_changed_in_place_are_refused(cli, ckpt, tmp_path
     with pytest.raises(UserError, match="is damaged \\(not an integer array numpy reads\\)") as damaged:
         _token_bytes(folder / "tokenizer" / "token_bytes.npy")
     assert "unsafely" not in str(damaged.value)
+
+
+def test_a_completion_stopped_after_a_character_of_several_tokens_keeps_them_all(ckpt, monkeypatch):
+    """Through Generator.complete (the call site, not tokens_of_text alone): a stop string after a character
+    whose bytes are three tokens keeps all three (by length, its first two passed for it: completion_tokens
+    was one short and token_ids decoded to U+FFFD)."""
+    from llmkit.inference import engine
+    from llmkit.model.io import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    tok = loaded.tokenizer
+    wanted = tok.encode("情如尼")
+    assert len(wanted) == 9  # one token per byte
+
+    def scripted(model, prompts, params, *, on_step=None, **_):
+        ids = []
+        for token in wanted:
+            ids.append(token)
+            if on_step is not None and on_step([token]):
+                return [engine.RowResult(token_ids=ids, finish_reason="stop")]
+        return [engine.RowResult(token_ids=ids, finish_reason="length")]
+
+    monkeypatch.setattr(engine, "generate_ids", scripted)
+    for streamed in (None, lambda row, piece: None):
+        (done,) = Generator(loaded.model, tok).complete(["x"], GenerationParams(max_new_tokens=9, stop=["如尼"]), on_text=streamed)
+        assert done.text == "情" and done.token_ids == wanted[:3] and tok.decode(done.token_ids) == "情", done

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
@@ -130,6 +130,8 @@ def clean(
             if done_batches:
                 # Finished batches are read (the input position) but not processed again.
                 batches = islice(batches, done_batches, None)
+            # the first batch read before any worker starts: a wrong --text-field is told at once (Ray took ~10 s to start)
+            batches = chain(list(islice(batches, 1)), batches)
             run = cfg.execution
             used = {"workers": workers}  # what ran: --workers 0 on Ray or past the cores settles in ordered_map
             results = ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,),
