@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 
 from llmkit import __version__
 from llmkit.errors import UserError
-from llmkit.outputs import RESUME_FILES, RUN_MARK, atomic_directory
+from llmkit.outputs import RESUME_FILES, RUN_MARK, atomic_directory, write_atomically
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -235,8 +235,13 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
     (hashlib lets go of the GIL: on two cores the cost hides behind the read), and refuse one that differs
     from its artifact's manifest: load checks only sizes, so a change that kept the size was used, and
     the stage's output recorded the input's fingerprint for files it never had. (Token shards, mapped and
-    read in part, are checked by size only; `llmkit verify` hashes every file.)"""
+    read in part, are checked by size only; `llmkit verify` hashes every file.) In a run of several
+    processes the first one checks: each would hash the same files, N times the work."""
     from concurrent.futures import ThreadPoolExecutor
+
+    if os.environ.get("RANK", "0") not in ("", "0"):  # (torchrun's global rank: the first fails the run for all)
+        yield
+        return
 
     def unchanged(path: Path) -> None:
         found = recorded_digest(path)
@@ -652,7 +657,7 @@ def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[
         manifest = builder.manifest()
         for path in builder.scratch_files():
             path.unlink()
-        _write_text_atomic(tmp / MANIFEST, manifest.to_json())
+        write_atomically(tmp / MANIFEST, manifest.to_json())
 
 
 def finalize_in_place(builder: ArtifactBuilder, files: Iterable[str]) -> Manifest:
@@ -664,7 +669,7 @@ def finalize_in_place(builder: ArtifactBuilder, files: Iterable[str]) -> Manifes
     """
     builder.file_filter = list(files)
     manifest = builder.manifest(builder.out)
-    _write_text_atomic(builder.out / MANIFEST, manifest.to_json())
+    write_atomically(builder.out / MANIFEST, manifest.to_json())
     return manifest
 
 
@@ -672,15 +677,6 @@ def in_place_builder(out: Path | str, kind: str) -> ArtifactBuilder:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return ArtifactBuilder(kind, out, out)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -75,6 +75,20 @@ def for_a_terminal(text: str) -> str:
     return text.translate(_ACTED_ON)
 
 
+def write_generated(*pieces: str | tuple[str, str], end: str = "") -> None:
+    """Model-made text (and the prompts shown with it) on stdout: at a terminal, without the control
+    characters it would act on, each `(text, style)` piece styled; piped or to a file, byte for byte
+    as generated, what -o records (rich would expand tabs and drop control characters)."""
+    from rich.text import Text
+
+    parts = [(piece, "") if isinstance(piece, str) else piece for piece in pieces]
+    if out.is_terminal:
+        out.print(Text.assemble(*((for_a_terminal(text), style) for text, style in parts)), end=end, soft_wrap=True)
+    else:
+        out.file.write("".join(text for text, _ in parts) + end)
+    out.file.flush()
+
+
 def note(message: str) -> None:
     """`note: MESSAGE` on stderr, one logical line (a terminal wraps it; no markup is read): what a
     stage tells about its inputs or choices that is no error. The one form of every stage's notes."""

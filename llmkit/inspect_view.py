@@ -89,9 +89,14 @@ def _headline(art: Artifact) -> str:
     # a sweep's and a fit's figures from their hashed files (verify vouches for those, not for stats);
     # an artifact made before the file was: from its stats
     if art.kind == "sweep":
-        runs = _hashed_json(art, "runs.json", list)
-        runs = s.get("runs", []) if runs is None else runs
-        losses = [r["final_val_loss"] for r in runs if isinstance(r, dict) and isinstance(r.get("final_val_loss"), (int, float))]
+        from llmkit.errors import UserError
+        from llmkit.sweep_table import read_rows
+
+        try:
+            runs = read_rows(art)
+        except UserError:  # (damaged: load's size check or verify names it)
+            return ""
+        losses = [r.final_val_loss for r in runs if isinstance(r.final_val_loss, (int, float))]
         return f"{len(runs)} runs" + (f", best val_loss {figure(min(losses))}" if losses else "")
     if art.kind == "scaling":
         fit = _hashed_json(art, "fit.json", dict)

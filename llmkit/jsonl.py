@@ -145,9 +145,11 @@ def _single_byte_share(text: str, low: str, high: str) -> float:
     wide = [i for i, ch in enumerate(text) if ord(ch) >= 0x80]
     glued = lambda i: any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha() for j in (i - 1, i + 1))
     return sum(low <= text[i] <= high and not glued(i) or text[i] in "«»“”‘’–—…€" for i in wide) / len(wide) if wide else 0.0
+_HUNGARIAN_O = re.compile(r"[õÕ](?![eE])")
 _DETECT = "find its encoding (uchardet FILE, or chardetect FILE), then iconv -f THAT -t utf-8"
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which Windows editors write
 ADVICE_SAMPLE = 4096  # bytes of a file, from its first one that is not UTF-8, that the advice reads
 
 
@@ -155,11 +157,12 @@ def advice_at(raw: bytes, start: int, *, utf8_before: bool = False, rest=None, t
     """conversion_advice for `raw` (a line, a range or a whole file) whose byte `start` is the first one
     that is not UTF-8, read from that byte on, topped up from `rest` (the open file past a line); UTF-8
     came before it where `raw` held some before it (a leading byte-order mark is none) or earlier lines
-    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end."""
+    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end. (A byte-order mark is
+    the caller's to strip first: it is no UTF-8 text, and the decoder's offsets come after it.)"""
     sample = raw[start:start + ADVICE_SAMPLE]
     if rest is not None and len(sample) < ADVICE_SAMPLE:
         sample += rest.read(ADVICE_SAMPLE - len(sample))
-    utf8_before = utf8_before or not raw[:start].removeprefix(b"\xef\xbb\xbf").isascii()
+    utf8_before = utf8_before or not raw[:start].isascii()
     return conversion_advice(sample, utf8_before, ends_file=to_end and len(sample) < ADVICE_SAMPLE)
 
 
@@ -171,9 +174,9 @@ def conversion_advice(sample: bytes, utf8_before: bool = False, *, ends_file: bo
     characters); else iconv from the legacy encoding its text reads as: the readings whose characters
     are 90% the script's common ones (Japanese told by its kana), charset-normalizer's choice where
     several are (Thai reads as GB18030 mostly, short Chinese as Thai), a detector where it makes none;
-    CP1252 for accented letters among ASCII unless they look Central European or Turkish. (The one
-    advice until 2026-12-06, iconv from Latin-1, made a GB18030 novel a corpus of mojibake that no
-    clean rule caught.) A guess is named as the reading it is, never a command where two tie."""
+    CP1252 for accented letters among ASCII unless they look Central European, Hungarian or Turkish.
+    (One advice for all, iconv from Latin-1, makes a GB18030 novel a corpus of mojibake that no clean
+    rule catches.) A guess is named as the reading it is, never a command where two tie."""
     import codecs
 
     nuls = [i for i, byte in enumerate(sample) if byte == 0]
@@ -228,9 +231,10 @@ def conversion_advice(sample: bytes, utf8_before: bool = False, *, ends_file: bo
     if high and paired < 0.5 * high:
         # accented letters among ASCII: CP1252, which is Latin-1 on every printable character and has Windows'
         # quotes and dashes where Latin-1 has invisible controls (quotes past the sample were made those); not
-        # where its reading holds what Central European or Turkish text would be in it (Ý Þ ð ¹ ³ ...)
+        # where its reading holds what Central European or Turkish text would be in it (Ý Þ ð ¹ ³ ...), or
+        # Hungarian's ő as õ before a letter other than e (Portuguese writes õ in -ões, -õe; cp1252 advice garbled ő)
         western = read("cp1252")
-        if western is not None and not any(ch in western for ch in "ÐÝÞðýþ¹³¾¥"):
+        if western is not None and not any(ch in western for ch in "ÐÝÞðýþ¹³¾¥") and not _HUNGARIAN_O.search(western):
             return "convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8, for Western European text; else " + _DETECT + ")"
     return "convert the file to UTF-8 (" + _DETECT + ")"
 
@@ -260,8 +264,10 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
         handle.seek(0)
         first, utf8_before = True, False
         for lineno, raw in enumerate(handle, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(BOM)  # (a Windows editor's byte-order mark: no text, and the offsets come after it)
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a Windows editor's byte-order mark)
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise UserError(f"{path}:{lineno} is not UTF-8; "
                                 f"{advice_at(raw, exc.start, utf8_before=utf8_before, rest=handle)}") from None
@@ -299,8 +305,9 @@ def read_text(path: Path | str) -> str:
     data = path.read_bytes()
     check_not_packed(data[:8], path)
     check_not_wide(data[:8192], str(path))
+    text = data.removeprefix(BOM)  # (no text, and the decoder's offsets come after it)
     try:
-        return data.decode("utf-8-sig")
+        return text.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line} is not UTF-8; {advice_at(data, exc.start)}") from None
+        line = text[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line} is not UTF-8; {advice_at(text, exc.start)}") from None

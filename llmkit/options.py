@@ -131,6 +131,20 @@ def option(
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_OPTION: spec})
 
 
+SEED_RANGE = "[0, 4294967295]"  # what numpy's and torch's generators take
+
+
+def seed_option(help: str, **kwargs: Any) -> Any:
+    """A stage's --seed: 0 by default, any 32-bit unsigned value; `help` says what it draws."""
+    return option(0, help, range=SEED_RANGE, **kwargs)
+
+
+def unused_seed_option(stage: str) -> Any:
+    """The --seed of a stage that draws nothing: taken as every stage takes one, recorded nowhere."""
+    return seed_option(f"Accepted as by every stage; {stage} draws nothing, so the manifest's seed is null.", hashed=False,
+                       recorded_as="not recorded (nothing drawn)")
+
+
 def group(cls: type, *, panel: str | None = None, help: dict[str, str] | None = None, hidden: tuple[str, ...] = (),
           **defaults: Any) -> Any:
     """A nested group of shared options, with this stage's defaults for some of them; `hidden`

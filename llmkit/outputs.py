@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from llmkit.errors import UserError, add_advice
 
@@ -314,6 +314,21 @@ def file_output_lock(path: Path, force: bool, ours: WrittenBy | None = None) -> 
         yield
 
 
+def write_atomically(path: Path, data: str | bytes | Callable[[IO[bytes]], None]) -> None:
+    """Replace `path` in one step by `data` (text, bytes, or a writer of a binary file), on the disk
+    before the rename: a crash at any point leaves the old file or the new one, whole (the manifest
+    that finishes an artifact, the marker a rerun continues from)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as handle:
+        if callable(data):
+            data(handle)
+        else:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def temporary_file(path: Path) -> tuple[IO[str], Path]:
     """A text file of this run's own beside `path` (`.NAME.tmp-*`: a killed run's is removed by the
     next run's lock), to be renamed to `path` with `publish_file`."""
@@ -458,6 +473,9 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
     """
     # (a training run writes its own places with lock=False: it holds the run's lock)
     out = check_output(out, force, inputs=list(inputs), a_runs_own=not lock, inside_a_checked_output=not lock)
+    if os.path.ismount(out):  # (renamed into place at the end: a mount point cannot be moved aside, after all the work)
+        raise UserError(f"-o {out} is a mount point, which llmkit cannot replace with the folder it writes beside it; give "
+                        f"a folder inside it (such as {out / 'NAME'})")
     with output_lock(out) if lock else contextlib.nullcontext():
         _refuse_existing(out, force)  # made by another run since the check above
         parent = out.resolve().parent

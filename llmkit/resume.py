@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llmkit.outputs import RESUME_FILES, RESUME_MARKER
+from llmkit.outputs import RESUME_FILES, RESUME_MARKER, write_atomically
 
 STATE = RESUME_MARKER
 
@@ -57,13 +56,10 @@ def save(directory: Path, state: dict[str, Any], arrays: dict[str, np.ndarray], 
     # the next number after the arrays already there (not the previous JSON: it grows with the run)
     number = 1 + max((int(p.stem.split("-")[1]) for p in directory.glob("resume-*.npz")), default=0)
     arrays_name = f"resume-{number}.npz"
-    np.savez(directory / f".{arrays_name}", **arrays)
-    os.replace(directory / f".{arrays_name}", directory / arrays_name)
+    write_atomically(directory / arrays_name, lambda handle: np.savez(handle, **arrays))
     earlier = _segments(load_state(directory)) if append else []
     named = [*earlier, arrays_name]
-    tmp = directory / f".{STATE}"
-    tmp.write_text(json.dumps(dict(state, arrays=named)), encoding="utf-8")
-    os.replace(tmp, directory / STATE)
+    write_atomically(directory / STATE, json.dumps(dict(state, arrays=named)))
     keep = set(named)
     for old in directory.glob("resume-*.npz"):
         if old.name not in keep:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit import artifacts
+from llmkit import artifacts, outputs
 from llmkit.errors import UserError
 
 
@@ -458,3 +458,18 @@ def test_a_manifest_that_would_switch_the_load_checks_off_is_refused(tmp_path):
             artifacts.load(corpus.path)
     (corpus.path / "manifest.json").write_text(json.dumps(manifest))
     assert artifacts.verify(corpus.path).ok
+
+
+def test_the_names_a_run_folder_may_hold_follow_the_stages_own(tmp_path):
+    """--force tells an unmarked run from a project folder by its entries (outputs._RUN_ENTRIES, spelled
+    out there to keep llmkit.outputs free of torch); a file a run writes under a new name must be one of
+    them, or --force refuses the runs that hold it."""
+    from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS
+    from llmkit.model.records import TASK_FILE
+    from llmkit.sweep_table import TABLE
+    from llmkit.train.checkpoint import CHECKPOINTS
+    from llmkit.train.metrics import METRICS
+
+    named = {WEIGHTS, MODEL_CONFIG, TOKENIZER_DIR, TASK_FILE, TABLE, CHECKPOINTS, METRICS, artifacts.SWEEP_RUNS,
+             *artifacts.STATE_FILE_NAMES}
+    assert named <= outputs._RUN_ENTRIES, named - outputs._RUN_ENTRIES

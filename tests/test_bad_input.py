@@ -1006,6 +1006,11 @@ def test_force_over_an_output_that_is_read_only_for_the_user_is_refused_first(cl
         run.chmod(0o755)
     assert "already exists; pass --resume to continue it or --force to start over" in again, again
     assert "is read-only for you, so llmkit cannot continue in it" in resumed, resumed
+    # an empty folder, made for the run (or the output) with mkdir: taken without --force, as a data stage takes one
+    for stage, args in (("pretrain", [chain / "tokens", *TINY_MODEL, *TINY_RUN]), ("tokenize", [chain / "corpus", "-t", chain / "tok"])):
+        (tmp_path / f"made-{stage}").mkdir()
+        result = cli(stage, *args, "-o", tmp_path / f"made-{stage}")
+        assert result.exit_code == 0 and artifacts.load(tmp_path / f"made-{stage}").kind in ("checkpoint", "tokens"), result.output
 
 
 def _as_a_user(args: list, cwd: Path):
@@ -1108,3 +1113,38 @@ def test_a_misspelt_name_is_offered_the_one_meant():
     with pytest.raises(UsageError) as far:
         resolve_model_config("gpt2-small", 256)  # (not gpt2-xl, the nearest by letters)
     assert "did you mean" not in str(far.value) and "gpt2" in str(far.value)
+
+
+def test_a_byte_order_mark_is_no_utf8_text_before_a_bad_byte(tmp_path):
+    """A Windows editor's mark before a file's first line: the decoder's offsets come after it (the
+    advice read 3 bytes early, the line was one short), and it is no UTF-8 text (a stray byte later in
+    an ASCII file was told "fix that line" where the same file without the mark was told CP1252)."""
+    from llmkit.corpus.reading import ReadOptions, ReadStats
+    from llmkit.corpus.record_files import csv_reader
+    from llmkit.errors import UserError
+    from llmkit.jsonl import read_jsonl, read_text
+
+    bom = b"\xef\xbb\xbf"
+    cases = {  # name: (bytes after the mark, what both with and without the mark are told)
+        "stray.jsonl": (b'{"text": "caf\xc3\xa9\x92 and more text here"}\n' + b'{"text": "hello world"}\n' * 5,
+                        "the rest of the file reads as UTF-8"),
+        "later.jsonl": (b'{"text": "plain ascii"}\n' * 3 + b'{"text": "caf\xe9 cr\xe8me"}\n', "iconv -f cp1252"),
+        "stray.txt": (b"caf\xc3\xa9\x92 and more\n", "the rest of the file reads as UTF-8"),
+        "later.txt": (b"ab\ncaf\xe9 cr\xe8me br\xfbl\xe9e\n", "iconv -f cp1252"),
+        "later.csv": (b"text\nplain\n" + b"caf\xe9 cr\xe8me\n", "iconv -f cp1252"),
+    }
+    for name, (body, said) in cases.items():
+        for mark in (b"", bom):
+            path = tmp_path / name
+            path.write_bytes(mark + body)
+            with pytest.raises(UserError) as caught:
+                if name.endswith(".jsonl"):
+                    read_jsonl(path)
+                elif name.endswith(".txt"):
+                    read_text(path)
+                else:
+                    list(csv_reader(path, "t.csv", None)(ReadOptions(text_field=None), ReadStats()))
+            message = str(caught.value)
+            assert said in message, (name, mark, message)
+            if name == "later.txt":
+                assert f"{path}:2 is not UTF-8" in message, message  # (the mark made it line 1)

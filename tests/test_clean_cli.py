@@ -133,6 +133,9 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
              ("cp1252.txt", "“smart quotes” — dash, café\n" * 20, "cp1252", "(e.g. iconv -f cp1252 -t utf-8"),
              # Latin-1 German: its ö before a letter read as Big5's rare characters, and CP950 was the advice
              ("de.txt", "Die Straße in Köln ist schön.\n" * 100, "latin-1", "(e.g. iconv -f cp1252 -t utf-8"),
+             # Hungarian CP1250: its ő read as õ, and CP1252 was the advice (Portuguese writes õ in -ões: still CP1252)
+             ("hu.txt", "Az időjárás előrejelzés szerint holnap esős idő várható.\n" * 20, "cp1250", "convert the file to UTF-8 (find its encoding"),
+             ("pt.txt", "Os cidadãos são informados das decisões e põem-se a par.\n" * 20, "cp1252", "(e.g. iconv -f cp1252 -t utf-8"),
              # Thai: words of high bytes, read as GB18030 mostly
              ("thai.txt", "ภาษาไทยเป็นภาษาที่สวยงาม และมีประวัติศาสตร์ยาวนาน\n" * 30, "tis-620", "it reads as Thai CP874 or Chinese GB18030: iconv -f CP874"),
              # Greek reads as Cyrillic as well: charset-normalizer's statistics of the words choose; a few words, a detector

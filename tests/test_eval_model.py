@@ -13,6 +13,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
+from conftest import resign
 from llmkit import artifacts
 from llmkit.eval.perplexity import rolling_windows
 from test_generate import GPT2_SHAPE, make_checkpoint, save_classifier_checkpoint
@@ -327,6 +328,7 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     norm = next(name for name in weights if "norm" in name and name.endswith("weight") and not name.startswith("blocks"))
     weights[norm][:] = float("nan")
     save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
+    resign(damaged)  # (as a diverged run writes them: unsigned, the file is refused as it is read)
     result = cli("eval", damaged, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "ev-nan")
     assert result.exit_code == 1 and "outputs are not finite" in result.output, result.output
     assert not (tmp_path / "ev-nan").exists()

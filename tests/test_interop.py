@@ -196,7 +196,10 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     assert not (tmp_path / "cls-hf").exists()
     # an LSTM's or a masked LM's classifier: not sent to generate, nor to make a classifier of it (both refused)
     for model, said in (({"arch": "lstm"}, "nor does the LSTM it was fine-tuned from; use it with llmkit eval"),
-                        ({"objective": "mlm"}, "nor does the masked LM it was fine-tuned from; use it with llmkit eval")):
+                        ({"objective": "mlm"}, "nor does the masked LM it was fine-tuned from; use it with llmkit eval"),
+                        # a style no transformers class computes: its base does not export either (it was sent there)
+                        ({"norm": "rmsnorm", "pos": "learned", "activation": "gelu"},
+                         "nor does the model (rmsnorm, learned, gelu) it was fine-tuned from; use it with llmkit eval")):
         other = _with_task(base, {"task": "classify", "labels": ["neg", "pos"]}, tmp_path / f"cls-{model}", **model)
         line = _error(cli("export", other, "-o", tmp_path / "other-hf"))
         assert "classification checkpoint" in line and said in line and "generate" not in line, line
@@ -1049,6 +1052,7 @@ def test_export_refuses_styles_transformers_cannot_run(cli, tmp_path, tokenizer_
 def test_export_refuses_existing_output_and_unknown_format(cli, tmp_path, tokenizer_dir):
     ckpt = make_checkpoint(tmp_path, "ckpt", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])
     (tmp_path / "taken").mkdir()
+    assert cli("export", ckpt, "-o", tmp_path / "taken").exit_code == 0  # (an empty folder, made for it: taken)
     assert "--force" in _error(cli("export", ckpt, "-o", tmp_path / "taken"))
     assert "gguf" in _error(cli("export", ckpt, "--format", "gguf", "-o", tmp_path / "hf"))
     assert cli("export", ckpt, "-o", tmp_path / "taken", "--force").exit_code == 0

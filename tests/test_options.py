@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import REPO
 from llmkit.cli import app, stage_commands
 from llmkit.errors import UserError
+from llmkit.help_format import computed_default
 from llmkit.options import Options, flat_options, group, option
 from llmkit.options_doc import click_command, stale_pages
 
@@ -190,7 +191,10 @@ def test_help_of_every_command_renders_without_lost_text(path, width):
         text = " ".join(result.output.replace("│", " ").split())
         assert "…" not in text, path  # no name, type or description cut short
         for opt in shown:
-            assert " ".join(opt.help.split()[:3]) in text, (path, opt.name)
+            # (a default the stage computes, "(default X)." closing the help, is shown as [default: X])
+            described, computed = computed_default(opt.help) if opt.default is None else (opt.help, None)
+            assert " ".join(described.split()[:3]) in text, (path, opt.name)
+            assert computed is None or f"[default: {' '.join(computed.split())}]" in text, (path, opt.name)
     if path == "eval":  # a default holding a newline is shown as typed (it broke the line: "[default:" then "]")
         assert "[default: \\n]" in " ".join(result.output.replace("│", " ").split()), result.output
 
@@ -211,7 +215,7 @@ def test_help_at_80_columns_shows_every_option_whole_with_its_description_across
             continue
         names = option_names(param)
         row = next(i for i, line in enumerate(lines) if line.startswith(f"│ {names}"))
-        first_words = " ".join(param.help.split()[:6])
+        first_words = " ".join((computed_default(param.help)[0] if param.default is None else param.help).split()[:6])
         assert first_words in lines[row + 1], (names, lines[row + 1])  # on the line below, whole
     wide = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "160", "TERMINAL_WIDTH": "160"}).output
     assert len(wide.splitlines()) < len(lines) * 0.7

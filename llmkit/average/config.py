@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from llmkit.options import Options, comma_floats, option
+from llmkit.options import Options, comma_floats, option, unused_seed_option
 
 
 @dataclass
 class AverageConfig(Options):
     weights: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, range="[0, inf)",
                                   help="Weight of each checkpoint, comma-separated, in order (default: equal); normalised to sum 1.")
-    seed: int = option(0, "Accepted as by every stage; averaging draws nothing, so the manifest's seed is null.",
-                       range="[0, 4294967295]", hashed=False, recorded_as="not recorded (nothing drawn)")
+    seed: int = unused_seed_option("averaging")
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, str):

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from llmkit import config as config_lib
 from llmkit.errors import UsageError, UserError, unused_options
 from llmkit.executor import Execution
-from llmkit.options import Options, comma_floats, comma_list, group, option
+from llmkit.options import Options, comma_floats, comma_list, group, option, seed_option
 
 PRESETS = ("default", "web")
 DOC_PER = ("file", "line", "blank-line")
@@ -132,7 +132,7 @@ class CleanConfig(Options):
     shard_mb: int = option(256, "Uncompressed text per Parquet shard, in MB.", panel=OUTPUT, range="[1, inf)")
     workers: int = option(1, "Worker processes (0: one per idle core). Output is the same for any value.", panel=OUTPUT, runtime=True,
                           range="[0, 1024]")
-    seed: int = option(0, "Seed of the MinHash permutations.", range="[0, 4294967295]")
+    seed: int = seed_option("Seed of the MinHash permutations.")
     execution: Execution = group(Execution, panel=OUTPUT)
 
     def hashed(self) -> dict:

@@ -17,7 +17,7 @@ from typing import IO, Callable, Iterator, Optional
 
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
-from llmkit.jsonl import advice_at, check_not_wide
+from llmkit.jsonl import BOM, advice_at, check_not_wide
 
 BINARY_PROBE = 8192
 
@@ -183,7 +183,7 @@ def numbered_lines(path: Path, label: str, compression: Optional[str], stats: Re
         utf8_before = False  # (a stray byte in a UTF-8 file: the advice is to fix it, not to convert the file)
         for raw in reader:
             number += 1
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+            if number == 1 and raw.startswith(BOM):  # a UTF-8 byte order mark
                 raw = raw[3:]
             try:
                 text = raw.decode("utf-8")

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional
 
 from llmkit.corpus.reading import BINARY_PROBE, ReadOptions, ReadStats, check_not_binary, decode_utf8, numbered_lines, open_binary
 from llmkit.errors import UserError
-from llmkit.jsonl import ABSENT, advice_at, field_value
+from llmkit.jsonl import ABSENT, BOM, advice_at, field_value
 
 
 # Records the text field of a JSON file is chosen from: a file's first record alone may lack it.
@@ -259,6 +259,7 @@ def _first_invalid_utf8(path: Path, compression: Optional[str], label: str) -> s
     with open_binary(path, compression) as handle:
         lines = io.BufferedReader(handle) if compression else handle
         for raw in lines:
+            raw = raw.removeprefix(BOM) if line == 1 else raw  # (no text, and the offsets come after it)
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from llmkit.artifacts import storable_name
+from llmkit.artifacts import MANIFEST, storable_name
 from llmkit.corpus.dataset_source import dataset_source, saved_dataset
 from llmkit.corpus.reading import ReadOptions, ReadStats, Source, hidden, readable_in_folder, text_reader
 from llmkit.corpus.record_files import csv_reader, json_reader, parquet_batches, parquet_reader
@@ -70,7 +70,7 @@ def resolve_inputs(
         path = Path(os.path.abspath(arg))  # what a worker opens: on a Ray cluster, not in the driver's folder
         if not path.exists():
             raise UserError(f"input not found: {arg}; check the path")
-        if path.is_dir() and (path / "manifest.json").is_file():  # an artifact: its data, not its manifest
+        if path.is_dir() and (path / MANIFEST).is_file():  # an artifact: its data, not its manifest
             kind = _artifact_kind(path)
             if kind != "corpus":
                 raise UserError(f"{arg} is a {kind} artifact; clean reads text: files, folders or a corpus artifact")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.jsonl import advice_at, check_not_packed, check_not_wide
+from llmkit.jsonl import BOM, advice_at, check_not_packed, check_not_wide
 
 # The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
 # write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
@@ -208,7 +208,7 @@ def read_text_range(text_range: TextRange) -> list[str]:
     with open(text_range.path, "rb") as handle:
         handle.seek(text_range.start)
         raw = handle.read(text_range.end - text_range.start)
-    mark = 3 if text_range.start == 0 and raw.startswith(b"\xef\xbb\xbf") else 0  # a byte order mark is no text
+    mark = len(BOM) if text_range.start == 0 and raw.startswith(BOM) else 0  # a byte order mark is no text
     raw = raw[mark:]  # (clean drops it too)
     try:
         text = raw.decode("utf-8")

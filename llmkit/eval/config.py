@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmkit.model.ensemble_options import Ensembling
 from llmkit.inference.options import Inference
-from llmkit.options import Options, comma_list, group, option, path_strings, unescape, unescape_each
+from llmkit.options import Options, comma_list, group, option, path_strings, seed_option, unescape, unescape_each
 
 # (the metric module's own list, llmkit.eval.metrics.rouge_tokenizers.NAMES, is not imported here:
 # the metrics package loads evaluate, which `--help` need not; a test keeps the two equal)
@@ -95,8 +95,7 @@ class EvalConfig(Options):
     inference: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
                                                            "(BLEU, chrF, ROUGE): faster per token after a compilation of seconds."})
     ensembling: Ensembling = group(Ensembling)
-    seed: int = option(0, "Seed of the few-shot draw (--shots); recorded only where something is drawn.", range="[0, 4294967295]",
-                       hashed=False, recorded_as="manifest seed (null when nothing is drawn)")
+    seed: int = seed_option("Seed of the few-shot draw (--shots); recorded only where something is drawn.", hashed=False, recorded_as="manifest seed (null when nothing is drawn)")
 
     @property
     def draws(self) -> bool:

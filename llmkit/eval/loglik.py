@@ -24,7 +24,7 @@ shapes that depend only on itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -116,13 +116,3 @@ def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         return model.token_nll(idx, tgt)
     return logits_nll(model(idx)[0], tgt)
 
-
-def chunked(items: Iterable, size: int) -> Iterator[list]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

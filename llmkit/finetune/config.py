@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from llmkit import artifacts
 from llmkit.model.records import TASKS
-from llmkit.options import Options, comma_list, group, option
+from llmkit.options import Options, comma_list, group, option, seed_option
 from llmkit.train.options import (DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization,
                                   refuse_idle_optimizer_settings, refuse_pipeline_options_without_pp)
 
@@ -57,7 +57,7 @@ class FinetuneConfig(Options):
         default_factory=list, panel=LORA_PANEL, parse=comma_list,
         help="Parameter groups to keep fixed, comma-separated: embeddings, attention, mlp, norms, lm_head, or a name glob (blocks.0.*).",
     )
-    seed: int = option(0, "Seed for the head/adapter initialisation, data order, validation split and dropout.", range="[0, 4294967295]")
+    seed: int = seed_option("Seed for the head/adapter initialisation, data order, validation split and dropout.")
     devices: Devices = group(Devices, panel=DEVICES_PANEL, micro_batch=8)
 
     def __post_init__(self):

@@ -213,22 +213,12 @@ sft_loss.mean_over = "tokens"  # batches (inputs, targets with IGNORE_INDEX), th
 
 
 def confusion_scores(confusion) -> dict[str, float]:
-    """Accuracy and macro F1 over the classes seen in labels or predictions (scikit-learn's convention).
+    """Accuracy and macro F1 of the validation predictions (llmkit.scores: eval's own, so `llmkit eval`
+    of the same predictions reproduces `val_f1` exactly, tested)."""
+    from llmkit.scores import accuracy_and_macro_f1
 
-    F1 per class is scikit-learn's 2·tp / (2·tp + fp + fn) = 2·tp / (predicted + actual), not
-    2PR / (P + R) (an ulp apart in about a quarter of label sets), and the macro mean is numpy's:
-    the formula and the mean of `llmkit.eval.metrics.classification_scores`, so `llmkit eval` of the
-    same predictions reproduces `val_f1` exactly (tested)."""
-    import numpy
-
-    confusion = confusion.double().cpu()
-    total = float(confusion.sum())
-    true_pos = confusion.diag()
-    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
-    both = predicted + actual
-    seen = both > 0  # (a class seen nowhere has no score: left out of the mean, as scikit-learn's labels are)
-    f1 = torch.where(seen, 2 * true_pos / both.clamp(min=1), torch.zeros_like(true_pos))
-    return {"val_accuracy": float(true_pos.sum()) / total, "val_f1": float(numpy.mean(f1[seen].numpy()))}
+    accuracy, f1 = accuracy_and_macro_f1(confusion.double().cpu().numpy())
+    return {"val_accuracy": accuracy, "val_f1": f1}
 
 
 class ClassifyTrainer(Trainer):

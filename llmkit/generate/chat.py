@@ -215,8 +215,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     """The session itself: lines read, replies streamed, each exchange added to the transcript."""
     import sys
 
-    from llmkit.console import err, for_a_terminal, note
-    from llmkit.console import out as console
+    from llmkit.console import err, note, write_generated
     from llmkit.errors import UserError
     from llmkit.jsonl import check_unicode
     from llmkit.model.io import load_checkpoint
@@ -241,12 +240,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     typed = _at_a_terminal()
     you, bot = ("you> ", "bot> ") if typed else ("", "")
 
-    def show(piece: str) -> None:
-        if console.is_terminal:  # without the control characters a terminal would act on (as generate)
-            console.print(for_a_terminal(piece), end="", markup=False, highlight=False, soft_wrap=True)
-        else:  # piped or to a file: the reply as generated, as -o records it
-            sys.stdout.write(piece)
-        sys.stdout.flush()
+    show = write_generated
 
     turn = 0
     line_number = 0

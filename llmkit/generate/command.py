@@ -14,9 +14,7 @@ from llmkit.stage_command import argument, stage_command
 
 def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[Path], force: bool) -> None:
     """Generate text from a checkpoint (several: their ensemble): sampling or greedy, batched, streamed, KV-cached."""
-    from llmkit.console import err, for_a_terminal
-    from rich.text import Text
-
+    from llmkit.console import err, write_generated
     from llmkit.console import out as console
     from contextlib import nullcontext
 
@@ -35,11 +33,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
         nonlocal open_line
         if row == 0:
             open_line = True
-            if console.is_terminal:  # without the control characters a terminal would act on
-                console.print(for_a_terminal(piece), end="", markup=False, highlight=False, soft_wrap=True)
-            else:  # piped: the text as generated, byte for byte what -o records
-                console.file.write(piece)
-            console.file.flush()
+            write_generated(piece)
 
     def on_batch(batch) -> None:
         nonlocal open_line
@@ -57,21 +51,12 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             label = f"prompt {c.prompt_index + 1}" + (f", sample {c.sample_index + 1}" if config.num_samples > 1 else "")
             console.rule(label, style="dim")
             between = "\n" if item.framed else ""  # (an answer to a framed prompt, not its continuation)
-            if console.is_terminal:
-                console.print(Text.assemble((for_a_terminal(item.prompt.display) + between, "dim"), for_a_terminal(c.text)),
-                              soft_wrap=True)
-            else:  # piped: the text as generated (rich would expand tabs and drop control characters)
-                console.file.write(item.prompt.display + between + c.text + "\n")
-                console.file.flush()
+            write_generated((item.prompt.display + between, "dim"), c.text, end="\n")
 
     def on_ready(prompts, framed=None) -> None:  # the prompt is shown only once the checkpoint has loaded
         if stream:
             shown = prompts[0].display + ("\n" if framed and framed[0] else "")  # (an answer goes on a line of its own)
-            if console.is_terminal:
-                console.print(for_a_terminal(shown), style="dim", end="", soft_wrap=True)
-            else:  # piped: as typed, byte for byte (rich expanded a tab), as the completions printed per batch
-                console.file.write(shown)
-                console.file.flush()
+            write_generated((shown, "dim"))
 
     from llmkit.console import progress
 

@@ -13,7 +13,7 @@ from typing import Any
 from llmkit.errors import UserError
 from llmkit.model.ensemble_options import Ensembling
 from llmkit.inference.options import OVERFLOW_POLICIES, Inference
-from llmkit.options import Options, group, option, stop_strings, unescape, unescape_each
+from llmkit.options import Options, group, option, seed_option, stop_strings, unescape, unescape_each
 
 SAMPLING = "Sampling"
 RUN = "Run"
@@ -70,7 +70,7 @@ class GenerateConfig(Options):
                                  flags=("--stream/--no-stream",), panel=RUN, runtime=True)
     inference: Inference = group(Inference, panel=RUN)
     ensembling: Ensembling = group(Ensembling)
-    seed: int = option(0, "Seed: the same seed gives the same text.", range="[0, 4294967295]")
+    seed: int = seed_option("Seed: the same seed gives the same text.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,8 +91,7 @@ class ChatConfig(Options):
     sampling: Sampling = group(Sampling, panel=SAMPLING, max_new_tokens=256, temperature=0.7, top_k=50,
                                help={"max_new_tokens": "Longest reply in tokens."})
     inference: Inference = group(Inference, panel=RUN)
-    seed: int = option(0, "Sampling seed (turn k of the session draws from a seed mixed from it and k, so sessions of other seeds share no turn's draws; /reset does not restart the count).",
-                       range="[0, 4294967295]")
+    seed: int = seed_option("Sampling seed (turn k of the session draws from a seed mixed from it and k, so sessions of other seeds share no turn's draws; /reset does not restart the count).")
 
     def check_given(self, given: frozenset[str]) -> None:
         _refuse_greedy_with_temperature(self, given)

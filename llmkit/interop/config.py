@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmkit.options import Options, option
+from llmkit.options import Options, option, unused_seed_option
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -18,6 +18,4 @@ class ExportConfig(Options):
 @dataclass
 class ImportConfig(Options):
     dtype: str = option("float32", "Stored weight dtype: float32, bfloat16 or float16.", choices=DTYPES)
-    seed: int = option(0, "Accepted as by every stage; import draws nothing, so the manifest's seed is null.", hashed=False,
-                       recorded_as="not recorded (nothing drawn)",
-                       range="[0, 4294967295]")
+    seed: int = unused_seed_option("import")

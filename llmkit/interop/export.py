@@ -27,9 +27,13 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     art = artifacts.load(checkpoint, kind="checkpoint")  # first: a missing or wrong input leaves no folders made for -o
     task, model_config = read_task(art), read_model_config(art.path)
     if task is not None and task.is_classifier:  # (before the model's kind: its advice, generate or a classifier, is no use here)
-        base = ("export the checkpoint it was fine-tuned from" if model_config.arch == "gpt" and model_config.objective == "clm"
-                else f"nor does the {'masked LM' if model_config.objective == 'mlm' else model_config.arch.upper()} it was "
-                     "fine-tuned from; use it with llmkit eval")
+        try:
+            hf_family(model_config)
+            base = "export the checkpoint it was fine-tuned from"
+        except UserError:  # (a style no transformers class computes too: the base was no way out)
+            what = ("masked LM" if model_config.objective == "mlm" else model_config.arch.upper() if model_config.arch != "gpt"
+                    else f"model ({model_config.norm}, {model_config.pos}, {model_config.activation})")
+            base = f"nor does the {what} it was fine-tuned from; use it with llmkit eval"
         raise UserError(
             f"{art.path} is a classification checkpoint; its head has a bias that transformers' "
             f"*ForSequenceClassification `score` layer lacks, so it does not export; {base}"

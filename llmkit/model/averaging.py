@@ -90,11 +90,7 @@ class StoredWeights(Mapping):
     def __init__(self, path: Path):
         from safetensors import SafetensorError, safe_open
 
-        from llmkit.artifacts import checked_as_read
-
         self.path = path
-        with checked_as_read(path):  # (read tensor by tensor below: checked whole first)
-            pass
         try:
             self._opened = safe_open(str(path), framework="pt")
             self._file = self._opened.__enter__()
@@ -236,7 +232,8 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
                         key=lambda pair: (pair[0].fingerprint, pair[1]))
         first = chosen[0][0]
         taking_part = [art for art, _ in chosen]
-        with contextlib.ExitStack() as files:
+        # (each member's weights hashed beside the reads: load checks their sizes only)
+        with artifacts.checked_as_read(*[art.file(WEIGHTS) for art, _ in chosen]), contextlib.ExitStack() as files:
             states = [files.enter_context(StoredWeights(art.file(WEIGHTS))) for art, _ in chosen]
             for (art, _), member in zip(chosen, states):
                 if any(k.endswith((".lora_A", ".lora_B")) for k in member):

@@ -188,7 +188,6 @@ class CheckpointStats:
     vocab_size: int | None = None
     tokenizer_vocab_size: int | None = None
     tokenizer_fingerprint: str | None = None  # of the artifact the tokens' tokenizer came from: a tokenizer, or a checkpoint's
-    document_start: str | None = None  # legacy: now in the hashed config (recorded_document_start)
     task: str | None = None
     labels: list[str] | None = None
     seq_len: int | None = None

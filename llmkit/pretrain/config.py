@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmkit.options import Options, group, option
+from llmkit.options import Options, group, option, seed_option
 from llmkit.train.options import DEFAULT_BATCH_TOKENS, DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, Checkpointing, Devices, ModelChoice, \
     Numerics, Optimization, refuse_idle_optimizer_settings, refuse_pipeline_options_without_pp
 
@@ -24,7 +24,7 @@ class PretrainConfig(Options):
     numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL)
     eval_tokens: int = option(32768, "Validation tokens per evaluation.", panel=TRAINING_PANEL, range="[1, inf)", runtime=True)
-    seed: int = option(0, "Seed for initialisation, data order, masking and dropout.", range="[0, 4294967295]")
+    seed: int = seed_option("Seed for initialisation, data order, masking and dropout.")
     devices: Devices = group(Devices, panel=DEVICES_PANEL)
 
     def __post_init__(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from llmkit.options import Options, comma_floats, option
+from llmkit.options import Options, comma_floats, option, seed_option
 
 
 @dataclass
@@ -20,7 +20,7 @@ class ScalingFitConfig(Options):
     grid: str = option("full", "Starting points of the fit: full (Hoffmann et al.'s 4,500) or coarse (108, quicker).",
                        choices=("full", "coarse"))
     huber_delta: float = option(1e-3, "Huber loss threshold on log-loss residuals (Hoffmann et al.: 1e-3).", range="(0, inf)")
-    seed: int = option(0, "Seed of the bootstrap resampling.", range="[0, 4294967295]")
+    seed: int = seed_option("Seed of the bootstrap resampling.")
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, str):

@@ -9,7 +9,6 @@ A `budget` column (or a sweep's FLOP budget) groups points for the IsoFLOP appro
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,22 +41,13 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
 
 
 def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
-    """From the sweep's runs.json: a hashed file, so `llmkit verify` vouches for the numbers
-    (a sweep written before it existed: the table in its stats)."""
-    table = sweep.path / "runs.json"
-    if "runs.json" in sweep.manifest.files:  # (one dropped into an older sweep is no part of it)
-        try:
-            rows = json.loads(table.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise UserError(f"{table} is damaged ({type(exc).__name__}); check it with llmkit verify {sweep.path}") from None
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise UserError(f"{table} is not a list of runs; check it with llmkit verify {sweep.path}")
-    else:
-        rows = sweep.stats.get("runs") or []
+    """From the sweep's table of runs (llmkit.sweep_table)."""
+    from llmkit.sweep_table import read_rows
+
     points = [
-        Point(params=float(r["params"] if count == "total" else r["non_embedding_params"]), tokens=float(r["tokens"]),
-              loss=float(r["final_val_loss"]), budget=r.get("flops_budget"), name=r["name"])
-        for r in rows if r.get("state") == "done" and r.get("final_val_loss") is not None
+        Point(params=r.params if count == "total" else r.non_embedding_params, tokens=r.tokens,
+              loss=float(r.final_val_loss), budget=r.flops_budget, name=r.name)
+        for r in read_rows(sweep) if r.state == "done" and r.final_val_loss is not None
     ]
     if not points:
         raise UserError(f"sweep {sweep.path} has no finished run with a validation loss (its runs did not validate: "

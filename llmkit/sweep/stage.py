@@ -32,9 +32,9 @@ from llmkit.runtime import END_WITH_PARENT
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig, one_grid
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
+from llmkit.sweep_table import TABLE, write_table  # (the table of finished runs, hashed; stats add each run's wall time)
 
 RUNS, CONFIGS, LOGS, PLOTS = artifacts.SWEEP_RUNS, "configs", "logs", "plots"
-TABLE = "runs.json"  # the table of finished runs, hashed (stats add each run's wall time)
 
 
 @dataclass
@@ -424,5 +424,5 @@ def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, c
     build.stats = {"runs": rows, "plots": plots, "count": "non-embedding parameters; flops = 6 x non-embedding params x tokens"}
     build.runtime = {"parallel": config.parallel}
     table = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # wall time: not the same on a rerun
-    (out / TABLE).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    write_table(out, table)
     artifacts.finalize_in_place(build, [PLOTS, TABLE])

@@ -8,7 +8,7 @@ from typing import Optional
 from llmkit.data.special_tokens import DEFAULT_SPECIAL_TOKENS, REQUIRED_SPECIAL_TOKENS
 from llmkit.errors import UserError
 from llmkit.executor import Execution
-from llmkit.options import Options, comma_list, group, option
+from llmkit.options import Options, comma_list, group, option, seed_option
 
 BYTE_ALPHABET = 256
 
@@ -27,7 +27,7 @@ class TokenizerTrainConfig(Options):
                                       range="[1, inf)")
     heldout_every: int = option(100, "Hold out about one piece in N (a document or ~8K characters of one; a seeded random draw) for the stats.", range="[2, inf)")
     heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.", range="[1, inf)")
-    seed: int = option(0, "Seed for sampling the training text and the held-out pieces.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
+    seed: int = seed_option("Seed for sampling the training text and the held-out pieces.", hashed=False, recorded_as="manifest seed")
     workers: int = option(0, "Processes (or Ray actors) that read and sample the input. 0: locally, this process alone "
                           "(the trainer itself uses every core); under Ray, one per CPU of the cluster. Does not change the result.",
                           runtime=True, range="[0, 1024]")
@@ -64,7 +64,7 @@ class TokenizeConfig(Options):
     val_fraction: float = option(0.05, "Share of documents held out for validation.", range="[0, 1)")
     add_bos: bool = option(False, "Start every document with <|bos|>.", flags=("--add-bos/--no-add-bos",))
     shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).", range="[1, inf)")
-    seed: int = option(0, "Seed of the train/validation split.", hashed=False, recorded_as="manifest seed", range="[0, 4294967295]")
+    seed: int = seed_option("Seed of the train/validation split.", hashed=False, recorded_as="manifest seed")
     workers: int = option(0, "Encoding threads (Ray actors with --executor ray); 0 = one per 8 MB of text, at most one per idle core (on Ray: one per CPU of the cluster). Does not change the result.", runtime=True, range="[0, 1024]")
     batch_size: int = option(2048, "Documents per encoding batch.", runtime=True, range="[1, 1048576]")
     fast: bool = option(True, "Encode through tiktoken built from our merges, when it applies.", flags=("--fast/--no-fast",),

@@ -200,7 +200,7 @@ def step_dirs(run_dir: Path) -> list[Path]:
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "manifest.json").is_file()]
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / artifacts.MANIFEST).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -230,7 +230,7 @@ def resume_point(run_dir: Path, *, finished_run_resumable: bool = True) -> Path 
     `finished_run_resumable=False`: RUN's weights are not in the form the model trains in (merged
     LoRA adapters); its last step is a step directory too."""
     candidates = step_dirs(run_dir)[-1:]
-    if finished_run_resumable and (run_dir / "manifest.json").is_file():
+    if finished_run_resumable and (run_dir / artifacts.MANIFEST).is_file():
         candidates.append(run_dir)
     return max(candidates, key=saved_step) if candidates else None
 
@@ -243,10 +243,10 @@ def prune(run_dir: Path, keep_last: int) -> None:
     for leftover in root.iterdir():
         # A hidden folder is a write that was killed; a step folder without its manifest, a prune
         # that was (checkpoints are renamed into place whole, with their manifest)
-        if leftover.is_dir() and (leftover.name.startswith(".") or not (leftover / "manifest.json").is_file()):
+        if leftover.is_dir() and (leftover.name.startswith(".") or not (leftover / artifacts.MANIFEST).is_file()):
             shutil.rmtree(leftover, ignore_errors=True)
     if keep_last > 0:
         for old in step_dirs(run_dir)[:-keep_last]:
             # Manifest first: a kill in the middle leaves a plain folder, never a broken artifact.
-            (old / "manifest.json").unlink(missing_ok=True)
+            (old / artifacts.MANIFEST).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)

@@ -119,7 +119,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                          replacing=force or resume)
     with outputs.output_lock(out, keep_replaced=True):
         _put_back_replaced_run(out, force and not resume)
-        if out.exists() and not resume and not force:
+        if out.exists() and not resume and not force and any(out.iterdir()):  # (an empty folder: made for the run, taken)
             raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
         from llmkit.artifacts import manifest_kind
 

@@ -146,17 +146,23 @@ def materialize(module: torch.nn.Module, model, device: torch.device, tp: int, w
     (`model.initial_value`, `model` the meta GPT it came from) or, resuming, at its value in the
     safetensors file `weights`; a tensor-parallel rank keeps only its shard. Host memory holds one
     full parameter at a time, never the model."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    import contextlib
 
-    stored = None
+    stored, checking = None, contextlib.nullcontext()
     if weights is not None:
         from safetensors import safe_open
 
         from llmkit.artifacts import checked_as_read
 
-        with checked_as_read(weights):  # (read a tensor at a time below: checked whole first)
-            pass
         stored = safe_open(str(weights), framework="pt")  # one tensor read at a time
+        checking = checked_as_read(weights)  # (beside the reads: each process reads only its part)
+    with checking:
+        _fill(module, model, device, tp, stored)
+
+
+def _fill(module: torch.nn.Module, model, device: torch.device, tp: int, stored) -> None:
+    """materialize's allocation and values (`stored`: the open safetensors file, or None)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
     # to_empty gives each module its own new tensor, so a tied pair (embedding and head) is
     # joined again afterwards.

@@ -49,19 +49,20 @@ def classification_scores(predictions, references, label_names=None):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if len(references) == 0:
         raise ValueError("no examples to score")
+    from llmkit.scores import f1_per_class
+
     classes = sorted(set(references.tolist()) | set(predictions.tolist()))
     results = {"accuracy": float(numpy.mean(predictions == references))}
+    index = {label: i for i, label in enumerate(classes)}
+    confusion = numpy.zeros((len(classes), len(classes)))
+    numpy.add.at(confusion, ([index[r] for r in references.tolist()], [index[p] for p in predictions.tolist()]), 1)
+    f1_of, _ = f1_per_class(confusion)  # (finetune's val_f1 too: eval of its predictions reproduces it exactly)
     precisions, recalls, f1s = [], [], []
-    for label in classes:
-        true_positive = float(numpy.sum((predictions == label) & (references == label)))
-        predicted = float(numpy.sum(predictions == label))
-        actual = float(numpy.sum(references == label))
-        precision = true_positive / predicted if predicted else 0.0
-        recall = true_positive / actual if actual else 0.0
-        # scikit-learn's F1: 2·tp / (2·tp + fp + fn) = 2·tp / (predicted + actual), 0 when both are 0. The same
-        # number as 2PR / (P + R) in exact arithmetic, but that form rounds an ulp away in about a quarter of label sets
-        # (llmkit.finetune.stage.confusion_scores computes val_f1 the same way, so eval reproduces it exactly).
-        f1 = 2 * true_positive / (predicted + actual) if predicted + actual else 0.0
+    for i, label in enumerate(classes):
+        true_positive, predicted, actual = confusion[i, i], confusion[:, i].sum(), confusion[i].sum()
+        precision = float(true_positive / predicted) if predicted else 0.0
+        recall = float(true_positive / actual) if actual else 0.0
+        f1 = float(f1_of[i])
         name = (label_names or {}).get(label, label)
         results[f"precision_{name}"] = precision
         results[f"recall_{name}"] = recall
@@ -81,10 +82,10 @@ def classification_intervals(predictions, references, n_bootstrap, normalized_pr
     examples resampled as sacrebleu resamples segments, with its seed; with `normalized_predictions`
     (multiple choice's length-normalised picks) `accuracy_norm_ci95` too, from the same resamples."""
     from llmkit.eval.metrics._refs import half_width, resample_slices
+    from llmkit.scores import f1_per_class
 
     # the labels as codes, and every resample's confusion counts at once (classification_scores per
-    # resample took 11-15 s for 10,000 examples and 1,000 resamples): the same scores, its conventions
-    # (macro F1 over the classes a resample's labels or predictions hold; F1 = 2 tp / (predicted + actual))
+    # resample took 11-15 s for 10,000 examples and 1,000 resamples): the same scores (llmkit.scores)
     classes, codes = numpy.unique(numpy.concatenate([numpy.asarray(list(predictions)), numpy.asarray(list(references))]),
                                   return_inverse=True)
     k, n = len(classes), len(codes) // 2
@@ -97,9 +98,7 @@ def classification_intervals(predictions, references, n_bootstrap, normalized_pr
         cells = (gold_codes[part] * k + predicted_codes[part]) + (numpy.arange(len(part)) * k * k)[:, None]
         confusion = numpy.bincount(cells.ravel(), minlength=len(part) * k * k).reshape(len(part), k, k).astype(float)
         true_positive = confusion.diagonal(axis1=1, axis2=2)
-        both = confusion.sum(axis=1) + confusion.sum(axis=2)  # predicted + actual, per class
-        seen = both > 0
-        f1 = numpy.where(seen, 2 * true_positive / numpy.where(seen, both, 1), 0.0)
+        f1, seen = f1_per_class(confusion)
         macro_f1 += [float(numpy.mean(row[mask])) for row, mask in zip(f1, seen)]  # (numpy's mean, as classification_scores')
         accuracy += (true_positive.sum(axis=1) / n).tolist()
         if norm_correct is not None:

@@ -1,0 +1,54 @@
+"""A sweep's table of runs, `runs.json`: written by `llmkit sweep`, read by `llmkit scaling fit` and
+by inspect and report. A hashed file, so `llmkit verify` vouches for its numbers; a sweep made
+before it existed holds the table in its stats. The one place its name and the fields its readers
+use are spelled (the table holds more: each run's shape, steps, learning rate, bits per byte).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+
+TABLE = "runs.json"
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    name: str
+    state: str  # "done" for a finished run
+    params: float
+    non_embedding_params: float
+    tokens: float  # trained: whole steps, up to a batch past the planned tokens
+    final_val_loss: float | None
+    flops_budget: float | None  # the budget of its FLOPs grid, or None on a grid of token counts
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> SweepRow:
+        return cls(name=row["name"], state=row.get("state", ""), params=float(row["params"]),
+                   non_embedding_params=float(row["non_embedding_params"]), tokens=float(row["tokens"]),
+                   final_val_loss=row.get("final_val_loss"), flops_budget=row.get("flops_budget"))
+
+
+def write_table(folder: Path, rows: list[dict[str, Any]]) -> None:
+    (folder / TABLE).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+def read_rows(sweep) -> list[SweepRow]:
+    """The rows of a sweep artifact's table (its stats' for a sweep made before the file); a damaged
+    table is a one-line error naming verify."""
+    table = sweep.path / TABLE
+    if TABLE not in sweep.manifest.files:  # (one dropped into an older sweep is no part of it)
+        rows = sweep.stats.get("runs") or []
+    else:
+        try:
+            rows = json.loads(table.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{table} is damaged ({type(exc).__name__}); check it with llmkit verify {sweep.path}") from None
+    try:
+        return [SweepRow.of(row) for row in rows]
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise UserError(f"{table} is not a list of runs; check it with llmkit verify {sweep.path}") from None
