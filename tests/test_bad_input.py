@@ -1148,3 +1148,14 @@ def test_a_byte_order_mark_is_no_utf8_text_before_a_bad_byte(tmp_path):
             assert said in message, (name, mark, message)
             if name == "later.txt":
                 assert f"{path}:2 is not UTF-8" in message, message  # (the mark made it line 1)
+
+
+def test_a_task_record_whose_labels_are_no_list_of_names_is_damaged():
+    """(A re-signed task.json with "labels": "notalist" was read as the labels n, o, t, a, ...)"""
+    from llmkit.errors import UserError
+    from llmkit.model.records import TaskRecord
+
+    for labels in ("notalist", [0, 1], [["a"], "b"]):
+        with pytest.raises(UserError, match="its labels are not a list of names; the checkpoint is damaged"):
+            TaskRecord.from_dict({"task": "classify", "labels": labels}, "ckpt/task.json")
+    assert TaskRecord.from_dict({"task": "classify", "labels": ["neg", "pos"]}, "ckpt/task.json").labels == ["neg", "pos"]

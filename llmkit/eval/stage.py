@@ -221,11 +221,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     read = [*members, cfg.data, cfg.predictions, *cfg.references]
     outputs.check_output(out, force, inputs=read)
 
-    metrics: dict[str, float] = {}
-    signatures: dict[str, str] = {}
-    formatted: dict[str, str] = {}
-    records: list[dict] = []
-    stats: dict[str, Any] = {}
+    scores = _Scores()
     started = time.perf_counter()
     with artifacts.create(out, "eval", force=force, inputs=read) as build:
         loaded = None
@@ -246,103 +242,136 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             for index, member in enumerate(loaded.members):
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         if cfg.predictions is not None:
-            predictions = read_predictions(Path(cfg.predictions), cfg.text_field)
-            # --field names the references' column too, as a last resort, never in the predictions' own file
-            # (each prediction would be scored against itself)
-            own_file = any(Path(r).resolve() == Path(cfg.predictions).resolve() for r in cfg.references)
-            references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions),
-                                         also=None if own_file else cfg.text_field, labels=not text)
-            if cfg.limit:
-                predictions, references = predictions[: cfg.limit], references[: cfg.limit]
-            stats["examples"] = len(predictions)
-            if not predictions:
-                raise UserError(f"no predictions to score in {cfg.predictions}; give a file with one prediction per line "
-                                "(or record)")
-            if text:
-                _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records)
-            if cls:
-                from llmkit.eval.metrics import classification_scores
-
-                if any(len(r) != 1 for r in references):
-                    raise UserError("classification metrics take exactly one reference label per prediction")
-                metrics.update(classification_scores(predictions, [r[0] for r in references]))
-                records.extend(
-                    {"task": "classification", "index": i, "prediction": p, "label": r[0]}
-                    for i, (p, r) in enumerate(zip(predictions, references))
-                )
+            _score_predictions_file(cfg, text, cls, scores)
         elif cfg.tasks:
             from llmkit.eval.benchmark_run import run_benchmarks
 
             task_metrics, task_records, task_stats = run_benchmarks(loaded, cfg)
-            metrics.update(task_metrics)
-            records.extend(task_records)
-            stats.update(task_stats)
+            scores.metrics.update(task_metrics)
+            scores.records.extend(task_records)
+            scores.stats.update(task_stats)
         else:
-            from llmkit.eval import model_tasks
-
             if (Path(cfg.data) / artifacts.MANIFEST).is_file():
                 build.add_input("data", artifacts.load(cfg.data))
-            if lm:
-                result = model_tasks.perplexity(loaded, cfg)
-                metrics.update(result.metrics)
-                if cfg.bootstrap:
-                    metrics.update(result.intervals(cfg.bootstrap))
-                if "word_perplexity" in lm and "word_perplexity" not in result.metrics:  # (asked for by name)
-                    from llmkit.console import note
-
-                    why = ("the text holds no word (only whitespace)" if result.words == 0 else
-                           f"{result.words:,} whitespace-separated words for {result.tokens:,} tokens, so exp(NLL / words) "
-                           "overflows (text written without spaces, as Chinese is)")
-                    note(f"word_perplexity left out: {why}; bpb and byte_perplexity compare across tokenizers")
-                stats.update(
-                    {"tokens": result.tokens, "words": result.words, "bytes": result.bytes, "documents": result.documents, "nll": result.nll}
-                )
-                records.extend({"task": "perplexity", **r} for r in result.per_document)
-            if text:
-                predictions, references, gen_records = model_tasks.generate_predictions(loaded, cfg)
-                first = len(records)
-                _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records)
-                # attach the prompt/input to the records the text metrics just wrote
-                for record, extra in zip(records[first:], gen_records):
-                    record.update(extra)
-                stats["examples"] = len(predictions)
-            if cls:
-                cls_metrics, cls_records = model_tasks.classification(loaded, cfg)
-                metrics.update(cls_metrics)
-                records.extend(cls_records)
-                stats["classification_examples"] = len(cls_records)
-        if cfg.bootstrap and "accuracy" in metrics:
+            _score_model(loaded, cfg, lm, text, cls, scores)
+        if cfg.bootstrap and "accuracy" in scores.metrics:
             from llmkit.eval.metrics.classification import classification_intervals
 
-            labelled = [r for r in records if r["task"] in ("classification", "multiple_choice")]
-            normalized = [r["prediction_norm"] for r in labelled] if "accuracy_norm" in metrics else None
-            metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
-                                                    cfg.bootstrap, normalized))
-        for name, value in metrics.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{name} came out as {value}; {metric_names.NOT_FINITE}")
-        (build.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        with open(build.dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
-            for number, record in enumerate(records, 1):
-                try:  # a NaN log-likelihood loses every comparison: its accuracy would look plausible
-                    line = json.dumps(record, ensure_ascii=False, allow_nan=False)
-                except ValueError:
-                    raise UserError(f"prediction {number}: {metric_names.NOT_FINITE}") from None
-                handle.write(line + "\n")
-        build.config = _recorded_config(cfg)
-        if cfg.bootstrap:  # (recorded where asked: the configs of evals before it stay the same)
-            build.config["bootstrap"] = cfg.bootstrap
-        if cfg.tasks:
-            build.config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
-            build.config.pop("metrics", None)  # (the default perplexity: a benchmark run scores acc and acc_norm)
-        if cfg.ensembling.recorded(len(members)):
-            build.config["ensemble"] = cfg.ensembling.recorded(len(members))
+            labelled = [r for r in scores.records if r["task"] in ("classification", "multiple_choice")]
+            normalized = [r["prediction_norm"] for r in labelled] if "accuracy_norm" in scores.metrics else None
+            scores.metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
+                                                           cfg.bootstrap, normalized))
+        _write_results(build.dir, scores)
+        build.config = _recorded_eval_config(cfg, len(members))
         build.seed = cfg.seed if cfg.draws else None  # the same scores under any --seed are the same artifact
-        stats["signatures"] = signatures
-        stats["metrics"] = list(metrics)
-        build.stats = stats
+        build.stats = {**scores.stats, "signatures": scores.signatures, "metrics": list(scores.metrics)}
         build.runtime = {**cfg.runtime(), "device": device, "seconds": round(time.perf_counter() - started, 3)}
-    return EvalResult(Path(out), metrics, signatures, formatted, stats)
+    return EvalResult(Path(out), scores.metrics, scores.signatures, scores.formatted, build.stats)
+
+
+@dataclass
+class _Scores:
+    """What an eval gathers: metrics.json's values, their signatures and printed forms,
+    predictions.jsonl's records and the stats."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
+    formatted: dict[str, str] = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _score_predictions_file(cfg: EvalConfig, text: list[str], cls: list[str], scores: _Scores) -> None:
+    """--predictions made elsewhere, against --references (or the predictions' own file's field)."""
+    predictions = read_predictions(Path(cfg.predictions), cfg.text_field)
+    # --field names the references' column too, as a last resort, never in the predictions' own file
+    # (each prediction would be scored against itself)
+    own_file = any(Path(r).resolve() == Path(cfg.predictions).resolve() for r in cfg.references)
+    references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions),
+                                 also=None if own_file else cfg.text_field, labels=not text)
+    if cfg.limit:
+        predictions, references = predictions[: cfg.limit], references[: cfg.limit]
+    scores.stats["examples"] = len(predictions)
+    if not predictions:
+        raise UserError(f"no predictions to score in {cfg.predictions}; give a file with one prediction per line "
+                        "(or record)")
+    if text:
+        _text_metrics(text, predictions, references, cfg, scores)
+    if cls:
+        from llmkit.eval.metrics import classification_scores
+
+        if any(len(r) != 1 for r in references):
+            raise UserError("classification metrics take exactly one reference label per prediction")
+        scores.metrics.update(classification_scores(predictions, [r[0] for r in references]))
+        scores.records.extend(
+            {"task": "classification", "index": i, "prediction": p, "label": r[0]}
+            for i, (p, r) in enumerate(zip(predictions, references))
+        )
+
+
+def _score_model(loaded, cfg: EvalConfig, lm: list[str], text: list[str], cls: list[str], scores: _Scores) -> None:
+    """The checkpoint's own scores on --data: perplexity, generated text against references, labels."""
+    from llmkit.eval import model_tasks
+
+    if lm:
+        result = model_tasks.perplexity(loaded, cfg)
+        scores.metrics.update(result.metrics)
+        if cfg.bootstrap:
+            scores.metrics.update(result.intervals(cfg.bootstrap))
+        if "word_perplexity" in lm and "word_perplexity" not in result.metrics:  # (asked for by name)
+            from llmkit.console import note
+
+            why = ("the text holds no word (only whitespace)" if result.words == 0 else
+                   f"{result.words:,} whitespace-separated words for {result.tokens:,} tokens, so exp(NLL / words) "
+                   "overflows (text written without spaces, as Chinese is)")
+            note(f"word_perplexity left out: {why}; bpb and byte_perplexity compare across tokenizers")
+        scores.stats.update(
+            {"tokens": result.tokens, "words": result.words, "bytes": result.bytes, "documents": result.documents, "nll": result.nll}
+        )
+        scores.records.extend({"task": "perplexity", **r} for r in result.per_document)
+    if text:
+        predictions, references, gen_records = model_tasks.generate_predictions(loaded, cfg)
+        first = len(scores.records)
+        _text_metrics(text, predictions, references, cfg, scores)
+        # attach the prompt/input to the records the text metrics just wrote
+        for record, extra in zip(scores.records[first:], gen_records):
+            record.update(extra)
+        scores.stats["examples"] = len(predictions)
+    if cls:
+        cls_metrics, cls_records = model_tasks.classification(loaded, cfg)
+        scores.metrics.update(cls_metrics)
+        scores.records.extend(cls_records)
+        scores.stats["classification_examples"] = len(cls_records)
+
+
+def _write_results(folder: Path, scores: _Scores) -> None:
+    """metrics.json and predictions.jsonl; a value that is not finite is refused, not written."""
+    for name, value in scores.metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{name} came out as {value}; {metric_names.NOT_FINITE}")
+    (folder / "metrics.json").write_text(json.dumps(scores.metrics, indent=2) + "\n", encoding="utf-8")
+    with open(folder / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for number, record in enumerate(scores.records, 1):
+            try:  # a NaN log-likelihood loses every comparison: its accuracy would look plausible
+                line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+            except ValueError:
+                raise UserError(f"prediction {number}: {metric_names.NOT_FINITE}") from None
+            handle.write(line + "\n")
+
+
+def _recorded_eval_config(cfg: EvalConfig, members: int) -> dict[str, Any]:
+    """The eval's hashed config: its options, and what only some evals record (so that the configs of
+    evals before each were added stay the same)."""
+    config = _recorded_config(cfg)
+    if cfg.bootstrap:
+        config["bootstrap"] = cfg.bootstrap
+    if cfg.tasks:
+        config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
+        config.pop("metrics", None)  # (the default perplexity: a benchmark run scores acc and acc_norm)
+    ensemble = cfg.ensembling.recorded(members)
+    if ensemble:
+        config["ensemble"] = ensemble
+    return config
 
 
 _NON_ASCII_LETTER = re.compile(r"(?![a-zA-Z])[^\W\d_]")
@@ -382,10 +411,10 @@ def _note_bleu_on_unspaced_text(references: list[list[str]]) -> None:
              "MeCab installed, Japanese)")
 
 
-def _text_metrics(text, predictions, references, cfg, metrics, signatures, formatted, records) -> None:
+def _text_metrics(text, predictions, references, cfg, scores: _Scores) -> None:
     from llmkit.eval.text_scores import score_text
 
-    scores = score_text(
+    found = score_text(
         text,
         predictions,
         references,
@@ -395,15 +424,15 @@ def _text_metrics(text, predictions, references, cfg, metrics, signatures, forma
         stemmer=cfg.stemmer,
         bootstrap=cfg.bootstrap,
     )
-    metrics.update(scores.metrics)
-    signatures.update(scores.signatures)
+    scores.metrics.update(found.metrics)
+    scores.signatures.update(found.signatures)
     if cfg.rouge_tokenize == "default" and any(name.startswith("rouge") for name in text):
         _note_references_rouge_cannot_read(references)
     if cfg.bleu_tokenize == "13a" and "bleu" in text:
         _note_bleu_on_unspaced_text(references)
-    formatted.update(scores.formatted)
+    scores.formatted.update(found.formatted)
     for i, (prediction, refs) in enumerate(zip(predictions, references)):
         record = {"task": "text", "index": i, "prediction": prediction, "references": refs}
-        for name, values in scores.per_example.items():
+        for name, values in found.per_example.items():
             record[name] = values[i]
-        records.append(record)
+        scores.records.append(record)

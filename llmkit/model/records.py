@@ -142,6 +142,9 @@ class TaskRecord:
         if not isinstance(data, dict) or data.get("task") not in TASKS:
             raise UserError(f"{where} is not a task record (no task sft or classify); the checkpoint is damaged, rebuild it")
         lora = data.get("lora")
+        labels = data.get("labels")
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(label, str) for label in labels)):
+            raise UserError(f"{where}: its labels are not a list of names; the checkpoint is damaged, rebuild it")
         try:
             return cls(
                 task=data["task"], template=data.get("template"), labels=data.get("labels"),
