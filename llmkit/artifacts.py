@@ -236,10 +236,11 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
     from its artifact's manifest: load checks only sizes, so a change that kept the size was used, and
     the stage's output recorded the input's fingerprint for files it never had. (Token shards, mapped and
     read in part, are checked by size only; `llmkit verify` hashes every file.) In a run of several
-    processes the first one checks: each would hash the same files, N times the work."""
+    processes the first of each node checks: each would hash the same files, N times the work. A
+    changed file is the error to report, also where the read failed on what the change did."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if os.environ.get("RANK", "0") not in ("", "0"):  # (torchrun's global rank: the first fails the run for all)
+    if os.environ.get("LOCAL_RANK", "0") not in ("", "0"):  # (once a node: each may hold its own copy of the files)
         yield
         return
 
@@ -252,7 +253,13 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
 
     with ThreadPoolExecutor(1) as pool:
         checks = [pool.submit(unchanged, Path(path)) for path in paths]
-        yield
+        try:
+            yield
+        except Exception as failed:  # (a NaN, a header that does not parse: the edit behind it is the news)
+            for check in checks:
+                if check.exception() is not None:
+                    raise check.exception() from failed
+            raise
         for check in checks:
             check.result()
 

@@ -145,7 +145,8 @@ def _single_byte_share(text: str, low: str, high: str) -> float:
     wide = [i for i, ch in enumerate(text) if ord(ch) >= 0x80]
     glued = lambda i: any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha() for j in (i - 1, i + 1))
     return sum(low <= text[i] <= high and not glued(i) or text[i] in "«»“”‘’–—…€" for i in wide) / len(wide) if wide else 0.0
-_HUNGARIAN_O = re.compile(r"[õÕ](?![eE])")
+_HUNGARIAN_O = re.compile(r"[õÕ](?![eE])")  # (with Hungarian's acute vowels: Estonian writes õ, and none of them)
+_HUNGARIAN_ACUTE = re.compile(r"[áíóúÁÍÓÚ]")
 _DETECT = "find its encoding (uchardet FILE, or chardetect FILE), then iconv -f THAT -t utf-8"
 
 
@@ -157,12 +158,12 @@ def advice_at(raw: bytes, start: int, *, utf8_before: bool = False, rest=None, t
     """conversion_advice for `raw` (a line, a range or a whole file) whose byte `start` is the first one
     that is not UTF-8, read from that byte on, topped up from `rest` (the open file past a line); UTF-8
     came before it where `raw` held some before it (a leading byte-order mark is none) or earlier lines
-    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end. (A byte-order mark is
-    the caller's to strip first: it is no UTF-8 text, and the decoder's offsets come after it.)"""
+    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end. (A byte-order mark is no
+    UTF-8 text; a caller decoding past one strips it first, as the decoder's offsets come after it.)"""
     sample = raw[start:start + ADVICE_SAMPLE]
     if rest is not None and len(sample) < ADVICE_SAMPLE:
         sample += rest.read(ADVICE_SAMPLE - len(sample))
-    utf8_before = utf8_before or not raw[:start].isascii()
+    utf8_before = utf8_before or not raw[:start].removeprefix(BOM).isascii()  # (a whole file's mark, if left on)
     return conversion_advice(sample, utf8_before, ends_file=to_end and len(sample) < ADVICE_SAMPLE)
 
 
@@ -234,7 +235,8 @@ def conversion_advice(sample: bytes, utf8_before: bool = False, *, ends_file: bo
         # where its reading holds what Central European or Turkish text would be in it (Ý Þ ð ¹ ³ ...), or
         # Hungarian's ő as õ before a letter other than e (Portuguese writes õ in -ões, -õe; cp1252 advice garbled ő)
         western = read("cp1252")
-        if western is not None and not any(ch in western for ch in "ÐÝÞðýþ¹³¾¥") and not _HUNGARIAN_O.search(western):
+        if western is not None and not any(ch in western for ch in "ÐÝÞðýþ¹³¾¥") and not (
+                _HUNGARIAN_O.search(western) and _HUNGARIAN_ACUTE.search(western)):
             return "convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8, for Western European text; else " + _DETECT + ")"
     return "convert the file to UTF-8 (" + _DETECT + ")"
 

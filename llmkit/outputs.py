@@ -319,14 +319,18 @@ def write_atomically(path: Path, data: str | bytes | Callable[[IO[bytes]], None]
     before the rename: a crash at any point leaves the old file or the new one, whole (the manifest
     that finishes an artifact, the marker a rerun continues from)."""
     tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as handle:
-        if callable(data):
-            data(handle)
-        else:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # (a full disk, a stop: no half-written temporary left where a later listing finds it)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def temporary_file(path: Path) -> tuple[IO[str], Path]:
@@ -424,7 +428,8 @@ def _remove_stale_temporaries(out: Path, keep_replaced: bool) -> None:
 
 RESUME_MARKER = "resume.json"  # in a partial output: the stage can continue from it (llmkit.resume)
 # the marker and the arrays it names, dotted ones being writes a kill cut short
-RESUME_FILES = (RESUME_MARKER, f".{RESUME_MARKER}", "resume-*.npz", ".resume-*.npz")
+# (and the temporaries of their writes: write_atomically's, and the names before it)
+RESUME_FILES = (RESUME_MARKER, f".tmp-{RESUME_MARKER}", "resume-*.npz", ".tmp-resume-*.npz", f".{RESUME_MARKER}", ".resume-*.npz")
 
 
 def refuse_a_place_of_a_run(out: Path) -> None:

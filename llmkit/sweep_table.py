@@ -42,13 +42,17 @@ def read_rows(sweep) -> list[SweepRow]:
     table is a one-line error naming verify."""
     table = sweep.path / TABLE
     if TABLE not in sweep.manifest.files:  # (one dropped into an older sweep is no part of it)
-        rows = sweep.stats.get("runs") or []
+        rows, source = sweep.stats.get("runs", []), f"the stats of {sweep.path / 'manifest.json'} (a sweep made before {TABLE})"
+        fix = "sweep again"
     else:
+        source, fix = str(table), f"check it with llmkit verify {sweep.path}"
         try:
             rows = json.loads(table.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise UserError(f"{table} is damaged ({type(exc).__name__}); check it with llmkit verify {sweep.path}") from None
+            raise UserError(f"{table} is damaged ({type(exc).__name__}); {fix}") from None
     try:
+        if not isinstance(rows, list):
+            raise TypeError
         return [SweepRow.of(row) for row in rows]
     except (TypeError, KeyError, ValueError, AttributeError):
-        raise UserError(f"{table} is not a list of runs; check it with llmkit verify {sweep.path}") from None
+        raise UserError(f"{source} holds no list of runs; {fix}") from None

@@ -473,3 +473,53 @@ def test_the_names_a_run_folder_may_hold_follow_the_stages_own(tmp_path):
     named = {WEIGHTS, MODEL_CONFIG, TOKENIZER_DIR, TASK_FILE, TABLE, CHECKPOINTS, METRICS, artifacts.SWEEP_RUNS,
              *artifacts.STATE_FILE_NAMES}
     assert named <= outputs._RUN_ENTRIES, named - outputs._RUN_ENTRIES
+
+
+def test_a_sweep_table_that_holds_no_list_of_runs_is_named(tmp_path):
+    """runs.json of `{}` read as no runs (scaling fit then blamed validation); a sweep whose table is in its
+    stats only is named by them, not by a runs.json it does not have."""
+    from llmkit.inspect_view import _headline
+    from llmkit.sweep_table import TABLE, read_rows
+
+    row = {"name": "a", "state": "done", "params": 10, "non_embedding_params": 8, "tokens": 100, "final_val_loss": 2.5}
+    for table, said in (({}, f"{TABLE} holds no list of runs; check it with llmkit verify"),
+                        ([{"name": "a"}], f"{TABLE} holds no list of runs")):
+        out = tmp_path / f"sweep-{len(said)}-{len(str(table))}"
+        with artifacts.create(out, "sweep") as build:
+            (build.dir / TABLE).write_text(json.dumps(table))
+            build.stats = {"runs": [row]}
+        with pytest.raises(UserError, match=re.escape(said)):
+            read_rows(artifacts.load(out))
+        assert _headline(artifacts.load(out)) == "1 runs, best val_loss 2.5000"  # (the stats' copy, where the table fails)
+    with artifacts.create(tmp_path / "old", "sweep") as build:
+        build.stats = {"runs": "nothing"}
+    with pytest.raises(UserError, match=r"the stats of .*manifest.json \(a sweep made before runs.json\) holds no list of runs; sweep again"):
+        read_rows(artifacts.load(tmp_path / "old"))
+    with artifacts.create(tmp_path / "good", "sweep") as build:
+        (build.dir / TABLE).write_text(json.dumps([row]))
+    assert [r.name for r in read_rows(artifacts.load(tmp_path / "good"))] == ["a"]
+
+
+def test_a_resume_marker_write_that_fails_leaves_no_temporary(tmp_path, monkeypatch):
+    """A full disk mid-save: the marker before it stays whole and no half-written temporary is left (it was
+    not among the names resume.remove clears, and stayed in the finished artifact)."""
+    import errno
+
+    import numpy as np
+
+    from llmkit import resume
+
+    resume.save(tmp_path, {"step": 1}, {"a": np.arange(3)})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError):
+        resume.save(tmp_path, {"step": 2}, {"a": np.arange(4)})
+    monkeypatch.undo()
+    state, arrays = resume.load(tmp_path)
+    assert state["step"] == 1 and arrays["a"].tolist() == [0, 1, 2]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    resume.remove(tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -1148,6 +1148,12 @@ def test_a_byte_order_mark_is_no_utf8_text_before_a_bad_byte(tmp_path):
             assert said in message, (name, mark, message)
             if name == "later.txt":
                 assert f"{path}:2 is not UTF-8" in message, message  # (the mark made it line 1)
+    # clean reading a whole file (--doc-per file) or a JSON array keeps the mark on: it is no UTF-8 text either
+    from llmkit.corpus.reading import decode_utf8
+
+    for mark in (b"", bom):
+        with pytest.raises(UserError, match="iconv -f cp1252"):
+            decode_utf8(mark + b"The caf\xe9 opens at nine.\nSecond line here.\n", "one.txt")
 
 
 def test_a_task_record_whose_labels_are_no_list_of_names_is_damaged():
@@ -1159,3 +1165,19 @@ def test_a_task_record_whose_labels_are_no_list_of_names_is_damaged():
         with pytest.raises(UserError, match="its labels are not a list of names; the checkpoint is damaged"):
             TaskRecord.from_dict({"task": "classify", "labels": labels}, "ckpt/task.json")
     assert TaskRecord.from_dict({"task": "classify", "labels": ["neg", "pos"]}, "ckpt/task.json").labels == ["neg", "pos"]
+
+
+def test_a_run_in_an_empty_folder_stopped_before_its_first_checkpoint_leaves_it_empty(tmp_path):
+    """An empty folder made for the run (or a mount point) is used in place: it was moved aside as a
+    replaced run, and a stop before the first checkpoint put it back saying "the run --force replaced is back"."""
+    from llmkit.errors import advice_of
+    from llmkit.train.launch import run_directory
+
+    made = tmp_path / "made"
+    made.mkdir()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with run_directory(made, resume=False, force=False, inputs=[]):
+            (made / "metrics.jsonl").write_text("{}\n")
+            raise KeyboardInterrupt
+    assert made.is_dir() and not any(made.iterdir()) and "--force" not in str(advice_of(stopped.value) or "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]  # (no .made.replaced-* left beside it)

@@ -725,6 +725,23 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     p, r, f, _ = precision_recall_fscore_support(gold, expected, average="macro", zero_division=0)
     assert (metrics["precision"], metrics["recall"], metrics["f1"]) == pytest.approx((p, r, f))
     assert "f1_positive" in metrics and "f1_negative" in metrics
+    # 12 classes named by their ids (integer labels): eval's macro F1 is the fine-tune's val_f1 to the bit, the classes
+    # taken in id order (names sorted as text put "10" before "2", and the mean's last bit moved)
+    from llmkit.finetune.stage import confusion_scores
+
+    torch.manual_seed(2)
+    many = heads.SequenceClassifier(lm, 12).eval()
+    with torch.no_grad():
+        many.classifier.weight.normal_(std=3.0)
+    ckpt12 = save_classifier_checkpoint(many, base, tmp_path / "cls12", labels=[str(i) for i in range(12)])
+    texts = [json.loads(line)["text"] for line in data.read_text().splitlines()[:300]]
+    labelled = tmp_path / "twelve.jsonl"
+    labelled.write_text("".join(json.dumps({"text": t, "label": (7 * i) % 12}) + "\n" for i, t in enumerate(texts)))
+    assert cli("eval", ckpt12, "-m", "f1", "--data", labelled, "-o", tmp_path / "ev12").exit_code == 0
+    confusion = torch.zeros(12, 12)
+    for record in _records(tmp_path / "ev12"):
+        confusion[int(record["label"]), int(record["prediction"])] += 1
+    assert _metrics(tmp_path / "ev12")["f1"] == confusion_scores(confusion)["val_f1"]
     # records with a `document` and a `sentence`: the classifier reads the sentence, as its fine-tune does (it read
     # the document, the first of eval's own text fields)
     both = tmp_path / "both.jsonl"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -293,7 +295,6 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
     from llmkit.finetune.lora import count_parameters, tied_to
-    from llmkit.data.templates import check_tokenizer, encode_example, resolve_template
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE
     from llmkit.runtime import seed_everything
@@ -308,51 +309,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         tokenizer = load_tokenizer(tokenizer_dir)
         seq_len = _seq_len(config, read_model_config(art.path).context_length)
 
-        records, places = ft_data.read_records(data)
-        first = (records[0], places[0]) if records else None  # (the split may hold it out: its error named a later line)
-        if config.val_data:
-            val_records, val_places = ft_data.read_records(Path(config.val_data), validation=True)
-        else:
-            every_record, every_place = records, places
-            kept, held = ft_data.split_validation(len(records), config.val_fraction, config.seed)
-            records, places = [every_record[i] for i in kept], every_place.pick(kept)
-            val_records, val_places = [every_record[i] for i in held], every_place.pick(held)
-        template, labels = None, None
-        if config.task == "sft":
-            template = resolve_template(config.template)
-            check_tokenizer(template, tokenizer)
-            # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
-            template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))
-                                       for name in ("bos", "eos") if name in template}}
-            if first is not None:  # a file whose every record is wrong the same way is named at its first line
-                encode_example(template, first[0], tokenizer, first[1])
-            train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", info.is_main,
-                                                  places)
-            val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation",
-                                                info.is_main, val_places) if val_records else []
-            if val_records and not val_examples and info.is_main:
-                from llmkit.console import note
-
-                fix = ("give --val-data records that keep a response" if config.val_data is not None
-                       else "hold out more of --data (a larger --val-fraction), or give --val-data")
-                note(f"none of the {len(val_records)} validation example(s) is left (each left out above): the run has no "
-                     f"validation loss; {fix}")
-            pad_id = tokenizer.pad_id
-            train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
-            val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
-            loss_fn = sft_loss
-        else:
-            if not config.val_data:  # the data's own faults first, then what the held-out draw left to train on
-                ft_data.label_set(every_record, "the data", every_place)
-                ft_data.check_held_out_labels(every_record, records, config.val_fraction, every_place, places)
-            labels = ft_data.label_set(records, "training", places)
-            train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training",
-                                                       info.is_main, places)
-            val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
-                                                     info.is_main, val_places) if val_records else []
-            train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
-            val_batches = ft_data.ClassifyBatches(val_examples, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
-            loss_fn = ClassifyLoss()
+        prepared = _examples(config, data, tokenizer, seq_len, info.is_main)
+        template, labels, loss_fn = prepared.template, prepared.labels, prepared.loss_fn
+        train_examples, val_examples = prepared.train_examples, prepared.val_examples
+        train_batches, val_batches = prepared.train_batches, prepared.val_batches
         top_id = max((max(e.ids) for e in train_examples), default=0)
 
         split = (info.layout is not None and info.layout.model_parallel and config.task == "sft" and not config.lora_rank)
@@ -437,3 +397,70 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 soft_wrap=True,
             )
         trainer.run()
+
+
+@dataclass
+class _Prepared:
+    """The run's examples and batches, and what task.json records of how they were made."""
+
+    template: dict | None
+    labels: Any
+    train_examples: list
+    val_examples: list
+    train_batches: Any
+    val_batches: Any
+    loss_fn: Any
+
+
+def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_main: bool) -> _Prepared:
+    """--data (and --val-data, or its held-out share) read, checked and encoded for the task."""
+    from llmkit.data.templates import check_tokenizer, encode_example, resolve_template
+    from llmkit.finetune import data as ft_data
+
+    records, places = ft_data.read_records(data)
+    first = (records[0], places[0]) if records else None  # (the split may hold it out: its error named a later line)
+    if config.val_data:
+        val_records, val_places = ft_data.read_records(Path(config.val_data), validation=True)
+    else:
+        every_record, every_place = records, places
+        kept, held = ft_data.split_validation(len(records), config.val_fraction, config.seed)
+        records, places = [every_record[i] for i in kept], every_place.pick(kept)
+        val_records, val_places = [every_record[i] for i in held], every_place.pick(held)
+    template, labels = None, None
+    if config.task == "sft":
+        template = resolve_template(config.template)
+        check_tokenizer(template, tokenizer)
+        # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
+        template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))
+                                   for name in ("bos", "eos") if name in template}}
+        if first is not None:  # a file whose every record is wrong the same way is named at its first line
+            encode_example(template, first[0], tokenizer, first[1])
+        train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", is_main,
+                                              places)
+        val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation",
+                                            is_main, val_places) if val_records else []
+        if val_records and not val_examples and is_main:
+            from llmkit.console import note
+
+            fix = ("give --val-data records that keep a response" if config.val_data is not None
+                   else "hold out more of --data (a larger --val-fraction), or give --val-data")
+            note(f"none of the {len(val_records)} validation example(s) is left (each left out above): the run has no "
+                 f"validation loss; {fix}")
+        pad_id = tokenizer.pad_id
+        train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
+        val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
+        loss_fn = sft_loss
+    else:
+        if not config.val_data:  # the data's own faults first, then what the held-out draw left to train on
+            ft_data.label_set(every_record, "the data", every_place)
+            ft_data.check_held_out_labels(every_record, records, config.val_fraction, every_place, places)
+        labels = ft_data.label_set(records, "training", places)
+        train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training",
+                                                   is_main, places)
+        val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
+                                                 is_main, val_places) if val_records else []
+        train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
+        val_batches = ft_data.ClassifyBatches(val_examples, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
+        loss_fn = ClassifyLoss()
+    return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn)
+

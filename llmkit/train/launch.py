@@ -141,8 +141,10 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             # (--force) another run's, inside the run's own checkpoints/
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
                             f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
+        # (an empty folder made for the run with mkdir, a mount point too: used in place, nothing to move aside or put back)
+        empty = out.is_dir() and not any(out.iterdir())
         replaced = None
-        if out.exists() and not resume:
+        if out.exists() and not resume and not empty:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
             try:
                 os.replace(out, replaced)
@@ -165,8 +167,12 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                         f"rerun the command with --resume{' in place of --force' if force else ''} to continue from the "
                         "last one")
                 add_advice(stopped, f"{kept.format(out)}: once that is fixed, {rerun}")
-            if created and not _worth_keeping(out):
-                shutil.rmtree(out, ignore_errors=True)
+            if (created or empty) and not _worth_keeping(out):
+                if created:
+                    shutil.rmtree(out, ignore_errors=True)
+                else:  # (left as it was found: empty)
+                    for entry in out.iterdir():
+                        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
                 if replaced is not None and replaced.is_dir():
                     os.replace(replaced, out)
                     replaced.parent.rmdir()
