@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmkit import artifacts
+from llmkit import artifacts, outputs
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
@@ -671,6 +671,7 @@ def test_bad_inputs(shakespeare, cli, tmp_path):
     assert "is not a model preset" in line
     existing = tmp_path / "exists"
     existing.mkdir()
+    (existing / outputs.RUN_MARK).touch()  # (a run's folder: an empty one is taken as made for the run)
     line = _error(cli("pretrain", tokens, "-o", existing, *FAST))
     assert "--resume" in line and "--force" in line
     # the pair is a usage error, said before any input is read (a missing one, here) or any length noted
