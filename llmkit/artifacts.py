@@ -257,7 +257,7 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
             yield
         except Exception as failed:  # (a NaN, a header that does not parse: the edit behind it is the news)
             for check in checks:
-                if check.exception() is not None:
+                if isinstance(check.exception(), UserError):
                     raise check.exception() from failed
             raise
         for check in checks:

@@ -89,16 +89,13 @@ def _headline(art: Artifact) -> str:
     # a sweep's and a fit's figures from their hashed files (verify vouches for those, not for stats);
     # an artifact made before the file was: from its stats
     if art.kind == "sweep":
-        from types import SimpleNamespace
-
         from llmkit.errors import UserError
-        from llmkit.sweep_table import read_rows
+        from llmkit.sweep_table import TABLE, read_rows
 
         try:
             runs = read_rows(art)
-        except UserError:  # (damaged: load's size check or verify names it; the stats' copy is what there is)
-            runs = [row for row in art.stats.get("runs") or [] if isinstance(row, dict)]
-            runs = [SimpleNamespace(final_val_loss=row.get("final_val_loss")) for row in runs]
+        except UserError:  # (not the unhashed stats' copy in its place: verify vouches for none of it)
+            return f"{TABLE} damaged: llmkit verify names it"
         losses = [r.final_val_loss for r in runs if isinstance(r.final_val_loss, (int, float))]
         return f"{len(runs)} runs" + (f", best val_loss {figure(min(losses))}" if losses else "")
     if art.kind == "scaling":

@@ -146,7 +146,7 @@ def _single_byte_share(text: str, low: str, high: str) -> float:
     glued = lambda i: any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha() for j in (i - 1, i + 1))
     return sum(low <= text[i] <= high and not glued(i) or text[i] in "«»“”‘’–—…€" for i in wide) / len(wide) if wide else 0.0
 _HUNGARIAN_O = re.compile(r"[õÕ](?![eE])")  # (with Hungarian's acute vowels: Estonian writes õ, and none of them)
-_HUNGARIAN_ACUTE = re.compile(r"[áíóúÁÍÓÚ]")
+_HUNGARIAN_ACUTE = re.compile(r"[áéíóúûÁÉÍÓÚÛ]")  # (û: CP1250's ű read as CP1252)
 _DETECT = "find its encoding (uchardet FILE, or chardetect FILE), then iconv -f THAT -t utf-8"
 
 
@@ -154,16 +154,19 @@ BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which Windows editors write
 ADVICE_SAMPLE = 4096  # bytes of a file, from its first one that is not UTF-8, that the advice reads
 
 
-def advice_at(raw: bytes, start: int, *, utf8_before: bool = False, rest=None, to_end: bool = True) -> str:
+def advice_at(raw: bytes, start: int, *, utf8_before: bool = False, rest=None, to_end: bool = True,
+              starts_file: bool = False) -> str:
     """conversion_advice for `raw` (a line, a range or a whole file) whose byte `start` is the first one
     that is not UTF-8, read from that byte on, topped up from `rest` (the open file past a line); UTF-8
     came before it where `raw` held some before it (a leading byte-order mark is none) or earlier lines
-    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end. (A byte-order mark is no
-    UTF-8 text; a caller decoding past one strips it first, as the decoder's offsets come after it.)"""
+    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end. `starts_file`: `raw` is
+    the file from its start, whose byte-order mark is no text (a caller that decodes past the mark
+    strips it first instead, as the decoder's offsets come after it)."""
     sample = raw[start:start + ADVICE_SAMPLE]
     if rest is not None and len(sample) < ADVICE_SAMPLE:
         sample += rest.read(ADVICE_SAMPLE - len(sample))
-    utf8_before = utf8_before or not raw[:start].removeprefix(BOM).isascii()  # (a whole file's mark, if left on)
+    before = raw[:start].removeprefix(BOM) if starts_file else raw[:start]  # (a later line's U+FEFF is text)
+    utf8_before = utf8_before or not before.isascii()
     return conversion_advice(sample, utf8_before, ends_file=to_end and len(sample) < ADVICE_SAMPLE)
 
 

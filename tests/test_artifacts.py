@@ -193,7 +193,7 @@ def test_load_checks_kind_presence_and_version(tmp_path):
         artifacts.load(tmp_path / "corpus")
 
 
-def test_an_edited_kind_is_named_an_edit_and_a_file_changed_in_place_is_refused_as_read(tmp_path):
+def test_an_edited_kind_is_named_an_edit_and_a_file_changed_in_place_is_refused_as_read(tmp_path, monkeypatch):
     """load checks sizes only; a stage reading a file whole hashes it beside the read (the weights a
     byte changed in were used, and the eval of them recorded the checkpoint's fingerprint)."""
     corpus = make(tmp_path / "corpus")
@@ -212,6 +212,17 @@ def test_an_edited_kind_is_named_an_edit_and_a_file_changed_in_place_is_refused_
         with artifacts.checked_as_read(corpus.path / "data" / "a.txt"):
             (corpus.path / "data" / "a.txt").read_text()
     with artifacts.checked_as_read(tmp_path / "elsewhere.txt"):  # a file of no artifact: nothing to compare with
+        pass
+    # the change is the error told, also where the read failed on what it did (a header that no longer parses)
+    with pytest.raises(UserError, match="was changed after the artifact") as told:
+        with artifacts.checked_as_read(corpus.path / "data" / "a.txt"):
+            raise ValueError("the header does not parse")
+    assert isinstance(told.value.__cause__, ValueError)
+    with pytest.raises(ValueError):  # an unchanged file: the read's own error
+        with artifacts.checked_as_read(corpus.path / "b.bin"):
+            raise ValueError("another fault")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a node's other processes: its first one checks
+    with artifacts.checked_as_read(corpus.path / "data" / "a.txt"):
         pass
 
 
@@ -490,7 +501,7 @@ def test_a_sweep_table_that_holds_no_list_of_runs_is_named(tmp_path):
             build.stats = {"runs": [row]}
         with pytest.raises(UserError, match=re.escape(said)):
             read_rows(artifacts.load(out))
-        assert _headline(artifacts.load(out)) == "1 runs, best val_loss 2.5000"  # (the stats' copy, where the table fails)
+        assert _headline(artifacts.load(out)) == f"{TABLE} damaged: llmkit verify names it"  # (not the unhashed stats' copy)
     with artifacts.create(tmp_path / "old", "sweep") as build:
         build.stats = {"runs": "nothing"}
     with pytest.raises(UserError, match=r"the stats of .*manifest.json \(a sweep made before runs.json\) holds no list of runs; sweep again"):

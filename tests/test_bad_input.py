@@ -1154,6 +1154,9 @@ def test_a_byte_order_mark_is_no_utf8_text_before_a_bad_byte(tmp_path):
     for mark in (b"", bom):
         with pytest.raises(UserError, match="iconv -f cp1252"):
             decode_utf8(mark + b"The caf\xe9 opens at nine.\nSecond line here.\n", "one.txt")
+    # a later line's U+FEFF (files joined) is UTF-8 text: a stray byte after it is told "fix that line"
+    with pytest.raises(UserError, match="the rest of the file reads as UTF-8"):
+        decode_utf8(bom + b"caf\xe9 here", "joined.txt", 5)
 
 
 def test_a_task_record_whose_labels_are_no_list_of_names_is_damaged():

@@ -138,6 +138,7 @@ def test_invalid_utf8(cli, shared_data, tmp_path):
              ("pt.txt", "Os cidadãos são informados das decisões e põem-se a par.\n" * 20, "cp1252", "(e.g. iconv -f cp1252 -t utf-8"),
              # Estonian writes õ before any letter, and none of Hungarian's acute vowels: still CP1252
              ("et.txt", "Kõik inimesed sünnivad vabadena, õhtul või hommikul.\n" * 20, "cp1252", "(e.g. iconv -f cp1252 -t utf-8"),
+             ("hu-e.txt", "Győr és Kőszeg felé megy, ő tőle kérte.\n" * 20, "cp1250", "convert the file to UTF-8 (find its encoding"),
              # Thai: words of high bytes, read as GB18030 mostly
              ("thai.txt", "ภาษาไทยเป็นภาษาที่สวยงาม และมีประวัติศาสตร์ยาวนาน\n" * 30, "tis-620", "it reads as Thai CP874 or Chinese GB18030: iconv -f CP874"),
              # Greek reads as Cyrillic as well: charset-normalizer's statistics of the words choose; a few words, a detector

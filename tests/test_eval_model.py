@@ -742,6 +742,12 @@ def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tm
     for record in _records(tmp_path / "ev12"):
         confusion[int(record["label"]), int(record["prediction"])] += 1
     assert _metrics(tmp_path / "ev12")["f1"] == confusion_scores(confusion)["val_f1"]
+    # and from its predictions file (names "0".."11" sorted as the numbers they are): the same figure, keys in one order
+    scored = tmp_path / "ev12" / "predictions.jsonl"
+    again = cli("eval", "--predictions", scored, "--references", scored, "--field", "prediction", "--reference-field", "label",
+                "-m", "f1", "-o", tmp_path / "ev12-file")
+    assert again.exit_code == 0, again.output
+    assert list(_metrics(tmp_path / "ev12-file").items()) == list(_metrics(tmp_path / "ev12").items())
     # records with a `document` and a `sentence`: the classifier reads the sentence, as its fine-tune does (it read
     # the document, the first of eval's own text fields)
     both = tmp_path / "both.jsonl"

@@ -167,7 +167,7 @@ def decode_utf8(data: bytes, label: str, line: Optional[int] = None, *, rest=Non
         where = line if line is not None else data[: exc.start].count(b"\n") + 1
         raise UserError(
             f"{label}:{where}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); "
-            f"{advice_at(data, exc.start, utf8_before=utf8_before, rest=rest)}"
+            f"{advice_at(data, exc.start, utf8_before=utf8_before, rest=rest, starts_file=line is None)}"
         ) from None
 
 

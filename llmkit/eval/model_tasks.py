@@ -539,9 +539,10 @@ def classification(loaded, cfg):
         predicted = [s.prediction for s in scores]
         logliks = [s.logliks for s in scores]
         how = "label likelihood"
-    # by class id, named: the classes in the trained order, so macro F1 sums as finetune's val_f1 does (names
-    # sorted as text put "10" before "2", and the mean's last bit moved with 11 classes or more)
-    metrics = classification_scores(predicted, gold, label_names=dict(enumerate(names)))
+    # a trained classifier's classes in its id order, as finetune's val_f1 sums them (eval reproduces it to the bit);
+    # names otherwise, in classification_scores' order (which a --predictions file of them gets too)
+    metrics = (classification_scores(predicted, gold, label_names=dict(enumerate(names))) if trained
+               else classification_scores([names[p] for p in predicted], [names[g] for g in gold]))
     records_out = [
         {"task": "classification", "method": how, "index": i, "text": t, "label": names[g], "prediction": names[p]}
         for i, (t, g, p) in enumerate(zip(texts, gold, predicted))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -107,7 +107,8 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     It may not be, lie in or contain an input, even with --force; an existing one needs --resume
     or --force. With --force the old run is moved aside (`.RUN.replaced-*`) and deleted once the
     new one has written a checkpoint (`discard_replaced_runs`, which the loop calls). A run that
-    fails before writing anything worth keeping leaves no directory behind, and with --force the
+    fails before writing anything worth keeping leaves no directory behind (an empty one it was given,
+    made for it, empty), and with --force the
     old run back in its place; one killed outright (SIGKILL) gets it put back by the next run on
     the directory. It is marked (outputs.RUN_MARK) so that a later --force knows it for llmkit's.
     """
@@ -172,7 +173,11 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                     shutil.rmtree(out, ignore_errors=True)
                 else:  # (left as it was found: empty)
                     for entry in out.iterdir():
-                        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                        if entry.is_dir() and not entry.is_symlink():
+                            shutil.rmtree(entry, ignore_errors=True)
+                        else:
+                            with suppress(OSError):  # (the stop's own error is the one to tell)
+                                entry.unlink()
                 if replaced is not None and replaced.is_dir():
                     os.replace(replaced, out)
                     replaced.parent.rmdir()

@@ -4,7 +4,9 @@ Written with numpy rather than calling scikit-learn, which llmkit does not depen
 time; the tests check every number against scikit-learn (`accuracy_score`, `f1_score`,
 `precision_recall_fscore_support`, with its default zero_division, which gives 0) for exact
 equality, its formulas included (F1 = 2·tp / (2·tp + fp + fn), not 2PR / (P + R)). Classes are
-the sorted union of the labels seen in references and predictions, as scikit-learn does.
+the sorted union of the labels seen in references and predictions, as scikit-learn does, but for
+names that are whole numbers, sorted as the numbers (finetune's ids of integer labels: the macro
+mean sums in that order, so it equals the fine-tune's val_f1 to the bit).
 
 One import per line: `evaluate.load` scans this file's import lines to check its dependencies.
 """
@@ -51,7 +53,10 @@ def classification_scores(predictions, references, label_names=None):
         raise ValueError("no examples to score")
     from llmkit.scores import f1_per_class
 
-    classes = sorted(set(references.tolist()) | set(predictions.tolist()))
+    # sorted, integers' names as the integers (as finetune numbers integer labels: "2" before "10"), others as text
+    seen = set(references.tolist()) | set(predictions.tolist())
+    numeric = all(isinstance(label, str) and label.isdecimal() and label.isascii() for label in seen)
+    classes = sorted(seen, key=int if numeric else None)
     results = {"accuracy": float(numpy.mean(predictions == references))}
     index = {label: i for i, label in enumerate(classes)}
     confusion = numpy.zeros((len(classes), len(classes)))
