@@ -1184,3 +1184,13 @@ def test_a_run_in_an_empty_folder_stopped_before_its_first_checkpoint_leaves_it_
             raise KeyboardInterrupt
     assert made.is_dir() and not any(made.iterdir()) and "--force" not in str(advice_of(stopped.value) or "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]  # (no .made.replaced-* left beside it)
+
+
+def test_a_training_stage_names_the_input_it_would_write_over_as_typed(cli, chain, tmp_path, monkeypatch):
+    """(pretrain named it by its resolved path, the data stages as typed)"""
+    monkeypatch.chdir(chain)
+    for command in (["pretrain", "tokens", "-o", "tokens", "--force", *TINY_MODEL, *TINY_RUN],
+                    ["finetune", "ckpt", "--data", "sft.jsonl", "-o", "ckpt", "--force"]):
+        line = _one_line_error(cli(*command))
+        target = command[1]
+        assert f"-o {target} is the stage's input {target};" in line, line

@@ -63,7 +63,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
-                  reads=[config.val_data, template_file], compared=compared)
+                  reads=[checkpoint, data, config.val_data, template_file], compared=compared)  # (as typed, first: named so)
 
 
 def _check_held_apart(train_file: Path, val_file: Path) -> None:

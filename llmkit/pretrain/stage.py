@@ -44,8 +44,9 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
     config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "max_tokens"),
                                   left_out=config.max_steps is None and config.max_tokens is None)
     tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
+    # (the inputs as typed first: -o's refusal names the one it meets, as every stage's does)
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,
-                  reads=[tokenizer.path if tokenizer else None])
+                  reads=[tokens, init_from, tokenizer.path if tokenizer else None])
 
 
 def _check_init(init, tokens_art, config: PretrainConfig) -> None:

@@ -75,7 +75,7 @@ def launch(entry: Callable[..., None], out: Path, config: Options, *, devices: D
     owner = first_process(devices)
     # (another node's, or rank's, view of the run directory the first process prepares: left to it; made here, it
     # was an existing folder to node 0 when this node started first)
-    with run_directory(out, resume=resume, force=force, inputs=[*inputs.values(), *reads]) if owner else nullcontext():
+    with run_directory(out, resume=resume, force=force, inputs=[*reads, *inputs.values()]) if owner else nullcontext():
         if owner:
             shutil.rmtree(out / LAUNCH_DIR, ignore_errors=True)  # an earlier version's multi-process session, killed
         if (per_node > 1 or devices.nnodes > 1) and not distributed.under_torchrun():
