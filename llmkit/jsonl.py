@@ -158,8 +158,7 @@ def advice_at(raw: bytes, start: int, *, utf8_before: bool = False, rest=None, t
               starts_file: bool = False) -> str:
     """conversion_advice for `raw` (a line, a range or a whole file) whose byte `start` is the first one
     that is not UTF-8, read from that byte on, topped up from `rest` (the open file past a line); UTF-8
-    came before it where `raw` held some before it (a leading byte-order mark is none) or earlier lines
-    did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end. `starts_file`: `raw` is
+    came before it where `raw` held some before it or earlier lines did (`utf8_before`). `to_end`: `raw`, then `rest`, run to the file's end. `starts_file`: `raw` is
     the file from its start, whose byte-order mark is no text (a caller that decodes past the mark
     strips it first instead, as the decoder's offsets come after it)."""
     sample = raw[start:start + ADVICE_SAMPLE]
