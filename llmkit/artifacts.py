@@ -248,8 +248,8 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
         found = recorded_digest(path)
         if found is not None and sha256_file(path) != found[1]:
             raise UserError(f"{path} was changed after the artifact {found[0]} was written (its sha256 is not the one the "
-                            f"manifest records, its size is); restore it or rebuild the artifact (llmkit verify {found[0]} "
-                            "lists every change)")
+                            f"manifest records); restore it or rebuild the artifact (llmkit verify {found[0]} lists every "
+                            "change)")
 
     with ThreadPoolExecutor(1) as pool:
         checks = [pool.submit(unchanged, Path(path)) for path in paths]

@@ -529,6 +529,10 @@ def test_a_truncated_token_bytes_table_is_named(trained, tmp_path):
     shutil.copytree(trained, folder)
     table = (folder / "token_bytes.npy").read_bytes()
     (folder / "token_bytes.npy").write_bytes(table[: len(table) // 2])
+    # in its artifact: the change is named (the hash beside the read), over what the read made of it
+    with pytest.raises(UserError, match="token_bytes.npy was changed after the artifact .* was written"):
+        load_tokenizer(folder)
+    (folder / "manifest.json").unlink()  # a folder of no artifact (a checkpoint's copy lost its own): what the read found
     with pytest.raises(UserError, match="token_bytes.npy is damaged .*; retrain the tokenizer"):
         load_tokenizer(folder)
 
