@@ -232,7 +232,7 @@ def recorded_digest(path: Path) -> tuple[Path, str] | None:
 @contextlib.contextmanager
 def checked_as_read(*paths: Path) -> Iterator[None]:
     """Hash the files the body reads whole (weights, a training state, a tokenizer) beside it, in a thread
-    (hashlib lets go of the GIL: on two cores the cost hides behind the read), and refuse one that differs
+    (hashlib lets go of the GIL: it runs beside a read from disk), and refuse one that differs
     from its artifact's manifest: load checks only sizes, so a change that kept the size was used, and
     the stage's output recorded the input's fingerprint for files it never had. (Token shards, mapped and
     read in part, are checked by size only; `llmkit verify` hashes every file.) In a run of several
