@@ -229,10 +229,32 @@ def recorded_digest(path: Path) -> tuple[Path, str] | None:
     return None
 
 
+def _hashed_entry(path: Path) -> Path | None:
+    """Where llmkit's cache (LLMKIT_CACHE, default ~/.cache/llmkit) keeps the digest of `path` as it
+    is now: keyed by its place, size, times and inode (as resume knows a file: a change moves its
+    change time, which no user sets), so that a file loaded again is not hashed again."""
+    try:
+        stat = path.stat()
+        key = json.dumps([os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev])
+        root = Path(os.environ.get("LLMKIT_CACHE") or Path.home() / ".cache" / "llmkit")
+    except (OSError, RuntimeError):  # (no home folder: no cache)
+        return None
+    name = hashlib.sha256(key.encode()).hexdigest()
+    return root / "hashed" / name[:2] / name
+
+
+def _read_entry(entry: Path) -> str | None:
+    try:
+        return entry.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 @contextlib.contextmanager
 def checked_as_read(*paths: Path) -> Iterator[None]:
     """Hash the files the body reads whole (weights, a training state, a tokenizer) beside it, in a thread
-    (hashlib lets go of the GIL: it runs beside a read from disk), and refuse one that differs
+    (hashlib lets go of the GIL: it runs beside a read from disk; a file hashed before and not
+    changed since is not hashed again, `_hashed_entry`), and refuse one that differs
     from its artifact's manifest: load checks only sizes, so a change that kept the size was used, and
     the stage's output recorded the input's fingerprint for files it never had. (Token shards, mapped and
     read in part, are checked by size only; `llmkit verify` hashes every file.) In a run of several
@@ -246,10 +268,19 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
 
     def unchanged(path: Path) -> None:
         found = recorded_digest(path)
-        if found is not None and sha256_file(path) != found[1]:
+        if found is None:
+            return
+        entry = _hashed_entry(path)
+        if entry is not None and _read_entry(entry) == found[1]:  # (hashed before, and not changed since)
+            return
+        if sha256_file(path) != found[1]:
             raise UserError(f"{path} was changed after the artifact {found[0]} was written (its sha256 is not the one the "
                             f"manifest records); restore it or rebuild the artifact (llmkit verify {found[0]} lists every "
                             "change)")
+        if entry is not None:
+            with contextlib.suppress(OSError):  # (a cache that cannot be written: the next load hashes again)
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(entry, found[1])
 
     with ThreadPoolExecutor(1) as pool:
         checks = [pool.submit(unchanged, Path(path)) for path in paths]
