@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import stat as stat_module
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,25 +230,65 @@ def recorded_digest(path: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _hashed_entry(path: Path) -> Path | None:
-    """Where llmkit's cache (LLMKIT_CACHE, default ~/.cache/llmkit) keeps the digest of `path` as it
-    is now: keyed by its place, size, times and inode (as resume knows a file: a change moves its
-    change time, which no user sets), so that a file loaded again is not hashed again."""
+# A file is remembered as hashed only once its times are this old: a write moves the change time by
+# the clock's tick (a second on some file systems, a few ms on older kernels), so an edit in the tick
+# of a load would keep the key; and a write through a memory map moves no time until the kernel
+# writes the page back (30 s by default). Git's "racily clean" index entries are the same problem.
+SETTLED_SECONDS = 60.0
+
+
+def _file_key(path: Path) -> str | None:
+    """The file as it is now, for the cache: its place, size, times, inode and device (a write moves
+    its change time, which no user sets); None where that is no safe key (times of whole seconds: a
+    file system whose clock could hide an edit in the same second)."""
     try:
         stat = path.stat()
-        key = json.dumps([os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev])
-        root = Path(os.environ.get("LLMKIT_CACHE") or Path.home() / ".cache" / "llmkit")
-    except (OSError, RuntimeError):  # (no home folder: no cache)
+    except OSError:
+        return None
+    if stat.st_mtime_ns % 1_000_000_000 == 0 and stat.st_ctime_ns % 1_000_000_000 == 0:
+        return None
+    return json.dumps([os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev])
+
+
+def _hashed_entry(key: str) -> Path | None:
+    """Where llmkit's cache (runtime.cache_root) keeps the digest of the file `key` names."""
+    from llmkit.runtime import cache_root
+
+    root = cache_root()
+    if root is None:
         return None
     name = hashlib.sha256(key.encode()).hexdigest()
     return root / "hashed" / name[:2] / name
 
 
 def _read_entry(entry: Path) -> str | None:
+    """An entry's digest: a regular file of 64 characters, read without following a link or waiting
+    on a pipe (anything else in its place is no entry)."""
     try:
-        return entry.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
+        handle = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return None
+    try:
+        if not stat_module.S_ISREG(os.fstat(handle).st_mode):
+            return None
+        return os.read(handle, 65).decode("ascii", "replace")
+    finally:
+        os.close(handle)
+
+
+def _remember_hashed(path: Path, key: str, entry: Path, digest: str) -> None:
+    """Record `digest` for the file `key` named, if it is that file still and its times have settled."""
+    import time
+
+    try:
+        stat = path.stat()
+    except OSError:
+        return
+    settled = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > SETTLED_SECONDS * 1e9
+    if settled and _file_key(path) == key:
+        with contextlib.suppress(OSError):  # (a cache that cannot be written: the next load hashes again)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(entry, digest)
 
 
 @contextlib.contextmanager
@@ -270,7 +311,8 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
         found = recorded_digest(path)
         if found is None:
             return
-        entry = _hashed_entry(path)
+        key = _file_key(path)
+        entry = _hashed_entry(key) if key is not None else None
         if entry is not None and _read_entry(entry) == found[1]:  # (hashed before, and not changed since)
             return
         if sha256_file(path) != found[1]:
@@ -278,9 +320,7 @@ def checked_as_read(*paths: Path) -> Iterator[None]:
                             f"manifest records); restore it or rebuild the artifact (llmkit verify {found[0]} lists every "
                             "change)")
         if entry is not None:
-            with contextlib.suppress(OSError):  # (a cache that cannot be written: the next load hashes again)
-                entry.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(entry, found[1])
+            _remember_hashed(path, key, entry, found[1])
 
     with ThreadPoolExecutor(1) as pool:
         checks = [pool.submit(unchanged, Path(path)) for path in paths]

@@ -32,9 +32,22 @@ def is_dtensor(tensor: Any) -> bool:
     return dtensor is not None and isinstance(tensor, dtensor.DTensor)
 
 
+def cache_root() -> Path | None:
+    """llmkit's cache folder (LLMKIT_CACHE, default ~/.cache/llmkit; an empty LLMKIT_CACHE is unset),
+    not made; None without a home folder to put it in."""
+    try:
+        return Path(os.environ.get("LLMKIT_CACHE") or Path.home() / ".cache" / "llmkit")
+    except (RuntimeError, KeyError):
+        return None
+
+
 def cache_dir() -> Path:
-    """llmkit's cache folder (LLMKIT_CACHE, default ~/.cache/llmkit)."""
-    path = Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+    """llmkit's cache folder, made (and writable) or a one-line error."""
+    path = cache_root()
+    if path is None:
+        from llmkit.errors import UserError
+
+        raise UserError("llmkit's cache folder has no home folder to go in; point LLMKIT_CACHE at a writable folder")
     _writable_folder(path)
     return path
 

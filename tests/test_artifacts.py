@@ -546,6 +546,12 @@ def test_a_file_hashed_as_read_is_not_hashed_again_until_it_changes(tmp_path, mo
     real = artifacts.sha256_file
     monkeypatch.setattr(artifacts, "sha256_file", lambda path, *a: hashed.append(Path(path).name) or real(path, *a))
     target = corpus.path / "b.bin"
+    for _ in range(2):  # written just now: not remembered (an edit in the same clock tick would keep the key)
+        with artifacts.checked_as_read(target):
+            target.read_bytes()
+    assert hashed == ["b.bin", "b.bin"]
+    hashed.clear()
+    monkeypatch.setattr(artifacts, "SETTLED_SECONDS", 0.0)  # (its times as old as they need be)
     for _ in range(3):
         with artifacts.checked_as_read(target):
             target.read_bytes()
@@ -561,9 +567,15 @@ def test_a_file_hashed_as_read_is_not_hashed_again_until_it_changes(tmp_path, mo
             pass
     # a cache entry that names another digest (a stale or forged one) is no pass: the file is hashed
     target.write_bytes(data)
-    entry = artifacts._hashed_entry(target)
+    entry = artifacts._hashed_entry(artifacts._file_key(target))
     entry.parent.mkdir(parents=True, exist_ok=True)
     entry.write_text("0" * 64)
     with artifacts.checked_as_read(target):
         pass
     assert hashed[-1] == "b.bin" and len(hashed) == 4
+    # something else where an entry goes (a pipe would block a read, a link lead anywhere): no entry, hashed
+    entry.unlink()
+    os.mkfifo(entry)
+    with artifacts.checked_as_read(target):
+        pass
+    assert len(hashed) == 5
