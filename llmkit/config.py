@@ -188,10 +188,10 @@ def resolve(
     from_file = file_values(file, section)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
-        import difflib
+        from llmkit.errors import closest_name
 
-        close = difflib.get_close_matches(unknown[0], sorted(by_key), n=1, cutoff=0.7)
-        hint = (f"did you mean {close[0]}? " if close else
+        close = closest_name(unknown[0], sorted(by_key), cutoff=0.7)
+        hint = (f"did you mean {close}? " if close else
                 "the input and -o are given on the command line; " if unknown[0] in ("input", "inputs", "out", "output", "force")
                 else "")
         raise UsageError(f"unknown option(s) in {file}: {', '.join(unknown)}; {hint}known options are: "

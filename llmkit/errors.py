@@ -121,14 +121,19 @@ def kept_run_can_go_on(exc: BaseException) -> bool:
             or isinstance(exc, UserError) and exc.keeps_work)
 
 
-def did_you_mean(typed: str, known) -> str:
-    """ "did you mean 'NAME'? " for a name typed with another case, "-" for "_" or a slip of a letter or
-    two (one rule for every name a user types: presets, metrics, benchmarks, templates, options); else "". """
+def closest_name(typed: str, known, cutoff: float = 0.75) -> str | None:
+    """The known name a user meant: typed with another case, "-" for "_", or a slip of a letter or two
+    (one rule for every name a user types: presets, metrics, benchmarks, templates, config keys)."""
     import difflib
 
     known = list(known)
     spelled = {name.lower().replace("-", "_"): name for name in known}
-    close = spelled.get(typed.lower().replace("-", "_")) or next(iter(difflib.get_close_matches(typed, known, n=1, cutoff=0.75)), None)
+    return spelled.get(typed.lower().replace("-", "_")) or next(iter(difflib.get_close_matches(typed, known, n=1, cutoff=cutoff)), None)
+
+
+def did_you_mean(typed: str, known) -> str:
+    """ "did you mean 'NAME'? " (closest_name), else "". """
+    close = closest_name(typed, known)
     return f"did you mean {close!r}? " if close else ""
 
 

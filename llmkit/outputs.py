@@ -137,7 +137,7 @@ def _made_by_llmkit(folder: Path) -> bool:
     not (a folder of runs/, configs/, checkpoints/ or another tool's manifest.json is not enough)."""
     from llmkit.artifacts import is_manifest
 
-    if not any(folder.iterdir()):
+    if empty_folder(folder):
         return True
     if (folder / RUN_MARK).is_file() or (folder / "llmkit_model_config.json").is_file():  # the last: llmkit export's
         return True
@@ -257,13 +257,19 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
     make_parent(path)
 
 
+def empty_folder(path: Path) -> bool:
+    """A folder holding nothing (made with mkdir for an output, a mount point): taken as an output
+    without --force, used in place, as there is nothing in it to lose."""
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
 def _refuse_existing(path: Path, force: bool, ours: WrittenBy | None = None) -> None:
     # (whether it is the command's own first: --force was advised for a file it then refused)
     if ours is not None and path.is_file() and not ours(path):  # (a folder output's own check is check_output's)
         raise UserError(f"output {path} exists and is not {ours.what}, which is all llmkit replaces here: move it away, "
                         "or choose another -o path")
     # (a link to nothing is something there, too; an empty folder, made with mkdir for it, holds nothing to lose)
-    if (path.is_symlink() or path.exists() and not (path.is_dir() and not any(path.iterdir()))) and not force:
+    if (path.is_symlink() or path.exists() and not empty_folder(path)) and not force:
         raise UserError(f"output {path} already exists; pass --force to replace it or choose another -o path")
 
 

@@ -120,7 +120,8 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                          replacing=force or resume)
     with outputs.output_lock(out, keep_replaced=True):
         _put_back_replaced_run(out, force and not resume)
-        if out.exists() and not resume and not force and any(out.iterdir()):  # (an empty folder: made for the run, taken)
+        empty = outputs.empty_folder(out)  # (made for the run with mkdir, a mount point too: used in place)
+        if out.exists() and not resume and not force and not empty:
             raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
         from llmkit.artifacts import manifest_kind
 
@@ -142,9 +143,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             # (--force) another run's, inside the run's own checkpoints/
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
                             f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
-        # (an empty folder made for the run with mkdir, a mount point too: used in place, nothing to move aside or put back)
-        empty = out.is_dir() and not any(out.iterdir())
-        replaced = None
+        replaced = None  # (an empty folder: nothing to move aside or put back)
         if out.exists() and not resume and not empty:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
             try:
