@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import sacrebleu
@@ -117,10 +118,15 @@ def test_bootstrap_intervals_are_sacrebleus_own_and_sized_as_theory_says(cli, fi
     """--bootstrap N: BLEU's and chrF's 95% intervals are sacrebleu's (its bootstrap, its seed, as
     `sacrebleu --confidence` prints); ROUGE's and accuracy's come from the same draws of the
     examples, and accuracy's is about 1.96 sqrt(p (1 - p) / n), the normal approximation."""
+    import numpy
+
     tmp, hyps, refs = files
+    # a seed of sacrebleu's own in the environment changes nothing, and is left as it was
+    monkeypatch.setenv("SACREBLEU_SEED", "1")
     result = cli("eval", "-m", "bleu,chrf,rouge1", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "--bootstrap", "300",
                  "-o", tmp / "e")
     assert result.exit_code == 0, result.output
+    assert os.environ["SACREBLEU_SEED"] == "1"
     metrics = json.loads((tmp / "e" / "metrics.json").read_text())
     monkeypatch.setenv("SACREBLEU_SEED", "12345")
     for name, metric in (("bleu", sacrebleu.metrics.BLEU()), ("chrf", sacrebleu.metrics.CHRF())):
@@ -129,13 +135,24 @@ def test_bootstrap_intervals_are_sacrebleus_own_and_sized_as_theory_says(cli, fi
         assert metrics[name] == pytest.approx(expected["score"], abs=1e-6)
         # the interval unrounded, as sacrebleu holds it (it was its 6-decimal print, where the others are not rounded)
         assert metrics[f"{name}_ci95"] == scored._ci and round(scored._ci, 6) == expected["confidence_var"]
-    assert 0 < metrics["rouge1_ci95"] < metrics["rouge1"]
+    # ROUGE's: the examples' F-measures (rouge-score's) resampled with sacrebleu's draws, its order statistics
+    scorer = rouge_scorer.RougeScorer(["rouge1"])
+    values = numpy.array([scorer.score(ref, hyp)["rouge1"].fmeasure for hyp, ref in zip(hyps, refs)])
+    draws = numpy.random.default_rng(12345).choice(len(values), size=(300, len(values)), replace=True)
+    means = sorted(values[draws].sum(axis=1) / len(values))
+    assert metrics["rouge1_ci95"] == pytest.approx(0.5 * (means[300 - 300 // 40 - 1] - means[300 // 40]), rel=1e-12)
     art = artifacts.load(tmp / "e")
     assert art.config["bootstrap"] == 300 and "bs:300|seed:12345" in art.stats["signatures"]["bleu"]
     # (the metrics in another order, typed twice: a set, the same artifact)
     again = cli("eval", "-m", "rouge1,chrf", "-m", "bleu", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt",
                 "--bootstrap", "300", "-o", tmp / "e2")
     assert again.exit_code == 0 and artifacts.load(tmp / "e2").fingerprint == art.fingerprint
+    # (and without SACREBLEU_SEED at all)
+    monkeypatch.delenv("SACREBLEU_SEED")
+    unset = cli("eval", "-m", "bleu,chrf,rouge1", "--predictions", tmp / "src.txt", "-r", tmp / "ref.txt", "--bootstrap", "300",
+                "-o", tmp / "e3")
+    assert unset.exit_code == 0 and artifacts.load(tmp / "e3").fingerprint == art.fingerprint
+    assert "SACREBLEU_SEED" not in os.environ
     # labels: 400 examples, 70% right
     gold = ["a", "b"] * 200
     guess = [g if i % 10 < 7 else ("b" if g == "a" else "a") for i, g in enumerate(gold)]

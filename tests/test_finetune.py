@@ -417,6 +417,11 @@ def test_resume_of_a_finetune_is_exact(base, shared_data, cli, tmp_path, variant
     shutil.copytree(straight / "checkpoints" / "step_0000004", resumed / "checkpoints" / "step_0000004")
     result = cli("finetune", base["checkpoint"], "-o", resumed, *common, "--resume")
     assert result.exit_code == 0, result.output
+    # a run that ignored the checkpoint and trained from step 0 would end on the same bytes: the
+    # resumed run must say where it started and log only the steps after it
+    assert "resumed from step 4" in result.output
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == [5, 6, 7, 8]
     assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
     assert artifacts.load(straight).fingerprint == artifacts.load(resumed).fingerprint
     first = json.loads((straight / "training_state.json").read_text())

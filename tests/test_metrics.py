@@ -288,6 +288,22 @@ def test_finetune_val_f1_equals_eval_and_sklearn_exactly():
         assert scores == {"val_accuracy": ours["accuracy"], "val_f1": ours["f1"]} == {"val_accuracy": accuracy, "val_f1": macro_f1}
 
 
+@pytest.mark.parametrize("count", [100, 139, 1000, 4001])
+def test_half_width_is_sacrebleus_interval(count):
+    """The half-width llmkit's ROUGE and label intervals take is sacrebleu's Score.estimate_ci's, to the
+    bit, at resample counts that do and do not divide by 40."""
+    import numpy
+    from sacrebleu.metrics.base import Score
+
+    from llmkit.eval.metrics._refs import half_width
+
+    samples = numpy.random.default_rng(count).normal(30.0, 4.0, count).tolist()
+    reference = Score("x", 0.0)
+    reference.estimate_ci([Score("x", s) for s in samples])
+    assert half_width(samples) == reference._ci
+    assert half_width(samples[::-1]) == reference._ci  # order of the samples given
+
+
 @pytest.mark.parametrize("classes", [4, 300])
 def test_the_label_intervals_score_each_resample_as_classification_scores_does(classes):
     """eval --bootstrap: every resample's confusion counts at once, the same accuracy and macro F1
