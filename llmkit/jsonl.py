@@ -22,8 +22,11 @@ def check_unicode(text: str, what: str, fix: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        bad = ascii(text[error.start])[1:-1]
-        raise UserError(f"{what} is not valid Unicode text (an undecodable byte or a lone surrogate, {bad}); {fix}") from None
+        char = ord(text[error.start])
+        # an undecodable byte as Python escapes it (U+DC80-U+DCFF: surrogateescape) is shown as that byte
+        found = (f"an undecodable byte, \\x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF
+                 else f"a lone surrogate, {ascii(chr(char))[1:-1]}")
+        raise UserError(f"{what} is not valid Unicode text ({found}); {fix}") from None
 
 
 def wide_encoding(head: bytes) -> str | None:

@@ -179,13 +179,13 @@ def test_a_line_that_is_not_unicode_is_refused_and_the_chat_goes_on_at_a_termina
     args = ["chat", str(chat_model), "--temperature", "0", "-n", "4"]
     piped = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "t.jsonl")], input=b"hello\nab\xffcd\nwho is there\n")
     assert piped.exit_code == 1 and piped.stdout.count("\n") == 1, piped.output
-    assert ("error: line 2 of the standard input is not valid Unicode text (an undecodable byte or a lone surrogate, "
-            "\\udcff); convert the input to UTF-8") in piped.stderr
+    assert ("error: line 2 of the standard input is not valid Unicode text (an undecodable byte, "
+            "\\xff); convert the input to UTF-8") in piped.stderr
     assert [m["content"] for m in json.loads((tmp_path / "t.jsonl").read_text())["messages"]][::2] == ["hello"]
     monkeypatch.setattr(chat, "_at_a_terminal", lambda: True)
     result = CliRunner().invoke(app, args, input=b"ab\xffcd\nhello\n/exit\n")
     assert result.exit_code == 0, result.output
-    assert "error: that line is not valid Unicode text (an undecodable byte or a lone surrogate, \\udcff)" in result.stderr
+    assert "error: that line is not valid Unicode text (an undecodable byte, \\xff)" in result.stderr
     assert result.stdout.count("bot> ") == 1
 
 
@@ -231,7 +231,7 @@ def test_what_is_shown_is_what_is_recorded_and_a_terminal_gets_no_control_charac
     stops = []
 
     def complete(self, prompts, params, *, on_text=None, extra_stop_ids=(), **_):
-        stops.append(set(extra_stop_ids))
+        stops.append(set(extra_stop_ids) | (set(self.tokenizer.end_ids) if params.stop_at_eos else set()))
         pieces = ["\n ", " Two\x1bZ", " dogs\x07 ", "\n", ""]
         for piece in pieces:
             on_text(0, piece)

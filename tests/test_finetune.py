@@ -601,7 +601,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", ","], "--lora-targets names no layer"),
         # a JSON escape of half a surrogate pair reached the tokenizer: an "unexpected TypeError"
         ([{"prompt": "hi \ud800 there", "response": "ok"}] + [{"prompt": "a", "response": "b"}] * 3, [],
-         "data.jsonl:1 is not valid Unicode text (an undecodable byte or a lone surrogate, \\ud800)"),
+         "data.jsonl:1 is not valid Unicode text (a lone surrogate, \\ud800)"),
         ([{"text": "a \udfff", "label": 0}] + [{"text": "b", "label": 1}] * 3, ["--task", "classify"],
          "data.jsonl:1 is not valid Unicode text"),
         # named by its line in the file, not by its place among the records the --val-fraction draw kept

@@ -736,6 +736,7 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
         ([], "no prompt given"),
         (["--prompts", "{tmp}/exists.jsonl"], "exists.jsonl holds no prompt"),
         (["--prompts", "{tmp}/missing.txt"], "prompts file not found"),
+        (["--prompts", "{tmp}"], "is a folder; pass a .txt"),
         (["-p", "x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["-p", "x", "--temperature", "-1"], "temperature must be"),
         (["-p", "x", "--context-overflow", "wrap"], "--context-overflow must be one of"),
@@ -753,6 +754,22 @@ def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     # the error alone: not after a streamed prompt ("xerror: ...")
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_prompts_from_a_pipe(cli, ckpt, tmp_path):
+    """--prompts /dev/stdin, <(command), a named pipe: read as the text file it streams (they were
+    "not found", not being regular files)."""
+    import threading
+
+    fifo = tmp_path / "prompts"
+    os.mkfifo(fifo)
+    # (a daemon: a stage that never opened the pipe leaves the writer waiting, not the test)
+    writer = threading.Thread(target=lambda: fifo.write_text("ROMEO:\nJULIET:\n"), daemon=True)
+    writer.start()
+    # generate reads it once (it was read twice: the second read waited for a writer that was gone)
+    result = cli("generate", ckpt, "--prompts", fifo, "--greedy", "-n", "3", "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["prompt"] for line in (tmp_path / "o.jsonl").read_text().splitlines()] == ["ROMEO:", "JULIET:"]
 
 
 def test_messages_on_a_checkpoint_without_role_tokens_is_one_line(cli, tmp_path, shakespeare):
@@ -865,6 +882,38 @@ def test_config_file_sets_options(cli, ckpt, tmp_path):
     # the flag beats the file
     result = cli("generate", ckpt, "--config", tmp_path / "gen.toml", "-n", "7", "-p", "KING:", "-o", tmp_path / "c.jsonl")
     assert json.loads((tmp_path / "c.jsonl").read_text())["completion_tokens"] == 7
+
+
+def test_a_chat_reply_ends_at_any_special_token_in_generate_as_in_chat(cli, tmp_path, shakespeare):
+    """<|bos|>, <|pad|> and <|mask|> have no place in a reply: generate stopped a chat model's answer
+    only at role tokens, and printed the others' names into it (chat stopped at every one)."""
+    from typer.testing import CliRunner
+
+    from conftest import resign
+    from llmkit.cli import app
+    from llmkit.model.io import load_checkpoint, save_weights
+
+    from llmkit.data.templates import chat_template
+
+    chat_task = {"task": "sft", "template": chat_template()}
+    for special in ("<|pad|>", "<|bos|>"):
+        ckpt = make_checkpoint(tmp_path / f"chat{len(special)}{special[2]}", shakespeare[:20000], task=chat_task,
+                               norm="layernorm", bias=True)
+        loaded = load_checkpoint(ckpt)
+        model, target = loaded.model, loaded.tokenizer.special_ids[special]
+        with torch.no_grad():  # the final norm's output made constant, its head row the likeliest by far
+            model.tok_emb.weight[target] *= 5
+            model.final_norm.weight.zero_()
+            model.final_norm.bias.copy_(model.tok_emb.weight[target])
+        save_weights(model, ckpt)
+        resign(ckpt)
+        for flags in ([], ["--ignore-eos"]):
+            result = cli("generate", ckpt, "-p", "Who are you?", "--greedy", "-n", "5", *flags, "-o", tmp_path / "c.jsonl", "--force")
+            assert result.exit_code == 0, result.output
+            record = json.loads((tmp_path / "c.jsonl").read_text())
+            assert (record["completion"], record["completion_tokens"], record["finish_reason"]) == ("", 0, "eos"), record
+        piped = CliRunner().invoke(app, ["chat", str(ckpt), "--greedy", "-n", "5"], input="Who are you?\n")
+        assert piped.exit_code == 0 and piped.stdout.strip() == "", piped.output
 
 
 def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):

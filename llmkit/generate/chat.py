@@ -141,6 +141,7 @@ class ChatSession:
         import dataclasses
 
         from llmkit.inference.engine import needs_window
+        from llmkit.inference.prompts import chat_stop_ids
 
         ids = self.prompt_ids(user_text)
         params = self.params
@@ -148,14 +149,13 @@ class ChatSession:
             params = dataclasses.replace(params, max_new_tokens=self.limit - len(ids) + 1)  # the last token is never fed
             self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
                                 f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
-        special_ids = sorted(set(self.tokenizer.special_ids.values()))  # (the module docstring says why each stops)
         if on_start is not None:
             on_start()
         # The engine streams the final text: a character cut by the length is left out of both, a U+FFFD the
         # model wrote kept in both (a second filter here dropped the latter from the screen, not the transcript).
         stripped = _Stripped(on_text) if on_text else None
         stream = (lambda _row, piece: stripped(piece)) if stripped else None
-        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=special_ids)[0].text.strip()
+        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=chat_stop_ids(self.tokenizer))[0].text.strip()
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text

@@ -65,7 +65,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     task = bar.add_task("generating", total=rows)
     try:
         with JsonlOutput(out, config, force) if out is not None else nullcontext() as writer, bar:
-            results = run_generate(checkpoints, config, on_text=on_text if stream else None, on_batch=on_batch,
+            results = run_generate(checkpoints, config, prompts=prompts, on_text=on_text if stream else None, on_batch=on_batch,
                                    on_ready=on_ready)
     except KeyboardInterrupt:
         if open_line and console.is_terminal:  # (the error line began after the cut-off text)

@@ -60,7 +60,7 @@ class GenerateConfig(Options):
         "repetition_penalty": "> 1 discourages repeating tokens (1 = off); an ensemble applies it to each member's logits, then mixes them."})
     stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n typed is a newline); it is not printed.",
                              parse=stop_strings, panel=SAMPLING)
-    ignore_eos: bool = option(False, "Keep going past the end-of-text token (a chat's role tokens still end a reply).",
+    ignore_eos: bool = option(False, "Keep going past the end-of-text token (a chat's role and other special tokens still end a reply).",
                               flags=("--ignore-eos/--no-ignore-eos",), panel=SAMPLING)
     num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING, range="[1, inf)")
     batch_size: int = option(8, "Rows generated together (left-padded).", panel=RUN, range="[1, inf)")

@@ -76,15 +76,17 @@ def run_generate(
     on_text: Callable[[int, str], None] | None = None,
     on_batch: Callable[[list[Generated]], None] | None = None,
     on_ready: Callable[[list[Prompt], list[bool]], None] | None = None,
+    prompts: list[Prompt] | None = None,
 ) -> list[Generated]:
     """Load the checkpoint and complete every prompt `num_samples` times. `on_ready(prompts, framed)`
     is called once everything is checked and loaded, just before the first token (`framed`: which
-    prompts a template or chat roles frame, as `encode_prompt` encodes them)."""
+    prompts a template or chat roles frame, as `encode_prompt` encodes them). `prompts`: the
+    config's, read already (`load_prompts`: a pipe given as --prompts can be read once only)."""
     from llmkit.model.ensemble import load_ensemble
     from llmkit.runtime import resolve_device
 
     params = cfg.params()
-    prompts = load_prompts(cfg)
+    prompts = load_prompts(cfg) if prompts is None else prompts
     members = cfg.ensembling.members(checkpoint)
     if unused := cfg.ensembling.single_model_flags(len(members)):
         raise unused_options(unused)

@@ -52,8 +52,11 @@ class Prompt:
 
 def read_prompt_file(path: Path) -> list[Prompt]:
     path = Path(path)
-    if not path.is_file():
+    # (not is_file(): a pipe, `/dev/stdin` or `<(command)`, is read as the text file it streams)
+    if not path.exists():
         raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
+    if path.is_dir():
+        raise UserError(f"--prompts {path} is a folder; pass a .txt (one prompt per line) or .jsonl file")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         prompts = [Prompt(text=unescape(line)) for line in text_file_lines(read_text(path)) if line.strip()]
     else:
@@ -138,8 +141,11 @@ def chat_turns(record: dict[str, Any], text: str) -> list[dict[str, str]]:
 
 
 def chat_stop_ids(tokenizer) -> list[int]:
-    """Role tokens end an assistant turn."""
-    return [tokenizer.special_ids[f"<|{r}|>"] for r in ROLES if f"<|{r}|>" in tokenizer.special_ids]
+    """The tokens that end a reply besides the end-of-text (and end-of-turn) tokens, which --ignore-eos
+    lets pass: every other special token. A role token starts the next turn; the start, padding and mask tokens have no
+    place inside a reply, and decoded they would be their literal names. chat, generate and eval stop
+    a chat model's reply at the same tokens."""
+    return sorted(set(tokenizer.special_ids.values()) - set(tokenizer.end_ids))
 
 
 def document_start_id(tokenizer, artifact=None, task=None) -> int:
