@@ -447,6 +447,31 @@ def test_the_moving_average_holds_the_trained_parameters_only():
     assert set(resumed.values) == set(ema.values)
 
 
+def test_the_moving_average_follows_its_formula():
+    """docs/average.md: ema <- d ema + (1 - d) weights, d = min(DECAY, (1 + t) / (10 + t)) after update t:
+    the warm-up's small d early (the average follows the weights), DECAY later."""
+    from llmkit.model.gpt import GPT, ModelConfig
+    from llmkit.train.ema import MovingAverage
+
+    model = GPT(ModelConfig(vocab_size=97, context_length=16, n_layer=1, n_head=2, n_embd=32))
+    ema = MovingAverage(model, 0.9, torch.device("cpu"))
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    expected = dict(start)
+    for updates in (0, 5, 100):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        decay = min(0.9, (1 + updates) / (10 + updates))  # 0.1, then 0.4, then 0.9
+        ema.update(updates)
+        for name, p in model.named_parameters():
+            expected[name] = decay * expected[name] + (1 - decay) * p.detach()
+            assert torch.allclose(ema.values[name], expected[name], rtol=0, atol=1e-6), (name, updates)
+    # by hand: the weights moved +1, +2, +3: s + 0.9, then 0.4 (s + 0.9) + 0.6 (s + 2) = s + 1.56, then
+    # 0.9 (s + 1.56) + 0.1 (s + 3) = s + 1.704
+    for name, value in start.items():
+        assert torch.allclose(ema.values[name], value + 1.704, rtol=0, atol=1e-5), name
+
+
 def test_average_last_says_when_keep_last_removed_the_older_checkpoints(cli, runs, tmp_path):
     """A run kept one checkpoint (--keep-last 1), then resumed asking the mean of the last 4: the note blamed
     --save-every ("the run saved only 2") where --keep-last had removed the older ones."""

@@ -216,6 +216,8 @@ def test_sentences_of_other_scripts_end_where_their_marks_say():
 
 
 def test_gopher_quality_crafted_failures(shakespeare, reviews):
+    import dataclasses
+
     article = _english_article(shakespeare)
     assert filters.gopher_quality(DocView(reviews[0], "en"), WEB) == "gopher_short_doc"
     assert filters.gopher_quality(DocView("the and " * 60_000, "en"), WEB) == "gopher_long_doc"
@@ -225,6 +227,19 @@ def test_gopher_quality_crafted_failures(shakespeare, reviews):
     assert filters.gopher_quality(DocView(hashes, "en"), WEB) == "gopher_hash_ratio"
     ellipses = "\n".join(line + " ..." for line in article.split("\n"))
     assert filters.gopher_quality(DocView(ellipses, "en"), WEB) == "gopher_ellipsis_lines"
+
+    def trailing_off(every: int) -> str:  # "..." after every `every`-th word, never at a line's end
+        lines = []
+        for line in article.split("\n"):
+            words = line.split()
+            lines.append(" ".join(w + ("..." if i % every == every - 1 and i < len(words) - 1 else "") for i, w in enumerate(words)))
+        return "\n".join(lines)
+
+    assert filters.gopher_quality(DocView(trailing_off(5), "en"), WEB) == "gopher_ellipsis_ratio"  # ~20% of words
+    assert filters.gopher_quality(DocView(trailing_off(20), "en"), WEB) is None  # ~5%: under the 0.1 default
+    # the threshold is the option's: 5% is too many under --max-symbol-word-ratio 0.01
+    assert filters.gopher_quality(DocView(trailing_off(20), "en"), dataclasses.replace(WEB, max_symbol_word_ratio=0.01)) \
+        == "gopher_ellipsis_ratio"
     bullets = "\n".join(f"- {w} item" for w in article.split()[:80])
     assert filters.gopher_quality(DocView(bullets, "en"), WEB) == "gopher_bullet_lines"
     numbers = "the of " + " ".join(str(10_000 + i) for i in range(200))
@@ -235,8 +250,6 @@ def test_gopher_quality_crafted_failures(shakespeare, reviews):
     german = "Ein kleiner Junge geht mit zufriedenem Gesicht durch flaches Wasser am Strand. " * 8
     assert filters.gopher_quality(DocView(german, "de"), WEB) is None
     # punctuation alone under --min-words 0 has no word to measure: dropped as short (a ZeroDivisionError before)
-    import dataclasses
-
     assert filters.gopher_quality(DocView("... !!! --- ???", "en"), dataclasses.replace(WEB, min_words=0)) == "gopher_short_doc"
 
 

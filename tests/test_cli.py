@@ -79,6 +79,38 @@ def test_a_command_line_imports_only_the_command_it_names():
     assert result.returncode == 0 and "--val-fraction" in result.stdout
 
 
+def test_inspect_shows_the_lineage_tree(cli, tmp_path, monkeypatch):
+    """Inputs of inputs, each under the artifact that read it: tokens <- corpus, tokenizer <- corpus;
+    an input rebuilt since is marked."""
+    from llmkit import console
+
+    monkeypatch.setattr(console.out, "_width", 400)  # a node's line whole, its path being long
+    def make(path, kind, inputs=()):
+        with artifacts.create(path, kind) as build:
+            (build.dir / "a.txt").write_text(kind)
+            for role, art in inputs:
+                build.add_input(role, artifacts.load(art))
+        return path
+
+    corpus = _corpus(tmp_path / "corpus")
+    tok = make(tmp_path / "tok", "tokenizer", [("corpus", corpus)])
+    tokens = make(tmp_path / "tokens", "tokens", [("corpus", corpus), ("tokenizer", tok)])
+    result = cli("inspect", tokens)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "corpus:" in line or "tokenizer:" in line]
+    fingerprint = artifacts.load(corpus).fingerprint[:12]
+    assert len(lines) == 3, result.output  # the corpus twice: the tokens' input, and the tokenizer's
+    assert "corpus: corpus" in lines[0] and fingerprint in lines[0]
+    assert "tokenizer: tokenizer" in lines[1] and artifacts.load(tok).fingerprint[:12] in lines[1]
+    assert "corpus: corpus" in lines[2] and fingerprint in lines[2]
+    indent = [len(line) - len(line.lstrip(" │├└─")) for line in lines]
+    assert indent[0] == indent[1] < indent[2], lines  # the tokenizer's corpus one level down
+    with artifacts.create(corpus, "corpus", force=True) as build:  # rebuilt from other text
+        (build.dir / "a.txt").write_text("other text")
+    shown = cli("inspect", tokens).output
+    assert shown.count("replaced since") == 2, shown  # (where the tokens and the tokenizer name it)
+
+
 def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     corpus = _corpus(tmp_path / "corpus")
     result = cli("inspect", corpus)

@@ -28,6 +28,15 @@ def _config(tmp_path, values, name="config.json"):
     return path
 
 
+def test_tokens_per_param_sets_the_compute_optimal_length(cli):
+    """Without a --scaling fit the compute-optimal length is N x --tokens-per-param (Chinchilla's 20)."""
+    default, ten = _plan(cli, "--model", "gpt2"), _plan(cli, "--model", "gpt2", "--tokens-per-param", "10")
+    parameters = default["model"]["parameters"]
+    assert default["compute"]["compute_optimal_tokens"] == 20 * parameters
+    assert ten["compute"]["compute_optimal_tokens"] == 10 * parameters and ten["compute"]["compute_optimal_rule"] == "10 tokens per parameter"
+    assert ten["compute"]["compute_optimal_flops"] == default["compute"]["compute_optimal_flops"] / 2
+
+
 def test_parameter_counts_equal_public_figures(cli, tmp_path):
     gpt2_small = _plan(cli, "--model", "gpt2")["model"]
     assert gpt2_small["parameters"] == 124_439_808  # GPT-2 small
