@@ -64,16 +64,7 @@ def clean(
     read = [*inputs, cfg.dataset]
     outputs.check_output(out, force, inputs=read)  # first: `-o` naming an input is the problem to report
     sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
-    if cfg.doc_per != "file" and not any(source.plain_text for source in sources):
-        note(f"--doc-per {cfg.doc_per} splits plain-text files; these inputs come as documents already, so it "
-             "changes nothing here (it is still recorded)")
-    if all(source.plain_text for source in sources):
-        if cfg.text_field is not None:
-            note(f"--text-field {cfg.text_field} names a field of JSONL, CSV or Parquet records; these inputs are plain "
-                 "text, so it changes nothing here (it is still recorded)")
-        if cfg.skip_bad_lines and cfg.doc_per == "file":
-            note("--skip-bad-lines skips records, and lines under --doc-per line or blank-line; these inputs are whole "
-                 "plain-text files, so it changes nothing here (it is still recorded)")
+    _note_options_these_inputs_ignore(cfg, sources)
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)
     read_stats = ReadStats()
     started = time.perf_counter()
@@ -165,19 +156,8 @@ def clean(
         if rejects is not None:
             rejects.close()
         _refuse_inputs_changed_while_read(sources, identities)
+        _refuse_nothing_kept(counts, dropped, sources, cfg)
         docs_in, bytes_in, kept, bytes_out = counts["docs_in"], counts["bytes_in"], counts["kept"], counts["bytes_out"]
-
-        if docs_in == 0 or bytes_in == 0:  # (an empty file is one empty document)
-            raise UserError(f"no text found in {_describe(sources)}: the input is empty; check the files")
-        if kept == 0 and set(dropped) == {"empty"}:
-            raise UserError(f"no text found in {_describe(sources)}: every document is empty or blank"
-                            f"{' once its HTML is stripped' if cfg.strip_html else ''}; check the files")
-        if kept == 0:
-            top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
-            raise UserError(
-                f"all {docs_in} documents were dropped ({top}); loosen those rules (see llmkit clean --help) "
-                "or check the input"
-            )
         elapsed = time.perf_counter() - started
         build.config = cfg.hashed()
         build.seed = cfg.seed if cfg.near_dedup else None  # (only MinHash's permutations are drawn)
@@ -199,6 +179,34 @@ def clean(
             "mb_per_s": round((bytes_in - resumed_bytes) / 1e6 / elapsed, 3) if elapsed > 0 else None,
         }
     return out
+
+
+def _note_options_these_inputs_ignore(cfg: CleanConfig, sources) -> None:
+    """Options that only some kinds of input read, given for inputs of another kind: said, not refused
+    (they are recorded, and the same command may be run on other inputs)."""
+    if cfg.doc_per != "file" and not any(source.plain_text for source in sources):
+        note(f"--doc-per {cfg.doc_per} splits plain-text files; these inputs come as documents already, so it "
+             "changes nothing here (it is still recorded)")
+    if all(source.plain_text for source in sources):
+        if cfg.text_field is not None:
+            note(f"--text-field {cfg.text_field} names a field of JSONL, CSV or Parquet records; these inputs are plain "
+                 "text, so it changes nothing here (it is still recorded)")
+        if cfg.skip_bad_lines and cfg.doc_per == "file":
+            note("--skip-bad-lines skips records, and lines under --doc-per line or blank-line; these inputs are whole "
+                 "plain-text files, so it changes nothing here (it is still recorded)")
+
+
+def _refuse_nothing_kept(counts: dict[str, int], dropped: Counter[str], sources, cfg: CleanConfig) -> None:
+    """A corpus of no documents is no artifact: why there is none, in one line."""
+    if counts["docs_in"] == 0 or counts["bytes_in"] == 0:  # (an empty file is one empty document)
+        raise UserError(f"no text found in {_describe(sources)}: the input is empty; check the files")
+    if counts["kept"] == 0 and set(dropped) == {"empty"}:
+        raise UserError(f"no text found in {_describe(sources)}: every document is empty or blank"
+                        f"{' once its HTML is stripped' if cfg.strip_html else ''}; check the files")
+    if counts["kept"] == 0:
+        top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
+        raise UserError(f"all {counts['docs_in']} documents were dropped ({top}); loosen those rules (see llmkit clean "
+                        "--help) or check the input")
 
 
 def _encode_ids(ids: list[str]) -> dict[str, np.ndarray]:
