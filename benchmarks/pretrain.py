@@ -12,10 +12,6 @@ Sides (each in its own process, so that peak memory is its own):
                    model.py + train.py: one fused q/k/v Linear, F.scaled_dot_product_attention,
                    learned positions, tied head, fused AdamW; the same parameter count (asserted)
                    and llmkit's initial weights, so the losses agree to float rounding.
-  nanoGPT kept mem the nanoGPT-style side with llmkit's allocator setting (freed blocks kept for the
-                   next step: llmkit.runtime.keep_freed_memory, which every llmkit training process
-                   calls, called first here): the reference as a script that took that setting too
-                   (GLIBC_TUNABLES would set the same) runs; CPU only.
   GPT2LMHeadModel  transformers' GPT-2 in the same plain loop (--no-hf leaves it out).
 All train LayerNorm, learned positions, GELU (tanh), biases, tied embeddings, no dropout, on the
 same token windows of tinyshakespeare, with the same batch, sequence length, AdamW settings
@@ -190,9 +186,6 @@ def run_llmkit(args) -> dict:
         precision="bf16" if gpu else args.precision,
         batch_invariant=False if args.side == "llmkit-usual" else None,  # None: the default (on for CPU)
     )
-    from llmkit.runtime import keep_freed_memory
-
-    keep_freed_memory()  # as every training process's setup does (llmkit.train.launch.worker_process)
     baseline = current_rss_mb() if not gpu else 0.0
     shards = TokenShards.open(args.tokens, "train")
     torch.manual_seed(0)
@@ -398,10 +391,9 @@ def measured_bf16_peak() -> float:
 GPT2_VOCAB = 50304
 GPU_TOKENIZER_VOCAB = 8192
 
-SIDES = {"llmkit": run_llmkit, "llmkit-mkl": run_llmkit, "llmkit-usual": run_llmkit, "nanogpt": run_nanogpt,
-         "nanogpt-kept": run_nanogpt, "hf": run_hf}
+SIDES = {"llmkit": run_llmkit, "llmkit-mkl": run_llmkit, "llmkit-usual": run_llmkit, "nanogpt": run_nanogpt, "hf": run_hf}
 LABELS = {"llmkit": "llmkit", "llmkit-mkl": "llmkit MKL", "llmkit-usual": "llmkit usual sums", "nanogpt": "nanoGPT-style",
-          "nanogpt-kept": "nanoGPT kept mem", "hf": "GPT2LMHeadModel"}
+          "hf": "GPT2LMHeadModel"}
 # llmkit's step with PyTorch's own (MKL) fp32 products instead of oneDNN's (llmkit/model/cpu_gemm.py):
 # how much of the lead is the product library and how much the rest of the step
 SIDE_ENV = {"llmkit-mkl": {"LLMKIT_CPU_GEMM": "mkl"}}
@@ -410,10 +402,6 @@ SIDE_ENV = {"llmkit-mkl": {"LLMKIT_CPU_GEMM": "mkl"}}
 def side(args) -> None:
     import torch
 
-    if args.side == "nanogpt-kept":
-        from llmkit.runtime import keep_freed_memory
-
-        keep_freed_memory()
     torch.set_num_threads(args.threads)
     result = SIDES[args.side](args)
     if args.side == "llmkit" and args.device == "cuda":
@@ -544,7 +532,7 @@ def main() -> None:
     if not args.gpu_only:
         args.tokens = prepare_tokens(args.cache, args.vocab)
         # what oneDNN's products bring, and what --batch-invariant (the CPU default) costs
-        cpu_sides = sides[:1] + ["llmkit-mkl", "llmkit-usual"] + sides[1:2] + ["nanogpt-kept"] + sides[2:]
+        cpu_sides = sides[:1] + ["llmkit-mkl", "llmkit-usual"] + sides[1:]
         compare(args, f"CPU, {args.threads} thread(s), {args.precision}: {args.n_layer} layers x {args.n_embd}, seq {args.seq}, batch {args.batch}", shape, cpu_sides)
     if torch.cuda.is_available():
         args.tokens = prepare_tokens(args.cache, GPU_TOKENIZER_VOCAB)

@@ -304,36 +304,6 @@ def let_idle_threads_sleep() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_freed_memory() -> bool:
-    """Keep the blocks a training step frees for the next step, instead of returning them to the system.
-
-    A CPU step allocates and frees the same activations every step (a GELU's output of the benchmark's
-    shape is 16 MB). glibc serves a block that large from a fresh mapping, or gives the heap's free top
-    back past twice the largest block it has seen, so each step faults its pages in again and the
-    kernel zeroes them: 565,000 minor faults in 13 steps of benchmarks/pretrain.py's shape, 164,000
-    with blocks up to 1 GiB taken from the heap and the heap never trimmed, and the step took 1.08x
-    the tokens per CPU-second (paired median of 3 rounds, Intel Xeon, 2026-12-06), peak RSS within
-    4%. What GLIBC_TUNABLES's glibc.malloc.mmap_threshold and trim_threshold would set, for this
-    process only. (A glibc that refuses a threshold above 32 MiB, as older ones did, gets 32 MiB.)
-    False where the C library is not glibc (musl, macOS), which keeps its own policy."""
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    kept_blocks = mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    return bool(kept_blocks) and bool(mallopt(_M_TRIM_THRESHOLD, -1))  # -1: never trim (mallopt(3))
-
-
 def resolve_device(name: str) -> str:
     """`auto` means CUDA when there is a GPU, else the CPU; cuda (or cuda:N) and mps only where
     this machine has them."""

@@ -149,41 +149,6 @@ print("torch._dynamo" in sys.modules, "torch.distributed.tensor" in sys.modules)
     assert result.stdout.split()[-2:] == ["False", "False"], result.stdout
 
 
-def test_a_training_process_keeps_the_memory_a_step_frees():
-    """A step's activations, allocated and freed again every step, are not handed back to the system
-    and faulted in afresh (glibc's default gives freed heap back past twice its largest recent block)."""
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("the allocator's policy is set through glibc's mallopt")
-    script = """
-import resource, torch
-from llmkit.train.launch import worker_process
-from llmkit.train.options import Devices
-def faults():
-    def step():
-        activations = [torch.ones(2 << 20) for _ in range(8)]  # 8 blocks of 8 MB at once
-        del activations
-    step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-plain = faults()
-with worker_process(Devices()):
-    kept = faults()
-print(plain, kept)
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    plain, kept = map(int, result.stdout.split()[-2:])
-    pages = 10 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
-    assert plain > pages // 2 and kept < pages // 20, (plain, kept, pages)
-
-
 def test_a_resumed_run_loads_the_optimizer_as_torch_does_without_torch_dynamo(tmp_path):
     """Resuming reads the optimizer state by parameter name; torch's set_optimizer_state_dict would
     import torch._dynamo (about 2 s). Both give the optimizer the same state, and the run continues."""

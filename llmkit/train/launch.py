@@ -251,10 +251,8 @@ def worker_process(devices: Devices) -> Iterator[Any]:
     """This process's threads, process group and device, for the length of the block."""
     import torch
 
-    from llmkit.runtime import keep_freed_memory
     from llmkit.train import distributed
 
-    keep_freed_memory()
     if devices.threads > 0:
         torch.set_num_threads(devices.threads)
     from llmkit.train.layout import build_layout
