@@ -16,15 +16,16 @@ from llmkit.errors import UserError
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def check_unicode(text: str, what: str, fix: str) -> None:
+def check_unicode(text: str, what: str, fix: str, *, escaped_bytes: bool = True) -> None:
     """A one-line error for text no tokenizer takes: a lone surrogate, which is what an undecodable
-    byte of an argument or of standard input becomes in Python, or a JSON \\ud800 escape."""
+    byte of an argument or of standard input becomes in Python, or a JSON \\ud800 escape.
+    `escaped_bytes`: the text may hold bytes Python escaped so (U+DC80-U+DCFF); JSON's text holds none."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         char = ord(text[error.start])
         # an undecodable byte as Python escapes it (U+DC80-U+DCFF: surrogateescape) is shown as that byte
-        found = (f"an undecodable byte, \\x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF
+        found = (f"an undecodable byte, \\x{char - 0xDC00:02x}" if escaped_bytes and 0xDC80 <= char <= 0xDCFF
                  else f"a lone surrogate, {ascii(chr(char))[1:-1]}")
         raise UserError(f"{what} is not valid Unicode text ({found}); {fix}") from None
 
@@ -265,10 +266,9 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
     path = Path(path)
     with open(path, "rb") as handle:
-        head = handle.read(8192)
+        head = handle.peek(8192)[:8192]  # (not read, then sought back: a pipe, `--prompts p.jsonl` a FIFO, cannot seek)
         check_not_packed(head, path)
         check_not_wide(head, str(path))
-        handle.seek(0)
         first, utf8_before = True, False
         for lineno, raw in enumerate(handle, 1):
             if lineno == 1:
@@ -297,7 +297,7 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise UserError(f'{path}:{lineno} is not a JSON object; each line must look like {{"field": ...}}')
             if "\\u" in line and _SURROGATE_ESCAPE.search(line):
                 check_unicode(json.dumps(record, ensure_ascii=False), f"{path}:{lineno}",
-                              "fix the record (a \\ud800-\\udfff escape must be half of a pair)")
+                              "fix the record (a \\ud800-\\udfff escape must be half of a pair)", escaped_bytes=False)
             yield lineno, record
 
 

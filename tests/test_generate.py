@@ -770,6 +770,13 @@ def test_prompts_from_a_pipe(cli, ckpt, tmp_path):
     result = cli("generate", ckpt, "--prompts", fifo, "--greedy", "-n", "3", "-o", tmp_path / "o.jsonl")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["prompt"] for line in (tmp_path / "o.jsonl").read_text().splitlines()] == ["ROMEO:", "JULIET:"]
+    # records through a pipe named .jsonl: read without seeking back (it was an unexpected "not seekable")
+    records = tmp_path / "prompts.jsonl"
+    os.mkfifo(records)
+    threading.Thread(target=lambda: records.write_text('{"prompt": "ROMEO:"}\n'), daemon=True).start()
+    result = cli("generate", ckpt, "--prompts", records, "--greedy", "-n", "3", "-o", tmp_path / "r.jsonl")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.jsonl").read_text())["prompt"] == "ROMEO:"
 
 
 def test_messages_on_a_checkpoint_without_role_tokens_is_one_line(cli, tmp_path, shakespeare):
@@ -794,6 +801,10 @@ def test_prompts_that_are_not_unicode_are_one_line(cli, ckpt, tmp_path):
         lines = [l for l in result.output.strip().splitlines() if l.strip()]
         assert result.exit_code != 0 and len(lines) == 1, result.output
         assert lines[0].startswith(f"error: {where} is not valid Unicode text"), result.output
+    # a JSON escape in the range Python's escaped bytes take is still an escape, not a byte
+    bad.write_text('{"prompt": "bad \\udc80 x"}\n')
+    line = cli("generate", ckpt, "--prompts", bad, "-n", "3").output.strip()
+    assert "(a lone surrogate, \\udc80)" in line, line
 
 
 def test_compile_refuses_a_recurrent_checkpoint(cli, tmp_path, shakespeare):
