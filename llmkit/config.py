@@ -221,6 +221,10 @@ def resolve(
         elif all(from_file.get(name) is not None for name in pair):  # (a sweep's configs/RUN.yaml holds max_steps: null)
             raise UsageError(f"{file} sets both {' and '.join(known[name].flag for name in pair)}, which stand for one "
                              "another; keep one")
+    for name in from_file:
+        # (text in a file is UTF-8 already: a lone surrogate there is an escape; a value another option's stands for is gone)
+        if name not in (explicit or {}) and name in values:
+            _refuse_non_utf8(known[name].flag, values[name], file=file)
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     for name, value in values.items():
         _refuse_non_utf8(known[name].flag, value)
@@ -260,18 +264,24 @@ def flags_from_file(config_cls: type, file: Path | str | None, section: str | No
     return {flags[by_key[key]] for key in file_values(file, section, note=False) if key in by_key and by_key[key] not in typed}
 
 
-def _refuse_non_utf8(flag: str, value: Any) -> None:
+def _refuse_non_utf8(flag: str, value: Any, file: Path | str | None = None) -> None:
     """Text the manifest will hold must be UTF-8: a value typed in another encoding (or a file name
     that is not UTF-8) reaches Python with surrogates no encoder takes, and failed the stage only
-    when it wrote its manifest, after all the work."""
+    when it wrote its manifest, after all the work. From a config `file` such a value is an escape
+    (YAML's "\\udc80"), named as one."""
     several = isinstance(value, (list, tuple))
     for number, item in enumerate(value if several else [value], 1):
         if isinstance(item, (str, Path)):
             text = str(item)
             try:
                 text.encode("utf-8")
-            except UnicodeEncodeError:
+            except UnicodeEncodeError as error:
                 from llmkit.artifacts import storable_name
+
+                if file is not None:
+                    escape = ascii(text[error.start])[1:-1]
+                    raise UsageError(f"{file}: {flag}{f' value {number}' if several else ''} holds a lone surrogate "
+                                     f"({escape}), which is no text; a \\ud800-\\udfff escape must be half of a pair")
 
                 which = f"{flag} value {number} ({storable_name(text)})" if several else f"{flag} {storable_name(text)}"
                 named_file = isinstance(item, Path) or os.path.lexists(text)

@@ -3,6 +3,7 @@ text, with errors that name the file and the line."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -262,13 +263,32 @@ def _an_array(path: Path) -> UserError:
                      f"{shlex.quote(str(lines))})")
 
 
+class _HeadThenRest(io.RawIOBase):
+    """`head`, read from `handle` already, then the rest of `handle`: the file from its start, not
+    sought back to it (a pipe, `--prompts p.jsonl` a FIFO, cannot seek)."""
+
+    def __init__(self, head: bytes, handle):
+        self._head, self._handle = memoryview(head), handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._head:
+            return self._handle.readinto(buffer)
+        count = min(len(buffer), len(self._head))
+        buffer[:count], self._head = self._head[:count], self._head[count:]
+        return count
+
+
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
     path = Path(path)
-    with open(path, "rb") as handle:
-        head = handle.peek(8192)[:8192]  # (not read, then sought back: a pipe, `--prompts p.jsonl` a FIFO, cannot seek)
+    with open(path, "rb") as file:
+        head = file.read(8192)  # (a whole 8 KB however the writer of a pipe split it)
         check_not_packed(head, path)
         check_not_wide(head, str(path))
+        handle = io.BufferedReader(_HeadThenRest(head, file), buffer_size=1 << 16)
         first, utf8_before = True, False
         for lineno, raw in enumerate(handle, 1):
             if lineno == 1:

@@ -484,6 +484,22 @@ def test_utf16_and_utf32_files_are_named_by_every_reader(cli, chain, tmp_path, e
     assert f"is {named} text" in line, line
 
 
+def test_a_wide_file_is_judged_on_its_first_8_kb_not_on_one_disk_block(cli, chain, tmp_path):
+    """The UTF-16 check samples 8 KB; the JSONL reader and clean peeked into a buffer of the file
+    system's block size (4 KB here), in which this file's share of wide units is too small to tell."""
+    from llmkit.jsonl import wide_encoding
+
+    polish = '{"text": "Zażłć gęślą jaźń, a potem idziemy do domu na obiad i kolację razem."}\n'
+    english = '{"text": "Then we all went home for dinner and supper together, as usual."}\n'
+    data = (polish * 30 + english * 200).encode("utf-16-le")
+    assert wide_encoding(data[:4096]) is None and wide_encoding(data[:8192]) == "UTF-16LE"  # (what makes the case)
+    (tmp_path / "wide.jsonl").write_bytes(data)
+    for command in (("clean", tmp_path / "wide.jsonl", "-o", tmp_path / "out"),
+                    ("generate", chain / "ckpt", "--prompts", tmp_path / "wide.jsonl")):
+        line = _one_line_error(cli(*command))
+        assert "wide.jsonl is UTF-16LE text" in line, (command, line)
+
+
 def test_wide_encodings_are_told_from_utf8_and_from_binary(shared_data):
     from llmkit.jsonl import wide_encoding
 
@@ -504,9 +520,9 @@ def test_text_that_is_not_utf8_is_refused_before_any_work(cli, chain, tmp_path):
     latin = os.fsdecode(b"\xff")
     line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus", "--text-field", latin))
     assert "--text-field \\xff is not valid Unicode text (not UTF-8); give it in UTF-8" in line and not (tmp_path / "corpus").exists()
-    (tmp_path / "c.yaml").write_bytes(b'text_field: "\\udcff"\n')  # the same from a config file
+    (tmp_path / "c.yaml").write_bytes(b'text_field: "\\udcff"\n')  # the same from a config file: an escape there, named so
     line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus", "--config", tmp_path / "c.yaml"))
-    assert "--text-field" in line and "(not UTF-8)" in line
+    assert f"{tmp_path / 'c.yaml'}: --text-field holds a lone surrogate (\\udcff)" in line and "half of a pair" in line, line
     data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"tr\xe9.jsonl"))
     Path(data).write_text('{"text": "x", "label": 0}\n')
     line = _one_line_error(cli("eval", chain / "ckpt", "--data", data, "-o", tmp_path / "ev"))

@@ -28,6 +28,21 @@ def test_written_corpus_streams_back_in_order_across_shards(tmp_path):
     assert ids[:2] == ["unit-0", "unit-1"] and len(set(ids)) == len(ids)
 
 
+def test_a_batch_is_bounded_by_bytes_as_well_as_documents(tmp_path, monkeypatch):
+    """Large documents make smaller batches (about BATCH_BYTES of the shard's data each), the order and
+    the documents unchanged: a tokenize of 2,048 one-megabyte documents held 2 GB of text at once."""
+    from llmkit.data import corpus
+
+    texts = [f"{i} " + "word " * 2000 for i in range(300)]  # 10 KB documents
+    art = write_corpus_artifact(tmp_path / "corpus", texts, docs_per_shard=120)
+    monkeypatch.setattr(corpus, "BATCH_BYTES", 100_000)
+    batches = list(iter_corpus_texts(art, batch_size=2048))
+    assert [t for b in batches for t in b] == texts
+    assert max(len(b) for b in batches) <= 12 and len(batches) >= 25, [len(b) for b in batches]
+    monkeypatch.setattr(corpus, "BATCH_BYTES", 1 << 40)  # (small documents: the count is the bound)
+    assert [len(b) for b in iter_corpus_texts(art, batch_size=50)] == [50, 50, 20] * 2 + [50, 10]
+
+
 def test_corpus_loads_with_datasets(tmp_path):
     from datasets import load_dataset
 

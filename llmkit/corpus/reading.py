@@ -91,7 +91,9 @@ def open_binary(path: Path, compression: Optional[str]) -> IO[bytes]:
         return gzip.open(path, "rb")
     if compression in (".zst", ".zstd"):
         return _ZstdReader(path)
-    return open(path, "rb")
+    # a buffer of at least BINARY_PROBE: the binary and UTF-16 checks peek that much (the file
+    # system's block size, 4 KB, showed them half the sample)
+    return open(path, "rb", buffering=1 << 16)
 
 
 class _ZstdReader(io.RawIOBase):
@@ -178,7 +180,7 @@ def numbered_lines(path: Path, label: str, compression: Optional[str], stats: Re
     train read it; JSON Lines are lines by LF alone."""
     number = 0
     with read_errors(label), open_binary(path, compression) as handle:
-        reader = io.BufferedReader(handle) if compression else handle
+        reader = io.BufferedReader(handle, buffer_size=1 << 16) if compression else handle
         check_not_binary(reader.peek(BINARY_PROBE)[:BINARY_PROBE], label)
         utf8_before = False  # (a stray byte in a UTF-8 file: the advice is to fix it, not to convert the file)
         for raw in reader:
