@@ -72,7 +72,7 @@ def count_documents(artifact: artifacts.Artifact | Path | str) -> int:
 
 # A batch holds about this much data at most, whatever its count of documents: 2,048 documents of a
 # megabyte each were 2 GB of text at once, and a stage's memory grew with its corpus (tokenize: 229
-# MiB for 5 MB of 100 KB documents, 1,600 MiB for 150 MB; pyarrow joins row groups into one batch).
+# MiB for 5 MB of 100 KB documents, 1,638 MiB for 150 MB; pyarrow joins row groups into one batch).
 BATCH_BYTES = 16 << 20
 
 

@@ -142,9 +142,9 @@ def chat_turns(record: dict[str, Any], text: str) -> list[dict[str, str]]:
 
 def chat_stop_ids(tokenizer) -> list[int]:
     """The tokens that end a reply besides the end-of-text (and end-of-turn) tokens, which --ignore-eos
-    lets pass: every other special token. A role token starts the next turn; the start, padding and mask tokens have no
-    place inside a reply, and decoded they would be their literal names. chat, generate and eval stop
-    a chat model's reply at the same tokens."""
+    lets pass: every other special token. A role token starts the next turn; the start, padding and
+    mask tokens have no place inside a reply, and decoded they would be their literal names. chat,
+    generate and eval stop a chat model's reply at the same tokens."""
     return sorted(set(tokenizer.special_ids.values()) - set(tokenizer.end_ids))
 
 
