@@ -224,6 +224,7 @@ def resolve(
     for name in from_file:
         # (text in a file is UTF-8 already: a lone surrogate there is an escape; a value another option's stands for is gone)
         if name not in (explicit or {}) and name in values:
+            values[name] = _joined_pairs(values[name])
             _refuse_non_utf8(known[name].flag, values[name], file=file)
     values.update({k: v for k, v in (explicit or {}).items() if k in known})
     for name, value in values.items():
@@ -264,6 +265,16 @@ def flags_from_file(config_cls: type, file: Path | str | None, section: str | No
     return {flags[by_key[key]] for key in file_values(file, section, note=False) if key in by_key and by_key[key] not in typed}
 
 
+def _joined_pairs(value: Any) -> Any:
+    """A config file's text with its escaped surrogate pairs joined: YAML reads "\\ud83d\\ude00" as two
+    lone surrogates, not the one character they encode (JSON and TOML join or refuse them)."""
+    if isinstance(value, str):
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    if isinstance(value, list):
+        return [_joined_pairs(item) for item in value]
+    return value
+
+
 def _refuse_non_utf8(flag: str, value: Any, file: Path | str | None = None) -> None:
     """Text the manifest will hold must be UTF-8: a value typed in another encoding (or a file name
     that is not UTF-8) reaches Python with surrogates no encoder takes, and failed the stage only
@@ -281,7 +292,7 @@ def _refuse_non_utf8(flag: str, value: Any, file: Path | str | None = None) -> N
                 if file is not None:
                     escape = ascii(text[error.start])[1:-1]
                     raise UsageError(f"{file}: {flag}{f' value {number}' if several else ''} holds a lone surrogate "
-                                     f"({escape}), which is no text; a \\ud800-\\udfff escape must be half of a pair")
+                                     f"({escape}), which is no text; a \\ud800-\\udfff escape must be half of a pair") from None
 
                 which = f"{flag} value {number} ({storable_name(text)})" if several else f"{flag} {storable_name(text)}"
                 named_file = isinstance(item, Path) or os.path.lexists(text)

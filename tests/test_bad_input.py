@@ -523,6 +523,11 @@ def test_text_that_is_not_utf8_is_refused_before_any_work(cli, chain, tmp_path):
     (tmp_path / "c.yaml").write_bytes(b'text_field: "\\udcff"\n')  # the same from a config file: an escape there, named so
     line = _one_line_error(cli("clean", chain / "book.txt", "-o", tmp_path / "corpus", "--config", tmp_path / "c.yaml"))
     assert f"{tmp_path / 'c.yaml'}: --text-field holds a lone surrogate (\\udcff)" in line and "half of a pair" in line, line
+    # (a pair of escapes is one character: YAML leaves the two halves apart, the config joins them)
+    (tmp_path / "pair.yaml").write_bytes(b'text_field: "\\ud83d\\ude00"\n')
+    (tmp_path / "emoji.jsonl").write_text('{"\U0001F600": "a document under an emoji field"}\n', encoding="utf-8")
+    result = cli("clean", tmp_path / "emoji.jsonl", "-o", tmp_path / "emoji", "--config", tmp_path / "pair.yaml")
+    assert result.exit_code == 0 and artifacts.load(tmp_path / "emoji").config["text_field"] == "\U0001F600", result.output
     data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"tr\xe9.jsonl"))
     Path(data).write_text('{"text": "x", "label": 0}\n')
     line = _one_line_error(cli("eval", chain / "ckpt", "--data", data, "-o", tmp_path / "ev"))

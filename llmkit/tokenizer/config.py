@@ -66,7 +66,7 @@ class TokenizeConfig(Options):
     shard_tokens: int = option(100_000_000, "Tokens per shard (a shard is closed at the first document end past this).", range="[1, inf)")
     seed: int = seed_option("Seed of the train/validation split.", hashed=False, recorded_as="manifest seed")
     workers: int = option(0, "Encoding threads (Ray actors with --executor ray); 0 = one per 8 MB of text, at most one per idle core (on Ray: one per CPU of the cluster). Does not change the result.", runtime=True, range="[0, 1024]")
-    batch_size: int = option(2048, "Documents per encoding batch.", runtime=True, range="[1, 1048576]")
+    batch_size: int = option(2048, "Documents per encoding batch, at most (and about 16 MB of text at most).", runtime=True, range="[1, 1048576]")
     fast: bool = option(True, "Encode through tiktoken built from our merges, when it applies.", flags=("--fast/--no-fast",),
                         runtime=True)
     execution: Execution = group(Execution)

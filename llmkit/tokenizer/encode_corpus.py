@@ -22,7 +22,7 @@ import numpy as np
 
 from llmkit import artifacts, resume
 from llmkit.console import err, styled
-from llmkit.data.corpus import count_documents, iter_corpus_texts
+from llmkit.data.corpus import BATCH_BYTES, count_documents, iter_corpus_texts
 from llmkit.data.shards import SPLITS, ShardWriter, token_dtype
 from llmkit.data.tokenizer import TextTokenizer, copy_tokenizer_files, load_tokenizer, refuse_gapped_ids
 from llmkit.errors import UserError
@@ -543,7 +543,9 @@ def tokenize_corpus(
     if config.execution.executor == "ray":
         workers = config.workers  # actors on the cluster; 0 = one per CPU there
     elif config.workers > 0:
-        workers = config.workers if num_docs > config.batch_size else 1  # one batch: one thread
+        # (a batch is bounded by documents and by bytes)
+        one_batch = num_docs <= config.batch_size and total_bytes is not None and total_bytes <= BATCH_BYTES
+        workers = 1 if one_batch else config.workers  # one batch: one thread
     else:
         workers = auto_workers(total_bytes, meter.idle_cores(window=0.1) if meter else 1)
 
