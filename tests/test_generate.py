@@ -756,26 +756,26 @@ def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
 
 
-def test_prompts_from_a_pipe(cli, ckpt, tmp_path):
+def test_prompts_from_a_pipe(ckpt, tmp_path):
     """--prompts /dev/stdin, <(command), a named pipe: read as the text file it streams (they were
     "not found", not being regular files)."""
+    import subprocess
+    import sys
     import threading
 
-    fifo = tmp_path / "prompts"
-    os.mkfifo(fifo)
-    # (a daemon: a stage that never opened the pipe leaves the writer waiting, not the test)
-    writer = threading.Thread(target=lambda: fifo.write_text("ROMEO:\nJULIET:\n"), daemon=True)
-    writer.start()
-    # generate reads it once (it was read twice: the second read waited for a writer that was gone)
-    result = cli("generate", ckpt, "--prompts", fifo, "--greedy", "-n", "3", "-o", tmp_path / "o.jsonl")
-    assert result.exit_code == 0, result.output
+    def generate_from(pipe: Path, text: str, out: Path) -> None:
+        os.mkfifo(pipe)
+        # (a daemon: a stage that never opened the pipe leaves the writer waiting, not the test)
+        threading.Thread(target=lambda: pipe.write_text(text), daemon=True).start()
+        # its own process, with a time limit: a stage that read the pipe twice waited for a writer that was gone
+        result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", str(pipe), "--greedy",
+                                 "-n", "3", "-o", str(out)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    generate_from(tmp_path / "prompts", "ROMEO:\nJULIET:\n", tmp_path / "o.jsonl")
     assert [json.loads(line)["prompt"] for line in (tmp_path / "o.jsonl").read_text().splitlines()] == ["ROMEO:", "JULIET:"]
     # records through a pipe named .jsonl: read without seeking back (it was an unexpected "not seekable")
-    records = tmp_path / "prompts.jsonl"
-    os.mkfifo(records)
-    threading.Thread(target=lambda: records.write_text('{"prompt": "ROMEO:"}\n'), daemon=True).start()
-    result = cli("generate", ckpt, "--prompts", records, "--greedy", "-n", "3", "-o", tmp_path / "r.jsonl")
-    assert result.exit_code == 0, result.output
+    generate_from(tmp_path / "prompts.jsonl", '{"prompt": "ROMEO:"}\n', tmp_path / "r.jsonl")
     assert json.loads((tmp_path / "r.jsonl").read_text())["prompt"] == "ROMEO:"
 
 
