@@ -66,9 +66,9 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}; pass an existing .toml or .yaml file")
-    from llmkit.jsonl import wide_encoding
+    from llmkit.jsonl import SNIFF_BYTES, wide_encoding
 
-    if encoding := wide_encoding(path.read_bytes()[:8192]):
+    if encoding := wide_encoding(path.read_bytes()[:SNIFF_BYTES]):
         raise UsageError(f"config file {path} is {encoding} text; save it as UTF-8 (e.g. iconv -f {encoding.lower()} -t utf-8)")
     try:
         text = path.read_text(encoding="utf-8")
@@ -221,14 +221,12 @@ def resolve(
         elif all(from_file.get(name) is not None for name in pair):  # (a sweep's configs/RUN.yaml holds max_steps: null)
             raise UsageError(f"{file} sets both {' and '.join(known[name].flag for name in pair)}, which stand for one "
                              "another; keep one")
-    for name in from_file:
-        # (text in a file is UTF-8 already: a lone surrogate there is an escape; a value another option's stands for is gone)
-        if name not in (explicit or {}) and name in values:
-            values[name] = _joined_pairs(values[name])
-            _refuse_non_utf8(known[name].flag, values[name], file=file)
-    values.update({k: v for k, v in (explicit or {}).items() if k in known})
+    typed = {k: v for k, v in (explicit or {}).items() if k in known}
+    for name in values.keys() & from_file.keys() - typed.keys():  # (text in a file: a lone surrogate there is an escape)
+        values[name] = _joined_pairs(values[name])
+    values.update(typed)
     for name, value in values.items():
-        _refuse_non_utf8(known[name].flag, value)
+        _refuse_non_utf8(known[name].flag, value, file=file if name in from_file and name not in typed else None)
     missing = [opt for opt in options if opt.default is MISSING and opt.name not in values]
     if missing:
         raise UsageError(f"missing option {missing[0].flag}: type it, or set {missing[0].key} in a --config file")

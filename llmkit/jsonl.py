@@ -156,6 +156,7 @@ _DETECT = "find its encoding (uchardet FILE, or chardetect FILE), then iconv -f 
 
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which Windows editors write
+SNIFF_BYTES = 8192  # how much of a file's start the binary, packed and UTF-16/32 checks look at
 ADVICE_SAMPLE = 4096  # bytes of a file, from its first one that is not UTF-8, that the advice reads
 
 
@@ -285,7 +286,7 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line is a one-line UserError."""
     path = Path(path)
     with open(path, "rb") as file:
-        head = file.read(8192)  # (a whole 8 KB however the writer of a pipe split it)
+        head = file.read(SNIFF_BYTES)  # (a whole sample however the writer of a pipe split it)
         check_not_packed(head, path)
         check_not_wide(head, str(path))
         handle = io.BufferedReader(_HeadThenRest(head, file), buffer_size=1 << 16)
@@ -331,7 +332,7 @@ def read_text(path: Path | str) -> str:
     path = Path(path)
     data = path.read_bytes()
     check_not_packed(data[:8], path)
-    check_not_wide(data[:8192], str(path))
+    check_not_wide(data[:SNIFF_BYTES], str(path))
     text = data.removeprefix(BOM)  # (no text, and the decoder's offsets come after it)
     try:
         return text.decode("utf-8")

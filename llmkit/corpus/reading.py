@@ -17,9 +17,7 @@ from typing import IO, Callable, Iterator, Optional
 
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
-from llmkit.jsonl import BOM, advice_at, check_not_wide
-
-BINARY_PROBE = 8192
+from llmkit.jsonl import BOM, SNIFF_BYTES, advice_at, check_not_wide
 
 
 @dataclass
@@ -91,7 +89,7 @@ def open_binary(path: Path, compression: Optional[str]) -> IO[bytes]:
         return gzip.open(path, "rb")
     if compression in (".zst", ".zstd"):
         return _ZstdReader(path)
-    # a buffer of at least BINARY_PROBE: the binary and UTF-16 checks peek that much (the file
+    # a buffer of at least SNIFF_BYTES: the binary and UTF-16 checks peek that much (the file
     # system's block size, 4 KB, showed them half the sample)
     return open(path, "rb", buffering=1 << 16)
 
@@ -155,8 +153,8 @@ def check_not_binary(head: bytes, label: str) -> None:
     for magic, what in _UNREAD_FORMATS:
         if head.startswith(magic):
             raise UserError(f"{label} is {what}, which clean does not read; extract it, or compress it as .gz or .zst")
-    check_not_wide(head[:BINARY_PROBE], label)
-    if b"\x00" in head[:BINARY_PROBE]:
+    check_not_wide(head[:SNIFF_BYTES], label)
+    if b"\x00" in head[:SNIFF_BYTES]:
         raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
 
 
@@ -181,7 +179,7 @@ def numbered_lines(path: Path, label: str, compression: Optional[str], stats: Re
     number = 0
     with read_errors(label), open_binary(path, compression) as handle:
         reader = io.BufferedReader(handle, buffer_size=1 << 16) if compression else handle
-        check_not_binary(reader.peek(BINARY_PROBE)[:BINARY_PROBE], label)
+        check_not_binary(reader.peek(SNIFF_BYTES)[:SNIFF_BYTES], label)
         utf8_before = False  # (a stray byte in a UTF-8 file: the advice is to fix it, not to convert the file)
         for raw in reader:
             number += 1

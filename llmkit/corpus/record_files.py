@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from llmkit.corpus.reading import BINARY_PROBE, ReadOptions, ReadStats, check_not_binary, decode_utf8, numbered_lines, open_binary
+from llmkit.corpus.reading import ReadOptions, ReadStats, check_not_binary, decode_utf8, numbered_lines, open_binary
 from llmkit.errors import UserError
-from llmkit.jsonl import ABSENT, BOM, advice_at, field_value
+from llmkit.jsonl import ABSENT, BOM, SNIFF_BYTES, advice_at, field_value
 
 
 # Records the text field of a JSON file is chosen from: a file's first record alone may lack it.
@@ -182,7 +182,7 @@ def _json_array(path: Path, label: str, compression: Optional[str], picker: _Fie
     # A .json array has to be parsed whole; JSON Lines is the streaming format.
     with open_binary(path, compression) as handle:
         data = handle.read()
-    check_not_binary(data[:BINARY_PROBE], label)
+    check_not_binary(data[:SNIFF_BYTES], label)
     try:
         text = decode_utf8(data, label)
         records = json.loads(text[1:] if text.startswith("\ufeff") else text)  # a byte order mark, as JSONL allows
@@ -198,7 +198,7 @@ def _json_array(path: Path, label: str, compression: Optional[str], picker: _Fie
 def csv_reader(path: Path, label: str, compression: Optional[str]):
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         with open_binary(path, compression) as handle:
-            head = handle.read(BINARY_PROBE)
+            head = handle.read(SNIFF_BYTES)
         check_not_binary(head, label)
         with open_binary(path, compression) as handle:
             stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.jsonl import BOM, advice_at, check_not_packed, check_not_wide
+from llmkit.jsonl import BOM, SNIFF_BYTES, advice_at, check_not_packed, check_not_wide
 
 # The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
 # write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
@@ -174,7 +174,7 @@ def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> lis
             raise UserError(f"no such file: {path}; pass a corpus artifact or UTF-8 text files")
         size, start = path.stat().st_size, 0
         with open(path, "rb") as handle:
-            head = handle.read(8192)
+            head = handle.read(SNIFF_BYTES)
             check_not_packed(head, path)
             check_not_wide(head, str(path))  # (as UTF-8, NULs between letters, which decode)
             while size - start > max_bytes:

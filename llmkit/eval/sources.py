@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 from llmkit.eval.textio import Records, is_jsonl
-from llmkit.jsonl import check_not_wide, read_text
+from llmkit.jsonl import SNIFF_BYTES, check_not_wide, read_text
 
 
 def artifact_kind(data: str) -> str | None:
@@ -51,7 +51,7 @@ def load_records(data: str, split: str, limit: int | None = None) -> Records:
     elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
         if path.suffix.lower() == ".csv":
             with open(path, "rb") as handle:
-                check_not_wide(handle.read(8192), f"--data {data}")
+                check_not_wide(handle.read(SNIFF_BYTES), f"--data {data}")
         records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
     elif path.is_dir():
         raise UserError(f"--data {data} is a folder, not an artifact; pass one of its files (.jsonl, .txt, .parquet, .csv)")

@@ -38,6 +38,7 @@ class ChatSession:
         """`task`: the checkpoint's TaskRecord (None: a base model, chatted to with the chat template)."""
         from llmkit.data.templates import chat_template, check_tokenizer
         from llmkit.inference.engine import Generator
+        from llmkit.inference.prompts import chat_stop_ids
 
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.template = (task.template if task is not None else None) or chat_template()
@@ -53,6 +54,7 @@ class ChatSession:
         self.system = system
         self.history: list[dict[str, str]] = []
         self.generator = Generator(model, tokenizer, compile=compile)
+        self.stop_ids = chat_stop_ids(tokenizer)  # (every special token but the end ones ends a reply)
         arch = getattr(model.config, "arch", "gpt")
         self.limit = None if arch == "lstm" else int(model.config.context_length)
         self.noted: set[str] = set()
@@ -141,7 +143,6 @@ class ChatSession:
         import dataclasses
 
         from llmkit.inference.engine import needs_window
-        from llmkit.inference.prompts import chat_stop_ids
 
         ids = self.prompt_ids(user_text)
         params = self.params
@@ -155,7 +156,7 @@ class ChatSession:
         # model wrote kept in both (a second filter here dropped the latter from the screen, not the transcript).
         stripped = _Stripped(on_text) if on_text else None
         stream = (lambda _row, piece: stripped(piece)) if stripped else None
-        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=chat_stop_ids(self.tokenizer))[0].text.strip()
+        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=self.stop_ids)[0].text.strip()
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text
