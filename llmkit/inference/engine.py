@@ -230,6 +230,32 @@ def _ends_inside_a_character(tokenizer, ids: list[int]) -> bool:
     return bool(decoder.getstate()[0])
 
 
+def _prompt_tokens_seen(prompt_ids: list[list[int]], framing_ids: Sequence[int], vocab: int, device) -> torch.Tensor:
+    """[B, vocab] bools: the tokens each prompt holds, for the repetition penalty; its framing
+    (`framing_ids`) left out."""
+    seen = torch.zeros(len(prompt_ids), vocab, dtype=torch.bool, device=device)
+    framing = set(framing_ids)
+    for b, row in enumerate(prompt_ids):
+        seen[b, torch.tensor([t for t in row if t not in framing], dtype=torch.long, device=device)] = True
+    return seen
+
+
+def _slid_windows(prompt_ids: list[list[int]], outputs: list[list[int]], alive: list[bool], starts: list[int],
+                  limit: int) -> tuple[list[list[int]], list[bool]]:
+    """Each row's window once the cache is full, and whether it slid. Only a row whose own window is
+    full slides (keeps its newest half; `starts` moves); the others go on from what they have
+    cached, as they would alone."""
+    windows, sliding = [], []
+    for b, output in enumerate(outputs):
+        row = prompt_ids[b] + output
+        slides = alive[b] and len(row) - starts[b] > limit
+        if slides:
+            starts[b] = len(row) - max(limit // 2, 1)  # (a context of 1 keeps its newest token)
+        windows.append(row[starts[b] :] if alive[b] else row[-1:])  # (a finished row is only fed padding now)
+        sliding.append(slides)
+    return windows, sliding
+
+
 @in_eval_mode
 @torch.inference_mode()
 def generate_ids(
@@ -273,12 +299,8 @@ def generate_ids(
     generators = None if params.greedy else [torch.Generator().manual_seed(s) for s in seeds]
 
     device = next(model.parameters()).device
-    seen = None  # the tokens of each row so far, for the repetition penalty
-    if params.repetition_penalty != 1.0:
-        seen = torch.zeros(B, int(model.config.vocab_size), dtype=torch.bool, device=device)
-        framing = set(framing_ids)
-        for b, row in enumerate(prompt_ids):
-            seen[b, torch.tensor([t for t in row if t not in framing], dtype=torch.long, device=device)] = True
+    seen = _prompt_tokens_seen(prompt_ids, framing_ids, int(model.config.vocab_size), device) \
+        if params.repetition_penalty != 1.0 else None
     adjust_members = None
     if seen is not None and callable(getattr(model, "next_token_log_probs", None)):
         # An ensemble's scores are mixed log-probabilities: the penalty acts on its members' logits.
@@ -336,19 +358,8 @@ def generate_ids(
         if not any(alive) or step == new - 1:
             break
         if window.full:
-            # Only a row whose own window is full slides (keeps its newest half); the others go on
-            # from what they have cached, as they would alone.
-            windows, sliding = [], []
-            for b in range(B):
-                row = prompt_ids[b] + outputs[b]
-                slides = alive[b] and len(row) - starts[b] > limit
-                if slides:
-                    starts[b] = len(row) - max(limit // 2, 1)  # (a context of 1 keeps its newest token)
-                # (a finished row's placeholder: it is only fed padding now)
-                windows.append(row[starts[b] :] if alive[b] else row[-1:])
-                sliding.append(slides)
             window.budget = new - step - 1
-            logits = window.slide(windows, sliding)
+            logits = window.slide(*_slid_windows(prompt_ids, outputs, alive, starts, limit))
         else:
             logits = window.step(tokens)
     return [RowResult(o, r) for o, r in zip(outputs, reasons)]
