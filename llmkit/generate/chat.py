@@ -212,13 +212,9 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
         err.print(f"wrote {len(transcript.saved)} conversation(s) to {out}")
 
 
-def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> None:
-    """The session itself: lines read, replies streamed, each exchange added to the transcript."""
-    import sys
-
-    from llmkit.console import err, note, write_generated
-    from llmkit.errors import UserError
-    from llmkit.jsonl import check_unicode
+def _open_session(config: ChatConfig, checkpoint: Path) -> ChatSession:
+    """The checkpoint loaded into a session, its template named on stderr."""
+    from llmkit.console import err, note
     from llmkit.model.io import load_checkpoint
     from llmkit.runtime import resolve_device
 
@@ -232,28 +228,71 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
              "as text; fine-tune it with llmkit finetune --template chat for replies")
     commands = f"; {', '.join(COMMANDS)}; Ctrl-D or Ctrl-C to leave" if _at_a_terminal() else ""  # (piped: none to type)
     err.print(f"chatting with {checkpoint} (template {name}){commands}", soft_wrap=True)
-    from llmkit.errors import Terminated
-    from llmkit.inference.sampling import row_seed
+    return session
 
+
+def _read_line(you: str) -> str:
+    """The next line typed after the prompt `you`; "" at the end of the input or on Ctrl-C, which
+    leaves as Ctrl-D does (a SIGTERM ends the command)."""
+    import sys
+
+    from llmkit.errors import Terminated
+
+    sys.stdout.write(you)
+    sys.stdout.flush()
+    try:
+        return sys.stdin.readline()
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, Terminated):
+            raise
+        return ""
+
+
+def _obeyed_command(command: str, session: ChatSession, transcript: Transcript, *, typed: bool, line_number: int) -> bool:
+    """Whether the line was one of COMMANDS (but the leaving ones) and was carried out, or a
+    mistyped one, reported; False for a message to the model."""
+    from llmkit.console import err
+    from llmkit.errors import UserError
+
+    if command == "/reset":
+        session.reset()
+        transcript.new_conversation()
+        err.print("(conversation forgotten)")
+        return True
+    if command == "/help":
+        err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items())
+                  + f"; a line starting {ESCAPE} is sent with one /", soft_wrap=True, markup=False)
+        return True
+    if re.fullmatch(r"/\w+", command):  # (a mistyped /rest went to the model as a message)
+        unknown = (f"unknown command {command}: the commands are {', '.join(COMMANDS)}; start the line with {ESCAPE} to "
+                   "send it as a message")
+        if not typed:  # a script's questions: one skipped would pair every later reply with the wrong one
+            raise UserError(f"line {line_number} of the standard input: {unknown}")
+        err.print(unknown, soft_wrap=True, markup=False)
+        return True
+    return False
+
+
+def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> None:
+    """The session itself: lines read, replies streamed, each exchange added to the transcript."""
+    import sys
+
+    from llmkit.console import err, write_generated
+    from llmkit.errors import Terminated, UserError
+    from llmkit.inference.sampling import row_seed
+    from llmkit.jsonl import check_unicode
+
+    session = _open_session(config, checkpoint)
     # Typed at a terminal, the prompts mark the turns; piped in (a script's questions), stdout holds
     # the replies alone, each ended by a newline (the prompts came out mixed into them, one more for
     # each blank line); -o's transcript keeps each reply whole.
     typed = _at_a_terminal()
     you, bot = ("you> ", "bot> ") if typed else ("", "")
 
-    show = write_generated
-
     turn = 0
     line_number = 0
     while True:
-        sys.stdout.write(you)
-        sys.stdout.flush()
-        try:
-            line = sys.stdin.readline()
-        except KeyboardInterrupt as stop:  # Ctrl-C at the prompt leaves, as Ctrl-D does (a SIGTERM ends the command)
-            if isinstance(stop, Terminated):
-                raise
-            line = ""
+        line = _read_line(you)
         if not line:
             sys.stdout.write("\n" if you else "")
             break
@@ -264,21 +303,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
         command = text.strip()
         if command in ("/exit", "/quit"):
             break
-        if command == "/reset":
-            session.reset()
-            transcript.new_conversation()
-            err.print("(conversation forgotten)")
-            continue
-        if command == "/help":
-            err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items())
-                      + f"; a line starting {ESCAPE} is sent with one /", soft_wrap=True, markup=False)
-            continue
-        if re.fullmatch(r"/\w+", command):  # (a mistyped /rest went to the model as a message)
-            unknown = (f"unknown command {command}: the commands are {', '.join(COMMANDS)}; start the line with {ESCAPE} to "
-                       "send it as a message")
-            if not typed:  # a script's questions: one skipped would pair every later reply with the wrong one
-                raise UserError(f"line {line_number} of the standard input: {unknown}")
-            err.print(unknown, soft_wrap=True, markup=False)
+        if _obeyed_command(command, session, transcript, typed=typed, line_number=line_number):
             continue
         if text.lstrip().startswith(ESCAPE):
             text = text.replace(ESCAPE, "/", 1)
@@ -299,7 +324,7 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
             sys.stdout.flush()
 
         try:
-            reply = session.reply(text, on_text=show, on_start=start)
+            reply = session.reply(text, on_text=write_generated, on_start=start)
         except KeyboardInterrupt as stop:  # Ctrl-C in a reply stops that reply, not the session
             if isinstance(stop, Terminated):
                 raise
