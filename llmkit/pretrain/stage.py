@@ -162,7 +162,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
     from llmkit.model.records import CheckpointStats
     from llmkit.runtime import seed_everything
     from llmkit.train.loop import ArtifactSpec, LoopSettings, Trainer
-    from llmkit.train.objectives import WindowBatches, lm_loss
+    from llmkit.train.objectives import lm_loss
 
     config = PretrainConfig.rebuild(**config)  # (every option, from launch.json)
     tokens_art = artifacts.load(tokens, kind="tokens")
@@ -179,20 +179,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             check_model(model_config, info.layout, seq_len)
         micro_batch, accumulation = _split_global_batch(config, seq_len, info.batch_ways)
         global_batch = config.batch_tokens // seq_len
-        if global_batch * seq_len != config.batch_tokens and info.is_main:
-            from llmkit.console import err, note
-
-            note(f"--batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
-                 f"trains on {global_batch} sequences, {global_batch * seq_len} tokens")
-        if config.max_tokens is not None:
-            max_steps = math.ceil(config.max_tokens / (global_batch * seq_len))
-            if max_steps * global_batch * seq_len != config.max_tokens and info.is_main and not resume:
-                from llmkit.console import note
-
-                note(f"--max-tokens {config.max_tokens} is not a whole number of steps of {global_batch * seq_len} tokens: "
-                     f"the run trains {max_steps} steps, {max_steps * global_batch * seq_len} tokens")
-        else:
-            max_steps = config.max_steps or 1000
+        max_steps = _planned_steps(config, global_batch, seq_len, noted=info.is_main, resume=resume)
         default_warmup = min(100, max_steps // 10)
         warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else default_warmup
 
@@ -200,13 +187,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         train_sampler, val_sampler = _open_data(tokens_art, seq_len, config)
         if val_sampler is None and config.checkpoints.eval_every > 0 and info.is_main:
             _note_no_validation(tokens_art, config)
-        special = sorted(set(tokenizer.special_ids.values())) if tokenizer.special_ids else []
-        data_options = dict(
-            objective=model_config.objective, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
-            special_ids=special, mlm_probability=config.mlm_probability,
-        )
-        train_batches = WindowBatches(train_sampler, seed=config.seed, **data_options)
-        val_batches = WindowBatches(val_sampler, seed=VAL_WINDOWS_SEED + 1, **data_options) if val_sampler is not None else None
+        train_batches, val_batches = _window_batches(train_sampler, val_sampler, tokenizer, model_config.objective, config)
         val_size = min(max(1, config.eval_tokens // seq_len), len(val_sampler)) if val_sampler is not None else 0
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
@@ -254,7 +235,7 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
             weights=init.file(WEIGHTS) if init is not None and split else None,
         )
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
-            from llmkit.console import err, note
+            from llmkit.console import err
 
             layout_note = f" ({info.layout.describe()})" if info.layout.model_parallel else ""
             named = f"from {init_from}" if init_from else config.architecture.model
@@ -267,3 +248,34 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 soft_wrap=True,
             )
         trainer.run()
+
+
+def _window_batches(train_sampler, val_sampler, tokenizer, objective: str, config: PretrainConfig):
+    """(train, validation or None) batches of the windows the samplers draw, masked for an MLM."""
+    from llmkit.train.objectives import WindowBatches
+
+    special = sorted(set(tokenizer.special_ids.values())) if tokenizer.special_ids else []
+    data_options = dict(objective=objective, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                        special_ids=special, mlm_probability=config.mlm_probability)
+    train = WindowBatches(train_sampler, seed=config.seed, **data_options)
+    val = WindowBatches(val_sampler, seed=VAL_WINDOWS_SEED + 1, **data_options) if val_sampler is not None else None
+    return train, val
+
+
+def _planned_steps(config: PretrainConfig, global_batch: int, seq_len: int, *, noted: bool, resume: bool) -> int:
+    """The run's length in steps of `global_batch` sequences: --max-steps, or --max-tokens rounded
+    up to whole steps; where a step or the length is not what was typed, the main process
+    (`noted`) says what it trains instead."""
+    from llmkit.console import note
+
+    step_tokens = global_batch * seq_len
+    if step_tokens != config.batch_tokens and noted:
+        note(f"--batch-tokens {config.batch_tokens} is not a multiple of the sequence length {seq_len}: each step "
+             f"trains on {global_batch} sequences, {step_tokens} tokens")
+    if config.max_tokens is None:
+        return config.max_steps or 1000
+    max_steps = math.ceil(config.max_tokens / step_tokens)
+    if max_steps * step_tokens != config.max_tokens and noted and not resume:
+        note(f"--max-tokens {config.max_tokens} is not a whole number of steps of {step_tokens} tokens: "
+             f"the run trains {max_steps} steps, {max_steps * step_tokens} tokens")
+    return max_steps
