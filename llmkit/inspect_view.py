@@ -161,7 +161,13 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
             said_unfinished(path)  # one among a glob's (a run still training): said, the others shown
             continue
         if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
-            found.append(artifacts.load(path))  # a missing path or a damaged artifact is the usual one-line error
+            try:
+                found.append(artifacts.load(path))
+            except UserError as exc:
+                if len(paths) == 1:  # a missing path or a damaged artifact alone: the usual one-line error
+                    raise
+                damaged.append(path)  # one among a recipe's list: named, the others still shown (as in a folder)
+                note(f"{path} cannot be read: {exc}")
             continue
         if unfinished_sweep:  # its finished runs, and the sweep said to be unfinished (the report looked whole)
             said_unfinished(path)

@@ -388,6 +388,14 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     result = cli("report", tmp_path)
     assert result.exit_code == 1 and "bleu 31.25" in result.output, result.output
     assert f"1 artifact(s) could not be read: {corpus}" in result.output.strip().splitlines()[-1]
+    # the same given by path among others (a recipe's last line, report "$OUT"/{corpus,...}): named, the rest shown
+    # (it stopped at the damaged one with no table); given alone, the one line
+    result = cli("report", corpus, tmp_path / "eval", tmp_path / "missing")
+    assert result.exit_code == 1 and "bleu 31.25" in result.output, result.output
+    assert (f"2 artifact(s) could not be read: {corpus}, {tmp_path / 'missing'}"
+            in " ".join(result.output.split()[-30:])), result.output
+    result = cli("report", corpus)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     # damage that only the row's headline finds (metrics.json edited to a list of its size): that row says so, the
     # rest is shown
     (tmp_path / "eval" / "metrics.json").write_text("[1, 2, 3, 4, 5]")

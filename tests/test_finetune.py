@@ -595,6 +595,9 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"text": "a", "label": "neg" if i != 7 else "pos"} for i in range(8)],
          ["--task", "classify", "--val-fraction", "0.25", "--seed", "4"],
          "data.jsonl:8: class 'pos' has no training example once --val-fraction 0.25 holds out its examples"),
+        # no text field at all, the held-out draw taking a class's only example: the text named (the draw was blamed)
+        ([{"foo": "a", "label": "neg" if i != 7 else "pos"} for i in range(8)],
+         ["--task", "classify", "--val-fraction", "0.25", "--seed", "4"], "data.jsonl:1 has no 'text' string"),
         # each target on its own: v_proj (another library's name) beside q_proj trained q_proj alone, unsaid
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "q_proj,v_proj"],
          "--lora-targets v_proj matches no linear layer"),
@@ -622,7 +625,7 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "classify-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
-         "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out",
+         "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",
          "labels-mixed", "label-negative", "text-fields-mixed", "null-text-beside-sentence", "nan-response"],
 )

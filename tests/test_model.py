@@ -126,11 +126,11 @@ def test_presets_build_and_overrides():
         assert config.vocab_size == 1000
     config = resolve_model_config("tiny", vocab_size=500, overrides={"n_layer": 2, "norm": "layernorm", "n_embd": None})
     assert config.n_layer == 2 and config.norm == "layernorm" and config.n_embd == PRESETS["tiny"]["n_embd"]
-    from llmkit.errors import UserError
+    from llmkit.errors import UsageError
 
-    with pytest.raises(UserError, match="is not a model preset"):
+    with pytest.raises(UsageError, match="is not a model preset"):
         resolve_model_config("huge", vocab_size=10)
-    with pytest.raises(UserError, match="divisible"):
+    with pytest.raises(UsageError, match="divisible"):  # an option's value: exit 2, as every bad flag
         resolve_model_config("tiny", vocab_size=10, overrides={"n_embd": 100, "n_head": 3})
     # an LSTM is one config whichever preset it came from: a Transformer preset's heads, norm and
     # MLP are no part of it (`--model tiny --arch lstm` could not be averaged with `--model lstm`)

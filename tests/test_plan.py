@@ -274,6 +274,20 @@ def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli
     assert not _plan(cli, "--hf-config", repo / "docs" / "configs" / "llama3-70b.json", "--gpus", "8", "--nnodes", "2", "--gpu",
                      "h100", "--tp", "8", "--strategy", "fsdp", "--activation-checkpointing", "--micro-batch", "1",
                      "--seq-len", "8192")["memory"]["fits"]
+    # two processes sharing 1.2 GB fit nothing: more machines (the search's 78) were the only answer; fewer processes,
+    # recomputation and a smaller micro-batch together are offered, each of which fits as given
+    cpu = ["--model", "mini", "--gpu", "cpu", "--memory-gb", "1.2", "--seq-len", "512"]
+    for asked, expected in ((["--nproc", "2", "--micro-batch", "16"], "--nproc 1 --activation-checkpointing --micro-batch"),
+                            (["--nproc", "2", "--micro-batch", "2"], "--nproc 1 --activation-checkpointing"),
+                            (["--micro-batch", "16"], "--activation-checkpointing --micro-batch")):
+        plan = _plan(cli, *cpu, *asked)
+        assert not plan["memory"]["fits"]
+        offered = [fix for fix in plan["fixes"] if fix.startswith(expected)]
+        assert len(offered) == 1, plan["fixes"]
+        flags = offered[0].split()
+        options = dict(zip(asked[::2], asked[1::2]))
+        options.update({flag: value for flag, value in zip(flags, flags[1:]) if not value.startswith("--")})
+        assert _plan(cli, *cpu, *[x for pair in options.items() for x in pair], "--activation-checkpointing")["memory"]["fits"], offered
     # nodes of 6 GPUs: one whole node is tried before two (only 1, 2 and 4 of it were)
     wide = ["--model", "gpt2", "--n-layer", "1", "--n-head", "5", "--n-embd", "5120", "--micro-batch", "1", "--memory-gb", "5.5"]
     found = _plan(cli, *wide, "--gpus", "6", "--nnodes", "2", "--search")["search"]["layout"]

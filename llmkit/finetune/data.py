@@ -316,15 +316,8 @@ def label_set(records: list[dict], name: str, places: Sequence[str] | None = Non
     return Labels(names=[str(v) for v in distinct], original=distinct)
 
 
-@dataclass
-class ClassExample:
-    ids: list[int]
-    label: int
-
-
-def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str,
-                      verbose: bool = True, places: Sequence[str] | None = None) -> list[ClassExample]:
-    """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
+def class_texts(records: list[dict], name: str, places: Sequence[str] | None = None) -> list[str]:
+    """Each record's text, under the one name (of CLASSIFY_TEXT_FIELDS) the first record uses."""
     texts = []
     places = _places(records, name, places)
     field = next((f for f in CLASSIFY_TEXT_FIELDS if f in records[0]), CLASSIFY_TEXT_FIELDS[0]) if records else ""
@@ -335,7 +328,20 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
             mixed = f" (it has {other!r} where {places[0]} has {field!r}: use one name in every record)" if other else ""
             raise UserError(f"{place} has no {field!r} string{mixed}; classification data is {{\"text\": ..., \"label\": ...}}")
         texts.append(text)
-    encoded = tokenizer.encode_batch(texts)
+    return texts
+
+
+@dataclass
+class ClassExample:
+    ids: list[int]
+    label: int
+
+
+def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str,
+                      verbose: bool = True, places: Sequence[str] | None = None) -> list[ClassExample]:
+    """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
+    places = _places(records, name, places)
+    encoded = tokenizer.encode_batch(class_texts(records, name, places))
     examples, too_long, longest, longest_at = [], 0, 0, 0
     for i, (ids, record) in enumerate(zip(encoded, records)):
         ids = [tokenizer.bos_id] + ids

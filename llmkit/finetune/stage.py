@@ -452,6 +452,7 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         loss_fn = sft_loss
     else:
         if not config.val_data:  # the data's own faults first, then what the held-out draw left to train on
+            ft_data.class_texts(every_record, "the data", every_place)
             ft_data.label_set(every_record, "the data", every_place)
             ft_data.check_held_out_labels(every_record, records, config.val_fraction, every_place, places)
         labels = ft_data.label_set(records, "training", places)

@@ -75,7 +75,7 @@ def resolve_model_config(preset: str, vocab_size: int, overrides: dict[str, Any]
     try:
         return ModelConfig(**values)
     except ValueError as exc:
-        raise UserError(f"invalid model configuration: {exc}; change the model flags") from exc
+        raise UsageError(f"invalid model configuration: {exc}; change the model flags") from exc
 
 
 def build_model(config: ModelConfig, *, initialise: bool = True):

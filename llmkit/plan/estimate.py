@@ -423,12 +423,31 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequen
     return None
 
 
+def _recompute_smaller(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None,
+                       batch_for: Callable[[int, int], int | None] | None, above: int) -> list[str]:
+    """Two changes where one would not do, or only as a micro-batch of `above` or less: activation
+    checkpointing with the largest micro-batch it fits, on the devices asked for or (a CPU's
+    processes sharing one machine's memory) in one process. More machines, the search's answer,
+    shrink only the sharded state and may take dozens of them."""
+    bases = [("", layout)] + ([("--nproc 1 ", replace(layout, gpus=1))] if device.shared and layout.gpus > 1 else [])
+    asked = (split(layout, sequences) or layout).micro_batch
+    for flag, base in bases:
+        best = largest_micro_batch(shape, replace(base, activation_checkpointing=True), device, sequences=sequences)
+        if flag and best >= asked:  # (on the devices asked for, recomputation alone is a single change, tried)
+            return [f"{flag}--activation-checkpointing"]
+        if above < best < asked:
+            tokens = batch_for(best, base.batch_ways) if batch_for is not None and sequences is None else None
+            return [f"{flag}--activation-checkpointing --micro-batch {best}" + (f" --batch-tokens {tokens}" if tokens else "")]
+    return []
+
+
 def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None,
-          batch_for: Callable[[int], int | None] | None = None) -> list[str]:
+          batch_for: Callable[[int, int], int | None] | None = None) -> list[str]:
     """The single changes that make a layout that does not fit, fit; `layout` as asked (its
     micro-batch the one given, before the global batch of `sequences` is split), so that each
-    change is split as pretrain would split it with that flag added. `batch_for(micro_batch)`: the
-    --batch-tokens a proposed micro-batch needs beside it (None: none), where no batch was given."""
+    change is split as pretrain would split it with that flag added. `batch_for(micro_batch, ways)`:
+    the --batch-tokens a proposed micro-batch on `ways` ranks needs beside it (None: none), where
+    no batch was given."""
     tried = []
     if not layout.activation_checkpointing:
         tried.append(("--activation-checkpointing", replace(layout, activation_checkpointing=True)))
@@ -436,7 +455,7 @@ def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int |
         tried.append(("--strategy fsdp", replace(layout, strategy="fsdp")))
     best = largest_micro_batch(shape, layout, device, sequences=sequences)
     if 0 < best < (split(layout, sequences) or layout).micro_batch:  # below the micro-batch it runs at
-        tokens = batch_for(best) if batch_for is not None and sequences is None else None
+        tokens = batch_for(best, layout.batch_ways) if batch_for is not None and sequences is None else None
         tried.append((f"--micro-batch {best}" + (f" --batch-tokens {tokens}" if tokens else ""), replace(layout, micro_batch=best)))
     for tp in (2, 4, 8):
         if tp > layout.tp:  # the same devices regrouped (less data parallelism), else more of them
@@ -463,5 +482,12 @@ def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int |
         option = runnable(shape, option, sequences)
         if option is not None and estimate_memory(shape, option, device).fits:
             fitting.append(label)
+    if device.shared and layout.gpus > 1:  # one machine's processes share its memory: fewer get more each
+        fewer = next((n for n in range(layout.gpus - 1, 0, -1) if (option := runnable(shape, replace(layout, gpus=n), sequences))
+                      is not None and estimate_memory(shape, option, device).fits), None)
+        if fewer is not None:
+            fitting.append(f"--nproc {fewer}")
+    if not layout.activation_checkpointing and not any(label.startswith(("--activation-checkpointing", "--nproc")) for label in fitting):
+        fitting += _recompute_smaller(shape, layout, device, sequences=sequences, batch_for=batch_for, above=best)
     # regrouping the devices one has comes before asking for more
     return [label for label in fitting if not (label.endswith("devices)") and label.split(" (")[0] in fitting)]
