@@ -94,14 +94,17 @@ def test_two_checkpoint_ensemble_equals_the_hand_computed_mixture_and_beats_thei
 
 
 def test_the_eval_lineage_lists_every_member_and_the_config_the_weights(cli, runs, tmp_path):
-    _, art = _eval(cli, tmp_path / "e", runs / "a", runs / "b", "--data", runs / "short.txt", "--weights", "2,2")
+    _, art = _eval(cli, tmp_path / "e", runs / "a", runs / "b", "--data", runs / "short.txt", "--weights", "1,3")
     roles = {ref["role"]: ref["fingerprint"] for ref in art.manifest.inputs}
-    assert roles["checkpoint:0"] == artifacts.load(runs / "a").fingerprint
-    assert roles["checkpoint:1"] == artifacts.load(runs / "b").fingerprint
-    assert art.config["ensemble"] == {"members": 2, "weights": [0.5, 0.5], "mode": "prob"}
-    # member order is part of what was computed: a swapped order with the same weights is another artifact
-    _, swapped = _eval(cli, tmp_path / "s", runs / "b", runs / "a", "--data", runs / "short.txt", "--weights", "2,2")
-    assert swapped.fingerprint != art.fingerprint
+    # in the fingerprint order they are mixed in, each weight beside its member
+    fingerprints = {artifacts.load(runs / name).fingerprint: weight for name, weight in (("a", 0.25), ("b", 0.75))}
+    assert [roles["checkpoint:0"], roles["checkpoint:1"]] == sorted(fingerprints)
+    assert art.config["ensemble"] == {"members": 2, "weights": [fingerprints[f] for f in sorted(fingerprints)], "mode": "prob"}
+    # the order typed changes no score (the mixture is summed in fingerprint order), so not the artifact either
+    _, swapped = _eval(cli, tmp_path / "s", runs / "b", runs / "a", "--data", runs / "short.txt", "--weights", "3,1")
+    assert swapped.fingerprint == art.fingerprint
+    _, other = _eval(cli, tmp_path / "o", runs / "b", runs / "a", "--data", runs / "short.txt", "--weights", "1,3")
+    assert other.fingerprint != art.fingerprint
 
 
 def test_three_members_score_the_same_to_the_bit_in_any_order(cli, runs, tmp_path):
@@ -113,7 +116,7 @@ def test_three_members_score_the_same_to_the_bit_in_any_order(cli, runs, tmp_pat
     for number, order in enumerate([members, members[::-1], [members[1], members[2], members[0]]]):
         metrics, art = _eval(cli, tmp_path / f"e{number}", *order, "--data", runs / "held_out.txt",
                              "--weights", ",".join(weights[m] for m in order))
-        scores.add((metrics["perplexity"], art.manifest.stats["nll"]))
+        scores.add((metrics["perplexity"], art.manifest.stats["nll"], art.fingerprint))
     assert len(scores) == 1, scores
 
 

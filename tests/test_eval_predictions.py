@@ -84,6 +84,13 @@ def test_jsonl_fields_and_same_fingerprint(cli, files, shared_data):
     alone.write_text("".join(json.dumps({"completion": h}) + "\n" for h in hyps), encoding="utf-8")
     f = cli("eval", "-m", "bleu", "--predictions", alone, "--field", "completion", "-r", alone, "-o", tmp / "f")
     assert f.exit_code != 0 and "pass --reference-field" in f.output and not (tmp / "f").exists()
+    # --field naming the very field the references are found under (a reference name): refused, not a BLEU of 100
+    g = cli("eval", "-m", "bleu", "--predictions", both, "--field", "target", "-r", both, "-o", tmp / "g")
+    assert g.exit_code == 1 and "scored against itself" in g.output and not (tmp / "g").exists(), g.output
+    assert g.output.count("error:") == 1
+    h = cli("eval", "-m", "bleu", "--predictions", both, "--field", "target", "-r", both, "--reference-field", "completion",
+            "-o", tmp / "h")
+    assert h.exit_code == 0 and json.loads((tmp / "h" / "metrics.json").read_text())["bleu"] < 100, h.output
 
 
 @pytest.mark.parametrize("args, flag", [(["-m", "chrf", "--bleu-tokenize", "zh"], "--bleu-tokenize"),

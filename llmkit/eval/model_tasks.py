@@ -153,7 +153,8 @@ def perplexity(loaded, cfg):
     documents = perplexity_documents(loaded, cfg)
     context = int(loaded.config.context_length)
     if cfg.rolling_context > context:
-        raise UserError(f"--rolling-context {cfg.rolling_context} exceeds the model's context length {context}")
+        raise UsageError(f"--rolling-context {cfg.rolling_context} exceeds the model's context length {context}; give "
+                         f"{context} or less (the tokens of context each scored chunk keeps)")
     windows = sum(1 + max(0, -(-(len(d.tokens) - context) // (context - cfg.rolling_context + 1))) for d in documents if d.tokens)
     bar, advance = _progress_bar(windows, "perplexity")
     with bar:

@@ -116,6 +116,22 @@ def read_predictions(path: Path, field: str | None) -> list[str]:
     return read_segments(path, field, PREDICTION_FIELDS, "--field", allow_lists=False)
 
 
+def refuse_scoring_against_itself(path: Path, prediction_field: str | None, reference_field: str | None, labels: bool) -> None:
+    """A JSONL file given as both --predictions and --references: refused where the references
+    would be read from the predictions' own field (--field target: BLEU 100, the file against itself)."""
+    if not is_jsonl(path):
+        return  # (a text file's lines are one column: the same file twice is the user's to mean)
+    records = jsonl.read_jsonl(path)
+    if not records:
+        return  # (said as an empty file by the readers)
+    predicted = prediction_field or next((c for c in PREDICTION_FIELDS if c in records[0]), None)
+    candidates = tuple(REFERENCE_FIELDS) + ((LABEL_FIELD,) if labels else ())
+    referenced = reference_field or next((c for c in candidates if c in records[0]), None)
+    if predicted is not None and predicted == referenced:
+        raise UserError(f"{path} is both --predictions and --references, and both would read its {predicted!r}: each "
+                        "prediction would be scored against itself; name the references' field with --reference-field")
+
+
 def read_references(paths: Sequence[Path], field: str | None, count: int, also: str | None = None,
                     labels: bool = False) -> list[list[str]]:
     """References per prediction: several files (sacrebleu style) and/or lists inside JSONL. Without

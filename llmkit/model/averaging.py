@@ -34,7 +34,10 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
         return [1.0 / count] * count
     if len(weights) != count:
         raise UsageError(f"--weights has {len(weights)} values for {count} checkpoints; give one per checkpoint")
-    total = sum(float(w) for w in weights)  # inf when it overflows, refused below
+    try:  # fsum: exactly rounded, so the same weights in any order give the same bits
+        total = math.fsum(float(w) for w in weights)
+    except OverflowError:
+        total = math.inf  # refused below
     if not math.isfinite(total) or total <= 0 or any(w < 0 for w in weights):
         raise UsageError(f"--weights must be finite and non-negative with a positive sum, got {list(weights)}; "
                         "they are relative (1,3 is a quarter and three quarters)")
