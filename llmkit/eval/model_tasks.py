@@ -424,68 +424,77 @@ def _choice_index(value, choices: list[str], where: str) -> int:
 
 
 def classification(loaded, cfg):
-    from llmkit.eval.choice import context_cut_note, score_choices
-    from llmkit.eval.metrics import classification_scores
-
+    """(metrics, prediction records) of multiple-choice records (`choices`) or of labelled texts."""
     records = load_records(cfg.data, cfg.split, cfg.limit)
     label_field = pick_field(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
-    task = loaded.task
-    pad_id = _pad_id(loaded.tokenizer)
     with_choices = next((i for i, r in enumerate(records) if "choices" in r), None)
     if with_choices not in (None, 0):  # (the first record decides the kind: this one's choices were ignored)
         raise UserError(f"{place(records, with_choices)} has 'choices' and {place(records, 0)} has none; multiple-choice data gives every "
                         "record its choices, labelled texts none")
     if "choices" in records[0]:  # multiple choice, lm-eval style
-        if callable(getattr(loaded.model, "classify", None)):
-            # (a masked LM's classifier has no causal base to send the user to: that is refused too)
-            base = "evaluate its base checkpoint, or " if loaded.config.objective == "clm" else ""
-            raise UserError(f"{loaded.artifact.path} is a classifier (labels: "
-                            f"{', '.join(map(str, task.labels or []))}): it has no language-model head to score "
-                            f"multiple-choice records ('choices') with; {base}give labelled texts")
-        pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
-        if cfg.labels:  # known only from the data, read here once (the model is loaded, nothing written yet)
-            raise UsageError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with "
-                            "its own 'choices'; --labels names the classes of labelled texts); leave it out")
-        context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
-        examples, gold = [], []
-        for i, r in enumerate(records):
-            choices = r["choices"]
-            if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-                raise UserError(f"{place(records, i)}: 'choices' must be a non-empty list of strings")
-            if (blank := next((k for k, c in enumerate(choices) if not c.strip()), None)) is not None:
-                raise UserError(f"{place(records, i)}: choice {blank + 1} is empty (no token to score, so it would always win); "
-                                "give every choice its text")
-            context = (render_template(cfg.prompt_template, r, context_field, place(records, i)) if cfg.prompt_template
-                       else text_of(r, context_field, place(records, i)))
-            examples.append((context, choices))
-            gold.append(_choice_index(r[label_field], choices, place(records, i)))
-        bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
-        cut: list[int] = []
-        context_cut: set[int] = set()
-        with bar:
-            scores = score_choices(
-                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size,
-                progress=advance, cut=cut, context_cut=context_cut
-            )
-        from llmkit.console import note
+        return _multiple_choice(loaded, cfg, records, label_field)
+    return _labelled_texts(loaded, cfg, records, label_field)
 
-        if context_cut:  # as eval --task says it
-            note(context_cut_note(len(context_cut), len(examples), int(loaded.model.config.context_length), "records",
-                                  shots=False))
-        if cut:
-            note(f"{len(cut)} choice(s) longer than the model's context were scored on their last tokens only "
-                 "(accuracy_norm still divides by the whole choice's length)")
-        predicted = [s.prediction for s in scores]
-        metrics = classification_scores(predicted, gold)
-        metrics["accuracy_norm"] = sum(int(s.prediction_norm == g) for s, g in zip(scores, gold)) / len(gold)
-        records_out = [
-            {"task": "multiple_choice", "index": i, "label": g, "prediction": s.prediction, "prediction_norm": s.prediction_norm, "logliks": s.logliks}
-            for i, (s, g) in enumerate(zip(scores, gold))
-        ]
-        return metrics, records_out
 
-    if "accuracy_norm" in metric_names.parse_metrics(cfg.metrics):
-        raise UserError(metric_names.NORM_NEEDS_CHOICES)
+def _multiple_choice(loaded, cfg, records: list[dict], label_field: str):
+    """Each record's choices scored by likelihood after its context: accuracy and accuracy_norm."""
+    from llmkit.eval.choice import context_cut_note, score_choices
+    from llmkit.eval.metrics import classification_scores
+
+    task = loaded.task
+    if callable(getattr(loaded.model, "classify", None)):
+        # (a masked LM's classifier has no causal base to send the user to: that is refused too)
+        base = "evaluate its base checkpoint, or " if loaded.config.objective == "clm" else ""
+        raise UserError(f"{loaded.artifact.path} is a classifier (labels: "
+                        f"{', '.join(map(str, task.labels or []))}): it has no language-model head to score "
+                        f"multiple-choice records ('choices') with; {base}give labelled texts")
+    pick_field(records, "choices", ("choices",), "answer choices", "--field")  # every record has them
+    if cfg.labels:  # known only from the data, read here once (the model is loaded, nothing written yet)
+        raise UsageError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with "
+                        "its own 'choices'; --labels names the classes of labelled texts); leave it out")
+    context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
+    examples, gold = [], []
+    for i, r in enumerate(records):
+        choices = r["choices"]
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+            raise UserError(f"{place(records, i)}: 'choices' must be a non-empty list of strings")
+        if (blank := next((k for k, c in enumerate(choices) if not c.strip()), None)) is not None:
+            raise UserError(f"{place(records, i)}: choice {blank + 1} is empty (no token to score, so it would always win); "
+                            "give every choice its text")
+        context = (render_template(cfg.prompt_template, r, context_field, place(records, i)) if cfg.prompt_template
+                   else text_of(r, context_field, place(records, i)))
+        examples.append((context, choices))
+        gold.append(_choice_index(r[label_field], choices, place(records, i)))
+    bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
+    cut: list[int] = []
+    context_cut: set[int] = set()
+    with bar:
+        scores = score_choices(
+            loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=_pad_id(loaded.tokenizer),
+            batch_size=cfg.batch_size, progress=advance, cut=cut, context_cut=context_cut
+        )
+    from llmkit.console import note
+
+    if context_cut:  # as eval --task says it
+        note(context_cut_note(len(context_cut), len(examples), int(loaded.model.config.context_length), "records",
+                              shots=False))
+    if cut:
+        note(f"{len(cut)} choice(s) longer than the model's context were scored on their last tokens only "
+             "(accuracy_norm still divides by the whole choice's length)")
+    predicted = [s.prediction for s in scores]
+    metrics = classification_scores(predicted, gold)
+    metrics["accuracy_norm"] = sum(int(s.prediction_norm == g) for s, g in zip(scores, gold)) / len(gold)
+    records_out = [
+        {"task": "multiple_choice", "index": i, "label": g, "prediction": s.prediction, "prediction_norm": s.prediction_norm, "logliks": s.logliks}
+        for i, (s, g) in enumerate(zip(scores, gold))
+    ]
+    return metrics, records_out
+
+
+def _label_names(loaded, cfg) -> tuple[list[str], list | None]:
+    """The class names labelled texts are scored with (--labels, else a classifier's own), and a
+    classifier's trained labels (None for a language model scoring names zero-shot)."""
+    task = loaded.task
     names = [str(n) for n in (cfg.labels or (task.labels if task is not None else None) or [])]
     trained = task.labels if task is not None and task.labels and callable(getattr(loaded.model, "classify", None)) else None
     if cfg.labels and trained and len(cfg.labels) != len(trained):
@@ -505,6 +514,19 @@ def classification(loaded, cfg):
             "classification needs label names: a classification checkpoint (task.json 'labels'), "
             "--labels NAME,NAME, or multiple-choice data with a 'choices' field"
         )
+    return names, trained
+
+
+def _labelled_texts(loaded, cfg, records: list[dict], label_field: str):
+    """Texts with labels: a classifier's predictions, or zero-shot the label name most likely after
+    the text."""
+    from llmkit.eval.choice import context_cut_note, score_choices
+    from llmkit.eval.metrics import classification_scores
+
+    if "accuracy_norm" in metric_names.parse_metrics(cfg.metrics):
+        raise UserError(metric_names.NORM_NEEDS_CHOICES)
+    task = loaded.task
+    names, trained = _label_names(loaded, cfg)
     classify = getattr(loaded.model, "classify", None)
     # (a classifier reads the field its fine-tune did: eval took `document` where that took `sentence`)
     fields = CLASSIFY_TEXT_FIELDS + tuple(f for f in TEXT_FIELDS if f not in CLASSIFY_TEXT_FIELDS) if callable(classify) \
@@ -529,8 +551,8 @@ def classification(loaded, cfg):
         context_cut: set[int] = set()
         with bar:
             scores = score_choices(
-                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=pad_id, batch_size=cfg.batch_size,
-                progress=advance, context_cut=context_cut
+                loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=_pad_id(loaded.tokenizer),
+                batch_size=cfg.batch_size, progress=advance, context_cut=context_cut
             )
         if context_cut:
             from llmkit.console import note
