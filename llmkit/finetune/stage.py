@@ -294,7 +294,6 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     """One process's work (the only one, or one torchrun worker)."""
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
-    from llmkit.finetune.lora import count_parameters, tied_to
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE
     from llmkit.runtime import seed_everything
@@ -313,23 +312,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         template, labels, loss_fn = prepared.template, prepared.labels, prepared.loss_fn
         train_examples, val_examples = prepared.train_examples, prepared.val_examples
         train_batches, val_batches = prepared.train_batches, prepared.val_batches
-        top_id = max((max(e.ids) for e in train_examples), default=0)
 
         split = (info.layout is not None and info.layout.model_parallel and config.task == "sft" and not config.lora_rank)
         model, model_config, adapted, frozen = build_model(art, config, tokenizer, labels, split=split)
-        if top_id >= model_config.vocab_size:
-            raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
-        trainable, total = count_parameters(model)
-        also_frozen = tied_to(model, frozen) if frozen else []
-        if also_frozen and info.is_main:
-            from llmkit.console import err, note
-
-            note(f"--freeze {','.join(config.freeze)} also freezes {', '.join(also_frozen)}: the model "
-                 "ties them (one tensor)")
-        # The artifact holds the merged model: its parameters are the base's (adapters fold into them).
-        adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
-        if trainable == 0:
-            raise UserError("--freeze leaves no parameter to train; freeze fewer groups")
+        trainable, total, adapters = _trained_parameters(model, model_config, config, frozen, train_examples, noted=info.is_main)
 
         world = info.world_size
         global_batch = config.batch_size
@@ -386,7 +372,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         else:
             trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
-            from llmkit.console import err, note
+            from llmkit.console import err
 
             how = f"LoRA rank {config.lora_rank} on {len(adapted)} layers" if adapted else "full fine-tuning"
             err.print(
@@ -397,6 +383,29 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 soft_wrap=True,
             )
         trainer.run()
+
+
+def _trained_parameters(model, model_config, config: FinetuneConfig, frozen: list[str], train_examples: list, *,
+                        noted: bool) -> tuple[int, int, int]:
+    """(trainable, total, LoRA adapters') parameter counts of the model built for the run, once
+    the data's token ids are known to fit its embeddings and something is left to train; the
+    main process (`noted`) says what --freeze also froze through a tie."""
+    from llmkit.finetune.lora import count_parameters, tied_to
+
+    top_id = max((max(e.ids) for e in train_examples), default=0)
+    if top_id >= model_config.vocab_size:
+        raise UserError(f"the data encodes to token id {top_id} but the model has {model_config.vocab_size} embeddings; use the checkpoint's own tokenizer")
+    trainable, total = count_parameters(model)
+    also_frozen = tied_to(model, frozen) if frozen else []
+    if also_frozen and noted:
+        from llmkit.console import note
+
+        note(f"--freeze {','.join(config.freeze)} also freezes {', '.join(also_frozen)}: the model ties them (one tensor)")
+    if trainable == 0:
+        raise UserError("--freeze leaves no parameter to train; freeze fewer groups")
+    # The artifact holds the merged model: its parameters are the base's (adapters fold into them).
+    adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
+    return trainable, total, adapters
 
 
 @dataclass
