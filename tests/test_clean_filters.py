@@ -246,6 +246,13 @@ def test_gopher_quality_crafted_failures(shakespeare, reviews):
     assert filters.gopher_quality(DocView(numbers, "en"), WEB) == "gopher_alpha_words"
     no_stop_words = re.sub(r"\b(" + "|".join(filters.STOP_WORDS) + r")\b", "", article, flags=re.IGNORECASE)
     assert filters.gopher_quality(DocView(no_stop_words, "en"), WEB) == "gopher_stop_words"
+    # whole words, as the other rules count them: inside "up-to-date" and "o'the" there are none (the regex's word
+    # boundaries found "to" and "the" there); at a word's edge, punctuation and case aside, there are
+    filler = " ".join(no_stop_words.split()[:60])
+    assert filters.gopher_quality(DocView(f"up-to-date {filler} o'the", "en"), WEB) == "gopher_stop_words"
+    assert filters.gopher_quality(DocView(f"(The, {filler} AND.", "en"), WEB) is None
+    # two distinct ones, as Gopher's "at least two of the following" (datatrove 0.10.1 counts occurrences)
+    assert filters.gopher_quality(DocView(f"the {filler} the", "en"), WEB) == "gopher_stop_words"
     # The stop-word rule is English-only: German without English stop words is not dropped for it.
     german = "Ein kleiner Junge geht mit zufriedenem Gesicht durch flaches Wasser am Strand. " * 8
     assert filters.gopher_quality(DocView(german, "de"), WEB) is None

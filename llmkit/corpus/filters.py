@@ -64,7 +64,7 @@ class DocView:
 _PUNCT_ONLY = re.compile(r"^[\W_]+$")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
-_STOP_WORD = re.compile(r"\b(?:" + "|".join(sorted(STOP_WORDS)) + r")\b")
+_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
 _BULLETS = ("•", "-", "*", "·", "‣", "▪", "●", "◦")
 
 
@@ -99,7 +99,10 @@ def gopher_quality(doc: DocView, cfg: CleanConfig) -> Reason:
         return "gopher_alpha_words"
     # The stop words are English: apply them to English or unidentified spaced text only.
     if cfg.min_stop_words and not doc.unspaced and doc.language in (None, "en"):
-        if len(set(_STOP_WORD.findall(text.lower()))) < cfg.min_stop_words:
+        # whole words, as every other rule counts them, stripped of the punctuation at their edges
+        # ("the," is one; the "to" of "up-to-date" and the "the" of "o'the" are none)
+        found = {_EDGE_PUNCTUATION.sub("", word).lower() for word in set(words)} & STOP_WORDS
+        if len(found) < cfg.min_stop_words:
             return "gopher_stop_words"
     return None
 
