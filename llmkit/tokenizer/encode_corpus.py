@@ -510,6 +510,46 @@ def _encode_into(
     return per_split, timing
 
 
+def _worker_count(config: TokenizeConfig, num_docs: int, total_bytes: int | None, meter) -> int:
+    """Encoding threads (Ray actors with --executor ray): --workers, one where the corpus is one
+    batch, or (--workers 0 locally) what the corpus's size and the cores `meter` found idle pay for."""
+    if config.execution.executor == "ray":
+        return config.workers  # actors on the cluster; 0 = one per CPU there
+    if config.workers > 0:
+        # (a batch is bounded by documents and by bytes)
+        one_batch = num_docs <= config.batch_size and total_bytes is not None and total_bytes <= BATCH_BYTES
+        return 1 if one_batch else config.workers  # one batch: one thread
+    return auto_workers(total_bytes, meter.idle_cores(window=0.1) if meter else 1)
+
+
+def _checked_val_share(per_split: dict, config: TokenizeConfig, corpus_path: Path, split_summary: dict, num_docs: int) -> float:
+    """The validation split's share of the text bytes; an empty training split refused, a share
+    far from --val-fraction's warned of with its reason."""
+    from llmkit.console import err
+
+    if per_split["train"]["tokens"] == 0:
+        if per_split["val"]["tokens"]:  # (the one document --val-fraction left to training was an empty one)
+            raise UserError(f"--val-fraction {config.val_fraction:g} left the training split of {corpus_path} only empty "
+                            "documents; lower --val-fraction")
+        raise UserError(f"corpus {corpus_path} has only empty documents; nothing to tokenize")
+    total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
+    val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
+    if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
+        # (a corpus too small for whole validation documents gives each document's tail instead: split_plan)
+        drawn = split_summary["val_documents"]
+        if split_summary["documents_split_inside"]:
+            why = ("its documents are too short to give a validation tail of that share; give longer documents or "
+                   "raise --val-fraction")
+        else:
+            # (round(n * F) of n documents is within a factor 2 of F wherever it is one or more: split_plan; so
+            # the share is off because the documents drawn are far from the average size: one book among notes)
+            why = (f"it takes whole documents ({drawn:,} of {num_docs:,}) and theirs are far from the average size; "
+                   "split the largest documents (llmkit clean --doc-per blank-line) for a share closer to the one asked")
+        err.print(styled("warning:", "yellow", f" the validation split holds {_percent(val_share)} of the text (asked "
+                         f"{100 * config.val_fraction:g}%) because {why}"), soft_wrap=True)
+    return val_share
+
+
 def tokenize_corpus(
     corpus_path: Path | str,
     tokenizer_path: Path | str,
@@ -540,14 +580,7 @@ def tokenize_corpus(
     if num_docs == 0:
         raise UserError(f"corpus {corpus.path} has no documents; nothing to tokenize (check llmkit clean's filters)")
     plan, split_summary = corpus_split_plan(corpus, config.val_fraction, config.seed)
-    if config.execution.executor == "ray":
-        workers = config.workers  # actors on the cluster; 0 = one per CPU there
-    elif config.workers > 0:
-        # (a batch is bounded by documents and by bytes)
-        one_batch = num_docs <= config.batch_size and total_bytes is not None and total_bytes <= BATCH_BYTES
-        workers = 1 if one_batch else config.workers  # one batch: one thread
-    else:
-        workers = auto_workers(total_bytes, meter.idle_cores(window=0.1) if meter else 1)
+    workers = _worker_count(config, num_docs, total_bytes, meter)
 
     dtype = token_dtype(tok.vocab_size)
 
@@ -571,26 +604,7 @@ def tokenize_corpus(
             resume.remove(build.dir)
             encoder = _Encoder(tok, tok_dir, workers, use_fast=False, add_bos=config.add_bos, execution=config.execution)
             per_split, timing = _encode_into(build.dir, corpus, encoder, dtype, plan, config, total_bytes, tok)
-        if per_split["train"]["tokens"] == 0:
-            if per_split["val"]["tokens"]:  # (the one document --val-fraction left to training was an empty one)
-                raise UserError(f"--val-fraction {config.val_fraction:g} left the training split of {corpus.path} only empty "
-                                "documents; lower --val-fraction")
-            raise UserError(f"corpus {corpus.path} has only empty documents; nothing to tokenize")
-        total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
-        val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
-        if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
-            # (a corpus too small for whole validation documents gives each document's tail instead: split_plan)
-            drawn = split_summary["val_documents"]
-            if split_summary["documents_split_inside"]:
-                why = ("its documents are too short to give a validation tail of that share; give longer documents or "
-                       "raise --val-fraction")
-            else:
-                # (round(n * F) of n documents is within a factor 2 of F wherever it is one or more: split_plan; so
-                # the share is off because the documents drawn are far from the average size: one book among notes)
-                why = (f"it takes whole documents ({drawn:,} of {num_docs:,}) and theirs are far from the average size; "
-                       "split the largest documents (llmkit clean --doc-per blank-line) for a share closer to the one asked")
-            err.print(styled("warning:", "yellow", f" the validation split holds {_percent(val_share)} of the text (asked "
-                             f"{100 * config.val_fraction:g}%) because {why}"), soft_wrap=True)
+        val_share = _checked_val_share(per_split, config, corpus.path, split_summary, num_docs)
         copy_tokenizer_files(tok_dir, build.dir / "tokenizer")
         build.config = config.hashed()
         build.seed = config.seed
