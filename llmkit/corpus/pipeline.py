@@ -78,107 +78,128 @@ def clean(
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)
-        marker = resume.load(build.dir)
-        shards = ShardWriter(build.dir / "shards", cfg.shard_mb << 20)
-        dedup = Deduplicator(cfg.bands if cfg.near_dedup else 0)
-        kept_ids: list[str] = []  # ordinal -> id, only to name `duplicate_of` in the rejects file
-        dropped: Counter[str] = Counter()
-        counts = {"docs_in": 0, "bytes_in": 0, "kept": 0, "bytes_out": 0}
-        done_batches, pending_decisions, skip_docs = 0, None, 0
-        if marker is None:
-            shutil.rmtree(build.dir / "shards", ignore_errors=True)  # a run killed before its first shard closed
-            (build.dir / "rejects.jsonl").unlink(missing_ok=True)
-        else:
-            state, arrays = marker
-            done_batches, skip_docs = state["batches"], state["docs_of_batch"]
-            pending_decisions = [tuple(d) for d in state["decisions"]]
-            counts, dropped, kept_ids = state["counts"], Counter(state["dropped"]), _decode_ids(arrays)
-            dedup.replay(arrays, state["dedup_kept"])
-            shards.resume(state["shards"])
-            if show_progress:
-                err.print(f"resuming the interrupted run: {len(state['shards'])} shard(s), {counts['docs_in']:,} documents done",
-                          soft_wrap=True, markup=False)
-        rejects = RejectWriter(build.dir / "rejects.jsonl", resume_at=marker[0]["rejects_bytes"] if marker else None) \
-            if cfg.keep_rejects else None
-        resumed_bytes = counts["bytes_in"]  # read by the interrupted run: not this run's speed
-
-        ids_saved = len(kept_ids)
-
-        def checkpoint(batches_before: int, docs_of_batch: int, decisions) -> None:
-            """Everything up to this closed shard is on disk: say so (the rerun's starting point). The
-            index and the kept ids go in as what changed since the last marker: each is written once."""
-            nonlocal ids_saved
-            state = {"batches": batches_before, "docs_of_batch": docs_of_batch, "decisions": decisions,
-                     "counts": counts, "dropped": dict(dropped), "dedup_kept": dedup.kept,
-                     "shards": list(shards.shards), "rejects_bytes": rejects.offset() if rejects is not None else 0}
-            resume.save(build.dir, state, {**dedup.changes(), **_encode_ids(kept_ids[ids_saved:])}, append=True)
-            ids_saved = len(kept_ids)
-
+        run = _Written(build.dir, cfg, show_progress)
         total = sum(s.size for s in sources) if all(s.size is not None for s in sources) else None
         with _progress(show_progress) as progress:
-            task = progress.add_task("cleaning", total=total, kept=counts["kept"], completed=counts["bytes_in"])
+            task = progress.add_task("cleaning", total=total, kept=run.counts["kept"], completed=run.counts["bytes_in"])
             batches = _batches(sources, options, read_stats)
-            if done_batches:
+            if run.done_batches:
                 # Finished batches are read (the input position) but not processed again.
-                batches = islice(batches, done_batches, None)
+                batches = islice(batches, run.done_batches, None)
             # the first batch read before any worker starts: a wrong --text-field is told at once (Ray took ~10 s to start)
             batches = chain(list(islice(batches, 1)), batches)
-            run = cfg.execution
+            execution = cfg.execution
             used = {"workers": workers}  # what ran: --workers 0 on Ray or past the cores settles in ordered_map
             results = ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,),
-                                  executor=run.executor, ray_address=run.ray_address,
+                                  executor=execution.executor, ray_address=execution.ray_address,
                                   on_start=lambda n: used.update(workers=n))
-            for number, batch in enumerate(results, start=done_batches):
-                # The batch a shard closed in keeps the decisions made for it (the index already holds them).
-                decisions = pending_decisions if pending_decisions is not None else dedup.decide(batch)
-                pending_decisions = None
-                first = skip_docs
-                skip_docs = 0
-                for j in range(first, len(batch.docs)):
-                    doc, (reason, duplicate_of) = batch.docs[j], decisions[j]
-                    counts["docs_in"] += 1
-                    counts["bytes_in"] += doc.bytes_in
-                    if reason is None:
-                        closed = shards.add(doc.id, doc.text, doc.source, doc.bytes_out)
-                        if rejects is not None:
-                            kept_ids.append(doc.id)
-                        counts["kept"] += 1
-                        counts["bytes_out"] += doc.bytes_out
-                        if closed:
-                            checkpoint(number, j + 1, decisions)
-                        continue
-                    dropped[reason] += 1
-                    if rejects is not None:
-                        of = kept_ids[duplicate_of] if duplicate_of is not None else None
-                        rejects.add(doc.id, doc.source, reason, doc.text, of)
-                progress.update(task, advance=sum(d.bytes_in for d in batch.docs[first:]), kept=counts["kept"])
-        shards.close()
-        if rejects is not None:
-            rejects.close()
+            for number, batch in enumerate(results, start=run.done_batches):
+                advance = run.take(number, batch)
+                progress.update(task, advance=advance, kept=run.counts["kept"])
+        run.close()
         _refuse_inputs_changed_while_read(sources, identities)
-        _refuse_nothing_kept(counts, dropped, sources, cfg)
-        docs_in, bytes_in, kept, bytes_out = counts["docs_in"], counts["bytes_in"], counts["kept"], counts["bytes_out"]
+        _refuse_nothing_kept(run.counts, run.dropped, sources, cfg)
         elapsed = time.perf_counter() - started
         build.config = cfg.hashed()
         build.seed = cfg.seed if cfg.near_dedup else None  # (only MinHash's permutations are drawn)
         build.runtime = {"workers": used["workers"], **cfg.execution.runtime()}
         build.stats = {
-            "documents": kept,
-            "bytes": bytes_out,
-            "documents_in": docs_in,
-            "bytes_in": bytes_in,
-            "dropped": dict(dropped.most_common()),
-            "duplicate_clusters": len(dedup.cluster_sizes),
-            "largest_duplicate_cluster": (max(dedup.cluster_sizes.values()) + 1) if dedup.cluster_sizes else 0,
-            "shards": len(shards.shards),
+            **run.stats(),
             "sources": [s.label for s in sources[:100]],
             "source_count": len(sources),
             "bad_lines_skipped": read_stats.bad_lines_skipped,
             "bad_line_examples": read_stats.bad_line_examples,
             "seconds": round(elapsed, 3),
-            "mb_per_s": round((bytes_in - resumed_bytes) / 1e6 / elapsed, 3) if elapsed > 0 else None,
+            "mb_per_s": round((run.counts["bytes_in"] - run.resumed_bytes) / 1e6 / elapsed, 3) if elapsed > 0 else None,
         }
     return out
+
+
+class _Written:
+    """What a clean run has decided and written so far: the shards, the de-duplication index, the
+    counts, the rejects; set from the resume marker of an interrupted run, and saved in a new
+    marker each time a shard closes."""
+
+    def __init__(self, directory: Path, cfg: CleanConfig, show_progress: bool):
+        self.directory = directory
+        marker = resume.load(directory)
+        self.shards = ShardWriter(directory / "shards", cfg.shard_mb << 20)
+        self.dedup = Deduplicator(cfg.bands if cfg.near_dedup else 0)
+        self.kept_ids: list[str] = []  # ordinal -> id, only to name `duplicate_of` in the rejects file
+        self.dropped: Counter[str] = Counter()
+        self.counts = {"docs_in": 0, "bytes_in": 0, "kept": 0, "bytes_out": 0}
+        self.done_batches, self.pending_decisions, self.skip_docs = 0, None, 0
+        if marker is None:
+            shutil.rmtree(directory / "shards", ignore_errors=True)  # a run killed before its first shard closed
+            (directory / "rejects.jsonl").unlink(missing_ok=True)
+        else:
+            state, arrays = marker
+            self.done_batches, self.skip_docs = state["batches"], state["docs_of_batch"]
+            self.pending_decisions = [tuple(d) for d in state["decisions"]]
+            self.counts, self.dropped, self.kept_ids = state["counts"], Counter(state["dropped"]), _decode_ids(arrays)
+            self.dedup.replay(arrays, state["dedup_kept"])
+            self.shards.resume(state["shards"])
+            if show_progress:
+                err.print(f"resuming the interrupted run: {len(state['shards'])} shard(s), {self.counts['docs_in']:,} "
+                          "documents done", soft_wrap=True, markup=False)
+        self.rejects = RejectWriter(directory / "rejects.jsonl", resume_at=marker[0]["rejects_bytes"] if marker else None) \
+            if cfg.keep_rejects else None
+        self.resumed_bytes = self.counts["bytes_in"]  # read by the interrupted run: not this run's speed
+        self.ids_saved = len(self.kept_ids)
+
+    def take(self, number: int, batch) -> int:
+        """Batch `number`'s documents de-duplicated and kept or rejected; the input bytes they were."""
+        # The batch a shard closed in keeps the decisions made for it (the index already holds them).
+        decisions = self.pending_decisions if self.pending_decisions is not None else self.dedup.decide(batch)
+        self.pending_decisions = None
+        first, self.skip_docs = self.skip_docs, 0
+        counts = self.counts
+        for j in range(first, len(batch.docs)):
+            doc, (reason, duplicate_of) = batch.docs[j], decisions[j]
+            counts["docs_in"] += 1
+            counts["bytes_in"] += doc.bytes_in
+            if reason is None:
+                closed = self.shards.add(doc.id, doc.text, doc.source, doc.bytes_out)
+                if self.rejects is not None:
+                    self.kept_ids.append(doc.id)
+                counts["kept"] += 1
+                counts["bytes_out"] += doc.bytes_out
+                if closed:
+                    self._checkpoint(number, j + 1, decisions)
+                continue
+            self.dropped[reason] += 1
+            if self.rejects is not None:
+                of = self.kept_ids[duplicate_of] if duplicate_of is not None else None
+                self.rejects.add(doc.id, doc.source, reason, doc.text, of)
+        return sum(d.bytes_in for d in batch.docs[first:])
+
+    def _checkpoint(self, batches_before: int, docs_of_batch: int, decisions) -> None:
+        """Everything up to this closed shard is on disk: say so (the rerun's starting point). The
+        index and the kept ids go in as what changed since the last marker: each is written once."""
+        state = {"batches": batches_before, "docs_of_batch": docs_of_batch, "decisions": decisions,
+                 "counts": self.counts, "dropped": dict(self.dropped), "dedup_kept": self.dedup.kept,
+                 "shards": list(self.shards.shards), "rejects_bytes": self.rejects.offset() if self.rejects is not None else 0}
+        resume.save(self.directory, state, {**self.dedup.changes(), **_encode_ids(self.kept_ids[self.ids_saved:])}, append=True)
+        self.ids_saved = len(self.kept_ids)
+
+    def close(self) -> None:
+        self.shards.close()
+        if self.rejects is not None:
+            self.rejects.close()
+
+    def stats(self) -> dict:
+        """The corpus's stats of what was kept and dropped."""
+        counts, dedup = self.counts, self.dedup
+        return {
+            "documents": counts["kept"],
+            "bytes": counts["bytes_out"],
+            "documents_in": counts["docs_in"],
+            "bytes_in": counts["bytes_in"],
+            "dropped": dict(self.dropped.most_common()),
+            "duplicate_clusters": len(dedup.cluster_sizes),
+            "largest_duplicate_cluster": (max(dedup.cluster_sizes.values()) + 1) if dedup.cluster_sizes else 0,
+            "shards": len(self.shards.shards),
+        }
 
 
 def _note_options_these_inputs_ignore(cfg: CleanConfig, sources) -> None:
