@@ -144,7 +144,7 @@ def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], wo
     pending: deque = deque()
     try:
         for item in items:
-            with _ctrl_c_deferred():
+            with _ctrl_c_deferred(), _spawned_with_ctrl_c_blocked():
                 pending.append(pool.submit(function, item))
             if len(pending) >= 2 * workers:
                 yield _result(pending.popleft(), pool)
@@ -211,6 +211,27 @@ def _ctrl_c_deferred() -> Iterator[None]:
             signal.signal(number, handler)
         for number in dict.fromkeys(held):
             signal.raise_signal(number)  # to the handler of before: its exception raised here
+
+
+@contextmanager
+def _spawned_with_ctrl_c_blocked() -> Iterator[None]:
+    """A process spawned in the block (a pool starts its workers as items are submitted) starts
+    with Ctrl-C and SIGTERM blocked: a signal mask, which fork and exec keep, where a handler would
+    be reset. A terminal's Ctrl-C reaches the whole process group, and one that landed in a
+    worker's start-up, before `_start_worker` ignores it, killed the worker with a traceback and
+    broke the pool, which was then reported as workers that could not start. Blocked, not ignored,
+    in this thread: one arriving meanwhile waits here and is delivered when the block ends."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...], started=None) -> None:

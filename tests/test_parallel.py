@@ -34,6 +34,22 @@ def test_a_worker_leaves_ctrl_c_and_sigterm_to_the_parent():
     assert list(ordered_map(_signals_left_to_the_parent, [0, 1], workers=2)) == [(True, True), (True, True)]
 
 
+def _signals_blocked(_) -> bool:
+    import signal
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return signal.SIGINT in blocked and signal.SIGTERM in blocked
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: ordered_map runs the items in this process")
+def test_a_worker_starts_with_ctrl_c_blocked_and_the_parent_keeps_it():
+    """A terminal's Ctrl-C reaches the whole group: one landing in a worker's start-up (before it
+    ignores the signal) killed it with a traceback and broke the pool, reported as workers that
+    could not start. Workers are spawned with the signals blocked; the parent's mask is as before."""
+    assert list(ordered_map(_signals_blocked, [0, 1, 2, 3], workers=2)) == [True] * 4
+    assert not _signals_blocked(None)
+
+
 def _remember(tag: str) -> None:
     _SEEN.append(tag)
 

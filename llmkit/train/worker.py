@@ -139,8 +139,10 @@ def _end_with_the_agent() -> None:
     launcher = int(os.environ.get(LAUNCHER_PID, "0"))  # absent under a torchrun the user started
 
     def watch() -> None:
+        # (every 50 ms: checked each second, a run whose command was killed at its end was finished by its workers,
+        # its manifest written with no lock held, and a --resume at once found it done)
         while os.getppid() == agent and (not launcher or process_running(launcher)):
-            time.sleep(1.0)
+            time.sleep(0.05)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="llmkit-agent-watch").start()
