@@ -160,6 +160,9 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
                 artifacts.load(path)
             said_unfinished(path)  # one among a glob's (a run still training): said, the others shown
             continue
+        if path.is_file() and len(paths) > 1:  # a glob's stray file (runs/NAME/*: a log, a note): skipped as a folder is
+            skipped.append(path)
+            continue
         if (path / artifacts.MANIFEST).is_file() or not path.is_dir():
             try:
                 found.append(artifacts.load(path))

@@ -6,6 +6,7 @@ import json
 import random
 import unicodedata
 import re
+import time
 
 import pytest
 
@@ -246,11 +247,16 @@ def test_gopher_quality_crafted_failures(shakespeare, reviews):
     assert filters.gopher_quality(DocView(numbers, "en"), WEB) == "gopher_alpha_words"
     no_stop_words = re.sub(r"\b(" + "|".join(filters.STOP_WORDS) + r")\b", "", article, flags=re.IGNORECASE)
     assert filters.gopher_quality(DocView(no_stop_words, "en"), WEB) == "gopher_stop_words"
-    # whole words, as the other rules count them: inside "up-to-date" and "o'the" there are none (the regex's word
-    # boundaries found "to" and "the" there); at a word's edge, punctuation and case aside, there are
+    # words of their own: inside "up-to-date" and "o'the" there are none (the regex's word boundaries found "to" and
+    # "the" there); beside punctuation, a dash or a slash, and whatever their case, there are
     filler = " ".join(no_stop_words.split()[:60])
     assert filters.gopher_quality(DocView(f"up-to-date {filler} o'the", "en"), WEB) == "gopher_stop_words"
     assert filters.gopher_quality(DocView(f"(The, {filler} AND.", "en"), WEB) is None
+    assert filters.gopher_quality(DocView(f"tired—and {filler} this/the", "en"), WEB) is None
+    # one pass over the text: a word of 40,000 characters costs no more than its length (stripping its edges took 10 s)
+    started = time.perf_counter()
+    filters.gopher_quality(DocView(f"x{'-' * 40_000}x {filler}", "en"), WEB)
+    assert time.perf_counter() - started < 1.0
     # two distinct ones, as Gopher's "at least two of the following" (datatrove 0.10.1 counts occurrences)
     assert filters.gopher_quality(DocView(f"the {filler} the", "en"), WEB) == "gopher_stop_words"
     # The stop-word rule is English-only: German without English stop words is not dropped for it.

@@ -396,6 +396,10 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
             in " ".join(result.output.split()[-30:])), result.output
     result = cli("report", corpus)
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    # a stray file among them (a glob's log or note) is skipped, as a stray folder is, not called damaged
+    (tmp_path / "notes.txt").write_text("a note\n")
+    result = cli("report", tmp_path / "eval", tmp_path / "notes.txt")
+    assert result.exit_code == 0 and "bleu 31.25" in result.output and "skipped" in result.output, result.output
     # damage that only the row's headline finds (metrics.json edited to a list of its size): that row says so, the
     # rest is shown
     (tmp_path / "eval" / "metrics.json").write_text("[1, 2, 3, 4, 5]")

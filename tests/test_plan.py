@@ -276,10 +276,16 @@ def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli
                      "--seq-len", "8192")["memory"]["fits"]
     # two processes sharing 1.2 GB fit nothing: more machines (the search's 78) were the only answer; fewer processes,
     # recomputation and a smaller micro-batch together are offered, each of which fits as given
-    cpu = ["--model", "mini", "--gpu", "cpu", "--memory-gb", "1.2", "--seq-len", "512"]
+    cpu = ["--model", "mini", "--gpu", "cpu", "--seq-len", "512"]
     for asked, expected in ((["--nproc", "2", "--micro-batch", "16"], "--nproc 1 --activation-checkpointing --micro-batch"),
                             (["--nproc", "2", "--micro-batch", "2"], "--nproc 1 --activation-checkpointing"),
-                            (["--micro-batch", "16"], "--activation-checkpointing --micro-batch")):
+                            (["--micro-batch", "16"], "--activation-checkpointing --micro-batch"),
+                            # the flag asked with (--gpus N with --gpu cpu, which --nproc beside it is refused)
+                            (["--gpus", "2", "--micro-batch", "16"], "--gpus 1 --activation-checkpointing --micro-batch"),
+                            # a tp layout: the fewest processes it splits into (one process was a ZeroDivisionError)
+                            (["--nproc", "4", "--tp", "2", "--micro-batch", "16", "--memory-gb", "2.4"],
+                             "--nproc 2 --activation-checkpointing --micro-batch")):
+        asked = asked if "--memory-gb" in asked else [*asked, "--memory-gb", "1.2"]
         plan = _plan(cli, *cpu, *asked)
         assert not plan["memory"]["fits"]
         offered = [fix for fix in plan["fixes"] if fix.startswith(expected)]
@@ -288,6 +294,9 @@ def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli
         options = dict(zip(asked[::2], asked[1::2]))
         options.update({flag: value for flag, value in zip(flags, flags[1:]) if not value.startswith("--")})
         assert _plan(cli, *cpu, *[x for pair in options.items() for x in pair], "--activation-checkpointing")["memory"]["fits"], offered
+    # on GPUs, where a single change fits, no pair of them is offered (a larger micro-batch for 1.33x the compute)
+    gpu = _plan(cli, "--model", "gpt2", "--gpu", "h100", "--micro-batch", "128", "--seq-len", "1024")
+    assert gpu["fixes"] and not any(" --micro-batch" in fix for fix in gpu["fixes"]), gpu["fixes"]
     # nodes of 6 GPUs: one whole node is tried before two (only 1, 2 and 4 of it were)
     wide = ["--model", "gpt2", "--n-layer", "1", "--n-head", "5", "--n-embd", "5120", "--micro-batch", "1", "--memory-gb", "5.5"]
     found = _plan(cli, *wide, "--gpus", "6", "--nnodes", "2", "--search")["search"]["layout"]

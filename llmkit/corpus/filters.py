@@ -64,7 +64,10 @@ class DocView:
 _PUNCT_ONLY = re.compile(r"^[\W_]+$")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
-_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+# A stop word standing as a word of its own: not inside a word, nor joined to one by a hyphen or an
+# apostrophe ("up-to-date", "o'the"); beside a dash, a slash or other punctuation it is one ("tired--and",
+# "tired—and", "and/or", "the,"). One pass over the text, no backtracking whatever its words' length.
+_STOP_WORD = re.compile(r"(?<!\w)(?<!\w['’-])(?:" + "|".join(sorted(STOP_WORDS)) + r")(?!\w)(?!['’-]\w)")
 _BULLETS = ("•", "-", "*", "·", "‣", "▪", "●", "◦")
 
 
@@ -99,10 +102,7 @@ def gopher_quality(doc: DocView, cfg: CleanConfig) -> Reason:
         return "gopher_alpha_words"
     # The stop words are English: apply them to English or unidentified spaced text only.
     if cfg.min_stop_words and not doc.unspaced and doc.language in (None, "en"):
-        # whole words, as every other rule counts them, stripped of the punctuation at their edges
-        # ("the," is one; the "to" of "up-to-date" and the "the" of "o'the" are none)
-        found = {_EDGE_PUNCTUATION.sub("", word).lower() for word in set(words)} & STOP_WORDS
-        if len(found) < cfg.min_stop_words:
+        if len(set(_STOP_WORD.findall(text.lower()))) < cfg.min_stop_words:
             return "gopher_stop_words"
     return None
 

@@ -423,13 +423,23 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequen
     return None
 
 
+def _fewer_processes(layout: Layout) -> list[int]:
+    """Process counts per machine below the layout's that still split into its tp x pp groups,
+    the most first."""
+    return [n for n in range(layout.gpus - 1, 0, -1) if (n * layout.nnodes) % (layout.tp * layout.pp) == 0]
+
+
 def _recompute_smaller(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None,
-                       batch_for: Callable[[int, int], int | None] | None, above: int) -> list[str]:
+                       batch_for: Callable[[int, int], int | None] | None, above: int, process_flag: str) -> list[str]:
     """Two changes where one would not do, or only as a micro-batch of `above` or less: activation
     checkpointing with the largest micro-batch it fits, on the devices asked for or (a CPU's
-    processes sharing one machine's memory) in one process. More machines, the search's answer,
-    shrink only the sharded state and may take dozens of them."""
-    bases = [("", layout)] + ([("--nproc 1 ", replace(layout, gpus=1))] if device.shared and layout.gpus > 1 else [])
+    processes sharing one machine's memory) in the fewest processes the layout splits into. More
+    machines, the search's answer, shrink only the sharded state and may take dozens of them."""
+    bases = [("", layout)]
+    if device.shared and _fewer_processes(layout):
+        fewest = _fewer_processes(layout)[-1]
+        if (base := runnable(shape, replace(layout, gpus=fewest), sequences)) is not None:
+            bases.append((f"{process_flag} {fewest} ", replace(layout, gpus=fewest)))
     asked = (split(layout, sequences) or layout).micro_batch
     for flag, base in bases:
         best = largest_micro_batch(shape, replace(base, activation_checkpointing=True), device, sequences=sequences)
@@ -442,12 +452,13 @@ def _recompute_smaller(shape: ModelShape, layout: Layout, device: Device, *, seq
 
 
 def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None = None,
-          batch_for: Callable[[int, int], int | None] | None = None) -> list[str]:
+          batch_for: Callable[[int, int], int | None] | None = None, process_flag: str = "--nproc") -> list[str]:
     """The single changes that make a layout that does not fit, fit; `layout` as asked (its
     micro-batch the one given, before the global batch of `sequences` is split), so that each
     change is split as pretrain would split it with that flag added. `batch_for(micro_batch, ways)`:
     the --batch-tokens a proposed micro-batch on `ways` ranks needs beside it (None: none), where
-    no batch was given."""
+    no batch was given. On a CPU, fewer processes are offered under `process_flag`, the flag the
+    plan was asked with (--nproc, or --gpus N with --gpu cpu)."""
     tried = []
     if not layout.activation_checkpointing:
         tried.append(("--activation-checkpointing", replace(layout, activation_checkpointing=True)))
@@ -482,12 +493,18 @@ def fixes(shape: ModelShape, layout: Layout, device: Device, *, sequences: int |
         option = runnable(shape, option, sequences)
         if option is not None and estimate_memory(shape, option, device).fits:
             fitting.append(label)
-    if device.shared and layout.gpus > 1:  # one machine's processes share its memory: fewer get more each
-        fewer = next((n for n in range(layout.gpus - 1, 0, -1) if (option := runnable(shape, replace(layout, gpus=n), sequences))
+    if device.shared:  # one machine's processes share its memory: fewer get more each
+        fewer = next((n for n in _fewer_processes(layout) if (option := runnable(shape, replace(layout, gpus=n), sequences))
                       is not None and estimate_memory(shape, option, device).fits), None)
         if fewer is not None:
-            fitting.append(f"--nproc {fewer}")
-    if not layout.activation_checkpointing and not any(label.startswith(("--activation-checkpointing", "--nproc")) for label in fitting):
-        fitting += _recompute_smaller(shape, layout, device, sequences=sequences, batch_for=batch_for, above=best)
+            fitting.append(f"{process_flag} {fewer}")
+    # Two changes: on a CPU where neither recomputation nor fewer processes fit alone; on GPUs only where no single
+    # change on the devices asked for does (a larger micro-batch for 1.33x the compute is no fix there).
+    single = [label for label in fitting if not label.endswith("devices)")]
+    wanted = (not any(label.startswith(("--activation-checkpointing", process_flag)) for label in fitting) if device.shared
+              else not single)
+    if not layout.activation_checkpointing and wanted:
+        fitting += _recompute_smaller(shape, layout, device, sequences=sequences, batch_for=batch_for, above=best,
+                                      process_flag=process_flag)
     # regrouping the devices one has comes before asking for more
     return [label for label in fitting if not (label.endswith("devices)") and label.split(" (")[0] in fitting)]

@@ -189,7 +189,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     if not memory.fits:
         # (a --micro-batch that pretrain's default batch does not split comes with one that does)
         plan["fixes"] = fixes(shape, asked, device, sequences=sequences,
-                              batch_for=lambda micro, ways: pretrain_batch_tokens(micro, ways, seq))
+                              batch_for=lambda micro, ways: pretrain_batch_tokens(micro, ways, seq),
+                              process_flag="--gpus" if cfg.nproc is None and cfg.placement.gpus > 1 else "--nproc")
     if cfg.search:
         # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
         # nodes of 8, or of --gpus where --nnodes says the layout spans nodes of that size.

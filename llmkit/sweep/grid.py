@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.train.launch import largest_divisor
 from llmkit.sweep.config import SweepConfig, parse_size
 from llmkit.pretrain.config import PretrainConfig
@@ -93,13 +93,13 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
             note(f"size {layers}x{width}: {heads} head(s) of {width // heads}, as {width} is not a multiple of "
                  f"--head-dim {config.head_dim}")
         if heads is not None and width % heads:
-            raise UserError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
+            raise UsageError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
                             f"that are multiples of {config.head_dim}")
         try:
             total, non_embedding, context = _count(config, layers, width, heads, vocab_size)
         except UserError as exc:  # the size, not a model flag, is what to change
             shape = f" ({heads} head(s) of {width // heads})" if heads else ""
-            raise UserError(f"size {layers}x{width}{shape}: "
+            raise UsageError(f"size {layers}x{width}{shape}: "
                             f"{str(exc).split('; change the model flags')[0]}; choose other --sizes or --head-dim") from exc
         sizes.append((layers, width, heads, total, non_embedding, context))
     grid: list[tuple[tuple, int, float | None]] = []
