@@ -945,6 +945,24 @@ def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, token
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "has shape" in message and "config.json" in message and "do not belong together" in message
     assert not (tmp_path / "out").exists()
+    # a Llama's k and v (gate and up) split otherwise than config.json says, with the right total: llmkit joins each
+    # pair into one tensor, whose shape passed, and imported a model transformers refuses
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    for first, second, rows in (("self_attn.k_proj", "self_attn.v_proj", 16), ("mlp.gate_proj", "mlp.up_proj", 28)):
+        llama = tmp_path / f"llama-{second}"
+        _save_hf_model(llama, _hf_configs(vocab)["llama-gqa"], tokenizer_dir)
+        weights = load_file(str(llama / "model.safetensors"))
+        for layer in range(2):
+            a, b = f"model.layers.{layer}.{first}.weight", f"model.layers.{layer}.{second}.weight"
+            joined = torch.cat([weights[a], weights[b]])
+            weights[a], weights[b] = joined[: weights[a].shape[0] + rows].clone(), joined[weights[a].shape[0] + rows :].clone()
+        save_file(weights, str(llama / "model.safetensors"), metadata={"format": "pt"})
+        message = _error(cli("import", llama, "-o", tmp_path / "out"))
+        assert f"model.layers.0.{first}.weight has shape" in message and "do not belong together" in message, message
+        assert not (tmp_path / "out").exists()
     (src / "config.json").write_text(json.dumps(dict(config, n_inner=0)))  # (pretrain's --mlp-ratio was named)
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "config.json gives the MLP 0 hidden units (n_inner or intermediate_size); correct it" in message, message
@@ -1026,6 +1044,14 @@ def test_import_names_what_is_wrong_with_a_folder_and_leaves_no_folder_made_for_
 
     assert "architectures is LlamaForSequenceClassification, a model with a task head" in refused(
         {"architectures": ["LlamaForSequenceClassification"]})
+    # written as a string by hand: one class name (it was read letter by letter, and the classifier passed)
+    assert "architectures is LlamaForSequenceClassification, a model with a task head" in refused(
+        {"architectures": "LlamaForSequenceClassification"})
+    # no model_type: that is said, with the one its class implies (it was "unsupported architecture: model_type None")
+    assert 'config.json has no model_type (architectures: LlamaForCausalLM); add "model_type": "llama" to it' in refused(
+        {"model_type": None})
+    # a size that is not positive is said as such (a negative width was an unsupported head size)
+    assert "gives hidden_size -64, where a model's sizes are positive" in refused({"hidden_size": -64})
     assert "rope_theta must be a positive number, got 'abc'" in refused(
         {"rope_parameters": {"rope_type": "default", "rope_theta": "abc"}})
     line = refused({"num_key_value_heads": 3})

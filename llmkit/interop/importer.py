@@ -146,6 +146,11 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
     if missing:
         raise UserError(f"{src}/config.json lacks {', '.join(missing)}, part of the model's shape (transformers would "
                         "fill in another model's defaults); re-save the model with save_pretrained")
+    not_positive = next((key for key in SHAPE_KEYS[model_type] if isinstance(config_json[key], (int, float))
+                         and not isinstance(config_json[key], bool) and config_json[key] <= 0), None)
+    if not_positive is not None:  # (a negative width was reported as an unsupported head size)
+        raise UserError(f"{src}/config.json gives {not_positive} {config_json[not_positive]}, where a model's sizes are "
+                        "positive; correct it, or re-save the model with save_pretrained")
     quantized = config_json.get("quantization_config")
     if quantized is not None:
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"

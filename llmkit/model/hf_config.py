@@ -134,15 +134,28 @@ NOT_A_LANGUAGE_MODEL = ("ForSequenceClassification", "ForTokenClassification", "
 def refuse_other_heads(architectures) -> None:
     """A classifier or tagger saved by transformers, refused by its class (its missing lm_head
     would otherwise be reported as an incomplete folder)."""
-    for name in architectures or []:
+    for name in _as_list(architectures):
         if isinstance(name, str) and name.endswith(NOT_A_LANGUAGE_MODEL):
             raise UserError(f"config.json's architectures is {name}, a model with a task head; llmkit imports causal language "
                             "models (*ForCausalLM, GPT2LMHeadModel) or their base model: import the language model, then "
                             "`llmkit finetune --task classify` for a classifier")
 
 
+def _as_list(architectures) -> list:
+    """config.json's architectures: a list of class names; one written as a string (by hand) is one name."""
+    if isinstance(architectures, str):
+        return [architectures]
+    return list(architectures) if isinstance(architectures, (list, tuple)) else []
+
+
 def unsupported_model_type(model_type, architectures=None) -> UserError:
-    named = f"model_type {model_type!r}" + (f" ({', '.join(architectures)})" if architectures else "")
+    classes = [str(name) for name in _as_list(architectures)]
+    if model_type is None:
+        guess = next((kind for kind, prefix in (("gpt2", "GPT2"), ("llama", "Llama")) if any(n.startswith(prefix) for n in classes)), None)
+        hint = f"add \"model_type\": \"{guess}\" to it" if guess else "add the model_type of its architecture (gpt2 or llama)"
+        named = f" (architectures: {', '.join(classes)})" if classes else ""
+        return UserError(f"config.json has no model_type{named}; {hint}")
+    named = f"model_type {model_type!r}" + (f" ({', '.join(classes)})" if classes else "")
     return UserError(
         f"unsupported architecture: {named}; llmkit imports only GPT-2 (model_type gpt2) and "
         "Llama (model_type llama) models"
