@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import math
 import sys
 import types
 import typing
@@ -24,6 +25,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+
+
+# Keys a config file may mistake for options: a stage's inputs (arguments, and --init-from), its output and how
+# it treats one, given on the command line only (a file shared by runs would point them all at one place).
+_COMMAND_LINE_ONLY = ("input", "inputs", "out", "output", "force", "resume", "init_from", "init-from", "tokens",
+                      "checkpoint", "checkpoints")
 
 
 def _unique_key_loader():
@@ -105,6 +112,13 @@ def _coerce(value: Any, annotation: Any) -> Any:
         return _coerce(value, non_none[0]) if len(non_none) == 1 else value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is int and isinstance(value, (float, str)):
+        # a whole number written as one (a token budget's 2e10: TOML and YAML read 2.0e10 as a float, YAML 2e10 as text)
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if math.isfinite(number) and number.is_integer() else value
     if annotation is Path and isinstance(value, str):
         return Path(value)
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
@@ -192,7 +206,7 @@ def resolve(
 
         close = closest_name(unknown[0], sorted(by_key), cutoff=0.7)
         hint = (f"did you mean {close}? " if close else
-                "the input and -o are given on the command line; " if unknown[0] in ("input", "inputs", "out", "output", "force")
+                "the inputs, -o and --force/--resume are given on the command line; " if unknown[0] in _COMMAND_LINE_ONLY
                 else "")
         raise UsageError(f"unknown option(s) in {file}: {', '.join(unknown)}; {hint}known options are: "
                          f"{', '.join(sorted(o.key for o in options))}")

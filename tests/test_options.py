@@ -106,6 +106,29 @@ def test_a_config_file_takes_the_flag_names_and_refuses_an_option_given_twice(tm
         resolve(EvalConfig, file=file, section="eval")
 
 
+def test_a_whole_number_written_as_a_float_is_that_whole_number_and_inputs_are_named(tmp_path):
+    """A token budget's 2e10: TOML and YAML read 2.048e3 as a float, YAML 2e3 as text, and both were
+    refused as "must be a whole number, got 2048.0"; the same config as the integer typed. An input
+    given in a file (init_from) is said to belong on the command line."""
+    from llmkit.config import resolve
+    from llmkit.pretrain.config import PretrainConfig
+
+    configs = []
+    for name, text in (("a.toml", "[pretrain]\nmax_tokens = 2048\n"), ("b.toml", "[pretrain]\nmax_tokens = 2.048e3\n"),
+                       ("c.yaml", "pretrain:\n  max_tokens: 2e3\n"), ("d.yaml", "pretrain:\n  max_tokens: 2.048e+3\n")):
+        (tmp_path / name).write_text(text)
+        configs.append(resolve(PretrainConfig, file=tmp_path / name, section="pretrain"))
+    assert configs[0].max_tokens == 2048 and isinstance(configs[0].max_tokens, int)
+    assert configs[1].hashed() == configs[0].hashed() and configs[3].hashed() == configs[0].hashed()
+    assert configs[2].max_tokens == 2000 and isinstance(configs[2].max_tokens, int)
+    (tmp_path / "e.toml").write_text("[pretrain]\nmax_tokens = 2048.5\n")
+    with pytest.raises(UserError, match="--max-tokens must be a whole number, got 2048.5"):
+        resolve(PretrainConfig, file=tmp_path / "e.toml", section="pretrain")
+    (tmp_path / "f.toml").write_text('[pretrain]\ninit_from = "run"\n')
+    with pytest.raises(UserError, match="unknown option.*init_from; the inputs, -o and --force/--resume are given on the command"):
+        resolve(PretrainConfig, file=tmp_path / "f.toml", section="pretrain")
+
+
 def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path, capsys):
     from llmkit.config import resolve
     from llmkit.sweep.config import SweepConfig

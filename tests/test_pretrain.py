@@ -1014,8 +1014,13 @@ def test_resume_refuses_another_moving_average_and_an_extended_run_keeps_no_stal
     may change; a run extended without it used to keep its earlier end's RUN/average inside it."""
     run = ["pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--eval-every", "0", "--save-every", "2",
            "--keep-last", "0"]
-    assert cli(*run, "--max-steps", "4", "--ema", "0.9", "--average-last", "2").exit_code == 0
+    first = cli(*run, "--max-steps", "4", "--ema", "0.9", "--average-last", "2")
+    assert first.exit_code == 0, first.output
     assert (tmp_path / "run" / "ema").is_dir() and (tmp_path / "run" / "average").is_dir()
+    flat = " ".join(first.output.split())  # the run's last lines name both companions (they named the run alone)
+    for name in ("ema", "average"):
+        fingerprint = artifacts.load(tmp_path / "run" / name).short_fingerprint
+        assert f"{tmp_path / 'run' / name}: " in flat and f"fingerprint {fingerprint}" in flat, flat
     line = _error(cli(*run, "--max-steps", "6", "--resume", "--ema", "0.5"))
     assert "this run differs from it (--ema 0.9 -> 0.5)" in line
     line = _error(cli(*run, "--max-steps", "6", "--resume"))
@@ -1043,7 +1048,15 @@ def test_the_fingerprint_tells_runs_by_their_weights_and_schedule(shakespeare, c
 
     straight = pretrain("straight", "--max-steps", "6", "--eval-every", "0")
     pretrain("grown", "--max-steps", "4", "--eval-every", "0")
-    grown = pretrain("grown", "--max-steps", "6", "--eval-every", "0", "--resume")
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "grown", *FAST, "--max-steps", "6", "--eval-every", "0",
+                 "--resume")
+    assert result.exit_code == 0, result.output
+    grown = artifacts.load(tmp_path / "grown")
+    # the learning rate a longer cosine gives the next step, said beside the last one's (it rose unsaid)
+    rates = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "grown" / "metrics.jsonl").read_text().splitlines())
+             if "lr" in r}
+    assert (f"the learning-rate schedule now spans 6 steps, not 4: step 5 trains at {rates[5]:.3g}, where step 4 trained "
+            f"at {rates[4]:.3g}") in " ".join(result.output.split()), result.output
     assert grown.config["lr_schedule_before"] == [{"until_step": 4, "max_steps": 4, "warmup_steps": 0}]
     assert grown.fingerprint != straight.fingerprint and grown.config["max_steps"] == 6
 
@@ -1335,3 +1348,28 @@ def test_a_run_that_recorded_a_setting_it_never_read_resumes(shakespeare, cli, t
     resumed, whole = artifacts.load(runs["cut"]), artifacts.load(runs["whole"])
     assert resumed.config["momentum"] == 0.5 and resumed.fingerprint == whole.fingerprint
     assert json.loads((runs["cut"] / "model_config.json").read_text())["rope_theta"] == 500  # (the model's record too)
+
+
+def test_an_interrupted_run_names_the_checkpoint_it_goes_on_from_or_that_nothing_was_kept(shakespeare, cli, tmp_path,
+                                                                                          monkeypatch):
+    """Ctrl-C said "rerun it with --resume ..., or as it was if it saved none" whatever was on disk."""
+    from llmkit.train.loop import Trainer
+
+    real = Trainer.train_step
+
+    def stopped_at_step_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_at_step_3)
+    run = tmp_path / "run"
+    common = ["pretrain", shakespeare["tokens"], *FAST, "--eval-every", "0", "--max-steps", "6"]
+    result = cli(*common, "-o", run, "--save-every", "2")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 130 and f"its last checkpoint is step 2 ({run / 'checkpoints'}" in flat, result.output
+    assert "rerun with --resume to continue from it" in flat
+    result = cli(*common, "--save-every", "5", "-o", tmp_path / "none")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 130 and "stopped before its first checkpoint (--save-every), so nothing was kept" in flat, flat
+    assert not (tmp_path / "none").exists()

@@ -589,3 +589,21 @@ def test_speed_counts_the_training_steps_not_checkpoint_writes(tmp_path, monkeyp
     tokens_per_step = 8 * SEQ
     # After two writes of a second each, the speed still says a step takes well under a second
     assert lines[-1]["tokens_per_s"] > 4 * tokens_per_step, lines[-1]
+
+
+def test_the_progress_line_shows_the_gradient_norm_and_tags_an_earlier_validation(tmp_path, capsys):
+    """A logged line at step 6 repeated step 4's validation loss as if measured then; the gradient
+    norm (before clipping), the first sign of instability, was in metrics.jsonl only."""
+    from llmkit.train.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, enabled=True, tensorboard=False, resume_step=0, max_steps=6, log_every=2)
+    for step in range(1, 7):
+        values = {"loss": 2.0, "lr": 1e-3, "grad_norm": 0.5 * step, "tokens_per_s": 100.0}
+        if step == 4:
+            values["val_loss"] = 1.75
+        logger.log(step, values)
+    logger.close()
+    lines = {int(line.split()[1].split("/")[0]): line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")}
+    assert "gnorm 2" in lines[4] and "| val 1.7500 |" in lines[4], lines
+    assert "| val@4 1.7500 |" in lines[6] and "gnorm 3 " in lines[6], lines
+    assert "val" not in lines[2]

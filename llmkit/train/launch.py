@@ -157,6 +157,8 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         try:
             yield
         except BaseException as stopped:
+            if isinstance(stopped, KeyboardInterrupt) and kind != "sweep" and not advice_of(stopped):
+                _say_what_an_interruption_kept(stopped, out, force=force, replaced=replaced is not None)
             if kept_run_can_go_on(stopped) and not advice_of(stopped) and _worth_keeping(out):  # (a full disk, mid-run)
                 if kind == "sweep":
                     kept, rerun = "the sweep is kept in {} with its finished runs", (
@@ -193,6 +195,24 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         finally:
             if replaced is not None:
                 shutil.rmtree(replaced.parent, ignore_errors=True)
+
+
+def _say_what_an_interruption_kept(stopped: BaseException, out: Path, *, force: bool, replaced: bool) -> None:
+    """A run stopped by Ctrl-C or SIGTERM: the step its --resume goes on from, or that nothing was
+    kept (the advice was the same either way, "--resume ..., or as it was if it saved none")."""
+    from llmkit.train.checkpoint import resume_point, saved_step
+
+    try:
+        point = resume_point(out) if _worth_keeping(out) else None
+        step = saved_step(point) if point is not None else None
+    except (UserError, OSError):
+        return  # (the usual advice: --resume says what is wrong with the run)
+    if point is not None:
+        add_advice(stopped, f"its last checkpoint is step {step} ({point}): rerun with --resume"
+                            f"{' in place of --force' if force else ''} to continue from it")
+    elif not replaced:  # (a --force run's old run put back says so itself)
+        add_advice(stopped, "it stopped before its first checkpoint (--save-every), so nothing was kept: rerun the "
+                            "command to start again")
 
 
 def _replaced_runs(out: Path) -> list[Path]:

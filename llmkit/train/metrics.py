@@ -90,7 +90,7 @@ class MetricsLogger:
         self.writer = None
         self.live = None
         self.start_step = resume_step
-        self.last_val: float | None = None
+        self.last_val: tuple[int, float] | None = None  # (step, loss) of the latest validation
         self.start_time = time.perf_counter()
         if not enabled:
             return
@@ -129,16 +129,19 @@ class MetricsLogger:
             f"step {step}/{self.max_steps}",
             f"loss {values['loss']:.4f}",
             f"lr {values['lr']:.2e}",
-            f"{_format_tokens(values.get('tokens_per_s', 0.0))} tok/s",
         ]
+        if values.get("grad_norm") is not None:  # (before clipping: a spike is the first sign of instability)
+            parts.append(f"gnorm {values['grad_norm']:.3g}")
+        parts.append(f"{_format_tokens(values.get('tokens_per_s', 0.0))} tok/s")
         if values.get("mfu") is not None:
             parts.append(f"MFU {100 * values['mfu']:.1f}%")
         if values.get("peak_memory_gb") is not None:
             parts.append(f"mem {values['peak_memory_gb']:.2f} GB")
         if values.get("val_loss") is not None:
-            self.last_val = values["val_loss"]
-        if self.last_val is not None:  # the latest validation stays on the live line
-            parts.append(f"val {self.last_val:.4f}")
+            self.last_val = (step, values["val_loss"])
+        if self.last_val is not None:  # the latest validation stays on the line, with its step where that is another
+            at, loss = self.last_val
+            parts.append(f"val {loss:.4f}" if at == step else f"val@{at} {loss:.4f}")
         parts.append(f"ETA {_format_seconds(eta)}")
         line = " | ".join(parts)
         if self.live is not None:

@@ -122,6 +122,12 @@ class Resuming:
             if any(rate(before, step) != rate(now, step) for step in range(self.start_step)):
                 history.append({"until_step": self.start_step, "max_steps": before["max_steps"],
                                 "warmup_steps": before["warmup_steps"]})
+                if self.info.is_main and self.start_step > 0:  # (a decayed rate rising again is worth a word)
+                    from llmkit.console import note
+
+                    note(f"the learning-rate schedule now spans {s.max_steps} steps, not {before['max_steps']}: step "
+                         f"{self.start_step + 1} trains at {rate(now, self.start_step):.3g}, where step {self.start_step} "
+                         f"trained at {rate(before, self.start_step - 1):.3g}")
         if history:
             self.spec.config[SCHEDULE_HISTORY] = history
 
