@@ -90,8 +90,11 @@ def ordered_map(
                     done += 1
                     yield result
             except BaseException as stop:  # (a Ctrl-C or the consumer's error too: the pool's shutdown waits on the same)
-                if isinstance(stop, BrokenProcessPool) or _a_worker_died(pool):
-                    _unstick(pool)
+                if isinstance(stop, (BrokenProcessPool, KeyboardInterrupt)) or _a_worker_died(pool):
+                    # (on a Ctrl-C too: a second one during the pool's shutdown left its idle workers waiting for
+                    # the sentinels it never sent, and the exit joining them forever)
+                    with _ctrl_c_deferred():
+                        _unstick(pool)
                 raise
     except BrokenProcessPool as exc:
         if done or (started[0] and not started[1]):  # one died since (the out-of-memory killer, a kill)
@@ -247,6 +250,9 @@ def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # spawned with them blocked (_spawned_with_ctrl_c_blocked): ignored now, so a
+        # pending one is discarded; unblocked, so that a process this one starts may handle them
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True, name="llmkit-parent-watch").start()

@@ -253,6 +253,9 @@ def test_gopher_quality_crafted_failures(shakespeare, reviews):
     assert filters.gopher_quality(DocView(f"up-to-date {filler} o'the", "en"), WEB) == "gopher_stop_words"
     assert filters.gopher_quality(DocView(f"(The, {filler} AND.", "en"), WEB) is None
     assert filters.gopher_quality(DocView(f"tired—and {filler} this/the", "en"), WEB) is None
+    # joined by Unicode's hyphens and apostrophes, or a soft hyphen (web text hyphenates so): inside a word
+    joined = "the\u00adory to\u00adgether up\u2010to\u2010date o\u2018the"
+    assert filters.gopher_quality(DocView(f"{joined} {filler}", "en"), WEB) == "gopher_stop_words"
     # one pass over the text: a word of 40,000 characters costs no more than its length (stripping its edges took 10 s)
     started = time.perf_counter()
     filters.gopher_quality(DocView(f"x{'-' * 40_000}x {filler}", "en"), WEB)

@@ -963,6 +963,13 @@ def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, token
         message = _error(cli("import", llama, "-o", tmp_path / "out"))
         assert f"model.layers.0.{first}.weight has shape" in message and "do not belong together" in message, message
         assert not (tmp_path / "out").exists()
+    # the columns split otherwise (an unexpected RuntimeError joining them), or a scalar (an IndexError)
+    for k_weight in (torch.zeros(32, 72), torch.zeros(())):
+        weights = load_file(str(llama / "model.safetensors"))
+        weights["model.layers.0.self_attn.k_proj.weight"] = k_weight
+        save_file(weights, str(llama / "model.safetensors"), metadata={"format": "pt"})
+        message = _error(cli("import", llama, "-o", tmp_path / "out"))
+        assert f"k_proj.weight has shape {tuple(k_weight.shape)} but config.json makes (32, 64)" in message, message
     (src / "config.json").write_text(json.dumps(dict(config, n_inner=0)))  # (pretrain's --mlp-ratio was named)
     message = _error(cli("import", src, "-o", tmp_path / "out"))
     assert "config.json gives the MLP 0 hidden units (n_inner or intermediate_size); correct it" in message, message
@@ -1050,6 +1057,7 @@ def test_import_names_what_is_wrong_with_a_folder_and_leaves_no_folder_made_for_
     # no model_type: that is said, with the one its class implies (it was "unsupported architecture: model_type None")
     assert 'config.json has no model_type (architectures: LlamaForCausalLM); add "model_type": "llama" to it' in refused(
         {"model_type": None})
+    assert "a model with a task head" in refused({"model_type": None, "architectures": ["LlamaForSequenceClassification"]})
     # a size that is not positive is said as such (a negative width was an unsupported head size)
     assert "gives hidden_size -64, where a model's sizes are positive" in refused({"hidden_size": -64})
     assert "rope_theta must be a positive number, got 'abc'" in refused(

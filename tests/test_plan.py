@@ -294,6 +294,9 @@ def test_cpu_processes_share_the_machine_and_fixes_regroup_the_devices_first(cli
         options = dict(zip(asked[::2], asked[1::2]))
         options.update({flag: value for flag, value in zip(flags, flags[1:]) if not value.startswith("--")})
         assert _plan(cli, *cpu, *[x for pair in options.items() for x in pair], "--activation-checkpointing")["memory"]["fits"], offered
+    # fewer processes keep tp within a machine, as the search does (2 machines of one process each were offered for tp 2)
+    spread = _plan(cli, *cpu, "--memory-gb", "1.2", "--nproc", "2", "--nnodes", "2", "--tp", "2", "--micro-batch", "16")
+    assert not any(fix.startswith("--nproc 1") for fix in spread["fixes"]), spread["fixes"]
     # on GPUs, where a single change fits, no pair of them is offered (a larger micro-batch for 1.33x the compute)
     gpu = _plan(cli, "--model", "gpt2", "--gpu", "h100", "--micro-batch", "128", "--seq-len", "1024")
     assert gpu["fixes"] and not any(" --micro-batch" in fix for fix in gpu["fixes"]), gpu["fixes"]

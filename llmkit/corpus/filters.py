@@ -65,9 +65,13 @@ _PUNCT_ONLY = re.compile(r"^[\W_]+$")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # A stop word standing as a word of its own: not inside a word, nor joined to one by a hyphen or an
-# apostrophe ("up-to-date", "o'the"); beside a dash, a slash or other punctuation it is one ("tired--and",
+# apostrophe ("up-to-date", "o'the", Unicode's hyphens and apostrophes too) or by an invisible character
+# (a soft hyphen: "the\u00adory"); beside a dash, a slash or other punctuation it is one ("tired--and",
 # "tired—and", "and/or", "the,"). One pass over the text, no backtracking whatever its words' length.
-_STOP_WORD = re.compile(r"(?<!\w)(?<!\w['’-])(?:" + "|".join(sorted(STOP_WORDS)) + r")(?!\w)(?!['’-]\w)")
+_JOINER = "['’‘`＇\\-\u2010\u2011]"
+_INVISIBLE = "[\u00ad\u200c\u200d\u2060\ufeff]"  # (a zero-width space, \u200b, separates words)
+_STOP_WORD = re.compile(rf"(?<!\w)(?<!\w{_JOINER})(?<!{_INVISIBLE})(?:{'|'.join(sorted(STOP_WORDS))})"
+                        rf"(?!\w)(?!{_JOINER}\w)(?!{_INVISIBLE})")
 _BULLETS = ("•", "-", "*", "·", "‣", "▪", "●", "◦")
 
 

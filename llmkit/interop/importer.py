@@ -139,9 +139,10 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
     weight_dtype = torch_dtype(dtype)
     config_json = read_config_json(src)  # first: a missing or wrong input leaves no folders made for -o
     model_type = config_json.get("model_type")
+    if model_type is None or model_type in SUPPORTED_MODEL_TYPES:  # (a Llama classifier without its model_type too)
+        refuse_other_heads(config_json.get("architectures"))
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise unsupported_model_type(model_type, config_json.get("architectures"))
-    refuse_other_heads(config_json.get("architectures"))
     missing = [key for key in SHAPE_KEYS[model_type] if key not in config_json]
     if missing:
         raise UserError(f"{src}/config.json lacks {', '.join(missing)}, part of the model's shape (transformers would "

@@ -177,11 +177,13 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
                     if p == "bias" and group not in bias_groups:
                         return torch.zeros(for_bias[layer], dtype=dtype)
                     tensor = take(h + name + "." + p)  # a bias the config says is there: missing is an error
-                    if tensor is not None and tensor.shape[0] != for_bias[layer]:
-                        # (k and v, gate and up are joined below: a wrong split of the right total would pass the
-                        # joined tensor's check, and load as a model transformers refuses)
-                        raise UserError(f"{h}{name}.{p} has shape {tuple(tensor.shape)}, {tensor.shape[0]} rows where config.json "
-                                        f"makes {for_bias[layer]}; the two do not belong together, re-save the model")
+                    # (k and v, gate and up are joined below: a wrong split of the right total would pass the
+                    # joined tensor's check, and load as a model transformers refuses)
+                    columns = config.mlp_hidden if layer == "down_proj" else config.n_embd
+                    shape = (for_bias[layer],) if p == "bias" else (for_bias[layer], columns)
+                    if tensor is not None and tuple(tensor.shape) != shape:
+                        raise UserError(f"{h}{name}.{p} has shape {tuple(tensor.shape)} but config.json makes {shape}; the "
+                                        "two do not belong together, re-save the model")
                     return tensor
 
                 out[b + f"attn.q_proj.{p}"] = part("self_attn.q_proj")

@@ -424,9 +424,10 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequen
 
 
 def _fewer_processes(layout: Layout) -> list[int]:
-    """Process counts per machine below the layout's that still split into its tp x pp groups,
-    the most first."""
-    return [n for n in range(layout.gpus - 1, 0, -1) if (n * layout.nnodes) % (layout.tp * layout.pp) == 0]
+    """Process counts per machine below the layout's that still split into its tp x pp groups, tp
+    within a machine (as the search keeps it), the most first."""
+    return [n for n in range(layout.gpus - 1, 0, -1)
+            if n % layout.tp == 0 and (n * layout.nnodes) % (layout.tp * layout.pp) == 0]
 
 
 def _recompute_smaller(shape: ModelShape, layout: Layout, device: Device, *, sequences: int | None,

@@ -586,7 +586,8 @@ class Trainer(Resuming):
                 step += 1
                 self.last_loss = loss
                 # tokens: trained on so far, for a plot against tokens while the run has no checkpoint to say its batch
-                values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": self.last_grad_norm, "tokens": self.tokens_seen}
+                values: dict[str, Any] = {"loss": loss, "lr": lr, "grad_norm": self.last_grad_norm, "tokens": self.tokens_seen,
+                                          "time": round(time.time(), 3)}  # (wall-clock: loss against time, across sessions)
                 tokens_per_s = window_tokens / max(window_seconds, 1e-9)
                 values["tokens_per_s"] = tokens_per_s
                 values["tokens_per_s_per_device"] = tokens_per_s / info.world_size
