@@ -1053,8 +1053,10 @@ def test_the_fingerprint_tells_runs_by_their_weights_and_schedule(shakespeare, c
     assert result.exit_code == 0, result.output
     grown = artifacts.load(tmp_path / "grown")
     # the learning rate a longer cosine gives the next step, said beside the last one's (it rose unsaid)
-    rates = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "grown" / "metrics.jsonl").read_text().splitlines())
-             if "lr" in r}
+    records = [json.loads(line) for line in (tmp_path / "grown" / "metrics.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["lr"] for r in records if "lr" in r}
+    times = [r["time"] for r in records if "lr" in r]  # wall-clock seconds, across both sessions: loss against time
+    assert len(times) == 6 and times == sorted(times) and abs(times[-1] - time.time()) < 600
     assert (f"the learning-rate schedule now spans 6 steps, not 4: step 5 trains at {rates[5]:.3g}, where step 4 trained "
             f"at {rates[4]:.3g}") in " ".join(result.output.split()), result.output
     assert grown.config["lr_schedule_before"] == [{"until_step": 4, "max_steps": 4, "warmup_steps": 0}]
