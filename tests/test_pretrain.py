@@ -1045,6 +1045,11 @@ def test_the_fingerprint_tells_runs_by_their_weights_and_schedule(shakespeare, c
     other = pretrain("other", "--max-steps", "4", "--eval-every", "2", "--save-every", "1", "--keep-last", "1")
     assert plain.fingerprint == other.fingerprint
     assert other.manifest.runtime["save_every"] == 1 and "save_every" not in other.config
+    # what validation read, in whole windows: --eval-tokens 10 is one window (it was said nowhere)
+    seq_len = other.stats["seq_len"]
+    assert other.manifest.runtime["val_tokens"] % seq_len == 0 and other.manifest.runtime["val_tokens"] > 0
+    assert pretrain("one-window", "--max-steps", "1", "--eval-every", "1", "--eval-tokens", "10").manifest.runtime["val_tokens"] \
+        == seq_len
 
     straight = pretrain("straight", "--max-steps", "6", "--eval-every", "0")
     pretrain("grown", "--max-steps", "4", "--eval-every", "0")

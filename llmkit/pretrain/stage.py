@@ -223,7 +223,9 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 tokenizer_fingerprint=next((i["fingerprint"] for i in tokens_art.manifest.inputs if i["role"] == "tokenizer"), None),
             ),
             # (how the text is cut into windows: a resumed run must go on cutting it so)
-            runtime={**runtime_record(config, info, micro_batch, accumulation), "windows": train_sampler.GRID},
+            runtime={**runtime_record(config, info, micro_batch, accumulation), "windows": train_sampler.GRID,
+                     # what validation read: --eval-tokens in whole windows, at least one, at most the val split's
+                     "val_tokens": val_size * seq_len},
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
             unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup},
