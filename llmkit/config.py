@@ -30,7 +30,7 @@ T = TypeVar("T")
 # Keys a config file may mistake for options: a stage's inputs (arguments, and --init-from), its output and how
 # it treats one, given on the command line only (a file shared by runs would point them all at one place).
 _COMMAND_LINE_ONLY = ("input", "inputs", "out", "output", "force", "resume", "init_from", "init-from", "tokens",
-                      "checkpoint", "checkpoints")
+                      "checkpoint", "checkpoints", "data", "tokenizer")  # (where one is an option, it is known first)
 
 
 def _unique_key_loader():
@@ -112,13 +112,8 @@ def _coerce(value: Any, annotation: Any) -> Any:
         return _coerce(value, non_none[0]) if len(non_none) == 1 else value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if annotation is int and isinstance(value, (float, str)):
-        # a whole number written as one (a token budget's 2e10: TOML and YAML read 2.0e10 as a float, YAML 2e10 as text)
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if math.isfinite(number) and number.is_integer() else value
+    if annotation is int and isinstance(value, float):  # a whole number written as a float: a token budget's 2e10
+        return int(value) if math.isfinite(value) and value.is_integer() else value
     if annotation is Path and isinstance(value, str):
         return Path(value)
     if origin in (list, tuple) and isinstance(value, (list, tuple)):

@@ -107,7 +107,7 @@ def test_a_config_file_takes_the_flag_names_and_refuses_an_option_given_twice(tm
 
 
 def test_a_whole_number_written_as_a_float_is_that_whole_number_and_inputs_are_named(tmp_path):
-    """A token budget's 2e10: TOML and YAML read 2.048e3 as a float, YAML 2e3 as text, and both were
+    """A token budget's 2e10: TOML and YAML (1.2's numbers) read 2.048e3 and 2e3 as floats, which were
     refused as "must be a whole number, got 2048.0"; the same config as the integer typed. An input
     given in a file (init_from) is said to belong on the command line."""
     from llmkit.config import resolve
@@ -124,6 +124,12 @@ def test_a_whole_number_written_as_a_float_is_that_whole_number_and_inputs_are_n
     (tmp_path / "e.toml").write_text("[pretrain]\nmax_tokens = 2048.5\n")
     with pytest.raises(UserError, match="--max-tokens must be a whole number, got 2048.5"):
         resolve(PretrainConfig, file=tmp_path / "e.toml", section="pretrain")
+    # text is refused, as the flag refuses it (a first version took " 12 " and "+12", and read "9007199254740993"
+    # through a float, one less)
+    for text in (" 12 ", "+12", "1_000", "9007199254740993", "2e3"):
+        (tmp_path / "g.toml").write_text(f'[pretrain]\nmax_tokens = "{text}"\n')
+        with pytest.raises(UserError, match="--max-tokens must be a whole number"):
+            resolve(PretrainConfig, file=tmp_path / "g.toml", section="pretrain")
     (tmp_path / "f.toml").write_text('[pretrain]\ninit_from = "run"\n')
     with pytest.raises(UserError, match="unknown option.*init_from; the inputs, -o and --force/--resume are given on the command"):
         resolve(PretrainConfig, file=tmp_path / "f.toml", section="pretrain")

@@ -200,10 +200,16 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
 def _say_what_an_interruption_kept(stopped: BaseException, out: Path, *, force: bool, replaced: bool) -> None:
     """A run stopped by Ctrl-C or SIGTERM: the step its --resume goes on from, or that nothing was
     kept (the advice was the same either way, "--resume ..., or as it was if it saved none")."""
+    from llmkit import artifacts
+    from llmkit.model.records import read_task
     from llmkit.train.checkpoint import resume_point, saved_step
 
     try:
-        point = resume_point(out) if _worth_keeping(out) else None
+        finished = (out / artifacts.MANIFEST).is_file()
+        task = read_task(artifacts.load(out, kind="checkpoint")) if finished else None
+        # (a LoRA run's merged final weights are no point a --resume trains on: the loop's rule)
+        merged = task is not None and task.lora is not None and task.lora.merged
+        point = resume_point(out, finished_run_resumable=not merged) if _worth_keeping(out) else None
         step = saved_step(point) if point is not None else None
     except (UserError, OSError):
         return  # (the usual advice: --resume says what is wrong with the run)

@@ -116,7 +116,8 @@ class MetricsLogger:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                # (not `time`: TensorBoard keeps its own wall time, and its float32 resolves Unix seconds to minutes)
+                if key not in ("step", "time") and isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"train/{key}" if not key.startswith("val") else f"val/{key}", value, step)
         if "loss" in values:
             self._show(step, values)
