@@ -237,6 +237,16 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     (tmp_path / "ask.toml").write_text("[scaling]\nbootstrap = 0\n[scaling-predict]\nparams = 1e8\ntokens = 2e9\n")
     from_file = cli("scaling", "predict", a.path, "--config", tmp_path / "ask.toml")
     assert from_file.exit_code == 0 and from_file.output == predicted.output, from_file.output
+    # far outside the fitted points: said (it printed a tight interval without a word)
+    inside = cli("scaling", "predict", a.path, "--params", "1e6", "--tokens", "1e7")
+    assert inside.exit_code == 0 and "extrapolation" not in inside.output, inside.output
+    assert "N is 0.5 decades above the largest fitted" in " ".join(predicted.output.split())  # (1e8 against 3e7)
+    far = cli("scaling", "predict", a.path, "--params", f"{n.max() * 1e6:g}", "--tokens", "2e9")
+    assert far.exit_code == 0 and "N is 6.0 decades above the largest fitted" in " ".join(far.output.split()), far.output
+    # the interval from the refits the points determine, as the budgets' are
+    from llmkit.scaling.stage import predict
+
+    assert 0 < predict(a.path, 1e8, 2e9)["interval_refits"] <= 20
     import shutil
 
     shutil.copytree(a.path, tmp_path / "damaged")
@@ -342,6 +352,7 @@ def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
     assert "across the measured model sizes" in flat and "widen the sweep" in flat and "parameters, D =" not in flat
+    assert " .. " not in flat  # no "95% interval" of an undetermined law's constants (it could exclude the value shown)
     fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
     law3 = fit["approach3"]
     assert "undetermined" in fit["budgets"][0] and law3["params_exponent"] is None
@@ -405,6 +416,8 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     out = tmp_path / "sweep"
     result = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "2")
     assert result.exit_code == 0, result.output
+    # a grid too small to determine a law is said before it trains (scaling fit said so only after)
+    assert "4 run(s) of 2 size(s) x 2 token count(s): scaling fit needs 6 points" in " ".join(result.output.split())
     sweep = artifacts.load(out, kind="sweep")
     rows = sweep.stats["runs"]
     assert [r["name"] for r in rows] == ["d1-w32-t8000", "d2-w64-t8000", "d1-w32-t24000", "d2-w64-t24000"]

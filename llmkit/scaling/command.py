@@ -24,7 +24,9 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
     for column in ("constant", "value", "95% interval"):
         table.add_column(column, justify="left" if column == "constant" else "right")
     for name in ("E", "A", "B", "alpha", "beta"):
-        low_high = law["intervals"].get(name)
+        # (an undetermined law's refits are whatever the optimizer left: an "interval" there, which could exclude the
+        # value itself, means nothing; fit.json keeps them)
+        low_high = None if law.get("undetermined") else law["intervals"].get(name)
         table.add_row(name, f"{law[name]:.4g}", f"{low_high[0]:.4g} .. {low_high[1]:.4g}" if low_high else "-")
     if law["params_exponent"] is not None:
         table.add_row("N_opt ∝ C^a", f"{law['params_exponent']:.3f}", "")
@@ -61,6 +63,11 @@ def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
         err.print(styled("warning:", "yellow", f" {result['undetermined']}, so this law cannot say how the loss moves "
                          "with it: away from the measured points the figure is not a prediction; widen the sweep"),
                   soft_wrap=True)
+    if result.get("outside"):
+        from llmkit.console import note
+
+        note(f"{'; '.join(result['outside'])}: an extrapolation, whose interval covers the constants' noise, not the law "
+             "being wrong out there")
 
 
 fit = stage_command(

@@ -19,11 +19,21 @@ def _spread(values: list[float], count: int) -> list[float]:
     return [distinct[round(i * (len(distinct) - 1) / (count - 1))] for i in range(count)]
 
 
-def _scatter(ax, xs, ys, colours, cmap: str, legend: str) -> None:
-    """Measured points, coloured by the other variable on a log scale."""
+def _scatter(ax, xs, ys, colours, cmap: str, legend: str):
+    """Measured points, coloured by the other variable on a log scale; returns the mapping from that
+    variable to a colour, for the lines drawn at its values."""
     plot = ax.scatter(xs, ys, c=np.log10(colours), cmap=cmap, s=28, edgecolors="black", linewidths=0.4, zorder=3)
     bar = ax.figure.colorbar(plot, ax=ax)
     bar.set_label(f"log10 {legend}")
+    return lambda value: plot.cmap(plot.norm(np.log10(value)))
+
+
+def _whole_decades_only(axis) -> None:
+    """A log axis's minor ticks at 2 and 5 of each decade only: across under two decades matplotlib
+    labels every minor tick, and eight labels a decade ran into each other ("3x10^4x10^3")."""
+    from matplotlib.ticker import LogLocator
+
+    axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
 
 
 def _against(plt, path: Path, xs: np.ndarray, others: np.ndarray, loss: np.ndarray, law_at, names: tuple[str, ...],
@@ -32,10 +42,11 @@ def _against(plt, path: Path, xs: np.ndarray, others: np.ndarray, loss: np.ndarr
     x_label, other_symbol, other_label, cmap = names
     figure, ax = plt.subplots(figsize=(7, 4.5))
     grid = np.geomspace(xs.min() / 2, xs.max() * 2, 200)
-    for other in _spread(others.tolist(), 5):
-        ax.plot(grid, law_at(grid, other), linewidth=1, label=f"{other_symbol} = {other:.2g}")
-    _scatter(ax, xs, loss, others, cmap, other_label)
+    colour_of = _scatter(ax, xs, loss, others, cmap, other_label)
+    for other in _spread(others.tolist(), 5):  # (each line in its points' colour: the style's cycle matched none of them)
+        ax.plot(grid, law_at(grid, other), linewidth=1, color=colour_of(other), label=f"{other_symbol} = {other:.2g}")
     ax.set(xscale="log", xlabel=x_label, ylabel="validation loss", title=title)
+    _whole_decades_only(ax.xaxis)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     save(figure, path)
@@ -88,6 +99,7 @@ def write_plots(points: list[Point], fit: ChinchillaFit, isoflop: IsoFlopFit | N
     # (stars only where the law has an optimum: the title named stars that an undetermined fit did not draw)
     title = "IsoFLOP curves (stars: compute-optimal)" if law.determined else "IsoFLOP curves (the fit has no compute-optimal point)"
     ax.set(xscale="log", xlabel="parameters N", ylabel="validation loss", title=title)
+    _whole_decades_only(ax.xaxis)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     written.append(folder / "isoflop.png")

@@ -119,12 +119,44 @@ def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
     when the points did not measure one of the law's terms (the loss then follows N or D only as
     far as the measured points did)."""
     fit = read_fit(path)["approach3"]
-    law = Law.of(artifacts.load(path, kind="scaling"))
+    art = artifacts.load(path, kind="scaling")
+    law = Law.of(art)
     result = {"params": params, "tokens": tokens, "loss": float(law.loss(params, tokens))}
     if law.undetermined:
         result["undetermined"] = law.undetermined
+    measured = _measured_points(art)
     samples = fit.get("bootstrap_samples") or []
     if samples:
-        losses = [Law(*sample).loss(params, tokens) for sample in samples]
-        result["interval"] = [float(np.percentile(losses, 2.5)), float(np.percentile(losses, 97.5))]
+        # the refits the points determine, as the budgets' intervals take them (one whose exponent stopped at its
+        # bound has any coefficient, and moves the interval anywhere away from the points)
+        laws = [Law(*sample) for sample in samples]
+        kept = [law for law in laws if law.determined and (measured is None or not unmeasured_term(law, *measured))]
+        if kept:
+            losses = [sample.loss(params, tokens) for sample in kept]
+            result["interval"] = [float(np.percentile(losses, 2.5)), float(np.percentile(losses, 97.5))]
+        result["interval_refits"] = len(kept)
+    if measured is not None:
+        result["outside"] = _outside_the_points(params, tokens, measured)
     return result
+
+
+def _measured_points(art) -> tuple[np.ndarray, ...] | None:
+    """(params, tokens, loss) of the points the law was fitted to (its points.csv), or None."""
+    try:
+        rows = list(csv.DictReader(art.file("points.csv").read_text(encoding="utf-8").splitlines()))
+        return tuple(np.array([float(row[name]) for row in rows]) for name in ("params", "tokens", "loss"))
+    except (OSError, KeyError, ValueError, UserError):
+        return None
+
+
+def _outside_the_points(params: float, tokens: float, measured: tuple[np.ndarray, ...]) -> list[str]:
+    """How far (N, D) lies outside the fitted points' range, where more than a factor of 2: a law's
+    interval covers its constants' noise, not the law being wrong out there."""
+    said = []
+    for value, values, what in ((params, measured[0], "N"), (tokens, measured[1], "D")):
+        low, high = float(values.min()), float(values.max())
+        if value > 2 * high:
+            said.append(f"{what} is {np.log10(value / high):.1f} decades above the largest fitted ({high:.3g})")
+        elif value < low / 2:
+            said.append(f"{what} is {np.log10(low / value):.1f} decades below the smallest fitted ({low:.3g})")
+    return said

@@ -80,7 +80,9 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
                           markup=False, highlight=False, soft_wrap=True)
             raise UserError(f"{len(failed)} of {len(states)} runs failed ({failed[0].run.name}: {failed[0].error})"
                             + (f"; its log is {out / LOGS / (failed[0].run.name + '.log')}; fix the cause, then rerun the "
-                               "same command: finished runs are kept" if kept else "; fix the cause and rerun"))
+                               "same command: finished runs are kept (a fix in the sweep's own options, such as --lr, "
+                               "needs --force or another -o: the finished runs were trained with the old ones)" if kept
+                               else "; fix the cause and rerun"))
         _finish(states, tokens_art, out, config)
     return out
 
