@@ -69,7 +69,7 @@ STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # (a soft hyphen: "the\u00adory"); beside a dash, a slash or other punctuation it is one ("tired--and",
 # "tired—and", "and/or", "the,"). One pass over the text, no backtracking whatever its words' length.
 _JOINER = "['’‘`＇\\-\u2010\u2011]"
-_INVISIBLE = "[\u00ad\u200c\u200d]"  # (a zero-width space, \u200b, separates words; clean removes \u2060 and \ufeff)
+_INVISIBLE = "[\u00ad\u200c\u200d\u2060\ufeff]"  # (a zero-width space, \u200b, is a break between words)
 _STOP_WORD = re.compile(rf"(?<!\w)(?<!\w{_JOINER})(?<!\w{_INVISIBLE})(?:{'|'.join(sorted(STOP_WORDS))})"
                         rf"(?!\w)(?!{_JOINER}\w)(?!{_INVISIBLE}\w)")
 _BULLETS = ("•", "-", "*", "·", "‣", "▪", "●", "◦")

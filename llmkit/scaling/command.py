@@ -54,7 +54,9 @@ def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
     from llmkit.scaling.stage import predict
 
     result = predict(fit, config.params, config.tokens)
-    interval = (f" (95% interval {figure(result['interval'][0], 4)} .. {figure(result['interval'][1], 4)})"
+    refits = (f", from {result['interval_refits']} of {result['refits']} refits"
+              if result.get("interval_refits", 0) < result.get("refits", 0) else "")
+    interval = (f" (95% interval {figure(result['interval'][0], 4)} .. {figure(result['interval'][1], 4)}{refits})"
                 if "interval" in result else "")
     console.print(f"N = {config.params:.4g}, D = {config.tokens:.4g}: loss {figure(result['loss'], 4)}{interval}", soft_wrap=True)
     if "undetermined" in result:

@@ -31,9 +31,12 @@ def _scatter(ax, xs, ys, colours, cmap: str, legend: str):
 def _whole_decades_only(axis) -> None:
     """A log axis's minor ticks at 2 and 5 of each decade only: across under two decades matplotlib
     labels every minor tick, and eight labels a decade ran into each other ("3x10^4x10^3")."""
-    from matplotlib.ticker import LogLocator
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
     axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    # (labelled where the axis spans under 2 decades: the default formatter left 5 of each decade unlabelled, and an
+    # axis under a decade wide with one label or none)
+    axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 2)))
 
 
 def _against(plt, path: Path, xs: np.ndarray, others: np.ndarray, loss: np.ndarray, law_at, names: tuple[str, ...],

@@ -126,27 +126,31 @@ def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
         result["undetermined"] = law.undetermined
     measured = _measured_points(art)
     samples = fit.get("bootstrap_samples") or []
-    if samples:
+    if samples and not law.undetermined:  # (an undetermined law's refits are whatever the optimizer left: no interval)
         # the refits the points determine, as the budgets' intervals take them (one whose exponent stopped at its
         # bound has any coefficient, and moves the interval anywhere away from the points)
         laws = [Law(*sample) for sample in samples]
         kept = [law for law in laws if law.determined and (measured is None or not unmeasured_term(law, *measured))]
-        if kept:
+        if len(kept) >= MIN_INTERVAL_REFITS:  # (2.5 and 97.5 percentiles of a handful are no 95% interval)
             losses = [sample.loss(params, tokens) for sample in kept]
             result["interval"] = [float(np.percentile(losses, 2.5)), float(np.percentile(losses, 97.5))]
-        result["interval_refits"] = len(kept)
+        result["interval_refits"], result["refits"] = len(kept), len(samples)
     if measured is not None:
         result["outside"] = _outside_the_points(params, tokens, measured)
     return result
+
+
+MIN_INTERVAL_REFITS = 10
 
 
 def _measured_points(art) -> tuple[np.ndarray, ...] | None:
     """(params, tokens, loss) of the points the law was fitted to (its points.csv), or None."""
     try:
         rows = list(csv.DictReader(art.file("points.csv").read_text(encoding="utf-8").splitlines()))
-        return tuple(np.array([float(row[name]) for row in rows]) for name in ("params", "tokens", "loss"))
-    except (OSError, KeyError, ValueError, UserError):
+        measured = tuple(np.array([float(row[name]) for row in rows]) for name in ("params", "tokens", "loss"))
+    except (OSError, KeyError, ValueError, TypeError, UserError):  # (a file edited by hand: verify says how)
         return None
+    return measured if rows else None
 
 
 def _outside_the_points(params: float, tokens: float, measured: tuple[np.ndarray, ...]) -> list[str]:

@@ -23,6 +23,16 @@ from llmkit.sweep.config import SweepConfig, parse_size
 from llmkit.pretrain.config import PretrainConfig
 
 
+def too_few_for_a_fit(runs: list) -> str | None:
+    """What a grid lacks for `scaling fit` to determine its law (6 points or more, 3 model sizes and
+    3 token counts or more), said before training rather than after; None when it has them."""
+    sizes, tokens = len({run.non_embedding_params for run in runs}), len({run.tokens for run in runs})
+    if len(runs) >= 6 and sizes >= 3 and tokens >= 3:
+        return None
+    return (f"{len(runs)} run(s) of {sizes} size(s) and {tokens} token count(s): scaling fit needs 6 points or more, and 3 "
+            "sizes and 3 token counts or more, to determine its law; widen the grid for a fit")
+
+
 @dataclass
 class PlannedRun:
     name: str
@@ -112,14 +122,7 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
 
         note(f"--per-budget {config.per_budget}, but there are {len(sizes)} sizes: each budget trains all of them")
     if config.token_budgets:  # (a budget given twice would be one run, counted twice by the fit)
-        budgets = sorted({int(t) for t in config.token_budgets})
-        grid = [(size, tokens, None) for tokens in budgets for size in sizes]
-        distinct_sizes = len({size[4] for size in sizes})
-        if len(grid) < 6 or distinct_sizes < 3 or len(budgets) < 3:  # said before training, not after (scaling fit's rules)
-            from llmkit.console import note
-
-            note(f"{len(grid)} run(s) of {distinct_sizes} size(s) x {len(budgets)} token count(s): scaling fit needs 6 points "
-                 "or more, and 3 sizes and 3 token counts or more to determine its law; add --sizes or --tokens for a fit")
+        grid = [(size, tokens, None) for tokens in sorted({int(t) for t in config.token_budgets}) for size in sizes]
     else:
         for budget in sorted(set(config.flops)):
             centre = math.sqrt(budget / (6.0 * config.tokens_per_param))

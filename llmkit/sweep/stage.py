@@ -31,7 +31,7 @@ from llmkit.errors import Terminated, UsageError, UserError, debug_enabled
 from llmkit.runtime import END_WITH_PARENT
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig, one_grid
-from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan
+from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan, too_few_for_a_fit
 from llmkit.sweep_table import TABLE, write_table  # (the table of finished runs, hashed; stats add each run's wall time)
 
 RUNS, CONFIGS, LOGS, PLOTS = artifacts.SWEEP_RUNS, "configs", "logs", "plots"
@@ -69,6 +69,10 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
         if not all(finished):  # a sweep being (re)run is not an artifact until it is finished again
             (out / artifacts.MANIFEST).unlink(missing_ok=True)
         states = [_prepare(run, out, done) for run, done in zip(runs, finished)]
+        if (lacking := too_few_for_a_fit(runs)) is not None and not all(finished):  # (after every check, before training)
+            from llmkit.console import note
+
+            note(lacking)
         _execute(states, tokens_art.path, out, config)
         failed = [s for s in states if s.state == "failed"]
         if failed:
