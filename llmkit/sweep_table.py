@@ -56,3 +56,17 @@ def read_rows(sweep) -> list[SweepRow]:
         return [SweepRow.of(row) for row in rows]
     except (TypeError, KeyError, ValueError, AttributeError):
         raise UserError(f"{source} holds no list of runs; {fix}") from None
+
+
+def above_a_uniform_guess(losses: list[tuple[str, float | None]], vocab_size: int) -> str:
+    """The runs (name, final validation loss) that ended above the loss of a uniform guess over the
+    vocabulary, ln V nats: they diverged, though their loss stayed finite, and a fit would take them
+    as measured; "" when none did."""
+    import math
+
+    uniform = math.log(vocab_size)
+    above = [name for name, loss in losses if loss is not None and loss > uniform]
+    if not above:
+        return ""
+    shown = ", ".join(above[:4]) + (f" and {len(above) - 4} more" if len(above) > 4 else "")
+    return f"{shown} ended above a uniform guess's loss over the vocabulary (ln {vocab_size} = {uniform:.2f}): diverged"

@@ -958,3 +958,22 @@ def test_isoflop_curves_past_ten_budgets_have_a_colour_each(tmp_path, monkeypatc
     ax = drawn["isoflop.png"].axes[0]
     curves = [line for line in ax.lines if line.get_label().startswith("C = ")]
     assert len(curves) == 12 and len({str(line.get_color()) for line in curves}) == 12
+
+
+def test_a_run_that_diverged_but_stayed_finite_is_named_by_the_sweep_and_the_fit(cli, tokens, tmp_path):
+    """Validation losses of 77 and 167 with a vocabulary of 300 (a uniform guess: ln 300 = 5.70) were
+    recorded as done and fitted without a word."""
+    import math
+
+    out = tmp_path / "diverged"
+    result = cli("sweep", tokens, "-o", out, "--sizes", "1x16,1x64", "--tokens", "2e4", "--head-dim", "16", "--seq-len", "64",
+                 "--context-length", "64", "--batch-tokens", "1024", "--min-steps", "10", "--eval-tokens", "2048",
+                 "--eval-every", "10", "--lr", "3", "--grad-clip", "0")
+    assert result.exit_code == 0, result.output
+    rows = artifacts.load(out, kind="sweep").stats["runs"]
+    above = [row["name"] for row in rows if row["final_val_loss"] > math.log(300)]
+    assert above, rows  # (the learning rate that diverges them: if this changes, find another)
+    flat = " ".join(result.output.split())
+    assert f"{', '.join(above)} ended above a uniform guess's loss over the vocabulary (ln 300 = 5.70): diverged" in flat
+    fitted = cli("scaling", "fit", out, "-o", tmp_path / "fit", "--grid", "coarse", "--bootstrap", "0")  # (2 points: refused)
+    assert "diverged; the fit takes them as measured" in " ".join(fitted.output.split()), fitted.output

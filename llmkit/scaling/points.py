@@ -42,7 +42,7 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
 
 def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
     """From the sweep's table of runs (llmkit.sweep_table)."""
-    from llmkit.sweep_table import read_rows
+    from llmkit.sweep_table import above_a_uniform_guess, read_rows
 
     points = [
         Point(params=r.params if count == "total" else r.non_embedding_params, tokens=r.tokens,
@@ -52,6 +52,14 @@ def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
     if not points:
         raise UserError(f"sweep {sweep.path} has no finished run with a validation loss (its runs did not validate: "
                         "--eval-every 0, or tokens without a validation split); sweep again with validation on")
+    try:
+        vocab = int(sweep.input("tokens").stats["vocab_size"])
+    except (UserError, KeyError, TypeError, ValueError):
+        vocab = None  # (the tokens gone or changed since: nothing to judge by)
+    if vocab and (diverged := above_a_uniform_guess([(p.name, p.loss) for p in points], vocab)):
+        from llmkit.console import note
+
+        note(f"{diverged}; the fit takes them as measured: sweep again with a lower --lr, or fit a CSV of the others")
     return points
 
 

@@ -32,7 +32,7 @@ from llmkit.runtime import END_WITH_PARENT
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig, one_grid
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan, too_few_for_a_fit
-from llmkit.sweep_table import TABLE, write_table  # (the table of finished runs, hashed; stats add each run's wall time)
+from llmkit.sweep_table import TABLE, above_a_uniform_guess, write_table  # (the table of finished runs, hashed; stats add each run's wall time)
 
 RUNS, CONFIGS, LOGS, PLOTS = artifacts.SWEEP_RUNS, "configs", "logs", "plots"
 
@@ -413,6 +413,11 @@ def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, c
             bits_per_byte=final / math.log(2) / bytes_per_token if final is not None and bytes_per_token else None,
             seconds=run_art.manifest.runtime.get("train_seconds"), fingerprint=run_art.fingerprint,
         ))
+    vocab = int(tokens_art.stats["vocab_size"])
+    if (diverged := above_a_uniform_guess([(row["name"], row["final_val_loss"]) for row in rows], vocab)):
+        from llmkit.console import note
+
+        note(f"{diverged}; scaling fit would take them as measured: lower --lr in a new sweep (--force, or another -o)")
     budgets: dict[str, list[RunState]] = {}  # (labels name one budget each: grid.budget_label)
     for state in states:
         label = f"{budget_label(state.run.flops_budget)} FLOPs" if state.run.flops_budget else f"{state.run.tokens:,} tokens"
