@@ -1171,3 +1171,32 @@ def test_examples_with_an_empty_response_are_left_out_and_said(base, cli, tmp_pa
     result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", blank, "--max-steps", "1", "-o", tmp_path / "b")
     assert result.exit_code == 1 and "every training example's response is empty" in " ".join(result.output.split())
     assert not (tmp_path / "b").exists()
+
+
+def test_an_interrupted_lora_run_names_the_step_its_resume_trains_on(base, shared_data, cli, tmp_path, monkeypatch):
+    """A LoRA run's merged final weights are no point a --resume trains on: interrupted, a resumed
+    run whose newest step checkpoint is older than its end (a run made before LoRA runs kept their
+    last step unmerged) named the run itself, and --resume then went on from the older step."""
+    import shutil
+
+    from llmkit.train.checkpoint import step_dirs
+    from llmkit.train.loop import Trainer
+
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64])
+    run = tmp_path / "lora"
+    common = ["finetune", base["checkpoint"], "-o", run, "--task", "classify", "--data", data, "--batch-size", "8",
+              "--eval-every", "0", "--save-every", "2", "--keep-last", "0", "--truncate", "--lora-rank", "4"]
+    assert cli(*common, "--max-steps", "4").exit_code == 0
+    shutil.rmtree(step_dirs(run)[-1])  # (its last step's unmerged copy gone: only step 2 trains on)
+    real = Trainer.train_step
+
+    def stopped_at_step_4(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_at_step_4)
+    result = cli(*common, "--max-steps", "8", "--resume")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 130 and "resumed from step 2" in flat, result.output
+    assert f"its last checkpoint is step 2 ({step_dirs(run)[-1]}): rerun with --resume" in flat, result.output
