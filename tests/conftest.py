@@ -108,6 +108,21 @@ def product_switch(monkeypatch):
     forget()
 
 
+def interrupt_training_at(monkeypatch, step: int) -> None:
+    """Every training loop in this process raises KeyboardInterrupt (a Ctrl-C) as it starts its step
+    `step` (0-based, so step + 1 as the log counts), before any of it is saved."""
+    from llmkit.train.loop import Trainer
+
+    real = Trainer.train_step
+
+    def stopped(self, at):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(self, at)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped)
+
+
 def run_killed_and_resumed(command: list[str], tmp_path, progress, minimum: int):
     """A data stage three times: straight through into `straight`; into `killed`, SIGKILLed once its resume
     marker shows progress >= minimum; then again into `killed`, which must resume. Checks what every

@@ -1179,8 +1179,8 @@ def test_an_interrupted_lora_run_names_the_step_its_resume_trains_on(base, share
     last step unmerged) named the run itself, and --resume then went on from the older step."""
     import shutil
 
+    from conftest import interrupt_training_at
     from llmkit.train.checkpoint import step_dirs
-    from llmkit.train.loop import Trainer
 
     data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:64])
     run = tmp_path / "lora"
@@ -1188,14 +1188,7 @@ def test_an_interrupted_lora_run_names_the_step_its_resume_trains_on(base, share
               "--eval-every", "0", "--save-every", "2", "--keep-last", "0", "--truncate", "--lora-rank", "4"]
     assert cli(*common, "--max-steps", "4").exit_code == 0
     shutil.rmtree(step_dirs(run)[-1])  # (its last step's unmerged copy gone: only step 2 trains on)
-    real = Trainer.train_step
-
-    def stopped_at_step_4(self, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", stopped_at_step_4)
+    interrupt_training_at(monkeypatch, 3)  # (the 4th step: before its checkpoint)
     result = cli(*common, "--max-steps", "8", "--resume")
     flat = " ".join(result.output.split())
     assert result.exit_code == 130 and "resumed from step 2" in flat, result.output

@@ -1360,16 +1360,9 @@ def test_a_run_that_recorded_a_setting_it_never_read_resumes(shakespeare, cli, t
 def test_an_interrupted_run_names_the_checkpoint_it_goes_on_from_or_that_nothing_was_kept(shakespeare, cli, tmp_path,
                                                                                           monkeypatch):
     """Ctrl-C said "rerun it with --resume ..., or as it was if it saved none" whatever was on disk."""
-    from llmkit.train.loop import Trainer
+    from conftest import interrupt_training_at
 
-    real = Trainer.train_step
-
-    def stopped_at_step_3(self, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", stopped_at_step_3)
+    interrupt_training_at(monkeypatch, 3)
     run = tmp_path / "run"
     common = ["pretrain", shakespeare["tokens"], *FAST, "--eval-every", "0", "--max-steps", "6"]
     result = cli(*common, "-o", run, "--save-every", "2")
