@@ -514,9 +514,11 @@ _MAKERS = {"corpus": "llmkit clean", "tokenizer": "llmkit tokenizer train", "tok
 
 
 def _how_to_make(wanted: tuple[str, ...], found: str, path: Path) -> str:
-    """The fix of a wrong input, as "; ..." (nothing where no single kind was wanted)."""
+    """The fix of a wrong input, as "; ..."; where several kinds would do, the step to the first
+    of them this one makes (a corpus given as tokenize's -t: train a tokenizer on it)."""
     if len(wanted) != 1:
-        return ""
+        step = next((_NEXT_STEPS[(found, kind)] for kind in wanted if (found, kind) in _NEXT_STEPS), None)
+        return "; " + step.format(path=path) if step else ""
     step = _NEXT_STEPS.get((found, wanted[0]))
     if step:
         return "; " + step.format(path=path)

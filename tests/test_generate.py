@@ -613,6 +613,11 @@ def test_cli_streams_single_prompt(cli, ckpt):
     loaded = load_checkpoint(ckpt)
     expected = Generator(loaded.model, loaded.tokenizer).complete(["ROMEO:"], GenerationParams(max_new_tokens=8))[0].text
     assert "ROMEO:" + expected in result.output
+    assert "prompt 1" not in result.output  # (one completion: no rules)
+    # several streamed: each under its rule (the first had none)
+    several = cli("generate", ckpt, "-p", "ROMEO:", "-p", "JULIET:", "-n", "4", "--greedy", "--stream")
+    assert several.exit_code == 0, several.output
+    assert several.output.index("prompt 1") < several.output.index("ROMEO:") < several.output.index("prompt 2")
 
 
 def test_printed_completions_piped_are_the_text_as_generated(cli, ckpt, tmp_path):

@@ -55,6 +55,8 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
 
     def on_ready(prompts, framed=None) -> None:  # the prompt is shown only once the checkpoint has loaded
         if stream:
+            if rows > 1:  # (its rule, as every later completion has: the first was the only one without)
+                console.rule(f"prompt 1{', sample 1' if config.num_samples > 1 else ''}", style="dim")
             shown = prompts[0].display + ("\n" if framed and framed[0] else "")  # (an answer goes on a line of its own)
             write_generated((shown, "dim"))
 
@@ -79,7 +81,7 @@ generate = stage_command(
     "generate", GenerateConfig, _generate,
     arguments=[argument("checkpoints", "Checkpoint artifact (llmkit pretrain / finetune / import); several generate as an ensemble.",
                         type=list[Path])],
-    out="Write one JSON record per completion to this .jsonl file.", out_type=Optional[Path],
+    out="Write one JSON record per completion to this file (JSONL, whatever its name).", out_type=Optional[Path],
     force="Replace an existing -o file.",
     writes_artifact=False,
 )

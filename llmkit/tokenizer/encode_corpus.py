@@ -540,6 +540,9 @@ def _checked_val_share(per_split: dict, config: TokenizeConfig, corpus_path: Pat
         if split_summary["documents_split_inside"]:
             why = ("its documents are too short to give a validation tail of that share; give longer documents or "
                    "raise --val-fraction")
+        elif drawn < 10:  # (a handful of documents: their own sizes decide the share, however the corpus is split)
+            why = (f"it takes whole documents and drew {drawn:,} of {num_docs:,}, whose own sizes decide the share; raise "
+                   "--val-fraction to average more of them, or split the largest documents (llmkit clean --doc-per blank-line)")
         else:
             # (round(n * F) of n documents is within a factor 2 of F wherever it is one or more: split_plan; so
             # the share is off because the documents drawn are far from the average size: one book among notes)
