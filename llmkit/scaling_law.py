@@ -98,17 +98,19 @@ class Law:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None
         if "undetermined" not in fit and "points.csv" in art.manifest.files:  # made before the check: checked on its points
-            law.undetermined = unmeasured_term(law, *_fitted_points(art.file("points.csv")))
+            law.undetermined = unmeasured_term(law, *fitted_points(art.file("points.csv")))
         return law
 
 
-def _fitted_points(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fitted_points(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(params, tokens, loss) of a scaling artifact's points.csv."""
     import csv
 
     with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     try:
+        if not rows:
+            raise ValueError("no points")
         return tuple(np.array([float(row[name]) for row in rows]) for name in ("params", "tokens", "loss"))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} is damaged ({exc}); run llmkit scaling fit again") from None

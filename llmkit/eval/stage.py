@@ -224,7 +224,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     scores = _Scores()
     started = time.perf_counter()
     with artifacts.create(out, "eval", force=force, inputs=read) as build:
-        loaded, order = None, None
+        loaded = None
         if checkpoint is not None and cfg.predictions is not None:
             # predictions made elsewhere by this checkpoint: recorded in the lineage, not loaded
             build.add_input("checkpoint", artifacts.load(checkpoint, kind="checkpoint"))
@@ -239,9 +239,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 from llmkit.inference.compiled import check_compilable
 
                 check_compilable(loaded.model)
-            # in the members' fingerprint order, as they are mixed: the order typed changes no score, nor the artifact
-            order = cfg.ensembling.fingerprint_order(loaded.members)
-            for index, member in enumerate(loaded.members[i] for i in order):
+            for index, member in enumerate(loaded.members):  # (in the order they are mixed: load_ensemble)
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         if cfg.predictions is not None:
             _score_predictions_file(cfg, text, cls, scores)
@@ -264,7 +262,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             scores.metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
                                                            cfg.bootstrap, normalized))
         _write_results(build.dir, scores)
-        build.config = _recorded_eval_config(cfg, len(members), order)
+        build.config = _recorded_eval_config(cfg, loaded.member_weights if loaded is not None else [])
         build.seed = cfg.seed if cfg.draws else None  # the same scores under any --seed are the same artifact
         build.stats = {**scores.stats, "signatures": scores.signatures, "metrics": list(scores.metrics)}
         build.runtime = {**cfg.runtime(), "device": device, "seconds": round(time.perf_counter() - started, 3)}
@@ -363,16 +361,16 @@ def _write_results(folder: Path, scores: _Scores) -> None:
             handle.write(line + "\n")
 
 
-def _recorded_eval_config(cfg: EvalConfig, members: int, order: list[int] | None) -> dict[str, Any]:
+def _recorded_eval_config(cfg: EvalConfig, weights: list[float]) -> dict[str, Any]:
     """The eval's hashed config: its options, and what only some evals record (so that the configs of
-    evals before each were added stay the same); an ensemble's weights in its inputs' `order`."""
+    evals before each were added stay the same); an ensemble's `weights`, in its inputs' order."""
     config = _recorded_config(cfg)
     if cfg.bootstrap:
         config["bootstrap"] = cfg.bootstrap
     if cfg.tasks:
         config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
         config.pop("metrics", None)  # (the default perplexity: a benchmark run scores acc and acc_norm)
-    ensemble = cfg.ensembling.recorded(members, order)
+    ensemble = cfg.ensembling.recorded(weights)
     if ensemble:
         config["ensemble"] = ensemble
     return config

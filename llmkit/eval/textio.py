@@ -61,6 +61,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return jsonl.read_jsonl(path)
 
 
+def first_field(records: list[dict], candidates: Sequence[str]) -> str | None:
+    """The first of `candidates` the first record has (a dotted name reaching into a nested field)."""
+    return next((c for c in candidates if jsonl.field_value(records[0], c) is not jsonl.ABSENT), None)
+
+
 def pick_field(records: list[dict], given: str | None, candidates: Sequence[str], what: str, flag: str,
                where: str = "the data") -> str:
     """The field holding `what`: the one given, else the first candidate the first record has;
@@ -72,7 +77,7 @@ def pick_field(records: list[dict], given: str | None, candidates: Sequence[str]
         raise UserError(f"{where} holds no records")
     name = given
     if name is None:
-        name = next((c for c in candidates if jsonl.field_value(records[0], c) is not jsonl.ABSENT), None)
+        name = first_field(records, candidates)
         if name is None:
             raise UserError(f"cannot find the {what} in {where} (fields: {', '.join(records[0])}); pass {flag} NAME")
     if "." in name and not any(name in record for record in records):  # (a key of that name wins)
@@ -124,9 +129,8 @@ def refuse_scoring_against_itself(path: Path, prediction_field: str | None, refe
     records = jsonl.read_jsonl(path)
     if not records:
         return  # (said as an empty file by the readers)
-    predicted = prediction_field or next((c for c in PREDICTION_FIELDS if c in records[0]), None)
-    candidates = tuple(REFERENCE_FIELDS) + ((LABEL_FIELD,) if labels else ())
-    referenced = reference_field or next((c for c in candidates if c in records[0]), None)
+    predicted = prediction_field or first_field(records, PREDICTION_FIELDS)
+    referenced = reference_field or first_field(records, REFERENCE_FIELDS + ((LABEL_FIELD,) if labels else ()))
     if predicted is not None and predicted == referenced:
         raise UserError(f"{path} is both --predictions and --references, and both would read its {predicted!r}: each "
                         "prediction would be scored against itself; name the references' field with --reference-field")

@@ -166,8 +166,11 @@ def ensemble_of(members: Sequence[nn.Module], weights: Sequence[float], mode: st
 
 def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequence[float] | None = None, mode: str = "prob"):
     """Load checkpoints as one model: a LoadedCheckpoint whose `model` is their ensemble (the
-    checkpoint itself for one path) and whose `members` are their artifacts, in order. Members
-    must share a tokenizer and a task (a one-line error otherwise)."""
+    checkpoint itself for one path), whose `members` are their artifacts and `member_weights` their
+    normalised weights, in the order they are mixed: by fingerprint, then weight, whatever the order
+    typed (a float32 running mixture of three or more rounds by its order; an eval records its
+    inputs so, one artifact however they were typed). Members must share a tokenizer and a task (a
+    one-line error otherwise)."""
     from llmkit import artifacts
     from llmkit.errors import UserError
     from llmkit.model.averaging import check_same_task, normalised
@@ -181,8 +184,10 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     normalised_weights = normalised(weights, len(arts))
     loaded = [load_checkpoint(path, device=device, purpose=purpose) for path in paths]
     if len(loaded) == 1:
-        loaded[0].members = [loaded[0].artifact]
+        loaded[0].members, loaded[0].member_weights = [loaded[0].artifact], [1.0]
         return loaded[0]
+    order = sorted(range(len(loaded)), key=lambda i: (loaded[i].artifact.fingerprint, normalised_weights[i]))
+    loaded, normalised_weights = [loaded[i] for i in order], [normalised_weights[i] for i in order]
     sizes = {int(item.config.vocab_size) for item in loaded}
     if len(sizes) > 1:  # one tokenizer, but an import with its embeddings padded to a round size
         shown = ", ".join(f"{item.artifact.path} {int(item.config.vocab_size)}" for item in loaded)
@@ -191,12 +196,9 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     _check_same_document_start(loaded)
     # the first member that takes part speaks for the ensemble (a weight-0 member is left out)
     first = next(item for item, w in zip(loaded, normalised_weights) if w > 0)
-    first.members = [item.artifact for item in loaded]
+    first.members, first.member_weights = [item.artifact for item in loaded], normalised_weights
     # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
     kept = [(item, w) for item, w in zip(loaded, normalised_weights) if w > 0]
-    # mixed in the members' fingerprint order: the float32 running mixture of three or more rounds by
-    # its order, so the order they were typed in changed scores in their last digits
-    kept.sort(key=lambda pair: (pair[0].artifact.fingerprint, pair[1]))
     if len(kept) > 1:  # one member alone is that model, its logits as they are
         contexts = {int(item.config.context_length) for item, _ in kept if getattr(item.config, "arch", "gpt") != "lstm"}
         first.model = ensemble_of([item.model for item, _ in kept], [w for _, w in kept], mode,

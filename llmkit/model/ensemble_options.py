@@ -39,23 +39,12 @@ class Ensembling(Options):
         given = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints or [])
         return [Path(p) for p in given] + [Path(p) for p in self.ensemble]
 
-    def recorded(self, count: int, order: list[int] | None = None) -> dict | None:
-        """The config entry of an ensemble of `count` members, their weights in `order` (of the
-        members as given: fingerprint_order's); None for one checkpoint."""
-        if count < 2:
+    def recorded(self, weights: list[float]) -> dict | None:
+        """The config entry of an ensemble whose members, in the order they are mixed, have these
+        normalised `weights` (load_ensemble's `member_weights`); None for one checkpoint."""
+        if len(weights) < 2:
             return None
-        from llmkit.model.averaging import normalised
-
-        weights = normalised(self.weights, count)
-        return {"members": count, "weights": [weights[i] for i in order or range(count)], "mode": self.ensemble_mode}
-
-    def fingerprint_order(self, members: list) -> list[int]:
-        """The members' artifacts (as given) ordered by fingerprint, then weight (one checkpoint given
-        twice): the order they are mixed in, and recorded in."""
-        from llmkit.model.averaging import normalised
-
-        weights = normalised(self.weights, len(members))
-        return sorted(range(len(members)), key=lambda i: (members[i].fingerprint, weights[i]))
+        return {"members": len(weights), "weights": list(weights), "mode": self.ensemble_mode}
 
     def single_model_flags(self, count: int) -> list[tuple[str, str]]:
         """(flag, what it is for) of each ensemble option given for a lone checkpoint, which ignores them."""

@@ -437,10 +437,9 @@ def _recompute_smaller(shape: ModelShape, layout: Layout, device: Device, *, seq
     processes sharing one machine's memory) in the fewest processes the layout splits into. More
     machines, the search's answer, shrink only the sharded state and may take dozens of them."""
     bases = [("", layout)]
-    if device.shared and _fewer_processes(layout):
-        fewest = _fewer_processes(layout)[-1]
-        if (base := runnable(shape, replace(layout, gpus=fewest), sequences)) is not None:
-            bases.append((f"{process_flag} {fewest} ", replace(layout, gpus=fewest)))
+    fewer = _fewer_processes(layout) if device.shared else []
+    if fewer and runnable(shape, fewest := replace(layout, gpus=fewer[-1]), sequences) is not None:
+        bases.append((f"{process_flag} {fewer[-1]} ", fewest))
     asked = (split(layout, sequences) or layout).micro_batch
     for flag, base in bases:
         best = largest_micro_batch(shape, replace(base, activation_checkpointing=True), device, sequences=sequences)

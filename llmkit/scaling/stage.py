@@ -19,7 +19,7 @@ from llmkit import artifacts, outputs
 from llmkit.errors import UserError
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop, isoflop_minima
-from llmkit.scaling_law import FIT_FILE, Law, unmeasured_term
+from llmkit.scaling_law import FIT_FILE, Law, fitted_points, unmeasured_term
 from llmkit.scaling.points import read_points
 
 
@@ -124,7 +124,7 @@ def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
     result = {"params": params, "tokens": tokens, "loss": float(law.loss(params, tokens))}
     if law.undetermined:
         result["undetermined"] = law.undetermined
-    measured = _measured_points(art)
+    measured = fitted_points(art.file("points.csv")) if "points.csv" in art.manifest.files else None
     samples = fit.get("bootstrap_samples") or []
     if samples and not law.undetermined:  # (an undetermined law's refits are whatever the optimizer left: no interval)
         # the refits the points determine, as the budgets' intervals take them (one whose exponent stopped at its
@@ -141,16 +141,6 @@ def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
 
 
 MIN_INTERVAL_REFITS = 10
-
-
-def _measured_points(art) -> tuple[np.ndarray, ...] | None:
-    """(params, tokens, loss) of the points the law was fitted to (its points.csv), or None."""
-    try:
-        rows = list(csv.DictReader(art.file("points.csv").read_text(encoding="utf-8").splitlines()))
-        measured = tuple(np.array([float(row[name]) for row in rows]) for name in ("params", "tokens", "loss"))
-    except (OSError, KeyError, ValueError, TypeError, UserError):  # (a file edited by hand: verify says how)
-        return None
-    return measured if rows else None
 
 
 def _outside_the_points(params: float, tokens: float, measured: tuple[np.ndarray, ...]) -> list[str]:
