@@ -192,9 +192,12 @@ def _manifest_problem(data: Any) -> str | None:
     return None
 
 
-def manifest_kind(folder: Path) -> str | None:
-    """The kind of the artifact at `folder` if its manifest is one llmkit wrote, else None."""
+def manifest_kind(folder: Path, *, loosely: bool = False) -> str | None:
+    """The kind of the artifact at `folder` if its manifest is one llmkit wrote, else None (`loosely`:
+    a damaged one naming a kind llmkit makes counts, as in is_manifest)."""
     data = _manifest_json(Path(folder) / MANIFEST)
+    if loosely:
+        return data["kind"] if is_manifest(Path(folder) / MANIFEST, loosely=True) else None
     return data["kind"] if _manifest_problem(data) is None else None
 
 
@@ -729,7 +732,7 @@ def create(out: Path | str, kind: str, *, force: bool = False, inputs: Iterable[
     the manifest is ready: a stage interrupted while it finishes still leaves its work to continue.
     """
     out = Path(out)
-    with atomic_directory(out, force=force, inputs=inputs, lock=lock, resume_key=resume_key) as tmp:
+    with atomic_directory(out, force=force, inputs=inputs, lock=lock, resume_key=resume_key, writes=kind) as tmp:
         builder = ArtifactBuilder(kind, tmp, out)
         if resume_key is not None:
             builder.scratch = list(RESUME_FILES)

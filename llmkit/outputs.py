@@ -49,11 +49,13 @@ def _refuse_a_long_name(out: Path, *, inside_a_checked_output: bool = False) -> 
 
 
 def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | None] = (), resume: bool = False,
-                 a_runs_own: bool = False, inside_a_checked_output: bool = False, replacing: bool | None = None) -> Path:
+                 a_runs_own: bool = False, inside_a_checked_output: bool = False, replacing: bool | None = None,
+                 writes: str | None = None) -> Path:
     """Refuse an output that would replace, lie inside or contain one of the stage's inputs (even
     with --force), that lies where a training run keeps its own checkpoints (unless `a_runs_own`:
-    the run writing them), that exists without --force, or that cannot be written; create its parent
-    folders. Called before any work, so a bad -o costs nothing."""
+    the run writing them), that holds another kind of output than the command `writes` (an artifact
+    kind, or "export"), even with --force, that exists without --force, or that cannot be written;
+    create its parent folders. Called before any work, so a bad -o costs nothing."""
     out = Path(out)
     from llmkit.artifacts import storable_name
 
@@ -91,6 +93,8 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         what = "llmkit continues only its own runs" if resume else "llmkit replaces only its own outputs"
         raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); {what}: move it "
                         "away, or choose another -o path")
+    if writes is not None and not resume and out.exists():  # (--resume into another kind says so in the run's own words)
+        _refuse_another_kind(out, writes)
     _refuse_existing(out, force)
     # (moving it aside failed after the work; `replacing`: whether this run would replace or continue it, where
     # `force` says less: a training run's directory is checked with force=True and asks --resume/--force itself)
@@ -98,6 +102,38 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         _refuse_a_read_only_output(out, resume)
     make_parent(out)
     return out
+
+
+def kind_made_at(folder: Path) -> str | None:
+    """What llmkit made at `folder`: an artifact's kind (a damaged manifest's too), "checkpoint" for
+    a training run before its manifest, "sweep" for a sweep before its own, "export" for an llmkit
+    export; None for an empty folder or one llmkit did not make."""
+    from llmkit.artifacts import manifest_kind, unfinished_sweep
+
+    made = manifest_kind(folder, loosely=True)
+    if made is not None:
+        return made
+    if (folder / "llmkit_model_config.json").is_file():
+        return "export"
+    if unfinished_sweep(folder) or (folder / "runs").is_dir() and _unmarked_run(folder):
+        return "sweep"
+    if (folder / RUN_MARK).is_file() or not empty_folder(folder) and _unmarked_run(folder):
+        return "checkpoint"
+    return None
+
+
+_A_KIND = {"checkpoint": "a checkpoint", "tokens": "a tokens artifact", "tokenizer": "a tokenizer", "corpus": "a corpus",
+           "eval": "an eval artifact", "sweep": "a sweep", "scaling": "a scaling fit", "export": "an llmkit export"}
+
+
+def _refuse_another_kind(out: Path, writes: str) -> None:
+    """--force replaces the command's own kind of output only: `tokenize -o CKPT --force` replaced a
+    checkpoint (a training run's weeks) with tokens, a slip of one path."""
+    made = kind_made_at(out)
+    if made is not None and made != writes:
+        raise UserError(f"output {out} is {_A_KIND.get(made, made)}, and this command writes {_A_KIND.get(writes, writes)}; "
+                        "--force replaces only an output of the kind the command writes: move it away, or choose another "
+                        "-o path")
 
 
 def _refuse_a_read_only_output(out: Path, resume: bool) -> None:
@@ -469,7 +505,7 @@ def _a_training_run(folder: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[Path | str | None] = (),
-                     lock: bool = True, resume_key: str | None = None) -> Iterator[Path]:
+                     lock: bool = True, resume_key: str | None = None, writes: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `out`; rename it to `out` on success, remove it on any error.
 
     For directories that are not artifacts (an exported transformers folder) as well as artifacts.
@@ -483,12 +519,15 @@ def atomic_directory(out: Path | str, *, force: bool = False, inputs: Iterable[P
     a marker, or on a one-line UserError (a rerun would fail the same way), it is removed.
     """
     # (a training run writes its own places with lock=False: it holds the run's lock)
-    out = check_output(out, force, inputs=list(inputs), a_runs_own=not lock, inside_a_checked_output=not lock)
+    out = check_output(out, force, inputs=list(inputs), a_runs_own=not lock, inside_a_checked_output=not lock,
+                       writes=writes)
     if os.path.ismount(out):  # (renamed into place at the end: a mount point cannot be moved aside, after all the work)
         raise UserError(f"-o {out} is a mount point, which llmkit cannot replace with the folder it writes beside it; give "
                         f"a folder inside it (such as {out / 'NAME'})")
     with output_lock(out) if lock else contextlib.nullcontext():
-        _refuse_existing(out, force)  # made by another run since the check above
+        if writes is not None and out.exists():  # made by another run since the check above
+            _refuse_another_kind(out, writes)
+        _refuse_existing(out, force)
         parent = out.resolve().parent
         if resume_key is None:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))

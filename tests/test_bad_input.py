@@ -373,6 +373,34 @@ def test_resume_into_an_artifact_of_another_kind_is_refused(cli, chain, tmp_path
     assert "is a file where the run keeps its checkpoints folder" in line
 
 
+@pytest.mark.parametrize("target,command,made,writes", [
+    ("ckpt", ["tokenize", "{corpus}", "-t", "{tok}"], "a checkpoint", "a tokens artifact"),
+    ("tokens", ["pretrain", "{tokens}", *TINY_MODEL, *TINY_RUN], "a tokens artifact", "a checkpoint"),
+    ("tok", ["export", "{ckpt}"], "a tokenizer", "an llmkit export"),
+    ("hf", ["average", "{ckpt}", "{ckpt}"], "an llmkit export", "a checkpoint"),
+    ("corpus", ["eval", "{ckpt}", "--data", "{tokens}"], "a corpus", "an eval artifact"),
+    ("ckpt", ["clean", "{book}"], "a checkpoint", "a corpus"),
+], ids=["tokenize-over-checkpoint", "pretrain-over-tokens", "export-over-tokenizer", "average-over-export",
+        "eval-over-corpus", "clean-over-checkpoint"])
+def test_force_replaces_only_an_output_of_the_kind_the_command_writes(cli, chain, tmp_path, target, command, made, writes):
+    """`tokenize -o CKPT --force` replaced a checkpoint with tokens: a slip of one path cost a training run."""
+    places = {name: chain / name for name in ("corpus", "tok", "tokens", "ckpt")} | {"book": chain / "book.txt"}
+    out = tmp_path / target
+    shutil.copytree(chain / target, out)
+    before = _digest(out)
+    args = [part.format(**places) for part in command]
+    for force in ([], ["--force"]):
+        line = _one_line_error(cli(*args, "-o", out, *force))
+        assert f"is {made}, and this command writes {writes}" in line and "move it away" in line, line
+        assert _digest(out) == before
+    run = tmp_path / "unfinished"  # a training run before its manifest is a checkpoint in the making
+    run.mkdir()
+    (run / ".llmkit-run").touch()
+    if writes != "a checkpoint":
+        assert f"is a checkpoint, and this command writes {writes}" in _one_line_error(cli(*args, "-o", run, "--force"))
+        assert (run / ".llmkit-run").is_file()
+
+
 def _tamper(artifact: Path, tmp_path: Path, change) -> Path:
     """A copy of `artifact` whose manifest (JSON) went through `change`."""
     copy = tmp_path / f"tampered-{artifact.name}"

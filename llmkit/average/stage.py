@@ -24,7 +24,7 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
         raise UsageError("give at least two checkpoints to average")
     members = [artifacts.load(path, kind="checkpoint") for path in checkpoints]
     weights = normalised(config.weights, len(members))
-    outputs.check_output(out, force, inputs=checkpoints)
+    outputs.check_output(out, force, inputs=checkpoints, writes="checkpoint")
     check_same_network(members)  # (in the order typed: what its messages name first)
     said_once = (members, checkpoints, weights)  # (noted once the soup is written: nothing said before a refusal)
     # A soup is a set: its members in one order whatever the order typed (in which the float64 sum ran,

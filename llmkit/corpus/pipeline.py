@@ -62,7 +62,7 @@ def clean(
     # 0: one per core no other program is using (on a Ray cluster: one per CPU of the cluster)
     workers = cfg.workers or (0 if on_cluster else idle_cores())
     read = [*inputs, cfg.dataset]
-    outputs.check_output(out, force, inputs=read)  # first: `-o` naming an input is the problem to report
+    outputs.check_output(out, force, inputs=read, writes="corpus")  # first: `-o` naming an input is the problem to report
     sources = resolve_inputs(list(inputs), cfg.dataset, cfg.dataset_config, cfg.split, exclude=out.resolve())
     _note_options_these_inputs_ignore(cfg, sources)
     options = ReadOptions(text_field=cfg.text_field, doc_per=cfg.doc_per, skip_bad_lines=cfg.skip_bad_lines)

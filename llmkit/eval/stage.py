@@ -219,7 +219,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     for member in members:
         artifacts.load(member, kind="checkpoint")
     read = [*members, cfg.data, cfg.predictions, *cfg.references]
-    outputs.check_output(out, force, inputs=read)
+    outputs.check_output(out, force, inputs=read, writes="eval")
 
     scores = _Scores()
     started = time.perf_counter()

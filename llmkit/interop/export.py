@@ -39,7 +39,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
             f"*ForSequenceClassification `score` layer lacks, so it does not export; {base}"
         )
     family = hf_family(model_config)  # refuse before loading any weights
-    out = outputs.check_output(out, force, inputs=[checkpoint])
+    out = outputs.check_output(out, force, inputs=[checkpoint], writes="export")
     loaded = load_checkpoint(art.path)
     config, tok = loaded.config, loaded.tokenizer
     template = chat_template_for(task) or tok.own_chat_template  # (load_checkpoint drops the latter for a fine-tune)
@@ -47,7 +47,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     hf_config = to_hf_config(config, special)
     hf_config.dtype = dtype
     state = to_hf_state(loaded.model.state_dict(), config, weight_dtype)
-    with outputs.atomic_directory(out, force=force, inputs=[checkpoint]) as tmp:
+    with outputs.atomic_directory(out, force=force, inputs=[checkpoint], writes="export") as tmp:
         hf_config.save_pretrained(tmp)
         if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
             _update_json(tmp / "config.json", rope_theta=float(config.rope_theta))

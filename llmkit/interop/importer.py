@@ -157,7 +157,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
         raise UserError(f"{src} holds a quantized model ({method}); llmkit trains and runs full-precision weights: "
                         "import the unquantized model (or dequantize it first and save it with save_pretrained)")
-    out = outputs.check_output(out, force, inputs=[src])
+    out = outputs.check_output(out, force, inputs=[src], writes="checkpoint")
     files = weight_files(src)
     tokenizer = read_hf_tokenizer(src)
     try:

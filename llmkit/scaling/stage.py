@@ -59,7 +59,7 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
     require_matplotlib()
     source = Path(source)
     points = read_points(source, "total" if config.count == "total" else "non_embedding")
-    out = outputs.check_output(out, force, inputs=[source])
+    out = outputs.check_output(out, force, inputs=[source], writes="scaling")
     measured = tuple(np.array([getattr(p, name) for p in points]) for name in ("params", "tokens", "loss"))
     fit = fit_chinchilla(*measured, delta=config.huber_delta, grid=config.grid, bootstrap=config.bootstrap, seed=config.seed)
     fit.law.undetermined = unmeasured_term(fit.law, *measured)

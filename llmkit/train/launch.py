@@ -117,7 +117,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     # not an input, not a file; its folder exists; not RUN/ema or RUN/average (a run there, the run's next resume
     # replaced), but a step checkpoint as -o is refused below, saying how to resume its run
     outputs.check_output(out, force=True, inputs=inputs, resume=resume, a_runs_own=run_of_step_checkpoint(out) is not None,
-                         replacing=force or resume)
+                         replacing=force or resume, writes=kind)
     with outputs.output_lock(out, keep_replaced=True):
         _put_back_replaced_run(out, force and not resume)
         empty = outputs.empty_folder(out)  # (made for the run with mkdir, a mount point too: used in place)
