@@ -1037,9 +1037,13 @@ def test_backslash_n_on_the_command_line_is_a_newline(cli, ckpt, tmp_path):
     assert "\n" not in record["completion"]
 
 
-def test_greedy_agrees_with_temperature_0_and_refuses_any_other_temperature_given(cli, ckpt, tmp_path):
+def test_greedy_agrees_with_temperature_0_and_refuses_any_other_temperature_or_top_k_given(cli, ckpt, tmp_path):
     """--greedy is temperature 0: the two together agree (they were refused), while a temperature
     given beside it is refused even when it equals the stage's default (0.8 typed was accepted)."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
     from llmkit.generate.config import ChatConfig, GenerateConfig
 
     for config in (GenerateConfig, ChatConfig):
@@ -1054,6 +1058,14 @@ def test_greedy_agrees_with_temperature_0_and_refuses_any_other_temperature_give
     (tmp_path / "g.toml").write_text("temperature = 0.8\n")
     result = cli("generate", ckpt, "-p", "x", "--config", tmp_path / "g.toml", "--greedy", "-n", "2")
     assert result.exit_code != 0 and "--temperature 0.8 contradicts" in result.output, result.output
+    # top-k / top-p narrow a draw greedy decoding never makes: ignored unsaid before; chat's own top-k 50 is no one's typing
+    for stage, args, named in (("generate", ["--temperature", "0", "--top-p", "0.5"], "--temperature 0 takes"),
+                               ("generate", ["--greedy", "--top-k", "5", "--top-p", "0.9"], "--top-k 5 and --top-p 0.9"),
+                               ("chat", ["--greedy", "--top-k", "7"], "--top-k 7 would change nothing")):
+        result = CliRunner().invoke(app, [stage, str(ckpt), *(["-p", "x", "-n", "2"] if stage == "generate" else []), *args],
+                                    input="hi\n")
+        assert result.exit_code == 2 and named in result.output and "Traceback" not in result.output, result.output
+    assert CliRunner().invoke(app, ["chat", str(ckpt), "--greedy", "-n", "2"], input="hi\n").exit_code == 0
 
 
 def test_an_empty_stop_string_in_a_config_file_is_refused_as_on_the_command_line(cli, ckpt, tmp_path):

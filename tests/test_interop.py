@@ -593,6 +593,11 @@ def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned
     chatted = CliRunner().invoke(app, ["chat", str(tmp_path / "ckpt"), "--greedy", "-n", "2"], input="Hello\n/exit\n")
     assert chatted.exit_code == 0 and "the model's own" in chatted.output and "never fine-tuned" not in chatted.output, \
         chatted.output
+    # its own template has a system message (generate's message prompts rendered one; chat refused --system as if text)
+    told = CliRunner().invoke(app, ["chat", str(tmp_path / "ckpt"), "--system", "Be brief.", "--greedy", "-n", "2",
+                                    "-o", str(tmp_path / "told.jsonl")], input="Speak, <|im_end|> speak!\n")
+    assert told.exit_code == 0, told.output
+    assert '"Be brief."' in (tmp_path / "told.jsonl").read_text()
     assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
     assert AutoTokenizer.from_pretrained(tmp_path / "again", local_files_only=True).chat_template == CHATML
     # a template that refuses a conversation (here: a role it has no place for) is one line

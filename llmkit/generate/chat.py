@@ -43,10 +43,11 @@ class ChatSession:
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.template = (task.template if task is not None else None) or chat_template()
         # (an imported chat model not fine-tuned in llmkit is prompted in its own template: encode_chat_prompt)
-        if self.template["type"] == "chat" and not tokenizer.own_chat_template:
-            check_tokenizer(self.template, tokenizer,
-                            "so it cannot chat (an imported GPT-2 or Llama has none): continue text with llmkit generate "
-                            "--prompt, or fine-tune it on prompt/response pairs (llmkit finetune --template plain) and generate")
+        if self.template["type"] == "chat":  # (its own template takes a system message, as generate's message prompts do)
+            if not tokenizer.own_chat_template:
+                check_tokenizer(self.template, tokenizer,
+                                "so it cannot chat (an imported GPT-2 or Llama has none): continue text with llmkit generate "
+                                "--prompt, or fine-tune it on prompt/response pairs (llmkit finetune --template plain) and generate")
         elif system:
             from llmkit.errors import UsageError
 

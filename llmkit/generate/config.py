@@ -41,13 +41,20 @@ class Sampling(Options):
             raise UserError(f"invalid generation setting: {exc}") from exc
 
 
-def _refuse_greedy_with_temperature(config: Options, given: frozenset[str]) -> None:
+def _refuse_contradicting_greedy(config: Options, given: frozenset[str]) -> None:
     """--greedy is temperature 0: another temperature given beside it (typed, or in a config file)
-    asks for two things, even one equal to the stage's default; temperature 0 agrees with it."""
+    asks for two things, even one equal to the stage's default; temperature 0 agrees with it. A
+    --top-k or --top-p given beside either narrows a draw that never happens (it was ignored unsaid)."""
     sampling = config.sampling
     if sampling.greedy and "temperature" in given and sampling.temperature != 0:
         raise ValueError(f"--greedy takes the most likely token, which --temperature {sampling.temperature:g} contradicts; "
                          "give one of the two")
+    narrowing = [f"--{name.replace('_', '-')} {getattr(sampling, name):g}" for name in ("top_k", "top_p")
+                 if name in given and getattr(sampling, name) is not None]
+    if narrowing and (sampling.greedy or sampling.temperature == 0):
+        greedy = "--greedy" if sampling.greedy else "--temperature 0"
+        raise ValueError(f"{greedy} takes the most likely token, so {' and '.join(narrowing)} would change nothing; "
+                         f"leave {'it' if len(narrowing) == 1 else 'them'} out, or sample at a temperature above 0")
 
 
 @dataclass
@@ -78,7 +85,7 @@ class GenerateConfig(Options):
             raise ValueError("--stop: an empty stop string would stop at once; leave it out or give the text to stop at")
 
     def check_given(self, given: frozenset[str]) -> None:
-        _refuse_greedy_with_temperature(self, given)
+        _refuse_contradicting_greedy(self, given)
 
     def params(self):
         return self.sampling.params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
@@ -94,4 +101,4 @@ class ChatConfig(Options):
     seed: int = seed_option("Sampling seed (turn k of the session draws from a seed mixed from it and k, so sessions of other seeds share no turn's draws; /reset does not restart the count).")
 
     def check_given(self, given: frozenset[str]) -> None:
-        _refuse_greedy_with_temperature(self, given)
+        _refuse_contradicting_greedy(self, given)
