@@ -4,6 +4,7 @@ seeds, sampling filters, stop strings, context overflow, LSTM, the CLI and its b
 from __future__ import annotations
 
 import copy
+import functools
 
 import json
 import os
@@ -507,25 +508,27 @@ def test_generator_text_stop_strings_and_streaming(ckpt):
 
     loaded = load_checkpoint(ckpt)
     generator = Generator(loaded.model, loaded.tokenizer)
+    # (a random model samples special tokens, which end a text: this test is about stop strings)
+    complete = functools.partial(generator.complete, extra_stop_ids=())
     params = GenerationParams(max_new_tokens=40, temperature=1.0, seed=3, stop_at_eos=False)
-    free = generator.complete(["ROMEO:"], params)[0]
+    free = complete(["ROMEO:"], params)[0]
     assert free.finish_reason == "length" and len(free.token_ids) == 40
     # stop at a string that the free run produced: the text is cut just before it
     target = free.text[5:7]
     streamed: list[str] = []
-    cut = generator.complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [target]}), on_text=lambda r, p: streamed.append(p))[0]
+    cut = complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [target]}), on_text=lambda r, p: streamed.append(p))[0]
     assert cut.finish_reason == "stop"
     assert cut.text == free.text[: free.text.index(target)]
     assert "".join(streamed) == cut.text
-    quiet = generator.complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [target]}))[0]  # no streaming
+    quiet = complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [target]}))[0]  # no streaming
     assert (quiet.text, quiet.token_ids, quiet.finish_reason) == (cut.text, cut.token_ids, "stop")
     late = free.text[-3:]  # a stop string that only completes at the very end
-    ends = generator.complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [late]}))[0]
+    ends = complete(["ROMEO:"], GenerationParams(**{**params.__dict__, "stop": [late]}))[0]
     assert ends.text == free.text[: free.text.index(late)]
     assert loaded.tokenizer.decode(cut.token_ids).startswith(cut.text)
     # streaming without stop strings reassembles the full text
     pieces: list[str] = []
-    again = generator.complete(["ROMEO:"], params, on_text=lambda r, p: pieces.append(p))[0]
+    again = complete(["ROMEO:"], params, on_text=lambda r, p: pieces.append(p))[0]
     assert "".join(pieces) == again.text == free.text
 
 
@@ -900,36 +903,59 @@ def test_config_file_sets_options(cli, ckpt, tmp_path):
     assert json.loads((tmp_path / "c.jsonl").read_text())["completion_tokens"] == 7
 
 
+def _checkpoint_that_always_says(special: str, out: Path, text: str, task: dict | None = None) -> Path:
+    """A checkpoint whose likeliest next token, whatever came before, is `special`."""
+    from conftest import resign
+    from llmkit.model.io import load_checkpoint, save_weights
+
+    ckpt = make_checkpoint(out, text, task=task, norm="layernorm", bias=True)
+    loaded = load_checkpoint(ckpt)
+    model, target = loaded.model, loaded.tokenizer.special_ids[special]
+    with torch.no_grad():  # the final norm's output made constant, its head row the likeliest by far
+        model.tok_emb.weight[target] *= 5
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.copy_(model.tok_emb.weight[target])
+    save_weights(model, ckpt)
+    resign(ckpt)
+    return ckpt
+
+
+def _greedy_completion(cli, ckpt: Path, out: Path, *flags: str) -> tuple[str, int, str]:
+    result = cli("generate", ckpt, "-p", "Who are you?", "--greedy", "-n", "5", *flags, "-o", out, "--force")
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    return record["completion"], record["completion_tokens"], record["finish_reason"]
+
+
 def test_a_chat_reply_ends_at_any_special_token_in_generate_as_in_chat(cli, tmp_path, shakespeare):
     """<|bos|>, <|pad|> and <|mask|> have no place in a reply: generate stopped a chat model's answer
     only at role tokens, and printed the others' names into it (chat stopped at every one)."""
     from typer.testing import CliRunner
 
-    from conftest import resign
     from llmkit.cli import app
-    from llmkit.model.io import load_checkpoint, save_weights
-
     from llmkit.data.templates import chat_template
 
     chat_task = {"task": "sft", "template": chat_template()}
     for special in ("<|pad|>", "<|bos|>"):
-        ckpt = make_checkpoint(tmp_path / f"chat{len(special)}{special[2]}", shakespeare[:20000], task=chat_task,
-                               norm="layernorm", bias=True)
-        loaded = load_checkpoint(ckpt)
-        model, target = loaded.model, loaded.tokenizer.special_ids[special]
-        with torch.no_grad():  # the final norm's output made constant, its head row the likeliest by far
-            model.tok_emb.weight[target] *= 5
-            model.final_norm.weight.zero_()
-            model.final_norm.bias.copy_(model.tok_emb.weight[target])
-        save_weights(model, ckpt)
-        resign(ckpt)
+        ckpt = _checkpoint_that_always_says(special, tmp_path / f"chat{len(special)}{special[2]}", shakespeare[:20000], chat_task)
         for flags in ([], ["--ignore-eos"]):
-            result = cli("generate", ckpt, "-p", "Who are you?", "--greedy", "-n", "5", *flags, "-o", tmp_path / "c.jsonl", "--force")
-            assert result.exit_code == 0, result.output
-            record = json.loads((tmp_path / "c.jsonl").read_text())
-            assert (record["completion"], record["completion_tokens"], record["finish_reason"]) == ("", 0, "eos"), record
+            assert _greedy_completion(cli, ckpt, tmp_path / "c.jsonl", *flags) == ("", 0, "eos")
         piped = CliRunner().invoke(app, ["chat", str(ckpt), "--greedy", "-n", "5"], input="Who are you?\n")
         assert piped.exit_code == 0 and piped.stdout.strip() == "", piped.output
+
+
+def test_a_base_models_completion_ends_at_a_special_token_not_its_name_written_out(cli, tmp_path, shakespeare):
+    """A base model that sampled <|pad|> or a role token (never in its training text) wrote
+    "<|pad|>" into its completion; past an end (--ignore-eos) the document start goes on, as it
+    follows a document's end in the shards."""
+    for special in ("<|pad|>", "<|user|>", "<|bos|>"):
+        ckpt = _checkpoint_that_always_says(special, tmp_path / f"base{len(special)}{special[2]}", shakespeare[:20000])
+        assert _greedy_completion(cli, ckpt, tmp_path / "c.jsonl") == ("", 0, "eos")
+        past_the_end = _greedy_completion(cli, ckpt, tmp_path / "c.jsonl", "--ignore-eos")
+        if special == "<|bos|>":  # (the recorded document start: <|bos|> by default)
+            assert past_the_end[1:] == (5, "length"), past_the_end
+        else:
+            assert past_the_end == ("", 0, "eos")
 
 
 def test_fine_tuned_templates_frame_prompts(cli, tmp_path, shakespeare):

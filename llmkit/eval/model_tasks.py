@@ -376,7 +376,7 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
         note(f"{broken} of {len(references)} references hold the stop string {shown} (--stop), where predictions "
              "end; --stop '' lets a fine-tuned model end with its end token instead")
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
-    stops = chat_stop_ids(loaded.tokenizer) if chat else []
+    stops = chat_stop_ids(loaded.tokenizer) if chat else None
     bar, advance = _progress_bar(len(prompts), "generating")
     completions = []
     with bar:

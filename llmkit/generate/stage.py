@@ -103,7 +103,7 @@ def run_generate(
                         "has none): give text prompts (--prompt, or {\"prompt\": ...} records) to continue text")
     encoded = [encode_prompt(p, tokenizer, loaded.task, generator.start_id) for p in prompts]
     chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
-    extra_stops = chat_stop_ids(tokenizer) if chat else []
+    extra_stops = chat_stop_ids(tokenizer) if chat else None  # (None: a text's, Generator.complete's own)
     limit = context_limit(loaded.model)
     fitted_at: set[int] = set()  # prompts cut to fit
     if limit is not None and cfg.context_overflow == "slide":

@@ -481,7 +481,7 @@ class Generator:
         num_samples: int = 1,
         batch_size: int = 8,
         on_text: Callable[[int, str], None] | None = None,
-        extra_stop_ids: Sequence[int] = (),
+        extra_stop_ids: Sequence[int] | None = None,
         prompt_offset: int = 0,
     ) -> list[Completion]:
         """Every prompt `num_samples` times; results in order (prompt 0 samples, prompt 1, ...).
@@ -491,13 +491,17 @@ class Generator:
         being the index in the result list. Row seeds derive from (params.seed, prompt_offset +
         prompt index, sample index), so a prompt's text does not depend on how calls are split.
         `extra_stop_ids` end a completion as the end-of-text token does, even with
-        `params.stop_at_eos` off (a chat's role tokens).
+        `params.stop_at_eos` off (a chat's: prompts.chat_stop_ids); None is a text's (prompts.text_stop_ids).
         """
         if num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, got {num_samples}")
         rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
         encoded = [self.encode_prompt(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
         pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
+        if extra_stop_ids is None:
+            from llmkit.inference.prompts import text_stop_ids
+
+            extra_stop_ids = text_stop_ids(self.tokenizer, self.start_id, past_eos=not params.stop_at_eos)
         results: list[Completion] = []
         for start in range(0, len(rows), max(1, batch_size)):
             chunk = rows[start : start + batch_size]

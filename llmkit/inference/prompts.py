@@ -148,6 +148,15 @@ def chat_stop_ids(tokenizer) -> list[int]:
     return sorted(set(tokenizer.special_ids.values()) - set(tokenizer.end_ids))
 
 
+def text_stop_ids(tokenizer, start_id: int, *, past_eos: bool) -> list[int]:
+    """What ends a text's completion (a base model's, a text-template fine-tune's) besides the
+    end-of-text tokens: every special token, as in a chat (chat_stop_ids), but past the end of a text
+    (--ignore-eos) the document start, which follows a document's end in the shards a base model
+    learned from. A base model that sampled `<|pad|>` or a role token (never in its training text)
+    wrote its literal name into the completion, which a later stage read back as text."""
+    return [i for i in chat_stop_ids(tokenizer) if not (past_eos and i == start_id)]
+
+
 def document_start_id(tokenizer, artifact=None, task=None) -> int:
     """The token a document follows in this checkpoint's training data.
 
