@@ -733,9 +733,11 @@ def test_finetune_data_that_would_misbehave_is_refused(cli, chain, tmp_path, row
     (tmp_path / "index.json").write_text(json.dumps({"prompt": "{source[0]}", "response": "{target}"}))
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows * 8))
-    line = _one_line_error(cli("finetune", chain / "ckpt", "--data", data, "-o", tmp_path / "run", "--max-steps", "1",
-                               *[e.format(tmp=tmp_path) for e in extra]))
+    result = cli("finetune", chain / "ckpt", "--data", data, "-o", tmp_path / "run", "--max-steps", "1",
+                 *[e.format(tmp=tmp_path) for e in extra])
+    line = _one_line_error(result)
     assert message in line and not (tmp_path / "run").exists()
+    assert result.exit_code == (2 if "--template" in extra and "only {field}" in message else 1)  # (a bad --template: as an unknown name)
 
 
 def test_eval_names_the_record_whose_template_field_is_not_text(cli, chain, tmp_path):

@@ -573,7 +573,8 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
         ([{"source": "a"}] * 4, ["--template", "translate"], "no field 'target'"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--template", "nonesuch"], "unknown template"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "2", "--lora-targets", "nothing_here"], "matches no linear layer"),
-        ([{"prompt": "a", "response": "b"}] * 4, ["--freeze", "nothing_here"], "matches no parameter"),
+        ([{"prompt": "a", "response": "b"}] * 4, ["--freeze", "nothing_here"],
+         "matches no parameter of this model; use a group (embeddings, attention, mlp, norms, lm_head) or a name glob such as blocks.0.*"),
         ([{"prompt": "a", "response": None}] * 4, ["--template", "plain"], "field 'response' is null, not text"),
         # without a template the hint was --template plain, which then refused the same record
         ([{"prompt": "a", "response": None}] * 4, [], "field 'response' is null, not text; fix the record or leave it out"),
@@ -622,12 +623,22 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
          "data.jsonl:1 has no 'text' string; classification data is"),
         # Python's JSON reader takes NaN: it trained as the text "nan"
         ([{"prompt": "a", "response": float("nan")}] * 4, ["--template", "plain"], "field 'response' is nan (which is no JSON number)"),
+        # a built-in template the records do not fit names the one they fit, as the chat template's error does
+        ([{"source": "a", "target": "b"}] * 4, ["--template", "plain"],
+         "data.jsonl:1 has no field 'prompt' that the template needs; fields: source, target; its fields fit --template translate"),
+        # a classifier of blank texts reported an accuracy, having seen [BOS] alone
+        ([{"text": " ", "label": i % 2} for i in range(4)], ["--task", "classify", "--val-fraction", "0"],
+         "every training text is empty (or only whitespace)"),
+        # one process: "micro-batches of 3, 1 at a time (one per process, ...)" read as a puzzle
+        ([{"prompt": "a", "response": "b"}] * 4, ["--batch-size", "8", "--micro-batch", "3"],
+         "--batch-size 8 does not split into micro-batches of 3; choose"),
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "classify-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
          "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",
-         "labels-mixed", "label-negative", "text-fields-mixed", "null-text-beside-sentence", "nan-response"],
+         "labels-mixed", "label-negative", "text-fields-mixed", "null-text-beside-sentence", "nan-response",
+         "template-fields-fit-another", "blank-texts", "micro-batch-one-process"],
 )
 def test_bad_input_is_one_line_error(base, cli, tmp_path, rows, extra, message):
     data = write_jsonl(tmp_path / "data.jsonl", rows)
@@ -921,7 +932,7 @@ def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes
     assert [mixed.index(v, "val") for v in (1, 2, "neg")] == [0, 1, 2]  # (numbers name classes, never index them)
     with pytest.raises(UserError, match="label 0 is not one of the training labels '1', '2', 'neg'"):
         mixed.index(0, "val.jsonl:1")
-    with pytest.raises(UserError, match="label '2' is not one of the training labels 0, 1"):
+    with pytest.raises(UserError, match="label '2' is not one of the training labels 0, 1; a class the training data lacks"):
         integers.index("2", "val.jsonl:1")
 
 
@@ -1087,6 +1098,11 @@ def test_a_resume_with_the_template_file_edited_is_refused(base, cli, tmp_path):
     template.write_text(json.dumps({"prompt": "Question: {prompt}\nAnswer:", "response": " {response}"}))
     result = cli(*args, "--max-steps", "4", "--resume")
     assert result.exit_code != 0 and "cannot resume" in result.output and "the template file's content changed" in result.output, result.output
+    # the data changed: its examples differ as a consequence, which blamed the llmkit version as well
+    template.write_text(json.dumps({"prompt": "Q: {prompt}\nA:", "response": " {response}"}))
+    write_jsonl(data, [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(24)])
+    said = " ".join(cli(*args, "--max-steps", "4", "--resume").output.split())
+    assert "(the data file's content changed);" in said and "llmkit version" not in said, said
 
 
 def test_a_resume_of_examples_encoded_otherwise_is_refused(base, cli, tmp_path):

@@ -90,6 +90,20 @@ def test_lora_on_an_lstm_says_to_fine_tune_it_in_full():
         apply_lora(lstm, ["all"], rank=2, alpha=4.0)
 
 
+def test_freeze_offers_the_groups_and_names_the_model_has():
+    """An LSTM was offered attention, mlp, norms and blocks.0.*, none of which it has."""
+    from llmkit.errors import UsageError
+    from llmkit.finetune.lora import freeze
+    from llmkit.model.gpt import ModelConfig
+    from llmkit.model.lstm import LSTMLM
+
+    lstm = LSTMLM(ModelConfig(arch="lstm", vocab_size=64, context_length=32, n_layer=2, n_embd=32))
+    with pytest.raises(UsageError, match=r"--freeze attention matches no parameter of this model; use a group "
+                                         r"\(embeddings, lm_head\) or a name glob such as lstm\.\*$"):
+        freeze(lstm, ["attention"])
+    assert freeze(lstm, ["lstm.*"]) and not any(p.requires_grad for n, p in lstm.named_parameters() if n.startswith("lstm."))
+
+
 def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_data, cli, tmp_path):
     from llmkit.finetune.lora import apply_lora
     from llmkit.model.io import load_checkpoint

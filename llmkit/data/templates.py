@@ -121,6 +121,15 @@ def resolve_template(spec: str) -> dict[str, Any]:
         raise UsageError(f"unknown template {spec!r}; {did_you_mean(spec, BUILTIN)}choose one of {', '.join(BUILTIN)} or pass "
                          "a JSON file")
     try:
+        return _template_file(path)
+    except UsageError:
+        raise
+    except UserError as exc:  # (a bad --template value, as an unknown name is: exit 2 for both)
+        raise UsageError(str(exc)) from exc
+
+
+def _template_file(path: Path) -> dict[str, Any]:
+    try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"template file {path} is not valid JSON ({exc.msg}); write {{\"prompt\": ..., \"response\": ...}}") from exc
@@ -165,15 +174,21 @@ def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
     bad = next((name for name in ("prompt", "response") if name in record and _not_text(record[name])), None)
     if bad and {"prompt", "response"} <= set(record):
         raise UserError(f"{where} field {bad!r} is {_not_text(record[bad])}, not text; fix the record or leave it out")
+    raise UserError(f"{where} has neither a \"messages\" list nor \"prompt\" and \"response\" strings"
+                    f"{_template_for(record)}")
+
+
+def _template_for(record: dict[str, Any], instead_of: str | None = None) -> str:
+    """What to fine-tune a record of these fields with, said after an error: a built-in text template
+    its fields fit (other than `instead_of`), --task classify for a text and its label, or a file."""
     fits = [name for name, spec in TEXT_TEMPLATES.items()
-            if {f for part in spec.values() for f in plain_fields(part, name)} <= set(record)]
+            if name != instead_of and {f for part in spec.values() for f in plain_fields(part, name)} <= set(record)]
     from llmkit.model.records import CLASSIFY_TEXT_FIELDS
 
     classify = "label" in record and any(name in record for name in CLASSIFY_TEXT_FIELDS)  # (pretrain's next: names no task)
-    hint = ("; a text and its label: fine-tune a classifier with --task classify" if classify and not fits
+    return ("; a text and its label: fine-tune a classifier with --task classify" if classify and not fits
             else f"; its fields fit --template {fits[0]}" if fits
             else "; for other fields give --template FILE.json (a prompt and a response with {field} slots)")
-    raise UserError(f"{where} has neither a \"messages\" list nor \"prompt\" and \"response\" strings{hint}")
 
 
 def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
@@ -350,6 +365,12 @@ def prompt_fields(template: dict[str, Any]) -> list[str]:
 
 
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
+    # (a field the template lacks is the template's mismatch with the data: said with the one that fits, as for chat)
+    missing = next((f for f in [*_fields(template["prompt"]), *_fields(template["response"])]
+                    if field_value(record, f) is ABSENT), None)
+    if missing is not None:
+        raise UserError(f"{where} has no field {missing!r} that the template needs; fields: {', '.join(record)}"
+                        f"{_template_for(record, instead_of=template['name'])}")
     prompt = [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], record, where))
     response = tokenizer.encode_continuation(render(template["response"], record, where)) + [tokenizer.eos_id]
     return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))

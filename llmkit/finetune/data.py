@@ -341,7 +341,15 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
                       verbose: bool = True, places: Sequence[str] | None = None) -> list[ClassExample]:
     """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
     places = _places(records, name, places)
-    encoded = tokenizer.encode_batch(class_texts(records, name, places))
+    texts = class_texts(records, name, places)
+    blank = sum(1 for text in texts if not text.strip())
+    if texts and blank == len(texts) and name == "training":  # (the run reported an accuracy for a model that saw [BOS])
+        raise UserError(f"every {name} text is empty (or only whitespace): a classifier would learn no more than how often "
+                        "each label comes; fill in the text field")
+    if blank and verbose:
+        note(f"{blank} of {len(records)} {name} texts are empty (or only whitespace): the classifier learns no more from "
+             "them than how often their labels come; fill them in, or leave them out of the data")
+    encoded = tokenizer.encode_batch(texts)
     examples, too_long, longest, longest_at = [], 0, 0, 0
     for i, (ids, record) in enumerate(zip(encoded, records)):
         ids = [tokenizer.bos_id] + ids

@@ -139,6 +139,18 @@ GROUPS = {
 }
 
 
+def _example_glob(names: list[str]) -> str:
+    """A glob over some of these parameter names: the first layer's (`blocks.0.*`), else a module's
+    that no group names (an LSTM's `lstm.*`)."""
+    for name in names:
+        parts = name.split(".")
+        numbered = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if numbered is not None:
+            return ".".join(parts[: numbered + 1]) + ".*"
+    grouped = {name for name in names for globs in GROUPS.values() if any(fnmatch.fnmatchcase(name, g) for g in globs)}
+    return f"{next((n for n in names if n not in grouped), names[-1]).split('.')[0]}.*"
+
+
 def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     """Stop training parameters by group name (embeddings, attention, mlp, norms, lm_head) or
     by a glob over parameter names (`blocks.0.*`). Returns the frozen names."""
@@ -147,10 +159,10 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     for pattern in patterns:
         globs = GROUPS.get(pattern, (pattern, f"{pattern}.*"))
         hits = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
-        if not hits:
-            raise UsageError(
-                f"--freeze {pattern} matches no parameter; use a group ({', '.join(GROUPS)}) or a name glob such as blocks.0.*"
-            )
+        if not hits:  # (this model's groups and names: an LSTM has no attention, mlp, norms or blocks.0.*)
+            groups = [group for group, globs in GROUPS.items() if any(fnmatch.fnmatchcase(n, g) for n in names for g in globs)]
+            raise UsageError(f"--freeze {pattern} matches no parameter of this model; use a group ({', '.join(groups)}) or a "
+                             f"name glob such as {_example_glob(names)}")
         frozen.extend(hits)
     params = dict(model.named_parameters(remove_duplicate=False))
     for name in frozen:

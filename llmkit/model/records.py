@@ -48,6 +48,8 @@ class Labels:
     def index(self, value: Any, where: str, fix: str = "") -> int:
         found = self._find(value, where)
         if found is None:
+            if not fix and self.called == "the training labels":  # (a validation or test record's class no example taught)
+                fix = "; a class the training data lacks cannot be learned: leave such records out, or add examples of it to the training data"
             raise UserError(f"{where}: label {value!r} is not one of {self.called} "
                             f"{', '.join(map(repr, self.original))}{fix}")
         return found

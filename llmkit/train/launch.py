@@ -377,8 +377,8 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
         # every multiple of micro_batch x world splits; under it, so does one that gives each process as many samples
         smaller = (f" (a batch under that splits too when it is a multiple of {world} sequences)"
                    if global_batch < micro_batch * world and world < micro_batch * world else "")
-        raise UsageError(f"{what} does not split into micro-batches of {micro}, {world} at a time (one per process, or per "
-                        f"replica and pipeline micro-batch); {fix(micro_batch * world)}{smaller}{keep}")
+        taken = "" if world == 1 else f", {world} at a time (one per process, or per replica and pipeline micro-batch)"
+        raise UsageError(f"{what} does not split into micro-batches of {micro}{taken}; {fix(micro_batch * world)}{smaller}{keep}")
     return micro, global_batch // (micro * world)
 
 
