@@ -119,6 +119,8 @@ def _default(param: click.Parameter) -> str | None:
     """The default as typer shows it: none for a flag that is off, or a value left to the stage."""
     if param.default is None and not _is_argument(param):
         return computed_default(" ".join((getattr(param, "help", None) or "").split()))[1]
+    if param.default is None or param.required:  # (a required argument: "[default: None] [required]" said otherwise)
+        return None
     if getattr(param, "show_default", True) is False or callable(param.default):
         return None
     if getattr(param, "secondary_opts", None):

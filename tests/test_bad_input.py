@@ -749,7 +749,7 @@ def test_eval_names_the_record_whose_template_field_is_not_text(cli, chain, tmp_
     assert f"{data}:3 field 'note' is null, not text" in line and not (tmp_path / "ev").exists()
     # ... after the prompts were fitted to the context too (they were a new list: "record 2")
     data.write_text(json.dumps({"source": "Hallo", "target": "Hello"}) + "\n\n\n" + json.dumps({"source": "Hi", "target": 5}) + "\n")
-    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--max-new-tokens", "8", "-o", tmp_path / "ev"))
+    line = _one_line_error(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "-n", "8", "-o", tmp_path / "ev"))  # (-n as generate's)
     assert f"{data}:4 field 'target' is not text" in line, line
 
 

@@ -40,10 +40,12 @@ def test_help_lists_every_stage_and_version(cli):
 
 
 def test_every_command_has_help(cli):
-    for args in (["clean"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["generate"], ["eval"], ["inspect"]):
+    for args in (["clean"], ["tokenizer", "train"], ["tokenize"], ["pretrain"], ["generate"], ["eval"], ["inspect"],
+                 ["verify"], ["report"], ["tokenizer", "encode"], ["tokenizer", "decode"]):
         result = cli(*args, "--help")
         assert result.exit_code == 0, (args, result.output)
         assert "--help" in result.output
+        assert "[default: None]" not in result.output, (args, result.output)  # (a required argument's: said of five)
 
 
 def test_command_summaries_are_whole_sentences():

@@ -620,7 +620,7 @@ def test_a_wrong_product_switch_is_a_one_line_error_that_writes_nothing(cli, gpt
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-m", "perplexity"], "need --data"),
+        (["-m", "perplexity"], "perplexity on a checkpoint needs --data"),
         (["-m", "bleu", "--data", "{tmp}/d.txt"], "cannot find the references"),
         (["-m", "perplexity", "--data", "{tmp}/nothing.jsonl"], "no such file"),
         (["-m", "bleu", "--data", "{tmp}/d.txt", "-r", "{tmp}/d.txt"], "--references goes with --predictions"),

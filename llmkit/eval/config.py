@@ -82,7 +82,8 @@ class EvalConfig(Options):
     stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer/--no-stemmer",), panel=TEXT)
     prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n typed is a newline).",
                                          parse=unescape, panel=TEXT)
-    max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", panel=TEXT, range="[1, inf)")
+    max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", flags=("--max-new-tokens", "-n"), panel=TEXT,
+                                 range="[1, inf)")
     stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a "
                              "newline; '' for none: a fine-tuned model then ends at its end token).",
                              parse=unescape_each, panel=TEXT)

@@ -157,7 +157,9 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
     if checkpoint is None:
         raise UserError("nothing to evaluate: pass a checkpoint (llmkit eval CKPT --data D) or --predictions P --references R")
     if cfg.data is None:
-        raise UserError(f"{', '.join(text + lm + cls)} on a checkpoint need --data (a tokens artifact, text or JSONL file)")
+        named = [*text, *lm, *cls]
+        raise UserError(f"{', '.join(named)} on a checkpoint need{'s' if len(named) == 1 else ''} --data (a tokens artifact, "
+                        "text or JSONL file)")
 
 
 def _check_benchmark_plan(checkpoint: Path | None, cfg: EvalConfig) -> None:
