@@ -170,15 +170,18 @@ def kill_at_marker(command: list[str], marker_glob: str, progress, minimum: int,
     return seen, process.wait()
 
 
-def resign(path: Path) -> None:
+def resign(path: Path, added: tuple[str, ...] = ()) -> None:
     """An artifact's manifest written again over files a test changed on purpose (weights a diverged
     run could have written: NaN), as the stage would have written it: every listed file's hash and
-    size, then the fingerprint. (A file changed unsigned is refused as it is read, the size kept or not.)"""
+    size, then the fingerprint. (A file changed unsigned is refused as it is read, the size kept or not.)
+    `added`: files the test put in, listed as the stage would have listed them."""
     import json
 
     from llmkit import artifacts
 
     manifest = json.loads((path / artifacts.MANIFEST).read_text(encoding="utf-8"))
+    manifest["files"].update({name: "" for name in added})
+    manifest["sizes"].update({name: 0 for name in added})
     for group in ("files", "state_files"):
         for name in manifest.get(group, {}):
             manifest[group][name] = artifacts.sha256_file(path / name)

@@ -74,6 +74,25 @@ def test_one_tokenizer_means_the_same_special_token_roles_too(runs, tmp_path):
     assert not same_tokenizer(tmp_path / "base", tmp_path / "instruct")
 
 
+def test_members_prompted_in_other_chat_templates_are_refused(cli, runs, tmp_path):
+    """Two imports of one model, one with its chat template: the soup took one member's by
+    fingerprint order, a chat format by accident (llmkit's own fine-tunes of two templates were refused)."""
+    chatml = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}"
+    for name in ("a", "b"):
+        shutil.copytree(runs / name, tmp_path / name)
+        (tmp_path / name / "tokenizer" / "chat_template.jinja").write_text(chatml)
+        resign(tmp_path / name, added=("tokenizer/chat_template.jinja",))
+    for members in ([runs / "a", tmp_path / "b"], [tmp_path / "a", runs / "b"]):
+        result = cli("average", *members, "-o", tmp_path / "soup")
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and "another chat template or end-of-turn tokens than" in said, said
+        assert not (tmp_path / "soup").exists()
+        mixed = cli("generate", *members, "-p", "x", "-n", "2")  # an ensemble is prompted one way too
+        assert mixed.exit_code == 1 and "another chat template" in mixed.output, mixed.output
+    _ok(cli("average", tmp_path / "a", tmp_path / "b", "-o", tmp_path / "soup"))
+    assert (tmp_path / "soup" / "tokenizer" / "chat_template.jinja").read_text() == chatml
+
+
 def test_weights_whose_sum_overflows_are_refused(cli, runs, tmp_path):
     result = cli("average", runs / "a", runs / "b", "--weights", "1e308,1e308", "-o", tmp_path / "soup")
     assert result.exit_code != 0 and "must be finite" in result.output and not (tmp_path / "soup").exists()

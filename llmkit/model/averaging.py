@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from llmkit import artifacts
-from llmkit.data.tokenizer import same_tokenizer
+from llmkit.data.tokenizer import CHAT_TEMPLATE_FILE, END_OF_TURN, same_tokenizer, special_roles
 from llmkit.errors import UsageError, UserError
 from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, unreadable_weights
 from llmkit.model.records import TASK_FILE, read_task
@@ -162,7 +162,16 @@ def check_same_tokenizer(members: Sequence[artifacts.Artifact], combined: str) -
     for art in members[1:]:
         if not same_tokenizer(first.path, art.path):
             raise UserError(f"{art.path} has another tokenizer than {first.path}; {combined} checkpoints share one "
-                            "(train them from one tokens artifact)")
+                            "(train them from one tokens artifact, or import them from folders of one tokenizer)")
+
+
+def _own_prompt_format(art: artifacts.Artifact) -> tuple[str | None, Any]:
+    """An imported model's own chat template and end-of-turn tokens (its tokenizer folder's): how it
+    is prompted and where its replies end where no fine-tune's task.json says otherwise."""
+    folder = art.path / TOKENIZER_DIR
+    template = folder / CHAT_TEMPLATE_FILE
+    return (template.read_text(encoding="utf-8") if template.is_file() else None,
+            (special_roles(folder) or {}).get(END_OF_TURN))
 
 
 def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
@@ -180,6 +189,11 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> Non
             # the prompt a member was trained on is the one it is given; two templates cannot both hold
             raise UserError(f"{art.path} was fine-tuned with another prompt template than {first.path}; {combined} "
                             "checkpoints share one (fine-tune them with the same --template)")
+        if task.get("template") is None and _own_prompt_format(art) != _own_prompt_format(first):
+            # (the result took the first member's by fingerprint order: a chat format by accident)
+            raise UserError(f"{art.path} has another chat template or end-of-turn tokens than {first.path} (its "
+                            f"{TOKENIZER_DIR}/{CHAT_TEMPLATE_FILE} or special_tokens.json); {combined} checkpoints are "
+                            "prompted one way: import them from folders with the same tokenizer files")
 
 
 def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
