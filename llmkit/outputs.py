@@ -93,8 +93,8 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         what = "llmkit continues only its own runs" if resume else "llmkit replaces only its own outputs"
         raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); {what}: move it "
                         "away, or choose another -o path")
-    if writes is not None and not resume and out.exists():  # (--resume into another kind says so in the run's own words)
-        _refuse_another_kind(out, writes)
+    if writes is not None and out.exists():
+        _refuse_another_kind(out, writes, resume)
     _refuse_existing(out, force)
     # (moving it aside failed after the work; `replacing`: whether this run would replace or continue it, where
     # `force` says less: a training run's directory is checked with force=True and asks --resume/--force itself)
@@ -115,25 +115,31 @@ def kind_made_at(folder: Path) -> str | None:
         return made
     if (folder / "llmkit_model_config.json").is_file():
         return "export"
-    if unfinished_sweep(folder) or (folder / "runs").is_dir() and _unmarked_run(folder):
-        return "sweep"
+    if unfinished_sweep(folder) or (folder / "runs").is_dir() and ((folder / RUN_MARK).is_file() or _unmarked_run(folder)):
+        return "sweep"  # (a training run has no runs/; a sweep killed before its configs/ has)
     if (folder / RUN_MARK).is_file() or not empty_folder(folder) and _unmarked_run(folder):
         return "checkpoint"
     return None
 
 
-_A_KIND = {"checkpoint": "a checkpoint", "tokens": "a tokens artifact", "tokenizer": "a tokenizer", "corpus": "a corpus",
-           "eval": "an eval artifact", "sweep": "a sweep", "scaling": "a scaling fit", "export": "an llmkit export"}
+_A_KIND = {"checkpoint": "a checkpoint", "tokens": "a tokens artifact", "tokenizer": "a tokenizer artifact",
+           "corpus": "a corpus artifact", "eval": "an eval artifact", "sweep": "a sweep", "scaling": "a scaling fit",
+           "export": "an llmkit export"}
 
 
-def _refuse_another_kind(out: Path, writes: str) -> None:
-    """--force replaces the command's own kind of output only: `tokenize -o CKPT --force` replaced a
-    checkpoint (a training run's weeks) with tokens, a slip of one path."""
+def _refuse_another_kind(out: Path, writes: str, resume: bool = False) -> None:
+    """An output is replaced (--force) or continued in (--resume, a sweep's rerun) only by a command
+    that writes its kind: `tokenize -o CKPT --force` replaced a checkpoint (a training run's weeks)
+    with tokens, a slip of one path, and `pretrain -o EXPORT --resume` trained into an export."""
     made = kind_made_at(out)
-    if made is not None and made != writes:
-        raise UserError(f"output {out} is {_A_KIND.get(made, made)}, and this command writes {_A_KIND.get(writes, writes)}; "
-                        "--force replaces only an output of the kind the command writes: move it away, or choose another "
-                        "-o path")
+    if made is None or made == writes:
+        return
+    if resume:
+        run = "a training run" if writes == "checkpoint" else _A_KIND.get(writes, writes)
+        raise UserError(f"{out} is {_A_KIND.get(made, made)}, not {run}: there is nothing in it to continue; give the "
+                        f"{'run' if writes == 'checkpoint' else writes}'s own folder as -o, or another path")
+    raise UserError(f"output {out} is {_A_KIND.get(made, made)}, and this command writes {_A_KIND.get(writes, writes)}; llmkit "
+                    "replaces an output only with another of its kind, --force or not: move it away, or choose another -o path")
 
 
 def _refuse_a_read_only_output(out: Path, resume: bool) -> None:

@@ -354,6 +354,22 @@ def test_resume_into_an_artifact_of_another_kind_is_refused(cli, chain, tmp_path
     line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tokenizer, *TINY_MODEL, *TINY_RUN, "--resume"))
     assert "is a tokenizer artifact, not a training run" in line
     assert _digest(tokenizer) == before
+    # an export, which has no manifest: the run trained into it, replacing its weights
+    export = tmp_path / "export"
+    shutil.copytree(chain / "hf", export)
+    before = _digest(export)
+    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", export, *TINY_MODEL, *TINY_RUN, "--resume"))
+    assert "is an llmkit export, not a training run: there is nothing in it to continue" in line
+    assert _digest(export) == before
+    # a sweep continues only a sweep (without --force it continues): it made a training run in progress one
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / ".llmkit-run").touch()
+    (unfinished / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    before = _digest(unfinished)
+    line = _one_line_error(cli("sweep", chain / "tokens", "-o", unfinished, "--sizes", "1x32,2x32", "--head-dim", "16",
+                               "--tokens", "2e4", "--seq-len", "32"))
+    assert "is a checkpoint, not a sweep: there is nothing in it to continue" in line and _digest(unfinished) == before
     imported = tmp_path / "imported"  # a checkpoint, but no training run's: nothing to resume, nothing written into it
     _ok(cli("import", chain / "hf", "-o", imported))
     before = _digest(imported)
@@ -376,10 +392,10 @@ def test_resume_into_an_artifact_of_another_kind_is_refused(cli, chain, tmp_path
 @pytest.mark.parametrize("target,command,made,writes", [
     ("ckpt", ["tokenize", "{corpus}", "-t", "{tok}"], "a checkpoint", "a tokens artifact"),
     ("tokens", ["pretrain", "{tokens}", *TINY_MODEL, *TINY_RUN], "a tokens artifact", "a checkpoint"),
-    ("tok", ["export", "{ckpt}"], "a tokenizer", "an llmkit export"),
+    ("tok", ["export", "{ckpt}"], "a tokenizer artifact", "an llmkit export"),
     ("hf", ["average", "{ckpt}", "{ckpt}"], "an llmkit export", "a checkpoint"),
-    ("corpus", ["eval", "{ckpt}", "--data", "{tokens}"], "a corpus", "an eval artifact"),
-    ("ckpt", ["clean", "{book}"], "a checkpoint", "a corpus"),
+    ("corpus", ["eval", "{ckpt}", "--data", "{tokens}"], "a corpus artifact", "an eval artifact"),
+    ("ckpt", ["clean", "{book}"], "a checkpoint", "a corpus artifact"),
 ], ids=["tokenize-over-checkpoint", "pretrain-over-tokens", "export-over-tokenizer", "average-over-export",
         "eval-over-corpus", "clean-over-checkpoint"])
 def test_force_replaces_only_an_output_of_the_kind_the_command_writes(cli, chain, tmp_path, target, command, made, writes):
@@ -391,7 +407,8 @@ def test_force_replaces_only_an_output_of_the_kind_the_command_writes(cli, chain
     args = [part.format(**places) for part in command]
     for force in ([], ["--force"]):
         line = _one_line_error(cli(*args, "-o", out, *force))
-        assert f"is {made}, and this command writes {writes}" in line and "move it away" in line, line
+        assert f"is {made}, and this command writes {writes}; llmkit replaces an output only with another of its kind" in line \
+            and "move it away" in line, line
         assert _digest(out) == before
     run = tmp_path / "unfinished"  # a training run before its manifest is a checkpoint in the making
     run.mkdir()

@@ -559,6 +559,22 @@ def test_the_split_does_not_change_the_objective_on_the_usual_path(base, shared_
 # -- one-line errors -----------------------------------------------------------------------------------
 
 
+def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_can_be_given():
+    """eval, scoring a fine-tune on its own template, pointed to a --template it does not have."""
+    from types import SimpleNamespace
+
+    from llmkit.data.templates import encode_example, resolve_template
+    from llmkit.errors import UserError
+
+    record, template = {"source": "a"}, resolve_template("translate")
+    with pytest.raises(UserError, match="has no field 'target' that the template needs; fields: source; for other fields "
+                                        "give --template FILE.json"):
+        encode_example(template, record, None, "d.jsonl:1")
+    with pytest.raises(UserError) as plain:  # (render's own message: it fails before anything is encoded)
+        encode_example(template, record, SimpleNamespace(bos_id=0, encode_after_special=list, encode_continuation=list), "d.jsonl:1", suggest_template=False)
+    assert str(plain.value) == "d.jsonl:1 has no field 'target' that the template needs; fields: source"
+
+
 @pytest.mark.parametrize(
     "rows, extra, message",
     [

@@ -944,6 +944,24 @@ def test_a_chat_reply_ends_at_any_special_token_in_generate_as_in_chat(cli, tmp_
         assert piped.exit_code == 0 and piped.stdout.strip() == "", piped.output
 
 
+def test_the_unknown_token_of_a_tokenizer_without_byte_fallback_ends_no_completion():
+    """<unk> is marked special, yet it stands for text the model saw (any character without a
+    token): a completion ended at the first such character."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from llmkit.data.tokenizer import TextTokenizer, token_byte_lengths
+    from llmkit.inference.prompts import chat_stop_ids, text_stop_ids
+
+    vocab = {"<unk>": 0, "<|bos|>": 1, "<|eos|>": 2, "<|pad|>": 3, "hello": 4, "world": 5}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.add_special_tokens(["<unk>", "<|bos|>", "<|eos|>", "<|pad|>"])
+    tok = TextTokenizer(hf, np.asarray(token_byte_lengths(hf)), roles={"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"})
+    assert hf.encode("hello ☃ world").ids == [4, 0, 5] and tok.special_ids["<unk>"] == 0
+    assert text_stop_ids(tok, 1, past_eos=False) == chat_stop_ids(tok) == [1, 3]
+    assert text_stop_ids(tok, 1, past_eos=True) == [3]
+
+
 def test_a_base_models_completion_ends_at_a_special_token_not_its_name_written_out(cli, tmp_path, shakespeare):
     """A base model that sampled <|pad|> or a role token (never in its training text) wrote
     "<|pad|>" into its completion; past an end (--ignore-eos) the document start goes on, as it

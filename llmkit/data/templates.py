@@ -364,11 +364,13 @@ def prompt_fields(template: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys([template["input_field"], *_fields(template["prompt"])]))
 
 
-def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
-    # (a field the template lacks is the template's mismatch with the data: said with the one that fits, as for chat)
+def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str,
+                        suggest_template: bool = True) -> Encoded:
+    """`suggest_template`: a record the template does not fit names the --template it fits (fine-tuning's
+    option: eval, scoring a fine-tune on its own template, has none)."""
     missing = next((f for f in [*_fields(template["prompt"]), *_fields(template["response"])]
                     if field_value(record, f) is ABSENT), None)
-    if missing is not None:
+    if missing is not None and suggest_template:  # (said with the one that fits, as the chat template's error is)
         raise UserError(f"{where} has no field {missing!r} that the template needs; fields: {', '.join(record)}"
                         f"{_template_for(record, instead_of=template['name'])}")
     prompt = [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], record, where))
@@ -396,8 +398,9 @@ def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[i
     return [tokenizer.bos_id] + tokenizer.encode_after_special(prompt)
 
 
-def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
+def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str,
+                   suggest_template: bool = True) -> Encoded:
     if template["type"] == "chat":
         return encode_chat_example(record_messages(record, where), tokenizer)
-    return encode_text_example(template, record, tokenizer, where)
+    return encode_text_example(template, record, tokenizer, where, suggest_template)
 

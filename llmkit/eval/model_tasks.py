@@ -125,7 +125,7 @@ def _learned_documents(records: list[dict], template: dict, loaded) -> list:
             raise UserError(f"{place(records, i)}: its conversation ends with a {record['messages'][-1].get('role')} message; "
                             "perplexity scores the replies as the fine-tune learned them, each up to the turn after it, "
                             "so a conversation ends with the assistant's: drop the messages after the last reply")
-        example = encode_example(template, record, tokenizer, place(records, i))
+        example = encode_example(template, record, tokenizer, place(records, i), suggest_template=False)  # (eval has no --template)
         if example.ids[0] != start_id(loaded):  # (what the windows put first: the fine-tune's start token)
             raise UserError(f"{place(records, i)} does not start with the token {loaded.artifact.path} was fine-tuned to start with")
         ids, learned = example.ids[1:], example.learn[1:]

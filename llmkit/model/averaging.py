@@ -165,13 +165,13 @@ def check_same_tokenizer(members: Sequence[artifacts.Artifact], combined: str) -
                             "(train them from one tokens artifact, or import them from folders of one tokenizer)")
 
 
-def _own_prompt_format(art: artifacts.Artifact) -> tuple[str | None, Any]:
+def _own_prompt_format(art: artifacts.Artifact) -> tuple[str | None, list | None]:
     """An imported model's own chat template and end-of-turn tokens (its tokenizer folder's): how it
     is prompted and where its replies end where no fine-tune's task.json says otherwise."""
     folder = art.path / TOKENIZER_DIR
     template = folder / CHAT_TEMPLATE_FILE
-    return (template.read_text(encoding="utf-8") if template.is_file() else None,
-            (special_roles(folder) or {}).get(END_OF_TURN))
+    ends = (special_roles(folder) or {}).get(END_OF_TURN)
+    return (template.read_text(encoding="utf-8") if template.is_file() else None, sorted(ends) if ends else None)
 
 
 def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> None:
@@ -189,7 +189,8 @@ def check_same_task(members: Sequence[artifacts.Artifact], combined: str) -> Non
             # the prompt a member was trained on is the one it is given; two templates cannot both hold
             raise UserError(f"{art.path} was fine-tuned with another prompt template than {first.path}; {combined} "
                             "checkpoints share one (fine-tune them with the same --template)")
-        if task.get("template") is None and _own_prompt_format(art) != _own_prompt_format(first):
+        prompted = task.get("template") is None and task.get("task") != "classify"  # (a classifier is never prompted)
+        if prompted and _own_prompt_format(art) != _own_prompt_format(first):
             # (the result took the first member's by fingerprint order: a chat format by accident)
             raise UserError(f"{art.path} has another chat template or end-of-turn tokens than {first.path} (its "
                             f"{TOKENIZER_DIR}/{CHAT_TEMPLATE_FILE} or special_tokens.json); {combined} checkpoints are "

@@ -125,10 +125,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
         from llmkit.artifacts import manifest_kind
 
-        made = manifest_kind(out)
-        if resume and made not in (None, kind):
-            raise UserError(f"{out} is a {made} artifact, not a {'training run' if kind == 'checkpoint' else kind}: there is "
-                            "nothing in it to resume; give the run's own folder as -o")
+        made = manifest_kind(out)  # (another kind was refused as -o was checked)
         from llmkit.train.checkpoint import CHECKPOINTS, STATE_JSON, step_dirs
 
         if resume and made == "checkpoint" and not (out / STATE_JSON).is_file() and not step_dirs(out):
