@@ -110,8 +110,15 @@ def _headline(art: Artifact) -> str:
     if art.kind == "eval":
         metrics_file = art.path / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        return ", ".join(f"{k} {figure(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        return ", ".join(f"{k} {figure(v)}" for k, v in metrics.items() if isinstance(v, (int, float)) and _headline_metric(k))
     return ""
+
+
+def _headline_metric(name: str) -> bool:
+    """A score that tells one eval from another, not its error bars or one class's share of it (an eval of
+    every benchmark listed 32 numbers, a zero-shot classifier 14)."""
+    return not name.endswith(("_stderr", "_ci95", "_ci95_low", "_ci95_high")) and \
+        not name.startswith(("precision_", "recall_", "f1_", "support_"))
 
 
 def _hashed_json(art: Artifact, name: str, shape: type):

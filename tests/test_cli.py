@@ -369,12 +369,15 @@ def test_explicit_params_ignores_defaults():
 
 def test_report_prints_one_row_per_artifact(cli, tmp_path):
     corpus = _corpus(tmp_path / "corpus")
-    with artifacts.create(tmp_path / "eval", "eval") as build:
-        (build.dir / "metrics.json").write_text(json.dumps({"bleu": 31.25}))
+    with artifacts.create(tmp_path / "eval", "eval") as build:  # (error bars and each class's figures are no headline)
+        (build.dir / "metrics.json").write_text(json.dumps({"bleu": 31.25, "bleu_ci95": 2.5, "copa/acc": 0.5, "copa/acc_stderr": 0.05,
+                                                            "f1": 0.75, "f1_neg": 0.5, "support_neg": 3}))
     result = cli("report", corpus, tmp_path / "eval")
     assert result.exit_code == 0, result.output
     assert artifacts.load(corpus).short_fingerprint in result.output
-    assert "bleu 31.25" in result.output and "1 docs" in result.output
+    said = " ".join(result.output.split())
+    assert "bleu 31.25" in said and "copa/acc 0.5" in said and "f1 0.75" in said and "1 docs" in said, said
+    assert not any(name in said for name in ("ci95", "stderr", "f1_neg", "support")), said
     assert cli("report", tmp_path / "missing").exit_code == 1
     # A recipe's output folder (or a glob over it) holds other things too: folders are expanded,
     # what is not an artifact is skipped with a note; nothing at all to report is an error.

@@ -362,6 +362,10 @@ def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory
     for name, expected in theory.items():
         assert abs(metrics[name] - expected) < 0.15 * expected, (name, metrics[name], expected)
     assert metrics["byte_perplexity_ci95"] > 0
+    for name in ("perplexity", "word_perplexity", "byte_perplexity"):  # exp of a mean: the interval itself, not centred
+        low, high = metrics[f"{name}_ci95_low"], metrics[f"{name}_ci95_high"]
+        assert low < metrics[name] < high and high - low == pytest.approx(2 * metrics[f"{name}_ci95"])
+        assert high - metrics[name] > metrics[name] - low, name  # (skewed up: score ± half-width misplaced both ends)
     # one window: no interval, said (every resample would be that window: 0 would look exact)
     (tmp_path / "short.txt").write_text(lines[0])
     result = cli("eval", gpt2_ckpt, "--data", tmp_path / "short.txt", "--bootstrap", "100", "-o", tmp_path / "short")

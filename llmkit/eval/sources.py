@@ -53,6 +53,9 @@ def load_records(data: str, split: str, limit: int | None = None) -> Records:
             with open(path, "rb") as handle:
                 check_not_wide(handle.read(SNIFF_BYTES), f"--data {data}")
         records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
+    elif path.is_dir() and (path / "dataset_info.json").is_file() and (path / "state.json").is_file():
+        raise UserError(f"--data {data} is a folder saved by datasets (save_to_disk), which eval does not read; write its "
+                        "records to a .jsonl or .parquet file (Dataset.to_json / to_parquet) and pass that")
     elif path.is_dir():
         raise UserError(f"--data {data} is a folder, not an artifact; pass one of its files (.jsonl, .txt, .parquet, .csv)")
     elif path.exists():

@@ -64,9 +64,16 @@ def result_interval(result, metric, n_bootstrap: int) -> float | None:
 def half_width(samples: Sequence[float]) -> float:
     """Half the width of the 95% interval of bootstrap samples, as sacrebleu measures it (its
     Score.estimate_ci: the 1/40 and 39/40 order statistics)."""
+    low, high = interval(samples)
+    return 0.5 * (high - low)
+
+
+def interval(samples: Sequence[float]) -> tuple[float, float]:
+    """The 95% interval of bootstrap samples itself (the order statistics half_width spans): a skewed
+    score's (a perplexity, exp of a mean) is not centred on it, so `score ± half-width` misplaces both ends."""
     ordered = sorted(samples)
     low = len(ordered) // 40
-    return 0.5 * (ordered[len(ordered) - low - 1] - ordered[low])
+    return ordered[low], ordered[len(ordered) - low - 1]
 
 
 def resample_slices(count: int, n_bootstrap: int, cells_per_resample: int = 0):
