@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.options import Options, option
 
 INSTALL = "pip install 'llmkit[ray]'"
@@ -43,6 +43,9 @@ class Execution(Options):
         super().__post_init__()
         if self.ray_address is not None and self.executor != "ray":  # it would run here, and record a cluster it never used
             raise UserError(f"--ray-address {self.ray_address} is for --executor ray; add --executor ray, or leave the address out")
+        if self.ray_address is not None and not _an_address(self.ray_address):  # (before any work: it was found after the lock)
+            raise UsageError(f"--ray-address {self.ray_address} is not HOST:PORT, auto or ray://HOST:PORT; give the head "
+                             "node's address")
 
 
 def require_ray():
@@ -152,6 +155,16 @@ def _session_folder(ray) -> Path | None:
         return None
 
 
+def _an_address(address: str) -> bool:
+    """auto, local, HOST:PORT or ray://HOST:PORT, the port a number a socket takes (ASCII digits: `isdigit`
+    took 99999, and `٣` for 3)."""
+    if address in ("auto", "local"):
+        return True
+    scheme, _, rest = address.rpartition("://")
+    host, colon, port = rest.rpartition(":")
+    return scheme in ("", "ray") and bool(colon and host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+
+
 def _check_reachable(address: str, seconds: float = 5.0) -> None:
     """A HOST:PORT (or ray://HOST:PORT) address answers a TCP connect, or the user hears so at once:
     ray.init keeps retrying an address with no cluster behind it for many minutes, and a ray://
@@ -160,12 +173,9 @@ def _check_reachable(address: str, seconds: float = 5.0) -> None:
 
     if address in ("auto", "local"):
         return
-    scheme, _, rest = address.rpartition("://")
-    if scheme and scheme != "ray":
-        raise UserError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
-    host, colon, port = rest.rpartition(":")
-    if not colon or not host or not port.isdigit():
-        raise UserError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
+    if not _an_address(address):
+        raise UsageError(f"--ray-address {address} is not HOST:PORT, auto or ray://HOST:PORT; give the head node's address")
+    host, _, port = address.rpartition("://")[2].rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds) as probe:
             answer = _first_answer(probe, seconds)
@@ -241,7 +251,11 @@ def _path_hint(exc: BaseException, reason: str) -> str:
 def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, workers: int, address: str | None,
                     initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
                     on_start: Callable[[int], None] | None = None) -> Iterator[Any]:
-    """llmkit.parallel.ordered_map on Ray actors (`workers` of them; 0 = one per CPU of the cluster)."""
+    """llmkit.parallel.ordered_map on Ray actors (`workers` of them; 0 = one per CPU of the cluster).
+
+    A caller closes the results when it stops reading (`contextlib.closing`): closed while its own error
+    unwinds, the run's Ray logs are kept; a generator left to the garbage collector is closed after the
+    error was handled, and its logs went as a finished run's do."""
     with connected(address) as ray:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         count = workers if workers > 0 else cpus

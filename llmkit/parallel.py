@@ -90,7 +90,9 @@ def ordered_map(
                     done += 1
                     yield result
             except BaseException as stop:  # (a Ctrl-C or the consumer's error too: the pool's shutdown waits on the same)
-                if isinstance(stop, (BrokenProcessPool, KeyboardInterrupt)) or _a_worker_died(pool):
+                # (a Ctrl-C in the caller's loop arrives as the close of this generator, while it unwinds)
+                stopped = isinstance(stop, KeyboardInterrupt) or isinstance(stop.__context__, KeyboardInterrupt)
+                if stopped or isinstance(stop, BrokenProcessPool) or _a_worker_died(pool):
                     # (on a Ctrl-C too: a second one during the pool's shutdown left its idle workers waiting for
                     # the sentinels it never sent, and the exit joining them forever)
                     with _ctrl_c_deferred():

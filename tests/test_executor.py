@@ -351,6 +351,50 @@ def test_a_caller_that_stops_reading_removes_the_session_folder_and_one_that_fai
             shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def test_a_stage_that_fails_in_its_own_loop_keeps_its_ray_logs(shared_data, tmp_path):
+    """clean and tokenize left the workers' results to the garbage collector, which closed them after
+    the failure (a full disk, SIGTERM) was handled: taken for a finished run, whose logs go."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    (tmp_path / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000])
+    script = (
+        "import gc, sys\n"
+        "from llmkit.corpus import pipeline\n"
+        "from llmkit.corpus.config import CleanConfig\n"
+        "def full(self, number, batch):\n"
+        "    raise OSError(28, 'No space left on device')\n"
+        "pipeline._Written.take = full\n"
+        "try:\n"
+        "    pipeline.clean([sys.argv[1]], sys.argv[2], CleanConfig.build(executor='ray', workers=1), show_progress=False)\n"
+        "except OSError:\n"
+        "    pass\n"
+        "gc.collect()\n"
+    )
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "book.txt"), str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
+        assert done.returncode == 0, done.stderr
+        used = os.path.join(ray_tmp, "ray")
+        assert len([p for p in os.scandir(used) if p.name.startswith("session_2")]) == 1, done.stderr
+        assert not (tmp_path / "out").exists()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("address", ["localhost", "http://head:6379", "head:99999", "head:\u0663", ":6379", "ray://head:0"])
+def test_a_malformed_ray_address_is_a_usage_error_before_any_work(cli, shared_data, tmp_path, address):
+    """Found only once the output was locked and the first batch read, and exit 1; 99999 and an
+    Arabic-Indic digit passed for ports."""
+    result = cli("clean", shared_data / "tinyshakespeare.txt", "-o", tmp_path / "out", "--executor", "ray",
+                 "--ray-address", address)
+    assert result.exit_code == 2 and f"--ray-address {address} is not HOST:PORT" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def _python_with_its_own_ray(script: str):
     """`script` run by a fresh Python whose Ray instance is its own (never one already running here), in a
     folder removed after it."""

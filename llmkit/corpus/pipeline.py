@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from contextlib import closing
 from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
@@ -90,12 +91,13 @@ def clean(
             batches = chain(list(islice(batches, 1)), batches)
             execution = cfg.execution
             used = {"workers": workers}  # what ran: --workers 0 on Ray or past the cores settles in ordered_map
-            results = ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,),
-                                  executor=execution.executor, ray_address=execution.ray_address,
-                                  on_start=lambda n: used.update(workers=n))
-            for number, batch in enumerate(results, start=run.done_batches):
-                advance = run.take(number, batch)
-                progress.update(task, advance=advance, kept=run.counts["kept"])
+            # closed as the loop ends (closing): a failure here closes it while unwinding, which keeps a Ray run's logs
+            with closing(ordered_map(process_batch, batches, workers=workers, initializer=init_worker, initargs=(cfg,),
+                                     executor=execution.executor, ray_address=execution.ray_address,
+                                     on_start=lambda n: used.update(workers=n))) as results:
+                for number, batch in enumerate(results, start=run.done_batches):
+                    advance = run.take(number, batch)
+                    progress.update(task, advance=advance, kept=run.counts["kept"])
         run.close()
         _refuse_inputs_changed_while_read(sources, identities)
         _refuse_nothing_kept(run.counts, run.dropped, sources, cfg)

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -356,11 +357,13 @@ class _Encoder:
         """`start`: the first batch's number (a resumed run's: the fast path's checks go on as they were)."""
         local = self.execution.executor == "local"
         function = partial(_encode_batch, state=self.state) if local else _encode_batch
-        for result in ordered_map(function, enumerate(batches, start), workers=self.workers, threads=local,
-                                  initializer=None if local else _init_worker, initargs=self.init_args,
-                                  executor=self.execution.executor, ray_address=self.execution.ray_address,
-                                  on_start=lambda n: setattr(self, "used_workers", n)):
-            yield self._checked(result)
+        # (closing: closed as this generator is, while the caller's error unwinds, which keeps a Ray run's logs)
+        with closing(ordered_map(function, enumerate(batches, start), workers=self.workers, threads=local,
+                                 initializer=None if local else _init_worker, initargs=self.init_args,
+                                 executor=self.execution.executor, ray_address=self.execution.ray_address,
+                                 on_start=lambda n: setattr(self, "used_workers", n))) as results:
+            for result in results:
+                yield self._checked(result)
 
     def _checked(self, result):
         sizes, flat, lengths, checked, mismatch = result
