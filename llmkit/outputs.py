@@ -115,6 +115,8 @@ def kind_made_at(folder: Path) -> str | None:
         return made
     if (folder / "llmkit_model_config.json").is_file():
         return "export"
+    if not _visible(folder):  # (its mark alone: a run or a sweep killed as it began; either may take the folder)
+        return None
     if unfinished_sweep(folder) or (folder / "runs").is_dir() and ((folder / RUN_MARK).is_file() or _unmarked_run(folder)):
         return "sweep"  # (a training run has no runs/; a sweep killed before its configs/ has)
     if (folder / RUN_MARK).is_file() or not empty_folder(folder) and _unmarked_run(folder):

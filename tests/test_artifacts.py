@@ -283,6 +283,31 @@ def test_an_unfinished_training_run_is_named_as_one(tmp_path):
         artifacts.load(tmp_path / "plain")
 
 
+def test_what_llmkit_made_in_a_folder_is_told_by_its_files(tmp_path):
+    """kind_made_at decides what --force may replace and --resume continue: a run's mark alone (a
+    run or a sweep killed as it began) is either's, else the kind its files say."""
+    from llmkit import outputs
+
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    (marked / outputs.RUN_MARK).touch()
+    assert outputs.kind_made_at(marked) is None  # (a sweep's rerun was refused it as "a checkpoint", --force too)
+    outputs.check_output(marked, True, resume=True, writes="sweep")  # (as run_directory asks)
+    outputs.check_output(marked, True, writes="checkpoint")
+    (marked / "metrics.jsonl").write_text("{}")
+    assert outputs.kind_made_at(marked) == "checkpoint"
+    (marked / "runs").mkdir()
+    assert outputs.kind_made_at(marked) == "sweep"  # (killed before its configs/: a training run has no runs/)
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "llmkit_model_config.json").write_text("{}")
+    assert outputs.kind_made_at(tmp_path / "export") == "export"
+    with artifacts.create(tmp_path / "tok", "tokenizer") as build:
+        (build.dir / "x").write_text("x")
+    assert outputs.kind_made_at(tmp_path / "tok") == "tokenizer"
+    with pytest.raises(UserError, match="is a tokenizer artifact, not a training run: there is nothing in it to continue"):
+        outputs.check_output(tmp_path / "tok", True, resume=True, writes="checkpoint")
+
+
 def test_force_replaces_only_llmkits_outputs_and_glob_characters_match_only_themselves(tmp_path):
     """--force never deletes a folder of the user's own files, and an -o of "c?" never matches
     another output's temporaries."""

@@ -351,7 +351,22 @@ def test_a_caller_that_stops_reading_removes_the_session_folder_and_one_that_fai
             shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_a_stage_that_fails_in_its_own_loop_keeps_its_ray_logs(shared_data, tmp_path):
+_FAILING_IN_ITS_LOOP = {  # a full disk as the stage writes what a batch gave
+    "clean": ("from llmkit.corpus import pipeline\n"
+              "from llmkit.corpus.config import CleanConfig\n"
+              "pipeline._Written.take = full\n"
+              "run = lambda: pipeline.clean([sys.argv[1]], sys.argv[3], CleanConfig.build(executor='ray', workers=1), "
+              "show_progress=False)\n"),
+    "tokenize": ("from llmkit.tokenizer import encode_corpus\n"
+                 "from llmkit.tokenizer.config import TokenizeConfig\n"
+                 "encode_corpus.ShardWriter.write = full\n"
+                 "run = lambda: encode_corpus.tokenize_corpus(sys.argv[1], sys.argv[2], sys.argv[3], "
+                 "TokenizeConfig.build(executor='ray', workers=1))\n"),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(_FAILING_IN_ITS_LOOP))
+def test_a_stage_that_fails_in_its_own_loop_keeps_its_ray_logs(cli, shared_data, tmp_path, stage):
     """clean and tokenize left the workers' results to the garbage collector, which closed them after
     the failure (a full disk, SIGTERM) was handled: taken for a finished run, whose logs go."""
     import shutil
@@ -359,22 +374,23 @@ def test_a_stage_that_fails_in_its_own_loop_keeps_its_ray_logs(shared_data, tmp_
     import tempfile
 
     (tmp_path / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000])
-    script = (
-        "import gc, sys\n"
-        "from llmkit.corpus import pipeline\n"
-        "from llmkit.corpus.config import CleanConfig\n"
-        "def full(self, number, batch):\n"
-        "    raise OSError(28, 'No space left on device')\n"
-        "pipeline._Written.take = full\n"
-        "try:\n"
-        "    pipeline.clean([sys.argv[1]], sys.argv[2], CleanConfig.build(executor='ray', workers=1), show_progress=False)\n"
-        "except OSError:\n"
-        "    pass\n"
-        "gc.collect()\n"
-    )
+    source = tmp_path / "book.txt"
+    if stage == "tokenize":
+        assert cli("clean", source, "-o", tmp_path / "corpus").exit_code == 0
+        assert cli("tokenizer", "train", tmp_path / "corpus", "--vocab-size", "300", "-o", tmp_path / "tok").exit_code == 0
+        source = tmp_path / "corpus"
+    script = ("import gc, sys\n"
+              "def full(*args, **kwargs):\n"
+              "    raise OSError(28, 'No space left on device')\n"
+              + _FAILING_IN_ITS_LOOP[stage] +
+              "try:\n"
+              "    run()\n"
+              "except OSError:\n"
+              "    pass\n"
+              "gc.collect()\n")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # (short: Ray's socket paths must fit in 107 bytes)
     try:
-        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "book.txt"), str(tmp_path / "out")],
+        done = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "tok"), str(tmp_path / "out")],
                               capture_output=True, text=True, timeout=300,
                               env=dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="127.0.0.1:1"))
         assert done.returncode == 0, done.stderr

@@ -88,7 +88,8 @@ class EvalConfig(Options):
                              "newline; '' for none: a fine-tuned model then ends at its end token).",
                              parse=unescape_each, panel=TEXT)
     bootstrap: int = option(0, "Resamples for 95% confidence intervals of BLEU, chrF, ROUGE, accuracy, F1 and perplexity, as NAME_ci95 "
-                            "(sacrebleu's bootstrap, its seed; 1000 is usual; 0 = none).", panel=RUN, range="[0, 100000]",
+                            "(the half-width; the perplexities' ends too, NAME_ci95_low/_high) (sacrebleu's bootstrap, its seed; "
+                            "1000 is usual; 0 = none).", panel=RUN, range="[0, 100000]",
                             hashed=False, recorded_as="config bootstrap (when above 0)")
     rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
                                   range="[1, inf)")

@@ -24,11 +24,14 @@ up to 128 rows (1,024 -> 256) and 256 rows (3,072 -> 768) on 2 threads, presumab
 splitting the sum of short products; on 1 thread it held from 16 rows.
 
 A single row with no gradient to record (decoding one sequence) is a matrix-vector product, which
-reads every weight once: its speed is how fast the weights stream from memory. numpy's OpenBLAS
-does that fastest here, with either layout (a `mini` decode step's products: 2.9 ms, against 4.1
+reads every weight once: its speed is how fast the weights stream from memory. On an AMD CPU (Zen 5)
+numpy's OpenBLAS does that fastest, with either layout (a `mini` decode step's products: 2.9 ms, against 4.1
 ms for MKL with column-major weights and oneDNN for the row-major tied head; a plain sum of the
 same bytes takes 1.9 ms), so such a row goes there, on one thread, when the weight holds 1 MB or
-more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). Its bits differ
+more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). Not on an
+Intel CPU: on an Intel Xeon (AVX-512) its batch-1 decoding was 0.87x the speed of the kernels below
+at `mini` and 0.89-0.93x at `small` (4 alternating rounds each, 2026-12-06), OpenBLAS's faster read
+not being there, so there one row takes those kernels too. Its bits differ
 from the same row among others, and not with the thread count. Any other single row takes oneDNN
 with a row-major weight (where oneDNN takes products) and MKL with a column-major one. On an Intel
 CPU MKL's one-row bits follow the thread count (the column-major weights of `prepare_for_decoding`
@@ -90,6 +93,7 @@ def _avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+@functools.cache
 def _amd() -> bool:
     """An AMD CPU (or Hygon's, a Zen design, on which MKL takes the same paths); False where it
     cannot be told (no /proc/cpuinfo), which keeps oneDNN's bits."""
@@ -224,7 +228,7 @@ def _one_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """One row with no gradient to record (decoding one sequence) times a weight of 1 MB or more,
     plain fp32 CPU tensors."""
     return (x.dim() >= 1 and x.numel() == x.shape[-1] and weight.numel() >= ONE_ROW_MIN_WEIGHTS
-            and not torch.compiler.is_compiling() and _X86 and _choice() != "mkl"
+            and not torch.compiler.is_compiling() and _X86 and _choice() != "mkl" and _amd()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
             and _plain_product(x, weight, bias) and _numpy_openblas())

@@ -471,32 +471,34 @@ def _encode_into(
         texts = _after_documents(texts, doc_index)  # read (the input position) but not encoded again
     with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
         task = bar.add_task("tokenizing", total=total_bytes, rate="", completed=sum(split_bytes.values()))
-        for number, (sizes, flat, lengths) in enumerate(encoder.map(texts, start=done_batches), start=done_batches + 1):
-            batch_plan = plan[doc_index : doc_index + len(sizes)]
-            doc_index += len(sizes)
-            present = sizes > 0  # empty documents hold no tokens and are skipped
-            ends = np.cumsum(lengths)
-            # Each split keeps the corpus order: the documents up to a split one (TAIL) are written,
-            # then its head and tail, then the next run (a batch without one is a single run).
-            tails = np.flatnonzero(present & (batch_plan == TAIL))
-            start = 0
-            for stop in (*tails.tolist(), len(sizes)):
-                run = np.zeros(len(sizes), dtype=bool)
-                run[start:stop] = True
-                for split, kind in (("train", TRAIN), ("val", VAL)):
-                    chosen = run & present & (batch_plan == kind)
-                    if chosen.any():
-                        writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
-                    split_bytes[split] += int(sizes[chosen].sum())
-                if stop < len(sizes):
-                    _write_split_document(writers, split_bytes, flat[ends[stop] - lengths[stop] : ends[stop]], int(sizes[stop]),
-                                          config.val_fraction, token_bytes, config.add_bos, continues)
-                start = stop + 1
-            total_tokens += len(flat)
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.update(task, advance=int(sizes.sum()), rate=f"{(total_tokens - resumed_tokens) / elapsed / 1e6:.2f}M tok/s")
-            if number % CHECKPOINT_EVERY == 0:
-                checkpoint(number)
+        # (closing: a failure in this loop closes the map while it unwinds, as clean's does: a Ray run's logs stay)
+        with closing(encoder.map(texts, start=done_batches)) as encoded:
+            for number, (sizes, flat, lengths) in enumerate(encoded, start=done_batches + 1):
+                batch_plan = plan[doc_index : doc_index + len(sizes)]
+                doc_index += len(sizes)
+                present = sizes > 0  # empty documents hold no tokens and are skipped
+                ends = np.cumsum(lengths)
+                # Each split keeps the corpus order: the documents up to a split one (TAIL) are written,
+                # then its head and tail, then the next run (a batch without one is a single run).
+                tails = np.flatnonzero(present & (batch_plan == TAIL))
+                start = 0
+                for stop in (*tails.tolist(), len(sizes)):
+                    run = np.zeros(len(sizes), dtype=bool)
+                    run[start:stop] = True
+                    for split, kind in (("train", TRAIN), ("val", VAL)):
+                        chosen = run & present & (batch_plan == kind)
+                        if chosen.any():
+                            writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
+                        split_bytes[split] += int(sizes[chosen].sum())
+                    if stop < len(sizes):
+                        _write_split_document(writers, split_bytes, flat[ends[stop] - lengths[stop] : ends[stop]], int(sizes[stop]),
+                                              config.val_fraction, token_bytes, config.add_bos, continues)
+                    start = stop + 1
+                total_tokens += len(flat)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.update(task, advance=int(sizes.sum()), rate=f"{(total_tokens - resumed_tokens) / elapsed / 1e6:.2f}M tok/s")
+                if number % CHECKPOINT_EVERY == 0:
+                    checkpoint(number)
     for writer in writers.values():
         writer.close()
     seconds = time.perf_counter() - started
