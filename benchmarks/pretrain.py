@@ -462,7 +462,7 @@ def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
     last = rounds[-1]
     a = last["llmkit"]
     print(f"\n== {label} ==")
-    print(f"{'':26s}" + "".join(f"{LABELS[n]:>18s}" for n in sides) + "".join(f"{'vs ' + LABELS[n]:>20s}" for n in sides[1:]))
+    print(f"{'':26s}" + "".join(f" {LABELS[n]:>17s}" for n in sides) + "".join(f" {'vs ' + LABELS[n]:>19s}" for n in sides[1:]))
     print(f"{'params':26s}" + "".join(f"{last[n]['params']:>18,d}" for n in sides))
     for key, what in (("tokens_per_s", "tokens/s (wall)"), ("tokens_per_cpu_s", "tokens per CPU-second")):
         row = f"{what + ', best':26s}" + "".join(f"{best[n][key]:>18,.0f}" for n in sides)
