@@ -413,6 +413,7 @@ def test_force_replaces_only_an_output_of_the_kind_the_command_writes(cli, chain
     run = tmp_path / "unfinished"  # a training run before its manifest is a checkpoint in the making
     run.mkdir()
     (run / ".llmkit-run").touch()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')  # (its mark alone is either kind's)
     if writes != "a checkpoint":
         assert f"is a checkpoint, and this command writes {writes}" in _one_line_error(cli(*args, "-o", run, "--force"))
         assert (run / ".llmkit-run").is_file()

@@ -111,15 +111,12 @@ def test_auto_takes_mkl_only_on_amds_avx2_cpus(amd, avx512, expected, product_sw
 
 
 @openblas
-def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_layout(monkeypatch):
-    """Decoding one sequence on an AMD CPU: the tied head is row-major, prepare_for_decoding makes the
-    rest column-major; both take numpy's OpenBLAS, held to one thread, so a row's bits do not depend on
-    the thread count. A row whose gradient is recorded keeps the products with autograd rules. (On an
-    Intel CPU it is slower than MKL and oneDNN: not taken, below.)"""
+def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_layout():
+    """Decoding one sequence: the tied head is row-major, prepare_for_decoding makes the rest
+    column-major; both take numpy's OpenBLAS, held to one thread, so a row's bits do not depend on
+    the thread count. A row whose gradient is recorded keeps the products with autograd rules."""
     from threadpoolctl import threadpool_info
 
-    cpu_gemm._enabled()  # (read, and cached, with this machine's CPU: it decides products of more rows)
-    monkeypatch.setattr(cpu_gemm, "_amd", lambda: True)  # (the one-row path itself, whatever this machine's CPU)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     try:
@@ -160,13 +157,11 @@ def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_
         torch.set_num_threads(threads)
 
 
-def test_the_environment_switch_keeps_one_row_products_pytorchs_too(product_switch, monkeypatch):
+def test_the_environment_switch_keeps_one_row_products_pytorchs_too(product_switch):
     x, w = torch.randn(1, 512), torch.randn(512, 512)
-    for amd in (True, False):  # on an Intel Xeon OpenBLAS's row was 0.87-0.93x the speed of MKL's and oneDNN's
-        monkeypatch.setattr(cpu_gemm, "_amd", lambda amd=amd: amd)
-        for choice in ("auto", "onednn"):  # one row takes OpenBLAS whichever library takes more rows
-            product_switch(choice)
-            assert cpu_gemm._one_row_takes(x, w, None) == (amd and cpu_gemm._X86 and cpu_gemm._numpy_openblas())
+    for choice in ("auto", "onednn"):  # one row takes OpenBLAS whichever library takes more rows
+        product_switch(choice)
+        assert cpu_gemm._one_row_takes(x, w, None) == (cpu_gemm._X86 and cpu_gemm._numpy_openblas())
     product_switch("mkl")
     assert not cpu_gemm._one_row_takes(x, w, None) and torch.equal(cpu_gemm.linear(x, w), F.linear(x, w))
 

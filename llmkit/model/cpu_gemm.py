@@ -28,10 +28,12 @@ reads every weight once: its speed is how fast the weights stream from memory. O
 numpy's OpenBLAS does that fastest, with either layout (a `mini` decode step's products: 2.9 ms, against 4.1
 ms for MKL with column-major weights and oneDNN for the row-major tied head; a plain sum of the
 same bytes takes 1.9 ms), so such a row goes there, on one thread, when the weight holds 1 MB or
-more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). Not on an
-Intel CPU: on an Intel Xeon (AVX-512) its batch-1 decoding was 0.87x the speed of the kernels below
-at `mini` and 0.89-0.93x at `small` (4 alternating rounds each, 2026-12-06), OpenBLAS's faster read
-not being there, so there one row takes those kernels too. Its bits differ
+more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). On an Intel
+Xeon (AVX-512) it is the slower: batch-1 decoding through it was 0.87x the speed of MKL's
+column-major products at `mini` and 0.89-0.93x at `small` (4 alternating rounds each, 2026-12-06),
+but MKL's one-row bits there follow the thread count at every size (a review: 5 of 5 `small`
+forwards differed between 1 and 2 threads, by up to 3e-4), and a completion's tokens would then
+change with the machine's cores; OpenBLAS on one thread keeps them, so it is taken there too. OpenBLAS's bits differ
 from the same row among others, and not with the thread count. Any other single row takes oneDNN
 with a row-major weight (where oneDNN takes products) and MKL with a column-major one. On an Intel
 CPU MKL's one-row bits follow the thread count (the column-major weights of `prepare_for_decoding`
@@ -228,7 +230,7 @@ def _one_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """One row with no gradient to record (decoding one sequence) times a weight of 1 MB or more,
     plain fp32 CPU tensors."""
     return (x.dim() >= 1 and x.numel() == x.shape[-1] and weight.numel() >= ONE_ROW_MIN_WEIGHTS
-            and not torch.compiler.is_compiling() and _X86 and _choice() != "mkl" and _amd()
+            and not torch.compiler.is_compiling() and _X86 and _choice() != "mkl"
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
             and _plain_product(x, weight, bias) and _numpy_openblas())
