@@ -462,11 +462,11 @@ def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
     last = rounds[-1]
     a = last["llmkit"]
     print(f"\n== {label} ==")
-    print(f"{'':26s}" + "".join(f" {LABELS[n]:>17s}" for n in sides) + "".join(f" {'vs ' + LABELS[n]:>19s}" for n in sides[1:]))
+    print(f"{'':26s}" + "".join(f" {LABELS[n]:>17s}" for n in sides) + "".join(f" {'vs ' + LABELS[n]:>20s}" for n in sides[1:]))
     print(f"{'params':26s}" + "".join(f"{last[n]['params']:>18,d}" for n in sides))
     for key, what in (("tokens_per_s", "tokens/s (wall)"), ("tokens_per_cpu_s", "tokens per CPU-second")):
         row = f"{what + ', best':26s}" + "".join(f"{best[n][key]:>18,.0f}" for n in sides)
-        row += "".join(f"{best['llmkit'][key] / best[n][key]:>19.3f}x" for n in sides[1:])
+        row += "".join(f"{best['llmkit'][key] / best[n][key]:>20.3f}x" for n in sides[1:])
         print(row)
         paired = {n: [rr["llmkit"][key] / rr[n][key] for rr in rounds] for n in sides[1:]}
         print(f"{'  paired ratio, median':26s}" + " " * 18 * len(sides) + "".join(f"{median(paired[n]):>19.3f}x" for n in sides[1:])
