@@ -469,10 +469,10 @@ def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
         row += "".join(f"{best['llmkit'][key] / best[n][key]:>20.3f}x" for n in sides[1:])
         print(row)
         paired = {n: [rr["llmkit"][key] / rr[n][key] for rr in rounds] for n in sides[1:]}
-        print(f"{'  paired ratio, median':26s}" + " " * 18 * len(sides) + "".join(f"{median(paired[n]):>19.3f}x" for n in sides[1:])
+        print(f"{'  paired ratio, median':26s}" + " " * 18 * len(sides) + "".join(f"{median(paired[n]):>20.3f}x" for n in sides[1:])
               + "   (per round: " + "; ".join(", ".join(f"{v:.3f}" for v in paired[n]) for n in sides[1:]) + ")")
     mem = "peak GPU memory (MB)" if "bf16_peak" in a or args_device(extra) == "cuda" else "peak RSS (MB)"
-    print(f"{mem:26s}" + "".join(f"{last[n]['peak_mb']:>18,.0f}" for n in sides) + "".join(f"{a['peak_mb'] / last[n]['peak_mb']:>19.2f}x" for n in sides[1:]))
+    print(f"{mem:26s}" + "".join(f"{last[n]['peak_mb']:>18,.0f}" for n in sides) + "".join(f"{a['peak_mb'] / last[n]['peak_mb']:>20.2f}x" for n in sides[1:]))
     if a.get("baseline_mb"):
         grow = {n: last[n]["peak_mb"] - last[n]["baseline_mb"] for n in sides}
         print(f"{'  of it for training':26s}" + "".join(f"{grow[n]:>18,.0f}" for n in sides) + "   (peak minus RSS before training)")
