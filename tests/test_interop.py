@@ -413,6 +413,31 @@ def test_a_completion_after_text_keeps_the_space_sentencepiece_drops_at_the_star
         assert prompt + c.text == tok.decode(generator.encode_prompt(prompt)[1:] + c.token_ids)
 
 
+@pytest.mark.parametrize("case", ["gpt2", "llama-gqa"])
+def test_a_config_json_its_weights_do_not_fit_is_refused_before_a_model_that_size_is_built(cli, tmp_path, tokenizer_dir, case):
+    """n_layer 10**9 collected names per layer until memory ran out; a hidden size of 2**40 was an
+    unexpected error; a config.json nested past Python's stack too."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)[case], tokenizer_dir)
+    config = json.loads((src / "config.json").read_text())
+    layers, width = ("n_layer", "n_embd") if case == "gpt2" else ("num_hidden_layers", "hidden_size")
+    for change, said in (({layers: 10**9}, "config.json says 1000000000 layers"),
+                         ({layers: 1}, "config.json says 1 layers (n_layer / num_hidden_layers), but the weights hold 2"),
+                         ({width: 2**40}, f"config.json makes the embedding ({vocab}, 1099511627776)" if case == "gpt2"
+                          else "head_dim=16 != hidden_size / num_attention_heads")):  # (a Llama's head size: said first)
+        (src / "config.json").write_text(json.dumps({**config, **change}))
+        assert said in _error(cli("import", src, "-o", tmp_path / "x")) and not (tmp_path / "x").exists()
+    (src / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert "config.json is not valid JSON" in _error(cli("import", src, "-o", tmp_path / "x"))
+    (src / "config.json").write_text(json.dumps(config))
+    (src / "tokenizer_config.json").write_text("[" * 100_000 + "]" * 100_000)  # (read as unreadable: config.json's ids)
+    result = cli("import", src, "-o", tmp_path / "x")
+    assert "unexpected" not in result.output and "RecursionError" not in result.output, result.output
+
+
 def test_import_refuses_quantized_models_and_shards_outside_the_folder(cli, tmp_path, tokenizer_dir):
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer

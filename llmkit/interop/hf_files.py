@@ -38,8 +38,8 @@ def read_config_json(src: Path) -> dict:
         raise UserError(f"{src} has no config.json; it is not a Hugging Face model directory (save one with save_pretrained)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); re-save the model with save_pretrained") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # (nesting past Python's stack: not JSON we read)
+        raise UserError(f"{path} is not valid JSON ({exc}); re-save the model with save_pretrained") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} does not hold a JSON object; re-save the model with save_pretrained")
     return data
@@ -51,8 +51,8 @@ def weight_files(src: Path) -> list[Path]:
     if index.is_file():
         try:
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{index} is not a valid safetensors index ({exc}); re-save the model") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise UserError(f"{index} is not a valid safetensors index ({exc}); re-save the model") from None
         # Checked as written, not resolved: a Hub cache snapshot's shards are links into ../../blobs
         outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
         if outside:
@@ -98,7 +98,7 @@ def check_float_weights(state: dict[str, torch.Tensor]) -> None:
 def _read_provenance(src: Path) -> dict:
     try:
         data = json.loads((src / LLMKIT_CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

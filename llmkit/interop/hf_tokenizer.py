@@ -239,7 +239,7 @@ def hf_special_tokens(src: Path, config_json: dict, tokenizer) -> dict[str, str]
     settings = {}
     settings_path = src / "tokenizer_config.json"
     if settings_path.is_file():
-        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             settings = json.loads(settings_path.read_text(encoding="utf-8"))
         if not isinstance(settings, dict):  # (as an unreadable file: the ids in config.json decide)
             settings = {}

@@ -57,7 +57,7 @@ def _end_of_turn(src: Path, tokenizer, eos: str) -> list[str]:
     export writes them back."""
     try:
         ids = json.loads((src / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id") or []
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return []
     tokens = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids])
               if isinstance(i, int) and not isinstance(i, bool)]
@@ -74,7 +74,7 @@ def _source_chat_template(src: Path) -> str | None:
             raise UserError(f"{src}/chat_template.jinja is not UTF-8 text ({exc}); re-save the tokenizer") from None
     try:
         settings = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     template = settings.get("chat_template") if isinstance(settings, dict) else None
     if isinstance(template, list):

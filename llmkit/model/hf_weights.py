@@ -139,6 +139,17 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
         missing.append(name)
         return None
 
+    # (before the per-layer loop: n_layer 10**9 in config.json collected names until memory ran out)
+    prefix = "transformer.h." if model_type == "gpt2" else "model.layers."
+    stored = {int(name[len(prefix):].split(".")[0]) for name in state
+              if name.startswith(prefix) and name[len(prefix):].split(".")[0].isdigit()}
+    if len(stored) != config.n_layer:
+        raise UserError(f"config.json says {config.n_layer} layers (n_layer / num_hidden_layers), but the weights hold "
+                        f"{len(stored)}; the two do not belong together: re-save the model with save_pretrained")
+    embedding = state.get("transformer.wte.weight" if model_type == "gpt2" else "model.embed_tokens.weight")
+    if embedding is not None and tuple(embedding.shape) != (config.vocab_size, config.n_embd):  # (before a model that size)
+        raise UserError(f"config.json makes the embedding {(config.vocab_size, config.n_embd)} (vocab_size, hidden size), but "
+                        f"the weights hold {tuple(embedding.shape)}; the two do not belong together: re-save the model")
     if model_type == "gpt2":
         C = config.n_embd
         out["tok_emb.weight"] = take("transformer.wte.weight")

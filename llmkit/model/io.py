@@ -11,6 +11,7 @@ A checkpoint artifact (kind "checkpoint") holds:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,30 @@ def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
         raise unreadable_weights(path, exc) from None
 
 
+_LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.|(?:^|\.)lstm\.weight_ih_l(\d+)$")  # a GPT block's, an LSTM layer's
+
+
+def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> None:
+    """The embedding's shape and the number of layers, read from the weights file's header before
+    the model is built: an edited model_config.json (vocab_size 2e9, n_layer 10**6) allocated until
+    memory ran out, or ended as an unexpected error. (check_shapes compares every tensor later.)"""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as weights:
+            shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except Exception:  # (an unreadable file: read_weights names it)
+        return
+    embedding = next((shape for name, shape in shapes.items() if name.split(".")[-2:] == ["tok_emb", "weight"]), None)
+    if embedding is not None and embedding != (config.vocab_size, config.n_embd):
+        raise UserError(f"{path.parent / MODEL_CONFIG} makes the embedding {(config.vocab_size, config.n_embd)} (vocab_size, "
+                        f"n_embd), but {path.name} holds {embedding}; the two do not belong together: rebuild the checkpoint")
+    layers = {int(next(g for g in found.groups() if g is not None)) for found in map(_LAYER.search, shapes) if found}
+    if layers and max(layers) + 1 != config.n_layer:
+        raise UserError(f"{path.parent / MODEL_CONFIG} says n_layer {config.n_layer}, but {path.name} holds {max(layers) + 1} "
+                        "layers; the two do not belong together: rebuild the checkpoint")
+
+
 def unreadable_weights(path: Path, exc: Exception) -> UserError:
     return UserError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); "
                      "the checkpoint is damaged, rebuild it")
@@ -127,6 +152,7 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> torch.nn.
     """Build the model from model_config.json and load model.safetensors (eval mode)."""
     directory = Path(directory)
     config = read_model_config(directory)
+    refuse_a_config_its_weights_do_not_fit(config, directory / WEIGHTS)
     with torch.device(device):
         model = build_model(config, initialise=False)
     load_weights(model, directory / WEIGHTS)
@@ -171,6 +197,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
             f"{path} is a masked LM (objective mlm): it fills in blanks and has no left-to-right likelihood, so it cannot be "
             f"used for {purpose}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
         )
+    refuse_a_config_its_weights_do_not_fit(config, art.path / WEIGHTS)  # (before a model of its size is built)
     with torch.device(device):
         model = build_model(config, initialise=False)  # every weight comes from the file
         if classifier:
