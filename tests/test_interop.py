@@ -635,6 +635,18 @@ def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned
     del loaded.tokenizer._own_chat
     with pytest.raises(Exception, match="the model's chat template refused the conversation .*no system role"):
         encode_chat_prompt(talk, loaded.tokenizer)
+    # a template is code from the model's folder: one that loops, or writes far more than the talk, is stopped
+    from llmkit.data import tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "RENDER_SECONDS", 0.3)
+    for bomb, said in (("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+                        "took more than 0.3 s to render one conversation"),
+                       ("{{ 'x' * 3000000 }}", "rendered 3,000,000 characters from")):
+        loaded.tokenizer.own_chat_template = bomb
+        del loaded.tokenizer._own_chat
+        with pytest.raises(Exception, match=said):
+            encode_chat_prompt(talk, loaded.tokenizer)
+    monkeypatch.undo()
     # fine-tuned in llmkit: its task.json's format, not the import's template
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": w}) + "\n" for w in ("a", "b") * 4))
     assert cli("finetune", tmp_path / "ckpt", "--template", "plain", "--data", tmp_path / "sft.jsonl", "--max-steps", "1",

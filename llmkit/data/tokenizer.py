@@ -250,6 +250,42 @@ def _keeping_the_first_space(hf: Any) -> Any:
     return _rewritten(hf, ("decoder",), keep)
 
 
+# An imported chat template is code from the model's folder (sandboxed by transformers): bounded in time,
+# and in what it writes beyond the messages (role headers, a default system text, tool schemas).
+RENDER_SECONDS = 10.0
+RENDER_GROWTH, RENDER_FRAME = 4, 1_000_000
+
+
+class _RenderTimeout(BaseException):
+    """Raised into a chat template's rendering at its time limit (not an Exception: jinja2 passes it on)."""
+
+
+def _render_limit(seconds: float):
+    """A context in which SIGALRM stops the body after `seconds` (on the main thread of a POSIX
+    process; elsewhere no limit)."""
+    import contextlib
+    import signal
+    import threading
+
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def limited():
+        def expired(signum, frame):
+            raise _RenderTimeout()
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return limited()
+
+
 class TextTokenizer:
     """What the training, generation and evaluation stages need from a tokenizer."""
 
@@ -295,11 +331,21 @@ class TextTokenizer:
         template as transformers renders it (`apply_chat_template`, add_generation_prompt) and
         encoded as it encodes the result: special tokens written in the text are those tokens."""
         try:
-            text = self._own_chat.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+            with _render_limit(RENDER_SECONDS):
+                text = self._own_chat.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        except _RenderTimeout:
+            raise UserError(f"the model's chat template took more than {RENDER_SECONDS:g} s to render one conversation: it "
+                            "loops (an imported chat_template.jinja); fix or remove the checkpoint's "
+                            "tokenizer/chat_template.jinja, or import the model again without it") from None
         except Exception as exc:  # noqa: BLE001 - jinja2's errors, and the template's own raise_exception
             reason = " ".join(str(exc).split())[:200]
             raise UserError(f"the model's chat template refused the conversation ({reason}); check the roles and their "
                             "order it takes") from None
+        given = sum(len(str(m.get("content", ""))) for m in messages)
+        if len(text) > RENDER_GROWTH * given + RENDER_FRAME:  # (a template that writes 'x' * 3e8 crashed the encoder)
+            raise UserError(f"the model's chat template rendered {len(text):,} characters from {given:,} of messages; it "
+                            "writes far more than a conversation (an imported chat_template.jinja): fix or remove the "
+                            "checkpoint's tokenizer/chat_template.jinja")
         return self._own_chat.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
     @cached_property
