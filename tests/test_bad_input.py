@@ -348,19 +348,14 @@ def test_resume_with_an_unreadable_state_is_an_error_and_a_cut_final_save_falls_
 
 
 def test_resume_into_an_artifact_of_another_kind_is_refused(cli, chain, tmp_path):
-    tokenizer = tmp_path / "tokenizer"
-    shutil.copytree(chain / "tok", tokenizer)
-    before = _digest(tokenizer)
-    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", tokenizer, *TINY_MODEL, *TINY_RUN, "--resume"))
-    assert "is a tokenizer artifact, not a training run" in line
-    assert _digest(tokenizer) == before
-    # an export, which has no manifest: the run trained into it, replacing its weights
-    export = tmp_path / "export"
-    shutil.copytree(chain / "hf", export)
-    before = _digest(export)
-    line = _one_line_error(cli("pretrain", chain / "tokens", "-o", export, *TINY_MODEL, *TINY_RUN, "--resume"))
-    assert "is an llmkit export, not a training run: there is nothing in it to continue" in line
-    assert _digest(export) == before
+    # (an export has no manifest: the run trained into it, replacing its weights)
+    for source, made in (("tok", "a tokenizer artifact"), ("hf", "an llmkit export")):
+        other = tmp_path / source
+        shutil.copytree(chain / source, other)
+        before = _digest(other)
+        line = _one_line_error(cli("pretrain", chain / "tokens", "-o", other, *TINY_MODEL, *TINY_RUN, "--resume"))
+        assert f"is {made}, not a training run: there is nothing in it to continue" in line
+        assert _digest(other) == before
     # a sweep continues only a sweep (without --force it continues): it made a training run in progress one
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
@@ -459,13 +454,9 @@ def _loop(manifest, copy):
 
 def _config_of_another_size(key, value):
     def change(manifest, copy):
-        from llmkit.artifacts import sha256_file
-
         config = json.loads((copy / "model_config.json").read_text())
         (copy / "model_config.json").write_text(json.dumps({**config, key: value}))
-        manifest["files"]["model_config.json"] = sha256_file(copy / "model_config.json")
-        manifest["sizes"]["model_config.json"] = (copy / "model_config.json").stat().st_size
-        manifest["fingerprint"] = artifacts.Manifest.from_dict(manifest).expected_fingerprint()
+        _redo_manifest(manifest, copy)
     change.signed = True  # (verify and inspect find nothing: the manifest vouches for the edit)
     return change
 
@@ -489,6 +480,8 @@ def _truncate(manifest, copy):
     # allocation error; 10**6 layers: built until memory ran out) before the weights were compared
     ("ckpt", _config_of_another_size("vocab_size", 2_000_000_000), "makes the embedding (2000000000, "),
     ("ckpt", _config_of_another_size("n_layer", 10**6), "says n_layer 1000000, but model.safetensors holds"),
+    ("ckpt", _config_of_another_size("mlp_ratio", 1e8), "but model_config.json makes"),  # (a size only the meta model shows)
+    ("ckpt", _config_of_another_size("context_length", 10**9), "says context_length 1,000,000,000, past the"),
     ("tokens", _dtype, "stats say dtype 'uint32'"),
     ("tokens", _eos, "its stats say vocabulary, eos and bos"),
 ])
@@ -500,6 +493,11 @@ def test_tampered_inputs_are_refused_on_load(cli, chain, tmp_path, source, chang
     assert not (tmp_path / "out").exists()
     if source != "tokens" and not getattr(change, "signed", False):  # stats are not hashed: only the stage that reads them can tell
         assert cli("inspect", tampered).exit_code != 0 and cli("verify", tampered).exit_code != 0
+    if getattr(change, "signed", False):  # (finetune and --init-from built a model of the config's size: one reader now)
+        assert message in _one_line_error(cli("finetune", tampered, "--data", chain / "sft.jsonl", "-o", tmp_path / "ft",
+                                              "--max-steps", "1"))
+        assert message in _one_line_error(cli("pretrain", chain / "tokens", "--init-from", tampered, "-o", tmp_path / "pt",
+                                              *TINY_RUN))
 
 
 def test_damage_that_loading_cannot_see_is_named_in_one_line(cli, chain, tmp_path):
@@ -886,7 +884,7 @@ def _wider_config(manifest, copy):
 
 
 @pytest.mark.parametrize("change,message", [(_pickled_weights, "is not a readable safetensors file"),
-                                            (_wider_config, "but model_config.json makes")])
+                                            (_wider_config, "model_config.json makes the embedding (300, 48)")])
 def test_damaged_weights_are_named_not_unexpected(cli, chain, tmp_path, change, message):
     tampered = _tamper(chain / "ckpt", tmp_path, change)
     assert message in _one_line_error(cli("generate", tampered, "-p", "x", "-n", "2"))

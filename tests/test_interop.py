@@ -424,8 +424,8 @@ def test_a_config_json_its_weights_do_not_fit_is_refused_before_a_model_that_siz
     _save_hf_model(src, _hf_configs(vocab)[case], tokenizer_dir)
     config = json.loads((src / "config.json").read_text())
     layers, width = ("n_layer", "n_embd") if case == "gpt2" else ("num_hidden_layers", "hidden_size")
-    for change, said in (({layers: 10**9}, "config.json says 1000000000 layers"),
-                         ({layers: 1}, "config.json says 1 layers (n_layer / num_hidden_layers), but the weights hold 2"),
+    for change, said in (({layers: 10**9}, "config.json says 1000000000 layer(s)"),
+                         ({layers: 1}, "config.json says 1 layer(s) (n_layer / num_hidden_layers), but the weights hold 2"),
                          ({width: 2**40}, f"config.json makes the embedding ({vocab}, 1099511627776)" if case == "gpt2"
                           else "head_dim=16 != hidden_size / num_attention_heads")):  # (a Llama's head size: said first)
         (src / "config.json").write_text(json.dumps({**config, **change}))
@@ -647,6 +647,19 @@ def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned
         with pytest.raises(Exception, match=said):
             encode_chat_prompt(talk, loaded.tokenizer)
     monkeypatch.undo()
+    # a caller's own timer is left as it was (the limit cancelled it), and so is its handler
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.setitimer(signal.ITIMER_REAL, 30.0)
+    try:
+        loaded.tokenizer.own_chat_template = CHATML
+        del loaded.tokenizer._own_chat
+        assert encode_chat_prompt(talk, loaded.tokenizer) == expected
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 25
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     # fine-tuned in llmkit: its task.json's format, not the import's template
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": w}) + "\n" for w in ("a", "b") * 4))
     assert cli("finetune", tmp_path / "ckpt", "--template", "plain", "--data", tmp_path / "sft.jsonl", "--max-steps", "1",
@@ -1028,7 +1041,8 @@ def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, token
     _save_hf_model(deeper, GPT2Config(vocab_size=320, n_positions=16, n_embd=32, n_layer=3, n_head=2, n_inner=64), tokenizer_dir)
     (deeper / "config.json").write_text(json.dumps(dict(json.loads((deeper / "config.json").read_text()), n_layer=1)))
     message = _error(cli("import", deeper, "-o", tmp_path / "out"))
-    assert "config.json says 1 layer(s), but the gpt2 weights hold 3 (e.g. 'transformer.h.1." in message, message
+    assert "config.json says 1 layer(s) (n_layer / num_hidden_layers), but the weights hold 3" in message, message
+    assert "correct config.json, or re-save the model" in message, message
     assert not (tmp_path / "out").exists()
 
 

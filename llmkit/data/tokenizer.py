@@ -262,12 +262,14 @@ class _RenderTimeout(BaseException):
 
 def _render_limit(seconds: float):
     """A context in which SIGALRM stops the body after `seconds` (on the main thread of a POSIX
-    process; elsewhere no limit)."""
+    process; elsewhere, or where the caller's own timer or SIGALRM handler is set, which this one
+    would cancel or replace, no limit)."""
     import contextlib
     import signal
     import threading
 
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread() or \
+            signal.getitimer(signal.ITIMER_REAL)[0] > 0 or signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None):
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
@@ -330,9 +332,13 @@ class TextTokenizer:
         """A conversation and the assistant's turn to answer, rendered with the model's own chat
         template as transformers renders it (`apply_chat_template`, add_generation_prompt) and
         encoded as it encodes the result: special tokens written in the text are those tokens."""
+        renderer = self._own_chat  # (built, and transformers imported, before the clock starts)
         try:
             with _render_limit(RENDER_SECONDS):
-                text = self._own_chat.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+                text = renderer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        except MemoryError:
+            raise UserError("the model's chat template wrote more than memory holds for one conversation (an imported "
+                            "chat_template.jinja): fix or remove the checkpoint's tokenizer/chat_template.jinja") from None
         except _RenderTimeout:
             raise UserError(f"the model's chat template took more than {RENDER_SECONDS:g} s to render one conversation: it "
                             "loops (an imported chat_template.jinja); fix or remove the checkpoint's "
@@ -346,7 +352,7 @@ class TextTokenizer:
             raise UserError(f"the model's chat template rendered {len(text):,} characters from {given:,} of messages; it "
                             "writes far more than a conversation (an imported chat_template.jinja): fix or remove the "
                             "checkpoint's tokenizer/chat_template.jinja")
-        return self._own_chat.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        return renderer.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
     @cached_property
     def _own_chat(self) -> Any:
@@ -624,8 +630,8 @@ def special_roles(dir: Path) -> dict[str, Any] | None:
         return None
     try:
         roles = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
     ends = roles.get(END_OF_TURN, []) if isinstance(roles, dict) else None
     named = {k: v for k, v in roles.items() if k != END_OF_TURN} if isinstance(roles, dict) else None
     if (named is None or not all(isinstance(v, str) for v in named.values()) or set(named) - set(LLMKIT_ROLES)

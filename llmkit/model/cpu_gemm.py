@@ -33,7 +33,9 @@ Xeon (AVX-512) it is the slower: batch-1 decoding through it was 0.87x the speed
 column-major products at `mini` and 0.89-0.93x at `small` (4 alternating rounds each, 2026-12-06),
 but MKL's one-row bits there follow the thread count at every size (a review: 5 of 5 `small`
 forwards differed between 1 and 2 threads, by up to 3e-4), and a completion's tokens would then
-change with the machine's cores; OpenBLAS on one thread keeps them, so it is taken there too. OpenBLAS's bits differ
+change with the machine's cores; OpenBLAS on one thread keeps them, so it is taken there too (a
+model whose products are under 1 MB each, `tiny`, and `mini`'s attention, still takes MKL for those,
+whose bits there follow the thread count: `mini` differs by up to 1.3e-6 between 1 and 2 threads). OpenBLAS's bits differ
 from the same row among others, and not with the thread count. Any other single row takes oneDNN
 with a row-major weight (where oneDNN takes products) and MKL with a column-major one. On an Intel
 CPU MKL's one-row bits follow the thread count (the column-major weights of `prepare_for_decoding`

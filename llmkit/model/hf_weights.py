@@ -143,9 +143,10 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
     prefix = "transformer.h." if model_type == "gpt2" else "model.layers."
     stored = {int(name[len(prefix):].split(".")[0]) for name in state
               if name.startswith(prefix) and name[len(prefix):].split(".")[0].isdigit()}
-    if len(stored) != config.n_layer:
-        raise UserError(f"config.json says {config.n_layer} layers (n_layer / num_hidden_layers), but the weights hold "
-                        f"{len(stored)}; the two do not belong together: re-save the model with save_pretrained")
+    if len(stored) != config.n_layer:  # (more layers than the config says: the config is the odd one)
+        fix = "correct config.json, or re-save the model" if stored and max(stored) >= config.n_layer else "re-save the model"
+        raise UserError(f"config.json says {config.n_layer} layer(s) (n_layer / num_hidden_layers), but the weights hold "
+                        f"{len(stored)}; the two do not belong together: {fix} with save_pretrained")
     embedding = state.get("transformer.wte.weight" if model_type == "gpt2" else "model.embed_tokens.weight")
     if embedding is not None and tuple(embedding.shape) != (config.vocab_size, config.n_embd):  # (before a model that size)
         raise UserError(f"config.json makes the embedding {(config.vocab_size, config.n_embd)} (vocab_size, hidden size), but "
@@ -216,13 +217,6 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
         )
     if state:
         extra = sorted(state)
-        import re
-
-        layers = {int(m.group(1)) for name in extra if (m := re.match(r"(?:transformer\.h|model\.layers)\.(\d+)\.", name))}
-        if layers and min(layers) >= config.n_layer:  # more layers than config.json says: the config is the odd one
-            raise UserError(f"config.json says {config.n_layer} layer(s), but the {model_type} weights hold "
-                            f"{max(layers) + 1} (e.g. {extra[0]!r}); correct config.json, or re-save the model with "
-                            "save_pretrained")
         raise UserError(
             f"the {model_type} weights hold {len(extra)} tensor(s) llmkit's GPT has no place for (e.g. {extra[0]!r}); "
             "this variant is not supported"

@@ -77,15 +77,22 @@ _LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.|(?:^|\.)lstm\.weight_ih_l(\d+)$") 
 
 
 def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> None:
-    """The embedding's shape and the number of layers, read from the weights file's header before
-    the model is built: an edited model_config.json (vocab_size 2e9, n_layer 10**6) allocated until
-    memory ran out, or ended as an unexpected error. (check_shapes compares every tensor later.)"""
+    """The config against the weights file's header before a model is built: an edited, re-signed
+    model_config.json (vocab_size 2e9, n_layer 10**6, mlp_ratio 1e8) allocated until memory ran out,
+    or ended as an unexpected error. The embedding and the layer count first (a model of 10**6
+    layers is slow to build even without memory), then every tensor against a model built without
+    memory (meta); the context, which RoPE holds in no weight, is capped."""
     from safetensors import safe_open
 
+    from llmkit.model.hf_config import LARGEST_SIZE
+
+    if config.context_length > LARGEST_SIZE:  # (its rotary tables alone: 32 GB at 10**9)
+        raise UserError(f"{path.parent / MODEL_CONFIG} says context_length {config.context_length:,}, past the "
+                        f"{LARGEST_SIZE:,} llmkit builds; the checkpoint is damaged, rebuild it")
     try:
         with safe_open(str(path), "pt") as weights:
             shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
-    except Exception:  # (an unreadable file: read_weights names it)
+    except Exception:  # (an unreadable or missing file: read_weights names it)
         return
     embedding = next((shape for name, shape in shapes.items() if name.split(".")[-2:] == ["tok_emb", "weight"]), None)
     if embedding is not None and embedding != (config.vocab_size, config.n_embd):
@@ -94,7 +101,13 @@ def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> N
     layers = {int(next(g for g in found.groups() if g is not None)) for found in map(_LAYER.search, shapes) if found}
     if layers and max(layers) + 1 != config.n_layer:
         raise UserError(f"{path.parent / MODEL_CONFIG} says n_layer {config.n_layer}, but {path.name} holds {max(layers) + 1} "
-                        "layers; the two do not belong together: rebuild the checkpoint")
+                        "layer(s); the two do not belong together: rebuild the checkpoint")
+    with torch.device("meta"):
+        try:
+            model = build_model(config, initialise=False)
+        except Exception:  # (a config no model is built from: the loader's own build says why)
+            return
+    check_shapes(model, {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}, path)
 
 
 def unreadable_weights(path: Path, exc: Exception) -> UserError:
@@ -143,16 +156,18 @@ def read_model_config(directory: Path) -> ModelConfig:
     if not path.is_file():
         raise UserError(f"{directory} has no {MODEL_CONFIG}; it is not a complete checkpoint, rebuild it")
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not a valid model config ({exc}); rebuild the checkpoint") from exc
+        config = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UserError(f"{path} is not a valid model config ({exc}); rebuild the checkpoint") from None
+    # (every loader reads the config here before it builds a model: finetune and --init-from built one its size)
+    refuse_a_config_its_weights_do_not_fit(config, Path(directory) / WEIGHTS)
+    return config
 
 
 def load_model(directory: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the model from model_config.json and load model.safetensors (eval mode)."""
     directory = Path(directory)
     config = read_model_config(directory)
-    refuse_a_config_its_weights_do_not_fit(config, directory / WEIGHTS)
     with torch.device(device):
         model = build_model(config, initialise=False)
     load_weights(model, directory / WEIGHTS)
@@ -197,7 +212,6 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
             f"{path} is a masked LM (objective mlm): it fills in blanks and has no left-to-right likelihood, so it cannot be "
             f"used for {purpose}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
         )
-    refuse_a_config_its_weights_do_not_fit(config, art.path / WEIGHTS)  # (before a model of its size is built)
     with torch.device(device):
         model = build_model(config, initialise=False)  # every weight comes from the file
         if classifier:

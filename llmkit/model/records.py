@@ -166,8 +166,8 @@ def read_task(art: Any) -> TaskRecord | None:
     path = art.file(TASK_FILE)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged, rebuild it") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged, rebuild it") from None
     return TaskRecord.from_dict(data, str(path))
 
 
