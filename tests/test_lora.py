@@ -193,6 +193,22 @@ def test_a_finished_lora_run_resumes_and_extends_as_a_straight_run(base, shared_
         assert torch.equal(load_file(str(run / "model.safetensors"))[key], value), key
 
 
+def test_adapters_on_some_layers_resume_and_their_step_is_named_as_adapters(base, shared_data, cli, tmp_path):
+    """A step checkpoint keeps the trainable tensors only: with --lora-targets on the first block, its
+    weights hold one layer of a deeper model, which a check of the config against the weights took
+    for a damaged checkpoint (the resume failed; generate said "rebuild it")."""
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:32]]
+    flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--lora-targets", "blocks.0.*",
+             "--batch-size", "8", "--eval-every", "0", "--truncate", "-o", tmp_path / "run"]
+    assert cli("finetune", base["checkpoint"], *flags, "--max-steps", "2").exit_code == 0
+    resumed = cli("finetune", base["checkpoint"], *flags, "--max-steps", "3", "--resume")
+    assert resumed.exit_code == 0 and "resumed from step 2" in resumed.output, resumed.output
+    step = tmp_path / "run" / "checkpoints" / "step_0000002"
+    said = cli("generate", step, "-p", "x", "-n", "2")
+    assert said.exit_code != 0 and "intermediate LoRA checkpoint" in said.output, said.output
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_training_steps_match_transformers_and_peft(shared_data, method):
     """benchmarks/finetune.py at a tiny size: llmkit's training step (and LoRA) against

@@ -134,11 +134,12 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
     part by part, when it materialises its share."""
     from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
-    from llmkit.model.io import WEIGHTS, check_shapes, read_model_config, stored_shapes, tied_names
+    from llmkit.model.io import WEIGHTS, check_shapes, read_model_config, refuse_a_config_its_weights_do_not_fit, stored_shapes, tied_names
     from llmkit.model.presets import build_model as build_lm
     from llmkit.model.records import read_task
 
     model_config = read_model_config(art.path)
+    refuse_a_config_its_weights_do_not_fit(model_config, art.path / WEIGHTS)  # (before a model of its size is built)
     if config.dropout is not None:
         model_config.dropout = config.dropout
     if tokenizer.vocab_size > model_config.vocab_size:

@@ -77,22 +77,20 @@ _LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.|(?:^|\.)lstm\.weight_ih_l(\d+)$") 
 
 
 def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> None:
-    """The config against the weights file's header before a model is built: an edited, re-signed
-    model_config.json (vocab_size 2e9, n_layer 10**6, mlp_ratio 1e8) allocated until memory ran out,
-    or ended as an unexpected error. The embedding and the layer count first (a model of 10**6
-    layers is slow to build even without memory), then every tensor against a model built without
-    memory (meta); the context, which RoPE holds in no weight, is capped."""
+    """The config against the weights file's header, where a loader is about to build a model of
+    its size: an edited, re-signed model_config.json (vocab_size 2e9, n_layer 10**6, mlp_ratio 1e8)
+    allocated until memory ran out, or ended as an unexpected error. The embedding and the layer
+    count first (a model of 10**6 layers is slow to build even without memory), then every tensor
+    against a model built without memory (meta). An intermediate LoRA checkpoint (adapters only) is
+    left to the loaders, which name it. (The context, which RoPE holds in no weight, is not checked.)"""
     from safetensors import safe_open
 
-    from llmkit.model.hf_config import LARGEST_SIZE
-
-    if config.context_length > LARGEST_SIZE:  # (its rotary tables alone: 32 GB at 10**9)
-        raise UserError(f"{path.parent / MODEL_CONFIG} says context_length {config.context_length:,}, past the "
-                        f"{LARGEST_SIZE:,} llmkit builds; the checkpoint is damaged, rebuild it")
     try:
         with safe_open(str(path), "pt") as weights:
             shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
     except Exception:  # (an unreadable or missing file: read_weights names it)
+        return
+    if any(name.endswith((".lora_A", ".lora_B")) for name in shapes):  # (llmkit.finetune.lora's adapter names)
         return
     embedding = next((shape for name, shape in shapes.items() if name.split(".")[-2:] == ["tok_emb", "weight"]), None)
     if embedding is not None and embedding != (config.vocab_size, config.n_embd):
@@ -102,11 +100,13 @@ def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> N
     if layers and max(layers) + 1 != config.n_layer:
         raise UserError(f"{path.parent / MODEL_CONFIG} says n_layer {config.n_layer}, but {path.name} holds {max(layers) + 1} "
                         "layer(s); the two do not belong together: rebuild the checkpoint")
-    with torch.device("meta"):
+    # (meta: no memory; its own generator: a reader that built a model moved torch's global draws)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         try:
             model = build_model(config, initialise=False)
-        except Exception:  # (a config no model is built from: the loader's own build says why)
-            return
+        except Exception as exc:  # (an mlp_ratio of 1e30: a size no tensor takes)
+            raise UserError(f"{path.parent / MODEL_CONFIG} makes no model ({' '.join(str(exc).split())[:120]}); the "
+                            "checkpoint is damaged, rebuild it") from None
     check_shapes(model, {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}, path)
 
 
@@ -157,10 +157,8 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise UserError(f"{directory} has no {MODEL_CONFIG}; it is not a complete checkpoint, rebuild it")
     try:
         config = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, RecursionError) as exc:
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:  # (an mlp_ratio of Infinity: OverflowError)
         raise UserError(f"{path} is not a valid model config ({exc}); rebuild the checkpoint") from None
-    # (every loader reads the config here before it builds a model: finetune and --init-from built one its size)
-    refuse_a_config_its_weights_do_not_fit(config, Path(directory) / WEIGHTS)
     return config
 
 
@@ -168,6 +166,7 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> torch.nn.
     """Build the model from model_config.json and load model.safetensors (eval mode)."""
     directory = Path(directory)
     config = read_model_config(directory)
+    refuse_a_config_its_weights_do_not_fit(config, directory / WEIGHTS)
     with torch.device(device):
         model = build_model(config, initialise=False)
     load_weights(model, directory / WEIGHTS)
@@ -212,6 +211,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
             f"{path} is a masked LM (objective mlm): it fills in blanks and has no left-to-right likelihood, so it cannot be "
             f"used for {purpose}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
         )
+    refuse_a_config_its_weights_do_not_fit(config, art.path / WEIGHTS)  # (before a model of its size is built)
     with torch.device(device):
         model = build_model(config, initialise=False)  # every weight comes from the file
         if classifier:

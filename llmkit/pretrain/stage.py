@@ -94,12 +94,13 @@ def _check_mask_token(model_config, tokenizer) -> None:
 
 
 def _model_config(config: PretrainConfig, vocab_size: int, init):
-    from llmkit.model.io import read_model_config
+    from llmkit.model.io import WEIGHTS, read_model_config, refuse_a_config_its_weights_do_not_fit
     from llmkit.model.presets import resolve_model_config
 
     if init is None:
         return resolve_model_config(config.architecture.model, vocab_size=vocab_size, overrides=config.architecture.overrides())
     model_config = read_model_config(init.path)
+    refuse_a_config_its_weights_do_not_fit(model_config, init.path / WEIGHTS)  # (before a model of its size is built)
     if config.architecture.dropout is not None:
         model_config.dropout = config.architecture.dropout
     return model_config
