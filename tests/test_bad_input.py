@@ -481,7 +481,9 @@ def _truncate(manifest, copy):
     ("ckpt", _config_of_another_size("vocab_size", 2_000_000_000), "makes the embedding (2000000000, "),
     ("ckpt", _config_of_another_size("n_layer", 10**6), "says n_layer 1000000, but model.safetensors holds"),
     ("ckpt", _config_of_another_size("mlp_ratio", 1e8), "but model_config.json makes"),  # (a size only the meta model shows)
-    ("ckpt", _config_of_another_size("mlp_ratio", 1e30), "model_config.json makes no model"),
+    ("ckpt", _config_of_another_size("mlp_ratio", 1e30), "model_config.json makes no model (empty(): argument"),
+    ("ckpt", _config_of_another_size("mlp_ratio", float("inf")), "is not a valid model config"),
+    ("ckpt", _config_of_another_size("context_length", 10**9), "says context_length 1,000,000,000, past the"),
     ("tokens", _dtype, "stats say dtype 'uint32'"),
     ("tokens", _eos, "its stats say vocabulary, eos and bos"),
 ])

@@ -32,7 +32,7 @@ def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict
     GPT-2-style model came out with zero biases (GPT-2 always has them): drop them again."""
     try:
         original = ModelConfig.from_dict(provenance["model_config"])
-    except (KeyError, TypeError, ValueError, AttributeError):  # absent, or not a config: the imported one stands
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # absent, or not a config: the imported one stands
         return imported, state
     same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
             "rope_theta", "norm_eps", "n_head")

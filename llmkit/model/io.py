@@ -81,17 +81,23 @@ def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> N
     its size: an edited, re-signed model_config.json (vocab_size 2e9, n_layer 10**6, mlp_ratio 1e8)
     allocated until memory ran out, or ended as an unexpected error. The embedding and the layer
     count first (a model of 10**6 layers is slow to build even without memory), then every tensor
-    against a model built without memory (meta). An intermediate LoRA checkpoint (adapters only) is
-    left to the loaders, which name it. (The context, which RoPE holds in no weight, is not checked.)"""
+    against a model built without memory (meta). An intermediate LoRA checkpoint (adapters only, the
+    layers it adapts) is refused as such here: no loader takes one. The context, which RoPE holds in no
+    weight but builds its tables for as the model is built (64 GB at 10**9), is capped."""
     from safetensors import safe_open
 
+    from llmkit.model.hf_config import LARGEST_SIZE
+
+    if config.context_length > LARGEST_SIZE:
+        raise UserError(f"{path.parent / MODEL_CONFIG} says context_length {config.context_length:,}, past the "
+                        f"{LARGEST_SIZE:,} llmkit builds; the checkpoint is damaged, rebuild it")
     try:
         with safe_open(str(path), "pt") as weights:
             shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
     except Exception:  # (an unreadable or missing file: read_weights names it)
         return
     if any(name.endswith((".lora_A", ".lora_B")) for name in shapes):  # (llmkit.finetune.lora's adapter names)
-        return
+        raise _intermediate_lora(path)
     embedding = next((shape for name, shape in shapes.items() if name.split(".")[-2:] == ["tok_emb", "weight"]), None)
     if embedding is not None and embedding != (config.vocab_size, config.n_embd):
         raise UserError(f"{path.parent / MODEL_CONFIG} makes the embedding {(config.vocab_size, config.n_embd)} (vocab_size, "
@@ -105,9 +111,15 @@ def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> N
         try:
             model = build_model(config, initialise=False)
         except Exception as exc:  # (an mlp_ratio of 1e30: a size no tensor takes)
-            raise UserError(f"{path.parent / MODEL_CONFIG} makes no model ({' '.join(str(exc).split())[:120]}); the "
-                            "checkpoint is damaged, rebuild it") from None
+            reason = " ".join(str(exc).split("Exception raised from")[0].split())[:120]  # (not torch's C++ frames)
+            raise UserError(f"{path.parent / MODEL_CONFIG} makes no model ({reason}); the checkpoint is damaged, rebuild "
+                            "it") from None
     check_shapes(model, {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}, path)
+
+
+def _intermediate_lora(path: Path) -> UserError:
+    return UserError(f"{path.parent} is an intermediate LoRA checkpoint (unmerged adapters); use the finished run "
+                     "directory, whose weights are merged")
 
 
 def unreadable_weights(path: Path, exc: Exception) -> UserError:
@@ -142,8 +154,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = set(missing) - tied_names(model)
     if any(k.endswith((".lora_A", ".lora_B")) for k in unexpected):  # llmkit.finetune.lora's adapter names
-        raise UserError(f"{path.parent} is an intermediate LoRA checkpoint (unmerged adapters); use the finished run "
-                        "directory, whose weights are merged")
+        raise _intermediate_lora(path)
     if missing or unexpected:
         raise UserError(
             f"{path} does not match its model_config.json (missing {sorted(missing)[:3]}, "

@@ -55,7 +55,7 @@ class ModelChoice(Options):
     n_kv_head: int | None = option(None, "Key/value heads (fewer than heads = grouped-query attention).", range="[1, inf)")
     n_embd: int | None = option(None, "Model width.", range="[1, inf)")
     mlp_ratio: float | None = option(None, "MLP hidden width / model width.", range="(0, 1000]")
-    context_length: int | None = option(None, "Longest sequence the model takes.", range="[1, inf)")
+    context_length: int | None = option(None, "Longest sequence the model takes.", range="[1, 67108864]")  # (hf_config.LARGEST_SIZE)
     dropout: float | None = option(None, "Dropout probability.", range="[0, 1)")
     norm: str | None = option(None, "rmsnorm or layernorm.", choices=("rmsnorm", "layernorm"))
     pos: str | None = option(None, "Positions: rope or learned.", choices=("rope", "learned"))
