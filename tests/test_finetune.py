@@ -573,6 +573,11 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
     with pytest.raises(UserError) as plain:  # (render's own message: it fails before anything is encoded)
         encode_example(template, record, SimpleNamespace(bos_id=0, encode_after_special=list, encode_continuation=list), "d.jsonl:1", suggest_template=False)
     assert str(plain.value) == "d.jsonl:1 has no field 'target' that the template needs; fields: source"
+    with pytest.raises(UserError) as chat:  # (the chat template's own error too)
+        encode_example(resolve_template("chat"), {"source": "a", "target": "b"}, None, "d.jsonl:1", suggest_template=False)
+    assert str(chat.value) == "d.jsonl:1 has neither a \"messages\" list nor \"prompt\" and \"response\" strings"
+    with pytest.raises(UserError, match="its fields fit --template translate"):
+        encode_example(resolve_template("chat"), {"source": "a", "target": "b"}, None, "d.jsonl:1")
 
 
 @pytest.mark.parametrize(

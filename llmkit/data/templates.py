@@ -153,8 +153,9 @@ def check_tokenizer(template: dict[str, Any], tokenizer,
 # -- chat --------------------------------------------------------------------------------------
 
 
-def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
-    """A record's conversation: its "messages", or a {"prompt", "response"} pair as one exchange."""
+def record_messages(record: dict[str, Any], where: str, suggest_template: bool = True) -> list[dict[str, str]]:
+    """A record's conversation: its "messages", or a {"prompt", "response"} pair as one exchange.
+    `suggest_template`: a record of other fields names the --template they fit (fine-tuning's option)."""
     if "messages" in record:
         messages = record["messages"]
         ok = isinstance(messages, list) and messages and all(
@@ -175,7 +176,7 @@ def record_messages(record: dict[str, Any], where: str) -> list[dict[str, str]]:
     if bad and {"prompt", "response"} <= set(record):
         raise UserError(f"{where} field {bad!r} is {_not_text(record[bad])}, not text; fix the record or leave it out")
     raise UserError(f"{where} has neither a \"messages\" list nor \"prompt\" and \"response\" strings"
-                    f"{_template_for(record)}")
+                    f"{_template_for(record) if suggest_template else ''}")
 
 
 def _template_for(record: dict[str, Any], instead_of: str | None = None) -> str:
@@ -401,6 +402,6 @@ def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[i
 def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str,
                    suggest_template: bool = True) -> Encoded:
     if template["type"] == "chat":
-        return encode_chat_example(record_messages(record, where), tokenizer)
+        return encode_chat_example(record_messages(record, where, suggest_template), tokenizer)
     return encode_text_example(template, record, tokenizer, where, suggest_template)
 

@@ -343,7 +343,7 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
     limit = context_limit(loaded.model)
     prompts, references, trimmed = [], [], 0
     for i, record in enumerate(records):
-        messages = record_messages(record, place(records, i))
+        messages = record_messages(record, place(records, i), suggest_template=False)  # (eval has no --template)
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             raise UserError(f"{place(records, i)}: its messages must end with the assistant's reply, the reference")
         history, dropped = drop_oldest_exchanges(messages[:-1], loaded.tokenizer,
