@@ -289,15 +289,18 @@ def _not_text(value: Any) -> str | None:
     return None if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json_kind(value)
 
 
-def render(part: str, record: dict[str, Any], where: str, absent: str | None = None) -> str:
+def render(part: str, record: dict[str, Any], where: str, absent: str | None = None,
+           fix: Callable[[], str] | None = None) -> str:
     """The template's text with each placeholder filled from the record (`{a.b}`: its own key "a.b",
-    else b within its object a). `absent`: what a field the record lacks becomes; None: an error."""
+    else b within its object a). `absent`: what a field the record lacks becomes; None: an error,
+    ending in `fix()` where given (fine-tuning's: the --template the record fits)."""
     values = {}
     for name in plain_fields(part, "the template"):
         value = field_value(record, name)
         if value is ABSENT:
             if absent is None:
-                raise UserError(f"{where} has no field {name!r} that the template needs; fields: {', '.join(record)}")
+                raise UserError(f"{where} has no field {name!r} that the template needs; fields: {', '.join(record)}"
+                                f"{fix() if fix is not None else ''}")
             value = absent
         # null, true or a list would be written out as "None", "True" or "[1, 2]" and trained on (a number is text enough)
         shown = _not_text(value)
@@ -368,14 +371,11 @@ def prompt_fields(template: dict[str, Any]) -> list[str]:
 def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str,
                         suggest_template: bool = True) -> Encoded:
     """`suggest_template`: a record the template does not fit names the --template it fits (fine-tuning's
-    option: eval, scoring a fine-tune on its own template, has none)."""
-    missing = next((f for f in [*_fields(template["prompt"]), *_fields(template["response"])]
-                    if field_value(record, f) is ABSENT), None)
-    if missing is not None and suggest_template:  # (said with the one that fits, as the chat template's error is)
-        raise UserError(f"{where} has no field {missing!r} that the template needs; fields: {', '.join(record)}"
-                        f"{_template_for(record, instead_of=template['name'])}")
-    prompt = [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], record, where))
-    response = tokenizer.encode_continuation(render(template["response"], record, where)) + [tokenizer.eos_id]
+    option: eval, scoring a fine-tune on its own template, has none), as the chat template's error does."""
+    fix = (lambda: _template_for(record, instead_of=template["name"])) if suggest_template else None
+    prompt_text, response_text = (render(template[part], record, where, fix=fix) for part in ("prompt", "response"))
+    prompt = [tokenizer.bos_id] + tokenizer.encode_after_special(prompt_text)
+    response = tokenizer.encode_continuation(response_text) + [tokenizer.eos_id]
     return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))
 
 

@@ -365,6 +365,22 @@ class TextTokenizer:
         wrapper.chat_template = self.own_chat_template
         return wrapper
 
+    @cached_property
+    def unknown_text_id(self) -> int | None:
+        """The token a tokenizer without byte fallback writes for text it has no token for (`<unk>`);
+        None where bytes stand for such text (byte-level BPE, byte fallback). Once per tokenizer: a
+        Unigram model names it by id, which only its saved form holds."""
+        model = self.hf.model
+        if getattr(model, "byte_fallback", False):
+            return None
+        token = getattr(model, "unk_token", None)
+        if isinstance(token, str):
+            return self.hf.token_to_id(token)
+        if type(model).__name__ == "Unigram":
+            unk_id = json.loads(self.hf.to_str())["model"].get("unk_id")
+            return unk_id if isinstance(unk_id, int) else None
+        return None
+
     @property
     def end_ids(self) -> list[int]:
         """eos, then the end-of-turn tokens: what ends a generated reply."""

@@ -145,24 +145,8 @@ def chat_stop_ids(tokenizer) -> list[int]:
     lets pass: every other special token. A role token starts the next turn; the start, padding and
     mask tokens have no place inside a reply, and decoded they would be their literal names. chat,
     generate and eval stop a chat model's reply at the same tokens."""
-    return sorted(set(tokenizer.special_ids.values()) - set(tokenizer.end_ids) - {_unknown_id(tokenizer)})
-
-
-def _unknown_id(tokenizer) -> int | None:
-    """The token a tokenizer without byte fallback writes for text it has no token for (`<unk>`, marked
-    special): it stands for text the model did see, so it ends no reply."""
-    model = getattr(getattr(tokenizer, "hf", None), "model", None)
-    if model is None or getattr(model, "byte_fallback", False):  # (bytes stand for unknown text: <unk> is never written)
-        return None
-    token = getattr(model, "unk_token", None)
-    if isinstance(token, str):
-        return tokenizer.hf.token_to_id(token)
-    if type(model).__name__ == "Unigram":  # (it names its unknown token by id, which only its saved form holds)
-        import json
-
-        unk_id = json.loads(tokenizer.hf.to_str())["model"].get("unk_id")
-        return unk_id if isinstance(unk_id, int) else None
-    return None
+    # (an <unk> marked special stands for text the model did see: it ends no reply)
+    return sorted(set(tokenizer.special_ids.values()) - set(tokenizer.end_ids) - {tokenizer.unknown_text_id})
 
 
 def text_stop_ids(tokenizer, start_id: int, *, past_eos: bool) -> list[int]:

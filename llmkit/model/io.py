@@ -84,18 +84,16 @@ def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> N
     against a model built without memory (meta). An intermediate LoRA checkpoint (adapters only, the
     layers it adapts) is refused as such here: no loader takes one. The context, which RoPE holds in no
     weight but builds its tables for as the model is built (64 GB at 10**9), is capped."""
-    from safetensors import safe_open
-
     from llmkit.model.hf_config import LARGEST_SIZE
 
     if config.context_length > LARGEST_SIZE:
         raise UserError(f"{path.parent / MODEL_CONFIG} says context_length {config.context_length:,}, past the "
                         f"{LARGEST_SIZE:,} llmkit builds; the checkpoint is damaged, rebuild it")
     try:
-        with safe_open(str(path), "pt") as weights:
-            shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+        stored = stored_shapes(path)
     except Exception:  # (an unreadable or missing file: read_weights names it)
         return
+    shapes = {name: tuple(tensor.shape) for name, tensor in stored.items()}
     if any(name.endswith((".lora_A", ".lora_B")) for name in shapes):  # (llmkit.finetune.lora's adapter names)
         raise _intermediate_lora(path)
     embedding = next((shape for name, shape in shapes.items() if name.split(".")[-2:] == ["tok_emb", "weight"]), None)
@@ -114,7 +112,7 @@ def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> N
             reason = " ".join(str(exc).split("Exception raised from")[0].split())[:120]  # (not torch's C++ frames)
             raise UserError(f"{path.parent / MODEL_CONFIG} makes no model ({reason}); the checkpoint is damaged, rebuild "
                             "it") from None
-    check_shapes(model, {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}, path)
+    check_shapes(model, stored, path)
 
 
 def _intermediate_lora(path: Path) -> UserError:
