@@ -108,7 +108,7 @@ def kind_made_at(folder: Path) -> str | None:
     """What llmkit made at `folder`: an artifact's kind (a damaged manifest's too), "checkpoint" for
     a training run before its manifest, "sweep" for a sweep before its own, "export" for an llmkit
     export; None for an empty folder or one llmkit did not make."""
-    from llmkit.artifacts import manifest_kind, unfinished_sweep
+    from llmkit.artifacts import manifest_kind
 
     made = manifest_kind(folder, loosely=True)
     if made is not None:
@@ -117,11 +117,9 @@ def kind_made_at(folder: Path) -> str | None:
         return "export"
     if not _visible(folder):  # (its mark alone: a run or a sweep killed as it began; either may take the folder)
         return None
-    if unfinished_sweep(folder) or (folder / "runs").is_dir() and ((folder / RUN_MARK).is_file() or _unmarked_run(folder)):
-        return "sweep"  # (a training run has no runs/; a sweep killed before its configs/ has)
-    if (folder / RUN_MARK).is_file() or not empty_folder(folder) and _unmarked_run(folder):
-        return "checkpoint"
-    return None
+    if not (folder / RUN_MARK).is_file() and not _unmarked_run(folder):
+        return None
+    return "sweep" if (folder / "runs").is_dir() else "checkpoint"  # (a training run has no runs/; a sweep, even killed early)
 
 
 _A_KIND = {"checkpoint": "a checkpoint", "tokens": "a tokens artifact", "tokenizer": "a tokenizer artifact",

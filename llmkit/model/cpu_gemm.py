@@ -97,7 +97,6 @@ def _avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-@functools.cache
 def _amd() -> bool:
     """An AMD CPU (or Hygon's, a Zen design, on which MKL takes the same paths); False where it
     cannot be told (no /proc/cpuinfo), which keeps oneDNN's bits."""
