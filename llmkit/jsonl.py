@@ -62,6 +62,13 @@ def check_not_wide(head: bytes, label: str) -> None:
         raise UserError(f"{label} is {encoding} text; convert it to UTF-8 (e.g. iconv -f {encoding.lower()} -t utf-8)")
 
 
+def check_no_nul(head: bytes, label: str) -> None:
+    """A one-line error for a file whose start holds a NUL byte, which no text file has: a binary
+    file given as text (checked after check_not_wide, whose UTF-16 and UTF-32 hold NULs)."""
+    if b"\x00" in head[:SNIFF_BYTES]:
+        raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
+
+
 ABSENT = object()  # field_value's answer for a field a record does not have
 
 

@@ -547,6 +547,27 @@ def test_utf16_and_utf32_files_are_named_by_every_reader(cli, chain, tmp_path, e
     assert f"is {named} text" in line, line
 
 
+def test_a_text_file_with_nul_bytes_is_refused_by_clean_and_tokenizer_train_alike(cli, chain, tmp_path):
+    """tokenizer train learnt merges of NUL runs from a binary file, then suggested running clean on
+    it, which refuses such a file: both readers refuse it now, in the same words."""
+    (tmp_path / "nul.txt").write_bytes(b"hello\x00world\n" * 50)
+    for command in (("clean", tmp_path / "nul.txt"), ("tokenizer", "train", tmp_path / "nul.txt", "--vocab-size", "300")):
+        line = _one_line_error(cli(*command, "-o", tmp_path / "out"))
+        assert "nul.txt looks like a binary file (it contains NUL bytes)" in line, (command, line)
+        assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_train_refuses_a_file_given_twice(cli, chain, tmp_path):
+    """Overlapping globs gave a file twice, and its text weighed twice in the merges, unsaid."""
+    book = chain / "book.txt"
+    (tmp_path / "link.txt").symlink_to(book)
+    for twice, named in (((book, book), "book.txt is given twice"), ((book, tmp_path / "link.txt"), "link.txt and")):
+        result = cli("tokenizer", "train", *twice, "--vocab-size", "300", "-o", tmp_path / "out")
+        line = _one_line_error(result)
+        assert result.exit_code == 2 and named in line and "give each file once" in line, line
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_wide_file_is_judged_on_its_first_8_kb_not_on_one_disk_block(cli, chain, tmp_path):
     """The UTF-16 check samples 8 KB; the JSONL reader and clean peeked into a buffer of the file
     system's block size (4 KB here), in which this file's share of wide units is too small to tell."""

@@ -17,7 +17,7 @@ from typing import IO, Callable, Iterator, Optional
 
 from llmkit.data.corpus import RECORD_SUFFIXES, TEXT_SUFFIXES, file_format
 from llmkit.errors import UserError
-from llmkit.jsonl import BOM, SNIFF_BYTES, advice_at, check_not_wide
+from llmkit.jsonl import BOM, SNIFF_BYTES, advice_at, check_no_nul, check_not_wide
 
 
 @dataclass
@@ -154,8 +154,7 @@ def check_not_binary(head: bytes, label: str) -> None:
         if head.startswith(magic):
             raise UserError(f"{label} is {what}, which clean does not read; extract it, or compress it as .gz or .zst")
     check_not_wide(head[:SNIFF_BYTES], label)
-    if b"\x00" in head[:SNIFF_BYTES]:
-        raise UserError(f"{label} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
+    check_no_nul(head, label)
 
 
 def decode_utf8(data: bytes, label: str, line: Optional[int] = None, *, rest=None, utf8_before: bool = False) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.jsonl import BOM, SNIFF_BYTES, advice_at, check_not_packed, check_not_wide
+from llmkit.jsonl import BOM, SNIFF_BYTES, advice_at, check_no_nul, check_not_packed, check_not_wide
 
 # The corpus format (docs/artifacts.md), one definition for `llmkit clean`'s writer and
 # write_corpus_artifact: shards/part-NNNNN.parquet of (id, text, source), zstd, row groups cut by
@@ -177,6 +177,7 @@ def text_file_ranges(paths: Sequence[Path], max_bytes: int = RANGE_BYTES) -> lis
             head = handle.read(SNIFF_BYTES)
             check_not_packed(head, path)
             check_not_wide(head, str(path))  # (as UTF-8, NULs between letters, which decode)
+            check_no_nul(head, str(path))  # (as clean refuses it: tokenizing it after would fail)
             while size - start > max_bytes:
                 cut = _next_paragraph(handle, start + max_bytes)
                 if cut is None or cut >= size:

@@ -35,7 +35,7 @@ train = stage_command(
 
 def encode(
     tokenizer: Annotated[Path, typer.Argument(help="Tokenizer artifact (or a tokens/checkpoint artifact).")],
-    text: Annotated[str, typer.Argument(help="Text to encode.")],
+    text: Annotated[str, typer.Argument(help="Text to encode (after `--` where it starts with -).")],
 ) -> None:
     """Show the token ids and pieces of a text."""
     from rich.table import Table

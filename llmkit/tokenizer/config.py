@@ -26,7 +26,7 @@ class TokenizerTrainConfig(Options):
     sample_bytes: int | None = option(None, "Train on about this many bytes, drawn uniformly across the corpus with --seed.",
                                       range="[1, inf)")
     heldout_every: int = option(100, "Hold out about one piece in N (a document or ~8K characters of one; a seeded random draw) for the stats.", range="[2, inf)")
-    heldout_max_bytes: int = option(2_000_000, "Most bytes held out for the stats.", range="[1, inf)")
+    heldout_max_bytes: int = option(2_000_000, "Held-out bytes for the stats: pieces are held out until they reach this many (the last one whole).", range="[1, inf)")
     seed: int = seed_option("Seed for sampling the training text and the held-out pieces.", hashed=False, recorded_as="manifest seed")
     workers: int = option(0, "Processes (or Ray actors) that read and sample the input. 0: locally, this process alone "
                           "(the trainer itself uses every core); under Ray, one per CPU of the cluster. Does not change the result.",

@@ -33,7 +33,7 @@ import numpy as np
 from llmkit import artifacts, resume
 from llmkit.data.corpus import (RECORD_SUFFIXES, RowGroup, TextRange, corpus_row_groups, file_format, read_row_group_texts,
                                  read_text_range, text_file_ranges)
-from llmkit.errors import UserError
+from llmkit.errors import UsageError, UserError
 from llmkit.executor import Execution
 from llmkit.parallel import ordered_map
 
@@ -106,6 +106,7 @@ def open_source(inputs: Sequence[Path]) -> Source:
         corpus = artifacts.load(inputs[0], kind="corpus")
         total = corpus.stats.get("bytes")
         return Source(corpus_row_groups(corpus), int(total) if total else None, corpus, {"kind": "corpus"})
+    seen: dict[Path, Path] = {}
     for path in inputs:
         if path.is_dir():
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
@@ -117,6 +118,10 @@ def open_source(inputs: Sequence[Path]) -> Source:
         if file_format(path)[0] in RECORD_SUFFIXES:  # read as plain text, its JSON or CSV syntax would be learnt
             raise UserError(f"{path} holds records, not plain text; make a corpus of it first (llmkit clean {path} -o CORPUS), "
                             "then train on CORPUS")
+        first = seen.setdefault(path.resolve(), path)
+        if first is not path:  # (overlapping globs: its text would weigh twice in the merges)
+            named = f"{path} is given twice" if str(first) == str(path) else f"{path} and {first} are the same file"
+            raise UsageError(f"{named}; give each file once")
     # Files are identified by name and content hash, never by absolute path (fingerprints move).
     described = {"kind": "text_files", "files": [{"name": artifacts.storable_name(p.name), "sha256": artifacts.sha256_file(p)}
                                                for p in inputs]}
