@@ -194,15 +194,15 @@ class Deduplicator:
             if of is None:
                 root = self.kept
                 self.kept += 1
-                if doc.exact_key:
-                    self.exact_roots[doc.exact_key] = root
-                    self._new_exact.append((doc.exact_key, root))
                 decisions.append((None, None))
             else:
                 root = of
                 self.cluster_sizes[of] += 1
                 self._new_duplicates.append(of)
                 decisions.append(("near_duplicate", of))
+            if doc.exact_key:  # (a near duplicate's too: a later copy of it is an exact duplicate of its root)
+                self.exact_roots[doc.exact_key] = root
+                self._new_exact.append((doc.exact_key, root))
             if row >= 0:
                 bands = plan.join(row, root, root_in_group)
                 new_rows += [row] * len(bands)
