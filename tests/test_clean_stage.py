@@ -89,6 +89,11 @@ def test_same_input_and_config_give_the_same_fingerprint(shared_data, tmp_path):
              for seed in (1, 2)]
     assert plain[0].fingerprint == plain[1].fingerprint and plain[0].manifest.seed is None
     assert not {"seed", "num_perm", "bands", "rows", "ngram", "threshold"} & set(plain[0].config)
+    # --threshold is recorded as the bands x rows it picks: typed as those, the same corpus and fingerprint
+    by_threshold = artifacts.load(_clean(inputs, tmp_path / "t", CleanConfig(threshold=0.8)))
+    by_bands = artifacts.load(_clean(inputs, tmp_path / "br", CleanConfig(bands=9, rows=12)))
+    assert (by_threshold.config["bands"], by_threshold.config["rows"]) == (9, 12) and "threshold" not in by_threshold.config
+    assert by_threshold.fingerprint == by_bands.fingerprint != first.fingerprint
 
 
 @pytest.mark.slow
