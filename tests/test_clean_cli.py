@@ -61,6 +61,15 @@ def test_missing_path(cli, tmp_path):
     _nothing_written(tmp_path)
 
 
+def test_a_quoted_pattern_is_named_as_one(cli, shared_data, tmp_path):
+    """A pattern the shell did not expand (quoted) was "not found; check the path"."""
+    line = _one_error_line(cli("clean", str(shared_data / "sentiment" / "*.jsonl"), "-o", tmp_path / "out"))
+    assert "input not found" in line and "not patterns: leave the pattern unquoted" in line, line
+    line = _one_error_line(cli("clean", "--dataset", str(shared_data / "sentiment" / "*.jsonl"), "-o", tmp_path / "out"))
+    assert "not a pattern: pass the folder" in line, line
+    _nothing_written(tmp_path)
+
+
 def test_no_input(cli, tmp_path):
     assert "no input given" in _one_error_line(cli("clean", "-o", tmp_path / "out"))
 
