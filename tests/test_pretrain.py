@@ -139,6 +139,10 @@ def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path
         runs[micro] = artifacts.load(tmp_path / micro)
     assert len({run.fingerprint for run in runs.values()}) == 1
     assert runs["1"].manifest.runtime["batch_invariant"] is True  # the default, resolved to on
+    # --strategy fsdp in one process shards nothing (said): the same run, not the usual summation's
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "fsdp", *common, "--micro-batch", "12", "--strategy", "fsdp")
+    assert result.exit_code == 0 and "nothing is sharded" in " ".join(result.output.split()), result.output
+    assert artifacts.load(tmp_path / "fsdp").fingerprint == runs["12"].fingerprint
     # and the validation loss to the bit (each sample's loss on its own): a sweep's hashed runs.json holds it;
     # and every step's training loss (each sequence's sum, added in one order): a sweep draws them
     assert len({run.stats["val_loss"] for run in runs.values()}) == 1
@@ -198,7 +202,7 @@ def test_processes_and_micro_batches_do_not_change_the_artifact(shakespeare, cli
 
 
 def test_batch_invariance_refuses_what_it_cannot_cover(shakespeare, cli, tmp_path):
-    for extra, says in ((["--strategy", "fsdp"], "--strategy ddp"), (["--compile"], "drop --compile"),
+    for extra, says in ((["--strategy", "fsdp", "--nproc", "2"], "--strategy ddp"), (["--compile"], "drop --compile"),
                         (["--model", "lstm", "--n-embd", "64"], "not this model"),
                         (["--tp", "2", "--nproc", "2"], "sums its gradients itself")):  # (before any process starts)
         fast = LSTM_FAST if "lstm" in extra else FAST

@@ -44,7 +44,7 @@ def use_batch_invariance(requested: bool | None, model: nn.Module, device: torch
     network = model.lm if isinstance(model, SequenceClassifier) else model
     if not (isinstance(network, GPT) and mean_over(loss_fn)):
         reasons.append("per-sequence gradients cover GPT models (pretraining, SFT, classification), not this model or objective")
-    if strategy != "ddp":
+    if strategy != "ddp" and world_size > 1:  # (in one process FSDP wraps nothing: the run is the ddp one)
         reasons.append("FSDP reduces gradients itself; use --strategy ddp")
     if compile:
         reasons.append("compiled kernels sum in their own order; drop --compile")

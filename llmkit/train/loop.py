@@ -226,6 +226,12 @@ class Trainer(Resuming):
             from llmkit.console import note
 
             note(CPU_WITHOUT_BF16)
+        data_ways = info.layout.dp if self.model_parallel else info.world_size
+        if devices.strategy == "fsdp" and data_ways == 1 and info.is_main:
+            from llmkit.console import note
+
+            note("--strategy fsdp shards the weights over data-parallel processes, and this run has one"
+                 + (" (--tp/--pp split the model instead)" if self.model_parallel else "") + ": nothing is sharded")
         # The engine applies the layout and runs the steps: the model split (--tp/--pp) or whole on every rank.
         if self.model_parallel:
             from llmkit.train.model_parallel import ModelParallelRun
