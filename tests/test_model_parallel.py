@@ -154,6 +154,8 @@ def test_sft_under_tp_and_pp_matches_one_process(references, shakespeare, cli, t
         runs[name] = tmp_path / name
         result = cli("finetune", base, "-o", runs[name], *common, *layout)
         assert result.exit_code == 0, result.output
+        if name != "one":  # the header line names the split, as pretrain's does
+            assert f"on 2 processes (dp 1 x {name} 2" in result.output, result.output
     assert_same_training(runs["one"], runs["tp"])
     assert_same_training(runs["one"], runs["pp"])
     from safetensors.torch import load_file

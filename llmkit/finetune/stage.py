@@ -376,11 +376,12 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             from llmkit.console import err
 
             how = f"LoRA rank {config.lora_rank} on {len(adapted)} layers" if adapted else "full fine-tuning"
+            layout_note = f" ({info.layout.describe()})" if info.layout is not None and info.layout.model_parallel else ""
             err.print(
                 f"finetune {config.task} ({how}): {trainable:,} of {total:,} parameters trainable "
                 f"({100 * trainable / total:.2f}%{f'; the adapters fold into the {total - adapters:,} of the model' if adapters else ''}); {len(train_examples)} examples, {max_steps} step{'' if max_steps == 1 else 's'} x {global_batch}, "
                 f"lr {config.peak_lr:g}, micro-batch {micro_batch} on {world} process{'' if world == 1 else 'es'}"
-                f"{trainer.gradient_note}",
+                f"{layout_note}{trainer.gradient_note}",
                 soft_wrap=True,
             )
         trainer.run()
