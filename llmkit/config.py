@@ -251,7 +251,9 @@ def resolve(
         raise
     except UserError as exc:  # a stage's own check of its options' values (a vocabulary too small): a usage error
         raise UsageError(f"{exc}{read_from}") from exc
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:  # a config's own check across its options: worded for the user, as a UsageError's
+        raise UsageError(f"{exc}{read_from}") from exc
+    except TypeError as exc:
         raise UsageError(f"invalid configuration: {exc}{read_from}") from exc
 
 
