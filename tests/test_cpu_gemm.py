@@ -12,9 +12,6 @@ import torch.nn.functional as F
 from llmkit.model import cpu_gemm
 from llmkit.model.sequence_grads import MIN_ROWS
 
-openblas = pytest.mark.skipif(not (cpu_gemm._X86 and cpu_gemm._numpy_openblas()),
-                              reason="one-row products take numpy's OpenBLAS where its wheel carries one, on x86")
-
 
 @pytest.fixture
 def onednn_products(product_switch):
@@ -110,36 +107,47 @@ def test_auto_takes_mkl_only_on_amds_avx2_cpus(amd, avx512, expected, product_sw
     assert cpu_gemm.library() == expected
 
 
-@openblas
-def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_layout():
+@pytest.mark.skipif(not cpu_gemm._X86, reason="one-row products take their own path on x86 CPUs")
+@pytest.mark.parametrize("to_openblas", [False, True], ids=["pytorch-one-thread", "openblas"])
+def test_one_row_without_gradients_has_the_same_bits_on_any_thread_count(monkeypatch, to_openblas):
     """Decoding one sequence: the tied head is row-major, prepare_for_decoding makes the rest
-    column-major; both take numpy's OpenBLAS, held to one thread, so a row's bits do not depend on
-    the thread count. A row whose gradient is recorded keeps the products with autograd rules."""
+    column-major. A row takes numpy's OpenBLAS on AMD CPUs (weights of 1 MB and more), else
+    PyTorch's product held to one thread for the call (MKL's one-row bits follow the thread count
+    on an Intel CPU): either way a row's bits do not depend on the thread count, which the call
+    leaves as it found it. A row whose gradient is recorded keeps the products with autograd rules."""
     from threadpoolctl import threadpool_info
 
+    if to_openblas and not cpu_gemm._numpy_openblas():
+        pytest.skip("numpy carries no OpenBLAS of its own here")
+    monkeypatch.setattr(cpu_gemm, "_rows_to_openblas", lambda: to_openblas)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     try:
-        for inputs, outputs in [(inputs, outputs) for inputs, outputs in SHAPES if inputs * outputs >= cpu_gemm.ONE_ROW_MIN_WEIGHTS] + [(384, 8192)]:
+        for inputs, outputs in SHAPES + [(384, 8192), (128, 384)]:
             x, w, b = torch.randn(1, 1, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
             exact = F.linear(x.double(), w.double(), b.double())
             bound = (inputs + 1) * 2.0**-24 * (x.double().abs() @ w.double().abs().t() + b.double().abs())
+            by_openblas = to_openblas and inputs * outputs >= cpu_gemm.ONE_ROW_MIN_WEIGHTS
             for weight in (w, w.t().contiguous().t()):
                 assert cpu_gemm._one_row_takes(x, weight, b) and not cpu_gemm._one_row_takes(torch.randn(2, inputs), weight, b)
                 torch.set_num_threads(1)
                 one = cpu_gemm.linear(x, weight, b)
                 assert one.shape == (1, 1, outputs) and ((one - exact).abs() <= bound).all()
-                torch.set_num_threads(2)
-                assert torch.equal(cpu_gemm.linear(x, weight, b), one)
+                expected = (torch.from_numpy(weight.numpy() @ x.reshape(-1).numpy()).view(1, 1, -1) + b if by_openblas
+                            else F.linear(x, weight, b))
+                assert torch.equal(one, expected), (inputs, outputs)
+                for count in (2, 3):
+                    torch.set_num_threads(count)
+                    assert torch.equal(cpu_gemm.linear(x, weight, b), one)
+                    assert torch.get_num_threads() == count
                 assert torch.equal(cpu_gemm.linear(x[0, 0], weight, b), one[0, 0])
                 with torch.inference_mode():
                     assert torch.equal(cpu_gemm.linear(x, weight, b), one)
-            assert torch.equal(cpu_gemm.linear(x, w), torch.from_numpy(w.numpy() @ x.reshape(-1).numpy()).view(1, 1, -1))
-        assert [lib["num_threads"] for lib in threadpool_info() if "numpy" in lib["filepath"]] == [1]
+        if to_openblas:
+            assert [lib["num_threads"] for lib in threadpool_info() if "numpy" in lib["filepath"]] == [1]
         with warnings.catch_warnings():  # an overflow is an inf, as from PyTorch's products, not numpy's warning
             warnings.simplefilter("error")
             assert torch.isinf(cpu_gemm.linear(torch.full((1, 512), 1e30), torch.full((512, 512), 1e30))).all()
-        assert not cpu_gemm._one_row_takes(torch.randn(1, 256), torch.randn(768, 256), None)  # 0.75 MB: PyTorch's call, cheaper
         # a gradient to record: the rule of two rows and more (oneDNN, where it takes them, for a row-major
         # weight), autograd's gradients
         x, w = torch.randn(1, 512, requires_grad=True), torch.randn(512, 512, requires_grad=True)
@@ -159,9 +167,9 @@ def test_one_row_without_gradients_is_numpys_openblas_on_one_thread_with_either_
 
 def test_the_environment_switch_keeps_one_row_products_pytorchs_too(product_switch):
     x, w = torch.randn(1, 512), torch.randn(512, 512)
-    for choice in ("auto", "onednn"):  # one row takes OpenBLAS whichever library takes more rows
+    for choice in ("auto", "onednn"):  # one row takes its own path whichever library takes more rows
         product_switch(choice)
-        assert cpu_gemm._one_row_takes(x, w, None) == (cpu_gemm._X86 and cpu_gemm._numpy_openblas())
+        assert cpu_gemm._one_row_takes(x, w, None) == cpu_gemm._X86
     product_switch("mkl")
     assert not cpu_gemm._one_row_takes(x, w, None) and torch.equal(cpu_gemm.linear(x, w), F.linear(x, w))
 

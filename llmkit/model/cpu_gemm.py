@@ -27,21 +27,17 @@ A single row with no gradient to record (decoding one sequence) is a matrix-vect
 reads every weight once: its speed is how fast the weights stream from memory. On an AMD CPU (Zen 5)
 numpy's OpenBLAS does that fastest, with either layout (a `mini` decode step's products: 2.9 ms, against 4.1
 ms for MKL with column-major weights and oneDNN for the row-major tied head; a plain sum of the
-same bytes takes 1.9 ms), so such a row goes there, on one thread, when the weight holds 1 MB or
-more (`_one_row`; a smaller one stays with the kernels below, whose calls cost less). On an Intel
-Xeon (AVX-512) it is the slower: batch-1 decoding through it was 0.87x the speed of MKL's
-column-major products at `mini` and 0.89-0.93x at `small` (4 alternating rounds each, 2026-12-06),
-but MKL's one-row bits there follow the thread count at every size (a review: 5 of 5 `small`
-forwards differed between 1 and 2 threads, by up to 3e-4), and a completion's tokens would then
-change with the machine's cores; OpenBLAS on one thread keeps them, so it is taken there too (a
-model whose products are under 1 MB each, `tiny`, and `mini`'s attention, still takes MKL for those,
-whose bits there follow the thread count: `mini` differs by up to 1.3e-6 between 1 and 2 threads). OpenBLAS's bits differ
-from the same row among others, and not with the thread count. Any other single row takes oneDNN
-with a row-major weight (where oneDNN takes products) and MKL with a column-major one. On an Intel
-CPU MKL's one-row bits follow the thread count (the column-major weights of `prepare_for_decoding`
-under 1 MB: a `tiny` decode step's logits differed by up to 5e-7 between 1 and 2 threads), which
-generation allows (a token may change where rounding flips a near-tie, as with the batch size);
-oneDNN would hold them but took 25-34 us a product there against MKL's 5-11 (384 x 384 and like).
+same bytes takes 1.9 ms), so there such a row goes to it, on one thread, when the weight holds 1 MB
+or more (`_one_row`). Every other single row takes PyTorch's own product (MKL) held to one thread
+for the call. On an Intel Xeon (AVX-512) MKL is the faster (batch-1 decoding 1.05-1.16x OpenBLAS's
+speed from `mini` to `small`, 2026-12-06), and oneDNN's one-row product took 25-34 us against
+MKL's 5-11 (384 x 384 and like); but MKL's one-row bits follow the thread count there (a review: 5
+of 5 `small` forwards differed between 1 and 2 threads, by up to 3e-4; `tiny`'s logits by 5e-7),
+so the call gets one thread, and a completion's tokens stay the same on any number of cores (until
+2026-12-06 the products under 1 MB took MKL on the process's threads, and a `tiny` model's tokens
+could change with them). The pair of `torch.set_num_threads` calls costs about 2 us with the
+checks around it, 3 % of a `tiny` decode step. OpenBLAS's and MKL's one-row bits differ from the
+same row among others, which only batching changes.
 
 Where: every Linear of the GPT model (`Linear` below) and of LoRA, the per-sequence Linear and
 weight gradients, the fused head and loss, eval's per-token scoring. Elsewhere it is PyTorch's
@@ -50,9 +46,9 @@ CUDA tensor, a DTensor (tensor parallelism), code being compiled (inductor choos
 kernels), forward-mode AD and torch.func transforms, shapes F.linear would broadcast. A backward
 pass that is itself differentiated (`create_graph=True`) uses PyTorch's products, which have
 derivatives. The choice depends only on the platform, the dtypes, the shapes and, for a single
-row, whether its gradient is recorded, the weight's layout and whether numpy carries its own
-OpenBLAS (its wheels do; a numpy built on another BLAS keeps the kernels below), so a run's bits
-do not change from one run to the next.
+row, whether its gradient is recorded, the weight's size and, on an AMD CPU, whether numpy carries
+its own OpenBLAS (its wheels do; a numpy built on another BLAS leaves the row to PyTorch's product
+on one thread), so a run's bits do not change from one run to the next.
 `LLMKIT_CPU_GEMM=onednn` takes oneDNN for two rows and more on any x86 CPU, `mkl` keeps PyTorch's
 own everywhere, one row included (benchmarks/pretrain.py times both); on an Intel CPU a row's bits
 then depend on the rows beside it (see `_enabled`).
@@ -224,20 +220,43 @@ def _numpy_openblas() -> bool:
     return bool(numpys)
 
 
-ONE_ROW_MIN_WEIGHTS = 2**18  # 1 MB of fp32: below it the call's cost outweighs the faster read
+ONE_ROW_MIN_WEIGHTS = 2**18  # 1 MB of fp32: below it numpy's call costs more than its faster read saves
 
 
 def _one_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """One row with no gradient to record (decoding one sequence) times a weight of 1 MB or more,
-    plain fp32 CPU tensors."""
-    return (x.dim() >= 1 and x.numel() == x.shape[-1] and weight.numel() >= ONE_ROW_MIN_WEIGHTS
-            and not torch.compiler.is_compiling() and _X86 and _choice() != "mkl"
+    """One row with no gradient to record (decoding one sequence), plain fp32 CPU tensors, on x86."""
+    return (x.dim() >= 1 and x.numel() == x.shape[-1] and _X86 and not torch.compiler.is_compiling() and _choice() != "mkl"
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
-            and _plain_product(x, weight, bias) and _numpy_openblas())
+            and _plain_product(x, weight, bias))
+
+
+@functools.cache
+def _rows_to_openblas() -> bool:
+    """Whether one-row products of 1 MB weights and more go to numpy's OpenBLAS: on AMD CPUs, where
+    its kernel streamed the weights fastest (Zen 5), and where numpy carries its own OpenBLAS."""
+    return _amd() and _numpy_openblas()
 
 
 def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One row: numpy's OpenBLAS (AMD, 1 MB weights and more), else PyTorch's own product (MKL) held
+    to one thread for the call. On an Intel Xeon (AVX-512) MKL on one thread decoded `small` 1.08x and
+    `mini` 1.11-1.16x faster than OpenBLAS (4 alternating rounds in one process, 2026-12-06), and it
+    beat oneDNN's one-row product (25-34 us against 5-11 at 384 x 384); on more threads its bits
+    follow the thread count, so it gets one: a completion's tokens stay the same on any number of cores."""
+    if weight.numel() >= ONE_ROW_MIN_WEIGHTS and _rows_to_openblas():
+        return _openblas_row(x, weight, bias)
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return F.linear(x, weight, bias)
+    torch.set_num_threads(1)  # (about a microsecond for the pair: a product here takes 5 us and more)
+    try:
+        return F.linear(x, weight, bias)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _openblas_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [..., I] holding one row times weight [O, I] (+ bias) through numpy's OpenBLAS.
 
     Its matrix-vector kernel streams the weight from memory faster than MKL's or oneDNN's here:
