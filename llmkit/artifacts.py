@@ -562,7 +562,8 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         raise UserError(f"{storable_name(str(path))}: the artifact's path is not UTF-8 ({storable_name(where)}); move it to "
                         "a path in UTF-8")
     if not path.exists():
-        raise UserError(f"no such artifact: {path}; expected {_article(wanted_text)} artifact directory")
+        pattern = " (a pattern, which llmkit does not expand: name the artifact's folder)" if any(c in path.name for c in "*?[") else ""
+        raise UserError(f"no such artifact: {path}{pattern}; expected {_article(wanted_text)} artifact directory")
     if not path.is_dir():
         # a file of an artifact (its weights, its tokenizer.json): the artifact is its folder, or one above
         holder = next((folder for folder in list(path.parents)[:3] if manifest_kind(folder)), None)

@@ -555,13 +555,21 @@ def test_a_text_file_with_nul_bytes_is_refused_by_clean_and_tokenizer_train_alik
         line = _one_line_error(cli(*command, "-o", tmp_path / "out"))
         assert "nul.txt looks like a binary file (it contains NUL bytes)" in line, (command, line)
         assert not (tmp_path / "out").exists()
+    # past the first 8 KB the check of a file's start sees none: tokenizer train finds it as it reads
+    (tmp_path / "late.txt").write_bytes(b"plain words here\n" * 1000 + b"a\x00b\n")
+    line = _one_line_error(cli("tokenizer", "train", tmp_path / "late.txt", "--vocab-size", "300", "-o", tmp_path / "out"),
+                           after_progress=True)
+    assert "late.txt holds a NUL byte (at byte 17001)" in line, line
+    assert not (tmp_path / "out").exists()
 
 
 def test_tokenizer_train_refuses_a_file_given_twice(cli, chain, tmp_path):
     """Overlapping globs gave a file twice, and its text weighed twice in the merges, unsaid."""
     book = chain / "book.txt"
     (tmp_path / "link.txt").symlink_to(book)
-    for twice, named in (((book, book), "book.txt is given twice"), ((book, tmp_path / "link.txt"), "link.txt and")):
+    os.link(book, tmp_path / "hard.txt")
+    for twice, named in (((book, book), "book.txt is given twice"), ((book, tmp_path / "link.txt"), "link.txt and"),
+                         ((tmp_path / "hard.txt", book), "book.txt and")):
         result = cli("tokenizer", "train", *twice, "--vocab-size", "300", "-o", tmp_path / "out")
         line = _one_line_error(result)
         assert result.exit_code == 2 and named in line and "give each file once" in line, line

@@ -64,9 +64,11 @@ def test_missing_path(cli, tmp_path):
 def test_a_quoted_pattern_is_named_as_one(cli, shared_data, tmp_path):
     """A pattern the shell did not expand (quoted) was "not found; check the path"."""
     line = _one_error_line(cli("clean", str(shared_data / "sentiment" / "*.jsonl"), "-o", tmp_path / "out"))
-    assert "input not found" in line and "not patterns: leave the pattern unquoted" in line, line
+    assert "no file matches" in line and "expands no pattern" in line, line
     line = _one_error_line(cli("clean", "--dataset", str(shared_data / "sentiment" / "*.jsonl"), "-o", tmp_path / "out"))
-    assert "not a pattern: pass the folder" in line, line
+    assert "no file matches it" in line and "expands no pattern: pass the folder" in line, line
+    line = _one_error_line(cli("tokenize", str(tmp_path / "corp*"), "-t", tmp_path / "tok", "-o", tmp_path / "out"))
+    assert "no such artifact" in line and "a pattern, which llmkit does not expand" in line, line
     _nothing_written(tmp_path)
 
 

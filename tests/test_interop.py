@@ -1076,6 +1076,11 @@ def test_import_refuses_pickle_weights(cli, tmp_path, tokenizer_dir):
                               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}, "llama3"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"head_dim": 32}, "head_dim"),
+        ({"sliding_window": 16}, "sliding_window"),
+        ({"attention_chunk_size": 8}, "attention_chunk_size"),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+        # a transformers-4 config's scaling key, beside a top-level theta: scaled RoPE read as plain would be wrong quietly
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}, "rope_theta": 10000.0}, "linear"),
     ],
 )
 def test_import_refuses_llama_features_llmkit_cannot_express(cli, tmp_path, tokenizer_dir, change, named):

@@ -114,8 +114,8 @@ def dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
                                                                                      ".txt"))
     if path_like and not local.exists():  # not a Hub name (OWNER/NAME): a file that is not there
         if any(c in name for c in "*?["):
-            raise UserError(f"--dataset {name}: no such file or folder; --dataset takes one file or folder, not a pattern: "
-                            "pass the folder")
+            raise UserError(f"--dataset {name}: no file matches it; --dataset takes one file or folder, and expands no "
+                            "pattern: pass the folder")
         raise UserError(f"--dataset {name}: no such file or folder; check the path (a Hub dataset is named OWNER/NAME)")
     saved = saved_dataset(local) if local.is_dir() else None
     if saved is not None:  # read with load_from_disk: its Arrow files are memory-mapped where they are

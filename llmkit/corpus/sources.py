@@ -69,9 +69,9 @@ def resolve_inputs(
             continue
         path = Path(os.path.abspath(arg))  # what a worker opens: on a Ray cluster, not in the driver's folder
         if not path.exists():
-            if any(c in arg for c in "*?["):  # a quoted pattern reaches clean as typed
-                raise UserError(f"input not found: {arg}; clean takes files and folders, not patterns: leave the pattern "
-                                "unquoted for the shell to expand, or pass its folder")
+            if any(c in arg for c in "*?["):  # a pattern the shell left as typed: quoted, or matching nothing
+                raise UserError(f"no file matches {arg} (clean takes files and folders, and expands no pattern: the shell "
+                                "does, where it is unquoted and matches something); pass the files or their folder")
             raise UserError(f"input not found: {arg}; check the path")
         if path.is_dir() and (path / MANIFEST).is_file():  # an artifact: its data, not its manifest
             kind = _artifact_kind(path)

@@ -226,6 +226,10 @@ def read_text_range(text_range: TextRange) -> list[str]:
         raw = handle.read(text_range.end - text_range.start)
     mark = len(BOM) if text_range.start == 0 and raw.startswith(BOM) else 0  # a byte order mark is no text
     raw = raw[mark:]  # (clean drops it too)
+    nul = raw.find(b"\x00")
+    if nul >= 0:  # (past the first 8 KB, which text_file_ranges checked: a tokenizer would learn NUL runs)
+        raise UserError(f"{text_range.path} holds a NUL byte (at byte {text_range.start + mark + nul}), which no text has; "
+                        "remove such bytes (e.g. tr -d '\\000'), or make a corpus of the file first (llmkit clean drops them)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

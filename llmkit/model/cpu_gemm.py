@@ -1,5 +1,5 @@
 """fp32 matrix products on x86 CPUs: oneDNN's where the CPU has AVX-512 (and on any CPU not known to be AMD's),
-PyTorch's own (MKL) on AMD's AVX2 CPUs, and numpy's OpenBLAS for one row.
+PyTorch's own (MKL) on AMD's AVX2 CPUs; one row on one thread (MKL, or numpy's OpenBLAS on AMD CPUs).
 
 PyTorch's CPU `F.linear` and `mm` call MKL's sgemm for fp32. On an AMD EPYC Zen 5 (AVX-512) oneDNN's
 product is about twice as fast at the shapes of a training step (4,096 × 256 → 768: 4.6 ms against
@@ -35,9 +35,9 @@ MKL's 5-11 (384 x 384 and like); but MKL's one-row bits follow the thread count 
 of 5 `small` forwards differed between 1 and 2 threads, by up to 3e-4; `tiny`'s logits by 5e-7),
 so the call gets one thread, and a completion's tokens stay the same on any number of cores (until
 2026-12-06 the products under 1 MB took MKL on the process's threads, and a `tiny` model's tokens
-could change with them). The pair of `torch.set_num_threads` calls costs about 2 us with the
-checks around it, 3 % of a `tiny` decode step. OpenBLAS's and MKL's one-row bits differ from the
-same row among others, which only batching changes.
+could change with them). The one thread is MKL's own setting for the calling thread
+(`_mkl_threads_here`), which leaves the process's thread count, and other Python threads, alone.
+OpenBLAS's and MKL's one-row bits differ from the same row among others, which only batching changes.
 
 Where: every Linear of the GPT model (`Linear` below) and of LoRA, the per-sequence Linear and
 weight gradients, the fused head and loss, eval's per-token scoring. Elsewhere it is PyTorch's
@@ -234,8 +234,9 @@ def _one_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 @functools.cache
 def _rows_to_openblas() -> bool:
     """Whether one-row products of 1 MB weights and more go to numpy's OpenBLAS: on AMD CPUs, where
-    its kernel streamed the weights fastest (Zen 5), and where numpy carries its own OpenBLAS."""
-    return _amd() and _numpy_openblas()
+    its kernel streamed the weights fastest (Zen 5), or where PyTorch has no MKL to hold to one
+    thread; and where numpy carries its own OpenBLAS."""
+    return (_amd() or _mkl_threads_here() is None) and _numpy_openblas()
 
 
 def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -246,14 +247,35 @@ def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     follow the thread count, so it gets one: a completion's tokens stay the same on any number of cores."""
     if weight.numel() >= ONE_ROW_MIN_WEIGHTS and _rows_to_openblas():
         return _openblas_row(x, weight, bias)
-    threads = torch.get_num_threads()
-    if threads == 1:
+    set_threads = _mkl_threads_here()
+    if set_threads is None:  # (a PyTorch without MKL: its own kernel, on its threads)
         return F.linear(x, weight, bias)
-    torch.set_num_threads(1)  # (about a microsecond for the pair: a product here takes 5 us and more)
+    before = set_threads(1)
     try:
         return F.linear(x, weight, bias)
     finally:
-        torch.set_num_threads(threads)
+        set_threads(before)
+
+
+@functools.cache
+def _mkl_threads_here():
+    """MKL's thread count for the calling thread alone (MKL_Set_Num_Threads_Local, which returns the
+    setting it replaces; 0 = none, the process's), from PyTorch's library; None where it has no MKL.
+
+    Per thread, not torch.set_num_threads: that one is the process's, which a Python thread started
+    meanwhile copies and keeps (a review: 297 of 300 threads started beside a decoding loop that
+    toggled it ran on one thread for good). The pair of calls costs well under a microsecond."""
+    import ctypes
+
+    folder = Path(torch.__file__).resolve().parent / "lib"
+    for name in ("libtorch_cpu.so", "torch_cpu.dll", "libtorch_cpu.dylib"):
+        try:
+            setter = ctypes.CDLL(str(folder / name)).MKL_Set_Num_Threads_Local  # (C's by-value int; the lower-case symbol is Fortran's, by pointer)
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        return setter
+    return None
 
 
 def _openblas_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -106,20 +106,22 @@ def open_source(inputs: Sequence[Path]) -> Source:
         corpus = artifacts.load(inputs[0], kind="corpus")
         total = corpus.stats.get("bytes")
         return Source(corpus_row_groups(corpus), int(total) if total else None, corpus, {"kind": "corpus"})
-    seen: dict[Path, Path] = {}
+    seen: dict[tuple[int, int], Path] = {}  # (device, inode): a symbolic or hard link is its file
     for path in inputs:
         if path.is_dir():
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
         if not path.is_file():
-            raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
+            pattern = " (a pattern, which tokenizer train does not expand: unquoted, the shell does)" if any(c in path.name for c in "*?[") else ""
+            raise UserError(f"no such file or artifact: {path}{pattern}; pass a corpus artifact or UTF-8 text files")
         if file_format(path)[1] is not None:  # read as text, its compressed bytes are "not UTF-8"
             raise UserError(f"{path} is compressed; tokenizer train reads plain text files: make a corpus of it first "
                             f"(llmkit clean {path} -o CORPUS, which reads .gz and .zst), then train on CORPUS")
         if file_format(path)[0] in RECORD_SUFFIXES:  # read as plain text, its JSON or CSV syntax would be learnt
             raise UserError(f"{path} holds records, not plain text; make a corpus of it first (llmkit clean {path} -o CORPUS), "
                             "then train on CORPUS")
-        first = seen.setdefault(path.resolve(), path)
-        if first is not path:  # (overlapping globs: its text would weigh twice in the merges)
+        status = path.stat()
+        first = seen.setdefault((status.st_dev, status.st_ino), path)
+        if first is not path:  # (overlapping globs, a link: its text would weigh twice in the merges)
             named = f"{path} is given twice" if str(first) == str(path) else f"{path} and {first} are the same file"
             raise UsageError(f"{named}; give each file once")
     # Files are identified by name and content hash, never by absolute path (fingerprints move).
