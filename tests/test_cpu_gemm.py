@@ -257,3 +257,28 @@ def test_shapes_that_f_linear_broadcasts_or_refuses_behave_as_there():
         for rows in (1, 2, 300):
             x = torch.randn(rows, 64)
             torch.testing.assert_close(cpu_gemm.linear(x, w, bias), F.linear(x, w, bias))
+
+
+@pytest.mark.skipif(not cpu_gemm._X86 or cpu_gemm._mkl_threads_here() is None, reason="MKL's per-thread setting: x86 PyTorch with MKL")
+def test_one_row_holds_mkl_to_one_thread_for_its_own_thread_only(monkeypatch):
+    """The one thread is MKL's setting for the calling thread: the process's count, which a Python
+    thread started meanwhile copies and keeps, stays as it was during the product (toggling it
+    left 297 of 300 threads started beside a decoding loop on one thread for good)."""
+    import types
+
+    monkeypatch.setattr(cpu_gemm, "_rows_to_openblas", lambda: False)
+    seen = []
+
+    def linear(*args):
+        seen.append(torch.get_num_threads())
+        return F.linear(*args)
+
+    monkeypatch.setattr(cpu_gemm, "F", types.SimpleNamespace(linear=linear))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x, w = torch.randn(1, 384), torch.randn(1024, 384)
+        cpu_gemm.linear(x, w)
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
