@@ -91,9 +91,12 @@ class Law:
     @classmethod
     def of(cls, art) -> "Law":
         """The law of a `scaling` artifact (approach 3's constants)."""
+        from llmkit.artifacts import checked_as_read
+
         path = art.file(FIT_FILE)
         try:
-            fit = json.loads(path.read_text(encoding="utf-8"))["approach3"]
+            with checked_as_read(path):  # (a plan or prediction from a law edited since it was fitted would pass for the fit's)
+                fit = json.loads(path.read_text(encoding="utf-8"))["approach3"]
             law = cls(**{name: float(fit[name]) for name in NAMES}, undetermined=str(fit.get("undetermined") or ""))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None

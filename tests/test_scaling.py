@@ -253,7 +253,16 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     damaged = (tmp_path / "damaged" / "fit.json").read_bytes()
     (tmp_path / "damaged" / "fit.json").write_bytes(b"x" + damaged[1:])  # same size: loading does not see it
     refused = cli("scaling", "predict", tmp_path / "damaged", "--params", "1e8", "--tokens", "2e9")
-    assert refused.exit_code == 1 and "does not hold a fitted law" in refused.output and "unexpected" not in refused.output
+    assert refused.exit_code == 1 and "fit.json was changed after the artifact" in refused.output, refused.output
+    # a law edited to other numbers of the same length: no prediction (it gave one from the edited constants)
+    text = (a.path / "fit.json").read_text()
+    e_value = f'"E": {fit["approach3"]["E"]!r}'
+    (tmp_path / "damaged" / "fit.json").write_text(text.replace(e_value, e_value.replace('"E": ', '"E": 9')[:len(e_value)], 1))
+    assert len((tmp_path / "damaged" / "fit.json").read_text()) == len(text)
+    refused = cli("scaling", "predict", tmp_path / "damaged", "--params", "1e8", "--tokens", "2e9")
+    assert refused.exit_code == 1 and "fit.json was changed after the artifact" in refused.output, refused.output
+    planned = cli("plan", "--model", "tiny", "--scaling", tmp_path / "damaged")
+    assert planned.exit_code == 1 and "fit.json was changed after the artifact" in planned.output, planned.output
     # params,flops,loss: tokens are flops / (6 params)
     flops = _csv(tmp_path / "flops.csv", zip(n, 6 * n * d, loss), header="params,flops,loss")
     assert cli("scaling", "fit", flops, "-o", tmp_path / "c", *args).exit_code == 0
@@ -383,6 +392,9 @@ def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path
     ("params,tokens,loss", [(1e6, 1e7, 3.0), (2e6, 1e7, 2.9), (4e6, 2e7, 2.8)], "3 points cannot determine the 5 constants"),
     ("params,tokens,loss", [(1e6 * (i + 1), 1e7, 3.0 - i / 10) for i in range(8)], "two token counts"),
     ("params,tokens,loss", [(1e6, "", 3.0)], "bad.csv:2: tokens is empty"),
+    ("params,tokens,loss", [(1e6, 1e7)], "bad.csv:2 has 2 fields, the header 3"),  # (it said "loss None is not a number")
+    ("params,tokens,loss,params", [(1e6, 1e7, 3.0, 3e6)], "names the column params more than once"),  # (the last was fitted)
+    ("params,tokens,loss,Params", [(1e6, 1e7, 3.0, 3e6)], "names the column params more than once"),
 ])
 def test_bad_points_are_one_line_errors(cli, tmp_path, header, rows, message):
     data = _csv(tmp_path / "bad.csv", rows, header=header)
@@ -483,6 +495,16 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     shutil.copytree(out, tampered)
     (tampered / "runs.json").write_text(json.dumps([dict(table[0], final_val_loss=1.0), *table[1:]]))
     assert not artifacts.verify(tampered).ok
+    # an edit that keeps the size passes loading, not the fit, which records the sweep's fingerprint
+    resized = tmp_path / "same-size"
+    shutil.copytree(out, resized)
+    text = (resized / "runs.json").read_text()
+    loss = f"{table[0]['final_val_loss']!r}"
+    (resized / "runs.json").write_text(text.replace(loss, ("1" if loss[0] != "1" else "2") + loss[1:], 1))
+    assert len((resized / "runs.json").read_text()) == len(text)
+    refused = cli("scaling", "fit", resized, "-o", tmp_path / "fit-of-edited", "--grid", "coarse")
+    assert refused.exit_code == 1 and "runs.json was changed after the artifact" in refused.output, refused.output
+    assert not (tmp_path / "fit-of-edited").exists()
     # Its runs are recorded inside it: a renamed or copied sweep finds its own, and verify checks them.
     copied = tmp_path / "copied"
     shutil.copytree(out, copied)

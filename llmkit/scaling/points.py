@@ -8,6 +8,7 @@ A `budget` column (or a sweep's FLOP budget) groups points for the IsoFLOP appro
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from dataclasses import dataclass
@@ -37,18 +38,28 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
         return _sweep_points(artifacts.load(source, kind="sweep"), count)
     if not source.is_file():
         raise UserError(f"no such sweep or CSV: {source}")
+    if source.suffix.lower() == ".json" and (source.parent / artifacts.MANIFEST).is_file():
+        raise UserError(f"{source} is a file of the artifact {source.parent}; pass the sweep's folder, or a CSV of points")
     return _csv_points(source)
 
 
 def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
     """From the sweep's table of runs (llmkit.sweep_table)."""
-    from llmkit.sweep_table import above_a_uniform_guess, read_rows
+    from llmkit.sweep_table import TABLE, above_a_uniform_guess, read_rows
 
+    # (hashed as read: a fit records the sweep's fingerprint, so a table changed since must not pass for it)
+    with artifacts.checked_as_read(sweep.path / TABLE) if TABLE in sweep.manifest.files else contextlib.nullcontext():
+        rows = read_rows(sweep)
     points = [
         Point(params=r.params if count == "total" else r.non_embedding_params, tokens=r.tokens,
               loss=float(r.final_val_loss), budget=r.flops_budget, name=r.name)
-        for r in read_rows(sweep) if r.state == "done" and r.final_val_loss is not None
+        for r in rows if r.state == "done" and r.final_val_loss is not None
     ]
+    for point in points:
+        for column, value in (("params", point.params), ("tokens", point.tokens), ("final_val_loss", point.loss)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UserError(f"{sweep.path}: run {point.name} has {column} {value!r}, not a positive number; "
+                                f"check the sweep with llmkit verify {sweep.path}")
     if not points:
         raise UserError(f"sweep {sweep.path} has no finished run with a validation loss (its runs did not validate: "
                         "--eval-every 0, or tokens without a validation split); sweep again with validation on")
@@ -89,6 +100,9 @@ def _csv_points(path: Path) -> list[Point]:
         raise UserError(f"{path} is not a valid CSV ({exc})") from None
     if not rows:
         raise UserError(f"{path} holds no points; write a header params,tokens,loss (or params,flops,loss) and one row per run")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:  # (DictReader keeps the last of two columns of a name, and case folds two names into one)
+        raise UserError(f"{path} names the column {', '.join(repeated)} more than once; keep one")
     columns = set(header)
     if not {"params", "loss"} <= columns or not ({"tokens", "flops"} & columns):
         raise UserError(f"{path} has the columns {', '.join(header)}; it needs params, loss and tokens (or flops)")
@@ -97,6 +111,9 @@ def _csv_points(path: Path) -> list[Point]:
         if None in raw:  # DictReader's key for the fields past the header's
             raise UserError(f"{path}:{number} has {len(header) + len(raw[None])} fields, the header {len(header)}; "
                             "fix that row (a comma inside a value needs quotes)")
+        if any(value is None for value in raw.values()):  # (DictReader's value for fields the row lacks)
+            raise UserError(f"{path}:{number} has {sum(v is not None for v in raw.values())} fields, the header "
+                            f"{len(header)}; fix that row")
         row = {k.strip().lower(): v for k, v in raw.items() if k is not None}
         params = _number(row.get("params"), "params", number, path)
         loss = _number(row.get("loss"), "loss", number, path)

@@ -108,7 +108,8 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
 def read_fit(path: Path | str) -> dict[str, Any]:
     art = artifacts.load(path, kind="scaling")
     try:
-        return json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
+        with artifacts.checked_as_read(art.file(FIT_FILE)):  # (predictions from a law edited since would pass for the fit's)
+            return json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
     except ValueError:  # (a UnicodeDecodeError is one)
         raise UserError(f"{art.path / FIT_FILE} does not hold a fitted law (it changed since it was written: llmkit verify "
                         f"{art.path} says how); run llmkit scaling fit again") from None
