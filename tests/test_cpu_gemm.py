@@ -111,10 +111,11 @@ def test_auto_takes_mkl_only_on_amds_avx2_cpus(amd, avx512, expected, product_sw
 @pytest.mark.parametrize("to_openblas", [False, True], ids=["pytorch-one-thread", "openblas"])
 def test_one_row_without_gradients_has_the_same_bits_on_any_thread_count(monkeypatch, to_openblas):
     """Decoding one sequence: the tied head is row-major, prepare_for_decoding makes the rest
-    column-major. A row takes numpy's OpenBLAS on AMD CPUs (weights of 1 MB and more), else
-    PyTorch's product held to one thread for the call (MKL's one-row bits follow the thread count
-    on an Intel CPU): either way a row's bits do not depend on the thread count, which the call
-    leaves as it found it. A row whose gradient is recorded keeps the products with autograd rules."""
+    column-major. A row takes numpy's OpenBLAS on AMD CPUs (weights of 1 MB and more), else two
+    one-thread products of half the outputs each in one batched product (weights of 2 MB and more),
+    else PyTorch's product held to one thread for the call (MKL's one-row bits follow the thread
+    count on an Intel CPU): either way a row's bits do not depend on the thread count, which the
+    call leaves as it found it. A row whose gradient is recorded keeps the products with autograd rules."""
     from threadpoolctl import threadpool_info
 
     if to_openblas and not cpu_gemm._numpy_openblas():
@@ -123,7 +124,7 @@ def test_one_row_without_gradients_has_the_same_bits_on_any_thread_count(monkeyp
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     try:
-        for inputs, outputs in SHAPES + [(384, 8192), (128, 384)]:
+        for inputs, outputs in SHAPES + [(384, 8192), (128, 384), (768, 4095), (2048, 768)]:  # (an odd count: one product)
             x, w, b = torch.randn(1, 1, inputs), torch.randn(outputs, inputs), torch.randn(outputs)
             exact = F.linear(x.double(), w.double(), b.double())
             bound = (inputs + 1) * 2.0**-24 * (x.double().abs() @ w.double().abs().t() + b.double().abs())
@@ -133,10 +134,13 @@ def test_one_row_without_gradients_has_the_same_bits_on_any_thread_count(monkeyp
                 torch.set_num_threads(1)
                 one = cpu_gemm.linear(x, weight, b)
                 assert one.shape == (1, 1, outputs) and ((one - exact).abs() <= bound).all()
+                halves = cpu_gemm._halves(weight) if inputs * outputs >= cpu_gemm.ONE_ROW_HALVES_MIN_WEIGHTS else None
+                assert (halves is not None) == (inputs * outputs >= cpu_gemm.ONE_ROW_HALVES_MIN_WEIGHTS and outputs % 2 == 0)
                 expected = (torch.from_numpy(weight.numpy() @ x.reshape(-1).numpy()).view(1, 1, -1) + b if by_openblas
-                            else F.linear(x, weight, b))
+                            else F.linear(x, weight, b) if halves is None
+                            else torch.bmm(x.reshape(1, 1, inputs).expand(2, 1, inputs), halves).reshape(1, 1, -1) + b)
                 assert torch.equal(one, expected), (inputs, outputs)
-                for count in (2, 3):
+                for count in (2, 3, 8):
                     torch.set_num_threads(count)
                     assert torch.equal(cpu_gemm.linear(x, weight, b), one)
                     assert torch.get_num_threads() == count

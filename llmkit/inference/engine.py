@@ -76,8 +76,8 @@ def prepare_for_decoding(model) -> None:
     1.05 ms on one thread with MKL (an Intel machine), 0.27 against 0.36 ms with the oneDNN
     products of llmkit/model/cpu_gemm.py (an AMD Zen 5, which uses them from 2 rows). One row
     times a weight of 1 MB or more takes numpy's OpenBLAS there, as fast with either layout; any
-    other row MKL's one-row kernel on one thread, the faster column-major (a 50,257 x 768 head:
-    6.9 against 8.1 ms, an Intel Xeon). Results agree to float
+    other row MKL's kernels (cpu_gemm._one_row), the faster column-major (a 50,257 x 768 head on
+    one thread: 6.9 against 8.1 ms, an Intel Xeon). Results agree to float
     rounding, as with any change of kernel (oneDNN's from 2 rows: to the bit). For a model that only generates:
     training reads the weights the other way round, so the training stages never call this.
     """

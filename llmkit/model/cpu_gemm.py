@@ -1,5 +1,5 @@
 """fp32 matrix products on x86 CPUs: oneDNN's where the CPU has AVX-512 (and on any CPU not known to be AMD's),
-PyTorch's own (MKL) on AMD's AVX2 CPUs; one row on one thread (MKL, or numpy's OpenBLAS on AMD CPUs).
+PyTorch's own (MKL) on AMD's AVX2 CPUs; one row in products whose bits do not follow the thread count.
 
 PyTorch's CPU `F.linear` and `mm` call MKL's sgemm for fp32. On an AMD EPYC Zen 5 (AVX-512) oneDNN's
 product is about twice as fast at the shapes of a training step (4,096 × 256 → 768: 4.6 ms against
@@ -28,14 +28,18 @@ reads every weight once: its speed is how fast the weights stream from memory. O
 numpy's OpenBLAS does that fastest, with either layout (a `mini` decode step's products: 2.9 ms, against 4.1
 ms for MKL with column-major weights and oneDNN for the row-major tied head; a plain sum of the
 same bytes takes 1.9 ms), so there such a row goes to it, on one thread, when the weight holds 1 MB
-or more (`_one_row`). Every other single row takes PyTorch's own product (MKL) held to one thread
-for the call. On an Intel Xeon (AVX-512) MKL is the faster (batch-1 decoding 1.05-1.16x OpenBLAS's
-speed from `mini` to `small`, 2026-12-06), and oneDNN's one-row product took 25-34 us against
-MKL's 5-11 (384 x 384 and like); but MKL's one-row bits follow the thread count there (a review: 5
-of 5 `small` forwards differed between 1 and 2 threads, by up to 3e-4; `tiny`'s logits by 5e-7),
-so the call gets one thread, and a completion's tokens stay the same on any number of cores (until
-2026-12-06 the products under 1 MB took MKL on the process's threads, and a `tiny` model's tokens
-could change with them). The one thread is MKL's own setting for the calling thread
+or more (`_one_row`). Elsewhere a weight of 2 MB or more with an even number of outputs is read
+as two halves by one batched product (`_in_two_halves`: MKL's batched sgemm, which runs each half
+on a thread of its own): on an Intel Xeon (AVX-512, 2 cores) batch-1 decoding of `small` ran 1.5x
+faster on two threads than through one product on one thread, and 0.9x on one thread (2026-12-06).
+Every other single row takes PyTorch's own product (MKL) held to one thread for the call: on that
+Xeon MKL on one thread beat OpenBLAS (batch-1 decoding 1.05-1.16x from `mini` to `small`) and
+oneDNN's one-row product (25-34 us against 5-11 at 384 x 384 and like). Both keep a row's bits
+whatever the thread count (tested from 1 to 16 threads), where MKL's own product on more threads
+splits its sums by thread (a review: 5 of 5 `small` forwards differed between 1 and 2 threads, by up
+to 3e-4; `tiny`'s logits by 5e-7), so a completion's tokens stay the same on any number of cores
+(until 2026-12-06 the products under 1 MB took MKL on the process's threads, and a `tiny` model's
+tokens could change with them). The one thread is MKL's own setting for the calling thread
 (`_mkl_threads_here`), which leaves the process's thread count, and other Python threads, alone.
 OpenBLAS's and MKL's one-row bits differ from the same row among others, which only batching changes.
 
@@ -240,21 +244,50 @@ def _rows_to_openblas() -> bool:
 
 
 def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """One row: numpy's OpenBLAS (AMD, 1 MB weights and more), else PyTorch's own product (MKL) held
-    to one thread for the call. On an Intel Xeon (AVX-512) MKL on one thread decoded `small` 1.08x and
-    `mini` 1.11-1.16x faster than OpenBLAS (4 alternating rounds in one process, 2026-12-06), and it
-    beat oneDNN's one-row product (25-34 us against 5-11 at 384 x 384); on more threads its bits
-    follow the thread count, so it gets one: a completion's tokens stay the same on any number of cores."""
+    """One row, in products whose bits do not follow the thread count (the module's docstring):
+    numpy's OpenBLAS (AMD, 1 MB weights and more), else two halves of the outputs in one batched
+    product (2 MB and more), else PyTorch's own product (MKL) held to one thread for the call."""
     if weight.numel() >= ONE_ROW_MIN_WEIGHTS and _rows_to_openblas():
         return _openblas_row(x, weight, bias)
     set_threads = _mkl_threads_here()
     if set_threads is None:  # (a PyTorch without MKL: its own kernel, on its threads)
         return F.linear(x, weight, bias)
+    halves = _halves(weight) if weight.numel() >= ONE_ROW_HALVES_MIN_WEIGHTS else None
+    if halves is not None:  # (on MKL's threads: its batched product gives each half one of them)
+        return _in_two_halves(x, halves, bias)
     before = set_threads(1)
     try:
         return F.linear(x, weight, bias)
     finally:
         set_threads(before)
+
+
+ONE_ROW_HALVES_MIN_WEIGHTS = 2**19  # 2 MB of fp32: below it two threads' start costs what the second saves
+
+
+def _halves(weight: torch.Tensor) -> torch.Tensor | None:
+    """Weight [O, I] as [2, I, O/2], the transposes of its two halves of outputs, a view of either
+    layout; None for an odd O or another layout (a slice), which would be copied."""
+    outputs, inputs = weight.shape
+    if outputs % 2:
+        return None
+    if weight.stride() == (1, outputs):  # column-major (prepare_for_decoding): each half's transpose is row-major
+        return weight.t().view(inputs, 2, outputs // 2).permute(1, 0, 2)
+    if weight.is_contiguous():
+        return weight.view(2, outputs // 2, inputs).transpose(1, 2)
+    return None
+
+
+def _in_two_halves(x: torch.Tensor, halves: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One row times weight [O, I] as two products of O/2 outputs each, in one batched product
+    (`torch.bmm`, MKL's batched sgemm), which runs the two on two threads at once, each on one:
+    the weight streams from memory at two cores' speed, and the row's bits are those of two
+    one-thread products, whatever the thread count (1 to 16 threads, 50 shapes, tested). MKL's own
+    one-row product on two threads is as fast but splits its sums by thread. The halves are views
+    of the weight (`_halves`)."""
+    inputs, outputs = halves.shape[1], 2 * halves.shape[2]
+    out = torch.bmm(x.reshape(1, 1, inputs).expand(2, 1, inputs), halves).reshape(*x.shape[:-1], outputs)
+    return out if bias is None else out.add_(bias)
 
 
 @functools.cache
