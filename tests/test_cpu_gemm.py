@@ -137,7 +137,7 @@ def test_one_row_without_gradients_has_the_same_bits_on_any_thread_count(monkeyp
                 halves = cpu_gemm._halves(weight) if inputs * outputs >= cpu_gemm.ONE_ROW_HALVES_MIN_WEIGHTS else None
                 assert (halves is not None) == (inputs * outputs >= cpu_gemm.ONE_ROW_HALVES_MIN_WEIGHTS and outputs % 2 == 0)
                 expected = (torch.from_numpy(weight.numpy() @ x.reshape(-1).numpy()).view(1, 1, -1) + b if by_openblas
-                            else F.linear(x, weight, b) if halves is None
+                            else F.linear(x, weight) + b if halves is None  # (the bias added apart: below)
                             else torch.bmm(x.reshape(1, 1, inputs).expand(2, 1, inputs), halves).reshape(1, 1, -1) + b)
                 assert torch.equal(one, expected), (inputs, outputs)
                 for count in (2, 3, 8):
@@ -286,3 +286,38 @@ def test_one_row_holds_mkl_to_one_thread_for_its_own_thread_only(monkeypatch):
         assert seen == [2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+ONE_ROW_SCRIPT = """
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from llmkit.model import cpu_gemm
+g = torch.Generator().manual_seed(0)
+digests = []
+for inputs, outputs in ((768, 50257), (768, 3072), (384, 1536), (128, 384), (2048, 768)):
+    w, b = torch.randn(outputs, inputs, generator=g), torch.randn(outputs, generator=g)
+    x = torch.randn(2 * inputs, generator=g)
+    for weight in (w, w.t().contiguous().t()):
+        for bias in (b, None):
+            for row in (x[:inputs], x[::2].view(1, 1, inputs), x[:inputs].view(1, inputs)):
+                with torch.no_grad():
+                    digests.append(hashlib.sha256(cpu_gemm.linear(row, weight, bias).numpy().tobytes()).hexdigest()[:12])
+print(" ".join(digests))
+"""
+
+
+@pytest.mark.skipif(not cpu_gemm._X86, reason="one-row products take their own path on x86 CPUs")
+def test_one_row_bits_do_not_follow_the_thread_count_a_process_starts_with(tmp_path):
+    """Each thread count in a process of its own, every product its first of that shape: in one
+    process the first call with a bias (768 x 50,257, row-major) took other bits on 2 threads than
+    later calls and than on 1, and a strided row took a kernel that split its sums by thread (a
+    review); the tests that switch counts within one process could not see either."""
+    import os
+
+    script = tmp_path / "rows.py"
+    script.write_text(ONE_ROW_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
+    outputs = [subprocess.run([sys.executable, str(script), str(threads)], capture_output=True, text=True, env=env, timeout=300)
+               for threads in (1, 2)]
+    assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+    assert outputs[0].stdout == outputs[1].stdout and len(outputs[0].stdout.split()) == 60

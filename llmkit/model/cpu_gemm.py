@@ -35,7 +35,8 @@ faster on two threads than through one product on one thread, and 0.9x on one th
 Every other single row takes PyTorch's own product (MKL) held to one thread for the call: on that
 Xeon MKL on one thread beat OpenBLAS (batch-1 decoding 1.05-1.16x from `mini` to `small`) and
 oneDNN's one-row product (25-34 us against 5-11 at 384 x 384 and like). Both keep a row's bits
-whatever the thread count (tested from 1 to 16 threads), where MKL's own product on more threads
+whatever the thread count (tested from 1 to 16 threads in one process, and in processes started on 1
+and on 2, whose first call of a product took a kernel of its own until a bias was added apart), where MKL's own product on more threads
 splits its sums by thread (a review: 5 of 5 `small` forwards differed between 1 and 2 threads, by up
 to 3e-4; `tiny`'s logits by 5e-7), so a completion's tokens stay the same on any number of cores
 (until 2026-12-06 the products under 1 MB took MKL on the process's threads, and a `tiny` model's
@@ -252,14 +253,18 @@ def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     set_threads = _mkl_threads_here()
     if set_threads is None:  # (a PyTorch without MKL: its own kernel, on its threads)
         return F.linear(x, weight, bias)
+    # One contiguous [1, I] row whatever x's rank and strides: a strided x took another kernel whose bits
+    # followed the thread count, and a 1-D x the matrix-vector one, whose first call did (a review)
+    shape, row = (*x.shape[:-1], weight.shape[0]), x.reshape(1, x.shape[-1]).contiguous()
     halves = _halves(weight) if weight.numel() >= ONE_ROW_HALVES_MIN_WEIGHTS else None
     if halves is not None:  # (on MKL's threads: its batched product gives each half one of them)
-        return _in_two_halves(x, halves, bias)
+        return _in_two_halves(row, halves, bias).reshape(shape)
     before = set_threads(1)
     try:
-        return F.linear(x, weight, bias)
+        out = F.linear(row, weight).reshape(shape)
     finally:
         set_threads(before)
+    return out if bias is None else out.add_(bias)  # (a bias in the product: the process's first such call's bits followed its threads)
 
 
 ONE_ROW_HALVES_MIN_WEIGHTS = 2**19  # 2 MB of fp32: below it two threads' start costs what the second saves
@@ -279,14 +284,14 @@ def _halves(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 def _in_two_halves(x: torch.Tensor, halves: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """One row times weight [O, I] as two products of O/2 outputs each, in one batched product
+    """One contiguous row x [1, I] times weight [O, I] as two products of O/2 outputs each, in one batched product
     (`torch.bmm`, MKL's batched sgemm), which runs the two on two threads at once, each on one:
     the weight streams from memory at two cores' speed, and the row's bits are those of two
     one-thread products, whatever the thread count (1 to 16 threads, 50 shapes, tested). MKL's own
     one-row product on two threads is as fast but splits its sums by thread. The halves are views
     of the weight (`_halves`)."""
     inputs, outputs = halves.shape[1], 2 * halves.shape[2]
-    out = torch.bmm(x.reshape(1, 1, inputs).expand(2, 1, inputs), halves).reshape(*x.shape[:-1], outputs)
+    out = torch.bmm(x.reshape(1, 1, inputs).expand(2, 1, inputs), halves).reshape(1, outputs)
     return out if bias is None else out.add_(bias)
 
 
