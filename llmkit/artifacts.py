@@ -562,7 +562,7 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         raise UserError(f"{storable_name(str(path))}: the artifact's path is not UTF-8 ({storable_name(where)}); move it to "
                         "a path in UTF-8")
     if not path.exists():
-        pattern = " (a pattern, which llmkit does not expand: name the artifact's folder)" if any(c in path.name for c in "*?[") else ""
+        pattern = " (if that is a pattern, llmkit expands none: name the artifact's folder)" if any(c in str(path) for c in "*?[") else ""
         raise UserError(f"no such artifact: {path}{pattern}; expected {_article(wanted_text)} artifact directory")
     if not path.is_dir():
         # a file of an artifact (its weights, its tokenizer.json): the artifact is its folder, or one above

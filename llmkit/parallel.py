@@ -125,11 +125,23 @@ def _kill_the_rest(pool) -> None:
     (`_start_worker`), and waits for them; one blocked writing a result larger than a pipe, which no
     one reads any more, never ended, and the command hung. (`_processes` is the pool's own record:
     private, read only here, where nothing public names a pool's processes.)"""
+    _forget_cancelled(pool)
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         try:
             process.kill()
         except (OSError, ValueError):  # (gone already, or closed)
             pass
+
+
+def _forget_cancelled(pool) -> None:
+    """Cancelled items out of the pool's record of pending work (`_pending_work_items`, private as
+    `_processes`): once a killed worker breaks the pool, Python 3.11's manager thread sets every
+    pending item's exception, which raises InvalidStateError for a cancelled one: a traceback on
+    stderr after a Ctrl-C or SIGTERM's one-line error (the full suite's SIGTERM test saw it once)."""
+    pending = getattr(pool, "_pending_work_items", None)
+    for work_id, item in list((pending or {}).items()):
+        if item.future.cancelled():
+            pending.pop(work_id, None)
 
 
 def local_workers(workers: int) -> int:

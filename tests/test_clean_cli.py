@@ -68,7 +68,9 @@ def test_a_quoted_pattern_is_named_as_one(cli, shared_data, tmp_path):
     line = _one_error_line(cli("clean", "--dataset", str(shared_data / "sentiment" / "*.jsonl"), "-o", tmp_path / "out"))
     assert "no file matches it" in line and "expands no pattern: pass the folder" in line, line
     line = _one_error_line(cli("tokenize", str(tmp_path / "corp*"), "-t", tmp_path / "tok", "-o", tmp_path / "out"))
-    assert "no such artifact" in line and "a pattern, which llmkit does not expand" in line, line
+    assert "no such artifact" in line and "if that is a pattern, llmkit expands none" in line, line
+    line = _one_error_line(cli("tokenizer", "train", str(tmp_path / "nodir*" / "a.txt"), "-o", tmp_path / "out"))
+    assert "no file matches" in line and "expands no pattern" in line, line
     _nothing_written(tmp_path)
 
 

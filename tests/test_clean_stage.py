@@ -92,7 +92,7 @@ def test_same_input_and_config_give_the_same_fingerprint(shared_data, tmp_path):
     # --threshold is recorded as the bands x rows it picks: typed as those, the same corpus and fingerprint
     by_threshold = artifacts.load(_clean(inputs, tmp_path / "t", CleanConfig(threshold=0.8)))
     by_bands = artifacts.load(_clean(inputs, tmp_path / "br", CleanConfig(bands=9, rows=12)))
-    assert (by_threshold.config["bands"], by_threshold.config["rows"]) == (9, 12) and "threshold" not in by_threshold.config
+    assert (by_threshold.config["bands"], by_threshold.config["rows"]) == (9, 12) and by_threshold.config["threshold"] is None
     assert by_threshold.fingerprint == by_bands.fingerprint != first.fingerprint
 
 

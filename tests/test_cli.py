@@ -556,7 +556,7 @@ def test_a_data_stage_stopped_before_its_first_finished_part_says_nothing_was_ke
     # (a --force run's checkpoints, once saved, are the run's: it said only "start it again")
     (["finetune", "ckpt", "--data", "d.jsonl", "-o", "run", "--force"], "rerun it with --resume in place of --force to continue"),
     # (a --force sweep stopped past a run's checkpoint has its new runs kept: it said "start it again")
-    (["sweep", "tokens", "--flops", "1e12", "-o", "sweep", "--force"], "rerun it without --force to continue the new sweep"),
+    (["sweep", "tokens", "--flops", "1e12", "-o", "sweep", "--force"], "rerun it without --force to go on from the runs the new sweep kept"),
     (["sweep", "tokens", "--flops", "1e12", "-o", "sweep"], "rerun the same command to continue: the finished runs are kept"),
     (["eval", "ckpt", "--metric", "perplexity", "--data", "tokens", "-o", "out"], "nothing was written; rerun the command"),
 ])

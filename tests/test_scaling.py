@@ -404,6 +404,21 @@ def test_bad_points_are_one_line_errors(cli, tmp_path, header, rows, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_spreadsheets_empty_columns_and_rows_without_their_optional_fields_are_read(tmp_path):
+    """A spreadsheet's export ends its header in empty columns, and a row may leave out its
+    optional name or budget: both were refused by the first check of repeated columns and short rows."""
+    from llmkit.scaling.points import read_points
+
+    n, d, loss = _points()
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("params,tokens,loss,,\n" + "".join(f"{a},{b},{c},,\n" for a, b, c in zip(n, d, loss)))
+    named = tmp_path / "named.csv"
+    named.write_text("params,tokens,loss,name\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(n, d, loss)))
+    for source in (trailing, named):
+        points = read_points(source)
+        assert [p.loss for p in points] == pytest.approx(list(loss)) and len(points) == len(n)
+
+
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory, shared_data):
     from typer.testing import CliRunner

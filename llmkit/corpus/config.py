@@ -36,7 +36,7 @@ OUTPUT = "Output and run"
 _READ = "input (the documents read, stats.sources)"
 
 
-_MINHASH_SETTINGS = ("ngram", "num_perm", "bands", "rows", "seed")
+_MINHASH_SETTINGS = ("ngram", "num_perm", "bands", "rows", "threshold", "seed")
 # A rule group's settings, by the switch that turns the group on, and what to tell a user who set them with it off
 _RULE_GROUPS = {GOPHER: ("gopher_quality", "the Gopher quality rules, which --gopher-quality or --preset web turns on"),
                 REPETITION: ("gopher_repetition", "the Gopher repetition rules, which --gopher-repetition or --preset web turns on"),
@@ -124,9 +124,8 @@ class CleanConfig(Options):
     num_perm: int = option(112, "MinHash permutations.", panel=DEDUP, range="[1, 4096]")
     bands: int = option(14, "LSH bands.", panel=DEDUP, range="[1, inf)")
     rows: int = option(8, "LSH rows per band.", panel=DEDUP, range="[1, inf)")
-    # (recorded as the bands x rows it picks, which decide: `--bands 9 --rows 12` is the corpus `--threshold 0.8` makes)
     threshold: Optional[float] = option(None, "Jaccard similarity to treat as duplicate; picks bands x rows minimising FP+FN.",
-                                        panel=DEDUP, range="(0, 1)", hashed=False, recorded_as="the bands and rows it picks")
+                                        panel=DEDUP, range="(0, 1)")
     # Output
     keep_rejects: bool = option(False, "Write dropped documents and their reasons to OUT/rejects.jsonl.", flags=("--keep-rejects/--no-keep-rejects",),
                                 panel=OUTPUT)
@@ -143,6 +142,8 @@ class CleanConfig(Options):
         if not self.near_dedup:
             for name in _MINHASH_SETTINGS:
                 recorded.pop(name)
+        else:  # --threshold is recorded as the bands x rows it picked: `--bands 9 --rows 12` is the corpus `--threshold
+            recorded["threshold"] = None  # 0.8` makes (null, the key every corpus recorded before, keeps their fingerprints)
         return recorded
 
     def _refuse_idle_settings(self) -> None:

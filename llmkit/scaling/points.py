@@ -39,7 +39,7 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
     if not source.is_file():
         raise UserError(f"no such sweep or CSV: {source}")
     if source.suffix.lower() == ".json" and (source.parent / artifacts.MANIFEST).is_file():
-        raise UserError(f"{source} is a file of the artifact {source.parent}; pass the sweep's folder, or a CSV of points")
+        raise UserError(f"{source} is a file inside the artifact {source.parent}; pass a sweep's folder, or a CSV of points")
     return _csv_points(source)
 
 
@@ -50,16 +50,16 @@ def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
     # (hashed as read: a fit records the sweep's fingerprint, so a table changed since must not pass for it)
     with artifacts.checked_as_read(sweep.path / TABLE) if TABLE in sweep.manifest.files else contextlib.nullcontext():
         rows = read_rows(sweep)
-    points = [
-        Point(params=r.params if count == "total" else r.non_embedding_params, tokens=r.tokens,
-              loss=float(r.final_val_loss), budget=r.flops_budget, name=r.name)
-        for r in rows if r.state == "done" and r.final_val_loss is not None
-    ]
-    for point in points:
-        for column, value in (("params", point.params), ("tokens", point.tokens), ("final_val_loss", point.loss)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise UserError(f"{sweep.path}: run {point.name} has {column} {value!r}, not a positive number; "
-                                f"check the sweep with llmkit verify {sweep.path}")
+    fix = f"check the sweep with llmkit verify {sweep.path}" if TABLE in sweep.manifest.files else "sweep again"
+    points = []
+    for r in rows:
+        if r.state != "done" or r.final_val_loss is None:
+            continue
+        params = r.params if count == "total" else r.non_embedding_params
+        for column, value in (("params", params), ("tokens", r.tokens), ("final_val_loss", r.final_val_loss)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise UserError(f"{sweep.path}: run {r.name} has {column} {value!r}, not a positive number; {fix}")
+        points.append(Point(params=params, tokens=r.tokens, loss=float(r.final_val_loss), budget=r.flops_budget, name=r.name))
     if not points:
         raise UserError(f"sweep {sweep.path} has no finished run with a validation loss (its runs did not validate: "
                         "--eval-every 0, or tokens without a validation split); sweep again with validation on")
@@ -100,7 +100,7 @@ def _csv_points(path: Path) -> list[Point]:
         raise UserError(f"{path} is not a valid CSV ({exc})") from None
     if not rows:
         raise UserError(f"{path} holds no points; write a header params,tokens,loss (or params,flops,loss) and one row per run")
-    repeated = sorted({name for name in header if header.count(name) > 1})
+    repeated = sorted({name for name in header if name and header.count(name) > 1})  # (a spreadsheet's trailing empty columns: no names)
     if repeated:  # (DictReader keeps the last of two columns of a name, and case folds two names into one)
         raise UserError(f"{path} names the column {', '.join(repeated)} more than once; keep one")
     columns = set(header)
@@ -111,10 +111,10 @@ def _csv_points(path: Path) -> list[Point]:
         if None in raw:  # DictReader's key for the fields past the header's
             raise UserError(f"{path}:{number} has {len(header) + len(raw[None])} fields, the header {len(header)}; "
                             "fix that row (a comma inside a value needs quotes)")
-        if any(value is None for value in raw.values()):  # (DictReader's value for fields the row lacks)
+        row = {k.strip().lower(): v for k, v in raw.items() if k is not None}
+        if any(row.get(name, "") is None for name in ("params", "loss", "tokens", "flops")):  # (DictReader's value for fields the row lacks)
             raise UserError(f"{path}:{number} has {sum(v is not None for v in raw.values())} fields, the header "
                             f"{len(header)}; fix that row")
-        row = {k.strip().lower(): v for k, v in raw.items() if k is not None}
         params = _number(row.get("params"), "params", number, path)
         loss = _number(row.get("loss"), "loss", number, path)
         if row.get("tokens") not in (None, ""):

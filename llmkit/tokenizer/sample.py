@@ -111,8 +111,10 @@ def open_source(inputs: Sequence[Path]) -> Source:
         if path.is_dir():
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
         if not path.is_file():
-            pattern = " (a pattern, which tokenizer train does not expand: unquoted, the shell does)" if any(c in path.name for c in "*?[") else ""
-            raise UserError(f"no such file or artifact: {path}{pattern}; pass a corpus artifact or UTF-8 text files")
+            if any(c in str(path) for c in "*?["):  # a pattern the shell left as typed: quoted, or matching nothing
+                raise UserError(f"no file matches {path} (tokenizer train expands no pattern: the shell does, where it is "
+                                "unquoted and matches something); pass a corpus artifact or UTF-8 text files")
+            raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
         if file_format(path)[1] is not None:  # read as text, its compressed bytes are "not UTF-8"
             raise UserError(f"{path} is compressed; tokenizer train reads plain text files: make a corpus of it first "
                             f"(llmkit clean {path} -o CORPUS, which reads .gz and .zst), then train on CORPUS")
