@@ -142,8 +142,10 @@ class CleanConfig(Options):
         if not self.near_dedup:
             for name in _MINHASH_SETTINGS:
                 recorded.pop(name)
-        else:  # --threshold is recorded as the bands x rows it picked: `--bands 9 --rows 12` is the corpus `--threshold
-            recorded["threshold"] = None  # 0.8` makes (null, the key every corpus recorded before, keeps their fingerprints)
+        else:
+            # --threshold is recorded as the bands x rows it picked (`--bands 9 --rows 12` is the corpus `--threshold 0.8`
+            # makes), and as null: the key every corpus recorded before, so their fingerprints hold
+            recorded["threshold"] = None
         return recorded
 
     def _refuse_idle_settings(self) -> None:

@@ -35,10 +35,11 @@ faster on two threads than through one product on one thread, and 0.9x on one th
 Every other single row takes PyTorch's own product (MKL) held to one thread for the call: on that
 Xeon MKL on one thread beat OpenBLAS (batch-1 decoding 1.05-1.16x from `mini` to `small`) and
 oneDNN's one-row product (25-34 us against 5-11 at 384 x 384 and like). Both keep a row's bits
-whatever the thread count (tested from 1 to 16 threads in one process, and in processes started on 1
-and on 2, whose first call of a product took a kernel of its own until a bias was added apart), where MKL's own product on more threads
-splits its sums by thread (a review: 5 of 5 `small` forwards differed between 1 and 2 threads, by up
-to 3e-4; `tiny`'s logits by 5e-7), so a completion's tokens stay the same on any number of cores
+whatever the thread count (tested from 1 to 16 threads in one process, and in processes started on
+1 and on 2 threads: a process's first product with the bias inside took other bits on 2, so the
+bias is added apart), where MKL's own product on more threads splits its sums by thread (a review:
+5 of 5 `small` forwards differed between 1 and 2 threads, by up to 3e-4; `tiny`'s logits by 5e-7),
+so a completion's tokens stay the same on any number of cores
 (until 2026-12-06 the products under 1 MB took MKL on the process's threads, and a `tiny` model's
 tokens could change with them). The one thread is MKL's own setting for the calling thread
 (`_mkl_threads_here`), which leaves the process's thread count, and other Python threads, alone.
@@ -264,7 +265,8 @@ def _one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
         out = F.linear(row, weight).reshape(shape)
     finally:
         set_threads(before)
-    return out if bias is None else out.add_(bias)  # (a bias in the product: the process's first such call's bits followed its threads)
+    # (the bias apart: inside the product, a process's first such call's bits followed its threads)
+    return out if bias is None else out.add_(bias)
 
 
 ONE_ROW_HALVES_MIN_WEIGHTS = 2**19  # 2 MB of fp32: below it two threads' start costs what the second saves
@@ -284,8 +286,8 @@ def _halves(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 def _in_two_halves(x: torch.Tensor, halves: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """One contiguous row x [1, I] times weight [O, I] as two products of O/2 outputs each, in one batched product
-    (`torch.bmm`, MKL's batched sgemm), which runs the two on two threads at once, each on one:
+    """One contiguous row x [1, I] times weight [O, I] as two products of O/2 outputs each, in one
+    batched product (`torch.bmm`, MKL's batched sgemm), which runs the two on two threads at once, each on one:
     the weight streams from memory at two cores' speed, and the row's bits are those of two
     one-thread products, whatever the thread count (1 to 16 threads, 50 shapes, tested). MKL's own
     one-row product on two threads is as fast but splits its sums by thread. The halves are views
@@ -308,7 +310,8 @@ def _mkl_threads_here():
     folder = Path(torch.__file__).resolve().parent / "lib"
     for name in ("libtorch_cpu.so", "torch_cpu.dll", "libtorch_cpu.dylib"):
         try:
-            setter = ctypes.CDLL(str(folder / name)).MKL_Set_Num_Threads_Local  # (C's by-value int; the lower-case symbol is Fortran's, by pointer)
+            # (C's by-value int; the lower-case symbol is Fortran's, by pointer: passed an int, it crashed)
+            setter = ctypes.CDLL(str(folder / name)).MKL_Set_Num_Threads_Local
         except (OSError, AttributeError):
             continue
         setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
