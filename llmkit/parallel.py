@@ -134,14 +134,18 @@ def _kill_the_rest(pool) -> None:
 
 
 def _forget_cancelled(pool) -> None:
-    """Cancelled items out of the pool's record of pending work (`_pending_work_items`, private as
-    `_processes`): once a killed worker breaks the pool, Python 3.11's manager thread sets every
-    pending item's exception, which raises InvalidStateError for a cancelled one: a traceback on
-    stderr after a Ctrl-C or SIGTERM's one-line error (the full suite's SIGTERM test saw it once)."""
-    pending = getattr(pool, "_pending_work_items", None)
-    for work_id, item in list((pending or {}).items()):
+    """A fresh future for each cancelled item of the pool's record of pending work
+    (`_pending_work_items`, private as `_processes`), before its workers are killed: once the pool
+    breaks, Python 3.11's manager thread sets every pending item's exception, which raises
+    InvalidStateError for a cancelled future (a traceback on stderr after a Ctrl-C or SIGTERM's
+    one-line error; the full suite's SIGTERM test saw it once). Replaced, not removed: the manager
+    still looks the items up by id (removed, a result arriving meanwhile was a KeyError that ended
+    the manager thread: a review). Nobody waits on the fresh futures."""
+    from concurrent.futures import Future
+
+    for item in list((getattr(pool, "_pending_work_items", None) or {}).values()):
         if item.future.cancelled():
-            pending.pop(work_id, None)
+            item.future = Future()
 
 
 def local_workers(workers: int) -> int:

@@ -407,6 +407,7 @@ def test_bad_points_are_one_line_errors(cli, tmp_path, header, rows, message):
 def test_a_spreadsheets_empty_columns_and_rows_without_their_optional_fields_are_read(tmp_path):
     """A spreadsheet's export ends its header in empty columns, and a row may leave out its
     optional name or budget: both were refused by the first check of repeated columns and short rows."""
+    from llmkit.errors import UserError
     from llmkit.scaling.points import read_points
 
     n, d, loss = _points()
@@ -414,9 +415,17 @@ def test_a_spreadsheets_empty_columns_and_rows_without_their_optional_fields_are
     trailing.write_text("params,tokens,loss,,\n" + "".join(f"{a},{b},{c},,\n" for a, b, c in zip(n, d, loss)))
     named = tmp_path / "named.csv"
     named.write_text("params,tokens,loss,name\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(n, d, loss)))
-    for source in (trailing, named):
+    # a flops column the rows leave out (tokens given), and a spreadsheet's empty rows at the end
+    flops = tmp_path / "flops.csv"
+    flops.write_text("params,tokens,loss,flops\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(n, d, loss)) + ",,,\n,,,\n")
+    for source in (trailing, named, flops):
         points = read_points(source)
         assert [p.loss for p in points] == pytest.approx(list(loss)) and len(points) == len(n)
+    # an error names the line the row is on, past a blank line (it counted rows)
+    gapped = tmp_path / "gapped.csv"
+    gapped.write_text("params,tokens,loss\n1e6,1e7,3.0\n\n2e6,1e7\n")
+    with pytest.raises(UserError, match="gapped.csv:4 has 2 fields, the header 3"):
+        read_points(gapped)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from llmkit import config as config_lib
 from llmkit.errors import UsageError, UserError, unused_options
@@ -134,6 +134,8 @@ class CleanConfig(Options):
                           range="[0, 1024]")
     seed: int = seed_option("Seed of the MinHash permutations.")
     execution: Execution = group(Execution, panel=OUTPUT)
+
+    RECORDED_AS: ClassVar[dict[str, str]] = {"threshold": "config: the bands and rows it picks (itself as null)"}
 
     def hashed(self) -> dict:
         """Without near-dedup nothing is drawn and no MinHash is made: its settings and the seed are

@@ -92,7 +92,7 @@ def _csv_points(path: Path) -> list[Point]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader]  # (the line a row ends on: blank lines and quoted breaks count)
             header = [h.strip().lower() for h in (reader.fieldnames or [])]
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; save the CSV as UTF-8") from None
@@ -107,12 +107,14 @@ def _csv_points(path: Path) -> list[Point]:
     if not {"params", "loss"} <= columns or not ({"tokens", "flops"} & columns):
         raise UserError(f"{path} has the columns {', '.join(header)}; it needs params, loss and tokens (or flops)")
     points = []
-    for number, raw in enumerate(rows, start=2):
+    for number, raw in rows:
+        if not any((value or "").strip() for key, value in raw.items() if key is not None) and None not in raw:
+            continue  # (a spreadsheet's empty trailing rows, `,,`)
         if None in raw:  # DictReader's key for the fields past the header's
             raise UserError(f"{path}:{number} has {len(header) + len(raw[None])} fields, the header {len(header)}; "
                             "fix that row (a comma inside a value needs quotes)")
         row = {k.strip().lower(): v for k, v in raw.items() if k is not None}
-        if any(row.get(name, "") is None for name in ("params", "loss", "tokens", "flops")):  # (DictReader's value for fields the row lacks)
+        if row.get("params", "") is None or row.get("loss", "") is None:  # (DictReader's value for fields the row lacks)
             raise UserError(f"{path}:{number} has {sum(v is not None for v in raw.values())} fields, the header "
                             f"{len(header)}; fix that row")
         params = _number(row.get("params"), "params", number, path)
