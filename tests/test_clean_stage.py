@@ -85,8 +85,11 @@ def test_same_input_and_config_give_the_same_fingerprint(shared_data, tmp_path):
     reseeded = artifacts.load(_clean(inputs, tmp_path / "c", CleanConfig(seed=1)))
     assert reseeded.fingerprint != first.fingerprint  # the seed is part of what is hashed
     # ... where something is drawn: without near-dedup no MinHash is made, and neither its settings nor the seed count
-    plain = [artifacts.load(_clean(inputs, tmp_path / f"plain{seed}", CleanConfig(seed=seed, num_perm=120 + seed, near_dedup=False)))
+    plain = [artifacts.load(_clean(inputs, tmp_path / f"plain{seed}", CleanConfig(seed=seed, near_dedup=False)))
              for seed in (1, 2)]
+    for setting in ({"num_perm": 120}, {"bands": 9}, {"threshold": 0.8}):  # (unread: refused, as any rule's that is off)
+        with pytest.raises(UserError, match="would change nothing here .*--no-near-dedup turns off"):
+            CleanConfig(near_dedup=False, **setting)
     assert plain[0].fingerprint == plain[1].fingerprint and plain[0].manifest.seed is None
     assert not {"seed", "num_perm", "bands", "rows", "ngram", "threshold"} & set(plain[0].config)
     # --threshold is recorded as the bands x rows it picks: typed as those, the same corpus and fingerprint

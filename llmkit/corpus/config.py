@@ -157,6 +157,9 @@ class CleanConfig(Options):
 
         idle = {"min_language_score": (not self.languages, "the language filter, which --languages or --preset web turns on"),
                 "normalization": (not self.fix_unicode, "--fix-unicode's normalisation")}
+        # (the seed too is unread without near-dedup, and allowed: one seed for every stage of a recipe)
+        idle.update({name: (not self.near_dedup, "near-duplicate removal, which --no-near-dedup turns off")
+                     for name in _MINHASH_SETTINGS if name != "seed"})
         for opt in flat_options(type(self)):
             switch, what = _RULE_GROUPS.get(opt.panel, (None, ""))
             if switch is not None and opt.name != switch:
