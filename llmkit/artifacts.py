@@ -549,6 +549,12 @@ def _holds_data_files(folder: Path, look_at: int = 1000) -> bool:
         return False
 
 
+def unexpanded_pattern(path: Path | str) -> bool:
+    """Whether a path that is not there reads as a shell pattern (`*`, `?`, `[`): quoted, or matching
+    nothing, the shell passes it on as typed, and no stage expands one."""
+    return any(c in str(path) for c in "*?[")
+
+
 def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bool = True) -> Artifact:
     """Read an artifact, checking that it exists, is complete, and is of the expected kind; and,
     cheaply (no file is hashed), that its manifest is well formed and unedited and its files are
@@ -562,7 +568,7 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         raise UserError(f"{storable_name(str(path))}: the artifact's path is not UTF-8 ({storable_name(where)}); move it to "
                         "a path in UTF-8")
     if not path.exists():
-        pattern = " (if that is a pattern, llmkit expands none: name the artifact's folder)" if any(c in str(path) for c in "*?[") else ""
+        pattern = " (if that is a pattern, llmkit expands none: name the artifact's folder)" if unexpanded_pattern(path) else ""
         raise UserError(f"no such artifact: {path}{pattern}; expected {_article(wanted_text)} artifact directory")
     if not path.is_dir():
         # a file of an artifact (its weights, its tokenizer.json): the artifact is its folder, or one above

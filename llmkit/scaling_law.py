@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,20 +90,34 @@ class Law:
         return (self.beta * self.B * params**self.alpha / (self.alpha * self.A)) ** (1.0 / self.beta)
 
     @classmethod
-    def of(cls, art) -> "Law":
-        """The law of a `scaling` artifact (approach 3's constants)."""
-        from llmkit.artifacts import checked_as_read
-
-        path = art.file(FIT_FILE)
+    def of(cls, art, document: dict[str, Any] | None = None) -> "Law":
+        """The law of a `scaling` artifact (approach 3's constants), from its fit.json (`document`
+        where the caller has read it already)."""
+        document = fit_document(art) if document is None else document
         try:
-            with checked_as_read(path):  # (a plan or prediction from a law edited since it was fitted would pass for the fit's)
-                fit = json.loads(path.read_text(encoding="utf-8"))["approach3"]
+            fit = document["approach3"]
             law = cls(**{name: float(fit[name]) for name in NAMES}, undetermined=str(fit.get("undetermined") or ""))
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{art.file(FIT_FILE)} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None
         if "undetermined" not in fit and "points.csv" in art.manifest.files:  # made before the check: checked on its points
             law.undetermined = unmeasured_term(law, *fitted_points(art.file("points.csv")))
         return law
+
+
+def fit_document(art) -> dict[str, Any]:
+    """A `scaling` artifact's fit.json, hashed as it is read: a plan or prediction from a law edited
+    since it was fitted would pass for the fit's (loading checks sizes only)."""
+    from llmkit.artifacts import checked_as_read
+
+    path = art.file(FIT_FILE)
+    try:
+        with checked_as_read(path):
+            document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # (a UnicodeDecodeError is a ValueError)
+        raise UserError(f"{path} does not hold a fitted law ({exc}); run llmkit scaling fit again") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{path} does not hold a fitted law (no JSON object); run llmkit scaling fit again")
+    return document
 
 
 def fitted_points(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import Iterator, Optional
 
 from llmkit.corpus.reading import ReadOptions, ReadStats, Source, hidden, readable_in_folder
 from llmkit.corpus.record_files import field_alternatives, is_a_number, pick_column
+from llmkit.artifacts import unexpanded_pattern
 from llmkit.data.corpus import file_format
 from llmkit.errors import UserError
 from llmkit.runtime import offline_when_unreachable
@@ -113,7 +114,7 @@ def dataset_source(name: str, config_name: Optional[str], split: str) -> Source:
     path_like = name.startswith(("./", "../", "/", "~")) or name.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".arrow",
                                                                                      ".txt"))
     if path_like and not local.exists():  # not a Hub name (OWNER/NAME): a file that is not there
-        if any(c in name for c in "*?["):
+        if unexpanded_pattern(name):
             raise UserError(f"--dataset {name}: no file matches it; --dataset takes one file or folder, and expands no "
                             "pattern: pass the folder")
         raise UserError(f"--dataset {name}: no such file or folder; check the path (a Hub dataset is named OWNER/NAME)")

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from llmkit.artifacts import MANIFEST, storable_name
+from llmkit.artifacts import MANIFEST, storable_name, unexpanded_pattern
 from llmkit.corpus.dataset_source import dataset_source, saved_dataset
 from llmkit.corpus.reading import ReadOptions, ReadStats, Source, hidden, readable_in_folder, text_reader
 from llmkit.corpus.record_files import csv_reader, json_reader, parquet_batches, parquet_reader
@@ -69,7 +69,7 @@ def resolve_inputs(
             continue
         path = Path(os.path.abspath(arg))  # what a worker opens: on a Ray cluster, not in the driver's folder
         if not path.exists():
-            if any(c in arg for c in "*?["):  # a pattern the shell left as typed: quoted, or matching nothing
+            if unexpanded_pattern(arg):
                 raise UserError(f"no file matches {arg} (clean takes files and folders, and expands no pattern: the shell "
                                 "does, where it is unquoted and matches something); pass the files or their folder")
             raise UserError(f"input not found: {arg}; check the path")

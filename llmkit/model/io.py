@@ -165,10 +165,9 @@ def read_model_config(directory: Path) -> ModelConfig:
     if not path.is_file():
         raise UserError(f"{directory} has no {MODEL_CONFIG}; it is not a complete checkpoint, rebuild it")
     try:
-        config = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError, RecursionError, OverflowError) as exc:  # (an mlp_ratio of Infinity: OverflowError)
         raise UserError(f"{path} is not a valid model config ({exc}); rebuild the checkpoint") from None
-    return config
 
 
 def load_model(directory: Path, device: str | torch.device = "cpu") -> torch.nn.Module:

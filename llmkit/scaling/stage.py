@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from llmkit import artifacts, outputs
-from llmkit.errors import UserError
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop, isoflop_minima
-from llmkit.scaling_law import FIT_FILE, Law, fitted_points, unmeasured_term
+from llmkit.scaling_law import FIT_FILE, Law, fit_document, fitted_points, unmeasured_term
 from llmkit.scaling.points import read_points
 
 
@@ -106,22 +105,17 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
 
 
 def read_fit(path: Path | str) -> dict[str, Any]:
-    art = artifacts.load(path, kind="scaling")
-    try:
-        with artifacts.checked_as_read(art.file(FIT_FILE)):  # (predictions from a law edited since would pass for the fit's)
-            return json.loads(art.file(FIT_FILE).read_text(encoding="utf-8"))
-    except ValueError:  # (a UnicodeDecodeError is one)
-        raise UserError(f"{art.path / FIT_FILE} does not hold a fitted law (it changed since it was written: llmkit verify "
-                        f"{art.path} says how); run llmkit scaling fit again") from None
+    return fit_document(artifacts.load(path, kind="scaling"))
 
 
 def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
     """The fitted loss at (N, D), its bootstrap interval when the fit has one, and `undetermined`
     when the points did not measure one of the law's terms (the loss then follows N or D only as
     far as the measured points did)."""
-    fit = read_fit(path)["approach3"]
     art = artifacts.load(path, kind="scaling")
-    law = Law.of(art)
+    document = fit_document(art)  # (read once: the law and its refits)
+    law = Law.of(art, document)  # (first: it says what is wrong with a document that holds no law)
+    fit = document["approach3"]
     result = {"params": params, "tokens": tokens, "loss": float(law.loss(params, tokens))}
     if law.undetermined:
         result["undetermined"] = law.undetermined

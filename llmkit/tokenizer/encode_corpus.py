@@ -430,6 +430,29 @@ def _after_documents(batches: Iterator[list[str]], count: int) -> Iterator[list[
         count -= len(batch)
 
 
+def _write_batch(writers: dict[str, ShardWriter], split_bytes: dict[str, int], batch_plan: np.ndarray, sizes: np.ndarray,
+                 flat: np.ndarray, lengths: np.ndarray, split_document: Callable[..., None]) -> None:
+    """One encoded batch into the splits its plan gives each document (empty documents hold no tokens
+    and are skipped). Each split keeps the corpus order: the documents up to a split one (TAIL) are
+    written, then its head and tail (`split_document`), then the next run (a batch without one is a
+    single run)."""
+    present = sizes > 0
+    ends = np.cumsum(lengths)
+    tails = np.flatnonzero(present & (batch_plan == TAIL))
+    start = 0
+    for stop in (*tails.tolist(), len(sizes)):
+        run = np.zeros(len(sizes), dtype=bool)
+        run[start:stop] = True
+        for split, kind in (("train", TRAIN), ("val", VAL)):
+            chosen = run & present & (batch_plan == kind)
+            if chosen.any():
+                writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
+            split_bytes[split] += int(sizes[chosen].sum())
+        if stop < len(sizes):
+            split_document(flat[ends[stop] - lengths[stop] : ends[stop]], int(sizes[stop]))
+        start = stop + 1
+
+
 def _encode_into(
     build_dir: Path, corpus: artifacts.Artifact, encoder: _Encoder, dtype: np.dtype, plan: np.ndarray,
     config: TokenizeConfig, total_bytes: int | None, tok,
@@ -469,31 +492,15 @@ def _encode_into(
     texts = iter_corpus_texts(corpus, config.batch_size)
     if doc_index:  # (by documents, not batches: a resume may give another --batch-size)
         texts = _after_documents(texts, doc_index)  # read (the input position) but not encoded again
+    split_document = functools.partial(_write_split_document, writers, split_bytes, val_fraction=config.val_fraction,
+                                       token_bytes=token_bytes, bos=config.add_bos, continues=continues)
     with progress(DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), transient=True) as bar:
         task = bar.add_task("tokenizing", total=total_bytes, rate="", completed=sum(split_bytes.values()))
         # (closing: a failure in this loop closes the map while it unwinds, as clean's does: a Ray run's logs stay)
         with closing(encoder.map(texts, start=done_batches)) as encoded:
             for number, (sizes, flat, lengths) in enumerate(encoded, start=done_batches + 1):
-                batch_plan = plan[doc_index : doc_index + len(sizes)]
+                _write_batch(writers, split_bytes, plan[doc_index : doc_index + len(sizes)], sizes, flat, lengths, split_document)
                 doc_index += len(sizes)
-                present = sizes > 0  # empty documents hold no tokens and are skipped
-                ends = np.cumsum(lengths)
-                # Each split keeps the corpus order: the documents up to a split one (TAIL) are written,
-                # then its head and tail, then the next run (a batch without one is a single run).
-                tails = np.flatnonzero(present & (batch_plan == TAIL))
-                start = 0
-                for stop in (*tails.tolist(), len(sizes)):
-                    run = np.zeros(len(sizes), dtype=bool)
-                    run[start:stop] = True
-                    for split, kind in (("train", TRAIN), ("val", VAL)):
-                        chosen = run & present & (batch_plan == kind)
-                        if chosen.any():
-                            writers[split].write(flat[np.repeat(chosen, lengths)], lengths[chosen])
-                        split_bytes[split] += int(sizes[chosen].sum())
-                    if stop < len(sizes):
-                        _write_split_document(writers, split_bytes, flat[ends[stop] - lengths[stop] : ends[stop]], int(sizes[stop]),
-                                              config.val_fraction, token_bytes, config.add_bos, continues)
-                    start = stop + 1
                 total_tokens += len(flat)
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 bar.update(task, advance=int(sizes.sum()), rate=f"{(total_tokens - resumed_tokens) / elapsed / 1e6:.2f}M tok/s")

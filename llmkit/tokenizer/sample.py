@@ -111,7 +111,7 @@ def open_source(inputs: Sequence[Path]) -> Source:
         if path.is_dir():
             raise UserError(f"{path} is a directory; pass one corpus artifact, or text files only")
         if not path.is_file():
-            if any(c in str(path) for c in "*?["):  # a pattern the shell left as typed: quoted, or matching nothing
+            if artifacts.unexpanded_pattern(path):
                 raise UserError(f"no file matches {path} (tokenizer train expands no pattern: the shell does, where it is "
                                 "unquoted and matches something); pass a corpus artifact or UTF-8 text files")
             raise UserError(f"no such file or artifact: {path}; pass a corpus artifact or UTF-8 text files")
