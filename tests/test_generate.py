@@ -1430,3 +1430,31 @@ def test_a_completion_stopped_after_a_character_of_several_tokens_keeps_them_all
     for streamed in (None, lambda row, piece: None):
         (done,) = Generator(loaded.model, tok).complete(["x"], GenerationParams(max_new_tokens=9, stop=["如尼"]), on_text=streamed)
         assert done.text == "情" and done.token_ids == wanted[:3] and tok.decode(done.token_ids) == "情", done
+
+
+def test_records_reach_the_output_as_each_batch_ends_when_samples_outnumber_the_batch(ckpt, tmp_path, monkeypatch):
+    """-s 5 --batch-size 2: a prompt's samples take three batches, each written as it ends, so a run
+    stopped in the third keeps the first four in .partial (it waited for the prompt's five: nothing)."""
+    from llmkit.generate.config import GenerateConfig
+    from llmkit.generate.stage import JsonlOutput, run_generate
+    from llmkit.inference import engine
+
+    cfg = GenerateConfig.build(prompts=["KING:", "To be"], num_samples=5, batch_size=2, max_new_tokens=6, seed=3)
+    whole = run_generate(ckpt, cfg)
+    calls = 0
+    real = engine.generate_ids
+
+    def stopping_in_the_third_batch(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "generate_ids", stopping_in_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        with JsonlOutput(tmp_path / "s.jsonl", cfg) as output:
+            run_generate(ckpt, cfg, on_batch=output.write)
+    kept = [json.loads(line) for line in (tmp_path / "s.jsonl.partial").read_text().splitlines()]
+    assert [(r["prompt"], r["completion"]) for r in kept] == [("KING:", g.completion.text) for g in whole[:4]]
+    assert len(whole) == 10 and [g.completion.sample_index for g in whole[:6]] == [0, 1, 2, 3, 4, 0]

@@ -144,23 +144,16 @@ def run_generate(
     if on_ready is not None:
         on_ready(prompts, framed)
     results: list[Generated] = []
-    # One call per group of prompts so finished batches can be printed while later ones run.
-    per_call = max(1, cfg.batch_size // cfg.num_samples)
-    for start in range(0, len(prompts), per_call):
-        completions = generator.complete(
-            encoded[start : start + per_call],
-            params,
-            num_samples=cfg.num_samples,
-            batch_size=cfg.batch_size,
-            on_text=(lambda row, piece, base=len(results): on_text(base + row, piece)) if on_text else None,
-            extra_stop_ids=extra_stops,
-            prompt_offset=start,
-        )
+
+    def finished(completions: list[Completion]) -> None:  # each batch's, printed or written while later ones run
         batch = [Generated(prompts[c.prompt_index], c, fitted=c.prompt_index in fitted_at, framed=framed[c.prompt_index])
                  for c in completions]
         results.extend(batch)
         if on_batch is not None:
             on_batch(batch)
+
+    generator.complete(encoded, params, num_samples=cfg.num_samples, batch_size=cfg.batch_size, on_text=on_text,
+                       extra_stop_ids=extra_stops, on_batch=finished)
     return results
 
 

@@ -484,6 +484,7 @@ class Generator:
         on_text: Callable[[int, str], None] | None = None,
         extra_stop_ids: Sequence[int] | None = None,
         prompt_offset: int = 0,
+        on_batch: Callable[[list[Completion]], None] | None = None,
     ) -> list[Completion]:
         """Every prompt `num_samples` times; results in order (prompt 0 samples, prompt 1, ...).
 
@@ -493,6 +494,7 @@ class Generator:
         prompt index, sample index), so a prompt's text does not depend on how calls are split.
         `extra_stop_ids` end a completion as the end-of-text token does, even with
         `params.stop_at_eos` off (a chat's: prompts.chat_stop_ids); None is a text's (prompts.text_stop_ids).
+        `on_batch(completions)` gets each batch's completions as it ends (a prompt's samples may span batches).
         """
         if num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, got {num_samples}")
@@ -505,6 +507,7 @@ class Generator:
             extra_stop_ids = text_stop_ids(self.tokenizer, self.start_id, past_eos=not params.stop_at_eos)
         results: list[Completion] = []
         for start in range(0, len(rows), max(1, batch_size)):
+            done = len(results)
             chunk = rows[start : start + batch_size]
             trackers = [_TextTracker(self._decoder_for(encoded[p]), params.stop, streaming=on_text is not None) for p, _ in chunk]
             seeds = [row_seed(params.seed, prompt_offset + p, s) for p, s in chunk]
@@ -551,4 +554,6 @@ class Generator:
                         seed=seeds[b],
                     )
                 )
+            if on_batch is not None:
+                on_batch(results[done:])
         return results

@@ -63,7 +63,7 @@ def world_problem(world: int, tp: int, pp: int) -> str | None:
         return None
     asked = " x ".join(f"--{name} {n}" for name, n in (("tp", tp), ("pp", pp)) if n > 1)
     return (f"{asked} needs a multiple of {ways} processes, this run has {world}; pass --gpus {ways} "
-            f"(or --nproc {ways} on CPU), or a multiple of it for data parallelism beside")
+            f"(or --nproc {ways} on CPU), or a multiple of it for data parallelism beside the split")
 
 
 def check_world(world: int, tp: int, pp: int) -> None:
