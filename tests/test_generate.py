@@ -813,6 +813,12 @@ def test_prompts_from_a_pipe(ckpt, tmp_path):
     # records through a pipe named .jsonl: read without seeking back (it was an unexpected "not seekable")
     generate_from(tmp_path / "prompts.jsonl", '{"prompt": "ROMEO:"}\n', tmp_path / "r.jsonl")
     assert json.loads((tmp_path / "r.jsonl").read_text())["prompt"] == "ROMEO:"
+    # `--prompts -`: standard input's lines (it was "prompts file not found: -")
+    result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-", "--greedy", "-n", "3",
+                             "-o", str(tmp_path / "s.jsonl")], input="ROMEO:\nJULIET:\n", capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()] == \
+        [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
 
 
 def test_messages_on_a_checkpoint_without_role_tokens_is_one_line(cli, tmp_path, shakespeare):

@@ -51,7 +51,7 @@ class Prompt:
 
 
 def read_prompt_file(path: Path) -> list[Prompt]:
-    path = Path(path)
+    path = Path("/dev/stdin") if str(path) == "-" else Path(path)  # (`-`: the shell's convention, read as /dev/stdin is)
     # (not is_file(): a pipe, `/dev/stdin` or `<(command)`, is read as the text file it streams)
     if not path.exists():
         raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
