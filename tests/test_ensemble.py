@@ -133,6 +133,10 @@ def test_an_ensemble_of_one_checkpoint_is_that_checkpoint(cli, runs, tmp_path):
     single, art = _eval(cli, tmp_path / "one", runs / "a", "--data", runs / "held_out.txt")
     twice, _ = _eval(cli, tmp_path / "twice", runs / "a", runs / "a", "--data", runs / "held_out.txt")
     assert twice["perplexity"] == pytest.approx(single["perplexity"], rel=1e-5)
+    # a checkpoint given twice is said to be one (as average says it; it was taken for two members unsaid)
+    said = " ".join(cli("eval", runs / "a", runs / "b", runs / "a", "-m", "perplexity", "--data", runs / "held_out.txt",
+                        "-o", tmp_path / "copies").output.split())
+    assert f"{runs / 'a'} and {runs / 'a'} are one checkpoint (the same fingerprint), so it takes 0.6667 of the mixture" in said
     # a weight of zero leaves a member out
     zero, _ = _eval(cli, tmp_path / "zero", runs / "a", runs / "b", "--weights", "1,0", "--data", runs / "held_out.txt")
     assert zero["perplexity"] == pytest.approx(single["perplexity"], rel=1e-5)

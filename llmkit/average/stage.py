@@ -17,7 +17,7 @@ from llmkit.errors import UsageError
 
 def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, force: bool = False) -> Path:
     """Average the weights of `checkpoints` (weighted by config.weights) into a checkpoint at `out`."""
-    from llmkit.model.averaging import check_same_network, normalised, write_average
+    from llmkit.model.averaging import check_same_network, normalised, note_copies, write_average
     from llmkit.model.records import CheckpointStats
 
     if len(checkpoints) < 2:
@@ -37,24 +37,8 @@ def average(checkpoints: list[Path], out: Path | str, config: AverageConfig, *, 
                                                  **({"document_start": start} if start else {})}, seed=None,
                   stats=dict(stats, averaged=len({m.fingerprint for m, w in zip(members, weights) if w > 0})),
                   force=force)  # (a weight of 0 leaves one out; one given twice is one checkpoint)
-    _note_a_checkpoint_given_twice(*said_once)
+    note_copies(*said_once, "average")
     return Path(out)
-
-
-def _note_a_checkpoint_given_twice(members: list[artifacts.Artifact], paths: list[Path], weights: list[float]) -> None:
-    """A checkpoint given twice (`average A A`, or a copy of it beside it) was taken for a soup of
-    two without a word: said, with its whole share of the mean, and the stats count it once
-    (`averaged`). Copies of weight 0 are left out, as the mean leaves them out."""
-    from llmkit.console import note
-
-    given: dict[str, list[tuple[str, float]]] = {}
-    for member, path, weight in zip(members, paths, weights):
-        if weight > 0:
-            given.setdefault(member.fingerprint, []).append((str(path), weight))
-    for copies in (c for c in given.values() if len(c) > 1):
-        effect = ("so the average is that checkpoint itself" if len(given) == 1
-                  else f"so it takes {sum(w for _, w in copies):.4g} of the mean, its copies' weights together")
-        note(f"{' and '.join(path for path, _ in copies)} are one checkpoint (the same fingerprint), {effect}")
 
 
 def _shared_document_start(members: list[artifacts.Artifact]) -> str | None:

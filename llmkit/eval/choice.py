@@ -88,7 +88,7 @@ def score_pairs(
             context_cut.append(index)
     scored = [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
     if not all(math.isfinite(x) for x in scored):  # NaN loses every comparison: each answer would fall to the first choice
-        raise UserError(metric_names.NOT_FINITE)
+        raise UserError(metric_names.not_finite(model))
     return scored
 
 

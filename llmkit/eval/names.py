@@ -34,4 +34,17 @@ def parse_metrics(values: list[str]) -> list[str]:
 def family(names: list[str], members: tuple[str, ...]) -> list[str]:
     return [n for n in names if n in members]
 
-NOT_FINITE = "the model's outputs are not finite (NaN or infinity): a damaged checkpoint? (llmkit verify checks its files)"
+NOT_FINITE = ("the model's outputs are not finite (NaN or infinity): its weights may hold NaN or inf (training and import "
+              "refuse them, a checkpoint imported before 2026-12-06 may hold them); use another checkpoint")
+
+
+def not_finite(model) -> str:
+    """NOT_FINITE, naming the first weight of `model` that holds NaN or inf where one does (an
+    ensemble's: `members.N.`, N counting by fingerprint): `verify` passes such a checkpoint, its
+    files being as written."""
+    import torch
+
+    for name, weight in model.named_parameters():
+        if weight.is_floating_point() and not bool(torch.isfinite(weight).all()):
+            return f"the model's outputs are not finite (NaN or infinity): its weight {name} holds NaN or inf; use another checkpoint"
+    return NOT_FINITE

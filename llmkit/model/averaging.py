@@ -53,6 +53,24 @@ def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
 CHUNK = 1 << 15
 
 
+def note_copies(members: Sequence[artifacts.Artifact], paths: Sequence[Path], weights: Sequence[float], combined: str) -> None:
+    """A checkpoint given twice (`average A A`, `eval A --ensemble A`, or a copy of it beside it) was
+    taken for two members without a word: said, with its whole share of the `combined` ("average"
+    or "ensemble"; an average's stats count it once, `averaged`). Copies of weight 0 are left out, as
+    the mean leaves them out."""
+    from llmkit.console import note
+
+    given: dict[str, list[tuple[str, float]]] = {}
+    for member, path, weight in zip(members, paths, weights):
+        if weight > 0:
+            given.setdefault(member.fingerprint, []).append((str(path), weight))
+    share = "mean" if combined == "average" else "mixture"
+    for copies in (c for c in given.values() if len(c) > 1):
+        effect = (f"so the {combined} is that checkpoint itself" if len(given) == 1
+                  else f"so it takes {sum(w for _, w in copies):.4g} of the {share}, its copies' weights together")
+        note(f"{' and '.join(path for path, _ in copies)} are one checkpoint (the same fingerprint), {effect}")
+
+
 def mean_state(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """The weighted mean of state dicts with the same keys and shapes, in float64, stored in the members' widest dtype.
 

@@ -173,7 +173,7 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     one-line error otherwise)."""
     from llmkit import artifacts
     from llmkit.errors import UserError
-    from llmkit.model.averaging import check_same_task, normalised
+    from llmkit.model.averaging import check_same_task, normalised, note_copies
     from llmkit.model.io import load_checkpoint
 
     if not paths:
@@ -183,6 +183,7 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
         check_same_task(arts, "ensembled")
     normalised_weights = normalised(weights, len(arts))
     loaded = [load_checkpoint(path, device=device, purpose=purpose) for path in paths]
+    note_copies(arts, paths, normalised_weights, "ensemble")
     if len(loaded) == 1:
         loaded[0].members, loaded[0].member_weights = [loaded[0].artifact], [1.0]
         return loaded[0]

@@ -27,6 +27,21 @@ def _t(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _own(x.detach().to(dtype))
 
 
+def _finite(name: str, source: torch.Tensor, converted: torch.Tensor) -> torch.Tensor:
+    """`converted` (`source` in another dtype) if every value is finite, else a one-line error: a
+    weight that holds NaN or inf (a damaged or diverged model, which would score and generate
+    noise, every later stage blaming itself), or one beyond float16's range, which the conversion
+    made inf without a word."""
+    if not converted.is_floating_point() or bool(torch.isfinite(converted).all()):
+        return converted
+    if not bool(torch.isfinite(source).all()):
+        raise UserError(f"the weight {name} holds NaN or inf: the model is damaged or diverged in training; "
+                        "convert another checkpoint of it")
+    largest = float(source.abs().max())
+    raise UserError(f"the weight {name} holds values up to {largest:.4g}, beyond {str(converted.dtype).removeprefix('torch.')}'s range "
+                    f"({torch.finfo(converted.dtype).max:g}); pass --dtype bfloat16 or float32")
+
+
 def _own(x: torch.Tensor) -> torch.Tensor:
     """`x` contiguous and alone in its memory: a slice of a packed matrix (q of c_attn, k of
     kv_proj) shares it with its siblings, which safetensors refuses to save."""
@@ -98,7 +113,7 @@ def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torc
         out["model.norm.weight"] = get("final_norm.weight")
     if not config.tie_embeddings:
         out["lm_head.weight"] = get("lm_head.weight")
-    return {k: _t(v, dtype) for k, v in out.items()}
+    return {k: _finite(k, v, _t(v, dtype)) for k, v in out.items()}
 
 
 # Keys transformers checkpoints carry that are not learned weights (old causal-mask buffers,
@@ -135,7 +150,8 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, model_typ
 
     def take(name: str) -> torch.Tensor | None:
         if name in state:
-            return _t(state.pop(name), dtype)
+            source = state.pop(name)
+            return _finite(name, source, _t(source, dtype))
         missing.append(name)
         return None
 
