@@ -128,16 +128,9 @@ def _untie_a_stored_head(config: ModelConfig, state: dict[str, torch.Tensor], mo
     return dataclasses.replace(config, tie_embeddings=False)
 
 
-def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: str = "float32") -> Path:
-    """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
-    from llmkit import artifacts, outputs
-    from llmkit.model.gpt import GPT
-    from llmkit.model.io import TOKENIZER_DIR, check_shapes, save_weights, tied_names
-    from llmkit.model.records import CheckpointStats
-
-    src = Path(src)
-    weight_dtype = torch_dtype(dtype)
-    config_json = read_config_json(src)  # first: a missing or wrong input leaves no folders made for -o
+def _importable_model_type(src: Path, config_json: dict) -> str:
+    """config.json's model_type, once its config is one llmkit can build: a supported family, a
+    language model (not a task head), its whole shape given and positive, not quantized."""
     model_type = config_json.get("model_type")
     if model_type is None or model_type in SUPPORTED_MODEL_TYPES:  # (a Llama classifier without its model_type too)
         refuse_other_heads(config_json.get("architectures"))
@@ -157,6 +150,20 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
         raise UserError(f"{src} holds a quantized model ({method}); llmkit trains and runs full-precision weights: "
                         "import the unquantized model (or dequantize it first and save it with save_pretrained)")
+    return model_type
+
+
+def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: str = "float32") -> Path:
+    """Turn a local transformers GPT-2 or Llama directory into a checkpoint artifact. Returns `out`."""
+    from llmkit import artifacts, outputs
+    from llmkit.model.gpt import GPT
+    from llmkit.model.io import TOKENIZER_DIR, check_shapes, save_weights, tied_names
+    from llmkit.model.records import CheckpointStats
+
+    src = Path(src)
+    weight_dtype = torch_dtype(dtype)
+    config_json = read_config_json(src)  # first: a missing or wrong input leaves no folders made for -o
+    model_type = _importable_model_type(src, config_json)
     out = outputs.check_output(out, force, inputs=[src], writes="checkpoint")
     files = weight_files(src)
     tokenizer = read_hf_tokenizer(src)
