@@ -116,39 +116,16 @@ def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
 
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
-    from llmkit.plan.estimate import Layout, ModelShape, estimate_memory, fixes, largest_micro_batch, smallest_layout
+    from llmkit.plan.estimate import ModelShape, estimate_memory, fixes, largest_micro_batch, smallest_layout
 
     from llmkit.model.hf_config import planning_approximations
 
     hf_data = read_hf_config(cfg.hf_config) if cfg.hf_config else None
     config = model_config(cfg, hf_data)
     shape = ModelShape.of(config)
-    seq = cfg.seq_len or config.context_length
-    if seq > config.context_length:
-        # --hf-config refuses --context-length: its config.json says how long the context is
-        longer = ("--context-length" if hf_data is None else
-                  f"{'n_positions' if hf_data.get('model_type') == 'gpt2' else 'max_position_embeddings'} in {cfg.hf_config}")
-        raise UsageError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; lower --seq-len, "
-                         f"or raise {longer}")
-    place, par = cfg.placement, cfg.parallelism
-    layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
-                    micro_batch=place.micro_batch, seq_len=seq, activation_checkpointing=place.activation_checkpointing,
-                    pp_schedule=par.pp_schedule, pp_microbatches=par.pp_microbatches, compiled=place.compile)
-    problem = layout.problem(config)
-    if problem:
-        raise UsageError(problem)
-    asked = layout  # the micro-batch given, before the global batch is split: what fixes and the search change
-    sequences = None
-    if cfg.batch_tokens:  # the split `llmkit pretrain` makes of it, refused where it refuses
-        from llmkit.train.launch import split_batch
-
-        sequences = cfg.batch_tokens // seq
-        if sequences < 1:
-            raise UsageError(f"--batch-tokens {cfg.batch_tokens} is smaller than one sequence of {seq} tokens; raise it")
-        micro, accumulation = split_batch(
-            sequences, layout.micro_batch, layout.batch_ways, what=f"the global batch of {sequences} sequences (--batch-tokens "
-            f"{cfg.batch_tokens} / seq_len {seq})", fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq}")
-        layout = replace(layout, micro_batch=micro, accumulation=accumulation)
+    asked = _asked_layout(cfg, config, hf_data)  # the micro-batch given: what fixes and the search change
+    seq = asked.seq_len
+    layout, sequences = _with_the_batch_split(cfg, asked)
     name, device, peak = hardware(cfg)
     memory = estimate_memory(shape, layout, device)
     flops_token = shape.flops_per_token(seq)
@@ -208,6 +185,45 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             plan["notes"].append("search: the layout found has no pipeline, so --pp-schedule and --pp-microbatches shape "
                                  "nothing; leave them out of the pretrain command")
     return plan
+
+
+def _asked_layout(cfg: PlanConfig, config, hf_data: dict | None):
+    """The layout the options give, refused where pretrain would refuse it (a sequence past the
+    context, a split the model's heads or layers do not divide)."""
+    from llmkit.plan.estimate import Layout
+
+    seq = cfg.seq_len or config.context_length
+    if seq > config.context_length:
+        # --hf-config refuses --context-length: its config.json says how long the context is
+        longer = ("--context-length" if hf_data is None else
+                  f"{'n_positions' if hf_data.get('model_type') == 'gpt2' else 'max_position_embeddings'} in {cfg.hf_config}")
+        raise UsageError(f"--seq-len {seq} exceeds the model's context length {config.context_length}; lower --seq-len, "
+                         f"or raise {longer}")
+    place, par = cfg.placement, cfg.parallelism
+    layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
+                    micro_batch=place.micro_batch, seq_len=seq, activation_checkpointing=place.activation_checkpointing,
+                    pp_schedule=par.pp_schedule, pp_microbatches=par.pp_microbatches, compiled=place.compile)
+    problem = layout.problem(config)
+    if problem:
+        raise UsageError(problem)
+    return layout
+
+
+def _with_the_batch_split(cfg: PlanConfig, layout):
+    """`layout` with --batch-tokens split into micro-batches and accumulation as `llmkit pretrain`
+    splits it (refused where it refuses), and the global batch in sequences; as given, None, without it."""
+    if not cfg.batch_tokens:
+        return layout, None
+    from llmkit.train.launch import split_batch
+
+    seq = layout.seq_len
+    sequences = cfg.batch_tokens // seq
+    if sequences < 1:
+        raise UsageError(f"--batch-tokens {cfg.batch_tokens} is smaller than one sequence of {seq} tokens; raise it")
+    micro, accumulation = split_batch(
+        sequences, layout.micro_batch, layout.batch_ways, what=f"the global batch of {sequences} sequences (--batch-tokens "
+        f"{cfg.batch_tokens} / seq_len {seq})", fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq}")
+    return replace(layout, micro_batch=micro, accumulation=accumulation), sequences
 
 
 def pretrain_batch_tokens(micro_batch: int, ways: int, seq: int) -> int | None:
