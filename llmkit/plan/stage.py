@@ -116,9 +116,8 @@ def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
 
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
-    from llmkit.plan.estimate import ModelShape, estimate_memory, fixes, largest_micro_batch, smallest_layout
-
     from llmkit.model.hf_config import planning_approximations
+    from llmkit.plan.estimate import ModelShape, estimate_memory, fixes, largest_micro_batch, smallest_layout
 
     hf_data = read_hf_config(cfg.hf_config) if cfg.hf_config else None
     config = model_config(cfg, hf_data)
