@@ -555,6 +555,16 @@ def unexpanded_pattern(path: Path | str) -> bool:
     return any(c in str(path) for c in "*?[")
 
 
+def dangling_link(path: Path | str) -> str:
+    """" (a symbolic link to T, which ...)" for a path that is a link to nothing or to itself, which
+    reads as not there (an error naming a missing file sent one looking for the file), else ""."""
+    try:
+        target = os.readlink(path)
+    except OSError:  # (not a link)
+        return ""
+    return f" (a symbolic link to {target}, which is not there or leads back to itself)"
+
+
 def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bool = True) -> Artifact:
     """Read an artifact, checking that it exists, is complete, and is of the expected kind; and,
     cheaply (no file is hashed), that its manifest is well formed and unedited and its files are
@@ -569,7 +579,8 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
                         "a path in UTF-8")
     if not path.exists():
         pattern = " (if that is a pattern, llmkit expands none: name the artifact's folder)" if unexpanded_pattern(path) else ""
-        raise UserError(f"no such artifact: {path}{pattern}; expected {_article(wanted_text)} artifact directory")
+        raise UserError(f"no such artifact: {path}{pattern}{dangling_link(path)}; expected {_article(wanted_text)} artifact "
+                        "directory")
     if not path.is_dir():
         # a file of an artifact (its weights, its tokenizer.json): the artifact is its folder, or one above
         holder = next((folder for folder in list(path.parents)[:3] if manifest_kind(folder)), None)

@@ -59,6 +59,14 @@ def test_missing_path(cli, tmp_path):
     line = _one_error_line(cli("clean", tmp_path / "nope.txt", "-o", tmp_path / "out"))
     assert "input not found" in line and "nope.txt" in line
     _nothing_written(tmp_path)
+    # a link that loops or points nowhere is said to be one (it read as a file that is not there)
+    (tmp_path / "loop.txt").symlink_to("loop.txt")
+    (tmp_path / "gone").symlink_to(tmp_path / "removed-corpus")
+    line = _one_error_line(cli("clean", tmp_path / "loop.txt", "-o", tmp_path / "out"))
+    assert "input not found" in line and "(a symbolic link to loop.txt, which is not there or leads back to itself)" in line
+    line = _one_error_line(cli("tokenize", tmp_path / "gone", "--tokenizer", tmp_path / "gone", "-o", tmp_path / "out"))
+    assert f"no such artifact: {tmp_path / 'gone'} (a symbolic link to {tmp_path / 'removed-corpus'}, which" in line, line
+    _nothing_written(tmp_path)
 
 
 def test_a_quoted_pattern_is_named_as_one(cli, shared_data, tmp_path):

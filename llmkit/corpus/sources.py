@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from llmkit.artifacts import MANIFEST, storable_name, unexpanded_pattern
+from llmkit.artifacts import MANIFEST, dangling_link, storable_name, unexpanded_pattern
 from llmkit.corpus.dataset_source import dataset_source, saved_dataset
 from llmkit.corpus.reading import ReadOptions, ReadStats, Source, hidden, readable_in_folder, text_reader
 from llmkit.corpus.record_files import csv_reader, json_reader, parquet_batches, parquet_reader
@@ -72,7 +72,7 @@ def resolve_inputs(
             if unexpanded_pattern(arg):
                 raise UserError(f"no file matches {arg} (clean takes files and folders, and expands no pattern: the shell "
                                 "does, where it is unquoted and matches something); pass the files or their folder")
-            raise UserError(f"input not found: {arg}; check the path")
+            raise UserError(f"input not found: {arg}{dangling_link(path)}; check the path")
         if path.is_dir() and (path / MANIFEST).is_file():  # an artifact: its data, not its manifest
             kind = _artifact_kind(path)
             if kind != "corpus":
