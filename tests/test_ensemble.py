@@ -330,8 +330,9 @@ def test_members_that_start_documents_after_other_tokens_are_refused_and_a_weigh
     """Every document is scored after one start token, which the first member used to decide: an
     ensemble with a member pretrained on --add-bos shards changed with the members' order."""
     for command in (["eval", runs / "a", runs / "after_bos", "--data", runs / "short.txt", "-o", tmp_path / "e"],
-                    ["generate", runs / "after_bos", runs / "a", "-p", "hi"]):
-        result = cli(*command)
+                    ["generate", runs / "after_bos", runs / "a", "-p", "hi"],
+                    ["eval", runs / "a", runs / "a", runs / "after_bos", "--data", runs / "short.txt", "-o", tmp_path / "e"]):
+        result = cli(*command)  # (one line: a copy's note waits for the members to be accepted)
         message = result.output.strip()
         assert result.exit_code != 0 and len(message.splitlines()) == 1, message
         assert "after <|bos|>" in message and "after <|eos|>" in message and "--add-bos" in message, message

@@ -333,6 +333,20 @@ def test_multiple_choice_loglikelihood(cli, gpt2_ckpt, loaded, tmp_path):
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and f"outputs are not finite (NaN or infinity): its weight {norm} holds NaN or inf" in said, said
     assert not (tmp_path / "ev-nan").exists()
+    # the checkpoint to blame is named in an ensemble (by path: its members are mixed in fingerprint order), and
+    # perplexity's NaN names the weight too (it said the weights "may" hold NaN)
+    said = " ".join(cli("eval", gpt2_ckpt, damaged, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o",
+                        tmp_path / "ev-nan").output.split())
+    assert f"{damaged}'s weight {norm} holds NaN or inf" in said, said
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question.\n")
+    said = " ".join(cli("eval", damaged, "-m", "perplexity", "--data", tmp_path / "text.txt", "-o", tmp_path / "ev-nan").output.split())
+    assert f"perplexity came out as nan: the model's outputs are not finite (NaN or infinity): its weight {norm}" in said, said
+    weights[norm][:] = 3e38  # finite, and the outputs overflow: the weights are not said to hold NaN
+    save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
+    resign(damaged)
+    said = " ".join(cli("eval", damaged, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "ev-nan").output.split())
+    assert "not finite (NaN or infinity), its weights being finite (the largest 3e+38): they overflow" in said, said
+    assert not (tmp_path / "ev-nan").exists()
     # zero-shot labels: the predictions hold names only, yet the scores behind them are NaN
     (tmp_path / "labelled.jsonl").write_text("".join(json.dumps({"text": r["query"], "label": i % 2}) + "\n"
                                                      for i, r in enumerate(rows)))

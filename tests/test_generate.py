@@ -819,6 +819,10 @@ def test_prompts_from_a_pipe(ckpt, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()] == \
         [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-"], input="\n",
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip() == ("error: standard input holds no prompt; write one per line "
+                                                                "(.txt, or on standard input), or one record per line (.jsonl)")
 
 
 def test_messages_on_a_checkpoint_without_role_tokens_is_one_line(cli, tmp_path, shakespeare):

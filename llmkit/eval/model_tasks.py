@@ -604,7 +604,7 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
                 mask[b, : len(rows[i])] = 1
             logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))[: len(batch)]
             if not torch.isfinite(logits).all():  # argmax of NaN picks a class all the same
-                raise UserError(metric_names.not_finite(loaded.model))
+                raise metric_names.NotFinite()
             for i, label in zip(batch, logits.argmax(dim=-1).tolist()):
                 predicted[i] = int(label)
     return predicted

@@ -243,32 +243,40 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
                 check_compilable(loaded.model)
             for index, member in enumerate(loaded.members):  # (in the order they are mixed: load_ensemble)
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
-        if cfg.predictions is not None:
-            _score_predictions_file(cfg, text, cls, scores)
-        elif cfg.tasks:
-            from llmkit.eval.benchmark_run import run_benchmarks
-
-            task_metrics, task_records, task_stats = run_benchmarks(loaded, cfg)
-            scores.metrics.update(task_metrics)
-            scores.records.extend(task_records)
-            scores.stats.update(task_stats)
-        else:
-            if (Path(cfg.data) / artifacts.MANIFEST).is_file():
-                build.add_input("data", artifacts.load(cfg.data))
-            _score_model(loaded, cfg, lm, text, cls, scores)
-        if cfg.bootstrap and "accuracy" in scores.metrics:
-            from llmkit.eval.metrics.classification import classification_intervals
-
-            labelled = [r for r in scores.records if r["task"] in ("classification", "multiple_choice")]
-            normalized = [r["prediction_norm"] for r in labelled] if "accuracy_norm" in scores.metrics else None
-            scores.metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
-                                                           cfg.bootstrap, normalized))
-        _write_results(build.dir, scores)
+        try:
+            _score(cfg, loaded, build, text, lm, cls, scores)
+            _write_results(build.dir, scores)
+        except metric_names.NotFinite as exc:
+            raise UserError(exc.explained(loaded)) from None
         build.config = _recorded_eval_config(cfg, loaded.member_weights if loaded is not None else [])
         build.seed = cfg.seed if cfg.draws else None  # the same scores under any --seed are the same artifact
         build.stats = {**scores.stats, "signatures": scores.signatures, "metrics": list(scores.metrics)}
         build.runtime = {**cfg.runtime(), "device": device, "seconds": round(time.perf_counter() - started, 3)}
     return EvalResult(Path(out), scores.metrics, scores.signatures, scores.formatted, build.stats)
+
+
+def _score(cfg: EvalConfig, loaded, build, text: list[str], lm: list[str], cls: list[str], scores: _Scores) -> None:
+    """Fill `scores`: from a predictions file, the benchmarks' tasks, or the model on --data."""
+    if cfg.predictions is not None:
+        _score_predictions_file(cfg, text, cls, scores)
+    elif cfg.tasks:
+        from llmkit.eval.benchmark_run import run_benchmarks
+
+        task_metrics, task_records, task_stats = run_benchmarks(loaded, cfg)
+        scores.metrics.update(task_metrics)
+        scores.records.extend(task_records)
+        scores.stats.update(task_stats)
+    else:
+        if (Path(cfg.data) / artifacts.MANIFEST).is_file():
+            build.add_input("data", artifacts.load(cfg.data))
+        _score_model(loaded, cfg, lm, text, cls, scores)
+    if cfg.bootstrap and "accuracy" in scores.metrics:
+        from llmkit.eval.metrics.classification import classification_intervals
+
+        labelled = [r for r in scores.records if r["task"] in ("classification", "multiple_choice")]
+        normalized = [r["prediction_norm"] for r in labelled] if "accuracy_norm" in scores.metrics else None
+        scores.metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
+                                                       cfg.bootstrap, normalized))
 
 
 @dataclass
@@ -352,14 +360,14 @@ def _write_results(folder: Path, scores: _Scores) -> None:
     """metrics.json and predictions.jsonl; a value that is not finite is refused, not written."""
     for name, value in scores.metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{name} came out as {value}; {metric_names.NOT_FINITE}")
+            raise metric_names.NotFinite(f"{name} came out as {value}")
     (folder / "metrics.json").write_text(json.dumps(scores.metrics, indent=2) + "\n", encoding="utf-8")
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as handle:
         for number, record in enumerate(scores.records, 1):
             try:  # a NaN log-likelihood loses every comparison: its accuracy would look plausible
                 line = json.dumps(record, ensure_ascii=False, allow_nan=False)
             except ValueError:
-                raise UserError(f"prediction {number}: {metric_names.NOT_FINITE}") from None
+                raise metric_names.NotFinite(f"prediction {number}") from None
             handle.write(line + "\n")
 
 

@@ -62,8 +62,6 @@ def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
     prompts = [Prompt(text=p) for p in cfg.prompts]
     if cfg.prompts_file:
         prompts.extend(read_prompt_file(cfg.prompts_file))
-    if not prompts and cfg.prompts_file:
-        raise UserError(f"{cfg.prompts_file} holds no prompt; write one per line (.txt), or one record per line (.jsonl)")
     if not prompts:  # (an option left out: a usage error, exit 2, as a missing argument is)
         raise UsageError("no prompt given; pass --prompt TEXT (repeatable) or --prompts FILE (.txt lines or .jsonl)")
     return prompts

@@ -62,7 +62,8 @@ def read_prompt_file(path: Path) -> list[Prompt]:
     else:
         prompts = [_prompt_from_record(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
     if not prompts:
-        raise UserError(f"{path} holds no prompts")
+        shown = "standard input" if path == Path("/dev/stdin") else str(path)
+        raise UserError(f"{shown} holds no prompt; write one per line (.txt, or on standard input), or one record per line (.jsonl)")
     return prompts
 
 

@@ -183,7 +183,6 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
         check_same_task(arts, "ensembled")
     normalised_weights = normalised(weights, len(arts))
     loaded = [load_checkpoint(path, device=device, purpose=purpose) for path in paths]
-    note_copies(arts, paths, normalised_weights, "ensemble")
     if len(loaded) == 1:
         loaded[0].members, loaded[0].member_weights = [loaded[0].artifact], [1.0]
         return loaded[0]
@@ -195,6 +194,7 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
         raise UserError(f"the checkpoints share a tokenizer but give scores over different numbers of tokens ({shown}); "
                         "an ensemble mixes distributions over one vocabulary: ensemble checkpoints of one vocabulary size")
     _check_same_document_start(loaded)
+    note_copies(arts, paths, normalised(weights, len(arts)), "ensemble")  # (in the order typed, once accepted)
     # the first member that takes part speaks for the ensemble (a weight-0 member is left out)
     first = next(item for item, w in zip(loaded, normalised_weights) if w > 0)
     first.members, first.member_weights = [item.artifact for item in loaded], normalised_weights

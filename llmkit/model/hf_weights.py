@@ -37,9 +37,10 @@ def _finite(name: str, source: torch.Tensor, converted: torch.Tensor) -> torch.T
     if not bool(torch.isfinite(source).all()):
         raise UserError(f"the weight {name} holds NaN or inf: the model is damaged or diverged in training; "
                         "convert another checkpoint of it")
-    largest = float(source.abs().max())
-    raise UserError(f"the weight {name} holds values up to {largest:.4g}, beyond {str(converted.dtype).removeprefix('torch.')}'s range "
-                    f"({torch.finfo(converted.dtype).max:g}); pass --dtype bfloat16 or float32")
+    largest, target = float(source.abs().max()), str(converted.dtype).removeprefix("torch.")
+    wider = {"float16": "pass --dtype bfloat16 or float32", "bfloat16": "pass --dtype float32"}.get(target, "rescale the model first")
+    raise UserError(f"the weight {name} holds values up to {largest:.4g}, beyond {target}'s range "
+                    f"({torch.finfo(converted.dtype).max:g}); {wider}")
 
 
 def _own(x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,8 @@ def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torc
     """llmkit GPT state dict -> transformers state dict in `dtype` (tied lm_head left out, as
     transformers saves it). Each tensor is converted once: memory is the model plus one copy."""
     family = hf_family(config)
+    for name, tensor in state.items():  # by the checkpoint's own names, before the mapping renames (and joins) them
+        _finite(name, tensor, tensor.detach().to(dtype))
     out: dict[str, torch.Tensor] = {}
     kv = config.n_kv_head * config.head_dim
     hidden = config.mlp_hidden
@@ -113,7 +116,7 @@ def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torc
         out["model.norm.weight"] = get("final_norm.weight")
     if not config.tie_embeddings:
         out["lm_head.weight"] = get("lm_head.weight")
-    return {k: _finite(k, v, _t(v, dtype)) for k, v in out.items()}
+    return {k: _t(v, dtype) for k, v in out.items()}
 
 
 # Keys transformers checkpoints carry that are not learned weights (old causal-mask buffers,
