@@ -994,16 +994,16 @@ def test_generate_reads_records_as_eval_does_and_keeps_what_it_made(cli, chain, 
     # Stopped in the middle (here: the second batch fails), the records made so far are kept aside.
     from llmkit.inference import engine
 
-    real = engine.Generator.complete
+    real = engine.generate_ids
     calls = []
 
-    def fail_second(self, *args, **kwargs):
+    def fail_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.Generator, "complete", fail_second)
+    monkeypatch.setattr(engine, "generate_ids", fail_second)
     result = cli("generate", chain / "ckpt", "--prompts", prompts, "--greedy", "-n", "3", "--batch-size", "1", "-o", tmp_path / "b.jsonl")
     assert result.exit_code != 0 and not (tmp_path / "b.jsonl").exists()
     kept = (tmp_path / "b.jsonl.partial").read_text().splitlines()
