@@ -148,6 +148,9 @@ def _usage_error_as_one_line():
         if type(exc).__name__ == "NoArgsIsHelpError":  # `llmkit tokenizer` alone: the help is the answer
             raise
         message = " ".join(exc.format_message().split()).rstrip(".")
+        if type(exc).__name__ == "MissingParameter" and exc.ctx is not None and exc.ctx.params.get("config"):
+            # (an input set in the file: click refuses the command before the file is read)
+            message += "; inputs and -o are typed on the command line, a --config file holds options only"
         command = exc.ctx.command_path if exc.ctx is not None else "llmkit"
         _print_error(f"{message} (see {command} --help)")
         raise typer.Exit(exc.exit_code) from None

@@ -240,7 +240,7 @@ def resolve(
     if missing:
         raise UsageError(f"missing option {missing[0].flag}: type it, or set {missing[0].key} in a --config file")
     # a check across options names flags; where a file gave some of them, say so (not typed, they were not to be found)
-    read_from = f" (options read from {file} and the command line)" if from_file else ""
+    read_from = "" if not from_file else f" (options read from {file}{' and the command line' if typed else ''})"
     try:
         return config_cls.build(**values)
     except UnusedOptions as exc:

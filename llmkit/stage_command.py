@@ -185,7 +185,14 @@ def option_parameter(opt: FlatOption) -> inspect.Parameter:
 def out_parameter(help: str, out_type: Any) -> inspect.Parameter:
     """`-o/--out`: the one spelling of a stage's output in every stage."""
     return inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None if _optional(out_type) else ...,
-                             annotation=Annotated[out_type, typer.Option("-o", "--out", help=help)])
+                             annotation=Annotated[out_type, typer.Option("-o", "--out", help=help, callback=_no_equals_sign)])
+
+
+def _no_equals_sign(value: Path | None) -> Path | None:
+    """`-o=runs/x` is, to click as to getopt, the path "=runs/x": a folder of that name was written."""
+    if value is not None and str(value).startswith("="):
+        raise typer.BadParameter(f"{value} starts with '='; write -o {str(value)[1:]} or --out={str(value)[1:]}")
+    return value
 
 
 def _config_file_outside_output(config: Path | None, out: Path | None, force: bool | None) -> None:

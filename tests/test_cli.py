@@ -343,6 +343,11 @@ def test_config_resolution_order(tmp_path):
     # a bad value that the stage, not the parser, finds is a usage error too
     (["plan", "--model", "foo"], "--model 'foo' is not a model preset; choose one of"),
     (["average", "a", "-o", "b"], "give at least two checkpoints to average"),
+    # click reads -o=x as the path "=x" (a folder of that name was written)
+    (["tokenize", "corpus", "-t", "tok", "-o=runs/x"], "=runs/x starts with '='; write -o runs/x or --out=runs/x"),
+    # an input set in a --config file: refused before the file is read, so said here
+    (["tokenize", "corpus", "-o", "x", "--config", "c.toml"],
+     "Missing option '--tokenizer' / '-t'; inputs and -o are typed on the command line, a --config file holds options only"),
 ])
 def test_usage_errors_are_one_line_naming_the_help(cli, args, says):
     """A missing or unknown option is bad input like any other: one line, exit 2 (click's code

@@ -436,8 +436,11 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
     from llmkit.sweep.config import SweepConfig
 
     file.write_text("sweep:\n  n_layer: 3\n  tokens: [10000]\n")
-    with pytest.raises(UsageError, match=r"the sweep sets --n-layer.*\(options read from .*c.yaml and the command line\)"):
+    with pytest.raises(UsageError, match=r"the sweep sets --n-layer.*\(options read from .*c\.yaml\)$"):  # (none typed)
         resolve(SweepConfig, file=file, section="sweep")
+    file.write_text("sweep:\n  n_layer: 3\n")
+    with pytest.raises(UsageError, match=r"the sweep sets --n-layer.*\(options read from .*c\.yaml and the command line\)$"):
+        resolve(SweepConfig, file=file, section="sweep", explicit={"token_budgets": [10000.0]})
 
 
 def test_a_repeated_list_flag_adds_to_the_list_and_a_stages_own_check_is_a_usage_error(cli, tmp_path):
