@@ -712,7 +712,7 @@ def test_a_classifiers_logits_keep_their_bits_whatever_the_batch_size(shakespear
 
 
 def test_classification_checkpoint_accuracy_f1(cli, shakespeare, shared_data, tmp_path):
-    heads = pytest.importorskip("llmkit.model.classifier")
+    from llmkit.model import classifier as heads
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     from llmkit.data.tokenizer import load_tokenizer
