@@ -18,6 +18,38 @@ class UserError(Exception):
     keeps_work = False
 
 
+class NotFinite(UserError):
+    """Scores that are not finite (NaN or infinity), raised where they come out (`what`: which, if
+    said there); the command, which holds the model, words it with `explained`, naming the weight
+    and the checkpoint to blame: `verify` passes such a checkpoint, its files being as written."""
+
+    def __init__(self, what: str = ""):
+        super().__init__(f"{what}: not finite (NaN or infinity)" if what else "the model's scores are not finite (NaN or infinity)")
+        self.what = what
+
+    def explained(self, members) -> str:
+        """The message, from the scoring modules: (path, module) pairs, path None where one checkpoint
+        was given (`llmkit.model.ensemble.scoring_members`); none: scores that no model made."""
+        import torch
+
+        lead = f"{self.what}: " if self.what else ""
+        if not members:
+            return f"{lead}a score came out as NaN or infinity"
+        largest = 0.0
+        for path, module in members:
+            for name, weight in module.named_parameters():
+                weight = weight.detach()
+                if not weight.is_floating_point() or weight.numel() == 0:
+                    continue
+                if not bool(torch.isfinite(weight).all()):
+                    whose = "its weight" if path is None else f"{path}'s weight"
+                    return (f"{lead}the model's outputs are not finite (NaN or infinity): {whose} {name} holds NaN or "
+                            "inf; use another checkpoint")
+                largest = max(largest, float(weight.abs().max()))
+        return (f"{lead}the model's outputs are not finite (NaN or infinity), its weights being finite (the largest "
+                f"{largest:.3g}): they overflow; use another checkpoint")
+
+
 class UsageError(UserError):
     """Wrong options or arguments: a bad value, a wrong combination, a config file that cannot be
     read or holds unknown keys (exit status 2, as click gives a flag it cannot parse)."""

@@ -38,9 +38,9 @@ def _default(param) -> str:
 
     value = param.default
     computed = computed_default(param.help or "")[1] if value is None else None
-    if computed:  # a value as every other default is shown (`1000`), a phrase as written ("the preset's")
+    if computed:  # a number as every other default is shown (`1000`), a phrase as written ("the preset's")
         computed = computed.replace("|", "\\|")
-        return f"`{computed}`" if " " not in computed else computed
+        return f"`{computed}`" if re.fullmatch(r"[\d.eE+-]+", computed) else computed
     if getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
         return "on" if value else "off"
     if value is None or value == [] or value is Ellipsis or callable(value):

@@ -191,7 +191,10 @@ def out_parameter(help: str, out_type: Any) -> inspect.Parameter:
 def _no_equals_sign(value: Path | None) -> Path | None:
     """`-o=runs/x` is, to click as to getopt, the path "=runs/x": a folder of that name was written."""
     if value is not None and str(value).startswith("="):
-        raise typer.BadParameter(f"{value} starts with '='; write -o {str(value)[1:]} or --out={str(value)[1:]}")
+        rest = str(value)[1:]
+        fix = (f"write -o {rest} or --out={rest}" if rest and not rest.startswith("=") else
+               "give a path after -o (one whose name starts with '=' as ./=NAME)")
+        raise typer.BadParameter(f"{value} starts with '='; {fix}")
     return value
 
 

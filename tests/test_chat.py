@@ -55,6 +55,15 @@ def test_chat_replies_with_what_the_finetune_taught_and_streams_it(chat_model):
     assert reply == "Two dogs play in the snow."
     assert "".join(pieces).strip() == reply and len(pieces) > 1
     assert session.history == [{"role": "user", "content": "what is your name"}, {"role": "assistant", "content": reply}]
+    # NaN weights are named as generate and eval name them
+    import torch
+
+    from llmkit.errors import UserError
+
+    with torch.no_grad():
+        session.generator.model.final_norm.weight[0] = float("nan")
+    with pytest.raises(UserError, match=r"^the model's outputs are not finite \(NaN or infinity\): its weight final_norm.weight holds"):
+        session.reply("what is your name")
 
 
 def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model):

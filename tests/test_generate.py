@@ -501,17 +501,32 @@ def test_a_prompt_that_fits_but_for_the_last_token_runs_whole(cli, ckpt, tmp_pat
 
 
 @pytest.mark.parametrize("greedy", [True, False])
-def test_a_diverged_model_is_named_not_sampled(ckpt, greedy):
+def test_a_diverged_model_is_named_not_sampled(cli, ckpt, greedy, tmp_path):
     """NaN weights (a run that diverged): sampling used to fail inside torch.multinomial, greedy
-    decoding to print noise; both are refused at the first scores."""
-    from llmkit.errors import UserError
+    decoding to print noise; both are refused at the first scores, and generate names the weight
+    (and, of several checkpoints, the one) that holds NaN, as eval does."""
+    from safetensors.torch import load_file, save_file
+
+    from conftest import resign
+    from llmkit.errors import NotFinite
     from llmkit.model.io import load_checkpoint
 
     loaded = load_checkpoint(ckpt)
     with torch.no_grad():
         loaded.model.final_norm.weight.fill_(float("nan"))
-    with pytest.raises(UserError, match="scores are not finite .* weights diverged"):
+    with pytest.raises(NotFinite, match="the model's scores are not finite"):
         Generator(loaded.model, loaded.tokenizer).complete(["ROMEO:"], GenerationParams(max_new_tokens=4, temperature=0.0 if greedy else 1.0))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(ckpt, damaged)
+    weights = load_file(str(damaged / "model.safetensors"))
+    weights["final_norm.weight"][:] = float("nan")
+    save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
+    resign(damaged)
+    sampling = ["--greedy"] if greedy else ["--temperature", "1"]
+    for given, whose in (([damaged], "its weight"), ([ckpt, damaged, "--weights", "0,1"], f"{damaged}'s weight")):
+        said = " ".join(cli("generate", *given, "-p", "ROMEO:", "-n", "4", *sampling).output.split())
+        assert said.removeprefix("ROMEO:") == f"error: the model's outputs are not finite (NaN or infinity): {whose} final_norm.weight holds NaN or inf; " \
+                       "use another checkpoint", said
 
 
 def test_ignore_eos_keeps_a_chats_role_tokens_as_stops(ckpt):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmkit.eval import names as metric_names
+from llmkit.errors import NotFinite
 from llmkit.eval.loglik import Request, token_logprobs
 
 
@@ -87,7 +87,7 @@ def score_pairs(
             context_cut.append(index)
     scored = [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
     if not all(math.isfinite(x) for x in scored):  # NaN loses every comparison: each answer would fall to the first choice
-        raise metric_names.NotFinite()
+        raise NotFinite()
     return scored
 
 

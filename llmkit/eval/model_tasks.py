@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from llmkit import artifacts
-from llmkit.errors import UsageError, UserError
+from llmkit.errors import NotFinite, UsageError, UserError
 from llmkit.eval import names as metric_names
 from llmkit.eval.sources import artifact_kind, load_records
 from llmkit.eval.textio import keeping_places, place
@@ -604,7 +604,7 @@ def _classifier_predictions(loaded, texts: list[str], batch_size: int) -> list[i
                 mask[b, : len(rows[i])] = 1
             logits = loaded.model.classify(idx.to(device), attention_mask=mask.to(device))[: len(batch)]
             if not torch.isfinite(logits).all():  # argmax of NaN picks a class all the same
-                raise metric_names.NotFinite()
+                raise NotFinite()
             for i, label in zip(batch, logits.argmax(dim=-1).tolist()):
                 predicted[i] = int(label)
     return predicted

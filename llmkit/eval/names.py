@@ -34,34 +34,3 @@ def parse_metrics(values: list[str]) -> list[str]:
 def family(names: list[str], members: tuple[str, ...]) -> list[str]:
     return [n for n in names if n in members]
 
-
-class NotFinite(UserError):
-    """Scores that are not finite (NaN or infinity), raised where they come out; `run_eval`, which
-    holds the loaded model, words it (`explained`), naming the weight and the checkpoint to blame:
-    `verify` passes such a checkpoint, its files being as written."""
-
-    def __init__(self, what: str = ""):
-        super().__init__(what or "a score is not finite")
-        self.what = what
-
-    def explained(self, loaded) -> str:
-        lead = f"{self.what}: " if self.what else ""
-        if loaded is None:
-            return f"{lead}a score came out as NaN or infinity"
-        import torch
-
-        # an ensemble's modules are its members of weight above 0, in loaded.members' order (load_ensemble)
-        kept = [art for art, weight in zip(loaded.members, loaded.member_weights) if weight > 0] or [loaded.artifact]
-        modules = list(loaded.model.members) if len(kept) > 1 else [loaded.model]
-        largest = 0.0
-        for art, module in zip(kept, modules):
-            for name, weight in module.named_parameters():
-                if not weight.is_floating_point() or weight.numel() == 0:
-                    continue
-                if not bool(torch.isfinite(weight.detach()).all()):
-                    whose = f"{art.path}'s weight" if len(kept) > 1 else "its weight"
-                    return (f"{lead}the model's outputs are not finite (NaN or infinity): {whose} {name} holds NaN or "
-                            "inf; use another checkpoint")
-                largest = max(largest, float(weight.detach().abs().max()))
-        return (f"{lead}the model's outputs are not finite (NaN or infinity), its weights being finite (the largest "
-                f"{largest:.3g}): they overflow; use another checkpoint")

@@ -26,7 +26,7 @@ from typing import Any
 
 from llmkit import artifacts, outputs
 from llmkit.eval.config import EvalConfig
-from llmkit.errors import UsageError, UserError, unused_options
+from llmkit.errors import NotFinite, UsageError, UserError, unused_options
 from llmkit.eval import names as metric_names
 from llmkit.eval.textio import is_jsonl, read_predictions, read_references, refuse_scoring_against_itself
 
@@ -246,8 +246,10 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         try:
             _score(cfg, loaded, build, text, lm, cls, scores)
             _write_results(build.dir, scores)
-        except metric_names.NotFinite as exc:
-            raise UserError(exc.explained(loaded)) from None
+        except NotFinite as exc:
+            from llmkit.model.ensemble import scoring_members
+
+            raise UserError(exc.explained(scoring_members(loaded) if loaded is not None else [])) from None
         build.config = _recorded_eval_config(cfg, loaded.member_weights if loaded is not None else [])
         build.seed = cfg.seed if cfg.draws else None  # the same scores under any --seed are the same artifact
         build.stats = {**scores.stats, "signatures": scores.signatures, "metrics": list(scores.metrics)}
@@ -360,14 +362,14 @@ def _write_results(folder: Path, scores: _Scores) -> None:
     """metrics.json and predictions.jsonl; a value that is not finite is refused, not written."""
     for name, value in scores.metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise metric_names.NotFinite(f"{name} came out as {value}")
+            raise NotFinite(f"{name} came out as {value}")
     (folder / "metrics.json").write_text(json.dumps(scores.metrics, indent=2) + "\n", encoding="utf-8")
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as handle:
         for number, record in enumerate(scores.records, 1):
             try:  # a NaN log-likelihood loses every comparison: its accuracy would look plausible
                 line = json.dumps(record, ensure_ascii=False, allow_nan=False)
             except ValueError:
-                raise metric_names.NotFinite(f"prediction {number}") from None
+                raise NotFinite(f"prediction {number}") from None
             handle.write(line + "\n")
 
 

@@ -143,6 +143,7 @@ class ChatSession:
         once the prompt is fitted and any note about it printed, just before the first token."""
         import dataclasses
 
+        from llmkit.errors import NotFinite, UserError
         from llmkit.inference.engine import needs_window
 
         ids = self.prompt_ids(user_text)
@@ -157,7 +158,10 @@ class ChatSession:
         # model wrote kept in both (a second filter here dropped the latter from the screen, not the transcript).
         stripped = _Stripped(on_text) if on_text else None
         stream = (lambda _row, piece: stripped(piece)) if stripped else None
-        text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=self.stop_ids)[0].text.strip()
+        try:
+            text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=self.stop_ids)[0].text.strip()
+        except NotFinite as exc:
+            raise UserError(exc.explained([(None, self.generator.model)])) from None
         if self.template["type"] == "chat":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text

@@ -54,7 +54,9 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             write_generated((item.prompt.display + between, "dim"), c.text, end="\n")
 
     def on_ready(prompts, framed=None) -> None:  # the prompt is shown only once the checkpoint has loaded
+        nonlocal open_line
         if stream:
+            open_line = True
             if rows > 1:  # (its rule, as every later completion has: the first was the only one without)
                 console.rule(f"prompt 1{', sample 1' if config.num_samples > 1 else ''}", style="dim")
             shown = prompts[0].display + ("\n" if framed and framed[0] else "")  # (an answer goes on a line of its own)
@@ -69,7 +71,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
         with JsonlOutput(out, config, force) if out is not None else nullcontext() as writer, bar:
             results = run_generate(checkpoints, config, prompts=prompts, on_text=on_text if stream else None, on_batch=on_batch,
                                    on_ready=on_ready)
-    except KeyboardInterrupt:
+    except BaseException:  # (Ctrl-C, or an error once the prompt is shown: NaN scores)
         if open_line and console.is_terminal:  # (the error line began after the cut-off text)
             console.print()
         raise

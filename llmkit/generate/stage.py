@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llmkit.errors import UsageError, UserError, add_advice, unused_options
+from llmkit.errors import NotFinite, UsageError, UserError, add_advice, unused_options
 from llmkit.generate.config import GenerateConfig
 from llmkit.inference.engine import Completion, Generator, check_fits, context_limit, needs_window, prompt_keep
 from llmkit.inference.prompts import Prompt, chat_stop_ids, encode_prompt, fit_prompt, read_prompt_file, read_template_records
@@ -150,8 +150,13 @@ def run_generate(
         if on_batch is not None:
             on_batch(batch)
 
-    generator.complete(encoded, params, num_samples=cfg.num_samples, batch_size=cfg.batch_size, on_text=on_text,
-                       extra_stop_ids=extra_stops, on_batch=finished)
+    try:
+        generator.complete(encoded, params, num_samples=cfg.num_samples, batch_size=cfg.batch_size, on_text=on_text,
+                           extra_stop_ids=extra_stops, on_batch=finished)
+    except NotFinite as exc:
+        from llmkit.model.ensemble import scoring_members
+
+        raise UserError(exc.explained(scoring_members(loaded))) from None
     return results
 
 

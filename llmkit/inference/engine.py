@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from llmkit.errors import UserError
+from llmkit.errors import NotFinite, UserError
 from llmkit.inference.options import OVERFLOW_POLICIES
 from llmkit.inference.sampling import SamplingParams, apply_repetition_penalty, next_tokens, row_seed
 
@@ -318,8 +318,7 @@ def generate_ids(
         return [RowResult([], "length") for _ in range(B)]
     logits = window.prefill([p[s:] for p, s in zip(prompt_ids, starts)])
     if not bool(torch.isfinite(logits).all()):  # one check a call: sampling would fail on it, greedy print noise
-        raise UserError("the model's next-token scores are not finite (NaN or inf): its weights diverged in training; "
-                        "use an earlier checkpoint (RUN/checkpoints/) or retrain with a lower --lr")
+        raise NotFinite()  # (worded by the command, which knows the checkpoints: NotFinite.explained)
 
     outputs: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B

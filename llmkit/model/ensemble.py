@@ -213,6 +213,17 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     return first
 
 
+def scoring_members(loaded) -> list:
+    """(path, module) of each checkpoint `loaded` scores with: an ensemble's members of weight above
+    0 (in its order, load_ensemble's), each by its path where several were given, else (None, the model)."""
+    arts = getattr(loaded, "members", None) or [loaded.artifact]
+    weights = getattr(loaded, "member_weights", None) or [1.0] * len(arts)
+    kept = [art for art, weight in zip(arts, weights) if weight > 0]
+    if len(kept) == 1:
+        return [(kept[0].path if len(arts) > 1 else None, loaded.model)]
+    return [(art.path, module) for art, module in zip(kept, loaded.model.members)]
+
+
 def _check_same_document_start(loaded) -> None:
     """Every prompt and document is scored after one start token: members pretrained after
     different ones (`tokenize --add-bos` or not) cannot share it, and whichever member came first

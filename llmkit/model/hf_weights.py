@@ -63,7 +63,8 @@ def _expand_kv(w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """llmkit GPT state dict -> transformers state dict in `dtype` (tied lm_head left out, as
-    transformers saves it). Each tensor is converted once: memory is the model plus one copy."""
+    transformers saves it). Each tensor is converted once as it is checked (by the checkpoint's own
+    name: a weight beyond the dtype's range) and once as mapped: memory is the model plus one copy."""
     family = hf_family(config)
     for name, tensor in state.items():  # by the checkpoint's own names, before the mapping renames (and joins) them
         _finite(name, tensor, tensor.detach().to(dtype))
