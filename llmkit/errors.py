@@ -24,7 +24,8 @@ class NotFinite(UserError):
     and the checkpoint to blame: `verify` passes such a checkpoint, its files being as written."""
 
     def __init__(self, what: str = ""):
-        super().__init__(f"{what}: not finite (NaN or infinity)" if what else "the model's scores are not finite (NaN or infinity)")
+        super().__init__((f"{what}: not finite (NaN or infinity)" if what else "the model's scores are not finite (NaN or infinity)")
+                         + "; use another checkpoint (NotFinite.explained names the weight that holds NaN or inf)")
         self.what = what
 
     def explained(self, members) -> str:

@@ -193,7 +193,7 @@ def _no_equals_sign(value: Path | None) -> Path | None:
     if value is not None and str(value).startswith("="):
         rest = str(value)[1:]
         fix = (f"write -o {rest} or --out={rest}" if rest and not rest.startswith("=") else
-               "give a path after -o (one whose name starts with '=' as ./=NAME)")
+               "give a path after -o (a name that starts with '=' with its folder before it: $PWD/=NAME)")
         raise typer.BadParameter(f"{value} starts with '='; {fix}")
     return value
 

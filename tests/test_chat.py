@@ -64,6 +64,7 @@ def test_chat_replies_with_what_the_finetune_taught_and_streams_it(chat_model):
         session.generator.model.final_norm.weight[0] = float("nan")
     with pytest.raises(UserError, match=r"^the model's outputs are not finite \(NaN or infinity\): its weight final_norm.weight holds"):
         session.reply("what is your name")
+    assert len(session.history) == 2  # (the failed exchange is not kept)
 
 
 def test_history_is_trimmed_to_the_context_keeping_the_system_message(chat_model):

@@ -345,7 +345,7 @@ def test_config_resolution_order(tmp_path):
     (["average", "a", "-o", "b"], "give at least two checkpoints to average"),
     # click reads -o=x as the path "=x" (a folder of that name was written)
     (["tokenize", "corpus", "-t", "tok", "-o=runs/x"], "=runs/x starts with '='; write -o runs/x or --out=runs/x"),
-    (["tokenize", "corpus", "-t", "tok", "-o==x"], "==x starts with '='; give a path after -o (one whose name starts with '=' as ./=NAME)"),
+    (["tokenize", "corpus", "-t", "tok", "-o==x"], "==x starts with '='; give a path after -o (a name that starts with '=' with its folder before it: $PWD/=NAME)"),
     # an input set in a --config file: refused before the file is read, so said here
     (["tokenize", "corpus", "-o", "x", "--config", "c.toml"],
      "Missing option '--tokenizer' / '-t'; inputs and -o are typed on the command line, a --config file holds options only"),

@@ -56,11 +56,11 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     def on_ready(prompts, framed=None) -> None:  # the prompt is shown only once the checkpoint has loaded
         nonlocal open_line
         if stream:
-            open_line = True
             if rows > 1:  # (its rule, as every later completion has: the first was the only one without)
                 console.rule(f"prompt 1{', sample 1' if config.num_samples > 1 else ''}", style="dim")
             shown = prompts[0].display + ("\n" if framed and framed[0] else "")  # (an answer goes on a line of its own)
             write_generated((shown, "dim"))
+            open_line = not shown.endswith("\n")
 
     from llmkit.console import progress
 
