@@ -139,7 +139,8 @@ step_env() {
   "$PY" -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'GPUs', torch.cuda.device_count(), 'flash sdp', torch.backends.cuda.flash_sdp_enabled())" || return 1
   [ "$DEVICE" = cpu ] || "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'" || return 1
   "$PY" -c "import llmkit.cli, transformers; print('llmkit and transformers import')" || return 1
-  test -f "$WORK/tokens/manifest.json" && test -d "$WORK/bench-cache" ||
+  # (the bench step's tokens too: without them it would try to make them from ../shared/data, absent there)
+  test -f "$WORK/tokens/manifest.json" && test -f "$WORK/bench-cache/tokens-8192/manifest.json" ||
     { echo "$WORK/ is not prepared: run 'bash benchmarks/gpu_check.sh prepare' on a CPU and carry $WORK/"; return 1; }
 }
 
