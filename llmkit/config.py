@@ -195,6 +195,7 @@ def resolve(
     known = {opt.name: opt for opt in options}
     by_key = _names_by_key(options)
     from_file = file_values(file, section)
+    check_other_tables(file, section)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
         from llmkit.errors import closest_name
@@ -255,6 +256,33 @@ def resolve(
         raise UsageError(f"{exc}{read_from}") from exc
     except TypeError as exc:
         raise UsageError(f"invalid configuration: {exc}{read_from}") from exc
+
+
+def check_other_tables(file: Path | str | None, section: str | None) -> None:
+    """A key no option has in another stage's table of the file is named now, not when that stage
+    runs (a recipe's shared file: hours into it); the file's own table is `resolve`'s to check."""
+    if file is None or section is None:
+        return
+    others = {name: table for name, table in load_config_file(file).items()
+              if name in SECTIONS and name != section and isinstance(table, dict) and table}
+    if not others:
+        return
+    from llmkit.cli import stage_commands  # (every stage's options: imported only for a file with other tables)
+    from llmkit.errors import closest_name
+    from llmkit.options import flat_options
+
+    classes = {command.section: command.config_cls for command in stage_commands().values()}
+    for name, table in others.items():
+        if name not in classes:
+            continue
+        known = _names_by_key(flat_options(classes[name]))
+        unknown = sorted(str(key) for key, value in table.items()
+                         if not isinstance(value, dict) and str(key).replace("-", "_") not in known)
+        if unknown:
+            close = closest_name(unknown[0].replace("-", "_"), sorted(known), cutoff=0.7)
+            hint = f"did you mean {close}? " if close else ""
+            raise UsageError(f"unknown option(s) in the [{name}] table of {file}: {', '.join(unknown)}; {hint}that stage "
+                             "would refuse the file when it runs")
 
 
 def _names_by_key(options: list[Any]) -> dict[str, str]:

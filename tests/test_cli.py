@@ -300,7 +300,7 @@ class _StageConfig(Options):
 
 def test_config_resolution_order(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('[tokenizer]\nvocab_size = 500\nlr = 1\n[pretrain]\nvocab_size = 7\n')
+    toml.write_text('[tokenizer]\nvocab_size = 500\nlr = 1\n[pretrain]\nmax_steps = 7\n')
     resolved = config.resolve(_StageConfig, file=toml, section="tokenizer", explicit={"vocab_size": 900})
     assert resolved == _StageConfig(vocab_size=900, lr=1.0, name="x")
     yaml_file = tmp_path / "c.yaml"

@@ -438,6 +438,12 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
     file.write_text("sweep:\n  n_layer: 3\n  tokens: [10000]\n")
     with pytest.raises(UsageError, match=r"the sweep sets --n-layer.*\(options read from .*c\.yaml\)$"):  # (none typed)
         resolve(SweepConfig, file=file, section="sweep")
+    # a misspelt key in another stage's table is named by the first stage that reads the file, not hours later
+    file.write_text("clean:\n  min_words: 3\npretrain:\n  max-step: 3\n  lr: 1e-3\n")
+    with pytest.raises(UsageError, match=r"unknown option\(s\) in the \[pretrain\] table of .*c.yaml: max-step; did you mean max_steps\?"):
+        resolve(CleanConfig, file=file, section="clean")
+    file.write_text("clean:\n  seed: 3\npretrain:\n  max-steps: 3\n  lr: 1e-3\n")  # (its own spellings: taken)
+    assert resolve(CleanConfig, file=file, section="clean").seed == 3
     file.write_text("sweep:\n  n_layer: 3\n")
     with pytest.raises(UsageError, match=r"the sweep sets --n-layer.*\(options read from .*c\.yaml and the command line\)$"):
         resolve(SweepConfig, file=file, section="sweep", explicit={"token_budgets": [10000.0]})
