@@ -24,7 +24,8 @@ is the figure to trust.
 
 CPU (always):   python benchmarks/pretrain.py
 GPU (if CUDA):  the same at GPT-2 124M (12 x 768, vocabulary 50,304), seq 1024, bf16 autocast,
-                torch.compile on every side, plus MFU against the measured bf16 matmul peak of the GPU.
+                torch.compile on every side, plus MFU against the measured bf16 matmul peak of the GPU
+                and against its table peak (llmkit/hardware.py; measured for a GPU not in the table).
 Prepare once, then run with no data set at hand (benchmarks/gpu_check.sh does):
                 python benchmarks/pretrain.py --prepare-only --cache DIR; python benchmarks/pretrain.py --gpu-only --cache DIR
 
@@ -484,7 +485,7 @@ def compare(args, label: str, extra: list[str], sides: list[str]) -> dict:
     if "bf16_peak" in a:
         mfu = "".join(f"{100 * a['flops_per_token'] * best[n]['tokens_per_s'] / a['bf16_peak']:>17.1f}%" for n in sides)
         print(f"{'MFU (measured peak)':26s}{mfu}   peak {a['bf16_peak'] / 1e12:.0f} TFLOP/s")
-        if a.get("table_peak"):  # issue 15's 50 % is read on this basis too, as nanoGPT's own estimate reads it
+        if a.get("table_peak"):  # issue 15's 50 % is read on this basis too, as llmkit pretrain and plan read MFU
             mfu = "".join(f"{100 * a['flops_per_token'] * best[n]['tokens_per_s'] / a['table_peak']:>17.1f}%" for n in sides)
             print(f"{'MFU (table peak)':26s}{mfu}   peak {a['table_peak'] / 1e12:.0f} TFLOP/s")
     for n in sides:

@@ -114,6 +114,25 @@ def test_chat_command_in_the_terminal(chat_model, cli, monkeypatch):
                                     input="hello\n/reset\nwho is there\n/exit\n")
         assert result.exit_code == 0, result.output
         assert result.output.count("bot> Two dogs play in the snow.") == 2 and "Ctrl-D or Ctrl-C to leave" in result.output
+    # NaN weights: typed, the error goes on a line of its own after "bot> "; piped, no empty reply is written
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from conftest import resign
+
+    damaged = chat_model.parent / f"{chat_model.name}-nan"
+    shutil.copytree(chat_model, damaged, dirs_exist_ok=True)
+    weights = load_file(str(damaged / "model.safetensors"))
+    weights["final_norm.weight"][:] = float("nan")
+    save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
+    resign(damaged)
+    typed = CliRunner().invoke(app, ["chat", str(damaged)], input="hello\n")
+    assert typed.exit_code == 1 and "bot> \n" in typed.stdout, typed.output
+    assert typed.stderr.strip().endswith("its weight final_norm.weight holds NaN or inf; use another checkpoint")
+    monkeypatch.setattr(chat, "_at_a_terminal", lambda: False)
+    piped = CliRunner().invoke(app, ["chat", str(damaged)], input="hello\n")
+    assert piped.exit_code == 1 and piped.stdout == "", piped.output
 
 
 def test_ctrl_c_stops_a_reply_or_leaves_at_the_prompt_and_the_transcript_is_said(chat_model, tmp_path, monkeypatch):

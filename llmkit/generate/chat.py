@@ -330,8 +330,8 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
 
         try:
             reply = session.reply(text, on_text=write_generated, on_start=start)
-        except UserError:  # (NaN scores: the error goes on a line of its own, not after "bot> ")
-            sys.stdout.write("\n" if started else "")
+        except UserError:  # (NaN scores: the error goes on a line of its own, not after "bot> "; piped, no empty reply)
+            sys.stdout.write("\n" if started and bot else "")
             sys.stdout.flush()
             raise
         except KeyboardInterrupt as stop:  # Ctrl-C in a reply stops that reply, not the session
