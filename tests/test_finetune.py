@@ -1124,6 +1124,10 @@ def test_a_resume_with_the_template_file_edited_is_refused(base, cli, tmp_path):
     write_jsonl(data, [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(24)])
     said = " ".join(cli(*args, "--max-steps", "4", "--resume").output.split())
     assert "(the data file's content changed);" in said and "llmkit version" not in said, said
+    # so did another option that shapes the examples (--val-fraction, --template): named alone
+    write_jsonl(data, [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(32)])
+    said = " ".join(cli(*args, "--max-steps", "4", "--resume", "--val-fraction", "0.1").output.split())
+    assert "--val-fraction" in said and "llmkit version" not in said, said
 
 
 def test_a_resume_of_examples_encoded_otherwise_is_refused(base, cli, tmp_path):

@@ -163,7 +163,6 @@ class Resuming:
         # What a run may change on resume: its length, and when it validates and saves. Anything
         # else would leave a config that describes no run (its first steps trained otherwise).
         saved_options, options = recorded_options(manifest.config), recorded_options(self.spec.config)
-        content_changed = False  # (a data file's: then its examples differ too, which says nothing of the version)
         unset, unset_before = self.spec.defaults(options), self.spec.defaults(saved_options)
         if (progress.get("schedule") or {}).get("warmup_steps") is not None and "warmup_steps" in unset:
             # (the default warmup follows the run's length, which a resume may change: the saved run's is its own)
@@ -190,7 +189,6 @@ class Resuming:
                 continue
             if key.endswith("_sha256"):  # an input recorded by content: no option to name
                 changed.append(f"the {key.removesuffix('_sha256').replace('_', ' ')} file's content changed")
-                content_changed = True
                 continue
             shown_now = f"default ({unset[key]})" if now is None and key in unset else repr(now)
             shown_before = f"default ({unset_before[key]})" if before is None and key in unset else repr(before)
@@ -199,7 +197,8 @@ class Resuming:
         # are other examples where an llmkit version encodes them otherwise (--truncate's cut changed on
         # 2026-12-05), and the resumed steps then trained on another data order without a word.
         saved_examples, examples = self._saved_runtime.get("examples_sha256"), self.spec.runtime.get("examples_sha256")
-        if examples and saved_examples != examples and (saved_examples or options.get("truncate")) and not content_changed:
+        # (only where nothing else explains it: a changed option or file makes other examples by itself)
+        if examples and saved_examples != examples and (saved_examples or options.get("truncate")) and not changed:
             changed.append("the training examples as encoded (this llmkit version encodes the data otherwise than the "
                            "one that saved the run)")
         windows = self.spec.runtime.get("windows")  # (pretraining's: how its text is cut into windows)
