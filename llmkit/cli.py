@@ -8,6 +8,7 @@ stage builds the app with that stage alone (`named_command`), so it imports no o
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -148,6 +149,10 @@ def _usage_error_as_one_line():
         if type(exc).__name__ == "NoArgsIsHelpError":  # `llmkit tokenizer` alone: the help is the answer
             raise
         message = " ".join(exc.format_message().split()).rstrip(".")
+        path = exc.ctx.command_path if exc.ctx is not None else ""
+        if type(exc).__name__ == "NoSuchOption" and path.endswith(("tokenizer encode", "tokenizer decode")):
+            # (a text or an id that starts with -: `encode TOK -5`, `decode TOK 46 -1`)
+            message += f"; a text or id that starts with - goes after --: {path} TOKENIZER -- ..."
         if type(exc).__name__ == "MissingParameter" and exc.ctx is not None and exc.ctx.params.get("config"):
             # (an input set in the file: click refuses the command before the file is read)
             message += "; inputs and -o are typed on the command line, a --config file holds options only"
@@ -268,8 +273,14 @@ def inspect_command(
 
     if json_output and (path / artifacts.MANIFEST).is_file():
         # what the file holds, fields this version does not know included, and of a damaged artifact
-        # too (when a user wants to see it; its checks refused it)
-        typer.echo((path / artifacts.MANIFEST).read_text(encoding="utf-8"), nl=False)
+        # too (when a user wants to see it; its checks refused it), then a damaged one's exit status
+        raw = (path / artifacts.MANIFEST).read_bytes()
+        typer.echo(raw, nl=False)
+        try:
+            json.loads(raw.decode("utf-8"))
+        except ValueError:  # (UnicodeDecodeError is one)
+            raise UserError(f"{path / artifacts.MANIFEST} is not valid JSON in UTF-8 (printed as it is); the artifact "
+                            "is damaged: rebuild it") from None
         return
     art = artifacts.load(path)
     with _damage_named(path):

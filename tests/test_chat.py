@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -107,6 +109,16 @@ def test_chat_command_in_the_terminal(chat_model, cli, monkeypatch):
                                                input="hello\n\n\nwho is there\n")
     assert piped.exit_code == 0, piped.output  # questions piped in: the replies alone, one a line (no prompts)
     assert piped.stdout == "Two dogs play in the snow.\n" * 2
+    # a byte-order mark is no part of the first question; `/word text` is a command, refused (it went to the
+    # model as a message), and the error says where the conversation before it is
+    out = chat_model.parent / "bom-talk.jsonl"
+    out.unlink(missing_ok=True)
+    refused = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "-o", str(out)],
+                                 input="\ufeffhello\n/system Be nice\n")
+    said = " ".join(refused.stderr.split())
+    assert refused.exit_code == 1 and "line 2 of the standard input: unknown command /system Be nice" in said, said
+    assert f"the 1 conversation(s) before it are in {out}" in said, said
+    assert json.loads(out.read_text().splitlines()[0])["messages"][0] == {"role": "user", "content": "hello"}
     assert "chatting with" in piped.stderr and "Ctrl-D" not in piped.stderr  # (piped: no commands to type)
     monkeypatch.setattr(chat, "_at_a_terminal", lambda: True)
     for compiled in ([], ["--compile"]):  # the compiled decode step replies alike

@@ -140,6 +140,12 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     manifest = json.loads((corpus / "manifest.json").read_text())
     (corpus / "manifest.json").write_text(json.dumps({**manifest, "extra": {"by": "a later version"}}))
     assert json.loads(cli("inspect", corpus, "--json").output)["extra"] == {"by": "a later version"}
+    # a damaged manifest is printed as it is, and exits 1 (it exited 0; a non-UTF-8 one was an "unexpected" error)
+    for damage in (b"{bad", b'{"kind": "\xff"}'):
+        (corpus / "manifest.json").write_bytes(damage)
+        result = cli("inspect", corpus, "--json")
+        assert result.exit_code == 1 and result.stdout_bytes == damage, result.output
+        assert "manifest.json is not valid JSON in UTF-8 (printed as it is); the artifact is damaged" in result.stderr
 
 
 def test_inspect_shows_the_whole_command_as_typed(cli, tmp_path, monkeypatch):
@@ -344,6 +350,8 @@ def test_config_resolution_order(tmp_path):
     (["plan", "--model", "foo"], "--model 'foo' is not a model preset; choose one of"),
     (["average", "a", "-o", "b"], "give at least two checkpoints to average"),
     # click reads -o=x as the path "=x" (a folder of that name was written)
+    (["tokenizer", "encode", "tok", "-5"], "No such option: -5; a text or id that starts with - goes after --: "
+                                          "llmkit tokenizer encode TOKENIZER -- ..."),
     (["tokenize", "corpus", "-t", "tok", "-o=runs/x"], "=runs/x starts with '='; write -o runs/x or --out=runs/x"),
     (["tokenize", "corpus", "-t", "tok", "-o==x"], "==x starts with '='; give a path after -o (a name that starts with '=' with its folder before it: $PWD/=NAME)"),
     # an input set in a --config file: refused before the file is read, so said here

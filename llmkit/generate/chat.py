@@ -186,15 +186,14 @@ class _Stripped:
 
 
 def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: bool) -> None:
-    """Chat with a fine-tuned checkpoint in the terminal (streaming; /reset, /exit)."""
+    """Chat with a fine-tuned checkpoint in the terminal (streaming; /reset, /exit, /help)."""
     import sys
 
-    from llmkit.outputs import check_output_file
+    from llmkit.errors import UserError
     from llmkit.jsonl import check_unicode
+    from llmkit.outputs import check_output_file
 
     if sys.stdout is None:  # (started with its standard output closed, `>&-`: Python then has none)
-        from llmkit.errors import UserError
-
         raise UserError("the standard output is closed, and chat prints its replies there; give it a terminal, a file or a pipe")
     check_output_file(out, force, inputs=[checkpoint], ours=TRANSCRIPTS)
     if config.system is not None:
@@ -204,7 +203,7 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     with Transcript(out, config.system, force) as transcript:
         try:
             _converse(config, checkpoint, transcript)
-        except KeyboardInterrupt as stop:  # a SIGTERM: what was said so far is saved (it was "nothing was written")
+        except (KeyboardInterrupt, UserError) as stop:  # a SIGTERM, or a piped line refused: what was said so far is saved
             if out is not None:
                 from llmkit.errors import add_advice
 
@@ -268,7 +267,7 @@ def _obeyed_command(command: str, session: ChatSession, transcript: Transcript, 
         err.print("; ".join(f"{c}: {what}" for c, what in COMMANDS.items())
                   + f"; a line starting {ESCAPE} is sent with one /", soft_wrap=True, markup=False)
         return True
-    if re.fullmatch(r"/\w+", command):  # (a mistyped /rest went to the model as a message)
+    if re.fullmatch(r"/\w+(\s.*)?", command):  # (a mistyped /rest, or `/system TEXT`, went to the model as a message)
         unknown = (f"unknown command {command}: the commands are {', '.join(COMMANDS)}; start the line with {ESCAPE} to "
                    "send it as a message")
         if not typed:  # a script's questions: one skipped would pair every later reply with the wrong one
@@ -303,6 +302,8 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
             break
         line_number += 1
         text = line.rstrip("\n").removesuffix("\r")  # (a Windows line end, as generate's prompt files drop it)
+        if line_number == 1:  # (a byte-order mark, as every file reader drops it)
+            text = text.removeprefix("\ufeff")
         if not text.strip():
             continue
         command = text.strip()
