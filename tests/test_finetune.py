@@ -1234,3 +1234,15 @@ def test_an_interrupted_lora_run_names_the_step_its_resume_trains_on(base, share
     flat = " ".join(result.output.split())
     assert result.exit_code == 130 and "resumed from step 2" in flat, result.output
     assert f"its last checkpoint is step 2 ({step_dirs(run)[-1]}): rerun with --resume" in flat, result.output
+
+
+def test_a_run_without_validation_or_with_fewer_examples_than_a_batch_says_so(base, cli, tmp_path):
+    """pretrain said it would not validate; finetune with --val-fraction 0 said nothing, and a batch larger
+    than the data read the same examples several times a step without a word."""
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(3)])
+    result = cli("finetune", base["checkpoint"], "--data", data, "-o", tmp_path / "run", "--batch-size", "8",
+                 "--max-steps", "1", "--val-fraction", "0")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, said
+    assert "--val-fraction 0 and no --val-data: the run does not validate, whatever --eval-every 100 says" in said
+    assert "3 training example(s), fewer than --batch-size 8: each step reads them about 2.7 times" in said

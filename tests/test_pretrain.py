@@ -665,6 +665,11 @@ def test_bad_inputs(shakespeare, cli, tmp_path):
     assert "expected a tokens artifact, got tokenizer" in line
     line = _error(cli("pretrain", shakespeare["short"], "-o", tmp_path / "r3", *FAST, "--max-steps", "2"))
     assert "fewer than one sequence of 64 + 1; lower --seq-len" in line and "tokens" in line
+    # a split of a few windows trains, and says each step reads it several times (it said nothing)
+    thin = cli("pretrain", shakespeare["short"], "-o", tmp_path / "thin", *FAST, "--max-steps", "1", "--seq-len", "4",
+               "--batch-tokens", "32", "--eval-every", "0")
+    said = " ".join(thin.output.split())
+    assert thin.exit_code == 0 and "window(s) of 4 tokens, fewer than a step's 8 sequences: each step reads it about" in said, said
     line = _error(cli("pretrain", tokens, "-o", tmp_path / "r4", *FAST, "--seq-len", "512"))
     assert "longer than the model's context length" in line
     line = _error(cli("pretrain", tokens, "-o", tmp_path / "r5", *FAST, "--max-steps", "3", "--max-tokens", "10"))
