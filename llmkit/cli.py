@@ -150,7 +150,8 @@ def _usage_error_as_one_line():
             raise
         message = " ".join(exc.format_message().split()).rstrip(".")
         path = exc.ctx.command_path if exc.ctx is not None else ""
-        if type(exc).__name__ == "NoSuchOption" and path.endswith(("tokenizer encode", "tokenizer decode")):
+        if (type(exc).__name__ == "NoSuchOption" and path.endswith(("tokenizer encode", "tokenizer decode"))
+                and not str(getattr(exc, "option_name", "")).startswith("--")):
             # (a text or an id that starts with -: `encode TOK -5`, `decode TOK 46 -1`)
             message += f"; a text or id that starts with - goes after --: {path} TOKENIZER -- ..."
         if type(exc).__name__ == "MissingParameter" and exc.ctx is not None and exc.ctx.params.get("config"):
@@ -277,10 +278,12 @@ def inspect_command(
         raw = (path / artifacts.MANIFEST).read_bytes()
         typer.echo(raw, nl=False)
         try:
-            json.loads(raw.decode("utf-8"))
+            manifest = json.loads(raw.decode("utf-8"))
         except ValueError:  # (UnicodeDecodeError is one)
-            raise UserError(f"{path / artifacts.MANIFEST} is not valid JSON in UTF-8 (printed as it is); the artifact "
-                            "is damaged: rebuild it") from None
+            manifest = None
+        if not isinstance(manifest, dict) or manifest.get("kind") not in artifacts.KINDS:
+            raise UserError(f"{path / artifacts.MANIFEST} is not an llmkit manifest (a JSON object in UTF-8 naming "
+                            "its kind; printed as it is): the artifact is damaged, rebuild it") from None
         return
     art = artifacts.load(path)
     with _damage_named(path):

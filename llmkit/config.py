@@ -195,7 +195,6 @@ def resolve(
     known = {opt.name: opt for opt in options}
     by_key = _names_by_key(options)
     from_file = file_values(file, section)
-    check_other_tables(file, section)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
         from llmkit.errors import closest_name
@@ -206,6 +205,7 @@ def resolve(
                 else "")
         raise UsageError(f"unknown option(s) in {file}: {', '.join(unknown)}; {hint}known options are: "
                          f"{', '.join(sorted(o.key for o in options))}")
+    check_other_tables(file, section)  # (after the stage's own table: its errors first)
     given: dict[str, list[str]] = {}
     for key in from_file:
         given.setdefault(by_key[key], []).append(key)
@@ -258,6 +258,10 @@ def resolve(
         raise UsageError(f"invalid configuration: {exc}{read_from}") from exc
 
 
+# A table's stage command where the two are not spelt alike (the command's `section` says which table it reads).
+_COMMAND_OF_SECTION = {"tokenizer": "tokenizer train", "scaling": "scaling fit", "scaling-predict": "scaling predict"}
+
+
 def check_other_tables(file: Path | str | None, section: str | None) -> None:
     """A key no option has in another stage's table of the file is named now, not when that stage
     runs (a recipe's shared file: hours into it); the file's own table is `resolve`'s to check."""
@@ -267,11 +271,12 @@ def check_other_tables(file: Path | str | None, section: str | None) -> None:
               if name in SECTIONS and name != section and isinstance(table, dict) and table}
     if not others:
         return
-    from llmkit.cli import stage_commands  # (every stage's options: imported only for a file with other tables)
+    from llmkit.cli import stage_commands  # (those stages' options only: a command imports only its own stage)
     from llmkit.errors import closest_name
     from llmkit.options import flat_options
 
-    classes = {command.section: command.config_cls for command in stage_commands().values()}
+    paths = {_COMMAND_OF_SECTION.get(name, name) for name in others}
+    classes = {command.section: command.config_cls for command in stage_commands(paths).values()}
     for name, table in others.items():
         if name not in classes:
             continue

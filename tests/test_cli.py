@@ -141,11 +141,11 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     (corpus / "manifest.json").write_text(json.dumps({**manifest, "extra": {"by": "a later version"}}))
     assert json.loads(cli("inspect", corpus, "--json").output)["extra"] == {"by": "a later version"}
     # a damaged manifest is printed as it is, and exits 1 (it exited 0; a non-UTF-8 one was an "unexpected" error)
-    for damage in (b"{bad", b'{"kind": "\xff"}'):
+    for damage in (b"{bad", b'{"kind": "\xff"}', b"[1]", b'{"name": "another tool"}'):
         (corpus / "manifest.json").write_bytes(damage)
         result = cli("inspect", corpus, "--json")
         assert result.exit_code == 1 and result.stdout_bytes == damage, result.output
-        assert "manifest.json is not valid JSON in UTF-8 (printed as it is); the artifact is damaged" in result.stderr
+        assert "manifest.json is not an llmkit manifest (a JSON object in UTF-8 naming its kind; printed as it is)" in result.stderr
 
 
 def test_inspect_shows_the_whole_command_as_typed(cli, tmp_path, monkeypatch):

@@ -1246,3 +1246,7 @@ def test_a_run_without_validation_or_with_fewer_examples_than_a_batch_says_so(ba
     assert result.exit_code == 0, said
     assert "--val-fraction 0 and no --val-data: the run does not validate, whatever --eval-every 100 says" in said
     assert "3 training example(s), fewer than --batch-size 8: each step reads them about 2.7 times" in said
+    one = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "question", "response": "answer"}])  # (the 5 % of one: none)
+    said = " ".join(cli("finetune", base["checkpoint"], "--data", one, "-o", tmp_path / "one", "--batch-size", "8",
+                        "--max-steps", "1").output.split())
+    assert "--val-fraction 0.05 holds no example of so few back and no --val-data: the run does not validate" in said, said

@@ -313,8 +313,6 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         template, labels, loss_fn = prepared.template, prepared.labels, prepared.loss_fn
         train_examples, val_examples = prepared.train_examples, prepared.val_examples
         train_batches, val_batches = prepared.train_batches, prepared.val_batches
-        if info.is_main and not resume:
-            _note_thin_data(config, len(train_examples), len(val_examples))
 
         split = (info.layout is not None and info.layout.model_parallel and config.task == "sft" and not config.lora_rank)
         model, model_config, adapted, frozen = build_model(art, config, tokenizer, labels, split=split)
@@ -386,6 +384,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 f"{layout_note}{trainer.gradient_note}",
                 soft_wrap=True,
             )
+            if trainer.start_step == 0:  # (once everything is checked: a refusal stays one line)
+                _note_thin_data(config, len(train_examples), len(val_examples))
         trainer.run()
 
 
@@ -430,9 +430,10 @@ def _note_thin_data(config, train: int, val: int) -> None:
     training examples (each step then reads them several times, unsaid)."""
     from llmkit.console import note
 
-    if val == 0 and config.checkpoints.eval_every > 0 and config.val_data is None and not config.val_fraction:
-        note(f"--val-fraction 0 and no --val-data: the run does not validate, whatever --eval-every "
-             f"{config.checkpoints.eval_every} says")
+    if val == 0 and config.checkpoints.eval_every > 0 and config.val_data is None:
+        cause = ("--val-fraction 0" if not config.val_fraction else
+                 f"--val-fraction {config.val_fraction:g} holds no example of so few back")
+        note(f"{cause} and no --val-data: the run does not validate, whatever --eval-every {config.checkpoints.eval_every} says")
     if train < config.batch_size:
         note(f"{train} training example(s), fewer than --batch-size {config.batch_size}: each step reads them about "
              f"{config.batch_size / train:.1f} times; lower --batch-size, or give more --data")

@@ -201,8 +201,9 @@ def _chat(config: ChatConfig, *, checkpoint: Path, out: Optional[Path], force: b
     if hasattr(sys.stdin, "reconfigure"):  # an undecodable byte typed is refused below, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
     with Transcript(out, config.system, force) as transcript:
+        session = _open_session(config, checkpoint)  # (its refusals have nothing to do with the transcript)
         try:
-            _converse(config, checkpoint, transcript)
+            _converse(config, session, transcript)
         except (KeyboardInterrupt, UserError) as stop:  # a SIGTERM, or a piped line refused: what was said so far is saved
             if out is not None:
                 from llmkit.errors import add_advice
@@ -277,7 +278,7 @@ def _obeyed_command(command: str, session: ChatSession, transcript: Transcript, 
     return False
 
 
-def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> None:
+def _converse(config: ChatConfig, session: ChatSession, transcript: Transcript) -> None:
     """The session itself: lines read, replies streamed, each exchange added to the transcript."""
     import sys
 
@@ -286,7 +287,6 @@ def _converse(config: ChatConfig, checkpoint: Path, transcript: Transcript) -> N
     from llmkit.inference.sampling import row_seed
     from llmkit.jsonl import check_unicode
 
-    session = _open_session(config, checkpoint)
     # Typed at a terminal, the prompts mark the turns; piped in (a script's questions), stdout holds
     # the replies alone, each ended by a newline (the prompts came out mixed into them, one more for
     # each blank line); -o's transcript keeps each reply whole.
