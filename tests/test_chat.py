@@ -145,6 +145,15 @@ def test_chat_command_in_the_terminal(chat_model, cli, monkeypatch):
     monkeypatch.setattr(chat, "_at_a_terminal", lambda: False)
     piped = CliRunner().invoke(app, ["chat", str(damaged)], input="hello\n")
     assert piped.exit_code == 1 and piped.stdout == "", piped.output
+    # UTF-16 piped in (Windows' "Unicode" text) is named as such, with or without its mark (it was "an undecodable byte")
+    import subprocess
+    import sys
+
+    for encoding, named in (("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE")):
+        done = subprocess.run([sys.executable, "-m", "llmkit", "chat", str(chat_model)], input="hello there\n".encode(encoding),
+                              capture_output=True, timeout=120)
+        assert done.returncode == 1 and done.stderr.decode().strip().endswith(
+            f"error: the standard input is {named} text; convert it to UTF-8 (iconv -f {named} -t UTF-8)"), done.stderr
 
 
 def test_ctrl_c_stops_a_reply_or_leaves_at_the_prompt_and_the_transcript_is_said(chat_model, tmp_path, monkeypatch):

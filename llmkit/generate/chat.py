@@ -285,7 +285,7 @@ def _converse(config: ChatConfig, session: ChatSession, transcript: Transcript) 
     from llmkit.console import err, write_generated
     from llmkit.errors import Terminated, UserError
     from llmkit.inference.sampling import row_seed
-    from llmkit.jsonl import check_unicode
+    from llmkit.jsonl import check_unicode, wide_encoding
 
     # Typed at a terminal, the prompts mark the turns; piped in (a script's questions), stdout holds
     # the replies alone, each ended by a newline (the prompts came out mixed into them, one more for
@@ -304,6 +304,9 @@ def _converse(config: ChatConfig, session: ChatSession, transcript: Transcript) 
         text = line.rstrip("\n").removesuffix("\r")  # (a Windows line end, as generate's prompt files drop it)
         if line_number == 1:  # (a byte-order mark, as every file reader drops it)
             text = text.removeprefix("\ufeff")
+            wide = None if typed else wide_encoding(line.encode("utf-8", "surrogateescape"))
+            if wide:  # (Windows' "Unicode" text piped in: read as UTF-8 it is NULs between letters, or undecodable)
+                raise UserError(f"the standard input is {wide} text; convert it to UTF-8 (iconv -f {wide} -t UTF-8)")
         if not text.strip():
             continue
         command = text.strip()
