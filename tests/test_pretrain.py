@@ -1382,3 +1382,21 @@ def test_an_interrupted_run_names_the_checkpoint_it_goes_on_from_or_that_nothing
     flat = " ".join(result.output.split())
     assert result.exit_code == 130 and "stopped before its first checkpoint (--save-every), so nothing was kept" in flat, flat
     assert not (tmp_path / "none").exists()
+
+
+def test_a_resume_keeps_the_runs_own_cadence_unless_given(shakespeare, cli, tmp_path):
+    """--resume without --save-every/--eval-every/--keep-last fell back to their defaults (every 500
+    and 250 steps): a resumed run's intermediate checkpoints stopped, unsaid."""
+    run = tmp_path / "run"
+    first = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "2", "--save-every", "1",
+                "--eval-every", "1", "--keep-last", "3")
+    assert first.exit_code == 0, first.output
+    resumed = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "4", "--resume")
+    said = " ".join(resumed.output.split())
+    assert resumed.exit_code == 0 and "the run's --eval-every 1, --save-every 1, --keep-last 3 kept as the run recorded" in said, said
+    runtime = artifacts.load(run).manifest.runtime
+    assert (runtime["eval_every"], runtime["save_every"], runtime["keep_last"]) == (1, 1, 3)
+    assert {"step_0000003", "step_0000004"} <= {p.name for p in (run / "checkpoints").iterdir()}  # (saving went on)
+    given = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "5", "--resume", "--save-every", "0")
+    assert given.exit_code == 0 and "--save-every 0" not in " ".join(given.output.split()), given.output
+    assert artifacts.load(run).manifest.runtime["save_every"] == 0

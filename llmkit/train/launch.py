@@ -351,6 +351,37 @@ def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: 
     return dataclasses.replace(config, **kept)
 
 
+CADENCE = ("eval_every", "save_every", "keep_last")  # when a run validates and saves: runtime, so not checked on resume
+
+
+def keep_recorded_cadence(config: Options, out: Path, *, resume: bool) -> Options:
+    """`config` with the run's own --eval-every/--save-every/--keep-last where a --resume leaves them
+    out: their defaults (every 250 and 500 steps) silently stopped a resumed run's intermediate
+    checkpoints. Unchanged when there is nothing to resume or the config was not built from flags."""
+    if not (resume and out.is_dir()) or run_of_step_checkpoint(out) is not None:
+        return config
+    import dataclasses
+
+    from llmkit import artifacts
+    from llmkit.train.checkpoint import resume_point
+
+    try:
+        point = resume_point(out)
+        runtime = artifacts.load(point, kind="checkpoint").manifest.runtime if point is not None else {}
+    except UserError:
+        return config  # the run directory's checks say what is wrong with it
+    kept = {name: runtime[name] for name in CADENCE
+            if isinstance(runtime.get(name), int) and config.was_given(name) is False
+            and runtime[name] != getattr(config.checkpoints, name)}
+    if not kept:
+        return config
+    from llmkit.console import note
+
+    note("the run's " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in kept.items())
+         + " kept as the run recorded them; give them to change them")
+    return dataclasses.replace(config, checkpoints=dataclasses.replace(config.checkpoints, **kept))
+
+
 def largest_divisor(number: int, limit: int) -> int:
     """The largest divisor of `number` up to `limit`: the micro-batch that splits a batch of `number` exactly."""
     return max(d for d in range(1, min(number, limit) + 1) if number % d == 0)
