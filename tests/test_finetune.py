@@ -1249,4 +1249,4 @@ def test_a_run_without_validation_or_with_fewer_examples_than_a_batch_says_so(ba
     one = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "question", "response": "answer"}])  # (the 5 % of one: none)
     said = " ".join(cli("finetune", base["checkpoint"], "--data", one, "-o", tmp_path / "one", "--batch-size", "8",
                         "--max-steps", "1").output.split())
-    assert "--val-fraction 0.05 holds no example of so few back and no --val-data: the run does not validate" in said, said
+    assert "--val-fraction 0.05 holds back no example of so few and no --val-data: the run does not validate" in said, said

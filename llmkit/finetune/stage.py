@@ -433,7 +433,7 @@ def _note_thin_data(config, train: int, val: int) -> None:
 
     if val == 0 and config.checkpoints.eval_every > 0 and config.val_data is None:
         cause = ("--val-fraction 0" if not config.val_fraction else
-                 f"--val-fraction {config.val_fraction:g} holds no example of so few back")
+                 f"--val-fraction {config.val_fraction:g} holds back no example of so few")
         note(f"{cause} and no --val-data: the run does not validate, whatever --eval-every {config.checkpoints.eval_every} says")
     if train < config.batch_size:
         note(f"{train} training example(s), fewer than --batch-size {config.batch_size}: each step reads them about "

@@ -187,8 +187,6 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
 
         seed_everything(config.seed)
         train_sampler, val_sampler = _open_data(tokens_art, seq_len, config)
-        if val_sampler is None and config.checkpoints.eval_every > 0 and info.is_main:
-            _note_no_validation(tokens_art, config)
 
         train_batches, val_batches = _window_batches(train_sampler, val_sampler, tokenizer, model_config.objective, config)
         val_size = min(max(1, config.eval_tokens // seq_len), len(val_sampler)) if val_sampler is not None else 0
@@ -252,6 +250,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                 f"{trainer.gradient_note}",
                 soft_wrap=True,
             )
+            if val_sampler is None and config.checkpoints.eval_every > 0 and trainer.start_step == 0:
+                _note_no_validation(tokens_art, config)
             if len(train_sampler) < global_batch and trainer.start_step == 0:  # (each step reads the split again)
                 from llmkit.console import note
 
