@@ -328,19 +328,14 @@ def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: 
     """`config` with the length options (`lengths`) of the run in `out` when a --resume leaves them
     out (`left_out`), as the run recorded them: their defaults would re-plan the run (and its
     schedule) to another length. Unchanged when there is nothing to resume."""
-    if not (resume and left_out and out.is_dir()) or run_of_step_checkpoint(out) is not None:
-        return config  # (a step checkpoint as -o is refused as such)
+    point = _resume_point_manifest(out) if resume and left_out else None
+    if point is None:
+        return config
     import dataclasses
 
-    from llmkit import artifacts
-    from llmkit.train.checkpoint import resume_point
     from llmkit.train.options import recorded_options
 
-    try:
-        point = resume_point(out)
-        recorded = recorded_options(artifacts.load(point, kind="checkpoint").config) if point is not None else {}
-    except UserError:
-        return config  # the run directory's checks say what is wrong with it
+    recorded = recorded_options(point.config)
     kept = {key: recorded[key] for key in lengths if key in recorded}
     if kept and any(kept[key] != getattr(config, key) for key in kept):
         from llmkit.console import note
@@ -351,6 +346,22 @@ def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: 
     return dataclasses.replace(config, **kept)
 
 
+def _resume_point_manifest(out: Path):
+    """The manifest of the checkpoint a --resume of the run in `out` goes on from; None where there
+    is none (nothing to resume, a step checkpoint given as -o, which is refused as such, or a run
+    folder the run's own checks will name)."""
+    if not out.is_dir() or run_of_step_checkpoint(out) is not None:
+        return None
+    from llmkit import artifacts
+    from llmkit.train.checkpoint import resume_point
+
+    try:
+        point = resume_point(out)
+        return artifacts.load(point, kind="checkpoint").manifest if point is not None else None
+    except UserError:
+        return None
+
+
 CADENCE = ("eval_every", "save_every", "keep_last")  # when a run validates and saves: runtime, so not checked on resume
 
 
@@ -358,18 +369,12 @@ def keep_recorded_cadence(config: Options, out: Path, *, resume: bool) -> Option
     """`config` with the run's own --eval-every/--save-every/--keep-last where a --resume leaves them
     out: their defaults (every 250 and 500 steps) silently stopped a resumed run's intermediate
     checkpoints. Unchanged when there is nothing to resume or the config was not built from flags."""
-    if not (resume and out.is_dir()) or run_of_step_checkpoint(out) is not None:
+    point = _resume_point_manifest(out) if resume else None
+    if point is None:
         return config
     import dataclasses
 
-    from llmkit import artifacts
-    from llmkit.train.checkpoint import resume_point
-
-    try:
-        point = resume_point(out)
-        runtime = artifacts.load(point, kind="checkpoint").manifest.runtime if point is not None else {}
-    except UserError:
-        return config  # the run directory's checks say what is wrong with it
+    runtime = point.runtime
     kept = {name: runtime[name] for name in CADENCE
             if isinstance(runtime.get(name), int) and config.was_given(name) is False
             and runtime[name] != getattr(config.checkpoints, name)}
