@@ -75,10 +75,11 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         raise UsageError(f"config file not found: {path}; pass an existing .toml or .yaml file")
     from llmkit.jsonl import SNIFF_BYTES, wide_encoding
 
-    if encoding := wide_encoding(path.read_bytes()[:SNIFF_BYTES]):
+    raw = path.read_bytes()  # (once: the encoding sniffed and the text decoded from the same bytes)
+    if encoding := wide_encoding(raw[:SNIFF_BYTES]):
         raise UsageError(f"config file {path} is {encoding} text; save it as UTF-8 (e.g. iconv -f {encoding.lower()} -t utf-8)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # (line ends as read_text read them)
     except UnicodeDecodeError as exc:
         raise UsageError(f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     try:
@@ -130,15 +131,16 @@ SECTIONS = ("clean", "tokenizer", "tokenize", "pretrain", "finetune", "generate"
             "scaling", "scaling-predict", "plot", "average", "plan")
 
 
-def file_values(file: Path | str | None, section: str | None, *, note: bool = True) -> dict[str, Any]:
+def file_values(file: Path | str | None, section: str | None, *, note: bool = True,
+                data: dict[str, Any] | None = None) -> dict[str, Any]:
     """A config file's options for one stage: its `[section]` table, else the top-level keys.
 
     Tables other than the stages' are refused, as is a table inside a stage's: a misspelt or
-    misplaced table would otherwise be ignored without a word.
+    misplaced table would otherwise be ignored without a word. `data`: the file, read already.
     """
     if file is None:
         return {}
-    data = load_config_file(file)
+    data = load_config_file(file) if data is None else data
     # a YAML stage table with every key commented out (`clean:`) reads as null: an empty table
     data = {k: {} if v is None and k in SECTIONS else v for k, v in data.items()}
     unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in SECTIONS]
@@ -194,7 +196,8 @@ def resolve(
     options = flat_options(config_cls)
     known = {opt.name: opt for opt in options}
     by_key = _names_by_key(options)
-    from_file = file_values(file, section)
+    data = load_config_file(file) if file is not None else {}  # (read once: its own table, then the others)
+    from_file = file_values(file, section, data=data)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
         from llmkit.errors import closest_name
@@ -205,7 +208,7 @@ def resolve(
                 else "")
         raise UsageError(f"unknown option(s) in {file}: {', '.join(unknown)}; {hint}known options are: "
                          f"{', '.join(sorted(o.key for o in options))}")
-    check_other_tables(file, section)  # (after the stage's own table: its errors first)
+    check_other_tables(file, section, data)  # (after the stage's own table: its errors first)
     given: dict[str, list[str]] = {}
     for key in from_file:
         given.setdefault(by_key[key], []).append(key)
@@ -262,12 +265,12 @@ def resolve(
 _COMMAND_OF_SECTION = {"tokenizer": "tokenizer train", "scaling": "scaling fit", "scaling-predict": "scaling predict"}
 
 
-def check_other_tables(file: Path | str | None, section: str | None) -> None:
-    """A key no option has in another stage's table of the file is named now, not when that stage
-    runs (a recipe's shared file: hours into it); the file's own table is `resolve`'s to check."""
+def check_other_tables(file: Path | str | None, section: str | None, data: dict[str, Any]) -> None:
+    """A key no option has in another stage's table of the file (`data`, as read) is named now, not
+    when that stage runs (a recipe's shared file: hours into it); its own table is `resolve`'s to check."""
     if file is None or section is None:
         return
-    others = {name: table for name, table in load_config_file(file).items()
+    others = {name: table for name, table in data.items()
               if name in SECTIONS and name != section and isinstance(table, dict) and table}
     if not others:
         return

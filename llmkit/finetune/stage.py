@@ -26,7 +26,7 @@ from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import check_model
-from llmkit.train.launch import keep_recorded_cadence, keep_recorded_length, launch, refuse_resume_with_force, planned_split, runtime_record, split_batch, worker_process
+from llmkit.train.launch import keep_recorded_settings, launch, refuse_resume_with_force, planned_split, runtime_record, split_batch, worker_process
 from llmkit.train.loop import Trainer
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
@@ -49,8 +49,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     given = config.was_given("max_steps", "epochs")  # (a typed --epochs 1 is a length given, though the default)
     if given is None:
         given = config.max_steps is not None or config.epochs != config.default_of("epochs")
-    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), left_out=not given)
-    config = keep_recorded_cadence(config, Path(out), resume=resume)
+    config = keep_recorded_settings(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), length_left_out=not given)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     def compared() -> dict[str, str]:  # (a node's own copies of the files, at other paths, are the same run)
         from llmkit.finetune import data as ft_data

@@ -20,7 +20,7 @@ from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.options import refuse_unread_model_settings
 from llmkit.train.layout import check_model
-from llmkit.train.launch import (keep_recorded_cadence, keep_recorded_length, launch, refuse_resume_with_force, planned_split, planned_world, runtime_record, split_batch,
+from llmkit.train.launch import (keep_recorded_settings, launch, refuse_resume_with_force, planned_split, planned_world, runtime_record, split_batch,
                                  worker_process)
 
 VAL_WINDOWS_SEED = 0  # the validation windows' draw: one set (and for an MLM one draw of masks) for every --seed (_open_data)
@@ -41,9 +41,8 @@ def pretrain(tokens: Path | str, out: Path | str, config: PretrainConfig, *, ini
         _check_init(init, tokens_art, config)
         inputs["init_from"] = str(init.path.resolve())
     _check_before_launch(config, tokens_art, init)
-    config = keep_recorded_length(config, Path(out), resume=resume, lengths=("max_steps", "max_tokens"),
-                                  left_out=config.max_steps is None and config.max_tokens is None)
-    config = keep_recorded_cadence(config, Path(out), resume=resume)
+    config = keep_recorded_settings(config, Path(out), resume=resume, lengths=("max_steps", "max_tokens"),
+                                    length_left_out=config.max_steps is None and config.max_tokens is None)
     tokenizer = tokens_art.recorded_input("tokenizer")  # recorded as the run's input too: -o must spare it
     # (the inputs as typed first: -o's refusal names the one it meets, as every stage's does)
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force, inputs=inputs,

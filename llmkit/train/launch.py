@@ -324,26 +324,39 @@ def run_of_step_checkpoint(out: Path) -> Path | None:
     return folder.parent if folder.name == CHECKPOINTS and (folder.parent / outputs.RUN_MARK).exists() else None
 
 
-def keep_recorded_length(config: Options, out: Path, *, resume: bool, left_out: bool, lengths: tuple[str, ...]) -> Options:
-    """`config` with the length options (`lengths`) of the run in `out` when a --resume leaves them
-    out (`left_out`), as the run recorded them: their defaults would re-plan the run (and its
-    schedule) to another length. Unchanged when there is nothing to resume."""
-    point = _resume_point_manifest(out) if resume and left_out else None
+CADENCE = ("eval_every", "save_every", "keep_last")  # when a run validates and saves: runtime, so not checked on resume
+
+
+def keep_recorded_settings(config: Options, out: Path, *, resume: bool, lengths: tuple[str, ...], length_left_out: bool) -> Options:
+    """`config` with what a --resume leaves out taken from the run in `out`, as the run recorded it
+    (one read of the checkpoint it goes on from): its length (`lengths`, when `length_left_out`),
+    whose defaults would re-plan the run and its schedule, and its --eval-every/--save-every/--keep-last,
+    whose defaults (every 250 and 500 steps) silently stopped a resumed run's intermediate
+    checkpoints. Unchanged when there is nothing to resume."""
+    point = _resume_point_manifest(out) if resume else None
     if point is None:
         return config
     import dataclasses
 
+    from llmkit.console import note
     from llmkit.train.options import recorded_options
 
-    recorded = recorded_options(point.config)
-    kept = {key: recorded[key] for key in lengths if key in recorded}
-    if kept and any(kept[key] != getattr(config, key) for key in kept):
-        from llmkit.console import note
-
-        shown = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in kept.items()
-                          if value is not None and value != config.default_of(key))
-        note(f"the run's length is kept as the run recorded it ({shown or 'the default'}); give it to change it")
-    return dataclasses.replace(config, **kept)
+    if length_left_out:
+        recorded = recorded_options(point.config)
+        length = {key: recorded[key] for key in lengths if key in recorded}
+        if length and any(length[key] != getattr(config, key) for key in length):
+            shown = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in length.items()
+                              if value is not None and value != config.default_of(key))
+            note(f"the run's length is kept as the run recorded it ({shown or 'the default'}); give it to change it")
+        config = dataclasses.replace(config, **length)
+    cadence = {name: point.runtime[name] for name in CADENCE  # (not given: was_given is False, not None)
+               if isinstance(point.runtime.get(name), int) and config.was_given(name) is False
+               and point.runtime[name] != getattr(config.checkpoints, name)}
+    if cadence:
+        note("the run's " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in cadence.items())
+             + " kept as the run recorded them; give them to change them")
+        config = dataclasses.replace(config, checkpoints=dataclasses.replace(config.checkpoints, **cadence))
+    return config
 
 
 def _resume_point_manifest(out: Path):
@@ -360,31 +373,6 @@ def _resume_point_manifest(out: Path):
         return artifacts.load(point, kind="checkpoint").manifest if point is not None else None
     except UserError:
         return None
-
-
-CADENCE = ("eval_every", "save_every", "keep_last")  # when a run validates and saves: runtime, so not checked on resume
-
-
-def keep_recorded_cadence(config: Options, out: Path, *, resume: bool) -> Options:
-    """`config` with the run's own --eval-every/--save-every/--keep-last where a --resume leaves them
-    out: their defaults (every 250 and 500 steps) silently stopped a resumed run's intermediate
-    checkpoints. Unchanged when there is nothing to resume or the config was not built from flags."""
-    point = _resume_point_manifest(out) if resume else None
-    if point is None:
-        return config
-    import dataclasses
-
-    runtime = point.runtime
-    kept = {name: runtime[name] for name in CADENCE
-            if isinstance(runtime.get(name), int) and config.was_given(name) is False
-            and runtime[name] != getattr(config.checkpoints, name)}
-    if not kept:
-        return config
-    from llmkit.console import note
-
-    note("the run's " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in kept.items())
-         + " kept as the run recorded them; give them to change them")
-    return dataclasses.replace(config, checkpoints=dataclasses.replace(config.checkpoints, **kept))
 
 
 def largest_divisor(number: int, limit: int) -> int:
