@@ -1302,6 +1302,9 @@ def test_flags_a_model_would_not_use_are_refused(shakespeare, cli, tmp_path):
     result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "r", *FAST[8:], "--max-steps", "1", "--eval-every", "0",
                  "--init-from", base)
     assert result.exit_code == 0 and f"pretrain from {base} (gpt/clm" in result.output, result.output
+    # the preset is not recorded as --model's default: the architecture is the checkpoint's (it said "tiny")
+    run = artifacts.load(tmp_path / "r")
+    assert run.config["model"] is None and run.stats["model"] == artifacts.load(base).stats["model"]
 
 
 def test_mlm_without_a_mask_token_is_refused_before_any_process_starts(shakespeare, cli, tmp_path, monkeypatch):

@@ -212,8 +212,11 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
         # (inference/prompts.document_start_id). Hashed, as what later stages compute depends on it.
         from llmkit.data.shards import document_start
 
+        recorded = {**config.hashed(), "document_start": document_start(tokens_art)}
+        if init is not None:  # the model is the init checkpoint's (stats.model), not the --model default's
+            recorded["model"] = None
         spec = ArtifactSpec(
-            config={**config.hashed(), "document_start": document_start(tokens_art)},
+            config=recorded,
             seed=config.seed,
             inputs=inputs,
             stats=CheckpointStats(
