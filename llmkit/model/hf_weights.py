@@ -63,11 +63,12 @@ def _expand_kv(w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """llmkit GPT state dict -> transformers state dict in `dtype` (tied lm_head left out, as
-    transformers saves it). Each tensor is converted once as it is checked (by the checkpoint's own
-    name: a weight beyond the dtype's range) and once as mapped: memory is the model plus one copy."""
+    transformers saves it). Each tensor is converted once, and checked as it is (by the checkpoint's
+    own name: a weight beyond the dtype's range); the mapping then works in `dtype`, as converting
+    commutes with its slices, joins and transposes: memory is the model plus one copy."""
     family = hf_family(config)
-    for name, tensor in state.items():  # by the checkpoint's own names, before the mapping renames (and joins) them
-        _finite(name, tensor, tensor.detach().to(dtype))
+    # by the checkpoint's own names, before the mapping renames (and joins) them
+    state = {name: _finite(name, tensor, tensor.detach().to(dtype)) for name, tensor in state.items()}
     out: dict[str, torch.Tensor] = {}
     kv = config.n_kv_head * config.head_dim
     hidden = config.mlp_hidden
