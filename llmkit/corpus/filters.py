@@ -4,7 +4,8 @@ The web rules follow the published pipelines as datatrove implements them (docs/
 every threshold and its source), with one change so they make sense beyond English: "words"
 come from `words.split_words`, where each character of an unspaced script (Chinese, Japanese,
 Thai) counts as one word, and rules that only mean something for spaced, English text (mean
-word length, English stop words) are skipped for documents written mainly in such a script.
+word length, English stop words) are skipped for documents written mainly in such a script (the
+mean word length for Korean too, whose syllable blocks make short words).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from llmkit.corpus.config import CleanConfig
-from llmkit.corpus.words import split_words, unspaced_share
+from llmkit.corpus.words import hangul_share, split_words, unspaced_share
 
 Reason = Optional[str]
 
@@ -52,6 +53,10 @@ class DocView:
         return unspaced_share(self.text) > 0.3
 
     @cached_property
+    def hangul(self) -> bool:
+        return hangul_share(self.text) > 0.3
+
+    @cached_property
     def words(self) -> list[str]:
         return split_words(self.text)
 
@@ -85,7 +90,9 @@ def gopher_quality(doc: DocView, cfg: CleanConfig) -> Reason:
         return "gopher_short_doc"
     if n > cfg.max_words:
         return "gopher_long_doc"
-    if not doc.unspaced:  # one character per word makes the mean length meaningless for CJK
+    # One character per word makes the mean length meaningless for CJK, and a Hangul block holds two or
+    # three letters: everyday Korean averages about 2.4 blocks a word, under the English bound of 3
+    if not doc.unspaced and not doc.hangul:
         mean_length = sum(len(w) for w in content_words) / n
         if not cfg.min_mean_word_length <= mean_length <= cfg.max_mean_word_length:
             return "gopher_mean_word_length"
@@ -225,7 +232,10 @@ _CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 # sentence at all).
 _OTHER_ENDS = "।॥؟۔։።፧။។៕།܂．｡"
 _TERMINAL = (".", "?", "!", '"', "'", "。", "？", "！", "”", "」", "』", *_OTHER_ENDS)
-_SENTENCE_END = re.compile(f"[.!?]+(?=\\s|$)|[。！？{_OTHER_ENDS}]+")
+# A closing quote or bracket after the mark ends the sentence with it: "他说：“你好。”" is one sentence
+# (the ” was counted as a second), 'He said "Stop." Then left.' two (it was one).
+_CLOSERS = "\"'”’」』）)\\]"
+_SENTENCE_END = re.compile(f"[.!?]+[{_CLOSERS}]*(?=\\s|$)|[。！？{_OTHER_ENDS}]+[{_CLOSERS}]*")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 
 

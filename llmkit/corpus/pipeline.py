@@ -74,8 +74,9 @@ def clean(
     # format 3 (2026-12-03): HTML heads, C4's emptied documents, Gopher's top n-gram and a corpus's carried ids changed
     # format 4 (2026-12-05): terminal escapes, the HTML gate, a whole file's BOM and repeated names' labels changed
     # format 5 (2026-12-05): a document C4 empties is c4_no_lines_left (it was "empty")
+    # format 6 (2026-12-06): shingles keep combining marks; C4 ends a sentence after its closing quote; Korean's word length
     identities = input_identities(sources)
-    key = resume.digest({"stage": "clean", "format": 5, "config": cfg.hashed(), "inputs": identities})
+    key = resume.digest({"stage": "clean", "format": 6, "config": cfg.hashed(), "inputs": identities})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)
@@ -98,6 +99,8 @@ def clean(
                 for number, batch in enumerate(results, start=run.done_batches):
                     advance = run.take(number, batch)
                     progress.update(task, advance=advance, kept=run.counts["kept"])
+            if total is not None:  # (it advances by text read, short of a record file's size by its keys and other fields)
+                progress.update(task, completed=total)
         run.close()
         _refuse_inputs_changed_while_read(sources, identities)
         _refuse_nothing_kept(run.counts, run.dropped, sources, cfg)

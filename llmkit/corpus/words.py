@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import regex
+
 # Han (incl. extensions A and compatibility), kana, Thai, Lao, Tibetan, Myanmar, Khmer.
 _UNSPACED_CLASS = (
     "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -18,17 +20,32 @@ _UNSPACED_CLASS = (
 )
 UNSPACED_CHAR = re.compile(f"[{_UNSPACED_CLASS}]")
 _WORD_TOKEN = re.compile(f"[{_UNSPACED_CLASS}]|[^\\s{_UNSPACED_CLASS}]+")
-# Shingle tokens ignore case and punctuation so that trivial edits do not hide a duplicate.
-_SHINGLE_TOKEN = re.compile(f"[{_UNSPACED_CLASS}]|[^\\W_{_UNSPACED_CLASS}]+")
+# Shingle tokens ignore case and punctuation so that trivial edits do not hide a duplicate. `regex`,
+# whose \w (Unicode's) holds combining marks: `re`'s ends a word at each, so Devanagari's vowel signs,
+# Arabic's harakat and NFD accents were dropped and "हिन्दी" shingled as ह न द, vowel-blind.
+_SHINGLE_TOKEN = regex.compile(f"[{_UNSPACED_CLASS}]|[^\\W_{_UNSPACED_CLASS}]+")
+
+
+# Hangul (syllable blocks, jamo, compatibility jamo): spaced, but each block packs two or three letters.
+HANGUL_CHAR = re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
 
 
 def unspaced_share(text: str, sample: int = 4000) -> float:
     """Share of unspaced-script characters among the non-space characters of (a sample of) text."""
+    return _share(text, UNSPACED_CHAR, sample)
+
+
+def hangul_share(text: str, sample: int = 4000) -> float:
+    """Share of Hangul characters among the non-space characters of (a sample of) text."""
+    return _share(text, HANGUL_CHAR, sample)
+
+
+def _share(text: str, chars_of: re.Pattern, sample: int) -> float:
     head = text[:sample]
     if head.isascii():
         return 0.0
     chars = sum(1 for ch in head if not ch.isspace())
-    return len(UNSPACED_CHAR.findall(head)) / chars if chars else 0.0
+    return len(chars_of.findall(head)) / chars if chars else 0.0
 
 
 def split_words(text: str) -> list[str]:
