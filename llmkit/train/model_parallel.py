@@ -292,15 +292,17 @@ class ModelParallelRun:
         return model_state, optim_state
 
     def _merge_stages(self, model_state: dict, optim_state: dict):
-        """Every stage's state gathered on rank 0 (over the pipeline ranks of replica 0)."""
+        """Every stage's state gathered on rank 0 (over the pipeline ranks of replica 0), one tensor
+        at a time: gathering each stage's whole state as one object held it three times over on
+        rank 0 (pickled, gathered, unpickled), a save peak of twice one process's memory (measured:
+        2.9 GB against 1.45 GB for a 50M model at --pp 2)."""
         layout = self.layout
         if layout.dp_rank != 0 or layout.tp_rank != 0:
             return None, None
-        pieces = [None] * layout.pp if layout.pp_rank == 0 else None
-        # Tensors between this run's own processes (object collectives pickle; nothing is read from disk).
-        self._dist.gather_object((model_state, optim_state), pieces, dst=0, group=self.gather_group)
         if layout.pp_rank != 0:
+            self._send_state(model_state, optim_state)
             return None, None
+        pieces = [(model_state, optim_state)] + [self._received_state(_rank_of(layout, p, 0, 0)) for p in range(1, layout.pp)]
         merged_model, merged_state, groups = {}, {}, None
         for stage_model, stage_optim in pieces:
             merged_model.update(stage_model)
@@ -317,6 +319,27 @@ class ModelParallelRun:
             for group in groups:
                 group["params"] = [p for p in group["params"] if p != "lm_head.weight"]
         return merged_model, {"state": merged_state, "param_groups": groups}
+
+    # Tensors between this run's own processes (object messages pickle; nothing is read from disk):
+    # first the state's outline with each tensor's place, then the tensors, one message each.
+    def _send_state(self, model_state: dict, optim_state: dict) -> None:
+        tensors: list[torch.Tensor] = []
+        outline = _outline((model_state, optim_state), tensors)
+        first_stage = _rank_of(self.layout, 0, 0, 0)
+        self._dist.send_object_list([outline, len(tensors)], dst=first_stage, group=self.gather_group)
+        for tensor in tensors:
+            self._dist.send_object_list([tensor], dst=first_stage, group=self.gather_group)
+
+    def _received_state(self, source: int) -> tuple[dict, dict]:
+        message: list[Any] = [None, None]
+        self._dist.recv_object_list(message, src=source, group=self.gather_group)
+        outline, count = message
+        tensors = []
+        for _ in range(count):
+            one: list[Any] = [None]
+            self._dist.recv_object_list(one, src=source, group=self.gather_group)
+            tensors.append(one[0])
+        return _filled(outline, tensors)
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, optim_state: dict) -> None:
         """A full optimizer state dict (checkpoint order and names) into this rank's shards."""
@@ -350,6 +373,32 @@ def _reorder_one(name: str, value: Any, config, tp: int, to_rank_major: bool) ->
     if not isinstance(value, torch.Tensor) or value.dim() == 0:
         return value
     return reorder_fused({name: value}, config, tp, to_rank_major=to_rank_major)[name]
+
+
+class _TensorAt(int):
+    """A tensor's place in the list sent after an outline."""
+
+
+def _outline(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """`value` with each tensor replaced by its place in `tensors` (appended to)."""
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+        return _TensorAt(len(tensors) - 1)
+    if isinstance(value, dict):
+        return {k: _outline(v, tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_outline(v, tensors) for v in value)
+    return value
+
+
+def _filled(value: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(value, _TensorAt):
+        return tensors[value]
+    if isinstance(value, dict):
+        return {k: _filled(v, tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_filled(v, tensors) for v in value)
+    return value
 
 
 def _to_cpu(value: Any) -> Any:
