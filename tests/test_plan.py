@@ -80,6 +80,12 @@ def test_memory_responds_to_each_knob(cli, tmp_path):
     assert tp["weights_gb"] < 0.55 * ddp["weights_gb"] and tp["activations_gb"] < ddp["activations_gb"]
     pp = _plan(cli, *base, "--pp", "4", "--pp-schedule", "gpipe", "--pp-microbatches", "8")
     assert pp["memory"]["weights_gb"] < 0.35 * ddp["weights_gb"] and pp["notes"]
+    # a split layout's save gathers the whole model and AdamW state on rank 0 (host memory on a GPU): said, with its size
+    saves = [note for note in pp["notes"] if "each checkpoint save gathers" in note]
+    assert saves and f"about {12 * 8_030_261_248 / 1e9:.2f} GB in its host memory" in saves[0], pp["notes"]
+    for layout in (["--tp", "2"], ["--strategy", "fsdp"]):
+        assert any("each checkpoint save gathers" in note for note in _plan(cli, *base, *layout)["notes"]), layout
+    assert not any("each checkpoint save gathers" in note for note in _plan(cli, *base)["notes"])  # ddp: rank 0 holds it all already
     assert _plan(cli, *base, "--micro-batch", "2")["memory"]["activations_gb"] == pytest.approx(2 * ddp["activations_gb"], rel=0.01)
     # dropout: on a GPU two byte masks a token; on a CPU also every head's T x T weights (no fused kernel takes dropout)
     small = ["--model", "mini", "--micro-batch", "8", "--seq-len", "512"]
