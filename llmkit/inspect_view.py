@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from llmkit.artifacts import Artifact, LineageNode, input_problems
+from llmkit.artifacts import Artifact, LineageNode, checked_as_read, input_problems
 from llmkit.console import err, figure, out, styled
 from llmkit.model.records import CheckpointStats
 
@@ -93,13 +93,16 @@ def _headline(art: Artifact) -> str:
         from llmkit.sweep_table import TABLE, read_rows
 
         try:
-            runs = read_rows(art)
+            with checked_as_read(art.path / TABLE):  # (a few kB: an edit that kept the size was shown as measured)
+                runs = read_rows(art)
         except UserError:  # (not the unhashed stats' copy in its place: verify vouches for none of it)
-            return f"{TABLE} damaged: llmkit verify names it"
+            return f"{TABLE} damaged or changed since written: llmkit verify names it"
         losses = [r.final_val_loss for r in runs if isinstance(r.final_val_loss, (int, float))]
         return f"{len(runs)} runs" + (f", best val_loss {figure(min(losses))}" if losses else "")
     if art.kind == "scaling":
         fit = _hashed_json(art, "fit.json", dict)
+        if fit is None and "fit.json" in art.manifest.files:
+            return "fit.json damaged or changed since written: llmkit verify names it"
         figures = {**fit["approach3"], "points": fit.get("points")} if isinstance((fit or {}).get("approach3"), dict) else s
         parts = [f"alpha {figure(figures.get('alpha'), 3)}", f"beta {figure(figures.get('beta'), 3)}"]
         if isinstance(figures.get("params_exponent"), float):
@@ -122,13 +125,16 @@ def _headline_metric(name: str) -> bool:
 
 
 def _hashed_json(art: Artifact, name: str, shape: type):
-    """The JSON of one of the artifact's hashed files, if it lists it and it reads as `shape`; else None
-    (a damaged file: load's size check or verify names it)."""
+    """The JSON of one of the artifact's hashed files, if it lists it, its hash is the recorded one
+    and it reads as `shape`; else None (a damaged or edited file: verify names it)."""
+    from llmkit.errors import UserError
+
     if name not in art.manifest.files:
         return None
     try:
-        value = json.loads((art.path / name).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        with checked_as_read(art.path / name):
+            value = json.loads((art.path / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, UserError):
         return None
     return value if isinstance(value, shape) else None
 

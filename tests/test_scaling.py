@@ -223,7 +223,22 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     (b.path / "manifest.json").write_text(json.dumps(manifest))
     assert artifacts.verify(b.path).ok and _headline(artifacts.load(b.path)) == _headline(a)
     assert _headline(a).startswith(f"alpha {fit['approach3']['alpha']:.3g}, beta {fit['approach3']['beta']:.3g}")
+    # fit.json edited in place, its size kept: not shown as the fit (report printed the edited alpha)
+    text = (b.path / "fit.json").read_text()
+    alpha = repr(fit["approach3"]["alpha"])
+    edited = text.replace(alpha, alpha[:-1] + str((int(alpha[-1]) + 1) % 10), 1)
+    assert edited != text and len(edited) == len(text)
+    (b.path / "fit.json").write_text(edited)
+    assert _headline(artifacts.load(b.path)) == "fit.json damaged or changed since written: llmkit verify names it"
+    (b.path / "fit.json").write_text(text)
     assert all(row["params_interval"][0] <= row["params"] <= row["params_interval"][1] for row in fit["budgets"])
+    # a budget whose split lies far outside the points is said to be an extrapolation (N = 0.625 parameters for
+    # C = 1 went unsaid, with an interval as sure as a measured one's); one among them is not
+    near = cli("scaling", "fit", data, "-o", tmp_path / "near", "--grid", "coarse", "--budget", "1e14,1")
+    rows = {row["flops"]: row for row in json.loads((tmp_path / "near" / "fit.json").read_text())["budgets"]}
+    assert near.exit_code == 0 and "outside" not in rows[1e14] and rows[1]["params"] < 1, near.output
+    assert any("decades below the smallest fitted" in said for said in rows[1]["outside"])
+    assert "note: C = 1: N is" in " ".join(near.output.split()) and "note: C = 1e+14" not in near.output
     assert sorted(p.name for p in (a.path / "plots").iterdir()) == ["frontier.png", "isoflop.png", "loss_vs_params.png",
                                                                     "loss_vs_tokens.png"]
     assert (a.path / "plots" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -564,6 +579,14 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     shutil.copytree(out, tmp_path / "forged")
     (tmp_path / "forged" / "manifest.json").write_text(json.dumps(forged))
     assert _headline(artifacts.load(tmp_path / "forged")) == _headline(sweep) and _headline(sweep).startswith("4 runs, best val_loss")
+    # ... and one edited in place, its size kept, is not shown as measured (report printed the edited loss)
+    table = tmp_path / "forged" / "runs.json"
+    best = min(r["final_val_loss"] for r in rows)
+    text = table.read_text()
+    edited = text.replace(repr(best), repr(best).replace(repr(best)[0], str((int(repr(best)[0]) + 1) % 10), 1), 1)
+    assert edited != text and len(edited) == len(text)
+    table.write_text(edited)
+    assert _headline(artifacts.load(tmp_path / "forged")) == "runs.json damaged or changed since written: llmkit verify names it"
     # A rerun with other options is refused before anything trains when a run was only interrupted (a checkpoint, no manifest)
     interrupted = tmp_path / "interrupted"
     shutil.copytree(out, interrupted)

@@ -44,6 +44,11 @@ def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> N
         console.print(f"C = {row['flops']:.3g} FLOPs: N = {row['params']:.3g} parameters, D = {row['tokens']:.3g} tokens "
                       f"({figure(row['tokens_per_param'], 1)} tokens per parameter), predicted loss {figure(row['loss'], 4)}",
                       soft_wrap=True)
+        if row.get("outside"):
+            from llmkit.console import note
+
+            note(f"C = {row['flops']:.3g}: {'; '.join(row['outside'])}: an extrapolation, whose interval covers the "
+                 "constants' noise, not the law being wrong out there")
     console.print(f"plots: {', '.join(str(art.path / p) for p in art.stats['plots'])}", soft_wrap=True)
     wrote(art)
 

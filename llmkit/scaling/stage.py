@@ -29,6 +29,11 @@ def _budget_row(fit, isoflop, budget: float, measured: tuple[np.ndarray, ...]) -
     n_opt, d_opt = fit.law.optimal(budget)
     row = {"flops": budget, "params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt,
            "loss": float(fit.law.loss(n_opt, d_opt))}
+    # as predict says it: a budget's split far from the points is the law extrapolated (with bootstrap
+    # intervals that looked as sure as a measured one's: C = 1 FLOP gave "N = 0.625 parameters")
+    outside = _outside_the_points(n_opt, d_opt, measured)
+    if outside:
+        row["outside"] = outside
     if fit.samples is not None:  # the same quantities under each bootstrap refit that the points determine
         laws = [Law(*sample) for sample in fit.samples]
         draws = np.array([law.optimal(budget) for law in laws if law.determined and not unmeasured_term(law, *measured)])

@@ -17,12 +17,23 @@ def _sweep(config: SweepConfig, *, tokens: Path, out: Path, force: bool) -> None
     from llmkit.sweep.stage import sweep
 
     art = artifacts.load(sweep(tokens, out, config, force=force), kind="sweep")
-    table = Table(title=f"sweep of {len(art.stats['runs'])} runs", title_justify="left")
-    for column in ("run", "params", "non-emb.", "tokens", "FLOPs", "val loss", "bpb", "seconds"):
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for row in art.stats["runs"]:
-        table.add_row(row["name"], f"{row['params']:,}", f"{row['non_embedding_params']:,}", f"{row['tokens']:,}",
-                      f"{row['flops']:.2e}", _fmt(row["final_val_loss"]), _fmt(row["bits_per_byte"]), _fmt(row["seconds"], 1))
+    runs = art.stats["runs"]
+    columns = {"run": lambda r: r["name"], "params": lambda r: f"{r['params']:,}",
+               "non-emb.": lambda r: f"{r['non_embedding_params']:,}", "tokens": lambda r: f"{r['tokens']:,}",
+               "FLOPs": lambda r: f"{r['flops']:.2e}", "val loss": lambda r: _fmt(r["final_val_loss"]),
+               "bpb": lambda r: _fmt(r["bits_per_byte"]), "seconds": lambda r: _fmt(r["seconds"], 1)}
+    # Every cell whole, the total parameters and the seconds left out where the console is too narrow for
+    # all (at 80 columns the names were cut to "c2e09-…", every run alike: this table maps them to their losses)
+    for dropped in ((), ("params",), ("params", "seconds")):
+        shown = [name for name in columns if name not in dropped]
+        widths = [max([len(name)] + [len(columns[name](r)) for r in runs]) for name in shown]
+        if sum(widths) + 3 * len(shown) + 1 <= console.width:
+            break
+    table = Table(title=f"sweep of {len(runs)} runs", title_justify="left")
+    for name in shown:
+        table.add_column(name, justify="left" if name == "run" else "right", no_wrap=True)
+    for row in runs:
+        table.add_row(*(columns[name](row) for name in shown))
     console.print(table)
     wrote(art)
 

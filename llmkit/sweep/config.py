@@ -57,7 +57,9 @@ class SweepConfig(Options):
         given = [name for name in SET_BY_GRID if _base_value(self.base, name) is not None]
         if given:
             raise ValueError(f"the sweep sets {', '.join('--' + n.replace('_', '-') for n in given)} for every run; leave it out")
-        if bool(self.token_budgets) == bool(self.flops):
+        if self.token_budgets and self.flops:
+            raise ValueError("give token budgets (--tokens 2e5,1e6) or FLOP budgets (--flops 1e12,1e13), not both")
+        if not self.token_budgets and not self.flops:
             raise ValueError("give token budgets (--tokens 2e5,1e6) or FLOP budgets (--flops 1e12,1e13), one of them")
         # One grid however it is typed (`1x32,1x16`, a budget twice): the same runs, so the same
         # recorded config and fingerprint, and a rerun of the other spelling goes on with the sweep.

@@ -138,7 +138,8 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
             raise UserError(f"the FLOP budget {budget:g} leaves the {layers}x{width} model {tokens:.3g} tokens, more than "
                             f"{MAX_RUN_TOKENS:.0e} a run may take; lower --flops, or give larger --sizes")
         if tokens < seq_len * config.min_steps:  # even a batch of one sequence would take fewer steps (and overshoot the budget)
-            raise UserError(f"a budget leaves the {layers}x{width} model {tokens} tokens, fewer than --min-steps "
+            named = f"the FLOP budget {budget:g}" if config.flops else f"the token budget {tokens}"
+            raise UserError(f"{named} leaves the {layers}x{width} model {tokens} tokens, fewer than --min-steps "
                             f"{config.min_steps} steps of one sequence of {seq_len}; raise the budget, or lower --seq-len or "
                             "--min-steps")
         sequences = max(1, min(config.base.batch_tokens, tokens // config.min_steps) // seq_len)
