@@ -659,8 +659,9 @@ def _error(result) -> str:
 
 def test_bad_inputs(shakespeare, cli, tmp_path):
     tokens = shakespeare["tokens"]
-    line = _error(cli("pretrain", tokens, "-o", tmp_path / "r1", *FAST, "--gpus", "4"))
-    assert "--gpus 4" in line and "0 were found" in line
+    asked = cli("pretrain", tokens, "-o", tmp_path / "r1", *FAST, "--gpus", "4")
+    line = _error(asked)
+    assert "--gpus 4" in line and "0 were found" in line and asked.exit_code == 2  # an option's mistake, as every layout's (it was 1)
     line = _error(cli("pretrain", shakespeare["tokenizer"], "-o", tmp_path / "r2", *FAST))
     assert "expected a tokens artifact, got tokenizer" in line
     line = _error(cli("pretrain", shakespeare["short"], "-o", tmp_path / "r3", *FAST, "--max-steps", "2"))

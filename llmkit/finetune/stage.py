@@ -81,13 +81,13 @@ def _check_split_model(config: FinetuneConfig, art) -> None:
     from llmkit.model.io import read_model_config
     from llmkit.train.layout import SPLIT_NEEDS_A_LANGUAGE_MODEL
 
-    layout = planned_split(config.devices, config.checkpoints.ema)
-    if layout is None:
+    if config.devices.tp == 1 and config.devices.pp == 1:
         return
     if config.task != "sft" or config.lora_rank:
         raise UsageError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
     model_config = read_model_config(art.path)
-    check_model(model_config, layout, _seq_len(config, model_config.context_length))
+    seq_len = _seq_len(config, model_config.context_length)
+    layout = planned_split(config.devices, config.checkpoints.ema, lambda layout: check_model(model_config, layout, seq_len))
     _split_batch(config, layout.batch_ways)
 
 

@@ -76,13 +76,11 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
     on a CPU (launch.planned_split). The processes check again, as they work from what they read."""
     from llmkit.data.tokenizer import load_tokenizer
 
-    layout = planned_split(config.devices, config.checkpoints.ema)
     tokenizer = load_tokenizer(tokens_art.path / "tokenizer")
     model_config = _model_config(config, tokenizer.vocab_size, init)
     _check_mask_token(model_config, tokenizer)
     seq_len = _seq_len(config, model_config, init)
-    if layout is not None:
-        check_model(model_config, layout, seq_len)
+    layout = planned_split(config.devices, config.checkpoints.ema, lambda layout: check_model(model_config, layout, seq_len))
     _split_global_batch(config, seq_len, layout.batch_ways if layout is not None else planned_world(config.devices))
     _open_data(tokens_art, seq_len, config)
     refuse_unread_model_settings(config, model_config)

@@ -62,8 +62,8 @@ def check_gpus(gpus: int) -> None:
     if gpus <= 0:
         return
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus > found:
-        raise UserError(
+    if gpus > found:  # (an option this machine cannot take: a usage error, exit 2, as every layout refusal)
+        raise UsageError(
             f"--gpus {gpus} asks for {gpus} GPU(s) but {found} {'was' if found == 1 else 'were'} found on this machine; "
             f"pass --gpus {found}" + (" or leave --gpus out" if found else " (CPU training: leave --gpus out, --nproc N for several processes)")
         )

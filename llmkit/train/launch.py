@@ -289,21 +289,26 @@ def worker_process(devices: Devices) -> Iterator[Any]:
         distributed.shutdown()
 
 
-def planned_split(devices: Devices, ema: float | None):
+def planned_split(devices: Devices, ema: float | None, check_model: Callable[[Any], None] | None = None):
     """The layout a --tp/--pp run will take (None without one), for a stage to check its model and
     batch against before any process starts (a mistake cost the start of N processes, 10-15 s on a
-    CPU; the workers check again, for library callers): the process count and --ema checked here."""
+    CPU; the workers check again, for library callers): the process count and --ema checked here,
+    after `check_model(layout)`, the model's own limits (the process count the world's refusal
+    advised met those next: --nproc 3 for --tp 3, then "--tp 3 does not divide --n-head (4)")."""
     from llmkit.train.layout import Layout, check_world
     from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
 
     if devices.tp == 1 and devices.pp == 1:
         return None
     world = planned_world(devices)
+    layout = Layout(dp=max(1, world // (devices.tp * devices.pp)), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
+                    microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
+    if check_model is not None:
+        check_model(layout)
     check_world(world, devices.tp, devices.pp)
     if ema is not None:
         raise UsageError(EMA_UNDER_SPLIT_MODEL)
-    return Layout(dp=world // (devices.tp * devices.pp), tp=devices.tp, pp=devices.pp, schedule=devices.pp_schedule,
-                  microbatches=(devices.pp_microbatches or devices.pp) if devices.pp > 1 else 1)
+    return layout
 
 
 def planned_world(devices: Devices) -> int:
