@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import MISSING
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from llmkit.errors import OptionError, UnusedOptions, UsageError, UserError
 
@@ -183,13 +183,13 @@ def resolve(
     file: Path | str | None = None,
     section: str | None = None,
     explicit: dict[str, Any] | None = None,
-    preset: dict[str, Any] | None = None,
+    preset: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> T:
     """Build a stage config: its defaults < `preset` < the config file < the flags typed.
 
     `explicit` holds only the options the user actually typed (see `explicit_params`), so a
     flag left at its default never overrides the config file; `preset` fills only what the
-    file leaves open.
+    file leaves open, or picks it from the file's values (clean's `preset` key: the file read once).
     """
     from llmkit.options import flat_options, value_problem
 
@@ -216,6 +216,8 @@ def resolve(
     if twice:
         raise UsageError(f"{file} sets one option twice, as {' and '.join(twice)}; keep one")
     from_file = {by_key[k]: v for k, v in from_file.items()}
+    if callable(preset):
+        preset = preset(from_file)
     values = {k: v for k, v in (preset or {}).items() if k not in from_file}
     values.update({k: _coerce(_parse_list_text(v, known[k], file), known[k].type) for k, v in from_file.items()})
     _note_written_escapes(file, {k: values[k] for k in from_file if k not in (explicit or {})}, known)

@@ -235,9 +235,11 @@ WEB_PRESET: dict[str, Any] = {
 def resolve(file: Path | str | None = None, explicit: dict[str, Any] | None = None) -> CleanConfig:
     """Defaults < preset < config file < explicit flags (the preset fills what the file leaves open)."""
     explicit = explicit or {}
-    preset = (explicit["preset"] if "preset" in explicit
-              else config_lib.file_values(file, "clean", note=False).get("preset", "default"))
-    if preset not in PRESETS:
-        raise UsageError(f"--preset {preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
-    return config_lib.resolve(CleanConfig, file=file, section="clean", explicit=explicit,
-                              preset=WEB_PRESET if preset == "web" else None)
+
+    def preset_of(from_file: dict[str, Any]) -> dict[str, Any] | None:
+        preset = explicit["preset"] if "preset" in explicit else from_file.get("preset", "default")
+        if preset not in PRESETS:
+            raise UsageError(f"--preset {preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
+        return WEB_PRESET if preset == "web" else None
+
+    return config_lib.resolve(CleanConfig, file=file, section="clean", explicit=explicit, preset=preset_of)
