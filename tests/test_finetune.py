@@ -490,6 +490,33 @@ def test_a_classifier_trained_on_short_cuts_is_evaluated_on_the_same_cuts(base, 
     assert not any("val_ppl" in line for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
+def test_validation_past_eval_examples_scores_a_drawn_subset_not_the_files_head(base, shared_data, cli, tmp_path):
+    """With more held-out examples than --eval-examples, validation scored the first ones in file
+    order, unsaid (a file sorted by label gave a biased figure): now a subset drawn once, noted,
+    counted in stats.val_scored, and eval of those examples reproduces the figure."""
+    import numpy as np
+
+    from llmkit.finetune.stage import VAL_SUBSET_SEED
+
+    data = write_jsonl(tmp_path / "data.jsonl", read_jsonl(shared_data / "sentiment" / "train.jsonl")[:96])
+    held = sorted(read_jsonl(shared_data / "sentiment" / "test.jsonl")[:96], key=lambda r: r["label"])
+    val = write_jsonl(tmp_path / "val.jsonl", held)
+    run = tmp_path / "cls"
+    result = cli("finetune", base["checkpoint"], "-o", run, "--task", "classify", "--data", data, "--val-data", val,
+                 "--seq-len", "12", "--truncate", "--max-steps", "4", "--batch-size", "16", "--eval-every", "4",
+                 "--eval-examples", "40")
+    assert result.exit_code == 0, result.output
+    assert "validation scores 40 of the 96 validation examples (--eval-examples 40)" in " ".join(result.output.split())
+    stats = artifacts.load(run).stats
+    assert (stats["val_examples"], stats["val_scored"]) == (96, 40)
+    chosen = np.sort(np.random.default_rng(VAL_SUBSET_SEED).choice(96, size=40, replace=False))
+    assert {held[i]["label"] for i in chosen} == {0, 1}  # (the file's first 40 hold one label)
+    scored = write_jsonl(tmp_path / "scored.jsonl", [held[i] for i in chosen])
+    assert cli("eval", run, "-m", "accuracy,f1", "--data", scored, "-o", tmp_path / "ev").exit_code == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert (metrics["accuracy"], metrics["f1"]) == pytest.approx((stats["val_accuracy"], stats["val_f1"]), abs=1e-9)
+
+
 def test_eval_reads_a_classifiers_labels_as_its_fine_tune_read_its_validation_data(base, shared_data, cli, tmp_path):
     """Classes "1", "2" and "neg" (strings), validation labels the integers 1 and 2: the fine-tune read 2 as
     the class "2", eval (its names not all digits) as the index of "neg", and the two accuracies differed
@@ -606,6 +633,11 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
          "--lora-targets shape(s) LoRA adapters, which only --lora-rank N adds"),
         ([{"text": "a", "label": 1}] * 4, ["--task", "classify"], "single label 1"),
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
+        # a system prompt that is no text was dropped, unsaid
+        ([{"prompt": "a", "response": "b", "system": 5}] * 4, [], "data.jsonl:1 field 'system' is a number, not text"),
+        # "pos " was a third class beside "pos", unsaid
+        ([{"text": "a", "label": ["pos", "neg", "pos "][i % 3]} for i in range(6)], ["--task", "classify"],
+         "data.jsonl:3), the same but for spaces around them; write each class one way"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-rank", "100000"], "--lora-rank 100000 exceeds the smallest dimension"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--epochs", "2"], "--epochs sets the run's length when --max-steps"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--epochs", "1"], "--epochs sets the run's length when --max-steps"),
@@ -656,7 +688,7 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "classify-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
-         "int-label-gap", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
+         "int-label-gap", "system-not-text", "label-spaces", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",
          "labels-mixed", "label-negative", "text-fields-mixed", "null-text-beside-sentence", "nan-response",
          "template-fields-fit-another", "blank-texts", "micro-batch-one-process"],
@@ -1207,7 +1239,16 @@ def test_examples_with_an_empty_response_are_left_out_and_said(base, cli, tmp_pa
     result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", data, "--max-steps", "1", "--batch-size", "4",
                  "--val-fraction", "0", "-o", run)
     assert result.exit_code == 0, result.output
-    assert "2 of 12 training examples left out: their response is empty (or only whitespace)" in " ".join(result.output.split())
+    assert "2 of 12 training examples left out: their response (or an assistant reply of the conversation) is empty or only " \
+        "whitespace" in " ".join(result.output.split())
+    # a conversation whose last (or any) assistant reply is blank: the earlier replies' text hid it, and it was trained
+    chats = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                           {"role": "user", "content": f"Bye {i}"}, {"role": "assistant", "content": "Bye." if i % 4 else " "}]}
+             for i in range(12)]
+    result = cli("finetune", base["checkpoint"], "--data", write_jsonl(tmp_path / "chats.jsonl", chats), "--max-steps", "1",
+                 "--batch-size", "4", "--val-fraction", "0", "-o", tmp_path / "chat")
+    assert result.exit_code == 0 and "3 of 12 training examples left out" in " ".join(result.output.split()), result.output
+    assert artifacts.load(tmp_path / "chat").stats["train_examples"] == 9
     blank = write_jsonl(tmp_path / "blank.jsonl", [dict(r, response=" ") for r in records])
     result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", blank, "--max-steps", "1", "-o", tmp_path / "b")
     assert result.exit_code == 1 and "every training example's response is empty" in " ".join(result.output.split())

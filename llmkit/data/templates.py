@@ -170,6 +170,10 @@ def record_messages(record: dict[str, Any], where: str, suggest_template: bool =
         messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
         if isinstance(record.get("system"), str):
             messages.insert(0, {"role": "system", "content": record["system"]})
+        elif record.get("system") is not None:  # (a number or a list was left out without a word)
+            from llmkit.jsonl import json_kind
+
+            raise UserError(f"{where} field 'system' is {json_kind(record['system'])}, not text; fix the record or leave it out")
         return messages
     # the fields are there and one holds no text (null, a list): no template would take it (a number, --template plain)
     bad = next((name for name in ("prompt", "response") if name in record and _not_text(record[name])), None)

@@ -102,6 +102,13 @@ def _places(records: list, name: str, places: Sequence[str] | None) -> Sequence[
 # -- SFT ------------------------------------------------------------------------------------------
 
 
+def _a_blank_reply(record: dict) -> bool:
+    messages = record.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("content"), str) and not m["content"].strip()
+        for m in messages)
+
+
 def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
                  verbose: bool = True, places: Sequence[str] | None = None) -> list[Encoded]:
     """Encode records; an example the model cannot read in max_len positions is an error unless
@@ -115,9 +122,10 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
     specials = set(tokenizer.special_ids.values())
     for i, record in enumerate(records):
         example, without_prompt = encode_example(template, record, tokenizer, places[i]), False
-        # An empty (or blank) response trained the end-of-text alone: "stop at once", unsaid. Left out, and counted.
+        # An empty (or blank) response trained the end-of-text alone: "stop at once", unsaid. Left out, and counted;
+        # so is a conversation with a blank assistant reply (the others' text hid it: the last one is the reply to learn)
         text = [token for token, learned in zip(example.ids[1:], example.learn[1:]) if learned and token not in specials]
-        if not tokenizer.decode(text).strip():
+        if not tokenizer.decode(text).strip() or _a_blank_reply(record):
             blank += 1
             continue
         if len(example.ids) > longest:
@@ -141,8 +149,9 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
             "--truncate to cut them, or use a checkpoint with a longer context"
         )
     if blank and verbose:
-        note(f"{blank} of {len(records)} {name} examples left out: their response is empty (or only whitespace), "
-             "which would teach the model to stop at once; fill them in, or leave them out of the data")
+        note(f"{blank} of {len(records)} {name} examples left out: their response (or an assistant reply of the "
+             "conversation) is empty or only whitespace, which would teach the model to stop at once; fill them in, or "
+             "leave them out of the data")
     if not examples and name == "training" and blank == len(records):
         raise UserError(f"every {name} example's response is empty (or only whitespace); fill in the response field")
     if not examples and name == "training":
@@ -309,6 +318,14 @@ def label_set(records: list[dict], name: str, places: Sequence[str] | None = Non
             shown = ", ".join(map(str, absent[:3])) + (", ..." if len(absent) > 3 else "")
             raise UserError(f"{name} has integer labels up to {distinct[-1]} but no example of class {shown}; integer labels "
                             "are class ids 0..K-1, each with examples: renumber them, or write the labels as names (strings)")
+    if kinds == {str}:  # "pos" and "pos " were two classes, unsaid: a stray space in a file is no class
+        seen: dict[str, str] = {}
+        for label in distinct:
+            other = seen.setdefault(label.strip(), label)
+            if other != label:
+                at = places[values.index(label)]
+                raise UserError(f"{name} has the labels {other!r} and {label!r} ({at}), the same but for spaces around them; "
+                                "write each class one way")
     if len(distinct) > MAX_CLASSES:
         raise UserError(f"{name} has {len(distinct):,} distinct labels, more than {MAX_CLASSES:,} classes; is --task classify meant?")
     if len(distinct) < 2:
@@ -326,6 +343,10 @@ def class_texts(records: list[dict], name: str, places: Sequence[str] | None = N
         if not isinstance(text, str):
             other = field not in record and next((f for f in CLASSIFY_TEXT_FIELDS if f != field and f in record), None)
             mixed = f" (it has {other!r} where {places[0]} has {field!r}: use one name in every record)" if other else ""
+            if text is not None and not mixed:  # (a list or a number there was "no 'text' string")
+                from llmkit.jsonl import json_kind
+
+                mixed = f" (its {field!r} is {json_kind(text)})"
             raise UserError(f"{place} has no {field!r} string{mixed}; classification data is {{\"text\": ..., \"label\": ...}}")
         texts.append(text)
     return texts

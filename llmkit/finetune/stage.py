@@ -351,7 +351,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             stats=CheckpointStats(
                 task=config.task, params=total - adapters, trainable_params=trainable, flops_per_token=model.flops_per_token(seq_len),
                 model=model_config.to_dict(), seq_len=seq_len, train_examples=len(train_examples),
-                val_examples=len(val_examples), epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
+                val_examples=len(val_examples), val_scored=min(len(val_examples), config.eval_examples) if val_examples else None,
+                epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
                 lora_layers=len(adapted), frozen_params=total - trainable, labels=labels.names if labels else None,
             ),
             runtime={**runtime_record(config, info, micro_batch, accumulation),
@@ -475,7 +476,8 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
                  f"validation loss; {fix}")
         pad_id = tokenizer.pad_id
         train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
-        val_batches = ft_data.SFTBatches(val_examples, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
+        scored = _scored_subset(val_examples, config.eval_examples, is_main)
+        val_batches = ft_data.SFTBatches(scored, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
         loss_fn = sft_loss
     else:
         if not config.val_data:  # the data's own faults first, then what the held-out draw left to train on
@@ -488,7 +490,33 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
                                                  is_main, val_places) if val_records else []
         train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
-        val_batches = ft_data.ClassifyBatches(val_examples, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
+        scored = _scored_subset(val_examples, config.eval_examples, is_main)
+        val_batches = ft_data.ClassifyBatches(scored, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
         loss_fn = ClassifyLoss()
+    beside = next((name for name in ft_data.VALIDATION_FILES if data.is_dir() and (data / name).is_file()), None)
+    if beside is not None and not config.val_data and is_main:  # (a folder's validation file was passed over unsaid)
+        from llmkit.console import note
+
+        note(f"{data} holds {beside}, which this run does not read: it holds out --val-fraction {config.val_fraction} of "
+             f"{ft_data.data_file(data).name} instead; pass --val-data {data} to validate on it")
     return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn)
+
+
+VAL_SUBSET_SEED = 0  # which held-out examples --eval-examples scores: the same ones whatever --seed
+
+
+def _scored_subset(examples: list, most: int, is_main: bool) -> list:
+    """At most `most` of the validation examples, drawn once and kept in their order: the first
+    `most` in file order were scored, so a file sorted by label or source gave a biased figure."""
+    if len(examples) <= most:
+        return examples
+    import numpy as np
+
+    chosen = np.sort(np.random.default_rng(VAL_SUBSET_SEED).choice(len(examples), size=most, replace=False))
+    if is_main:
+        from llmkit.console import note
+
+        note(f"validation scores {most} of the {len(examples)} validation examples (--eval-examples {most}), drawn "
+             f"at random once, the same for every --seed; raise --eval-examples to score them all")
+    return [examples[i] for i in chosen]
 

@@ -200,6 +200,7 @@ class CheckpointStats:
     global_batch_tokens: int | None = None
     train_examples: int | None = None
     val_examples: int | None = None
+    val_scored: int | None = None  # of val_examples, those each validation scores (--eval-examples, drawn at random)
     epochs: float | None = None
     max_steps: int | None = None
     step: int | None = None
