@@ -42,9 +42,12 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     table.add_row("files", f"{len(m.files)}: " + _short(", ".join(m.files), 200))
     if m.state_files:  # (hashed and verified too: what --resume reads)
         table.add_row("state files", f"{len(m.state_files)}: " + _short(", ".join(m.state_files), 200))
+    continued = any(ref.get("role") == "init" for ref in m.inputs)
     for key, value in m.config.items():
-        # (null: the option left out, whose default the stage resolved: the preset's, the context length's...)
-        table.add_row(f"config.{key}", Text("null (default)", style="dim") if value is None else _short(value))
+        # (null: the option left out, whose default the stage resolved: the preset's, the context length's...; an
+        # --init-from run's model: the checkpoint's)
+        unset = "null (the --init-from checkpoint's)" if key == "model" and continued else "null (default)"
+        table.add_row(f"config.{key}", Text(unset, style="dim") if value is None else _short(value))
     for section, values in (("stats", m.stats), ("runtime", m.runtime)):
         for key, value in _flattened(values, section):
             table.add_row(key, _short(value))

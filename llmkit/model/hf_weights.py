@@ -63,19 +63,18 @@ def _expand_kv(w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """llmkit GPT state dict -> transformers state dict in `dtype` (tied lm_head left out, as
-    transformers saves it). Each tensor is converted once, and checked as it is (by the checkpoint's
-    own name: a weight beyond the dtype's range); the mapping then works in `dtype`, as converting
-    commutes with its slices, joins and transposes: memory is the model plus one copy."""
+    transformers saves it). Each tensor is converted as the mapping reads it, and checked so (by the
+    checkpoint's own name: a weight beyond the dtype's range); the mapping then works in `dtype`, as
+    converting commutes with its slices, joins and transposes: memory is the model plus one copy (a
+    converted copy of the whole state made first held 2 bytes a parameter more)."""
     family = hf_family(config)
-    # by the checkpoint's own names, before the mapping renames (and joins) them
-    state = {name: _finite(name, tensor, tensor.detach().to(dtype)) for name, tensor in state.items()}
     out: dict[str, torch.Tensor] = {}
     kv = config.n_kv_head * config.head_dim
     hidden = config.mlp_hidden
 
     def get(name: str, default_like: torch.Tensor | None = None) -> torch.Tensor:
-        if name in state:
-            return state[name]
+        if name in state:  # (by the checkpoint's own name, before the mapping renames, and joins, it)
+            return _finite(name, state[name], state[name].detach().to(dtype))
         if default_like is not None:  # llmkit without bias -> zero bias in GPT-2, which always has one
             return torch.zeros(default_like.shape[0], dtype=default_like.dtype)
         raise UserError(f"checkpoint weights lack {name!r}; the checkpoint is damaged, rebuild it")

@@ -262,27 +262,39 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
     the most micro-batches in flight) and its last (the head and the logits)."""
     if layout.pp == 1:
         memory = stage_memory(shape, layout, device, "only")
-        _note_the_save(memory, shape, layout, device)
+        _note_the_save(memory, memory, shape, layout, device)
         return memory
     first, last = (stage_memory(shape, layout, device, stage) for stage in ("first", "last"))
     (busiest, stage), (other, other_stage) = sorted(((first, "first"), (last, "last")), key=lambda m: -m[0].total)
     busiest.notes.append(f"pipeline: the busiest device holds the {stage} stage, {layout.in_flight_on(stage)} micro-batch(es) "
                          f"in flight ({layout.pp_schedule}); the {other_stage} stage's needs {other.total / GB:.2f} GB")
-    _note_the_save(busiest, shape, layout, device)
+    _note_the_save(busiest, first, shape, layout, device)
     return busiest
 
 
-def _note_the_save(memory: Memory, shape: ModelShape, layout: Layout, device: Device) -> None:
+def _note_the_save(memory: Memory, rank0: Memory, shape: ModelShape, layout: Layout, device: Device) -> None:
     """A split layout's checkpoint is one file: each save gathers the whole model and AdamW state
-    on rank 0, beside its own part (not in the total, which is a training step's; measured on a CPU,
-    a 50.7M model: rank 0 peaked at 1.13 GB saving under --pp 2, 1.71 GB under --tp 2, against
-    0.94 and 0.88 GB in training)."""
+    on rank 0 (`rank0`: its memory in training), beside its own part (not in the total, which is a
+    training step's). A pipeline's first stage on a CPU keeps its own tensors in the gathered state; tensor
+    parallelism and FSDP gather new whole ones (measured on a CPU, a 50.7M model: rank 0 peaked at
+    1.13 GB saving under --pp 2, 1.71 GB under --tp 2, against 0.94 and 0.88 GB in training)."""
     if layout.tp == 1 and layout.pp == 1 and not (layout.strategy == "fsdp" and layout.dp > 1):
         return
-    where = "its host memory" if device.on_gpu else "the same memory, beside its own part"
-    memory.notes.append(f"each checkpoint save gathers the whole model and AdamW state on rank 0 "
-                        f"({ADAM_BYTES_WITH_WEIGHTS} bytes a parameter): about {ADAM_BYTES_WITH_WEIGHTS * shape.total / GB:.2f} GB "
-                        f"in {where}")
+    gathered = ADAM_BYTES_WITH_WEIGHTS * shape.total
+    if layout.tp == 1 and layout.pp > 1 and not device.on_gpu:  # (a GPU's first stage copies its own to the host too)
+        gathered -= ADAM_BYTES_WITH_WEIGHTS * stage_parameters(shape, layout, "first")
+    said = (f"each checkpoint save gathers the whole model and AdamW state on rank 0 ({ADAM_BYTES_WITH_WEIGHTS} bytes a "
+            f"parameter): about {gathered / GB:.2f} GB more")
+    if device.on_gpu:
+        memory.notes.append(f"{said}, in its host memory")
+        return
+    # on a CPU in the same memory: the training state stays, the activations are gone by then
+    saving = rank0.weights + rank0.gradients + rank0.optimizer + rank0.transient + gathered
+    saving += FRAGMENTATION * saving + CPU_PROCESS
+    available = rank0.available
+    verdict = (f"; {saving / GB:.2f} GB in all, more than the {available / GB:.2f} GB a process has: it would run out "
+               "of memory at its first save (fewer processes, or more memory)" if saving > available else "")
+    memory.notes.append(f"{said} beside its own part, {saving / GB:.2f} GB in all{verdict}" if not verdict else said + verdict)
 
 
 def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) -> Memory:

@@ -13,7 +13,7 @@ the engine of every other run). Checkpoints keep the single-process layout: one 
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,7 +22,6 @@ import torch.nn as nn
 
 from llmkit.errors import UsageError, UserError
 from llmkit.model.gpt import GPT, IGNORE_INDEX, unmaterialised
-from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import SPLIT_NEEDS_A_LANGUAGE_MODEL, Layout, check_model, rank_at
 from llmkit.train.parallelize import (
     all_reduce_gradients,
@@ -133,14 +132,6 @@ class ModelParallelRun:
         return self.on_last_stage and self.layout.tp_rank == 0
 
     # -- training ------------------------------------------------------------------------------
-    def _sync_context(self, last: bool):
-        """FSDP2 skips its reduce-scatter on all but the last micro-batch (a pipeline stage manages its own)."""
-        stack = ExitStack()
-        if self.layout.dp > 1 and self.strategy == "fsdp" and self.pipeline is None:
-            for module in self.modules:
-                stack.enter_context(dist_utils.gradient_sync(module, last))
-        return stack
-
     def step_total(self, local: int) -> float:
         """Collective: the step's target tokens over the data-parallel replicas (the ranks of one
         replica read the same samples)."""
@@ -160,7 +151,8 @@ class ModelParallelRun:
         batch = self._full_length(batch)
         # the gradients are averaged over dp replicas (finish_gradients, or FSDP), hence the dp
         token_weight = self.layout.dp / step_total
-        with self._sync_context(last), autocast(self.device, self.precision):
+        # (FSDP2 reduce-scatters every micro-batch's gradients: llmkit.train.distributed.gradient_sync)
+        with autocast(self.device, self.precision):
             if self.pipeline is not None:
                 return self.pipeline.forward_backward(batch[0], batch[1], token_weight, targets)
             with loss_parallel() if self.layout.tp > 1 else nullcontext():

@@ -178,6 +178,11 @@ class Resuming:
             if key in unread and key in saved_options:
                 self.spec.config[key] = before
                 continue
+            if key == "model" and now is None and any(ref.get("role") == "init" for ref in manifest.inputs):
+                # an --init-from run made before 2026-12-06 recorded --model's default, which it may not be given
+                # again: the saved record stays (the model is the init checkpoint's either way)
+                self.spec.config[key] = before
+                continue
             if key in unset and now is None and before == unset[key]:
                 # The saved record stays: the run is then the one an uninterrupted run would have made.
                 self.spec.config[key] = before
