@@ -303,6 +303,19 @@ def test_what_is_shown_is_what_is_recorded_and_a_terminal_gets_no_control_charac
     assert shown.output.index("replies stop at what is left") < shown.output.index("bot> ")
 
 
+def test_the_next_turn_is_prompted_with_the_reply_as_the_model_wrote_it(chat_model, monkeypatch):
+    """The reply shown and recorded is stripped; the history the next turn's prompt is made of keeps it as
+    written ("ok\\n" went on as "ok": ids the fine-tune never saw after its own reply)."""
+    from types import SimpleNamespace
+
+    from llmkit.inference.engine import Generator
+
+    monkeypatch.setattr(Generator, "complete", lambda self, prompts, params, **_: [SimpleNamespace(text=" ok\n", finish_reason="eos")])
+    session = _session(chat_model)
+    assert session.reply("hello") == "ok"
+    assert session.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": " ok\n"}]
+
+
 def test_the_stream_without_the_whitespace_around_it_is_the_stored_reply():
     from llmkit.generate.chat import _Stripped
 

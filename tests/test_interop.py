@@ -174,6 +174,12 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     assert render(history, add_generation_prompt=True) == encode_chat_prompt(history, tok)
     finished = history + [{"role": "assistant", "content": "First Citizen."}]
     assert render(finished) == encode_chat_example(finished, tok).ids
+    # what training learns, as transformers' assistant mask (TRL's assistant_only_loss) reads it: it was all zeros
+    for talk in (finished, finished + [{"role": "user", "content": ""}, {"role": "assistant", "content": " Aye. "}],
+                 history + [{"role": "assistant", "content": ""}, {"role": "assistant", "content": "Well."}]):
+        masked = hf_tok.apply_chat_template(talk, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        example = encode_chat_example(talk, tok)
+        assert list(masked["input_ids"]) == example.ids and list(masked["assistant_masks"]) == [int(x) for x in example.learn]
     stops = json.loads((tmp_path / "chat-hf" / "generation_config.json").read_text())["eos_token_id"]
     assert stops == [tok.eos_id] + [tok.special_ids[f"<|{r}|>"] for r in ("system", "user", "assistant")]
 
@@ -189,6 +195,12 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     example = render(user + [{"role": "assistant", "content": record["target"]}])
     assert example == encode_text_example(template, record, tok, "test").ids
     assert json.loads((tmp_path / "tr-hf" / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
+    # two fields a side (Alpaca's instruction and input): no chat template can fill them, and the export says so
+    alpaca = dict(template, name=None, prompt="### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n",
+                  response="{output}", input_field=None, target_field="output")
+    two = cli("export", _with_task(base, {"task": "sft", "template": alpaca}, tmp_path / "al"), "-o", tmp_path / "al-hf")
+    assert two.exit_code == 0 and "the export has no chat template" in " ".join(two.output.split()), two.output
+    assert "chat_template" not in json.loads((tmp_path / "al-hf" / "tokenizer_config.json").read_text())
 
     classifier = _with_task(base, {"task": "classify", "labels": ["neg", "pos"]}, tmp_path / "cls")
     line = _error(cli("export", classifier, "-o", tmp_path / "cls-hf"))
@@ -629,6 +641,9 @@ def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned
     monkeypatch.undo()
     assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
     assert AutoTokenizer.from_pretrained(tmp_path / "again", local_files_only=True).chat_template == CHATML
+    # imported again, the same checkpoint: its fingerprint too (the export's document_start made it another)
+    assert cli("import", tmp_path / "again", "-o", tmp_path / "reimported").exit_code == 0
+    assert artifacts.load(tmp_path / "reimported").fingerprint == artifacts.load(tmp_path / "ckpt").fingerprint
     # a template that refuses a conversation (here: a role it has no place for) is one line
     refusing = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}{% endfor %}"
     loaded.tokenizer.own_chat_template = refusing
@@ -1419,7 +1434,7 @@ def test_the_document_start_token_survives_export_and_import(cli, tmp_path, toke
     assert cli("import", tmp_path / "resaved", "-o", tmp_path / "resaved-back").exit_code == 0
     loaded = load_checkpoint(tmp_path / "resaved-back")
     assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == theirs("x")["input_ids"][0]
-    assert artifacts.load(tmp_path / "resaved-back").config.get("document_start") == ("eos" if start == "eos" else None)
+    assert artifacts.load(tmp_path / "resaved-back").config["document_start"] == start  # (the bos recorded as export records it)
     # Stats are not hashed: a start written there (as before 2026-12-02) is not read, or an edit would
     # change every prompt while verify says ok.
     unrecorded = make_checkpoint(tmp_path, "unrecorded", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])

@@ -159,12 +159,13 @@ class ChatSession:
         stripped = _Stripped(on_text) if on_text else None
         stream = (lambda _row, piece: stripped(piece)) if stripped else None
         try:
-            text = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=self.stop_ids)[0].text.strip()
+            written = self.generator.complete([ids], params, on_text=stream, extra_stop_ids=self.stop_ids)[0].text
         except NotFinite as exc:
             raise UserError(exc.explained([(None, self.generator.model)])) from None
-        if self.template["type"] == "chat":
-            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
-        return text
+        if self.template["type"] == "chat":  # the reply as written, the whitespace around it too: the next turn's prompt
+            # holds what the model made (a reply "ok\n" went on as "ok", ids a fine-tune never saw after it)
+            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": written}]
+        return written.strip()
 
 
 class _Stripped:

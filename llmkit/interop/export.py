@@ -43,6 +43,12 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
     loaded = load_checkpoint(art.path)
     config, tok = loaded.config, loaded.tokenizer
     template = chat_template_for(task) or tok.own_chat_template  # (load_checkpoint drops the latter for a fine-tune)
+    if template is None and task is not None and isinstance(task.template, dict):
+        from llmkit.console import note
+
+        note(f"{art.path}'s prompt template ({task.template.get('name') or 'from a file'}) fills more than one field a "
+             "side, which a chat template cannot take from messages: the export has no chat template (the template is "
+             f"in {LLMKIT_CONFIG_FILE}'s task); build its prompts as fine-tuning did")
     special = SpecialIds(bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id)
     hf_config = to_hf_config(config, special)
     hf_config.dtype = dtype

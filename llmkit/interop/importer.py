@@ -83,17 +83,18 @@ def _source_chat_template(src: Path) -> str | None:
     return template if isinstance(template, str) and template else None
 
 
-def _document_start(provenance: dict, tokenizer, special: dict[str, str]) -> str | None:
+def _document_start(provenance: dict, tokenizer, special: dict[str, str]) -> str:
     """"bos" or "eos": the token the weights saw documents start after. llmkit's export records it;
     a folder without that record (one transformers re-saved: `save_pretrained` keeps no file of
     ours) still has the post-processor export wrote, which puts that token before a text. Its eos
     there (distinct from the bos) is recorded as such: taken for the bos, the import conditioned
     prompts on a token the weights never saw in that place, while transformers, on the same folder,
-    used the eos. None: the bos, as for any model."""
+    used the eos. "bos" otherwise, as for any model, recorded as export records it (left out, a foreign
+    folder imported, exported and imported again changed its fingerprint, every file the same)."""
     if provenance.get("document_start") in ("bos", "eos"):
         return provenance["document_start"]
     first = _prepended_token(json.loads(tokenizer.to_str()).get("post_processor"))
-    return "eos" if first is not None and first == special.get("eos") != special.get("bos") else None
+    return "eos" if first is not None and first == special.get("eos") != special.get("bos") else "bos"
 
 
 def _prepended_token(processor) -> str | None:
@@ -229,7 +230,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
             "dtype": dtype,
             "model": config.to_dict(),
             "special_tokens": special,
-            **({"document_start": start} if (start := _document_start(provenance, tokenizer, special)) else {}),
+            "document_start": _document_start(provenance, tokenizer, special),
         }
         build.seed = None  # nothing is drawn: an import is the same work whatever --seed says
         build.stats = CheckpointStats(params=model.num_params(), vocab_size=config.vocab_size, tokenizer_vocab_size=tok_vocab).to_dict()
