@@ -241,18 +241,34 @@ class Attention(nn.Module):
             cache.v[layer][:, :, start : start + T] = v
             k = cache.k[layer][:, :, : start + T]
             v = cache.v[layer][:, :, : start + T]
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            # With a cached prefix a mask-free step is one query over all keys, not causal.
-            is_causal=mask is None and self.config.objective == "clm" and (cache is None or cache.pos == 0),
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        if T == 1 and mask is None and isinstance(cache, KVCache) and q.device.type == "cpu" and not self.training:
+            y = _one_query_attention(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                # With a cached prefix a mask-free step is one query over all keys, not causal.
+                is_causal=mask is None and self.config.objective == "clm" and (cache is None or cache.pos == 0),
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         y = self.out_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         return F.dropout(y, self.dropout, True) if self.training and self.dropout else y
+
+
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A decoding step's attention on a CPU (one query a sequence over its cached keys) as two batched
+    products and a softmax, whose bits do not follow the thread count: PyTorch's CPU kernel for
+    scaled_dot_product_attention splits its sums by thread (on an AMD EPYC with AVX-512, torch 2.13:
+    up to 9e-8 apart between 1 and 2 threads), so a completion changed with the machine's cores. The
+    query heads that share a key/value head (grouped-query attention) are one batch of rows."""
+    B, H, _, D = q.shape
+    kv_heads, S = k.shape[1], k.shape[2]
+    rows = q.reshape(B * kv_heads, H // kv_heads, D) * D**-0.5
+    weights = torch.bmm(rows, k.reshape(B * kv_heads, S, D).transpose(1, 2)).softmax(-1)
+    return torch.bmm(weights, v.reshape(B * kv_heads, S, D)).view(B, H, 1, D)
 
 
 class MLP(nn.Module):
