@@ -635,6 +635,8 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
         # a system prompt that is no text was dropped, unsaid
         ([{"prompt": "a", "response": "b", "system": 5}] * 4, [], "data.jsonl:1 field 'system' is a number, not text"),
+        ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "system": "Be terse."}] * 4, [],
+         "data.jsonl:1 has a 'system' field beside 'messages'; put the system message first in 'messages'"),
         # "pos " was a third class beside "pos", unsaid
         ([{"text": "a", "label": ["pos", "neg", "pos "][i % 3]} for i in range(6)], ["--task", "classify"],
          "data.jsonl:3), the same but for spaces around them; write each class one way"),
@@ -688,7 +690,7 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "classify-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
-         "int-label-gap", "system-not-text", "label-spaces", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
+         "int-label-gap", "system-not-text", "system-beside-messages", "label-spaces", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",
          "labels-mixed", "label-negative", "text-fields-mixed", "null-text-beside-sentence", "nan-response",
          "template-fields-fit-another", "blank-texts", "micro-batch-one-process"],

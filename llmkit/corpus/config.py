@@ -239,7 +239,8 @@ def resolve(file: Path | str | None = None, explicit: dict[str, Any] | None = No
     def preset_of(from_file: dict[str, Any]) -> dict[str, Any] | None:
         preset = explicit["preset"] if "preset" in explicit else from_file.get("preset", "default")
         if preset not in PRESETS:
-            raise UsageError(f"--preset {preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
+            where = f" (set in {file})" if "preset" not in explicit else ""
+            raise UsageError(f"--preset {preset!r}{where} is not a preset; choose one of: {', '.join(PRESETS)}")
         return WEB_PRESET if preset == "web" else None
 
     return config_lib.resolve(CleanConfig, file=file, section="clean", explicit=explicit, preset=preset_of)

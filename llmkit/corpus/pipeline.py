@@ -74,9 +74,10 @@ def clean(
     # format 3 (2026-12-03): HTML heads, C4's emptied documents, Gopher's top n-gram and a corpus's carried ids changed
     # format 4 (2026-12-05): terminal escapes, the HTML gate, a whole file's BOM and repeated names' labels changed
     # format 5 (2026-12-05): a document C4 empties is c4_no_lines_left (it was "empty")
-    # format 6 (2026-12-06): shingles keep combining marks; C4 ends a sentence after its closing quote; Korean's word length
+    # format 6 (2026-12-06): shingles kept combining marks; C4 ended a sentence after a closing quote; Korean's word length
+    # format 7 (2026-12-06): a shingle word starts with a letter or number; C4's closers follow CJK marks only
     identities = input_identities(sources)
-    key = resume.digest({"stage": "clean", "format": 6, "config": cfg.hashed(), "inputs": identities})
+    key = resume.digest({"stage": "clean", "format": 7, "config": cfg.hashed(), "inputs": identities})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)

@@ -387,6 +387,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             )
             if trainer.start_step == 0:  # (once everything is checked: a refusal stays one line)
                 _note_thin_data(config, len(train_examples), len(val_examples))
+                _note_validation(config, data, len(val_examples))
         trainer.run()
 
 
@@ -476,7 +477,7 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
                  f"validation loss; {fix}")
         pad_id = tokenizer.pad_id
         train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
-        scored = _scored_subset(val_examples, config.eval_examples, is_main)
+        scored = _scored_subset(val_examples, config.eval_examples)
         val_batches = ft_data.SFTBatches(scored, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
         loss_fn = sft_loss
     else:
@@ -490,22 +491,31 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
                                                  is_main, val_places) if val_records else []
         train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
-        scored = _scored_subset(val_examples, config.eval_examples, is_main)
+        scored = _scored_subset(val_examples, config.eval_examples)
         val_batches = ft_data.ClassifyBatches(scored, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
         loss_fn = ClassifyLoss()
-    beside = next((name for name in ft_data.VALIDATION_FILES if data.is_dir() and (data / name).is_file()), None)
-    if beside is not None and not config.val_data and is_main:  # (a folder's validation file was passed over unsaid)
-        from llmkit.console import note
+    return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn)
 
+
+def _note_validation(config: FinetuneConfig, data: Path, held_out: int) -> None:
+    """What validation reads that a user would not guess: a subset (--eval-examples), or not the
+    --data folder's own validation file. Said with the other notes, after every refusal."""
+    from llmkit.console import note
+    from llmkit.finetune import data as ft_data
+
+    if held_out > config.eval_examples:
+        note(f"validation scores {config.eval_examples} of the {held_out} validation examples (--eval-examples "
+             f"{config.eval_examples}), drawn at random once, the same for every --seed; raise --eval-examples to score them all")
+    beside = next((name for name in ft_data.VALIDATION_FILES if data.is_dir() and (data / name).is_file()), None)
+    if beside is not None and not config.val_data:  # (a folder's validation file was passed over unsaid)
         note(f"{data} holds {beside}, which this run does not read: it holds out --val-fraction {config.val_fraction} of "
              f"{ft_data.data_file(data).name} instead; pass --val-data {data} to validate on it")
-    return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn)
 
 
 VAL_SUBSET_SEED = 0  # which held-out examples --eval-examples scores: the same ones whatever --seed
 
 
-def _scored_subset(examples: list, most: int, is_main: bool) -> list:
+def _scored_subset(examples: list, most: int) -> list:
     """At most `most` of the validation examples, drawn once and kept in their order: the first
     `most` in file order were scored, so a file sorted by label or source gave a biased figure."""
     if len(examples) <= most:
@@ -513,10 +523,5 @@ def _scored_subset(examples: list, most: int, is_main: bool) -> list:
     import numpy as np
 
     chosen = np.sort(np.random.default_rng(VAL_SUBSET_SEED).choice(len(examples), size=most, replace=False))
-    if is_main:
-        from llmkit.console import note
-
-        note(f"validation scores {most} of the {len(examples)} validation examples (--eval-examples {most}), drawn "
-             f"at random once, the same for every --seed; raise --eval-examples to score them all")
     return [examples[i] for i in chosen]
 
