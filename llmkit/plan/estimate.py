@@ -185,6 +185,7 @@ class Memory:
     allowance: float
     available: float
     notes: list[str] = field(default_factory=list)
+    saves_fit: bool = True  # on a CPU: training and rank 0's gathering of a checkpoint together (_note_the_save)
 
     @property
     def tensors(self) -> float:
@@ -196,7 +197,7 @@ class Memory:
 
     @property
     def fits(self) -> bool:
-        return self.total <= self.available
+        return self.total <= self.available and self.saves_fit
 
     def as_dict(self) -> dict[str, float | bool]:
         parts = ("weights", "gradients", "optimizer", "activations", "logits", "transient", "allowance")
@@ -288,13 +289,19 @@ def _note_the_save(memory: Memory, rank0: Memory, shape: ModelShape, layout: Lay
     if device.on_gpu:
         memory.notes.append(f"{said}, in its host memory")
         return
-    # on a CPU in the same memory: the training state stays, the activations are gone by then
-    saving = rank0.weights + rank0.gradients + rank0.optimizer + rank0.transient + gathered
-    saving += FRAGMENTATION * saving + CPU_PROCESS
-    available = rank0.available
-    verdict = (f"; {saving / GB:.2f} GB in all, more than the {available / GB:.2f} GB a process has: it would run out "
-               "of memory at its first save (fewer processes, or more memory)" if saving > available else "")
-    memory.notes.append(f"{said} beside its own part, {saving / GB:.2f} GB in all{verdict}" if not verdict else said + verdict)
+    # On a CPU in the machine's memory, which the processes share: rank 0's training state and what it gathers,
+    # the others' training state (the activations are gone by then)
+    state = (1 + FRAGMENTATION) * (rank0.weights + rank0.gradients + rank0.optimizer + rank0.transient) + CPU_PROCESS
+    saving = state + (1 + FRAGMENTATION) * gathered
+    machine = rank0.available * layout.gpus if device.shared else rank0.available
+    everyone = saving + (layout.gpus - 1) * state
+    if memory.total <= memory.available and everyone > machine:  # (training itself not fitting is the verdict's to say)
+        memory.saves_fit = False
+        memory.notes.append(f"{said}: the processes then need {everyone / GB:.2f} GB, more than the machine's "
+                            f"{machine / GB:.2f} GB: training fits, its first save would run out of memory (fewer processes, "
+                            "or more memory)")
+    else:
+        memory.notes.append(f"{said} beside its own part ({saving / GB:.2f} GB on rank 0 then)")
 
 
 def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) -> Memory:
