@@ -194,6 +194,9 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     # that llmkit's training keeps; on this example there is none to merge.
     example = render(user + [{"role": "assistant", "content": record["target"]}])
     assert example == encode_text_example(template, record, tok, "test").ids
+    masked = hf_tok.apply_chat_template(user + [{"role": "assistant", "content": record["target"]}], tokenize=True,
+                                        return_dict=True, return_assistant_tokens_mask=True)  # (all zeros before)
+    assert list(masked["assistant_masks"]) == [int(x) for x in encode_text_example(template, record, tok, "test").learn]
     assert json.loads((tmp_path / "tr-hf" / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
     # two fields a side (Alpaca's instruction and input): no chat template can fill them, and the export says so
     alpaca = dict(template, name=None, prompt="### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n",

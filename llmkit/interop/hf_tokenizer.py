@@ -69,8 +69,8 @@ def chat_template_for(task) -> str | None:
         return None
     return (
         "{{ bos_token }}{% for message in messages %}"
-        "{% if message['role'] == 'user' %}" + prompt + "{% elif message['role'] == 'assistant' %}" + response
-        + "{{ eos_token }}{% else %}{{ raise_exception('this model takes user and assistant messages only') }}"
+        "{% if message['role'] == 'user' %}" + prompt + "{% elif message['role'] == 'assistant' %}{% generation %}" + response
+        + "{{ eos_token }}{% endgeneration %}{% else %}{{ raise_exception('this model takes user and assistant messages only') }}"
         "{% endif %}{% endfor %}"
     )
 
