@@ -92,6 +92,7 @@ def test_memory_responds_to_each_knob(cli, tmp_path):
            "--batch-tokens", "512"]
     tight = _plan(cli, *cpu, "--memory-gb", "9")
     assert tight["memory"]["total_gb"] <= tight["memory"]["available_gb"] and not tight["memory"]["fits"]
+    assert not tight["memory"]["saves_fit"]
     assert any("training fits, its first save would run out of memory" in n for n in tight["notes"]), tight["notes"]
     roomy = _plan(cli, *cpu, "--memory-gb", "16")
     assert roomy["memory"]["fits"] and not any("would run out" in n for n in roomy["notes"])

@@ -165,7 +165,7 @@ def record_messages(record: dict[str, Any], where: str, suggest_template: bool =
             raise UserError(f"{where}: 'messages' must be a non-empty list of {{\"role\": system|user|assistant, \"content\": text}}")
         if messages[-1]["role"] != "assistant":
             raise UserError(f"{where}: the last message must be the assistant's (the reply to learn)")
-        if record.get("system") is not None:  # (beside "messages" it was dropped without a word)
+        if record.get("system") not in (None, ""):  # (beside "messages" it was dropped without a word; an empty one says nothing)
             raise UserError(f"{where} has a 'system' field beside 'messages'; put the system message first in 'messages'")
         return messages
     if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):

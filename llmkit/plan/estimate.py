@@ -202,7 +202,7 @@ class Memory:
     def as_dict(self) -> dict[str, float | bool]:
         parts = ("weights", "gradients", "optimizer", "activations", "logits", "transient", "allowance")
         return {**{f"{p}_gb": getattr(self, p) / GB for p in parts}, "total_gb": self.total / GB,
-                "available_gb": self.available / GB, "fits": self.fits}
+                "available_gb": self.available / GB, "fits": self.fits, "saves_fit": self.saves_fit}
 
 
 def stage_parameters(shape: ModelShape, layout: Layout, stage: str = "only") -> float:
