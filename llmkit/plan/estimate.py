@@ -185,7 +185,7 @@ class Memory:
     allowance: float
     available: float
     notes: list[str] = field(default_factory=list)
-    saves_fit: bool = True  # on a CPU: training and rank 0's gathering of a checkpoint together (_note_the_save)
+    saves_fit: bool = True  # on a CPU: training and rank 0's gathering of a checkpoint together (_weigh_the_save)
 
     @property
     def tensors(self) -> float:
@@ -263,18 +263,19 @@ def estimate_memory(shape: ModelShape, layout: Layout, device: Device) -> Memory
     the most micro-batches in flight) and its last (the head and the logits)."""
     if layout.pp == 1:
         memory = stage_memory(shape, layout, device, "only")
-        _note_the_save(memory, memory, shape, layout, device)
+        _weigh_the_save(memory, memory, shape, layout, device)
         return memory
     first, last = (stage_memory(shape, layout, device, stage) for stage in ("first", "last"))
     (busiest, stage), (other, other_stage) = sorted(((first, "first"), (last, "last")), key=lambda m: -m[0].total)
     busiest.notes.append(f"pipeline: the busiest device holds the {stage} stage, {layout.in_flight_on(stage)} micro-batch(es) "
                          f"in flight ({layout.pp_schedule}); the {other_stage} stage's needs {other.total / GB:.2f} GB")
-    _note_the_save(busiest, first, shape, layout, device)
+    _weigh_the_save(busiest, first, shape, layout, device)
     return busiest
 
 
-def _note_the_save(memory: Memory, rank0: Memory, shape: ModelShape, layout: Layout, device: Device) -> None:
-    """A split layout's checkpoint is one file: each save gathers the whole model and AdamW state
+def _weigh_the_save(memory: Memory, rank0: Memory, shape: ModelShape, layout: Layout, device: Device) -> None:
+    """Whether a split layout's checkpoint saves fit (`memory.saves_fit`, on a CPU) and a note of what
+    they take. The checkpoint is one file: each save gathers the whole model and AdamW state
     on rank 0 (`rank0`: its memory in training), beside its own part (not in the total, which is a
     training step's). A pipeline's first stage on a CPU keeps its own tensors in the gathered state; tensor
     parallelism and FSDP gather new whole ones (measured on a CPU, a 50.7M model: rank 0 peaked at
