@@ -283,7 +283,8 @@ def test_decoding_layout_keeps_the_values_and_the_tied_head():
 def test_one_sequence_decodes_to_the_same_bits_on_any_thread_count(preset):
     """A batch-1 decode step's one-row products keep their bits whatever the thread count (on an
     Intel CPU MKL's one-row kernel splits its sums by thread: a `tiny` step's logits differed by
-    up to 5e-7 between 1 and 2 threads until 2026-12-06), so a completion does not change with the
+    up to 5e-7 between 1 and 2 threads until 2026-12-06), and so does a long prompt's prefill (GPT-2's
+    GELU gave a 200-token prompt other logits on 3 threads), so a completion does not change with the
     machine's cores; the thread count is left as it was."""
     from llmkit.inference.engine import prepare_for_decoding
     from llmkit.model.presets import resolve_model_config
@@ -291,16 +292,16 @@ def test_one_sequence_decodes_to_the_same_bits_on_any_thread_count(preset):
     torch.manual_seed(0)
     model = GPT(resolve_model_config(preset, vocab_size=512)).eval()
     prepare_for_decoding(model)
-    prompt = torch.randint(0, 512, (1, 40))
+    prompt = torch.randint(0, 512, (1, 200))
     threads = torch.get_num_threads()
     steps = {}
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
             with torch.no_grad():
-                cache = model.new_cache(1, 48)
-                model(prompt, cache=cache, last_only=True)
-                steps[count] = [model(torch.tensor([[token]]), cache=cache, last_only=True)[0] for token in (5, 77, 300)]
+                cache = model.new_cache(1, 208)
+                steps[count] = [model(prompt, cache=cache, last_only=True)[0]]
+                steps[count] += [model(torch.tensor([[token]]), cache=cache, last_only=True)[0] for token in (5, 77, 300)]
             assert torch.get_num_threads() == count
     finally:
         torch.set_num_threads(threads)

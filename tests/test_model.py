@@ -467,3 +467,46 @@ def test_a_few_targets_give_the_same_gradients_on_one_thread_and_two():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+ACTIVATION_SHAPES = [(1, 248, 512), (3, 87, 1000), (16, 87, 342), (2, 511, 3072), (1, 9, 40000), (3, 5000, 7)]
+
+
+@pytest.mark.parametrize("shape", ACTIVATION_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_activations_give_one_threads_bits_on_any_thread_count(shape):
+    """GELU, SiLU and their backwards equal PyTorch's own on one thread, on 2 to 16 threads, for a
+    contiguous tensor and for SwiGLU's gate (a strided half): PyTorch's kernels give the last
+    elements of each thread's run the scalar formula, so their bits followed the thread count
+    (llmkit/model/thread_invariant.py, which leans on how PyTorch splits an elementwise call)."""
+    import torch.nn.functional as F
+
+    from llmkit.model.thread_invariant import gelu_tanh, silu, silu_backward_into
+
+    torch.manual_seed(0)
+    h, grad = torch.randn(*shape[:-1], 2 * shape[-1]) * 3, torch.randn(shape)
+    gate, x = h.chunk(2, dim=-1)[0], h[..., :shape[-1]].contiguous().requires_grad_()
+
+    def gelu_gradient(function):
+        x.grad = None
+        function(x).backward(grad)
+        return x.grad
+
+    cases = {  # what llmkit computes, what PyTorch computes
+        "gelu": (lambda: gelu_tanh(x.detach()), lambda: F.gelu(x.detach(), approximate="tanh")),
+        "gelu backward": (lambda: gelu_gradient(gelu_tanh), lambda: gelu_gradient(lambda t: F.gelu(t, approximate="tanh"))),
+        "silu": (lambda: silu(x.detach()), lambda: F.silu(x.detach())),
+        "silu of a strided half": (lambda: silu(gate), lambda: F.silu(gate)),
+        "silu backward into a strided half": (lambda: silu_backward_into(grad, gate, torch.empty_like(h).chunk(2, dim=-1)[0]),
+                                              lambda: torch.ops.aten.silu_backward(grad, gate)),
+    }
+    threads = torch.get_num_threads()
+    try:
+        for name, (ours, pytorchs) in cases.items():
+            torch.set_num_threads(1)
+            one = pytorchs().clone()
+            for count in (1, 2, 3, 5, 8, 16):
+                torch.set_num_threads(count)
+                assert torch.equal(ours(), one), (name, count)
+    finally:
+        torch.set_num_threads(threads)
+

@@ -186,3 +186,24 @@ def test_attention_with_dropout_is_the_attention(mask):
         dropped = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5, **kwargs)
     assert torch.allclose(ours, expected, atol=1e-6)
     assert not torch.allclose(dropped, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2"])
+def test_three_threads_give_one_threads_bits(style):
+    """A step's gradients on 3 threads equal one thread's (pretraining's thread-count test compares
+    1 and 2, whose splits of its shapes happen to agree: GPT-2's GELU gave other gradients on 3
+    threads until 2026-12-06). 230 tokens, so each activation call is split among the threads; heads
+    of 16 (PyTorch's attention kernel gives heads of 8 and 15 to 31 keys other bits on 2 threads)."""
+    torch.manual_seed(0)
+    shape = {**STYLES[style], "n_head": 2, "n_kv_head": 1 if style == "llama" else 2}
+    model = GPT(ModelConfig(vocab_size=97, context_length=24, n_layer=2, n_embd=32, **shape))
+    inputs, targets = _batch(length=23)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            runs.append(_tree_gradients(model, inputs, targets, split=10))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -31,6 +31,7 @@ from llmkit.model import fused_loss, sequence_grads
 from llmkit.model.fused_loss import IGNORE_INDEX
 from llmkit.model.cpu_gemm import Linear
 from llmkit.model.fused_ops import apply_rope, swiglu
+from llmkit.model.thread_invariant import gelu_tanh
 
 
 @dataclass
@@ -286,7 +287,7 @@ class MLP(nn.Module):
         if self.swiglu:
             h = swiglu(h)  # silu(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = gelu_tanh(h)
         h = self.down_proj(h)
         return F.dropout(h, self.dropout, True) if self.training and self.dropout else h
 
