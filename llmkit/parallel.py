@@ -56,7 +56,8 @@ def ordered_map(
         # More than the cores only adds start-up, memory and switching (7x slower at 32 on 2 cores)
         from llmkit.console import note
 
-        note(f"--workers {workers} is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}")
+        usable = local_workers(workers)
+        note(f"--workers {workers} is more than the {usable} core{'s' if usable > 1 else ''} this process may use; using {usable}")
     workers = local_workers(workers)
     if on_start is not None:
         on_start(workers)
@@ -149,9 +150,12 @@ def _forget_cancelled(pool) -> None:
 
 
 def local_workers(workers: int) -> int:
-    """How many workers `ordered_map` runs on this machine for `workers`: at most one per core,
-    and 1 (this process) for 0 or 1."""
-    return max(1, min(workers, os.cpu_count() or 1))
+    """How many workers `ordered_map` runs on this machine for `workers`: at most one per core this
+    process may run on (its CPU affinity: a container's or `taskset`'s, which os.cpu_count() does not
+    see), and 1 (this process) for 0 or 1."""
+    from llmkit.runtime import worker_count
+
+    return max(1, min(workers, worker_count(None)))
 
 
 def _bounded(pool, function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:

@@ -701,3 +701,21 @@ def test_a_training_split_left_only_empty_documents_names_val_fraction(tokenizer
         except UserError as error:
             said.append(str(error))
     assert said and all("--val-fraction 0.9 left the training split" in s and "lower --val-fraction" in s for s in said), said
+
+
+def test_a_corpus_of_a_few_documents_is_tokenized_without_pandas(tokenizer, tmp_path):
+    """The held-out split of a corpus of a few documents (`clean` of a few files) reads their sizes:
+    from the text column's offsets, not pyarrow.compute, whose `fill_null` imported pandas (0.26
+    CPU-s of a run of a few seconds)."""
+    import subprocess
+    import sys
+
+    corpus = write_corpus_artifact(tmp_path / "corpus", ["To be, or not to be.\n" * 200, "Sein oder nicht sein.\n" * 50]).path
+    probe = ("import sys; from llmkit.cli import app\n"
+             "try:\n    app(sys.argv[1:])\nexcept SystemExit as stop:\n    assert not stop.code, stop.code\n"
+             "print(sorted(m for m in ('pandas', 'pyarrow.compute') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe, "tokenize", str(corpus), "-t", str(tokenizer), "-o", str(tmp_path / "tokens")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert artifacts.load(tmp_path / "tokens", kind="tokens").stats["split"]["documents_split_inside"] == 2  # the sizes were read

@@ -475,8 +475,12 @@ def test_cli_bad_inputs(cli, corpus, tmp_path):
 
     empty = write_corpus_artifact(tmp_path / "empty", ["", ""]).path
     nothing = cli("tokenizer", "train", empty, "-o", tmp_path / "b")
-    assert nothing.exit_code == 1 and "no text to train on" in nothing.output
+    assert nothing.exit_code == 1 and "no text to train on" in nothing.output and "llmkit inspect" in nothing.output
     assert not (tmp_path / "b").exists()
+    (tmp_path / "blank.txt").write_text("\n\n   \n")
+    blank = cli("tokenizer", "train", tmp_path / "blank.txt", "-o", tmp_path / "b")
+    # (inspect reads artifacts, not files: it is no advice for a file)
+    assert blank.exit_code == 1 and "only blank lines" in blank.output and "inspect" not in blank.output
 
     with artifacts.create(tmp_path / "tokens", "tokens") as build:
         (build.dir / "x").write_text("x")
@@ -741,3 +745,14 @@ def test_every_pre_token_past_the_limit_is_cut_at_its_own_steps_and_nothing_else
         assert "".join(parts) == text and all(parts)
         cuts = [sum(map(len, parts[: i + 1])) for i in range(len(parts) - 1)]
         assert cuts == expected, (text[:40], cuts, expected)
+
+
+def test_workers_are_held_to_the_cores_this_process_may_use(monkeypatch, capsys):
+    """--workers beyond the CPU affinity (a container's, taskset's) is cut to it, as beyond the cores:
+    os.cpu_count() counts the machine's, and 2 processes on one allowed core ran 1.5x slower."""
+    from llmkit.parallel import ordered_map
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    started = []
+    assert list(ordered_map(abs, [-1, -2, 3], workers=4, on_start=started.append)) == [1, 2, 3]
+    assert started == [1] and "--workers 4 is more than the 1 core this process may use; using 1" in capsys.readouterr().err

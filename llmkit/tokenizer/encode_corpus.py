@@ -116,7 +116,6 @@ def corpus_split_plan(corpus: artifacts.Artifact, val_fraction: float, seed: int
 def document_sizes(corpus: artifacts.Artifact, indices: np.ndarray) -> np.ndarray:
     """The UTF-8 bytes of the documents at `indices` (sorted, in corpus order), from the text column
     of the shards that hold them (a null text counts 0)."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from llmkit.data.corpus import corpus_shards, readable_shard
@@ -128,8 +127,8 @@ def document_sizes(corpus: artifacts.Artifact, indices: np.ndarray) -> np.ndarra
             rows = parquet.metadata.num_rows
             wanted = indices[(indices >= start) & (indices < start + rows)] - start
             if len(wanted):
-                lengths = pc.binary_length(parquet.read(columns=["text"]).column("text")).fill_null(0)
-                sizes.append(lengths.to_numpy()[wanted])
+                column = parquet.read(columns=["text"]).column("text")
+                sizes.append(np.concatenate([_text_lengths(chunk) for chunk in column.chunks] or [np.zeros(0, np.int64)])[wanted])
         start += rows
     return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
 
@@ -161,6 +160,22 @@ def _shard_groups(parquet, ids: dict) -> list[np.ndarray]:
         local = np.array([ids.setdefault(str(v), len(ids)) for v in encoded.dictionary.to_pylist()] + nulls, dtype=np.int32)
         parts.append(local[_arrow_indices(encoded.indices, null_as=len(local) - 1)] if len(local) else np.zeros(0, np.int32))
     return parts
+
+
+def _text_lengths(array) -> np.ndarray:
+    """The UTF-8 bytes of each text of an Arrow string array, a null 0, from its offsets buffer
+    (`pyarrow.compute.binary_length(...).fill_null(0)` imports pandas: 0.26 CPU-s of a tokenize run
+    of a few documents, the corpus `clean` makes of a few files)."""
+    import pyarrow as pa
+
+    dtype = np.dtype("int64" if pa.types.is_large_string(array.type) else "int32")
+    validity, offsets = array.buffers()[:2]
+    bounds = np.frombuffer(offsets, dtype=dtype, count=len(array) + 1, offset=array.offset * dtype.itemsize)
+    lengths = np.diff(bounds).astype(np.int64)
+    if array.null_count:
+        valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[array.offset : array.offset + len(array)]
+        lengths[valid == 0] = 0
+    return lengths
 
 
 def _arrow_indices(array, null_as: int) -> np.ndarray:
