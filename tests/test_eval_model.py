@@ -661,7 +661,8 @@ def test_eval_checkpoint_bad_inputs(cli, gpt2_ckpt, tmp_path, args, message):
     with artifacts.create(tmp_path / "tokens", "tokens") as build:  # an artifact as --data: tokens, no fields
         (build.dir / "a.bin").write_bytes(b"")
     result = cli("eval", gpt2_ckpt, *[a.format(tmp=tmp_path) for a in args], "-o", tmp_path / "out")
-    usage = "would change nothing" in message or "goes with" in message or "or less" in message  # bad option values: 2
+    # bad option values and a command line missing what it needs: 2
+    usage = "would change nothing" in message or "goes with" in message or "or less" in message or "needs --data" in message
     assert result.exit_code == (2 if usage else 1), result.output
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
@@ -933,3 +934,38 @@ def test_integer_labels_name_classes_whose_names_are_numbers():
         _choice_index("1", ["4", "2", "1"], "record 1")
     with pytest.raises(UserError, match="label null is not a choice's index or text"):
         _choice_index(None, ["a", "b"], "record 1")
+
+
+def test_multiple_choice_records_need_two_choices_and_repeated_choices_are_said(cli, gpt2_ckpt, tmp_path):
+    """One choice is always right (accuracy 1.0 from records that measure nothing): refused. A choice
+    given twice ties with its copy and the tie goes to the first, so a label naming the later copy
+    always scores wrong: said, with the first such record."""
+    rows = [{"query": "Sky?", "choices": ["blue", "green"], "label": 0}, {"query": "Grass?", "choices": ["green"], "label": 0}]
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", tmp_path / "one.jsonl", "-o", tmp_path / "ev")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "'choices' holds 1 choice; a multiple-choice record needs two or more" in lines[0]
+    assert "one.jsonl" in lines[0] and "2" in lines[0] and not (tmp_path / "ev").exists()
+    rows[1]["choices"] = ["green", "blue", "green"]
+    (tmp_path / "twice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", gpt2_ckpt, "-m", "accuracy", "--data", tmp_path / "twice.jsonl", "-o", tmp_path / "ev")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "1 of 2 records give a choice twice" in said and "a tie goes to the first copy" in said, said
+
+
+def test_bootstrap_of_one_example_gives_no_interval(cli, tmp_path):
+    """Every resample of one example is that example: an interval of 0 would look exact (perplexity
+    already left its interval out for one window). The scores are written, without *_ci95."""
+    (tmp_path / "p.txt").write_text("the cat sat on the mat\n")
+    (tmp_path / "r.txt").write_text("the cat sat on a mat\n")
+    result = cli("eval", "-m", "bleu,rouge1", "--bootstrap", "100", "--predictions", tmp_path / "p.txt", "-r", tmp_path / "r.txt",
+                 "-o", tmp_path / "text")
+    assert result.exit_code == 0 and "no intervals: one example was scored" in " ".join(result.output.split()), result.output
+    metrics = _metrics(tmp_path / "text")
+    assert "bleu" in metrics and "rouge1" in metrics and not [k for k in metrics if k.endswith("_ci95")]
+    (tmp_path / "label.txt").write_text("pos\n")
+    result = cli("eval", "-m", "accuracy", "--bootstrap", "100", "--predictions", tmp_path / "label.txt", "-r", tmp_path / "label.txt",
+                 "-o", tmp_path / "labels")
+    assert result.exit_code == 0 and "no intervals" in result.output, result.output
+    metrics = _metrics(tmp_path / "labels")
+    assert metrics["accuracy"] == 1.0 and not [k for k in metrics if k.endswith("_ci95")]

@@ -150,3 +150,19 @@ def test_csv_and_parquet_data_are_read_as_they_are_now(tmp_path, monkeypatch):
     (tmp_path / "header.csv").write_text("a,b\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"--data .*header\.csv holds no records"):
         load_records(str(tmp_path / "header.csv"), "train")
+
+
+def test_a_corpus_the_model_was_trained_on_is_scored_whole_and_said_so(cli, trained, tmp_path):
+    """--data CORPUS scores every document: the model's training text, if it was trained on it, read
+    as if held out. Said, naming the tokens artifact whose val split is held out, when the
+    checkpoint's recorded inputs lead to the corpus; said in general words when they do not."""
+    from test_pretrain import build_corpus
+
+    root = trained["root"]
+    result = cli("eval", trained["run"], "-m", "perplexity", "--data", root / "corpus", "--limit", "3", "-o", tmp_path / "own")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "was trained on this corpus (through" in said and "tokens" in said, said
+    other = build_corpus(["Now is the winter of our discontent.\n"] * 3, tmp_path / "other")
+    result = cli("eval", trained["run"], "-m", "perplexity", "--data", other, "-o", tmp_path / "other-ev")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "a corpus is scored whole" in said and "was trained on this corpus" not in said, said

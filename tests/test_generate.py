@@ -600,6 +600,30 @@ def test_streaming_holds_back_a_stop_string_before_a_half_character(ckpt):
     assert tokens_of_text(tok.decode, ids, "情") == ids[:3] and tok.decode(ids[:3]) == "情"
 
 
+def test_a_long_completions_text_is_decoded_once_not_at_every_token(ckpt):
+    """Stop strings and streaming read the text at every token: decoded whole each time, a long
+    completion cost a quadratic number of token decodings. The text stays what decoding all the ids
+    gives (characters split across tokens included), with about 2 x SETTLE ids decoded a token."""
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.inference.engine import _TextTracker
+
+    tok = load_tokenizer(ckpt / "tokenizer")
+    ids = tok.encode("ROMEO: 情如尼，何以 — what light? 🎉 " * 60)
+    decoded = []
+
+    def counting(decode):
+        return lambda part: decoded.append(len(part)) or decode(part)
+
+    tracker = _TextTracker(counting(tok.decode), ["never there"], streaming=True, decode_after_text=counting(tok.decode_continuation))
+    streamed = ""
+    for n, token in enumerate(ids, 1):
+        assert not tracker.add(token)
+        assert tracker.text == tok.decode(ids[:n])
+        streamed += tracker.pop_stream()
+    assert streamed + tracker.pop_stream(finished=True) == tok.decode(ids)
+    assert len(ids) > 1000 and sum(decoded) < 4 * 2 * _TextTracker.SETTLE * len(ids) < len(ids) ** 2 / 2
+
+
 def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     # a data set's reference "completion" and a "seed" of its own are kept beside ours (they were dropped unsaid)
@@ -797,6 +821,9 @@ def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):
         (["-p", "x", "--greedy", "--temperature", "0.5"], "--greedy takes the most likely token, which --temperature 0.5"),
         (["-p", "x", "--greedy", "--temperature", "0.8"], "--greedy takes the most likely token, which --temperature 0.8"),
         (["-p", "x", "--stop", ""], "an empty stop string would stop at once"),
+        # copies of one completion, computed each (they came out without a word)
+        (["-p", "x", "--greedy", "-s", "3"], "--greedy takes the most likely token, so --num-samples 3 would give 3 copies"),
+        (["-p", "x", "--temperature", "0", "-s", "2"], "--temperature 0 takes the most likely token, so --num-samples 2"),
     ],
 )
 def test_cli_generate_bad_inputs(cli, ckpt, tmp_path, args, message):
@@ -1133,6 +1160,20 @@ def test_backslash_n_on_the_command_line_is_a_newline(cli, ckpt, tmp_path):
     record = json.loads((tmp_path / "a.jsonl").read_text())
     assert record["prompt"] == "KING:\nQUEEN:" and record["prompt_tokens"] == 1 + len(tok.encode("KING:\nQUEEN:"))
     assert "\n" not in record["completion"]
+
+
+def test_top_k_0_samples_from_every_token(ckpt):
+    """--top-k 0 turns top-k off: chat's default of 50 had no way off (the range began at 1). It is
+    recorded as no top-k, so `generate --top-k 0` and `generate` are one configuration."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+    from llmkit.generate.config import ChatConfig, GenerateConfig
+
+    assert ChatConfig.build().sampling.top_k == 50 and ChatConfig.build(top_k=0).sampling.params(0).top_k is None
+    assert GenerateConfig.build(top_k=0).hashed() == GenerateConfig.build().hashed()
+    chatted = CliRunner().invoke(app, ["chat", str(ckpt), "--top-k", "0", "-n", "5"], input="ROMEO:\n")
+    assert chatted.exit_code == 0, chatted.output
 
 
 def test_greedy_agrees_with_temperature_0_and_refuses_any_other_temperature_or_top_k_given(cli, ckpt, tmp_path):

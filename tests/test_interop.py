@@ -394,6 +394,13 @@ def test_byte_fallback_runs_decode_as_utf8_so_a_cut_character_costs_only_itself(
         shown += tracker.pop_stream()
         assert tok.decode_continuation(ids).startswith(shown)
     assert shown + tracker.pop_stream(finished=True) == tok.decode_continuation(ids)
+    # a long completion's text keeps all but its last ids decoded: the rest decoded after text keeps its first space
+    long_ids = tok.encode((text + " First Citizen. ") * 40)
+    tracker = _TextTracker(tok.decode, stop=[], streaming=True, decode_after_text=tok.decode_continuation)
+    for n, token in enumerate(long_ids, 1):
+        tracker.add(token)
+        assert tracker.text == tok.decode(long_ids[:n]), n
+    assert tracker._settled > len(long_ids) / 2  # (the split moved: this checked the kept text, not whole decodings)
     assert tok.decode([ids[0], *ids[-3:]], skip_special_tokens=True) == hf.decode([ids[0], *ids[-3:]])
     assert tok.decode([tok.bos_id, *ids], skip_special_tokens=True) == text
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from llmkit import artifacts
 from llmkit.errors import NotFinite, UsageError, UserError
@@ -41,6 +42,41 @@ def _progress_bar(total: int, description: str):
 
 # ---------------------------------------------------------------------------------------------
 # perplexity / bits per byte
+
+
+def _note_a_corpus_is_scored_whole(checkpoint: artifacts.Artifact, corpus: artifacts.Artifact) -> None:
+    """A corpus is scored document by document, all of it: the text a model was trained on, if it
+    was (a tokens artifact's val split is what tokenize held out). Said more plainly where the
+    checkpoint's recorded inputs lead to this corpus."""
+    from llmkit.console import note
+
+    tokens = _tokens_made_of(checkpoint, corpus.fingerprint, depth=3)
+    if tokens is not None:
+        note(f"{checkpoint.path} was trained on this corpus (through {tokens}): every document of it is scored, the "
+             f"training text included; the held-out text is the tokens artifact's val split (--data {tokens})")
+    else:
+        note("a corpus is scored whole, every document; if the model was trained on it, pass the tokens artifact made "
+             "of it (--data TOKENS), whose val split tokenize held out")
+
+
+def _tokens_made_of(art: artifacts.Artifact, corpus_fingerprint: str, depth: int) -> Path | None:
+    """The tokens artifact among `art`'s recorded inputs (and its base checkpoint's, for a fine-tune)
+    that was made of the corpus with that fingerprint, where they can still be read."""
+    for ref in art.manifest.inputs:
+        recorded = art.recorded_input(ref["role"])
+        if recorded.kind not in ("tokens", "checkpoint") or depth == 0:
+            continue
+        try:
+            inner = artifacts.load(recorded.path, check=False)
+        except (UserError, OSError):  # (moved or deleted since: nothing to tell)
+            continue
+        if inner.fingerprint != recorded.fingerprint:
+            continue
+        if inner.kind == "tokens" and any(i["fingerprint"] == corpus_fingerprint for i in inner.manifest.inputs):
+            return recorded.path
+        if inner.kind == "checkpoint" and (found := _tokens_made_of(inner, corpus_fingerprint, depth - 1)) is not None:
+            return found
+    return None
 
 
 def perplexity_documents(loaded, cfg):
@@ -81,6 +117,8 @@ def perplexity_documents(loaded, cfg):
             raise UserError(f"tokens artifact {cfg.data} has an empty val split; tokenize with a validation fraction > 0")
         return documents
     records = load_records(cfg.data, cfg.split, cfg.limit)
+    if artifact_kind(cfg.data) == "corpus":
+        _note_a_corpus_is_scored_whole(loaded.artifact, artifacts.load(cfg.data, kind="corpus"))
     template = loaded.task.template if loaded.task is not None else None
     if records and cfg.text_field is None and template is not None and _fine_tune_examples(records[0], template):
         return _learned_documents(records, template, loaded)
@@ -132,6 +170,13 @@ def _learned_documents(records: list[dict], template: dict, loaded) -> list:
         replies = [[token for token, _ in run] for flag, run in groupby(zip(ids, learned), key=lambda pair: pair[1]) if flag]
         words = sum(len(tokenizer.decode(reply, skip_special_tokens=True).split()) for reply in replies)
         documents.append(Document(ids, words=words, bytes=None, index=i, learned=learned))
+    longer = sum(len(document.tokens) > loaded.model.config.context_length for document in documents)
+    if longer:  # (finetune cut them, or dropped them: its validation loss scored other tokens)
+        from llmkit.console import note
+
+        note(f"{longer:,} of {len(documents):,} examples are longer than the model's context "
+             f"({loaded.model.config.context_length:,} tokens): scored whole in rolling windows, where finetune cut them "
+             "(--truncate) or left them out, so the perplexity is not exp of its validation loss")
     return documents
 
 
@@ -319,6 +364,8 @@ def generate_predictions(loaded, cfg):
     for i, r in enumerate(records):
         value = r[reference_field]
         refs = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else None
+        if refs == []:
+            raise UserError(f"{place(records, i)} field {reference_field!r} is an empty list; give at least one reference")
         if not refs or not all(isinstance(x, str) for x in refs):
             raise UserError(f"{place(records, i)} field {reference_field!r} is not text (or a list of texts)")
         references.append(refs)
@@ -453,11 +500,16 @@ def _multiple_choice(loaded, cfg, records: list[dict], label_field: str):
         raise UsageError(f"--labels would change nothing here (--data {cfg.data} holds multiple-choice records, each with "
                         "its own 'choices'; --labels names the classes of labelled texts); leave it out")
     context_field = pick_field(records, cfg.text_field, CONTEXT_FIELDS, "question/context", "--field")
-    examples, gold = [], []
+    examples, gold, repeated = [], [], []
     for i, r in enumerate(records):
         choices = r["choices"]
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-            raise UserError(f"{place(records, i)}: 'choices' must be a non-empty list of strings")
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise UserError(f"{place(records, i)}: 'choices' must be a list of strings")
+        if len(choices) < 2:  # (one choice is always right: accuracy 1.0 from a record that measures nothing)
+            raise UserError(f"{place(records, i)}: 'choices' holds {len(choices)} choice{'' if choices else 's'}; "
+                            "a multiple-choice record needs two or more")
+        if len(set(choices)) < len(choices):
+            repeated.append(i)
         if (blank := next((k for k, c in enumerate(choices) if not c.strip()), None)) is not None:
             raise UserError(f"{place(records, i)}: choice {blank + 1} is empty (no token to score, so it would always win); "
                             "give every choice its text")
@@ -475,6 +527,9 @@ def _multiple_choice(loaded, cfg, records: list[dict], label_field: str):
         )
     from llmkit.console import note
 
+    if repeated:  # (equal choices score equally and a tie goes to the first: a later copy never wins)
+        note(f"{len(repeated):,} of {len(examples):,} records give a choice twice ({place(records, repeated[0])} first); "
+             "a tie goes to the first copy, so a label naming a later one is always scored wrong")
     if context_cut:  # as eval --task says it
         note(context_cut_note(len(context_cut), len(examples), int(loaded.model.config.context_length), "records",
                               shots=False))

@@ -144,27 +144,27 @@ def _check_plan(checkpoint: Path | None, cfg: EvalConfig, text: list, lm: list, 
             raise UsageError("scoring --predictions needs --metric (bleu, chrf, rouge, accuracy, f1, ...); the default, "
                             "perplexity, needs a model")
         if lm:
-            raise UserError(f"{', '.join(lm)} {'needs' if len(lm) == 1 else 'need'} a model: pass a checkpoint and --data, "
+            raise UsageError(f"{', '.join(lm)} {'needs' if len(lm) == 1 else 'need'} a model: pass a checkpoint and --data, "
                             "not --predictions")
         if "accuracy_norm" in cls:
-            raise UserError(metric_names.NORM_NEEDS_CHOICES)
+            raise UsageError(metric_names.NORM_NEEDS_CHOICES)
         if not cfg.references:
             needing = ", ".join(text + cls)
-            raise UserError(f"{needing}: scoring predictions needs references; pass --references FILE")
+            raise UsageError(f"{needing}: scoring predictions needs references; pass --references FILE")
         return
     if cfg.references:
         raise UsageError("--references goes with --predictions; to evaluate a checkpoint pass --data instead")
     if checkpoint is None:
-        raise UserError("nothing to evaluate: pass a checkpoint (llmkit eval CKPT --data D) or --predictions P --references R")
+        raise UsageError("nothing to evaluate: pass a checkpoint (llmkit eval CKPT --data D) or --predictions P --references R")
     if cfg.data is None:
         named = [*text, *lm, *cls]
-        raise UserError(f"{', '.join(named)} on a checkpoint need{'s' if len(named) == 1 else ''} --data (a tokens artifact, "
+        raise UsageError(f"{', '.join(named)} on a checkpoint need{'s' if len(named) == 1 else ''} --data (a tokens artifact, "
                         "text or JSONL file)")
 
 
 def _check_benchmark_plan(checkpoint: Path | None, cfg: EvalConfig) -> None:
     if checkpoint is None or cfg.predictions is not None:
-        raise UserError("--task scores a checkpoint: pass one (llmkit eval CKPT --task hellaswag), not --predictions")
+        raise UsageError("--task scores a checkpoint: pass one (llmkit eval CKPT --task hellaswag), not --predictions")
     if cfg.metrics != ["perplexity"] or cfg.was_given("metrics"):  # (the default asked for by name: ignored before)
         raise UsageError(f"--task reports each benchmark's own metrics (acc, acc_norm); run --metric {','.join(cfg.metrics)} "
                          "in another llmkit eval")
@@ -199,7 +199,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     members = cfg.ensembling.members(checkpoint)
     checkpoint = members[0] if members else None
     if len(members) > 1 and cfg.predictions is not None:
-        raise UserError("an ensemble makes its own predictions: pass --data, not --predictions")
+        raise UsageError("an ensemble makes its own predictions: pass --data, not --predictions")
     if cfg.ensembling.weights and len(cfg.ensembling.weights) != max(1, len(members)):
         raise UsageError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
 
@@ -276,6 +276,11 @@ def _score(cfg: EvalConfig, loaded, build, text: list[str], lm: list[str], cls: 
         from llmkit.eval.metrics.classification import classification_intervals
 
         labelled = [r for r in scores.records if r["task"] in ("classification", "multiple_choice")]
+        if len(labelled) < 2:
+            from llmkit.eval.text_scores import note_one_example
+
+            note_one_example()
+            return
         normalized = [r["prediction_norm"] for r in labelled] if "accuracy_norm" in scores.metrics else None
         scores.metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],
                                                        cfg.bootstrap, normalized))

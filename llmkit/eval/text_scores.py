@@ -66,6 +66,9 @@ def score_text(
     if len(widths) > 1 and any(n in names for n in ("bleu", "chrf", "chrf++")):
         raise UserError("BLEU/chrF need the same number of references for every segment; give every segment equally many")
     scores = TextScores()
+    if bootstrap and len(predictions) < 2:
+        bootstrap = 0
+        note_one_example()
     if "bleu" in names:
         result = instance("bleu").compute(
             predictions=predictions, references=references, tokenize=bleu_tokenize, lowercase=lowercase, n_bootstrap=bootstrap
@@ -105,3 +108,11 @@ def score_text(
                 scores.metrics[f"{rouge_type}_ci95"] = half_width((sums / len(values)).tolist())
         scores.signatures["rouge"] = f"tokenizer:{rouge_tokenize}|stemmer:{'yes' if stemmer else 'no'}|agg:mean-f"
     return scores
+
+
+def note_one_example() -> None:
+    """Said where --bootstrap meets one example: every resample is that example, and an interval
+    of 0 would look exact (perplexity's windows say the same in llmkit/eval/perplexity.py)."""
+    from llmkit.console import note
+
+    note("no intervals: one example was scored, and the bootstrap resamples examples; give more examples")

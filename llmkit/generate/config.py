@@ -24,9 +24,14 @@ class Sampling(Options):
     max_new_tokens: int = option(128, "Tokens to generate per completion.", flags=("--max-new-tokens", "-n"), range="[1, inf)")
     temperature: float = option(0.8, "Sampling temperature; 0 = greedy.", range="[0, inf)")
     greedy: bool = option(False, "Always take the most likely token (same as --temperature 0).", flags=("--greedy/--no-greedy",))
-    top_k: int | None = option(None, "Sample only among the k most likely tokens.", range="[1, inf)")
+    top_k: int | None = option(None, "Sample only among the k most likely tokens (0 = all of them).", range="[0, inf)")
     top_p: float | None = option(None, "Nucleus sampling: the smallest set of tokens with this much probability.", range="(0, 1]")
     repetition_penalty: float = option(1.0, "> 1 discourages repeating tokens (1 = off).", range="(0, inf)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.top_k == 0:  # (chat's default of 50 had no way off; recorded as no top-k, which it is)
+            self.top_k = None
 
     def params(self, seed: int, **more: Any):
         """The engine's GenerationParams; an impossible setting is a one-line error."""
@@ -86,6 +91,10 @@ class GenerateConfig(Options):
 
     def check_given(self, given: frozenset[str]) -> None:
         _refuse_contradicting_greedy(self, given)
+        if self.num_samples > 1 and (self.sampling.greedy or self.sampling.temperature == 0):
+            greedy = "--greedy" if self.sampling.greedy else "--temperature 0"
+            raise ValueError(f"{greedy} takes the most likely token, so --num-samples {self.num_samples} would give "
+                             f"{self.num_samples} copies of one completion; leave it out, or sample at a temperature above 0")
 
     def params(self):
         return self.sampling.params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,

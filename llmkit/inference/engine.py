@@ -375,10 +375,25 @@ def tokens_of_text(decode: Callable[[list[int]], str], ids: list[int], text: str
 
 
 class _TextTracker:
-    """One row's decoded output: stop-string search and streaming of text as it becomes final."""
+    """One row's decoded output: stop-string search and streaming of text as it becomes final.
 
-    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str], streaming: bool):
+    Searching and streaming read the text at every token. Decoding all the ids each time made that
+    quadratic (a 4,000-token completion with --stop spent 0.5 ms a token on it, 25 % more CPU than
+    without; 70 % at 8,000): the text of all but the last `SETTLE` to 2 x `SETTLE` ids is kept, and only
+    the rest is decoded again, as text that follows text (`decode_after_text`: a SentencePiece
+    decoder keeps the first word's space there). The split is checked against one whole decoding
+    each time it moves, so it holds for whatever tokenizer (a byte-level BPE's splits at a whole
+    character); where the two ever differ, the whole is decoded at every token, as before."""
+
+    SETTLE = 64
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str], streaming: bool,
+                 decode_after_text: Callable[[list[int]], str] | None = None):
         self.decode = decode
+        self.decode_after_text = decode_after_text or decode
+        self._settled = 0  # the first ids, whose text is _settled_text
+        self._settled_text = ""
+        self._settle_at = 2 * self.SETTLE  # when the split moves next (None: never, whole decodings only)
         self.stop = [s for s in stop if s]
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.eager = bool(self.stop) or streaming  # else decode once, at the end
@@ -392,9 +407,23 @@ class _TextTracker:
     @property
     def text(self) -> str:
         if self._decoded != len(self.ids):
-            self._text = self.decode(self.ids)
+            if self._settle_at is not None and len(self.ids) >= self._settle_at:
+                self._settle()
+            rest = self.ids[self._settled:]
+            self._text = self._settled_text + self.decode_after_text(rest) if self._settled else self.decode(rest)
             self._decoded = len(self.ids)
         return self._text
+
+    def _settle(self) -> None:
+        """Keep the text of all but the last SETTLE ids, if the whole decodes as it and the rest after it."""
+        whole, at = self.decode(self.ids), len(self.ids) - self.SETTLE
+        head = self.decode(self.ids[:at])
+        if whole == head + self.decode_after_text(self.ids[at:]):
+            self._settled, self._settled_text, self._settle_at = at, head, len(self.ids) + self.SETTLE
+        elif self._settled and whole != self._settled_text + self.decode_after_text(self.ids[self._settled:]):
+            self._settled, self._settled_text, self._settle_at = 0, "", None  # (never seen: whole decodings from now on)
+        else:
+            self._settle_at = len(self.ids) + self.SETTLE  # (mid-character, say: later)
 
     def add(self, token: int) -> bool:
         """Append a token; True when a stop string has appeared."""
@@ -508,7 +537,8 @@ class Generator:
         for start in range(0, len(rows), max(1, batch_size)):
             done = len(results)
             chunk = rows[start : start + batch_size]
-            trackers = [_TextTracker(self._decoder_for(encoded[p]), params.stop, streaming=on_text is not None) for p, _ in chunk]
+            trackers = [_TextTracker(self._decoder_for(encoded[p]), params.stop, streaming=on_text is not None,
+                                     decode_after_text=self.tokenizer.decode_continuation) for p, _ in chunk]
             seeds = [row_seed(params.seed, prompt_offset + p, s) for p, s in chunk]
 
             def on_step(tokens, trackers=trackers, start=start):
