@@ -786,6 +786,7 @@ class VerifyReport:
     problems: list[str]
     files: int = 0  # listed files checked
     inside: int = 0  # artifacts inside it checked (a sweep's runs)
+    notes: list[str] = field(default_factory=list)  # what is missing and harms nothing the artifact is for
 
     @property
     def ok(self) -> bool:
@@ -797,11 +798,14 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
     inside the artifact (a sweep's runs), whose fingerprint must also be the one recorded."""
     art = load(path, check=False)
     _seen = _seen | {art.path.resolve()}
-    problems = []
+    problems, notes = [], []
     root = art.path.resolve()
     for name, digest in art.manifest.all_files.items():
         file = art.path / name
-        if file.exists() and root not in file.resolve().parents:
+        if name in art.manifest.state_files and not file.exists() and not file.is_symlink():
+            # (deleted to ship the model, twice the weights' size: what the checkpoint is for is whole)
+            notes.append(f"resume state removed: {name} (the weights are whole; --resume cannot continue this run)")
+        elif file.exists() and root not in file.resolve().parents:
             problems.append(f"file outside the artifact: {name} (a link out of it)")
         elif not file.is_file():
             problems.append(f"missing file: {name}")
@@ -833,7 +837,7 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
         if not report.problems and load(inner, check=False).fingerprint != ref["fingerprint"]:
             problems.append(f"input {ref['role']} ({shown}) is another artifact than the one recorded (fingerprint differs)")
     inside = sum(1 for ref in art.manifest.inputs if _made_inside(art, ref))
-    return VerifyReport(art.path, problems, len(art.manifest.all_files), inside)
+    return VerifyReport(art.path, problems, len(art.manifest.all_files) - len(notes), inside, notes)
 
 
 def input_problems(art: Artifact) -> list[tuple[str, bool]]:

@@ -284,6 +284,9 @@ def inspect_command(
         if not isinstance(manifest, dict) or manifest.get("kind") not in artifacts.KINDS:
             raise UserError(f"{path / artifacts.MANIFEST} is not an llmkit manifest (a JSON object in UTF-8 naming "
                             "its kind; printed as it is): the artifact is damaged, rebuild it") from None
+        newer = isinstance(manifest.get("format_version"), int) and manifest["format_version"] > artifacts.FORMAT_VERSION
+        if not newer:  # (a later llmkit's: printed for the reader, which is all this version can do with it)
+            artifacts.load(path)  # (an edited field, a file cut short: `inspect --json | jq` read it as sound)
         return
     art = artifacts.load(path)
     with _damage_named(path):
@@ -324,9 +327,11 @@ def _damage_named(*paths: Path):
 def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
     """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""
     from llmkit import artifacts
-    from llmkit.console import out, styled
+    from llmkit.console import note, out, styled
 
     report = artifacts.verify(path)
+    for line in report.notes:
+        note(f"{path}: {line}")
     if report.ok:
         out.print(styled("ok", "green", f" {path}: {report.files} file{'s' if report.files != 1 else ''} match{'es' if report.files == 1 else ''}, fingerprint matches"
                                         + (f"; so do the {report.inside} artifacts inside it" if report.inside else "")),

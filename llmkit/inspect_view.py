@@ -74,7 +74,7 @@ def _headline(art: Artifact) -> str:
     s = art.stats
 
     if art.kind == "corpus":
-        return f"{figure(s.get('documents'))} docs, {figure(s.get('bytes'))} bytes"
+        return f"{figure(s.get('documents'))} {'doc' if s.get('documents') == 1 else 'docs'}, {figure(s.get('bytes'))} bytes"
     if art.kind == "tokenizer":
         return f"vocab {figure(s.get('vocab_size'))}, {figure(s.get('bytes_per_token'))} bytes/token"
     if art.kind == "tokens":
@@ -99,13 +99,13 @@ def _headline(art: Artifact) -> str:
             with checked_as_read(art.path / TABLE):  # (a few kB: an edit that kept the size was shown as measured)
                 runs = read_rows(art)
         except UserError:  # (not the unhashed stats' copy in its place: verify vouches for none of it)
-            return f"{TABLE} damaged or changed since written: llmkit verify names it"
+            raise _changed(TABLE) from None
         losses = [r.final_val_loss for r in runs if isinstance(r.final_val_loss, (int, float))]
         return f"{len(runs)} runs" + (f", best val_loss {figure(min(losses))}" if losses else "")
     if art.kind == "scaling":
         fit = _hashed_json(art, "fit.json", dict)
         if fit is None and "fit.json" in art.manifest.files:
-            return "fit.json damaged or changed since written: llmkit verify names it"
+            raise _changed("fit.json")
         figures = {**fit["approach3"], "points": fit.get("points")} if isinstance((fit or {}).get("approach3"), dict) else s
         parts = [f"alpha {figure(figures.get('alpha'), 3)}", f"beta {figure(figures.get('beta'), 3)}"]
         if isinstance(figures.get("params_exponent"), float):
@@ -114,10 +114,18 @@ def _headline(art: Artifact) -> str:
         # constants a reader would otherwise take for a law
         return headline + ("; undetermined: no compute-optimal split" if _undetermined(art) else "")
     if art.kind == "eval":
-        metrics_file = art.path / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        metrics = _hashed_json(art, "metrics.json", dict)
+        if metrics is None:  # (a few hundred bytes: a hand edit that kept the size was shown as measured)
+            raise _changed("metrics.json")
         return ", ".join(f"{k} {figure(v)}" for k, v in metrics.items() if isinstance(v, (int, float)) and _headline_metric(k))
     return ""
+
+
+def _changed(name: str):
+    """The error of a headline's hashed file that is not what was written (an edit, damage)."""
+    from llmkit.errors import UserError
+
+    return UserError(f"{name} damaged or changed since written: llmkit verify names it")
 
 
 def _headline_metric(name: str) -> bool:
@@ -226,6 +234,11 @@ def print_report(arts: list[Artifact]) -> tuple[list[Path], list[Path]]:
     for art in arts:
         try:
             headline = _headline(art)
+        except UserError as exc:  # (a hashed file changed: the row says so, and the report fails like a damaged one)
+            if len(arts) == 1:
+                raise
+            damaged.append(art.path)
+            headline = str(exc)
         except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, OSError) as exc:
             if len(arts) == 1:
                 raise

@@ -223,7 +223,7 @@ BAD_VALUES = [
     (["finetune", "{ckpt}", "--data", "{sft}", "--lora-rank", "-2"], "--lora-rank must be at least 0"),
     (["eval", "{ckpt}", "--data", "{tokens}", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["generate", "{ckpt}", "-p", "x", "--temperature", "-1"], "--temperature must be at least 0"),
-    (["generate", "{ckpt}", "-p", "x", "--top-k", "0"], "--top-k must be at least 1"),
+    (["generate", "{ckpt}", "-p", "x", "--top-k", "-1"], "--top-k must be at least 0"),
     (["chat", "{ckpt}", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["clean", "{book}", "--threshold", "0.8", "--bands", "3"], "give --threshold or --bands/--rows, not both"),
     (["clean", "{book}", "--max-words", "5"], "--max-words would change nothing here (--max-words is for the Gopher quality "

@@ -140,6 +140,12 @@ def test_inspect_shows_manifest_and_lineage(cli, tmp_path):
     manifest = json.loads((corpus / "manifest.json").read_text())
     (corpus / "manifest.json").write_text(json.dumps({**manifest, "extra": {"by": "a later version"}}))
     assert json.loads(cli("inspect", corpus, "--json").output)["extra"] == {"by": "a later version"}
+    # an edited field the loader refuses: printed, and exit 1 as inspect's (it exited 0); a later format: printed, 0
+    for edit, code in (({"seed": 1.5}, 1), ({"config": {**manifest["config"], "edited": 1}}, 1), ({"format_version": 9}, 0)):
+        (corpus / "manifest.json").write_text(json.dumps({**manifest, **edit}))
+        result = cli("inspect", corpus, "--json")
+        assert result.exit_code == code and json.loads(result.stdout) == {**manifest, **edit}, result.output
+        assert (result.exit_code == cli("inspect", corpus).exit_code) == (code == 1)
     # a damaged manifest is printed as it is, and exits 1 (it exited 0; a non-UTF-8 one was an "unexpected" error)
     for damage in (b"{bad", b'{"kind": "\xff"}', b"[1]", b'{"name": "another tool"}'):
         (corpus / "manifest.json").write_bytes(damage)
@@ -390,8 +396,17 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert artifacts.load(corpus).short_fingerprint in result.output
     said = " ".join(result.output.split())
-    assert "bleu 31.25" in said and "copa/acc 0.5" in said and "f1 0.75" in said and "1 docs" in said, said
+    assert "bleu 31.25" in said and "copa/acc 0.5" in said and "f1 0.75" in said and "1 doc," in said, said
     assert not any(name in said for name in ("ci95", "stderr", "f1_neg", "support")), said
+    # metrics.json edited in place, its size kept: not shown as measured, and the report fails as for a damaged one
+    metrics = tmp_path / "eval" / "metrics.json"
+    text = metrics.read_text()
+    metrics.write_text(text.replace("31.25", "41.25"))
+    result = cli("report", corpus, tmp_path / "eval")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "metrics.json damaged or changed since" in said and "41.25" not in said, said
+    assert result.exit_code == cli("report", tmp_path / "eval").exit_code
+    metrics.write_text(text)
     assert cli("report", tmp_path / "missing").exit_code == 1
     # A recipe's output folder (or a glob over it) holds other things too: folders are expanded,
     # what is not an artifact is skipped with a note; nothing at all to report is an error.
@@ -399,7 +414,7 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     for args in ([tmp_path], [corpus, tmp_path / "eval", tmp_path / "notes"]):
         result = cli("report", *args)
         assert result.exit_code == 0, result.output
-        assert "bleu 31.25" in result.output and "1 docs" in result.output
+        assert "bleu 31.25" in result.output and "1 doc," in result.output
     assert "skipped" in result.output and "notes" in result.output
     assert "no readable artifact among" in cli("report", tmp_path / "notes").output
     # one damaged artifact in a folder is named, the others still shown (the report stopped at it)
@@ -424,7 +439,7 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     (tmp_path / "eval" / "metrics.json").write_text("[1, 2, 3, 4, 5]")
     other = _corpus(tmp_path / "other")
     result = cli("report", other, tmp_path / "eval")
-    assert result.exit_code == 1 and "1 docs" in result.output and "cannot be read" in result.output, result.output
+    assert result.exit_code == 1 and "1 doc," in result.output and "cannot be read" in result.output, result.output
     assert f"1 artifact(s) could not be read: {tmp_path / 'eval'}" in result.output.strip().splitlines()[-1]
 
 
@@ -438,7 +453,7 @@ def test_report_notes_a_run_inside_that_stopped_before_its_manifest(cli, tmp_pat
     (run / "checkpoints").mkdir(parents=True)
     (run / RUN_MARK).write_text("")
     result = cli("report", tmp_path / "recipe")
-    assert result.exit_code == 0 and "1 docs" in result.output, result.output
+    assert result.exit_code == 0 and "1 doc," in result.output, result.output
     flat = " ".join(result.output.split())
     assert "is a training run that has not finished" in flat and "--resume" in flat, result.output
 
@@ -459,7 +474,7 @@ def test_report_says_a_run_or_sweep_given_that_has_not_finished(cli, tmp_path):
     _corpus(tmp_path / "corpus")  # one among several paths (report runs/* while a run trains): said, the others shown
     result = cli("report", tmp_path / "corpus", run)
     flat = " ".join(result.output.split())
-    assert result.exit_code == 0 and "1 docs" in flat and "is a training run that has not finished" in flat, result.output
+    assert result.exit_code == 0 and "1 doc," in flat and "is a training run that has not finished" in flat, result.output
     sweep = tmp_path / "sweep"
     (sweep / "configs").mkdir(parents=True)
     (sweep / RUN_MARK).write_text("")
@@ -467,7 +482,7 @@ def test_report_says_a_run_or_sweep_given_that_has_not_finished(cli, tmp_path):
     shutil.copytree(run, sweep / "runs" / "stopped")
     result = cli("report", sweep)
     flat = " ".join(result.output.split())
-    assert result.exit_code == 0 and "1 docs" in flat, result.output
+    assert result.exit_code == 0 and "1 doc," in flat, result.output
     assert "is a sweep that has not finished" in flat and "stopped is a training run that has not finished" in flat, result.output
     shutil.rmtree(sweep / "runs" / "done")  # no run finished yet: the sweep's own one line
     result = cli("report", sweep)
@@ -665,3 +680,23 @@ def test_an_ascii_locale_runs_in_utf8_mode(shared_data, tmp_path):
     said = latin.stderr.decode("utf-8", "replace").strip()
     assert latin.returncode == 1 and len(said.splitlines()) == 1, said
     assert "cannot be written in the output's encoding, latin-1" in said and "PYTHONIOENCODING=utf-8" in said
+
+
+def test_verify_passes_a_checkpoint_whose_resume_state_was_removed_and_says_so(cli, tmp_path):
+    """The resume state (twice the weights' size) is routinely deleted before a model is shipped; the
+    loader allows it (only --resume reads it). verify failed such a checkpoint for good, advising a
+    rebuild: it passes, with a note; a changed state file still fails."""
+    with artifacts.create(tmp_path / "ckpt", "checkpoint") as build:
+        (build.dir / "model.safetensors").write_bytes(b"weights")
+        for name in ("training_state.json", "training_state.safetensors"):
+            (build.dir / name).write_text("{}")
+            build.state_names.add(name)
+    for name in ("training_state.json", "training_state.safetensors"):
+        (tmp_path / "ckpt" / name).unlink()
+    result = cli("verify", tmp_path / "ckpt")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and said.count("resume state removed") == 2 and "--resume cannot continue" in said, said
+    assert "1 file matches" in said
+    (tmp_path / "ckpt" / "training_state.json").write_text("[]")
+    result = cli("verify", tmp_path / "ckpt")
+    assert result.exit_code == 1 and "changed file: training_state.json" in result.output, result.output

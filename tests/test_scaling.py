@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from llmkit import artifacts
+from llmkit.errors import UserError
 from llmkit.scaling.fit import Law, fit_chinchilla, fit_isoflop
 
 TRUE = Law(A=406.4, B=410.7, E=1.69, alpha=0.34, beta=0.28)  # Hoffmann et al.'s constants
@@ -229,7 +230,8 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     edited = text.replace(alpha, alpha[:-1] + str((int(alpha[-1]) + 1) % 10), 1)
     assert edited != text and len(edited) == len(text)
     (b.path / "fit.json").write_text(edited)
-    assert _headline(artifacts.load(b.path)) == "fit.json damaged or changed since written: llmkit verify names it"
+    with pytest.raises(UserError, match="fit.json damaged or changed since written: llmkit verify names it"):
+        _headline(artifacts.load(b.path))
     (b.path / "fit.json").write_text(text)
     assert all(row["params_interval"][0] <= row["params"] <= row["params_interval"][1] for row in fit["budgets"])
     # a budget whose split lies far outside the points is said to be an extrapolation (N = 0.625 parameters for
@@ -586,7 +588,8 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     edited = text.replace(repr(best), repr(best).replace(repr(best)[0], str((int(repr(best)[0]) + 1) % 10), 1), 1)
     assert edited != text and len(edited) == len(text)
     table.write_text(edited)
-    assert _headline(artifacts.load(tmp_path / "forged")) == "runs.json damaged or changed since written: llmkit verify names it"
+    with pytest.raises(UserError, match="runs.json damaged or changed since written: llmkit verify names it"):
+        _headline(artifacts.load(tmp_path / "forged"))
     # A rerun with other options is refused before anything trains when a run was only interrupted (a checkpoint, no manifest)
     interrupted = tmp_path / "interrupted"
     shutil.copytree(out, interrupted)

@@ -450,9 +450,11 @@ def test_cli_train_encode_decode(cli, corpus, tmp_path):
     (tmp_path / "cut" / "tokenizer.json").write_text((out / "tokenizer.json").read_text()[:-40] + "}" * 4)
     refused = cli("tokenizer", "encode", tmp_path / "cut", "the king")
     assert refused.exit_code == 1 and "tokenizer.json has" in refused.output and "the manifest says" in refused.output
-    # inspect --json shows such an artifact's manifest as it is (its checks refused it, when a user wants to see it)
+    # inspect --json shows such an artifact's manifest as it is (its checks refused it, when a user wants to see it),
+    # and exits 1 as inspect does (0 let `inspect --json | jq` read a damaged artifact as sound)
     shown = cli("inspect", tmp_path / "cut", "--json")
-    assert shown.exit_code == 0 and shown.output == (tmp_path / "cut" / "manifest.json").read_text()
+    assert shown.exit_code == 1 and shown.stdout == (tmp_path / "cut" / "manifest.json").read_text()
+    assert "tokenizer.json has" in shown.stderr and shown.exit_code == cli("inspect", tmp_path / "cut").exit_code
 
 
 def test_cli_config_file_and_special_tokens(cli, corpus, tmp_path):
