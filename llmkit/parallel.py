@@ -14,7 +14,6 @@ in this process, with no start-up cost.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
