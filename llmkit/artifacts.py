@@ -150,13 +150,16 @@ _FIELD_TYPES = {
 }
 
 
+_JSON_NAMES = {str: "text", int: "a whole number", list: "a list", dict: "a JSON object"}
+
+
 def _manifest_problem(data: Any) -> str | None:
     """What is structurally wrong with a manifest's JSON, if anything (cheap: no file is read)."""
     if not isinstance(data, dict):
         return "it is not a JSON object"
     for name, kind in _FIELD_TYPES.items():
         if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
-            return f"its {name!r} is not a {kind.__name__}"
+            return f"its {name!r} is not {_JSON_NAMES[kind]}"
     if data.get("kind") not in KINDS:
         return f"unknown kind {data.get('kind')!r} (llmkit makes {', '.join(KINDS)})"
     if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
@@ -640,7 +643,16 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
     art = Artifact(path=path, manifest=manifest)
     if check:
         art.check_files()
+        if "sizes" not in data and manifest.all_files and str(path.resolve()) not in _UNSIZED_NOTED:
+            from llmkit.console import note
+
+            _UNSIZED_NOTED.add(str(path.resolve()))
+            note(f"{path} was made before manifests recorded their files' sizes (2026-11-30): a file cut short or "
+                 "replaced is not noticed as it is read; llmkit verify checks it")
     return art
+
+
+_UNSIZED_NOTED: set[str] = set()  # (said once a process per artifact: a stage may load an input several times)
 
 
 def _article(word: str) -> str:

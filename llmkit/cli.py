@@ -358,10 +358,11 @@ def _stop_writing_stdout() -> None:
 def main() -> None:
     import sys
 
-    from llmkit.runtime import end_with_parent
+    from llmkit.runtime import end_with_parent, respect_omp_thread_limit
 
     _in_utf8_mode()
     end_with_parent()  # (a sweep's run)
+    respect_omp_thread_limit()
     try:
         build_app(named_command(sys.argv[1:]))()
     except BrokenPipeError:  # while printing --help into a closed pipe

@@ -195,6 +195,25 @@ def process_running(pid: int) -> bool:
         return True
 
 
+def omp_thread_limit() -> int | None:
+    """OMP_THREAD_LIMIT, where set: OpenMP cuts a team larger than it short, and oneDNN, which plans a
+    product's work for the threads PyTorch asks for, then leaves parts of it uncomputed: wrong numbers,
+    not slow ones (perplexity NaN, an infinite gradient norm at the first step)."""
+    value = os.environ.get("OMP_THREAD_LIMIT", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def respect_omp_thread_limit() -> None:
+    """PyTorch's threads held to OMP_THREAD_LIMIT (its default is one a core, whatever the limit).
+    Nothing is imported where the variable is unset."""
+    limit = omp_thread_limit()
+    if limit is not None:
+        import torch
+
+        if torch.get_num_threads() > limit:
+            torch.set_num_threads(limit)
+
+
 def worker_count(requested: int | None) -> int:
     """0 or None means one worker per available core."""
     if requested and requested > 0:

@@ -605,3 +605,21 @@ def test_a_file_hashed_as_read_is_not_hashed_again_until_it_changes(tmp_path, mo
     with artifacts.checked_as_read(target):
         pass
     assert len(hashed) == 5
+
+
+def test_an_artifact_without_recorded_sizes_says_its_files_are_not_checked_as_read(tmp_path, capsys):
+    """A manifest made before sizes were recorded (or with its `sizes` deleted: not hashed) turned
+    every load-time size check off without a word: a token shard cut in half was evaluated under the
+    artifact's fingerprint. It loads, with a note naming verify, once a process."""
+    out = tmp_path / "corpus"
+    make(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["sizes"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    artifacts.load(out)
+    artifacts.load(out)
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("was made before manifests recorded their files' sizes") == 1 and "llmkit verify checks it" in said
+    make(tmp_path / "sized")
+    artifacts.load(tmp_path / "sized")
+    assert "sizes" not in capsys.readouterr().err

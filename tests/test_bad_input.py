@@ -469,7 +469,7 @@ def _truncate(manifest, copy):
 @pytest.mark.parametrize("source,change,message", [
     ("ckpt", _set("config", {"edited": True}), "was edited"),
     ("ckpt", _set("fingerprint", "0" * 64), "was edited"),
-    ("ckpt", _set("files", ["model.safetensors"]), "'files' is not a dict"),
+    ("ckpt", _set("files", ["model.safetensors"]), "'files' is not a JSON object"),
     ("ckpt", _set("kind", "weights"), "unknown kind 'weights'"),
     ("ckpt", _link_out, "leads outside the artifact"),
     ("ckpt", _escape, "a path outside the artifact"),

@@ -308,6 +308,33 @@ def test_one_sequence_decodes_to_the_same_bits_on_any_thread_count(preset):
     assert all(torch.equal(a, b) for count in (2, 3) for a, b in zip(steps[1], steps[count]))
 
 
+@pytest.mark.parametrize("preset", ["tiny", "gpt2-tiny", "mini"])
+def test_a_left_padded_batch_decodes_to_the_same_bits_on_any_thread_count(preset):
+    """Batched prompts of other lengths (generate --prompts, eval's generated metrics) decode through a
+    mask over the padding: PyTorch's masked attention kernel gave the steps other bits on 2 to 6
+    threads (up to 8e-7 at `mini`) until 2026-12-06."""
+    from llmkit.inference.engine import prepare_for_decoding
+    from llmkit.model.presets import resolve_model_config
+
+    torch.manual_seed(0)
+    model = GPT(resolve_model_config(preset, vocab_size=512)).eval()
+    prepare_for_decoding(model)
+    lengths, longest = [7, 50, 131, 200], 200
+    prompts = torch.randint(1, 512, (len(lengths), longest))
+    threads = torch.get_num_threads()
+    steps = {}
+    try:
+        for count in (1, 3, 4):
+            torch.set_num_threads(count)
+            with torch.no_grad():
+                cache = model.new_cache(len(lengths), longest + 4, pad_lengths=[longest - n for n in lengths])
+                steps[count] = [model(prompts, cache=cache, last_only=True)[0]]
+                steps[count] += [model(torch.full((len(lengths), 1), token), cache=cache, last_only=True)[0] for token in (5, 77, 300)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for count in (3, 4) for a, b in zip(steps[1], steps[count]))
+
+
 def test_a_compiler_failure_falls_back_to_the_eager_step(capsys):
     """Past the recompile limit, or when inductor fails, decoding goes on eagerly with the same tokens."""
     from llmkit.inference.compiled import CompiledDecoder

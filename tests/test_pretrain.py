@@ -126,6 +126,30 @@ def test_the_thread_count_does_not_change_the_artifact(shakespeare, cli, tmp_pat
     assert one.manifest.runtime != two.manifest.runtime and one.fingerprint == two.fingerprint
 
 
+def test_an_omp_thread_limit_holds_the_threads_and_a_larger_threads_is_refused(shakespeare, cli, tmp_path):
+    """Under OMP_THREAD_LIMIT below the cores, PyTorch still asked for one thread a core and OpenMP cut the
+    team short: oneDNN's products came out wrong (an infinite gradient norm at step 1, perplexity NaN).
+    The threads are held to the limit (the run is one thread's, to the bit), and --threads above it refused."""
+    import subprocess
+    import sys
+
+    common = [*FAST, "--max-steps", "2", "--eval-every", "0", "--save-every", "0"]
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    limited = subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(tmp_path / "limited"),
+                              *common], capture_output=True, text=True, env=env)
+    assert limited.returncode == 0, limited.stderr
+    threads = torch.get_num_threads()
+    try:
+        assert cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "one", *common, "--threads", "1").exit_code == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert artifacts.load(tmp_path / "limited").fingerprint == artifacts.load(tmp_path / "one").fingerprint
+    refused = subprocess.run([sys.executable, "-m", "llmkit", "pretrain", str(shakespeare["tokens"]), "-o", str(tmp_path / "x"),
+                              *common, "--threads", "2"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "--threads 2 is more than OMP_THREAD_LIMIT=1" in refused.stderr, refused.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path):
     """Per-sequence gradients (--batch-invariant, on by default on a CPU): micro-batches of 1, 2,
     3-by-accumulation and 16 sequences train the same weights to the bit; the usual summation

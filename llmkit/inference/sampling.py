@@ -62,9 +62,9 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    probs = sorted_logits.softmax(dim=-1)
     # Drop a token when the tokens ranked above it already reach p (the top token always stays).
-    drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= p
+    drop_sorted = (probs.cumsum(dim=-1) - probs) >= p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 

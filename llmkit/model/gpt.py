@@ -242,8 +242,8 @@ class Attention(nn.Module):
             cache.v[layer][:, :, start : start + T] = v
             k = cache.k[layer][:, :, : start + T]
             v = cache.v[layer][:, :, : start + T]
-        if T == 1 and mask is None and isinstance(cache, KVCache) and q.device.type == "cpu" and not self.training:
-            y = _one_query_attention(q, k, v)
+        if T == 1 and isinstance(cache, KVCache) and q.device.type == "cpu" and not self.training:
+            y = _one_query_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(
                 q,
@@ -259,16 +259,20 @@ class Attention(nn.Module):
         return F.dropout(y, self.dropout, True) if self.training and self.dropout else y
 
 
-def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """A decoding step's attention on a CPU (one query a sequence over its cached keys) as two batched
     products and a softmax, whose bits do not follow the thread count: PyTorch's CPU kernel for
     scaled_dot_product_attention splits its sums by thread (on an AMD EPYC with AVX-512, torch 2.13:
-    up to 9e-8 apart between 1 and 2 threads), so a completion changed with the machine's cores. The
-    query heads that share a key/value head (grouped-query attention) are one batch of rows."""
+    up to 9e-8 apart between 1 and 2 threads; its masked kernel, a left-padded batch's, up to 8e-7),
+    so a completion changed with the machine's cores. The query heads that share a key/value head
+    (grouped-query attention) are one batch of rows. `mask` [B, 1, 1, S]: the keys each row may see."""
     B, H, _, D = q.shape
     kv_heads, S = k.shape[1], k.shape[2]
     rows = q.reshape(B * kv_heads, H // kv_heads, D) * D**-0.5
-    weights = torch.bmm(rows, k.reshape(B * kv_heads, S, D).transpose(1, 2)).softmax(-1)
+    scores = torch.bmm(rows, k.reshape(B * kv_heads, S, D).transpose(1, 2))
+    if mask is not None:
+        scores = scores.view(B, kv_heads, H // kv_heads, S).masked_fill(~mask.view(B, 1, 1, S), float("-inf"))
+    weights = scores.view(B * kv_heads, H // kv_heads, S).softmax(-1)
     return torch.bmm(weights, v.reshape(B * kv_heads, S, D)).view(B, H, 1, D)
 
 

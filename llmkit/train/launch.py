@@ -276,8 +276,11 @@ def worker_process(devices: Devices) -> Iterator[Any]:
 
     from llmkit.train import distributed
 
+    from llmkit.runtime import respect_omp_thread_limit
+
     if devices.threads > 0:
         torch.set_num_threads(devices.threads)
+    respect_omp_thread_limit()  # (a torchrun worker starts with one a core: its own process, past the CLI's check)
     from llmkit.train.layout import build_layout
 
     info = distributed.init(distributed.resolve_gpus(devices.gpus))

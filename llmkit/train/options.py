@@ -252,8 +252,11 @@ class Devices(ModelParallelism, Placement):
                                          ("--join-timeout", "join_timeout")) if getattr(self, name) != self.default_of(name)]
             if unused:
                 raise unused_options(unused)
-        from llmkit.runtime import worker_count
+        from llmkit.runtime import omp_thread_limit, worker_count
 
+        if (limit := omp_thread_limit()) is not None and self.threads > limit:
+            raise ValueError(f"--threads {self.threads} is more than OMP_THREAD_LIMIT={limit} lets a process run (OpenMP "
+                             f"would cut the team short, and the products would come out wrong); give at most {limit}")
         cores = worker_count(0)
         if self.threads > max(64, 8 * cores):  # (PyTorch's thread pool crashed at 2,048 threads on 2 cores, without a word)
             raise ValueError(f"--threads {self.threads} is far more than this machine's {cores} cores can run; "
