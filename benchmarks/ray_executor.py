@@ -38,12 +38,11 @@ def _cpu_seconds() -> float:
 
 def ray_start_stop() -> float:
     """Seconds to start a local Ray instance, run one task and stop it: every Ray run pays this."""
-    import ray
+    from llmkit.executor import connected
 
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    ray.get(ray.remote(lambda: 1).remote())
-    ray.shutdown()
+    with connected(None) as ray:  # (a local instance, as a run starts one: not RAY_ADDRESS's cluster; its folder removed)
+        ray.get(ray.remote(lambda: 1).remote())
     return time.perf_counter() - started
 
 

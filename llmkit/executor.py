@@ -18,6 +18,7 @@ still taken in input order, so nothing is lost or written twice. A death ends th
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,8 +81,15 @@ def connected(address: str | None) -> Iterator[Any]:
     sigterm_action = _c_signal_action(signal.SIGTERM)
 
     def stop() -> None:
-        ray.shutdown()
+        # Ray's C handler out of the way first, and a Ctrl-C or SIGTERM meanwhile held to the shutdown's end:
+        # one landing in it took the default action (exit without a line, the lock and partial folder left) or
+        # cut it short, which left its dashboard and runtime-env agents running (a review, 2026-12-06)
         _put_back(signal.SIGTERM, sigterm_action)
+        with _ctrl_c_deferred():
+            ray.shutdown()
+            _put_back(signal.SIGTERM, sigterm_action)
+            if not address or address == "local":
+                _kill_leftovers()
 
     stopped = False
     try:
@@ -145,6 +153,25 @@ def _put_back(number: int, saved) -> None:
     if saved is not None:
         libc, action = saved
         libc.sigaction(number, action, None)
+
+
+def _kill_leftovers() -> None:
+    """Processes of the local Ray instance this process started that outlived ray.shutdown: its
+    dashboard and runtime-env agents stayed when a SIGTERM landed in the start (about 180 MB, deaf to
+    SIGTERM; a review, 2026-12-06). They keep files of the instance's session folder open, whose name
+    ends with this process's id (their command lines are renamed). Linux's /proc only."""
+    import glob
+    import re
+    import signal
+
+    ours = re.compile(rf"/session_[0-9_-]+_{os.getpid()}/")
+    for folder in glob.glob("/proc/[0-9]*/fd"):
+        pid = int(folder.split("/")[2])
+        try:
+            if pid != os.getpid() and any(ours.search(os.readlink(f"{folder}/{fd}")) for fd in os.listdir(folder)):
+                os.kill(pid, signal.SIGKILL)
+        except OSError:  # (another user's process, or one that ended meanwhile)
+            continue
 
 
 def _session_folder(ray) -> Path | None:
@@ -223,8 +250,8 @@ class _Worker:
             except Exception as exc:
                 reason = " ".join((str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}").split())[:300]
                 self.setup_error = f"a Ray worker could not set up: {reason}{_path_hint(exc, reason)}"
-                if isinstance(exc, OSError) or _path_hint(exc, reason):  # (its node does not see a file: the work done is kept)
-                    self.setup_status = "node error"
+                if isinstance(exc, OSError) or getattr(exc, "keeps_work", False) or _path_hint(exc, reason):
+                    self.setup_status = "node error"  # (its node does not see a file, or another one: the work done is kept)
 
     def ready(self) -> bool:
         return True
@@ -235,7 +262,7 @@ class _Worker:
         try:
             return "ok", function(item)
         except UserError as exc:  # the stage's own one-line error: passed back as is, not retried
-            return "error", str(exc)
+            return ("node error" if getattr(exc, "keeps_work", False) else "error"), str(exc)
         except OSError as exc:  # an input the driver read, not found (or another file) on this worker's node
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             return "node error", f"a Ray worker failed: {reason}{_path_hint(exc, reason)}"

@@ -529,3 +529,48 @@ def test_a_wrong_text_field_is_told_before_ray_starts(cli, tmp_path, monkeypatch
     result = cli("clean", data, "-o", tmp_path / "c", "--text-field", "body", "--executor", "ray")
     assert result.exit_code == 1 and "no field 'body'" in result.output and "Ray was started" not in result.output, result.output
     assert not (tmp_path / "c").exists()
+
+
+def test_a_node_without_the_tokenizer_or_with_another_input_file_keeps_the_work_done(tmp_path):
+    """A worker whose node lacks the tokenizer (or holds another one, or another input file) is the
+    node's fault, not the input's: it is a NodeFailed, whose run keeps its work for a rerun once the
+    node sees the inputs. It was the stage's error, and an interrupted run's 25,854 documents went."""
+    from llmkit.data.corpus import same_file
+    from llmkit.executor import _Worker, _unwrap, NodeFailed
+    from llmkit.tokenizer.encode_corpus import _init_worker
+
+    missing = _Worker(_init_worker, (str(tmp_path / "not-here"), True, False, 0, "the driver's digest"))
+    with pytest.raises(NodeFailed, match="the tokenizer at .*not-here is not found on this node; every node needs") as caught:
+        _unwrap(missing.run(abs, -1))
+    assert caught.value.keeps_work
+    (tmp_path / "shard.bin").write_bytes(b"x" * 10)
+    worker = _Worker(None, ())
+    assert _unwrap(worker.run(lambda item: same_file(*item), (str(tmp_path / "shard.bin"), 10))) is None
+    with pytest.raises(NodeFailed, match="holds 10 bytes here where the driver planned its reading on 12"):
+        _unwrap(worker.run(lambda item: same_file(*item), (str(tmp_path / "shard.bin"), 12)))
+
+
+def test_processes_left_holding_this_runs_ray_session_are_stopped(tmp_path):
+    """A SIGTERM in a local Ray instance's start left its dashboard and runtime-env agents running after
+    ray.shutdown (about 180 MB, deaf to SIGTERM): the processes holding files of the session folder
+    named after this process are killed; one of another process's session is left alone."""
+    import subprocess
+    import time
+
+    from llmkit.executor import _kill_leftovers
+
+    def holding(folder):
+        folder.mkdir(parents=True)
+        (folder / "agent.out").touch()
+        return subprocess.Popen([sys.executable, "-c", f"f = open({str(folder / 'agent.out')!r}); import time; time.sleep(60)"])
+
+    ours = holding(tmp_path / f"session_2026-12-06_23-59-16_636284_{os.getpid()}" / "logs")
+    other = holding(tmp_path / "session_2026-12-06_23-59-16_636284_1" / "logs")
+    try:
+        time.sleep(1)  # (both have opened their file)
+        _kill_leftovers()
+        assert ours.wait(timeout=10) == -9 and other.poll() is None
+    finally:
+        for process in (ours, other):
+            process.kill()
+            process.wait()

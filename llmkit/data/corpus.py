@@ -270,7 +270,9 @@ def same_file(path: str, size: int | None) -> None:
         return
     found = os.stat(path).st_size
     if found != size:
-        raise UserError(f"{path} holds {found:,} bytes here where the driver planned its reading on {size:,}: another file "
+        from llmkit.executor import NodeFailed  # (the node's fault, not the input's: the work done is kept for a rerun)
+
+        raise NodeFailed(f"{path} holds {found:,} bytes here where the driver planned its reading on {size:,}: another file "
                         "than the driver's; every node needs the stage's inputs at the same path, with the same contents")
 
 

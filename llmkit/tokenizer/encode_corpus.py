@@ -206,9 +206,12 @@ def _init_worker(tokenizer_dir: str, use_fast: bool, add_bos: bool, check_every:
     if multiprocessing.parent_process() is not None:
         # One encoding thread per worker process: the processes are the parallelism.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if digest is not None and tokenizer_digest(tokenizer_dir) != digest:
-        raise UserError(f"the tokenizer at {tokenizer_dir} differs from the one the driver read there; every node needs the "
-                        "stage's inputs at the same path, with the same contents")
+    if digest is not None and (found := tokenizer_digest(tokenizer_dir)) != digest:
+        from llmkit.executor import NodeFailed  # (the node's fault, not the input's: the work done is kept for a rerun)
+
+        seen = "differs from the one the driver read there" if found else "is not found on this node"
+        raise NodeFailed(f"the tokenizer at {tokenizer_dir} {seen}; every node needs the stage's inputs at the same path, "
+                         "with the same contents")
     _STATE.update(encoder_state(load_tokenizer(tokenizer_dir), use_fast, add_bos, check_every))
 
 
