@@ -36,6 +36,14 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     table.add_row("fingerprint", m.fingerprint)
+    from llmkit.errors import UserError
+
+    try:  # (report's row: an eval's scores, a sweep's best loss, a fit's exponents, which the rows below cut or leave out)
+        headline = _headline(art)
+    except UserError as exc:
+        headline = Text(str(exc), style="yellow")
+    if headline:
+        table.add_row("headline", headline)
     table.add_row("format", f"v{m.format_version} (llmkit {m.llmkit_version})")
     table.add_row("seed", "none (nothing drawn)" if m.seed is None else str(m.seed))
     table.add_row("command", Text(shlex.join(m.command)))  # whole and quoted: it is how to make the artifact again

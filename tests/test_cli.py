@@ -398,6 +398,8 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     said = " ".join(result.output.split())
     assert "bleu 31.25" in said and "copa/acc 0.5" in said and "f1 0.75" in said and "1 doc," in said, said
     assert not any(name in said for name in ("ci95", "stderr", "f1_neg", "support")), said
+    # inspect shows the same headline (its stats rows had no score of an eval)
+    assert "headline bleu 31.25" in " ".join(cli("inspect", tmp_path / "eval").output.replace("│", " ").split())
     # metrics.json edited in place, its size kept: not shown as measured, and the report fails as for a damaged one
     metrics = tmp_path / "eval" / "metrics.json"
     text = metrics.read_text()
