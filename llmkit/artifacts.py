@@ -826,6 +826,7 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
         elif file.stat().st_size != art.manifest.sizes.get(name, file.stat().st_size):
             problems.append(f"edited manifest: its size of {name} ({art.manifest.sizes[name]} bytes) is not the file's "
                             f"({file.stat().st_size}), whose sha256 matches")
+    removed_state = len(notes)
     problems += [f"unlisted file: {name} (added after the artifact was made)" for name in art.unlisted_files()]
     if art.manifest.expected_fingerprint() != art.fingerprint:
         problems.append("fingerprint does not match the manifest's contents (the manifest was edited)")
@@ -846,10 +847,11 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
             problems.append(f"input {ref['role']} ({shown}): {exc}")
             continue
         problems += [f"input {ref['role']} ({shown}): {problem}" for problem in report.problems]
+        notes += [f"input {ref['role']} ({shown}): {line}" for line in report.notes]
         if not report.problems and load(inner, check=False).fingerprint != ref["fingerprint"]:
             problems.append(f"input {ref['role']} ({shown}) is another artifact than the one recorded (fingerprint differs)")
     inside = sum(1 for ref in art.manifest.inputs if _made_inside(art, ref))
-    return VerifyReport(art.path, problems, len(art.manifest.all_files) - len(notes), inside, notes)
+    return VerifyReport(art.path, problems, len(art.manifest.all_files) - removed_state, inside, notes)
 
 
 def input_problems(art: Artifact) -> list[tuple[str, bool]]:

@@ -200,14 +200,22 @@ def omp_thread_limit() -> int | None:
     product's work for the threads PyTorch asks for, then leaves parts of it uncomputed: wrong numbers,
     not slow ones (perplexity NaN, an infinite gradient norm at the first step)."""
     value = os.environ.get("OMP_THREAD_LIMIT", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    value = value[1:] if value.startswith("+") else value  # (as libgomp reads it: "+1" is a limit of 1)
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
 
 
 def respect_omp_thread_limit() -> None:
-    """PyTorch's threads held to OMP_THREAD_LIMIT (its default is one a core, whatever the limit).
-    Nothing is imported where the variable is unset."""
+    """PyTorch's threads held to OMP_THREAD_LIMIT (its default is one a core, whatever the limit):
+    through OMP_NUM_THREADS, which PyTorch reads as it starts (and this process's children, a sweep's
+    runs, inherit), or at once where PyTorch is loaded already. Nothing is imported: a command
+    imports only the stage it names."""
     limit = omp_thread_limit()
-    if limit is not None:
+    if limit is None:
+        return
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not (asked.isascii() and asked.isdigit() and 0 < int(asked) <= limit):
+        os.environ["OMP_NUM_THREADS"] = str(limit)
+    if "torch" in sys.modules:
         import torch
 
         if torch.get_num_threads() > limit:

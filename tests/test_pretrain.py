@@ -150,6 +150,25 @@ def test_an_omp_thread_limit_holds_the_threads_and_a_larger_threads_is_refused(s
     assert not (tmp_path / "x").exists()
 
 
+def test_the_omp_thread_limit_is_read_as_openmp_reads_it_and_held_without_importing_torch(monkeypatch):
+    """"+1" is a limit to libgomp (it was ignored here, and a perplexity came out 1e300); a command
+    holds the threads through OMP_NUM_THREADS, which PyTorch reads as it starts, so that a command
+    that needs no PyTorch does not import it (`llmkit --help` took 1.7 s with the variable set)."""
+    import subprocess
+    import sys
+
+    from llmkit.runtime import omp_thread_limit
+
+    for value, limit in (("+1", 1), (" 2 ", 2), ("0", None), ("abc", None), ("-1", None), ("1.0", None), ("", None), ("٣", None)):
+        monkeypatch.setenv("OMP_THREAD_LIMIT", value)
+        assert omp_thread_limit() == limit, value
+    probe = ("import sys; from llmkit.runtime import respect_omp_thread_limit; respect_omp_thread_limit(); "
+             "assert 'torch' not in sys.modules; import torch; print(torch.get_num_threads())")
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1", "OMP_NUM_THREADS": "4"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr
+
+
 def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path):
     """Per-sequence gradients (--batch-invariant, on by default on a CPU): micro-batches of 1, 2,
     3-by-accumulation and 16 sequences train the same weights to the bit; the usual summation

@@ -51,7 +51,10 @@ def _note_a_corpus_is_scored_whole(checkpoint: artifacts.Artifact, corpus: artif
     from llmkit.console import note
 
     tokens = _tokens_made_of(checkpoint, corpus.fingerprint, depth=3)
-    if tokens is not None:
+    if tokens is not None and not ((artifacts.load(tokens, check=False).stats.get("val") or {}).get("tokens")):
+        note(f"{checkpoint.path} was trained on this corpus (through {tokens}, which holds out no text): every document "
+             "of it is scored, the training text")
+    elif tokens is not None:
         note(f"{checkpoint.path} was trained on this corpus (through {tokens}): every document of it is scored, the "
              f"training text included; the held-out text is the tokens artifact's val split (--data {tokens})")
     else:
@@ -170,13 +173,15 @@ def _learned_documents(records: list[dict], template: dict, loaded) -> list:
         replies = [[token for token, _ in run] for flag, run in groupby(zip(ids, learned), key=lambda pair: pair[1]) if flag]
         words = sum(len(tokenizer.decode(reply, skip_special_tokens=True).split()) for reply in replies)
         documents.append(Document(ids, words=words, bytes=None, index=i, learned=learned))
-    longer = sum(len(document.tokens) > loaded.model.config.context_length for document in documents)
+    # (the positions finetune read of an example: its --seq-len, where given, else the context)
+    trained_on = loaded.artifact.manifest.config.get("seq_len") or loaded.model.config.context_length
+    longer = sum(len(document.tokens) > trained_on for document in documents)
     if longer:  # (finetune cut them, or dropped them: its validation loss scored other tokens)
         from llmkit.console import note
 
-        note(f"{longer:,} of {len(documents):,} examples are longer than the model's context "
-             f"({loaded.model.config.context_length:,} tokens): scored whole in rolling windows, where finetune cut them "
-             "(--truncate) or left them out, so the perplexity is not exp of its validation loss")
+        note(f"{longer:,} of {len(documents):,} examples are longer than the {trained_on:,} positions the fine-tune read "
+             "of one: scored whole in rolling windows, where finetune cut them (--truncate) or left them out, so the "
+             "perplexity is not exp of its validation loss")
     return documents
 
 

@@ -279,7 +279,8 @@ def _score(cfg: EvalConfig, loaded, build, text: list[str], lm: list[str], cls: 
         if len(labelled) < 2:
             from llmkit.eval.text_scores import note_one_example
 
-            note_one_example()
+            if not text:  # (else said already, by the text metrics)
+                note_one_example()
             return
         normalized = [r["prediction_norm"] for r in labelled] if "accuracy_norm" in scores.metrics else None
         scores.metrics.update(classification_intervals([r["prediction"] for r in labelled], [r["label"] for r in labelled],

@@ -232,12 +232,14 @@ def _execute(states: list[RunState], tokens: Path, out: Path, config: SweepConfi
     """Run the queued runs, `parallel` at a time (one per GPU when there are GPUs), showing a live table."""
     import torch
 
-    from llmkit.runtime import worker_count
+    from llmkit.runtime import omp_thread_limit, worker_count
 
     gpus = gpu_slots(torch.cuda.device_count() if torch.cuda.is_available() else 0, config.base.devices.gpus)
     slots = len(gpus) or config.parallel
     # --threads caps each run (a shared machine); by default the cores are split between the runs at once
     threads = config.base.devices.threads or (max(1, worker_count(0) // slots) if not gpus else 0)
+    if not config.base.devices.threads and threads and (limit := omp_thread_limit()):
+        threads = min(threads, limit)  # (each run refuses more: what OpenMP would cut short)
     queue = [s for s in states if s.state == "queued"]
     free = list(range(slots))
     running: list[RunState] = []

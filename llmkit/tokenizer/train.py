@@ -142,7 +142,7 @@ def train_tokenizer(
             raise UserError(
                 "the input has no text to train on (empty corpus or only empty documents); "
                 + ("check the corpus with llmkit inspect or pass other files" if source.corpus is not None
-                   else "its files hold only blank lines; pass files with text")
+                   else "its files are empty or hold only blank lines; pass files with text")
             )
         if tokenizer.get_vocab_size() < config.vocab_size:
             more = (f"more text gives more, and a lower --min-frequency than {config.min_frequency:,} may"
