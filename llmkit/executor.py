@@ -155,16 +155,16 @@ def _put_back(number: int, saved) -> None:
         libc.sigaction(number, action, None)
 
 
-def _kill_leftovers() -> None:
-    """Processes of the local Ray instance this process started that outlived ray.shutdown: its
-    dashboard and runtime-env agents stayed when a SIGTERM landed in the start (about 180 MB, deaf to
-    SIGTERM; a review, 2026-12-06). They keep files of the instance's session folder open, whose name
-    ends with this process's id (their command lines are renamed). Linux's /proc only."""
+def _kill_leftovers(starter: int | None = None) -> None:
+    """Processes of the local Ray instance this process (`starter`) started that outlived ray.shutdown:
+    its dashboard and runtime-env agents stayed when a SIGTERM landed in the start (about 180 MB, deaf
+    to SIGTERM; a review, 2026-12-06). They keep files of the instance's session folder open, whose
+    name ends with the starter's process id (their command lines are renamed). Linux's /proc only."""
     import glob
     import re
     import signal
 
-    ours = re.compile(rf"/session_[0-9_-]+_{os.getpid()}/")
+    ours = re.compile(rf"/session_[0-9_-]+_{starter or os.getpid()}/")
     for folder in glob.glob("/proc/[0-9]*/fd"):
         pid = int(folder.split("/")[2])
         try:

@@ -564,11 +564,13 @@ def test_processes_left_holding_this_runs_ray_session_are_stopped(tmp_path):
         (folder / "agent.out").touch()
         return subprocess.Popen([sys.executable, "-c", f"f = open({str(folder / 'agent.out')!r}); import time; time.sleep(60)"])
 
-    ours = holding(tmp_path / f"session_2026-12-06_23-59-16_636284_{os.getpid()}" / "logs")
+    # (a starter's id no process has: this test process's own session, the module's Ray instance, is left alone)
+    starter = 4_194_304 + 12_345
+    ours = holding(tmp_path / f"session_2026-12-06_23-59-16_636284_{starter}" / "logs")
     other = holding(tmp_path / "session_2026-12-06_23-59-16_636284_1" / "logs")
     try:
         time.sleep(1)  # (both have opened their file)
-        _kill_leftovers()
+        _kill_leftovers(starter)
         assert ours.wait(timeout=10) == -9 and other.poll() is None
     finally:
         for process in (ours, other):
