@@ -44,13 +44,14 @@ def _progress_bar(total: int, description: str):
 # perplexity / bits per byte
 
 
-def _note_a_corpus_is_scored_whole(checkpoint: artifacts.Artifact, corpus: artifacts.Artifact) -> None:
+def _note_a_corpus_is_scored_whole(checkpoints: list[artifacts.Artifact], corpus: artifacts.Artifact) -> None:
     """A corpus is scored document by document, all of it: the text a model was trained on, if it
-    was (a tokens artifact's val split is what tokenize held out). Said more plainly where the
-    checkpoint's recorded inputs lead to this corpus."""
+    was (a tokens artifact's val split is what tokenize held out). Said more plainly where a
+    checkpoint's recorded inputs (an ensemble's: any member's) lead to this corpus."""
     from llmkit.console import note
 
-    tokens = _tokens_made_of(checkpoint, corpus.fingerprint, depth=3)
+    found = ((art, _tokens_made_of(art, corpus.fingerprint, depth=3)) for art in checkpoints)
+    checkpoint, tokens = next(((art, tokens) for art, tokens in found if tokens is not None), (checkpoints[0], None))
     if tokens is not None and not ((artifacts.load(tokens, check=False).stats.get("val") or {}).get("tokens")):
         note(f"{checkpoint.path} was trained on this corpus (through {tokens}, which holds out no text): every document "
              "of it is scored, the training text")
@@ -121,7 +122,7 @@ def perplexity_documents(loaded, cfg):
         return documents
     records = load_records(cfg.data, cfg.split, cfg.limit)
     if artifact_kind(cfg.data) == "corpus":
-        _note_a_corpus_is_scored_whole(loaded.artifact, artifacts.load(cfg.data, kind="corpus"))
+        _note_a_corpus_is_scored_whole(getattr(loaded, "members", None) or [loaded.artifact], artifacts.load(cfg.data, kind="corpus"))
     template = loaded.task.template if loaded.task is not None else None
     if records and cfg.text_field is None and template is not None and _fine_tune_examples(records[0], template):
         return _learned_documents(records, template, loaded)

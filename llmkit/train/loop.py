@@ -257,7 +257,8 @@ class Trainer(Resuming):
         bf16_cpu = self.device.type == "cpu" and self.precision == "bf16"  # PyTorch's bf16 products: bits by thread count
         self.gradient_note = (", per-sequence gradients" + (" (bf16: the same bits at the same threads a process)" if bf16_cpu else "")
                               if self.spec.runtime["batch_invariant"] else
-                              f", gradients summed as usual, so the split can change the weights' bits ({why})" if why else "")
+                              f", gradients summed as usual, so the split and the threads can change the weights' bits ({why})"
+                              if why else "")
         self.optimizer = build_optimizer(
             self.engine.optimizer_target, optim.optimizer, lr=settings.lr,
             weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2), momentum=optim.momentum,
