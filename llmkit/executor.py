@@ -19,6 +19,7 @@ still taken in input order, so nothing is lost or written twice. A death ends th
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ def connected(address: str | None) -> Iterator[Any]:
     # thread starts it. Both are put back, so that a kill stops the stage as Ctrl-C does; Ctrl-C and SIGTERM
     # during the start are held to its end (one landing in a fork hook of the start was lost: the run went on).
     sigterm_action = _c_signal_action(signal.SIGTERM)
+    began = time.time()
 
     def stop() -> None:
         # Ray's C handler out of the way first, and a Ctrl-C or SIGTERM meanwhile held to the shutdown's end:
@@ -86,10 +88,12 @@ def connected(address: str | None) -> Iterator[Any]:
         # cut it short, which left its dashboard and runtime-env agents running (a review, 2026-12-06)
         _put_back(signal.SIGTERM, sigterm_action)
         with _ctrl_c_deferred():
+            # (the instance started here; a start a signal cut short has not told Ray's module its folder yet)
+            session = _session_folder(ray) or _started_session(began) if not address or address == "local" else None
             ray.shutdown()
             _put_back(signal.SIGTERM, sigterm_action)
-            if not address or address == "local":
-                _kill_leftovers()
+            if session is not None:
+                _kill_leftovers(session)
 
     stopped = False
     try:
@@ -155,23 +159,39 @@ def _put_back(number: int, saved) -> None:
         libc.sigaction(number, action, None)
 
 
-def _kill_leftovers(starter: int | None = None) -> None:
-    """Processes of the local Ray instance this process (`starter`) started that outlived ray.shutdown:
-    its dashboard and runtime-env agents stayed when a SIGTERM landed in the start (about 180 MB, deaf
-    to SIGTERM; a review, 2026-12-06). They keep files of the instance's session folder open, whose
-    name ends with the starter's process id (their command lines are renamed). Linux's /proc only."""
+_RAY_PROGRAMS = ("ray::", "raylet", "gcs_server")  # (how Ray's processes name themselves; its agents rename theirs "ray::...")
+
+
+def _kill_leftovers(session: Path) -> None:
+    """Ray's processes of the local instance this process started (its session folder) that outlived
+    ray.shutdown: its dashboard and runtime-env agents stayed when a SIGTERM landed in the start (about
+    180 MB, deaf to SIGTERM; a review, 2026-12-06). Known by the files of that very folder they keep
+    open and by their names (a `tail -f` of its log, or a cluster of `ray start` whose folder was named
+    after a process id since reused, is left alone). Linux's /proc only."""
     import glob
-    import re
     import signal
 
-    ours = re.compile(rf"/session_[0-9_-]+_{starter or os.getpid()}/")
+    inside = f"{session.resolve()}/"
     for folder in glob.glob("/proc/[0-9]*/fd"):
         pid = int(folder.split("/")[2])
         try:
-            if pid != os.getpid() and any(ours.search(os.readlink(f"{folder}/{fd}")) for fd in os.listdir(folder)):
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if pid == os.getpid() or not Path(program).name.startswith(_RAY_PROGRAMS):
+                continue
+            if any(os.readlink(f"{folder}/{fd}").startswith(inside) for fd in os.listdir(folder)):
                 os.kill(pid, signal.SIGKILL)
         except OSError:  # (another user's process, or one that ended meanwhile)
             continue
+
+
+def _started_session(began: float) -> Path | None:
+    """The session folder of a local Ray instance this process started at or after `began` (named
+    after its process id), where Ray's module no longer knows it."""
+    import tempfile
+
+    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    ours = [folder for folder in root.glob(f"session_*_{os.getpid()}") if folder.stat().st_mtime >= began - 1]
+    return max(ours, key=lambda folder: folder.stat().st_mtime) if ours else None
 
 
 def _session_folder(ray) -> Path | None:

@@ -204,6 +204,15 @@ def omp_thread_limit() -> int | None:
     return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
 
 
+_SET_FOR_THE_LIMIT = "LLMKIT_OMP_NUM_THREADS_FOR_THE_LIMIT"  # (OMP_NUM_THREADS is then llmkit's, not the user's)
+
+
+def users_omp_num_threads() -> str | None:
+    """OMP_NUM_THREADS as the user set it; None where unset or set here for OMP_THREAD_LIMIT (torchrun's
+    workers then take their own default of one thread each, not the limit each)."""
+    return None if os.environ.get(_SET_FOR_THE_LIMIT) else os.environ.get("OMP_NUM_THREADS")
+
+
 def respect_omp_thread_limit() -> None:
     """PyTorch's threads held to OMP_THREAD_LIMIT (its default is one a core, whatever the limit):
     through OMP_NUM_THREADS, which PyTorch reads as it starts (and this process's children, a sweep's
@@ -215,6 +224,7 @@ def respect_omp_thread_limit() -> None:
     asked = os.environ.get("OMP_NUM_THREADS", "").strip()
     if not (asked.isascii() and asked.isdigit() and 0 < int(asked) <= limit):
         os.environ["OMP_NUM_THREADS"] = str(limit)
+        os.environ[_SET_FOR_THE_LIMIT] = "1"
     if "torch" in sys.modules:
         import torch
 

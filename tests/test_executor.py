@@ -552,27 +552,29 @@ def test_a_node_without_the_tokenizer_or_with_another_input_file_keeps_the_work_
 
 def test_processes_left_holding_this_runs_ray_session_are_stopped(tmp_path):
     """A SIGTERM in a local Ray instance's start left its dashboard and runtime-env agents running after
-    ray.shutdown (about 180 MB, deaf to SIGTERM): the processes holding files of the session folder
-    named after this process are killed; one of another process's session is left alone."""
+    ray.shutdown (about 180 MB, deaf to SIGTERM): Ray's processes holding files of that very session
+    folder are killed; another folder's (a `ray start` cluster whose folder was named after a process
+    id since reused), and a process of another name reading the session's logs, are left alone."""
     import subprocess
     import time
 
     from llmkit.executor import _kill_leftovers
 
-    def holding(folder):
-        folder.mkdir(parents=True)
-        (folder / "agent.out").touch()
-        return subprocess.Popen([sys.executable, "-c", f"f = open({str(folder / 'agent.out')!r}); import time; time.sleep(60)"])
+    def holding(folder, name):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.out").touch()
+        code = f"f = open({str(folder / (name + '.out'))!r}); import time; time.sleep(60)"
+        return subprocess.Popen(["bash", "-c", f'exec -a "{name}" {sys.executable} -c "{code}"'])
 
-    # (a starter's id no process has: this test process's own session, the module's Ray instance, is left alone)
-    starter = 4_194_304 + 12_345
-    ours = holding(tmp_path / f"session_2026-12-06_23-59-16_636284_{starter}" / "logs")
-    other = holding(tmp_path / "session_2026-12-06_23-59-16_636284_1" / "logs")
+    ours = tmp_path / "session_2026-12-06_23-59-16_636284_4242" / "logs"
+    agent = holding(ours, "ray::DashboardAgent")
+    reader = holding(ours, "tail")
+    other = holding(tmp_path / "session_2026-12-06_21-00-00_000001_4242" / "logs", "ray::RuntimeEnvAgent")
     try:
-        time.sleep(1)  # (both have opened their file)
-        _kill_leftovers(starter)
-        assert ours.wait(timeout=10) == -9 and other.poll() is None
+        time.sleep(1)  # (all have opened their file)
+        _kill_leftovers(ours.parent)
+        assert agent.wait(timeout=10) == -9 and reader.poll() is None and other.poll() is None
     finally:
-        for process in (ours, other):
+        for process in (agent, reader, other):
             process.kill()
             process.wait()

@@ -167,6 +167,18 @@ def test_the_omp_thread_limit_is_read_as_openmp_reads_it_and_held_without_import
     env = {**os.environ, "OMP_THREAD_LIMIT": "1", "OMP_NUM_THREADS": "4"}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr
+    # a value set here for the limit is no user's choice: torchrun's workers keep their one thread each
+    from llmkit.runtime import respect_omp_thread_limit, users_omp_num_threads
+
+    monkeypatch.setenv("OMP_THREAD_LIMIT", "2")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LLMKIT_OMP_NUM_THREADS_FOR_THE_LIMIT", raising=False)
+    respect_omp_thread_limit()
+    assert os.environ["OMP_NUM_THREADS"] == "2" and users_omp_num_threads() is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("LLMKIT_OMP_NUM_THREADS_FOR_THE_LIMIT")
+    respect_omp_thread_limit()
+    assert users_omp_num_threads() == "1"
 
 
 def test_the_micro_batch_does_not_change_the_artifact(shakespeare, cli, tmp_path):

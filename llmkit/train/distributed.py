@@ -241,7 +241,10 @@ def relaunch(
     else:
         command += ["--standalone"]
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
+    from llmkit.runtime import users_omp_num_threads
+
+    if users_omp_num_threads() is None:
+        env["OMP_NUM_THREADS"] = "1"
     from llmkit.train.worker import LAUNCHER_PID
 
     env[LAUNCHER_PID] = str(os.getpid())  # the workers end if this process is killed outright (worker._end_with_the_agent)
