@@ -88,7 +88,8 @@ def perplexity_documents(loaded, cfg):
     from llmkit.eval.perplexity import Document, document_from_text
 
     tokenizer = loaded.tokenizer
-    if artifact_kind(cfg.data) == "tokens":
+    kind = artifact_kind(cfg.data)
+    if kind == "tokens":
         from llmkit.data.shards import TokenShards
 
         art = artifacts.load(cfg.data, kind="tokens")
@@ -121,7 +122,7 @@ def perplexity_documents(loaded, cfg):
             raise UserError(f"tokens artifact {cfg.data} has an empty val split; tokenize with a validation fraction > 0")
         return documents
     records = load_records(cfg.data, cfg.split, cfg.limit)
-    if artifact_kind(cfg.data) == "corpus":
+    if kind == "corpus":
         _note_a_corpus_is_scored_whole(getattr(loaded, "members", None) or [loaded.artifact], artifacts.load(cfg.data, kind="corpus"))
     template = loaded.task.template if loaded.task is not None else None
     if records and cfg.text_field is None and template is not None and _fine_tune_examples(records[0], template):

@@ -128,7 +128,7 @@ def _silu_into(x, out):
 def silu_backward_into(grad, x, out):
     """out = the gradient of silu at x times grad (out may be a strided view)."""
     if _as_is(out):
-        return torch.ops.aten.silu_backward.grad_input(grad, x, grad_input=out)
+        return _silu_backward_into(grad, x, out)
     return elementwise(_silu_backward_into, out, grad, x)
 
 
@@ -140,9 +140,9 @@ def _as_is(x: torch.Tensor, split: _Split = _DEFAULT) -> bool:
     """PyTorch's own call will do: not on a CPU, under torch.compile, or one thread's work anyway (a
     decoding step's, or on one thread: going through `elementwise` would cost a few microseconds) on
     a layout it iterates row by row as `elementwise` does."""
-    if x.device.type != "cpu" or _plain():
+    if x.device.type != "cpu" or _plain() or x.numel() <= split.serial_up_to:  # (one thread at any count: no layout check)
         return True
-    return split.team(x.numel(), torch.get_num_threads()) == 1 and (x.is_contiguous() or _by_rows(x))
+    return torch.get_num_threads() == 1 and (x.is_contiguous() or _by_rows(x))
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
