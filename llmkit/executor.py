@@ -313,6 +313,7 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
             count = cpus
         # A dead actor restarts and its batch is tried again, but not forever: a batch that kills
         # its worker each time (out of memory) ends the stage.
+        _check_nodes_run_this_llmkit(ray)
         actor_class = ray.remote(num_cpus=1, max_restarts=RESTARTS, max_task_retries=RETRIES)(_Worker)
         actors = _started(ray, [actor_class.remote(initializer, initargs) for _ in range(count)])
         count = len(actors)
@@ -336,7 +337,79 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
                 ray.kill(actor)
 
 
+def code_digest() -> str:
+    """SHA-256 of this llmkit's source (every .py file under the package, by relative path): what
+    the workers on a Ray cluster must run too."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _llmkit_here() -> dict[str, Any]:
+    """Which llmkit this process's Python imports (sent to every node by value: see
+    _check_nodes_run_this_llmkit); imports only inside, so that it runs where llmkit does not."""
+    import os
+    import sys
+
+    try:
+        import llmkit
+        from llmkit.executor import code_digest
+
+        return {"digest": code_digest(), "version": llmkit.__version__, "where": os.path.dirname(llmkit.__file__),
+                "python": sys.executable}
+    except Exception as exc:  # (not only ImportError: an llmkit that fails as it imports is as unusable)
+        return {"digest": None, "error": " ".join(f"{type(exc).__name__}: {exc}".split())[:200], "python": sys.executable}
+
+
+def _by_value(function: Callable) -> Callable:
+    """`function` with no module behind it (only the builtins as globals), which Ray's cloudpickle
+    then sends as code instead of as a reference to import on the node."""
+    import builtins
+    import types
+
+    return types.FunctionType(function.__code__, {"__builtins__": builtins, "__name__": "llmkit_probe"}, function.__name__)
+
+
+def _check_nodes_run_this_llmkit(ray) -> None:
+    """Every node that can take a worker imports llmkit, and the same code as this driver's.
+
+    Ray sends a worker only references to llmkit's code (the module and name of _Worker and of the
+    stage's functions), which each node imports from its own Python: where llmkit was missing,
+    every worker failed as it started (Ray printed about 100 lines of tracebacks, then the stage
+    blamed memory: a review, 2026-12-06); where another llmkit was installed, the work would be done
+    by other code under this run's fingerprint. A node that does not answer within PROBE_WAIT
+    (coming up, busy) is not waited for: its workers are the ones that tell."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_by_value(_llmkit_here))
+    nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
+    asked = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote():
+             node.get("NodeManagerAddress", node["NodeID"]) for node in nodes}
+    answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=PROBE_WAIT)
+    for ref in late:
+        ray.cancel(ref, force=True)
+    mine = _llmkit_here()
+    for ref in answered:
+        try:
+            theirs = ray.get(ref)
+        except ray.exceptions.RayError:  # (a node lost meanwhile: its workers tell)
+            continue
+        node = asked[ref]
+        if theirs["digest"] is None:
+            raise UserError(f"the Ray node at {node} cannot import llmkit ({theirs['error']}; its Python: {theirs['python']}); "
+                            f"install this llmkit ({mine['version']}, from {mine['where']}) on every node of the cluster")
+        if theirs["digest"] != mine["digest"]:
+            raise UserError(f"the Ray node at {node} runs other llmkit code ({theirs['version']}, in {theirs['where']}) than "
+                            f"this driver ({mine['version']}, in {mine['where']}): its workers would compute with it under this "
+                            "run's fingerprint; install the same llmkit on every node of the cluster")
+
+
 RETRIES = 3
+PROBE_WAIT = 30.0  # seconds for every node to say which llmkit it imports
 CANCEL_WAIT = 2.0  # seconds for the batches running at a stop to end before their workers are killed
 RESTARTS = 8  # per actor: a batch's retries, and deaths while it sets up or between batches
 START_WAIT = 10.0  # seconds for every actor to start (again after the first, if none had) before going on with those that did

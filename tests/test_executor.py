@@ -578,3 +578,58 @@ def test_processes_left_holding_this_runs_ray_session_are_stopped(tmp_path):
         for process in (agent, reader, other):
             process.kill()
             process.wait()
+
+
+_CLUSTER_WHOSE_NODES_IMPORT = """
+import sys, ray
+from llmkit.errors import UserError
+from llmkit.executor import ray_ordered_map
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+         runtime_env={"env_vars": {"PYTHONPATH": sys.argv[1]}})
+try:
+    print(list(ray_ordered_map(str.upper, ["a", "b"], workers=1, address=None)))
+except UserError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("node_has", ["no llmkit", "another llmkit"])
+def test_a_node_without_llmkit_or_with_other_llmkit_code_is_refused_before_any_work(tmp_path, node_has):
+    """Ray sends workers only references to llmkit's code, which each node imports from its own Python:
+    without llmkit every worker failed as it started (Ray's tracebacks, about 100 lines, then advice
+    about memory), and with another llmkit the work would be done by other code under this run's
+    fingerprint. The nodes' Python here is this one's, with PYTHONPATH putting another llmkit first."""
+    import shutil
+    import subprocess
+
+    import llmkit
+
+    other = tmp_path / "node_path" / "llmkit"
+    if node_has == "no llmkit":
+        other.mkdir(parents=True)
+        (other / "__init__.py").write_text("raise ImportError(\"No module named 'llmkit'\")\n")
+    else:
+        shutil.copytree(os.path.dirname(llmkit.__file__), other, ignore=shutil.ignore_patterns("__pycache__"))
+        with open(other / "executor.py", "a", encoding="utf-8") as source:
+            source.write("# a change on the node\n")
+    result = subprocess.run([sys.executable, "-c", _CLUSTER_WHOSE_NODES_IMPORT, str(other.parent)], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)  # (Ray puts the driver's folder first on its workers' path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout.strip()
+    if node_has == "no llmkit":
+        assert out.startswith("refused: the Ray node at ") and "cannot import llmkit (ImportError: No module named 'llmkit'" in out, out
+        assert "install this llmkit" in out, out
+    else:
+        assert out.startswith("refused: the Ray node at ") and f"runs other llmkit code (0.1.0, in {other})" in out, out
+    assert "Traceback" not in result.stderr and "retries" not in result.stderr, result.stderr[-2000:]
+
+
+def test_nodes_running_this_llmkit_do_the_work(tmp_path):
+    """The same PYTHONPATH trick with this very llmkit: nothing refused."""
+    import subprocess
+
+    import llmkit
+
+    result = subprocess.run([sys.executable, "-c", _CLUSTER_WHOSE_NODES_IMPORT, os.path.dirname(os.path.dirname(llmkit.__file__))],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "['A', 'B']", (result.stdout, result.stderr[-2000:])
