@@ -149,6 +149,8 @@ def _usage_error_as_one_line():
         if type(exc).__name__ == "NoArgsIsHelpError":  # `llmkit tokenizer` alone: the help is the answer
             raise
         message = " ".join(exc.format_message().split()).rstrip(".")
+        if type(exc).__name__ == "NoSuchOption" and exc.ctx is not None and exc.message.startswith("No such option"):
+            message = _no_such_option(exc.option_name, exc.ctx.command)
         path = exc.ctx.command_path if exc.ctx is not None else ""
         if (type(exc).__name__ == "NoSuchOption" and path.endswith(("tokenizer encode", "tokenizer decode"))
                 and not str(getattr(exc, "option_name", "")).startswith("--")):
@@ -160,6 +162,17 @@ def _usage_error_as_one_line():
         command = exc.ctx.command_path if exc.ctx is not None else "llmkit"
         _print_error(f"{message} (see {command} --help)")
         raise typer.Exit(exc.exit_code) from None
+
+
+def _no_such_option(typed: str, command: click.Command) -> str:
+    """"No such option", with the one the user most likely meant by the rule every typed name has
+    (closest_name): click's own offered --out for --bogus, and --force beside --workers for --workres."""
+    from llmkit.errors import closest_name
+
+    # compared without the leading dashes, which every name shares (--tem came out as --stream)
+    known = [name[2:] for param in command.params for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
+    close = closest_name(typed[2:], known) if typed.startswith("--") else None
+    return f"No such option: {typed}" + (f"; did you mean --{close}?" if close else "")
 
 
 def _print_error(message: str) -> None:

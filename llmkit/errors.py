@@ -155,13 +155,19 @@ def kept_run_can_go_on(exc: BaseException) -> bool:
 
 
 def closest_name(typed: str, known, cutoff: float = 0.75) -> str | None:
-    """The known name a user meant: typed with another case, "-" for "_", or a slip of a letter or two
-    (one rule for every name a user types: presets, metrics, benchmarks, templates, config keys)."""
+    """The known name a user meant: typed with another case, "-" for "_", a slip of a letter or two,
+    or the start of one name only, of 4 letters or more (one rule for every name a user types:
+    presets, metrics, benchmarks, templates, config keys, options)."""
     import difflib
 
     known = list(known)
     spelled = {name.lower().replace("-", "_"): name for name in known}
-    return spelled.get(typed.lower().replace("-", "_")) or next(iter(difflib.get_close_matches(typed, known, n=1, cutoff=cutoff)), None)
+    typed_key = typed.lower().replace("-", "_")
+    close = spelled.get(typed_key) or next(iter(difflib.get_close_matches(typed, known, n=1, cutoff=cutoff)), None)
+    if close is None and len(typed_key.strip("_")) >= 4:
+        started = [name for key, name in spelled.items() if key.startswith(typed_key)]
+        close = started[0] if len(started) == 1 else None
+    return close
 
 
 def did_you_mean(typed: str, known) -> str:

@@ -349,6 +349,12 @@ def test_config_resolution_order(tmp_path):
     (["inspect", "x", "--debug"], "--debug is llmkit's own option: put it before the command (llmkit --debug inspect)"),
     (["tokenizer", "--debug", "encode", "x"], "put it before the command (llmkit --debug tokenizer ...)"),
     (["inspect", "x", "--debugging", "--debug"], "No such option: --debugging"),  # (not taken for --debug)
+    # the option a slip most likely meant, by the rule of every typed name; none where nothing is close
+    # (click offered --out for --bogus, and --force beside --workers for --workres)
+    (["tokenize", "x", "--workres", "2"], "No such option: --workres; did you mean --workers? (see llmkit tokenize --help)"),
+    (["generate", "x", "--temp", "1"], "No such option: --temp; did you mean --temperature? (see"),
+    (["generate", "--bogus"], "No such option: --bogus (see llmkit generate --help)"),
+    (["generate", "x", "--tem", "1"], "No such option: --tem (see llmkit generate --help)"),
     # a group's command typed without its group is named with it
     (["encode", "x"], "No such command 'encode'. Did you mean 'llmkit tokenizer encode'?"),
     (["trian"], "Did you mean 'pretrain' or 'llmkit tokenizer train'?"),
