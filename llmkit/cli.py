@@ -308,13 +308,15 @@ def inspect_command(
 
 def report_command(
     paths: Annotated[list[Path], typer.Argument(help="Artifact directories, or folders of them (e.g. a recipe's runs/NAME).")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list (path, kind, full fingerprint, "
+                                              "headline, the manifest's stats) instead of a table.")] = False,
 ) -> None:
     """One table row per artifact: kind, fingerprint and headline numbers (recipes end with it)."""
     from llmkit.inspect_view import artifacts_in, print_report
 
     with _damage_named(*paths):  # (a single artifact's damage, or any outside a row's headline: one line)
         found, damaged = artifacts_in(paths)
-        unreadable, incomplete = print_report(found)
+        unreadable, incomplete = print_report(found, as_json=json_output)
     damaged += unreadable
     problems = [f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))}"] if damaged else []
     problems += [f"{len(incomplete)} artifact(s) miss or changed one made inside them: {', '.join(map(str, incomplete))}"] if incomplete else []
@@ -337,25 +339,64 @@ def _damage_named(*paths: Path):
                         f"llmkit verify shows what changed, rebuild it with the stage that made it") from exc
 
 
-def verify_command(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
-    """Re-hash an artifact's files and check its fingerprint; non-zero exit on any mismatch."""
+def verify_command(
+    paths: Annotated[list[Path], typer.Argument(help="Artifact directories; each is checked, and the exit status is "
+                                                "non-zero if any fails.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per artifact (path, ok, "
+                                              "files, inside, problems, notes, error), instead of lines.")] = False,
+) -> None:
+    """Re-hash artifacts' files and check their fingerprints; non-zero exit on any mismatch."""
     from llmkit import artifacts
+
+    reports, failed = [], []
+    for path in paths:
+        try:
+            report = artifacts.verify(path)
+        except UserError as exc:  # (not an artifact, a manifest that cannot be read: one among several is told and counted)
+            if len(paths) == 1:
+                raise
+            reports.append({"path": str(path), "ok": False, "error": str(exc)})
+            failed.append((path, str(exc)))
+            if not json_output:
+                from llmkit.console import out, styled
+
+                out.print(styled("mismatch", "red", f" {path}: {exc}"), soft_wrap=True)
+            continue
+        reports.append({"path": str(path), "ok": report.ok, "files": report.files, "inside": report.inside,
+                        "problems": report.problems, "notes": report.notes, "error": None})
+        if not json_output:
+            _print_verified(report)
+        if not report.ok:
+            failed.append((path, _verify_failure(report)))
+    if json_output:
+        typer.echo(json.dumps(reports, indent=2))
+    if len(paths) == 1 and failed:
+        raise UserError(failed[0][1])
+    if failed:
+        raise UserError(f"{len(failed)} of {len(paths)} artifacts failed verification: {', '.join(str(path) for path, _ in failed)} "
+                        "(the lines above say why); rebuild each with the stage that made it")
+
+
+def _print_verified(report) -> None:
     from llmkit.console import note, out, styled
 
-    report = artifacts.verify(path)
+    path = report.path
     for line in report.notes:
         note(f"{path}: {line}")
     if report.ok:
         out.print(styled("ok", "green", f" {path}: {report.files} file{'s' if report.files != 1 else ''} match{'es' if report.files == 1 else ''}, fingerprint matches"
                                         + (f"; so do the {report.inside} artifacts inside it" if report.inside else "")),
                   soft_wrap=True)
-        return
     for problem in report.problems:
         out.print(styled("mismatch", "red", f" {path}: {problem}"), soft_wrap=True)
+
+
+def _verify_failure(report) -> str:
+    path = report.path
     if all(problem.startswith("unlisted file:") for problem in report.problems):  # the artifact itself is whole
-        raise UserError(f"{path} failed verification ({len(report.problems)} problem(s)): files were added to it; remove "
-                        "them, or rebuild it with the stage that made it")
-    raise UserError(f"{path} failed verification ({len(report.problems)} problem(s)); rebuild it with the stage that made it")
+        return (f"{path} failed verification ({len(report.problems)} problem(s)): files were added to it; remove "
+                "them, or rebuild it with the stage that made it")
+    return f"{path} failed verification ({len(report.problems)} problem(s)); rebuild it with the stage that made it"
 
 
 

@@ -226,19 +226,20 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     return found, damaged
 
 
-def print_report(arts: list[Artifact]) -> tuple[list[Path], list[Path]]:
+def print_report(arts: list[Artifact], *, as_json: bool = False) -> tuple[list[Path], list[Path]]:
     """One row per artifact, named relative to the folder they share (in the title), so that long
     absolute paths do not crowd out the names on a narrow terminal. An artifact whose headline
     cannot be read (a stats table or metrics.json edited by hand) keeps its row, says so there, and
     is returned, so that the others are still shown; with none readable, that is the one-line error.
-    Returns those, and the artifacts an artifact made inside them is gone from or changed in."""
+    Returns those, and the artifacts an artifact made inside them is gone from or changed in. `as_json`:
+    the rows as a JSON list on stdout (the notes still on stderr)."""
     import os
 
     from llmkit.errors import UserError
 
     folders = [str(art.path.resolve().parent) for art in arts]
     common = os.path.commonpath(folders) if folders else "."
-    rows, damaged, notes, incomplete = [], [], [], []
+    rows, damaged, notes, incomplete, records = [], [], [], [], []
     for art in arts:
         try:
             headline = _headline(art)
@@ -254,11 +255,20 @@ def print_report(arts: list[Artifact]) -> tuple[list[Path], list[Path]]:
             headline = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
         rows.append((os.path.relpath(art.path.resolve(), common), art.kind, art.short_fingerprint, headline))
         problems = input_problems(art)
+        records.append({"path": str(art.path), "kind": art.kind, "fingerprint": art.fingerprint, "headline": headline,
+                        "stats": art.stats, "readable": art.path not in damaged, "input_problems": [text for text, _ in problems]})
         notes += [f"{rows[-1][0]}: {problem}" for problem, _ in problems]
         if any(damage for _, damage in problems):
             incomplete.append(art.path)
     if len(damaged) == len(arts):
         raise UserError(f"no artifact could be read: {', '.join(map(str, damaged))}; llmkit verify shows what changed in one")
+    if as_json:
+        import json
+
+        import typer
+
+        typer.echo(json.dumps(records, indent=2))
+        return damaged, [path for path in incomplete if path not in damaged]
     table = Table(title=f"artifacts in {common}", title_justify="left")
     table.add_column("artifact", overflow="fold")
     table.add_column("kind")

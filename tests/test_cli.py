@@ -196,6 +196,26 @@ def test_verify_exit_codes(cli, tmp_path):
     assert "rebuild it with the stage that made it" in result.output.strip().splitlines()[-1]
 
 
+def test_verify_takes_several_artifacts_and_prints_json(cli, tmp_path):
+    """`llmkit verify runs/demo/*`: each is checked, the good ones said ok, the exit non-zero when any
+    fails, naming those; --json gives one object per artifact for scripts."""
+    first, second = _corpus(tmp_path / "first"), _corpus(tmp_path / "second")
+    result = cli("verify", first, second)
+    assert result.exit_code == 0 and result.output.count(" 1 file matches, fingerprint matches") == 2, result.output
+    (second / "a.txt").write_text("changed")
+    result = cli("verify", first, tmp_path / "missing", second)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"ok {first}: 1 file matches" in said and "changed file: a.txt" in said, said
+    assert f"no such artifact: {tmp_path / 'missing'}" in said, said
+    assert f"2 of 3 artifacts failed verification: {tmp_path / 'missing'}, {second}" in said, said
+    result = cli("verify", "--json", first, tmp_path / "missing", second)
+    assert result.exit_code == 1
+    records = json.loads(result.stdout)
+    assert [(r["path"], r["ok"]) for r in records] == [(str(first), True), (str(tmp_path / "missing"), False), (str(second), False)]
+    assert records[0]["files"] == 1 and records[0]["problems"] == [] and records[0]["error"] is None
+    assert "no such artifact" in records[1]["error"] and records[2]["problems"] == ["changed file: a.txt (sha256 differs from the manifest)"]
+
+
 def test_verify_says_to_remove_files_added_to_a_whole_artifact(cli, tmp_path):
     """A file added beside the listed ones (which a stage could read) fails verification; when that is
     all, the fix is to remove it, not to rebuild the artifact."""
@@ -401,6 +421,10 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     result = cli("report", corpus, tmp_path / "eval")
     assert result.exit_code == 0, result.output
     assert artifacts.load(corpus).short_fingerprint in result.output
+    rows = json.loads(cli("report", "--json", corpus, tmp_path / "eval").stdout)  # (for scripts: the same rows, whole)
+    assert [(r["path"], r["kind"], r["fingerprint"]) for r in rows] == [
+        (str(corpus), "corpus", artifacts.load(corpus).fingerprint), (str(tmp_path / "eval"), "eval", artifacts.load(tmp_path / "eval").fingerprint)]
+    assert rows[0]["stats"] == artifacts.load(corpus).stats and "bleu 31.25" in rows[1]["headline"] and rows[1]["readable"]
     said = " ".join(result.output.split())
     assert "bleu 31.25" in said and "copa/acc 0.5" in said and "f1 0.75" in said and "1 doc," in said, said
     assert not any(name in said for name in ("ci95", "stderr", "f1_neg", "support")), said
