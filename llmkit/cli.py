@@ -353,7 +353,7 @@ def verify_command(
         try:
             report = artifacts.verify(path)
         except UserError as exc:  # (not an artifact, a manifest that cannot be read: one among several is told and counted)
-            if len(paths) == 1:
+            if len(paths) == 1 and not json_output:
                 raise
             reports.append({"path": str(path), "ok": False, "error": str(exc)})
             failed.append((path, str(exc)))

@@ -213,6 +213,8 @@ def test_verify_takes_several_artifacts_and_prints_json(cli, tmp_path):
     records = json.loads(result.stdout)
     assert [(r["path"], r["ok"]) for r in records] == [(str(first), True), (str(tmp_path / "missing"), False), (str(second), False)]
     assert records[0]["files"] == 1 and records[0]["problems"] == [] and records[0]["error"] is None
+    alone = cli("verify", "--json", tmp_path / "missing")  # (one path: still the JSON, for a script's parser)
+    assert alone.exit_code == 1 and json.loads(alone.stdout)[0]["ok"] is False, alone.output
     assert "no such artifact" in records[1]["error"] and records[2]["problems"] == ["changed file: a.txt (sha256 differs from the manifest)"]
 
 
