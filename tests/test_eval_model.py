@@ -919,10 +919,10 @@ def test_integer_labels_name_classes_whose_names_are_numbers():
     assert read(["neg", "nan"], (0, 1, "1")) == [0, 1, 1]  # (nan, inf, 1e3 are words here, not numbers)
     # a CSV's ` 1` (a space after the comma; its cells are read as text): the label 1
     assert read(["0", "1"], (" 1", "0 ")) == [1, 0]
-    for value, names, message in ((0, ["1", "2"], "label 0 is not one of the classes '1', '2'"),
-                                  (None, ["neg", "pos"], "label None must be an integer or a string"),
-                                  (2, ["neg", "pos"], "label 2 is not one of the classes 'neg', 'pos'"),
-                                  (1, ["+1", "-1"], "label 1 is not one of the classes '[+]1', '-1'")):
+    for value, names, message in ((0, ["1", "2"], 'label 0 is not one of the classes "1", "2"'),
+                                  (None, ["neg", "pos"], "label null must be an integer or a string"),
+                                  (2, ["neg", "pos"], 'label 2 is not one of the classes "neg", "pos"'),
+                                  (1, ["+1", "-1"], 'label 1 is not one of the classes "[+]1", "-1"')):
         with pytest.raises(UserError, match=message):
             read(names, [value])
     # a multiple-choice record's label is the right choice's index, whatever the choices say (arithmetic: numbers)

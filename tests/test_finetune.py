@@ -493,6 +493,12 @@ def test_a_classifier_trained_on_short_cuts_is_evaluated_on_the_same_cuts(base, 
     assert (metrics["accuracy"], metrics["f1"]) == pytest.approx((stats["val_accuracy"], stats["val_f1"]), abs=1e-9)
     assert "val_loss" in stats and "val_ppl" not in stats  # exp of a loss over labels names nothing
     assert not any("val_ppl" in line for line in (run / "metrics.jsonl").read_text().splitlines())
+    # --seq-len 1 leaves the start token alone: refused, as SFT refuses examples with no response token in reach
+    result = cli("finetune", base["checkpoint"], "-o", tmp_path / "cls1", "--task", "classify", "--data", data,
+                 "--seq-len", "1", "--truncate", "--max-steps", "1")
+    assert result.exit_code == 1 and not (tmp_path / "cls1").exists(), result.output
+    assert "1 position (--seq-len 1) holds the start token alone: the classifier would read none of the texts; raise --seq-len" \
+        in " ".join(result.output.split())
 
 
 def test_validation_past_eval_examples_scores_a_drawn_subset_not_the_files_head(base, shared_data, cli, tmp_path):
@@ -542,7 +548,7 @@ def test_eval_reads_a_classifiers_labels_as_its_fine_tune_read_its_validation_da
     unseen = write_jsonl(tmp_path / "unseen.jsonl", [{"text": "fine", "label": "1"}, {"text": "bad", "label": 3}])
     result = cli("eval", run, "-m", "accuracy", "--data", unseen, "-o", tmp_path / "ev3")
     assert result.exit_code == 1 and not (tmp_path / "ev3").exists()
-    assert f"{unseen}:2: label 3 is not one of the training labels '1', '2', 'neg'; fix or drop the record, or " \
+    assert f'{unseen}:2: label 3 is not one of the training labels "1", "2", "neg"; fix or drop the record, or ' \
            "name the classes with --labels" in " ".join(result.output.split())
 
 
@@ -973,7 +979,7 @@ def test_freezing_a_tied_head_names_the_embedding_it_freezes_too(base, cli, tmp_
     assert "--freeze lm_head also freezes tok_emb.weight: the model ties them" in " ".join(result.output.split())
 
 
-def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes_them():
+def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes_them(capsys):
     """Training labels "0"/"1" (strings) and a validation file's 0/1 (integers), or the other way
     round, are the same classes, as `llmkit eval` reads them; a label of neither is refused with the
     training labels written as the data writes them."""
@@ -986,13 +992,21 @@ def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes
     assert [integers.index(v, "val") for v in (0, 1, "0", "1")] == [0, 1, 0, 1]
     names = label_set([{"label": "pos"}, {"label": "neg"}], "training")
     assert [names.index(v, "val") for v in (0, 1, "0", " 1", "neg", "pos ")] == [0, 1, 0, 1, 0, 1]  # (no class a number)
-    with pytest.raises(UserError, match="label 2 is not one of the training labels 'neg', 'pos'"):
+    # which is a guess (MNLI numbers entailment 0, which sorts second): said once, with the mapping
+    nli = label_set([{"label": "entailment"}, {"label": "neutral"}, {"label": "contradiction"}], "training")
+    capsys.readouterr()
+    assert [nli.index(v, "val.jsonl:1") for v in (0, 1, 2)] == [0, 1, 2]
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("note:") == 1 and ("val.jsonl:1: label 0 names none of the training labels, so numbers are read as "
+                                         "positions among them in sorted order (0 = 'contradiction', 1 = 'entailment', "
+                                         "2 = 'neutral'); if the data numbers its classes otherwise, write the class names") in said, said
+    with pytest.raises(UserError, match='label 2 is not one of the training labels "neg", "pos"'):
         names.index(2, "val.jsonl:1")
     mixed = label_set([{"label": "1"}, {"label": "2"}, {"label": "neg"}], "training")
     assert [mixed.index(v, "val") for v in (1, 2, "neg")] == [0, 1, 2]  # (numbers name classes, never index them)
-    with pytest.raises(UserError, match="label 0 is not one of the training labels '1', '2', 'neg'"):
+    with pytest.raises(UserError, match='label 0 is not one of the training labels "1", "2", "neg"'):
         mixed.index(0, "val.jsonl:1")
-    with pytest.raises(UserError, match="label '2' is not one of the training labels 0, 1; a class the training data lacks"):
+    with pytest.raises(UserError, match='label "2" is not one of the training labels 0, 1; a class the training data lacks'):
         integers.index("2", "val.jsonl:1")
 
 

@@ -155,7 +155,7 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
     if not examples and name == "training" and blank == len(records):
         raise UserError(f"every {name} example's response is empty (or only whitespace); fill in the response field")
     if not examples and name == "training":
-        raise UserError(f"no {name} example has a response token within {fits} tokens ({max_len} positions: the "
+        raise UserError(f"no {name} example has a response token within {fits} tokens ({max_len} position{'s' if max_len != 1 else ''}: the "
                         "context length or --seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
                         "length, or use a checkpoint with a longer context")
     if too_long and verbose:
@@ -380,6 +380,10 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
             too_long += 1
             ids = ids[:max_len]
         examples.append(ClassExample(ids, labels.index(_label(record, places[i]), places[i])))
+    if examples and name == "training" and max_len <= 1 and (truncate or not too_long):
+        # (as SFT refuses examples with no response token in reach: here the model would read no text at all)
+        raise UserError(f"{max_len} position (--seq-len {max_len}) holds the start token alone: the classifier would read none "
+                        "of the texts; raise --seq-len")
     if too_long and not truncate:
         raise UserError(
             f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest, {places[longest_at]}, "
@@ -388,7 +392,7 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
             "context length, or use a checkpoint with a longer context"
         )
     if too_long and verbose:
-        note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} tokens (--truncate)")
+        note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} token{'s' if max_len != 1 else ''} (--truncate)")
     return examples
 
 

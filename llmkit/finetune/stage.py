@@ -505,7 +505,9 @@ def _note_validation(config: FinetuneConfig, data: Path, held_out: int) -> None:
 
     if held_out > config.eval_examples:
         note(f"validation scores {config.eval_examples} of the {held_out} validation examples (--eval-examples "
-             f"{config.eval_examples}), drawn at random once, the same for every --seed; raise --eval-examples to score them all")
+             f"{config.eval_examples}), drawn at random once, the same ones for every --seed"
+             + ("" if config.val_data else " among those --seed held out of --data (--val-data validates every seed on one set)")
+             + "; raise --eval-examples to score them all")
     beside = next((name for name in ft_data.VALIDATION_FILES if data.is_dir() and (data / name).is_file()), None)
     if beside is not None and not config.val_data:  # (a folder's validation file was passed over unsaid)
         note(f"{data} holds {beside}, which this run does not read: it holds out --val-fraction {config.val_fraction} of "

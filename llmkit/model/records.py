@@ -50,8 +50,8 @@ class Labels:
         if found is None:
             if not fix and self.called == "the training labels":  # (a validation or test record's class no example taught)
                 fix = "; a class the training data lacks cannot be learned: leave such records out, or add examples of it to the training data"
-            raise UserError(f"{where}: label {value!r} is not one of {self.called} "
-                            f"{', '.join(map(repr, self.original))}{fix}")
+            raise UserError(f"{where}: label {json.dumps(value)} is not one of {self.called} "
+                            f"{', '.join(map(json.dumps, self.original))}{fix}")
         return found
 
     def _find(self, value: Any, where: str) -> int | None:
@@ -70,11 +70,33 @@ class Labels:
             index = value if isinstance(value, int) else int(text) if text and text.isascii() and text.isdigit() else None
             if index is not None and 0 <= index < len(self.names):
                 found = index
+                self._note_index(value, where)
         return found
+
+    def _note_index(self, value: Any, where: str) -> None:
+        """Said once: numbers read as positions among the class names is a guess (right for SST-2's 0 and 1
+        beside neg and pos by luck of the alphabet; MNLI's 0 = entailment came out as contradiction, unsaid)."""
+        if self._index_noted:
+            return
+        self._index_noted = True
+        from llmkit.console import note
+
+        mapping = ", ".join(f"{i} = {name!r}" for i, name in enumerate(self.names))
+        note(f"{where}: label {json.dumps(value)} names none of {self.called}, so numbers are read as positions among "
+             f"them in sorted order ({mapping}); if the data numbers its classes otherwise, write the class names instead")
 
     def __post_init__(self):
         self._lookup = {label_key(v, "label"): i for i, v in enumerate(self.original)}
         self._by_name = {name: i for i, name in enumerate(self.names)}
+        self._index_noted = False
+
+
+def _as_json(value: Any) -> str:
+    """A value as the data file spells it (true, null), where it is JSON; else as Python does."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _a_number(name: str) -> bool:
@@ -86,7 +108,7 @@ def _a_number(name: str) -> bool:
 def label_key(value: Any, where: str) -> tuple[str, Any]:
     """A label as a class is told by: its kind and value (the integer 1 and the text "1" are two classes)."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UserError(f"{where}: label {value!r} must be an integer or a string")
+        raise UserError(f"{where}: label {_as_json(value)} must be an integer or a string")
     return (type(value).__name__, value)
 
 
