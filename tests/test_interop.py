@@ -135,9 +135,19 @@ def test_export_loads_in_transformers_with_equal_logits_and_tokens(cli, tmp_path
     # transformers tokenizers parse special-token text (chat templates rely on it); llmkit's
     # loader keeps typed specials as text and inserts them by id. The same ids either way:
     assert hf_tok("<|user|>hi", add_special_tokens=False)["input_ids"] == [tok.special_ids["<|user|>"]] + tok.encode("hi")
-    # A base model was never trained on a prompt format: no chat template, eos ends generation.
+    # A base model was never trained on a prompt format: no chat template. Generation ends where llmkit's
+    # ends, at eos and at every other special token (transformers went on past a <|bos|> llmkit stopped at)
     assert hf_tok.chat_template is None
-    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == _every_stop(tok)
+    # a batch pads on the left, as llmkit's does (right-padded rows of generate() continued after their padding), and
+    # generate() runs to the context, not transformers' 20 tokens
+    assert hf_tok.padding_side == "left"
+    assert json.loads((out / "generation_config.json").read_text())["max_length"] == load_checkpoint(ckpt).config.context_length
+
+
+def _every_stop(tok) -> list[int]:
+    """generation_config.json's eos_token_id of an export: the end of text first, then every other special token."""
+    return [tok.eos_id] + sorted(set(tok.special_ids.values()) - {tok.eos_id})
 
 
 def _with_task(ckpt: Path, task: dict, out: Path, **model: str) -> Path:
@@ -181,7 +191,7 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
         example = encode_chat_example(talk, tok)
         assert list(masked["input_ids"]) == example.ids and list(masked["assistant_masks"]) == [int(x) for x in example.learn]
     stops = json.loads((tmp_path / "chat-hf" / "generation_config.json").read_text())["eos_token_id"]
-    assert stops == [tok.eos_id] + [tok.special_ids[f"<|{r}|>"] for r in ("system", "user", "assistant")]
+    assert stops == _every_stop(tok) and {tok.special_ids[f"<|{r}|>"] for r in ("system", "user", "assistant")} <= set(stops)
 
     template = resolve_template("translate")
     text_ckpt = _with_task(base, {"task": "sft", "template": template, "prompt_template": template["prompt"]}, tmp_path / "tr")
@@ -197,7 +207,7 @@ def test_finetuned_prompt_formats_become_chat_templates(cli, tmp_path, tokenizer
     masked = hf_tok.apply_chat_template(user + [{"role": "assistant", "content": record["target"]}], tokenize=True,
                                         return_dict=True, return_assistant_tokens_mask=True)  # (all zeros before)
     assert list(masked["assistant_masks"]) == [int(x) for x in encode_text_example(template, record, tok, "test").learn]
-    assert json.loads((tmp_path / "tr-hf" / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
+    assert json.loads((tmp_path / "tr-hf" / "generation_config.json").read_text())["eos_token_id"] == _every_stop(tok)
     # two fields a side (Alpaca's instruction and input): no chat template can fill them, and the export says so
     alpaca = dict(template, name=None, prompt="### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n",
                   response="{output}", input_field=None, target_field="output")
@@ -273,7 +283,8 @@ def test_a_chat_finetune_whose_template_was_edited_in_transformers_keeps_its_sto
     theirs.save_pretrained(tmp_path / "chat-hf")
     assert cli("import", tmp_path / "chat-hf", "-o", tmp_path / "back").exit_code == 0
     back = load_checkpoint(tmp_path / "back")
-    assert back.task is None and sorted(back.tokenizer.end_ids) == sorted(stops)
+    roles = {back.tokenizer.bos_id, back.tokenizer.pad_id, back.tokenizer.mask_id}  # (listed, but no end of a turn)
+    assert back.task is None and sorted(back.tokenizer.end_ids) == sorted(set(stops) - roles)
     assert cli("export", tmp_path / "back", "-o", tmp_path / "again-hf").exit_code == 0
     assert sorted(json.loads((tmp_path / "again-hf" / "generation_config.json").read_text())["eos_token_id"]) == sorted(stops)
 
@@ -595,7 +606,7 @@ def test_import_stops_at_the_end_of_turn_ids_of_generation_config_and_exports_th
     row = json.loads((tmp_path / "out.jsonl").read_text())
     assert row["finish_reason"] == "eos" and row["completion"] == "", row  # it ran on for all 6 tokens
     assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
-    assert json.loads((tmp_path / "again" / "generation_config.json").read_text())["eos_token_id"] == [tok.eos_id, end]
+    assert json.loads((tmp_path / "again" / "generation_config.json").read_text())["eos_token_id"][:2] == [tok.eos_id, end]
     assert cli("import", tmp_path / "again", "-o", tmp_path / "back").exit_code == 0
     assert (tmp_path / "back" / TOKENIZER_DIR / "special_tokens.json").read_text() == \
         (tmp_path / "ckpt" / TOKENIZER_DIR / "special_tokens.json").read_text()
@@ -830,6 +841,7 @@ def test_import_sharded_weights_and_original_gpt2_layout(cli, tmp_path, tokenize
     without `transformer.` and the old causal-mask buffers `h.N.attn.bias`."""
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
 
     vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
     sharded = tmp_path / "sharded"
@@ -865,6 +877,24 @@ def test_import_sharded_weights_and_original_gpt2_layout(cli, tmp_path, tokenize
     # A shard named in the index but absent: one line, no artifact.
     (blobs / "model-00002-of-00002.safetensors").unlink()
     assert "model-00002-of-00002" in _error(cli("import", sharded, "-o", tmp_path / "broken"))
+    # a folder saved sharded, then whole (save_pretrained leaves the old index), or whole, then sharded (it leaves the
+    # old model.safetensors): transformers reads model.safetensors, and so does llmkit, with a note (it read the index:
+    # "lacks weight shard" of a whole folder, or the other weights than transformers runs, unsaid)
+    for first, then in (("20KB", None), (None, "20KB")):
+        both = tmp_path / f"both-{first}"
+        _save_hf_model(both, _hf_configs(vocab)["gpt2"], tokenizer_dir)
+        model = AutoModelForCausalLM.from_pretrained(both, local_files_only=True)
+        model.save_pretrained(both, **({"max_shard_size": first} if first else {}))
+        with torch.no_grad():
+            model.transformer.ln_f.weight *= 2  # (the second save's weights differ)
+        model.save_pretrained(both, **({"max_shard_size": then} if then else {}))
+        assert (both / "model.safetensors").is_file() and (both / "model.safetensors.index.json").is_file()
+        with torch.no_grad():
+            runs = AutoModelForCausalLM.from_pretrained(both, local_files_only=True)(idx).logits
+        result = cli("import", both, "-o", tmp_path / f"{both.name}-ckpt")
+        assert result.exit_code == 0 and "holds both model.safetensors and model.safetensors.index.json" in result.output, result.output
+        with torch.no_grad():
+            assert torch.allclose(load_checkpoint(tmp_path / f"{both.name}-ckpt").model(idx)[0], runs, atol=TOL, rtol=0)
 
 
 def test_dtype_options_and_config_file(cli, tmp_path, tokenizer_dir):
@@ -1016,6 +1046,29 @@ def test_a_model_with_more_rows_than_its_tokenizer_generates_only_tokens(cli, tm
         assert out.text == generator.tokenizer.decode(out.token_ids).removesuffix("\ufffd")
     result = cli("generate", tmp_path / "ckpt", "-p", "hello", "-n", "15", "--greedy")
     assert result.exit_code == 0, result.output
+    # exported, transformers' own greedy generate() (its generation_config.json, nothing passed) gives llmkit's tokens:
+    # the padded rows suppressed, and the stop at any special token (its eos only, until 2026-12-07: it picked the
+    # padded rows from the first step, and went on past a <|bos|> where llmkit stopped)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "back-hf").exit_code == 0
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "back-hf", local_files_only=True).eval()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "back-hf", local_files_only=True)
+    bos = generator.tokenizer.bos_id
+    with torch.no_grad():  # the start token as likely as the padded row that wins after "hello there": picked at once
+        first = hf_model(hf_tok("hello there", return_tensors="pt")["input_ids"]).logits[0, -1]
+        hf_model.lm_head.weight[bos] = hf_model.lm_head.weight[320 + int(first[320:].argmax())]
+    hf_model.save_pretrained(tmp_path / "back-hf")
+    assert cli("import", tmp_path / "back-hf", "-o", tmp_path / "again").exit_code == 0
+    ours = Generator.for_checkpoint(load_checkpoint(tmp_path / "again"))
+    stopped = 0
+    for prompt in ("hello there", "the", "a b c", "zz"):
+        mine = ours.complete([prompt], GenerationParams(max_new_tokens=20, temperature=0.0))[0]
+        ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+        theirs = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20)[0, ids.shape[1]:].tolist()
+        assert max(theirs) < 320 and theirs[:len(mine.token_ids)] == mine.token_ids, (prompt, theirs, mine)
+        stopped += mine.finish_reason == "eos" and theirs[len(mine.token_ids):len(mine.token_ids) + 1] == [bos]
+    assert stopped  # (the start token ended a completion, on both sides)
 
 
 def test_import_refuses_weights_that_do_not_fit_config_json(cli, tmp_path, tokenizer_dir):

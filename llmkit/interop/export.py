@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 from llmkit.interop.hf_files import HF_WEIGHTS, LLMKIT_CONFIG_FILE, exported_files, torch_dtype
-from llmkit.interop.hf_tokenizer import CHAT_TEMPLATE, chat_template_for, post_processor_of, save_hf_tokenizer, stop_token_ids
+from llmkit.interop.hf_tokenizer import chat_template_for, post_processor_of, save_hf_tokenizer, stop_token_ids
 from llmkit.model.hf_config import SpecialIds, hf_family, to_hf_config
 from llmkit.model.hf_weights import to_hf_state
 
@@ -58,9 +58,12 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         if family == "llama":  # transformers 4.x reads the RoPE base from the top level; v5 accepts both
             _update_json(tmp / "config.json", rope_theta=float(config.rope_theta))
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
-        stops = stop_token_ids(tok, chat=template == CHAT_TEMPLATE)
+        stops = stop_token_ids(tok)
+        # rows past the tokenizer's (the vocabulary rounded up) name no token: llmkit never picks them
+        unnamed = list(range(tok.vocab_size, config.vocab_size))
         GenerationConfig(
-            bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad
+            bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad,
+            max_length=config.context_length, **({"suppress_tokens": unnamed} if unnamed else {}),
         ).save_pretrained(tmp)
         start_id = document_start_id(tok, art, task)
         save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template, start_id=start_id)

@@ -46,8 +46,16 @@ def read_config_json(src: Path) -> dict:
 
 
 def weight_files(src: Path) -> list[Path]:
-    """The safetensors files of a transformers directory (sharded or not); pickle is refused."""
+    """The safetensors files of a transformers directory (sharded or not); pickle is refused. Where
+    both a model.safetensors and an index are there (one left by an earlier save_pretrained, which
+    removes old shards but neither of these), model.safetensors is read, as transformers reads it."""
     index = src / HF_INDEX
+    if index.is_file() and (src / HF_WEIGHTS).is_file():
+        from llmkit.console import note
+
+        note(f"{src} holds both {HF_WEIGHTS} and {HF_INDEX} (one left by an earlier save): reading {HF_WEIGHTS}, as "
+             "transformers does; remove the other to be sure which weights are meant")
+        return [src / HF_WEIGHTS]
     if index.is_file():
         try:
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))

@@ -75,12 +75,15 @@ def chat_template_for(task) -> str | None:
     )
 
 
-def stop_token_ids(tok, chat: bool) -> list[int]:
-    """End of text, and for chat models the role tokens that end a turn (llmkit's chat stops on them)."""
-    ids = list(tok.end_ids)
-    if chat:
-        ids += [tok.special_ids[t] for t in CHAT_ROLE_TOKENS if t in tok.special_ids]
-    return list(dict.fromkeys(ids))
+def stop_token_ids(tok) -> list[int]:
+    """The tokens llmkit's generation stops at, for generation_config.json's eos_token_id: end of text
+    and every other special token (a role token starts the next turn; the start, padding and mask
+    tokens have no place in a completion: llmkit.inference.prompts.chat_stop_ids). Until 2026-12-07
+    the end of text only (and a chat model's role tokens): transformers' greedy generate() went on
+    past a <s> where llmkit stopped."""
+    from llmkit.inference.prompts import chat_stop_ids
+
+    return list(dict.fromkeys([*tok.end_ids, *chat_stop_ids(tok)]))
 
 
 def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_template: str | None = None,
@@ -112,8 +115,11 @@ def save_hf_tokenizer(tok, directory: Path, *, model_max_length: int, chat_templ
     if start_id is not None:
         start = tok.hf.id_to_token(start_id)
         backend.post_processor = TemplateProcessing(single=f"{start} $A", pair=f"{start} $A $B:1", special_tokens=[(start, start_id)])
+    # padded on the left, as llmkit's generation pads a batch: a right-padded row of generate() continued
+    # after its padding (transformers warns), and so gave other tokens than alone
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=backend, model_max_length=model_max_length, additional_special_tokens=extra, **roles
+        tokenizer_object=backend, model_max_length=model_max_length, additional_special_tokens=extra, padding_side="left",
+        **roles
     )
     if chat_template:
         fast.chat_template = chat_template

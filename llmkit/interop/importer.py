@@ -51,17 +51,19 @@ def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict
     return config, state
 
 
-def _end_of_turn(src: Path, tokenizer, eos: str) -> list[str]:
+def _end_of_turn(src: Path, tokenizer, special: dict[str, str]) -> list[str]:
     """The tokens besides eos that generation_config.json stops at (a chat fine-tune's end of
     turn: Llama 3's <|eot_id|>, ChatML's <|im_end|>): generate, chat and eval stop there too, and
-    export writes them back."""
+    export writes them back. The start, padding and mask tokens are no end of a turn (llmkit's
+    export lists them, as generation stops at every special token, since 2026-12-07)."""
     try:
         ids = json.loads((src / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id") or []
     except (OSError, ValueError, AttributeError, RecursionError):
         return []
     tokens = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids])
               if isinstance(i, int) and not isinstance(i, bool)]
-    return [t for t in dict.fromkeys(tokens) if t is not None and t != eos]
+    roles = {special.get(role) for role in ("bos", "eos", "pad", "mask")}
+    return [t for t in dict.fromkeys(tokens) if t is not None and t not in roles]
 
 
 def _source_chat_template(src: Path) -> str | None:
@@ -195,7 +197,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
         listed = provenance["end_of_turn"]
         end_of_turn = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
     else:
-        end_of_turn = _end_of_turn(src, tokenizer, special["eos"])
+        end_of_turn = _end_of_turn(src, tokenizer, special)
     # a fine-tune exported by llmkit comes back with its task.json: its template is that task's format
     chat_template = _source_chat_template(src) if not isinstance(provenance.get("task"), dict) else None
     if "tokenizer_post_processor" in provenance:  # export added one for transformers; llmkit's own had this
