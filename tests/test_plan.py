@@ -374,6 +374,27 @@ def test_a_cpu_plan_counts_the_partial_sums_of_per_sequence_gradients(cli):
         assert any("partial sum" in note for note in many.get("notes", [])) == (gpu == "cpu")
 
 
+def test_a_cpu_plan_without_batch_tokens_says_what_pretrains_default_batch_takes(cli):
+    """`pretrain` given a plan's flags without --batch-tokens runs its default batch, accumulated: on a CPU
+    its partial sums took 0.90 GB where the plan of one micro-batch a step said 0.73 (a review). The plan
+    says so, and a proposed --micro-batch comes with the --batch-tokens of the step planned (--micro-batch 2
+    alone fit as planned and not as pretrain ran it)."""
+    shape = ["--model", "mini", "--vocab-size", "4096", "--micro-batch", "2", "--seq-len", "256"]
+    plan = _plan(cli, *shape, "--gpu", "cpu")
+    default_run = _plan(cli, *shape, "--gpu", "cpu", "--batch-tokens", "16384")["memory"]["total_gb"]
+    said = [note for note in plan["notes"] if "default batch of 16,384 tokens" in note]
+    assert len(said) == 1 and f"take {default_run:.2f} GB in all" in said[0] and "--batch-tokens 512" in said[0], plan["notes"]
+    assert default_run > plan["memory"]["total_gb"] * 1.1
+    assert not any("default batch" in note for note in _plan(cli, *shape, "--gpu", "h100")["notes"])  # (no partial sums there)
+    tight = _plan(cli, "--model", "small", "--vocab-size", "4096", "--gpu", "cpu", "--memory-gb", "4", "--micro-batch", "4",
+                  "--seq-len", "1024")
+    proposed = [fix for fix in tight["fixes"] if fix.startswith("--micro-batch")]
+    assert proposed and all("--batch-tokens" in fix for fix in proposed), tight["fixes"]
+    for fix in proposed:  # as pretrain runs it, it fits
+        assert _plan(cli, "--model", "small", "--vocab-size", "4096", "--gpu", "cpu", "--memory-gb", "4", "--seq-len", "1024",
+                     *fix.split())["memory"]["fits"], fix
+
+
 def test_a_cpu_plan_measures_the_cpu_in_the_runs_precision_and_names_emulated_bf16(cli):
     """Where oneDNN has no bf16 kernels (an AVX2 CPU) PyTorch emulates bf16 products, several to tens of times
     slower than fp32's: the plan's speed says so (measured, in a fraction of a second), and so does a note."""

@@ -162,10 +162,13 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
 
         if not cpu_has_bf16_products():
             plan["notes"].append(f"speed: {CPU_WITHOUT_BF16}")
+    default_run = _pretrains_default_batch(cfg, asked, shape, device) if sequences is None else None
+    if default_run is not None:
+        plan["notes"].append(default_run)
     if not memory.fits:
         # (a --micro-batch that pretrain's default batch does not split comes with one that does)
         plan["fixes"] = fixes(shape, asked, device, sequences=sequences,
-                              batch_for=lambda micro, ways: pretrain_batch_tokens(micro, ways, seq),
+                              batch_for=lambda micro, ways: _batch_to_pass(micro, ways, seq, device),
                               process_flag="--gpus" if cfg.nproc is None and cfg.placement.gpus > 1 else "--nproc")
     if cfg.search:
         # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
@@ -177,7 +180,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "largest_micro_batch": largest_micro_batch(shape, found, device, sequences=sequences),
         }
         if found is not None and sequences is None:
-            plan["search"]["batch_tokens"] = pretrain_batch_tokens(plan["search"]["largest_micro_batch"], found.batch_ways, seq)
+            plan["search"]["batch_tokens"] = _batch_to_pass(plan["search"]["largest_micro_batch"], found.batch_ways, seq, device)
         par = cfg.parallelism
         if found is not None and found.pp == 1 and (par.pp_microbatches is not None or par.pp_schedule != "1f1b"):
             # (taken for a pipeline the search might pick: it picked none, so they shape nothing)
@@ -223,6 +226,42 @@ def _with_the_batch_split(cfg: PlanConfig, layout):
         sequences, layout.micro_batch, layout.batch_ways, what=f"the global batch of {sequences} sequences (--batch-tokens "
         f"{cfg.batch_tokens} / seq_len {seq})", fix=lambda multiple: f"choose --batch-tokens as a multiple of {multiple * seq}")
     return replace(layout, micro_batch=micro, accumulation=accumulation), sequences
+
+
+def _pretrains_default_batch(cfg: PlanConfig, asked, shape, device) -> str | None:
+    """What `llmkit pretrain` given the plan's flags, without --batch-tokens, takes where that differs:
+    it runs its default batch in accumulated micro-batches, which on a CPU hold partial sums of the
+    gradients beside them (the plan counts one micro-batch a step: it said 0.73 GB for a run that took
+    0.90, a review, 2026-12-07)."""
+    from llmkit.plan.estimate import GB, estimate_memory, split
+    from llmkit.train.options import DEFAULT_BATCH_TOKENS
+
+    seq = asked.seq_len
+    if pretrain_batch_tokens(asked.micro_batch, asked.batch_ways, seq) is not None:  # (pretrain needs a --batch-tokens)
+        return None
+    run = split(asked, DEFAULT_BATCH_TOKENS // seq)
+    if run is None or run.accumulation == 1:
+        return None
+    planned, taken = estimate_memory(shape, split(asked, None), device), estimate_memory(shape, run, device)
+    if taken.total <= planned.total * 1.01:
+        return None
+    fits = "" if taken.fits or not planned.fits else ", which does not fit"
+    return (f"memory: pretrain without --batch-tokens runs its default batch of {DEFAULT_BATCH_TOKENS:,} tokens, "
+            f"{run.accumulation} micro-batches a step, whose partial sums of the gradients take {taken.total / GB:.2f} GB in all "
+            f"(this plan counts one micro-batch a step){fits}; pass it --batch-tokens {asked.micro_batch * asked.batch_ways * seq} "
+            f"for the step planned")
+
+
+def _batch_to_pass(micro_batch: int, ways: int, seq: int, device) -> int | None:
+    """The --batch-tokens a proposed micro-batch goes with: the one pretrain needs (pretrain_batch_tokens),
+    and on a CPU the step planned where pretrain's default batch would accumulate (its partial sums of the
+    gradients: a proposed --micro-batch 2 that fit as planned did not as pretrain would run it)."""
+    from llmkit.train.options import DEFAULT_BATCH_TOKENS
+
+    needed = pretrain_batch_tokens(micro_batch, ways, seq)
+    if needed is None and not device.on_gpu and DEFAULT_BATCH_TOKENS // seq > micro_batch * ways:
+        return micro_batch * ways * seq
+    return needed
 
 
 def pretrain_batch_tokens(micro_batch: int, ways: int, seq: int) -> int | None:
