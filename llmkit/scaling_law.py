@@ -120,6 +120,22 @@ def fit_document(art) -> dict[str, Any]:
     return document
 
 
+def outside_the_points(params: float, tokens: float, measured: tuple[np.ndarray, ...]) -> list[str]:
+    """How far (N, D), and its compute 6ND, lie outside the fitted points' range, where more than a
+    factor of 2: a law's interval covers its constants' noise, not the law being wrong out there.
+    (Compute too since 2026-12-07: a budget 100x the largest measured, at an N and a D each within
+    the points' ranges, was said without a word.)"""
+    said = []
+    for value, values, what in ((params, measured[0], "N"), (tokens, measured[1], "D"),
+                                (6 * params * tokens, 6 * measured[0] * measured[1], "C = 6ND")):
+        low, high = float(values.min()), float(values.max())
+        if value > 2 * high:
+            said.append(f"{what} is {np.log10(value / high):.1f} decades above the largest fitted ({high:.3g})")
+        elif value < low / 2:
+            said.append(f"{what} is {np.log10(low / value):.1f} decades below the smallest fitted ({low:.3g})")
+    return said
+
+
 def fitted_points(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(params, tokens, loss) of a scaling artifact's points.csv."""
     import csv

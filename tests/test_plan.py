@@ -249,6 +249,12 @@ def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
     n_opt, d_opt = fitted_law.optimal(6 * params * tokens)
     assert n_opt == pytest.approx(params, rel=1e-6) and d_opt == pytest.approx(tokens, rel=1e-6)
     assert "fitted law" in plan["compute"]["compute_optimal_rule"]
+    # GPT-2's 85M non-embedding parameters are past the points' 3e7: the split is the law extrapolated, said as
+    # `scaling predict` says it (plan said nothing); a size among the points is no note
+    said = [note for note in plan["notes"] if note.startswith("tokens: the fitted law extrapolated")]
+    assert len(said) == 1 and "N is 0.5 decades above the largest fitted (3e+07)" in said[0], plan["notes"]
+    inside = _plan(cli, "--model", "mini", "--scaling", tmp_path / "fit")
+    assert not any("extrapolated" in note for note in inside["notes"]), (inside["model"], inside["compute"], inside["notes"])
     # a fit made with --count total: plan counts the model's total parameters, as the points did
     assert cli("scaling", "fit", tmp_path / "points.csv", "-o", tmp_path / "fit-total", "--grid", "coarse", "--count",
                "total").exit_code == 0

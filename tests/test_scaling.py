@@ -262,6 +262,10 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     assert "N is 0.5 decades above the largest fitted" in " ".join(predicted.output.split())  # (1e8 against 3e7)
     far = cli("scaling", "predict", a.path, "--params", f"{n.max() * 1e6:g}", "--tokens", "2e9")
     assert far.exit_code == 0 and "N is 6.0 decades above the largest fitted" in " ".join(far.output.split()), far.output
+    # N and D each within twice their largest, their compute 6ND not: said too (it was not)
+    both = cli("scaling", "predict", a.path, "--params", f"{n.max() * 1.9:g}", "--tokens", f"{d.max() * 1.9:g}")
+    said = " ".join(both.output.split())
+    assert both.exit_code == 0 and "C = 6ND is 0.6 decades above the largest fitted" in said and "N is" not in said, said
     # the interval from the refits the points determine, as the budgets' are
     from llmkit.scaling.stage import predict
 

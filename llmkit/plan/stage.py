@@ -100,19 +100,24 @@ def _cpu_flops(bf16: bool) -> float:
     return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
-def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str]:
-    """Training tokens for this size: from a fitted scaling law (its compute-optimal line), else N x tokens_per_param."""
+def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str, list[str]]:
+    """Training tokens for this size: from a fitted scaling law (its compute-optimal line), else N x
+    tokens_per_param; and notes where the law is extrapolated (scaling predict says as much)."""
     if cfg.scaling is None:
-        return cfg.tokens_per_param * shape.total, f"{cfg.tokens_per_param:g} tokens per parameter"
+        return cfg.tokens_per_param * shape.total, f"{cfg.tokens_per_param:g} tokens per parameter", []
     from llmkit import artifacts
-    from llmkit.scaling_law import Law
+    from llmkit.scaling_law import Law, fitted_points, outside_the_points
 
     art = artifacts.load(cfg.scaling, kind="scaling")
     law = Law.of(art)
     total = art.config.get("count") == "total"
     counted = shape.total if total else shape.non_embedding
-    return law.tokens_for(counted), (f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f}; N "
-                                     f"counted as {'total' if total else 'non-embedding'} parameters, as the fit did)")
+    tokens = law.tokens_for(counted)
+    outside = (outside_the_points(counted, tokens, fitted_points(art.file("points.csv")))
+               if "points.csv" in art.manifest.files else [])
+    notes = [f"tokens: the fitted law extrapolated ({'; '.join(outside)}): its split is a guess that far from the points"] if outside else []
+    return tokens, (f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f}; N "
+                    f"counted as {'total' if total else 'non-embedding'} parameters, as the fit did)"), notes
 
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
@@ -134,7 +139,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     tokens_per_s = machines * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
     # by default one micro-batch per data-parallel rank and pipeline micro-batch: the fewest a pipeline step runs
     batch_tokens = (cfg.batch_tokens // seq * seq) if cfg.batch_tokens else layout.micro_batch * seq * layout.batch_ways
-    optimal_tokens, optimal_rule = compute_optimal_tokens(cfg, shape)
+    optimal_tokens, optimal_rule, extrapolated = compute_optimal_tokens(cfg, shape)
     plan: dict[str, Any] = {
         "model": {"parameters": shape.total, "non_embedding_parameters": shape.non_embedding, "layers": config.n_layer,
                   "width": config.n_embd, "heads": config.n_head, "kv_heads": config.n_kv_head, "mlp_hidden": config.mlp_hidden,
@@ -150,7 +155,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                     "compute_optimal_flops": flops_token * optimal_tokens,
                     "compute_optimal_days": optimal_tokens / tokens_per_s / 86400},
         "memory": memory.as_dict(),
-        "notes": memory.notes + (planning_approximations(hf_data) if hf_data is not None else []),
+        "notes": memory.notes + (planning_approximations(hf_data) if hf_data is not None else []) + extrapolated,
     }
     if hf_data is not None and cfg.vocab_size is not None and cfg.vocab_size != hf_data.get("vocab_size"):
         plan["notes"].append(f"vocabulary: --vocab-size {cfg.vocab_size:,} instead of the config.json's vocab_size "

@@ -18,7 +18,7 @@ import numpy as np
 from llmkit import artifacts, outputs
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop, isoflop_minima
-from llmkit.scaling_law import FIT_FILE, Law, fit_document, fitted_points, unmeasured_term
+from llmkit.scaling_law import FIT_FILE, Law, fit_document, fitted_points, outside_the_points, unmeasured_term
 from llmkit.scaling.points import read_points
 
 
@@ -31,7 +31,7 @@ def _budget_row(fit, isoflop, budget: float, measured: tuple[np.ndarray, ...]) -
            "loss": float(fit.law.loss(n_opt, d_opt))}
     # as predict says it: a budget's split far from the points is the law extrapolated (with bootstrap
     # intervals that looked as sure as a measured one's: C = 1 FLOP gave "N = 0.625 parameters")
-    outside = _outside_the_points(n_opt, d_opt, measured)
+    outside = outside_the_points(n_opt, d_opt, measured)
     if outside:
         row["outside"] = outside
     if fit.samples is not None:  # the same quantities under each bootstrap refit that the points determine
@@ -136,21 +136,10 @@ def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
             result["interval"] = [float(np.percentile(losses, 2.5)), float(np.percentile(losses, 97.5))]
         result["interval_refits"], result["refits"] = len(kept), len(samples)
     if measured is not None:
-        result["outside"] = _outside_the_points(params, tokens, measured)
+        result["outside"] = outside_the_points(params, tokens, measured)
     return result
 
 
 MIN_INTERVAL_REFITS = 10
 
 
-def _outside_the_points(params: float, tokens: float, measured: tuple[np.ndarray, ...]) -> list[str]:
-    """How far (N, D) lies outside the fitted points' range, where more than a factor of 2: a law's
-    interval covers its constants' noise, not the law being wrong out there."""
-    said = []
-    for value, values, what in ((params, measured[0], "N"), (tokens, measured[1], "D")):
-        low, high = float(values.min()), float(values.max())
-        if value > 2 * high:
-            said.append(f"{what} is {np.log10(value / high):.1f} decades above the largest fitted ({high:.3g})")
-        elif value < low / 2:
-            said.append(f"{what} is {np.log10(low / value):.1f} decades below the smallest fitted ({low:.3g})")
-    return said
