@@ -175,6 +175,26 @@ def test_isoflop_parabolas_find_the_exponent():
     assert mixed is not None and [m["budget"] for m in mixed.minima] == budgets[:2] and mixed.unbracketed == budgets[2:]
 
 
+def test_a_budget_whose_lowest_loss_is_at_an_edge_size_has_no_minimum():
+    """The review's sweep: the smallest size had the lowest loss in both budgets, and the parabolas' vertices
+    still fell inside the sizes (a curvature's guess, not a turn seen): they were taken as minima, and approach 2
+    printed an exponent from them without a caveat."""
+    from llmkit.scaling.fit import isoflop_minima
+
+    sizes = [3088.0, 6000.0, 12000.0, 24000.0]
+    edge = {3e9: [6.8115, 6.8300, 6.9000, 7.0400], 1e10: [6.7618, 6.7700, 6.8300, 6.9500]}
+    rows = [(n, c / (6 * n), c, loss) for c, losses in edge.items() for n, loss in zip(sizes, losses)]
+    from math import log
+
+    for c, losses in edge.items():  # (the case in point: each vertex inside the sizes)
+        curve, slope, _ = np.polyfit([log(n) for n in sizes], losses, 2)
+        assert curve > 0 and log(sizes[0]) < -slope / (2 * curve) < log(sizes[-1])
+    minima, unbracketed = isoflop_minima(*zip(*rows))
+    assert minima == [] and unbracketed == [3e9, 1e10]
+    turned = [(n, c / (6 * n), c, loss) for c, losses in edge.items() for n, loss in zip(sizes, [losses[1], losses[0], *losses[2:]])]
+    assert [m["budget"] for m in isoflop_minima(*zip(*turned))[0]] == [3e9, 1e10]  # (lowest at the second size: a minimum)
+
+
 def test_isoflop_minima_count_compute_as_the_points_count_parameters():
     """A sweep's budgets count non-embedding parameters; fitted on total ones (--count total), each run's 6 N D is
     more than its budget: a minimum's tokens are read off the budget's runs, and its C is 6 N D in that count."""
