@@ -401,6 +401,14 @@ def test_a_cpu_plan_without_batch_tokens_says_what_pretrains_default_batch_takes
                      *fix.split())["memory"]["fits"], fix
 
 
+def test_tensor_parallelism_across_nodes_is_noted(cli):
+    """--tp wider than a node's devices runs its per-layer all-reduces over the network: said (it was not)."""
+    across = _plan(cli, "--model", "tiny", "--nnodes", "2", "--gpus", "1", "--tp", "2")
+    within = _plan(cli, "--model", "tiny", "--nnodes", "2", "--gpus", "2", "--tp", "2")
+    assert any(note.startswith("speed: --tp 2 spans nodes of 1 device(s)") for note in across["notes"]), across["notes"]
+    assert not any("spans nodes" in note for note in within["notes"])
+
+
 def test_a_cpu_plan_measures_the_cpu_in_the_runs_precision_and_names_emulated_bf16(cli):
     """Where oneDNN has no bf16 kernels (an AVX2 CPU) PyTorch emulates bf16 products, several to tens of times
     slower than fp32's: the plan's speed says so (measured, in a fraction of a second), and so does a note."""
