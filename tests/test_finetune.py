@@ -494,11 +494,12 @@ def test_a_classifier_trained_on_short_cuts_is_evaluated_on_the_same_cuts(base, 
     assert "val_loss" in stats and "val_ppl" not in stats  # exp of a loss over labels names nothing
     assert not any("val_ppl" in line for line in (run / "metrics.jsonl").read_text().splitlines())
     # --seq-len 1 leaves the start token alone: refused, as SFT refuses examples with no response token in reach
-    result = cli("finetune", base["checkpoint"], "-o", tmp_path / "cls1", "--task", "classify", "--data", data,
-                 "--seq-len", "1", "--truncate", "--max-steps", "1")
-    assert result.exit_code == 1 and not (tmp_path / "cls1").exists(), result.output
-    assert "1 position (--seq-len 1) holds the start token alone: the classifier would read none of the texts; raise --seq-len" \
-        in " ".join(result.output.split())
+    for cut in (["--truncate"], []):  # (without --truncate: its advice to pass --truncate led to this refusal)
+        result = cli("finetune", base["checkpoint"], "-o", tmp_path / "cls1", "--task", "classify", "--data", data,
+                     "--seq-len", "1", "--max-steps", "1", *cut)
+        assert result.exit_code == 1 and not (tmp_path / "cls1").exists(), result.output
+        assert "1 position (--seq-len 1) holds the start token alone: the classifier would read none of the texts; raise " \
+               "--seq-len" in " ".join(result.output.split()), result.output
 
 
 def test_validation_past_eval_examples_scores_a_drawn_subset_not_the_files_head(base, shared_data, cli, tmp_path):
@@ -997,9 +998,13 @@ def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes
     capsys.readouterr()
     assert [nli.index(v, "val.jsonl:1") for v in (0, 1, 2)] == [0, 1, 2]
     said = " ".join(capsys.readouterr().err.split())
-    assert said.count("note:") == 1 and ("val.jsonl:1: label 0 names none of the training labels, so numbers are read as "
-                                         "positions among them in sorted order (0 = 'contradiction', 1 = 'entailment', "
-                                         "2 = 'neutral'); if the data numbers its classes otherwise, write the class names") in said, said
+    assert said.count("note:") == 1 and ('val.jsonl:1: label 0 names none of the training labels, so numbers are read as '
+                                         'positions among them in sorted order (0 = "contradiction", 1 = "entailment", '
+                                         '2 = "neutral"); if the data numbers its classes otherwise, write the class names') in said, said
+    # (text as the data has it, not escaped: the shared data holds Chinese classes)
+    chinese = label_set([{"label": "正面"}, {"label": "负面"}], "training")
+    with pytest.raises(UserError, match='label "中性" is not one of the training labels "正面", "负面"'):
+        chinese.index("中性", "val.jsonl:1")
     with pytest.raises(UserError, match='label 2 is not one of the training labels "neg", "pos"'):
         names.index(2, "val.jsonl:1")
     mixed = label_set([{"label": "1"}, {"label": "2"}, {"label": "neg"}], "training")

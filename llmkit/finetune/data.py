@@ -380,13 +380,13 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
             too_long += 1
             ids = ids[:max_len]
         examples.append(ClassExample(ids, labels.index(_label(record, places[i]), places[i])))
-    if examples and name == "training" and max_len <= 1 and (truncate or not too_long):
+    if examples and name == "training" and max_len <= 1:  # (with or without --truncate: its advice led here)
         # (as SFT refuses examples with no response token in reach: here the model would read no text at all)
         raise UserError(f"{max_len} position (--seq-len {max_len}) holds the start token alone: the classifier would read none "
                         "of the texts; raise --seq-len")
     if too_long and not truncate:
         raise UserError(
-            f"{too_long} of {len(records)} {name} texts are longer than {max_len} tokens (the longest, {places[longest_at]}, "
+            f"{too_long} of {len(records)} {name} texts are longer than {max_len} token{'s' if max_len != 1 else ''} (the longest, {places[longest_at]}, "
             f"has {longest}), the "
             "model's context length or --seq-len; pass --truncate to cut them, raise --seq-len if it is below the model's "
             "context length, or use a checkpoint with a longer context"

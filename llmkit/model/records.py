@@ -50,8 +50,8 @@ class Labels:
         if found is None:
             if not fix and self.called == "the training labels":  # (a validation or test record's class no example taught)
                 fix = "; a class the training data lacks cannot be learned: leave such records out, or add examples of it to the training data"
-            raise UserError(f"{where}: label {json.dumps(value)} is not one of {self.called} "
-                            f"{', '.join(map(json.dumps, self.original))}{fix}")
+            raise UserError(f"{where}: label {_as_json(value)} is not one of {self.called} "
+                            f"{', '.join(map(_as_json, self.original))}{fix}")
         return found
 
     def _find(self, value: Any, where: str) -> int | None:
@@ -81,8 +81,8 @@ class Labels:
         self._index_noted = True
         from llmkit.console import note
 
-        mapping = ", ".join(f"{i} = {name!r}" for i, name in enumerate(self.names))
-        note(f"{where}: label {json.dumps(value)} names none of {self.called}, so numbers are read as positions among "
+        mapping = ", ".join(f"{i} = {_as_json(name)}" for i, name in enumerate(self.names))
+        note(f"{where}: label {_as_json(value)} names none of {self.called}, so numbers are read as positions among "
              f"them in sorted order ({mapping}); if the data numbers its classes otherwise, write the class names instead")
 
     def __post_init__(self):
