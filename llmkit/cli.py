@@ -150,7 +150,7 @@ def _usage_error_as_one_line():
             raise
         message = " ".join(exc.format_message().split()).rstrip(".")
         if type(exc).__name__ == "NoSuchOption" and exc.ctx is not None and exc.message.startswith("No such option"):
-            message = _no_such_option(exc.option_name, exc.ctx.command)
+            message = _no_such_option(exc.option_name, exc.ctx)
         path = exc.ctx.command_path if exc.ctx is not None else ""
         if (type(exc).__name__ == "NoSuchOption" and path.endswith(("tokenizer encode", "tokenizer decode"))
                 and not str(getattr(exc, "option_name", "")).startswith("--")):
@@ -164,15 +164,29 @@ def _usage_error_as_one_line():
         raise typer.Exit(exc.exit_code) from None
 
 
-def _no_such_option(typed: str, command: click.Command) -> str:
-    """"No such option", with the one the user most likely meant by the rule every typed name has
-    (closest_name): click's own offered --out for --bogus, and --force beside --workers for --workres."""
-    from llmkit.errors import closest_name
+def _no_such_option(typed: str, ctx: click.Context) -> str:
+    """"No such option", with the options the user most likely meant: the same name in other spelling
+    (--lora_rank), else those it is the start of (--temp, --activation-chec), else those a slip or two
+    away (--workres, --gup), up to three. Compared without the leading dashes, which every name shares
+    (with them click offered --out for --bogus, and --force beside --workers for --workres); hidden
+    options are not offered (the sweep's --max-steps, which it refuses)."""
+    import difflib
 
-    # compared without the leading dashes, which every name shares (--tem came out as --stream)
-    known = [name[2:] for param in command.params for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
-    close = closest_name(typed[2:], known) if typed.startswith("--") else None
-    return f"No such option: {typed}" + (f"; did you mean --{close}?" if close else "")
+    known = [name[2:] for param in ctx.command.get_params(ctx) if not getattr(param, "hidden", False)
+             for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
+    word = typed[2:] if typed.startswith("--") else ""
+    key = word.lower().replace("_", "-")
+    close = [name for name in known if name == key]
+    if not close and len(key) >= 3:
+        close = sorted((name for name in known if name.startswith(key)), key=len)[:3]
+    if not close and key:  # (the best, and others nearly as close: not every name above the cutoff)
+        ratio = {name: difflib.SequenceMatcher(None, key, name).ratio() for name in known}
+        best = max(ratio.values(), default=0.0)
+        close = sorted((name for name in known if ratio[name] >= max(0.6, best - 0.1)), key=lambda name: -ratio[name])[:3]
+    if not close:
+        return f"No such option: {typed}"
+    named = [f"--{name}" for name in close]
+    return f"No such option: {typed}; did you mean " + (named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}") + "?"
 
 
 def _print_error(message: str) -> None:

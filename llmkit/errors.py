@@ -157,7 +157,7 @@ def kept_run_can_go_on(exc: BaseException) -> bool:
 def closest_name(typed: str, known, cutoff: float = 0.75) -> str | None:
     """The known name a user meant: typed with another case, "-" for "_", a slip of a letter or two,
     or the start of one name only, of 4 letters or more (one rule for every name a user types:
-    presets, metrics, benchmarks, templates, config keys, options)."""
+    presets, metrics, benchmarks, templates, config keys; an unknown option lists up to three: cli.py)."""
     import difflib
 
     known = list(known)

@@ -371,12 +371,17 @@ def test_config_resolution_order(tmp_path):
     (["inspect", "x", "--debug"], "--debug is llmkit's own option: put it before the command (llmkit --debug inspect)"),
     (["tokenizer", "--debug", "encode", "x"], "put it before the command (llmkit --debug tokenizer ...)"),
     (["inspect", "x", "--debugging", "--debug"], "No such option: --debugging"),  # (not taken for --debug)
-    # the option a slip most likely meant, by the rule of every typed name; none where nothing is close
-    # (click offered --out for --bogus, and --force beside --workers for --workres)
+    # the options a slip most likely meant: another spelling, the start of a name, a slip or two (best first, up to
+    # three, hidden ones left out); none where nothing is close (click offered --out for --bogus, and --force beside
+    # --workers for --workres)
     (["tokenize", "x", "--workres", "2"], "No such option: --workres; did you mean --workers? (see llmkit tokenize --help)"),
-    (["generate", "x", "--temp", "1"], "No such option: --temp; did you mean --temperature? (see"),
+    (["generate", "x", "--tem", "1"], "No such option: --tem; did you mean --temperature? (see"),
+    (["finetune", "x", "--lora_rank", "2"], "No such option: --lora_rank; did you mean --lora-rank? (see"),
+    (["finetune", "x", "--batch", "2"], "No such option: --batch; did you mean --batch-size or --batch-invariant? (see"),
+    (["plan", "--gup", "cpu"], "No such option: --gup; did you mean --gpu? (see"),
+    (["generate", "--hepl"], "No such option: --hepl; did you mean --help? (see"),
     (["generate", "--bogus"], "No such option: --bogus (see llmkit generate --help)"),
-    (["generate", "x", "--tem", "1"], "No such option: --tem (see llmkit generate --help)"),
+    (["sweep", "x", "--max-steps-", "3"], "No such option: --max-steps- (see llmkit sweep --help)"),  # (hidden: the grid sets it)
     # a group's command typed without its group is named with it
     (["encode", "x"], "No such command 'encode'. Did you mean 'llmkit tokenizer encode'?"),
     (["trian"], "Did you mean 'pretrain' or 'llmkit tokenizer train'?"),
