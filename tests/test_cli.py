@@ -381,7 +381,7 @@ def test_config_resolution_order(tmp_path):
     (["plan", "--gup", "cpu"], "No such option: --gup; did you mean --gpu? (see"),
     (["generate", "--hepl"], "No such option: --hepl; did you mean --help? (see"),
     (["generate", "--bogus"], "No such option: --bogus (see llmkit generate --help)"),
-    (["sweep", "x", "--max-steps-", "3"], "No such option: --max-steps- (see llmkit sweep --help)"),  # (hidden: the grid sets it)
+    (["sweep", "x", "--max-steps-", "3"], "No such option: --max-steps-; did you mean --min-steps? (see"),  # (not the hidden --max-steps)
     # a group's command typed without its group is named with it
     (["encode", "x"], "No such command 'encode'. Did you mean 'llmkit tokenizer encode'?"),
     (["trian"], "Did you mean 'pretrain' or 'llmkit tokenizer train'?"),
