@@ -139,10 +139,13 @@ def test_export_loads_in_transformers_with_equal_logits_and_tokens(cli, tmp_path
     # ends, at eos and at every other special token (transformers went on past a <|bos|> llmkit stopped at)
     assert hf_tok.chat_template is None
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == _every_stop(tok)
-    # a batch pads on the left, as llmkit's does (right-padded rows of generate() continued after their padding), and
-    # generate() runs to the context, not transformers' 20 tokens
+    # a batch pads on the left, as llmkit's does (right-padded rows of generate() continued after their padding)
     assert hf_tok.padding_side == "left"
-    assert json.loads((out / "generation_config.json").read_text())["max_length"] == load_checkpoint(ckpt).config.context_length
+    # re-saved without llmkit's record (save_pretrained into another folder), it comes back the same: the listed
+    # special tokens are no ends of a turn (<|user|> was one, and --ignore-eos wrote it out as text)
+    (out / "llmkit_model_config.json").unlink()
+    assert cli("import", out, "-o", tmp_path / "back").exit_code == 0
+    assert load_checkpoint(tmp_path / "back").tokenizer.end_ids == [tok.eos_id]
 
 
 def _every_stop(tok) -> list[int]:
@@ -283,8 +286,9 @@ def test_a_chat_finetune_whose_template_was_edited_in_transformers_keeps_its_sto
     theirs.save_pretrained(tmp_path / "chat-hf")
     assert cli("import", tmp_path / "chat-hf", "-o", tmp_path / "back").exit_code == 0
     back = load_checkpoint(tmp_path / "back")
-    roles = {back.tokenizer.bos_id, back.tokenizer.pad_id, back.tokenizer.mask_id}  # (listed, but no end of a turn)
-    assert back.task is None and sorted(back.tokenizer.end_ids) == sorted(set(stops) - roles)
+    # the role tokens stop it as every special token does (they start a turn: no end of one, which --ignore-eos
+    # would let through as text); its next export lists them all again
+    assert back.task is None and back.tokenizer.end_ids == [back.tokenizer.eos_id]
     assert cli("export", tmp_path / "back", "-o", tmp_path / "again-hf").exit_code == 0
     assert sorted(json.loads((tmp_path / "again-hf" / "generation_config.json").read_text())["eos_token_id"]) == sorted(stops)
 

@@ -63,7 +63,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         unnamed = list(range(tok.vocab_size, config.vocab_size))
         GenerationConfig(
             bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad,
-            max_length=config.context_length, **({"suppress_tokens": unnamed} if unnamed else {}),
+            **({"suppress_tokens": unnamed} if unnamed else {}),
         ).save_pretrained(tmp)
         start_id = document_start_id(tok, art, task)
         save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template, start_id=start_id)

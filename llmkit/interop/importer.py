@@ -54,8 +54,10 @@ def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict
 def _end_of_turn(src: Path, tokenizer, special: dict[str, str]) -> list[str]:
     """The tokens besides eos that generation_config.json stops at (a chat fine-tune's end of
     turn: Llama 3's <|eot_id|>, ChatML's <|im_end|>): generate, chat and eval stop there too, and
-    export writes them back. The start, padding and mask tokens are no end of a turn (llmkit's
-    export lists them, as generation stops at every special token, since 2026-12-07)."""
+    export writes them back. The start, padding and mask tokens are no end of a turn; and a list of
+    every special token is llmkit's own export's (since 2026-12-07: its generation stops at each), which
+    names no end of a turn (a base model re-saved without llmkit_model_config.json came back with
+    <|user|> among its ends, which --ignore-eos then let through as text)."""
     try:
         ids = json.loads((src / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id") or []
     except (OSError, ValueError, AttributeError, RecursionError):
@@ -63,6 +65,10 @@ def _end_of_turn(src: Path, tokenizer, special: dict[str, str]) -> list[str]:
     tokens = [tokenizer.id_to_token(i) for i in (ids if isinstance(ids, list) else [ids])
               if isinstance(i, int) and not isinstance(i, bool)]
     roles = {special.get(role) for role in ("bos", "eos", "pad", "mask")}
+    specials = {added.content for added in tokenizer.get_added_tokens_decoder().values() if added.special}
+    specials.discard(json.loads(tokenizer.to_str()).get("model", {}).get("unk_token"))  # (text, not a stop: export leaves it out)
+    if len(specials) > 1 and specials <= set(tokens) | roles:
+        return []
     return [t for t in dict.fromkeys(tokens) if t is not None and t not in roles]
 
 
