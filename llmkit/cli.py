@@ -330,7 +330,7 @@ def report_command(
 
     with _damage_named(*paths):  # (a single artifact's damage, or any outside a row's headline: one line)
         found, damaged = artifacts_in(paths)
-        unreadable, incomplete = print_report(found, as_json=json_output)
+        unreadable, incomplete = print_report(found, as_json=json_output, unloadable=damaged)
     damaged += unreadable
     problems = [f"{len(damaged)} artifact(s) could not be read: {', '.join(map(str, damaged))}"] if damaged else []
     problems += [f"{len(incomplete)} artifact(s) miss or changed one made inside them: {', '.join(map(str, incomplete))}"] if incomplete else []
@@ -369,7 +369,7 @@ def verify_command(
         except UserError as exc:  # (not an artifact, a manifest that cannot be read: one among several is told and counted)
             if len(paths) == 1 and not json_output:
                 raise
-            reports.append({"path": str(path), "ok": False, "error": str(exc)})
+            reports.append({"path": str(path), "ok": False, "files": 0, "inside": 0, "problems": [], "notes": [], "error": str(exc)})
             failed.append((path, str(exc)))
             if not json_output:
                 from llmkit.console import out, styled
@@ -387,8 +387,9 @@ def verify_command(
     if len(paths) == 1 and failed:
         raise UserError(failed[0][1])
     if failed:
+        why = "each one's problems or error say why" if json_output else "the lines above say why"
         raise UserError(f"{len(failed)} of {len(paths)} artifacts failed verification: {', '.join(str(path) for path, _ in failed)} "
-                        "(the lines above say why); rebuild each with the stage that made it")
+                        f"({why}); rebuild each with the stage that made it")
 
 
 def _print_verified(report) -> None:

@@ -226,13 +226,14 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     return found, damaged
 
 
-def print_report(arts: list[Artifact], *, as_json: bool = False) -> tuple[list[Path], list[Path]]:
+def print_report(arts: list[Artifact], *, as_json: bool = False, unloadable: list[Path] = ()) -> tuple[list[Path], list[Path]]:
     """One row per artifact, named relative to the folder they share (in the title), so that long
     absolute paths do not crowd out the names on a narrow terminal. An artifact whose headline
     cannot be read (a stats table or metrics.json edited by hand) keeps its row, says so there, and
     is returned, so that the others are still shown; with none readable, that is the one-line error.
     Returns those, and the artifacts an artifact made inside them is gone from or changed in. `as_json`:
-    the rows as a JSON list on stdout (the notes still on stderr)."""
+    the rows as a JSON list on stdout (the notes still on stderr), with a row for each of `unloadable`
+    (the damaged ones artifacts_in named), readable false."""
     import os
 
     from llmkit.errors import UserError
@@ -267,6 +268,8 @@ def print_report(arts: list[Artifact], *, as_json: bool = False) -> tuple[list[P
 
         import typer
 
+        records += [{"path": str(path), "kind": None, "fingerprint": None, "headline": None, "stats": None, "readable": False,
+                     "input_problems": []} for path in unloadable]
         typer.echo(json.dumps(records, indent=2))
         return damaged, [path for path in incomplete if path not in damaged]
     table = Table(title=f"artifacts in {common}", title_justify="left")

@@ -215,6 +215,7 @@ def test_verify_takes_several_artifacts_and_prints_json(cli, tmp_path):
     assert records[0]["files"] == 1 and records[0]["problems"] == [] and records[0]["error"] is None
     alone = cli("verify", "--json", tmp_path / "missing")  # (one path: still the JSON, for a script's parser)
     assert alone.exit_code == 1 and json.loads(alone.stdout)[0]["ok"] is False, alone.output
+    assert records[1]["problems"] == [] and records[1]["files"] == 0  # (every row has every key)
     assert "no such artifact" in records[1]["error"] and records[2]["problems"] == ["changed file: a.txt (sha256 differs from the manifest)"]
 
 
@@ -461,6 +462,8 @@ def test_report_prints_one_row_per_artifact(cli, tmp_path):
     result = cli("report", tmp_path)
     assert result.exit_code == 1 and "bleu 31.25" in result.output, result.output
     assert f"1 artifact(s) could not be read: {corpus}" in result.output.strip().splitlines()[-1]
+    rows = json.loads(cli("report", "--json", tmp_path).stdout)  # (the damaged one a row too, not only a note)
+    assert {(r["path"], r["readable"]) for r in rows} == {(str(tmp_path / "eval"), True), (str(corpus), False)}, rows
     # the same given by path among others (a recipe's last line, report "$OUT"/{corpus,...}): named, the rest shown
     # (it stopped at the damaged one with no table); given alone, the one line
     result = cli("report", corpus, tmp_path / "eval", tmp_path / "missing")
