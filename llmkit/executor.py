@@ -337,29 +337,27 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
                 ray.kill(actor)
 
 
-def code_digest() -> str:
-    """SHA-256 of this llmkit's source (every .py file under the package, by relative path): what
-    the workers on a Ray cluster must run too."""
-    import hashlib
-
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 def _llmkit_here() -> dict[str, Any]:
-    """Which llmkit this process's Python imports (sent to every node by value: see
-    _check_nodes_run_this_llmkit); imports only inside, so that it runs where llmkit does not."""
+    """Which llmkit this process's Python imports, and a SHA-256 of its source (every .py file under
+    the package, by relative path). Sent to every node by value (_check_nodes_run_this_llmkit), so it
+    imports only inside and computes the digest itself: it runs where llmkit is missing, and tells
+    any other llmkit as other code (one from before the probe lacked the function it called: "cannot
+    import", a review)."""
+    import hashlib
     import os
     import sys
 
     try:
         import llmkit
-        from llmkit.executor import code_digest
 
-        return {"digest": code_digest(), "version": llmkit.__version__, "where": os.path.dirname(llmkit.__file__),
+        package = os.path.dirname(os.path.abspath(llmkit.__file__))
+        sources = sorted(os.path.relpath(os.path.join(folder, name), package).replace(os.sep, "/")
+                         for folder, _, names in os.walk(package) for name in names if name.endswith(".py"))
+        digest = hashlib.sha256()
+        for source in sources:
+            with open(os.path.join(package, source), "rb") as handle:
+                digest.update(source.encode() + b"\0" + handle.read() + b"\0")
+        return {"digest": digest.hexdigest(), "version": getattr(llmkit, "__version__", "?"), "where": package,
                 "python": sys.executable}
     except Exception as exc:  # (not only ImportError: an llmkit that fails as it imports is as unusable)
         return {"digest": None, "error": " ".join(f"{type(exc).__name__}: {exc}".split())[:200], "python": sys.executable}
