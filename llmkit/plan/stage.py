@@ -180,9 +180,20 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         plan["notes"].append(default_run)
     if not memory.fits:
         # (a --micro-batch that pretrain's default batch does not split comes with one that does)
+        flag = "--gpus" if cfg.nproc is None and cfg.placement.gpus > 1 else "--nproc"
         plan["fixes"] = fixes(shape, asked, device, sequences=sequences,
-                              batch_for=lambda micro, ways: _batch_to_pass(micro, ways, seq, device),
-                              process_flag="--gpus" if cfg.nproc is None and cfg.placement.gpus > 1 else "--nproc")
+                              batch_for=lambda micro, ways: _batch_to_pass(micro, ways, seq, device), process_flag=flag)
+        default_batch = _default_batch_sequences(asked, device) if sequences is None else None
+        if default_batch is not None:
+            # on a CPU, each change as pretrain runs it with its default batch (accumulated); a micro-batch that fits
+            # so keeps the batch (the one-micro-batch plan proposed --micro-batch 4 --batch-tokens 4096, a quarter of
+            # it, where --micro-batch 2 fit as it was: a review)
+            as_run = fixes(shape, asked, device, sequences=default_batch, process_flag=flag)
+            keeps = next((fix for fix in as_run if fix.startswith("--micro-batch")), None)
+            if keeps is not None:
+                single = [fix for fix in plan["fixes"] if fix.startswith("--micro-batch")]
+                plan["fixes"] = ([keeps if fix == single[0] else fix for fix in plan["fixes"]] if single
+                                 else plan["fixes"] + [keeps])
     if cfg.search:
         # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
         # nodes of 8, or of --gpus where --nnodes says the layout spans nodes of that size.
@@ -258,11 +269,23 @@ def _pretrains_default_batch(cfg: PlanConfig, asked, shape, device) -> str | Non
     planned, taken = estimate_memory(shape, split(asked, None), device), estimate_memory(shape, run, device)
     if taken.total <= planned.total * 1.01:
         return None
-    fits = "" if taken.fits or not planned.fits else ", which does not fit"
+    advice = ("" if taken.fits or not planned.fits else
+              f", which does not fit; pass it --batch-tokens {asked.micro_batch * asked.batch_ways * seq} for the step planned")
     return (f"memory: pretrain without --batch-tokens runs its default batch of {DEFAULT_BATCH_TOKENS:,} tokens, "
             f"{run.accumulation} micro-batches a step, whose partial sums of the gradients take {taken.total / GB:.2f} GB in all "
-            f"(this plan counts one micro-batch a step){fits}; pass it --batch-tokens {asked.micro_batch * asked.batch_ways * seq} "
-            f"for the step planned")
+            f"(this plan counts one micro-batch a step){advice}")
+
+
+def _default_batch_sequences(asked, device) -> int | None:
+    """On a CPU, pretrain's default batch in sequences where pretrain runs it beside these flags (a smaller
+    micro-batch then accumulates, whose partial sums take memory the one-micro-batch plan does not
+    count); else None."""
+    from llmkit.train.options import DEFAULT_BATCH_TOKENS
+
+    seq = asked.seq_len
+    if device.on_gpu or pretrain_batch_tokens(asked.micro_batch, asked.batch_ways, seq) is not None:
+        return None
+    return DEFAULT_BATCH_TOKENS // seq
 
 
 def _batch_to_pass(micro_batch: int, ways: int, seq: int, device) -> int | None:
