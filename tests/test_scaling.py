@@ -176,13 +176,14 @@ def test_isoflop_parabolas_find_the_exponent():
 
 
 def test_a_budget_whose_lowest_loss_is_at_an_edge_size_has_no_minimum():
-    """The review's sweep: the smallest size had the lowest loss in both budgets, and the parabolas' vertices
-    still fell inside the sizes (a curvature's guess, not a turn seen): they were taken as minima, and approach 2
-    printed an exponent from them without a caveat."""
+    """The review's sweep (three sizes a budget): the smallest size had the lowest loss in both budgets, and the
+    parabolas' vertices still fell inside the sizes (through three points a curvature's guess, not a turn seen):
+    they were taken as minima, and approach 2 printed an exponent from them without a caveat. With more sizes
+    the rule is not applied (it dropped budgets whose optimum lay between the two smallest: the next review)."""
     from llmkit.scaling.fit import isoflop_minima
 
-    sizes = [3088.0, 6000.0, 12000.0, 24000.0]
-    edge = {3e9: [6.8115, 6.8300, 6.9000, 7.0400], 1e10: [6.7618, 6.7700, 6.8300, 6.9500]}
+    sizes = [3088.0, 6000.0, 12000.0]
+    edge = {3e9: [6.8115, 6.8200, 6.9000], 1e10: [6.7618, 6.7650, 6.8300]}
     rows = [(n, c / (6 * n), c, loss) for c, losses in edge.items() for n, loss in zip(sizes, losses)]
     from math import log
 
@@ -193,6 +194,8 @@ def test_a_budget_whose_lowest_loss_is_at_an_edge_size_has_no_minimum():
     assert minima == [] and unbracketed == [3e9, 1e10]
     turned = [(n, c / (6 * n), c, loss) for c, losses in edge.items() for n, loss in zip(sizes, [losses[1], losses[0], *losses[2:]])]
     assert [m["budget"] for m in isoflop_minima(*zip(*turned))[0]] == [3e9, 1e10]  # (lowest at the second size: a minimum)
+    wider = [(n, c / (6 * n), c, loss) for c, losses in edge.items() for n, loss in zip([*sizes, 24000.0], [*losses, losses[-1] + 0.15])]
+    assert [m["budget"] for m in isoflop_minima(*zip(*wider))[0]] == [3e9, 1e10]  # (four sizes: the vertex decides)
 
 
 def test_isoflop_minima_count_compute_as_the_points_count_parameters():
