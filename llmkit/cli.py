@@ -52,6 +52,9 @@ class _ErrorsAsOneLine(LlmkitGroup):
         if "tokenizer" in names and "clean" in names:
             names.remove("tokenizer")
             names.insert(names.index("clean") + 1, "tokenizer")
+        if "scaling" in names and "sweep" in names:  # (fits what a sweep measured: beside it, not after verify)
+            names.remove("scaling")
+            names.insert(names.index("sweep") + 1, "scaling")
         return names
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
@@ -362,6 +365,7 @@ def verify_command(
     """Re-hash artifacts' files and check their fingerprints; non-zero exit on any mismatch."""
     from llmkit import artifacts
 
+    paths = _verified_paths(paths)
     reports, failed = [], []
     for path in paths:
         try:
@@ -390,6 +394,32 @@ def verify_command(
         why = "each one's problems or error say why" if json_output else "the lines above say why"
         raise UserError(f"{len(failed)} of {len(paths)} artifacts failed verification: {', '.join(str(path) for path, _ in failed)} "
                         f"({why}); rebuild each with the stage that made it")
+
+
+def _verified_paths(paths: list[Path]) -> list[Path]:
+    """The artifacts to verify: each path given, a folder of artifacts (a recipe's runs/NAME) as the
+    artifacts in it, as report takes them; among several paths a folder that holds none (a glob's stray
+    match: the quickstart's qa/ beside its artifacts) is skipped with a note, as report skips it. A path
+    given alone is verified as it is (its one line says what it is not)."""
+    from llmkit import artifacts
+    from llmkit.console import note
+
+    def an_artifact(path: Path) -> bool:
+        return (path / artifacts.MANIFEST).is_file() or not path.is_dir()
+
+    taken = []
+    for path in paths:
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and (p / artifacts.MANIFEST).is_file()) if not an_artifact(path) else []
+        if inside:
+            taken += inside
+        elif an_artifact(path) or len(paths) == 1:
+            taken.append(path)
+        else:
+            try:
+                artifacts.load(path)
+            except UserError as exc:  # (its one line: no manifest, an unfinished run and what to rerun)
+                note(f"skipped: {exc}")
+    return taken
 
 
 def _print_verified(report) -> None:

@@ -218,7 +218,7 @@ def standard_parameters(section: str, *, resume: str | None, force: str | None, 
         params.append(inspect.Parameter("resume", keyword, default=False, annotation=Annotated[bool, typer.Option("--resume", help=resume)]))
     but = f" but the input{'s' if len(typed_inputs) > 1 else ''} {', '.join(typed_inputs)}" if typed_inputs else ""
     article = "an" if section[0] in "aeiou" else "a"
-    config_help = (f"TOML/YAML file with any option below{but} ({article} {escape(f'[{section}]')} table, or keys at top level); "
+    config_help = (f"TOML/YAML file with any of this command's options{but} ({article} {escape(f'[{section}]')} table, or keys at top level); "
                    "paths in it are read as typed here, from the current folder.")
     params.append(inspect.Parameter("config", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help=config_help)]))
     if force is not None:

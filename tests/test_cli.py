@@ -213,6 +213,17 @@ def test_verify_takes_several_artifacts_and_prints_json(cli, tmp_path):
     records = json.loads(result.stdout)
     assert [(r["path"], r["ok"]) for r in records] == [(str(first), True), (str(tmp_path / "missing"), False), (str(second), False)]
     assert records[0]["files"] == 1 and records[0]["problems"] == [] and records[0]["error"] is None
+    # a folder of artifacts is verified as they are (a recipe's runs/NAME); a stray folder among several (the
+    # quickstart's qa/ beside its artifacts: `verify runs/quickstart/*` failed a fresh demo) is skipped with a note
+    (second / "a.txt").write_text((first / "a.txt").read_text())
+    (tmp_path / "qa").mkdir()
+    result = cli("verify", tmp_path / "first", tmp_path / "qa", tmp_path / "second")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and said.count("fingerprint matches") == 2 and f"skipped: {tmp_path / 'qa'} is not an llmkit artifact" in said, said
+    folder = cli("verify", tmp_path)
+    assert folder.exit_code == 0 and " ".join(folder.output.split()).count("fingerprint matches") == 2, folder.output
+    assert cli("verify", tmp_path / "qa").exit_code == 1  # (alone: its one line, a failure)
+    (second / "a.txt").write_text("changed")
     alone = cli("verify", "--json", tmp_path / "missing")  # (one path: still the JSON, for a script's parser)
     assert alone.exit_code == 1 and json.loads(alone.stdout)[0]["ok"] is False, alone.output
     assert records[1]["problems"] == [] and records[1]["files"] == 0  # (every row has every key)

@@ -999,7 +999,7 @@ def test_validation_labels_of_the_other_kind_name_the_same_classes_as_eval_takes
     assert [nli.index(v, "val.jsonl:1") for v in (0, 1, 2)] == [0, 1, 2]
     said = " ".join(capsys.readouterr().err.split())
     assert said.count("note:") == 1 and ('val.jsonl:1: label 0 names none of the training labels, so numbers are read as '
-                                         'positions among them in sorted order (0 = "contradiction", 1 = "entailment", '
+                                         'positions among them (0 = "contradiction", 1 = "entailment", '
                                          '2 = "neutral"); if the data numbers its classes otherwise, write the class names') in said, said
     # (text as the data has it, not escaped: the shared data holds Chinese classes)
     chinese = label_set([{"label": "正面"}, {"label": "负面"}], "training")

@@ -83,7 +83,7 @@ class Labels:
 
         mapping = ", ".join(f"{i} = {_as_json(name)}" for i, name in enumerate(self.names))
         note(f"{where}: label {_as_json(value)} names none of {self.called}, so numbers are read as positions among "
-             f"them in sorted order ({mapping}); if the data numbers its classes otherwise, write the class names instead")
+             f"them ({mapping}); if the data numbers its classes otherwise, write the class names instead")
 
     def __post_init__(self):
         self._lookup = {label_key(v, "label"): i for i, v in enumerate(self.original)}
