@@ -400,25 +400,31 @@ def _verified_paths(paths: list[Path]) -> list[Path]:
     """The artifacts to verify: each path given, a folder of artifacts (a recipe's runs/NAME) as the
     artifacts in it, as report takes them; among several paths a folder that holds none (a glob's stray
     match: the quickstart's qa/ beside its artifacts) is skipped with a note, as report skips it. A path
-    given alone is verified as it is (its one line says what it is not)."""
+    given alone is verified as it is (its one line says what it is not); so is an unfinished training
+    run or sweep (its run mark, no manifest) wherever it is met, which fails: it is no stray (a review:
+    one among several passed, skipped). Nothing left to verify is an error, as in report."""
     from llmkit import artifacts
     from llmkit.console import note
+    from llmkit.outputs import RUN_MARK
 
-    def an_artifact(path: Path) -> bool:
-        return (path / artifacts.MANIFEST).is_file() or not path.is_dir()
+    def checked(path: Path) -> bool:  # (an artifact, a file or a missing path: verify says what it is)
+        return (path / artifacts.MANIFEST).is_file() or (path / RUN_MARK).is_file() or not path.is_dir()
 
     taken = []
     for path in paths:
-        inside = sorted(p for p in path.iterdir() if p.is_dir() and (p / artifacts.MANIFEST).is_file()) if not an_artifact(path) else []
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and checked(p)) if not checked(path) else []
         if inside:
             taken += inside
-        elif an_artifact(path) or len(paths) == 1:
+        elif checked(path) or len(paths) == 1:
             taken.append(path)
         else:
             try:
                 artifacts.load(path)
-            except UserError as exc:  # (its one line: no manifest, an unfinished run and what to rerun)
+            except UserError as exc:  # (its one line: no manifest)
                 note(f"skipped: {exc}")
+    if not taken:
+        raise UserError(f"no artifact among {', '.join(map(str, paths))}: nothing was verified; give artifact folders, or "
+                        "folders of them")
     return taken
 
 

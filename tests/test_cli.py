@@ -223,6 +223,17 @@ def test_verify_takes_several_artifacts_and_prints_json(cli, tmp_path):
     folder = cli("verify", tmp_path)
     assert folder.exit_code == 0 and " ".join(folder.output.split()).count("fingerprint matches") == 2, folder.output
     assert cli("verify", tmp_path / "qa").exit_code == 1  # (alone: its one line, a failure)
+    # nothing to verify is no pass (a CI's `verify out/*` after a build that wrote no artifact); an unfinished training
+    # run among several is no stray: it fails (it passed, skipped)
+    strays = cli("verify", tmp_path / "qa", tmp_path / "qa")
+    assert strays.exit_code == 1 and "nothing was verified" in strays.output, strays.output
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / ".llmkit-run").touch()
+    killed = cli("verify", tmp_path / "first", tmp_path / "killed")
+    assert killed.exit_code == 1 and "1 of 2 artifacts failed verification" in " ".join(killed.output.split()), killed.output
+    assert cli("verify", tmp_path).exit_code == 1  # (inside a folder of artifacts too)
+    (tmp_path / "killed" / ".llmkit-run").unlink()
+    (tmp_path / "killed").rmdir()
     (second / "a.txt").write_text("changed")
     alone = cli("verify", "--json", tmp_path / "missing")  # (one path: still the JSON, for a script's parser)
     assert alone.exit_code == 1 and json.loads(alone.stdout)[0]["ok"] is False, alone.output

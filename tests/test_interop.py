@@ -268,6 +268,33 @@ def test_a_finetune_keeps_its_prompt_format_through_export_and_import(cli, tmp_p
     assert again.config == back.config
 
 
+def test_an_eos_list_names_an_end_of_turn_unless_it_is_llmkits_list_of_every_special_token(tmp_path):
+    """llmkit's export lists every special token (its generation stops at each): no end of a turn. A foreign
+    model's list is read as before, whatever its tokenizer's specials (one of <s> and </s> alone, listing a
+    <|im_end|> that is not marked special, or a plain vocabulary token, lost it: a review)."""
+    from tokenizers import AddedToken, Tokenizer, models
+
+    from llmkit.interop.importer import _end_of_turn
+
+    def folder(specials, plain, listed):
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["a", "b", "Ċ"])}, unk_token="a"))
+        tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+        tok.add_tokens([AddedToken(t, special=False) for t in plain])
+        src = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+        src.mkdir()
+        (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.token_to_id(t) for t in listed]}))
+        return src, tok
+
+    roles = {"bos": "<s>", "eos": "</s>", "pad": "</s>"}
+    for specials, plain, listed, ends in ((["<s>", "</s>"], ["<|im_end|>"], ["</s>", "<|im_end|>"], ["<|im_end|>"]),
+                                          (["<s>", "</s>"], [], ["</s>", "Ċ"], ["Ċ"]),
+                                          (["<s>", "</s>", "<|im_start|>", "<|im_end|>"], [], ["</s>", "<|im_end|>"], ["<|im_end|>"]),
+                                          # llmkit's own export: every special token, roles first
+                                          (["<s>", "</s>", "<|user|>", "<|assistant|>"], [], ["</s>", "<s>", "<|user|>", "<|assistant|>"], [])):
+        src, tok = folder(specials, plain, listed)
+        assert _end_of_turn(src, tok, roles) == ends, (specials, plain, listed)
+
+
 def test_a_chat_finetune_whose_template_was_edited_in_transformers_keeps_its_stops(cli, tmp_path, tokenizer_dir):
     """Its export records no end-of-turn tokens (the task's role tokens stop it) and lists them in
     generation_config.json; with the template edited, import dropped the task but still trusted the empty

@@ -67,7 +67,10 @@ def _end_of_turn(src: Path, tokenizer, special: dict[str, str]) -> list[str]:
     roles = {special.get(role) for role in ("bos", "eos", "pad", "mask")}
     specials = {added.content for added in tokenizer.get_added_tokens_decoder().values() if added.special}
     specials.discard(json.loads(tokenizer.to_str()).get("model", {}).get("unk_token"))  # (text, not a stop: export leaves it out)
-    if len(specials) > 1 and specials <= set(tokens) | roles:
+    # llmkit's export's list: special tokens only, every one that is no role among them (a foreign model's tokenizer of
+    # <s> and </s> alone met the looser test whatever it listed, and lost its <|im_end|>: a review)
+    listed, others = set(tokens), specials - roles
+    if others and others <= listed and listed <= specials | roles:
         return []
     return [t for t in dict.fromkeys(tokens) if t is not None and t not in roles]
 
