@@ -400,6 +400,10 @@ def test_a_cpu_plan_without_batch_tokens_says_what_pretrains_default_batch_takes
         batch = [] if "--batch-tokens" in fix else ["--batch-tokens", "16384"]
         assert _plan(cli, "--model", "small", "--vocab-size", "4096", "--gpu", "cpu", "--memory-gb", "4", "--seq-len", "1024",
                      *fix.split(), *batch)["memory"]["fits"], fix
+    # beside recomputation too (it came with --batch-tokens 14336 where the whole batch fit at a smaller micro-batch)
+    small = ["--model", "small", "--gpu", "cpu", "--memory-gb", "5"]
+    [both] = [fix for fix in _plan(cli, *small)["fixes"] if fix.startswith("--activation-checkpointing --micro-batch")]
+    assert "--batch-tokens" not in both and _plan(cli, *small, *both.split(), "--batch-tokens", "16384")["memory"]["fits"], both
 
 
 def test_tensor_parallelism_across_nodes_is_noted(cli):

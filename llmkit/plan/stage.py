@@ -188,12 +188,12 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             # on a CPU, each change as pretrain runs it with its default batch (accumulated); a micro-batch that fits
             # so keeps the batch (the one-micro-batch plan proposed --micro-batch 4 --batch-tokens 4096, a quarter of
             # it, where --micro-batch 2 fit as it was: a review)
-            as_run = fixes(shape, asked, device, sequences=default_batch, process_flag=flag)
-            keeps = next((fix for fix in as_run if fix.startswith("--micro-batch")), None)
-            if keeps is not None:
-                single = [fix for fix in plan["fixes"] if fix.startswith("--micro-batch")]
-                plan["fixes"] = ([keeps if fix == single[0] else fix for fix in plan["fixes"]] if single
-                                 else plan["fixes"] + [keeps])
+            # (each proposal with a micro-batch, alone or beside other flags: the one pretrain's batch keeps, where found)
+            before_micro = lambda fix: fix.split("--micro-batch")[0]  # noqa: E731
+            keeps = {before_micro(fix): fix for fix in fixes(shape, asked, device, sequences=default_batch, process_flag=flag)
+                     if "--micro-batch" in fix}
+            swapped = [keeps.pop(before_micro(fix), fix) if "--micro-batch" in fix else fix for fix in plan["fixes"]]
+            plan["fixes"] = swapped + ([keeps[""]] if "" in keeps else [])
     if cfg.search:
         # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
         # nodes of 8, or of --gpus where --nnodes says the layout spans nodes of that size.
