@@ -185,14 +185,15 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                               batch_for=lambda micro, ways: _batch_to_pass(micro, ways, seq, device), process_flag=flag)
         default_batch = _default_batch_sequences(asked, device) if sequences is None else None
         if default_batch is not None:
-            # on a CPU, each change as pretrain runs it with its default batch (accumulated); a micro-batch that fits
-            # so keeps the batch (the one-micro-batch plan proposed --micro-batch 4 --batch-tokens 4096, a quarter of
-            # it, where --micro-batch 2 fit as it was: a review)
-            # (each proposal with a micro-batch, alone or beside other flags: the one pretrain's batch keeps, where found)
-            before_micro = lambda fix: fix.split("--micro-batch")[0]  # noqa: E731
-            keeps = {before_micro(fix): fix for fix in fixes(shape, asked, device, sequences=default_batch, process_flag=flag)
+            # On a CPU, a proposal with a micro-batch (alone or beside other flags) is the one that fits pretrain's
+            # default batch as pretrain runs it, accumulated, where there is one: the one-micro-batch plan proposed
+            # --micro-batch 4 --batch-tokens 4096, a quarter of the batch, where --micro-batch 2 kept it and fit
+            def flags_before_micro(fix: str) -> str:
+                return fix.split("--micro-batch")[0]
+
+            keeps = {flags_before_micro(fix): fix for fix in fixes(shape, asked, device, sequences=default_batch, process_flag=flag)
                      if "--micro-batch" in fix}
-            swapped = [keeps.pop(before_micro(fix), fix) if "--micro-batch" in fix else fix for fix in plan["fixes"]]
+            swapped = [keeps.pop(flags_before_micro(fix), fix) if "--micro-batch" in fix else fix for fix in plan["fixes"]]
             plan["fixes"] = swapped + ([keeps[""]] if "" in keeps else [])
     if cfg.search:
         # A CPU's processes share a machine's memory: more machines, one process each. GPUs come in
