@@ -373,15 +373,14 @@ def verify_command(
         except UserError as exc:  # (not an artifact, a manifest that cannot be read: one among several is told and counted)
             if len(paths) == 1 and not json_output:
                 raise
-            reports.append({"path": str(path), "ok": False, "files": 0, "inside": 0, "problems": [], "notes": [], "error": str(exc)})
+            reports.append(_verify_row(path, error=str(exc)))
             failed.append((path, str(exc)))
             if not json_output:
                 from llmkit.console import out, styled
 
                 out.print(styled("mismatch", "red", f" {path}: {exc}"), soft_wrap=True)
             continue
-        reports.append({"path": str(path), "ok": report.ok, "files": report.files, "inside": report.inside,
-                        "problems": report.problems, "notes": report.notes, "error": None})
+        reports.append(_verify_row(path, report))
         if not json_output:
             _print_verified(report)
         if not report.ok:
@@ -394,6 +393,13 @@ def verify_command(
         why = "each one's problems or error say why" if json_output else "the lines above say why"
         raise UserError(f"{len(failed)} of {len(paths)} artifacts failed verification: {', '.join(str(path) for path, _ in failed)} "
                         f"({why}); rebuild each with the stage that made it")
+
+
+def _verify_row(path: Path, report=None, error: str | None = None) -> dict:
+    """verify --json's object for one artifact: every key in every row (a script reads row["problems"])."""
+    return {"path": str(path), "ok": report is not None and report.ok, "files": report.files if report else 0,
+            "inside": report.inside if report else 0, "problems": report.problems if report else [],
+            "notes": report.notes if report else [], "error": error}
 
 
 def _verified_paths(paths: list[Path]) -> list[Path]:

@@ -261,17 +261,15 @@ def _pretrains_default_batch(cfg: PlanConfig, asked, shape, device) -> str | Non
     from llmkit.plan.estimate import GB, estimate_memory, split
     from llmkit.train.options import DEFAULT_BATCH_TOKENS
 
-    seq = asked.seq_len
-    if pretrain_batch_tokens(asked.micro_batch, asked.batch_ways, seq) is not None:  # (pretrain needs a --batch-tokens)
-        return None
-    run = split(asked, DEFAULT_BATCH_TOKENS // seq)
+    sequences = _default_batch_sequences(asked, device)
+    run = split(asked, sequences) if sequences is not None else None
     if run is None or run.accumulation == 1:
         return None
     planned, taken = estimate_memory(shape, split(asked, None), device), estimate_memory(shape, run, device)
     if taken.total <= planned.total * 1.01:
         return None
     advice = ("" if taken.fits or not planned.fits else
-              f", which does not fit; pass it --batch-tokens {asked.micro_batch * asked.batch_ways * seq} for the step planned")
+              f", which does not fit; pass it --batch-tokens {asked.micro_batch * asked.batch_ways * asked.seq_len} for the step planned")
     return (f"memory: pretrain without --batch-tokens runs its default batch of {DEFAULT_BATCH_TOKENS:,} tokens, "
             f"{run.accumulation} micro-batches a step, whose partial sums of the gradients take {taken.total / GB:.2f} GB in all "
             f"(this plan counts one micro-batch a step){advice}")
