@@ -168,28 +168,19 @@ def _usage_error_as_one_line():
 
 
 def _no_such_option(typed: str, ctx: click.Context) -> str:
-    """"No such option", with the options the user most likely meant: the same name in other spelling
-    (--lora_rank), else those it is the start of (--temp, --activation-chec), else those a slip or two
-    away (--workres, --gup), up to three. Compared without the leading dashes, which every name shares
-    (with them click offered --out for --bogus, and --force beside --workers for --workres); hidden
-    options are not offered (the sweep's --max-steps, which it refuses)."""
-    import difflib
+    """"No such option", with the options the user most likely meant (errors.closest_names: --lora_rank,
+    --temp, --workres, --gup). Compared without the leading dashes, which every name shares (with them
+    click offered --out for --bogus, and --force beside --workers for --workres); hidden options are not
+    offered (the sweep's --max-steps, which it refuses)."""
+    from llmkit.errors import did_you_mean
 
+    if not typed.startswith("--"):  # click reads -temperature as -t -e ...: the word the user typed
+        typed = next((arg for arg in ctx.meta.get("llmkit.args", ()) if arg.startswith(typed) and len(arg) > 2
+                      and not arg.startswith("--")), typed)
     known = [name[2:] for param in ctx.command.get_params(ctx) if not getattr(param, "hidden", False)
              for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
-    word = typed[2:] if typed.startswith("--") else ""
-    key = word.lower().replace("_", "-")
-    close = [name for name in known if name == key]
-    if not close and len(key) >= 3:
-        close = sorted((name for name in known if name.startswith(key)), key=len)[:3]
-    if not close and key:  # (the best, and others nearly as close: not every name above the cutoff)
-        ratio = {name: difflib.SequenceMatcher(None, key, name).ratio() for name in known}
-        best = max(ratio.values(), default=0.0)
-        close = sorted((name for name in known if ratio[name] >= max(0.6, best - 0.1)), key=lambda name: -ratio[name])[:3]
-    if not close:
-        return f"No such option: {typed}"
-    named = [f"--{name}" for name in close]
-    return f"No such option: {typed}; did you mean " + (named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}") + "?"
+    hint = did_you_mean(typed.lstrip("-"), known, cutoff=0.6, shown=lambda name: f"--{name}") if len(typed) > 2 else ""
+    return f"No such option: {typed}" + (f"; {hint.rstrip()}" if hint else "")
 
 
 def _print_error(message: str) -> None:

@@ -200,12 +200,10 @@ def resolve(
     from_file = file_values(file, section, data=data)
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
-        from llmkit.errors import closest_name
+        from llmkit.errors import did_you_mean
 
-        close = closest_name(unknown[0], sorted(by_key), cutoff=0.7)
-        hint = (f"did you mean {close}? " if close else
-                "the inputs, -o and --force/--resume are given on the command line; " if unknown[0] in _COMMAND_LINE_ONLY
-                else "")
+        hint = ("the inputs, -o and --force/--resume are given on the command line; " if unknown[0] in _COMMAND_LINE_ONLY
+                else did_you_mean(unknown[0], sorted(by_key), cutoff=0.7, shown=str))
         raise UsageError(f"unknown option(s) in {file}: {', '.join(unknown)}; {hint}known options are: "
                          f"{', '.join(sorted(o.key for o in options))}")
     check_other_tables(file, section, data)  # (after the stage's own table: its errors first)
@@ -277,7 +275,7 @@ def check_other_tables(file: Path | str | None, section: str | None, data: dict[
     if not others:
         return
     from llmkit.cli import stage_commands  # (those stages' options only: a command imports only its own stage)
-    from llmkit.errors import closest_name
+    from llmkit.errors import did_you_mean
     from llmkit.options import flat_options
 
     paths = {_COMMAND_OF_SECTION.get(name, name) for name in others}
@@ -289,8 +287,7 @@ def check_other_tables(file: Path | str | None, section: str | None, data: dict[
         unknown = sorted(str(key) for key, value in table.items()
                          if not isinstance(value, dict) and str(key).replace("-", "_") not in known)
         if unknown:
-            close = closest_name(unknown[0].replace("-", "_"), sorted(known), cutoff=0.7)
-            hint = f"did you mean {close}? " if close else ""
+            hint = did_you_mean(unknown[0], sorted(known), cutoff=0.7, shown=str)
             raise UsageError(f"unknown option(s) in the [{name}] table of {file}: {', '.join(unknown)}; {hint}that stage "
                              "would refuse the file when it runs")
 

@@ -154,26 +154,38 @@ def kept_run_can_go_on(exc: BaseException) -> bool:
             or isinstance(exc, UserError) and exc.keeps_work)
 
 
-def closest_name(typed: str, known, cutoff: float = 0.75) -> str | None:
-    """The known name a user meant: typed with another case, "-" for "_", a slip of a letter or two,
-    or the start of one name only, of 4 letters or more (one rule for every name a user types:
-    presets, metrics, benchmarks, templates, config keys; an unknown option lists up to three: cli.py)."""
+def closest_names(typed: str, known, most: int = 3, cutoff: float = 0.75) -> list[str]:
+    """The known names a user most likely meant, best first, up to `most`: the same name spelled
+    otherwise (case, "-" for "_"), else the names it is the start of (3 letters or more; shortest
+    first: --temp, arc), else the closest by difflib's ratio with any nearly as close (within 0.1; none
+    under `cutoff`): one rule for every name a user types (options, presets, metrics, benchmarks,
+    templates, config keys)."""
     import difflib
 
-    known = list(known)
-    spelled = {name.lower().replace("-", "_"): name for name in known}
-    typed_key = typed.lower().replace("-", "_")
-    close = spelled.get(typed_key) or next(iter(difflib.get_close_matches(typed, known, n=1, cutoff=cutoff)), None)
-    if close is None and len(typed_key.strip("_")) >= 4:
-        started = [name for key, name in spelled.items() if key.startswith(typed_key)]
-        close = started[0] if len(started) == 1 else None
-    return close
+    def key(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    by_key: dict[str, str] = {}
+    for name in known:
+        by_key.setdefault(key(name), name)
+    typed_key = key(typed)
+    if typed_key in by_key:
+        return [by_key[typed_key]]
+    started = sorted((name for name in by_key if name.startswith(typed_key)), key=len)
+    if started and len(typed_key.strip("-")) >= 3:
+        return [by_key[name] for name in started[:most]]
+    ratio = {name: difflib.SequenceMatcher(None, typed_key, name).ratio() for name in by_key}
+    best = max(ratio.values(), default=0.0)
+    close = sorted((name for name in by_key if ratio[name] >= max(cutoff, best - 0.1)), key=lambda name: -ratio[name])
+    return [by_key[name] for name in close[:most]]
 
 
-def did_you_mean(typed: str, known) -> str:
-    """ "did you mean 'NAME'? " (closest_name), else "". """
-    close = closest_name(typed, known)
-    return f"did you mean {close!r}? " if close else ""
+def did_you_mean(typed: str, known, cutoff: float = 0.75, shown=repr) -> str:
+    """ "did you mean 'A', 'B' or 'C'? " (closest_names, each written by `shown`), else "". """
+    named = [shown(name) for name in closest_names(typed, known, cutoff=cutoff)]
+    if not named:
+        return ""
+    return "did you mean " + (named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}") + "? "
 
 
 def add_advice(exc: BaseException, text: str) -> None:

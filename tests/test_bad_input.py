@@ -1224,7 +1224,10 @@ def test_a_misspelt_name_is_offered_the_one_meant():
     for call, said in ((lambda: resolve_model_config("tinny", 256), "did you mean 'tiny'?"),
                        (lambda: resolve_model_config("gpt2_medium", 256), "did you mean 'gpt2-medium'?"),
                        (lambda: parse_metrics(["perplexty"]), "did you mean 'perplexity'?"),
-                       (lambda: resolve_template("chatml"), "did you mean 'chat'?")):
+                       (lambda: resolve_template("chatml"), "did you mean 'chat'?"),
+                       # the start of a name (one rule with the options': errors.closest_names)
+                       (lambda: resolve_model_config("tin", 256), "did you mean 'tiny'?"),
+                       (lambda: resolve_model_config("gpt", 256), "did you mean 'gpt2', 'gpt2-xl' or 'gpt2-tiny'?")):
         with pytest.raises(UsageError, match=re.escape(said)):
             call()
     with pytest.raises(UsageError) as far:

@@ -404,6 +404,9 @@ def test_config_resolution_order(tmp_path):
     (["plan", "--gup", "cpu"], "No such option: --gup; did you mean --gpu? (see"),
     (["generate", "--hepl"], "No such option: --hepl; did you mean --help? (see"),
     (["generate", "--bogus"], "No such option: --bogus (see llmkit generate --help)"),
+    # one dash: click read -temperature as -t -e ... and named -t alone
+    (["generate", "x", "-temperature", "1"], "No such option: -temperature; did you mean --temperature? (see"),
+    (["generate", "x", "-q"], "No such option: -q (see llmkit generate --help)"),
     (["sweep", "x", "--max-steps-", "3"], "No such option: --max-steps-; did you mean --min-steps? (see"),  # (not the hidden --max-steps)
     # a group's command typed without its group is named with it
     (["encode", "x"], "No such command 'encode'. Did you mean 'llmkit tokenizer encode'?"),

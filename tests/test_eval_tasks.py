@@ -309,6 +309,7 @@ def test_bad_benchmark_input_is_a_one_line_error(cli, exported, tmp_path, monkey
     ckpt = exported / "ckpt"
     _one_line_error(cli("eval", ckpt, "--task", "hellaswagg", "-o", tmp_path / "a"), "unknown benchmark 'hellaswagg'; did you mean 'hellaswag'?")
     _one_line_error(cli("eval", ckpt, "--task", "ARC-Easy", "-o", tmp_path / "a"), "unknown benchmark 'ARC-Easy'; did you mean 'arc_easy'?")
+    _one_line_error(cli("eval", ckpt, "--task", "arc", "-o", tmp_path / "a"), "unknown benchmark 'arc'; did you mean 'arc_easy' or 'arc_challenge'?")
     mixed = [{"ctx_a": "A", "ctx_b": "b", "activity_label": "x", "endings": ["c", "d"], "label": 0},
              {"ctx": "A b", "activity_label": "x", "endings": ["c", "d"], "label": 1}]
     (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))

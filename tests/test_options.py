@@ -433,6 +433,9 @@ def test_config_files_read_numbers_and_booleans_as_yaml_1_2_and_lists_item_by_it
     file.write_text("clean:\n  min_word: 3\n")
     with pytest.raises(UsageError, match="unknown option.*min_word; did you mean min_words\\?"):
         resolve(CleanConfig, file=file, section="clean")
+    file.write_text("clean:\n  out: c2\n")  # (an output: typed with -o, whatever option it starts)
+    with pytest.raises(UsageError, match="unknown option.*out; the inputs, -o and --force/--resume are given on the command line"):
+        resolve(CleanConfig, file=file, section="clean")
     from llmkit.sweep.config import SweepConfig
 
     file.write_text("sweep:\n  n_layer: 3\n  tokens: [10000]\n")
