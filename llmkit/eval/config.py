@@ -15,7 +15,8 @@ ROUGE_TOKENIZERS = ("default", "unicode", "char")
 
 METRIC_HELP = (
     "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
-    "perplexity (also word_perplexity, byte_perplexity, bpb), accuracy, accuracy_norm, precision, recall, f1."
+    "perplexity (also word_perplexity, byte_perplexity, bpb), accuracy, accuracy_norm, precision, recall, f1. "
+    "Default: perplexity; accuracy,f1 for a classifier (finetune --task classify)."
 )
 DATA = "Data"
 TEXT = "Text metrics (BLEU, chrF, ROUGE) and generation"

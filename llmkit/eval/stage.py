@@ -204,6 +204,10 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
         raise UsageError(f"--weights has {len(cfg.ensembling.weights)} values for {len(members)} checkpoint(s); give one per checkpoint")
 
     device = resolve_device(cfg.inference.device)
+    if (checkpoint is not None and cfg.predictions is None and not cfg.tasks and cfg.was_given("metrics") is False
+            and _is_classifier(checkpoint)):
+        # a classifier's own figures by default (perplexity, the default, is none of its); recorded as asked for
+        cfg.metrics = ["accuracy", "f1"]
     names = metric_names.parse_metrics(cfg.metrics)
     text = metric_names.family(names, metric_names.TEXT)
     lm = metric_names.family(names, metric_names.LM)
