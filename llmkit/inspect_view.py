@@ -311,7 +311,8 @@ def print_checkpoint_summary(path) -> None:
         line += f", val accuracy {stats.val_accuracy:.4f}, macro F1 {stats.val_f1:.4f}"
     line += _measured_earlier(stats)
     out.print(styled("checkpoint", "green", line + f", fingerprint {art.short_fingerprint}"), soft_wrap=True)
-    for name, what in (("ema", "--ema's moving average of the weights"), ("average", "--average-last's mean of the last checkpoints")):
+    for name, what in (("ema", "--ema's moving average of the weights"), ("average", "--average-last's mean of the last checkpoints"),
+                       ("best", "--keep-best's weights of the lowest validation loss")):
         companion = Path(path) / name  # (written beside the run, each an artifact of its own: named, or no one finds it)
         if (companion / artifacts.MANIFEST).is_file():
             out.print(styled("checkpoint", "green", f" {companion}: {what}, fingerprint "

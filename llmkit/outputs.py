@@ -170,6 +170,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 RUN_CHECKPOINTS = "checkpoints"  # where a training run keeps its step checkpoints (llmkit.train.checkpoint)
+RUN_COMPANIONS = ("ema", "average", "best")  # the checkpoints a run writes beside its own (--ema, --average-last, --keep-best)
 RUN_MARK = ".llmkit-run"  # written into every training run and sweep folder when it is created
 
 
@@ -189,7 +190,7 @@ def _made_by_llmkit(folder: Path) -> bool:
 
 # What a training run or sweep folder holds (llmkit.train, llmkit.sweep), besides hidden files.
 _RUN_ENTRIES = frozenset({"checkpoints", "metrics.jsonl", "tokenizer", "model.safetensors", "model_config.json", "task.json",
-                          "training_state.json", "training_state.safetensors", "ema", "average", "tensorboard",
+                          "training_state.json", "training_state.safetensors", *RUN_COMPANIONS, "tensorboard",
                           "runs", "configs", "logs", "plots", "runs.json"})
 
 
@@ -481,7 +482,7 @@ RESUME_FILES = (RESUME_MARKER, f".tmp-{RESUME_MARKER}", "resume-*.npz", ".tmp-re
 
 
 def refuse_a_place_of_a_run(out: Path) -> None:
-    """A training run's own outputs inside its folder (checkpoints/, ema, average, and anything in
+    """A training run's own outputs inside its folder (checkpoints/, ema, average, best, and anything in
     them) are the run's to write: `llmkit average -o RUN/checkpoints/step_N --force` replaced a step
     the run then could not resume from, `-o RUN/ema` its moving average by a soup, and `pretrain -o
     RUN/ema` by a whole run, which the run's next --resume replaced unsaid. (A sweep's folder holds
@@ -489,7 +490,7 @@ def refuse_a_place_of_a_run(out: Path) -> None:
     target = out.resolve()
     for place in (target, *target.parents):
         run = place.parent
-        if place.name in (RUN_CHECKPOINTS, "ema", "average") and _a_training_run(run):
+        if place.name in (RUN_CHECKPOINTS, *RUN_COMPANIONS) and _a_training_run(run):
             where = "is" if place == target else "lies inside"
             raise UserError(f"-o {out} {where} {place}, where the training run {run} keeps its own checkpoints; write "
                             "the output elsewhere")

@@ -295,6 +295,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     """One process's work (the only one, or one torchrun worker)."""
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
+    from llmkit.finetune.lora import merge_state_dict
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE
     from llmkit.runtime import seed_everything
@@ -361,6 +362,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             file_names=["tokenizer", TASK_FILE],
             final_weights_trainable=not adapted,
             steps_keep_trainable_only=bool(adapted),
+            finished_weights=(lambda state: merge_state_dict(state, scaling)) if adapted else (lambda state: state),
             # (what a default means: the same as typing it, and shown as such in a resume's refusal;
             # --lr's and --lora-alpha's follow --lora-rank, which a saved run may have had otherwise)
             unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup,

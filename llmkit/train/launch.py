@@ -114,7 +114,7 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     """
     from llmkit import outputs
 
-    # not an input, not a file; its folder exists; not RUN/ema or RUN/average (a run there, the run's next resume
+    # not an input, not a file; its folder exists; not RUN/ema, RUN/average or RUN/best (a run there, the run's next resume
     # replaced), but a step checkpoint as -o is refused below, saying how to resume its run
     outputs.check_output(out, force=True, inputs=inputs, resume=resume, a_runs_own=run_of_step_checkpoint(out) is not None,
                          replacing=force or resume, writes=kind)

@@ -32,6 +32,7 @@ from llmkit.model.io import save_weights
 from llmkit.model.records import CheckpointStats
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
+from llmkit.train.best import BestWeights
 from llmkit.train.ema import MovingAverage
 from llmkit.train.data_parallel import DataParallelRun
 from llmkit.train.distributed import DistInfo
@@ -97,6 +98,9 @@ class ArtifactSpec:
     # then keep only the parameters that train (megabytes, not the model), and a resume takes the
     # rest from the base, whose fingerprint the resume checks.
     steps_keep_trainable_only: bool = False
+    # The model's state dict as the finished run's weights hold it (LoRA: the adapters merged); RUN/best's
+    # weights are made the same way.
+    finished_weights: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = lambda state: state
 
     def defaults(self, options: dict[str, Any]) -> dict[str, Any]:
         """What each option left unset means for a run recorded with these options."""
@@ -116,6 +120,8 @@ class LoopResult:
 
 EMA_UNDER_SPLIT_MODEL = ("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
                          "(or average checkpoints afterwards with --average-last)")
+BEST_UNDER_SPLIT_MODEL = ("--keep-best keeps full weights on every process, which --tp/--pp and --strategy fsdp exist to avoid; "
+                          "leave --keep-best out (each step checkpoint records its validation loss: keep them with --keep-last 0)")
 
 
 class NonFiniteLoss(UserError):
@@ -211,9 +217,11 @@ class Trainer(Resuming):
 
         saved_rng = None
         self._saved_ema: dict[str, torch.Tensor] = {}
+        self._saved_best: tuple[dict[str, torch.Tensor], dict[str, Any] | None] = ({}, None)
         if resume:
             saved_rng = self._load_weights_for_resume()
         self.ema = self._start_ema()
+        self.best = self._start_best()
         # Different dropout streams per rank (per-sequence gradients seed each sequence's masks
         # instead: llmkit/model/sequence_dropout.py); model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
@@ -279,6 +287,18 @@ class Trainer(Resuming):
         if self.model_parallel:
             raise UserError(EMA_UNDER_SPLIT_MODEL)
         return MovingAverage(self.raw, decay, self.device, self._saved_ema)
+
+    def _start_best(self) -> BestWeights | None:
+        """The best weights so far (the resumed ones, or none yet); None without --keep-best."""
+        if not self.settings.checkpoints.keep_best:
+            return None
+        if self.model_parallel or self.settings.devices.strategy == "fsdp" and self.info.distributed:
+            raise UserError(BEST_UNDER_SPLIT_MODEL)
+        if self.val_batches is None or self.val_size <= 0:
+            raise UserError("--keep-best keeps the weights of the lowest validation loss, and this run has no validation "
+                            "data (pretrain: tokens made with --val-fraction 0; finetune: give --val-data or a "
+                            "--val-fraction that holds examples back); leave --keep-best out or give the run validation data")
+        return BestWeights(self.raw, *self._saved_best)
 
     # -- one step ---------------------------------------------------------------------------
     def _micro_indices(self, step: int, micro: int) -> range:
@@ -384,6 +404,8 @@ class Trainer(Resuming):
             "val_step": self.last_val_step,
             "val_scores": self.last_val_scores,
             "ema": self.settings.checkpoints.ema,  # the decay of the average saved beside (checked on resume)
+            "keep_best": self.best is not None,  # (checked on resume)
+            "best": self.best.record if self.best is not None else None,  # the validation the saved best weights scored at
             "schedule": {
                 "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
                 "max_steps": s.max_steps, "min_lr_ratio": s.optim.min_lr_ratio,
@@ -401,7 +423,8 @@ class Trainer(Resuming):
                 model_state = {name: value for name, value in model_state.items() if name in trains}
                 progress["weights"] = ckpt.TRAINABLE_ONLY
             save_weights(self.raw, directory, model_state)
-            extra = self.ema.saved_tensors() if self.ema is not None else None
+            extra = {**(self.ema.saved_tensors() if self.ema is not None else {}),
+                     **(self.best.saved_tensors() if self.best is not None else {})}
             ckpt.write_training_state(directory, optim_state, progress, rng, extra)
             self.spec.add_files(directory)
 
@@ -444,12 +467,13 @@ class Trainer(Resuming):
         ckpt.prune(self.run_dir, keep + 1 if final_copy and keep else keep)
 
     def _write_companions(self, step: int) -> None:
-        """RUN/ema and RUN/average: checkpoints beside the run's, with the run as an input."""
+        """RUN/ema, RUN/average and RUN/best: checkpoints beside the run's, with the run as an input."""
         from llmkit.model.averaging import write_average
         from llmkit.model.io import weights_state_dict
 
         earlier = self._checkpoints_to_average(step)
-        self._remove_stale_companions(ema=self.ema is not None, average=bool(earlier))
+        best = self.best.record if self.best is not None else None
+        self._remove_stale_companions(ema=self.ema is not None, average=bool(earlier), best=best is not None)
         run = artifacts.load(self.run_dir, kind="checkpoint")
         # without the run's validation figures (_describe adds them to its own): not these weights'
         stats = replace(self.spec.stats, step=step, tokens_seen=self._progress(step)["tokens_seen"]).to_dict()
@@ -459,6 +483,16 @@ class Trainer(Resuming):
                           config=dict(self.spec.config, weights=f"exponential moving average, decay min({decay}, (1+t)/(10+t)) "
                                       "after update t", ema=decay),
                           seed=self.spec.seed, stats=stats, force=True, lock=False, roles=["run"], guard_inputs=False)
+        if best is not None:
+            # with the figures of the validation that chose them: these weights' own
+            scored = replace(self.spec.stats, step=best["step"], tokens_seen=best["tokens_seen"], val_loss=best["val_loss"],
+                             val_ppl=_perplexity(best["val_loss"], self.spec.stats), val_step=best["step"],
+                             **best["val_scores"]).to_dict()
+            weights = self.spec.finished_weights(weights_state_dict(self.raw, self.best.state_dict()))
+            write_average(self.run_dir / "best", [run], [1.0], state=weights,
+                          config=dict(self.spec.config, weights=f"the lowest validation loss of the run, {best['val_loss']:.6g} "
+                                      f"after step {best['step']}", keep_best=True),
+                          seed=self.spec.seed, stats=scored, force=True, lock=False, roles=["run"], guard_inputs=False)
         count, save_every = self.settings.checkpoints.average_last, self.settings.checkpoints.save_every
         if count > 1 and len(earlier) < count - 1:
             from llmkit.console import note
@@ -493,7 +527,8 @@ class Trainer(Resuming):
         from the run as it is now (not from an end it had before it was extended)."""
         run = artifacts.load(self.run_dir, kind="checkpoint", check=False).fingerprint
         wanted = {"ema": ("run", self.ema is not None),
-                  "average": ("member:final", bool(self._checkpoints_to_average(step)))}
+                  "average": ("member:final", bool(self._checkpoints_to_average(step))),
+                  "best": ("run", self.best is not None and self.best.record is not None)}
         for name, (role, expected) in wanted.items():
             folder = self.run_dir / name
             if not expected:
@@ -516,16 +551,16 @@ class Trainer(Resuming):
         folder = self.run_dir / name
         if artifacts.manifest_kind(folder) != "checkpoint":
             return False
-        recorded = artifacts.load(folder, check=False).recorded_input("run" if name == "ema" else "member:final")
+        recorded = artifacts.load(folder, check=False).recorded_input("member:final" if name == "average" else "run")
         run = run or artifacts.load(self.run_dir, kind="checkpoint", check=False).fingerprint
         return recorded is not None and recorded.fingerprint == run
 
-    def _remove_stale_companions(self, *, ema: bool, average: bool) -> None:
+    def _remove_stale_companions(self, *, ema: bool, average: bool, best: bool) -> None:
         """A finished run extended without --average-last (or from before --ema was checked on
         resume) would keep the companions of its earlier end inside it, naming a run that is gone."""
         from llmkit.console import note
 
-        for name, rewritten in (("ema", ema), ("average", average)):
+        for name, rewritten in (("ema", ema), ("average", average), ("best", best)):
             stale = self.run_dir / name
             if rewritten and stale.is_dir() and artifacts.manifest_kind(stale) is None:
                 # the rest of one this method was removing when the run was killed (its manifest goes first):
@@ -537,7 +572,7 @@ class Trainer(Resuming):
                     continue
                 (stale / artifacts.MANIFEST).unlink(missing_ok=True)  # first: a kill midway leaves no artifact
                 shutil.rmtree(stale, ignore_errors=True)
-                flag = "--ema" if name == "ema" else "--average-last"
+                flag = {"ema": "--ema", "average": "--average-last", "best": "--keep-best"}[name]
                 has_none = f"this run has no {flag}"
                 if name == "average" and self.settings.checkpoints.average_last > 1:
                     has_none = "this run saved no checkpoint to average with its final one"
@@ -615,6 +650,8 @@ class Trainer(Resuming):
                             logger.log(step, values)
                             self._stop(f"the validation loss became {self.last_val} after step {step}: the weights "
                                        "diverged and were not saved", step)
+                        if self.best is not None:
+                            self.best.offer(self.last_val, step=step, tokens_seen=self.tokens_seen, val_scores=self.last_val_scores)
                 logger.log(step, values)
                 if step % log_every == 0 or step == session_first:
                     window_seconds, window_tokens = 0.0, 0

@@ -164,17 +164,23 @@ class Checkpointing(Options):
     eval_every: int = option(250, "Validate every N steps and at the end (0 = never).", range="[0, inf)", runtime=True)
     save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).", range="[0, inf)", runtime=True)
     keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).", range="[0, inf)", runtime=True)
-    # Extra checkpoints beside the run's (RUN/ema, RUN/average): the run's own weights do not change.
+    # Extra checkpoints beside the run's (RUN/ema, RUN/average, RUN/best): the run's own weights do not change.
     ema: float | None = option(None, "Also keep an exponential moving average of the weights with this decay (e.g. 0.999), "
                                "written as the checkpoint RUN/ema.", range="(0, 1)", hashed=False,
                                recorded_as="the config of RUN/ema")
     average_last: int = option(0, "Also average the last K saved checkpoints of the run (the final one included) into "
                                "RUN/average (0 = off).", range="[0, inf)", hashed=False, recorded_as="the config of RUN/average")
+    keep_best: bool = option(False, "Also keep the weights of the validation with the lowest loss, written as the checkpoint "
+                             "RUN/best (validations every --eval-every steps and at the end).",
+                             flags=("--keep-best/--no-keep-best",), hashed=False, recorded_as="the config of RUN/best")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.average_last == 1:
             raise ValueError("--average-last 1 would be the final checkpoint alone: pass 2 or more (0 = off)")
+        if self.keep_best and self.eval_every == 0:
+            raise ValueError("--keep-best keeps the weights of the lowest validation loss, and --eval-every 0 never "
+                             "validates: pass --eval-every N (or leave --keep-best out)")
         if self.average_last > 1 and (self.save_every == 0 or 0 < self.keep_last < self.average_last - 1):
             raise ValueError(f"--average-last {self.average_last} needs the {self.average_last - 1} checkpoints before the last: "
                              f"pass --save-every N and --keep-last {self.average_last - 1} (or more)")

@@ -17,6 +17,7 @@ from llmkit import artifacts
 from llmkit.errors import UserError
 from llmkit.model.gpt import unmaterialised
 from llmkit.train import checkpoint as ckpt
+from llmkit.train.best import BestWeights
 from llmkit.train.ema import MovingAverage
 from llmkit.train.optim import lr_at
 from llmkit.train.options import recorded_options, unread_settings
@@ -73,6 +74,7 @@ class Resuming:
             return None
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = MovingAverage.from_saved(extra)
+        self._saved_best = (BestWeights.from_saved(extra), progress.get("best"))
         self._check_same_run(latest, progress)
         for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
             if progress.get(key) != now:
@@ -219,6 +221,10 @@ class Resuming:
                 changed.append(f"--ema {_ema_flag(progress['ema'])} -> {_ema_flag(ema)}")
         elif bool(self._saved_ema) != (ema is not None):  # saved before the decay was: only whether there was one
             changed.append(f"--ema {'on' if self._saved_ema else 'off'} -> {_ema_flag(ema)}")
+        # --keep-best likewise: the best of the whole run, which the saved state holds only if it was kept
+        keep_best = self.settings.checkpoints.keep_best
+        if bool(progress.get("keep_best")) != keep_best:
+            changed.append(f"--{'no-' if keep_best else ''}keep-best -> --{'' if keep_best else 'no-'}keep-best")
         if changed:
             raise UserError(
                 f"cannot resume from {latest}: this run differs from it ({'; '.join(changed[:3])}); "
