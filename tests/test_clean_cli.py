@@ -289,6 +289,8 @@ def test_unknown_text_field(cli, shared_data, tmp_path):
         (["--doc-per", "page"], "--doc-per must be one of"),
         (["--threshold", "2"], "--threshold must be in (0, 1)"),
         (["--bands", "30"], "must fit in num_perm"),
+        # more permutations than the bands read only reseeded them (another corpus, no better recall)
+        (["--num-perm", "256"], "--num-perm 256 computes permutations that bands x rows (14 x 8 = 112) never read"),
         # typed at their defaults beside --threshold: given all the same (it used to pick 9 x 12 without a word)
         (["--threshold", "0.8", "--bands", "14", "--rows", "8"], "give --threshold or --bands/--rows, not both"),
         (["--preset", "web"], "all 500 documents were dropped"),

@@ -175,6 +175,12 @@ class CleanConfig(Options):
         asked = getattr(self, "_asked_bands_rows", None)
         if asked is not None and given & {"bands", "rows"} and asked != (self.bands, self.rows):
             raise UserError(_THRESHOLD_PICKS.format(self.bands, self.rows))
+        # (the bands read the first bands x rows signatures only: more permutations cost time and, drawn
+        # from one generator, only reseed the rest; --threshold picks bands x rows from them all)
+        if "num_perm" in given and self.threshold is None and self.bands * self.rows < self.num_perm:
+            raise UserError(f"--num-perm {self.num_perm} computes permutations that bands x rows ({self.bands} x {self.rows} = "
+                            f"{self.bands * self.rows}) never read; give --threshold T to pick bands x rows from "
+                            f"{self.num_perm}, or --bands/--rows whose product is {self.num_perm}")
 
     def __post_init__(self) -> None:
         if isinstance(self.languages, str):  # "en,zh" from the command line or a file

@@ -65,22 +65,39 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
     given indices; every one is long enough without it), the others training whole. Where those
     tails come to less than half of F of the pool's text (or there are none), one whole short
     document goes to validation too, drawn among the non-empty ones no larger than 2F of the
-    pool (the smallest non-empty one where none is). The plan depends only on (corpus, F, seed).
+    pool (the smallest non-empty one where none is). A document larger than 2F of its input's text
+    (of the pool's, when pooled) is never drawn whole, which would put more than twice the share in
+    validation (a book among 30 notes: 98 %), or none of it (a language that is one long document in
+    each file); it gives its tail. The plan depends only on (corpus, F, seed).
     """
     plan = np.full(len(groups), TRAIN, dtype=np.int8)
     summary: dict[str, Any] = {"inputs": 0, "val_documents": 0, "documents_split_inside": 0}
     if val_fraction <= 0 or len(groups) == 0:
         return plan, summary
+    size_of = sizes(np.arange(len(groups))).astype(np.float64) if sizes is not None else None
     _, first = np.unique(groups, return_index=True)
     rng = np.random.Generator(np.random.PCG64(seed))
+
+    def drawn_whole(members: np.ndarray) -> np.ndarray:
+        """`members` less the ones too large to draw whole, which give their tails (where long enough),
+        where whole documents are drawn from them (too few for one: the tails below decide)."""
+        if size_of is None or min(len(members) - 1, round(len(members) * val_fraction)) < 1:
+            return members
+        size = size_of[members]
+        large = size > 2 * val_fraction * size.sum()
+        long_enough = large & (size * val_fraction >= MIN_TAIL_BYTES)
+        plan[members[long_enough]] = TAIL
+        summary["documents_split_inside"] += int(long_enough.sum())
+        return members[~large]
+
     pooled = []  # documents of inputs too small for a draw of their own
     for group in groups[np.sort(first)]:
-        members = np.flatnonzero(groups == group)
+        members = drawn_whole(np.flatnonzero(groups == group))
         count = min(len(members) - 1, round(len(members) * val_fraction))
         if count >= 1:
             plan[members[rng.permutation(len(members))[:count]]] = VAL
             summary["val_documents"] += count
-        else:
+        elif len(members):
             pooled.append(members)
         summary["inputs"] += 1
     if not pooled:
@@ -88,12 +105,15 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
     # Small inputs (a folder of notes, one document each) give whole documents together; only
     # too few documents in all for one whole (one book, a few files) are split inside.
     members = np.sort(np.concatenate(pooled))
-    count = min(len(members) - 1, round(len(members) * val_fraction))
+    whole = drawn_whole(members)
+    count = min(len(whole) - 1, round(len(whole) * val_fraction))
     if count >= 1:
-        plan[members[rng.permutation(len(members))[:count]]] = VAL
+        plan[whole[rng.permutation(len(whole))[:count]]] = VAL
         summary["val_documents"] += count
         return plan, summary
-    size = sizes(members).astype(np.float64) if sizes is not None and len(members) > 1 else None
+    if len(whole) < len(members):  # (the large ones give tails: the rest trains whole)
+        return plan, summary
+    size = size_of[members] if size_of is not None and len(members) > 1 else None
     is_long = np.ones(len(members), bool) if size is None else size * val_fraction >= MIN_TAIL_BYTES
     plan[members[is_long]] = TAIL
     summary["documents_split_inside"] += int(is_long.sum())
@@ -109,7 +129,7 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
 
 
 def corpus_split_plan(corpus: artifacts.Artifact, val_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """split_plan of a corpus artifact, its documents' sizes read only if a pool needs them."""
+    """split_plan of a corpus artifact and its documents' sizes."""
     return split_plan(document_groups(corpus), val_fraction, seed, sizes=partial(document_sizes, corpus))
 
 
@@ -622,8 +642,9 @@ def tokenize_corpus(
     # 65536-entry vocabulary's shards were uint32 before that day, and a resume must not append uint16 ids to them.
     # format 3 (2026-12-05): a document split between train and val is cut between whole characters
     # format 4 (2026-12-05): a pool of small inputs gives tails of its long documents only (split_plan)
+    # format 5 (2026-12-07): a document larger than 2F of its input (or pool) gives its tail, never itself whole
     # (--batch-size, in the key until 2026-12-06, changes no output: a resume skips whole documents)
-    key = resume.digest({"stage": "tokenize", "format": 4, "config": config.hashed(), "seed": config.seed,
+    key = resume.digest({"stage": "tokenize", "format": 5, "config": config.hashed(), "seed": config.seed,
                          "inputs": [corpus.fingerprint, tok_art.fingerprint], "dtype": dtype.name})
     with artifacts.create(out, "tokens", force=force, inputs=[corpus_path, tokenizer_path], resume_key=key) as build:
         encoder = _Encoder(tok, tok_dir, workers, config.fast, config.add_bos, execution=config.execution)

@@ -101,7 +101,7 @@ def train_tokenizer(
     from rich.progress import DownloadColumn, TransferSpeedColumn
     from tokenizers import pre_tokenizers, trainers
 
-    from llmkit.console import err, progress, note
+    from llmkit.console import err, progress, styled
 
     source = open_source([Path(p) for p in inputs])
     sampler = Sampler(config, source.total_bytes)
@@ -147,8 +147,10 @@ def train_tokenizer(
         if tokenizer.get_vocab_size() < config.vocab_size:
             more = (f"more text gives more, and a lower --min-frequency than {config.min_frequency:,} may"
                     if config.min_frequency > 1 else "more text gives more")
-            note(f"the input held only {tokenizer.get_vocab_size():,} tokens' worth of merges, fewer than "
-                 f"--vocab-size {config.vocab_size:,}: the tokenizer has {tokenizer.get_vocab_size():,} ({more})")
+            # (a warning, not a note: a model built on it has another embedding size than the one asked for)
+            err.print(styled("warning:", "yellow", f" the input held only {tokenizer.get_vocab_size():,} tokens' worth of "
+                             f"merges, fewer than --vocab-size {config.vocab_size:,}: the tokenizer has "
+                             f"{tokenizer.get_vocab_size():,} ({more})"), soft_wrap=True)
         tokenizer.save(str(build.dir / TOKENIZER_FILE))
         np.save(build.dir / TOKEN_BYTES_FILE, compute_token_bytes(tokenizer), allow_pickle=False)
 
