@@ -1339,6 +1339,10 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(shakespeare, cli, tm
     assert (step / "model.safetensors").read_bytes() == weights and not (step / "checkpoints").exists()
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", step, *FAST, "--max-steps", "3", "--force"))
     assert "is a step checkpoint of the run" in line and (step / "model.safetensors").read_bytes() == weights
+    # a new folder there is no step to start from (it was offered as one, with --init-from)
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", run / "checkpoints" / "new", *FAST, "--max-steps", "3"))
+    assert "lies inside the run" in line and "checkpoints/" in line and "--init-from" not in line, line
+    assert not (run / "checkpoints" / "new").exists()
 
 
 def test_flags_a_model_would_not_use_are_refused(shakespeare, cli, tmp_path):
@@ -1480,3 +1484,31 @@ def test_a_resume_keeps_the_runs_own_cadence_unless_given(shakespeare, cli, tmp_
     given = cli("pretrain", shakespeare["tokens"], "-o", run, *FAST, "--max-steps", "5", "--resume", "--save-every", "0")
     assert given.exit_code == 0 and "--save-every 0" not in " ".join(given.output.split()), given.output
     assert artifacts.load(run).manifest.runtime["save_every"] == 0
+
+
+def test_a_resume_keeps_the_runs_validation_size_and_its_no_batch_invariant_unless_given(shakespeare, cli, tmp_path):
+    """--eval-tokens and --no-batch-invariant fell back to their defaults on --resume: the validation loss of the
+    steps after it measured other windows, and per-sequence gradients came on (other bits than the run's),
+    under the same fingerprint and without a word."""
+    base = [*FAST[:-6], "--log-every", "50", "--max-steps", "4", "--save-every", "2", "--eval-every", "2"]
+    flags = [*base, "--eval-tokens", "256", "--no-batch-invariant", "--micro-batch", "2"]
+    whole = tmp_path / "whole"
+    assert cli("pretrain", shakespeare["tokens"], "-o", whole, *flags).exit_code == 0
+    stopped = tmp_path / "stopped"  # (stopped after step 2: its step checkpoint and the metrics up to it)
+    shutil.copytree(whole / "checkpoints" / "step_0000002", stopped / "checkpoints" / "step_0000002")
+    (stopped / "metrics.jsonl").write_text("".join((whole / "metrics.jsonl").read_text().splitlines(keepends=True)[:2]))
+    resumed = cli("pretrain", shakespeare["tokens"], "-o", stopped, *base, "--micro-batch", "2", "--resume")
+    said = " ".join(resumed.output.split())
+    assert resumed.exit_code == 0 and "--eval-tokens 256, --no-batch-invariant kept as the run recorded them" in said, said
+    ours, theirs = artifacts.load(stopped), artifacts.load(whole)
+    assert ours.fingerprint == theirs.fingerprint and ours.stats["val_loss"] == theirs.stats["val_loss"]
+    assert ours.manifest.runtime["batch_invariant"] is False and ours.manifest.runtime["eval_tokens"] == 256
+
+
+def test_a_micro_batch_above_what_a_step_gives_each_process_is_said(shakespeare, cli, tmp_path):
+    """--micro-batch 64 on a step of 16 sequences trained at 16 with no word but the header's (it sizes a GPU run)."""
+    result = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST[:-6], "--max-steps", "1", "--micro-batch", "64")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "--micro-batch 64 is more than the 16 sequence(s) a step gives each process" in said, said
+    quiet = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "quiet", *FAST[:-6], "--max-steps", "1")  # (the default: unsaid)
+    assert quiet.exit_code == 0 and "more than the" not in quiet.output

@@ -26,7 +26,8 @@ from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import check_model
-from llmkit.train.launch import keep_recorded_settings, launch, refuse_resume_with_force, planned_split, runtime_record, split_batch, worker_process
+from llmkit.train.launch import (keep_recorded_settings, launch, note_a_smaller_micro_batch, planned_split, planned_world,
+                                 refuse_resume_with_force, runtime_record, split_batch, worker_process)
 from llmkit.train.loop import Trainer
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
@@ -45,6 +46,8 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
                             f"{' or '.join(ft_data.VALIDATION_FILES)})")
 
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
+    if config.devices.tp == 1 and config.devices.pp == 1:  # (split: _check_split_model's batch ways)
+        note_a_smaller_micro_batch(config, _split_batch(config, planned_world(config.devices))[0])
     _check_split_model(config, art)
     given = config.was_given("max_steps", "epochs")  # (a typed --epochs 1 is a length given, though the default)
     if given is None:

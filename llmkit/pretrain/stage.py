@@ -20,7 +20,7 @@ from llmkit.errors import UsageError, UserError
 from llmkit.pretrain.config import PretrainConfig
 from llmkit.train.options import refuse_unread_model_settings
 from llmkit.train.layout import check_model
-from llmkit.train.launch import (keep_recorded_settings, launch, refuse_resume_with_force, planned_split, planned_world, runtime_record, split_batch,
+from llmkit.train.launch import (keep_recorded_settings, launch, note_a_smaller_micro_batch, refuse_resume_with_force, planned_split, planned_world, runtime_record, split_batch,
                                  worker_process)
 
 VAL_WINDOWS_SEED = 0  # the validation windows' draw: one set (and for an MLM one draw of masks) for every --seed (_open_data)
@@ -81,7 +81,8 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
     _check_mask_token(model_config, tokenizer)
     seq_len = _seq_len(config, model_config, init)
     layout = planned_split(config.devices, config.checkpoints.ema, lambda layout: check_model(model_config, layout, seq_len))
-    _split_global_batch(config, seq_len, layout.batch_ways if layout is not None else planned_world(config.devices))
+    micro, _ = _split_global_batch(config, seq_len, layout.batch_ways if layout is not None else planned_world(config.devices))
+    note_a_smaller_micro_batch(config, micro)
     _open_data(tokens_art, seq_len, config)
     refuse_unread_model_settings(config, model_config)
 

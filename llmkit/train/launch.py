@@ -138,6 +138,9 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
         if run is not None:
             # it resumes (it holds a training state), but that step's weights would become a later step's, or
             # (--force) another run's, inside the run's own checkpoints/
+            if made != "checkpoint":  # (a new folder there: no step to start from)
+                raise UserError(f"-o {out} lies inside the run {run}'s checkpoints/, where the run keeps its own step "
+                                "checkpoints; write the output elsewhere")
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
                             f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
         replaced = None  # (an empty folder: nothing to move aside or put back)
@@ -333,6 +336,9 @@ def run_of_step_checkpoint(out: Path) -> Path | None:
 
 
 CADENCE = ("eval_every", "save_every", "keep_last")  # when a run validates and saves: runtime, so not checked on resume
+# How much a run validates on (pretrain's, finetune's): runtime too; a default in its place changed what the
+# validation loss of the steps after a resume measured, under the same fingerprint.
+VALIDATION_SIZE = ("eval_tokens", "eval_examples")
 
 
 def keep_recorded_settings(config: Options, out: Path, *, resume: bool, lengths: tuple[str, ...], length_left_out: bool) -> Options:
@@ -340,7 +346,9 @@ def keep_recorded_settings(config: Options, out: Path, *, resume: bool, lengths:
     (one read of the checkpoint it goes on from): its length (`lengths`, when `length_left_out`),
     whose defaults would re-plan the run and its schedule, and its --eval-every/--save-every/--keep-last,
     whose defaults (every 250 and 500 steps) silently stopped a resumed run's intermediate
-    checkpoints. Unchanged when there is nothing to resume."""
+    checkpoints, its --eval-tokens/--eval-examples, and a --no-batch-invariant it ran with (the default
+    turned per-sequence gradients on for the rest of a CPU run: other bits than the run's). Unchanged
+    when there is nothing to resume."""
     point = _resume_point_manifest(out) if resume else None
     if point is None:
         return config
@@ -357,13 +365,22 @@ def keep_recorded_settings(config: Options, out: Path, *, resume: bool, lengths:
                               if value is not None and value != config.default_of(key))
             note(f"the run's length is kept as the run recorded it ({shown or 'the default'}); give it to change it")
         config = dataclasses.replace(config, **length)
-    cadence = {name: point.runtime[name] for name in CADENCE  # (not given: was_given is False, not None)
-               if isinstance(point.runtime.get(name), int) and config.was_given(name) is False
-               and point.runtime[name] != getattr(config.checkpoints, name)}
-    if cadence:
-        note("the run's " + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in cadence.items())
+    def recorded(names: tuple[str, ...], options: Any, kind: type) -> dict[str, Any]:
+        return {name: point.runtime[name] for name in names  # (not given: was_given is False, not None)
+                if hasattr(options, name) and isinstance(point.runtime.get(name), kind) and config.was_given(name) is False
+                and point.runtime[name] != getattr(options, name)}
+
+    cadence = recorded(CADENCE, config.checkpoints, int)
+    size = recorded(VALIDATION_SIZE, config, int)
+    # (recorded as resolved: off kept; on is what the default resolves to where it was on)
+    invariant = {name: value for name, value in recorded(("batch_invariant",), config.devices, bool).items() if value is False}
+    kept = {**cadence, **size, **invariant}
+    if kept:
+        note("the run's " + ", ".join("--no-batch-invariant" if name == "batch_invariant" else f"--{name.replace('_', '-')} {value}"
+                                      for name, value in kept.items())
              + " kept as the run recorded them; give them to change them")
-        config = dataclasses.replace(config, checkpoints=dataclasses.replace(config.checkpoints, **cadence))
+        config = dataclasses.replace(config, checkpoints=dataclasses.replace(config.checkpoints, **cadence),
+                                     devices=dataclasses.replace(config.devices, **invariant), **size)
     return config
 
 
@@ -409,6 +426,16 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
         taken = "" if world == 1 else f", {world} at a time (one per process, or per replica and pipeline micro-batch)"
         raise UsageError(f"{what} does not split into micro-batches of {micro}{taken}; {fix(micro_batch * world)}{smaller}{keep}")
     return micro, global_batch // (micro * world)
+
+
+def note_a_smaller_micro_batch(config: Options, micro: int) -> None:
+    """A --micro-batch typed above what a step gives each process runs at that size: said, since it
+    sizes what a GPU run holds (split_batch shrinks it; the bits are the same)."""
+    asked = config.devices.micro_batch
+    if micro < asked and config.was_given("micro_batch"):
+        from llmkit.console import note
+
+        note(f"--micro-batch {asked} is more than the {micro} sequence(s) a step gives each process: micro-batches of {micro}")
 
 
 def runtime_record(config: Options, info: Any, micro_batch: int, accumulation: int) -> dict[str, Any]:
