@@ -32,6 +32,24 @@ def pytest_runtest_setup(item):
                     "install the pytest that constraints.txt pins", pytrace=False)
 
 
+def small_play_tokens(root: Path, shared_data: Path) -> None:
+    """In `root`: book.txt (tinyshakespeare's first 80,000 characters), its corpus (a document per blank
+    line), a 300-token tokenizer and the tokens: the inputs of the small runs that averaging and
+    --keep-best train."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    def cli(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+
+    (root / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:80_000], encoding="utf-8")
+    cli("clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus")
+    cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300")
+    cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens")
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
     """A folder of test inputs that `build(folder)` makes once per test run, for every pytest-xdist
     worker: the first to need it builds it while the others wait on its lock (a session fixture alone is

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import resign
+from conftest import resign, small_play_tokens
 from llmkit import artifacts
 
 MODEL = ["--model", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context-length", "64"]
@@ -36,10 +36,7 @@ def runs(tmp_path_factory, shared_data):
         return _ok(CliRunner().invoke(app, [str(a) for a in args]))
 
     root = tmp_path_factory.mktemp("avg")
-    (root / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:80_000], encoding="utf-8")
-    cli("clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus")
-    cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300")
-    cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens")
+    small_play_tokens(root, shared_data)
     cli("pretrain", root / "tokens", "-o", root / "a", *MODEL, *RUN, "--ema", "0.9", "--average-last", "3")
     cli("pretrain", root / "tokens", "-o", root / "b", *MODEL, *RUN, "--seed", "1")
     return root

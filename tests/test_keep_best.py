@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import built_once, small_play_tokens
 from llmkit import artifacts
 
 MODEL = ["--model", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context-length", "64"]
@@ -32,19 +33,7 @@ def _same_weights(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, shared_data):
-    from typer.testing import CliRunner
-
-    from llmkit.cli import app
-
-    def cli(*args):
-        return _ok(CliRunner().invoke(app, [str(a) for a in args]))
-
-    root = tmp_path_factory.mktemp("best")
-    (root / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:80_000], encoding="utf-8")
-    cli("clean", root / "book.txt", "--doc-per", "blank-line", "-o", root / "corpus")
-    cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300")
-    cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens")
-    return root
+    return built_once(tmp_path_factory, "play-tokens", lambda root: small_play_tokens(root, shared_data))
 
 
 def _scripted_validation(monkeypatch, losses):

@@ -13,11 +13,12 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
+from llmkit.train.checkpoint import KeptWeights
 
-SAVED_PREFIX = "best/"  # the best weights' keys among a checkpoint's training-state tensors
 
+class BestWeights(KeptWeights):
+    SAVED_PREFIX = "best/"  # the best weights' keys among a checkpoint's training-state tensors
 
-class BestWeights:
     def __init__(self, model: nn.Module, saved: dict[str, torch.Tensor] | None = None,
                  record: dict[str, Any] | None = None):
         self.model = model
@@ -39,17 +40,3 @@ class BestWeights:
         self.values = {name: p.detach().to("cpu", copy=True) for name, p in self.trained}
         self.record = {"step": step, "val_loss": val_loss, "tokens_seen": tokens_seen, "val_scores": dict(val_scores)}
         return True
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with the best weights in place of the parameters that train."""
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        state.update(self.values)
-        return state
-
-    def saved_tensors(self) -> dict[str, torch.Tensor]:
-        return {SAVED_PREFIX + name: value for name, value in self.values.items()}
-
-    @staticmethod
-    def from_saved(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The best weights among a checkpoint's extra training-state tensors."""
-        return {k[len(SAVED_PREFIX):]: v for k, v in extra.items() if k.startswith(SAVED_PREFIX)}

@@ -96,6 +96,31 @@ def _numbered_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
             "param_groups": [dict(group, params=[index[name] for name in group["params"]]) for group in named["param_groups"]]}
 
 
+class KeptWeights:
+    """Weights a run keeps beside its own (the --ema average, the --keep-best weights): `values` of the
+    parameters that train, by name, saved among a checkpoint's extra training-state tensors under
+    SAVED_PREFIX."""
+
+    SAVED_PREFIX = ""
+    model: torch.nn.Module
+    values: dict[str, torch.Tensor]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with the kept values in place of the parameters that train."""
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        for name, value in self.values.items():
+            state[name] = value.detach().cpu().to(state[name].dtype)
+        return state
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        return {self.SAVED_PREFIX + name: value for name, value in self.values.items()}
+
+    @classmethod
+    def from_saved(cls, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This kind's values among a checkpoint's extra training-state tensors."""
+        return {k[len(cls.SAVED_PREFIX):]: v for k, v in extra.items() if k.startswith(cls.SAVED_PREFIX)}
+
+
 def write_training_state(directory: Path, optim_state: dict, progress: dict[str, Any], rng: dict[str, list[torch.Tensor]],
                          extra: dict[str, torch.Tensor] | None = None) -> None:
     from safetensors.torch import save_file

@@ -10,11 +10,12 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
+from llmkit.train.checkpoint import KeptWeights
 
-SAVED_PREFIX = "ema/"  # the averages' keys among a checkpoint's training-state tensors
 
+class MovingAverage(KeptWeights):
+    SAVED_PREFIX = "ema/"  # the averages' keys among a checkpoint's training-state tensors
 
-class MovingAverage:
     def __init__(self, model: nn.Module, decay: float, device: torch.device, saved: dict[str, torch.Tensor] | None = None):
         self.model, self.decay = model, decay
         self.trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -34,18 +35,3 @@ class MovingAverage:
         decay = min(self.decay, (1 + updates) / (10 + updates))
         params = [p.detach().float() for _, p in self.trained]
         torch._foreach_lerp_(list(self.values.values()), params, 1.0 - decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with the moving averages in place of the parameters."""
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        for name, value in self.values.items():
-            state[name] = value.detach().cpu().to(state[name].dtype)
-        return state
-
-    def saved_tensors(self) -> dict[str, torch.Tensor]:
-        return {SAVED_PREFIX + name: value for name, value in self.values.items()}
-
-    @staticmethod
-    def from_saved(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The averages among a checkpoint's extra training-state tensors."""
-        return {k[len(SAVED_PREFIX):]: v for k, v in extra.items() if k.startswith(SAVED_PREFIX)}
