@@ -1490,7 +1490,7 @@ def test_a_resume_keeps_the_runs_validation_size_and_its_no_batch_invariant_unle
     """--eval-tokens and --no-batch-invariant fell back to their defaults on --resume: the validation loss of the
     steps after it measured other windows, and per-sequence gradients came on (other bits than the run's),
     under the same fingerprint and without a word."""
-    base = [*FAST[:-6], "--log-every", "50", "--max-steps", "4", "--save-every", "2", "--eval-every", "2"]
+    base = [*FAST[:-6], "--log-every", "1", "--max-steps", "4", "--save-every", "2", "--eval-every", "2"]
     flags = [*base, "--eval-tokens", "256", "--no-batch-invariant", "--micro-batch", "2"]
     whole = tmp_path / "whole"
     assert cli("pretrain", shakespeare["tokens"], "-o", whole, *flags).exit_code == 0
@@ -1500,6 +1500,7 @@ def test_a_resume_keeps_the_runs_validation_size_and_its_no_batch_invariant_unle
     resumed = cli("pretrain", shakespeare["tokens"], "-o", stopped, *base, "--micro-batch", "2", "--resume")
     said = " ".join(resumed.output.split())
     assert resumed.exit_code == 0 and "--eval-tokens 256, --no-batch-invariant kept as the run recorded them" in said, said
+    assert re.search(r"step 3/4 \|[^\n]*\| val@2 ", resumed.output), resumed.output  # (the run's last validation, shown on)
     ours, theirs = artifacts.load(stopped), artifacts.load(whole)
     assert ours.fingerprint == theirs.fingerprint and ours.stats["val_loss"] == theirs.stats["val_loss"]
     assert ours.manifest.runtime["batch_invariant"] is False and ours.manifest.runtime["eval_tokens"] == 256

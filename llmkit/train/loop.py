@@ -587,6 +587,7 @@ class Trainer(Resuming):
         logger = MetricsLogger(
             self.run_dir, enabled=info.is_main, tensorboard=s.devices.tensorboard, resume_step=self.start_step,
             max_steps=s.max_steps, log_every=log_every,
+            last_val=(self.last_val_step, self.last_val) if self.last_val is not None and self.last_val_step else None,
         )
         tokens_before = self.tokens_seen
         started = time.perf_counter()

@@ -70,7 +70,6 @@ def keep_steps_up_to(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-
 def summary_writer_class():
     """torch's TensorBoard writer, or a one-line error naming the extra that installs it."""
     try:
@@ -81,8 +80,11 @@ def summary_writer_class():
         raise UserError("--tensorboard needs the tensorboard package: pip install 'llmkit[tensorboard]'") from exc
     return SummaryWriter
 
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int, max_steps: int, log_every: int):
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int, max_steps: int, log_every: int,
+                 last_val: tuple[int, float] | None = None):
+        """`last_val`: (step, loss) of the validation a resumed run last made, shown until its next one."""
         self.enabled = enabled
         self.path = run_dir / METRICS
         self.max_steps = max_steps
@@ -90,7 +92,7 @@ class MetricsLogger:
         self.writer = None
         self.live = None
         self.start_step = resume_step
-        self.last_val: tuple[int, float] | None = None  # (step, loss) of the latest validation
+        self.last_val = last_val  # (step, loss) of the latest validation
         self.start_time = time.perf_counter()
         if not enabled:
             return
