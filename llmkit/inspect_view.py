@@ -56,11 +56,17 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
         # --init-from run's model: the checkpoint's)
         unset = "null (the --init-from checkpoint's)" if key == "model" and continued else "null (default)"
         table.add_row(f"config.{key}", Text(unset, style="dim") if value is None else _short(value))
+    runs = m.stats.get("runs") if m.kind == "sweep" and isinstance(m.stats.get("runs"), list) else None
     for section, values in (("stats", m.stats), ("runtime", m.runtime)):
         for key, value in _flattened(values, section):
-            table.add_row(key, _short(value))
+            # (a sweep's runs: a table of their own below, not a line of JSON cut at 100 characters)
+            table.add_row(key, f"{len(runs)} runs (below)" if runs is not None and key == "stats.runs" else _short(value))
     table.add_row("versions", _short(", ".join(f"{k} {v}" for k, v in m.versions.items()), 200))
     out.print(table)
+    if runs is not None and all(isinstance(row, dict) for row in runs):
+        from llmkit.sweep_table import print_runs
+
+        print_runs(runs, out)
     out.print(_tree(tree))
 
 

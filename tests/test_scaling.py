@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -515,6 +516,11 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert {r["lr"] for r in rows} == {3e-3 * 128 / 32, 3e-3 * 128 / 64}  # the width rule
     assert {i["role"] for i in sweep.manifest.inputs} == {"tokens"} | {f"run:{r['name']}" for r in rows}
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["loss-24000.png", "loss-8000.png"]
+    # inspect shows the runs as a table of their own (they were one line of JSON, cut at 100 characters)
+    shown = cli("inspect", out).output
+    assert "4 runs (below)" in shown and "sweep of 4 runs" in shown and '"name"' not in shown, shown
+    for row in rows:
+        assert re.search(rf"{row['name']}\b.*{row['final_val_loss']:.4f}", shown), shown
     # The same command again: every run is done, nothing retrains, the artifact is the same.
     again = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "2")
     assert again.exit_code == 0 and again.output.count("skipped") == 4
