@@ -502,6 +502,21 @@ class Generator:
             return self.tokenizer.decode
         return self.tokenizer.decode_continuation
 
+    def _decoders(self, prompt: list[int], params: GenerationParams) -> tuple[Callable[[list[int]], str], Callable[[list[int]], str]]:
+        """(decode the completion, decode a part of it that follows text). Past the end of a text
+        (--ignore-eos) the end-of-text and document-start tokens it goes through are left out of the
+        text, as transformers' skip_special_tokens and vLLM's ignore_eos leave them: their literal
+        names (`<|eos|>`) were read back as words by eval and fine-tuning. They stay in the ids."""
+        whole, after_text = self._decoder_for(prompt), self.tokenizer.decode_continuation
+        if params.stop_at_eos:
+            return whole, after_text
+        boundaries = {*self.tokenizer.end_ids, self.start_id}
+
+        def without(decode: Callable[[list[int]], str]) -> Callable[[list[int]], str]:
+            return lambda ids: decode([i for i in ids if i not in boundaries])
+
+        return without(whole), without(after_text)
+
     def complete(
         self,
         prompts: Sequence[str | Sequence[int]],
@@ -537,8 +552,10 @@ class Generator:
         for start in range(0, len(rows), max(1, batch_size)):
             done = len(results)
             chunk = rows[start : start + batch_size]
-            trackers = [_TextTracker(self._decoder_for(encoded[p]), params.stop, streaming=on_text is not None,
-                                     decode_after_text=self.tokenizer.decode_continuation) for p, _ in chunk]
+            trackers = []
+            for p, _ in chunk:
+                whole, after_text = self._decoders(encoded[p], params)
+                trackers.append(_TextTracker(whole, params.stop, streaming=on_text is not None, decode_after_text=after_text))
             seeds = [row_seed(params.seed, prompt_offset + p, s) for p, s in chunk]
 
             def on_step(tokens, trackers=trackers, start=start):
