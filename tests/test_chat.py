@@ -264,7 +264,8 @@ def test_commands_unknown_ones_and_a_message_that_starts_with_a_slash(chat_model
 
 
 def test_what_is_shown_is_what_is_recorded_and_a_terminal_gets_no_control_characters(chat_model, tmp_path, monkeypatch):
-    """The reply printed is the one recorded (a piped reply kept the whitespace around it); at a
+    """The reply printed is the one recorded less the whitespace around it (which the transcript keeps,
+    as the model saw its reply in the next turn's prompt; a piped reply printed it); at a
     terminal the model's control characters are left out, as generate leaves them (ESC Z asks a
     terminal to answer); every special token ends a reply (<|bos|> was printed, recorded and fed
     back as text); the prompt is fitted and its note printed before `bot> `, not inside that line."""
@@ -292,7 +293,7 @@ def test_what_is_shown_is_what_is_recorded_and_a_terminal_gets_no_control_charac
     args = ["chat", str(chat_model), "-o", str(out), "--force"]
     piped = CliRunner().invoke(app, args, input="hello\n")
     assert piped.exit_code == 0 and piped.stdout == "Two\x1bZ dogs\x07\n", piped.output
-    assert json.loads(out.read_text())["messages"][1]["content"] == "Two\x1bZ dogs\x07"
+    assert json.loads(out.read_text())["messages"][1]["content"] == "\n  Two\x1bZ dogs\x07 \n"
     tokenizer = __import__("llmkit.model.io", fromlist=["x"]).load_checkpoint(chat_model).tokenizer
     assert stops[0] == set(tokenizer.special_ids.values()) and tokenizer.special_ids["<|bos|>"] in stops[0]
     monkeypatch.setattr(chat, "_at_a_terminal", lambda: True)
@@ -303,9 +304,10 @@ def test_what_is_shown_is_what_is_recorded_and_a_terminal_gets_no_control_charac
     assert shown.output.index("replies stop at what is left") < shown.output.index("bot> ")
 
 
-def test_the_next_turn_is_prompted_with_the_reply_as_the_model_wrote_it(chat_model, monkeypatch):
-    """The reply shown and recorded is stripped; the history the next turn's prompt is made of keeps it as
-    written ("ok\\n" went on as "ok": ids the fine-tune never saw after its own reply)."""
+def test_the_next_turn_is_prompted_with_the_reply_as_the_model_wrote_it(chat_model, monkeypatch, tmp_path):
+    """The reply shown is stripped; the history the next turn's prompt is made of keeps it as written
+    ("ok\\n" went on as "ok": ids the fine-tune never saw after its own reply), and so does the
+    transcript (stripped, it replayed another conversation than the model's)."""
     from types import SimpleNamespace
 
     from llmkit.inference.engine import Generator
@@ -314,6 +316,14 @@ def test_the_next_turn_is_prompted_with_the_reply_as_the_model_wrote_it(chat_mod
     session = _session(chat_model)
     assert session.reply("hello") == "ok"
     assert session.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": " ok\n"}]
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    shown = CliRunner().invoke(app, ["chat", str(chat_model), "-o", str(tmp_path / "t.jsonl")], input="hello\n")
+    assert shown.exit_code == 0, shown.output
+    saved = json.loads((tmp_path / "t.jsonl").read_text())["messages"]
+    assert saved[-1] == {"role": "assistant", "content": " ok\n"}
 
 
 def test_the_stream_without_the_whitespace_around_it_is_the_stored_reply():

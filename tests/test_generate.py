@@ -1553,3 +1553,16 @@ def test_records_reach_the_output_as_each_batch_ends_when_samples_outnumber_the_
     kept = [json.loads(line) for line in (tmp_path / "s.jsonl.partial").read_text().splitlines()]
     assert [(r["prompt"], r["completion"]) for r in kept] == [("KING:", g.completion.text) for g in whole[:4]]
     assert len(whole) == 10 and [g.completion.sample_index for g in whole[:6]] == [0, 1, 2, 3, 4, 0]
+
+
+def test_conversations_given_to_a_base_model_are_said_to_be_framed_in_a_template_it_never_saw(cli, tmp_path, shakespeare):
+    """generate framed {"messages": ...} prompts for a base model without a word, where chat notes it and eval refuses."""
+    talk = tmp_path / "talk.jsonl"
+    talk.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    base = make_checkpoint(tmp_path / "base", shakespeare[:20000])
+    result = cli("generate", base, "--prompts", talk, "-n", "2", "--greedy")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "was never fine-tuned to chat" in said and "llmkit finetune --template chat" in said, said
+    chat = make_checkpoint(tmp_path / "chat", shakespeare[:20000], task={"task": "sft", "template": {"type": "chat"}})
+    quiet = cli("generate", chat, "--prompts", talk, "-n", "2", "--greedy")
+    assert quiet.exit_code == 0 and "never fine-tuned" not in quiet.output, quiet.output

@@ -71,6 +71,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history = []
+        self.written = ""  # the last reply as the model wrote it (whitespace around it too): the transcript's
 
     def _note(self, key: str, message: str) -> None:
         if key not in self.noted:
@@ -139,7 +140,8 @@ class ChatSession:
     def reply(self, user_text: str, on_text: Callable[[str], None] | None = None,
               on_start: Callable[[], None] | None = None) -> str:
         """The model's reply, stripped of the whitespace around it, streamed to `on_text` as it is
-        made (the same text: whitespace is held back until text follows it). `on_start` is called
+        made (the same text: whitespace is held back until text follows it); `written` keeps it as
+        the model wrote it, as the history and the transcript do. `on_start` is called
         once the prompt is fitted and any note about it printed, just before the first token."""
         import dataclasses
 
@@ -165,6 +167,7 @@ class ChatSession:
         if self.template["type"] == "chat":  # the reply as written, the whitespace around it too: the next turn's prompt
             # holds what the model made (a reply "ok\n" went on as "ok", ids a fine-tune never saw after it)
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": written}]
+        self.written = written
         return written.strip()
 
 
@@ -334,7 +337,7 @@ def _converse(config: ChatConfig, session: ChatSession, transcript: Transcript) 
             sys.stdout.flush()
 
         try:
-            reply = session.reply(text, on_text=write_generated, on_start=start)
+            session.reply(text, on_text=write_generated, on_start=start)
         except UserError:  # (NaN scores: the error goes on a line of its own, not after "bot> "; piped, no empty reply)
             sys.stdout.write("\n" if started and bot else "")
             sys.stdout.flush()
@@ -347,7 +350,8 @@ def _converse(config: ChatConfig, session: ChatSession, transcript: Transcript) 
             err.print("(reply stopped: that exchange is left out of the conversation and the transcript)")
             turn += 1
             continue
-        transcript.add(text, reply)
+        # (as written: a transcript replayed, or fine-tuned on, holds the conversation the model saw)
+        transcript.add(text, session.written)
         if session.template["type"] != "chat":
             transcript.new_conversation()  # each input stood alone: one exchange per record, as the model saw it
         sys.stdout.write("\n")

@@ -99,6 +99,13 @@ def run_generate(
 
         check_tokenizer(chat_template(), tokenizer, "so it cannot read {\"messages\": ...} prompts (an imported GPT-2 or Llama "
                         "has none): give text prompts (--prompt, or {\"prompt\": ...} records) to continue text")
+    if any(p.messages is not None for p in prompts) and loaded.task is None and not tokenizer.own_chat_template:
+        from llmkit.console import note
+
+        # (chat says so too; eval refuses such records for a base model)
+        note(f"{members[0]} was never fine-tuned to chat (it has no task.json): its {{\"messages\": ...}} prompts are "
+             "framed in llmkit's chat template, which it never saw, and it continues them as text; fine-tune it with "
+             "llmkit finetune --template chat for replies")
     encoded = [encode_prompt(p, tokenizer, loaded.task, generator.start_id) for p in prompts]
     chat = (loaded.task is not None and loaded.task.is_chat) or any(p.messages for p in prompts)
     extra_stops = chat_stop_ids(tokenizer) if chat else None  # (None: a text's, Generator.complete's own)
