@@ -1566,3 +1566,21 @@ def test_conversations_given_to_a_base_model_are_said_to_be_framed_in_a_template
     chat = make_checkpoint(tmp_path / "chat", shakespeare[:20000], task={"task": "sft", "template": {"type": "chat"}})
     quiet = cli("generate", chat, "--prompts", talk, "-n", "2", "--greedy")
     assert quiet.exit_code == 0 and "never fine-tuned" not in quiet.output, quiet.output
+
+
+def test_first_index_remakes_one_record_of_a_prompts_run(cli, tmp_path, shakespeare):
+    """A sampled record of a --prompts run was drawn from a seed of its place in the file: it could be
+    remade only by the whole file again."""
+    ckpt = make_checkpoint(tmp_path / "base", shakespeare[:20000])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("To be\nThe king\nO Romeo\n", encoding="utf-8")
+    sampled = ["-n", "12", "--temperature", "1.0", "--seed", "3", "-s", "2"]
+    assert cli("generate", ckpt, "--prompts", prompts, *sampled, "-o", tmp_path / "all.jsonl").exit_code == 0
+    records = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    one = cli("generate", ckpt, "-p", "The king", *sampled, "--first-index", "1", "-o", tmp_path / "one.jsonl")
+    assert one.exit_code == 0, one.output
+    again = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert [(r["prompt_index"], r["sample_index"], r["completion"]) for r in again] == [
+        (r["prompt_index"], r["sample_index"], r["completion"]) for r in records if r["prompt_index"] == 1]
+    printed = cli("generate", ckpt, "-p", "The king", *sampled[:-2], "--first-index", "1")  # (streamed: one completion)
+    assert printed.exit_code == 0 and printed.stdout == f"The king{records[2]['completion']}\n", printed.output

@@ -42,7 +42,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             bar.advance(task, len(batch))
         for item in batch:
             c = item.completion
-            if stream and c.prompt_index == 0 and c.sample_index == 0:
+            if stream and c.prompt_index == config.first_index and c.sample_index == 0:
                 console.print()  # the streamed completion is complete
                 open_line = False
                 continue
@@ -57,7 +57,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
         nonlocal open_line
         if stream:
             if rows > 1:  # (its rule, as every later completion has: the first was the only one without)
-                console.rule(f"prompt 1{', sample 1' if config.num_samples > 1 else ''}", style="dim")
+                console.rule(f"prompt {config.first_index + 1}{', sample 1' if config.num_samples > 1 else ''}", style="dim")
             shown = prompts[0].display + ("\n" if framed and framed[0] else "")  # (an answer goes on a line of its own)
             write_generated((shown, "dim"))
             open_line = not shown.endswith("\n")

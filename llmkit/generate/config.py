@@ -83,6 +83,8 @@ class GenerateConfig(Options):
     inference: Inference = group(Inference, panel=RUN)
     ensembling: Ensembling = group(Ensembling)
     seed: int = seed_option("Seed: the same seed gives the same text.")
+    first_index: int = option(0, "The first prompt's index: each record's prompt_index and each sample's seed follow it, so "
+                              "-p TEXT --first-index K remakes record K of a --prompts run.", panel=SAMPLING, range="[0, inf)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -151,15 +151,15 @@ def run_generate(
     results: list[Generated] = []
 
     def finished(completions: list[Completion]) -> None:  # each batch's, printed or written while later ones run
-        batch = [Generated(prompts[c.prompt_index], c, fitted=c.prompt_index in fitted_at, framed=framed[c.prompt_index])
-                 for c in completions]
+        at = [c.prompt_index - cfg.first_index for c in completions]  # (each prompt's place in this run)
+        batch = [Generated(prompts[i], c, fitted=i in fitted_at, framed=framed[i]) for i, c in zip(at, completions)]
         results.extend(batch)
         if on_batch is not None:
             on_batch(batch)
 
     try:
         generator.complete(encoded, params, num_samples=cfg.num_samples, batch_size=cfg.batch_size, on_text=on_text,
-                           extra_stop_ids=extra_stops, on_batch=finished)
+                           extra_stop_ids=extra_stops, on_batch=finished, prompt_offset=cfg.first_index)
     except NotFinite as exc:
         from llmkit.model.ensemble import scoring_members
 
