@@ -60,7 +60,10 @@ def test_clean_and_tokenize_on_ray_equal_the_local_executor(ray_instance, shared
         result = cli("clean", shared_data / name, "-o", b, *extra, "--executor", "ray", "--workers", "0")
         assert result.exit_code == 0, result.output
         assert artifacts.load(b).fingerprint == artifacts.load(a).fingerprint
-        assert artifacts.load(b).manifest.runtime["workers"] == 2  # 0: one per CPU of the (2-CPU) cluster, recorded as run
+        # 0: one per CPU of the (2-CPU) cluster, recorded as run (on a machine too busy for the second to start
+        # within START_WAIT, one, and said so: the run goes on with the workers that started)
+        started = artifacts.load(b).manifest.runtime["workers"]
+        assert started == 2 or started == 1 and "1 of 2 Ray workers started in time" in " ".join(result.output.split()), result.output
 
     tokenizer = tmp_path / "tok"
     assert cli("tokenizer", "train", local, "-o", tokenizer, "--vocab-size", "600").exit_code == 0
