@@ -252,6 +252,19 @@ def test_a_document_larger_than_twice_the_share_gives_its_tail_never_itself_whol
     for seed in range(5):
         plan, _ = split_plan(groups, 0.05, seed, sizes=lambda at: mixed[at])
         assert plan[7000] == TAIL and (plan[:7000] == VAL).sum() == 350
+    # at a small F a document a few times the mean is no book: it stays in the draw, not a 24-byte tail
+    # (the first rule left 34 % of such a corpus out of any validation at F = 0.001)
+    skewed = np.random.default_rng(0).lognormal(7, 1, 1000).astype(int) + 1
+    for fraction in (0.001, 0.002):
+        shares = []
+        for seed in range(100):
+            plan, summary = split_plan(np.zeros(1000, np.int32), fraction, seed, sizes=lambda at: skewed[at])
+            assert summary["documents_split_inside"] == 0
+            shares.append(skewed[plan == VAL].sum() / skewed.sum())
+        assert 0.7 * fraction < np.mean(shares) < 1.3 * fraction, (fraction, np.mean(shares))
+    # at F = 0.5, 2F is all the text: a book among notes is still split (it went whole, 99 % of the text)
+    plan, _ = split_plan(np.arange(61, dtype=np.int32), 0.5, 3, sizes=lambda at: np.array([900] * 60 + [1_100_000])[at])
+    assert plan[60] == TAIL
     # documents of about one size are drawn as before, whatever the sizes say
     even = np.random.default_rng(0).integers(900, 1100, 1000)
     assert (split_plan(np.zeros(1000, np.int32), 0.05, 3, sizes=lambda at: even[at])[0]

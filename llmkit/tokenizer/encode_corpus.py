@@ -79,16 +79,19 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
     rng = np.random.Generator(np.random.PCG64(seed))
 
     def drawn_whole(members: np.ndarray) -> np.ndarray:
-        """`members` less the ones too large to draw whole, which give their tails (where long enough),
-        where whole documents are drawn from them (too few for one: the tails below decide)."""
+        """`members` less the ones too large to draw whole, which give their tails instead, where whole
+        documents are drawn from them (too few for one: the tails below decide). Too large: more than
+        2F of the text (F + (1 - F) / 2 from F = 1/3 on, where 2F would be most of it or all), with a
+        tail at least the size of their input's mean document; a document a few times the mean at a small
+        F stays in the draw (its tail would be a fragment: 24 bytes at F = 0.002)."""
         if size_of is None or min(len(members) - 1, round(len(members) * val_fraction)) < 1:
             return members
         size = size_of[members]
-        large = size > 2 * val_fraction * size.sum()
-        long_enough = large & (size * val_fraction >= MIN_TAIL_BYTES)
-        plan[members[long_enough]] = TAIL
-        summary["documents_split_inside"] += int(long_enough.sum())
-        return members[~large]
+        large = size > min(2 * val_fraction, (1 + val_fraction) / 2) * size.sum()
+        split = large & (size * val_fraction >= max(MIN_TAIL_BYTES, size.mean()))
+        plan[members[split]] = TAIL
+        summary["documents_split_inside"] += int(split.sum())
+        return members[~split]
 
     pooled = []  # documents of inputs too small for a draw of their own
     for group in groups[np.sort(first)]:
@@ -584,7 +587,7 @@ def _checked_val_share(per_split: dict, config: TokenizeConfig, corpus_path: Pat
         raise UserError(f"corpus {corpus_path} has only empty documents; nothing to tokenize")
     total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
     val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
-    if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= 2 * config.val_fraction:
+    if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= min(2 * config.val_fraction, (1 + config.val_fraction) / 2):
         # (a corpus too small for whole validation documents gives each document's tail instead: split_plan)
         drawn = split_summary["val_documents"]
         if split_summary["documents_split_inside"]:
