@@ -174,9 +174,11 @@ def _no_such_option(typed: str, ctx: click.Context) -> str:
     offered (the sweep's --max-steps, which it refuses)."""
     from llmkit.errors import did_you_mean
 
-    if not typed.startswith("--"):  # click reads -temperature as -t -e ...: the word the user typed
-        typed = next((arg for arg in ctx.meta.get("llmkit.args", ()) if arg.startswith(typed) and len(arg) > 2
-                      and not arg.startswith("--")), typed)
+    if not typed.startswith("--"):  # click reads -temperature as -t -e ...: the word the user typed (not a value
+        # such as -p "-the king"; without its =VALUE)
+        typed = next((arg.partition("=")[0] for arg in ctx.meta.get("llmkit.args", ())
+                      if arg.startswith(typed) and len(arg.partition("=")[0]) > 2 and not arg.startswith("--")
+                      and arg.partition("=")[0][1:].replace("-", "").replace("_", "").isalnum()), typed)
     known = [name[2:] for param in ctx.command.get_params(ctx) if not getattr(param, "hidden", False)
              for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
     hint = did_you_mean(typed.lstrip("-"), known, cutoff=0.6, shown=lambda name: f"--{name}") if len(typed) > 2 else ""

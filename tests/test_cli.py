@@ -407,6 +407,8 @@ def test_config_resolution_order(tmp_path):
     # one dash: click read -temperature as -t -e ... and named -t alone
     (["generate", "x", "-temperature", "1"], "No such option: -temperature; did you mean --temperature? (see"),
     (["generate", "x", "-q"], "No such option: -q (see llmkit generate --help)"),
+    (["generate", "x", "-temperature=0.5"], "No such option: -temperature; did you mean --temperature? (see"),
+    (["generate", "x", "-p", "-the king", "-temperature", "1"], "No such option: -temperature; did you mean --temperature?"),
     (["sweep", "x", "--max-steps-", "3"], "No such option: --max-steps-; did you mean --min-steps? (see"),  # (not the hidden --max-steps)
     # a group's command typed without its group is named with it
     (["encode", "x"], "No such command 'encode'. Did you mean 'llmkit tokenizer encode'?"),

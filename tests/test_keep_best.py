@@ -79,6 +79,10 @@ def test_a_real_run_whose_loss_falls_keeps_its_final_weights_as_best(cli, data, 
     best = artifacts.load(run / "best", kind="checkpoint")
     assert best.stats["step"] == step and best.stats["val_loss"] == losses[step]
     assert _same_weights(run / "best", run if step == 8 else run / "checkpoints" / f"step_{step:07d}")
+    # two processes (the copy kept by the first alone) write the same best
+    two = tmp_path / "two"
+    _ok(cli("pretrain", data / "tokens", "-o", two, *MODEL, *RUN, "--keep-best", "--nproc", "2"))
+    assert _same_weights(two / "best", run / "best") and artifacts.load(two / "best").stats["step"] == step
 
 
 def test_keep_best_resumes_from_the_saved_best(cli, data, tmp_path, monkeypatch):

@@ -139,8 +139,8 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
             # it resumes (it holds a training state), but that step's weights would become a later step's, or
             # (--force) another run's, inside the run's own checkpoints/
             if made != "checkpoint":  # (a new folder there: no step to start from)
-                raise UserError(f"-o {out} lies inside the run {run}'s checkpoints/, where the run keeps its own step "
-                                "checkpoints; write the output elsewhere")
+                raise UserError(f"-o {out} lies inside {out.parent}, where the training run {run} keeps its own checkpoints; "
+                                "write the output elsewhere")  # (outputs.refuse_a_place_of_a_run's words)
             raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
                             f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
         replaced = None  # (an empty folder: nothing to move aside or put back)

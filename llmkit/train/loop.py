@@ -298,7 +298,7 @@ class Trainer(Resuming):
             raise UserError("--keep-best keeps the weights of the lowest validation loss, and this run has no validation "
                             "data (pretrain: tokens made with --val-fraction 0; finetune: give --val-data or a "
                             "--val-fraction that holds examples back); leave --keep-best out or give the run validation data")
-        return BestWeights(self.raw, *self._saved_best)
+        return BestWeights(self.raw, *self._saved_best, keeps_values=self.info.is_main)
 
     # -- one step ---------------------------------------------------------------------------
     def _micro_indices(self, step: int, micro: int) -> range:
@@ -605,7 +605,7 @@ class Trainer(Resuming):
                 self._keep_the_last_checkpoints(step, recorded if isinstance(recorded, int) else 0)
             if info.is_main and not self._companions_current(step):
                 # killed between the run's manifest and its companions (written after, as they name it)
-                logger.note("writing its --ema / --average-last companions, missing or from an earlier end of the run")
+                logger.note("writing its --ema / --average-last / --keep-best companions, missing or from an earlier end of the run")
                 self._write_companions(step)
             dist_utils.barrier(info)
             logger.close()
