@@ -1341,6 +1341,9 @@ def test_a_resume_that_leaves_out_the_length_keeps_the_runs(shakespeare, cli, tm
     assert (step / "model.safetensors").read_bytes() == weights and not (step / "checkpoints").exists()
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", step, *FAST, "--max-steps", "3", "--force"))
     assert "is a step checkpoint of the run" in line and (step / "model.safetensors").read_bytes() == weights
+    # without either flag: the same (it said "exists; pass --resume or --force", which both refuse)
+    line = _error(cli("pretrain", shakespeare["tokens"], "-o", step, *FAST, "--max-steps", "3"))
+    assert "is a step checkpoint of the run" in line and "--init-from" in line, line
     # a new folder there is no step to start from (it was offered as one, with --init-from)
     line = _error(cli("pretrain", shakespeare["tokens"], "-o", run / "checkpoints" / "new", *FAST, "--max-steps", "3"))
     assert "lies inside" in line and "where the training run" in line and "--init-from" not in line, line

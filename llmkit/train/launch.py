@@ -121,11 +121,20 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
     with outputs.output_lock(out, keep_replaced=True):
         _put_back_replaced_run(out, force and not resume)
         empty = outputs.empty_folder(out)  # (made for the run with mkdir, a mount point too: used in place)
-        if out.exists() and not resume and not force and not empty:
-            raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
         from llmkit.artifacts import manifest_kind
 
         made = manifest_kind(out)  # (another kind was refused as -o was checked)
+        run = run_of_step_checkpoint(out)
+        if run is not None:  # (before "exists; pass --resume or --force", which both refuse here)
+            # it resumes (it holds a training state), but that step's weights would become a later step's, or
+            # (--force) another run's, inside the run's own checkpoints/
+            if made != "checkpoint":  # (a new folder there: no step to start from)
+                raise UserError(f"-o {out} lies inside {out.parent}, where the training run {run} keeps its own checkpoints; "
+                                "write the output elsewhere")  # (outputs.refuse_a_place_of_a_run's words)
+            raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
+                            f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
+        if out.exists() and not resume and not force and not empty:
+            raise UserError(f"run directory {out} already exists; pass --resume to continue it or --force to start over")
         from llmkit.train.checkpoint import CHECKPOINTS, STATE_JSON, step_dirs
 
         if resume and made == "checkpoint" and not (out / STATE_JSON).is_file() and not step_dirs(out):
@@ -134,15 +143,6 @@ def run_directory(out: Path, *, resume: bool, force: bool, inputs: list[Path | s
                             f"finetune {out})")
         if (out / CHECKPOINTS).exists() and not (out / CHECKPOINTS).is_dir():
             raise UserError(f"{out / CHECKPOINTS} is a file where the run keeps its checkpoints folder; move it away")
-        run = run_of_step_checkpoint(out)
-        if run is not None:
-            # it resumes (it holds a training state), but that step's weights would become a later step's, or
-            # (--force) another run's, inside the run's own checkpoints/
-            if made != "checkpoint":  # (a new folder there: no step to start from)
-                raise UserError(f"-o {out} lies inside {out.parent}, where the training run {run} keeps its own checkpoints; "
-                                "write the output elsewhere")  # (outputs.refuse_a_place_of_a_run's words)
-            raise UserError(f"{out} is a step checkpoint of the run {run}; resume the run itself (-o {run} --resume), or "
-                            f"write a new run elsewhere that starts from it (llmkit pretrain --init-from {out}, or llmkit finetune {out})")
         replaced = None  # (an empty folder: nothing to move aside or put back)
         if out.exists() and not resume and not empty:
             replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.resolve().parent)) / out.name
