@@ -246,6 +246,13 @@ def test_a_document_larger_than_twice_the_share_gives_its_tail_never_itself_whol
         plan, summary = split_plan(np.arange(31, dtype=np.int32), 0.05, seed, sizes=lambda at: notes_and_book[at])
         assert plan[30] == TAIL and (plan[:30] == VAL).sum() == 2 and (plan[:30] == TAIL).sum() == 0, seed
         assert summary["documents_split_inside"] == 1
+    # ... where one whole document is drawn (round(nF) = 1): the book's tail is compared with the notes' mean,
+    # not a mean with the book in it (which kept it in the draw: whole in validation for 33 of 400 seeds)
+    for notes, fraction in ((11, 0.05), (19, 0.05), (30, 0.03)):
+        sizes = np.array([900] * notes + [1_100_000])
+        for seed in range(100):
+            plan, _ = split_plan(np.arange(notes + 1, dtype=np.int32), fraction, seed, sizes=lambda at: sizes[at])
+            assert plan[notes] == TAIL, (notes, fraction, seed)
     # one input: 7,000 paragraphs and one 2.6 MB document (a file whose Chinese half has no blank lines)
     groups = np.zeros(7001, np.int32)
     mixed = np.array([150] * 7000 + [2_600_000])
