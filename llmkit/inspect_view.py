@@ -66,7 +66,8 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     if runs is not None and all(isinstance(row, dict) for row in runs):
         from llmkit.sweep_table import print_runs
 
-        print_runs(runs, out)
+        vocab = m.stats.get("vocab_size")  # (a sweep made before 2026-12-07 did not record it: no divergence named)
+        print_runs(runs, out, vocab_size=vocab if isinstance(vocab, int) and vocab > 1 else None)
     out.print(_tree(tree))
 
 

@@ -58,20 +58,21 @@ def read_rows(sweep) -> list[SweepRow]:
         raise UserError(f"{source} holds no list of runs; {fix}") from None
 
 
-def print_runs(runs: list[dict[str, Any]], console) -> None:
+def print_runs(runs: list[dict[str, Any]], console, vocab_size: int | None = None) -> None:
     """The runs as a table (the sweep's own at its end, and inspect's of a sweep), from its stats'
-    rows, which add each run's wall time; a field a row lacks (a sweep made before it) is "-"."""
+    rows, which add each run's wall time; a field a row lacks (a sweep made before it) is "-". With
+    `vocab_size`, the runs that diverged are named below it."""
     from rich.table import Table
+
+    diverged = above_a_uniform_guess([(row.get("name", "-"), row.get("final_val_loss")) for row in runs], vocab_size) \
+        if vocab_size else ""
 
     def number(key: str, spec: str):
         return lambda row: format(row[key], spec) if isinstance(row.get(key), (int, float)) else "-"
 
-    columns = {"run": lambda r: str(r.get("name", "-")), "state": lambda r: str(r.get("state", "-")),
-               "params": number("params", ","), "non-emb.": number("non_embedding_params", ","),
+    columns = {"run": lambda r: str(r.get("name", "-")), "params": number("params", ","), "non-emb.": number("non_embedding_params", ","),
                "tokens": number("tokens", ","), "FLOPs": number("flops", ".2e"), "val loss": number("final_val_loss", ".4f"),
                "bpb": number("bits_per_byte", ".4f"), "seconds": number("seconds", ".1f")}
-    if all(row.get("state") == "done" for row in runs):  # (a finished sweep's: every run done)
-        del columns["state"]
     # Every cell whole, the columns a fit does not read left out where the console is too narrow for all (at
     # 80 columns the names were cut to "c2e09-…", every run alike: this table maps them to their losses); too
     # narrow for the name and its loss, a line a run
@@ -80,19 +81,20 @@ def print_runs(runs: list[dict[str, Any]], console) -> None:
         shown = [name for name in columns if name not in dropped]
         widths = [max([len(name)] + [len(columns[name](r)) for r in runs]) for name in shown]
         if sum(widths) + 3 * len(shown) + 1 <= console.width:
+            table = Table(title=f"sweep of {len(runs)} runs", title_justify="left")
+            for name in shown:
+                table.add_column(name, justify="left" if name == "run" else "right", no_wrap=True)
+            for row in runs:
+                table.add_row(*(columns[name](row) for name in shown))
+            console.print(table)
             break
     else:
         console.print(f"sweep of {len(runs)} runs", soft_wrap=True)
         for row in runs:
             console.print(f"{columns['run'](row)}: " + ", ".join(f"{name} {columns[name](row)}" for name in columns if name != "run"),
                           soft_wrap=True)
-        return
-    table = Table(title=f"sweep of {len(runs)} runs", title_justify="left")
-    for name in shown:
-        table.add_column(name, justify="left" if name == "run" else "right", no_wrap=True)
-    for row in runs:
-        table.add_row(*(columns[name](row) for name in shown))
-    console.print(table)
+    if diverged:  # (the sweep said so once, as it ended; a later reader of the table is told too)
+        console.print(f"note: {diverged}", soft_wrap=True, markup=False, highlight=False)
 
 
 def above_a_uniform_guess(losses: list[tuple[str, float | None]], vocab_size: int) -> str:

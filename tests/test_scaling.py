@@ -1082,5 +1082,8 @@ def test_a_run_that_diverged_but_stayed_finite_is_named_by_the_sweep_and_the_fit
     assert above, rows  # (the learning rate that diverges them: if this changes, find another)
     flat = " ".join(result.output.split())
     assert f"{', '.join(above)} ended above a uniform guess's loss over the vocabulary (ln 300 = 5.70): diverged" in flat
+    # inspect's table of the runs names them too (a later reader saw their losses as any others')
+    shown = " ".join(cli("inspect", out).output.split())
+    assert f"note: {', '.join(above)} ended above a uniform guess's loss" in shown, shown
     fitted = cli("scaling", "fit", out, "-o", tmp_path / "fit", "--grid", "coarse", "--bootstrap", "0")  # (2 points: refused)
     assert "diverged; the fit takes them as measured" in " ".join(fitted.output.split()), fitted.output

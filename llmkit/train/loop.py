@@ -597,7 +597,7 @@ class Trainer(Resuming):
         step = self.start_step
         if self.resumed_from == s.max_steps and (self.run_dir / artifacts.MANIFEST).is_file():
             # Finished already: the artifact stays as it is (its config and fingerprint included).
-            logger.note(f"the run finished at step {step} already: nothing to train, {self.run_dir.name} is unchanged "
+            logger.note(f"the run finished at step {step} already: nothing to train, its weights and manifest are unchanged "
                         f"(give {s.longer.format(step=step)} to train further)")
             if info.is_main:  # (killed between the run's manifest and save_final's pruning: the run's own --keep-last)
                 manifest = artifacts.load(self.run_dir, kind="checkpoint", check=False).manifest
