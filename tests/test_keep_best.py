@@ -7,23 +7,13 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import built_once, small_play_tokens
 from llmkit import artifacts
+from test_average import MODEL, _ok, _weights  # (the averaging tests' small model and helpers)
 
-MODEL = ["--model", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context-length", "64"]
 RUN = ["--max-steps", "8", "--batch-tokens", "512", "--micro-batch", "8", "--eval-every", "2", "--save-every", "2",
        "--keep-last", "0"]
-
-
-def _ok(result):
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _weights(path):
-    return load_file(str(path / "model.safetensors"))
 
 
 def _same_weights(a, b) -> bool:
