@@ -66,8 +66,9 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     if runs is not None and all(isinstance(row, dict) for row in runs):
         from llmkit.sweep_table import print_runs
 
-        vocab = m.stats.get("vocab_size")  # (a sweep made before 2026-12-07 did not record it: no divergence named)
-        print_runs(runs, out, vocab_size=vocab if isinstance(vocab, int) and vocab > 1 else None)
+        from llmkit.sweep_table import sweep_vocab_size
+
+        print_runs(runs, out, vocab_size=sweep_vocab_size(art))
     out.print(_tree(tree))
 
 
@@ -108,7 +109,7 @@ def _headline(art: Artifact) -> str:
     # an artifact made before the file was: from its stats
     if art.kind == "sweep":
         from llmkit.errors import UserError
-        from llmkit.sweep_table import TABLE, read_rows
+        from llmkit.sweep_table import TABLE, diverged_runs, read_rows, sweep_vocab_size
 
         try:
             with checked_as_read(art.path / TABLE):  # (a few kB: an edit that kept the size was shown as measured)
@@ -116,7 +117,10 @@ def _headline(art: Artifact) -> str:
         except UserError:  # (not the unhashed stats' copy in its place: verify vouches for none of it)
             raise _changed(TABLE) from None
         losses = [r.final_val_loss for r in runs if isinstance(r.final_val_loss, (int, float))]
-        return f"{len(runs)} runs" + (f", best val_loss {figure(min(losses))}" if losses else "")
+        vocab = sweep_vocab_size(art)
+        diverged = len(diverged_runs([(r.name, r.final_val_loss) for r in runs], vocab)) if vocab else 0
+        return (f"{len(runs)} runs" + (f", best val_loss {figure(min(losses))}" if losses else "")
+                + (f" ({diverged} diverged: above a uniform guess's loss)" if diverged else ""))
     if art.kind == "scaling":
         fit = _hashed_json(art, "fit.json", dict)
         if fit is None and "fit.json" in art.manifest.files:

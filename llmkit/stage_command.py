@@ -120,13 +120,16 @@ class LlmkitCommand(_FlagsShowNoType, TyperCommand):
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         names = {opt for param in self.params for opt in getattr(param, "opts", ())}
         takes_value = {opt for param in self.params if not getattr(param, "is_flag", True) for opt in getattr(param, "opts", ())}
+        # (--no-X of a flag, and the hidden aliases: -output=x.jsonl wrote to "utput=x.jsonl", -no-stream was -n "o-stream")
+        long_names = (names | {opt for param in self.params for opt in getattr(param, "secondary_opts", ())}
+                      | {alias for alias, target in HIDDEN_ALIASES.items() if target in names} | {"--help"})
         rewritten = []
         for position, arg in enumerate(args):
             if arg == "--":  # what follows is positional
                 rewritten.extend(args[position:])
                 break
             name, sep, value = arg.partition("=")
-            if (len(name) > 2 and name[0] == "-" and name[1] != "-" and f"-{name}" in names
+            if (len(name) > 2 and name[0] == "-" and name[1] != "-" and f"-{name}" in long_names
                     and not (position and args[position - 1] in takes_value)):
                 # a long option typed with one dash: click read -prompt as -p "rompt", and -seed=3 as -s "eed=3"
                 import click

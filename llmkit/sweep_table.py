@@ -97,6 +97,26 @@ def print_runs(runs: list[dict[str, Any]], console, vocab_size: int | None = Non
         console.print(f"note: {diverged}", soft_wrap=True, markup=False, highlight=False)
 
 
+def sweep_vocab_size(sweep) -> int | None:
+    """The vocabulary a sweep's runs trained on: its stats' (recorded since 2026-12-07), else its tokens
+    input's (None where those are gone or changed since)."""
+    vocab = sweep.stats.get("vocab_size")
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 1:
+        return vocab
+    try:
+        return int(sweep.input("tokens").stats["vocab_size"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+
+
+def diverged_runs(losses: list[tuple[str, float | None]], vocab_size: int) -> list[str]:
+    """The runs (name, final validation loss) that ended above the loss of a uniform guess over the
+    vocabulary, ln V nats: they diverged, though their loss stayed finite."""
+    import math
+
+    return [name for name, loss in losses if isinstance(loss, (int, float)) and loss > math.log(vocab_size)]
+
+
 def above_a_uniform_guess(losses: list[tuple[str, float | None]], vocab_size: int) -> str:
     """The runs (name, final validation loss) that ended above the loss of a uniform guess over the
     vocabulary, ln V nats: they diverged, though their loss stayed finite, and a fit would take them
@@ -104,7 +124,7 @@ def above_a_uniform_guess(losses: list[tuple[str, float | None]], vocab_size: in
     import math
 
     uniform = math.log(vocab_size)
-    above = [name for name, loss in losses if loss is not None and loss > uniform]
+    above = diverged_runs(losses, vocab_size)
     if not above:
         return ""
     shown = ", ".join(above[:4]) + (f" and {len(above) - 4} more" if len(above) > 4 else "")

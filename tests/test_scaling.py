@@ -1085,5 +1085,9 @@ def test_a_run_that_diverged_but_stayed_finite_is_named_by_the_sweep_and_the_fit
     # inspect's table of the runs names them too (a later reader saw their losses as any others')
     shown = " ".join(cli("inspect", out).output.split())
     assert f"note: {', '.join(above)} ended above a uniform guess's loss" in shown, shown
+    # ... and report's one line, by the vocabulary the sweep recorded (read first: its tokens may be gone since)
+    assert artifacts.load(out, kind="sweep").stats["vocab_size"] == 300
+    reported = json.loads(cli("report", out, "--json").stdout)[0]["headline"]
+    assert reported.endswith(f"({len(above)} diverged: above a uniform guess's loss)"), reported
     fitted = cli("scaling", "fit", out, "-o", tmp_path / "fit", "--grid", "coarse", "--bootstrap", "0")  # (2 points: refused)
     assert "diverged; the fit takes them as measured" in " ".join(fitted.output.split()), fitted.output

@@ -248,8 +248,9 @@ def test_a_document_larger_than_twice_the_share_gives_its_tail_never_itself_whol
         assert summary["documents_split_inside"] == 1
     # ... where one whole document is drawn (round(nF) = 1): the book's tail is compared with the notes' mean,
     # not a mean with the book in it (which kept it in the draw: whole in validation for 33 of 400 seeds)
-    for notes, fraction in ((11, 0.05), (19, 0.05), (30, 0.03)):
-        sizes = np.array([900] * notes + [1_100_000])
+    for notes, fraction, book in ((11, 0.05, 1_100_000), (19, 0.05, 1_100_000), (30, 0.03, 1_100_000), (30, 0.02, 30_000),
+                                  (5, 0.1, 5_000)):
+        sizes = np.array([900] * notes + [book])
         for seed in range(100):
             plan, _ = split_plan(np.arange(notes + 1, dtype=np.int32), fraction, seed, sizes=lambda at: sizes[at])
             assert plan[notes] == TAIL, (notes, fraction, seed)

@@ -45,7 +45,7 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
 
 def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
     """From the sweep's table of runs (llmkit.sweep_table)."""
-    from llmkit.sweep_table import TABLE, above_a_uniform_guess, read_rows
+    from llmkit.sweep_table import TABLE, above_a_uniform_guess, read_rows, sweep_vocab_size
 
     # (hashed as read: a fit records the sweep's fingerprint, so a table changed since must not pass for it)
     with artifacts.checked_as_read(sweep.path / TABLE) if TABLE in sweep.manifest.files else contextlib.nullcontext():
@@ -63,10 +63,7 @@ def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
     if not points:
         raise UserError(f"sweep {sweep.path} has no finished run with a validation loss (its runs did not validate: "
                         "--eval-every 0, or tokens without a validation split); sweep again with validation on")
-    try:
-        vocab = int(sweep.input("tokens").stats["vocab_size"])
-    except (UserError, KeyError, TypeError, ValueError):
-        vocab = None  # (the tokens gone or changed since: nothing to judge by)
+    vocab = sweep_vocab_size(sweep)  # (None: an older sweep whose tokens are gone or changed since: nothing to judge by)
     if vocab and (diverged := above_a_uniform_guess([(p.name, p.loss) for p in points], vocab)):
         from llmkit.console import note
 

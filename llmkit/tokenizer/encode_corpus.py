@@ -82,15 +82,16 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
         """`members` less the ones too large to draw whole, which give their tails instead, where whole
         documents are drawn from them (too few for one: the tails below decide). Too large: more than
         2F of the text (F + (1 - F) / 2 from F = 1/3 on, where 2F would be most of it or all), with a
-        tail at least the size of the mean of the other documents (a mean with the book in it kept the
-        book in the draw); a document a few times the mean at a small F stays in the draw (its tail
-        would be a fragment: 24 bytes at F = 0.002)."""
+        tail at least a quarter of the mean of the other documents (a mean with the book in it kept the
+        book in the draw; the whole mean, a 30 kB document among 900-byte notes at F = 0.02); a document
+        a few times the mean at a small F stays in the draw (its tail would be a fragment: 24 bytes at
+        F = 0.002)."""
         if size_of is None or min(len(members) - 1, round(len(members) * val_fraction)) < 1:
             return members
         size = size_of[members]
         large = size > min(2 * val_fraction, (1 + val_fraction) / 2) * size.sum()
         others = size[~large].mean() if (~large).any() else 0.0
-        split = large & (size * val_fraction >= max(MIN_TAIL_BYTES, others))
+        split = large & (size * val_fraction >= max(MIN_TAIL_BYTES, others / 4))
         plan[members[split]] = TAIL
         summary["documents_split_inside"] += int(split.sum())
         return members[~split]
