@@ -64,9 +64,7 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     table.add_row("versions", _short(", ".join(f"{k} {v}" for k, v in m.versions.items()), 200))
     out.print(table)
     if runs is not None and all(isinstance(row, dict) for row in runs):
-        from llmkit.sweep_table import print_runs
-
-        from llmkit.sweep_table import sweep_vocab_size
+        from llmkit.sweep_table import print_runs, sweep_vocab_size
 
         print_runs(runs, out, vocab_size=sweep_vocab_size(art))
     out.print(_tree(tree))
