@@ -38,6 +38,14 @@ def test_clean_runs_and_prints_the_report(cli, shared_data, tmp_path):
     assert art.manifest.seed == 3 and art.config["seed"] == 3
     assert (art.config["bands"], art.config["rows"]) == (9, 12)  # from the file's threshold
     assert art.stats["documents"] == 2501 and (out / "rejects.jsonl").exists()
+    # each file read, by name and content (its label named a path only: no word of which bytes)
+    import hashlib
+
+    read = sorted([*(shared_data / "sentiment").glob("*.jsonl"), shared_data / "tinyshakespeare.txt"])
+    assert sorted((f["name"], f["sha256"]) for f in art.stats["input_files"]) == sorted(
+        (path.name, hashlib.sha256(path.read_bytes()).hexdigest()) for path in read)
+    again_cleaned = cli("clean", out, "-o", tmp_path / "again", "--no-near-dedup")  # (a corpus: an input artifact instead)
+    assert again_cleaned.exit_code == 0 and artifacts.load(tmp_path / "again").stats["input_files"] == []
     again = cli("clean", shared_data / "sentiment", "-o", out)
     assert "already exists" in _one_error_line(again)
     forced = cli("clean", shared_data / "sentiment", "-o", out, "--force", "--no-near-dedup", "--workers", "1")

@@ -113,6 +113,7 @@ def clean(
             **run.stats(),
             "sources": [s.label for s in sources[:100]],
             "source_count": len(sources),
+            "input_files": _content_hashes(sources),
             "bad_lines_skipped": read_stats.bad_lines_skipped,
             "bad_line_examples": read_stats.bad_line_examples,
             "seconds": round(elapsed, 3),
@@ -287,6 +288,17 @@ def _refuse_inputs_changed_while_read(sources, identities: list) -> None:
         if changed:
             raise UserError(f"{source.label} changed while clean read it (its {' and '.join(changed)}); run clean again "
                             "once it is written")
+
+
+def _content_hashes(sources, limit: int = 100) -> list[dict[str, str]]:
+    """The name and SHA-256 of each file read (the first `limit`), as tokenizer train records its text
+    files: which bytes a corpus came from, where its labels name a path only. (A corpus cleaned again
+    is an input artifact with its fingerprint; a data set is named in `sources`.) Read again after the
+    run, from the page cache: about 0.03 s for 37 MB."""
+    from llmkit.artifacts import sha256_file, storable_name
+
+    files = list(dict.fromkeys(Path(s.path) for s in sources if s.path is not None and not s.carries_ids))
+    return [{"name": storable_name(path.name), "sha256": sha256_file(path)} for path in files[:limit] if path.is_file()]
 
 
 def input_identities(sources) -> list:
