@@ -1584,3 +1584,12 @@ def test_first_index_remakes_one_record_of_a_prompts_run(cli, tmp_path, shakespe
         (r["prompt_index"], r["sample_index"], r["completion"]) for r in records if r["prompt_index"] == 1]
     printed = cli("generate", ckpt, "-p", "The king", *sampled[:-2], "--first-index", "1")  # (streamed: one completion)
     assert printed.exit_code == 0 and printed.stdout == f"The king{records[2]['completion']}\n", printed.output
+
+
+def test_a_replayed_transcripts_messages_are_shown_stripped():
+    """A chat transcript keeps each reply as the model wrote it; shown again by generate, the whitespace
+    around it printed a blank line and a leading space where chat's screen had none."""
+    from llmkit.inference.prompts import Prompt
+
+    shown = Prompt(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  positive\n"}]).display
+    assert shown == "user: hi\nassistant: positive"

@@ -47,7 +47,8 @@ class Prompt:
     def display(self) -> str:
         if self.messages is None:
             return self.text or ""
-        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+        # (each message's text stripped on the screen, as chat shows a reply: a transcript keeps the whitespace)
+        return "\n".join(f"{m['role']}: {str(m['content']).strip()}" for m in self.messages)
 
 
 def read_prompt_file(path: Path) -> list[Prompt]:
