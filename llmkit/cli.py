@@ -179,6 +179,9 @@ def _no_such_option(typed: str, ctx: click.Context) -> str:
         typed = next((arg.partition("=")[0] for arg in ctx.meta.get("llmkit.args", ())
                       if arg.startswith(typed) and len(arg.partition("=")[0]) > 2 and not arg.startswith("--")
                       and arg.partition("=")[0][1:].replace("-", "").replace("_", "").isalnum()), typed)
+    commands = getattr(ctx.command, "commands", {})  # (a group's: `llmkit tokenizer -train`)
+    if typed.lstrip("-") in commands:
+        return f"No such option: {typed}; did you mean the command {ctx.command_path} {typed.lstrip('-')}?"
     known = [name[2:] for param in ctx.command.get_params(ctx) if not getattr(param, "hidden", False)
              for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
     hint = did_you_mean(typed.lstrip("-"), known, cutoff=0.6, shown=lambda name: f"--{name}") if len(typed) > 2 else ""
