@@ -38,6 +38,10 @@ class _ErrorsAsOneLine(LlmkitGroup):
     """Every exception under the root becomes one red line and a non-zero exit (unless --debug);
     so does a usage error (a missing or unknown option), which Typer would draw as a box."""
 
+    def parse_args(self, ctx, args):
+        ctx.meta.setdefault("llmkit.args", list(args))  # (as parsed: `llmkit -clean` is named as typed, not as -c)
+        return super().parse_args(ctx, args)
+
     def make_context(self, info_name, args, parent=None, **extra):
         given = list(args)  # (the parser consumes `args`)
         with _usage_error_as_one_line():

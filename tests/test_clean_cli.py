@@ -42,8 +42,9 @@ def test_clean_runs_and_prints_the_report(cli, shared_data, tmp_path):
     import hashlib
 
     read = sorted([*(shared_data / "sentiment").glob("*.jsonl"), shared_data / "tinyshakespeare.txt"])
-    assert sorted((f["name"], f["sha256"]) for f in art.stats["input_files"]) == sorted(
+    assert sorted((f["name"].rsplit("/", 1)[-1], f["sha256"]) for f in art.stats["input_files"]) == sorted(
         (path.name, hashlib.sha256(path.read_bytes()).hexdigest()) for path in read)
+    assert [f["name"] for f in art.stats["input_files"]] == art.stats["sources"]  # (by their labels: unique)
     again_cleaned = cli("clean", out, "-o", tmp_path / "again", "--no-near-dedup")  # (a corpus: an input artifact instead)
     assert again_cleaned.exit_code == 0 and artifacts.load(tmp_path / "again").stats["input_files"] == []
     again = cli("clean", shared_data / "sentiment", "-o", out)

@@ -415,6 +415,7 @@ def test_config_resolution_order(tmp_path):
     (["generate", "x", "-p", "hi", "-no-stream"], "No such option: -no-stream; did you mean --no-stream? (see"),
     (["generate", "x", "-help"], "No such option: -help; did you mean --help? (see"),
     (["tokenizer", "-train", "x"], "No such option: -train; did you mean the command llmkit tokenizer train? (see"),
+    (["-clean", "x"], "No such option: -clean; did you mean the command llmkit clean? (see"),
     (["generate", "x", "-p", "-the king", "-temperature", "1"], "No such option: -temperature; did you mean --temperature?"),
     (["sweep", "x", "--max-steps-", "3"], "No such option: --max-steps-; did you mean --min-steps? (see"),  # (not the hidden --max-steps)
     # a group's command typed without its group is named with it

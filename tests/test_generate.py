@@ -1593,3 +1593,5 @@ def test_a_replayed_transcripts_messages_are_shown_stripped():
 
     shown = Prompt(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  positive\n"}]).display
     assert shown == "user: hi\nassistant: positive"
+    code = Prompt(messages=[{"role": "user", "content": "\n    def f():\n        return 1\n"}]).display
+    assert code == "user:     def f():\n        return 1"  # (several lines: the first keeps its indentation)

@@ -291,14 +291,18 @@ def _refuse_inputs_changed_while_read(sources, identities: list) -> None:
 
 
 def _content_hashes(sources, limit: int = 100) -> list[dict[str, str]]:
-    """The name and SHA-256 of each file read (the first `limit`), as tokenizer train records its text
-    files: which bytes a corpus came from, where its labels name a path only. (A corpus cleaned again
-    is an input artifact with its fingerprint; a data set is named in `sources`.) Read again after the
-    run, from the page cache: about 0.03 s for 37 MB."""
-    from llmkit.artifacts import sha256_file, storable_name
+    """Each file read (the first `limit`) by its source label (unique: two data.txt in two folders are
+    a/data.txt and b/data.txt) and SHA-256, as tokenizer train records its text files: which bytes a
+    corpus came from, where its labels name a path only. (A corpus cleaned again is an input artifact
+    with its fingerprint; a data set, local ones too, is named in `sources`, not hashed.) Read again
+    after the run: about 0.03 s for 37 MB from the page cache, a second read from disk for files past it."""
+    from llmkit.artifacts import sha256_file
 
-    files = list(dict.fromkeys(Path(s.path) for s in sources if s.path is not None and not s.carries_ids))
-    return [{"name": storable_name(path.name), "sha256": sha256_file(path)} for path in files[:limit] if path.is_file()]
+    files: dict[Path, str] = {}
+    for source in sources:
+        if source.path is not None and not source.carries_ids:
+            files.setdefault(Path(source.path), source.label)
+    return [{"name": label, "sha256": sha256_file(path)} for path, label in list(files.items())[:limit] if path.is_file()]
 
 
 def input_identities(sources) -> list:

@@ -47,8 +47,13 @@ class Prompt:
     def display(self) -> str:
         if self.messages is None:
             return self.text or ""
-        # (each message's text stripped on the screen, as chat shows a reply: a transcript keeps the whitespace)
-        return "\n".join(f"{m['role']}: {str(m['content']).strip()}" for m in self.messages)
+        # (each message's text stripped on the screen, as chat shows a reply: a transcript keeps the whitespace;
+        # text of several lines keeps its first line's indentation, as code has it)
+        return "\n".join(f"{m['role']}: {_shown(str(m['content']))}" for m in self.messages)
+
+
+def _shown(text: str) -> str:
+    return text.strip() if "\n" not in text.strip() else text.lstrip("\n").rstrip()
 
 
 def read_prompt_file(path: Path) -> list[Prompt]:
