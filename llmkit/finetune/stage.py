@@ -280,17 +280,6 @@ def task_record(config: FinetuneConfig, template: dict | None, labels, model, ad
     return record
 
 
-def _write_final_merged(directory: Path, scaling: float) -> None:
-    """Fold the adapters in the just-written model.safetensors into plain weights."""
-    from safetensors.torch import load_file, save_file
-
-    from llmkit.finetune.lora import merge_state_dict
-    from llmkit.model.io import WEIGHTS
-
-    state = load_file(str(directory / WEIGHTS))
-    save_file(merge_state_dict(state, scaling), str(directory / WEIGHTS), metadata={"format": "pt"})
-
-
 # -- one process's work ------------------------------------------------------------------------------
 
 
@@ -342,9 +331,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         def add_files(directory: Path) -> None:
             directory = Path(directory)
             copy_tokenizer_files(tokenizer_dir, directory / "tokenizer")
-            final = directory.resolve() == run_dir
-            if adapted and final:
-                _write_final_merged(directory, scaling)
+            final = directory.resolve() == run_dir  # (its weights merged: ArtifactSpec.finished_weights)
             task_record(config, template, labels, model, adapted, merged=final, seq_len=seq_len).write(directory)
 
         val_digest = ft_data.file_digest(Path(config.val_data), validation=True) if config.val_data else None

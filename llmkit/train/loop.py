@@ -28,7 +28,7 @@ import torch
 
 from llmkit import artifacts
 from llmkit.errors import UserError
-from llmkit.model.io import save_weights
+from llmkit.model.io import save_weights, weights_state_dict
 from llmkit.model.records import CheckpointStats
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
@@ -98,8 +98,8 @@ class ArtifactSpec:
     # then keep only the parameters that train (megabytes, not the model), and a resume takes the
     # rest from the base, whose fingerprint the resume checks.
     steps_keep_trainable_only: bool = False
-    # The model's state dict as the finished run's weights hold it (LoRA: the adapters merged); RUN/best's
-    # weights are made the same way.
+    # The model's state dict as the finished run's weights hold it (LoRA: the adapters merged), applied as the
+    # final checkpoint is written; RUN/best's weights are made the same way.
     finished_weights: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = lambda state: state
 
     def defaults(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -422,6 +422,8 @@ class Trainer(Resuming):
                 trains = ckpt.trainable_names(self.raw)
                 model_state = {name: value for name, value in model_state.items() if name in trains}
                 progress["weights"] = ckpt.TRAINABLE_ONLY
+            if final:  # (LoRA: the adapters merged before the one write, not re-read and written again)
+                model_state = self.spec.finished_weights(weights_state_dict(self.raw, model_state))
             save_weights(self.raw, directory, model_state)
             extra = {**(self.ema.saved_tensors() if self.ema is not None else {}),
                      **(self.best.saved_tensors() if self.best is not None else {})}
@@ -469,7 +471,6 @@ class Trainer(Resuming):
     def _write_companions(self, step: int) -> None:
         """RUN/ema, RUN/average and RUN/best: checkpoints beside the run's, with the run as an input."""
         from llmkit.model.averaging import write_average
-        from llmkit.model.io import weights_state_dict
 
         earlier = self._checkpoints_to_average(step)
         best = self.best.record if self.best is not None else None
