@@ -44,6 +44,13 @@ TRAIN, VAL, TAIL = 0, 1, 2  # where a document goes: train, validation, or its t
 MIN_TAIL_BYTES = 16
 
 
+def largest_val_share(val_fraction: float) -> float:
+    """The most of a text validation should take at --val-fraction F: 2F, or F + (1 - F) / 2 from F =
+    1/3 on (where 2F would be most of it or all). A document above it is never drawn whole
+    (`split_plan`), and a split holding more is warned of."""
+    return min(2 * val_fraction, (1 + val_fraction) / 2)
+
+
 def _percent(share: float) -> str:
     """A share as a percentage with two significant figures below 1% (0.04%, not 0.0%), never in exponent form."""
     if share <= 0 or float(f"{100 * share:.2g}") >= 1:
@@ -81,15 +88,14 @@ def split_plan(groups: np.ndarray, val_fraction: float, seed: int,
     def drawn_whole(members: np.ndarray) -> np.ndarray:
         """`members` less the ones too large to draw whole, which give their tails instead, where whole
         documents are drawn from them (too few for one: the tails below decide). Too large: more than
-        2F of the text (F + (1 - F) / 2 from F = 1/3 on, where 2F would be most of it or all), with a
-        tail at least a quarter of the mean of the other documents (a mean with the book in it kept the
-        book in the draw; the whole mean, a 30 kB document among 900-byte notes at F = 0.02); a document
-        a few times the mean at a small F stays in the draw (its tail would be a fragment: 24 bytes at
-        F = 0.002)."""
+        `largest_val_share` of the text (2F), with a tail at least a quarter of the mean of the other
+        documents (a mean with the book in it kept the book in the draw; the whole mean, a 30 kB document
+        among 900-byte notes at F = 0.02); a document a few times the mean at a small F stays in the draw
+        (its tail would be a fragment: 24 bytes at F = 0.002)."""
         if size_of is None or min(len(members) - 1, round(len(members) * val_fraction)) < 1:
             return members
         size = size_of[members]
-        large = size > min(2 * val_fraction, (1 + val_fraction) / 2) * size.sum()
+        large = size > largest_val_share(val_fraction) * size.sum()
         others = size[~large].mean() if (~large).any() else 0.0
         split = large & (size * val_fraction >= max(MIN_TAIL_BYTES, others / 4))
         plan[members[split]] = TAIL
@@ -591,7 +597,7 @@ def _checked_val_share(per_split: dict, config: TokenizeConfig, corpus_path: Pat
         raise UserError(f"corpus {corpus_path} has only empty documents; nothing to tokenize")
     total_bytes_seen = per_split["train"]["bytes"] + per_split["val"]["bytes"]
     val_share = per_split["val"]["bytes"] / total_bytes_seen if total_bytes_seen else 0.0
-    if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= min(2 * config.val_fraction, (1 + config.val_fraction) / 2):
+    if config.val_fraction > 0 and not config.val_fraction / 2 <= val_share <= largest_val_share(config.val_fraction):
         # (a corpus too small for whole validation documents gives each document's tail instead: split_plan)
         drawn = split_summary["val_documents"]
         if split_summary["documents_split_inside"]:
