@@ -677,6 +677,7 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
                            (["--tokens", "1e4", "--sizes", "1x15"], "size 1x15 (1 head(s) of 15)"),
                            # the fit reads each run's validation loss
                            (["--tokens", "1e4", "--sizes", "1x16", "--eval-every", "0"], "--eval-every 0 leaves the runs without"),
+                           (["--tokens", "1e4", "--sizes", "1x16", "--patience", "3"], "would end some runs before their budget"),
                            # found once, before any run starts (each run would start, then fail)
                            (["--tokens", "1e4", "--sizes", "1x16", "--seq-len", "128", "--context-length", "64"],
                             "--seq-len 128 is longer than the 1x16 model's context length 64"),

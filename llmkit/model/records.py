@@ -235,6 +235,8 @@ class CheckpointStats:
     val_step: int | None = None
     val_accuracy: float | None = None
     val_f1: float | None = None
+    # --patience ended the run before --max-steps: {patience, best_step, best_val_loss, validations_since_best}
+    stopped_early: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

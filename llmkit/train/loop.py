@@ -33,6 +33,7 @@ from llmkit.model.records import CheckpointStats
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
 from llmkit.train.best import BestWeights
+from llmkit.train.early_stop import ValidationStall
 from llmkit.train.ema import MovingAverage
 from llmkit.train.data_parallel import DataParallelRun
 from llmkit.train.distributed import DistInfo
@@ -160,6 +161,7 @@ def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: di
         spec.stats, step=progress["step"], tokens_seen=progress["tokens_seen"], train_loss=progress.get("loss"),
         val_loss=val_loss, val_ppl=_perplexity(val_loss, spec.stats),
         val_step=progress.get("val_step") if val_loss is not None else None, **(progress.get("val_scores") or {}),
+        stopped_early=progress.get("stopped_early"),
     ).to_dict()
     build.runtime = dict(spec.runtime, train_seconds=progress["seconds"])
 
@@ -216,12 +218,18 @@ class Trainer(Resuming):
         self._weights_file: Path | None = weights
 
         saved_rng = None
+        self.stall = ValidationStall()  # validations since the lowest loss (--patience; a resume reads the saved count)
+        self.stopped_early = False
         self._saved_ema: dict[str, torch.Tensor] = {}
         self._saved_best: tuple[dict[str, torch.Tensor], dict[str, Any] | None] = ({}, None)
         if resume:
             saved_rng = self._load_weights_for_resume()
         self.ema = self._start_ema()
         self.best = self._start_best()
+        if settings.checkpoints.patience and (self.val_batches is None or self.val_size <= 0):
+            raise UserError(f"--patience {settings.checkpoints.patience} counts validations, and this run has no validation "
+                            "data (pretrain: tokens made with --val-fraction 0; finetune: give --val-data or a "
+                            "--val-fraction that holds examples back); leave --patience out or give the run validation data")
         # Different dropout streams per rank (per-sequence gradients seed each sequence's masks
         # instead: llmkit/model/sequence_dropout.py); model init (done by the caller) is identical on all.
         torch.manual_seed(settings.seed + 1 + info.rank)
@@ -406,6 +414,8 @@ class Trainer(Resuming):
             "ema": self.settings.checkpoints.ema,  # the decay of the average saved beside (checked on resume)
             "keep_best": self.best is not None,  # (checked on resume)
             "best": self.best.record if self.best is not None else None,  # the validation the saved best weights scored at
+            "validation_stall": self.stall.to_progress(),
+            "stopped_early": self.stall.stopped_record(s.checkpoints.patience) if self.stopped_early else None,
             "schedule": {
                 "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
                 "max_steps": s.max_steps, "min_lr_ratio": s.optim.min_lr_ratio,
@@ -596,10 +606,17 @@ class Trainer(Resuming):
         # steps since the last log line; the session's first step (allocations, compilation) alone.
         window_seconds, window_tokens, session_first = 0.0, 0, self.start_step + 1
         step = self.start_step
-        if self.resumed_from == s.max_steps and (self.run_dir / artifacts.MANIFEST).is_file():
+        patience = s.checkpoints.patience
+        stopped = self.resumed_from is not None and self.stall.stops(patience)
+        if (self.resumed_from == s.max_steps or stopped) and (self.run_dir / artifacts.MANIFEST).is_file():
             # Finished already: the artifact stays as it is (its config and fingerprint included).
-            logger.note(f"the run finished at step {step} already: nothing to train, its weights and manifest are unchanged "
-                        f"(give {s.longer.format(step=step)} to train further)")
+            if self.resumed_from == s.max_steps:
+                logger.note(f"the run finished at step {step} already: nothing to train, its weights and manifest are "
+                            f"unchanged (give {s.longer.format(step=step)} to train further)")
+            else:
+                logger.note(f"the run stopped at step {step} already: {self.stall.reason(patience)}; nothing to train, its "
+                            f"weights and manifest are unchanged (give a --patience above {self.stall.since_best}, or 0, "
+                            "to train further)")
             if info.is_main:  # (killed between the run's manifest and save_final's pruning: the run's own --keep-last)
                 manifest = artifacts.load(self.run_dir, kind="checkpoint", check=False).manifest
                 recorded = manifest.runtime.get("keep_last", manifest.config.get("keep_last"))  # (in its config before 12-02)
@@ -620,7 +637,10 @@ class Trainer(Resuming):
                 logger.note(f"note: --warmup-steps {s.warmup_steps} is not shorter than the run ({s.max_steps} steps): the "
                             "learning rate rises all the way (reaching --lr at the last step at most) and never decays; "
                             "lower --warmup-steps for a decay")
-            while step < s.max_steps:
+            if stopped:  # (a run killed after more validations without a lower loss than this --patience allows)
+                self.stopped_early = True
+                logger.note(f"stopped early at step {step}: {self.stall.reason(patience)}")
+            while step < s.max_steps and not self.stopped_early:
                 began = time.perf_counter()
                 loss, lr = self.train_step(step)
                 window_seconds += time.perf_counter() - began
@@ -654,10 +674,16 @@ class Trainer(Resuming):
                                        "diverged and were not saved", step)
                         if self.best is not None:
                             self.best.offer(self.last_val, step=step, tokens_seen=self.tokens_seen, val_scores=self.last_val_scores)
+                        self.stall.record(self.last_val, step)
+                        self.stopped_early = self.stall.stops(patience) and step < s.max_steps
                 logger.log(step, values)
+                if self.stopped_early:
+                    kept = (f" (the run's weights are step {step}'s; --keep-best keeps step {self.stall.best_step}'s too)"
+                            if self.best is None else "")
+                    logger.note(f"stopped early at step {step}: {self.stall.reason(patience)}{kept}")
                 if step % log_every == 0 or step == session_first:
                     window_seconds, window_tokens = 0.0, 0
-                if save_every > 0 and step % save_every == 0 and step < s.max_steps:
+                if save_every > 0 and step % save_every == 0 and step < s.max_steps and not self.stopped_early:
                     self.save_intermediate(step)
             last_is_a_save_step = save_every > 0 and step % save_every == 0
             if (last_is_a_save_step or not self.spec.final_weights_trainable) and self.resumed_from != step:

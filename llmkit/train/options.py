@@ -173,6 +173,11 @@ class Checkpointing(Options):
     keep_best: bool = option(False, "Also keep the weights of the validation with the lowest loss, written as the checkpoint "
                              "RUN/best (validations every --eval-every steps and at the end).",
                              flags=("--keep-best/--no-keep-best",), hashed=False, recorded_as="the config of RUN/best")
+    # Runtime, as --eval-every: the run it stops is a shorter one of the same config (its stats say where
+    # and why: `stopped_early`), and a resume may change it (a larger one trains on from the stop).
+    patience: int = option(0, "Stop once the validation loss has not gone below its lowest for N validations in a row "
+                           "(early stopping; 0 = never): the run ends there, mid-schedule; --keep-best keeps its best "
+                           "weights.", range="[0, inf)", runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,6 +186,9 @@ class Checkpointing(Options):
         if self.keep_best and self.eval_every == 0:
             raise ValueError("--keep-best keeps the weights of the lowest validation loss, and --eval-every 0 never "
                              "validates: pass --eval-every N (or leave --keep-best out)")
+        if self.patience and self.eval_every == 0:
+            raise ValueError(f"--patience {self.patience} counts validations, and --eval-every 0 never validates: pass "
+                             "--eval-every N (or leave --patience out)")
         if self.average_last > 1 and (self.save_every == 0 or 0 < self.keep_last < self.average_last - 1):
             raise ValueError(f"--average-last {self.average_last} needs the {self.average_last - 1} checkpoints before the last: "
                              f"pass --save-every N and --keep-last {self.average_last - 1} (or more)")

@@ -18,6 +18,7 @@ from llmkit.errors import UserError
 from llmkit.model.gpt import unmaterialised
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.best import BestWeights
+from llmkit.train.early_stop import ValidationStall
 from llmkit.train.ema import MovingAverage
 from llmkit.train.optim import lr_at
 from llmkit.train.options import recorded_options, unread_settings
@@ -75,6 +76,7 @@ class Resuming:
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = MovingAverage.from_saved(extra)
         self._saved_best = (BestWeights.from_saved(extra), progress.get("best"))
+        self.stall = ValidationStall.from_progress(progress.get("validation_stall"))
         self._check_same_run(latest, progress)
         for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
             if progress.get(key) != now:

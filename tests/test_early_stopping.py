@@ -1,0 +1,96 @@
+"""`--patience N`: a run stops once its validation loss has not gone below the lowest so far for N
+validations in a row, and a resume stops (or trains on) where an uninterrupted run would."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import built_once, small_play_tokens
+from llmkit import artifacts
+from test_average import MODEL, _ok
+from test_keep_best import _same_weights, _scripted_validation
+
+RUN = ["--max-steps", "12", "--batch-tokens", "512", "--micro-batch", "8", "--eval-every", "2", "--save-every", "2",
+       "--keep-last", "0"]
+# validations at steps 2, 4, 6, 8, ...: the lowest at step 4, then two without a lower loss (a tie is none)
+LOSSES = [3.0, 2.0, 2.5, 2.0, 1.0, 0.5]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, shared_data):
+    return built_once(tmp_path_factory, "play-tokens", lambda root: small_play_tokens(root, shared_data))
+
+
+@pytest.fixture(scope="module")
+def whole_run(data, tmp_path_factory):
+    """The same run without --patience: all 12 steps, a checkpoint every 2."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    def train(root):
+        result = CliRunner().invoke(app, [str(a) for a in ("pretrain", data / "tokens", "-o", root / "run", *MODEL, *RUN)])
+        assert result.exit_code == 0, result.output
+
+    return built_once(tmp_path_factory, "patience-whole-run", train) / "run"
+
+
+def test_a_run_stops_after_patience_validations_without_a_lower_loss(cli, data, whole_run, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, LOSSES)
+    run = tmp_path / "run"
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--keep-best")).output.split())
+    assert "stopped early at step 8: the validation loss has not gone below 2.0000 (step 4) for 2 validations (--patience 2)" in said
+    stats = artifacts.load(run, kind="checkpoint").stats
+    assert stats["step"] == 8 and stats["val_step"] == 8 and stats["val_loss"] == 2.0
+    assert stats["stopped_early"] == {"patience": 2, "best_step": 4, "best_val_loss": 2.0, "validations_since_best": 2}
+    # the weights of step 8 of the same schedule (over 12 steps): the run stopped, it did not shorten
+    assert _same_weights(run, whole_run / "checkpoints" / "step_0000008")
+    assert _same_weights(run / "best", whole_run / "checkpoints" / "step_0000004")
+    assert not (run / "checkpoints" / "step_0000010").exists()
+    assert "stopped_early" not in artifacts.load(whole_run).stats
+
+
+def test_a_stopped_run_resumes_as_stopped_and_trains_on_with_a_larger_patience(cli, data, whole_run, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, LOSSES)
+    run = tmp_path / "run"
+    _ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2"))
+    stopped = artifacts.load(run).fingerprint
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--resume")).output.split())
+    assert "the run stopped at step 8 already" in said and "give a --patience above 2, or 0, to train further" in said
+    assert artifacts.load(run).fingerprint == stopped
+    # a larger patience goes on from step 8 to the end: the run an uninterrupted one makes
+    monkeypatch.undo()
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "9", "--resume")).output.split())
+    assert "resumed from step 8" in said
+    resumed = artifacts.load(run)
+    assert resumed.stats["step"] == 12 and "stopped_early" not in resumed.stats
+    assert resumed.fingerprint == artifacts.load(whole_run).fingerprint
+
+
+def test_a_resume_with_a_smaller_patience_stops_at_once(cli, data, tmp_path, monkeypatch):
+    """A run killed after more validations without a lower loss than the resumed --patience allows
+    ends at the checkpoint it resumes from (its earlier steps cannot be trained again)."""
+    _scripted_validation(monkeypatch, LOSSES)
+    run = tmp_path / "run"
+    _ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN[:1], "8", *RUN[2:]))  # 8 steps: 2 validations since step 4
+    (run / artifacts.MANIFEST).unlink()  # (as if killed after its step-8 checkpoint)
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "1", "--resume")).output.split())
+    assert "stopped early at step 8" in said
+    final = artifacts.load(run)
+    assert final.stats["step"] == 8 and final.stats["stopped_early"]["validations_since_best"] == 2
+    assert _same_weights(run, run / "checkpoints" / "step_0000008")
+
+
+@pytest.mark.parametrize("flags,fraction,said", [
+    (["--eval-every", "0"], None, "--patience 2 counts validations, and --eval-every 0 never validates"),
+    ([], "0", "--patience 2 counts validations, and this run has no validation data"),
+])
+def test_patience_without_validation_is_refused(cli, data, tmp_path, flags, fraction, said):
+    tokens = data / "tokens"
+    if fraction is not None:
+        tokens = tmp_path / "tokens"
+        _ok(cli("tokenize", data / "corpus", "-t", data / "tok", "-o", tokens, "--val-fraction", fraction))
+    result = cli("pretrain", tokens, "-o", tmp_path / "out" / "run", *MODEL, *RUN, *flags, "--patience", "2")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and said in lines[-1] and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "out").exists()
