@@ -29,7 +29,8 @@ def _tiny_gpt(**overrides):
 @pytest.mark.parametrize("overrides", [{}, {"bias": True, "activation": "gelu", "norm": "layernorm", "pos": "learned"}],
                          ids=["llama-style", "gpt2-style"])
 def test_adapters_start_at_the_base_train_alone_and_merge_to_the_same_logits(overrides):
-    from llmkit.finetune.lora import LoRALinear, apply_lora, count_parameters, merge_lora, merge_state_dict
+    from llmkit.finetune.lora import LoRALinear, apply_lora, count_parameters, merge_lora
+    from llmkit.model.adapters import merge_state_dict
 
     model = _tiny_gpt(**overrides)
     evaluated = _tiny_gpt(**overrides).eval()
@@ -147,8 +148,12 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
     assert task["lora"] == {"rank": 4, "alpha": 8.0, "targets": ["q_proj", "kv_proj", "out_proj"], "layers": 6, "merged": True}
 
     merged = load_checkpoint(run)  # an ordinary checkpoint: nothing LoRA-specific to load it
-    refused = cli("generate", run / "checkpoints" / "step_0000012", "-p", "hi", "-n", "2")
-    assert refused.exit_code != 0 and "is an intermediate LoRA checkpoint (unmerged adapters)" in refused.output
+    # the step checkpoint loads as its base with the adapters merged: the run's own final weights, to the bit
+    step = load_checkpoint(run / "checkpoints" / "step_0000012")
+    assert step.model.state_dict().keys() == merged.model.state_dict().keys()
+    assert all(torch.equal(value, merged.model.state_dict()[key]) for key, value in step.model.state_dict().items())
+    said = [cli("generate", path, "-p", "a gripping film", "-n", "6", "--temperature", "0") for path in (run, step.artifact.path)]
+    assert said[0].exit_code == 0 and said[0].output == said[1].output, said[1].output
     with_adapters = load_checkpoint(base["checkpoint"]).model
     apply_lora(with_adapters, ["q_proj", "kv_proj", "out_proj"], rank=4, alpha=8.0)
     missing, unexpected = with_adapters.load_state_dict(intermediate, strict=False)
@@ -206,7 +211,16 @@ def test_adapters_on_some_layers_resume_and_their_step_is_named_as_adapters(base
     assert resumed.exit_code == 0 and "resumed from step 2" in resumed.output, resumed.output
     step = tmp_path / "run" / "checkpoints" / "step_0000002"
     said = cli("generate", step, "-p", "x", "-n", "2")
-    assert said.exit_code != 0 and "intermediate LoRA checkpoint" in said.output, said.output
+    assert said.exit_code == 0, said.output  # (its base with the adapters merged)
+    # a step copied away from its base: the adapters alone are no model, and the message says what is missing
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "step"  # (one folder less deep than the run's steps: its base path leads nowhere)
+    shutil.copytree(step, moved)
+    said = cli("generate", moved, "-p", "x", "-n", "2")
+    lines = said.output.strip().splitlines()
+    assert said.exit_code == 1 and len(lines) == 1 and "is a LoRA step checkpoint (its adapters only)" in lines[0], said.output
+    assert "put the base back where the run read it, or use the finished run directory" in lines[0]
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

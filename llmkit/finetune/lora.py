@@ -5,8 +5,9 @@
 `LoRALinear` is an `nn.Linear` that keeps the wrapped layer's `weight` and `bias` under their
 own names and adds `lora_A` / `lora_B`, so a training checkpoint holds the base model's keys
 plus `<layer>.lora_A` / `<layer>.lora_B` and nothing else. Because B starts at zero, step 0 is
-exactly the base model. `merge_state_dict` folds every adapter into its weight,
-W + (alpha / r) B A, computed in float32; the final checkpoint holds plain merged weights.
+exactly the base model. `llmkit.model.adapters.merge_state_dict` folds every adapter into its
+weight, W + (alpha / r) B A, computed in float32; the final checkpoint holds plain merged weights
+(and generate, eval and export merge a step checkpoint's the same way).
 """
 
 from __future__ import annotations
@@ -90,22 +91,6 @@ def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dr
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, leaf, LoRALinear(getattr(parent, leaf), rank, alpha, dropout))
     return chosen
-
-
-def is_adapter_key(key: str) -> bool:
-    return key.endswith(".lora_A") or key.endswith(".lora_B")
-
-
-def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
-    """A plain state dict: each `X.weight` gets + scaling * X.lora_B @ X.lora_A; adapters removed."""
-    merged = {k: v for k, v in state.items() if not is_adapter_key(k)}
-    for key in state:
-        if key.endswith(".lora_A"):
-            prefix = key[: -len(".lora_A")]
-            weight = state[f"{prefix}.weight"]
-            delta = state[f"{prefix}.lora_B"].float() @ state[key].float()
-            merged[f"{prefix}.weight"] = (weight.float() + scaling * delta).to(weight.dtype).contiguous()
-    return merged
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -122,7 +122,7 @@ def load_base_state(art, keep_head: bool):
 
 
 def refuse_adapters(art, state) -> None:
-    from llmkit.finetune.lora import is_adapter_key
+    from llmkit.model.adapters import is_adapter_key
 
     if any(is_adapter_key(k) for k in state):
         raise UserError(
@@ -287,7 +287,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     """One process's work (the only one, or one torchrun worker)."""
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
     from llmkit.finetune import data as ft_data
-    from llmkit.finetune.lora import merge_state_dict
+    from llmkit.model.adapters import merge_state_dict
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE
     from llmkit.runtime import seed_everything

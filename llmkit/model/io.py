@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from llmkit.errors import UserError
+from llmkit.model.adapters import is_adapter_key
 from llmkit.model.gpt import ModelConfig
 from llmkit.model.presets import build_model
 from llmkit.model.records import TaskRecord, read_task
@@ -94,7 +95,7 @@ def refuse_a_config_its_weights_do_not_fit(config: ModelConfig, path: Path) -> N
     except Exception:  # (an unreadable or missing file: read_weights names it)
         return
     shapes = {name: tuple(tensor.shape) for name, tensor in stored.items()}
-    if any(name.endswith((".lora_A", ".lora_B")) for name in shapes):  # (llmkit.finetune.lora's adapter names)
+    if any(map(is_adapter_key, shapes)):
         raise _intermediate_lora(path)
     embedding = next((shape for name, shape in shapes.items() if name.split(".")[-2:] == ["tok_emb", "weight"]), None)
     if embedding is not None and embedding != (config.vocab_size, config.n_embd):
@@ -147,11 +148,15 @@ def stored_shapes(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    state = read_weights(path, device=str(next(model.parameters()).device))
+    load_state(model, read_weights(path, device=str(next(model.parameters()).device)), path)
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """`state` (read from `path`, or made from it) into `model`: every tensor it has, no other."""
     check_shapes(model, state, path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = set(missing) - tied_names(model)
-    if any(k.endswith((".lora_A", ".lora_B")) for k in unexpected):  # llmkit.finetune.lora's adapter names
+    if any(map(is_adapter_key, unexpected)):
         raise _intermediate_lora(path)
     if missing or unexpected:
         raise UserError(
@@ -219,12 +224,22 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
             f"{path} is a masked LM (objective mlm): it fills in blanks and has no left-to-right likelihood, so it cannot be "
             f"used for {purpose}; fine-tune it for classification (llmkit finetune --task classify) and evaluate that"
         )
-    refuse_a_config_its_weights_do_not_fit(config, art.path / WEIGHTS)  # (before a model of its size is built)
+    # A LoRA run's step checkpoint holds what trained alone: its model is the base's weights with them merged.
+    lora_step = task is not None and task.lora is not None and not task.lora.merged
+    if lora_step:
+        from llmkit.model.adapters import step_checkpoint_weights
+
+        state = step_checkpoint_weights(art, config, task.lora.alpha / task.lora.rank, str(torch.device(device)))
+    else:
+        refuse_a_config_its_weights_do_not_fit(config, art.path / WEIGHTS)  # (before a model of its size is built)
     with torch.device(device):
         model = build_model(config, initialise=False)  # every weight comes from the file
         if classifier:
             model = SequenceClassifier(model, len(task.labels or []))
-    load_weights(model, art.path / WEIGHTS)
+    if lora_step:
+        load_state(model, state, art.path / WEIGHTS)
+    else:
+        load_weights(model, art.path / WEIGHTS)
     tokenizer = load_tokenizer(art.path / TOKENIZER_DIR)
     if task is not None:  # fine-tuned in llmkit: prompted in the format it learned (task.json), not the import's template
         tokenizer.own_chat_template = None

@@ -1,0 +1,58 @@
+"""LoRA adapters folded into plain weights: W + (alpha / r) B A, computed in float32. A LoRA run
+merges its finished weights (and RUN/best) with `merge_state_dict`; its step checkpoints keep only
+what trains (the adapters, a classifier's head), and `step_checkpoint_weights` makes the same
+merge from them and the run's base, so generate, chat, eval and export load a step as they load
+the finished run (bit-equal to the run's own merge at that step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llmkit.errors import UserError
+
+LORA_SUFFIXES = (".lora_A", ".lora_B")  # an adapter's tensors beside its layer's `weight` (llmkit.finetune.lora)
+
+
+def is_adapter_key(key: str) -> bool:
+    return key.endswith(LORA_SUFFIXES)
+
+
+def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A plain state dict: each `X.weight` gets + scaling * X.lora_B @ X.lora_A; adapters removed."""
+    merged = {k: v for k, v in state.items() if not is_adapter_key(k)}
+    for key in state:
+        if key.endswith(".lora_A"):
+            prefix = key[: -len(".lora_A")]
+            weight = state[f"{prefix}.weight"]
+            delta = state[f"{prefix}.lora_B"].float() @ state[key].float()
+            merged[f"{prefix}.weight"] = (weight.float() + scaling * delta).to(weight.dtype).contiguous()
+    return merged
+
+
+def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[str, torch.Tensor]:
+    """A LoRA step checkpoint's model as plain weights: its base's (recorded as its input "base",
+    checked unchanged by fingerprint; a classifier head of the base's left out, as the run left it),
+    what the step trained laid over them, and the adapters merged. `config`: the step's model config."""
+    from llmkit.model.classifier import HEAD_PREFIX
+    from llmkit.model.io import WEIGHTS, read_weights, refuse_a_config_its_weights_do_not_fit
+
+    recorded = art.recorded_input("base")
+    if recorded is None:
+        raise UserError(f"{art.path} holds LoRA adapters without the base model they adapt (no input 'base'); the "
+                        "checkpoint is damaged: use the finished run directory")
+    try:
+        base = art.input("base")
+        base_weights = base.file(WEIGHTS)
+    except UserError as exc:
+        raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), whose model is its base {recorded.path} "
+                        f"with them folded in, and that base cannot be read ({str(exc).rstrip('.')}); put the base back "
+                        "where the run read it, or use the finished run directory, whose weights are merged") from None
+    refuse_a_config_its_weights_do_not_fit(config, base_weights)  # (the step's model is the base's: before it is built)
+    state = {k: v for k, v in read_weights(base_weights, device=device).items() if not k.startswith(HEAD_PREFIX)}
+    if any(is_adapter_key(k) for k in state):
+        raise UserError(f"{base.path}, the base of {art.path}, holds unmerged adapters itself; use the finished run "
+                        "directories, whose weights are merged")
+    state.update(read_weights(Path(art.file(WEIGHTS)), device=device))
+    return merge_state_dict(state, scaling)
