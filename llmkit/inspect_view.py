@@ -342,9 +342,25 @@ def next_after_checkpoint(art) -> None:
     elif task == "sft":
         next_step(f"llmkit chat {run}", f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data TEST.jsonl -o EVAL")
     else:
+        # (the default chat template needs llmkit's role tokens: an imported model's tokenizer has its own)
+        template = "" if _has_chat_roles(art) else " --template plain"
         next_step(f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data {_held_out(art)} -o EVAL",
-                  f"llmkit finetune {run} --data DATA.jsonl -o SFT",
+                  f"llmkit finetune {run}{template} --data DATA.jsonl -o SFT",
                   f"llmkit finetune {run} --task classify --data LABELLED.jsonl -o CLASSIFIER")
+
+
+def _has_chat_roles(art) -> bool:
+    """Whether the checkpoint's tokenizer has the role tokens of `--template chat`."""
+    import json
+
+    from llmkit.data.templates import chat_template
+
+    try:
+        tokenizer = json.loads((Path(art.path) / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
+        specials = {token.get("content") for token in tokenizer.get("added_tokens") or () if token.get("special")}
+    except (OSError, ValueError, AttributeError):
+        return True  # (nothing better to offer: the default)
+    return set(chat_template()["roles"].values()) <= specials
 
 
 def _held_out(art) -> str:

@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -649,6 +650,9 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
         ([{"prompt": "a", "response": "b", "system": 5}] * 4, [], "data.jsonl:1 field 'system' is a number, not text"),
         ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "system": "Be terse."}] * 4, [],
          "data.jsonl:1 has a 'system' field beside 'messages'; put the system message first in 'messages'"),
+        # an exchange beside "messages" was left out of training without a word
+        ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "prompt": "c",
+           "response": "d"}] * 4, [], "data.jsonl:1 has 'prompt' and 'response' beside 'messages'"),
         # "pos " was a third class beside "pos", unsaid
         ([{"text": "a", "label": ["pos", "neg", "pos "][i % 3]} for i in range(6)], ["--task", "classify"],
          "data.jsonl:3), the same but for spaces around them; write each class one way"),
@@ -702,7 +706,7 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
     ],
     ids=["too-long", "seq-len", "one-label", "no-fields", "translation-fields", "classify-fields", "template-field", "template-name", "lora-targets", "freeze",
          "null-field", "null-response", "template-typed-for-classify", "lora-targets-typed-without-rank", "int-label-alone",
-         "int-label-gap", "system-not-text", "system-beside-messages", "label-spaces", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
+         "int-label-gap", "system-not-text", "system-beside-messages", "exchange-beside-messages", "label-spaces", "lora-rank", "epochs-and-steps", "default-epochs-and-steps", "label-only-held-out", "second-class-held-out", "no-text-class-held-out",
          "lora-target-among-good-ones", "lora-targets-none", "lone-surrogate", "lone-surrogate-classify", "record-named-by-line",
          "labels-mixed", "label-negative", "text-fields-mixed", "null-text-beside-sentence", "nan-response",
          "template-fields-fit-another", "blank-texts", "micro-batch-one-process"],
@@ -1317,3 +1321,84 @@ def test_a_run_without_validation_or_with_fewer_examples_than_a_batch_says_so(ba
     said = " ".join(cli("finetune", base["checkpoint"], "--data", one, "-o", tmp_path / "one", "--batch-size", "8",
                         "--max-steps", "1").output.split())
     assert "--val-fraction 0.05 holds back no example of so few and no --val-data: the run does not validate" in said, said
+
+
+def test_a_template_files_wording_names_the_tokenizers_special_tokens(base):
+    """A template file written in a model's own chat format (ChatML's <|im_start|> for an import) is
+    encoded with those special tokens, as its Jinja template would be; the same names in a record's
+    text stay text. The generation prompt is the training prompt, token for token."""
+    from llmkit.data.templates import encode_example, encode_text_prompt, text_template
+
+    tok = _tokenizer(base)
+    user, assistant = tok.special_ids["<|user|>"], tok.special_ids["<|assistant|>"]
+    template = text_template("own", "<|user|>\n{prompt}\n<|assistant|>", "{response}<|user|>")
+    record = {"prompt": "Say <|user|> please", "response": "Hi"}
+    example = encode_example(template, record, tok, "test")
+    prompt = [tok.bos_id, user] + tok.encode_after_special("\nSay <|user|> please\n") + [assistant]
+    response = tok.encode_continuation("Hi") + [user, tok.eos_id]
+    assert example.ids == prompt + response
+    assert example.learn == [False] * len(prompt) + [True] * len(response)
+    assert example.ids.count(user) == 2  # (the wording's two; the record's "<|user|>" is text)
+    assert encode_text_prompt(template, "Say <|user|> please", tok) == prompt
+    # without such a name the wording encodes with its text, as before
+    plain = text_template("plain2", "Q: {prompt}\n", "{response}")
+    assert encode_example(plain, record, tok, "test").ids[:-len(response) + 1] == [tok.bos_id] + tok.encode("Q: Say <|user|> please\n")
+
+
+def test_validation_records_that_are_training_records_are_found_by_their_tokens(base, shared_data, cli, tmp_path):
+    """The training data rewritten (shuffled, spaced otherwise) as --val-data measured nothing held
+    out, unsaid: refused; a partial overlap, or data that repeats itself, is noted with its count."""
+    import json
+    import random
+
+    rows = [json.loads(line) for line in (shared_data / "sentiment" / "train.jsonl").read_text().splitlines()[:40]]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r, indent=None, separators=(" ,", " : ")) + " \n" for r in shuffled))
+    flags = ["--task", "classify", "--data", data, "--max-steps", "1", "--batch-size", "8"]
+    result = cli("finetune", base["checkpoint"], *flags, "--val-data", tmp_path / "val.jsonl", "-o", tmp_path / "out" / "run")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "every one of the 40 validation examples (--val-data) is also a training example" in said
+    assert not (tmp_path / "out").exists()
+    write_jsonl(tmp_path / "val.jsonl", rows[:3] + [{"text": "an unseen review , held out", "label": 1}])
+    result = cli("finetune", base["checkpoint"], *flags, "--val-data", tmp_path / "val.jsonl", "-o", tmp_path / "run")
+    assert result.exit_code == 0 and "3 of the 4 validation examples (--val-data) are also training examples" in " ".join(result.output.split())
+    # a held-out share of data that repeats its records: the user chose none of them, so a note
+    write_jsonl(tmp_path / "twice.jsonl", rows[:20] * 2)
+    result = cli("finetune", base["checkpoint"], *flags[:2], "--data", tmp_path / "twice.jsonl", *flags[4:], "-o", tmp_path / "run2")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "validation examples (the held-out --val-fraction of --data) are also training examples" in said
+    assert "--data repeats its records" in said
+
+
+def test_text_the_tokenizer_has_no_token_for_is_counted_and_a_template_of_it_refused(capsys):
+    """A tokenizer without byte fallback (an imported WordPiece or Unigram vocabulary) writes <unk> for
+    text it has no token for: the model learnt to read and write <unk>, unsaid."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from llmkit.data.templates import text_template
+    from llmkit.data.tokenizer import TextTokenizer, token_byte_lengths
+    from llmkit.errors import UserError
+    from llmkit.finetune.data import classify_examples, sft_examples
+    from llmkit.model.records import Labels
+
+    words = ["<unk>", "<|bos|>", "<|eos|>", "<|pad|>", "hello", "world", "Q", ":", "A"]
+    hf = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.add_special_tokens(words[:4])
+    tok = TextTokenizer(hf, np.asarray(token_byte_lengths(hf)), roles={"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"})
+    template = text_template("qa", "Q: {prompt} A:", " {response}")
+    records = [{"prompt": "hello", "response": "world"}, {"prompt": "hello ☃", "response": "☃ world ☃"},
+               {"prompt": "☃", "response": "hello"}]
+    examples = sft_examples(records, template, tok, 64, False, "training", places=["d.jsonl:1", "d.jsonl:2", "d.jsonl:3"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert len(examples) == 3
+    assert ("2 of 3 training examples hold text this tokenizer has no token for (4 <unk> tokens, 2 of them in what the "
+            "model learns to write; the first: d.jsonl:2)") in said
+    with pytest.raises(UserError, match="the template's prompt wording 'Übersetze:' holds characters this tokenizer has no token"):
+        sft_examples(records, text_template("de", "Übersetze: {prompt}", " {response}"), tok, 64, False, "training")
+    classify_examples([{"text": "hello ☃", "label": 0}, {"text": "world", "label": 1}], Labels(["0", "1"], [0, 1]), tok, 64,
+                      False, "training", places=["c.jsonl:1", "c.jsonl:2"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert "1 of 2 training texts hold text this tokenizer has no token for (1 <unk> tokens; the first: c.jsonl:1)" in said

@@ -1342,6 +1342,8 @@ def test_import_with_foreign_special_token_names(cli, tmp_path, style):
 
     result = cli("import", src, "-o", tmp_path / "ckpt")
     assert result.exit_code == 0, result.output
+    # its tokenizer has no <|user|>/<|assistant|>: the next: line offers a fine-tune the default chat template refuses
+    assert f"llmkit finetune {tmp_path / 'ckpt'} --template plain --data DATA.jsonl -o SFT" in " ".join(result.output.split())
     roles = json.loads((tmp_path / "ckpt" / TOKENIZER_DIR / "special_tokens.json").read_text())
     eos = names["eos_token"]
     assert roles == {"bos": names["bos_token"], "eos": eos, "pad": eos}

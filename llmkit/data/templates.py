@@ -139,7 +139,8 @@ def _template_file(path: Path) -> dict[str, Any]:
 
 
 def check_tokenizer(template: dict[str, Any], tokenizer,
-                    fix: str = "pass --template plain (or translate, summarize, a JSON file)") -> None:
+                    fix: str = "pass --template plain (or translate, summarize, or a JSON template file, whose wording may "
+                               "name this tokenizer's own special tokens)") -> None:
     """The chat template's role tokens are in the tokenizer; else an error ending in `fix` (the
     caller's way out: finetune's is another template, chat's is another command)."""
     if template["type"] == "chat":
@@ -167,6 +168,10 @@ def record_messages(record: dict[str, Any], where: str, suggest_template: bool =
             raise UserError(f"{where}: the last message must be the assistant's (the reply to learn)")
         if record.get("system") not in (None, ""):  # (beside "messages" it was dropped without a word; an empty one says nothing)
             raise UserError(f"{where} has a 'system' field beside 'messages'; put the system message first in 'messages'")
+        beside = [name for name in ("prompt", "response") if record.get(name) not in (None, "")]
+        if beside:  # (trained on 'messages' alone without a word)
+            raise UserError(f"{where} has {' and '.join(repr(name) for name in beside)} beside 'messages', which holds the "
+                            "whole conversation; put that exchange in 'messages', or give one record each")
         return messages
     if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
         messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
@@ -314,7 +319,53 @@ def render(part: str, record: dict[str, Any], where: str, absent: str | None = N
             raise UserError(f"{where} field {name!r} is {shown}, not text; the template needs text there: fix the record "
                             "or leave it out")
         values[name] = value
-    return "".join(literal + ("" if name is None else str(values[name])) for literal, name, _, _ in string.Formatter().parse(part))
+    text, wording = "", []
+    for literal, name, _, _ in string.Formatter().parse(part):
+        wording.append((len(text), len(text) + len(literal)))
+        text += literal + ("" if name is None else str(values[name]))
+    return Rendered(text, wording)
+
+
+class Rendered(str):
+    """A template's text filled in, knowing which of it is the template's own wording: there a
+    special token's name (`<|im_start|>` in a template file for an imported ChatML model) is that
+    token (`encode_rendered`); in the fields' text it stays text, as every record's text does."""
+
+    wording: tuple[tuple[int, int], ...]
+
+    def __new__(cls, text: str, wording=()):
+        self = super().__new__(cls, text)
+        self.wording = tuple(wording)
+        return self
+
+    @classmethod
+    def all_wording(cls, text: str) -> Rendered:
+        return cls(text, [(0, len(text))])
+
+
+def encode_rendered(text: str, tokenizer, encode: Callable[[str], list[int]] | None = None) -> list[int]:
+    """Rendered template text as ids: `encode` (default: `encode_after_special`, a prompt's text after
+    the start token) for its start, each special token's name in the wording as the token, and
+    the text after one as it encodes right after a special token. Plain text (a str, not Rendered)
+    has no wording: all of it is encoded as text."""
+    encode = encode or tokenizer.encode_after_special
+    spans = getattr(text, "wording", ())
+    names = [name for name in tokenizer.special_ids if name and any(name in text[a:b] for a, b in spans)]
+    if not names:
+        return encode(str(text))
+    import re
+
+    pattern = re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
+    ids, start = [], 0
+    for a, b in spans:
+        for found in pattern.finditer(text, a, b):
+            if found.start() > start:
+                ids += encode(str(text[start:found.start()]))
+            ids.append(tokenizer.special_ids[found.group()])
+            encode, start = tokenizer.encode_after_special, found.end()
+    if start < len(text):
+        ids += encode(str(text[start:]))
+    return ids
 
 
 def fit_field(encode: Callable[[dict[str, Any]], Sequence[int]], record: dict[str, Any], field: str, tokenizer,
@@ -380,8 +431,8 @@ def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokeni
     option: eval, scoring a fine-tune on its own template, has none), as the chat template's error does."""
     fix = (lambda: _template_for(record, instead_of=template["name"])) if suggest_template else None
     prompt_text, response_text = (render(template[part], record, where, fix=fix) for part in ("prompt", "response"))
-    prompt = [tokenizer.bos_id] + tokenizer.encode_after_special(prompt_text)
-    response = tokenizer.encode_continuation(response_text) + [tokenizer.eos_id]
+    prompt = [tokenizer.bos_id] + encode_rendered(prompt_text, tokenizer)
+    response = encode_rendered(response_text, tokenizer, tokenizer.encode_continuation) + [tokenizer.eos_id]
     return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))
 
 
@@ -402,7 +453,7 @@ def response_frame(template: dict[str, Any]) -> tuple[str, str]:
 def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[int]:
     """A generation prompt from one input text (the template's input field)."""
     prompt = render(template["prompt"], {template["input_field"]: text}, "input", absent="")  # (other fields: nothing)
-    return [tokenizer.bos_id] + tokenizer.encode_after_special(prompt)
+    return [tokenizer.bos_id] + encode_rendered(prompt, tokenizer)
 
 
 def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str,

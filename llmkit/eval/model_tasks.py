@@ -292,7 +292,9 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
             return encode_chat_prompt(chat_turns(record, text), tokenizer)
         if lead is None:
             return [0] + tokenizer.encode(text)  # the document-start token, the prompt
-        return [0] + tokenizer.encode_after_special(text) + lead
+        from llmkit.data.templates import encode_rendered
+
+        return [0] + encode_rendered(text, tokenizer) + lead
 
     # the prompt's text fields, longest cut first, as finetune --truncate cuts them (an "{input}" the records
     # lack stands for the input field, and is cut as that)
@@ -343,7 +345,7 @@ def generate_predictions(loaded, cfg):
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
     default = placeholder(input_field) if chat else _trained_prompt(task) or placeholder(input_field) + "\n"
     template = cfg.prompt_template or default
-    from llmkit.data.templates import plain_fields, response_frame
+    from llmkit.data.templates import Rendered, encode_rendered, plain_fields, response_frame
 
     plain_fields(template, "--prompt-template")  # a bad template is named before anything else
     for i, r in enumerate(records):
@@ -358,7 +360,7 @@ def generate_predictions(loaded, cfg):
         # The response's own wording around the target ("\nEnglish: {target}") is the model's to
         # write, not the prediction: the lead is given with the prompt, as in training, the tail cut off.
         lead, tail = response_frame(trained)
-    lead_ids = loaded.tokenizer.encode_continuation(lead) if lead else []
+    lead_ids = encode_rendered(Rendered.all_wording(lead), loaded.tokenizer, loaded.tokenizer.encode_continuation) if lead else []
     records = _fit_prompts(records, template, input_field, loaded, chat, cfg.max_new_tokens, lead_ids if templated else None,
                            shown_field)
     prompts = [render_template(template, r, input_field, place(records, i)) for i, r in enumerate(records)]
@@ -366,7 +368,7 @@ def generate_predictions(loaded, cfg):
         prompts = [encode_chat_prompt(chat_turns(r, p), loaded.tokenizer) for r, p in zip(records, prompts)]
     elif templated:
         shown = [p + lead for p in prompts]  # predictions.jsonl records the prompt as text, without the start token
-        prompts = [[start_id(loaded)] + loaded.tokenizer.encode_after_special(p) + lead_ids for p in prompts]
+        prompts = [[start_id(loaded)] + encode_rendered(p, loaded.tokenizer) + lead_ids for p in prompts]
     references = []
     for i, r in enumerate(records):
         value = r[reference_field]

@@ -120,8 +120,11 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
     places = _places(records, name, places)
     fits = max_len + 1
     specials = set(tokenizer.special_ids.values())
+    refuse_unknown_wording(template, tokenizer)
+    unknown = UnknownText(tokenizer, name, len(records))
     for i, record in enumerate(records):
         example, without_prompt = encode_example(template, record, tokenizer, places[i]), False
+        unknown.count(example.ids, example.learn, places[i])
         # An empty (or blank) response trained the end-of-text alone: "stop at once", unsaid. Left out, and counted;
         # so is a conversation with a blank assistant reply (the others' text hid it: the last one is the reply to learn)
         text = [token for token, learned in zip(example.ids[1:], example.learn[1:]) if learned and token not in specials]
@@ -158,6 +161,8 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
         raise UserError(f"no {name} example has a response token within {fits} tokens ({max_len} position{'s' if max_len != 1 else ''}: the "
                         "context length or --seq-len); shorten the prompts or responses, raise --seq-len if it is below the model's context "
                         "length, or use a checkpoint with a longer context")
+    if verbose:
+        unknown.note()
     if too_long and verbose:
         parts = [f"{too_long} of {len(records)} {name} examples were cut to fit {max_len} positions (--truncate; "
                  f"{fits} tokens, the last one only predicted)"]
@@ -168,6 +173,78 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
                          "examples out of the data if the response means nothing without it)")
         note("; ".join(parts))
     return examples  # validation may end up empty: the run then has no validation loss
+
+
+def _example_key(example) -> bytes:
+    """An example as the model sees it: its tokens, and what it learns (SFT's targets, a class)."""
+    tokens = np.asarray(example.ids, dtype=np.int64).tobytes()
+    return tokens + (bytes(example.learn) if isinstance(example, Encoded) else b"|%d" % example.label)
+
+
+def check_held_apart(train: Sequence, val: Sequence, *, given: bool, verbose: bool) -> None:
+    """Validation examples that are training examples too (the same tokens and targets, however the
+    records were written: reordered, re-spaced JSON): all of a --val-data refused, as the very file is
+    (`stage._check_held_apart`); otherwise noted, as their loss is the loss of examples trained on
+    (a held-out share of data that repeats its records: the user chose none of them)."""
+    if not val:
+        return
+    seen = {_example_key(example) for example in train}
+    repeated = sum(_example_key(example) in seen for example in val)
+    source = "--val-data" if given else "the held-out --val-fraction of --data"
+    fix = ("give held-out records in --val-data" if given else
+           "--data repeats its records: remove the duplicates (llmkit clean removes exact ones), or give --val-data")
+    if repeated == len(val) and given:
+        raise UserError(f"every one of the {len(val):,} validation examples ({source}) is also a training example: its loss "
+                        f"and scores would measure nothing held out; {fix}")
+    if repeated and verbose:
+        note(f"{'all' if repeated == len(val) else f'{repeated:,} of'} the {len(val):,} validation examples ({source}) are also training examples, so the "
+             f"validation loss and scores count them as seen; {fix}")
+
+
+class UnknownText:
+    """Examples holding text the tokenizer has no token for (a Unigram or WordPiece vocabulary without
+    byte fallback, imported, writes `<unk>` for it): counted, and said once, with the first place, as
+    the model would otherwise learn to read and write `<unk>` without a word. Byte-level tokenizers
+    (llmkit's own) have none."""
+
+    def __init__(self, tokenizer, name: str, total: int, texts: bool = False):
+        self.unk, self.name, self.total, self.texts = tokenizer.unknown_text_id, name, total, texts
+        self.examples = self.tokens = self.learned = 0
+        self.first: str | None = None
+
+    def count(self, ids: Sequence[int], learn: Sequence[bool] | None, where: str) -> None:
+        if self.unk is None or self.unk not in ids:
+            return
+        self.examples += 1
+        self.tokens += sum(token == self.unk for token in ids)
+        if learn is not None:
+            self.learned += sum(token == self.unk and flag for token, flag in zip(ids, learn))
+        self.first = self.first or where
+
+    def note(self) -> None:
+        if not self.examples:
+            return
+        what = "texts" if self.texts else "examples"
+        learned = f", {self.learned:,} of them in what the model learns to write" if self.learned else ""
+        note(f"{self.examples:,} of {self.total:,} {self.name} {what} hold text this tokenizer has no token for "
+             f"({self.tokens:,} <unk> tokens{learned}; the first: {self.first}): the model reads{' and writes' if self.learned else ''} "
+             "<unk> there; clean such characters out of the data, or fine-tune a model whose tokenizer covers them")
+
+
+def refuse_unknown_wording(template: dict, tokenizer) -> None:
+    """A text template's own wording must encode without `<unk>`: every example would carry it."""
+    unk = tokenizer.unknown_text_id
+    if unk is None or template.get("type") != "text":
+        return
+    import string
+
+    from llmkit.data.templates import Rendered, encode_rendered
+
+    for part in ("prompt", "response"):
+        for literal, _, _, _ in string.Formatter().parse(template[part]):
+            if literal and unk in encode_rendered(Rendered.all_wording(literal), tokenizer):
+                raise UserError(f"the template's {part} wording {literal.strip()!r} holds characters this tokenizer has no "
+                                "token for (it writes <unk> for them in every example); reword the template")
 
 
 def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> tuple[Encoded, bool]:
@@ -372,7 +449,9 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
              "them than how often their labels come; fill them in, or leave them out of the data")
     encoded = tokenizer.encode_batch(texts)
     examples, too_long, longest, longest_at = [], 0, 0, 0
+    unknown = UnknownText(tokenizer, name, len(records), texts=True)
     for i, (ids, record) in enumerate(zip(encoded, records)):
+        unknown.count(ids, None, places[i])
         ids = [tokenizer.bos_id] + ids
         if len(ids) > longest:
             longest, longest_at = len(ids), i
@@ -391,6 +470,8 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
             "model's context length or --seq-len; pass --truncate to cut them, raise --seq-len if it is below the model's "
             "context length, or use a checkpoint with a longer context"
         )
+    if verbose:
+        unknown.note()
     if too_long and verbose:
         note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} token{'s' if max_len != 1 else ''} (--truncate)")
     return examples

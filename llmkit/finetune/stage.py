@@ -460,6 +460,7 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
                                               places)
         val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation",
                                             is_main, val_places) if val_records else []
+        ft_data.check_held_apart(train_examples, val_examples, given=config.val_data is not None, verbose=is_main)
         if val_records and not val_examples and is_main:
             from llmkit.console import note
 
@@ -482,6 +483,7 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
                                                    is_main, places)
         val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
                                                  is_main, val_places) if val_records else []
+        ft_data.check_held_apart(train_examples, val_examples, given=config.val_data is not None, verbose=is_main)
         train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
         scored = _scored_subset(val_examples, config.eval_examples)
         val_batches = ft_data.ClassifyBatches(scored, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_text_prompt, fit_conversation, fit_fields,
+from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_rendered, encode_text_prompt, fit_conversation, fit_fields,
                                    plain_fields, prompt_fields, render, text_fields)
 from llmkit.errors import UserError
 from llmkit.jsonl import ABSENT, field_value, iter_jsonl, read_text
@@ -219,7 +219,7 @@ def _template_input(prompt: Prompt, template: dict, tokenizer):
     template's input field."""
     fields = plain_fields(template["prompt"], "the checkpoint's template")
     if prompt.record is not None and all(field_value(prompt.record, name) is not ABSENT for name in fields):
-        return (prompt.record, lambda r: [tokenizer.bos_id] + tokenizer.encode_after_special(render(template["prompt"], r, "prompt record")),
+        return (prompt.record, lambda r: [tokenizer.bos_id] + encode_rendered(render(template["prompt"], r, "prompt record"), tokenizer),
                 prompt_fields(template))
     field = template["input_field"]
     return {field: prompt.text or ""}, lambda r: encode_text_prompt(template, r[field], tokenizer), [field]
