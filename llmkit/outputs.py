@@ -89,6 +89,11 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
     # (whether it is llmkit's first: --force was advised for a folder it then refused)
+    foreign = _not_of_the_export(out) if out.is_dir() else []
+    if foreign:  # (a transformers fine-tune saved into it, its trainer's checkpoints, a model card: --force deleted them)
+        raise UserError(f"output {out} is an llmkit export that now holds files llmkit did not write or has changed since "
+                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); llmkit replaces only its own "
+                        "outputs: move it away, or choose another -o path")
     if out.exists() and not _made_by_llmkit(out):
         what = "llmkit continues only its own runs" if resume else "llmkit replaces only its own outputs"
         raise UserError(f"output {out} exists and holds files llmkit did not write (no llmkit manifest); {what}: move it "
@@ -113,7 +118,7 @@ def kind_made_at(folder: Path) -> str | None:
     made = manifest_kind(folder, loosely=True)
     if made is not None:
         return made
-    if (folder / "llmkit_model_config.json").is_file():
+    if (folder / EXPORT_RECORD).is_file():
         return "export"
     if not _visible(folder):  # (its mark alone: a run or a sweep killed as it began; either may take the folder)
         return None
@@ -174,6 +179,32 @@ RUN_COMPANIONS = ("ema", "average", "best")  # the checkpoints a run writes besi
 RUN_MARK = ".llmkit-run"  # written into every training run and sweep folder when it is created
 
 
+EXPORT_RECORD = "llmkit_model_config.json"  # (llmkit.interop's record of an export, beside the files it wrote)
+
+
+def _not_of_the_export(folder: Path) -> list[str]:
+    """In a folder `llmkit export` wrote: the names its record does not list (weights aside), and
+    those it lists whose content changed; none for any other folder, or an export recorded before
+    2026-12-05 (which listed no files)."""
+    import json
+
+    from llmkit.artifacts import sha256_file
+
+    try:
+        listed = json.loads((folder / EXPORT_RECORD).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(listed, dict):
+        return []
+    names = sorted(entry.name for entry in folder.iterdir())
+    weights = lambda name: name.endswith(".safetensors") or name == "model.safetensors.index.json"  # noqa: E731
+    extra = [name for name in names if name not in listed and name != EXPORT_RECORD and not weights(name)
+             and not name.startswith(".")]  # (our own temporaries and locks beside it are dot files)
+    changed = [name for name, digest in listed.items()
+               if not (folder / name).is_file() or sha256_file(folder / name) != digest]
+    return extra + changed
+
+
 def _made_by_llmkit(folder: Path) -> bool:
     """Whether --force may replace `folder`: empty, an artifact, a training run or sweep (in
     progress or not), or an llmkit export. Told by what llmkit writes and a user's project does
@@ -182,7 +213,7 @@ def _made_by_llmkit(folder: Path) -> bool:
 
     if empty_folder(folder):
         return True
-    if (folder / RUN_MARK).is_file() or (folder / "llmkit_model_config.json").is_file():  # the last: llmkit export's
+    if (folder / RUN_MARK).is_file() or (folder / EXPORT_RECORD).is_file():  # the last: llmkit export's
         return True
     # A damaged manifest of ours still names a kind llmkit makes.
     return is_manifest(folder / "manifest.json", loosely=True) or _unmarked_run(folder)

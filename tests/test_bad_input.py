@@ -40,7 +40,7 @@ def chain(tmp_path_factory, shared_data):
     _ok(cli("tokenizer", "train", root / "corpus", "-o", root / "tok", "--vocab-size", "300"))
     _ok(cli("tokenize", root / "corpus", "-t", root / "tok", "-o", root / "tokens"))
     _ok(cli("pretrain", root / "tokens", "-o", root / "ckpt", *TINY_MODEL, *TINY_RUN))
-    rows = [{"prompt": f"Say {w}.", "response": w} for w in ("yes", "no", "maybe", "never") * 4]
+    rows = [{"prompt": f"Say {w} ({i}).", "response": w} for i, w in enumerate(("yes", "no", "maybe", "never") * 4)]
     (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (root / "prompts.txt").write_text("First Citizen:\nROMEO:\n", encoding="utf-8")
     _ok(cli("export", root / "ckpt", "-o", root / "hf"))
@@ -1173,8 +1173,8 @@ def test_a_typed_length_or_validation_of_a_finetune_beats_the_other_from_a_confi
     --max-steps, ran into it). Both set in one file are named with it."""
     base = ["--batch-size", "4", "--micro-batch", "4", "--eval-every", "0", "--save-every", "0"]
     (tmp_path / "ft.toml").write_text("[finetune]\nepochs = 3\nval_fraction = 0.2\n")
-    (tmp_path / "held-out.jsonl").write_text("".join((chain / "sft.jsonl").read_text(encoding="utf-8").splitlines(True)[:4]),
-                                             encoding="utf-8")
+    (tmp_path / "held-out.jsonl").write_text("".join(json.dumps({"prompt": f"Say {w} now.", "response": w}) + "\n"
+                                                     for w in ("yes", "no", "maybe", "never")), encoding="utf-8")
     result = cli("finetune", chain / "ckpt", "--data", chain / "sft.jsonl", "-o", tmp_path / "ft", *base,
                  "--config", tmp_path / "ft.toml", "--max-steps", "2", "--val-data", tmp_path / "held-out.jsonl")
     assert result.exit_code == 0, result.output

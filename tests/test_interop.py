@@ -1267,6 +1267,18 @@ def test_export_refuses_existing_output_and_unknown_format(cli, tmp_path, tokeni
     assert "gguf" in _error(cli("export", ckpt, "--format", "gguf", "-o", tmp_path / "hf"))
     assert cli("export", ckpt, "-o", tmp_path / "taken", "--force").exit_code == 0
     assert (tmp_path / "taken" / "config.json").is_file()
+    # an export that a transformers fine-tune was saved into (its trainer's checkpoints, a model card, its
+    # config): --force deleted all of it without a word; only the export as written is replaced
+    (tmp_path / "taken" / "README.md").write_text("my model card")
+    (tmp_path / "taken" / "checkpoint-10").mkdir()
+    said = _error(cli("export", ckpt, "-o", tmp_path / "taken", "--force"))
+    assert "is an llmkit export that now holds files llmkit did not write or has changed since (README.md, checkpoint-10)" in said
+    assert (tmp_path / "taken" / "README.md").is_file()
+    (tmp_path / "taken" / "README.md").unlink()
+    (tmp_path / "taken" / "checkpoint-10").rmdir()
+    with open(tmp_path / "taken" / "config.json", "a") as config:
+        config.write(" ")
+    assert "(config.json)" in _error(cli("export", ckpt, "-o", tmp_path / "taken", "--force"))
 
 
 def test_token_byte_lengths_sum_to_text_bytes(tokenizer_dir):
@@ -1532,6 +1544,13 @@ def test_the_document_start_token_survives_export_and_import(cli, tmp_path, toke
     loaded = load_checkpoint(tmp_path / "resaved-back")
     assert document_start_id(loaded.tokenizer, loaded.artifact, loaded.task) == theirs("x")["input_ids"][0]
     assert artifacts.load(tmp_path / "resaved-back").config["document_start"] == start  # (the bos recorded as export records it)
+    # and it is the same tokenizer and network as the original (the post-processor export gave transformers,
+    # and an MLP ratio other than the original's for the same width, made them "another tokenizer", "another network")
+    from llmkit.data.tokenizer import same_tokenizer
+
+    assert same_tokenizer(ckpt, tmp_path / "resaved-back")
+    averaged = cli("average", ckpt, tmp_path / "resaved-back", "-o", tmp_path / "soup")
+    assert averaged.exit_code == 0, averaged.output
     # Stats are not hashed: a start written there (as before 2026-12-02) is not read, or an edit would
     # change every prompt while verify says ok.
     unrecorded = make_checkpoint(tmp_path, "unrecorded", tokenizer_dir, **EXPORT_CASES["llama-tied-gqa"])

@@ -668,9 +668,29 @@ def same_tokenizer(a: Path | str, b: Path | str) -> bool:
         return folder if (folder / TOKENIZER_FILE).is_file() else folder / "tokenizer"
 
     first, second = folder_of(a), folder_of(b)
-    return (first / TOKENIZER_FILE).is_file() and (second / TOKENIZER_FILE).is_file() and \
-        sha256_file(first / TOKENIZER_FILE) == sha256_file(second / TOKENIZER_FILE) and \
-        _scoring_roles(first) == _scoring_roles(second)
+    if not ((first / TOKENIZER_FILE).is_file() and (second / TOKENIZER_FILE).is_file()):
+        return False
+    if _scoring_roles(first) != _scoring_roles(second):
+        return False
+    return sha256_file(first / TOKENIZER_FILE) == sha256_file(second / TOKENIZER_FILE) or \
+        _encoding_part(first / TOKENIZER_FILE) == _encoding_part(second / TOKENIZER_FILE)
+
+
+def _encoding_part(path: Path) -> dict[str, Any] | None:
+    """What of a tokenizer.json llmkit encodes with: all of it but the post-processor, which adds
+    special tokens only when asked to (llmkit never asks: add_special_tokens=False everywhere). An
+    export gives transformers one (the start token); a model re-saved by transformers into a new
+    folder comes back with it, the same tokenizer otherwise (2026-12-07 review: its eval of the
+    original tokens was refused as "another tokenizer")."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict):
+        data.pop("post_processor", None)
+    return data
 
 
 def _scoring_roles(folder: Path) -> dict[str, Any] | None:

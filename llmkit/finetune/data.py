@@ -197,8 +197,11 @@ def check_held_apart(train: Sequence, val: Sequence, *, given: bool, verbose: bo
         raise UserError(f"every one of the {len(val):,} validation examples ({source}) is also a training example: its loss "
                         f"and scores would measure nothing held out; {fix}")
     if repeated and verbose:
-        note(f"{'all' if repeated == len(val) else f'{repeated:,} of'} the {len(val):,} validation examples ({source}) are also training examples, so the "
-             f"validation loss and scores count them as seen; {fix}")
+        which = ("the one validation example" if len(val) == 1 else f"all {len(val):,} validation examples"
+                 if repeated == len(val) else f"{repeated:,} of the {len(val):,} validation examples")
+        are = "is" if len(val) == 1 or repeated == 1 and repeated < len(val) else "are"
+        note(f"{which} ({source}) {are} also training example{'' if are == 'is' else 's'}, so the validation loss and "
+             f"scores count {'it' if are == 'is' else 'them'} as seen; {fix}")
 
 
 class UnknownText:

@@ -223,8 +223,13 @@ def check_same_network(members: Sequence[artifacts.Artifact]) -> None:
     first = members[0]
 
     def config_of(art):
-        data = read_model_config(art.path).to_dict()
+        config = read_model_config(art.path)
+        data = config.to_dict()
         data.pop("dropout", None)  # training-only: members may differ in it
+        # the MLP's width, not the ratio it came from: an import picks a ratio that lands on the width, and
+        # a model exported, re-saved by transformers and imported again is the same network at 4.5 or 4.0
+        data.pop("mlp_ratio", None)
+        data["mlp_hidden"] = config.mlp_hidden
         return data
 
     reference = config_of(first)
