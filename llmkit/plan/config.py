@@ -9,8 +9,8 @@ from pathlib import Path
 from llmkit.errors import UsageError
 from llmkit.hardware import BY_KEY
 from llmkit.options import Options, group, option
-from llmkit.train.options import (DEVICES_PANEL, MODEL_PANEL, ModelChoice, ModelParallelism, Numerics, Placement,
-                                  refuse_pipeline_options_without_pp)
+from llmkit.train.options import (DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, KeptWeightCopies, ModelChoice,
+                                  ModelParallelism, Numerics, Placement, refuse_pipeline_options_without_pp)
 
 HARDWARE = "Hardware and estimate"
 GPU_CHOICES = tuple(BY_KEY) + ("cpu",)
@@ -37,6 +37,10 @@ class PlanConfig(Options):
     batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank and "
                                       "pipeline micro-batch).",
                                       range="[1, inf)", panel=DEVICES_PANEL)
+    copies: KeptWeightCopies = group(KeptWeightCopies, panel=TRAINING_PANEL, help={
+        "ema": "Plan a run keeping a moving average of the weights (--ema DECAY): one more fp32 copy on every device.",
+        "keep_best": "Plan a run keeping its best weights (--keep-best): one more fp32 copy, in the first process's host "
+                     "memory."})
     numerics: Numerics = group(Numerics, panel=HARDWARE)
     gpu: str = option("h100", "Device type: " + ", ".join(GPU_CHOICES) + ".", choices=GPU_CHOICES, panel=HARDWARE)
     memory_gb: float | None = option(None, "Memory per device in GB; for cpu, the machine's RAM, shared by its --gpus "

@@ -88,6 +88,8 @@ class Layout:
     pp_microbatches: int | None = None  # default: pp (the fewest that fill the pipeline)
     accumulation: int = 1  # micro-batches per step on each rank
     compiled: bool = False  # torch.compile: on a CPU the usual head and loss, not the fused one
+    ema: bool = False  # --ema: an fp32 copy of the weights on every device
+    keep_best: bool = False  # --keep-best: an fp32 copy of them in the first process's host memory
 
     @property
     def world(self) -> int:
@@ -164,10 +166,14 @@ class Layout:
 
     def problem(self, config) -> str | None:
         """Why this layout cannot run this model (None: it can), with the fix."""
-        from llmkit.train.layout import model_layout_problem, world_problem
+        from llmkit.train.layout import model_layout_problem, weight_copies_problem, world_problem
 
         if world_problem(self.world, self.tp, self.pp):
             return world_problem(self.world, self.tp, self.pp)
+        copies = weight_copies_problem(self.ema, self.keep_best, tp=self.tp, pp=self.pp,
+                                       fsdp_over=self.dp if self.strategy == "fsdp" else 1)
+        if copies:
+            return copies
         return model_layout_problem(config, tp=self.tp, pp=self.pp, schedule=self.pp_schedule, microbatches=self.microbatches,
                                     seq_len=self.seq_len)
 
@@ -317,13 +323,23 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
     params = stage_parameters(shape, layout, stage)
     shard = layout.dp if layout.strategy == "fsdp" else 1
     weights = 4 * params / shard
+    notes: list[str] = []
+    if layout.ema:  # (refused where the weights are split: fsdp on several processes, --tp, --pp)
+        weights += 4 * params
+        notes.append(f"--ema: a moving average of the weights beside them ({4 * params / GB:.2f} GB)")
+    if layout.keep_best:
+        if on_gpu:
+            notes.append(f"--keep-best: its copy of the weights is in the first process's host memory ({4 * params / GB:.2f} "
+                         "GB), not the GPU's")
+        else:  # (the first process, which the plan's busiest device is)
+            weights += 4 * params
+            notes.append(f"--keep-best: the best weights' copy on the first process ({4 * params / GB:.2f} GB)")
     gradients = 4 * params / shard
     optimizer = ADAM_BYTES * params / shard
     tokens = layout.micro_batch * layout.seq_len
     layers = layout.layers_on(stage, c.n_layer)
     math_attention = not on_gpu and c.dropout > 0
     block = block_activation_bytes(c, tokens, layout, half, math_attention)
-    notes = []
     if math_attention:
         notes.append("attention with dropout on a CPU keeps each head's T x T weights for the backward pass "
                      "(no fused kernel takes dropout there)")
@@ -334,6 +350,12 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
     activations = saved * layout.in_flight_on(stage)
     if layout.activation_checkpointing:
         activations += block  # the one block being recomputed, whatever is in flight
+        if not on_gpu:
+            # On a CPU the peak resident memory also holds what glibc keeps of the recomputed blocks
+            # freed one after another (docs/parallel.md): 0.67 and 0.77 of a block above the tensors
+            # measured (2026-12-07: `mini` 32 x 256, `tiny` 64 x 256), 8-14 % of the peak; counted as
+            # one block, so that a fix the plan proposes does fit (it ran 8-13 % over).
+            activations += block
     # backward differentiates one block at a time: its activations' gradients live beside what is saved
     activations += block
     if stage == "first":

@@ -302,7 +302,7 @@ def planned_split(devices: Devices, ema: float | None, check_model: Callable[[An
     after `check_model(layout)`, the model's own limits (the process count the world's refusal
     advised met those next: --nproc 3 for --tp 3, then "--tp 3 does not divide --n-head (4)")."""
     from llmkit.train.layout import Layout, check_world
-    from llmkit.train.loop import EMA_UNDER_SPLIT_MODEL
+    from llmkit.train.layout import EMA_UNDER_SPLIT_MODEL
 
     if devices.tp == 1 and devices.pp == 1:
         return None

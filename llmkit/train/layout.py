@@ -75,6 +75,25 @@ def check_world(world: int, tp: int, pp: int) -> None:
 
 SPLIT_NEEDS_A_LANGUAGE_MODEL = ("--tp/--pp split a language model's own layers; this run trains a classifier head or LoRA "
                                 "adapters: leave --tp/--pp out and use data parallelism (--nproc/--gpus)")
+# The weights' copies a run keeps (--ema, --keep-best) are whole: refused where the weights are split
+# (training refuses them; `llmkit plan` too, as it plans only what runs).
+EMA_UNDER_SPLIT_MODEL = ("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
+                         "(or average checkpoints afterwards with --average-last)")
+EMA_UNDER_FSDP = "--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp"
+BEST_UNDER_SPLIT_MODEL = ("--keep-best keeps full weights on every process, which --tp/--pp and --strategy fsdp exist to avoid; "
+                          "leave --keep-best out (each step checkpoint records its validation loss: keep them with --keep-last 0)")
+
+
+def weight_copies_problem(ema: bool, keep_best: bool, *, tp: int, pp: int, fsdp_over: int) -> str | None:
+    """Why a run cannot keep these copies of its weights in this layout (`fsdp_over`: the processes
+    --strategy fsdp shards over, 1 without it), or None."""
+    if ema and (tp > 1 or pp > 1):
+        return EMA_UNDER_SPLIT_MODEL
+    if ema and fsdp_over > 1:
+        return EMA_UNDER_FSDP
+    if keep_best and (tp > 1 or pp > 1 or fsdp_over > 1):
+        return BEST_UNDER_SPLIT_MODEL
+    return None
 
 
 def coordinates(rank: int, dp: int, tp: int) -> tuple[int, int, int]:

@@ -41,6 +41,7 @@ from llmkit.train.launch import discard_replaced_runs
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
 from llmkit.train.objectives import targets_in
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
+from llmkit.train.layout import BEST_UNDER_SPLIT_MODEL, EMA_UNDER_FSDP, EMA_UNDER_SPLIT_MODEL
 from llmkit.train.options import (CPU_WITHOUT_BF16, Checkpointing, Devices, Numerics, Optimization, cpu_has_bf16_products,
                                   resolve_precision)
 from llmkit.train.resuming import Resuming
@@ -119,10 +120,6 @@ class LoopResult:
     resumed_from: int | None
 
 
-EMA_UNDER_SPLIT_MODEL = ("--ema keeps full weights on every process, which --tp/--pp exist to avoid; leave --ema out "
-                         "(or average checkpoints afterwards with --average-last)")
-BEST_UNDER_SPLIT_MODEL = ("--keep-best keeps full weights on every process, which --tp/--pp and --strategy fsdp exist to avoid; "
-                          "leave --keep-best out (each step checkpoint records its validation loss: keep them with --keep-last 0)")
 
 
 class NonFiniteLoss(UserError):
@@ -291,7 +288,7 @@ class Trainer(Resuming):
         if decay is None:
             return None
         if self.settings.devices.strategy == "fsdp" and self.info.distributed:
-            raise UserError("--ema keeps full weights on every process, which --strategy fsdp exists to avoid; use ddp")
+            raise UserError(EMA_UNDER_FSDP)
         if self.model_parallel:
             raise UserError(EMA_UNDER_SPLIT_MODEL)
         return MovingAverage(self.raw, decay, self.device, self._saved_ema)

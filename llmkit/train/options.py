@@ -159,20 +159,27 @@ def recorded_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class Checkpointing(Options):
+class KeptWeightCopies(Options):
+    """Copies of the weights a run keeps while it trains, written beside it (RUN/ema, RUN/best): the
+    run's own weights do not change. Shared with `llmkit plan`, which counts their memory."""
+
+    ema: float | None = option(None, "Also keep an exponential moving average of the weights with this decay (e.g. 0.999), "
+                               "written as the checkpoint RUN/ema.", range="(0, 1)", hashed=False,
+                               recorded_as="the config of RUN/ema")
+    keep_best: bool = option(False, "Also keep the weights of the validation with the lowest loss, written as the checkpoint "
+                             "RUN/best (validations every --eval-every steps and at the end).",
+                             flags=("--keep-best/--no-keep-best",), hashed=False, recorded_as="the config of RUN/best")
+
+
+@dataclass
+class Checkpointing(KeptWeightCopies):
     # When a run validates and saves changes none of its weights: runtime, not hashed (a resume may change them).
     eval_every: int = option(250, "Validate every N steps and at the end (0 = never).", range="[0, inf)", runtime=True)
     save_every: int = option(500, "Write a checkpoint every N steps (0 = only at the end).", range="[0, inf)", runtime=True)
     keep_last: int = option(2, "Keep the newest K intermediate checkpoints (0 = all).", range="[0, inf)", runtime=True)
-    # Extra checkpoints beside the run's (RUN/ema, RUN/average, RUN/best): the run's own weights do not change.
-    ema: float | None = option(None, "Also keep an exponential moving average of the weights with this decay (e.g. 0.999), "
-                               "written as the checkpoint RUN/ema.", range="(0, 1)", hashed=False,
-                               recorded_as="the config of RUN/ema")
+    # An extra checkpoint beside the run's, made of its saved ones (RUN/average): the run's own weights do not change.
     average_last: int = option(0, "Also average the last K saved checkpoints of the run (the final one included) into "
                                "RUN/average (0 = off).", range="[0, inf)", hashed=False, recorded_as="the config of RUN/average")
-    keep_best: bool = option(False, "Also keep the weights of the validation with the lowest loss, written as the checkpoint "
-                             "RUN/best (validations every --eval-every steps and at the end).",
-                             flags=("--keep-best/--no-keep-best",), hashed=False, recorded_as="the config of RUN/best")
     # Runtime, as --eval-every: the run it stops is a shorter one of the same config (its stats say where
     # and why: `stopped_early`), and a resume may change it (a larger one trains on from the stop).
     patience: int = option(0, "Stop once the validation loss has not gone below its lowest for N validations in a row "
