@@ -255,6 +255,12 @@ def test_a_fitted_scaling_law_gives_the_compute_optimal_tokens(cli, tmp_path):
     assert len(said) == 1 and "N is 0.5 decades above the largest fitted (3e+07)" in said[0], plan["notes"]
     inside = _plan(cli, "--model", "mini", "--scaling", tmp_path / "fit")
     assert not any("extrapolated" in note for note in inside["notes"]), (inside["model"], inside["compute"], inside["notes"])
+    # the law's compute is 6 N D; the plan's counts attention and the head too, far more at a small size: said
+    for shown in (plan, inside):
+        ratio = shown["compute"]["flops_per_token"] / (6 * shown["model"]["non_embedding_parameters"])
+        said = [note for note in shown["notes"] if note.startswith("compute: the law counts C = 6 N D")]
+        assert (len(said) == 1 and f"{ratio:.2f}x that" in said[0]) == (abs(ratio - 1) > 0.1), (ratio, shown["notes"])
+    assert any(note.startswith("compute: the law counts C = 6 N D") for note in inside["notes"])  # (mini: 1.3x)
     # a fit made with --count total: plan counts the model's total parameters, as the points did
     assert cli("scaling", "fit", tmp_path / "points.csv", "-o", tmp_path / "fit-total", "--grid", "coarse", "--count",
                "total").exit_code == 0

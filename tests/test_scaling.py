@@ -640,6 +640,7 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     relr = cli("sweep", tokens, "-o", interrupted, *other_lr)
     assert relr.exit_code != 0 and f"{rows[0]['name']} was interrupted (step_00000004 saved) after training with other options" \
         in " ".join(relr.output.split()), relr.output
+    assert re.search(r"than this sweep plans \(--lr [0-9.e-]+ -> [0-9.e-]+\);", " ".join(relr.output.split())), relr.output  # (it said none)
     assert {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*")} == before  # no run started
     # with its own options it resumes from that checkpoint (done: it holds the whole run), and the others train
     same = cli("sweep", tokens, "-o", interrupted, *SWEEP)
@@ -1092,3 +1093,50 @@ def test_a_run_that_diverged_but_stayed_finite_is_named_by_the_sweep_and_the_fit
     assert reported.endswith(f"({len(above)} diverged: above a uniform guess's loss)"), reported
     fitted = cli("scaling", "fit", out, "-o", tmp_path / "fit", "--grid", "coarse", "--bootstrap", "0")  # (2 points: refused)
     assert "diverged; the fit takes them as measured" in " ".join(fitted.output.split()), fitted.output
+
+
+def test_runs_past_one_epoch_of_the_training_split_are_said_before_training(tokens):
+    """A budget above the tokens' training split repeats it: the fit reads each run's tokens as data
+    seen, unsaid (a review's run read 540,672 tokens of a 523,145-token split)."""
+    from llmkit import artifacts
+    from llmkit.sweep.config import SweepConfig
+    from llmkit.sweep.grid import plan
+    from llmkit.sweep.stage import past_one_epoch
+
+    art = artifacts.load(tokens, kind="tokens")
+    train = art.stats["train"]["tokens"]
+    base = dict(sizes=["1x16", "1x32"], context_length=64, batch_tokens=1024, head_dim=16)
+    assert past_one_epoch(plan(SweepConfig.build(token_budgets=[train // 2], **base), vocab_size=300), art) is None
+    runs = plan(SweepConfig.build(token_budgets=[train // 2, 3 * train], **base), vocab_size=300)
+    said = past_one_epoch(runs, art)
+    longest = max(run.tokens for run in runs)
+    assert said is not None and said.startswith(f"2 of 4 runs train past one epoch of {tokens}'s training split ({train:,} tokens;")
+    assert f"reads it {longest / train:.1f} times" in said
+
+
+def test_a_failed_sweep_writes_its_finished_runs_as_points_a_fit_reads(cli, tokens, tmp_path):
+    """A run that diverged to NaN left nothing to fit ("has not finished"), and the fit's own points.csv
+    read back otherwise: its flops column (each row's 6 N D) became budgets."""
+    from llmkit.model.records import CheckpointStats
+    from llmkit.sweep.config import SweepConfig
+    from llmkit.sweep.grid import plan
+    from llmkit.sweep.stage import FINISHED_POINTS, RUNS, RunState, _write_finished_points
+
+    out = tmp_path / "sweep"
+    grid = ["--sizes", "1x16", "--head-dim", "16", "--tokens", "4e3", "--seq-len", "32", "--context-length", "64",
+            "--eval-tokens", "512", "--min-steps", "2"]
+    assert cli("sweep", tokens, "-o", out, *grid).exit_code == 0
+    runs = plan(SweepConfig.build(sizes=["1x16", "1x32"], token_budgets=[4e3], head_dim=16, seq_len=32, context_length=64,
+                                  eval_tokens=512, min_steps=2), vocab_size=300)
+    assert (out / RUNS / runs[0].name).is_dir() and not (out / RUNS / runs[1].name).exists()
+    assert _write_finished_points([RunState(runs[0], state="skipped"), RunState(runs[1], state="failed")], out) == 1
+    stats = CheckpointStats.of(artifacts.load(out / RUNS / runs[0].name))
+    rows = (out / FINISHED_POINTS).read_text().splitlines()
+    assert rows == ["name,params,tokens,budget,loss",
+                    f"{runs[0].name},{runs[0].non_embedding_params},{stats.tokens_seen},,{stats.val_loss}"]
+    # a fit's points.csv (name, params, tokens, flops, budget, loss) reads back as it was fitted: no budgets
+    from llmkit.scaling.points import read_points
+
+    (tmp_path / "points.csv").write_text("name,params,tokens,flops,budget,loss\na,1000,20000,1.2e8,,3.0\n"
+                                         "b,2000,20000,2.4e8,1e9,2.9\n")
+    assert [p.budget for p in read_points(tmp_path / "points.csv")] == [None, 1e9]

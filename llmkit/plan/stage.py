@@ -104,9 +104,10 @@ def _cpu_flops(bf16: bool) -> float:
     return repeats * 2 * size**3 / fastest
 
 
-def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str, list[str]]:
+def compute_optimal_tokens(cfg: PlanConfig, shape, flops_per_token: float) -> tuple[float, str, list[str]]:
     """Training tokens for this size: from a fitted scaling law (its compute-optimal line), else N x
-    tokens_per_param; and notes where the law is extrapolated (scaling predict says as much)."""
+    tokens_per_param; and notes where the law is extrapolated (scaling predict says as much), or
+    counts compute otherwise than the plan."""
     if cfg.scaling is None:
         return cfg.tokens_per_param * shape.total, f"{cfg.tokens_per_param:g} tokens per parameter", []
     from llmkit import artifacts
@@ -120,6 +121,11 @@ def compute_optimal_tokens(cfg: PlanConfig, shape) -> tuple[float, str, list[str
     outside = (outside_the_points(counted, tokens, fitted_points(art.file("points.csv")))
                if "points.csv" in art.manifest.files else [])
     notes = [f"tokens: the fitted law extrapolated ({'; '.join(outside)}): its split is a guess that far from the points"] if outside else []
+    ratio = flops_per_token / (6 * counted)  # the law's C is 6 N D, the sweep's convention
+    if abs(ratio - 1) > 0.1:
+        notes.append(f"compute: the law counts C = 6 N D ({6 * counted * tokens:.3g} FLOPs for these tokens, N its "
+                     f"{'total' if total else 'non-embedding'} parameters); this plan counts the model's products and "
+                     f"attention, {ratio:.2f}x that (6 N D leaves out attention and the head, large beside a small model's blocks)")
     return tokens, (f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f}; N "
                     f"counted as {'total' if total else 'non-embedding'} parameters, as the fit did)"), notes
 
@@ -143,7 +149,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     tokens_per_s = machines * peak * cfg.mfu / flops_token * (1 - layout.pipeline_bubble) / layout.recompute_factor
     # by default one micro-batch per data-parallel rank and pipeline micro-batch: the fewest a pipeline step runs
     batch_tokens = (cfg.batch_tokens // seq * seq) if cfg.batch_tokens else layout.micro_batch * seq * layout.batch_ways
-    optimal_tokens, optimal_rule, extrapolated = compute_optimal_tokens(cfg, shape)
+    optimal_tokens, optimal_rule, extrapolated = compute_optimal_tokens(cfg, shape, flops_token)
     plan: dict[str, Any] = {
         "model": {"parameters": shape.total, "non_embedding_parameters": shape.non_embedding, "layers": config.n_layer,
                   "width": config.n_embd, "heads": config.n_head, "kv_heads": config.n_kv_head, "mlp_hidden": config.mlp_hidden,

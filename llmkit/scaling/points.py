@@ -124,7 +124,7 @@ def _csv_points(path: Path) -> list[Point]:
             tokens = budget / (6.0 * params)
         else:
             raise UserError(f"{path}:{number}: tokens is empty; give the row's tokens (or its flops)")
-        if row.get("budget") not in (None, ""):
-            budget = _number(row["budget"], "budget", number, path)
+        if "budget" in columns:  # (then `flops` is each row's 6 N D, as a fit's points.csv writes it, not a budget)
+            budget = _number(row["budget"], "budget", number, path) if row.get("budget") not in (None, "") else None
         points.append(Point(params=params, tokens=tokens, loss=loss, budget=budget, name=row.get("name") or f"row {number}"))
     return points

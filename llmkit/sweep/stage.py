@@ -68,11 +68,14 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
         finished = [_finished_with_these_options(run, out, tokens_art) for run in runs]
         if not all(finished):  # a sweep being (re)run is not an artifact until it is finished again
             (out / artifacts.MANIFEST).unlink(missing_ok=True)
+        (out / FINISHED_POINTS).unlink(missing_ok=True)  # (a failed attempt's: this one says again what finished)
         states = [_prepare(run, out, done) for run, done in zip(runs, finished)]
-        if (lacking := too_few_for_a_fit(runs)) is not None and not all(finished):  # (after every check, before training)
+        if not all(finished):  # (after every check, before training)
             from llmkit.console import note
 
-            note(lacking)
+            for said in (too_few_for_a_fit(runs), past_one_epoch(runs, tokens_art)):
+                if said is not None:
+                    note(said)
         _execute(states, tokens_art.path, out, config)
         failed = [s for s in states if s.state == "failed"]
         if failed:
@@ -82,13 +85,57 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
 
                 err.print(f"--- {failed[0].run.name}'s log:\n{_attempt_log(out / LOGS / (failed[0].run.name + '.log'), failed[0].log_start)}",
                           markup=False, highlight=False, soft_wrap=True)
+            points = _write_finished_points(states, out)
+            fit = (f" (llmkit scaling fit {out / FINISHED_POINTS} -o FIT fits the {points} run{'s' if points != 1 else ''} "
+                   "that finished)"
+                   if points else "")
             raise UserError(f"{len(failed)} of {len(states)} runs failed ({failed[0].run.name}: {failed[0].error})"
                             + (f"; its log is {out / LOGS / (failed[0].run.name + '.log')}; fix the cause, then rerun the "
                                "same command: finished runs are kept (a fix in the sweep's own options, such as --lr, "
-                               "needs --force or another -o: the finished runs were trained with the old ones)" if kept
+                               "needs --force or another -o: the finished runs were trained with the old ones)" + fit if kept
                                else "; fix the cause and rerun"))
         _finish(states, tokens_art, out, config)
     return out
+
+
+FINISHED_POINTS = "finished_points.csv"  # a failed sweep's finished runs, as points `scaling fit` reads
+
+
+def _write_finished_points(states: list[RunState], out: Path) -> int:
+    """The runs that finished with a validation loss, as a CSV of points (name, params: non-embedding
+    as the fit counts them by default, tokens seen, budget, loss) in OUT: a sweep that cannot
+    finish (a run diverged to NaN at its --lr) still gives a fit of the others. Their count."""
+    import csv
+
+    from llmkit.model.records import CheckpointStats
+
+    rows = []
+    for state in states:
+        if state.state not in ("done", "skipped") or artifacts.manifest_kind(out / RUNS / state.run.name) != "checkpoint":
+            continue
+        stats = CheckpointStats.of(artifacts.load(out / RUNS / state.run.name, kind="checkpoint"))
+        if stats.val_loss is not None:
+            rows.append([state.run.name, state.run.non_embedding_params, stats.tokens_seen or state.run.tokens,
+                         state.run.flops_budget or "", stats.val_loss])
+    if rows:
+        with open(out / FINISHED_POINTS, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["name", "params", "tokens", "budget", "loss"])
+            writer.writerows(rows)
+    return len(rows)
+
+
+def past_one_epoch(runs: list[PlannedRun], tokens_art: artifacts.Artifact) -> str | None:
+    """The runs that would read the training split more than once, said before training: the fit
+    takes each run's tokens as data seen, and a token seen again is worth less than a new one."""
+    train = int((tokens_art.stats.get("train") or {}).get("tokens") or 0)
+    repeated = [run for run in runs if train and run.tokens > train]
+    if not repeated:
+        return None
+    most = max(repeated, key=lambda run: run.tokens)
+    return (f"{len(repeated)} of {len(runs)} runs train past one epoch of {tokens_art.path}'s training split ({train:,} "
+            f"tokens; {most.name} reads it {most.tokens / train:.1f} times): the fit takes their tokens as data seen, and "
+            "tokens seen again are worth less than new ones (Muennighoff et al., 2023); give more text, or smaller budgets")
 
 
 def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) -> None:
@@ -205,10 +252,16 @@ def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifac
         raise UserError(f"{target} {trained} on other tokens than {tokens_art.path}; rerun with --force to start the sweep "
                         "over, or write it to another -o")
     validated = {key: done.manifest.runtime.get(key, done.config.get(key)) for key in _validation(run.config)}  # (config: before 2026-12-02)
-    if recorded_options(done.config) != json.loads(artifacts.canonical_json(run.config.hashed())) or \
-            (finished and validated != _validation(run.config)):  # (an interrupted run may validate otherwise when resumed)
-        raise UserError(f"{target} {trained} with other options than this sweep plans; rerun with the options it was started "
-                        "with, with --force to start the sweep over, or write it to another -o")
+    before, now = recorded_options(done.config), json.loads(artifacts.canonical_json(run.config.hashed()))
+    if not finished:  # (an interrupted run may validate otherwise when resumed)
+        validated = _validation(run.config)
+    if before != now or validated != _validation(run.config):
+        differ = [f"--{key.replace('_', '-')} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
+                  if before.get(key) != now.get(key)]
+        differ += [f"--{key.replace('_', '-')} {validated[key]!r} -> {value!r}" for key, value in _validation(run.config).items()
+                   if validated.get(key) != value]
+        raise UserError(f"{target} {trained} with other options than this sweep plans ({'; '.join(differ[:3])}); rerun with "
+                        "the options it was started with, with --force to start the sweep over, or write it to another -o")
     return finished
 
 
