@@ -673,6 +673,7 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
                            (["--tokens", "1e4", "--sizes", "3y64"], "is not LAYERSxWIDTH"),
                            (["--tokens", "1e4", "--max-steps", "3"], "the sweep sets --max-steps"),
                            (["--tokens", "1e4", "--sizes", ""], "no size given"),
+                           (["--tokens", "", "--sizes", "1x16"], "--tokens '': no budget given: give --tokens budgets"),
                            (["--flops", "1e9", "--sizes", "1x16,1x32"], "at least 3 sizes, and --sizes gives 2"),
                            (["--tokens", "1e40", "--sizes", "1x16"], "--tokens must be in [1, 1000000000000000]"),
                            (["--tokens", "1e4", "--sizes", "1x15"], "size 1x15 (1 head(s) of 15)"),

@@ -22,6 +22,15 @@ def _size_list(value: Any) -> list[str]:
     return sizes
 
 
+def _budget_list(flag: str, example: str):
+    def parse(value: Any) -> list[float]:
+        budgets = comma_floats(value)
+        if not budgets:  # (`--tokens ''` was told "give token budgets ... one of them", as if left out)
+            raise ValueError(f"no budget given: give {flag} budgets (e.g. {flag} {example})")
+        return budgets
+    return parse
+
+
 @dataclass
 class SweepConfig(Options):
     # runtime for one run, but the sweep's result (the validation losses the fit reads) depends on them
@@ -35,10 +44,12 @@ class SweepConfig(Options):
     width_per_layer: int = option(64, "Width per layer on the ladder (depth and width grow together).", panel=GRID, range="[1, inf)")
     head_dim: int = option(64, "Width of one attention head: a size of width W has W / head_dim heads.", panel=GRID,
                            range="[1, inf)")
-    token_budgets: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, panel=GRID,
+    token_budgets: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=_budget_list("--tokens", "2e5,1e6"),
+                                        panel=GRID,
                                         range="[1, 1e15]", flags=("--tokens",),
                                         help="Token budgets, comma-separated (e.g. 2e5,1e6): every size is trained on each.")
-    flops: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=comma_floats, panel=GRID, range="[1, inf)",
+    flops: list[float] = option(default_factory=list, cli_type=Optional[list[str]], parse=_budget_list("--flops", "1e12,1e13"),
+                                panel=GRID, range="[1, inf)",
                                 help="IsoFLOP budgets C instead of --tokens: per budget the --per-budget sizes nearest the expected "
                                      "optimum, each trained on C / (6 N) tokens (N: non-embedding parameters).")
     per_budget: int = option(4, "Sizes per FLOP budget.", panel=GRID, range="[3, inf)")
