@@ -350,11 +350,14 @@ def next_after_checkpoint(art) -> None:
 
 
 def _has_chat_roles(art) -> bool:
-    """Whether the checkpoint's tokenizer has the role tokens of `--template chat`."""
+    """Whether `--template chat` fine-tunes the checkpoint: its tokenizer has llmkit's role tokens, or
+    its own chat template (an imported chat model's, which the fine-tune then learns)."""
     import json
 
     from llmkit.data.templates import chat_template
 
+    if (Path(art.path) / "tokenizer" / "chat_template.jinja").is_file():
+        return True
     try:
         tokenizer = json.loads((Path(art.path) / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
         specials = {token.get("content") for token in tokenizer.get("added_tokens") or () if token.get("special")}

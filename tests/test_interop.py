@@ -734,6 +734,35 @@ def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned
                "--batch-size", "4", "--val-fraction", "0", "-o", tmp_path / "sft").exit_code == 0
     assert (tmp_path / "sft" / TOKENIZER_DIR / "chat_template.jinja").is_file()
     assert load_checkpoint(tmp_path / "sft").tokenizer.own_chat_template is None
+    # --template chat (the default) fine-tunes it in its own format: each assistant turn learned, through what ends
+    # it (<|im_end|> and its newline), as at inference, where the fine-tune is prompted in that same template
+    from llmkit.data.templates import encode_example, own_chat_format
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello there"}, {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Farewell"}]
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    example = encode_example(own_chat_format(CHATML), {"messages": chat}, loaded.tokenizer, "test")
+    assert example.ids == list(theirs.apply_chat_template(chat, tokenize=True, return_dict=False))
+    learned = [theirs.decode([t]) for t, flag in zip(example.ids, example.learn) if flag]
+    assert "".join(learned) == "Hello there<|im_end|>\nFarewell<|im_end|>\n"
+    # cut to fit (--truncate): the assistant message cut at its end, before the reply, is not learned; the reply is
+    from llmkit.finetune.data import shorten
+
+    long = [*chat[1:2], dict(chat[2], content="Hello there " * 12), *chat[3:]]
+    whole = encode_example(own_chat_format(CHATML), {"messages": long}, loaded.tokenizer, "test")
+    cut, _ = shorten(own_chat_format(CHATML), {"messages": long}, whole, loaded.tokenizer, len(whole.ids) - 10, "test")
+    learned = "".join(theirs.decode([t]) for t, flag in zip(cut.ids, cut.learn) if flag)
+    assert learned == "Farewell<|im_end|>\n" and len(cut.ids) <= len(whole.ids) - 10, learned
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": chat[1:3]}) + "\n" for _ in range(8)))  # (context 64)
+    tuned = cli("finetune", tmp_path / "ckpt", "--data", tmp_path / "chat.jsonl", "--max-steps", "1", "--batch-size", "4",
+                "--val-fraction", "0", "-o", tmp_path / "own")
+    assert tuned.exit_code == 0, tuned.output
+    assert json.loads((tmp_path / "own" / "task.json").read_text())["template"]["jinja"] == CHATML
+    own = load_checkpoint(tmp_path / "own")
+    assert own.tokenizer.own_chat_template == CHATML and encode_chat_prompt(talk, own.tokenizer) == expected
+    assert cli("export", tmp_path / "own", "-o", tmp_path / "own-hf").exit_code == 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "own-hf", local_files_only=True).chat_template == CHATML
 
 
 def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tmp_path, tokenizer_dir):

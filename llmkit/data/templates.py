@@ -108,6 +108,14 @@ def chat_template() -> dict[str, Any]:
     }
 
 
+def own_chat_format(jinja: str) -> dict[str, Any]:
+    """`--template chat` for a model with its own chat template (an import's chat_template.jinja): its
+    conversations are rendered with that template, in training (`encode_own_chat_example`) as at
+    inference; task.json keeps the template, so the fine-tune is prompted in the format it learned."""
+    return {"name": CHAT, "type": "chat", "jinja": jinja,
+            "assistant_end": "the template's own end of an assistant turn, learned with the turn"}
+
+
 def resolve_template(spec: str) -> dict[str, Any]:
     """A built-in name or a JSON file {"prompt": "...{field}...", "response": "...{field}..."}."""
     if spec == CHAT:
@@ -143,7 +151,7 @@ def check_tokenizer(template: dict[str, Any], tokenizer,
                                "name this tokenizer's own special tokens)") -> None:
     """The chat template's role tokens are in the tokenizer; else an error ending in `fix` (the
     caller's way out: finetune's is another template, chat's is another command)."""
-    if template["type"] == "chat":
+    if template["type"] == "chat" and "jinja" not in template:
         missing = [tok for tok in template["roles"].values() if tok not in tokenizer.special_ids]
         if missing:
             raise UserError(
@@ -204,6 +212,11 @@ def _template_for(record: dict[str, Any], instead_of: str | None = None) -> str:
 
 
 def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
+    """A conversation to train on: llmkit's chat format, or the model's own chat template where its
+    tokenizer has one (an imported chat model: `encode_own_chat_example`), the format it is
+    prompted in."""
+    if getattr(tokenizer, "own_chat_template", None):
+        return encode_own_chat_example(messages, tokenizer)
     special = tokenizer.special_ids
     roles = [special[f"<|{m['role']}|>"] for m in messages]
     ids, learn = [tokenizer.bos_id], [False]
@@ -217,6 +230,37 @@ def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encode
         learn.extend([message["role"] == "assistant"] * len(content))
     ids.append(tokenizer.eos_id)
     learn.append(messages[-1]["role"] == "assistant")
+    return Encoded(ids, learn)
+
+
+def own_assistant_turns(messages: Sequence[dict[str, str]], tokenizer) -> tuple[list[int], list[tuple[int, int]]]:
+    """A conversation rendered whole with the model's own chat template, and where each assistant
+    message lies in it: from the end of the history before it rendered with the generation prompt
+    (what the model is given at inference) to the end of the history through it (its text and what
+    ends its turn, `<|im_end|>` in ChatML), as TRL's assistant-only loss takes it. A template that
+    does not render a conversation as its history plus the next turn is refused."""
+    full = tokenizer.encode_own_chat(messages, generation_prompt=False)
+    turns = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(tokenizer.encode_own_chat(messages[:i])) if i else 0
+        through = tokenizer.encode_own_chat(messages[: i + 1], generation_prompt=False)
+        if full[:len(through)] != through or start > len(through) or \
+                (i and full[:start] != tokenizer.encode_own_chat(messages[:i])):
+            raise UserError("the model's own chat template does not render a conversation as its history followed by the "
+                            "next turn, so what the assistant says cannot be told apart to learn it; fine-tune with a "
+                            "template file in its format (--template FILE.json: its wording may name the special tokens)")
+        turns.append((start, len(through)))
+    return full, turns
+
+
+def encode_own_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
+    """A conversation in the model's own chat template, its assistant turns learned (`own_assistant_turns`)."""
+    ids, turns = own_assistant_turns(messages, tokenizer)
+    learn = [False] * len(ids)
+    for start, end in turns:
+        learn[start:end] = [True] * (end - start)
     return Encoded(ids, learn)
 
 

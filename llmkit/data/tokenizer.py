@@ -328,14 +328,14 @@ class TextTokenizer:
     def eos_id(self) -> int:
         return self.special_ids[self.roles["eos"]]
 
-    def encode_own_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """A conversation and the assistant's turn to answer, rendered with the model's own chat
-        template as transformers renders it (`apply_chat_template`, add_generation_prompt) and
-        encoded as it encodes the result: special tokens written in the text are those tokens."""
+    def encode_own_chat(self, messages: Sequence[dict[str, str]], generation_prompt: bool = True) -> list[int]:
+        """A conversation and (`generation_prompt`) the assistant's turn to answer, rendered with the
+        model's own chat template as transformers renders it (`apply_chat_template`) and encoded as it
+        encodes the result: special tokens written in the text are those tokens."""
         renderer = self._own_chat  # (built, and transformers imported, before the clock starts)
         try:
             with _render_limit(RENDER_SECONDS):
-                text = renderer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+                text = renderer.apply_chat_template(list(messages), add_generation_prompt=generation_prompt, tokenize=False)
         except MemoryError:
             raise UserError("the model's chat template wrote more than memory holds for one conversation (an imported "
                             "chat_template.jinja): fix or remove the checkpoint's tokenizer/chat_template.jinja") from None

@@ -275,7 +275,7 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
                 kept = [*kept[:-1], dict(kept[-1], content="")]
             example = encode_chat_example([*kept, reply], tokenizer)
             if cut is not False and kept[-1]["role"] == "assistant":
-                example = _not_learned_where_cut(example, kept[-1], reply, tokenizer)
+                example = _not_learned_where_cut(example, kept, reply, tokenizer)
     if template["type"] == "text":
         fields = text_fields(record, prompt_fields(template))
         if fields:  # (numbers are not cut: the example is cut from its end)
@@ -285,11 +285,16 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
     return Encoded(example.ids[:max_len], example.learn[:max_len]), emptied
 
 
-def _not_learned_where_cut(example: Encoded, cut: dict[str, str], reply: dict[str, str], tokenizer) -> Encoded:
-    """An assistant's message cut at its end (the one before the reply) taught the model to end a
-    turn mid-sentence: its text and the role token that ends it are not learned."""
-    from llmkit.data.templates import message_ids
+def _not_learned_where_cut(example: Encoded, kept: list[dict[str, str]], reply: dict[str, str], tokenizer) -> Encoded:
+    """An assistant's message cut at its end (the last of `kept`, the one before the reply) taught the
+    model to end a turn mid-sentence: its text and the role token that ends it are not learned."""
+    from llmkit.data.templates import message_ids, own_assistant_turns
 
+    cut = kept[-1]
+    if getattr(tokenizer, "own_chat_template", None):  # (the model's own format: the cut turn is the last but one)
+        _, turns = own_assistant_turns([*kept, reply], tokenizer)
+        start, end = turns[-2]
+        return Encoded(example.ids, [flag and not start <= k < end for k, flag in enumerate(example.learn)])
     special = tokenizer.special_ids
     cut_role, reply_role = special[f"<|{cut['role']}|>"], special[f"<|{reply['role']}|>"]
     reply_role_at = len(example.ids) - 2 - len(message_ids(reply["content"], reply_role, tokenizer.eos_id, tokenizer))

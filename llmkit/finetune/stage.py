@@ -435,7 +435,7 @@ def _note_thin_data(config, train: int, val: int) -> None:
 
 def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_main: bool) -> _Prepared:
     """--data (and --val-data, or its held-out share) read, checked and encoded for the task."""
-    from llmkit.data.templates import check_tokenizer, encode_example, resolve_template
+    from llmkit.data.templates import check_tokenizer, encode_example, own_chat_format, resolve_template
     from llmkit.finetune import data as ft_data
 
     records, places = ft_data.read_records(data)
@@ -450,6 +450,8 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
     template, labels = None, None
     if config.task == "sft":
         template = resolve_template(config.template)
+        if template["type"] == "chat" and tokenizer.own_chat_template:  # (an imported chat model: its own format)
+            template = own_chat_format(tokenizer.own_chat_template)
         check_tokenizer(template, tokenizer)
         # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
         template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))

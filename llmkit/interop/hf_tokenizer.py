@@ -57,8 +57,8 @@ def chat_template_for(task) -> str | None:
     template = task.template if task is not None else None
     if not isinstance(template, dict):
         return None
-    if template.get("type") == "chat":
-        return CHAT_TEMPLATE
+    if template.get("type") == "chat":  # (llmkit's format, or the model's own that the fine-tune learned)
+        return template["jinja"] if isinstance(template.get("jinja"), str) else CHAT_TEMPLATE
     if template.get("type") != "text":
         return None
     # text: [BOS] prompt.format(input) response.format(target) [EOS], the user message as the

@@ -242,5 +242,6 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
         load_weights(model, art.path / WEIGHTS)
     tokenizer = load_tokenizer(art.path / TOKENIZER_DIR)
     if task is not None:  # fine-tuned in llmkit: prompted in the format it learned (task.json), not the import's template
-        tokenizer.own_chat_template = None
+        # (which is that format where the fine-tune learned the model's own chat template: task.json keeps it)
+        tokenizer.own_chat_template = (task.template or {}).get("jinja") if isinstance(task.template, dict) else None
     return LoadedCheckpoint(model=model.eval(), config=config, tokenizer=tokenizer, task=task, artifact=art)
