@@ -183,23 +183,26 @@ EXPORT_RECORD = "llmkit_model_config.json"  # (llmkit.interop's record of an exp
 
 
 def _not_of_the_export(folder: Path) -> list[str]:
-    """In a folder `llmkit export` wrote: the names its record does not list (weights aside), and
-    those it lists whose content changed; none for any other folder, or an export recorded before
-    2026-12-05 (which listed no files)."""
+    """In a folder `llmkit export` wrote: the names its record does not list (a `.git` too), and
+    those it lists whose content changed, weights included; none for any other folder, or an export
+    recorded before 2026-12-05 (which listed no files; until 2026-12-07 none of its weights, which
+    are then taken as its own)."""
     import json
 
     from llmkit.artifacts import sha256_file
 
     try:
-        listed = json.loads((folder / EXPORT_RECORD).read_text(encoding="utf-8")).get("files")
+        record = json.loads((folder / EXPORT_RECORD).read_text(encoding="utf-8"))
+        listed, weights = record.get("files"), record.get("weights")
     except (OSError, ValueError, AttributeError):
         return []
     if not isinstance(listed, dict):
         return []
-    names = sorted(entry.name for entry in folder.iterdir())
-    weights = lambda name: name.endswith(".safetensors") or name == "model.safetensors.index.json"  # noqa: E731
-    extra = [name for name in names if name not in listed and name != EXPORT_RECORD and not weights(name)
-             and not name.startswith(".")]  # (our own temporaries and locks beside it are dot files)
+    if isinstance(weights, dict):
+        listed = {**listed, **weights}
+    names = sorted(entry.name for entry in folder.iterdir())  # (llmkit's own temporaries and locks lie beside it)
+    unrecorded = lambda name: not isinstance(weights, dict) and name.endswith(".safetensors")  # noqa: E731
+    extra = [name for name in names if name not in listed and name != EXPORT_RECORD and not unrecorded(name)]
     changed = [name for name, digest in listed.items()
                if not (folder / name).is_file() or sha256_file(folder / name) != digest]
     return extra + changed

@@ -56,7 +56,7 @@ def test_a_stopped_run_resumes_as_stopped_and_trains_on_with_a_larger_patience(c
     _ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2"))
     stopped = artifacts.load(run).fingerprint
     said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--resume")).output.split())
-    assert "the run stopped at step 8 already" in said and "give a --patience above 2, or 0, to train further" in said
+    assert "the run ends at step 8 already" in said and "give a --patience above 2, or 0, to train further" in said
     assert artifacts.load(run).fingerprint == stopped
     # a larger patience goes on from step 8 to the end: the run an uninterrupted one makes
     monkeypatch.undo()
@@ -94,3 +94,32 @@ def test_patience_without_validation_is_refused(cli, data, tmp_path, flags, frac
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and said in lines[-1] and "Traceback" not in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_from_a_checkpoint_without_the_count_rebuilds_it_from_the_runs_validations(cli, data, tmp_path, monkeypatch):
+    """A checkpoint written before the count was saved (2026-12-07) resumed with --patience: it trained
+    to the end, its earlier validations forgotten; they are in its metrics.jsonl."""
+    import json
+
+    _scripted_validation(monkeypatch, LOSSES)
+    run = tmp_path / "run"
+    _ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN[:1], "6", *RUN[2:]))  # validations at 2, 4, 6
+    for folder in (run, run / "checkpoints" / "step_0000006"):  # (as the older code wrote it)
+        state = folder / "training_state.json"
+        saved = json.loads(state.read_text())
+        del saved["validation_stall"]
+        state.write_text(json.dumps(saved))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["state_files"]["training_state.json"] = artifacts.sha256_file(state)
+        manifest["sizes"]["training_state.json"] = state.stat().st_size
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--resume")).output.split())
+    assert "stopped early at step 8: the validation loss has not gone below 2.0000 (step 4) for 2 validations" in said
+    assert "stopped_early" not in artifacts.load(run / "checkpoints" / "step_0000008").stats  # (the run's to say)
+    assert artifacts.load(run).stats["stopped_early"]["best_step"] == 4
+
+
+def test_a_patience_no_run_of_this_length_can_reach_is_said(cli, data, tmp_path):
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", tmp_path / "run", *MODEL, *RUN[:1], "6", *RUN[2:],
+                            "--patience", "2")).output.split())
+    assert "--patience 2 needs 4 validations or more to stop a run early, and this one makes 3" in said

@@ -1401,4 +1401,18 @@ def test_text_the_tokenizer_has_no_token_for_is_counted_and_a_template_of_it_ref
     classify_examples([{"text": "hello ☃", "label": 0}, {"text": "world", "label": 1}], Labels(["0", "1"], [0, 1]), tok, 64,
                       False, "training", places=["c.jsonl:1", "c.jsonl:2"])
     said = " ".join(capsys.readouterr().err.split())
-    assert "1 of 2 training texts hold text this tokenizer has no token for (1 <unk> tokens; the first: c.jsonl:1)" in said
+    assert "1 of 2 training texts holds text this tokenizer has no token for (1 <unk> token; the first: c.jsonl:1)" in said
+
+
+def test_a_prompt_beside_messages_that_repeats_the_first_user_message_is_no_other_exchange(base):
+    """UltraChat-200k and no_robots keep "prompt" (the first user message) beside "messages": refused
+    as an exchange beside the conversation, they could not be fine-tuned on at all."""
+    from llmkit.data.templates import encode_example, resolve_template
+    from llmkit.errors import UserError
+
+    tok, chat = _tokenizer(base), resolve_template("chat")
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    alone = encode_example(chat, {"messages": messages}, tok, "d.jsonl:1")
+    assert encode_example(chat, {"prompt": "q", "prompt_id": "0", "messages": messages}, tok, "d.jsonl:1") == alone
+    with pytest.raises(UserError, match="has 'prompt' beside 'messages', .* and it differs from its first user message"):
+        encode_example(chat, {"prompt": "another", "messages": messages}, tok, "d.jsonl:1")

@@ -1308,6 +1308,14 @@ def test_export_refuses_existing_output_and_unknown_format(cli, tmp_path, tokeni
     with open(tmp_path / "taken" / "config.json", "a") as config:
         config.write(" ")
     assert "(config.json)" in _error(cli("export", ckpt, "-o", tmp_path / "taken", "--force"))
+    # a git repository made of it (to publish it), and weights saved over its own: each kept, not deleted
+    assert cli("export", ckpt, "-o", tmp_path / "again").exit_code == 0
+    (tmp_path / "again" / ".git").mkdir()
+    assert "(.git)" in _error(cli("export", ckpt, "-o", tmp_path / "again", "--force"))
+    (tmp_path / "again" / ".git").rmdir()
+    weights = tmp_path / "again" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    assert "(model.safetensors)" in _error(cli("export", ckpt, "-o", tmp_path / "again", "--force"))
 
 
 def test_token_byte_lengths_sum_to_text_bytes(tokenizer_dir):

@@ -154,6 +154,12 @@ def test_lora_finetune_trains_adapters_and_exports_merged_weights(base, shared_d
     assert all(torch.equal(value, merged.model.state_dict()[key]) for key, value in step.model.state_dict().items())
     said = [cli("generate", path, "-p", "a gripping film", "-n", "6", "--temperature", "0") for path in (run, step.artifact.path)]
     assert said[0].exit_code == 0 and said[0].output == said[1].output, said[1].output
+    # exported, its weights are merged: imported again, it is no step of adapters (it was "damaged: no input 'base'")
+    assert cli("export", step.artifact.path, "-o", run.parent / "step-hf").exit_code == 0
+    assert cli("import", run.parent / "step-hf", "-o", run.parent / "step-back").exit_code == 0
+    back = load_checkpoint(run.parent / "step-back")
+    assert back.task.lora.merged and back.model.state_dict().keys() == merged.model.state_dict().keys()
+    assert all(torch.equal(value, merged.model.state_dict()[key]) for key, value in back.model.state_dict().items())
     with_adapters = load_checkpoint(base["checkpoint"]).model
     apply_lora(with_adapters, ["q_proj", "kv_proj", "out_proj"], rank=4, alpha=8.0)
     missing, unexpected = with_adapters.load_state_dict(intermediate, strict=False)
@@ -220,7 +226,7 @@ def test_adapters_on_some_layers_resume_and_their_step_is_named_as_adapters(base
     said = cli("generate", moved, "-p", "x", "-n", "2")
     lines = said.output.strip().splitlines()
     assert said.exit_code == 1 and len(lines) == 1 and "is a LoRA step checkpoint (its adapters only)" in lines[0], said.output
-    assert "put the base back where the run read it, or use the finished run directory" in lines[0]
+    assert "that base is not there; put it back where the run read it, or use the finished run directory" in lines[0]
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -725,3 +725,8 @@ def test_the_weights_copies_a_run_keeps_are_counted_where_they_live(cli):
                         (["--gpus", "2", "--strategy", "fsdp", "--keep-best"], "--keep-best keeps full weights on every process")):
         result = cli("plan", *gpu, *split)
         assert result.exit_code != 0 and said in result.output and result.output.count("\n") == 1, result.output
+    # a search that finds nothing says the copies rule the split layouts out (it blamed the micro-batch, already 1)
+    result = cli("plan", "--model", "1b", "--vocab-size", "32000", "--gpu", "h100", "--gpus", "8", "--micro-batch", "1",
+                 "--seq-len", "128", "--memory-gb", "20", "--keep-best", "--search")
+    said = " ".join(result.output.split())
+    assert "with --keep-best, which rule out --strategy fsdp, --tp and --pp" in said and "lower --micro-batch" not in said

@@ -176,10 +176,16 @@ def record_messages(record: dict[str, Any], where: str, suggest_template: bool =
             raise UserError(f"{where}: the last message must be the assistant's (the reply to learn)")
         if record.get("system") not in (None, ""):  # (beside "messages" it was dropped without a word; an empty one says nothing)
             raise UserError(f"{where} has a 'system' field beside 'messages'; put the system message first in 'messages'")
-        beside = [name for name in ("prompt", "response") if record.get(name) not in (None, "")]
-        if beside:  # (trained on 'messages' alone without a word)
+        # An exchange beside the conversation was trained on 'messages' alone without a word; the same text
+        # repeated there (UltraChat's and no_robots' "prompt": the first user message) is no other exchange.
+        said = {"prompt": next((m["content"] for m in messages if m["role"] == "user"), None),
+                "response": messages[-1]["content"]}
+        beside = [name for name in ("prompt", "response") if record.get(name) not in (None, "", said[name])]
+        if beside:
             raise UserError(f"{where} has {' and '.join(repr(name) for name in beside)} beside 'messages', which holds the "
-                            "whole conversation; put that exchange in 'messages', or give one record each")
+                            f"whole conversation, and {'they differ' if len(beside) > 1 else 'it differs'} from its "
+                            f"{'first user message' if beside == ['prompt'] else 'messages'}; put that exchange in "
+                            "'messages', or give one record each")
         return messages
     if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
         messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]

@@ -69,12 +69,22 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template, start_id=start_id)
         provenance = {"model_config": config.to_dict(), "checkpoint_fingerprint": art.fingerprint,
                       "tokenizer_post_processor": post_processor_of(tok.hf),
-                      "task": json.loads(task.to_json()) if task is not None else None,
+                      "task": _merged(json.loads(task.to_json())) if task is not None else None,
                       "end_of_turn": list(tok.end_of_turn),
                       "document_start": "eos" if start_id == tok.eos_id and start_id != tok.bos_id else "bos",
-                      "files": exported_files(tmp)}
+                      "files": exported_files(tmp),
+                      # (what `export --force` may replace: a transformers fine-tune saved over them is not its to delete)
+                      "weights": {path.name: artifacts.sha256_file(path) for path in sorted(tmp.glob("*.safetensors"))}}
         (tmp / LLMKIT_CONFIG_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def _merged(task: dict) -> dict:
+    """The task record of exported weights, which are merged: a LoRA step checkpoint's says
+    "merged": false, and its import was then taken for adapters without a base (a 2026-12-07 review)."""
+    if isinstance(task.get("lora"), dict):
+        task["lora"] = {**task["lora"], "merged": True}
+    return task
 
 
 def _update_json(path: Path, **values) -> None:

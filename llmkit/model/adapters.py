@@ -35,6 +35,7 @@ def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[st
     """A LoRA step checkpoint's model as plain weights: its base's (recorded as its input "base",
     checked unchanged by fingerprint; a classifier head of the base's left out, as the run left it),
     what the step trained laid over them, and the adapters merged. `config`: the step's model config."""
+    from llmkit import artifacts
     from llmkit.model.classifier import HEAD_PREFIX
     from llmkit.model.io import WEIGHTS, read_weights, refuse_a_config_its_weights_do_not_fit
 
@@ -42,15 +43,23 @@ def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[st
     if recorded is None:
         raise UserError(f"{art.path} holds LoRA adapters without the base model they adapt (no input 'base'); the "
                         "checkpoint is damaged: use the finished run directory")
-    try:
-        base = art.input("base")
-        base_weights = base.file(WEIGHTS)
-    except UserError as exc:
-        raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), whose model is its base {recorded.path} "
-                        f"with them folded in, and that base cannot be read ({str(exc).rstrip('.')}); put the base back "
-                        "where the run read it, or use the finished run directory, whose weights are merged") from None
+    ref = next(ref for ref in art.manifest.inputs if ref["role"] == "base")
+    where = ref["path"] if Path(ref["path"]) == recorded.path else f"{ref['path']}, from here {recorded.path}"
+    if not recorded.path.is_dir():
+        raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), whose model is its base ({where}) with "
+                        "them folded in, and that base is not there; put it back where the run read it, or use the "
+                        "finished run directory, whose weights are merged") from None
+    base = artifacts.load(recorded.path, kind="checkpoint")
+    if base.fingerprint != recorded.fingerprint:
+        raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), and its base {recorded.path} changed "
+                        f"since the run read it (fingerprint {base.fingerprint[:12]}, not {recorded.fingerprint[:12]}); "
+                        "use the finished run directory, whose weights are merged")
+    base_weights = base.file(WEIGHTS)
     refuse_a_config_its_weights_do_not_fit(config, base_weights)  # (the step's model is the base's: before it is built)
-    state = {k: v for k, v in read_weights(base_weights, device=device).items() if not k.startswith(HEAD_PREFIX)}
+    # in float32, as the run's model holds them (a bf16 import's weights upcast as it loaded them): merged in a bf16
+    # weight, a tenth of the update was rounded away (a 2026-12-07 review)
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in read_weights(base_weights, device=device).items() if not k.startswith(HEAD_PREFIX)}
     if any(is_adapter_key(k) for k in state):
         raise UserError(f"{base.path}, the base of {art.path}, holds unmerged adapters itself; use the finished run "
                         "directories, whose weights are merged")

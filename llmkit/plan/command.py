@@ -83,8 +83,11 @@ def print_plan(plan: dict[str, Any]) -> None:
         found = plan["search"]
         if found is None:
             machines = "256 machines" if lay["device"] == "CPU" else "256 nodes of 8"
-            out.print(f"search: no layout up to {machines} fits this micro-batch and sequence length; lower --micro-batch "
-                      "or --seq-len", markup=False)
+            copies = [flag for flag, kept in (("--ema", lay.get("ema")), ("--keep-best", lay.get("keep_best"))) if kept]
+            out.print(f"search: no layout up to {machines} fits this micro-batch and sequence length"
+                      + (f" with {' and '.join(copies)}, which rule out --strategy fsdp, --tp and --pp (each keeps whole "
+                         f"weights on every process); leave {' and '.join(copies)} out to search those"
+                         if copies else "; lower --micro-batch or --seq-len"), markup=False)
         else:
             lay2 = found["layout"]
             out.print(f"search: {lay2['gpus'] * lay2['nnodes']} device(s) ({lay2['nnodes']} node(s)), tp {lay2['tp']}, pp {lay2['pp']}, "

@@ -6,8 +6,10 @@ resumed with a larger --patience (or 0) trains on from where a smaller one stopp
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -30,9 +32,25 @@ class ValidationStall:
         return asdict(self)
 
     @classmethod
-    def from_progress(cls, saved: dict[str, Any] | None) -> ValidationStall:
-        """The saved count (none in a checkpoint written before 2026-12-07: counted from the resume on)."""
-        return cls(**saved) if saved else cls()
+    def from_progress(cls, saved: dict[str, Any] | None, metrics: Path, step: int) -> ValidationStall:
+        """The saved count; for a checkpoint written before 2026-12-07, which has none, the count its
+        run's validations up to `step` give (`metrics`: its metrics.jsonl, read before a resume cuts
+        it back to `step`), as they would have."""
+        if saved:
+            return cls(**saved)
+        stall = cls()
+        try:
+            lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:  # (a line cut short by a kill)
+                continue
+            if isinstance(row, dict) and isinstance(row.get("val_loss"), (int, float)) and 0 < row.get("step", 0) <= step:
+                stall.record(float(row["val_loss"]), int(row["step"]))
+        return stall
 
     def stopped_record(self, patience: int) -> dict[str, Any]:
         """The checkpoint stats' `stopped_early`: why the run ended before --max-steps."""

@@ -163,6 +163,11 @@ def _describe(build: artifacts.ArtifactBuilder, spec: ArtifactSpec, progress: di
     build.runtime = dict(spec.runtime, train_seconds=progress["seconds"])
 
 
+def validations_in(max_steps: int, eval_every: int) -> int:
+    """How many validations a run of `max_steps` makes: every `eval_every` steps and at the end."""
+    return max_steps // eval_every + (max_steps % eval_every > 0) if eval_every > 0 else 0
+
+
 def _perplexity(val_loss: float | None, stats: CheckpointStats) -> float | None:
     """exp of the validation loss, for a loss over tokens; a classifier's loss is over its labels,
     whose exp names nothing (its accuracy and F1 say how it does)."""
@@ -445,7 +450,8 @@ class Trainer(Resuming):
             target.parent.mkdir(parents=True, exist_ok=True)
             with artifacts.create(target, "checkpoint", force=True, lock=False) as build:  # the run holds the lock
                 self._write_checkpoint_files(build.dir, step)
-                _describe(build, self.spec, self._progress(step))
+                # (where --patience ends the run is the run's to say: a step copy stays the step of any run that goes on)
+                _describe(build, self.spec, {**self._progress(step), "stopped_early": None})
             discard_replaced_runs(self.run_dir)
             keep = self.settings.checkpoints.keep_last
             ckpt.prune(self.run_dir, keep + 1 if last and keep else keep)
@@ -610,8 +616,8 @@ class Trainer(Resuming):
             if self.resumed_from == s.max_steps:
                 logger.note(f"the run finished at step {step} already: nothing to train, its weights and manifest are "
                             f"unchanged (give {s.longer.format(step=step)} to train further)")
-            else:
-                logger.note(f"the run stopped at step {step} already: {self.stall.reason(patience)}; nothing to train, its "
+            else:  # (stopped early, or finished with more validations since its best than this --patience allows)
+                logger.note(f"the run ends at step {step} already: {self.stall.reason(patience)}; nothing to train, its "
                             f"weights and manifest are unchanged (give a --patience above {self.stall.since_best}, or 0, "
                             "to train further)")
             if info.is_main:  # (killed between the run's manifest and save_final's pruning: the run's own --keep-last)
@@ -627,10 +633,15 @@ class Trainer(Resuming):
             return LoopResult(steps=step, loss=self.last_loss, val_loss=self.last_val, tokens=self.tokens_seen,
                               seconds=0.0, tokens_per_s=0.0, resumed_from=self.resumed_from)
         try:
-            if self.resumed_from is not None:
+            if self.resumed_from is not None and not stopped:
                 left = s.max_steps - self.start_step
                 logger.note(f"resumed from step {self.start_step} ({left} step{'' if left == 1 else 's'} to go)")
-            elif s.warmup_steps >= s.max_steps:
+            elif self.resumed_from is None and patience and validations_in(s.max_steps, eval_every) <= patience + 1:
+                # (a stop needs a best, then --patience validations without a lower loss, before the last)
+                logger.note(f"note: --patience {patience} needs {patience + 2} validations or more to stop a run early, and "
+                            f"this one makes {validations_in(s.max_steps, eval_every)} (every --eval-every {eval_every} steps "
+                            "and at the end); lower --eval-every or --patience")
+            elif self.resumed_from is None and s.warmup_steps >= s.max_steps:
                 logger.note(f"note: --warmup-steps {s.warmup_steps} is not shorter than the run ({s.max_steps} steps): the "
                             "learning rate rises all the way (reaching --lr at the last step at most) and never decays; "
                             "lower --warmup-steps for a decay")
@@ -675,8 +686,12 @@ class Trainer(Resuming):
                         self.stopped_early = self.stall.stops(patience) and step < s.max_steps
                 logger.log(step, values)
                 if self.stopped_early:
-                    kept = (f" (the run's weights are step {step}'s; --keep-best keeps step {self.stall.best_step}'s too)"
-                            if self.best is None else "")
+                    best_copy = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(self.stall.best_step)
+                    kept = ("" if self.best is not None else
+                            f" (the run's weights are step {step}'s; step {self.stall.best_step}'s are in {best_copy})"
+                            if best_copy.is_dir() else
+                            f" (the run's weights are step {step}'s; step {self.stall.best_step}'s were not kept: "
+                            "--keep-best keeps them)")
                     logger.note(f"stopped early at step {step}: {self.stall.reason(patience)}{kept}")
                 if step % log_every == 0 or step == session_first:
                     window_seconds, window_tokens = 0.0, 0

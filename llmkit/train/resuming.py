@@ -19,6 +19,7 @@ from llmkit.model.gpt import unmaterialised
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.best import BestWeights
 from llmkit.train.early_stop import ValidationStall
+from llmkit.train.metrics import METRICS
 from llmkit.train.ema import MovingAverage
 from llmkit.train.optim import lr_at
 from llmkit.train.options import recorded_options, unread_settings
@@ -76,7 +77,8 @@ class Resuming:
         progress, optim_state, rng, extra = ckpt.read_training_state(latest)
         self._saved_ema = MovingAverage.from_saved(extra)
         self._saved_best = (BestWeights.from_saved(extra), progress.get("best"))
-        self.stall = ValidationStall.from_progress(progress.get("validation_stall"))
+        self.stall = ValidationStall.from_progress(progress.get("validation_stall"), self.run_dir / METRICS,
+                                                   int(progress["step"]))
         self._check_same_run(latest, progress)
         for key, now in (("global_batch", self.settings.global_batch), ("tokens_per_sample", self.settings.tokens_per_sample)):
             if progress.get(key) != now:
@@ -126,7 +128,8 @@ class Resuming:
             if any(rate(before, step) != rate(now, step) for step in range(self.start_step)):
                 history.append({"until_step": self.start_step, "max_steps": before["max_steps"],
                                 "warmup_steps": before["warmup_steps"]})
-                if self.info.is_main and self.start_step > 0:  # (a decayed rate rising again is worth a word)
+                ends_here = self.stall.stops(s.checkpoints.patience)  # (--patience ends it at once: nothing trains at that rate)
+                if self.info.is_main and self.start_step > 0 and not ends_here:  # (a decayed rate rising again is worth a word)
                     from llmkit.console import note
 
                     note(f"the learning-rate schedule now spans {s.max_steps} steps, not {before['max_steps']}: step "
