@@ -276,3 +276,20 @@ def test_a_step_checkpoint_of_adapters_loads_over_the_base_and_refuses_another_s
     save_file(dict(list(adapters.items())[1:]), str(tmp_path / "short.safetensors"))
     with pytest.raises(UserError, match="does not hold this run's trainable parameters"):
         load_trainable_weights(fresh, tmp_path / "short.safetensors")
+
+
+def test_a_step_over_a_bf16_base_loads_as_the_run_merges_it(base, shared_data, cli, tmp_path):
+    """A base imported in bf16 trains upcast to float32, and the run merges its adapters there; a step
+    checkpoint's load merged them into the bf16 weights, rounding away a tenth of the update."""
+    from llmkit.model.io import load_checkpoint
+
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:32]]
+    assert cli("export", base["checkpoint"], "-o", tmp_path / "hf").exit_code == 0
+    assert cli("import", tmp_path / "hf", "--dtype", "bfloat16", "-o", tmp_path / "bf16").exit_code == 0
+    flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "4", "--batch-size", "8", "--eval-every", "0",
+             "--truncate", "--max-steps", "2", "--save-every", "2", "--keep-last", "0", "--lr", "0.05", "-o", tmp_path / "run"]
+    assert cli("finetune", tmp_path / "bf16", *flags).exit_code == 0
+    step, final = (load_checkpoint(path).model.state_dict() for path in (tmp_path / "run" / "checkpoints" / "step_0000002",
+                                                                         tmp_path / "run"))
+    assert step.keys() == final.keys() and all(torch.equal(step[key], final[key]) for key in final)
