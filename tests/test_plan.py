@@ -714,6 +714,10 @@ def test_the_weights_copies_a_run_keeps_are_counted_where_they_live(cli):
     for copies in (["--ema", "0.999"], ["--keep-best"]):
         kept = _plan(cli, *cpu, *copies)
         assert kept["memory"]["weights_gb"] - plain["memory"]["weights_gb"] == pytest.approx(4 * params / 1e9)
+    # on a CPU the processes share the machine: the first one's copy is a share of each process's part of it
+    two = [*flags[:-2], "--batch-tokens", "64", "--gpu", "cpu", "--nproc", "2"]
+    shared = _plan(cli, *two, "--keep-best")["memory"]["weights_gb"] - _plan(cli, *two)["memory"]["weights_gb"]
+    assert shared == pytest.approx(4 * params / 2 / 1e9)
     both = _plan(cli, *cpu, "--ema", "0.999", "--keep-best")
     assert both["memory"]["weights_gb"] - plain["memory"]["weights_gb"] == pytest.approx(8 * params / 1e9)
     # on a GPU the best weights are in host memory: noted, not counted on the device
@@ -730,3 +734,11 @@ def test_the_weights_copies_a_run_keeps_are_counted_where_they_live(cli):
                  "--seq-len", "128", "--memory-gb", "20", "--keep-best", "--search")
     said = " ".join(result.output.split())
     assert "with --keep-best, which rule out --strategy fsdp, --tp and --pp" in said and "lower --micro-batch" not in said
+    assert "without --keep-best: 2 device(s), tp 1, pp 1, fsdp" in said
+    # fsdp on one replica shards nothing (pretrain runs it as ddp): never proposed, and the plan says so when asked
+    one = _plan(cli, "--model", "1b", "--n-layer", "20", "--n-embd", "3072", "--n-head", "24", "--gpu", "h100", "--gpus", "2",
+                "--micro-batch", "4", "--seq-len", "2048", "--ema", "0.999", "--search")
+    assert one["search"] is None or one["search"]["layout"]["strategy"] == "ddp" or one["search"]["layout"]["gpus"] > 1, one
+    asked = _plan(cli, *gpu, "--strategy", "fsdp", "--gpus", "1", "--ema", "0.9")
+    assert any("--strategy fsdp shards the weights over data-parallel processes, and this layout has one" in n for n in asked["notes"])
+    assert asked["memory"]["transient_gb"] == _plan(cli, *gpu, "--gpus", "1", "--ema", "0.9")["memory"]["transient_gb"]

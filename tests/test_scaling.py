@@ -551,7 +551,8 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     # Other options for the same folder are refused: the runs there were trained differently.
     configs = {f.name: f.read_text() for f in (out / "configs").iterdir()}
     changed = cli("sweep", tokens, "-o", out, *SWEEP[:-2], "--min-steps", "2")
-    assert changed.exit_code != 0 and "is a finished sweep of another grid" in changed.output
+    assert changed.exit_code != 0 and "is a finished sweep of another grid or other options (--min-steps 4 -> 2)" in \
+        " ".join(changed.output.split()), changed.output
     # Other tokens: the runs trained on these, and the sweep would name the new ones as its input.
     retokenized = cli("tokenize", tokens.parent / "corpus", "-t", tokens.parent / "tok", "-o", tmp_path / "other-tokens",
                       "--val-fraction", "0.2")
@@ -560,7 +561,7 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert elsewhere.exit_code != 0 and "is a finished sweep on other tokens" in elsewhere.output
     # How the runs validate is runtime for a run, but the sweep's result (its losses) depends on it
     revalidated = cli("sweep", tokens, "-o", out, *SWEEP, "--eval-tokens", "1024")
-    assert revalidated.exit_code != 0 and "is a finished sweep of another grid" in revalidated.output
+    assert revalidated.exit_code != 0 and "(--eval-tokens 2048 -> 1024)" in " ".join(revalidated.output.split()), revalidated.output
     # ... and leave the finished sweep as it was: still the artifact, the run configs untouched.
     assert artifacts.verify(out).ok and artifacts.load(out, kind="sweep").fingerprint == sweep.fingerprint
     assert {f.name: f.read_text() for f in (out / "configs").iterdir()} == configs
@@ -640,7 +641,7 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     relr = cli("sweep", tokens, "-o", interrupted, *other_lr)
     assert relr.exit_code != 0 and f"{rows[0]['name']} was interrupted (step_00000004 saved) after training with other options" \
         in " ".join(relr.output.split()), relr.output
-    assert re.search(r"than this sweep plans \(--lr [0-9.e-]+ -> [0-9.e-]+\);", " ".join(relr.output.split())), relr.output  # (it said none)
+    assert re.search(r"than this sweep plans \(the run's --lr [0-9.e-]+ -> [0-9.e-]+\);", " ".join(relr.output.split())), relr.output  # (it said none)
     assert {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*")} == before  # no run started
     # with its own options it resumes from that checkpoint (done: it holds the whole run), and the others train
     same = cli("sweep", tokens, "-o", interrupted, *SWEEP)
@@ -1121,7 +1122,7 @@ def test_a_failed_sweep_writes_its_finished_runs_as_points_a_fit_reads(cli, toke
     from llmkit.model.records import CheckpointStats
     from llmkit.sweep.config import SweepConfig
     from llmkit.sweep.grid import plan
-    from llmkit.sweep.stage import FINISHED_POINTS, RUNS, RunState, _write_finished_points
+    from llmkit.sweep.stage import FINISHED_POINTS, RUNS, RunState, _finished_points_said, _write_finished_points
 
     out = tmp_path / "sweep"
     grid = ["--sizes", "1x16", "--head-dim", "16", "--tokens", "4e3", "--seq-len", "32", "--context-length", "64",
@@ -1130,7 +1131,12 @@ def test_a_failed_sweep_writes_its_finished_runs_as_points_a_fit_reads(cli, toke
     runs = plan(SweepConfig.build(sizes=["1x16", "1x32"], token_budgets=[4e3], head_dim=16, seq_len=32, context_length=64,
                                   eval_tokens=512, min_steps=2), vocab_size=300)
     assert (out / RUNS / runs[0].name).is_dir() and not (out / RUNS / runs[1].name).exists()
-    assert _write_finished_points([RunState(runs[0], state="skipped"), RunState(runs[1], state="failed")], out) == 1
+    states = [RunState(runs[0], state="skipped"), RunState(runs[1], state="failed")]
+    assert len(_write_finished_points(states, out)) == 1
+    # said in the failure: too few for a fit (the command offered could not run), and a run that diverged named
+    said = _finished_points_said(states, out, vocab_size=300)
+    assert said == f" (1 run finished, written as points to {out / FINISHED_POINTS}: too few for a fit, which needs 6 points or more of 2 sizes and 2 token counts or more)"
+    assert "ended above a uniform guess's loss over the vocabulary (ln 2" in _finished_points_said(states, out, vocab_size=2)
     stats = CheckpointStats.of(artifacts.load(out / RUNS / runs[0].name))
     rows = (out / FINISHED_POINTS).read_text().splitlines()
     assert rows == ["name,params,tokens,budget,loss",

@@ -324,6 +324,9 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
     shard = layout.dp if layout.strategy == "fsdp" else 1
     weights = 4 * params / shard
     notes: list[str] = []
+    if layout.strategy == "fsdp" and layout.dp == 1:  # (as pretrain notes it)
+        notes.append("--strategy fsdp shards the weights over data-parallel processes, and this layout has one: nothing "
+                     "is sharded")
     if layout.ema:  # (refused where the weights are split: fsdp on several processes, --tp, --pp)
         weights += 4 * params
         notes.append(f"--ema: a moving average of the weights beside them ({4 * params / GB:.2f} GB)")
@@ -331,9 +334,12 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
         if on_gpu:
             notes.append(f"--keep-best: its copy of the weights is in the first process's host memory ({4 * params / GB:.2f} "
                          "GB), not the GPU's")
-        else:  # (the first process, which the plan's busiest device is)
-            weights += 4 * params
-            notes.append(f"--keep-best: the best weights' copy on the first process ({4 * params / GB:.2f} GB)")
+        else:  # (the first process's; the processes share the machine's memory, which the plan divides between them)
+            sharing = layout.gpus if device.shared else 1
+            weights += 4 * params / sharing
+            notes.append(f"--keep-best: the best weights' copy on the first process ({4 * params / GB:.2f} GB"
+                         + (f", 1/{sharing} of it counted on each of the {sharing} processes sharing the machine)"
+                            if sharing > 1 else ")"))
     gradients = 4 * params / shard
     optimizer = ADAM_BYTES * params / shard
     tokens = layout.micro_batch * layout.seq_len
@@ -381,7 +387,8 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
         partial_sums = (layout.accumulation - 1).bit_length()
         gradients += 4 * params * partial_sums
         notes.append(f"per-sequence gradients: up to {partial_sums} partial sum(s) of the gradients while a step accumulates")
-    if device.bf16 and not (on_gpu and (layout.compiled or layout.strategy == "fsdp")):
+    sharded = layout.strategy == "fsdp" and layout.dp > 1  # (one process: pretrain runs it unsharded, as ddp)
+    if device.bf16 and not (on_gpu and (layout.compiled or sharded)):
         # autocast's bf16 copies of the (gathered) weights, kept from forward to backward (on a GPU
         # FSDP2 gathers them in bf16 itself, and a compiled graph casts them where it uses them)
         transient = 2 * params
@@ -471,7 +478,7 @@ def smallest_layout(shape: ModelShape, layout: Layout, device: Device, *, sequen
             for pp in pps:
                 if world % (tp * pp):
                     continue
-                for strategy in ("ddp", "fsdp"):
+                for strategy in ("ddp", "fsdp") if world > tp * pp else ("ddp",):  # (fsdp on one replica shards nothing)
                     for recompute in (False, True):
                         option = runnable(shape, replace(layout, gpus=gpus, nnodes=nnodes, tp=tp, pp=pp, strategy=strategy,
                                                          activation_checkpointing=recompute), sequences)

@@ -125,7 +125,9 @@ def compute_optimal_tokens(cfg: PlanConfig, shape, flops_per_token: float) -> tu
     if abs(ratio - 1) > 0.1:
         notes.append(f"compute: the law counts C = 6 N D ({6 * counted * tokens:.3g} FLOPs for these tokens, N its "
                      f"{'total' if total else 'non-embedding'} parameters); this plan counts the model's products and "
-                     f"attention, {ratio:.2f}x that (6 N D leaves out attention and the head, large beside a small model's blocks)")
+                     f"attention, {ratio:.2f}x that ("
+                     + ("6 N D leaves out attention and the head, large beside a small model's blocks)" if ratio > 1 else
+                        "its N counts embeddings, which are looked up, not multiplied)"))
     return tokens, (f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f}; N "
                     f"counted as {'total' if total else 'non-embedding'} parameters, as the fit did)"), notes
 
@@ -210,6 +212,11 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "layout": {k: v for k, v in asdict(found).items() if k not in ("pp_schedule", "pp_microbatches")},
             "largest_micro_batch": largest_micro_batch(shape, found, device, sequences=sequences),
         }
+        if found is None and (asked.ema or asked.keep_best):  # what leaving the copies out would find (the advice)
+            without = smallest_layout(shape, replace(asked, ema=False, keep_best=False), device, sequences=sequences,
+                                      per_node=per_node)
+            plan["search_without_copies"] = None if without is None else {
+                k: v for k, v in asdict(without).items() if k in ("gpus", "nnodes", "tp", "pp", "strategy", "activation_checkpointing")}
         if found is not None and sequences is None:
             plan["search"]["batch_tokens"] = _batch_to_pass(plan["search"]["largest_micro_batch"], found.batch_ways, seq, device)
         par = cfg.parallelism

@@ -85,10 +85,7 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
 
                 err.print(f"--- {failed[0].run.name}'s log:\n{_attempt_log(out / LOGS / (failed[0].run.name + '.log'), failed[0].log_start)}",
                           markup=False, highlight=False, soft_wrap=True)
-            points = _write_finished_points(states, out)
-            fit = (f" (llmkit scaling fit {out / FINISHED_POINTS} -o FIT fits the {points} run{'s' if points != 1 else ''} "
-                   "that finished)"
-                   if points else "")
+            fit = _finished_points_said(states, out, int(tokens_art.stats["vocab_size"]))
             raise UserError(f"{len(failed)} of {len(states)} runs failed ({failed[0].run.name}: {failed[0].error})"
                             + (f"; its log is {out / LOGS / (failed[0].run.name + '.log')}; fix the cause, then rerun the "
                                "same command: finished runs are kept (a fix in the sweep's own options, such as --lr, "
@@ -101,10 +98,27 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
 FINISHED_POINTS = "finished_points.csv"  # a failed sweep's finished runs, as points `scaling fit` reads
 
 
-def _write_finished_points(states: list[RunState], out: Path) -> int:
+def _finished_points_said(states: list[RunState], out: Path, vocab_size: int) -> str:
+    """What a failed sweep's message says of the runs that finished (`_write_finished_points`): the
+    fit of them where they are enough for one, those that diverged (a CSV's fit cannot tell)."""
+    from llmkit.console import shell_word
+
+    rows = _write_finished_points(states, out)
+    if not rows:
+        return ""
+    said = f" ({len(rows)} run{'s' if len(rows) != 1 else ''} finished, written as points to {out / FINISHED_POINTS}"
+    if (diverged := above_a_uniform_guess([(row[0], row[4]) for row in rows], vocab_size)):
+        said += f"; {diverged}"
+    sizes, tokens = len({row[1] for row in rows}), len({row[2] for row in rows})
+    if len(rows) >= 6 and sizes >= 2 and tokens >= 2:
+        return said + f"; llmkit scaling fit {shell_word(out / FINISHED_POINTS)} -o FIT fits them)"
+    return said + ": too few for a fit, which needs 6 points or more of 2 sizes and 2 token counts or more)"
+
+
+def _write_finished_points(states: list[RunState], out: Path) -> list[list]:
     """The runs that finished with a validation loss, as a CSV of points (name, params: non-embedding
     as the fit counts them by default, tokens seen, budget, loss) in OUT: a sweep that cannot
-    finish (a run diverged to NaN at its --lr) still gives a fit of the others. Their count."""
+    finish (a run diverged to NaN at its --lr) still gives a fit of the others. Their rows."""
     import csv
 
     from llmkit.model.records import CheckpointStats
@@ -122,7 +136,7 @@ def _write_finished_points(states: list[RunState], out: Path) -> int:
             writer = csv.writer(handle)
             writer.writerow(["name", "params", "tokens", "budget", "loss"])
             writer.writerows(rows)
-    return len(rows)
+    return rows
 
 
 def past_one_epoch(runs: list[PlannedRun], tokens_art: artifacts.Artifact) -> str | None:
@@ -210,8 +224,10 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_a
         validation = recorded.get("validation") or {key: recorded.get(key) for key in now["validation"]}  # (before 2026-12-02)
         if recorded_options({**recorded, "validation": None}) != recorded_options({**now, "validation": None}) or \
                 validation != now["validation"]:
-            raise UserError(f"{out} is a finished sweep of another grid or other options; pass --force to replace it, "
-                            "or write this one to another -o")
+            differ = option_changes({**recorded_options({**recorded, "validation": None}), **validation},
+                                    {**recorded_options({**now, "validation": None}), **now["validation"]})
+            raise UserError(f"{out} is a finished sweep of another grid or other options ({'; '.join(differ[:3])}); pass "
+                            "--force to replace it, or write this one to another -o")
     planned = {run.name for run in runs}
     # (a run killed outright leaves its lock file, .NAME.lock, behind: not a run)
     strays = sorted(p.name for p in (out / RUNS).iterdir()
@@ -220,6 +236,19 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_a
         raise UserError(f"{out / RUNS} holds runs this sweep does not plan ({', '.join(strays[:3])}"
                         f"{', ...' if len(strays) > 3 else ''}): another grid was started there; pass --force to start "
                         "over, or write this sweep to another -o")
+
+
+def option_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`--flag was -> is` for each option that differs, as typed on a command line (a default as such)."""
+    def shown(value: Any) -> str:
+        if value is None:
+            return "(default)"
+        if isinstance(value, list):
+            return ",".join(map(shown, value)) or "''"
+        return value if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else json.dumps(value)
+
+    return [f"--{key.replace('_', '-')} {shown(before.get(key))} -> {shown(now.get(key))}"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key) and key != "validation"]
 
 
 def _validation(config) -> dict[str, int]:
@@ -256,12 +285,10 @@ def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifac
     if not finished:  # (an interrupted run may validate otherwise when resumed)
         validated = _validation(run.config)
     if before != now or validated != _validation(run.config):
-        differ = [f"--{key.replace('_', '-')} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
-                  if before.get(key) != now.get(key)]
-        differ += [f"--{key.replace('_', '-')} {validated[key]!r} -> {value!r}" for key, value in _validation(run.config).items()
-                   if validated.get(key) != value]
-        raise UserError(f"{target} {trained} with other options than this sweep plans ({'; '.join(differ[:3])}); rerun with "
-                        "the options it was started with, with --force to start the sweep over, or write it to another -o")
+        differ = option_changes({**before, **validated}, {**now, **_validation(run.config)})
+        raise UserError(f"{target} {trained} with other options than this sweep plans (the run's {'; '.join(differ[:3])}); "
+                        "rerun with the options it was started with, with --force to start the sweep over, or write it to "
+                        "another -o")
     return finished
 
 
