@@ -1379,7 +1379,6 @@ def test_text_the_tokenizer_has_no_token_for_is_counted_and_a_template_of_it_ref
 
     from llmkit.data.templates import text_template
     from llmkit.data.tokenizer import TextTokenizer, token_byte_lengths
-    from llmkit.errors import UserError
     from llmkit.finetune.data import classify_examples, sft_examples
     from llmkit.model.records import Labels
 
@@ -1396,8 +1395,9 @@ def test_text_the_tokenizer_has_no_token_for_is_counted_and_a_template_of_it_ref
     assert len(examples) == 3
     assert ("2 of 3 training examples hold text this tokenizer has no token for (4 <unk> tokens, 2 of them in what the "
             "model learns to write; the first: d.jsonl:2)") in said
-    with pytest.raises(UserError, match="the template's prompt wording 'Übersetze:' holds characters this tokenizer has no token"):
-        sft_examples(records, text_template("de", "Übersetze: {prompt}", " {response}"), tok, 64, False, "training")
+    sft_examples(records[:1], text_template("de", "Übersetze:\n{prompt}", " {response}"), tok, 64, False, "training")
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the template's wording holds 'Übersetze', which this tokenizer has no token for: every example carries <unk> there" in said
     classify_examples([{"text": "hello ☃", "label": 0}, {"text": "world", "label": 1}], Labels(["0", "1"], [0, 1]), tok, 64,
                       False, "training", places=["c.jsonl:1", "c.jsonl:2"])
     said = " ".join(capsys.readouterr().err.split())
@@ -1416,3 +1416,24 @@ def test_a_prompt_beside_messages_that_repeats_the_first_user_message_is_no_othe
     assert encode_example(chat, {"prompt": "q", "prompt_id": "0", "messages": messages}, tok, "d.jsonl:1") == alone
     with pytest.raises(UserError, match="has 'prompt' beside 'messages', .* and it differs from its first user message"):
         encode_example(chat, {"prompt": "another", "messages": messages}, tok, "d.jsonl:1")
+
+
+def test_a_template_files_special_token_that_strips_takes_the_whitespace_beside_it(base):
+    """Phi-3's role tokens strip the whitespace beside them inside one string (lstrip/rstrip), as
+    `apply_chat_template` encodes it; the template file's wording kept it, other ids than the
+    exported model's template gives."""
+    from tokenizers import AddedToken, Tokenizer
+
+    from llmkit.data.templates import encode_text_prompt, text_template
+    from llmkit.data.tokenizer import TextTokenizer, token_byte_lengths
+
+    hf = Tokenizer.from_file(str(base["checkpoint"] / "tokenizer" / "tokenizer.json"))
+    hf.add_special_tokens([AddedToken("<|sep|>", lstrip=True, rstrip=True, special=True)])
+    tok = TextTokenizer(hf, np.asarray(token_byte_lengths(hf)))
+    sep = tok.special_ids["<|sep|>"]
+    ids = encode_text_prompt(text_template("own", "Q: {prompt} \n<|sep|>\n A:", " {response}"), "the king", tok)
+    assert ids == [tok.bos_id] + tok.encode_after_special("Q: the king") + [sep] + tok.encode_after_special("A:")
+    # as the tokenizer encodes the same string, special tokens read as such (TextTokenizer reads them as text)
+    again = Tokenizer.from_file(str(base["checkpoint"] / "tokenizer" / "tokenizer.json"))
+    again.add_special_tokens([AddedToken("<|sep|>", lstrip=True, rstrip=True, special=True)])
+    assert ids[1:] == again.encode("Q: the king \n<|sep|>\n A:", add_special_tokens=False).ids

@@ -396,8 +396,9 @@ class Rendered(str):
 def encode_rendered(text: str, tokenizer, encode: Callable[[str], list[int]] | None = None) -> list[int]:
     """Rendered template text as ids: `encode` (default: `encode_after_special`, a prompt's text after
     the start token) for its start, each special token's name in the wording as the token, and
-    the text after one as it encodes right after a special token. Plain text (a str, not Rendered)
-    has no wording: all of it is encoded as text."""
+    the text after one as it encodes right after a special token, less the whitespace a token that
+    strips beside it takes (Phi-3's), as `apply_chat_template` encodes one string. Plain text (a
+    str, not Rendered) has no wording: all of it is encoded as text."""
     encode = encode or tokenizer.encode_after_special
     spans = getattr(text, "wording", ())
     names = [name for name in tokenizer.special_ids if name and any(name in text[a:b] for a, b in spans)]
@@ -406,15 +407,24 @@ def encode_rendered(text: str, tokenizer, encode: Callable[[str], list[int]] | N
     import re
 
     pattern = re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
-    ids, start = [], 0
+    pieces: list[str | int] = []  # the text between special tokens, and the tokens
+    start = 0
     for a, b in spans:
         for found in pattern.finditer(text, a, b):
-            if found.start() > start:
-                ids += encode(str(text[start:found.start()]))
-            ids.append(tokenizer.special_ids[found.group()])
-            encode, start = tokenizer.encode_after_special, found.end()
-    if start < len(text):
-        ids += encode(str(text[start:]))
+            pieces += [str(text[start:found.start()]), tokenizer.special_ids[found.group()]]
+            start = found.end()
+    pieces.append(str(text[start:]))
+    ids: list[int] = []
+    for at, piece in enumerate(pieces):
+        if isinstance(piece, int):
+            ids.append(piece)
+            continue
+        if at > 0 and tokenizer.strips_beside(pieces[at - 1])[1]:
+            piece = piece.lstrip()
+        if at + 1 < len(pieces) and tokenizer.strips_beside(pieces[at + 1])[0]:
+            piece = piece.rstrip()
+        if piece:
+            ids += (encode if at == 0 else tokenizer.encode_after_special)(piece)
     return ids
 
 

@@ -120,7 +120,9 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
     places = _places(records, name, places)
     fits = max_len + 1
     specials = set(tokenizer.special_ids.values())
-    refuse_unknown_wording(template, tokenizer)
+    wording = unknown_wording(template, tokenizer) if verbose and name == "training" else None
+    if wording:
+        note(wording)
     unknown = UnknownText(tokenizer, name, len(records))
     for i, record in enumerate(records):
         example, without_prompt = encode_example(template, record, tokenizer, places[i]), False
@@ -238,20 +240,28 @@ class UnknownText:
              "<unk> there; clean such characters out of the data, or fine-tune a model whose tokenizer covers them")
 
 
-def refuse_unknown_wording(template: dict, tokenizer) -> None:
-    """A text template's own wording must encode without `<unk>`: every example would carry it."""
+def unknown_wording(template: dict, tokenizer) -> str | None:
+    """What a text template's own wording has that the tokenizer writes as `<unk>` (every example
+    carries it there: a constant the model learns, but no longer the text the template says), named
+    as the tokenizer cut it (a character, '\\n'; a word of a word-level vocabulary); None where it
+    has none."""
     unk = tokenizer.unknown_text_id
     if unk is None or template.get("type") != "text":
-        return
+        return None
     import string
 
-    from llmkit.data.templates import Rendered, encode_rendered
-
+    unknown = set()
     for part in ("prompt", "response"):
         for literal, _, _, _ in string.Formatter().parse(template[part]):
-            if literal and unk in encode_rendered(Rendered.all_wording(literal), tokenizer):
-                raise UserError(f"the template's {part} wording {literal.strip()!r} holds characters this tokenizer has no "
-                                "token for (it writes <unk> for them in every example); reword the template")
+            encoded = tokenizer.hf.encode(literal or "", add_special_tokens=False)
+            unknown |= {literal[a:b] for token, (a, b) in zip(encoded.ids, encoded.offsets) if token == unk}
+    unknown = sorted(unknown)
+    if not unknown:
+        return None
+    fix = "a template file (--template FILE.json) without them" if template.get("name") in ("plain", "translate", "summarize") \
+        else "a template without them"
+    return (f"the template's wording holds {', '.join(repr(char) for char in unknown)}, which this tokenizer has no token "
+            f"for: every example carries <unk> there; {fix} keeps the text the model reads")
 
 
 def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: int, where: str) -> tuple[Encoded, bool]:
