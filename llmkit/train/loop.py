@@ -120,8 +120,6 @@ class LoopResult:
     resumed_from: int | None
 
 
-
-
 class NonFiniteLoss(UserError):
     pass
 
