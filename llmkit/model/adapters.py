@@ -48,7 +48,7 @@ def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[st
     if not recorded.path.is_dir():
         raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), whose model is its base ({where}) with "
                         "them folded in, and that base is not there; put it back where the run read it, or use the "
-                        "finished run directory, whose weights are merged") from None
+                        "finished run directory, whose weights are merged")
     base = artifacts.load(recorded.path, kind="checkpoint")
     if base.fingerprint != recorded.fingerprint:
         raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), and its base {recorded.path} changed "
