@@ -1147,3 +1147,20 @@ def test_a_failed_sweep_writes_its_finished_runs_as_points_a_fit_reads(cli, toke
     (tmp_path / "points.csv").write_text("name,params,tokens,flops,budget,loss\na,1000,20000,1.2e8,,3.0\n"
                                          "b,2000,20000,2.4e8,1e9,2.9\n")
     assert [p.budget for p in read_points(tmp_path / "points.csv")] == [None, 1e9]
+
+
+def test_a_sweep_past_one_epoch_is_named_again_by_the_fit(cli, shared_data, tmp_path):
+    """The note before training was said once and recorded nowhere: the fit, where repeated tokens
+    skew the law, was silent."""
+    (tmp_path / "book.txt").write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:12_000], encoding="utf-8")
+    for args in (["clean", tmp_path / "book.txt", "--doc-per", "blank-line", "-o", tmp_path / "corpus"],
+                 ["tokenizer", "train", tmp_path / "corpus", "-o", tmp_path / "tok", "--vocab-size", "300"],
+                 ["tokenize", tmp_path / "corpus", "-t", tmp_path / "tok", "-o", tmp_path / "tokens"]):
+        assert cli(*args).exit_code == 0
+    train = artifacts.load(tmp_path / "tokens").stats["train"]["tokens"]
+    swept = cli("sweep", tmp_path / "tokens", "-o", tmp_path / "sweep", "--sizes", "1x16", "--tokens", str(2 * train),
+                "--head-dim", "16", "--seq-len", "32", "--context-length", "64", "--eval-tokens", "256", "--min-steps", "2")
+    assert swept.exit_code == 0 and "1 of 1 runs train past one epoch" in " ".join(swept.output.split()), swept.output
+    assert artifacts.load(tmp_path / "sweep").stats["train_tokens"] == train
+    fitted = " ".join(cli("scaling", "fit", tmp_path / "sweep", "-o", tmp_path / "fit").output.split())  # (1 point: refused)
+    assert f"1 of 1 runs read the tokens' training split ({train:,} tokens) more than once" in fitted, fitted

@@ -68,6 +68,15 @@ def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:
         from llmkit.console import note
 
         note(f"{diverged}; the fit takes them as measured: sweep again with a lower --lr, or fit a CSV of the others")
+    train = sweep.stats.get("train_tokens")  # (a sweep made before 2026-12-07 records none)
+    repeated = [p for p in points if isinstance(train, int) and train > 0 and p.tokens > train]
+    if repeated:
+        from llmkit.console import note
+
+        note(f"{len(repeated)} of {len(points)} runs read the tokens' training split ({train:,} tokens) more than once "
+             f"(up to {max(p.tokens for p in repeated) / train:.1f} times: {', '.join(p.name for p in repeated[:3])}"
+             f"{', ...' if len(repeated) > 3 else ''}); the fit takes their tokens as data seen, which repeated tokens are "
+             "worth less than (Muennighoff et al., 2023)")
     return points
 
 

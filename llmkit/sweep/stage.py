@@ -518,7 +518,9 @@ def _finish(states: list[RunState], tokens_art: artifacts.Artifact, out: Path, c
     build.config = _sweep_config(config)
     build.seed = config.base.seed
     build.stats = {"runs": rows, "plots": plots, "count": "non-embedding parameters; flops = 6 x non-embedding params x tokens",
-                   "vocab_size": vocab}  # (inspect names the runs that diverged: above_a_uniform_guess)
+                   "vocab_size": vocab,  # (inspect names the runs that diverged: above_a_uniform_guess)
+                   # (scaling fit names the runs that read it more than once: their tokens are not all new data)
+                   "train_tokens": int((tokens_art.stats.get("train") or {}).get("tokens") or 0) or None}
     build.runtime = {"parallel": config.parallel}
     table = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # wall time: not the same on a rerun
     write_table(out, table)
