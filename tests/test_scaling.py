@@ -641,7 +641,8 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     relr = cli("sweep", tokens, "-o", interrupted, *other_lr)
     assert relr.exit_code != 0 and f"{rows[0]['name']} was interrupted (step_00000004 saved) after training with other options" \
         in " ".join(relr.output.split()), relr.output
-    assert re.search(r"than this sweep plans \(the run's --lr [0-9.e-]+ -> [0-9.e-]+\);", " ".join(relr.output.split())), relr.output  # (it said none)
+    # (the sweep's --lr as typed, which its start recorded: the run's own is scaled by width)
+    assert "than this sweep plans (--lr 0.003 -> 0.001);" in " ".join(relr.output.split()), relr.output
     assert {p: p.stat().st_mtime_ns for p in (interrupted / "runs").rglob("*")} == before  # no run started
     # with its own options it resumes from that checkpoint (done: it holds the whole run), and the others train
     same = cli("sweep", tokens, "-o", interrupted, *SWEEP)
@@ -1122,7 +1123,7 @@ def test_a_failed_sweep_writes_its_finished_runs_as_points_a_fit_reads(cli, toke
     from llmkit.model.records import CheckpointStats
     from llmkit.sweep.config import SweepConfig
     from llmkit.sweep.grid import plan
-    from llmkit.sweep.stage import FINISHED_POINTS, RUNS, RunState, _finished_points_said, _write_finished_points
+    from llmkit.sweep.stage import FINISHED_POINTS, RUNS, RunState, _finished_points_said
 
     out = tmp_path / "sweep"
     grid = ["--sizes", "1x16", "--head-dim", "16", "--tokens", "4e3", "--seq-len", "32", "--context-length", "64",
@@ -1132,11 +1133,13 @@ def test_a_failed_sweep_writes_its_finished_runs_as_points_a_fit_reads(cli, toke
                                   eval_tokens=512, min_steps=2), vocab_size=300)
     assert (out / RUNS / runs[0].name).is_dir() and not (out / RUNS / runs[1].name).exists()
     states = [RunState(runs[0], state="skipped"), RunState(runs[1], state="failed")]
-    assert len(_write_finished_points(states, out)) == 1
-    # said in the failure: too few for a fit (the command offered could not run), and a run that diverged named
+    # a run that diverged (here: above ln 2) is named and left out of the points, which a CSV's fit could not tell
+    said = _finished_points_said(states, out, vocab_size=2)
+    assert "ended above a uniform guess's loss over the vocabulary (ln 2" in said and "left out of the points)" in said
+    assert not (out / FINISHED_POINTS).exists()
+    # said in the failure: too few for a fit (the command offered could not run)
     said = _finished_points_said(states, out, vocab_size=300)
-    assert said == f" (1 run finished, written as points to {out / FINISHED_POINTS}: too few for a fit, which needs 6 points or more of 2 sizes and 2 token counts or more)"
-    assert "ended above a uniform guess's loss over the vocabulary (ln 2" in _finished_points_said(states, out, vocab_size=2)
+    assert said == f" (1 run finished; 1 written as points to {out / FINISHED_POINTS}: too few for a fit, which needs 6 points or more of 2 sizes and 2 token counts or more)"
     stats = CheckpointStats.of(artifacts.load(out / RUNS / runs[0].name))
     rows = (out / FINISHED_POINTS).read_text().splitlines()
     assert rows == ["name,params,tokens,budget,loss",

@@ -85,16 +85,17 @@ def print_plan(plan: dict[str, Any]) -> None:
             machines = "256 machines" if lay["device"] == "CPU" else "256 nodes of 8"
             copies = [flag for flag, kept in (("--ema", lay.get("ema")), ("--keep-best", lay.get("keep_best"))) if kept]
             without = plan.get("search_without_copies")
-            found_without = (f"without {' and '.join(copies)}: {without['gpus'] * without['nnodes']} device(s), tp {without['tp']}, "
-                             f"pp {without['pp']}, {without['strategy']}"
+            smaller = "lower --micro-batch or --seq-len" if lay["micro_batch"] > 1 else "lower --seq-len, or use more memory"
+            found_without = (f"without {' and '.join(copies)}: {without['gpus'] * without['nnodes']} device(s) ({without['nnodes']} "
+                             f"node(s) of {without['gpus']}), tp {without['tp']}, pp {without['pp']}, {without['strategy']}"
                              + (", activation checkpointing" if without["activation_checkpointing"] else "")
                              + (" (--average-last averages the last checkpoints instead of --ema)" if "--ema" in copies else "")
                              if without else
-                             f"nor without {' and '.join(copies)}; lower --micro-batch or --seq-len")
+                             f"nor without {' and '.join(copies)}; {smaller}")
             out.print(f"search: no layout up to {machines} fits this micro-batch and sequence length"
                       + (f" with {' and '.join(copies)}, which rule out --strategy fsdp, --tp and --pp (each keeps whole "
                          f"weights on every process); {found_without}"
-                         if copies else "; lower --micro-batch or --seq-len"), markup=False)
+                         if copies else f"; {smaller}"), markup=False)
         else:
             lay2 = found["layout"]
             out.print(f"search: {lay2['gpus'] * lay2['nnodes']} device(s) ({lay2['nnodes']} node(s)), tp {lay2['tp']}, pp {lay2['pp']}, "

@@ -126,7 +126,8 @@ def compute_optimal_tokens(cfg: PlanConfig, shape, flops_per_token: float) -> tu
         notes.append(f"compute: the law counts C = 6 N D ({6 * counted * tokens:.3g} FLOPs for these tokens, N its "
                      f"{'total' if total else 'non-embedding'} parameters); this plan counts the model's products and "
                      f"attention, {ratio:.2f}x that ("
-                     + ("6 N D leaves out attention and the head, large beside a small model's blocks)" if ratio > 1 else
+                     + (f"6 N D leaves out attention{' and the head' if not total and shape.config.tie_embeddings else ''}, "
+                        "large beside a small model's blocks)" if ratio > 1 else
                         "its N counts embeddings, which are looked up, not multiplied)"))
     return tokens, (f"the fitted law in {cfg.scaling} (alpha {law.alpha:.3f}, beta {law.beta:.3f}; N "
                     f"counted as {'total' if total else 'non-embedding'} parameters, as the fit did)"), notes

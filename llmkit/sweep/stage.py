@@ -65,7 +65,9 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
         if not force:  # each refuses before anything changes on disk
             _rename_legacy_runs(out, runs)
             _same_sweep(out, config, runs, tokens_art)
-        finished = [_finished_with_these_options(run, out, tokens_art) for run in runs]
+        finished = [_finished_with_these_options(run, out, tokens_art, _sweep_config(config)) for run in runs]
+        (out / CONFIGS).mkdir(parents=True, exist_ok=True)  # (what a rerun that differs is told it differs in)
+        (out / CONFIGS / SWEEP_OPTIONS).write_text(artifacts.canonical_json(_sweep_config(config)) + "\n", encoding="utf-8")
         if not all(finished):  # a sweep being (re)run is not an artifact until it is finished again
             (out / artifacts.MANIFEST).unlink(missing_ok=True)
         (out / FINISHED_POINTS).unlink(missing_ok=True)  # (a failed attempt's: this one says again what finished)
@@ -99,28 +101,34 @@ FINISHED_POINTS = "finished_points.csv"  # a failed sweep's finished runs, as po
 
 
 def _finished_points_said(states: list[RunState], out: Path, vocab_size: int) -> str:
-    """What a failed sweep's message says of the runs that finished (`_write_finished_points`): the
-    fit of them where they are enough for one, those that diverged (a CSV's fit cannot tell)."""
+    """What a failed sweep's message says of the runs that finished (`_finished_rows`): the
+    fit of them where they are enough for one, less those that diverged, which a CSV's fit cannot
+    tell (they are named, and left out of the points)."""
     from llmkit.console import shell_word
+    from llmkit.sweep_table import diverged_runs
 
-    rows = _write_finished_points(states, out)
-    if not rows:
+    finished = _finished_rows(states, out)
+    if not finished:
         return ""
-    said = f" ({len(rows)} run{'s' if len(rows) != 1 else ''} finished, written as points to {out / FINISHED_POINTS}"
-    if (diverged := above_a_uniform_guess([(row[0], row[4]) for row in rows], vocab_size)):
-        said += f"; {diverged}"
+    diverged = above_a_uniform_guess([(row[0], row[4]) for row in finished], vocab_size)
+    left_out = set(diverged_runs([(row[0], row[4]) for row in finished], vocab_size))
+    rows = [row for row in finished if row[0] not in left_out]
+    _write_points(rows, out / FINISHED_POINTS)
+    said = f" ({len(finished)} run{'s' if len(finished) != 1 else ''} finished"
+    said += f"; {diverged}, left out of the points" if diverged else ""
+    if not rows:
+        return said + ")"
+    said += f"; {len(rows)} written as points to {out / FINISHED_POINTS}"
     sizes, tokens = len({row[1] for row in rows}), len({row[2] for row in rows})
     if len(rows) >= 6 and sizes >= 2 and tokens >= 2:
         return said + f"; llmkit scaling fit {shell_word(out / FINISHED_POINTS)} -o FIT fits them)"
     return said + ": too few for a fit, which needs 6 points or more of 2 sizes and 2 token counts or more)"
 
 
-def _write_finished_points(states: list[RunState], out: Path) -> list[list]:
-    """The runs that finished with a validation loss, as a CSV of points (name, params: non-embedding
-    as the fit counts them by default, tokens seen, budget, loss) in OUT: a sweep that cannot
-    finish (a run diverged to NaN at its --lr) still gives a fit of the others. Their rows."""
-    import csv
-
+def _finished_rows(states: list[RunState], out: Path) -> list[list]:
+    """The runs that finished with a validation loss, as points (name, params: non-embedding as the
+    fit counts them by default, tokens seen, budget, loss): a sweep that cannot finish (a run
+    diverged to NaN at its --lr) still gives a fit of the others."""
     from llmkit.model.records import CheckpointStats
 
     rows = []
@@ -131,12 +139,18 @@ def _write_finished_points(states: list[RunState], out: Path) -> list[list]:
         if stats.val_loss is not None:
             rows.append([state.run.name, state.run.non_embedding_params, stats.tokens_seen or state.run.tokens,
                          state.run.flops_budget or "", stats.val_loss])
+    return rows
+
+
+def _write_points(rows: list[list], path: Path) -> None:
+    """Points as the CSV `scaling fit` reads (none: no file)."""
+    import csv
+
     if rows:
-        with open(out / FINISHED_POINTS, "w", encoding="utf-8", newline="") as handle:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["name", "params", "tokens", "budget", "loss"])
             writer.writerows(rows)
-    return rows
 
 
 def past_one_epoch(runs: list[PlannedRun], tokens_art: artifacts.Artifact) -> str | None:
@@ -226,7 +240,7 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_a
                 validation != now["validation"]:
             differ = option_changes({**recorded_options({**recorded, "validation": None}), **validation},
                                     {**recorded_options({**now, "validation": None}), **now["validation"]})
-            raise UserError(f"{out} is a finished sweep of another grid or other options ({'; '.join(differ[:3])}); pass "
+            raise UserError(f"{out} is a finished sweep of another grid or other options ({'; '.join(differ)}); pass "
                             "--force to replace it, or write this one to another -o")
     planned = {run.name for run in runs}
     # (a run killed outright leaves its lock file, .NAME.lock, behind: not a run)
@@ -238,17 +252,44 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_a
                         "over, or write this sweep to another -o")
 
 
-def option_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`--flag was -> is` for each option that differs, as typed on a command line (a default as such)."""
+def option_changes(before: dict[str, Any], now: dict[str, Any], shown_at_most: int = 3) -> list[str]:
+    """Each option that differs as typed on a command line (`--lr 0.001 -> 0.002`, `--tie-embeddings ->
+    --no-tie-embeddings`, a default as such), by its declared flag; past `shown_at_most`, how many more."""
+    from llmkit.options import flat_options
+
+    flags = {opt.name: opt for opt in flat_options(SweepConfig)}
+    missing = object()
+
     def shown(value: Any) -> str:
+        if value is missing:
+            return "(not recorded)"
         if value is None:
             return "(default)"
         if isinstance(value, list):
             return ",".join(map(shown, value)) or "''"
-        return value if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else json.dumps(value)
+        return value if isinstance(value, str) else repr(value) if isinstance(value, float) else json.dumps(value)
 
-    return [f"--{key.replace('_', '-')} {shown(before.get(key))} -> {shown(now.get(key))}"
-            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key) and key != "validation"]
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        was, is_ = before.get(key, missing), now.get(key, missing)
+        if was == is_ or key == "validation":
+            continue
+        opt = flags.get(key)
+        flag = opt.flag if opt is not None else f"--{key.replace('_', '-')}"
+        switch = opt is not None and any("/" in f for f in opt.spec.flags)  # (--x/--no-x)
+        if switch and isinstance(was, bool | None) and isinstance(is_, bool | None) and was is not missing and is_ is not missing:
+            on = lambda value: flag if value else "--no-" + flag[2:]  # noqa: E731
+            changes.append(f"{on(was) if was is not None else flag + ' (default)'} -> {on(is_) if is_ is not None else '(default)'}")
+        else:
+            changes.append(f"{flag} {shown(was)} -> {shown(is_)}")
+    if len(changes) > shown_at_most:
+        changes = changes[:shown_at_most] + [f"and {len(changes) - shown_at_most} more"]
+    return changes
+
+
+def _flat_sweep_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's recorded options with how its runs validate among them, as `option_changes` names them."""
+    return {**recorded_options({**options, "validation": None}), **(options.get("validation") or {})}
 
 
 def _validation(config) -> dict[str, int]:
@@ -263,7 +304,10 @@ def _sweep_config(config: SweepConfig) -> dict:
     return json.loads(artifacts.canonical_json({**config.hashed(), "validation": _validation(config)}))
 
 
-def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifacts.Artifact) -> bool:
+SWEEP_OPTIONS = "sweep.json"  # in OUT/configs: the sweep's own options, as its manifest will record them
+
+
+def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifacts.Artifact, sweep_options: dict) -> bool:
     """Whether the run is already done; one done, or interrupted after a checkpoint, with other
     options or on other tokens is refused (a sweep rerun with another --lr, say), before the sweep
     changes anything on disk: else the other runs would train with the new options first, and the
@@ -285,8 +329,14 @@ def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifac
     if not finished:  # (an interrupted run may validate otherwise when resumed)
         validated = _validation(run.config)
     if before != now or validated != _validation(run.config):
-        differ = option_changes({**before, **validated}, {**now, **_validation(run.config)})
-        raise UserError(f"{target} {trained} with other options than this sweep plans (the run's {'; '.join(differ[:3])}); "
+        # (the sweep's options as typed, where its start recorded them: a run's own are derived, its --lr scaled by width)
+        try:
+            recorded = json.loads((out / CONFIGS / SWEEP_OPTIONS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        differ = option_changes(_flat_sweep_options(recorded), _flat_sweep_options(sweep_options)) if isinstance(recorded, dict) else []
+        differ = differ or ["the run's " + "; ".join(option_changes({**before, **validated}, {**now, **_validation(run.config)}))]
+        raise UserError(f"{target} {trained} with other options than this sweep plans ({'; '.join(differ)}); "
                         "rerun with the options it was started with, with --force to start the sweep over, or write it to "
                         "another -o")
     return finished
