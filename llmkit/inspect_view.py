@@ -358,6 +358,11 @@ def _has_chat_roles(art) -> bool:
 
     if (Path(art.path) / "tokenizer" / "chat_template.jinja").is_file():
         return True
+    from llmkit.model.records import read_task
+
+    template = getattr(read_task(art), "template", None)
+    if isinstance(template, dict) and isinstance(template.get("jinja"), str):  # (a fine-tune in it, imported again)
+        return True
     try:
         tokenizer = json.loads((Path(art.path) / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
         specials = {token.get("content") for token in tokenizer.get("added_tokens") or () if token.get("special")}

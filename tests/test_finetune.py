@@ -1437,3 +1437,17 @@ def test_a_template_files_special_token_that_strips_takes_the_whitespace_beside_
     again = Tokenizer.from_file(str(base["checkpoint"] / "tokenizer" / "tokenizer.json"))
     again.add_special_tokens([AddedToken("<|sep|>", lstrip=True, rstrip=True, special=True)])
     assert ids[1:] == again.encode("Q: the king \n<|sep|>\n A:", add_special_tokens=False).ids
+
+
+def test_chat_trains_in_an_imported_models_own_template_but_llmkits_own_in_llmkits(base):
+    """llmkit's chat fine-tune exported, re-saved by transformers (no llmkit record) and imported again
+    has llmkit's chat format as its own template: trained in that format as before (the own-template
+    path refused its multi-turn data); another model's template is trained in."""
+    from llmkit.data.templates import CHAT_TEMPLATE, chat_format_for, chat_template, own_chat_format
+
+    tok = _tokenizer(base)
+    assert chat_format_for(tok) == chat_template()
+    tok.own_chat_template = CHAT_TEMPLATE
+    assert chat_format_for(tok) == chat_template()
+    tok.own_chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert chat_format_for(tok) == own_chat_format(tok.own_chat_template)

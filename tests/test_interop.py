@@ -763,6 +763,40 @@ def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned
     assert own.tokenizer.own_chat_template == CHATML and encode_chat_prompt(talk, own.tokenizer) == expected
     assert cli("export", tmp_path / "own", "-o", tmp_path / "own-hf").exit_code == 0
     assert AutoTokenizer.from_pretrained(tmp_path / "own-hf", local_files_only=True).chat_template == CHATML
+    # eval scores its replies (the conversation starts with <|im_start|>, no start-of-text token: it was refused)
+    scored = cli("eval", tmp_path / "own", "--data", tmp_path / "chat.jsonl", "-o", tmp_path / "own-eval")
+    assert scored.exit_code == 0, scored.output
+    # exported and imported again, task.json keeps the template (the tokenizer no longer has it): it fine-tunes on
+    assert cli("import", tmp_path / "own-hf", "-o", tmp_path / "own-back").exit_code == 0
+    again = cli("finetune", tmp_path / "own-back", "--data", tmp_path / "chat.jsonl", "--max-steps", "1", "--batch-size", "4",
+                "--val-fraction", "0", "-o", tmp_path / "own-again")
+    assert again.exit_code == 0 and json.loads((tmp_path / "own-again" / "task.json").read_text())["template"]["jinja"] == CHATML
+    # a template that marks the assistant's turns ({% generation %}): learned as transformers' mask has them
+    marked = CHATML.replace("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}",
+                            "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}"
+                            "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}{% else %}"
+                            "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}")
+    assert marked != CHATML
+    loaded.tokenizer.own_chat_template = marked
+    del loaded.tokenizer._own_chat
+    example = encode_example(own_chat_format(marked), {"messages": chat}, loaded.tokenizer, "test")
+    theirs.chat_template = marked
+    mask = theirs.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)["assistant_masks"]
+    assert example.learn == [bool(flag) for flag in mask] and any(mask)
+    # one that renders an earlier reply otherwise once a message follows (as Qwen3 drops an earlier <think>): the
+    # last reply is learned, the other not (the run was refused); a template's own refusal names the record
+    shifting = CHATML.replace("message['content'] + '<|im_end|>", "(message['content'] | upper if message['role'] == "
+                              "'assistant' and not loop.last else message['content']) + '<|im_end|>")
+    assert shifting != CHATML
+    loaded.tokenizer.own_chat_template = shifting
+    del loaded.tokenizer._own_chat
+    example = encode_example(own_chat_format(shifting), {"messages": chat}, loaded.tokenizer, "test")
+    learned = "".join(theirs.decode([t]) for t, flag in zip(example.ids, example.learn) if flag)
+    assert learned == "Farewell<|im_end|>\n" and example.unlearned_turns == 1
+    loaded.tokenizer.own_chat_template = refusing
+    del loaded.tokenizer._own_chat
+    with pytest.raises(Exception, match="^chat.jsonl:7: the model's chat template refused the conversation"):
+        encode_example(own_chat_format(refusing), {"messages": chat}, loaded.tokenizer, "chat.jsonl:7")
 
 
 def test_import_reads_odd_but_loadable_folders_and_names_malformed_files(cli, tmp_path, tokenizer_dir):
@@ -1313,6 +1347,8 @@ def test_export_refuses_existing_output_and_unknown_format(cli, tmp_path, tokeni
     (tmp_path / "again" / ".git").mkdir()
     assert "(.git)" in _error(cli("export", ckpt, "-o", tmp_path / "again", "--force"))
     (tmp_path / "again" / ".git").rmdir()
+    (tmp_path / "again" / ".DS_Store").write_bytes(b"")  # (a file manager's: nobody's work)
+    assert cli("export", ckpt, "-o", tmp_path / "again", "--force").exit_code == 0
     weights = tmp_path / "again" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
     assert "(model.safetensors)" in _error(cli("export", ckpt, "-o", tmp_path / "again", "--force"))

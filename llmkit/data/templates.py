@@ -28,6 +28,24 @@ from llmkit.jsonl import ABSENT, field_value, read_text
 
 ROLES = ("system", "user", "assistant")
 CHAT = "chat"
+# Fine-tuned checkpoints carry their prompt format in task.json (this module);
+# as a Jinja chat template, `tokenizer.apply_chat_template` renders what llmkit renders.
+# chat: [BOS] (<|role|> text)*, then <|assistant|> to prompt an answer, or EOS after a finished
+# conversation (as in training); a role token ends a turn, so role tokens are stop ids too. What
+# training learns, an assistant's text and the token that ends its turn (the next role token, or EOS
+# last), is inside {% generation %}: transformers' return_assistant_tokens_mask (TRL's
+# assistant_only_loss) then gives llmkit's loss mask (without it, a mask of zeros).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('llmkit chats have system, user and assistant roles only') }}{% endif %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'assistant' %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}"
+    "{% if not loop.last %}{{ '<|' + messages[loop.index0 + 1]['role'] + '|>' }}"
+    "{% elif not add_generation_prompt %}{{ eos_token }}{% endif %}{% endgeneration %}"
+    "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 TEXT_TEMPLATES: dict[str, dict[str, str]] = {
     "plain": {"prompt": "{prompt}\n", "response": "{response}"},
@@ -43,6 +61,9 @@ class Encoded:
 
     ids: list[int]
     learn: list[bool]
+    # assistant turns left unlearned: a model's own chat template that renders an earlier turn otherwise
+    # than as the history it answers (Qwen3's drops an earlier turn's <think> block)
+    unlearned_turns: int = 0
 
     @property
     def prompt_length(self) -> int:
@@ -114,6 +135,14 @@ def own_chat_format(jinja: str) -> dict[str, Any]:
     inference; task.json keeps the template, so the fine-tune is prompted in the format it learned."""
     return {"name": CHAT, "type": "chat", "jinja": jinja,
             "assistant_end": "the template's own end of an assistant turn, learned with the turn"}
+
+
+def chat_format_for(tokenizer) -> dict[str, Any]:
+    """What `--template chat` trains in with this tokenizer: an imported chat model's own template,
+    else llmkit's chat format (which is also the template of llmkit's own chat fine-tune, exported and
+    imported again without its record: trained as before, its turns' ends llmkit's)."""
+    own = getattr(tokenizer, "own_chat_template", None)
+    return own_chat_format(own) if own and own != CHAT_TEMPLATE else chat_template()
 
 
 def resolve_template(spec: str) -> dict[str, Any]:
@@ -217,12 +246,12 @@ def _template_for(record: dict[str, Any], instead_of: str | None = None) -> str:
             else "; for other fields give --template FILE.json (a prompt and a response with {field} slots)")
 
 
-def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
-    """A conversation to train on: llmkit's chat format, or the model's own chat template where its
-    tokenizer has one (an imported chat model: `encode_own_chat_example`), the format it is
-    prompted in."""
-    if getattr(tokenizer, "own_chat_template", None):
-        return encode_own_chat_example(messages, tokenizer)
+def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer, own: bool = False,
+                        where: str = "a conversation") -> Encoded:
+    """A conversation to train on: llmkit's chat format, or (`own`: `own_chat_format`) the model's own
+    chat template (an imported chat model's: `encode_own_chat_example`), the format it is prompted in."""
+    if own:
+        return encode_own_chat_example(messages, tokenizer, where)
     special = tokenizer.special_ids
     roles = [special[f"<|{m['role']}|>"] for m in messages]
     ids, learn = [tokenizer.bos_id], [False]
@@ -239,35 +268,63 @@ def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encode
     return Encoded(ids, learn)
 
 
-def own_assistant_turns(messages: Sequence[dict[str, str]], tokenizer) -> tuple[list[int], list[tuple[int, int]]]:
-    """A conversation rendered whole with the model's own chat template, and where each assistant
-    message lies in it: from the end of the history before it rendered with the generation prompt
-    (what the model is given at inference) to the end of the history through it (its text and what
-    ends its turn, `<|im_end|>` in ChatML), as TRL's assistant-only loss takes it. A template that
-    does not render a conversation as its history plus the next turn is refused."""
-    full = tokenizer.encode_own_chat(messages, generation_prompt=False)
+def own_assistant_turns(messages: Sequence[dict[str, str]], tokenizer, where: str = "a conversation"
+                        ) -> tuple[list[int], list[tuple[int, int]], int]:
+    """A conversation rendered whole with the model's own chat template, encoded once, and the tokens
+    of each assistant turn in it, as (start, end) token positions; and how many turns could not be
+    told apart. A template that marks them (`{% generation %}`) says where they are, as transformers'
+    `return_assistant_tokens_mask` (TRL's assistant-only loss) takes them. Otherwise by the text: a
+    turn runs from the end of its history rendered with the generation prompt (what the model is
+    given at inference) to the end of the history through it (its text and what ends the turn,
+    `<|im_end|>\\n` in ChatML), where the whole rendering starts with both; a token across that
+    seam (a reply starting with a newline merged with the prompt's) counts with the turn. A turn the
+    template renders otherwise once a later message follows (Qwen3 drops an earlier turn's <think>
+    block) is not learned; the last one always is, as it is the whole rendering's end."""
+    try:
+        full = tokenizer.render_own_chat(messages, generation_prompt=False)
+        encoded = tokenizer.encode_rendered_chat(full)
+        if "{% generation %}" in tokenizer.own_chat_template or "{%- generation %}" in tokenizer.own_chat_template:
+            mask = tokenizer._own_chat.apply_chat_template(list(messages), tokenize=True, return_dict=True,
+                                                           return_assistant_tokens_mask=True)["assistant_masks"]
+            runs, start = [], None
+            for position, flag in enumerate([*mask, 0]):
+                if flag and start is None:
+                    start = position
+                elif not flag and start is not None:
+                    runs.append((start, position))
+                    start = None
+            return list(encoded.ids), runs, 0
+        spans, missed = [], 0
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = tokenizer.render_own_chat(messages[:i]) if i else ""
+            through = tokenizer.render_own_chat(messages[: i + 1], generation_prompt=False)
+            if full.startswith(through) and through.startswith(before):
+                spans.append((len(before), len(through)))
+            else:
+                missed += 1
+    except UserError as exc:  # (the template's own refusal, named by the record it refused)
+        raise UserError(f"{where}: {exc}") from None
+    if spans == [] and missed:
+        raise UserError(f"{where}: the model's own chat template renders none of its assistant turns as the end of the "
+                        "conversation so far, so what the assistant says cannot be told apart to learn it; fine-tune with "
+                        "a template file in its format (--template FILE.json: its wording may name the special tokens)")
     turns = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = len(tokenizer.encode_own_chat(messages[:i])) if i else 0
-        through = tokenizer.encode_own_chat(messages[: i + 1], generation_prompt=False)
-        if full[:len(through)] != through or start > len(through) or \
-                (i and full[:start] != tokenizer.encode_own_chat(messages[:i])):
-            raise UserError("the model's own chat template does not render a conversation as its history followed by the "
-                            "next turn, so what the assistant says cannot be told apart to learn it; fine-tune with a "
-                            "template file in its format (--template FILE.json: its wording may name the special tokens)")
-        turns.append((start, len(through)))
-    return full, turns
+    for start_char, end_char in spans:
+        inside = [k for k, (a, b) in enumerate(encoded.offsets) if b > start_char and a < end_char]
+        if inside:
+            turns.append((inside[0], inside[-1] + 1))
+    return list(encoded.ids), turns, missed
 
 
-def encode_own_chat_example(messages: Sequence[dict[str, str]], tokenizer) -> Encoded:
+def encode_own_chat_example(messages: Sequence[dict[str, str]], tokenizer, where: str = "a conversation") -> Encoded:
     """A conversation in the model's own chat template, its assistant turns learned (`own_assistant_turns`)."""
-    ids, turns = own_assistant_turns(messages, tokenizer)
+    ids, turns, missed = own_assistant_turns(messages, tokenizer, where)
     learn = [False] * len(ids)
     for start, end in turns:
         learn[start:end] = [True] * (end - start)
-    return Encoded(ids, learn)
+    return Encoded(ids, learn, unlearned_turns=missed)
 
 
 def encode_chat_prompt(messages: Sequence[dict[str, str]], tokenizer) -> list[int]:
@@ -492,7 +549,10 @@ def encode_text_example(template: dict[str, Any], record: dict[str, Any], tokeni
     fix = (lambda: _template_for(record, instead_of=template["name"])) if suggest_template else None
     prompt_text, response_text = (render(template[part], record, where, fix=fix) for part in ("prompt", "response"))
     prompt = [tokenizer.bos_id] + encode_rendered(prompt_text, tokenizer)
-    response = encode_rendered(response_text, tokenizer, tokenizer.encode_continuation) + [tokenizer.eos_id]
+    continuation = tokenizer.encode_continuation
+    if len(prompt) > 1 and tokenizer.strips_beside(prompt[-1])[1]:  # (a token ending the prompt takes the space after it)
+        continuation = lambda text: tokenizer.encode_continuation(text.lstrip())  # noqa: E731
+    response = encode_rendered(response_text, tokenizer, continuation) + [tokenizer.eos_id]
     return Encoded(prompt + response, [False] * len(prompt) + [True] * len(response))
 
 
@@ -519,6 +579,7 @@ def encode_text_prompt(template: dict[str, Any], text: str, tokenizer) -> list[i
 def encode_example(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str,
                    suggest_template: bool = True) -> Encoded:
     if template["type"] == "chat":
-        return encode_chat_example(record_messages(record, where, suggest_template), tokenizer)
+        return encode_chat_example(record_messages(record, where, suggest_template), tokenizer, own="jinja" in template,
+                                   where=where)
     return encode_text_example(template, record, tokenizer, where, suggest_template)
 

@@ -332,6 +332,14 @@ class TextTokenizer:
         """A conversation and (`generation_prompt`) the assistant's turn to answer, rendered with the
         model's own chat template as transformers renders it (`apply_chat_template`) and encoded as it
         encodes the result: special tokens written in the text are those tokens."""
+        return self.encode_rendered_chat(self.render_own_chat(messages, generation_prompt)).ids
+
+    def encode_rendered_chat(self, text: str) -> Any:
+        """A rendered conversation encoded as transformers encodes it (its ids and character offsets)."""
+        return self._own_chat.backend_tokenizer.encode(text, add_special_tokens=False)
+
+    def render_own_chat(self, messages: Sequence[dict[str, str]], generation_prompt: bool = True) -> str:
+        """The text of `encode_own_chat`, its template's failures one line each."""
         renderer = self._own_chat  # (built, and transformers imported, before the clock starts)
         try:
             with _render_limit(RENDER_SECONDS):
@@ -352,7 +360,7 @@ class TextTokenizer:
             raise UserError(f"the model's chat template rendered {len(text):,} characters from {given:,} of messages; it "
                             "writes far more than a conversation (an imported chat_template.jinja): fix or remove the "
                             "checkpoint's tokenizer/chat_template.jinja")
-        return renderer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        return text
 
     @cached_property
     def _own_chat(self) -> Any:

@@ -169,12 +169,13 @@ def _learned_documents(records: list[dict], template: dict, loaded) -> list:
                             "perplexity scores the replies as the fine-tune learned them, each up to the turn after it, "
                             "so a conversation ends with the assistant's: drop the messages after the last reply")
         example = encode_example(template, record, tokenizer, place(records, i), suggest_template=False)  # (eval has no --template)
-        if example.ids[0] != start_id(loaded):  # (what the windows put first: the fine-tune's start token)
+        own = "jinja" in template  # (the model's own chat template starts a conversation with its own first token)
+        if example.ids[0] != start_id(loaded) and not own:  # (what the windows put first: the fine-tune's start token)
             raise UserError(f"{place(records, i)} does not start with the token {loaded.artifact.path} was fine-tuned to start with")
         ids, learned = example.ids[1:], example.learn[1:]
         replies = [[token for token, _ in run] for flag, run in groupby(zip(ids, learned), key=lambda pair: pair[1]) if flag]
         words = sum(len(tokenizer.decode(reply, skip_special_tokens=True).split()) for reply in replies)
-        documents.append(Document(ids, words=words, bytes=None, index=i, learned=learned))
+        documents.append(Document(ids, words=words, bytes=None, index=i, learned=learned, prefix=example.ids[0] if own else None))
     # (the positions finetune read of an example: its --seq-len, where given, else the context)
     trained_on = loaded.artifact.manifest.config.get("seq_len") or loaded.model.config.context_length
     longer = sum(len(document.tokens) > trained_on for document in documents)

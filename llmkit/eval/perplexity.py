@@ -56,6 +56,9 @@ class Document:
     index: int | None = None  # its record's place in the input (empty records are not scored); None: its place here
     # Which tokens are scored (a fine-tune's examples: what it learned to write); None: every token but the special ones
     learned: list[bool] | None = None
+    # The token each window starts with (None: the run's prefix token): a conversation in a model's own chat
+    # template starts with its own first token (ChatML's <|im_start|>), not a start-of-text one
+    prefix: int | None = None
 
 
 _MAX_EXPONENT = math.log(1e300)
@@ -136,7 +139,7 @@ def score_documents(
     requests: list[Request] = []
     owners: list[int] = []
     for d, doc in enumerate(documents):
-        for request in rolling_windows(doc.tokens, prefix_token, max_seq_len, context_len):
+        for request in rolling_windows(doc.tokens, prefix_token if doc.prefix is None else doc.prefix, max_seq_len, context_len):
             requests.append(request)
             owners.append(d)
     logprobs = token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)

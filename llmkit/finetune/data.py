@@ -165,6 +165,12 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
                         "length, or use a checkpoint with a longer context")
     if verbose:
         unknown.note()
+        unlearned = [example.unlearned_turns for example in examples if example.unlearned_turns]
+        if unlearned:
+            note(f"{sum(unlearned):,} assistant turn(s) of {len(unlearned):,} {name} conversations are not learned: the "
+                 "model's own chat template renders them otherwise once a later message follows (Qwen3's drops an "
+                 "earlier turn's <think> block), so they are not what it is prompted to write; each conversation's last "
+                 "reply is learned")
     if too_long and verbose:
         parts = [f"{too_long} of {len(records)} {name} examples were cut to fit {max_len} positions (--truncate; "
                  f"{fits} tokens, the last one only predicted)"]
@@ -278,18 +284,19 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
     reply first)."""
     emptied = False
     if template["type"] == "chat":
+        own = "jinja" in template  # (the model's own chat template: llmkit.data.templates.own_chat_format)
         *history, reply = record_messages(record, where)
         if history:
             def encode(messages: list[dict[str, str]]) -> list[int]:
-                return encode_chat_example([*messages, reply], tokenizer).ids
+                return encode_chat_example([*messages, reply], tokenizer, own, where).ids
 
             kept, _, cut = fit_conversation(history, tokenizer, max_len, encode=encode)
             emptied = cut is None
             if emptied:
                 kept = [*kept[:-1], dict(kept[-1], content="")]
-            example = encode_chat_example([*kept, reply], tokenizer)
+            example = encode_chat_example([*kept, reply], tokenizer, own, where)
             if cut is not False and kept[-1]["role"] == "assistant":
-                example = _not_learned_where_cut(example, kept, reply, tokenizer)
+                example = _not_learned_where_cut(example, kept, reply, tokenizer, own)
     if template["type"] == "text":
         fields = text_fields(record, prompt_fields(template))
         if fields:  # (numbers are not cut: the example is cut from its end)
@@ -299,16 +306,20 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
     return Encoded(example.ids[:max_len], example.learn[:max_len]), emptied
 
 
-def _not_learned_where_cut(example: Encoded, kept: list[dict[str, str]], reply: dict[str, str], tokenizer) -> Encoded:
+def _not_learned_where_cut(example: Encoded, kept: list[dict[str, str]], reply: dict[str, str], tokenizer,
+                           own: bool = False) -> Encoded:
     """An assistant's message cut at its end (the last of `kept`, the one before the reply) taught the
     model to end a turn mid-sentence: its text and the role token that ends it are not learned."""
     from llmkit.data.templates import message_ids, own_assistant_turns
 
     cut = kept[-1]
-    if getattr(tokenizer, "own_chat_template", None):  # (the model's own format: the cut turn is the last but one)
-        _, turns = own_assistant_turns([*kept, reply], tokenizer)
+    if own:  # (the model's own format: the cut turn is the last but one, where the template tells it apart)
+        _, turns, _ = own_assistant_turns([*kept, reply], tokenizer)
+        if len(turns) < 2:
+            return example
         start, end = turns[-2]
-        return Encoded(example.ids, [flag and not start <= k < end for k, flag in enumerate(example.learn)])
+        return Encoded(example.ids, [flag and not start <= k < end for k, flag in enumerate(example.learn)],
+                       example.unlearned_turns)
     special = tokenizer.special_ids
     cut_role, reply_role = special[f"<|{cut['role']}|>"], special[f"<|{reply['role']}|>"]
     reply_role_at = len(example.ids) - 2 - len(message_ids(reply["content"], reply_role, tokenizer.eos_id, tokenizer))

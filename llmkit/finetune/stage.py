@@ -289,7 +289,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
     from llmkit.finetune import data as ft_data
     from llmkit.model.adapters import merge_state_dict
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
-    from llmkit.model.records import TASK_FILE
+    from llmkit.model.records import TASK_FILE, read_task
     from llmkit.runtime import seed_everything
     from llmkit.train.loop import ArtifactSpec, LoopSettings
 
@@ -300,6 +300,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         seed_everything(config.seed)
         tokenizer_dir = art.path / TOKENIZER_DIR
         tokenizer = load_tokenizer(tokenizer_dir)
+        base_template = getattr(read_task(art), "template", None)
+        if isinstance(base_template, dict) and isinstance(base_template.get("jinja"), str):
+            # a fine-tune in the model's own chat template (imported again since: task.json keeps it, not the tokenizer)
+            tokenizer.own_chat_template = base_template["jinja"]
         seq_len = _seq_len(config, read_model_config(art.path).context_length)
 
         prepared = _examples(config, data, tokenizer, seq_len, info.is_main)
@@ -435,7 +439,7 @@ def _note_thin_data(config, train: int, val: int) -> None:
 
 def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_main: bool) -> _Prepared:
     """--data (and --val-data, or its held-out share) read, checked and encoded for the task."""
-    from llmkit.data.templates import check_tokenizer, encode_example, own_chat_format, resolve_template
+    from llmkit.data.templates import chat_format_for, check_tokenizer, encode_example, resolve_template
     from llmkit.finetune import data as ft_data
 
     records, places = ft_data.read_records(data)
@@ -450,8 +454,8 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
     template, labels = None, None
     if config.task == "sft":
         template = resolve_template(config.template)
-        if template["type"] == "chat" and tokenizer.own_chat_template:  # (an imported chat model: its own format)
-            template = own_chat_format(tokenizer.own_chat_template)
+        if template["type"] == "chat":
+            template = chat_format_for(tokenizer)
         check_tokenizer(template, tokenizer)
         # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
         template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))

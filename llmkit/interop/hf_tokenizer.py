@@ -12,26 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.errors import UserError
+from llmkit.data.templates import CHAT_TEMPLATE  # noqa: F401 (the export writes it; tests read it here)
 
-# Fine-tuned checkpoints carry their prompt format in task.json (llmkit/data/templates.py);
-# as a Jinja chat template, `tokenizer.apply_chat_template` renders what llmkit renders.
-# chat: [BOS] (<|role|> text)*, then <|assistant|> to prompt an answer, or EOS after a finished
-# conversation (as in training); a role token ends a turn, so role tokens are stop ids too. What
-# training learns, an assistant's text and the token that ends its turn (the next role token, or EOS
-# last), is inside {% generation %}: transformers' return_assistant_tokens_mask (TRL's
-# assistant_only_loss) then gives llmkit's loss mask (without it, a mask of zeros).
+# Fine-tuned checkpoints carry their prompt format in task.json: llmkit's chat format as Jinja is
+# llmkit.data.templates.CHAT_TEMPLATE.
 CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('llmkit chats have system, user and assistant roles only') }}{% endif %}"
-    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'assistant' %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
-    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}"
-    "{% if not loop.last %}{{ '<|' + messages[loop.index0 + 1]['role'] + '|>' }}"
-    "{% elif not add_generation_prompt %}{{ eos_token }}{% endif %}{% endgeneration %}"
-    "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 
 
 def _jinja_format(pattern: str, field: str) -> str | None:
