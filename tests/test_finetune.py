@@ -1437,6 +1437,12 @@ def test_a_template_files_special_token_that_strips_takes_the_whitespace_beside_
     again = Tokenizer.from_file(str(base["checkpoint"] / "tokenizer" / "tokenizer.json"))
     again.add_special_tokens([AddedToken("<|sep|>", lstrip=True, rstrip=True, special=True)])
     assert ids[1:] == again.encode("Q: the king \n<|sep|>\n A:", add_special_tokens=False).ids
+    # across the seam: a prompt ending in such a token takes the whitespace the response starts with
+    from llmkit.data.templates import encode_example
+
+    example = encode_example(text_template("seam", "Q: {prompt}<|sep|>", " {response}"), {"prompt": "the king", "response": "yes"},
+                             tok, "test")
+    assert example.ids[1:-1] == again.encode("Q: the king<|sep|> yes", add_special_tokens=False).ids
 
 
 def test_chat_trains_in_an_imported_models_own_template_but_llmkits_own_in_llmkits(base):
