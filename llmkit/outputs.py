@@ -202,9 +202,9 @@ def _not_of_the_export(folder: Path) -> list[str]:
         listed = {**listed, **weights}
     names = sorted(entry.name for entry in folder.iterdir())  # (llmkit's own temporaries and locks lie beside it)
     unrecorded = lambda name: not isinstance(weights, dict) and name.endswith(".safetensors")  # noqa: E731
-    # (a git repository made of it, to publish it, is the user's; a file manager's .DS_Store is nobody's)
+    # (a git repository made of it, an .env, a hub cache are the user's; a file manager's litter is nobody's)
     extra = [name for name in names if name not in listed and name != EXPORT_RECORD and not unrecorded(name)
-             and (not name.startswith(".") or name.startswith(".git"))]
+             and name not in (".DS_Store", "Thumbs.db", "desktop.ini") and not name.startswith("._")]
     changed = [name for name, digest in listed.items()
                if not (folder / name).is_file() or sha256_file(folder / name) != digest]
     return extra + changed

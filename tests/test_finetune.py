@@ -1449,11 +1449,12 @@ def test_chat_trains_in_an_imported_models_own_template_but_llmkits_own_in_llmki
     """llmkit's chat fine-tune exported, re-saved by transformers (no llmkit record) and imported again
     has llmkit's chat format as its own template: trained in that format as before (the own-template
     path refused its multi-turn data); another model's template is trained in."""
-    from llmkit.data.templates import CHAT_TEMPLATE, chat_format_for, chat_template, own_chat_format
+    from llmkit.data.templates import LLMKIT_CHAT_TEMPLATES, chat_format_for, chat_template, own_chat_format
 
     tok = _tokenizer(base)
     assert chat_format_for(tok) == chat_template()
-    tok.own_chat_template = CHAT_TEMPLATE
-    assert chat_format_for(tok) == chat_template()
+    for exported in LLMKIT_CHAT_TEMPLATES:  # (the one exported until 2026-12-06 too)
+        tok.own_chat_template = exported
+        assert chat_format_for(tok) == chat_template()
     tok.own_chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert chat_format_for(tok) == own_chat_format(tok.own_chat_template)

@@ -783,6 +783,10 @@ def test_an_imported_chat_model_is_prompted_in_its_own_template_until_fine_tuned
     theirs.chat_template = marked
     mask = theirs.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)["assistant_masks"]
     assert example.learn == [bool(flag) for flag in mask] and any(mask)
+    trimmed = marked.replace("{% generation %}", "{%- generation -%}").replace("{% endgeneration %}", "{%- endgeneration -%}")
+    loaded.tokenizer.own_chat_template = trimmed  # (whitespace control on the marks: the same mask)
+    del loaded.tokenizer._own_chat
+    assert encode_example(own_chat_format(trimmed), {"messages": chat}, loaded.tokenizer, "test").learn == example.learn
     # one that renders an earlier reply otherwise once a message follows (as Qwen3 drops an earlier <think>): the
     # last reply is learned, the other not (the run was refused); a template's own refusal names the record
     shifting = CHATML.replace("message['content'] + '<|im_end|>", "(message['content'] | upper if message['role'] == "
@@ -1347,6 +1351,9 @@ def test_export_refuses_existing_output_and_unknown_format(cli, tmp_path, tokeni
     (tmp_path / "again" / ".git").mkdir()
     assert "(.git)" in _error(cli("export", ckpt, "-o", tmp_path / "again", "--force"))
     (tmp_path / "again" / ".git").rmdir()
+    (tmp_path / "again" / ".env").write_text("HF_TOKEN=...")  # (a user's: kept)
+    assert "(.env)" in _error(cli("export", ckpt, "-o", tmp_path / "again", "--force"))
+    (tmp_path / "again" / ".env").unlink()
     (tmp_path / "again" / ".DS_Store").write_bytes(b"")  # (a file manager's: nobody's work)
     assert cli("export", ckpt, "-o", tmp_path / "again", "--force").exit_code == 0
     weights = tmp_path / "again" / "model.safetensors"

@@ -18,6 +18,7 @@ prompt is encoded on its own: training sees the same prompt tokens the model wil
 from __future__ import annotations
 
 import json
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,18 @@ CHAT_TEMPLATE = (
     "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+# Every form of it llmkit has exported (until 2026-12-06 without the {% generation %} marks): a chat
+# fine-tune exported then, and imported again without llmkit's record, is llmkit's chat format too.
+LLMKIT_CHAT_TEMPLATES = (
+    CHAT_TEMPLATE,
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('llmkit chats have system, user and assistant roles only') }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}"
+    "{% elif messages and messages[-1]['role'] == 'assistant' %}{{ eos_token }}{% endif %}",
+)
+_GENERATION_MARK = re.compile(r"\{%-?\s*generation\s*-?%\}")  # ({% generation %}, {%- generation -%})
 
 TEXT_TEMPLATES: dict[str, dict[str, str]] = {
     "plain": {"prompt": "{prompt}\n", "response": "{response}"},
@@ -142,7 +155,7 @@ def chat_format_for(tokenizer) -> dict[str, Any]:
     else llmkit's chat format (which is also the template of llmkit's own chat fine-tune, exported and
     imported again without its record: trained as before, its turns' ends llmkit's)."""
     own = getattr(tokenizer, "own_chat_template", None)
-    return own_chat_format(own) if own and own != CHAT_TEMPLATE else chat_template()
+    return own_chat_format(own) if own and own not in LLMKIT_CHAT_TEMPLATES else chat_template()
 
 
 def resolve_template(spec: str) -> dict[str, Any]:
@@ -269,10 +282,10 @@ def encode_chat_example(messages: Sequence[dict[str, str]], tokenizer, own: bool
 
 
 def own_assistant_turns(messages: Sequence[dict[str, str]], tokenizer, where: str = "a conversation"
-                        ) -> tuple[list[int], list[tuple[int, int]], int]:
+                        ) -> tuple[list[int], list[tuple[int, int] | None], int]:
     """A conversation rendered whole with the model's own chat template, encoded once, and the tokens
-    of each assistant turn in it, as (start, end) token positions; and how many turns could not be
-    told apart. A template that marks them (`{% generation %}`) says where they are, as transformers'
+    of each assistant turn in it, as (start, end) token positions (None for one that cannot be told
+    apart); and how many cannot. A template that marks them (`{% generation %}`) says where they are, as transformers'
     `return_assistant_tokens_mask` (TRL's assistant-only loss) takes them. Otherwise by the text: a
     turn runs from the end of its history rendered with the generation prompt (what the model is
     given at inference) to the end of the history through it (its text and what ends the turn,
@@ -283,7 +296,7 @@ def own_assistant_turns(messages: Sequence[dict[str, str]], tokenizer, where: st
     try:
         full = tokenizer.render_own_chat(messages, generation_prompt=False)
         encoded = tokenizer.encode_rendered_chat(full)
-        if "{% generation %}" in tokenizer.own_chat_template or "{%- generation %}" in tokenizer.own_chat_template:
+        if _GENERATION_MARK.search(tokenizer.own_chat_template):
             mask = tokenizer._own_chat.apply_chat_template(list(messages), tokenize=True, return_dict=True,
                                                            return_assistant_tokens_mask=True)["assistant_masks"]
             runs, start = [], None
@@ -303,18 +316,18 @@ def own_assistant_turns(messages: Sequence[dict[str, str]], tokenizer, where: st
             if full.startswith(through) and through.startswith(before):
                 spans.append((len(before), len(through)))
             else:
+                spans.append(None)
                 missed += 1
     except UserError as exc:  # (the template's own refusal, named by the record it refused)
         raise UserError(f"{where}: {exc}") from None
-    if spans == [] and missed:
+    if missed and missed == len(spans):
         raise UserError(f"{where}: the model's own chat template renders none of its assistant turns as the end of the "
                         "conversation so far, so what the assistant says cannot be told apart to learn it; fine-tune with "
                         "a template file in its format (--template FILE.json: its wording may name the special tokens)")
-    turns = []
-    for start_char, end_char in spans:
-        inside = [k for k, (a, b) in enumerate(encoded.offsets) if b > start_char and a < end_char]
-        if inside:
-            turns.append((inside[0], inside[-1] + 1))
+    turns: list[tuple[int, int] | None] = []
+    for span in spans:
+        inside = [k for k, (a, b) in enumerate(encoded.offsets) if span and b > span[0] and a < span[1]]
+        turns.append((inside[0], inside[-1] + 1) if inside else None)
     return list(encoded.ids), turns, missed
 
 
@@ -322,7 +335,7 @@ def encode_own_chat_example(messages: Sequence[dict[str, str]], tokenizer, where
     """A conversation in the model's own chat template, its assistant turns learned (`own_assistant_turns`)."""
     ids, turns, missed = own_assistant_turns(messages, tokenizer, where)
     learn = [False] * len(ids)
-    for start, end in turns:
+    for start, end in filter(None, turns):
         learn[start:end] = [True] * (end - start)
     return Encoded(ids, learn, unlearned_turns=missed)
 
@@ -461,8 +474,6 @@ def encode_rendered(text: str, tokenizer, encode: Callable[[str], list[int]] | N
     names = [name for name in tokenizer.special_ids if name and any(name in text[a:b] for a, b in spans)]
     if not names:
         return encode(str(text))
-    import re
-
     pattern = re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
     pieces: list[str | int] = []  # the text between special tokens, and the tokens
     start = 0

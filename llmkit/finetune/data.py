@@ -303,7 +303,7 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
             fitted = fit_fields(lambda r: encode_example(template, r, tokenizer, where).ids, record, fields, tokenizer, max_len)
             emptied = fitted is None
             example = encode_example(template, fitted or dict(record, **dict.fromkeys(fields, "")), tokenizer, where)
-    return Encoded(example.ids[:max_len], example.learn[:max_len]), emptied
+    return Encoded(example.ids[:max_len], example.learn[:max_len], example.unlearned_turns), emptied
 
 
 def _not_learned_where_cut(example: Encoded, kept: list[dict[str, str]], reply: dict[str, str], tokenizer,
@@ -315,7 +315,7 @@ def _not_learned_where_cut(example: Encoded, kept: list[dict[str, str]], reply: 
     cut = kept[-1]
     if own:  # (the model's own format: the cut turn is the last but one, where the template tells it apart)
         _, turns, _ = own_assistant_turns([*kept, reply], tokenizer)
-        if len(turns) < 2:
+        if len(turns) < 2 or turns[-2] is None:  # (the cut turn is the last but one; one not told apart is not learned)
             return example
         start, end = turns[-2]
         return Encoded(example.ids, [flag and not start <= k < end for k, flag in enumerate(example.learn)],
