@@ -285,8 +285,9 @@ def own_assistant_turns(messages: Sequence[dict[str, str]], tokenizer, where: st
                         ) -> tuple[list[int], list[tuple[int, int] | None], int]:
     """A conversation rendered whole with the model's own chat template, encoded once, and the tokens
     of each assistant turn in it, as (start, end) token positions (None for one that cannot be told
-    apart); and how many cannot. A template that marks them (`{% generation %}`) says where they are, as transformers'
-    `return_assistant_tokens_mask` (TRL's assistant-only loss) takes them. Otherwise by the text: a
+    apart); and how many cannot. A template that marks them (`{% generation %}`) says where they
+    are, as transformers' `return_assistant_tokens_mask` (TRL's assistant-only loss) takes them.
+    Otherwise by the text: a
     turn runs from the end of its history rendered with the generation prompt (what the model is
     given at inference) to the end of the history through it (its text and what ends the turn,
     `<|im_end|>\\n` in ChatML), where the whole rendering starts with both; a token across that

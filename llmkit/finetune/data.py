@@ -212,8 +212,9 @@ def check_held_apart(train: Sequence, val: Sequence, *, given: bool, verbose: bo
         which = ("the one validation example" if len(val) == 1 else f"all {len(val):,} validation examples"
                  if repeated == len(val) else f"{repeated:,} of the {len(val):,} validation examples")
         are = "is" if len(val) == 1 or repeated == 1 and repeated < len(val) else "are"
-        note(f"{which} ({source}) {are} also {'a training example' if are == 'is' else 'training examples'}, so the validation loss and "
-             f"scores count {'it' if are == 'is' else 'them'} as seen; {fix}")
+        what = "a training example" if are == "is" else "training examples"
+        note(f"{which} ({source}) {are} also {what}, so the validation loss and scores count "
+             f"{'it' if are == 'is' else 'them'} as seen; {fix}")
 
 
 class UnknownText:
@@ -241,9 +242,11 @@ class UnknownText:
             return
         what = "texts" if self.texts else "examples"
         learned = f", {self.learned:,} of them in what the model learns to write" if self.learned else ""
-        note(f"{self.examples:,} of {self.total:,} {self.name} {what} {'holds' if self.examples == 1 else 'hold'} text this tokenizer has no token for "
-             f"({self.tokens:,} <unk> token{'' if self.tokens == 1 else 's'}{learned}; the first: {self.first}): the model reads{' and writes' if self.learned else ''} "
-             "<unk> there; clean such characters out of the data, or fine-tune a model whose tokenizer covers them")
+        hold, tokens = "holds" if self.examples == 1 else "hold", "token" if self.tokens == 1 else "tokens"
+        note(f"{self.examples:,} of {self.total:,} {self.name} {what} {hold} text this tokenizer has no token for "
+             f"({self.tokens:,} <unk> {tokens}{learned}; the first: {self.first}): the model reads"
+             f"{' and writes' if self.learned else ''} <unk> there; clean such characters out of the data, or fine-tune a "
+             "model whose tokenizer covers them")
 
 
 def unknown_wording(template: dict, tokenizer) -> str | None:

@@ -231,7 +231,7 @@ def _open_session(config: ChatConfig, checkpoint: Path) -> ChatSession:
     params = config.sampling.params(config.seed)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.inference.compile)
     own = loaded.task is None and loaded.tokenizer.own_chat_template
-    learned_own = "jinja" in session.template  # (fine-tuned in the model's own chat template: llmkit.data.templates.own_chat_format)
+    learned_own = "jinja" in session.template  # (fine-tuned in the model's own chat template: templates.own_chat_format)
     name = ("the model's own, from its import" if own else "the model's own, as fine-tuned" if learned_own
             else session.template["name"])
     if loaded.task is None and not own:

@@ -334,7 +334,8 @@ def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifac
             recorded = json.loads((out / CONFIGS / SWEEP_OPTIONS).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             recorded = None
-        differ = option_changes(_flat_sweep_options(recorded), _flat_sweep_options(sweep_options)) if isinstance(recorded, dict) else []
+        differ = (option_changes(_flat_sweep_options(recorded), _flat_sweep_options(sweep_options))
+                  if isinstance(recorded, dict) else [])
         differ = differ or ["the run's " + "; ".join(option_changes({**before, **validated}, {**now, **_validation(run.config)}))]
         raise UserError(f"{target} {trained} with other options than this sweep plans ({'; '.join(differ)}); "
                         "rerun with the options it was started with, with --force to start the sweep over, or write it to "
