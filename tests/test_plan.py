@@ -734,7 +734,7 @@ def test_the_weights_copies_a_run_keeps_are_counted_where_they_live(cli):
                  "--seq-len", "128", "--memory-gb", "20", "--keep-best", "--search")
     said = " ".join(result.output.split())
     assert "with --keep-best, which rule out --strategy fsdp, --tp and --pp" in said and "lower --micro-batch" not in said
-    assert "without --keep-best: 2 device(s), tp 1, pp 1, fsdp" in said
+    assert "without --keep-best: 2 device(s) (1 node(s) of 2), tp 1, pp 1, fsdp" in said
     # fsdp on one replica shards nothing (pretrain runs it as ddp): never proposed, and the plan says so when asked
     one = _plan(cli, "--model", "1b", "--n-layer", "20", "--n-embd", "3072", "--n-head", "24", "--gpu", "h100", "--gpus", "2",
                 "--micro-batch", "4", "--seq-len", "2048", "--ema", "0.999", "--search")
