@@ -81,21 +81,6 @@ def test_a_resume_with_a_smaller_patience_stops_at_once(cli, data, tmp_path, mon
     assert _same_weights(run, run / "checkpoints" / "step_0000008")
 
 
-@pytest.mark.parametrize("flags,fraction,said", [
-    (["--eval-every", "0"], None, "--patience 2 counts validations, and --eval-every 0 never validates"),
-    ([], "0", "--patience 2 counts validations, and this run has no validation data"),
-])
-def test_patience_without_validation_is_refused(cli, data, tmp_path, flags, fraction, said):
-    tokens = data / "tokens"
-    if fraction is not None:
-        tokens = tmp_path / "tokens"
-        _ok(cli("tokenize", data / "corpus", "-t", data / "tok", "-o", tokens, "--val-fraction", fraction))
-    result = cli("pretrain", tokens, "-o", tmp_path / "out" / "run", *MODEL, *RUN, *flags, "--patience", "2")
-    lines = result.output.strip().splitlines()
-    assert result.exit_code != 0 and said in lines[-1] and "Traceback" not in result.output, result.output
-    assert not (tmp_path / "out").exists()
-
-
 def test_a_resume_from_a_checkpoint_without_the_count_rebuilds_it_from_the_runs_validations(cli, data, tmp_path, monkeypatch):
     """A checkpoint written before the count was saved (2026-12-07) resumed with --patience: it trained
     to the end, its earlier validations forgotten; they are in its metrics.jsonl."""

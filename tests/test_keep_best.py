@@ -101,16 +101,20 @@ def test_keep_best_resumes_from_the_saved_best(cli, data, tmp_path, monkeypatch)
     assert refused.exit_code == 1 and "--no-keep-best -> --keep-best" in refused.output, refused.output
 
 
-@pytest.mark.parametrize("flags,fraction,said", [
-    (["--eval-every", "0"], None, "--keep-best keeps the weights of the lowest validation loss, and --eval-every 0 never validates"),
-    ([], "0", "--keep-best keeps the weights of the lowest validation loss, and this run has no validation data"),
+@pytest.mark.parametrize("option,flags,fraction,said", [
+    (["--keep-best"], ["--eval-every", "0"], None,
+     "--keep-best keeps the weights of the lowest validation loss, and --eval-every 0 never validates"),
+    (["--keep-best"], [], "0", "--keep-best keeps the weights of the lowest validation loss, and this run has no validation data"),
+    # --patience (tests/test_early_stopping.py) counts validations: refused alike
+    (["--patience", "2"], ["--eval-every", "0"], None, "--patience 2 counts validations, and --eval-every 0 never validates"),
+    (["--patience", "2"], [], "0", "--patience 2 counts validations, and this run has no validation data"),
 ])
-def test_keep_best_without_validation_is_refused(cli, data, tmp_path, flags, fraction, said):
+def test_options_that_read_validations_are_refused_without_them(cli, data, tmp_path, option, flags, fraction, said):
     tokens = data / "tokens"
     if fraction is not None:
         tokens = tmp_path / "tokens"
         _ok(cli("tokenize", data / "corpus", "-t", data / "tok", "-o", tokens, "--val-fraction", fraction))
-    result = cli("pretrain", tokens, "-o", tmp_path / "out" / "run", *MODEL, *RUN, *flags, "--keep-best")
+    result = cli("pretrain", tokens, "-o", tmp_path / "out" / "run", *MODEL, *RUN, *flags, *option)
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and said in lines[-1] and "Traceback" not in result.output, result.output
     assert not (tmp_path / "out").exists()
