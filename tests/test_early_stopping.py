@@ -1,7 +1,10 @@
-"""`--patience N`: a run stops once its validation loss has not gone below the lowest so far for N
-validations in a row, and a resume stops (or trains on) where an uninterrupted run would."""
+"""`--patience N`: a run stops once its validation loss has not gone below the lowest so far (by
+more than --min-delta) for N validations in a row, and a resume stops (or trains on) where an
+uninterrupted run would."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -81,9 +84,49 @@ def test_a_resume_with_a_smaller_patience_stops_at_once(cli, data, tmp_path, mon
     assert _same_weights(run, run / "checkpoints" / "step_0000008")
 
 
-def test_a_resume_from_a_checkpoint_without_the_count_rebuilds_it_from_the_runs_validations(cli, data, tmp_path, monkeypatch):
-    """A checkpoint written before the count was saved (2026-12-07) resumed with --patience: it trained
-    to the end, its earlier validations forgotten; they are in its metrics.jsonl."""
+def test_min_delta_counts_only_drops_larger_than_it_and_a_slow_drift_adds_up():
+    """Keras' and Lightning's rule: a loss counts as lower only below the last counted one less
+    --min-delta; the lowest loss (where the best weights are) is still the lowest."""
+    from types import SimpleNamespace
+
+    from llmkit.train.early_stop import ValidationStall
+
+    stall = ValidationStall()
+    for step, loss in enumerate([3.0, 2.0, 1.95, 1.92], start=1):
+        stall.record(loss, 2 * step)
+    rule = SimpleNamespace(patience=2, min_delta=0.1)
+    assert stall.stops(rule) and not stall.stops(SimpleNamespace(patience=2, min_delta=0.0))
+    assert stall.best == (8, 1.92)
+    assert stall.stopped_record(rule) == {"patience": 2, "best_step": 8, "best_val_loss": 1.92, "validations_since_best": 2,
+                                          "min_delta": 0.1, "improved_step": 4, "improved_val_loss": 2.0}
+    assert stall.reason(rule) == ("the validation loss has not gone below 1.9000 (step 4's 2.0000 less --min-delta 0.1) for 2 "
+                                  "validations (--patience 2)")
+    stall.record(1.89, 10)  # (0.11 below step 4's: the drift adds up to a drop)
+    assert stall.since_improvement(0.1).step == 10 and not stall.stops(rule)
+    # the saved losses come back as they were (a resume may change either option)
+    assert ValidationStall.from_progress(stall.to_progress(), Path("nowhere"), 10) == stall
+
+
+def test_a_run_stopped_by_min_delta_trains_on_with_a_smaller_one(cli, data, whole_run, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [3.0, 2.0, 1.95, 1.92, 1.5, 1.4])
+    run = tmp_path / "run"
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--min-delta", "0.1"))
+                    .output.split())
+    assert "stopped early at step 8: the validation loss has not gone below 1.9000 (step 4's 2.0000 less --min-delta 0.1)" in said
+    assert artifacts.load(run).stats["stopped_early"]["improved_step"] == 4
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--min-delta", "0.1",
+                            "--resume")).output.split())
+    assert "give a --patience above 2, a smaller --min-delta, or 0, to train further" in said
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--resume")).output.split())
+    assert "resumed from step 8" in said
+    assert artifacts.load(run).fingerprint == artifacts.load(whole_run).fingerprint
+
+
+@pytest.mark.parametrize("saved_as", [None, {"best_loss": 2.0, "best_step": 4, "since_best": 1}], ids=["none", "count-of-12-07"])
+def test_a_resume_from_a_checkpoint_without_the_losses_rebuilds_them_from_the_runs_validations(cli, data, tmp_path, monkeypatch,
+                                                                                                 saved_as):
+    """A checkpoint written before the losses were saved (2026-12-08) resumed with --patience: before
+    2026-12-07 it trained to the end, its earlier validations forgotten; they are in its metrics.jsonl."""
     import json
 
     _scripted_validation(monkeypatch, LOSSES)
@@ -93,6 +136,8 @@ def test_a_resume_from_a_checkpoint_without_the_count_rebuilds_it_from_the_runs_
         state = folder / "training_state.json"
         saved = json.loads(state.read_text())
         del saved["validation_stall"]
+        if saved_as is not None:
+            saved["validation_stall"] = saved_as
         state.write_text(json.dumps(saved))
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["state_files"]["training_state.json"] = artifacts.sha256_file(state)

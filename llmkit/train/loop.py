@@ -218,7 +218,7 @@ class Trainer(Resuming):
         self._weights_file: Path | None = weights
 
         saved_rng = None
-        self.stall = ValidationStall()  # validations since the lowest loss (--patience; a resume reads the saved count)
+        self.stall = ValidationStall()  # the validation losses so far (--patience; a resume reads the saved ones)
         self.stopped_early = False
         self._saved_ema: dict[str, torch.Tensor] = {}
         self._saved_best: tuple[dict[str, torch.Tensor], dict[str, Any] | None] = ({}, None)
@@ -415,7 +415,7 @@ class Trainer(Resuming):
             "keep_best": self.best is not None,  # (checked on resume)
             "best": self.best.record if self.best is not None else None,  # the validation the saved best weights scored at
             "validation_stall": self.stall.to_progress(),
-            "stopped_early": self.stall.stopped_record(s.checkpoints.patience) if self.stopped_early else None,
+            "stopped_early": self.stall.stopped_record(s.checkpoints) if self.stopped_early else None,
             "schedule": {
                 "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
                 "max_steps": s.max_steps, "min_lr_ratio": s.optim.min_lr_ratio,
@@ -607,17 +607,16 @@ class Trainer(Resuming):
         # steps since the last log line; the session's first step (allocations, compilation) alone.
         window_seconds, window_tokens, session_first = 0.0, 0, self.start_step + 1
         step = self.start_step
-        patience = s.checkpoints.patience
-        stopped = self.resumed_from is not None and self.stall.stops(patience)
+        patience, rule = s.checkpoints.patience, s.checkpoints
+        stopped = self.resumed_from is not None and self.stall.stops(rule)
         if (self.resumed_from == s.max_steps or stopped) and (self.run_dir / artifacts.MANIFEST).is_file():
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             if self.resumed_from == s.max_steps:
                 logger.note(f"the run finished at step {step} already: nothing to train, its weights and manifest are "
                             f"unchanged (give {s.longer.format(step=step)} to train further)")
             else:  # (stopped early, or finished with more validations since its best than this --patience allows)
-                logger.note(f"the run ends at step {step} already: {self.stall.reason(patience)}; nothing to train, its "
-                            f"weights and manifest are unchanged (give a --patience above {self.stall.since_best}, or 0, "
-                            "to train further)")
+                logger.note(f"the run ends at step {step} already: {self.stall.reason(rule)}; nothing to train, its "
+                            f"weights and manifest are unchanged ({self.stall.to_train_further(rule)})")
             if info.is_main:  # (killed between the run's manifest and save_final's pruning: the run's own --keep-last)
                 manifest = artifacts.load(self.run_dir, kind="checkpoint", check=False).manifest
                 recorded = manifest.runtime.get("keep_last", manifest.config.get("keep_last"))  # (in its config before 12-02)
@@ -645,7 +644,7 @@ class Trainer(Resuming):
                             "lower --warmup-steps for a decay")
             if stopped:  # (a run killed after more validations without a lower loss than this --patience allows)
                 self.stopped_early = True
-                logger.note(f"stopped early at step {step}: {self.stall.reason(patience)}")
+                logger.note(f"stopped early at step {step}: {self.stall.reason(rule)}")
             while step < s.max_steps and not self.stopped_early:
                 began = time.perf_counter()
                 loss, lr = self.train_step(step)
@@ -681,16 +680,17 @@ class Trainer(Resuming):
                         if self.best is not None:
                             self.best.offer(self.last_val, step=step, tokens_seen=self.tokens_seen, val_scores=self.last_val_scores)
                         self.stall.record(self.last_val, step)
-                        self.stopped_early = self.stall.stops(patience) and step < s.max_steps
+                        self.stopped_early = self.stall.stops(rule) and step < s.max_steps
                 logger.log(step, values)
                 if self.stopped_early:
-                    best_copy = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(self.stall.best_step)
+                    best_step = self.stall.best[0]
+                    best_copy = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(best_step)
                     kept = ("" if self.best is not None else
-                            f" (the run's weights are step {step}'s; step {self.stall.best_step}'s are in {best_copy})"
+                            f" (the run's weights are step {step}'s; step {best_step}'s are in {best_copy})"
                             if best_copy.is_dir() else
-                            f" (the run's weights are step {step}'s; step {self.stall.best_step}'s were not kept: "
+                            f" (the run's weights are step {step}'s; step {best_step}'s were not kept: "
                             "--keep-best keeps them)")
-                    logger.note(f"stopped early at step {step}: {self.stall.reason(patience)}{kept}")
+                    logger.note(f"stopped early at step {step}: {self.stall.reason(rule)}{kept}")
                 if step % log_every == 0 or step == session_first:
                     window_seconds, window_tokens = 0.0, 0
                 if save_every > 0 and step % save_every == 0 and step < s.max_steps and not self.stopped_early:

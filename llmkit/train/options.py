@@ -185,6 +185,9 @@ class Checkpointing(KeptWeightCopies):
     patience: int = option(0, "Stop once the validation loss has not gone below its lowest for N validations in a row "
                            "(early stopping; 0 = never): the run ends there, mid-schedule; --keep-best keeps its best "
                            "weights.", range="[0, inf)", runtime=True)
+    min_delta: float = option(0.0, "With --patience: a validation loss counts as lower only when it is more than this below "
+                              "the last one that counted (Keras' and Lightning's min_delta; 0 = any drop).",
+                              range="[0, inf)", runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -196,6 +199,9 @@ class Checkpointing(KeptWeightCopies):
         if self.patience and self.eval_every == 0:
             raise ValueError(f"--patience {self.patience} counts validations, and --eval-every 0 never validates: pass "
                              "--eval-every N (or leave --patience out)")
+        if self.min_delta and not self.patience:
+            raise ValueError(f"--min-delta {self.min_delta:g} says how far a validation loss must drop for --patience to count "
+                             "it, and --patience is 0 (never stop): pass --patience N too (or leave --min-delta out)")
         if self.average_last > 1 and (self.save_every == 0 or 0 < self.keep_last < self.average_last - 1):
             raise ValueError(f"--average-last {self.average_last} needs the {self.average_last - 1} checkpoints before the last: "
                              f"pass --save-every N and --keep-last {self.average_last - 1} (or more)")
