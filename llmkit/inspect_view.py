@@ -99,6 +99,10 @@ def _headline(art: Artifact) -> str:
         parts = [f"{figure(stats.params)} params"]
         if stats.step is not None:
             parts.append(f"step {figure(stats.step)}")
+        stop = stats.stopped_early
+        if isinstance(stop, dict) and isinstance(stop.get("best_val_loss"), (int, float)):  # (--patience ended it)
+            parts[-1] += (f" of {figure(stats.max_steps)}" if stats.max_steps else "") + (
+                f" (stopped early: the lowest val_loss {figure(stop['best_val_loss'])} at step {figure(stop.get('best_step'))})")
         for key in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
             if isinstance(getattr(stats, key), (int, float)):
                 parts.append(f"{key} {figure(getattr(stats, key))}")

@@ -51,6 +51,9 @@ def test_a_run_stops_after_patience_validations_without_a_lower_loss(cli, data, 
     assert _same_weights(run / "best", whole_run / "checkpoints" / "step_0000004")
     assert not (run / "checkpoints" / "step_0000010").exists()
     assert "stopped_early" not in artifacts.load(whole_run).stats
+    from llmkit.inspect_view import _headline  # (inspect's and report's)
+
+    assert "step 8 of 12 (stopped early: the lowest val_loss 2.0000 at step 4)" in _headline(artifacts.load(run))
 
 
 def test_a_stopped_run_resumes_as_stopped_and_trains_on_with_a_larger_patience(cli, data, whole_run, tmp_path, monkeypatch):
