@@ -293,3 +293,46 @@ def test_a_step_over_a_bf16_base_loads_as_the_run_merges_it(base, shared_data, c
     step, final = (load_checkpoint(path).model.state_dict() for path in (tmp_path / "run" / "checkpoints" / "step_0000002",
                                                                          tmp_path / "run"))
     assert step.keys() == final.keys() and all(torch.equal(step[key], final[key]) for key in final)
+
+
+def test_a_lora_runs_saved_steps_average_merged_as_generate_loads_them(base, shared_data, cli, tmp_path):
+    """--average-last and llmkit average take a LoRA run's step checkpoints (adapters and the trained
+    head alone) as their base with the adapters merged, W + (alpha / r) B A: refused before ("holds
+    unmerged LoRA adapters"), so a LoRA run had no weight average at all."""
+    from llmkit.model.averaging import mean_state
+
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:48]
+    run = tmp_path / "run"
+    flags = ["--task", "classify", "--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--lora-alpha", "6",
+             "--batch-size", "8", "--eval-every", "0", "--truncate", "--max-steps", "6", "--save-every", "2", "--keep-last", "0",
+             "--lr", "0.05"]
+    assert cli("finetune", base["checkpoint"], *flags, "--average-last", "3", "-o", run).exit_code == 0
+    base_weights = load_file(str(base["checkpoint"] / "model.safetensors"))
+
+    def merged_by_hand(step):
+        trained = load_file(str(run / "checkpoints" / f"step_{step:07d}" / "model.safetensors"))
+        assert any(key.endswith(".lora_A") for key in trained) and any(key.startswith("classifier.") for key in trained)
+        state = {**{k: v.float() for k, v in base_weights.items() if not k.startswith("classifier.")},
+                 **{k: v for k, v in trained.items() if not k.endswith((".lora_A", ".lora_B"))}}
+        for key in [k for k in trained if k.endswith(".lora_A")]:
+            layer = key[: -len(".lora_A")]
+            state[f"{layer}.weight"] = state[f"{layer}.weight"] + 3.0 * (trained[f"{layer}.lora_B"] @ trained[key])
+        return state
+
+    members = {artifacts.load(run / "checkpoints" / f"step_{s:07d}").fingerprint: merged_by_hand(s) for s in (2, 4)}
+    members[artifacts.load(run).fingerprint] = load_file(str(run / "model.safetensors"))
+    by_hand = mean_state([members[key] for key in sorted(members)], [1 / 3] * 3)  # (summed in fingerprint order)
+    average = load_file(str(run / "average" / "model.safetensors"))
+    assert average.keys() == by_hand.keys()
+    assert all(torch.allclose(average[key], by_hand[key], rtol=0, atol=1e-6) for key in by_hand)
+    # as generate and eval load a step: the same weights, bit for bit, whichever reads them
+    steps = [run / "checkpoints" / f"step_{s:07d}" for s in (2, 4)]
+    assert cli("average", *steps, run, "-o", tmp_path / "soup").exit_code == 0
+    assert all(torch.equal(load_file(str(tmp_path / "soup" / "model.safetensors"))[key], average[key]) for key in average)
+    soup = artifacts.load(tmp_path / "soup")
+    assert json.loads((soup.path / "task.json").read_text())["lora"]["merged"] is True  # (plain weights: loaded as such)
+    scored = cli("eval", tmp_path / "soup", "--data", write_jsonl(tmp_path / "test.jsonl", rows[:16]), "-o", tmp_path / "eval")
+    assert scored.exit_code == 0, scored.output
+    # --ema is still one for full weights
+    refused = cli("finetune", base["checkpoint"], *flags, "--ema", "0.9", "-o", tmp_path / "ema")
+    assert refused.exit_code == 2 and "average its saved steps instead (--average-last K" in refused.output

@@ -19,25 +19,26 @@ def is_adapter_key(key: str) -> bool:
     return key.endswith(LORA_SUFFIXES)
 
 
+def merged_weight(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """One layer's weight with its adapter folded in, in float32 arithmetic, stored in the weight's dtype."""
+    return (weight.float() + scaling * (lora_B.float() @ lora_A.float())).to(weight.dtype).contiguous()
+
+
 def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
     """A plain state dict: each `X.weight` gets + scaling * X.lora_B @ X.lora_A; adapters removed."""
     merged = {k: v for k, v in state.items() if not is_adapter_key(k)}
     for key in state:
         if key.endswith(".lora_A"):
             prefix = key[: -len(".lora_A")]
-            weight = state[f"{prefix}.weight"]
-            delta = state[f"{prefix}.lora_B"].float() @ state[key].float()
-            merged[f"{prefix}.weight"] = (weight.float() + scaling * delta).to(weight.dtype).contiguous()
+            merged[f"{prefix}.weight"] = merged_weight(state[f"{prefix}.weight"], state[key], state[f"{prefix}.lora_B"], scaling)
     return merged
 
 
-def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[str, torch.Tensor]:
-    """A LoRA step checkpoint's model as plain weights: its base's (recorded as its input "base",
-    checked unchanged by fingerprint; a classifier head of the base's left out, as the run left it),
-    what the step trained laid over them, and the adapters merged. `config`: the step's model config."""
+def step_base(art, config):
+    """The base a LoRA step checkpoint's adapters adapt (its recorded input "base"), checked unchanged
+    by fingerprint and to fit `config` (the step's model config), before a model of its size is built."""
     from llmkit import artifacts
-    from llmkit.model.classifier import HEAD_PREFIX
-    from llmkit.model.io import WEIGHTS, read_weights, refuse_a_config_its_weights_do_not_fit
+    from llmkit.model.io import WEIGHTS, refuse_a_config_its_weights_do_not_fit
 
     recorded = art.recorded_input("base")
     if recorded is None:
@@ -54,14 +55,37 @@ def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[st
         raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), and its base {recorded.path} changed "
                         f"since the run read it (fingerprint {base.fingerprint[:12]}, not {recorded.fingerprint[:12]}); "
                         "use the finished run directory, whose weights are merged")
-    base_weights = base.file(WEIGHTS)
-    refuse_a_config_its_weights_do_not_fit(config, base_weights)  # (the step's model is the base's: before it is built)
-    # in float32, as the run's model holds them (a bf16 import's weights upcast as it loaded them): merged in a bf16
-    # weight, a tenth of the update was rounded away (a 2026-12-07 review)
-    state = {k: v.float() if v.is_floating_point() else v
-             for k, v in read_weights(base_weights, device=device).items() if not k.startswith(HEAD_PREFIX)}
-    if any(is_adapter_key(k) for k in state):
-        raise UserError(f"{base.path}, the base of {art.path}, holds unmerged adapters itself; use the finished run "
-                        "directories, whose weights are merged")
+    refuse_a_config_its_weights_do_not_fit(config, base.file(WEIGHTS))
+    from llmkit.model.averaging import StoredWeights
+
+    with StoredWeights(base.file(WEIGHTS)) as stored:
+        if any(is_adapter_key(name) for name in stored if of_the_base(name)):
+            raise UserError(f"{base.path}, the base of {art.path}, holds unmerged adapters itself; use the finished run "
+                            "directories, whose weights are merged")
+    return base
+
+
+def base_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A base weight as a step's model holds it: in float32, as the run's model held them (a bf16
+    import's weights upcast as it loaded them: merged in a bf16 weight, a tenth of the update was
+    rounded away, a 2026-12-07 review)."""
+    return value.float() if value.is_floating_point() else value
+
+
+def of_the_base(name: str) -> bool:
+    """A base tensor a step's model takes: not the base's own classifier head, which the run left out."""
+    from llmkit.model.classifier import HEAD_PREFIX
+
+    return not name.startswith(HEAD_PREFIX)
+
+
+def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[str, torch.Tensor]:
+    """A LoRA step checkpoint's model as plain weights: its base's (`step_base`, `of_the_base`,
+    `base_tensor`), what the step trained laid over them, and the adapters merged. `config`: the
+    step's model config. (Averaging reads the same a tensor at a time: `averaging.MergedStepWeights`.)"""
+    from llmkit.model.io import WEIGHTS, read_weights
+
+    base = step_base(art, config)
+    state = {k: base_tensor(v) for k, v in read_weights(base.file(WEIGHTS), device=device).items() if of_the_base(k)}
     state.update(read_weights(Path(art.file(WEIGHTS)), device=device))
     return merge_state_dict(state, scaling)

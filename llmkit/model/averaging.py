@@ -145,6 +145,60 @@ class StoredWeights(Mapping):
         self.close()
 
 
+def is_lora_step(art: artifacts.Artifact) -> bool:
+    """A LoRA run's step checkpoint: its adapters (and what else trained) alone, its model its base with them merged."""
+    task = read_task(art)
+    return task is not None and task.lora is not None and not task.lora.merged
+
+
+class MergedStepWeights(Mapping):
+    """A LoRA step checkpoint's model, each tensor made when asked for: its base's (float32), what the
+    step trained laid over it, the adapters merged, as `adapters.step_checkpoint_weights` makes them
+    all at once for generate and eval (the same arithmetic: bit-equal). A context manager, as
+    StoredWeights."""
+
+    def __init__(self, art: artifacts.Artifact):
+        from llmkit.model.adapters import is_adapter_key, of_the_base, step_base
+
+        task = read_task(art)
+        self.scaling = task.lora.alpha / task.lora.rank
+        self.base_file = step_base(art, read_model_config(art.path)).file(WEIGHTS)
+        with contextlib.ExitStack() as opened:
+            self._base = opened.enter_context(StoredWeights(self.base_file))
+            self._step = opened.enter_context(StoredWeights(art.file(WEIGHTS)))
+            opened.pop_all()
+        trained = [name for name in self._step if not is_adapter_key(name)]
+        self._names = list(dict.fromkeys([name for name in self._base if of_the_base(name)] + trained))
+        self._known, self._trained = set(self._names), set(trained)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from llmkit.model.adapters import base_tensor, merged_weight
+
+        if name not in self._known:
+            raise KeyError(name)
+        value = self._step[name] if name in self._trained else base_tensor(self._base[name])
+        prefix = name[: -len(".weight")] if name.endswith(".weight") else None
+        if prefix is not None and f"{prefix}.lora_A" in self._step:
+            return merged_weight(value, self._step[f"{prefix}.lora_A"], self._step[f"{prefix}.lora_B"], self.scaling)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def close(self) -> None:
+        self._base.close()
+        self._step.close()
+
+    def __enter__(self) -> MergedStepWeights:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _refuse_other_tensors(members: Sequence[artifacts.Artifact], states: Sequence[StoredWeights]) -> None:
     """Members of one model config hold the same tensors, unless a file was damaged or replaced."""
     for art, state in zip(members[1:], states[1:]):
@@ -273,15 +327,20 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
                         key=lambda pair: (pair[0].fingerprint, pair[1]))
         first = chosen[0][0]
         taking_part = [art for art, _ in chosen]
-        # (each member's weights hashed beside the reads: load checks their sizes only)
-        with artifacts.checked_as_read(*[art.file(WEIGHTS) for art, _ in chosen]), contextlib.ExitStack() as files:
-            states = [files.enter_context(StoredWeights(art.file(WEIGHTS))) for art, _ in chosen]
+        with contextlib.ExitStack() as files:
+            # a LoRA run's step checkpoint as generate and eval load it: its base with its adapters merged
+            states = [files.enter_context(MergedStepWeights(art) if is_lora_step(art) else StoredWeights(art.file(WEIGHTS)))
+                      for art, _ in chosen]
             for (art, _), member in zip(chosen, states):
                 if any(k.endswith((".lora_A", ".lora_B")) for k in member):
-                    raise UserError(f"{art.path} holds unmerged LoRA adapters (an intermediate checkpoint); average finished runs")
-            _refuse_other_tensors([art for art, _ in chosen], states)
-            state = mean_state(states, [weight for _, weight in chosen])
-            _refuse_non_finite(state, [art for art, _ in chosen], states)
+                    raise UserError(f"{art.path} holds unmerged LoRA adapters, and its task.json says no LoRA run's step "
+                                    "wrote it; the checkpoint is damaged: rebuild it")
+            read = [art.file(WEIGHTS) for art, _ in chosen] + [s.base_file for s in states if isinstance(s, MergedStepWeights)]
+            # (each file hashed beside the reads: load checks their sizes only)
+            with artifacts.checked_as_read(*dict.fromkeys(read)):
+                _refuse_other_tensors([art for art, _ in chosen], states)
+                state = mean_state(states, [weight for _, weight in chosen])
+                _refuse_non_finite(state, [art for art, _ in chosen], states)
     from safetensors.torch import save_file
 
     # A training run writes its companions inside itself (RUN/ema): its listed files are untouched.
@@ -291,11 +350,14 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
         shutil.copy2(first.file(MODEL_CONFIG), build.dir / MODEL_CONFIG)
         shutil.copytree(first.path / TOKENIZER_DIR, build.dir / TOKENIZER_DIR)
         if TASK_FILE in first.manifest.files:
-            loras = [task.lora if task is not None else None for task in map(read_task, taking_part)]
-            if all(lora == loras[0] for lora in loras):
+            # the soup's weights are plain (a step's adapters were merged): its LoRA record, where all share one, is merged
+            loras = [dataclasses.replace(task.lora, merged=True) if task is not None and task.lora is not None else None
+                     for task in map(read_task, taking_part)]
+            if all(lora == loras[0] for lora in loras) and not is_lora_step(first):
                 shutil.copy2(first.file(TASK_FILE), build.dir / TASK_FILE)
             else:  # how one member was trained (LoRA of rank r, or none) is no record of the soup's
-                dataclasses.replace(read_task(first), lora=None).write(build.dir)
+                lora = loras[0] if all(lora == loras[0] for lora in loras) else None
+                dataclasses.replace(read_task(first), lora=lora).write(build.dir)
         for index, art in enumerate(members):
             build.add_input(roles[index] if roles else f"member:{index}", art)
         for role, art in extra_inputs:
