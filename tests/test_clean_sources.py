@@ -52,19 +52,20 @@ def test_ids_and_labels_hold_no_absolute_path(shared_data, tmp_path, monkeypatch
     absolute = _read([tmp_path / "data"])
     assert absolute == [("data/b.txt", "beta"), ("data/sub/a.txt", "alpha")]
     monkeypatch.chdir(tmp_path)
-    relative = resolve_inputs(["data", "data/b.txt"])
-    assert [s.label for s in relative] == ["data/b.txt", "data/sub/a.txt", "b.txt"]
+    relative = resolve_inputs(["data", "data/b.txt"])  # (a file given twice is read once)
+    assert [s.label for s in relative] == ["data/b.txt", "data/sub/a.txt"]
     # However the path is typed and wherever the command runs, the labels (hashed in the corpus) are the same
     monkeypatch.chdir(tmp_path / "data" / "sub")
-    assert [s.label for s in resolve_inputs(["..", "../b.txt", "./a.txt"])] == ["data/b.txt", "data/sub/a.txt", "b.txt", "a.txt"]
-    assert [s.label for s in resolve_inputs([str(tmp_path / "data" / "b.txt"), "../b.txt"])] == ["b.txt", "b.txt#2"]
+    assert [s.label for s in resolve_inputs(["..", "./a.txt"])] == ["data/b.txt", "data/sub/a.txt"]
+    assert [s.label for s in resolve_inputs(["./a.txt", "../b.txt"])] == ["a.txt", "b.txt"]
+    assert [s.label for s in resolve_inputs([str(tmp_path / "data" / "b.txt"), "../b.txt"])] == ["b.txt"]
     # a number another input is already called by is skipped: two documents never share a label
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "data.txt").write_text(name, encoding="utf-8")
     (tmp_path / "data.txt#2").write_text("two", encoding="utf-8")
     labels = [s.label for s in resolve_inputs([str(tmp_path / "data.txt#2"), str(tmp_path / "a" / "data.txt"),
-                                               str(tmp_path / "b" / "data.txt"), str(tmp_path / "b" / "data.txt")])]
+                                               str(tmp_path / "b" / "data.txt"), str(tmp_path / "c" / "data.txt")])]
     assert labels == ["data.txt#2", "data.txt", "data.txt#3", "data.txt#4"]
     from llmkit.corpus.sources import Source, _make_labels_unique
 
@@ -603,3 +604,52 @@ def test_a_nested_text_field_is_reached_by_its_dotted_name_in_every_format(tmp_p
     for name in ("p.jsonl", "p.parquet"):
         with pytest.raises(UserError, match=r"translation\.de, translation\.en"):
             _read([tmp_path / name], text_field="translation.fr")
+
+
+def test_a_folder_follows_its_linked_folders_once_and_says_what_it_leaves_out(shared_data, tmp_path, capsys):
+    """A data/ folder of links to shards on another disk was read as empty of them (rglob does not
+    follow linked folders), and a .log or .bz2 beside the data was left out unsaid."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("alpha", encoding="utf-8")
+    (data / "linked").symlink_to(shared_data / "sentiment", target_is_directory=True)
+    (data / "sub" / "up").symlink_to(data, target_is_directory=True)  # (a loop)
+    (data / "run.log").write_text("log", encoding="utf-8")
+    (data / "LICENSE").write_text("licence", encoding="utf-8")
+    labels = [s.label for s in resolve_inputs([str(data)])]
+    assert labels == ["data/a.txt", "data/linked/test.jsonl", "data/linked/train.jsonl"]
+    said = " ".join(capsys.readouterr().err.split())
+    assert "left out 2 files clean does not read (.log (1), no suffix (1)" in said
+    (data / "b.jsonl.bz2").write_bytes(b"BZh91AY&SY")
+    with pytest.raises(UserError, match=r"b\.jsonl\.bz2 is bzip2-compressed, which clean does not read"):
+        resolve_inputs([str(data)])
+
+
+def test_a_bad_line_is_named_by_the_label_its_file_is_read_under(tmp_path):
+    """Two inputs of one name: the second's bad line was named as the first's (`train.jsonl:2`), the
+    readers holding the label from before the second became train.jsonl#2."""
+    for folder, second in (("la", '{"text": "fine"}'), ("lb", "{not json")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "train.jsonl").write_text('{"text": "one"}\n' + second + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"^train\.jsonl#2:2: "):
+        _read([tmp_path / "la" / "train.jsonl", tmp_path / "lb" / "train.jsonl"])
+    stats = ReadStats()
+    for source in resolve_inputs([str(tmp_path / "la" / "train.jsonl"), str(tmp_path / "lb" / "train.jsonl")]):
+        list(source.documents(ReadOptions(skip_bad_lines=True), stats))
+    assert stats.bad_line_examples == ["train.jsonl#2:2"]
+
+
+def test_strip_html_leaves_plain_text_and_markdown_files_as_written(cli, tmp_path):
+    """A docs site of .md and .html pages: --strip-html took `std::vector<int>` and a Markdown `<div>`
+    out of the .md pages too."""
+    import pyarrow.parquet as pq
+
+    site = tmp_path / "site"
+    site.mkdir()
+    markdown = "Use std::vector<int> v; and write `<div>` for raw HTML in this Markdown page."
+    (site / "guide.md").write_text(markdown, encoding="utf-8")
+    (site / "page.html").write_text("<html><body><p>The visible text of an HTML page.</p></body></html>", encoding="utf-8")
+    (site / "rows.jsonl").write_text(json.dumps({"text": "<p>A crawled record's <b>markup</b>.</p>"}) + "\n", encoding="utf-8")
+    assert cli("clean", site, "--strip-html", "-o", tmp_path / "out").exit_code == 0
+    texts = pq.read_table(tmp_path / "out" / "shards" / "part-00000.parquet").column("text").to_pylist()
+    assert texts == [markdown, "The visible text of an HTML page.", "A crawled record's markup."]

@@ -64,7 +64,8 @@ class CleanConfig(Options):
     fix_unicode: bool = option(True, "Repair mojibake (ftfy) and Unicode-normalise.", panel=NORMALISE)
     normalization: str = option("NFC", "Unicode normal form.", choices=("NFC", "NFKC", "NFD", "NFKD"), panel=NORMALISE)
     cleanup: bool = option(True, "Remove control characters, odd spaces, trailing blanks.", panel=NORMALISE)
-    strip_html: bool = option(False, "Keep only the visible text of HTML.", panel=NORMALISE)
+    strip_html: bool = option(False, "Keep only the visible text of HTML: of .html/.htm files and of records (.txt, .md "
+                              "and .rst files are left as written).", panel=NORMALISE)
     # Removal of unusable documents (both presets)
     max_binary_ratio: float = option(0.01, "Drop a document with more than this share of control characters (NUL etc.).", panel=NORMALISE,
                                      range="[0, 1]")

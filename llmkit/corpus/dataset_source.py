@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from llmkit.corpus.reading import ReadOptions, ReadStats, Source, hidden, readable_in_folder
+from llmkit.corpus.reading import ReadOptions, ReadStats, Source, folder_files
 from llmkit.corpus.record_files import field_alternatives, is_a_number, pick_column
 from llmkit.artifacts import unexpanded_pattern
 from llmkit.data.corpus import file_format
@@ -28,7 +28,7 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     with none of these every file is train); a single file is the train split."""
     if not path.is_dir():
         return _BUILDERS.get(file_format(path)[0], "text"), {"train": [str(path)]}
-    files = sorted(p for p in path.rglob("*") if p.is_file() and readable_in_folder(p) and not hidden(p, path))
+    files = folder_files(path)[0]
     if not files:
         raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
     # Record files (a data set) win over loose text files (a README beside them).

@@ -127,6 +127,16 @@ _LOOKS_LIKE_HTML = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?\s*>|&
 _SPACE_RUN = re.compile("[ \t]+")
 
 
+_PLAIN_TEXT_FILE = re.compile(r"\.(txt|text|md|rst)(\.(gz|zst|zstd))?(#\d+)?$", re.IGNORECASE)  # (#2: a label's)
+
+
+def may_hold_html(source: str) -> bool:
+    """--strip-html's documents: an .html/.htm file's, a record's (a crawl's, a data set's), not a
+    plain-text or Markdown file's (by its source label), whose angle brackets are its own text:
+    `std::vector<int>`, a Markdown `<div>` in backticks (a docs site of .md and .html pages)."""
+    return not _PLAIN_TEXT_FILE.search(source)
+
+
 def strip_html(text: str) -> str:
     """Visible text of an HTML fragment (stdlib parser): tags and script/style bodies removed, spaces
     collapsed as a browser does, except inside <pre> (code keeps its indentation)."""

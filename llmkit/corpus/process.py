@@ -43,7 +43,7 @@ class DocumentProcessor:
     def __call__(self, doc_id: str, source: str, raw: str) -> Processed:
         cfg = self.cfg
         bytes_in = len(raw.encode("utf-8", "surrogatepass"))
-        text, reason = self._clean_and_filter(raw)
+        text, reason = self._clean_and_filter(raw, source)
         try:
             encoded = text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates (from JSON escapes) cannot be stored as UTF-8: U+FFFD, as ftfy gives
@@ -66,7 +66,7 @@ class DocumentProcessor:
         band_keys[kept], has_keys[kept] = keys, has
         return ProcessedBatch(docs, band_keys, has_keys)
 
-    def _clean_and_filter(self, raw: str) -> tuple[str, Optional[str]]:
+    def _clean_and_filter(self, raw: str, source: str) -> tuple[str, Optional[str]]:
         cfg = self.cfg
         reason = filters.binary_reason(raw, cfg)
         if reason:
@@ -74,7 +74,7 @@ class DocumentProcessor:
         text = raw
         if cfg.fix_unicode:
             text = normalize.fix_unicode(text, cfg.normalization)
-        if cfg.strip_html:
+        if cfg.strip_html and normalize.may_hold_html(source):
             text = normalize.strip_html(text)
         if cfg.cleanup:
             text = normalize.cleanup(text)

@@ -9,6 +9,7 @@ dataset_source.py; sources.py turns the command's inputs into sources.
 from __future__ import annotations
 
 import contextlib
+import os
 import gzip
 import io
 from dataclasses import dataclass, field
@@ -80,8 +81,39 @@ def readable_in_folder(path: Path) -> bool:
     return fmt in TEXT_SUFFIXES or fmt in RECORD_SUFFIXES
 
 
-def hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+# Compressions clean does not read, by name: a data file in one (data.jsonl.bz2) is refused in a folder as it
+# is when named (check_not_binary), not left out unsaid
+_UNREAD_COMPRESSIONS = {".bz2": "bzip2-compressed", ".xz": "xz-compressed", ".lzma": "lzma-compressed",
+                        ".lz4": "lz4-compressed", ".br": "brotli-compressed", ".zip": "a zip archive", ".7z": "a 7-Zip archive"}
+
+
+def folder_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The files under `root` clean reads and those it does not, each sorted by its path below
+    `root`; hidden ones (a name starting with ".") neither. Linked folders are followed (a data/
+    folder of links to shards on other disks), each real folder once (a link back up loops)."""
+    readable, other, seen = [], [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in names:
+            path = Path(folder) / name
+            if name.startswith(".") or not path.is_file():  # (a dangling link, a socket)
+                continue
+            if readable_in_folder(path):
+                readable.append(path)
+                continue
+            suffixes = [s.lower() for s in path.suffixes]
+            inner = file_format(Path(path.stem))[0] if len(suffixes) > 1 else ""
+            if suffixes and suffixes[-1] in _UNREAD_COMPRESSIONS and (inner in TEXT_SUFFIXES or inner in RECORD_SUFFIXES):
+                raise UserError(f"{path} is {_UNREAD_COMPRESSIONS[suffixes[-1]]}, which clean does not read; extract it, "
+                                "or compress it as .gz or .zst (or move it out of the folder)")
+            other.append(path)
+    order = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    return sorted(readable, key=order), sorted(other, key=order)
 
 
 def open_binary(path: Path, compression: Optional[str]) -> IO[bytes]:

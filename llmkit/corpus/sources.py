@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
 
 from llmkit.artifacts import MANIFEST, dangling_link, storable_name, unexpanded_pattern
 from llmkit.corpus.dataset_source import dataset_source, saved_dataset
-from llmkit.corpus.reading import ReadOptions, ReadStats, Source, hidden, readable_in_folder, text_reader
+from llmkit.corpus.reading import ReadOptions, ReadStats, Source, folder_files, text_reader
 from llmkit.corpus.record_files import csv_reader, json_reader, parquet_batches, parquet_reader
 from llmkit.data.corpus import RECORD_SUFFIXES, file_format
 from llmkit.errors import UserError
@@ -62,16 +63,31 @@ def resolve_inputs(
     """Check every input and list its sources; `exclude` (the output folder) is never read."""
     if not inputs and not dataset:
         raise UserError("no input given; pass files or folders (or builtin:python-docs), or --dataset NAME")
-    sources: list[Source] = []
+    # (label, what makes the source from its label): the labels made unique before any reader holds one
+    planned: list[_Planned] = []
+    read_from: dict[str, str] = {}  # a file's real path -> the input it is read from (a file given twice is read once)
+    twice: list[str] = []
+
+    def plan_file(path: Path, label: str, given_as: str) -> None:
+        real = os.path.realpath(path)
+        if real in read_from:
+            twice.append(f"{given_as} (also {read_from[real]})" if given_as != read_from[real] else given_as)
+            return
+        read_from[real] = given_as
+        planned.append(_Planned(label, lambda final: _file_source(path, final)))
+
     for arg in inputs:
         if arg.startswith(BUILTIN_PREFIX):
-            sources.append(_builtin_source(arg[len(BUILTIN_PREFIX) :]))
+            source = _builtin_source(arg[len(BUILTIN_PREFIX) :])
+            planned.append(_Planned(source.label, lambda final, source=source: source))  # (its reader names no label)
             continue
         path = Path(os.path.abspath(arg))  # what a worker opens: on a Ray cluster, not in the driver's folder
         if not path.exists():
             if unexpanded_pattern(arg):
                 raise UserError(f"no file matches {arg} (clean takes files and folders, and expands no pattern: the shell "
                                 "does, where it is unquoted and matches something); pass the files or their folder")
+            if arg == "-":
+                raise UserError("clean reads files, not standard input (-); write the text to a file and pass its path")
             raise UserError(f"input not found: {arg}{dangling_link(path)}; check the path")
         if path.is_dir() and (path / MANIFEST).is_file():  # an artifact: its data, not its manifest
             kind = _artifact_kind(path)
@@ -83,15 +99,13 @@ def resolve_inputs(
             # corpora made from files of the same name (or a file of that name) stay apart; two
             # corpora of one name (runs/a/corpus, runs/b/corpus) by the folders above it
             prefix = f"{storable_name(_distinct_name(path, inputs))}/" if len(inputs) > 1 or dataset else ""
-            sources.extend(_corpus_shard_source(p, _label_for(p, path), prefix) for p in corpus_shards(path))
+            planned.extend(_Planned(_label_for(p, path), lambda final, p=p, prefix=prefix: _corpus_shard_source(p, final, prefix))
+                           for p in corpus_shards(path))
             continue
         if path.is_dir() and saved_dataset(path) is not None:  # its JSON files are metadata, its data Arrow files
             raise UserError(f"{arg} is a data set written by save_to_disk; read it with --dataset {arg}")
         if path.is_dir():
-            files = sorted(
-                (p for p in path.rglob("*") if p.is_file() and not hidden(p, path) and readable_in_folder(p)),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
+            files, unread = folder_files(path)
             if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             files = _outside_artifacts(files, path, arg)
@@ -106,13 +120,41 @@ def resolve_inputs(
                     f"folder {arg} holds no readable files; expected .txt, .md, .jsonl, .json, .csv or .parquet "
                     "(optionally .gz/.zst compressed)"
                 )
-            sources.extend(_file_source(p, _label_for(p, path)) for p in files)
+            if unread:
+                _note_unread(arg, unread)
+            for p in files:
+                plan_file(p, _label_for(p, path), os.path.join(arg, p.relative_to(path).as_posix()))
         else:
-            sources.append(_file_source(path, _label_for(path)))
+            plan_file(path, _label_for(path), arg)
+    if twice:
+        from llmkit.console import note
+
+        note(f"read once: {', '.join(twice[:3])}{', ...' if len(twice) > 3 else ''} given again (the same file: its "
+             "documents would all be exact duplicates)")
+    _make_labels_unique(planned)
+    sources = [entry.make(entry.label) for entry in planned]
     if dataset:
         sources.append(dataset_source(dataset, dataset_config, split))
-    _make_labels_unique(sources)
     return sources
+
+
+@dataclass
+class _Planned:
+    label: str
+    make: Callable[[str], Source]
+
+
+def _note_unread(arg: str, unread: list[Path]) -> None:
+    """Files of a folder clean does not read (a .log, a .tsv, no suffix), counted by suffix: left out, said."""
+    from collections import Counter
+
+    from llmkit.console import note
+
+    counts = Counter("".join(p.suffixes[-1:]).lower() or "no suffix" for p in unread)
+    shown = ", ".join(f"{suffix} ({count})" for suffix, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
+    note(f"{arg}: left out {len(unread)} file{'' if len(unread) == 1 else 's'} clean does not read ({shown}"
+         f"{', ...' if len(counts) > 5 else ''}; e.g. {unread[0]}): it reads .txt, .md, .rst, .html, .jsonl, .json, .csv "
+         "and .parquet, .gz/.zst compressed or not")
 
 
 def _outside_artifacts(files: list[Path], root: Path, arg: str) -> list[Path]:
