@@ -125,7 +125,9 @@ class CleanConfig(Options):
     num_perm: int = option(112, "MinHash permutations.", panel=DEDUP, range="[1, 4096]")
     bands: int = option(14, "LSH bands.", panel=DEDUP, range="[1, inf)")
     rows: int = option(8, "LSH rows per band.", panel=DEDUP, range="[1, inf)")
-    threshold: Optional[float] = option(None, "Jaccard similarity to treat as duplicate; picks bands x rows minimising FP+FN.",
+    threshold: Optional[float] = option(None, "Jaccard similarity where near-duplicates start: picks bands x rows minimising the "
+                                        "false positives + negatives around it (datasketch's rule), so pairs just above "
+                                        "it are caught about half the time, far above nearly always.",
                                         panel=DEDUP, range="(0, 1)")
     # Output
     keep_rejects: bool = option(False, "Write dropped documents and their reasons to OUT/rejects.jsonl.", flags=("--keep-rejects/--no-keep-rejects",),
