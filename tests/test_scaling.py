@@ -3,6 +3,7 @@ runs a grid as ordinary runs, resumes, and feeds the fit; plots are written."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import math
@@ -1167,3 +1168,42 @@ def test_a_sweep_past_one_epoch_is_named_again_by_the_fit(cli, shared_data, tmp_
     assert artifacts.load(tmp_path / "sweep").stats["train_tokens"] == train
     fitted = " ".join(cli("scaling", "fit", tmp_path / "sweep", "-o", tmp_path / "fit").output.split())  # (1 point: refused)
     assert f"1 of 1 runs read the tokens' training split ({train:,} tokens) more than once" in fitted, fitted
+
+
+@pytest.mark.slow
+def test_two_sweeps_of_one_tokens_are_fitted_together_each_run_once(cli, tokens, tmp_path):
+    """A grid extended by a second sweep (a size more): before, the fit read one sweep, and the
+    first grid was trained again under a new -o to fit them all."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli("sweep", tokens, "-o", first, *SWEEP).exit_code == 0
+    wider = [*SWEEP]
+    wider[1] = "1x32,2x32"  # (1x32's runs are the first sweep's again: measured once)
+    assert cli("sweep", tokens, "-o", second, *wider, "--seed", "0").exit_code == 0
+    result = cli("scaling", "fit", first, second, "-o", tmp_path / "fit", "--grid", "coarse", "--bootstrap", "0")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "2 run(s) are in more than one of the sources alike" in said
+    fit = artifacts.load(tmp_path / "fit", kind="scaling")
+    with open(fit.path / "points.csv", encoding="utf-8") as handle:
+        names = [row["name"] for row in csv.DictReader(handle)]
+    assert sorted(names) == sorted([f"first/{r['name']}" for r in artifacts.load(first).stats["runs"]]
+                                   + ["second/d2-w32-t8000", "second/d2-w32-t24000"])
+    assert {i["role"] for i in fit.manifest.inputs} == {"sweep:0", "sweep:1"}
+    # the same sweep twice is no second measurement; other tokens are another scale of loss
+    twice = cli("scaling", "fit", first, first, "-o", tmp_path / "twice")
+    assert twice.exit_code == 1 and "is" in twice.output and "again (the same sweep); give each source once" in twice.output
+    retokenized = cli("tokenize", tokens.parent / "corpus", "-t", tokens.parent / "tok", "-o", tmp_path / "other-tokens",
+                      "--val-fraction", "0.2")
+    assert retokenized.exit_code == 0, retokenized.output
+    least = [*SWEEP]
+    least[1], least[5] = "1x32", "8e3"  # (one run: the refusal needs no more)
+    assert cli("sweep", tmp_path / "other-tokens", "-o", tmp_path / "third", *least).exit_code == 0
+    other = cli("scaling", "fit", first, tmp_path / "third", "-o", tmp_path / "mixed")
+    assert other.exit_code == 1 and "trained on other tokens than" in " ".join(other.output.split()), other.output
+    assert not (tmp_path / "mixed").exists()
+    # a CSV beside a sweep: its rows as given, named by the file
+    (tmp_path / "published.csv").write_text("params,tokens,loss\n1e6,2e7,3.1\n", encoding="utf-8")
+    both = cli("scaling", "fit", first, second, tmp_path / "published.csv", "-o", tmp_path / "with-csv", "--grid", "coarse",
+               "--bootstrap", "0")
+    assert both.exit_code == 0, both.output
+    assert artifacts.load(tmp_path / "with-csv").config["points_sha256"] == [artifacts.sha256_file(tmp_path / "published.csv")]

@@ -8,7 +8,7 @@ from llmkit.scaling.config import ScalingFitConfig, ScalingPredictConfig
 from llmkit.stage_command import argument, stage_command
 
 
-def _fit(config: ScalingFitConfig, *, source: Path, out: Path, force: bool) -> None:
+def _fit(config: ScalingFitConfig, *, source: list[Path], out: Path, force: bool) -> None:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to a sweep or a CSV; recommend N and D for FLOP budgets."""
 
     from rich.table import Table
@@ -79,7 +79,9 @@ def _predict(config: ScalingPredictConfig, *, fit: Path) -> None:
 
 fit = stage_command(
     "scaling", ScalingFitConfig, _fit,
-    arguments=[argument("source", "A sweep artifact (llmkit sweep), or a CSV: params,tokens,loss or params,flops,loss.")],
+    arguments=[argument("source", "A sweep artifact (llmkit sweep), or a CSV: params,tokens,loss or params,flops,loss; "
+                        "or several, fitted together (sweeps of one tokens artifact: a grid extended by a second sweep).",
+                        type=list[Path])],
     out="Output scaling artifact directory.",
 )
 predict = stage_command(

@@ -1,4 +1,5 @@
-"""The points a scaling law is fitted to: from a sweep artifact, or a CSV of published measurements.
+"""The points a scaling law is fitted to: from a sweep artifact, or a CSV of published measurements,
+or several (`read_sources`: sweeps of one tokens artifact, a smaller grid and a larger one).
 
     params,tokens,loss          one point per row
     params,flops,loss           tokens = flops / (6 * params)
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from llmkit import artifacts
 from llmkit.errors import UserError
@@ -41,6 +44,81 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
     if source.suffix.lower() == ".json" and (source.parent / artifacts.MANIFEST).is_file():
         raise UserError(f"{source} is a file inside the artifact {source.parent}; pass a sweep's folder, or a CSV of points")
     return _csv_points(source)
+
+
+# A sweep's grid: what sweeps fitted together may differ in (every other option is how each run trained)
+GRID_OPTIONS = frozenset({"sizes", "ladder", "width_per_layer", "token_budgets", "flops", "per_budget", "tokens_per_param"})
+
+
+def read_sources(sources: Sequence[Path], count: str = "non_embedding") -> list[Point]:
+    """The points of one source, or of several together, each named after its source
+    (`sweep-a/d1-w32-t10000`). Sweeps must have trained on one tokens artifact (validation losses
+    of other data are on another scale); a run both sweeps made alike (the same size, tokens and
+    loss: a grid extended by a second sweep) counts once."""
+    sources = [Path(source) for source in sources]
+    if len(sources) == 1:
+        return read_points(sources[0], count)
+    _refuse_a_source_twice(sources)
+    sweeps = [(source, artifacts.load(source, kind="sweep")) for source in sources if source.is_dir()]
+    _check_one_family(sweeps)
+    names = _source_names(sources)
+    points, seen, repeated = [], set(), 0
+    for name, source in zip(names, sources):
+        for point in read_points(source, count):
+            key = (point.params, point.tokens, point.loss, point.budget)
+            if key in seen:
+                repeated += 1
+                continue
+            seen.add(key)
+            points.append(dataclasses.replace(point, name=f"{name}/{point.name}"))
+    if repeated:
+        from llmkit.console import note
+
+        note(f"{repeated} run(s) are in more than one of the sources alike (the same size, tokens and loss: one run "
+             "measured once), each counted once")
+    return points
+
+
+def _refuse_a_source_twice(sources: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for source in sources:
+        identity = artifacts.load(source, kind="sweep").fingerprint if source.is_dir() else (
+            artifacts.sha256_file(source) if source.is_file() else str(source))
+        if identity in seen:
+            raise UserError(f"{source} is {seen[identity]} again (the same {'sweep' if source.is_dir() else 'points'}); "
+                            "give each source once")
+        seen[identity] = source
+
+
+def _check_one_family(sweeps: list[tuple[Path, artifacts.Artifact]]) -> None:
+    """Sweeps fitted together trained on one tokens artifact (refused otherwise); options they
+    differ in besides the grid are said: the fit takes their runs as one family."""
+    if len(sweeps) < 2:
+        return
+    (first_path, first), rest = sweeps[0], sweeps[1:]
+    tokens = lambda art: (art.recorded_input("tokens").fingerprint if art.recorded_input("tokens") else None)  # noqa: E731
+    for path, art in rest:
+        if tokens(art) != tokens(first):
+            shown = lambda fingerprint: fingerprint[:12] if fingerprint else "none recorded"  # noqa: E731
+            raise UserError(f"{path} trained on other tokens than {first_path} ({shown(tokens(art))} against "
+                            f"{shown(tokens(first))}): their validation losses are not on one scale; fit each alone")
+        mine, theirs = art.config, first.config
+        differ = sorted(key for key in set(mine) | set(theirs) if key not in GRID_OPTIONS and mine.get(key) != theirs.get(key))
+        if differ:
+            from llmkit.console import note
+
+            shown = ", ".join(f"--{key.replace('_', '-')} {theirs.get(key)!r} -> {mine.get(key)!r}" for key in differ[:3])
+            note(f"{path} trained otherwise than {first_path} ({shown}{', ...' if len(differ) > 3 else ''}); the fit takes "
+                 "their runs as one family")
+
+
+def _source_names(sources: list[Path]) -> list[str]:
+    """Each source's name (its folder's or file's), with the folders above it where two share one."""
+    for depth in range(1, max(len(source.resolve().parts) for source in sources) + 1):
+        names = ["/".join(source.resolve().parts[-depth:]) for source in sources]
+        if len(set(names)) == len(names):
+            return names
+    return [str(source) for source in sources]
 
 
 def _sweep_points(sweep: artifacts.Artifact, count: str) -> list[Point]:

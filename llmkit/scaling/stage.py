@@ -11,7 +11,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from llmkit import artifacts, outputs
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop, isoflop_minima
 from llmkit.scaling_law import FIT_FILE, Law, fit_document, fitted_points, outside_the_points, unmeasured_term
-from llmkit.scaling.points import read_points
+from llmkit.scaling.points import read_sources
 
 
 
@@ -56,14 +56,16 @@ def _why_no_isoflop(budgeted: list) -> dict:
                       "the minima needs two", "minima": minima, "unbracketed_budgets": unbracketed}
 
 
-def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *, force: bool = False) -> Path:
+def fit_scaling(sources: Sequence[Path | str] | Path | str, out: Path | str, config: ScalingFitConfig, *,
+                force: bool = False) -> Path:
+    """`sources`: a sweep or a CSV, or several (`read_sources`)."""
     from llmkit.charts import require_matplotlib
     from llmkit.scaling.plots import write_plots
 
     require_matplotlib()
-    source = Path(source)
-    points = read_points(source, "total" if config.count == "total" else "non_embedding")
-    out = outputs.check_output(out, force, inputs=[source], writes="scaling")
+    sources = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    points = read_sources(sources, "total" if config.count == "total" else "non_embedding")
+    out = outputs.check_output(out, force, inputs=sources, writes="scaling")
     measured = tuple(np.array([getattr(p, name) for p in points]) for name in ("params", "tokens", "loss"))
     fit = fit_chinchilla(*measured, delta=config.huber_delta, grid=config.grid, bootstrap=config.bootstrap, seed=config.seed)
     fit.law.undetermined = unmeasured_term(fit.law, *measured)
@@ -86,9 +88,9 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
         "approach2_not_fitted": None if isoflop is not None else _why_no_isoflop(budgeted),
         "points": len(points),
         # a sweep's runs counted so; a CSV's numbers as given, which --count says they count
-        "parameters_counted": config.count if source.is_dir() else f"{config.count} (the CSV's, as --count says)",
+        "parameters_counted": config.count if all(s.is_dir() for s in sources) else f"{config.count} (the CSV's, as --count says)",
     }
-    with artifacts.create(out, "scaling", force=force, inputs=[source]) as build:
+    with artifacts.create(out, "scaling", force=force, inputs=sources) as build:
         (build.dir / FIT_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
@@ -97,10 +99,14 @@ def fit_scaling(source: Path | str, out: Path | str, config: ScalingFitConfig, *
         (build.dir / "points.csv").write_text(table.getvalue(), encoding="utf-8")
         plots = write_plots(points, fit, isoflop, list(config.budget), build.dir / "plots")
         recorded = config.hashed()
-        if source.is_dir():
-            build.add_input("sweep", artifacts.load(source, kind="sweep"))
-        else:
-            recorded["points_sha256"] = artifacts.sha256_file(source)
+        csvs = []
+        for index, source in enumerate(sources):  # (one source: role "sweep" / points_sha256, as before several were taken)
+            if source.is_dir():
+                build.add_input("sweep" if len(sources) == 1 else f"sweep:{index}", artifacts.load(source, kind="sweep"))
+            else:
+                csvs.append(artifacts.sha256_file(source))
+        if csvs:
+            recorded["points_sha256"] = csvs[0] if len(sources) == 1 else csvs
         build.config = recorded
         build.seed = config.seed
         build.stats = {"alpha": fit.law.alpha, "beta": fit.law.beta, "E": fit.law.E, "points": len(points),
