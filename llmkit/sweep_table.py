@@ -14,6 +14,9 @@ from typing import Any
 from llmkit.errors import UserError
 
 TABLE = "runs.json"
+# A sweep's grid in its recorded config: what two sweeps fitted together may differ in (every other option
+# is how each run trained)
+GRID_OPTIONS = frozenset({"sizes", "ladder", "width_per_layer", "token_budgets", "flops", "per_budget", "tokens_per_param"})
 
 
 @dataclass(frozen=True)

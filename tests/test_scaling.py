@@ -1178,6 +1178,8 @@ def test_two_sweeps_of_one_tokens_are_fitted_together_each_run_once(cli, tokens,
     assert cli("sweep", tokens, "-o", first, *SWEEP).exit_code == 0
     wider = [*SWEEP]
     wider[1] = "1x32,2x32"  # (1x32's runs are the first sweep's again: measured once)
+    refused = " ".join(cli("sweep", tokens, "-o", first, *wider).output.split())  # (a grid is no option of a finished sweep)
+    assert f"to add to its grid, sweep the new sizes or budgets to another -o and fit both: llmkit scaling fit {first} NEW" in refused
     assert cli("sweep", tokens, "-o", second, *wider, "--seed", "0").exit_code == 0
     result = cli("scaling", "fit", first, second, "-o", tmp_path / "fit", "--grid", "coarse", "--bootstrap", "0")
     said = " ".join(result.output.split())

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from llmkit import artifacts
 from llmkit.errors import UserError
+from llmkit.sweep_table import GRID_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,6 @@ def read_points(source: Path | str, count: str = "non_embedding") -> list[Point]
     if source.suffix.lower() == ".json" and (source.parent / artifacts.MANIFEST).is_file():
         raise UserError(f"{source} is a file inside the artifact {source.parent}; pass a sweep's folder, or a CSV of points")
     return _csv_points(source)
-
-
-# A sweep's grid: what sweeps fitted together may differ in (every other option is how each run trained)
-GRID_OPTIONS = frozenset({"sizes", "ladder", "width_per_layer", "token_budgets", "flops", "per_budget", "tokens_per_param"})
 
 
 def read_sources(sources: Sequence[Path], count: str = "non_embedding") -> list[Point]:

@@ -32,7 +32,7 @@ from llmkit.runtime import END_WITH_PARENT
 from llmkit.train.options import recorded_options
 from llmkit.sweep.config import SweepConfig, one_grid
 from llmkit.sweep.grid import PlannedRun, budget_label, legacy_name, plan, too_few_for_a_fit
-from llmkit.sweep_table import TABLE, above_a_uniform_guess, write_table  # (the table of finished runs, hashed; stats add each run's wall time)
+from llmkit.sweep_table import GRID_OPTIONS, TABLE, above_a_uniform_guess, write_table  # (the table of finished runs, hashed; stats add each run's wall time)
 
 RUNS, CONFIGS, LOGS, PLOTS = artifacts.SWEEP_RUNS, "configs", "logs", "plots"
 
@@ -226,6 +226,10 @@ def _tokens_of(art: artifacts.Artifact) -> str | None:
     return next((ref["fingerprint"] for ref in art.manifest.inputs if ref["role"] == "tokens"), None)
 
 
+def _without_grid(config: dict[str, Any]) -> dict[str, Any]:
+    return recorded_options({key: value for key, value in config.items() if key not in GRID_OPTIONS and key != "validation"})
+
+
 def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_art: artifacts.Artifact) -> None:
     """A rerun continues the very sweep in OUT: a finished sweep of other options or other tokens, or
     runs this grid does not plan, are refused (they would be replaced, or left lying in the artifact)."""
@@ -240,8 +244,12 @@ def _same_sweep(out: Path, config: SweepConfig, runs: list[PlannedRun], tokens_a
                 validation != now["validation"]:
             differ = option_changes({**recorded_options({**recorded, "validation": None}), **validation},
                                     {**recorded_options({**now, "validation": None}), **now["validation"]})
+            grid_only = all(_without_grid(recorded).get(key) == _without_grid(now).get(key)
+                            for key in set(recorded) | set(now)) and validation == now["validation"]
+            extend = (f"; to add to its grid, sweep the new sizes or budgets to another -o and fit both: llmkit scaling fit "
+                      f"{out} NEW -o FIT" if grid_only else "")
             raise UserError(f"{out} is a finished sweep of another grid or other options ({'; '.join(differ)}); pass "
-                            "--force to replace it, or write this one to another -o")
+                            f"--force to replace it, or write this one to another -o{extend}")
     planned = {run.name for run in runs}
     # (a run killed outright leaves its lock file, .NAME.lock, behind: not a run)
     strays = sorted(p.name for p in (out / RUNS).iterdir()
