@@ -1477,13 +1477,18 @@ def test_the_repetition_penalty_leaves_the_prompts_framing_tokens_alone(ckpt):
 
 
 def test_weights_or_a_tokenizer_changed_in_place_are_refused(cli, ckpt, tmp_path):
-    """A byte of the weights or of token_bytes.npy changed, the size kept: load's size check passes, the
-    hash beside the read does not (generate used such weights, and eval recorded the fingerprint of others)."""
-    for name in ("model.safetensors", "tokenizer/token_bytes.npy"):
+    """A byte of the weights, of token_bytes.npy or of model_config.json changed, the size kept: load's
+    size check passes, the hash beside the read does not (generate used such weights, and eval
+    recorded the fingerprint of others; a rope_theta edited 10000 -> 90000 until 2026-12-08)."""
+    for name in ("model.safetensors", "tokenizer/token_bytes.npy", "model_config.json"):
         folder = tmp_path / name.replace("/", "-")
         shutil.copytree(ckpt, folder)
         data = bytearray((folder / name).read_bytes())
-        data[-1] ^= 1
+        if name.endswith(".json"):
+            at = data.index(b'"n_layer": ') + len(b'"n_layer": ')
+            data[at] = ord(str((int(chr(data[at])) + 1) % 10))  # (another depth, written in as many bytes)
+        else:
+            data[-1] ^= 1
         (folder / name).write_bytes(bytes(data))
         result = cli("generate", folder, "-p", "To be", "-n", "4")
         said = " ".join(result.output.split())

@@ -760,3 +760,22 @@ def test_workers_are_held_to_the_cores_this_process_may_use(monkeypatch, capsys)
     started = []
     assert list(ordered_map(abs, [-1, -2, 3], workers=4, on_start=started.append)) == [1, 2, 3]
     assert started == [1] and "--workers 4 is more than the 1 core this process may use; using 1" in capsys.readouterr().err
+
+
+def test_a_corpus_shard_changed_in_place_is_refused_by_what_reads_it(corpus, trained, tmp_path, cli):
+    """One bit of a shard flipped, its size kept: loading checks sizes only, and tokenize encoded the
+    edited text under the corpus fingerprint it recorded (a 2026-12-07 review)."""
+    import shutil
+
+    folder = tmp_path / "corpus"
+    shutil.copytree(corpus, folder)
+    shard = sorted((folder / "shards").glob("*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+    for args in (["tokenize", folder, "-t", trained, "-o", tmp_path / "tokens"],
+                 ["tokenizer", "train", folder, "-o", tmp_path / "tok", "--vocab-size", "300"]):
+        result = cli(*args)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and f"{shard} was changed after the artifact {folder} was written" in said, said
+        assert not args[args.index("-o") + 1].exists()

@@ -92,7 +92,9 @@ def iter_corpus_columns(
     import pyarrow.parquet as pq
 
     for path in corpus_shards(artifact):
-        with readable_shard(path):
+        # (hashed beside the read: loading checks sizes only, and an edit that kept the size was tokenized as the corpus
+        # it recorded, a 2026-12-07 review)
+        with readable_shard(path), artifacts.checked_as_read(path):
             parquet = pq.ParquetFile(path)
             missing = [c for c in columns if c not in parquet.schema_arrow.names]
             if missing:

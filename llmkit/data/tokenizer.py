@@ -613,20 +613,22 @@ def load_tokenizer(dir: Path | str) -> TextTokenizer:
     from llmkit.artifacts import checked_as_read
 
     open(dir / TOKENIZER_FILE, "rb").close()  # (an unreadable file is a PermissionError, not "not a valid tokenizers file")
-    with checked_as_read(dir / TOKENIZER_FILE, dir / TOKEN_BYTES_FILE):
+    # (the roles and the chat template too: a same-size edit of either changed prompts unsaid)
+    beside = [dir / name for name in (SPECIAL_ROLES_FILE, CHAT_TEMPLATE_FILE) if (dir / name).is_file()]
+    with checked_as_read(dir / TOKENIZER_FILE, dir / TOKEN_BYTES_FILE, *beside):
         try:
             hf = Tokenizer.from_file(str(dir / TOKENIZER_FILE))
         except Exception as exc:
             raise UserError(f"{dir / TOKENIZER_FILE} is not a valid tokenizers file ({exc}); retrain the tokenizer") from exc
         token_bytes = _token_bytes(dir / TOKEN_BYTES_FILE)
-    roles = special_roles(dir)
-    end_of_turn = roles.pop(END_OF_TURN, []) if roles is not None else []
-    template = None
-    if (dir / CHAT_TEMPLATE_FILE).is_file():
-        try:
-            template = (dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{dir / CHAT_TEMPLATE_FILE} is not UTF-8 text ({exc}); fix or delete it") from None
+        roles = special_roles(dir)
+        end_of_turn = roles.pop(END_OF_TURN, []) if roles is not None else []
+        template = None
+        if (dir / CHAT_TEMPLATE_FILE).is_file():
+            try:
+                template = (dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{dir / CHAT_TEMPLATE_FILE} is not UTF-8 text ({exc}); fix or delete it") from None
     return TextTokenizer(hf, token_bytes, path=dir, roles=roles, end_of_turn=end_of_turn, own_chat_template=template)
 
 

@@ -169,8 +169,11 @@ def read_model_config(directory: Path) -> ModelConfig:
     path = Path(directory) / MODEL_CONFIG
     if not path.is_file():
         raise UserError(f"{directory} has no {MODEL_CONFIG}; it is not a complete checkpoint, rebuild it")
+    from llmkit.artifacts import checked_as_read
+
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        with checked_as_read(path):  # (a same-size edit, rope_theta 10000 -> 90000, was used as the recorded model)
+            return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError, RecursionError, OverflowError) as exc:  # (an mlp_ratio of Infinity: OverflowError)
         raise UserError(f"{path} is not a valid model config ({exc}); rebuild the checkpoint") from None
 

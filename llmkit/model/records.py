@@ -186,8 +186,11 @@ def read_task(art: Any) -> TaskRecord | None:
     if TASK_FILE not in art.manifest.files:
         return None
     path = art.file(TASK_FILE)
+    from llmkit.artifacts import checked_as_read
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with checked_as_read(path):  # (a same-size edit of its template was prompted in, unsaid)
+            data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged, rebuild it") from None
     return TaskRecord.from_dict(data, str(path))

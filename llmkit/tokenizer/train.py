@@ -14,6 +14,7 @@ from llmkit import artifacts, errors, resume
 from llmkit.tokenizer.config import TokenizerTrainConfig
 from llmkit.tokenizer.long_pretokens import cut_long_pretokens
 from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, open_source
+from llmkit.data.corpus import corpus_shards
 from llmkit.data.tokenizer import (
     TOKEN_BYTES_FILE,
     TOKENIZER_FILE,
@@ -126,7 +127,8 @@ def train_tokenizer(
                          "input": source.described, "corpus": source.corpus.fingerprint if source.corpus else None})
     with artifacts.create(out, "tokenizer", force=force, inputs=inputs, resume_key=key) as build:
         started = time.perf_counter()
-        with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        shards = corpus_shards(source.corpus) if source.corpus is not None else []
+        with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar, artifacts.checked_as_read(*shards):
             task = bar.add_task("reading + counting", total=source.total_bytes)
             texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size),
                                            folder=build.dir)
