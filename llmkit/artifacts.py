@@ -851,7 +851,35 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
         if not report.problems and load(inner, check=False).fingerprint != ref["fingerprint"]:
             problems.append(f"input {ref['role']} ({shown}) is another artifact than the one recorded (fingerprint differs)")
     inside = sum(1 for ref in art.manifest.inputs if _made_inside(art, ref))
-    return VerifyReport(art.path, problems, len(art.manifest.all_files) - removed_state, inside, notes)
+    companions = _verify_companions(art, _seen, problems, notes) if art.kind == "checkpoint" else 0
+    return VerifyReport(art.path, problems, len(art.manifest.all_files) - removed_state, inside + companions, notes)
+
+
+def _verify_companions(art: Artifact, seen: frozenset, problems: list[str], notes: list[str]) -> int:
+    """A training run's RUN/ema, RUN/best and RUN/average (artifacts it writes beside its own, which
+    name it as their input: until 2026-12-08 a byte changed in RUN/ema passed `verify RUN`), each
+    verified, and made from the run as it is. Returns how many there are."""
+    from llmkit.outputs import RUN_COMPANIONS
+
+    root, count = art.path.resolve(), 0
+    for name in RUN_COMPANIONS:
+        folder = art.path / name
+        if not (folder / MANIFEST).is_file() or folder.resolve() in seen or root not in folder.resolve().parents:
+            continue
+        count += 1
+        try:
+            report = verify(folder, seen)
+            companion = load(folder, check=False)
+        except UserError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        problems += [f"{name}: {problem}" for problem in report.problems]
+        notes += [f"{name}: {line}" for line in report.notes]
+        for ref in companion.manifest.inputs:
+            if _input_path(companion, ref).resolve() == root and ref["fingerprint"] != art.fingerprint:
+                problems.append(f"{name}: made from another end of the run (its input {ref['role']} is "
+                                f"{ref['fingerprint'][:12]}, the run is {art.fingerprint[:12]}); --resume the run to write it again")
+    return count
 
 
 def input_problems(art: Artifact) -> list[tuple[str, bool]]:

@@ -181,6 +181,27 @@ def _undetermined(art: Artifact) -> bool:
         return False
 
 
+def _companions(art: Artifact, damaged: list[Path]) -> list[Artifact]:
+    """A training run's RUN/ema, RUN/best and RUN/average: rows of their own after the run's (they
+    were not shown: report listed a folder's artifacts one level down)."""
+    from llmkit import artifacts
+    from llmkit.console import note
+    from llmkit.errors import UserError
+    from llmkit.outputs import RUN_COMPANIONS
+
+    if art.kind != "checkpoint":
+        return []
+    shown = []
+    for name in RUN_COMPANIONS:
+        if (art.path / name / artifacts.MANIFEST).is_file():
+            try:
+                shown.append(artifacts.load(art.path / name))
+            except UserError as exc:
+                damaged.append(art.path / name)
+                note(f"{art.path / name} cannot be read: {exc}")
+    return shown
+
+
 def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
     """The artifacts `llmkit report` shows, and the damaged ones in the folders given: each path an
     artifact, or a folder of them (a recipe's runs/NAME); a folder without any (a glob's stray
@@ -232,6 +253,7 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
                 note(f"{child} cannot be read: {exc}")
         if not inside:
             skipped.append(path)
+    found = [shown for art in found for shown in [art, *_companions(art, damaged)]]
     if skipped:
         note(f"skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)")
     if not found:
