@@ -599,6 +599,15 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
             raise UserError(f"{path} is a sweep that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "llmkit sweep command; its finished runs are artifacts (runs/NAME)")
         if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
+            from llmkit.outputs import temporaries
+
+            # a --force run killed before its first checkpoint: the finished run it replaced is the one worth having
+            aside = next((folder / path.name for folder in temporaries(path, "replaced")
+                          if (folder / path.name / MANIFEST).is_file()), None)
+            if aside is not None and not any((path / "checkpoints").glob("step_*")):
+                raise UserError(f"{path} is a --force training run stopped before its first checkpoint; the finished run it "
+                                f"replaced is kept aside in {aside}: rerun the command with --resume to put it back, or "
+                                "without it to train the new run again")
             raise UserError(f"{path} is a training run that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "command with --resume, or use one of its checkpoints/step_N")
         if (path / "config.json").is_file() and any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir()):
