@@ -70,16 +70,23 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     out.print(_tree(tree))
 
 
-def _tree(node: LineageNode, parent: Tree | None = None) -> Tree:
+def _tree(node: LineageNode, parent: Tree | None = None, shown: set[str] | None = None) -> Tree:
+    """The lineage as a tree, each artifact's inputs shown once: met again (every run of a sweep reads
+    one tokens artifact), it says "(inputs above)" (a 16-run sweep printed its tokens' lineage 16 times)."""
+    shown = set() if shown is None else shown
     label = Text.assemble(*([(node.role, "cyan"), ": "] if node.role != "output" else []), (node.kind, "bold"),
                           f" {node.path} ", (node.fingerprint[:12], "dim"))
     if node.problem:
         label.append(f" ({node.problem})", style="yellow")
     elif not node.found:
         label.append(" (not found)", style="yellow")
+    again = bool(node.children) and node.fingerprint in shown
+    if again:
+        label.append(" (inputs above)", style="dim")
+    shown.add(node.fingerprint)
     branch = Tree(label) if parent is None else parent.add(label)
-    for child in node.children:
-        _tree(child, branch)
+    for child in node.children if not again else ():
+        _tree(child, branch, shown)
     return branch
 
 

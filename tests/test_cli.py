@@ -777,3 +777,20 @@ def test_verify_passes_a_checkpoint_whose_resume_state_was_removed_and_says_so(c
     (tmp_path / "ckpt" / "training_state.json").write_text("[]")
     result = cli("verify", tmp_path / "ckpt")
     assert result.exit_code == 1 and "changed file: training_state.json" in result.output, result.output
+
+
+def test_the_lineage_tree_shows_an_artifacts_inputs_once():
+    """Every run of a sweep reads one tokens artifact: its lineage was printed once per run (a 16-run
+    sweep, over a hundred lines of the same tree)."""
+    from rich.console import Console
+
+    from llmkit.artifacts import LineageNode
+    from llmkit.inspect_view import _tree
+
+    corpus = LineageNode("corpus", "c", "corpus", "c" * 64, True, [])
+    tokens = LineageNode("tokens", "t", "tokens", "t" * 64, True, [corpus])
+    runs = [LineageNode(f"run:{i}", f"r{i}", "checkpoint", str(i) * 64, True, [tokens]) for i in range(3)]
+    console = Console(width=200, record=True)
+    console.print(_tree(LineageNode("output", "s", "sweep", "s" * 64, True, [*runs, tokens])))
+    shown = console.export_text()
+    assert shown.count("corpus: corpus c") == 1 and shown.count("(inputs above)") == 3, shown
