@@ -188,8 +188,22 @@ def _no_such_option(typed: str, ctx: click.Context) -> str:
         return f"No such option: {typed}; did you mean the command {ctx.command_path} {typed.lstrip('-')}?"
     known = [name[2:] for param in ctx.command.get_params(ctx) if not getattr(param, "hidden", False)
              for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
+    meant = [name for name in OPTION_SYNONYMS.get(typed.lstrip("-").lower().replace("_", "-"), ()) if name in known]
+    if meant:  # (another tool's word: --preset was offered --resume)
+        return f"No such option: {typed}; did you mean {' or '.join(f'--{name}' for name in meant)}?"
     hint = did_you_mean(typed.lstrip("-"), known, cutoff=0.6, shown=lambda name: f"--{name}") if len(typed) > 2 else ""
     return f"No such option: {typed}" + (f"; {hint.rstrip()}" if hint else "")
+
+
+# Other tools' words for llmkit's options (nanoGPT's, transformers', litgpt's), where no spelling is near
+OPTION_SYNONYMS = {
+    "preset": ("model",), "size": ("model",), "model-size": ("model",), "model-name": ("model",),
+    "steps": ("max-steps",), "iters": ("max-steps",), "max-iters": ("max-steps",), "num-steps": ("max-steps",),
+    "learning-rate": ("lr",), "batch-size": ("batch-tokens", "micro-batch"), "block-size": ("seq-len", "context-length"),
+    "output": ("out",), "output-dir": ("out",), "num-workers": ("workers",), "epochs": ("max-epochs", "max-steps"),
+    "num-train-epochs": ("max-epochs", "max-steps"), "warmup": ("warmup-steps",), "grad-accum": ("micro-batch",),
+    "gradient-accumulation-steps": ("micro-batch",),
+}
 
 
 def _print_error(message: str) -> None:

@@ -404,6 +404,10 @@ def test_config_resolution_order(tmp_path):
     (["plan", "--gup", "cpu"], "No such option: --gup; did you mean --gpu? (see"),
     (["generate", "--hepl"], "No such option: --hepl; did you mean --help? (see"),
     (["generate", "--bogus"], "No such option: --bogus (see llmkit generate --help)"),
+    # another tool's word, no spelling near (--preset was offered --resume)
+    (["pretrain", "x", "--preset", "tiny"], "No such option: --preset; did you mean --model? (see"),
+    (["pretrain", "x", "--batch-size", "8"], "No such option: --batch-size; did you mean --batch-tokens or --micro-batch? (see"),
+    (["pretrain", "x", "--max-iters", "8"], "No such option: --max-iters; did you mean --max-steps? (see"),
     # one dash: click read -temperature as -t -e ... and named -t alone
     (["generate", "x", "-temperature", "1"], "No such option: -temperature; did you mean --temperature? (see"),
     (["generate", "x", "-q"], "No such option: -q (see llmkit generate --help)"),
