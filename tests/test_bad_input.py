@@ -876,11 +876,17 @@ def test_eval_cuts_long_prompts_as_finetune_does_and_says_so(cli, chain, tmp_pat
     data = tmp_path / "mt.jsonl"
     data.write_text(json.dumps({"source": long_source, "target": "short"}) + "\n" + json.dumps({"source": "hi", "target": "x"}) + "\n")
     result = _ok(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--max-new-tokens", "8", "-o", tmp_path / "ev"))
-    assert "1 of 2 prompts did not fit in the context" in " ".join(result.output.split())
+    assert "1 of 2 prompts did not fit in the 57 tokens a prompt may take of the context (64 tokens)" in " ".join(result.output.split())
     prompts = [json.loads(line)["prompt"] for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     tok = load_tokenizer(chain / "tok")
     assert long_source.startswith(prompts[0].rstrip("\n")) and prompts[0].endswith("\n")  # the end of the input went
     assert 1 + len(tok.encode(prompts[0])) <= 64 - 8 + 1 and prompts[1] == "hi\n"  # (the last new token is never fed back)
+    # a reply past half the context: the prompt keeps half of it, as generate and chat keep one (engine.prompt_keep), the
+    # reply sliding the window; eval kept 64 - 40 + 1 = 25 tokens, other predictions than generate's
+    result = _ok(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--max-new-tokens", "40", "-o", tmp_path / "ev40"))
+    assert "1 of 2 prompts did not fit in the 32 tokens a prompt may take" in " ".join(result.output.split())
+    kept = [json.loads(line)["prompt"] for line in (tmp_path / "ev40" / "predictions.jsonl").read_text().splitlines()][0]
+    assert 64 - 40 + 1 < 1 + len(tok.encode(kept)) <= 32
 
 
 def test_chat_says_when_a_checkpoint_was_never_fine_tuned_to_chat(cli, chain):

@@ -274,14 +274,17 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     `shown_field`: the input's name in the user's records, where it was copied to the template's."""
     shown_field = shown_field or input_field
     from llmkit.data.templates import encode_chat_prompt, fit_fields, plain_fields, text_fields
-    from llmkit.inference.engine import context_limit
+    from llmkit.inference.engine import context_limit, prompt_keep
     from llmkit.inference.prompts import chat_turns
 
     limit = context_limit(loaded.model)
     if limit is None:
         return records
-    room = limit - max_new_tokens + 1  # the last new token is never fed back (engine.needs_window)
-    if room < 2:
+    # what llmkit generate and chat keep of a prompt: the context less the reply (the last new token is never fed
+    # back), but at least half of it, a longer reply sliding the window as generate's does (until 2026-12-08 eval
+    # kept only the context less the reply: a prompt of 49 tokens where generate's was 64, other predictions)
+    room = prompt_keep(limit, max_new_tokens)
+    if limit - max_new_tokens + 1 < 2:  # (a reply as long as the context: a slip, not a window to slide)
         # (said with a value to give: the flag may not have been typed, its default being 64)
         raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of {limit} "
                         f"tokens; give a lower one, such as --max-new-tokens {max(1, limit // 4)}")
@@ -308,7 +311,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
             wording = len(encode({**record, **dict.fromkeys(texts, "")}))
             cut_what = repr(shown_field) if texts == [input_field] else "text fields"
             raise UserError(f"{place(records, i)}: even with its {cut_what} cut, the prompt does not fit in the "
-                            f"{room} tokens the context ({limit}) leaves beside --max-new-tokens "
+                            f"{room} tokens a prompt may take of the context ({limit}) beside --max-new-tokens "
                             f"{max_new_tokens} (the template's wording alone takes {wording}); lower --max-new-tokens or "
                             "shorten --prompt-template")
         cut += shorter is not record
@@ -317,9 +320,10 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     if cut:
         from llmkit.console import note
 
-        note(f"{cut} of {len(records)} prompts did not fit in the context ({limit} tokens) "
-             f"beside --max-new-tokens {max_new_tokens}: the end of their {shown_field!r} (of their longest text "
-             "field, where the prompt has several) was left out, as finetune --truncate does")
+        note(f"{cut} of {len(records)} prompts did not fit in the {room} tokens a prompt may take of the context "
+             f"({limit} tokens) beside --max-new-tokens {max_new_tokens}, as llmkit generate and chat keep one: the end of "
+             f"their {shown_field!r} (of their longest text field, where the prompt has several) was left out, as "
+             "finetune --truncate does")
     return fitted
 
 
@@ -392,7 +396,7 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
     """Records of {"messages": [...]} (what finetune trains on and `chat -o` writes): the history
     before the last assistant turn is the prompt, that turn the reference."""
     from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt, record_messages
-    from llmkit.inference.engine import context_limit, needs_window
+    from llmkit.inference.engine import context_limit, prompt_keep
 
     if not chat:
         raise UserError("the data holds conversations (\"messages\"), which only a chat fine-tune reads; evaluate a chat "
@@ -403,13 +407,13 @@ def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int)
         messages = record_messages(record, place(records, i), suggest_template=False)  # (eval has no --template)
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             raise UserError(f"{place(records, i)}: its messages must end with the assistant's reply, the reference")
-        history, dropped = drop_oldest_exchanges(messages[:-1], loaded.tokenizer,
-                                                 None if limit is None else limit - max_new_tokens + 1)
+        budget = None if limit is None else prompt_keep(limit, max_new_tokens)  # (as llmkit chat keeps a history)
+        history, dropped = drop_oldest_exchanges(messages[:-1], loaded.tokenizer, budget)
         ids, trimmed = encode_chat_prompt(history, loaded.tokenizer), trimmed + dropped
-        if limit is not None and needs_window(len(ids), max_new_tokens, limit):
-            raise UserError(f"{place(records, i)}: its last message takes {len(ids)} tokens with the chat's wording, and with "
-                            f"--max-new-tokens {max_new_tokens} exceeds the context of {limit}; shorten it or lower "
-                            "--max-new-tokens")
+        if budget is not None and len(ids) > budget:
+            raise UserError(f"{place(records, i)}: its last message takes {len(ids)} tokens with the chat's wording, more than "
+                            f"the {budget} a prompt may take of the context of {limit} beside --max-new-tokens "
+                            f"{max_new_tokens}; shorten it or lower --max-new-tokens")
         prompts.append(ids)
         references.append([messages[-1]["content"]])
     if trimmed:
