@@ -969,3 +969,48 @@ def test_bootstrap_of_one_example_gives_no_interval(cli, tmp_path):
     assert result.exit_code == 0 and "no intervals" in result.output, result.output
     metrics = _metrics(tmp_path / "labels")
     assert metrics["accuracy"] == 1.0 and not [k for k in metrics if k.endswith("_ci95")]
+
+
+def test_a_fine_tune_scores_labels_and_choices_in_the_format_it_was_trained_in(cli, shakespeare, tmp_path):
+    """A chat fine-tune's labels were scored after bare text (`<bos>text\\n`), a format it never saw; a
+    text-template one's labels in its template (refused where the data named its input otherwise)
+    and its choices in none: each now in its trained format, checked against a hand computation."""
+    from llmkit.data.templates import encode_rendered, message_ids
+    from llmkit.model.io import load_checkpoint
+
+    rows = [{"sentence": "a gentle and noble lord", "label": "good"}, {"sentence": "a villain and a traitor", "label": "bad"}]
+    (tmp_path / "labelled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"question": "Who is the king", "choices": ["Richard", "a horse"],
+                                                   "label": 0}) + "\n")
+    text_task = {"task": "sft", "template": {"type": "text", "prompt": "Say: {text}\nVerdict:", "response": " {verdict}",
+                                             "input_field": "text", "target_field": "verdict"}}
+    for name, task in (("chat", {"task": "sft", "template": {"type": "chat"}}), ("text", text_task)):
+        ckpt = make_checkpoint(tmp_path / name, shakespeare[:20_000], task=task)
+        loaded = load_checkpoint(ckpt)
+        tok, model = loaded.tokenizer, loaded.model
+
+        def by_hand(text: str, choice: str) -> float:
+            if name == "chat":
+                context = [tok.bos_id, tok.special_ids["<|user|>"]] + tok.encode_after_special(text) + [tok.special_ids["<|assistant|>"]]
+                reply = message_ids(choice, context[-1], tok.eos_id, tok)
+            else:
+                context = [tok.bos_id] + encode_rendered(f"Say: {text}\nVerdict:", tok)
+                reply = tok.encode_continuation(" " + choice)
+            seq = context + reply
+            with torch.no_grad():
+                logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].double(), -1)
+            return sum(float(logp[len(context) - 1 + i, t]) for i, t in enumerate(reply))
+
+        result = cli("eval", ckpt, "-m", "accuracy", "--labels", "good,bad", "--data", tmp_path / "labelled.jsonl",
+                     "-o", tmp_path / f"{name}-labels")
+        assert result.exit_code == 0, result.output
+        for row, scored in zip(rows, _records(tmp_path / f"{name}-labels")):
+            assert scored["logliks"] == pytest.approx([by_hand(row["sentence"], label) for label in ("good", "bad")], abs=1e-4)
+        result = cli("eval", ckpt, "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / f"{name}-mc")
+        assert result.exit_code == 0, result.output
+        assert _records(tmp_path / f"{name}-mc")[0]["logliks"] == pytest.approx(
+            [by_hand("Who is the king", choice) for choice in ("Richard", "a horse")], abs=1e-4)
+    # --prompt-template scores plain text, as a base model's
+    plain = cli("eval", ckpt, "-m", "accuracy", "--labels", "good,bad", "--data", tmp_path / "labelled.jsonl",
+                "--prompt-template", "{sentence}\n", "-o", tmp_path / "plain")
+    assert plain.exit_code == 0 and _records(tmp_path / "plain")[0]["logliks"] != _records(tmp_path / "text-labels")[0]["logliks"]

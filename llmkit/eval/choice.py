@@ -66,19 +66,25 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 def score_pairs(
-    model, tokenizer, pairs: list[tuple[str, str]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None,
-    cut: list[int] | None = None, context_cut: list[int] | None = None,
+    model, tokenizer, pairs: list[tuple[str, str] | tuple[list[int], list[int]]], *, prefix_token: int, pad_id: int,
+    batch_size: int = 8, progress=None, cut: list[int] | None = None, context_cut: list[int] | None = None,
 ) -> list[float]:
     """log p(continuation | context) for each (context, continuation), conditioned on the
     document-start token before the context; cut from the left to the model's context length
-    (as lm-eval does). A continuation longer than the context alone is scored on its last tokens
-    only; `cut`, where given, gets the indices of such pairs (lm-eval leaves the case undefined),
-    and `context_cut` those of the others whose context lost its start (to say so)."""
+    (as lm-eval does). A pair of token ids (a fine-tune's own format: a chat prompt, a template's)
+    is scored as given, its context holding its own start. A continuation longer than the context
+    alone is scored on its last tokens only; `cut`, where given, gets the indices of such pairs
+    (lm-eval leaves the case undefined), and `context_cut` those of the others whose context lost
+    its start (to say so)."""
     limit = int(model.config.context_length)
     requests: list[Request] = []
     for index, (context, continuation) in enumerate(pairs):
-        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
-        whole = [prefix_token] + context_ids + continuation_ids
+        if isinstance(context, list):
+            continuation_ids = list(continuation)
+            whole = context + continuation_ids
+        else:
+            context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+            whole = [prefix_token] + context_ids + continuation_ids
         seq = whole[-(limit + 1) :]
         requests.append(Request(seq, min(len(continuation_ids), limit)))
         if cut is not None and len(continuation_ids) > limit:
@@ -92,13 +98,15 @@ def score_pairs(
 
 
 def score_choices(
-    model, tokenizer, examples: list[tuple[str, list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8, progress=None,
-    cut: list[int] | None = None, context_cut: set[int] | None = None,
+    model, tokenizer, examples: list[tuple[str | list[int], list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8,
+    progress=None, cut: list[int] | None = None, context_cut: set[int] | None = None, encode_choice=None,
 ) -> list[ChoiceScores]:
     """Each (context, choices) scored, each choice as written behind its context's delimiter
-    (`continuation`); acc_norm's lengths are the choices' own. `cut`: as score_pairs', over the
+    (`continuation`), or, after a context of token ids, as `encode_choice` encodes it (a
+    fine-tune's reply); acc_norm's lengths are the choices' own. `cut`: as score_pairs', over the
     choices in order; `context_cut` gets the examples whose context lost its start for a choice."""
-    pairs = [(context, continuation(context, choice)) for context, choices in examples for choice in choices]
+    pairs = [(context, continuation(context, choice)) if isinstance(context, str) else (context, encode_choice(context, choice))
+             for context, choices in examples for choice in choices]
     owners = [index for index, (_, choices) in enumerate(examples) for _ in choices]
     cut_pairs: list[int] = []
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size,

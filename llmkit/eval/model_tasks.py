@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import string
 from pathlib import Path
 
 from llmkit import artifacts
@@ -257,6 +258,52 @@ def placeholder(field: str) -> str:
     from llmkit.data.templates import is_field_name
 
     return "{" + (field if is_field_name(field) else "input") + "}"
+
+
+def _trained_framing(loaded, cfg, records: list[dict], text_field: str, scored: str):
+    """A fine-tune's texts and their labels (or questions and their choices) framed as it was
+    trained, where --prompt-template does not say otherwise: a chat fine-tune's text as a user
+    message and each label as the assistant's reply (lm-eval's --apply_chat_template), a text
+    template's prompt (its input field filled with the text) and each label as its response.
+    Returns (contexts as token ids, encode_choice) for score_choices, or None for plain text (a
+    base model). Until 2026-12-08 a chat fine-tune was scored on bare text, and a text-template
+    one's labels in its template (refused where the data named its input otherwise) but its
+    choices not."""
+    from llmkit.data.templates import Rendered, encode_chat_prompt, encode_rendered, message_ids, response_frame
+    from llmkit.inference.prompts import chat_turns
+
+    task, tokenizer = loaded.task, loaded.tokenizer
+    if cfg.prompt_template is not None or task is None or not (task.is_chat or task.text_template):
+        return None
+    texts = [text_of(r, text_field, place(records, i)) for i, r in enumerate(records)]
+    if task.is_chat:
+        from llmkit.console import note
+
+        note(f"scored as {loaded.artifact.path} was fine-tuned: each text a user message, each {scored} the assistant's "
+             "reply (--prompt-template '{" + placeholder(text_field)[1:-1] + "}' scores plain text)")
+        contexts = [encode_chat_prompt(chat_turns(r, t), tokenizer) for r, t in zip(records, texts)]
+        return contexts, lambda context, choice: message_ids(choice, context[-1], tokenizer.eos_id, tokenizer)
+    from llmkit.console import note
+
+    note(f"scored as {loaded.artifact.path} was fine-tuned: each text in its prompt template, each {scored} as its response "
+         "(--prompt-template '{" + placeholder(text_field)[1:-1] + "}' scores plain text)")
+    trained = task.text_template
+    field, target = trained["input_field"], trained.get("target_field")
+    lead, tail = response_frame(trained)
+    lead_ids = encode_rendered(Rendered.all_wording(lead), tokenizer, tokenizer.encode_continuation) if lead else []
+    contexts = [[start_id(loaded)] + encode_rendered(render_template(trained["prompt"], {**r, field: t}, field, place(records, i)),
+                                                     tokenizer) + lead_ids
+                for i, (r, t) in enumerate(zip(records, texts))]
+
+    parts = list(string.Formatter().parse(trained["response"]))  # (its literal text with "{{" read as "{")
+    target = target or next(name for _, name, _, _ in parts if name)
+
+    def encode_choice(context: list[int], choice: str) -> list[int]:
+        response = "".join(literal + (choice if name == target else "") for literal, name, _, _ in parts)
+        after = response[len(lead):] if response.startswith(lead) else response
+        return tokenizer.encode_continuation(after[: len(after) - len(tail)] if tail and after.endswith(tail) else after)
+
+    return contexts, encode_choice
 
 
 def _trained_prompt(task) -> str | None:
@@ -531,13 +578,17 @@ def _multiple_choice(loaded, cfg, records: list[dict], label_field: str):
                    else text_of(r, context_field, place(records, i)))
         examples.append((context, choices))
         gold.append(_choice_index(r[label_field], choices, place(records, i)))
+    framed = _trained_framing(loaded, cfg, records, context_field, "choice")
+    if framed is not None:
+        examples = [(framed_context, choices) for framed_context, (_, choices) in zip(framed[0], examples)]
     bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
     cut: list[int] = []
     context_cut: set[int] = set()
     with bar:
         scores = score_choices(
             loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=_pad_id(loaded.tokenizer),
-            batch_size=cfg.batch_size, progress=advance, cut=cut, context_cut=context_cut
+            batch_size=cfg.batch_size, progress=advance, cut=cut, context_cut=context_cut,
+            encode_choice=framed[1] if framed is not None else None
         )
     from llmkit.console import note
 
@@ -613,15 +664,18 @@ def _labelled_texts(loaded, cfg, records: list[dict], label_field: str):
     else:
         # A language model without a classification head: pick the label whose name is most likely
         # after the (templated) text, zero-shot.
-        template = cfg.prompt_template or _trained_prompt(task) or placeholder(text_field) + "\n"
-        # each behind the delimiter (score_choices)
-        examples = [(render_template(template, r, text_field, place(records, i)), names) for i, r in enumerate(records)]
+        framed = _trained_framing(loaded, cfg, records, text_field, "label")
+        template = cfg.prompt_template or placeholder(text_field) + "\n"
+        # each behind the delimiter (score_choices), or after the fine-tune's own framing
+        examples = ([(context, names) for context in framed[0]] if framed is not None else
+                    [(render_template(template, r, text_field, place(records, i)), names) for i, r in enumerate(records)])
         bar, advance = _progress_bar(len(examples) * len(names), "scoring labels")
         context_cut: set[int] = set()
         with bar:
             scores = score_choices(
                 loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=_pad_id(loaded.tokenizer),
-                batch_size=cfg.batch_size, progress=advance, context_cut=context_cut
+                batch_size=cfg.batch_size, progress=advance, context_cut=context_cut,
+                encode_choice=framed[1] if framed is not None else None
             )
         if context_cut:
             from llmkit.console import note
