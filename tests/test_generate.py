@@ -889,6 +889,13 @@ def test_prompts_from_a_pipe(ckpt, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()] == \
         [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    # JSONL on standard input (`jq ... | llmkit generate --prompts -`): its records, not completions of their JSON text
+    result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-", "--greedy", "-n", "3",
+                             "-o", str(tmp_path / "j.jsonl")], input='{"prompt": "ROMEO:"}\n\n{"prompt": "JULIET:"}\n',
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "standard input is read as JSONL" in result.stderr, result.stderr[-2000:]
+    assert [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()] == \
+        [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-"], input="\n",
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == ("error: standard input holds no prompt; write one per line "

@@ -64,13 +64,43 @@ def read_prompt_file(path: Path) -> list[Prompt]:
     if path.is_dir():
         raise UserError(f"--prompts {path} is a folder; pass a .txt (one prompt per line) or .jsonl file")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        prompts = [Prompt(text=unescape(line)) for line in text_file_lines(read_text(path)) if line.strip()]
+        lines = text_file_lines(read_text(path))
+        records = _json_lines(lines) if path.suffix.lower() != ".txt" else None
+        if records is not None:  # (`jq ... | llmkit generate --prompts -`: completions of the JSON text, before)
+            from llmkit.console import note
+
+            shown = "standard input" if path == Path("/dev/stdin") else str(path)
+            note(f"{shown} is read as JSONL: every line is a JSON object (a .txt file's lines are prompts as written)")
+            prompts = [_prompt_from_record(record, f"{shown}:{lineno}") for lineno, record in records]
+        else:
+            prompts = [Prompt(text=unescape(line)) for line in lines if line.strip()]
     else:
         prompts = [_prompt_from_record(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
     if not prompts:
         shown = "standard input" if path == Path("/dev/stdin") else str(path)
         raise UserError(f"{shown} holds no prompt; write one per line (.txt, or on standard input), or one record per line (.jsonl)")
     return prompts
+
+
+def _json_lines(lines: list[str]) -> list[tuple[int, dict]] | None:
+    """(line number, record) of lines that are all JSON objects (blank ones aside), else None: a
+    stream with no suffix to say its format (a pipe, `-`), read as what it holds."""
+    import json
+
+    records = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            return None
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(record, dict):
+            return None
+        records.append((lineno, record))
+    return records or None
 
 
 def text_file_lines(text: str) -> list[str]:
