@@ -67,7 +67,8 @@ class GenerateConfig(Options):
     prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n typed is a newline.",
                                 flags=("--prompt", "-p"), parse=unescape_each)
     prompts_file: Path | None = option(None, "File of prompts: .txt (one per line) or .jsonl ({\"prompt\": ...} or "
-                                       "{\"messages\": [...]}); - reads standard input (JSONL where every line is a JSON object, else one prompt per line).", flags=("--prompts",))
+                                       "{\"messages\": [...]}); - reads standard input (JSONL where every line is a JSON "
+                                       "object, else one prompt per line).", flags=("--prompts",))
     sampling: Sampling = group(Sampling, panel=SAMPLING, help={
         "repetition_penalty": "> 1 discourages repeating tokens (1 = off); an ensemble applies it to each member's logits, then mixes them."})
     stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n typed is a newline); it is not printed.",
