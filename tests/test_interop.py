@@ -1671,3 +1671,43 @@ def test_weights_with_nan_or_beyond_float16_are_named_not_converted(cli, tmp_pat
     # named as the checkpoint names it (transformers' model.layers.1.mlp.up_proj.weight is half of it)
     assert "the weight blocks.1.mlp.up_proj.weight holds values up to 1e+06, beyond float16's range" in line
     assert not (tmp_path / "d").exists()
+
+
+def test_import_keeps_the_sampling_generation_config_recommends(cli, tmp_path, tokenizer_dir):
+    """Llama 3 Instruct's generation_config.json samples at temperature 0.6, top-p 0.9 (top-k 50 by
+    transformers' default): the import dropped it, and generate and chat sampled at llmkit's 0.8.
+    Each option not given comes from it, and export writes it back."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    src = tmp_path / "hf"
+    _save_hf_model(src, _hf_configs(vocab)["llama-attn-bias-untied"], tokenizer_dir)
+    (src / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+    assert cli("import", src, "-o", tmp_path / "ckpt").exit_code == 0
+    assert json.loads((tmp_path / "ckpt" / "sampling.json").read_text()) == {
+        "greedy": False, "temperature": 0.6, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.0}
+
+    def made(name, *flags):
+        result = cli("generate", tmp_path / "ckpt", "-p", "Speak", "-n", "8", "--seed", "3", *flags, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split()), json.loads((tmp_path / name).read_text())["completion"]
+
+    said, recommended = made("a.jsonl")
+    assert "sampling as" in said and "recommends (its generation_config.json): temperature 0.6, top-k 50, top-p 0.9" in said
+    assert recommended == made("b.jsonl", "--temperature", "0.6", "--top-k", "50", "--top-p", "0.9")[1]
+    # an option given takes its place alone (transformers' rule); the others stay the model's
+    assert made("c.jsonl", "--temperature", "1.5")[1] == made("d.jsonl", "--temperature", "1.5", "--top-k", "50",
+                                                               "--top-p", "0.9")[1]
+    assert "recommends" not in made("e.jsonl", "--temperature", "0.6", "--top-k", "50", "--top-p", "0.9",
+                                    "--repetition-penalty", "1")[0]
+    assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
+    written = json.loads((tmp_path / "again" / "generation_config.json").read_text())
+    assert (written["do_sample"], written["temperature"], written["top_k"], written["top_p"]) == (True, 0.6, 50, 0.9)
+    # do_sample false (or left out beside a temperature): greedy, as transformers takes it
+    (src / "generation_config.json").write_text(json.dumps({"temperature": 0.7}))
+    assert cli("import", src, "-o", tmp_path / "greedy").exit_code == 0
+    result = cli("generate", tmp_path / "greedy", "-p", "Speak", "-n", "8", "-o", tmp_path / "g.jsonl")
+    assert result.exit_code == 0 and "recommends (its generation_config.json): greedy" in " ".join(result.output.split())
+    plain = cli("generate", tmp_path / "greedy", "-p", "Speak", "-n", "8", "--greedy", "-o", tmp_path / "h.jsonl")
+    assert plain.exit_code == 0
+    assert json.loads((tmp_path / "g.jsonl").read_text())["completion"] == json.loads((tmp_path / "h.jsonl").read_text())["completion"]

@@ -228,7 +228,8 @@ def _open_session(config: ChatConfig, checkpoint: Path) -> ChatSession:
     from llmkit.runtime import resolve_device
 
     loaded = load_checkpoint(checkpoint, device=resolve_device(config.inference.device), purpose="chat")
-    params = config.sampling.params(config.seed)
+    sampling = config.sampling.with_recommended(loaded.sampling, getattr(config, "given", None), str(checkpoint))
+    params = sampling.params(config.seed)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.task, params, system=config.system, compile=config.inference.compile)
     own = loaded.task is None and loaded.tokenizer.own_chat_template
     learned_own = "jinja" in session.template  # (fine-tuned in the model's own chat template: templates.own_chat_format)

@@ -6,6 +6,7 @@ cooler temperature and top-k 50).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,26 @@ class Sampling(Options):
         super().__post_init__()
         if self.top_k == 0:  # (chat's default of 50 had no way off; recorded as no top-k, which it is)
             self.top_k = None
+
+    SAMPLING_OPTIONS = ("temperature", "greedy", "top_k", "top_p", "repetition_penalty")
+
+    def with_recommended(self, record, given: frozenset[str] | None, where: str) -> Sampling:
+        """This sampling, with what a model's makers recommend (`record`, an import's
+        generation_config.json) in place of each option not given (typed or in a config file), as
+        transformers' generate() applies its generation config; said in a note."""
+        if record is None:
+            return self
+        given = given or frozenset()
+        taken = {name: getattr(record, name) for name in self.SAMPLING_OPTIONS if name not in given}
+        if given & {"greedy", "temperature", "top_k", "top_p"}:  # (a draw asked for, or none: not the model's greedy)
+            taken.pop("greedy", None)
+        if not taken:
+            return self
+        from llmkit.console import note
+
+        note(f"sampling as {where} recommends (its generation_config.json): {record.shown()}; "
+             "--temperature, --top-k, --top-p, --greedy and --repetition-penalty choose otherwise")
+        return dataclasses.replace(self, **taken)
 
     def params(self, seed: int, **more: Any):
         """The engine's GenerationParams; an impossible setting is a one-line error."""
@@ -99,9 +120,10 @@ class GenerateConfig(Options):
             raise ValueError(f"{greedy} takes the most likely token, so --num-samples {self.num_samples} would give "
                              f"{self.num_samples} copies of one completion; leave it out, or sample at a temperature above 0")
 
-    def params(self):
-        return self.sampling.params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
-                                    context_overflow=self.context_overflow)
+    def params(self, sampling: Sampling | None = None):
+        """The engine's GenerationParams; `sampling`: in place of the config's (`Sampling.with_recommended`)."""
+        return (sampling or self.sampling).params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
+                                                  context_overflow=self.context_overflow)
 
 
 @dataclass

@@ -64,6 +64,8 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False, d
         GenerationConfig(
             bos_token_id=special.bos, eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=special.pad,
             **({"suppress_tokens": unnamed} if unnamed else {}),
+            # how its makers sample it, as its import read it (sampling.json): back where transformers reads it
+            **(loaded.sampling.as_generation_config() if loaded.sampling is not None else {}),
         ).save_pretrained(tmp)
         start_id = document_start_id(tok, art, task)
         save_hf_tokenizer(tok, tmp, model_max_length=config.context_length, chat_template=template, start_id=start_id)

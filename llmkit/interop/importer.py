@@ -51,6 +51,19 @@ def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict
     return config, state
 
 
+def _recommended_sampling(src: Path):
+    """The sampling generation_config.json sets (Llama 3 Instruct's temperature 0.6 and top-p 0.9),
+    recorded so that generate and chat sample as transformers would where no option says otherwise
+    (until 2026-12-08 the import dropped it: llmkit's own defaults, temperature 0.8, sampled it)."""
+    from llmkit.model.records import SamplingRecord
+
+    try:
+        config = json.loads((src / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return SamplingRecord.of_generation_config(config)
+
+
 def _end_of_turn(src: Path, tokenizer, special: dict[str, str]) -> list[str]:
     """The tokens besides eos that generation_config.json stops at (a chat fine-tune's end of
     turn: Llama 3's <|eot_id|>, ChatML's <|im_end|>): generate, chat and eval stop there too, and
@@ -221,6 +234,7 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
         from llmkit.model.records import TaskRecord
 
         task = TaskRecord.from_dict(provenance["task"], f"{src}/{LLMKIT_CONFIG_FILE}")
+    sampling = _recommended_sampling(src)
     with torch.device("meta"):  # names and shapes only: the weights are the source's, so none is initialised
         model = GPT(config)
     expected = model.state_dict()
@@ -234,6 +248,8 @@ def import_hf(src: Path | str, out: Path | str, *, force: bool = False, dtype: s
         write_tokenizer_folder(tokenizer, special, build.dir / TOKENIZER_DIR, src, end_of_turn, chat_template)
         if task is not None:
             task.write(build.dir)
+        if sampling is not None:
+            sampling.write(build.dir)
         build.config = {
             "source": "huggingface",
             "model_type": model_type,

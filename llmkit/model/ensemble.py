@@ -198,6 +198,8 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     # the first member that takes part speaks for the ensemble (a weight-0 member is left out)
     first = next(item for item, w in zip(loaded, normalised_weights) if w > 0)
     first.members, first.member_weights = [item.artifact for item in loaded], normalised_weights
+    if any(item.sampling != first.sampling for item, w in zip(loaded, normalised_weights) if w > 0):
+        first.sampling = None  # (members recommending other sampling: none is the ensemble's)
     # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
     kept = [(item, w) for item, w in zip(loaded, normalised_weights) if w > 0]
     if len(kept) > 1:  # one member alone is that model, its logits as they are

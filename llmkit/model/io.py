@@ -197,6 +197,7 @@ class LoadedCheckpoint:
     task: TaskRecord | None
     artifact: Any  # llmkit.artifacts.Artifact (the first member's, for an ensemble)
     members: list[Any] = field(default_factory=list)  # every member's artifact (llmkit.model.ensemble)
+    sampling: Any = None  # llmkit.model.records.SamplingRecord: how its makers sample it (an import's), or None
 
 
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, purpose: str | None = None) -> LoadedCheckpoint:
@@ -247,4 +248,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
     if task is not None:  # fine-tuned in llmkit: prompted in the format it learned (task.json), not the import's template
         # (which is that format where the fine-tune learned the model's own chat template: task.json keeps it)
         tokenizer.own_chat_template = (task.template or {}).get("jinja") if isinstance(task.template, dict) else None
-    return LoadedCheckpoint(model=model.eval(), config=config, tokenizer=tokenizer, task=task, artifact=art)
+    from llmkit.model.records import read_sampling
+
+    return LoadedCheckpoint(model=model.eval(), config=config, tokenizer=tokenizer, task=task, artifact=art,
+                            sampling=read_sampling(art))

@@ -196,6 +196,70 @@ def read_task(art: Any) -> TaskRecord | None:
     return TaskRecord.from_dict(data, str(path))
 
 
+SAMPLING_FILE = "sampling.json"
+
+
+@dataclass(frozen=True)
+class SamplingRecord:
+    """How a model's makers sample it (an import's generation_config.json, as transformers'
+    `generate()` applies it: do_sample false is greedy, a top_k left out is its 50): generate and
+    chat sample so where no sampling option is given, and export writes it back."""
+
+    greedy: bool
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def of_generation_config(cls, config: Any) -> SamplingRecord | None:
+        """From a generation_config.json's mapping; None where it says nothing of sampling (GPT-2's)."""
+        keys = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+        if not isinstance(config, dict) or not any(key in config for key in keys):
+            return None
+        number = lambda key, default: (config[key] if isinstance(config.get(key), (int, float))  # noqa: E731
+                                       and not isinstance(config.get(key), bool) else default)
+        top_k, top_p = number("top_k", 50), number("top_p", 1.0)  # (transformers' own defaults)
+        temperature, penalty = float(number("temperature", 1.0)), float(number("repetition_penalty", 1.0))
+        record = cls(greedy=config.get("do_sample") is not True, temperature=temperature,
+                     top_k=int(top_k) if top_k and top_k > 0 else None,
+                     top_p=float(top_p) if 0 < top_p < 1 else None, repetition_penalty=penalty if penalty > 0 else 1.0)
+        if record.temperature <= 0:  # (transformers refuses to sample at 0: greedy is what it means)
+            record = dataclasses.replace(record, greedy=True, temperature=1.0)
+        return record
+
+    def as_generation_config(self) -> dict[str, Any]:
+        """generation_config.json's keys for it (export)."""
+        if self.greedy:
+            return {"do_sample": False, **({"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1 else {})}
+        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or 0, "top_p": self.top_p or 1.0,
+                "repetition_penalty": self.repetition_penalty}
+
+    def shown(self) -> str:
+        parts = ["greedy"] if self.greedy else [f"temperature {self.temperature:g}"] + (
+            [f"top-k {self.top_k}"] if self.top_k else []) + ([f"top-p {self.top_p:g}"] if self.top_p else [])
+        return ", ".join(parts + ([f"repetition penalty {self.repetition_penalty:g}"] if self.repetition_penalty != 1 else []))
+
+    def write(self, directory: Path) -> None:
+        (Path(directory) / SAMPLING_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n",
+                                                     encoding="utf-8")
+
+
+def read_sampling(art: Any) -> SamplingRecord | None:
+    """A checkpoint's recommended sampling (sampling.json, an import's); None for one without."""
+    if SAMPLING_FILE not in art.manifest.files:
+        return None
+    path = art.file(SAMPLING_FILE)
+    from llmkit.artifacts import checked_as_read
+
+    try:
+        with checked_as_read(path):
+            data = json.loads(path.read_text(encoding="utf-8"))
+        return SamplingRecord(**data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, TypeError) as exc:
+        raise UserError(f"{path} is not a valid sampling record ({exc}); the checkpoint is damaged, rebuild it") from None
+
+
 def recorded_document_start(art: Any) -> str | None:
     """"bos" or "eos": the token a checkpoint's pretraining documents followed, as its hashed config
     records it; None if unknown. (Stats held it before 2026-12-02; they are not hashed, so a value
