@@ -598,16 +598,19 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
         if unfinished_sweep(path):
             raise UserError(f"{path} is a sweep that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "llmkit sweep command; its finished runs are artifacts (runs/NAME)")
-        if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
+        if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir() or (path / RUN_MARK).is_file():
             from llmkit.outputs import temporaries
 
-            # a --force run killed before its first checkpoint: the finished run it replaced is the one worth having
+            # a --force run killed before its first checkpoint (before its first step too: a large base loading): the
+            # finished run it replaced is the one worth having
             aside = next((folder / path.name for folder in temporaries(path, "replaced")
                           if (folder / path.name / MANIFEST).is_file()), None)
             if aside is not None and not any((path / "checkpoints").glob("step_*")):
                 raise UserError(f"{path} is a --force training run stopped before its first checkpoint; the finished run it "
-                                f"replaced is kept aside in {aside}: rerun the command with --resume to put it back, or "
-                                "without it to train the new run again")
+                                f"replaced is kept aside in {aside}: put it back with rm -r {path} && mv {aside} {path} "
+                                "(a --resume of the new command puts it back too, then trains it on with the new options), "
+                                "or rerun the new command to train that run again")
+        if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
             raise UserError(f"{path} is a training run that has not finished (no {MANIFEST} yet): finish it by rerunning its "
                             "command with --resume, or use one of its checkpoints/step_N")
         if (path / "config.json").is_file() and any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir()):
@@ -873,7 +876,10 @@ def _verify_companions(art: Artifact, seen: frozenset, problems: list[str], note
     root, count = art.path.resolve(), 0
     for name in RUN_COMPANIONS:
         folder = art.path / name
-        if not (folder / MANIFEST).is_file() or folder.resolve() in seen or root not in folder.resolve().parents:
+        if not (folder / MANIFEST).is_file() or folder.resolve() in seen:
+            continue
+        if root not in folder.resolve().parents:  # (as a listed file linked out of the artifact is)
+            problems.append(f"{name}: a link out of the run (to {folder.resolve()})")
             continue
         count += 1
         try:

@@ -261,6 +261,8 @@ def artifacts_in(paths: list[Path]) -> tuple[list[Artifact], list[Path]]:
         if not inside:
             skipped.append(path)
     found = [shown for art in found for shown in [art, *_companions(art, damaged)]]
+    once: set[Path] = set()  # (`report sft sft/average`: the companion given, and again after its run)
+    found = [art for art in found if not (art.path.resolve() in once or once.add(art.path.resolve()))]
     if skipped:
         note(f"skipped {', '.join(map(str, skipped))}: no artifact there (no manifest.json)")
     if not found:

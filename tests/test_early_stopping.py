@@ -100,8 +100,9 @@ def test_min_delta_counts_only_drops_larger_than_it_and_a_slow_drift_adds_up():
     rule = SimpleNamespace(patience=2, min_delta=0.1)
     assert stall.stops(rule) and not stall.stops(SimpleNamespace(patience=2, min_delta=0.0))
     assert stall.best == (8, 1.92)
-    assert stall.stopped_record(rule) == {"patience": 2, "best_step": 8, "best_val_loss": 1.92, "validations_since_best": 2,
-                                          "min_delta": 0.1, "improved_step": 4, "improved_val_loss": 2.0}
+    assert stall.stopped_record(rule) == {"patience": 2, "best_step": 8, "best_val_loss": 1.92, "validations_since_best": 0,
+                                          "min_delta": 0.1, "improved_step": 4, "improved_val_loss": 2.0,
+                                          "validations_since_improved": 2}
     assert stall.reason(rule) == ("the validation loss has not gone below 1.9000 (step 4's 2.0000 less --min-delta 0.1) for 2 "
                                   "validations (--patience 2)")
     stall.record(1.89, 10)  # (0.11 below step 4's: the drift adds up to a drop)
@@ -156,3 +157,37 @@ def test_a_patience_no_run_of_this_length_can_reach_is_said(cli, data, tmp_path)
     said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", tmp_path / "run", *MODEL, *RUN[:1], "6", *RUN[2:],
                             "--patience", "2")).output.split())
     assert "--patience 2 needs 4 validations or more to stop a run early, and this one makes 3" in said
+
+
+def test_a_resume_replays_the_rule_over_the_losses_it_saved(cli, data, tmp_path, monkeypatch):
+    """A killed run resumed with a --patience that would have stopped it at an earlier validation (its
+    last loss a new lowest) trained on to the end, where an uninterrupted run with it stopped."""
+    _scripted_validation(monkeypatch, [3.0, 3.1, 3.2, 2.0])
+    run = tmp_path / "run"
+    _ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN[:1], "8", *RUN[2:]))
+    (run / artifacts.MANIFEST).unlink()  # (as if killed after its step-8 checkpoint)
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", run, *MODEL, *RUN, "--patience", "2", "--resume")).output.split())
+    assert ("stopped early at step 8: with these options it would have stopped at step 6, where the validation loss has "
+            "not gone below 3.0000 (step 2) for 2 validations (--patience 2)") in said, said
+    stopped = artifacts.load(run).stats
+    assert stopped["step"] == 8 and stopped["stopped_early"]["best_step"] == 8
+    assert stopped["stopped_early"]["validations_since_best"] == 0
+
+
+def test_a_smaller_min_delta_can_stop_earlier_and_is_offered_only_where_it_frees_the_run():
+    """Its count starts from another loss: 3.0, 2.9, 2.85, 3.0, 2.8 stop at the fifth validation under
+    --min-delta 0.1, at the fourth under 0.05; the replay finds it (a resume trained on)."""
+    from types import SimpleNamespace as Rule
+
+    from llmkit.train.early_stop import ValidationStall
+
+    stall = ValidationStall([(2 * (i + 1), loss) for i, loss in enumerate([3.0, 2.9, 2.85, 3.0, 2.8])])
+    assert stall.first_stop(Rule(patience=2, min_delta=0.1)).history[-1][0] == 10
+    assert stall.first_stop(Rule(patience=2, min_delta=0.05)).history[-1][0] == 8
+    assert stall.first_stop(Rule(patience=2, min_delta=0.0)) is None and stall.first_stop(Rule(patience=0, min_delta=0)) is None
+    assert stall.to_train_further(Rule(patience=2, min_delta=0.1)) == ("give a --patience above 2, a smaller --min-delta, or "
+                                                                        "0, to train further")
+    flat = ValidationStall([(2, 3.0), (4, 3.0), (6, 3.0)])  # (no --min-delta frees a run whose loss never falls)
+    assert flat.to_train_further(Rule(patience=2, min_delta=0.1)) == "give a --patience above 2, or 0, to train further"
+    # Keras' and Lightning's sum, loss + d < best: a loss exactly d below is no drop, whatever the rounding of best - d
+    assert ValidationStall([(2, 4.017), (4, 3.717)]).since_improvement(0.3).validations == 1

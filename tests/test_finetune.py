@@ -1143,7 +1143,7 @@ def test_a_resumed_classifier_keeps_its_scores_and_its_companions_report_none(ba
         stats = artifacts.load(straight / name).stats
         assert stats["step"] == 7 and not {"val_loss", "val_accuracy", "val_f1"} & set(stats)
     # verify and report take them with the run (a byte changed in RUN/ema passed `verify RUN`, and report left them out)
-    rows = json.loads(cli("report", straight, "--json").output)
+    rows = json.loads(cli("report", straight, straight / "average", "--json").output)  # (the one given: once)
     assert [Path(row["path"]).relative_to(straight).as_posix() for row in rows] == [".", "ema", "average"]
     assert "so do the 2 artifacts inside it" in cli("verify", straight).output
     weights = bytearray((straight / "ema" / "model.safetensors").read_bytes())
@@ -1151,6 +1151,10 @@ def test_a_resumed_classifier_keeps_its_scores_and_its_companions_report_none(ba
     (straight / "ema" / "model.safetensors").write_bytes(bytes(weights))
     said = cli("verify", straight)
     assert said.exit_code == 1 and "ema: changed file: model.safetensors" in said.output, said.output
+    shutil.rmtree(straight / "ema")
+    (straight / "ema").symlink_to(resumed / "ema", target_is_directory=True)  # (another run's: a link out of this one)
+    said = cli("verify", straight)
+    assert said.exit_code == 1 and "ema: a link out of the run" in said.output, said.output
 
 
 def test_validation_data_is_never_the_training_data(base, shared_data, cli, tmp_path):

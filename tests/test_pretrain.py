@@ -1295,13 +1295,15 @@ def test_a_force_run_killed_before_its_first_checkpoint_gives_the_old_run_back(s
     os.replace(run, aside / "run")
     run.mkdir()  # the killed --force run's directory: its mark and a metrics line, no checkpoint
     (run / ".llmkit-run").touch()
+    # killed before its first step (a large base loading), its mark alone: "not an llmkit artifact, rerun the stage"
+    assert "the finished run it replaced is kept aside in" in " ".join(cli("inspect", run).output.split())
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 6.2}\n')
     in_flight = run / "checkpoints" / ".step_0000001.tmp-killed"  # killed as its checkpoint was being renamed
     in_flight.mkdir(parents=True)
     shutil.copy(aside / "run" / "manifest.json", in_flight / "manifest.json")
     # what reads it names the finished run kept aside (it said only "use one of its checkpoints/step_N": there are none)
     said = " ".join(cli("inspect", run).output.split())
-    assert f"the finished run it replaced is kept aside in {aside / 'run'}: rerun the command with --resume" in said, said
+    assert f"the finished run it replaced is kept aside in {aside / 'run'}: put it back with rm -r {run} && mv" in said, said
     result = cli("pretrain", shakespeare["tokens"], "-o", run, *common, "--max-steps", "3", "--resume")
     assert result.exit_code == 0, result.output
     assert "the run it replaced is back" in result.output and "resumed from step 2" in result.output

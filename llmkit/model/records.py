@@ -302,8 +302,9 @@ class CheckpointStats:
     val_step: int | None = None
     val_accuracy: float | None = None
     val_f1: float | None = None
-    # --patience ended the run before --max-steps: {patience, best_step, best_val_loss, validations_since_best}; with
-    # --min-delta also {min_delta, improved_step, improved_val_loss}: the validation the later ones were counted against
+    # --patience ended the run before --max-steps: {patience, best_step, best_val_loss, validations_since_best (after
+    # best_step)}; with --min-delta also {min_delta, improved_step, improved_val_loss, validations_since_improved}: the
+    # validation the later ones were counted against
     stopped_early: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:

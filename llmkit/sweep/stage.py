@@ -186,8 +186,9 @@ def _check_runs_can_finish(tokens_art: artifacts.Artifact, config: SweepConfig) 
         raise UsageError(f"--gpus {devices.gpus}: a sweep trains one run per GPU, several at once; leave --gpus out "
                          "(or 1), and choose the GPUs it takes with CUDA_VISIBLE_DEVICES")
     if config.base.checkpoints.patience:
+        also = " (and --min-delta, which only qualifies it)" if config.base.checkpoints.min_delta else ""
         raise UsageError(f"--patience {config.base.checkpoints.patience} would end some runs before their budget, and the "
-                         "scaling fit compares each run at its budget; leave --patience out")
+                         f"scaling fit compares each run at its budget; leave --patience out{also}")
     if not config.base.checkpoints.eval_every:
         raise UsageError("--eval-every 0 leaves the runs without the validation loss the scaling fit reads; leave --eval-every "
                          "on (the runs validate at their end whatever its value)")

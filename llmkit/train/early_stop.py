@@ -1,9 +1,11 @@
 """`--patience N` (and `--min-delta D`): a run stops once N validations in a row have not lowered
 the validation loss (by more than D below the last loss that did: Keras' EarlyStopping and
-Lightning's count; D = 0, a tie is no improvement, as transformers' EarlyStoppingCallback). Every
-checkpoint's progress keeps the run's validation losses whatever the two are, so a resumed run
-stops where an uninterrupted one would, and one resumed with a larger --patience (or 0), or a
-smaller --min-delta, trains on from where the stricter rule stopped it."""
+Lightning's count, `loss + D < last`; D = 0, a tie is no improvement, as transformers'
+EarlyStoppingCallback). Every checkpoint's progress keeps the run's validation losses whatever the
+two are, so a resumed run stops where an uninterrupted one would have (at once, where these options
+would have stopped it at a validation already made: the rule is replayed over the losses, as a
+smaller --min-delta can stop a run earlier, its count starting from another loss), and one resumed
+with a larger --patience (or 0) trains on from where a stricter rule stopped it."""
 
 from __future__ import annotations
 
@@ -26,10 +28,21 @@ class Since:
     step: int
     validations: int
 
+    def after(self, step: int, loss: float, min_delta: float) -> Since:
+        if math.isfinite(loss) and loss + min_delta < self.loss:
+            return Since(loss, step, 0)
+        return Since(self.loss, self.step, self.validations + 1)
+
+
+def _first(step: int, loss: float) -> Since | None:
+    return Since(loss, step, 0) if math.isfinite(loss) else None
+
 
 @dataclass
 class ValidationStall:
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, val_loss) of the run's validations
+    # the count of each --min-delta asked so far, over the first n losses: one loss's work a validation
+    _counted: dict[float, tuple[int, Since | None]] = field(default_factory=dict, compare=False, repr=False)
 
     def record(self, val_loss: float, step: int) -> None:
         self.history.append((step, val_loss))
@@ -41,19 +54,37 @@ class ValidationStall:
         return (min(finite)[1], min(finite)[0]) if finite else None
 
     def since_improvement(self, min_delta: float = 0.0) -> Since | None:
-        """None before the first finite validation. A loss counts as lower only below the last counted
-        one less `min_delta` (a slow drift adds up until it does)."""
-        since: Since | None = None
-        for step, loss in self.history:
-            if math.isfinite(loss) and (since is None or loss < since.loss - min_delta):
-                since = Since(loss, step, 0)
-            elif since is not None:
-                since = Since(since.loss, since.step, since.validations + 1)
+        """None before the first finite validation. A loss counts as lower only where it and
+        `min_delta` together stay below the last counted one (a slow drift adds up until it does)."""
+        done, since = self._counted.get(min_delta, (0, None))
+        for step, loss in self.history[done:]:
+            since = _first(step, loss) if since is None else since.after(step, loss, min_delta)
+        self._counted[min_delta] = (len(self.history), since)
         return since
 
     def stops(self, rule: StopRule) -> bool:
-        since = self.since_improvement(rule.min_delta)
-        return rule.patience > 0 and since is not None and since.validations >= rule.patience
+        since = self.since_improvement(rule.min_delta) if rule.patience > 0 else None
+        return since is not None and since.validations >= rule.patience
+
+    def first_stop(self, rule: StopRule) -> ValidationStall | None:
+        """The losses up to the first validation at which `rule` would have stopped the run (a
+        resume's check: not only at its last validation), or None where it never would have."""
+        if rule.patience <= 0:
+            return None
+        since = None
+        for index, (step, loss) in enumerate(self.history):
+            since = _first(step, loss) if since is None else since.after(step, loss, rule.min_delta)
+            if since is not None and since.validations >= rule.patience:
+                return ValidationStall(self.history[: index + 1])
+        return None
+
+    def longest_stall(self, min_delta: float) -> int:
+        """The most validations in a row without a lower loss: a --patience above it stops nowhere."""
+        since, longest = None, 0
+        for step, loss in self.history:
+            since = _first(step, loss) if since is None else since.after(step, loss, min_delta)
+            longest = max(longest, since.validations if since is not None else 0)
+        return longest
 
     def to_progress(self) -> dict[str, Any]:
         return {"history": [[step, loss] for step, loss in self.history]}
@@ -79,13 +110,18 @@ class ValidationStall:
                 stall.record(float(row["val_loss"]), int(row["step"]))
         return stall
 
-    def stopped_record(self, rule: StopRule) -> dict[str, Any]:
-        """The checkpoint stats' `stopped_early`: why the run ended before --max-steps."""
-        since, (best_step, best_loss) = self.since_improvement(rule.min_delta), self.best
+    def stopped_record(self, rule: StopRule, ran_to: ValidationStall | None = None) -> dict[str, Any]:
+        """The checkpoint stats' `stopped_early`: why the run ended before --max-steps (`self`: the
+        losses as they stood when the rule stopped it); `ran_to`: every loss the run made, where it
+        went on past that (killed, resumed with a stricter rule), whose lowest is the best."""
+        since = self.since_improvement(rule.min_delta)
+        best_step, best_loss = (ran_to or self).best
+        after_best = sum(1 for step, _ in (ran_to or self).history if step > best_step)
         record = {"patience": rule.patience, "best_step": best_step, "best_val_loss": best_loss,
-                  "validations_since_best": since.validations}
+                  "validations_since_best": after_best}
         if rule.min_delta:  # (the lowest loss need not be the one the later ones were counted against)
-            record.update(min_delta=rule.min_delta, improved_step=since.step, improved_val_loss=since.loss)
+            record.update(min_delta=rule.min_delta, improved_step=since.step, improved_val_loss=since.loss,
+                          validations_since_improved=since.validations)
         return record
 
     def reason(self, rule: StopRule) -> str:
@@ -96,7 +132,12 @@ class ValidationStall:
                 f"validation{'' if since.validations == 1 else 's'} (--patience {rule.patience})")
 
     def to_train_further(self, rule: StopRule) -> str:
-        """What a resume gives to train on from a stop."""
-        validations = self.since_improvement(rule.min_delta).validations
-        smaller = ", a smaller --min-delta" if rule.min_delta else ""
-        return f"give a --patience above {validations}{smaller}, or 0, to train further"
+        """What a resume gives to train on from a stop (`self`: every loss the run made)."""
+        smaller = ", a smaller --min-delta" if rule.min_delta and self.first_stop(_Rule(rule.patience, 0.0)) is None else ""
+        return f"give a --patience above {self.longest_stall(rule.min_delta)}{smaller}, or 0, to train further"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    patience: int
+    min_delta: float

@@ -220,6 +220,7 @@ class Trainer(Resuming):
         saved_rng = None
         self.stall = ValidationStall()  # the validation losses so far (--patience; a resume reads the saved ones)
         self.stopped_early = False
+        self.stop_cause: ValidationStall | None = None  # a resume's: the losses up to where its rule would have stopped
         self._saved_ema: dict[str, torch.Tensor] = {}
         self._saved_best: tuple[dict[str, torch.Tensor], dict[str, Any] | None] = ({}, None)
         if resume:
@@ -415,7 +416,8 @@ class Trainer(Resuming):
             "keep_best": self.best is not None,  # (checked on resume)
             "best": self.best.record if self.best is not None else None,  # the validation the saved best weights scored at
             "validation_stall": self.stall.to_progress(),
-            "stopped_early": self.stall.stopped_record(s.checkpoints) if self.stopped_early else None,
+            "stopped_early": ((self.stop_cause or self.stall).stopped_record(s.checkpoints, ran_to=self.stall)
+                              if self.stopped_early else None),
             "schedule": {
                 "name": s.optim.schedule, "lr": s.lr, "warmup_steps": s.warmup_steps,
                 "max_steps": s.max_steps, "min_lr_ratio": s.optim.min_lr_ratio,
@@ -608,15 +610,22 @@ class Trainer(Resuming):
         window_seconds, window_tokens, session_first = 0.0, 0, self.start_step + 1
         step = self.start_step
         patience, rule = s.checkpoints.patience, s.checkpoints
-        stopped = self.resumed_from is not None and self.stall.stops(rule)
+        # (replayed over the saved losses: a smaller --min-delta or --patience may have stopped it at an earlier validation)
+        self.stop_cause = self.stall.first_stop(rule) if self.resumed_from is not None else None
+        stopped = self.stop_cause is not None
+        why = ""
+        if stopped:
+            at = self.stop_cause.history[-1][0]
+            why = (self.stop_cause.reason(rule) if at == step else
+                   f"with these options it would have stopped at step {at}, where {self.stop_cause.reason(rule)}")
         if (self.resumed_from == s.max_steps or stopped) and (self.run_dir / artifacts.MANIFEST).is_file():
             # Finished already: the artifact stays as it is (its config and fingerprint included).
             if self.resumed_from == s.max_steps:
                 logger.note(f"the run finished at step {step} already: nothing to train, its weights and manifest are "
                             f"unchanged (give {s.longer.format(step=step)} to train further)")
             else:  # (stopped early, or finished with more validations since its best than this --patience allows)
-                logger.note(f"the run ends at step {step} already: {self.stall.reason(rule)}; nothing to train, its "
-                            f"weights and manifest are unchanged ({self.stall.to_train_further(rule)})")
+                logger.note(f"the run ends at step {step} already: {why}; nothing to train, its weights and manifest are "
+                            f"unchanged ({self.stall.to_train_further(rule)})")
             if info.is_main:  # (killed between the run's manifest and save_final's pruning: the run's own --keep-last)
                 manifest = artifacts.load(self.run_dir, kind="checkpoint", check=False).manifest
                 recorded = manifest.runtime.get("keep_last", manifest.config.get("keep_last"))  # (in its config before 12-02)
@@ -644,7 +653,7 @@ class Trainer(Resuming):
                             "lower --warmup-steps for a decay")
             if stopped:  # (a run killed after more validations without a lower loss than this --patience allows)
                 self.stopped_early = True
-                logger.note(f"stopped early at step {step}: {self.stall.reason(rule)}")
+                logger.note(f"stopped early at step {step}: {why}")
             while step < s.max_steps and not self.stopped_early:
                 began = time.perf_counter()
                 loss, lr = self.train_step(step)

@@ -128,7 +128,7 @@ class Resuming:
             if any(rate(before, step) != rate(now, step) for step in range(self.start_step)):
                 history.append({"until_step": self.start_step, "max_steps": before["max_steps"],
                                 "warmup_steps": before["warmup_steps"]})
-                ends_here = self.stall.stops(s.checkpoints)  # (--patience ends it at once: nothing trains at that rate)
+                ends_here = self.stall.first_stop(s.checkpoints) is not None  # (--patience ends it at once: nothing trains at that rate)
                 if self.info.is_main and self.start_step > 0 and not ends_here:  # (a decayed rate rising again is worth a word)
                     from llmkit.console import note
 
