@@ -188,7 +188,14 @@ def _no_such_option(typed: str, ctx: click.Context) -> str:
         return f"No such option: {typed}; did you mean the command {ctx.command_path} {typed.lstrip('-')}?"
     known = [name[2:] for param in ctx.command.get_params(ctx) if not getattr(param, "hidden", False)
              for name in (*param.opts, *param.secondary_opts) if name.startswith("--")]
-    meant = [name for name in OPTION_SYNONYMS.get(typed.lstrip("-").lower().replace("_", "-"), ()) if name in known]
+    word = typed.lstrip("-").lower().replace("_", "-")
+    meant = [name for name in OPTION_SYNONYMS.get(word, ()) if name in known]
+    if word in ("grad-accum", "gradient-accumulation-steps", "accumulation"):  # (--micro-batch is its opposite)
+        if {"batch-tokens", "micro-batch"} <= set(known):
+            return (f"No such option: {typed}; accumulation is derived: --batch-tokens / (--micro-batch x --seq-len x "
+                    "devices), so give those")
+        if {"batch-size", "micro-batch"} <= set(known):
+            return f"No such option: {typed}; accumulation is derived: --batch-size / (--micro-batch x devices), so give those"
     if meant:  # (another tool's word: --preset was offered --resume)
         return f"No such option: {typed}; did you mean {' or '.join(f'--{name}' for name in meant)}?"
     hint = did_you_mean(typed.lstrip("-"), known, cutoff=0.6, shown=lambda name: f"--{name}") if len(typed) > 2 else ""
@@ -201,8 +208,8 @@ OPTION_SYNONYMS = {
     "steps": ("max-steps",), "iters": ("max-steps",), "max-iters": ("max-steps",), "num-steps": ("max-steps",),
     "learning-rate": ("lr",), "batch-size": ("batch-tokens", "micro-batch"), "block-size": ("seq-len", "context-length"),
     "output": ("out",), "output-dir": ("out",), "num-workers": ("workers",), "epochs": ("max-epochs", "max-steps"),
-    "num-train-epochs": ("max-epochs", "max-steps"), "warmup": ("warmup-steps",), "grad-accum": ("micro-batch",),
-    "gradient-accumulation-steps": ("micro-batch",),
+    "num-train-epochs": ("max-epochs", "max-steps"), "warmup": ("warmup-steps",), "bs": ("batch-tokens", "micro-batch", "batch-size"),
+    "max-length": ("max-new-tokens",), "max-tokens": ("max-new-tokens",),
 }
 
 

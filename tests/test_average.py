@@ -497,3 +497,21 @@ def test_average_last_says_when_keep_last_removed_the_older_checkpoints(cli, run
                      "--resume"))
     flat = " ".join(result.output.split())
     assert "--average-last 4: only 2 of the run's checkpoints are left (an earlier --keep-last removed the older ones)" in flat
+
+
+def test_a_members_tokenizer_changed_in_place_is_refused(cli, runs, tmp_path):
+    """A same-size edit of a member's tokenizer.json passed the size check and was copied into the
+    soup, recorded under the member's fingerprint (generate of the member itself refused it)."""
+    import shutil
+
+    member = tmp_path / "member"
+    shutil.copytree(runs / "b", member)
+    data = bytearray((member / "tokenizer" / "tokenizer.json").read_bytes())
+    at = data.index(b'"merges"') + 12
+    while not chr(data[at]).isalpha():
+        at += 1
+    data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
+    (member / "tokenizer" / "tokenizer.json").write_bytes(bytes(data))
+    result = cli("average", runs / "b", member, "-o", tmp_path / "soup")
+    assert result.exit_code == 1 and "tokenizer.json was changed after the artifact" in result.output, result.output
+    assert not (tmp_path / "soup").exists()

@@ -111,8 +111,9 @@ def test_empty_corpus(cli, tmp_path):
     (tmp_path / "page.html").write_text("<html><script>var x = 1;</script></html>", encoding="utf-8")
     line = _one_error_line(cli("clean", tmp_path / "page.html", "--strip-html", "-o", tmp_path / "out"))
     assert "every document is empty or blank once its HTML is stripped" in line, line
-    for blank_with_rules in (["--c4"], ["--strip-html"]):  # blank input is blank, whatever rules are on
-        line = _one_error_line(cli("clean", tmp_path / "blank.txt", *blank_with_rules, "-o", tmp_path / "out"))
+    (tmp_path / "blank.html").write_bytes((tmp_path / "blank.txt").read_bytes())
+    for name, rules in (("blank.txt", ["--c4"]), ("blank.html", ["--strip-html"])):  # blank is blank, whatever rules are on
+        line = _one_error_line(cli("clean", tmp_path / name, *rules, "-o", tmp_path / "out"))
         assert "every document is empty or blank" in line, line
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "photo.png").write_bytes(b"\x89PNG")

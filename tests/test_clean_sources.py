@@ -650,6 +650,28 @@ def test_strip_html_leaves_plain_text_and_markdown_files_as_written(cli, tmp_pat
     (site / "guide.md").write_text(markdown, encoding="utf-8")
     (site / "page.html").write_text("<html><body><p>The visible text of an HTML page.</p></body></html>", encoding="utf-8")
     (site / "rows.jsonl").write_text(json.dumps({"text": "<p>A crawled record's <b>markup</b>.</p>"}) + "\n", encoding="utf-8")
-    assert cli("clean", site, "--strip-html", "-o", tmp_path / "out").exit_code == 0
+    result = cli("clean", site, "--strip-html", "-o", tmp_path / "out")
+    assert result.exit_code == 0 and "--strip-html leaves 1 .txt/.md/.rst file(s) as written (site/guide.md)" in \
+        " ".join(result.output.split()), result.output
     texts = pq.read_table(tmp_path / "out" / "shards" / "part-00000.parquet").column("text").to_pylist()
     assert texts == [markdown, "The visible text of an HTML page.", "A crawled record's markup."]
+
+
+def test_a_link_up_is_left_out_a_folder_is_labelled_by_its_real_path_and_a_dangling_link_refused(tmp_path, capsys):
+    """A link to the input's parent read everything beside the input; which of a folder's paths
+    labelled its files followed the file system's listing order (another fingerprint on a copy);
+    a dangling link (a disk not mounted) left its text out unsaid."""
+    outer = tmp_path / "outer"
+    (outer / "data" / "real").mkdir(parents=True)
+    (outer / "private").mkdir()
+    (outer / "private" / "diary.txt").write_text("secret", encoding="utf-8")
+    (outer / "data" / "real" / "x.txt").write_text("x", encoding="utf-8")
+    (outer / "data" / "up").symlink_to(outer, target_is_directory=True)
+    for alias in ("alias", "b", "zz"):  # (links to a folder the tree holds: named by its real path, whatever the order)
+        (outer / "data" / alias).symlink_to(outer / "data" / "real", target_is_directory=True)
+    assert [s.label for s in resolve_inputs([str(outer / "data")])] == ["data/real/x.txt"]
+    said = " ".join(capsys.readouterr().err.split())
+    assert "left out 1 linked folder(s) leading back to it or above it (up ->" in said
+    (outer / "data" / "gone.txt").symlink_to(tmp_path / "unmounted" / "shard.txt")
+    with pytest.raises(UserError, match=r"gone\.txt is a link to .*shard\.txt, which is not there"):
+        resolve_inputs([str(outer / "data")])

@@ -408,6 +408,8 @@ def test_config_resolution_order(tmp_path):
     (["pretrain", "x", "--preset", "tiny"], "No such option: --preset; did you mean --model? (see"),
     (["pretrain", "x", "--batch-size", "8"], "No such option: --batch-size; did you mean --batch-tokens or --micro-batch? (see"),
     (["pretrain", "x", "--max-iters", "8"], "No such option: --max-iters; did you mean --max-steps? (see"),
+    (["pretrain", "x", "--grad-accum", "4"], "No such option: --grad-accum; accumulation is derived: --batch-tokens / (--micro-batch"),
+    (["generate", "x", "--max-length", "4"], "No such option: --max-length; did you mean --max-new-tokens? (see"),
     # one dash: click read -temperature as -t -e ... and named -t alone
     (["generate", "x", "-temperature", "1"], "No such option: -temperature; did you mean --temperature? (see"),
     (["generate", "x", "-q"], "No such option: -q (see llmkit generate --help)"),

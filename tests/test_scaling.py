@@ -1188,9 +1188,13 @@ def test_two_sweeps_of_one_tokens_are_fitted_together_each_run_once(cli, tokens,
     fit = artifacts.load(tmp_path / "fit", kind="scaling")
     with open(fit.path / "points.csv", encoding="utf-8") as handle:
         names = [row["name"] for row in csv.DictReader(handle)]
-    assert sorted(names) == sorted([f"first/{r['name']}" for r in artifacts.load(first).stats["runs"]]
-                                   + ["second/d2-w32-t8000", "second/d2-w32-t24000"])
+    # each run once, under its source's name (a run both made: under the one whose fingerprint comes first)
+    assert len(names) == len({name.split("/", 1)[1] for name in names}) == 6
+    assert {"second/d2-w32-t8000", "second/d2-w32-t24000"} <= set(names)
     assert {i["role"] for i in fit.manifest.inputs} == {"sweep:0", "sweep:1"}
+    # the same sources in another order: the same artifact (the bootstrap drew rows by position: other intervals)
+    swapped = cli("scaling", "fit", second, first, "-o", tmp_path / "swapped", "--grid", "coarse", "--bootstrap", "0")
+    assert swapped.exit_code == 0 and artifacts.load(tmp_path / "swapped").fingerprint == fit.fingerprint, swapped.output
     # the same sweep twice is no second measurement; other tokens are another scale of loss
     twice = cli("scaling", "fit", first, first, "-o", tmp_path / "twice")
     assert twice.exit_code == 1 and "is" in twice.output and "again (the same sweep); give each source once" in twice.output
@@ -1207,5 +1211,6 @@ def test_two_sweeps_of_one_tokens_are_fitted_together_each_run_once(cli, tokens,
     (tmp_path / "published.csv").write_text("params,tokens,loss\n1e6,2e7,3.1\n", encoding="utf-8")
     both = cli("scaling", "fit", first, second, tmp_path / "published.csv", "-o", tmp_path / "with-csv", "--grid", "coarse",
                "--bootstrap", "0")
-    assert both.exit_code == 0, both.output
+    assert both.exit_code == 0 and "the CSV's losses are fitted with the sweep's as measured alike" in \
+        " ".join(both.output.split()), both.output
     assert artifacts.load(tmp_path / "with-csv").config["points_sha256"] == [artifacts.sha256_file(tmp_path / "published.csv")]

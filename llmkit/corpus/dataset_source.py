@@ -28,7 +28,7 @@ def _local_builder(path: Path) -> tuple[str, dict[str, list[str]]]:
     with none of these every file is train); a single file is the train split."""
     if not path.is_dir():
         return _BUILDERS.get(file_format(path)[0], "text"), {"train": [str(path)]}
-    files = folder_files(path)[0]
+    files = folder_files(path).readable
     if not files:
         raise UserError(f"dataset folder {path} holds no .jsonl/.json/.csv/.parquet/.txt files")
     # Record files (a data set) win over loose text files (a README beside them).

@@ -76,8 +76,9 @@ def clean(
     # format 5 (2026-12-05): a document C4 empties is c4_no_lines_left (it was "empty")
     # format 6 (2026-12-06): shingles kept combining marks; C4 ended a sentence after a closing quote; Korean's word length
     # format 7 (2026-12-06): a shingle word starts with a letter or number; C4's closers follow CJK marks only
+    # format 8 (2026-12-08): --strip-html leaves .txt/.md/.rst as written; a file given twice is read once
     identities = input_identities(sources)
-    key = resume.digest({"stage": "clean", "format": 7, "config": cfg.hashed(), "inputs": identities})
+    key = resume.digest({"stage": "clean", "format": 8, "config": cfg.hashed(), "inputs": identities})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)
@@ -215,6 +216,13 @@ def _note_options_these_inputs_ignore(cfg: CleanConfig, sources) -> None:
     if cfg.doc_per != "file" and not any(source.plain_text for source in sources):
         note(f"--doc-per {cfg.doc_per} splits plain-text files; these inputs come as documents already, so it "
              "changes nothing here (it is still recorded)")
+    if cfg.strip_html:
+        from llmkit.corpus.normalize import may_hold_html
+
+        plain = [source.label for source in sources if not may_hold_html(source.label)]
+        if plain:
+            note(f"--strip-html leaves {len(plain)} .txt/.md/.rst file(s) as written ({plain[0]}{', ...' if len(plain) > 1 else ''}): "
+                 "their angle brackets are text (a page saved as .txt is stripped once named .html)")
     if all(source.plain_text for source in sources):
         if cfg.text_field is not None:
             note(f"--text-field {cfg.text_field} names a field of JSONL, CSV or Parquet records; these inputs are plain "

@@ -87,33 +87,83 @@ _UNREAD_COMPRESSIONS = {".bz2": "bzip2-compressed", ".xz": "xz-compressed", ".lz
                         ".lz4": "lz4-compressed", ".br": "brotli-compressed", ".zip": "a zip archive", ".7z": "a 7-Zip archive"}
 
 
-def folder_files(root: Path) -> tuple[list[Path], list[Path]]:
-    """The files under `root` clean reads and those it does not, each sorted by its path below
-    `root`; hidden ones (a name starting with ".") neither. Linked folders are followed (a data/
-    folder of links to shards on other disks), each real folder once (a link back up loops)."""
-    readable, other, seen = [], [], set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        for name in names:
-            path = Path(folder) / name
-            if name.startswith(".") or not path.is_file():  # (a dangling link, a socket)
+@dataclass
+class FolderFiles:
+    readable: list[Path]  # the files clean reads, sorted by their path below the folder
+    other: list[Path]  # those of other formats (said in a note)
+    back_up: list[Path] = field(default_factory=list)  # linked folders leading to the folder itself or above it: left out
+    out: list[Path] = field(default_factory=list)  # linked folders followed out of the folder
+
+
+def folder_files(root: Path) -> FolderFiles:
+    """The files under `root`, hidden ones (a name starting with ".") left out. Linked folders are
+    followed (a data/ folder of links to shards on other disks) after every real folder, in sorted
+    order, each real folder once and under its own path where the tree holds it (the file system's
+    listing order decided which path labelled it: another fingerprint on a copy); a link to the folder
+    itself or above it is not (it read everything beside the input). A dangling link or a folder
+    that cannot be read is an error: its files would be left out unsaid (a disk not mounted)."""
+    root = Path(root)
+    root_real = os.path.realpath(root)
+    readable, other, seen, linked, back_up, out = [], [], set(), [], [], []
+
+    def failed(error: OSError) -> None:
+        raise UserError(f"{error.filename} cannot be read ({error.strerror}), and its files would be left out of {root}; "
+                        "make it readable, or move it out of the folder") from None
+
+    def walk(top: Path) -> None:
+        for folder, subfolders, names in os.walk(top, onerror=failed):  # (links not followed here: `linked`, after)
+            real = os.path.realpath(folder)
+            if real in seen:
+                subfolders[:] = []
                 continue
-            if readable_in_folder(path):
-                readable.append(path)
-                continue
-            suffixes = [s.lower() for s in path.suffixes]
-            inner = file_format(Path(path.stem))[0] if len(suffixes) > 1 else ""
-            if suffixes and suffixes[-1] in _UNREAD_COMPRESSIONS and (inner in TEXT_SUFFIXES or inner in RECORD_SUFFIXES):
-                raise UserError(f"{path} is {_UNREAD_COMPRESSIONS[suffixes[-1]]}, which clean does not read; extract it, "
-                                "or compress it as .gz or .zst (or move it out of the folder)")
-            other.append(path)
+            seen.add(real)
+            kept = []
+            for name in sorted(subfolders):
+                if name.startswith("."):
+                    continue
+                if os.path.islink(os.path.join(folder, name)):
+                    linked.append(Path(folder) / name)  # (walked once every real folder is)
+                else:
+                    kept.append(name)
+            subfolders[:] = kept
+            for name in sorted(names):
+                path = Path(folder) / name
+                if name.startswith("."):
+                    continue
+                if os.path.islink(path) and not path.exists():
+                    raise UserError(f"{path} is a link to {os.readlink(path)}, which is not there, and its text would be "
+                                    f"left out of {root}; restore what it links to (a disk not mounted?), or remove the link")
+                if not path.is_file():  # (a socket, a pipe)
+                    continue
+                if readable_in_folder(path):
+                    readable.append(path)
+                    continue
+                suffixes = [s.lower() for s in path.suffixes]
+                inner = file_format(Path(path.stem))[0] if len(suffixes) > 1 else ""
+                if suffixes and suffixes[-1] in _UNREAD_COMPRESSIONS and (inner in TEXT_SUFFIXES or inner in RECORD_SUFFIXES):
+                    raise UserError(f"{path} is {_UNREAD_COMPRESSIONS[suffixes[-1]]}, which clean does not read; extract "
+                                    "it, or compress it as .gz or .zst (or move it out of the folder)")
+                other.append(path)
+
     order = lambda p: p.relative_to(root).as_posix()  # noqa: E731
-    return sorted(readable, key=order), sorted(other, key=order)
+    try:
+        walk(root)
+        while linked:
+            linked.sort(key=order)
+            link = linked.pop(0)
+            real = os.path.realpath(link)
+            if real in seen:
+                continue
+            if root_real == real or root_real.startswith(real.rstrip(os.sep) + os.sep):
+                back_up.append(link)
+                continue
+            if not real.startswith(root_real + os.sep):
+                out.append(link)
+            walk(link)
+    except RecursionError:
+        raise UserError(f"{root} nests its folders too deep to read (over a thousand levels); give its data folders "
+                        "themselves") from None
+    return FolderFiles(sorted(readable, key=order), sorted(other, key=order), back_up, out)
 
 
 def open_binary(path: Path, compression: Optional[str]) -> IO[bytes]:

@@ -105,7 +105,9 @@ def resolve_inputs(
         if path.is_dir() and saved_dataset(path) is not None:  # its JSON files are metadata, its data Arrow files
             raise UserError(f"{arg} is a data set written by save_to_disk; read it with --dataset {arg}")
         if path.is_dir():
-            files, unread = folder_files(path)
+            found = folder_files(path)
+            files, unread = found.readable, found.other
+            _note_links(arg, path, found.back_up, found.out)
             if exclude is not None:  # `llmkit clean data -o data/corpus --force` must not read its old output
                 files = [p for p in files if not p.resolve().is_relative_to(exclude)]
             files = _outside_artifacts(files, path, arg)
@@ -142,6 +144,22 @@ def resolve_inputs(
 class _Planned:
     label: str
     make: Callable[[str], Source]
+
+
+def _note_links(arg: str, root: Path, back_up: list[Path], out: list[Path]) -> None:
+    """Linked folders a folder input holds: those leading back to it or above it left out (they read
+    everything beside the input), those leading out of it followed; each said."""
+    from llmkit.console import note
+
+    def shown(links: list[Path]) -> str:
+        first = links[0]
+        return f"{first.relative_to(root).as_posix()} -> {os.path.realpath(first)}" + (", ..." if len(links) > 1 else "")
+
+    if back_up:
+        note(f"{arg}: left out {len(back_up)} linked folder(s) leading back to it or above it ({shown(back_up)}): read, "
+             "they would read the folder again, or everything beside it")
+    if out:
+        note(f"{arg}: read {len(out)} linked folder(s) out of it ({shown(out)})")
 
 
 def _note_unread(arg: str, unread: list[Path]) -> None:
@@ -215,13 +233,23 @@ def _corpus_shard_source(path: Path, label: str, prefix: str = "") -> Source:
         return _file_source(path, label)
 
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str, str]]:
-        row = 0
-        for batch in parquet_batches(pq.ParquetFile(path), ["id", "text", "source"], label):
-            for doc_id, text, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
-                yield (prefix + doc_id if doc_id is not None else f"{label}:{row}"), prefix + (source or label), text or ""
-                row += 1
+        from llmkit.artifacts import checked_as_read
+
+        with checked_as_read(path):  # (an edit of its size was cleaned under the corpus's recorded fingerprint)
+            yield from _carried_rows(path, label, prefix)
 
     return Source(label=label, size=path.stat().st_size, read=read, path=path, carries_ids=True)
+
+
+def _carried_rows(path: Path, label: str, prefix: str) -> Iterator[tuple[str, str, str]]:
+    """A corpus shard's documents with the id and source they carry, after `prefix`."""
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in parquet_batches(pq.ParquetFile(path), ["id", "text", "source"], label):
+        for doc_id, text, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            yield (prefix + doc_id if doc_id is not None else f"{label}:{row}"), prefix + (source or label), text or ""
+            row += 1
 
 
 def _file_source(path: Path, label: str) -> Source:

@@ -56,31 +56,43 @@ def read_sources(sources: Sequence[Path], count: str = "non_embedding") -> list[
     if len(sources) == 1:
         return read_points(sources[0], count)
     _refuse_a_source_twice(sources)
+    # read in one order whatever the command's (by what each is): a run both hold is kept under the same name
+    sources = sorted(sources, key=source_identity)
     sweeps = [(source, artifacts.load(source, kind="sweep")) for source in sources if source.is_dir()]
     _check_one_family(sweeps)
+    if sweeps and len(sweeps) < len(sources):
+        from llmkit.console import note
+
+        note("the CSV's losses are fitted with the sweep's as measured alike (on its tokens' validation split, with its "
+             "tokenizer); nothing can check that: fit them apart where they are not")
     names = _source_names(sources)
-    points, seen, repeated = [], set(), 0
-    for name, source in zip(names, sources):
+    points, first_from, repeated = [], {}, 0
+    for index, (name, source) in enumerate(zip(names, sources)):
         for point in read_points(source, count):
             key = (point.params, point.tokens, point.loss, point.budget)
-            if key in seen:
+            if first_from.setdefault(key, index) != index:  # (one source's own repeats are its measurements)
                 repeated += 1
                 continue
-            seen.add(key)
             points.append(dataclasses.replace(point, name=f"{name}/{point.name}"))
     if repeated:
         from llmkit.console import note
 
         note(f"{repeated} run(s) are in more than one of the sources alike (the same size, tokens and loss: one run "
              "measured once), each counted once")
-    return points
+    # in one order whatever the sources' (the bootstrap draws rows by position: other intervals, another fingerprint)
+    return sorted(points, key=lambda p: (p.params, p.tokens, p.loss, p.budget or 0.0, p.name))
+
+
+def source_identity(source: Path) -> str:
+    """What a source is, whatever its path: a sweep's fingerprint, a CSV's SHA-256."""
+    return artifacts.load(source, kind="sweep").fingerprint if source.is_dir() else (
+        artifacts.sha256_file(source) if source.is_file() else str(source))
 
 
 def _refuse_a_source_twice(sources: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for source in sources:
-        identity = artifacts.load(source, kind="sweep").fingerprint if source.is_dir() else (
-            artifacts.sha256_file(source) if source.is_file() else str(source))
+        identity = source_identity(source)
         if identity in seen:
             raise UserError(f"{source} is {seen[identity]} again (the same {'sweep' if source.is_dir() else 'points'}); "
                             "give each source once")

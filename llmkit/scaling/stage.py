@@ -19,7 +19,7 @@ from llmkit import artifacts, outputs
 from llmkit.scaling.config import ScalingFitConfig
 from llmkit.scaling.fit import fit_chinchilla, fit_isoflop, isoflop_minima
 from llmkit.scaling_law import FIT_FILE, Law, fit_document, fitted_points, outside_the_points, unmeasured_term
-from llmkit.scaling.points import read_sources
+from llmkit.scaling.points import read_sources, source_identity
 
 
 
@@ -100,7 +100,9 @@ def fit_scaling(sources: Sequence[Path | str] | Path | str, out: Path | str, con
         plots = write_plots(points, fit, isoflop, list(config.budget), build.dir / "plots")
         recorded = config.hashed()
         csvs = []
-        for index, source in enumerate(sources):  # (one source: role "sweep" / points_sha256, as before several were taken)
+        # in one order whatever the command's (by what each is: `fit a b` is the artifact `fit b a` is); one source: role
+        # "sweep" / points_sha256, as before several were taken
+        for index, source in enumerate(sorted(sources, key=source_identity)):
             if source.is_dir():
                 build.add_input("sweep" if len(sources) == 1 else f"sweep:{index}", artifacts.load(source, kind="sweep"))
             else:

@@ -217,6 +217,7 @@ class Sampler:
         self.first_trained: list[str] = []
         self.docs = self.bytes = 0
         self.workers: int | None = None  # how many read and sampled (None: this run read nothing itself)
+        self.tasks_read = 0  # the input's tasks (row groups, text ranges) whose pieces were taken, in order
 
     def full(self) -> bool:
         c = self.config
@@ -235,6 +236,7 @@ class Sampler:
         done_tasks, log = 0, None
         if folder is not None:
             done_tasks = yield from self._replay(folder, on_read)
+            self.tasks_read = done_tasks
             if self.done():
                 return
             log = open(folder / SAMPLE_LOG, "ab")
@@ -254,6 +256,7 @@ class Sampler:
                     os.fsync(log.fileno())  # the marker must never count bytes a crash of the machine could lose
                     resume.save(folder, {"tasks": number, "log_bytes": log.tell()}, {})
                 for result in group:
+                    self.tasks_read += 1
                     yield from self._take(result)
                     on_read(result.read_bytes)
                     if self.done():

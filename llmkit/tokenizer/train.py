@@ -14,7 +14,6 @@ from llmkit import artifacts, errors, resume
 from llmkit.tokenizer.config import TokenizerTrainConfig
 from llmkit.tokenizer.long_pretokens import cut_long_pretokens
 from llmkit.tokenizer.sample import SAMPLE_LOG, Sampler, open_source
-from llmkit.data.corpus import corpus_shards
 from llmkit.data.tokenizer import (
     TOKEN_BYTES_FILE,
     TOKENIZER_FILE,
@@ -127,12 +126,15 @@ def train_tokenizer(
                          "input": source.described, "corpus": source.corpus.fingerprint if source.corpus else None})
     with artifacts.create(out, "tokenizer", force=force, inputs=inputs, resume_key=key) as build:
         started = time.perf_counter()
-        shards = corpus_shards(source.corpus) if source.corpus is not None else []
-        with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar, artifacts.checked_as_read(*shards):
+        with progress(DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
             task = bar.add_task("reading + counting", total=source.total_bytes)
             texts = sampler.training_texts(source, config.execution, config.workers, lambda size: bar.advance(task, size),
                                            folder=build.dir)
             train_interruptibly(tokenizer, cut_long_pretokens(texts), trainer)
+        if source.corpus is not None:  # the shards it read are the corpus's (--max-docs 10 reads the first alone)
+            read = {Path(group.path) for group in source.tasks[: sampler.tasks_read]}
+            with artifacts.checked_as_read(*sorted(read)):
+                pass
         seconds = time.perf_counter() - started
         build.scratch.append(SAMPLE_LOG)  # (with the marker, what a rerun skips the reading with)
         if sampler.docs == 0 and config.sample_bytes is not None and source.total_bytes > 0:
