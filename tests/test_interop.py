@@ -1700,6 +1700,7 @@ def test_import_keeps_the_sampling_generation_config_recommends(cli, tmp_path, t
                                                                "--top-p", "0.9")[1]
     assert "recommends" not in made("e.jsonl", "--temperature", "0.6", "--top-k", "50", "--top-p", "0.9",
                                     "--repetition-penalty", "1")[0]
+    assert "recommends" not in made("f.jsonl", "--greedy")[0]  # (the note named values it did not use)
     assert cli("export", tmp_path / "ckpt", "-o", tmp_path / "again").exit_code == 0
     written = json.loads((tmp_path / "again" / "generation_config.json").read_text())
     assert (written["do_sample"], written["temperature"], written["top_k"], written["top_p"]) == (True, 0.6, 50, 0.9)
@@ -1711,3 +1712,9 @@ def test_import_keeps_the_sampling_generation_config_recommends(cli, tmp_path, t
     plain = cli("generate", tmp_path / "greedy", "-p", "Speak", "-n", "8", "--greedy", "-o", tmp_path / "h.jsonl")
     assert plain.exit_code == 0
     assert json.loads((tmp_path / "g.jsonl").read_text())["completion"] == json.loads((tmp_path / "h.jsonl").read_text())["completion"]
+    assert json.loads((tmp_path / "greedy" / "sampling.json").read_text()) == {  # (its unused temperature: not kept)
+        "greedy": True, "temperature": 1.0, "top_k": None, "top_p": None, "repetition_penalty": 1.0}
+    # several samples of a prompt ask for a draw: not the greedy record's N copies of one completion
+    drawn = cli("generate", tmp_path / "greedy", "-p", "Speak", "-n", "8", "--num-samples", "3", "-o", tmp_path / "s.jsonl")
+    assert drawn.exit_code == 0 and "recommends" not in drawn.output, drawn.output
+    assert len({json.loads(line)["completion"] for line in (tmp_path / "s.jsonl").read_text().splitlines()}) > 1

@@ -36,22 +36,31 @@ class Sampling(Options):
 
     SAMPLING_OPTIONS = ("temperature", "greedy", "top_k", "top_p", "repetition_penalty")
 
-    def with_recommended(self, record, given: frozenset[str] | None, where: str) -> Sampling:
+    def with_recommended(self, record, given: frozenset[str] | None, where: str, draws: bool = False) -> Sampling:
         """This sampling, with what a model's makers recommend (`record`, an import's
         generation_config.json) in place of each option not given (typed or in a config file), as
-        transformers' generate() applies its generation config; said in a note."""
+        transformers' generate() applies its generation config; a note names the values taken
+        where they change anything. A greedy record gives greedy and its repetition penalty alone;
+        an option that asks for a draw (a temperature, top-k, top-p, `draws`: several samples of a
+        prompt) is no greedy one's."""
         if record is None:
             return self
         given = given or frozenset()
-        taken = {name: getattr(record, name) for name in self.SAMPLING_OPTIONS if name not in given}
-        if given & {"greedy", "temperature", "top_k", "top_p"}:  # (a draw asked for, or none: not the model's greedy)
+        names = ("greedy", "repetition_penalty") if record.greedy else self.SAMPLING_OPTIONS
+        if ("greedy" in given and self.greedy) or ("temperature" in given and self.temperature == 0):
+            names = ("repetition_penalty",)  # (greedy asked for: a temperature or top-p of the model's draws nothing)
+        taken = {name: getattr(record, name) for name in names if name not in given}
+        if draws or given & {"greedy", "temperature", "top_k", "top_p"}:
             taken.pop("greedy", None)
+        taken = {name: value for name, value in taken.items() if value != getattr(self, name)}  # (what changes)
         if not taken:
             return self
         from llmkit.console import note
 
-        note(f"sampling as {where} recommends (its generation_config.json): {record.shown()}; "
-             "--temperature, --top-k, --top-p, --greedy and --repetition-penalty choose otherwise")
+        shown = ", ".join("greedy" if name == "greedy" else f"{name.replace('_', '-')} {value:g}" if value is not None
+                          else f"no {name.replace('_', '-')}" for name, value in taken.items())
+        note(f"sampling as {where} recommends (its generation_config.json): {shown}; the options "
+             f"({', '.join('--' + name.replace('_', '-') for name in taken)}) choose otherwise")
         return dataclasses.replace(self, **taken)
 
     def params(self, seed: int, **more: Any):

@@ -92,7 +92,8 @@ def run_generate(
                            weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer
     if loaded.sampling is not None:  # (an import's generation_config.json, where no sampling option is given)
-        params = cfg.params(cfg.sampling.with_recommended(loaded.sampling, getattr(cfg, "given", None), str(members[0])))
+        params = cfg.params(cfg.sampling.with_recommended(loaded.sampling, getattr(cfg, "given", None), str(members[0]),
+                                                          draws=cfg.num_samples > 1))
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
     read_template_records(prompts, loaded.task)
     _check_prompts_fit_the_template(prompts, loaded.task)

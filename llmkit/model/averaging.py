@@ -26,7 +26,7 @@ from llmkit import artifacts
 from llmkit.data.tokenizer import CHAT_TEMPLATE_FILE, END_OF_TURN, same_tokenizer, special_roles
 from llmkit.errors import UsageError, UserError
 from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, unreadable_weights
-from llmkit.model.records import TASK_FILE, read_task
+from llmkit.model.records import TASK_FILE, read_sampling, read_task
 
 
 def normalised(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -352,6 +352,9 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
         save_file(state, str(build.dir / WEIGHTS), metadata={"format": "pt"})
         shutil.copy2(first.file(MODEL_CONFIG), build.dir / MODEL_CONFIG)
         shutil.copytree(first.path / TOKENIZER_DIR, build.dir / TOKENIZER_DIR)
+        recommended = {read_sampling(art) for art in taking_part}  # (imports recommending one sampling: the soup's too)
+        if len(recommended) == 1 and None not in recommended:
+            recommended.pop().write(build.dir)
         if TASK_FILE in first.manifest.files:
             # the soup's weights are plain (a step's adapters were merged): its LoRA record, where all share one, is merged
             loras = [dataclasses.replace(task.lora, merged=True) if task is not None and task.lora is not None else None

@@ -199,6 +199,9 @@ def load_ensemble(paths: Sequence, *, device, purpose: str | None, weights: Sequ
     first = next(item for item, w in zip(loaded, normalised_weights) if w > 0)
     first.members, first.member_weights = [item.artifact for item in loaded], normalised_weights
     if any(item.sampling != first.sampling for item, w in zip(loaded, normalised_weights) if w > 0):
+        from llmkit.console import note
+
+        note("the members' generation_config.json recommend other sampling; the ensemble samples as the options say")
         first.sampling = None  # (members recommending other sampling: none is the ensemble's)
     # a member of weight 0 contributes nothing: left out, so it neither runs nor shortens the context
     kept = [(item, w) for item, w in zip(loaded, normalised_weights) if w > 0]

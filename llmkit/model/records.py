@@ -225,7 +225,10 @@ class SamplingRecord:
                      top_k=int(top_k) if top_k and top_k > 0 else None,
                      top_p=float(top_p) if 0 < top_p < 1 else None, repetition_penalty=penalty if penalty > 0 else 1.0)
         if record.temperature <= 0:  # (transformers refuses to sample at 0: greedy is what it means)
-            record = dataclasses.replace(record, greedy=True, temperature=1.0)
+            record = dataclasses.replace(record, greedy=True)
+        if record.greedy:  # (a greedy config's temperature and top-p draw nothing: transformers ignores them, and export
+            # cannot write them back beside do_sample false)
+            record = cls(greedy=True, repetition_penalty=record.repetition_penalty)
         return record
 
     def as_generation_config(self) -> dict[str, Any]:
