@@ -494,8 +494,8 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     result = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", data, "--limit", "2", "--max-new-tokens", "100000",
                  "--prompt-template", "German: {source}\nEnglish:", "-o", tmp_path / "roomless")
     said = " ".join(result.output.split())
-    assert result.exit_code == 1 and f"leaves no room for a prompt in the model's context of {CONTEXT} tokens; give a lower " \
-        f"one, such as --max-new-tokens {CONTEXT // 4}" in said, said
+    assert result.exit_code == 1 and f"is as long as the model's context ({CONTEXT} tokens) or longer: each prediction would " \
+        f"slide past its whole prompt; give a lower one, such as --max-new-tokens {CONTEXT // 4}" in said, said
     # --stop '' is none (the end token ends a prediction); a reference holding the stop string is counted in a note
     multiline = tmp_path / "multiline.jsonl"
     multiline.write_text("".join(json.dumps({"source": r["source"], "target": r["target"] + "\nSecond line."}) + "\n" for r in rows))
@@ -861,6 +861,13 @@ def test_generated_predictions_use_the_checkpoint_template(cli, shakespeare, sha
     assert result.exit_code == 0 and "earlier message(s) were left out" in result.output, result.output
     prompt = _records(tmp_path / "ev7")[0]["prompt"]
     assert prompt.startswith("<|bos|><|system|>Be brief.") and prompt.endswith("<|user|>last?<|assistant|>")
+    # a last message too long for the context loses its end, as chat cuts one (eval refused it, lowering -n no help)
+    (tmp_path / "longlast.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "word " * 200},
+                                                                      {"role": "assistant", "content": "yes"}]}) + "\n")
+    result = cli("eval", chat, "-m", "rouge", "--data", tmp_path / "longlast.jsonl", "--max-new-tokens", "4", "-o", tmp_path / "ev8")
+    assert result.exit_code == 0 and "kept too long a last message for the context: its end was left out" in \
+        " ".join(result.output.split()), result.output
+    assert _records(tmp_path / "ev8")[0]["prompt"].startswith("<|bos|><|user|>word word")
     # llmkit's own SFT records: the reference is the response
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}", **({"system": "Be brief."} if i else {})})
@@ -984,7 +991,11 @@ def test_a_fine_tune_scores_labels_and_choices_in_the_format_it_was_trained_in(c
                                                    "label": 0}) + "\n")
     text_task = {"task": "sft", "template": {"type": "text", "prompt": "Say: {text}\nVerdict:", "response": " {verdict}",
                                              "input_field": "text", "target_field": "verdict"}}
-    for name, task in (("chat", {"task": "sft", "template": {"type": "chat"}}), ("text", text_task)):
+    # a fine-tune in an imported model's own chat template: the reply's " " is the template's, learned with the reply
+    own = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+           "{% if add_generation_prompt %}assistant:{% endif %}")
+    own_task = {"task": "sft", "template": {"name": "chat", "type": "chat", "jinja": own}}
+    for name, task in (("chat", {"task": "sft", "template": {"type": "chat"}}), ("text", text_task), ("own", own_task)):
         ckpt = make_checkpoint(tmp_path / name, shakespeare[:20_000], task=task)
         loaded = load_checkpoint(ckpt)
         tok, model = loaded.tokenizer, loaded.model
@@ -993,6 +1004,12 @@ def test_a_fine_tune_scores_labels_and_choices_in_the_format_it_was_trained_in(c
             if name == "chat":
                 context = [tok.bos_id, tok.special_ids["<|user|>"]] + tok.encode_after_special(text) + [tok.special_ids["<|assistant|>"]]
                 reply = message_ids(choice, context[-1], tok.eos_id, tok)
+            elif name == "own":  # (lm-eval's _encode_pair over the rendered text: the prompt, then " " and the reply)
+                from tokenizers import Tokenizer
+
+                raw = Tokenizer.from_file(str(ckpt / "tokenizer" / "tokenizer.json"))
+                context = raw.encode(f"user: {text}\nassistant:", add_special_tokens=False).ids
+                reply = raw.encode(f"user: {text}\nassistant: {choice}", add_special_tokens=False).ids[len(context):]
             else:
                 context = [tok.bos_id] + encode_rendered(f"Say: {text}\nVerdict:", tok)
                 reply = tok.encode_continuation(" " + choice)
@@ -1010,6 +1027,13 @@ def test_a_fine_tune_scores_labels_and_choices_in_the_format_it_was_trained_in(c
         assert result.exit_code == 0, result.output
         assert _records(tmp_path / f"{name}-mc")[0]["logliks"] == pytest.approx(
             [by_hand("Who is the king", choice) for choice in ("Richard", "a horse")], abs=1e-4)
+    # a text too long for the context loses its end, as finetune --truncate cuts it, not its start token and template
+    (tmp_path / "long.jsonl").write_text(json.dumps({"sentence": "a gentle and noble lord " * 60, "label": "good"}) + "\n")
+    result = cli("eval", tmp_path / "text", "-m", "accuracy", "--labels", "good,bad", "--data", tmp_path / "long.jsonl",
+                 "-o", tmp_path / "long")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "1 of 1 texts did not fit in the model's context" in said and "their end was left out" in said
+    assert "the start of its prompt was left out" not in said, said
     # --prompt-template scores plain text, as a base model's
     plain = cli("eval", ckpt, "-m", "accuracy", "--labels", "good,bad", "--data", tmp_path / "labelled.jsonl",
                 "--prompt-template", "{sentence}\n", "-o", tmp_path / "plain")

@@ -896,6 +896,10 @@ def test_prompts_from_a_pipe(ckpt, tmp_path):
     assert result.returncode == 0 and "standard input is read as JSONL" in result.stderr, result.stderr[-2000:]
     assert [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()] == \
         [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    # a record cut short among them is named (the whole input was completed as text lines)
+    result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-", "-n", "3"],
+                            input='{"prompt": "ROMEO:"}\n{"prompt": "JULIET:"\n', capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "standard input:2 is not a JSON object, while 1 of its lines is one" in result.stderr
     result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-"], input="\n",
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == ("error: standard input holds no prompt; write one per line "

@@ -102,11 +102,11 @@ def score_choices(
     progress=None, cut: list[int] | None = None, context_cut: set[int] | None = None, encode_choice=None,
 ) -> list[ChoiceScores]:
     """Each (context, choices) scored, each choice as written behind its context's delimiter
-    (`continuation`), or, after a context of token ids, as `encode_choice` encodes it (a
-    fine-tune's reply); acc_norm's lengths are the choices' own. `cut`: as score_pairs', over the
+    (`continuation`), or, for a context of token ids, as `encode_choice(index, choice)` gives the
+    pair (a fine-tune's prompt and reply); acc_norm's lengths are the choices' own. `cut`: as score_pairs', over the
     choices in order; `context_cut` gets the examples whose context lost its start for a choice."""
-    pairs = [(context, continuation(context, choice)) if isinstance(context, str) else (context, encode_choice(context, choice))
-             for context, choices in examples for choice in choices]
+    pairs = [(context, continuation(context, choice)) if isinstance(context, str) else encode_choice(index, choice)
+             for index, (context, choices) in enumerate(examples) for choice in choices]
     owners = [index for index, (_, choices) in enumerate(examples) for _ in choices]
     cut_pairs: list[int] = []
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size,

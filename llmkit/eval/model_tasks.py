@@ -260,50 +260,83 @@ def placeholder(field: str) -> str:
     return "{" + (field if is_field_name(field) else "input") + "}"
 
 
-def _trained_framing(loaded, cfg, records: list[dict], text_field: str, scored: str):
+def _trained_framing(loaded, cfg, records: list[dict], text_field: str, scored: str, choices: list[list[str]]):
     """A fine-tune's texts and their labels (or questions and their choices) framed as it was
     trained, where --prompt-template does not say otherwise: a chat fine-tune's text as a user
-    message and each label as the assistant's reply (lm-eval's --apply_chat_template), a text
-    template's prompt (its input field filled with the text) and each label as its response.
-    Returns (contexts as token ids, encode_choice) for score_choices, or None for plain text (a
-    base model). Until 2026-12-08 a chat fine-tune was scored on bare text, and a text-template
-    one's labels in its template (refused where the data named its input otherwise) but its
-    choices not."""
-    from llmkit.data.templates import Rendered, encode_chat_prompt, encode_rendered, message_ids, response_frame
+    message and each label as the assistant's reply (lm-eval's --apply_chat_template; in the
+    model's own chat template where it was fine-tuned in that, the reply's tokens as the rendered
+    conversation holds them), a text template's prompt (its input field filled with the text) and
+    each label as its response. A text too long for the context beside its longest label loses its
+    end, as finetune --truncate cuts it (scored from the left, it lost the start token, the role
+    and the template's wording). Returns (contexts as token ids, pair(index, choice) -> (context
+    ids, choice ids)) for score_choices, or None for plain text (a base model). Until 2026-12-08 a
+    chat fine-tune was scored on bare text, and a text-template one's labels in its template
+    (refused where the data named its input otherwise) but its choices not."""
+    from llmkit.console import note
+    from llmkit.data.templates import (Rendered, encode_chat_prompt, encode_rendered, fit_field, message_ids,
+                                       response_frame)
     from llmkit.inference.prompts import chat_turns
 
     task, tokenizer = loaded.task, loaded.tokenizer
     if cfg.prompt_template is not None or task is None or not (task.is_chat or task.text_template):
         return None
+    members = [str(art.path) for art in (getattr(loaded, "members", None) or [loaded.artifact])]
+    fine_tuned = f"{', '.join(members)} {'were' if len(members) > 1 else 'was'} fine-tuned"
+    plain = "(--prompt-template '{" + placeholder(text_field)[1:-1] + "}' scores plain text)"
     texts = [text_of(r, text_field, place(records, i)) for i, r in enumerate(records)]
     if task.is_chat:
-        from llmkit.console import note
+        note(f"scored as {fine_tuned}: each text a user message, each {scored} the assistant's reply {plain}")
+        own = bool(tokenizer.own_chat_template)
 
-        note(f"scored as {loaded.artifact.path} was fine-tuned: each text a user message, each {scored} the assistant's "
-             "reply (--prompt-template '{" + placeholder(text_field)[1:-1] + "}' scores plain text)")
-        contexts = [encode_chat_prompt(chat_turns(r, t), tokenizer) for r, t in zip(records, texts)]
-        return contexts, lambda context, choice: message_ids(choice, context[-1], tokenizer.eos_id, tokenizer)
-    from llmkit.console import note
+        def context_of(record: dict, text: str) -> list[int]:
+            return encode_chat_prompt(chat_turns(record, text), tokenizer)
 
-    note(f"scored as {loaded.artifact.path} was fine-tuned: each text in its prompt template, each {scored} as its response "
-         "(--prompt-template '{" + placeholder(text_field)[1:-1] + "}' scores plain text)")
-    trained = task.text_template
-    field, target = trained["input_field"], trained.get("target_field")
-    lead, tail = response_frame(trained)
-    lead_ids = encode_rendered(Rendered.all_wording(lead), tokenizer, tokenizer.encode_continuation) if lead else []
-    contexts = [[start_id(loaded)] + encode_rendered(render_template(trained["prompt"], {**r, field: t}, field, place(records, i)),
-                                                     tokenizer) + lead_ids
-                for i, (r, t) in enumerate(zip(records, texts))]
+        def reply(record: dict, text: str, context: list[int], choice: str) -> tuple[list[int], list[int]]:
+            if not own:
+                return context, message_ids(choice, context[-1], tokenizer.eos_id, tokenizer)
+            # the model's own template: the reply's characters in the conversation rendered with it, as training saw
+            # them (its wording between the prompt and the reply, " " in "assistant: {reply}", belongs to the reply)
+            messages = chat_turns(record, text)
+            prompt = tokenizer.render_own_chat(messages)
+            full = tokenizer.render_own_chat([*messages, {"role": "assistant", "content": choice}], generation_prompt=False)
+            at = full.find(choice, len(prompt)) if full.startswith(prompt) else -1
+            if at < 0:
+                return context, tokenizer.encode_continuation(choice)
+            encoded = tokenizer.encode_rendered_chat(full[: at + len(choice)])
+            split = sum(1 for _, end in encoded.offsets if end <= len(prompt))
+            return list(encoded.ids[:split]), list(encoded.ids[split:])
+    else:
+        note(f"scored as {fine_tuned}: each text in its prompt template, each {scored} as its response {plain}")
+        trained = task.text_template
+        field, target = trained["input_field"], trained.get("target_field")
+        lead, tail = response_frame(trained)
+        lead_ids = encode_rendered(Rendered.all_wording(lead), tokenizer, tokenizer.encode_continuation) if lead else []
+        parts = list(string.Formatter().parse(trained["response"]))  # (its literal text with "{{" read as "{")
+        target = target or next(name for _, name, _, _ in parts if name)
 
-    parts = list(string.Formatter().parse(trained["response"]))  # (its literal text with "{{" read as "{")
-    target = target or next(name for _, name, _, _ in parts if name)
+        def context_of(record: dict, text: str) -> list[int]:
+            prompt = render_template(trained["prompt"], {**record, field: text}, field, "a record")
+            return [start_id(loaded)] + encode_rendered(prompt, tokenizer) + lead_ids
 
-    def encode_choice(context: list[int], choice: str) -> list[int]:
-        response = "".join(literal + (choice if name == target else "") for literal, name, _, _ in parts)
-        after = response[len(lead):] if response.startswith(lead) else response
-        return tokenizer.encode_continuation(after[: len(after) - len(tail)] if tail and after.endswith(tail) else after)
+        def reply(record: dict, text: str, context: list[int], choice: str) -> tuple[list[int], list[int]]:
+            response = "".join(literal + (choice if name == target else "") for literal, name, _, _ in parts)
+            after = response[len(lead):] if response.startswith(lead) else response
+            return context, tokenizer.encode_continuation(after[: len(after) - len(tail)] if tail and after.endswith(tail)
+                                                          else after)
 
-    return contexts, encode_choice
+    limit = int(loaded.model.config.context_length)
+    contexts, cut = [], 0
+    for i, (record, text) in enumerate(zip(records, texts)):
+        context_of(record, text)  # (its own refusal first, naming the record, where the template refuses it)
+        longest = max(len(reply(record, text, context_of(record, text), c)[1]) for c in choices[i])
+        fitted = fit_field(lambda r: context_of(record, r["text"]), {"text": text}, "text", tokenizer, limit + 1 - longest)
+        if fitted is not None and fitted["text"] != text:
+            texts[i], cut = fitted["text"], cut + 1
+        contexts.append(context_of(record, texts[i]))
+    if cut:
+        note(f"{cut} of {len(records)} texts did not fit in the model's context ({limit} tokens) with their longest "
+             f"{scored} in the fine-tune's format: their end was left out, as finetune --truncate cuts them")
+    return contexts, lambda index, choice: reply(records[index], texts[index], contexts[index], choice)
 
 
 def _trained_prompt(task) -> str | None:
@@ -331,10 +364,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     # back), but at least half of it, a longer reply sliding the window as generate's does (until 2026-12-08 eval
     # kept only the context less the reply: a prompt of 49 tokens where generate's was 64, other predictions)
     room = prompt_keep(limit, max_new_tokens)
-    if limit - max_new_tokens + 1 < 2:  # (a reply as long as the context: a slip, not a window to slide)
-        # (said with a value to give: the flag may not have been typed, its default being 64)
-        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of {limit} "
-                        f"tokens; give a lower one, such as --max-new-tokens {max(1, limit // 4)}")
+    refuse_a_reply_as_long_as_the_context(max_new_tokens, limit)
     tokenizer = loaded.tokenizer
 
     def encode(record: dict, where: str = "a record") -> list[int]:
@@ -442,33 +472,49 @@ def generate_predictions(loaded, cfg):
 def _conversations(records: list[dict], loaded, chat: bool, max_new_tokens: int) -> tuple[list[list[int]], list[list[str]]]:
     """Records of {"messages": [...]} (what finetune trains on and `chat -o` writes): the history
     before the last assistant turn is the prompt, that turn the reference."""
-    from llmkit.data.templates import drop_oldest_exchanges, encode_chat_prompt, record_messages
+    from llmkit.data.templates import encode_chat_prompt, fit_conversation, record_messages
     from llmkit.inference.engine import context_limit, prompt_keep
 
     if not chat:
         raise UserError("the data holds conversations (\"messages\"), which only a chat fine-tune reads; evaluate a chat "
                         "checkpoint, or give records with an input and a reference field (--field, --reference-field)")
     limit = context_limit(loaded.model)
-    prompts, references, trimmed = [], [], 0
+    if limit is not None:
+        refuse_a_reply_as_long_as_the_context(max_new_tokens, limit)
+    prompts, references, trimmed, cut = [], [], 0, 0
     for i, record in enumerate(records):
         messages = record_messages(record, place(records, i), suggest_template=False)  # (eval has no --template)
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             raise UserError(f"{place(records, i)}: its messages must end with the assistant's reply, the reference")
-        budget = None if limit is None else prompt_keep(limit, max_new_tokens)  # (as llmkit chat keeps a history)
-        history, dropped = drop_oldest_exchanges(messages[:-1], loaded.tokenizer, budget)
-        ids, trimmed = encode_chat_prompt(history, loaded.tokenizer), trimmed + dropped
-        if budget is not None and len(ids) > budget:
-            raise UserError(f"{place(records, i)}: its last message takes {len(ids)} tokens with the chat's wording, more than "
-                            f"the {budget} a prompt may take of the context of {limit} beside --max-new-tokens "
-                            f"{max_new_tokens}; shorten it or lower --max-new-tokens")
-        prompts.append(ids)
+        history = messages[:-1]
+        if limit is not None:  # (as llmkit chat keeps a history: the oldest exchanges, then the end of the last message)
+            budget = prompt_keep(limit, max_new_tokens)
+            history, dropped, last_cut = fit_conversation(history, loaded.tokenizer, budget)
+            if last_cut is None:
+                raise UserError(f"{place(records, i)}: the chat's wording around its last message alone takes more than the "
+                                f"{budget} tokens a prompt may take of the context of {limit} beside --max-new-tokens "
+                                f"{max_new_tokens}; lower --max-new-tokens")
+            trimmed, cut = trimmed + dropped, cut + bool(last_cut)
+        prompts.append(encode_chat_prompt(history, loaded.tokenizer))
         references.append([messages[-1]["content"]])
-    if trimmed:
-        from llmkit.console import note
+    from llmkit.console import note
 
+    if trimmed:
         note(f"{trimmed} earlier message(s) were left out of conversations too long for the context ({limit} "
              "tokens with room for a reply), oldest first, as llmkit chat does")
+    if cut:
+        note(f"{cut} conversation(s) kept too long a last message for the context: its end was left out, as llmkit chat "
+             "cuts one")
     return prompts, references
+
+
+def refuse_a_reply_as_long_as_the_context(max_new_tokens: int, limit: int) -> None:
+    """A reply as long as the model's context or longer would slide past its whole prompt: a slip
+    (said with a value to give: the flag may not have been typed, its default being 64)."""
+    if max_new_tokens >= limit:
+        raise UserError(f"--max-new-tokens {max_new_tokens} is as long as the model's context ({limit} tokens) or longer: "
+                        "each prediction would slide past its whole prompt; give a lower one, such as --max-new-tokens "
+                        f"{max(1, limit // 4)}")
 
 
 def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: bool):
@@ -578,7 +624,7 @@ def _multiple_choice(loaded, cfg, records: list[dict], label_field: str):
                    else text_of(r, context_field, place(records, i)))
         examples.append((context, choices))
         gold.append(_choice_index(r[label_field], choices, place(records, i)))
-    framed = _trained_framing(loaded, cfg, records, context_field, "choice")
+    framed = _trained_framing(loaded, cfg, records, context_field, "choice", [c for _, c in examples])
     if framed is not None:
         examples = [(framed_context, choices) for framed_context, (_, choices) in zip(framed[0], examples)]
     bar, advance = _progress_bar(sum(len(c) for _, c in examples), "scoring choices")
@@ -664,7 +710,7 @@ def _labelled_texts(loaded, cfg, records: list[dict], label_field: str):
     else:
         # A language model without a classification head: pick the label whose name is most likely
         # after the (templated) text, zero-shot.
-        framed = _trained_framing(loaded, cfg, records, text_field, "label")
+        framed = _trained_framing(loaded, cfg, records, text_field, "label", [names] * len(records))
         template = cfg.prompt_template or placeholder(text_field) + "\n"
         # each behind the delimiter (score_choices), or after the fine-tune's own framing
         examples = ([(context, names) for context in framed[0]] if framed is not None else

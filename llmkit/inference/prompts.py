@@ -65,13 +65,16 @@ def read_prompt_file(path: Path) -> list[Prompt]:
         raise UserError(f"--prompts {path} is a folder; pass a .txt (one prompt per line) or .jsonl file")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         lines = text_file_lines(read_text(path))
-        records = _json_lines(lines) if path.suffix.lower() != ".txt" else None
+        shown = "standard input" if path == Path("/dev/stdin") else str(path)
+        records = _json_lines(lines, shown) if path.suffix.lower() != ".txt" else None
         if records is not None:  # (`jq ... | llmkit generate --prompts -`: completions of the JSON text, before)
             from llmkit.console import note
 
-            shown = "standard input" if path == Path("/dev/stdin") else str(path)
             note(f"{shown} is read as JSONL: every line is a JSON object (a .txt file's lines are prompts as written)")
             prompts = [_prompt_from_record(record, f"{shown}:{lineno}") for lineno, record in records]
+            for prompt in prompts:  # (JSON text to complete, as it was before 2026-12-08: a .txt file says so)
+                if prompt.unread:
+                    prompt.unread += "; to complete each line as text instead, give the lines as a .txt file"
         else:
             prompts = [Prompt(text=unescape(line)) for line in lines if line.strip()]
     else:
@@ -82,25 +85,33 @@ def read_prompt_file(path: Path) -> list[Prompt]:
     return prompts
 
 
-def _json_lines(lines: list[str]) -> list[tuple[int, dict]] | None:
+def _json_lines(lines: list[str], shown: str) -> list[tuple[int, dict]] | None:
     """(line number, record) of lines that are all JSON objects (blank ones aside), else None: a
-    stream with no suffix to say its format (a pipe, `-`), read as what it holds."""
+    stream with no suffix to say its format (a pipe, `-`), read as what it holds. Mostly JSON
+    objects but not all is an error naming the first line that is not (a record cut short, which
+    read the whole input as text lines before)."""
     import json
 
-    records = []
+    records, other, first_other = [], 0, None
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if not line.lstrip().startswith("{"):
-            return None
         try:
-            record = json.loads(line)
+            record = json.loads(line) if line.lstrip().startswith("{") else None
         except ValueError:
-            return None
-        if not isinstance(record, dict):
-            return None
-        records.append((lineno, record))
-    return records or None
+            record = None
+        if isinstance(record, dict):
+            records.append((lineno, record))
+        else:
+            other += 1
+            first_other = first_other or lineno
+    if not records:
+        return None
+    if other and len(records) >= other:
+        raise UserError(f"{shown}:{first_other} is not a JSON object, while {len(records)} of its lines "
+                        f"{'is one' if len(records) == 1 else 'are'}: fix that line "
+                        "to read them as JSONL records, or give the lines as a .txt file to complete each as text")
+    return records if not other else None
 
 
 def text_file_lines(text: str) -> list[str]:
