@@ -191,3 +191,12 @@ def test_a_smaller_min_delta_can_stop_earlier_and_is_offered_only_where_it_frees
     assert flat.to_train_further(Rule(patience=2, min_delta=0.1)) == "give a --patience above 2, or 0, to train further"
     # Keras' and Lightning's sum, loss + d < best: a loss exactly d below is no drop, whatever the rounding of best - d
     assert ValidationStall([(2, 4.017), (4, 3.717)]).since_improvement(0.3).validations == 1
+
+
+def test_a_stop_at_the_lowest_loss_does_not_send_for_keep_best(cli, data, tmp_path, monkeypatch):
+    """Under --min-delta the validation that stops the run can be its lowest: its weights are the
+    run's own, and "step 6's were not kept: --keep-best keeps them" was wrong."""
+    _scripted_validation(monkeypatch, [3.0, 2.95, 2.9])
+    said = " ".join(_ok(cli("pretrain", data / "tokens", "-o", tmp_path / "run", *MODEL, *RUN, "--patience", "2",
+                            "--min-delta", "0.1")).output.split())
+    assert "stopped early at step 6" in said and "--keep-best keeps them" not in said, said

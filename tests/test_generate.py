@@ -898,8 +898,16 @@ def test_prompts_from_a_pipe(ckpt, tmp_path):
         [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     # a record cut short among them is named (the whole input was completed as text lines)
     result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-", "-n", "3"],
-                            input='{"prompt": "ROMEO:"}\n{"prompt": "JULIET:"\n', capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "standard input:2 is not a JSON object, while 1 of its lines is one" in result.stderr
+                            input='{"prompt": "ROMEO:"}\n{"prompt": "JULIET:"}\n{"prompt": "KING:"\n', capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and "standard input:3 is not a JSON object, while 2 of its lines are" in result.stderr
+    # ... but text prompts that hold JSON are text (a prompt asking for JSON, then an example)
+    result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-", "--greedy", "-n", "2",
+                             "-o", str(tmp_path / "t.jsonl")], input='Write it as JSON:\n{"name": "x"}\n',
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [json.loads(line)["prompt"] for line in (tmp_path / "t.jsonl").read_text().splitlines()] == \
+        ["Write it as JSON:", '{"name": "x"}']
     result = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(ckpt), "--prompts", "-"], input="\n",
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == ("error: standard input holds no prompt; write one per line "

@@ -88,29 +88,31 @@ def read_prompt_file(path: Path) -> list[Prompt]:
 def _json_lines(lines: list[str], shown: str) -> list[tuple[int, dict]] | None:
     """(line number, record) of lines that are all JSON objects (blank ones aside), else None: a
     stream with no suffix to say its format (a pipe, `-`), read as what it holds. Mostly JSON
-    objects but not all is an error naming the first line that is not (a record cut short, which
-    read the whole input as text lines before)."""
+    objects with one that opens as one and is not (a record cut short, which read the whole input
+    as text lines before) is an error naming it; text lines among JSON ones are text."""
     import json
 
-    records, other, first_other = [], 0, None
+    records, other, first_cut = [], 0, None
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        opens = line.lstrip().startswith("{")
         try:
-            record = json.loads(line) if line.lstrip().startswith("{") else None
+            record = json.loads(line) if opens else None
         except ValueError:
             record = None
         if isinstance(record, dict):
             records.append((lineno, record))
-        else:
-            other += 1
-            first_other = first_other or lineno
+            continue
+        other += 1
+        if opens and first_cut is None:  # (a record cut short, or broken: not a line of text)
+            first_cut = lineno
     if not records:
         return None
-    if other and len(records) >= other:
-        raise UserError(f"{shown}:{first_other} is not a JSON object, while {len(records)} of its lines "
-                        f"{'is one' if len(records) == 1 else 'are'}: fix that line "
-                        "to read them as JSONL records, or give the lines as a .txt file to complete each as text")
+    if other and first_cut is not None and len(records) > other:
+        raise UserError(f"{shown}:{first_cut} is not a JSON object, while {len(records)} of its lines "
+                        f"{'is one' if len(records) == 1 else 'are'}: fix that line to read them as JSONL records, or "
+                        "give the lines as a .txt file to complete each as text")
     return records if not other else None
 
 

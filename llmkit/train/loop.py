@@ -694,7 +694,7 @@ class Trainer(Resuming):
                 if self.stopped_early:
                     best_step = self.stall.best[0]
                     best_copy = self.run_dir / ckpt.CHECKPOINTS / ckpt.STEP_DIR.format(best_step)
-                    kept = ("" if self.best is not None else
+                    kept = ("" if self.best is not None or best_step == step else  # (the run's own weights are the best)
                             f" (the run's weights are step {step}'s; step {best_step}'s are in {best_copy})"
                             if best_copy.is_dir() else
                             f" (the run's weights are step {step}'s; step {best_step}'s were not kept: "
