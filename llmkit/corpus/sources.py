@@ -11,8 +11,8 @@ label that never holds an absolute path, so the output does not depend on where 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from llmkit.artifacts import MANIFEST, dangling_link, storable_name, unexpanded_pattern
@@ -123,7 +123,7 @@ def resolve_inputs(
                     "(optionally .gz/.zst compressed)"
                 )
             if unread:
-                _note_unread(arg, unread)
+                _note_unread(arg, [Path(os.path.join(arg, p.relative_to(path).as_posix())) for p in unread])
             for p in files:
                 plan_file(p, _label_for(p, path), os.path.join(arg, p.relative_to(path).as_posix()))
         else:

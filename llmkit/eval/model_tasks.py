@@ -288,7 +288,7 @@ def _trained_framing(loaded, cfg, records: list[dict], text_field: str, scored: 
         note(f"scored as {fine_tuned}: each text a user message, each {scored} the assistant's reply {plain}")
         own = bool(tokenizer.own_chat_template)
 
-        def context_of(record: dict, text: str) -> list[int]:
+        def context_of(record: dict, text: str, where: str = "a record") -> list[int]:
             return encode_chat_prompt(chat_turns(record, text), tokenizer)
 
         def reply(record: dict, text: str, context: list[int], choice: str) -> tuple[list[int], list[int]]:
@@ -314,8 +314,8 @@ def _trained_framing(loaded, cfg, records: list[dict], text_field: str, scored: 
         parts = list(string.Formatter().parse(trained["response"]))  # (its literal text with "{{" read as "{")
         target = target or next(name for _, name, _, _ in parts if name)
 
-        def context_of(record: dict, text: str) -> list[int]:
-            prompt = render_template(trained["prompt"], {**record, field: text}, field, "a record")
+        def context_of(record: dict, text: str, where: str = "a record") -> list[int]:
+            prompt = render_template(trained["prompt"], {**record, field: text}, field, where)
             return [start_id(loaded)] + encode_rendered(prompt, tokenizer) + lead_ids
 
         def reply(record: dict, text: str, context: list[int], choice: str) -> tuple[list[int], list[int]]:
@@ -327,12 +327,13 @@ def _trained_framing(loaded, cfg, records: list[dict], text_field: str, scored: 
     limit = int(loaded.model.config.context_length)
     contexts, cut = [], 0
     for i, (record, text) in enumerate(zip(records, texts)):
-        context_of(record, text)  # (its own refusal first, naming the record, where the template refuses it)
-        longest = max(len(reply(record, text, context_of(record, text), c)[1]) for c in choices[i])
-        fitted = fit_field(lambda r: context_of(record, r["text"]), {"text": text}, "text", tokenizer, limit + 1 - longest)
-        if fitted is not None and fitted["text"] != text:
-            texts[i], cut = fitted["text"], cut + 1
-        contexts.append(context_of(record, texts[i]))
+        context = context_of(record, text, place(records, i))  # (a template's refusal names the record)
+        longest = max(len(reply(record, text, context, c)[1]) for c in choices[i])
+        if len(context) + longest > limit + 1:
+            fitted = fit_field(lambda r: context_of(record, r["text"]), {"text": text}, "text", tokenizer, limit + 1 - longest)
+            if fitted is not None and fitted["text"] != text:
+                texts[i], cut, context = fitted["text"], cut + 1, context_of(record, fitted["text"])
+        contexts.append(context)
     if cut:
         note(f"{cut} of {len(records)} texts did not fit in the model's context ({limit} tokens) with their longest "
              f"{scored} in the fine-tune's format: their end was left out, as finetune --truncate cuts them")
