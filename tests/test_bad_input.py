@@ -885,6 +885,8 @@ def test_eval_cuts_long_prompts_as_finetune_does_and_says_so(cli, chain, tmp_pat
     # reply sliding the window; eval kept 64 - 40 + 1 = 25 tokens, other predictions than generate's
     result = _ok(cli("eval", chain / "ckpt", "-m", "bleu", "--data", data, "--max-new-tokens", "40", "-o", tmp_path / "ev40"))
     assert "1 of 2 prompts did not fit in the 32 tokens a prompt may take" in " ".join(result.output.split())
+    assert "1 of 2 prompts + --max-new-tokens 40 exceed the context (64 tokens): a prediction that runs that long slides" in \
+        " ".join(result.output.split())
     kept = [json.loads(line)["prompt"] for line in (tmp_path / "ev40" / "predictions.jsonl").read_text().splitlines()][0]
     assert 64 - 40 + 1 < 1 + len(tok.encode(kept)) <= 32
 

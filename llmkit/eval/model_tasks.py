@@ -519,7 +519,7 @@ def refuse_a_reply_as_long_as_the_context(max_new_tokens: int, limit: int) -> No
 
 
 def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: bool):
-    from llmkit.inference.engine import GenerationParams, Generator
+    from llmkit.inference.engine import GenerationParams, Generator, context_limit, needs_window
     from llmkit.inference.prompts import chat_stop_ids
 
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
@@ -531,6 +531,15 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
         note(f"{broken} of {len(references)} references hold the stop string {shown} (--stop), where predictions "
              "end; --stop '' lets a fine-tuned model end with its end token instead")
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
+    limit = context_limit(loaded.model)
+    sliding = 0 if limit is None else sum(
+        needs_window(len(generator.encode_prompt(p)) if isinstance(p, str) else len(p), cfg.max_new_tokens, limit)
+        for p in prompts)
+    if sliding:  # (as llmkit generate says it)
+        from llmkit.console import note
+
+        note(f"{sliding} of {len(prompts)} prompts + --max-new-tokens {cfg.max_new_tokens} exceed the context ({limit} "
+             "tokens): a prediction that runs that long slides the window, as llmkit generate's does")
     stops = chat_stop_ids(loaded.tokenizer) if chat else None
     bar, advance = _progress_bar(len(prompts), "generating")
     completions = []
