@@ -79,13 +79,11 @@ def of_the_base(name: str) -> bool:
     return not name.startswith(HEAD_PREFIX)
 
 
-def step_checkpoint_weights(art, config, scaling: float, device: str) -> dict[str, torch.Tensor]:
-    """A LoRA step checkpoint's model as plain weights: its base's (`step_base`, `of_the_base`,
-    `base_tensor`), what the step trained laid over them, and the adapters merged. `config`: the
-    step's model config. (Averaging reads the same a tensor at a time: `averaging.MergedStepWeights`.)"""
-    from llmkit.model.io import WEIGHTS, read_weights
+def step_checkpoint_weights(art, device: str) -> dict[str, torch.Tensor]:
+    """A LoRA step checkpoint's model as plain weights, on `device`: its base's, what the step
+    trained laid over them, and the adapters merged, as averaging reads them a tensor at a time
+    (`averaging.MergedStepWeights`: one merge for both, on the CPU, as the run merged its own)."""
+    from llmkit.model.averaging import MergedStepWeights
 
-    base = step_base(art, config)
-    state = {k: base_tensor(v) for k, v in read_weights(base.file(WEIGHTS), device=device).items() if of_the_base(k)}
-    state.update(read_weights(Path(art.file(WEIGHTS)), device=device))
-    return merge_state_dict(state, scaling)
+    with MergedStepWeights(art) as merged:
+        return {name: tensor.to(device) for name, tensor in merged.items()}

@@ -152,10 +152,10 @@ def is_lora_step(art: artifacts.Artifact) -> bool:
 
 
 class MergedStepWeights(Mapping):
-    """A LoRA step checkpoint's model, each tensor made when asked for: its base's (float32), what the
-    step trained laid over it, the adapters merged, as `adapters.step_checkpoint_weights` makes them
-    all at once for generate and eval (the same arithmetic: bit-equal). A context manager, as
-    StoredWeights."""
+    """A LoRA step checkpoint's model, each tensor made when asked for: its base's (float32, checked
+    unchanged by fingerprint), what the step trained laid over it, the adapters merged
+    (`adapters.merged_weight`, the run's own merge); `adapters.step_checkpoint_weights` takes them all
+    for generate and eval. A context manager, as StoredWeights."""
 
     def __init__(self, art: artifacts.Artifact):
         from llmkit.model.adapters import is_adapter_key, of_the_base, step_base

@@ -233,7 +233,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", *, pur
     if lora_step:
         from llmkit.model.adapters import step_checkpoint_weights
 
-        state = step_checkpoint_weights(art, config, task.lora.alpha / task.lora.rank, str(torch.device(device)))
+        state = step_checkpoint_weights(art, str(torch.device(device)))
     else:
         refuse_a_config_its_weights_do_not_fit(config, art.path / WEIGHTS)  # (before a model of its size is built)
     with torch.device(device):

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 
 class StopRule(Protocol):  # (train.options.Checkpointing)
@@ -34,8 +34,14 @@ class Since:
         return Since(self.loss, self.step, self.validations + 1)
 
 
-def _first(step: int, loss: float) -> Since | None:
-    return Since(loss, step, 0) if math.isfinite(loss) else None
+def _counts(history: list[tuple[int, float]], min_delta: float, since: Since | None = None) -> Iterator[Since | None]:
+    """The count after each loss of `history` (None before the first finite one), from `since`."""
+    for step, loss in history:
+        if since is None:
+            since = Since(loss, step, 0) if math.isfinite(loss) else None
+        else:
+            since = since.after(step, loss, min_delta)
+        yield since
 
 
 @dataclass
@@ -57,8 +63,8 @@ class ValidationStall:
         """None before the first finite validation. A loss counts as lower only where it and
         `min_delta` together stay below the last counted one (a slow drift adds up until it does)."""
         done, since = self._counted.get(min_delta, (0, None))
-        for step, loss in self.history[done:]:
-            since = _first(step, loss) if since is None else since.after(step, loss, min_delta)
+        for since in _counts(self.history[done:], min_delta, since):
+            pass
         self._counted[min_delta] = (len(self.history), since)
         return since
 
@@ -71,20 +77,14 @@ class ValidationStall:
         resume's check: not only at its last validation), or None where it never would have."""
         if rule.patience <= 0:
             return None
-        since = None
-        for index, (step, loss) in enumerate(self.history):
-            since = _first(step, loss) if since is None else since.after(step, loss, rule.min_delta)
+        for index, since in enumerate(_counts(self.history, rule.min_delta)):
             if since is not None and since.validations >= rule.patience:
                 return ValidationStall(self.history[: index + 1])
         return None
 
     def longest_stall(self, min_delta: float) -> int:
         """The most validations in a row without a lower loss: a --patience above it stops nowhere."""
-        since, longest = None, 0
-        for step, loss in self.history:
-            since = _first(step, loss) if since is None else since.after(step, loss, min_delta)
-            longest = max(longest, since.validations if since is not None else 0)
-        return longest
+        return max((since.validations for since in _counts(self.history, min_delta) if since is not None), default=0)
 
     def to_progress(self) -> dict[str, Any]:
         return {"history": [[step, loss] for step, loss in self.history]}
