@@ -336,3 +336,33 @@ def test_a_lora_runs_saved_steps_average_merged_as_generate_loads_them(base, sha
     # --ema is still one for full weights
     refused = cli("finetune", base["checkpoint"], *flags, "--ema", "0.9", "-o", tmp_path / "ema")
     assert refused.exit_code == 2 and "average its saved steps instead (--average-last K" in refused.output
+
+
+def test_a_lora_step_fine_tunes_as_generate_loads_it_and_its_own_steps_load_through_it(base, shared_data, cli, tmp_path):
+    """A LoRA run's step checkpoint is a base to fine-tune from, its model its base with the adapters
+    merged (refused before: "an intermediate LoRA checkpoint"); the steps of that fine-tune load
+    through it in turn (their base a step itself), as its own merge made them."""
+    from llmkit.model.io import load_checkpoint
+
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:32]]
+    flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--batch-size", "8", "--eval-every", "0",
+             "--truncate", "--save-every", "2", "--keep-last", "0", "--lr", "0.05"]
+    assert cli("finetune", base["checkpoint"], *flags, "--lora-targets", "all", "--max-steps", "4", "-o", tmp_path / "first").exit_code == 0
+    step = tmp_path / "first" / "checkpoints" / "step_0000002"
+    made = cli("finetune", step, *flags, "--max-steps", "2", "-o", tmp_path / "second")
+    assert made.exit_code == 0, made.output
+    assert artifacts.load(tmp_path / "second").recorded_input("base").path == step.resolve()
+    started_from = load_checkpoint(step).model.state_dict()
+    base_weights = load_file(str(base["checkpoint"] / "model.safetensors"))
+    second = load_file(str(tmp_path / "second" / "model.safetensors"))
+    mlp = "blocks.0.mlp.down_proj.weight"  # adapted by the first run, not by the second (default targets)
+    assert mlp in second and not torch.equal(started_from[mlp], base_weights[mlp].float())
+    assert torch.equal(second[mlp], started_from[mlp])
+    # the second run's step is its base (the first run's step, merged) with its own adapters merged
+    nested = load_checkpoint(tmp_path / "second" / "checkpoints" / "step_0000002").model.state_dict()
+    assert all(torch.equal(nested[key], second[key]) for key in second)
+    assert cli("average", tmp_path / "second" / "checkpoints" / "step_0000002", tmp_path / "second",
+               "-o", tmp_path / "soup").exit_code == 0
+    soup = load_file(str(tmp_path / "soup" / "model.safetensors"))
+    assert all(torch.equal(soup[key], second[key]) for key in second)  # (the mean of one model twice)

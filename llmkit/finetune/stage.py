@@ -110,12 +110,18 @@ def _split_batch(config: FinetuneConfig, batch_ways: int) -> tuple[int, int]:
 
 
 def load_base_state(art, keep_head: bool):
-    """The base checkpoint's weights; a classifier's head is dropped unless it is kept on purpose."""
+    """The base checkpoint's weights; a classifier's head is dropped unless it is kept on purpose. A
+    LoRA run's step checkpoint gives its model as generate loads it: its base with the adapters merged."""
+    from llmkit.model.adapters import step_checkpoint_weights
+    from llmkit.model.averaging import is_lora_step
     from llmkit.model.classifier import HEAD_PREFIX
     from llmkit.model.io import WEIGHTS, read_weights
 
-    state = read_weights(art.file(WEIGHTS))
-    refuse_adapters(art, state)
+    if is_lora_step(art):
+        state = step_checkpoint_weights(art, "cpu")
+    else:
+        state = read_weights(art.file(WEIGHTS))
+        refuse_adapters(art, state)
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     return state
@@ -125,10 +131,8 @@ def refuse_adapters(art, state) -> None:
     from llmkit.model.adapters import is_adapter_key
 
     if any(is_adapter_key(k) for k in state):
-        raise UserError(
-            f"{art.path} is an intermediate LoRA checkpoint (unmerged adapters); fine-tune from the finished run directory, "
-            "whose weights are merged"
-        )
+        raise UserError(f"{art.path} holds unmerged LoRA adapters, and its task.json says no LoRA run's step wrote it; "
+                        "the checkpoint is damaged: rebuild it")
 
 
 def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool = False):
@@ -138,11 +142,17 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
     from llmkit.model.classifier import HEAD_PREFIX, SequenceClassifier
     from llmkit.finetune.lora import apply_lora, freeze
     from llmkit.model.io import WEIGHTS, check_shapes, read_model_config, refuse_a_config_its_weights_do_not_fit, stored_shapes, tied_names
+    from llmkit.model.averaging import is_lora_step
     from llmkit.model.presets import build_model as build_lm
     from llmkit.model.records import read_task
 
     model_config = read_model_config(art.path)
-    refuse_a_config_its_weights_do_not_fit(model_config, art.path / WEIGHTS)  # (before a model of its size is built)
+    lora_step = is_lora_step(art)  # (its adapters alone: checked against its base as it is read)
+    if split and lora_step:
+        raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), which --tp/--pp cannot read a part at a "
+                        "time; fine-tune from it without them, or from the finished run directory, whose weights are merged")
+    if not lora_step:
+        refuse_a_config_its_weights_do_not_fit(model_config, art.path / WEIGHTS)  # (before a model of its size is built)
     if config.dropout is not None:
         model_config.dropout = config.dropout
     if tokenizer.vocab_size > model_config.vocab_size:

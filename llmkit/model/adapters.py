@@ -36,7 +36,8 @@ def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str
 
 def step_base(art, config):
     """The base a LoRA step checkpoint's adapters adapt (its recorded input "base"), checked unchanged
-    by fingerprint and to fit `config` (the step's model config), before a model of its size is built."""
+    by fingerprint and to fit `config` (the step's model config), before a model of its size is built.
+    A base that is itself a LoRA step (a fine-tune of one) is checked so down to its own base."""
     from llmkit import artifacts
     from llmkit.model.io import WEIGHTS, refuse_a_config_its_weights_do_not_fit
 
@@ -55,8 +56,12 @@ def step_base(art, config):
         raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), and its base {recorded.path} changed "
                         f"since the run read it (fingerprint {base.fingerprint[:12]}, not {recorded.fingerprint[:12]}); "
                         "use the finished run directory, whose weights are merged")
+    from llmkit.model.averaging import StoredWeights, is_lora_step
+
+    if is_lora_step(base):
+        step_base(base, config)
+        return base
     refuse_a_config_its_weights_do_not_fit(config, base.file(WEIGHTS))
-    from llmkit.model.averaging import StoredWeights
 
     with StoredWeights(base.file(WEIGHTS)) as stored:
         if any(is_adapter_key(name) for name in stored if of_the_base(name)):

@@ -155,18 +155,20 @@ class MergedStepWeights(Mapping):
     """A LoRA step checkpoint's model, each tensor made when asked for: its base's (float32, checked
     unchanged by fingerprint), what the step trained laid over it, the adapters merged
     (`adapters.merged_weight`, the run's own merge); `adapters.step_checkpoint_weights` takes them all
-    for generate and eval. A context manager, as StoredWeights."""
+    for generate and eval. A base that is a LoRA step itself is read so in turn. A context manager,
+    as StoredWeights; `files_read` lists the weights files its tensors come from."""
 
     def __init__(self, art: artifacts.Artifact):
         from llmkit.model.adapters import is_adapter_key, of_the_base, step_base
 
         task = read_task(art)
         self.scaling = task.lora.alpha / task.lora.rank
-        self.base_file = step_base(art, read_model_config(art.path)).file(WEIGHTS)
+        base = step_base(art, read_model_config(art.path))
         with contextlib.ExitStack() as opened:
-            self._base = opened.enter_context(StoredWeights(self.base_file))
+            self._base = opened.enter_context(MergedStepWeights(base) if is_lora_step(base) else StoredWeights(base.file(WEIGHTS)))
             self._step = opened.enter_context(StoredWeights(art.file(WEIGHTS)))
             opened.pop_all()
+        self.files_read = [art.file(WEIGHTS), *getattr(self._base, "files_read", [base.file(WEIGHTS)])]
         trained = [name for name in self._step if not is_adapter_key(name)]
         self._names = list(dict.fromkeys([name for name in self._base if of_the_base(name)] + trained))
         self._known, self._trained = set(self._names), set(trained)
@@ -338,7 +340,7 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
                 if any(k.endswith((".lora_A", ".lora_B")) for k in member):
                     raise UserError(f"{art.path} holds unmerged LoRA adapters, and its task.json says no LoRA run's step "
                                     "wrote it; the checkpoint is damaged: rebuild it")
-            read = [art.file(WEIGHTS) for art, _ in chosen] + [s.base_file for s in states if isinstance(s, MergedStepWeights)]
+            read = [file for (art, _), s in zip(chosen, states) for file in getattr(s, "files_read", [art.file(WEIGHTS)])]
             # (each file hashed beside the reads: load checks their sizes only)
             with artifacts.checked_as_read(*dict.fromkeys(read)):
                 _refuse_other_tensors([art for art, _ in chosen], states)
