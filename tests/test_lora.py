@@ -333,9 +333,39 @@ def test_a_lora_runs_saved_steps_average_merged_as_generate_loads_them(base, sha
     assert json.loads((soup.path / "task.json").read_text())["lora"]["merged"] is True  # (plain weights: loaded as such)
     scored = cli("eval", tmp_path / "soup", "--data", write_jsonl(tmp_path / "test.jsonl", rows[:16]), "-o", tmp_path / "eval")
     assert scored.exit_code == 0, scored.output
-    # --ema is still one for full weights
-    refused = cli("finetune", base["checkpoint"], *flags, "--ema", "0.9", "-o", tmp_path / "ema")
-    assert refused.exit_code == 2 and "average its saved steps instead (--average-last K" in refused.output
+
+
+def test_a_lora_runs_moving_average_is_of_its_merged_weights_and_resumes_exactly(base, shared_data, cli, tmp_path):
+    """--ema under LoRA averages each adapted layer's merged weight W + (alpha / r) B A after every
+    update (refused before: the adapters alone cannot be averaged, a mean of A's and B's is not the
+    mean of their products); RUN/ema holds plain weights, and a resume goes on averaging exactly."""
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:32]]
+    flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--lora-alpha", "6", "--batch-size", "8",
+             "--eval-every", "0", "--truncate", "--save-every", "1", "--keep-last", "0", "--lr", "0.05",
+             "--schedule", "constant", "--ema", "0.5"]
+    made = cli("finetune", base["checkpoint"], *flags, "--max-steps", "4", "-o", tmp_path / "run")
+    assert made.exit_code == 0, made.output
+    base_weights = {k: v.float() for k, v in load_file(str(base["checkpoint"] / "model.safetensors")).items()}
+
+    def merged(step):
+        trained = load_file(str(tmp_path / "run" / "checkpoints" / f"step_{step:07d}" / "model.safetensors"))
+        return {f"{key[:-len('.lora_A')]}.weight": base_weights[f"{key[:-len('.lora_A')]}.weight"]
+                + 3.0 * (trained[f"{key[:-len('.lora_A')]}.lora_B"] @ trained[key]) for key in trained if key.endswith(".lora_A")}
+
+    average = {key: base_weights[key].clone() for key in merged(1)}  # (B starts at zero: the base)
+    for update in range(1, 5):
+        decay = min(0.5, (1 + update) / (10 + update))
+        average = {key: torch.lerp(value, merged(update)[key], 1 - decay) for key, value in average.items()}
+    ema = load_file(str(tmp_path / "run" / "ema" / "model.safetensors"))
+    assert ema.keys() == load_file(str(tmp_path / "run" / "model.safetensors")).keys()  # plain weights, no adapters
+    assert len(average) == 6 and all(torch.allclose(ema[key], average[key], rtol=0, atol=1e-6) for key in average)
+    assert all(not torch.equal(ema[key], merged(4)[key]) for key in average)  # an average, not the last weights
+    assert all(torch.equal(ema[key], base_weights[key]) for key in ema if key not in average)
+    resumed = tmp_path / "resumed"
+    assert cli("finetune", base["checkpoint"], *flags, "--max-steps", "2", "-o", resumed).exit_code == 0
+    assert cli("finetune", base["checkpoint"], *flags, "--max-steps", "4", "-o", resumed, "--resume").exit_code == 0
+    assert artifacts.load(resumed / "ema").fingerprint == artifacts.load(tmp_path / "run" / "ema").fingerprint
 
 
 def test_a_lora_step_fine_tunes_as_generate_loads_it_and_its_own_steps_load_through_it(base, shared_data, cli, tmp_path):

@@ -64,9 +64,6 @@ class FinetuneConfig(Options):
         super().__post_init__()
         refuse_pipeline_options_without_pp(self.devices)
         refuse_idle_optimizer_settings(self)
-        if self.lora_rank and self.checkpoints.ema is not None:
-            raise ValueError("--ema averages the full weights after every step; with --lora-rank the run trains adapters: "
-                             "average its saved steps instead (--average-last K, merged as generate loads them)")
         # Comma-separated lists from the command line become lists.
         self.lora_targets = [t.strip() for item in self.lora_targets for t in str(item).split(",") if t.strip()]
         self.freeze = [t.strip() for item in self.freeze for t in str(item).split(",") if t.strip()]

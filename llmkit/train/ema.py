@@ -1,8 +1,10 @@
 """`--ema DECAY`: an exponential moving average of the weights, kept in fp32 beside the run and
 saved with its checkpoints (`ema/NAME` tensors in the training state), so a resume goes on
 averaging exactly; the loop writes it out as RUN/ema (llmkit/model/averaging.py). Only the
-parameters that train are averaged: a frozen one's average is itself (LoRA's base model, which
-would otherwise be held twice more in fp32)."""
+parameters that train are averaged: a frozen one's average is itself. Under LoRA the average is of
+each adapted layer's merged weight, W + (alpha/R) B A (the model the run's checkpoints load as),
+kept under the layer's `weight` name: a mean of A's and of B's would not be the mean of their
+product. It costs those layers' weights once more in fp32, not the adapters' size."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
+from llmkit.model.adapters import is_adapter_key
 from llmkit.train.checkpoint import KeptWeights
 
 
@@ -18,14 +21,23 @@ class MovingAverage(KeptWeights):
 
     def __init__(self, model: nn.Module, decay: float, device: torch.device, saved: dict[str, torch.Tensor] | None = None):
         self.model, self.decay = model, decay
-        self.trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        # (a LoRALinear's adapters: averaged as the layer's merged weight)
+        self.adapted = {f"{name}.weight": module for name, module in model.named_modules() if hasattr(module, "lora_A")}
+        self.trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad and not is_adapter_key(name)]
+        names = [name for name, _ in self.trained] + list(self.adapted)
         if saved:
             # (checkpoints written before 2026-12-03 hold the frozen parameters' averages too: themselves)
-            if not {name for name, _ in self.trained} <= set(saved) <= {name for name, _ in model.named_parameters()}:
+            if not set(names) <= set(saved) <= {name for name, _ in model.named_parameters()}:
                 raise UserError("the checkpoint's moving average does not match this model; resume without --ema changes")
-            self.values = {name: saved[name].to(device, torch.float32) for name, _ in self.trained}
+            self.values = {name: saved[name].to(device, torch.float32) for name in names}
         else:
-            self.values = {name: p.detach().float().clone() for name, p in self.trained}
+            self.values = dict(zip(names, (value.clone() for value in self._current())))
+
+    def _current(self) -> list[torch.Tensor]:
+        """The averaged weights' present values, in fp32, in the order of `values`."""
+        merged = [module.weight.detach().float() + module.scaling * (module.lora_B.detach().float() @ module.lora_A.detach().float())
+                  for module in self.adapted.values()]  # (adapters.merged_weight's arithmetic)
+        return [p.detach().float() for _, p in self.trained] + merged
 
     @torch.no_grad()
     def update(self, updates: int) -> None:
@@ -33,5 +45,8 @@ class MovingAverage(KeptWeights):
         # TensorFlow's ExponentialMovingAverage warm-up (num_updates): early on the average follows
         # the weights closely, so a short run's average is not mostly its random initialisation.
         decay = min(self.decay, (1 + updates) / (10 + updates))
-        params = [p.detach().float() for _, p in self.trained]
-        torch._foreach_lerp_(list(self.values.values()), params, 1.0 - decay)
+        torch._foreach_lerp_(list(self.values.values()), self._current(), 1.0 - decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's weights with the averages in place; under LoRA plain merged weights (no adapters)."""
+        return {name: value for name, value in super().state_dict().items() if not is_adapter_key(name)}
