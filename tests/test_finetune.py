@@ -365,6 +365,15 @@ def test_classification_beats_chance_on_sst2_dev(base, shared_data, tmp_path, cl
     stats = artifacts.load(run, kind="checkpoint").stats
     assert stats["val_accuracy"] > threshold, (stats["val_accuracy"], threshold)
     assert stats["labels"] == ["0", "1"] and 0 < stats["val_f1"] <= 1
+    # the figure to read it against, kept beside it: the accuracy of always answering training's commonest class
+    train_rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")
+    by_class = {str(label): sum(r["label"] == label for r in train_rows) for label in (0, 1)}
+    assert stats["class_counts"] == {"training": by_class,
+                                     "validation": {str(label): sum(r["label"] == label for r in dev_rows) for label in (0, 1)}}
+    commonest = max((0, 1), key=lambda label: by_class[str(label)])
+    assert stats["val_majority_accuracy"] == sum(r["label"] == commonest for r in dev_rows) / n
+    assert stats["examples"]["training"] == {"records": len(train_rows), "kept": len(train_rows), "blank": 0,
+                                             "truncated": stats["examples"]["training"]["truncated"], "repeated": 0}
     history = read_jsonl(run / "val_metrics.jsonl")
     assert [h["step"] for h in history] == [125, 250]
 
@@ -1296,6 +1305,69 @@ def test_examples_with_an_empty_response_are_left_out_and_said(base, cli, tmp_pa
     result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", blank, "--max-steps", "1", "-o", tmp_path / "b")
     assert result.exit_code == 1 and "every training example's response is empty" in " ".join(result.output.split())
     assert not (tmp_path / "b").exists()
+
+
+def test_a_blank_target_in_a_template_files_wording_is_left_out_and_the_manifest_counts_it(base, cli, tmp_path):
+    """A template file with wording around its target (`English: {target}.`) trained an empty target's
+    record on the wording alone, unsaid, where a built-in template left it out: the same data gave
+    another training set by template. The manifest now keeps how the records became examples."""
+    records = [{"source": f"Satz {i}", "target": "" if i % 2 else f"Sentence {i}"} for i in range(12)]
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps({"prompt": "German: {source}\n", "response": "English: {target}."}), encoding="utf-8")
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    counts = {}
+    for name, chosen in (("file", str(template)), ("builtin", "translate")):
+        result = cli("finetune", base["checkpoint"], "--template", chosen, "--data", data, "--max-steps", "1",
+                     "--batch-size", "4", "--val-fraction", "0", "-o", tmp_path / name)
+        assert result.exit_code == 0 and "6 of 12 training examples left out" in " ".join(result.output.split()), result.output
+        counts[name] = artifacts.load(tmp_path / name).stats["examples"]["training"]
+    assert counts["file"] == counts["builtin"] == {"records": 12, "kept": 6, "blank": 6, "truncated": 0, "no_room": 0,
+                                                   "prompt_emptied": 0, "repeated": 0}
+
+
+def test_repeated_training_examples_are_counted_and_said(base, cli, tmp_path):
+    """A data set concatenated with itself trained each example twice, unsaid (only validation's overlap with
+    training was checked)."""
+    records = [{"prompt": f"What is {i} plus one?", "response": str(i + 1)} for i in range(10)]
+    data = write_jsonl(tmp_path / "data.jsonl", records + records[:4])
+    result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", data, "--max-steps", "1", "--batch-size", "4",
+                 "--val-fraction", "0", "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "4 of the 14 training examples repeat an earlier one" in " ".join(result.output.split())
+    assert artifacts.load(tmp_path / "run").stats["examples"]["training"]["repeated"] == 4
+    once = cli("finetune", base["checkpoint"], "--template", "plain", "--data", write_jsonl(tmp_path / "once.jsonl", records),
+               "--max-steps", "1", "--batch-size", "4", "--val-fraction", "0", "-o", tmp_path / "once")
+    assert once.exit_code == 0 and "repeat an earlier one" not in once.output
+
+
+def test_a_prompt_cut_to_nothing_that_then_fits_counts_as_emptied(base):
+    """--truncate: a prompt whose every token must go, the example then fitting exactly, was kept without
+    its prompt's text but not counted so (only one where even the empty prompt did not fit was)."""
+    from llmkit.data.templates import chat_format_for, encode_example, resolve_template
+    from llmkit.finetune.data import sft_examples
+
+    tok = _tokenizer(base)
+    for template, record, empty in (
+            (resolve_template("plain"), {"prompt": "word " * 40, "response": "yes"}, {"prompt": "", "response": "yes"}),
+            (chat_format_for(tok), {"messages": [{"role": "user", "content": "word " * 40}, {"role": "assistant", "content": "yes"}]},
+             {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "yes"}]})):
+        fits = len(encode_example(template, empty, tok, "empty").ids)  # the example with its prompt emptied, exactly
+        examples = sft_examples([record], template, tok, fits - 1, True, "training", verbose=False)
+        assert len(examples) == 1 and len(examples[0].ids) == fits
+        assert examples.counts["prompt_emptied"] == 1 and examples.counts["truncated"] == 1, template["type"]
+
+
+def test_a_validation_of_one_predicted_class_says_so():
+    """Accuracy 0.506 from a classifier answering one class read as a figure, unsaid."""
+    from types import SimpleNamespace
+
+    from llmkit.finetune.stage import ClassifyTrainer
+    from llmkit.model.records import Labels
+
+    trainer = SimpleNamespace(labels=Labels(names=["neg", "pos"], original=["neg", "pos"]))
+    one = torch.tensor([[0.0, 248.0], [0.0, 252.0]], dtype=torch.float64)  # (rows gold, columns predicted)
+    assert "every prediction is 'pos', whose share of these examples is 0.5040" in ClassifyTrainer._one_class(trainer, one)
+    assert ClassifyTrainer._one_class(trainer, torch.tensor([[200.0, 48.0], [2.0, 250.0]], dtype=torch.float64)) == ""
 
 
 def test_an_interrupted_lora_run_names_the_step_its_resume_trains_on(base, shared_data, cli, tmp_path, monkeypatch):

@@ -23,8 +23,9 @@ import torch
 from llmkit.errors import UserError
 from llmkit import artifacts, jsonl
 from llmkit.console import note
-from llmkit.data.templates import (Encoded, encode_chat_example, encode_example, fit_conversation, fit_fields, prompt_fields,
-                                   record_messages, text_fields)
+from llmkit.data.templates import (Encoded, encode_chat_example, encode_example, fit_conversation, fit_fields, plain_fields,
+                                   prompt_fields, record_messages, text_fields)
+from llmkit.jsonl import field_value
 from llmkit.model.gpt import IGNORE_INDEX
 from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels, label_key
 
@@ -99,7 +100,36 @@ def _places(records: list, name: str, places: Sequence[str] | None) -> Sequence[
     return places if places is not None else Places(f"{name} record ", range(1, len(records) + 1))
 
 
+class Examples(list):
+    """Encoded examples, and `counts`: how the records became them (records read, examples kept, cut
+    by --truncate, left out and why, repeats), which the manifest's stats keep (`examples`)."""
+
+    counts: dict[str, int]
+
+
+def _repeats(examples: Sequence) -> int:
+    """Examples that repeat an earlier one exactly (the same tokens and targets)."""
+    return len(examples) - len({_example_key(example) for example in examples})
+
+
+def _note_repeats(repeated: int, total: int, name: str) -> None:
+    """A training example given more than once weighs more, unsaid: a data set concatenated twice, or
+    records that differ only where the template does not read them."""
+    if repeated and name == "training":
+        note(f"{repeated:,} of the {total:,} {name} examples repeat an earlier one (the same tokens and targets): each "
+             "copy is trained on once more; remove the duplicates (llmkit clean removes exact ones) unless they are meant")
+
+
 # -- SFT ------------------------------------------------------------------------------------------
+
+
+def _a_blank_target(template: dict, record: dict) -> bool:
+    """A text template's response fields all empty or whitespace: its wording around them (`English:
+    {target}.`) is what the example would teach, as an answer to everything."""
+    if template.get("type") != "text":
+        return False
+    values = [field_value(record, name) for name in plain_fields(template["response"], "the template")]
+    return bool(values) and all(isinstance(value, str) and not value.strip() for value in values)
 
 
 def _a_blank_reply(record: dict) -> bool:
@@ -130,7 +160,7 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
         # An empty (or blank) response trained the end-of-text alone: "stop at once", unsaid. Left out, and counted;
         # so is a conversation with a blank assistant reply (the others' text hid it: the last one is the reply to learn)
         text = [token for token, learned in zip(example.ids[1:], example.learn[1:]) if learned and token not in specials]
-        if not tokenizer.decode(text).strip() or _a_blank_reply(record):
+        if not tokenizer.decode(text).strip() or _a_blank_reply(record) or _a_blank_target(template, record):
             blank += 1
             continue
         if len(example.ids) > longest:
@@ -180,7 +210,13 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
             parts.append(f"{emptied} kept without their prompt's text, their response alone taking the tokens (leave such "
                          "examples out of the data if the response means nothing without it)")
         note("; ".join(parts))
-    return examples  # validation may end up empty: the run then has no validation loss
+    repeated = _repeats(examples)
+    if verbose:
+        _note_repeats(repeated, len(examples), name)
+    kept = Examples(examples)  # validation may end up empty: the run then has no validation loss
+    kept.counts = {"records": len(records), "kept": len(examples), "blank": blank, "truncated": too_long if truncate else 0,
+                   "no_room": dropped, "prompt_emptied": emptied, "repeated": repeated}
+    return kept
 
 
 def _example_key(example) -> bytes:
@@ -294,7 +330,8 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
                 return encode_chat_example([*messages, reply], tokenizer, own, where).ids
 
             kept, _, cut = fit_conversation(history, tokenizer, max_len, encode=encode)
-            emptied = cut is None
+            # (emptied: no room even for an empty message, or cut to nothing and then fitting)
+            emptied = cut is None or (cut and not kept[-1]["content"] and bool(history[-1]["content"]))
             if emptied:
                 kept = [*kept[:-1], dict(kept[-1], content="")]
             example = encode_chat_example([*kept, reply], tokenizer, own, where)
@@ -304,7 +341,8 @@ def shorten(template: dict, record: dict, example: Encoded, tokenizer, max_len: 
         fields = text_fields(record, prompt_fields(template))
         if fields:  # (numbers are not cut: the example is cut from its end)
             fitted = fit_fields(lambda r: encode_example(template, r, tokenizer, where).ids, record, fields, tokenizer, max_len)
-            emptied = fitted is None
+            written = [field for field in fields if field_value(record, field)]
+            emptied = fitted is None or bool(written) and not any(field_value(fitted, field) for field in written)
             example = encode_example(template, fitted or dict(record, **dict.fromkeys(fields, "")), tokenizer, where)
     return Encoded(example.ids[:max_len], example.learn[:max_len], example.unlearned_turns), emptied
 
@@ -510,7 +548,18 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
         unknown.note()
     if too_long and verbose:
         note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} token{'s' if max_len != 1 else ''} (--truncate)")
-    return examples
+    repeated = _repeats(examples)
+    if verbose:
+        _note_repeats(repeated, len(examples), name)
+    kept = Examples(examples)
+    kept.counts = {"records": len(records), "kept": len(examples), "blank": blank, "truncated": too_long, "repeated": repeated}
+    return kept
+
+
+def class_counts(examples: Sequence[ClassExample], labels: Labels) -> dict[str, int]:
+    """How many of these examples each class has, in the labels' id order (zero counts kept)."""
+    found = np.bincount([example.label for example in examples], minlength=len(labels.names)) if examples else [0] * len(labels.names)
+    return {name: int(count) for name, count in zip(labels.names, found)}
 
 
 class ClassifyBatches:

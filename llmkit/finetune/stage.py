@@ -240,9 +240,9 @@ def confusion_scores(confusion) -> dict[str, float]:
 class ClassifyTrainer(Trainer):
     """The shared loop, plus validation accuracy and macro F1 after each validation loss."""
 
-    def __init__(self, *args, loss_fn: ClassifyLoss, num_labels: int, **kwargs):
+    def __init__(self, *args, loss_fn: ClassifyLoss, labels, **kwargs):
         super().__init__(*args, loss_fn=loss_fn, **kwargs)
-        self.collector, self.num_labels = loss_fn, num_labels
+        self.collector, self.labels, self.num_labels = loss_fn, labels, len(labels.names)
         self.step_done = self.start_step
         if self.info.is_main:
             from llmkit.train.metrics import keep_steps_up_to
@@ -272,8 +272,20 @@ class ClassifyTrainer(Trainer):
             record = dict(step=self.step_done, val_loss=loss, **scores)
             with (self.run_dir / "val_metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            err.print(f"step {self.step_done} validation: accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}", soft_wrap=True)
+            err.print(f"step {self.step_done} validation: accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}"
+                      f"{self._one_class(confusion)}", soft_wrap=True)
         return loss
+
+
+    def _one_class(self, confusion: torch.Tensor) -> str:
+        """Said where every prediction is one class: the accuracy is then that class's share, not skill."""
+        predicted = confusion.sum(dim=0)
+        if int((predicted > 0).sum()) != 1:
+            return ""
+        only = int(predicted.argmax())
+        share = float(confusion[only].sum() / confusion.sum())
+        return (f" (every prediction is {self.labels.names[only]!r}, whose share of these examples is {share:.4f}: the "
+                "classifier answers one class whatever the text)")
 
 
 def task_record(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], merged: bool,
@@ -359,6 +371,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 val_examples=len(val_examples), val_scored=min(len(val_examples), config.eval_examples) if val_examples else None,
                 epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
                 lora_layers=len(adapted), frozen_params=total - trainable, labels=labels.names if labels else None,
+                **prepared.data_stats(),
             ),
             runtime={**runtime_record(config, info, micro_batch, accumulation),
                      **({"examples_sha256": ft_data.examples_digest(train_examples)} if config.task == "sft" else {})},
@@ -376,7 +389,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         common = dict(info=info, run_dir=out, batches=train_batches, spec=spec, val_batches=val_batches,
                       val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)
         if config.task == "classify":
-            trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, num_labels=len(labels.names), **common)
+            trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, labels=labels, **common)
         else:
             trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
@@ -391,6 +404,8 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 f"{layout_note}{trainer.gradient_note}",
                 soft_wrap=True,
             )
+            if labels is not None:
+                err.print(_classes_line(prepared.data_stats()), soft_wrap=True)
             if trainer.start_step == 0:  # (once everything is checked: a refusal stays one line)
                 _note_thin_data(config, len(train_examples), len(val_examples))
                 _note_validation(config, data, len(val_examples))
@@ -431,6 +446,40 @@ class _Prepared:
     train_batches: Any
     val_batches: Any
     loss_fn: Any
+    val_scored: list  # the validation examples each validation scores (--eval-examples)
+
+    def data_stats(self) -> dict[str, Any]:
+        """The stats of how the records became examples, and a classifier's classes."""
+        from llmkit.finetune import data as ft_data
+
+        stats: dict[str, Any] = {"examples": {name: examples.counts for name, examples in
+                                              (("training", self.train_examples), ("validation", self.val_examples))
+                                              if hasattr(examples, "counts")}}
+        if self.labels is not None:
+            stats["class_counts"] = {"training": ft_data.class_counts(self.train_examples, self.labels)}
+            if self.val_scored:
+                scored = ft_data.class_counts(self.val_scored, self.labels)
+                stats["class_counts"]["validation"] = ft_data.class_counts(self.val_examples, self.labels)
+                commonest = max(stats["class_counts"]["training"].items(), key=lambda item: item[1])[0]  # (the first of a tie)
+                stats["val_majority_accuracy"] = scored[commonest] / len(self.val_scored)
+        return stats
+
+
+def _classes_line(stats: dict[str, Any], shown: int = 6) -> str:
+    """The examples of each class, in training and validation, and what always answering the
+    commonest class would score: the accuracy the run's is to be read against."""
+    counts = stats["class_counts"]
+
+    def listed(by_class: dict[str, int]) -> str:
+        named = [f"{name} {count:,}" for name, count in by_class.items()]
+        return ", ".join(named[:shown]) + (f", ... ({len(named)} classes)" if len(named) > shown else "")
+
+    line = f"classes in training: {listed(counts['training'])}"
+    if "validation" in counts:
+        commonest = max(counts["training"].items(), key=lambda item: item[1])[0]
+        line += (f"; in validation: {listed(counts['validation'])} (always answering training's commonest class, "
+                 f"{commonest!r}, scores accuracy {stats['val_majority_accuracy']:.4f})")
+    return line
 
 
 def _note_thin_data(config, train: int, val: int) -> None:
@@ -489,6 +538,7 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         scored = _scored_subset(val_examples, config.eval_examples)
         val_batches = ft_data.SFTBatches(scored, pad_id=pad_id, seed=config.seed, shuffle=False) if val_examples else None
         loss_fn = sft_loss
+        scored = scored if val_examples else []
     else:
         if not config.val_data:  # the data's own faults first, then what the held-out draw left to train on
             ft_data.class_texts(every_record, "the data", every_place)
@@ -504,7 +554,8 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         scored = _scored_subset(val_examples, config.eval_examples)
         val_batches = ft_data.ClassifyBatches(scored, pad_id=tokenizer.pad_id, seed=config.seed, shuffle=False) if val_examples else None
         loss_fn = ClassifyLoss()
-    return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn)
+        scored = scored if val_examples else []
+    return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn, scored)
 
 
 def _note_validation(config: FinetuneConfig, data: Path, held_out: int) -> None:

@@ -293,6 +293,12 @@ class CheckpointStats:
     train_examples: int | None = None
     val_examples: int | None = None
     val_scored: int | None = None  # of val_examples, those each validation scores (--eval-examples, drawn at random)
+    # fine-tuning: how each split's records became examples ({"training": {records, kept, blank, truncated, no_room,
+    # prompt_emptied, repeated}, "validation": ...}); a classifier's examples per class, and the accuracy on the scored
+    # validation examples of always answering training's commonest class (what val_accuracy is to be read against)
+    examples: dict[str, dict[str, int]] | None = None
+    class_counts: dict[str, dict[str, int]] | None = None
+    val_majority_accuracy: float | None = None
     epochs: float | None = None
     max_steps: int | None = None
     step: int | None = None
