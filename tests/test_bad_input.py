@@ -1050,7 +1050,8 @@ def test_a_text_file_that_is_not_utf8_is_named_with_its_line(cli, chain, tmp_pat
 
 def test_a_compressed_binary_or_array_file_given_as_jsonl_says_what_it_is(cli, chain, tmp_path):
     """A gzip or Parquet file was "not UTF-8; convert the file (e.g. iconv ...)", whose output is garbage; a
-    .json file's multi-line array was "not valid JSON; one JSON object per line" at its first line."""
+    .json file's multi-line array was "not valid JSON; one JSON object per line" at its first line. (A
+    Parquet file named .parquet is read as records since 2026-12-07.)"""
     import gzip
 
     records = (chain / "sft.jsonl").read_bytes()
@@ -1059,6 +1060,7 @@ def test_a_compressed_binary_or_array_file_given_as_jsonl_says_what_it_is(cli, c
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"prompt": ["a"], "response": ["b"]}), tmp_path / "data.parquet")
+    (tmp_path / "parquet.jsonl").write_bytes((tmp_path / "data.parquet").read_bytes())
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
@@ -1069,7 +1071,7 @@ def test_a_compressed_binary_or_array_file_given_as_jsonl_says_what_it_is(cli, c
     (tmp_path / "stray.jsonl").write_text(objects[0] + "\n[\n")  # (JSONL with a bad line 2, not an array)
     (tmp_path / "array.jsonl").write_text("[" + objects[0] + ",\n" + objects[1] + "]\n")
     for name, said in (("data.jsonl.gz", "is a gzip file, not text; decompress it (gunzip)"),
-                       ("data.parquet", "is a Parquet file, not text; convert it to JSONL"),
+                       ("parquet.jsonl", "is a Parquet file, not text; convert it to JSONL"),
                        ("data.zip", "is a zip archive, not text; unpack it"),
                        ("data.json", f"holds a JSON array; write one object per line (e.g. jq -c '.[]' {tmp_path / 'data.json'} > "
                                      f"{tmp_path / 'data.lines.jsonl'})"),

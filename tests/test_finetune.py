@@ -1188,7 +1188,7 @@ def test_validation_data_is_never_the_training_data(base, shared_data, cli, tmp_
     assert config["val_data_sha256"] == artifacts.sha256_file(validation) != config["data_sha256"]
     unlabelled = write_jsonl(tmp_path / "v.jsonl", [{"text": "good", "label": 1}, {"text": "no label here"}])
     result = cli("finetune", base["checkpoint"], "--data", train, "--val-data", unlabelled, "-o", tmp_path / "run2", *common)
-    assert result.exit_code != 0 and 'v.jsonl:2 has no "label"' in result.output and result.output.count("error:") == 1, result.output
+    assert result.exit_code != 0 and "v.jsonl:2 has no 'label'" in result.output and result.output.count("error:") == 1, result.output
 
 
 def test_a_resume_with_the_template_file_edited_is_refused(base, cli, tmp_path):
@@ -1543,3 +1543,52 @@ def test_chat_trains_in_an_imported_models_own_template_but_llmkits_own_in_llmki
         assert chat_format_for(tok) == chat_template()
     tok.own_chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert chat_format_for(tok) == own_chat_format(tok.own_chat_template)
+
+
+def test_a_classifier_trains_from_csv_and_parquet_on_named_fields_and_eval_reads_them_so(base, shared_data, cli, tmp_path):
+    """finetune read JSON Lines alone, with fixed field names, where eval read CSV and Parquet and took
+    --field/--label-field: a classifier could be scored on a file it could not be trained on. The same
+    records in any of the three, under any names, train the same weights; the classifier records the
+    names, so eval of the same file needs none."""
+    import csv
+
+    import datasets
+    from safetensors.torch import load_file
+
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:24]
+    renamed = [{"review": r["text"], "meta": {"stars": r["label"]}} for r in rows]
+    datasets.Dataset.from_list(renamed).to_parquet(str(tmp_path / "data.parquet"))
+    with open(tmp_path / "data.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sentiment", "review"])
+        writer.writerows([[r["label"], r["text"]] for r in rows])
+    common = ["--task", "classify", "--max-steps", "2", "--batch-size", "8", "--truncate", "--val-fraction", "0.25",
+              "--eval-every", "2", "--lr", "1e-3"]
+    runs = {"jsonl": (write_jsonl(tmp_path / "data.jsonl", rows), []),
+            "parquet": (tmp_path / "data.parquet", ["--field", "review", "--label-field", "meta.stars"]),
+            "csv": (tmp_path / "data.csv", ["--field", "review", "--label-field", "sentiment"])}
+    for name, (data, fields) in runs.items():
+        made = cli("finetune", base["checkpoint"], "--data", data, *common, *fields, "-o", tmp_path / name)
+        assert made.exit_code == 0, made.output
+    weights = {name: load_file(str(tmp_path / name / "model.safetensors")) for name in runs}
+    for name in ("parquet", "csv"):  # (the CSV's labels are its cells' text, "0" and "1": the same classes)
+        assert all(torch.equal(weights[name][key], weights["jsonl"][key]) for key in weights["jsonl"]), name
+    task = json.loads((tmp_path / "parquet" / "task.json").read_text())
+    assert (task["text_field"], task["label_field"]) == ("review", "meta.stars")
+    assert "text_field" not in json.loads((tmp_path / "jsonl" / "task.json").read_text())
+    assert artifacts.load(tmp_path / "parquet").config["label_field"] == "meta.stars"
+    assert "label_field" not in artifacts.load(tmp_path / "jsonl").config  # (runs on the default fields: as before)
+    scored = cli("eval", tmp_path / "parquet", "--data", tmp_path / "data.parquet", "-o", tmp_path / "eval")
+    assert scored.exit_code == 0, scored.output
+    by_hand = cli("eval", tmp_path / "jsonl", "--data", runs["jsonl"][0], "-o", tmp_path / "eval-jsonl")
+    assert by_hand.exit_code == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "eval-jsonl" / "metrics.json").read_text())
+    # named fields a record lacks, or an SFT run given them: one line each, nothing written
+    missing = cli("finetune", base["checkpoint"], "--data", tmp_path / "data.csv", *common, "--field", "body", "-o", tmp_path / "m")
+    assert missing.exit_code == 1 and "record 1 has no 'body' (--field); its fields: sentiment, review" in missing.output
+    unnamed = cli("finetune", base["checkpoint"], "--data", tmp_path / "data.csv", *common, "-o", tmp_path / "u")
+    assert unnamed.exit_code == 1 and "(or name the field holding the text: --field NAME)" in " ".join(unnamed.output.split())
+    sft = cli("finetune", base["checkpoint"], "--data", tmp_path / "data.csv", "--field", "review", "-o", tmp_path / "s")
+    assert sft.exit_code == 2 and "--field name(s) a classifier's fields" in " ".join(sft.output.split())
+    assert not any((tmp_path / name).exists() for name in ("m", "u", "s"))

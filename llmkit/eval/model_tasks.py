@@ -590,7 +590,10 @@ def _choice_index(value, choices: list[str], where: str) -> int:
 def classification(loaded, cfg):
     """(metrics, prediction records) of multiple-choice records (`choices`) or of labelled texts."""
     records = load_records(cfg.data, cfg.split, cfg.limit)
-    label_field = pick_field(records, cfg.label_field, LABEL_FIELDS, "labels", "--label-field")
+    trained = loaded.task if loaded.task is not None and loaded.task.is_classifier else None
+    # (a classifier fine-tuned on named fields reads them by default, as its fine-tune read its validation data)
+    label_field = pick_field(records, cfg.label_field or (trained.label_field if trained else None), LABEL_FIELDS, "labels",
+                             "--label-field")
     with_choices = next((i for i, r in enumerate(records) if "choices" in r), None)
     if with_choices not in (None, 0):  # (the first record decides the kind: this one's choices were ignored)
         raise UserError(f"{place(records, with_choices)} has 'choices' and {place(records, 0)} has none; multiple-choice data gives every "
@@ -707,7 +710,8 @@ def _labelled_texts(loaded, cfg, records: list[dict], label_field: str):
     # (a classifier reads the field its fine-tune did: eval took `document` where that took `sentence`)
     fields = CLASSIFY_TEXT_FIELDS + tuple(f for f in TEXT_FIELDS if f not in CLASSIFY_TEXT_FIELDS) if callable(classify) \
         else TEXT_FIELDS + ("sentence",)
-    text_field = pick_field(records, cfg.text_field, fields, "text to classify", "--field")
+    trained_field = task.text_field if callable(classify) and task is not None else None  # (its fine-tune's --field)
+    text_field = pick_field(records, cfg.text_field or trained_field, fields, "text to classify", "--field")
     # one reader of labels, the fine-tune's: a classifier's own classes read a label as its fine-tune read its
     # --val-data (the figures it recorded); other names (--labels) alike
     own = task.trained_labels if trained and not cfg.labels else None

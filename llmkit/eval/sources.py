@@ -15,7 +15,8 @@ from pathlib import Path
 
 from llmkit.errors import UserError
 from llmkit.eval.textio import Records, is_jsonl
-from llmkit.jsonl import SNIFF_BYTES, check_not_wide, read_text
+from llmkit.jsonl import read_text
+from llmkit.table_records import is_table, read_table_records
 
 
 def artifact_kind(data: str) -> str | None:
@@ -48,11 +49,8 @@ def load_records(data: str, split: str, limit: int | None = None) -> Records:
         # line ends as clean reads them (universal newlines): a model trained through clean never saw a \r, and
         # a Windows file's CRLF moved bpb by 1.2% on the same text
         records = [{"text": read_text(path).replace("\r\n", "\n").replace("\r", "\n")}]
-    elif path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
-        if path.suffix.lower() == ".csv":
-            with open(path, "rb") as handle:
-                check_not_wide(handle.read(SNIFF_BYTES), f"--data {data}")
-        records = _datasets_records(path.suffix.lower().lstrip("."), None, "train", data_files=str(path))
+    elif path.is_file() and is_table(path):
+        records = read_table_records(path, f"--data {data}")
     elif path.is_dir() and (path / "dataset_info.json").is_file() and (path / "state.json").is_file():
         raise UserError(f"--data {data} is a folder saved by datasets (save_to_disk), which eval does not read; write its "
                         "records to a .jsonl or .parquet file (Dataset.to_json / to_parquet) and pass that")
@@ -81,29 +79,11 @@ def _looks_like_path(data: str) -> bool:
             or ("/" in data and Path(first).is_dir()))
 
 
-def _has_rows_below_header(path: Path) -> bool:
-    """Whether a CSV holds a row below its header (blank lines are not rows)."""
-    import csv
-
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        rows = (row for row in csv.reader(handle) if any(cell.strip() for cell in row))
-        return next(rows, None) is not None and next(rows, None) is not None
-
-
-def _datasets_records(name: str, config: str | None, split: str, data_files: str | None = None) -> list[dict]:
+def _datasets_records(name: str, config: str | None, split: str) -> list[dict]:
     import datasets
 
-    from llmkit.runtime import datasets_cache_dir, local_dataset, offline_when_unreachable
+    from llmkit.runtime import datasets_cache_dir, offline_when_unreachable
 
-    if data_files is not None:  # a local file: read as it is now, not as a cache keyed by its time holds it
-        if name == "csv" and not _has_rows_below_header(Path(data_files)):
-            return []  # (datasets refuses a header alone with an error of its own wording)
-        try:
-            with local_dataset(name, data_files, split) as ds:
-                return [dict(r) for r in ds]
-        except Exception as exc:
-            raise UserError(f"--data {data_files} cannot be read as {name.upper()}: "
-                            f"{' '.join(str(exc).split())[:200]}; check the file") from exc
     offline = False
     try:
         with offline_when_unreachable() as offline:

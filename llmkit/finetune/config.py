@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from llmkit import artifacts
 from llmkit.model.records import TASKS
-from llmkit.options import Options, comma_list, group, option, seed_option
+from llmkit.options import Options, comma_list, flat_options, group, option, seed_option
 from llmkit.train.options import (DEVICES_PANEL, TRAINING_PANEL, Checkpointing, Devices, Numerics, Optimization,
                                   refuse_idle_optimizer_settings, refuse_pipeline_options_without_pp)
 
@@ -23,7 +23,13 @@ class FinetuneConfig(Options):
     task: str = option("sft", "sft ({prompt,response} or {messages}) or classify ({text,label}).", panel=TASK_PANEL, choices=TASKS)
     template: str = option("chat", "SFT prompt template: chat, plain, translate (source->target), summarize (document->summary) "
                            "or a JSON file.", panel=TASK_PANEL)
-    val_data: Path | None = option(None, "Validation JSONL (default: hold out --val-fraction of --data).", panel=TASK_PANEL,
+    text_field: str | None = option(None, "--task classify: the field holding the text (default text, else sentence; a.b: "
+                                    "within object a).", flags=("--field",), panel=TASK_PANEL, hashed=False,
+                                    recorded_as="config text_field (where given)")
+    label_field: str | None = option(None, "--task classify: the field holding the label (default label).", panel=TASK_PANEL,
+                                     hashed=False, recorded_as="config label_field (where given)")
+    val_data: Path | None = option(None, "Validation records, .jsonl, .csv or .parquet (default: hold out --val-fraction of "
+                                   "--data).", panel=TASK_PANEL,
                                    hashed=False, recorded_as="content hash (val_data_sha256)")
     val_fraction: float = option(0.05, "Share of --data held out for validation when --val-data is not given.", panel=TASK_PANEL,
                                  range="[0, 1)")
@@ -86,11 +92,16 @@ class FinetuneConfig(Options):
                 ("val_fraction", self.val_data is not None, "holds out part of --data when no --val-data is given; give "
                                                            "one of the two"),
                 ("template", self.task == "classify", "renders SFT examples; a classifier reads each text as it is: leave "
-                                                      "it out"))
+                                                      "it out"),
+                ("text_field", self.task == "sft" and self.text_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
+                                                   "the fields it reads: a template file (--template FILE.json)"),
+                ("label_field", self.task == "sft" and self.label_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
+                                                    "the fields it reads: a template file (--template FILE.json)"))
         refused = [(name, why) for name, applies, why in idle if applies and given(name)]
         if refused:
             why = refused[0][1]
-            raise ValueError(f"{', '.join('--' + name.replace('_', '-') for name, said in refused if said == why)} {why}")
+            flags = {opt.name: opt.flag for opt in flat_options(type(self))}
+            raise ValueError(f"{', '.join(flags[name] for name, said in refused if said == why)} {why}")
 
     @property
     def peak_lr(self) -> float:
@@ -115,6 +126,8 @@ class FinetuneConfig(Options):
         values = self.hashed()
         values["data_sha256"] = data_digest
         values["val_data_sha256"] = val_digest
+        # (where given only: the fingerprints of runs on the default fields stay those they had before the options)
+        values.update({name: getattr(self, name) for name in ("text_field", "label_field") if getattr(self, name) is not None})
         if self.template not in ("chat", "plain", "translate", "summarize"):
             values["template"] = Path(self.template).name  # the template itself is in task.json
             values["template_sha256"] = artifacts.sha256_file(Path(self.template))

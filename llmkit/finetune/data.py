@@ -68,12 +68,20 @@ class Places(Sequence[str]):
 
 
 def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, Any]], Places]:
-    """The records of a data file and where each stands in it."""
+    """The records of a data file (JSON Lines, CSV or Parquet) and where each stands in it (a
+    table's by its row: `FILE record N`)."""
+    from llmkit.table_records import is_table, read_table_records
+
     path = data_file(path, validation)
+    flag = "--val-data" if validation else "--data"
     if not path.is_file():
         folder = f"{' or '.join(VALIDATION_FILES)}" if validation else "train.jsonl"
-        raise UserError(f"{'--val-data' if validation else 'data'} file not found: {path}; pass a JSONL file (or a folder "
-                        f"holding {folder})")
+        raise UserError(f"{flag} file not found: {path}; pass a .jsonl, .csv or .parquet file (or a folder holding {folder})")
+    if is_table(path):
+        records = read_table_records(path, f"{flag} {path}")
+        if not records:
+            raise UserError(f"{path} holds no records")
+        return records, Places(f"{path} record ", range(1, len(records) + 1))
     numbered = list(jsonl.iter_jsonl(path))
     if not numbered:
         raise UserError(f"{path} holds no records")
@@ -426,31 +434,35 @@ class SFTBatches:
 
 
 def check_held_out_labels(records: list[dict], training: list[dict], fraction: float, places: Sequence[str],
-                          training_places: Sequence[str]) -> None:
+                          training_places: Sequence[str], field: str = "label") -> None:
     """Refuse a class whose every example the --val-fraction draw held out: the head would have no
     training example of it (said as the data's record, not as a position in the held-out share).
     Called before the training share's own label checks, which would blame the data instead."""
-    taught = {label_key(_label(record, place), place) for record, place in zip(training, training_places)}
+    taught = {label_key(_label(record, place, field), place) for record, place in zip(training, training_places)}
     for record, place in zip(records, places):
-        if label_key(_label(record, place), place) not in taught:
-            raise UserError(f"{place}: class {record['label']!r} has no training example once --val-fraction "
+        if label_key(_label(record, place, field), place) not in taught:
+            raise UserError(f"{place}: class {_label(record, place, field)!r} has no training example once --val-fraction "
                             f"{fraction:g} holds out its examples; add examples of it, give --val-data, or lower --val-fraction")
 
 
 MAX_CLASSES = 10_000  # a head beyond this is a mistake in the data, not a task
 
 
-def _label(record: dict, place: str) -> Any:
-    if "label" not in record:
-        raise UserError(f"{place} has no \"label\"; classification data is {{\"text\": ..., \"label\": ...}}")
-    label_key(record["label"], place)
-    return record["label"]
+def _label(record: dict, place: str, field: str = "label") -> Any:
+    """A record's label, under `field` (--label-field; `a.b`: within its object a)."""
+    value = field_value(record, field)
+    if value is jsonl.ABSENT:
+        fix = "" if field != "label" else " (or name the field holding it: --label-field NAME)"
+        raise UserError(f"{place} has no {field!r}; classification data is {{\"text\": ..., \"label\": ...}}{fix}; "
+                        f"its fields: {', '.join(record) or 'none'}")
+    label_key(value, place)
+    return value
 
 
-def label_set(records: list[dict], name: str, places: Sequence[str] | None = None) -> Labels:
+def label_set(records: list[dict], name: str, places: Sequence[str] | None = None, field: str = "label") -> Labels:
     """Labels in id order: integers keep their value as id (0..K-1), strings sort by name."""
     places = _places(records, name, places)
-    values = [_label(record, place) for record, place in zip(records, places)]
+    values = [_label(record, place, field) for record, place in zip(records, places)]
     kinds = {type(v) for v in values}
     if len(kinds) > 1:
         first = next(place for place, v in zip(places, values) if type(v) is not type(values[0]))
@@ -484,21 +496,28 @@ def label_set(records: list[dict], name: str, places: Sequence[str] | None = Non
     return Labels(names=[str(v) for v in distinct], original=distinct)
 
 
-def class_texts(records: list[dict], name: str, places: Sequence[str] | None = None) -> list[str]:
-    """Each record's text, under the one name (of CLASSIFY_TEXT_FIELDS) the first record uses."""
+def class_texts(records: list[dict], name: str, places: Sequence[str] | None = None, field: str | None = None) -> list[str]:
+    """Each record's text, under `field` (--field), else the one name (of CLASSIFY_TEXT_FIELDS) the first record uses."""
     texts = []
     places = _places(records, name, places)
-    field = next((f for f in CLASSIFY_TEXT_FIELDS if f in records[0]), CLASSIFY_TEXT_FIELDS[0]) if records else ""
+    given = field is not None
+    if not given:
+        field = next((f for f in CLASSIFY_TEXT_FIELDS if f in records[0]), CLASSIFY_TEXT_FIELDS[0]) if records else ""
     for record, place in zip(records, places):
-        text = record.get(field)
+        text = field_value(record, field)
         if not isinstance(text, str):
+            if text is jsonl.ABSENT and given:
+                raise UserError(f"{place} has no {field!r} (--field); its fields: {', '.join(record) or 'none'}")
+            text = None if text is jsonl.ABSENT else text
             other = field not in record and next((f for f in CLASSIFY_TEXT_FIELDS if f != field and f in record), None)
             mixed = f" (it has {other!r} where {places[0]} has {field!r}: use one name in every record)" if other else ""
             if text is not None and not mixed:  # (a list or a number there was "no 'text' string")
                 from llmkit.jsonl import json_kind
 
                 mixed = f" (its {field!r} is {json_kind(text)})"
-            raise UserError(f"{place} has no {field!r} string{mixed}; classification data is {{\"text\": ..., \"label\": ...}}")
+            fix = "" if given or mixed else " (or name the field holding the text: --field NAME)"
+            raise UserError(f"{place} has no {field!r} string{mixed}; classification data is {{\"text\": ..., \"label\": ...}}"
+                            f"{fix}")
         texts.append(text)
     return texts
 
@@ -510,10 +529,11 @@ class ClassExample:
 
 
 def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: int, truncate: bool, name: str,
-                      verbose: bool = True, places: Sequence[str] | None = None) -> list[ClassExample]:
+                      verbose: bool = True, places: Sequence[str] | None = None, text_field: str | None = None,
+                      label_field: str = "label") -> list[ClassExample]:
     """[BOS] text, as `llmkit eval` feeds a classifier; longer than max_len is an error unless truncated."""
     places = _places(records, name, places)
-    texts = class_texts(records, name, places)
+    texts = class_texts(records, name, places, text_field)
     blank = sum(1 for text in texts if not text.strip())
     if texts and blank == len(texts) and name == "training":  # (the run reported an accuracy for a model that saw [BOS])
         raise UserError(f"every {name} text is empty (or only whitespace): a classifier would learn no more than how often "
@@ -532,7 +552,7 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
         if len(ids) > max_len:
             too_long += 1
             ids = ids[:max_len]
-        examples.append(ClassExample(ids, labels.index(_label(record, places[i]), places[i])))
+        examples.append(ClassExample(ids, labels.index(_label(record, places[i], label_field), places[i])))
     if examples and name == "training" and max_len <= 1:  # (with or without --truncate: its advice led here)
         # (as SFT refuses examples with no response token in reach: here the model would read no text at all)
         raise UserError(f"{max_len} position (--seq-len {max_len}) holds the start token alone: the classifier would read none "

@@ -296,6 +296,7 @@ def task_record(config: FinetuneConfig, template: dict | None, labels, model, ad
     if labels is not None:
         record.labels, record.label_values, record.head = labels.names, labels.original, head_spec(model)
         record.max_tokens = seq_len  # eval cuts texts where training did, not at the context length
+        record.text_field, record.label_field = config.text_field, config.label_field  # (eval reads them so by default)
     if adapted:
         record.lora = LoraRecord(rank=config.lora_rank, alpha=config.lora_scale_alpha, targets=config.lora_targets,
                                  layers=len(adapted), merged=merged)
@@ -540,15 +541,17 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         loss_fn = sft_loss
         scored = scored if val_examples else []
     else:
+        label_field = config.label_field or "label"
         if not config.val_data:  # the data's own faults first, then what the held-out draw left to train on
-            ft_data.class_texts(every_record, "the data", every_place)
-            ft_data.label_set(every_record, "the data", every_place)
-            ft_data.check_held_out_labels(every_record, records, config.val_fraction, every_place, places)
-        labels = ft_data.label_set(records, "training", places)
+            ft_data.class_texts(every_record, "the data", every_place, config.text_field)
+            ft_data.label_set(every_record, "the data", every_place, label_field)
+            ft_data.check_held_out_labels(every_record, records, config.val_fraction, every_place, places, label_field)
+        labels = ft_data.label_set(records, "training", places, label_field)
+        fields = dict(text_field=config.text_field, label_field=label_field)
         train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training",
-                                                   is_main, places)
+                                                   is_main, places, **fields)
         val_examples = ft_data.classify_examples(val_records, labels, tokenizer, seq_len, config.truncate, "validation",
-                                                 is_main, val_places) if val_records else []
+                                                 is_main, val_places, **fields) if val_records else []
         ft_data.check_held_apart(train_examples, val_examples, given=config.val_data is not None, verbose=is_main)
         train_batches = ft_data.ClassifyBatches(train_examples, pad_id=tokenizer.pad_id, seed=config.seed)
         scored = _scored_subset(val_examples, config.eval_examples)

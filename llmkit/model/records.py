@@ -120,6 +120,9 @@ class TaskRecord:
     label_values: list[Any] | None = None  # classify: the labels as the data spelled them
     head: dict[str, Any] | None = None  # classify: the head's shape (llmkit.model.classifier.head_spec)
     max_tokens: int | None = None  # classify: texts were cut to this many tokens, the start token included (--seq-len)
+    # classify: the fields its data held the text and the label in, where named (--field, --label-field): eval's defaults
+    text_field: str | None = None
+    label_field: str | None = None
     lora: LoraRecord | None = None
     format_version: int = 1
 
@@ -151,7 +154,7 @@ class TaskRecord:
             if self.text_template is not None:
                 # The legacy spelling of template["prompt"], still written for older readers; read by none.
                 document["prompt_template"] = self.template["prompt"]
-        for name in ("labels", "label_values", "head", "max_tokens"):
+        for name in ("labels", "label_values", "head", "max_tokens", "text_field", "label_field"):
             if getattr(self, name) is not None:
                 document[name] = getattr(self, name)
         if self.lora is not None:
@@ -174,11 +177,18 @@ class TaskRecord:
                 task=data["task"], template=data.get("template"), labels=data.get("labels"),
                 label_values=data.get("label_values"), head=data.get("head"),
                 max_tokens=int(data["max_tokens"]) if data.get("max_tokens") is not None else None,
+                text_field=_field_name(data.get("text_field"), where), label_field=_field_name(data.get("label_field"), where),
                 lora=LoraRecord(**lora) if isinstance(lora, dict) else None,
                 format_version=int(data.get("format_version", 1)),
             )
         except (TypeError, ValueError) as exc:
             raise UserError(f"{where} is not a valid task record ({exc}); the checkpoint is damaged, rebuild it") from exc
+
+
+def _field_name(value: Any, where: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise UserError(f"{where}: a field name that is not a name ({value!r}); the checkpoint is damaged, rebuild it")
+    return value
 
 
 def read_task(art: Any) -> TaskRecord | None:
