@@ -779,3 +779,29 @@ def test_a_corpus_shard_changed_in_place_is_refused_by_what_reads_it(corpus, tra
         said = " ".join(result.output.split())
         assert result.exit_code == 1 and f"{shard} was changed after the artifact {folder} was written" in said, said
         assert not args[args.index("-o") + 1].exists()
+
+
+def test_a_heldout_slice_of_few_pieces_is_said_not_to_measure_the_input(shared_data, tmp_path, capsys):
+    """Two whole files held out 0 to 3 pieces by seed, and bytes_per_token moved 3.02-3.43 with the mix
+    (the input's own: 3.44), unsaid; none drawn measured on training text, said only by `measured_on`."""
+    from llmkit.tokenizer.config import TokenizerTrainConfig
+    from llmkit.tokenizer.train import STEADY_HELDOUT_PIECES, train_tokenizer
+
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    (tmp_path / "book.txt").write_text(text[:200_000], encoding="utf-8")
+    said = {}
+    for every in (1000, 2, 4):
+        capsys.readouterr()
+        stats = artifacts.load(train_tokenizer([tmp_path / "book.txt"], tmp_path / f"tok{every}",
+                                               TokenizerTrainConfig(vocab_size=300, heldout_every=every, seed=0))).stats
+        said[every] = (stats["heldout_pieces"], " ".join(capsys.readouterr().err.split()))
+    pieces, note = said[1000]
+    assert pieces < STEADY_HELDOUT_PIECES
+    assert (f"the held-out slice is {pieces} piece" in note if pieces else "measured on training text" in note), note
+    (tmp_path / "short.txt").write_text(text[:2_000], encoding="utf-8")  # (a few pieces: none drawn at 1 in 1000)
+    capsys.readouterr()
+    stats = artifacts.load(train_tokenizer([tmp_path / "short.txt"], tmp_path / "short", TokenizerTrainConfig(
+        vocab_size=300, heldout_every=1000, seed=0))).stats
+    assert stats["heldout_pieces"] == 0 and "no piece of the" in " ".join(capsys.readouterr().err.split())
+    pieces, note = said[4]
+    assert pieces >= STEADY_HELDOUT_PIECES and "held-out slice" not in note and "no piece of" not in note
