@@ -742,3 +742,21 @@ def test_the_weights_copies_a_run_keeps_are_counted_where_they_live(cli):
     asked = _plan(cli, *gpu, "--strategy", "fsdp", "--gpus", "1", "--ema", "0.9")
     assert any("--strategy fsdp shards the weights over data-parallel processes, and this layout has one" in n for n in asked["notes"])
     assert asked["memory"]["transient_gb"] == _plan(cli, *gpu, "--gpus", "1", "--ema", "0.9")["memory"]["transient_gb"]
+
+
+def test_the_peak_the_speed_comes_from_is_shown_and_can_be_given(cli):
+    """A CPU's peak was measured in a tenth of a second on each call (a busy machine moved it 4x, and the
+    plan's speed 2.2x between identical calls), and neither shown nor settable."""
+    cpu = ["--model", "tiny", "--gpu", "cpu", "--vocab-size", "4096", "--micro-batch", "16", "--seq-len", "256"]
+    given = _plan(cli, *cpu, "--peak-tflops", "0.05", "--mfu", "0.5")["compute"]
+    assert (given["peak_flops"], given["peak_from"]) == (5e10, "--peak-tflops")
+    assert given["tokens_per_s"] == pytest.approx(5e10 * 0.5 / given["flops_per_token"], rel=1e-12)
+    assert _plan(cli, *cpu)["compute"]["peak_from"] == "measured"
+    table = cli("plan", *cpu, "--peak-tflops", "0.05")
+    assert table.exit_code == 0 and "of 50.00BFLOP/s (--peak-tflops)" in " ".join(table.output.replace("│", " ").split())
+    h100 = _plan(cli, "--model", "gpt2", "--gpu", "h100")["compute"]
+    assert h100["peak_from"] == "table" and h100["peak_flops"] == pytest.approx(989e12)
+    assert _plan(cli, "--model", "gpt2", "--gpu", "h100", "--peak-tflops", "500")["compute"]["tokens_per_s"] == \
+        pytest.approx(h100["tokens_per_s"] * 500 / 989)
+    refused = cli("plan", "--model", "gpt2", "--peak-tflops", "0")
+    assert refused.exit_code == 2 and "--peak-tflops" in refused.output

@@ -42,6 +42,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def _peak_from(source: str) -> str:
+    return {"measured": "measured on this machine now: --peak-tflops fixes it", "table": "the device's bf16 peak",
+            "--peak-tflops": "--peak-tflops"}[source]
+
+
 def print_plan(plan: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -60,7 +65,8 @@ def print_plan(plan: dict[str, Any]) -> None:
     costs = ([f"recompute x{c['recompute_factor']:.2f}"] if c["recompute_factor"] != 1 else []) + (
         [f"pipeline bubble {c['pipeline_bubble']:.0%}"] if c["pipeline_bubble"] else [])
     table.add_row("speed", f"{_human(c['tokens_per_s'])} tokens/s ({_human(c['tokens_per_s_per_device'])} per device) at MFU "
-                           f"{c['mfu_assumed']:.0%}{' with ' + ', '.join(costs) if costs else ''}; a step of "
+                           f"{c['mfu_assumed']:.0%} of {_human(c['peak_flops'])}FLOP/s ({_peak_from(c['peak_from'])})"
+                           f"{' with ' + ', '.join(costs) if costs else ''}; a step of "
                            f"{c['batch_tokens']:,} tokens in {_duration(c['step_seconds'])}")
     table.add_row("compute-optimal", f"{_human(c['compute_optimal_tokens'])} tokens ({c['compute_optimal_rule']}): "
                                      f"{_human(c['compute_optimal_flops'])}FLOP, {_duration(c['compute_optimal_days'] * 86400)} on this layout")

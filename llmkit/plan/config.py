@@ -47,6 +47,9 @@ class PlanConfig(Options):
                                      "processes (default: the --gpu's; for cpu, this machine's).",
                                      range="(0, inf)", panel=HARDWARE)
     mfu: float = option(0.4, "Model FLOPs utilisation assumed for step time and tokens/s.", range="(0, 1]", panel=HARDWARE)
+    peak_tflops: float | None = option(None, "Peak matrix-product TFLOP/s of one device (a CPU: the machine) in the run's "
+                                       "precision (default: the --gpu's bf16 figure; cpu: measured here, which a busy "
+                                       "machine lowers).", range="(0, inf)", panel=HARDWARE)
     tokens_per_param: float = option(20.0, "Compute-optimal training tokens per parameter (Chinchilla's 20) when no --scaling fit is given.",
                                      range="(0, inf)", panel=HARDWARE)
     scaling: Path | None = option(None, "A scaling artifact (llmkit scaling fit): its law gives the compute-optimal tokens instead.",

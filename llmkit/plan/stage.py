@@ -63,13 +63,15 @@ def hardware(cfg: PlanConfig) -> tuple[str, Device, float]:
     from llmkit.train.options import resolve_precision
 
     bf16 = resolve_precision(cfg.numerics.precision, "cpu" if cfg.gpu == "cpu" else "cuda") == "bf16"
+    given = cfg.peak_tflops * 1e12 if cfg.peak_tflops is not None else None
     if cfg.gpu == "cpu":
         # the processes of one machine share its RAM and its cores (so a search over process counts divides them)
         memory = cfg.memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-        return "CPU", Device(memory, on_gpu=False, bf16=bf16, shared=True), _cpu_flops(bf16)
+        return "CPU", Device(memory, on_gpu=False, bf16=bf16, shared=True), given or _cpu_flops(bf16)
     accelerator = BY_KEY[cfg.gpu]
     # the table holds bf16 peaks; an fp32 run (no tensor cores in bf16) is not given its own figure
-    return accelerator.key, Device(cfg.memory_gb or accelerator.memory_gb, on_gpu=True, bf16=bf16), accelerator.bf16_flops
+    return (accelerator.key, Device(cfg.memory_gb or accelerator.memory_gb, on_gpu=True, bf16=bf16),
+            given or accelerator.bf16_flops)
 
 
 def _cpu_flops(bf16: bool) -> float:
@@ -161,7 +163,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                    "memory_gb_per_device": device.memory_per_process(layout),
                    "precision": "bf16" if device.bf16 else "fp32"},
         "compute": {"flops_per_token": flops_token, "attention_share": 12 * config.n_layer * config.n_embd * seq / flops_token,
-                    "mfu_assumed": cfg.mfu, "pipeline_bubble": layout.pipeline_bubble,
+                    "mfu_assumed": cfg.mfu, "peak_flops": peak,
+                    "peak_from": "--peak-tflops" if cfg.peak_tflops is not None else "measured" if not device.on_gpu else "table",
+                    "pipeline_bubble": layout.pipeline_bubble,
                     "recompute_factor": layout.recompute_factor, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / layout.world,
                     "batch_tokens": batch_tokens, "step_seconds": batch_tokens / tokens_per_s,
                     "compute_optimal_tokens": optimal_tokens, "compute_optimal_rule": optimal_rule,
@@ -173,7 +177,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     if hf_data is not None and cfg.vocab_size is not None and cfg.vocab_size != hf_data.get("vocab_size"):
         plan["notes"].append(f"vocabulary: --vocab-size {cfg.vocab_size:,} instead of the config.json's vocab_size "
                              f"({json.dumps(hf_data.get('vocab_size'))})")
-    if device.on_gpu and not device.bf16:
+    if device.on_gpu and not device.bf16 and cfg.peak_tflops is None:
         plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")
     if not device.on_gpu and device.bf16:
         from llmkit.train.options import CPU_WITHOUT_BF16, cpu_has_bf16_products
