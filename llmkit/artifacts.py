@@ -608,7 +608,8 @@ def load(path: Path | str, kind: str | Iterable[str] | None = None, *, check: bo
             if aside is not None and not any((path / "checkpoints").glob("step_*")):
                 raise UserError(f"{path} is a --force training run stopped before its first checkpoint; the finished run it "
                                 f"replaced is kept aside in {aside}: put it back with rm -r {path} && mv {aside} {path} "
-                                "(a --resume of the new command puts it back too, then trains it on with the new options), "
+                                "(a --resume of the new command puts it back too, and trains it on where the new options "
+                                "change only its length or what it saves), "
                                 "or rerun the new command to train that run again")
         if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
             raise UserError(f"{path} is a training run that has not finished (no {MANIFEST} yet): finish it by rerunning its "

@@ -510,3 +510,24 @@ def test_activations_give_one_threads_bits_on_any_thread_count(shape):
     finally:
         torch.set_num_threads(threads)
 
+
+
+def test_a_long_context_tables_rope_as_far_as_it_is_read():
+    """--context-length 8M with --seq-len 64 built 1 GB of RoPE tables before the first step (67M: 4 GB,
+    then an "unexpected" allocation error); the tables now grow as far as a forward reads, and a
+    position's value, so every logit, is the same whatever the table's length."""
+    from llmkit.model.gpt import GPT, ROPE_TABLE_POSITIONS, ModelConfig, rope_tables
+
+    shape = dict(vocab_size=64, n_layer=1, n_head=2, n_embd=16, pos="rope")
+    long, short = GPT(ModelConfig(context_length=1 << 23, **shape)), GPT(ModelConfig(context_length=32, **shape))
+    assert long.rope_cos.shape[0] == ROPE_TABLE_POSITIONS and short.rope_cos.shape[0] == 32
+    short.load_state_dict(long.state_dict())
+    idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(long(idx)[0], short(idx)[0])
+    cos, sin = long._rope_for(ROPE_TABLE_POSITIONS + 5)  # read further: extended, and kept (within the context)
+    assert long.rope_cos.shape[0] == ROPE_TABLE_POSITIONS + 5 and long.rope_cos is cos
+    whole = rope_tables(long.config.head_dim, ROPE_TABLE_POSITIONS + 5, long.config.rope_theta)
+    assert torch.equal(cos, whole[0]) and torch.equal(sin, whole[1])
+    short.cover_positions(1000)  # past the context: tables for the call only, the model's own unchanged
+    assert short.rope_cos.shape[0] == 32 and short._rope_for(40)[0].shape[0] == 40 and short.rope_cos.shape[0] == 32

@@ -209,7 +209,7 @@ def test_bad_layouts_are_one_line_errors(shakespeare, cli, tmp_path):  # noqa: F
         (["--tp", "2", "--nproc", "2", "--ema", "0.99"], "--ema keeps full weights"),
         # 16 sequences a step, 3 pipeline micro-batches of 2 at a time (not "on 3 processes": there are 2)
         (["--pp", "2", "--nproc", "2", "--micro-batch", "2", "--pp-microbatches", "3"],
-         "does not split into micro-batches of 2, 3 at a time"),
+         "does not split evenly into 3 shares (one per process, or per replica and pipeline micro-batch)"),
         (["--pp", "2", "--nproc", "2", "--pp-microbatches", "1"], "needs at least as many --pp-microbatches as stages (2)"),
         (["--nproc", "2", "--pp-schedule", "gpipe"], "--pp-schedule gpipe shapes a pipeline, and there is none without --pp"),
         (["--pp-microbatches", "4"], "--pp-microbatches shapes a pipeline, and there is none without --pp"),

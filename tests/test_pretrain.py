@@ -1523,3 +1523,22 @@ def test_a_micro_batch_above_what_a_step_gives_each_process_is_said(shakespeare,
     assert result.exit_code == 0 and "--micro-batch 64 is more than the 16 sequence(s) a step gives each process" in said, said
     quiet = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "quiet", *FAST[:-6], "--max-steps", "1")  # (the default: unsaid)
     assert quiet.exit_code == 0 and "more than the" not in quiet.output
+
+
+def test_a_damaged_newest_checkpoint_names_the_older_one_a_resume_can_go_on_from(shakespeare, cli, tmp_path):
+    """A byte changed in the newest step's weights stopped --resume with "restore it or rebuild", the
+    intact older step unnamed."""
+    run = ["pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--eval-every", "0", "--save-every", "2",
+           "--keep-last", "0", "--max-steps", "6"]
+    assert cli(*run[:-1], "4").exit_code == 0
+    (tmp_path / "run" / "manifest.json").unlink()  # as if stopped after its step-4 checkpoint
+    weights = tmp_path / "run" / "checkpoints" / "step_0000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    line = _error(cli(*run, "--resume"))
+    assert "the run's older checkpoint step_0000002 (step 2) is whole: to go on from it, move " in line, line
+    assert str(tmp_path / "run" / "checkpoints" / "step_0000004") in line
+    shutil.move(str(tmp_path / "run" / "checkpoints" / "step_0000004"), str(tmp_path / "damaged"))
+    resumed = cli(*run, "--resume")
+    assert resumed.exit_code == 0 and "resumed from step 2" in resumed.output, resumed.output

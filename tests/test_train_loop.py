@@ -193,6 +193,20 @@ def test_accumulation_derived_from_global_batch():
         accumulation_steps(loop_settings(max_steps=1, global_batch=10, micro_batch=4, tokens_per_sample=16), 1)
 
 
+def test_a_batch_no_micro_batch_splits_is_not_said_to_fail_a_micro_batch_no_one_typed():
+    """16 sequences over 3 processes at --micro-batch 8 "did not split into micro-batches of 5" (the micro-batch
+    shrunk to the share), which no one asked for and none would split."""
+    from llmkit.errors import UsageError
+    from llmkit.train.launch import split_batch
+
+    with pytest.raises(UsageError) as refused:
+        split_batch(16, 8, 3, what="--batch-tokens 1024", fix=lambda multiple: f"choose a multiple of {multiple}")
+    said = str(refused.value)
+    assert "--batch-tokens 1024 does not split evenly into 3 shares" in said and "of 5" not in said
+    assert "choose a multiple of 24" in said
+    assert split_batch(24, 8, 3, what="", fix=str) == (8, 1) and split_batch(15, 8, 3, what="", fix=str) == (5, 1)
+
+
 def test_a_batch_that_does_not_split_is_given_fixes_that_split_it():
     """The hint was computed from the micro-batch after it shrank to the batch: multiples of it that
     reach the micro-batch asked for failed again, with a new hint."""

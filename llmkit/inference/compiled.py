@@ -94,6 +94,7 @@ class CompiledDecoder:
         """Next-token logits [B, V] after feeding `tokens` [B]; advances the cache by one slot."""
         if cache.pos >= cache.max_len:
             raise ValueError(f"KV cache full: {cache.pos} + 1 tokens > max_len {cache.max_len}")
+        self.model.cover_positions(cache.max_len)
         slot = self._slot.fill_(cache.pos)  # one tensor reused: no host-to-device copy per step
         args = (tokens[:, None], slot, cache.pad_lengths, cache.k, cache.v)
         if self._step is None:

@@ -140,6 +140,11 @@ def embed_tokens(tok_emb: nn.Module, pos_emb: nn.Module | None, idx: torch.Tenso
 # Rotary position embeddings
 
 
+# RoPE positions tabled when a model is built (64k x a head of 128: 32 MB): a --context-length of 8M made tables
+# of 1 GB before the first step of a run training on 64 tokens; longer ones are made when first read
+ROPE_TABLE_POSITIONS = 1 << 16
+
+
 def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # [L, D/2]
@@ -376,9 +381,12 @@ class GPT(nn.Module):
                 self.init_parameters()
 
     def reset_buffers(self) -> None:
-        """The RoPE tables, on the device the (possibly just materialised) buffers are on."""
+        """The RoPE tables, on the device the (possibly just materialised) buffers are on: up to
+        ROPE_TABLE_POSITIONS positions, longer ones when a forward first reads that far (`_rope_for`).
+        A position's value does not depend on the table's length (tested), so neither does any result."""
         if self.config.pos == "rope":
-            cos, sin = rope_tables(self.config.head_dim, self.config.context_length, self.config.rope_theta)
+            length = min(self.config.context_length, ROPE_TABLE_POSITIONS)
+            cos, sin = rope_tables(self.config.head_dim, length, self.config.rope_theta)
             device = self.rope_cos.device
             self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
@@ -481,7 +489,8 @@ class GPT(nn.Module):
         rope = None
         if self.config.pos == "rope":
             if cache is None and attention_mask is None:  # training: no data-dependent shapes, no graph break
-                rope = (self.rope_cos[:T][None, None], self.rope_sin[:T][None, None])
+                cos, sin = self._rope_for(T)
+                rope = (cos[:T][None, None], sin[:T][None, None])
             else:
                 cos, sin = self._rope_for(cache.pos + T if cache is not None else T)
                 rope = (cos[positions][:, None], sin[positions][:, None])
@@ -522,6 +531,7 @@ class GPT(nn.Module):
         x = embed_tokens(self.tok_emb, self.pos_emb, idx, positions=positions)
         rope = None
         if self.config.pos == "rope":
+            # (tables that cover the cache: `cover_positions`, called outside the compiled step)
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # [B, 1, 1, D/2]
         cache_slots = torch.arange(keys[0].size(2), device=idx.device)
         visible = (cache_slots[None, :] >= pad_lengths[:, None]) & (cache_slots[None, :] <= slot)
@@ -531,10 +541,22 @@ class GPT(nn.Module):
             x = block(x, rope, mask, cache, layer)
         return self.lm_head(self.final_norm(x))[:, -1]
 
+    def cover_positions(self, length: int) -> None:
+        """RoPE tables of `length` positions (within the context length) before `decode_step` reads
+        them: that step is compiled, and extends nothing itself."""
+        if self.config.pos == "rope":
+            self._rope_for(min(length, self.config.context_length))
+
     def _rope_for(self, length: int):
-        if length > self.rope_cos.shape[0]:  # generation past the training context: extend the tables
+        """RoPE tables of at least `length` positions: the model's own, extended (and kept, within the
+        context length: a model of a long context training on short sequences holds short tables) or,
+        for generation past the context, made for the call."""
+        if length > self.rope_cos.shape[0]:
             cos, sin = rope_tables(self.config.head_dim, length, self.config.rope_theta)
-            return cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+            cos, sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+            if length <= self.config.context_length:
+                self.rope_cos, self.rope_sin = cos, sin
+            return cos, sin
         return self.rope_cos, self.rope_sin
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,

@@ -378,7 +378,8 @@ def keep_recorded_settings(config: Options, out: Path, *, resume: bool, lengths:
     if kept:
         note("the run's " + ", ".join("--no-batch-invariant" if name == "batch_invariant" else f"--{name.replace('_', '-')} {value}"
                                       for name, value in kept.items())
-             + " kept as the run recorded them; give them to change them")
+             + (" kept as the run recorded it; give the option to change it" if len(kept) == 1 else
+                " kept as the run recorded them; give them to change them"))
         config = dataclasses.replace(config, checkpoints=dataclasses.replace(config.checkpoints, **cadence),
                                      devices=dataclasses.replace(config.devices, **invariant), **size)
     return config
@@ -424,7 +425,11 @@ def split_batch(global_batch: int, micro_batch: int, world: int, *, what: str, f
         smaller = (f" (a batch under that splits too when it is a multiple of {world} sequences)"
                    if global_batch < micro_batch * world and world < micro_batch * world else "")
         taken = "" if world == 1 else f", {world} at a time (one per process, or per replica and pipeline micro-batch)"
-        raise UsageError(f"{what} does not split into micro-batches of {micro}{taken}; {fix(micro_batch * world)}{smaller}{keep}")
+        if global_batch % world:  # (no micro-batch splits it: the shrunk one was named, which no one typed)
+            problem = f"{what} does not split evenly into {world} shares (one per process, or per replica and pipeline micro-batch)"
+        else:
+            problem = f"{what} does not split into micro-batches of {micro}{taken}"
+        raise UsageError(f"{problem}; {fix(micro_batch * world)}{smaller}{keep}")
     return micro, global_batch // (micro * world)
 
 

@@ -203,7 +203,8 @@ class Checkpointing(KeptWeightCopies):
             raise ValueError(f"--min-delta {self.min_delta:g} says how far a validation loss must drop for --patience to count "
                              "it, and --patience is 0 (never stop): pass --patience N too (or leave --min-delta out)")
         if self.average_last > 1 and (self.save_every == 0 or 0 < self.keep_last < self.average_last - 1):
-            raise ValueError(f"--average-last {self.average_last} needs the {self.average_last - 1} checkpoints before the last: "
+            before = "checkpoint" if self.average_last == 2 else f"{self.average_last - 1} checkpoints"
+            raise ValueError(f"--average-last {self.average_last} needs the {before} before the last: "
                              f"pass --save-every N and --keep-last {self.average_last - 1} (or more)")
 
 

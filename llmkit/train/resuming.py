@@ -59,9 +59,33 @@ class Resuming:
                             f"{', '.join(f'node {node}: {point}' for node, point in sorted(seen.items()))}): --resume needs "
                             "-o on a filesystem every node shares")
 
-    def _load_weights_for_resume(self):
+    def _load_checkpoint_weights(self, latest: Path, progress: dict) -> None:
         from llmkit.model.io import WEIGHTS, load_weights
 
+        if unmaterialised(self.raw):
+            self._weights_file = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
+        elif progress.get("weights") == ckpt.TRAINABLE_ONLY:  # the rest is the base's, as the model was built
+            ckpt.load_trainable_weights(self.raw, latest / WEIGHTS)
+        else:
+            load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
+
+    def _an_older_checkpoint(self, damaged: Path) -> str:
+        """Where a damaged newest checkpoint leaves the run: the newest older one that verifies whole,
+        and how to go on from it (a resume takes the newest; the damaged one was all it named)."""
+        older = [step for step in ckpt.step_dirs(self.run_dir) if step != damaged and
+                 ckpt.saved_step(step) < (ckpt.saved_step(damaged) if damaged != self.run_dir else float("inf"))]
+        for step in reversed(older):
+            try:
+                whole = not artifacts.verify(step).problems
+            except UserError:
+                whole = False
+            if whole:
+                return (f"; the run's older checkpoint {step.name} (step {ckpt.saved_step(step)}) is whole: to go on from "
+                        f"it, move {damaged if damaged != self.run_dir else damaged / artifacts.MANIFEST} out of the run "
+                        "and --resume again")
+        return ""
+
+    def _load_weights_for_resume(self):
         latest = ckpt.resume_point(self.run_dir, finished_run_resumable=self.spec.final_weights_trainable)
         self._check_one_resume_point(latest)
         if latest is None:
@@ -74,7 +98,10 @@ class Resuming:
 
                 note(f"{self.run_dir} holds no checkpoint to resume from: the run starts at step 0")
             return None
-        progress, optim_state, rng, extra = ckpt.read_training_state(latest)
+        try:
+            progress, optim_state, rng, extra = ckpt.read_training_state(latest)
+        except UserError as exc:
+            raise UserError(f"{exc}{self._an_older_checkpoint(latest)}") from None
         self._saved_ema = MovingAverage.from_saved(extra)
         self._saved_best = (BestWeights.from_saved(extra), progress.get("best"))
         self.stall = ValidationStall.from_progress(progress.get("validation_stall"), self.run_dir / METRICS,
@@ -86,12 +113,10 @@ class Resuming:
                     f"cannot resume from {latest}: it was trained with {key} {progress.get(key)}, this run asks for {now}; "
                     "resume with the same --batch-tokens and --seq-len, or start a new run"
                 )
-        if unmaterialised(self.raw):
-            self._weights_file = latest / WEIGHTS  # split across ranks, each reads only its part when it is made
-        elif progress.get("weights") == ckpt.TRAINABLE_ONLY:  # the rest is the base's, as the model was built
-            ckpt.load_trainable_weights(self.raw, latest / WEIGHTS)
-        else:
-            load_weights(self.raw, latest / WEIGHTS)  # before sharding: every rank loads the full weights
+        try:  # (after the checks that the checkpoint is this run's: another shape is their refusal, not a damaged file)
+            self._load_checkpoint_weights(latest, progress)
+        except UserError as exc:
+            raise UserError(f"{exc}{self._an_older_checkpoint(latest)}") from None
         self.start_step = int(progress["step"])
         # counted again, not read: a checkpoint written before the count was each example's own
         # holds --seq-len a sample (the batches are a pure function of the step: no messages)
