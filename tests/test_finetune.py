@@ -1592,3 +1592,13 @@ def test_a_classifier_trains_from_csv_and_parquet_on_named_fields_and_eval_reads
     sft = cli("finetune", base["checkpoint"], "--data", tmp_path / "data.csv", "--field", "review", "-o", tmp_path / "s")
     assert sft.exit_code == 2 and "--field name(s) a classifier's fields" in " ".join(sft.output.split())
     assert not any((tmp_path / name).exists() for name in ("m", "u", "s"))
+
+
+def test_an_empty_record_and_a_device_given_as_data_are_named_as_such(base, cli, tmp_path):
+    """`{}` was "has no field 'prompt' ...; fields: " (an empty list), and --data /dev/null "not found"."""
+    data = write_jsonl(tmp_path / "empty.jsonl", [{}, {}])
+    result = cli("finetune", base["checkpoint"], "--template", "plain", "--data", data, "-o", tmp_path / "a")
+    assert result.exit_code == 1 and "fields: none" in result.output, result.output
+    result = cli("finetune", base["checkpoint"], "--data", "/dev/null", "-o", tmp_path / "b")
+    assert result.exit_code == 1 and "--data /dev/null is not a regular file" in result.output, result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

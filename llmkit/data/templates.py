@@ -431,7 +431,7 @@ def render(part: str, record: dict[str, Any], where: str, absent: str | None = N
         value = field_value(record, name)
         if value is ABSENT:
             if absent is None:
-                raise UserError(f"{where} has no field {name!r} that the template needs; fields: {', '.join(record)}"
+                raise UserError(f"{where} has no field {name!r} that the template needs; fields: {', '.join(record) or 'none'}"
                                 f"{fix() if fix is not None else ''}")
             value = absent
         # null, true or a list would be written out as "None", "True" or "[1, 2]" and trained on (a number is text enough)

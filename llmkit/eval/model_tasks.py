@@ -247,7 +247,7 @@ def render_template(template: str, record: dict, input_field: str, where: str = 
     missing = next((name for name in names if field_value(values, name) is ABSENT), None)
     if missing is not None:
         raise UserError(f"the prompt template (--prompt-template, or the checkpoint's task.json) names {{{missing}}} but the "
-                        f"data has no field {missing!r}; fields: {', '.join(record)} (rename the field, or pass "
+                        f"data has no field {missing!r}; fields: {', '.join(record) or 'none'} (rename the field, or pass "
                         "--prompt-template)")
     return render(template, values, where)
 

@@ -74,6 +74,8 @@ def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, A
 
     path = data_file(path, validation)
     flag = "--val-data" if validation else "--data"
+    if path.exists() and not path.is_dir() and not path.is_file():  # (/dev/null, a pipe: "not found" misled)
+        raise UserError(f"{flag} {path} is not a regular file; write the records to a file and pass that")
     if not path.is_file():
         folder = f"{' or '.join(VALIDATION_FILES)}" if validation else "train.jsonl"
         raise UserError(f"{flag} file not found: {path}; pass a .jsonl, .csv or .parquet file (or a folder holding {folder})")
