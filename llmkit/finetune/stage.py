@@ -276,7 +276,6 @@ class ClassifyTrainer(Trainer):
                       f"{self._one_class(confusion)}", soft_wrap=True)
         return loss
 
-
     def _one_class(self, confusion: torch.Tensor) -> str:
         """Said where every prediction is one class: the accuracy is then that class's share, not skill."""
         predicted = confusion.sum(dim=0)
