@@ -32,7 +32,18 @@ def read_table_records(path: Path, what: str) -> list[dict]:
         with local_dataset(builder, str(path), "train") as rows:
             return [dict(row) for row in rows]
     except Exception as exc:
-        raise UserError(f"{what} cannot be read as {builder.upper()}: {' '.join(str(exc).split())[:200]}; check the file") from exc
+        reason = " ".join(str(_innermost(exc)).split())[:200]
+        raise UserError(f"{what} cannot be read as {builder.upper()}: {reason}; check the file") from exc
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The error at the bottom of datasets' wrapping ("An error occurred while generating the dataset"
+    over pandas' "Expected 2 fields in line 10, saw 3"), which names the line."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen and str(inner).strip():
+        seen.add(id(inner))
+        exc = inner
+    return exc
 
 
 def _has_rows_below_header(path: Path) -> bool:

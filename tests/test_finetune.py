@@ -1602,3 +1602,47 @@ def test_an_empty_record_and_a_device_given_as_data_are_named_as_such(base, cli,
     result = cli("finetune", base["checkpoint"], "--data", "/dev/null", "-o", tmp_path / "b")
     assert result.exit_code == 1 and "--data /dev/null is not a regular file" in result.output, result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_table_labels_are_the_classes_json_numbers_are_and_a_blank_cell_is_no_class(base, shared_data, cli, tmp_path):
+    """A CSV's cells are text: labels 0..11 sorted as text ("10" before "2") gave another head order, so
+    other weights, than the same records in JSONL; an empty label cell became a class named ""."""
+    import csv
+
+    from safetensors.torch import load_file
+
+    rows = [{"text": r["text"], "label": i % 12} for i, r in enumerate(read_jsonl(shared_data / "sentiment" / "train.jsonl")[:48])]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as handle:  # (a folder's train.csv is its data)
+        csv.writer(handle).writerows([["text", "label"], *[[r["text"], r["label"]] for r in rows]])
+    common = ["--task", "classify", "--max-steps", "2", "--batch-size", "8", "--truncate", "--val-fraction", "0", "--lr", "1e-3"]
+    for name, data in (("jsonl", write_jsonl(tmp_path / "data.jsonl", rows)), ("csv", folder)):
+        made = cli("finetune", base["checkpoint"], "--data", data, *common, "-o", tmp_path / name)
+        assert made.exit_code == 0, made.output
+    tasks = {name: json.loads((tmp_path / name / "task.json").read_text()) for name in ("jsonl", "csv")}
+    assert tasks["csv"]["labels"] == tasks["jsonl"]["labels"] == [str(i) for i in range(12)]
+    weights = {name: load_file(str(tmp_path / name / "model.safetensors")) for name in ("jsonl", "csv")}
+    assert all(torch.equal(weights["csv"][key], weights["jsonl"][key]) for key in weights["jsonl"])
+    lines = (folder / "train.csv").read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ","  # (row 3's label cell left empty)
+    (tmp_path / "blank.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    refused = cli("finetune", base["checkpoint"], "--data", tmp_path / "blank.csv", *common, "-o", tmp_path / "blank")
+    assert refused.exit_code == 1 and "blank.csv record 3 has an empty label" in refused.output, refused.output
+    assert not (tmp_path / "blank").exists()
+    # the default field typed is the same run; a resume that leaves a given field out names its flag
+    again = cli("finetune", base["checkpoint"], "--data", tmp_path / "data.jsonl", *common, "--label-field", "label",
+                "-o", tmp_path / "typed")
+    assert again.exit_code == 0 and artifacts.load(tmp_path / "typed").fingerprint == artifacts.load(tmp_path / "jsonl").fingerprint
+
+
+def test_texts_cut_to_one_start_are_said_to_repeat_because_of_the_cut(base, capsys):
+    """SST-2 has no repeated text; cut to 12 tokens, 8 of its examples were, and the note blamed the data."""
+    from llmkit.finetune.data import classify_examples, label_set
+
+    tok = _tokenizer(base)
+    records = [{"text": f"the same long opening of a review, and then {word}", "label": i % 2}
+               for i, word in enumerate(("good", "bad", "fine", "poor"))]
+    examples = classify_examples(records, label_set(records, "training"), tok, 6, True, "training")
+    said = " ".join(capsys.readouterr().err.split())
+    assert examples.counts["repeated"] == 2 and "once --truncate cut 4 of them to fit" in said and "llmkit clean" not in said

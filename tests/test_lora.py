@@ -226,7 +226,7 @@ def test_adapters_on_some_layers_resume_and_their_step_is_named_as_adapters(base
     said = cli("generate", moved, "-p", "x", "-n", "2")
     lines = said.output.strip().splitlines()
     assert said.exit_code == 1 and len(lines) == 1 and "is a LoRA step checkpoint (its adapters only)" in lines[0], said.output
-    assert "that base is not there; put it back where the run read it, or use the finished run directory" in lines[0]
+    assert "that base is not there; put it back where the run read it (a finished run's own directory holds merged weights" in lines[0]
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -396,3 +396,25 @@ def test_a_lora_step_fine_tunes_as_generate_loads_it_and_its_own_steps_load_thro
                "-o", tmp_path / "soup").exit_code == 0
     soup = load_file(str(tmp_path / "soup" / "model.safetensors"))
     assert all(torch.equal(soup[key], second[key]) for key in second)  # (the mean of one model twice)
+
+
+def test_a_step_over_a_base_edited_in_place_is_refused_where_it_is_read(base, shared_data, cli, tmp_path):
+    """A same-size edit of a LoRA step's base was fine-tuned on (and generated from) unsaid: its bytes
+    were read, not checked against the base's manifest, as the base's own loads check them."""
+    import shutil
+
+    shutil.copytree(base["checkpoint"], tmp_path / "base")
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:16]]
+    flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--batch-size", "8", "--eval-every", "0",
+             "--truncate", "--max-steps", "2", "--save-every", "1"]
+    assert cli("finetune", tmp_path / "base", *flags, "-o", tmp_path / "run").exit_code == 0
+    weights = tmp_path / "base" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 1
+    weights.write_bytes(bytes(data))
+    step = tmp_path / "run" / "checkpoints" / "step_0000001"
+    for command in (["finetune", step, *flags, "-o", tmp_path / "again"], ["generate", step, "-p", "Hi", "-n", "2"]):
+        refused = cli(*command)
+        assert refused.exit_code == 1 and "was changed after the artifact" in refused.output, (command[0], refused.output)
+    assert not (tmp_path / "again").exists()

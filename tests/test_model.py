@@ -525,9 +525,11 @@ def test_a_long_context_tables_rope_as_far_as_it_is_read():
     idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(long(idx)[0], short(idx)[0])
-    cos, sin = long._rope_for(ROPE_TABLE_POSITIONS + 5)  # read further: extended, and kept (within the context)
-    assert long.rope_cos.shape[0] == ROPE_TABLE_POSITIONS + 5 and long.rope_cos is cos
-    whole = rope_tables(long.config.head_dim, ROPE_TABLE_POSITIONS + 5, long.config.rope_theta)
+    cos, sin = long._rope_for(ROPE_TABLE_POSITIONS + 5)  # read further: doubled, and kept (within the context)
+    assert long.rope_cos.shape[0] == 2 * ROPE_TABLE_POSITIONS and long.rope_cos is cos
+    whole = rope_tables(long.config.head_dim, 2 * ROPE_TABLE_POSITIONS, long.config.rope_theta)
     assert torch.equal(cos, whole[0]) and torch.equal(sin, whole[1])
+    # decoding one position further a token builds nothing more (each token rebuilt the whole table: 31 ms a token)
+    assert all(long._rope_for(ROPE_TABLE_POSITIONS + 5 + step)[0] is cos for step in range(1, 100))
     short.cover_positions(1000)  # past the context: tables for the call only, the model's own unchanged
     assert short.rope_cos.shape[0] == 32 and short._rope_for(40)[0].shape[0] == 40 and short.rope_cos.shape[0] == 32

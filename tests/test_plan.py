@@ -753,7 +753,7 @@ def test_the_peak_the_speed_comes_from_is_shown_and_can_be_given(cli):
     assert given["tokens_per_s"] == pytest.approx(5e10 * 0.5 / given["flops_per_token"], rel=1e-12)
     assert _plan(cli, *cpu)["compute"]["peak_from"] == "measured"
     table = cli("plan", *cpu, "--peak-tflops", "0.05")
-    assert table.exit_code == 0 and "of 50.00BFLOP/s (--peak-tflops)" in " ".join(table.output.replace("│", " ").split())
+    assert table.exit_code == 0 and "of 50.00GFLOP/s (--peak-tflops)" in " ".join(table.output.replace("│", " ").split())
     h100 = _plan(cli, "--model", "gpt2", "--gpu", "h100")["compute"]
     assert h100["peak_from"] == "table" and h100["peak_flops"] == pytest.approx(989e12)
     assert _plan(cli, "--model", "gpt2", "--gpu", "h100", "--peak-tflops", "500")["compute"]["tokens_per_s"] == \

@@ -1529,16 +1529,19 @@ def test_a_damaged_newest_checkpoint_names_the_older_one_a_resume_can_go_on_from
     """A byte changed in the newest step's weights stopped --resume with "restore it or rebuild", the
     intact older step unnamed."""
     run = ["pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--eval-every", "0", "--save-every", "2",
-           "--keep-last", "0", "--max-steps", "6"]
-    assert cli(*run[:-1], "4").exit_code == 0
-    (tmp_path / "run" / "manifest.json").unlink()  # as if stopped after its step-4 checkpoint
-    weights = tmp_path / "run" / "checkpoints" / "step_0000004" / "model.safetensors"
+           "--keep-last", "0", "--max-steps", "8"]
+    assert cli(*run[:-1], "6").exit_code == 0
+    (tmp_path / "run" / "manifest.json").unlink()  # as if stopped after its step-6 checkpoint
+    steps = tmp_path / "run" / "checkpoints"
+    weights = steps / "step_0000006" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
+    (steps / "step_0000004" / "training_state.json").write_text("{bad")  # (an older one unreadable too: not named)
     line = _error(cli(*run, "--resume"))
     assert "the run's older checkpoint step_0000002 (step 2) is whole: to go on from it, move " in line, line
-    assert str(tmp_path / "run" / "checkpoints" / "step_0000004") in line
-    shutil.move(str(tmp_path / "run" / "checkpoints" / "step_0000004"), str(tmp_path / "damaged"))
+    assert f"move {steps / 'step_0000006'} and {steps / 'step_0000004'} out of the run" in line, line
+    for name in ("step_0000006", "step_0000004"):
+        shutil.move(str(steps / name), str(tmp_path / name))
     resumed = cli(*run, "--resume")
     assert resumed.exit_code == 0 and "resumed from step 2" in resumed.output, resumed.output

@@ -805,3 +805,29 @@ def test_a_heldout_slice_of_few_pieces_is_said_not_to_measure_the_input(shared_d
     assert stats["heldout_pieces"] == 0 and "no piece of the" in " ".join(capsys.readouterr().err.split())
     pieces, note = said[4]
     assert pieces >= STEADY_HELDOUT_PIECES and "held-out slice" not in note and "no piece of" not in note
+
+
+def test_an_input_held_out_whole_says_so_and_a_capped_slice_names_its_cap(tmp_path, capsys):
+    """A one-line file whose only piece was held out was "no text to train on ... its files are empty"; a
+    slice stopped by --heldout-max-bytes was told to lower --heldout-every, which changed nothing."""
+    from llmkit.errors import UserError
+    from llmkit.tokenizer.config import TokenizerTrainConfig
+    from llmkit.tokenizer.train import train_tokenizer
+
+    (tmp_path / "line.txt").write_text("a line of text, " * 100, encoding="utf-8")
+    outcomes = set()
+    for seed in range(6):
+        try:
+            train_tokenizer([tmp_path / "line.txt"], tmp_path / f"t{seed}", TokenizerTrainConfig(vocab_size=300, heldout_every=2,
+                                                                                                 seed=seed))
+            outcomes.add("trained")
+        except UserError as exc:
+            assert "every piece of the input (1) was held out for the stats (--heldout-every 2)" in str(exc), exc
+            outcomes.add("held out")
+    assert outcomes == {"trained", "held out"}
+    paragraphs = "".join(f"Paragraph {i} holds a few words of its own.\n\n" for i in range(400))
+    (tmp_path / "many.txt").write_text(paragraphs, encoding="utf-8")
+    capsys.readouterr()
+    train_tokenizer([tmp_path / "many.txt"], tmp_path / "capped", TokenizerTrainConfig(
+        vocab_size=300, heldout_every=2, heldout_max_bytes=100, seed=0))
+    assert "--heldout-max-bytes is what stops the slice there" in " ".join(capsys.readouterr().err.split())

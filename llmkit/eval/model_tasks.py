@@ -587,13 +587,26 @@ def _choice_index(value, choices: list[str], where: str) -> int:
     raise UserError(f"{where}: label {value!r} is not one of {', '.join(choices)}{fix}")
 
 
+def _the_trained_field(pick, trained: str | None, flag: str) -> str:
+    """`pick()`, whose refusal says where a field it looked for came from: the classifier's task.json
+    (its fine-tune's --field / --label-field), not a flag this command was given."""
+    try:
+        return pick()
+    except UserError as exc:
+        if trained is None:
+            raise
+        raise UserError(f"{exc} ({trained!r} is the field the classifier was fine-tuned on, from its task.json; "
+                        f"{flag} NAME reads another)") from None
+
+
 def classification(loaded, cfg):
     """(metrics, prediction records) of multiple-choice records (`choices`) or of labelled texts."""
     records = load_records(cfg.data, cfg.split, cfg.limit)
     trained = loaded.task if loaded.task is not None and loaded.task.is_classifier else None
     # (a classifier fine-tuned on named fields reads them by default, as its fine-tune read its validation data)
-    label_field = pick_field(records, cfg.label_field or (trained.label_field if trained else None), LABEL_FIELDS, "labels",
-                             "--label-field")
+    own = trained.label_field if trained and cfg.label_field is None else None
+    label_field = _the_trained_field(lambda: pick_field(records, cfg.label_field or own, LABEL_FIELDS, "labels", "--label-field"),
+                                     own, "--label-field")
     with_choices = next((i for i, r in enumerate(records) if "choices" in r), None)
     if with_choices not in (None, 0):  # (the first record decides the kind: this one's choices were ignored)
         raise UserError(f"{place(records, with_choices)} has 'choices' and {place(records, 0)} has none; multiple-choice data gives every "
@@ -711,7 +724,9 @@ def _labelled_texts(loaded, cfg, records: list[dict], label_field: str):
     fields = CLASSIFY_TEXT_FIELDS + tuple(f for f in TEXT_FIELDS if f not in CLASSIFY_TEXT_FIELDS) if callable(classify) \
         else TEXT_FIELDS + ("sentence",)
     trained_field = task.text_field if callable(classify) and task is not None else None  # (its fine-tune's --field)
-    text_field = pick_field(records, cfg.text_field or trained_field, fields, "text to classify", "--field")
+    trained_field = trained_field if cfg.text_field is None else None
+    text_field = _the_trained_field(lambda: pick_field(records, cfg.text_field or trained_field, fields, "text to classify",
+                                                       "--field"), trained_field, "--field")
     # one reader of labels, the fine-tune's: a classifier's own classes read a label as its fine-tune read its
     # --val-data (the figures it recorded); other names (--labels) alike
     own = task.trained_labels if trained and not cfg.labels else None

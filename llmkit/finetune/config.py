@@ -25,7 +25,7 @@ class FinetuneConfig(Options):
                            "or a JSON file.", panel=TASK_PANEL)
     text_field: str | None = option(None, "--task classify: the field holding the text (default text, else sentence; a.b: "
                                     "within object a).", flags=("--field",), panel=TASK_PANEL, hashed=False,
-                                    recorded_as="config text_field (where given)")
+                                    recorded_as="config field (where given)")
     label_field: str | None = option(None, "--task classify: the field holding the label (default label).", panel=TASK_PANEL,
                                      hashed=False, recorded_as="config label_field (where given)")
     val_data: Path | None = option(None, "Validation records, .jsonl, .csv or .parquet (default: hold out --val-fraction of "
@@ -76,6 +76,8 @@ class FinetuneConfig(Options):
         if self.lora_rank and self.freeze:
             raise ValueError("--freeze picks what full fine-tuning trains; with --lora-rank only the adapters train "
                              "(--lora-targets picks them): give one of the two")
+        if self.label_field == "label":  # (the default typed: the same run, the same fingerprint)
+            self.label_field = None
         self._refuse_idle(lambda name: getattr(self, name) != self.default_of(name))
 
     def check_given(self, given: frozenset[str]) -> None:
@@ -126,8 +128,10 @@ class FinetuneConfig(Options):
         values = self.hashed()
         values["data_sha256"] = data_digest
         values["val_data_sha256"] = val_digest
-        # (where given only: the fingerprints of runs on the default fields stay those they had before the options)
-        values.update({name: getattr(self, name) for name in ("text_field", "label_field") if getattr(self, name) is not None})
+        # (where given only: the fingerprints of runs on the default fields stay those they had before the options;
+        # under their flags' names, which a resume's refusal shows)
+        values.update({key: value for key, value in (("field", self.text_field), ("label_field", self.label_field))
+                       if value is not None})
         if self.template not in ("chat", "plain", "translate", "summarize"):
             values["template"] = Path(self.template).name  # the template itself is in task.json
             values["template_sha256"] = artifacts.sha256_file(Path(self.template))

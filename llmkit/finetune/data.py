@@ -30,23 +30,24 @@ from llmkit.model.gpt import IGNORE_INDEX
 from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels, label_key
 
 
-VALIDATION_FILES = ("validation.jsonl", "val.jsonl")
+RECORD_FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+TRAINING_FILES = tuple(f"train{suffix}" for suffix in RECORD_FILE_SUFFIXES)
+VALIDATION_FILES = tuple(f"{stem}{suffix}" for stem in ("validation", "val") for suffix in RECORD_FILE_SUFFIXES)
 
 
 def data_file(path: Path, validation: bool = False) -> Path:
-    """The JSONL file that --data (validation: --val-data) names: the file itself, or a folder's
-    train.jsonl (validation: its validation.jsonl or val.jsonl; never its train.jsonl, the
-    training data)."""
+    """The file that --data (validation: --val-data) names: the file itself, or a folder's train.jsonl
+    (.csv, .parquet; validation: its validation or val file; never its train file, the training data)."""
     path = Path(path)
     if not path.is_dir():
         return path
-    for name in VALIDATION_FILES if validation else ("train.jsonl",):
+    for name in VALIDATION_FILES if validation else TRAINING_FILES:
         if (path / name).is_file():
             return path / name
     if validation:
-        raise UserError(f"--val-data {path} is a folder without {' or '.join(VALIDATION_FILES)}; pass the validation "
-                        "JSONL file itself, or leave --val-data out to hold out --val-fraction of --data")
-    return path / "train.jsonl"
+        raise UserError(f"--val-data {path} is a folder without validation.jsonl or val.jsonl (.csv, .parquet); pass the "
+                        "validation file itself, or leave --val-data out to hold out --val-fraction of --data")
+    return path / TRAINING_FILES[0]
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, A
     if path.exists() and not path.is_dir() and not path.is_file():  # (/dev/null, a pipe: "not found" misled)
         raise UserError(f"{flag} {path} is not a regular file; write the records to a file and pass that")
     if not path.is_file():
-        folder = f"{' or '.join(VALIDATION_FILES)}" if validation else "train.jsonl"
+        folder = "validation.jsonl or val.jsonl (.csv, .parquet)" if validation else "train.jsonl (.csv, .parquet)"
         raise UserError(f"{flag} file not found: {path}; pass a .jsonl, .csv or .parquet file (or a folder holding {folder})")
     if is_table(path):
         records = read_table_records(path, f"{flag} {path}")
@@ -122,10 +123,16 @@ def _repeats(examples: Sequence) -> int:
     return len(examples) - len({_example_key(example) for example in examples})
 
 
-def _note_repeats(repeated: int, total: int, name: str) -> None:
+def _note_repeats(repeated: int, total: int, name: str, cut: int) -> None:
     """A training example given more than once weighs more, unsaid: a data set concatenated twice, or
-    records that differ only where the template does not read them."""
-    if repeated and name == "training":
+    records that differ only where the template does not read them; or texts cut (--truncate, `cut`
+    of them) to the same start."""
+    if not repeated or name != "training":
+        return
+    if cut:  # (SST-2 has no repeated text; cut to 12 tokens, 8 of its examples were the same)
+        note(f"{repeated:,} of the {total:,} {name} examples repeat an earlier one (the same tokens and targets) once "
+             f"--truncate cut {cut:,} of them to fit: each copy is trained on once more; a longer --seq-len keeps them apart")
+    else:
         note(f"{repeated:,} of the {total:,} {name} examples repeat an earlier one (the same tokens and targets): each "
              "copy is trained on once more; remove the duplicates (llmkit clean removes exact ones) unless they are meant")
 
@@ -222,7 +229,7 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
         note("; ".join(parts))
     repeated = _repeats(examples)
     if verbose:
-        _note_repeats(repeated, len(examples), name)
+        _note_repeats(repeated, len(examples), name, too_long if truncate else 0)
     kept = Examples(examples)  # validation may end up empty: the run then has no validation loss
     kept.counts = {"records": len(records), "kept": len(examples), "blank": blank, "truncated": too_long if truncate else 0,
                    "no_room": dropped, "prompt_emptied": emptied, "repeated": repeated}
@@ -454,15 +461,19 @@ def _label(record: dict, place: str, field: str = "label") -> Any:
     """A record's label, under `field` (--label-field; `a.b`: within its object a)."""
     value = field_value(record, field)
     if value is jsonl.ABSENT:
-        fix = "" if field != "label" else " (or name the field holding it: --label-field NAME)"
-        raise UserError(f"{place} has no {field!r}; classification data is {{\"text\": ..., \"label\": ...}}{fix}; "
+        fix = " (--label-field)" if field != "label" else " (or name the field holding it: --label-field NAME)"
+        raise UserError(f"{place} has no {field!r}{fix}; classification data is {{\"text\": ..., \"label\": ...}}; "
                         f"its fields: {', '.join(record) or 'none'}")
     label_key(value, place)
+    if isinstance(value, str) and not value.strip():  # (a CSV's empty cell: a class named "", unsaid)
+        raise UserError(f"{place} has an empty label ({field!r} is {value!r}); give every record its class, or leave the "
+                        "record out")
     return value
 
 
 def label_set(records: list[dict], name: str, places: Sequence[str] | None = None, field: str = "label") -> Labels:
-    """Labels in id order: integers keep their value as id (0..K-1), strings sort by name."""
+    """Labels in id order: integers keep their value as id (0..K-1), strings sort by name, those that
+    are all whole numbers (a CSV's cells) by number, "2" before "10", as integers would."""
     places = _places(records, name, places)
     values = [_label(record, place, field) for record, place in zip(records, places)]
     kinds = {type(v) for v in values}
@@ -471,6 +482,8 @@ def label_set(records: list[dict], name: str, places: Sequence[str] | None = Non
         raise UserError(f"{name} labels mix integers and strings ({places[0]} has {values[0]!r}, {first} "
                         f"{next(v for v in values if type(v) is not type(values[0]))!r}); use one kind")
     distinct = sorted(set(values))
+    if kinds == {str} and all(value.isascii() and value.isdigit() for value in distinct):
+        distinct.sort(key=lambda value: (int(value), value))
     if kinds == {int}:
         if distinct[0] < 0:
             raise UserError(f"{name} has a negative label {distinct[0]} ({places[values.index(distinct[0])]}); integer "
@@ -572,7 +585,7 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
         note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} token{'s' if max_len != 1 else ''} (--truncate)")
     repeated = _repeats(examples)
     if verbose:
-        _note_repeats(repeated, len(examples), name)
+        _note_repeats(repeated, len(examples), name, too_long)
     kept = Examples(examples)
     kept.counts = {"records": len(records), "kept": len(examples), "blank": blank, "truncated": too_long, "repeated": repeated}
     return kept

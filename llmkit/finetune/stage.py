@@ -37,13 +37,13 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     checkpoint, data = Path(checkpoint), Path(data)
     art = artifacts.load(checkpoint, kind="checkpoint")
     if not data.exists():
-        raise UserError(f"data not found: {data}; pass a JSONL file (or a folder holding train.jsonl)")
+        raise UserError(f"data not found: {data}; pass a .jsonl, .csv or .parquet file (or a folder holding train.jsonl)")
     if config.val_data is not None:
         from llmkit.finetune import data as ft_data
 
         if not Path(config.val_data).exists():
-            raise UserError(f"--val-data not found: {config.val_data}; pass a JSONL file (or a folder holding "
-                            f"{' or '.join(ft_data.VALIDATION_FILES)})")
+            raise UserError(f"--val-data not found: {config.val_data}; pass a .jsonl, .csv or .parquet file (or a folder "
+                            "holding validation.jsonl or val.jsonl)")
 
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
     if config.devices.tp == 1 and config.devices.pp == 1:  # (split: _check_split_model's batch ways)
@@ -88,6 +88,11 @@ def _check_split_model(config: FinetuneConfig, art) -> None:
         return
     if config.task != "sft" or config.lora_rank:
         raise UsageError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
+    from llmkit.model.averaging import is_lora_step
+
+    if is_lora_step(art):  # (before any process starts: the workers refused it after encoding the data)
+        raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), which --tp/--pp cannot read a part at a "
+                        "time; fine-tune from it without them")
     model_config = read_model_config(art.path)
     seq_len = _seq_len(config, model_config.context_length)
     layout = planned_split(config.devices, config.checkpoints.ema, lambda layout: check_model(model_config, layout, seq_len))
@@ -150,7 +155,7 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
     lora_step = is_lora_step(art)  # (its adapters alone: checked against its base as it is read)
     if split and lora_step:
         raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), which --tp/--pp cannot read a part at a "
-                        "time; fine-tune from it without them, or from the finished run directory, whose weights are merged")
+                        "time; fine-tune from it without them")
     if not lora_step:
         refuse_a_config_its_weights_do_not_fit(model_config, art.path / WEIGHTS)  # (before a model of its size is built)
     if config.dropout is not None:
@@ -405,7 +410,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 soft_wrap=True,
             )
             if labels is not None:
-                err.print(_classes_line(prepared.data_stats()), soft_wrap=True)
+                err.print(_classes_line(prepared.data_stats(), len(prepared.val_scored) < len(val_examples)), soft_wrap=True)
             if trainer.start_step == 0:  # (once everything is checked: a refusal stays one line)
                 _note_thin_data(config, len(train_examples), len(val_examples))
                 _note_validation(config, data, len(val_examples))
@@ -457,15 +462,15 @@ class _Prepared:
                                               if hasattr(examples, "counts")}}
         if self.labels is not None:
             stats["class_counts"] = {"training": ft_data.class_counts(self.train_examples, self.labels)}
-            if self.val_scored:
+            if self.val_scored:  # (the examples each validation scores: those val_accuracy is of, --eval-examples)
                 scored = ft_data.class_counts(self.val_scored, self.labels)
-                stats["class_counts"]["validation"] = ft_data.class_counts(self.val_examples, self.labels)
+                stats["class_counts"]["validation"] = scored
                 commonest = max(stats["class_counts"]["training"].items(), key=lambda item: item[1])[0]  # (the first of a tie)
                 stats["val_majority_accuracy"] = scored[commonest] / len(self.val_scored)
         return stats
 
 
-def _classes_line(stats: dict[str, Any], shown: int = 6) -> str:
+def _classes_line(stats: dict[str, Any], subset: bool, shown: int = 6) -> str:
     """The examples of each class, in training and validation, and what always answering the
     commonest class would score: the accuracy the run's is to be read against."""
     counts = stats["class_counts"]
@@ -477,7 +482,8 @@ def _classes_line(stats: dict[str, Any], shown: int = 6) -> str:
     line = f"classes in training: {listed(counts['training'])}"
     if "validation" in counts:
         commonest = max(counts["training"].items(), key=lambda item: item[1])[0]
-        line += (f"; in validation: {listed(counts['validation'])} (always answering training's commonest class, "
+        where = f"in the {sum(counts['validation'].values()):,} validation examples scored" if subset else "in validation"
+        line += (f"; {where}: {listed(counts['validation'])} (always answering training's commonest class, "
                  f"{commonest!r}, scores accuracy {stats['val_majority_accuracy']:.4f})")
     return line
 

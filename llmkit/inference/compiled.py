@@ -110,7 +110,10 @@ class CompiledDecoder:
                             # A graph may write in place only into buffers at fixed addresses. Unguarded:
                             # a new cache (a new batch, a new turn) re-records the graph, not recompiles.
                             torch._dynamo.mark_static_address(buffer, guard=False)
-                batch = (tuple(tokens.shape), cache.k[0].dtype)
+                # (the RoPE tables' length too: a graph holds them, and tables grown for a longer cache
+                # compile a new one, through _compile_and_step, not as a recompile of the old)
+                tables = getattr(self.model, "rope_cos", None)
+                batch = (tuple(tokens.shape), cache.k[0].dtype, None if tables is None else tables.shape[0])
                 if self.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are no longer read
                 if batch in self._compiled_batches:

@@ -49,13 +49,13 @@ def step_base(art, config):
     where = ref["path"] if Path(ref["path"]) == recorded.path else f"{ref['path']}, from here {recorded.path}"
     if not recorded.path.is_dir():
         raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), whose model is its base ({where}) with "
-                        "them folded in, and that base is not there; put it back where the run read it, or use the "
-                        "finished run directory, whose weights are merged")
+                        "them folded in, and that base is not there; put it back where the run read it (a finished run's "
+                        "own directory holds merged weights, which need no base)")
     base = artifacts.load(recorded.path, kind="checkpoint")
     if base.fingerprint != recorded.fingerprint:
         raise UserError(f"{art.path} is a LoRA step checkpoint (its adapters only), and its base {recorded.path} changed "
                         f"since the run read it (fingerprint {base.fingerprint[:12]}, not {recorded.fingerprint[:12]}); "
-                        "use the finished run directory, whose weights are merged")
+                        "restore it (a finished run's own directory holds merged weights, which need no base)")
     from llmkit.model.averaging import StoredWeights, is_lora_step
 
     if is_lora_step(base):
@@ -88,7 +88,9 @@ def step_checkpoint_weights(art, device: str) -> dict[str, torch.Tensor]:
     """A LoRA step checkpoint's model as plain weights, on `device`: its base's, what the step
     trained laid over them, and the adapters merged, as averaging reads them a tensor at a time
     (`averaging.MergedStepWeights`: one merge for both, on the CPU, as the run merged its own)."""
+    from llmkit.artifacts import checked_as_read
     from llmkit.model.averaging import MergedStepWeights
 
-    with MergedStepWeights(art) as merged:
+    # (each weights file hashed beside the read, the base's too: a same-size edit of the base was fine-tuned on, unsaid)
+    with MergedStepWeights(art) as merged, checked_as_read(*merged.files_read):
         return {name: tensor.to(device) for name, tensor in merged.items()}

@@ -29,7 +29,8 @@ plan = stage_command("plan", PlanConfig, _plan, force=None, writes_artifact=Fals
 
 
 def _human(value: float, unit: str = "") -> str:
-    for suffix, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    """2.49B tokens, but 98.30GFLOP/s: a count's billions, SI's giga for a unit."""
+    for suffix, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G" if unit else "B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f}{suffix}{unit}"
     return f"{value:.3g}{unit}"
@@ -65,11 +66,11 @@ def print_plan(plan: dict[str, Any]) -> None:
     costs = ([f"recompute x{c['recompute_factor']:.2f}"] if c["recompute_factor"] != 1 else []) + (
         [f"pipeline bubble {c['pipeline_bubble']:.0%}"] if c["pipeline_bubble"] else [])
     table.add_row("speed", f"{_human(c['tokens_per_s'])} tokens/s ({_human(c['tokens_per_s_per_device'])} per device) at MFU "
-                           f"{c['mfu_assumed']:.0%} of {_human(c['peak_flops'])}FLOP/s ({_peak_from(c['peak_from'])})"
+                           f"{c['mfu_assumed']:.0%} of {_human(c['peak_flops'], 'FLOP/s')} ({_peak_from(c['peak_from'])})"
                            f"{' with ' + ', '.join(costs) if costs else ''}; a step of "
                            f"{c['batch_tokens']:,} tokens in {_duration(c['step_seconds'])}")
     table.add_row("compute-optimal", f"{_human(c['compute_optimal_tokens'])} tokens ({c['compute_optimal_rule']}): "
-                                     f"{_human(c['compute_optimal_flops'])}FLOP, {_duration(c['compute_optimal_days'] * 86400)} on this layout")
+                                     f"{_human(c['compute_optimal_flops'], 'FLOP')}, {_duration(c['compute_optimal_days'] * 86400)} on this layout")
     out.print(table)
     memory = Table(title="memory per device (the busiest)")
     memory.add_column("part")

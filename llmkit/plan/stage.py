@@ -177,6 +177,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     if hf_data is not None and cfg.vocab_size is not None and cfg.vocab_size != hf_data.get("vocab_size"):
         plan["notes"].append(f"vocabulary: --vocab-size {cfg.vocab_size:,} instead of the config.json's vocab_size "
                              f"({json.dumps(hf_data.get('vocab_size'))})")
+    if cfg.peak_tflops is not None and not 1e-3 <= cfg.peak_tflops <= 1e5:  # (a CPU core to a rack: FLOP/s typed?)
+        plan["notes"].append(f"speed: --peak-tflops {cfg.peak_tflops:g} is outside what one device does (0.001 to 100,000 "
+                             "TFLOP/s); it takes TFLOP/s, not FLOP/s")
     if device.on_gpu and not device.bf16 and cfg.peak_tflops is None:
         plan["notes"].append("speed: the table's peak is bf16's; an fp32 run (no TF32) is many times slower than this estimate")
     if not device.on_gpu and device.bf16:

@@ -97,15 +97,19 @@ def train_interruptibly(tokenizer, texts: Iterator[str], trainer) -> None:
 STEADY_HELDOUT_PIECES = 20  # fewer, and the held-out figures are a few pieces' mix (seeds 0-3 moved bytes_per_token 3.02-3.43)
 
 
-def _note_a_thin_heldout_slice(pieces: int, size: int, trained: int, every: int) -> None:
+def _note_a_thin_heldout_slice(pieces: int, size: int, trained: int, every: int, capped: bool) -> None:
     """The figures of a slice of a few pieces (each up to ~16K characters, held out whole) are that
     mix's, not the input's: a 3.7 MB input of two languages held out 0 to 3 pieces by seed."""
     from llmkit.console import note
 
     if pieces >= STEADY_HELDOUT_PIECES:
         return
-    fix = (f"a smaller --heldout-every than {every} holds more out" if every > 2 else
-           "more input gives more")
+    if capped:
+        fix = "--heldout-max-bytes is what stops the slice there: raise it"
+    elif pieces + trained < 2 * STEADY_HELDOUT_PIECES:
+        fix = f"the input ({pieces + trained:,} piece{'s' if pieces + trained != 1 else ''}) is too small for a steady one: more text gives one"
+    else:
+        fix = (f"a smaller --heldout-every than {every} holds more out" if every > 2 else "more text gives more")
     if pieces == 0:
         note(f"no piece of the {trained:,} trained on was drawn for the held-out slice (each with chance 1/{every}): "
              f"bytes_per_token and tokens_per_word are measured on training text, which flatters them; {fix}")
@@ -163,6 +167,9 @@ def train_tokenizer(
                 f"--sample-bytes {config.sample_bytes} drew no document from the input's {source.total_bytes:,} bytes; "
                 "raise --sample-bytes (or leave it out to train on everything)"
             )
+        if sampler.docs == 0 and sampler.heldout:  # ("its files are empty" said of a one-line file held out whole)
+            raise UserError(f"every piece of the input ({len(sampler.heldout):,}) was held out for the stats (--heldout-every "
+                            f"{config.heldout_every}), leaving none to train on; give more text, or a larger --heldout-every")
         if sampler.docs == 0:
             raise UserError(
                 "the input has no text to train on (empty corpus or only empty documents); "
@@ -182,7 +189,8 @@ def train_tokenizer(
         # Too small an input to hold anything out (or no piece drawn): measure on (the start of) the training sample.
         measured_on = "heldout" if sampler.heldout else "training sample"
         quality = measure(tokenizer, sampler.heldout or sampler.first_trained)
-        _note_a_thin_heldout_slice(len(sampler.heldout), sampler.heldout_bytes, sampler.docs, config.heldout_every)
+        _note_a_thin_heldout_slice(len(sampler.heldout), sampler.heldout_bytes, sampler.docs, config.heldout_every,
+                                   sampler.heldout_bytes >= config.heldout_max_bytes)
         build.config = {**config.hashed(), "input": source.described}
         build.seed = config.seed
         if source.corpus is not None:

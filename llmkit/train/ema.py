@@ -31,13 +31,8 @@ class MovingAverage(KeptWeights):
                 raise UserError("the checkpoint's moving average does not match this model; resume without --ema changes")
             self.values = {name: saved[name].to(device, torch.float32) for name in names}
         else:
-            self.values = dict(zip(names, (value.clone() for value in self._current())))
-
-    def _current(self) -> list[torch.Tensor]:
-        """The averaged weights' present values, in fp32, in the order of `values`."""
-        merged = [module.weight.detach().float() + module.scaling * (module.lora_B.detach().float() @ module.lora_A.detach().float())
-                  for module in self.adapted.values()]  # (adapters.merged_weight's arithmetic)
-        return [p.detach().float() for _, p in self.trained] + merged
+            self.values = {name: p.detach().float().clone() for name, p in self.trained}
+            self.values.update({name: _merged(module) for name, module in self.adapted.items()})
 
     @torch.no_grad()
     def update(self, updates: int) -> None:
@@ -45,8 +40,17 @@ class MovingAverage(KeptWeights):
         # TensorFlow's ExponentialMovingAverage warm-up (num_updates): early on the average follows
         # the weights closely, so a short run's average is not mostly its random initialisation.
         decay = min(self.decay, (1 + updates) / (10 + updates))
-        torch._foreach_lerp_(list(self.values.values()), self._current(), 1.0 - decay)
+        if self.trained:
+            torch._foreach_lerp_([self.values[name] for name, _ in self.trained], [p.detach().float() for _, p in self.trained],
+                                 1.0 - decay)
+        for name, module in self.adapted.items():  # one merged weight at a time: all at once doubled the average's memory
+            self.values[name].lerp_(_merged(module), 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's weights with the averages in place; under LoRA plain merged weights (no adapters)."""
         return {name: value for name, value in super().state_dict().items() if not is_adapter_key(name)}
+
+
+def _merged(module: nn.Module) -> torch.Tensor:
+    """A LoRALinear's weight with its adapter folded in, in fp32 (adapters.merged_weight's arithmetic)."""
+    return module.weight.detach().float() + module.scaling * (module.lora_B.detach().float() @ module.lora_A.detach().float())

@@ -71,18 +71,20 @@ class Resuming:
 
     def _an_older_checkpoint(self, damaged: Path) -> str:
         """Where a damaged newest checkpoint leaves the run: the newest older one that verifies whole,
-        and how to go on from it (a resume takes the newest; the damaged one was all it named)."""
-        older = [step for step in ckpt.step_dirs(self.run_dir) if step != damaged and
-                 ckpt.saved_step(step) < (ckpt.saved_step(damaged) if damaged != self.run_dir else float("inf"))]
-        for step in reversed(older):
+        and what to move out of the run to go on from it (a resume takes the newest; the damaged one
+        was all it named)."""
+        steps = [step for step in ckpt.step_dirs(self.run_dir) if step != damaged]
+        newer = [damaged / artifacts.MANIFEST if damaged == self.run_dir else damaged]  # (what a resume would take first)
+        for step in reversed(steps):
             try:
-                whole = not artifacts.verify(step).problems
-            except UserError:
+                whole = not artifacts.verify(step).problems and ckpt.saved_step(step) >= 0
+            except UserError:  # (an unreadable training state or manifest: not whole either)
                 whole = False
             if whole:
+                moved = " and ".join(str(path) for path in newer)
                 return (f"; the run's older checkpoint {step.name} (step {ckpt.saved_step(step)}) is whole: to go on from "
-                        f"it, move {damaged if damaged != self.run_dir else damaged / artifacts.MANIFEST} out of the run "
-                        "and --resume again")
+                        f"it, move {moved} out of the run and --resume again")
+            newer.append(step)
         return ""
 
     def _load_weights_for_resume(self):
