@@ -1646,3 +1646,27 @@ def test_texts_cut_to_one_start_are_said_to_repeat_because_of_the_cut(base, caps
     examples = classify_examples(records, label_set(records, "training"), tok, 6, True, "training")
     said = " ".join(capsys.readouterr().err.split())
     assert examples.counts["repeated"] == 2 and "once --truncate cut 4 of them to fit" in said and "llmkit clean" not in said
+
+
+def test_a_resumed_run_or_a_classifier_base_keeps_its_head_order(tmp_path):
+    """Digit-string labels sort as numbers since 2026-12-07 ("2" before "10"); a run saved before, its head
+    in text order ("1", "10", "2"), resumed with the new order read its head's rows as other classes,
+    unsaid, and a classifier base of that order lost its head. The order a run or base has is kept."""
+    from llmkit.finetune.data import label_set
+    from llmkit.finetune.stage import _in_a_known_order, _saved_label_order
+    from llmkit.model.records import TaskRecord
+
+    records = [{"text": "t", "label": label} for label in ("1", "2", "10", "2")]
+    labels = label_set(records, "training")
+    assert labels.names == ["1", "2", "10"]
+    step = tmp_path / "run" / "checkpoints" / "step_0000002"
+    step.mkdir(parents=True)
+    (step / "manifest.json").write_text("{}")
+    TaskRecord(task="classify", labels=["1", "10", "2"], label_values=["1", "10", "2"]).write(step)
+    saved = _saved_label_order(tmp_path / "run")
+    assert saved == ["1", "10", "2"]
+    kept = _in_a_known_order(labels, [saved, None])
+    assert (kept.names, kept.original) == (["1", "10", "2"], ["1", "10", "2"])
+    assert kept.index("10", "r") == 1 and kept.index("2", "r") == 2
+    assert _in_a_known_order(labels, [None, ["1", "10", "2"]]).names == ["1", "10", "2"]  # a base's
+    assert _in_a_known_order(labels, [["1", "2"], ["a", "b", "c"]]).names == labels.names  # other classes: its own

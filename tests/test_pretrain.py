@@ -1545,3 +1545,20 @@ def test_a_damaged_newest_checkpoint_names_the_older_one_a_resume_can_go_on_from
         shutil.move(str(steps / name), str(tmp_path / name))
     resumed = cli(*run, "--resume")
     assert resumed.exit_code == 0 and "resumed from step 2" in resumed.output, resumed.output
+
+
+def test_a_finished_runs_damaged_last_step_names_its_whole_final_weights(shakespeare, cli, tmp_path):
+    """The advice named an older step where the finished run's own weights, of the same step, were whole
+    and were what the resume then took."""
+    run = ["pretrain", shakespeare["tokens"], "-o", tmp_path / "run", *FAST, "--eval-every", "0", "--save-every", "1",
+           "--keep-last", "0", "--max-steps", "3"]
+    assert cli(*run).exit_code == 0
+    weights = tmp_path / "run" / "checkpoints" / "step_0000003" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    line = _error(cli(*run[:-1], "5", "--resume"))
+    assert "the run's own final weights (step 3) are whole: to go on from them, move" in line, line
+    shutil.move(str(weights.parent), str(tmp_path / "damaged"))
+    resumed = cli(*run[:-1], "5", "--resume")
+    assert resumed.exit_code == 0 and "resumed from step 3" in resumed.output, resumed.output

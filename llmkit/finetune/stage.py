@@ -333,7 +333,10 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
             tokenizer.own_chat_template = base_template["jinja"]
         seq_len = _seq_len(config, read_model_config(art.path).context_length)
 
-        prepared = _examples(config, data, tokenizer, seq_len, info.is_main)
+        base_task = read_task(art)
+        known = [_saved_label_order(out) if resume else None,
+                 base_task.labels if base_task is not None and base_task.is_classifier else None]
+        prepared = _examples(config, data, tokenizer, seq_len, info.is_main, known_orders=known)
         template, labels, loss_fn = prepared.template, prepared.labels, prepared.loss_fn
         train_examples, val_examples = prepared.train_examples, prepared.val_examples
         train_batches, val_batches = prepared.train_batches, prepared.val_batches
@@ -502,7 +505,36 @@ def _note_thin_data(config, train: int, val: int) -> None:
              f"{config.batch_size / train:.1f} times; lower --batch-size, or give more --data")
 
 
-def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_main: bool) -> _Prepared:
+def _saved_label_order(run_dir: Path) -> list[str] | None:
+    """The classes, in head order, of the run being resumed (its newest checkpoint's task.json)."""
+    from llmkit.model.records import TASK_FILE, TaskRecord
+    from llmkit.train import checkpoint as ckpt
+
+    for folder in (run_dir, ckpt.latest_checkpoint(run_dir)):
+        path = folder / TASK_FILE if folder is not None else None
+        if path is not None and path.is_file():
+            try:
+                return TaskRecord.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path)).labels
+            except (ValueError, UserError):  # (a damaged record: the resume's own checks name it)
+                return None
+    return None
+
+
+def _in_a_known_order(labels, known: list[list[str] | None]):
+    """The classes in the head order a resumed run, or a classifier base, has for the same classes: a
+    run saved while digit-string labels sorted as text ("1", "10", "2") resumed with them sorted as
+    numbers, its head's rows read as other classes, unsaid (2026-12-07); a base's head was dropped."""
+    from llmkit.model.records import Labels
+
+    for names in known:
+        if names is not None and names != labels.names and sorted(names) == sorted(labels.names):
+            value_of = dict(zip(labels.names, labels.original))
+            return Labels(names=list(names), original=[value_of[name] for name in names])
+    return labels
+
+
+def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_main: bool,
+              known_orders: list[list[str] | None] = ()) -> _Prepared:
     """--data (and --val-data, or its held-out share) read, checked and encoded for the task."""
     from llmkit.data.templates import chat_format_for, check_tokenizer, encode_example, resolve_template
     from llmkit.finetune import data as ft_data
@@ -551,7 +583,7 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
             ft_data.class_texts(every_record, "the data", every_place, config.text_field)
             ft_data.label_set(every_record, "the data", every_place, label_field)
             ft_data.check_held_out_labels(every_record, records, config.val_fraction, every_place, places, label_field)
-        labels = ft_data.label_set(records, "training", places, label_field)
+        labels = _in_a_known_order(ft_data.label_set(records, "training", places, label_field), list(known_orders))
         fields = dict(text_field=config.text_field, label_field=label_field)
         train_examples = ft_data.classify_examples(records, labels, tokenizer, seq_len, config.truncate, "training",
                                                    is_main, places, **fields)

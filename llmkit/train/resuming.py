@@ -75,6 +75,14 @@ class Resuming:
         was all it named)."""
         steps = [step for step in ckpt.step_dirs(self.run_dir) if step != damaged]
         newer = [damaged / artifacts.MANIFEST if damaged == self.run_dir else damaged]  # (what a resume would take first)
+        if damaged != self.run_dir and self.spec.final_weights_trainable and (self.run_dir / artifacts.MANIFEST).is_file():
+            try:  # (a finished run's last step damaged: its own final weights, of the same step, are what a resume takes next)
+                final = ckpt.saved_step(self.run_dir) if not artifacts.verify(self.run_dir).problems else None
+            except UserError:
+                final = None
+            if final is not None:
+                return (f"; the run's own final weights (step {final}) are whole: to go on from them, move {damaged} out "
+                        "of the run and --resume again")
         for step in reversed(steps):
             try:
                 whole = not artifacts.verify(step).problems and ckpt.saved_step(step) >= 0
