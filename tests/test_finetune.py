@@ -1670,3 +1670,17 @@ def test_a_resumed_run_or_a_classifier_base_keeps_its_head_order(tmp_path):
     assert kept.index("10", "r") == 1 and kept.index("2", "r") == 2
     assert _in_a_known_order(labels, [None, ["1", "10", "2"]]).names == ["1", "10", "2"]  # a base's
     assert _in_a_known_order(labels, [["1", "2"], ["a", "b", "c"]]).names == labels.names  # other classes: its own
+
+
+def test_a_folder_holding_two_training_files_is_refused_naming_them(tmp_path):
+    """A folder's train.jsonl beside its train.csv: one was read, the other passed over unsaid."""
+    from llmkit.errors import UserError
+    from llmkit.finetune.data import data_file
+
+    (tmp_path / "train.csv").write_text("text,label\na,0\n")
+    assert data_file(tmp_path) == tmp_path / "train.csv"
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": 0}\n')
+    with pytest.raises(UserError, match="holds train.jsonl and train.csv; pass the file to read"):
+        data_file(tmp_path)
+    (tmp_path / "val.parquet").write_bytes(b"")
+    assert data_file(tmp_path, validation=True) == tmp_path / "val.parquet"

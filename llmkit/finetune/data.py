@@ -41,9 +41,12 @@ def data_file(path: Path, validation: bool = False) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    for name in VALIDATION_FILES if validation else TRAINING_FILES:
-        if (path / name).is_file():
-            return path / name
+    found = [path / name for name in (VALIDATION_FILES if validation else TRAINING_FILES) if (path / name).is_file()]
+    if len(found) > 1:  # (train.jsonl beside train.csv: which one was read went unsaid)
+        raise UserError(f"{'--val-data' if validation else '--data'} {path} holds {' and '.join(f.name for f in found)}; pass "
+                        "the file to read")
+    if found:
+        return found[0]
     if validation:
         raise UserError(f"--val-data {path} is a folder without validation.jsonl or val.jsonl (.csv, .parquet); pass the "
                         "validation file itself, or leave --val-data out to hold out --val-fraction of --data")
