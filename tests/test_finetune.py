@@ -1684,3 +1684,13 @@ def test_a_folder_holding_two_training_files_is_refused_naming_them(tmp_path):
         data_file(tmp_path)
     (tmp_path / "val.parquet").write_bytes(b"")
     assert data_file(tmp_path, validation=True) == tmp_path / "val.parquet"
+
+
+def test_an_empty_field_name_is_refused_as_an_option():
+    """--label-field "" trained a classifier whose task.json no reader took (an empty field name)."""
+    from llmkit.finetune.config import FinetuneConfig
+
+    for flag, name in (("--field", "text_field"), ("--label-field", "label_field")):
+        with pytest.raises(ValueError, match=f"{flag} needs a field name, got ' '"):
+            FinetuneConfig.build(task="classify", **{name: " "})
+    assert FinetuneConfig.build(task="classify", label_field="label").label_field is None  # (the default, typed)

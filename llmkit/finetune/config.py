@@ -76,6 +76,9 @@ class FinetuneConfig(Options):
         if self.lora_rank and self.freeze:
             raise ValueError("--freeze picks what full fine-tuning trains; with --lora-rank only the adapters train "
                              "(--lora-targets picks them): give one of the two")
+        for flag, value in (("--field", self.text_field), ("--label-field", self.label_field)):
+            if value is not None and not value.strip():  # (recorded in task.json, it made a classifier no reader took)
+                raise ValueError(f"{flag} needs a field name, got {value!r}")
         if self.label_field == "label":  # (the default typed: the same run, the same fingerprint)
             self.label_field = None
         self._refuse_idle(lambda name: getattr(self, name) != self.default_of(name))
