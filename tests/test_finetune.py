@@ -1660,9 +1660,9 @@ def test_a_resumed_run_or_a_classifier_base_keeps_its_head_order(tmp_path):
     labels = label_set(records, "training")
     assert labels.names == ["1", "2", "10"]
     step = tmp_path / "run" / "checkpoints" / "step_0000002"
-    step.mkdir(parents=True)
-    (step / "manifest.json").write_text("{}")
-    TaskRecord(task="classify", labels=["1", "10", "2"], label_values=["1", "10", "2"]).write(step)
+    step.parent.mkdir(parents=True)
+    with artifacts.create(step, "checkpoint") as build:  # (a saved step's record, as the run wrote it)
+        TaskRecord(task="classify", labels=["1", "10", "2"], label_values=["1", "10", "2"]).write(build.dir)
     saved = _saved_label_order(tmp_path / "run")
     assert saved == ["1", "10", "2"]
     kept = _in_a_known_order(labels, [saved, None])

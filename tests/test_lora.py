@@ -418,3 +418,21 @@ def test_a_step_over_a_base_edited_in_place_is_refused_where_it_is_read(base, sh
         refused = cli(*command)
         assert refused.exit_code == 1 and "was changed after the artifact" in refused.output, (command[0], refused.output)
     assert not (tmp_path / "again").exists()
+
+
+def test_a_fine_tune_of_a_step_never_writes_over_the_base_it_reads(base, shared_data, cli, tmp_path):
+    """-o naming a LoRA step's base (an input of its input, read for its weights) with --force moved that
+    base aside, and the run then failed to read it: the output guard knew the step alone."""
+    import shutil
+
+    shutil.copytree(base["checkpoint"], tmp_path / "base")
+    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
+            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:16]]
+    flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--batch-size", "8", "--eval-every", "0",
+             "--truncate", "--max-steps", "1", "--save-every", "1"]
+    assert cli("finetune", tmp_path / "base", *flags, "-o", tmp_path / "run").exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()}
+    refused = cli("finetune", tmp_path / "run" / "checkpoints" / "step_0000001", *flags, "-o", tmp_path / "base", "--force")
+    assert refused.exit_code != 0 and "is the stage's input" in refused.output, refused.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()} == before
+    assert not list(tmp_path.glob(".base*"))  # (nothing moved aside)

@@ -115,15 +115,20 @@ def _places(records: list, name: str, places: Sequence[str] | None) -> Sequence[
 
 
 class Examples(list):
-    """Encoded examples, and `counts`: how the records became them (records read, examples kept, cut
-    by --truncate, left out and why, repeats), which the manifest's stats keep (`examples`)."""
+    """Encoded examples; `distinct`, their keys (`_example_key`: what repeats, and which validation
+    examples are training ones, is told by, hashed once); `counts`: how the records became them
+    (records read, examples kept, cut by --truncate, left out and why, repeats), which the manifest's
+    stats keep (`examples`)."""
 
     counts: dict[str, int]
 
-
-def _repeats(examples: Sequence) -> int:
-    """Examples that repeat an earlier one exactly (the same tokens and targets)."""
-    return len(examples) - len({_example_key(example) for example in examples})
+    def __init__(self, examples: Sequence, name: str, verbose: bool, cut: int, counts: dict[str, int]):
+        super().__init__(examples)
+        self.distinct = {_example_key(example) for example in self}
+        repeated = len(self) - len(self.distinct)
+        if verbose:
+            _note_repeats(repeated, len(self), name, cut)
+        self.counts = {**counts, "repeated": repeated}
 
 
 def _note_repeats(repeated: int, total: int, name: str, cut: int) -> None:
@@ -230,13 +235,10 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
             parts.append(f"{emptied} kept without their prompt's text, their response alone taking the tokens (leave such "
                          "examples out of the data if the response means nothing without it)")
         note("; ".join(parts))
-    repeated = _repeats(examples)
-    if verbose:
-        _note_repeats(repeated, len(examples), name, too_long if truncate else 0)
-    kept = Examples(examples)  # validation may end up empty: the run then has no validation loss
-    kept.counts = {"records": len(records), "kept": len(examples), "blank": blank, "truncated": too_long if truncate else 0,
-                   "no_room": dropped, "prompt_emptied": emptied, "repeated": repeated}
-    return kept
+    cut = too_long if truncate else 0
+    # (validation may end up empty: the run then has no validation loss)
+    return Examples(examples, name, verbose, cut, {"records": len(records), "kept": len(examples), "blank": blank,
+                                                    "truncated": cut, "no_room": dropped, "prompt_emptied": emptied})
 
 
 def _example_key(example) -> bytes:
@@ -256,7 +258,7 @@ def check_held_apart(train: Sequence, val: Sequence, *, given: bool, verbose: bo
     (a held-out share of data that repeats its records: the user chose none of them)."""
     if not val:
         return
-    seen = {_example_key(example) for example in train}
+    seen = train.distinct if isinstance(train, Examples) else {_example_key(example) for example in train}
     repeated = sum(_example_key(example) in seen for example in val)
     source = "--val-data" if given else "the held-out --val-fraction of --data"
     fix = ("give held-out records in --val-data" if given else
@@ -586,12 +588,8 @@ def classify_examples(records: list[dict], labels: Labels, tokenizer, max_len: i
         unknown.note()
     if too_long and verbose:
         note(f"{too_long} of {len(records)} {name} texts were cut to {max_len} token{'s' if max_len != 1 else ''} (--truncate)")
-    repeated = _repeats(examples)
-    if verbose:
-        _note_repeats(repeated, len(examples), name, too_long)
-    kept = Examples(examples)
-    kept.counts = {"records": len(records), "kept": len(examples), "blank": blank, "truncated": too_long, "repeated": repeated}
-    return kept
+    return Examples(examples, name, verbose, too_long,
+                    {"records": len(records), "kept": len(examples), "blank": blank, "truncated": too_long})
 
 
 def class_counts(examples: Sequence[ClassExample], labels: Labels) -> dict[str, int]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UsageError
+from llmkit.model.adapters import merged_weight
 from llmkit.model.cpu_gemm import Linear, linear
 
 # Never adapted: the output head (tied to the embedding in most models) and a classifier head,
@@ -103,8 +104,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             plain = Linear(module.in_features, module.out_features, bias=module.bias is not None,
                               device=module.weight.device, dtype=module.weight.dtype)
             with torch.no_grad():
-                delta = module.lora_B.float() @ module.lora_A.float()
-                plain.weight.copy_((module.weight.float() + module.scaling * delta).to(module.weight.dtype))
+                plain.weight.copy_(merged_weight(module.weight, module.lora_A, module.lora_B, module.scaling))
                 if module.bias is not None:
                     plain.bias.copy_(module.bias)
             plain.train(module.training)

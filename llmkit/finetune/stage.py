@@ -28,6 +28,7 @@ from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import check_model
 from llmkit.train.launch import (keep_recorded_settings, launch, note_a_smaller_micro_batch, planned_split, planned_world,
                                  refuse_resume_with_force, runtime_record, split_batch, worker_process)
+from llmkit.model.adapters import refuse_unrecorded_adapters, step_bases
 from llmkit.train.loop import Trainer
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
@@ -66,7 +67,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
-                  reads=[checkpoint, data, config.val_data, template_file], compared=compared)  # (as typed, first: named so)
+                  reads=[checkpoint, *step_bases(art), data, config.val_data, template_file], compared=compared)  # (as typed, first: named so)
 
 
 def _check_held_apart(train_file: Path, val_file: Path) -> None:
@@ -126,18 +127,10 @@ def load_base_state(art, keep_head: bool):
         state = step_checkpoint_weights(art, "cpu")
     else:
         state = read_weights(art.file(WEIGHTS))
-        refuse_adapters(art, state)
+        refuse_unrecorded_adapters(art, state)
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     return state
-
-
-def refuse_adapters(art, state) -> None:
-    from llmkit.model.adapters import is_adapter_key
-
-    if any(is_adapter_key(k) for k in state):
-        raise UserError(f"{art.path} holds unmerged LoRA adapters, and its task.json says no LoRA run's step wrote it; "
-                        "the checkpoint is damaged: rebuild it")
 
 
 def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool = False):
@@ -178,7 +171,7 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
         with torch.device("meta"):
             model = build_lm(model_config)
         stored = stored_shapes(art.file(WEIGHTS))  # names and shapes from the header; each rank reads its part later
-        refuse_adapters(art, stored)
+        refuse_unrecorded_adapters(art, stored)
         check_shapes(model, stored, art.path / WEIGHTS)
         missing = set(model.state_dict()) - set(stored) - tied_names(model)
         if missing:
@@ -337,6 +330,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
         known = [_saved_label_order(out) if resume else None,
                  base_task.labels if base_task is not None and base_task.is_classifier else None]
         prepared = _examples(config, data, tokenizer, seq_len, info.is_main, known_orders=known)
+        data_stats = prepared.data_stats()
         template, labels, loss_fn = prepared.template, prepared.labels, prepared.loss_fn
         train_examples, val_examples = prepared.train_examples, prepared.val_examples
         train_batches, val_batches = prepared.train_batches, prepared.val_batches
@@ -379,7 +373,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 val_examples=len(val_examples), val_scored=min(len(val_examples), config.eval_examples) if val_examples else None,
                 epochs=max_steps * global_batch / len(train_examples), max_steps=max_steps,
                 lora_layers=len(adapted), frozen_params=total - trainable, labels=labels.names if labels else None,
-                **prepared.data_stats(),
+                **data_stats,
             ),
             runtime={**runtime_record(config, info, micro_batch, accumulation),
                      **({"examples_sha256": ft_data.examples_digest(train_examples)} if config.task == "sft" else {})},
@@ -413,7 +407,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 soft_wrap=True,
             )
             if labels is not None:
-                err.print(_classes_line(prepared.data_stats(), len(prepared.val_scored) < len(val_examples)), soft_wrap=True)
+                err.print(_classes_line(data_stats, len(prepared.val_scored) < len(val_examples)), soft_wrap=True)
             if trainer.start_step == 0:  # (once everything is checked: a refusal stays one line)
                 _note_thin_data(config, len(train_examples), len(val_examples))
                 _note_validation(config, data, len(val_examples))
@@ -507,16 +501,16 @@ def _note_thin_data(config, train: int, val: int) -> None:
 
 def _saved_label_order(run_dir: Path) -> list[str] | None:
     """The classes, in head order, of the run being resumed (its newest checkpoint's task.json)."""
-    from llmkit.model.records import TASK_FILE, TaskRecord
+    from llmkit.model.records import read_task
     from llmkit.train import checkpoint as ckpt
 
     for folder in (run_dir, ckpt.latest_checkpoint(run_dir)):
-        path = folder / TASK_FILE if folder is not None else None
-        if path is not None and path.is_file():
+        if folder is not None and (folder / artifacts.MANIFEST).is_file():
             try:
-                return TaskRecord.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path)).labels
-            except (ValueError, UserError):  # (a damaged record: the resume's own checks name it)
+                task = read_task(artifacts.load(folder, kind="checkpoint"))
+            except UserError:  # (a damaged record: the resume's own checks name it)
                 return None
+            return task.labels if task is not None else None
     return None
 
 

@@ -19,9 +19,36 @@ def is_adapter_key(key: str) -> bool:
     return key.endswith(LORA_SUFFIXES)
 
 
+def refuse_unrecorded_adapters(art, names) -> None:
+    """Adapters in a checkpoint whose task.json records no LoRA step: a damaged file, not a model."""
+    if any(map(is_adapter_key, names)):
+        raise UserError(f"{art.path} holds unmerged LoRA adapters, and its task.json says no LoRA run's step wrote it; "
+                        "the checkpoint is damaged: rebuild it")
+
+
+def merged_float(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """One layer's weight with its adapter folded in, W + scaling B A, in float32 (the one arithmetic of
+    every merge: a run's, a step's load, --ema's average)."""
+    return weight.float() + scaling * (lora_B.float() @ lora_A.float())
+
+
 def merged_weight(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
-    """One layer's weight with its adapter folded in, in float32 arithmetic, stored in the weight's dtype."""
-    return (weight.float() + scaling * (lora_B.float() @ lora_A.float())).to(weight.dtype).contiguous()
+    """`merged_float`, stored in the weight's dtype."""
+    return merged_float(weight, lora_A, lora_B, scaling).to(weight.dtype).contiguous()
+
+
+def step_bases(art) -> list[Path]:
+    """The folders a LoRA step checkpoint's model is read from beside its own: its base, and that
+    base's where it is a step too (a stage reading the step must not write over them)."""
+    from llmkit.model.averaging import is_lora_step
+
+    from llmkit import artifacts
+
+    bases = []
+    while is_lora_step(art) and (recorded := art.recorded_input("base")) is not None and recorded.path.is_dir():
+        bases.append(recorded.path)
+        art = artifacts.load(recorded.path, kind="checkpoint")
+    return bases
 
 
 def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:

@@ -336,10 +336,10 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
             # a LoRA run's step checkpoint as generate and eval load it: its base with its adapters merged
             states = [files.enter_context(MergedStepWeights(art) if is_lora_step(art) else StoredWeights(art.file(WEIGHTS)))
                       for art, _ in chosen]
+            from llmkit.model.adapters import refuse_unrecorded_adapters
+
             for (art, _), member in zip(chosen, states):
-                if any(k.endswith((".lora_A", ".lora_B")) for k in member):
-                    raise UserError(f"{art.path} holds unmerged LoRA adapters, and its task.json says no LoRA run's step "
-                                    "wrote it; the checkpoint is damaged: rebuild it")
+                refuse_unrecorded_adapters(art, member)
             read = [file for (art, _), s in zip(chosen, states) for file in getattr(s, "files_read", [art.file(WEIGHTS)])]
             # (each file hashed beside the reads: load checks their sizes only)
             with artifacts.checked_as_read(*dict.fromkeys(read)):

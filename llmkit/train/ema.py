@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import UserError
-from llmkit.model.adapters import is_adapter_key
+from llmkit.model.adapters import is_adapter_key, merged_float
 from llmkit.train.checkpoint import KeptWeights
 
 
@@ -52,5 +52,5 @@ class MovingAverage(KeptWeights):
 
 
 def _merged(module: nn.Module) -> torch.Tensor:
-    """A LoRALinear's weight with its adapter folded in, in fp32 (adapters.merged_weight's arithmetic)."""
-    return module.weight.detach().float() + module.scaling * (module.lora_B.detach().float() @ module.lora_A.detach().float())
+    """A LoRALinear's weight with its adapter folded in, in fp32."""
+    return merged_float(module.weight.detach(), module.lora_A.detach(), module.lora_B.detach(), module.scaling)
