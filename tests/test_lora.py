@@ -398,17 +398,24 @@ def test_a_lora_step_fine_tunes_as_generate_loads_it_and_its_own_steps_load_thro
     assert all(torch.equal(soup[key], second[key]) for key in second)  # (the mean of one model twice)
 
 
-def test_a_step_over_a_base_edited_in_place_is_refused_where_it_is_read(base, shared_data, cli, tmp_path):
-    """A same-size edit of a LoRA step's base was fine-tuned on (and generated from) unsaid: its bytes
-    were read, not checked against the base's manifest, as the base's own loads check them."""
+def _lora_run_on_a_copy_of_the_base(base, shared_data, cli, tmp_path, steps: int) -> list:
+    """A LoRA SFT run of `steps` steps, each saved, on a copy of the base (tmp_path/base, free to damage)
+    into tmp_path/run; its flags."""
     import shutil
 
     shutil.copytree(base["checkpoint"], tmp_path / "base")
     rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
             for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:16]]
     flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--batch-size", "8", "--eval-every", "0",
-             "--truncate", "--max-steps", "2", "--save-every", "1"]
+             "--truncate", "--max-steps", str(steps), "--save-every", "1"]
     assert cli("finetune", tmp_path / "base", *flags, "-o", tmp_path / "run").exit_code == 0
+    return flags
+
+
+def test_a_step_over_a_base_edited_in_place_is_refused_where_it_is_read(base, shared_data, cli, tmp_path):
+    """A same-size edit of a LoRA step's base was fine-tuned on (and generated from) unsaid: its bytes
+    were read, not checked against the base's manifest, as the base's own loads check them."""
+    flags = _lora_run_on_a_copy_of_the_base(base, shared_data, cli, tmp_path, steps=2)
     weights = tmp_path / "base" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 1
@@ -423,14 +430,7 @@ def test_a_step_over_a_base_edited_in_place_is_refused_where_it_is_read(base, sh
 def test_a_fine_tune_of_a_step_never_writes_over_the_base_it_reads(base, shared_data, cli, tmp_path):
     """-o naming a LoRA step's base (an input of its input, read for its weights) with --force moved that
     base aside, and the run then failed to read it: the output guard knew the step alone."""
-    import shutil
-
-    shutil.copytree(base["checkpoint"], tmp_path / "base")
-    rows = [{"prompt": r["text"], "response": "positive" if r["label"] else "negative"}
-            for r in read_jsonl(shared_data / "sentiment" / "train.jsonl")[:16]]
-    flags = ["--data", write_jsonl(tmp_path / "data.jsonl", rows), "--lora-rank", "2", "--batch-size", "8", "--eval-every", "0",
-             "--truncate", "--max-steps", "1", "--save-every", "1"]
-    assert cli("finetune", tmp_path / "base", *flags, "-o", tmp_path / "run").exit_code == 0
+    flags = _lora_run_on_a_copy_of_the_base(base, shared_data, cli, tmp_path, steps=1)
     before = {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()}
     refused = cli("finetune", tmp_path / "run" / "checkpoints" / "step_0000001", *flags, "-o", tmp_path / "base", "--force")
     assert refused.exit_code != 0 and "is the stage's input" in refused.output, refused.output
