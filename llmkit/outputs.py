@@ -76,16 +76,14 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
         raise UserError(f"-o {out} is the folder you are in or one above it; give the output a new folder name")
-    for item in inputs:
-        if item is None or not Path(item).exists():  # a hub name, or missing (the stage says so)
-            continue
+    for item, named in _inputs_and_the_bases_they_read(inputs):
         source = Path(item).resolve()
         if _same(source, target):
-            raise UserError(f"-o {out} is the stage's input {item}; write the output to another path")
+            raise UserError(f"-o {out} is {named}; write the output to another path")
         if any(_same(source, parent) for parent in target.parents):
-            raise UserError(f"-o {out} lies inside the stage's input {item}; write the output outside it")
+            raise UserError(f"-o {out} lies inside {named}; write the output outside it")
         if any(_same(target, parent) for parent in source.parents):
-            raise UserError(f"-o {out} contains the stage's input {item}; write the output to another path")
+            raise UserError(f"-o {out} contains {named}; write the output to another path")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
     # (whether it is llmkit's first: --force was advised for a folder it then refused)
@@ -107,6 +105,36 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         _refuse_a_read_only_output(out, resume)
     make_parent(out)
     return out
+
+
+def _inputs_and_the_bases_they_read(inputs: Iterable[Path | str | None]) -> list[tuple[Path | str, str]]:
+    """Each input there (a hub name or a missing path is the stage's to report), with its words for a
+    refusal, and the folders a LoRA step checkpoint among them is read from: its base (and that base's,
+    a step too), whose weights the step's model is made of. Every stage that reads a step reads them
+    after its output is moved aside, so -o naming one with --force took the model away mid-read."""
+    named = []
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        named.append((item, f"the stage's input {item}"))
+        named.extend((base, f"the base {base} that the input {item} is read from") for base in _step_bases(Path(item)))
+    return named
+
+
+def _step_bases(path: Path) -> list[Path]:
+    if not (path / "manifest.json").is_file():
+        return []
+    from llmkit import artifacts
+
+    try:
+        art = artifacts.load(path)
+        if art.kind != "checkpoint":  # (read without importing torch: clean and tokenize start fast)
+            return []
+        from llmkit.model.adapters import step_bases
+
+        return step_bases(art)
+    except UserError:  # (not an artifact after all, or damaged: the stage says so as it reads it)
+        return []
 
 
 def kind_made_at(folder: Path) -> str | None:
@@ -323,13 +351,12 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
         raise UserError(f"-o {storable_name(str(path))}: the path is not UTF-8 ({storable_name(where)}); give the output a "
                         "path in UTF-8")
     target = path.resolve()
-    for item in inputs:
-        if item is not None and Path(item).exists():
-            source = Path(item).resolve()
-            if _same(source, target):
-                raise UserError(f"-o {path} would overwrite the input {item}; write the output to another file")
-            if any(_same(source, parent) for parent in target.parents):
-                raise UserError(f"-o {path} lies inside the input {item}; write the output outside it")
+    for item, named in _inputs_and_the_bases_they_read(inputs):
+        source = Path(item).resolve()
+        if _same(source, target):
+            raise UserError(f"-o {path} would overwrite {named}; write the output to another file")
+        if any(_same(source, parent) for parent in target.parents):
+            raise UserError(f"-o {path} lies inside {named}; write the output outside it")
     if path.is_dir():
         raise UserError(f"-o {path} is a folder; give a file path")
     _refuse_existing(path, force, ours)

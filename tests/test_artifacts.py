@@ -431,7 +431,7 @@ def test_an_output_that_is_an_input_by_another_path_is_refused(tmp_path):
 
     (tmp_path / "prompts.txt").write_text("Once\n")
     os.link(tmp_path / "prompts.txt", tmp_path / "same.txt")
-    with pytest.raises(UserError, match="would overwrite the input"):
+    with pytest.raises(UserError, match="would overwrite the stage.s input"):
         outputs.check_output_file(tmp_path / "same.txt", force=True, inputs=[tmp_path / "prompts.txt"])
 
 

@@ -85,8 +85,8 @@ OVERLAPS = [
     (["tokenizer", "train", "{corpus}", "-o", "{corpus}", "--force"], ["corpus"], "is the stage's input"),
     (["clean", "{book}", "-o", "{book}", "--force"], ["book"], "is the stage's input"),
     (["clean", "{corpus}", "-o", "{corpus}"], ["corpus"], "is the stage's input"),  # a folder of readable files
-    (["generate", "{ckpt}", "--prompts", "{prompts}", "-o", "{prompts}", "--force"], ["prompts"], "would overwrite the input"),
-    (["generate", "{ckpt}", "-p", "x", "-o", "{ckpt}/model.safetensors", "--force"], ["ckpt"], "lies inside the input"),
+    (["generate", "{ckpt}", "--prompts", "{prompts}", "-o", "{prompts}", "--force"], ["prompts"], "would overwrite the stage's input"),
+    (["generate", "{ckpt}", "-p", "x", "-o", "{ckpt}/model.safetensors", "--force"], ["ckpt"], "lies inside the stage's input"),
 ]
 
 

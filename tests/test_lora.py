@@ -427,12 +427,20 @@ def test_a_step_over_a_base_edited_in_place_is_refused_where_it_is_read(base, sh
     assert not (tmp_path / "again").exists()
 
 
-def test_a_fine_tune_of_a_step_never_writes_over_the_base_it_reads(base, shared_data, cli, tmp_path):
+def test_no_stage_reading_a_step_writes_over_the_base_it_reads(base, shared_data, cli, tmp_path):
     """-o naming a LoRA step's base (an input of its input, read for its weights) with --force moved that
-    base aside, and the run then failed to read it: the output guard knew the step alone."""
+    base aside, and the stage then failed to read it, or wrote into it: the output guard knew the step
+    alone (finetune alone added the bases, by hand), for every stage that reads a step."""
     flags = _lora_run_on_a_copy_of_the_base(base, shared_data, cli, tmp_path, steps=1)
+    step = tmp_path / "run" / "checkpoints" / "step_0000001"
     before = {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()}
-    refused = cli("finetune", tmp_path / "run" / "checkpoints" / "step_0000001", *flags, "-o", tmp_path / "base", "--force")
-    assert refused.exit_code != 0 and "is the stage's input" in refused.output, refused.output
-    assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()} == before
-    assert not list(tmp_path.glob(".base*"))  # (nothing moved aside)
+    for command, said in ((["finetune", step, *flags], "is the base"), (["export", step], "is the base"),
+                          (["average", step, tmp_path / "run"], "is the base"),
+                          (["eval", step, "--data", tmp_path / "data.jsonl"], "is the base"),
+                          (["generate", step, "-p", "Hi", "-n", "2"], "lies inside the base")):
+        out = tmp_path / "base" / "out.jsonl" if command[0] == "generate" else tmp_path / "base"
+        refused = cli(*command, "-o", out, "--force")
+        assert refused.exit_code != 0 and f"{said} {tmp_path / 'base'} that the input {step} is read from" in refused.output, \
+            (command[0], refused.output)
+        assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()} == before, command[0]
+        assert not list(tmp_path.glob(".base*")), command[0]  # (nothing moved aside)

@@ -28,7 +28,7 @@ from llmkit.train import distributed as dist_utils
 from llmkit.train.layout import check_model
 from llmkit.train.launch import (keep_recorded_settings, launch, note_a_smaller_micro_batch, planned_split, planned_world,
                                  refuse_resume_with_force, runtime_record, split_batch, worker_process)
-from llmkit.model.adapters import refuse_unrecorded_adapters, step_bases
+from llmkit.model.adapters import refuse_unrecorded_adapters
 from llmkit.train.loop import Trainer
 
 def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: FinetuneConfig, *,
@@ -67,7 +67,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
 
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
                   inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
-                  reads=[checkpoint, *step_bases(art), data, config.val_data, template_file], compared=compared)  # (as typed, first: named so)
+                  reads=[checkpoint, data, config.val_data, template_file], compared=compared)  # (as typed, first: named so)
 
 
 def _check_held_apart(train_file: Path, val_file: Path) -> None:
