@@ -1,6 +1,7 @@
 """Records from a CSV or Parquet file a user gives a stage (eval's and finetune's `--data`), read
-with `datasets` as the file is now (a fresh cache: not one keyed by the file's time). JSON Lines go
-through `llmkit.jsonl`, which names a bad line; these are read whole by the library."""
+with `datasets` as the file is now (a fresh cache: not one keyed by the file's time), or from a
+`datasets` name (NAME[:CONFIG], from the Hub or llmkit's datasets cache). JSON Lines go through
+`llmkit.jsonl`, which names a bad line; these are read whole by the library."""
 
 from __future__ import annotations
 
@@ -53,3 +54,33 @@ def _has_rows_below_header(path: Path) -> bool:
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         rows = (row for row in csv.reader(handle) if any(cell.strip() for cell in row))
         return next(rows, None) is not None and next(rows, None) is not None
+
+
+def looks_like_a_path(data: str) -> bool:
+    """A missing file, rather than a data set name such as `wikitext:wikitext-2-raw-v1` or
+    `org/name`: a path's form, or a folder here that `org` would be (`runs/tokenz`)."""
+    suffixes = (".txt", ".md", ".jsonl", ".json", ".ndjson", ".parquet", ".csv")
+    first = data.split("/", 1)[0]
+    return (data.startswith(("/", ".", "~")) or data.count("/") > 1 or data.lower().endswith(suffixes)
+            or ("/" in data and Path(first).is_dir()))
+
+
+def dataset_records(name_and_config: str, split: str) -> list[dict]:
+    """The records of split `split` of the `datasets` data set NAME[:CONFIG]: from the Hub, or from
+    llmkit's datasets cache (the one `llmkit clean --dataset` fills) when the Hub is unreachable."""
+    import datasets
+
+    from llmkit.runtime import datasets_cache_dir, offline_when_unreachable
+
+    name, _, config = name_and_config.partition(":")
+    offline = False
+    try:
+        with offline_when_unreachable() as offline:
+            ds = datasets.load_dataset(name, config or None, split=split, cache_dir=str(datasets_cache_dir()))
+    except Exception as exc:  # offline misses, unknown names and splits all land here
+        where = " (no file or folder of that name here, and the Hub is unreachable)" if offline else ""
+        raise UserError(
+            f"could not load data set {name!r}{f' ({config})' if config else ''} split {split!r}{where}: "
+            f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
+        ) from exc
+    return [dict(r) for r in ds]

@@ -69,6 +69,25 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
     return folder
 
 
+def cached_as_a_hub_dataset(name: str, splits: dict[str, Path], scratch: Path) -> None:
+    """What a download of the data set `name` leaves in llmkit's datasets cache, where an offline
+    load finds it: built from local files (a split each) by the `json` builder, then laid out as
+    datasets keeps a Hub data set (NAMESPACE___NAME/CONFIG/VERSION/HASH, its .arrow files named after
+    the data set)."""
+    import shutil
+
+    import datasets
+
+    from llmkit.runtime import datasets_cache_dir
+
+    datasets.load_dataset("json", data_files={split: str(path) for split, path in splits.items()}, cache_dir=str(scratch))
+    built = next(path for path in (scratch / "json").glob("default-*/*/*") if path.is_dir())
+    target = datasets_cache_dir() / name.replace("/", "___") / "default" / built.parent.name / built.name
+    shutil.copytree(built, target)
+    for arrow in target.glob("json-*.arrow"):
+        arrow.rename(target / arrow.name.replace("json-", f"{name.split('/')[-1]}-", 1))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared real data sets folder; skip locally when absent, fail under CI."""

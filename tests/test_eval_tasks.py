@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import in_ci
+from conftest import cached_as_a_hub_dataset, in_ci
 
 from llmkit import artifacts
 from llmkit.eval import benchmark_run
@@ -194,24 +193,6 @@ def test_logliks_acc_and_acc_norm_equal_a_direct_transformers_computation(cli, e
     assert "note: arc_easy scored on the validation split; lm-eval scores it on its test split" in " ".join(result.output.split())
 
 
-def _cached_as_a_hub_dataset(name: str, records: Path, split: str, scratch: Path) -> None:
-    """What a download of the data set `name` leaves in llmkit's datasets cache, where an offline
-    load finds it: built from a local file by the `json` builder, then laid out as datasets keeps a
-    Hub data set (NAMESPACE___NAME/CONFIG/VERSION/HASH, its .arrow files named after the data set)."""
-    import shutil
-
-    import datasets
-
-    from llmkit.runtime import datasets_cache_dir
-
-    datasets.load_dataset("json", data_files={split: str(records)}, cache_dir=str(scratch))
-    built = next(path for path in (scratch / "json").glob("default-*/*/*") if path.is_dir())
-    target = datasets_cache_dir() / name.replace("/", "___") / "default" / built.parent.name / built.name
-    shutil.copytree(built, target)
-    for arrow in target.glob("json-*.arrow"):
-        arrow.rename(target / arrow.name.replace("json-", f"{name.split('/')[-1]}-", 1))
-
-
 def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exported, bundle, tmp_path):
     records = benchmark_run.load_task_records(TASKS["piqa"], None, None)[:5]
     (tmp_path / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -220,7 +201,7 @@ def test_local_records_in_the_task_layout_score_as_the_bundled_ones(cli, exporte
     read = lambda p: json.loads((p / "metrics.json").read_text())  # noqa: E731
     assert read(tmp_path / "bundled") == read(tmp_path / "local")
     # a data set name, read from the datasets cache (tests are offline), scores alike at the split asked
-    _cached_as_a_hub_dataset("someorg/piqa-mini", tmp_path / "piqa.jsonl", "validation", tmp_path / "build")
+    cached_as_a_hub_dataset("someorg/piqa-mini", {"validation": tmp_path / "piqa.jsonl"}, tmp_path / "build")
     named = cli("eval", exported / "ckpt", "--task", "piqa", "--data", "someorg/piqa-mini", "--split", "validation",
                 "-o", tmp_path / "named")
     assert named.exit_code == 0, named.output

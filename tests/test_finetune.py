@@ -1694,3 +1694,39 @@ def test_an_empty_field_name_is_refused_as_an_option():
         with pytest.raises(ValueError, match=f"{flag} needs a field name, got ' '"):
             FinetuneConfig.build(task="classify", **{name: " "})
     assert FinetuneConfig.build(task="classify", label_field="label").label_field is None  # (the default, typed)
+
+
+def test_a_data_set_name_trains_as_its_records_in_files_do(base, shared_data, cli, tmp_path):
+    """finetune read files alone where eval took a `datasets` name: --data NAME[:CONFIG] is its train
+    split, --val-data NAME its validation split (from llmkit's datasets cache here: tests are offline),
+    recorded by the records' content; the same records in files train the same weights."""
+    from safetensors.torch import load_file
+
+    from conftest import cached_as_a_hub_dataset
+
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")
+    train, val = write_jsonl(tmp_path / "train.jsonl", rows[:24]), write_jsonl(tmp_path / "val.jsonl", rows[24:32])
+    cached_as_a_hub_dataset("someorg/sst-mini", {"train": train, "validation": val}, tmp_path / "build")
+    common = ["--task", "classify", "--max-steps", "2", "--batch-size", "8", "--truncate", "--eval-every", "2", "--lr", "1e-3"]
+    for name, data in (("files", [train, "--val-data", val]), ("named", ["someorg/sst-mini", "--val-data", "someorg/sst-mini"])):
+        made = cli("finetune", base["checkpoint"], "--data", *data, *common, "-o", tmp_path / name)
+        assert made.exit_code == 0, made.output
+    named, files = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("named", "files"))
+    assert all(torch.equal(named[key], files[key]) for key in files)
+    stats = artifacts.load(tmp_path / "named").manifest.stats
+    assert (stats["train_examples"], stats["val_examples"]) == (24, 8)
+    config = artifacts.load(tmp_path / "named").config
+    assert config["data_sha256"] != config["val_data_sha256"]
+    # a run of it stopped after one step and resumed is the same run (its records' hash unchanged)
+    named = ["--data", "someorg/sst-mini", "--val-data", "someorg/sst-mini", *common]
+    assert cli("finetune", base["checkpoint"], *named, "--save-every", "1", "--max-steps", "1", "-o", tmp_path / "again").exit_code == 0
+    resumed = cli("finetune", base["checkpoint"], *named, "-o", tmp_path / "again", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert artifacts.load(tmp_path / "again").fingerprint == artifacts.load(tmp_path / "named").fingerprint
+    # a name the cache lacks (offline), or a split the set lacks: one line each, nothing written
+    missing = cli("finetune", base["checkpoint"], "--data", "someorg/absent", *common, "-o", tmp_path / "m")
+    assert missing.exit_code == 1 and "could not load data set 'someorg/absent' split 'train'" in missing.output, missing.output
+    cached_as_a_hub_dataset("someorg/sst-train-only", {"train": train}, tmp_path / "build-train")
+    no_split = cli("finetune", base["checkpoint"], "--data", train, "--val-data", "someorg/sst-train-only", *common, "-o", tmp_path / "s")
+    assert no_split.exit_code == 1 and "split 'validation'" in no_split.output, no_split.output
+    assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists()

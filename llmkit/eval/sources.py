@@ -16,7 +16,7 @@ from pathlib import Path
 from llmkit.errors import UserError
 from llmkit.eval.textio import Records, is_jsonl
 from llmkit.jsonl import read_text
-from llmkit.table_records import is_table, read_table_records
+from llmkit.table_records import dataset_records, is_table, looks_like_a_path, read_table_records
 
 
 def artifact_kind(data: str) -> str | None:
@@ -58,40 +58,13 @@ def load_records(data: str, split: str, limit: int | None = None) -> Records:
         raise UserError(f"--data {data} is a folder, not an artifact; pass one of its files (.jsonl, .txt, .parquet, .csv)")
     elif path.exists():
         raise UserError(f"--data {data}: unsupported file type {path.suffix!r}; use .txt, .jsonl, .parquet or .csv")
-    elif _looks_like_path(data):
+    elif looks_like_a_path(data):
         raise UserError(f"--data {data}: no such file or artifact; check the path")
     else:
-        name, _, config = data.partition(":")
-        records = _datasets_records(name, config or None, split)
+        records = dataset_records(data, split)
     found = Records(records[:limit] if limit is not None else records)
     found.places = [f"{data}:{line}" for line in lines] if lines is not None else [f"{data} record {i + 1}" for i in range(len(found))]
     if not found:
         raise UserError(f"--data {data} holds no records")
     return found
 
-
-def _looks_like_path(data: str) -> bool:
-    """A missing file, rather than a data set name such as `wikitext:wikitext-2-raw-v1` or
-    `org/name`: a path's form, or a folder here that `org` would be (`runs/tokenz`)."""
-    suffixes = (".txt", ".md", ".jsonl", ".json", ".ndjson", ".parquet", ".csv")
-    first = data.split("/", 1)[0]
-    return (data.startswith(("/", ".", "~")) or data.count("/") > 1 or data.lower().endswith(suffixes)
-            or ("/" in data and Path(first).is_dir()))
-
-
-def _datasets_records(name: str, config: str | None, split: str) -> list[dict]:
-    import datasets
-
-    from llmkit.runtime import datasets_cache_dir, offline_when_unreachable
-
-    offline = False
-    try:
-        with offline_when_unreachable() as offline:
-            ds = datasets.load_dataset(name, config, split=split, cache_dir=str(datasets_cache_dir()))
-    except Exception as exc:  # offline misses, unknown names and splits all land here
-        where = " (no file or folder of that name here, and the Hub is unreachable)" if offline else ""
-        raise UserError(
-            f"could not load data set {name!r}{f' ({config})' if config else ''} split {split!r}{where}: "
-            f"{' '.join(str(exc).split())[:200]}; pass a local file or a data set in the datasets cache"
-        ) from exc
-    return [dict(r) for r in ds]

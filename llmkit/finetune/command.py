@@ -24,7 +24,8 @@ finetune = stage_command(
     "finetune", FinetuneConfig, _finetune,
     arguments=[
         argument("checkpoint", "Checkpoint artifact to start from (pretrain, import or an earlier finetune)."),
-        argument("data", "Training records, .jsonl, .csv or .parquet (or a folder with train.jsonl).", flags=("--data",), panel=TASK_PANEL,
+        argument("data", "Training records, .jsonl, .csv or .parquet (or a folder with train.jsonl), or a datasets "
+                 "NAME[:CONFIG] (its train split).", flags=("--data",), panel=TASK_PANEL,
                  recorded="content hash (data_sha256)"),
     ],
     out="Run directory; becomes the checkpoint artifact at the end.",

@@ -28,8 +28,8 @@ class FinetuneConfig(Options):
                                     recorded_as="config field (where given)")
     label_field: str | None = option(None, "--task classify: the field holding the label (default label).", panel=TASK_PANEL,
                                      hashed=False, recorded_as="config label_field (where given)")
-    val_data: Path | None = option(None, "Validation records, .jsonl, .csv or .parquet (default: hold out --val-fraction of "
-                                   "--data).", panel=TASK_PANEL,
+    val_data: Path | None = option(None, "Validation records, .jsonl, .csv or .parquet, or a datasets NAME[:CONFIG] (its "
+                                   "validation split) (default: hold out --val-fraction of --data).", panel=TASK_PANEL,
                                    hashed=False, recorded_as="content hash (val_data_sha256)")
     val_fraction: float = option(0.05, "Share of --data held out for validation when --val-data is not given.", panel=TASK_PANEL,
                                  range="[0, 1)")

@@ -13,6 +13,9 @@ pure function of (seed, k), so resume and any number of ranks see the same data.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,11 +31,31 @@ from llmkit.data.templates import (Encoded, encode_chat_example, encode_example,
 from llmkit.jsonl import field_value
 from llmkit.model.gpt import IGNORE_INDEX
 from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels, label_key
+from llmkit.table_records import dataset_records, looks_like_a_path
 
 
 RECORD_FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 TRAINING_FILES = tuple(f"train{suffix}" for suffix in RECORD_FILE_SUFFIXES)
 VALIDATION_FILES = tuple(f"{stem}{suffix}" for stem in ("validation", "val") for suffix in RECORD_FILE_SUFFIXES)
+
+
+# The split a data set name is read at: --data's training split, --val-data's validation split.
+DATASET_SPLITS = {False: "train", True: "validation"}
+
+
+def is_dataset_name(path: Path | str) -> bool:
+    """--data (or --val-data) naming a `datasets` data set, NAME[:CONFIG], rather than a file."""
+    return not Path(path).exists() and not looks_like_a_path(str(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, validation: bool) -> tuple[dict[str, Any], ...]:
+    """A data set's records, read once per run (hashed for the manifest, then read for examples)."""
+    return tuple(dataset_records(name, DATASET_SPLITS[validation]))
+
+
+def forget_data_sets() -> None:
+    _dataset.cache_clear()
 
 
 def data_file(path: Path, validation: bool = False) -> Path:
@@ -73,11 +96,16 @@ class Places(Sequence[str]):
 
 def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, Any]], Places]:
     """The records of a data file (JSON Lines, CSV or Parquet) and where each stands in it (a
-    table's by its row: `FILE record N`)."""
+    table's by its row: `FILE record N`); or of a data set's split (`NAME train record N`)."""
     from llmkit.table_records import is_table, read_table_records
 
-    path = data_file(path, validation)
     flag = "--val-data" if validation else "--data"
+    if is_dataset_name(path):
+        records = list(_dataset(str(path), validation))
+        if not records:
+            raise UserError(f"{flag} {path} holds no records in its {DATASET_SPLITS[validation]} split")
+        return records, Places(f"{path} {DATASET_SPLITS[validation]} record ", range(1, len(records) + 1))
+    path = data_file(path, validation)
     if path.exists() and not path.is_dir() and not path.is_file():  # (/dev/null, a pipe: "not found" misled)
         raise UserError(f"{flag} {path} is not a regular file; write the records to a file and pass that")
     if not path.is_file():
@@ -95,6 +123,13 @@ def read_records(path: Path, validation: bool = False) -> tuple[list[dict[str, A
 
 
 def file_digest(path: Path, validation: bool = False) -> str:
+    """The data's content hash for the manifest: a file's bytes, or a data set's records (each as
+    sorted-key JSON, a line each), so that the same records are the same run wherever they came from."""
+    if is_dataset_name(path):
+        digest = hashlib.sha256()
+        for record in _dataset(str(path), validation):
+            digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+        return digest.hexdigest()
     return artifacts.sha256_file(data_file(path, validation))
 
 
@@ -244,8 +279,6 @@ def sft_examples(records: list[dict], template: dict, tokenizer, max_len: int, t
 def _example_key(example) -> bytes:
     """An example as the model sees it, its tokens and what it learns (SFT's targets, a class), as a
     16-byte digest (the bytes themselves held 9 a token: 0.9 GB for 100k examples of 1,024)."""
-    import hashlib
-
     tokens = np.asarray(example.ids, dtype=np.int64).tobytes()
     learned = bytes(example.learn) if isinstance(example, Encoded) else b"|%d" % example.label
     return hashlib.blake2b(tokens + b"/" + learned, digest_size=16).digest()
@@ -395,8 +428,6 @@ def _not_learned_where_cut(example: Encoded, kept: list[dict[str, str]], reply: 
 def examples_digest(examples: Sequence[Encoded]) -> str:
     """A digest of encoded examples (ids and what is learned): a resume checks that the run's
     examples are still encoded as the saved steps were trained on."""
-    import hashlib
-
     digest = hashlib.sha256()
     for example in examples:
         ids = np.asarray(example.ids, dtype=np.int64)

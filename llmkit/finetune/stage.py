@@ -22,6 +22,7 @@ import torch
 
 from llmkit import artifacts
 from llmkit.errors import UsageError, UserError
+from llmkit.finetune import data as ft_data
 from llmkit.finetune.config import FinetuneConfig
 from llmkit.model.records import CheckpointStats, LoraRecord, TaskRecord
 from llmkit.train import distributed as dist_utils
@@ -35,14 +36,14 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
              resume: bool = False, force: bool = False) -> Path:
     """Fine-tune and return the run directory, which is then a checkpoint artifact."""
     refuse_resume_with_force(resume, force)
+    ft_data.forget_data_sets()  # (a data set read by an earlier run in this process may have changed since)
     checkpoint, data = Path(checkpoint), Path(data)
     art = artifacts.load(checkpoint, kind="checkpoint")
-    if not data.exists():
-        raise UserError(f"data not found: {data}; pass a .jsonl, .csv or .parquet file (or a folder holding train.jsonl)")
+    if not data.exists() and not ft_data.is_dataset_name(data):
+        raise UserError(f"data not found: {data}; pass a .jsonl, .csv or .parquet file (or a folder holding train.jsonl), "
+                        "or a datasets name NAME[:CONFIG]")
     if config.val_data is not None:
-        from llmkit.finetune import data as ft_data
-
-        if not Path(config.val_data).exists():
+        if not Path(config.val_data).exists() and not ft_data.is_dataset_name(config.val_data):
             raise UserError(f"--val-data not found: {config.val_data}; pass a .jsonl, .csv or .parquet file (or a folder "
                             "holding validation.jsonl or val.jsonl)")
 
@@ -56,8 +57,6 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     config = keep_recorded_settings(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), length_left_out=not given)
     template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
     def compared() -> dict[str, str]:  # (a node's own copies of the files, at other paths, are the same run)
-        from llmkit.finetune import data as ft_data
-
         contents = {"data": ft_data.file_digest(data)}
         if config.val_data:
             contents["val_data"] = ft_data.file_digest(Path(config.val_data), validation=True)
@@ -66,7 +65,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
         return contents
 
     return launch(_train, Path(out), config, devices=config.devices, resume=resume, force=force,
-                  inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data.resolve())},
+                  inputs={"checkpoint": str(checkpoint.resolve()), "data": str(data if ft_data.is_dataset_name(data) else data.resolve())},
                   reads=[checkpoint, data, config.val_data, template_file], compared=compared)  # (as typed, first: named so)
 
 
@@ -306,7 +305,6 @@ def task_record(config: FinetuneConfig, template: dict | None, labels, model, ad
 def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> None:
     """One process's work (the only one, or one torchrun worker)."""
     from llmkit.data.tokenizer import copy_tokenizer_files, load_tokenizer
-    from llmkit.finetune import data as ft_data
     from llmkit.model.adapters import merge_state_dict
     from llmkit.model.io import TOKENIZER_DIR, WEIGHTS, read_model_config
     from llmkit.model.records import TASK_FILE, read_task
@@ -452,8 +450,6 @@ class _Prepared:
 
     def data_stats(self) -> dict[str, Any]:
         """The stats of how the records became examples, and a classifier's classes."""
-        from llmkit.finetune import data as ft_data
-
         stats: dict[str, Any] = {"examples": {name: examples.counts for name, examples in
                                               (("training", self.train_examples), ("validation", self.val_examples))
                                               if hasattr(examples, "counts")}}
@@ -531,7 +527,6 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
               known_orders: list[list[str] | None] = ()) -> _Prepared:
     """--data (and --val-data, or its held-out share) read, checked and encoded for the task."""
     from llmkit.data.templates import chat_format_for, check_tokenizer, encode_example, resolve_template
-    from llmkit.finetune import data as ft_data
 
     records, places = ft_data.read_records(data)
     first = (records[0], places[0]) if records else None  # (the split may hold it out: its error named a later line)
@@ -596,7 +591,6 @@ def _note_validation(config: FinetuneConfig, data: Path, held_out: int) -> None:
     """What validation reads that a user would not guess: a subset (--eval-examples), or not the
     --data folder's own validation file. Said with the other notes, after every refusal."""
     from llmkit.console import note
-    from llmkit.finetune import data as ft_data
 
     if held_out > config.eval_examples:
         note(f"validation scores {config.eval_examples} of the {held_out} validation examples (--eval-examples "
