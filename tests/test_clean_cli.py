@@ -107,7 +107,7 @@ def test_empty_corpus(cli, tmp_path):
     assert "no text found" in line and "every document is empty or blank" in line  # no rule to loosen
     (tmp_path / "short.txt").write_text("hi there\nok go\nyes\n", encoding="utf-8")  # C4 removes each line: a rule's doing
     line = _one_error_line(cli("clean", tmp_path / "short.txt", "--c4", "--c4-min-sentences", "0", "-o", tmp_path / "out"))
-    assert "all 1 documents were dropped (c4_no_lines_left: 1); loosen those rules" in line, line
+    assert "the one document was dropped (c4_no_lines_left: 1); loosen those rules" in line, line
     (tmp_path / "page.html").write_text("<html><script>var x = 1;</script></html>", encoding="utf-8")
     line = _one_error_line(cli("clean", tmp_path / "page.html", "--strip-html", "-o", tmp_path / "out"))
     assert "every document is empty or blank once its HTML is stripped" in line, line
@@ -458,3 +458,79 @@ def test_two_corpora_made_from_files_of_one_name_stay_apart_when_cleaned_togethe
     table = pq.read_table(sorted((tmp_path / "same" / "shards").glob("*.parquet"))[0], columns=["id", "source"])
     assert set(table.column("source").to_pylist()) == {"a/corpus/train.jsonl", "b/corpus/train.jsonl"}
     assert len(set(table.column("id").to_pylist())) == table.num_rows
+
+
+def _shard_texts(out) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out / "shards" / "part-00000.parquet").column("text").to_pylist()
+
+
+def test_a_null_parquet_text_is_a_bad_record_as_a_jsonl_null_is(cli, tmp_path):
+    """A null text in a Parquet file was dropped as "empty" (and --skip-bad-lines changed nothing), where
+    the same null in JSONL or through --dataset is a bad record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a first document here", None, "a third document here"]}), tmp_path / "nulls.parquet")
+    line = _one_error_line(cli("clean", tmp_path / "nulls.parquet", "-o", tmp_path / "out"))
+    assert "nulls.parquet:1: column 'text' is null (a record without text); fix it or pass --skip-bad-lines" in line, line
+    _nothing_written(tmp_path)
+    skipped = cli("clean", tmp_path / "nulls.parquet", "--skip-bad-lines", "-o", tmp_path / "out")
+    assert skipped.exit_code == 0, skipped.output
+    stats = artifacts.load(tmp_path / "out").manifest.stats
+    assert _shard_texts(tmp_path / "out") == ["a first document here", "a third document here"]
+    assert stats["dropped"].get("empty", 0) == 0 and stats["bad_line_examples"] == ["nulls.parquet:1"], stats
+
+
+def test_languages_are_one_set_however_typed(cli, shared_data, tmp_path):
+    """`--languages zh,en`, `en,zh,en` and `EN,zh` keep the corpus `en,zh` keeps: each order or repeat was a
+    fingerprint of its own, and `EN` was refused where py3langid's code is `en`."""
+    prints = {}
+    for typed in ("en,zh", "zh,en", "en,zh,en", "EN,zh"):
+        out = tmp_path / typed.replace(",", "_")
+        made = cli("clean", shared_data / "sentiment" / "test.jsonl", "--languages", typed, "-o", out)
+        assert made.exit_code == 0, made.output
+        prints[typed] = artifacts.load(out).fingerprint
+        assert artifacts.load(out).config["languages"] == ["en", "zh"]
+    assert len(set(prints.values())) == 1, prints
+
+
+def test_strip_html_strips_pages_and_records_and_no_other_file(cli, tmp_path):
+    """Any file named is read as plain text, but --strip-html spared .txt/.md/.rst alone: a README, a
+    .markdown or a .cpp lost `<int>`, as a tag."""
+    code = "Use std::vector<int> for a list of whole numbers, and std::map<K, V> for a dictionary."
+    for name in ("README", "notes.markdown", "list.cpp", "notes.md"):
+        (tmp_path / name).write_text(code + "\n", encoding="utf-8")
+    (tmp_path / "page.html").write_text(f"<html><body><p>{code.replace('<', '&lt;')}</p><p>More <b>text</b> here.</p></body></html>",
+                                        encoding="utf-8")
+    (tmp_path / "crawl.jsonl").write_text(json.dumps({"text": "<p>A crawled page's <i>text</i> here.</p>"}) + "\n",
+                                          encoding="utf-8")
+    names = ["README", "notes.markdown", "list.cpp", "notes.md", "page.html", "crawl.jsonl"]
+    made = cli("clean", *(tmp_path / name for name in names), "--strip-html", "--no-near-dedup", "--no-exact-dedup",
+               "-o", tmp_path / "out")
+    assert made.exit_code == 0, made.output
+    assert "--strip-html leaves 4 plain-text file(s) as written" in " ".join(made.output.split())
+    assert _shard_texts(tmp_path / "out") == [code] * 4 + [f"{code}\n\nMore text here.", "A crawled page's text here."]
+
+
+def test_a_tsv_is_read_as_records_and_a_csv_split_otherwise_is_refused(cli, tmp_path):
+    """A .tsv named as an input was one document of its whole text, labels and tabs included; a CSV split
+    by semicolons (as spreadsheets write it in many locales) gave texts with the labels glued on."""
+    (tmp_path / "reviews.tsv").write_text("text\tlabel\nhello there world\t1\nfoo bar baz\t0\n", encoding="utf-8")
+    made = cli("clean", tmp_path / "reviews.tsv", "-o", tmp_path / "tsv")
+    assert made.exit_code == 0, made.output
+    assert _shard_texts(tmp_path / "tsv") == ["hello there world", "foo bar baz"]
+    (tmp_path / "semi.csv").write_text("text;label\nhello there world;1\nfoo bar baz;0\n", encoding="utf-8")
+    line = _one_error_line(cli("clean", tmp_path / "semi.csv", "-o", tmp_path / "out"))
+    assert "its header 'text;label' is one column, its fields split by ';'" in line and "save it comma-separated" in line
+    _nothing_written(tmp_path)
+
+
+def test_everything_dropped_names_the_fix_for_its_commonest_reason(cli, shared_data, tmp_path):
+    chinese = shared_data / "chinese.txt"
+    line = _one_error_line(cli("clean", chinese, "--doc-per", "line", "--preset", "web", "-o", tmp_path / "out"))
+    assert "(language: " in line and "no document was detected as en" in line and "--languages with the corpus's own codes" in line
+    line = _one_error_line(cli("clean", chinese, "--preset", "web", "--languages", "zh", "-o", tmp_path / "out"))
+    assert "the one document was dropped (gopher_long_doc: 1)" in line and "--doc-per blank-line or line" in line
+    _nothing_written(tmp_path)

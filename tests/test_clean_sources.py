@@ -651,7 +651,7 @@ def test_strip_html_leaves_plain_text_and_markdown_files_as_written(cli, tmp_pat
     (site / "page.html").write_text("<html><body><p>The visible text of an HTML page.</p></body></html>", encoding="utf-8")
     (site / "rows.jsonl").write_text(json.dumps({"text": "<p>A crawled record's <b>markup</b>.</p>"}) + "\n", encoding="utf-8")
     result = cli("clean", site, "--strip-html", "-o", tmp_path / "out")
-    assert result.exit_code == 0 and "--strip-html leaves 1 .txt/.md/.rst file(s) as written (site/guide.md)" in \
+    assert result.exit_code == 0 and "--strip-html leaves 1 plain-text file(s) as written (site/guide.md)" in \
         " ".join(result.output.split()), result.output
     texts = pq.read_table(tmp_path / "out" / "shards" / "part-00000.parquet").column("text").to_pylist()
     assert texts == [markdown, "The visible text of an HTML page.", "A crawled record's markup."]

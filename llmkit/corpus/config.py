@@ -64,8 +64,8 @@ class CleanConfig(Options):
     fix_unicode: bool = option(True, "Repair mojibake (ftfy) and Unicode-normalise.", panel=NORMALISE)
     normalization: str = option("NFC", "Unicode normal form.", choices=("NFC", "NFKC", "NFD", "NFKD"), panel=NORMALISE)
     cleanup: bool = option(True, "Remove control characters, odd spaces, trailing blanks.", panel=NORMALISE)
-    strip_html: bool = option(False, "Keep only the visible text of HTML: of .html/.htm files and of records (.txt, .md "
-                              "and .rst files are left as written).", panel=NORMALISE)
+    strip_html: bool = option(False, "Keep only the visible text of HTML: of .html/.htm files and of records (every other "
+                              "file is plain text, left as written).", panel=NORMALISE)
     # Removal of unusable documents (both presets)
     max_binary_ratio: float = option(0.01, "Drop a document with more than this share of control characters (NUL etc.).", panel=NORMALISE,
                                      range="[0, 1]")
@@ -188,6 +188,7 @@ class CleanConfig(Options):
     def __post_init__(self) -> None:
         if isinstance(self.languages, str):  # "en,zh" from the command line or a file
             self.languages = [code.strip() for code in self.languages.split(",") if code.strip()]
+        self.languages = [code.lower() for code in self.languages]  # (py3langid's codes: "EN" matched nothing)
         super().__post_init__()
         if self.text_field is not None and not any(name.strip() for name in self.text_field.split(",")):
             raise UserError(f"--text-field {self.text_field!r} names no field; pass e.g. --text-field text, or "
@@ -205,6 +206,9 @@ class CleanConfig(Options):
             if unknown:  # "EN" or a typo would drop every document of that language without a word
                 raise UserError(f"--languages {', '.join(unknown)}: not a language code py3langid knows; use lowercase ISO "
                                 "639-1 codes such as en, de, zh")
+            # one set of languages, however typed: `zh,en` and `en,zh,en` keep the corpus `en,zh` keeps, and are
+            # recorded so (each order was a fingerprint of its own)
+            self.languages = sorted(set(self.languages))
         self._refuse_idle_settings()
         if self.min_words > self.max_words:
             raise UserError(f"--min-words ({self.min_words}) is above --max-words ({self.max_words}); every document would go")

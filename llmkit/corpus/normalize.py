@@ -127,14 +127,18 @@ _LOOKS_LIKE_HTML = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?\s*>|&
 _SPACE_RUN = re.compile("[ \t]+")
 
 
-_PLAIN_TEXT_FILE = re.compile(r"\.(txt|text|md|rst)(\.(gz|zst|zstd))?(#\d+)?$", re.IGNORECASE)  # (#2: a label's)
+# the files whose documents --strip-html strips: pages, and records (a crawl's); #2: a repeated name's label
+_PAGE_OR_RECORDS_FILE = re.compile(r"\.(html?|xhtml|jsonl|ndjson|json|csv|tsv|parquet)(\.(gz|zst|zstd))?(#\d+)?$",
+                                   re.IGNORECASE)
+_DATA_SET = re.compile(r"(^|/)dataset:")  # (after a cleaned corpus's name, where one carries its documents' sources)
 
 
 def may_hold_html(source: str) -> bool:
-    """--strip-html's documents: an .html/.htm file's, a record's (a crawl's, a data set's), not a
-    plain-text or Markdown file's (by its source label), whose angle brackets are its own text:
-    `std::vector<int>`, a Markdown `<div>` in backticks (a docs site of .md and .html pages)."""
-    return not _PLAIN_TEXT_FILE.search(source)
+    """--strip-html's documents: an .html/.htm file's, a record's (a crawl's, a data set's), not any
+    other file's (by its source label; every other file is read as plain text), whose angle brackets
+    are its own text: `std::vector<int>` in a .cpp, README or .markdown file, a Markdown `<div>` in
+    backticks (a docs site of .md and .html pages)."""
+    return bool(_PAGE_OR_RECORDS_FILE.search(source) or _DATA_SET.search(source))
 
 
 def strip_html(text: str) -> str:

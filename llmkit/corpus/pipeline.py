@@ -77,8 +77,9 @@ def clean(
     # format 6 (2026-12-06): shingles kept combining marks; C4 ended a sentence after a closing quote; Korean's word length
     # format 7 (2026-12-06): a shingle word starts with a letter or number; C4's closers follow CJK marks only
     # format 8 (2026-12-08): --strip-html leaves .txt/.md/.rst as written; a file given twice is read once
+    # format 9 (2026-12-07): a Parquet null is a bad record (it was "empty"); --strip-html strips pages and records alone
     identities = input_identities(sources)
-    key = resume.digest({"stage": "clean", "format": 8, "config": cfg.hashed(), "inputs": identities})
+    key = resume.digest({"stage": "clean", "format": 9, "config": cfg.hashed(), "inputs": identities})
     with artifacts.create(out, "corpus", force=force, inputs=read, resume_key=key) as build:
         for role, source in _artifact_inputs(inputs):  # a corpus cleaned again: its lineage goes on
             build.add_input(role, source)
@@ -221,8 +222,9 @@ def _note_options_these_inputs_ignore(cfg: CleanConfig, sources) -> None:
 
         plain = [source.label for source in sources if not may_hold_html(source.label)]
         if plain:
-            note(f"--strip-html leaves {len(plain)} .txt/.md/.rst file(s) as written ({plain[0]}{', ...' if len(plain) > 1 else ''}): "
-                 "their angle brackets are text (a page saved as .txt is stripped once named .html)")
+            note(f"--strip-html leaves {len(plain)} plain-text file(s) as written ({plain[0]}{', ...' if len(plain) > 1 else ''}): "
+                 "their angle brackets are text; it strips .html/.htm files and records (a page saved as .txt is stripped "
+                 "once named .html)")
     if all(source.plain_text for source in sources):
         if cfg.text_field is not None:
             note(f"--text-field {cfg.text_field} names a field of JSONL, CSV or Parquet records; these inputs are plain "
@@ -241,8 +243,17 @@ def _refuse_nothing_kept(counts: dict[str, int], dropped: Counter[str], sources,
                         f"{' once its HTML is stripped' if cfg.strip_html else ''}; check the files")
     if counts["kept"] == 0:
         top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
-        raise UserError(f"all {counts['docs_in']} documents were dropped ({top}); loosen those rules (see llmkit clean "
-                        "--help) or check the input")
+        commonest = dropped.most_common(1)[0][0]
+        if commonest == "language":  # (the web preset's en dropped a Chinese novel, and the fix went unsaid)
+            fix = (f"no document was detected as {','.join(cfg.languages)} (--languages, the web preset's en): pass "
+                   "--languages with the corpus's own codes (such as zh, de), or check the input")
+        elif commonest == "gopher_long_doc" and cfg.doc_per == "file" and any(s.plain_text for s in sources):
+            fix = ("a whole plain-text file is one document under --doc-per file: pass --doc-per blank-line or line to "
+                   "split it, or raise --max-words")
+        else:
+            fix = "loosen those rules (see llmkit clean --help) or check the input"
+        what = "the one document was" if counts['docs_in'] == 1 else f"all {counts['docs_in']} documents were"
+        raise UserError(f"{what} dropped ({top}); {fix}")
 
 
 def _encode_ids(ids: list[str]) -> dict[str, np.ndarray]:

@@ -195,7 +195,8 @@ def _json_array(path: Path, label: str, compression: Optional[str], picker: _Fie
             raise UserError(f"{label}: item {index}: {exc}; fix the file") from None
 
 
-def csv_reader(path: Path, label: str, compression: Optional[str]):
+def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: str = ","):
+    """A .csv file's records (a .tsv's: `delimiter` a tab)."""
     def read(options: ReadOptions, stats: ReadStats) -> Iterator[tuple[str, str]]:
         with open_binary(path, compression) as handle:
             head = handle.read(SNIFF_BYTES)
@@ -212,12 +213,13 @@ def csv_reader(path: Path, label: str, compression: Optional[str]):
                 yield from stream
                 past_the_end[0] = True
 
-            reader = csv.reader(lines(), strict=False)
+            reader = csv.reader(lines(), strict=False, delimiter=delimiter)
             start = 1
             try:
                 header = next(reader, None)
                 if header is None:
                     return
+                _refuse_another_delimiter(label, header, delimiter)
                 column = header.index(pick_column(label, options.text_field, header, header))
                 while True:
                     start = reader.line_num + 1  # a quoted field may span lines: a record is named by its first
@@ -301,8 +303,13 @@ def parquet_reader(path: Path, label: str):
                 values = [_parquet_text(value, label, row + offset, options, stats)
                           for offset, value in enumerate(column.cast(pa.large_binary()).to_pylist())]
             for value in values:
-                if value is not _BAD_ROW:
-                    yield str(row), value or ""
+                if value is None:  # (a record without text, as a JSONL null is: it was dropped as "empty", unsaid)
+                    if not options.skip_bad_lines:
+                        raise UserError(f"{label}:{row}: column {name!r} is null (a record without text); fix it or pass "
+                                        "--skip-bad-lines")
+                    stats.skipped(f"{label}:{row}")
+                elif value is not _BAD_ROW:
+                    yield str(row), value
                 row += 1
 
     return read
@@ -370,6 +377,18 @@ def is_a_number(text: str) -> bool:
 
 def field_alternatives(text_field: str) -> list[str]:
     return [f.strip() for f in text_field.split(",") if f.strip()]
+
+
+def _refuse_another_delimiter(label: str, header: list[str], delimiter: str) -> None:
+    """A header of one column holding another separator: a file split by semicolons (as spreadsheets
+    write CSV in many locales) or tabs, whose every record would be one text, its other fields glued on."""
+    other = next((mark for mark in (";", "\t", "|", ",") if mark != delimiter and len(header) == 1 and mark in header[0]), None)
+    if other is not None:
+        kind = {",": "comma", "\t": "tab"}[delimiter]
+        fix = "name it .tsv" if other == "\t" else "save it comma-separated" if delimiter == "," else "name it .csv"
+        raise UserError(f"{label}: its header {header[0]!r} is one column, its fields split by {other!r}, where a "
+                        f"{'.csv' if delimiter == ',' else '.tsv'} file's are split by a {kind}; {fix} (each record "
+                        "would be one text, its other fields glued on)")
 
 
 def pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str]) -> str:

@@ -163,7 +163,7 @@ def _note_links(arg: str, root: Path, back_up: list[Path], out: list[Path]) -> N
 
 
 def _note_unread(arg: str, unread: list[Path]) -> None:
-    """Files of a folder clean does not read (a .log, a .tsv, no suffix), counted by suffix: left out, said."""
+    """Files of a folder clean does not read (a .log, an .xml, no suffix), counted by suffix: left out, said."""
     from collections import Counter
 
     from llmkit.console import note
@@ -260,8 +260,8 @@ def _file_source(path: Path, label: str) -> Source:
         size = None
     if fmt in (".jsonl", ".ndjson", ".json"):
         read = json_reader(path, label, compression, fmt)
-    elif fmt == ".csv":
-        read = csv_reader(path, label, compression)
+    elif fmt in (".csv", ".tsv"):
+        read = csv_reader(path, label, compression, delimiter="," if fmt == ".csv" else "\t")
     elif fmt == ".parquet":
         if compression:
             raise UserError(f"{label}: Parquet files are compressed inside; pass the .parquet file itself")
