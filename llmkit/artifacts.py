@@ -35,7 +35,8 @@ MANIFEST = "manifest.json"
 KINDS = ("corpus", "tokenizer", "tokens", "checkpoint", "eval", "sweep", "scaling")
 # Packages whose versions are recorded in every manifest (informational, not hashed).
 _RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score",
-                      "matplotlib")  # (the charts a sweep or a fit holds are its bytes)
+                      "matplotlib",  # (the charts a sweep or a fit holds are its bytes)
+                      "ftfy", "py3langid", "regex", "xxhash", "tiktoken")  # (clean's repairs, languages, words and shingles)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

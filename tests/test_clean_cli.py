@@ -366,8 +366,10 @@ def test_strip_html_on_a_folder_of_pages(cli, shared_data, tmp_path):
             f"<html><head><script>track({i})</script></head><body><h1>Review {i}</h1><p>{review}</p></body></html>",
             encoding="utf-8",
         )
-    assert cli("clean", pages, "-o", tmp_path / "raw").exit_code == 0
-    assert cli("clean", pages, "--strip-html", "-o", tmp_path / "out").exit_code == 0
+    raw = cli("clean", pages, "-o", tmp_path / "raw")
+    assert raw.exit_code == 0 and "3 HTML file(s) are read as written, markup included" in " ".join(raw.output.split())
+    stripped = cli("clean", pages, "--strip-html", "-o", tmp_path / "out")
+    assert stripped.exit_code == 0 and "markup included" not in stripped.output
     import pyarrow.parquet as pq
 
     texts = pq.read_table(tmp_path / "out" / "shards" / "part-00000.parquet").column("text").to_pylist()
