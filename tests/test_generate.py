@@ -1170,6 +1170,20 @@ def test_sampling_filters_equal_transformers_processors():
     assert torch.equal(torch.isinf(filter_top_k(scaled, 17)), torch.isinf(TopKLogitsWarper(17)(history, scaled.clone())))
     for p in (0.3, 0.9, 0.99):
         assert torch.equal(torch.isinf(filter_top_p(scaled, p)), torch.isinf(TopPLogitsWarper(p)(history, scaled.clone())))
+    # a vocabulary GPT-2's size: top-p looks at the likeliest 64, then 512, tokens before it sorts them all
+    # (a sort cost 5 ms a token); rows whose nucleus ends within each, and one past them (a flat row)
+    from llmkit.inference.sampling import TOP_P_CANDIDATES
+
+    vocab = torch.randn(4, 50257, generator=g)
+    sizes = set()
+    for scales, p in (((12.0, 9.0, 12.0, 6.0), 0.9), ((12.0, 4.5, 4.2, 12.0), 0.9), ((12.0, 9.0, 2.0, 12.0), 0.95)):
+        scaled = vocab * torch.tensor(scales)[:, None]
+        kept = (~torch.isinf(filter_top_p(scaled, p))).sum(-1)
+        theirs = TopPLogitsWarper(p)(history, scaled.clone())
+        assert torch.equal(torch.isinf(filter_top_p(scaled, p)), torch.isinf(theirs)), (scales, kept)
+        sizes.add(int(kept.max()))
+    small, middle, large = sorted(sizes)  # a batch's nucleus within 64 tokens, within 512, and past them
+    assert small < TOP_P_CANDIDATES[0] < middle < TOP_P_CANDIDATES[1] < large, sizes
 
 
 def test_greedy_equals_transformers_generate_with_left_padding():

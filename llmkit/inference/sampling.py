@@ -60,13 +60,33 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < threshold, float("-inf"))
 
 
+# How many of the likeliest tokens top-p looks at first, then next, before it sorts the whole vocabulary:
+# a trained model's nucleus is a few tokens, and a sort of every token cost 5 ms a token at 50k tokens
+# (GPT-2's), 22 ms at 128k (Llama 3's) on one core: more than a small model's whole decode step.
+TOP_P_CANDIDATES = (64, 512)
+
+
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    probs = sorted_logits.softmax(dim=-1)
-    # Drop a token when the tokens ranked above it already reach p (the top token always stays).
-    drop_sorted = (probs.cumsum(dim=-1) - probs) >= p
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    """Keep each row's smallest set of likeliest tokens whose probability reaches p: a token is
+    dropped when the tokens ranked above it already reach p (the top token always stays)."""
+    probs = logits.softmax(dim=-1)
+    top, looked = None, 0
+    for k in TOP_P_CANDIDATES:
+        if k >= probs.size(-1):
+            break
+        # the k likeliest reach p only where those looked at and k - 1 - looked more, none likelier than the
+        # least of them, can: a flat row's nucleus of thousands skips straight to the sort
+        if top is not None and bool((top.sum(dim=-1) + (k - 1 - looked) * top[..., -1] < p).any()):
+            continue
+        top, order = probs.topk(k, dim=-1)
+        looked = k
+        drop = (top.cumsum(dim=-1) - top) >= p
+        if bool(drop[..., -1].all()):  # every row's nucleus ends within its k likeliest: the rest are dropped too
+            kept = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, ~drop)
+            return logits.masked_fill(~kept, float("-inf"))
+    ranked, order = probs.sort(dim=-1, descending=True)
+    drop = (ranked.cumsum(dim=-1) - ranked) >= p
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
 def next_tokens(
