@@ -871,7 +871,7 @@ def verify(path: Path | str, _seen: frozenset = frozenset()) -> VerifyReport:
 
 def _verify_companions(art: Artifact, seen: frozenset, problems: list[str], notes: list[str]) -> int:
     """A training run's RUN/ema, RUN/best and RUN/average (artifacts it writes beside its own, which
-    name it as their input: until 2026-12-08 a byte changed in RUN/ema passed `verify RUN`), each
+    name it as their input: until 2026-12-07 a byte changed in RUN/ema passed `verify RUN`), each
     verified, and made from the run as it is. Returns how many there are."""
     from llmkit.outputs import RUN_COMPANIONS
 

@@ -129,7 +129,7 @@ def test_a_run_stopped_by_min_delta_trains_on_with_a_smaller_one(cli, data, whol
 @pytest.mark.parametrize("saved_as", [None, {"best_loss": 2.0, "best_step": 4, "since_best": 1}], ids=["none", "count-of-12-07"])
 def test_a_resume_from_a_checkpoint_without_the_losses_rebuilds_them_from_the_runs_validations(cli, data, tmp_path, monkeypatch,
                                                                                                  saved_as):
-    """A checkpoint written before the losses were saved (2026-12-08) resumed with --patience: before
+    """A checkpoint written before the losses were saved (2026-12-07) resumed with --patience: before
     2026-12-07 it trained to the end, its earlier validations forgotten; they are in its metrics.jsonl."""
     import json
 

@@ -1512,7 +1512,7 @@ def test_the_repetition_penalty_leaves_the_prompts_framing_tokens_alone(ckpt):
 def test_weights_or_a_tokenizer_changed_in_place_are_refused(cli, ckpt, tmp_path):
     """A byte of the weights, of token_bytes.npy or of model_config.json changed, the size kept: load's
     size check passes, the hash beside the read does not (generate used such weights, and eval
-    recorded the fingerprint of others; a rope_theta edited 10000 -> 90000 until 2026-12-08)."""
+    recorded the fingerprint of others; a rope_theta edited 10000 -> 90000 until 2026-12-07)."""
     for name in ("model.safetensors", "tokenizer/token_bytes.npy", "model_config.json"):
         folder = tmp_path / name.replace("/", "-")
         shutil.copytree(ckpt, folder)

@@ -77,7 +77,7 @@ def clean(
     # format 5 (2026-12-05): a document C4 empties is c4_no_lines_left (it was "empty")
     # format 6 (2026-12-06): shingles kept combining marks; C4 ended a sentence after a closing quote; Korean's word length
     # format 7 (2026-12-06): a shingle word starts with a letter or number; C4's closers follow CJK marks only
-    # format 8 (2026-12-08): --strip-html leaves .txt/.md/.rst as written; a file given twice is read once
+    # format 8 (2026-12-07): --strip-html leaves .txt/.md/.rst as written; a file given twice is read once
     # format 9 (2026-12-07): a Parquet null is a bad record (it was "empty"); --strip-html strips pages and records alone
     identities = input_identities(sources)
     key = resume.digest({"stage": "clean", "format": 9, "config": cfg.hashed(), "inputs": identities})

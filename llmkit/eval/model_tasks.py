@@ -269,7 +269,7 @@ def _trained_framing(loaded, cfg, records: list[dict], text_field: str, scored: 
     each label as its response. A text too long for the context beside its longest label loses its
     end, as finetune --truncate cuts it (scored from the left, it lost the start token, the role
     and the template's wording). Returns (contexts as token ids, pair(index, choice) -> (context
-    ids, choice ids)) for score_choices, or None for plain text (a base model). Until 2026-12-08 a
+    ids, choice ids)) for score_choices, or None for plain text (a base model). Until 2026-12-07 a
     chat fine-tune was scored on bare text, and a text-template one's labels in its template
     (refused where the data named its input otherwise) but its choices not."""
     from llmkit.console import note
@@ -362,7 +362,7 @@ def _fit_prompts(records: list[dict], template: str, input_field: str, loaded, c
     if limit is None:
         return records
     # what llmkit generate and chat keep of a prompt: the context less the reply (the last new token is never fed
-    # back), but at least half of it, a longer reply sliding the window as generate's does (until 2026-12-08 eval
+    # back), but at least half of it, a longer reply sliding the window as generate's does (until 2026-12-07 eval
     # kept only the context less the reply: a prompt of 49 tokens where generate's was 64, other predictions)
     room = prompt_keep(limit, max_new_tokens)
     refuse_a_reply_as_long_as_the_context(max_new_tokens, limit)

@@ -72,7 +72,7 @@ def read_prompt_file(path: Path) -> list[Prompt]:
 
             note(f"{shown} is read as JSONL: every line is a JSON object (a .txt file's lines are prompts as written)")
             prompts = [_prompt_from_record(record, f"{shown}:{lineno}") for lineno, record in records]
-            for prompt in prompts:  # (JSON text to complete, as it was before 2026-12-08: a .txt file says so)
+            for prompt in prompts:  # (JSON text to complete, as it was before 2026-12-07: a .txt file says so)
                 if prompt.unread:
                     prompt.unread += "; to complete each line as text instead, give the lines as a .txt file"
         else:

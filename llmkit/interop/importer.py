@@ -54,7 +54,7 @@ def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict
 def _recommended_sampling(src: Path):
     """The sampling generation_config.json sets (Llama 3 Instruct's temperature 0.6 and top-p 0.9),
     recorded so that generate and chat sample as transformers would where no option says otherwise
-    (until 2026-12-08 the import dropped it: llmkit's own defaults, temperature 0.8, sampled it)."""
+    (until 2026-12-07 the import dropped it: llmkit's own defaults, temperature 0.8, sampled it)."""
     from llmkit.model.records import SamplingRecord
 
     try:

@@ -91,7 +91,7 @@ class ValidationStall:
 
     @classmethod
     def from_progress(cls, saved: dict[str, Any] | None, metrics: Path, step: int) -> ValidationStall:
-        """The saved losses; for a checkpoint written before 2026-12-08, which has none (or only the
+        """The saved losses; for a checkpoint written before 2026-12-07, which has none (or only the
         count of 2026-12-07), the validations its run's metrics.jsonl records up to `step` (read
         before a resume cuts it back to `step`), as they were."""
         if saved and isinstance(saved.get("history"), list):
