@@ -420,7 +420,11 @@ def generate_predictions(loaded, cfg):
         return _generate(loaded, cfg, prompts, references, chat)
     # A fine-tune's own fields first: the ones its template was trained on (then llmkit's prompt/response).
     trained = task.text_template if task is not None else None
-    inputs = tuple(f for f in [(trained or {}).get("input_field")] if f) + INPUT_FIELDS
+    from llmkit.data.templates import Rendered, encode_rendered, plain_fields, response_frame
+
+    # a --prompt-template's own placeholders first: it names the input (`German: {de}` asked for --field de too)
+    named = tuple(plain_fields(cfg.prompt_template, "--prompt-template")) if cfg.prompt_template is not None else ()
+    inputs = named + tuple(f for f in [(trained or {}).get("input_field")] if f) + INPUT_FIELDS
     targets = tuple(f for f in [(trained or {}).get("target_field")] if f) + REFERENCE_FIELDS + ("response",)
     input_field = pick_field(records, cfg.text_field, inputs, "model input (source/document)", "--field")
     reference_field = pick_field(records, cfg.reference_field, targets, "references (target/summary)", "--reference-field")
@@ -428,9 +432,6 @@ def generate_predictions(loaded, cfg):
     # its own prompt template; a base model "{input}\n" unless --prompt-template says otherwise.
     default = placeholder(input_field) if chat else _trained_prompt(task) or placeholder(input_field) + "\n"
     template = cfg.prompt_template or default
-    from llmkit.data.templates import Rendered, encode_rendered, plain_fields, response_frame
-
-    plain_fields(template, "--prompt-template")  # a bad template is named before anything else
     for i, r in enumerate(records):
         text_of(r, input_field, place(records, i))  # a null input would be rendered as "None"
     lead, tail = "", ""
