@@ -680,6 +680,18 @@ def test_cli_generate_jsonl_seed_and_samples(cli, ckpt, tmp_path):
     h = [json.loads(l) for l in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert g[1]["completion"] == h[0]["completion"]
     assert len(c) == 2
+    # the same records as CSV and Parquet: the same completions (a CSV's every line was a prompt, its header too)
+    import datasets
+
+    rows = [{"prompt": "KING:", "id": "a"}, {"prompt": "To be", "id": "b"}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
+    (tmp_path / "p.csv").write_text("prompt,id\nKING:,a\nTo be,b\n")
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("p.jsonl", "p.csv", "p.parquet"):
+        made = cli("generate", ckpt, "--prompts", tmp_path / name, "-n", "6", "--seed", "5", "-o", tmp_path / f"{name}.out.jsonl")
+        assert made.exit_code == 0, made.output
+    read = lambda name: [(r["prompt"], r["id"], r["completion"]) for r in map(json.loads, (tmp_path / f"{name}.out.jsonl").read_text().splitlines())]  # noqa: E731
+    assert read("p.csv") == read("p.parquet") == read("p.jsonl") and len(read("p.csv")) == 2
 
 
 def test_the_documented_library_call_gives_the_text_of_the_cli(cli, shakespeare, tmp_path, monkeypatch):

@@ -96,8 +96,8 @@ def _refuse_contradicting_greedy(config: Options, given: frozenset[str]) -> None
 class GenerateConfig(Options):
     prompts: list[str] = option(default_factory=list, help="Prompt text; repeat for several (batched). \\n typed is a newline.",
                                 flags=("--prompt", "-p"), parse=unescape_each)
-    prompts_file: Path | None = option(None, "File of prompts: .txt (one per line) or .jsonl ({\"prompt\": ...} or "
-                                       "{\"messages\": [...]}); - reads standard input (JSONL where every line is a JSON "
+    prompts_file: Path | None = option(None, "File of prompts: .txt (one per line), .jsonl ({\"prompt\": ...} or "
+                                       "{\"messages\": [...]}), .csv or .parquet (a prompt column); - reads standard input (JSONL where every line is a JSON "
                                        "object, else one prompt per line).", flags=("--prompts",))
     sampling: Sampling = group(Sampling, panel=SAMPLING, help={
         "repetition_penalty": "> 1 discourages repeating tokens (1 = off); an ensemble applies it to each member's logits, then mixes them."})

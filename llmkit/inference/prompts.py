@@ -14,7 +14,8 @@ llmkit.data.templates, the fine-tuning stage's own renderer, which the exported 
 template is tested against.
 
 Prompt files: `.txt`, one prompt per line (`\\n` in a line becomes a newline, see `unescape`), or
-JSONL with a "prompt" (or "text") field, or a "messages" list for chats.
+JSONL with a "prompt" (or "text") field, or a "messages" list for chats; CSV and Parquet records as
+JSONL's (`llmkit.table_records`, as eval and finetune read them).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from llmkit.data.templates import (ROLES, encode_chat_prompt, encode_rendered, e
 from llmkit.errors import UserError
 from llmkit.jsonl import ABSENT, field_value, iter_jsonl, read_text
 from llmkit.options import unescape
+from llmkit.table_records import is_table, read_table_records
 
 
 
@@ -63,7 +65,10 @@ def read_prompt_file(path: Path) -> list[Prompt]:
         raise UserError(f"prompts file not found: {path}; pass a .txt (one prompt per line) or .jsonl file")
     if path.is_dir():
         raise UserError(f"--prompts {path} is a folder; pass a .txt (one prompt per line) or .jsonl file")
-    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+    if is_table(path):  # (a CSV's every line was a prompt, its header the first: as eval and finetune read it, records)
+        records = read_table_records(path, f"--prompts {path}")
+        prompts = [_prompt_from_record(record, f"{path} record {number}") for number, record in enumerate(records, start=1)]
+    elif path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         lines = text_file_lines(read_text(path))
         shown = "standard input" if path == Path("/dev/stdin") else str(path)
         records = _json_lines(lines, shown) if path.suffix.lower() != ".txt" else None
