@@ -27,3 +27,15 @@ def accuracy_and_macro_f1(confusion: np.ndarray) -> tuple[float, float]:
     confusion = np.asarray(confusion, dtype=np.float64)
     f1, seen = f1_per_class(confusion)
     return float(confusion.trace()) / float(confusion.sum()), float(np.mean(f1[seen]))
+
+
+def one_class_answer(confusion: np.ndarray, names: list[str], who: str = "the classifier") -> str | None:
+    """Where every prediction (of several) is one class, from confusion counts [gold, predicted] over
+    classes `names`: what accuracy then measures, that class's share of the examples, not skill.
+    Said by finetune's validation line and eval alike."""
+    predicted = confusion.sum(axis=0)
+    if confusion.sum() < 2 or int((predicted > 0).sum()) != 1:
+        return None
+    only = int(predicted.argmax())
+    share = float(confusion[only].sum() / confusion.sum())
+    return f"every prediction is {names[only]!r}, whose share of these examples is {share:.4f}: {who} answers one class whatever the text"

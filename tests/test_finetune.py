@@ -652,7 +652,7 @@ def test_a_record_a_template_does_not_fit_names_another_template_only_where_one_
         ([{"text": "a", "label": i % 2} for i in range(4)], ["--task", "classify", "--template", "chat"],
          "--template renders SFT examples"),
         ([{"prompt": "a", "response": "b"}] * 4, ["--lora-targets", "q_proj,kv_proj,out_proj"],
-         "--lora-targets shape(s) LoRA adapters, which only --lora-rank N adds"),
+         "--lora-targets sets up LoRA adapters, which only --lora-rank N adds"),
         ([{"text": "a", "label": 1}] * 4, ["--task", "classify"], "single label 1"),
         ([{"text": "a", "label": 0}, {"text": "b", "label": 5}] * 2, ["--task", "classify"], "no example of class 1, 2, 3, ..."),
         # a system prompt that is no text was dropped, unsaid
@@ -1368,6 +1368,30 @@ def test_a_validation_of_one_predicted_class_says_so():
     one = torch.tensor([[0.0, 248.0], [0.0, 252.0]], dtype=torch.float64)  # (rows gold, columns predicted)
     assert "every prediction is 'pos', whose share of these examples is 0.5040" in ClassifyTrainer._one_class(trainer, one)
     assert ClassifyTrainer._one_class(trainer, torch.tensor([[200.0, 48.0], [2.0, 250.0]], dtype=torch.float64)) == ""
+
+
+def test_eval_of_a_classifier_answering_one_class_says_so(base, shared_data, cli, tmp_path, monkeypatch):
+    """finetune's validation line said so, and eval of the same predictions printed accuracy 0.52 alone."""
+    from llmkit.eval import model_tasks
+
+    rows = read_jsonl(shared_data / "sentiment" / "train.jsonl")[:24]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    made = cli("finetune", base["checkpoint"], "--task", "classify", "--data", data, "--max-steps", "1", "--batch-size", "8",
+               "--truncate", "-o", tmp_path / "cls")
+    assert made.exit_code == 0, made.output
+    scored = cli("eval", tmp_path / "cls", "--data", data, "-o", tmp_path / "mixed")
+    assert scored.exit_code == 0 and "every prediction is" not in scored.output
+    monkeypatch.setattr(model_tasks, "_classifier_predictions", lambda loaded, texts, batch_size: [1] * len(texts))
+    scored = cli("eval", tmp_path / "cls", "--data", data, "-o", tmp_path / "one")
+    share = sum(r["label"] == 1 for r in rows) / len(rows)
+    assert scored.exit_code == 0 and f"every prediction is '1', whose share of these examples is {share:.4f}: the classifier " \
+        "answers one class whatever the text" in " ".join(scored.output.split()), scored.output
+    # an SFT run from the classifier leaves its head out, and says so now (the docs did; the run did not)
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["text"], "response": "ok"} for r in rows])
+    tuned = cli("finetune", tmp_path / "cls", "--data", sft, "--max-steps", "1", "--batch-size", "8", "--truncate",
+                "-o", tmp_path / "sft")
+    assert tuned.exit_code == 0 and "is a classifier of 2 classes (0, 1); its head is left out (an SFT run generates" in \
+        " ".join(tuned.output.split()), tuned.output
 
 
 def test_an_interrupted_lora_run_names_the_step_its_resume_trains_on(base, shared_data, cli, tmp_path, monkeypatch):

@@ -765,6 +765,17 @@ def _labelled_texts(loaded, cfg, records: list[dict], label_field: str):
     # names otherwise, in classification_scores' order (which a --predictions file of them gets too)
     metrics = (classification_scores(predicted, gold, label_names=dict(enumerate(names))) if trained
                else classification_scores([names[p] for p in predicted], [names[g] for g in gold]))
+    import numpy as np
+
+    from llmkit.scores import one_class_answer
+
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    np.add.at(confusion, (np.asarray(gold, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    said = one_class_answer(confusion, names, who="the classifier" if trained else "the model")
+    if said:  # (accuracy 0.52 read as a figure, where finetune's validation line said this)
+        from llmkit.console import note
+
+        note(said)
     records_out = [
         {"task": "classification", "method": how, "index": i, "text": t, "label": names[g], "prediction": names[p]}
         for i, (t, g, p) in enumerate(zip(texts, gold, predicted))

@@ -89,7 +89,7 @@ class FinetuneConfig(Options):
     def _refuse_idle(self, given: Callable[[str], bool]) -> None:
         """Options that would do nothing in this run, refused (they would be recorded, and change the
         fingerprint, for the same run): by value when built, and as given at all (check_given)."""
-        lora = "shape(s) LoRA adapters, which only --lora-rank N adds; give a rank or leave them out (full fine-tuning)"
+        lora = "sets up LoRA adapters, which only --lora-rank N adds; give a rank or leave it out (full fine-tuning)"
         idle = (("epochs", self.max_steps is not None, "sets the run's length when --max-steps is not given; give one of "
                                                        "the two"),
                 ("lora_alpha", not self.lora_rank, lora), ("lora_dropout", not self.lora_rank, lora),

@@ -275,13 +275,10 @@ class ClassifyTrainer(Trainer):
 
     def _one_class(self, confusion: torch.Tensor) -> str:
         """Said where every prediction is one class: the accuracy is then that class's share, not skill."""
-        predicted = confusion.sum(dim=0)
-        if int((predicted > 0).sum()) != 1:
-            return ""
-        only = int(predicted.argmax())
-        share = float(confusion[only].sum() / confusion.sum())
-        return (f" (every prediction is {self.labels.names[only]!r}, whose share of these examples is {share:.4f}: the "
-                "classifier answers one class whatever the text)")
+        from llmkit.scores import one_class_answer
+
+        said = one_class_answer(confusion.cpu().numpy(), self.labels.names)
+        return f" ({said})" if said else ""
 
 
 def task_record(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], merged: bool,
@@ -335,6 +332,15 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
 
         split = (info.layout is not None and info.layout.model_parallel and config.task == "sft" and not config.lora_rank)
         model, model_config, adapted, frozen = build_model(art, config, tokenizer, labels, split=split)
+        if info.is_main and base_task is not None and base_task.is_classifier and not (
+                config.task == "classify" and base_task.labels == labels.names):  # (the docs said so; the run did not)
+            from llmkit.console import note
+
+            why = "an SFT run generates with the language model's own head" if config.task == "sft" else \
+                "this run's classes are others, in another order or number"
+            note(f"{art.path} is a classifier of {len(base_task.labels)} classes ({', '.join(base_task.labels[:4])}"
+                 f"{', ...' if len(base_task.labels) > 4 else ''}); its head is left out ({why}): the layers under it are "
+                 "what this run starts from")
         trainable, total, adapters = _trained_parameters(model, model_config, config, frozen, train_examples, noted=info.is_main)
 
         world = info.world_size
