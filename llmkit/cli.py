@@ -120,15 +120,14 @@ def _fail(exc: Exception) -> None:
 def _rerun_advice(args: list[str]) -> str:
     """What rerunning a stopped command does, from its command line (`args`)."""
     name = next(iter(named_command(args) or ()), "")
-    if "--force" in args and name == "sweep":  # (past its first checkpoint the old sweep is gone: the new one's runs are kept)
-        return ("rerun it without --force to go on from the runs the new sweep kept (none before a run's first "
-                "checkpoint), or as it was to start again")
+    if name == "sweep":
+        from llmkit.sweep.stage import rerun_advice
+
+        return rerun_advice("--force" in args)
     if "--force" in args and name in ("pretrain", "finetune"):  # (its checkpoints, once saved, are the run's to go on from)
         return "rerun it with --resume in place of --force to continue from its last checkpoint, or as it was to start again"
     if name in ("pretrain", "finetune"):
         return "rerun it with --resume to continue from its last checkpoint, or as it was if it saved none"
-    if name == "sweep":
-        return "rerun the same command to continue: the finished runs are kept"
     return "nothing was written; rerun the command"
 
 

@@ -130,9 +130,9 @@ def outside_the_points(params: float, tokens: float, measured: tuple[np.ndarray,
                                 (6 * params * tokens, 6 * measured[0] * measured[1], "C = 6ND")):
         low, high = float(values.min()), float(values.max())
         if value > 2 * high:
-            said.append(f"{what} is {np.log10(value / high):.1f} decades above the largest fitted ({high:.3g})")
-        elif value < low / 2:
-            said.append(f"{what} is {np.log10(low / value):.1f} decades below the smallest fitted ({low:.3g})")
+            said.append(f"{what} is {np.log10(value) - np.log10(high):.1f} decades above the largest fitted ({high:.3g})")
+        elif value < low / 2:  # (differences of logs: a ratio of 1e300 and 1e-300 was inf decades)
+            said.append(f"{what} is {np.log10(low) - np.log10(value):.1f} decades below the smallest fitted ({low:.3g})")
     return said
 
 

@@ -291,6 +291,8 @@ def test_fit_from_a_csv_is_an_artifact_identical_on_rerun(cli, tmp_path):
     both = cli("scaling", "predict", a.path, "--params", f"{n.max() * 1.9:g}", "--tokens", f"{d.max() * 1.9:g}")
     said = " ".join(both.output.split())
     assert both.exit_code == 0 and "C = 6ND is 0.6 decades above the largest fitted" in said and "N is" not in said, said
+    tiny = cli("scaling", "predict", a.path, "--params", "1e-150", "--tokens", "1e-150")  # (its ratio was inf decades)
+    assert tiny.exit_code == 0 and "C = 6ND is 311.0 decades below" in " ".join(tiny.output.split()), tiny.output
     # the interval from the refits the points determine, as the budgets' are
     from llmkit.scaling.stage import predict
 
@@ -497,7 +499,7 @@ SWEEP = ["--sizes", "1x32,2x64", "--head-dim", "16", "--tokens", "8e3,2.4e4", "-
 
 
 @pytest.mark.slow
-def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens, tmp_path):
+def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     result = cli("sweep", tokens, "-o", out, *SWEEP, "--parallel", "2")
     assert result.exit_code == 0, result.output
@@ -669,6 +671,24 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     plotted = cli("plot", out / "runs" / "d1-w32-t8000", out / "runs" / "d2-w64-t8000", "-o", tmp_path / "curves.png",
                   "--x", "tokens", "--lr", "--grad-norm")
     assert plotted.exit_code == 0 and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # stopped (Ctrl-C, SIGTERM) with runs left to train, a sweep writes its finished runs as points, as a
+    # failed one does (`scaling fit` refused the unfinished sweep, and nothing else held them)
+    import llmkit.sweep.stage as sweep_stage
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped)
+    (stopped / "manifest.json").unlink()
+    shutil.rmtree(stopped / "runs" / "d2-w64-t24000")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_stage, "_execute", stop)
+    halted = cli("sweep", tokens, "-o", stopped, *SWEEP)
+    said = " ".join(halted.output.split())
+    assert halted.exit_code == 130 and "interrupted; rerun the same command to continue: the finished runs are kept (3 runs " \
+        f"finished; 3 written as points to {stopped / 'finished_points.csv'}" in said, said
+    assert len((stopped / "finished_points.csv").read_text().splitlines()) == 4  # (a header and 3 points)
 
 
 def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
@@ -931,6 +951,15 @@ def test_plot_says_which_curves_it_has_nothing_or_not_all_to_draw_for(cli, tmp_p
     assert result.exit_code == 0, result.output
     assert "diverged: 1 loss value(s) are not finite" in said and "note: diverged has no val_loss to draw" in said
     assert "note: quiet has no lr to draw" in said and "quiet has no val_loss" not in said  # never validated: not news
+    # nothing at all to draw: an error, no chart (it wrote an empty one and exited 0)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n", encoding="utf-8")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "metrics.jsonl").write_text("", encoding="utf-8")
+    for runs in (["empty"], ["empty", "blank"]):
+        nothing = cli("plot", *(tmp_path / run for run in runs), "-o", tmp_path / "nothing.png")
+        assert nothing.exit_code == 1 and "nothing to draw: empty" in " ".join(nothing.output.split()), nothing.output
+        assert not (tmp_path / "nothing.png").exists()
 
 
 def test_plot_replaces_its_output_by_a_rename_never_writing_through_a_link_or_leaving_a_cut_file(cli, tmp_path, monkeypatch):

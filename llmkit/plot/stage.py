@@ -30,17 +30,23 @@ def tokens_per_step(run: Path) -> float | None:
 
 def _say_what_is_not_drawn(metrics: list[tuple[str, list[dict]]], curves: list[str]) -> None:
     """A run with no point of an asked-for curve, or whose values stop being numbers (a diverged
-    run logs nan and inf, which a line leaves out): a note, not an empty panel said nothing of."""
+    run logs nan and inf, which a line leaves out): a note, not an empty panel said nothing of; no
+    point at all to draw, an error (it wrote an empty chart and exited 0)."""
     import math
 
     from llmkit.console import note
 
+    drawable = lambda value: isinstance(value, (int, float)) and math.isfinite(value)  # noqa: E731
+    if not any(drawable(r.get(curve)) for _, records in metrics for r in records for curve in curves):
+        shown = ", ".join(name for name, _ in metrics[:3]) + (", ..." if len(metrics) > 3 else "")
+        raise UserError(f"nothing to draw: {shown} log{'s' if len(metrics) == 1 else ''} no finite {' or '.join(curves)} "
+                        "(metrics.jsonl empty, or a run that has not logged a step yet); plot a run that has trained")
     for name, records in metrics:
         for curve in curves:
             if curve == "val_loss" and not any(curve in r for r in records):
                 continue  # (a run that never validated: its absence is not news)
             values = [r[curve] for r in records if curve in r]
-            finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+            finite = [v for v in values if drawable(v)]
             if not finite:
                 note(f"{name} has no {curve} to draw")
             elif len(finite) < len(values):

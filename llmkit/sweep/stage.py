@@ -78,7 +78,15 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
             for said in (too_few_for_a_fit(runs), past_one_epoch(runs, tokens_art)):
                 if said is not None:
                     note(said)
-        _execute(states, tokens_art.path, out, config)
+        try:
+            _execute(states, tokens_art.path, out, config)
+        except KeyboardInterrupt as stop:  # (a failed sweep wrote its finished runs as points; a stopped one did not)
+            fit = _finished_points_said(states, out, int(tokens_art.stats["vocab_size"]))
+            if fit:
+                from llmkit.errors import add_advice
+
+                add_advice(stop, rerun_advice(force) + fit)
+            raise
         failed = [s for s in states if s.state == "failed"]
         if failed:
             kept = any((out / RUNS / s.run.name).exists() for s in states)  # else the whole folder goes, logs too
@@ -95,6 +103,14 @@ def sweep(tokens: Path | str, out: Path | str, config: SweepConfig, *, force: bo
                                else "; fix the cause and rerun"))
         _finish(states, tokens_art, out, config)
     return out
+
+
+def rerun_advice(force: bool) -> str:
+    """What rerunning a stopped sweep does (`force`: it was started with --force)."""
+    if force:  # (past its first checkpoint the old sweep is gone: the new one's runs are kept)
+        return ("rerun it without --force to go on from the runs the new sweep kept (none before a run's first "
+                "checkpoint), or as it was to start again")
+    return "rerun the same command to continue: the finished runs are kept"
 
 
 FINISHED_POINTS = "finished_points.csv"  # a failed sweep's finished runs, as points `scaling fit` reads
@@ -276,7 +292,9 @@ def option_changes(before: dict[str, Any], now: dict[str, Any], shown_at_most: i
             return "(default)"
         if isinstance(value, list):
             return ",".join(map(shown, value)) or "''"
-        return value if isinstance(value, str) else repr(value) if isinstance(value, float) else json.dumps(value)
+        if isinstance(value, float):  # (a budget as typed, 2e+09, not 2000000000.0; repr where :g would round)
+            return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+        return value if isinstance(value, str) else json.dumps(value)
 
     changes = []
     for key in sorted(set(before) | set(now)):
