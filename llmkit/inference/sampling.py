@@ -68,7 +68,10 @@ TOP_P_CANDIDATES = (64, 512)
 
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep each row's smallest set of likeliest tokens whose probability reaches p: a token is
-    dropped when the tokens ranked above it already reach p (the top token always stays)."""
+    dropped when the tokens ranked above it already reach p (the top token always stays), and a
+    token as likely as the least likely one kept is kept too. (Ties are common in bf16 logits, and
+    a sort and a top-k order tied tokens each its own way: keeping them all makes a row's nucleus
+    the same whichever path its batch took, so a row's text does not depend on its batch.)"""
     probs = logits.softmax(dim=-1)
     top, looked = None, 0
     for k in TOP_P_CANDIDATES:
@@ -78,15 +81,21 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
         # least of them, can: a flat row's nucleus of thousands skips straight to the sort
         if top is not None and bool((top.sum(dim=-1) + (k - 1 - looked) * top[..., -1] < p).any()):
             continue
-        top, order = probs.topk(k, dim=-1)
+        top, _ = probs.topk(k, dim=-1)
         looked = k
         drop = (top.cumsum(dim=-1) - top) >= p
         if bool(drop[..., -1].all()):  # every row's nucleus ends within its k likeliest: the rest are dropped too
-            kept = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, ~drop)
-            return logits.masked_fill(~kept, float("-inf"))
-    ranked, order = probs.sort(dim=-1, descending=True)
-    drop = (ranked.cumsum(dim=-1) - ranked) >= p
-    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+            return _keep_as_likely_as(logits, probs, top, drop)
+    ranked, _ = probs.sort(dim=-1, descending=True)
+    return _keep_as_likely_as(logits, probs, ranked, (ranked.cumsum(dim=-1) - ranked) >= p)
+
+
+def _keep_as_likely_as(logits: torch.Tensor, probs: torch.Tensor, ranked: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """`logits` with every token less likely than each row's least likely kept one dropped; `ranked`
+    is the row's likeliest probabilities in order and `drop` which of them top-p drops. (The ranked
+    values, and so their sums and the count kept, are the same in the top-k and in the sort.)"""
+    least = ranked.gather(-1, ((~drop).sum(dim=-1, keepdim=True) - 1))
+    return logits.masked_fill(probs < least, float("-inf"))
 
 
 def next_tokens(
