@@ -519,14 +519,20 @@ def test_strip_html_strips_pages_and_records_and_no_other_file(cli, tmp_path):
 def test_a_tsv_is_read_as_records_and_a_csv_split_otherwise_is_refused(cli, tmp_path):
     """A .tsv named as an input was one document of its whole text, labels and tabs included; a CSV split
     by semicolons (as spreadsheets write it in many locales) gave texts with the labels glued on."""
-    (tmp_path / "reviews.tsv").write_text("text\tlabel\nhello there world\t1\nfoo bar baz\t0\n", encoding="utf-8")
+    # (no quoting in a .tsv: a GLUE sentence opening with a quote merged the records after it into one)
+    (tmp_path / "reviews.tsv").write_text('text\tlabel\n" hello there world\t1\nfoo "bar" baz\t0\n', encoding="utf-8")
     made = cli("clean", tmp_path / "reviews.tsv", "-o", tmp_path / "tsv")
     assert made.exit_code == 0, made.output
-    assert _shard_texts(tmp_path / "tsv") == ["hello there world", "foo bar baz"]
+    assert _shard_texts(tmp_path / "tsv") == ['" hello there world', 'foo "bar" baz']
     (tmp_path / "semi.csv").write_text("text;label\nhello there world;1\nfoo bar baz;0\n", encoding="utf-8")
     line = _one_error_line(cli("clean", tmp_path / "semi.csv", "-o", tmp_path / "out"))
     assert "its header 'text;label' is one column, its fields split by ';'" in line and "save it comma-separated" in line
     _nothing_written(tmp_path)
+    # one column whose name holds a semicolon, over texts of other shapes: read as it is
+    (tmp_path / "notes.csv").write_text('"notes; remarks"\na first note of some length\nanother; with a semicolon\n',
+                                        encoding="utf-8")
+    read = cli("clean", tmp_path / "notes.csv", "-o", tmp_path / "notes")
+    assert read.exit_code == 0 and _shard_texts(tmp_path / "notes") == ["a first note of some length", "another; with a semicolon"]
 
 
 def test_everything_dropped_names_the_fix_for_its_commonest_reason(cli, shared_data, tmp_path):

@@ -251,8 +251,10 @@ def _refuse_nothing_kept(counts: dict[str, int], dropped: Counter[str], sources,
         top = ", ".join(f"{reason}: {count}" for reason, count in dropped.most_common(3))
         commonest = dropped.most_common(1)[0][0]
         if commonest == "language":  # (the web preset's en dropped a Chinese novel, and the fix went unsaid)
-            fix = (f"no document was detected as {','.join(cfg.languages)} (--languages, the web preset's en): pass "
-                   "--languages with the corpus's own codes (such as zh, de), or check the input")
+            preset = " (the web preset's)" if cfg.preset == "web" and cfg.languages == ["en"] else ""
+            others = ", ".join([code for code in ("en", "zh", "de", "fr") if code not in cfg.languages][:2])
+            fix = (f"no document was detected as {','.join(cfg.languages)}{preset}: pass --languages with the corpus's own "
+                   f"codes (such as {others}), or check the input")
         elif commonest == "gopher_long_doc" and cfg.doc_per == "file" and any(s.plain_text for s in sources):
             fix = ("a whole plain-text file is one document under --doc-per file: pass --doc-per blank-line or line to "
                    "split it, or raise --max-words")

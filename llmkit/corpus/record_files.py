@@ -213,14 +213,18 @@ def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: st
                 yield from stream
                 past_the_end[0] = True
 
-            reader = csv.reader(lines(), strict=False, delimiter=delimiter)
+            # (a .tsv has no quoting: GLUE's sentences open with a quote, which merged the records after it)
+            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+            reader = csv.reader(lines(), strict=False, delimiter=delimiter, quoting=quoting)
             start = 1
             try:
                 header = next(reader, None)
                 if header is None:
                     return
-                _refuse_another_delimiter(label, header, delimiter)
-                column = header.index(pick_column(label, options.text_field, header, header))
+                # (its guess said after the first record's check: a semicolon file's one "column" was noted, then refused)
+                column = header.index(pick_column(label, options.text_field, header, header, say=False))
+                guessed = options.text_field is None and header[column] != "text"
+                first = True
                 while True:
                     start = reader.line_num + 1  # a quoted field may span lines: a record is named by its first
                     try:
@@ -237,6 +241,11 @@ def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: st
                                         "never closed); fix it")
                     if not row:  # a blank line
                         continue
+                    if first:
+                        _refuse_another_delimiter(label, header, row, delimiter)
+                        if guessed:
+                            note_guessed_field(label, header[column])
+                        first = False
                     if len(row) != len(header):
                         if options.skip_bad_lines:
                             stats.skipped(f"{label}:{start}")
@@ -379,10 +388,16 @@ def field_alternatives(text_field: str) -> list[str]:
     return [f.strip() for f in text_field.split(",") if f.strip()]
 
 
-def _refuse_another_delimiter(label: str, header: list[str], delimiter: str) -> None:
-    """A header of one column holding another separator: a file split by semicolons (as spreadsheets
-    write CSV in many locales) or tabs, whose every record would be one text, its other fields glued on."""
-    other = next((mark for mark in (";", "\t", "|", ",") if mark != delimiter and len(header) == 1 and mark in header[0]), None)
+def _refuse_another_delimiter(label: str, header: list[str], row: list[str], delimiter: str) -> None:
+    """A header of one column and a first record of one, both split alike by another separator: a file
+    split by semicolons (as spreadsheets write CSV in many locales) or tabs, whose every record would
+    be one text, its other fields glued on. (A header `notes; remarks` over texts of other shapes is
+    one column, read as such.)"""
+    def parts(cell: str, mark: str) -> int:
+        return len(cell.split(mark))
+
+    other = next((mark for mark in (";", "\t", "|", ",") if mark != delimiter and len(header) == 1 == len(row)
+                  and parts(header[0], mark) >= 2 and parts(header[0], mark) == parts(row[0], mark)), None)
     if other is not None:
         kind = {",": "comma", "\t": "tab"}[delimiter]
         fix = "name it .tsv" if other == "\t" else "save it comma-separated" if delimiter == "," else "name it .csv"
@@ -391,7 +406,7 @@ def _refuse_another_delimiter(label: str, header: list[str], delimiter: str) -> 
                         "would be one text, its other fields glued on)")
 
 
-def pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str]) -> str:
+def pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str], say: bool = True) -> str:
     if wanted is not None:
         wanted = next((f for f in field_alternatives(wanted) if f in names), field_alternatives(wanted)[0])
         if wanted not in names:
@@ -400,6 +415,7 @@ def pick_column(label: str, wanted: Optional[str], names: list[str], string_name
     if "text" in names:
         return "text"
     if len(string_names) == 1:
-        note_guessed_field(label, string_names[0])
+        if say:
+            note_guessed_field(label, string_names[0])
         return string_names[0]
     raise UserError(f"{label}: no 'text' column; pass --text-field with one of: {', '.join(names)}")

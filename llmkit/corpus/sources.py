@@ -163,7 +163,7 @@ def _note_links(arg: str, root: Path, back_up: list[Path], out: list[Path]) -> N
 
 
 def _note_unread(arg: str, unread: list[Path]) -> None:
-    """Files of a folder clean does not read (a .log, an .xml, no suffix), counted by suffix: left out, said."""
+    """Files of a folder clean does not read (a .log, a .tsv, no suffix), counted by suffix: left out, said."""
     from collections import Counter
 
     from llmkit.console import note

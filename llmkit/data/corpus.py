@@ -24,7 +24,7 @@ from llmkit.jsonl import BOM, SNIFF_BYTES, advice_at, check_no_nul, check_not_pa
 SCHEMA_FIELDS = ("id", "text", "source")
 # The input files the data stages read: plain text, and records (a text field in each)
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".html", ".htm"}  # HTML: pair with --strip-html
-RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet"}
+RECORD_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}  # (a .tsv is read when named, left out of a folder)
 COMPRESSION_SUFFIXES = {".gz", ".zst", ".zstd"}
 
 
