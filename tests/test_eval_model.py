@@ -510,14 +510,18 @@ def test_generated_bleu_and_rouge(cli, gpt2_ckpt, loaded, shared_data, tmp_path)
     # a template names its input: records of other field names (flat, or nested as the hub's) need no --field
     # (it was "cannot find the model input (source/document) in the data; pass --field NAME")
     flat, nested = tmp_path / "flat.jsonl", tmp_path / "nested.jsonl"
-    flat.write_text("".join(json.dumps({"de": r["source"], "en": r["target"]}) + "\n" for r in rows))
+    flat.write_text("".join(json.dumps({"id": i, "de": r["source"], "en": r["target"]}) + "\n" for i, r in enumerate(rows)))
     nested.write_text("".join(json.dumps({"translation": {"de": r["source"], "en": r["target"]}}) + "\n" for r in rows))
     for name, data, template, reference in (("flat", flat, "German: {de}\nEnglish:", "en"),
+                                            ("numbered", flat, "{id}German: {de}\nEnglish:", "en"),
                                             ("nested", nested, "German: {translation.de}\nEnglish:", "translation.en")):
         result = cli("eval", gpt2_ckpt, "-m", "bleu", "--data", data, "--max-new-tokens", "12", "--prompt-template", template,
                      "--reference-field", reference, "-o", tmp_path / name)
         assert result.exit_code == 0, (name, result.output)
-        assert [r["prediction"] for r in _records(tmp_path / name)] == predictions, name
+        if name == "numbered":  # (a number first in the template is no input: it was "field 'id' is a number")
+            assert _records(tmp_path / name)[1]["prompt"] == f"1German: {rows[1]['source']}\nEnglish:"
+        else:
+            assert [r["prediction"] for r in _records(tmp_path / name)] == predictions, name
 
 
 def test_nested_fields_are_reached_by_dotted_names(cli, gpt2_ckpt, loaded, shared_data, tmp_path):

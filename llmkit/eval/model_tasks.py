@@ -422,8 +422,12 @@ def generate_predictions(loaded, cfg):
     trained = task.text_template if task is not None else None
     from llmkit.data.templates import Rendered, encode_rendered, plain_fields, response_frame
 
-    # a --prompt-template's own placeholders first: it names the input (`German: {de}` asked for --field de too)
-    named = tuple(plain_fields(cfg.prompt_template, "--prompt-template")) if cfg.prompt_template is not None else ()
+    # a --prompt-template's own text placeholders first: it names the input (`German: {de}` asked for --field de too);
+    # not one holding a number (`Item {id}.`) or the references
+    from llmkit.jsonl import field_value
+
+    named = tuple(name for name in (plain_fields(cfg.prompt_template, "--prompt-template") if cfg.prompt_template is not None
+                                    else ()) if name != cfg.reference_field and isinstance(field_value(records[0], name), str))
     inputs = named + tuple(f for f in [(trained or {}).get("input_field")] if f) + INPUT_FIELDS
     targets = tuple(f for f in [(trained or {}).get("target_field")] if f) + REFERENCE_FIELDS + ("response",)
     input_field = pick_field(records, cfg.text_field, inputs, "model input (source/document)", "--field")
