@@ -1202,12 +1202,12 @@ def test_a_resume_with_the_template_file_edited_is_refused(base, cli, tmp_path):
     assert cli(*args, "--max-steps", "2").exit_code == 0
     template.write_text(json.dumps({"prompt": "Question: {prompt}\nAnswer:", "response": " {response}"}))
     result = cli(*args, "--max-steps", "4", "--resume")
-    assert result.exit_code != 0 and "cannot resume" in result.output and "the template file's content changed" in result.output, result.output
+    assert result.exit_code != 0 and "cannot resume" in result.output and "the template's content changed" in result.output, result.output
     # the data changed: its examples differ as a consequence, which blamed the llmkit version as well
     template.write_text(json.dumps({"prompt": "Q: {prompt}\nA:", "response": " {response}"}))
     write_jsonl(data, [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(24)])
     said = " ".join(cli(*args, "--max-steps", "4", "--resume").output.split())
-    assert "(the data file's content changed);" in said and "llmkit version" not in said, said
+    assert "(the data's content changed);" in said and "llmkit version" not in said, said
     # so did another option that shapes the examples (--val-fraction, --template): named alone
     write_jsonl(data, [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(32)])
     said = " ".join(cli(*args, "--max-steps", "4", "--resume", "--val-fraction", "0.1").output.split())
@@ -1752,5 +1752,21 @@ def test_a_data_set_name_trains_as_its_records_in_files_do(base, shared_data, cl
     assert missing.exit_code == 1 and "could not load data set 'someorg/absent' split 'train'" in missing.output, missing.output
     cached_as_a_hub_dataset("someorg/sst-train-only", {"train": train}, tmp_path / "build-train")
     no_split = cli("finetune", base["checkpoint"], "--data", train, "--val-data", "someorg/sst-train-only", *common, "-o", tmp_path / "s")
-    assert no_split.exit_code == 1 and "split 'validation'" in no_split.output, no_split.output
+    assert no_split.exit_code == 1 and "'someorg/sst-train-only' has no split 'validation'" in no_split.output, no_split.output
     assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_data_sets_values_json_cannot_hold_are_recorded_by_content():
+    """An Image column's values were hashed as str(), which names their address in memory: another
+    data hash every run, and every resume refused."""
+    import numpy as np
+    from PIL import Image
+
+    from llmkit.errors import UserError
+    from llmkit.finetune.data import _stable_form
+
+    assert _stable_form(Image.new("RGB", (2, 2))) == _stable_form(Image.new("RGB", (2, 2))) != _stable_form(Image.new("L", (2, 2)))
+    assert _stable_form(np.arange(3)) == _stable_form(np.arange(3)) != _stable_form(np.arange(3.0))
+    assert _stable_form(b"ab") == _stable_form(bytearray(b"ab")) != _stable_form(b"ba")
+    with pytest.raises(UserError, match="have no stable form"):
+        _stable_form(object())

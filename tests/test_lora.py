@@ -444,3 +444,9 @@ def test_no_stage_reading_a_step_writes_over_the_base_it_reads(base, shared_data
             (command[0], refused.output)
         assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir() if p.is_file()} == before, command[0]
         assert not list(tmp_path.glob(".base*")), command[0]  # (nothing moved aside)
+    # a base whose manifest is damaged is guarded too (it was moved aside, then put back as the run failed)
+    manifest = tmp_path / "base" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"kind"', '"kinds"', 1))
+    refused = cli("finetune", step, *flags, "-o", tmp_path / "base", "--force")
+    assert refused.exit_code != 0 and "is the base" in refused.output and "kept aside" not in refused.output, refused.output
+    assert not list(tmp_path.glob(".base*"))

@@ -58,6 +58,22 @@ def forget_data_sets() -> None:
     _dataset.cache_clear()
 
 
+def _stable_form(value: Any) -> str:
+    """A data set value JSON has no form for, as the same text every run: bytes and arrays (an image's
+    pixels) by their content; a date as written. (str() of an image named its address in memory: every
+    run another hash, and every resume refused.)"""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(bytes(value)).hexdigest()
+    if hasattr(value, "tobytes"):  # (numpy arrays; PIL images, their size and mode beside the pixels)
+        shape = [getattr(value, name, None) for name in ("shape", "size", "mode", "dtype")]
+        return hashlib.sha256(repr(shape).encode() + value.tobytes()).hexdigest()
+    text = str(value)
+    if " at 0x" in text:
+        raise UserError(f"the data set holds {type(value).__name__} values, which have no stable form to record the data "
+                        "by; drop those columns (Dataset.remove_columns) and pass the records as a file")
+    return text
+
+
 def data_file(path: Path, validation: bool = False) -> Path:
     """The file that --data (validation: --val-data) names: the file itself, or a folder's train.jsonl
     (.csv, .parquet; validation: its validation or val file; never its train file, the training data)."""
@@ -128,7 +144,7 @@ def file_digest(path: Path, validation: bool = False) -> str:
     if is_dataset_name(path):
         digest = hashlib.sha256()
         for record in _dataset(str(path), validation):
-            digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+            digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False, default=_stable_form).encode() + b"\n")
         return digest.hexdigest()
     return artifacts.sha256_file(data_file(path, validation))
 

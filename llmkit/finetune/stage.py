@@ -45,7 +45,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     if config.val_data is not None:
         if not Path(config.val_data).exists() and not ft_data.is_dataset_name(config.val_data):
             raise UserError(f"--val-data not found: {config.val_data}; pass a .jsonl, .csv or .parquet file (or a folder "
-                            "holding validation.jsonl or val.jsonl)")
+                            "holding validation.jsonl or val.jsonl), or a datasets name NAME[:CONFIG]")
 
         _check_held_apart(ft_data.data_file(data), ft_data.data_file(Path(config.val_data), validation=True))
     if config.devices.tp == 1 and config.devices.pp == 1:  # (split: _check_split_model's batch ways)

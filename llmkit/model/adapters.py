@@ -47,7 +47,10 @@ def step_bases(art) -> list[Path]:
     bases = []
     while is_lora_step(art) and (recorded := art.recorded_input("base")) is not None and recorded.path.is_dir():
         bases.append(recorded.path)
-        art = artifacts.load(recorded.path, kind="checkpoint")
+        try:
+            art = artifacts.load(recorded.path, kind="checkpoint")
+        except UserError:  # (a damaged base is still one to guard: the stage says what is wrong with it as it reads it)
+            break
     return bases
 
 

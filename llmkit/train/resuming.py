@@ -235,7 +235,7 @@ class Resuming:
                 self.spec.config[key] = None if unset[key] == now else now
                 continue
             if key.endswith("_sha256"):  # an input recorded by content: no option to name
-                changed.append(f"the {key.removesuffix('_sha256').replace('_', ' ')} file's content changed")
+                changed.append(f"the {key.removesuffix('_sha256').replace('_', ' ')}'s content changed")
                 continue
             shown_now = f"default ({unset[key]})" if now is None and key in unset else repr(now)
             shown_before = f"default ({unset_before[key]})" if before is None and key in unset else repr(before)
