@@ -345,6 +345,27 @@ def test_a_member_of_weight_zero_is_left_out_and_a_soup_that_is_not_finite_is_re
     assert not (tmp_path / "nan").exists()
 
 
+@pytest.mark.parametrize("size", [16, 64])
+def test_a_member_whose_tensor_is_of_another_shape_is_refused(cli, runs, tmp_path, size):
+    """A tensor shorter than the first member's made a soup of the wrong shape (written, verified as
+    sound, refused by every loader); a longer one, an unexpected error: the mean went over the first
+    member's elements."""
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(runs / "b", other)
+    state = _weights(other)
+    norm = next(name for name in sorted(state) if state[name].dim() == 1)
+    state[norm] = torch.ones(size)
+    save_file(state, str(other / "model.safetensors"), metadata={"format": "pt"})
+    resign(other)
+    for members in ([runs / "a", other], [other, runs / "a"]):
+        refused = cli("average", *members, "-o", tmp_path / "soup")
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 1 and f"{norm} has shape ({size},)" in said and "Traceback" not in said, said
+        assert not (tmp_path / "soup").exists()
+
+
 def test_stored_weights_read_a_tensor_at_a_time_as_a_mapping(runs):
     from llmkit.errors import UserError
     from llmkit.model.averaging import StoredWeights

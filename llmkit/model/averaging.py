@@ -25,7 +25,8 @@ import torch
 from llmkit import artifacts
 from llmkit.data.tokenizer import CHAT_TEMPLATE_FILE, END_OF_TURN, same_tokenizer, special_roles
 from llmkit.errors import UsageError, UserError
-from llmkit.model.io import MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, unreadable_weights
+from llmkit.model.io import (MODEL_CONFIG, TOKENIZER_DIR, WEIGHTS, read_model_config, refuse_a_config_its_weights_do_not_fit,
+                             unreadable_weights)
 from llmkit.model.records import TASK_FILE, read_sampling, read_task
 
 
@@ -135,6 +136,10 @@ class StoredWeights(Mapping):
     def __len__(self) -> int:
         return len(self._names)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from the file's header (nothing read)."""
+        return tuple(self._file.get_slice(name).get_shape())
+
     def close(self) -> None:
         self._opened.__exit__(None, None, None)
 
@@ -190,6 +195,10 @@ class MergedStepWeights(Mapping):
     def __len__(self) -> int:
         return len(self._names)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape (a merge keeps its weight's), from the files' headers."""
+        return self._step.shape(name) if name in self._trained else self._base.shape(name)
+
     def close(self) -> None:
         self._base.close()
         self._step.close()
@@ -202,12 +211,19 @@ class MergedStepWeights(Mapping):
 
 
 def _refuse_other_tensors(members: Sequence[artifacts.Artifact], states: Sequence[StoredWeights]) -> None:
-    """Members of one model config hold the same tensors, unless a file was damaged or replaced."""
+    """Members of one model config hold the same tensors of the same shapes, unless a file was damaged
+    or replaced (a mean over the first member's elements cut a longer one short, or failed on a shorter
+    one, and wrote a checkpoint no loader takes)."""
     for art, state in zip(members[1:], states[1:]):
         if set(state) != set(states[0]):
             differ = sorted(set(state) ^ set(states[0]))
             raise UserError(f"{art.path} holds other tensors than {members[0].path} ({', '.join(differ[:3])}) under the same "
                             "model_config.json; the checkpoint is damaged, rebuild it")
+        for name in states[0]:
+            if state.shape(name) != states[0].shape(name):
+                raise UserError(f"{art.path}'s {name} has shape {state.shape(name)} where {members[0].path}'s has "
+                                f"{states[0].shape(name)}, under the same model_config.json; one checkpoint is damaged, "
+                                "rebuild it")
 
 
 def _refuse_non_finite(state: dict[str, torch.Tensor], members: Sequence[artifacts.Artifact],
@@ -340,6 +356,8 @@ def write_average(out: Path, members: Sequence[artifacts.Artifact], weights: Seq
 
             for (art, _), member in zip(chosen, states):
                 refuse_unrecorded_adapters(art, member)
+                if not is_lora_step(art):  # (a step's base is checked so as it is read)
+                    refuse_a_config_its_weights_do_not_fit(read_model_config(art.path), art.file(WEIGHTS))
             read = [file for (art, _), s in zip(chosen, states) for file in getattr(s, "files_read", [art.file(WEIGHTS)])]
             # (each file hashed beside the reads: load checks their sizes only)
             with artifacts.checked_as_read(*dict.fromkeys(read)):
