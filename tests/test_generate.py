@@ -812,7 +812,7 @@ def test_one_run_at_a_time_writes_an_output_file_through_a_temporary_file_of_its
                                             "a rerun makes them all again")
 
 
-def test_a_streamed_completion_stopped_by_ctrl_c_ends_its_line_on_a_terminal(monkeypatch, tmp_path):
+def test_a_streamed_completion_stopped_by_ctrl_c_ends_its_line(monkeypatch, tmp_path):
     """The error line began after the cut-off text, mid-line. The control characters a terminal
     would act on are not shown."""
     import io
@@ -823,18 +823,19 @@ def test_a_streamed_completion_stopped_by_ctrl_c_ends_its_line_on_a_terminal(mon
     from llmkit.generate.config import GenerateConfig
     from llmkit.inference.prompts import Prompt
 
-    screen = io.StringIO()
-    monkeypatch.setattr(console, "out", console._Console(file=screen, force_terminal=True, width=80, highlight=False))
-
     def stopped(checkpoints, config, on_text=None, on_ready=None, **kwargs):
         on_ready([Prompt(text="ROMEO:")])
         on_text(0, " What\x1bZ light\x07\x9b")  # (ESC Z asks a terminal to answer as if typed: rich passed ESC on)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stage, "run_generate", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        _generate(GenerateConfig.build(prompts=["ROMEO:"]), checkpoints=[tmp_path / "ckpt"], out=None, force=False)
-    assert screen.getvalue().endswith(" WhatZ light\n"), repr(screen.getvalue())
+    for terminal in (True, False):  # (a file both streams go to read `... lighterror: ...` too)
+        screen = io.StringIO()
+        monkeypatch.setattr(console, "out", console._Console(file=screen, force_terminal=terminal, width=80, highlight=False))
+        with pytest.raises(KeyboardInterrupt):
+            _generate(GenerateConfig.build(prompts=["ROMEO:"]), checkpoints=[tmp_path / "ckpt"], out=None, force=False)
+        shown = " WhatZ light\n" if terminal else " What\x1bZ light\x07\x9b\n"  # (a file gets the text as made)
+        assert screen.getvalue().endswith(shown), (terminal, repr(screen.getvalue()))
 
 
 def test_lstm_checkpoint_generates(cli, tmp_path, shakespeare):

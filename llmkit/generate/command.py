@@ -72,7 +72,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
             results = run_generate(checkpoints, config, prompts=prompts, on_text=on_text if stream else None, on_batch=on_batch,
                                    on_ready=on_ready)
     except BaseException:  # (Ctrl-C, or an error once the prompt is shown: NaN scores)
-        if open_line and console.is_terminal:  # (the error line began after the cut-off text)
+        if open_line:  # (the error line began after the cut-off text: `hierror: ...` where both go to one file)
             console.print()
         raise
     if out is not None:
