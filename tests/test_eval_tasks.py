@@ -237,6 +237,12 @@ def test_records_from_a_csv_whose_lists_became_text_are_refused_and_booleans_rea
         flat = " ".join(result.output.split())
         assert result.exit_code == 1 and f"record 1 does not fit the {task} layout ({field}" in flat, result.output
         assert "give the records as .jsonl or .parquet" in flat and not (tmp_path / task).exists()
+    # an answer no choice is labelled: said so (it was Python's "'C' is not in list")
+    arc = benchmark_run.load_task_records(TASKS["arc_easy"], None, None)[0]
+    (tmp_path / "badarc.jsonl").write_text(json.dumps({**arc, "answerKey": "Z"}) + "\n")
+    result = cli("eval", exported / "ckpt", "--task", "arc_easy", "--data", tmp_path / "badarc.jsonl", "-o", tmp_path / "bad")
+    labels = ", ".join(arc["choices"]["label"])
+    assert result.exit_code == 1 and f"answerKey 'Z' is not one of the choice labels {labels}" in result.output, result.output
     records = benchmark_run.load_task_records(TASKS["boolq"], None, None)[:4]
     pandas.DataFrame(records).to_csv(tmp_path / "boolq.csv", index=False)
     (tmp_path / "boolq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -84,9 +84,15 @@ def hellaswag(r: dict) -> Example:
     return _options(query, [_hellaswag_text(e) for e in _texts(r["endings"], "endings")], int(r["label"]))
 
 
+def _answer_index(labels: list, answer) -> int:
+    if answer not in labels:  # (Python's own "'C' is not in list" was the message)
+        raise ValueError(f"answerKey {answer!r} is not one of the choice labels {', '.join(map(str, labels))}")
+    return labels.index(answer)
+
+
 def arc(r: dict) -> Example:
     texts, labels = _choices(r)
-    return _options(f"Question: {r['question']}\nAnswer:", texts, labels.index(r["answerKey"]))
+    return _options(f"Question: {r['question']}\nAnswer:", texts, _answer_index(labels, r["answerKey"]))
 
 
 def piqa(r: dict) -> Example:
@@ -102,7 +108,7 @@ def boolq(r: dict) -> Example:
 
 def openbookqa(r: dict) -> Example:
     texts, labels = _choices(r)
-    return _options(r["question_stem"], texts, labels.index(r["answerKey"].lstrip()))
+    return _options(r["question_stem"], texts, _answer_index(labels, r["answerKey"].lstrip()))
 
 
 def sciq(r: dict) -> Example:
