@@ -76,14 +76,7 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
         raise UserError(f"-o {out} is the folder you are in or one above it; give the output a new folder name")
-    for item, named in _inputs_and_the_bases_they_read(inputs):
-        source = Path(item).resolve()
-        if _same(source, target):
-            raise UserError(f"-o {out} is {named}; write the output to another path")
-        if any(_same(source, parent) for parent in target.parents):
-            raise UserError(f"-o {out} lies inside {named}; write the output outside it")
-        if any(_same(target, parent) for parent in source.parents):
-            raise UserError(f"-o {out} contains {named}; write the output to another path")
+    _refuse_over_an_input(out, target, inputs, a_file=False)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
     # (whether it is llmkit's first: --force was advised for a folder it then refused)
@@ -105,6 +98,19 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
         _refuse_a_read_only_output(out, resume)
     make_parent(out)
     return out
+
+
+def _refuse_over_an_input(out: Path, target: Path, inputs: Iterable[Path | str | None], *, a_file: bool) -> None:
+    """-o (`target`, resolved) that is, lies inside or (a folder) contains an input or a base it is read from."""
+    for item, named in _inputs_and_the_bases_they_read(inputs):
+        source = Path(item).resolve()
+        if _same(source, target):
+            raise UserError(f"-o {out} would overwrite {named}; write the output to another file" if a_file
+                            else f"-o {out} is {named}; write the output to another path")
+        if any(_same(source, parent) for parent in target.parents):
+            raise UserError(f"-o {out} lies inside {named}; write the output outside it")
+        if not a_file and any(_same(target, parent) for parent in source.parents):
+            raise UserError(f"-o {out} contains {named}; write the output to another path")
 
 
 def _inputs_and_the_bases_they_read(inputs: Iterable[Path | str | None]) -> list[tuple[Path | str, str]]:
@@ -351,12 +357,7 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
         raise UserError(f"-o {storable_name(str(path))}: the path is not UTF-8 ({storable_name(where)}); give the output a "
                         "path in UTF-8")
     target = path.resolve()
-    for item, named in _inputs_and_the_bases_they_read(inputs):
-        source = Path(item).resolve()
-        if _same(source, target):
-            raise UserError(f"-o {path} would overwrite {named}; write the output to another file")
-        if any(_same(source, parent) for parent in target.parents):
-            raise UserError(f"-o {path} lies inside {named}; write the output outside it")
+    _refuse_over_an_input(path, target, inputs, a_file=True)
     if path.is_dir():
         raise UserError(f"-o {path} is a folder; give a file path")
     _refuse_existing(path, force, ours)
