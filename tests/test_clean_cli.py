@@ -524,10 +524,23 @@ def test_a_tsv_is_read_as_records_and_a_csv_split_otherwise_is_refused(cli, tmp_
     made = cli("clean", tmp_path / "reviews.tsv", "-o", tmp_path / "tsv")
     assert made.exit_code == 0, made.output
     assert _shard_texts(tmp_path / "tsv") == ['" hello there world', 'foo "bar" baz']
-    (tmp_path / "semi.csv").write_text("text;label\nhello there world;1\nfoo bar baz;0\n", encoding="utf-8")
-    line = _one_error_line(cli("clean", tmp_path / "semi.csv", "-o", tmp_path / "out"))
-    assert "its header 'text;label' is one column, its fields split by ';'" in line and "save it comma-separated" in line
-    _nothing_written(tmp_path)
+    # and one written with quoting (pandas, Python's csv): its quotes and tabs inside fields read as such
+    import pandas
+
+    texts = ['He said "hi" to me, plainly', "a tab\there inside the text", "plain text record"]
+    pandas.DataFrame({"text": texts, "label": [1, 0, 1]}).to_csv(tmp_path / "quoted.tsv", sep="\t", index=False)
+    made = cli("clean", tmp_path / "quoted.tsv", "-o", tmp_path / "quoted")
+    assert made.exit_code == 0 and _shard_texts(tmp_path / "quoted") == texts, made.output
+    # semicolons, a decimal comma in the first record or a quoted semicolon in it too (the comma reader split
+    # the one and unquoted the other): refused before anything is read
+    for name, lines in (("semi", "text;label\nhello there world;1\nfoo bar baz;0\n"),
+                        ("decimal", "text;label\nhello there world;3,5\nfoo bar baz;4\n"),
+                        ("quoted", 'text;label\n"hello; there world";1\nfoo bar baz;0\n')):
+        (tmp_path / f"{name}.csv").write_text(lines, encoding="utf-8")
+        for skip in ([], ["--skip-bad-lines"]):
+            line = _one_error_line(cli("clean", tmp_path / f"{name}.csv", *skip, "-o", tmp_path / "out"))
+            assert "its header 'text;label' is one column, its fields split by ';'" in line and "save it comma-separated" in line
+            _nothing_written(tmp_path)
     # one column whose name holds a semicolon, over texts of other shapes: read as it is
     (tmp_path / "notes.csv").write_text('"notes; remarks"\na first note of some length\nanother; with a semicolon\n',
                                         encoding="utf-8")

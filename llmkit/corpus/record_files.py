@@ -201,6 +201,9 @@ def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: st
         with open_binary(path, compression) as handle:
             head = handle.read(SNIFF_BYTES)
         check_not_binary(head, label)
+        start_of_file = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
+        _refuse_another_delimiter(label, start_of_file, delimiter)
+        quoting = _tsv_quoting(start_of_file) if delimiter == "\t" else csv.QUOTE_MINIMAL
         with open_binary(path, compression) as handle:
             stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")
             csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
@@ -213,18 +216,13 @@ def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: st
                 yield from stream
                 past_the_end[0] = True
 
-            # (a .tsv has no quoting: GLUE's sentences open with a quote, which merged the records after it)
-            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
             reader = csv.reader(lines(), strict=False, delimiter=delimiter, quoting=quoting)
             start = 1
             try:
                 header = next(reader, None)
                 if header is None:
                     return
-                # (its guess said after the first record's check: a semicolon file's one "column" was noted, then refused)
-                column = header.index(pick_column(label, options.text_field, header, header, say=False))
-                guessed = options.text_field is None and header[column] != "text"
-                first = True
+                column = header.index(pick_column(label, options.text_field, header, header))
                 while True:
                     start = reader.line_num + 1  # a quoted field may span lines: a record is named by its first
                     try:
@@ -241,11 +239,6 @@ def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: st
                                         "never closed); fix it")
                     if not row:  # a blank line
                         continue
-                    if first:
-                        _refuse_another_delimiter(label, header, row, delimiter)
-                        if guessed:
-                            note_guessed_field(label, header[column])
-                        first = False
                     if len(row) != len(header):
                         if options.skip_bad_lines:
                             stats.skipped(f"{label}:{start}")
@@ -388,25 +381,50 @@ def field_alternatives(text_field: str) -> list[str]:
     return [f.strip() for f in text_field.split(",") if f.strip()]
 
 
-def _refuse_another_delimiter(label: str, header: list[str], row: list[str], delimiter: str) -> None:
-    """A header of one column and a first record of one, both split alike by another separator: a file
-    split by semicolons (as spreadsheets write CSV in many locales) or tabs, whose every record would
-    be one text, its other fields glued on. (A header `notes; remarks` over texts of other shapes is
-    one column, read as such.)"""
-    def parts(cell: str, mark: str) -> int:
-        return len(cell.split(mark))
+def _fields(line: str, delimiter: str) -> int:
+    return len(next(csv.reader([line], delimiter=delimiter), []))
 
-    other = next((mark for mark in (";", "\t", "|", ",") if mark != delimiter and len(header) == 1 == len(row)
-                  and parts(header[0], mark) >= 2 and parts(header[0], mark) == parts(row[0], mark)), None)
+
+def _refuse_another_delimiter(label: str, start_of_file: str, delimiter: str) -> None:
+    """A header of one column whose line and the first record's both parse into as many fields (two or
+    more) by another separator: a file split by semicolons (as spreadsheets write CSV where a comma is
+    the decimal mark) or tabs, whose every record would be one text, its other fields glued on. (A
+    quoted header `"notes; remarks"` over texts of other shapes is one column, read as such.) The raw
+    lines are parsed: the comma reader split `...;3,5` at its decimal comma and unquoted `"a; b";1`."""
+    lines = [line for line in start_of_file.splitlines() if line.strip()][:2]
+    if len(lines) < 2 or _fields(lines[0], delimiter) != 1:
+        return
+    other = next((mark for mark in (";", "\t", "|", ",") if mark != delimiter
+                  and _fields(lines[0], mark) >= 2 and _fields(lines[0], mark) == _fields(lines[1], mark)), None)
     if other is not None:
         kind = {",": "comma", "\t": "tab"}[delimiter]
         fix = "name it .tsv" if other == "\t" else "save it comma-separated" if delimiter == "," else "name it .csv"
-        raise UserError(f"{label}: its header {header[0]!r} is one column, its fields split by {other!r}, where a "
+        raise UserError(f"{label}: its header {lines[0]!r} is one column, its fields split by {other!r}, where a "
                         f"{'.csv' if delimiter == ',' else '.tsv'} file's are split by a {kind}; {fix} (each record "
                         "would be one text, its other fields glued on)")
 
 
-def pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str], say: bool = True) -> str:
+def _tsv_quoting(start_of_file: str) -> int:
+    """How a .tsv quotes: GLUE's files do not (a sentence opening with `"` merged the records after
+    it), pandas' and Python's csv do (a field with a quote or a tab in it). Read as whichever
+    parses more of the first lines into the header's number of fields; alike, quoted where a field is
+    quoted whole."""
+    lines = start_of_file.splitlines(keepends=True)[:-1] or start_of_file.splitlines(keepends=True)  # (the last may be cut)
+    text = "".join(lines)
+
+    def fitting(quoting: int) -> tuple[int, list[list[str]]]:
+        rows = [row for row in csv.reader(io.StringIO(text), delimiter="\t", quoting=quoting) if row]
+        return sum(len(row) == len(rows[0]) for row in rows[1:]) if rows else 0, rows
+
+    quoted, _ = fitting(csv.QUOTE_MINIMAL)
+    unquoted, rows = fitting(csv.QUOTE_NONE)
+    if quoted != unquoted:
+        return csv.QUOTE_MINIMAL if quoted > unquoted else csv.QUOTE_NONE
+    whole = any(len(cell) >= 2 and cell[0] == cell[-1] == '"' for row in rows for cell in row)
+    return csv.QUOTE_MINIMAL if whole else csv.QUOTE_NONE
+
+
+def pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str]) -> str:
     if wanted is not None:
         wanted = next((f for f in field_alternatives(wanted) if f in names), field_alternatives(wanted)[0])
         if wanted not in names:
@@ -415,7 +433,6 @@ def pick_column(label: str, wanted: Optional[str], names: list[str], string_name
     if "text" in names:
         return "text"
     if len(string_names) == 1:
-        if say:
-            note_guessed_field(label, string_names[0])
+        note_guessed_field(label, string_names[0])
         return string_names[0]
     raise UserError(f"{label}: no 'text' column; pass --text-field with one of: {', '.join(names)}")
