@@ -80,7 +80,7 @@ def dataset_records(name_and_config: str, split: str) -> list[dict]:
     except Exception as exc:  # offline misses, unknown names and splits all land here
         if "Unknown split" in str(exc):  # (found, cache or Hub: "unreachable" misled)
             raise UserError(f"data set {name!r}{f' ({config})' if config else ''} has no split {split!r}: "
-                            f"{' '.join(str(exc).split())[:200]}; pass a data set that has it, or its records as a file") from exc
+                            f"{' '.join(str(exc).split())[:200].rstrip('.')}; pass a data set that has it, or its records as a file") from exc
         where = " (no file or folder of that name here, and the Hub is unreachable)" if offline else ""
         raise UserError(
             f"could not load data set {name!r}{f' ({config})' if config else ''} split {split!r}{where}: "
