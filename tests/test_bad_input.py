@@ -225,6 +225,8 @@ BAD_VALUES = [
     (["generate", "{ckpt}", "-p", "x", "--temperature", "-1"], "--temperature must be at least 0"),
     (["generate", "{ckpt}", "-p", "x", "--top-k", "-1"], "--top-k must be at least 0"),
     (["chat", "{ckpt}", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["generate", "{ckpt}", "-p", "x", "-n", "10", "--min-new-tokens", "20"], "--min-new-tokens 20 is more than --max-new-tokens 10"),
+    (["chat", "{ckpt}", "--min-new-tokens", "-1"], "--min-new-tokens must be at least 0"),
     (["clean", "{book}", "--threshold", "0.8", "--bands", "3"], "give --threshold or --bands/--rows, not both"),
     (["clean", "{book}", "--max-words", "5"], "--max-words would change nothing here (--max-words is for the Gopher quality "
                                               "rules, which --gopher-quality or --preset web turns on)"),

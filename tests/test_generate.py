@@ -552,8 +552,10 @@ def test_a_diverged_model_is_named_not_sampled(cli, ckpt, greedy, tmp_path):
     resign(damaged)
     sampling = ["--greedy"] if greedy else ["--temperature", "1"]
     for given, whose in (([damaged], "its weight"), ([ckpt, damaged, "--weights", "0,1"], f"{damaged}'s weight")):
-        said = " ".join(cli("generate", *given, "-p", "ROMEO:", "-n", "4", *sampling).output.split())
-        assert said.removeprefix("ROMEO:") == f"error: the model's outputs are not finite (NaN or infinity): {whose} final_norm.weight holds NaN or inf; " \
+        output = cli("generate", *given, "-p", "ROMEO:", "-n", "4", *sampling).output
+        assert output.startswith("ROMEO:\nerror: "), output  # (the prompt's line ended: it read `ROMEO:error: ...`)
+        said = " ".join(output.split())
+        assert said.removeprefix("ROMEO: ") == f"error: the model's outputs are not finite (NaN or infinity): {whose} final_norm.weight holds NaN or inf; " \
                        "use another checkpoint", said
 
 
@@ -1234,6 +1236,17 @@ def test_greedy_equals_transformers_generate_with_left_padding():
         with torch.no_grad():
             out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15, do_sample=False, pad_token_id=0, eos_token_id=None)
         assert ours == out[:, width:].tolist()
+        # --min-new-tokens: an end token each row would pick early is held off until then, as transformers' min_new_tokens
+        end = ours[0][0]  # (the first row's first token: its completion would end at once)
+        for least in (0, 4):
+            held = [r.token_ids for r in generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=15, min_new_tokens=least),
+                                                      pad_id=0, eos_ids=[end])]
+            with torch.no_grad():
+                out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=least, do_sample=False,
+                                  pad_token_id=0, eos_token_id=end)
+            theirs = [row[: row.index(end)] if end in row else row for row in out[:, width:].tolist()]
+            assert held == theirs, (least, held, theirs)
+            assert (held[0] == []) == (least == 0) and all(len(tokens) >= least for tokens in held)
 
 
 def test_backslash_n_on_the_command_line_is_a_newline(cli, ckpt, tmp_path):

@@ -151,7 +151,8 @@ class ChatSession:
         ids = self.prompt_ids(user_text)
         params = self.params
         if needs_window(len(ids), params.max_new_tokens, self.limit):
-            params = dataclasses.replace(params, max_new_tokens=self.limit - len(ids) + 1)  # the last token is never fed
+            room = self.limit - len(ids) + 1  # the last token is never fed
+            params = dataclasses.replace(params, max_new_tokens=room, min_new_tokens=min(params.min_new_tokens, room))
             self._note("reply", f"--max-new-tokens {self.params.max_new_tokens} is more than the context ({self.limit} tokens) "
                                 f"leaves beside the prompt: replies stop at what is left (here {params.max_new_tokens})")
         if on_start is not None:

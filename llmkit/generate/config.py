@@ -23,6 +23,8 @@ RUN = "Run"
 @dataclass
 class Sampling(Options):
     max_new_tokens: int = option(128, "Tokens to generate per completion.", flags=("--max-new-tokens", "-n"), range="[1, inf)")
+    min_new_tokens: int = option(0, "Tokens to generate before an end token may end a completion (transformers' "
+                                 "min_new_tokens; a --stop string still ends it).", range="[0, inf)")
     temperature: float = option(0.8, "Sampling temperature; 0 = greedy.", range="[0, inf)")
     greedy: bool = option(False, "Always take the most likely token (same as --temperature 0).", flags=("--greedy/--no-greedy",))
     top_k: int | None = option(None, "Sample only among the k most likely tokens (0 = all of them).", range="[0, inf)")
@@ -33,6 +35,9 @@ class Sampling(Options):
         super().__post_init__()
         if self.top_k == 0:  # (chat's default of 50 had no way off; recorded as no top-k, which it is)
             self.top_k = None
+        if self.min_new_tokens > self.max_new_tokens:
+            raise UserError(f"--min-new-tokens {self.min_new_tokens} is more than --max-new-tokens {self.max_new_tokens}; "
+                            "give at most as many")
 
     SAMPLING_OPTIONS = ("temperature", "greedy", "top_k", "top_p", "repetition_penalty")
 
@@ -70,7 +75,8 @@ class Sampling(Options):
         try:
             return GenerationParams(
                 temperature=0.0 if self.greedy else self.temperature, top_k=self.top_k, top_p=self.top_p,
-                repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens, seed=seed, **more,
+                repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens,
+                min_new_tokens=self.min_new_tokens, seed=seed, **more,
             )
         except ValueError as exc:
             raise UserError(f"invalid generation setting: {exc}") from exc

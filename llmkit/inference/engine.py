@@ -38,6 +38,7 @@ from llmkit.inference.sampling import SamplingParams, apply_repetition_penalty, 
 @dataclass
 class GenerationParams(SamplingParams):
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # before this many, no end token (nor a chat's role token) may end a completion
     stop: Sequence[str] = ()  # stop strings: the text is cut before the first one found
     stop_at_eos: bool = True
     seed: int = 0
@@ -47,6 +48,9 @@ class GenerationParams(SamplingParams):
         super().__post_init__()
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), got "
+                             f"{self.min_new_tokens}")
         if self.context_overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"context_overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
 
@@ -326,7 +330,11 @@ def generate_ids(
     stop_ids = set(stop_ids) | (set(eos_ids) if params.stop_at_eos else set())
     alive = [True] * B
     words = vocab_size if vocab_size is not None and vocab_size < int(model.config.vocab_size) else None
+    # (transformers' min_new_tokens: the end tokens' scores -inf until then, so another token is drawn)
+    banned = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if params.min_new_tokens and stop_ids else None
     for step in range(new):
+        if banned is not None and step < params.min_new_tokens:
+            logits = logits.index_fill(-1, banned, float("-inf"))
         if words is not None:
             logits, penalised = logits[:, :words], (seen[:, :words] if seen is not None else None)
         else:
