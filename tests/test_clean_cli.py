@@ -531,10 +531,23 @@ def test_a_tsv_is_read_as_records_and_a_csv_split_otherwise_is_refused(cli, tmp_
     pandas.DataFrame({"text": texts, "label": [1, 0, 1]}).to_csv(tmp_path / "quoted.tsv", sep="\t", index=False)
     made = cli("clean", tmp_path / "quoted.tsv", "-o", tmp_path / "quoted")
     assert made.exit_code == 0 and _shard_texts(tmp_path / "quoted") == texts, made.output
+    # quoted on its last line alone, or after a first record of 10 KB (the first 8 KB's lines decided it);
+    # a GLUE sentence that a quote opens and another word follows, `"Hi" she said`, which no quoting writer writes
+    long = "word " * 2500
+    for name, rows, read in (("last", ["plain", 'He said "hi" there'], None), ("long", [long, 'He said "hi" there'], None),
+                             ("glue", ['"Hi" she said', '"a whole sentence"', "plain one"], ['"Hi" she said', '"a whole sentence"', "plain one"])):
+        if read is None:
+            pandas.DataFrame({"text": rows, "label": [1, 0]}).to_csv(tmp_path / f"{name}.tsv", sep="\t", index=False)
+        else:
+            (tmp_path / f"{name}.tsv").write_text("text\tlabel\n" + "".join(f"{row}\t1\n" for row in rows), encoding="utf-8")
+        made = cli("clean", tmp_path / f"{name}.tsv", "--no-exact-dedup", "--no-near-dedup", "-o", tmp_path / f"{name}-tsv")
+        assert made.exit_code == 0 and _shard_texts(tmp_path / f"{name}-tsv") == [r.strip() for r in (read or rows)], made.output
     # semicolons, a decimal comma in the first record or a quoted semicolon in it too (the comma reader split
     # the one and unquoted the other): refused before anything is read
     for name, lines in (("semi", "text;label\nhello there world;1\nfoo bar baz;0\n"),
                         ("decimal", "text;label\nhello there world;3,5\nfoo bar baz;4\n"),
+                        ("spans", 'text;label\n"line one\nline two";1\nfoo bar baz;0\n'),  # (a record of two lines, or of 10 KB)
+                        ("long", f"text;label\n{'word ' * 2500};1\nfoo bar baz;0\n"),
                         ("quoted", 'text;label\n"hello; there world";1\nfoo bar baz;0\n')):
         (tmp_path / f"{name}.csv").write_text(lines, encoding="utf-8")
         for skip in ([], ["--skip-bad-lines"]):

@@ -201,9 +201,8 @@ def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: st
         with open_binary(path, compression) as handle:
             head = handle.read(SNIFF_BYTES)
         check_not_binary(head, label)
-        start_of_file = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
-        _refuse_another_delimiter(label, start_of_file, delimiter)
-        quoting = _tsv_quoting(start_of_file) if delimiter == "\t" else csv.QUOTE_MINIMAL
+        _refuse_another_delimiter(label, path, compression, delimiter)
+        quoting = _tsv_quoting(path, compression) if delimiter == "\t" else csv.QUOTE_MINIMAL
         with open_binary(path, compression) as handle:
             stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")
             csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
@@ -381,47 +380,71 @@ def field_alternatives(text_field: str) -> list[str]:
     return [f.strip() for f in text_field.split(",") if f.strip()]
 
 
-def _fields(line: str, delimiter: str) -> int:
-    return len(next(csv.reader([line], delimiter=delimiter), []))
+# How much of a file's start the checks below read: the records they look at, at most this much text.
+_FIRST_RECORDS_CHARS = 1 << 20
 
 
-def _refuse_another_delimiter(label: str, start_of_file: str, delimiter: str) -> None:
-    """A header of one column whose line and the first record's both parse into as many fields (two or
-    more) by another separator: a file split by semicolons (as spreadsheets write CSV where a comma is
-    the decimal mark) or tabs, whose every record would be one text, its other fields glued on. (A
-    quoted header `"notes; remarks"` over texts of other shapes is one column, read as such.) The raw
-    lines are parsed: the comma reader split `...;3,5` at its decimal comma and unquoted `"a; b";1`."""
-    lines = [line for line in start_of_file.splitlines() if line.strip()][:2]
-    if len(lines) < 2 or _fields(lines[0], delimiter) != 1:
+def _first_records(path: Path, compression: Optional[str], delimiter: str, count: int, **dialect) -> list[list[str]]:
+    """The first `count` non-blank records of a file as a `delimiter` reader parses them (a record of
+    several lines, or of 10 KB, whole), reading no more than _FIRST_RECORDS_CHARS of it."""
+    import itertools
+
+    with open_binary(path, compression) as handle:
+        stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig",
+                                  errors="replace", newline="")
+
+        def lines() -> Iterator[str]:
+            read = 0
+            for line in stream:
+                yield line
+                read += len(line)
+                if read > _FIRST_RECORDS_CHARS:
+                    return
+
+        records = (row for row in csv.reader(lines(), delimiter=delimiter, **dialect) if any(cell.strip() for cell in row))
+        return list(itertools.islice(records, count))
+
+
+def _refuse_another_delimiter(label: str, path: Path, compression: Optional[str], delimiter: str) -> None:
+    """A header of one column whose record and the first record after it both parse into as many
+    fields (two or more) by another separator: a file split by semicolons (as spreadsheets write CSV
+    where a comma is the decimal mark) or tabs, whose every record would be one text, its other fields
+    glued on. (A quoted header `"notes; remarks"` over texts of other shapes is one column, read as
+    such.) Each separator parses the file itself: the comma reader split `...;3,5` at its decimal comma
+    and unquoted `"a; b";1`, and a line is not a record (a quoted newline, a record of 10 KB)."""
+    ours = _first_records(path, compression, delimiter, 2)
+    if len(ours) < 2 or len(ours[0]) != 1:
         return
-    other = next((mark for mark in (";", "\t", "|", ",") if mark != delimiter
-                  and _fields(lines[0], mark) >= 2 and _fields(lines[0], mark) == _fields(lines[1], mark)), None)
-    if other is not None:
-        kind = {",": "comma", "\t": "tab"}[delimiter]
-        fix = "name it .tsv" if other == "\t" else "save it comma-separated" if delimiter == "," else "name it .csv"
-        raise UserError(f"{label}: its header {lines[0]!r} is one column, its fields split by {other!r}, where a "
-                        f"{'.csv' if delimiter == ',' else '.tsv'} file's are split by a {kind}; {fix} (each record "
-                        "would be one text, its other fields glued on)")
+    for other in (";", "\t", "|", ","):
+        if other == delimiter:
+            continue
+        header, *first = _first_records(path, compression, other, 2) or [[]]
+        if len(header) >= 2 and first and len(first[0]) == len(header):
+            kind = {",": "comma", "\t": "tab"}[delimiter]
+            fix = "name it .tsv" if other == "\t" else "save it comma-separated" if delimiter == "," else "name it .csv"
+            raise UserError(f"{label}: its header {ours[0][0]!r} is one column, its fields split by {other!r}, where a "
+                            f"{'.csv' if delimiter == ',' else '.tsv'} file's are split by a {kind}; {fix} (each record "
+                            "would be one text, its other fields glued on)")
 
 
-def _tsv_quoting(start_of_file: str) -> int:
+def _tsv_quoting(path: Path, compression: Optional[str]) -> int:
     """How a .tsv quotes: GLUE's files do not (a sentence opening with `"` merged the records after
-    it), pandas' and Python's csv do (a field with a quote or a tab in it). Read as whichever
-    parses more of the first lines into the header's number of fields; alike, quoted where a field is
-    quoted whole."""
-    lines = start_of_file.splitlines(keepends=True)[:-1] or start_of_file.splitlines(keepends=True)  # (the last may be cut)
-    text = "".join(lines)
+    it), pandas' and Python's csv do (a field with a quote or a tab in it). From its first records:
+    quoted where they parse as quoted, strictly (a quote that closes inside a field, `"Hi" she said`,
+    no quoting writer writes), and some field is quoted whole or more of them fit the header's number
+    of fields so; else not quoted."""
+    count = 1000
+    unquoted = _first_records(path, compression, "\t", count, quoting=csv.QUOTE_NONE)
+    try:
+        quoted = _first_records(path, compression, "\t", count, strict=True)
+    except csv.Error:
+        return csv.QUOTE_NONE
 
-    def fitting(quoting: int) -> tuple[int, list[list[str]]]:
-        rows = [row for row in csv.reader(io.StringIO(text), delimiter="\t", quoting=quoting) if row]
-        return sum(len(row) == len(rows[0]) for row in rows[1:]) if rows else 0, rows
+    def fitting(rows: list[list[str]]) -> int:
+        return sum(len(row) == len(rows[0]) for row in rows[1:]) if rows else 0
 
-    quoted, _ = fitting(csv.QUOTE_MINIMAL)
-    unquoted, rows = fitting(csv.QUOTE_NONE)
-    if quoted != unquoted:
-        return csv.QUOTE_MINIMAL if quoted > unquoted else csv.QUOTE_NONE
-    whole = any(len(cell) >= 2 and cell[0] == cell[-1] == '"' for row in rows for cell in row)
-    return csv.QUOTE_MINIMAL if whole else csv.QUOTE_NONE
+    whole = any(len(cell) >= 2 and cell[0] == cell[-1] == '"' for row in unquoted for cell in row)
+    return csv.QUOTE_MINIMAL if whole or fitting(quoted) > fitting(unquoted) else csv.QUOTE_NONE
 
 
 def pick_column(label: str, wanted: Optional[str], names: list[str], string_names: list[str]) -> str:
