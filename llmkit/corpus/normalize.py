@@ -128,8 +128,8 @@ _SPACE_RUN = re.compile("[ \t]+")
 
 
 # the files whose documents --strip-html strips: pages, and records (a crawl's); #2: a repeated name's label
-_PAGE_OR_RECORDS_FILE = re.compile(r"\.(html?|xhtml|jsonl|ndjson|json|csv|tsv|parquet)(\.(gz|zst|zstd))?(#\d+)?$",
-                                   re.IGNORECASE)
+_PAGE_FILE = re.compile(r"\.x?html?(\.(gz|zst|zstd))?(#\d+)?$", re.IGNORECASE)
+_RECORDS_FILE = re.compile(r"\.(jsonl|ndjson|json|csv|tsv|parquet)(\.(gz|zst|zstd))?(#\d+)?$", re.IGNORECASE)
 _DATA_SET = re.compile(r"(^|/)dataset:")  # (after a cleaned corpus's name, where one carries its documents' sources)
 
 
@@ -138,7 +138,12 @@ def may_hold_html(source: str) -> bool:
     other file's (by its source label; every other file is read as plain text), whose angle brackets
     are its own text: `std::vector<int>` in a .cpp, README or .markdown file, a Markdown `<div>` in
     backticks (a docs site of .md and .html pages)."""
-    return bool(_PAGE_OR_RECORDS_FILE.search(source) or _DATA_SET.search(source))
+    return bool(is_page(source) or _RECORDS_FILE.search(source) or _DATA_SET.search(source))
+
+
+def is_page(source: str) -> bool:
+    """An .html/.htm file's label (its markup kept unless --strip-html)."""
+    return bool(_PAGE_FILE.search(source))
 
 
 def strip_html(text: str) -> str:

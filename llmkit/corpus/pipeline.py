@@ -7,7 +7,6 @@ flight, and only the de-duplication index (a dict entry per kept document for ex
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections import Counter
@@ -218,14 +217,13 @@ def _note_options_these_inputs_ignore(cfg: CleanConfig, sources) -> None:
     if cfg.doc_per != "file" and not any(source.plain_text for source in sources):
         note(f"--doc-per {cfg.doc_per} splits plain-text files; these inputs come as documents already, so it "
              "changes nothing here (it is still recorded)")
-    pages = [source.label for source in sources if source.plain_text and re.search(r"\.x?html?(\.(gz|zst|zstd))?(#\d+)?$",
-                                                                                    source.label, re.IGNORECASE)]
+    from llmkit.corpus.normalize import is_page, may_hold_html
+
+    pages = [source.label for source in sources if source.plain_text and is_page(source.label)]
     if pages and not cfg.strip_html:  # (their tags and scripts were kept as text, unsaid)
         note(f"{len(pages)} HTML file(s) are read as written, markup included ({pages[0]}{', ...' if len(pages) > 1 else ''}): "
              "pass --strip-html for their visible text")
     if cfg.strip_html:
-        from llmkit.corpus.normalize import may_hold_html
-
         plain = [source.label for source in sources if not may_hold_html(source.label)]
         if plain:
             note(f"--strip-html leaves {len(plain)} plain-text file(s) as written ({plain[0]}{', ...' if len(plain) > 1 else ''}): "

@@ -201,11 +201,12 @@ def csv_reader(path: Path, label: str, compression: Optional[str], delimiter: st
         with open_binary(path, compression) as handle:
             head = handle.read(SNIFF_BYTES)
         check_not_binary(head, label)
-        _refuse_another_delimiter(label, path, compression, delimiter)
-        quoting = _tsv_quoting(path, compression) if delimiter == "\t" else csv.QUOTE_MINIMAL
+        csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
+        start = _start_of(path, compression)  # (read once, parsed by each reader the checks try)
+        _refuse_another_delimiter(label, start, delimiter)
+        quoting = _tsv_quoting(start) if delimiter == "\t" else csv.QUOTE_MINIMAL
         with open_binary(path, compression) as handle:
             stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig", newline="")
-            csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KB
             # Lenient, as spreadsheets write (`"He said "hi" to me"` is read, not refused), except for a
             # quote never closed: the reader then asks for lines past the end of the file, and the
             # record it returns is the rest of the file as one field.
@@ -384,41 +385,51 @@ def field_alternatives(text_field: str) -> list[str]:
 _FIRST_RECORDS_CHARS = 1 << 20
 
 
-def _first_records(path: Path, compression: Optional[str], delimiter: str, count: int, **dialect) -> list[list[str]]:
-    """The first `count` non-blank records of a file as a `delimiter` reader parses them (a record of
-    several lines, or of 10 KB, whole), reading no more than _FIRST_RECORDS_CHARS of it."""
-    import itertools
-
+def _start_of(path: Path, compression: Optional[str]) -> str:
+    """A file's first whole lines, up to _FIRST_RECORDS_CHARS of text (a record of 10 KB or of several
+    lines whole), for the checks below."""
     with open_binary(path, compression) as handle:
         stream = io.TextIOWrapper(io.BufferedReader(handle) if compression else handle, encoding="utf-8-sig",
                                   errors="replace", newline="")
-
-        def lines() -> Iterator[str]:
-            read = 0
-            for line in stream:
-                yield line
-                read += len(line)
-                if read > _FIRST_RECORDS_CHARS:
-                    return
-
-        records = (row for row in csv.reader(lines(), delimiter=delimiter, **dialect) if any(cell.strip() for cell in row))
-        return list(itertools.islice(records, count))
+        lines, read = [], 0
+        for line in stream:
+            lines.append(line)
+            read += len(line)
+            if read > _FIRST_RECORDS_CHARS:
+                break
+        return "".join(lines)
 
 
-def _refuse_another_delimiter(label: str, path: Path, compression: Optional[str], delimiter: str) -> None:
+def _first_records(start: str, delimiter: str, count: int, **dialect) -> list[list[str]]:
+    """The first `count` non-blank records of a file's start (`_start_of`) as a `delimiter` reader parses them."""
+    import itertools
+
+    # (newline="": lines end at \r too, as the file reader's do)
+    records = (row for row in csv.reader(io.StringIO(start, newline=""), delimiter=delimiter, **dialect)
+               if any(cell.strip() for cell in row))
+    taken = []
+    try:
+        taken.extend(itertools.islice(records, count))
+    except csv.Error:
+        if dialect.get("strict"):
+            raise
+    return taken  # (a record that does not parse ends them: the file's reader names it)
+
+
+def _refuse_another_delimiter(label: str, start: str, delimiter: str) -> None:
     """A header of one column whose record and the first record after it both parse into as many
     fields (two or more) by another separator: a file split by semicolons (as spreadsheets write CSV
     where a comma is the decimal mark) or tabs, whose every record would be one text, its other fields
     glued on. (A quoted header `"notes; remarks"` over texts of other shapes is one column, read as
     such.) Each separator parses the file itself: the comma reader split `...;3,5` at its decimal comma
     and unquoted `"a; b";1`, and a line is not a record (a quoted newline, a record of 10 KB)."""
-    ours = _first_records(path, compression, delimiter, 2)
+    ours = _first_records(start, delimiter, 2)
     if len(ours) < 2 or len(ours[0]) != 1:
         return
     for other in (";", "\t", "|", ","):
         if other == delimiter:
             continue
-        header, *first = _first_records(path, compression, other, 2) or [[]]
+        header, *first = _first_records(start, other, 2) or [[]]
         if len(header) >= 2 and first and len(first[0]) == len(header):
             kind = {",": "comma", "\t": "tab"}[delimiter]
             fix = "name it .tsv" if other == "\t" else "save it comma-separated" if delimiter == "," else "name it .csv"
@@ -427,16 +438,16 @@ def _refuse_another_delimiter(label: str, path: Path, compression: Optional[str]
                             "would be one text, its other fields glued on)")
 
 
-def _tsv_quoting(path: Path, compression: Optional[str]) -> int:
+def _tsv_quoting(start: str) -> int:
     """How a .tsv quotes: GLUE's files do not (a sentence opening with `"` merged the records after
     it), pandas' and Python's csv do (a field with a quote or a tab in it). From its first records:
     quoted where they parse as quoted, strictly (a quote that closes inside a field, `"Hi" she said`,
     no quoting writer writes), and some field is quoted whole or more of them fit the header's number
     of fields so; else not quoted."""
     count = 1000
-    unquoted = _first_records(path, compression, "\t", count, quoting=csv.QUOTE_NONE)
+    unquoted = _first_records(start, "\t", count, quoting=csv.QUOTE_NONE)
     try:
-        quoted = _first_records(path, compression, "\t", count, strict=True)
+        quoted = _first_records(start, "\t", count, strict=True)
     except csv.Error:
         return csv.QUOTE_NONE
 
