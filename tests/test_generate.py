@@ -1670,3 +1670,74 @@ def test_a_replayed_transcripts_messages_are_shown_stripped():
     assert shown == "user: hi\nassistant: positive"
     code = Prompt(messages=[{"role": "user", "content": "\n    def f():\n        return 1\n"}]).display
     assert code == "user:     def f():\n        return 1"  # (several lines: the first keeps its indentation)
+
+
+def test_token_logprobs_equal_transformers_raw_scores_and_a_full_forward():
+    """--logprobs: each token's log-probability, and each step's likeliest, are the model's own
+    (transformers' output_logits, log-softmaxed), not the draw's after temperature or top-k."""
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.model.hf_config import to_hf_config
+    from llmkit.model.hf_weights import to_hf_state
+
+    config = ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    hf_config = to_hf_config(config)
+    hf_config.pad_token_id = 0
+    hf = AutoModelForCausalLM.from_config(hf_config).eval()
+    hf.load_state_dict(to_hf_state(model.state_dict(), config), strict=False)
+    hf.tie_weights()
+    rows = generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=12, stop_at_eos=False), pad_id=0, logprobs=5)
+    width = max(len(p) for p in PROMPTS)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in PROMPTS])[:, None]).long()
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                          pad_token_id=0, eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+    theirs = torch.stack(out.logits, dim=1).float().log_softmax(dim=-1)  # [B, steps, V]
+    for b, row in enumerate(rows):
+        assert row.token_ids == out.sequences[b, width:].tolist()
+        chosen = theirs[b].gather(1, torch.tensor(row.token_ids)[:, None]).squeeze(1)
+        assert torch.allclose(torch.tensor(row.logprobs), chosen, atol=1e-5)
+        for step, top in enumerate(row.top_logprobs):
+            values, indices = theirs[b, step].topk(5)
+            assert [i for i, _ in top] == indices.tolist() and len(top) == 5
+            assert torch.allclose(torch.tensor([v for _, v in top]), values, atol=1e-5)
+            assert top[0][0] == row.token_ids[step]  # greedy: the likeliest
+    # sampled at a temperature, through top-k and a repetition penalty: the tokens drawn, scored by the model alone
+    params = GenerationParams(max_new_tokens=10, temperature=1.7, top_k=20, repetition_penalty=1.3, stop_at_eos=False, seed=3)
+    for row, prompt in zip(generate_ids(model, PROMPTS, params, pad_id=0, logprobs=0), PROMPTS):
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([prompt + row.token_ids]))
+        full = logits[0, len(prompt) - 1 : -1].float().log_softmax(dim=-1)
+        assert torch.allclose(torch.tensor(row.logprobs), full.gather(1, torch.tensor(row.token_ids)[:, None]).squeeze(1), atol=1e-5)
+        assert row.top_logprobs == [[]] * len(row.token_ids)
+    assert generate_ids(model, PROMPTS, params, pad_id=0)[0].logprobs is None  # (not asked for: none kept)
+
+
+def test_cli_logprobs_in_the_records(cli, ckpt, tmp_path):
+    out = tmp_path / "lp.jsonl"
+    made = cli("generate", ckpt, "-p", "KING:", "-p", "To be", "-n", "16", "--seed", "2", "--stop", "e", "--logprobs", "3",
+               "-o", out)
+    assert made.exit_code == 0, made.output
+    plain = cli("generate", ckpt, "-p", "KING:", "-p", "To be", "-n", "16", "--seed", "2", "--stop", "e", "-o", tmp_path / "p.jsonl")
+    assert plain.exit_code == 0, plain.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    without = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in records] == [r["completion"] for r in without]  # the same text, scored
+    assert "logprobs" not in without[0]
+    for record in records:
+        tokens = record["logprobs"]
+        assert len(tokens) == record["completion_tokens"] > 0  # (cut at the stop string with the completion's tokens)
+        assert bytes(b for t in tokens for b in t["bytes"]).decode("utf-8", "replace").startswith(record["completion"])
+        for t in tokens:
+            assert t["logprob"] <= 0 and len(t["top_logprobs"]) == 3
+            ranked = [alt["logprob"] for alt in t["top_logprobs"]]
+            assert ranked == sorted(ranked, reverse=True) and (t["id"] not in [a["id"] for a in t["top_logprobs"]]
+                                                              or t["logprob"] in ranked)
+            assert t["logprob"] <= ranked[0] + 1e-6
+    refused = cli("generate", ckpt, "-p", "KING:", "--logprobs", "2")
+    assert refused.exit_code == 2 and "-o FILE.jsonl" in refused.output and "Traceback" not in refused.output
+    too_many = cli("generate", ckpt, "-p", "KING:", "--logprobs", "21", "-o", tmp_path / "x.jsonl")
+    assert too_many.exit_code != 0 and "--logprobs" in too_many.output and not (tmp_path / "x.jsonl").exists()

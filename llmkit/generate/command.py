@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from llmkit.errors import UsageError
 from llmkit.generate.config import GenerateConfig
 from llmkit.stage_command import argument, stage_command
 
@@ -21,6 +22,8 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     from llmkit.generate.stage import COMPLETIONS, JsonlOutput, load_prompts, run_generate
     from llmkit.outputs import check_output_file
 
+    if config.logprobs is not None and out is None:
+        raise UsageError(f"--logprobs {config.logprobs} goes into the output records, which only -o writes; give -o FILE.jsonl")
     check_output_file(out, force, inputs=[*config.ensembling.members(checkpoints), config.prompts_file], ours=COMPLETIONS)
     prompts = load_prompts(config)
     rows = len(prompts) * config.num_samples

@@ -120,6 +120,9 @@ class GenerateConfig(Options):
     inference: Inference = group(Inference, panel=RUN)
     ensembling: Ensembling = group(Ensembling)
     seed: int = seed_option("Seed: the same seed gives the same text.")
+    logprobs: int | None = option(None, "Write each completion token's log-probability into the -o records, and the N "
+                                  "likeliest tokens' at each step (0: the chosen token's alone); the model's, before "
+                                  "sampling's settings.", range="[0, 20]")
     first_index: int = option(0, "The first prompt's index: each record's prompt_index and each sample's seed follow it, so "
                               "-p TEXT --first-index K remakes record K of a --prompts run.", panel=SAMPLING, range="[0, inf)")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ class Generated:
     completion: Completion
     fitted: bool = False  # cut to fit the context: the record also holds the text the model saw
     framed: bool = False  # put in a fine-tune's template or the chat's roles: its completion is no continuation of it
+    logprobs: list[dict] | None = None  # its tokens with their log-probabilities (token_records), where asked for
 
     def record(self, cfg: GenerateConfig) -> dict:
         c = self.completion
@@ -46,6 +48,8 @@ class Generated:
             record["messages"] = self.prompt.messages
         if self.fitted:  # what the model saw, its template and special tokens written out
             record["fitted_prompt"] = c.prompt
+        if self.logprobs is not None:
+            record["logprobs"] = self.logprobs
         ours = set(record)
         record.update({name: value for name, value in self.prompt.meta.items() if name not in ours})
         for name, value in self.prompt.meta.items():  # a field named as one of ours (a data set's reference
@@ -54,6 +58,23 @@ class Generated:
                     name = f"input_{name}"
                 record[name] = value
         return record
+
+
+def token_records(completion: Completion, tokenizer) -> list[dict]:
+    """A completion's tokens with their log-probabilities, in OpenAI's shape: one
+    `{"token", "id", "bytes", "logprob", "top_logprobs": [{"token", "id", "logprob"}, ...]}` a token
+    (`token`: its text, bytes that are no whole character as \\xNN; `bytes`: exactly). A score that
+    is no number (a model's NaN) is null: JSON has no NaN."""
+    def number(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    scored = completion.logprobs
+    return [
+        {"token": tokenizer.id_to_piece(token), "id": token, "bytes": list(tokenizer.id_to_bytes(token)),
+         "logprob": number(logprob),
+         "top_logprobs": [{"token": tokenizer.id_to_piece(i), "id": i, "logprob": number(v)} for i, v in top]}
+        for token, logprob, top in zip(completion.token_ids, scored.logprobs, scored.top)
+    ]
 
 
 def load_prompts(cfg: GenerateConfig) -> list[Prompt]:
@@ -155,14 +176,17 @@ def run_generate(
 
     def finished(completions: list[Completion]) -> None:  # each batch's, printed or written while later ones run
         at = [c.prompt_index - cfg.first_index for c in completions]  # (each prompt's place in this run)
-        batch = [Generated(prompts[i], c, fitted=i in fitted_at, framed=framed[i]) for i, c in zip(at, completions)]
+        batch = [Generated(prompts[i], c, fitted=i in fitted_at, framed=framed[i],
+                           logprobs=None if c.logprobs is None else token_records(c, tokenizer))
+                 for i, c in zip(at, completions)]
         results.extend(batch)
         if on_batch is not None:
             on_batch(batch)
 
     try:
         generator.complete(encoded, params, num_samples=cfg.num_samples, batch_size=cfg.batch_size, on_text=on_text,
-                           extra_stop_ids=extra_stops, on_batch=finished, prompt_offset=cfg.first_index)
+                           extra_stop_ids=extra_stops, on_batch=finished, prompt_offset=cfg.first_index,
+                           logprobs=cfg.logprobs)
     except NotFinite as exc:
         from llmkit.model.ensemble import scoring_members
 

@@ -59,6 +59,18 @@ class GenerationParams(SamplingParams):
 class RowResult:
     token_ids: list[int]  # generated tokens (without the prompt, without the stopping EOS)
     finish_reason: str  # "eos" | "stop" | "length"
+    logprobs: list[float] | None = None  # each token's log-probability (generate_ids' `logprobs`)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # each step's likeliest (id, log-probability)
+
+
+@dataclass
+class TokenLogprobs:
+    """A completion's tokens' log-probabilities under the model: each token's, and the `top`
+    likeliest tokens' at each step (ids, log-probabilities), read before the repetition penalty,
+    temperature, top-k and top-p, which change the draw, not the model."""
+
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]]
 
 
 @dataclass
@@ -71,6 +83,7 @@ class Completion:
     sample_index: int = 0
     prompt_tokens: int = 0
     seed: int = 0
+    logprobs: TokenLogprobs | None = None  # (asked for: Generator.complete's `logprobs`)
 
 
 def prepare_for_decoding(model) -> None:
@@ -276,6 +289,7 @@ def generate_ids(
     stop_ids: Sequence[int] = (),
     framing_ids: Sequence[int] = (),
     vocab_size: int | None = None,
+    logprobs: int | None = None,
 ) -> list[RowResult]:
     """Generate for one batch of token prompts (one row each), left-padded together.
 
@@ -290,6 +304,9 @@ def generate_ids(
     <|eos|>, which penalised from the first step made every completion run longer).
     `vocab_size` (the tokenizer's): a model with more output rows than that (an imported, padded
     vocabulary) never picks the rows past it, which no text stands for.
+    `logprobs`: None, or record each token's log-probability and, at each step, the `logprobs`
+    likeliest tokens' (0: none), from the model's scores before the ban of end tokens
+    (`min_new_tokens`), the repetition penalty, temperature, top-k and top-p (vLLM's raw logprobs).
     """
     if not prompt_ids:
         return []
@@ -326,6 +343,8 @@ def generate_ids(
 
     outputs: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
+    chosen_logprobs: list[list[float]] = [[] for _ in range(B)]
+    top_logprobs: list[list[list[tuple[int, float]]]] = [[] for _ in range(B)]
     # Row bookkeeping stays in Python lists: one tolist() per step, no small tensor ops.
     stop_ids = set(stop_ids) | (set(eos_ids) if params.stop_at_eos else set())
     alive = [True] * B
@@ -333,6 +352,8 @@ def generate_ids(
     # (transformers' min_new_tokens: the end tokens' scores -inf until then, so another token is drawn)
     banned = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if params.min_new_tokens and stop_ids else None
     for step in range(new):
+        if logprobs is not None:
+            log_probs = (logits[:, :words] if words is not None else logits).float().log_softmax(dim=-1)
         if banned is not None and step < params.min_new_tokens:
             logits = logits.index_fill(-1, banned, float("-inf"))
         if words is not None:
@@ -341,6 +362,11 @@ def generate_ids(
             penalised = seen
         tokens = next_tokens(logits, params, generators, penalised if adjust_members is None else None)
         picked = tokens.tolist()
+        if logprobs is not None:
+            step_logprobs = log_probs.gather(1, tokens[:, None]).squeeze(1).tolist()
+            if logprobs:
+                top = log_probs.topk(min(logprobs, log_probs.size(-1)), dim=-1)
+                step_top = [list(zip(ids, values)) for ids, values in zip(top.indices.tolist(), top.values.tolist())]
         was_alive = alive
         reported: list[int | None] = [None] * B
         alive = list(alive)
@@ -353,6 +379,9 @@ def generate_ids(
             else:
                 outputs[b].append(picked[b])
                 reported[b] = picked[b]
+                if logprobs is not None:
+                    chosen_logprobs[b].append(step_logprobs[b])
+                    top_logprobs[b].append(step_top[b] if logprobs else [])
         if not all(was_alive):
             tokens = torch.tensor(picked, dtype=torch.long, device=device)
         if seen is not None:
@@ -370,7 +399,9 @@ def generate_ids(
             logits = window.slide(*_slid_windows(prompt_ids, outputs, alive, starts, limit))
         else:
             logits = window.step(tokens)
-    return [RowResult(o, r) for o, r in zip(outputs, reasons)]
+    if logprobs is None:
+        return [RowResult(o, r) for o, r in zip(outputs, reasons)]
+    return [RowResult(o, r, lp, top) for o, r, lp, top in zip(outputs, reasons, chosen_logprobs, top_logprobs)]
 
 
 def tokens_of_text(decode: Callable[[list[int]], str], ids: list[int], text: str) -> list[int]:
@@ -536,6 +567,7 @@ class Generator:
         extra_stop_ids: Sequence[int] | None = None,
         prompt_offset: int = 0,
         on_batch: Callable[[list[Completion]], None] | None = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
         """Every prompt `num_samples` times; results in order (prompt 0 samples, prompt 1, ...).
 
@@ -546,6 +578,8 @@ class Generator:
         `extra_stop_ids` end a completion as the end-of-text token does, even with
         `params.stop_at_eos` off (a chat's: prompts.chat_stop_ids); None is a text's (prompts.text_stop_ids).
         `on_batch(completions)` gets each batch's completions as it ends (a prompt's samples may span batches).
+        `logprobs`: None, or give each completion its tokens' log-probabilities and each step's
+        `logprobs` likeliest tokens' (generate_ids).
         """
         if num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, got {num_samples}")
@@ -583,6 +617,7 @@ class Generator:
                 self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids, seeds=seeds,
                 on_step=on_step, decoder=self.decoder, stop_ids=extra_stop_ids,
                 framing_ids=tuple(self.tokenizer.special_ids.values()), vocab_size=self.tokenizer.vocab_size,
+                logprobs=logprobs,
             )
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):
                 tracker = trackers[b]
@@ -606,6 +641,7 @@ class Generator:
                         sample_index=s,
                         prompt_tokens=len(encoded[p]),
                         seed=seeds[b],
+                        logprobs=None if res.logprobs is None else TokenLogprobs(res.logprobs[: len(ids)], res.top_logprobs[: len(ids)]),
                     )
                 )
             if on_batch is not None:
