@@ -340,3 +340,59 @@ def test_the_bootstrap_draws_in_slices_are_sacrebleus_one_draw(monkeypatch):
     assert max(len(part) for part in _refs.resample_slices(301, 50, cells_per_resample=500)) == 2
     values = numpy.random.default_rng(0).random(301)
     assert numpy.allclose(_refs.resampled_sums([values], 50)[0], values[whole].sum(axis=1), rtol=1e-12)
+
+
+def _answer_like(words: list[str], rng: random.Random) -> str:
+    """A span of words as a reader model might answer it: cased, punctuated, with articles, or empty."""
+    if rng.random() < 0.05:
+        return rng.choice(["", "  ", "the", "A.", "!!"])
+    start = rng.randrange(len(words))
+    span = words[start : start + rng.randint(1, 6)]
+    if rng.random() < 0.3:
+        span = [rng.choice(["the", "The", "an", "a"])] + span
+    text = " ".join(span)
+    if rng.random() < 0.3:
+        text = text.upper() if rng.random() < 0.5 else text + rng.choice([".", ",", "?!", " ;"])
+    return text
+
+
+def test_squad_exact_match_and_f1_equal_torchmetrics(summarization):
+    from torchmetrics.functional.text import squad as torchmetrics_squad
+
+    from llmkit.eval.metrics import Squad
+
+    rng = random.Random(0)
+    predictions, references = [], []
+    for summary in summarization[1][:300]:
+        words = summary.split()
+        references.append([_answer_like(words, rng) for _ in range(rng.randint(1, 3))])
+        predictions.append(rng.choice(references[-1]) if rng.random() < 0.3 else _answer_like(words, rng))
+    ours = Squad(keep_in_memory=True).compute(predictions=predictions, references=references, use_aggregator=False)
+    for i, (prediction, refs) in enumerate(zip(predictions, references)):
+        theirs = torchmetrics_squad([{"prediction_text": prediction, "id": str(i)}],
+                                    [{"answers": {"text": refs, "answer_start": [0] * len(refs)}, "id": str(i)}])
+        assert ours["exact_match"][i] * 100 == pytest.approx(float(theirs["exact_match"]), abs=1e-4), (prediction, refs)
+        assert ours["f1"][i] * 100 == pytest.approx(float(theirs["f1"]), abs=1e-4), (prediction, refs)
+    mean = Squad(keep_in_memory=True).compute(predictions=predictions, references=references)
+    whole = torchmetrics_squad([{"prediction_text": p, "id": str(i)} for i, p in enumerate(predictions)],
+                               [{"answers": {"text": r, "answer_start": [0] * len(r)}, "id": str(i)} for i, r in enumerate(references)])
+    assert mean["exact_match"] == pytest.approx(float(whole["exact_match"]), abs=1e-3)
+    assert mean["f1"] == pytest.approx(float(whole["f1"]), abs=1e-3)
+    assert 5 < mean["exact_match"] < mean["f1"] < 95  # (neither all right nor all wrong: the cases differ)
+
+
+def test_squad_metrics_from_the_command_line(cli, tmp_path):
+    (tmp_path / "hyp.txt").write_text("the Eiffel Tower\nParis, France\n1889\n")
+    (tmp_path / "refs.jsonl").write_text("".join(json.dumps({"answers": {"text": refs, "answer_start": [0] * len(refs)}}) + "\n"
+                                                 for refs in (["Eiffel Tower", "The Eiffel tower."], ["Paris"], ["in 1889"])))
+    run = cli("eval", "-m", "squad", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "refs.jsonl",
+              "--reference-field", "answers.text", "-o", tmp_path / "ev")
+    assert run.exit_code == 0, run.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["exact_match"] == pytest.approx(100 / 3) and metrics["squad_f1"] == pytest.approx(100 * (1 + 2 / 3 + 2 / 3) / 3)
+    records = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["exact_match"] for r in records] == [1.0, 0.0, 0.0]
+    one = cli("eval", "-m", "squad_f1", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "refs.jsonl",
+              "--reference-field", "answers.text", "-o", tmp_path / "f1")
+    assert one.exit_code == 0, one.output
+    assert set(json.loads((tmp_path / "f1" / "metrics.json").read_text())) == {"squad_f1"}

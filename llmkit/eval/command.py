@@ -14,7 +14,7 @@ from llmkit.stage_command import argument, stage_command
 
 def _evaluate(config: EvalConfig, *, checkpoints: Optional[list[Path]], out: Path, force: bool) -> None:
     """Evaluate a checkpoint (several: their ensemble) or a predictions file: perplexity, bpb,
-    accuracy/F1, BLEU, chrF, ROUGE."""
+    accuracy/F1, BLEU, chrF, ROUGE, SQuAD exact match/F1."""
     from llmkit import artifacts
     from llmkit.console import wrote
     from llmkit.eval.stage import run_eval

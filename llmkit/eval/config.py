@@ -14,12 +14,13 @@ from llmkit.options import Options, comma_list, group, option, path_strings, see
 ROUGE_TOKENIZERS = ("default", "unicode", "char")
 
 METRIC_HELP = (
-    "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), "
+    "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), squad (exact_match, "
+    "squad_f1: SQuAD's answer scores), "
     "perplexity (also word_perplexity, byte_perplexity, bpb), accuracy, accuracy_norm, precision, recall, f1. "
     "Default: perplexity; accuracy,f1 for a classifier (finetune --task classify)."
 )
 DATA = "Data"
-TEXT = "Text metrics (BLEU, chrF, ROUGE) and generation"
+TEXT = "Text metrics (BLEU, chrF, ROUGE, SQuAD) and generation"
 RUN = "Run"
 BENCHMARKS = "Benchmarks"
 
@@ -83,12 +84,12 @@ class EvalConfig(Options):
     stemmer: bool = option(False, "Porter-stem words for ROUGE.", flags=("--stemmer/--no-stemmer",), panel=TEXT)
     prompt_template: str | None = option(None, "Prompt built from each record, e.g. 'German: {source}\\nEnglish:' (\\n typed is a newline).",
                                          parse=unescape, panel=TEXT)
-    max_new_tokens: int = option(64, "Tokens to generate per example for BLEU/ROUGE.", flags=("--max-new-tokens", "-n"), panel=TEXT,
+    max_new_tokens: int = option(64, "Tokens to generate per example for the text metrics.", flags=("--max-new-tokens", "-n"), panel=TEXT,
                                  range="[1, inf)")
     stop: list[str] = option(default_factory=lambda: ["\n"], help="Stop string for generated predictions (default: newline; \\n is a "
                              "newline; '' for none: a fine-tuned model then ends at its end token).",
                              parse=unescape_each, panel=TEXT)
-    bootstrap: int = option(0, "Resamples for 95% confidence intervals of BLEU, chrF, ROUGE, accuracy, F1 and perplexity, as NAME_ci95 "
+    bootstrap: int = option(0, "Resamples for 95% confidence intervals of BLEU, chrF, ROUGE, exact match, SQuAD F1, accuracy, F1 and perplexity, as NAME_ci95 "
                             "(the half-width; the perplexities' ends too, NAME_ci95_low/_high) (sacrebleu's bootstrap, its seed; "
                             "1000 is usual; 0 = none).", panel=RUN, range="[0, 100000]",
                             hashed=False, recorded_as="config bootstrap (when above 0)")
@@ -96,7 +97,7 @@ class EvalConfig(Options):
                                   range="[1, inf)")
     batch_size: int = option(8, "Sequences per forward pass. Does not change the result.", panel=RUN, range="[1, inf)", runtime=True)
     inference: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
-                                                           "(BLEU, chrF, ROUGE): faster per token after a compilation of seconds."})
+                                                           "(BLEU, chrF, ROUGE, SQuAD): faster per token after a compilation of seconds."})
     ensembling: Ensembling = group(Ensembling)
     seed: int = seed_option("Seed of the few-shot draw (--shots); recorded only where something is drawn.", hashed=False, recorded_as="manifest seed (null when nothing is drawn)")
 

@@ -1,4 +1,4 @@
-"""Evaluations that run a checkpoint: perplexity/bpb, generation for BLEU/ROUGE, classification."""
+"""Evaluations that run a checkpoint: perplexity/bpb, generation for BLEU/ROUGE/SQuAD, classification."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def perplexity(loaded, cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# generation for BLEU / chrF / ROUGE
+# generation for BLEU / chrF / ROUGE / SQuAD
 
 
 def render_template(template: str, record: dict, input_field: str, where: str = "a record") -> str:

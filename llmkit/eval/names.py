@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from llmkit.errors import UsageError, UserError, did_you_mean
 
-TEXT = ("bleu", "chrf", "chrf++", "rouge", "rouge1", "rouge2", "rougeL", "rougeLsum")
+TEXT = ("bleu", "chrf", "chrf++", "rouge", "rouge1", "rouge2", "rougeL", "rougeLsum", "squad", "exact_match", "squad_f1")
+SQUAD = ("exact_match", "squad_f1")  # (`squad` asks for both)
 LM = ("perplexity", "word_perplexity", "byte_perplexity", "bpb")
 CLASSIFICATION = ("accuracy", "accuracy_norm", "precision", "recall", "f1")
 ALL = TEXT + LM + CLASSIFICATION

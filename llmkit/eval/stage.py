@@ -2,7 +2,7 @@
 
 What runs depends on the metrics asked for and the inputs given:
 
-  text metrics (bleu, chrf, chrf++, rouge*)   --predictions P --references R (no model), or a
+  text metrics (bleu, chrf, rouge*, squad)    --predictions P --references R (no model), or a
                                                checkpoint generating from --data's source/document
   perplexity family (perplexity, bpb, ...)     checkpoint + --data (tokens artifact val split, text)
   classification (accuracy, precision, ...)    checkpoint + --data: multiple-choice records
@@ -94,10 +94,10 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
                        "records of a JSONL --data, --predictions or --references file (a .txt holds lines, a tokens "
                        "artifact no fields, and --task its benchmark's own)"),
         "data": (scoring_model, "a checkpoint's inputs; scored predictions read --references"),
-        "prompt_template": (template_read, "text generated for BLEU/chrF/ROUGE and a language model's choices or labels; "
+        "prompt_template": (template_read, "text generated for the text metrics (BLEU, chrF, ROUGE, SQuAD) and a language model's choices or labels; "
                                            "a classifier checkpoint reads the bare text"),
-        "max_new_tokens": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
-        "stop": (scoring_model and bool(text) and not cfg.tasks, "text generated for BLEU/chrF/ROUGE"),
+        "max_new_tokens": (scoring_model and bool(text) and not cfg.tasks, "text generated for the text metrics (BLEU, chrF, ROUGE, SQuAD)"),
+        "stop": (scoring_model and bool(text) and not cfg.tasks, "text generated for the text metrics (BLEU, chrF, ROUGE, SQuAD)"),
         # scored label files are compared as written, their labels read from --references
         "labels": (scoring_model and bool(cls), "accuracy/F1 of a checkpoint on labelled --data"),
         "label_field": (scoring_model and bool(cls), "accuracy/F1 of a checkpoint on labelled --data"),
@@ -116,7 +116,7 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "bootstrap": (not cfg.tasks and bool(text or cls or lm), "confidence intervals of the scores (a --task benchmark has "
                       "its stderr)"),
         # (runtime, so no fingerprint: but it would promise a speed-up that never comes)
-        "compile": (scoring_model and bool(text), "the decode step of text generated for BLEU/chrF/ROUGE"),
+        "compile": (scoring_model and bool(text), "the decode step of text generated for the text metrics (BLEU, chrF, ROUGE, SQuAD)"),
     }
     from llmkit.options import flat_options, json_ready
 

@@ -1,4 +1,4 @@
-"""BLEU, chrF and ROUGE over predictions and references, through llmkit's evaluate metrics."""
+"""BLEU, chrF, ROUGE and SQuAD's answer scores over predictions and references, through llmkit's evaluate metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from llmkit.eval.metrics import ROUGE_TYPES, instance
 from llmkit.eval.metrics._refs import half_width, resampled_sums
 from llmkit.eval.metrics.bleu import TOKENIZERS as BLEU_TOKENIZERS
 from llmkit.eval.metrics.rouge_tokenizers import NAMES as ROUGE_TOKENIZERS
+from llmkit.eval.names import SQUAD
 
 
 @dataclass
@@ -107,6 +108,17 @@ def score_text(
                 [sums] = resampled_sums([values], bootstrap)
                 scores.metrics[f"{rouge_type}_ci95"] = half_width((sums / len(values)).tolist())
         scores.signatures["rouge"] = f"tokenizer:{rouge_tokenize}|stemmer:{'yes' if stemmer else 'no'}|agg:mean-f"
+    squad = list(SQUAD) if "squad" in names else [n for n in names if n in SQUAD]
+    if squad:
+        per_answer = instance("squad").compute(predictions=predictions, references=references, use_aggregator=False)
+        for name in squad:
+            values = per_answer["f1" if name == "squad_f1" else name]
+            scores.metrics[name] = 100.0 * float(numpy.mean(values))
+            scores.per_example[name] = values
+            if bootstrap:
+                [sums] = resampled_sums([values], bootstrap)
+                scores.metrics[f"{name}_ci95"] = half_width((100.0 * sums / len(values)).tolist())
+        scores.signatures["squad"] = "normalize:squad|empty:squad-v2|refs:max|agg:mean"
     return scores
 
 

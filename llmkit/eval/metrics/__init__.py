@@ -18,10 +18,11 @@ from llmkit.eval.metrics.bleu import Bleu
 from llmkit.eval.metrics.chrf import Chrf
 from llmkit.eval.metrics.classification import Classification, classification_scores
 from llmkit.eval.metrics.rouge import ROUGE_TYPES, Rouge
+from llmkit.eval.metrics.squad import Squad
 
-__all__ = ["Bleu", "Chrf", "Rouge", "Classification", "classification_scores", "ROUGE_TYPES", "module_path", "instance"]
+__all__ = ["Bleu", "Chrf", "Rouge", "Squad", "Classification", "classification_scores", "ROUGE_TYPES", "module_path", "instance"]
 
-_CLASSES = {"bleu": Bleu, "chrf": Chrf, "rouge": Rouge, "classification": Classification}
+_CLASSES = {"bleu": Bleu, "chrf": Chrf, "rouge": Rouge, "squad": Squad, "classification": Classification}
 
 
 def module_path(name: str) -> str:
