@@ -98,8 +98,9 @@ class ChatSession:
         else:
             ids, cut = self._text_prompt(user_text, budget)
         if cut:
-            self._note("cut", f"a message longer than the context ({self.limit} tokens, with room for a reply) "
-                              "loses its end, as finetune --truncate cuts a training input")
+            self._note("cut", f"a message that does not fit in the context ({self.limit} tokens) beside room for a reply "
+                              f"(--max-new-tokens {self.params.max_new_tokens}) loses its end, as finetune --truncate cuts a "
+                              "training input; a lower --max-new-tokens keeps more of it")
         return ids
 
     def _chat_prompt(self, user_text: str, budget: int | None) -> tuple[list[int], bool]:
