@@ -497,3 +497,37 @@ def test_mmlu_scores_subjects_and_categories_as_lm_eval(cli, exported, bundle, t
     local_records = [json.loads(line) for line in (tmp_path / "c" / "predictions.jsonl").read_text().splitlines()]
     assert len(local_records) == 4 and {r["group"] for r in local_records} == {"abstract_algebra"}
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_glue_and_commonsense_qa_layouts_follow_lm_eval(bundle):
+    """Expected strings written out from lm-eval's rte, sst2, mrpc (glue) and commonsense_qa configurations."""
+    rte = TASKS["rte"].convert(_first("rte"))
+    assert rte.contexts == ["Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age 44, according to "
+                            "the Christopher Reeve Foundation.\nQuestion: Christopher Reeve had an accident. True or False?\nAnswer:"]
+    assert rte.continuations == [" True", " False"] and rte.gold == 1  # (glue's 1: not entailment)
+    sst2 = TASKS["sst2"].convert(_first("sst2"))
+    assert sst2.contexts == ["it 's a charming and often affecting journey . \nQuestion: Is this sentence positive or negative?\nAnswer:"]
+    assert sst2.continuations == [" negative", " positive"] and sst2.gold == 1
+    mrpc = TASKS["mrpc"].convert(_first("mrpc"))
+    assert mrpc.contexts[0].startswith("Sentence 1: He said the foodservice pie business doesn 't fit")
+    assert mrpc.contexts[0].endswith("\nSentence 2: \" The foodservice pie business does not fit our long-term growth strategy ."
+                                     "\nQuestion: Do both sentences mean the same thing?\nAnswer:")
+    assert mrpc.continuations == [" no", " yes"] and mrpc.gold == 1
+    csqa = TASKS["commonsense_qa"].convert(_first("commonsense_qa"))
+    assert csqa.contexts == ["Question: A revolving door is convenient for two direction travel, but it also serves as a security "
+                             "measure at a what?\nA. bank\nB. library\nC. department store\nD. mall\nE. new york\nAnswer:"]
+    assert csqa.continuations == [" A", " B", " C", " D", " E"] and csqa.gold == 0
+
+
+def test_mrpc_f1_is_sklearns_binary_f1(cli, exported, bundle, tmp_path):
+    from sklearn.metrics import f1_score
+
+    result = cli("eval", exported / "ckpt", "--task", "mrpc", "--limit", "40", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    labels, predictions = [r["label"] for r in records], [r["prediction"] for r in records]
+    assert metrics["mrpc/f1"] == pytest.approx(f1_score(labels, predictions, zero_division=0.0))
+    assert "mrpc f1: " in result.output and "mrpc/f1_stderr" not in metrics
+    for predicted in ([1] * 40, [0] * 40, [1, 0] * 20):  # all positive, none, half
+        assert benchmark_run.binary_f1(predicted, labels) == pytest.approx(f1_score(labels, predicted, zero_division=0.0))

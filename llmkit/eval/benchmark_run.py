@@ -148,6 +148,13 @@ def fewshot_prefixes(examples: list[Example], pool: list[Example], shots: int, s
     return [fewshot_prefix(pool, drawn) for drawn in fewshot_draws(examples, pool, shots, seed, count)]
 
 
+def binary_f1(predictions: list[int], golds: list[int]) -> float:
+    """F1 of the positive class (1), sklearn's `f1_score` default (0 where nothing is positive)."""
+    true_positives = sum(p == g == 1 for p, g in zip(predictions, golds))
+    positives = sum(p == 1 for p in predictions) + sum(g == 1 for g in golds)
+    return 2 * true_positives / positives if positives else 0.0
+
+
 def mean_stderr(values: list[float]) -> float:
     n = len(values)
     if n < 2:
@@ -202,7 +209,7 @@ def _group_scores(name: str, task: Task, examples: list[Example], results: dict[
     for i, example in enumerate(examples):
         members.setdefault(example.group, []).append(i)
     sizes = {group: len(found) for group, found in members.items()}
-    for metric in task.metrics:
+    for metric in (m for m in task.metrics if m in results):
         stderrs: dict[str, float] = {}
         for group, found in members.items():
             values = [results[metric][i] for i in found]
@@ -288,7 +295,9 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
                             **({"group": example.group} if example.group else {}),
                             **({"shots": draws[index]} if cfg.shots else {})})
         results = {"acc": correct, "acc_norm": correct_norm}
-        for metric in task.metrics:
+        if "f1" in task.metrics:  # (lm-eval's f1 for a yes/no task: sklearn's binary F1 of the second choice, no stderr)
+            metrics[f"{name}/f1"] = binary_f1([r["prediction"] for r in records[-count:]], [e.gold for e in examples])
+        for metric in (m for m in task.metrics if m in results):
             metrics[f"{name}/{metric}"] = sum(results[metric]) / count
             if count > 1:  # one example has no spread to estimate
                 metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])

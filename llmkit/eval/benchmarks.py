@@ -145,16 +145,41 @@ def social_iqa(r: dict) -> Example:
     return _options(f"Q: {r['context']} {r['question']}\nA:", [r["answerA"], r["answerB"], r["answerC"]], int(r["label"]) - 1)
 
 
+def rte(r: dict) -> Example:
+    return _options(f"{r['sentence1']}\nQuestion: {r['sentence2']} True or False?\nAnswer:", ["True", "False"], int(r["label"]))
+
+
+def sst2(r: dict) -> Example:
+    return _options(f"{r['sentence']}\nQuestion: Is this sentence positive or negative?\nAnswer:", ["negative", "positive"],
+                    int(r["label"]))
+
+
+def mrpc(r: dict) -> Example:
+    return _options(f"Sentence 1: {r['sentence1']}\nSentence 2: {r['sentence2']}\nQuestion: Do both sentences mean the same "
+                    "thing?\nAnswer:", ["no", "yes"], int(r["label"]))
+
+
+def _lettered(question: str, choices: list[str], letters: tuple[str, ...]) -> str:
+    """A question with its choices under letters, as lm-eval's MMLU-style templates write it; the letter is the answer."""
+    if len(choices) != len(letters):
+        raise ValueError(f"the record holds {len(choices)} choices, not {len(letters)}")
+    return question + "".join(f"\n{letter}. {choice}" for letter, choice in zip(letters, choices)) + "\nAnswer:"
+
+
+def commonsense_qa(r: dict) -> Example:
+    texts, _ = _choices(r)
+    letters = ("A", "B", "C", "D", "E")
+    return _options(_lettered(f"Question: {r['question'].strip()}", texts, letters), list(letters),
+                    _answer_index(list(letters), r["answerKey"]))
+
+
 MMLU_LETTERS = ("A", "B", "C", "D")
 
 
 def mmlu(r: dict) -> Example:
-    choices = _texts(r["choices"], "choices")
-    if len(choices) != len(MMLU_LETTERS):
-        raise ValueError(f"'choices' holds {len(choices)} texts, not {len(MMLU_LETTERS)}")
     answer = r["answer"]
     gold = MMLU_LETTERS.index(answer.strip()) if isinstance(answer, str) and answer.strip() in MMLU_LETTERS else int(answer)
-    text = r["question"].strip() + "".join(f"\n{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, choices)) + "\nAnswer:"
+    text = _lettered(r["question"].strip(), _texts(r["choices"], "choices"), MMLU_LETTERS)
     subject = str(r["subject"])
     return Example([text], [TARGET_DELIMITER + letter for letter in MMLU_LETTERS], gold, list(MMLU_LETTERS),
                    description=f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
@@ -195,6 +220,10 @@ TASKS: dict[str, Task] = {
         Task("winogrande", "winogrande/winogrande_xl", "allenai/winogrande:winogrande_xl", winogrande, ACC, "winogrande 1.0"),
         Task("copa", "super_glue/copa", "super_glue:copa", copa, ACC, "copa 1.0 (super_glue)", hub_script=True),
         Task("social_iqa", "social_i_qa/none", "allenai/social_i_qa", social_iqa, ACC, "social_iqa 0.0", hub_script=True),
+        Task("commonsense_qa", "tau/commonsense_qa/none", "tau/commonsense_qa", commonsense_qa, ACC, "commonsense_qa (default)"),
+        Task("rte", "glue/rte", "nyu-mll/glue:rte", rte, ACC, "rte 1.0 (glue)"),
+        Task("sst2", "glue/sst2", "nyu-mll/glue:sst2", sst2, ACC, "sst2 1.0 (glue)"),
+        Task("mrpc", "glue/mrpc", "nyu-mll/glue:mrpc", mrpc, ("acc", "f1"), "mrpc 1.0 (glue)"),
         Task("mmlu", "hails/mmlu_no_train", "hails/mmlu_no_train:all", mmlu, ACC, "mmlu 1.0 (default, 57 subjects)",
              split="test", lm_eval_split="test", subsets=MMLU_SUBJECTS, fewshot_split="dev", categories=MMLU_CATEGORIES),
     )

@@ -78,8 +78,12 @@ def print_benchmarks(result) -> None:
     for name, info in result.stats["benchmarks"].items():
         table.add_row(name, str(info["examples"]), str(info["shots"]), cell(name, "acc"), cell(name, "acc_norm"))
         for group, count in info.get("groups", {}).items():  # (MMLU's categories; its subjects are in metrics.json)
-            table.add_row(f"  {group.removeprefix(name + '_')}", str(count), str(info["shots"]), cell(group, "acc"), cell(group, "acc_norm"))
+            table.add_row(f"  {group.removeprefix(name + '_')}", str(count), str(info["shots"]), cell(group, "acc"),
+                          cell(group, "acc_norm"))
     out.print(table)
+    for name in result.stats["benchmarks"]:  # (mrpc's F1, as lm-eval reports it: no standard error, beside the table)
+        if f"{name}/f1" in result.metrics:
+            out.print(f"{name} f1: {result.metrics[f'{name}/f1']:.4f}", markup=False)
     _say_what_differs_from_lm_eval(result.stats["benchmarks"])
 
 
