@@ -499,6 +499,19 @@ def test_mmlu_scores_subjects_and_categories_as_lm_eval(cli, exported, bundle, t
     assert local.exit_code == 0, local.output
     local_records = [json.loads(line) for line in (tmp_path / "c" / "predictions.jsonl").read_text().splitlines()]
     assert len(local_records) == 4 and {r["group"] for r in local_records} == {"abstract_algebra"}
+    # a subject of no category (a file's own): said, as the category rows then do not add up to the task's
+    odd = benchmark_run.load_task_records(TASKS["mmlu"], None, "test")[:3]
+    odd[2]["subject"] = "cooking"
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in odd))
+    outside = cli("eval", exported / "ckpt", "--task", "mmlu", "--data", tmp_path / "odd.jsonl", "-o", tmp_path / "d")
+    assert outside.exit_code == 0 and "1 question(s) of cooking belong to none of its categories" in " ".join(outside.output.split())
+    # the dev split scored with demonstrations from it: a question is never shown its own answer (lm-eval's rule)
+    dev_run = cli("eval", exported / "ckpt", "--task", "mmlu", "--split", "dev", "--limit", "2", "--shots", "2", "-o", tmp_path / "e")
+    assert dev_run.exit_code == 0, dev_run.output
+    dev_records = [json.loads(line) for line in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["shots"] for r in dev_records[:2]] == [[1, 2], [0, 2]]  # (abstract_algebra's dev questions 0 and 1)
+    _one_line_error(cli("eval", exported / "ckpt", "--task", "mmlu", "--split", "dev", "--shots", "5", "-o", tmp_path / "f"),
+                    "(the question itself left out); use --shots 4 or fewer")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

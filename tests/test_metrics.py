@@ -392,6 +392,19 @@ def test_squad_metrics_from_the_command_line(cli, tmp_path):
     assert metrics["exact_match"] == pytest.approx(100 / 3) and metrics["squad_f1"] == pytest.approx(100 * (1 + 2 / 3 + 2 / 3) / 3)
     records = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert [r["exact_match"] for r in records] == [1.0, 0.0, 0.0]
+    # SQuAD 2.0's unanswerable questions (no answers): the empty answer is right, any other wrong; BLEU needs references
+    (tmp_path / "v2.jsonl").write_text("".join(json.dumps({"answers": {"text": refs}}) + "\n" for refs in (["Paris"], [], [])))
+    (tmp_path / "v2.txt").write_text("Paris\n\nsomething\n")
+    v2 = cli("eval", "-m", "squad", "--predictions", tmp_path / "v2.txt", "-r", tmp_path / "v2.jsonl", "--reference-field",
+             "answers.text", "-o", tmp_path / "v2")
+    assert v2.exit_code == 0, v2.output
+    assert json.loads((tmp_path / "v2" / "metrics.json").read_text())["exact_match"] == pytest.approx(200 / 3)
+    bleu = cli("eval", "-m", "squad,bleu", "--predictions", tmp_path / "v2.txt", "-r", tmp_path / "v2.jsonl", "--reference-field",
+               "answers.text", "-o", tmp_path / "v2b")
+    assert bleu.exit_code == 1 and "is an empty list; give at least one reference" in bleu.output
+    from llmkit.eval.metrics import Squad
+
+    assert Squad(keep_in_memory=True).compute(predictions=["", "x"], references=[[], []]) == {"exact_match": 50.0, "f1": 50.0}
     one = cli("eval", "-m", "squad_f1", "--predictions", tmp_path / "hyp.txt", "-r", tmp_path / "refs.jsonl",
               "--reference-field", "answers.text", "-o", tmp_path / "f1")
     assert one.exit_code == 0, one.output

@@ -117,9 +117,12 @@ def fewshot_draws(examples: list[Example], pool: list[Example], shots: int, seed
     return draws
 
 
-def first_in_group(examples: list[Example], demonstrations: list[Example], shots: int, split: str) -> list[list[int]]:
+def first_in_group(examples: list[Example], demonstrations: list[Example], shots: int, split: str,
+                   scored: bool = False) -> list[list[int]]:
     """lm-eval's first_n sampler: the positions of the first `shots` demonstrations of each example's
-    group (MMLU's subject), in the order `demonstrations` (the task's few-shot split) holds them."""
+    group (MMLU's subject), in the order `demonstrations` (the task's few-shot split) holds them.
+    `scored`: the few-shot split is the one scored, so one more is taken and the example itself (and
+    any record equal to it) left out, as lm-eval's sampler does: it was shown its own answer."""
     if shots == 0:
         return [[] for _ in examples]
     positions: dict[str, list[int]] = {}
@@ -128,10 +131,12 @@ def first_in_group(examples: list[Example], demonstrations: list[Example], shots
     draws = []
     for example in examples:
         found = positions.get(example.group, [])
-        if len(found) < shots:
+        most = len(found) - 1 if scored else len(found)
+        if most < shots:
             raise UserError(f"--shots {shots}: {example.group or 'the task'} has {len(found)} examples in its {split} split, "
-                            f"whose first ones are the demonstrations; use --shots {len(found)} or fewer")
-        draws.append(found[:shots])
+                            f"whose first ones are the demonstrations{' (the question itself left out)' if scored else ''}; "
+                            f"use --shots {max(most, 0)} or fewer")
+        draws.append([i for i in found[: shots + 1] if demonstrations[i] != example][:shots] if scored else found[:shots])
     return draws
 
 
@@ -214,6 +219,14 @@ def _group_scores(name: str, task: Task, examples: list[Example], results: dict[
     for i, example in enumerate(examples):
         members.setdefault(example.group, []).append(i)
     sizes = {group: len(found) for group, found in members.items()}
+    categorised = {subject for _, subjects in task.categories for subject in subjects}
+    outside = sorted(group for group in members if task.categories and group not in categorised)
+    if outside:  # (a --data file's own subjects: in the task's score and their own, in no category's)
+        from llmkit.console import note
+
+        note(f"{name}: {sum(sizes[g] for g in outside)} question(s) of {', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''} "
+             f"belong to none of its categories: they count in {name}/acc and their own {name}_SUBJECT/acc, not in a "
+             "category's row")
     for metric in (m for m in task.metrics if m in results):
         stderrs: dict[str, float] = {}
         for group, found in members.items():
@@ -231,10 +244,9 @@ def _group_scores(name: str, task: Task, examples: list[Example], results: dict[
                 stderrs[category] = metrics[f"{name}_{category}/{metric}_stderr"] = pooled_stderr(
                     [stderrs[s] for s in present], [sizes[s] for s in present])
         top = [c for c, _ in task.categories if c in sizes] or list(members)
-        if all(c in stderrs for c in top) and sum(sizes[c] for c in top) > len(top):
+        # (else, a group of one question among them: the plain mean_stderr over every question, computed already)
+        if all(c in stderrs for c in top) and sum(sizes[c] for c in top) > len(top) and not outside:
             metrics[f"{name}/{metric}_stderr"] = pooled_stderr([stderrs[c] for c in top], [sizes[c] for c in top])
-        elif f"{name}/{metric}_stderr" in metrics:
-            del metrics[f"{name}/{metric}_stderr"]
     return {f"{name}_{category}": sizes[category] for category, _ in task.categories if category in sizes}
 
 
@@ -330,7 +342,8 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
         try:
             if task.fewshot_split is not None:
                 demonstrations = _demonstrations(task, cfg) if cfg.shots else []
-                draws = first_in_group(examples, demonstrations, cfg.shots, task.fewshot_split)
+                draws = first_in_group(examples, demonstrations, cfg.shots, task.fewshot_split,
+                                       scored=split == task.fewshot_split)
             else:
                 demonstrations = pool
                 draws = fewshot_draws(examples, pool, cfg.shots, cfg.seed, count)

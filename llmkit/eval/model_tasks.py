@@ -409,9 +409,12 @@ def generate_predictions(loaded, cfg):
     from llmkit.data.templates import encode_chat_prompt
     from llmkit.inference.prompts import chat_turns
 
+    from llmkit.eval import names as metric_names
+
     records = load_records(cfg.data, cfg.split, cfg.limit)
     task = loaded.task
     chat = task is not None and task.is_chat
+    unanswerable = metric_names.no_answer_allowed(metric_names.family(metric_names.parse_metrics(cfg.metrics), metric_names.TEXT))
     if cfg.text_field is None and cfg.reference_field is None and "messages" in records[0]:
         if cfg.prompt_template is not None:
             raise UsageError("--prompt-template fills a record's fields; conversations (\"messages\") are rendered with the "
@@ -461,6 +464,8 @@ def generate_predictions(loaded, cfg):
     for i, r in enumerate(records):
         value = r[reference_field]
         refs = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else None
+        if refs == [] and unanswerable:  # (SQuAD 2.0's no answer: scored against the empty answer)
+            refs = [""]
         if refs == []:
             raise UserError(f"{place(records, i)} field {reference_field!r} is an empty list; give at least one reference")
         if not refs or not all(isinstance(x, str) for x in refs):

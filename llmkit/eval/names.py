@@ -32,6 +32,12 @@ def parse_metrics(values: list[str]) -> list[str]:
     return sorted(names, key=ALL.index)
 
 
+def no_answer_allowed(text: list[str]) -> bool:
+    """Whether a record's empty list of references reads as "no answer" (SQuAD 2.0's unanswerable
+    questions, scored against the empty answer): where SQuAD's scores are the only text metrics."""
+    return bool(text) and all(name in ("squad", *SQUAD) for name in text)
+
+
 def family(names: list[str], members: tuple[str, ...]) -> list[str]:
     return [n for n in names if n in members]
 

@@ -323,7 +323,8 @@ def _score_predictions_file(cfg: EvalConfig, text: list[str], cls: list[str], sc
     if own_file:
         refuse_scoring_against_itself(Path(cfg.predictions), cfg.text_field, cfg.reference_field, labels=not text)
     references = read_references([Path(r) for r in cfg.references], cfg.reference_field, len(predictions),
-                                 also=None if own_file else cfg.text_field, labels=not text)
+                                 also=None if own_file else cfg.text_field, labels=not text,
+                                 no_answer=metric_names.no_answer_allowed(text))
     if cfg.limit:
         predictions, references = predictions[: cfg.limit], references[: cfg.limit]
     scores.stats["examples"] = len(predictions)

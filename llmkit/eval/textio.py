@@ -95,8 +95,10 @@ def pick_field(records: list[dict], given: str | None, candidates: Sequence[str]
     return name
 
 
-def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag: str, allow_lists: bool) -> list:
-    """Strings (or lists of strings where allowed) from a .txt or JSONL file."""
+def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag: str, allow_lists: bool,
+                  no_answer: bool = False) -> list:
+    """Strings (or lists of strings where allowed) from a .txt or JSONL file; `no_answer`: an empty
+    list is the empty answer (SQuAD 2.0's unanswerable questions), not refused."""
     path = Path(path)
     if not is_jsonl(path):
         return read_lines(path)
@@ -105,6 +107,8 @@ def read_segments(path: Path, field: str | None, candidates: Sequence[str], flag
     values = []
     for i, record in enumerate(records, 1):
         value = record[name]
+        if isinstance(value, list) and allow_lists and not value and no_answer:
+            value = [""]
         if isinstance(value, list) and allow_lists and not value:  # all() of [] is True: no reference to score against
             raise UserError(f"{path}: record {i} field {name!r} is an empty list; give at least one reference")
         if isinstance(value, list) and allow_lists and all(isinstance(v, str) for v in value):
@@ -137,14 +141,15 @@ def refuse_scoring_against_itself(path: Path, prediction_field: str | None, refe
 
 
 def read_references(paths: Sequence[Path], field: str | None, count: int, also: str | None = None,
-                    labels: bool = False) -> list[list[str]]:
+                    labels: bool = False, no_answer: bool = False) -> list[list[str]]:
     """References per prediction: several files (sacrebleu style) and/or lists inside JSONL. Without
     `field`, the first of the usual reference names a file has (`label` too where `labels`: only
-    classification metrics are asked), else `also` (the predictions' --field)."""
+    classification metrics are asked), else `also` (the predictions' --field). `no_answer`: an empty
+    list of references is the empty answer (read_segments)."""
     candidates = tuple(REFERENCE_FIELDS) + ((LABEL_FIELD,) if labels else ())
     candidates += (also,) if also and also not in candidates else ()
     try:
-        streams = [read_segments(p, field, candidates, "--reference-field", allow_lists=True) for p in paths]
+        streams = [read_segments(p, field, candidates, "--reference-field", allow_lists=True, no_answer=no_answer) for p in paths]
     except UserError as exc:
         labelled = not labels and field is None and any(is_jsonl(p) and LABEL_FIELD in (jsonl.read_jsonl(p) or [{}])[0] for p in paths)
         if not labelled:

@@ -83,6 +83,7 @@ class Squad(evaluate.Metric):
     def _compute(self, predictions, references, use_aggregator=True):
         per_prediction = {"exact_match": [], "f1": []}
         for prediction, refs in zip(predictions, as_reference_lists(references)):
+            refs = refs or [""]  # (SQuAD 2.0's unanswerable question: its official script scores it against "")
             per_prediction["exact_match"].append(max(exact_match(prediction, ref) for ref in refs))
             per_prediction["f1"].append(max(token_f1(prediction, ref) for ref in refs))
         if not use_aggregator:
