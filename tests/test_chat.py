@@ -505,3 +505,18 @@ def test_a_reply_cut_inside_a_character_leaves_no_replacement_character(chat_mod
     monkeypatch.setattr(session.generator, "complete", ending(["\u5bb6\u559c", "\ufffd"], "length"))
     assert session.reply("hello", on_text=shown.append) == "\u5bb6\u559c\ufffd" == "".join(shown)
     assert session.history[-1]["content"] == "\u5bb6\u559c\ufffd"
+
+
+def test_chat_stops_a_reply_at_a_stop_string(chat_model):
+    """--stop, generate's option (declared once, in the shared Sampling group): the reply ends before it, and the
+    conversation goes on from the reply as cut."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    piped = CliRunner().invoke(app, ["chat", str(chat_model), "--temperature", "0", "--stop", " play"],
+                               input="hello\nwho is there\n")
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout == "Two dogs\n" * 2
+    refused = CliRunner().invoke(app, ["chat", str(chat_model), "--stop", ""], input="hello\n")
+    assert refused.exit_code == 2 and "empty stop string" in refused.output

@@ -154,7 +154,7 @@ def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path, c
 
     file.write_text('[generate]\nprompt = "Once upon"\nstop = "END"\n')
     generate = resolve(GenerateConfig, file=file, section="generate")
-    assert generate.prompts == ["Once upon"] and generate.stop == ["END"]
+    assert generate.prompts == ["Once upon"] and generate.sampling.stop == ["END"]
     file.write_text('[eval]\nreferences = "refs.txt"\n')
     assert resolve(EvalConfig, file=file, section="eval").references == ["refs.txt"]
     file.write_text('[generate]\nstop = ""\n')
@@ -172,7 +172,7 @@ def test_a_list_option_reads_its_flags_comma_text_from_a_config_file(tmp_path, c
     assert "stop in" not in capsys.readouterr().err
     file.write_text('[eval]\nstop = "\\n"\n[generate]\nstop = ["\\n", "END"]\n')
     assert resolve(EvalConfig, file=file, section="eval").stop == ["\n"]
-    assert resolve(GenerateConfig, file=file, section="generate").stop == ["\n", "END"]
+    assert resolve(GenerateConfig, file=file, section="generate").sampling.stop == ["\n", "END"]
     # finetune's comma-separated lists read as their flags do (a text was refused as "must be a list of text")
     from llmkit.finetune.config import FinetuneConfig
 

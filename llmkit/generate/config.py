@@ -30,9 +30,13 @@ class Sampling(Options):
     top_k: int | None = option(None, "Sample only among the k most likely tokens (0 = all of them).", range="[0, inf)")
     top_p: float | None = option(None, "Nucleus sampling: the smallest set of tokens with this much probability.", range="(0, 1]")
     repetition_penalty: float = option(1.0, "> 1 discourages repeating tokens (1 = off).", range="(0, inf)")
+    stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n typed is a newline); it is not printed.",
+                             parse=stop_strings)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if any(not text for text in self.stop):  # a flag's is refused as it is parsed; a config file's here
+            raise ValueError("--stop: an empty stop string would stop at once; leave it out or give the text to stop at")
         if self.top_k == 0:  # (chat's default of 50 had no way off; recorded as no top-k, which it is)
             self.top_k = None
         if self.min_new_tokens > self.max_new_tokens:
@@ -76,7 +80,7 @@ class Sampling(Options):
             return GenerationParams(
                 temperature=0.0 if self.greedy else self.temperature, top_k=self.top_k, top_p=self.top_p,
                 repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens,
-                min_new_tokens=self.min_new_tokens, seed=seed, **more,
+                min_new_tokens=self.min_new_tokens, stop=list(self.stop), seed=seed, **more,
             )
         except ValueError as exc:
             raise UserError(f"invalid generation setting: {exc}") from exc
@@ -107,8 +111,6 @@ class GenerateConfig(Options):
                                        "object, else one prompt per line).", flags=("--prompts",))
     sampling: Sampling = group(Sampling, panel=SAMPLING, help={
         "repetition_penalty": "> 1 discourages repeating tokens (1 = off); an ensemble applies it to each member's logits, then mixes them."})
-    stop: list[str] = option(default_factory=list, help="Stop when this string appears (repeatable; \\n typed is a newline); it is not printed.",
-                             parse=stop_strings, panel=SAMPLING)
     ignore_eos: bool = option(False, "Keep going past the end-of-text token (a chat's role and other special tokens still end a reply).",
                               flags=("--ignore-eos/--no-ignore-eos",), panel=SAMPLING)
     num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING, range="[1, inf)")
@@ -126,11 +128,6 @@ class GenerateConfig(Options):
     first_index: int = option(0, "The first prompt's index: each record's prompt_index and each sample's seed follow it, so "
                               "-p TEXT --first-index K remakes record K of a --prompts run.", panel=SAMPLING, range="[0, inf)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if any(not text for text in self.stop):  # a flag's is refused as it is parsed; a config file's here
-            raise ValueError("--stop: an empty stop string would stop at once; leave it out or give the text to stop at")
-
     def check_given(self, given: frozenset[str]) -> None:
         _refuse_contradicting_greedy(self, given)
         if self.num_samples > 1 and (self.sampling.greedy or self.sampling.temperature == 0):
@@ -140,7 +137,7 @@ class GenerateConfig(Options):
 
     def params(self, sampling: Sampling | None = None):
         """The engine's GenerationParams; `sampling`: in place of the config's (`Sampling.with_recommended`)."""
-        return (sampling or self.sampling).params(self.seed, stop=list(self.stop), stop_at_eos=not self.ignore_eos,
+        return (sampling or self.sampling).params(self.seed, stop_at_eos=not self.ignore_eos,
                                                   context_overflow=self.context_overflow)
 
 
