@@ -15,6 +15,10 @@ value is recorded in the artifact manifest:
   neither  (`hashed=False, recorded_as=...`) recorded another way: the seed as the manifest's
            seed, an input file by its content hash, a data set by what the stage read from it
 
+An option added to a stage whose artifacts are already about (`--document-mask`) is hashed only
+where it is set: `hashed_unless=False` leaves it out of `config` at that value, which is what the
+stage computed before it existed, so those artifacts keep their fingerprints.
+
 Groups of options that several stages share (the optimizer, checkpointing, devices) are
 dataclasses nested in a stage's config with `group(...)`, which also sets the stage's own
 defaults for them. Flags, config-file keys and recorded dicts stay flat (`--lr`, `lr = 3e-4`,
@@ -89,6 +93,8 @@ class OptionSpec:
     runtime: bool = False
     hashed: bool = True
     recorded_as: str | None = None  # with hashed=False: how the manifest records it instead
+    hashed_unless: Any = None  # (with `hashed_unless_set`) a value at which it is left out of the hashed config (the module docstring)
+    hashed_unless_set: bool = False
     choices: tuple[str, ...] | None = None
     range: Range | None = None  # allowed numbers, e.g. "[0, 1)"; every float must also be finite
     cli_type: Any = None  # the type typed on the command line, when not the field's own
@@ -115,6 +121,7 @@ def option(
     runtime: bool = False,
     hashed: bool = True,
     recorded_as: str | None = None,
+    hashed_unless: Any = MISSING,
     choices: tuple[str, ...] | list[str] | None = None,
     range: str | None = None,
     cli_type: Any = None,
@@ -125,6 +132,7 @@ def option(
         raise TypeError("an option left out of the hashed config says how it is recorded instead (recorded_as=...)")
     spec = OptionSpec(
         help=help, panel=panel, flags=tuple(flags), runtime=runtime, hashed=hashed and not runtime, recorded_as=recorded_as,
+        hashed_unless=None if hashed_unless is MISSING else hashed_unless, hashed_unless_set=hashed_unless is not MISSING,
         choices=tuple(choices) if choices else None, range=Range.parse(range) if range else None,
         cli_type=cli_type, parse=parse,
     )
@@ -312,7 +320,8 @@ class Options:
 
     def hashed(self) -> dict[str, Any]:
         """The options the fingerprint covers (the manifest's `config`)."""
-        return {opt.name: json_ready(value) for opt, value in self._items() if opt.spec.hashed}
+        return {opt.name: json_ready(value) for opt, value in self._items()
+                if opt.spec.hashed and not (opt.spec.hashed_unless_set and value == opt.spec.hashed_unless)}
 
     def runtime(self) -> dict[str, Any]:
         """How the work ran, not what it computed (the manifest's `runtime`)."""

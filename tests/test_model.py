@@ -533,3 +533,32 @@ def test_a_long_context_tables_rope_as_far_as_it_is_read():
     assert all(long._rope_for(ROPE_TABLE_POSITIONS + 5 + step)[0] is cos for step in range(1, 100))
     short.cover_positions(1000)  # past the context: tables for the call only, the model's own unchanged
     assert short.rope_cos.shape[0] == 32 and short._rope_for(40)[0].shape[0] == 40 and short.rope_cos.shape[0] == 32
+
+
+def test_a_document_mask_makes_each_document_attend_as_if_alone():
+    """--document-mask: in a packed window, a document after another gives the logits it gives alone (rotary
+    positions are relative, so its offset changes nothing but rounding); without the mask it sees the first."""
+    from llmkit.train.objectives import document_ids
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, context_length=32, n_layer=2, n_head=4, n_embd=32, dropout=0.0)).eval()
+    eos = 7
+    first, second = [3, 9, 11, 4, eos], [12, 5, 30, 21, 8, eos, 40]
+    window = torch.tensor([first + second])
+    documents = document_ids(window, eos)
+    assert documents.tolist() == [[0] * 5 + [1] * 6 + [2]]  # (each end token is its document's last)
+    with torch.no_grad():
+        masked, _ = model(window, documents=documents)
+        plain, _ = model(window)
+        alone, _ = model(torch.tensor([second]))
+        head, _ = model(torch.tensor([first]))
+    assert torch.allclose(masked[0, 5:11], alone[0, :6], atol=1e-5)  # the second document, as if it began the window
+    assert not torch.allclose(plain[0, 5:11], alone[0, :6], atol=1e-3)  # (unmasked, it reads the first)
+    assert torch.equal(masked[0, :5], head[0]) or torch.allclose(masked[0, :5], head[0], atol=1e-6)
+    # the loss of the masked window: the mean of its tokens' losses as the documents alone give them
+    targets = torch.tensor([first[1:] + second + [1]])
+    _, loss = model(window, targets, documents=documents)
+    _, plain_loss = model(window, targets)
+    assert not torch.isclose(loss, plain_loss)
+    with pytest.raises(ValueError, match="training windows"):
+        model(window, cache=model.new_cache(1, 32), documents=documents)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -1562,3 +1563,24 @@ def test_a_finished_runs_damaged_last_step_names_its_whole_final_weights(shakesp
     shutil.move(str(weights.parent), str(tmp_path / "damaged"))
     resumed = cli(*run[:-1], "5", "--resume")
     assert resumed.exit_code == 0 and "resumed from step 3" in resumed.output, resumed.output
+
+
+def test_document_mask_trains_is_recorded_and_keeps_other_runs_fingerprints(shakespeare, cli, tmp_path):
+    common = [*FAST, "--max-steps", "3", "--eval-every", "3", "--save-every", "0"]
+    masked, plain = tmp_path / "masked", tmp_path / "plain"
+    result = cli("pretrain", shakespeare["tokens"], "-o", masked, *common, "--document-mask", "--micro-batch", "16")
+    assert result.exit_code == 0, result.output
+    assert cli("pretrain", shakespeare["tokens"], "-o", plain, *common, "--micro-batch", "16").exit_code == 0
+    art, other = artifacts.load(masked), artifacts.load(plain)
+    assert art.config["document_mask"] is True and "document_mask" not in other.config  # (older runs' fingerprints stay)
+    assert art.fingerprint != other.fingerprint and art.stats["val_loss"] != other.stats["val_loss"]
+    assert math.isfinite(art.stats["val_loss"])
+    # the layout changes no bit: micro-batches of 4 train what one of 16 does
+    again = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "again", *common, "--document-mask", "--micro-batch", "4")
+    assert again.exit_code == 0 and artifacts.load(tmp_path / "again").fingerprint == art.fingerprint
+    for flags, said in ((["--tp", "2", "--nproc", "2"], "--document-mask is not built for a model split with --tp/--pp"),
+                        (LSTM_FAST[2:], "which an LSTM has none of")):
+        refused = cli("pretrain", shakespeare["tokens"], "-o", tmp_path / "no", *common[:0], *(FAST if flags[0] == "--tp" else []),
+                      *flags, "--max-steps", "1", "--document-mask")
+        assert refused.exit_code != 0 and said in _error(refused), refused.output
+        assert not (tmp_path / "no").exists()

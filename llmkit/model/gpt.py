@@ -471,17 +471,23 @@ class GPT(nn.Module):
         mask = mask | torch.eye(T, dtype=torch.bool, device=device)[None]
         return positions, mask[:, None]
 
-    def _trunk(self, idx, cache=None, attention_mask=None):
+    def _trunk(self, idx, cache=None, attention_mask=None, documents=None):
         B, T = idx.shape
         limit = cache.max_len if cache is not None else self.config.context_length
         if T > limit or (self.config.pos == "learned" and T > self.config.context_length):
             raise ValueError(f"sequence of {T} tokens exceeds the context length {self.config.context_length}")
         if cache is not None and self.config.objective == "mlm":
             raise ValueError("a masked LM (objective mlm) is bidirectional and cannot use a KV cache")
+        if documents is not None and (cache is not None or attention_mask is not None):
+            raise ValueError("documents (a document mask) is for training windows, not a cache or padding mask")
         if cache is not None and not cache.has_padding and (cache.pos == 0 or T == 1):
             x = self._decode_trunk(idx, cache)  # the generation hot path: no mask, no gathers
             return self.final_norm(x)
         positions, mask = self._positions_and_mask(B, T, idx.device, cache, attention_mask)
+        if documents is not None:  # --document-mask: each token attends within its own document alone
+            mask = (documents[:, :, None] == documents[:, None, :])[:, None]
+            if self.config.objective == "clm":
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
         contiguous = cache is None and attention_mask is None  # positions 0..T-1 in every row
         x = embed_tokens(self.tok_emb, self.pos_emb, idx, positions=None if contiguous else positions)
         if self.training and self.config.dropout:
@@ -564,8 +570,10 @@ class GPT(nn.Module):
         return self.rope_cos, self.rope_sin
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                return_logits: bool = True, last_only: bool = False):
-        x = self._trunk(idx, cache=cache)
+                return_logits: bool = True, last_only: bool = False, documents: torch.Tensor | None = None):
+        """`documents` [B, T]: each token's document (objectives.document_ids), which its attention
+        stays within (--document-mask); positions still count from the window's start."""
+        x = self._trunk(idx, cache=cache, documents=documents)
         if last_only:  # generation's prefill: the head of one position, not of the whole prompt
             if targets is not None:
                 raise ValueError("last_only gives the last position's logits and takes no targets")

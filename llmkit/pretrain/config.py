@@ -20,6 +20,9 @@ class PretrainConfig(Options):
     max_steps: int | None = option(None, "Optimizer steps (default 1000).", panel=TRAINING_PANEL, range="[1, inf)")
     max_tokens: int | None = option(None, "Train on this many tokens instead of --max-steps (rounded up to whole steps).", panel=TRAINING_PANEL, range="[1, inf)")
     mlm_probability: float = option(0.15, "Share of tokens masked for --objective mlm.", panel=TRAINING_PANEL, range="(0, 1)")
+    document_mask: bool = option(False, "Attend within each document only: a window's tokens never see the documents before "
+                                 "theirs (block-causal attention, as Llama 3 pretrains; not with --tp/--pp).",
+                                 flags=("--document-mask/--no-document-mask",), panel=TRAINING_PANEL, hashed_unless=False)
     optim: Optimization = group(Optimization, panel=TRAINING_PANEL)
     numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL)
@@ -32,4 +35,7 @@ class PretrainConfig(Options):
         if self.optim.lr is None:
             raise ValueError("lr must be given for pretraining")
         refuse_pipeline_options_without_pp(self.devices)
+        if self.document_mask and (self.devices.tp > 1 or self.devices.pp > 1):
+            raise ValueError("--document-mask is not built for a model split with --tp/--pp (their stages and shards take no "
+                             "mask); train it with data parallelism (--gpus N, --nproc N), or leave --document-mask out")
         refuse_idle_optimizer_settings(self)

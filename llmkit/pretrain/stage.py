@@ -79,6 +79,8 @@ def _check_before_launch(config: PretrainConfig, tokens_art, init) -> None:
     tokenizer = load_tokenizer(tokens_art.path / "tokenizer")
     model_config = _model_config(config, tokenizer.vocab_size, init)
     _check_mask_token(model_config, tokenizer)
+    if config.document_mask and model_config.arch == "lstm":
+        raise UserError("--document-mask masks attention, which an LSTM has none of; leave it out")
     seq_len = _seq_len(config, model_config, init)
     layout = planned_split(config.devices, config.checkpoints.ema, lambda layout: check_model(model_config, layout, seq_len))
     micro, _ = _split_global_batch(config, seq_len, layout.batch_ways if layout is not None else planned_world(config.devices))
@@ -268,7 +270,8 @@ def _window_batches(train_sampler, val_sampler, tokenizer, objective: str, confi
 
     special = sorted(set(tokenizer.special_ids.values())) if tokenizer.special_ids else []
     data_options = dict(objective=objective, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
-                        special_ids=special, mlm_probability=config.mlm_probability)
+                        special_ids=special, mlm_probability=config.mlm_probability,
+                        document_end=tokenizer.eos_id if config.document_mask else None)
     train = WindowBatches(train_sampler, seed=config.seed, **data_options)
     val = WindowBatches(val_sampler, seed=VAL_WINDOWS_SEED + 1, **data_options) if val_sampler is not None else None
     return train, val

@@ -51,11 +51,21 @@ def mlm_mask(
     return inputs, targets
 
 
+def document_ids(tokens: torch.Tensor, document_end: int) -> torch.Tensor:
+    """[B, T] the document each token belongs to within its window: the count of `document_end`
+    tokens before it (a document's end token is its own last token, the next one starts another)."""
+    ends = (tokens == document_end).to(torch.int32)
+    return ends.cumsum(dim=1, dtype=torch.int32) - ends
+
+
 class WindowBatches:
-    """(x, y) windows from a WindowSampler; for MLM, masked inputs and targets instead."""
+    """(x, y) windows from a WindowSampler; for MLM, masked inputs and targets instead. With
+    `document_end` (--document-mask) a third tensor, each token's document (`document_ids` of the
+    window as read, before any MLM masking), which the model's attention stays within."""
 
     def __init__(self, sampler, *, objective: str = "clm", seed: int = 0, mask_id: int | None = None,
-                 vocab_size: int = 0, special_ids: Sequence[int] = (), mlm_probability: float = 0.15):
+                 vocab_size: int = 0, special_ids: Sequence[int] = (), mlm_probability: float = 0.15,
+                 document_end: int | None = None):
         self.sampler = sampler
         self.objective = objective
         self.seed = seed
@@ -63,25 +73,30 @@ class WindowBatches:
         self.vocab_size = vocab_size
         self.special_ids = list(special_ids)
         self.mlm_probability = mlm_probability
+        self.document_end = document_end
 
-    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
         indices = list(indices)
         x, y = self.sampler.get(indices)
         top = int(torch.maximum(x.max(), y.max()))
         if self.vocab_size and top >= self.vocab_size:  # cheap beside the forward pass
             raise UserError(f"the token shards hold id {top}, outside the vocabulary of {self.vocab_size}; "
                             "the tokens artifact is damaged, rebuild it with llmkit tokenize")
+        documents = (document_ids(x, self.document_end),) if self.document_end is not None else ()
         if self.objective == "clm":
-            return x, y
-        return mlm_mask(
+            return (x, y, *documents)
+        return (*mlm_mask(
             x, indices, seed=self.seed, mask_id=self.mask_id, vocab_size=self.vocab_size,
             special_ids=self.special_ids, probability=self.mlm_probability,
-        )
+        ), *documents)
 
 
 def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Mean cross-entropy over the batch's target tokens (next token, or masked tokens)."""
+    """Mean cross-entropy over the batch's target tokens (next token, or masked tokens); a third
+    tensor, each token's document, keeps attention within documents (--document-mask)."""
     inputs, targets = batch[0], batch[1]
+    if len(batch) > 2:
+        return model(inputs, targets, return_logits=False, documents=batch[2])[1]
     return model(inputs, targets, return_logits=False)[1]
 
 
