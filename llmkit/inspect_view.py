@@ -51,11 +51,12 @@ def print_artifact(art: Artifact, tree: LineageNode) -> None:
     if m.state_files:  # (hashed and verified too: what --resume reads)
         table.add_row("state files", f"{len(m.state_files)}: " + _short(", ".join(m.state_files), 200))
     continued = any(ref.get("role") == "init" for ref in m.inputs)
-    for key, value in m.config.items():
+    for key, value in _flattened(m.config, "config"):
         # (null: the option left out, whose default the stage resolved: the preset's, the context length's...; an
-        # --init-from run's model: the checkpoint's)
-        unset = "null (the --init-from checkpoint's)" if key == "model" and continued else "null (default)"
-        table.add_row(f"config.{key}", Text(unset, style="dim") if value is None else _short(value))
+        # --init-from run's model: the checkpoint's. A record within: rows of its own, as stats' (an import's model
+        # shape was one line of JSON cut at 100 characters))
+        unset = "null (the --init-from checkpoint's)" if key == "config.model" and continued else "null (default)"
+        table.add_row(key, Text(unset, style="dim") if value is None else _short(value))
     runs = m.stats.get("runs") if m.kind == "sweep" and isinstance(m.stats.get("runs"), list) else None
     for section, values in (("stats", m.stats), ("runtime", m.runtime)):
         for key, value in _flattened(values, section):

@@ -290,7 +290,9 @@ def test_an_eos_list_names_an_end_of_turn_unless_it_is_llmkits_list_of_every_spe
                                           (["<s>", "</s>"], [], ["</s>", "Ċ"], ["Ċ"]),
                                           (["<s>", "</s>", "<|im_start|>", "<|im_end|>"], [], ["</s>", "<|im_end|>"], ["<|im_end|>"]),
                                           # llmkit's own export: every special token, roles first
-                                          (["<s>", "</s>", "<|user|>", "<|assistant|>"], [], ["</s>", "<s>", "<|user|>", "<|assistant|>"], [])):
+                                          (["<s>", "</s>", "<|user|>", "<|assistant|>"], [], ["</s>", "<s>", "<|user|>", "<|assistant|>"], []),
+                                          # a foreign model whose one other special is its end of turn: kept (a review)
+                                          (["<s>", "</s>", "<|im_end|>"], [], ["</s>", "<|im_end|>"], ["<|im_end|>"])):
         src, tok = folder(specials, plain, listed)
         assert _end_of_turn(src, tok, roles) == ends, (specials, plain, listed)
 
@@ -598,6 +600,16 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     wordpiece.save(str(src / "tokenizer.json"))
     line = _error(cli("import", src, "-o", tmp_path / "x"))
     assert "is a WordPiece tokenizer (BERT's kind), which llmkit does not import" in line, line
+    assert not (tmp_path / "x").exists()
+    # a pre-tokenizer that drops the whitespace between words (its text decoded "First CitizenCitizen", its bytes
+    # undercounted: a review), alone or in a sequence
+    for pre in (pre_tokenizers.Whitespace(), pre_tokenizers.Sequence([pre_tokenizers.Digits(), pre_tokenizers.WhitespaceSplit()])):
+        words = Tokenizer(models.WordLevel({"[UNK]": 0, "<|bos|>": 1, "<|eos|>": 2, "<|pad|>": 3, "hello": 4}, unk_token="[UNK]"))
+        words.pre_tokenizer = pre
+        words.save(str(src / "tokenizer.json"))
+        line = _error(cli("import", src, "-o", tmp_path / "x"))
+        assert "which drops the whitespace between words: llmkit does not import it" in line, line
+        assert ("WhitespaceSplit" if isinstance(pre, pre_tokenizers.Sequence) else "Whitespace") in line
     assert not (tmp_path / "x").exists()
 
 
@@ -1058,6 +1070,13 @@ def test_export_then_import_round_trips_weights_and_config(cli, tmp_path, tokeni
     # Same inputs, same artifact: import is deterministic.
     assert cli("import", tmp_path / "hf", "-o", tmp_path / "again").exit_code == 0
     assert artifacts.load(tmp_path / "again").fingerprint == artifacts.load(tmp_path / "back").fingerprint
+    # the record of the original config is no hashed file: one edited to another kind of model is not believed
+    # (an objective "mlm" made the import a bidirectional model, logits 0.33 off transformers': a review)
+    record = json.loads((tmp_path / "hf" / "llmkit_model_config.json").read_text())
+    record["model_config"]["objective"] = "mlm"
+    (tmp_path / "hf" / "llmkit_model_config.json").write_text(json.dumps(record))
+    assert cli("import", tmp_path / "hf", "-o", tmp_path / "edited").exit_code == 0
+    assert json.loads((tmp_path / "edited" / "model_config.json").read_text())["objective"] == "clm"
 
 
 def test_gpt2_style_gqa_exports_with_repeated_kv_heads(cli, tmp_path, tokenizer_dir):
@@ -1588,6 +1607,9 @@ def test_report_shows_the_parameter_count_of_an_imported_checkpoint(cli, tmp_pat
     assert artifacts.load(tmp_path / "ckpt").stats["params"] == params
     report = cli("report", tmp_path / "ckpt")
     assert report.exit_code == 0 and f"{params:,} params" in report.output, report.output
+    # inspect shows the model's shape a field a row (one line of JSON cut at 100 characters hid n_layer: a review)
+    shown = cli("inspect", tmp_path / "ckpt")
+    assert shown.exit_code == 0 and "config.model.n_layer" in shown.output and "config.model.n_kv_head" in shown.output
 
     manifest = tmp_path / "ckpt" / "manifest.json"
     data = json.loads(manifest.read_text())
@@ -1714,6 +1736,13 @@ def test_import_keeps_the_sampling_generation_config_recommends(cli, tmp_path, t
     assert json.loads((tmp_path / "g.jsonl").read_text())["completion"] == json.loads((tmp_path / "h.jsonl").read_text())["completion"]
     assert json.loads((tmp_path / "greedy" / "sampling.json").read_text()) == {  # (its unused temperature: not kept)
         "greedy": True, "temperature": 1.0, "top_k": None, "top_p": None, "repetition_penalty": 1.0}
+    # a value that is no number (NaN, an infinity: JSON readers take both) is none: transformers' default stands
+    # (recorded, NaN failed every later generate on an option never typed; an infinite top_k failed the import)
+    (src / "generation_config.json").write_text('{"do_sample": true, "temperature": NaN, "top_k": 1e400, "top_p": 0.9}')
+    assert cli("import", src, "-o", tmp_path / "odd").exit_code == 0
+    assert json.loads((tmp_path / "odd" / "sampling.json").read_text()) == {
+        "greedy": False, "temperature": 1.0, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.0}
+    assert cli("generate", tmp_path / "odd", "-p", "Speak", "-n", "4", "-o", tmp_path / "o.jsonl").exit_code == 0
     # several samples of a prompt ask for a draw: not the greedy record's N copies of one completion
     drawn = cli("generate", tmp_path / "greedy", "-p", "Speak", "-n", "8", "--num-samples", "3", "-o", tmp_path / "s.jsonl")
     assert drawn.exit_code == 0 and "recommends" not in drawn.output, drawn.output

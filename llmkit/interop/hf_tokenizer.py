@@ -202,12 +202,30 @@ def _shortened(text: str, limit: int = 160) -> str:
 def _supported(tokenizer, where: Path):
     """The tokenizer, unless it is WordPiece: its "##" continuation pieces are glued by its decoder
     only when the ids are decoded together, and count as bytes of text, so streamed text and bits
-    per byte came out wrong (BERT-style models are not the causal LMs llmkit imports anyway)."""
-    kind = json.loads(tokenizer.to_str()).get("model", {}).get("type")
+    per byte came out wrong (BERT-style models are not the causal LMs llmkit imports anyway); or
+    unless its pre-tokenizer drops the whitespace between words (a review: `First CitizenCitizen`
+    generated, 0 bytes counted for `x  y   z`)."""
+    described = json.loads(tokenizer.to_str())
+    kind = described.get("model", {}).get("type")
     if kind == "WordPiece":
         raise UserError(f"{where} is a WordPiece tokenizer (BERT's kind), which llmkit does not import: its \"##\" pieces "
                         "decode wrongly one at a time (streaming) and would count as bytes of text (bits per byte)")
+    dropping = sorted(_whitespace_dropping(described.get("pre_tokenizer")))
+    if dropping:
+        raise UserError(f"{where} splits text with {', '.join(dropping)}, which drops the whitespace between words: llmkit "
+                        "does not import it, as its text would decode without spaces and its tokens count too few bytes "
+                        "(bits per byte); a byte-level BPE or SentencePiece tokenizer keeps every character")
     return tokenizer
+
+
+def _whitespace_dropping(pre_tokenizer) -> set[str]:
+    """The pre-tokenizers within `pre_tokenizer` (a Sequence's too) that drop whitespace from the text."""
+    if not isinstance(pre_tokenizer, dict):
+        return set()
+    kind = pre_tokenizer.get("type")
+    if kind == "Sequence":
+        return set().union(*(_whitespace_dropping(p) for p in pre_tokenizer.get("pretokenizers") or []))
+    return {kind} if kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer") else set()
 
 
 @contextlib.contextmanager

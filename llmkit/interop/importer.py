@@ -34,8 +34,10 @@ def _prefer_original_config(provenance: dict, imported: ModelConfig, state: dict
         original = ModelConfig.from_dict(provenance["model_config"])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # absent, or not a config: the imported one stands
         return imported, state
-    same = ("vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation", "tie_embeddings",
-            "rope_theta", "norm_eps", "n_head")
+    # (arch and objective too: the record is no file the fingerprint covers, and one edited to say mlm made the
+    # import a bidirectional model that computes something else than config.json's, unsaid)
+    same = ("arch", "objective", "vocab_size", "context_length", "n_layer", "n_embd", "norm", "pos", "activation",
+            "tie_embeddings", "rope_theta", "norm_eps", "n_head")
     if original.mlp_hidden != imported.mlp_hidden or any(getattr(original, f) != getattr(imported, f) for f in same):
         return imported, state
     if original.bias and not imported.bias:
@@ -82,8 +84,10 @@ def _end_of_turn(src: Path, tokenizer, special: dict[str, str]) -> list[str]:
     specials.discard(json.loads(tokenizer.to_str()).get("model", {}).get("unk_token"))  # (text, not a stop: export leaves it out)
     # llmkit's export's list: special tokens only, every one that is no role among them (a foreign model's tokenizer of
     # <s> and </s> alone met the looser test whatever it listed, and lost its <|im_end|>: a review)
+    # (and its start token among them, which llmkit's export lists and a foreign model's ends do not: a Llama-style
+    # tokenizer whose one other special was its <|im_end|> met the rest of the test, and lost it: a review)
     listed, others = set(tokens), specials - roles
-    if others and others <= listed and listed <= specials | roles:
+    if others and others <= listed and listed <= specials | roles and special.get("bos") in listed:
         return []
     return [t for t in dict.fromkeys(tokens) if t is not None and t not in roles]
 

@@ -13,6 +13,7 @@ docs/finetune.md (task.json) and docs/pretrain.md (stats).
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import re
 from dataclasses import dataclass
@@ -227,8 +228,10 @@ class SamplingRecord:
         keys = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
         if not isinstance(config, dict) or not any(key in config for key in keys):
             return None
+        # (a NaN or infinite value, which JSON readers take, is none: recorded, it made every later generate fail on an
+        # option never typed, and an infinite top_k failed the import itself)
         number = lambda key, default: (config[key] if isinstance(config.get(key), (int, float))  # noqa: E731
-                                       and not isinstance(config.get(key), bool) else default)
+                                       and not isinstance(config.get(key), bool) and math.isfinite(config[key]) else default)
         top_k, top_p = number("top_k", 50), number("top_p", 1.0)  # (transformers' own defaults)
         temperature, penalty = float(number("temperature", 1.0)), float(number("repetition_penalty", 1.0))
         record = cls(greedy=config.get("do_sample") is not True, temperature=temperature,
