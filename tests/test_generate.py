@@ -1741,3 +1741,113 @@ def test_cli_logprobs_in_the_records(cli, ckpt, tmp_path):
     assert refused.exit_code == 2 and "-o FILE.jsonl" in refused.output and "Traceback" not in refused.output
     too_many = cli("generate", ckpt, "-p", "KING:", "--logprobs", "21", "-o", tmp_path / "x.jsonl")
     assert too_many.exit_code != 0 and "--logprobs" in too_many.output and not (tmp_path / "x.jsonl").exists()
+
+
+def test_beam_search_equals_transformers_generate_with_num_beams():
+    """--num-beams: transformers' beam search (early_stopping False, its length-penalty heuristic), left-padded
+    batches, an end token that finishes beams at different lengths, min_new_tokens, negative and positive
+    length penalties, and the repetition penalty on log-probabilities, as its beam search applies it."""
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.inference.beam import beam_search_ids
+    from llmkit.model.hf_config import to_hf_config
+    from llmkit.model.hf_weights import to_hf_state
+
+    config = ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    width = max(len(p) for p in PROMPTS)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in PROMPTS])[:, None]).long()
+    ended = 0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = GPT(config).eval()
+        hf_config = to_hf_config(config)
+        hf_config.pad_token_id = 0
+        hf = AutoModelForCausalLM.from_config(hf_config).eval()
+        hf.load_state_dict(to_hf_state(model.state_dict(), config), strict=False)
+        hf.tie_weights()
+        greedy = [r.token_ids for r in generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=12, stop_at_eos=False), pad_id=0)]
+        for beams, penalty, k, least in ((2, 1.0, 3, 0), (4, 1.0, 5, 3), (3, 0.5, 1, 0), (5, 2.0, 7, 0), (3, -1.0, 4, 2)):
+            end = greedy[seed][k]  # (a token the model picks: some beams end on it early)
+            params = GenerationParams(max_new_tokens=12, min_new_tokens=least, num_beams=beams, length_penalty=penalty)
+            found = beam_search_ids(model, PROMPTS, params, pad_id=0, eos_ids=[end])
+            with torch.no_grad():
+                out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=least, num_beams=beams,
+                                  do_sample=False, length_penalty=penalty, early_stopping=False, pad_token_id=0, eos_token_id=end)
+            theirs = [row[: row.index(end)] if end in row else row for row in out[:, width:].tolist()]
+            assert [r.token_ids for r in found] == theirs, (seed, beams, penalty, end)
+            ended += sum(r.finish_reason == "eos" for r in found)
+        for prompt in PROMPTS:  # the repetition penalty (one prompt at a time: transformers penalises its padding too)
+            ours = beam_search_ids(model, [prompt], GenerationParams(max_new_tokens=10, num_beams=3, repetition_penalty=1.5), pad_id=0)
+            with torch.no_grad():
+                out = hf.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10, num_beams=3, do_sample=False,
+                                  repetition_penalty=1.5, pad_token_id=0, eos_token_id=None)
+            assert ours[0].token_ids == out[0, len(prompt):].tolist()
+    assert ended >= 3  # (the end token finished some searches early)
+
+
+def _plain_beam_search(model, prompt: list[int], beams: int, steps: int) -> list[int]:
+    """Beam search written out, each step a whole forward pass over each beam (no cache): the likeliest of
+    the beams after `steps` tokens (no end token: every beam runs to the end)."""
+    alive = [(0.0, [])]
+    for _ in range(steps):
+        scored = []
+        for total, tokens in alive:
+            with torch.no_grad():
+                logits, _ = model(torch.tensor([prompt + tokens]))
+            log_probs = logits[0, -1].float().log_softmax(dim=-1)
+            scored += [(total + float(value), tokens + [int(token)]) for value, token in zip(*log_probs.topk(beams))]
+        alive = sorted(scored, key=lambda item: -item[0])[:beams]
+    return alive[0][1]
+
+
+@pytest.mark.parametrize("name,model", MODELS, ids=[n for n, _ in MODELS])
+def test_beam_search_reorders_each_models_cache_as_recomputing_would(name, model):
+    from llmkit.inference.beam import beam_search_ids
+    from llmkit.model.ensemble import Ensemble
+
+    torch.manual_seed(1)
+    model = copy.deepcopy(model).eval()
+    for prompt in PROMPTS:
+        found = beam_search_ids(model, [prompt] + PROMPTS, GenerationParams(max_new_tokens=6, num_beams=4), pad_id=0)[0]
+        assert found.token_ids == _plain_beam_search(model, prompt, 4, 6) and found.finish_reason == "length"
+    pair = Ensemble([model, copy.deepcopy(model)], [0.5, 0.5], mode="prob")  # (a member twice: the model's distribution)
+    assert [r.token_ids for r in beam_search_ids(pair, PROMPTS, GenerationParams(max_new_tokens=6, num_beams=3), pad_id=0)] == \
+        [r.token_ids for r in beam_search_ids(model, PROMPTS, GenerationParams(max_new_tokens=6, num_beams=3), pad_id=0)]
+
+
+def test_cli_beam_search_records_and_refusals(cli, ckpt, tmp_path):
+    from llmkit.inference.beam import beam_search_ids
+    from llmkit.model.io import load_checkpoint
+
+    out = tmp_path / "beams.jsonl"
+    made = cli("generate", ckpt, "-p", "KING:", "-p", "To be", "-n", "10", "--num-beams", "3", "--length-penalty", "0.5", "-o", out)
+    assert made.exit_code == 0, made.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["num_beams"], r["length_penalty"]) for r in records] == [(3, 0.5)] * 2
+    loaded = load_checkpoint(ckpt)
+    generator = Generator.for_checkpoint(loaded)
+    [first] = beam_search_ids(loaded.model, [generator.encode_prompt("KING:")],
+                              GenerationParams(max_new_tokens=10, num_beams=3, length_penalty=0.5), pad_id=loaded.tokenizer.pad_id,
+                              eos_ids=loaded.tokenizer.end_ids, vocab_size=loaded.tokenizer.vocab_size)
+    assert records[0]["completion_tokens"] == len(first.token_ids) and records[0]["finish_reason"] == first.finish_reason
+    # printed (not streamed: the best beam is known at the end), the same text as the record
+    shown = cli("generate", ckpt, "-p", "KING:", "-n", "10", "--num-beams", "3", "--length-penalty", "0.5")
+    assert shown.exit_code == 0 and records[0]["completion"] in shown.output
+    for flags, said in ((["--num-beams", "3", "--temperature", "0.5"], "draws nothing, so --temperature would change nothing"),
+                        (["--num-beams", "3", "--num-samples", "2"], "--num-samples would change nothing"),
+                        (["--num-beams", "3", "--stop", "x"], "with --stop is not built"),
+                        (["--length-penalty", "2"], "--length-penalty scores the beams of --num-beams"),
+                        (["--num-beams", "0"], "--num-beams")):
+        refused = cli("generate", ckpt, "-p", "KING:", "-n", "4", *flags)
+        assert refused.exit_code == 2 and said in " ".join(refused.output.split()), (flags, refused.output)
+    # eval: beams for generated metrics, recorded only where on (an eval without them keeps its fingerprint)
+    (tmp_path / "mt.jsonl").write_text("".join(json.dumps({"source": s, "target": t}) + "\n"
+                                               for s, t in (("KING:", "long live"), ("To be", "or not"))))
+    common = ["eval", ckpt, "-m", "chrf", "--data", tmp_path / "mt.jsonl", "-n", "8", "--stop", ""]
+    assert cli(*common, "-o", tmp_path / "greedy").exit_code == 0
+    assert cli(*common, "--num-beams", "3", "-o", tmp_path / "beam").exit_code == 0
+    greedy, beam = artifacts.load(tmp_path / "greedy"), artifacts.load(tmp_path / "beam")
+    assert "num_beams" not in greedy.config and beam.config["num_beams"] == 3 and greedy.fingerprint != beam.fingerprint
+    refused = cli("eval", ckpt, "-m", "chrf", "--data", tmp_path / "mt.jsonl", "--num-beams", "3", "-o", tmp_path / "x")
+    assert refused.exit_code == 2 and "--stop '\\n' is not built; give --stop ''" in refused.output

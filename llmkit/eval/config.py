@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.model.ensemble_options import Ensembling
-from llmkit.inference.options import Inference
+from llmkit.inference.options import BeamSearch, Inference
 from llmkit.options import Options, comma_list, group, option, path_strings, seed_option, unescape, unescape_each
 
 # (the metric module's own list, llmkit.eval.metrics.rouge_tokenizers.NAMES, is not imported here:
@@ -97,6 +97,7 @@ class EvalConfig(Options):
     rolling_context: int = option(1, "Perplexity windows: minimum tokens of context per scored chunk (1 = lm-eval).", panel=RUN,
                                   range="[1, inf)")
     batch_size: int = option(8, "Sequences per forward pass. Does not change the result.", panel=RUN, range="[1, inf)", runtime=True)
+    beams: BeamSearch = group(BeamSearch, panel=TEXT)
     inference: Inference = group(Inference, panel=RUN, help={"compile": "torch.compile the decode step for generated metrics "
                                                            "(BLEU, chrF, ROUGE, SQuAD): faster per token after a compilation of seconds."})
     ensembling: Ensembling = group(Ensembling)

@@ -532,7 +532,8 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
     from llmkit.inference.engine import GenerationParams, Generator, context_limit, needs_window
     from llmkit.inference.prompts import chat_stop_ids
 
-    params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0)
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed, temperature=0.0,
+                              **cfg.beams.params())
     broken = sum(1 for refs in references if any(stop in r.strip() for r in refs for stop in cfg.stop))
     if broken:  # (a multi-line reply or summary, and predictions cut at their first line: scores that measure the cut)
         from llmkit.console import note

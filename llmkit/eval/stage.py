@@ -125,6 +125,9 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "bootstrap": (not cfg.tasks and bool(text or cls or lm), "confidence intervals of the scores (a --task benchmark has "
                       "its stderr)"),
         # (runtime, so no fingerprint: but it would promise a speed-up that never comes)
+        "num_beams": (scoring_model and bool(text) and not cfg.tasks, "text generated for the text metrics"),
+        "length_penalty": (scoring_model and bool(text) and not cfg.tasks and cfg.beams.num_beams > 1,
+                           "the beams of --num-beams (above 1) for the text metrics"),
         "compile": (scoring_model and (bool(text) or _generates(cfg.tasks)),
                     "the decode step of text generated for the text metrics (BLEU, chrF, ROUGE, SQuAD) and generation "
                     "benchmarks (triviaqa, nq_open)"),
@@ -138,6 +141,12 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
     unused += cfg.ensembling.single_model_flags(len(members))
     if unused:
         raise unused_options(unused)
+    if cfg.beams.num_beams > 1 and (cfg.stop or cfg.inference.compile):  # (not built: generate says the same)
+        built = ["--stop " + ",".join(repr(s) for s in cfg.stop)] * bool(cfg.stop) + ["--compile"] * cfg.inference.compile
+        fix = " and ".join(["give --stop '' (a fine-tuned model ends at its end token)"] * bool(cfg.stop)
+                           + ["leave out --compile"] * cfg.inference.compile)
+        raise UsageError(f"--num-beams {cfg.beams.num_beams} with {' and '.join(built)} is not built; {fix}, or leave out "
+                         "--num-beams")
 
 
 def _has_fields(data: str | None) -> bool:

@@ -27,7 +27,7 @@ def _generate(config: GenerateConfig, *, checkpoints: list[Path], out: Optional[
     check_output_file(out, force, inputs=[*config.ensembling.members(checkpoints), config.prompts_file], ours=COMPLETIONS)
     prompts = load_prompts(config)
     rows = len(prompts) * config.num_samples
-    stream = config.stream if config.stream is not None else rows == 1 and out is None
+    stream = config.stream if config.stream is not None else rows == 1 and out is None and config.beams.num_beams == 1
     # Streaming shows the first completion as it is made; any others print when their batch ends.
 
     open_line = False  # a streamed completion printed and not yet ended

@@ -13,7 +13,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.model.ensemble_options import Ensembling
-from llmkit.inference.options import OVERFLOW_POLICIES, Inference
+from llmkit.inference.options import OVERFLOW_POLICIES, BeamSearch, Inference
 from llmkit.options import Options, group, option, seed_option, stop_strings, unescape, unescape_each
 
 SAMPLING = "Sampling"
@@ -114,6 +114,7 @@ class GenerateConfig(Options):
     ignore_eos: bool = option(False, "Keep going past the end-of-text token (a chat's role and other special tokens still end a reply).",
                               flags=("--ignore-eos/--no-ignore-eos",), panel=SAMPLING)
     num_samples: int = option(1, "Completions per prompt.", flags=("--num-samples", "-s"), panel=SAMPLING, range="[1, inf)")
+    beams: BeamSearch = group(BeamSearch, panel=SAMPLING)
     batch_size: int = option(8, "Rows generated together (left-padded).", panel=RUN, range="[1, inf)")
     context_overflow: str = option("slide", "When prompt + output exceed the context: slide (keep the newest tokens) or error.",
                                    choices=OVERFLOW_POLICIES, panel=RUN)
@@ -130,6 +131,18 @@ class GenerateConfig(Options):
 
     def check_given(self, given: frozenset[str]) -> None:
         _refuse_contradicting_greedy(self, given)
+        self.beams.check_beams(given)
+        if self.beams.num_beams > 1:  # (a search, which draws nothing: what shapes a draw, or needs tokens as made, is refused)
+            drawn = [f"--{name.replace('_', '-')}" for name in ("temperature", "greedy", "top_k", "top_p") if name in given]
+            drawn += ["--num-samples"] if self.num_samples > 1 else []
+            built = ["--stop"] * bool(self.sampling.stop) + ["--logprobs"] * (self.logprobs is not None) \
+                + ["--compile"] * self.inference.compile + ["--stream"] * bool(self.stream)
+            if drawn:
+                raise ValueError(f"--num-beams {self.beams.num_beams} searches for the likeliest completion and draws nothing, "
+                                 f"so {', '.join(drawn)} would change nothing; leave {'it' if len(drawn) == 1 else 'them'} out")
+            if built:
+                raise ValueError(f"--num-beams {self.beams.num_beams} with {', '.join(built)} is not built; leave "
+                                 f"{'it' if len(built) == 1 else 'them'} or --num-beams out")
         if self.num_samples > 1 and (self.sampling.greedy or self.sampling.temperature == 0):
             greedy = "--greedy" if self.sampling.greedy else "--temperature 0"
             raise ValueError(f"{greedy} takes the most likely token, so --num-samples {self.num_samples} would give "
@@ -138,7 +151,7 @@ class GenerateConfig(Options):
     def params(self, sampling: Sampling | None = None):
         """The engine's GenerationParams; `sampling`: in place of the config's (`Sampling.with_recommended`)."""
         return (sampling or self.sampling).params(self.seed, stop_at_eos=not self.ignore_eos,
-                                                  context_overflow=self.context_overflow)
+                                                  context_overflow=self.context_overflow, **self.beams.params())
 
 
 @dataclass

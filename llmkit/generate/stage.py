@@ -44,6 +44,8 @@ class Generated:
             "finish_reason": c.finish_reason,
             "seed": cfg.seed,
         }
+        if cfg.beams.num_beams > 1:  # (what made it: a search, not a draw from the seed)
+            record.update(num_beams=cfg.beams.num_beams, length_penalty=cfg.beams.length_penalty)
         if self.prompt.messages is not None:
             record["messages"] = self.prompt.messages
         if self.fitted:  # what the model saw, its template and special tokens written out
@@ -112,7 +114,7 @@ def run_generate(
     loaded = load_ensemble(members, device=resolve_device(cfg.inference.device), purpose="generation",
                            weights=cfg.ensembling.weights, mode=cfg.ensembling.ensemble_mode)
     tokenizer = loaded.tokenizer
-    if loaded.sampling is not None:  # (an import's generation_config.json, where no sampling option is given)
+    if loaded.sampling is not None and cfg.beams.num_beams == 1:  # (an import's generation_config.json, where no sampling option is given; a search draws nothing)
         params = cfg.params(cfg.sampling.with_recommended(loaded.sampling, getattr(cfg, "given", None), str(members[0]),
                                                           draws=cfg.num_samples > 1))
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)

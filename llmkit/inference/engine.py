@@ -43,6 +43,8 @@ class GenerationParams(SamplingParams):
     stop_at_eos: bool = True
     seed: int = 0
     context_overflow: str = "slide"  # "slide" | "error" (see the module docstring)
+    num_beams: int = 1  # above 1: beam search (llmkit/inference/beam.py), which draws nothing
+    length_penalty: float = 1.0  # beam search: a finished beam's log-probability over its length to this power
 
     def __post_init__(self):
         super().__post_init__()
@@ -53,6 +55,8 @@ class GenerationParams(SamplingParams):
                              f"{self.min_new_tokens}")
         if self.context_overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"context_overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
 
 
 @dataclass
@@ -613,12 +617,23 @@ class Generator:
                             on_text(start + b, piece)
                 return stopped
 
-            row_results = generate_ids(
-                self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids, seeds=seeds,
-                on_step=on_step, decoder=self.decoder, stop_ids=extra_stop_ids,
-                framing_ids=tuple(self.tokenizer.special_ids.values()), vocab_size=self.tokenizer.vocab_size,
-                logprobs=logprobs,
-            )
+            if params.num_beams > 1:  # (the best beam is known at the end: its tokens are then read as they came)
+                from llmkit.inference.beam import beam_search_ids
+
+                row_results = beam_search_ids(
+                    self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids,
+                    stop_ids=extra_stop_ids, framing_ids=tuple(self.tokenizer.special_ids.values()),
+                    vocab_size=self.tokenizer.vocab_size)
+                for b, res in enumerate(row_results):
+                    for token in res.token_ids:
+                        trackers[b].add(token)
+            else:
+                row_results = generate_ids(
+                    self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids, seeds=seeds,
+                    on_step=on_step, decoder=self.decoder, stop_ids=extra_stop_ids,
+                    framing_ids=tuple(self.tokenizer.special_ids.values()), vocab_size=self.tokenizer.vocab_size,
+                    logprobs=logprobs,
+                )
             for b, ((p, s), res) in enumerate(zip(chunk, row_results)):
                 tracker = trackers[b]
                 # cut by the length inside a character: its bytes so far are no character the model wrote

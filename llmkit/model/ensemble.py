@@ -55,6 +55,10 @@ class EnsembleCache:
         for cache in self.caches:
             cache.reset()
 
+    def reorder(self, rows) -> None:
+        for cache in self.caches:
+            cache.reorder(rows)
+
     def adopt(self, row: int, source: EnsembleCache, source_row: int, n: int, end: int) -> None:
         for mine, theirs in zip(self.caches, source.caches):
             mine.adopt(row, theirs, source_row, n, end)

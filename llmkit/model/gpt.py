@@ -176,6 +176,14 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i becomes a copy of row `rows[i]` (beam search: each beam goes on from its parent's keys)."""
+        rows = rows.to(self.pad_lengths.device)
+        for buffers in (self.k, self.v):
+            for layer, buffer in enumerate(buffers):
+                buffers[layer] = buffer.index_select(0, rows)
+        self.pad_lengths = self.pad_lengths.index_select(0, rows)
+
     def adopt(self, row: int, source: KVCache, source_row: int, n: int, end: int) -> None:
         """Row `row` takes the newest `n` keys and values of `source`'s row `source_row`, in its
         slots up to `end` (generation's sliding window: a row that did not slide keeps its cache)."""

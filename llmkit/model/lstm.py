@@ -34,6 +34,12 @@ class LSTMState:
         self.h.zero_()
         self.c.zero_()
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i becomes a copy of row `rows[i]` (KVCache.reorder's interface)."""
+        rows = rows.to(self.h.device)
+        self.h, self.c = self.h.index_select(1, rows), self.c.index_select(1, rows)
+        self.pad_lengths = self.pad_lengths.index_select(0, rows.to(self.pad_lengths.device))
+
     def adopt(self, row: int, source: LSTMState, source_row: int, n: int, end: int) -> None:
         """Row `row` takes `source`'s state of row `source_row` (KVCache.adopt's interface: the
         state holds no slots, so `n` and `end` do not matter)."""
