@@ -197,7 +197,7 @@ def resolve(
     known = {opt.name: opt for opt in options}
     by_key = _names_by_key(options)
     data = load_config_file(file) if file is not None else {}  # (read once: its own table, then the others)
-    from_file = file_values(file, section, data=data)
+    from_file = file_values(file, section, data=_with_the_table_it_plans(config_cls, file, section, data, by_key))
     unknown = sorted(set(from_file) - set(by_key))
     if unknown:
         from llmkit.errors import did_you_mean
@@ -259,6 +259,23 @@ def resolve(
         raise UsageError(f"{exc}{read_from}") from exc
     except TypeError as exc:
         raise UsageError(f"invalid configuration: {exc}{read_from}") from exc
+
+
+def _with_the_table_it_plans(config_cls: type, file, section: str | None, data: dict[str, Any], by_key: dict[str, str]) -> dict[str, Any]:
+    """`data`, where it has no table of `section` but one of the stage the config plans (plan's
+    PLANS = "pretrain": a run's own file), with that table's options this stage shares as its table
+    (the others said, in a note, to be that stage's alone): the plan of the run the file describes."""
+    planned = getattr(config_cls, "PLANS", None)
+    if not planned or not section or not isinstance(data, dict) or section in data or not isinstance(data.get(planned), dict):
+        return data
+    table = data[planned]
+    shared = {key: value for key, value in table.items() if str(key).replace("-", "_") in by_key}
+    others = sorted(str(key) for key in table if key not in shared)
+    from llmkit.console import note
+
+    note(f"{file} has no [{section}] table: its [{planned}] table is read"
+         + (f", but for {', '.join(others)}, which {planned} alone reads" if others else ""))
+    return {**{key: value for key, value in data.items() if key != planned}, section: shared}
 
 
 # A table's stage command where the two are not spelt alike (the command's `section` says which table it reads).

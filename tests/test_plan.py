@@ -760,3 +760,23 @@ def test_the_peak_the_speed_comes_from_is_shown_and_can_be_given(cli):
         pytest.approx(h100["tokens_per_s"] * 500 / 989)
     refused = cli("plan", "--model", "gpt2", "--peak-tflops", "0")
     assert refused.exit_code == 2 and "--peak-tflops" in refused.output
+
+
+def test_a_pretrain_config_file_plans_its_run(cli, tmp_path):
+    """plan --config RUN.toml: without a [plan] table, the [pretrain] table's shared options are read (a review: it
+    planned the default gpt2 beside a note that the file set nothing), the others named as pretrain's alone."""
+    (tmp_path / "run.toml").write_text('[pretrain]\nmodel = "tiny"\nseq-len = 128\nmax_steps = 10\nlr = 0.003\n')
+    result = cli("plan", "--config", tmp_path / "run.toml", "--gpu", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.stdout)
+    typed = _plan(cli, "--model", "tiny", "--seq-len", "128", "--gpu", "cpu")
+    assert planned["model"] == typed["model"] and planned["layout"]["seq_len"] == typed["layout"]["seq_len"] == 128
+    said = " ".join(result.stderr.split())
+    assert "has no [plan] table: its [pretrain] table is read, but for lr, max_steps, which pretrain alone reads" in said
+    # a [plan] table of its own is read instead; a misspelt key of the [pretrain] table is still named
+    (tmp_path / "both.toml").write_text('[pretrain]\nmodel = "tiny"\n[plan]\nmodel = "mini"\n')
+    both = json.loads(cli("plan", "--config", tmp_path / "both.toml", "--gpu", "cpu", "--json").stdout)
+    assert both["model"] == _plan(cli, "--model", "mini", "--gpu", "cpu")["model"]
+    (tmp_path / "bad.toml").write_text('[pretrain]\nmodle = "tiny"\n')
+    bad = cli("plan", "--config", tmp_path / "bad.toml", "--gpu", "cpu")
+    assert bad.exit_code == 2 and "modle" in bad.output

@@ -19,6 +19,7 @@ DEFAULT_VOCAB = 50257  # GPT-2's tokenizer, as the default --model gpt2 has
 
 @dataclass
 class PlanConfig(Options):
+    PLANS = "pretrain"  # a --config file without a [plan] table: its [pretrain] table's shared options (config.resolve)
     model: ModelChoice = group(ModelChoice, panel=MODEL_PANEL, model="gpt2")
     hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style), or a model folder holding one, "
                                     "instead of --model.",
