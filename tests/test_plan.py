@@ -780,3 +780,12 @@ def test_a_pretrain_config_file_plans_its_run(cli, tmp_path):
     (tmp_path / "bad.toml").write_text('[pretrain]\nmodle = "tiny"\n')
     bad = cli("plan", "--config", tmp_path / "bad.toml", "--gpu", "cpu")
     assert bad.exit_code == 2 and "modle" in bad.output
+
+
+def test_the_optimizer_state_is_the_optimizers(cli):
+    """--optimizer sgd (pretrain's option, declared once): one fp32 momentum buffer, half AdamW's two moments."""
+    adamw, sgd = _plan(cli, "--model", "tiny", "--gpu", "cpu"), _plan(cli, "--model", "tiny", "--gpu", "cpu", "--optimizer", "sgd")
+    params = adamw["model"]["parameters"]
+    assert adamw["memory"]["optimizer_gb"] == pytest.approx(8 * params / 1e9)
+    assert sgd["memory"]["optimizer_gb"] == pytest.approx(4 * params / 1e9)
+    assert sgd["memory"]["weights_gb"] == adamw["memory"]["weights_gb"] and sgd["memory"]["total_gb"] < adamw["memory"]["total_gb"]

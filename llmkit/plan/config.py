@@ -10,7 +10,7 @@ from llmkit.errors import UsageError
 from llmkit.hardware import BY_KEY
 from llmkit.options import Options, group, option
 from llmkit.train.options import (DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, KeptWeightCopies, ModelChoice,
-                                  ModelParallelism, Numerics, Placement, refuse_pipeline_options_without_pp)
+                                  ModelParallelism, Numerics, OptimizerChoice, Placement, refuse_pipeline_options_without_pp)
 
 HARDWARE = "Hardware and estimate"
 GPU_CHOICES = tuple(BY_KEY) + ("cpu",)
@@ -38,6 +38,8 @@ class PlanConfig(Options):
     batch_tokens: int | None = option(None, "Global batch in tokens, for the step time (default: one micro-batch per data-parallel rank and "
                                       "pipeline micro-batch).",
                                       range="[1, inf)", panel=DEVICES_PANEL)
+    optim: OptimizerChoice = group(OptimizerChoice, panel=TRAINING_PANEL, help={
+        "optimizer": "adamw (two fp32 moments: 8 bytes a parameter) or sgd (its momentum: 4 bytes), as pretrain's --optimizer."})
     copies: KeptWeightCopies = group(KeptWeightCopies, panel=TRAINING_PANEL, help={
         "ema": "Plan a run keeping a moving average of the weights (--ema DECAY): one more fp32 copy on every device.",
         "keep_best": "Plan a run keeping its best weights (--keep-best): one more fp32 copy, in the first process's host "

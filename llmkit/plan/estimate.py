@@ -5,7 +5,7 @@
     memory = estimate_memory(shape, layout, device)      # bytes per device, by kind
 
 Memory is the training loop's, as llmkit runs it: fp32 master weights, fp32 gradients and AdamW's
-two fp32 moments (16 bytes a parameter), sharded over the data-parallel ranks with FSDP, split by
+two fp32 moments (16 bytes a parameter; SGD's one momentum buffer: 12, `--optimizer sgd`), sharded over the data-parallel ranks with FSDP, split by
 tensor parallelism (matrices, embedding and head; the residual stream between blocks sequence-sharded) and
 by pipeline stage (the busiest stage counts). Activations are counted tensor by tensor for one
 block in the run's precision (`--precision`: bf16 autocast, the default on GPU, or fp32) with SDPA's flash kernel (no T x T scores kept),
@@ -26,8 +26,8 @@ from typing import Callable
 from llmkit.train.layout import STAGES_PER_RANK, stage_layers
 
 GB = 1e9
-ADAM_BYTES = 8  # two fp32 moments
-ADAM_BYTES_WITH_WEIGHTS = 4 + ADAM_BYTES  # what a checkpoint holds: fp32 weights and the moments
+# The optimizer's state a parameter: AdamW's two fp32 moments, SGD's momentum buffer
+OPTIMIZER_BYTES = {"adamw": 8, "sgd": 4}
 FRAGMENTATION = 0.10
 CUDA_CONTEXT = 0.5 * GB
 CPU_PROCESS = 0.41 * GB
@@ -90,6 +90,7 @@ class Layout:
     compiled: bool = False  # torch.compile: on a CPU the usual head and loss, not the fused one
     ema: bool = False  # --ema: an fp32 copy of the weights on every device
     keep_best: bool = False  # --keep-best: an fp32 copy of them in the first process's host memory
+    optimizer: str = "adamw"  # --optimizer: its state a parameter (OPTIMIZER_BYTES)
 
     @property
     def world(self) -> int:
@@ -288,11 +289,12 @@ def _weigh_the_save(memory: Memory, rank0: Memory, shape: ModelShape, layout: La
     1.13 GB saving under --pp 2, 1.71 GB under --tp 2, against 0.94 and 0.88 GB in training)."""
     if layout.tp == 1 and layout.pp == 1 and not (layout.strategy == "fsdp" and layout.dp > 1):
         return
-    gathered = ADAM_BYTES_WITH_WEIGHTS * shape.total
+    saved = 4 + OPTIMIZER_BYTES[layout.optimizer]  # (what a checkpoint holds: fp32 weights and the optimizer's state)
+    gathered = saved * shape.total
     if layout.tp == 1 and layout.pp > 1 and not device.on_gpu:  # (a GPU's first stage copies its own to the host too)
-        gathered -= ADAM_BYTES_WITH_WEIGHTS * stage_parameters(shape, layout, "first")
-    said = (f"each checkpoint save gathers the whole model and AdamW state on rank 0 ({ADAM_BYTES_WITH_WEIGHTS} bytes a "
-            f"parameter): about {gathered / GB:.2f} GB more")
+        gathered -= saved * stage_parameters(shape, layout, "first")
+    said = (f"each checkpoint save gathers the whole model and {'AdamW' if layout.optimizer == 'adamw' else 'SGD'} state on "
+            f"rank 0 ({saved} bytes a parameter): about {gathered / GB:.2f} GB more")
     if device.on_gpu:
         memory.notes.append(f"{said}, in its host memory")
         return
@@ -341,7 +343,7 @@ def stage_memory(shape: ModelShape, layout: Layout, device: Device, stage: str) 
                          + (f", 1/{sharing} of it counted on each of the {sharing} processes sharing the machine)"
                             if sharing > 1 else ")"))
     gradients = 4 * params / shard
-    optimizer = ADAM_BYTES * params / shard
+    optimizer = OPTIMIZER_BYTES[layout.optimizer] * params / shard
     tokens = layout.micro_batch * layout.seq_len
     layers = layout.layers_on(stage, c.n_layer)
     math_attention = not on_gpu and c.dropout > 0

@@ -251,7 +251,7 @@ def _asked_layout(cfg: PlanConfig, config, hf_data: dict | None):
     layout = Layout(gpus=place.gpus or 1, nnodes=place.nnodes, tp=par.tp, pp=par.pp, strategy=place.strategy,
                     micro_batch=place.micro_batch, seq_len=seq, activation_checkpointing=place.activation_checkpointing,
                     pp_schedule=par.pp_schedule, pp_microbatches=par.pp_microbatches, compiled=place.compile,
-                    ema=cfg.copies.ema is not None, keep_best=cfg.copies.keep_best)
+                    ema=cfg.copies.ema is not None, keep_best=cfg.copies.keep_best, optimizer=cfg.optim.optimizer)
     problem = layout.problem(config)
     if problem:
         raise UsageError(problem)

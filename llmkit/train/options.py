@@ -70,8 +70,14 @@ class ModelChoice(Options):
 
 
 @dataclass
-class Optimization(Options):
+class OptimizerChoice(Options):
+    """The optimizer alone: what `llmkit plan` counts the state of (Optimization, below, is it and its settings)."""
+
     optimizer: str = option("adamw", "adamw or sgd (with momentum).", choices=("adamw", "sgd"))
+
+
+@dataclass
+class Optimization(OptimizerChoice):
     lr: float | None = option(1e-3, "Peak learning rate.", range="(0, inf)")
     min_lr_ratio: float = option(0.1, "Where the decay heads, as a fraction of the peak learning rate (reached the step "
                                   "after the last).", range="[0, 1]")
