@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SST-2 sentiment: pretrain on the review sentences, fine-tune a classifier, score accuracy/F1 on dev.
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune --task classify -> eval
-# With a network, clean and eval read the hub's `imdb` (clean --dataset imdb --split train); finetune reads
-# JSONL only: write the split's {text, label} records to a .jsonl first.
+# With a network, every stage reads the hub's `imdb` too (clean --dataset imdb --split train, finetune --data imdb,
+# eval --data imdb --split test).
 source "$(dirname "$0")/common.sh"
 need_data sentiment/train.jsonl sentiment/test.jsonl
 
