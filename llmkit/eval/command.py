@@ -82,7 +82,7 @@ def print_benchmarks(result) -> None:
                           cell(group, "acc_norm"))
     out.print(table)
     for name in result.stats["benchmarks"]:  # (mrpc's F1, a generation task's exact match: beside the table)
-        for metric in ("exact_match", "f1"):
+        for metric in ("exact_match", "f1", "perplexity"):
             if f"{name}/{metric}" in result.metrics:
                 out.print(f"{name} {metric}: {cell(name, metric)}", markup=False)
     _say_what_differs_from_lm_eval(result.stats["benchmarks"])

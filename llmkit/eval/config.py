@@ -73,7 +73,7 @@ class EvalConfig(Options):
     limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task; of each MMLU subject).", panel=DATA, range="[1, inf)")
     tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
                               "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, commonsense_qa, rte, sst2, mrpc, triviaqa, "
-                              "nq_open, mmlu, or all.",
+                              "nq_open, lambada_openai (with --data), mmlu, or all (the bundled ones).",
                               flags=("--task",), parse=_task_list, panel=BENCHMARKS,
                               hashed=False, recorded_as="config benchmarks (with --task)")
     shots: int = option(0, "Few-shot demonstrations before each benchmark question, drawn with --seed from the task's pool (MMLU: the first of its subject's dev split).",

@@ -107,6 +107,29 @@ def token_logprobs(
     return results  # type: ignore[return-value]
 
 
+@in_eval_mode
+@torch.inference_mode()
+def greedy_matches(model, requests: list[Request], *, pad_id: int, batch_size: int = 8, max_logits: int = 1 << 26) -> list[bool]:
+    """Per request, whether each of its `n` scored tokens is the model's likeliest next token there
+    (lm-eval's is_greedy: LAMBADA's accuracy), batched as token_logprobs batches."""
+    results: list[bool] = [False] * len(requests)
+    device = next(model.parameters()).device
+    max_tokens = max(1, max_logits // int(model.config.vocab_size))
+    limit = int(model.config.context_length)
+    widths = [padded_width(len(r.seq) - 1, limit) for r in requests]
+    for batch, rows in forward_batches(model, widths, batch_size, max_tokens):
+        idx = torch.full((rows, widths[batch[0]]), pad_id, dtype=torch.long)
+        for row, i in enumerate(batch):
+            seq = requests[i].seq
+            idx[row, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
+        likeliest = model(idx.to(device))[0].argmax(dim=-1).cpu()
+        for row, i in enumerate(batch):
+            seq, n = requests[i].seq, requests[i].n
+            length = len(seq) - 1
+            results[i] = likeliest[row, length - n : length].tolist() == seq[len(seq) - n :]
+    return results
+
+
 def _token_nll(model, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """[B, T] cross-entropy of each position (0 where the target is -100): the model's own
     scoring where it has one (a GPT's skips the [B, T, V] logits on a CPU, one row at a time)."""
