@@ -619,6 +619,9 @@ def test_generation_tasks_score_the_models_greedy_answers(cli, exported, bundle,
     assert "nq_open exact_match: " in result.output
     stats = artifacts.load(tmp_path / "ev").manifest.stats["benchmarks"]["nq_open"]
     assert stats["lm_eval"] == "nq_open 4.0" and stats["generated_tokens"] > 0
+    # prompts said cut: those whose answer ran past the context (these prompts are short; every one was counted
+    # where a whole answer might have, a review)
+    assert stats.get("prompts_cut", 0) == sum(r["finish_reason"] == "length" for r in records)
     # a record without answers is refused in one line
     (tmp_path / "nq.jsonl").write_text(json.dumps({"question": "who", "answer": []}) + "\n")
     _one_line_error(cli("eval", exported / "ckpt", "--task", "nq_open", "--data", tmp_path / "nq.jsonl", "-o", tmp_path / "none"),

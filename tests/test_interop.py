@@ -603,13 +603,15 @@ def test_import_names_missing_tokenizer_files_and_an_eos_not_marked_special(cli,
     assert not (tmp_path / "x").exists()
     # a pre-tokenizer that drops the whitespace between words (its text decoded "First CitizenCitizen", its bytes
     # undercounted: a review), alone or in a sequence
-    for pre in (pre_tokenizers.Whitespace(), pre_tokenizers.Sequence([pre_tokenizers.Digits(), pre_tokenizers.WhitespaceSplit()])):
+    for pre in (pre_tokenizers.Whitespace(), pre_tokenizers.Sequence([pre_tokenizers.Digits(), pre_tokenizers.WhitespaceSplit()]),
+                pre_tokenizers.CharDelimiterSplit(" "), pre_tokenizers.Split(" ", behavior="removed")):
         words = Tokenizer(models.WordLevel({"[UNK]": 0, "<|bos|>": 1, "<|eos|>": 2, "<|pad|>": 3, "hello": 4}, unk_token="[UNK]"))
         words.pre_tokenizer = pre
         words.save(str(src / "tokenizer.json"))
         line = _error(cli("import", src, "-o", tmp_path / "x"))
         assert "which drops the whitespace between words: llmkit does not import it" in line, line
-        assert ("WhitespaceSplit" if isinstance(pre, pre_tokenizers.Sequence) else "Whitespace") in line
+        assert ("WhitespaceSplit" if isinstance(pre, pre_tokenizers.Sequence) else "Whitespace" if isinstance(
+            pre, pre_tokenizers.Whitespace) else "Delimiter" if isinstance(pre, pre_tokenizers.CharDelimiterSplit) else "Removed") in line
     assert not (tmp_path / "x").exists()
 
 
@@ -1738,10 +1740,11 @@ def test_import_keeps_the_sampling_generation_config_recommends(cli, tmp_path, t
         "greedy": True, "temperature": 1.0, "top_k": None, "top_p": None, "repetition_penalty": 1.0}
     # a value that is no number (NaN, an infinity: JSON readers take both) is none: transformers' default stands
     # (recorded, NaN failed every later generate on an option never typed; an infinite top_k failed the import)
-    (src / "generation_config.json").write_text('{"do_sample": true, "temperature": NaN, "top_k": 1e400, "top_p": 0.9}')
-    assert cli("import", src, "-o", tmp_path / "odd").exit_code == 0
-    assert json.loads((tmp_path / "odd" / "sampling.json").read_text()) == {
-        "greedy": False, "temperature": 1.0, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.0}
+    for odd, top_k in (("odd", "1e400"), ("odder", "1" + "0" * 400)):  # (an infinite float; an integer no float holds)
+        (src / "generation_config.json").write_text('{"do_sample": true, "temperature": NaN, "top_k": ' + top_k + ', "top_p": 0.9}')
+        assert cli("import", src, "-o", tmp_path / odd).exit_code == 0
+        assert json.loads((tmp_path / odd / "sampling.json").read_text()) == {
+            "greedy": False, "temperature": 1.0, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.0}
     assert cli("generate", tmp_path / "odd", "-p", "Speak", "-n", "4", "-o", tmp_path / "o.jsonl").exit_code == 0
     # several samples of a prompt ask for a draw: not the greedy record's N copies of one completion
     drawn = cli("generate", tmp_path / "greedy", "-p", "Speak", "-n", "8", "--num-samples", "3", "-o", tmp_path / "s.jsonl")

@@ -707,6 +707,8 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
                            (["--tokens", "1e4", "--sizes", "1x16", "--seq-len", "128", "--context-length", "64"],
                             "--seq-len 128 is longer than the 1x16 model's context length 64"),
                            (["--tokens", "1e4", "--sizes", "1x16", "--gpus", "2"], "a sweep trains one run per GPU"),
+                           (["--tokens", "1e4", "--sizes", "1x16", "--model", "lstm", "--document-mask"],
+                            "--document-mask masks attention, which an LSTM has none of"),
                            (["--tokens", "1e4", "--sizes", "1x16", "--tp", "2", "--nproc", "2"], "a sweep trains one run per GPU"),
                            (["--tokens", "1e4", "--sizes", "1x16", "--nproc", "2"], "use --parallel N to train N runs at once")):
         result = cli("sweep", tokens, "-o", tmp_path / "s", *extra)

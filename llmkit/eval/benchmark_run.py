@@ -319,7 +319,7 @@ def _answer_questions(loaded, cfg, name: str, questions: list[Question], prefixe
     cut at the first of the task's stop strings, matched against the question's answers. Returns
     (0/1 per question, a record per question, stats)."""
     from llmkit.eval.model_tasks import _progress_bar
-    from llmkit.inference.engine import GenerationParams, Generator, context_limit, needs_window
+    from llmkit.inference.engine import GenerationParams, Generator, context_limit, needs_window, prompt_keep
 
     task = TASKS[name]
     generator = Generator.for_checkpoint(loaded, compile=cfg.inference.compile)
@@ -338,8 +338,10 @@ def _answer_questions(loaded, cfg, name: str, questions: list[Question], prefixe
         matched.append(exact_match(completion.text, question.answers, task.ignore))
         kept.append({"prediction": completion.text.lstrip(), "answers": list(question.answers), "exact_match": matched[-1],
                      "finish_reason": completion.finish_reason, "context": question.context})
-    # (a prompt that leaves less room than a whole answer: its start slides out of the window, as lm-eval cuts it)
-    slid = 0 if limit is None else sum(needs_window(c.prompt_tokens, ANSWER_TOKENS, limit) for c in completions)
+    # (a prompt whose start the window left out: one longer than the engine keeps beside a whole answer, or whose
+    # answer ran past the context; counting every prompt that, with a whole answer, might have, counted them all: a review)
+    slid = 0 if limit is None else sum(c.prompt_tokens > prompt_keep(limit, ANSWER_TOKENS)
+                                       or needs_window(c.prompt_tokens, len(c.token_ids) + 1, limit) for c in completions)
     info = {"generated_tokens": sum(len(c.token_ids) for c in completions),
             **({"prompts_cut": slid, "context_length": limit} if slid else {})}
     return {"exact_match": matched}, kept, info

@@ -18,7 +18,7 @@ from llmkit.model.records import CLASSIFY_TEXT_FIELDS, Labels
 # Fields looked for in --data records, in order, when no --field / --reference-field / --label-field is given.
 TEXT_FIELDS = ("text", "document", "content")
 INPUT_FIELDS = ("source", "document", "prompt", "input", "question", "text")
-REFERENCE_FIELDS = ("target", "summary", "reference", "references", "answer")
+REFERENCE_FIELDS = ("target", "summary", "reference", "references", "answer", "answers.text")  # (the last: SQuAD's records)
 CONTEXT_FIELDS = ("query", "context", "question", "prompt", "text")
 LABEL_FIELDS = ("label", "answer", "gold")
 

@@ -16,7 +16,7 @@ from llmkit.jsonl import json_kind, read_text
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PREDICTION_FIELDS = ("prediction", "completion", "text", "output", "hypothesis")
-REFERENCE_FIELDS = ("reference", "references", "target", "summary")
+REFERENCE_FIELDS = ("reference", "references", "target", "summary", "answers.text")  # (the last: SQuAD's records)
 LABEL_FIELD = "label"  # a reference for classification metrics only (BLEU against "0"/"1" measures nothing)
 
 

@@ -225,7 +225,9 @@ def _whitespace_dropping(pre_tokenizer) -> set[str]:
     kind = pre_tokenizer.get("type")
     if kind == "Sequence":
         return set().union(*(_whitespace_dropping(p) for p in pre_tokenizer.get("pretokenizers") or []))
-    return {kind} if kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer") else set()
+    if kind == "Split" and str(pre_tokenizer.get("behavior", "")).lower() == "removed":
+        return {"Split (behavior Removed)"}
+    return {kind} if kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer", "CharDelimiterSplit") else set()
 
 
 @contextlib.contextmanager

@@ -230,8 +230,15 @@ class SamplingRecord:
             return None
         # (a NaN or infinite value, which JSON readers take, is none: recorded, it made every later generate fail on an
         # option never typed, and an infinite top_k failed the import itself)
-        number = lambda key, default: (config[key] if isinstance(config.get(key), (int, float))  # noqa: E731
-                                       and not isinstance(config.get(key), bool) and math.isfinite(config[key]) else default)
+        def number(key: str, default):
+            value = config.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return default
+            try:  # (an integer too large for a float: an OverflowError, no number either)
+                return value if math.isfinite(value) else default
+            except OverflowError:
+                return default
+
         top_k, top_p = number("top_k", 50), number("top_p", 1.0)  # (transformers' own defaults)
         temperature, penalty = float(number("temperature", 1.0)), float(number("repetition_penalty", 1.0))
         record = cls(greedy=config.get("do_sample") is not True, temperature=temperature,

@@ -232,7 +232,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                      "val_tokens": val_size * seq_len},
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
-            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup},
+            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup,
+                         "document_mask": False},  # (recorded only where on: left out, it is off)
         )
         params = model.num_params()  # before the layout splits (and unties) anything
         trainer = Trainer(

@@ -219,8 +219,10 @@ def _check_models_read_their_settings(runs: list, vocab_size: int) -> None:
     from llmkit.train.options import refuse_unread_model_settings
 
     first = runs[0].config
-    refuse_unread_model_settings(first, resolve_model_config(first.architecture.model, vocab_size=vocab_size,
-                                                             overrides=first.architecture.overrides()))
+    model = resolve_model_config(first.architecture.model, vocab_size=vocab_size, overrides=first.architecture.overrides())
+    refuse_unread_model_settings(first, model)
+    if first.document_mask and model.arch == "lstm":  # (pretrain's own check, before the runs: each started, then failed)
+        raise UserError("--document-mask masks attention, which an LSTM has none of; leave it out")
 
 
 def _rename_legacy_runs(out: Path, runs: list[PlannedRun]) -> None:
