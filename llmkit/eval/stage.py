@@ -141,11 +141,8 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
     unused += cfg.ensembling.single_model_flags(len(members))
     if unused:
         raise unused_options(unused)
-    if cfg.beams.num_beams > 1 and (cfg.stop or cfg.inference.compile):  # (not built: generate says the same)
-        built = ["--stop " + ",".join(repr(s) for s in cfg.stop)] * bool(cfg.stop) + ["--compile"] * cfg.inference.compile
-        fix = " and ".join(["give --stop '' (a fine-tuned model ends at its end token)"] * bool(cfg.stop)
-                           + ["leave out --compile"] * cfg.inference.compile)
-        raise UsageError(f"--num-beams {cfg.beams.num_beams} with {' and '.join(built)} is not built; {fix}, or leave out "
+    if cfg.beams.num_beams > 1 and cfg.inference.compile:  # (not built: generate says the same)
+        raise UsageError(f"--num-beams {cfg.beams.num_beams} with --compile is not built; leave out --compile, or "
                          "--num-beams")
 
 

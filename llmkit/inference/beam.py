@@ -18,7 +18,7 @@ finished hypothesis, its end token dropped as generation drops it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -42,9 +42,12 @@ def beam_search_ids(
     stop_ids: Sequence[int] = (),
     framing_ids: Sequence[int] = (),
     vocab_size: int | None = None,
+    stops_text: Callable[[int, list[int]], bool] | None = None,
 ) -> list[RowResult]:
     """The best beam of each prompt (one RowResult each), as `generate_ids` returns rows; the
-    arguments are its (no seeds: the search draws nothing)."""
+    arguments are its (no seeds: the search draws nothing). `stops_text(prompt, tokens)`: whether a
+    continuation's text (of prompt number `prompt`) holds a stop string (--stop), which ends it as an end token does (as
+    transformers' StopStringCriteria ends a beam: its text cut there afterwards, by the caller)."""
     if not prompt_ids:
         return []
     if any(len(p) == 0 for p in prompt_ids):
@@ -78,6 +81,7 @@ def beam_search_ids(
     finished_tokens = running_tokens.clone()
     finished_length = torch.zeros(B, N, dtype=torch.long, device=device)
     is_finished = torch.zeros(B, N, dtype=torch.bool, device=device)
+    by_stop = torch.zeros(B, N, dtype=torch.bool, device=device)  # (a finished hypothesis ended by a stop string)
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     offsets = torch.arange(B, device=device)[:, None] * N
     for step in range(new):
@@ -89,9 +93,14 @@ def beam_search_ids(
         total = (log_probs.view(B, N, V) + running[:, :, None]).view(B, N * V)
         top, index = total.topk(K, dim=-1)
         parents, tokens = index // V, index % V
-        ends = torch.isin(tokens, stop_tensor) | (step == new - 1)
         continued = torch.gather(running_tokens, 1, parents[:, :, None].expand(-1, -1, new)).clone()
         continued[:, :, step] = tokens
+        stopped = torch.zeros_like(tokens, dtype=torch.bool)
+        if stops_text is not None:  # (each candidate's text, decoded: K a prompt, a step)
+            made = continued[:, :, : step + 1].tolist()
+            stopped = torch.tensor([[stops_text(b, row) for row in rows_of] for b, rows_of in enumerate(made)], dtype=torch.bool,
+                                   device=device)
+        ends = torch.isin(tokens, stop_tensor) | stopped | (step == new - 1)
         # the N best that end, among the first N continuations, join the finished ones
         length_score = top / float(step + 1) ** params.length_penalty
         length_score = length_score + (~improvable).float() * UNLIKELY + (~(ends & among_first)).float() * UNLIKELY
@@ -101,6 +110,7 @@ def beam_search_ids(
         finished_tokens = torch.cat((finished_tokens, continued), dim=1).gather(1, keep[:, :, None].expand(-1, -1, new))
         finished_length = torch.cat((finished_length, torch.full_like(length_score, step + 1, dtype=torch.long)), dim=1).gather(1, keep)
         is_finished = torch.cat((is_finished, ends & among_first), dim=1).gather(1, keep)
+        by_stop = torch.cat((by_stop, stopped), dim=1).gather(1, keep)
         # the N likeliest that go on are the running beams
         going_on = (top + ends.float() * UNLIKELY).topk(N, dim=-1).indices
         running = (top + ends.float() * UNLIKELY).gather(1, going_on)
@@ -124,5 +134,5 @@ def beam_search_ids(
         if tokens and tokens[-1] in stop_set:
             results.append(RowResult(tokens[:-1], "eos"))
         else:
-            results.append(RowResult(tokens, "length"))
+            results.append(RowResult(tokens, "stop" if bool(by_stop[b, 0]) else "length"))
     return results
