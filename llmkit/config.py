@@ -262,20 +262,24 @@ def resolve(
 
 
 def _with_the_table_it_plans(config_cls: type, file, section: str | None, data: dict[str, Any], by_key: dict[str, str]) -> dict[str, Any]:
-    """`data`, where it has no table of `section` but one of the stage the config plans (plan's
-    PLANS = "pretrain": a run's own file), with that table's options this stage shares as its table
-    (the others said, in a note, to be that stage's alone): the plan of the run the file describes."""
+    """`data` with the options this stage shares with the stage the config plans (plan's PLANS =
+    "pretrain": a run's own file) read from that stage's table, beneath the stage's own table where
+    there is one (its values win; the others are said, in a note, to be that stage's alone): the
+    plan of the run the file describes. That table is checked first, as that stage checks it."""
     planned = getattr(config_cls, "PLANS", None)
-    if not planned or not section or not isinstance(data, dict) or section in data or not isinstance(data.get(planned), dict):
+    if not planned or not section or not isinstance(data, dict) or not isinstance(data.get(planned), dict) or not data[planned]:
         return data
+    check_other_tables(file, section, data)  # (an unknown key of it named as such, not as one the stage "reads")
+    own = data.get(section) if isinstance(data.get(section), dict) else {}
     table = data[planned]
     shared = {key: value for key, value in table.items() if str(key).replace("-", "_") in by_key}
     others = sorted(str(key) for key in table if key not in shared)
     from llmkit.console import note
 
-    note(f"{file} has no [{section}] table: its [{planned}] table is read"
+    beneath = f", beneath its [{section}] table" if own else ""
+    note(f"{file}: its [{planned}] table is read{beneath}"
          + (f", but for {', '.join(others)}, which {planned} alone reads" if others else ""))
-    return {**{key: value for key, value in data.items() if key != planned}, section: shared}
+    return {**{key: value for key, value in data.items() if key not in (planned, section)}, section: {**shared, **own}}
 
 
 # A table's stage command where the two are not spelt alike (the command's `section` says which table it reads).

@@ -32,7 +32,7 @@ def _first(task: str) -> dict:
 
 
 def test_every_bundled_task_loads_and_converts(bundle):
-    for name, task in TASKS.items():
+    for name, task in ((name, task) for name, task in TASKS.items() if task.is_bundled):
         records = benchmark_run.load_task_records(task, None, None)
         examples = benchmark_run.convert(task, records, name)
         assert len(examples) == len(records) >= 100, name

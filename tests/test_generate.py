@@ -1786,16 +1786,24 @@ def test_beam_search_equals_transformers_generate_with_num_beams():
     assert ended >= 3  # (the end token finished some searches early)
 
 
-def _plain_beam_search(model, prompt: list[int], beams: int, steps: int) -> list[int]:
+def _plain_beam_search(model, prompt: list[int], beams: int, steps: int, penalty: float = 1.0) -> list[int]:
     """Beam search written out, each step a whole forward pass over each beam (no cache): the likeliest of
-    the beams after `steps` tokens (no end token: every beam runs to the end)."""
+    the beams after `steps` tokens (no end token: every beam runs to the end). `penalty`: the repetition
+    penalty on the logits, before the log-softmax (an ensemble member's, as generate applies it)."""
+    from llmkit.inference.sampling import apply_repetition_penalty
+
     alive = [(0.0, [])]
     for _ in range(steps):
         scored = []
         for total, tokens in alive:
             with torch.no_grad():
                 logits, _ = model(torch.tensor([prompt + tokens]))
-            log_probs = logits[0, -1].float().log_softmax(dim=-1)
+            logits = logits[0, -1].float()
+            if penalty != 1.0:
+                seen = torch.zeros_like(logits, dtype=torch.bool)
+                seen[torch.tensor(prompt + tokens)] = True
+                logits = apply_repetition_penalty(logits, seen, penalty)
+            log_probs = logits.log_softmax(dim=-1)
             scored += [(total + float(value), tokens + [int(token)]) for value, token in zip(*log_probs.topk(beams))]
         alive = sorted(scored, key=lambda item: -item[0])[:beams]
     return alive[0][1]
@@ -1814,6 +1822,9 @@ def test_beam_search_reorders_each_models_cache_as_recomputing_would(name, model
     pair = Ensemble([model, copy.deepcopy(model)], [0.5, 0.5], mode="prob")  # (a member twice: the model's distribution)
     assert [r.token_ids for r in beam_search_ids(pair, PROMPTS, GenerationParams(max_new_tokens=6, num_beams=3), pad_id=0)] == \
         [r.token_ids for r in beam_search_ids(model, PROMPTS, GenerationParams(max_new_tokens=6, num_beams=3), pad_id=0)]
+    # an ensemble's repetition penalty acts on each member's logits, as generate's (a review: it acted on the mixture)
+    penalised = beam_search_ids(pair, PROMPTS, GenerationParams(max_new_tokens=6, num_beams=3, repetition_penalty=1.5), pad_id=0)
+    assert [r.token_ids for r in penalised] == [_plain_beam_search(model, p, 3, 6, penalty=1.5) for p in PROMPTS]
 
 
 def test_cli_beam_search_records_and_refusals(cli, ckpt, tmp_path):
@@ -1841,6 +1852,11 @@ def test_cli_beam_search_records_and_refusals(cli, ckpt, tmp_path):
                         (["--num-beams", "0"], "--num-beams")):
         refused = cli("generate", ckpt, "-p", "KING:", "-n", "4", *flags)
         assert refused.exit_code == 2 and said in " ".join(refused.output.split()), (flags, refused.output)
+    # a prompt and reply past the context: refused before any batch is made (it was said mid-run, after a note of a
+    # sliding window, a review)
+    refused = cli("generate", ckpt, "-p", "KING:", "-n", "100", "--num-beams", "3", "-o", tmp_path / "long.jsonl")
+    assert refused.exit_code == 1 and "beam search keeps the prompt and --max-new-tokens within the context" in refused.output
+    assert "sliding window" not in refused.output and not list(tmp_path.glob("long.jsonl*"))
     # eval: beams for generated metrics, recorded only where on (an eval without them keeps its fingerprint)
     (tmp_path / "mt.jsonl").write_text("".join(json.dumps({"source": s, "target": t}) + "\n"
                                                for s, t in (("KING:", "long live"), ("To be", "or not"))))

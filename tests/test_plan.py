@@ -772,14 +772,18 @@ def test_a_pretrain_config_file_plans_its_run(cli, tmp_path):
     typed = _plan(cli, "--model", "tiny", "--seq-len", "128", "--gpu", "cpu")
     assert planned["model"] == typed["model"] and planned["layout"]["seq_len"] == typed["layout"]["seq_len"] == 128
     said = " ".join(result.stderr.split())
-    assert "has no [plan] table: its [pretrain] table is read, but for lr, max_steps, which pretrain alone reads" in said
-    # a [plan] table of its own is read instead; a misspelt key of the [pretrain] table is still named
-    (tmp_path / "both.toml").write_text('[pretrain]\nmodel = "tiny"\n[plan]\nmodel = "mini"\n')
-    both = json.loads(cli("plan", "--config", tmp_path / "both.toml", "--gpu", "cpu", "--json").stdout)
-    assert both["model"] == _plan(cli, "--model", "mini", "--gpu", "cpu")["model"]
+    assert "its [pretrain] table is read, but for lr, max_steps, which pretrain alone reads" in said
+    # beside a [plan] table of its own, beneath it (a review: the one-file layout planned gpt2 with AdamW)
+    (tmp_path / "both.toml").write_text('[pretrain]\nmodel = "tiny"\noptimizer = "sgd"\n[plan]\nmodel = "mini"\n')
+    both = cli("plan", "--config", tmp_path / "both.toml", "--gpu", "cpu", "--json")
+    planned = json.loads(both.stdout)
+    assert planned["model"] == _plan(cli, "--model", "mini", "--gpu", "cpu")["model"]
+    assert planned["memory"]["optimizer_gb"] == pytest.approx(4 * planned["model"]["parameters"] / 1e9)
+    assert "its [pretrain] table is read, beneath its [plan] table" in " ".join(both.stderr.split())
+    # a misspelt key of the [pretrain] table is named as such (not as one pretrain reads)
     (tmp_path / "bad.toml").write_text('[pretrain]\nmodle = "tiny"\n')
     bad = cli("plan", "--config", tmp_path / "bad.toml", "--gpu", "cpu")
-    assert bad.exit_code == 2 and "modle" in bad.output
+    assert bad.exit_code == 2 and "modle" in bad.output and "which pretrain alone reads" not in bad.output
 
 
 def test_the_optimizer_state_is_the_optimizers(cli):

@@ -100,8 +100,12 @@ def _say_what_differs_from_lm_eval(benchmarks: dict) -> None:
         first = next(iter(cut.values()))
         counts = (next(iter(cut)) if len(cut) == 1
                   else ", ".join(f"{name} {info['prompts_cut']} of {info['examples']}" for name, info in cut.items()))
+        from llmkit.eval.benchmarks import TASKS
+
+        items = "passages" if all(TASKS[name].continues for name in cut if name in TASKS) else "questions"
         note(f"{counts}: " + context_cut_note(sum(i["prompts_cut"] for i in cut.values()), sum(i["examples"] for i in cut.values()),
-                                              first["context_length"], shots=any(i.get("shots") for i in cut.values())))
+                                              first["context_length"], items=items,
+                                              shots=any(i.get("shots") for i in cut.values())))
     choices = {name: info["choices_cut"] for name, info in benchmarks.items() if info.get("choices_cut")}
     if choices:
         note(f"{', '.join(f'{name} {count}' for name, count in choices.items())} choice(s) longer than the model's context "

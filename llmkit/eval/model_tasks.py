@@ -546,6 +546,9 @@ def _generate(loaded, cfg, prompts: list, references: list[list[str]], chat: boo
     sliding = 0 if limit is None else sum(
         needs_window(len(generator.encode_prompt(p)) if isinstance(p, str) else len(p), cfg.max_new_tokens, limit)
         for p in prompts)
+    if sliding and cfg.beams.num_beams > 1:  # (before anything is generated: beam search keeps the whole within the context)
+        raise UserError(f"{sliding} of {len(prompts)} prompts + --max-new-tokens {cfg.max_new_tokens} exceed the context ({limit} "
+                        "tokens), which beam search keeps them within; lower --max-new-tokens, or leave out --num-beams")
     if sliding:  # (as llmkit generate says it)
         from llmkit.console import note
 

@@ -67,7 +67,13 @@ def beam_search_ids(
     seen = _prompt_tokens_seen(rows, framing_ids, model_vocab, device) if params.repetition_penalty != 1.0 else None
     stops = sorted(set(stop_ids) | (set(eos_ids) if params.stop_at_eos else set()))
     stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
-    window = _Window(model, pad_id, limit, budget=new)
+    adjust_members = None
+    if seen is not None and callable(getattr(model, "next_token_log_probs", None)):
+        # An ensemble's penalty acts on each member's logits, then the mixture is taken, as generate_ids applies it
+        # (on the mixture's log-probabilities a review found 3 of 4 searches other than that); `seen` read as it is now
+        def adjust_members(logits: torch.Tensor) -> torch.Tensor:
+            return apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    window = _Window(model, pad_id, limit, budget=new, adjust_members=adjust_members)
     scores = window.prefill(rows)
     if not bool(torch.isfinite(scores).all()):
         raise NotFinite()
@@ -86,20 +92,18 @@ def beam_search_ids(
     offsets = torch.arange(B, device=device)[:, None] * N
     for step in range(new):
         log_probs = scores[:, :V].float().log_softmax(dim=-1)
-        if seen is not None:
+        if seen is not None and adjust_members is None:
             log_probs = apply_repetition_penalty(log_probs, seen[:, :V], params.repetition_penalty)
         if step < params.min_new_tokens and stops:
             log_probs = log_probs.index_fill(-1, stop_tensor, float("-inf"))
         total = (log_probs.view(B, N, V) + running[:, :, None]).view(B, N * V)
         top, index = total.topk(K, dim=-1)
         parents, tokens = index // V, index % V
-        continued = torch.gather(running_tokens, 1, parents[:, :, None].expand(-1, -1, new)).clone()
-        continued[:, :, step] = tokens
         stopped = torch.zeros_like(tokens, dtype=torch.bool)
         if stops_text is not None:  # (each candidate's text, decoded: K a prompt, a step)
-            made = continued[:, :, : step + 1].tolist()
-            stopped = torch.tensor([[stops_text(b, row) for row in rows_of] for b, rows_of in enumerate(made)], dtype=torch.bool,
-                                   device=device)
+            histories, picked, made = running_tokens[:, :, :step].tolist(), tokens.tolist(), parents.tolist()
+            stopped = torch.tensor([[stops_text(b, histories[b][parent] + [token]) for parent, token in zip(made[b], picked[b])]
+                                    for b in range(B)], dtype=torch.bool, device=device)
         ends = torch.isin(tokens, stop_tensor) | stopped | (step == new - 1)
         # the N best that end, among the first N continuations, join the finished ones
         length_score = top / float(step + 1) ** params.length_penalty
@@ -107,14 +111,22 @@ def beam_search_ids(
         merged = torch.cat((finished, length_score), dim=1)
         keep = merged.topk(N, dim=-1).indices
         finished = merged.gather(1, keep)
-        finished_tokens = torch.cat((finished_tokens, continued), dim=1).gather(1, keep[:, :, None].expand(-1, -1, new))
+        # (the kept ones' histories alone: a kept candidate's is its parent's and its token; copying all K a step cost 2.3x
+        # with a Llama-3-sized set of special tokens, a review measured)
+        fresh = keep >= N
+        candidate = (keep - N).clamp(min=0)
+        from_parent = torch.gather(running_tokens, 1, parents.gather(1, candidate)[:, :, None].expand(-1, -1, new)).clone()
+        from_parent[:, :, step] = tokens.gather(1, candidate)
+        finished_tokens = torch.where(fresh[:, :, None], from_parent,
+                                      finished_tokens.gather(1, keep.clamp(max=N - 1)[:, :, None].expand(-1, -1, new)))
         finished_length = torch.cat((finished_length, torch.full_like(length_score, step + 1, dtype=torch.long)), dim=1).gather(1, keep)
         is_finished = torch.cat((is_finished, ends & among_first), dim=1).gather(1, keep)
         by_stop = torch.cat((by_stop, stopped), dim=1).gather(1, keep)
         # the N likeliest that go on are the running beams
         going_on = (top + ends.float() * UNLIKELY).topk(N, dim=-1).indices
         running = (top + ends.float() * UNLIKELY).gather(1, going_on)
-        running_tokens = continued.gather(1, going_on[:, :, None].expand(-1, -1, new))
+        running_tokens = torch.gather(running_tokens, 1, parents.gather(1, going_on)[:, :, None].expand(-1, -1, new)).clone()
+        running_tokens[:, :, step] = tokens.gather(1, going_on)
         parent_rows = (parents.gather(1, going_on) + offsets).view(-1)
         chosen = tokens.gather(1, going_on).view(-1)
         best_possible = running[:, :1] / float(step + 1) ** params.length_penalty
