@@ -1212,27 +1212,39 @@ def test_sampling_filters_equal_transformers_processors():
     assert changed == 0
 
 
-def test_greedy_equals_transformers_generate_with_left_padding():
+def _twin_models(config: ModelConfig, seed: int):
+    """(llmkit's GPT, transformers' model with the same weights) for parity tests, pad id 0."""
     from transformers import AutoModelForCausalLM
 
     from llmkit.model.hf_config import to_hf_config
     from llmkit.model.hf_weights import to_hf_state
 
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    hf_config = to_hf_config(config)
+    hf_config.pad_token_id = 0
+    hf = AutoModelForCausalLM.from_config(hf_config).eval()
+    hf.load_state_dict(to_hf_state(model.state_dict(), config), strict=False)
+    hf.tie_weights()
+    return model, hf
+
+
+def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """transformers' input_ids and attention_mask of `prompts` left-padded with 0, and their width."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    return ids, mask, width
+
+
+def test_greedy_equals_transformers_generate_with_left_padding():
     for config in (
         ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=2, n_embd=32, **GPT2_SHAPE),
         ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32),
     ):
-        torch.manual_seed(0)
-        model = GPT(config).eval()
-        hf_config = to_hf_config(config)
-        hf_config.pad_token_id = 0
-        hf = AutoModelForCausalLM.from_config(hf_config).eval()
-        hf.load_state_dict(to_hf_state(model.state_dict(), config), strict=False)
-        hf.tie_weights()
+        model, hf = _twin_models(config, seed=0)
         ours = [r.token_ids for r in generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=15, stop_at_eos=False), pad_id=0)]
-        width = max(len(p) for p in PROMPTS)
-        ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
-        mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in PROMPTS])[:, None]).long()
+        ids, mask, width = _left_padded(PROMPTS)
         with torch.no_grad():
             out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15, do_sample=False, pad_token_id=0, eos_token_id=None)
         assert ours == out[:, width:].tolist()
@@ -1675,23 +1687,10 @@ def test_a_replayed_transcripts_messages_are_shown_stripped():
 def test_token_logprobs_equal_transformers_raw_scores_and_a_full_forward():
     """--logprobs: each token's log-probability, and each step's likeliest, are the model's own
     (transformers' output_logits, log-softmaxed), not the draw's after temperature or top-k."""
-    from transformers import AutoModelForCausalLM
-
-    from llmkit.model.hf_config import to_hf_config
-    from llmkit.model.hf_weights import to_hf_state
-
     config = ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
-    torch.manual_seed(0)
-    model = GPT(config).eval()
-    hf_config = to_hf_config(config)
-    hf_config.pad_token_id = 0
-    hf = AutoModelForCausalLM.from_config(hf_config).eval()
-    hf.load_state_dict(to_hf_state(model.state_dict(), config), strict=False)
-    hf.tie_weights()
+    model, hf = _twin_models(config, seed=0)
     rows = generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=12, stop_at_eos=False), pad_id=0, logprobs=5)
-    width = max(len(p) for p in PROMPTS)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
-    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in PROMPTS])[:, None]).long()
+    ids, mask, width = _left_padded(PROMPTS)
     with torch.no_grad():
         out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
                           pad_token_id=0, eos_token_id=None, output_logits=True, return_dict_in_generate=True)
@@ -1747,25 +1746,13 @@ def test_beam_search_equals_transformers_generate_with_num_beams():
     """--num-beams: transformers' beam search (early_stopping False, its length-penalty heuristic), left-padded
     batches, an end token that finishes beams at different lengths, min_new_tokens, negative and positive
     length penalties, and the repetition penalty on log-probabilities, as its beam search applies it."""
-    from transformers import AutoModelForCausalLM
-
     from llmkit.inference.beam import beam_search_ids
-    from llmkit.model.hf_config import to_hf_config
-    from llmkit.model.hf_weights import to_hf_state
 
     config = ModelConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
-    width = max(len(p) for p in PROMPTS)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
-    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in PROMPTS])[:, None]).long()
+    ids, mask, width = _left_padded(PROMPTS)
     ended = 0
     for seed in range(3):
-        torch.manual_seed(seed)
-        model = GPT(config).eval()
-        hf_config = to_hf_config(config)
-        hf_config.pad_token_id = 0
-        hf = AutoModelForCausalLM.from_config(hf_config).eval()
-        hf.load_state_dict(to_hf_state(model.state_dict(), config), strict=False)
-        hf.tie_weights()
+        model, hf = _twin_models(config, seed)
         greedy = [r.token_ids for r in generate_ids(model, PROMPTS, GenerationParams(max_new_tokens=12, stop_at_eos=False), pad_id=0)]
         for beams, penalty, k, least in ((2, 1.0, 3, 0), (4, 1.0, 5, 3), (3, 0.5, 1, 0), (5, 2.0, 7, 0), (3, -1.0, 4, 2)):
             end = greedy[seed][k]  # (a token the model picks: some beams end on it early)

@@ -9,6 +9,19 @@ from __future__ import annotations
 from typing import Sequence
 
 
+def text_features() -> list:
+    """The inputs of a metric of texts against references, for `evaluate.MetricInfo`: each
+    prediction with a list of references, or with one (ROUGE's and SQuAD's)."""
+    import datasets
+
+    return [
+        datasets.Features({"predictions": datasets.Value("string", id="sequence"),
+                           "references": datasets.Sequence(datasets.Value("string", id="sequence"))}),
+        datasets.Features({"predictions": datasets.Value("string", id="sequence"),
+                           "references": datasets.Value("string", id="sequence")}),
+    ]
+
+
 def as_reference_lists(references: Sequence) -> list[list[str]]:
     """Each prediction's references as a list: a bare string becomes a one-element list."""
     return [[ref] if isinstance(ref, str) else list(ref) for ref in references]

@@ -11,12 +11,11 @@ character, `unicode` and `char` keep them (see rouge_tokenizers.py).
 One import per line: `evaluate.load` scans this file's import lines to check its dependencies.
 """
 
-import datasets
 import evaluate
 import numpy
 from rouge_score import rouge_scorer
 
-from llmkit.eval.metrics._refs import as_reference_lists
+from llmkit.eval.metrics._refs import as_reference_lists, text_features
 from llmkit.eval.metrics.rouge_tokenizers import make_tokenizer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -43,20 +42,7 @@ class Rouge(evaluate.Metric):
             citation="Lin, ROUGE: A Package for Automatic Evaluation of Summaries, 2004",
             inputs_description=_INPUTS,
             homepage="https://github.com/google-research/google-research/tree/master/rouge",
-            features=[
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string", id="sequence"),
-                        "references": datasets.Sequence(datasets.Value("string", id="sequence")),
-                    }
-                ),
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string", id="sequence"),
-                        "references": datasets.Value("string", id="sequence"),
-                    }
-                ),
-            ],
+            features=text_features(),
         )
 
     def _compute(self, predictions, references, rouge_types=None, use_stemmer=False, tokenizer="default", use_aggregator=True):

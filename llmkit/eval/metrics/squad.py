@@ -16,11 +16,10 @@ import re
 import string
 from collections import Counter
 
-import datasets
 import evaluate
 import numpy
 
-from llmkit.eval.metrics._refs import as_reference_lists
+from llmkit.eval.metrics._refs import as_reference_lists, text_features
 
 _DESCRIPTION = "SQuAD exact match and token F1 (Rajpurkar et al. 2016), best over references, averaged over predictions."
 
@@ -64,20 +63,7 @@ class Squad(evaluate.Metric):
             citation="Rajpurkar et al., SQuAD: 100,000+ Questions for Machine Comprehension of Text, EMNLP 2016",
             inputs_description=_INPUTS,
             homepage="https://rajpurkar.github.io/SQuAD-explorer/",
-            features=[
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string", id="sequence"),
-                        "references": datasets.Sequence(datasets.Value("string", id="sequence")),
-                    }
-                ),
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string", id="sequence"),
-                        "references": datasets.Value("string", id="sequence"),
-                    }
-                ),
-            ],
+            features=text_features(),
         )
 
     def _compute(self, predictions, references, use_aggregator=True):
