@@ -310,6 +310,9 @@ def _continue_passages(loaded, cfg, name: str, passages: list[Passage], prefixes
     return {"loglik": logliks, "acc": [float(hit) for hit in greedy]}, kept, info
 
 
+# (eval's perplexities are capped at 1e300: exp of a larger mean negative log-likelihood overflowed, an error)
+PERPLEXITY_EXPONENT = math.log(1e300)
+
 # lm-eval's max_gen_toks: the longest answer a generation task waits for (its stop strings end most at once)
 ANSWER_TOKENS = 256
 
@@ -392,7 +395,7 @@ def run_benchmarks(loaded, cfg) -> tuple[dict[str, float], list[dict], dict[str,
         if "f1" in task.metrics:  # (lm-eval's f1 for a yes/no task: sklearn's binary F1 of the second choice, no stderr)
             metrics[f"{name}/f1"] = binary_f1([r["prediction"] for r in kept], [e.gold for e in examples])
         if "perplexity" in task.metrics:  # (lm-eval's: exp of minus the mean log-likelihood; no stderr, which it bootstraps)
-            metrics[f"{name}/perplexity"] = math.exp(-sum(results["loglik"]) / count)
+            metrics[f"{name}/perplexity"] = math.exp(min(-sum(results["loglik"]) / count, PERPLEXITY_EXPONENT))
         for metric in (m for m in task.metrics if m in results):
             metrics[f"{name}/{metric}"] = sum(results[metric]) / count
             if count > 1:  # one example has no spread to estimate
