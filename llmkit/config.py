@@ -263,23 +263,30 @@ def resolve(
 
 def _with_the_table_it_plans(config_cls: type, file, section: str | None, data: dict[str, Any], by_key: dict[str, str]) -> dict[str, Any]:
     """`data` with the options this stage shares with the stage the config plans (plan's PLANS =
-    "pretrain": a run's own file) read from that stage's table, beneath the stage's own table where
-    there is one (its values win; the others are said, in a note, to be that stage's alone): the
-    plan of the run the file describes. That table is checked first, as that stage checks it."""
+    "pretrain": a run's own file) read from that stage's table, beneath the stage's own options
+    (its table, else the file's top-level keys), which win; the others are said, in a note, to be
+    that stage's alone: the plan of the run the file describes. That table is checked first, as
+    that stage checks it."""
     planned = getattr(config_cls, "PLANS", None)
     if not planned or not section or not isinstance(data, dict) or not isinstance(data.get(planned), dict) or not data[planned]:
         return data
     check_other_tables(file, section, data)  # (an unknown key of it named as such, not as one the stage "reads")
-    own = data.get(section) if isinstance(data.get(section), dict) else {}
+    own = data[section] if isinstance(data.get(section), dict) else {k: v for k, v in data.items() if not isinstance(v, dict)}
     table = data[planned]
     shared = {key: value for key, value in table.items() if str(key).replace("-", "_") in by_key}
     others = sorted(str(key) for key in table if key not in shared)
+    # the stage's own value wins: the same option however spelt, and what one of its options stands in for (plan's
+    # --hf-config for --model and the model flags, its --nproc for --gpus): a review found such files refused
+    given = {by_key[str(key).replace("-", "_")] for key in own if str(key).replace("-", "_") in by_key}
+    replaced = set().union(*(names for name, names in getattr(config_cls, "STANDS_FOR", {}).items() if name in given))
+    shared = {key: value for key, value in shared.items() if by_key[str(key).replace("-", "_")] not in given | replaced}
     from llmkit.console import note
 
-    beneath = f", beneath its [{section}] table" if own else ""
+    beneath = f", beneath its [{section}] options" if own else ""
     note(f"{file}: its [{planned}] table is read{beneath}"
          + (f", but for {', '.join(others)}, which {planned} alone reads" if others else ""))
-    return {**{key: value for key, value in data.items() if key not in (planned, section)}, section: {**shared, **own}}
+    tables = {key: value for key, value in data.items() if isinstance(value, dict) and key not in (planned, section)}
+    return {**tables, section: {**shared, **own}}
 
 
 # A table's stage command where the two are not spelt alike (the command's `section` says which table it reads).

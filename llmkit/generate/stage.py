@@ -163,9 +163,10 @@ def run_generate(
     longest = max(len(ids) for ids in encoded)
     max_new_tokens = cfg.sampling.max_new_tokens
     if cfg.beams.num_beams > 1 and needs_window(longest, max_new_tokens, limit):  # (before a batch is made: said mid-run)
+        fix = (f"shorten it or lower --max-new-tokens to {limit - longest + 1}" if longest < limit
+               else "shorten it: it alone fills the context")
         raise UserError(f"beam search keeps the prompt and --max-new-tokens within the context ({limit} tokens), and the "
-                        f"longest prompt ({longest} tokens) with --max-new-tokens {max_new_tokens} exceeds it; shorten it or "
-                        f"lower --max-new-tokens to {max(1, limit - longest + 1)}")
+                        f"longest prompt ({longest} tokens) with --max-new-tokens {max_new_tokens} exceeds it; {fix}")
     check_fits(longest, max_new_tokens, limit, cfg.context_overflow)  # before anything is printed or written
     if needs_window(longest, max_new_tokens, limit) and cfg.context_overflow == "slide":
         from llmkit.console import note

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llmkit.errors import UsageError
 from llmkit.hardware import BY_KEY
-from llmkit.options import Options, group, option
+from llmkit.options import Options, flat_options, group, option
 from llmkit.train.options import (DEVICES_PANEL, MODEL_PANEL, TRAINING_PANEL, KeptWeightCopies, ModelChoice,
                                   ModelParallelism, Numerics, OptimizerChoice, Placement, refuse_pipeline_options_without_pp)
 
@@ -19,7 +19,9 @@ DEFAULT_VOCAB = 50257  # GPT-2's tokenizer, as the default --model gpt2 has
 
 @dataclass
 class PlanConfig(Options):
-    PLANS = "pretrain"  # a --config file without a [plan] table: its [pretrain] table's shared options (config.resolve)
+    PLANS = "pretrain"  # a --config file's [pretrain] table: its shared options, beneath plan's own (config.resolve)
+    # plan's options that stand in for pretrain's: a [pretrain] table's are not read beside them
+    STANDS_FOR = {"hf_config": frozenset(option.name for option in flat_options(ModelChoice)), "nproc": frozenset({"gpus"})}
     model: ModelChoice = group(ModelChoice, panel=MODEL_PANEL, model="gpt2")
     hf_config: Path | None = option(None, "A transformers config.json (GPT-2, Llama, Mistral or Qwen2 style), or a model folder holding one, "
                                     "instead of --model.",
