@@ -1834,7 +1834,6 @@ def test_cli_beam_search_records_and_refusals(cli, ckpt, tmp_path):
     assert shown.exit_code == 0 and records[0]["completion"] in shown.output
     for flags, said in ((["--num-beams", "3", "--temperature", "0.5"], "draws nothing, so --temperature would change nothing"),
                         (["--num-beams", "3", "--num-samples", "2"], "--num-samples would change nothing"),
-                        (["--num-beams", "3", "--logprobs", "2", "-o", tmp_path / "lp.jsonl"], "with --logprobs is not built"),
                         (["--length-penalty", "2"], "--length-penalty scores the beams of --num-beams"),
                         (["--num-beams", "0"], "--num-beams")):
         refused = cli("generate", ckpt, "-p", "KING:", "-n", "4", *flags)
@@ -1887,3 +1886,15 @@ def test_beam_search_stops_at_a_stop_string_as_transformers_stop_strings(cli, ck
                 assert ours.text.rstrip("\ufffd") == theirs.rstrip("\ufffd"), (beams, prompt, stop)
                 compared, stopped = compared + 1, stopped + (ours.finish_reason == "stop")
     assert compared >= 20 and stopped >= 2  # (a stopped beam often scores below one that runs on: it ends "length")
+    # --logprobs with beams: the model's own, of the answer found (transformers' logits over prompt and answer)
+    made = cli("generate", ckpt, "-p", "To be", "-n", "8", "--num-beams", "3", "--logprobs", "2", "-o", tmp_path / "lp.jsonl")
+    assert made.exit_code == 0, made.output
+    record = json.loads((tmp_path / "lp.jsonl").read_text())
+    answer = [t["id"] for t in record["logprobs"]]
+    assert len(answer) == record["completion_tokens"] > 0
+    ids = tok("To be", return_tensors="pt")["input_ids"][0].tolist()
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids + answer])).logits[0, len(ids) - 1 : -1].float().log_softmax(dim=-1)
+    assert [t["logprob"] for t in record["logprobs"]] == pytest.approx(theirs.gather(1, torch.tensor(answer)[:, None]).squeeze(1).tolist(),
+                                                                     abs=1e-4)
+    assert [[a["id"] for a in t["top_logprobs"]] for t in record["logprobs"]] == theirs.topk(2).indices.tolist()

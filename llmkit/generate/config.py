@@ -135,8 +135,7 @@ class GenerateConfig(Options):
         if self.beams.num_beams > 1:  # (a search, which draws nothing: what shapes a draw, or needs tokens as made, is refused)
             drawn = [f"--{name.replace('_', '-')}" for name in ("temperature", "greedy", "top_k", "top_p") if name in given]
             drawn += ["--num-samples"] if self.num_samples > 1 else []
-            built = ["--logprobs"] * (self.logprobs is not None) + ["--compile"] * self.inference.compile \
-                + ["--stream"] * bool(self.stream)
+            built = ["--compile"] * self.inference.compile + ["--stream"] * bool(self.stream)
             if drawn:
                 raise ValueError(f"--num-beams {self.beams.num_beams} searches for the likeliest completion and draws nothing, "
                                  f"so {', '.join(drawn)} would change nothing; leave {'it' if len(drawn) == 1 else 'them'} out")

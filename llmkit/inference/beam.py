@@ -43,11 +43,14 @@ def beam_search_ids(
     framing_ids: Sequence[int] = (),
     vocab_size: int | None = None,
     stops_text: Callable[[int, list[int]], bool] | None = None,
+    logprobs: int | None = None,
 ) -> list[RowResult]:
     """The best beam of each prompt (one RowResult each), as `generate_ids` returns rows; the
     arguments are its (no seeds: the search draws nothing). `stops_text(prompt, tokens)`: whether a
     continuation's text (of prompt number `prompt`) holds a stop string (--stop), which ends it as an end token does (as
-    transformers' StopStringCriteria ends a beam: its text cut there afterwards, by the caller)."""
+    transformers' StopStringCriteria ends a beam: its text cut there afterwards, by the caller).
+    `logprobs`: as generate_ids' (the model's own log-probabilities of each answer's tokens, and
+    each step's `logprobs` likeliest), read from one forward pass over each prompt and its answer."""
     if not prompt_ids:
         return []
     if any(len(p) == 0 for p in prompt_ids):
@@ -147,4 +150,21 @@ def beam_search_ids(
             results.append(RowResult(tokens[:-1], "eos"))
         else:
             results.append(RowResult(tokens, "stop" if bool(by_stop[b, 0]) else "length"))
+    if logprobs is not None:
+        for prompt, result in zip(prompt_ids, results):
+            result.logprobs, result.top_logprobs = _answer_logprobs(model, prompt, result.token_ids, logprobs, V, device)
     return results
+
+
+def _answer_logprobs(model, prompt: list[int], answer: list[int], top: int, vocab: int, device):
+    """Each answer token's log-probability after the prompt and the answer before it, and each step's
+    `top` likeliest (id, log-probability), over the first `vocab` rows: one uncached forward pass."""
+    if not answer:
+        return [], []
+    logits, _ = model(torch.tensor([prompt + answer[:-1]], device=device))
+    log_probs = logits[0, len(prompt) - 1 :, :vocab].float().log_softmax(dim=-1)
+    chosen = log_probs.gather(1, torch.tensor(answer, device=device)[:, None]).squeeze(1).tolist()
+    if not top:
+        return chosen, [[] for _ in answer]
+    best = log_probs.topk(min(top, vocab), dim=-1)
+    return chosen, [list(zip(ids, values)) for ids, values in zip(best.indices.tolist(), best.values.tolist())]

@@ -624,7 +624,7 @@ class Generator:
                 row_results = beam_search_ids(
                     self.model, [encoded[p] for p, _ in chunk], params, pad_id=pad_id, eos_ids=self.tokenizer.end_ids,
                     stop_ids=extra_stop_ids, framing_ids=tuple(self.tokenizer.special_ids.values()),
-                    vocab_size=self.tokenizer.vocab_size,
+                    vocab_size=self.tokenizer.vocab_size, logprobs=logprobs,
                     stops_text=(lambda b, ids: any(s in trackers[b].decode(ids) for s in stops)) if stops else None)
                 for b, res in enumerate(row_results):
                     for token in res.token_ids:
