@@ -21,6 +21,10 @@ row differs within its first 8 tokens, or fewer than half the rows agree through
 transformers its own compiled path (a static cache, which its `generate()` compiles once a
 CompileConfig allows the device), so compiled can be set against compiled. Compilation happens in
 the warm-up and its time is printed, not counted in tokens/s.
+
+--num-beams N times beam search instead (`llmkit generate --num-beams N` against `generate(num_beams=N,
+early_stopping=False)`): an end token (id 1) held off until the last token on both sides, so every
+row's beams run --new-tokens long; the answers must agree as greedy ones must.
 """
 
 from __future__ import annotations
@@ -90,12 +94,21 @@ def prompts_for(batch: int, length: int, vocab: int) -> list[list[int]]:
     return [torch.randint(10, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def run_llmkit(model, prompts, new_tokens, decoder=None):
+# --num-beams: the end token both sides hold off until the last token (transformers' beam search wants one)
+BEAM_END = 1
+
+
+def run_llmkit(model, prompts, new_tokens, decoder=None, beams: int = 1):
+    if beams > 1:
+        from llmkit.inference.beam import beam_search_ids
+
+        params = GenerationParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams)
+        return [r.token_ids for r in beam_search_ids(model, prompts, params, pad_id=0, eos_ids=[BEAM_END])]
     params = GenerationParams(max_new_tokens=new_tokens, stop_at_eos=False)
     return [r.token_ids for r in generate_ids(model, prompts, params, pad_id=0, decoder=decoder)]
 
 
-def run_hf(hf, prompts, new_tokens, device, compiled=False):
+def run_hf(hf, prompts, new_tokens, device, compiled=False, beams: int = 1):
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -103,11 +116,12 @@ def run_hf(hf, prompts, new_tokens, device, compiled=False):
         ids[b, width - len(p) :] = torch.tensor(p)
         mask[b, width - len(p) :] = 1
     with torch.inference_mode():
+        searched = dict(num_beams=beams, early_stopping=False, eos_token_id=BEAM_END) if beams > 1 else dict(eos_token_id=None)
         out = hf.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-            do_sample=False, pad_token_id=0, eos_token_id=None, use_cache=True, **hf_compile_kwargs(compiled),
+            do_sample=False, pad_token_id=0, use_cache=True, **searched, **hf_compile_kwargs(compiled),
         )
-    return out[:, width:].tolist()
+    return [[t for t in row if t != BEAM_END] if beams > 1 else row for row in out[:, width:].tolist()]
 
 
 def hf_compile_kwargs(compiled: bool) -> dict:
@@ -152,6 +166,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="llmkit's decode step compiled (llmkit generate --compile).")
     parser.add_argument("--row-major", action="store_true", help="keep llmkit's weights row-major (before 2026-12-01).")
     parser.add_argument("--hf-compile", action="store_true", help="transformers with a static cache, compiled.")
+    parser.add_argument("--num-beams", type=int, default=1, help="Beam search with this many beams (1: greedy).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, hf = build_models(args)
@@ -166,7 +181,10 @@ def main() -> None:
         f"device {args.device}, threads {args.threads}, torch {torch.__version__}, transformers {transformers.__version__}, "
         f"{platform.processor() or platform.machine()}"
     )
-    print(f"greedy, prompt ~{args.prompt_len} tokens, {args.new_tokens} new tokens, {args.repeats} alternating rounds; "
+    if args.num_beams > 1 and (args.compile or args.hf_compile):
+        sys.exit("--num-beams times the eager engines: leave out --compile and --hf-compile")
+    search = f"beam search ({args.num_beams} beams)" if args.num_beams > 1 else "greedy"
+    print(f"{search}, prompt ~{args.prompt_len} tokens, {args.new_tokens} new tokens, {args.repeats} alternating rounds; "
           f"llmkit {'compiled' if args.compile else 'eager'}, transformers {'compiled (static cache)' if args.hf_compile else 'eager'}\n")
     decoder = None
     if args.compile:
@@ -180,16 +198,17 @@ def main() -> None:
         prompts = prompts_for(batch, args.prompt_len, c.vocab_size)
         warm = []
         # the timed shapes themselves (the cache length follows the new tokens): compiled graphs are ready before timing
-        for warm_up in (lambda: run_llmkit(model, prompts, args.new_tokens, decoder),
-                        lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile)):
+        for warm_up in (lambda: run_llmkit(model, prompts, args.new_tokens, decoder, args.num_beams),
+                        lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile, args.num_beams)):
             start = time.perf_counter()
             warm_up()  # kernels, allocator, compilation
             warm.append(time.perf_counter() - start)
         if args.compile or args.hf_compile:
             print(f"(warm-up incl. compilation: llmkit {warm[0]:.1f} s, transformers {warm[1]:.1f} s)")
-        runs = alternate({"llmkit": synchronized(lambda: run_llmkit(model, prompts, args.new_tokens, decoder), args.device),
-                          "transformers": synchronized(lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile),
-                                                       args.device)}, args.repeats)
+        runs = alternate({"llmkit": synchronized(lambda: run_llmkit(model, prompts, args.new_tokens, decoder, args.num_beams),
+                                                 args.device),
+                          "transformers": synchronized(lambda: run_hf(hf, prompts, args.new_tokens, args.device, args.hf_compile,
+                                                                      args.num_beams), args.device)}, args.repeats)
         ours, theirs = runs["llmkit"], runs["transformers"]
         tokens = batch * args.new_tokens
         wall = median([t.wall / o.wall for o, t in zip(ours, theirs)])
