@@ -83,6 +83,9 @@ class Range:
         return f"in {self}"
 
 
+HASHED_ALWAYS = object()  # OptionSpec.hashed_unless of an option hashed at every value
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """What a field's metadata says about its option."""
@@ -93,8 +96,7 @@ class OptionSpec:
     runtime: bool = False
     hashed: bool = True
     recorded_as: str | None = None  # with hashed=False: how the manifest records it instead
-    hashed_unless: Any = None  # (with `hashed_unless_set`) a value at which it is left out of the hashed config (the module docstring)
-    hashed_unless_set: bool = False
+    hashed_unless: Any = HASHED_ALWAYS  # a value at which it is left out of the hashed config (the module docstring)
     choices: tuple[str, ...] | None = None
     range: Range | None = None  # allowed numbers, e.g. "[0, 1)"; every float must also be finite
     cli_type: Any = None  # the type typed on the command line, when not the field's own
@@ -121,7 +123,7 @@ def option(
     runtime: bool = False,
     hashed: bool = True,
     recorded_as: str | None = None,
-    hashed_unless: Any = MISSING,
+    hashed_unless: Any = HASHED_ALWAYS,
     choices: tuple[str, ...] | list[str] | None = None,
     range: str | None = None,
     cli_type: Any = None,
@@ -132,7 +134,7 @@ def option(
         raise TypeError("an option left out of the hashed config says how it is recorded instead (recorded_as=...)")
     spec = OptionSpec(
         help=help, panel=panel, flags=tuple(flags), runtime=runtime, hashed=hashed and not runtime, recorded_as=recorded_as,
-        hashed_unless=None if hashed_unless is MISSING else hashed_unless, hashed_unless_set=hashed_unless is not MISSING,
+        hashed_unless=hashed_unless,
         choices=tuple(choices) if choices else None, range=Range.parse(range) if range else None,
         cli_type=cli_type, parse=parse,
     )
@@ -321,7 +323,12 @@ class Options:
     def hashed(self) -> dict[str, Any]:
         """The options the fingerprint covers (the manifest's `config`)."""
         return {opt.name: json_ready(value) for opt, value in self._items()
-                if opt.spec.hashed and not (opt.spec.hashed_unless_set and value == opt.spec.hashed_unless)}
+                if opt.spec.hashed and not (opt.spec.hashed_unless is not HASHED_ALWAYS and value == opt.spec.hashed_unless)}
+
+    def left_out_at(self) -> dict[str, Any]:
+        """The options `hashed()` leaves out at a value, by that value: what a recorded config
+        without them ran with (a resume compares a run recorded before them so)."""
+        return {opt.name: opt.spec.hashed_unless for opt, _ in self._items() if opt.spec.hashed_unless is not HASHED_ALWAYS}
 
     def runtime(self) -> dict[str, Any]:
         """How the work ran, not what it computed (the manifest's `runtime`)."""

@@ -24,7 +24,7 @@ import torch
 
 from llmkit.errors import NotFinite, UserError
 from llmkit.inference.engine import (GenerationParams, RowResult, _prompt_tokens_seen, _Window, context_limit, in_eval_mode,
-                                     needs_window)
+                                     needs_window, token_logprobs)
 from llmkit.inference.sampling import apply_repetition_penalty
 
 UNLIKELY = -1.0e9  # transformers' score of a beam that is not there
@@ -163,8 +163,4 @@ def _answer_logprobs(model, prompt: list[int], answer: list[int], top: int, voca
         return [], []
     logits, _ = model(torch.tensor([prompt + answer[:-1]], device=device))
     log_probs = logits[0, len(prompt) - 1 :, :vocab].float().log_softmax(dim=-1)
-    chosen = log_probs.gather(1, torch.tensor(answer, device=device)[:, None]).squeeze(1).tolist()
-    if not top:
-        return chosen, [[] for _ in answer]
-    best = log_probs.topk(min(top, vocab), dim=-1)
-    return chosen, [list(zip(ids, values)) for ids, values in zip(best.indices.tolist(), best.values.tolist())]
+    return token_logprobs(log_probs, torch.tensor(answer, device=device), top)

@@ -90,6 +90,16 @@ class Completion:
     logprobs: TokenLogprobs | None = None  # (asked for: Generator.complete's `logprobs`)
 
 
+def token_logprobs(log_probs: torch.Tensor, tokens: torch.Tensor, top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Rows of log-probabilities [n, V] and a token each [n]: each token's log-probability, and each
+    row's `top` likeliest (id, log-probability) (empty lists for 0): what --logprobs records."""
+    chosen = log_probs.gather(1, tokens[:, None]).squeeze(1).tolist()
+    if not top:
+        return chosen, [[] for _ in chosen]
+    best = log_probs.topk(min(top, log_probs.size(-1)), dim=-1)
+    return chosen, [list(zip(ids, values)) for ids, values in zip(best.indices.tolist(), best.values.tolist())]
+
+
 def prepare_for_decoding(model) -> None:
     """Lay every CPU linear weight out transposed in memory: the same shape and values, column-major.
 
@@ -367,10 +377,7 @@ def generate_ids(
         tokens = next_tokens(logits, params, generators, penalised if adjust_members is None else None)
         picked = tokens.tolist()
         if logprobs is not None:
-            step_logprobs = log_probs.gather(1, tokens[:, None]).squeeze(1).tolist()
-            if logprobs:
-                top = log_probs.topk(min(logprobs, log_probs.size(-1)), dim=-1)
-                step_top = [list(zip(ids, values)) for ids, values in zip(top.indices.tolist(), top.values.tolist())]
+            step_logprobs, step_top = token_logprobs(log_probs, tokens, logprobs)
         was_alive = alive
         reported: list[int | None] = [None] * B
         alive = list(alive)
@@ -385,7 +392,7 @@ def generate_ids(
                 reported[b] = picked[b]
                 if logprobs is not None:
                     chosen_logprobs[b].append(step_logprobs[b])
-                    top_logprobs[b].append(step_top[b] if logprobs else [])
+                    top_logprobs[b].append(step_top[b])
         if not all(was_alive):
             tokens = torch.tensor(picked, dtype=torch.long, device=device)
         if seen is not None:

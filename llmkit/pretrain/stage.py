@@ -232,8 +232,8 @@ def _train(config: dict, out: str, resume: bool, tokens: str, init_from: str | N
                      "val_tokens": val_size * seq_len},
             add_files=lambda directory: copy_tokenizer_files(tokenizer_dir, Path(directory) / "tokenizer"),
             file_names=["tokenizer"],
-            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup,
-                         "document_mask": False},  # (recorded only where on: left out, it is off)
+            # (an option recorded only where set means its unrecorded value where left out)
+            unset_means={"seq_len": model_config.context_length, "warmup_steps": default_warmup, **config.left_out_at()},
         )
         params = model.num_params()  # before the layout splits (and unties) anything
         trainer = Trainer(
