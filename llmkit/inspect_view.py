@@ -375,7 +375,7 @@ def next_after_checkpoint(art) -> None:
         next_step(f"llmkit eval {run} --data TEST.jsonl -o EVAL")
     elif read_model_config(art.path).objective == "mlm":  # it neither generates nor scores text: it classifies, fine-tuned
         next_step(f"llmkit finetune {run} --task classify --data DATA.jsonl -o CLASSIFIER")
-    elif task == "sft":
+    elif task in ("sft", "dpo"):
         next_step(f"llmkit chat {run}", f"llmkit generate {run} -p TEXT", f"llmkit eval {run} --data TEST.jsonl -o EVAL")
     else:
         # (the default chat template needs llmkit's role tokens: an imported model's tokenizer has its own)

@@ -20,7 +20,8 @@ LORA_PANEL = "LoRA and freezing"
 class FinetuneConfig(Options):
     # one of each pair stands for the other: the one typed beats the other from a --config file (config.resolve)
     EITHER_OR = (("max_steps", "epochs"), ("val_fraction", "val_data"))
-    task: str = option("sft", "sft ({prompt,response} or {messages}) or classify ({text,label}).", panel=TASK_PANEL, choices=TASKS)
+    task: str = option("sft", "sft ({prompt,response} or {messages}), classify ({text,label}) or dpo, preference pairs "
+                       "({prompt,chosen,rejected}: direct preference optimization).", panel=TASK_PANEL, choices=TASKS)
     template: str = option("chat", "SFT prompt template: chat, plain, translate (source->target), summarize (document->summary) "
                            "or a JSON file.", panel=TASK_PANEL)
     text_field: str | None = option(None, "--task classify: the field holding the text (default text, else sentence; a.b: "
@@ -28,6 +29,9 @@ class FinetuneConfig(Options):
                                     recorded_as="config field (where given)")
     label_field: str | None = option(None, "--task classify: the field holding the label (default label).", panel=TASK_PANEL,
                                      hashed=False, recorded_as="config label_field (where given)")
+    dpo_beta: float | None = option(None, "--task dpo: how far from the starting model the preferences may pull it, "
+                                    "DPO's beta (default 0.1; lower lets it drift further).", panel=TASK_PANEL,
+                                    range="(0, inf)", hashed=False, recorded_as="config dpo_beta (--task dpo)")
     val_data: Path | None = option(None, "Validation records, .jsonl, .csv or .parquet, or a datasets NAME[:CONFIG] (its "
                                    "validation split) (default: hold out --val-fraction of --data).", panel=TASK_PANEL,
                                    hashed=False, recorded_as="content hash (val_data_sha256)")
@@ -98,9 +102,10 @@ class FinetuneConfig(Options):
                                                            "one of the two"),
                 ("template", self.task == "classify", "renders SFT examples; a classifier reads each text as it is: leave "
                                                       "it out"),
-                ("text_field", self.task == "sft" and self.text_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
+                ("dpo_beta", self.task != "dpo", "weighs preference pairs (--task dpo); leave it out"),
+                ("text_field", self.task != "classify" and self.text_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
                                                    "the fields it reads: a template file (--template FILE.json)"),
-                ("label_field", self.task == "sft" and self.label_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
+                ("label_field", self.task != "classify" and self.label_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
                                                     "the fields it reads: a template file (--template FILE.json)"))
         refused = [(name, why) for name, applies, why in idle if applies and given(name)]
         if refused:
@@ -121,6 +126,13 @@ class FinetuneConfig(Options):
         """What --lr left out means: 1e-4, or 1e-3 with LoRA."""
         return 1e-3 if lora_rank else 1e-4
 
+    DEFAULT_DPO_BETA = 0.1  # (TRL's DPOConfig.beta)
+
+    @property
+    def beta(self) -> float:
+        """--dpo-beta, or what leaving it out means."""
+        return self.dpo_beta if self.dpo_beta is not None else self.DEFAULT_DPO_BETA
+
     @property
     def lora_scale_alpha(self) -> float:
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
@@ -135,6 +147,8 @@ class FinetuneConfig(Options):
         # under their flags' names, which a resume's refusal shows)
         values.update({key: value for key, value in (("field", self.text_field), ("label_field", self.label_field))
                        if value is not None})
+        if self.task == "dpo":  # (its own key: sft and classify runs keep the fingerprints they had)
+            values["dpo_beta"] = self.beta
         if self.template not in ("chat", "plain", "translate", "summarize"):
             values["template"] = Path(self.template).name  # the template itself is in task.json
             values["template_sha256"] = artifacts.sha256_file(Path(self.template))

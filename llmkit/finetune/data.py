@@ -296,7 +296,7 @@ def _example_key(example) -> bytes:
     """An example as the model sees it, its tokens and what it learns (SFT's targets, a class), as a
     16-byte digest (the bytes themselves held 9 a token: 0.9 GB for 100k examples of 1,024)."""
     tokens = np.asarray(example.ids, dtype=np.int64).tobytes()
-    learned = bytes(example.learn) if isinstance(example, Encoded) else b"|%d" % example.label
+    learned = bytes(example.learn) if hasattr(example, "learn") else b"|%d" % example.label  # (a preference pair: both replies)
     return hashlib.blake2b(tokens + b"/" + learned, digest_size=16).digest()
 
 

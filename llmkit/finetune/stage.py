@@ -55,7 +55,7 @@ def finetune(checkpoint: Path | str, data: Path | str, out: Path | str, config: 
     if given is None:
         given = config.max_steps is not None or config.epochs != config.default_of("epochs")
     config = keep_recorded_settings(config, Path(out), resume=resume, lengths=("max_steps", "epochs"), length_left_out=not given)
-    template_file = Path(config.template) if config.task == "sft" and Path(config.template).is_file() else None
+    template_file = Path(config.template) if config.task != "classify" and Path(config.template).is_file() else None
     def compared() -> dict[str, str]:  # (a node's own copies of the files, at other paths, are the same run)
         contents = {"data": ft_data.file_digest(data)}
         if config.val_data:
@@ -86,6 +86,9 @@ def _check_split_model(config: FinetuneConfig, art) -> None:
 
     if config.devices.tp == 1 and config.devices.pp == 1:
         return
+    if config.task == "dpo":
+        raise UsageError("--task dpo scores each pair's replies with the whole model, which --tp/--pp split; leave them out "
+                         "and use data parallelism (--nproc/--gpus)")
     if config.task != "sft" or config.lora_rank:
         raise UsageError(SPLIT_NEEDS_A_LANGUAGE_MODEL)
     from llmkit.model.averaging import is_lora_step
@@ -157,10 +160,10 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
             f"the checkpoint's tokenizer has {tokenizer.vocab_size} tokens but its model only {model_config.vocab_size} "
             "embeddings; the checkpoint is inconsistent, re-import or rebuild it"
         )
-    if config.task == "sft" and model_config.objective != "clm":
+    if config.task != "classify" and model_config.objective != "clm":
         raise UserError(
             f"{art.path} is a masked language model (objective mlm), which cannot generate; use --task classify, "
-            "or fine-tune a causal (clm) checkpoint for --task sft"
+            f"or fine-tune a causal (clm) checkpoint for --task {config.task}"
         )
     base_task = read_task(art)
     same_head = (config.task == "classify" and base_task is not None and base_task.is_classifier
@@ -205,14 +208,14 @@ class ClassifyLoss:
     mean_over = "examples"  # batches (inputs, attention mask, labels, sample indices): one label each
 
     def __init__(self):
-        self.predictions: dict[int, tuple[int, int]] = {}  # sample index -> (predicted, gold)
+        self.by_sample: dict[int, tuple[int, int]] = {}  # sample index -> (predicted, gold)
 
     def __call__(self, model, batch):
         x, mask, labels, indices = batch
         logits, loss = model(x, labels, attention_mask=mask)
         if not torch.is_grad_enabled():
             for k, p, g in zip(indices.tolist(), logits.argmax(dim=-1).tolist(), labels.tolist()):
-                self.predictions[k] = (p, g)
+                self.by_sample[k] = (p, g)
         return loss
 
 
@@ -234,12 +237,13 @@ def confusion_scores(confusion) -> dict[str, float]:
     return {"val_accuracy": accuracy, "val_f1": f1}
 
 
-class ClassifyTrainer(Trainer):
-    """The shared loop, plus validation accuracy and macro F1 after each validation loss."""
+class ScoringTrainer(Trainer):
+    """The shared loop, plus scores of each validation beside its loss (val_metrics.jsonl), made from
+    what the loss kept of each validation sample (`loss_fn.by_sample`)."""
 
-    def __init__(self, *args, loss_fn: ClassifyLoss, labels, **kwargs):
+    def __init__(self, *args, loss_fn, **kwargs):
         super().__init__(*args, loss_fn=loss_fn, **kwargs)
-        self.collector, self.labels, self.num_labels = loss_fn, labels, len(labels.names)
+        self.collector = loss_fn
         self.step_done = self.start_step
         if self.info.is_main:
             from llmkit.train.metrics import keep_steps_up_to
@@ -251,17 +255,20 @@ class ClassifyTrainer(Trainer):
         self.step_done = step + 1
         return result
 
+    def own_samples(self) -> list[tuple[int, Any]]:
+        """What the loss kept of the samples this rank validated as its own (not a spare forward's repeat)."""
+        return [(k, kept) for k, kept in self.collector.by_sample.items() if self.engine.validates(k, self.settings.micro_batch)]
+
+    def scores(self) -> tuple[dict[str, float], str]:
+        """Collective: the validation's scores, and how they are said."""
+        raise NotImplementedError
+
     def evaluate(self):
-        self.collector.predictions.clear()
+        self.collector.by_sample.clear()
         loss = super().evaluate()
         if loss is None:
             return None
-        confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64, device=self.device)
-        for k, (p, g) in self.collector.predictions.items():
-            if self.engine.validates(k, self.settings.micro_batch):  # this rank's own, not a spare forward's repeat
-                confusion[g, p] += 1
-        confusion = dist_utils.all_reduce_sum(confusion, self.info)
-        scores = confusion_scores(confusion.cpu())
+        scores, said = self.scores()
         self.last_val_scores = scores  # the manifest's stats carry the latest figures (and a resumed run's)
         if self.info.is_main:
             from llmkit.console import err
@@ -269,9 +276,25 @@ class ClassifyTrainer(Trainer):
             record = dict(step=self.step_done, val_loss=loss, **scores)
             with (self.run_dir / "val_metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            err.print(f"step {self.step_done} validation: accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}"
-                      f"{self._one_class(confusion)}", soft_wrap=True)
+            err.print(f"step {self.step_done} validation: {said}", soft_wrap=True)
         return loss
+
+
+class ClassifyTrainer(ScoringTrainer):
+    """Validation accuracy and macro F1 after each validation loss."""
+
+    def __init__(self, *args, labels, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.labels, self.num_labels = labels, len(labels.names)
+
+    def scores(self) -> tuple[dict[str, float], str]:
+        confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64, device=self.device)
+        for _, (p, g) in self.own_samples():
+            confusion[g, p] += 1
+        confusion = dist_utils.all_reduce_sum(confusion, self.info)
+        scores = confusion_scores(confusion.cpu())
+        return scores, (f"accuracy {scores['val_accuracy']:.4f}, macro F1 {scores['val_f1']:.4f}"
+                        f"{self._one_class(confusion)}")
 
     def _one_class(self, confusion: torch.Tensor) -> str:
         """Said where every prediction is one class: the accuracy is then that class's share, not skill."""
@@ -279,6 +302,22 @@ class ClassifyTrainer(Trainer):
 
         said = one_class_answer(confusion.cpu().numpy(), self.labels.names)
         return f" ({said})" if said else ""
+
+
+class PreferenceTrainer(ScoringTrainer):
+    """--task dpo: after each validation loss, how often the chosen reply earns the higher reward, and
+    the rewards' mean margin (TRL's rewards/accuracies and rewards/margins)."""
+
+    def scores(self) -> tuple[dict[str, float], str]:
+        from llmkit.finetune.preference import reward_scores
+
+        rewards = torch.zeros(self.val_size, 3, dtype=torch.float64, device=self.device)  # chosen, rejected, scored here
+        for k, (chosen, rejected) in self.own_samples():
+            rewards[k] = torch.tensor([chosen, rejected, 1.0], dtype=torch.float64)
+        rewards = dist_utils.all_reduce_sum(rewards, self.info).cpu()  # (each sample's row from one rank: exact)
+        scores = reward_scores(rewards[rewards[:, 2] > 0, :2])
+        return scores, (f"reward accuracy {scores['val_reward_accuracy']:.4f}, margin {scores['val_reward_margin']:.4f} "
+                        f"(chosen {scores['val_chosen_reward']:.4f}, rejected {scores['val_rejected_reward']:.4f})")
 
 
 def task_record(config: FinetuneConfig, template: dict | None, labels, model, adapted: list[str], merged: bool,
@@ -336,8 +375,9 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 config.task == "classify" and base_task.labels == labels.names):  # (the docs said so; the run did not)
             from llmkit.console import note
 
-            why = "an SFT run generates with the language model's own head" if config.task == "sft" else \
-                "this run's classes are others, in another order or number"
+            why = {"sft": "an SFT run generates with the language model's own head",
+                   "dpo": "a preference run scores replies with the language model's own head"}.get(
+                config.task, "this run's classes are others, in another order or number")
             note(f"{art.path} is a classifier of {len(base_task.labels)} classes ({', '.join(base_task.labels[:4])}"
                  f"{', ...' if len(base_task.labels) > 4 else ''}); its head is left out ({why}): the layers under it are "
                  "what this run starts from")
@@ -380,7 +420,7 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 **data_stats,
             ),
             runtime={**runtime_record(config, info, micro_batch, accumulation),
-                     **({"examples_sha256": ft_data.examples_digest(train_examples)} if config.task == "sft" else {})},
+                     **({"examples_sha256": ft_data.examples_digest(_encoded(train_examples))} if config.task != "classify" else {})},
             add_files=add_files,
             file_names=["tokenizer", TASK_FILE],
             final_weights_trainable=not adapted,
@@ -396,6 +436,14 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                       val_size=val_size, resume=resume, weights=art.file(WEIGHTS) if split else None)
         if config.task == "classify":
             trainer = ClassifyTrainer(model, settings, loss_fn=loss_fn, labels=labels, **common)
+        elif config.task == "dpo":
+            from llmkit.finetune.preference import reference_log_probs
+            from llmkit.train.options import resolve_precision
+
+            # the starting model's scores, before the trainer loads a resumed run's weights
+            reference_log_probs(model.to(info.device), (train_examples, prepared.val_scored), info,
+                                resolve_precision(config.numerics.precision, info.device.type))
+            trainer = PreferenceTrainer(model, settings, loss_fn=loss_fn, **common)
         else:
             trainer = Trainer(model, settings, loss_fn=loss_fn, **common)
         if info.is_main:  # after the Trainer, so that a resume that cannot start says so first
@@ -416,6 +464,11 @@ def _train(config: dict, out: str, resume: bool, checkpoint: str, data: str) -> 
                 _note_thin_data(config, len(train_examples), len(val_examples))
                 _note_validation(config, data, len(val_examples))
         trainer.run()
+
+
+def _encoded(examples: list) -> list:
+    """The encoded sequences of SFT examples, or of preference pairs' replies (chosen, then rejected)."""
+    return [reply for example in examples for reply in getattr(example, "replies", (example,))]
 
 
 def _trained_parameters(model, model_config, config: FinetuneConfig, frozen: list[str], train_examples: list, *,
@@ -544,7 +597,7 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         records, places = [every_record[i] for i in kept], every_place.pick(kept)
         val_records, val_places = [every_record[i] for i in held], every_place.pick(held)
     template, labels = None, None
-    if config.task == "sft":
+    if config.task in ("sft", "dpo"):
         template = resolve_template(config.template)
         if template["type"] == "chat":
             template = chat_format_for(tokenizer)
@@ -552,6 +605,9 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         # task.json names the tokens this tokenizer really has (an imported GPT-2 has <|endoftext|>, no <|bos|>)
         template = {**template, **{name: tokenizer.hf.id_to_token(getattr(tokenizer, f"{name}_id"))
                                    for name in ("bos", "eos") if name in template}}
+        if config.task == "dpo":
+            return _preference_examples(config, template, tokenizer, seq_len, is_main, records, places, val_records,
+                                        val_places, first)
         if first is not None:  # a file whose every record is wrong the same way is named at its first line
             encode_example(template, first[0], tokenizer, first[1])
         train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", is_main,
@@ -591,6 +647,31 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
         loss_fn = ClassifyLoss()
         scored = scored if val_examples else []
     return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn, scored)
+
+
+def _preference_examples(config: FinetuneConfig, template: dict, tokenizer, seq_len: int, is_main: bool, records: list,
+                         places, val_records: list, val_places, first) -> _Prepared:
+    """--task dpo: the records as preference pairs, and their batches and loss."""
+    from llmkit.finetune import preference
+
+    if first is not None:  # a file whose every record is wrong the same way is named at its first line
+        preference.sft_records(first[0], template, first[1])
+    train_pairs = preference.preference_pairs(records, template, tokenizer, seq_len, config.truncate, "training", is_main,
+                                              places)
+    val_pairs = preference.preference_pairs(val_records, template, tokenizer, seq_len, config.truncate, "validation",
+                                            is_main, val_places) if val_records else []
+    ft_data.check_held_apart(train_pairs, val_pairs, given=config.val_data is not None, verbose=is_main)
+    if val_records and not val_pairs and is_main:
+        from llmkit.console import note
+
+        note(f"none of the {len(val_records)} validation preference pair(s) is left (each left out above): the run has no "
+             "validation loss; give --val-data pairs of two different replies")
+    scored = _scored_subset(val_pairs, config.eval_examples)
+    train_batches = preference.PreferenceBatches(train_pairs, pad_id=tokenizer.pad_id, seed=config.seed)
+    val_batches = preference.PreferenceBatches(scored, pad_id=tokenizer.pad_id, seed=config.seed,
+                                               shuffle=False) if val_pairs else None
+    return _Prepared(template, None, train_pairs, val_pairs, train_batches, val_batches,
+                     preference.PreferenceLoss(config.beta), scored if val_pairs else [])
 
 
 def _note_validation(config: FinetuneConfig, data: Path, held_out: int) -> None:

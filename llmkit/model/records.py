@@ -23,7 +23,7 @@ from typing import Any
 from llmkit.errors import UserError
 
 TASK_FILE = "task.json"
-TASKS = ("sft", "classify")
+TASKS = ("sft", "classify", "dpo")
 
 
 @dataclass
@@ -115,7 +115,7 @@ def label_key(value: Any, where: str) -> tuple[str, Any]:
 
 @dataclass
 class TaskRecord:
-    task: str  # "sft" | "classify"
+    task: str  # "sft" | "classify" | "dpo" (a generating model, as sft)
     template: dict[str, Any] | None = None  # sft: the prompt template the model was trained with
     labels: list[str] | None = None  # classify: class names, in head order
     label_values: list[Any] | None = None  # classify: the labels as the data spelled them
@@ -168,7 +168,7 @@ class TaskRecord:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> TaskRecord:
         if not isinstance(data, dict) or data.get("task") not in TASKS:
-            raise UserError(f"{where} is not a task record (no task sft or classify); the checkpoint is damaged, rebuild it")
+            raise UserError(f"{where} is not a task record (no task sft, classify or dpo); the checkpoint is damaged, rebuild it")
         lora = data.get("lora")
         labels = data.get("labels")
         if labels is not None and (not isinstance(labels, list) or not all(isinstance(label, str) for label in labels)):
@@ -331,6 +331,12 @@ class CheckpointStats:
     val_step: int | None = None
     val_accuracy: float | None = None
     val_f1: float | None = None
+    # --task dpo: how often the chosen reply's reward (beta x log pi/ref) beat the rejected one's, the mean
+    # margin between them, and each mean (llmkit.finetune.preference.reward_scores)
+    val_reward_accuracy: float | None = None
+    val_reward_margin: float | None = None
+    val_chosen_reward: float | None = None
+    val_rejected_reward: float | None = None
     # --patience ended the run before --max-steps: {patience, best_step, best_val_loss, validations_since_best (after
     # best_step)}; with --min-delta also {min_delta, improved_step, improved_val_loss, validations_since_improved}: the
     # validation the later ones were counted against

@@ -26,7 +26,7 @@ from llmkit.model.classifier import SequenceClassifier
 from llmkit.model.gpt import GPT
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import distributed as dist_utils
-from llmkit.train.objectives import mean_over, targets_in
+from llmkit.train.objectives import mean_over, rows_per_example, targets_in
 from llmkit.train.precision import autocast
 
 
@@ -92,7 +92,8 @@ class DataParallelRun:
         gradient is that of the mean over all of them, whatever the split. `position`: its first
         sequence's place in the step's global batch (ranks hold consecutive ones)."""
         if self.batch_invariant:
-            return self._forward_backward_per_sequence(batch, targets, step_total, position, step)
+            rows = rows_per_example(self.loss_fn)  # (a preference pair's two replies: positions 2k and 2k + 1)
+            return self._forward_backward_per_sequence(batch, targets, step_total, position * rows, step)
         share = targets * self.info.world_size / step_total  # DDP and FSDP average over ranks
         with dist_utils.gradient_sync(self.model, last), autocast(self.device, self.precision):
             loss = self.loss_fn(self.model, batch)

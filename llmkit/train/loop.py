@@ -39,7 +39,7 @@ from llmkit.train.data_parallel import DataParallelRun
 from llmkit.train.distributed import DistInfo
 from llmkit.train.launch import discard_replaced_runs
 from llmkit.train.metrics import MetricsLogger, gpu_peak_flops, peak_memory_gb
-from llmkit.train.objectives import targets_in
+from llmkit.train.objectives import rows_per_example, targets_in
 from llmkit.train.optim import build_optimizer, lr_at, set_lr
 from llmkit.train.layout import BEST_UNDER_SPLIT_MODEL, EMA_UNDER_FSDP, EMA_UNDER_SPLIT_MODEL
 from llmkit.train.options import (CPU_WITHOUT_BF16, Checkpointing, Devices, Numerics, Optimization, cpu_has_bf16_products,
@@ -167,9 +167,9 @@ def validations_in(max_steps: int, eval_every: int) -> int:
 
 
 def _perplexity(val_loss: float | None, stats: CheckpointStats) -> float | None:
-    """exp of the validation loss, for a loss over tokens; a classifier's loss is over its labels,
-    whose exp names nothing (its accuracy and F1 say how it does)."""
-    return math.exp(min(val_loss, 50.0)) if val_loss is not None and stats.task != "classify" else None
+    """exp of the validation loss, for a loss over tokens; a classifier's loss is over its labels and
+    a preference run's over its pairs, whose exp names nothing (their accuracies say how they do)."""
+    return math.exp(min(val_loss, 50.0)) if val_loss is not None and stats.task not in ("classify", "dpo") else None
 
 
 class Trainer(Resuming):
@@ -261,7 +261,7 @@ class Trainer(Resuming):
             self.engine = DataParallelRun(self.raw, info, self.device, strategy=devices.strategy,
                                           activation_checkpointing=devices.activation_checkpointing, compile=devices.compile,
                                           loss_fn=loss_fn, precision=self.precision, batch_invariant=devices.batch_invariant,
-                                          sequences_per_rank=self.accum * settings.micro_batch, seed=settings.seed,
+                                          sequences_per_rank=self.accum * settings.micro_batch * rows_per_example(loss_fn), seed=settings.seed,
                                           batch_flag=settings.batch_flag)
         self.model = self.engine.model
         self.spec.runtime["batch_invariant"] = getattr(self.engine, "batch_invariant", False)  # what the option resolved to

@@ -114,9 +114,16 @@ def mean_over(loss_fn) -> MeanOver | None:
 lm_loss.mean_over = "tokens"  # batches (inputs, targets with IGNORE_INDEX), the loss a mean over target tokens
 
 
+def rows_per_example(loss_fn) -> int:
+    """The batch rows one example takes (`loss.rows_per_example`): 1, or 2 for a preference pair
+    (its chosen and rejected replies, adjacent rows), whose gradients per sequence then sit at
+    rows' positions, not examples'."""
+    return getattr(loss_fn, "rows_per_example", 1)
+
+
 def targets_in(loss_fn, batch: Sequence[torch.Tensor]) -> int:
     """What `loss_fn`'s mean is over in `batch`: its target tokens for a language-model loss
-    (mean_over "tokens"), else its examples (one label each)."""
+    (mean_over "tokens"), else its examples (one label, or one preference pair, each)."""
     if mean_over(loss_fn) == "tokens":
         return int((batch[1] != IGNORE_INDEX).sum())
-    return int(batch[0].shape[0])
+    return int(batch[0].shape[0]) // rows_per_example(loss_fn)

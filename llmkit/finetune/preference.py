@@ -1,0 +1,309 @@
+"""Preference pairs for `finetune --task dpo` (direct preference optimization, Rafailov et al. 2023):
+records -> pairs of encoded replies -> batches, the starting model's log-probability of each
+reply, and DPO's loss.
+
+A record is a prompt and two replies to it, the one preferred (`chosen`) and the other
+(`rejected`), in the shapes TRL's DPOTrainer reads: `{"prompt", "chosen", "rejected"}` as text,
+the prompt a conversation (`"prompt"` or `"messages"`, a list of messages ending with the user's)
+and each reply text or `[{"role": "assistant", "content": ...}]`, or two whole conversations
+that differ only in their last (assistant) message. Each reply is encoded as an SFT example with
+the run's template, the reply where the response goes, and only the reply's own tokens are
+scored (the template's end of turn with it).
+
+The loss of a pair is TRL's sigmoid loss, -log sigmoid(beta x ((log pi(chosen) - log
+ref(chosen)) - (log pi(rejected) - log ref(rejected)))), each log-probability summed over the
+reply's tokens. The reference is the starting model, scored once before the first step (TRL's
+`precompute_ref_log_probs`), each reply alone: no second copy of the model is held while training,
+and the values do not depend on the batch, the process count or a resume.
+
+A batch holds a pair's two replies in adjacent rows, chosen first (`rows_per_example = 2`, which
+the training engine reads: under --batch-invariant a pair's rows take positions 2k and 2k + 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from llmkit.console import note
+from llmkit.data.templates import ROLES, Encoded, encode_example, plain_fields
+from llmkit.errors import UserError
+from llmkit.finetune.data import Examples, _EpochOrder, _picked, _places, shorten
+from llmkit.jsonl import json_kind
+from llmkit.model.gpt import IGNORE_INDEX
+
+CHOSEN, REJECTED = "chosen", "rejected"
+
+
+@dataclass
+class PreferencePair:
+    chosen: Encoded
+    rejected: Encoded
+    # each reply's log-probability under the starting model (reference_log_probs), once scored
+    reference: tuple[float, float] | None = None
+
+    @property
+    def replies(self) -> tuple[Encoded, Encoded]:
+        return self.chosen, self.rejected
+
+    @property
+    def ids(self) -> list[int]:
+        """Both replies' tokens, apart (what repeats are told by, and the largest id is checked in)."""
+        return [*self.chosen.ids, -1, *self.rejected.ids]
+
+    @property
+    def learn(self) -> list[bool]:
+        return [*self.chosen.learn, False, *self.rejected.learn]
+
+
+# -- records -> two SFT records -------------------------------------------------------------------
+
+def _reply_text(value: Any, where: str, name: str) -> str:
+    """A reply as text: text, or TRL's conversational form, one assistant message."""
+    if isinstance(value, str):
+        return value
+    if (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "assistant"
+            and isinstance(value[0].get("content"), str)):
+        return value[0]["content"]
+    raise UserError(f"{where} field {name!r} is {json_kind(value)}: a reply is text, or [{{\"role\": \"assistant\", "
+                    "\"content\": text}]; fix the record")
+
+
+def _messages(value: Any, where: str, name: str) -> list[dict[str, str]]:
+    ok = isinstance(value, list) and value and all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in value)
+    if not ok:
+        raise UserError(f"{where}: {name!r} must be a non-empty list of {{\"role\": system|user|assistant, \"content\": text}}")
+    return value
+
+
+def _chat_prompt_and_replies(record: dict[str, Any], where: str) -> tuple[list[dict[str, str]], str, str]:
+    """The conversation the replies answer, and the two replies' texts."""
+    chosen, rejected = record[CHOSEN], record[REJECTED]
+    prompt = record.get("messages", record.get("prompt"))
+    if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
+        # TRL's implicit prompt: two whole conversations, the prompt being what they share
+        chosen, rejected = _messages(chosen, where, CHOSEN), _messages(rejected, where, REJECTED)
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        if len(chosen) != shared + 1 or len(rejected) != shared + 1:
+            raise UserError(f"{where}: 'chosen' and 'rejected' are conversations that differ before their last message; "
+                            "they must share every message but the last (the two replies), or give the shared part as 'prompt'")
+        history, chosen, rejected = chosen[:shared], chosen[-1:], rejected[-1:]
+    elif isinstance(prompt, str):
+        history = [{"role": "user", "content": prompt}]
+        system = record.get("system")
+        if isinstance(system, str) and system:
+            history.insert(0, {"role": "system", "content": system})
+        elif system not in (None, ""):
+            raise UserError(f"{where} field 'system' is {json_kind(system)}, not text; fix the record or leave it out")
+    elif prompt is None:
+        raise UserError(f"{where} has no prompt: give 'prompt' (text, or a list of messages) beside 'chosen' and "
+                        "'rejected'")
+    else:
+        history = _messages(prompt, where, "messages" if "messages" in record else "prompt")
+    if not history or history[-1]["role"] != "user":
+        raise UserError(f"{where}: the prompt's last message must be the user's (the replies answer it)")
+    return history, _reply_text(chosen, where, CHOSEN), _reply_text(rejected, where, REJECTED)
+
+
+def sft_records(record: Any, template: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A preference record as the two SFT records of its replies: the chosen one, the rejected one."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where} is {json_kind(record)}, not a record with 'prompt', 'chosen' and 'rejected'")
+    missing = [name for name in (CHOSEN, REJECTED) if name not in record]
+    if missing:
+        raise UserError(f"{where} has no {' or '.join(map(repr, missing))} field: a preference pair is a prompt, the reply "
+                        "preferred ('chosen') and the other ('rejected')")
+    if template["type"] == "chat":
+        if record.get("response") is not None:
+            raise UserError(f"{where} has 'response' beside 'chosen' and 'rejected'; a preference pair's replies are those "
+                            "two: leave 'response' out")
+        history, chosen, rejected = _chat_prompt_and_replies(record, where)
+        return tuple({"messages": [*history, {"role": "assistant", "content": reply}]} for reply in (chosen, rejected))
+    fields = plain_fields(template["response"], "the template")
+    if len(fields) != 1:
+        raise UserError(f"--task dpo puts each reply where the template's response has its one field, and this template's "
+                        f"response has {len(fields)} ({template['response']!r}); use a template whose response is one field")
+    target = fields[0]
+    if record.get(target) is not None:
+        raise UserError(f"{where} has {target!r} beside 'chosen' and 'rejected'; a preference pair's replies are those two, "
+                        f"each read as the template's {target!r}: leave it out")
+    rest = {key: value for key, value in record.items() if key not in (CHOSEN, REJECTED)}
+    return tuple({**rest, target: _reply_text(record[name], where, name)} for name in (CHOSEN, REJECTED))
+
+
+def _last_reply_only(example: Encoded) -> Encoded:
+    """Only the last learned span: the reply itself, not an earlier assistant turn of the prompt."""
+    learn = list(example.learn)
+    end = max((i for i, flag in enumerate(learn) if flag), default=-1)
+    start = end
+    while start > 0 and learn[start - 1]:
+        start -= 1
+    return Encoded(example.ids, [start <= i <= end for i in range(len(learn))], example.unlearned_turns)
+
+
+def preference_pairs(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
+                     verbose: bool = True, places: Sequence[str] | None = None) -> Examples:
+    """Encode preference records: each reply as an SFT example of at most max_len + 1 tokens (its
+    last only predicted), cut to fit with --truncate as SFT cuts (the prompt gives way first),
+    else refused. A pair with a blank reply, or the same reply twice, is left out and counted."""
+    places = _places(records, name, places)
+    fits = max_len + 1
+    specials = set(tokenizer.special_ids.values())
+    pairs, too_long, longest, longest_at, no_room, blank, same = [], 0, 0, 0, 0, 0, 0
+    for i, record in enumerate(records):
+        replies = sft_records(record, template, places[i])
+        encoded = [_last_reply_only(encode_example(template, reply, tokenizer, places[i], suggest_template=False))
+                   for reply in replies]
+        texts = [[t for t, learned in zip(e.ids[1:], e.learn[1:]) if learned and t not in specials] for e in encoded]
+        if any(not tokenizer.decode(text).strip() for text in texts):
+            blank += 1
+            continue
+        if encoded[0].ids == encoded[1].ids:
+            same += 1
+            continue
+        length = max(len(e.ids) for e in encoded)
+        if length > longest:
+            longest, longest_at = length, i
+        if length > fits:
+            too_long += 1
+            if not truncate:
+                continue
+            encoded = [_last_reply_only(shorten(template, reply, e, tokenizer, fits, places[i])[0]) if len(e.ids) > fits else e
+                       for reply, e in zip(replies, encoded)]
+        if not all(any(e.learn[1:]) for e in encoded):
+            no_room += 1
+            continue
+        pairs.append(PreferencePair(*encoded))
+    if too_long and not truncate:
+        raise UserError(f"{too_long} of {len(records)} {name} preference pairs have a reply longer than {fits} tokens with its "
+                        f"prompt (the longest, {places[longest_at]}, has {longest}): the model reads {max_len} of them (the "
+                        "context length or --seq-len), the last being only predicted; pass --truncate to cut them, or use a "
+                        "checkpoint with a longer context")
+    if verbose and blank:
+        note(f"{blank} of {len(records)} {name} preference pairs left out: a reply is empty or only whitespace; fill it in, "
+             "or leave the pair out of the data")
+    if verbose and same:
+        note(f"{same} of {len(records)} {name} preference pairs left out: their two replies are the same, which prefers "
+             "nothing; leave such pairs out of the data")
+    if verbose and too_long:
+        note(f"{too_long} of {len(records)} {name} preference pairs were cut to fit {max_len} positions (--truncate)"
+             + (f"; {no_room} left out, a reply not fitting" if no_room else ""))
+    if not pairs and name == "training":
+        raise UserError(f"no {name} preference pair is left to train on ({blank} with a blank reply, {same} with the same "
+                        f"reply twice, {no_room} whose reply does not fit); give pairs of two different replies")
+    cut = too_long if truncate else 0
+    return Examples(pairs, name, verbose, cut, {"records": len(records), "kept": len(pairs), "blank": blank,
+                                               "same_replies": same, "truncated": cut, "no_room": no_room})
+
+
+# -- batches -----------------------------------------------------------------------------------------
+
+def _inputs_and_targets(reply: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reply's inputs and targets: its next tokens where the reply is, IGNORE_INDEX elsewhere."""
+    ids = torch.tensor(reply.ids, dtype=torch.long)
+    learn = torch.tensor(reply.learn[1:], dtype=torch.bool)
+    return ids[:-1], torch.where(learn, ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
+
+
+class PreferenceBatches:
+    """(inputs [2n, W], targets [2n, W], reference log-probabilities [n, 2], sample indices [n]) for n
+    pairs, each pair's chosen reply in row 2k and its rejected one in row 2k + 1, right-padded."""
+
+    def __init__(self, pairs: Sequence[PreferencePair], *, pad_id: int, seed: int, shuffle: bool = True):
+        self.pairs, self.pad_id = list(pairs), pad_id
+        self._order = _EpochOrder(len(self.pairs), seed) if shuffle else None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def rows(self, indices: Sequence[int]) -> list[PreferencePair]:
+        return _picked(self.pairs, self._order, indices)
+
+    def pad_width(self, indices: Sequence[int]) -> int:
+        return max(len(reply.ids) for pair in self.rows(indices) for reply in pair.replies) - 1
+
+    def tokens(self, indices: Sequence[int]) -> int:
+        return sum(len(reply.ids) - 1 for pair in self.rows(indices) for reply in pair.replies)
+
+    def __call__(self, indices: Sequence[int], width: int | None = None):
+        pairs = self.rows(indices)
+        if any(pair.reference is None for pair in pairs):
+            raise RuntimeError("a preference pair was batched before the starting model scored it (reference_log_probs)")
+        width = width or max(len(reply.ids) for pair in pairs for reply in pair.replies) - 1
+        x = torch.full((2 * len(pairs), width), self.pad_id, dtype=torch.long)
+        y = torch.full((2 * len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+        for k, pair in enumerate(pairs):
+            for j, reply in enumerate(pair.replies):
+                inputs, targets = _inputs_and_targets(reply)
+                x[2 * k + j, :len(inputs)], y[2 * k + j, :len(targets)] = inputs, targets
+        reference = torch.tensor([pair.reference for pair in pairs], dtype=torch.float32)
+        return x, y, reference, torch.tensor(list(indices), dtype=torch.long)
+
+
+# -- the reference model and the loss ------------------------------------------------------------
+
+def reply_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[rows] each row's log-probability of its targets (IGNORE_INDEX positions left out), in fp32."""
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+    return -nll.view(targets.shape).sum(dim=1)
+
+
+@torch.no_grad()
+def reference_log_probs(model: torch.nn.Module, pair_sets: Sequence[Sequence[PreferencePair]], info, precision: str) -> None:
+    """Score every reply under the model as it starts (the DPO reference), each alone, the work shared
+    among the processes and summed (each value from one process: exact); sets each pair's `reference`."""
+    from llmkit.train import distributed as dist_utils
+    from llmkit.train.precision import autocast
+
+    every = [pair for pairs in pair_sets for pair in pairs]
+    values = torch.zeros(len(every), 2, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    for k in range(info.rank, len(every), info.world_size):
+        for j, reply in enumerate(every[k].replies):
+            inputs, targets = _inputs_and_targets(reply)
+            with autocast(info.device, precision):
+                logits = model(inputs[None].to(info.device))[0]
+            values[k, j] = float(reply_log_probs(logits, targets[None].to(info.device))[0])
+    values = dist_utils.all_reduce_sum(values.to(info.device), info).cpu()
+    for pair, (chosen, rejected) in zip(every, values.tolist()):
+        pair.reference = (chosen, rejected)
+    model.train(was_training)
+
+
+class PreferenceLoss:
+    """DPO's sigmoid loss, a mean over pairs; during validation it also keeps each pair's rewards,
+    beta x log(pi / ref) of its chosen and its rejected reply."""
+
+    mean_over = "examples"
+    rows_per_example = 2
+
+    def __init__(self, beta: float):
+        self.beta = beta
+        self.by_sample: dict[int, tuple[float, float]] = {}  # sample index -> (chosen reward, rejected reward)
+
+    def __call__(self, model, batch):
+        x, y, reference, indices = batch
+        logits = model(x)[0]
+        ratios = reply_log_probs(logits, y).view(-1, 2) - reference  # [n, 2]: log pi/ref of the chosen, the rejected reply
+        rewards = self.beta * ratios
+        loss = -F.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
+        if not torch.is_grad_enabled():
+            for k, (chosen, rejected) in zip(indices.tolist(), rewards.tolist()):
+                self.by_sample[k] = (chosen, rejected)
+        return loss
+
+
+def reward_scores(rewards: torch.Tensor) -> dict[str, float]:
+    """TRL's validation figures from the pairs' rewards [n, 2]: how often the chosen reply's reward
+    is the higher (val_reward_accuracy), the mean margin between them, and each mean."""
+    chosen, rejected = rewards[:, 0], rewards[:, 1]
+    return {"val_reward_accuracy": float((chosen > rejected).double().mean()),
+            "val_reward_margin": float((chosen - rejected).mean()),
+            "val_chosen_reward": float(chosen.mean()), "val_rejected_reward": float(rejected.mean())}
