@@ -408,6 +408,23 @@ def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory
     assert 0.2 < p < 0.9 and abs(metrics["accuracy_norm_ci95"] - expected) < 0.15 * expected, (metrics, expected)
 
 
+def test_a_label_is_scored_after_the_text_the_model_reads(loaded, shared_data):
+    """The default label template ends the text in "\n": "." then "\n" alone, but ".\n" one token once
+    a label follows. lm-eval's split scored the label right after the "." (the "\n" in neither
+    part); the tokens from where the encodings part are scored, and the pair is the whole text."""
+    from llmkit.eval.choice import encode_pair
+
+    tok = loaded.tokenizer
+    rows = [json.loads(line) for line in (shared_data / "sentiment" / "test.jsonl").read_text().splitlines()[:40]]
+    parted = 0
+    for row in rows:
+        context, label = row["text"] + "\n", "negative"
+        ids, continuation = encode_pair(tok, context, label)
+        assert ids + continuation == tok.encode(context + label)
+        parted += ids != tok.encode(context)
+    assert parted > 0  # (the case arises in this data with this tokenizer)
+
+
 def test_label_likelihood_classification_on_sentiment(cli, gpt2_ckpt, shared_data, tmp_path):
     from sklearn.metrics import accuracy_score, f1_score
 

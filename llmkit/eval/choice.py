@@ -6,7 +6,11 @@ choice with the highest sum; `acc_norm` divides each sum by the choice's length 
 first, the delimiter not counted (lm-eval's `acc_norm`), which removes the bias towards short
 answers. Trailing spaces of the context move to the continuation and the continuation's tokens
 are the ones the tokenizer gives for context + continuation beyond those of the context alone,
-as in lm-eval's `_encode_pair`.
+as in lm-eval's `_encode_pair`, except where the two encodings part before the context's end: a
+context ending in ".\n" (eval's default label template "{text}\n" after a sentence) encodes "." +
+"\n", but with the label after it llmkit's tokenizers write ".\n" as one token; lm-eval's split
+then scored the label after the "." alone, a text the model never reads. Here the tokens from
+where the two part are scored (the same ".\n" for every label).
 """
 
 from __future__ import annotations
@@ -62,7 +66,10 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context = context[:-spaces]
     whole = tokenizer.encode(context + continuation)
     context_ids = tokenizer.encode(context) if context else []
-    return context_ids, whole[len(context_ids) :]
+    shared = 0  # (where the context's own tokens stop being those of the whole: at its end, almost always)
+    while shared < min(len(context_ids), len(whole)) and context_ids[shared] == whole[shared]:
+        shared += 1
+    return whole[:shared], whole[shared:]
 
 
 def score_pairs(
