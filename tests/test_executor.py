@@ -465,6 +465,28 @@ def test_sigterm_reaches_the_stage_after_ray_starts_in_another_thread(tmp_path):
     assert result.stdout.split("\n")[:2] == ["during [15]", "after [15, 15]"], result.stdout
 
 
+def test_a_sigterm_while_ray_shuts_down_stops_the_stage_with_its_line(tmp_path):
+    """Ray's shutdown sets SIGTERM's C action to the default midway: a kill then ended the stage without a
+    word, its lock and partial folder left (a review). The stage's own action is kept in place throughout."""
+    (tmp_path / "a.txt").write_text("To be, or not to be, that is the question.\n\n" * 50)
+    script = (
+        "import os, signal, sys, threading\n"
+        "import ray\n"
+        "shutdown = ray.shutdown\n"
+        "def killed_midway(*args, **kwargs):\n"
+        "    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()\n"
+        "    return shutdown(*args, **kwargs)\n"
+        "ray.shutdown = killed_midway\n"
+        "from llmkit.cli import main\n"
+        f"sys.argv = ['llmkit', 'clean', {str(tmp_path / 'a.txt')!r}, '-o', {str(tmp_path / 'out')!r}, '--executor', 'ray',"
+        " '--workers', '1']\n"
+        "main()\n"
+    )
+    result = _python_with_its_own_ray(script)
+    assert result.returncode == 143 and "error: terminated" in result.stderr, (result.returncode, result.stderr[-2000:])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt"]
+
+
 def test_a_signal_while_ray_starts_stops_the_stage_after_the_start(tmp_path):
     """SIGTERM late in ray.init met Ray's own handler (sys.exit(15): exit 15, no line); Ctrl-C early in it
     could land in a fork hook and be lost (the run went on). Both are held to the start's end, then raised
