@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("corpus", "tokenizer", "tokens", "checkpoint", "eval", "sweep", "scaling")
 # Packages whose versions are recorded in every manifest (informational, not hashed).
-_RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score",
+RECORDED_PACKAGES = ("torch", "tokenizers", "datasets", "numpy", "pyarrow", "safetensors", "sacrebleu", "rouge-score",
                       "matplotlib",  # (the charts a sweep or a fit holds are its bytes)
                       "ftfy", "py3langid", "regex", "xxhash", "tiktoken")  # (clean's repairs, languages, words and shingles)
 
@@ -76,7 +76,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": sys.version.split()[0], "llmkit": __version__}
-    for name in _RECORDED_PACKAGES:
+    for name in RECORDED_PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

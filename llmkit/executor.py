@@ -370,15 +370,24 @@ def ray_ordered_map(function: Callable[[Any], Any], items: Iterable[Any], *, wor
                 ray.kill(actor)
 
 
-def _llmkit_here() -> dict[str, Any]:
+def _llmkit_here(packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """Which llmkit this process's Python imports, and a SHA-256 of its source (every .py file under
-    the package, by relative path). Sent to every node by value (_check_nodes_run_this_llmkit), so it
-    imports only inside and computes the digest itself: it runs where llmkit is missing, and tells
-    any other llmkit as other code (one from before the probe lacked the function it called: "cannot
+    the package, by relative path), and the versions of Python and of `packages` (those the work
+    computes with). Sent to every node by value (_check_nodes_run_this_llmkit), so it imports only
+    inside and computes the digest itself: it runs where llmkit is missing, and tells any other
+    llmkit as other code (one from before the probe lacked the function it called: "cannot
     import", a review)."""
     import hashlib
     import os
     import sys
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "none"
 
     try:
         import llmkit
@@ -391,7 +400,7 @@ def _llmkit_here() -> dict[str, Any]:
             with open(os.path.join(package, source), "rb") as handle:
                 digest.update(source.encode() + b"\0" + handle.read() + b"\0")
         return {"digest": digest.hexdigest(), "version": getattr(llmkit, "__version__", "?"), "where": package,
-                "python": sys.executable}
+                "python": sys.executable, "versions": versions}
     except Exception as exc:  # (not only ImportError: an llmkit that fails as it imports is as unusable)
         return {"digest": None, "error": " ".join(f"{type(exc).__name__}: {exc}".split())[:200], "python": sys.executable}
 
@@ -416,14 +425,16 @@ def _check_nodes_run_this_llmkit(ray) -> None:
     (coming up, busy) is not waited for: its workers are the ones that tell."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from llmkit.artifacts import RECORDED_PACKAGES
+
     probe = ray.remote(num_cpus=0, max_retries=0)(_by_value(_llmkit_here))
     nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
-    asked = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote():
+    asked = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(RECORDED_PACKAGES):
              node.get("NodeManagerAddress", node["NodeID"]) for node in nodes}
     answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=PROBE_WAIT)
     for ref in late:
         ray.cancel(ref, force=True)
-    mine = _llmkit_here()
+    mine = _llmkit_here(RECORDED_PACKAGES)
     for ref in answered:
         try:
             theirs = ray.get(ref)
@@ -437,6 +448,13 @@ def _check_nodes_run_this_llmkit(ray) -> None:
             raise UserError(f"the Ray node at {node} runs other llmkit code ({theirs['version']}, in {theirs['where']}) than "
                             f"this driver ({mine['version']}, in {mine['where']}): its workers would compute with it under this "
                             "run's fingerprint; install the same llmkit on every node of the cluster")
+        other = [(name, version, mine["versions"].get(name)) for name, version in theirs["versions"].items()
+                 if version != mine["versions"].get(name)]
+        if other:  # (the manifest records the driver's versions: the work would be another's under them)
+            said = ", ".join(f"{name} {version} (this driver: {ours})" for name, version, ours in other[:3])
+            raise UserError(f"the Ray node at {node} computes with other versions than this driver: {said}; its workers "
+                            "would give other results under this run's fingerprint; install the same versions on every "
+                            "node (pip install -c constraints.txt, as this driver's)")
 
 
 RETRIES = 3

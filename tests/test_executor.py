@@ -620,19 +620,24 @@ except UserError as exc:
 """
 
 
-@pytest.mark.parametrize("node_has", ["no llmkit", "another llmkit"])
+@pytest.mark.parametrize("node_has", ["no llmkit", "another llmkit", "another ftfy"])
 def test_a_node_without_llmkit_or_with_other_llmkit_code_is_refused_before_any_work(tmp_path, node_has):
     """Ray sends workers only references to llmkit's code, which each node imports from its own Python:
     without llmkit every worker failed as it started (Ray's tracebacks, about 100 lines, then advice
     about memory), and with another llmkit the work would be done by other code under this run's
-    fingerprint. The nodes' Python here is this one's, with PYTHONPATH putting another llmkit first."""
+    fingerprint; and with other versions of the libraries the work computes with (ftfy's repairs), other
+    results under the versions the manifest records, the driver's. The nodes' Python here is this one's,
+    with PYTHONPATH putting another llmkit (or another ftfy's metadata) first."""
     import shutil
     import subprocess
 
     import llmkit
 
     other = tmp_path / "node_path" / "llmkit"
-    if node_has == "no llmkit":
+    if node_has == "another ftfy":
+        (other.parent / "ftfy-0.0.1.dist-info").mkdir(parents=True)
+        (other.parent / "ftfy-0.0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ftfy\nVersion: 0.0.1\n")
+    elif node_has == "no llmkit":
         other.mkdir(parents=True)
         (other / "__init__.py").write_text("raise ImportError(\"No module named 'llmkit'\")\n")
     else:
@@ -646,8 +651,13 @@ def test_a_node_without_llmkit_or_with_other_llmkit_code_is_refused_before_any_w
     if node_has == "no llmkit":
         assert out.startswith("refused: the Ray node at ") and "cannot import llmkit (ImportError: No module named 'llmkit'" in out, out
         assert "install this llmkit" in out, out
-    else:
+    elif node_has == "another llmkit":
         assert out.startswith("refused: the Ray node at ") and f"runs other llmkit code (0.1.0, in {other})" in out, out
+    else:
+        from importlib import metadata
+
+        assert out.startswith("refused: the Ray node at ") and "computes with other versions than this driver: ftfy 0.0.1 " \
+            f"(this driver: {metadata.version('ftfy')})" in out, out
     assert "Traceback" not in result.stderr and "retries" not in result.stderr, result.stderr[-2000:]
 
 
