@@ -234,6 +234,13 @@ def resolve(
         elif all(from_file.get(name) is not None for name in pair):  # (a sweep's configs/RUN.yaml holds max_steps: null)
             raise UsageError(f"{file} sets both {' and '.join(known[name].flag for name in pair)}, which stand for one "
                              "another; keep one")
+    for name, names in getattr(config_cls, "STANDS_FOR", {}).items():  # (plan's --hf-config for the model flags): the typed side wins
+        typed_names = (explicit or {}).keys()
+        if name in typed_names:
+            for other in names - typed_names:
+                values.pop(other, None)
+        elif names & typed_names:
+            values.pop(name, None)
     typed = {k: v for k, v in (explicit or {}).items() if k in known}
     for name in values.keys() & from_file.keys() - typed.keys():  # (text in a file: a lone surrogate there is an escape)
         values[name] = _joined_pairs(values[name])

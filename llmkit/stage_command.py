@@ -229,8 +229,9 @@ def standard_parameters(section: str, *, resume: str | None, force: str | None, 
     but = f" but the input{'s' if len(typed_inputs) > 1 else ''} {', '.join(typed_inputs)}" if typed_inputs else ""
     article = "an" if section[0] in "aeiou" else "a"
     config_help = (f"TOML/YAML file with any of this command's options{but} ({article} {escape(f'[{section}]')} table, or keys at top level); "
-                   "paths in it are read as typed here, from the current folder.")
-    params.append(inspect.Parameter("config", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option("--config", help=config_help)]))
+                   "paths in it are read as typed here, from the current folder; a flag typed here wins over it.")
+    # (several, to refuse a second: Click kept the last alone, and the first file's settings were dropped unsaid)
+    params.append(inspect.Parameter("config", keyword, default=None, annotation=Annotated[Optional[list[Path]], typer.Option("--config", help=config_help)]))
     if force is not None:
         params.append(inspect.Parameter("force", keyword, default=False, annotation=Annotated[bool, typer.Option("--force", help=force)]))
     return params
@@ -275,6 +276,14 @@ def stage_command(
 
     def command(ctx: typer.Context, **values: Any) -> None:
         from llmkit.config import explicit_params, resolve
+
+        files = values.get("config") or []
+        if len(files) > 1:
+            from llmkit.errors import UsageError
+
+            raise UsageError(f"--config is given {len(files)} times ({', '.join(map(str, files))}); a command reads one "
+                             "file: put the settings in one (a later table or key does not add to an earlier file's)")
+        values["config"] = files[0] if files else None
 
         typed = {}  # only the options given on the command line: the rest may come from --config
         for name, value in explicit_params(ctx).items():

@@ -324,6 +324,15 @@ def test_config_files_with_wrong_types_or_tables_are_refused(cli, chain, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_second_config_file_is_refused_not_dropped(cli, chain, tmp_path):
+    """Click kept the last of a repeated --config: the first file's settings were dropped without a word."""
+    (tmp_path / "a.toml").write_text("[pretrain]\nmax_steps = 1\n")
+    (tmp_path / "b.toml").write_text("[pretrain]\nlr = 0.01\n")
+    result = cli("pretrain", chain / "tokens", "-o", tmp_path / "out", "--config", tmp_path / "a.toml", "--config", tmp_path / "b.toml")
+    assert "--config is given 2 times" in _one_line_error(result) and result.exit_code == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_and_import_refuse_unknown_config_keys(cli, chain, tmp_path):
     (tmp_path / "c.toml").write_text('[export]\nprecision = "bf16"\n[import]\nprecision = "bf16"\n')
     assert "unknown option(s)" in _one_line_error(cli("export", chain / "ckpt", "-o", tmp_path / "e", "--config", tmp_path / "c.toml"))

@@ -793,6 +793,17 @@ def test_a_pretrain_config_file_plans_its_run(cli, tmp_path):
         (tmp_path / "mixed.toml").write_text(text)
         mixed = cli("plan", "--config", tmp_path / "mixed.toml", "--gpu", "cpu", "--json")
         assert mixed.exit_code == 0 and check(json.loads(mixed.stdout)), (text, mixed.output)
+    # a flag typed beats what it stands in for in the file, either way round, as --max-steps beats a file's epochs
+    # (a review: a typed --hf-config was refused beside the file's model, a typed --nproc beside its gpus)
+    for text, typed, check in (
+            ('[pretrain]\nmodel = "tiny"\nn_layer = 3\n', ["--hf-config", tmp_path / "llama.json"], lambda p: p["model"]["parameters"] > 7e9),
+            ('[plan]\nmodel = "tiny"\n', ["--hf-config", tmp_path / "llama.json"], lambda p: p["model"]["parameters"] > 7e9),
+            ('[plan]\ngpus = 8\nmodel = "tiny"\n', ["--nproc", "2"], lambda p: p["layout"]["gpus"] == 2),
+            (f'[plan]\nhf_config = "{tmp_path / "llama.json"}"\n', ["--model", "tiny"],
+             lambda p: p["model"] == _plan(cli, "--model", "tiny", "--gpu", "cpu")["model"])):
+        (tmp_path / "typed.toml").write_text(text)
+        over = cli("plan", "--config", tmp_path / "typed.toml", *typed, "--gpu", "cpu", "--json")
+        assert over.exit_code == 0 and check(json.loads(over.stdout)), (text, typed, over.output)
     # a misspelt key of the [pretrain] table is named as such (not as one pretrain reads)
     (tmp_path / "bad.toml").write_text('[pretrain]\nmodle = "tiny"\n')
     bad = cli("plan", "--config", tmp_path / "bad.toml", "--gpu", "cpu")
