@@ -135,6 +135,12 @@ def perplexity_documents(loaded, cfg):
                         "or evaluate a chat fine-tune")
     name = pick_field(records, cfg.text_field, TEXT_FIELDS, "text to score", "--field")
     texts = [text_of(r, name, place(records, i)) for i, r in enumerate(records)]
+    empty = [i for i, text in enumerate(texts) if not text]
+    if empty and texts and len(empty) < len(texts):  # (a perplexity of fewer documents than the file has: said)
+        from llmkit.console import note
+
+        note(f"{len(empty)} of the {len(texts)} records have an empty {name!r} (the first, {place(records, empty[0])}): "
+             "nothing to score, left out; predictions.jsonl numbers the others by their record")
     # (numbered by record, so that predictions.jsonl joins back to the data past an empty record)
     return [dataclasses.replace(document_from_text(text, tokenizer), index=i) for i, text in enumerate(texts) if text]
 
