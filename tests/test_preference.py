@@ -53,7 +53,7 @@ def _metrics(run: Path, name: str = "metrics.jsonl") -> list[dict]:
 
 
 def _dpo(cli, base, out: Path, train: Path, *extra: str):
-    result = cli("finetune", base["checkpoint"], "-o", out, "--task", "dpo", "--template", "translate", "--data", train, *extra)
+    result = cli("finetune", base["checkpoint"] if isinstance(base, dict) else base, "-o", out, "--task", "dpo", "--template", "translate", "--data", train, *extra)
     assert result.exit_code == 0, result.output
     return result
 
@@ -103,6 +103,26 @@ def test_a_text_template_puts_each_reply_where_its_response_goes(base):
     pair = preference_pairs([record], template, tokenizer, 256, False, "training", verbose=False)[0]
     assert pair.chosen == encode_example(template, {"source": "Ein Hund.", "target": "A dog."}, tokenizer, "r")
     assert pair.rejected == encode_example(template, {"source": "Ein Hund.", "target": "dog. A"}, tokenizer, "r")
+
+
+def test_truncate_cuts_one_prompt_for_both_replies(base):
+    """A long chosen reply beside a short rejected one: cut one at a time, the short reply kept the whole
+    prompt the long one lost, and the pair compared answers to different questions (a review)."""
+    from llmkit.finetune.preference import preference_pairs
+
+    tokenizer = _tokenizer(base)
+    template = _template("translate", tokenizer)
+    source = "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt, steht neben einem Baum im Park am See."
+    record = {"source": source, "chosen": "A man in an orange hat staring at something stands beside a tree in the park.",
+              "rejected": "No."}
+    whole = preference_pairs([record], template, tokenizer, 256, False, "training", verbose=False)[0]
+    fits = len(whole.chosen.ids) - 8  # (the source's end gives way; the reply stays whole)
+    pair = preference_pairs([record], template, tokenizer, fits - 1, True, "training", verbose=False)[0]
+    prompts = [reply.ids[:reply.prompt_length] for reply in pair.replies]
+    assert prompts[0] == prompts[1] and len(pair.chosen.ids) <= fits
+    assert len(prompts[0]) < whole.chosen.prompt_length  # the source was cut, for both
+    for cut, full in zip(pair.replies, whole.replies):  # each reply whole after it
+        assert cut.ids[cut.prompt_length:] == full.ids[full.prompt_length:]
 
 
 def test_pairs_that_prefer_nothing_are_left_out_and_counted(base, cli, tmp_path, reversed_pairs):
@@ -174,14 +194,22 @@ def test_validation_loss_and_rewards_equal_trls_dpo_trainer(base, cli, tmp_path,
 
 
 def test_a_held_out_preference_is_learned_from_even_odds(base, cli, tmp_path, reversed_pairs):
-    """The first step's loss is log 2 (the model is its own reference); ten steps later the chosen
-    reply out-scores the rejected one on held-out pairs, and the model still writes English."""
+    """The first step's loss is log 2 (the model is its own reference, without dropout by default as in
+    TRL, however the checkpoint was trained); ten steps later the chosen reply out-scores the rejected
+    one on held-out pairs, and the model still writes English."""
     train = write_jsonl(tmp_path / "train.jsonl", reversed_pairs[:360])
     val = write_jsonl(tmp_path / "val.jsonl", reversed_pairs[360:])
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"source": r["source"], "target": r["chosen"]} for r in reversed_pairs[:16]])
+    dropped = tmp_path / "dropped"  # a checkpoint that trains with dropout 0.1
+    assert cli("finetune", base["checkpoint"], "-o", dropped, "--template", "translate", "--data", sft, "--max-steps", "1",
+               "--batch-size", "8", "--val-fraction", "0", "--dropout", "0.1").exit_code == 0
     run = tmp_path / "run"
-    _dpo(cli, base, run, train, "--val-data", val, "--max-steps", "10", "--eval-every", "10", "--batch-size", "16",
+    _dpo(cli, dropped, run, train, "--val-data", val, "--max-steps", "10", "--eval-every", "10", "--batch-size", "16",
          "--lr", "1e-3", "--log-every", "1")
     assert _metrics(run)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    noisy = tmp_path / "noisy"
+    _dpo(cli, dropped, noisy, train, "--max-steps", "1", "--batch-size", "16", "--log-every", "1", "--dropout", "0.1")
+    assert abs(_metrics(noisy)[0]["loss"] - math.log(2)) > 1e-3  # (what the default keeps off)
     scores = _metrics(run, "val_metrics.jsonl")[-1]
     assert scores["val_reward_accuracy"] >= 0.9 and scores["val_loss"] < 0.3, scores
     art = artifacts.load(run)
@@ -198,15 +226,16 @@ def test_the_split_the_threads_and_the_processes_do_not_change_the_artifact(base
     and 6 pairs on 1 or 2 threads, and two processes, give the same weights to the bit (full and LoRA)."""
     data = write_jsonl(tmp_path / "pairs.jsonl", reversed_pairs[:120])
     for lora in ([], ["--lora-rank", "4"]):
-        prints = set()
+        prints, curves = set(), set()
         for micro, threads, nproc in (("1", "2", "1"), ("3", "1", "1"), ("6", "2", "1"), ("2", "1", "2")):
             out = tmp_path / f"run-{micro}-{threads}-{nproc}-{len(lora)}"
             _dpo(cli, base, out, data, "--max-steps", "3", "--eval-every", "3", "--batch-size", "12", "--micro-batch", micro,
-                 "--threads", threads, "--nproc", nproc, "--lr", "1e-3", "--val-fraction", "0.1", *lora)
+                 "--threads", threads, "--nproc", nproc, "--lr", "1e-3", "--val-fraction", "0.1", "--log-every", "1", *lora)
             art = artifacts.load(out)
             assert art.manifest.runtime["batch_invariant"] is True and art.manifest.runtime["world_size"] == int(nproc)
             prints.add(art.fingerprint)
-        assert len(prints) == 1, lora
+            curves.add(tuple(record["loss"] for record in _metrics(out)))  # (each pair's loss added in one order)
+        assert len(prints) == 1 and len(curves) == 1, (lora, curves)
 
 
 def test_a_resumed_run_ends_on_the_same_bytes(base, cli, tmp_path, reversed_pairs):
@@ -249,6 +278,8 @@ PAIR = {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."}
     [
         ([{"prompt": "a", "chosen": "b"}] * 4, [], "data.jsonl:1 has no 'rejected' field: a preference pair is a prompt"),
         ([{"chosen": "b", "rejected": "c"}] * 4, [], "data.jsonl:1 has no prompt: give 'prompt'"),
+        ([{**PAIR, "prompt": 5}] * 4, [], "data.jsonl:1 field 'prompt' is a number: the prompt is text, or a list of"),
+        ([{**PAIR, "messages": [{"role": "user", "content": "a"}]}] * 4, [], "has both 'prompt' and 'messages'"),
         ([{**PAIR, "chosen": 3}] * 4, [], "data.jsonl:1 field 'chosen' is a number: a reply is text"),
         ([{**PAIR, "response": "x"}] * 4, [], "data.jsonl:1 has 'response' beside 'chosen' and 'rejected'"),
         ([{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "chosen": "c",
@@ -263,7 +294,7 @@ PAIR = {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."}
         ([PAIR] * 4, ["--dpo-beta", "0"], "--dpo-beta"),
         ([PAIR] * 4, ["--tp", "2", "--nproc", "2"], "--task dpo scores each pair's replies with the whole model"),
     ],
-    ids=["no-rejected", "no-prompt", "reply-number", "response-beside", "prompt-ends-assistant", "conversations-differ",
+    ids=["no-rejected", "no-prompt", "prompt-number", "prompt-and-messages", "reply-number", "response-beside", "prompt-ends-assistant", "conversations-differ",
          "target-beside", "all-same", "beta-without-dpo", "beta-zero", "tensor-parallel"],
 )
 def test_bad_pairs_are_a_one_line_error(base, cli, tmp_path, rows, extra, message):

@@ -50,7 +50,7 @@ class FinetuneConfig(Options):
               "warmup_steps": "Linear warmup steps (default min(50, steps/20))."},
     )
     numerics: Numerics = group(Numerics, panel=TRAINING_PANEL)
-    dropout: float | None = option(None, "Dropout while fine-tuning (default: the checkpoint's).", panel=TRAINING_PANEL, range="[0, 1)")
+    dropout: float | None = option(None, "Dropout while fine-tuning (default: the checkpoint's; 0 for --task dpo, as TRL's).", panel=TRAINING_PANEL, range="[0, 1)")
     checkpoints: Checkpointing = group(Checkpointing, panel=TRAINING_PANEL, eval_every=100, save_every=200)
     eval_examples: int = option(1024, "Validation examples per evaluation (at most).", panel=TRAINING_PANEL, range="[1, inf)",
                                 runtime=True)

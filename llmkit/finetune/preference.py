@@ -83,6 +83,8 @@ def _messages(value: Any, where: str, name: str) -> list[dict[str, str]]:
 def _chat_prompt_and_replies(record: dict[str, Any], where: str) -> tuple[list[dict[str, str]], str, str]:
     """The conversation the replies answer, and the two replies' texts."""
     chosen, rejected = record[CHOSEN], record[REJECTED]
+    if record.get("messages") is not None and record.get("prompt") is not None:
+        raise UserError(f"{where} has both 'prompt' and 'messages'; the replies answer one conversation: give one of the two")
     prompt = record.get("messages", record.get("prompt"))
     if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
         # TRL's implicit prompt: two whole conversations, the prompt being what they share
@@ -104,8 +106,12 @@ def _chat_prompt_and_replies(record: dict[str, Any], where: str) -> tuple[list[d
     elif prompt is None:
         raise UserError(f"{where} has no prompt: give 'prompt' (text, or a list of messages) beside 'chosen' and "
                         "'rejected'")
-    else:
+    elif isinstance(prompt, list):
         history = _messages(prompt, where, "messages" if "messages" in record else "prompt")
+    else:
+        name = "messages" if "messages" in record else "prompt"
+        raise UserError(f"{where} field {name!r} is {json_kind(prompt)}: the prompt is text, or a list of "
+                        "{\"role\": system|user|assistant, \"content\": text}")
     if not history or history[-1]["role"] != "user":
         raise UserError(f"{where}: the prompt's last message must be the user's (the replies answer it)")
     return history, _reply_text(chosen, where, CHOSEN), _reply_text(rejected, where, REJECTED)
@@ -147,11 +153,28 @@ def _last_reply_only(example: Encoded) -> Encoded:
     return Encoded(example.ids, [start <= i <= end for i in range(len(learn))], example.unlearned_turns)
 
 
+def _cut_together(encoded: list[Encoded], replies: tuple[dict, dict], template: dict, tokenizer, fits: int,
+                  where: str) -> list[Encoded]:
+    """A pair too long, cut to `fits` tokens with one prompt for both replies: the prompt as SFT cuts it
+    for the longer reply (its oldest exchanges, the longest field's end first), then each reply after it,
+    its own end cut where even that does not fit. Cut one reply at a time, the short reply kept the
+    whole prompt the long one lost, and the pair compared two answers to different questions (a review)."""
+    longer = max(range(2), key=lambda j: len(encoded[j].ids))
+    cut = _last_reply_only(shorten(template, replies[longer], encoded[longer], tokenizer, fits, where)[0])
+    prompt = cut.ids[:cut.prompt_length]
+    together = []
+    for example in encoded:
+        start = example.prompt_length
+        ids, learn = prompt + example.ids[start:], [False] * len(prompt) + example.learn[start:]
+        together.append(Encoded(ids[:fits], learn[:fits], example.unlearned_turns))
+    return together
+
+
 def preference_pairs(records: list[dict], template: dict, tokenizer, max_len: int, truncate: bool, name: str,
                      verbose: bool = True, places: Sequence[str] | None = None) -> Examples:
     """Encode preference records: each reply as an SFT example of at most max_len + 1 tokens (its
-    last only predicted), cut to fit with --truncate as SFT cuts (the prompt gives way first),
-    else refused. A pair with a blank reply, or the same reply twice, is left out and counted."""
+    last only predicted), cut to fit with --truncate as SFT cuts (the prompt gives way first, the
+    same prompt for both replies: _cut_together), else refused. A pair with a blank reply, or the same reply twice, is left out and counted."""
     places = _places(records, name, places)
     fits = max_len + 1
     specials = set(tokenizer.special_ids.values())
@@ -174,8 +197,7 @@ def preference_pairs(records: list[dict], template: dict, tokenizer, max_len: in
             too_long += 1
             if not truncate:
                 continue
-            encoded = [_last_reply_only(shorten(template, reply, e, tokenizer, fits, places[i])[0]) if len(e.ids) > fits else e
-                       for reply, e in zip(replies, encoded)]
+            encoded = _cut_together(encoded, replies, template, tokenizer, fits, places[i])
         if not all(any(e.learn[1:]) for e in encoded):
             no_room += 1
             continue
@@ -262,6 +284,9 @@ def reference_log_probs(model: torch.nn.Module, pair_sets: Sequence[Sequence[Pre
     from llmkit.train.precision import autocast
 
     every = [pair for pairs in pair_sets for pair in pairs]
+    if info.is_main:  # (a pause before the first step, two forwards a pair: said)
+        note(f"scoring the {2 * len(every):,} replies of the {len(every):,} training and validation pairs under the "
+             f"starting model (DPO's reference), each alone{f', shared by {info.world_size} processes' if info.distributed else ''}")
     values = torch.zeros(len(every), 2, dtype=torch.float64)
     was_training = model.training
     model.eval()
@@ -293,8 +318,14 @@ class PreferenceLoss:
         logits = model(x)[0]
         ratios = reply_log_probs(logits, y).view(-1, 2) - reference  # [n, 2]: log pi/ref of the chosen, the rejected reply
         rewards = self.beta * ratios
-        loss = -F.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
-        if not torch.is_grad_enabled():
+        losses = -F.logsigmoid(rewards[:, 0] - rewards[:, 1])
+        loss = losses.mean()
+        if torch.is_grad_enabled():  # (each pair's own, for a logged loss that the split does not change)
+            from llmkit.model.sequence_grads import record_sequence_loss
+
+            for k, value in enumerate(losses.detach().tolist()):
+                record_sequence_loss(2 * k, value)
+        else:
             for k, (chosen, rejected) in zip(indices.tolist(), rewards.tolist()):
                 self.by_sample[k] = (chosen, rejected)
         return loss

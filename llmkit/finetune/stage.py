@@ -155,6 +155,8 @@ def build_model(art, config: FinetuneConfig, tokenizer, labels, *, split: bool =
         refuse_a_config_its_weights_do_not_fit(model_config, art.path / WEIGHTS)  # (before a model of its size is built)
     if config.dropout is not None:
         model_config.dropout = config.dropout
+    elif config.task == "dpo":  # (TRL's disable_dropout: the policy's log-probabilities as the reference's were scored)
+        model_config.dropout = 0.0
     if tokenizer.vocab_size > model_config.vocab_size:
         raise UserError(
             f"the checkpoint's tokenizer has {tokenizer.vocab_size} tokens but its model only {model_config.vocab_size} "

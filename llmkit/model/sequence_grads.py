@@ -260,6 +260,15 @@ def active() -> bool:
     return bool(_active)
 
 
+def record_sequence_loss(row: int, value: float) -> None:
+    """A loss not made by the fused head (a preference pair's, at its first row): kept by the row's
+    position in the step, as the fused head keeps each sequence's, so that the step's loss is added in
+    one order whatever the split (DataParallelRun.step_loss). Nothing outside per_sequence_gradients."""
+    if _active:
+        where = _active[-1]
+        where.sequence_losses[where.first + row] = value
+
+
 def recompute_contexts():
     """For torch.utils.checkpoint's context_fn: the recomputation in the backward pass runs the
     forward's ops as they ran (per sequence, for the same micro-batch), not the usual ones."""

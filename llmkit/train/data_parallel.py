@@ -125,7 +125,8 @@ class DataParallelRun:
         losses, self.sequence_losses = self.sequence_losses, {}
         if not self.batch_invariant:
             return None
-        sums = torch.zeros(global_batch, 2, dtype=torch.float64)  # per position: its loss sum; 1 where it has one
+        rows = global_batch * rows_per_example(self.loss_fn)  # (a preference pair's loss sits at its first row)
+        sums = torch.zeros(rows, 2, dtype=torch.float64)  # per position: its loss sum; 1 where it has one
         if losses:  # (one indexed write for the step's sequences: this runs every step)
             sums[list(losses)] = torch.tensor([[value, 1.0] for value in losses.values()], dtype=torch.float64)
         if self.info.distributed:  # each position's row from one rank, zeros from the others: an exact sum
