@@ -205,6 +205,9 @@ def _no_equals_sign(value: Path | None) -> Path | None:
         fix = (f"write -o {rest} or --out={rest}" if rest and not rest.startswith("=") else
                "give a path after -o (a name that starts with '=' with its folder before it: $PWD/=NAME)")
         raise typer.BadParameter(f"{value} starts with '='; {fix}")
+    if value is not None and str(value) == "-":  # (a file named "-" was written: `--prompts -` reads standard input)
+        raise typer.BadParameter("'-' is no output path here: generate and chat print to standard output when -o is "
+                                 "left out; give a file or folder name (./- for one named '-')")
     return value
 
 

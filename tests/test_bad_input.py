@@ -324,6 +324,14 @@ def test_config_files_with_wrong_types_or_tables_are_refused(cli, chain, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dash_for_the_output_is_refused(cli, chain, tmp_path, monkeypatch):
+    """`-o -` wrote a file named "-" (where `--prompts -` reads standard input)."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("generate", chain / "ckpt", "-p", "hi", "--max-new-tokens", "2", "-o", "-")
+    assert "'-' is no output path here" in _one_line_error(result) and result.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_second_config_file_is_refused_not_dropped(cli, chain, tmp_path):
     """Click kept the last of a repeated --config: the first file's settings were dropped without a word."""
     (tmp_path / "a.toml").write_text("[pretrain]\nmax_steps = 1\n")

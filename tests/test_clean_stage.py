@@ -90,6 +90,10 @@ def test_same_input_and_config_give_the_same_fingerprint(shared_data, tmp_path):
     for setting in ({"num_perm": 120}, {"bands": 9}, {"threshold": 0.8}):  # (unread: refused, as any rule's that is off)
         with pytest.raises(UserError, match="would change nothing here .*--no-near-dedup turns off"):
             CleanConfig(near_dedup=False, **setting)
+    for setting in ({"split": "1.5"}, {"dataset_config": "foo"}):  # (files read nothing of them: a review found them ignored)
+        with pytest.raises(UserError, match="would change nothing here .*which --dataset NAME names"):
+            CleanConfig(**setting)
+    CleanConfig(dataset="some/set", split="validation", dataset_config="en")
     assert plain[0].fingerprint == plain[1].fingerprint and plain[0].manifest.seed is None
     assert not {"seed", "num_perm", "bands", "rows", "ngram", "threshold"} & set(plain[0].config)
     # --threshold is recorded as the bands x rows it picks: typed as those, the same corpus and fingerprint

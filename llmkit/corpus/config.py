@@ -159,7 +159,10 @@ class CleanConfig(Options):
         from llmkit.options import flat_options
 
         idle = {"min_language_score": (not self.languages, "the language filter, which --languages or --preset web turns on"),
-                "normalization": (not self.fix_unicode, "--fix-unicode's normalisation")}
+                "normalization": (not self.fix_unicode, "--fix-unicode's normalisation"),
+                # (on files they read nothing, unsaid, as a review found: --split 1.5 ran)
+                "dataset_config": (self.dataset is None, "the reading of a data set, which --dataset NAME names"),
+                "split": (self.dataset is None, "the reading of a data set, which --dataset NAME names")}
         # (the seed too is unread without near-dedup, and allowed: one seed for every stage of a recipe)
         idle.update({name: (not self.near_dedup, "near-duplicate removal, which --no-near-dedup turns off")
                      for name in _MINHASH_SETTINGS if name != "seed"})
