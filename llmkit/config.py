@@ -71,6 +71,8 @@ def _unique_key_loader():
 
 def load_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--config {path} is a folder; pass a .toml or .yaml file")
     if not path.is_file():
         raise UsageError(f"config file not found: {path}; pass an existing .toml or .yaml file")
     from llmkit.jsonl import SNIFF_BYTES, wide_encoding
@@ -83,9 +85,10 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UsageError(f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     try:
-        if path.suffix == ".toml":
+        suffix = path.suffix.lower()  # (RUN.TOML is a TOML file)
+        if suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
+        elif suffix in (".yaml", ".yml"):
             import yaml
 
             data = yaml.load(text, Loader=_unique_key_loader()) or {}

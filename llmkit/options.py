@@ -347,8 +347,9 @@ def value_problem(opt: Any, value: Any) -> str | None:
     """What is wrong with `value` for option `opt` (its type, finiteness, range, choices), or None."""
     flag = opt.flag
     problem = _type_problem(value, opt.type)
-    if problem:
-        return f"{flag} must be {problem}, got {value!r}"
+    if problem:  # (true and null as a config file spells them: "got True" named no value the user wrote)
+        shown = {True: "true", False: "false", None: "null"}.get(value, repr(value)) if isinstance(value, (bool, type(None))) else repr(value)
+        return f"{flag} must be {problem}, got {shown}"
     for number in _numbers(value):
         if isinstance(number, float) and not math.isfinite(number):
             return f"{flag} must be a finite number, got {value!r}"

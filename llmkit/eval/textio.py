@@ -79,7 +79,8 @@ def pick_field(records: list[dict], given: str | None, candidates: Sequence[str]
     if name is None:
         name = first_field(records, candidates)
         if name is None:
-            raise UserError(f"cannot find the {what} in {where} (fields: {', '.join(records[0]) or 'none'}); pass {flag} NAME")
+            raise UserError(f"cannot find the {what} in {where}: no field {', '.join(candidates)} (its fields: "
+                            f"{', '.join(records[0]) or 'none'}); pass {flag} NAME")
     if "." in name and not any(name in record for record in records):  # (a key of that name wins)
         for record in records:
             value = jsonl.field_value(record, name)

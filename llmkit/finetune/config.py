@@ -102,7 +102,7 @@ class FinetuneConfig(Options):
                                                            "one of the two"),
                 ("template", self.task == "classify", "renders SFT examples; a classifier reads each text as it is: leave "
                                                       "it out"),
-                ("dpo_beta", self.task != "dpo", "weighs preference pairs (--task dpo); leave it out"),
+                ("dpo_beta", self.task != "dpo" and self.dpo_beta is not None, "weighs preference pairs (--task dpo); leave it out"),
                 ("text_field", self.task != "classify" and self.text_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
                                                    "the fields it reads: a template file (--template FILE.json)"),
                 ("label_field", self.task != "classify" and self.label_field is not None, "name(s) a classifier's fields (--task classify); an SFT template names "
