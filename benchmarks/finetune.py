@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/finetune.py                      # LoRA, Llama-shaped `mini`, CPU
     .venv/bin/python benchmarks/finetune.py --method full        # full fine-tuning
     .venv/bin/python benchmarks/finetune.py --method full --family gpt2 --preset tiny
+    .venv/bin/python benchmarks/finetune.py --task dpo           # preference pairs (DPO), LoRA
 
 Both sides train the same weights (an llmkit GPT copied into the matching transformers class,
 `llmkit.model.hf_weights`) on the same batches: DialogSum dialogues and summaries (../shared/data/
@@ -25,6 +26,14 @@ two sides agree (checked: the first step to 1e-5 relative, every step to 1e-2). 
 alternate over --rounds rounds of --steps steps each, in one process; each round's ratio is taken
 and the median printed, with wall time and CPU time (all threads) per trained token (real,
 unpadded positions).
+
+With --task dpo both sides train DPO on preference pairs of the same dialogues: the chosen reply is
+a dialogue's own summary, the rejected one another dialogue's (`llmkit.finetune.preference`:
+`PreferenceBatches`, the starting model's log-probabilities scored once, `PreferenceLoss`, beta
+0.1); the transformers loop is TRL's loss written out (a concatenated forward of both replies'
+rows, each reply's log-probability summed over its tokens, -log sigmoid of beta x the difference
+of the log-ratios), with the same precomputed reference. TRL's DPOTrainer itself is not timed: its
+Trainer loop adds per-step work no plain loop has; its loss equals llmkit's (tests/test_preference.py).
 """
 
 from __future__ import annotations
@@ -71,20 +80,30 @@ def copy_adapters(model, peft_model) -> None:
     assert copied == sum(".lora_" in n for n in theirs), "every peft adapter has an llmkit counterpart"
 
 
-def reference_step(hf, optimizer, params, batch) -> float:
-    inputs, targets = batch
-    logits = hf(input_ids=inputs).logits
-    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-100)
+def reference_step(hf, optimizer, params, batch, beta: float | None = None) -> float:
+    if beta is None:  # SFT: next-token cross-entropy on the response tokens
+        inputs, targets = batch
+        logits = hf(input_ids=inputs).logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-100)
+    else:  # DPO (TRL's sigmoid loss) on rows chosen, rejected, chosen, ...
+        inputs, targets, reference, _ = batch
+        logits = hf(input_ids=inputs).logits
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
+        ratios = -nll.view(targets.shape).sum(1).view(-1, 2) - reference
+        loss = -F.logsigmoid(beta * (ratios[:, 0] - ratios[:, 1])).mean()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=("lora", "full"), default="lora")
+    parser.add_argument("--task", choices=("sft", "dpo"), default="sft")
+    parser.add_argument("--no-batch-invariant", action="store_true",
+                        help="llmkit sums gradients as usual (what a GPU run does), not per sequence (a CPU run's default)")
     parser.add_argument("--family", choices=("llama", "gpt2"), default="llama")
     parser.add_argument("--preset", default="mini")
     parser.add_argument("--rank", type=int, default=16)
@@ -118,14 +137,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         corpus = write_corpus_artifact(Path(work) / "corpus", [f"{r['document']}\n{r['summary']}" for r in records]).path
         tok = load_tokenizer(train_tokenizer([corpus], Path(work) / "tok", TokenizerTrainConfig(vocab_size=args.vocab_size)))
-    examples = sft_examples(records, resolve_template("summarize"), tok, args.seq_len, True, "benchmark", verbose=False)
-    batches = SFTBatches(examples, pad_id=tok.pad_id, seed=0)
+    dpo = args.task == "dpo"
+    if dpo:
+        from llmkit.finetune.preference import PreferenceBatches, PreferenceLoss, preference_pairs
+
+        pairs = [{"document": r["document"], "chosen": r["summary"], "rejected": records[(i + 1) % len(records)]["summary"]}
+                 for i, r in enumerate(records)]
+        examples = preference_pairs(pairs, resolve_template("summarize"), tok, args.seq_len, True, "benchmark", verbose=False)
+        batches = PreferenceBatches(examples, pad_id=tok.pad_id, seed=0)
+    else:
+        examples = sft_examples(records, resolve_template("summarize"), tok, args.seq_len, True, "benchmark", verbose=False)
+        batches = SFTBatches(examples, pad_id=tok.pad_id, seed=0)
 
     lora = args.method == "lora"
     adapters = dict(lora_rank=args.rank, lora_targets=list(LORA_TARGETS)) if lora else {}
-    config = FinetuneConfig.build(task="sft", batch_size=args.batch_size, schedule="constant", warmup_steps=0,
-                                  micro_batch=args.batch_size, eval_every=0, save_every=0, **adapters)
+    config = FinetuneConfig.build(task=args.task, batch_size=args.batch_size, schedule="constant", warmup_steps=0,
+                                  micro_batch=args.batch_size, eval_every=0, save_every=0, **adapters,
+                                  **({"batch_invariant": False} if args.no_batch_invariant else {}))
     model = shaped_model(args.preset, args.family, tok.vocab_size, context_length=args.seq_len)
+    if dpo:  # (both sides start from these weights: the reference scored once, as the run does before its first step)
+        from llmkit.finetune.preference import reference_log_probs
+
+        reference_log_probs(model, [examples], DistInfo(device=torch.device("cpu")), "fp32")
+    loss_fn = PreferenceLoss(config.beta) if dpo else sft_loss
     hf = transformers_copy(model).train()
     torch.manual_seed(config.seed)
     if lora:
@@ -146,24 +180,26 @@ def main() -> None:
     # Every round trains on the same `steps` batches (the same work per round), as an epoch loop would.
     cycle = args.steps * args.batch_size
     step_batches = [batches(range(step * args.batch_size, (step + 1) * args.batch_size)) for step in range(args.steps)]
-    tokens_per_round = sum(int((x != tok.pad_id).sum()) for x, _ in step_batches)
-    widths = sorted(x.shape[1] for x, _ in step_batches)
+    tokens_per_round = sum(int((batch[0] != tok.pad_id).sum()) for batch in step_batches)
+    widths = sorted(batch[0].shape[1] for batch in step_batches)
 
     with tempfile.TemporaryDirectory() as work:
         trainer = Trainer(model, settings, info=DistInfo(device=torch.device("cpu")), run_dir=Path(work) / "run",
-                          batches=lambda indices: batches([k % cycle for k in indices]), loss_fn=sft_loss,
+                          batches=lambda indices: batches([k % cycle for k in indices]), loss_fn=loss_fn,
                           spec=ArtifactSpec(config={}, seed=0))
         step_fns = {
             "llmkit": lambda step: trainer.train_step(step)[0],
-            "transformers": lambda step: reference_step(hf, optimizer, params, step_batches[step % args.steps]),
+            "transformers": lambda step: reference_step(hf, optimizer, params, step_batches[step % args.steps],
+                                                        beta=config.beta if dpo else None),
         }
 
         def steps_of(name: str, first: int) -> list[float]:
             return [step_fns[name](step) for step in range(first, first + args.steps)]
 
         warm = {name: steps_of(name, 0) for name in step_fns}
-        print(f"{args.method} fine-tuning of {args.family} `{args.preset}` ({model.num_params() / 1e6:.1f}M parameters, "
-              f"{trainable:,} trainable), batches of {args.batch_size} DialogSum examples padded to {widths[0]}-{widths[-1]} "
+        what = "preference pairs of DialogSum summaries (two rows each)" if dpo else "DialogSum examples"
+        print(f"{args.method} {'DPO' if dpo else 'SFT'} of {args.family} `{args.preset}` ({model.num_params() / 1e6:.1f}M parameters, "
+              f"{trainable:,} trainable), batches of {args.batch_size} {what} padded to {widths[0]}-{widths[-1]} "
               f"tokens, {args.steps} steps per round ({tokens_per_round:,} real tokens), {args.threads} thread(s), "
               f"torch {torch.__version__}")
         runs = alternate({name: lambda r, name=name: steps_of(name, (r + 1) * args.steps) for name in step_fns}, args.rounds)
