@@ -390,6 +390,9 @@ def test_bootstrap_intervals_of_perplexity_and_accuracy_norm_are_sized_as_theory
     result = cli("eval", gpt2_ckpt, "--data", tmp_path / "short.txt", "--bootstrap", "100", "-o", tmp_path / "short")
     assert result.exit_code == 0 and "no interval for perplexity" in " ".join(result.output.split()), result.output
     assert not any(name.endswith("_ci95") for name in _metrics(tmp_path / "short"))
+    # ... and the same artifact as without --bootstrap (a review: recorded, another fingerprint for the same scores)
+    assert cli("eval", gpt2_ckpt, "--data", tmp_path / "short.txt", "-o", tmp_path / "plain").exit_code == 0
+    assert artifacts.load(tmp_path / "short").fingerprint == artifacts.load(tmp_path / "plain").fingerprint
     # one long text: its windows are resampled
     (tmp_path / "book.txt").write_text(shakespeare[100_000:130_000])
     result = cli("eval", gpt2_ckpt, "--data", tmp_path / "book.txt", "--bootstrap", "200", "-o", tmp_path / "book")

@@ -271,7 +271,11 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             from llmkit.model.ensemble import scoring_members
 
             raise UserError(exc.explained(scoring_members(loaded) if loaded is not None else [])) from None
+        # (a --bootstrap that gave no interval, one record or one window, with a note: the same scores as without it,
+        # so the same artifact; it was recorded, another fingerprint for the same metrics.json, a review found)
         build.config = _recorded_eval_config(cfg, loaded.member_weights if loaded is not None else [])
+        if not any(name.endswith("_ci95") for name in scores.metrics):
+            build.config.pop("bootstrap", None)
         build.seed = cfg.seed if cfg.draws else None  # the same scores under any --seed are the same artifact
         build.stats = {**scores.stats, "signatures": scores.signatures, "metrics": list(scores.metrics)}
         build.runtime = {**cfg.runtime(), "device": device, "seconds": round(time.perf_counter() - started, 3)}
