@@ -113,8 +113,12 @@ def connected(address: str | None) -> Iterator[Any]:
                 _put_back(signal.SIGTERM, sigterm_action)
     except ConnectionError as exc:
         reason = " ".join(str(exc).split()).split(". ")[0]  # its first sentence, whole
-        raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); start one with "
-                        "`ray start --head` there, or check --ray-address") from None
+        # (a cluster started with token authentication turns away a client without it, as unreachable: a review)
+        token = (Path.home() / ".ray" / "auth_token").is_file() and not os.environ.get("RAY_AUTH_MODE")
+        fix = ("this machine has a Ray token (~/.ray/auth_token): if the cluster checks tokens, set RAY_AUTH_MODE=token; "
+               "else start one" if token else "start one")
+        raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); {fix} with `ray start --head` there, or "
+                        "check --ray-address") from None
     except BaseException:
         stop()  # (a Ctrl-C held to the end of the start)
         raise

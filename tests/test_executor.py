@@ -266,6 +266,30 @@ def test_an_address_with_no_cluster_behind_it_is_a_one_line_error_at_once(monkey
     assert time.perf_counter() - started < 10
 
 
+def test_a_cluster_that_turns_the_client_away_names_the_token_setting_where_a_token_is_here(monkeypatch, tmp_path):
+    """A cluster started with token authentication answers, then refuses a client without the token: Ray's
+    own words name neither (a review: "start one with `ray start --head`" was the advice)."""
+    from llmkit import executor
+    from llmkit.errors import UserError
+
+    def turned_away(**_):
+        raise ConnectionError("Failed to connect to GCS. Please check `gcs_server.out` for more details.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", turned_away)
+    monkeypatch.setattr(executor, "_check_reachable", lambda address: None)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"\(Failed to connect to GCS\); start one with"):
+        with executor.connected("127.0.0.1:6397"):
+            pass
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("secret")
+    with pytest.raises(UserError, match=r"if the cluster checks tokens, set RAY_AUTH_MODE=token"):
+        with executor.connected("127.0.0.1:6397"):
+            pass
+
+
 def test_a_worker_that_cannot_set_up_says_why_and_an_address_needs_the_ray_executor(ray_instance, shared_data, cli, tmp_path):
     """A failing initializer killed the actor: Ray restarted it four times, then the stage blamed
     memory. --ray-address without --executor ray ran here and recorded the cluster."""
