@@ -14,6 +14,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,6 +218,44 @@ def test_a_held_out_preference_is_learned_from_even_odds(base, cli, tmp_path, re
     assert json.loads((run / "task.json").read_text())["task"] == "dpo"
     result = cli("generate", run, "-p", "Ein Hund rennt.", "--max-new-tokens", "8", "--seed", "0")
     assert result.exit_code == 0, result.output
+
+
+def test_eval_scores_pairs_as_the_run_validated_them(base, cli, tmp_path, reversed_pairs):
+    """`eval RUN -m preference --reference BASE` on the run's validation pairs: its reward figures are
+    the run's last validation's over beta (TRL's rewards carry beta; eval's do not), its preference
+    accuracy the share of pairs whose chosen reply is likelier, its intervals a numpy bootstrap of the
+    pairs; --batch-size changes no bit."""
+    from llmkit.eval.metrics._refs import BOOTSTRAP_SEED
+
+    train = write_jsonl(tmp_path / "train.jsonl", reversed_pairs[:360])
+    val = write_jsonl(tmp_path / "val.jsonl", reversed_pairs[360:])
+    run = tmp_path / "run"
+    _dpo(cli, base, run, train, "--val-data", val, "--max-steps", "3", "--eval-every", "3", "--batch-size", "16", "--lr", "3e-4",
+         "--dpo-beta", "0.2")
+    validated = _metrics(run, "val_metrics.jsonl")[-1]
+    outs = []
+    for batch in ("8", "3"):
+        out = tmp_path / f"ev{batch}"
+        result = cli("eval", run, "-m", "preference", "--data", val, "--reference", base["checkpoint"], "--bootstrap", "200",
+                     "--batch-size", batch, "-o", out)
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    assert artifacts.load(outs[0]).fingerprint == artifacts.load(outs[1]).fingerprint
+    scores = json.loads((outs[0] / "metrics.json").read_text())
+    assert scores["reward_accuracy"] == validated["val_reward_accuracy"]
+    assert scores["reward_margin"] * 0.2 == pytest.approx(validated["val_reward_margin"], abs=1e-5)
+    records = [json.loads(line) for line in (outs[0] / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 40 and "reference" in {i["role"] for i in artifacts.load(outs[0]).manifest.inputs}
+    margins = np.array([r["chosen_logprob"] - r["rejected_logprob"] for r in records])
+    assert scores["preference_accuracy"] == np.mean(margins > 0) and scores["preference_margin"] == pytest.approx(margins.mean())
+    draws = np.random.default_rng(BOOTSTRAP_SEED).choice(40, size=(200, 40), replace=True)
+    means = np.sort(margins[draws].mean(axis=1))
+    assert scores["preference_margin_ci95"] == pytest.approx(0.5 * (means[194] - means[5]), rel=1e-9)
+    # --reference belongs to -m preference; -m preference to a model
+    alone = cli("eval", run, "--data", val, "--reference", base["checkpoint"], "-o", tmp_path / "x")
+    assert alone.exit_code != 0 and "--reference" in alone.output and "preference" in alone.output, alone.output
+    scored = cli("eval", "-m", "preference", "--predictions", val, "--references", val, "-o", tmp_path / "y")
+    assert scored.exit_code != 0 and "preference needs a model" in " ".join(scored.output.split()), scored.output
 
 
 # -- determinism ---------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ ROUGE_TOKENIZERS = ("default", "unicode", "char")
 METRIC_HELP = (
     "Metric to compute; repeat or comma-separate. bleu, chrf, chrf++, rouge (rouge1/2/L/Lsum), squad (exact_match, "
     "squad_f1: SQuAD's answer scores), "
-    "perplexity (also word_perplexity, byte_perplexity, bpb), accuracy, accuracy_norm, precision, recall, f1. "
+    "perplexity (also word_perplexity, byte_perplexity, bpb), accuracy, accuracy_norm, precision, recall, f1, "
+    "preference (of {prompt, chosen, rejected} pairs: preference_accuracy, preference_margin). "
     "Default: perplexity; accuracy,f1 for a classifier (finetune --task classify)."
 )
 DATA = "Data"
@@ -70,6 +71,9 @@ class EvalConfig(Options):
     label_field: str | None = option(None, "Field of the gold label in --data (default: label/answer/gold).", panel=DATA)
     labels: list[str] = option(default_factory=list, help="Comma-separated label names, index order (default: the checkpoint's task.json).",
                                cli_type=list[str] | None, parse=_label_names, panel=DATA)
+    reference: Path | None = option(None, "With -m preference: the checkpoint a DPO run started from, whose log-probabilities "
+                                    "the rewards are measured against (adds reward_accuracy, reward_margin).", panel=DATA,
+                                    hashed=False, recorded_as="input reference (its fingerprint)")
     limit: int | None = option(None, "Evaluate only the first N examples/documents (of each --task; of each MMLU subject).", panel=DATA, range="[1, inf)")
     tasks: list[str] = option(default_factory=list, help="Standard benchmark(s), comma-separated or repeated: hellaswag, arc_easy, "
                               "arc_challenge, piqa, boolq, openbookqa, sciq, winogrande, copa, social_iqa, commonsense_qa, rte, sst2, mrpc, triviaqa, "

@@ -8,7 +8,8 @@ TEXT = ("bleu", "chrf", "chrf++", "rouge", "rouge1", "rouge2", "rougeL", "rougeL
 SQUAD = ("exact_match", "squad_f1")  # (`squad` asks for both)
 LM = ("perplexity", "word_perplexity", "byte_perplexity", "bpb")
 CLASSIFICATION = ("accuracy", "accuracy_norm", "precision", "recall", "f1")
-ALL = TEXT + LM + CLASSIFICATION
+PREFERENCE = ("preference",)  # (preference_accuracy and _margin; with --reference, reward_accuracy and _margin)
+ALL = TEXT + LM + CLASSIFICATION + PREFERENCE
 NORM_NEEDS_CHOICES = ("accuracy_norm scores multiple-choice records ('choices': each answer's log-likelihood per "
                       "character); for labels use --metric accuracy")
 

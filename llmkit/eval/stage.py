@@ -84,7 +84,7 @@ def _generates(tasks: list[str]) -> bool:
     return any(TASKS[name].generates for name in task_names(tasks))
 
 
-def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: list) -> None:
+def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: list, pref: list = ()) -> None:
     """Options that would change nothing in this evaluation are refused (they would still be
     recorded in the config, and change the fingerprint, for the same scores)."""
     scoring_model = cfg.predictions is None
@@ -122,8 +122,9 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
                   "a datasets name given as --data, or a --task's bundled data"),
         "rolling_context": (bool(lm) and scoring_model, "perplexity"),
         "shots": (bool(cfg.tasks), "--task benchmarks"),
-        "bootstrap": (not cfg.tasks and bool(text or cls or lm), "confidence intervals of the scores (a --task benchmark has "
+        "bootstrap": (not cfg.tasks and bool(text or cls or lm or pref), "confidence intervals of the scores (a --task benchmark has "
                       "its stderr)"),
+        "reference": (scoring_model and bool(pref), "the rewards of -m preference"),
         # (runtime, so no fingerprint: but it would promise a speed-up that never comes)
         "num_beams": (scoring_model and bool(text) and not cfg.tasks, "text generated for the text metrics"),
         "length_penalty": (scoring_model and bool(text) and not cfg.tasks and cfg.beams.num_beams > 1,
@@ -229,19 +230,20 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     text = metric_names.family(names, metric_names.TEXT)
     lm = metric_names.family(names, metric_names.LM)
     cls = metric_names.family(names, metric_names.CLASSIFICATION)
+    pref = metric_names.family(names, metric_names.PREFERENCE)
     if cfg.tasks:
         _check_benchmark_plan(checkpoint, cfg)
-        text, lm, cls = [], [], []
+        text, lm, cls, pref = [], [], [], []
     else:
-        _check_plan(checkpoint, cfg, text, lm, cls)
-    _unused_options(cfg, text, lm, cls, members)
+        _check_plan(checkpoint, cfg, text, lm + pref, cls)
+    _unused_options(cfg, text, lm, cls, members, pref)
     if text:
         from llmkit.eval.text_scores import check_options
 
         check_options(cfg.bleu_tokenize, cfg.rouge_tokenize)
     for member in members:
         artifacts.load(member, kind="checkpoint")
-    read = [*members, cfg.data, cfg.predictions, *cfg.references]
+    read = [*members, cfg.data, cfg.predictions, *cfg.references, cfg.reference]
     outputs.check_output(out, force, inputs=read, writes="eval")
 
     scores = _Scores()
@@ -257,7 +259,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             from llmkit.runtime import seed_everything
 
             seed_everything(cfg.seed)  # (only the few-shot draw uses it: cfg.draws, which decides the recorded seed)
-            loaded = _load(members, device, text + lm + cls or ["benchmarks"], cfg)
+            loaded = _load(members, device, text + lm + cls + pref or ["benchmarks"], cfg)
             if cfg.inference.compile and text:  # refused before any scoring, not after perplexity has run
                 from llmkit.inference.compiled import check_compilable
 
@@ -265,7 +267,7 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
             for index, member in enumerate(loaded.members):  # (in the order they are mixed: load_ensemble)
                 build.add_input("checkpoint" if len(members) == 1 else f"checkpoint:{index}", member)
         try:
-            _score(cfg, loaded, build, text, lm, cls, scores)
+            _score(cfg, loaded, build, text, lm, cls, scores, pref)
             _write_results(build.dir, scores)
         except NotFinite as exc:
             from llmkit.model.ensemble import scoring_members
@@ -282,7 +284,8 @@ def run_eval(checkpoint: Path | list[Path] | None, cfg: EvalConfig, out: Path, *
     return EvalResult(Path(out), scores.metrics, scores.signatures, scores.formatted, build.stats)
 
 
-def _score(cfg: EvalConfig, loaded, build, text: list[str], lm: list[str], cls: list[str], scores: _Scores) -> None:
+def _score(cfg: EvalConfig, loaded, build, text: list[str], lm: list[str], cls: list[str], scores: _Scores,
+           pref: list[str] = ()) -> None:
     """Fill `scores`: from a predictions file, the benchmarks' tasks, or the model on --data."""
     if cfg.predictions is not None:
         _score_predictions_file(cfg, text, cls, scores)
@@ -297,6 +300,8 @@ def _score(cfg: EvalConfig, loaded, build, text: list[str], lm: list[str], cls: 
         if (Path(cfg.data) / artifacts.MANIFEST).is_file():
             build.add_input("data", artifacts.load(cfg.data))
         _score_model(loaded, cfg, lm, text, cls, scores)
+        if pref:
+            _score_preferences(loaded, cfg, build, scores)
     if cfg.bootstrap and "accuracy" in scores.metrics:
         from llmkit.eval.metrics.classification import classification_intervals
 
@@ -388,6 +393,31 @@ def _score_model(loaded, cfg: EvalConfig, lm: list[str], text: list[str], cls: l
         scores.metrics.update(cls_metrics)
         scores.records.extend(cls_records)
         scores.stats["classification_examples"] = len(cls_records)
+
+
+def _score_preferences(loaded, cfg: EvalConfig, build, scores: _Scores) -> None:
+    """-m preference on --data's pairs; with --reference, the rewards against that checkpoint."""
+    from llmkit.eval import preference
+
+    reference = None
+    if cfg.reference is not None:
+        from llmkit.model.ensemble import load_ensemble
+
+        art = artifacts.load(cfg.reference, kind="checkpoint")
+        build.add_input("reference", art)
+        device = next(loaded.model.parameters()).device  # (where the checkpoint itself was loaded)
+        reference = load_ensemble([Path(cfg.reference)], device=device, purpose="the rewards of -m preference")
+    metrics, records, columns = preference.preferences(loaded, cfg, reference)
+    scores.metrics.update(metrics)
+    scores.records.extend(records)
+    scores.stats["preference_pairs"] = len(records)
+    if cfg.bootstrap:
+        if len(records) < 2:
+            from llmkit.eval.text_scores import note_one_example
+
+            note_one_example()
+        else:
+            scores.metrics.update(preference.intervals(list(metrics), columns, cfg.bootstrap))
 
 
 def _write_results(folder: Path, scores: _Scores) -> None:

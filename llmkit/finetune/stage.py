@@ -654,10 +654,11 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
 def _preference_examples(config: FinetuneConfig, template: dict, tokenizer, seq_len: int, is_main: bool, records: list,
                          places, val_records: list, val_places, first) -> _Prepared:
     """--task dpo: the records as preference pairs, and their batches and loss."""
+    from llmkit.data.preferences import sft_records
     from llmkit.finetune import preference
 
     if first is not None:  # a file whose every record is wrong the same way is named at its first line
-        preference.sft_records(first[0], template, first[1])
+        sft_records(first[0], template, first[1])
     train_pairs = preference.preference_pairs(records, template, tokenizer, seq_len, config.truncate, "training", is_main,
                                               places)
     val_pairs = preference.preference_pairs(val_records, template, tokenizer, seq_len, config.truncate, "validation",
