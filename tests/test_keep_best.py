@@ -94,6 +94,11 @@ def test_keep_best_resumes_from_the_saved_best(cli, data, tmp_path, monkeypatch)
     for flags, said in (([], "--keep-best -> --no-keep-best"),):
         refused = cli("pretrain", data / "tokens", "-o", resumed, *MODEL, *RUN[:1], "10", *RUN[2:], *flags, "--resume")
         assert refused.exit_code == 1 and said in refused.output, refused.output
+    # more validation text on resume: each loss would be compared with losses of less text (a review): refused
+    again = cli("pretrain", data / "tokens", "-o", resumed, *MODEL, *RUN[:1], "10", *RUN[2:], "--keep-best", "--eval-tokens",
+                "4096", "--resume")
+    said = " ".join(again.output.split())
+    assert again.exit_code == 2 and "--eval-tokens 4096 is not the run's" in said and "--keep-best compares each" in said, said
     monkeypatch.undo()
     plain = tmp_path / "plain"
     _ok(cli("pretrain", data / "tokens", "-o", plain, *MODEL, *RUN[:1], "2", *RUN[2:]))

@@ -372,6 +372,7 @@ def keep_recorded_settings(config: Options, out: Path, *, resume: bool, lengths:
 
     cadence = recorded(CADENCE, config.checkpoints, int)
     size = recorded(VALIDATION_SIZE, config, int)
+    _refuse_another_validation_size_where_losses_are_compared(config, point)
     # (recorded as resolved: off kept; on is what the default resolves to where it was on)
     invariant = {name: value for name, value in recorded(("batch_invariant",), config.devices, bool).items() if value is False}
     kept = {**cadence, **size, **invariant}
@@ -383,6 +384,24 @@ def keep_recorded_settings(config: Options, out: Path, *, resume: bool, lengths:
         config = dataclasses.replace(config, checkpoints=dataclasses.replace(config.checkpoints, **cadence),
                                      devices=dataclasses.replace(config.devices, **invariant), **size)
     return config
+
+
+def _refuse_another_validation_size_where_losses_are_compared(config: Options, point) -> None:
+    """--keep-best and --patience compare each validation loss with the earlier ones: measured on more (or
+    less) validation text after a resume, a loss was compared with losses of other text, unsaid (a review:
+    --keep-best took a step 16 over a step 12 that 8 windows had measured, against 64)."""
+    checkpoints = getattr(config, "checkpoints", None)
+    comparing = [flag for flag, on in (("--keep-best", getattr(checkpoints, "keep_best", False)),
+                                       ("--patience", getattr(checkpoints, "patience", 0))) if on]
+    changed = [name for name in VALIDATION_SIZE if hasattr(config, name) and isinstance(point.runtime.get(name), int)
+               and config.was_given(name) and point.runtime[name] != getattr(config, name)]
+    if comparing and changed:
+        from llmkit.errors import UsageError
+
+        flag = f"--{changed[0].replace('_', '-')}"
+        raise UsageError(f"{flag} {getattr(config, changed[0])} is not the run's {point.runtime[changed[0]]}, and "
+                         f"{' and '.join(comparing)} compare{'s' if len(comparing) == 1 else ''} each validation loss with the "
+                         f"run's earlier ones, measured on that much: leave {flag} out to go on, or start a new run with it")
 
 
 def _resume_point_manifest(out: Path):
