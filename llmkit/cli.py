@@ -425,7 +425,8 @@ def _verify_row(path: Path, report=None, error: str | None = None) -> dict:
 def _verified_paths(paths: list[Path]) -> list[Path]:
     """The artifacts to verify: each path given, a folder of artifacts (a recipe's runs/NAME) as the
     artifacts in it, as report takes them; among several paths a folder that holds none (a glob's stray
-    match: the quickstart's qa/ beside its artifacts) is skipped with a note, as report skips it. A path
+    match: the quickstart's qa/ beside its artifacts, the translation recipe's bitext.txt) is skipped with a
+    note, as report skips it. A path
     given alone is verified as it is (its one line says what it is not); so is an unfinished training
     run or sweep (its run mark, no manifest) wherever it is met, which fails: it is no stray (a review:
     one among several passed, skipped). Nothing left to verify is an error, as in report."""
@@ -433,21 +434,19 @@ def _verified_paths(paths: list[Path]) -> list[Path]:
     from llmkit.console import note
     from llmkit.outputs import RUN_MARK
 
-    def checked(path: Path) -> bool:  # (an artifact, a file or a missing path: verify says what it is)
-        return (path / artifacts.MANIFEST).is_file() or (path / RUN_MARK).is_file() or not path.is_dir()
+    def checked(path: Path) -> bool:  # (an artifact, or a missing path: verify says what it is; a file given alone too)
+        return (path / artifacts.MANIFEST).is_file() or (path / RUN_MARK).is_file() or not path.exists()
 
     taken = []
     for path in paths:
-        inside = sorted(p for p in path.iterdir() if p.is_dir() and checked(p)) if not checked(path) else []
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and checked(p)) if path.is_dir() and not checked(path) else []
         if inside:
             taken += inside
         elif checked(path) or len(paths) == 1:
             taken.append(path)
         else:
-            try:
-                artifacts.load(path)
-            except UserError as exc:  # (its one line: no manifest)
-                note(f"skipped: {exc}")
+            # (a glob's stray file among artifacts, the translation recipe's bitext.txt: it failed the whole check)
+            note(f"skipped {path}: a {'file' if path.is_file() else 'folder without a manifest'}, not an llmkit artifact")
     if not taken:
         raise UserError(f"no artifact among {', '.join(map(str, paths))}: nothing was verified; give artifact folders, or "
                         "folders of them")

@@ -2,6 +2,7 @@
 # 红楼梦 (Dream of the Red Chamber): a Chinese corpus, paragraph by paragraph.
 #   clean -> tokenizer train -> tokenize -> pretrain -> generate -> eval (bits per byte)
 # Bits per byte compares across tokenizers and scripts; token perplexity does not.
+[ -n "${BASH_VERSION:-}" ] || { echo "error: $0 is a bash script: run it with bash $0" >&2; exit 2; }
 source "$(dirname "$0")/common.sh"
 need_data chinese.txt
 

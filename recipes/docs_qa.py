@@ -10,6 +10,7 @@ Rows are split into train/test by a hash of the prompt, so the split never depen
 from __future__ import annotations
 
 import argparse
+import sys
 import hashlib
 import json
 import re
@@ -48,7 +49,13 @@ def main() -> None:
                     rows.append(row)
     if args.max_rows:
         rows = rows[: args.max_rows]
+    # (a folder of that name holding files this script did not write is a user's: never written over)
+    mark = args.out / ".written-by-docs_qa"
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir()) and not mark.is_file()):
+        sys.exit(f"error: {args.out} exists and holds what this recipe did not write; move it away, or give the recipe "
+                 "another OUT")
     args.out.mkdir(parents=True, exist_ok=True)
+    mark.touch()
     splits = {"train": [], "test": []}
     for row in rows:
         bucket = int(hashlib.sha256(row["prompt"].encode()).hexdigest()[:8], 16) / 0xFFFFFFFF

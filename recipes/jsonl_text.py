@@ -17,15 +17,22 @@ from pathlib import Path
 def main() -> None:
     if len(sys.argv) < 4:
         sys.exit(__doc__)
-    out, source, fields = sys.argv[1], sys.argv[2], sys.argv[3:]
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(source, encoding="utf-8") as rows, open(out, "w", encoding="utf-8") as handle:
+    out, source, fields = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    parts = []
+    with open(source, encoding="utf-8") as rows:
         for line in rows:
             record = json.loads(line)
             for field in fields:
                 text = re.sub(r"\n\s*\n", "\n", str(record[field]).strip())  # a blank line ends a document
                 if text:
-                    handle.write(text + "\n\n")
+                    parts.append(text + "\n\n")
+    written = "".join(parts)
+    # (a file of that name that is not this text is a user's: a recipe's stages never write over one, nor does this)
+    if out.exists() and (not out.is_file() or out.read_text(encoding="utf-8", errors="replace") != written):
+        sys.exit(f"error: {out} exists and is not the text this recipe writes there; move it away, or give the recipe "
+                 "another OUT")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(written, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # Quickstart: the documentation that ships with Python through every stage, on a CPU, in minutes.
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune (SFT) -> generate -> eval
 # Needs no network and no data set: the corpus is `builtin:python-docs`.
+[ -n "${BASH_VERSION:-}" ] || { echo "error: $0 is a bash script: run it with bash $0" >&2; exit 2; }
 source "$(dirname "$0")/common.sh"
 need_python  # (its data-preparation script, checked before any stage runs)
 

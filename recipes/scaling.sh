@@ -3,6 +3,7 @@
 # Chinchilla fit (approaches 3 and 2), its plots, and the model size it recommends for a budget.
 #   clean -> tokenizer train -> tokenize -> sweep -> scaling fit -> report
 # Needs no network and no data set. Default size: 6 to 19 minutes on 2 cores, by the CPU (docs/scaling.md).
+[ -n "${BASH_VERSION:-}" ] || { echo "error: $0 is a bash script: run it with bash $0" >&2; exit 2; }
 source "$(dirname "$0")/common.sh"
 
 if [ "$SIZE" = tiny ]; then

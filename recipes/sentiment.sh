@@ -3,6 +3,7 @@
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune --task classify -> eval
 # With a network, every stage reads the hub's `imdb` too (clean --dataset imdb --split train, finetune --data imdb,
 # eval --data imdb --split test).
+[ -n "${BASH_VERSION:-}" ] || { echo "error: $0 is a bash script: run it with bash $0" >&2; exit 2; }
 source "$(dirname "$0")/common.sh"
 need_data sentiment/train.jsonl sentiment/test.jsonl
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tiny Shakespeare: a character-rich English corpus, speech by speech.
 #   clean -> tokenizer train -> tokenize -> pretrain -> generate -> eval (perplexity, bits per byte)
+[ -n "${BASH_VERSION:-}" ] || { echo "error: $0 is a bash script: run it with bash $0" >&2; exit 2; }
 source "$(dirname "$0")/common.sh"
 need_data tinyshakespeare.txt
 

@@ -3,6 +3,7 @@
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune --template summarize -> eval (ROUGE of its generations)
 # With a network: the hub's `knkarthick/dialogsum` has the same {dialogue, summary} fields (rename
 # dialogue to document, or pass --field dialogue to eval).
+[ -n "${BASH_VERSION:-}" ] || { echo "error: $0 is a bash script: run it with bash $0" >&2; exit 2; }
 source "$(dirname "$0")/common.sh"
 need_python  # (its data-preparation script, checked before any stage runs)
 need_data summarization/train.jsonl summarization/test.jsonl

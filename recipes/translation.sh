@@ -2,6 +2,7 @@
 # Multi30k German -> English: pretrain on both sides, fine-tune with the translate template, BLEU/chrF.
 #   clean -> tokenizer train -> tokenize -> pretrain -> finetune --template translate -> generate -> eval
 # With a network: the hub's `bentrevett/multi30k` is the same data, fields de/en (docs/recipes.md).
+[ -n "${BASH_VERSION:-}" ] || { echo "error: $0 is a bash script: run it with bash $0" >&2; exit 2; }
 source "$(dirname "$0")/common.sh"
 need_python  # (its data-preparation script, checked before any stage runs)
 need_data translation/train.jsonl translation/test.jsonl

@@ -217,9 +217,14 @@ def test_verify_takes_several_artifacts_and_prints_json(cli, tmp_path):
     # quickstart's qa/ beside its artifacts: `verify runs/quickstart/*` failed a fresh demo) is skipped with a note
     (second / "a.txt").write_text((first / "a.txt").read_text())
     (tmp_path / "qa").mkdir()
-    result = cli("verify", tmp_path / "first", tmp_path / "qa", tmp_path / "second")
+    (tmp_path / "bitext.txt").write_text("a stray file (the translation recipe's)\n")
+    result = cli("verify", tmp_path / "first", tmp_path / "qa", tmp_path / "second", tmp_path / "bitext.txt")
     said = " ".join(result.output.split())
-    assert result.exit_code == 0 and said.count("fingerprint matches") == 2 and f"skipped: {tmp_path / 'qa'} is not an llmkit artifact" in said, said
+    assert result.exit_code == 0 and said.count("fingerprint matches") == 2, said
+    assert f"skipped {tmp_path / 'qa'}: a folder without a manifest, not an llmkit artifact" in said, said
+    assert f"skipped {tmp_path / 'bitext.txt'}: a file, not an llmkit artifact" in said, said
+    assert cli("verify", tmp_path / "bitext.txt").exit_code == 1  # (alone: its one line, a failure)
+    (tmp_path / "bitext.txt").unlink()
     folder = cli("verify", tmp_path)
     assert folder.exit_code == 0 and " ".join(folder.output.split()).count("fingerprint matches") == 2, folder.output
     assert cli("verify", tmp_path / "qa").exit_code == 1  # (alone: its one line, a failure)
