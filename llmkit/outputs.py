@@ -77,6 +77,8 @@ def check_output(out: Path | str, force: bool, *, inputs: Iterable[Path | str | 
     if target == here or target in here.parents:
         raise UserError(f"-o {out} is the folder you are in or one above it; give the output a new folder name")
     _refuse_over_an_input(out, target, inputs, a_file=False)
+    if not a_runs_own:
+        refuse_a_part_of_a_finished_artifact(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file; choose a directory path for -o")
     # (whether it is llmkit's first: --force was advised for a folder it then refused)
@@ -358,6 +360,7 @@ def check_output_file(path: Path | None, force: bool, inputs: list[Path | None] 
                         "path in UTF-8")
     target = path.resolve()
     _refuse_over_an_input(path, target, inputs, a_file=True)
+    refuse_a_part_of_a_finished_artifact(path)
     if path.is_dir():
         raise UserError(f"-o {path} is a folder; give a file path")
     _refuse_existing(path, force, ours)
@@ -558,6 +561,30 @@ def refuse_a_place_of_a_run(out: Path) -> None:
             where = "is" if place == target else "lies inside"
             raise UserError(f"-o {out} {where} {place}, where the training run {run} keeps its own checkpoints; write "
                             "the output elsewhere")
+
+
+def refuse_a_part_of_a_finished_artifact(out: Path) -> None:
+    """A file a finished artifact's manifest lists, or an artifact inside one (a sweep's runs/NAME), is
+    that artifact's: `plot -o FIT/plots/isoflop.png --force` and `average ... -o SWEEP/runs/NAME --force`
+    replaced them, and the fit then failed every read (its file's size), the sweep its verify (a review).
+    The nearest artifact above the output decides; a new name inside one is left to the user."""
+    import json
+
+    from llmkit.artifacts import MANIFEST
+
+    target = out.resolve()
+    for place in target.parents:
+        if not (place / MANIFEST).is_file():
+            continue
+        try:
+            listed = json.loads((place / MANIFEST).read_text(encoding="utf-8")).get("files") or {}
+        except (OSError, ValueError, AttributeError):  # (a damaged manifest: its artifact's own checks name it)
+            return
+        relative = target.relative_to(place).as_posix()
+        if relative in listed or any(name.startswith(relative + "/") for name in listed) or (target / MANIFEST).is_file():
+            raise UserError(f"-o {out} is part of the finished artifact {place} (its manifest records it), which no stage "
+                            "writes over, even with --force; write the output elsewhere")
+        return
 
 
 def _a_training_run(folder: Path) -> bool:

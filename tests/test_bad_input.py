@@ -324,6 +324,23 @@ def test_config_files_with_wrong_types_or_tables_are_refused(cli, chain, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_no_stage_writes_over_a_part_of_a_finished_artifact(cli, chain, tmp_path):
+    """A file a finished artifact lists, or an artifact inside one (a sweep's runs/NAME), is that artifact's:
+    `plot -o FIT/plots/isoflop.png --force` and `average ... -o SWEEP/runs/NAME --force` replaced them (a review)."""
+    import shutil
+
+    outer = tmp_path / "tokens"
+    shutil.copytree(chain / "tokens", outer)
+    shutil.copytree(chain / "ckpt", outer / "nested")
+    listed = sorted(json.loads((outer / "manifest.json").read_text())["files"])[0]
+    before = (outer / listed).read_bytes()
+    line = _one_line_error(cli("generate", chain / "ckpt", "-p", "hi", "--max-new-tokens", "2", "-o", outer / listed, "--force"))
+    assert "is part of the finished artifact" in line and (outer / listed).read_bytes() == before
+    line = _one_line_error(cli("export", chain / "ckpt", "-o", outer / "nested", "--force"))
+    assert "is part of the finished artifact" in line and (outer / "nested" / "manifest.json").is_file()
+    assert cli("verify", outer).exit_code == 0
+
+
 def test_a_dash_for_the_output_is_refused(cli, chain, tmp_path, monkeypatch):
     """`-o -` wrote a file named "-" (where `--prompts -` reads standard input)."""
     monkeypatch.chdir(tmp_path)

@@ -401,6 +401,9 @@ def test_bootstrap_refits_of_too_few_sizes_or_token_counts_are_left_out():
     assert seeds  # (some single draws hold 2 sizes or token counts: about one in five)
     lone = fit_chinchilla(n, d, loss, grid="coarse", bootstrap=1, seed=seeds[0])
     assert lone.samples is None and lone.intervals == {} and lone.law == fit.law  # no interval from unusable refits
+    # nor from a handful of usable ones (a review: --bootstrap 1 printed E's "95% interval" 1.739 .. 1.739, without E)
+    few = fit_chinchilla(*_points()[:2], _points()[2], grid="coarse", bootstrap=5, seed=0)
+    assert few.bootstrap == 5 and few.intervals == {}
 
 
 def test_a_law_whose_size_term_was_not_measured_recommends_nothing(cli, tmp_path):

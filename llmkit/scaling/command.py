@@ -41,9 +41,13 @@ def _fit(config: ScalingFitConfig, *, source: list[Path], out: Path, force: bool
                              f"{law['beta']:.3g}: the points do not show the loss falling with both model size and data; "
                              "widen the sweep (more sizes, more tokens)"), soft_wrap=True)
     for row in (r for r in fit["budgets"] if "undetermined" not in r):
+        interval = (f"; 95%: N {row['params_interval'][0]:.3g} .. {row['params_interval'][1]:.3g}, D "
+                    f"{row['tokens_interval'][0]:.3g} .. {row['tokens_interval'][1]:.3g}" if "params_interval" in row else "")
+        second = (f"; approach 2: N = {row['params_approach2']:.3g}, D = {row['tokens_approach2']:.3g}"
+                  if row.get("params_approach2") is not None else "")
         console.print(f"C = {row['flops']:.3g} FLOPs: N = {row['params']:.3g} parameters, D = {row['tokens']:.3g} tokens "
-                      f"({figure(row['tokens_per_param'], 1)} tokens per parameter), predicted loss {figure(row['loss'], 4)}",
-                      soft_wrap=True)
+                      f"({figure(row['tokens_per_param'], 1)} tokens per parameter), predicted loss {figure(row['loss'], 4)}"
+                      f"{interval}{second}", soft_wrap=True)
         if row.get("outside"):
             from llmkit.console import note
 

@@ -128,8 +128,17 @@ def _fit_chinchilla(params, tokens, losses, delta: float, grid: str, bootstrap: 
             samples.append([law.A, law.B, law.E, law.alpha, law.beta])
         fit.samples = np.asarray(samples)
         fit.bootstrap = bootstrap
-        fit.intervals = {name: fit.interval_of(fit.samples[:, i]) for i, name in enumerate(NAMES)}
+        if bootstrap < MIN_INTERVAL_REFITS:  # (the 2.5 and 97.5 percentiles of one refit were a "95% interval" of width 0)
+            from llmkit.console import note
+
+            note(f"{bootstrap} bootstrap refit(s) held the model sizes and token counts the points have: too few for 95% "
+                 f"intervals (at least {MIN_INTERVAL_REFITS}), so the fit has none; raise --bootstrap")
+        else:
+            fit.intervals = {name: fit.interval_of(fit.samples[:, i]) for i, name in enumerate(NAMES)}
     return fit
+
+
+MIN_INTERVAL_REFITS = 10  # refits below which their percentiles are no 95% interval (constants, budgets, predict)
 
 
 def _grid_starts(grid: str) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from llmkit import artifacts, outputs
 from llmkit.scaling.config import ScalingFitConfig
-from llmkit.scaling.fit import fit_chinchilla, fit_isoflop, isoflop_minima
+from llmkit.scaling.fit import MIN_INTERVAL_REFITS, fit_chinchilla, fit_isoflop, isoflop_minima
 from llmkit.scaling_law import FIT_FILE, Law, fit_document, fitted_points, outside_the_points, unmeasured_term
 from llmkit.scaling.points import read_sources, source_identity
 
@@ -37,7 +37,7 @@ def _budget_row(fit, isoflop, budget: float, measured: tuple[np.ndarray, ...]) -
     if fit.samples is not None:  # the same quantities under each bootstrap refit that the points determine
         laws = [Law(*sample) for sample in fit.samples]
         draws = np.array([law.optimal(budget) for law in laws if law.determined and not unmeasured_term(law, *measured)])
-        if len(draws):
+        if len(draws) >= MIN_INTERVAL_REFITS:  # (the percentiles of a handful are no 95% interval)
             row["params_interval"] = [float(np.percentile(draws[:, 0], 2.5)), float(np.percentile(draws[:, 0], 97.5))]
             row["tokens_interval"] = [float(np.percentile(draws[:, 1], 2.5)), float(np.percentile(draws[:, 1], 97.5))]
         row["interval_refits"] = len(draws)  # of the bootstrap's: those whose points determine a split
@@ -147,7 +147,5 @@ def predict(path: Path | str, params: float, tokens: float) -> dict[str, float]:
         result["outside"] = outside_the_points(params, tokens, measured)
     return result
 
-
-MIN_INTERVAL_REFITS = 10
 
 
