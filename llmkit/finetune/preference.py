@@ -74,7 +74,8 @@ def preference_pairs(records: list[dict], template: dict, tokenizer, max_len: in
                      verbose: bool = True, places: Sequence[str] | None = None) -> Examples:
     """Encode preference records: each reply as an SFT example of at most max_len + 1 tokens (its
     last only predicted), cut to fit with --truncate as SFT cuts (the prompt gives way first, the
-    same prompt for both replies: _cut_together), else refused. A pair with a blank reply, or the same reply twice, is left out and counted."""
+    same prompt for both replies: _cut_together), else refused. A pair with a blank reply, or the
+    same reply twice, is left out and counted."""
     places = _places(records, name, places)
     fits = max_len + 1
     specials = set(tokenizer.special_ids.values())

@@ -612,18 +612,12 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
                                         val_places, first)
         if first is not None:  # a file whose every record is wrong the same way is named at its first line
             encode_example(template, first[0], tokenizer, first[1])
-        train_examples = ft_data.sft_examples(records, template, tokenizer, seq_len, config.truncate, "training", is_main,
-                                              places)
-        val_examples = ft_data.sft_examples(val_records, template, tokenizer, seq_len, config.truncate, "validation",
-                                            is_main, val_places) if val_records else []
-        ft_data.check_held_apart(train_examples, val_examples, given=config.val_data is not None, verbose=is_main)
-        if val_records and not val_examples and is_main:
-            from llmkit.console import note
-
-            fix = ("give --val-data records that keep a response" if config.val_data is not None
-                   else "hold out more of --data (a larger --val-fraction), or give --val-data")
-            note(f"none of the {len(val_records)} validation example(s) is left (each left out above): the run has no "
-                 f"validation loss; {fix}")
+        fix = ("give --val-data records that keep a response" if config.val_data is not None
+               else "hold out more of --data (a larger --val-fraction), or give --val-data")
+        train_examples, val_examples = _encoded_splits(
+            lambda rows, name, where: ft_data.sft_examples(rows, template, tokenizer, seq_len, config.truncate, name, is_main,
+                                                           where),
+            config, is_main, (records, places), (val_records, val_places), "example(s)", fix)
         pad_id = tokenizer.pad_id
         train_batches = ft_data.SFTBatches(train_examples, pad_id=pad_id, seed=config.seed)
         scored = _scored_subset(val_examples, config.eval_examples)
@@ -651,6 +645,22 @@ def _examples(config: FinetuneConfig, data: Path, tokenizer, seq_len: int, is_ma
     return _Prepared(template, labels, train_examples, val_examples, train_batches, val_batches, loss_fn, scored)
 
 
+def _encoded_splits(encode, config: FinetuneConfig, is_main: bool, training: tuple, validation: tuple, what: str,
+                    fix: str) -> tuple[list, list]:
+    """The training and validation records encoded (`encode(records, name, places)`), held apart, and a
+    validation that encoding emptied said (the run then has no validation loss)."""
+    (records, places), (val_records, val_places) = training, validation
+    train_examples = encode(records, "training", places)
+    val_examples = encode(val_records, "validation", val_places) if val_records else []
+    ft_data.check_held_apart(train_examples, val_examples, given=config.val_data is not None, verbose=is_main)
+    if val_records and not val_examples and is_main:
+        from llmkit.console import note
+
+        note(f"none of the {len(val_records)} validation {what} is left (each left out above): the run has no "
+             f"validation loss; {fix}")
+    return train_examples, val_examples
+
+
 def _preference_examples(config: FinetuneConfig, template: dict, tokenizer, seq_len: int, is_main: bool, records: list,
                          places, val_records: list, val_places, first) -> _Prepared:
     """--task dpo: the records as preference pairs, and their batches and loss."""
@@ -659,16 +669,11 @@ def _preference_examples(config: FinetuneConfig, template: dict, tokenizer, seq_
 
     if first is not None:  # a file whose every record is wrong the same way is named at its first line
         sft_records(first[0], template, first[1])
-    train_pairs = preference.preference_pairs(records, template, tokenizer, seq_len, config.truncate, "training", is_main,
-                                              places)
-    val_pairs = preference.preference_pairs(val_records, template, tokenizer, seq_len, config.truncate, "validation",
-                                            is_main, val_places) if val_records else []
-    ft_data.check_held_apart(train_pairs, val_pairs, given=config.val_data is not None, verbose=is_main)
-    if val_records and not val_pairs and is_main:
-        from llmkit.console import note
-
-        note(f"none of the {len(val_records)} validation preference pair(s) is left (each left out above): the run has no "
-             "validation loss; give --val-data pairs of two different replies")
+    train_pairs, val_pairs = _encoded_splits(
+        lambda rows, name, where: preference.preference_pairs(rows, template, tokenizer, seq_len, config.truncate, name,
+                                                              is_main, where),
+        config, is_main, (records, places), (val_records, val_places), "preference pair(s)",
+        "give --val-data pairs of two different replies")
     scored = _scored_subset(val_pairs, config.eval_examples)
     train_batches = preference.PreferenceBatches(train_pairs, pad_id=tokenizer.pad_id, seed=config.seed)
     val_batches = preference.PreferenceBatches(scored, pad_id=tokenizer.pad_id, seed=config.seed,
