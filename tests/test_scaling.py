@@ -666,6 +666,15 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert changed.exit_code != 0 and "trained with other options" in changed.output
     elsewhere = cli("sweep", tmp_path / "other-tokens", "-o", tampered, *SWEEP)
     assert elsewhere.exit_code != 0 and "was trained on other tokens" in elsewhere.output
+    # a run replaced by what no tokens trained (a soup of two runs): said as such, not as "other tokens" (a review)
+    soupy = tmp_path / "soupy"
+    shutil.copytree(tampered, soupy)
+    finished = sorted(p for p in (soupy / "runs").iterdir() if (p / "manifest.json").is_file())
+    assert cli("average", finished[0], finished[1], "-o", tmp_path / "soup").exit_code == 0
+    shutil.rmtree(finished[0])
+    shutil.copytree(tmp_path / "soup", finished[0])
+    replaced = cli("sweep", tokens, "-o", soupy, *SWEEP)
+    assert replaced.exit_code != 0 and "is no pretraining run" in " ".join(replaced.output.split()), replaced.output
     # A run killed outright leaves its lock file (.NAME.lock), which is not a run: the sweep resumes.
     (tampered / "runs" / ".d1-w32-t8000.lock").write_text("")
     (tampered / "runs" / "d1-w32-t8000" / "manifest.json").unlink()  # that run was interrupted
@@ -719,6 +728,9 @@ def test_sweep_refuses_grids_it_cannot_run(cli, tokens, tmp_path):
         assert not (tmp_path / "s").exists()
         if "1x15" in extra:  # a size that cannot be is an option's value: exit 2, as pretrain's shape errors
             assert "choose other --sizes or --head-dim" in " ".join(result.output.split()) and result.exit_code == 2
+    # a width that does not split into its heads: the error alone (a note first told of the heads it then refused)
+    result = cli("sweep", tokens, "-o", tmp_path / "s", "--tokens", "1e4", "--sizes", "1x17", "--head-dim", "8")
+    assert result.exit_code == 2 and "width 17 does not split into 2 heads" in result.output and "note" not in result.output
     # a config file's empty list is the flag given nothing (it ran the default ladder), not the default
     (tmp_path / "grid.yaml").write_text("sweep:\n  sizes: []\n  tokens: [2000]\n")
     result = cli("sweep", tokens, "-o", tmp_path / "s", "--config", tmp_path / "grid.yaml")

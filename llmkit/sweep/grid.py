@@ -97,14 +97,14 @@ def plan(config: SweepConfig, vocab_size: int) -> list[PlannedRun]:
     lstm = resolve_model_config(choice.model, vocab_size=vocab_size, overrides=choice.overrides()).arch == "lstm"
     for layers, width in model_sizes(config):
         heads = None if lstm else max(1, width // config.head_dim)
+        if heads is not None and width % heads:  # (first: the note below then told of heads the error refused)
+            raise UsageError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
+                            f"that are multiples of {config.head_dim}")
         if heads is not None and width % config.head_dim:
             from llmkit.console import note
 
             note(f"size {layers}x{width}: {heads} head(s) of {width // heads}, as {width} is not a multiple of "
                  f"--head-dim {config.head_dim}")
-        if heads is not None and width % heads:
-            raise UsageError(f"width {width} does not split into {heads} heads of --head-dim {config.head_dim}; choose widths "
-                            f"that are multiples of {config.head_dim}")
         try:
             total, non_embedding, context = _count(config, layers, width, heads, vocab_size)
         except UserError as exc:  # the size, not a model flag, is what to change

@@ -350,6 +350,9 @@ def _finished_with_these_options(run: PlannedRun, out: Path, tokens_art: artifac
         return False
     done = artifacts.load(saved, kind="checkpoint")
     trained = "was trained" if finished else f"was interrupted ({saved.name} saved) after training"
+    if _tokens_of(done) is None:  # (another stage's artifact put there: a soup, an import)
+        raise UserError(f"{target} is no pretraining run (nothing in it was trained on tokens): something else was written "
+                        "there; rerun with --force to start the sweep over, or write it to another -o")
     if _tokens_of(done) != tokens_art.fingerprint:
         raise UserError(f"{target} {trained} on other tokens than {tokens_art.path}; rerun with --force to start the sweep "
                         "over, or write it to another -o")
