@@ -93,8 +93,9 @@ def sft_records(record: Any, template: dict[str, Any], where: str) -> tuple[dict
         return tuple({"messages": [*history, {"role": "assistant", "content": reply}]} for reply in (chosen, rejected))
     fields = plain_fields(template["response"], "the template")
     if len(fields) != 1:
-        raise UserError(f"--task dpo puts each reply where the template's response has its one field, and this template's "
-                        f"response has {len(fields)} ({template['response']!r}); use a template whose response is one field")
+        raise UserError(f"a preference pair's reply goes where the template's response has its one field, and this "
+                        f"template's response has {len(fields)} ({template['response']!r}); use a template whose response "
+                        "is one field")
     target = fields[0]
     if record.get(target) is not None:
         raise UserError(f"{where} has {target!r} beside 'chosen' and 'rejected'; a preference pair's replies are those two, "
