@@ -6,11 +6,13 @@ choice with the highest sum; `acc_norm` divides each sum by the choice's length 
 first, the delimiter not counted (lm-eval's `acc_norm`), which removes the bias towards short
 answers. Trailing spaces of the context move to the continuation and the continuation's tokens
 are the ones the tokenizer gives for context + continuation beyond those of the context alone,
-as in lm-eval's `_encode_pair`, except where the two encodings part before the context's end: a
-context ending in ".\n" (eval's default label template "{text}\n" after a sentence) encodes "." +
-"\n", but with the label after it llmkit's tokenizers write ".\n" as one token; lm-eval's split
-then scored the label after the "." alone, a text the model never reads. Here the tokens from
-where the two part are scored (the same ".\n" for every label).
+as in lm-eval's `_encode_pair`. Labels scored zero-shot (`as_read`) differ where the two encodings
+part before the context's end: a context ending in ".\n" (eval's default label template "{text}\n"
+after a sentence) encodes "." + "\n", but with the label after it llmkit's tokenizers write ".\n"
+as one token; lm-eval's split then scored the label after the "." alone, a text the model never
+reads, so there the tokens from where the two part are scored (the same ".\n" for every label: its
+log-probability, common to all, moves no argmax). Multiple choice keeps lm-eval's split: its
+acc_norm divides each sum by the choice's length, which a common term would skew.
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ def context_cut_note(count: int, total: int, limit: int, items: str = "questions
             f"scores {'it' if one else 'them'} whole")
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer, context: str, continuation: str, as_read: bool = False) -> tuple[list[int], list[int]]:
     spaces = len(context) - len(context.rstrip())
     if spaces:
         continuation = context[-spaces:] + continuation
         context = context[:-spaces]
     whole = tokenizer.encode(context + continuation)
     context_ids = tokenizer.encode(context) if context else []
+    if not as_read:
+        return context_ids, whole[len(context_ids) :]
     shared = 0  # (where the context's own tokens stop being those of the whole: at its end, almost always)
     while shared < min(len(context_ids), len(whole)) and context_ids[shared] == whole[shared]:
         shared += 1
@@ -75,7 +79,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 def score_pairs(
     model, tokenizer, pairs: list[tuple[str, str] | tuple[list[int], list[int]]], *, prefix_token: int, pad_id: int,
     batch_size: int = 8, progress=None, cut: list[int] | None = None, context_cut: list[int] | None = None,
-    greedy: list[bool] | None = None,
+    greedy: list[bool] | None = None, as_read: bool = False,
 ) -> list[float]:
     """log p(continuation | context) for each (context, continuation), conditioned on the
     document-start token before the context; cut from the left to the model's context length
@@ -92,7 +96,7 @@ def score_pairs(
             continuation_ids = list(continuation)
             whole = context + continuation_ids
         else:
-            context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+            context_ids, continuation_ids = encode_pair(tokenizer, context, continuation, as_read)
             whole = [prefix_token] + context_ids + continuation_ids
         seq = whole[-(limit + 1) :]
         requests.append(Request(seq, min(len(continuation_ids), limit)))
@@ -113,17 +117,19 @@ def score_pairs(
 def score_choices(
     model, tokenizer, examples: list[tuple[str | list[int], list[str]]], *, prefix_token: int, pad_id: int, batch_size: int = 8,
     progress=None, cut: list[int] | None = None, context_cut: set[int] | None = None, encode_choice=None,
+    as_read: bool = False,
 ) -> list[ChoiceScores]:
     """Each (context, choices) scored, each choice as written behind its context's delimiter
     (`continuation`), or, for a context of token ids, as `encode_choice(index, choice)` gives the
     pair (a fine-tune's prompt and reply); acc_norm's lengths are the choices' own. `cut`: as score_pairs', over the
-    choices in order; `context_cut` gets the examples whose context lost its start for a choice."""
+    choices in order; `context_cut` gets the examples whose context lost its start for a choice. `as_read`: labels,
+    split where the encodings part (encode_pair)."""
     pairs = [(context, continuation(context, choice)) if isinstance(context, str) else encode_choice(index, choice)
              for index, (context, choices) in enumerate(examples) for choice in choices]
     owners = [index for index, (_, choices) in enumerate(examples) for _ in choices]
     cut_pairs: list[int] = []
     logliks = iter(score_pairs(model, tokenizer, pairs, prefix_token=prefix_token, pad_id=pad_id, batch_size=batch_size,
-                               progress=progress, cut=cut, context_cut=cut_pairs))
+                               progress=progress, cut=cut, context_cut=cut_pairs, as_read=as_read))
     if context_cut is not None:
         context_cut.update(owners[i] for i in cut_pairs)
     return [ChoiceScores([next(logliks) for _ in choices], [len(c) for c in choices]) for _, choices in examples]

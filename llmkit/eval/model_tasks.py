@@ -770,7 +770,7 @@ def _labelled_texts(loaded, cfg, records: list[dict], label_field: str):
             scores = score_choices(
                 loaded.model, loaded.tokenizer, examples, prefix_token=start_id(loaded), pad_id=_pad_id(loaded.tokenizer),
                 batch_size=cfg.batch_size, progress=advance, context_cut=context_cut,
-                encode_choice=framed[1] if framed is not None else None
+                encode_choice=framed[1] if framed is not None else None, as_read=True
             )
         if context_cut:
             from llmkit.console import note
