@@ -564,27 +564,39 @@ def refuse_a_place_of_a_run(out: Path) -> None:
 
 
 def refuse_a_part_of_a_finished_artifact(out: Path) -> None:
-    """A file a finished artifact's manifest lists, or an artifact inside one (a sweep's runs/NAME), is
-    that artifact's: `plot -o FIT/plots/isoflop.png --force` and `average ... -o SWEEP/runs/NAME --force`
-    replaced them, and the fit then failed every read (its file's size), the sweep its verify (a review).
-    The nearest artifact above the output decides; a new name inside one is left to the user."""
-    import json
-
+    """A file a finished artifact's manifest lists, or an artifact inside one that it records as an input
+    (a sweep's runs/NAME), is that artifact's: `plot -o FIT/plots/isoflop.png --force` and `average ... -o
+    SWEEP/runs/NAME --force` replaced them, and the fit then failed every read (its file's size), the sweep
+    its verify (a review). The nearest llmkit artifact above the output decides; anything else inside one
+    (a new name, or an artifact written there and not recorded: an eval beside a checkpoint's files) is
+    left to the stages' other checks, so that it can be replaced and resumed as anywhere."""
     from llmkit.artifacts import MANIFEST
 
     target = out.resolve()
     for place in target.parents:
-        if not (place / MANIFEST).is_file():
+        enclosing = _llmkit_manifest(place / MANIFEST)
+        if enclosing is None:
             continue
-        try:
-            listed = json.loads((place / MANIFEST).read_text(encoding="utf-8")).get("files") or {}
-        except (OSError, ValueError, AttributeError):  # (a damaged manifest: its artifact's own checks name it)
-            return
         relative = target.relative_to(place).as_posix()
-        if relative in listed or any(name.startswith(relative + "/") for name in listed) or (target / MANIFEST).is_file():
+        listed = enclosing.get("files") or {}
+        nested = _llmkit_manifest(target / MANIFEST)
+        recorded = {str(ref.get("fingerprint")) for ref in enclosing.get("inputs") or [] if isinstance(ref, dict)}
+        if (relative in listed or any(str(name).startswith(relative + "/") for name in listed)
+                or nested is not None and nested.get("fingerprint") in recorded):
             raise UserError(f"-o {out} is part of the finished artifact {place} (its manifest records it), which no stage "
                             "writes over, even with --force; write the output elsewhere")
         return
+
+
+def _llmkit_manifest(path: Path) -> dict | None:
+    """An llmkit manifest's JSON (its kind and format version there), or None: none, another tool's, damaged."""
+    import json
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) and "kind" in document and "format_version" in document else None
 
 
 def _a_training_run(folder: Path) -> bool:

@@ -336,8 +336,9 @@ def test_no_stage_writes_over_a_part_of_a_finished_artifact(cli, chain, tmp_path
     before = (outer / listed).read_bytes()
     line = _one_line_error(cli("generate", chain / "ckpt", "-p", "hi", "--max-new-tokens", "2", "-o", outer / listed, "--force"))
     assert "is part of the finished artifact" in line and (outer / listed).read_bytes() == before
-    line = _one_line_error(cli("export", chain / "ckpt", "-o", outer / "nested", "--force"))
-    assert "is part of the finished artifact" in line and (outer / "nested" / "manifest.json").is_file()
+    # an artifact written inside another and not recorded by it is replaced as anywhere (a review: a rerun was refused)
+    assert cli("export", chain / "ckpt", "-o", outer / "nested-export").exit_code == 0
+    assert cli("export", chain / "ckpt", "-o", outer / "nested-export", "--force").exit_code == 0
     assert cli("verify", outer).exit_code == 0
 
 

@@ -522,6 +522,12 @@ def test_sweep_runs_the_grid_as_artifacts_resumes_and_feeds_the_fit(cli, tokens,
     assert {r["lr"] for r in rows} == {3e-3 * 128 / 32, 3e-3 * 128 / 64}  # the width rule
     assert {i["role"] for i in sweep.manifest.inputs} == {"tokens"} | {f"run:{r['name']}" for r in rows}
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["loss-24000.png", "loss-8000.png"]
+    # its runs and charts are the finished sweep's: no stage writes over them, --force or not (a review: a soup replaced
+    # a run, a chart was redrawn, and the sweep failed its verify)
+    for command in (["average", out / "runs" / rows[0]["name"], out / "runs" / rows[1]["name"], "-o", out / "runs" / rows[2]["name"]],
+                    ["plot", out / "runs" / rows[0]["name"], "-o", out / "plots" / "loss-8000.png"]):
+        refused = cli(*command, "--force")
+        assert refused.exit_code == 1 and "is part of the finished artifact" in " ".join(refused.output.split()), refused.output
     # inspect shows the runs as a table of their own (they were one line of JSON, cut at 100 characters)
     shown = cli("inspect", out).output
     assert "4 runs (below)" in shown and "sweep of 4 runs" in shown and '"name"' not in shown, shown
