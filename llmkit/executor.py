@@ -169,7 +169,9 @@ def _kept_in_place(number: int, saved, every: float = 0.0005) -> Iterator[None]:
     """The signal's saved C action, put back whenever something changes it, until the block ends. Ray's
     shutdown sets SIGTERM's action to the default midway, and a SIGTERM then killed the process without a
     word, its lock and partial folder left (a review, 2026-12-07); masking the signal on this thread holds
-    nothing off, as Ray's own threads (22 of 27 here) take a signal sent to the process."""
+    nothing off, as Ray's own threads (22 of 27 here) take a signal sent to the process. This narrows the
+    window to the watcher's next look (it needs the GIL: up to the interpreter's switch interval, 5 ms),
+    not to nothing; a kill every 0.05 to 1 s into the shutdown was stopped with its line in tests."""
     if saved is None:
         yield
         return
@@ -429,16 +431,14 @@ def _check_nodes_run_this_llmkit(ray) -> None:
     (coming up, busy) is not waited for: its workers are the ones that tell."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from llmkit.artifacts import RECORDED_PACKAGES
-
     probe = ray.remote(num_cpus=0, max_retries=0)(_by_value(_llmkit_here))
     nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
-    asked = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(RECORDED_PACKAGES):
+    asked = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(WORKER_PACKAGES):
              node.get("NodeManagerAddress", node["NodeID"]) for node in nodes}
     answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=PROBE_WAIT)
     for ref in late:
         ray.cancel(ref, force=True)
-    mine = _llmkit_here(RECORDED_PACKAGES)
+    mine = _llmkit_here(WORKER_PACKAGES)
     for ref in answered:
         try:
             theirs = ray.get(ref)
@@ -453,12 +453,26 @@ def _check_nodes_run_this_llmkit(ray) -> None:
                             f"this driver ({mine['version']}, in {mine['where']}): its workers would compute with it under this "
                             "run's fingerprint; install the same llmkit on every node of the cluster")
         other = [(name, version, mine["versions"].get(name)) for name, version in theirs["versions"].items()
-                 if version != mine["versions"].get(name)]
+                 if _release(name, version) != _release(name, mine["versions"].get(name))]
         if other:  # (the manifest records the driver's versions: the work would be another's under them)
             said = ", ".join(f"{name} {version} (this driver: {ours})" for name, version, ours in other[:3])
             raise UserError(f"the Ray node at {node} computes with other versions than this driver: {said}; its workers "
-                            "would give other results under this run's fingerprint; install the same versions on every "
-                            "node (pip install -c constraints.txt, as this driver's)")
+                            "would give other results under this run's fingerprint; install this driver's versions on every "
+                            "node")
+
+
+# What the data stages' workers compute with (clean's repairs, languages, words and shingles; the tokenizers; the
+# arrays and Parquet they read), compared node by node; torch or matplotlib, which no worker uses, may differ.
+WORKER_PACKAGES = ("ftfy", "py3langid", "regex", "xxhash", "tokenizers", "tiktoken", "numpy", "pyarrow")
+
+
+def _release(name: str, version: str | None) -> str | None:
+    """A version as compared across nodes: Python's major.minor (a patch release computes alike), a package's
+    release without a local build label (+cpu, +cu128)."""
+    if version is None:
+        return None
+    version = version.split("+")[0]
+    return ".".join(version.split(".")[:2]) if name == "python" else version
 
 
 RETRIES = 3

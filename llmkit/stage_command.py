@@ -207,7 +207,7 @@ def _no_equals_sign(value: Path | None) -> Path | None:
         raise typer.BadParameter(f"{value} starts with '='; {fix}")
     if value is not None and str(value) == "-":  # (a file named "-" was written: `--prompts -` reads standard input)
         raise typer.BadParameter("'-' is no output path here: generate and chat print to standard output when -o is "
-                                 "left out; give a file or folder name (./- for one named '-')")
+                                 "left out; give a file or folder name ($PWD/- for one named '-')")
     return value
 
 

@@ -124,7 +124,8 @@ def _unused_options(cfg: EvalConfig, text: list, lm: list, cls: list, members: l
         "shots": (bool(cfg.tasks), "--task benchmarks"),
         "bootstrap": (not cfg.tasks and bool(text or cls or lm or pref), "confidence intervals of the scores (a --task benchmark has "
                       "its stderr)"),
-        "reference": (scoring_model and bool(pref), "the rewards of -m preference"),
+        "reference": (scoring_model and bool(pref), "the rewards of -m preference (the reference texts of --predictions "
+                                                    "are --references)"),
         # (runtime, so no fingerprint: but it would promise a speed-up that never comes)
         "num_beams": (scoring_model and bool(text) and not cfg.tasks, "text generated for the text metrics"),
         "length_penalty": (scoring_model and bool(text) and not cfg.tasks and cfg.beams.num_beams > 1,
