@@ -251,6 +251,14 @@ def test_eval_scores_pairs_as_the_run_validated_them(base, cli, tmp_path, revers
     draws = np.random.default_rng(BOOTSTRAP_SEED).choice(40, size=(200, 40), replace=True)
     means = np.sort(margins[draws].mean(axis=1))
     assert scores["preference_margin_ci95"] == pytest.approx(0.5 * (means[194] - means[5]), rel=1e-9)
+    # pairs that prefer nothing are left out as finetune leaves them out, said, the others numbered by their record
+    rows = [{"source": "Ein Hund.", "chosen": "A dog.", "rejected": "A dog."}, *reversed_pairs[360:363],
+            {"source": "Ein Hund.", "chosen": " ", "rejected": "A dog."}]
+    mixed = cli("eval", run, "-m", "preference", "--data", write_jsonl(tmp_path / "mixed.jsonl", rows), "-o", tmp_path / "mixed")
+    said = " ".join(mixed.output.split())
+    assert mixed.exit_code == 0 and "2 of 5 pairs left out, as finetune --task dpo leaves them out: 1 with a blank reply, 1 " \
+        "with the same reply twice" in said, said
+    assert [json.loads(line)["index"] for line in (tmp_path / "mixed" / "predictions.jsonl").read_text().splitlines()] == [1, 2, 3]
     # --reference belongs to -m preference; -m preference to a model
     alone = cli("eval", run, "--data", val, "--reference", base["checkpoint"], "-o", tmp_path / "x")
     assert alone.exit_code != 0 and "--reference" in alone.output and "preference" in alone.output, alone.output

@@ -117,3 +117,14 @@ def last_reply_only(example: Encoded) -> Encoded:
 def encode_reply(template: dict[str, Any], record: dict[str, Any], tokenizer, where: str) -> Encoded:
     """One reply's SFT record (of `sft_records`) encoded, only the reply itself learned."""
     return last_reply_only(encode_example(template, record, tokenizer, where, suggest_template=False))
+
+
+def why_it_prefers_nothing(chosen: Encoded, rejected: Encoded, tokenizer) -> str | None:
+    """"blank" where a reply is empty (or only whitespace), "same" where the two are one reply; else None.
+    Such a pair prefers nothing: finetune leaves it out of training and validation, eval out of its scores."""
+    specials = set(tokenizer.special_ids.values())
+    for reply in (chosen, rejected):
+        text = [t for t, learned in zip(reply.ids[1:], reply.learn[1:]) if learned and t not in specials]
+        if not tokenizer.decode(text).strip():
+            return "blank"
+    return "same" if chosen.ids == rejected.ids else None

@@ -37,17 +37,30 @@ def _context_and_reply(example) -> tuple[list[int], list[int]]:
     return example.ids[: learned[0]], example.ids[learned[0] : learned[-1] + 1]
 
 
-def encoded_pairs(records: list[dict], template: dict, tokenizer) -> list[tuple[tuple, tuple]]:
-    """Each record's two replies, (context ids, reply ids) each, chosen first."""
-    from llmkit.data.preferences import encode_reply, sft_records
+def encoded_pairs(records: list[dict], template: dict, tokenizer) -> tuple[list[int], list[tuple[tuple, tuple]]]:
+    """The records that prefer something (their indices), and their two replies, (context ids, reply ids)
+    each, chosen first; a pair with a blank reply or the same reply twice is left out, said, as finetune
+    leaves it out (a tie counted against the model)."""
+    from llmkit.data.preferences import encode_reply, sft_records, why_it_prefers_nothing
 
-    pairs = []
+    kept, pairs, left_out = [], [], {"blank": 0, "same": 0}
     for i, record in enumerate(records):
         where = place(records, i)
-        chosen, rejected = (_context_and_reply(encode_reply(template, reply, tokenizer, where))
-                            for reply in sft_records(record, template, where))
-        pairs.append((chosen, rejected))
-    return pairs
+        replies = [encode_reply(template, reply, tokenizer, where) for reply in sft_records(record, template, where)]
+        nothing = why_it_prefers_nothing(*replies, tokenizer)
+        if nothing is not None:
+            left_out[nothing] += 1
+            continue
+        kept.append(i)
+        pairs.append(tuple(_context_and_reply(reply) for reply in replies))
+    if any(left_out.values()):
+        from llmkit.console import note
+
+        note(f"{left_out['blank'] + left_out['same']} of {len(records)} pairs left out, as finetune --task dpo leaves them "
+             f"out: {left_out['blank']} with a blank reply, {left_out['same']} with the same reply twice (they prefer nothing)")
+    if not pairs:
+        raise UserError("no pair of two different replies to score; give pairs whose replies differ")
+    return kept, pairs
 
 
 def _log_probs(loaded, pairs: list, batch_size: int) -> np.ndarray:
@@ -80,12 +93,12 @@ def preferences(loaded, cfg, reference=None) -> tuple[dict[str, float], list[dic
     records = load_records(cfg.data, cfg.split, cfg.limit)
     if not records:
         raise UserError(f"{cfg.data} holds no preference pairs")
-    pairs = encoded_pairs(records, _template(loaded), loaded.tokenizer)
+    kept, pairs = encoded_pairs(records, _template(loaded), loaded.tokenizer)
     policy = _log_probs(loaded, pairs, cfg.batch_size)
     margins = policy[:, 0] - policy[:, 1]
     columns = {"preference_accuracy": (margins > 0).astype(np.float64), "preference_margin": margins}
     out = [{"task": "preference", "index": i, "chosen_logprob": float(c), "rejected_logprob": float(r),
-            "prefers_chosen": bool(c > r)} for i, (c, r) in enumerate(policy.tolist())]
+            "prefers_chosen": bool(c > r)} for i, (c, r) in zip(kept, policy.tolist())]
     if reference is not None:
         if reference.tokenizer.hf.to_str() != loaded.tokenizer.hf.to_str():
             raise UserError(f"--reference {reference.artifact.path} has another tokenizer than {loaded.artifact.path}; the "
@@ -96,6 +109,10 @@ def preferences(loaded, cfg, reference=None) -> tuple[dict[str, float], list[dic
         columns |= {"reward_accuracy": (reward_margins > 0).astype(np.float64), "reward_margin": reward_margins}
         for record, (c, r), margin in zip(out, starting.tolist(), reward_margins.tolist()):
             record.update(chosen_reference_logprob=c, rejected_reference_logprob=r, rewards_chosen=bool(margin > 0))
+    if reference is not None and reference.artifact.fingerprint == loaded.artifact.fingerprint:
+        from llmkit.console import note
+
+        note(f"--reference is {loaded.artifact.path} itself: every reward is 0, so no chosen reply's is the higher")
     metrics = {name: float(values.mean()) for name, values in columns.items()}
     return metrics, out, np.stack(list(columns.values()))
 

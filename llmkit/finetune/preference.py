@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.console import note
-from llmkit.data.preferences import encode_reply, last_reply_only, sft_records
+from llmkit.data.preferences import encode_reply, last_reply_only, sft_records, why_it_prefers_nothing
 from llmkit.data.templates import Encoded
 from llmkit.errors import UserError
 from llmkit.finetune.data import Examples, _EpochOrder, _picked, _places, shorten
@@ -78,17 +78,13 @@ def preference_pairs(records: list[dict], template: dict, tokenizer, max_len: in
     same reply twice, is left out and counted."""
     places = _places(records, name, places)
     fits = max_len + 1
-    specials = set(tokenizer.special_ids.values())
     pairs, too_long, longest, longest_at, no_room, blank, same = [], 0, 0, 0, 0, 0, 0
     for i, record in enumerate(records):
         replies = sft_records(record, template, places[i])
         encoded = [encode_reply(template, reply, tokenizer, places[i]) for reply in replies]
-        texts = [[t for t, learned in zip(e.ids[1:], e.learn[1:]) if learned and t not in specials] for e in encoded]
-        if any(not tokenizer.decode(text).strip() for text in texts):
-            blank += 1
-            continue
-        if encoded[0].ids == encoded[1].ids:
-            same += 1
+        nothing = why_it_prefers_nothing(*encoded, tokenizer)
+        if nothing is not None:
+            blank, same = blank + (nothing == "blank"), same + (nothing == "same")
             continue
         length = max(len(e.ids) for e in encoded)
         if length > longest:
