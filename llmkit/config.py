@@ -237,13 +237,17 @@ def resolve(
         elif all(from_file.get(name) is not None for name in pair):  # (a sweep's configs/RUN.yaml holds max_steps: null)
             raise UsageError(f"{file} sets both {' and '.join(known[name].flag for name in pair)}, which stand for one "
                              "another; keep one")
+    dropped = []
     for name, names in getattr(config_cls, "STANDS_FOR", {}).items():  # (plan's --hf-config for the model flags): the typed side wins
         typed_names = (explicit or {}).keys()
-        if name in typed_names:
-            for other in names - typed_names:
-                values.pop(other, None)
-        elif names & typed_names:
-            values.pop(name, None)
+        for other in (names - typed_names if name in typed_names else {name} if names & typed_names else ()):
+            if values.pop(other, None) is not None and other in from_file:
+                dropped.append(other)
+    if dropped:  # (said: a typed --context-length dropped the file's hf_config, and a default model was planned unsaid)
+        from llmkit.console import note
+
+        note(f"{file}: {', '.join(known[name].key for name in sorted(dropped))} left out: what you typed stands in for "
+             f"{'it' if len(dropped) == 1 else 'them'}")
     typed = {k: v for k, v in (explicit or {}).items() if k in known}
     for name in values.keys() & from_file.keys() - typed.keys():  # (text in a file: a lone surrogate there is an escape)
         values[name] = _joined_pairs(values[name])

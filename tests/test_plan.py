@@ -804,6 +804,7 @@ def test_a_pretrain_config_file_plans_its_run(cli, tmp_path):
         (tmp_path / "typed.toml").write_text(text)
         over = cli("plan", "--config", tmp_path / "typed.toml", *typed, "--gpu", "cpu", "--json")
         assert over.exit_code == 0 and check(json.loads(over.stdout)), (text, typed, over.output)
+        assert "left out: what you typed stands in for" in " ".join(over.stderr.split()), over.stderr  # (said, not silent)
     # a misspelt key of the [pretrain] table is named as such (not as one pretrain reads)
     (tmp_path / "bad.toml").write_text('[pretrain]\nmodle = "tiny"\n')
     bad = cli("plan", "--config", tmp_path / "bad.toml", "--gpu", "cpu")
