@@ -451,18 +451,23 @@ def examples_digest(examples: Sequence[Encoded]) -> str:
     return digest.hexdigest()
 
 
-class SFTBatches:
-    """(inputs, targets) for next-token loss on the learned (response) tokens only."""
+class ExampleBatches:
+    """What every fine-tuning batch provider shares: its examples, each epoch's seeded order (or file
+    order, for validation) and the examples at global sample indices (`rows`)."""
 
-    def __init__(self, examples: Sequence[Encoded], *, pad_id: int, seed: int, shuffle: bool = True):
-        self.examples, self.pad_id, self.seed, self.shuffle = list(examples), pad_id, seed, shuffle
+    def __init__(self, examples: Sequence, *, pad_id: int, seed: int, shuffle: bool = True):
+        self.examples, self.pad_id = list(examples), pad_id
         self._order = _EpochOrder(len(self.examples), seed) if shuffle else None
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def rows(self, indices: Sequence[int]) -> list[Encoded]:
+    def rows(self, indices: Sequence[int]) -> list:
         return _picked(self.examples, self._order, indices)
+
+
+class SFTBatches(ExampleBatches):
+    """(inputs, targets) for next-token loss on the learned (response) tokens only."""
 
     def pad_width(self, indices: Sequence[int]) -> int:
         """The longest input among these samples (a batch of them is padded to it)."""
@@ -645,18 +650,8 @@ def class_counts(examples: Sequence[ClassExample], labels: Labels) -> dict[str, 
     return {name: int(count) for name, count in zip(labels.names, found)}
 
 
-class ClassifyBatches:
+class ClassifyBatches(ExampleBatches):
     """(inputs, attention_mask, labels, sample indices), right-padded."""
-
-    def __init__(self, examples: Sequence[ClassExample], *, pad_id: int, seed: int, shuffle: bool = True):
-        self.examples, self.pad_id = list(examples), pad_id
-        self._order = _EpochOrder(len(self.examples), seed) if shuffle else None
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def rows(self, indices: Sequence[int]) -> list[ClassExample]:
-        return _picked(self.examples, self._order, indices)
 
     def pad_width(self, indices: Sequence[int]) -> int:
         """The longest text among these samples (a batch of them is padded to it)."""

@@ -28,7 +28,7 @@ from llmkit.console import note
 from llmkit.data.preferences import encode_reply, last_reply_only, sft_records, why_it_prefers_nothing
 from llmkit.data.templates import Encoded
 from llmkit.errors import UserError
-from llmkit.finetune.data import Examples, _EpochOrder, _picked, _places, shorten
+from llmkit.finetune.data import ExampleBatches, Examples, _places, shorten
 from llmkit.model.gpt import IGNORE_INDEX
 
 
@@ -129,19 +129,9 @@ def _inputs_and_targets(reply: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[:-1], torch.where(learn, ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
 
 
-class PreferenceBatches:
+class PreferenceBatches(ExampleBatches):
     """(inputs [2n, W], targets [2n, W], reference log-probabilities [n, 2], sample indices [n]) for n
     pairs, each pair's chosen reply in row 2k and its rejected one in row 2k + 1, right-padded."""
-
-    def __init__(self, pairs: Sequence[PreferencePair], *, pad_id: int, seed: int, shuffle: bool = True):
-        self.pairs, self.pad_id = list(pairs), pad_id
-        self._order = _EpochOrder(len(self.pairs), seed) if shuffle else None
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def rows(self, indices: Sequence[int]) -> list[PreferencePair]:
-        return _picked(self.pairs, self._order, indices)
 
     def pad_width(self, indices: Sequence[int]) -> int:
         return max(len(reply.ids) for pair in self.rows(indices) for reply in pair.replies) - 1
